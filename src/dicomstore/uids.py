@@ -1,0 +1,78 @@
+"""UIDs: our implementation identity, the Storage SOP Classes and transfer
+syntaxes we negotiate, and the UID grammar check (PS3.5 9.1).
+
+Everything is derived from pydicom's UID dictionary, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+from pydicom.uid import UID, UID_dictionary
+
+from dicomstore import __version__
+
+#: Our Implementation Class UID (PS3.7 D.3.3.2), a UUID-derived UID (PS3.5 B.2).
+IMPLEMENTATION_CLASS_UID = "2.25.211090040416656508592017138293904046133"
+#: Implementation Version Name (PS3.7 D.3.3.2.2): at most 16 characters.
+IMPLEMENTATION_VERSION_NAME = ("DICOMSTORE_" + __version__.replace(".", ""))[:16]
+
+VERIFICATION = "1.2.840.10008.1.1"
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+
+#: Uncompressed transfer syntaxes, in our default order of preference.
+UNCOMPRESSED = (EXPLICIT_VR_LE, IMPLICIT_VR_LE, EXPLICIT_VR_BE)
+
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def is_valid_uid(value: str) -> bool:
+    """True when ``value`` follows the UID grammar of PS3.5 9.1 (≤ 64 chars)."""
+    return 0 < len(value) <= 64 and _UID_RE.match(value) is not None
+
+
+def uid_name(uid: str) -> str:
+    """The dictionary name of a UID, or the UID itself."""
+    entry = UID_dictionary.get(uid)
+    return entry[0] if entry else uid
+
+
+@cache
+def storage_sop_classes() -> tuple[str, ...]:
+    """Every Storage SOP Class pydicom knows (PS3.4 Table B.5-1 and later additions).
+
+    A SOP Class whose name ends in "Storage" (retired ones included: old
+    modalities still send them).
+    """
+    return tuple(
+        uid
+        for uid, (name, kind, *_rest) in UID_dictionary.items()
+        if kind == "SOP Class" and name.endswith("Storage")
+    )
+
+
+@cache
+def transfer_syntaxes() -> tuple[str, ...]:
+    """Every transfer syntax pydicom knows, uncompressed ones first."""
+    known = [uid for uid, entry in UID_dictionary.items() if entry[1] == "Transfer Syntax"]
+    rest = [uid for uid in known if uid not in UNCOMPRESSED]
+    return (*UNCOMPRESSED, *rest)
+
+
+def is_little_endian(ts: str) -> bool:
+    """Byte order of a transfer syntax (only Explicit VR Big Endian is big)."""
+    return ts != EXPLICIT_VR_BE
+
+
+def is_implicit_vr(ts: str) -> bool:
+    """True for Implicit VR Little Endian only (PS3.5 A.1)."""
+    return ts == IMPLICIT_VR_LE
+
+
+def as_uid(value: str) -> UID:
+    """A pydicom UID object (for its properties: is_compressed, is_deflated ...)."""
+    return UID(value)

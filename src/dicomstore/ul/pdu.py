@@ -1,0 +1,367 @@
+"""The seven PDUs of the DICOM upper layer, encoded and decoded (PS3.8 9.3).
+
+Each PDU is a small dataclass; ``encode`` turns one into bytes and
+``decode_pdu`` turns a type byte and body into one, raising
+:class:`~dicomstore.errors.RemoteProtocolError` (with the A-ABORT reason of
+PS3.8 9.3.8) for anything malformed.  ``PDUReader`` cuts a byte stream into
+PDUs and refuses an over-long PDU from its 6-byte header, before buffering it.
+Items and sub-items live in :mod:`dicomstore.ul.items`.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from dicomstore.errors import RemoteProtocolError
+from dicomstore.ul.items import (
+    UserInformation,
+    decode_variable_items,
+    encode_ac_contexts,
+    encode_application_context,
+    encode_rq_contexts,
+    encode_user_information,
+)
+from dicomstore.ul.items import PresentationContextAC as PresentationContextAC
+from dicomstore.ul.items import PresentationContextRQ as PresentationContextRQ
+
+# PDU types (PS3.8 Table 9-11 and following)
+ASSOCIATE_RQ = 0x01
+ASSOCIATE_AC = 0x02
+ASSOCIATE_RJ = 0x03
+P_DATA_TF = 0x04
+RELEASE_RQ = 0x05
+RELEASE_RP = 0x06
+ABORT = 0x07
+
+# A-ABORT reasons for a service-provider source (PS3.8 Table 9-26)
+ABORT_REASON_NOT_SPECIFIED = 0
+ABORT_UNRECOGNIZED_PDU = 1
+ABORT_UNEXPECTED_PDU = 2
+ABORT_UNRECOGNIZED_PDU_PARAMETER = 4
+ABORT_UNEXPECTED_PDU_PARAMETER = 5
+ABORT_INVALID_PDU_PARAMETER_VALUE = 6
+ABORT_SOURCE_USER = 0
+ABORT_SOURCE_PROVIDER = 2
+
+# A-ASSOCIATE-RJ (PS3.8 Table 9-21)
+REJECT_PERMANENT = 1
+REJECT_TRANSIENT = 2
+REJECT_SOURCE_USER = 1
+REJECT_SOURCE_ACSE = 2
+REJECT_SOURCE_PRESENTATION = 3
+REJECT_NO_REASON = 1
+REJECT_APPLICATION_CONTEXT_NOT_SUPPORTED = 2
+REJECT_CALLING_AE_NOT_RECOGNIZED = 3
+REJECT_CALLED_AE_NOT_RECOGNIZED = 7
+REJECT_PROTOCOL_VERSION_NOT_SUPPORTED = 2  # source 2
+REJECT_TEMPORARY_CONGESTION = 1  # source 3
+REJECT_LOCAL_LIMIT_EXCEEDED = 2  # source 3
+
+APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
+
+_REJECT_TEXT = {
+    (REJECT_SOURCE_USER, 1): "no reason given",
+    (REJECT_SOURCE_USER, 2): "application context name not supported",
+    (REJECT_SOURCE_USER, 3): "calling AE title not recognized",
+    (REJECT_SOURCE_USER, 7): "called AE title not recognized",
+    (REJECT_SOURCE_ACSE, 1): "no reason given",
+    (REJECT_SOURCE_ACSE, 2): "protocol version not supported",
+    (REJECT_SOURCE_PRESENTATION, 1): "temporary congestion",
+    (REJECT_SOURCE_PRESENTATION, 2): "local limit exceeded",
+}
+_ABORT_TEXT = {
+    0: "reason not specified",
+    1: "unrecognized PDU",
+    2: "unexpected PDU",
+    4: "unrecognized PDU parameter",
+    5: "unexpected PDU parameter",
+    6: "invalid PDU parameter value",
+}
+
+
+def describe_reject(result: int, source: int, reason: int) -> str:
+    """One line for an A-ASSOCIATE-RJ, e.g. for the CLI (PS3.8 9.3.4)."""
+    kind = {1: "rejected (permanent)", 2: "rejected (transient)"}.get(result, f"result {result}")
+    who = {1: "service user", 2: "service provider (ACSE)", 3: "service provider (presentation)"}
+    why = _REJECT_TEXT.get((source, reason), f"reason {reason}")
+    return f"association {kind} by {who.get(source, f'source {source}')}: {why}"
+
+
+def describe_abort(source: int, reason: int) -> str:
+    """One line for an A-ABORT (PS3.8 9.3.8)."""
+    if source == ABORT_SOURCE_USER:
+        return "association aborted by the peer (service user)"
+    return f"association aborted by the peer's service provider: {_ABORT_TEXT.get(reason, reason)}"
+
+
+@dataclass(slots=True)
+class PDV:
+    """One presentation data value item of a P-DATA-TF (PS3.8 9.3.5.1, Annex E)."""
+
+    context_id: int
+    is_command: bool
+    is_last: bool
+    data: bytes | bytearray | memoryview
+
+
+@dataclass
+class AssociateRQ:
+    """A-ASSOCIATE-RQ PDU (PS3.8 9.3.2)."""
+
+    called_ae: str
+    calling_ae: str
+    presentation_contexts: list[PresentationContextRQ]
+    user_info: UserInformation = field(default_factory=UserInformation)
+    application_context: str = APPLICATION_CONTEXT_NAME
+    protocol_version: int = 1
+
+
+@dataclass
+class AssociateAC:
+    """A-ASSOCIATE-AC PDU (PS3.8 9.3.3); AE titles echo the request's."""
+
+    called_ae: str
+    calling_ae: str
+    presentation_contexts: list[PresentationContextAC]
+    user_info: UserInformation = field(default_factory=UserInformation)
+    application_context: str = APPLICATION_CONTEXT_NAME
+    protocol_version: int = 1
+
+
+@dataclass(frozen=True)
+class AssociateRJ:
+    """A-ASSOCIATE-RJ PDU (PS3.8 9.3.4)."""
+
+    result: int
+    source: int
+    reason: int
+
+
+@dataclass
+class PDataTF:
+    """P-DATA-TF PDU (PS3.8 9.3.5): one or more PDVs."""
+
+    pdvs: list[PDV]
+
+
+@dataclass(frozen=True)
+class ReleaseRQ:
+    """A-RELEASE-RQ PDU (PS3.8 9.3.6)."""
+
+
+@dataclass(frozen=True)
+class ReleaseRP:
+    """A-RELEASE-RP PDU (PS3.8 9.3.7)."""
+
+
+@dataclass(frozen=True)
+class Abort:
+    """A-ABORT PDU (PS3.8 9.3.8); ``reason`` matters for source 2 only."""
+
+    source: int = ABORT_SOURCE_USER
+    reason: int = 0
+
+
+PDU = AssociateRQ | AssociateAC | AssociateRJ | PDataTF | ReleaseRQ | ReleaseRP | Abort
+
+_HEADER = struct.Struct(">BBL")
+_ASSOC_FIXED = struct.Struct(">HH16s16s32s")
+_FOUR = struct.Struct(">BBBB")
+_PDV_HEADER = struct.Struct(">LBB")
+
+
+def _ae_bytes(ae: str) -> bytes:
+    raw = ae.encode("ascii")
+    if not 0 < len(raw.strip()) <= 16:
+        raise ValueError(f"AE title must be 1-16 characters: {ae!r}")
+    return raw.ljust(16, b" ")
+
+
+def _ae_text(raw: bytes) -> str:
+    try:
+        return raw.decode("ascii").strip(" \0")
+    except UnicodeDecodeError:
+        raise RemoteProtocolError(
+            "AE title is not ASCII", ABORT_INVALID_PDU_PARAMETER_VALUE
+        ) from None
+
+
+def encode_pdata(pdvs: list[PDV]) -> bytes:
+    """Encode a P-DATA-TF PDU; the hot path, so it avoids dataclass dispatch."""
+    parts: list[bytes | bytearray | memoryview] = []
+    total = 0
+    for pdv in pdvs:
+        n = len(pdv.data)
+        parts.append(_PDV_HEADER.pack(n + 2, pdv.context_id, pdv.is_command | (pdv.is_last << 1)))
+        parts.append(pdv.data)
+        total += n + 6
+    return b"".join([_HEADER.pack(P_DATA_TF, 0, total), *parts])
+
+
+def encode(pdu: PDU) -> bytes:
+    """Encode any PDU to its bytes on the wire."""
+    if isinstance(pdu, PDataTF):
+        return encode_pdata(pdu.pdvs)
+    if isinstance(pdu, AssociateRQ | AssociateAC):
+        is_rq = isinstance(pdu, AssociateRQ)
+        fixed = _ASSOC_FIXED.pack(
+            pdu.protocol_version, 0, _ae_bytes(pdu.called_ae), _ae_bytes(pdu.calling_ae), b""
+        )
+        contexts = (
+            encode_rq_contexts(pdu.presentation_contexts)
+            if is_rq
+            else encode_ac_contexts(pdu.presentation_contexts)
+        )
+        body = b"".join(
+            (
+                fixed,
+                encode_application_context(pdu.application_context),
+                contexts,
+                encode_user_information(pdu.user_info),
+            )
+        )
+        kind = ASSOCIATE_RQ if is_rq else ASSOCIATE_AC
+        return _HEADER.pack(kind, 0, len(body)) + body
+    if isinstance(pdu, AssociateRJ):
+        return _HEADER.pack(ASSOCIATE_RJ, 0, 4) + _FOUR.pack(0, pdu.result, pdu.source, pdu.reason)
+    if isinstance(pdu, ReleaseRQ):
+        return _HEADER.pack(RELEASE_RQ, 0, 4) + bytes(4)
+    if isinstance(pdu, ReleaseRP):
+        return _HEADER.pack(RELEASE_RP, 0, 4) + bytes(4)
+    if isinstance(pdu, Abort):
+        return _HEADER.pack(ABORT, 0, 4) + _FOUR.pack(0, 0, pdu.source, pdu.reason)
+    raise TypeError(f"not a PDU: {pdu!r}")
+
+
+def decode_pdata(body: bytes | bytearray | memoryview) -> PDataTF:
+    """Decode the variable field of a P-DATA-TF into PDVs (PS3.8 9.3.5)."""
+    pdvs: list[PDV] = []
+    off = 0
+    end = len(body)
+    if end == 0:
+        raise RemoteProtocolError("P-DATA-TF without any PDV", ABORT_INVALID_PDU_PARAMETER_VALUE)
+    unpack = _PDV_HEADER.unpack_from
+    while off < end:
+        if end - off < 6:
+            raise RemoteProtocolError("truncated PDV item header", ABORT_INVALID_PDU_PARAMETER_VALUE)
+        length, ctx, mch = unpack(body, off)
+        if length < 2 or off + 4 + length > end:
+            raise RemoteProtocolError(
+                f"PDV item length {length} does not fit the P-DATA-TF",
+                ABORT_INVALID_PDU_PARAMETER_VALUE,
+            )
+        if not ctx & 1:
+            raise RemoteProtocolError(
+                f"presentation context ID {ctx} is not odd", ABORT_INVALID_PDU_PARAMETER_VALUE
+            )
+        if mch & 0xFC:
+            raise RemoteProtocolError(
+                f"reserved bits set in message control header {mch:#04x}",
+                ABORT_INVALID_PDU_PARAMETER_VALUE,
+            )
+        pdvs.append(PDV(ctx, bool(mch & 1), bool(mch & 2), bytes(body[off + 6 : off + 4 + length])))
+        off += 4 + length
+    return PDataTF(pdvs)
+
+
+def _decode_associate(kind: int, body: memoryview) -> AssociateRQ | AssociateAC:
+    if len(body) < _ASSOC_FIXED.size:
+        raise RemoteProtocolError(
+            "A-ASSOCIATE PDU shorter than its fixed fields", ABORT_INVALID_PDU_PARAMETER_VALUE
+        )
+    version, _, called, calling, _ = _ASSOC_FIXED.unpack_from(body, 0)
+    app, contexts, user = decode_variable_items(body[_ASSOC_FIXED.size :], kind == ASSOCIATE_RQ)
+    if app is None:
+        raise RemoteProtocolError(
+            "A-ASSOCIATE PDU without an application context item",
+            ABORT_INVALID_PDU_PARAMETER_VALUE,
+        )
+    if kind == ASSOCIATE_AC and user is None:
+        raise RemoteProtocolError(
+            "A-ASSOCIATE-AC without user information", ABORT_INVALID_PDU_PARAMETER_VALUE
+        )
+    cls = AssociateRQ if kind == ASSOCIATE_RQ else AssociateAC
+    return cls(
+        called_ae=_ae_text(called),
+        calling_ae=_ae_text(calling),
+        presentation_contexts=contexts,  # type: ignore[arg-type]
+        user_info=user if user is not None else UserInformation(),
+        application_context=app,
+        protocol_version=version,
+    )
+
+
+def decode_pdu(kind: int, body: bytes | bytearray | memoryview) -> PDU:
+    """Decode a PDU from its type byte and variable field (after the 6-byte header)."""
+    if kind == P_DATA_TF:
+        return decode_pdata(body)
+    view = memoryview(body)
+    if kind in (ASSOCIATE_RQ, ASSOCIATE_AC):
+        return _decode_associate(kind, view)
+    if kind in (ASSOCIATE_RJ, RELEASE_RQ, RELEASE_RP, ABORT):
+        if len(view) != 4:
+            raise RemoteProtocolError(
+                f"PDU type {kind:#04x} must have length 4, not {len(view)}",
+                ABORT_INVALID_PDU_PARAMETER_VALUE,
+            )
+        _, b1, b2, b3 = _FOUR.unpack_from(view, 0)
+        if kind == ASSOCIATE_RJ:
+            return AssociateRJ(b1, b2, b3)
+        if kind == ABORT:
+            return Abort(b2, b3)
+        return ReleaseRQ() if kind == RELEASE_RQ else ReleaseRP()
+    raise RemoteProtocolError(f"unrecognized PDU type {kind:#04x}", ABORT_UNRECOGNIZED_PDU)
+
+
+class PDUReader:
+    """Cut an inbound byte stream into PDUs (PS3.8 9.3.1).
+
+    ``max_pdata`` is the maximum length we advertised (0 = unlimited): a
+    P-DATA-TF whose length field exceeds it is refused from its header.
+    ``max_other`` caps every other PDU (association PDUs are small).
+    """
+
+    def __init__(self, max_pdata: int = 0, max_other: int = 256 * 1024) -> None:
+        self.max_pdata = max_pdata
+        self.max_other = max_other
+        self._buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete PDU."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[PDU]:
+        """Add received bytes; return every PDU now complete, in order."""
+        buf = self._buf
+        buf += data
+        out: list[PDU] = []
+        off = 0
+        size = len(buf)
+        while size - off >= 6:
+            kind, _, length = _HEADER.unpack_from(buf, off)
+            self._check_header(kind, length)
+            if size - off - 6 < length:
+                break
+            start = off + 6
+            off = start + length
+            out.append(decode_pdu(kind, memoryview(buf)[start:off]))
+        if off:
+            del buf[:off]
+        return out
+
+    def _check_header(self, kind: int, length: int) -> None:
+        if not ASSOCIATE_RQ <= kind <= ABORT:
+            raise RemoteProtocolError(f"unrecognized PDU type {kind:#04x}", ABORT_UNRECOGNIZED_PDU)
+        if kind == P_DATA_TF:
+            if self.max_pdata and length > self.max_pdata:
+                raise RemoteProtocolError(
+                    f"P-DATA-TF of {length} bytes exceeds our maximum of {self.max_pdata}",
+                    ABORT_INVALID_PDU_PARAMETER_VALUE,
+                )
+        elif length > self.max_other:
+            raise RemoteProtocolError(
+                f"PDU type {kind:#04x} of {length} bytes exceeds the cap of {self.max_other}",
+                ABORT_INVALID_PDU_PARAMETER_VALUE,
+            )
