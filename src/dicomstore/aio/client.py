@@ -1,0 +1,350 @@
+"""The asyncio client: open an association and use it (PS3.8 7.1, PS3.7 9.3).
+
+    async with dicomstore.connect("127.0.0.1", 11112, called_ae="STORESCP") as assoc:
+        rsp = await assoc.echo()
+
+A reader task feeds the upper layer and matches responses to requests by
+Message ID Being Responded To, so several requests can be outstanding when
+the peer grants an asynchronous operations window (PS3.7 D.3.3.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from dicomstore import uids
+from dicomstore.aio.association import Timeouts, Transport
+from dicomstore.dimse import CEchoRQ, CommandReceived, CStoreRQ, DatasetFragment
+from dicomstore.errors import (
+    AssociationAborted,
+    AssociationError,
+    AssociationRejected,
+    DimseTimeout,
+    RemoteProtocolError,
+)
+from dicomstore.ul import items as I
+from dicomstore.ul import pdu as P
+from dicomstore.ul.connection import Connection, Role
+from dicomstore.ul.events import (
+    AbortIndication,
+    AssociateAccepted,
+    AssociateRejected,
+    DataIndication,
+    ReleaseConfirmation,
+    ReleaseIndication,
+)
+from dicomstore.ul.negotiation import (
+    DEFAULT_MAX_PDU,
+    AcceptedContext,
+    Negotiated,
+    our_user_information,
+    requested,
+)
+
+log = logging.getLogger("dicomstore.client")
+
+ContextSpec = tuple[str, Sequence[str]]  # (abstract syntax, transfer syntaxes)
+
+
+def build_contexts(specs: Iterable[ContextSpec]) -> list[I.PresentationContextRQ]:
+    """Presentation contexts with odd IDs 1, 3, 5 ... (at most 128, PS3.8 9.3.2.2)."""
+    contexts = [
+        I.PresentationContextRQ(2 * n + 1, abstract, list(transfers))
+        for n, (abstract, transfers) in enumerate(specs)
+    ]
+    if len(contexts) > 128:
+        raise ValueError(f"{len(contexts)} presentation contexts; at most 128 fit one association")
+    return contexts
+
+
+class ClientAssociation:
+    """An association we requested, ready for DIMSE operations."""
+
+    def __init__(self, transport: Transport, request: P.AssociateRQ) -> None:
+        self.t = transport
+        self.request = request
+        self.negotiated: Negotiated | None = None
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._released: asyncio.Future | None = None
+        self._ended: BaseException | None = None
+        self._reader: asyncio.Task | None = None
+        self._window: asyncio.Semaphore | None = None
+
+    # -- establishment ----------------------------------------------------
+
+    async def _establish(self) -> None:
+        t = self.t
+        t.conn.transport_connected()  # Evt2: send the A-ASSOCIATE-RQ
+        await t.flush()
+        try:
+            async with asyncio.timeout(t.timeouts.acse):
+                while True:
+                    events = await t.receive(None)
+                    for event in events:
+                        if isinstance(event, AssociateAccepted):
+                            self.negotiated = requested(self.request, event.accept)
+                            t.negotiated = self.negotiated
+                            window = self.negotiated.max_ops_invoked
+                            self._window = asyncio.Semaphore(window or 1024)
+                            self._reader = asyncio.create_task(self._read_loop())
+                            return
+                        if isinstance(event, AssociateRejected):
+                            rj = event.reject
+                            raise AssociationRejected(rj.result, rj.source, rj.reason)
+                        if isinstance(event, AbortIndication):
+                            raise AssociationAborted(event.message, event.source, event.reason)
+                    if t.conn.is_closed:
+                        raise AssociationAborted("the peer closed the connection")
+        except TimeoutError:
+            t.abort_now()
+            raise AssociationError(
+                f"no answer to the association request within {t.timeouts.acse}s"
+            ) from None
+
+    # -- the reader task --------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        t = self.t
+        try:
+            while not t.conn.is_closed:
+                events = await t.receive(t.timeouts.network)
+                for event in events:
+                    self._on_event(event)
+                await t.flush()
+            self._end(AssociationAborted("the association ended"))
+        except RemoteProtocolError as exc:
+            t.conn.protocol_error(exc)
+            await t.flush()
+            self._end(AssociationAborted(f"protocol error from the peer: {exc}"))
+        except TimeoutError:
+            t.abort_now()
+            self._end(AssociationAborted("the peer was silent for too long"))
+        except asyncio.CancelledError:
+            self._end(AssociationAborted("the association was closed"))
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.exception("reader failed")
+            t.abort_now()
+            self._end(AssociationAborted(f"internal error: {exc}"))
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, DataIndication):
+            for pdv in event.pdvs:
+                for dimse_event in self.t.assembler.receive(pdv):
+                    self._on_dimse(dimse_event)
+        elif isinstance(event, ReleaseConfirmation):
+            if self._released is not None and not self._released.done():
+                self._released.set_result(None)
+        elif isinstance(event, ReleaseIndication):
+            self.t.conn.release_response()
+        elif isinstance(event, AbortIndication):
+            self._end(AssociationAborted(event.message, event.source, event.reason))
+
+    def _on_dimse(self, event: Any) -> None:
+        if isinstance(event, DatasetFragment):
+            return  # responses to C-ECHO/C-STORE carry no data set
+        assert isinstance(event, CommandReceived)
+        rsp = event.message
+        msg_id = getattr(rsp, "message_id_being_responded_to", None)
+        future = self._waiting.pop(msg_id, None) if msg_id is not None else None
+        if future is None:
+            log.warning("unexpected DIMSE message %r ignored", rsp)
+        elif not future.done():
+            future.set_result(rsp)
+
+    def _end(self, exc: BaseException) -> None:
+        if self._ended is None:
+            self._ended = exc
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(self._ended)
+        self._waiting.clear()
+        if self._released is not None and not self._released.done():
+            if (
+                self.t.conn.is_closed
+                and isinstance(exc, AssociationAborted)
+                and (exc.source is None)
+            ):
+                self._released.set_result(None)
+            else:
+                self._released.set_exception(exc)
+
+    # -- operations -------------------------------------------------------
+
+    def context_for(self, abstract_syntax: str, transfer_syntax: str | None = None):
+        """An accepted context for this abstract (and transfer) syntax, or None."""
+        assert self.negotiated is not None
+        return self.negotiated.context_for(abstract_syntax, transfer_syntax)
+
+    def _check_usable(self) -> None:
+        if self._ended is not None:
+            raise self._ended
+        if not self.t.conn.is_established:
+            raise AssociationError("the association is not established")
+
+    async def _await_response(self, msg_id: int, future: asyncio.Future) -> Any:
+        try:
+            async with asyncio.timeout(self.t.timeouts.dimse):
+                return await future
+        except TimeoutError:
+            self._waiting.pop(msg_id, None)
+            await self.abort()
+            raise DimseTimeout(
+                f"no response to message {msg_id} within {self.t.timeouts.dimse}s"
+            ) from None
+
+    async def echo(self) -> Any:
+        """C-ECHO (PS3.7 9.3.5); returns the C-ECHO-RSP."""
+        self._check_usable()
+        ctx = self.context_for(uids.VERIFICATION)
+        if ctx is None:
+            raise AssociationError("the peer did not accept the Verification SOP Class")
+        msg_id = next(self._ids) & 0xFFFF
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[msg_id] = future
+        self.t.queue_message(ctx.id, CEchoRQ(msg_id).encode())
+        await self.t.drain()
+        return await self._await_response(msg_id, future)
+
+    async def store_stream(
+        self,
+        context: AcceptedContext,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        chunks: Iterable[bytes],
+        *,
+        priority: int = 0,
+        move_originator: tuple[str, int] | None = None,
+    ) -> Any:
+        """C-STORE (PS3.7 9.3.1) of a data set given as chunks in ``context``'s syntax.
+
+        Waits for a slot of the operations window, sends the request and the
+        data set, and returns the C-STORE-RSP when it arrives.
+        """
+        self._check_usable()
+        assert self._window is not None
+        async with self._window:
+            self._check_usable()
+            msg_id = next(self._ids) & 0xFFFF or next(self._ids)
+            rq = CStoreRQ(
+                msg_id,
+                sop_class_uid,
+                sop_instance_uid,
+                priority,
+                move_originator[0] if move_originator else None,
+                move_originator[1] if move_originator else None,
+            )
+            future = asyncio.get_running_loop().create_future()
+            self._waiting[msg_id] = future
+            self.t.queue_message(context.id, rq.encode())
+            await self.t.send_dataset_chunks(context.id, chunks)
+            await self.t.drain()
+            return await self._await_response(msg_id, future)
+
+    # -- ending -----------------------------------------------------------
+
+    async def release(self) -> None:
+        """A-RELEASE (PS3.8 7.2): ask the peer to release, wait, close."""
+        t = self.t
+        if t.conn.is_closed or self._ended is not None:
+            await self._stop()
+            return
+        self._released = asyncio.get_running_loop().create_future()
+        t.conn.release()
+        await t.flush()
+        try:
+            async with asyncio.timeout(t.timeouts.artim):
+                await self._released
+        except TimeoutError:
+            t.abort_now()
+        except AssociationError:
+            pass
+        await self._stop()
+
+    async def abort(self) -> None:
+        """A-ABORT (PS3.8 7.3) and close."""
+        self.t.abort_now()
+        self._end(AssociationAborted("aborted by us"))
+        await self._stop()
+
+    async def _stop(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+            try:
+                await self._reader
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        await self.t.close()
+
+    async def __aenter__(self) -> ClientAssociation:
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            await self.release()
+        else:
+            await self.abort()
+
+
+async def associate(
+    host: str,
+    port: int,
+    *,
+    called_ae: str = "ANY-SCP",
+    calling_ae: str = "DICOMSTORE",
+    contexts: Iterable[ContextSpec] = ((uids.VERIFICATION, (uids.IMPLICIT_VR_LE,)),),
+    max_pdu: int = DEFAULT_MAX_PDU,
+    max_ops: int | None = None,
+    roles: Iterable[I.RoleSelection] = (),
+    extended: Iterable[I.SOPClassExtended] = (),
+    identity: I.UserIdentityRQ | None = None,
+    timeouts: Timeouts | None = None,
+) -> ClientAssociation:
+    """Open a TCP connection and request an association (PS3.8 7.1.2)."""
+    timeouts = timeouts or Timeouts()
+    user = our_user_information(max_pdu)
+    if max_ops is not None:
+        user.async_ops = (max_ops, 1)
+    user.roles = list(roles)
+    user.extended = list(extended)
+    user.identity_rq = identity
+    rq = P.AssociateRQ(called_ae, calling_ae, build_contexts(contexts), user)
+    conn = Connection(Role.REQUESTOR, max_pdata=max_pdu)
+    conn.request(rq)  # Evt1 -> Sta4
+    try:
+        async with asyncio.timeout(timeouts.connect):
+            reader, writer = await asyncio.open_connection(host, port, limit=2**20)
+    except TimeoutError:
+        raise AssociationError(f"connecting to {host}:{port} timed out") from None
+    assoc = ClientAssociation(Transport(reader, writer, conn, timeouts), rq)
+    try:
+        await assoc._establish()
+    except BaseException:
+        await assoc.t.close()
+        raise
+    return assoc
+
+
+class connect:  # noqa: N801 - used as `async with dicomstore.connect(...)`
+    """``async with connect(host, port, ...) as assoc``: associate, then release."""
+
+    def __init__(self, host: str, port: int, **kwargs: Any) -> None:
+        self._args = (host, port)
+        self._kwargs = kwargs
+        self._assoc: ClientAssociation | None = None
+
+    def __await__(self):
+        return associate(*self._args, **self._kwargs).__await__()
+
+    async def __aenter__(self) -> ClientAssociation:
+        self._assoc = await associate(*self._args, **self._kwargs)
+        return self._assoc
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        assert self._assoc is not None
+        await self._assoc.__aexit__(exc_type, exc, tb)

@@ -1,0 +1,302 @@
+"""The asyncio server: many associations at once, one task each (PS3.8 9.1.2).
+
+Each connection runs :class:`AcceptorAssociation`: the association is
+negotiated with :mod:`dicomstore.ul.negotiation`, then DIMSE messages are
+dispatched to Verification (C-ECHO) and Storage (C-STORE).  Beyond
+``max_associations`` a request is rejected as transient (temporary congestion,
+PS3.8 9.3.4).  ``close()`` stops accepting, lets in-flight operations finish
+within a bound, then aborts what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from dicomstore import uids
+from dicomstore.aio.association import Timeouts, Transport
+from dicomstore.dimse import (
+    CEchoRQ,
+    CommandReceived,
+    CStoreRQ,
+    DatasetFragment,
+    InvalidRequest,
+    UnknownCommand,
+)
+from dicomstore.errors import RemoteProtocolError
+from dicomstore.services.storage_scp import OnStored, Receiving, StorageSCP, StoreHandler
+from dicomstore.services.verification import echo_response
+from dicomstore.ul import pdu as P
+from dicomstore.ul.connection import Connection, Role
+from dicomstore.ul.events import (
+    AbortIndication,
+    AssociateIndication,
+    DataIndication,
+    ReleaseIndication,
+)
+from dicomstore.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy, negotiate
+
+log = logging.getLogger("dicomstore.server")
+
+
+@dataclass
+class ServerConfig:
+    """Everything `dicomstore serve` can be told (see the README)."""
+
+    ae_title: str = "DICOMSTORE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    max_associations: int = 50
+    max_pdu: int = DEFAULT_MAX_PDU
+    require_called_aet: bool = False
+    allowed_calling_aets: frozenset[str] | None = None
+    #: Calling AE titles allowed to C-STORE (None: everyone who may associate).
+    store_aets: frozenset[str] | None = None
+    transfer_syntaxes: tuple[str, ...] = field(default_factory=uids.transfer_syntaxes)
+    accept_unknown: bool = False
+    max_ops: int = 1
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    shutdown_grace: float = 10.0
+
+    def policy(self) -> AcceptorPolicy:
+        """The negotiation policy: Verification plus every Storage SOP Class."""
+        syntaxes = {uids.VERIFICATION: uids.UNCOMPRESSED}
+        for sop_class in uids.storage_sop_classes():
+            syntaxes[sop_class] = self.transfer_syntaxes
+        return AcceptorPolicy(
+            ae_title=self.ae_title,
+            abstract_syntaxes=syntaxes,
+            require_called_aet=self.require_called_aet,
+            allowed_calling_aets=self.allowed_calling_aets,
+            accept_unknown=self.accept_unknown,
+            unknown_transfer_syntaxes=self.transfer_syntaxes,
+            max_pdu=self.max_pdu,
+            max_ops_invoked=self.max_ops,
+        )
+
+
+_CONGESTION = P.AssociateRJ(
+    P.REJECT_TRANSIENT, P.REJECT_SOURCE_PRESENTATION, P.REJECT_TEMPORARY_CONGESTION
+)
+
+
+class AcceptorAssociation:
+    """One inbound association, from TCP accept to close."""
+
+    def __init__(self, server: Server, transport: Transport, *, over_limit: bool) -> None:
+        self.server = server
+        self.t = transport
+        self.over_limit = over_limit
+        self.storage: StorageSCP | None = None
+        self.receiving: Receiving | None = None
+        self.busy = False  # an operation is in progress (for graceful shutdown)
+
+    async def run(self) -> None:
+        """Serve until the association ends; never raises."""
+        t = self.t
+        t.conn.transport_connected()  # Evt5 -> Sta2, ARTIM started
+        try:
+            while not t.conn.is_closed:
+                idle = self.server.config.timeouts.network if t.conn.is_established else None
+                events = await t.receive(idle)
+                try:
+                    for event in events:
+                        await self._on_event(event)
+                except RemoteProtocolError as exc:
+                    log.warning("%s: DIMSE protocol error: %s; aborting", t.peer, exc)
+                    self._drop_receiving()
+                    t.conn.protocol_error(exc)  # AA-8: A-ABORT (provider), ARTIM
+                await t.flush()
+        except TimeoutError:
+            log.info(
+                "%s: no activity for %ss, aborting", t.peer, self.server.config.timeouts.network
+            )
+            t.abort_now()
+        except asyncio.CancelledError:
+            t.abort_now()
+            raise
+        except Exception:  # noqa: BLE001 - one association must not kill the server
+            log.exception("%s: internal error, aborting", t.peer)
+            t.abort_now()
+        finally:
+            self._drop_receiving()
+            await t.close()
+
+    def _drop_receiving(self) -> None:
+        """Whatever was being received is abandoned: no file, no row."""
+        if self.receiving is not None:
+            self.receiving.abort()
+            self.receiving = None
+
+    async def _on_event(self, event) -> None:
+        t = self.t
+        if isinstance(event, DataIndication):
+            for pdv in event.pdvs:
+                for dimse_event in t.assembler.receive(pdv):
+                    await self._on_dimse(dimse_event)
+        elif isinstance(event, AssociateIndication):
+            self._on_request(event.request)
+        elif isinstance(event, ReleaseIndication):
+            t.conn.release_response()
+        elif isinstance(event, AbortIndication):
+            log.info("%s: %s", t.peer, event.message)
+
+    def _on_request(self, rq: P.AssociateRQ) -> None:
+        t = self.t
+        config = self.server.config
+        if self.over_limit:
+            log.warning(
+                "%s: rejected %s, %d associations already",
+                t.peer,
+                rq.calling_ae,
+                config.max_associations,
+            )
+            t.conn.reject(_CONGESTION)
+            return
+        answer, negotiated = negotiate(rq, self.server.policy)
+        if isinstance(answer, P.AssociateRJ):
+            log.warning(
+                "%s: rejected %s -> %s: %s",
+                t.peer,
+                rq.calling_ae,
+                rq.called_ae,
+                P.describe_reject(answer.result, answer.source, answer.reason),
+            )
+            t.conn.reject(answer)
+            return
+        assert negotiated is not None
+        t.negotiated = negotiated
+        store_aets = config.store_aets
+        self.storage = StorageSCP(
+            self.server.handler,
+            negotiated,
+            may_store=store_aets is None or negotiated.calling_ae in store_aets,
+            on_stored=self.server.on_stored,
+            commit_in_thread=self.server.commit_in_thread,
+        )
+        log.info(
+            "%s: association %s -> %s, %d of %d contexts accepted",
+            t.peer,
+            rq.calling_ae,
+            rq.called_ae,
+            len(negotiated.contexts),
+            len(rq.presentation_contexts),
+        )
+        t.conn.accept(answer)
+
+    async def _on_dimse(self, event) -> None:
+        t = self.t
+        if isinstance(event, DatasetFragment):
+            receiving = self.receiving
+            if receiving is None:  # a data set we decided to discard
+                return
+            receiving.write(event.data)
+            if event.is_last:
+                self.receiving = None
+                assert self.storage is not None
+                rsp = await self.storage.finish(receiving)
+                t.queue_message(event.context_id, rsp.encode())
+                self.busy = False
+            return
+        assert isinstance(event, CommandReceived)
+        message = event.message
+        if isinstance(message, CStoreRQ):
+            assert self.storage is not None
+            self.busy = True
+            self.receiving = self.storage.begin(event.context_id, message)
+        elif isinstance(message, CEchoRQ):
+            t.queue_message(event.context_id, echo_response(message).encode())
+        elif isinstance(message, InvalidRequest | UnknownCommand):
+            if getattr(message, "is_response", False):
+                log.warning("%s: unexpected response %#06x ignored", t.peer, message.command_field)
+                return
+            rsp = message.response()
+            log.warning("%s: answering %#06x: %s", t.peer, rsp.status, rsp.error_comment)
+            if message.has_dataset:  # answer once the data set, discarded, is complete
+                self.busy = True
+                self.receiving = Receiving(None, None, None, rsp)  # type: ignore[arg-type]
+            else:
+                t.queue_message(event.context_id, rsp.encode())
+        else:
+            log.warning("%s: unexpected %s ignored", t.peer, type(message).__name__)
+
+
+class Server:
+    """A DICOM server on asyncio: Verification and Storage SCP (PS3.4 A, B)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        handler: StoreHandler,
+        *,
+        on_stored: OnStored | None = None,
+        commit_in_thread: bool = True,
+    ) -> None:
+        self.config = config
+        self.handler = handler
+        self.on_stored = on_stored
+        self.commit_in_thread = commit_in_thread
+        self.policy = config.policy()
+        self.associations: set[AcceptorAssociation] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._server: asyncio.base_events.Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def start(self) -> None:
+        """Bind and start accepting connections."""
+        self._server = await asyncio.start_server(
+            self._on_connect, self.config.host, self.config.port, limit=2**20
+        )
+        log.info("listening on %s:%d as %s", self.config.host, self.port, self.config.ae_title)
+
+    async def serve_forever(self) -> None:
+        """Start (if needed) and serve until cancelled or closed."""
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        try:
+            await self._server.serve_forever()
+        except asyncio.CancelledError:
+            pass
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        conn = Connection(Role.ACCEPTOR, max_pdata=self.config.max_pdu)
+        transport = Transport(reader, writer, conn, self.config.timeouts)
+        over = len(self.associations) >= self.config.max_associations
+        assoc = AcceptorAssociation(self, transport, over_limit=over)
+        if not over:
+            self.associations.add(assoc)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await assoc.run()
+        finally:
+            self.associations.discard(assoc)
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop accepting; wait up to ``grace`` s for in-flight work; abort the rest."""
+        grace = self.config.shutdown_grace if grace is None else grace
+        if self._server is not None:
+            self._server.close()
+        tasks = set(self._tasks)
+        if tasks:
+            # Associations that are idle between operations can go right away.
+            for assoc in list(self.associations):
+                if not assoc.busy:
+                    assoc.t.abort_now()
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        if self._server is not None:
+            await self._server.wait_closed()

@@ -1,0 +1,359 @@
+"""The `dicomstore` command line: serve, echo, send, check, reindex.
+
+Exit codes (echo and send): 0 success, 1 failure reported by the peer (or
+partial failure for send), 2 usage error, 3 connection refused or
+unreachable, 4 association rejected, 5 association aborted, 6 timed out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from dicomstore import uids
+from dicomstore.aio.association import Timeouts
+from dicomstore.errors import (
+    AssociationAborted,
+    AssociationError,
+    AssociationRejected,
+    DimseTimeout,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_REJECTED = 4
+EXIT_ABORTED = 5
+EXIT_TIMEOUT = 6
+
+log = logging.getLogger("dicomstore")
+
+
+def _ae_title(value: str) -> str:
+    text = value.strip()
+    if not 0 < len(text) <= 16 or not text.isascii() or "\\" in text or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"not a valid AE title (1-16 ASCII characters): {value!r}")
+    return text
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 0-65535: {port}")
+    return port
+
+
+def _pdu(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if n != 0 and not 4096 <= n <= 2**32 - 1:
+        raise argparse.ArgumentTypeError("maximum PDU must be 0 (unlimited) or 4096 .. 4294967295")
+    return n
+
+
+def _positive(value: str) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return n
+
+
+def _transfer_syntax(value: str) -> str:
+    aliases = {
+        "explicit": uids.EXPLICIT_VR_LE,
+        "implicit": uids.IMPLICIT_VR_LE,
+        "big": uids.EXPLICIT_VR_BE,
+        "deflated": uids.DEFLATED_EXPLICIT_VR_LE,
+    }
+    uid = aliases.get(value.lower(), value)
+    if uid not in uids.transfer_syntaxes():
+        raise argparse.ArgumentTypeError(f"unknown transfer syntax: {value!r}")
+    return uid
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity",
+    )
+
+
+def _timeouts(args: argparse.Namespace) -> Timeouts:
+    t = Timeouts()
+    if getattr(args, "acse_timeout", None):
+        t.acse = args.acse_timeout
+    if getattr(args, "artim_timeout", None):
+        t.artim = args.artim_timeout
+    if getattr(args, "dimse_timeout", None):
+        t.dimse = args.dimse_timeout
+    if getattr(args, "idle_timeout", None):
+        t.network = args.idle_timeout
+    return t
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands and options (documented in the README)."""
+    parser = argparse.ArgumentParser(prog="dicomstore", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the Storage/Verification SCP")
+    s.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)",
+    )
+    s.add_argument("--port", type=_port, default=11112, help="TCP port (default 11112)")
+    s.add_argument(
+        "--aet", type=_ae_title, default="DICOMSTORE", help="our AE title (default DICOMSTORE)"
+    )
+    s.add_argument(
+        "--storage",
+        type=Path,
+        default=Path("dicomstore-data"),
+        help="archive root (default ./dicomstore-data, created if missing)",
+    )
+    s.add_argument(
+        "--max-associations",
+        type=int,
+        default=50,
+        help="simultaneous associations; beyond, reject as transient (default 50)",
+    )
+    s.add_argument(
+        "--max-pdu",
+        type=_pdu,
+        default=1024 * 1024,
+        help="maximum P-DATA-TF length we receive, 0 = unlimited (default 1048576)",
+    )
+    s.add_argument(
+        "--require-called-aet",
+        action="store_true",
+        help="reject associations whose called AE title is not --aet",
+    )
+    s.add_argument(
+        "--allow-calling-aet",
+        type=_ae_title,
+        action="append",
+        metavar="AET",
+        help="accept only these calling AE titles (repeatable; default: any)",
+    )
+    s.add_argument(
+        "--store-aet",
+        type=_ae_title,
+        action="append",
+        metavar="AET",
+        help="only these calling AE titles may C-STORE, others get 0124 (repeatable)",
+    )
+    s.add_argument(
+        "--accept-unknown-sop-classes",
+        action="store_true",
+        help="also accept private or newer SOP classes as storage",
+    )
+    s.add_argument(
+        "--transfer-syntax",
+        type=_transfer_syntax,
+        action="append",
+        metavar="TS",
+        help="accepted transfer syntaxes in order of preference (repeatable; UID or "
+        "explicit/implicit/big/deflated; default: every known, uncompressed "
+        "first)",
+    )
+    s.add_argument(
+        "--fsync",
+        choices=["on", "off"],
+        default="on",
+        help="flush every instance to disk before Success (default on)",
+    )
+    s.add_argument(
+        "--on-duplicate",
+        choices=["keep", "replace", "reject"],
+        default="keep",
+        help="an already stored SOP Instance UID arrives again (default keep)",
+    )
+    s.add_argument(
+        "--max-ops",
+        type=int,
+        default=16,
+        help="asynchronous operations window granted to senders (default 16)",
+    )
+    s.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")
+    s.add_argument(
+        "--artim-timeout",
+        type=_positive,
+        help="seconds to wait for an association request or a close (default 30)",
+    )
+    s.add_argument(
+        "--idle-timeout",
+        type=_positive,
+        help="seconds an association may stay silent (default 600)",
+    )
+    _add_common(s)
+
+    e = sub.add_parser("echo", help="C-ECHO a DICOM peer (Verification SCU)")
+    e.add_argument("host")
+    e.add_argument("port", type=_port)
+    e.add_argument("--aet", type=_ae_title, default="DICOMSTORE", help="our (calling) AE title")
+    e.add_argument("--aec", type=_ae_title, default="ANY-SCP", help="the peer's (called) AE title")
+    e.add_argument("--max-pdu", type=_pdu, default=1024 * 1024)
+    e.add_argument("--repeat", type=int, default=1, help="number of C-ECHOs (default 1)")
+    e.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")
+    e.add_argument("--dimse-timeout", type=_positive, help="seconds (default unlimited)")
+    _add_common(e)
+
+    c = sub.add_parser("check", help="verify the archive's files against its index")
+    c.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
+    _add_common(c)
+    r = sub.add_parser("reindex", help="rebuild the archive's index from its files")
+    r.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
+    _add_common(r)
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from dicomstore.aio.server import Server, ServerConfig
+    from dicomstore.archive import Archive
+
+    fsync = args.fsync == "on"
+    archive = Archive(args.storage, fsync=fsync, on_duplicate=args.on_duplicate)
+    config = ServerConfig(
+        ae_title=args.aet,
+        host=args.host,
+        port=args.port,
+        max_associations=args.max_associations,
+        max_pdu=args.max_pdu,
+        require_called_aet=args.require_called_aet,
+        allowed_calling_aets=frozenset(args.allow_calling_aet) if args.allow_calling_aet else None,
+        store_aets=frozenset(args.store_aet) if args.store_aet else None,
+        accept_unknown=args.accept_unknown_sop_classes,
+        max_ops=args.max_ops,
+        timeouts=_timeouts(args),
+    )
+    if args.transfer_syntax:
+        config.transfer_syntaxes = tuple(args.transfer_syntax)
+    if not fsync:
+        log.warning("--fsync off: acknowledged instances can be lost on a power cut or crash")
+    server = Server(config, archive)
+    try:
+        await server.start()
+    except OSError as exc:
+        print(
+            f"dicomstore: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
+        )
+        return EXIT_UNREACHABLE
+    log.info("storing into %s", args.storage.resolve())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    serving = asyncio.create_task(server.serve_forever())
+    await stop.wait()
+    log.info("shutting down: finishing in-flight operations")
+    await server.close()
+    serving.cancel()
+    archive.close()
+    return EXIT_OK
+
+
+async def _echo(args: argparse.Namespace) -> int:
+    from dicomstore.aio.client import associate
+    from dicomstore.dimse import status as st
+
+    assoc = await associate(
+        args.host,
+        args.port,
+        called_ae=args.aec,
+        calling_ae=args.aet,
+        max_pdu=args.max_pdu,
+        timeouts=_timeouts(args),
+    )
+    try:
+        for _ in range(args.repeat):
+            rsp = await assoc.echo()
+            if rsp.status != 0:
+                print(
+                    f"dicomstore: C-ECHO answered {rsp.status:#06x} ({st.describe(rsp.status)})",
+                    file=sys.stderr,
+                )
+                return EXIT_FAILED
+    finally:
+        await assoc.release()
+    print(f"C-ECHO to {args.aec}@{args.host}:{args.port}: success")
+    return EXIT_OK
+
+
+def run_client(coro) -> int:
+    """Run a client coroutine; turn network failures into one line and an exit code."""
+    try:
+        return asyncio.run(coro)
+    except AssociationRejected as exc:
+        print(f"dicomstore: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    except AssociationAborted as exc:
+        print(f"dicomstore: {exc}", file=sys.stderr)
+        return EXIT_ABORTED
+    except DimseTimeout as exc:
+        print(f"dicomstore: timed out: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except AssociationError as exc:
+        text = str(exc)
+        print(f"dicomstore: {text}", file=sys.stderr)
+        return EXIT_TIMEOUT if "timed out" in text or "within" in text else EXIT_FAILED
+    except ConnectionRefusedError:
+        print("dicomstore: connection refused (is the server running?)", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except OSError as exc:
+        print(f"dicomstore: cannot connect: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `dicomstore` console script."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    if args.command == "serve":
+        try:
+            return asyncio.run(_serve(args))
+        except KeyboardInterrupt:
+            return EXIT_OK
+    if args.command == "echo":
+        return run_client(_echo(args))
+    if args.command in ("check", "reindex"):
+        from dicomstore.archive import Archive
+
+        archive = Archive(args.storage)
+        if args.command == "reindex":
+            count = archive.reindex()
+            print(f"reindexed {count} instances")
+            return EXIT_OK
+        problems = archive.check()
+        for problem in problems:
+            print(problem)
+        print(f"{len(problems)} problem(s)")
+        return EXIT_FAILED if problems else EXIT_OK
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

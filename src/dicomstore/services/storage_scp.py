@@ -1,0 +1,218 @@
+"""Storage Service Class, SCP role (PS3.4 B.2): one C-STORE at a time.
+
+For each C-STORE-RQ the SCP checks the presentation context and the caller's
+right to store, asks the handler for a sink *before* the data set arrives
+(so the archive can write the file meta first), streams every fragment into
+it, and turns the handler's outcome into the C-STORE-RSP of PS3.4 B.2.3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dicomstore.dimse import CStoreRQ, CStoreRSP
+from dicomstore.dimse import status as st
+from dicomstore.ul.negotiation import AcceptedContext, Negotiated
+
+log = logging.getLogger("dicomstore.storage")
+
+
+class Sink(Protocol):
+    """Where one instance's data set goes while it arrives."""
+
+    def write(self, data: bytes | memoryview) -> None: ...
+    def commit(self) -> Any: ...  # returns an outcome with .status, .error_comment ...
+    def abort(self) -> None: ...
+
+
+class StoreHandler(Protocol):
+    """What the SCP stores into; :class:`dicomstore.archive.Archive` is one."""
+
+    def begin(
+        self,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        calling_ae: str,
+        called_ae: str,
+    ) -> Sink: ...
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """Passed to the ``on_stored`` callback after an instance was acknowledged."""
+
+    calling_ae: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    status: int
+    outcome: Any
+
+
+OnStored = Callable[[StoredEvent], Awaitable[None]]
+
+
+class Receiving:
+    """One C-STORE in progress: fragments go to the sink (or are discarded)."""
+
+    __slots__ = ("rq", "context", "sink", "response", "failed_write", "nbytes")
+
+    def __init__(
+        self,
+        rq: CStoreRQ,
+        context: AcceptedContext | None,
+        sink: Sink | None,
+        response: CStoreRSP | None,
+    ) -> None:
+        self.rq = rq
+        self.context = context
+        self.sink = sink
+        self.response = response  # set when the answer is known before the data set
+        self.failed_write: OSError | None = None
+        self.nbytes = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append one fragment; an I/O error is remembered and answered with A700."""
+        self.nbytes += len(data)
+        sink = self.sink
+        if sink is None:
+            return
+        try:
+            sink.write(data)
+        except OSError as exc:
+            self.failed_write = exc
+            self.sink = None
+            sink.abort()
+
+    def abort(self) -> None:
+        """The association ended mid-data set: leave nothing behind."""
+        if self.sink is not None:
+            sink, self.sink = self.sink, None
+            sink.abort()
+
+
+class StorageSCP:
+    """Answers C-STORE requests on one association (PS3.4 B.2.2, B.2.3)."""
+
+    def __init__(
+        self,
+        handler: StoreHandler,
+        negotiated: Negotiated,
+        *,
+        may_store: bool = True,
+        on_stored: OnStored | None = None,
+        commit_in_thread: bool = True,
+    ) -> None:
+        self.handler = handler
+        self.negotiated = negotiated
+        self.may_store = may_store
+        self.on_stored = on_stored
+        self.commit_in_thread = commit_in_thread
+        self._callbacks: set[asyncio.Task] = set()
+
+    def begin(self, context_id: int, rq: CStoreRQ) -> Receiving:
+        """Start receiving: validate, then open a sink before the data set arrives."""
+        context = self.negotiated.contexts.get(context_id)
+        if context is None:
+            return Receiving(
+                rq,
+                None,
+                None,
+                rq.response(
+                    st.SOP_CLASS_NOT_SUPPORTED,
+                    f"presentation context {context_id} was not accepted",
+                ),
+            )
+        if context.abstract_syntax != rq.affected_sop_class_uid:
+            return Receiving(
+                rq,
+                context,
+                None,
+                rq.response(
+                    st.SOP_CLASS_NOT_SUPPORTED,
+                    f"SOP class {rq.affected_sop_class_uid} sent on the context of "
+                    f"{context.abstract_syntax}",
+                    (0x00000002,),
+                ),
+            )
+        if not self.may_store:
+            return Receiving(
+                rq,
+                context,
+                None,
+                rq.response(st.NOT_AUTHORIZED, f"{self.negotiated.calling_ae} may not store here"),
+            )
+        try:
+            sink = self.handler.begin(
+                sop_class_uid=rq.affected_sop_class_uid,
+                sop_instance_uid=rq.affected_sop_instance_uid,
+                transfer_syntax_uid=context.transfer_syntax,
+                calling_ae=self.negotiated.calling_ae,
+                called_ae=self.negotiated.called_ae,
+            )
+        except OSError as exc:
+            return Receiving(
+                rq,
+                context,
+                None,
+                rq.response(st.OUT_OF_RESOURCES, _comment(f"cannot store: {exc.strerror or exc}")),
+            )
+        return Receiving(rq, context, sink, None)
+
+    async def finish(self, receiving: Receiving) -> CStoreRSP:
+        """The last fragment arrived: commit durably, then answer (PS3.4 B.2.3)."""
+        rq = receiving.rq
+        if receiving.response is not None:
+            return receiving.response
+        if receiving.failed_write is not None or receiving.sink is None:
+            exc = receiving.failed_write
+            text = exc.strerror if exc is not None and exc.strerror else str(exc)
+            return rq.response(st.OUT_OF_RESOURCES, _comment(f"write failed: {text}"))
+        sink, receiving.sink = receiving.sink, None
+        try:
+            if self.commit_in_thread:
+                outcome = await asyncio.to_thread(sink.commit)
+            else:
+                outcome = sink.commit()
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not be Success
+            log.exception("handler failed to commit %s", rq.affected_sop_instance_uid)
+            sink.abort()
+            return rq.response(st.PROCESSING_FAILURE, _comment(f"handler error: {exc}"))
+        status = getattr(outcome, "status", st.SUCCESS)
+        rsp = rq.response(
+            status,
+            _comment(getattr(outcome, "error_comment", None)),
+            getattr(outcome, "offending_element", None),
+        )
+        if self.on_stored is not None and not st.is_failure(status):
+            event = StoredEvent(
+                self.negotiated.calling_ae,
+                rq.affected_sop_class_uid,
+                rq.affected_sop_instance_uid,
+                receiving.context.transfer_syntax if receiving.context else "",
+                status,
+                outcome,
+            )
+            task = asyncio.ensure_future(self._call_back(event))
+            self._callbacks.add(task)
+            task.add_done_callback(self._callbacks.discard)
+        return rsp
+
+    async def _call_back(self, event: StoredEvent) -> None:
+        try:
+            await self.on_stored(event)  # type: ignore[misc]
+        except Exception:  # noqa: BLE001 - a user callback must not kill the SCP
+            log.exception("on_stored callback failed for %s", event.sop_instance_uid)
+
+
+def _comment(text: str | None) -> str | None:
+    """Error Comment is LO: at most 64 characters (PS3.7 C.4.2.1.2)."""
+    if text is None:
+        return None
+    return text if len(text) <= 64 else text[:61] + "..."

@@ -1,0 +1,283 @@
+"""A sans-I/O DICOM upper layer connection (PS3.8 7 and 9).
+
+Bytes in, events out; primitives in, bytes out.  The :mod:`fsm` table decides
+every transition; this module only carries out the effects: it encodes PDUs
+into an outbox, turns received PDUs into the events of :mod:`events`, and
+exposes the ARTIM timer and "close the transport" as flags for the I/O shell.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from dicomstore.errors import RemoteProtocolError
+from dicomstore.ul import pdu as P
+from dicomstore.ul.events import (
+    AbortIndication,
+    AssociateAccepted,
+    AssociateIndication,
+    AssociateRejected,
+    DataIndication,
+    ReleaseConfirmation,
+    ReleaseIndication,
+    ULEvent,
+)
+from dicomstore.ul.fsm import Effect, Event, State, step
+
+
+class Role(enum.Enum):
+    """Which end of the association this connection is."""
+
+    REQUESTOR = "requestor"
+    ACCEPTOR = "acceptor"
+
+
+_PDU_EVENT: dict[type, Event] = {
+    P.AssociateRQ: Event.ASSOCIATE_RQ_PDU,
+    P.AssociateAC: Event.ASSOCIATE_AC_PDU,
+    P.AssociateRJ: Event.ASSOCIATE_RJ_PDU,
+    P.PDataTF: Event.P_DATA_TF_PDU,
+    P.ReleaseRQ: Event.RELEASE_RQ_PDU,
+    P.ReleaseRP: Event.RELEASE_RP_PDU,
+    P.Abort: Event.ABORT_PDU,
+}
+
+#: A-ASSOCIATE-RJ sent when the provider refuses the protocol version (AE-6).
+_BAD_VERSION = P.AssociateRJ(
+    P.REJECT_PERMANENT, P.REJECT_SOURCE_ACSE, P.REJECT_PROTOCOL_VERSION_NOT_SUPPORTED
+)
+
+
+class Connection:
+    """One association's upper layer protocol machine, with no I/O.
+
+    ``max_pdata`` is the maximum P-DATA-TF length we advertise (0 = no limit);
+    a larger inbound PDU is refused from its header.  ``max_other`` caps the
+    other PDUs.  After each call, the shell sends :meth:`data_to_send`, keeps
+    the ARTIM timer running while :attr:`artim_running`, and closes the socket
+    once :attr:`close_requested`.
+    """
+
+    def __init__(self, role: Role, *, max_pdata: int = 0, max_other: int = 256 * 1024) -> None:
+        self.role = role
+        self.state = State.STA1
+        self.artim_running = False
+        self.close_requested = False
+        self.connect_requested = False
+        self._reader = P.PDUReader(max_pdata, max_other)
+        self._out: list[bytes] = []
+        self._pending: P.PDU | None = None  # the PDU a local primitive asked to send
+        self._received: P.PDU | None = None  # the PDU being handled
+        self._error: RemoteProtocolError | None = None
+        self._discard_input = False
+
+    # -- the shell's side -------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the peer since the last call."""
+        if not self._out:
+            return b""
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        return data
+
+    @property
+    def is_established(self) -> bool:
+        """True in Sta6 (data transfer)."""
+        return self.state is State.STA6
+
+    @property
+    def is_closed(self) -> bool:
+        """True once back in Sta1 after the association existed."""
+        return self.state is State.STA1
+
+    def transport_connected(self) -> list[ULEvent]:
+        """Evt5 (acceptor: a peer connected) or Evt2 (requestor: our connect completed)."""
+        if self.role is Role.ACCEPTOR:
+            return self._handle(Event.TRANSPORT_CONNECT_INDICATION)
+        return self._handle(Event.TRANSPORT_CONNECT_CONFIRM)
+
+    def transport_closed(self) -> list[ULEvent]:
+        """Evt17: the peer closed the TCP connection (or it failed)."""
+        if self.state is State.STA1:
+            return []
+        return self._handle(Event.TRANSPORT_CLOSED)
+
+    def artim_expired(self) -> list[ULEvent]:
+        """Evt18: the ARTIM timer ran out (PS3.8 9.1.5)."""
+        return self._handle(Event.ARTIM_EXPIRED)
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[ULEvent]:
+        """Feed bytes from the transport; return the events they complete."""
+        if self._discard_input or not data:
+            return []
+        try:
+            pdus = self._reader.feed(data)
+        except RemoteProtocolError as exc:
+            return self._invalid(exc)
+        events: list[ULEvent] = []
+        for index, pdu in enumerate(pdus):
+            if self._discard_input:
+                break
+            try:
+                events += self._handle(_PDU_EVENT[type(pdu)], pdu)
+            except RemoteProtocolError as exc:
+                del pdus[index:]
+                events += self._invalid(exc)
+                break
+        return events
+
+    def protocol_error(self, exc: RemoteProtocolError) -> list[ULEvent]:
+        """A layer above found the peer's data invalid: handled as Evt19 (AA-8)."""
+        return self._invalid(exc)
+
+    def _invalid(self, exc: RemoteProtocolError) -> list[ULEvent]:
+        """Evt19: unrecognized or invalid PDU; the stream is no longer in sync."""
+        self._error = exc
+        self._discard_input = True
+        return self._handle(Event.INVALID_PDU)
+
+    # -- local primitives -------------------------------------------------
+
+    def request(self, rq: P.AssociateRQ) -> None:
+        """Evt1: A-ASSOCIATE request; the shell then connects and calls transport_connected()."""
+        self._pending = rq
+        self._handle(Event.A_ASSOCIATE_RQ_LOCAL)
+
+    def accept(self, ac: P.AssociateAC) -> None:
+        """Evt7: A-ASSOCIATE response (accept)."""
+        self._pending = ac
+        self._handle(Event.A_ASSOCIATE_RSP_ACCEPT)
+
+    def reject(self, rj: P.AssociateRJ) -> None:
+        """Evt8: A-ASSOCIATE response (reject)."""
+        self._pending = rj
+        self._handle(Event.A_ASSOCIATE_RSP_REJECT)
+
+    def send_pdvs(self, pdvs: list[P.PDV]) -> None:
+        """Evt9: P-DATA request, one P-DATA-TF PDU holding ``pdvs``."""
+        state = self.state
+        if state is State.STA6:  # DT-1, the hot path: no table walk
+            self._out.append(P.encode_pdata(pdvs))
+            return
+        self._pending = P.PDataTF(pdvs)
+        self._handle(Event.P_DATA_RQ_LOCAL)
+
+    def release(self) -> None:
+        """Evt11: A-RELEASE request."""
+        self._handle(Event.A_RELEASE_RQ_LOCAL)
+
+    def release_response(self) -> None:
+        """Evt14: A-RELEASE response (affirmative)."""
+        self._handle(Event.A_RELEASE_RSP_LOCAL)
+
+    def abort(self) -> None:
+        """Evt15: A-ABORT request (service-user source)."""
+        self._handle(Event.A_ABORT_RQ_LOCAL)
+
+    # -- the machine ------------------------------------------------------
+
+    def _handle(self, event: Event, received: P.PDU | None = None) -> list[ULEvent]:
+        acceptable = True
+        if event is Event.ASSOCIATE_RQ_PDU:
+            acceptable = bool(received.protocol_version & 1)  # type: ignore[union-attr]
+            if not acceptable:
+                self._pending = _BAD_VERSION
+        _, outcome = step(
+            self.state, event, acceptable=acceptable, is_requestor=self.role is Role.REQUESTOR
+        )
+        self._received = received
+        events: list[ULEvent] = []
+        for effect in outcome.effects:
+            self._do(effect, events)
+        self.state = outcome.next_state
+        if self.state is State.STA1 and event is not Event.A_ASSOCIATE_RQ_LOCAL:
+            self.close_requested = True
+            self.artim_running = False
+        return events
+
+    def _send(self, pdu: P.PDU) -> None:
+        self._out.append(P.encode(pdu))
+
+    def _do(self, effect: Effect, events: list[ULEvent]) -> None:  # noqa: C901 - a dispatch
+        received = self._received
+        if effect is Effect.INDICATE_P_DATA:
+            events.append(DataIndication(received.pdvs))  # type: ignore[union-attr]
+        elif effect is Effect.SEND_P_DATA or effect in _SEND_PENDING:
+            assert self._pending is not None
+            self._send(self._pending)
+            self._pending = None
+        elif effect is Effect.START_ARTIM:
+            self.artim_running = True
+        elif effect is Effect.STOP_ARTIM:
+            self.artim_running = False
+        elif effect is Effect.CLOSE_TRANSPORT:
+            self.close_requested = True
+        elif effect is Effect.CONNECT:
+            self.connect_requested = True
+        elif effect is Effect.SEND_RELEASE_RQ:
+            self._send(P.ReleaseRQ())
+        elif effect is Effect.SEND_RELEASE_RP:
+            self._send(P.ReleaseRP())
+        elif effect is Effect.SEND_ABORT_USER:
+            if self._error is not None and self.role is Role.ACCEPTOR:
+                # AA-1 reached by a bad PDU in Sta2: the provider is the source.
+                self._send(P.Abort(P.ABORT_SOURCE_PROVIDER, self._error.reason))
+            else:
+                self._send(P.Abort(P.ABORT_SOURCE_USER, 0))
+        elif effect is Effect.SEND_ABORT_PROVIDER:
+            reason = self._error.reason if self._error else P.ABORT_UNEXPECTED_PDU
+            self._send(P.Abort(P.ABORT_SOURCE_PROVIDER, reason))
+        elif effect is Effect.INDICATE_ASSOCIATE:
+            events.append(AssociateIndication(received))  # type: ignore[arg-type]
+        elif effect is Effect.CONFIRM_ACCEPT:
+            events.append(AssociateAccepted(received))  # type: ignore[arg-type]
+        elif effect is Effect.CONFIRM_REJECT:
+            events.append(AssociateRejected(received))  # type: ignore[arg-type]
+        elif effect is Effect.INDICATE_RELEASE:
+            events.append(ReleaseIndication(collision=False))
+        elif effect is Effect.INDICATE_RELEASE_COLLISION:
+            events.append(ReleaseIndication(collision=True))
+        elif effect is Effect.CONFIRM_RELEASE:
+            events.append(ReleaseConfirmation())
+        elif effect is Effect.INDICATE_ABORT:
+            assert isinstance(received, P.Abort)
+            events.append(
+                AbortIndication(
+                    source=received.source,
+                    reason=received.reason,
+                    provider=received.source != P.ABORT_SOURCE_USER,
+                    message=P.describe_abort(received.source, received.reason),
+                )
+            )
+        elif effect is Effect.INDICATE_P_ABORT:
+            events.append(self._p_abort())
+        # ACCEPT_TRANSPORT and IGNORE_PDU need nothing from us.
+
+    def _p_abort(self) -> AbortIndication:
+        """A-P-ABORT: the provider ended the association (PS3.8 7.4)."""
+        if self._error is not None:
+            return AbortIndication(
+                source=P.ABORT_SOURCE_PROVIDER,
+                reason=self._error.reason,
+                provider=True,
+                message=f"protocol error from the peer: {self._error}",
+            )
+        if self._received is not None:
+            return AbortIndication(
+                source=P.ABORT_SOURCE_PROVIDER,
+                reason=P.ABORT_UNEXPECTED_PDU,
+                provider=True,
+                message=f"unexpected {type(self._received).__name__} in {self.state.name}",
+            )
+        return AbortIndication(
+            source=P.ABORT_SOURCE_PROVIDER,
+            reason=P.ABORT_REASON_NOT_SPECIFIED,
+            provider=True,
+            message="the connection closed unexpectedly",
+        )
+
+
+_SEND_PENDING = frozenset(
+    {Effect.SEND_ASSOCIATE_RQ, Effect.SEND_ASSOCIATE_AC, Effect.SEND_ASSOCIATE_RJ}
+)

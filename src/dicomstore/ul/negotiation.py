@@ -1,0 +1,238 @@
+"""Association negotiation, as acceptor and as requestor (PS3.8 7.1, PS3.7 D.3).
+
+Pure functions: an A-ASSOCIATE-RQ and an :class:`AcceptorPolicy` give an
+A-ASSOCIATE-AC or -RJ plus the :class:`Negotiated` result; a requestor turns
+its RQ and the peer's AC into the same :class:`Negotiated` view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from dicomstore import uids
+from dicomstore.ul import items as I
+from dicomstore.ul import pdu as P
+
+#: Our default maximum P-DATA-TF length (PS3.8 D.1); large PDUs cost less per byte.
+DEFAULT_MAX_PDU = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AcceptedContext:
+    """A presentation context accepted for use on the association."""
+
+    id: int
+    abstract_syntax: str
+    transfer_syntax: str
+    scu_role: bool = True  # the requestor may act as SCU
+    scp_role: bool = False  # the requestor may act as SCP
+
+
+@dataclass
+class Negotiated:
+    """What both ends agreed on (the parts a DIMSE user needs)."""
+
+    calling_ae: str
+    called_ae: str
+    contexts: dict[int, AcceptedContext]
+    peer_max_pdu: int  # 0 = unlimited
+    peer_implementation_class_uid: str | None = None
+    peer_implementation_version_name: str | None = None
+    #: Operations the requestor may have outstanding (0 = unlimited), PS3.7 D.3.3.3.
+    max_ops_invoked: int = 1
+    max_ops_performed: int = 1
+    extended: dict[str, bytes] = field(default_factory=dict)
+    identity: I.UserIdentityRQ | None = None
+
+    def context_for(self, abstract_syntax: str, transfer_syntax: str | None = None):
+        """The first accepted context for an abstract syntax (and transfer syntax)."""
+        for ctx in self.contexts.values():
+            if ctx.abstract_syntax == abstract_syntax and (
+                transfer_syntax is None or ctx.transfer_syntax == transfer_syntax
+            ):
+                return ctx
+        return None
+
+
+ExtendedAnswer = Callable[[str, bytes], bytes | None]
+
+
+@dataclass
+class AcceptorPolicy:
+    """What an acceptor accepts (PS3.8 7.1.1, PS3.7 D.3.3).
+
+    ``abstract_syntaxes`` maps each supported abstract syntax to its transfer
+    syntaxes in order of preference.  ``accept_unknown`` accepts any other
+    abstract syntax with ``unknown_transfer_syntaxes`` (private or newer
+    storage classes).  ``allowed_calling_aets`` None means anyone.
+    """
+
+    ae_title: str = "DICOMSTORE"
+    abstract_syntaxes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    require_called_aet: bool = False
+    allowed_calling_aets: frozenset[str] | None = None
+    accept_unknown: bool = False
+    unknown_transfer_syntaxes: tuple[str, ...] = uids.UNCOMPRESSED
+    max_pdu: int = DEFAULT_MAX_PDU
+    max_ops_invoked: int = 1  # how many operations we let the requestor have outstanding
+    extended_negotiation: ExtendedAnswer | None = None
+    #: Specialized SOP class -> whether accepted through its related general class.
+    common_extended: bool = True
+
+
+def _min_window(theirs: int, ours: int) -> int:
+    """min() where 0 means unlimited (PS3.7 D.3.3.3)."""
+    if theirs == 0:
+        return ours
+    if ours == 0:
+        return theirs
+    return min(theirs, ours)
+
+
+def our_user_information(max_pdu: int) -> I.UserInformation:
+    """The user information sub-items every association of ours carries."""
+    return I.UserInformation(
+        max_length=max_pdu,
+        implementation_class_uid=uids.IMPLEMENTATION_CLASS_UID,
+        implementation_version_name=uids.IMPLEMENTATION_VERSION_NAME,
+    )
+
+
+def check_request(rq: P.AssociateRQ, policy: AcceptorPolicy) -> P.AssociateRJ | None:
+    """The A-ASSOCIATE-RJ the request deserves, if any (PS3.8 9.3.4)."""
+    if rq.application_context != P.APPLICATION_CONTEXT_NAME:
+        return P.AssociateRJ(
+            P.REJECT_PERMANENT, P.REJECT_SOURCE_USER, P.REJECT_APPLICATION_CONTEXT_NOT_SUPPORTED
+        )
+    if policy.require_called_aet and rq.called_ae != policy.ae_title:
+        return P.AssociateRJ(
+            P.REJECT_PERMANENT, P.REJECT_SOURCE_USER, P.REJECT_CALLED_AE_NOT_RECOGNIZED
+        )
+    if policy.allowed_calling_aets is not None and rq.calling_ae not in policy.allowed_calling_aets:
+        return P.AssociateRJ(
+            P.REJECT_PERMANENT, P.REJECT_SOURCE_USER, P.REJECT_CALLING_AE_NOT_RECOGNIZED
+        )
+    return None
+
+
+def _supported_transfer_syntaxes(
+    abstract: str, rq: P.AssociateRQ, policy: AcceptorPolicy
+) -> tuple[str, ...] | None:
+    wanted = policy.abstract_syntaxes.get(abstract)
+    if wanted is not None:
+        return wanted
+    if policy.common_extended:
+        for com in rq.user_info.common_extended:
+            if com.sop_class_uid == abstract:
+                for general in com.related_general_sop_classes:
+                    if general in policy.abstract_syntaxes:
+                        return policy.abstract_syntaxes[general]
+    if policy.accept_unknown and abstract != uids.VERIFICATION:
+        return policy.unknown_transfer_syntaxes
+    return None
+
+
+def negotiate(
+    rq: P.AssociateRQ, policy: AcceptorPolicy
+) -> tuple[P.AssociateAC | P.AssociateRJ, Negotiated | None]:
+    """Answer an A-ASSOCIATE-RQ as acceptor: the AC (or RJ) and the agreement."""
+    rj = check_request(rq, policy)
+    if rj is not None:
+        return rj, None
+    requested_roles = {r.sop_class_uid: r for r in rq.user_info.roles}
+    results: list[I.PresentationContextAC] = []
+    accepted: dict[int, AcceptedContext] = {}
+    roles: dict[str, I.RoleSelection] = {}
+    for pc in rq.presentation_contexts:
+        offered = _supported_transfer_syntaxes(pc.abstract_syntax, rq, policy)
+        if offered is None:
+            results.append(
+                I.PresentationContextAC(
+                    pc.id, I.ABSTRACT_SYNTAX_NOT_SUPPORTED, pc.transfer_syntaxes[0]
+                )
+            )
+            continue
+        chosen = next((ts for ts in offered if ts in pc.transfer_syntaxes), None)
+        if chosen is None:
+            results.append(
+                I.PresentationContextAC(
+                    pc.id, I.TRANSFER_SYNTAXES_NOT_SUPPORTED, pc.transfer_syntaxes[0]
+                )
+            )
+            continue
+        scu_role, scp_role = True, False
+        asked = requested_roles.get(pc.abstract_syntax)
+        if asked is not None:
+            # We act as SCP only: the requestor may be SCU, never SCP (PS3.7 D.3.3.4).
+            scu_role, scp_role = asked.scu_role, False
+            roles[pc.abstract_syntax] = I.RoleSelection(pc.abstract_syntax, scu_role, scp_role)
+            if not scu_role:
+                results.append(I.PresentationContextAC(pc.id, I.USER_REJECTION, chosen))
+                continue
+        results.append(I.PresentationContextAC(pc.id, I.ACCEPTANCE, chosen))
+        accepted[pc.id] = AcceptedContext(pc.id, pc.abstract_syntax, chosen, scu_role, scp_role)
+
+    user = our_user_information(policy.max_pdu)
+    user.roles = list(roles.values())
+    invoked = performed = 1
+    if rq.user_info.async_ops is not None:
+        invoked = _min_window(rq.user_info.async_ops[0], policy.max_ops_invoked)
+        performed = 1
+        user.async_ops = (invoked, performed)
+    extended: dict[str, bytes] = {}
+    if policy.extended_negotiation is not None:
+        accepted_classes = {c.abstract_syntax for c in accepted.values()}
+        for ext in rq.user_info.extended:
+            if ext.sop_class_uid in accepted_classes:
+                answer = policy.extended_negotiation(ext.sop_class_uid, ext.info)
+                if answer is not None:
+                    extended[ext.sop_class_uid] = answer
+                    user.extended.append(I.SOPClassExtended(ext.sop_class_uid, answer))
+    ac = P.AssociateAC(
+        called_ae=rq.called_ae,
+        calling_ae=rq.calling_ae,
+        presentation_contexts=results,
+        user_info=user,
+    )
+    negotiated = Negotiated(
+        calling_ae=rq.calling_ae,
+        called_ae=rq.called_ae,
+        contexts=accepted,
+        peer_max_pdu=rq.user_info.max_length or 0,
+        peer_implementation_class_uid=rq.user_info.implementation_class_uid,
+        peer_implementation_version_name=rq.user_info.implementation_version_name,
+        max_ops_invoked=invoked,
+        max_ops_performed=performed,
+        extended=extended,
+        identity=rq.user_info.identity_rq,
+    )
+    return ac, negotiated
+
+
+def requested(rq: P.AssociateRQ, ac: P.AssociateAC) -> Negotiated:
+    """The requestor's view of an accepted association (PS3.8 7.1.1.13)."""
+    proposed = {pc.id: pc for pc in rq.presentation_contexts}
+    roles = {r.sop_class_uid: r for r in ac.user_info.roles}
+    contexts: dict[int, AcceptedContext] = {}
+    for result in ac.presentation_contexts:
+        pc = proposed.get(result.id)
+        if pc is None or result.result != I.ACCEPTANCE:
+            continue
+        role = roles.get(pc.abstract_syntax)
+        scu, scp = (role.scu_role, role.scp_role) if role else (True, False)
+        contexts[pc.id] = AcceptedContext(
+            pc.id, pc.abstract_syntax, result.transfer_syntax, scu, scp
+        )
+    window = ac.user_info.async_ops or (1, 1)
+    return Negotiated(
+        calling_ae=rq.calling_ae,
+        called_ae=rq.called_ae,
+        contexts=contexts,
+        peer_max_pdu=ac.user_info.max_length or 0,
+        peer_implementation_class_uid=ac.user_info.implementation_class_uid,
+        peer_implementation_version_name=ac.user_info.implementation_version_name,
+        max_ops_invoked=window[0],
+        max_ops_performed=window[1],
+        extended={e.sop_class_uid: e.info for e in ac.user_info.extended},
+    )
