@@ -1,0 +1,159 @@
+"""Shared fixtures: our server in a background thread, real DCMTK and
+pynetdicom peers as subprocesses on loopback ports, all waited on by
+events (a listening socket, a process exit), never by sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from dicomstore.aio.server import Server, ServerConfig
+
+#: DCMTK by absolute path: pynetdicom installs console scripts with the same names.
+DCMTK = Path(os.environ.get("DCMTK_BIN", "/usr/bin"))
+#: DCMTK leaves Nagle on unless told (44 ms per message otherwise).
+PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def dcmtk(tool: str) -> str:
+    """Absolute path of a DCMTK tool; the test suite installs the dcmtk package."""
+    path = DCMTK / tool
+    if not path.exists():
+        pytest.fail(f"DCMTK's {tool} is missing at {path}: install the Debian package dcmtk")
+    return str(path)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    hexport = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[1].endswith(hexport) and fields[3] == "0A":
+                        return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def wait_listening(port: int, proc: subprocess.Popen | None = None, timeout: float = 20) -> None:
+    """Block until something listens on ``port`` (read from /proc, no probe connection)."""
+    deadline = time.monotonic() + timeout
+    while not _listening(port):
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"peer exited with {proc.returncode} before listening")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+        time.sleep(0.01)
+
+
+@contextmanager
+def peer_process(args: list[str], port: int, **kwargs) -> Iterator[subprocess.Popen]:
+    """Start a peer SCP subprocess, wait until it listens, stop it afterwards."""
+    proc = subprocess.Popen(
+        args, env=PEER_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs
+    )
+    try:
+        wait_listening(port, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+@contextmanager
+def dcmtk_storescp(port: int, outdir: Path, *extra: str) -> Iterator[subprocess.Popen]:
+    """DCMTK storescp accepting everything into ``outdir``."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    args = [dcmtk("storescp"), "--output-directory", str(outdir), *extra, str(port)]
+    with peer_process(args, port) as proc:
+        yield proc
+
+
+@contextmanager
+def pynetdicom_storescp(port: int, outdir: Path, *extra: str) -> Iterator[subprocess.Popen]:
+    """pynetdicom's storescp app, run through its module entry point."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "pynetdicom", "storescp", str(port), "-od", str(outdir), *extra]
+    with peer_process(args, port) as proc:
+        yield proc
+
+
+class ServerThread:
+    """Our Server running on its own event loop in a thread (for subprocess peers)."""
+
+    def __init__(self, config: ServerConfig, handler, **kwargs) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = Server(config, handler, **kwargs)
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.server.start())
+        except BaseException as exc:  # noqa: BLE001
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def call(self, coro, timeout: float = 30):
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.call(self.server.close(grace=5))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+class NullHandler:
+    """A store handler that refuses to store (for Verification-only tests)."""
+
+    def begin(self, **kwargs):
+        raise OSError(28, "No space left on device")
+
+
+@pytest.fixture
+def tmp_storage(tmp_path: Path) -> Path:
+    return tmp_path / "storage"
