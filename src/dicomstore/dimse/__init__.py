@@ -1,0 +1,80 @@
+"""DIMSE (PS3.7), sans-I/O: command sets, messages, fragmentation and assembly.
+
+Incoming: feed each PDV from the upper layer to :class:`DimseAssembler`; it
+yields :class:`CommandReceived` (a decoded message) and one
+:class:`DatasetFragment` per data set PDV.  Outgoing: ``message.encode()``,
+then :func:`command_pdvs` / :func:`dataset_pdvs` cut to the peer's maximum PDU
+length, and :func:`group_pdus` wraps them in P-DATA-TF PDUs.
+"""
+
+from dicomstore.dimse import status
+from dicomstore.dimse.assembler import (
+    MAX_COMMAND_LENGTH,
+    CommandReceived,
+    DatasetFragment,
+    DimseAssembler,
+    Event,
+)
+from dicomstore.dimse.commands import BadValue, decode_command, encode_command
+from dicomstore.dimse.fragments import (
+    DEFAULT_FRAGMENT,
+    PDV_OVERHEAD,
+    command_pdvs,
+    dataset_pdvs,
+    group_pdus,
+    max_pdv_data,
+)
+from dicomstore.dimse.messages import (
+    C_CANCEL_RQ,
+    C_ECHO_RQ,
+    C_ECHO_RSP,
+    C_STORE_RQ,
+    C_STORE_RSP,
+    PRIORITY_HIGH,
+    PRIORITY_LOW,
+    PRIORITY_MEDIUM,
+    CEchoRQ,
+    CEchoRSP,
+    CStoreRQ,
+    CStoreRSP,
+    GenericRSP,
+    InvalidRequest,
+    Message,
+    UnknownCommand,
+    decode_message,
+)
+
+__all__ = [
+    "BadValue",
+    "C_CANCEL_RQ",
+    "C_ECHO_RQ",
+    "C_ECHO_RSP",
+    "C_STORE_RQ",
+    "C_STORE_RSP",
+    "CEchoRQ",
+    "CEchoRSP",
+    "CStoreRQ",
+    "CStoreRSP",
+    "CommandReceived",
+    "DEFAULT_FRAGMENT",
+    "DatasetFragment",
+    "DimseAssembler",
+    "Event",
+    "GenericRSP",
+    "InvalidRequest",
+    "MAX_COMMAND_LENGTH",
+    "Message",
+    "PDV_OVERHEAD",
+    "PRIORITY_HIGH",
+    "PRIORITY_LOW",
+    "PRIORITY_MEDIUM",
+    "UnknownCommand",
+    "command_pdvs",
+    "dataset_pdvs",
+    "decode_command",
+    "decode_message",
+    "encode_command",
+    "group_pdus",
+    "max_pdv_data",
+    "status",
+]

@@ -1,0 +1,168 @@
+"""Storage SCP against real senders (PS3.4 B.2): DCMTK storescu and pynetdicom.
+
+Every instance a sender reports as stored must be in the archive with its data
+set byte-identical to the file that was sent.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pydicom.data
+import pytest
+from tests.conftest import PEER_ENV, ServerThread, dcmtk, dcmtk_storescp, free_port
+
+from dicomstore.aio.server import ServerConfig
+from dicomstore.archive import Archive
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The data set of a PS3.10 file: everything after the File Meta Information."""
+    raw = path.read_bytes()
+    if raw[128:132] != b"DICM":
+        return raw
+    offset = 132
+    while offset + 8 <= len(raw) and raw[offset : offset + 2] == b"\x02\x00":
+        vr = raw[offset + 4 : offset + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV"):
+            length = int.from_bytes(raw[offset + 8 : offset + 12], "little")
+            offset += 12 + length
+        else:
+            length = int.from_bytes(raw[offset + 6 : offset + 8], "little")
+            offset += 8 + length
+    return raw[offset:]
+
+
+TESTFILES = Path(pydicom.data.__file__).parent / "test_files"
+
+
+def sendable_testfiles(dest: Path, *, uncompressed_only: bool = False) -> dict[str, Path]:
+    """pydicom's Part-10 test files that name a SOP instance, copied to ``dest``."""
+    dest.mkdir()
+    by_uid: dict[str, Path] = {}
+    for name in sorted(TESTFILES.glob("*.dcm")):
+        try:
+            ds = pydicom.dcmread(name, stop_before_pixels=True)
+            uid = str(ds.file_meta.MediaStorageSOPInstanceUID)
+            sop_class = str(ds.file_meta.MediaStorageSOPClassUID)
+            syntax = ds.file_meta.TransferSyntaxUID
+        except Exception:  # noqa: BLE001 - deliberately broken files are not sendable
+            continue
+        if not uid or not sop_class or uid in by_uid:
+            continue
+        if uncompressed_only and syntax.is_compressed:
+            continue
+        target = dest / Path(name).name
+        shutil.copyfile(name, target)
+        by_uid[uid] = target
+    return by_uid
+
+
+def stored_datasets(root: Path) -> dict[str, Path]:
+    out = {}
+    for path in root.rglob("*"):
+        if not path.is_file() or path.name == "index.sqlite" or "sqlite" in path.name:
+            continue
+        with path.open("rb") as f:
+            if f.read(132)[128:] != b"DICM":
+                continue
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        out[str(ds.file_meta.MediaStorageSOPInstanceUID)] = path
+    return out
+
+
+@pytest.fixture
+def archive_server(tmp_path: Path):
+    archive = Archive(tmp_path / "archive", fsync=False)
+    with ServerThread(ServerConfig(port=0), archive) as srv:
+        yield srv, archive
+    archive.close()
+
+
+def _compare(stored: dict[str, Path], reference: dict[str, Path], sent: dict[str, Path]) -> None:
+    """Byte-identical data sets where both receivers negotiated the same transfer
+    syntax (the bytes on the wire were then the same); equal data sets otherwise."""
+    same_syntax = 0
+    for uid, path in stored.items():
+        ours = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        ref = pydicom.dcmread(reference[uid], stop_before_pixels=True).file_meta
+        if ours == ref.TransferSyntaxUID:
+            same_syntax += 1
+            assert dataset_bytes(path) == dataset_bytes(reference[uid]), sent[uid].name
+        else:  # the sender converted for one receiver: same pixels, same attributes
+            # The sender decompressed for one receiver and not the other: what its
+            # decoder makes of the pixels (pynetdicom 3.0.4 even rewrites Number of
+            # Frames) is out of our hands, everything else must match.
+            a, b = pydicom.dcmread(path), pydicom.dcmread(reference[uid])
+            outside_pixels = [e for e in a if e.tag.group not in (0x0028, 0x7FE0)]
+            assert outside_pixels == [e for e in b if e.tag.group not in (0x0028, 0x7FE0)]
+    assert same_syntax >= len(stored) * 3 // 4
+
+
+def _storescu(port: int, folder: Path) -> subprocess.CompletedProcess:
+    args = ["-nh", "+sd", "+r", "-aec", "DICOMSTORE", "127.0.0.1", str(port), str(folder)]
+    return subprocess.run(
+        [dcmtk("storescu"), *args], env=PEER_ENV, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_dcmtk_storescu_testfiles_are_stored_byte_identical(tmp_path, archive_server) -> None:
+    """DCMTK's storescu re-encodes some data sets as it sends them (explicit
+    sequence lengths, byte order), so "what was sent" is what DCMTK's own
+    storescp --bit-preserving writes when it receives the same files."""
+    srv, archive = archive_server
+    # storescu proposes uncompressed syntaxes only (it would decompress)
+    sent = sendable_testfiles(tmp_path / "in", uncompressed_only=True)
+    result = _storescu(srv.port, tmp_path / "in")
+    port = free_port()
+    with dcmtk_storescp(port, tmp_path / "reference", "--bit-preserving"):
+        _storescu(port, tmp_path / "in")
+    reference = stored_datasets(tmp_path / "reference")
+    stored = stored_datasets(tmp_path / "archive")
+    assert set(stored) == set(reference), result.stderr
+    assert len(stored) >= len(sent) * 3 // 4, f"{len(stored)} of {len(sent)}"
+    _compare(stored, reference, sent)
+    assert len(archive.instances()) == len(stored)
+
+
+def _pynetdicom_storescu(port: int, folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pynetdicom",
+            "storescu",
+            "127.0.0.1",
+            str(port),
+            str(folder),
+            "-r",
+            "-cx",
+            "-aec",
+            "DICOMSTORE",
+        ],
+        env=PEER_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_pynetdicom_storescu_testfiles_are_stored_byte_identical(tmp_path, archive_server) -> None:
+    """pynetdicom decodes and re-encodes what it sends; the reference for "what
+    was sent" is DCMTK storescp --bit-preserving receiving the same files."""
+    srv, archive = archive_server
+    sent = sendable_testfiles(tmp_path / "in")
+    result = _pynetdicom_storescu(srv.port, tmp_path / "in")
+    port = free_port()
+    with dcmtk_storescp(port, tmp_path / "reference", "--bit-preserving", "+xa"):
+        _pynetdicom_storescu(port, tmp_path / "in")
+    reference = stored_datasets(tmp_path / "reference")
+    stored = stored_datasets(tmp_path / "archive")
+    assert set(stored) == set(reference), result.stderr
+    assert len(stored) >= len(sent) * 3 // 4, f"{len(stored)} of {len(sent)}"
+    _compare(stored, reference, sent)
+    assert len(archive.instances()) == len(stored)
