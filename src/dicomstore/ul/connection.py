@@ -226,8 +226,9 @@ class Connection:
             else:
                 self._send(P.Abort(P.ABORT_SOURCE_USER, 0))
         elif effect is Effect.SEND_ABORT_PROVIDER:
-            reason = self._error.reason if self._error else P.ABORT_UNEXPECTED_PDU
-            self._send(P.Abort(P.ABORT_SOURCE_PROVIDER, reason))
+            # The same reason as the A-P-ABORT indication: "unexpected PDU" only
+            # when a PDU caused it (not, e.g., a timer firing in the wrong state).
+            self._send(P.Abort(P.ABORT_SOURCE_PROVIDER, self._p_abort().reason))
         elif effect is Effect.INDICATE_ASSOCIATE:
             events.append(AssociateIndication(received))  # type: ignore[arg-type]
         elif effect is Effect.CONFIRM_ACCEPT:
