@@ -32,7 +32,7 @@ _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 def is_valid_uid(value: str) -> bool:
     """True when ``value`` follows the UID grammar of PS3.5 9.1 (≤ 64 chars)."""
-    return 0 < len(value) <= 64 and _UID_RE.match(value) is not None
+    return 0 < len(value) <= 64 and _UID_RE.fullmatch(value) is not None
 
 
 def uid_name(uid: str) -> str:

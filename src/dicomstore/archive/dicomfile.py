@@ -1,0 +1,265 @@
+"""The PS3.10 file around a received data set.
+
+Before the data set: the 128-byte preamble, ``DICM`` and the File Meta
+Information (PS3.10 7.1), written by pydicom's ``write_file_meta_info``.
+After it: the header read back with pydicom up to the Pixel Data, plus a check
+that the data set is framed correctly — pydicom reads leniently and accepts a
+truncated value or header without complaint, so every top-level element is
+checked to end where the next begins, inside the data set (PS3.5 7.1), and the
+Pixel Data header to fit in the file.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Callable
+from typing import BinaryIO
+
+from pydicom import config
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+
+from dicomstore.archive.layout import uid_bytes
+from dicomstore.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+PREAMBLE = bytes(128)
+PREFIX = b"DICM"
+#: Top-level elements larger than this are skipped, not loaded (values not needed).
+DEFER_SIZE = 1 << 20
+PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+#: Groups that cannot start a top-level element of a data set: command (0000),
+#: file meta (0002), items and delimiters (FFFE), reserved (FFFF). (The odd groups
+#: 0001-0007 PS3.5 7.1 also forbids are tolerated: pydicom reads them.)
+FORBIDDEN_GROUPS = frozenset({0x0000, 0x0002, 0xFFFE, 0xFFFF})
+_LONG_VRS = frozenset(str(vr).encode() for vr in EXPLICIT_VR_LENGTH_32)
+_DELIMITERS = (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x00\x00")
+_ITEM_TAGS = (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")
+
+
+class HeaderError(Exception):
+    """The data set cannot be understood; ``tag`` is the offending element, if known."""
+
+    def __init__(self, message: str, tag: int | None = None) -> None:
+        super().__init__(message)
+        self.tag = tag
+
+
+def _latin1(value: str) -> str:
+    """A string pydicom can encode as latin-1 that stands for the same bytes."""
+    return uid_bytes(value).decode("latin-1")
+
+
+def file_header(
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    calling_ae: str,
+    called_ae: str,
+) -> bytes:
+    """Preamble, prefix and File Meta Information (PS3.10 7.1) for a received instance.
+
+    Written with ``enforce_standard=False`` so our Implementation Class UID and
+    Version Name stay and the command's values are written as received, even
+    non-conformant ones (they are checked against the data set at commit).
+    (0002,0016) Source AE Title and (0002,0017) Sending AE Title are the
+    calling AE, (0002,0018) Receiving AE Title the called AE.
+    """
+    meta = FileMetaDataset()
+    meta.FileMetaInformationGroupLength = 0  # set by write_file_meta_info
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    for tag, vr, value in (
+        (0x00020002, "UI", sop_class_uid),
+        (0x00020003, "UI", sop_instance_uid),
+        (0x00020010, "UI", transfer_syntax_uid),
+        (0x00020012, "UI", IMPLEMENTATION_CLASS_UID),
+        (0x00020013, "SH", IMPLEMENTATION_VERSION_NAME),
+        (0x00020016, "AE", calling_ae.strip()),
+        (0x00020017, "AE", calling_ae.strip()),
+        (0x00020018, "AE", called_ae.strip()),
+    ):
+        if value or vr == "UI":
+            meta.add(DataElement(tag, vr, _latin1(value), validation_mode=config.IGNORE))
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    buffer.write(PREAMBLE + PREFIX)
+    write_file_meta_info(buffer, meta, enforce_standard=False)
+    return buffer.getvalue()
+
+
+def encoding_of(transfer_syntax_uid: str) -> tuple[bool, bool, bool]:
+    """(implicit VR, little endian, deflated) of a transfer syntax (PS3.5 10).
+
+    A transfer syntax pydicom does not know (a private one) is read as Explicit
+    VR Little Endian, the encoding of every compressed transfer syntax.
+    """
+    uid = UID(transfer_syntax_uid)
+    if not uid.is_transfer_syntax:
+        return False, True, False
+    return uid.is_implicit_VR, uid.is_little_endian, uid.is_deflated
+
+
+def _at_pixels(tag: int, vr: str | None, length: int) -> bool:
+    return tag in PIXEL_TAGS
+
+
+def read_header(fp: BinaryIO, start: int, size: int, transfer_syntax_uid: str) -> Dataset:
+    """The data set in ``fp[start:size]`` up to (not including) the Pixel Data.
+
+    Elements longer than :data:`DEFER_SIZE` are left unread. A deflated data set
+    (PS3.5 A.5) is inflated in memory first. Raises :class:`HeaderError`.
+    """
+    implicit, little, deflated = encoding_of(transfer_syntax_uid)
+    fp.seek(start)
+    stream: BinaryIO = fp
+    if deflated:
+        stream = io.BytesIO(_inflate(fp))
+        start, size = 0, len(stream.getbuffer())
+    if size <= start:
+        raise HeaderError("the data set is empty")
+    try:
+        ds = read_dataset(stream, implicit, little, stop_when=_at_pixels, defer_size=DEFER_SIZE)
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise HeaderError(f"the data set cannot be parsed: {exc}") from exc
+    stop = stream.tell()
+    _check_framing(stream, ds, start, min(stop, size), implicit)
+    if stop < size:
+        _check_pixel_header(stream, stop, size, implicit, little)
+    return ds
+
+
+def _inflate(fp: BinaryIO) -> bytes:
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    parts = []
+    try:
+        while chunk := fp.read(1 << 20):
+            parts.append(inflater.decompress(chunk))
+        parts.append(inflater.flush())
+    except zlib.error as exc:
+        raise HeaderError(f"the deflated data set cannot be inflated: {exc}") from exc
+    if not inflater.eof:
+        raise HeaderError("the deflated data set is truncated")
+    return b"".join(parts)
+
+
+def _positions(ds: Dataset, implicit: bool) -> list[tuple[int, int, int | None, bool]]:
+    """(value position, tag, length or None, long header?) of each top-level element."""
+    found = []
+    for tag in list(ds.keys()):  # a Dataset iterates over elements, not tags
+        elem = ds.get_item(tag, keep_deferred=True)
+        if isinstance(elem, RawDataElement):
+            pos, length = elem.value_tell, elem.length
+            vr = elem.VR
+            if length == 0xFFFFFFFF:
+                length = None
+        else:  # undefined-length SQ/UN, already parsed into items
+            pos, length, vr = elem.file_tell, None, elem.VR
+        long = not implicit and vr is not None and str(vr).encode() in _LONG_VRS
+        found.append((pos, int(tag), length, long))
+    found.sort()
+    return found
+
+
+def _check_framing(stream: BinaryIO, ds: Dataset, start: int, stop: int, implicit: bool) -> None:
+    """Every top-level element starts where the previous one ended, within ``stop``."""
+    expected: int | None = start  # None: after an undefined length, ends at a delimiter
+    for pos, tag, length, long in _positions(ds, implicit):
+        if tag >> 16 in FORBIDDEN_GROUPS:
+            raise HeaderError(f"element {_fmt(tag)} is not allowed in a data set", tag)
+        header_start = pos - (12 if long else 8)
+        if expected is None:
+            if not _delimited(stream, header_start):
+                raise HeaderError(f"the sequence before {_fmt(tag)} is not delimited", tag)
+        elif header_start != expected:
+            raise HeaderError(f"the data set is not framed correctly at {_fmt(tag)}", tag)
+        if length is None:
+            expected = None
+        else:
+            expected = pos + length
+            if expected > stop:
+                raise HeaderError(f"element {_fmt(tag)} runs past the end of the data set", tag)
+    if expected is None:
+        if not _delimited(stream, stop):
+            raise HeaderError("the last sequence of the data set is not delimited")
+    elif expected != stop:
+        raise HeaderError(f"the data set is truncated or has stray bytes at offset {expected}")
+
+
+def _delimited(stream: BinaryIO, end: int) -> bool:
+    """True when the 8 bytes before ``end`` are a Sequence Delimitation Item."""
+    if end < 8:
+        return False
+    stream.seek(end - 8)
+    return stream.read(8) in _DELIMITERS
+
+
+def _check_pixel_header(
+    stream: BinaryIO, stop: int, size: int, implicit: bool, little: bool
+) -> None:
+    """The Pixel Data element header is complete and its value fits in the file."""
+    stream.seek(stop)
+    head = stream.read(16)
+    order = "<" if little else ">"
+    if len(head) < 8:
+        raise HeaderError("the Pixel Data element header is truncated", 0x7FE00010)
+    group, elem = struct.unpack(order + "HH", head[:4])
+    tag = group << 16 | elem
+    if tag not in PIXEL_TAGS:
+        raise HeaderError(f"unexpected element {_fmt(tag)} at offset {stop}", tag)
+    if implicit or not b"AA" <= head[4:6] <= b"ZZ":  # pydicom's implicit VR switch
+        (length,), value_start = struct.unpack(order + "L", head[4:8]), stop + 8
+    elif head[4:6] in _LONG_VRS:
+        if len(head) < 12:
+            raise HeaderError("the Pixel Data element header is truncated", tag)
+        (length,), value_start = struct.unpack(order + "L", head[8:12]), stop + 12
+    else:
+        (length,), value_start = struct.unpack(order + "H", head[6:8]), stop + 8
+    if length == 0xFFFFFFFF:
+        if head[value_start - stop : value_start - stop + 4] not in _ITEM_TAGS:
+            raise HeaderError("encapsulated Pixel Data does not start with an item", tag)
+    elif value_start + length > size:
+        raise HeaderError("the Pixel Data value is truncated", tag)
+
+
+def dataset_offset(fp: BinaryIO) -> int:
+    """Where the data set starts in a PS3.10 file (after preamble, prefix, group 0002)."""
+    fp.seek(0)
+    if fp.read(132)[128:] != PREFIX:
+        raise HeaderError("not a DICOM PS3.10 file (no DICM prefix)")
+    pos = 132
+    while True:
+        fp.seek(pos)
+        head = fp.read(12)
+        if len(head) < 8 or struct.unpack("<H", head[:2])[0] != 0x0002:
+            return pos
+        if head[4:6] in _LONG_VRS:
+            if len(head) < 12:
+                raise HeaderError("the File Meta Information is truncated")
+            pos += 12 + struct.unpack("<L", head[8:12])[0]
+        else:
+            pos += 8 + struct.unpack("<H", head[6:8])[0]
+
+
+def _fmt(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+HashUpdate = Callable[[bytes], object]
+
+
+def hash_from(fp: BinaryIO, start: int, update: HashUpdate, chunk: int = 1 << 20) -> int:
+    """Feed ``fp[start:]`` to ``update``; return the number of bytes read."""
+    fp.seek(start)
+    total = 0
+    while block := fp.read(chunk):
+        update(block)
+        total += len(block)
+    return total

@@ -1,0 +1,114 @@
+"""Keeping files and index in agreement: ``check`` finds where they differ,
+``reindex`` rebuilds the index from the files (headers read up to the Pixel Data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydicom.filereader import read_file_meta_info
+
+from dicomstore.archive import layout
+from dicomstore.archive.dicomfile import dataset_offset, hash_from, read_header
+from dicomstore.archive.fields import index_fields
+from dicomstore.archive.index import Index
+
+
+def dicom_files(root: Path) -> Iterator[Path]:
+    """Every ``*.dcm`` file under ``root`` except the temporaries."""
+    for folder, dirs, files in os.walk(root):
+        if Path(folder) == root:
+            dirs[:] = [d for d in dirs if d != layout.TMP_DIR]
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(layout.SUFFIX):
+                yield Path(folder, name)
+
+
+def data_set_digest(path: Path) -> str:
+    """SHA-256 of the data set bytes of a PS3.10 file (what the index records)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fp:
+        hash_from(fp, dataset_offset(fp), digest.update)
+    return digest.hexdigest()
+
+
+def check_archive(root: Path, index: Index, *, digests: bool = True) -> list[str]:
+    """Problems, one line each: indexed files missing, resized or altered
+    (digest, when ``digests``), and ``.dcm`` files the index does not know."""
+    problems: list[str] = []
+    indexed: set[Path] = set()
+    for uid, relpath, size, digest in index.paths():
+        try:
+            path = layout.resolve(root, relpath)
+        except ValueError:
+            problems.append(f"{uid}: indexed path {relpath!r} is outside the archive")
+            continue
+        indexed.add(path)
+        try:
+            actual = path.stat().st_size
+            if actual != size:
+                problems.append(f"{relpath}: size {actual}, indexed {size}")
+            elif digests and data_set_digest(path) != digest:
+                problems.append(f"{relpath}: content differs from the indexed digest")
+        except FileNotFoundError:
+            problems.append(f"{relpath}: missing (SOP Instance {uid})")
+        except Exception as exc:  # unreadable file, broken meta
+            problems.append(f"{relpath}: cannot be read: {exc}")
+    for path in dicom_files(root):
+        if path not in indexed:
+            problems.append(f"{path.relative_to(root).as_posix()}: not indexed")
+    return problems
+
+
+def read_row(root: Path, path: Path) -> dict[str, Any]:
+    """The index row of a stored file, read from its meta and header."""
+    meta = read_file_meta_info(path)
+    transfer_syntax = str(meta.get("TransferSyntaxUID", ""))
+    stat = path.stat()
+    digest = hashlib.sha256()
+    with open(path, "rb") as fp:
+        offset = dataset_offset(fp)
+        ds = read_header(fp, offset, stat.st_size, transfer_syntax)
+        hash_from(fp, offset, digest.update)
+    row = index_fields(ds)
+    if row["sop_instance_uid"] is None or row["sop_class_uid"] is None:
+        raise ValueError("no SOP Class/Instance UID in the data set")
+    row.update(
+        transfer_syntax_uid=layout.normalize_uid(transfer_syntax),
+        file_size=stat.st_size,
+        digest=digest.hexdigest(),
+        received_at=datetime.fromtimestamp(stat.st_mtime, UTC).isoformat(timespec="microseconds"),
+        calling_ae=str(meta.get("SourceApplicationEntityTitle", "")).strip() or None,
+        called_ae=str(meta.get("ReceivingApplicationEntityTitle", "")).strip() or None,
+        path=path.relative_to(root).as_posix(),
+    )
+    return row
+
+
+def reindex_archive(root: Path, index: Index) -> int:
+    """Replace the index by what the files say; unreadable files are left out
+    (``check`` then lists them as not indexed). Received-at becomes the file's
+    modification time. Two files with one SOP Instance UID: the later path wins."""
+    rows = []
+    for path in dicom_files(root):
+        try:
+            rows.append(read_row(root, path))
+        except Exception:  # noqa: S112 - reported by check() as not indexed
+            continue
+    with index.lock:
+        index.begin()
+        try:
+            index.clear()
+            for row in rows:
+                index.put(row)
+            index.commit()
+        except BaseException:
+            index.rollback()
+            raise
+    return len(rows)

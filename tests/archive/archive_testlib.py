@@ -1,0 +1,105 @@
+"""Helpers shared by the archive tests: data sets built byte by byte, a store loop."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from dicomstore.archive import Archive, StoreOutcome
+from dicomstore.archive.dicomfile import dataset_offset
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+_LONG = {b"OB", b"OW", b"SQ", b"UN", b"UT", b"OF", b"OD", b"OL", b"UC", b"UR"}
+
+
+def element(tag: int, vr: str, value: bytes | str) -> bytes:
+    """One Explicit VR Little Endian element (PS3.5 7.1.2), value padded to even length."""
+    raw = value.encode("latin-1") if isinstance(value, str) else value
+    if len(raw) % 2:
+        raw += b"\0" if vr in ("UI", "OB") else b" "
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode()
+    if vr.encode() in _LONG:
+        return head + b"\0\0" + struct.pack("<L", len(raw)) + raw
+    return head + struct.pack("<H", len(raw)) + raw
+
+
+def dataset(
+    sop_uid: str | bytes | None = "1.2.3.4.5.6.7",
+    *,
+    sop_class: str | bytes | None = CT,
+    study: str | bytes | None = "1.2.3.4",
+    series: str | bytes | None = "1.2.3.4.5",
+    patient_id: str = "PID1",
+    patient_name: str = "Doe^Jane",
+    modality: str = "CT",
+    extra: dict[int, tuple[str, bytes | str]] | None = None,
+    pixels: int = 0,
+) -> bytes:
+    """A small Explicit VR Little Endian data set; ``None`` leaves an attribute out."""
+    elems: dict[int, tuple[str, bytes | str]] = {
+        0x00080060: ("CS", modality),
+        0x00080020: ("DA", "20240102"),
+        0x00080050: ("SH", "ACC1"),
+        0x00100010: ("PN", patient_name),
+        0x00100020: ("LO", patient_id),
+        0x00100040: ("CS", "F"),
+        0x00081030: ("LO", "Head"),
+        0x00200013: ("IS", "7"),
+        0x00200011: ("IS", "3"),
+    }
+    for tag, value in (
+        (0x00080016, sop_class),
+        (0x00080018, sop_uid),
+        (0x0020000D, study),
+        (0x0020000E, series),
+    ):
+        if value is not None:
+            elems[tag] = ("UI", value)
+    elems.update(extra or {})
+    data = b"".join(element(tag, *elems[tag]) for tag in sorted(elems))
+    if pixels:
+        data += element(0x7FE00010, "OW", bytes(range(256)) * (pixels // 256) + bytes(pixels % 256))
+    return data
+
+
+def store(
+    archive: Archive,
+    data: bytes,
+    *,
+    sop_uid: str = "1.2.3.4.5.6.7",
+    sop_class: str = CT,
+    ts: str = EXPLICIT_LE,
+    chunk: int | None = None,
+    calling_ae: str = "SCU",
+) -> StoreOutcome:
+    """begin → write (in ``chunk``-byte fragments) → commit."""
+    ingest = archive.begin(
+        sop_class_uid=sop_class,
+        sop_instance_uid=sop_uid,
+        transfer_syntax_uid=ts,
+        calling_ae=calling_ae,
+        called_ae="ARCHIVE",
+    )
+    step = chunk or max(len(data), 1)
+    view = memoryview(data)
+    for start in range(0, len(data), step):
+        ingest.write(view[start : start + step])
+    return ingest.commit()
+
+
+def stored_dataset(path: Path) -> bytes:
+    """The data set bytes of a stored file (what follows the File Meta Information)."""
+    with open(path, "rb") as fp:
+        offset = dataset_offset(fp)
+        fp.seek(offset)
+        return fp.read()
+
+
+def dcm_files(root: Path) -> list[Path]:
+    """Every file under ``root`` except the index (and its WAL companions)."""
+    return sorted(
+        p for p in root.rglob("*") if p.is_file() and not p.name.startswith("index.sqlite")
+    )

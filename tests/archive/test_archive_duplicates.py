@@ -1,0 +1,184 @@
+"""A SOP Instance UID stored twice: policies keep / replace / reject, also under threads."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from archive_testlib import EXPLICIT_LE, dataset, dcm_files, store, stored_dataset
+
+from dicomstore.archive import (
+    DUPLICATE_REJECTED,
+    SUCCESS,
+    WARNING_COERCION,
+    Archive,
+    StoreOutcome,
+)
+
+FIRST = dataset(patient_name="First")
+SECOND = dataset(patient_name="Second")
+
+
+def _one_file_one_row(archive: Archive) -> tuple[Path, dict]:
+    (path,) = [p for p in dcm_files(archive.root) if ".tmp" not in p.parts]
+    rows = archive.instances()
+    assert len(rows) == 1
+    assert hashlib.sha256(stored_dataset(path)).hexdigest() == rows[0]["digest"]
+    assert archive.check() == []
+    assert not any(archive.tmp_dir.iterdir())
+    return path, rows[0]
+
+
+def test_unknown_policy_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        Archive(tmp_path, on_duplicate="overwrite")  # type: ignore[arg-type]
+
+
+def test_keep_identical_is_success(tmp_path: Path) -> None:
+    with Archive(tmp_path / "root") as archive:
+        first = store(archive, FIRST)
+        again = store(archive, FIRST, chunk=10)
+        assert again.status == SUCCESS and again.error_comment is None
+        assert again.path == first.path and again.instance == first.instance
+        _one_file_one_row(archive)
+
+
+def test_keep_different_is_b000_and_keeps_the_first(tmp_path: Path) -> None:
+    with Archive(tmp_path / "root") as archive:
+        first = store(archive, FIRST)
+        second = store(archive, SECOND)
+        assert second.status == WARNING_COERCION
+        assert second.is_warning and not second.is_failure
+        assert "kept" in second.error_comment
+        assert second.path == first.path
+        path, row = _one_file_one_row(archive)
+        assert stored_dataset(path) == FIRST and row["patient_name"] == "First"
+
+
+def test_replace_same_place(tmp_path: Path) -> None:
+    with Archive(tmp_path / "root", on_duplicate="replace") as archive:
+        store(archive, FIRST)
+        second = store(archive, SECOND)
+        assert second.status == SUCCESS
+        path, row = _one_file_one_row(archive)
+        assert stored_dataset(path) == SECOND and row["patient_name"] == "Second"
+
+
+def test_replace_moving_to_another_study(tmp_path: Path) -> None:
+    with Archive(tmp_path / "root", on_duplicate="replace") as archive:
+        first = store(archive, FIRST)
+        moved = dataset(study="1.2.3.9", series="1.2.3.9.1", patient_id="PID2")
+        second = store(archive, moved)
+        assert second.status == SUCCESS
+        assert not first.path.exists()
+        path, row = _one_file_one_row(archive)
+        assert path == second.path and row["study_uid"] == "1.2.3.9"
+        assert archive.instances(study_uid="1.2.3.4") == []
+        assert archive.instances(patient_id="PID1") == []
+
+
+def test_reject_is_a_failure_and_keeps_the_first(tmp_path: Path) -> None:
+    with Archive(tmp_path / "root", on_duplicate="reject") as archive:
+        store(archive, FIRST)
+        for data in (FIRST, SECOND):
+            outcome = store(archive, data)
+            assert outcome.status == DUPLICATE_REJECTED and outcome.is_failure
+            assert outcome.offending_element == (0x00080018,)
+            assert "duplicate" in outcome.error_comment
+            assert outcome.path is None
+        path, _ = _one_file_one_row(archive)
+        assert stored_dataset(path) == FIRST
+
+
+def _race(archive: Archive, payloads: list[bytes]) -> list[StoreOutcome]:
+    """Receive every payload in its own thread; all commit at the same moment."""
+    barrier = threading.Barrier(len(payloads))
+    outcomes: list[StoreOutcome | None] = [None] * len(payloads)
+
+    def run(i: int) -> None:
+        ingest = archive.begin(
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            sop_instance_uid="1.2.3.4.5.6.7",
+            transfer_syntax_uid=EXPLICIT_LE,
+        )
+        ingest.write(payloads[i])
+        barrier.wait()
+        outcomes[i] = ingest.commit()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(payloads))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(outcomes)
+    return outcomes  # type: ignore[return-value]
+
+
+THREADS = 8
+DIFFERENT = [dataset(patient_name=f"Thread{i}") for i in range(THREADS)]
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_concurrent_keep_identical(tmp_path: Path, fsync: bool) -> None:
+    with Archive(tmp_path / "root", fsync=fsync) as archive:
+        outcomes = _race(archive, [FIRST] * THREADS)
+        assert {o.status for o in outcomes} == {SUCCESS}
+        assert len({o.path for o in outcomes}) == 1
+        _one_file_one_row(archive)
+
+
+def test_concurrent_keep_different(tmp_path: Path) -> None:
+    with Archive(tmp_path / "root") as archive:
+        outcomes = _race(archive, DIFFERENT)
+        assert Counter(o.status for o in outcomes) == {SUCCESS: 1, WARNING_COERCION: 7}
+        (winner,) = [i for i, o in enumerate(outcomes) if o.status == SUCCESS]
+        path, row = _one_file_one_row(archive)
+        assert stored_dataset(path) == DIFFERENT[winner]
+
+
+def test_concurrent_replace(tmp_path: Path) -> None:
+    with Archive(tmp_path / "root", on_duplicate="replace") as archive:
+        outcomes = _race(archive, DIFFERENT)
+        assert {o.status for o in outcomes} == {SUCCESS}
+        path, row = _one_file_one_row(archive)
+        assert stored_dataset(path) in DIFFERENT
+        assert row["patient_name"] == f"Thread{DIFFERENT.index(stored_dataset(path))}"
+
+
+def test_concurrent_reject(tmp_path: Path) -> None:
+    with Archive(tmp_path / "root", on_duplicate="reject") as archive:
+        outcomes = _race(archive, DIFFERENT)
+        assert Counter(o.status for o in outcomes) == {SUCCESS: 1, DUPLICATE_REJECTED: 7}
+        (winner,) = [i for i, o in enumerate(outcomes) if o.status == SUCCESS]
+        path, _ = _one_file_one_row(archive)
+        assert stored_dataset(path) == DIFFERENT[winner]
+
+
+def test_concurrent_distinct_instances_all_stored(tmp_path: Path) -> None:
+    with Archive(tmp_path / "root") as archive:
+        barrier = threading.Barrier(THREADS)
+        statuses: list[int] = []
+
+        def run(i: int) -> None:
+            uid = f"1.2.3.4.5.6.{100 + i}"
+            ingest = archive.begin(
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                sop_instance_uid=uid,
+                transfer_syntax_uid=EXPLICIT_LE,
+            )
+            ingest.write(dataset(uid, series=f"1.2.3.4.{i % 2}"))
+            barrier.wait()
+            statuses.append(ingest.commit().status)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert statuses == [SUCCESS] * THREADS
+        assert len(archive.instances()) == THREADS
+        assert len(archive.instances(series_uid="1.2.3.4.0")) == THREADS // 2
+        assert archive.check() == []

@@ -1,0 +1,140 @@
+"""The SQLite index: schema, queries, readers beside the writer, check() and reindex()."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from archive_testlib import dataset, store
+
+from dicomstore.archive import SUCCESS, Archive
+from dicomstore.archive.index import ROW_COLUMNS, SCHEMA
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Archive:
+    with Archive(tmp_path / "root") as archive:
+        for i, (patient, study, series, modality) in enumerate(
+            [
+                ("P1", "1.2.3.4", "1.2.3.4.1", "CT"),
+                ("P1", "1.2.3.4", "1.2.3.4.1", "CT"),
+                ("P2", "1.2.3.5", "1.2.3.5.1", "MR"),
+            ]
+        ):
+            uid = f"1.2.3.4.5.{i}"
+            data = dataset(uid, patient_id=patient, study=study, series=series, modality=modality)
+            assert store(archive, data, sop_uid=uid).status == SUCCESS
+        yield archive
+
+
+def test_index_is_wal_with_the_four_tables(archive: Archive) -> None:
+    db = sqlite3.connect(archive.root / "index.sqlite")
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"patient", "study", "series", "instance"}
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"patient_name_idx", "study_date_idx", "study_accession_idx"} <= indexes
+    assert {"series_modality_idx"} <= indexes
+    db.close()
+
+
+def test_schema_has_no_sqlite_only_syntax() -> None:
+    for word in ("AUTOINCREMENT", "WITHOUT ROWID", "INSERT OR", "REPLACE INTO", "PRAGMA"):
+        assert word not in SCHEMA.upper()
+
+
+def test_queries(archive: Archive) -> None:
+    assert len(archive.instances()) == 3
+    assert [r["sop_instance_uid"] for r in archive.instances(patient_id="P1")] == [
+        "1.2.3.4.5.0",
+        "1.2.3.4.5.1",
+    ]
+    assert len(archive.instances(modality="MR", patient_id="P2")) == 1
+    assert archive.instances(modality="US") == []
+    assert len(archive.instances(body_part=None)) == 3
+    assert len(archive.instances(study_date="20240102", accession_number="ACC1")) == 3
+    row = archive.get_instance("1.2.3.4.5.2")
+    assert set(row) == set(ROW_COLUMNS)
+    assert row["patient_id"] == "P2" and row["series_uid"] == "1.2.3.5.1"
+    assert archive.get_instance("9.9") is None
+    assert archive.path_of("9.9") is None
+    assert archive.path_of("1.2.3.4.5.2") == archive.root / row["path"]
+    with pytest.raises(TypeError):
+        archive.instances(no_such_column="x")
+
+
+def test_readers_do_not_block_the_writer(archive: Archive) -> None:
+    reader = sqlite3.connect(archive.root / "index.sqlite", isolation_level=None)
+    reader.execute("BEGIN")
+    before = reader.execute("SELECT COUNT(*) FROM instance").fetchone()
+    outcome = store(archive, dataset("1.2.3.4.5.9"), sop_uid="1.2.3.4.5.9")
+    assert outcome.status == SUCCESS
+    assert reader.execute("SELECT COUNT(*) FROM instance").fetchone() == before  # snapshot
+    reader.execute("COMMIT")
+    assert reader.execute("SELECT COUNT(*) FROM instance").fetchone() == (4,)
+    reader.close()
+
+
+def test_reading_while_the_writer_holds_the_lock(archive: Archive) -> None:
+    with archive.index.lock:
+        archive.index.begin()
+        archive.index.remove("1.2.3.4.5.0")
+        assert len(archive.instances()) == 3  # readers see the last commit
+        archive.index.rollback()
+
+
+def test_check_is_clean_after_stores(archive: Archive) -> None:
+    assert archive.check() == []
+
+
+def test_check_finds_missing_altered_resized_and_unindexed(archive: Archive) -> None:
+    paths = [archive.path_of(f"1.2.3.4.5.{i}") for i in range(3)]
+    paths[0].unlink()
+    raw = bytearray(paths[1].read_bytes())
+    raw[-5] ^= 0xFF  # same size, different content
+    paths[1].write_bytes(bytes(raw))
+    with open(paths[2], "ab") as fp:
+        fp.write(b"\0\0")
+    stray = archive.root / "1.2.3.4" / "1.2.3.4.1" / "9.9.dcm"
+    stray.write_bytes(paths[1].read_bytes())
+    problems = archive.check()
+    assert len(problems) == 4
+    text = "\n".join(problems)
+    assert "missing" in text and "1.2.3.4.5.0" in text
+    assert "content differs" in text
+    assert "size" in text
+    assert "9.9.dcm: not indexed" in text
+
+
+def test_reindex_rebuilds_the_index(archive: Archive, tmp_path: Path) -> None:
+    before = {r["sop_instance_uid"]: r for r in archive.instances()}
+    archive.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{archive.root}/index.sqlite{suffix}").unlink(missing_ok=True)
+    with Archive(archive.root) as rebuilt:
+        assert rebuilt.instances() == []
+        assert len(rebuilt.check()) == 3  # every file unindexed
+        assert rebuilt.reindex() == 3
+        assert rebuilt.check() == []
+        after = {r["sop_instance_uid"]: r for r in rebuilt.instances()}
+        assert after.keys() == before.keys()
+        for uid, row in after.items():
+            for key in ROW_COLUMNS:
+                if key != "received_at":
+                    assert row[key] == before[uid][key], key
+
+
+def test_reindex_drops_rows_of_deleted_files_and_skips_broken_ones(archive: Archive) -> None:
+    archive.path_of("1.2.3.4.5.0").unlink()
+    broken = archive.root / "1.2.3.4" / "broken.dcm"
+    broken.write_bytes(b"not dicom")
+    assert archive.reindex() == 2
+    assert archive.get_instance("1.2.3.4.5.0") is None
+    assert archive.check() == ["1.2.3.4/broken.dcm: not indexed"]
+
+
+def test_store_after_reindex(archive: Archive) -> None:
+    archive.reindex()
+    assert store(archive, dataset("1.2.3.4.5.7"), sop_uid="1.2.3.4.5.7").status == SUCCESS
+    assert len(archive.instances()) == 4

@@ -1,0 +1,428 @@
+"""begin → write → commit/abort: statuses, failures that leave nothing, durability."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+from archive_testlib import CT, EXPLICIT_LE, MR, dataset, dcm_files, element, store
+from pydicom import dcmread
+
+from dicomstore.archive import (
+    CANNOT_UNDERSTAND,
+    DATASET_MISMATCH,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    Archive,
+    Index,
+    StoreHandler,
+    StoreOutcome,
+    StoreSink,
+)
+from dicomstore.errors import LocalProtocolError
+from dicomstore.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Archive:
+    with Archive(tmp_path / "root") as archive:
+        yield archive
+
+
+def assert_nothing_stored(archive: Archive) -> None:
+    assert dcm_files(archive.root) == []
+    assert archive.instances() == []
+
+
+def test_archive_is_a_store_handler(archive: Archive) -> None:
+    assert isinstance(archive, StoreHandler)
+    ingest = archive.begin(sop_class_uid=CT, sop_instance_uid="1.2", transfer_syntax_uid="1.2")
+    assert isinstance(ingest, StoreSink)
+    ingest.abort()
+
+
+def test_success_writes_meta_then_the_data_set(archive: Archive) -> None:
+    data = dataset(pixels=1000)
+    outcome = store(archive, data, chunk=100, calling_ae="MODALITY")
+    assert outcome.status == SUCCESS
+    assert outcome.error_comment is None
+    assert outcome.path == archive.root / "1.2.3.4" / "1.2.3.4.5" / "1.2.3.4.5.6.7.dcm"
+    raw = outcome.path.read_bytes()
+    assert raw[:128] == bytes(128) and raw[128:132] == b"DICM"
+    assert raw.endswith(data)
+    meta = dcmread(outcome.path).file_meta
+    assert meta.MediaStorageSOPClassUID == CT
+    assert meta.MediaStorageSOPInstanceUID == "1.2.3.4.5.6.7"
+    assert meta.TransferSyntaxUID == EXPLICIT_LE
+    assert meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
+    assert meta.SourceApplicationEntityTitle == "MODALITY"
+    assert meta.ReceivingApplicationEntityTitle == "ARCHIVE"
+    row = outcome.instance
+    assert row["patient_name"] == "Doe^Jane" and row["modality"] == "CT"
+    assert row["instance_number"] == 7 and row["series_number"] == 3
+    assert row["calling_ae"] == "MODALITY" and row["file_size"] == len(raw)
+    assert row["path"] == "1.2.3.4/1.2.3.4.5/1.2.3.4.5.6.7.dcm"
+    assert not any(archive.tmp_dir.iterdir())
+
+
+def test_header_is_on_disk_before_the_first_fragment(archive: Archive) -> None:
+    ingest = archive.begin(
+        sop_class_uid=CT, sop_instance_uid="1.2.3", transfer_syntax_uid=EXPLICIT_LE
+    )
+    (temp,) = archive.tmp_dir.iterdir()
+    assert temp.read_bytes()[128:132] == b"DICM"
+    ingest.abort()
+
+
+def test_one_os_write_per_fragment(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        calls.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", counting_write)
+    data = dataset(pixels=5000)
+    ingest = archive.begin(
+        sop_class_uid=CT, sop_instance_uid="1.2.3.4.5.6.7", transfer_syntax_uid=EXPLICIT_LE
+    )
+    assert len(calls) == 1  # the preamble, prefix and meta
+    fragments = [data[i : i + 1024] for i in range(0, len(data), 1024)]
+    for fragment in fragments:
+        ingest.write(fragment)
+    assert calls[1:] == [len(f) for f in fragments]
+    monkeypatch.undo()
+    assert ingest.commit().status == SUCCESS
+
+
+def test_caller_may_reuse_its_buffer(archive: Archive) -> None:
+    data = dataset(pixels=300)
+    buffer = bytearray(100)
+    ingest = archive.begin(
+        sop_class_uid=CT, sop_instance_uid="1.2.3.4.5.6.7", transfer_syntax_uid=EXPLICIT_LE
+    )
+    for start in range(0, len(data), 100):
+        piece = data[start : start + 100]
+        buffer[: len(piece)] = piece
+        ingest.write(memoryview(buffer)[: len(piece)])
+        buffer[:] = bytes(100)  # overwritten at once, as a receive buffer would be
+    outcome = ingest.commit()
+    assert outcome.status == SUCCESS
+    assert outcome.path.read_bytes().endswith(data)
+
+
+def test_digest_is_of_the_data_set_bytes(archive: Archive) -> None:
+    import hashlib
+
+    data = dataset()
+    outcome = store(archive, data, chunk=7)
+    assert outcome.instance["digest"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "command", "tags"),
+    [
+        ({"sop_uid": "1.2.3.4.5.6.8"}, {}, (0x00080018,)),
+        ({"sop_class": MR}, {}, (0x00080016,)),
+        ({"sop_uid": None}, {}, (0x00080018,)),
+        ({"sop_class": None}, {}, (0x00080016,)),
+        ({"sop_class": None, "sop_uid": None}, {}, (0x00080016, 0x00080018)),
+        ({"sop_uid": ""}, {}, (0x00080018,)),
+        ({}, {"sop_uid": "9.9"}, (0x00080018,)),
+    ],
+)
+def test_identity_mismatch_is_a900(
+    archive: Archive, kwargs: dict, command: dict, tags: tuple[int, ...]
+) -> None:
+    outcome = store(archive, dataset(**kwargs), **command)
+    assert outcome.status == DATASET_MISMATCH
+    assert outcome.offending_element == tags
+    assert "SOP" in outcome.error_comment
+    assert_nothing_stored(archive)
+
+
+def test_padding_of_command_uids_is_not_a_mismatch(archive: Archive) -> None:
+    outcome = store(archive, dataset(), sop_uid="1.2.3.4.5.6.7\0", sop_class=CT + "\0")
+    assert outcome.status == SUCCESS
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"this is not a DICOM data set, only text " * 20,
+        bytes(100),
+        b"\xff" * 64,
+        bytes(range(256)) * 4,
+        b"\x08\x00",  # half an element header
+        dataset()[:-3],  # last value cut short
+        dataset()[:13],  # cut inside the second element's header
+        dataset(pixels=2000)[:-10],  # Pixel Data cut short
+        dataset(pixels=2000)[: len(dataset()) + 6],  # Pixel Data header cut short
+        dataset() + b"\x10\x00",  # stray bytes at the end
+        dataset() + element(0x00020010, "UI", EXPLICIT_LE),  # file meta in the data set
+        b"",  # no data set at all
+    ],
+    ids=lambda d: f"{len(d)}B",
+)
+def test_garbage_is_c000(archive: Archive, data: bytes) -> None:
+    outcome = store(archive, data, chunk=50)
+    assert outcome.status == CANNOT_UNDERSTAND, outcome
+    assert outcome.error_comment.startswith("cannot understand")
+    assert_nothing_stored(archive)
+    assert not any(archive.tmp_dir.iterdir())
+
+
+def test_undelimited_sequence_is_c000(archive: Archive) -> None:
+    item = (
+        b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+        + element(0x00080100, "SH", "X")
+        + (b"\xfe\xff\x0d\xe0" + bytes(4))
+    )
+    sequence = b"\x08\x00\x15\x11SQ\0\0\xff\xff\xff\xff" + item  # no delimiter
+    outcome = store(archive, dataset() + sequence)
+    assert outcome.status == CANNOT_UNDERSTAND
+    delimited = sequence + b"\xfe\xff\xdd\xe0" + bytes(4)
+    assert store(archive, dataset() + delimited).status == SUCCESS
+
+
+def test_abort_leaves_nothing(archive: Archive) -> None:
+    ingest = archive.begin(
+        sop_class_uid=CT, sop_instance_uid="1.2.3.4.5.6.7", transfer_syntax_uid=EXPLICIT_LE
+    )
+    ingest.write(dataset()[:40])
+    ingest.abort()
+    ingest.abort()  # idempotent
+    assert not any(archive.tmp_dir.iterdir())
+    assert_nothing_stored(archive)
+    with pytest.raises(LocalProtocolError):
+        ingest.write(b"more")
+    with pytest.raises(LocalProtocolError):
+        ingest.commit()
+
+
+def test_context_manager_aborts_unless_committed(archive: Archive) -> None:
+    with archive.begin(sop_class_uid=CT, sop_instance_uid="1.2", transfer_syntax_uid="1.2"):
+        pass
+    assert not any(archive.tmp_dir.iterdir())
+
+
+def test_misuse_after_commit_raises(archive: Archive) -> None:
+    ingest = archive.begin(
+        sop_class_uid=CT, sop_instance_uid="1.2.3.4.5.6.7", transfer_syntax_uid=EXPLICIT_LE
+    )
+    ingest.write(dataset())
+    assert ingest.commit().status == SUCCESS
+    with pytest.raises(LocalProtocolError):
+        ingest.write(b"x")
+    with pytest.raises(LocalProtocolError):
+        ingest.commit()
+    ingest.abort()  # harmless after commit
+    assert len(archive.instances()) == 1
+
+
+def test_crash_leftovers_removed_at_start(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with Archive(root) as archive:
+        crashed = archive.begin(
+            sop_class_uid=CT, sop_instance_uid="1.2.3.4.5.6.7", transfer_syntax_uid=EXPLICIT_LE
+        )
+        crashed.write(dataset()[:50])
+        (archive.tmp_dir / "old.bak").write_bytes(b"x")
+        assert len(list(archive.tmp_dir.iterdir())) == 2
+    with Archive(root) as again:
+        assert list(again.tmp_dir.iterdir()) == []
+        assert store(again, dataset()).status == SUCCESS
+    crashed.abort()
+
+
+# -- out of resources ------------------------------------------------------------------
+
+
+def _enospc(*args: object, **kwargs: object) -> int:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_enospc_while_writing_is_a700(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = dataset(pixels=4000)
+    ingest = archive.begin(
+        sop_class_uid=CT, sop_instance_uid="1.2.3.4.5.6.7", transfer_syntax_uid=EXPLICIT_LE
+    )
+    ingest.write(data[:1000])
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", _enospc)
+        ingest.write(data[1000:2000])
+    assert not any(archive.tmp_dir.iterdir())  # space given back at once
+    ingest.write(data[2000:])  # later fragments are dropped quietly
+    outcome = ingest.commit()
+    assert outcome.status == OUT_OF_RESOURCES
+    assert "No space left on device" in outcome.error_comment
+    assert outcome.path is None
+    assert_nothing_stored(archive)
+
+
+def test_enospc_while_writing_meta_is_a700(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", _enospc)
+        ingest = archive.begin(
+            sop_class_uid=CT, sop_instance_uid="1.2.3.4.5.6.7", transfer_syntax_uid=EXPLICIT_LE
+        )
+    ingest.write(dataset())
+    assert ingest.commit().status == OUT_OF_RESOURCES
+    assert not any(archive.tmp_dir.iterdir())
+    assert_nothing_stored(archive)
+
+
+@pytest.mark.parametrize("call", ["fsync", "rename", "mkdir"])
+def test_io_errors_while_committing_are_a700(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    monkeypatch.setattr(os, call, _enospc)
+    outcome = store(archive, dataset())
+    monkeypatch.undo()
+    assert outcome.status == OUT_OF_RESOURCES
+    assert outcome.error_comment.startswith("out of resources")
+    assert not any(archive.tmp_dir.iterdir())
+    assert_nothing_stored(archive)
+    assert store(archive, dataset()).status == SUCCESS  # and the archive still works
+
+
+def test_index_locked_is_a700_and_leaves_no_file(tmp_path: Path) -> None:
+    with Archive(tmp_path / "root", lock_timeout=0.01) as archive:
+        other = sqlite3.connect(archive.root / "index.sqlite", isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        outcome = store(archive, dataset())
+        assert outcome.status == OUT_OF_RESOURCES
+        assert "index" in outcome.error_comment
+        assert not any(archive.tmp_dir.iterdir())
+        other.execute("ROLLBACK")
+        other.close()
+        assert_nothing_stored(archive)
+        assert store(archive, dataset()).status == SUCCESS
+
+
+def test_index_commit_failure_undoes_the_rename(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_commit(self: Index) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Index, "commit", failing_commit)
+    outcome = store(archive, dataset())
+    monkeypatch.undo()
+    assert outcome.status == OUT_OF_RESOURCES
+    assert_nothing_stored(archive)
+    assert not (archive.root / "1.2.3.4").exists()  # folders made for it are gone too
+
+
+def test_index_commit_failure_on_replace_restores_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Archive(tmp_path / "root", on_duplicate="replace") as archive:
+        first = store(archive, dataset(patient_name="First"))
+
+        def failing_commit(self: Index) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+        monkeypatch.setattr(Index, "commit", failing_commit)
+        outcome = store(archive, dataset(patient_name="Second"))
+        monkeypatch.undo()
+        assert outcome.status == OUT_OF_RESOURCES
+        assert first.path.read_bytes().endswith(dataset(patient_name="First"))
+        assert archive.get_instance("1.2.3.4.5.6.7")["patient_name"] == "First"
+        assert archive.check() == []
+        assert not any(archive.tmp_dir.iterdir())
+
+
+# -- durability ------------------------------------------------------------------------
+
+
+def test_fsync_calls_per_instance(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    assert store(archive, dataset()).status == SUCCESS
+    first = len(synced)
+    synced.clear()
+    assert store(archive, dataset("1.2.3.4.5.6.8"), sop_uid="1.2.3.4.5.6.8").status == SUCCESS
+    # file + root + study folder + series folder for a new series; file + series folder after
+    assert (first, len(synced)) == (4, 2)
+    mode = sqlite3.connect(archive.root / "index.sqlite").execute("PRAGMA journal_mode")
+    assert mode.fetchone() == ("wal",)
+
+
+def test_no_fsync_when_disabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    with Archive(tmp_path / "root", fsync=False) as archive:
+        assert store(archive, dataset()).status == SUCCESS
+    assert synced == []
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Path:
+    """A 1 MiB tmpfs (needs root and mount permission; skipped otherwise)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting needs root")
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {result.stderr.decode(errors='replace')}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_real_disk_full_is_a700(tiny_fs: Path) -> None:
+    with Archive(tiny_fs / "root") as archive:
+        outcome = store(archive, dataset(pixels=2 << 20), chunk=16378)
+        assert outcome.status == OUT_OF_RESOURCES
+        assert "No space left on device" in outcome.error_comment
+        assert_nothing_stored(archive)
+        assert not any(archive.tmp_dir.iterdir())
+        small = store(archive, dataset(pixels=1000))  # the space was given back
+        assert small.status == SUCCESS
+        assert archive.check() == []
+
+
+# -- encodings and comments -------------------------------------------------------------
+
+
+def test_deflated_data_set_cut_short_is_c000(archive: Archive) -> None:
+    import zlib
+
+    deflater = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    deflated = deflater.compress(dataset(pixels=3000)) + deflater.flush()
+    ts = "1.2.840.10008.1.2.1.99"
+    assert store(archive, deflated[:-20], ts=ts).status == CANNOT_UNDERSTAND
+    assert_nothing_stored(archive)
+    outcome = store(archive, deflated, ts=ts)
+    assert outcome.status == SUCCESS
+    assert outcome.path.read_bytes().endswith(deflated)  # stored deflated, as received
+
+
+def test_private_transfer_syntax_is_read_as_explicit_little_endian(archive: Archive) -> None:
+    outcome = store(archive, dataset(pixels=100), ts="1.2.3.999.1")
+    assert outcome.status == SUCCESS
+    assert outcome.instance["transfer_syntax_uid"] == "1.2.3.999.1"
+
+
+def test_wire_comment_is_a_valid_lo() -> None:
+    outcome = StoreOutcome(DATASET_MISMATCH, "UID '1.2\\3' differs: é\n" + "x" * 100)
+    comment = outcome.wire_comment
+    assert len(comment) <= 64 and "\\" not in comment
+    assert all(" " <= c <= "~" for c in comment)
+    assert comment.startswith("UID '1.2?3' differs: ??")
+    assert StoreOutcome(SUCCESS).wire_comment is None
