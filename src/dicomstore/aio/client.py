@@ -18,7 +18,7 @@ from typing import Any
 
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts, Transport
-from dicomstore.dimse import CEchoRQ, CommandReceived, CStoreRQ, DatasetFragment
+from dicomstore.dimse import CEchoRQ, CommandReceived, CStoreRQ, DatasetFragment, UnknownCommand
 from dicomstore.errors import (
     AssociationAborted,
     AssociationError,
@@ -74,6 +74,9 @@ class ClientAssociation:
         self._ended: BaseException | None = None
         self._reader: asyncio.Task | None = None
         self._window: asyncio.Semaphore | None = None
+        #: One message at a time on the wire: PS3.8 E.1 forbids interleaving
+        #: the fragments of different messages (concurrent C-STOREs share it).
+        self._send_lock = asyncio.Lock()
 
     # -- establishment ----------------------------------------------------
 
@@ -151,6 +154,8 @@ class ClientAssociation:
         assert isinstance(event, CommandReceived)
         rsp = event.message
         msg_id = getattr(rsp, "message_id_being_responded_to", None)
+        if msg_id is None and isinstance(rsp, UnknownCommand) and rsp.is_response:
+            msg_id = rsp.message_id  # a response type we do not model (e.g. N-ACTION-RSP)
         future = self._waiting.pop(msg_id, None) if msg_id is not None else None
         if future is None:
             log.warning("unexpected DIMSE message %r ignored", rsp)
@@ -207,8 +212,9 @@ class ClientAssociation:
         msg_id = next(self._ids) & 0xFFFF
         future = asyncio.get_running_loop().create_future()
         self._waiting[msg_id] = future
-        self.t.queue_message(ctx.id, CEchoRQ(msg_id).encode())
-        await self.t.drain()
+        async with self._send_lock:
+            self.t.queue_message(ctx.id, CEchoRQ(msg_id).encode())
+            await self.t.drain()
         return await self._await_response(msg_id, future)
 
     async def store_stream(
@@ -241,9 +247,19 @@ class ClientAssociation:
             )
             future = asyncio.get_running_loop().create_future()
             self._waiting[msg_id] = future
-            self.t.queue_message(context.id, rq.encode())
-            await self.t.send_dataset_chunks(context.id, chunks)
-            await self.t.drain()
+            try:
+                async with self._send_lock:
+                    self._check_usable()
+                    self.t.queue_message(context.id, rq.encode())
+                    await self.t.send_dataset_chunks(context.id, chunks)
+                    await self.t.drain()
+            except BaseException:
+                self._waiting.pop(msg_id, None)
+                if not future.done():
+                    future.cancel()
+                elif not future.cancelled():
+                    future.exception()  # retrieved: the caller gets the send error
+                raise
             return await self._await_response(msg_id, future)
 
     # -- ending -----------------------------------------------------------

@@ -185,9 +185,10 @@ class StorageSCP:
             sink.abort()
             return rq.response(st.PROCESSING_FAILURE, _comment(f"handler error: {exc}"))
         status = getattr(outcome, "status", st.SUCCESS)
+        comment = getattr(outcome, "wire_comment", None) or getattr(outcome, "error_comment", None)
         rsp = rq.response(
             status,
-            _comment(getattr(outcome, "error_comment", None)),
+            _comment(comment),
             getattr(outcome, "offending_element", None),
         )
         if self.on_stored is not None and not st.is_failure(status):

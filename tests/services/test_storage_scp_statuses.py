@@ -1,0 +1,288 @@
+"""Each C-STORE status of PS3.4 B.2.3 and PS3.7 C, provoked for real against
+our server and archive (issue: Storage SCP, point 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from dicomstore import uids
+from dicomstore.aio.client import ClientAssociation, associate
+from dicomstore.aio.server import Server, ServerConfig
+from dicomstore.archive import Archive
+from dicomstore.dimse import commands as C
+from dicomstore.dimse import status as st
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def make_dataset(sop_class: str = CT, sop_instance: str | None = None) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_instance or generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = "P1"
+    ds.PatientName = "Test^Patient"
+    ds.Modality = "CT"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def encode(ds: Dataset) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+async def raw(
+    assoc: ClientAssociation,
+    context_id: int,
+    msg_id: int,
+    command: bytes,
+    dataset: bytes | None = None,
+):
+    """Send any command set (and data set) and wait for its response."""
+    future = asyncio.get_running_loop().create_future()
+    assoc._waiting[msg_id] = future
+    assoc.t.queue_message(context_id, command, dataset)
+    await assoc.t.drain()
+    return await asyncio.wait_for(future, 30)
+
+
+def run(root: Path, scenario, *, store_aets=None, archive_kwargs=None):
+    async def main():
+        archive = Archive(root, fsync=False, **(archive_kwargs or {}))
+        server = Server(ServerConfig(port=0, store_aets=store_aets), archive)
+        await server.start()
+        try:
+            assoc = await associate(
+                "127.0.0.1",
+                server.port,
+                calling_ae="SENDER",
+                contexts=[
+                    (CT, [uids.EXPLICIT_VR_LE]),
+                    (MR, [uids.EXPLICIT_VR_LE]),
+                    (uids.VERIFICATION, [uids.IMPLICIT_VR_LE]),
+                ],
+            )
+            try:
+                return await scenario(assoc, archive)
+            finally:
+                await assoc.release()
+        finally:
+            await server.close(grace=2)
+            archive.close()
+
+    return asyncio.run(main())
+
+
+async def store(
+    assoc: ClientAssociation,
+    ds: Dataset,
+    *,
+    sop_class=None,
+    sop_instance=None,
+    data: bytes | None = None,
+):
+    ctx = assoc.context_for(sop_class or ds.SOPClassUID)
+    return await assoc.store_stream(
+        ctx,
+        sop_class or ds.SOPClassUID,
+        sop_instance or ds.SOPInstanceUID,
+        [data if data is not None else encode(ds)],
+    )
+
+
+def test_success_0000_and_the_file_is_there(tmp_path) -> None:
+    ds = make_dataset()
+
+    async def scenario(assoc, archive):
+        rsp = await store(assoc, ds)
+        return rsp, archive.path_of(ds.SOPInstanceUID)
+
+    rsp, path = run(tmp_path, scenario)
+    assert rsp.status == 0x0000
+    assert rsp.affected_sop_instance_uid == ds.SOPInstanceUID
+    assert pydicom.dcmread(path).SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_a900_instance_uid_differs_from_the_command(tmp_path) -> None:
+    ds = make_dataset()
+
+    async def scenario(assoc, archive):
+        rsp = await store(assoc, ds, sop_instance=generate_uid())
+        return rsp, archive.instances()
+
+    rsp, rows = run(tmp_path, scenario)
+    assert rsp.status == 0xA900
+    assert rsp.error_comment
+    assert rsp.offending_element == (0x00080018,)
+    assert rows == []
+
+
+def test_a900_class_uid_differs_from_the_command(tmp_path) -> None:
+    ds = make_dataset(sop_class=MR)
+
+    async def scenario(assoc, archive):
+        return await store(assoc, ds, sop_class=CT)
+
+    rsp = run(tmp_path, scenario)
+    assert rsp.status == 0xA900
+    assert rsp.offending_element == (0x00080016,)
+
+
+def test_c000_garbage_cannot_be_understood(tmp_path) -> None:
+    ds = make_dataset()
+
+    async def scenario(assoc, archive):
+        rsp = await store(assoc, ds, data=b"\x08\x00\x16\x00UI\xff\xffnot a data set at all")
+        return rsp, archive.instances()
+
+    rsp, rows = run(tmp_path, scenario)
+    assert (rsp.status & 0xF000) == 0xC000
+    assert rsp.error_comment
+    assert rows == []
+    assert not [p for p in tmp_path.rglob("*.dcm")]
+
+
+def test_a700_disk_full(tmp_path, monkeypatch) -> None:
+    ds = make_dataset()
+    real_write = os.write
+
+    def full(fd, data):
+        if len(data) > 100:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    async def scenario(assoc, archive):
+        monkeypatch.setattr(os, "write", full)
+        try:
+            failed = await store(assoc, ds)
+        finally:
+            monkeypatch.setattr(os, "write", real_write)
+        again = await store(assoc, ds)  # storing resumes once there is space
+        return failed, again, archive.instances()
+
+    failed, again, rows = run(tmp_path, scenario)
+    assert (failed.status & 0xFF00) == 0xA700
+    assert "space" in failed.error_comment.lower()
+    assert again.status == 0
+    assert len(rows) == 1
+
+
+def test_0124_calling_ae_not_allowed_to_store(tmp_path) -> None:
+    async def scenario(assoc, archive):
+        rsp = await store(assoc, make_dataset())
+        echo = await assoc.echo()
+        return rsp, echo, archive.instances()
+
+    rsp, echo, rows = run(tmp_path, scenario, store_aets=frozenset({"OTHER"}))
+    assert rsp.status == 0x0124
+    assert "SENDER" in rsp.error_comment
+    assert echo.status == 0
+    assert rows == []
+
+
+def test_0122_sop_class_not_on_its_context(tmp_path) -> None:
+    ds = make_dataset(sop_class=MR)
+
+    async def scenario(assoc, archive):
+        ct_context = assoc.context_for(CT)
+        rq = C.encode_command(
+            {
+                C.AFFECTED_SOP_CLASS_UID: MR,
+                C.COMMAND_FIELD: 0x0001,
+                C.MESSAGE_ID: 7,
+                C.PRIORITY: 0,
+                C.COMMAND_DATA_SET_TYPE: 0x0000,
+                C.AFFECTED_SOP_INSTANCE_UID: ds.SOPInstanceUID,
+            }
+        )
+        return await raw(assoc, ct_context.id, 7, rq, encode(ds))
+
+    rsp = run(tmp_path, scenario)
+    assert rsp.status == 0x0122
+    assert rsp.error_comment
+
+
+def test_0211_unrecognized_operation(tmp_path) -> None:
+    async def scenario(assoc, archive):
+        ctx = assoc.context_for(uids.VERIFICATION)
+        rq = C.encode_command(
+            {
+                C.AFFECTED_SOP_CLASS_UID: uids.VERIFICATION,
+                C.COMMAND_FIELD: 0x0130,  # N-ACTION
+                C.MESSAGE_ID: 9,
+                C.COMMAND_DATA_SET_TYPE: 0x0101,
+            }
+        )
+        rsp = await raw(assoc, ctx.id, 9, rq)
+        return rsp, await assoc.echo()
+
+    rsp, echo = run(tmp_path, scenario)
+    assert rsp.command_field == 0x8130
+    assert rsp.fields[C.STATUS] == 0x0211
+    assert rsp.fields[C.ERROR_COMMENT]
+    assert echo.status == 0
+
+
+def test_0212_mistyped_argument(tmp_path) -> None:
+    ds = make_dataset()
+
+    async def scenario(assoc, archive):
+        ctx = assoc.context_for(CT)
+        rq = C.encode_command(
+            {  # no Affected SOP Instance UID
+                C.AFFECTED_SOP_CLASS_UID: CT,
+                C.COMMAND_FIELD: 0x0001,
+                C.MESSAGE_ID: 11,
+                C.PRIORITY: 0,
+                C.COMMAND_DATA_SET_TYPE: 0x0000,
+            }
+        )
+        rsp = await raw(assoc, ctx.id, 11, rq, encode(ds))
+        return rsp, archive.instances(), await store(assoc, ds)
+
+    rsp, rows, after = run(tmp_path, scenario)
+    assert rsp.status == 0x0212
+    assert rsp.offending_element == (0x00001000,)
+    assert rows == []
+    assert after.status == 0
+
+
+@pytest.mark.parametrize("policy,status", [("keep", None), ("replace", 0), ("reject", None)])
+def test_duplicates_follow_the_policy(tmp_path, policy, status) -> None:
+    ds = make_dataset()
+
+    async def scenario(assoc, archive):
+        first = await store(assoc, ds)
+        ds.PatientName = "Changed^Name"
+        second = await store(assoc, ds)
+        return first, second, archive.instances()
+
+    first, second, rows = run(tmp_path, scenario, archive_kwargs={"on_duplicate": policy})
+    assert first.status == 0
+    assert len(rows) == 1
+    if policy == "replace":
+        assert second.status == 0
+        assert rows[0]["patient_name"] == "Changed^Name"
+    elif policy == "keep":
+        assert st.category(second.status) == "warning"  # what is kept is not what was sent
+        assert second.error_comment
+        assert rows[0]["patient_name"] == "Test^Patient"
+    else:
+        assert st.is_failure(second.status)
+        assert second.error_comment
