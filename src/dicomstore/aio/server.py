@@ -24,6 +24,7 @@ from dicomstore.dimse import (
     InvalidRequest,
     UnknownCommand,
 )
+from dicomstore.dimse import status as st
 from dicomstore.errors import RemoteProtocolError
 from dicomstore.services.storage_scp import OnStored, Receiving, StorageSCP, StoreHandler
 from dicomstore.services.verification import echo_response
@@ -35,6 +36,7 @@ from dicomstore.ul.events import (
     DataIndication,
     ReleaseIndication,
 )
+from dicomstore.ul.fsm import State
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy, negotiate
 
 log = logging.getLogger("dicomstore.server")
@@ -90,7 +92,13 @@ class AcceptorAssociation:
         self.over_limit = over_limit
         self.storage: StorageSCP | None = None
         self.receiving: Receiving | None = None
-        self.busy = False  # an operation is in progress (for graceful shutdown)
+        #: C-STOREs whose data set arrived and whose commit runs, by Message ID.
+        self.inflight: dict[int, asyncio.Task] = {}
+
+    @property
+    def busy(self) -> bool:
+        """An operation is in progress (graceful shutdown lets it finish)."""
+        return self.receiving is not None or bool(self.inflight)
 
     async def run(self) -> None:
         """Serve until the association ends; never raises."""
@@ -121,6 +129,8 @@ class AcceptorAssociation:
             t.abort_now()
         finally:
             self._drop_receiving()
+            if self.inflight:  # the peer left: commits finish, answers go nowhere
+                await asyncio.wait(list(self.inflight.values()))
             await t.close()
 
     def _drop_receiving(self) -> None:
@@ -138,6 +148,8 @@ class AcceptorAssociation:
         elif isinstance(event, AssociateIndication):
             self._on_request(event.request)
         elif isinstance(event, ReleaseIndication):
+            if self.inflight:  # every answer goes out before A-RELEASE-RP
+                await asyncio.wait(list(self.inflight.values()))
             t.conn.release_response()
         elif isinstance(event, AbortIndication):
             log.info("%s: %s", t.peer, event.message)
@@ -194,17 +206,20 @@ class AcceptorAssociation:
             receiving.write(event.data)
             if event.is_last:
                 self.receiving = None
-                assert self.storage is not None
-                rsp = await self.storage.finish(receiving)
-                t.queue_message(event.context_id, rsp.encode())
-                self.busy = False
+                await self._complete(event.context_id, receiving)
             return
         assert isinstance(event, CommandReceived)
         message = event.message
         if isinstance(message, CStoreRQ):
             assert self.storage is not None
-            self.busy = True
-            self.receiving = self.storage.begin(event.context_id, message)
+            if message.message_id in self.inflight:
+                rsp = message.response(
+                    st.DUPLICATE_INVOCATION,
+                    f"message ID {message.message_id} is still being processed",
+                )
+                self.receiving = Receiving(message, None, None, rsp)
+            else:
+                self.receiving = self.storage.begin(event.context_id, message)
         elif isinstance(message, CEchoRQ):
             t.queue_message(event.context_id, echo_response(message).encode())
         elif isinstance(message, InvalidRequest | UnknownCommand):
@@ -214,12 +229,43 @@ class AcceptorAssociation:
             rsp = message.response()
             log.warning("%s: answering %#06x: %s", t.peer, rsp.status, rsp.error_comment)
             if message.has_dataset:  # answer once the data set, discarded, is complete
-                self.busy = True
                 self.receiving = Receiving(None, None, None, rsp)  # type: ignore[arg-type]
             else:
                 t.queue_message(event.context_id, rsp.encode())
         else:
             log.warning("%s: unexpected %s ignored", t.peer, type(message).__name__)
+
+    async def _complete(self, context_id: int, receiving: Receiving) -> None:
+        """Commit and answer; with a window > 1, overlap commits with receiving.
+
+        Up to the granted asynchronous operations window (PS3.7 D.3.3.3) commits
+        run while the next data sets arrive; at the limit we stop reading the
+        socket until one finishes (backpressure).
+        """
+        assert self.storage is not None
+        window = self.t.negotiated.max_ops_invoked if self.t.negotiated else 1
+        inline = not self.server.commit_in_thread
+        if receiving.response is not None or window == 1 or receiving.rq is None or inline:
+            rsp = await self.storage.finish(receiving)
+            self.t.queue_message(context_id, rsp.encode())
+            return
+        msg_id = receiving.rq.message_id
+        task = asyncio.create_task(self._finish_later(context_id, receiving))
+        self.inflight[msg_id] = task
+        task.add_done_callback(lambda _t, key=msg_id: self.inflight.pop(key, None))
+        if window and len(self.inflight) >= window:
+            await asyncio.wait(list(self.inflight.values()), return_when=asyncio.FIRST_COMPLETED)
+
+    async def _finish_later(self, context_id: int, receiving: Receiving) -> None:
+        assert self.storage is not None
+        rsp = await self.storage.finish(receiving)
+        t = self.t
+        if t.conn.state in (State.STA6, State.STA8):  # DT-1 or AR-7 (PS3.8 Table 9-10)
+            t.queue_message(context_id, rsp.encode())
+            try:
+                await t.drain()
+            except (ConnectionError, OSError):
+                pass
 
 
 class Server:

@@ -111,10 +111,11 @@ class Connection:
         """Feed bytes from the transport; return the events they complete."""
         if self._discard_input or not data:
             return []
+        error: RemoteProtocolError | None = None
         try:
             pdus = self._reader.feed(data)
         except RemoteProtocolError as exc:
-            return self._invalid(exc)
+            pdus, error = exc.pdus, exc
         events: list[ULEvent] = []
         for index, pdu in enumerate(pdus):
             if self._discard_input:
@@ -125,6 +126,8 @@ class Connection:
                 del pdus[index:]
                 events += self._invalid(exc)
                 break
+        if error is not None and not self._discard_input:
+            events += self._invalid(error)
         return events
 
     def protocol_error(self, exc: RemoteProtocolError) -> list[ULEvent]:

@@ -6,7 +6,11 @@ length) and PS3.7 Annex D.3.3 (implementation class UID and version name,
 asynchronous operations window, SCP/SCU role selection, SOP class extended
 and common extended negotiation, user identity RQ/AC).  Unknown user
 information sub-items are kept as raw bytes and otherwise ignored
-(PS3.7 D.3.3: "shall be ignored").
+(PS3.8 D.2 note 2).  Items of unrecognized types elsewhere in an A-ASSOCIATE
+PDU are skipped (PS3.8 9.3.1: "Items of unrecognized types shall be ignored
+and skipped"); an item type this module knows, found where it does not
+belong (e.g. an AC presentation context in an A-ASSOCIATE-RQ), is an
+unexpected PDU parameter (A-ABORT reason 5).
 """
 
 from __future__ import annotations
@@ -35,6 +39,18 @@ SUB_EXTENDED = 0x56
 SUB_COMMON_EXTENDED = 0x57
 SUB_IDENTITY_RQ = 0x58
 SUB_IDENTITY_AC = 0x59
+
+# Item types of PS3.8 9.3.2-9.3.3: recognized, so out of place rather than unknown
+_KNOWN_ITEMS = frozenset(
+    (
+        ITEM_APPLICATION_CONTEXT,
+        ITEM_CONTEXT_RQ,
+        ITEM_CONTEXT_AC,
+        ITEM_ABSTRACT_SYNTAX,
+        ITEM_TRANSFER_SYNTAX,
+        ITEM_USER_INFORMATION,
+    )
+)
 
 # Presentation context results (PS3.8 Table 9-18)
 ACCEPTANCE = 0
@@ -183,7 +199,9 @@ def encode_user_information(ui: UserInformation) -> bytes:
         value = _u16_prefixed(_uid(role.sop_class_uid)) + bytes((role.scu_role, role.scp_role))
         subs.append(_item(SUB_ROLE, value))
     if ui.implementation_version_name is not None:
-        subs.append(_item(SUB_IMPLEMENTATION_VERSION, ui.implementation_version_name.encode()))
+        subs.append(
+            _item(SUB_IMPLEMENTATION_VERSION, ui.implementation_version_name.encode("ascii"))
+        )
     for ext in ui.extended:
         subs.append(_item(SUB_EXTENDED, _u16_prefixed(_uid(ext.sop_class_uid)) + ext.info))
     for com in ui.common_extended:
@@ -206,6 +224,9 @@ def encode_user_information(ui: UserInformation) -> bytes:
         subs.append(_item(SUB_IDENTITY_AC, _u16_prefixed(ui.identity_ac.server_response)))
     for kind, raw in ui.unknown:
         subs.append(_item(kind, raw))
+    # PS3.8 9.3.1: items appear in increasing order of their types.  The known
+    # sub-items are built in that order; the sort (stable) slots the unknown ones in.
+    subs.sort(key=lambda sub: sub[0])
     return _item(ITEM_USER_INFORMATION, b"".join(subs))
 
 
@@ -247,6 +268,10 @@ def _prefixed(data: memoryview, off: int, what: str) -> tuple[memoryview, int]:
     return data[off + 2 : off + 2 + n], off + 2 + n
 
 
+def _out_of_place(kind: int, where: str) -> RemoteProtocolError:
+    return RemoteProtocolError(f"unexpected item {kind:#04x} in {where}", UNEXPECTED_PARAMETER)
+
+
 def _decode_context_rq(value: memoryview) -> PresentationContextRQ:
     if len(value) < 4:
         raise RemoteProtocolError("truncated presentation context item", INVALID)
@@ -255,14 +280,15 @@ def _decode_context_rq(value: memoryview) -> PresentationContextRQ:
     for kind, sub in _iter_items(value[4:], "presentation context"):
         if kind == ITEM_ABSTRACT_SYNTAX:
             if abstract is not None:
-                raise RemoteProtocolError("two abstract syntaxes in one context", UNEXPECTED_PARAMETER)
+                raise RemoteProtocolError(
+                    "two abstract syntaxes in one context", UNEXPECTED_PARAMETER
+                )
             abstract = _text_uid(sub, "abstract syntax name")
         elif kind == ITEM_TRANSFER_SYNTAX:
             transfers.append(_text_uid(sub, "transfer syntax name"))
-        else:
-            raise RemoteProtocolError(
-                f"unexpected item {kind:#04x} in a presentation context", UNRECOGNIZED_PARAMETER
-            )
+        elif kind in _KNOWN_ITEMS:
+            raise _out_of_place(kind, "a presentation context")
+        # else: unrecognized item type, ignored and skipped (PS3.8 9.3.1)
     if abstract is None or not transfers:
         raise RemoteProtocolError(
             "presentation context without abstract or transfer syntax", INVALID
@@ -276,9 +302,10 @@ def _decode_context_ac(value: memoryview) -> PresentationContextAC:
     ts = ""
     for kind, sub in _iter_items(value[4:], "presentation context"):
         if kind != ITEM_TRANSFER_SYNTAX:
-            raise RemoteProtocolError(
-                f"unexpected item {kind:#04x} in an accepted context", UNRECOGNIZED_PARAMETER
-            )
+            if kind in _KNOWN_ITEMS:
+                raise _out_of_place(kind, "an A-ASSOCIATE-AC presentation context")
+            continue  # unrecognized item type, ignored and skipped (PS3.8 9.3.1)
+        # The transfer syntax of a rejected context "shall not be tested" (Table 9-18)
         if value[2] == ACCEPTANCE:
             ts = _text_uid(sub, "transfer syntax name")
     if value[2] == ACCEPTANCE and not ts:
@@ -319,7 +346,7 @@ def decode_user_information(value: memoryview) -> UserInformation:
         elif kind == SUB_IMPLEMENTATION_CLASS:
             ui.implementation_class_uid = _text_uid(sub, "implementation class UID")
         elif kind == SUB_IMPLEMENTATION_VERSION:
-            ui.implementation_version_name = bytes(sub).decode("ascii", "replace").strip()
+            ui.implementation_version_name = bytes(sub).decode("ascii", "replace").strip("\0 ")
         elif kind == SUB_ASYNC_OPS:
             if len(sub) != 4:
                 raise RemoteProtocolError("asynchronous operations window is not 4 bytes", INVALID)
@@ -329,14 +356,18 @@ def decode_user_information(value: memoryview) -> UserInformation:
             if len(sub) - off != 2:
                 raise RemoteProtocolError("role selection sub-item has a bad length", INVALID)
             ui.roles.append(
-                RoleSelection(_text_uid(uid, "role selection SOP class UID"), bool(sub[off]),
-                              bool(sub[off + 1]))
+                RoleSelection(
+                    _text_uid(uid, "role selection SOP class UID"),
+                    bool(sub[off]),
+                    bool(sub[off + 1]),
+                )
             )
         elif kind == SUB_EXTENDED:
             uid, off = _prefixed(sub, 0, "extended negotiation SOP class UID")
             ui.extended.append(
-                SOPClassExtended(_text_uid(uid, "extended negotiation SOP class UID"),
-                                 bytes(sub[off:]))
+                SOPClassExtended(
+                    _text_uid(uid, "extended negotiation SOP class UID"), bytes(sub[off:])
+                )
             )
         elif kind == SUB_COMMON_EXTENDED:
             ui.common_extended.append(_decode_common_extended(sub))
@@ -368,8 +399,7 @@ def decode_variable_items(
             contexts.append(_decode_context_rq(value) if is_rq else _decode_context_ac(value))
         elif kind == ITEM_USER_INFORMATION:
             user = decode_user_information(value)
-        else:
-            raise RemoteProtocolError(
-                f"unexpected item type {kind:#04x} in an A-ASSOCIATE PDU", UNRECOGNIZED_PARAMETER
-            )
+        elif kind in _KNOWN_ITEMS:
+            raise _out_of_place(kind, "an A-ASSOCIATE-RQ" if is_rq else "an A-ASSOCIATE-AC")
+        # else: unrecognized item type, ignored and skipped (PS3.8 9.3.1)
     return app, contexts, user

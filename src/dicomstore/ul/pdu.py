@@ -14,6 +14,8 @@ import struct
 from dataclasses import dataclass, field
 
 from dicomstore.errors import RemoteProtocolError
+from dicomstore.ul.items import PresentationContextAC as PresentationContextAC
+from dicomstore.ul.items import PresentationContextRQ as PresentationContextRQ
 from dicomstore.ul.items import (
     UserInformation,
     decode_variable_items,
@@ -22,8 +24,6 @@ from dicomstore.ul.items import (
     encode_rq_contexts,
     encode_user_information,
 )
-from dicomstore.ul.items import PresentationContextAC as PresentationContextAC
-from dicomstore.ul.items import PresentationContextRQ as PresentationContextRQ
 
 # PDU types (PS3.8 Table 9-11 and following)
 ASSOCIATE_RQ = 0x01
@@ -172,16 +172,20 @@ _PDV_HEADER = struct.Struct(">LBB")
 
 
 def _ae_bytes(ae: str) -> bytes:
-    raw = ae.encode("ascii")
-    if not 0 < len(raw.strip()) <= 16:
+    # Leading and trailing spaces are non-significant (PS3.8 Table 9-11), so
+    # they are dropped rather than letting the 16-byte field cut off the title.
+    raw = ae.encode("ascii").strip(b" ")
+    if not 0 < len(raw) <= 16:
         raise ValueError(f"AE title must be 1-16 characters: {ae!r}")
     return raw.ljust(16, b" ")
 
 
-def _ae_text(raw: bytes) -> str:
+def _ae_text(raw: bytes, strict: bool = True) -> str:
     try:
         return raw.decode("ascii").strip(" \0")
     except UnicodeDecodeError:
+        if not strict:
+            return raw.decode("ascii", "replace").strip(" \0")
         raise RemoteProtocolError(
             "AE title is not ASCII", ABORT_INVALID_PDU_PARAMETER_VALUE
         ) from None
@@ -244,7 +248,9 @@ def decode_pdata(body: bytes | bytearray | memoryview) -> PDataTF:
     unpack = _PDV_HEADER.unpack_from
     while off < end:
         if end - off < 6:
-            raise RemoteProtocolError("truncated PDV item header", ABORT_INVALID_PDU_PARAMETER_VALUE)
+            raise RemoteProtocolError(
+                "truncated PDV item header", ABORT_INVALID_PDU_PARAMETER_VALUE
+            )
         length, ctx, mch = unpack(body, off)
         if length < 2 or off + 4 + length > end:
             raise RemoteProtocolError(
@@ -255,11 +261,8 @@ def decode_pdata(body: bytes | bytearray | memoryview) -> PDataTF:
             raise RemoteProtocolError(
                 f"presentation context ID {ctx} is not odd", ABORT_INVALID_PDU_PARAMETER_VALUE
             )
-        if mch & 0xFC:
-            raise RemoteProtocolError(
-                f"reserved bits set in message control header {mch:#04x}",
-                ABORT_INVALID_PDU_PARAMETER_VALUE,
-            )
+        # Bits 2-7 of the message control header are "never checked by the
+        # receiver" (PS3.8 E.2).
         pdvs.append(PDV(ctx, bool(mch & 1), bool(mch & 2), bytes(body[off + 6 : off + 4 + length])))
         off += 4 + length
     return PDataTF(pdvs)
@@ -282,9 +285,12 @@ def _decode_associate(kind: int, body: memoryview) -> AssociateRQ | AssociateAC:
             "A-ASSOCIATE-AC without user information", ABORT_INVALID_PDU_PARAMETER_VALUE
         )
     cls = AssociateRQ if kind == ASSOCIATE_RQ else AssociateAC
+    # In an A-ASSOCIATE-AC the AE title fields are reserved: "its value shall
+    # not be tested when received" (PS3.8 Table 9-17).
+    strict = kind == ASSOCIATE_RQ
     return cls(
-        called_ae=_ae_text(called),
-        calling_ae=_ae_text(calling),
+        called_ae=_ae_text(called, strict),
+        calling_ae=_ae_text(calling, strict),
         presentation_contexts=contexts,  # type: ignore[arg-type]
         user_info=user if user is not None else UserInformation(),
         application_context=app,
@@ -333,20 +339,37 @@ class PDUReader:
         return len(self._buf)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[PDU]:
-        """Add received bytes; return every PDU now complete, in order."""
+        """Add received bytes; return every PDU now complete, in order.
+
+        A malformed PDU raises :class:`RemoteProtocolError` whose ``pdus``
+        attribute holds the good PDUs that came before it in this call (they
+        must still be handled, in order); the offending one stays buffered
+        (feeding more raises again).
+        """
         buf = self._buf
         buf += data
         out: list[PDU] = []
         off = 0
         size = len(buf)
-        while size - off >= 6:
-            kind, _, length = _HEADER.unpack_from(buf, off)
-            self._check_header(kind, length)
-            if size - off - 6 < length:
-                break
-            start = off + 6
-            off = start + length
-            out.append(decode_pdu(kind, memoryview(buf)[start:off]))
+        try:
+            while size - off >= 6:
+                kind, _, length = _HEADER.unpack_from(buf, off)
+                self._check_header(kind, length)
+                if size - off - 6 < length:
+                    break
+                start = off + 6
+                out.append(decode_pdu(kind, memoryview(buf)[start : start + length]))
+                off = start + length
+        except RemoteProtocolError as exc:
+            # The traceback may still hold views of ``buf``, which would make
+            # the next ``buf += data`` raise BufferError: carry on with an
+            # unexported copy that starts with the offending PDU.
+            self._buf = bytearray(buf[off:])
+            exc.pdus = out
+            raise
+        except BaseException:
+            self._buf = bytearray(buf[off:])
+            raise
         if off:
             del buf[:off]
         return out

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Storage SCP benchmark (issue 3, point 8): dicomstore beside DCMTK storescp
+# (default and --bit-preserving, --fork with four senders), pynetdicom's
+# storescp and Orthanc, all fed by DCMTK storescu, using ../shared/bench.
+#
+# usage: benchmarks/bench_scp.sh [A] [B] [D]      (default: A B D)
+#   A  one association, sets ct and tiny       B  four senders, ct
+#   D  big (8 x 100 MB), watch peak RSS
+# Environment: REPS (3), BENCH_SCRATCH (~/.cache/dicombench), and everything
+# ../shared/bench/run_peers.sh reads.  Needs root for the fresh ext4 per run.
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+SHARED="${SHARED_BENCH:-$HERE/../../shared/bench}"
+[ -d "$SHARED" ] || SHARED="$HERE/../shared/bench"
+export BENCH_SCRATCH="${BENCH_SCRATCH:-$HOME/.cache/dicombench}"
+# the harness's own venv, or this Python (which has pydicom and pynetdicom)
+[ -x "$BENCH_SCRATCH/venv/bin/python" ] || export BENCH_PYTHON="${BENCH_PYTHON:-$(command -v python3)}"
+DS="$(command -v dicomstore)"
+export EXTRA_RECEIVERS="dicomstore=$DS serve --port {port} --storage {out}/ds --log-level warning;;dicomstore-nofsync=$DS serve --port {port} --storage {out}/ds --fsync off --log-level warning"
+export RECEIVERS_A="${RECEIVERS_A:-dcmtk dcmtk-bp pynetdicom orthanc-sync}"
+export RECEIVERS_B="${RECEIVERS_B:-dcmtk-fork dcmtk-bp-fork pynetdicom orthanc-sync}"
+export RECEIVERS_D="${RECEIVERS_D:-dcmtk dcmtk-bp pynetdicom orthanc-sync}"
+[ $# -gt 0 ] || set -- A B D
+exec bash "$SHARED/run_peers.sh" "$@"
