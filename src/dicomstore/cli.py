@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -82,6 +83,34 @@ def _transfer_syntax(value: str) -> str:
     if uid not in uids.transfer_syntaxes():
         raise argparse.ArgumentTypeError(f"unknown transfer syntax: {value!r}")
     return uid
+
+
+def add_tls_client_options(p: argparse.ArgumentParser) -> None:
+    """TLS options of the SCU commands (echo, send): PS3.15 B.9."""
+    g = p.add_argument_group("TLS")
+    g.add_argument("--tls", action="store_true", help="connect with TLS (1.2 or newer)")
+    g.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="PEM",
+        help="CA certificate(s) to verify the server (default: system store)",
+    )
+    g.add_argument("--tls-cert", type=Path, metavar="PEM", help="our client certificate")
+    g.add_argument("--tls-key", type=Path, metavar="PEM", help="our client private key")
+    g.add_argument(
+        "--tls-no-verify",
+        action="store_true",
+        help="do not verify the server's certificate (testing only)",
+    )
+
+
+def tls_client_context(args: argparse.Namespace):
+    """The SSL context the SCU options ask for, or None without --tls."""
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return None
+    from dicomstore.tls import client_context
+
+    return client_context(args.tls_ca, args.tls_cert, args.tls_key, verify=not args.tls_no_verify)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -212,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--repeat", type=int, default=1, help="number of C-ECHOs (default 1)")
     e.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")
     e.add_argument("--dimse-timeout", type=_positive, help="seconds (default unlimited)")
+    add_tls_client_options(e)
     _add_common(e)
 
     c = sub.add_parser("check", help="verify the archive's files against its index")
@@ -252,6 +282,22 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     if args.transfer_syntax:
         config.transfer_syntaxes = tuple(args.transfer_syntax)
+    if args.tls_cert or args.tls_key:
+        from dicomstore.tls import server_context
+
+        if not (args.tls_cert and args.tls_key):
+            print("dicomstore: --tls-cert and --tls-key go together", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            config.ssl = server_context(
+                args.tls_cert,
+                args.tls_key,
+                args.tls_ca,
+                require_client_cert=args.tls_require_client_cert,
+            )
+        except (OSError, ValueError) as exc:
+            print(f"dicomstore: cannot set up TLS: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if not fsync:
         log.warning("--fsync off: acknowledged instances can be lost on a power cut or crash")
     # Without fsync a commit is a few page-cache writes: cheaper inline than a thread hop.
@@ -288,6 +334,7 @@ async def _echo(args: argparse.Namespace) -> int:
         calling_ae=args.aet,
         max_pdu=args.max_pdu,
         timeouts=_timeouts(args),
+        ssl=tls_client_context(args),
     )
     try:
         for _ in range(args.repeat):
@@ -321,6 +368,9 @@ def run_client(coro) -> int:
         text = str(exc)
         print(f"dicomstore: {text}", file=sys.stderr)
         return EXIT_TIMEOUT if "timed out" in text or "within" in text else EXIT_FAILED
+    except ssl.SSLError as exc:
+        print(f"dicomstore: TLS failed: {exc.reason or exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except ConnectionRefusedError:
         print("dicomstore: connection refused (is the server running?)", file=sys.stderr)
         return EXIT_UNREACHABLE

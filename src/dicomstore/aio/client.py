@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl as ssl_module
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -320,8 +321,9 @@ async def associate(
     extended: Iterable[I.SOPClassExtended] = (),
     identity: I.UserIdentityRQ | None = None,
     timeouts: Timeouts | None = None,
+    ssl: ssl_module.SSLContext | None = None,
 ) -> ClientAssociation:
-    """Open a TCP connection and request an association (PS3.8 7.1.2)."""
+    """Open a TCP (or TLS, PS3.15 B.9) connection and request an association (PS3.8 7.1.2)."""
     timeouts = timeouts or Timeouts()
     user = our_user_information(max_pdu)
     if max_ops is not None:
@@ -334,7 +336,7 @@ async def associate(
     conn.request(rq)  # Evt1 -> Sta4
     try:
         async with asyncio.timeout(timeouts.connect):
-            reader, writer = await asyncio.open_connection(host, port, limit=2**20)
+            reader, writer = await asyncio.open_connection(host, port, limit=2**20, ssl=ssl)
     except TimeoutError:
         raise AssociationError(f"connecting to {host}:{port} timed out") from None
     assoc = ClientAssociation(Transport(reader, writer, conn, timeouts), rq)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass, field
 
 from dicomstore import uids
@@ -28,6 +29,7 @@ from dicomstore.dimse import status as st
 from dicomstore.errors import RemoteProtocolError
 from dicomstore.services.storage_scp import OnStored, Receiving, StorageSCP, StoreHandler
 from dicomstore.services.verification import echo_response
+from dicomstore.tls import peer_subject
 from dicomstore.ul import pdu as P
 from dicomstore.ul.connection import Connection, Role
 from dicomstore.ul.events import (
@@ -60,6 +62,8 @@ class ServerConfig:
     max_ops: int = 1
     timeouts: Timeouts = field(default_factory=Timeouts)
     shutdown_grace: float = 10.0
+    #: TLS (PS3.15 B.9): a server context from :func:`dicomstore.tls.server_context`.
+    ssl: ssl.SSLContext | None = None
 
     def policy(self) -> AcceptorPolicy:
         """The negotiation policy: Verification plus every Storage SOP Class."""
@@ -187,6 +191,9 @@ class AcceptorAssociation:
             on_stored=self.server.on_stored,
             commit_in_thread=self.server.commit_in_thread,
         )
+        subject = peer_subject(t.writer.get_extra_info("peercert"))
+        if subject:
+            log.info("%s: TLS peer certificate %s", t.peer, subject)
         log.info(
             "%s: association %s -> %s, %d of %d contexts accepted",
             t.peer,
@@ -297,7 +304,12 @@ class Server:
     async def start(self) -> None:
         """Bind and start accepting connections."""
         self._server = await asyncio.start_server(
-            self._on_connect, self.config.host, self.config.port, limit=2**20
+            self._on_connect,
+            self.config.host,
+            self.config.port,
+            limit=2**20,
+            ssl=self.config.ssl,
+            ssl_handshake_timeout=self.config.timeouts.artim if self.config.ssl else None,
         )
         log.info("listening on %s:%d as %s", self.config.host, self.port, self.config.ae_title)
 

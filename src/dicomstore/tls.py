@@ -1,0 +1,80 @@
+"""TLS contexts for the Secure Transport Connection Profiles (PS3.15 B.9, BCP 195).
+
+TLS 1.2 or newer only, forward-secret AEAD cipher suites for TLS 1.2 (the TLS
+1.3 suites are all fine), certificates verified against a configured CA.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+#: BCP 195 (RFC 9325) recommended TLS 1.2 suites: ECDHE/DHE with AES-GCM or ChaCha20.
+BCP195_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL"
+
+
+def _harden(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(BCP195_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    return ctx
+
+
+def server_context(
+    cert: Path | str,
+    key: Path | str,
+    ca: Path | str | None = None,
+    *,
+    require_client_cert: bool = False,
+) -> ssl.SSLContext:
+    """The acceptor's context: our certificate, optionally verifying the peer's."""
+    ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    ctx.load_cert_chain(str(cert), str(key))
+    if ca is not None:
+        ctx.load_verify_locations(str(ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    elif require_client_cert:
+        raise ValueError("--tls-require-client-cert needs --tls-ca to verify clients")
+    return ctx
+
+
+def client_context(
+    ca: Path | str | None = None,
+    cert: Path | str | None = None,
+    key: Path | str | None = None,
+    *,
+    verify: bool = True,
+) -> ssl.SSLContext:
+    """The requestor's context: verify the server against ``ca`` (or the system
+    store), present our certificate when one is given.  DICOM peers are named by
+    AE title, not host name, so the certificate's chain is checked, not its name."""
+    ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    ctx.check_hostname = False
+    if verify:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        if ca is not None:
+            ctx.load_verify_locations(str(ca))
+        else:
+            ctx.load_default_certs()
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        ctx.load_cert_chain(str(cert), str(key) if key is not None else None)
+    return ctx
+
+
+def peer_subject(peercert: dict | None) -> str | None:
+    """A certificate subject as a one-line string, e.g. ``CN=modality1,O=Hospital``."""
+    if not peercert:
+        return None
+    parts = []
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            short = {
+                "commonName": "CN",
+                "organizationName": "O",
+                "organizationalUnitName": "OU",
+                "countryName": "C",
+            }.get(key, key)
+            parts.append(f"{short}={value}")
+    return ",".join(parts)

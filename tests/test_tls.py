@@ -1,0 +1,175 @@
+"""TLS (PS3.15 B.9, BCP 195) with our own CA, against DCMTK both ways."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dicomstore.aio.client import associate
+from dicomstore.aio.server import ServerConfig
+from dicomstore.cli import main
+from dicomstore.errors import AssociationAborted
+from dicomstore.tls import client_context, server_context
+from tests.conftest import PEER_ENV, NullHandler, ServerThread, dcmtk, free_port, peer_process
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    """A CA, a server and a client certificate, and a stranger signed by another CA."""
+    d = tmp_path_factory.mktemp("pki")
+    for ca in ("ca", "otherca"):
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{ca}.key",
+            "-out",
+            f"{ca}.pem",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN=Test {ca}",
+            cwd=d,
+        )
+    for name, ca in (("server", "ca"), ("client", "ca"), ("stranger", "otherca")):
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}/O=Test Hospital",
+            cwd=d,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            f"{ca}.pem",
+            "-CAkey",
+            f"{ca}.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            cwd=d,
+        )
+    return d
+
+
+def _server(pki: Path, *, require: bool = False) -> ServerThread:
+    ctx = server_context(
+        pki / "server.pem", pki / "server.key", pki / "ca.pem", require_client_cert=require
+    )
+    return ServerThread(ServerConfig(port=0, ssl=ctx), NullHandler())
+
+
+async def _echo(port: int, ctx: ssl.SSLContext) -> int:
+    async with await associate("127.0.0.1", port, ssl=ctx) as assoc:
+        return (await assoc.echo()).status
+
+
+def test_our_client_and_server_with_client_certificates(pki) -> None:
+    with _server(pki, require=True) as srv:
+        ctx = client_context(pki / "ca.pem", pki / "client.pem", pki / "client.key")
+        assert asyncio.run(_echo(srv.port, ctx)) == 0
+
+
+def test_server_refuses_a_client_without_a_trusted_certificate(pki) -> None:
+    with _server(pki, require=True) as srv:
+        for cert in (None, "stranger"):
+            ctx = client_context(
+                pki / "ca.pem",
+                pki / f"{cert}.pem" if cert else None,
+                pki / f"{cert}.key" if cert else None,
+            )
+            with pytest.raises((ssl.SSLError, ConnectionError, AssociationAborted)):
+                asyncio.run(_echo(srv.port, ctx))
+        # and keeps serving the good ones
+        good = client_context(pki / "ca.pem", pki / "client.pem", pki / "client.key")
+        assert asyncio.run(_echo(srv.port, good)) == 0
+
+
+def test_client_refuses_a_server_it_cannot_verify(pki) -> None:
+    with _server(pki) as srv, pytest.raises(ssl.SSLCertVerificationError):
+        asyncio.run(_echo(srv.port, client_context(pki / "otherca.pem")))
+
+
+def test_tls_1_1_is_refused(pki) -> None:
+    with _server(pki) as srv:
+        ctx = client_context(pki / "ca.pem")
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            asyncio.run(_echo(srv.port, ctx))
+
+
+def test_dcmtk_echoscu_over_tls_to_our_server(pki) -> None:
+    with _server(pki, require=True) as srv:
+        result = subprocess.run(
+            [
+                dcmtk("echoscu"),
+                "-v",
+                "+tls",
+                str(pki / "client.key"),
+                str(pki / "client.pem"),
+                "+cf",
+                str(pki / "ca.pem"),
+                "127.0.0.1",
+                str(srv.port),
+            ],
+            env=PEER_ENV,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Received Echo Response (Success)" in result.stdout + result.stderr
+
+
+def test_cli_echo_over_tls_to_dcmtk_storescp(pki, tmp_path) -> None:
+    port = free_port()
+    args = [
+        dcmtk("storescp"),
+        "+tls",
+        str(pki / "server.key"),
+        str(pki / "server.pem"),
+        "+cf",
+        str(pki / "ca.pem"),
+        "-od",
+        str(tmp_path),
+        str(port),
+    ]
+    with peer_process(args, port):
+        code = main(
+            [
+                "echo",
+                "127.0.0.1",
+                str(port),
+                "--tls-ca",
+                str(pki / "ca.pem"),
+                "--tls-cert",
+                str(pki / "client.pem"),
+                "--tls-key",
+                str(pki / "client.key"),
+            ]
+        )
+    assert code == 0
