@@ -219,6 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=16,
         help="asynchronous operations window granted to senders (default 16)",
     )
+    t = s.add_argument_group("TLS")
+    t.add_argument("--tls-cert", type=Path, metavar="PEM", help="our certificate: enables TLS")
+    t.add_argument("--tls-key", type=Path, metavar="PEM", help="our private key")
+    t.add_argument(
+        "--tls-ca", type=Path, metavar="PEM", help="CA certificate(s) client certificates chain to"
+    )
+    t.add_argument(
+        "--tls-require-client-cert",
+        action="store_true",
+        help="refuse clients without a certificate signed by --tls-ca",
+    )
     s.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")
     s.add_argument(
         "--artim-timeout",
