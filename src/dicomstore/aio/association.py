@@ -36,6 +36,7 @@ class Timeouts:
     ``acse``: how long a requestor waits for A-ASSOCIATE-AC/RJ.
     ``dimse``: how long we wait for a DIMSE response.
     ``network``: how long an established association may stay silent.
+    ``operation``: how long one incoming DIMSE message may take to arrive.
     """
 
     artim: float = 30.0
@@ -43,6 +44,9 @@ class Timeouts:
     dimse: float | None = None
     network: float | None = 600.0
     connect: float = 30.0
+    #: How long one DIMSE message (command and data set) may take to arrive,
+    #: so that a peer trickling bytes cannot hold a slot forever.
+    operation: float | None = 3600.0
 
 
 def tune_socket(writer: asyncio.StreamWriter) -> None:

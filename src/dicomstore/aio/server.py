@@ -27,6 +27,7 @@ from dicomstore.dimse import (
 )
 from dicomstore.dimse import status as st
 from dicomstore.errors import RemoteProtocolError
+from dicomstore.services.admission import Admission, AdmissionRequest, AuditSink, Gatekeeper
 from dicomstore.services.storage_scp import OnStored, Receiving, StorageSCP, StoreHandler
 from dicomstore.services.verification import echo_response
 from dicomstore.tls import peer_subject
@@ -39,6 +40,7 @@ from dicomstore.ul.events import (
     ReleaseIndication,
 )
 from dicomstore.ul.fsm import State
+from dicomstore.ul.items import UserIdentityAC
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy, negotiate
 
 log = logging.getLogger("dicomstore.server")
@@ -64,6 +66,13 @@ class ServerConfig:
     shutdown_grace: float = 10.0
     #: TLS (PS3.15 B.9): a server context from :func:`dicomstore.tls.server_context`.
     ssl: ssl.SSLContext | None = None
+    #: Simultaneous associations per calling AE title / per peer address (0: no limit).
+    max_per_calling_ae: int = 0
+    max_per_address: int = 0
+    #: Largest data set accepted in one C-STORE, in bytes (0: no limit); larger: A700.
+    max_instance_bytes: int = 0
+    #: Below this many free bytes in the storage, C-STORE answers A700 before writing.
+    min_free_bytes: int = 0
 
     def policy(self) -> AcceptorPolicy:
         """The negotiation policy: Verification plus every Storage SOP Class."""
@@ -85,6 +94,13 @@ class ServerConfig:
 _CONGESTION = P.AssociateRJ(
     P.REJECT_TRANSIENT, P.REJECT_SOURCE_PRESENTATION, P.REJECT_TEMPORARY_CONGESTION
 )
+_LOCAL_LIMIT = P.AssociateRJ(
+    P.REJECT_TRANSIENT, P.REJECT_SOURCE_PRESENTATION, P.REJECT_LOCAL_LIMIT_EXCEEDED
+)
+
+
+class OperationTooSlow(Exception):
+    """A DIMSE message did not arrive within Timeouts.operation."""
 
 
 class AcceptorAssociation:
@@ -98,6 +114,16 @@ class AcceptorAssociation:
         self.receiving: Receiving | None = None
         #: C-STOREs whose data set arrived and whose commit runs, by Message ID.
         self.inflight: dict[int, asyncio.Task] = {}
+        self.request: P.AssociateRQ | None = None
+        self.admission: Admission | None = None
+        self.outcome = "closed before an association request"
+        self.stored = 0
+        self.failed = 0
+
+    @property
+    def address(self) -> str:
+        peer = self.t.peer
+        return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
     @property
     def busy(self) -> bool:
@@ -109,9 +135,27 @@ class AcceptorAssociation:
         t = self.t
         t.conn.transport_connected()  # Evt5 -> Sta2, ARTIM started
         try:
+            timeouts = self.server.config.timeouts
+            loop = asyncio.get_running_loop()
+            started: float | None = None  # when the message being received began
             while not t.conn.is_closed:
-                idle = self.server.config.timeouts.network if t.conn.is_established else None
-                events = await t.receive(idle)
+                idle = timeouts.network if t.conn.is_established else None
+                if t.assembler.idle and self.receiving is None:
+                    started = None
+                elif started is None:
+                    started = loop.time()
+                if started is not None and timeouts.operation is not None:
+                    left = started + timeouts.operation - loop.time()
+                    if left <= 0:
+                        raise OperationTooSlow
+                    idle = left if idle is None else min(idle, left)
+                try:
+                    events = await t.receive(idle)
+                except TimeoutError:
+                    operation = timeouts.operation
+                    if started is not None and operation and loop.time() >= started + operation:
+                        raise OperationTooSlow from None
+                    raise
                 try:
                     for event in events:
                         await self._on_event(event)
@@ -120,10 +164,19 @@ class AcceptorAssociation:
                     self._drop_receiving()
                     t.conn.protocol_error(exc)  # AA-8: A-ABORT (provider), ARTIM
                 await t.flush()
+        except OperationTooSlow:
+            log.warning(
+                "%s: a message took longer than %ss to arrive, aborting",
+                t.peer,
+                self.server.config.timeouts.operation,
+            )
+            self.outcome = "aborted: too slow"
+            t.abort_now()
         except TimeoutError:
             log.info(
                 "%s: no activity for %ss, aborting", t.peer, self.server.config.timeouts.network
             )
+            self.outcome = "aborted: idle"
             t.abort_now()
         except asyncio.CancelledError:
             t.abort_now()
@@ -136,6 +189,31 @@ class AcceptorAssociation:
             if self.inflight:  # the peer left: commits finish, answers go nowhere
                 await asyncio.wait(list(self.inflight.values()))
             await t.close()
+            self._audit_association()
+
+    def _audit_association(self) -> None:
+        audit = self.server.audit
+        if audit is None or self.request is None:
+            return
+        rq, negotiated = self.request, self.t.negotiated
+        audit.association(
+            {
+                "event": "association",
+                "peer": self.address,
+                "calling_ae": rq.calling_ae,
+                "called_ae": rq.called_ae,
+                "tls_subject": peer_subject(self.t.writer.get_extra_info("peercert")),
+                "user": self.admission.user if self.admission else None,
+                "contexts_accepted": sorted(
+                    {c.abstract_syntax for c in negotiated.contexts.values()}
+                )
+                if negotiated
+                else [],
+                "outcome": self.outcome,
+                "stored": self.stored,
+                "failed": self.failed,
+            }
+        )
 
     def _drop_receiving(self) -> None:
         """Whatever was being received is abandoned: no file, no row."""
@@ -155,53 +233,86 @@ class AcceptorAssociation:
             if self.inflight:  # every answer goes out before A-RELEASE-RP
                 await asyncio.wait(list(self.inflight.values()))
             t.conn.release_response()
+            self.outcome = "released"
         elif isinstance(event, AbortIndication):
             log.info("%s: %s", t.peer, event.message)
+            self.outcome = f"aborted: {event.message}"
+
+    def _reject(self, rq: P.AssociateRQ, rj: P.AssociateRJ, why: str) -> None:
+        log.warning("%s: rejected %s -> %s: %s", self.t.peer, rq.calling_ae, rq.called_ae, why)
+        self.outcome = f"rejected: {why}"
+        self.t.conn.reject(rj)
+
+    def _over_limits(self, rq: P.AssociateRQ) -> str | None:
+        config = self.server.config
+        if self.over_limit:
+            return f"{config.max_associations} associations already"
+        others = [a for a in self.server.associations if a is not self and a.request is not None]
+        if config.max_per_calling_ae and (
+            sum(a.request.calling_ae == rq.calling_ae for a in others) >= config.max_per_calling_ae
+        ):
+            return f"{config.max_per_calling_ae} associations from {rq.calling_ae} already"
+        if config.max_per_address and (
+            sum(a.address == self.address for a in others) >= config.max_per_address
+        ):
+            return f"{config.max_per_address} associations from {self.address} already"
+        return None
 
     def _on_request(self, rq: P.AssociateRQ) -> None:
         t = self.t
         config = self.server.config
-        if self.over_limit:
-            log.warning(
-                "%s: rejected %s, %d associations already",
-                t.peer,
-                rq.calling_ae,
-                config.max_associations,
-            )
-            t.conn.reject(_CONGESTION)
+        self.request = rq
+        limit = self._over_limits(rq)
+        if limit is not None:
+            self._reject(rq, _CONGESTION if self.over_limit else _LOCAL_LIMIT, limit)
             return
         answer, negotiated = negotiate(rq, self.server.policy)
         if isinstance(answer, P.AssociateRJ):
-            log.warning(
-                "%s: rejected %s -> %s: %s",
-                t.peer,
-                rq.calling_ae,
-                rq.called_ae,
-                P.describe_reject(answer.result, answer.source, answer.reason),
-            )
-            t.conn.reject(answer)
+            why = P.describe_reject(answer.result, answer.source, answer.reason)
+            self._reject(rq, answer, why)
             return
         assert negotiated is not None
+        subject = peer_subject(t.writer.get_extra_info("peercert"))
+        admission = Admission()
+        if self.server.gatekeeper is not None:
+            admission = self.server.gatekeeper.admit(
+                AdmissionRequest(
+                    rq.calling_ae, rq.called_ae, self.address, subject, rq.user_info.identity_rq
+                )
+            )
+        self.admission = admission
+        if admission.reject is not None:
+            rj = admission.reject
+            self._reject(rq, rj, P.describe_reject(rj.result, rj.source, rj.reason))
+            return
+        identity = rq.user_info.identity_rq
+        if identity is not None and identity.positive_response_requested:
+            answer.user_info.identity_ac = UserIdentityAC(admission.identity_response or b"")
         t.negotiated = negotiated
         store_aets = config.store_aets
         self.storage = StorageSCP(
             self.server.handler,
             negotiated,
-            may_store=store_aets is None or negotiated.calling_ae in store_aets,
+            may_store=admission.may_store
+            and (store_aets is None or negotiated.calling_ae in store_aets),
             on_stored=self.server.on_stored,
             commit_in_thread=self.server.commit_in_thread,
+            max_instance_bytes=config.max_instance_bytes,
+            min_free_bytes=config.min_free_bytes,
+            audit=self.server.audit,
         )
-        subject = peer_subject(t.writer.get_extra_info("peercert"))
         if subject:
             log.info("%s: TLS peer certificate %s", t.peer, subject)
         log.info(
-            "%s: association %s -> %s, %d of %d contexts accepted",
+            "%s: association %s -> %s%s, %d of %d contexts accepted",
             t.peer,
             rq.calling_ae,
             rq.called_ae,
+            f" (user {admission.user})" if admission.user else "",
             len(negotiated.contexts),
             len(rq.presentation_contexts),
         )
+        self.outcome = "accepted"
         t.conn.accept(answer)
 
     async def _on_dimse(self, event) -> None:
@@ -228,7 +339,10 @@ class AcceptorAssociation:
             else:
                 self.receiving = self.storage.begin(event.context_id, message)
         elif isinstance(message, CEchoRQ):
-            t.queue_message(event.context_id, echo_response(message).encode())
+            rsp = echo_response(message)
+            if self.admission is not None and not self.admission.may_echo:
+                rsp = message.response(st.NOT_AUTHORIZED, "C-ECHO is not allowed for this caller")
+            t.queue_message(event.context_id, rsp.encode())
         elif isinstance(message, InvalidRequest | UnknownCommand):
             if getattr(message, "is_response", False):
                 log.warning("%s: unexpected response %#06x ignored", t.peer, message.command_field)
@@ -253,7 +367,7 @@ class AcceptorAssociation:
         window = self.t.negotiated.max_ops_invoked if self.t.negotiated else 1
         inline = not self.server.commit_in_thread
         if receiving.response is not None or window == 1 or receiving.rq is None or inline:
-            rsp = await self.storage.finish(receiving)
+            rsp = await self._finish(receiving)
             self.t.queue_message(context_id, rsp.encode())
             return
         msg_id = receiving.rq.message_id
@@ -263,9 +377,17 @@ class AcceptorAssociation:
         if window and len(self.inflight) >= window:
             await asyncio.wait(list(self.inflight.values()), return_when=asyncio.FIRST_COMPLETED)
 
-    async def _finish_later(self, context_id: int, receiving: Receiving) -> None:
+    async def _finish(self, receiving: Receiving):
         assert self.storage is not None
         rsp = await self.storage.finish(receiving)
+        if st.is_failure(rsp.status):
+            self.failed += 1
+        else:
+            self.stored += 1
+        return rsp
+
+    async def _finish_later(self, context_id: int, receiving: Receiving) -> None:
+        rsp = await self._finish(receiving)
         t = self.t
         if t.conn.state in (State.STA6, State.STA8):  # DT-1 or AR-7 (PS3.8 Table 9-10)
             t.queue_message(context_id, rsp.encode())
@@ -285,9 +407,13 @@ class Server:
         *,
         on_stored: OnStored | None = None,
         commit_in_thread: bool = True,
+        gatekeeper: Gatekeeper | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         self.config = config
         self.handler = handler
+        self.gatekeeper = gatekeeper
+        self.audit = audit
         self.on_stored = on_stored
         self.commit_in_thread = commit_in_thread
         self.policy = config.policy()

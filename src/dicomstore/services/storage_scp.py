@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -61,7 +62,7 @@ OnStored = Callable[[StoredEvent], Awaitable[None]]
 class Receiving:
     """One C-STORE in progress: fragments go to the sink (or are discarded)."""
 
-    __slots__ = ("rq", "context", "sink", "response", "failed_write", "nbytes")
+    __slots__ = ("rq", "context", "sink", "response", "failed_write", "nbytes", "limit")
 
     def __init__(
         self,
@@ -69,6 +70,7 @@ class Receiving:
         context: AcceptedContext | None,
         sink: Sink | None,
         response: CStoreRSP | None,
+        limit: int = 0,
     ) -> None:
         self.rq = rq
         self.context = context
@@ -76,12 +78,20 @@ class Receiving:
         self.response = response  # set when the answer is known before the data set
         self.failed_write: OSError | None = None
         self.nbytes = 0
+        self.limit = limit  # largest data set accepted, 0: no limit
 
     def write(self, data: bytes | memoryview) -> None:
         """Append one fragment; an I/O error is remembered and answered with A700."""
         self.nbytes += len(data)
         sink = self.sink
         if sink is None:
+            return
+        if self.limit and self.nbytes > self.limit:
+            self.sink = None
+            sink.abort()
+            self.response = self.rq.response(
+                st.OUT_OF_RESOURCES, f"data set larger than the limit of {self.limit} bytes"
+            )
             return
         try:
             sink.write(data)
@@ -108,12 +118,18 @@ class StorageSCP:
         may_store: bool = True,
         on_stored: OnStored | None = None,
         commit_in_thread: bool = True,
+        max_instance_bytes: int = 0,
+        min_free_bytes: int = 0,
+        audit: Any = None,
     ) -> None:
         self.handler = handler
         self.negotiated = negotiated
         self.may_store = may_store
         self.on_stored = on_stored
         self.commit_in_thread = commit_in_thread
+        self.max_instance_bytes = max_instance_bytes
+        self.min_free_bytes = min_free_bytes
+        self.audit = audit
         self._callbacks: set[asyncio.Task] = set()
 
     def begin(self, context_id: int, rq: CStoreRQ) -> Receiving:
@@ -148,6 +164,21 @@ class StorageSCP:
                 None,
                 rq.response(st.NOT_AUTHORIZED, f"{self.negotiated.calling_ae} may not store here"),
             )
+        root = getattr(self.handler, "root", None)
+        if self.min_free_bytes and root is not None:
+            try:
+                free = shutil.disk_usage(root).free
+            except OSError:
+                free = 0
+            if free < self.min_free_bytes:
+                return Receiving(
+                    rq,
+                    context,
+                    None,
+                    rq.response(
+                        st.OUT_OF_RESOURCES, _comment(f"out of resources: only {free} bytes free")
+                    ),
+                )
         try:
             sink = self.handler.begin(
                 sop_class_uid=rq.affected_sop_class_uid,
@@ -163,17 +194,36 @@ class StorageSCP:
                 None,
                 rq.response(st.OUT_OF_RESOURCES, _comment(f"cannot store: {exc.strerror or exc}")),
             )
-        return Receiving(rq, context, sink, None)
+        return Receiving(rq, context, sink, None, self.max_instance_bytes)
 
     async def finish(self, receiving: Receiving) -> CStoreRSP:
         """The last fragment arrived: commit durably, then answer (PS3.4 B.2.3)."""
+        rsp, outcome = await self._finish(receiving)
+        if self.audit is not None and receiving.rq is not None:
+            row = getattr(outcome, "instance", None) or {}
+            self.audit.instance(
+                {
+                    "event": "instance",
+                    "calling_ae": self.negotiated.calling_ae,
+                    "sop_class_uid": receiving.rq.affected_sop_class_uid,
+                    "sop_instance_uid": receiving.rq.affected_sop_instance_uid,
+                    "study_instance_uid": row.get("study_instance_uid"),
+                    "bytes": receiving.nbytes,
+                    "digest": row.get("digest"),
+                    "status": f"{rsp.status:04X}",
+                    "error_comment": rsp.error_comment,
+                }
+            )
+        return rsp
+
+    async def _finish(self, receiving: Receiving) -> tuple[CStoreRSP, Any]:
         rq = receiving.rq
         if receiving.response is not None:
-            return receiving.response
+            return receiving.response, None
         if receiving.failed_write is not None or receiving.sink is None:
             exc = receiving.failed_write
             text = exc.strerror if exc is not None and exc.strerror else str(exc)
-            return rq.response(st.OUT_OF_RESOURCES, _comment(f"write failed: {text}"))
+            return rq.response(st.OUT_OF_RESOURCES, _comment(f"write failed: {text}")), None
         sink, receiving.sink = receiving.sink, None
         try:
             if self.commit_in_thread:
@@ -183,7 +233,7 @@ class StorageSCP:
         except Exception as exc:  # noqa: BLE001 - a handler bug must not be Success
             log.exception("handler failed to commit %s", rq.affected_sop_instance_uid)
             sink.abort()
-            return rq.response(st.PROCESSING_FAILURE, _comment(f"handler error: {exc}"))
+            return rq.response(st.PROCESSING_FAILURE, _comment(f"handler error: {exc}")), None
         status = getattr(outcome, "status", st.SUCCESS)
         comment = getattr(outcome, "wire_comment", None) or getattr(outcome, "error_comment", None)
         rsp = rq.response(
@@ -203,7 +253,7 @@ class StorageSCP:
             task = asyncio.ensure_future(self._call_back(event))
             self._callbacks.add(task)
             task.add_done_callback(self._callbacks.discard)
-        return rsp
+        return rsp, outcome
 
     async def _call_back(self, event: StoredEvent) -> None:
         try:

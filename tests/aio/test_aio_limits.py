@@ -1,0 +1,157 @@
+"""Limits (issue: hardening, point 3): associations per calling AE and per
+address, largest instance, minimum free disk, slow senders; and the
+admission and audit hooks the server consults."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from dicomstore import uids
+from dicomstore.aio.association import Timeouts
+from dicomstore.aio.client import associate
+from dicomstore.aio.server import Server, ServerConfig
+from dicomstore.archive import Archive
+from dicomstore.dimse import CStoreRQ, dataset_pdvs
+from dicomstore.errors import AssociationAborted, AssociationRejected
+from dicomstore.services.admission import Admission, AdmissionRequest
+from dicomstore.ul import items as I
+from dicomstore.ul import pdu as P
+from tests.test_hostile import SC, dataset
+
+CONTEXTS = [(SC, [uids.EXPLICIT_VR_LE]), (uids.VERIFICATION, [uids.IMPLICIT_VR_LE])]
+
+
+def run(root: Path, scenario, **config):
+    kwargs = {k: config.pop(k) for k in ("gatekeeper", "audit") if k in config}
+
+    async def main():
+        archive = Archive(root, fsync=False)
+        server = Server(ServerConfig(port=0, **config), archive, commit_in_thread=False, **kwargs)
+        await server.start()
+        try:
+            return await scenario(server.port, archive)
+        finally:
+            await server.close(grace=2)
+            archive.close()
+
+    return asyncio.run(main())
+
+
+def test_associations_per_calling_ae_and_per_address(tmp_path) -> None:
+    async def scenario(port, archive):
+        held = [await associate("127.0.0.1", port, calling_ae="A") for _ in range(2)]
+        with pytest.raises(AssociationRejected) as by_ae:
+            await associate("127.0.0.1", port, calling_ae="A")
+        third = await associate("127.0.0.1", port, calling_ae="B")  # 3 from this address
+        with pytest.raises(AssociationRejected) as by_address:
+            await associate("127.0.0.1", port, calling_ae="C")
+        for assoc in [*held, third]:
+            await assoc.release()
+        again = await associate("127.0.0.1", port, calling_ae="A")
+        await again.release()
+        return by_ae.value, by_address.value
+
+    by_ae, by_address = run(tmp_path, scenario, max_per_calling_ae=2, max_per_address=3)
+    for rj in (by_ae, by_address):
+        assert rj.transient and rj.source == 3 and rj.reason == 2  # local limit exceeded
+
+
+def test_instance_larger_than_the_limit_is_a700_and_nothing_is_kept(tmp_path) -> None:
+    async def scenario(port, archive):
+        async with await associate("127.0.0.1", port, contexts=CONTEXTS) as assoc:
+            ctx = assoc.context_for(SC)
+            big = dataset(
+                "1.2.3.4",
+                tail=b"\x09\x00\x10\x00OB\0\0" + (50_000).to_bytes(4, "little") + bytes(50_000),
+            )
+            rsp = await assoc.store_stream(ctx, SC, "1.2.3.4", [big[:1000], big[1000:]])
+            small = await assoc.store_stream(ctx, SC, "1.2.3.5", [dataset("1.2.3.5")])
+        return rsp, small, archive.instances()
+
+    rsp, small, rows = run(tmp_path, scenario, max_instance_bytes=10_000)
+    assert rsp.status == 0xA700 and "limit" in rsp.error_comment
+    assert small.status == 0
+    assert [r["sop_instance_uid"] for r in rows] == ["1.2.3.5"]
+    assert list((tmp_path / ".tmp").iterdir()) == []
+
+
+def test_below_minimum_free_space_a700_before_writing(tmp_path) -> None:
+    async def scenario(port, archive):
+        async with await associate("127.0.0.1", port, contexts=CONTEXTS) as assoc:
+            return await assoc.store_stream(
+                assoc.context_for(SC), SC, "1.2.3.4", [dataset("1.2.3.4")]
+            ), archive.instances()
+
+    (rsp, rows) = run(tmp_path, scenario, min_free_bytes=2**62)
+    assert rsp.status == 0xA700 and "free" in rsp.error_comment
+    assert rows == []
+
+
+def test_a_trickling_sender_is_dropped(tmp_path) -> None:
+    async def scenario(port, archive):
+        assoc = await associate("127.0.0.1", port, contexts=CONTEXTS)
+        ctx = assoc.context_for(SC)
+        # The command and the first bytes of a data set, then nothing more.
+        assoc.t.queue_message(ctx.id, CStoreRQ(1, SC, "1.2.3.9").encode())
+        for pdv in dataset_pdvs(ctx.id, dataset("1.2.3.9")[:10], 0, False):
+            assoc.t.conn.send_pdvs([pdv])
+        assoc.t.write_now()
+        await assoc.t.drain()
+        await asyncio.wait_for(assoc._reader, 30)  # the server aborts us
+        ended = assoc._ended
+        await assoc.abort()
+        return ended, archive.instances()
+
+    ended, rows = run(tmp_path, scenario, timeouts=Timeouts(operation=0.5))
+    assert isinstance(ended, AssociationAborted)
+    assert rows == []
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.associations: list[dict] = []
+        self.instances: list[dict] = []
+
+    def association(self, record: dict) -> None:
+        self.associations.append(record)
+
+    def instance(self, record: dict) -> None:
+        self.instances.append(record)
+
+
+class OnlyAlice:
+    def admit(self, request: AdmissionRequest) -> Admission:
+        ident = request.identity
+        if ident is None or ident.primary != b"alice":
+            return Admission(reject=P.AssociateRJ(1, 1, 1))
+        return Admission(may_echo=False, identity_response=b"welcome", user="alice")
+
+
+def test_gatekeeper_identity_and_audit(tmp_path) -> None:
+    audit = Recorder()
+
+    async def scenario(port, archive):
+        with pytest.raises(AssociationRejected):
+            await associate("127.0.0.1", port, contexts=CONTEXTS)
+        alice = I.UserIdentityRQ(1, True, b"alice")
+        assoc = await associate("127.0.0.1", port, contexts=CONTEXTS, identity=alice)
+        ac_identity = assoc.negotiated is not None
+        echo = await assoc.echo()
+        rsp = await assoc.store_stream(assoc.context_for(SC), SC, "1.2.3.7", [dataset("1.2.3.7")])
+        await assoc.release()
+        return ac_identity, echo, rsp
+
+    ok, echo, rsp = run(tmp_path, scenario, gatekeeper=OnlyAlice(), audit=audit)
+    assert ok
+    assert echo.status == 0x0124
+    assert rsp.status == 0
+    outcomes = [a["outcome"] for a in audit.associations]
+    assert outcomes[0].startswith("rejected") and outcomes[1] == "released"
+    assert audit.associations[1]["user"] == "alice"
+    assert audit.associations[1]["stored"] == 1
+    [record] = audit.instances
+    assert record["sop_instance_uid"] == "1.2.3.7" and record["status"] == "0000"
+    assert record["digest"] and record["bytes"] > 0
