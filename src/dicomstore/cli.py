@@ -2,7 +2,8 @@
 
 Exit codes (echo and send): 0 success, 1 failure reported by the peer (or
 partial failure for send), 2 usage error, 3 connection refused or
-unreachable, 4 association rejected, 5 association aborted, 6 timed out.
+unreachable, 4 association rejected, 5 association aborted, 6 timed out,
+7 (send) nothing stored, for failure statuses or mixed causes.
 """
 
 from __future__ import annotations
@@ -255,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_tls_client_options(e)
     _add_common(e)
 
+    from dicomstore import cli_send
+
+    cli_send.add_parser(sub)
+
     c = sub.add_parser("check", help="verify the archive's files against its index")
     c.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
     _add_common(c)
@@ -401,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
     if args.command == "echo":
         return run_client(_echo(args))
+    if args.command == "send":
+        from dicomstore import cli_send
+
+        return cli_send.run(args)
     if args.command in ("check", "reindex"):
         from dicomstore.archive import Archive
 

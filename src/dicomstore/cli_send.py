@@ -1,0 +1,342 @@
+"""`dicomstore send HOST PORT PATH...`: the Storage SCU on the command line (PS3.4 B.2.1).
+
+Paths are files, folders (recursive) or ``-`` (one path a line on stdin).
+Exit codes: 0 every instance stored (Success or Warning) or already stored;
+1 some stored, some not; 2 usage error, or no DICOM instance in the paths;
+when none was stored: 3 unreachable, 4 rejected, 5 aborted, 6 timed out
+(every failure had that one cause), else 7 (all failed, or mixed causes).
+Non-DICOM files are listed and skipped; they do not change the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+from dicomstore.aio.association import Timeouts
+from dicomstore.dimse import status as st
+from dicomstore.services.scu_send import SendOptions, send
+from dicomstore.services.storage_scu import PRIORITIES, Result
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_BY_KIND = {"unreachable": 3, "rejected": 4, "aborted": 5, "timeout": 6}
+#: None of the instances was stored and the causes were statuses or mixed.
+EXIT_ALL_FAILED = 7
+
+log = logging.getLogger("dicomstore.send")
+
+
+def _int(low: int):
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}")
+        return n
+
+    return parse
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``send`` subcommand (with its own ``--log-level``) to ``subparsers``."""
+    from dicomstore.cli import _ae_title, _pdu, _port, _positive, add_tls_client_options
+
+    p = subparsers.add_parser(
+        "send",
+        help="send DICOM files to a Storage SCP (Storage SCU)",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("host")
+    p.add_argument("port", type=_port)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="file, folder, or - for stdin")
+    p.add_argument("--aet", type=_ae_title, default="DICOMSTORE", help="our (calling) AE title")
+    p.add_argument("--aec", type=_ae_title, default="ANY-SCP", help="the peer's (called) AE title")
+    p.add_argument(
+        "--parallel", type=_int(1), default=1, help="associations in parallel (default 1)"
+    )
+    p.add_argument(
+        "--max-ops",
+        type=_int(1),
+        default=16,
+        help="C-STOREs outstanding per association if the SCP grants a window (default 16)",
+    )
+    p.add_argument("--max-pdu", type=_pdu, default=1024 * 1024, help="largest PDU we receive")
+    p.add_argument(
+        "--convert",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="when the SCP accepts none of a file's transfer syntaxes, decompress or "
+        "re-encode it to one it accepts (default); --no-convert reports it as not sent",
+    )
+    p.add_argument(
+        "--retries", type=_int(0), default=3, help="retries of transient failures (default 3)"
+    )
+    p.add_argument(
+        "--retry-delay", type=float, default=1.0, help="first retry delay in s, doubling (1)"
+    )
+    p.add_argument("--report", type=Path, help="write one JSON line per instance to FILE")
+    p.add_argument("--resume", type=Path, metavar="REPORT", help="skip what REPORT marks as stored")
+    p.add_argument("--priority", choices=list(PRIORITIES), default="medium")
+    p.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")
+    p.add_argument("--dimse-timeout", type=_positive, help="seconds (default unlimited)")
+    p.add_argument(
+        "--progress",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="one-line progress on stderr (auto: when stderr is a terminal)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_tls_client_options(p)
+    return p
+
+
+# -- report and resume ----------------------------------------------------------
+
+
+def load_resume(path: Path) -> set[str]:
+    """SOP Instance UIDs a previous report marks as stored (Success or Warning)."""
+    done: set[str] = set()
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if row.get("outcome") in ("stored", "warning", "already-stored"):
+                uid = row.get("sop_instance_uid")
+                if uid:
+                    done.add(uid)
+    return done
+
+
+# -- progress ---------------------------------------------------------------------
+
+
+class Progress:
+    """Carriage-return progress on a terminal, log lines otherwise."""
+
+    def __init__(self, stream: IO[str], enabled: bool) -> None:
+        self.stream, self.enabled = stream, enabled
+        self.total = self.total_bytes = self.done = self.done_bytes = 0
+        self.start = time.monotonic()
+        self._shown = 0.0
+        self._dirty = False
+
+    def plan(self, count: int, nbytes: int) -> None:
+        self.total, self.total_bytes = count, nbytes
+        self.start = time.monotonic()
+
+    def result(self, r: Result) -> None:
+        if r.outcome not in ("skipped", "already-stored"):
+            self.done += 1
+            self.done_bytes += r.bytes if r.stored else 0
+        level = logging.INFO if r.outcome in ("stored", "already-stored") else logging.WARNING
+        if not self.enabled or level > logging.INFO:
+            self.clear()
+            log.log(level, "%s", describe(r))
+        self.show()
+
+    def show(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._shown < 0.1):
+            return
+        self._shown = now
+        elapsed = max(now - self.start, 1e-6)
+        rate = self.done_bytes / elapsed
+        left = max(self.total_bytes - self.done_bytes, 0)
+        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+        self.stream.write(
+            f"\r{self.done}/{self.total} instances  {self.done_bytes / 1e6:.1f}/"
+            f"{self.total_bytes / 1e6:.1f} MB  {rate / 1e6:.1f} MB/s  ETA {eta}   "
+        )
+        self.stream.flush()
+        self._dirty = True
+
+    def clear(self) -> None:
+        if self._dirty:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self._dirty = False
+
+    def close(self) -> None:
+        self.show(force=True)
+        self.clear()
+
+
+def describe(r: Result) -> str:
+    """One log line for a result."""
+    what = r.path or r.sop_instance_uid or "?"
+    if r.outcome in ("skipped", "already-stored", "not-sent"):
+        return f"{r.outcome}: {what}" + (f": {r.reason}" if r.reason else "")
+    text = f"{r.outcome}: {what}"
+    if r.status is not None:
+        text += f" [{r.status:04X} {st.describe(r.status)}]"
+        if r.error_comment:
+            text += f" {r.error_comment}"
+    elif r.reason:
+        text += f": {r.reason}"
+    if r.converted:
+        text += " (converted)"
+    return text
+
+
+# -- summary and exit code ----------------------------------------------------------
+
+
+def _why(r: Result) -> str:
+    if r.status is not None:
+        return f"{r.status:04X} {st.describe(r.status)}"
+    return r.error_kind or r.reason or "unknown"
+
+
+def summary(results: list[Result], seconds: float) -> list[str]:
+    """The closing lines: sent, warnings by status, failed by status, skipped."""
+    by: dict[str, list[Result]] = {}
+    for r in results:
+        by.setdefault(r.outcome, []).append(r)
+    stored = by.get("stored", []) + by.get("warning", [])
+    nbytes = sum(r.bytes for r in stored)
+    lines = [
+        f"sent {len(stored)} instance(s), {nbytes / 1e6:.1f} MB in {seconds:.2f} s "
+        f"({nbytes / 1e6 / max(seconds, 1e-6):.1f} MB/s)"
+    ]
+
+    def counted(rs: Iterable[Result]) -> str:
+        return ", ".join(f"{why} x{n}" for why, n in Counter(map(_why, rs)).most_common())
+
+    if by.get("warning"):
+        lines.append(f"  warnings: {len(by['warning'])} ({counted(by['warning'])})")
+    if by.get("failed"):
+        lines.append(f"  failed: {len(by['failed'])} ({counted(by['failed'])})")
+    if by.get("not-sent"):
+        lines.append(f"  not sent: {len(by['not-sent'])}")
+    for r in by.get("not-sent", [])[:20]:
+        lines.append(f"    {r.path or r.sop_instance_uid}: {r.reason}")
+    if by.get("skipped"):
+        lines.append(f"  skipped (not DICOM): {len(by['skipped'])}")
+    for r in by.get("skipped", [])[:20]:
+        lines.append(f"    {r.path}: {r.reason}")
+    if by.get("already-stored"):
+        lines.append(f"  already stored (--resume): {len(by['already-stored'])}")
+    return lines
+
+
+def exit_code(results: list[Result]) -> int:
+    """0 / 1 / 3-6 / 7 as in the module docstring."""
+    if not any(r.outcome != "skipped" for r in results):
+        return EXIT_USAGE
+    attempted = [r for r in results if r.outcome not in ("skipped", "already-stored")]
+    bad = [r for r in attempted if not r.stored]
+    if not bad:
+        return EXIT_OK
+    if len(bad) < len(attempted):
+        return EXIT_FAILED
+    kinds = {r.error_kind for r in bad}
+    if len(kinds) == 1 and None not in kinds:
+        return EXIT_BY_KIND[kinds.pop()]  # type: ignore[index]
+    return EXIT_ALL_FAILED
+
+
+# -- running ------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `dicomstore send` with parsed arguments; returns the exit code."""
+    try:
+        skip = load_resume(args.resume) if args.resume else set()
+    except OSError as exc:
+        print(f"dicomstore: cannot read {args.resume}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    report = None
+    if args.report:
+        same = args.resume is not None and args.resume.resolve() == args.report.resolve()
+        try:
+            report = open(args.report, "a" if same else "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            print(f"dicomstore: cannot write {args.report}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.log_level != "debug":  # decoder tracebacks: the result line says it shorter
+        logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    enabled = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
+    progress = Progress(sys.stderr, enabled)
+
+    def on_result(r: Result) -> None:
+        if report is not None:
+            report.write(json.dumps(r.to_json()) + "\n")
+            report.flush()
+        progress.result(r)
+
+    timeouts = Timeouts()
+    if args.acse_timeout:
+        timeouts.acse = args.acse_timeout
+    if args.dimse_timeout:
+        timeouts.dimse = args.dimse_timeout
+    options = SendOptions(
+        called_ae=args.aec,
+        calling_ae=args.aet,
+        parallel=args.parallel,
+        max_ops=args.max_ops,
+        max_pdu=args.max_pdu,
+        convert=args.convert,
+        retries=args.retries,
+        retry_delay=args.retry_delay,
+        priority=PRIORITIES[args.priority],
+        timeouts=timeouts,
+    )
+    from dicomstore.cli import tls_client_context
+
+    try:
+        options.ssl = tls_client_context(args)
+    except (OSError, ValueError) as exc:
+        print(f"dicomstore: cannot set up TLS: {exc}", file=sys.stderr)
+        return 2
+    start = time.monotonic()
+    try:
+        results = asyncio.run(
+            send(
+                args.host,
+                args.port,
+                args.paths,
+                options=options,
+                skip_uids=skip,
+                on_plan=progress.plan,
+                on_result=on_result,
+            )
+        )
+    finally:
+        progress.close()
+        if report is not None:
+            report.close()
+    for line in summary(results, time.monotonic() - start):
+        print(line)
+    code = exit_code(results)
+    if code == EXIT_USAGE:
+        print("dicomstore: no DICOM instance to send in the given paths", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dicomstore.cli_send HOST PORT PATH...`` (the same as `dicomstore send`)."""
+    parser = argparse.ArgumentParser(prog="dicomstore")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["send", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Send many instances: scan, negotiate per group, associations in parallel, retries.
+
+The high-level Storage SCU (PS3.4 B.2.1) behind `dicomstore send`.  Input
+files are scanned first (headers only), grouped into associations of at most
+128 presentation contexts, and sent by ``parallel`` workers, each running
+as many C-STOREs at once as the granted asynchronous operations window
+allows (PS3.7 D.3.3.3).  Transient failures (refused connection, transient
+rejection, A-ABORT, DIMSE timeout, A7xx/0213 statuses) are retried with
+exponential backoff, a bounded number of times; a worker gives up after
+``retries`` broken associations in a row that stored nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Container, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from dicomstore.aio.association import Timeouts
+from dicomstore.aio.client import ClientAssociation, ContextSpec, associate
+from dicomstore.dimse import status as st
+from dicomstore.services import sources
+from dicomstore.services.sources import Instance, NotDicom, SourceReadError
+from dicomstore.services.storage_scu import (
+    ErrorKind,
+    NotSendable,
+    Outcome,
+    Result,
+    as_instance,
+    classify,
+    propose_contexts,
+    store_instance,
+)
+from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
+
+log = logging.getLogger("dicomstore.send")
+
+
+def _retriable_status(status: int) -> bool:
+    """Out of resources (A7xx, PS3.4 B.2.3) or resource limitation (0213, PS3.7 C.5)."""
+    return status >> 8 == 0xA7 or status == st.RESOURCE_LIMITATION
+
+
+@dataclass
+class _Job:
+    instance: Instance
+    index: int
+    attempts: int = 0
+
+
+@dataclass
+class SendOptions:
+    """Everything :func:`send` can be told besides where and what."""
+
+    called_ae: str = "ANY-SCP"
+    calling_ae: str = "DICOMSTORE"
+    parallel: int = 1
+    max_ops: int = 16
+    max_pdu: int = DEFAULT_MAX_PDU
+    convert: bool = True
+    retries: int = 3
+    retry_delay: float = 1.0
+    priority: int = 0
+    timeouts: Timeouts | None = None
+    #: TLS (PS3.15 B.9): a client context from :func:`dicomstore.tls.client_context`.
+    ssl: Any = None
+
+
+class _Run:
+    """One :func:`send`: the queue of one association group and its results."""
+
+    def __init__(self, host: str, port: int, opts: SendOptions, on_result) -> None:
+        self.host, self.port, self.opts = host, port, opts
+        self.on_result = on_result
+        self.results: list[Result] = []
+        self.last_error: tuple[ErrorKind, str] | None = None
+
+    def finish(self, result: Result) -> None:
+        self.results.append(result)
+        if self.on_result is not None:
+            self.on_result(result)
+
+    def backoff(self, failures: int) -> float:
+        delay = self.opts.retry_delay
+        return min(delay * 2 ** max(0, failures - 1), max(delay, 30.0))
+
+    async def group(self, specs: list[ContextSpec], jobs: list[_Job]) -> None:
+        queue = deque(jobs)
+        workers = max(1, min(self.opts.parallel, len(jobs)))
+        await asyncio.gather(*(self.worker(specs, queue) for _ in range(workers)))
+        kind, text = self.last_error or ("aborted", "not sent")
+        while queue:  # every worker gave up
+            job = queue.popleft()
+            self.finish(self.result(job, "failed", reason=text, error_kind=kind))
+
+    async def worker(self, specs: list[ContextSpec], queue: deque[_Job]) -> None:
+        opts, failures = self.opts, 0
+        while queue:
+            try:
+                assoc = await associate(
+                    self.host,
+                    self.port,
+                    called_ae=opts.called_ae,
+                    calling_ae=opts.calling_ae,
+                    contexts=specs,
+                    max_pdu=opts.max_pdu,
+                    max_ops=opts.max_ops if opts.max_ops != 1 else None,
+                    timeouts=opts.timeouts,
+                    ssl=opts.ssl,
+                )
+            except Exception as exc:
+                known = classify(exc)
+                if known is None:
+                    raise
+                self.last_error = (known[0], _text(exc))
+                log.warning("association with %s:%s failed: %s", self.host, self.port, _text(exc))
+                if not known[1] or failures >= opts.retries:
+                    return
+                failures += 1
+                await asyncio.sleep(self.backoff(failures))
+                continue
+            try:
+                stored, broken = await self.use(assoc, queue)
+            except BaseException:
+                await assoc.abort()
+                raise
+            if broken is None:
+                await assoc.release()
+                continue
+            await assoc.abort()
+            self.last_error = (classify(broken) or ("aborted", True))[0], _text(broken)
+            log.warning("association ended: %s", _text(broken))
+            # Give up after `retries` broken associations in a row that stored nothing.
+            failures = 1 if stored else failures + 1
+            if failures > opts.retries:
+                return
+            await asyncio.sleep(self.backoff(failures))
+
+    async def use(
+        self, assoc: ClientAssociation, queue: deque[_Job]
+    ) -> tuple[int, BaseException | None]:
+        """Send from the queue with the granted window of lanes, until empty or broken."""
+        assert assoc.negotiated is not None
+        granted = assoc.negotiated.max_ops_invoked
+        window = self.opts.max_ops if granted == 0 else min(granted, self.opts.max_ops)
+        stored = 0
+        broken: BaseException | None = None
+
+        async def lane() -> None:
+            nonlocal stored, broken
+            while queue and broken is None:
+                job = queue.popleft()
+                job.attempts += 1
+                start = time.perf_counter()
+                try:
+                    rsp, ctx, conv, nbytes = await store_instance(
+                        assoc, job.instance, convert=self.opts.convert, priority=self.opts.priority
+                    )
+                except NotSendable as exc:
+                    self.finish(self.result(job, "not-sent", reason=str(exc)))
+                    continue
+                except SourceReadError as exc:
+                    # Half a message is out: nothing else may follow it (PS3.8 E.1).
+                    broken = broken or exc
+                    await assoc.abort()
+                    self.finish(self.result(job, "failed", reason=str(exc)))
+                    return
+                except Exception as exc:
+                    if classify(exc) is None:
+                        raise
+                    broken = broken or exc
+                    if job.attempts > self.opts.retries:
+                        kind = (classify(exc) or ("aborted", True))[0]
+                        self.finish(self.result(job, "failed", reason=_text(exc), error_kind=kind))
+                    else:
+                        queue.append(job)  # at the end: one poisonous instance must not block
+                    return
+                seconds = time.perf_counter() - start
+                status = rsp.status
+                if _retriable_status(status) and job.attempts <= self.opts.retries:
+                    log.warning(
+                        "%s: %04X %s, retrying", job.instance.label, status, st.describe(status)
+                    )
+                    await asyncio.sleep(self.backoff(job.attempts))
+                    queue.append(job)
+                    continue
+                category = st.category(status)
+                outcome: Outcome = {"success": "stored", "warning": "warning"}.get(
+                    category, "failed"
+                )  # type: ignore[assignment]
+                stored += outcome != "failed"
+                res = self.result(job, outcome, status=status, seconds=seconds)
+                res.error_comment = rsp.error_comment
+                res.offending_element = list(rsp.offending_element or ()) or None
+                res.transfer_syntax, res.converted, res.bytes = ctx.transfer_syntax, conv, nbytes
+                if outcome == "failed":
+                    res.reason = st.describe(status)
+                self.finish(res)
+
+        lanes = [asyncio.create_task(lane()) for _ in range(max(1, window))]
+        try:
+            await asyncio.gather(*lanes)
+        except BaseException:
+            for task in lanes:
+                task.cancel()
+            raise
+        return stored, broken
+
+    def result(self, job: _Job, outcome: Outcome, **kwargs: Any) -> Result:
+        inst = job.instance
+        return Result(
+            str(inst.path) if inst.path is not None else None,
+            inst.sop_class_uid,
+            inst.sop_instance_uid,
+            outcome,
+            attempts=job.attempts,
+            index=job.index,
+            **kwargs,
+        )
+
+
+def _text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def scan(
+    items: Iterable[Dataset | str | os.PathLike],
+) -> tuple[list[tuple[int, Instance]], list[Result]]:
+    """Instances to send and ``skipped`` results (non-DICOM), with input positions."""
+    found: list[tuple[int, Instance]] = []
+    skipped: list[Result] = []
+    expanded = (one for item in items for one in _expand(item))
+    for index, item in enumerate(expanded):
+        try:
+            found.append((index, as_instance(item)))
+        except NotDicom as exc:
+            label = None if isinstance(item, Dataset) else str(item)
+            skipped.append(Result(label, outcome="skipped", reason=str(exc), index=index))
+    return found, skipped
+
+
+def _expand(item: Any) -> Iterable[Any]:
+    return (item,) if isinstance(item, Dataset) else sources.expand_paths([item])
+
+
+async def send(
+    host: str,
+    port: int,
+    items: Iterable[Dataset | str | os.PathLike],
+    *,
+    options: SendOptions | None = None,
+    skip_uids: Container[str] = frozenset(),
+    on_plan: Callable[[int, int], None] | None = None,
+    on_result: Callable[[Result], None] | None = None,
+    **kwargs: Any,
+) -> list[Result]:
+    """Send files, folders (recursively) and Datasets to ``host:port``; one Result each.
+
+    ``options`` or keyword arguments set :class:`SendOptions` (``called_ae``,
+    ``parallel``, ``max_ops``, ``convert``, ``retries``, ``retry_delay`` ...).
+    Instances whose SOP Instance UID is in ``skip_uids`` are ``already-stored``.
+    ``on_plan(instances, bytes)`` is called once before sending and
+    ``on_result`` for every result as it is known.  Results come back in
+    input order.  Network failures do not raise: they are in the results.
+    """
+    opts = options or SendOptions(**kwargs)
+    found, skipped = await asyncio.to_thread(scan, items)
+    run = _Run(host, port, opts, on_result)
+    for result in skipped:
+        run.finish(result)
+    todo: list[_Job] = []
+    for index, inst in found:
+        if inst.sop_instance_uid in skip_uids:
+            run.finish(run.result(_Job(inst, index), "already-stored"))
+        else:
+            todo.append(_Job(inst, index))
+    if on_plan is not None:
+        on_plan(len(todo), sum(job.instance.size for job in todo))
+    for specs in propose_contexts((job.instance for job in todo), convert=opts.convert):
+        classes = {abstract for abstract, _ts in specs}
+        await run.group(specs, [job for job in todo if job.instance.sop_class_uid in classes])
+    return sorted(run.results, key=lambda r: r.index)

@@ -1,0 +1,355 @@
+"""What the Storage SCU sends: files and data sets, scanned, streamed or converted.
+
+A PS3.10 file is a 128-byte preamble, ``DICM``, the File Meta Information
+(group 0002, always Explicit VR Little Endian, PS3.10 7.1) and then the data
+set in the transfer syntax the meta names.  :func:`scan_file` finds where the
+data set starts by walking the meta element headers itself, reads the SOP
+Class and Instance UIDs from the first elements of the data set, and leaves
+the rest of the file alone; :func:`file_chunks` then streams the data set's
+bytes unchanged (bit-preserving).  Files without preamble and meta start with
+the data set at offset 0; pydicom tells their encoding.
+
+Conversion (decompression, or re-encoding between the uncompressed transfer
+syntaxes of PS3.5 A.1-A.3) decodes the whole instance with pydicom, so only
+the bit-preserving path has memory independent of the instance size.
+"""
+
+from __future__ import annotations
+
+import array
+import copy
+import os
+import struct
+import sys
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+
+from dicomstore import uids
+from dicomstore.errors import DicomstoreError
+
+#: Bytes read from the start of a file to find the meta and the SOP UIDs.
+HEAD_SIZE = 16 * 1024
+#: Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
+LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_SOP_CLASS = 0x00080016
+_SOP_INSTANCE = 0x00080018
+_UNDEFINED = 0xFFFFFFFF
+
+
+class NotDicom(DicomstoreError):
+    """A file that is not a storable DICOM instance (the reason is the message)."""
+
+
+@dataclass
+class Instance:
+    """One SOP Instance to send: a file's data set, or a pydicom Dataset."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    path: Path | None = None
+    offset: int = 0  # where the data set starts in the file
+    size: int = 0  # bytes of the data set (0 for a Dataset until encoded)
+    dataset: Dataset | None = None
+
+    @property
+    def label(self) -> str:
+        """The path, or the SOP Instance UID for an in-memory data set."""
+        return str(self.path) if self.path is not None else self.sop_instance_uid
+
+
+# -- finding the files ------------------------------------------------------
+
+
+def expand_paths(
+    inputs: Iterable[str | os.PathLike], stdin: IO[str] | None = None
+) -> Iterator[Path]:
+    """Files named, files under folders (recursively, sorted), and ``-``: paths on stdin."""
+    for item in inputs:
+        if str(item) == "-":
+            for line in stdin if stdin is not None else sys.stdin:
+                line = line.strip()
+                if line:
+                    yield from expand_paths([line])
+            continue
+        path = Path(item)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    yield Path(root) / name
+        else:
+            yield path
+
+
+# -- reading headers ----------------------------------------------------------
+
+
+def parse_file_meta(head: bytes) -> tuple[int, dict[int, bytes]] | None:
+    """Offset of the data set and the meta values, or None if there is no ``DICM``.
+
+    Group 0002 is Explicit VR Little Endian (PS3.10 7.1); a meta written in
+    Implicit VR by a broken writer is tolerated.  The walk stops at the first
+    element of another group, so a wrong group length does not matter.
+    """
+    if len(head) < 132 or head[128:132] != b"DICM":
+        return None
+    pos, meta = 132, {}
+    while pos + 8 <= len(head):
+        group, elem = struct.unpack_from("<HH", head, pos)
+        if group != 0x0002:
+            break
+        vr = head[pos + 4 : pos + 6]
+        if vr.isalpha() and vr.isupper():
+            if vr in LONG_VRS:
+                if pos + 12 > len(head):
+                    raise NotDicom("file meta information is truncated")
+                length = struct.unpack_from("<I", head, pos + 8)[0]
+                header = 12
+            else:
+                length = struct.unpack_from("<H", head, pos + 6)[0]
+                header = 8
+        else:  # implicit VR meta (not conformant, seen in the wild)
+            length = struct.unpack_from("<I", head, pos + 4)[0]
+            header = 8
+        if length == _UNDEFINED or pos + header + length > len(head):
+            raise NotDicom("file meta information is malformed or too long")
+        meta[elem] = head[pos + header : pos + header + length]
+        pos += header + length
+    return pos, meta
+
+
+def _text(value: bytes) -> str:
+    return value.rstrip(b"\0 ").decode("ascii", "replace").strip()
+
+
+def _walk_sop_uids(data: bytes, ts: str) -> tuple[str, str] | None:
+    """SOP Class and Instance UIDs from the first top-level elements, or None.
+
+    Handles the three uncompressed encodings and the encapsulated syntaxes
+    (whose elements are Explicit VR Little Endian); gives up (None) on
+    anything unusual, and the caller asks pydicom.
+    """
+    if ts == uids.IMPLICIT_VR_LE:
+        implicit, order = True, "<"
+    elif ts == uids.EXPLICIT_VR_BE:
+        implicit, order = False, ">"
+    elif ts == uids.EXPLICIT_VR_LE or (
+        ts in uids.transfer_syntaxes() and uids.as_uid(ts).is_encapsulated
+    ):
+        implicit, order = False, "<"
+    else:
+        return None
+    found: dict[int, str] = {}
+    pos, end = 0, len(data)
+    while pos + 8 <= end:
+        group, elem = struct.unpack_from(order + "HH", data, pos)
+        tag = group << 16 | elem
+        if tag > _SOP_INSTANCE:
+            break
+        if implicit:
+            length, header = struct.unpack_from("<I", data, pos + 4)[0], 8
+        elif data[pos + 4 : pos + 6] in LONG_VRS:
+            length, header = struct.unpack_from(order + "I", data, pos + 8)[0], 12
+        else:
+            length, header = struct.unpack_from(order + "H", data, pos + 6)[0], 8
+        if length == _UNDEFINED or pos + header + length > end:
+            return None
+        if tag in (_SOP_CLASS, _SOP_INSTANCE):
+            found[tag] = _text(data[pos + header : pos + header + length])
+        pos += header + length
+    if found.get(_SOP_CLASS) and found.get(_SOP_INSTANCE):
+        return found[_SOP_CLASS], found[_SOP_INSTANCE]
+    return None
+
+
+def _encoding_ts(ds: Dataset) -> str:
+    """The uncompressed transfer syntax a data set was read in (or Explicit VR LE)."""
+    implicit, little = ds.original_encoding
+    if implicit:
+        return uids.IMPLICIT_VR_LE
+    if little is False:
+        return uids.EXPLICIT_VR_BE
+    return uids.EXPLICIT_VR_LE
+
+
+def _checked(sop_class: object, sop_instance: object) -> tuple[str, str]:
+    cls, inst = str(sop_class or "").strip(), str(sop_instance or "").strip()
+    if not cls or not inst:
+        raise NotDicom("no SOP Class UID or SOP Instance UID in the data set")
+    if not uids.is_valid_uid(cls):
+        raise NotDicom(f"SOP Class UID {cls[:64]!r} is not a UID")
+    return cls, inst
+
+
+def scan_file(path: str | os.PathLike) -> Instance:
+    """Where the data set starts and what it is, reading only the file's head.
+
+    Raises :class:`NotDicom` for anything that is not a storable instance.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(HEAD_SIZE)
+    except OSError as exc:
+        raise NotDicom(f"cannot read: {exc.strerror or exc}") from None
+    parsed = parse_file_meta(head)
+    ts: str | None = None
+    offset = 0
+    if parsed is not None:
+        offset, meta = parsed
+        if 0x0010 in meta:
+            ts = _text(meta[0x0010]) or None
+        if ts is not None:
+            found = _walk_sop_uids(head[offset:], ts)
+            if found is not None:
+                cls, inst = _checked(*found)
+                return Instance(cls, inst, ts, path, offset, size - offset)
+    # Anything else: let pydicom read the header (deflated, no meta, odd layouts).
+    try:
+        ds = dcmread(
+            path,
+            stop_before_pixels=True,
+            force=True,
+            specific_tags=["SOPClassUID", "SOPInstanceUID"],
+        )
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on garbage
+        raise NotDicom(f"not readable as DICOM: {one_line(exc)}") from None
+    if parsed is None and not (ds.get("SOPClassUID") and ds.get("SOPInstanceUID")):
+        raise NotDicom("not a DICOM file (no DICM prefix, no SOP Class/Instance UID)")
+    cls, inst = _checked(ds.get("SOPClassUID"), ds.get("SOPInstanceUID"))
+    if ts is None:
+        ts = _encoding_ts(ds)
+    return Instance(cls, inst, ts, path, offset, size - offset)
+
+
+def instance_from_dataset(ds: Dataset) -> Instance:
+    """An :class:`Instance` for an in-memory pydicom data set (encoded when sent).
+
+    Its transfer syntax is the file meta's, else the encoding it was read
+    in, else Explicit VR Little Endian.
+    """
+    cls, inst = _checked(ds.get("SOPClassUID"), ds.get("SOPInstanceUID"))
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    return Instance(cls, inst, str(ts) if ts else _encoding_ts(ds), dataset=ds)
+
+
+# -- producing the bytes ------------------------------------------------------
+
+
+class SourceReadError(DicomstoreError):
+    """A file could not be read while its data set was being sent."""
+
+
+def open_dataset(instance: Instance) -> IO[bytes]:
+    """The instance's file, positioned where its data set starts (raises OSError)."""
+    assert instance.path is not None
+    f = open(instance.path, "rb", buffering=0)  # noqa: SIM115 - closed by file_chunks
+    try:
+        f.seek(instance.offset)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def file_chunks(
+    f: IO[bytes], chunk_size: int, check: Callable[[], None] | None = None
+) -> Iterator[bytes]:
+    """The rest of file ``f``, unchanged, in chunks of ``chunk_size``; closes ``f``.
+
+    ``check`` runs before each read and may raise to stop (e.g. when the
+    association died): a dead peer must not make us read a 2 GiB file.
+    """
+    with f:
+        while True:
+            if check is not None:
+                check()
+            try:
+                chunk = f.read(chunk_size)
+            except OSError as exc:
+                raise SourceReadError(f"read failed: {exc.strerror or exc}") from None
+            if not chunk:
+                return
+            yield chunk
+
+
+def encode_dataset(ds: Dataset, ts: str) -> bytes:
+    """``ds`` without group 0002 encoded in ``ts`` (PS3.5 A.1-A.5).
+
+    Encapsulated pixel data is written as it is: the caller decompresses
+    first when ``ts`` is not the data set's own syntax.
+    """
+    fp = DicomBytesIO()
+    fp.is_little_endian = ts != uids.EXPLICIT_VR_BE
+    fp.is_implicit_VR = ts == uids.IMPLICIT_VR_LE
+    body = ds[0x00030000:] if len(ds.group_dataset(0x0002)) else ds
+    write_dataset(fp, body)
+    data = fp.getvalue()
+    if ts == uids.DEFLATED_EXPLICIT_VR_LE:  # PS3.5 A.5: raw deflate, no zlib header
+        deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+        data = deflater.compress(data) + deflater.flush()
+    return data
+
+
+def converted(instance: Instance, ts: str) -> bytes:
+    """The instance decoded with pydicom and encoded in the uncompressed ``ts``.
+
+    Decompresses encapsulated pixel data (pydicom's RLE decoder; JPEG and
+    JPEG 2000 need the pylibjpeg plugins).  The SOP Instance UID is kept:
+    only the transfer syntax changes.  Raises :class:`NotDicom` when the
+    data set cannot be decoded.
+    """
+    try:
+        if instance.dataset is not None:
+            ds = copy.deepcopy(instance.dataset)
+        else:
+            ds = dcmread(instance.path, force=True)
+        source = uids.as_uid(instance.transfer_syntax)
+        if "PixelData" in ds and source.is_encapsulated:
+            if not hasattr(ds, "file_meta"):
+                raise NotDicom("no file meta to tell the compressed transfer syntax")
+            ds.file_meta.TransferSyntaxUID = source
+            ds.decompress(generate_instance_uid=False)
+        for _elem in ds.iterall():  # decode every element: its VR is needed to re-encode
+            pass
+        if (instance.transfer_syntax == uids.EXPLICIT_VR_BE) != (ts == uids.EXPLICIT_VR_BE):
+            ds.walk(_swap_words)
+        return encode_dataset(ds, ts)
+    except NotDicom:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders raise anything
+        raise NotDicom(f"cannot convert to {uids.uid_name(ts)}: {one_line(exc)}") from None
+
+
+#: Word size of the VRs whose value pydicom keeps as raw bytes (PS3.5 Table 6.2-1).
+_WORD_SIZE = {"OW": "H", "OF": "I", "OL": "I", "OD": "Q", "OV": "Q"}
+
+
+def _swap_words(_ds: Dataset, elem: Any) -> None:
+    """Swap byte order of OW/OF/OL/OD/OV values: pydicom writes their bytes as is."""
+    code = _WORD_SIZE.get(str(elem.VR))
+    value = elem.value
+    if code is not None and isinstance(value, bytes | bytearray):
+        words = array.array(code)
+        if len(value) % words.itemsize == 0:
+            words.frombytes(value)
+            words.byteswap()
+            elem.value = words.tobytes()
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's text on one line, without a traceback pydicom may embed."""
+    text = str(exc).split("Traceback", 1)[0]
+    text = " ".join(text.split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

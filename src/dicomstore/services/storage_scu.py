@@ -1,0 +1,269 @@
+"""Storage Service Class, SCU role (PS3.4 B.2.1): one C-STORE on an open association.
+
+"It is required that the SCU distinguish between successful and failed
+C-STORE responses" (PS3.4 B.2.1): every instance gets a :class:`Result` whose
+``outcome`` is ``stored`` (Success), ``warning`` (Warning statuses B000,
+B006, B007 ...: stored too, PS3.4 B.2.3), ``failed`` (a Failure status, or the
+association failed for good), ``not-sent`` (no accepted presentation context
+fits and conversion is off or impossible), ``skipped`` (not a DICOM instance)
+or ``already-stored`` (a previous report says so).
+
+Negotiation follows the files (PS3.7 9.1.1, PS3.8 9.3.2.2): per SOP Class one
+context per transfer syntax present, alone, so that an SCP accepting it gets
+the file's own bytes; plus, when converting, one uncompressed fallback
+context.  At most 128 contexts per association.  Many instances over several
+associations, with retries: :mod:`dicomstore.services.scu_send`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from pydicom.dataset import Dataset
+
+from dicomstore import uids
+from dicomstore.aio.client import ClientAssociation, ContextSpec
+from dicomstore.dimse.fragments import max_pdv_data
+from dicomstore.errors import (
+    AssociationAborted,
+    AssociationError,
+    AssociationRejected,
+    DicomstoreError,
+    DimseTimeout,
+)
+from dicomstore.services import sources
+from dicomstore.services.sources import Instance, NotDicom
+from dicomstore.ul.negotiation import AcceptedContext
+
+log = logging.getLogger("dicomstore.send")
+
+Outcome = Literal["stored", "warning", "failed", "not-sent", "skipped", "already-stored"]
+#: Association-level failure kinds (they map to the CLI's exit codes 3-6).
+ErrorKind = Literal["unreachable", "rejected", "aborted", "timeout"]
+
+#: Most presentation contexts one association can carry (odd IDs 1..255, PS3.8 9.3.2.2).
+MAX_CONTEXTS = 128
+#: Uncompressed syntaxes we fall back to, in order of preference (PS3.5 A.1-A.3).
+FALLBACK = (uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE)
+#: Target size of one read from a file (a multiple of the PDV size).
+READ_SIZE = 1 << 20
+PRIORITIES = {"medium": 0, "high": 1, "low": 2}  # PS3.7 9.3.1.1
+
+
+class NotSendable(DicomstoreError):
+    """No accepted presentation context fits the instance (the reason is the message)."""
+
+
+@dataclass
+class Result:
+    """What happened to one instance (one line of the JSON report)."""
+
+    path: str | None
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    outcome: Outcome = "failed"
+    status: int | None = None
+    error_comment: str | None = None
+    reason: str | None = None
+    error_kind: ErrorKind | None = None
+    transfer_syntax: str | None = None  # as sent
+    converted: bool = False
+    bytes: int = 0
+    seconds: float = 0.0
+    attempts: int = 0
+    offending_element: list[int] | None = None
+    index: int = field(default=0, repr=False)  # position in the input
+
+    @property
+    def stored(self) -> bool:
+        """True when the SCP answered Success or a Warning (PS3.4 B.2.3)."""
+        return self.outcome in ("stored", "warning", "already-stored")
+
+    def to_json(self) -> dict[str, Any]:
+        """The report line: every field, the status also as ``"0xB000"``."""
+        data = asdict(self)
+        del data["index"]
+        data["status_hex"] = None if self.status is None else f"0x{self.status:04X}"
+        data["seconds"] = round(self.seconds, 6)
+        return data
+
+
+# -- negotiation ----------------------------------------------------------------
+
+
+def propose_contexts(instances: Iterable[Instance], *, convert: bool) -> list[list[ContextSpec]]:
+    """Presentation contexts for these instances, packed into associations of ≤ 128.
+
+    Per SOP Class: one context per transfer syntax its instances use, each
+    alone; with ``convert`` also Explicit then Implicit VR Little Endian as
+    the fallback (PS3.5 A.1, A.2), for syntaxes the SCP refuses.
+    """
+    by_class: dict[str, list[str]] = {}
+    for inst in instances:
+        seen = by_class.setdefault(inst.sop_class_uid, [])
+        if inst.transfer_syntax not in seen:
+            seen.append(inst.transfer_syntax)
+    groups: list[list[ContextSpec]] = [[]]
+    for sop_class, syntaxes in by_class.items():
+        specs: list[ContextSpec] = [(sop_class, [ts]) for ts in syntaxes]
+        if convert:
+            specs.append((sop_class, list(FALLBACK)))
+        if len(groups[-1]) + len(specs) > MAX_CONTEXTS:
+            groups.append([])
+        groups[-1].extend(specs[:MAX_CONTEXTS])
+    return [g for g in groups if g]
+
+
+def choose_context(
+    assoc: ClientAssociation, instance: Instance, *, convert: bool
+) -> tuple[AcceptedContext, bool]:
+    """The context to send ``instance`` on, and whether it must be converted.
+
+    The file's own transfer syntax first (bit-preserving); else, with
+    ``convert``, an accepted uncompressed one.  Raises :class:`NotSendable`.
+    """
+    ctx = assoc.context_for(instance.sop_class_uid, instance.transfer_syntax)
+    if ctx is not None:
+        return ctx, False
+    if convert:
+        for ts in (*FALLBACK, uids.EXPLICIT_VR_BE):
+            ctx = assoc.context_for(instance.sop_class_uid, ts)
+            if ctx is not None:
+                return ctx, True
+    assert assoc.negotiated is not None
+    accepted = sorted(
+        {
+            uids.uid_name(c.transfer_syntax)
+            for c in assoc.negotiated.contexts.values()
+            if c.abstract_syntax == instance.sop_class_uid
+        }
+    )
+    name = uids.uid_name(instance.sop_class_uid)
+    ts_name = uids.uid_name(instance.transfer_syntax)
+    hint = "" if convert else " (--no-convert)"
+    if not accepted:
+        either = " nor uncompressed" if convert else ""
+        raise NotSendable(f"the SCP accepted {name} neither as {ts_name}{either}{hint}")
+    raise NotSendable(
+        f"the SCP accepts {name} only as {', '.join(accepted)}, not as {ts_name}{hint}"
+    )
+
+
+def read_size(peer_max_pdu: int) -> int:
+    """File read size: a whole number of full PDVs for the peer's max PDU (≈ 1 MiB)."""
+    pdv = max_pdv_data(peer_max_pdu)
+    return pdv * max(1, READ_SIZE // pdv)
+
+
+# -- one C-STORE ------------------------------------------------------------------
+
+
+def as_instance(item: Instance | Dataset | str | os.PathLike) -> Instance:
+    """An :class:`Instance` from a path (header scanned) or a pydicom Dataset."""
+    if isinstance(item, Instance):
+        return item
+    if isinstance(item, Dataset):
+        return sources.instance_from_dataset(item)
+    return sources.scan_file(item)
+
+
+async def store_instance(
+    assoc: ClientAssociation,
+    instance: Instance,
+    *,
+    convert: bool = True,
+    priority: int = 0,
+    move_originator: tuple[str, int] | None = None,
+) -> tuple[Any, AcceptedContext, bool, int]:
+    """C-STORE one instance: (C-STORE-RSP, context used, converted?, bytes sent)."""
+    ctx, convert_it = choose_context(assoc, instance, convert=convert)
+    assert assoc.negotiated is not None
+    chunks: Iterable[bytes]
+    f = None
+    if convert_it:
+        try:
+            data = await asyncio.to_thread(sources.converted, instance, ctx.transfer_syntax)
+        except NotDicom as exc:
+            raise NotSendable(str(exc)) from None
+        chunks, nbytes = (data,), len(data)
+    elif instance.dataset is not None:
+        data = sources.encode_dataset(instance.dataset, ctx.transfer_syntax)
+        chunks, nbytes = (data,), len(data)
+    elif instance.size % 2:
+        raise NotSendable(
+            f"the data set has an odd length ({instance.size} bytes): truncated or corrupt"
+        )  # every fragment has an even length (PS3.8 E.1)
+    else:
+        conn = assoc.t.conn
+
+        def alive() -> None:  # stop reading the file once the association is gone
+            if not conn.is_established:
+                raise AssociationAborted("the association ended while sending")
+
+        try:
+            f = sources.open_dataset(instance)
+        except OSError as exc:
+            raise NotSendable(f"cannot read: {exc.strerror or exc}") from None
+        size = read_size(assoc.negotiated.peer_max_pdu)
+        chunks, nbytes = sources.file_chunks(f, size, alive), instance.size
+    try:
+        rsp = await assoc.store_stream(
+            ctx,
+            instance.sop_class_uid,
+            instance.sop_instance_uid,
+            chunks,
+            priority=priority,
+            move_originator=move_originator,
+        )
+    finally:
+        if f is not None:
+            f.close()  # also when the stream never started
+    return rsp, ctx, convert_it, nbytes
+
+
+async def send_c_store(
+    assoc: ClientAssociation,
+    dataset_or_path: Dataset | str | os.PathLike,
+    *,
+    convert: bool = True,
+    priority: int = 0,
+    move_originator: tuple[str, int] | None = None,
+) -> Any:
+    """C-STORE a file or a pydicom Dataset on an open association (PS3.4 B.2.1).
+
+    Returns the C-STORE-RSP (``.status``, ``.error_comment``,
+    ``.offending_element``).  Raises :class:`~sources.NotDicom` for a file
+    that is no instance, :class:`NotSendable` when no accepted context fits.
+    """
+    instance = as_instance(dataset_or_path)
+    rsp, _ctx, _converted, _n = await store_instance(
+        assoc, instance, convert=convert, priority=priority, move_originator=move_originator
+    )
+    return rsp
+
+
+# -- many instances, several associations, retries --------------------------------
+
+
+def classify(exc: BaseException) -> tuple[ErrorKind, bool] | None:
+    """(kind, transient?) of an association-level failure; None if it is none."""
+    if isinstance(exc, AssociationRejected):
+        return "rejected", exc.transient
+    if isinstance(exc, DimseTimeout):
+        return "timeout", True
+    if isinstance(exc, AssociationAborted):
+        return "aborted", True
+    if isinstance(exc, AssociationError):
+        text = str(exc)
+        return ("timeout", True) if "timed out" in text or "within" in text else ("aborted", True)
+    if isinstance(exc, ConnectionRefusedError):
+        return "unreachable", True
+    if isinstance(exc, OSError):
+        return "unreachable", not isinstance(exc, socket.gaierror)  # unknown host: permanent
+    return None

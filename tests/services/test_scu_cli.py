@@ -1,0 +1,162 @@
+"""`dicomstore send` end to end: inputs, report, resume, summary and exit codes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+from tests.conftest import PEER_ENV, ServerThread, dcmtk_storescp, free_port
+from tests.services.test_scu_retry import FlakyHandler
+from tests.services.test_scu_support import received_by_uid, sendable, uid_of
+
+from dicomstore import cli_send
+from dicomstore.aio.server import ServerConfig
+
+
+def _main(*args: str) -> int:
+    return cli_send.main([*args, "--retry-delay", "0.001", "--log-level", "error"])
+
+
+def _report(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_folders_stdin_and_junk_files(tmp_path: Path, monkeypatch, capsys) -> None:
+    files = sendable(tmp_path / "in" / "deep" / "er", compressed=False, limit=5)
+    (tmp_path / "in" / "notes.txt").write_text("not DICOM\n")
+    extra = sendable(tmp_path / "extra", compressed=True, limit=2)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(f"{p}\n" for p in extra)))
+    port = free_port()
+    with dcmtk_storescp(port, tmp_path / "out", "+xa"):
+        code = _main("127.0.0.1", str(port), str(tmp_path / "in"), "-")
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "sent 7 instance(s)" in out
+    assert "skipped (not DICOM): 1" in out and "notes.txt" in out
+    assert set(received_by_uid(tmp_path / "out")) == {uid_of(p) for p in files + extra}
+
+
+def test_nothing_to_send_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    (tmp_path / "a.txt").write_text("hello")
+    assert _main("127.0.0.1", str(free_port()), str(tmp_path)) == 2
+    assert "no DICOM instance" in capsys.readouterr().err
+
+
+def test_report_warnings_failures_and_exit_codes(tmp_path: Path, capsys) -> None:
+    files = sendable(compressed=False)[:4]
+    uids_ = [uid_of(p) for p in files]
+    handler = FlakyHandler({uids_[1]: [0xB000], uids_[2]: [0xA900], uids_[3]: [0xC123]})
+    report = tmp_path / "report.jsonl"
+    with ServerThread(ServerConfig(port=0), handler) as server:
+        code = _main("127.0.0.1", str(server.port), *map(str, files), "--report", str(report))
+    out = capsys.readouterr().out
+    assert code == 1  # partial
+    assert "warnings: 1 (B000 Warning: coercion of data elements x1)" in out
+    assert "failed: 2" in out and "A900" in out and "C123" in out
+    rows = _report(report)
+    assert [r["sop_instance_uid"] for r in rows] == uids_
+    assert [r["outcome"] for r in rows] == ["stored", "warning", "failed", "failed"]
+    assert rows[1]["status_hex"] == "0xB000" and rows[2]["error_comment"] == "test A900"
+    assert rows[0]["bytes"] == Path(files[0]).stat().st_size - _meta_len(files[0])
+    assert all(r["seconds"] > 0 and r["path"] for r in rows)
+
+
+def _meta_len(path: Path) -> int:
+    from dicomstore.services.sources import scan_file
+
+    return scan_file(path).offset
+
+
+def test_all_failed_exit_7(tmp_path: Path) -> None:
+    files = sendable(compressed=False)[:2]
+    handler = FlakyHandler({uid_of(p): [0xA900] for p in files})
+    with ServerThread(ServerConfig(port=0), handler) as server:
+        assert _main("127.0.0.1", str(server.port), *map(str, files)) == 7
+
+
+def test_resume_sends_only_what_was_not_stored(tmp_path: Path, capsys) -> None:
+    files = sendable(compressed=False)[:5]
+    bad = uid_of(files[2])
+    handler = FlakyHandler({bad: [0xA900]})
+    report = tmp_path / "report.jsonl"
+    with ServerThread(ServerConfig(port=0), handler) as server:
+        args = ["127.0.0.1", str(server.port), *map(str, files), "--report", str(report)]
+        assert _main(*args) == 1
+        handler.stored.clear()
+        assert _main(*args, "--resume", str(report)) == 0
+    assert list(handler.stored) == [bad]  # only the failed one went again
+    rows = _report(report)  # the same file: appended
+    assert len(rows) == 10
+    assert [r["outcome"] for r in rows[5:]].count("already-stored") == 4
+    assert "already stored (--resume): 4" in capsys.readouterr().out
+
+
+def test_progress_line_on_a_terminal(tmp_path: Path, capsys) -> None:
+    files = sendable(compressed=False)[:3]
+    with ServerThread(ServerConfig(port=0), FlakyHandler()) as server:
+        assert _main("127.0.0.1", str(server.port), *map(str, files), "--progress", "on") == 0
+    err = capsys.readouterr().err
+    assert "\r3/3 instances" in err and "MB/s" in err and "ETA" in err
+
+
+def test_module_entry_point_runs(tmp_path: Path) -> None:
+    files = sendable(compressed=False)[:1]
+    with ServerThread(ServerConfig(port=0), FlakyHandler()) as server:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dicomstore.cli_send", "127.0.0.1", str(server.port)]
+            + [str(files[0])],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert "sent 1 instance(s)" in proc.stdout
+
+
+def _big_instance(path: Path, size: int) -> None:
+    """A Secondary Capture whose Pixel Data is ``size`` bytes of a sparse file."""
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.424242"
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(path, enforce_file_format=True)
+    with open(path, "ab") as f:  # (7FE0,0010) OB, then a hole of `size` bytes
+        f.write(b"\xe0\x7f\x10\x00OB\x00\x00" + size.to_bytes(4, "little"))
+        f.truncate(f.tell() + size)
+
+
+@pytest.mark.parametrize(
+    "size_mib", [int(os.environ.get("DICOMSTORE_BIG_MIB", "192"))], ids=lambda n: f"{n}MiB"
+)
+def test_a_huge_instance_streams_in_bounded_memory(tmp_path: Path, size_mib: int) -> None:
+    """Peak RSS of the sender < 128 MiB whatever the instance size (2048 MiB on demand)."""
+    path = tmp_path / "huge.dcm"
+    _big_instance(path, size_mib << 20)
+    port = free_port()
+    # The child reports its own VmHWM: ru_maxrss would count the forked image of pytest.
+    script = (
+        "import sys; from dicomstore import cli_send; code = cli_send.main(sys.argv[1:]); "
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]; "
+        "print(hwm[0].split()[1]); sys.exit(code)"
+    )
+    with dcmtk_storescp(port, tmp_path / "out", "--ignore", "-pdu", "131072"):
+        proc = subprocess.run(
+            [sys.executable, "-c", script, "127.0.0.1", str(port), str(path)],
+            capture_output=True,
+            text=True,
+            env=PEER_ENV,
+            timeout=300,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert "sent 1 instance(s)" in proc.stdout
+    peak_mib = int(proc.stdout.split()[-1]) / 1024  # VmHWM in kB
+    assert peak_mib < 128, peak_mib

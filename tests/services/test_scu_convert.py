@@ -1,0 +1,113 @@
+"""When the SCP accepts none of a file's transfer syntaxes: convert, or report not sent.
+
+DCMTK storescp accepts only uncompressed syntaxes by default and only
+Implicit VR Little Endian with ``+xi`` (PS3.5 A.1-A.3): that gives both branches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from tests.conftest import dcmtk_storescp, free_port
+from tests.services.test_scu_support import TESTFILES, dataset_bytes, received_by_uid
+
+from dicomstore import cli_send, uids
+from dicomstore.services.scu_send import send
+
+HAVE_OPENJPEG = importlib.util.find_spec("openjpeg") is not None
+
+
+def _send(port: int, paths, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return asyncio.run(send("127.0.0.1", port, paths, retry_delay=0.01, **kwargs))
+
+
+def _pixels(path: Path) -> np.ndarray:
+    ds = pydicom.dcmread(path)
+    return ds.pixel_array
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small_RLE.dcm",  # pydicom's own RLE decoder (numpy)
+        pytest.param(
+            "MR_small_jp2klossless.dcm",
+            marks=pytest.mark.skipif(not HAVE_OPENJPEG, reason="pylibjpeg-openjpeg"),
+        ),
+    ],
+)
+def test_compressed_file_is_decompressed_for_an_uncompressed_only_scp(
+    tmp_path: Path, name: str
+) -> None:
+    port = free_port()
+    with dcmtk_storescp(port, tmp_path / "out", "--bit-preserving"):
+        results = _send(port, [TESTFILES / name])
+    (r,) = results
+    assert r.outcome == "stored" and r.converted
+    assert r.transfer_syntax == uids.EXPLICIT_VR_LE
+    (received,) = received_by_uid(tmp_path / "out").values()
+    got = pydicom.dcmread(received)
+    assert got.file_meta.TransferSyntaxUID == uids.EXPLICIT_VR_LE
+    assert got.SOPInstanceUID == r.sop_instance_uid  # same instance, another syntax
+    assert np.array_equal(got.pixel_array, _pixels(TESTFILES / name))
+
+
+def test_compressed_file_is_reported_not_sent_without_convert(tmp_path: Path) -> None:
+    port = free_port()
+    with dcmtk_storescp(port, tmp_path / "out"):
+        results = _send(port, [TESTFILES / "MR_small_RLE.dcm"], convert=False)
+    (r,) = results
+    assert r.outcome == "not-sent" and not r.stored
+    assert "RLE Lossless" in r.reason and "--no-convert" in r.reason
+    assert not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize(
+    "name", ["MR_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "MR_small_implicit.dcm"]
+)
+def test_implicit_only_scp_gets_a_re_encoded_data_set(tmp_path: Path, name: str) -> None:
+    port = free_port()
+    with dcmtk_storescp(port, tmp_path / "out", "--bit-preserving", "+xi"):
+        results = _send(port, [TESTFILES / name])
+    (r,) = results
+    assert r.outcome == "stored"
+    assert r.transfer_syntax == uids.IMPLICIT_VR_LE
+    assert r.converted == (name != "MR_small_implicit.dcm")
+    (received,) = received_by_uid(tmp_path / "out").values()
+    got, sent = pydicom.dcmread(received), pydicom.dcmread(TESTFILES / name)
+    assert got.file_meta.TransferSyntaxUID == uids.IMPLICIT_VR_LE
+    for elem in sent:
+        if elem.tag.element and elem.tag != 0x7FE00010:
+            assert got[elem.tag].value == elem.value, elem
+    assert np.array_equal(got.pixel_array, sent.pixel_array)
+    if not r.converted:
+        assert dataset_bytes(received) == dataset_bytes(TESTFILES / name)
+
+
+def test_no_convert_cli_reports_not_sent_and_exits_7(tmp_path: Path, capsys) -> None:
+    port = free_port()
+    with dcmtk_storescp(port, tmp_path / "out", "+xi"):
+        code = cli_send.main(
+            ["127.0.0.1", str(port), str(TESTFILES / "MR_small.dcm"), "--no-convert"]
+        )
+    out = capsys.readouterr().out
+    assert code == cli_send.EXIT_ALL_FAILED
+    assert "not sent: 1" in out and "Explicit VR Little Endian" in out
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_undecodable_compressed_file_is_not_sent_with_the_decoder_error(tmp_path: Path) -> None:
+    port = free_port()
+    with dcmtk_storescp(port, tmp_path / "out"):
+        results = _send(port, [TESTFILES / "JPEG2000-embedded-sequence-delimiter.dcm"])
+    (r,) = results
+    assert r.outcome == "not-sent"
+    assert r.reason.startswith("cannot convert to Explicit VR Little Endian")

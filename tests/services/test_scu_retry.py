@@ -1,0 +1,259 @@
+"""Transient failures are retried, a bounded number of times; permanent ones are not.
+
+A small TCP proxy in front of the real peer counts connections and can drop
+the first ones (at once, or after some bytes): the retries are observed,
+not assumed.  Delays are tiny; nothing sleeps in the tests themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+from tests.conftest import ServerThread, dcmtk_storescp, free_port
+from tests.services.test_scu_support import (
+    dataset_bytes,
+    received_by_uid,
+    sendable,
+    summary_of,
+    uid_of,
+)
+
+from dicomstore import cli_send
+from dicomstore.aio.server import ServerConfig
+from dicomstore.services.scu_send import send
+
+FAST = ["--retry-delay", "0.001"]
+
+
+class Proxy:
+    """TCP proxy to ``127.0.0.1:target`` on its own loop; counts connections.
+
+    The first ``drop`` connections are closed once ``cut_after`` bytes came
+    from the client (0: at once, before the association request).
+    """
+
+    def __init__(self, target: int, drop: int = 0, cut_after: int = 0) -> None:
+        self.target, self.drop, self.cut_after = target, drop, cut_after
+        self.connections = 0
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.port = 0
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._on, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self.loop.run_forever()
+        server.close()
+
+    async def _on(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        cut = self.cut_after if self.connections <= self.drop else None
+        if cut == 0:
+            writer.close()
+            return
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target)
+
+        async def pump(src, dst, limit: int | None) -> None:
+            sent = 0
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+                    sent += len(data)
+                    if limit is not None and sent >= limit:
+                        break
+            except (ConnectionError, OSError):
+                pass
+            for w in (dst, writer, up_w):
+                w.close()
+
+        await asyncio.gather(pump(reader, up_w, cut), pump(up_r, writer, None))
+
+    def __enter__(self) -> Proxy:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+def _send(port: int, paths, **kwargs):
+    kwargs.setdefault("retry_delay", 0.001)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return asyncio.run(send("127.0.0.1", port, paths, **kwargs))
+
+
+def _main(*args: str) -> int:
+    return cli_send.main([*args, *FAST, "--log-level", "error"])
+
+
+def test_connection_refused_is_retried_then_exit_3(tmp_path: Path) -> None:
+    files = sendable(compressed=False)[:2]
+    results = _send(free_port(), files, retries=2)
+    assert {r.error_kind for r in results} == {"unreachable"}
+    assert all(r.outcome == "failed" for r in results)
+    code = _main("127.0.0.1", str(free_port()), str(files[0]), "--retries", "1")
+    assert code == 3
+
+
+def test_refused_association_is_permanent_exit_4(tmp_path: Path) -> None:
+    port = free_port()
+    files = sendable(compressed=False)[:2]
+    with dcmtk_storescp(port, tmp_path / "out", "--refuse"), Proxy(port) as proxy:
+        code = _main("127.0.0.1", str(proxy.port), *map(str, files), "--retries", "3")
+        assert proxy.connections == 1  # a permanent rejection is not retried
+    assert code == 4
+
+
+def test_storescp_reject_accepts_us_because_we_send_an_implementation_uid(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    files = sendable(compressed=False)[:3]
+    with dcmtk_storescp(port, tmp_path / "out", "--reject"):
+        assert _main("127.0.0.1", str(port), *map(str, files)) == 0
+    assert len(received_by_uid(tmp_path / "out")) == 3
+
+
+def test_transient_rejection_is_retried_a_bounded_number_of_times(tmp_path: Path) -> None:
+    files = sendable(compressed=False)[:2]
+    handler = SimpleNamespace(begin=None)
+    config = ServerConfig(port=0, max_associations=0)
+    with ServerThread(config, handler) as server, Proxy(server.port) as proxy:
+        results = _send(proxy.port, files, retries=2)
+        assert proxy.connections == 3
+    assert {(r.outcome, r.error_kind) for r in results} == {("failed", "rejected")}
+    assert "transient" in results[0].reason
+
+
+def test_abort_after_every_store_gives_up_after_retries_exit_5(tmp_path: Path) -> None:
+    port = free_port()
+    files = sendable(compressed=False)[:4]
+    with dcmtk_storescp(port, tmp_path / "out", "--abort-after"), Proxy(port) as proxy:
+        code = _main("127.0.0.1", str(proxy.port), *map(str, files), "--retries", "2")
+        assert proxy.connections == 3  # retries + 1 associations that stored nothing
+    assert code == 5
+
+
+def test_a_connection_dropped_at_once_is_retried_and_everything_arrives(tmp_path: Path) -> None:
+    port = free_port()
+    files = sendable(tmp_path / "in", compressed=False)
+    with (
+        dcmtk_storescp(port, tmp_path / "out", "--bit-preserving"),
+        Proxy(port, drop=2) as proxy,
+    ):
+        results = _send(proxy.port, files, retries=3)
+        assert proxy.connections == 3
+    assert summary_of(results) == {"stored": len(files)}
+    assert all(r.attempts == 1 for r in results)
+
+
+def test_a_connection_cut_mid_transfer_resends_what_was_in_flight(tmp_path: Path) -> None:
+    port = free_port()
+    files = sendable(tmp_path / "in", compressed=False)
+    assert sum(p.stat().st_size for p in files) > 1_000_000
+    with (
+        dcmtk_storescp(port, tmp_path / "out", "--bit-preserving"),
+        Proxy(port, drop=1, cut_after=300_000) as proxy,
+    ):
+        results = _send(proxy.port, files, retries=2)
+        assert proxy.connections == 2
+    assert summary_of(results) == {"stored": len(files)}
+    assert any(r.attempts == 2 for r in results)
+    got = received_by_uid(tmp_path / "out")
+    for path in files:
+        assert dataset_bytes(got[uid_of(path)]) == dataset_bytes(path)
+
+
+class FlakyHandler:
+    """A store handler answering ``statuses[uid]`` (a list, first use first), else 0000."""
+
+    def __init__(self, statuses: dict[str, list[int]] | None = None) -> None:
+        self.statuses = statuses or {}
+        self.stored: dict[str, bytes] = {}
+
+    def begin(self, *, sop_instance_uid: str, **_kw):
+        chunks: list[bytes] = []
+        handler = self
+
+        class Sink:
+            def write(self, data) -> None:
+                chunks.append(bytes(data))
+
+            def commit(self):
+                queue = handler.statuses.get(sop_instance_uid)
+                status = queue.pop(0) if queue else 0
+                if status in (0,) or status >> 12 == 0xB:
+                    handler.stored[sop_instance_uid] = b"".join(chunks)
+                return SimpleNamespace(status=status, error_comment=f"test {status:04X}")
+
+            def abort(self) -> None:
+                chunks.clear()
+
+        return Sink()
+
+
+def test_out_of_resources_is_retried_and_then_stored(tmp_path: Path) -> None:
+    files = sendable(compressed=False)[:3]
+    uid = uid_of(files[1])
+    handler = FlakyHandler({uid: [0xA700, 0xA701]})
+    with ServerThread(ServerConfig(port=0), handler) as server:
+        results = _send(server.port, files, retries=2)
+    assert summary_of(results) == {"stored": 3}
+    assert [r.attempts for r in results] == [1, 3, 1]
+    assert handler.stored[uid] == dataset_bytes(files[1])
+
+
+def test_out_of_resources_beyond_the_retries_is_a_failure(tmp_path: Path) -> None:
+    files = sendable(compressed=False)[:1]
+    handler = FlakyHandler({uid_of(files[0]): [0xA700] * 5})
+    with ServerThread(ServerConfig(port=0), handler) as server:
+        (r,) = _send(server.port, files, retries=1)
+    assert (r.outcome, r.status, r.attempts) == ("failed", 0xA700, 2)
+    assert r.error_comment == "test A700"
+
+
+def test_dimse_timeout_exit_6(tmp_path: Path) -> None:
+    port = free_port()
+    files = sendable(compressed=False)[:1]
+    with dcmtk_storescp(port, tmp_path / "out", "--sleep-during", "5"):
+        code = _main(
+            "127.0.0.1", str(port), str(files[0]), "--dimse-timeout", "0.3", "--retries", "0"
+        )
+    assert code == 6
+
+
+def test_a_file_unreadable_mid_send_aborts_and_the_rest_still_goes(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Half a message cannot be followed by another (PS3.8 E.1): abort, reconnect."""
+    from dicomstore.services import sources
+
+    files = sendable(compressed=False, limit=4)
+    bad = uid_of(files[1])
+    original = sources.file_chunks
+
+    def failing(f, size, check=None):
+        chunks = original(f, size, check)
+        yield next(chunks)
+        if f.name == str(files[1]):
+            raise sources.SourceReadError("read failed: Input/output error")
+        yield from chunks
+
+    monkeypatch.setattr(sources, "file_chunks", failing)
+    handler = FlakyHandler()
+    with ServerThread(ServerConfig(port=0, max_ops=4), handler) as server:
+        results = _send(server.port, files, retries=1, max_ops=4)
+    assert [r.outcome for r in results] == ["stored", "failed", "stored", "stored"]
+    assert results[1].reason == "read failed: Input/output error"
+    assert bad not in handler.stored and len(handler.stored) == 3
