@@ -1,15 +1,14 @@
 """UIDs: our implementation identity, the Storage SOP Classes and transfer
 syntaxes we negotiate, and the UID grammar check (PS3.5 9.1).
 
-Everything is derived from pydicom's UID dictionary, never typed by hand.
+Everything is derived from pydicom's UID dictionary, never typed by hand;
+pydicom is imported when first needed (it takes a quarter of a second).
 """
 
 from __future__ import annotations
 
 import re
 from functools import cache
-
-from pydicom.uid import UID, UID_dictionary
 
 from dicomstore import __version__
 
@@ -37,6 +36,8 @@ def is_valid_uid(value: str) -> bool:
 
 def uid_name(uid: str) -> str:
     """The dictionary name of a UID, or the UID itself."""
+    from pydicom.uid import UID_dictionary
+
     entry = UID_dictionary.get(uid)
     return entry[0] if entry else uid
 
@@ -48,6 +49,8 @@ def storage_sop_classes() -> tuple[str, ...]:
     A SOP Class whose name ends in "Storage" (retired ones included: old
     modalities still send them).
     """
+    from pydicom.uid import UID_dictionary
+
     return tuple(
         uid
         for uid, (name, kind, *_rest) in UID_dictionary.items()
@@ -58,6 +61,8 @@ def storage_sop_classes() -> tuple[str, ...]:
 @cache
 def transfer_syntaxes() -> tuple[str, ...]:
     """Every transfer syntax pydicom knows, uncompressed ones first."""
+    from pydicom.uid import UID_dictionary
+
     known = [uid for uid, entry in UID_dictionary.items() if entry[1] == "Transfer Syntax"]
     rest = [uid for uid in known if uid not in UNCOMPRESSED]
     return (*UNCOMPRESSED, *rest)
@@ -73,6 +78,8 @@ def is_implicit_vr(ts: str) -> bool:
     return ts == IMPLICIT_VR_LE
 
 
-def as_uid(value: str) -> UID:
+def as_uid(value: str):
     """A pydicom UID object (for its properties: is_compressed, is_deflated ...)."""
+    from pydicom.uid import UID
+
     return UID(value)

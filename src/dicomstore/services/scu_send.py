@@ -19,9 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
-from typing import Any
-
-from pydicom.dataset import Dataset
+from typing import TYPE_CHECKING, Any
 
 from dicomstore.aio.association import Timeouts
 from dicomstore.aio.client import ClientAssociation, ContextSpec, associate
@@ -39,6 +37,9 @@ from dicomstore.services.storage_scu import (
     store_instance,
 )
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger("dicomstore.send")
 
@@ -241,13 +242,13 @@ def scan(
         try:
             found.append((index, as_instance(item)))
         except NotDicom as exc:
-            label = None if isinstance(item, Dataset) else str(item)
+            label = None if sources.is_dataset(item) else str(item)
             skipped.append(Result(label, outcome="skipped", reason=str(exc), index=index))
     return found, skipped
 
 
 def _expand(item: Any) -> Iterable[Any]:
-    return (item,) if isinstance(item, Dataset) else sources.expand_paths([item])
+    return (item,) if sources.is_dataset(item) else sources.expand_paths([item])
 
 
 async def send(

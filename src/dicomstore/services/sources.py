@@ -25,15 +25,20 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
+from typing import IO, TYPE_CHECKING, Any
 
 from dicomstore import uids
 from dicomstore.errors import DicomstoreError
+
+if TYPE_CHECKING:  # pydicom is imported only when a file needs it (it is slow to import)
+    from pydicom.dataset import Dataset
+
+
+def is_dataset(item: object) -> bool:
+    """True for a pydicom Dataset, without importing pydicom when nobody did."""
+    module = sys.modules.get("pydicom.dataset")
+    return module is not None and isinstance(item, module.Dataset)
+
 
 #: Bytes read from the start of a file to find the meta and the SOP UIDs.
 HEAD_SIZE = 16 * 1024
@@ -215,6 +220,8 @@ def scan_file(path: str | os.PathLike) -> Instance:
                 cls, inst = _checked(*found)
                 return Instance(cls, inst, ts, path, offset, size - offset)
     # Anything else: let pydicom read the header (deflated, no meta, odd layouts).
+    from pydicom import dcmread
+
     try:
         ds = dcmread(
             path,
@@ -290,6 +297,9 @@ def encode_dataset(ds: Dataset, ts: str) -> bytes:
     Encapsulated pixel data is written as it is: the caller decompresses
     first when ``ts`` is not the data set's own syntax.
     """
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
     fp = DicomBytesIO()
     fp.is_little_endian = ts != uids.EXPLICIT_VR_BE
     fp.is_implicit_VR = ts == uids.IMPLICIT_VR_LE
@@ -310,6 +320,8 @@ def converted(instance: Instance, ts: str) -> bytes:
     only the transfer syntax changes.  Raises :class:`NotDicom` when the
     data set cannot be decoded.
     """
+    from pydicom import dcmread
+
     try:
         if instance.dataset is not None:
             ds = copy.deepcopy(instance.dataset)

@@ -23,9 +23,7 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
-
-from pydicom.dataset import Dataset
+from typing import TYPE_CHECKING, Any, Literal
 
 from dicomstore import uids
 from dicomstore.aio.client import ClientAssociation, ContextSpec
@@ -40,6 +38,9 @@ from dicomstore.errors import (
 from dicomstore.services import sources
 from dicomstore.services.sources import Instance, NotDicom
 from dicomstore.ul.negotiation import AcceptedContext
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger("dicomstore.send")
 
@@ -168,7 +169,7 @@ def as_instance(item: Instance | Dataset | str | os.PathLike) -> Instance:
     """An :class:`Instance` from a path (header scanned) or a pydicom Dataset."""
     if isinstance(item, Instance):
         return item
-    if isinstance(item, Dataset):
+    if sources.is_dataset(item):
         return sources.instance_from_dataset(item)
     return sources.scan_file(item)
 
