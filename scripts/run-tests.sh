@@ -5,9 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-if [ ! -x /usr/bin/storescp ] || [ ! -x /usr/bin/echoscu ]; then
+# DCMTK: the interop peer; Chromium and its driver: the browse page test; jq: audit lines.
+APT_PACKAGES="dcmtk chromium chromium-driver jq"
+missing=""
+for pkg in $APT_PACKAGES; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dcmtk >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 python3 -m pip install -q -e '.[test]'
 python3 -m ruff check src tests benchmarks

@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refuse clients without a certificate signed by --tls-ca",
     )
+    h = s.add_argument_group("DICOMweb and browse page (PS3.18)")
+    h.add_argument("--http-port", type=_port, help="serve DICOMweb and the browse page here")
+    h.add_argument("--http-host", help="address for HTTP (default: --host)")
     s.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")
     s.add_argument(
         "--artim-timeout",
@@ -256,9 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_tls_client_options(e)
     _add_common(e)
 
-    from dicomstore import cli_send
+    from dicomstore import cli_access, cli_send
 
     cli_send.add_parser(sub)
+    cli_access.add_parsers(sub)
 
     c = sub.add_parser("check", help="verify the archive's files against its index")
     c.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
@@ -325,6 +329,24 @@ async def _serve(args: argparse.Namespace) -> int:
             f"dicomstore: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
         )
         return EXIT_UNREACHABLE
+    http = None
+    if args.http_port is not None:
+        from dicomstore.http import HttpServer, build_app
+
+        app = build_app(archive, ae_title=args.aet, accept_unknown=args.accept_unknown_sop_classes)
+        http = HttpServer(app, args.http_host or args.host, args.http_port)
+        try:
+            await http.start()
+        except OSError as exc:
+            print(
+                f"dicomstore: cannot listen for HTTP on port {args.http_port}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            await server.close(grace=0)
+            return EXIT_UNREACHABLE
+        log.info(
+            "DICOMweb and browse page on http://%s:%d/", args.http_host or args.host, http.port
+        )
     log.info("storing into %s", args.storage.resolve())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -333,6 +355,8 @@ async def _serve(args: argparse.Namespace) -> int:
     serving = asyncio.create_task(server.serve_forever())
     await stop.wait()
     log.info("shutting down: finishing in-flight operations")
+    if http is not None:
+        await http.close()
     await server.close()
     serving.cancel()
     archive.close()
@@ -410,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
         from dicomstore import cli_send
 
         return cli_send.run(args)
+    from dicomstore import cli_access
+
+    if args.command in cli_access.COMMANDS:
+        return cli_access.run(args)
     if args.command in ("check", "reindex"):
         from dicomstore.archive import Archive
 

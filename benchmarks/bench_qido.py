@@ -1,0 +1,183 @@
+"""QIDO-RS search latency over a large index (PS3.18 10.6), with SQLite's query plans.
+
+Fills an index with synthetic rows by direct SQL (no files: a search reads only
+the index), serves it with the real app on uvicorn, and times searches end to
+end over HTTP (keep-alive) and in process. Run on demand:
+
+    python benchmarks/bench_qido.py [--instances 100000] [--repeat 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from dicomstore.archive import layout
+from dicomstore.archive import query as q
+from dicomstore.archive.index import Index
+from dicomstore.archive.reader import ArchiveReader
+from dicomstore.http import HttpServer, build_app
+
+MODALITIES = ("CT", "MR", "US", "CR", "XA", "MG", "PT")
+NAMES = ("DOE", "ROE", "SMITH", "JONES", "MILLER", "GARCIA", "MARTIN", "LEE")
+
+
+def fill(root: Path, instances: int, seed: int = 1) -> dict[str, str]:
+    """Rows for ``instances`` instances: ~3 per series, ~3 series per study, ~2 studies
+    per patient. Returns sample keys to search for."""
+    rnd = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    Index(root / layout.INDEX_FILE, durable=False).close()  # the schema, as the archive makes it
+    import sqlite3
+
+    db = sqlite3.connect(root / layout.INDEX_FILE)
+    db.execute("PRAGMA synchronous=OFF")
+    n_series = instances // 3
+    n_studies = n_series // 3
+    n_patients = n_studies // 2
+    patients = [
+        (f"PID{p:06d}", f"{rnd.choice(NAMES)}^{chr(65 + p % 26)}{p}", "19700101", "MF"[p % 2])
+        for p in range(n_patients)
+    ]
+    studies = []
+    for s in range(n_studies):
+        day = (
+            20150000 + rnd.randrange(10) * 10000 + rnd.randrange(1, 13) * 100 + rnd.randrange(1, 29)
+        )
+        time_ = f"{rnd.randrange(24):02d}{rnd.randrange(60):02d}00"
+        uid, patient = f"1.2.826.0.1.3680043.10.{s}", patients[s % n_patients][0]
+        studies.append((uid, patient, str(day), time_, "Study", f"ACC{s:07d}", "Ref^Doc", "1"))
+    series = []
+    for i in range(n_series):
+        study = studies[i // 3][0]
+        modality = rnd.choice(MODALITIES)
+        series.append((f"{study}.{i % 3 + 1}", study, modality, None, i % 3 + 1, "Series"))
+    rows = []
+    for i in range(instances):
+        se = series[i % n_series]
+        uid = f"{se[0]}.{i // n_series + 1}"
+        rows.append(
+            (uid, se[0], "1.2.840.10008.5.1.4.1.1.2", i // n_series + 1, "1.2.840.10008.1.2.1",
+             500_000, "0" * 64, "2024-06-01T12:00:00+00:00", "MODALITY", "DICOMSTORE",
+             f"{se[1]}/{se[0]}/{uid}.dcm")
+        )  # fmt: skip
+    with db:
+        db.executemany("INSERT INTO patient VALUES (?, ?, ?, ?)", patients)
+        db.executemany("INSERT INTO study VALUES (?, ?, ?, ?, ?, ?, ?, ?)", studies)
+        db.executemany("INSERT INTO series VALUES (?, ?, ?, ?, ?, ?)", series)
+        db.executemany("INSERT INTO instance VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.close()
+    return {"patient": patients[42][0], "study": studies[4242][0], "series": series[4242 * 3][0]}
+
+
+class Served:
+    """The app on uvicorn in a thread."""
+
+    def __init__(self, root: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = HttpServer(build_app(root), "127.0.0.1", 0)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
+        return f"http://127.0.0.1:{self.server.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def timed(fn, repeat: int) -> tuple[float, float]:
+    """Median and 95th percentile in milliseconds."""
+    fn()  # warm
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    samples.sort()
+    return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.95))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=50)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "archive"
+        start = time.perf_counter()
+        keys = fill(root, args.instances)
+        reader = ArchiveReader(root)
+        totals = reader.stats()["totals"]
+        print(
+            f"index: {totals['instances']} instances, {totals['series']} series, "
+            f"{totals['studies']} studies, {totals['patients']} patients "
+            f"(filled in {time.perf_counter() - start:.1f} s)\n"
+        )
+        cases = [
+            ("study", "/studies", {"StudyDate": "20240101-20240131", "limit": "100"}),
+            ("study", "/studies", {"PatientID": keys["patient"]}),
+            ("study", "/studies", {"AccessionNumber": "ACC0004242"}),
+            ("study", "/studies", {"StudyDate": "20230601-20230630", "ModalitiesInStudy": "MR"}),
+            ("study", "/studies", {"PatientName": "doe^a*", "limit": "100"}),
+            ("study", "/studies", {"limit": "100"}),
+            ("series", f"/studies/{keys['study']}/series", {}),
+            ("instance", f"/studies/{keys['study']}/series/{keys['series']}/instances", {}),
+        ]
+        db = reader.connect()
+        with Served(root) as url, httpx.Client(base_url=url) as client:
+            print(f"{'search':78} {'HTTP median':>12} {'p95':>8} {'in-process':>11} {'rows':>5}")
+            for level, path, params in cases:
+                filters = {k: v for k, v in params.items() if k != "limit"}
+                fixed = _path_filters(path)
+                limit = int(params.get("limit", 10_000))
+
+                def http_call(path=path, params=params):
+                    r = client.get(path, params=params)
+                    assert r.status_code == 200, r.text
+                    return r
+
+                local_filters = {**filters, **fixed}
+
+                def local_call(level=level, filters=local_filters, limit=limit):
+                    return reader.search(level, filters, limit=limit)
+
+                median, p95 = timed(http_call, args.repeat)
+                local, _ = timed(local_call, args.repeat)
+                label = path + (
+                    "?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else ""
+                )
+                rows = len(http_call().json())
+                print(f"{label[:78]:78} {median:9.2f} ms {p95:5.2f} ms {local:8.2f} ms {rows:5}")
+            print("\nEXPLAIN QUERY PLAN of the study searches:")
+            for level, path, params in cases[:5]:
+                filters = {k: v for k, v in params.items() if k != "limit"}
+                print(f"\n  {path} {filters}")
+                for step in q.explain(db, level, filters, limit=100)[:6]:
+                    print(f"    {step}")
+        db.close()
+
+
+def _path_filters(path: str) -> dict[str, str]:
+    parts = path.strip("/").split("/")
+    out = {}
+    if len(parts) >= 2 and parts[0] == "studies":
+        out["StudyInstanceUID"] = parts[1]
+    if len(parts) >= 4 and parts[2] == "series":
+        out["SeriesInstanceUID"] = parts[3]
+    return out
+
+
+if __name__ == "__main__":
+    main()

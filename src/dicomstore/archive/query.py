@@ -1,0 +1,396 @@
+"""Read-side queries over the index: attribute matching at each level (PS3.4 C.2.2.2).
+
+One vocabulary for every door (CLI, Python API, QIDO-RS): DICOM keywords or
+tags, each bound to an index column and a level of the patient / study /
+series / instance hierarchy. A filter value is matched as PS3.4 C.2.2.2 and
+PS3.18 8.3.4 describe:
+
+- empty or ``*``: universal matching (no condition);
+- UI: a single UID or a list separated by ``,`` or ``\\`` (C.2.2.2.2);
+- DA: ``YYYYMMDD``, ``A-B``, ``A-`` or ``-B`` (range, inclusive, C.2.2.2.5);
+- TM: ``HHMMSS[.F]`` or a range; the upper bound includes every value that
+  starts with it (``-10`` includes ``1000``..``1059``);
+- IS: an integer;
+- PN: literal or wildcard (``*``, ``?``) matching, insensitive to ASCII case
+  (C.2.2.2.1 allows it for PN; ``fuzzymatching`` changes nothing);
+- other strings (CS, SH, LO, AE): literal, or wildcard matching if the value
+  holds ``*`` or ``?`` (C.2.2.2.4), case-sensitive.
+
+A filter on a level below the one searched (``Modality`` when searching
+studies) keeps the entities that hold at least one matching entity below
+(an uncorrelated ``IN (SELECT ...)``, so a selective key such as a SOP
+Instance UID drives the search through its index);
+``ModalitiesInStudy`` / ``SOPClassesInStudy`` match any value of their list.
+Filters on levels above are joined upward. All SQL is plain enough for
+PostgreSQL too, except ``GLOB`` (wildcards) and ``group_concat``.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dicomstore.archive.index import TABLES
+from dicomstore.archive.layout import normalize_uid
+
+LEVELS: tuple[str, ...] = ("patient", "study", "series", "instance")
+_DEPTH = {level: n for n, level in enumerate(LEVELS)}
+_TABLE = {
+    "patient": "patient p",
+    "study": "study st",
+    "series": "series se",
+    "instance": "instance i",
+}
+#: How each level joins to the one above it.
+_UP_LINK = {
+    "study": "p.patient_id = st.patient_id",
+    "series": "st.study_uid = se.study_uid",
+    "instance": "se.series_uid = i.series_uid",
+}
+#: The key of a level and the column naming it one level below.
+_DOWN_KEY = {
+    "patient": ("p.patient_id", "st.patient_id"),
+    "study": ("st.study_uid", "se.study_uid"),
+    "series": ("se.series_uid", "i.series_uid"),
+}
+_ORDER = {
+    "patient": "p.patient_name, p.patient_id",
+    "study": "st.study_date DESC, st.study_time DESC, st.study_uid",
+    "series": "st.study_uid, se.series_number, se.series_uid",
+    "instance": "se.series_uid, i.instance_number, i.sop_instance_uid",
+}
+
+
+class QueryError(ValueError):
+    """A filter names no known attribute or has a value that cannot be matched."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    """A DICOM attribute the index can return and (if ``sql``) match."""
+
+    keyword: str
+    tag: int
+    vr: str
+    level: str
+    key: str  # key of a result row
+    sql: str | None  # column expression for matching; None: computed, not matchable
+
+
+_ALIAS = {"patient": "p", "study": "st", "series": "se", "instance": "i"}
+#: keyword, tag, VR, level, row key; matched on the column of the same name unless
+#: the sixth item gives another expression or None (computed, not matchable).
+_TABLE_OF_ATTRIBUTES: tuple[tuple[Any, ...], ...] = (
+    ("PatientName", 0x00100010, "PN", "patient", "patient_name"),
+    ("PatientID", 0x00100020, "LO", "patient", "patient_id"),
+    ("PatientBirthDate", 0x00100030, "DA", "patient", "birth_date"),
+    ("PatientSex", 0x00100040, "CS", "patient", "sex"),
+    ("NumberOfPatientRelatedStudies", 0x00201200, "IS", "patient", "n_studies", None),
+    ("NumberOfPatientRelatedSeries", 0x00201202, "IS", "patient", "n_series", None),
+    ("NumberOfPatientRelatedInstances", 0x00201204, "IS", "patient", "n_instances", None),
+    ("StudyInstanceUID", 0x0020000D, "UI", "study", "study_uid"),
+    ("StudyDate", 0x00080020, "DA", "study", "study_date"),
+    ("StudyTime", 0x00080030, "TM", "study", "study_time"),
+    ("AccessionNumber", 0x00080050, "SH", "study", "accession_number"),
+    ("ReferringPhysicianName", 0x00080090, "PN", "study", "referring_physician"),
+    ("StudyDescription", 0x00081030, "LO", "study", "study_description"),
+    ("StudyID", 0x00200010, "SH", "study", "study_id"),
+    ("ModalitiesInStudy", 0x00080061, "CS", "study", "modalities", "b.modality"),
+    ("SOPClassesInStudy", 0x00080062, "UI", "study", "sop_classes", "c.sop_class_uid"),
+    ("NumberOfStudyRelatedSeries", 0x00201206, "IS", "study", "n_series", None),
+    ("NumberOfStudyRelatedInstances", 0x00201208, "IS", "study", "n_instances", None),
+    ("SeriesInstanceUID", 0x0020000E, "UI", "series", "series_uid"),
+    ("Modality", 0x00080060, "CS", "series", "modality"),
+    ("SeriesDescription", 0x0008103E, "LO", "series", "series_description"),
+    ("SeriesNumber", 0x00200011, "IS", "series", "series_number"),
+    ("BodyPartExamined", 0x00180015, "CS", "series", "body_part"),
+    ("NumberOfSeriesRelatedInstances", 0x00201209, "IS", "series", "n_instances", None),
+    ("SOPClassUID", 0x00080016, "UI", "instance", "sop_class_uid"),
+    ("SOPInstanceUID", 0x00080018, "UI", "instance", "sop_instance_uid"),
+    ("InstanceNumber", 0x00200013, "IS", "instance", "instance_number"),
+    ("AvailableTransferSyntaxUID", 0x00083002, "UI", "instance", "transfer_syntax_uid"),
+    ("SourceApplicationEntityTitle", 0x00020016, "AE", "instance", "calling_ae"),
+)
+ATTRIBUTES: dict[str, Attribute] = {
+    t[0]: Attribute(*t[:5], t[5] if len(t) > 5 else f"{_ALIAS[t[3]]}.{t[4]}")
+    for t in _TABLE_OF_ATTRIBUTES
+}
+BY_TAG: dict[int, Attribute] = {a.tag: a for a in ATTRIBUTES.values()}
+#: Lists of values inside one study, matched by "any value" through the levels below.
+_IN_STUDY = {
+    "ModalitiesInStudy": "st.study_uid IN (SELECT b.study_uid FROM series b WHERE {})",
+    "SOPClassesInStudy": "st.study_uid IN (SELECT b.study_uid FROM series b JOIN instance c"
+    " ON c.series_uid = b.series_uid WHERE {})",
+}
+
+_TAG_RE = re.compile(r"\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?")
+_DATE_RE = re.compile(r"[0-9]{8}")
+_TIME_RE = re.compile(r"[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?")
+
+
+def parse_tag(name: str) -> int | None:
+    """``GGGGEEEE`` or ``(GGGG,EEEE)`` as an int, else ``None``."""
+    m = _TAG_RE.fullmatch(name.strip())
+    return int(m[1] + m[2], 16) if m else None
+
+
+def attribute(name: str | int) -> Attribute | None:
+    """The attribute named by a keyword, a tag string or a tag number."""
+    if isinstance(name, int):
+        return BY_TAG.get(name)
+    found = ATTRIBUTES.get(name)
+    if found is not None:
+        return found
+    tag = parse_tag(name)
+    return None if tag is None else BY_TAG.get(tag)
+
+
+def _split_list(value: str) -> list[str]:
+    return [v.strip() for v in re.split(r"[,\\]", value) if v.strip()]
+
+
+def glob_pattern(value: str) -> str:
+    """DICOM wildcards (``*``, ``?``) as a SQLite GLOB pattern (``[`` made literal)."""
+    return value.replace("[", "[[]")
+
+
+def like_pattern(value: str) -> str:
+    """DICOM wildcards as a LIKE pattern with ``\\`` as escape."""
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _range(value: str, check: re.Pattern[str], what: str) -> tuple[str, str]:
+    low, _, high = value.partition("-")
+    for part in (low, high):
+        if part and not check.fullmatch(part):
+            raise QueryError(f"not a {what} or {what} range: {value!r}")
+    if not low and not high:
+        raise QueryError(f"empty {what} range: {value!r}")
+    return low, high
+
+
+def condition(attr: Attribute, value: str) -> tuple[str, list[Any]] | None:
+    """SQL and parameters matching ``value`` on ``attr``; ``None`` for universal matching."""
+    value = value.strip()
+    if value in ("", "*"):
+        return None
+    if attr.sql is None:
+        raise QueryError(f"{attr.keyword} can be returned but not matched")
+    col = attr.sql
+    if attr.vr == "UI" or attr.keyword == "ModalitiesInStudy":
+        values = [normalize_uid(v) if attr.vr == "UI" else v for v in _split_list(value)]
+        if len(values) == 1 and any(c in values[0] for c in "*?") and attr.vr != "UI":
+            return f"{col} GLOB ?", [glob_pattern(values[0])]
+        return f"{col} IN ({', '.join('?' for _ in values)})", values
+    if attr.vr == "DA":
+        if "-" not in value:
+            if not _DATE_RE.fullmatch(value):
+                raise QueryError(f"not a date (YYYYMMDD): {value!r}")
+            return f"{col} = ?", [value]
+        low, high = _range(value, _DATE_RE, "date")
+        parts = ([f"{col} >= ?"] if low else []) + ([f"{col} <= ?"] if high else [])
+        return " AND ".join(parts), [v for v in (low, high) if v]
+    if attr.vr == "TM":
+        value = value.replace(":", "")
+        if "-" not in value:
+            if not _TIME_RE.fullmatch(value):
+                raise QueryError(f"not a time (HHMMSS): {value!r}")
+            return f"{col} = ?", [value]
+        low, high = _range(value, _TIME_RE, "time")
+        parts, params = [], []
+        if low:
+            parts.append(f"{col} >= ?")
+            params.append(low)
+        if high:
+            parts.append(f"substr({col}, 1, {len(high)}) <= ?")
+            params.append(high)
+        return " AND ".join(parts), params
+    if attr.vr == "IS":
+        try:
+            return f"{col} = ?", [int(value)]
+        except ValueError:
+            raise QueryError(f"not an integer for {attr.keyword}: {value!r}") from None
+    if attr.vr == "PN":
+        return f"{col} LIKE ? ESCAPE '\\'", [like_pattern(value)]
+    if "*" in value or "?" in value:
+        return f"{col} GLOB ?", [glob_pattern(value)]
+    return f"{col} = ?", [value]
+
+
+def _chain(top: str, bottom: str) -> str:
+    """FROM clause of the levels ``top`` .. ``bottom`` joined downward."""
+    levels = LEVELS[_DEPTH[top] : _DEPTH[bottom] + 1]
+    sql = _TABLE[levels[0]]
+    for level in levels[1:]:
+        sql += f" JOIN {_TABLE[level]} ON {_UP_LINK[level]}"
+    return sql
+
+
+def where(level: str, filters: Mapping[str | int, Any]) -> tuple[list[str], list[Any]]:
+    """WHERE clauses and parameters for ``filters`` when searching ``level``."""
+    if level not in _DEPTH:
+        raise QueryError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
+    here: list[str] = []
+    params: list[Any] = []
+    below: dict[str, list[tuple[str, list[Any]]]] = {}
+    for name, raw in filters.items():
+        attr = attribute(name)
+        if attr is None:
+            raise QueryError(f"unknown or unsupported attribute {name!r}")
+        if raw is None:
+            continue
+        cond = condition(attr, str(raw))
+        if cond is None:
+            continue
+        if attr.keyword in _IN_STUDY:
+            cond = (_IN_STUDY[attr.keyword].format(cond[0]), cond[1])
+        owner = attr.level
+        if _DEPTH[owner] <= _DEPTH[level]:
+            here.append(cond[0])
+            params.extend(cond[1])
+        else:
+            below.setdefault(owner, []).append(cond)
+    if below:  # one uncorrelated subquery: evaluated once, then a set lookup per row
+        deepest = max(below, key=_DEPTH.__getitem__)
+        child = LEVELS[_DEPTH[level] + 1]
+        outer, inner = _DOWN_KEY[level]
+        sub = " AND ".join(c for conds in below.values() for c, _ in conds)
+        here.append(f"{outer} IN (SELECT {inner} FROM {_chain(child, deepest)} WHERE {sub})")
+        params.extend(p for conds in below.values() for _, ps in conds for p in ps)
+    return here, params
+
+
+#: Row keys and SQL of each level's own columns and of the computed ones.
+#: The column of each table naming its parent row (already selected with the parent).
+_PARENT_COLUMN = {"study": "patient_id", "series": "study_uid", "instance": "series_uid"}
+#: The columns each level adds to a result row: the index's own (index.TABLES).
+_COLUMNS = {
+    level: [f"{_ALIAS[level]}.{c}" for c in TABLES[level] if c != _PARENT_COLUMN.get(level)]
+    for level in LEVELS
+}
+_COUNTS = {
+    "patient": {
+        "n_studies": "SELECT COUNT(*) FROM study a WHERE a.patient_id = p.patient_id",
+        "n_series": "SELECT COUNT(*) FROM study a JOIN series b ON b.study_uid = a.study_uid"
+        " WHERE a.patient_id = p.patient_id",
+        "n_instances": "SELECT COUNT(*) FROM study a JOIN series b ON b.study_uid = a.study_uid"
+        " JOIN instance c ON c.series_uid = b.series_uid WHERE a.patient_id = p.patient_id",
+        "size": "SELECT COALESCE(SUM(c.file_size), 0) FROM study a JOIN series b"
+        " ON b.study_uid = a.study_uid JOIN instance c ON c.series_uid = b.series_uid"
+        " WHERE a.patient_id = p.patient_id",
+    },
+    "study": {
+        "n_series": "SELECT COUNT(*) FROM series b WHERE b.study_uid = st.study_uid",
+        "n_instances": "SELECT COUNT(*) FROM series b JOIN instance c"
+        " ON c.series_uid = b.series_uid WHERE b.study_uid = st.study_uid",
+        "size": "SELECT COALESCE(SUM(c.file_size), 0) FROM series b JOIN instance c"
+        " ON c.series_uid = b.series_uid WHERE b.study_uid = st.study_uid",
+        "modalities": "SELECT group_concat(DISTINCT b.modality) FROM series b"
+        " WHERE b.study_uid = st.study_uid",
+        "sop_classes": "SELECT group_concat(DISTINCT c.sop_class_uid) FROM series b"
+        " JOIN instance c ON c.series_uid = b.series_uid WHERE b.study_uid = st.study_uid",
+    },
+    "series": {
+        "n_instances": "SELECT COUNT(*) FROM instance c WHERE c.series_uid = se.series_uid",
+        "size": "SELECT COALESCE(SUM(c.file_size), 0) FROM instance c"
+        " WHERE c.series_uid = se.series_uid",
+    },
+    "instance": {},
+}
+_LISTS = ("modalities", "sop_classes")
+
+
+def _select(level: str) -> tuple[str, list[str]]:
+    """SELECT list and row keys: this level's columns, those above, the counts."""
+    exprs: list[str] = []
+    keys: list[str] = []
+    for upper in LEVELS[: _DEPTH[level] + 1]:
+        for col in _COLUMNS[upper]:
+            exprs.append(col)
+            keys.append(col.split(".", 1)[1])
+    for key, sub in _COUNTS[level].items():
+        exprs.append(f"({sub})")
+        keys.append(key)
+    return ", ".join(exprs), keys
+
+
+def build(
+    level: str,
+    filters: Mapping[str | int, Any],
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+) -> tuple[str, list[Any], list[str]]:
+    """SQL, parameters and row keys of a search at ``level``."""
+    clauses, params = where(level, filters)
+    columns, keys = _select(level)
+    sql = f"SELECT {columns} FROM {_chain('patient', level)}"
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    sql += f" ORDER BY {_ORDER[level]}"
+    if limit is not None or offset:
+        sql += " LIMIT ? OFFSET ?"
+        params = [*params, -1 if limit is None else max(limit, 0), max(offset, 0)]
+    return sql, params, keys
+
+
+def _row(keys: list[str], values: tuple[Any, ...]) -> dict[str, Any]:
+    row = dict(zip(keys, values, strict=True))
+    for key in _LISTS:
+        if key in row:
+            row[key] = sorted(v for v in (row[key] or "").split(",") if v)
+    return row
+
+
+def iter_search(
+    db: sqlite3.Connection,
+    level: str,
+    filters: Mapping[str | int, Any] | None = None,
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+) -> Iterator[dict[str, Any]]:
+    """Rows matching ``filters`` at ``level``, streamed from the cursor."""
+    sql, params, keys = build(level, filters or {}, limit=limit, offset=offset)
+    for values in db.execute(sql, params):
+        yield _row(keys, values)
+
+
+def search(
+    db: sqlite3.Connection,
+    level: str,
+    filters: Mapping[str | int, Any] | None = None,
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Rows matching ``filters`` at ``level`` (see the module docstring)."""
+    return list(iter_search(db, level, filters, limit=limit, offset=offset))
+
+
+def count(
+    db: sqlite3.Connection, level: str, filters: Mapping[str | int, Any] | None = None
+) -> int:
+    """How many entities of ``level`` match ``filters``."""
+    clauses, params = where(level, filters or {})
+    sql = f"SELECT COUNT(*) FROM {_chain('patient', level)}"
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    return int(db.execute(sql, params).fetchone()[0])
+
+
+def explain(
+    db: sqlite3.Connection,
+    level: str,
+    filters: Mapping[str | int, Any] | None = None,
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[str]:
+    """SQLite's EXPLAIN QUERY PLAN of a search, one line per step."""
+    sql, params, _ = build(level, filters or {}, limit=limit, offset=offset)
+    return [row[-1] for row in db.execute("EXPLAIN QUERY PLAN " + sql, params)]

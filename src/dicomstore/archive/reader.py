@@ -1,0 +1,189 @@
+"""Read-only access to an archive: the "access method" of PS3.4 B.1.2 Note 1.
+
+:class:`ArchiveReader` opens the index read-only (every call its own SQLite
+connection, ``mode=ro``: WAL lets it read while a server writes) and the files
+by the paths the index gives. It never writes, never empties ``.tmp`` (unlike
+:class:`~dicomstore.archive.Archive`), so any number of readers may run next to
+the one server that owns the archive.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from dicomstore.archive import layout
+from dicomstore.archive import query as q
+
+
+class ArchiveNotFoundError(FileNotFoundError):
+    """There is no archive (no index) at the given root."""
+
+
+class NotStoredError(LookupError):
+    """No study, series or instance with this UID is in the archive."""
+
+
+class ArchiveReader:
+    """Query and read the archive at ``root`` without changing anything.
+
+    Filters are DICOM keywords (or tags) with PS3.4 C.2.2.2 matching, see
+    :mod:`dicomstore.archive.query`::
+
+        reader = ArchiveReader("dicomstore-data")
+        for study in reader.studies(PatientName="DOE^*", StudyDate="20240101-20241231"):
+            print(study["study_uid"], study["modalities"], study["n_instances"])
+    """
+
+    def __init__(self, root: Path | str, *, timeout: float = 5.0) -> None:
+        self.root = Path(root).resolve()
+        self.index_path = self.root / layout.INDEX_FILE
+        self.timeout = timeout
+        if not self.index_path.is_file():
+            raise ArchiveNotFoundError(f"no archive at {self.root} (no {layout.INDEX_FILE})")
+
+    def connect(self) -> sqlite3.Connection:
+        """A new read-only connection to the index (close it when done)."""
+        uri = f"{self.index_path.as_uri()}?mode=ro"
+        return sqlite3.connect(uri, uri=True, timeout=self.timeout, check_same_thread=False)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        with closing(self.connect()) as db:
+            yield db
+
+    # -- queries ----------------------------------------------------------------------
+
+    def search(
+        self,
+        level: str,
+        filters: Mapping[str | int, Any] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Rows of ``level`` (patient, study, series, instance) matching ``filters``."""
+        with self._db() as db:
+            return q.search(db, level, filters, limit=limit, offset=offset)
+
+    def count(self, level: str, filters: Mapping[str | int, Any] | None = None) -> int:
+        """How many entities of ``level`` match."""
+        with self._db() as db:
+            return q.count(db, level, filters)
+
+    def patients(self, *, limit: int | None = None, offset: int = 0, **filters: Any) -> list[dict]:
+        """Patients, with ``n_studies``, ``n_series``, ``n_instances`` and ``size``."""
+        return self.search("patient", filters, limit=limit, offset=offset)
+
+    def studies(self, *, limit: int | None = None, offset: int = 0, **filters: Any) -> list[dict]:
+        """Studies, with their patient, counts, ``modalities`` and ``sop_classes``."""
+        return self.search("study", filters, limit=limit, offset=offset)
+
+    def series(self, *, limit: int | None = None, offset: int = 0, **filters: Any) -> list[dict]:
+        """Series, with their study and patient, ``n_instances`` and ``size``."""
+        return self.search("series", filters, limit=limit, offset=offset)
+
+    def instances(self, *, limit: int | None = None, offset: int = 0, **filters: Any) -> list[dict]:
+        """Instances: every index column (file path, size, digest, sender ...)."""
+        return self.search("instance", filters, limit=limit, offset=offset)
+
+    def iter_instances(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Instance rows one by one, without holding them all in memory."""
+        with self._db() as db:
+            yield from q.iter_search(db, "instance", filters)
+
+    def locate(self, uid: str) -> tuple[str, dict[str, Any]]:
+        """``(level, row)`` of the study, series or instance with this UID."""
+        uid = layout.normalize_uid(uid.strip())
+        with self._db() as db:
+            for level, keyword in (
+                ("study", "StudyInstanceUID"),
+                ("series", "SeriesInstanceUID"),
+                ("instance", "SOPInstanceUID"),
+            ):
+                rows = q.search(db, level, {keyword: uid}, limit=1)
+                if rows:
+                    return level, rows[0]
+        raise NotStoredError(f"{uid} is not a study, series or instance in the archive")
+
+    def instance(self, sop_instance_uid: str) -> dict[str, Any]:
+        """The row of one instance."""
+        uid = layout.normalize_uid(sop_instance_uid.strip())
+        rows = self.search("instance", {"SOPInstanceUID": uid}, limit=1)
+        if not rows:
+            raise NotStoredError(f"instance {uid} is not in the archive")
+        return rows[0]
+
+    # -- files --------------------------------------------------------------------------
+
+    def has_path(self, relpath: str) -> bool:
+        """True when an index row points to ``relpath`` (relative to the root)."""
+        with self._db() as db:
+            sql = "SELECT 1 FROM instance WHERE path = ?"
+            return db.execute(sql, (relpath,)).fetchone() is not None
+
+    def path(self, row_or_uid: Mapping[str, Any] | str) -> Path:
+        """The PS3.10 file of an instance (a row or a SOP Instance UID)."""
+        row = self.instance(row_or_uid) if isinstance(row_or_uid, str) else row_or_uid
+        return layout.resolve(self.root, row["path"])
+
+    def open(self, row_or_uid: Mapping[str, Any] | str) -> BinaryIO:
+        """The stored PS3.10 file, opened for reading bytes (close it when done)."""
+        return open(self.path(row_or_uid), "rb")
+
+    def dataset(
+        self, row_or_uid: Mapping[str, Any] | str, *, stop_before_pixels: bool = False
+    ) -> Dataset:
+        """The stored instance as a pydicom ``FileDataset``."""
+        return dcmread(self.path(row_or_uid), stop_before_pixels=stop_before_pixels)
+
+    # -- statistics -------------------------------------------------------------------
+
+    def totals(self) -> dict[str, int]:
+        """How many patients, studies, series, instances, and their bytes."""
+        with self._db() as db:
+            totals = {
+                table: db.execute(f"SELECT COUNT(*) FROM {name}").fetchone()[0]
+                for table, name in (
+                    ("patients", "patient"),
+                    ("studies", "study"),
+                    ("series", "series"),
+                )
+            }
+            sql = "SELECT COUNT(*), COALESCE(SUM(file_size), 0) FROM instance"
+            totals["instances"], totals["bytes"] = db.execute(sql).fetchone()
+        return totals
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and bytes: in total, per sender (calling AE), per day received (UTC),
+        per modality."""
+        totals = self.totals()
+        with self._db() as db:
+
+            def grouped(sql: str) -> list[dict[str, Any]]:
+                return [
+                    {"key": key, "instances": n, "bytes": size} for key, n, size in db.execute(sql)
+                ]
+
+            return {
+                "totals": totals,
+                "senders": grouped(
+                    "SELECT COALESCE(calling_ae, ''), COUNT(*), SUM(file_size)"
+                    " FROM instance GROUP BY 1 ORDER BY 1"
+                ),
+                "days": grouped(
+                    "SELECT substr(received_at, 1, 10), COUNT(*), SUM(file_size)"
+                    " FROM instance GROUP BY 1 ORDER BY 1"
+                ),
+                "modalities": grouped(
+                    "SELECT COALESCE(se.modality, ''), COUNT(*), SUM(i.file_size)"
+                    " FROM instance i JOIN series se ON se.series_uid = i.series_uid"
+                    " GROUP BY 1 ORDER BY 1"
+                ),
+            }

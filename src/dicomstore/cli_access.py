@@ -1,0 +1,345 @@
+"""The access commands (PS3.4 B.1.2 Note 1): ls, show, export, stats, delete.
+
+Wired into ``dicomstore`` by ``cli.py`` (``add_parsers(subparsers)``, then
+``run(args)``); also runs alone as ``python -m dicomstore.cli_access``.
+Exit codes: 0 success, 1 not found or failed, 2 usage error (bad option or
+filter, or ``delete`` refused without confirmation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sqlite3
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dicomstore import uids
+from dicomstore.archive import layout
+from dicomstore.archive.query import QueryError
+from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+COMMANDS = ("ls", "show", "export", "stats", "delete")
+_LEVEL_NAMES = {"patients": "patient", "studies": "study", "series": "series"}
+_LEVEL_NAMES["instances"] = "instance"
+#: option -> DICOM keyword it filters on
+_FILTERS = {
+    "patient_id": "PatientID",
+    "patient_name": "PatientName",
+    "study_date": "StudyDate",
+    "modality": "Modality",
+    "accession": "AccessionNumber",
+    "study_uid": "StudyInstanceUID",
+    "series_uid": "SeriesInstanceUID",
+    "sop_uid": "SOPInstanceUID",
+    "sender": "SourceApplicationEntityTitle",
+}
+
+
+class UsageError(Exception):
+    """Bad arguments found after parsing (exit 2)."""
+
+
+def _storage(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        type=Path,
+        default=Path("dicomstore-data"),
+        help="archive root (default ./dicomstore-data)",
+    )
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ls, show, export, stats and delete to the ``dicomstore`` subcommands."""
+    ls = sub.add_parser("ls", help="list patients, studies, series or instances")
+    ls.add_argument("level", nargs="?", default="studies", choices=list(_LEVEL_NAMES))
+    _storage(ls)
+    for option, keyword in _FILTERS.items():
+        hint = {"study_date": "DATE or range A-B", "patient_name": "PATTERN (* ?)"}.get(
+            option, "VALUE"
+        )
+        ls.add_argument(
+            f"--{option.replace('_', '-')}",
+            metavar=hint.split()[0],
+            help=f"match {keyword} ({hint})",
+        )
+    ls.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="match any indexed attribute by keyword or tag (repeatable)",
+    )
+    ls.add_argument("--limit", type=int, help="at most N rows")
+    ls.add_argument("--offset", type=int, default=0, help="skip N rows")
+    ls.add_argument("--json", action="store_true", help="JSON rows for scripts")
+
+    show = sub.add_parser("show", help="the header of an instance, or a study/series summary")
+    show.add_argument("uid", help="a Study, Series or SOP Instance UID")
+    _storage(show)
+    show.add_argument("--json", action="store_true", help="JSON (index row, DICOM JSON header)")
+
+    export = sub.add_parser("export", help="copy a study, series or instance out as PS3.10 files")
+    export.add_argument("uid", help="a Study, Series or SOP Instance UID")
+    export.add_argument("dest", type=Path, metavar="DIR", help="destination folder (created)")
+    _storage(export)
+    export.add_argument(
+        "--flat", action="store_true", help="DIR/<SOP UID>.dcm, no study/series folders"
+    )
+
+    stats = sub.add_parser(
+        "stats", help="counts and bytes: total, per sender, per day, per modality"
+    )
+    _storage(stats)
+    stats.add_argument("--json", action="store_true", help="JSON for scripts")
+
+    delete = sub.add_parser("delete", help="delete a study, series or instance (rows and files)")
+    delete.add_argument("uid", help="a Study, Series or SOP Instance UID")
+    _storage(delete)
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one access command; print one line on error; the exit code."""
+    try:
+        return {"ls": _ls, "show": _show, "export": _export, "stats": _stats, "delete": _delete}[
+            args.command
+        ](args)
+    except (UsageError, QueryError) as exc:
+        return _error(str(exc), EXIT_USAGE)
+    except ArchiveNotFoundError as exc:
+        return _error(str(exc), EXIT_FAILED)
+    except NotStoredError as exc:
+        return _error(str(exc), EXIT_FAILED)
+    except (OSError, sqlite3.Error) as exc:
+        return _error(f"{getattr(exc, 'strerror', None) or exc}", EXIT_FAILED)
+
+
+def _error(message: str, code: int) -> int:
+    print(f"dicomstore: {message}", file=sys.stderr)
+    return code
+
+
+def human_size(n: int | None) -> str:
+    """Bytes as B, KB, MB, GB, TB (powers of 1000)."""
+    value = float(n or 0)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return ""
+
+
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], right: set[int] = frozenset()
+) -> str:
+    """An aligned text table (numbers right-aligned in the ``right`` columns)."""
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[n]) for r in cells]) for n, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        out = [
+            v.rjust(w) if n in right else v.ljust(w)
+            for n, (v, w) in enumerate(zip(values, widths, strict=True))
+        ]
+        return "  ".join(out).rstrip()
+
+    return "\n".join([line(headers)] + [line(r) for r in cells])
+
+
+_COLUMNS: dict[str, list[tuple[str, Any]]] = {
+    "patient": [
+        ("PATIENT ID", "patient_id"),
+        ("NAME", "patient_name"),
+        ("BIRTH", "birth_date"),
+        ("SEX", "sex"),
+        ("STUDIES", "n_studies"),
+        ("SERIES", "n_series"),
+        ("INSTANCES", "n_instances"),
+        ("SIZE", lambda r: human_size(r["size"])),
+    ],
+    "study": [
+        ("STUDY UID", "study_uid"),
+        ("DATE", "study_date"),
+        ("PATIENT ID", "patient_id"),
+        ("NAME", "patient_name"),
+        ("ACCESSION", "accession_number"),
+        ("MODALITIES", lambda r: ",".join(r["modalities"])),
+        ("SERIES", "n_series"),
+        ("INSTANCES", "n_instances"),
+        ("SIZE", lambda r: human_size(r["size"])),
+        ("DESCRIPTION", "study_description"),
+    ],
+    "series": [
+        ("SERIES UID", "series_uid"),
+        ("STUDY UID", "study_uid"),
+        ("NUMBER", "series_number"),
+        ("MODALITY", "modality"),
+        ("INSTANCES", "n_instances"),
+        ("SIZE", lambda r: human_size(r["size"])),
+        ("DESCRIPTION", "series_description"),
+    ],
+    "instance": [
+        ("SOP INSTANCE UID", "sop_instance_uid"),
+        ("SERIES UID", "series_uid"),
+        ("NUMBER", "instance_number"),
+        ("SOP CLASS", lambda r: uids.uid_name(r["sop_class_uid"])),
+        ("SIZE", lambda r: human_size(r["file_size"])),
+        ("RECEIVED", lambda r: (r["received_at"] or "")[:19].replace("T", " ")),
+        ("FROM", "calling_ae"),
+    ],
+}
+_RIGHT = {"STUDIES", "SERIES", "INSTANCES", "SIZE", "NUMBER"}
+
+
+def _print_rows(level: str, rows: list[dict[str, Any]]) -> None:
+    columns = _COLUMNS[level]
+    values = [[(get(r) if callable(get) else r[get]) for _, get in columns] for r in rows]
+    headers = [name for name, _ in columns]
+    right = {n for n, name in enumerate(headers) if name in _RIGHT}
+    print(table(headers, values, right))
+
+
+def _filters(args: argparse.Namespace) -> dict[str, str]:
+    filters = {kw: getattr(args, opt) for opt, kw in _FILTERS.items() if getattr(args, opt)}
+    for item in args.filter:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--filter wants KEY=VALUE, not {item!r}")
+        filters[key.strip()] = value
+    return filters
+
+
+def _ls(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 0 or args.offset < 0:
+        raise UsageError("--limit and --offset must not be negative")
+    level = _LEVEL_NAMES[args.level]
+    rows = ArchiveReader(args.storage).search(
+        level, _filters(args), limit=args.limit, offset=args.offset
+    )
+    if args.json:
+        print(json.dumps(rows, indent=1, ensure_ascii=False))
+    else:
+        _print_rows(level, rows)
+    return EXIT_OK
+
+
+def _show(args: argparse.Namespace) -> int:
+    reader = ArchiveReader(args.storage)
+    level, row = reader.locate(args.uid)
+    if level == "instance":
+        ds = reader.dataset(row, stop_before_pixels=True)
+        if args.json:
+            header = ds.to_json_dict(bulk_data_threshold=1 << 62)
+            print(json.dumps({"level": level, "row": row, "header": header}, indent=1))
+            return EXIT_OK
+        size, sender = human_size(row["file_size"]), row["calling_ae"] or "-"
+        print(f"# {reader.path(row)}  ({size}, received {row['received_at']} from {sender})")
+        print(f"# transfer syntax {uids.uid_name(row['transfer_syntax_uid'])}")
+        print(str(ds))  # the File Meta Information, then the data set
+        return EXIT_OK
+    below = "series" if level == "study" else "instance"
+    key = "StudyInstanceUID" if level == "study" else "SeriesInstanceUID"
+    summary = reader.search(level, {key: row[f"{level}_uid"]}, limit=1)[0]
+    children = reader.search(below, {key: row[f"{level}_uid"]})
+    if args.json:
+        print(json.dumps({"level": level, "row": summary, below: children}, indent=1))
+        return EXIT_OK
+    skip = {"modalities", "sop_classes"}
+    for name, value in summary.items():
+        if name not in skip:
+            print(f"{name + ':':22} {'' if value is None else value}")
+    if level == "study":
+        print(f"{'modalities:':22} {', '.join(summary['modalities'])}")
+    print()
+    _print_rows(below, children)
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    reader = ArchiveReader(args.storage)
+    level, _ = reader.locate(args.uid)
+    key = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}.get(level, "SOPInstanceUID")
+    rows = reader.instances(**{key: layout.normalize_uid(args.uid.strip())})
+    count = size = 0
+    for row in rows:
+        rel = Path(row["path"])
+        target = args.dest / (rel.name if args.flat else rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(reader.path(row), target)
+        count += 1
+        size += row["file_size"]
+    print(f"exported {count} instance(s), {human_size(size)}, of {level} {args.uid} to {args.dest}")
+    return EXIT_OK
+
+
+def _stats(args: argparse.Namespace) -> int:
+    stats = ArchiveReader(args.storage).stats()
+    if args.json:
+        print(json.dumps(stats, indent=1))
+        return EXIT_OK
+    t = stats["totals"]
+    print(
+        table(
+            ["LEVEL", "COUNT"],
+            [[k, t[k]] for k in ("patients", "studies", "series", "instances")],
+            {1},
+        )
+    )
+    print(f"{t['bytes']} bytes ({human_size(t['bytes'])})")
+    for title, key in (("SENDER", "senders"), ("DAY (UTC)", "days"), ("MODALITY", "modalities")):
+        print()
+        rows = [[g["key"] or "-", g["instances"], human_size(g["bytes"])] for g in stats[key]]
+        print(table([title, "INSTANCES", "SIZE"], rows, {1, 2}))
+    return EXIT_OK
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from dicomstore.archive.removal import leftovers, remove
+
+    reader = ArchiveReader(args.storage)
+    uid = layout.normalize_uid(args.uid.strip())
+    try:
+        level, row = reader.locate(uid)
+        key = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}.get(
+            level, "SOPInstanceUID"
+        )
+        found = reader.search(level, {key: uid}, limit=1)[0]
+        n = found.get("n_instances", 1)
+        size = found.get("size", found.get("file_size"))
+        who = f"{row['patient_name'] or '?'} ({row['patient_id']})"
+        what = f"{level} {uid} of {who}: {n} instance(s), {human_size(size)}"
+    except NotStoredError:
+        files = leftovers(reader.root, reader, None, uid)
+        if not files:
+            raise
+        what = f"{len(files)} file(s) of {uid} left without index rows"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("refusing to delete without confirmation: not a terminal (use --yes)")
+        answer = input(f"Delete {what}? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("not deleted")
+            return EXIT_FAILED
+    result = remove(args.storage, uid)
+    for problem in result.problems:
+        print(f"dicomstore: {problem}", file=sys.stderr)
+    print(f"deleted {what}")
+    return EXIT_FAILED if result.problems else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dicomstore.cli_access COMMAND ...`` (until cli.py wires these in)."""
+    parser = argparse.ArgumentParser(prog="dicomstore", description=__doc__.splitlines()[0])
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

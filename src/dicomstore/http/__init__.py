@@ -1,0 +1,12 @@
+"""DICOMweb (PS3.18): QIDO-RS, WADO-RS and STOW-RS over the archive, plus a browse page.
+
+An ASGI app on Starlette (:func:`build_app`), served by uvicorn inside the
+server's own asyncio loop (:func:`serve_http`, :class:`HttpServer`). It reads
+the same index as every other door and stores through the same ingest as
+C-STORE: no second copy of anything.
+"""
+
+from dicomstore.http.app import build_app
+from dicomstore.http.server import HttpServer, serve_http
+
+__all__ = ["HttpServer", "build_app", "serve_http"]

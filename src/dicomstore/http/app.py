@@ -1,0 +1,142 @@
+"""The ASGI application: DICOMweb (PS3.18 10.4-10.6), the browse pages, OpenAPI.
+
+Every door reads the same index through one :class:`ArchiveReader`; STOW-RS
+writes through the :class:`~dicomstore.archive.Archive` the SCP uses (pass
+it), so both doors share one writer, one lock, one duplicate policy.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dicomstore.archive import Archive
+from dicomstore.archive.query import QueryError
+from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
+from dicomstore.http import browse, qido, stow, wado
+from dicomstore.http.common import HttpError, error_response
+from dicomstore.http.openapi import openapi
+
+_STUDY = "/studies/{study}"
+_SERIES = _STUDY + "/series/{series}"
+_INSTANCE = _SERIES + "/instances/{sop}"
+
+
+def _routes() -> list[Route]:
+    return [
+        Route("/", browse.home),
+        Route("/browse/patient", browse.patient),
+        Route("/browse/patient.zip", browse.patient_zip),
+        Route("/browse/study", browse.study),
+        Route("/browse/series", browse.series),
+        Route("/browse/instance", browse.instance),
+        Route("/openapi.json", lambda request: JSONResponse(openapi())),
+        # QIDO-RS (10.6) and STOW-RS (10.5)
+        Route("/studies", qido.studies, methods=["GET"]),
+        Route("/studies", stow.store, methods=["POST"]),
+        Route("/series", qido.all_series),
+        Route("/instances", qido.all_instances),
+        Route(_STUDY + "/series", qido.study_series),
+        Route(_STUDY + "/instances", qido.study_instances),
+        Route(_SERIES + "/instances", qido.series_instances),
+        # WADO-RS (10.4)
+        Route(_STUDY, wado.retrieve, methods=["GET"]),
+        Route(_STUDY, stow.store, methods=["POST"]),
+        Route(_STUDY + "/metadata", wado.metadata),
+        Route(_SERIES, wado.retrieve),
+        Route(_SERIES + "/metadata", wado.metadata),
+        Route(_INSTANCE, wado.retrieve),
+        Route(_INSTANCE + "/metadata", wado.metadata),
+        Route(_INSTANCE + "/frames/{frames}", wado.frames),
+        Route(_INSTANCE + "/bulkdata/{tag}", wado.bulkdata),
+    ]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HttpError)
+    return error_response(exc.status, exc.message, exc.headers)
+
+
+async def _starlette_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if exc.status_code != 404 else f"no resource at {request.url.path}"
+    return error_response(exc.status_code, str(detail), dict(exc.headers or {}))
+
+
+async def _known_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, QueryError):
+        return error_response(400, str(exc))
+    if isinstance(exc, NotStoredError):
+        return error_response(404, str(exc))
+    return error_response(503, f"the archive index is unavailable: {exc}")
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """Anything else: 500 (Starlette logs the traceback after this answer)."""
+    return error_response(500, f"internal error: {type(exc).__name__}")
+
+
+def build_app(
+    source: Archive | Path | str,
+    *,
+    writable: bool = False,
+    ae_title: str = "DICOMSTORE",
+    stow_ae: str = "STOW-RS",
+    accept_unknown: bool = False,
+    base_url: str | None = None,
+) -> Starlette:
+    """The DICOMweb ASGI app over the archive ``source``.
+
+    ``source`` is the :class:`Archive` a server already uses (STOW-RS stores
+    through it), or an archive root: read-only unless ``writable``, in which
+    case the app opens its own ``Archive`` — never do that next to another
+    ``Archive`` of the same root in the same process. ``stow_ae`` is recorded
+    as the sender (calling AE) of STOW-RS instances, ``ae_title`` as the
+    receiver; ``accept_unknown`` lets STOW-RS store non-storage SOP classes.
+    ``base_url`` is the public URL of the service (behind a proxy) used in
+    Retrieve URLs and BulkDataURIs; by default each request's own (its Host).
+    """
+    archive = source if isinstance(source, Archive) else None
+    root = archive.root if archive is not None else Path(source)  # type: ignore[arg-type]
+    owns_archive = archive is None and writable
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if owns_archive:
+            app.state.archive = Archive(root)
+        try:
+            yield
+        finally:
+            if owns_archive and app.state.archive is not None:
+                app.state.archive.close()
+
+    app = Starlette(
+        routes=_routes(),
+        lifespan=lifespan,
+        exception_handlers={
+            HttpError: _http_error,
+            HTTPException: _starlette_error,
+            QueryError: _known_error,
+            NotStoredError: _known_error,
+            ArchiveNotFoundError: _known_error,
+            sqlite3.OperationalError: _known_error,
+            Exception: _internal_error,
+        },
+    )
+    if owns_archive:
+        Archive(root).close()  # create the index now, so the reader can open it
+    app.state.archive = archive
+    app.state.reader = ArchiveReader(root)
+    app.state.ae_title = ae_title
+    app.state.stow_ae = stow_ae
+    app.state.accept_unknown = accept_unknown
+    app.state.base_url = base_url.rstrip("/") + "/" if base_url else None
+    return app

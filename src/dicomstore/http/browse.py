@@ -1,0 +1,345 @@
+"""The browse pages: patients → studies → series → instances, server-rendered HTML.
+
+Every value from the archive is escaped (``html.escape``, attributes quoted)
+and every link is built with ``urlencode``/``quote``: patient names, IDs and
+descriptions are attacker-controlled text. Downloads are DICOMweb URLs:
+a study or series as a zip stream (``?accept=application/zip``), an instance
+as its PS3.10 file (``?accept=application/dicom``), metadata as DICOM JSON;
+all of a patient's studies as a zip at ``/browse/patient.zip?id=``.
+No scripts, no build step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from html import escape
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, StreamingResponse
+
+from dicomstore import __version__, uids
+from dicomstore.archive.reader import NotStoredError
+from dicomstore.http.common import HttpError, reader
+from dicomstore.http.zipstream import zip_files
+
+PAGE = 200
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;margin-top:.5em}
+th,td{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.n{text-align:right}nav{margin-bottom:1em}
+pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:90%}
+"""
+
+
+def _h(value: Any) -> str:
+    return escape("" if value is None else str(value), quote=True)
+
+
+def _size(n: int | None) -> str:
+    value = float(n or 0)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+def _date(value: str | None) -> str:
+    v = value or ""
+    return f"{v[:4]}-{v[4:6]}-{v[6:8]}" if len(v) == 8 and v.isdigit() else v
+
+
+def _time(value: str | None) -> str:
+    v = value or ""
+    return f"{v[:2]}:{v[2:4]}:{v[4:6]}" if len(v) >= 6 and v[:6].isdigit() else v
+
+
+def _link(href: str, text: Any) -> str:
+    return f'<a href="{_h(href)}">{_h(text)}</a>'
+
+
+def _page_url(path: str, **params: Any) -> str:
+    return f"{path}?{urlencode(params)}"
+
+
+def _dicomweb(study: str, series: str | None = None, sop: str | None = None) -> str:
+    url = f"/studies/{quote(study, safe='')}"
+    if series is not None:
+        url += f"/series/{quote(series, safe='')}"
+    if sop is not None:
+        url += f"/instances/{quote(sop, safe='')}"
+    return url
+
+
+def _render(title: str, crumbs: Sequence[tuple[str, str]], body: str) -> HTMLResponse:
+    nav = " › ".join(_link(href, text) for href, text in crumbs)
+    html = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_h(title)} – dicomstore</title><style>{_STYLE}</style></head><body>"
+        f"<nav>{nav}</nav><h1>{_h(title)}</h1>{body}"
+        f"<footer><p><small>dicomstore {_h(__version__)} · "
+        f'<a href="/openapi.json">DICOMweb API</a></small></p></footer></body></html>'
+    )
+    return HTMLResponse(html)
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: set[int]) -> str:
+    head = "".join(f"<th>{_h(h)}</th>" for h in headers)
+    lines = []
+    for row in rows:
+        cells = "".join(
+            f'<td class="n">{cell}</td>' if n in numeric else f"<td>{cell}</td>"
+            for n, cell in enumerate(row)
+        )
+        lines.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
+
+
+def _offset(request: Request) -> int:
+    try:
+        return max(0, int(request.query_params.get("offset", "0")))
+    except ValueError:
+        return 0
+
+
+def _pager(request: Request, more: bool) -> str:
+    offset = _offset(request)
+    links = []
+    params = {k: v for k, v in request.query_params.items() if k != "offset"}
+    if offset:
+        links.append(
+            _link(_page_url(request.url.path, **params, offset=max(0, offset - PAGE)), "‹ previous")
+        )
+    if more:
+        links.append(_link(_page_url(request.url.path, **params, offset=offset + PAGE), "next ›"))
+    return f"<p>{' · '.join(links)}</p>" if links else ""
+
+
+def _search(request: Request, level: str, filters: dict[str, str]) -> tuple[list[dict], bool]:
+    rows = reader(request).search(level, filters, limit=PAGE + 1, offset=_offset(request))
+    return rows[:PAGE], len(rows) > PAGE
+
+
+def home(request: Request) -> HTMLResponse:
+    """GET / : the patients."""
+    rows, more = _search(request, "patient", {})
+    table = _table(
+        [
+            "Patient",
+            "Patient ID",
+            "Birth date",
+            "Sex",
+            "Studies",
+            "Series",
+            "Instances",
+            "Size",
+            "",
+        ],
+        (
+            [
+                _link(
+                    _page_url("/browse/patient", id=r["patient_id"]),
+                    r["patient_name"] or "(no name)",
+                ),
+                _h(r["patient_id"]),
+                _h(_date(r["birth_date"])),
+                _h(r["sex"]),
+                _h(r["n_studies"]),
+                _h(r["n_series"]),
+                _h(r["n_instances"]),
+                _h(_size(r["size"])),
+                _link(_page_url("/browse/patient.zip", id=r["patient_id"]), "download zip"),
+            ]
+            for r in rows
+        ),
+        {4, 5, 6, 7},
+    )
+    total = reader(request).totals()
+    summary = (
+        f"<p>{_h(total['patients'])} patients, {_h(total['studies'])} studies, "
+        f"{_h(total['instances'])} instances, {_h(_size(total['bytes']))}.</p>"
+    )
+    return _render("Patients", [("/", "Archive")], summary + table + _pager(request, more))
+
+
+def patient(request: Request) -> HTMLResponse:
+    """GET /browse/patient?id= : a patient's studies."""
+    patient_id = request.query_params.get("id", "")
+    found = reader(request).search("patient", {"PatientID": patient_id}, limit=1)
+    if not found:
+        raise HttpError(404, f"patient {patient_id!r} is not in the archive")
+    rows, more = _search(request, "study", {"PatientID": patient_id})
+    table = _table(
+        [
+            "Date",
+            "Time",
+            "Description",
+            "Accession",
+            "Modalities",
+            "Series",
+            "Instances",
+            "Size",
+            "",
+        ],
+        (
+            [
+                _link(
+                    _page_url("/browse/study", uid=r["study_uid"]),
+                    _date(r["study_date"]) or "(no date)",
+                ),
+                _h(_time(r["study_time"])),
+                _h(r["study_description"]),
+                _h(r["accession_number"]),
+                _h(", ".join(r["modalities"])),
+                _h(r["n_series"]),
+                _h(r["n_instances"]),
+                _h(_size(r["size"])),
+                _link(_dicomweb(r["study_uid"]) + "?accept=application/zip", "download zip"),
+            ]
+            for r in rows
+        ),
+        {5, 6, 7},
+    )
+    name = found[0]["patient_name"] or "(no name)"
+    crumbs = [("/", "Archive"), (_page_url("/browse/patient", id=patient_id), name)]
+    return _render(f"Studies of {name}", crumbs, table + _pager(request, more))
+
+
+def patient_zip(request: Request) -> StreamingResponse:
+    """GET /browse/patient.zip?id= : every study of a patient, as a zip stream."""
+    patient_id = request.query_params.get("id", "")
+    rows = reader(request).instances(PatientID=patient_id)
+    if not rows:
+        raise HttpError(404, f"patient {patient_id!r} is not in the archive")
+    root = reader(request).root
+    files = [(r["path"], root / r["path"]) for r in rows]
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in patient_id)[:60] or "patient"
+    headers = {"Content-Disposition": f'attachment; filename="{name}.zip"'}
+    return StreamingResponse(zip_files(files), media_type="application/zip", headers=headers)
+
+
+def _one(request: Request, level: str, keyword: str) -> dict[str, Any]:
+    uid = request.query_params.get("uid", "")
+    rows = reader(request).search(level, {keyword: uid}, limit=1) if uid else []
+    if not rows:
+        raise HttpError(404, f"{level} {uid!r} is not in the archive")
+    return rows[0]
+
+
+def _crumbs(row: dict[str, Any], depth: int) -> list[tuple[str, str]]:
+    crumbs = [
+        ("/", "Archive"),
+        (_page_url("/browse/patient", id=row["patient_id"]), row["patient_name"] or "(no name)"),
+    ]
+    if depth >= 1:
+        crumbs.append(
+            (_page_url("/browse/study", uid=row["study_uid"]), f"Study {_date(row['study_date'])}")
+        )
+    if depth >= 2:
+        crumbs.append(
+            (
+                _page_url("/browse/series", uid=row["series_uid"]),
+                f"Series {row['series_number'] or ''}",
+            )
+        )
+    return crumbs
+
+
+def study(request: Request) -> HTMLResponse:
+    """GET /browse/study?uid= : a study's series."""
+    st = _one(request, "study", "StudyInstanceUID")
+    rows, more = _search(request, "series", {"StudyInstanceUID": st["study_uid"]})
+    table = _table(
+        ["Number", "Modality", "Description", "Body part", "Instances", "Size", ""],
+        (
+            [
+                _link(
+                    _page_url("/browse/series", uid=r["series_uid"]),
+                    r["series_number"] if r["series_number"] is not None else "(none)",
+                ),
+                _h(r["modality"]),
+                _h(r["series_description"]),
+                _h(r["body_part"]),
+                _h(r["n_instances"]),
+                _h(_size(r["size"])),
+                _link(
+                    _dicomweb(r["study_uid"], r["series_uid"]) + "?accept=application/zip",
+                    "download zip",
+                ),
+            ]
+            for r in rows
+        ),
+        {4, 5},
+    )
+    info = (
+        f"<p>Study Instance UID {_h(st['study_uid'])} · accession {_h(st['accession_number'])}"
+        f" · {_h(st['n_instances'])} instances, {_h(_size(st['size']))} · "
+        f"{_link(_dicomweb(st['study_uid']) + '?accept=application/zip', 'download zip')} · "
+        f"{_link(_dicomweb(st['study_uid']) + '/metadata', 'metadata (JSON)')}</p>"
+    )
+    title = f"Study {_date(st['study_date'])} {st['study_description'] or ''}".strip()
+    return _render(title, _crumbs(st, 0), info + table + _pager(request, more))
+
+
+def series(request: Request) -> HTMLResponse:
+    """GET /browse/series?uid= : a series' instances."""
+    se = _one(request, "series", "SeriesInstanceUID")
+    rows, more = _search(request, "instance", {"SeriesInstanceUID": se["series_uid"]})
+    table = _table(
+        ["Number", "SOP Class", "Transfer syntax", "Size", "Received", "From", ""],
+        (
+            [
+                _link(
+                    _page_url("/browse/instance", uid=r["sop_instance_uid"]),
+                    r["instance_number"]
+                    if r["instance_number"] is not None
+                    else r["sop_instance_uid"],
+                ),
+                _h(uids.uid_name(r["sop_class_uid"])),
+                _h(uids.uid_name(r["transfer_syntax_uid"])),
+                _h(_size(r["file_size"])),
+                _h((r["received_at"] or "")[:19].replace("T", " ")),
+                _h(r["calling_ae"]),
+                _link(
+                    _dicomweb(r["study_uid"], r["series_uid"], r["sop_instance_uid"])
+                    + "?accept=application/dicom",
+                    "download .dcm",
+                ),
+            ]
+            for r in rows
+        ),
+        {3},
+    )
+    zip_url = _dicomweb(se["study_uid"], se["series_uid"]) + "?accept=application/zip"
+    info = (
+        f"<p>Series Instance UID {_h(se['series_uid'])} · {_h(se['modality'])} · "
+        f"{_h(se['n_instances'])} instances, {_h(_size(se['size']))} · "
+        f"{_link(zip_url, 'download zip')}</p>"
+    )
+    title = f"Series {se['series_number'] or ''} {se['series_description'] or ''}".strip()
+    return _render(title, _crumbs(se, 1), info + table + _pager(request, more))
+
+
+def instance(request: Request) -> HTMLResponse:
+    """GET /browse/instance?uid= : an instance's header."""
+    row = _one(request, "instance", "SOPInstanceUID")
+    try:
+        header = str(reader(request).dataset(row, stop_before_pixels=True))
+    except (OSError, NotStoredError, ValueError) as exc:
+        header = f"(cannot read the file: {exc})"
+    url = _dicomweb(row["study_uid"], row["series_uid"], row["sop_instance_uid"])
+    info = (
+        f"<p>SOP Instance UID {_h(row['sop_instance_uid'])} · "
+        f"{_h(uids.uid_name(row['sop_class_uid']))}"
+        f" · {_h(_size(row['file_size']))} · received {_h(row['received_at'])} from "
+        f"{_h(row['calling_ae'] or '(unknown)')} · "
+        f"{_link(url + '?accept=application/dicom', 'download .dcm')} · "
+        f"{_link(url + '/metadata', 'metadata (JSON)')}</p>"
+    )
+    title = (
+        f"Instance {row['instance_number'] if row['instance_number'] is not None else ''}".strip()
+    )
+    return _render(title, _crumbs(row, 2), info + f"<pre>{_h(header)}</pre>")

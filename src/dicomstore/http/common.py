@@ -1,0 +1,111 @@
+"""What every DICOMweb endpoint shares: errors, content negotiation, URLs (PS3.18 8).
+
+Errors are raised as :class:`HttpError` and answered as ``text/plain`` with
+one readable line (PS3.18 8.6 lets the payload be a Status Report of any
+form). Content negotiation follows PS3.18 8.7: the ``accept`` query parameter
+(8.3.3.1) overrides the Accept header; an absent Accept means ``*/*``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+
+from dicomstore.archive.reader import ArchiveReader
+from dicomstore.http.multipart import parse_media_type
+
+DICOM_JSON = "application/dicom+json"
+
+
+class HttpError(Exception):
+    """An HTTP error status with a one-line explanation."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None):
+    """``<status> <phrase>: <message>`` as text/plain."""
+    phrase = HTTPStatus(status).phrase
+    text = f"{status} {phrase}: {message}\n"
+    return PlainTextResponse(text, status_code=status, headers=headers)
+
+
+def reader(request: Request) -> ArchiveReader:
+    """The archive's read side, shared by every request."""
+    return request.app.state.reader
+
+
+def base_url(request: Request) -> str:
+    """The service root as the client sees it (the configured public URL, else from the
+    request's Host), ending with ``/``."""
+    return request.app.state.base_url or str(request.base_url)
+
+
+def url_of(base: str, study: str, series: str | None = None, sop: str | None = None) -> str:
+    """The Retrieve URL of a study, series or instance (PS3.18 10.4.1)."""
+    url = f"{base}studies/{quote(study, safe='')}"
+    if series is not None:
+        url += f"/series/{quote(series, safe='')}"
+        if sop is not None:
+            url += f"/instances/{quote(sop, safe='')}"
+    return url
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """One media range of an Accept field: type, its parameters, quality."""
+
+    media_type: str
+    params: dict[str, str]
+    quality: float
+
+
+def accepted(request: Request) -> list[Accepted]:
+    """The acceptable media ranges, best first (``accept`` parameter, then header)."""
+    values = request.query_params.getlist("accept") or [request.headers.get("accept", "*/*")]
+    ranges: list[Accepted] = []
+    for value in values:
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            media_type, params = parse_media_type(item)
+            try:
+                quality = float(params.pop("q", "1"))
+            except ValueError:
+                quality = 1.0
+            if quality > 0:
+                ranges.append(Accepted(media_type, params, quality))
+    ranges.sort(key=lambda a: -a.quality)  # stable: ties keep the client's order
+    return ranges
+
+
+def _matches(accept: Accepted, media_type: str, part_type: str | None) -> bool:
+    main, _, _ = media_type.partition("/")
+    if accept.media_type not in (media_type, f"{main}/*", "*/*"):
+        return False
+    wanted = accept.params.get("type")
+    if part_type is None or wanted is None or accept.media_type != media_type:
+        return True
+    wanted = wanted.lower()
+    return wanted == part_type or wanted == f"{part_type.partition('/')[0]}/*" or wanted == "*/*"
+
+
+def negotiate(request: Request, offers: Sequence[tuple[str, str | None]]) -> tuple[int, Accepted]:
+    """Index of the first offer (media type, multipart ``type``) the client accepts,
+    and the media range that accepted it; 406 when none is acceptable."""
+    ranges = accepted(request)
+    for accept in ranges:
+        for n, (media_type, part_type) in enumerate(offers):
+            if _matches(accept, media_type, part_type):
+                return n, accept
+    names = ", ".join(m if t is None else f'{m}; type="{t}"' for m, t in offers)
+    raise HttpError(406, f"none of the accepted media types can be produced; offered: {names}")

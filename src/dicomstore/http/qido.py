@@ -1,0 +1,227 @@
+"""QIDO-RS: the Search Transaction of the Studies Service (PS3.18 10.6).
+
+Resources (Table 10.6.1-2): ``/studies``, ``/studies/{study}/series``,
+``/series``, ``/studies/{study}/series/{series}/instances``,
+``/studies/{study}/instances``, ``/instances``.
+
+Query parameters (10.6.1.2, 8.3.4): ``{attributeID}={value}`` by keyword or
+tag, matched as :mod:`dicomstore.archive.query` describes (single value,
+``*``/``?`` wildcards, date and time ranges, UID lists separated by ``,``
+or ``\\``); ``limit``, ``offset``; ``includefield`` (repeatable,
+comma-separated, or ``all``); ``fuzzymatching`` is accepted and changes
+nothing (Person Names always match insensitive to ASCII case).
+
+Results (10.6.3.3) are built from the index, with the attributes of Tables
+10.6.3-3/4/5 the index keeps, Retrieve URL and Instance Availability. At the
+instance level, ``includefield`` of attributes the index does not keep (and
+``all``: Rows, Columns, Bits Allocated, Number of Frames) are read from the
+files' headers. Attributes known to DICOM but not kept by the index are
+ignored as match keys, with a ``Warning: 299`` header naming them (8.3.4.1);
+unknown names are a 400. More results than ``limit`` (or than
+:data:`MAX_RESULTS`) add a Warning that more can be requested.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.datadict import tag_for_keyword
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomstore.archive import query as q
+from dicomstore.archive.layout import resolve
+from dicomstore.http.common import DICOM_JSON, HttpError, base_url, negotiate, reader, url_of
+from dicomstore.http.dicomjson import element, read_metadata, row_to_json, tag_key
+
+#: The most results one response carries (more: a Warning, use offset).
+MAX_RESULTS = 10_000
+_RESERVED = {"limit", "offset", "includefield", "fuzzymatching", "accept", "charset", "emptyvalue"}
+_ALL_INSTANCE_TAGS = (0x00280010, 0x00280011, 0x00280100, 0x00280008)  # Table 10.6.3-5
+
+
+@dataclass
+class Search:
+    """A parsed QIDO-RS request."""
+
+    filters: dict[str, str] = field(default_factory=dict)
+    limit: int | None = None
+    offset: int = 0
+    include_all: bool = False
+    include_tags: list[int] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
+    contradicts_path: bool = False  # a UID parameter differs from the path's: no match
+
+
+def _tag_of(name: str) -> int | None:
+    tag = q.parse_tag(name)
+    if tag is not None:
+        return tag
+    found = tag_for_keyword(name)
+    return int(found) if found is not None else None
+
+
+def _non_negative(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise HttpError(400, f"{name} must be a non-negative integer, not {value!r}")
+    return number
+
+
+def parse_search(request: Request, fixed: dict[str, str]) -> Search:
+    """Filters and options of a search; ``fixed`` are the UIDs of the path."""
+    search = Search(filters=dict(fixed))
+    for key, value in request.query_params.multi_items():
+        if key == "limit":
+            search.limit = _non_negative(key, value)
+        elif key == "offset":
+            search.offset = _non_negative(key, value)
+        elif key == "includefield":
+            for name in filter(None, (v.strip() for v in value.split(","))):
+                if name == "all":
+                    search.include_all = True
+                    continue
+                tag = _tag_of(name)
+                if tag is None:
+                    raise HttpError(400, f"includefield names no DICOM attribute: {name!r}")
+                search.include_tags.append(tag)
+        elif key == "fuzzymatching":
+            if value not in ("true", "false"):
+                raise HttpError(400, "fuzzymatching must be true or false")
+        elif key in _RESERVED:
+            continue
+        else:
+            attr = q.attribute(key)
+            if attr is not None and attr.sql is not None:
+                if attr.keyword in search.filters and attr.keyword not in fixed:
+                    raise HttpError(400, f"{key} is given more than once")
+                if attr.keyword in fixed and value.strip() and value != fixed[attr.keyword]:
+                    search.contradicts_path = True
+                elif attr.keyword not in fixed:
+                    search.filters[attr.keyword] = value
+            elif attr is not None or _tag_of(key) is not None:
+                search.unsupported.append(key)
+            else:
+                raise HttpError(400, f"unknown query parameter or attribute {key!r}")
+    return search
+
+
+def _includes(search: Search, level: str) -> tuple[list[str], list[int]]:
+    """Index keywords and file-header tags ``includefield`` adds at ``level``."""
+    keywords, from_files = [], []
+    depth = q.LEVELS.index(level)
+    for tag in search.include_tags:
+        attr = q.attribute(tag)
+        if attr is not None:
+            if q.LEVELS.index(attr.level) <= depth:
+                keywords.append(attr.keyword)
+        elif level == "instance":
+            from_files.append(tag)
+    if search.include_all and level == "instance":
+        from_files.extend(_ALL_INSTANCE_TAGS)
+    return keywords, from_files
+
+
+def _warnings(search: Search, more: bool) -> dict[str, str]:
+    notes = []
+    if search.unsupported:
+        names = ", ".join(search.unsupported)
+        notes.append(f'299 dicomstore "The following Query Parameters are unsupported: {names}"')
+    if more:
+        notes.append('299 dicomstore "There are additional results that can be requested"')
+    return {"Warning": ", ".join(notes)} if notes else {}
+
+
+def _row_json(
+    request: Request, row: dict[str, Any], level: str, levels: tuple[str, ...], extra: list[str]
+) -> dict[str, Any]:
+    base = base_url(request)
+    if level == "study":
+        url = url_of(base, row["study_uid"])
+    elif level == "series":
+        url = url_of(base, row["study_uid"], row["series_uid"])
+    else:
+        url = url_of(base, row["study_uid"], row["series_uid"], row["sop_instance_uid"])
+    out = row_to_json(row, levels, url)
+    for keyword in extra:
+        attr = q.ATTRIBUTES[keyword]
+        if attr.key in row:
+            out[tag_key(attr.tag)] = element(attr, row[attr.key])
+    return dict(sorted(out.items()))
+
+
+def run_search(request: Request, level: str, levels: tuple[str, ...], fixed: dict[str, str]):
+    """Answer one QIDO-RS request at ``level`` with the attributes of ``levels``."""
+    negotiate(request, [(DICOM_JSON, None), ("application/json", None)])
+    search = parse_search(request, fixed)
+    cap = MAX_RESULTS if search.limit is None else min(search.limit, MAX_RESULTS)
+    try:
+        rows = reader(request).search(level, search.filters, limit=cap + 1, offset=search.offset)
+        if search.contradicts_path:
+            rows = []
+    except q.QueryError as exc:
+        raise HttpError(400, str(exc)) from None
+    more = len(rows) > cap
+    rows = rows[:cap]
+    keywords, from_files = _includes(search, level)
+    results = []
+    for row in rows:
+        out = _row_json(request, row, level, levels, keywords)
+        if from_files:
+            out.update(_header_fields(request, row, from_files))
+            out = dict(sorted(out.items()))
+        results.append(out)
+    body = json.dumps(results, ensure_ascii=False, separators=(",", ":"))
+    return Response(body, media_type=DICOM_JSON, headers=_warnings(search, more))
+
+
+def _header_fields(request: Request, row: dict[str, Any], tags: list[int]) -> dict[str, Any]:
+    """Attributes read from the stored file's header (instance level only)."""
+    path = resolve(reader(request).root, row["path"])
+    url = url_of(base_url(request), row["study_uid"], row["series_uid"], row["sop_instance_uid"])
+    try:
+        ts = row["transfer_syntax_uid"]
+        return read_metadata(path, ts, lambda t: f"{url}/bulkdata/{t:08X}", tags)
+    except (OSError, ValueError):
+        return {}
+
+
+def studies(request: Request) -> Response:
+    """GET /studies (10.6.1.1: All Studies)."""
+    return run_search(request, "study", ("study",), {})
+
+
+def study_series(request: Request) -> Response:
+    """GET /studies/{study}/series (Study's Series)."""
+    fixed = {"StudyInstanceUID": request.path_params["study"]}
+    return run_search(request, "series", ("series",), fixed)
+
+
+def all_series(request: Request) -> Response:
+    """GET /series (All Series: study attributes included, 10.6.3.3.2)."""
+    return run_search(request, "series", ("study", "series"), {})
+
+
+def series_instances(request: Request) -> Response:
+    """GET /studies/{study}/series/{series}/instances (Study's Series' Instances)."""
+    fixed = {
+        "StudyInstanceUID": request.path_params["study"],
+        "SeriesInstanceUID": request.path_params["series"],
+    }
+    return run_search(request, "instance", ("instance",), fixed)
+
+
+def study_instances(request: Request) -> Response:
+    """GET /studies/{study}/instances (series attributes included, 10.6.3.3.3)."""
+    fixed = {"StudyInstanceUID": request.path_params["study"]}
+    return run_search(request, "instance", ("series", "instance"), fixed)
+
+
+def all_instances(request: Request) -> Response:
+    """GET /instances (study and series attributes included, 10.6.3.3.3)."""
+    return run_search(request, "instance", ("study", "series", "instance"), {})

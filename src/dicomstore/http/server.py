@@ -1,0 +1,145 @@
+"""Running the DICOMweb app with uvicorn inside an existing asyncio loop.
+
+``dicomstore serve --http-port PORT`` runs it next to the Storage SCP on the
+same loop and the same :class:`~dicomstore.archive.Archive`::
+
+    archive = Archive(args.storage, ...)
+    server = Server(config, archive, on_stored=...)
+    await server.start()
+    http = asyncio.create_task(serve_http(archive, args.host, args.http_port))
+    ...
+    http.cancel()            # graceful: in-flight responses get 5 s
+
+The socket is bound here (so a busy port raises ``OSError`` at once, and port
+0 works: :attr:`HttpServer.port`), and uvicorn's own signal handlers are not
+installed: signals stay with the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from dicomstore.archive import Archive
+from dicomstore.http.app import build_app
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server, told when it listens and keeping its hands off signals."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.listening.set()
+
+
+class HttpServer:
+    """An ASGI app served over HTTP/1.1 on ``host``:``port`` (0: any free port)."""
+
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", port: int = 0, *, access_log: bool = False
+    ) -> None:
+        self.app = app
+        self.host = host
+        self.requested_port = port
+        self.access_log = access_log
+        self._socket: socket.socket | None = None
+        self._server: _Uvicorn | None = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def port(self) -> int:
+        """The port actually bound."""
+        assert self._socket is not None, "start() first"
+        return self._socket.getsockname()[1]
+
+    async def start(self) -> None:
+        """Bind, start serving, return once listening (raises ``OSError`` if bind fails)."""
+        self._socket = _listen(self.host, self.requested_port)
+        config = uvicorn.Config(
+            self.app,
+            lifespan="on",
+            log_config=None,
+            access_log=self.access_log,
+            timeout_graceful_shutdown=5,
+        )
+        self._server = _Uvicorn(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
+        listening = asyncio.create_task(self._server.listening.wait())
+        await asyncio.wait({self._task, listening}, return_when=asyncio.FIRST_COMPLETED)
+        if not listening.done():
+            listening.cancel()
+            self._socket.close()
+            try:
+                self._task.result()
+            except BaseException as exc:  # uvicorn exits on a failed startup
+                raise RuntimeError(f"the HTTP server did not start: {exc!r}") from None
+            raise RuntimeError("the HTTP server stopped while starting")
+
+    async def wait(self) -> None:
+        """Until the server stops."""
+        assert self._task is not None
+        await asyncio.shield(self._task)
+
+    async def close(self) -> None:
+        """Stop accepting, finish in-flight responses (5 s at most), stop."""
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(BaseException):
+                await self._task
+        if self._socket is not None:
+            self._socket.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket. Made with ``IPPROTO_TCP`` explicitly: asyncio sets
+    TCP_NODELAY only on connections whose socket says so, and without it every small
+    response waits for the client's delayed ACK (40 ms) behind Nagle's algorithm."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve_http(
+    archive: Archive | Path | str,
+    host: str,
+    port: int,
+    *,
+    ready: asyncio.Event | None = None,
+    access_log: bool = False,
+    **options: Any,
+) -> None:
+    """Serve DICOMweb over ``archive`` until cancelled; ``ready`` is set once listening.
+
+    ``options`` go to :func:`~dicomstore.http.app.build_app` (``ae_title``,
+    ``stow_ae``, ``accept_unknown``, ``writable``).
+    """
+    server = HttpServer(build_app(archive, **options), host, port, access_log=access_log)
+    await server.start()
+    if ready is not None:
+        ready.set()
+    try:
+        await server.wait()
+    finally:
+        await server.close()

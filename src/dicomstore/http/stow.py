@@ -1,0 +1,291 @@
+"""STOW-RS: the Store Transaction of the Studies Service (PS3.18 10.5).
+
+``POST /studies`` and ``POST /studies/{study}`` with
+``multipart/related; type="application/dicom"``: each part a PS3.10 file.
+The body is parsed as it arrives (:class:`~dicomstore.http.multipart.MultipartParser`);
+of each part only the File Meta Information is buffered, to learn the SOP
+Class, SOP Instance and Transfer Syntax UIDs, then the data set bytes after
+it stream into the **same ingest as C-STORE** (``Archive.begin`` → ``write`` →
+``commit``): same checks, same durability (``commit`` runs in a worker
+thread: it fsyncs), same duplicate policy, same statuses. The archive writes
+its own File Meta Information; the data set is stored byte for byte.
+
+The response (Annex I) lists stored instances in Referenced SOP Sequence
+(with Retrieve URL, and Warning Reason for a B000 kept duplicate) and the
+others in Failed SOP Sequence with the C-STORE status as Failure Reason
+(Table I.2-2: A7xx, A900, Cxxx, C122 transfer syntax, 0122 SOP class,
+0110); the Error Comment of each failure or warning goes in a
+``Warning: 299`` header. Status (Table 10.5.3-1): 200 all stored, 202 some failed or warned,
+409 none stored, 400 malformed body, 415 not ``application/dicom`` parts.
+With ``/studies/{study}`` an instance of another study fails with A900.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from pydicom.filereader import read_dataset
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from dicomstore import uids
+from dicomstore.archive.dicomfile import HeaderError, dataset_offset, read_header
+from dicomstore.archive.fields import STUDY_INSTANCE_UID, raw_uid
+from dicomstore.archive.layout import normalize_uid
+from dicomstore.http.common import DICOM_JSON, HttpError, base_url, url_of
+from dicomstore.http.multipart import (
+    MultipartError,
+    MultipartParser,
+    PartData,
+    PartEnd,
+    PartStart,
+    parse_media_type,
+)
+
+log = logging.getLogger("dicomstore.http.stow")
+
+#: File Meta Information larger than this is refused (it is a few hundred bytes).
+MAX_META = 64 * 1024
+PROCESSING_FAILURE = 0x0110
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+CANNOT_UNDERSTAND = 0xC000
+MISMATCH = 0xA900
+_LONG_VRS = (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV")
+
+
+@dataclass
+class PartResult:
+    """The outcome of one part."""
+
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    status: int
+    comment: str | None = None
+    instance: dict[str, Any] | None = None
+
+    @property
+    def stored(self) -> bool:
+        return self.status == 0 or (self.status & 0xF000) == 0xB000
+
+
+def meta_end(buf: bytes | bytearray) -> int | None:
+    """Where the File Meta Information of a PS3.10 file in ``buf`` ends; ``None``: need
+    more bytes. Raises ``ValueError`` when ``buf`` is not a PS3.10 file."""
+    if len(buf) < 132:
+        return None
+    if buf[128:132] != b"DICM":
+        raise ValueError("not a DICOM PS3.10 file (no DICM prefix)")
+    pos = 132
+    while True:
+        if len(buf) < pos + 8:
+            return None
+        if struct.unpack_from("<H", buf, pos)[0] != 0x0002:
+            return pos
+        if bytes(buf[pos + 4 : pos + 6]) in _LONG_VRS:
+            if len(buf) < pos + 12:
+                return None
+            pos += 12 + struct.unpack_from("<L", buf, pos + 8)[0]
+        else:
+            pos += 8 + struct.unpack_from("<H", buf, pos + 6)[0]
+
+
+class _Part:
+    """One part being received: meta buffered, then the data set into an ingest."""
+
+    def __init__(self, app_state: Any, headers: dict[str, str]) -> None:
+        self.state = app_state
+        self.buffer = bytearray()
+        self.ingest: Any = None
+        self.result: PartResult | None = None
+        self.sop_class: str | None = None
+        self.sop_instance: str | None = None
+        media_type, _ = parse_media_type(headers.get("content-type", "application/dicom"))
+        if media_type != "application/dicom":
+            self.result = PartResult(None, None, CANNOT_UNDERSTAND, f"part is {media_type}")
+
+    def _fail(self, status: int, comment: str) -> None:
+        self.result = PartResult(self.sop_class, self.sop_instance, status, comment)
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        if self.result is not None:
+            return
+        if self.ingest is not None:
+            self.ingest.write(data)
+            return
+        self.buffer += data
+        try:
+            end = meta_end(self.buffer)
+        except ValueError as exc:
+            self._fail(CANNOT_UNDERSTAND, str(exc))
+            return
+        if end is None:
+            if len(self.buffer) > MAX_META:
+                self._fail(CANNOT_UNDERSTAND, "File Meta Information too large")
+            return
+        self._begin(end)
+
+    def _begin(self, end: int) -> None:
+        try:
+            meta = read_dataset(io.BytesIO(bytes(self.buffer[132:end])), False, True)
+            sop_class = normalize_uid(meta[0x00020002].value or "")
+            sop_instance = normalize_uid(meta[0x00020003].value or "")
+            syntax = normalize_uid(meta[0x00020010].value or "")
+        except Exception as exc:  # noqa: BLE001 - any broken meta: cannot understand
+            self._fail(CANNOT_UNDERSTAND, f"File Meta Information unreadable: {exc}")
+            return
+        self.sop_class, self.sop_instance = sop_class, sop_instance
+        if syntax not in uids.transfer_syntaxes():
+            self._fail(TRANSFER_SYNTAX_NOT_SUPPORTED, f"transfer syntax {syntax} not supported")
+            return
+        if not self.state.accept_unknown and sop_class not in uids.storage_sop_classes():
+            self._fail(SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} is not a storage class")
+            return
+        try:
+            self.ingest = self.state.archive.begin(
+                sop_class_uid=sop_class,
+                sop_instance_uid=sop_instance,
+                transfer_syntax_uid=syntax,
+                calling_ae=self.state.stow_ae,
+                called_ae=self.state.ae_title,
+            )
+        except OSError as exc:
+            self._fail(0xA700, f"out of resources: {exc.strerror or exc}")
+            return
+        self.ingest.write(bytes(self.buffer[end:]))
+        self.buffer = bytearray()
+
+    def abort(self) -> None:
+        if self.ingest is not None:
+            self.ingest.abort()
+
+    async def finish(self, study: str | None) -> PartResult:
+        if self.result is not None:
+            return self.result
+        if self.ingest is None:
+            return PartResult(None, None, CANNOT_UNDERSTAND, "not a DICOM PS3.10 file")
+        if study is not None:
+            other = await anyio.to_thread.run_sync(self._study_of)
+            if other is not None and other != study:
+                self.ingest.abort()
+                return PartResult(
+                    self.sop_class, self.sop_instance, MISMATCH, f"instance of study {other}"
+                )
+        outcome = await anyio.to_thread.run_sync(self.ingest.commit)
+        return PartResult(
+            self.sop_class,
+            self.sop_instance,
+            outcome.status,
+            outcome.error_comment,
+            outcome.instance,
+        )
+
+    def _study_of(self) -> str | None:
+        """The Study Instance UID written so far (``None``: unreadable, commit will say)."""
+        try:
+            with open(self.ingest.temp, "rb") as fp:
+                offset = dataset_offset(fp)
+                size = fp.seek(0, io.SEEK_END)
+                ds = read_header(fp, offset, size, self.ingest.transfer_syntax_uid)
+        except (OSError, HeaderError):
+            return None
+        return raw_uid(ds, STUDY_INSTANCE_UID) or ""
+
+
+async def store(request: Request) -> Response:
+    """POST /studies[/{study}] (10.5.1)."""
+    state = request.app.state
+    if state.archive is None:
+        raise HttpError(405, "this server is read-only: STOW-RS is disabled", {"Allow": "GET"})
+    media_type, params = parse_media_type(request.headers.get("content-type", ""))
+    part_type = params.get("type", "application/dicom").lower()
+    if media_type != "multipart/related" or part_type != "application/dicom":
+        raise HttpError(415, 'send multipart/related; type="application/dicom"')
+    if "boundary" not in params:
+        raise HttpError(400, "the Content-Type has no boundary")
+    study = request.path_params.get("study")
+    study = normalize_uid(study) if study is not None else None
+    parser = MultipartParser(params["boundary"])
+    results: list[PartResult] = []
+    part: _Part | None = None
+    try:
+        async for chunk in request.stream():
+            for event in parser.feed(chunk):
+                if isinstance(event, PartStart):
+                    part = _Part(state, event.headers)
+                elif isinstance(event, PartData) and part is not None:
+                    part.feed(event.data)
+                elif isinstance(event, PartEnd) and part is not None:
+                    results.append(await part.finish(study))
+                    part = None
+        parser.close()
+    except (MultipartError, ClientDisconnect) as exc:
+        if part is not None:
+            part.abort()
+        if isinstance(exc, ClientDisconnect):
+            log.info("STOW-RS client went away after %d parts", len(results))
+            return Response(status_code=400)
+        if not any(r.stored for r in results):
+            raise HttpError(400, str(exc)) from None
+        results.append(PartResult(None, None, CANNOT_UNDERSTAND, f"malformed body: {exc}"))
+    if not results:
+        raise HttpError(400, "the request holds no instances")
+    return _response(request, results)
+
+
+def _item(r: PartResult, base: str) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    if r.sop_class_uid:
+        item["00081150"] = {"vr": "UI", "Value": [r.sop_class_uid]}
+    if r.sop_instance_uid:
+        item["00081155"] = {"vr": "UI", "Value": [r.sop_instance_uid]}
+    if r.stored:
+        row = r.instance or {}
+        if row.get("study_uid") and row.get("series_uid"):
+            url = url_of(base, row["study_uid"], row["series_uid"], row["sop_instance_uid"])
+            item["00081190"] = {"vr": "UR", "Value": [url]}
+        else:
+            item["00081190"] = {"vr": "UR"}
+        if r.status:
+            item["00081196"] = {"vr": "US", "Value": [r.status]}
+    else:
+        item["00081197"] = {"vr": "US", "Value": [r.status]}
+    return item
+
+
+def _response(request: Request, results: list[PartResult]) -> Response:
+    """The Store Instances Response Module (Annex I) and its status (Table 10.5.3-1)."""
+    base = base_url(request)
+    stored = [r for r in results if r.stored]
+    failed = [r for r in results if not r.stored]
+    body: dict[str, Any] = {}
+    studies = {(r.instance or {}).get("study_uid") for r in stored}
+    if len(studies) == 1 and None not in studies:
+        body["00081190"] = {"vr": "UR", "Value": [url_of(base, studies.pop())]}
+    else:
+        body["00081190"] = {"vr": "UR"}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": [_item(r, base) for r in failed]}
+    if stored:
+        body["00081199"] = {"vr": "SQ", "Value": [_item(r, base) for r in stored]}
+    notes = []
+    for r in failed + [r for r in stored if r.status]:
+        log.warning("STOW-RS: %s: %04X %s", r.sop_instance_uid, r.status, r.comment)
+        text = f"{r.sop_instance_uid or 'part'}: {r.status:04X} {r.comment or ''}".strip()
+        text = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)
+        notes.append(f'299 dicomstore "{text[:200]}"')
+    headers = {"Warning": ", ".join(notes[:20])} if notes else None
+    if not stored:
+        status = 409
+    elif failed or any(r.status for r in stored):
+        status = 202
+    else:
+        status = 200
+    return Response(json.dumps(body), status_code=status, media_type=DICOM_JSON, headers=headers)

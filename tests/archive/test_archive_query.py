@@ -1,0 +1,241 @@
+"""The read side: matching (PS3.4 C.2.2.2) at every level, the read-only reader,
+crash-safe removal and the "instance stored" pub/sub of the Python API."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pydicom
+import pytest
+from archive_testlib import CT, MR, dataset, store
+
+from dicomstore.archive import Archive
+from dicomstore.archive import query as q
+from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
+from dicomstore.archive.removal import remove
+from dicomstore.query import StoredEvents, open_archive
+
+
+def put(archive: Archive, sop: str, *, sop_class: str = CT, **kwargs) -> None:
+    data = dataset(sop, sop_class=sop_class, **kwargs)
+    outcome = store(archive, data, sop_uid=sop, sop_class=sop_class)
+    assert outcome.is_success, outcome
+
+
+@pytest.fixture
+def archive(tmp_path: Path):
+    a = Archive(tmp_path / "archive", fsync=False)
+    # patient PID1: study 1.1 (CT series 1.1.1 with 2 instances, MR series 1.1.2), study 1.2
+    put(a, "1.1.1.1", study="1.1", series="1.1.1", modality="CT")
+    put(a, "1.1.1.2", study="1.1", series="1.1.1", modality="CT")
+    put(a, "1.1.2.1", study="1.1", series="1.1.2", modality="MR", sop_class=MR)
+    put(
+        a,
+        "1.2.1.1",
+        study="1.2",
+        series="1.2.1",
+        modality="CT",
+        extra={0x00080020: ("DA", "20230505"), 0x00080030: ("TM", "2310")},
+    )
+    # patient PID2, name with other case and wildcard characters
+    put(
+        a,
+        "2.1.1.1",
+        study="2.1",
+        series="2.1.1",
+        modality="US",
+        patient_id="PID2",
+        patient_name="doe^[x]_50%",
+        extra={0x00080050: ("SH", "A*B")},
+    )
+    yield a
+    a.close()  # fmt: skip
+
+
+def reader_of(a: Archive) -> ArchiveReader:
+    return ArchiveReader(a.root)
+
+
+def keys(rows: list[dict], key: str) -> list[str]:
+    return sorted(r[key] for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("level", "filters", "key", "expected"),
+    [
+        ("study", {}, "study_uid", ["1.1", "1.2", "2.1"]),
+        ("study", {"PatientName": "DOE*"}, "study_uid", ["1.1", "1.2", "2.1"]),
+        ("study", {"PatientName": "doe^[x]_50%"}, "study_uid", ["2.1"]),  # literal [ _ %
+        ("study", {"PatientName": "Doe^J?ne"}, "study_uid", ["1.1", "1.2"]),
+        ("study", {"PatientID": "PID?"}, "study_uid", ["1.1", "1.2", "2.1"]),
+        ("study", {"PatientID": "pid1"}, "study_uid", []),  # LO: case-sensitive
+        ("study", {"AccessionNumber": "A*B"}, "study_uid", ["2.1"]),
+        ("study", {"StudyDate": "20240101-"}, "study_uid", ["1.1", "2.1"]),
+        ("study", {"StudyDate": "20230101-20231231"}, "study_uid", ["1.2"]),
+        ("study", {"StudyTime": "2300-2310"}, "study_uid", ["1.2"]),
+        ("study", {"StudyTime": "-23"}, "study_uid", ["1.2"]),
+        ("study", {"Modality": "MR"}, "study_uid", ["1.1"]),
+        ("study", {"ModalitiesInStudy": "US\\MR"}, "study_uid", ["1.1", "2.1"]),
+        ("study", {"SOPClassesInStudy": MR}, "study_uid", ["1.1"]),
+        ("study", {"SOPInstanceUID": "1.2.1.1"}, "study_uid", ["1.2"]),
+        ("study", {"SourceApplicationEntityTitle": "SCU"}, "study_uid", ["1.1", "1.2", "2.1"]),
+        ("patient", {"Modality": "US"}, "patient_id", ["PID2"]),
+        ("patient", {"ModalitiesInStudy": "MR"}, "patient_id", ["PID1"]),
+        ("series", {"StudyInstanceUID": "1.1,1.2"}, "series_uid", ["1.1.1", "1.1.2", "1.2.1"]),
+        ("series", {"ModalitiesInStudy": "MR"}, "series_uid", ["1.1.1", "1.1.2"]),
+        ("series", {"SOPInstanceUID": "1.1.1.2"}, "series_uid", ["1.1.1"]),
+        ("series", {"SeriesNumber": "3"}, "series_uid", ["1.1.1", "1.1.2", "1.2.1", "2.1.1"]),
+        ("instance", {"StudyInstanceUID": "1.1", "Modality": "CT"}, "sop_instance_uid",
+         ["1.1.1.1", "1.1.1.2"]),
+        ("instance", {"00080016": MR}, "sop_instance_uid", ["1.1.2.1"]),
+        ("instance", {"(0010,0020)": "PID2"}, "sop_instance_uid", ["2.1.1.1"]),
+        ("instance", {0x00200013: "7"}, "sop_instance_uid",
+         ["1.1.1.1", "1.1.1.2", "1.1.2.1", "1.2.1.1", "2.1.1.1"]),
+    ],
+)  # fmt: skip
+def test_matching(archive, level, filters, key, expected) -> None:
+    rows = reader_of(archive).search(level, filters)
+    assert keys(rows, key) == expected
+    assert reader_of(archive).count(level, filters) == len(expected)
+
+
+def test_counts_lists_and_sizes(archive) -> None:
+    reader = reader_of(archive)
+    (study,) = reader.studies(StudyInstanceUID="1.1")
+    assert (study["n_series"], study["n_instances"]) == (2, 3)
+    assert study["modalities"] == ["CT", "MR"]
+    assert study["size"] == sum(r["file_size"] for r in reader.instances(StudyInstanceUID="1.1"))
+    (patient,) = reader.patients(PatientID="PID1")
+    assert (patient["n_studies"], patient["n_series"], patient["n_instances"]) == (2, 3, 4)
+    (series,) = reader.series(SeriesInstanceUID="1.1.1")
+    assert series["n_instances"] == 2 and series["study_date"] == "20240102"
+
+
+def test_limit_offset_and_order(archive) -> None:
+    reader = reader_of(archive)
+    everything = [r["sop_instance_uid"] for r in reader.instances()]
+    pages = [reader.instances(limit=2, offset=n) for n in (0, 2, 4)]
+    assert [r["sop_instance_uid"] for page in pages for r in page] == everything
+    assert [r["study_date"] for r in reader.studies()] == ["20240102", "20240102", "20230505"]
+    assert [r["sop_instance_uid"] for r in reader.iter_instances()] == everything
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"NoSuchThing": "1"},
+        {"StudyDate": "2024"},
+        {"StudyDate": "-"},
+        {"StudyTime": "25:00:00x"},
+        {"SeriesNumber": "three"},
+        {"NumberOfStudyRelatedInstances": "3"},  # returned, not matchable
+    ],
+)
+def test_bad_filters_raise_query_error(archive, filters) -> None:
+    with pytest.raises(q.QueryError):
+        reader_of(archive).studies(**filters)
+
+
+def test_selective_keys_use_indexes(archive) -> None:
+    db = reader_of(archive).connect()
+    plan = " ".join(q.explain(db, "study", {"StudyDate": "20240101-"}, limit=10))
+    assert "study_date_idx" in plan
+    plan = " ".join(q.explain(db, "study", {"SOPInstanceUID": "1.1.1.1"}))
+    assert "sqlite_autoindex_instance_1" in plan
+    db.close()
+
+
+def test_reader_is_read_only_and_leaves_tmp_alone(archive) -> None:
+    temp = archive.tmp_dir / "in-flight.part"
+    temp.write_bytes(b"a store in progress")
+    reader = open_archive(archive.root)
+    level, row = reader.locate("1.1.1")
+    assert level == "series" and row["n_instances"] == 2
+    assert temp.exists()  # unlike Archive(), a reader never empties .tmp
+    with pytest.raises(Exception, match="readonly"):
+        reader.connect().execute("DELETE FROM instance")
+    with pytest.raises(NotStoredError):
+        reader.locate("9.9.9")
+    with pytest.raises(ArchiveNotFoundError):
+        ArchiveReader(archive.root / "nowhere")
+
+
+def test_dataset_and_raw_bytes(archive) -> None:
+    reader = reader_of(archive)
+    ds = reader.dataset("1.1.2.1")
+    assert isinstance(ds, pydicom.Dataset) and ds.Modality == "MR"
+    with reader.open("1.1.2.1") as f:
+        assert f.read() == archive.path_of("1.1.2.1").read_bytes()
+    stats = reader.stats()
+    assert stats["totals"] == {
+        "patients": 2, "studies": 3, "series": 4, "instances": 5,
+        "bytes": sum(r["file_size"] for r in reader.instances()),
+    }  # fmt: skip
+    assert [s["key"] for s in stats["senders"]] == ["SCU"]
+    assert {m["key"]: m["instances"] for m in stats["modalities"]} == {"CT": 3, "MR": 1, "US": 1}
+
+
+def test_remove_study_series_instance_keeps_archive_consistent(archive) -> None:
+    root = archive.root
+    result = remove(root, "1.1.1.2")
+    assert (result.level, result.instances, result.files_removed) == ("instance", 1, 1)
+    result = remove(root, "1.1.2")
+    assert (result.level, result.instances) == ("series", 1)
+    assert not (root / "1.1" / "1.1.2").exists()
+    result = remove(root, "1.1")
+    assert (result.level, result.instances) == ("study", 1)
+    assert not (root / "1.1").exists()
+    reader = reader_of(archive)
+    assert keys(reader.studies(), "study_uid") == ["1.2", "2.1"]
+    assert keys(reader.patients(), "patient_id") == ["PID1", "PID2"]
+    remove(root, "2.1")
+    assert keys(reader.patients(), "patient_id") == ["PID1"]  # pruned with its last study
+    assert archive.check() == []
+    with pytest.raises(NotStoredError):
+        remove(root, "2.1")
+    put(archive, "1.1.1.9", study="1.1", series="1.1.1")  # the server's writer carries on
+    assert keys(reader.studies(), "study_uid") == ["1.1", "1.2"]
+    assert archive.check() == []
+
+
+def test_remove_finishes_an_interrupted_delete(archive) -> None:
+    """Rows committed, crash before the unlinks: check lists the files, delete again
+    removes them."""
+    root = archive.root
+    files = [archive.path_of(r["sop_instance_uid"]) for r in archive.instances(study_uid="1.1")]
+    saved = {p: p.read_bytes() for p in files}
+    remove(root, "1.1")
+    for path, data in saved.items():  # as if the unlinks had not happened
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    assert len(archive.check()) == 3 and all("not indexed" in p for p in archive.check())
+    result = remove(root, "1.1")
+    assert (result.level, result.leftovers_removed) == ("files", 3)
+    assert archive.check() == []
+    assert not any(p.exists() for p in files)
+
+
+def test_stored_events_fan_out() -> None:
+    async def scenario() -> None:
+        events = StoredEvents()
+        seen: list[str] = []
+        remove_listener = events.add_listener(lambda e: seen.append(e))
+        async with events.subscribe(maxsize=2) as first, events.subscribe() as second:
+            for n in range(3):
+                await events.publish(f"event {n}")
+            assert [await second.get() for _ in range(3)] == ["event 0", "event 1", "event 2"]
+            assert [await first.get() for _ in range(2)] == ["event 1", "event 2"]
+            assert first.dropped == 1  # a slow subscriber loses the oldest, never blocks
+        remove_listener()
+        await events.publish("after")
+        assert seen == ["event 0", "event 1", "event 2"]
+        assert not events._subscribers
+
+        async def broken(event: object) -> None:
+            raise RuntimeError("listener bug")
+
+        events.add_listener(broken)
+        await events.publish("still fine")  # logged, not raised
+
+    asyncio.run(scenario())

@@ -1,0 +1,155 @@
+"""The browse page in a real headless Chromium: from / down to an instance, all escaped."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from http_testlib import HttpThread, make_dataset, store
+
+from dicomstore.archive import Archive
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+EVIL_NAME = "<script>window.pwned=1</script>^Evil"
+EVIL_TEXT = '"><img src=x onerror="window.pwned=2">'
+STUDY = "1.2.826.0.1.3680043.10.3"
+SERIES = STUDY + ".7"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Iterator[tuple[str, Archive]]:
+    archive = Archive(tmp_path_factory.mktemp("browse") / "archive", fsync=False)
+    for n in (1, 2):
+        ds = make_dataset(
+            f"1.2.3.7.{n}", study=STUDY, series=SERIES, patient_name=EVIL_NAME, number=n, frames=1
+        )
+        ds.PatientID = "ID/with?odd&chars"
+        ds.StudyDescription = EVIL_TEXT
+        ds.SeriesDescription = EVIL_TEXT
+        store(archive, ds)
+    store(archive, make_dataset("1.2.3.8.1", study="1.2.3.8", series="1.2.3.8.1", patient_id="P2"))
+    with HttpThread(archive) as srv:
+        yield srv.url, archive
+    archive.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not Path(CHROMIUM).exists() or not Path(CHROMEDRIVER).exists():
+        pytest.fail(
+            "headless Chromium is needed: apt-get install chromium chromium-driver "
+            "(scripts/run-tests.sh installs them)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def follow(driver, text: str) -> None:
+    """Click the table link whose visible text is ``text``; wait for the new page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "html")
+    (link,) = [a for a in driver.find_elements(By.CSS_SELECTOR, "tbody a") if a.text == text]
+    link.click()
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
+
+
+def assert_not_injected(driver) -> None:
+    from selenium.webdriver.common.by import By
+
+    assert driver.execute_script("return window.pwned === undefined")
+    assert driver.find_elements(By.TAG_NAME, "script") == []
+    assert driver.find_elements(By.TAG_NAME, "img") == []
+
+
+def test_from_patients_down_to_an_instance(site, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    url, archive = site
+    browser.get(url + "/")
+    assert browser.title.startswith("Patients")
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert EVIL_NAME in body and "ID/with?odd&chars" in body  # shown as text, not markup
+    assert_not_injected(browser)
+    rows = browser.find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert len(rows) == 2
+    evil_row = next(r for r in rows if EVIL_NAME in r.text)
+    cells = [td.text for td in evil_row.find_elements(By.TAG_NAME, "td")]
+    assert cells[4:7] == ["1", "1", "2"]  # studies, series, instances
+    patient_zip = evil_row.find_element(By.LINK_TEXT, "download zip").get_attribute("href")
+
+    follow(browser, EVIL_NAME)  # the patient: its studies
+    assert "Studies of" in browser.title
+    assert EVIL_TEXT in browser.find_element(By.TAG_NAME, "body").text
+    assert_not_injected(browser)
+    zip_link = browser.find_element(By.LINK_TEXT, "download zip").get_attribute("href")
+    assert zip_link == f"{url}/studies/{STUDY}?accept=application%2Fzip" or zip_link.endswith(
+        f"/studies/{STUDY}?accept=application/zip"
+    )
+
+    follow(browser, "2024-01-02")  # the study: its series
+    assert "Study 2024-01-02" in browser.title
+    assert_not_injected(browser)
+    cells = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "tbody td")]
+    assert "CT" in cells and "2" in cells
+
+    follow(browser, "1")  # the series (number 1): its instances
+    assert browser.title.startswith("Series 1")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tbody tr")) == 2
+    anchors = browser.find_elements(By.LINK_TEXT, "download .dcm")
+    dcm_links = [a.get_attribute("href") for a in anchors]
+
+    follow(browser, "2")  # instance number 2: its header
+    assert browser.title.startswith("Instance 2")
+    header = browser.find_element(By.TAG_NAME, "pre").text
+    assert "1.2.3.7.2" in header and "(0010,0010) Patient's Name" in header
+    assert EVIL_NAME in header
+    assert_not_injected(browser)
+
+    # the download links give the stored files (zip for the study, .dcm for an instance)
+    with httpx.Client() as client:
+        (stored,) = [r for r in archive.instances() if r["sop_instance_uid"] == "1.2.3.7.1"]
+        data = (archive.root / stored["path"]).read_bytes()
+        assert client.get(dcm_links[0]).content == data
+        for link in (zip_link, patient_zip):
+            with zipfile.ZipFile(io.BytesIO(client.get(link).content)) as z:
+                assert z.read(stored["path"]) == data
+                assert len(z.namelist()) == 2
+
+
+def test_unknown_pages_are_404(site) -> None:
+    url, _ = site
+    with httpx.Client(base_url=url) as client:
+        assert client.get("/browse/study", params={"uid": "9.9"}).status_code == 404
+        assert client.get("/browse/patient", params={"id": "nobody"}).status_code == 404
+        assert client.get("/browse/instance").status_code == 404
+        assert client.get("/browse/patient.zip", params={"id": "nobody"}).status_code == 404

@@ -1,0 +1,159 @@
+"""STOW-RS (PS3.18 10.5): stored through the C-STORE ingest, answered per Annex I."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from http_testlib import CT, HttpThread, dataset_bytes, make_dataset, multipart_body, part10
+
+from dicomstore.archive import Archive
+from dicomstore.archive.dicomfile import dataset_offset
+
+STUDY = "1.2.826.0.1.3680043.10.5"
+SERIES = STUDY + ".1"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[httpx.Client, Archive]]:
+    archive = Archive(tmp_path / "archive", fsync=False)
+    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        yield client, archive
+    archive.close()
+
+
+def post(client: httpx.Client, parts: list[bytes], path: str = "/studies") -> httpx.Response:
+    body, content_type = multipart_body(parts)
+    return client.post(path, content=body, headers={"content-type": content_type})
+
+
+def stored_dataset(archive: Archive, sop: str) -> bytes:
+    with open(archive.path_of(sop), "rb") as fp:
+        fp.seek(dataset_offset(fp))
+        return fp.read()
+
+
+def instance(sop: str, **kwargs) -> bytes:
+    return part10(make_dataset(sop, study=STUDY, series=SERIES, **kwargs))
+
+
+def test_all_stored_is_200_with_referenced_sop_sequence(server) -> None:
+    client, archive = server
+    r = post(client, [instance("1.2.5.1", frames=2), instance("1.2.5.2")])
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/dicom+json"
+    body = r.json()
+    assert body["00081190"]["Value"] == [f"{client.base_url}/studies/{STUDY}"]
+    assert "00081198" not in body
+    items = body["00081199"]["Value"]
+    assert [i["00081155"]["Value"][0] for i in items] == ["1.2.5.1", "1.2.5.2"]
+    assert items[0]["00081150"]["Value"] == [CT]
+    url = items[0]["00081190"]["Value"][0]
+    assert url == f"{client.base_url}/studies/{STUDY}/series/{SERIES}/instances/1.2.5.1"
+    # the data set is stored byte for byte, the archive wrote its own file meta
+    sent = dataset_bytes(make_dataset("1.2.5.1", study=STUDY, series=SERIES, frames=2))
+    assert stored_dataset(archive, "1.2.5.1") == sent
+    assert archive.get_instance("1.2.5.1")["calling_ae"] == "STOW-RS"
+    assert archive.check() == []
+    assert client.get(url).status_code == 200  # and it is retrievable at once
+
+
+def test_small_chunks_streamed_upload(server) -> None:
+    client, archive = server
+    body, content_type = multipart_body([instance("1.2.5.3", frames=4), instance("1.2.5.4")])
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 7):
+            yield body[start : start + 7]
+
+    r = client.post("/studies", content=chunks(), headers={"content-type": content_type})
+    assert r.status_code == 200, r.text
+    assert {row["sop_instance_uid"] for row in archive.instances()} == {"1.2.5.3", "1.2.5.4"}
+
+
+def test_partial_failure_is_202_with_failure_reasons(server) -> None:
+    client, archive = server
+    mismatch = bytearray(instance("1.2.5.6"))  # the file meta names another instance
+    at = mismatch.index(b"1.2.5.6", 132)
+    mismatch[at : at + 7] = b"1.2.5.7"
+    other_class = part10(make_dataset("1.2.5.8", sop_class="1.2.3.4.5.6.7"))
+    r = post(client, [instance("1.2.5.5"), b"not dicom at all", bytes(mismatch), other_class])
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert [i["00081155"]["Value"][0] for i in body["00081199"]["Value"]] == ["1.2.5.5"]
+    reasons = [i["00081197"]["Value"][0] for i in body["00081198"]["Value"]]
+    assert reasons == [0xC000, 0xA900, 0x0122]
+    assert body["00081198"]["Value"][1]["00081155"]["Value"] == ["1.2.5.7"]
+    assert "A900" in r.headers["warning"]
+    assert [row["sop_instance_uid"] for row in archive.instances()] == ["1.2.5.5"]
+    assert archive.check() == []
+
+
+def test_duplicate_with_other_content_is_a_warning(server) -> None:
+    client, archive = server
+    assert post(client, [instance("1.2.5.9")]).status_code == 200
+    assert post(client, [instance("1.2.5.9")]).status_code == 200  # identical: success
+    r = post(client, [instance("1.2.5.9", number=42)])  # policy keep: B000
+    assert r.status_code == 202
+    (item,) = r.json()["00081199"]["Value"]
+    assert item["00081196"]["Value"] == [0xB000]
+
+
+def test_study_in_path_must_match(server) -> None:
+    client, archive = server
+    r = post(client, [part10(make_dataset("1.2.5.10", study="1.2.999"))], f"/studies/{STUDY}")
+    assert r.status_code == 409
+    (item,) = r.json()["00081198"]["Value"]
+    assert item["00081197"]["Value"] == [0xA900]
+    assert archive.instances() == [] and archive.check() == []
+    assert post(client, [instance("1.2.5.11")], f"/studies/{STUDY}").status_code == 200
+
+
+def test_unsupported_transfer_syntax_is_c122(server) -> None:
+    client, _ = server
+    data = bytearray(instance("1.2.5.12"))
+    at = data.index(b"1.2.840.10008.1.2.1\x00")
+    data[at : at + 20] = b"1.2.3.4.5.6.7.8.9.10"
+    r = post(client, [bytes(data)])
+    assert r.status_code == 409
+    assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC122]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status"),
+    [
+        ("application/dicom", b"x", 415),
+        ('multipart/related; type="application/dicom+json"; boundary=B', b"--B--", 415),
+        ('multipart/related; type="application/dicom"', b"--B--", 400),
+        ('multipart/related; type="application/dicom"; boundary=B', b"--B--\r\n", 400),
+        ('multipart/related; type="application/dicom"; boundary=B', b"--B\r\n\r\nabc", 400),
+    ],
+)
+def test_request_errors(server, content_type, body, status) -> None:
+    client, archive = server
+    r = client.post("/studies", content=body, headers={"content-type": content_type})
+    assert r.status_code == status, r.text
+    assert r.text.startswith(str(status))
+    assert archive.instances() == []
+
+
+def test_duplicate_policy_reject_is_shared(tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "archive", fsync=False, on_duplicate="reject")
+    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url) as client:
+        assert post(client, [instance("1.2.5.13")]).status_code == 200
+        r = post(client, [instance("1.2.5.13")])
+        assert r.status_code == 409
+        assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC111]
+    archive.close()
+
+
+def test_read_only_app_refuses_stow(tmp_path: Path) -> None:
+    Archive(tmp_path / "archive").close()
+    with HttpThread(tmp_path / "archive") as srv, httpx.Client(base_url=srv.url) as client:
+        r = post(client, [instance("1.2.5.14")])
+        assert r.status_code == 405 and "read-only" in r.text
+    writable = HttpThread(tmp_path / "archive", writable=True)
+    with writable as srv, httpx.Client(base_url=srv.url) as client:
+        assert post(client, [instance("1.2.5.14")]).status_code == 200

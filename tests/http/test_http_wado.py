@@ -1,0 +1,201 @@
+"""WADO-RS (PS3.18 10.4): instances, metadata, bulk data and frames, from a real server."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import httpx
+import pydicom
+import pytest
+from http_testlib import HttpThread, make_dataset, split_multipart, store, store_file
+from pydicom.data import get_testdata_file
+
+from dicomstore.archive import Archive
+from dicomstore.archive.reader import ArchiveReader
+from dicomstore.http import wado
+
+STUDY = "1.2.826.0.1.3680043.10.7"
+SERIES = STUDY + ".1"
+IMPLICIT = "1.2.840.10008.1.2"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> Iterator[tuple[httpx.Client, Archive, dict]]:
+    archive = Archive(tmp_path_factory.mktemp("wado") / "archive", fsync=False)
+    ids = {}
+    big = make_dataset("1.2.7.1", study=STUDY, series=SERIES, frames=3, rows=600, columns=500)
+    big.add_new(0x00291010, "OB", bytes(range(256)) * 20)  # a private bulk value
+    store(archive, big)
+    store(archive, make_dataset("1.2.7.2", study=STUDY, series=SERIES, number=2))
+    for name in ("rtdose.dcm", "JPEG2000.dcm"):
+        outcome = store_file(archive, get_testdata_file(name))
+        ids[name] = outcome.instance
+    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        yield client, archive, ids
+    archive.close()
+
+
+def url(row: dict) -> str:
+    series = f"/studies/{row['study_uid']}/series/{row['series_uid']}"
+    return f"{series}/instances/{row['sop_instance_uid']}"
+
+
+def test_study_is_streamed_as_the_stored_files(setup) -> None:
+    client, archive, _ = setup
+    r = client.get(f"/studies/{STUDY}")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith('multipart/related; type="application/dicom"')
+    parts = split_multipart(r.content, r.headers["content-type"])
+    stored = {row["sop_instance_uid"]: row for row in archive.instances(study_uid=STUDY)}
+    assert len(parts) == len(stored) == 2
+    for headers, data in parts:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        row = stored[ds.SOPInstanceUID]
+        assert data == (archive.root / row["path"]).read_bytes()  # byte for byte
+        syntax = row["transfer_syntax_uid"]
+        assert headers["content-type"] == f"application/dicom; transfer-syntax={syntax}"
+
+
+def test_series_and_instance_retrieve(setup) -> None:
+    client, archive, ids = setup
+    (series_part,) = split_multipart(*_body(client.get(f"/studies/{STUDY}/series/{SERIES}")))[:1]
+    assert series_part[1][128:132] == b"DICM"
+    row = ids["rtdose.dcm"]
+    (part,) = split_multipart(*_body(client.get(url(row))))
+    assert part[0]["content-type"].endswith(f"transfer-syntax={IMPLICIT}")
+    assert part[1] == (archive.root / row["path"]).read_bytes()
+    single = client.get(url(row), params={"accept": "application/dicom"})
+    assert single.headers["content-type"].startswith("application/dicom")
+    assert single.content == part[1]
+
+
+def _body(r: httpx.Response) -> tuple[bytes, str]:
+    assert r.status_code == 200, r.text
+    return r.content, r.headers["content-type"]
+
+
+def test_transfer_syntax_negotiation(setup) -> None:
+    client, _, ids = setup
+    jpeg = url(ids["JPEG2000.dcm"])
+    anything = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    assert client.get(jpeg, headers={"accept": anything}).status_code == 200
+    explicit = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
+    r = client.get(jpeg, headers={"accept": explicit})
+    assert r.status_code == 406 and "not transcoded" in r.text
+    assert client.get(jpeg, headers={"accept": "image/png"}).status_code == 406
+
+
+def test_zip_of_a_study(setup) -> None:
+    client, archive, _ = setup
+    r = client.get(f"/studies/{STUDY}", params={"accept": "application/zip"})
+    assert r.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+        names = sorted(z.namelist())
+        assert names == sorted(row["path"] for row in archive.instances(study_uid=STUDY))
+        for name in names:
+            assert z.read(name) == (archive.root / name).read_bytes()
+
+
+def test_metadata_with_bulk_data_uris(setup) -> None:
+    client, _, _ = setup
+    r = client.get(f"/studies/{STUDY}/series/{SERIES}/metadata")
+    assert r.headers["content-type"] == "application/dicom+json"
+    items = {m["00080018"]["Value"][0]: m for m in r.json()}
+    big = items["1.2.7.1"]
+    assert big["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]}
+    pixel_uri = big["7FE00010"]["BulkDataURI"]
+    assert big["7FE00010"]["vr"] == "OW" and "Value" not in big["7FE00010"]
+    frame = 600 * 500 * 2
+    (part,) = split_multipart(*_body(client.get(pixel_uri)))
+    assert part[1] == b"".join(bytes([k + 1, 0]) * (frame // 2) for k in range(3))
+    private_uri = big["00291010"]["BulkDataURI"]
+    (part,) = split_multipart(*_body(client.get(private_uri)))
+    assert part[1] == bytes(range(256)) * 20
+    assert "7FE00010" not in items["1.2.7.2"]
+
+
+def test_frames_of_explicit_and_implicit_instances(setup) -> None:
+    client, archive, ids = setup
+    row = archive.get_instance("1.2.7.1")
+    r = client.get(url(row) + "/frames/3,1")
+    content_type = r.headers["content-type"]
+    assert content_type.startswith('multipart/related; type="application/octet-stream"')
+    parts = split_multipart(r.content, r.headers["content-type"])
+    frame = 600 * 500 * 2
+    assert [p[1] for p in parts] == [bytes([3, 0]) * (frame // 2), bytes([1, 0]) * (frame // 2)]
+    dose = ids["rtdose.dcm"]
+    ds = pydicom.dcmread(get_testdata_file("rtdose.dcm"))
+    size = ds.Rows * ds.Columns * ds.BitsAllocated // 8
+    (part,) = split_multipart(*_body(client.get(url(dose) + "/frames/15")))
+    assert part[1] == ds.PixelData[14 * size : 15 * size]
+
+
+@pytest.mark.parametrize(
+    ("suffix", "status", "words"),
+    [
+        ("/frames/4", 404, "frame 4"),
+        ("/frames/0", 400, "frame list"),
+        ("/frames/a", 400, "frame list"),
+        ("/bulkdata/00100010", 404, "no bulk data"),
+        ("/bulkdata/zz", 400, "hex tag"),
+    ],
+)
+def test_frame_errors(setup, suffix, status, words) -> None:
+    client, archive, _ = setup
+    r = client.get(url(archive.get_instance("1.2.7.1")) + suffix)
+    assert (r.status_code, words in r.text) == (status, True), r.text
+
+
+def test_frames_of_compressed_instances_are_not_served(setup) -> None:
+    client, _, ids = setup
+    r = client.get(url(ids["JPEG2000.dcm"]) + "/frames/1")
+    assert r.status_code == 406 and "uncompressed" in r.text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/studies/9.9.9",
+        f"/studies/{STUDY}/series/9.9",
+        f"/studies/{STUDY}/series/{SERIES}/instances/9.9",
+        "/studies/9.9.9/metadata",
+        f"/studies/9.9/series/{SERIES}/instances/1.2.7.1",  # the instance, in another study
+    ],
+)
+def test_unknown_targets_are_404(setup, path) -> None:
+    client, _, _ = setup
+    r = client.get(path)
+    assert r.status_code == 404 and "not in the archive" in r.text
+
+
+def test_stream_is_read_in_chunks_never_whole(setup, monkeypatch) -> None:
+    """The multipart generator hands on at most one chunk of a file at a time."""
+    _, archive, _ = setup
+    monkeypatch.setattr(wado, "CHUNK", 64 * 1024)
+    state = SimpleNamespace(reader=ArchiveReader(archive.root))
+    request = SimpleNamespace(app=SimpleNamespace(state=state))
+    rows = archive.instances(study_uid=STUDY)
+    blocks = list(wado.stream_parts(request, rows, "B"))
+    assert max(len(b) for b in blocks) <= 64 * 1024
+    assert len(blocks) > sum(r["file_size"] for r in rows) // (64 * 1024)
+    missing = [*rows, {**rows[0], "path": "gone/gone/gone.dcm"}]  # deleted meanwhile: skipped
+    assert b"".join(wado.stream_parts(request, missing, "B")).count(b"--B\r\n") == 2
+
+
+def test_head_and_unknown_routes(setup) -> None:
+    client, _, _ = setup
+    assert client.head(f"/studies/{STUDY}").status_code == 200
+    assert client.get("/no/such/thing").status_code == 404
+    assert client.delete(f"/studies/{STUDY}").status_code == 405
+
+
+def test_openapi_is_served(setup) -> None:
+    client, _, _ = setup
+    spec = client.get("/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    frames = "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}"
+    assert {"/studies", frames} <= set(spec["paths"])
+    assert "post" in spec["paths"]["/studies"]

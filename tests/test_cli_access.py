@@ -1,0 +1,217 @@
+"""The access commands through their process: ls, show, export, stats, delete."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicomstore.archive import Archive
+from dicomstore.archive.dicomfile import dataset_offset
+from dicomstore.cli_access import main
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+STUDY = "1.2.826.0.1.3680043.10.4"
+
+
+def _dataset(sop: str, series: str, modality: str, number: int, **attrs: str) -> bytes:
+    ds = pydicom.Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = CT, sop
+    ds.StudyInstanceUID = attrs.pop("study", STUDY)
+    ds.SeriesInstanceUID = series
+    ds.PatientID = attrs.pop("patient_id", "PID1")
+    ds.PatientName = attrs.pop("patient_name", "Doe^Jane")
+    ds.StudyDate = attrs.pop("study_date", "20240102")
+    ds.AccessionNumber = attrs.pop("accession", "ACC1")
+    ds.Modality, ds.InstanceNumber, ds.SeriesNumber = modality, number, 1
+    ds.StudyDescription = "Head"
+    buffer = pydicom.filebase.DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    pydicom.filewriter.write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Path:
+    root = tmp_path / "archive"
+    with Archive(root, fsync=False) as archive:
+        for sop, series, modality, number, attrs in (
+            ("1.2.4.1", STUDY + ".1", "CT", 1, {}),
+            ("1.2.4.2", STUDY + ".1", "CT", 2, {}),
+            ("1.2.4.3", STUDY + ".2", "MR", 1, {}),
+            ("1.2.4.4", "1.2.5.1", "US", 1, {"study": "1.2.5", "patient_id": "PID2",
+                                             "patient_name": "Roe^Rick", "study_date": "20230101"}),
+        ):  # fmt: skip
+            ingest = archive.begin(
+                sop_class_uid=CT,
+                sop_instance_uid=sop,
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                calling_ae="CT01" if modality != "US" else "US01",
+            )
+            ingest.write(_dataset(sop, series, modality, number, **attrs))
+            assert ingest.commit().is_success
+    return root
+
+
+def cli(*args: str, storage: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
+    extra = ["--storage", str(storage)] if storage is not None else []
+    return subprocess.run(
+        [sys.executable, "-m", "dicomstore.cli_access", *args, *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        **kwargs,
+    )
+
+
+def test_ls_levels_as_tables(storage: Path) -> None:
+    r = cli("ls", storage=storage)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:3] == ["STUDY", "UID", "DATE"]
+    assert len(lines) == 3 and lines[1].startswith(STUDY)  # the most recent study first
+    assert lines[0].index("SERIES") < lines[0].index("INSTANCES")
+    assert "CT,MR" in lines[1]
+    patients = cli("ls", "patients", storage=storage).stdout.splitlines()
+    assert [line.split()[0] for line in patients[1:]] == ["PID1", "PID2"]
+    series = cli("ls", "series", "--modality", "C?", storage=storage).stdout.splitlines()
+    assert len(series) == 2 and series[1].startswith(STUDY + ".1")
+    instances = cli("ls", "instances", "--sender", "US01", storage=storage).stdout
+    assert "1.2.4.4" in instances and "CT Image Storage" in instances
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--patient-name", "doe*"], [STUDY]),
+        (["--patient-id", "PID2"], ["1.2.5"]),
+        (["--study-date", "20240101-20241231"], [STUDY]),
+        (["--study-date", "-20231231"], ["1.2.5"]),
+        (["--accession", "ACC?"], [STUDY, "1.2.5"]),
+        (["--modality", "US"], ["1.2.5"]),
+        (["--study-uid", f"{STUDY},1.2.5"], [STUDY, "1.2.5"]),
+        (["--series-uid", STUDY + ".2"], [STUDY]),
+        (["--sop-uid", "1.2.4.4"], ["1.2.5"]),
+        (["--filter", "ModalitiesInStudy=MR"], [STUDY]),
+        (["--filter", "00100020=PID1"], [STUDY]),
+        (["--limit", "1", "--offset", "1"], ["1.2.5"]),
+    ],
+)
+def test_ls_filters_as_json(storage: Path, options, expected, capsys) -> None:
+    """In process (the same parser and code as the process, without its start-up cost)."""
+    code = main(["ls", "studies", "--json", *options, "--storage", str(storage)])
+    assert code == 0
+    assert [row["study_uid"] for row in json.loads(capsys.readouterr().out)] == expected
+
+
+def test_show_instance_header_and_summaries(storage: Path) -> None:
+    r = cli("show", "1.2.4.3", storage=storage)
+    assert r.returncode == 0
+    assert "(0008,0060) Modality" in r.stdout and "'MR'" in r.stdout
+    assert "(0002,0010) Transfer Syntax UID" in r.stdout
+    header = json.loads(cli("show", "1.2.4.3", "--json", storage=storage).stdout)["header"]
+    assert header["00080060"] == {"vr": "CS", "Value": ["MR"]}
+    study = cli("show", STUDY, storage=storage).stdout
+    assert "n_instances:" in study and "modalities:            CT, MR" in study
+    assert STUDY + ".2" in study  # the table of its series
+    series = json.loads(cli("show", STUDY + ".1", "--json", storage=storage).stdout)
+    assert [i["sop_instance_uid"] for i in series["instance"]] == ["1.2.4.1", "1.2.4.2"]
+
+
+def test_export_copies_ps310_files(storage: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    r = cli("export", STUDY, str(out), storage=storage)
+    assert r.returncode == 0 and "exported 3 instance(s)" in r.stdout
+    files = sorted(out.rglob("*.dcm"))
+    assert len(files) == 3
+    for path in files:
+        assert path.read_bytes() == (storage / path.relative_to(out)).read_bytes()
+        assert pydicom.dcmread(path).StudyInstanceUID == STUDY
+    flat = tmp_path / "flat"
+    assert cli("export", "1.2.4.4", str(flat), "--flat", storage=storage).returncode == 0
+    assert [p.name for p in flat.iterdir()] == ["1.2.4.4.dcm"]
+    with open(flat / "1.2.4.4.dcm", "rb") as fp:
+        assert dataset_offset(fp) > 132
+
+
+def test_stats(storage: Path) -> None:
+    r = cli("stats", storage=storage)
+    assert r.returncode == 0
+    assert "instances      4" in r.stdout and "CT01" in r.stdout and "US01" in r.stdout
+    stats = json.loads(cli("stats", "--json", storage=storage).stdout)
+    assert stats["totals"]["studies"] == 2
+    assert {s["key"]: s["instances"] for s in stats["senders"]} == {"CT01": 3, "US01": 1}
+    assert sum(d["instances"] for d in stats["days"]) == 4
+
+
+def test_delete_refuses_without_tty_and_then_deletes_consistently(storage: Path) -> None:
+    r = cli("delete", STUDY + ".2", storage=storage)
+    assert r.returncode == 2 and "--yes" in r.stderr and r.stderr.count("\n") == 1
+    assert (storage / STUDY / (STUDY + ".2")).exists()
+    r = cli("delete", STUDY + ".2", "--yes", storage=storage)
+    assert r.returncode == 0 and "1 instance(s)" in r.stdout
+    assert not (storage / STUDY / (STUDY + ".2")).exists()
+    r = cli("delete", "1.2.4.1", "--yes", storage=storage)
+    assert r.returncode == 0
+    rows = json.loads(cli("ls", "instances", "--json", storage=storage).stdout)
+    assert sorted(row["sop_instance_uid"] for row in rows) == ["1.2.4.2", "1.2.4.4"]
+    with Archive(storage) as archive:  # the archive stays consistent for `check`
+        assert archive.check() == []
+
+
+def test_delete_asks_on_a_terminal(storage: Path) -> None:
+    for answer, code in ((b"n\n", 1), (b"y\n", 0)):
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: the CLI with a terminal as stdin
+            os.execv(
+                sys.executable,
+                [sys.executable, "-m", "dicomstore.cli_access", "delete", "1.2.5",
+                 "--storage", str(storage)],
+            )  # fmt: skip
+        output = b""
+        while b"[y/N]" not in output:
+            output += os.read(fd, 1024)
+        assert b"study 1.2.5 of Roe^Rick (PID2): 1 instance(s)" in output
+        os.write(fd, answer)
+        try:
+            while os.read(fd, 1024):
+                pass
+        except OSError:  # EIO once the child has exited
+            pass
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == code
+    assert not (storage / "1.2.5").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["show", "9.9.9"], 1, "not a study, series or instance"),
+        (["export", "9.9.9", "out"], 1, "not a study"),
+        (["delete", "9.9.9", "--yes"], 1, "not a study"),
+        (["ls", "--filter", "NoSuchKeyword=1"], 2, "unknown"),
+        (["ls", "--filter", "novalue"], 2, "KEY=VALUE"),
+        (["ls", "--study-date", "2024"], 2, "date"),
+        (["ls", "--limit", "-1"], 2, "negative"),
+        (["ls", "everything"], 2, "invalid choice"),
+    ],
+)
+def test_errors_one_line_and_exit_codes(storage: Path, args, code, words) -> None:
+    r = cli(*args, storage=storage)
+    assert r.returncode == code
+    assert words in r.stderr
+    if code == 1:
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("dicomstore: ")
+
+
+def test_no_archive(tmp_path: Path) -> None:
+    r = cli("ls", storage=tmp_path / "none")
+    assert r.returncode == 1 and "no archive at" in r.stderr
+    assert not (tmp_path / "none").exists()  # reading never creates an archive
