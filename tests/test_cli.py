@@ -117,3 +117,38 @@ def test_serve_starts_answers_and_stops_on_sigterm(tmp_path) -> None:
     assert proc.returncode == 0, err
     assert "shutting down" in err
     assert (tmp_path / "store").is_dir()
+
+
+def test_serve_with_http_port_serves_dicomweb(tmp_path) -> None:
+    import httpx
+
+    port, http_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dicomstore.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--http-port",
+            str(http_port),
+            "--storage",
+            str(tmp_path / "store"),
+            "--min-free",
+            "1K",
+            "--max-instance-size",
+            "1G",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_listening(http_port, proc)
+        reply = httpx.get(f"http://127.0.0.1:{http_port}/studies")
+        assert reply.status_code in (200, 204)
+        assert main(["echo", "127.0.0.1", str(port)]) == 0
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err

@@ -73,6 +73,22 @@ def _positive(value: str) -> float:
     return n
 
 
+def _size(value: str) -> int:
+    """A byte count with an optional K/M/G/T suffix (powers of 1024)."""
+    text = value.strip().upper().removesuffix("B")
+    scale = 1
+    if text and text[-1] in "KMGT":
+        scale = 1024 ** ("KMGT".index(text[-1]) + 1)
+        text = text[:-1]
+    try:
+        n = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {value!r} (e.g. 512M, 4G)") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("a size cannot be negative")
+    return int(n * scale)
+
+
 def _transfer_syntax(value: str) -> str:
     aliases = {
         "explicit": uids.EXPLICIT_VR_LE,
@@ -133,6 +149,8 @@ def _timeouts(args: argparse.Namespace) -> Timeouts:
         t.dimse = args.dimse_timeout
     if getattr(args, "idle_timeout", None):
         t.network = args.idle_timeout
+    if getattr(args, "operation_timeout", None):
+        t.operation = args.operation_timeout
     return t
 
 
@@ -231,6 +249,41 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refuse clients without a certificate signed by --tls-ca",
     )
+    lim = s.add_argument_group("limits")
+    lim.add_argument(
+        "--max-per-calling-aet",
+        type=int,
+        default=0,
+        metavar="N",
+        help="simultaneous associations per calling AE title (default: no limit)",
+    )
+    lim.add_argument(
+        "--max-per-address",
+        type=int,
+        default=0,
+        metavar="N",
+        help="simultaneous associations per peer address (default: no limit)",
+    )
+    lim.add_argument(
+        "--max-instance-size",
+        type=_size,
+        default=0,
+        metavar="SIZE",
+        help="largest data set accepted, e.g. 4G; larger: A700 (default: no limit)",
+    )
+    lim.add_argument(
+        "--min-free",
+        type=_size,
+        default=0,
+        metavar="SIZE",
+        help="answer A700 before writing when less is free, e.g. 1G (default 0)",
+    )
+    lim.add_argument(
+        "--operation-timeout",
+        type=_positive,
+        metavar="S",
+        help="seconds one incoming message may take (default 3600)",
+    )
     h = s.add_argument_group("DICOMweb and browse page (PS3.18)")
     h.add_argument("--http-port", type=_port, help="serve DICOMweb and the browse page here")
     h.add_argument("--http-host", help="address for HTTP (default: --host)")
@@ -299,6 +352,10 @@ async def _serve(args: argparse.Namespace) -> int:
         accept_unknown=args.accept_unknown_sop_classes,
         max_ops=args.max_ops,
         timeouts=_timeouts(args),
+        max_per_calling_ae=args.max_per_calling_aet,
+        max_per_address=args.max_per_address,
+        max_instance_bytes=args.max_instance_size,
+        min_free_bytes=args.min_free,
     )
     if args.transfer_syntax:
         config.transfer_syntaxes = tuple(args.transfer_syntax)
