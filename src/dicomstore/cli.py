@@ -249,6 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refuse clients without a certificate signed by --tls-ca",
     )
+    s.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="policy file (TOML): known peers, what they may do, users, JWT keys",
+    )
+    s.add_argument(
+        "--audit-log",
+        type=Path,
+        metavar="FILE",
+        help="append one JSON line per association and per stored instance",
+    )
     lim = s.add_argument_group("limits")
     lim.add_argument(
         "--max-per-calling-aet",
@@ -378,13 +390,33 @@ async def _serve(args: argparse.Namespace) -> int:
     if not fsync:
         log.warning("--fsync off: acknowledged instances can be lost on a power cut or crash")
     # Without fsync a commit is a few page-cache writes: cheaper inline than a thread hop.
-    server = Server(config, archive, commit_in_thread=fsync)
+    gatekeeper = None
+    if args.config is not None:
+        from dicomstore.policy import Policy, PolicyError
+
+        try:
+            gatekeeper = Policy.load(args.config)
+        except PolicyError as exc:
+            print(f"dicomstore: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    audit = None
+    if args.audit_log is not None:
+        from dicomstore.audit import AuditLog
+
+        try:
+            audit = AuditLog(args.audit_log)
+        except OSError as exc:
+            print(f"dicomstore: cannot open {args.audit_log}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+    server = Server(config, archive, commit_in_thread=fsync, gatekeeper=gatekeeper, audit=audit)
     try:
         await server.start()
     except OSError as exc:
         print(
             f"dicomstore: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
         )
+        if audit is not None:
+            audit.close()
         return EXIT_UNREACHABLE
     http = None
     if args.http_port is not None:
@@ -416,6 +448,8 @@ async def _serve(args: argparse.Namespace) -> int:
         await http.close()
     await server.close()
     serving.cancel()
+    if audit is not None:
+        audit.close()  # drains: every record of this run is on disk
     archive.close()
     return EXIT_OK
 

@@ -286,8 +286,13 @@ class AcceptorAssociation:
             self._reject(rq, rj, P.describe_reject(rj.result, rj.source, rj.reason))
             return
         identity = rq.user_info.identity_rq
-        if identity is not None and identity.positive_response_requested:
-            answer.user_info.identity_ac = UserIdentityAC(admission.identity_response or b"")
+        # PS3.7 D.3.3.7: a positive response only when the identity was checked.
+        if (
+            identity is not None
+            and identity.positive_response_requested
+            and admission.identity_response is not None
+        ):
+            answer.user_info.identity_ac = UserIdentityAC(admission.identity_response)
         t.negotiated = negotiated
         store_aets = config.store_aets
         self.storage = StorageSCP(

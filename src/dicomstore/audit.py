@@ -1,0 +1,240 @@
+"""The audit trail: one JSON line per association and per stored instance.
+
+``dicomstore serve --audit-log FILE`` gives the server an :class:`AuditLog`
+(:class:`dicomstore.services.admission.AuditSink`).  Each record is the dict
+the server builds (see ``AcceptorAssociation._audit_association`` and
+``StorageSCP.finish``) with a UTC ``"time"`` first, for example::
+
+    {"time": "2025-01-02T03:04:05.678901Z", "event": "association",
+     "peer": "10.1.2.3", "calling_ae": "MODALITY1", "called_ae": "DICOMSTORE",
+     "tls_subject": null, "user": "alice", "contexts_accepted": ["1.2.840..."],
+     "outcome": "released", "stored": 12, "failed": 0}
+    {"time": "...", "event": "instance", "calling_ae": "MODALITY1",
+     "sop_class_uid": "...", "sop_instance_uid": "...", "study_instance_uid": "...",
+     "bytes": 524416, "digest": "...", "status": "0000", "error_comment": null}
+
+(each on one line: ``jq`` reads the file as it is, e.g.
+``jq -r 'select(.event=="instance") | .sop_instance_uid' audit.jsonl``).
+
+Durability.  The event loop only serializes the record and appends the line
+to a queue.  A background thread takes everything queued, writes it, then
+flushes and fsyncs once for the whole batch (group commit), and loops.
+:meth:`AuditLog.close` drains the queue, so nothing is lost on a clean stop.
+A crash (or power cut) loses at most the records queued or written since the
+last fsync: the batch in flight, typically a few milliseconds' worth.  If a
+write fails (disk full), the error is logged, the lines stay queued and the
+thread retries every second (the retry rewrites the whole batch, so after a
+failure a record may appear twice, never not at all); :meth:`close` raises
+if they still cannot be written.
+
+Rotation.  When the next line would take the file beyond ``max_bytes``, the
+file is fsynced and renamed: ``path`` becomes ``path.1``, ``path.1`` becomes
+``path.2`` ... and ``path.<backups>`` is dropped; a fresh ``path`` follows.
+``backups=0`` keeps no old file.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("dicomstore.audit")
+
+DEFAULT_MAX_BYTES = 64 * 2**20
+DEFAULT_BACKUPS = 10
+_RETRY_SECONDS = 1.0
+
+
+def utc_now() -> str:
+    """The current time as ISO 8601 UTC with microseconds and a ``Z``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class AuditLog:
+    """An append-only JSON Lines audit trail, fsynced in batches by a thread."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        backups: int = DEFAULT_BACKUPS,
+    ) -> None:
+        if max_bytes <= 0 or backups < 0:
+            raise ValueError("max_bytes must be > 0 and backups >= 0")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._fd = self._open()  # fails here, in the caller, if the path is wrong
+        self._size = os.fstat(self._fd).st_size
+        self._cond = threading.Condition()
+        self._queue: list[bytes] = []
+        self._queued = 0  # lines ever queued
+        self._durable = 0  # lines ever fsynced
+        self._closing = False
+        self._closed = False
+        self.error: OSError | None = None  # the last write error, while it lasts
+        self._thread = threading.Thread(target=self._run, name="dicomstore-audit", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    # -- the AuditSink protocol (called on the event loop: only queue)
+
+    def association(self, record: dict[str, Any]) -> None:
+        self.write(record, "association")
+
+    def instance(self, record: dict[str, Any]) -> None:
+        self.write(record, "instance")
+
+    def write(self, record: dict[str, Any], event: str | None = None) -> None:
+        """Queue one record; ``event`` fills in an ``"event"`` key it lacks."""
+        entry: dict[str, Any] = {"time": utc_now()}
+        if event is not None and "event" not in record:
+            entry["event"] = event
+        entry.update((k, v) for k, v in record.items() if k != "time")
+        line = json.dumps(entry, default=str, separators=(",", ":")).encode("ascii") + b"\n"
+        with self._cond:
+            if self._closing:
+                raise ValueError("audit log is closed")
+            self._queue.append(line)
+            self._queued += 1
+            self._cond.notify_all()
+
+    # -- waiting and closing (not on the event loop)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record queued so far is on disk; False on timeout."""
+        with self._cond:
+            target = self._queued
+            return self._cond.wait_for(
+                lambda: self._durable >= target or self._closed, timeout=timeout
+            ) and (self._durable >= target)
+
+    def close(self) -> None:
+        """Write and fsync everything queued, stop the thread, close the file."""
+        with self._cond:
+            if self._closing:
+                already = True
+            else:
+                already = False
+                self._closing = True
+                self._cond.notify_all()
+        self._thread.join()
+        if already:
+            return
+        atexit.unregister(self.close)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self.error is not None:
+            lost = self._queued - self._durable
+            raise OSError(
+                self.error.errno, f"audit log {self.path}: {lost} records not written: {self.error}"
+            )
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the writer thread
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+    def _run(self) -> None:
+        pending: list[bytes] = []
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                pending += self._queue
+                self._queue = []
+                closing = self._closing
+            if pending:
+                try:
+                    self._write_batch(pending)
+                except OSError as exc:
+                    self._failed(exc, closing)
+                    if closing:
+                        break
+                    with self._cond:  # retry later; records keep arriving meanwhile
+                        self._cond.wait_for(lambda: self._closing, timeout=_RETRY_SECONDS)
+                    continue
+                with self._cond:
+                    self._durable += len(pending)
+                    self.error = None
+                    self._cond.notify_all()
+                pending = []
+            elif closing:
+                break
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _failed(self, exc: OSError, closing: bool) -> None:
+        if self.error is None or closing:
+            log.error("cannot write the audit log %s: %s", self.path, exc)
+        self.error = exc
+
+    def _write_batch(self, lines: list[bytes]) -> None:
+        """Write ``lines`` (rotating as needed) and fsync; on error none count as written.
+
+        A partial batch may have reached the file before an error; the retry
+        writes it again, so a record can appear twice but is never missing.
+        """
+        if self._fd < 0:  # a rotation failed half-way: start a file again
+            self._fd = self._open()
+            self._size = os.fstat(self._fd).st_size
+        chunk: list[bytes] = []
+        size = self._size
+        for line in lines:
+            if size > 0 and size + len(line) > self.max_bytes:
+                self._write(chunk)
+                chunk = []
+                self._rotate()
+                size = 0
+            chunk.append(line)
+            size += len(line)
+        self._write(chunk)
+        os.fsync(self._fd)
+
+    def _write(self, chunk: list[bytes]) -> None:
+        if not chunk:
+            return
+        data = memoryview(b"".join(chunk))
+        while data:
+            written = os.write(self._fd, data)
+            self._size += written
+            data = data[written:]
+
+    def _rotate(self) -> None:
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1  # never write to a stale descriptor number
+        name = str(self.path)
+        if self.backups == 0:
+            os.unlink(name)
+        else:
+            for i in range(self.backups - 1, 0, -1):
+                if os.path.exists(f"{name}.{i}"):
+                    os.replace(f"{name}.{i}", f"{name}.{i + 1}")
+            os.replace(name, f"{name}.1")
+        self._fd = self._open()
+        self._size = 0
+        _fsync_dir(self.path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory if str(directory) else ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,639 @@
+"""Who may associate, from where, as whom, to do what: the policy file (TOML).
+
+``dicomstore serve --config policy.toml`` loads a :class:`Policy`, the
+server's gatekeeper (:mod:`dicomstore.services.admission`).  At each
+A-ASSOCIATE-RQ it checks, in this order:
+
+1. the calling AE title against the known ``[peers]`` (unknown callers are
+   admitted only with ``allow_unknown = true``);
+2. for a known peer, the caller's IP address (``hosts``: addresses or CIDR
+   networks) and its TLS client certificate subject (``tls_subject``);
+3. the user identity (PS3.7 D.3.3.7): type 1 username, type 2 username and
+   passcode (checked against a salted scrypt hash), type 5 JSON Web Token
+   (signature, ``exp``/``nbf``, ``iss``/``aud``; the user is ``sub``).
+
+Refusals (PS3.8 9.3.4, A-ASSOCIATE-RJ): an unknown calling AE title, or a
+known one calling from the wrong address or with the wrong certificate, is
+*rejected-permanent, DICOM UL service-user, calling-AE-title-not-recognized*
+(the real cause goes to the log only, not to the caller).  A failed or missing
+(when required) user identity is *rejected-permanent, DICOM UL service-user,
+no-reason-given*: PS3.8 has no reason code for identities.  Called AE title
+checks stay with the command line flags (``--require-called-aet``).
+
+A presented identity must be valid even when none is required: a wrong
+passcode is refused, never downgraded to an anonymous association.
+Kerberos (3) and SAML (4) are not supported: they are refused when an
+identity is required and otherwise ignored (the association goes on without
+a user, as PS3.7 D.3.3.7 allows an acceptor that does not support them).
+When the requestor asks for a positive response, the server response is
+empty for types 1, 2 and 5 (PS3.7 D.3.3.7.2 defines content only for
+Kerberos and SAML).
+
+What a caller may do is the intersection of what its peer entry (or
+``unknown_may``) and its user entry (if any) allow: ``echo`` (C-ECHO, else
+status 0124) and ``store`` (C-STORE, else status 0124).
+
+The file format, every key shown (only ``allow_unknown`` is needed)::
+
+    # Callers not listed under [peers]: refused (false, the default) or
+    # admitted with the rights in unknown_may (default: echo and store).
+    allow_unknown = false
+    unknown_may = ["echo"]
+
+    # Every association must authenticate a user (types 1, 2 or 5).
+    # Default false; a peer entry may override it.
+    require_user_identity = false
+
+    # Known peers, by calling AE title (quote titles with spaces or dots).
+    [peers.MODALITY1]
+    hosts = ["10.1.2.3", "192.168.7.0/24"]     # optional; IP addresses or CIDR
+    tls_subject = "CN=modality1,O=Test Hospital"  # optional; or a list
+    may = ["echo", "store"]                     # default: both
+
+    [peers.MONITOR]
+    may = ["echo"]                              # echo only: C-STORE gets 0124
+
+    [peers."READING ROOM"]
+    require_user_identity = true                # this peer must name a user
+
+    # Users (User Identity types 1 and 2).  A user with a passcode must give
+    # it (type 2); for one without, the name is enough (type 1, or type 2
+    # whose passcode is then not checked).
+    [users.alice]
+    passcode = "scrypt$16384$8$1$<salt base64>$<hash base64>"
+
+    [users.viewer]
+    may = ["echo"]                              # optional, default both
+
+    # JSON Web Tokens (type 5).  The user is the "sub" claim; "exp" is required.
+    [jwt]
+    algorithms = ["HS256", "ES256"]   # default: what the keys below allow
+    secret_file = "jwt-secret.bin"    # HS256/384/512 shared secret (>= 32 bytes),
+    # secret = "..."                  #   or inline (keep this file private then)
+    public_key_file = "idp-public.pem"  # RS256/384/512 (RSA) or ES256/384/512 (EC)
+    issuer = "https://idp.example.org"  # optional: required "iss"
+    audience = "dicomstore"             # optional: required in "aud"
+    leeway = 30                         # seconds of clock skew for exp/nbf
+
+Relative file names are relative to the policy file.  Make a passcode hash
+with ``python -m dicomstore.policy hash-passcode`` (reads the passcode from
+stdin, prompts twice on a terminal) and check a file with
+``python -m dicomstore.policy check policy.toml``.
+
+Passcode checks run scrypt on the event loop (tens of milliseconds with the
+default parameters); successful checks are remembered, keyed by an HMAC of
+the passcode under a per-process random key, so a modality that associates
+again and again pays once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import getpass
+import hashlib
+import hmac
+import ipaddress
+import logging
+import re
+import secrets
+import sys
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dicomstore.jwt import InvalidToken, JWTVerifier, default_algorithms
+from dicomstore.services.admission import Admission, AdmissionRequest
+from dicomstore.ul import pdu as P
+
+log = logging.getLogger("dicomstore.policy")
+
+ECHO, STORE = "echo", "store"
+ACTIONS = frozenset({ECHO, STORE})
+
+#: User-Identity-Type values (PS3.7 Table D.3-14).
+USERNAME, USERNAME_PASSCODE, KERBEROS, SAML, JWT = 1, 2, 3, 4, 5
+
+#: Unknown calling AE title, or a known one from the wrong host or certificate.
+REJECT_CALLER = P.AssociateRJ(
+    P.REJECT_PERMANENT, P.REJECT_SOURCE_USER, P.REJECT_CALLING_AE_NOT_RECOGNIZED
+)
+#: User identity missing (when required) or not authenticated.
+REJECT_IDENTITY = P.AssociateRJ(P.REJECT_PERMANENT, P.REJECT_SOURCE_USER, P.REJECT_NO_REASON)
+
+
+class PolicyError(ValueError):
+    """The policy file is unreadable or wrong; the message is one line."""
+
+
+# --------------------------------------------------------------------------- passcodes
+
+#: scrypt defaults: 16 MiB and tens of milliseconds per check.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+_MAX_SCRYPT_MEMORY = 256 * 2**20
+
+
+def _scrypt_memory(n: int, r: int, p: int) -> int:
+    return 128 * r * (n + p + 2) + 2**20
+
+
+@dataclass(frozen=True)
+class PasscodeHash:
+    """A salted scrypt hash, encoded ``scrypt$n$r$p$salt_b64$hash_b64``."""
+
+    n: int
+    r: int
+    p: int
+    salt: bytes
+    digest: bytes
+
+    @classmethod
+    def parse(cls, text: str) -> PasscodeHash:
+        parts = text.split("$")
+        if len(parts) != 6 or parts[0] != "scrypt":
+            raise ValueError("not of the form scrypt$n$r$p$salt_b64$hash_b64")
+        try:
+            n, r, p = (int(x) for x in parts[1:4])
+            salt = base64.b64decode(parts[4], validate=True)
+            digest = base64.b64decode(parts[5], validate=True)
+        except (ValueError, binascii.Error):
+            raise ValueError("n, r, p must be integers and salt, hash base64") from None
+        if n < 2 or n & (n - 1) or not 1 <= r <= 64 or not 1 <= p <= 16:
+            raise ValueError("n must be a power of 2, r in 1..64, p in 1..16")
+        if _scrypt_memory(n, r, p) > _MAX_SCRYPT_MEMORY:
+            raise ValueError("n and r ask for more than 256 MiB")
+        if len(salt) < 8 or len(digest) < 16:
+            raise ValueError("salt must be at least 8 bytes and hash at least 16")
+        return cls(n, r, p, salt, digest)
+
+    def encode(self) -> str:
+        b64 = base64.b64encode
+        return (
+            f"scrypt${self.n}${self.r}${self.p}$"
+            f"{b64(self.salt).decode('ascii')}${b64(self.digest).decode('ascii')}"
+        )
+
+    def verify(self, passcode: bytes) -> bool:
+        derived = hashlib.scrypt(
+            passcode,
+            salt=self.salt,
+            n=self.n,
+            r=self.r,
+            p=self.p,
+            maxmem=_scrypt_memory(self.n, self.r, self.p),
+            dklen=len(self.digest),
+        )
+        return hmac.compare_digest(derived, self.digest)
+
+
+def hash_passcode(
+    passcode: bytes | str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P
+) -> str:
+    """The encoded scrypt hash of ``passcode`` (UTF-8 when a str) with a fresh salt."""
+    if isinstance(passcode, str):
+        passcode = passcode.encode("utf-8")
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        passcode, salt=salt, n=n, r=r, p=p, maxmem=_scrypt_memory(n, r, p), dklen=32
+    )
+    encoded = PasscodeHash(n, r, p, salt, digest).encode()
+    PasscodeHash.parse(encoded)  # the parameters are within what load accepts
+    return encoded
+
+
+# --------------------------------------------------------------------------- JWT
+
+
+_DN_ALIASES = {
+    "COMMONNAME": "CN",
+    "ORGANIZATIONNAME": "O",
+    "ORGANIZATIONALUNITNAME": "OU",
+    "COUNTRYNAME": "C",
+    "LOCALITYNAME": "L",
+    "STATEORPROVINCENAME": "ST",
+    "DOMAINCOMPONENT": "DC",
+}
+_DN_SPLIT = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9.-]*\s*=)")
+
+
+def normalize_subject(subject: str) -> tuple[tuple[str, str], ...]:
+    """``CN=a,O=b`` as sorted (attribute, value) pairs: order and key case do not
+    matter, ``commonName`` equals ``CN``; values compare exactly."""
+    pairs = []
+    for part in _DN_SPLIT.split(subject):
+        key, sep, value = part.partition("=")
+        key = key.strip().upper()
+        if not sep or not key:
+            raise ValueError(f"{subject!r} is not of the form CN=...,O=...")
+        pairs.append((_DN_ALIASES.get(key, key), value.strip()))
+    return tuple(sorted(pairs))
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+# --------------------------------------------------------------------------- policy
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A known calling AE title and what it must show and may do."""
+
+    ae_title: str
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # () = anywhere
+    tls_subjects: tuple[tuple[tuple[str, str], ...], ...] = ()  # () = no certificate check
+    may: frozenset[str] = ACTIONS
+    require_user_identity: bool | None = None  # None: the global setting
+
+
+@dataclass(frozen=True)
+class User:
+    """A user for identity types 1 and 2 (and rights for a JWT ``sub``)."""
+
+    name: str
+    passcode: PasscodeHash | None = None
+    may: frozenset[str] = ACTIONS
+
+
+class _Refused(Exception):
+    def __init__(self, reject: P.AssociateRJ, why: str) -> None:
+        super().__init__(why)
+        self.reject = reject
+
+
+class Policy:
+    """The gatekeeper configured by a policy file (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        peers: Iterable[Peer] = (),
+        users: Iterable[User] = (),
+        allow_unknown: bool = False,
+        unknown_may: frozenset[str] = ACTIONS,
+        require_user_identity: bool = False,
+        jwt: JWTVerifier | None = None,
+    ) -> None:
+        self.peers = {p.ae_title: p for p in peers}
+        self.users = {u.name: u for u in users}
+        self.allow_unknown = allow_unknown
+        self.unknown_may = unknown_may
+        self.require_user_identity = require_user_identity
+        self.jwt = jwt
+        self._cache_key = secrets.token_bytes(32)
+        self._verified: set[tuple[str, bytes]] = set()
+
+    @classmethod
+    def load(cls, path: Path | str) -> Policy:
+        """Read a policy file; :class:`PolicyError` with a one-line message if wrong."""
+        path = Path(path)
+        try:
+            with path.open("rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise PolicyError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise PolicyError(f"{path}: not valid TOML: {exc}") from None
+        try:
+            return _build(data, path.parent)
+        except PolicyError as exc:
+            raise PolicyError(f"{path}: {exc}") from None
+
+    # -- admission
+
+    def admit(self, request: AdmissionRequest) -> Admission:
+        """Decide one A-ASSOCIATE-RQ (PS3.8 7.1.1, PS3.7 D.3.3.7)."""
+        try:
+            peer, may = self._caller(request)
+            user, response = self._identity(request, peer)
+        except _Refused as refused:
+            log.warning("refusing %r from %s: %s", request.calling_ae, request.address, refused)
+            return Admission(reject=refused.reject)
+        if user is not None and user in self.users:
+            may = may & self.users[user].may
+        return Admission(
+            may_echo=ECHO in may,
+            may_store=STORE in may,
+            identity_response=response,
+            user=user,
+        )
+
+    def _caller(self, request: AdmissionRequest) -> tuple[Peer | None, frozenset[str]]:
+        peer = self.peers.get(request.calling_ae)
+        if peer is None:
+            if not self.allow_unknown:
+                raise _Refused(REJECT_CALLER, "calling AE title not in the policy")
+            return None, self.unknown_may
+        if peer.networks:
+            ip = _ip(request.address)
+            if ip is None or not any(ip in net for net in peer.networks):
+                raise _Refused(REJECT_CALLER, f"address {request.address} not allowed for it")
+        if peer.tls_subjects:
+            if not request.tls_subject:
+                raise _Refused(REJECT_CALLER, "no TLS client certificate")
+            try:
+                subject = normalize_subject(request.tls_subject)
+            except ValueError:
+                subject = ()
+            if subject not in peer.tls_subjects:
+                raise _Refused(
+                    REJECT_CALLER, f"certificate subject {request.tls_subject!r} not allowed"
+                )
+        return peer, peer.may
+
+    def _identity(
+        self, request: AdmissionRequest, peer: Peer | None
+    ) -> tuple[str | None, bytes | None]:
+        """The authenticated user and the server response (None: no positive response)."""
+        required = self.require_user_identity
+        if peer is not None and peer.require_user_identity is not None:
+            required = peer.require_user_identity
+        ident = request.identity
+        if ident is None:
+            if required:
+                raise _Refused(REJECT_IDENTITY, "no user identity, and one is required")
+            return None, None
+        kind = ident.identity_type
+        if kind in (USERNAME, USERNAME_PASSCODE):
+            return self._username(ident.primary, ident.secondary, kind), b""
+        if kind == JWT:
+            if self.jwt is None:
+                raise _Refused(REJECT_IDENTITY, "JSON Web Token given but [jwt] not configured")
+            try:
+                claims = self.jwt.verify(ident.primary)
+            except InvalidToken as exc:
+                raise _Refused(REJECT_IDENTITY, f"JSON Web Token refused: {exc}") from None
+            return claims["sub"], b""
+        if required:
+            raise _Refused(REJECT_IDENTITY, f"user identity type {kind} is not supported")
+        log.info("%s: ignoring user identity of unsupported type %d", request.address, kind)
+        return None, None
+
+    def _username(self, primary: bytes, secondary: bytes, kind: int) -> str:
+        try:
+            name = primary.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Refused(REJECT_IDENTITY, "username is not UTF-8") from None
+        user = self.users.get(name)
+        if user is None:
+            raise _Refused(REJECT_IDENTITY, f"unknown user {name!r}")
+        if user.passcode is None:
+            return name
+        if kind != USERNAME_PASSCODE:
+            raise _Refused(REJECT_IDENTITY, f"user {name!r} needs a passcode")
+        key = (name, hmac.new(self._cache_key, secondary, hashlib.sha256).digest())
+        if key in self._verified:
+            return name
+        if not user.passcode.verify(secondary):
+            raise _Refused(REJECT_IDENTITY, f"wrong passcode for user {name!r}")
+        if len(self._verified) >= 4096:
+            self._verified.clear()
+        self._verified.add(key)
+        return name
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        known = ", ".join(sorted(allowed))
+        raise PolicyError(f"{where}unknown key {unknown[0]!r} (known: {known})")
+
+
+def _typed(table: dict[str, Any], key: str, kind: type, where: str, default: Any = None) -> Any:
+    value = table.get(key, default)
+    if value is not None and not isinstance(value, kind):
+        raise PolicyError(f"{where}{key} must be a {kind.__name__}, not {value!r}")
+    return value
+
+
+def _strings(table: dict[str, Any], key: str, where: str) -> list[str]:
+    value = table.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise PolicyError(f"{where}{key} must be a string or a list of strings")
+    return value
+
+
+def _may(table: dict[str, Any], key: str, where: str) -> frozenset[str]:
+    if key not in table:
+        return ACTIONS
+    actions = _strings(table, key, where)
+    wrong = [a for a in actions if a not in ACTIONS]
+    if wrong:
+        raise PolicyError(f"{where}{key}: unknown action {wrong[0]!r} (known: echo, store)")
+    return frozenset(actions)
+
+
+def _valid_ae(title: str) -> bool:
+    return (
+        0 < len(title) <= 16
+        and title == title.strip(" ")
+        and title.isprintable()
+        and ("\\" not in title)
+    )
+
+
+def _peer(title: str, table: Any) -> Peer:
+    where = f"peers.{title}: "
+    if not _valid_ae(title):
+        raise PolicyError(f"{where}not a valid AE title (1-16 characters, no backslash)")
+    if not isinstance(table, dict):
+        raise PolicyError(f"{where}must be a table")
+    _check_keys(table, {"hosts", "tls_subject", "may", "require_user_identity"}, where)
+    networks = []
+    for host in _strings(table, "hosts", where):
+        try:
+            networks.append(ipaddress.ip_network(host.strip(), strict=True))
+        except ValueError as exc:
+            raise PolicyError(
+                f"{where}hosts: {host!r} is not an IP address or CIDR network ({exc}); "
+                "host names are not resolved"
+            ) from None
+    subjects = []
+    for subject in _strings(table, "tls_subject", where):
+        try:
+            subjects.append(normalize_subject(subject))
+        except ValueError as exc:
+            raise PolicyError(f"{where}tls_subject: {exc}") from None
+    return Peer(
+        title,
+        tuple(networks),
+        tuple(subjects),
+        _may(table, "may", where),
+        _typed(table, "require_user_identity", bool, where),
+    )
+
+
+def _user(name: str, table: Any) -> User:
+    where = f"users.{name}: "
+    if not name:
+        raise PolicyError("users: empty user name")
+    if not isinstance(table, dict):
+        raise PolicyError(f"{where}must be a table")
+    _check_keys(table, {"passcode", "may"}, where)
+    encoded = _typed(table, "passcode", str, where)
+    passcode = None
+    if encoded is not None:
+        try:
+            passcode = PasscodeHash.parse(encoded)
+        except ValueError as exc:
+            raise PolicyError(
+                f"{where}passcode: bad hash ({exc}); make one with "
+                "'python -m dicomstore.policy hash-passcode'"
+            ) from None
+        if passcode.n < SCRYPT_N:
+            log.warning("user %r: scrypt n=%d is weaker than %d", name, passcode.n, SCRYPT_N)
+    return User(name, passcode, _may(table, "may", where))
+
+
+def _read_key_file(base: Path, name: str, where: str) -> bytes:
+    path = base / name
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"{where}cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _jwt(table: Any, base: Path) -> JWTVerifier:
+    where = "jwt: "
+    if not isinstance(table, dict):
+        raise PolicyError("jwt must be a table")
+    keys = {"algorithms", "secret", "secret_file", "public_key_file", "issuer", "audience"}
+    _check_keys(table, keys | {"leeway"}, where)
+    secret: bytes | None = None
+    inline = _typed(table, "secret", str, where)
+    secret_file = _typed(table, "secret_file", str, where)
+    if inline is not None and secret_file is not None:
+        raise PolicyError(f"{where}give secret or secret_file, not both")
+    if inline is not None:
+        secret = inline.encode("utf-8")
+    elif secret_file is not None:
+        secret = _read_key_file(base, secret_file, where).rstrip(b"\r\n")
+    if secret is not None and len(secret) < 32:
+        raise PolicyError(f"{where}the HMAC secret must be at least 32 bytes (RFC 7518 3.2)")
+    public_key = None
+    key_file = _typed(table, "public_key_file", str, where)
+    if key_file is not None:
+        pem = _read_key_file(base, key_file, where)
+        try:
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+        except ImportError:
+            raise PolicyError(f"{where}public_key_file needs the 'cryptography' package") from None
+        try:
+            public_key = load_pem_public_key(pem)
+        except ValueError:
+            raise PolicyError(f"{where}{key_file} is not a PEM public key") from None
+    if secret is None and public_key is None:
+        raise PolicyError(f"{where}needs secret, secret_file or public_key_file")
+    if "algorithms" in table:
+        algorithms = _strings(table, "algorithms", where)
+    else:
+        algorithms = default_algorithms(secret, public_key)
+    if not algorithms:
+        raise PolicyError(f"{where}no usable algorithm for the configured key")
+    leeway = table.get("leeway", 30)
+    if isinstance(leeway, bool) or not isinstance(leeway, int | float) or leeway < 0:
+        raise PolicyError(f"{where}leeway must be a number of seconds >= 0")
+    try:
+        return JWTVerifier(
+            algorithms=algorithms,
+            secret=secret,
+            public_key=public_key,
+            issuer=_typed(table, "issuer", str, where),
+            audience=_typed(table, "audience", str, where),
+            leeway=leeway,
+        )
+    except ValueError as exc:
+        raise PolicyError(f"{where}algorithms: {exc}") from None
+
+
+def _build(data: dict[str, Any], base: Path) -> Policy:
+    top = {"allow_unknown", "unknown_may", "require_user_identity", "peers", "users", "jwt"}
+    _check_keys(data, top, "")
+    peers_table = data.get("peers", {})
+    users_table = data.get("users", {})
+    for name, value in (("peers", peers_table), ("users", users_table)):
+        if not isinstance(value, dict):
+            raise PolicyError(f"{name} must be a table ([{name}.NAME] sections)")
+    allow_unknown = _typed(data, "allow_unknown", bool, "", False)
+    return Policy(
+        peers=[_peer(title, table) for title, table in peers_table.items()],
+        users=[_user(name, table) for name, table in users_table.items()],
+        allow_unknown=allow_unknown,
+        unknown_may=_may(data, "unknown_may", ""),
+        require_user_identity=_typed(data, "require_user_identity", bool, "", False),
+        jwt=_jwt(data["jwt"], base) if "jwt" in data else None,
+    )
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _read_passcode() -> bytes:
+    if sys.stdin.isatty():
+        first = getpass.getpass("passcode: ")
+        if getpass.getpass("again: ") != first:
+            raise PolicyError("the two passcodes differ")
+        raw = first.encode("utf-8")
+    else:
+        raw = sys.stdin.buffer.read()
+        if raw.endswith(b"\n"):
+            raw = raw[:-1].removesuffix(b"\r")
+        if b"\n" in raw:
+            raise PolicyError("give one passcode on one line")
+    if not raw:
+        raise PolicyError("empty passcode")
+    return raw
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dicomstore.policy", description="dicomstore policy file tools"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    h = sub.add_parser(
+        "hash-passcode", help="read a passcode from stdin, print its scrypt hash for [users]"
+    )
+    h.add_argument("--n", type=int, default=SCRYPT_N, help=f"scrypt cost (default {SCRYPT_N})")
+    h.add_argument("--r", type=int, default=SCRYPT_R, help=f"block size (default {SCRYPT_R})")
+    h.add_argument("--p", type=int, default=SCRYPT_P, help=f"parallelism (default {SCRYPT_P})")
+    c = sub.add_parser("check", help="load a policy file and summarize it")
+    c.add_argument("file", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "hash-passcode":
+            passcode = _read_passcode()
+            try:
+                print(hash_passcode(passcode, n=args.n, r=args.r, p=args.p))
+            except ValueError as exc:
+                raise PolicyError(f"bad scrypt parameters: {exc}") from None
+        else:
+            policy = Policy.load(args.file)
+            print(
+                f"{args.file}: {len(policy.peers)} peers, {len(policy.users)} users, "
+                f"unknown callers {'allowed' if policy.allow_unknown else 'refused'}, "
+                f"user identity {'required' if policy.require_user_identity else 'optional'}, "
+                f"JWT {'on: ' + ','.join(sorted(policy.jwt.algorithms)) if policy.jwt else 'off'}"
+            )
+    except PolicyError as exc:
+        print(f"dicomstore.policy: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

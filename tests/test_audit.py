@@ -1,0 +1,264 @@
+"""The audit trail (issue "Hardening", point 4): JSON lines, batched fsync in a
+thread, drained on close, rotated by size; against a real server with our
+client and DCMTK storescu."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicomstore import uids
+from dicomstore.aio.client import associate
+from dicomstore.aio.server import Server, ServerConfig
+from dicomstore.archive import Archive
+from dicomstore.audit import AuditLog
+from dicomstore.errors import AssociationRejected
+from dicomstore.policy import Policy
+from dicomstore.ul.items import UserIdentityRQ
+from tests.conftest import PEER_ENV, ServerThread, dcmtk
+from tests.test_hostile import SC, dataset
+
+TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def all_records(path: Path, backups: int) -> list[dict]:
+    """Oldest first: path.N ... path.1, path."""
+    out: list[dict] = []
+    for i in range(backups, 0, -1):
+        rotated = path.with_name(f"{path.name}.{i}")
+        if rotated.exists():
+            out += lines(rotated)
+    return out + lines(path)
+
+
+def test_one_json_line_per_record_time_first(tmp_path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as audit:
+        audit.association({"event": "association", "calling_ae": "A", "user": None})
+        audit.instance({"sop_instance_uid": "1.2.3", "bytes": 10, "status": "0000"})
+        audit.instance({"odd": b"\xff", "time": "ignored", "text": "é"})
+    first, second, third = lines(path)
+    assert list(first) == ["time", "event", "calling_ae", "user"]
+    assert TIME.fullmatch(first["time"]) and first["user"] is None
+    assert second["event"] == "instance" and second["bytes"] == 10
+    assert third["odd"] == "b'\\xff'" and third["text"] == "é" and third["time"] != "ignored"
+    assert path.read_bytes().isascii()  # \u escapes: any byte-oriented tool copes
+
+
+def test_flush_waits_until_durable_and_close_drains(tmp_path) -> None:
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path)
+    audit.instance({"n": 0})
+    assert audit.flush(timeout=30)
+    assert [r["n"] for r in lines(path)] == [0]
+    for n in range(1, 5001):
+        audit.instance({"n": n})
+    audit.close()  # no flush: close alone must write everything
+    assert [r["n"] for r in lines(path)] == list(range(5001))
+    audit.close()  # twice is fine
+    with pytest.raises(ValueError, match="closed"):
+        audit.instance({"n": -1})
+
+
+def test_appends_to_an_existing_file(tmp_path) -> None:
+    path = tmp_path / "audit.jsonl"
+    for n in range(2):
+        with AuditLog(path) as audit:
+            audit.instance({"n": n})
+    assert [r["n"] for r in lines(path)] == [0, 1]
+
+
+def test_the_caller_never_waits_for_fsync_and_batches_share_one(tmp_path, monkeypatch) -> None:
+    """While an fsync hangs, writes still return at once; what piled up goes
+    out with one fsync."""
+    real_fsync = os.fsync
+    entered, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def slow_fsync(fd: int) -> None:
+        calls.append(fd)
+        entered.set()
+        release.wait(30)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path)
+    audit.instance({"n": 0})
+    assert entered.wait(30)  # the thread is inside fsync now
+    for n in range(1, 1001):  # would deadlock here if writes waited for fsync
+        audit.instance({"n": n})
+    release.set()
+    audit.close()
+    assert [r["n"] for r in lines(path)] == list(range(1001))
+    assert len(calls) <= 3  # the first record, then the 1000 others together
+
+
+def test_rotation_by_size_keeps_n_backups(tmp_path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, max_bytes=400, backups=2) as audit:
+        for n in range(60):
+            audit.instance({"n": n, "pad": "x" * 40})
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]
+    for name in files:
+        assert 0 < (tmp_path / name).stat().st_size <= 400
+    kept = [r["n"] for r in all_records(path, 2)]
+    assert kept == list(range(60 - len(kept), 60))  # the newest, in order, no gaps
+    per_file = 400 // len((tmp_path / "audit.jsonl.1").read_text().splitlines()[0].encode() + b"\n")
+    assert len(kept) >= 2 * per_file + 1  # two full backups and the current file
+
+
+def test_rotation_without_backups_and_an_oversized_line(tmp_path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, max_bytes=100, backups=0) as audit:
+        audit.instance({"n": 0})
+        audit.instance({"n": 1, "pad": "y" * 300})  # alone in its file, never split
+        audit.instance({"n": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.jsonl"]
+    assert [r["n"] for r in lines(path)] == [2]
+
+
+def test_a_failed_write_is_retried_and_close_reports_what_is_lost(tmp_path, monkeypatch) -> None:
+    real_write = os.write
+    failing = {"on": True}
+    failed = threading.Event()
+
+    def write(fd: int, data) -> int:
+        if failing["on"]:
+            failed.set()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path)
+    audit.instance({"n": 0})
+    assert failed.wait(30)
+    failing["on"] = False  # space again: close retries at once
+    audit.close()
+    assert [r["n"] for r in lines(path)] == [0]
+
+    failing["on"] = True
+    stuck = AuditLog(tmp_path / "stuck.jsonl")
+    stuck.instance({"n": 1})
+    with pytest.raises(OSError, match="1 records not written"):
+        stuck.close()
+
+
+def test_a_bad_path_fails_at_construction(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError):
+        AuditLog(tmp_path / "missing-dir" / "audit.jsonl")
+    with pytest.raises(ValueError):
+        AuditLog(tmp_path / "a.jsonl", max_bytes=0)
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
+def test_jq_reads_the_file(tmp_path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as audit:
+        audit.association({"event": "association", "calling_ae": 'A "quoted" \\ AE'})
+        audit.instance({"event": "instance", "sop_instance_uid": "1.2.3", "status": "0000"})
+    done = subprocess.run(
+        ["jq", "-r", 'select(.event=="instance") | .sop_instance_uid', str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout == "1.2.3\n"
+    slurped = subprocess.run(["jq", "-s", "length", str(path)], capture_output=True, text=True)
+    assert slurped.returncode == 0 and slurped.stdout.strip() == "2"
+
+
+# --------------------------------------------------------------------------- a real server
+
+CONTEXTS = [(SC, [uids.EXPLICIT_VR_LE]), (uids.VERIFICATION, [uids.IMPLICIT_VR_LE])]
+
+
+def test_server_audit_trail_with_our_client_and_rotation(tmp_path) -> None:
+    (tmp_path / "policy.toml").write_text('[peers.MODALITY1]\n[users.alice]\n[peers."MONITOR"]\n')
+    policy = Policy.load(tmp_path / "policy.toml")
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path, max_bytes=1000, backups=50)
+
+    async def main():
+        archive = Archive(tmp_path / "archive", fsync=False)
+        server = Server(ServerConfig(port=0), archive, gatekeeper=policy, audit=audit)
+        await server.start()
+        try:
+            with pytest.raises(AssociationRejected):
+                await associate("127.0.0.1", server.port, calling_ae="STRANGER")
+            alice = UserIdentityRQ(1, False, b"alice")
+            async with await associate(
+                "127.0.0.1", server.port, calling_ae="MODALITY1", contexts=CONTEXTS, identity=alice
+            ) as assoc:
+                for n in range(5):
+                    uid = f"1.2.3.{n}"
+                    rsp = await assoc.store_stream(assoc.context_for(SC), SC, uid, [dataset(uid)])
+                    assert rsp.status == 0
+        finally:
+            await server.close(grace=2)
+            archive.close()
+
+    asyncio.run(main())
+    audit.close()
+    records = all_records(path, 50)
+    assert path.with_name("audit.jsonl.1").exists()  # it did rotate
+    assert all(TIME.fullmatch(r["time"]) for r in records)
+    rejected, *instances, accepted = records
+    assert rejected["event"] == "association" and rejected["calling_ae"] == "STRANGER"
+    assert rejected["outcome"].startswith("rejected") and rejected["peer"] == "127.0.0.1"
+    assert [r["sop_instance_uid"] for r in instances] == [f"1.2.3.{n}" for n in range(5)]
+    assert all(r["event"] == "instance" and r["status"] == "0000" for r in instances)
+    assert all(r["calling_ae"] == "MODALITY1" and r["digest"] for r in instances)
+    assert accepted["event"] == "association" and accepted["outcome"] == "released"
+    assert accepted["user"] == "alice" and accepted["stored"] == 5 and accepted["failed"] == 0
+    assert SC in accepted["contexts_accepted"]
+
+
+def test_server_audit_trail_with_dcmtk(tmp_path) -> None:
+    (tmp_path / "policy.toml").write_text("allow_unknown = true\n[users.bob]\n")
+    src = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    archive = Archive(tmp_path / "archive", fsync=False)
+    with ServerThread(
+        ServerConfig(port=0),
+        archive,
+        gatekeeper=Policy.load(tmp_path / "policy.toml"),
+        audit=audit,
+    ) as srv:
+        args = ["-aet", "CT1", "-aec", "DICOMSTORE", "--user", "bob", "127.0.0.1", str(srv.port)]
+        sent = subprocess.run(
+            [dcmtk("storescu"), *args, str(src)], env=PEER_ENV, capture_output=True, text=True
+        )
+        echo = subprocess.run(
+            [dcmtk("echoscu"), "-aet", "PROBE", "127.0.0.1", str(srv.port)],
+            env=PEER_ENV,
+            capture_output=True,
+            text=True,
+        )
+    archive.close()
+    audit.close()
+    assert sent.returncode == 0, sent.stderr
+    assert echo.returncode == 0, echo.stderr
+    instance, stored, probed = lines(tmp_path / "audit.jsonl")
+    assert instance["event"] == "instance" and instance["calling_ae"] == "CT1"
+    assert instance["sop_instance_uid"] == str(pydicom.dcmread(src).SOPInstanceUID)
+    assert instance["status"] == "0000" and instance["bytes"] > 0
+    assert stored["calling_ae"] == "CT1" and stored["user"] == "bob" and stored["stored"] == 1
+    assert probed["calling_ae"] == "PROBE" and probed["user"] is None
+    assert probed["outcome"] == "released" and probed["stored"] == 0

@@ -1,0 +1,756 @@
+"""The admission policy (issue "Hardening", point 2): the TOML file, every
+admission branch, JSON Web Tokens, and a real server against our client and
+DCMTK storescu/echoscu (PS3.7 D.3.3.7, PS3.8 9.3.4)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import re
+import ssl
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pydicom
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
+import dicomstore.aio.client as client_module
+import dicomstore.policy as policy_module
+from dicomstore import uids
+from dicomstore.aio.client import associate
+from dicomstore.aio.server import Server, ServerConfig
+from dicomstore.archive import Archive
+from dicomstore.errors import AssociationRejected
+from dicomstore.jwt import InvalidToken, JWTVerifier, b64url_decode, b64url_encode
+from dicomstore.policy import (
+    REJECT_CALLER,
+    REJECT_IDENTITY,
+    PasscodeHash,
+    Policy,
+    PolicyError,
+    hash_passcode,
+)
+from dicomstore.services.admission import AdmissionRequest
+from dicomstore.tls import client_context, server_context
+from dicomstore.ul.items import UserIdentityRQ
+from tests.conftest import PEER_ENV, ServerThread, dcmtk
+from tests.test_hostile import SC, dataset
+
+SECRET = b"0123456789abcdef0123456789abcdef-shared"
+#: Cheap scrypt parameters keep the suite fast; the format is the real one.
+FAST = {"n": 16, "r": 8, "p": 1}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def sign(claims: dict, alg: str = "HS256", key=SECRET, header: dict | None = None) -> str:
+    """A compact JWS, signed the way an identity provider would."""
+    head = b64url_encode(json.dumps(header or {"alg": alg, "typ": "JWT"}).encode())
+    body = b64url_encode(json.dumps(claims).encode())
+    data = f"{head}.{body}".encode()
+    if alg.startswith("HS"):
+        digest = {"HS256": hashlib.sha256, "HS512": hashlib.sha512}[alg]
+        sig = hmac.new(key, data, digest).digest()
+    elif alg == "RS256":
+        sig = key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    elif alg == "ES256":
+        r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+        sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    else:  # "none"
+        sig = b""
+    return f"{head}.{body}.{b64url_encode(sig)}"
+
+
+def claims(**extra) -> dict:
+    return {"sub": "carol", "exp": time.time() + 300, **extra}
+
+
+def pem(public_key) -> bytes:
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict:
+    return {
+        "rsa": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        "ec": ec.generate_private_key(ec.SECP256R1()),
+    }
+
+
+def load(tmp_path: Path, text: str, **files: bytes) -> Policy:
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    return Policy.load(path)
+
+
+def rq(
+    ae: str = "MODALITY1",
+    address: str = "10.1.2.3",
+    subject: str | None = None,
+    identity: UserIdentityRQ | None = None,
+) -> AdmissionRequest:
+    return AdmissionRequest(ae, "DICOMSTORE", address, subject, identity)
+
+
+def user(name: str, passcode: str | None = None, positive: bool = True) -> UserIdentityRQ:
+    if passcode is None:
+        return UserIdentityRQ(1, positive, name.encode())
+    return UserIdentityRQ(2, positive, name.encode(), passcode.encode())
+
+
+def jwt_identity(token: str) -> UserIdentityRQ:
+    return UserIdentityRQ(5, True, token.encode())
+
+
+@pytest.fixture(scope="module")
+def alice_hash() -> str:
+    return hash_passcode("correct horse", **FAST)
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def test_the_documented_example_loads(tmp_path, keys) -> None:
+    doc = policy_module.__doc__
+    assert doc is not None
+    block = doc.split("every key shown (only ``allow_unknown`` is needed)::\n", 1)[1]
+    lines = []
+    for line in block.splitlines()[1:]:
+        if line and not line.startswith("    "):
+            break
+        lines.append(line[4:])
+    text = "\n".join(lines).replace(
+        "scrypt$16384$8$1$<salt base64>$<hash base64>", hash_passcode("pw", **FAST)
+    )
+    policy = load(
+        tmp_path, text, **{"jwt-secret.bin": SECRET, "idp-public.pem": pem(keys["ec"].public_key())}
+    )
+    assert set(policy.peers) == {"MODALITY1", "MONITOR", "READING ROOM"}
+    assert set(policy.users) == {"alice", "viewer"}
+    assert policy.jwt is not None and policy.jwt.algorithms == {"HS256", "ES256"}
+    assert not policy.allow_unknown
+
+
+def test_minimal_file_and_defaults(tmp_path) -> None:
+    policy = load(tmp_path, "allow_unknown = true\n")
+    admission = policy.admit(rq("ANYONE"))
+    assert admission.reject is None and admission.may_echo and admission.may_store
+    assert admission.user is None and admission.identity_response is None
+
+
+@pytest.mark.parametrize(
+    ("text", "files", "message"),
+    [
+        ("allow_unknow = true", {}, "unknown key 'allow_unknow'"),
+        ("allow_unknown = 'yes'", {}, "allow_unknown must be a bool"),
+        ("allow_unknown = [", {}, "not valid TOML"),
+        ("[peers.A]\nhots = ['10.0.0.1']", {}, "peers.A: unknown key 'hots'"),
+        ("[peers.A]\nhosts = ['10.0.0.300']", {}, "is not an IP address or CIDR"),
+        ("[peers.A]\nhosts = ['10.0.0.5/24']", {}, "has host bits set"),
+        ("[peers.A]\nhosts = 'pacs.example.org'", {}, "host names are not resolved"),
+        ("[peers.A]\ntls_subject = 'modality1'", {}, "not of the form CN="),
+        ("[peers.A]\nmay = ['echo', 'move']", {}, "unknown action 'move'"),
+        ('[peers."WAY TOO LONG AE TITLE"]', {}, "not a valid AE title"),
+        ("[users.bob]\npasscode = 'hunter2'", {}, "passcode: bad hash"),
+        (
+            "[users.bob]\npasscode = 'scrypt$3$8$1$AAAAAAAAAAA=$AAAAAAAAAAAAAAAAAAAAAA=='",
+            {},
+            "power",
+        ),
+        ("[users.bob]\npasscode = 'scrypt$16$8$1$!!$AAAA'", {}, "base64"),
+        ("[jwt]\nsecret_file = 'missing.bin'", {}, "cannot read"),
+        ("[jwt]\npublic_key_file = 'k.pem'", {"k.pem": b"junk"}, "not a PEM public key"),
+        ("[jwt]\nsecret = 'short'", {}, "at least 32 bytes"),
+        ("[jwt]\nsecret_file = 's'\nalgorithms = ['none']", {"s": SECRET}, "'none' is never"),
+        ("[jwt]\nsecret_file = 's'\nalgorithms = ['RS256']", {"s": SECRET}, "public_key_file"),
+        ("[jwt]\nsecret_file = 's'\nalgorithms = ['XY1']", {"s": SECRET}, "unknown algorithm"),
+        ("[jwt]\nissuer = 'x'", {}, "needs secret, secret_file or public_key_file"),
+        ("[jwt]\nsecret_file = 's'\nleeway = -1", {"s": SECRET}, "leeway"),
+        ("peers = 3", {}, "peers must be a table"),
+    ],
+)
+def test_bad_files_give_one_line_errors(tmp_path, text, files, message) -> None:
+    with pytest.raises(PolicyError) as err:
+        load(tmp_path, text, **files)
+    text = str(err.value)
+    assert message in text
+    assert "\n" not in text and text.startswith(str(tmp_path / "policy.toml"))
+
+
+def test_a_missing_file(tmp_path) -> None:
+    with pytest.raises(PolicyError, match="cannot read: No such file"):
+        Policy.load(tmp_path / "nope.toml")
+
+
+def test_key_type_must_match_algorithm(tmp_path, keys) -> None:
+    with pytest.raises(PolicyError, match="RS256 needs an RSA key"):
+        load(
+            tmp_path,
+            "[jwt]\npublic_key_file = 'k.pem'\nalgorithms = ['RS256']",
+            **{"k.pem": pem(keys["ec"].public_key())},
+        )
+
+
+# --------------------------------------------------------------------------- callers
+
+CALLERS = """
+allow_unknown = false
+[peers.MODALITY1]
+hosts = ["10.1.2.3", "192.168.7.0/24", "2001:db8::/32"]
+[peers.SECURE]
+tls_subject = ["CN=modality1,O=Test Hospital", "CN=spare,O=Test Hospital"]
+[peers.MONITOR]
+may = ["echo"]
+"""
+
+
+@pytest.fixture
+def callers(tmp_path) -> Policy:
+    return load(tmp_path, CALLERS)
+
+
+def test_unknown_calling_ae_is_rejected_calling_ae_not_recognized(callers) -> None:
+    assert callers.admit(rq("STRANGER")).reject == REJECT_CALLER
+    assert (REJECT_CALLER.result, REJECT_CALLER.source, REJECT_CALLER.reason) == (1, 1, 3)
+
+
+def test_unknown_callers_admitted_with_their_rights(tmp_path) -> None:
+    policy = load(tmp_path, "allow_unknown = true\nunknown_may = ['echo']")
+    admission = policy.admit(rq("STRANGER"))
+    assert admission.reject is None and admission.may_echo and not admission.may_store
+
+
+@pytest.mark.parametrize(
+    ("address", "ok"),
+    [
+        ("10.1.2.3", True),
+        ("192.168.7.200", True),
+        ("::ffff:192.168.7.9", True),  # IPv4-mapped on a dual-stack socket
+        ("2001:db8::5", True),
+        ("10.1.2.4", False),
+        ("192.168.8.1", False),
+        ("not-an-address", False),
+    ],
+)
+def test_known_ae_from_allowed_hosts_only(callers, address, ok) -> None:
+    admission = callers.admit(rq("MODALITY1", address))
+    assert (admission.reject is None) is ok
+    if not ok:
+        assert admission.reject == REJECT_CALLER
+
+
+@pytest.mark.parametrize(
+    ("subject", "ok"),
+    [
+        ("CN=modality1,O=Test Hospital", True),
+        ("O=Test Hospital,CN=modality1", True),  # order does not matter
+        ("commonName=spare,organizationName=Test Hospital", True),
+        ("CN=modality2,O=Test Hospital", False),
+        ("CN=modality1,O=Other Hospital", False),
+        ("CN=modality1", False),
+        (None, False),  # no certificate at all
+    ],
+)
+def test_known_ae_with_the_right_certificate_only(callers, subject, ok) -> None:
+    admission = callers.admit(rq("SECURE", subject=subject))
+    assert admission.reject == (None if ok else REJECT_CALLER)
+
+
+def test_echo_only_peer_may_not_store(callers) -> None:
+    admission = callers.admit(rq("MONITOR"))
+    assert admission.reject is None and admission.may_echo and not admission.may_store
+
+
+def test_refusals_log_the_real_cause(callers, caplog) -> None:
+    caplog.set_level("WARNING", "dicomstore.policy")
+    callers.admit(rq("MODALITY1", "10.9.9.9"))
+    assert "address 10.9.9.9 not allowed" in caplog.text
+
+
+# --------------------------------------------------------------------------- users
+
+
+@pytest.fixture
+def users(tmp_path, alice_hash) -> Policy:
+    return load(
+        tmp_path,
+        f"""
+allow_unknown = true
+[peers.OPEN]
+require_user_identity = false
+[peers.MODALITY1]
+[users.alice]
+passcode = "{alice_hash}"
+[users.guest]
+[users.viewer]
+may = ["echo"]
+""",
+    )
+
+
+def test_username_only(users) -> None:
+    admission = users.admit(rq(identity=user("guest")))
+    assert admission.reject is None and admission.user == "guest"
+    assert admission.identity_response == b""  # PS3.7 D.3.3.7.2: zero length for type 1
+
+
+def test_username_and_passcode(users) -> None:
+    good = users.admit(rq(identity=user("alice", "correct horse")))
+    assert good.reject is None and good.user == "alice" and good.identity_response == b""
+    again = users.admit(rq(identity=user("alice", "correct horse")))  # from the cache
+    assert again.user == "alice"
+    assert users.admit(rq(identity=user("alice", "wrong horse"))).reject == REJECT_IDENTITY
+    assert (REJECT_IDENTITY.result, REJECT_IDENTITY.source, REJECT_IDENTITY.reason) == (1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [
+        user("mallory"),  # unknown user
+        user("mallory", "x"),
+        user("alice"),  # alice has a passcode: the name alone is not enough
+        user("alice", ""),
+        UserIdentityRQ(1, False, b"\xff\xfe"),  # not UTF-8
+        jwt_identity("a.b.c"),  # [jwt] not configured
+    ],
+)
+def test_a_presented_identity_must_be_valid(users, identity) -> None:
+    assert users.admit(rq(identity=identity)).reject == REJECT_IDENTITY
+
+
+def test_user_rights_narrow_the_peer_rights(users) -> None:
+    admission = users.admit(rq(identity=user("viewer")))
+    assert admission.may_echo and not admission.may_store
+
+
+def test_required_identity(tmp_path, alice_hash) -> None:
+    policy = load(
+        tmp_path,
+        f"""
+allow_unknown = true
+require_user_identity = true
+[peers.OPEN]
+require_user_identity = false
+[users.alice]
+passcode = "{alice_hash}"
+""",
+    )
+    assert policy.admit(rq("X")).reject == REJECT_IDENTITY
+    assert policy.admit(rq("X", identity=user("alice", "correct horse"))).user == "alice"
+    assert policy.admit(rq("OPEN")).reject is None
+    kerberos = UserIdentityRQ(3, True, b"ticket")
+    assert policy.admit(rq("X", identity=kerberos)).reject == REJECT_IDENTITY
+
+
+def test_unsupported_identity_types_are_ignored_when_not_required(users) -> None:
+    admission = users.admit(rq(identity=UserIdentityRQ(4, True, b"<saml/>")))
+    assert admission.reject is None and admission.user is None
+    assert admission.identity_response is None  # no positive response: not authenticated
+
+
+def test_passcode_hash_format_roundtrip() -> None:
+    encoded = hash_passcode("pässcode", **FAST)
+    assert re.fullmatch(r"scrypt\$16\$8\$1\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+", encoded)
+    parsed = PasscodeHash.parse(encoded)
+    assert parsed.encode() == encoded
+    assert parsed.verify("pässcode".encode()) and not parsed.verify(b"passcode")
+    assert hash_passcode("pässcode", **FAST) != encoded  # a fresh salt each time
+    assert "pässcode" not in encoded
+
+
+def test_hash_passcode_command(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "dicomstore.policy", "hash-passcode", "--n", "16"],
+        input=b"s3cret\n",
+        capture_output=True,
+        check=True,
+    )
+    encoded = done.stdout.decode().strip()
+    assert PasscodeHash.parse(encoded).verify(b"s3cret")
+    empty = subprocess.run(
+        [sys.executable, "-m", "dicomstore.policy", "hash-passcode"],
+        input=b"\n",
+        capture_output=True,
+    )
+    assert empty.returncode == 2 and b"empty passcode" in empty.stderr
+
+
+def test_check_command(tmp_path, capsys) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text("allow_unknown = true\n[peers.A]\n")
+    assert policy_module.main(["check", str(good)]) == 0
+    assert "1 peers" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text("allow_unknown = 1\n")
+    assert policy_module.main(["check", str(bad)]) == 2
+    assert "allow_unknown must be a bool" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- JWT
+
+
+@pytest.fixture
+def jwt_policy(tmp_path, keys) -> Policy:
+    return load(
+        tmp_path,
+        """
+allow_unknown = true
+[jwt]
+secret_file = "secret.bin"
+public_key_file = "rsa.pem"
+algorithms = ["HS256", "RS256"]
+issuer = "https://idp.example.org"
+audience = "dicomstore"
+[users.carol]
+may = ["store"]
+""",
+        **{"secret.bin": SECRET + b"\n", "rsa.pem": pem(keys["rsa"].public_key())},
+    )
+
+
+GOOD = {"iss": "https://idp.example.org", "aud": "dicomstore"}
+
+
+def test_jwt_hs256_and_rs256(jwt_policy, keys) -> None:
+    for token in (sign(claims(**GOOD)), sign(claims(**GOOD), "RS256", keys["rsa"])):
+        admission = jwt_policy.admit(rq(identity=jwt_identity(token)))
+        assert admission.reject is None, token
+        assert admission.user == "carol" and admission.identity_response == b""
+        assert admission.may_store and not admission.may_echo  # carol's own rights
+
+
+def test_jwt_audience_may_be_a_list(jwt_policy) -> None:
+    token = sign(claims(iss=GOOD["iss"], aud=["pacs", "dicomstore"]))
+    assert jwt_policy.admit(rq(identity=jwt_identity(token))).reject is None
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda k: sign(claims(**GOOD) | {"exp": time.time() - 3600}), "expired"),
+        (lambda k: sign(claims(**GOOD) | {"nbf": time.time() + 3600}), "not valid yet"),
+        (lambda k: sign({"sub": "carol", **GOOD}), 'no "exp"'),
+        (lambda k: sign({"exp": time.time() + 60, **GOOD}), 'no "sub"'),
+        (lambda k: sign(claims(**GOOD), key=b"x" * 40), "bad signature"),
+        (lambda k: sign(claims(**GOOD), "none", header={"alg": "none"}), "'none' is not allowed"),
+        (lambda k: sign(claims(**GOOD), "HS512"), "'HS512' is not allowed"),
+        (lambda k: sign(claims(iss=GOOD["iss"], aud="someone-else")), "audience"),
+        (lambda k: sign(claims(iss=GOOD["iss"])), "audience"),
+        (lambda k: sign(claims(iss="https://evil", aud="dicomstore")), "issuer"),
+        # The public key used as an HMAC secret (algorithm confusion).
+        (lambda k: sign(claims(**GOOD), "HS256", pem(k["rsa"].public_key())), "bad signature"),
+        (lambda k: sign(claims(**GOOD), header={"alg": "HS256", "crit": ["x"]}), "critical"),
+        (lambda k: "not.a.token.at.all", "three"),
+        (lambda k: "e30.e30.", "algorithm None"),
+        (lambda k: "%%%.e30.", "base64url"),
+    ],
+)
+def test_jwt_refusals(jwt_policy, keys, make, why, caplog) -> None:
+    caplog.set_level("WARNING", "dicomstore.policy")
+    admission = jwt_policy.admit(rq(identity=jwt_identity(make(keys))))
+    assert admission.reject == REJECT_IDENTITY
+    assert why in caplog.text
+
+
+def test_jwt_rs256_tampered_payload(jwt_policy, keys) -> None:
+    token = sign(claims(**GOOD), "RS256", keys["rsa"])
+    head, _body, sig = token.split(".")
+    forged = b64url_encode(json.dumps(claims(**GOOD) | {"sub": "root"}).encode())
+    admission = jwt_policy.admit(rq(identity=jwt_identity(f"{head}.{forged}.{sig}")))
+    assert admission.reject == REJECT_IDENTITY
+
+
+def test_jwt_es256(keys) -> None:
+    verifier = JWTVerifier(algorithms=["ES256"], public_key=keys["ec"].public_key())
+    token = sign(claims(), "ES256", keys["ec"])
+    assert verifier.verify(token)["sub"] == "carol"
+    head, body, sig = token.split(".")
+    raw = bytearray(b64url_decode(sig))
+    raw[5] ^= 1
+    with pytest.raises(InvalidToken, match="bad signature"):
+        verifier.verify(f"{head}.{body}.{b64url_encode(bytes(raw))}")
+    with pytest.raises(InvalidToken, match="bad signature"):
+        verifier.verify(f"{head}.{body}.{b64url_encode(bytes(raw[:40]))}")
+
+
+def test_jwt_token_without_audience_config_but_with_aud_is_refused() -> None:
+    verifier = JWTVerifier(algorithms=["HS256"], secret=SECRET)
+    assert verifier.verify(sign(claims()))["sub"] == "carol"
+    with pytest.raises(InvalidToken, match="audience"):  # RFC 7519 4.1.3
+        verifier.verify(sign(claims(aud="somebody")))
+
+
+def test_jwt_leeway_uses_the_clock() -> None:
+    now = 1_000_000.0
+    verifier = JWTVerifier(algorithms=["HS256"], secret=SECRET, leeway=30, clock=lambda: now)
+    assert verifier.verify(sign({"sub": "c", "exp": now - 29}))
+    with pytest.raises(InvalidToken, match="expired"):
+        verifier.verify(sign({"sub": "c", "exp": now - 31}))
+
+
+# --------------------------------------------------------------------------- a real server
+
+SERVER_POLICY = """
+allow_unknown = false
+[peers.STORER]
+hosts = ["127.0.0.0/8", "::1"]
+require_user_identity = true
+[peers.ECHOER]
+may = ["echo"]
+[users.alice]
+passcode = "{alice}"
+[jwt]
+secret_file = "secret.bin"
+audience = "dicomstore"
+"""
+
+CONTEXTS = [(SC, [uids.EXPLICIT_VR_LE]), (uids.VERIFICATION, [uids.IMPLICIT_VR_LE])]
+
+
+@pytest.fixture
+def server_policy(tmp_path, alice_hash) -> Path:
+    (tmp_path / "secret.bin").write_bytes(SECRET)
+    path = tmp_path / "policy.toml"
+    path.write_text(SERVER_POLICY.format(alice=alice_hash))
+    return path
+
+
+def test_server_with_policy_and_our_client(tmp_path, server_policy, monkeypatch) -> None:
+    accepted = []
+    real_requested = client_module.requested
+
+    def spy(rq_, ac):
+        accepted.append(ac.user_info.identity_ac)
+        return real_requested(rq_, ac)
+
+    monkeypatch.setattr(client_module, "requested", spy)
+    token = sign({"sub": "dave", "aud": "dicomstore", "exp": time.time() + 60})
+
+    async def main():
+        archive = Archive(tmp_path / "archive", fsync=False)
+        server = Server(
+            ServerConfig(port=0),
+            archive,
+            commit_in_thread=False,
+            gatekeeper=Policy.load(server_policy),
+        )
+        await server.start()
+        port = server.port
+        rejected = {}
+        try:
+            for name, kwargs in {
+                "unknown": {"calling_ae": "STRANGER"},
+                "no identity": {"calling_ae": "STORER"},
+                "wrong passcode": {"calling_ae": "STORER", "identity": user("alice", "nope")},
+            }.items():
+                with pytest.raises(AssociationRejected) as err:
+                    await associate("127.0.0.1", port, contexts=CONTEXTS, **kwargs)
+                rejected[name] = (err.value.result, err.value.source, err.value.reason)
+            alice = user("alice", "correct horse")
+            async with await associate(
+                "127.0.0.1", port, calling_ae="STORER", contexts=CONTEXTS, identity=alice
+            ) as assoc:
+                stored = await assoc.store_stream(
+                    assoc.context_for(SC), SC, "1.2.3.10", [dataset("1.2.3.10")]
+                )
+            async with await associate(
+                "127.0.0.1",
+                port,
+                calling_ae="STORER",
+                contexts=CONTEXTS,
+                identity=jwt_identity(token),
+            ) as assoc:
+                by_jwt = await assoc.store_stream(
+                    assoc.context_for(SC), SC, "1.2.3.11", [dataset("1.2.3.11")]
+                )
+            async with await associate(
+                "127.0.0.1", port, calling_ae="ECHOER", contexts=CONTEXTS
+            ) as assoc:
+                echo = await assoc.echo()
+                refused = await assoc.store_stream(
+                    assoc.context_for(SC), SC, "1.2.3.12", [dataset("1.2.3.12")]
+                )
+            return rejected, stored, by_jwt, echo, refused, archive.instances()
+        finally:
+            await server.close(grace=2)
+            archive.close()
+
+    rejected, stored, by_jwt, echo, refused, rows = asyncio.run(main())
+    assert rejected == {
+        "unknown": (1, 1, 3),
+        "no identity": (1, 1, 1),
+        "wrong passcode": (1, 1, 1),
+    }
+    assert stored.status == 0 and by_jwt.status == 0
+    assert echo.status == 0 and refused.status == 0x0124
+    assert sorted(r["sop_instance_uid"] for r in rows) == ["1.2.3.10", "1.2.3.11"]
+    # Positive responses were requested: a User Identity sub-item, empty (D.3.3.7.2).
+    assert [a.server_response for a in accepted if a is not None] == [b"", b""]
+
+
+# -- TLS client certificates (PS3.15 B.9): known AE, right/wrong/no certificate
+
+
+def _cert(name: str, key, issuer_name: x509.Name, issuer_key, *, ca: bool = False):
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test Hospital"),
+        ]
+    )
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name or subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _pki(d: Path) -> None:
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("Test CA", ca_key, None, ca_key, ca=True)
+    (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for name in ("server", "modality1", "modality2"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _cert(name, key, ca.subject, ca_key)
+        (d / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (d / f"{name}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+
+
+def test_server_checks_the_certificate_subject_of_a_known_ae(tmp_path) -> None:
+    _pki(tmp_path)
+    policy = load(tmp_path, '[peers.MODALITY1]\ntls_subject = "CN=modality1,O=Test Hospital"\n')
+
+    def ctx(name: str | None) -> ssl.SSLContext:
+        if name is None:
+            return client_context(tmp_path / "ca.pem")
+        return client_context(
+            tmp_path / "ca.pem", tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+        )
+
+    async def main():
+        config = ServerConfig(
+            port=0,
+            ssl=server_context(
+                tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
+            ),
+        )
+        server = Server(config, Archive(tmp_path / "a", fsync=False), gatekeeper=policy)
+        await server.start()
+        outcome = {}
+        try:
+            for name in ("modality1", "modality2", None):
+                try:
+                    assoc = await associate(
+                        "127.0.0.1", server.port, calling_ae="MODALITY1", ssl=ctx(name)
+                    )
+                except AssociationRejected as exc:
+                    outcome[name] = (exc.result, exc.source, exc.reason)
+                else:
+                    outcome[name] = (await assoc.echo()).status
+                    await assoc.release()
+        finally:
+            await server.close(grace=2)
+            server.handler.close()
+        return outcome
+
+    assert asyncio.run(main()) == {"modality1": 0, "modality2": (1, 1, 3), None: (1, 1, 3)}
+
+
+# -- DCMTK storescu (user, password, JWT) and echoscu (AE titles)
+
+
+@pytest.fixture
+def dcm_file(tmp_path) -> Path:
+    path = tmp_path / "ct.dcm"
+    src = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+    path.write_bytes(src.read_bytes())
+    return path
+
+
+def _dcmtk(tool: str, port: int, *args: str, send: Path | None = None):
+    files = [str(send)] if send else []
+    return subprocess.run(
+        [dcmtk(tool), "-ll", "info", *args, "127.0.0.1", str(port), *files],
+        env=PEER_ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_dcmtk_peers_against_the_policy(tmp_path, server_policy, dcm_file) -> None:
+    token_file = tmp_path / "token.jwt"
+    expired_file = tmp_path / "expired.jwt"
+    token_file.write_text(sign({"sub": "erin", "aud": "dicomstore", "exp": time.time() + 60}))
+    expired_file.write_text(sign({"sub": "erin", "aud": "dicomstore", "exp": time.time() - 600}))
+    archive = Archive(tmp_path / "archive", fsync=False)
+    storescu = ["-aet", "STORER", "-aec", "DICOMSTORE"]
+    with ServerThread(ServerConfig(port=0), archive, gatekeeper=Policy.load(server_policy)) as srv:
+        port = srv.port
+        good = _dcmtk(
+            "storescu",
+            port,
+            *storescu,
+            "--user",
+            "alice",
+            "--password",
+            "correct horse",
+            "--pos-response",
+            send=dcm_file,
+        )
+        wrong = _dcmtk(
+            "storescu", port, *storescu, "--user", "alice", "--password", "nope", send=dcm_file
+        )
+        missing = _dcmtk("storescu", port, *storescu, send=dcm_file)
+        jwt = _dcmtk(
+            "storescu", port, *storescu, "--jwt", str(token_file), "--pos-response", send=dcm_file
+        )
+        expired = _dcmtk("storescu", port, *storescu, "--jwt", str(expired_file), send=dcm_file)
+        echo_known = _dcmtk("echoscu", port, "-aet", "ECHOER")
+        echo_unknown = _dcmtk("echoscu", port, "-aet", "STRANGER")
+    rows = archive.instances()
+    archive.close()
+
+    def out(p: subprocess.CompletedProcess) -> str:
+        return p.stdout + p.stderr
+
+    assert good.returncode == 0, out(good)
+    assert jwt.returncode == 0, out(jwt)
+    assert echo_known.returncode == 0, out(echo_known)
+    for refused in (wrong, missing, expired):
+        assert refused.returncode != 0
+        assert "Association Rejected" in out(refused), out(refused)
+        assert "Rejected Permanent, Source: Service User" in out(refused)
+        assert "Reason: No Reason" in out(refused)
+    assert echo_unknown.returncode != 0
+    assert "Rejected Permanent, Source: Service User" in out(echo_unknown)
+    assert "Calling AE Title Not Recognized" in out(echo_unknown), out(echo_unknown)
+    assert [r["sop_instance_uid"] for r in rows] == [str(pydicom.dcmread(dcm_file).SOPInstanceUID)]
