@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from dicomstore import uids
-from dicomstore.aio.association import Timeouts, Transport
+from dicomstore.aio.association import Stream, Timeouts, Transport
 from dicomstore.dimse import CEchoRQ, CommandReceived, CStoreRQ, DatasetFragment, UnknownCommand
 from dicomstore.errors import (
     AssociationAborted,
@@ -336,10 +336,12 @@ async def associate(
     conn.request(rq)  # Evt1 -> Sta4
     try:
         async with asyncio.timeout(timeouts.connect):
-            reader, writer = await asyncio.open_connection(host, port, limit=2**20, ssl=ssl)
+            _, stream = await asyncio.get_running_loop().create_connection(
+                Stream, host, port, ssl=ssl
+            )
     except TimeoutError:
         raise AssociationError(f"connecting to {host}:{port} timed out") from None
-    assoc = ClientAssociation(Transport(reader, writer, conn, timeouts), rq)
+    assoc = ClientAssociation(Transport(stream, conn, timeouts), rq)
     try:
         await assoc._establish()
     except BaseException:

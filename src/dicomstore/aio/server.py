@@ -16,7 +16,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from dicomstore import uids
-from dicomstore.aio.association import Timeouts, Transport
+from dicomstore.aio.association import Stream, Timeouts, Transport
 from dicomstore.dimse import (
     CEchoRQ,
     CommandReceived,
@@ -144,16 +144,15 @@ class AcceptorAssociation:
                     started = None
                 elif started is None:
                     started = loop.time()
+                until = None
                 if started is not None and timeouts.operation is not None:
-                    left = started + timeouts.operation - loop.time()
-                    if left <= 0:
+                    until = started + timeouts.operation
+                    if loop.time() >= until:
                         raise OperationTooSlow
-                    idle = left if idle is None else min(idle, left)
                 try:
-                    events = await t.receive(idle)
+                    events = await t.receive(idle, until)
                 except TimeoutError:
-                    operation = timeouts.operation
-                    if started is not None and operation and loop.time() >= started + operation:
+                    if until is not None and loop.time() >= until:
                         raise OperationTooSlow from None
                     raise
                 try:
@@ -434,11 +433,11 @@ class Server:
 
     async def start(self) -> None:
         """Bind and start accepting connections."""
-        self._server = await asyncio.start_server(
-            self._on_connect,
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Stream(self._on_connect),
             self.config.host,
             self.config.port,
-            limit=2**20,
             ssl=self.config.ssl,
             ssl_handshake_timeout=self.config.timeouts.artim if self.config.ssl else None,
         )
@@ -454,9 +453,9 @@ class Server:
         except asyncio.CancelledError:
             pass
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    async def _on_connect(self, stream: Stream) -> None:
         conn = Connection(Role.ACCEPTOR, max_pdata=self.config.max_pdu)
-        transport = Transport(reader, writer, conn, self.config.timeouts)
+        transport = Transport(stream, conn, self.config.timeouts)
         over = len(self.associations) >= self.config.max_associations
         assoc = AcceptorAssociation(self, transport, over_limit=over)
         if not over:

@@ -65,7 +65,7 @@ class Connection:
         self.close_requested = False
         self.connect_requested = False
         self._reader = P.PDUReader(max_pdata, max_other)
-        self._out: list[bytes] = []
+        self._out: list[bytes | bytearray | memoryview] = []
         self._pending: P.PDU | None = None  # the PDU a local primitive asked to send
         self._received: P.PDU | None = None  # the PDU being handled
         self._error: RemoteProtocolError | None = None
@@ -77,9 +77,19 @@ class Connection:
         """Everything queued for the peer since the last call."""
         if not self._out:
             return b""
-        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        data = b"".join(self._out)
         self._out.clear()
         return data
+
+    def parts_to_send(self) -> list[bytes | bytearray | memoryview]:
+        """:meth:`data_to_send` as a list of buffers, for a vectored write (no copy).
+
+        PDV data the caller queued with :meth:`send_pdvs` come back as given:
+        they must stay unchanged until written.
+        """
+        out = self._out
+        self._out = []
+        return out
 
     @property
     def is_established(self) -> bool:
@@ -116,6 +126,28 @@ class Connection:
             pdus = self._reader.feed(data)
         except RemoteProtocolError as exc:
             pdus, error = exc.pdus, exc
+        return self._deliver(pdus, error)
+
+    def receive_view(self, data: memoryview) -> tuple[list[ULEvent], int]:
+        """:meth:`receive_data` for a shell that owns its receive buffer: no copy.
+
+        ``data`` is everything received and not yet consumed.  Returns the
+        events of the complete PDUs at its start and how many bytes they took;
+        the shell keeps the rest and presents it again, followed by more bytes.
+        The data of the P-DATA PDVs in the events are views into ``data``:
+        the shell must leave that memory alone until it is done with them.
+        """
+        if self._discard_input:
+            return [], len(data)
+        error: RemoteProtocolError | None = None
+        try:
+            pdus, used = self._reader.parse(data)
+        except RemoteProtocolError as exc:
+            pdus, error, used = exc.pdus, exc, len(data)
+        events = self._deliver(pdus, error)
+        return events, len(data) if self._discard_input else used
+
+    def _deliver(self, pdus: list[P.PDU], error: RemoteProtocolError | None) -> list[ULEvent]:
         events: list[ULEvent] = []
         for index, pdu in enumerate(pdus):
             if self._discard_input:
@@ -161,10 +193,18 @@ class Connection:
         """Evt9: P-DATA request, one P-DATA-TF PDU holding ``pdvs``."""
         state = self.state
         if state is State.STA6:  # DT-1, the hot path: no table walk
-            self._out.append(P.encode_pdata(pdvs))
+            self._out += P.encode_pdata_parts(pdvs)
             return
         self._pending = P.PDataTF(pdvs)
         self._handle(Event.P_DATA_RQ_LOCAL)
+
+    def send_each(self, pdvs: list[P.PDV]) -> None:
+        """Evt9 once per PDV: each in a P-DATA-TF of its own (as DIMSE sends them)."""
+        if self.state is State.STA6:  # DT-1 each time, the hot path
+            P.encode_pdata_each(pdvs, self._out)
+            return
+        for pdv in pdvs:
+            self.send_pdvs([pdv])
 
     def release(self) -> None:
         """Evt11: A-RELEASE request."""

@@ -169,6 +169,9 @@ _HEADER = struct.Struct(">BBL")
 _ASSOC_FIXED = struct.Struct(">HH16s16s32s")
 _FOUR = struct.Struct(">BBBB")
 _PDV_HEADER = struct.Struct(">LBB")
+_PDU_PDV_HEADER = struct.Struct(">BBLLBB")  # a P-DATA-TF header and its one PDV's
+#: PDV data shorter than this is copied next to its header rather than kept apart.
+_INLINE = 4096
 
 
 def _ae_bytes(ae: str) -> bytes:
@@ -191,16 +194,50 @@ def _ae_text(raw: bytes, strict: bool = True) -> str:
         ) from None
 
 
-def encode_pdata(pdvs: list[PDV]) -> bytes:
-    """Encode a P-DATA-TF PDU; the hot path, so it avoids dataclass dispatch."""
-    parts: list[bytes | bytearray | memoryview] = []
+def encode_pdata_parts(pdvs: list[PDV]) -> list[bytes | bytearray | memoryview]:
+    """A P-DATA-TF PDU as a list of buffers, headers apart from the PDV data.
+
+    Nothing is copied: each PDV's data is one of the parts, so a shell can hand
+    them to a vectored write (``b"".join`` of the parts is :func:`encode_pdata`).
+    Headers that follow each other (PDU header, PDV header, an empty PDV) are
+    joined into one small part.
+    """
     total = 0
     for pdv in pdvs:
-        n = len(pdv.data)
-        parts.append(_PDV_HEADER.pack(n + 2, pdv.context_id, pdv.is_command | (pdv.is_last << 1)))
-        parts.append(pdv.data)
-        total += n + 6
-    return b"".join([_HEADER.pack(P_DATA_TF, 0, total), *parts])
+        total += len(pdv.data) + 6
+    parts: list[bytes | bytearray | memoryview] = []
+    head = _HEADER.pack(P_DATA_TF, 0, total)
+    for pdv in pdvs:
+        data = pdv.data
+        head += _PDV_HEADER.pack(len(data) + 2, pdv.context_id, pdv.is_command | (pdv.is_last << 1))
+        if len(data) < _INLINE:
+            head += data
+        else:
+            parts.append(head)
+            parts.append(data)
+            head = b""
+    if head:
+        parts.append(head)
+    return parts
+
+
+def encode_pdata_each(pdvs: list[PDV], out: list[bytes | bytearray | memoryview]) -> None:
+    """Append to ``out`` one P-DATA-TF PDU per PDV, as in :func:`encode_pdata_parts`."""
+    pack = _PDU_PDV_HEADER.pack
+    for pdv in pdvs:
+        data = pdv.data
+        n = len(data)
+        head = pack(P_DATA_TF, 0, n + 6, n + 2, pdv.context_id, pdv.is_command | (pdv.is_last << 1))
+        if n < _INLINE:
+            out.append(head + data)
+        else:
+            out.append(head)
+            out.append(data)
+
+
+def encode_pdata(pdvs: list[PDV]) -> bytes:
+    """Encode a P-DATA-TF PDU; the hot path, so it avoids dataclass dispatch."""
+    return b"".join(encode_pdata_parts(pdvs))
 
 
 def encode(pdu: PDU) -> bytes:
@@ -238,8 +275,12 @@ def encode(pdu: PDU) -> bytes:
     raise TypeError(f"not a PDU: {pdu!r}")
 
 
-def decode_pdata(body: bytes | bytearray | memoryview) -> PDataTF:
-    """Decode the variable field of a P-DATA-TF into PDVs (PS3.8 9.3.5)."""
+def decode_pdata(body: bytes | bytearray | memoryview, copy: bool = True) -> PDataTF:
+    """Decode the variable field of a P-DATA-TF into PDVs (PS3.8 9.3.5).
+
+    With ``copy=False`` (and a memoryview ``body``) each PDV's data is a view
+    into ``body``, valid as long as the caller leaves that memory alone.
+    """
     pdvs: list[PDV] = []
     off = 0
     end = len(body)
@@ -263,7 +304,8 @@ def decode_pdata(body: bytes | bytearray | memoryview) -> PDataTF:
             )
         # Bits 2-7 of the message control header are "never checked by the
         # receiver" (PS3.8 E.2).
-        pdvs.append(PDV(ctx, bool(mch & 1), bool(mch & 2), bytes(body[off + 6 : off + 4 + length])))
+        data = body[off + 6 : off + 4 + length]
+        pdvs.append(PDV(ctx, bool(mch & 1), bool(mch & 2), bytes(data) if copy else data))
         off += 4 + length
     return PDataTF(pdvs)
 
@@ -320,6 +362,13 @@ def decode_pdu(kind: int, body: bytes | bytearray | memoryview) -> PDU:
     raise RemoteProtocolError(f"unrecognized PDU type {kind:#04x}", ABORT_UNRECOGNIZED_PDU)
 
 
+def pdu_size(data: bytes | bytearray | memoryview) -> int:
+    """Bytes the PDU at the start of ``data`` takes in all (6 while its header is incomplete)."""
+    if len(data) < 6:
+        return 6
+    return 6 + _HEADER.unpack_from(data, 0)[2]
+
+
 class PDUReader:
     """Cut an inbound byte stream into PDUs (PS3.8 9.3.1).
 
@@ -373,6 +422,36 @@ class PDUReader:
         if off:
             del buf[:off]
         return out
+
+    def parse(self, view: memoryview) -> tuple[list[PDU], int]:
+        """Decode the complete PDUs at the start of ``view`` in place (no copy).
+
+        For a shell that owns its receive buffer: PDV data are views into
+        ``view``.  Returns the PDUs and how many bytes they took; what follows
+        (the start of a PDU, whose header, if complete, passed the checks) is
+        the caller's to keep and present again with more bytes after it.
+        Errors as for :meth:`feed`.
+        """
+        out: list[PDU] = []
+        off = 0
+        size = len(view)
+        try:
+            while size - off >= 6:
+                kind, _, length = _HEADER.unpack_from(view, off)
+                self._check_header(kind, length)
+                start = off + 6
+                if size - start < length:
+                    break
+                body = view[start : start + length]
+                if kind == P_DATA_TF:
+                    out.append(decode_pdata(body, copy=False))
+                else:
+                    out.append(decode_pdu(kind, bytes(body)))
+                off = start + length
+        except RemoteProtocolError as exc:
+            exc.pdus = out
+            raise
+        return out, off
 
     def _check_header(self, kind: int, length: int) -> None:
         if not ASSOCIATE_RQ <= kind <= ABORT:
