@@ -91,8 +91,20 @@ def main() -> None:
     pixel_bytes = int(args.gib * 1024**3) // (1024 * 1024) * (1024 * 1024)
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         server = subprocess.Popen(
-            [sys.executable, "-m", "dicomstore.cli", "serve", "--port", str(args.port),
-             "--storage", tmp, "--fsync", args.fsync, "--log-level", "warning"]
+            [
+                sys.executable,
+                "-m",
+                "dicomstore.cli",
+                "serve",
+                "--port",
+                str(args.port),
+                "--storage",
+                tmp,
+                "--fsync",
+                args.fsync,
+                "--log-level",
+                "warning",
+            ]
         )
         try:
             from tests.conftest import wait_listening
