@@ -1,7 +1,9 @@
 """The PS3.10 file around a received data set.
 
 Before the data set: the 128-byte preamble, ``DICM`` and the File Meta
-Information (PS3.10 7.1), written by pydicom's ``write_file_meta_info``.
+Information (PS3.10 7.1), written by pydicom's ``write_file_meta_info`` —
+once per kind of instance: :class:`MetaTemplates` keeps what pydicom wrote and
+puts each new SOP Instance UID of the same length in place of the old one.
 After it: the header read back with pydicom up to the Pixel Data, plus a check
 that the data set is framed correctly — pydicom reads leniently and accepts a
 truncated value or header without complaint, so every top-level element is
@@ -11,7 +13,9 @@ Pixel Data header to fit in the file.
 
 from __future__ import annotations
 
+import functools
 import io
+import re
 import struct
 import zlib
 from collections.abc import Callable
@@ -95,6 +99,86 @@ def file_header(
     return buffer.getvalue()
 
 
+#: A SOP Instance UID :class:`MetaTemplates` may put in a template: printable
+#: ASCII without space or backslash, which pydicom writes byte for byte.
+_PLAIN_UID = re.compile(rb"[\x21-\x5b\x5d-\x7e]+")
+_PLACEHOLDER = b"9"
+_MISSING = object()
+
+
+class MetaTemplates:
+    """:func:`file_header` for many instances at the price of a few.
+
+    Per (SOP Class, transfer syntax, AE titles, length of the SOP Instance UID)
+    pydicom writes the header once, for a placeholder UID of that length; the
+    header of an instance is that template with its own UID bytes put where the
+    placeholder's are (same length, so the same padding and group length). A
+    template is kept only after it reproduced pydicom's own output for the
+    first real UID; a UID that is not plain ASCII always goes through pydicom.
+    Safe to share between threads (at worst two of them build the same template).
+    """
+
+    LIMIT = 1024  #: templates kept before the cache starts again
+
+    def __init__(self) -> None:
+        self._templates: dict[tuple[str, str, str, str, int], tuple[bytes, int] | None] = {}
+
+    def header(
+        self,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        calling_ae: str,
+        called_ae: str,
+    ) -> bytes:
+        """The same bytes as :func:`file_header` with these arguments."""
+        uid = uid_bytes(sop_instance_uid)
+        key = (sop_class_uid, transfer_syntax_uid, calling_ae, called_ae, len(uid))
+        entry = self._templates.get(key, _MISSING)
+        plain = _PLAIN_UID.fullmatch(uid) is not None
+        if plain and isinstance(entry, tuple):
+            template, at = entry
+            return template[:at] + uid + template[at + len(uid) :]
+        fields = {
+            "sop_class_uid": sop_class_uid,
+            "transfer_syntax_uid": transfer_syntax_uid,
+            "calling_ae": calling_ae,
+            "called_ae": called_ae,
+        }
+        real = file_header(sop_instance_uid=sop_instance_uid, **fields)
+        if plain and entry is _MISSING:
+            if len(self._templates) >= self.LIMIT:
+                self._templates.clear()
+            placeholder = (_PLACEHOLDER * len(uid)).decode()
+            template = file_header(sop_instance_uid=placeholder, **fields)
+            at = _instance_uid_at(template, len(uid))
+            made = None if at is None else template[:at] + uid + template[at + len(uid) :]
+            self._templates[key] = (template, at) if made == real and at is not None else None
+        return real
+
+
+def _instance_uid_at(header: bytes, length: int) -> int | None:
+    """Where the value of (0002,0003) starts in a header, if it holds ``length`` bytes
+    (plus one byte of padding when odd)."""
+    pos = len(PREAMBLE) + len(PREFIX)
+    while pos + 8 <= len(header):
+        group, elem = struct.unpack_from("<HH", header, pos)
+        if group != 0x0002:
+            return None
+        if header[pos + 4 : pos + 6] in _LONG_VRS:
+            (size,) = struct.unpack_from("<L", header, pos + 8)
+            value = pos + 12
+        else:
+            (size,) = struct.unpack_from("<H", header, pos + 6)
+            value = pos + 8
+        if elem == 0x0003:
+            return value if size == length + length % 2 else None
+        pos = value + size
+    return None
+
+
+@functools.lru_cache(maxsize=64)
 def encoding_of(transfer_syntax_uid: str) -> tuple[bool, bool, bool]:
     """(implicit VR, little endian, deflated) of a transfer syntax (PS3.5 10).
 
@@ -206,7 +290,11 @@ def _check_pixel_header(
 ) -> None:
     """The Pixel Data element header is complete and its value fits in the file."""
     stream.seek(stop)
-    head = stream.read(16)
+    check_pixel_header(stream.read(16), stop, size, implicit, little)
+
+
+def check_pixel_header(head: bytes, stop: int, size: int, implicit: bool, little: bool) -> None:
+    """:func:`_check_pixel_header` for the (up to) 16 bytes at ``stop``."""
     order = "<" if little else ">"
     if len(head) < 8:
         raise HeaderError("the Pixel Data element header is truncated", 0x7FE00010)

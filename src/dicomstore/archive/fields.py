@@ -5,14 +5,25 @@ SOP Common / General Image (C.12.1, C.7.6.1). Values that cannot be decoded
 or converted become ``None``: the index is a finding aid, never a reason to
 refuse an instance. UIDs are taken from the raw bytes (a UI value with a
 backslash would otherwise become a multi-value).
+
+:func:`index_fields` reads them from a pydicom ``Dataset``;
+:func:`fields_of_elements` from the raw elements of ``scan.scan_header``,
+with the same results: a plain value (printable ASCII, one value, the VR of
+the dictionary) is decoded directly, as pydicom would decode it, and every
+other one is converted by pydicom.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from pydicom import config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 
 from dicomstore.archive.layout import normalize_uid
 
@@ -20,6 +31,13 @@ SOP_CLASS_UID = 0x00080016
 SOP_INSTANCE_UID = 0x00080018
 STUDY_INSTANCE_UID = 0x0020000D
 SERIES_INSTANCE_UID = 0x0020000E
+SPECIFIC_CHARACTER_SET = 0x00080005
+UID_FIELDS = {
+    "sop_class_uid": SOP_CLASS_UID,
+    "sop_instance_uid": SOP_INSTANCE_UID,
+    "study_uid": STUDY_INSTANCE_UID,
+    "series_uid": SERIES_INSTANCE_UID,
+}
 
 #: index column -> DICOM keyword, for the text attributes.
 TEXT_FIELDS = {
@@ -39,6 +57,22 @@ TEXT_FIELDS = {
 }
 #: index column -> DICOM keyword, for the IS attributes.
 NUMBER_FIELDS = {"series_number": "SeriesNumber", "instance_number": "InstanceNumber"}
+
+
+#: Every top-level element the index reads, and the character set that decodes them.
+WANTED: frozenset[int] = frozenset(
+    [SPECIFIC_CHARACTER_SET, *UID_FIELDS.values()]
+    + [tag_for_keyword(k) for k in (*TEXT_FIELDS.values(), *NUMBER_FIELDS.values())]
+)
+# (column, keyword, tag, VR, pattern of a plain value) for the fast path
+_PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")  # printable ASCII, no backslash
+_PLAIN_PN = re.compile(rb"[\x20-\x3c\x3e-\x5b\x5d-\x7e]*")  # ... and no "=" (PN groups)
+_INTEGER = re.compile(rb" *[+-]?[0-9]+ *")
+_TEXT = [
+    (c, k, tag_for_keyword(k), dictionary_VR(k), _PLAIN_PN if dictionary_VR(k) == "PN" else _PLAIN)
+    for c, k in TEXT_FIELDS.items()
+]
+_NUMBERS = [(c, k, tag_for_keyword(k), dictionary_VR(k)) for c, k in NUMBER_FIELDS.items()]
 
 
 def raw_uid(ds: Dataset, tag: int) -> str | None:
@@ -93,4 +127,47 @@ def index_fields(ds: Dataset) -> dict[str, Any]:
         fields[column] = _text(ds, keyword)
     for column, keyword in NUMBER_FIELDS.items():
         fields[column] = _number(ds, keyword)
+    return fields
+
+
+def fields_of_elements(
+    elements: dict[int, tuple[str | None, bytes, int]], implicit: bool
+) -> dict[str, Any]:
+    """:func:`index_fields` of a data set given by its wanted elements only, as
+    ``scan.scan_header`` returns them: tag -> (VR or ``None``, value bytes, offset)."""
+    fields: dict[str, Any] = {}
+    for column, tag in UID_FIELDS.items():
+        element = elements.get(tag)
+        fields[column] = None if element is None else (normalize_uid(element[1]) or None)
+    fast = config.settings.reading_validation_mode != config.RAISE
+    slow: list[tuple[str, str, bool]] = []
+    for column, keyword, tag, vr, plain in _TEXT:
+        element = elements.get(tag)
+        if element is None:
+            fields[column] = None
+        elif fast and element[0] in (None, vr) and plain.fullmatch(element[1]):
+            fields[column] = element[1].decode("ascii").strip() or None
+        else:
+            fields[column] = None  # (keeps the order of the keys)
+            slow.append((column, keyword, False))
+    for column, keyword, tag, vr in _NUMBERS:
+        element = elements.get(tag)
+        if element is None:
+            fields[column] = None
+        elif fast and element[0] in (None, vr) and _INTEGER.fullmatch(element[1]):
+            fields[column] = int(element[1])
+        elif fast and element[0] in (None, vr) and not element[1].strip(b" \0"):
+            fields[column] = None
+        else:
+            fields[column] = None
+            slow.append((column, keyword, True))
+    if slow:  # pydicom converts what is not plain, with the Specific Character Set
+        ds = Dataset(
+            {
+                BaseTag(tag): RawDataElement(BaseTag(tag), vr, len(raw), raw, at, implicit, True)
+                for tag, (vr, raw, at) in elements.items()
+            }
+        )
+        for column, keyword, number in slow:
+            fields[column] = _number(ds, keyword) if number else _text(ds, keyword)
     return fields

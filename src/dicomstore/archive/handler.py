@@ -5,6 +5,9 @@ presentation context name, ``write`` for each data set fragment in order,
 then ``commit`` (possibly from a worker thread) whose outcome carries the
 PS3.4 B.2.3 status to answer, or ``abort`` when the association ends first.
 :class:`~dicomstore.archive.store.Archive` satisfies it; so can user code.
+The archive's ``commit`` may be called from many threads at once (several
+associations, several instances in flight on one): it blocks until its
+instance is durable, and commits that meet share their flushes.
 """
 
 from __future__ import annotations

@@ -2,53 +2,46 @@
 
 :meth:`Ingest.__init__` (called by ``Archive.begin``) creates a temporary file
 in ``<root>/.tmp`` and writes the preamble, ``DICM`` and File Meta Information
-at once; :meth:`Ingest.write` appends each data set fragment exactly as
-received with one ``os.write`` (no copy, no buffer) and feeds the SHA-256 of
-the data set; :meth:`Ingest.commit` reads the header back (up to the Pixel
-Data), checks it against the command, fsyncs and hands the file to the archive,
-which renames it into place and indexes it; :meth:`Ingest.abort` drops it.
+at once (from a template: ``dicomfile.MetaTemplates``); :meth:`Ingest.write`
+appends each data set fragment exactly as received with one ``os.write`` (no
+buffer), feeds the SHA-256 of the data set and keeps a copy of its first
+``scan.PREFIX_SIZE`` bytes; :meth:`Ingest.commit` reads the header (up to the
+Pixel Data) from those bytes — or, when they do not settle it, from the file
+with pydicom — checks it against the command and hands the still open file to
+the archive, which flushes it, renames it into place and indexes it, together
+with whatever other commits are under way (``commit.GroupCommit``);
+:meth:`Ingest.abort` drops it.
 
 Storage errors never raise from ``begin``/``write``: the first one is kept,
 the temporary file removed at once (to give the space back) and ``commit``
 answers A700. Misuse (``write`` after ``commit``) raises ``LocalProtocolError``.
+``commit`` may be called from any thread, by many threads at once.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from dicomstore.archive import outcome as st
-from dicomstore.archive.dicomfile import HeaderError, file_header, read_header
-from dicomstore.archive.fields import index_fields
+from dicomstore.archive.commit import ArchiveClosedError, Staged
+from dicomstore.archive.dicomfile import HeaderError, MetaTemplates, encoding_of, read_header
+from dicomstore.archive.fields import fields_of_elements, index_fields
 from dicomstore.archive.layout import normalize_uid, remove_quietly
-from dicomstore.archive.outcome import StoreOutcome, failure
+from dicomstore.archive.outcome import StoreOutcome, describe_os_error, failure
+from dicomstore.archive.scan import PREFIX_SIZE, scan_header
 from dicomstore.errors import LocalProtocolError
 
-
-@dataclass(frozen=True, slots=True)
-class Staged:
-    """A complete, checked, fsynced temporary file waiting to be published."""
-
-    temp: Path
-    row: dict[str, Any]  # index columns, all but "path"
-
+__all__ = ["Ingest", "Publish", "Staged", "describe_os_error"]
 
 Publish = Callable[[Staged], StoreOutcome]
-
-
-def describe_os_error(exc: OSError, doing: str) -> str:
-    """An Error Comment for an I/O failure (A700)."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"out of resources: {os.strerror(exc.errno)} while {doing}"
-    return f"out of resources: {exc.strerror or exc} while {doing}"
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_TEMPLATES = MetaTemplates()  # for an Ingest made without an archive's templates
 
 
 class Ingest:
@@ -65,6 +58,9 @@ class Ingest:
         calling_ae: str = "",
         called_ae: str = "",
         fsync: bool = True,
+        name: str | None = None,
+        templates: MetaTemplates | None = None,
+        announce: tuple[Callable[[], None], Callable[[], None]] | None = None,
     ) -> None:
         self.sop_class_uid = normalize_uid(sop_class_uid)
         self.sop_instance_uid = normalize_uid(sop_instance_uid)
@@ -72,14 +68,17 @@ class Ingest:
         self.calling_ae = calling_ae.strip()
         self.called_ae = called_ae.strip()
         self._publish = publish
+        # (arriving, left): tell the group commit that a commit is on its way
+        self._arriving, self._left = announce if announce is not None else (None, None)
         self._fsync = fsync
         self._digest = hashlib.sha256()
         self._size = 0  # data set bytes
+        self._prefix = bytearray()  # the first PREFIX_SIZE of them
         self._error: str | None = None
         self._done = False
         self._fd = -1
-        self.temp = tmp_dir / f"{uuid.uuid4().hex}.part"
-        header = file_header(
+        self._temp = f"{tmp_dir}/{name or uuid.uuid4().hex + '.part'}"
+        header = (templates or _TEMPLATES).header(
             sop_class_uid=self.sop_class_uid,
             sop_instance_uid=self.sop_instance_uid,
             transfer_syntax_uid=self.transfer_syntax_uid,
@@ -88,11 +87,15 @@ class Ingest:
         )
         self._header_size = len(header)
         try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-            self._fd = os.open(self.temp, flags, 0o644)
+            self._fd = os.open(self._temp, _FLAGS, 0o644)
             self._write_all(header)
         except OSError as exc:
             self._fail(exc, "creating the file")
+
+    @property
+    def temp(self) -> Path:
+        """The temporary file (complete up to the last fragment written)."""
+        return Path(self._temp)
 
     @property
     def size(self) -> int:
@@ -100,11 +103,11 @@ class Ingest:
         return self._size
 
     def _write_all(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        written = os.write(self._fd, view)
-        while written < len(view):  # short write: rare for regular files
-            view = view[written:]
-            written = os.write(self._fd, view)
+        written = os.write(self._fd, data)
+        if written < len(data):  # short write: rare for regular files
+            view = memoryview(data)[written:]
+            while view:
+                view = view[os.write(self._fd, view) :]
 
     def _fail(self, exc: OSError, doing: str) -> None:
         self._error = describe_os_error(exc, doing)
@@ -117,7 +120,7 @@ class Ingest:
             except OSError:
                 pass
             self._fd = -1
-        remove_quietly(self.temp)
+        remove_quietly(self._temp)
 
     def write(self, fragment: bytes | bytearray | memoryview) -> None:
         """Append one data set fragment exactly as received."""
@@ -133,6 +136,9 @@ class Ingest:
             return
         self._digest.update(view)
         self._size += len(view)
+        room = PREFIX_SIZE - len(self._prefix)
+        if room > 0:
+            self._prefix += view[:room]
 
     def abort(self) -> None:
         """Forget the instance: temporary file removed, nothing indexed. Idempotent."""
@@ -147,47 +153,65 @@ class Ingest:
         self.abort()
 
     def commit(self) -> StoreOutcome:
-        """Check, fsync and publish; the status to answer (PS3.4 B.2.3)."""
+        """Check, then publish durably; the status to answer (PS3.4 B.2.3)."""
         if self._done:
             raise LocalProtocolError("commit() after commit() or abort()")
         self._done = True
+        if self._error is not None:
+            self._drop()
+            return failure(st.OUT_OF_RESOURCES, self._error)
+        if self._arriving is not None:
+            self._arriving()  # a batch being formed may wait for this one
         try:
-            if self._error is not None:
-                return failure(st.OUT_OF_RESOURCES, self._error)
-            return self._commit()
-        finally:
-            self._drop()  # after a successful rename the temporary name is gone
+            staged = self._check()
+        except BaseException:
+            self._drop()
+            if self._left is not None:
+                self._left()
+            raise
+        if isinstance(staged, StoreOutcome):
+            self._drop()
+            if self._left is not None:
+                self._left()
+            return staged
+        self._fd = -1  # the publisher owns the file now
+        self._prefix = bytearray()
+        try:
+            return self._publish(staged)
+        except ArchiveClosedError as exc:
+            os.close(staged.fd)
+            remove_quietly(self._temp)
+            return failure(st.OUT_OF_RESOURCES, f"out of resources: {exc}")
 
-    def _commit(self) -> StoreOutcome:
-        size = self._header_size + self._size
-        try:
-            with open(self.temp, "rb") as fp:
-                ds = read_header(fp, self._header_size, size, self.transfer_syntax_uid)
-        except HeaderError as exc:
-            tags = (exc.tag,) if exc.tag is not None else ()
-            return failure(st.CANNOT_UNDERSTAND, f"cannot understand: {exc}", *tags)
-        except OSError as exc:
-            return failure(st.OUT_OF_RESOURCES, describe_os_error(exc, "reading the header"))
-        row = index_fields(ds)
+    def _check(self) -> Staged | StoreOutcome:
+        """The index row of a data set that passes the checks, or the failure."""
+        implicit, little, deflated = encoding_of(self.transfer_syntax_uid)
+        elements = None
+        if little and not deflated:
+            elements = scan_header(self._prefix, self._size, implicit)
+        if elements is not None:
+            row = fields_of_elements(elements, implicit)
+        else:
+            size = self._header_size + self._size
+            try:
+                with open(self._temp, "rb") as fp:
+                    ds = read_header(fp, self._header_size, size, self.transfer_syntax_uid)
+            except HeaderError as exc:
+                tags = (exc.tag,) if exc.tag is not None else ()
+                return failure(st.CANNOT_UNDERSTAND, f"cannot understand: {exc}", *tags)
+            except OSError as exc:
+                return failure(st.OUT_OF_RESOURCES, describe_os_error(exc, "reading the header"))
+            row = index_fields(ds)
         mismatch = self._check_identity(row)
         if mismatch is not None:
             return mismatch
-        try:
-            if self._fsync:
-                os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-        except OSError as exc:
-            return failure(st.OUT_OF_RESOURCES, describe_os_error(exc, "flushing the file"))
-        row.update(
-            transfer_syntax_uid=self.transfer_syntax_uid,
-            file_size=size,
-            digest=self._digest.hexdigest(),
-            received_at=datetime.now(UTC).isoformat(timespec="microseconds"),
-            calling_ae=self.calling_ae or None,
-            called_ae=self.called_ae or None,
-        )
-        return self._publish(Staged(self.temp, row))
+        row["transfer_syntax_uid"] = self.transfer_syntax_uid
+        row["file_size"] = self._header_size + self._size
+        row["digest"] = self._digest.hexdigest()
+        row["received_at"] = datetime.now(UTC).isoformat(timespec="microseconds")
+        row["calling_ae"] = self.calling_ae or None
+        row["called_ae"] = self.called_ae or None
+        return Staged(self._temp, self._fd, row)
 
     def _check_identity(self, row: dict[str, Any]) -> StoreOutcome | None:
         """A900 when (0008,0016)/(0008,0018) are absent or differ from the command.

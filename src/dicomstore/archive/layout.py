@@ -12,13 +12,21 @@ other value (``..``, separators, NUL, non-ASCII, too long, empty) is replaced
 by ``x-`` and the first 32 hex digits of its SHA-256, which cannot collide
 with a conformant UID. A Study or Series Instance UID absent from the data set
 gives the folder ``no-study-uid`` / ``no-series-uid``.
+
+Flushing: :func:`fsync_dir` for a folder's entries, :func:`syncfs` for the
+whole file system (used for a batch of instances, see ``publish.py``), and
+:func:`start_writeback` to let the fsyncs of a batch overlap.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import hashlib
 import os
 import re
+import sys
 from pathlib import Path, PurePosixPath
 
 from dicomstore.uids import is_valid_uid
@@ -63,11 +71,25 @@ def safe_component(uid: str | None, missing: str) -> str:
 
 def instance_relpath(study_uid: str | None, series_uid: str | None, sop_uid: str) -> PurePosixPath:
     """``<study>/<series>/<sop>.dcm`` with every component made safe."""
-    return PurePosixPath(
-        safe_component(study_uid, NO_STUDY),
-        safe_component(series_uid, NO_SERIES),
-        safe_component(sop_uid, "no-sop-instance-uid") + SUFFIX,
-    )
+    return PurePosixPath(instance_relstr(study_uid, series_uid, sop_uid))
+
+
+_safe_cached = functools.lru_cache(maxsize=1024)(safe_component)
+
+
+def _folder(uid: str | None, missing: str) -> str:
+    """:func:`safe_component` of a study or series, remembered (the same ones come
+    instance after instance); long hostile values are not kept."""
+    if uid is not None and len(uid) > 64:
+        return safe_component(uid, missing)
+    return _safe_cached(uid, missing)
+
+
+def instance_relstr(study_uid: str | None, series_uid: str | None, sop_uid: str) -> str:
+    """:func:`instance_relpath` as a string (the index's ``path``)."""
+    study = _folder(study_uid, NO_STUDY)
+    series = _folder(series_uid, NO_SERIES)
+    return f"{study}/{series}/{safe_component(sop_uid, 'no-sop-instance-uid')}{SUFFIX}"
 
 
 def resolve(root: Path, relpath: str | PurePosixPath) -> Path:
@@ -85,6 +107,51 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _kernel() -> tuple[int, ...]:
+    match = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return tuple(int(n) for n in match.groups()) if match else (0, 0)
+
+
+_LIBC = _libc()
+_SYNCFS = getattr(_LIBC, "syncfs", None)
+_SYNC_FILE_RANGE = getattr(_LIBC, "sync_file_range", None)
+if _SYNC_FILE_RANGE is not None:
+    _SYNC_FILE_RANGE.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_SYNC_FILE_RANGE_WRITE = 2
+
+#: True when :func:`syncfs` can stand for the fsyncs of many files: Linux reports
+#: writeback errors through syncfs(2) only since 5.8 (before, it returned 0 even
+#: when data was lost, so a flush could not be trusted).
+SYNCFS_AVAILABLE = _SYNCFS is not None and _kernel() >= (5, 8)
+
+
+def syncfs(fd: int) -> None:
+    """Write and flush everything dirty on the file system holding ``fd`` (file data,
+    folders, the journal): one cache flush for a whole batch. Raises ``OSError``,
+    also for a writeback error since the last call with this ``fd``."""
+    if _SYNCFS is None:
+        raise OSError(38, "syncfs is not available")
+    if _SYNCFS(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing ``fd``'s dirty pages without waiting (``sync_file_range``), so
+    that the fsyncs of several files overlap; nothing is promised (best effort)."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def make_dirs(root: Path, rel_dir: PurePosixPath, *, durable: bool) -> list[Path]:
@@ -107,7 +174,7 @@ def make_dirs(root: Path, rel_dir: PurePosixPath, *, durable: bool) -> list[Path
     return created
 
 
-def remove_quietly(path: Path) -> None:
+def remove_quietly(path: Path | str) -> None:
     """Unlink a file that may already be gone."""
     try:
         os.unlink(path)

@@ -6,6 +6,8 @@ C-STORE-RSP with (0000,0902) Error Comment and (0000,0901) Offending Element.
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,3 +83,10 @@ class StoreOutcome:
 def failure(status: int, comment: str, *tags: int) -> StoreOutcome:
     """A failure outcome with an Error Comment and optional Offending Elements."""
     return StoreOutcome(status, comment, tuple(tags) or None)
+
+
+def describe_os_error(exc: OSError, doing: str) -> str:
+    """An Error Comment for an I/O failure (A700)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"out of resources: {os.strerror(exc.errno)} while {doing}"
+    return f"out of resources: {exc.strerror or exc} while {doing}"

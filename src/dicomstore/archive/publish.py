@@ -1,0 +1,434 @@
+"""Publishing checked instances, a batch at a time: the commit point of the archive.
+
+A batch is one instance, or all those whose commits met (``commit.py``). With
+``fsync`` on::
+
+    trace                a second name for each file in .tmp (see recover)
+    flush the files      fsync of each file; a batch: one syncfs of the file system
+    BEGIN IMMEDIATE      the index write lock (after ``lock_timeout``: A700 for all)
+    look them up         the duplicate policy decides, instance by instance
+    mkdir, rename        each file to its final name (a failure fails that one only)
+    flush the folders    fsync of the series folder (and of the parent of a new
+                         folder); a batch with several folders or new ones: syncfs
+    write the rows       one INSERT per instance, parent rows only if new or richer
+    COMMIT               SQLite's one WAL fsync (synchronous=FULL): now Success
+    drop the traces
+
+So a file is at its final name only once its data is durable, its name is
+durable before its row is committed, and Success is answered only after the
+COMMIT. A failure after the renames (a folder flush, the index) undoes every
+rename of the batch before answering A700. A crash after the renames and
+before the COMMIT leaves files without rows, and their traces: the next start
+adopts them into the index (:func:`recover`), or puts back what a replace
+replaced.
+
+Flushes (fsync/syncfs calls) per batch of ``n`` instances::
+
+    n == 1 (or syncfs=False)  n files + 1 series folder + 1 WAL = 3 for one
+                              (+1 per new folder: 5 for an instance of a new study)
+    n >= 2 with syncfs        1 syncfs + 1 folder fsync or syncfs + 1 WAL = 3 for all
+
+(and SQLite's checkpoints: 2 fsyncs per ~1000 pages written to the WAL).
+``syncfs`` writes back everything dirty on the file system, other writers' data
+too; it stands for the fsyncs of the files only where it reports writeback
+errors (Linux 5.8+). When it fails, every file is fsynced on its own, so that
+only the instances whose data was lost fail.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from dicomstore.archive import layout
+from dicomstore.archive import outcome as st
+from dicomstore.archive.commit import CommitStats, Staged
+from dicomstore.archive.index import Index
+from dicomstore.archive.outcome import StoreOutcome, describe_os_error, failure
+
+#: Batches at least this large are flushed with syncfs (when available).
+SYNCFS_MIN_BATCH = 2
+#: Folders remembered as existing before the memory starts again.
+DIRS_LIMIT = 100_000
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK}
+
+
+class Publisher:
+    """Files under ``root`` and rows in ``index``, published batch by batch.
+
+    ``syncfs``: ``None`` uses it where it can be trusted, ``False`` never (each
+    file fsynced, e.g. on a file system shared with heavy unrelated writers).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        index: Index,
+        *,
+        fsync: bool,
+        on_duplicate: str,
+        syncfs: bool | None = None,
+    ) -> None:
+        self.root = root
+        self._root = str(root)
+        self.index = index
+        self.fsync = fsync
+        self.on_duplicate = on_duplicate
+        self.stats = CommitStats()
+        #: seconds the last batch spent waiting for flushes (files, folders, COMMIT)
+        self.flush_time = 0.0
+        self._dirs: set[str] = set()  # folders (relative) known to exist
+        self._links = True  # hard links work here
+        if syncfs and not layout.SYNCFS_AVAILABLE:
+            raise ValueError("syncfs needs Linux 5.8 or later")
+        self._fs_fd = -1
+        if fsync and (layout.SYNCFS_AVAILABLE if syncfs is None else syncfs):
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+            self._fs_fd = os.open(root / layout.TMP_DIR, flags)
+
+    def close(self) -> None:
+        """Release the descriptor used for syncfs (call when no batch runs)."""
+        if self._fs_fd >= 0:
+            os.close(self._fs_fd)
+            self._fs_fd = -1
+
+    def publish(self, batch: list[Staged]) -> None:
+        """Give every member of ``batch`` its outcome (see the module docstring)."""
+        self.stats.batches += 1
+        self.stats.instances += len(batch)
+        whole_fs = self._fs_fd >= 0 and len(batch) >= SYNCFS_MIN_BATCH
+        if self.fsync and self._links:  # (without fsync, a crash loses what it may)
+            for member in batch:
+                self._link_trace(member)  # before the flush, which covers it too
+        started = time.perf_counter()
+        live = self._flush_files(batch, whole_fs)
+        self.flush_time = time.perf_counter() - started
+        if live:
+            self._publish_flushed(live, whole_fs)
+
+    # -- steps ----------------------------------------------------------------------
+
+    def _flush_files(self, batch: list[Staged], whole_fs: bool) -> list[Staged]:
+        """Make the data of the files durable; those that are (the others failed)."""
+        if not self.fsync:
+            for member in batch:
+                _close(member)
+            return batch
+        if whole_fs:
+            try:
+                self._syncfs()
+            except OSError:
+                pass  # find out whose data was lost: each descriptor reports its own
+            else:
+                for member in batch:
+                    _close(member)
+                return batch
+        if len(batch) > 1:
+            for member in batch:
+                layout.start_writeback(member.fd)
+        live = []
+        for member in batch:
+            try:
+                self.stats.flushes += 1
+                os.fsync(member.fd)
+            except OSError as exc:
+                _answer(
+                    member,
+                    failure(st.OUT_OF_RESOURCES, describe_os_error(exc, "flushing the file")),
+                )
+            else:
+                _close(member)
+                live.append(member)
+        return live
+
+    def _publish_flushed(self, live: list[Staged], whole_fs: bool) -> None:
+        index = self.index
+        placed: list[Staged] = []
+        with index.lock:
+            try:
+                index.begin()
+            except sqlite3.Error as exc:
+                comment = f"out of resources: index unavailable: {exc}"
+                for member in live:
+                    _answer(member, failure(st.OUT_OF_RESOURCES, comment))
+                return
+            try:
+                found = index.find_many([m.row["sop_instance_uid"] for m in live])
+                for member in live:
+                    existing = found.get(member.row["sop_instance_uid"])
+                    if existing is not None and self.on_duplicate != "replace":
+                        _answer(member, self._duplicate(existing, member.row))
+                        continue
+                    member.existing = existing
+                    if self._place(member, durable_dirs=self.fsync and not whole_fs):
+                        placed.append(member)
+                if not placed:
+                    index.rollback()
+                    return
+                started = time.perf_counter()
+                self._flush_dirs(placed, whole_fs)
+                self.flush_time += time.perf_counter() - started
+                rows = self._put(placed)
+                for member in placed:
+                    old = member.existing
+                    if old is not None and old["path"] != member.rel:
+                        index.prune(old["series_uid"], old["study_uid"], old["patient_id"])
+                started = time.perf_counter()
+                index.commit()
+                self.flush_time += time.perf_counter() - started
+            except BaseException as exc:
+                _quietly(index.rollback)
+                self._undo(placed)
+                if isinstance(exc, sqlite3.Error):
+                    comment = f"out of resources: index error: {exc}"
+                elif isinstance(exc, OSError):
+                    comment = describe_os_error(exc, "storing the file")
+                else:
+                    raise  # a bug: the members learn of it (commit.GroupCommit)
+                for member in placed:
+                    _answer(member, failure(st.OUT_OF_RESOURCES, comment))
+                return
+        if len(self._dirs) > DIRS_LIMIT:
+            self._dirs.clear()
+        for member, row in zip(placed, rows, strict=True):
+            self._dirs.add(member.rel.rpartition("/")[0])
+            if member.trace is not None:
+                layout.remove_quietly(member.trace)  # the final name is committed now
+            if member.backup is not None:
+                layout.remove_quietly(member.backup)
+            old = member.existing
+            if old is not None and old["path"] != member.rel:
+                self._remove_file(old["path"])
+            member.outcome = StoreOutcome(st.SUCCESS, path=Path(member.final), instance=row)
+
+    def _place(self, member: Staged, *, durable_dirs: bool) -> bool:
+        """Rename one file to its final name; False (and A700) when that failed.
+
+        The file has a second name in ``.tmp`` by now, its *trace* (made
+        before the flush), kept until after the COMMIT: a crash in between
+        leaves it there, and the next start adopts the file it names
+        (:func:`recover`). A file already at the final name (replace, or a
+        crash's leftover) is kept as a link in ``.tmp`` until the COMMIT, and
+        restored if the batch fails.
+        """
+        row = member.row
+        member.rel = rel = layout.instance_relstr(
+            row["study_uid"], row["series_uid"], row["sop_instance_uid"]
+        )
+        member.final = final = f"{self._root}/{rel}"
+        folder = rel.rpartition("/")[0]
+        try:
+            if folder not in self._dirs:
+                member.created = self._make_dirs(folder, durable_dirs)
+            backup = f"{member.temp}.bak"
+            try:
+                os.link(final, backup)
+                member.backup = backup
+            except FileNotFoundError:
+                pass
+            try:
+                os.rename(member.temp, final)
+            except FileNotFoundError:
+                if folder not in self._dirs:
+                    raise
+                self._dirs.discard(folder)  # removed behind our back (a delete emptied it)
+                member.created = self._make_dirs(folder, durable_dirs)
+                os.rename(member.temp, final)
+        except OSError as exc:
+            if member.backup is not None:
+                layout.remove_quietly(member.backup)
+                member.backup = None
+            layout.remove_empty_dirs(member.created or [])
+            comment = describe_os_error(exc, "storing the file")
+            _answer(member, failure(st.OUT_OF_RESOURCES, comment))
+            return False
+        return True
+
+    def _link_trace(self, member: Staged) -> None:
+        """Best effort: without a trace, a crash before the COMMIT leaves a file that
+        ``check`` reports and ``reindex`` adopts (as before traces)."""
+        trace = f"{member.temp}.pub"
+        try:
+            os.link(member.temp, trace)
+        except OSError as exc:
+            if exc.errno in _NO_LINKS:
+                self._links = False  # a file system without hard links
+        else:
+            member.trace = trace
+
+    def _make_dirs(self, folder: str, durable: bool) -> list[Path]:
+        created = layout.make_dirs(self.root, PurePosixPath(folder), durable=durable)
+        if durable:
+            self.stats.flushes += len(created)
+        return created
+
+    def _flush_dirs(self, placed: list[Staged], whole_fs: bool) -> None:
+        """Make the new names durable (and the folders made for them)."""
+        if not self.fsync:
+            return
+        folders = {member.final.rpartition("/")[0] for member in placed}
+        if whole_fs and (len(folders) > 1 or any(member.created for member in placed)):
+            self._syncfs()
+            return
+        for folder in folders:
+            self.stats.flushes += 1
+            layout.fsync_dir(Path(folder))
+
+    def _put(self, placed: list[Staged]) -> list[dict[str, Any]]:
+        rows = [{**member.row, "path": member.rel} for member in placed]
+        try:
+            return self.index.put_many(rows)
+        except sqlite3.IntegrityError:
+            self.index.forget()  # a parent row the cache believed in is gone: look again
+            return self.index.put_many(rows)
+
+    def _undo(self, placed: list[Staged]) -> None:
+        """Take back the renames of a batch that cannot be committed (the files go)."""
+        for member in reversed(placed):
+            try:
+                if member.backup is not None:
+                    os.replace(member.backup, member.final)
+                    member.backup = None
+                else:
+                    layout.remove_quietly(member.final)
+            except OSError:
+                pass  # check() will report it
+            if member.trace is not None:
+                layout.remove_quietly(member.trace)
+                member.trace = None
+            layout.remove_empty_dirs(member.created or [])
+        if self.fsync:
+            for folder in {member.final.rpartition("/")[0] for member in placed}:
+                _quietly(layout.fsync_dir, Path(folder))
+
+    def _syncfs(self) -> None:
+        self.stats.flushes += 1
+        layout.syncfs(self._fs_fd)
+
+    def _duplicate(self, existing: dict[str, Any], row: dict[str, Any]) -> StoreOutcome:
+        """The outcome for a duplicate under policy keep/reject (nothing changes)."""
+        uid = row["sop_instance_uid"]
+        path = layout.resolve(self.root, existing["path"])
+        if self.on_duplicate == "reject":
+            return failure(
+                st.DUPLICATE_REJECTED,
+                f"duplicate SOP Instance {uid} refused: already stored",
+                st.SOP_INSTANCE_UID_TAG,
+            )
+        if existing["digest"] == row["digest"]:
+            return StoreOutcome(st.SUCCESS, path=path, instance=existing)
+        return StoreOutcome(
+            st.WARNING_COERCION,
+            "duplicate SOP Instance: the stored copy was kept, the received one differs",
+            None,
+            path,
+            existing,
+        )
+
+    def _remove_file(self, relpath: str) -> None:
+        """Remove a file the index no longer points to (after a replace moved it)."""
+        try:
+            path = layout.resolve(self.root, relpath)
+            os.unlink(path)
+            if self.fsync:
+                layout.fsync_dir(path.parent)
+        except (OSError, ValueError):
+            pass  # check() reports it as unindexed
+
+
+def recover(root: Path, index: Index, *, fsync: bool) -> int:
+    """Start-up: settle what a crash left in ``.tmp``, then empty it; the number of
+    instances adopted into the index.
+
+    A trace (``<temp>.pub``, a second name of a file renamed to its final name,
+    see :meth:`Publisher._place`) outlives its batch only when the COMMIT, or
+    the clean-up after it, did not happen. If the final name still holds that
+    file:
+
+    - the index does not know the instance: it is adopted, indexed as
+      ``reindex`` would (its data was durable before it was renamed);
+    - the index holds it with other bytes at the same name (a replace that did
+      not commit): the old file, kept as ``<temp>.bak``, is put back;
+    - the index holds it at another name (a replace moving it): the new file goes.
+
+    Everything else in ``.tmp`` is an incomplete instance or a backup no longer
+    needed, and goes. Best effort: what cannot be settled stays where it is,
+    for ``check`` to report.
+    """
+    from dicomstore.archive.maintenance import read_row  # (it imports the index too)
+
+    adopted = 0
+    tmp = root / layout.TMP_DIR
+    for entry in os.scandir(tmp):
+        if entry.name.endswith(".pub") and entry.is_file(follow_symlinks=False):
+            try:
+                if entry.stat(follow_symlinks=False).st_nlink > 1:
+                    adopted += _settle(root, index, Path(entry.path), read_row, fsync=fsync)
+            except Exception:  # noqa: BLE001, S110 - an unreadable leftover: check() reports it
+                pass
+    for entry in os.scandir(tmp):
+        if not entry.is_dir(follow_symlinks=False):
+            layout.remove_quietly(Path(entry.path))
+    return adopted
+
+
+def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool) -> int:
+    row = read_row(root, trace)  # reads the header, for the final name
+    rel = layout.instance_relstr(row["study_uid"], row["series_uid"], row["sop_instance_uid"])
+    final = root / rel
+    if not final.exists() or not os.path.samefile(final, trace):
+        return 0  # renamed over since, or never renamed
+    backup = trace.with_suffix(".bak")
+    with index.lock:
+        index.begin()
+        try:
+            existing = index.find(row["sop_instance_uid"])
+            if existing is None:
+                if fsync:
+                    layout.fsync_dir(final.parent)  # its name may not be durable yet
+                index.put({**row, "path": rel})
+                index.commit()
+                return 1
+            index.rollback()
+        except BaseException:
+            index.rollback()
+            raise
+    if existing["path"] != rel:
+        os.unlink(final)  # an uncommitted replace that moved the instance
+    elif existing["digest"] != row["digest"] and backup.exists():
+        os.replace(backup, final)  # an uncommitted replace: the old file comes back
+    else:
+        return 0
+    if fsync:
+        layout.fsync_dir(final.parent)
+    return 0
+
+
+def _close(member: Staged) -> None:
+    if member.fd >= 0:
+        try:
+            os.close(member.fd)
+        except OSError:
+            pass
+        member.fd = -1
+
+
+def _answer(member: Staged, outcome: StoreOutcome) -> None:
+    """Answer ``outcome`` for a member that will not be placed: its temporary goes."""
+    member.outcome = outcome
+    _close(member)
+    layout.remove_quietly(member.temp)
+    if member.trace is not None:
+        layout.remove_quietly(member.trace)
+        member.trace = None
+
+
+def _quietly(action: Any, *args: Any) -> None:
+    try:
+        action(*args)
+    except (OSError, sqlite3.Error):
+        pass

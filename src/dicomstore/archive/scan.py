@@ -1,0 +1,153 @@
+"""The header of a received data set, read from the bytes still in memory (fast path).
+
+:class:`~dicomstore.archive.ingest.Ingest` keeps the first :data:`PREFIX_SIZE`
+bytes of each data set as they pass through ``write``. :func:`scan_header`
+walks the top-level elements of those bytes — header after header, each
+starting where the previous value ended (PS3.5 7.1) — up to the Pixel Data,
+and keeps the raw values of the elements the index needs
+(:data:`~dicomstore.archive.fields.WANTED`), which
+:func:`~dicomstore.archive.fields.fields_of_elements` turns into index
+columns; undefined-length sequences are skipped with pydicom's own
+``read_sequence``.
+
+It is a shortcut, never a judge: it returns a result only for a data set
+that :func:`~dicomstore.archive.dicomfile.read_header` (pydicom, reading the
+file) accepts too, and the same elements; for anything else — a framing
+error, a forbidden group, tags out of order, a VR it does not know, a
+Specific Character Set pydicom would warn about, a big-endian or deflated
+encoding, or a header longer than the prefix — it returns ``None`` and the
+caller reads the file with pydicom, which decides (C000 and its comment).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+
+from pydicom import config
+from pydicom.charset import python_encoding
+from pydicom.datadict import dictionary_VR
+from pydicom.filereader import read_sequence
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
+
+from dicomstore.archive.dicomfile import (
+    _DELIMITERS,
+    FORBIDDEN_GROUPS,
+    PIXEL_TAGS,
+    HeaderError,
+    check_pixel_header,
+)
+from dicomstore.archive.fields import SPECIFIC_CHARACTER_SET, WANTED
+
+#: Data set bytes an Ingest keeps in memory for this scan.
+PREFIX_SIZE = 64 * 1024
+
+#: A wanted element found by the scan: (VR or None when implicit, value bytes, value offset).
+Element = tuple[str | None, bytes, int]
+
+_EXPLICIT = struct.Struct("<HH2sH").unpack_from
+_IMPLICIT = struct.Struct("<HHL").unpack_from
+_U32 = struct.Struct("<L").unpack_from
+#: VR bytes -> (VR, 32-bit length?)
+_VRS = {str(vr).encode(): (str(vr), False) for vr in EXPLICIT_VR_LENGTH_16} | {
+    str(vr).encode(): (str(vr), True) for vr in EXPLICIT_VR_LENGTH_32
+}
+_ITEM = b"\xfe\xff\x00\xe0"
+_UNDEFINED = 0xFFFFFFFF
+_FIRST_PIXEL_TAG = min(PIXEL_TAGS)
+#: Specific Character Set values pydicom maps without a warning (one term).
+_CHARSETS = frozenset(term.encode() for term in python_encoding)
+assert {0x0000, 0x0002, 0xFFFE, 0xFFFF} == FORBIDDEN_GROUPS  # tested as ranges below
+
+
+def scan_header(buf: bytes | bytearray, size: int, implicit: bool) -> dict[int, Element] | None:
+    """The wanted top-level elements of a little-endian data set of ``size`` bytes
+    whose first ``len(buf)`` bytes are ``buf``; ``None``: read the file instead."""
+    if size == 0:
+        return None  # "the data set is empty": read_header says so
+    have = len(buf)
+    wanted, vrs, explicit, u32 = WANTED, _VRS, _EXPLICIT, _U32
+    found: dict[int, Element] = {}
+    pos = 0
+    last = 0x0002FFFF  # groups 0000-0002 are not allowed (nor FFFE/FFFF, below)
+    while pos < size:
+        if pos + 8 > have:
+            return None  # truncated, or beyond the prefix
+        if implicit:
+            group, elem, length = _IMPLICIT(buf, pos)
+            vr = None
+            value = pos + 8
+        else:
+            group, elem, vr_bytes, length = explicit(buf, pos)
+            known = vrs.get(vr_bytes)
+            if known is None:
+                return None  # a VR pydicom reads by guessing
+            vr, long = known
+            if long:
+                if pos + 12 > have:
+                    return None
+                (length,) = u32(buf, pos + 8)
+                value = pos + 12
+            else:
+                value = pos + 8
+        tag = group << 16 | elem
+        if tag <= last or group >= 0xFFFE:
+            return None  # out of order or duplicated (pydicom keeps one), or forbidden
+        if tag >= _FIRST_PIXEL_TAG and tag in PIXEL_TAGS:
+            return found if _pixel_header_ok(buf, pos, size, implicit) else None
+        last = tag
+        if length == _UNDEFINED:
+            if tag in wanted:
+                return None
+            end = _skip_sequence(buf, size, tag, vr, value, implicit)
+            if end is None:
+                return None
+            pos = end
+            continue
+        pos = value + length
+        if tag in wanted:
+            if pos > have or pos > size:
+                return None
+            raw = bytes(buf[value:pos])
+            if tag == SPECIFIC_CHARACTER_SET and raw.rstrip(b" \0") not in _CHARSETS:
+                return None
+            found[tag] = (vr, raw, value)
+    return found if pos == size else None  # else: the last value runs past the end
+
+
+def _pixel_header_ok(buf: bytes, pos: int, size: int, implicit: bool) -> bool:
+    if len(buf) < min(pos + 16, size):
+        return False
+    try:
+        check_pixel_header(bytes(buf[pos : pos + 16]), pos, size, implicit, True)
+    except HeaderError:
+        return False
+    return True
+
+
+def _skip_sequence(
+    buf: bytes, size: int, tag: int, vr: str | None, value: int, implicit: bool
+) -> int | None:
+    """Where the undefined-length sequence whose value starts at ``value`` ends (after
+    its Sequence Delimitation Item), read as pydicom's reader would; ``None``: unsure."""
+    if implicit:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:  # private: pydicom looks for an item
+            vr = "SQ" if buf[value : value + 4] == _ITEM else None
+    elif vr == "UN" and config.settings.infer_sq_for_un_vr:
+        vr = "SQ"
+    if vr != "SQ":
+        return None
+    stream = io.BytesIO(buf)  # (a copy of a bytearray: rare enough)
+    stream.seek(value)
+    try:
+        read_sequence(stream, implicit, True, _UNDEFINED, ["iso8859"])
+    except Exception:  # noqa: BLE001 - malformed: pydicom reading the file decides
+        return None
+    end = stream.tell()
+    if end > len(buf) or (end == len(buf) < size):
+        return None  # it may have stopped at the end of the prefix, not at its delimiter
+    if buf[end - 8 : end] not in _DELIMITERS:
+        return None
+    return end

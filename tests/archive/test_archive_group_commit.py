@@ -1,0 +1,647 @@
+"""Group commit: concurrent commits share flushes and a transaction, each keeps its fate."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from archive_testlib import CT, EXPLICIT_LE, dataset, dcm_files, store, stored_dataset
+
+from dicomstore.archive import (
+    CANNOT_UNDERSTAND,
+    DATASET_MISMATCH,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    WARNING_COERCION,
+    Archive,
+    Index,
+    Ingest,
+    StoreOutcome,
+    layout,
+)
+from dicomstore.archive import commit as commit_module
+from dicomstore.archive.publish import Publisher
+
+SYNCFS = pytest.mark.skipif(not layout.SYNCFS_AVAILABLE, reason="needs syncfs (Linux 5.8+)")
+
+
+def uid_of(n: int) -> str:
+    return f"1.2.3.4.5.6.{100 + n}"
+
+
+def receive(archive: Archive, n: int, data: bytes | None = None, **kw: object) -> Ingest:
+    """begin + write of instance ``n`` (its own UID, series 1.2.3.4.5 unless ``data``)."""
+    uid = str(kw.pop("sop_uid", uid_of(n)))
+    ingest = archive.begin(
+        sop_class_uid=CT, sop_instance_uid=uid, transfer_syntax_uid=EXPLICIT_LE, calling_ae="SCU"
+    )
+    ingest.write(dataset(uid, **kw) if data is None else data)
+    return ingest
+
+
+def _wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+class Batches:
+    """Holds the first batch until told, so that the next commits queue behind it."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.seen: list[int] = []
+        real = archive._committer._publish
+
+        def publish(batch: list) -> None:
+            self.seen.append(len(batch))
+            if not self.entered.is_set():
+                self.entered.set()
+                assert self.gate.wait(10)
+            real(batch)
+
+        archive._committer._publish = publish
+
+    def run(self, first: Ingest, others: list[Ingest], *, raising: bool = False) -> list:
+        """Commit ``first`` (held), queue ``others``, release: their outcomes, in order
+        (with ``raising``, what each commit raised instead)."""
+        outcomes: list[StoreOutcome | BaseException | None] = [None] * (1 + len(others))
+
+        def commit(i: int, ingest: Ingest) -> None:
+            try:
+                outcomes[i] = ingest.commit()
+            except BaseException as exc:  # noqa: BLE001 - the test reports it
+                outcomes[i] = exc
+
+        threads = [threading.Thread(target=commit, args=(0, first))]
+        threads[0].start()
+        assert self.entered.wait(10)
+        for i, ingest in enumerate(others, 1):
+            threads.append(threading.Thread(target=commit, args=(i, ingest)))
+            threads[-1].start()
+        queue = self.archive._committer._queue
+        # (those failing their checks never queue)
+        _wait_for(lambda: len(queue) + sum(o is not None for o in outcomes[1:]) == len(others))
+        self.gate.set()
+        for thread in threads:
+            thread.join(30)
+        for outcome in outcomes:
+            assert isinstance(outcome, BaseException if raising else StoreOutcome), outcome
+        return outcomes
+
+
+@pytest.fixture(params=[True, False], ids=["syncfs", "fsync-each"])
+def archive(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Archive]:
+    if request.param and not layout.SYNCFS_AVAILABLE:
+        pytest.skip("needs syncfs (Linux 5.8+)")
+    with Archive(tmp_path / "root", syncfs=request.param) as archive:
+        yield archive
+
+
+def assert_clean(archive: Archive) -> None:
+    assert archive.check() == []
+    assert not any(archive.tmp_dir.iterdir())
+
+
+def test_commits_meeting_are_published_as_one_batch(archive: Archive) -> None:
+    assert store(archive, dataset(uid_of(0)), sop_uid=uid_of(0)).status == SUCCESS
+    batches = Batches(archive)
+    outcomes = batches.run(receive(archive, 1), [receive(archive, n) for n in range(2, 18)])
+    assert batches.seen == [1, 16]
+    assert [o.status for o in outcomes] == [SUCCESS] * 17
+    for n, outcome in enumerate(outcomes, 1):
+        assert outcome.instance == archive.get_instance(uid_of(n))
+        assert stored_dataset(outcome.path) == dataset(uid_of(n))
+    assert len(archive.instances()) == 18
+    assert archive.stats.snapshot()["batches"] == 3
+    assert archive.stats.snapshot()["instances"] == 18
+    assert_clean(archive)
+
+
+def test_many_threads_store_everything(archive: Archive) -> None:
+    errors: list[BaseException] = []
+    statuses: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def run(t: int) -> None:
+        try:
+            barrier.wait()
+            for k in range(12):
+                n = t * 100 + k
+                series = f"1.2.3.4.{t % 3}"
+                statuses.append(receive(archive, n, series=series).commit().status)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert statuses == [SUCCESS] * 96
+    assert len(archive.instances()) == 96
+    assert len(archive.instances(series_uid="1.2.3.4.0")) == 36
+    stats = archive.stats.snapshot()
+    assert stats["instances"] == 96 and stats["batches"] <= 96
+    assert_clean(archive)
+
+
+def _count_flushes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    flushes: list[str] = []
+    real_fsync, real_syncfs = os.fsync, layout.syncfs
+    monkeypatch.setattr(os, "fsync", lambda fd: (flushes.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(layout, "syncfs", lambda fd: (flushes.append("syncfs"), real_syncfs(fd))[1])
+    return flushes
+
+
+@pytest.mark.parametrize("syncfs", [pytest.param(True, marks=SYNCFS), False])
+@pytest.mark.parametrize("size", [1, 4, 16])
+def test_flushes_per_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool, size: int
+) -> None:
+    with Archive(tmp_path / "root", syncfs=syncfs) as archive:
+        assert store(archive, dataset(uid_of(0)), sop_uid=uid_of(0)).status == SUCCESS
+        batches = Batches(archive)
+        first = receive(archive, 1)
+        others = [receive(archive, n) for n in range(2, size + 2)]
+        flushes = _count_flushes(monkeypatch)
+        outcomes = batches.run(first, others)
+        assert {o.status for o in outcomes} == {SUCCESS}
+        assert batches.seen == [1, size]
+        # batch of one: file + series folder; then the batch of `size`
+        expected = ["fsync", "fsync"]
+        if syncfs and size >= 2:
+            expected += ["syncfs", "fsync"]  # all the files at once, then the folder
+        else:
+            expected += ["fsync"] * (size + 1)
+        assert flushes == expected
+        assert archive.stats.flushes == 4 + len(flushes)  # (+ the first store's: new study)
+
+
+def test_a_new_study_in_a_batch_is_one_more_syncfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not layout.SYNCFS_AVAILABLE:
+        pytest.skip("needs syncfs")
+    with Archive(tmp_path / "root") as archive:
+        batches = Batches(archive)
+        first = receive(archive, 1)
+        others = [
+            receive(archive, n, study=f"1.2.9.{n}", series=f"1.2.9.{n}.1") for n in range(2, 6)
+        ]
+        flushes = _count_flushes(monkeypatch)
+        assert {o.status for o in batches.run(first, others)} == {SUCCESS}
+        # first: file, root, study, series folders; then syncfs (files), syncfs (folders)
+        assert flushes == ["fsync"] * 4 + ["syncfs", "syncfs"]
+        assert_clean(archive)
+
+
+# -- one member's failure is its own ------------------------------------------------------
+
+
+def test_bad_members_fail_alone(archive: Archive) -> None:
+    batches = Batches(archive)
+    first = receive(archive, 1)
+    others = [
+        receive(archive, 2),
+        receive(archive, 3, data=dataset(uid_of(3)), sop_uid=uid_of(99)),  # A900
+        receive(archive, 4, data=b"garbage, not a data set" * 4),  # C000
+        receive(archive, 5),
+    ]
+    outcomes = batches.run(first, others)
+    assert [o.status for o in outcomes] == [
+        SUCCESS,
+        SUCCESS,
+        DATASET_MISMATCH,
+        CANNOT_UNDERSTAND,
+        SUCCESS,
+    ]
+    assert batches.seen == [1, 2]  # the failures never joined a batch
+    assert {r["sop_instance_uid"] for r in archive.instances()} == {uid_of(n) for n in (1, 2, 5)}
+    assert_clean(archive)
+
+
+def _fail_for(paths: set[str], real: Callable, error: int = errno.ENOSPC) -> Callable:
+    def call(first: object, *args: object, **kwargs: object) -> object:
+        if str(first) in paths or (isinstance(first, int) and _fd_path(first) in paths):
+            raise OSError(error, os.strerror(error))
+        return real(first, *args, **kwargs)
+
+    return call
+
+
+def _fd_path(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
+
+
+def test_a_file_that_cannot_be_flushed_fails_alone(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches = Batches(archive)
+    first = receive(archive, 1)
+    others = [receive(archive, n) for n in range(2, 6)]
+    monkeypatch.setattr(os, "fsync", _fail_for({str(others[1].temp)}, os.fsync, errno.EIO))
+    real_syncfs = layout.syncfs
+
+    def failing_syncfs(fd: int) -> None:  # a writeback error somewhere on the file system
+        real_syncfs(fd)
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(layout, "syncfs", failing_syncfs)
+    outcomes = batches.run(first, others)
+    monkeypatch.undo()
+    assert [o.status for o in outcomes] == [SUCCESS, SUCCESS, OUT_OF_RESOURCES] + [SUCCESS] * 2
+    assert outcomes[2].error_comment.startswith("out of resources")
+    assert "flushing the file" in outcomes[2].error_comment
+    assert archive.get_instance(uid_of(3)) is None and len(archive.instances()) == 4
+    assert_clean(archive)
+
+
+def test_enospc_naming_one_file_fails_it_alone(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches = Batches(archive)
+    first = receive(archive, 1)
+    others = [receive(archive, n) for n in range(2, 6)]
+    monkeypatch.setattr(os, "rename", _fail_for({str(others[2].temp)}, os.rename))
+    outcomes = batches.run(first, others)
+    monkeypatch.undo()
+    assert [o.status for o in outcomes] == [SUCCESS] * 3 + [OUT_OF_RESOURCES, SUCCESS]
+    assert "No space left on device" in outcomes[3].error_comment
+    assert len(archive.instances()) == 4
+    assert_clean(archive)
+
+
+def test_enospc_flushing_the_folder_fails_the_batch_and_leaves_nothing(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert store(archive, dataset(uid_of(0)), sop_uid=uid_of(0)).status == SUCCESS
+    batches = Batches(archive)
+    first = receive(archive, 1)
+    others = [receive(archive, n) for n in range(2, 6)]
+    real = layout.fsync_dir
+    calls = []
+
+    def fsync_dir(path: Path) -> None:
+        calls.append(path)
+        if len(calls) == 2:  # the folder flush of the second batch
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path)
+
+    monkeypatch.setattr(layout, "fsync_dir", fsync_dir)
+    outcomes = batches.run(first, others)
+    monkeypatch.undo()
+    assert [o.status for o in outcomes] == [SUCCESS] + [OUT_OF_RESOURCES] * 4
+    assert {r["sop_instance_uid"] for r in archive.instances()} == {uid_of(0), uid_of(1)}
+    assert len([p for p in dcm_files(archive.root) if ".tmp" not in p.parts]) == 2
+    assert_clean(archive)
+
+
+def test_index_failure_fails_the_batch_and_restores_replaced_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Archive(tmp_path / "root", on_duplicate="replace") as archive:
+        old = dataset(uid_of(2), patient_name="Old")
+        assert store(archive, old, sop_uid=uid_of(2)).status == SUCCESS
+        batches = Batches(archive)
+        first = receive(archive, 1)
+        others = [receive(archive, 2, patient_name="New"), receive(archive, 3)]
+        real = Index.commit
+        commits = []
+
+        def commit(self: Index) -> None:
+            commits.append(1)
+            if len(commits) == 2:
+                raise sqlite3.OperationalError("disk I/O error")
+            real(self)
+
+        monkeypatch.setattr(Index, "commit", commit)
+        outcomes = batches.run(first, others)
+        monkeypatch.undo()
+        assert [o.status for o in outcomes] == [SUCCESS, OUT_OF_RESOURCES, OUT_OF_RESOURCES]
+        assert "index" in outcomes[1].error_comment
+        assert stored_dataset(archive.path_of(uid_of(2))) == old
+        assert archive.get_instance(uid_of(2))["digest"] == hashlib.sha256(old).hexdigest()
+        assert archive.get_instance(uid_of(3)) is None
+        assert_clean(archive)
+
+
+def test_duplicates_never_share_a_batch(tmp_path: Path) -> None:
+    with Archive(tmp_path / "root") as archive:
+        batches = Batches(archive)
+        first = receive(archive, 1)
+        same = dataset(uid_of(2))
+        others = [
+            receive(archive, 2, data=same),
+            receive(archive, 3),
+            receive(archive, 2, data=same),
+            receive(archive, 2, data=dataset(uid_of(2), patient_name="Other")),
+        ]
+        outcomes = batches.run(first, others)
+        assert batches.seen == [1, 2, 1, 1]
+        assert [o.status for o in outcomes] == [SUCCESS] * 4 + [WARNING_COERCION]
+        assert stored_dataset(archive.path_of(uid_of(2))) == same
+        assert_clean(archive)
+
+
+def test_commit_after_close_is_a700(tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "root")
+    ingest = receive(archive, 1)
+    archive.close()
+    outcome = ingest.commit()
+    assert outcome.status == OUT_OF_RESOURCES and "closed" in outcome.error_comment
+    assert not any(archive.tmp_dir.iterdir())
+
+
+# -- crash safety -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("syncfs", [pytest.param(True, marks=SYNCFS), False])
+@pytest.mark.parametrize("size", [1, 5])
+def test_no_name_before_durable_data_no_answer_before_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool, size: int
+) -> None:
+    """The order of events: data flushed → renamed → folder flushed → COMMIT → answered."""
+    events: list[tuple] = []
+    lock = threading.Lock()
+
+    def log(*event: object) -> None:
+        with lock:
+            events.append(event)
+
+    real_fsync, real_syncfs, real_rename = os.fsync, layout.syncfs, os.rename
+    real_commit = Index.commit
+    monkeypatch.setattr(os, "fsync", lambda fd: (log("flush", _fd_path(fd)), real_fsync(fd))[1])
+    monkeypatch.setattr(layout, "syncfs", lambda fd: (log("flush", "*"), real_syncfs(fd))[1])
+    monkeypatch.setattr(
+        os, "rename", lambda a, b: (log("rename", str(a), str(b)), real_rename(a, b))[1]
+    )
+    monkeypatch.setattr(Index, "commit", lambda self: (real_commit(self), log("commit"))[0])
+    with Archive(tmp_path / "root", syncfs=syncfs) as archive:
+        batches = Batches(archive)
+        ingests = [receive(archive, n, series=f"1.2.3.{n % 2}") for n in range(size + 1)]
+        temps = [str(i.temp) for i in ingests]
+        outcomes = batches.run(ingests[0], ingests[1:])
+        log("answered")
+        assert {o.status for o in outcomes} == {SUCCESS}
+    position = {e: i for i, e in enumerate(events)}
+    for temp, outcome in zip(temps, outcomes, strict=True):
+        final = str(outcome.path)
+        (renamed,) = [i for i, e in enumerate(events) if e[:3] == ("rename", temp, final)]
+        data = [i for i, e in enumerate(events[:renamed]) if e in (("flush", temp), ("flush", "*"))]
+        assert data, f"{final} was named before its data was flushed"
+        folder = [
+            i
+            for i, e in enumerate(events)
+            if i > renamed and e in (("flush", os.path.dirname(final)), ("flush", "*"))
+        ]
+        commit = [i for i, e in enumerate(events) if i > renamed and e == ("commit",)]
+        assert folder and commit and folder[0] < commit[0] < position[("answered",)]
+
+
+def _crash_at_commit(monkeypatch: pytest.MonkeyPatch, number: int = 2) -> type[BaseException]:
+    """From COMMIT ``number`` on, the process "dies": nothing of it runs any more."""
+
+    class Crash(BaseException):
+        pass
+
+    real = Index.commit
+    commits = []
+
+    def commit(self: Index) -> None:
+        commits.append(1)
+        if len(commits) >= number:
+            raise Crash
+        real(self)
+
+    monkeypatch.setattr(Index, "commit", commit)
+    monkeypatch.setattr(Index, "rollback", lambda self: None)
+    monkeypatch.setattr(Publisher, "_undo", lambda self, placed: None)
+    return Crash
+
+
+@pytest.mark.parametrize("size", [1, 4])
+def test_a_crash_before_commit_leaves_files_the_next_start_adopts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    root = tmp_path / "root"
+    archive = Archive(root)
+    assert store(archive, dataset(uid_of(0)), sop_uid=uid_of(0)).status == SUCCESS
+    batches = Batches(archive)
+    first = receive(archive, 1)
+    others = [receive(archive, n) for n in range(2, size + 2)]
+    crashed = _crash_at_commit(monkeypatch)
+    with pytest.raises(AssertionError):  # the batch of `size` "crashes" at its COMMIT
+        batches.run(first, others)
+    monkeypatch.undo()
+    archive.index._db.close()  # its open transaction is lost
+    archive._publisher.close()
+    files = [p for p in dcm_files(root) if ".tmp" not in p.parts]
+    assert len(files) == 2 + size  # the crashed ones are named, not indexed
+    assert len(archive.instances()) == 2
+    with Archive(root) as again:
+        assert again.recovered == size
+        assert {r["sop_instance_uid"] for r in again.instances()} == {
+            uid_of(n) for n in range(size + 2)
+        }
+        assert again.get_instance(uid_of(2))["digest"] is not None
+        assert_clean(again)
+    assert crashed
+
+
+def _die(archive: Archive) -> None:
+    archive.index._db.close()  # the open transaction is lost
+    archive._publisher.close()
+
+
+@pytest.mark.parametrize("moved", [False, True], ids=["same-place", "moved"])
+def test_a_crash_before_a_replace_commits_keeps_the_old_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moved: bool
+) -> None:
+    root = tmp_path / "root"
+    archive = Archive(root, on_duplicate="replace")
+    old = dataset(uid_of(1), patient_name="Old")
+    assert store(archive, old, sop_uid=uid_of(1)).status == SUCCESS
+    kw = {"study": "1.2.9", "series": "1.2.9.1"} if moved else {}
+    _crash_at_commit(monkeypatch, 1)
+    with pytest.raises(RuntimeError):
+        store(archive, dataset(uid_of(1), patient_name="New", **kw), sop_uid=uid_of(1))
+    monkeypatch.undo()
+    _die(archive)
+    with Archive(root) as again:
+        assert again.recovered == 0
+        assert stored_dataset(again.path_of(uid_of(1))) == old
+        assert len([p for p in dcm_files(root) if ".tmp" not in p.parts]) == 1
+        assert_clean(again)
+
+
+def test_a_crash_before_the_rename_or_after_the_commit_adopts_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with Archive(root) as archive:
+        assert store(archive, dataset(uid_of(0)), sop_uid=uid_of(0)).status == SUCCESS
+        stored = archive.path_of(uid_of(0))
+        # after the COMMIT, before the trace went: a trace of an indexed file
+        os.link(stored, archive.tmp_dir / "a.part.pub")
+        # before the rename: a complete temporary and its trace, no final name
+        ingest = receive(archive, 1)
+        os.link(ingest.temp, f"{ingest.temp}.pub")
+    with Archive(root) as again:
+        assert again.recovered == 0
+        assert [r["sop_instance_uid"] for r in again.instances()] == [uid_of(0)]
+        assert_clean(again)
+    ingest.abort()
+
+
+# -- what the writer remembers -------------------------------------------------------------
+
+
+def test_parent_rows_gain_values_later_instances_bring(tmp_path: Path) -> None:
+    with Archive(tmp_path / "root", fsync=False) as archive:
+        a = store(archive, dataset(uid_of(1), extra={0x00081030: ("LO", "")}), sop_uid=uid_of(1))
+        assert a.instance["study_description"] is None
+        b = store(
+            archive, dataset(uid_of(2), extra={0x00081030: ("LO", "Brain")}), sop_uid=uid_of(2)
+        )
+        c = store(archive, dataset(uid_of(3), extra={0x00081030: ("LO", "")}), sop_uid=uid_of(3))
+        for outcome in (b, c):
+            assert outcome.instance == archive.get_instance(outcome.instance["sop_instance_uid"])
+            assert outcome.instance["study_description"] == "Brain"
+        assert archive.get_instance(uid_of(1))["study_description"] == "Brain"
+
+
+def test_rows_deleted_by_another_connection_are_written_again(tmp_path: Path) -> None:
+    with Archive(tmp_path / "root", fsync=False) as archive:
+        assert store(archive, dataset(uid_of(1)), sop_uid=uid_of(1)).status == SUCCESS
+        other = Index(archive.root / "index.sqlite", durable=False)  # e.g. dicomstore delete
+        with other.lock:
+            other.begin()
+            other.remove(uid_of(1))
+            other.prune("1.2.3.4.5", "1.2.3.4", "PID1")
+            other.commit()
+        other.close()
+        os.unlink(archive.root / "1.2.3.4" / "1.2.3.4.5" / f"{uid_of(1)}.dcm")
+        os.rmdir(archive.root / "1.2.3.4" / "1.2.3.4.5")  # the folder went too
+        os.rmdir(archive.root / "1.2.3.4")
+        outcome = store(archive, dataset(uid_of(2)), sop_uid=uid_of(2))
+        assert outcome.status == SUCCESS
+        assert outcome.instance == archive.get_instance(uid_of(2))
+        assert archive.instances(study_uid="1.2.3.4")[0]["patient_name"] == "Doe^Jane"
+        assert_clean(archive)
+
+
+def test_a_replace_moving_the_last_instance_of_a_series(tmp_path: Path) -> None:
+    with Archive(tmp_path / "root", on_duplicate="replace", fsync=False) as archive:
+        assert store(archive, dataset(uid_of(1)), sop_uid=uid_of(1)).status == SUCCESS
+        moved = dataset(uid_of(1), study="1.2.9", series="1.2.9.1", patient_id="P2")
+        assert store(archive, moved, sop_uid=uid_of(1)).status == SUCCESS
+        assert archive.instances(series_uid="1.2.3.4.5") == []  # pruned, forgotten
+        back = store(archive, dataset(uid_of(2)), sop_uid=uid_of(2))  # into the pruned series
+        assert back.status == SUCCESS
+        assert back.instance == archive.get_instance(uid_of(2))
+        assert_clean(archive)
+
+
+def test_a_duplicate_with_a_uid_that_is_not_utf8_is_found(tmp_path: Path) -> None:
+    uid = "1.2.\udce4"  # a byte that was not UTF-8, kept by surrogateescape
+    data = dataset(uid.encode("latin-1", "surrogateescape"))
+    with Archive(tmp_path / "root", fsync=False) as archive:
+        assert store(archive, data, sop_uid=uid).status == SUCCESS
+        other = dataset(uid.encode("latin-1", "surrogateescape"), patient_name="Other")
+        again = store(archive, other, sop_uid=uid)
+        assert again.status == WARNING_COERCION  # kept, not replaced
+        assert stored_dataset(again.path) == data
+
+
+# -- a leader waits for the commits on their way ----------------------------------------------
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["joins", "fails-its-checks"])
+def test_a_leader_waits_for_commits_already_checking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool
+) -> None:
+    monkeypatch.setattr(commit_module, "MAX_GATHER", 30.0)  # no clock in this test
+    with Archive(tmp_path / "root") as archive:
+        archive._publisher.flush_time = 60.0  # as if flushes were slow: worth waiting
+        seen: list[int] = []
+        real = archive._committer._publish
+        archive._committer._publish = lambda batch: (seen.append(len(batch)), real(batch))[1]
+        slow = receive(archive, 2, data=dataset(uid_of(2)), sop_uid=uid_of(9 if fails else 2))
+        checking, go_on = threading.Event(), threading.Event()
+        real_check = slow._check
+
+        def held_check() -> object:
+            checking.set()
+            assert go_on.wait(10)
+            return real_check()
+
+        slow._check = held_check  # type: ignore[method-assign]
+        outcomes: dict[str, StoreOutcome] = {}
+        threads = [
+            threading.Thread(target=lambda: outcomes.__setitem__("slow", slow.commit())),
+            threading.Thread(target=lambda: outcomes.__setitem__("lead", lead.commit())),
+        ]
+        lead = receive(archive, 1)
+        threads[0].start()
+        assert checking.wait(10)  # announced, still checking
+        threads[1].start()
+        committer = archive._committer
+        _wait_for(lambda: len(committer._queue) == 1)  # the leader is waiting for it
+        assert seen == []
+        go_on.set()
+        for thread in threads:
+            thread.join(30)
+        assert outcomes["lead"].status == SUCCESS
+        if fails:
+            assert outcomes["slow"].status == DATASET_MISMATCH
+            assert seen == [1]
+        else:
+            assert outcomes["slow"].status == SUCCESS
+            assert seen == [2]
+        assert committer._arriving == 0
+        assert_clean(archive)
+
+
+def test_no_waiting_without_fsync(tmp_path: Path) -> None:
+    with Archive(tmp_path / "root", fsync=False) as archive:
+        assert archive._committer._gather is None
+        ingest = receive(archive, 1)
+        archive._committer.arriving()  # someone announced, never comes
+        assert ingest.commit().status == SUCCESS  # not held up
+        archive._committer.left()
+
+
+def test_a_leader_waits_for_as_many_as_last_time_but_not_longer_than_it_saves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Archive(tmp_path / "root") as archive:
+        committer = archive._committer
+        committer._last = 4  # the last batch had four members
+        archive._publisher.flush_time = 0.0  # and its flushes cost nothing: no waiting
+        assert receive(archive, 1).commit().status == SUCCESS
+        assert committer._last == 1
+        monkeypatch.setattr(commit_module, "MAX_GATHER", 30.0)
+        committer._last = 2
+        archive._publisher.flush_time = 60.0  # slow flushes: worth waiting for a second one
+        outcomes: list[StoreOutcome] = []
+        first = threading.Thread(target=lambda: outcomes.append(receive(archive, 2).commit()))
+        first.start()
+        _wait_for(lambda: len(committer._queue) == 1)  # the leader waits
+        second = receive(archive, 3)
+        outcomes.append(second.commit())  # joins, and both are answered
+        first.join(30)
+        assert [o.status for o in outcomes] == [SUCCESS, SUCCESS]
+        assert committer._last == 2 and archive.stats.batches == 2
