@@ -25,6 +25,7 @@ replaced.
 Flushes (fsync/syncfs calls) per batch of ``n`` instances::
 
     n == 1 (or syncfs=False)  n files + 1 series folder + 1 WAL = 3 for one
+                              (new folders: 1 syncfs instead of the series folder)
                               (+1 per new folder: 5 for an instance of a new study)
     n >= 2 with syncfs        1 syncfs + 1 folder fsync or syncfs + 1 WAL = 3 for all
 
@@ -164,7 +165,10 @@ class Publisher:
                         _answer(member, self._duplicate(existing, member.row))
                         continue
                     member.existing = existing
-                    if self._place(member, durable_dirs=self.fsync and not whole_fs):
+                    # with syncfs, new folders are made durable by the one syncfs
+                    # of _flush_dirs instead of an fsync of each parent
+                    durable_dirs = self.fsync and self._fs_fd < 0
+                    if self._place(member, durable_dirs=durable_dirs):
                         placed.append(member)
                 if not placed:
                     index.rollback()
@@ -271,9 +275,17 @@ class Publisher:
         if not self.fsync:
             return
         folders = {member.final.rpartition("/")[0] for member in placed}
-        if whole_fs and (len(folders) > 1 or any(member.created for member in placed)):
-            self._syncfs()
-            return
+        created = any(member.created for member in placed)
+        if self._fs_fd >= 0 and (created or (whole_fs and len(folders) > 1)):
+            try:
+                self._syncfs()
+                return
+            except OSError:
+                # a writeback error anywhere on the file system: flush our own folders,
+                # and the parents of the folders made for the batch (not yet durable)
+                for member in placed:
+                    for path in member.created or ():
+                        folders.add(str(path.parent))
         for folder in folders:
             self.stats.flushes += 1
             layout.fsync_dir(Path(folder))
