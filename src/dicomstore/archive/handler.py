@@ -1,48 +1,9 @@
-"""The storage handler protocol: what the Storage SCP asks of whoever stores instances.
+"""The storage handler protocol, re-exported beside the archive that satisfies it.
 
-For every C-STORE the service calls ``begin`` with what the command and the
-presentation context name, ``write`` for each data set fragment in order,
-then ``commit`` (possibly from a worker thread) whose outcome carries the
-PS3.4 B.2.3 status to answer, or ``abort`` when the association ends first.
-:class:`~dicomstore.archive.store.Archive` satisfies it; so can user code.
-The archive's ``commit`` may be called from many threads at once (several
-associations, several instances in flight on one): it blocks until its
-instance is durable, and commits that meet share their flushes.
+Its one home is :mod:`dicomstore.handler` (a leaf, so that the network layer
+can name it without importing the archive).
 """
 
-from __future__ import annotations
+from dicomstore.handler import StoreHandler, StoreSink
 
-from typing import Protocol, runtime_checkable
-
-from dicomstore.archive.outcome import StoreOutcome
-
-
-@runtime_checkable
-class StoreSink(Protocol):
-    """Receives one instance."""
-
-    def write(self, fragment: bytes | bytearray | memoryview) -> None:
-        """Take the next data set fragment (the caller may reuse its buffer afterwards)."""
-
-    def commit(self) -> StoreOutcome:
-        """All fragments were given: store durably and say how it went."""
-
-    def abort(self) -> None:
-        """The instance will not complete: keep nothing of it."""
-
-
-@runtime_checkable
-class StoreHandler(Protocol):
-    """Hands out one :class:`StoreSink` per C-STORE request."""
-
-    def begin(
-        self,
-        *,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        transfer_syntax_uid: str,
-        calling_ae: str = "",
-        called_ae: str = "",
-    ) -> StoreSink:
-        """Start an instance: Affected SOP Class/Instance UIDs of the C-STORE-RQ, the
-        transfer syntax of its presentation context, the association's AE titles."""
+__all__ = ["StoreHandler", "StoreSink"]

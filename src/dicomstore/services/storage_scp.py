@@ -13,35 +13,18 @@ import logging
 import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from dicomstore.dimse import CStoreRQ, CStoreRSP
 from dicomstore.dimse import status as st
+from dicomstore.handler import StoreHandler, StoreSink
 from dicomstore.ul.negotiation import AcceptedContext, Negotiated
 
 log = logging.getLogger("dicomstore.storage")
 
 
-class Sink(Protocol):
-    """Where one instance's data set goes while it arrives."""
-
-    def write(self, data: bytes | memoryview) -> None: ...
-    def commit(self) -> Any: ...  # returns an outcome with .status, .error_comment ...
-    def abort(self) -> None: ...
-
-
-class StoreHandler(Protocol):
-    """What the SCP stores into; :class:`dicomstore.archive.Archive` is one."""
-
-    def begin(
-        self,
-        *,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        transfer_syntax_uid: str,
-        calling_ae: str,
-        called_ae: str,
-    ) -> Sink: ...
+#: The handler protocol has one home, beside the archive that satisfies it.
+Sink = StoreSink
 
 
 @dataclass(frozen=True)
