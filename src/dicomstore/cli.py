@@ -233,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="an already stored SOP Instance UID arrives again (default keep)",
     )
     s.add_argument(
+        "--on-class-mismatch",
+        choices=["reject", "tolerate"],
+        default="reject",
+        help="the data set's SOP Class UID differs from the command's: refuse (A900, "
+        "default) or store as sent and answer B007",
+    )
+    s.add_argument(
         "--max-ops",
         type=int,
         default=16,
@@ -351,7 +358,12 @@ async def _serve(args: argparse.Namespace) -> int:
     from dicomstore.archive import Archive
 
     fsync = args.fsync == "on"
-    archive = Archive(args.storage, fsync=fsync, on_duplicate=args.on_duplicate)
+    archive = Archive(
+        args.storage,
+        fsync=fsync,
+        on_duplicate=args.on_duplicate,
+        on_class_mismatch=args.on_class_mismatch,
+    )
     config = ServerConfig(
         ae_title=args.aet,
         host=args.host,

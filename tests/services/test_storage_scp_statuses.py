@@ -286,3 +286,27 @@ def test_duplicates_follow_the_policy(tmp_path, policy, status) -> None:
     else:
         assert st.is_failure(second.status)
         assert second.error_comment
+
+
+def test_b007_class_mismatch_tolerated_by_policy(tmp_path) -> None:
+    ds = make_dataset(sop_class=MR)
+
+    async def scenario(assoc, archive):
+        rsp = await store(assoc, ds, sop_class=CT)
+        return rsp, archive.instances()
+
+    rsp, rows = run(tmp_path, scenario, archive_kwargs={"on_class_mismatch": "tolerate"})
+    assert rsp.status == 0xB007
+    assert "stored as sent" in rsp.error_comment
+    assert rsp.offending_element == (0x00080016,)
+    assert [r["sop_instance_uid"] for r in rows] == [ds.SOPInstanceUID]
+
+
+def test_instance_uid_mismatch_is_a900_even_when_tolerating(tmp_path) -> None:
+    ds = make_dataset()
+
+    async def scenario(assoc, archive):
+        return await store(assoc, ds, sop_instance=generate_uid()), archive.instances()
+
+    rsp, rows = run(tmp_path, scenario, archive_kwargs={"on_class_mismatch": "tolerate"})
+    assert rsp.status == 0xA900 and rows == []

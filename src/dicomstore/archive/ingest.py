@@ -61,7 +61,10 @@ class Ingest:
         name: str | None = None,
         templates: MetaTemplates | None = None,
         announce: tuple[Callable[[], None], Callable[[], None]] | None = None,
+        tolerate_class_mismatch: bool = False,
     ) -> None:
+        self.tolerate_class_mismatch = tolerate_class_mismatch
+        self._warning: tuple[int, str, tuple[int, ...]] | None = None
         self.sop_class_uid = normalize_uid(sop_class_uid)
         self.sop_instance_uid = normalize_uid(sop_instance_uid)
         self.transfer_syntax_uid = normalize_uid(transfer_syntax_uid)
@@ -211,7 +214,9 @@ class Ingest:
         row["received_at"] = datetime.now(UTC).isoformat(timespec="microseconds")
         row["calling_ae"] = self.calling_ae or None
         row["called_ae"] = self.called_ae or None
-        return Staged(self._temp, self._fd, row)
+        staged = Staged(self._temp, self._fd, row)
+        staged.warning = self._warning
+        return staged
 
     def _check_identity(self, row: dict[str, Any]) -> StoreOutcome | None:
         """A900 when (0008,0016)/(0008,0018) are absent or differ from the command.
@@ -236,5 +241,13 @@ class Ingest:
                 problems.append(f"{name} {ours!r} differs from the command's {theirs!r}")
                 tags.append(tag)
         if not problems:
+            return None
+        if self.tolerate_class_mismatch and tags == [st.SOP_CLASS_UID_TAG] and row["sop_class_uid"]:
+            # policy "tolerate": stored as sent, answered B007 (PS3.4 B.2.3)
+            self._warning = (
+                st.WARNING_DATASET_MISMATCH,
+                f"stored as sent, but {problems[0]}",
+                (st.SOP_CLASS_UID_TAG,),
+            )
             return None
         return failure(st.DATASET_MISMATCH, "; ".join(problems), *tags)

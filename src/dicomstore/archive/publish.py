@@ -207,7 +207,13 @@ class Publisher:
             old = member.existing
             if old is not None and old["path"] != member.rel:
                 self._remove_file(old["path"])
-            member.outcome = StoreOutcome(st.SUCCESS, path=Path(member.final), instance=row)
+            if member.warning is not None:
+                status, comment, tags = member.warning
+                member.outcome = StoreOutcome(
+                    status, comment, tags, path=Path(member.final), instance=row
+                )
+            else:
+                member.outcome = StoreOutcome(st.SUCCESS, path=Path(member.final), instance=row)
 
     def _place(self, member: Staged, *, durable_dirs: bool) -> bool:
         """Rename one file to its final name; False (and A700) when that failed.

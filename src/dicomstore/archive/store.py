@@ -69,6 +69,7 @@ class Archive:
         *,
         fsync: bool = True,
         on_duplicate: DuplicatePolicy = "keep",
+        on_class_mismatch: str = "reject",
         lock_timeout: float = 5.0,
         syncfs: bool | None = None,
     ) -> None:
@@ -77,6 +78,9 @@ class Archive:
         self.root = Path(root).resolve()
         self.fsync = fsync
         self.on_duplicate = on_duplicate
+        if on_class_mismatch not in ("reject", "tolerate"):
+            raise ValueError(f"on_class_mismatch must be reject or tolerate: {on_class_mismatch!r}")
+        self.on_class_mismatch = on_class_mismatch
         self.tmp_dir = self.root / layout.TMP_DIR
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.index = Index(self.root / layout.INDEX_FILE, durable=fsync, timeout=lock_timeout)
@@ -138,6 +142,7 @@ class Archive:
             name=f"{self._token}-{next(self._names)}.part",
             templates=self._templates,
             announce=self._announce,
+            tolerate_class_mismatch=self.on_class_mismatch == "tolerate",
         )
 
     # -- reading ----------------------------------------------------------------------
