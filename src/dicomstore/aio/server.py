@@ -227,7 +227,7 @@ class AcceptorAssociation:
                 for dimse_event in t.assembler.receive(pdv):
                     await self._on_dimse(dimse_event)
         elif isinstance(event, AssociateIndication):
-            self._on_request(event.request)
+            await self._on_request(event.request)
         elif isinstance(event, ReleaseIndication):
             if self.inflight:  # every answer goes out before A-RELEASE-RP
                 await asyncio.wait(list(self.inflight.values()))
@@ -257,7 +257,7 @@ class AcceptorAssociation:
             return f"{config.max_per_address} associations from {self.address} already"
         return None
 
-    def _on_request(self, rq: P.AssociateRQ) -> None:
+    async def _on_request(self, rq: P.AssociateRQ) -> None:
         t = self.t
         config = self.server.config
         self.request = rq
@@ -274,10 +274,12 @@ class AcceptorAssociation:
         subject = peer_subject(t.writer.get_extra_info("peercert"))
         admission = Admission()
         if self.server.gatekeeper is not None:
-            admission = self.server.gatekeeper.admit(
+            # in a thread: verifying a passcode (scrypt) or a token takes milliseconds
+            admission = await asyncio.to_thread(
+                self.server.gatekeeper.admit,
                 AdmissionRequest(
                     rq.calling_ae, rq.called_ae, self.address, subject, rq.user_info.identity_rq
-                )
+                ),
             )
         self.admission = admission
         if admission.reject is not None:
