@@ -29,6 +29,8 @@ from dicomstore.aio.client import associate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.conftest import serve_command, wait_listening  # noqa: E402
+
 SC = "1.2.840.10008.5.1.4.1.1.7"
 CHUNK = 4 * 1024 * 1024
 
@@ -91,24 +93,9 @@ def main() -> None:
     pixel_bytes = int(args.gib * 1024**3) // (1024 * 1024) * (1024 * 1024)
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dicomstore.cli",
-                "serve",
-                "--port",
-                str(args.port),
-                "--storage",
-                tmp,
-                "--fsync",
-                args.fsync,
-                "--log-level",
-                "warning",
-            ]
+            serve_command(args.port, tmp, "--fsync", args.fsync, "--log-level", "warning")
         )
         try:
-            from tests.conftest import wait_listening
-
             wait_listening(args.port, server)
             idle = peak_rss_mb(server.pid)
             uid, status, seconds = asyncio.run(send(args.port, pixel_bytes))

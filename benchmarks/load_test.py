@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.conftest import PEER_ENV, free_port, wait_listening  # noqa: E402
+from tests.conftest import PEER_ENV, free_port, serve_command, wait_listening  # noqa: E402
 
 CORPUS = Path(os.environ.get("BENCH_CORPUS", Path.home() / ".cache/dicombench/corpus"))
 
@@ -52,14 +52,8 @@ def main() -> None:
         storage = Path(tmp) / "archive"
         port = free_port()
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dicomstore.cli",
-                "serve",
-                "--port",
+            serve_command(
                 str(port),
-                "--storage",
                 str(storage),
                 "--fsync",
                 args.fsync,
@@ -67,7 +61,7 @@ def main() -> None:
                 str(args.senders + 5),
                 "--log-level",
                 "warning",
-            ]
+            )
         )
         samples: list[float] = []
         done = threading.Event()

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pydicom  # noqa: E402
-from tests.conftest import PEER_ENV, free_port, wait_listening  # noqa: E402
+from tests.conftest import PEER_ENV, free_port, serve_command, wait_listening  # noqa: E402
 from tests.services.test_storage_scp_interop import dataset_bytes  # noqa: E402
 
 CORPUS = Path(os.environ.get("BENCH_CORPUS", Path.home() / ".cache/dicombench/corpus"))
@@ -43,20 +43,7 @@ def scp(name: str) -> None:
     for label, cmd in senders.items():
         with tempfile.TemporaryDirectory() as out:
             port = free_port()
-            server = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "dicomstore.cli",
-                    "serve",
-                    "--port",
-                    str(port),
-                    "--storage",
-                    out,
-                    "--log-level",
-                    "error",
-                ]
-            )
+            server = subprocess.Popen(serve_command(port, out, "--log-level", "error"))
             try:
                 wait_listening(port, server)
                 args = [*cmd, "127.0.0.1", str(port), str(src)]

@@ -33,6 +33,21 @@ def dcmtk(tool: str) -> str:
     return str(path)
 
 
+def serve_command(port: int, storage: Path | str, *extra: str) -> list[str]:
+    """The command line of `dicomstore serve` on ``port`` storing into ``storage``."""
+    return [
+        sys.executable,
+        "-m",
+        "dicomstore.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--storage",
+        str(storage),
+        *extra,
+    ]
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +13,7 @@ import pytest
 from dicomstore.aio.server import ServerConfig
 from dicomstore.cli import main
 from dicomstore.ul import pdu as P
-from tests.conftest import NullHandler, ServerThread, free_port, wait_listening
+from tests.conftest import NullHandler, ServerThread, free_port, serve_command, wait_listening
 
 
 @contextmanager
@@ -95,16 +94,7 @@ def test_bad_options_are_usage_errors(argv, capsys) -> None:
 def test_serve_starts_answers_and_stops_on_sigterm(tmp_path) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dicomstore.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--storage",
-            str(tmp_path / "store"),
-        ],
+        serve_command(port, tmp_path / "store"),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -124,22 +114,16 @@ def test_serve_with_http_port_serves_dicomweb(tmp_path) -> None:
 
     port, http_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dicomstore.cli",
-            "serve",
-            "--port",
-            str(port),
+        serve_command(
+            port,
+            tmp_path / "store",
             "--http-port",
             str(http_port),
-            "--storage",
-            str(tmp_path / "store"),
             "--min-free",
             "1K",
             "--max-instance-size",
             "1G",
-        ],
+        ),
         stderr=subprocess.PIPE,
         text=True,
     )

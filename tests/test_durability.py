@@ -8,7 +8,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pydicom
@@ -21,7 +20,7 @@ from dicomstore import uids
 from dicomstore.aio.client import associate
 from dicomstore.archive import Archive
 from dicomstore.errors import AssociationError
-from tests.conftest import PEER_ENV, dcmtk, free_port, wait_listening
+from tests.conftest import PEER_ENV, dcmtk, free_port, serve_command, wait_listening
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 
@@ -43,18 +42,7 @@ def instance(study: str, size: int = 20_000) -> tuple[str, bytes]:
 
 def start_server(port: int, storage: Path) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dicomstore.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--storage",
-            str(storage),
-            "--log-level",
-            "warning",
-        ],
+        serve_command(port, storage, "--log-level", "warning"),
         stderr=subprocess.DEVNULL,
     )
     wait_listening(port, proc)

@@ -21,7 +21,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from dicomstore.aio.association import Timeouts
 from dicomstore.dimse import status as st
 from dicomstore.services.scu_send import SendOptions, send
 from dicomstore.services.storage_scu import PRIORITIES, Result
@@ -276,11 +275,9 @@ def run(args: argparse.Namespace) -> int:
             report.flush()
         progress.result(r)
 
-    timeouts = Timeouts()
-    if args.acse_timeout:
-        timeouts.acse = args.acse_timeout
-    if args.dimse_timeout:
-        timeouts.dimse = args.dimse_timeout
+    from dicomstore.cli import _timeouts
+
+    timeouts = _timeouts(args)
     options = SendOptions(
         called_ae=args.aec,
         calling_ae=args.aet,
