@@ -136,3 +136,79 @@ def test_serve_with_http_port_serves_dicomweb(tmp_path) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
+
+
+def test_trailing_padding_option_parses() -> None:
+    from dicomstore.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).trailing_padding == "keep"
+    args = build_parser().parse_args(["serve", "--trailing-padding", "discard"])
+    assert args.trailing_padding == "discard"
+
+
+def test_trailing_padding_bad_value_is_a_one_line_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--trailing-padding", "strip"])
+    assert exc.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1
+    assert "--trailing-padding" in errors[0] and "'strip'" in errors[0]
+    assert "discard" in errors[0] and "keep" in errors[0]
+
+
+def test_serve_trailing_padding_discard_end_to_end(tmp_path) -> None:
+    """`dicomstore serve --trailing-padding discard` and `dicomstore send` (our SCU,
+    which streams the file's data set as it is): B006, the file cut, the archive sound."""
+    import io
+    import json
+
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from dicomstore.archive import Archive
+    from dicomstore.archive.dicomfile import dataset_offset
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.Modality = "PAD", "CT"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    padding = b"\xfc\xff\xfc\xffOB\0\0" + (20).to_bytes(4, "little") + bytes(20)
+    sent = tmp_path / "padded.dcm"
+    sent.write_bytes(buffer.getvalue() + padding)
+    report = tmp_path / "report.jsonl"
+    storage = tmp_path / "store"
+    port = free_port()
+    proc = subprocess.Popen(
+        serve_command(port, storage, "--fsync", "off", "--trailing-padding", "discard"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_listening(port, proc)
+        code = main(["send", "127.0.0.1", str(port), str(sent), "--report", str(report)])
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert code == 0  # a warning counts as stored
+    (row,) = [json.loads(line) for line in report.read_text().splitlines()]
+    assert row["status_hex"] == "0xB006"
+    assert row["error_comment"] == "Data Set Trailing Padding (FFFC,FFFC), 32 bytes, discarded"
+    with Archive(storage) as archive:
+        path = archive.path_of(ds.SOPInstanceUID)
+        assert archive.get_instance(ds.SOPInstanceUID)["file_size"] == path.stat().st_size
+    with open(path, "rb") as fp:
+        fp.seek(dataset_offset(fp))
+        stored = fp.read()
+    original = buffer.getvalue()
+    with io.BytesIO(original) as fp:
+        assert stored == original[dataset_offset(fp) :]  # all but the padding
+    assert main(["check", "--storage", str(storage)]) == 0

@@ -240,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
         "default) or store as sent and answer B007",
     )
     s.add_argument(
+        "--trailing-padding",
+        choices=["keep", "discard"],
+        default="keep",
+        help="a data set ending with Data Set Trailing Padding (FFFC,FFFC): store it as "
+        "sent (default) or without the padding and answer B006",
+    )
+    s.add_argument(
         "--max-ops",
         type=int,
         default=16,
@@ -363,6 +370,7 @@ async def _serve(args: argparse.Namespace) -> int:
         fsync=fsync,
         on_duplicate=args.on_duplicate,
         on_class_mismatch=args.on_class_mismatch,
+        trailing_padding=args.trailing_padding,
     )
     config = ServerConfig(
         ae_title=args.aet,

@@ -157,3 +157,21 @@ def test_read_only_app_refuses_stow(tmp_path: Path) -> None:
     writable = HttpThread(tmp_path / "archive", writable=True)
     with writable as srv, httpx.Client(base_url=srv.url) as client:
         assert post(client, [instance("1.2.5.14")]).status_code == 200
+
+
+def test_trailing_padding_discarded_is_a_b006_warning(tmp_path: Path) -> None:
+    """The policy is the archive's: STOW-RS answers its B006 as a Warning Reason."""
+    padding = b"\xfc\xff\xfc\xffOB\0\0" + (8).to_bytes(4, "little") + bytes(8)
+    archive = Archive(tmp_path / "archive", fsync=False, trailing_padding="discard")
+    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url) as client:
+        r = post(client, [instance("1.2.5.15") + padding, instance("1.2.5.16")])
+        assert r.status_code == 202, r.text  # stored, with a warning
+        first, second = r.json()["00081199"]["Value"]
+        assert first["00081196"]["Value"] == [0xB006]
+        assert "00081196" not in second
+        note = "1.2.5.15: B006 Data Set Trailing Padding (FFFC,FFFC), 20 bytes, discarded"
+        assert note in r.headers["warning"]
+        sent = dataset_bytes(make_dataset("1.2.5.15", study=STUDY, series=SERIES))
+        assert stored_dataset(archive, "1.2.5.15") == sent
+        assert archive.check() == []
+    archive.close()

@@ -302,6 +302,50 @@ def test_b007_class_mismatch_tolerated_by_policy(tmp_path) -> None:
     assert [r["sop_instance_uid"] for r in rows] == [ds.SOPInstanceUID]
 
 
+#: Data Set Trailing Padding (FFFC,FFFC), OB, 16 bytes of value (Explicit VR LE).
+TRAILING_PADDING = b"\xfc\xff\xfc\xffOB\0\0" + (16).to_bytes(4, "little") + bytes(16)
+
+
+def _stored_data_set(path: Path) -> bytes:
+    from dicomstore.archive.dicomfile import dataset_offset
+
+    with open(path, "rb") as fp:
+        fp.seek(dataset_offset(fp))
+        return fp.read()
+
+
+def test_b006_trailing_padding_discarded_by_policy(tmp_path) -> None:
+    ds = make_dataset()
+    sent = encode(ds) + TRAILING_PADDING
+
+    async def scenario(assoc, archive):
+        rsp = await store(assoc, ds, data=sent)
+        path = archive.path_of(ds.SOPInstanceUID)
+        return rsp, path, archive.get_instance(ds.SOPInstanceUID), archive.check()
+
+    rsp, path, row, problems = run(
+        tmp_path, scenario, archive_kwargs={"trailing_padding": "discard"}
+    )
+    assert rsp.status == st.ELEMENTS_DISCARDED == 0xB006
+    assert rsp.error_comment == "Data Set Trailing Padding (FFFC,FFFC), 28 bytes, discarded"
+    assert rsp.offending_element == (0xFFFCFFFC,)
+    assert _stored_data_set(path) == encode(ds)  # what was sent, minus the padding
+    assert row["file_size"] == path.stat().st_size
+    assert problems == []  # the digest describes the stored bytes
+
+
+def test_trailing_padding_kept_by_default(tmp_path) -> None:
+    ds = make_dataset()
+    sent = encode(ds) + TRAILING_PADDING
+
+    async def scenario(assoc, archive):
+        return await store(assoc, ds, data=sent), archive.path_of(ds.SOPInstanceUID)
+
+    rsp, path = run(tmp_path, scenario)
+    assert rsp.status == 0x0000
+    assert _stored_data_set(path) == sent  # bit-preserving
+
+
 def test_instance_uid_mismatch_is_a900_even_when_tolerating(tmp_path) -> None:
     ds = make_dataset()
 

@@ -59,7 +59,7 @@ class Staged:
     row: dict[str, Any]  # index columns, all but "path"
     outcome: StoreOutcome | None = None
     error: BaseException | None = None
-    #: (status, comment, offending elements) when stored with a warning (B007)
+    #: (status, comment, offending elements) when stored with a warning (B006, B007)
     warning: tuple[int, str, tuple[int, ...]] | None = None
     wake: Any = None  # a lock held until the member is answered or leads
     # set while publishing

@@ -34,6 +34,7 @@ from dicomstore.archive.dicomfile import HeaderError, MetaTemplates, encoding_of
 from dicomstore.archive.fields import fields_of_elements, index_fields
 from dicomstore.archive.layout import normalize_uid, remove_quietly
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, failure
+from dicomstore.archive.padding import discard_trailing_padding, merge_warning
 from dicomstore.archive.scan import PREFIX_SIZE, scan_header
 from dicomstore.errors import LocalProtocolError
 
@@ -62,8 +63,11 @@ class Ingest:
         templates: MetaTemplates | None = None,
         announce: tuple[Callable[[], None], Callable[[], None]] | None = None,
         tolerate_class_mismatch: bool = False,
+        discard_trailing_padding: bool = False,
     ) -> None:
         self.tolerate_class_mismatch = tolerate_class_mismatch
+        #: cut a top-level Data Set Trailing Padding off, answer B006 (``padding.py``)
+        self.discard_trailing_padding = discard_trailing_padding
         self._warning: tuple[int, str, tuple[int, ...]] | None = None
         self.sop_class_uid = normalize_uid(sop_class_uid)
         self.sop_instance_uid = normalize_uid(sop_instance_uid)
@@ -214,6 +218,20 @@ class Ingest:
         row["received_at"] = datetime.now(UTC).isoformat(timespec="microseconds")
         row["calling_ae"] = self.calling_ae or None
         row["called_ae"] = self.called_ae or None
+        if self.discard_trailing_padding:  # policy "discard" (padding.py): B006
+            try:
+                cut = discard_trailing_padding(
+                    self._fd,
+                    self._temp,
+                    self._header_size,
+                    self._header_size + self._size,
+                    self.transfer_syntax_uid,
+                )
+            except OSError as exc:
+                return failure(st.OUT_OF_RESOURCES, describe_os_error(exc, "discarding padding"))
+            if cut is not None:  # the row describes the stored bytes
+                row["file_size"], row["digest"] = cut.file_size, cut.digest
+                self._warning = merge_warning(self._warning, cut)
         staged = Staged(self._temp, self._fd, row)
         staged.warning = self._warning
         return staged

@@ -18,11 +18,15 @@ SUCCESS = 0x0000
 #: differs from what was sent. Used for a duplicate kept under policy "keep"
 #: when the received bytes differ from the stored ones.
 WARNING_COERCION = 0xB000
-#: Failure, Refused: Out of Resources (A7xx): disk full, quota, any I/O error,
-#: index unavailable. The SCU may retry later.
+#: Warning, Elements Discarded (PS3.4 B.2.3): stored without its Data Set
+#: Trailing Padding (FFFC,FFFC) under the trailing-padding policy "discard"
+#: (``padding.py``).
+WARNING_ELEMENTS_DISCARDED = 0xB006
 #: Warning, Data Set does not match SOP Class (PS3.4 B.2.3): stored as sent under
 #: the "tolerate" class-mismatch policy although (0008,0016) differs from the command.
 WARNING_DATASET_MISMATCH = 0xB007
+#: Failure, Refused: Out of Resources (A7xx): disk full, quota, any I/O error,
+#: index unavailable. The SCU may retry later.
 OUT_OF_RESOURCES = 0xA700
 #: Failure, Error: Data Set does not match SOP Class (A9xx): (0008,0016) or
 #: (0008,0018) absent from the data set or different from the command.

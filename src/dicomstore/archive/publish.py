@@ -162,7 +162,7 @@ class Publisher:
                 for member in live:
                     existing = found.get(member.row["sop_instance_uid"])
                     if existing is not None and self.on_duplicate != "replace":
-                        _answer(member, self._duplicate(existing, member.row))
+                        _answer(member, self._duplicate(existing, member))
                         continue
                     member.existing = existing
                     # with syncfs, new folders are made durable by the one syncfs
@@ -327,8 +327,13 @@ class Publisher:
         self.stats.flushes += 1
         layout.syncfs(self._fs_fd)
 
-    def _duplicate(self, existing: dict[str, Any], row: dict[str, Any]) -> StoreOutcome:
-        """The outcome for a duplicate under policy keep/reject (nothing changes)."""
+    def _duplicate(self, existing: dict[str, Any], member: Staged) -> StoreOutcome:
+        """The outcome for a duplicate under policy keep/reject (nothing changes).
+
+        A copy identical to the stored one keeps the warning its own checks
+        gave (B006, B007): the stored copy went through the same policy.
+        """
+        row = member.row
         uid = row["sop_instance_uid"]
         path = layout.resolve(self.root, existing["path"])
         if self.on_duplicate == "reject":
@@ -338,6 +343,9 @@ class Publisher:
                 st.SOP_INSTANCE_UID_TAG,
             )
         if existing["digest"] == row["digest"]:
+            if member.warning is not None:
+                status, comment, tags = member.warning
+                return StoreOutcome(status, comment, tags, path, existing)
             return StoreOutcome(st.SUCCESS, path=path, instance=existing)
         return StoreOutcome(
             st.WARNING_COERCION,

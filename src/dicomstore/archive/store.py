@@ -50,6 +50,9 @@ from dicomstore.archive.publish import Publisher, recover
 
 DuplicatePolicy = Literal["keep", "replace", "reject"]
 POLICIES: tuple[str, ...] = ("keep", "replace", "reject")
+#: ``trailing_padding``: keep the data set as received, or cut a top-level Data
+#: Set Trailing Padding (FFFC,FFFC) off and answer B006 (``padding.py``).
+TRAILING_PADDING_POLICIES: tuple[str, ...] = ("keep", "discard")
 
 
 class Archive:
@@ -61,6 +64,10 @@ class Archive:
     flush a batch of several instances with one syncfs(2) of the file system
     (``None``: where the kernel reports writeback errors through it; ``False``:
     never, fsync each file). ``stats`` counts batches, instances and flushes.
+    ``on_class_mismatch="tolerate"`` stores a data set whose SOP Class UID differs
+    from the command's and answers B007; ``trailing_padding="discard"`` stores a
+    data set without its top-level Data Set Trailing Padding (FFFC,FFFC) and
+    answers B006 (PS3.4 B.2.3; ``padding.py``), ``"keep"`` stores every byte.
     """
 
     def __init__(
@@ -70,6 +77,7 @@ class Archive:
         fsync: bool = True,
         on_duplicate: DuplicatePolicy = "keep",
         on_class_mismatch: str = "reject",
+        trailing_padding: str = "keep",
         lock_timeout: float = 5.0,
         syncfs: bool | None = None,
     ) -> None:
@@ -81,6 +89,9 @@ class Archive:
         if on_class_mismatch not in ("reject", "tolerate"):
             raise ValueError(f"on_class_mismatch must be reject or tolerate: {on_class_mismatch!r}")
         self.on_class_mismatch = on_class_mismatch
+        if trailing_padding not in TRAILING_PADDING_POLICIES:
+            raise ValueError(f"trailing_padding must be keep or discard: {trailing_padding!r}")
+        self.trailing_padding = trailing_padding
         self.tmp_dir = self.root / layout.TMP_DIR
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.index = Index(self.root / layout.INDEX_FILE, durable=fsync, timeout=lock_timeout)
@@ -143,6 +154,7 @@ class Archive:
             templates=self._templates,
             announce=self._announce,
             tolerate_class_mismatch=self.on_class_mismatch == "tolerate",
+            discard_trailing_padding=self.trailing_padding == "discard",
         )
 
     # -- reading ----------------------------------------------------------------------
