@@ -73,6 +73,17 @@ def _positive(value: str) -> float:
     return n
 
 
+def _count(value: str) -> int:
+    """A whole number >= 0 (0 usually meaning "no limit")."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return n
+
+
 def _size(value: str) -> int:
     """A byte count with an optional K/M/G/T suffix (powers of 1024)."""
     text = value.strip().upper().removesuffix("B")
@@ -278,17 +289,32 @@ def build_parser() -> argparse.ArgumentParser:
     lim = s.add_argument_group("limits")
     lim.add_argument(
         "--max-per-calling-aet",
-        type=int,
+        type=_count,
         default=0,
         metavar="N",
         help="simultaneous associations per calling AE title (default: no limit)",
     )
     lim.add_argument(
         "--max-per-address",
-        type=int,
+        type=_count,
         default=0,
         metavar="N",
         help="simultaneous associations per peer address (default: no limit)",
+    )
+    lim.add_argument(
+        "--max-failed-admissions",
+        type=_count,
+        default=10,
+        metavar="N",
+        help="after N associations from one address refused by --config's policy within "
+        "--failed-admission-window, refuse that address at once (default 10; 0: never)",
+    )
+    lim.add_argument(
+        "--failed-admission-window",
+        type=_positive,
+        default=60.0,
+        metavar="SECONDS",
+        help="the window of --max-failed-admissions (default 60)",
     )
     lim.add_argument(
         "--max-instance-size",
@@ -386,6 +412,8 @@ async def _serve(args: argparse.Namespace) -> int:
         timeouts=_timeouts(args),
         max_per_calling_ae=args.max_per_calling_aet,
         max_per_address=args.max_per_address,
+        max_failed_admissions=args.max_failed_admissions,
+        failed_admission_window=args.failed_admission_window,
         max_instance_bytes=args.max_instance_size,
         min_free_bytes=args.min_free,
     )

@@ -27,7 +27,13 @@ from dicomstore.dimse import (
 )
 from dicomstore.dimse import status as st
 from dicomstore.errors import RemoteProtocolError
-from dicomstore.services.admission import Admission, AdmissionRequest, AuditSink, Gatekeeper
+from dicomstore.services.admission import (
+    Admission,
+    AdmissionRequest,
+    AuditSink,
+    FailedAdmissions,
+    Gatekeeper,
+)
 from dicomstore.services.storage_scp import OnStored, Receiving, StorageSCP, StoreHandler
 from dicomstore.services.verification import echo_response
 from dicomstore.tls import peer_subject
@@ -73,6 +79,10 @@ class ServerConfig:
     max_instance_bytes: int = 0
     #: Below this many free bytes in the storage, C-STORE answers A700 before writing.
     min_free_bytes: int = 0
+    #: After this many admissions refused by the gatekeeper from one address within
+    #: ``failed_admission_window`` seconds, that address is refused at once (0: never).
+    max_failed_admissions: int = 10
+    failed_admission_window: float = 60.0
 
     def policy(self) -> AcceptorPolicy:
         """The negotiation policy: Verification plus every Storage SOP Class."""
@@ -273,7 +283,16 @@ class AcceptorAssociation:
         assert negotiated is not None
         subject = peer_subject(t.writer.get_extra_info("peercert"))
         admission = Admission()
+        throttle = self.server.failed_admissions
         if self.server.gatekeeper is not None:
+            wait = throttle.blocked(self.address)
+            if wait is not None:  # refused without asking the gatekeeper again
+                why = (
+                    f"{throttle.limit} refused admissions from {self.address} within "
+                    f"{throttle.window:g} s; next try in {wait:.0f} s"
+                )
+                self._reject(rq, _LOCAL_LIMIT, why)
+                return
             # in a thread: verifying a passcode (scrypt) or a token takes milliseconds
             admission = await asyncio.to_thread(
                 self.server.gatekeeper.admit,
@@ -283,6 +302,7 @@ class AcceptorAssociation:
             )
         self.admission = admission
         if admission.reject is not None:
+            throttle.refused(self.address)
             rj = admission.reject
             self._reject(rq, rj, P.describe_reject(rj.result, rj.source, rj.reason))
             return
@@ -294,6 +314,8 @@ class AcceptorAssociation:
             and admission.identity_response is not None
         ):
             answer.user_info.identity_ac = UserIdentityAC(admission.identity_response)
+        if self.server.gatekeeper is not None:
+            throttle.admitted(self.address)
         t.negotiated = negotiated
         store_aets = config.store_aets
         self.storage = StorageSCP(
@@ -423,6 +445,9 @@ class Server:
         self.on_stored = on_stored
         self.commit_in_thread = commit_in_thread
         self.policy = config.policy()
+        self.failed_admissions = FailedAdmissions(
+            config.max_failed_admissions, config.failed_admission_window
+        )
         self.associations: set[AcceptorAssociation] = set()
         self._tasks: set[asyncio.Task] = set()
         self._server: asyncio.base_events.Server | None = None

@@ -9,6 +9,9 @@ admitted, nothing is audited); :mod:`dicomstore.policy` and
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,3 +63,72 @@ class AuditSink(Protocol):
     def association(self, record: dict[str, Any]) -> None: ...
 
     def instance(self, record: dict[str, Any]) -> None: ...
+
+
+class FailedAdmissions:
+    """Refused admissions per peer address, to slow down guessing passcodes (PS3.7 D.3.3.7).
+
+    A gatekeeper that checks passcodes or tokens can be asked again and again;
+    after ``limit`` refusals from one address within ``window`` seconds, that
+    address is :meth:`blocked` — refused at once, without asking the gatekeeper
+    (no scrypt, no token check) — until its oldest refusal in the window
+    expires. An admission that succeeds clears the address. At most
+    ``max_addresses`` addresses are remembered (the one refused longest ago is
+    forgotten first), so memory stays bounded whatever the number of callers.
+    ``limit`` 0 disables the throttle.
+    """
+
+    def __init__(
+        self,
+        limit: int = 10,
+        window: float = 60.0,
+        *,
+        max_addresses: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if limit < 0 or window <= 0:
+            raise ValueError("limit must be >= 0 and window > 0")
+        self.limit = limit
+        self.window = window
+        self.max_addresses = max_addresses
+        self._clock = clock
+        self._refused: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _recent(self, address: str, now: float) -> deque[float] | None:
+        times = self._refused.get(address)
+        if times is None:
+            return None
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if not times:
+            del self._refused[address]
+            return None
+        return times
+
+    def blocked(self, address: str) -> float | None:
+        """Seconds until ``address`` may try again, or ``None`` when it may now."""
+        if not self.limit:
+            return None
+        now = self._clock()
+        times = self._recent(address, now)
+        if times is None or len(times) < self.limit:
+            return None
+        return times[-self.limit] + self.window - now
+
+    def refused(self, address: str) -> None:
+        """Count one refusal of ``address``."""
+        if not self.limit:
+            return
+        now = self._clock()
+        times = self._recent(address, now)
+        if times is None:
+            times = self._refused[address] = deque(maxlen=self.limit)
+            while len(self._refused) > self.max_addresses:
+                self._refused.popitem(last=False)
+        else:
+            self._refused.move_to_end(address)
+        times.append(now)
+
+    def admitted(self, address: str) -> None:
+        """``address`` was admitted: its refusals are forgotten."""
+        self._refused.pop(address, None)

@@ -1,0 +1,164 @@
+"""Refused admissions per address: FailedAdmissions, and the server refusing at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from tests.test_policy import CONTEXTS, FAST, SC, dataset, user
+
+from dicomstore.aio.client import associate
+from dicomstore.aio.server import Server, ServerConfig
+from dicomstore.archive import Archive
+from dicomstore.cli import build_parser
+from dicomstore.errors import AssociationRejected
+from dicomstore.policy import Policy, hash_passcode
+from dicomstore.services.admission import FailedAdmissions
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_blocked_after_the_limit_until_the_oldest_refusal_expires() -> None:
+    clock = Clock()
+    throttle = FailedAdmissions(3, 60, clock=clock)
+    for _ in range(2):
+        throttle.refused("10.0.0.1")
+        clock.now += 10
+    assert throttle.blocked("10.0.0.1") is None  # 2 of 3
+    throttle.refused("10.0.0.1")
+    assert throttle.blocked("10.0.0.1") == pytest.approx(40)  # the first was 20 s ago
+    assert throttle.blocked("10.0.0.2") is None  # other addresses are not concerned
+    clock.now += 40
+    assert throttle.blocked("10.0.0.1") is None  # the first refusal left the window
+    throttle.refused("10.0.0.1")
+    assert throttle.blocked("10.0.0.1") == pytest.approx(10)
+
+
+def test_an_admission_forgets_the_refusals() -> None:
+    throttle = FailedAdmissions(2, 60, clock=Clock())
+    throttle.refused("a")
+    throttle.admitted("a")
+    throttle.refused("a")
+    assert throttle.blocked("a") is None
+
+
+def test_zero_disables_and_memory_is_bounded() -> None:
+    off = FailedAdmissions(0, 60)
+    for _ in range(100):
+        off.refused("a")
+    assert off.blocked("a") is None
+    clock = Clock()
+    throttle = FailedAdmissions(1, 60, max_addresses=3, clock=clock)
+    for n in range(10):
+        throttle.refused(f"10.0.0.{n}")
+    assert len(throttle._refused) == 3
+    assert throttle.blocked("10.0.0.9") is not None
+    assert throttle.blocked("10.0.0.0") is None  # forgotten first
+    with pytest.raises(ValueError):
+        FailedAdmissions(-1, 60)
+
+
+POLICY = """
+allow_unknown = false
+[peers.STORER]
+require_user_identity = true
+[users.alice]
+passcode = "{alice}"
+"""
+
+
+class Counting:
+    """A gatekeeper that counts how often it is asked."""
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def admit(self, request):
+        self.calls += 1
+        return self.inner.admit(request)
+
+
+def test_the_server_refuses_a_guessing_address_without_checking(tmp_path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY.format(alice=hash_passcode("correct horse", **FAST)))
+    gatekeeper = Counting(Policy.load(path))
+    clock = Clock()
+
+    async def main():
+        archive = Archive(tmp_path / "archive", fsync=False)
+        config = ServerConfig(port=0, max_failed_admissions=2, failed_admission_window=30)
+        server = Server(config, archive, commit_in_thread=False, gatekeeper=gatekeeper)
+        server.failed_admissions._clock = clock
+        await server.start()
+        port = server.port
+        seen = []
+
+        async def attempt(passcode: str):
+            try:
+                async with await associate(
+                    "127.0.0.1",
+                    port,
+                    calling_ae="STORER",
+                    contexts=CONTEXTS,
+                    identity=user("alice", passcode),
+                ) as assoc:
+                    uid = f"1.2.3.40.{len(seen)}"
+                    rsp = await assoc.store_stream(assoc.context_for(SC), SC, uid, [dataset(uid)])
+                    seen.append(("stored", rsp.status, gatekeeper.calls))
+            except AssociationRejected as err:
+                seen.append(((err.result, err.source, err.reason), gatekeeper.calls))
+
+        try:
+            await attempt("guess 1")
+            await attempt("guess 2")
+            await attempt("correct horse")  # blocked: the gatekeeper is not asked
+            clock.now += 31  # the window passes
+            await attempt("correct horse")
+            await attempt("guess 3")  # an admission cleared the count
+            await attempt("correct horse")
+        finally:
+            await server.close(grace=2)
+            archive.close()
+        return seen
+
+    seen = asyncio.run(main())
+    permanent, transient = (1, 1, 1), (2, 3, 2)  # PS3.8 9.3.4: local limit exceeded
+    assert seen == [
+        (permanent, 1),
+        (permanent, 2),
+        (transient, 2),
+        ("stored", 0x0000, 3),
+        (permanent, 4),
+        ("stored", 0x0000, 5),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], (10, 60.0)),
+        (["--max-failed-admissions", "0"], (0, 60.0)),
+        (["--max-failed-admissions", "3", "--failed-admission-window", "5"], (3, 5.0)),
+    ],
+)
+def test_serve_options(argv, expected) -> None:
+    args = build_parser().parse_args(["serve", *argv])
+    assert (args.max_failed_admissions, args.failed_admission_window) == expected
+
+
+@pytest.mark.parametrize(
+    "argv", [["--max-failed-admissions", "-1"], ["--failed-admission-window", "0"]]
+)
+def test_bad_serve_options(argv, capsys) -> None:
+    with pytest.raises(SystemExit) as err:
+        build_parser().parse_args(["serve", *argv])
+    assert err.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error:" in last and "must be" in last
