@@ -190,7 +190,7 @@ def test_flushes_per_batch(
         assert archive.stats.flushes == (2 if syncfs else 4) + len(flushes)
 
 
-def test_a_new_study_in_a_batch_is_one_more_syncfs(
+def test_files_written_before_a_syncfs_need_no_flush_of_their_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not layout.SYNCFS_AVAILABLE:
@@ -203,8 +203,39 @@ def test_a_new_study_in_a_batch_is_one_more_syncfs(
         ]
         flushes = _count_flushes(monkeypatch)
         assert {o.status for o in batches.run(first, others)} == {SUCCESS}
-        # first: file, then one syncfs for its new folders; then syncfs (files), syncfs (folders)
-        assert flushes == ["fsync", "syncfs", "syncfs", "syncfs"]
+        # first: file, then one syncfs for its new folders, which began after the others
+        # were submitted: their data is durable already; then one syncfs for their folders
+        assert flushes == ["fsync", "syncfs", "syncfs"]
+        assert archive.stats.flushed_before == 1
+        assert_clean(archive)
+
+
+def test_an_instance_submitted_during_a_syncfs_is_flushed_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not layout.SYNCFS_AVAILABLE:
+        pytest.skip("needs syncfs")
+    with Archive(tmp_path / "root") as archive:
+        late = receive(archive, 2, study="1.2.9.2", series="1.2.9.2.1")
+        outcomes: list[StoreOutcome] = []
+        flushes = _count_flushes(monkeypatch)
+        counted = layout.syncfs
+        threads: list[threading.Thread] = []
+
+        def syncfs(fd: int) -> None:
+            if not threads:  # the first instance's folders: the second one arrives now
+                threads.append(threading.Thread(target=lambda: outcomes.append(late.commit())))
+                threads[0].start()
+                _wait_for(lambda: archive._committer.submitted == 2)
+            counted(fd)
+
+        monkeypatch.setattr(layout, "syncfs", syncfs)
+        assert store(archive, dataset(uid_of(1)), sop_uid=uid_of(1)).status == SUCCESS
+        threads[0].join(10)
+        assert [o.status for o in outcomes] == [SUCCESS]
+        # the second was not written before that syncfs began: its file is flushed
+        assert flushes == ["fsync", "syncfs", "fsync", "syncfs"]
+        assert archive.stats.flushed_before == 0
         assert_clean(archive)
 
 

@@ -62,6 +62,9 @@ class Staged:
     #: (status, comment, offending elements) when stored with a warning (B006, B007)
     warning: tuple[int, str, tuple[int, ...]] | None = None
     wake: Any = None  # a lock held until the member is answered or leads
+    #: its rank among the instances submitted (1, 2, ...): every byte of it was
+    #: written before any instance of a higher rank was submitted
+    seq: int = 0
     # set while publishing
     rel: str = ""
     final: str = ""
@@ -74,14 +77,22 @@ class Staged:
 @dataclass(slots=True)
 class CommitStats:
     """Counters of the group commit: ``flushes`` are the archive's own fsync,
-    syncfs calls (SQLite's WAL fsync at each batch is not among them)."""
+    syncfs calls (SQLite's WAL fsync at each batch is not among them);
+    ``flushed_before`` counts the batches whose files an earlier syncfs had
+    made durable already (no flush of their own)."""
 
     batches: int = 0
     instances: int = 0
     flushes: int = 0
+    flushed_before: int = 0
 
     def snapshot(self) -> dict[str, int]:
-        return {"batches": self.batches, "instances": self.instances, "flushes": self.flushes}
+        return {
+            "batches": self.batches,
+            "instances": self.instances,
+            "flushes": self.flushes,
+            "flushed_before": self.flushed_before,
+        }
 
 
 class GroupCommit:
@@ -107,6 +118,8 @@ class GroupCommit:
         self._last = 1  # size of the last batch
         self._busy = False
         self._closed = False
+        #: instances submitted so far (the ``seq`` of the last one)
+        self.submitted = 0
 
     def arriving(self) -> None:
         """A commit starts checking its instance: it will :meth:`submit` or :meth:`left`."""
@@ -126,6 +139,8 @@ class GroupCommit:
             if self._closed:
                 self._joined.notify_all()
                 raise ArchiveClosedError("the archive is closed")
+            self.submitted += 1
+            staged.seq = self.submitted
             self._queue.append(staged)
             self._joined.notify_all()
             leader = not self._busy

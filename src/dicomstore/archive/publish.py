@@ -28,8 +28,13 @@ Flushes (fsync/syncfs calls) per batch of ``n`` instances::
                               (new folders: 1 syncfs instead of the series folder)
                               (+1 per new folder: 5 for an instance of a new study)
     n >= 2 with syncfs        1 syncfs + 1 folder fsync or syncfs + 1 WAL = 3 for all
+    written before a syncfs   no flush of the files: 2 (see below)
 
 (and SQLite's checkpoints: 2 fsyncs per ~1000 pages written to the WAL).
+A syncfs that succeeds has made durable every byte written before it began:
+a batch whose members were all submitted (``Staged.seq``) before such a
+syncfs began — typically queued while the previous batch flushed its folders
+with one — has its files flushed already and goes straight to the renames.
 ``syncfs`` writes back everything dirty on the file system, other writers' data
 too; it stands for the fsyncs of the files only where it reports writeback
 errors (Linux 5.8+). When it fails, every file is fsynced on its own, so that
@@ -42,6 +47,7 @@ import errno
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -86,6 +92,11 @@ class Publisher:
         self._links = True  # hard links work here
         if syncfs and not layout.SYNCFS_AVAILABLE:
             raise ValueError("syncfs needs Linux 5.8 or later")
+        #: how many instances had been submitted (``Staged.seq``) when the last
+        #: successful syncfs began: their data was durable when it returned
+        self.durable_seq = 0
+        #: the number of instances submitted so far (``GroupCommit.submitted``)
+        self.submitted: Callable[[], int] = lambda: 0
         self._fs_fd = -1
         if fsync and (layout.SYNCFS_AVAILABLE if syncfs is None else syncfs):
             flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -115,7 +126,10 @@ class Publisher:
 
     def _flush_files(self, batch: list[Staged], whole_fs: bool) -> list[Staged]:
         """Make the data of the files durable; those that are (the others failed)."""
-        if not self.fsync:
+        if not self.fsync or all(0 < m.seq <= self.durable_seq for m in batch):
+            # (with fsync: a syncfs that began after they were written flushed them)
+            if self.fsync:
+                self.stats.flushed_before += 1
             for member in batch:
                 _close(member)
             return batch
@@ -325,7 +339,9 @@ class Publisher:
 
     def _syncfs(self) -> None:
         self.stats.flushes += 1
+        upto = self.submitted()  # written before this syncfs begins: durable after it
         layout.syncfs(self._fs_fd)
+        self.durable_seq = max(self.durable_seq, upto)
 
     def _duplicate(self, existing: dict[str, Any], member: Staged) -> StoreOutcome:
         """The outcome for a duplicate under policy keep/reject (nothing changes).

@@ -106,6 +106,7 @@ class Archive:
             raise
         flush_time = (lambda: self._publisher.flush_time) if fsync else None
         self._committer = GroupCommit(self._publisher.publish, gather=flush_time)
+        self._publisher.submitted = lambda: self._committer.submitted
         self._announce = (self._committer.arriving, self._committer.left)
         self._templates = MetaTemplates()
         self._names = itertools.count()
