@@ -387,7 +387,7 @@ def _setup_logging(level: str) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from dicomstore.aio.server import Server, ServerConfig
+    from dicomstore.aio.server import WHEN_BUSY, Server, ServerConfig
     from dicomstore.archive import Archive
 
     fsync = args.fsync == "on"
@@ -437,7 +437,6 @@ async def _serve(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     if not fsync:
         log.warning("--fsync off: acknowledged instances can be lost on a power cut or crash")
-    # Without fsync a commit is a few page-cache writes: cheaper inline than a thread hop.
     gatekeeper = None
     if args.config is not None:
         from dicomstore.policy import Policy, PolicyError
@@ -456,7 +455,10 @@ async def _serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"dicomstore: cannot open {args.audit_log}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
-    server = Server(config, archive, commit_in_thread=fsync, gatekeeper=gatekeeper, audit=audit)
+    # Without fsync a commit is a few page-cache writes: cheaper inline than a thread hop;
+    # with it, in a thread while others could be served meanwhile (aio.server.WHEN_BUSY).
+    in_thread = WHEN_BUSY if fsync else False
+    server = Server(config, archive, commit_in_thread=in_thread, gatekeeper=gatekeeper, audit=audit)
     try:
         await server.start()
     except OSError as exc:

@@ -100,7 +100,7 @@ class StorageSCP:
         *,
         may_store: bool = True,
         on_stored: OnStored | None = None,
-        commit_in_thread: bool = True,
+        commit_in_thread: bool | Callable[[], bool] = True,
         max_instance_bytes: int = 0,
         min_free_bytes: int = 0,
         audit: Any = None,
@@ -209,7 +209,10 @@ class StorageSCP:
             return rq.response(st.OUT_OF_RESOURCES, _comment(f"write failed: {text}")), None
         sink, receiving.sink = receiving.sink, None
         try:
-            if self.commit_in_thread:
+            in_thread = self.commit_in_thread
+            if callable(in_thread):
+                in_thread = in_thread()
+            if in_thread:
                 outcome = await asyncio.to_thread(sink.commit)
             else:
                 outcome = sink.commit()
