@@ -18,9 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from dicomstore import uids
-from dicomstore.archive import layout
-from dicomstore.archive.query import QueryError
-from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 COMMANDS = ("ls", "show", "export", "stats", "delete")
@@ -106,6 +103,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one access command; print one line on error; the exit code."""
+    # (the archive, and pydicom with it, only now: `dicomstore send` never needs them)
+    from dicomstore.archive.query import QueryError
+    from dicomstore.archive.reader import ArchiveNotFoundError, NotStoredError
+
     try:
         return {"ls": _ls, "show": _show, "export": _export, "stats": _stats, "delete": _delete}[
             args.command
@@ -118,6 +119,12 @@ def run(args: argparse.Namespace) -> int:
         return _error(str(exc), EXIT_FAILED)
     except (OSError, sqlite3.Error) as exc:
         return _error(f"{getattr(exc, 'strerror', None) or exc}", EXIT_FAILED)
+
+
+def _reader(storage: Path) -> Any:
+    from dicomstore.archive.reader import ArchiveReader
+
+    return ArchiveReader(storage)
 
 
 def _error(message: str, code: int) -> int:
@@ -219,9 +226,7 @@ def _ls(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 0 or args.offset < 0:
         raise UsageError("--limit and --offset must not be negative")
     level = _LEVEL_NAMES[args.level]
-    rows = ArchiveReader(args.storage).search(
-        level, _filters(args), limit=args.limit, offset=args.offset
-    )
+    rows = _reader(args.storage).search(level, _filters(args), limit=args.limit, offset=args.offset)
     if args.json:
         print(json.dumps(rows, indent=1, ensure_ascii=False))
     else:
@@ -230,7 +235,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    reader = ArchiveReader(args.storage)
+    reader = _reader(args.storage)
     level, row = reader.locate(args.uid)
     if level == "instance":
         ds = reader.dataset(row, stop_before_pixels=True)
@@ -262,7 +267,9 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    reader = ArchiveReader(args.storage)
+    from dicomstore.archive import layout
+
+    reader = _reader(args.storage)
     level, _ = reader.locate(args.uid)
     key = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}.get(level, "SOPInstanceUID")
     rows = reader.instances(**{key: layout.normalize_uid(args.uid.strip())})
@@ -279,7 +286,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    stats = ArchiveReader(args.storage).stats()
+    stats = _reader(args.storage).stats()
     if args.json:
         print(json.dumps(stats, indent=1))
         return EXIT_OK
@@ -300,9 +307,11 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
+    from dicomstore.archive import layout
+    from dicomstore.archive.reader import NotStoredError
     from dicomstore.archive.removal import leftovers, remove
 
-    reader = ArchiveReader(args.storage)
+    reader = _reader(args.storage)
     uid = layout.normalize_uid(args.uid.strip())
     try:
         level, row = reader.locate(uid)
