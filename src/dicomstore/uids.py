@@ -46,16 +46,24 @@ def uid_name(uid: str) -> str:
 def storage_sop_classes() -> tuple[str, ...]:
     """Every Storage SOP Class pydicom knows (PS3.4 Table B.5-1 and later additions).
 
-    A SOP Class whose name ends in "Storage" (retired ones included: old
-    modalities still send them).
+    A SOP Class whose keyword names a Storage ("CTImageStorage",
+    "DigitalXRayImageStorageForPresentation", "TextSRStorageTrial"; retired
+    ones included: old modalities still send them), except Storage Commitment
+    (PS3.4 J) and Media Storage Directory Storage (the DICOMDIR, PS3.10 only).
     """
     from pydicom.uid import UID_dictionary
 
     return tuple(
         uid
-        for uid, (name, kind, *_rest) in UID_dictionary.items()
-        if kind == "SOP Class" and name.endswith("Storage")
+        for uid, (_name, kind, _info, _retired, keyword) in UID_dictionary.items()
+        if kind == "SOP Class"
+        and "Storage" in keyword
+        and not keyword.startswith(_NOT_STORAGE_CLASSES)
     )
+
+
+#: SOP Classes with "Storage" in their keyword that no C-STORE carries.
+_NOT_STORAGE_CLASSES = ("StorageCommitment", "MediaStorageDirectoryStorage")
 
 
 @cache

@@ -166,3 +166,59 @@ def test_pynetdicom_storescu_testfiles_are_stored_byte_identical(tmp_path, archi
     assert len(stored) >= len(sent) * 3 // 4, f"{len(stored)} of {len(sent)}"
     _compare(stored, reference, sent)
     assert len(archive.instances()) == len(stored)
+
+
+#: Storage SOP Classes whose names do not end in "Storage" (PS3.4 Table B.5-1).
+PROJECTION_CLASSES = {
+    "DX": "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray - For Presentation
+    "DX-proc": "1.2.840.10008.5.1.4.1.1.1.1.1",
+    "MG": "1.2.840.10008.5.1.4.1.1.1.2",  # Digital Mammography - For Presentation
+    "MG-proc": "1.2.840.10008.5.1.4.1.1.1.2.1",
+    "IO": "1.2.840.10008.5.1.4.1.1.1.3",  # Digital Intra-Oral - For Presentation
+    "IO-proc": "1.2.840.10008.5.1.4.1.1.1.3.1",
+}  # (DCMTK 3.6.7's storescu does not know Breast Projection X-Ray yet)
+
+
+def _projection_file(folder: Path, n: int, modality: str, sop_class: str) -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    ds = Dataset()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = f"1.2.826.0.1.3680043.10.543.9.{n}"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.543.9"
+    ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.10.543.9.0.{n}"
+    ds.PatientID, ds.PatientName, ds.Modality = "PROJ", "Projection^Test", modality[:2]
+    ds.Rows = ds.Columns = 4
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation, ds.SamplesPerPixel = 15, 0, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = bytes(range(32))
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    path = folder / f"{modality}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dx_mammography_and_intraoral_are_stored(tmp_path, archive_server) -> None:
+    """Classes named "... Image Storage - For Presentation/Processing" are Storage
+    SOP Classes too: DCMTK's storescu offers them and each is stored."""
+    srv, archive = archive_server
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sent = {
+        path: path.read_bytes()
+        for n, (modality, sop_class) in enumerate(PROJECTION_CLASSES.items())
+        for path in [_projection_file(folder, n, modality, sop_class)]
+    }
+    result = _storescu(srv.port, folder)
+    assert result.returncode == 0, result.stderr
+    stored = stored_datasets(tmp_path / "archive")
+    assert len(stored) == len(sent), result.stderr
+    for path in sent:
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert dataset_bytes(stored[uid]) == dataset_bytes(path)
+    classes = {row["sop_class_uid"] for row in archive.instances()}
+    assert classes == set(PROJECTION_CLASSES.values())
