@@ -34,7 +34,13 @@ from dicomstore.services.admission import (
     FailedAdmissions,
     Gatekeeper,
 )
-from dicomstore.services.storage_scp import OnStored, Receiving, StorageSCP, StoreHandler
+from dicomstore.services.storage_scp import (
+    OnStored,
+    Receiving,
+    StorageSCP,
+    StoreHandler,
+    storage_extended_negotiation,
+)
 from dicomstore.services.verification import echo_response
 from dicomstore.tls import peer_subject
 from dicomstore.ul import pdu as P
@@ -98,6 +104,7 @@ class ServerConfig:
             unknown_transfer_syntaxes=self.transfer_syntaxes,
             max_pdu=self.max_pdu,
             max_ops_invoked=self.max_ops,
+            extended_negotiation=storage_extended_negotiation,
         )
 
 

@@ -15,10 +15,28 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dicomstore import uids
 from dicomstore.dimse import CStoreRQ, CStoreRSP
 from dicomstore.dimse import status as st
 from dicomstore.handler import StoreHandler, StoreSink
 from dicomstore.ul.negotiation import AcceptedContext, Negotiated
+
+#: Our Service-class-application-information for a Storage SOP Class (PS3.4
+#: Table B.3-2): Level of Support 2 (Full: every element kept, private ones
+#: too), Level of Digital Signature Support 3 (data sets stored bit-preserving:
+#: every signature stays verifiable; Data Set Trailing Padding, the one thing a
+#: policy may cut, is outside all signatures), Element Coercion 0 (no policy
+#: changes a value); the reserved bytes 0.
+STORAGE_EXTENDED_ANSWER = bytes((2, 0, 3, 0, 0, 0))
+
+
+def storage_extended_negotiation(sop_class_uid: str, info: bytes) -> bytes | None:
+    """The answer to a SOP Class Extended Negotiation sub-item (PS3.4 B.3.1, PS3.7
+    D.3.3.5) for an accepted SOP Class: ours for storage, none for Verification."""
+    if sop_class_uid == uids.VERIFICATION:
+        return None
+    return STORAGE_EXTENDED_ANSWER
+
 
 log = logging.getLogger("dicomstore.storage")
 
