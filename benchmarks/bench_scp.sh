@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Storage SCP benchmark (issue 3, point 8): dicomstore beside DCMTK storescp
 # (default and --bit-preserving, --fork with four senders), pynetdicom's
-# storescp and Orthanc, all fed by DCMTK storescu, using ../shared/bench.
+# storescp and Orthanc, all fed by DCMTK storescu, using ../shared/bench; then
+# the medians and the ratios of dicomstore to each peer (benchmarks/scp_ratios.py).
 #
 # usage: benchmarks/bench_scp.sh [A] [B] [D]      (default: A B D)
 #   A  one association, sets ct and tiny       B  four senders, ct
@@ -21,4 +22,8 @@ export RECEIVERS_A="${RECEIVERS_A:-dcmtk dcmtk-bp pynetdicom orthanc-sync}"
 export RECEIVERS_B="${RECEIVERS_B:-dcmtk-fork dcmtk-bp-fork pynetdicom orthanc-sync}"
 export RECEIVERS_D="${RECEIVERS_D:-dcmtk dcmtk-bp pynetdicom orthanc-sync}"
 [ $# -gt 0 ] || set -- A B D
-exec bash "$SHARED/run_peers.sh" "$@"
+export RESULTS="${RESULTS:-$BENCH_SCRATCH/results/peers-$(date +%Y%m%d-%H%M%S).jsonl}"
+mkdir -p "$(dirname "$RESULTS")"
+bash "$SHARED/run_peers.sh" "$@"
+echo
+python3 "$HERE/scp_ratios.py" "$RESULTS"  # medians, and dicomstore / each peer
