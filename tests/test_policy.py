@@ -32,14 +32,8 @@ from dicomstore.aio.server import Server, ServerConfig
 from dicomstore.archive import Archive
 from dicomstore.errors import AssociationRejected
 from dicomstore.jwt import InvalidToken, JWTVerifier, b64url_decode, b64url_encode
-from dicomstore.policy import (
-    REJECT_CALLER,
-    REJECT_IDENTITY,
-    PasscodeHash,
-    Policy,
-    PolicyError,
-    hash_passcode,
-)
+from dicomstore.passcodes import PasscodeHash, hash_passcode
+from dicomstore.policy import REJECT_CALLER, REJECT_IDENTITY, Policy, PolicyError
 from dicomstore.services.admission import AdmissionRequest
 from dicomstore.tls import client_context, server_context
 from dicomstore.ul.items import UserIdentityRQ

@@ -12,7 +12,8 @@ from dicomstore.aio.server import Server, ServerConfig
 from dicomstore.archive import Archive
 from dicomstore.cli import build_parser
 from dicomstore.errors import AssociationRejected
-from dicomstore.policy import Policy, hash_passcode
+from dicomstore.passcodes import hash_passcode
+from dicomstore.policy import Policy
 from dicomstore.services.admission import FailedAdmissions
 
 
