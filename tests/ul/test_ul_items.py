@@ -11,6 +11,23 @@ their lengths are listed next to them and checked by the first test.
 from __future__ import annotations
 
 import pytest
+from ul_vectors import (
+    APP_CTX,
+    COMPREHENSIVE_SR,
+    CT_STORAGE,
+    ENHANCED_SR,
+    EXPLICIT_LE,
+    IMPL_UID,
+    IMPLICIT_LE,
+    LENGTHS,
+    PATIENT_ROOT_FIND,
+    PROC_LOG,
+    STORAGE_SERVICE,
+    VERIFICATION,
+    VERSION,
+    h,
+    s,
+)
 
 from dicomstore.errors import RemoteProtocolError
 from dicomstore.ul.items import (
@@ -31,48 +48,9 @@ from dicomstore.ul.items import (
 )
 
 
-def h(text: str) -> bytes:
-    """Bytes from hex digits; whitespace is ignored."""
-    return bytes.fromhex(text)
-
-
-# -- text fields used in the vectors -----------------------------------------
-
-APP_CTX = b"1.2.840.10008.3.1.1.1"  # 21 = 0x15, DICOM application context
-VERIFICATION = b"1.2.840.10008.1.1"  # 17 = 0x11
-CT_STORAGE = b"1.2.840.10008.5.1.4.1.1.2"  # 25 = 0x19
-IMPLICIT_LE = b"1.2.840.10008.1.2"  # 17 = 0x11
-EXPLICIT_LE = b"1.2.840.10008.1.2.1"  # 19 = 0x13
-IMPL_UID = b"1.2.826.0.1.3680043.8.498.1"  # 27 = 0x1B
-PROC_LOG = b"1.2.840.10008.5.1.4.1.1.88.40"  # 29 = 0x1D, Procedure Log Storage
-ENHANCED_SR = b"1.2.840.10008.5.1.4.1.1.88.22"  # 29 = 0x1D
-COMPREHENSIVE_SR = b"1.2.840.10008.5.1.4.1.1.88.33"  # 29 = 0x1D
-STORAGE_SERVICE = b"1.2.840.10008.4.2"  # 17 = 0x11, Storage Service Class
-PATIENT_ROOT_FIND = b"1.2.840.10008.5.1.4.1.2.1.1"  # 27 = 0x1B
-VERSION = b"DICOMSTORE_010"  # 14 = 0x0E
-
-
 def test_text_field_lengths_match_the_comments() -> None:
-    lengths = {
-        APP_CTX: 0x15,
-        VERIFICATION: 0x11,
-        CT_STORAGE: 0x19,
-        IMPLICIT_LE: 0x11,
-        EXPLICIT_LE: 0x13,
-        IMPL_UID: 0x1B,
-        PROC_LOG: 0x1D,
-        ENHANCED_SR: 0x1D,
-        COMPREHENSIVE_SR: 0x1D,
-        STORAGE_SERVICE: 0x11,
-        PATIENT_ROOT_FIND: 0x1B,
-        VERSION: 0x0E,
-    }
-    for text, length in lengths.items():
+    for text, length in LENGTHS.items():
         assert len(text) == length, text
-
-
-def s(raw: bytes) -> str:
-    return raw.decode("ascii")
 
 
 def decode_items(raw: bytes, is_rq: bool = True):

@@ -16,6 +16,22 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ul_vectors import (
+    APP_CTX,
+    CALLED,
+    CALLING,
+    CT_STORAGE,
+    ENHANCED_SR,
+    EXPLICIT_LE,
+    IMPL_UID,
+    IMPLICIT_LE,
+    PROC_LOG,
+    STORAGE_SERVICE,
+    VERIFICATION,
+    VERSION,
+    h,
+    s,
+)
 
 from dicomstore.errors import AssociationRejected, RemoteProtocolError
 from dicomstore.ul.items import (
@@ -46,42 +62,10 @@ from dicomstore.ul.pdu import (
 )
 
 
-def h(text: str) -> bytes:
-    """Bytes from hex digits; whitespace is ignored."""
-    return bytes.fromhex(text)
-
-
-def s(raw: bytes) -> str:
-    return raw.decode("ascii")
-
-
 def decode(raw: bytes) -> PDU:
     """Decode one whole PDU (header included) with ``decode_pdu``."""
     assert int.from_bytes(raw[2:6], "big") == len(raw) - 6, "PDU-length of the vector"
     return decode_pdu(raw[0], raw[6:])
-
-
-# -- text fields used in the vectors (lengths checked below) ----------------
-
-APP_CTX = b"1.2.840.10008.3.1.1.1"  # 21 = 0x15
-VERIFICATION = b"1.2.840.10008.1.1"  # 17 = 0x11
-CT_STORAGE = b"1.2.840.10008.5.1.4.1.1.2"  # 25 = 0x19
-PROC_LOG = b"1.2.840.10008.5.1.4.1.1.88.40"  # 29 = 0x1D
-ENHANCED_SR = b"1.2.840.10008.5.1.4.1.1.88.22"  # 29 = 0x1D
-STORAGE_SERVICE = b"1.2.840.10008.4.2"  # 17 = 0x11
-IMPLICIT_LE = b"1.2.840.10008.1.2"  # 17 = 0x11
-EXPLICIT_LE = b"1.2.840.10008.1.2.1"  # 19 = 0x13
-IMPL_UID = b"1.2.826.0.1.3680043.8.498.1"  # 27 = 0x1B
-VERSION = b"DICOMSTORE_010"  # 14 = 0x0E
-CALLED = b"STORESCP        "  # 16, AE title padded with spaces (20H)
-CALLING = b"STORESCU        "  # 16
-
-
-def test_text_field_lengths_match_the_comments() -> None:
-    expected = [21, 17, 25, 29, 29, 17, 17, 19, 27, 14, 16, 16]
-    fields = [APP_CTX, VERIFICATION, CT_STORAGE, PROC_LOG, ENHANCED_SR, STORAGE_SERVICE]
-    fields += [IMPLICIT_LE, EXPLICIT_LE, IMPL_UID, VERSION, CALLED, CALLING]
-    assert [len(f) for f in fields] == expected
 
 
 # -- A-ASSOCIATE-RQ (PS3.8 9.3.2, Table 9-11) --------------------------------
