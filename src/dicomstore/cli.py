@@ -375,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reindex", help="rebuild the archive's index from its files")
     r.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
     _add_common(r)
+    cs = sub.add_parser(
+        "conformance", help="print the DICOM Conformance Statement (PS3.2, Markdown)"
+    )
+    _add_common(cs)
     return parser
 
 
@@ -575,6 +579,11 @@ def main(argv: list[str] | None = None) -> int:
         from dicomstore import cli_send
 
         return cli_send.run(args)
+    if args.command == "conformance":
+        from dicomstore.conformance import statement
+
+        print(statement(), end="")
+        return EXIT_OK
     from dicomstore import cli_access
 
     if args.command in cli_access.COMMANDS:

@@ -1,0 +1,42 @@
+"""The conformance statement (PS3.2): made from the code, and the copy in docs/ is current."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from dicomstore import uids
+from dicomstore.conformance import SCP_STATUSES, statement
+from dicomstore.dimse import status as st
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "conformance.md"
+
+
+def test_it_lists_every_storage_class_and_transfer_syntax_we_negotiate() -> None:
+    text = statement()
+    for uid in (*uids.storage_sop_classes(), *uids.transfer_syntaxes()):
+        assert f"| `{uid}` |" in text
+    assert uids.IMPLEMENTATION_CLASS_UID in text and uids.IMPLEMENTATION_VERSION_NAME in text
+    assert "Level of Support 2" in text and "Element Coercion 0" in text
+
+
+def test_every_status_it_names_is_a_known_status() -> None:
+    for code, _when in SCP_STATUSES:
+        assert not st.describe(code).startswith("Unknown"), hex(code)
+    assert [f"| {code:04X} |" in statement() for code, _ in SCP_STATUSES] == [True] * len(
+        SCP_STATUSES
+    )
+
+
+def test_the_cli_prints_it_and_the_copy_in_docs_is_current() -> None:
+    # (a fresh interpreter: importing pynetdicom adds UIDs to pydicom's dictionary)
+    out = subprocess.run(
+        [sys.executable, "-m", "dicomstore.cli", "conformance"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert out.startswith("# DICOM Conformance Statement: dicomstore ")
+    assert out == DOCS.read_text(), "regenerate: dicomstore conformance > docs/conformance.md"
