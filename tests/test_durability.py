@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -77,10 +78,11 @@ async def _sender(
         return  # the server died under us: expected
 
 
-def test_sigkill_while_four_senders_stream_loses_nothing_acknowledged(tmp_path) -> None:
+@pytest.mark.parametrize("count", [4, 1], ids=["4-senders", "lone-sender-inline-commit"])
+def test_sigkill_while_senders_stream_loses_nothing_acknowledged(tmp_path, count: int) -> None:
     storage = tmp_path / "archive"
     acked: dict[str, bytes] = {}
-    rounds = 20
+    rounds = 20 if count > 1 else 10
     for n in range(rounds):
         port = free_port()
         server = start_server(port, storage)
@@ -89,10 +91,11 @@ def test_sigkill_while_four_senders_stream_loses_nothing_acknowledged(tmp_path) 
             enough = asyncio.Event()
             study = generate_uid()
             senders = [
-                asyncio.create_task(_sender(port, study, acked, enough, target)) for _ in range(4)
+                asyncio.create_task(_sender(port, study, acked, enough, target))
+                for _ in range(count)
             ]
             await asyncio.wait_for(enough.wait(), 60)
-            server.send_signal(signal.SIGKILL)  # mid-stream: 4 senders are busy
+            server.send_signal(signal.SIGKILL)  # mid-stream: the senders are busy
             await asyncio.wait_for(asyncio.gather(*senders), 60)
 
         asyncio.run(round_(len(acked) + 3 + n % 5, port, server))
