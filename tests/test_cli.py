@@ -212,3 +212,45 @@ def test_serve_trailing_padding_discard_end_to_end(tmp_path) -> None:
     with io.BytesIO(original) as fp:
         assert stored == original[dataset_offset(fp) :]  # all but the padding
     assert main(["check", "--storage", str(storage)]) == 0
+
+
+@pytest.mark.parametrize("command", ["serve", "check", "reindex"])
+def test_an_unusable_storage_is_one_line(tmp_path, capsys, command) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_text("not a folder")
+    assert main([command, "--storage", str(afile)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"dicomstore: cannot open the archive {afile}: {afile}/.tmp: Not a directory"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tls-ca", "{missing}"], "--tls-ca {missing}: No such file or directory"),
+        (["--tls-ca", "{garbage}"], "--tls-ca {garbage}: not usable: "),
+        (["--tls-cert", "{missing}", "--tls-key", "{missing}"], "--tls-cert {missing}: No such"),
+    ],
+)
+@pytest.mark.parametrize("command", ["echo", "send"])
+def test_unusable_tls_files_are_one_line_naming_the_option(
+    tmp_path, capsys, command, argv, message
+) -> None:
+    files = {"missing": tmp_path / "missing.pem", "garbage": tmp_path / "garbage.pem"}
+    files["garbage"].write_text("garbage")
+    argv = [a.format(**files) for a in argv]
+    paths = [str(tmp_path)] if command == "send" else []
+    assert main([command, "127.0.0.1", str(free_port()), *paths, *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dicomstore: cannot set up TLS: ")
+    assert message.format(**files) in err[0]
+
+
+def test_serve_with_an_unusable_certificate_is_one_line(tmp_path, capsys) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("garbage")
+    argv = ["serve", "--storage", str(tmp_path / "s"), "--port", str(free_port())]
+    assert main([*argv, "--tls-cert", str(garbage), "--tls-key", str(garbage)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    prefix = f"dicomstore: cannot set up TLS: --tls-cert {garbage} with --tls-key {garbage}: "
+    assert len(err) == 1 and err[0].startswith(prefix + "not usable: ")
+    assert not (tmp_path / "s").exists()  # nothing created before the options are checked

@@ -15,6 +15,7 @@ import signal
 import ssl
 import sys
 from pathlib import Path
+from typing import Any
 
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts
@@ -390,18 +391,26 @@ def _setup_logging(level: str) -> None:
     )
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    from dicomstore.aio.server import WHEN_BUSY, Server, ServerConfig
+def _open_archive(storage: Path, **options: Any) -> Any:
+    """The archive at ``storage`` (created if missing), or ``None`` after one line
+    on stderr saying why it cannot be opened."""
+    import sqlite3
+
     from dicomstore.archive import Archive
 
+    try:
+        return Archive(storage, **options)
+    except (OSError, sqlite3.Error) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        where = getattr(exc, "filename", None) or storage
+        print(f"dicomstore: cannot open the archive {storage}: {where}: {why}", file=sys.stderr)
+        return None
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from dicomstore.aio.server import WHEN_BUSY, Server, ServerConfig
+
     fsync = args.fsync == "on"
-    archive = Archive(
-        args.storage,
-        fsync=fsync,
-        on_duplicate=args.on_duplicate,
-        on_class_mismatch=args.on_class_mismatch,
-        trailing_padding=args.trailing_padding,
-    )
     config = ServerConfig(
         ae_title=args.aet,
         host=args.host,
@@ -459,6 +468,17 @@ async def _serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"dicomstore: cannot open {args.audit_log}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
+    archive = _open_archive(
+        args.storage,
+        fsync=fsync,
+        on_duplicate=args.on_duplicate,
+        on_class_mismatch=args.on_class_mismatch,
+        trailing_padding=args.trailing_padding,
+    )
+    if archive is None:
+        if audit is not None:
+            audit.close()
+        return EXIT_USAGE
     # Without fsync a commit is a few page-cache writes: cheaper inline than a thread hop;
     # with it, in a thread while others could be served meanwhile (aio.server.WHEN_BUSY).
     in_thread = WHEN_BUSY if fsync else False
@@ -538,8 +558,13 @@ async def _echo(args: argparse.Namespace) -> int:
 
 def run_client(coro) -> int:
     """Run a client coroutine; turn network failures into one line and an exit code."""
+    from dicomstore.tls import TLSFileError
+
     try:
         return asyncio.run(coro)
+    except TLSFileError as exc:
+        print(f"dicomstore: cannot set up TLS: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except AssociationRejected as exc:
         print(f"dicomstore: {exc}", file=sys.stderr)
         return EXIT_REJECTED
@@ -589,9 +614,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in cli_access.COMMANDS:
         return cli_access.run(args)
     if args.command in ("check", "reindex"):
-        from dicomstore.archive import Archive
-
-        archive = Archive(args.storage)
+        archive = _open_archive(args.storage)
+        if archive is None:
+            return EXIT_USAGE
         if args.command == "reindex":
             count = archive.reindex()
             print(f"reindexed {count} instances")

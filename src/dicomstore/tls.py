@@ -8,9 +8,34 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import Any
 
 #: BCP 195 (RFC 9325) recommended TLS 1.2 suites: ECDHE/DHE with AES-GCM or ChaCha20.
 BCP195_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL"
+
+
+class TLSFileError(ValueError):
+    """A certificate, key or CA file that cannot be used; the message names it."""
+
+
+def _readable(**files: Path | str | None) -> None:
+    """Raise :class:`TLSFileError` naming the first file (by option) that cannot be read."""
+    for option, path in files.items():
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            flag = "--tls-" + option.replace("_", "-")
+            raise TLSFileError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+def _load(what: str, action: Any, *args: str | None) -> None:
+    try:
+        action(*args)
+    except ssl.SSLError as exc:
+        raise TLSFileError(f"{what}: not usable: {exc.reason or exc}") from None
 
 
 def _harden(ctx: ssl.SSLContext) -> ssl.SSLContext:
@@ -28,10 +53,11 @@ def server_context(
     require_client_cert: bool = False,
 ) -> ssl.SSLContext:
     """The acceptor's context: our certificate, optionally verifying the peer's."""
+    _readable(cert=cert, key=key, ca=ca)
     ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
-    ctx.load_cert_chain(str(cert), str(key))
+    _load(f"--tls-cert {cert} with --tls-key {key}", ctx.load_cert_chain, str(cert), str(key))
     if ca is not None:
-        ctx.load_verify_locations(str(ca))
+        _load(f"--tls-ca {ca}", ctx.load_verify_locations, str(ca))
         ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     elif require_client_cert:
         raise ValueError("--tls-require-client-cert needs --tls-ca to verify clients")
@@ -48,18 +74,20 @@ def client_context(
     """The requestor's context: verify the server against ``ca`` (or the system
     store), present our certificate when one is given.  DICOM peers are named by
     AE title, not host name, so the certificate's chain is checked, not its name."""
+    _readable(ca=ca if verify else None, cert=cert, key=key)
     ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     ctx.check_hostname = False
     if verify:
         ctx.verify_mode = ssl.CERT_REQUIRED
         if ca is not None:
-            ctx.load_verify_locations(str(ca))
+            _load(f"--tls-ca {ca}", ctx.load_verify_locations, str(ca))
         else:
             ctx.load_default_certs()
     else:
         ctx.verify_mode = ssl.CERT_NONE
     if cert is not None:
-        ctx.load_cert_chain(str(cert), str(key) if key is not None else None)
+        keyfile = str(key) if key is not None else None
+        _load(f"--tls-cert {cert}", ctx.load_cert_chain, str(cert), keyfile)
     return ctx
 
 
