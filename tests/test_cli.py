@@ -214,7 +214,7 @@ def test_serve_trailing_padding_discard_end_to_end(tmp_path) -> None:
     assert main(["check", "--storage", str(storage)]) == 0
 
 
-@pytest.mark.parametrize("command", ["serve", "check", "reindex"])
+@pytest.mark.parametrize("command", ["serve", "reindex"])
 def test_an_unusable_storage_is_one_line(tmp_path, capsys, command) -> None:
     afile = tmp_path / "a-file"
     afile.write_text("not a folder")
@@ -254,3 +254,15 @@ def test_serve_with_an_unusable_certificate_is_one_line(tmp_path, capsys) -> Non
     prefix = f"dicomstore: cannot set up TLS: --tls-cert {garbage} with --tls-key {garbage}: "
     assert len(err) == 1 and err[0].startswith(prefix + "not usable: ")
     assert not (tmp_path / "s").exists()  # nothing created before the options are checked
+
+
+@pytest.mark.parametrize("command", ["check", "reindex"])
+def test_check_and_reindex_do_not_create_a_missing_archive(tmp_path, capsys, command) -> None:
+    missing = tmp_path / "typo"
+    assert main([command, "--storage", str(missing)]) == 1
+    assert capsys.readouterr().err.startswith(f"dicomstore: no archive at {missing}")
+    assert not missing.exists()
+    if command == "check":  # a folder without an index is no archive to check either
+        missing.mkdir()
+        assert main([command, "--storage", str(missing)]) == 1
+        assert list(missing.iterdir()) == []

@@ -614,6 +614,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in cli_access.COMMANDS:
         return cli_access.run(args)
     if args.command in ("check", "reindex"):
+        from dicomstore.archive.layout import INDEX_FILE
+
+        # check needs an index to check against; reindex needs the files' folder
+        needed = args.storage / INDEX_FILE if args.command == "check" else args.storage
+        if not needed.exists():
+            print(f"dicomstore: no archive at {args.storage} (no {needed.name})", file=sys.stderr)
+            return EXIT_FAILED
         archive = _open_archive(args.storage)
         if archive is None:
             return EXIT_USAGE
