@@ -215,3 +215,30 @@ def test_no_archive(tmp_path: Path) -> None:
     r = cli("ls", storage=tmp_path / "none")
     assert r.returncode == 1 and "no archive at" in r.stderr
     assert not (tmp_path / "none").exists()  # reading never creates an archive
+
+
+def test_a_reader_that_goes_away_gets_no_complaint(tmp_path: Path) -> None:
+    """`dicomstore ls instances | head -1`: more output than a pipe holds, the reader
+    closes after one line; the command ends without a word on stderr."""
+    root = tmp_path / "many"
+    with Archive(root, fsync=False) as archive:
+        for n in range(1500):
+            sop = f"1.2.4.9.{n}"
+            ingest = archive.begin(
+                sop_class_uid=CT, sop_instance_uid=sop, transfer_syntax_uid="1.2.840.10008.1.2.1"
+            )
+            ingest.write(_dataset(sop, STUDY + ".9", "CT", n))
+            assert ingest.commit().is_success
+    command = [sys.executable, "-m", "dicomstore.cli_access", "ls", "instances"]
+    proc = subprocess.Popen(
+        [*command, "--storage", str(root), "--limit", "1500"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"SOP INSTANCE UID")
+    proc.stdout.close()  # the reader is gone; ~200 KB were still to come
+    err = proc.stderr.read()
+    assert proc.wait(60) == 1
+    assert err == b""

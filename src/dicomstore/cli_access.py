@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sqlite3
 import sys
@@ -117,8 +118,19 @@ def run(args: argparse.Namespace) -> int:
         return _error(str(exc), EXIT_FAILED)
     except NotStoredError as exc:
         return _error(str(exc), EXIT_FAILED)
+    except BrokenPipeError:  # `... | head`: the reader is gone, nothing to say
+        _silence_stdout()
+        return EXIT_FAILED
     except (OSError, sqlite3.Error) as exc:
         return _error(f"{getattr(exc, 'strerror', None) or exc}", EXIT_FAILED)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush of what is
+    still buffered for a closed pipe does not complain either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _reader(storage: Path) -> Any:
