@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+from dicomstore import uids
 from dicomstore.aio.association import Timeouts
 from dicomstore.aio.client import associate
 from dicomstore.aio.server import Server, ServerConfig
@@ -105,3 +106,25 @@ def test_oversized_pdata_is_refused_before_it_is_buffered() -> None:
         await server.close(grace=1)
 
     asyncio.run(main())
+
+
+def test_refused_contexts_are_named_in_the_log(caplog) -> None:
+    private = "1.2.826.0.1.3680043.9.9999.7"
+
+    async def main() -> None:
+        server = Server(ServerConfig(port=0), NullHandler(), commit_in_thread=False)
+        await server.start()
+        try:
+            contexts = [
+                ("1.2.840.10008.1.1", [uids.IMPLICIT_VR_LE]),
+                (private, [uids.IMPLICIT_VR_LE]),
+            ]
+            assoc = await associate("127.0.0.1", server.port, contexts=contexts)
+            await assoc.release()
+        finally:
+            await server.close(grace=2)
+
+    with caplog.at_level("INFO", logger="dicomstore.server"):
+        asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records if "contexts refused" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].endswith(f"{private} (abstract syntax not supported)")

@@ -14,6 +14,7 @@ from dicomstore.ul.negotiation import (
     AcceptedContext,
     AcceptorPolicy,
     Negotiated,
+    describe_refused,
     negotiate,
     requested,
 )
@@ -480,3 +481,26 @@ def test_random_valid_requests_never_crash_negotiate(request, pol):
     (decoded,) = P.PDUReader().feed(P.encode(answer))
     view = requested(request, decoded)
     assert set(view.contexts) == set(negotiated.contexts)
+
+
+def test_describe_refused_names_each_refused_context_and_why() -> None:
+    request = rq(
+        (1, CT, [EXPLICIT]),
+        (3, PRIVATE, [EXPLICIT]),
+        (5, MR, ["1.2.840.10008.1.2.4.50"]),  # JPEG Baseline: not in MR's list
+    )
+    ac, _ = negotiate(request, policy())
+    assert describe_refused(request, ac) == (
+        "1.2.826.0.1.3680043.9.9999.1 (abstract syntax not supported); "
+        "MR Image Storage (none of its transfer syntaxes supported: JPEG Baseline (Process 1))"
+    )
+    everything = rq((1, CT, [EXPLICIT]))
+    assert describe_refused(everything, negotiate(everything, policy())[0]) is None
+
+
+def test_describe_refused_names_at_most_limit() -> None:
+    request = rq(*((2 * n + 1, f"1.2.826.0.1.3680043.9.9999.{n}", [EXPLICIT]) for n in range(12)))
+    ac, _ = negotiate(request, policy())
+    text = describe_refused(request, ac, limit=3)
+    assert text is not None and text.count("abstract syntax not supported") == 3
+    assert text.endswith("; and 9 more")

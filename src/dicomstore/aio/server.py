@@ -53,7 +53,12 @@ from dicomstore.ul.events import (
 )
 from dicomstore.ul.fsm import State
 from dicomstore.ul.items import UserIdentityAC
-from dicomstore.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy, negotiate
+from dicomstore.ul.negotiation import (
+    DEFAULT_MAX_PDU,
+    AcceptorPolicy,
+    describe_refused,
+    negotiate,
+)
 
 log = logging.getLogger("dicomstore.server")
 
@@ -357,6 +362,9 @@ class AcceptorAssociation:
             len(negotiated.contexts),
             len(rq.presentation_contexts),
         )
+        refused = describe_refused(rq, answer)
+        if refused is not None:
+            log.info("%s: contexts refused: %s", t.peer, refused)
         self.outcome = "accepted"
         t.conn.accept(answer)
 

@@ -236,3 +236,30 @@ def requested(rq: P.AssociateRQ, ac: P.AssociateAC) -> Negotiated:
         max_ops_performed=window[1],
         extended={e.sop_class_uid: e.info for e in ac.user_info.extended},
     )
+
+
+_REFUSAL = {
+    I.USER_REJECTION: "user rejection",
+    I.NO_REASON: "no reason",
+    I.ABSTRACT_SYNTAX_NOT_SUPPORTED: "abstract syntax not supported",
+    I.TRANSFER_SYNTAXES_NOT_SUPPORTED: "none of its transfer syntaxes supported",
+}
+
+
+def describe_refused(rq: P.AssociateRQ, ac: P.AssociateAC, limit: int = 8) -> str | None:
+    """The presentation contexts ``ac`` refuses, by name and reason (PS3.8 Table 9-18),
+    for the log; ``None`` when all were accepted. At most ``limit`` are named."""
+    proposed = {pc.id: pc for pc in rq.presentation_contexts}
+    refused = []
+    for pc in ac.presentation_contexts:
+        if pc.result == I.ACCEPTANCE or pc.id not in proposed:
+            continue
+        asked = proposed[pc.id]
+        why = _REFUSAL.get(pc.result, f"result {pc.result}")
+        if pc.result == I.TRANSFER_SYNTAXES_NOT_SUPPORTED:
+            why += ": " + ", ".join(uids.uid_name(ts) for ts in asked.transfer_syntaxes)
+        refused.append(f"{uids.uid_name(asked.abstract_syntax)} ({why})")
+    if not refused:
+        return None
+    more = f"; and {len(refused) - limit} more" if len(refused) > limit else ""
+    return "; ".join(refused[:limit]) + more
