@@ -58,3 +58,13 @@ def test_every_storage_class_of_pynetdicom_that_pydicom_names_is_ours() -> None:
     # pydicom's dictionary does not name yet need --accept-unknown-sop-classes)
     theirs = {uid for uid in sop_class._STORAGE_CLASSES.values() if uid in UID_dictionary}
     assert theirs - set(uids.storage_sop_classes()) == set()
+
+
+def test_the_explicit_vr_tables_match_pydicom() -> None:
+    from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
+
+    from dicomstore import vr
+
+    assert {str(v).encode() for v in EXPLICIT_VR_LENGTH_32} == vr.LONG_VRS
+    assert {str(v).encode() for v in EXPLICIT_VR_LENGTH_16} == vr.SHORT_VRS
+    assert vr.VRS[b"OB"] == ("OB", True) and vr.VRS[b"US"] == ("US", False)

@@ -28,10 +28,10 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from dicomstore.archive.layout import uid_bytes
 from dicomstore.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomstore.vr import LONG_VRS
 
 PREAMBLE = bytes(128)
 PREFIX = b"DICM"
@@ -42,7 +42,6 @@ PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 #: file meta (0002), items and delimiters (FFFE), reserved (FFFF). (The odd groups
 #: 0001-0007 PS3.5 7.1 also forbids are tolerated: pydicom reads them.)
 FORBIDDEN_GROUPS = frozenset({0x0000, 0x0002, 0xFFFE, 0xFFFF})
-_LONG_VRS = frozenset(str(vr).encode() for vr in EXPLICIT_VR_LENGTH_32)
 _DELIMITERS = (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x00\x00")
 _ITEM_TAGS = (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")
 
@@ -166,7 +165,7 @@ def _instance_uid_at(header: bytes, length: int) -> int | None:
         group, elem = struct.unpack_from("<HH", header, pos)
         if group != 0x0002:
             return None
-        if header[pos + 4 : pos + 6] in _LONG_VRS:
+        if header[pos + 4 : pos + 6] in LONG_VRS:
             (size,) = struct.unpack_from("<L", header, pos + 8)
             value = pos + 12
         else:
@@ -246,7 +245,7 @@ def _positions(ds: Dataset, implicit: bool) -> list[tuple[int, int, int | None, 
                 length = None
         else:  # undefined-length SQ/UN, already parsed into items
             pos, length, vr = elem.file_tell, None, elem.VR
-        long = not implicit and vr is not None and str(vr).encode() in _LONG_VRS
+        long = not implicit and vr is not None and str(vr).encode() in LONG_VRS
         found.append((pos, int(tag), length, long))
     found.sort()
     return found
@@ -304,7 +303,7 @@ def check_pixel_header(head: bytes, stop: int, size: int, implicit: bool, little
         raise HeaderError(f"unexpected element {_fmt(tag)} at offset {stop}", tag)
     if implicit or not b"AA" <= head[4:6] <= b"ZZ":  # pydicom's implicit VR switch
         (length,), value_start = struct.unpack(order + "L", head[4:8]), stop + 8
-    elif head[4:6] in _LONG_VRS:
+    elif head[4:6] in LONG_VRS:
         if len(head) < 12:
             raise HeaderError("the Pixel Data element header is truncated", tag)
         (length,), value_start = struct.unpack(order + "L", head[8:12]), stop + 12
@@ -328,7 +327,7 @@ def dataset_offset(fp: BinaryIO) -> int:
         head = fp.read(12)
         if len(head) < 8 or struct.unpack("<H", head[:2])[0] != 0x0002:
             return pos
-        if head[4:6] in _LONG_VRS:
+        if head[4:6] in LONG_VRS:
             if len(head) < 12:
                 raise HeaderError("the File Meta Information is truncated")
             pos += 12 + struct.unpack("<L", head[8:12])[0]

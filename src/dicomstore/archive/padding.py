@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from dicomstore.archive.dicomfile import encoding_of, hash_from
 from dicomstore.archive.outcome import WARNING_ELEMENTS_DISCARDED
-from dicomstore.archive.scan import _VRS
+from dicomstore.vr import VRS
 
 __all__ = [
     "TRAILING_PADDING_TAG",
@@ -98,7 +98,7 @@ def _element(
     tag = group << 16 | elem
     if implicit or group == 0xFFFE:  # items and delimiters have no VR (PS3.5 7.5)
         return tag, None, _U32[little](head, 4)[0], pos + 8
-    known = _VRS.get(head[4:6])
+    known = VRS.get(head[4:6])
     if known is None:
         raise _Unframed  # a VR pydicom does not know
     vr, long = known

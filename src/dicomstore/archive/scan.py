@@ -28,7 +28,6 @@ from pydicom import config
 from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.filereader import read_sequence
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
 
 from dicomstore.archive.dicomfile import (
     _DELIMITERS,
@@ -38,6 +37,7 @@ from dicomstore.archive.dicomfile import (
     check_pixel_header,
 )
 from dicomstore.archive.fields import SPECIFIC_CHARACTER_SET, WANTED
+from dicomstore.vr import VRS
 
 #: Data set bytes an Ingest keeps in memory for this scan.
 PREFIX_SIZE = 64 * 1024
@@ -48,10 +48,6 @@ Element = tuple[str | None, bytes, int]
 _EXPLICIT = struct.Struct("<HH2sH").unpack_from
 _IMPLICIT = struct.Struct("<HHL").unpack_from
 _U32 = struct.Struct("<L").unpack_from
-#: VR bytes -> (VR, 32-bit length?)
-_VRS = {str(vr).encode(): (str(vr), False) for vr in EXPLICIT_VR_LENGTH_16} | {
-    str(vr).encode(): (str(vr), True) for vr in EXPLICIT_VR_LENGTH_32
-}
 _ITEM = b"\xfe\xff\x00\xe0"
 _UNDEFINED = 0xFFFFFFFF
 _FIRST_PIXEL_TAG = min(PIXEL_TAGS)
@@ -66,7 +62,7 @@ def scan_header(buf: bytes | bytearray, size: int, implicit: bool) -> dict[int, 
     if size == 0:
         return None  # "the data set is empty": read_header says so
     have = len(buf)
-    wanted, vrs, explicit, u32 = WANTED, _VRS, _EXPLICIT, _U32
+    wanted, vrs, explicit, u32 = WANTED, VRS, _EXPLICIT, _U32
     found: dict[int, Element] = {}
     pos = 0
     last = 0x0002FFFF  # groups 0000-0002 are not allowed (nor FFFE/FFFF, below)

@@ -19,8 +19,8 @@ from pydicom.dataset import Dataset, FileDataset
 from pydicom.filereader import read_dataset
 
 from dicomstore.archive.dicomfile import PIXEL_TAGS, dataset_offset, encoding_of
+from dicomstore.vr import LONG_VRS
 
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
 _IMPLICIT_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
 
 
@@ -84,7 +84,7 @@ def _pixel_value(fp: BinaryIO, implicit: bool, little: bool) -> PixelValue | Non
     if implicit:
         vr = _IMPLICIT_PIXEL_VR[tag]
         (length,), value_at = struct.unpack(order + "L", head[4:8]), start + 8
-    elif head[4:6] in _LONG_VRS:
+    elif head[4:6] in LONG_VRS:
         vr = head[4:6].decode("ascii")
         (length,), value_at = struct.unpack(order + "L", head[8:12]), start + 12
     else:

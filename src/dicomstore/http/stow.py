@@ -47,6 +47,7 @@ from dicomstore.http.multipart import (
     PartStart,
     parse_media_type,
 )
+from dicomstore.vr import LONG_VRS
 
 log = logging.getLogger("dicomstore.http.stow")
 
@@ -57,7 +58,6 @@ SOP_CLASS_NOT_SUPPORTED = 0x0122
 TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 CANNOT_UNDERSTAND = 0xC000
 MISMATCH = 0xA900
-_LONG_VRS = (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV")
 
 
 @dataclass
@@ -88,7 +88,7 @@ def meta_end(buf: bytes | bytearray) -> int | None:
             return None
         if struct.unpack_from("<H", buf, pos)[0] != 0x0002:
             return pos
-        if bytes(buf[pos + 4 : pos + 6]) in _LONG_VRS:
+        if bytes(buf[pos + 4 : pos + 6]) in LONG_VRS:
             if len(buf) < pos + 12:
                 return None
             pos += 12 + struct.unpack_from("<L", buf, pos + 8)[0]

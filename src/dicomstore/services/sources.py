@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from dicomstore import uids
 from dicomstore.errors import DicomstoreError
+from dicomstore.vr import LONG_VRS
 
 if TYPE_CHECKING:  # pydicom is imported only when a file needs it (it is slow to import)
     from pydicom.dataset import Dataset
@@ -42,8 +43,6 @@ def is_dataset(item: object) -> bool:
 
 #: Bytes read from the start of a file to find the meta and the SOP UIDs.
 HEAD_SIZE = 16 * 1024
-#: Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
-LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _SOP_CLASS = 0x00080016
 _SOP_INSTANCE = 0x00080018
 _UNDEFINED = 0xFFFFFFFF
