@@ -233,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
         "first)",
     )
     s.add_argument(
+        "--transfer-syntax-order",
+        choices=["ours", "proposed"],
+        default="ours",
+        help="of a context's proposed transfer syntaxes that we accept, take the first of "
+        "ours (default: uncompressed first) or the first the sender proposed (keeps "
+        "what a modality sends compressed)",
+    )
+    s.add_argument(
         "--fsync",
         choices=["on", "off"],
         default="on",
@@ -429,6 +437,7 @@ async def _serve(args: argparse.Namespace) -> int:
         failed_admission_window=args.failed_admission_window,
         max_instance_bytes=args.max_instance_size,
         min_free_bytes=args.min_free,
+        prefer_proposed_transfer_syntax=args.transfer_syntax_order == "proposed",
     )
     if args.transfer_syntax:
         config.transfer_syntaxes = tuple(args.transfer_syntax)

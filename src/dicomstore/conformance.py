@@ -129,9 +129,11 @@ def statement() -> str:
         "Verification; other abstract syntaxes are refused (*abstract syntax not "
         "supported*) unless `--accept-unknown-sop-classes`. The transfer syntax chosen "
         "is the first of Appendix B (or of `--transfer-syntax`, in that order) that the "
-        "requester proposes. A specialized SOP Class is accepted through a related "
-        "general SOP Class it names in SOP Class Common Extended Negotiation (PS3.7 "
-        "D.3.3.6). SCP/SCU Role Selection: the requester may be SCU only.",
+        "requester proposes; with `--transfer-syntax-order proposed`, the first the "
+        "requester proposes that is in that list. A specialized SOP Class is accepted "
+        "through a related general SOP Class it names in SOP Class Common Extended "
+        "Negotiation (PS3.7 D.3.3.6). SCP/SCU Role Selection: the requester may be SCU "
+        "only.",
         "",
         "SOP Class Extended Negotiation (PS3.4 B.3.1), answered when proposed: "
         f"Level of Support {level} (Full: every element, private ones too, is kept), "

@@ -222,3 +222,41 @@ def test_dx_mammography_and_intraoral_are_stored(tmp_path, archive_server) -> No
         assert dataset_bytes(stored[uid]) == dataset_bytes(path)
     classes = {row["sop_class_uid"] for row in archive.instances()}
     assert classes == set(PROJECTION_CLASSES.values())
+
+
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [("ours", pydicom.uid.ExplicitVRLittleEndian), ("proposed", pydicom.uid.JPEGLosslessSV1)],
+)
+def test_transfer_syntax_order_with_pynetdicom_proposing_jpeg_first(
+    tmp_path, order, expected
+) -> None:
+    """A modality proposing JPEG Lossless then uncompressed in one context: we take
+    uncompressed by default, the JPEG it has with --transfer-syntax-order proposed;
+    the instance is stored in the syntax chosen, its data set as sent."""
+    from pynetdicom import AE
+
+    path = TESTFILES / "SC_rgb_jpeg_gdcm.dcm"
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLosslessSV1
+    archive = Archive(tmp_path / "archive", fsync=False)
+    config = ServerConfig(port=0, prefer_proposed_transfer_syntax=order == "proposed")
+    try:
+        with ServerThread(config, archive) as srv:
+            ae = AE(ae_title="MODALITY")
+            ae.add_requested_context(
+                ds.SOPClassUID, [pydicom.uid.JPEGLosslessSV1, pydicom.uid.ExplicitVRLittleEndian]
+            )
+            assoc = ae.associate("127.0.0.1", srv.port, ae_title="DICOMSTORE")
+            assert assoc.is_established
+            try:
+                assert assoc.accepted_contexts[0].transfer_syntax[0] == expected
+                if order == "proposed":  # sent as it is: no decoder needed on either side
+                    assert assoc.send_c_store(ds).Status == 0
+            finally:
+                assoc.release()
+        if order == "proposed":
+            (stored,) = stored_datasets(tmp_path / "archive").values()
+            assert dataset_bytes(stored) == dataset_bytes(path)
+    finally:
+        archive.close()

@@ -504,3 +504,12 @@ def test_describe_refused_names_at_most_limit() -> None:
     text = describe_refused(request, ac, limit=3)
     assert text is not None and text.count("abstract syntax not supported") == 3
     assert text.endswith("; and 9 more")
+
+
+def test_prefer_proposed_takes_the_requesters_first_that_we_accept() -> None:
+    request = rq((1, CT, [BIG, EXPLICIT, JPEG_LOSSLESS]), (3, MR, [BIG, IMPLICIT, EXPLICIT]))
+    _, ours = negotiate(request, policy())
+    assert [c.transfer_syntax for c in ours.contexts.values()] == [JPEG_LOSSLESS, EXPLICIT]
+    _, theirs = negotiate(request, policy(prefer_proposed=True))
+    # BIG is proposed first but is not ours: the next proposed one we accept
+    assert [c.transfer_syntax for c in theirs.contexts.values()] == [EXPLICIT, IMPLICIT]

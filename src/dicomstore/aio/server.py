@@ -77,6 +77,9 @@ class ServerConfig:
     #: Calling AE titles allowed to C-STORE (None: everyone who may associate).
     store_aets: frozenset[str] | None = None
     transfer_syntaxes: tuple[str, ...] = field(default_factory=uids.transfer_syntaxes)
+    #: Of the transfer syntaxes a context proposes and we accept, take the first
+    #: proposed (True) instead of the first of ``transfer_syntaxes`` (PS3.8 9.3.3.2).
+    prefer_proposed_transfer_syntax: bool = False
     accept_unknown: bool = False
     max_ops: int = 1
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -110,6 +113,7 @@ class ServerConfig:
             max_pdu=self.max_pdu,
             max_ops_invoked=self.max_ops,
             extended_negotiation=storage_extended_negotiation,
+            prefer_proposed=self.prefer_proposed_transfer_syntax,
         )
 
 

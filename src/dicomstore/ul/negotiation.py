@@ -79,6 +79,9 @@ class AcceptorPolicy:
     extended_negotiation: ExtendedAnswer | None = None
     #: Specialized SOP class -> whether accepted through its related general class.
     common_extended: bool = True
+    #: Choose the requestor's first proposed transfer syntax that we accept (an
+    #: archive keeping what a modality sends compressed), not our first.
+    prefer_proposed: bool = False
 
 
 def _min_window(theirs: int, ours: int) -> int:
@@ -153,7 +156,10 @@ def negotiate(
                 )
             )
             continue
-        chosen = next((ts for ts in offered if ts in pc.transfer_syntaxes), None)
+        if policy.prefer_proposed:
+            chosen = next((ts for ts in pc.transfer_syntaxes if ts in offered), None)
+        else:
+            chosen = next((ts for ts in offered if ts in pc.transfer_syntaxes), None)
         if chosen is None:
             results.append(
                 I.PresentationContextAC(
