@@ -133,6 +133,13 @@ def add_tls_client_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def tls_failed(exc: Exception) -> int:
+    """One line for TLS options that cannot be used (a file missing or not usable);
+    the usage exit code."""
+    print(f"dicomstore: cannot set up TLS: {exc}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def tls_client_context(args: argparse.Namespace):
     """The SSL context the SCU options ask for, or None without --tls."""
     if not (args.tls or args.tls_ca or args.tls_cert):
@@ -455,8 +462,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 require_client_cert=args.tls_require_client_cert,
             )
         except (OSError, ValueError) as exc:
-            print(f"dicomstore: cannot set up TLS: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return tls_failed(exc)
     if not fsync:
         log.warning("--fsync off: acknowledged instances can be lost on a power cut or crash")
     gatekeeper = None
@@ -572,8 +578,7 @@ def run_client(coro) -> int:
     try:
         return asyncio.run(coro)
     except TLSFileError as exc:
-        print(f"dicomstore: cannot set up TLS: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return tls_failed(exc)
     except AssociationRejected as exc:
         print(f"dicomstore: {exc}", file=sys.stderr)
         return EXIT_REJECTED

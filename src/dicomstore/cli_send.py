@@ -290,13 +290,12 @@ def run(args: argparse.Namespace) -> int:
         priority=PRIORITIES[args.priority],
         timeouts=timeouts,
     )
-    from dicomstore.cli import tls_client_context
+    from dicomstore.cli import tls_client_context, tls_failed
 
     try:
         options.ssl = tls_client_context(args)
     except (OSError, ValueError) as exc:
-        print(f"dicomstore: cannot set up TLS: {exc}", file=sys.stderr)
-        return 2
+        return tls_failed(exc)
     start = time.monotonic()
     try:
         results = asyncio.run(
