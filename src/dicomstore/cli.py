@@ -267,6 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
         "default) or store as sent and answer B007",
     )
     s.add_argument(
+        "--on-relational-mismatch",
+        choices=["reject", "accept"],
+        default="reject",
+        help="the data set's Series UID is filed under another study, or its Study UID "
+        "under another patient: refuse (A900, default) or store it under its own study "
+        "and patient",
+    )
+    s.add_argument(
         "--trailing-padding",
         choices=["keep", "discard"],
         default="keep",
@@ -412,10 +420,11 @@ def _open_archive(storage: Path, **options: Any) -> Any:
     import sqlite3
 
     from dicomstore.archive import Archive
+    from dicomstore.archive.index import SchemaError
 
     try:
         return Archive(storage, **options)
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, SchemaError) as exc:
         why = getattr(exc, "strerror", None) or str(exc)
         where = getattr(exc, "filename", None) or storage
         print(f"dicomstore: cannot open the archive {storage}: {where}: {why}", file=sys.stderr)
@@ -489,6 +498,7 @@ async def _serve(args: argparse.Namespace) -> int:
         on_duplicate=args.on_duplicate,
         on_class_mismatch=args.on_class_mismatch,
         trailing_padding=args.trailing_padding,
+        on_relational_mismatch=args.on_relational_mismatch,
     )
     if archive is None:
         if audit is not None:

@@ -105,6 +105,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run one access command; print one line on error; the exit code."""
     # (the archive, and pydicom with it, only now: `dicomstore send` never needs them)
+    from dicomstore.archive.index import SchemaError
     from dicomstore.archive.query import QueryError
     from dicomstore.archive.reader import ArchiveNotFoundError, NotStoredError
 
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         ](args)
     except (UsageError, QueryError) as exc:
         return _error(str(exc), EXIT_USAGE)
-    except ArchiveNotFoundError as exc:
+    except (ArchiveNotFoundError, SchemaError) as exc:
         return _error(str(exc), EXIT_FAILED)
     except NotStoredError as exc:
         return _error(str(exc), EXIT_FAILED)

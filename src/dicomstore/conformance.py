@@ -31,7 +31,13 @@ SCP_STATUSES: tuple[tuple[int, str], ...] = (
         "out of resources: disk full, quota, index unavailable, below `--min-free`, "
         "larger than `--max-instance-size`",
     ),
-    (0xA900, "(0008,0016) or (0008,0018) missing from the data set or different from the command"),
+    (
+        0xA900,
+        "(0008,0016) or (0008,0018) missing from the data set or different from the command; "
+        "(0020,000D) or (0020,000E) missing or empty; `--on-relational-mismatch reject`: the "
+        "Series UID is filed under another study, or the Study UID under another patient "
+        "(Patient ID + Issuer)",
+    ),
     (0xC000, "the data set cannot be parsed up to the Pixel Data"),
     (0xC111, "`--on-duplicate reject`: the SOP Instance is stored already"),
     (0x0122, "no accepted presentation context for the SOP Class"),
@@ -153,6 +159,14 @@ def statement() -> str:
         "",
         "Duplicates (`--on-duplicate`): `keep` (default; 0000 if identical, B000 if "
         "not), `replace` (0000) or `reject` (C111).",
+        "",
+        "Hierarchy (PS3.4 B.1.1; `--on-relational-mismatch`): an instance without "
+        "Study or Series Instance UID is refused (A900). `reject` (default): an "
+        "instance whose Series Instance UID is stored under another study, or whose "
+        "Study Instance UID is stored under another patient (Patient ID + Issuer of "
+        "Patient ID), is refused (A900, Offending Elements named); `accept`: stored "
+        "and indexed under its own study and patient. An empty Patient ID is a "
+        "patient of its own study, never merged across studies.",
         "",
         "#### 2.2.3 Storage SCU (`dicomstore send`)",
         "",

@@ -17,8 +17,8 @@ def archive(tmp_path: Path) -> Archive:
     with Archive(tmp_path / "root") as archive:
         for i, (patient, study, series, modality) in enumerate(
             [
-                ("P1", "1.2.3.4", "1.2.3.4.1", "CT"),
-                ("P1", "1.2.3.4", "1.2.3.4.1", "CT"),
+                ("PID1", "1.2.3.4", "1.2.3.4.1", "CT"),
+                ("PID1", "1.2.3.4", "1.2.3.4.1", "CT"),
                 ("P2", "1.2.3.5", "1.2.3.5.1", "MR"),
             ]
         ):
@@ -46,7 +46,7 @@ def test_schema_has_no_sqlite_only_syntax() -> None:
 
 def test_queries(archive: Archive) -> None:
     assert len(archive.instances()) == 3
-    assert [r["sop_instance_uid"] for r in archive.instances(patient_id="P1")] == [
+    assert [r["sop_instance_uid"] for r in archive.instances(patient_id="PID1")] == [
         "1.2.3.4.5.0",
         "1.2.3.4.5.1",
     ]

@@ -98,12 +98,13 @@ def test_empty_sop_instance_uid_is_a900(tmp_path: Path) -> None:
         assert dcm_files(archive.root) == []
 
 
-def test_missing_study_and_series_are_stored_in_named_folders(tmp_path: Path) -> None:
+def test_missing_study_and_series_are_refused_and_would_have_named_folders(
+    tmp_path: Path,
+) -> None:
+    # PS3.4 B.1.1: no instance without its Study and Series IEs (A900); files stored
+    # before that rule still have a safe place, found again by reindex
     with Archive(tmp_path / "root") as archive:
         outcome = store(archive, dataset(study=None, series=None))
-        assert outcome.status == SUCCESS
-        assert outcome.path.relative_to(archive.root).parts[:2] == (
-            "no-study-uid",
-            "no-series-uid",
-        )
-        assert outcome.instance["study_uid"] == "" and outcome.instance["series_uid"] == ""
+        assert outcome.status == DATASET_MISMATCH
+        assert dcm_files(archive.root) == []
+    assert instance_relpath("", "", "1.2.3").parts[:2] == ("no-study-uid", "no-series-uid")

@@ -72,6 +72,8 @@ def test_pydicom_file_round_trip(path: str, tmp_path: Path) -> None:
         expected = CANNOT_UNDERSTAND
     elif not sop_class or not sop_uid:
         expected = DATASET_MISMATCH  # DICOMDIRs and fragments: no SOP Common
+    elif not ds.get("StudyInstanceUID") or not ds.get("SeriesInstanceUID"):
+        expected = DATASET_MISMATCH  # no Study or Series IE (PS3.4 B.1.1)
     else:
         expected = SUCCESS
     chunks = [None, 16378, 997] + ([1] if len(data) < 4096 else [])

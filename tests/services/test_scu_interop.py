@@ -20,6 +20,7 @@ from tests.services.test_scu_support import (
     summary_of,
     uid_of,
 )
+from tests.services.test_storage_scp_interop import has_study_and_series
 
 from dicomstore import uids
 from dicomstore.aio.client import ClientAssociation, associate
@@ -81,11 +82,18 @@ def test_our_server_archives_what_we_send_byte_identical(tmp_path: Path) -> None
     from dicomstore.archive import Archive
 
     files = sendable(tmp_path / "in")
-    archive = Archive(tmp_path / "archive", fsync=False)
+    # pydicom's test files reuse one Study Instance UID for three patients (4MR1,
+    # 8NM1, 13US1): byte identity is tested here, the relational policy elsewhere
+    archive = Archive(tmp_path / "archive", fsync=False, on_relational_mismatch="accept")
     with ServerThread(ServerConfig(port=0, max_ops=8), archive) as server:
         results = _send(server.port, files, parallel=2, max_ops=8)
-    assert summary_of(results) == {"stored": len(files)}
-    for path in files:
+    # (some JPEG-LS files have no Study Instance UID: A900, PS3.4 B.1.1)
+    orphans = [p for p in files if not has_study_and_series(p)]
+    assert {Path(r.path).name: r.status for r in results if r.outcome != "stored"} == {
+        p.name: 0xA900 for p in orphans
+    }
+    assert summary_of(results) == {"stored": len(files) - len(orphans), "failed": len(orphans)}
+    for path in (p for p in files if p not in orphans):
         stored = archive.path_of(uid_of(path))
         assert stored is not None, path.name
         assert dataset_bytes(stored) == dataset_bytes(path), path.name

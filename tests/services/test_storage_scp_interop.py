@@ -77,7 +77,9 @@ def stored_datasets(root: Path) -> dict[str, Path]:
 
 @pytest.fixture
 def archive_server(tmp_path: Path):
-    archive = Archive(tmp_path / "archive", fsync=False)
+    # pydicom's test files reuse one Study Instance UID for three patients (4MR1,
+    # 8NM1, 13US1): byte identity is tested here, the relational policy elsewhere
+    archive = Archive(tmp_path / "archive", fsync=False, on_relational_mismatch="accept")
     with ServerThread(ServerConfig(port=0), archive) as srv:
         yield srv, archive
     archive.close()
@@ -162,10 +164,18 @@ def test_pynetdicom_storescu_testfiles_are_stored_byte_identical(tmp_path, archi
         _pynetdicom_storescu(port, tmp_path / "in")
     reference = stored_datasets(tmp_path / "reference")
     stored = stored_datasets(tmp_path / "archive")
-    assert set(stored) == set(reference), result.stderr
+    # storescp keeps what has no Study/Series IE; we answer A900 (PS3.4 B.1.1)
+    orphans = {uid for uid, path in reference.items() if not has_study_and_series(path)}
+    assert orphans, "pydicom's JPEG-LS near-lossless files have no Study Instance UID"
+    assert set(stored) == set(reference) - orphans, result.stderr
     assert len(stored) >= len(sent) * 3 // 4, f"{len(stored)} of {len(sent)}"
     _compare(stored, reference, sent)
     assert len(archive.instances()) == len(stored)
+
+
+def has_study_and_series(path: Path) -> bool:
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    return bool(ds.get("StudyInstanceUID") and ds.get("SeriesInstanceUID"))
 
 
 #: Storage SOP Classes whose names do not end in "Storage" (PS3.4 Table B.5-1).

@@ -43,6 +43,7 @@ UID_FIELDS = {
 TEXT_FIELDS = {
     "patient_name": "PatientName",
     "patient_id": "PatientID",
+    "issuer": "IssuerOfPatientID",
     "birth_date": "PatientBirthDate",
     "sex": "PatientSex",
     "study_date": "StudyDate",

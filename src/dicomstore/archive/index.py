@@ -8,8 +8,14 @@ received-at and calling AE.
 The SQL is plain enough to run on PostgreSQL too: ``CREATE ... IF NOT
 EXISTS``, ``INSERT ... ON CONFLICT (...) DO UPDATE`` with ``excluded``,
 ``COALESCE``; only the PRAGMAs and the ``?`` placeholders are SQLite's.
-Missing keys are stored as ``''`` (a Patient ID, Study or Series Instance UID
-absent from the data set), so instances lacking them share one row.
+A missing Patient ID or Issuer of Patient ID is stored as ``''``; the ingest
+refuses data sets without a Study or Series Instance UID (PS3.4 B.1.1), so
+only ``reindex`` of older files meets an empty one. Levels are linked by
+surrogate keys (``*_pk``, never returned to readers): a series row is one
+Series Instance UID *in one study*, a study row one Study Instance UID *of one
+patient*, so no instance is listed under a study or patient it does not
+belong to, whatever UIDs senders reuse (:meth:`Index.conflict` lets the
+archive refuse such reuse, PS3.4 B.2.3 A900).
 
 One writer connection, guarded by :attr:`Index.lock` (callers hold it around
 ``begin`` … ``commit``); every read opens its own read-only connection, which
@@ -31,36 +37,51 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
+# Surrogate keys (``*_pk``) link the levels, so that one Series Instance UID
+# can be filed under two studies and one Study Instance UID under two patients
+# (``on_relational_mismatch="accept"``) without one instance ever being listed
+# under the other's study or patient. A patient is (Patient ID, Issuer of
+# Patient ID); a patient without a Patient ID (Type 2, empty) is scoped to its
+# study (``scope`` holds the Study Instance UID), so such studies are never
+# merged into one patient.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS patient (
-    patient_id TEXT PRIMARY KEY,
+    patient_pk INTEGER PRIMARY KEY,
+    patient_id TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    scope TEXT NOT NULL,
     patient_name TEXT,
     birth_date TEXT,
-    sex TEXT
+    sex TEXT,
+    UNIQUE (patient_id, issuer, scope)
 );
 CREATE TABLE IF NOT EXISTS study (
-    study_uid TEXT PRIMARY KEY,
-    patient_id TEXT NOT NULL REFERENCES patient (patient_id),
+    study_pk INTEGER PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    patient_pk INTEGER NOT NULL REFERENCES patient (patient_pk),
     study_date TEXT,
     study_time TEXT,
     study_description TEXT,
     accession_number TEXT,
     referring_physician TEXT,
-    study_id TEXT
+    study_id TEXT,
+    UNIQUE (study_uid, patient_pk)
 );
 CREATE TABLE IF NOT EXISTS series (
-    series_uid TEXT PRIMARY KEY,
-    study_uid TEXT NOT NULL REFERENCES study (study_uid),
+    series_pk INTEGER PRIMARY KEY,
+    series_uid TEXT NOT NULL,
+    study_pk INTEGER NOT NULL REFERENCES study (study_pk),
     modality TEXT,
     body_part TEXT,
     series_number INTEGER,
-    series_description TEXT
+    series_description TEXT,
+    UNIQUE (series_uid, study_pk)
 );
 CREATE TABLE IF NOT EXISTS instance (
     sop_instance_uid TEXT PRIMARY KEY,
-    series_uid TEXT NOT NULL REFERENCES series (series_uid),
+    series_pk INTEGER NOT NULL REFERENCES series (series_pk),
     sop_class_uid TEXT NOT NULL,
     instance_number INTEGER,
     transfer_syntax_uid TEXT NOT NULL,
@@ -72,21 +93,22 @@ CREATE TABLE IF NOT EXISTS instance (
     path TEXT NOT NULL UNIQUE
 );
 CREATE INDEX IF NOT EXISTS patient_name_idx ON patient (patient_name);
-CREATE INDEX IF NOT EXISTS study_patient_idx ON study (patient_id);
+CREATE INDEX IF NOT EXISTS study_patient_idx ON study (patient_pk);
 CREATE INDEX IF NOT EXISTS study_date_idx ON study (study_date);
 CREATE INDEX IF NOT EXISTS study_accession_idx ON study (accession_number);
-CREATE INDEX IF NOT EXISTS series_study_idx ON series (study_uid);
+CREATE INDEX IF NOT EXISTS series_study_idx ON series (study_pk);
 CREATE INDEX IF NOT EXISTS series_modality_idx ON series (modality);
-CREATE INDEX IF NOT EXISTS instance_series_idx ON instance (series_uid);
+CREATE INDEX IF NOT EXISTS instance_series_idx ON instance (series_pk);
 CREATE INDEX IF NOT EXISTS instance_class_idx ON instance (sop_class_uid);
 """
 
 #: Columns of each table, in insertion order (the first one is the key).
 TABLES: dict[str, tuple[str, ...]] = {
-    "patient": ("patient_id", "patient_name", "birth_date", "sex"),
+    "patient": ("patient_pk", "patient_id", "issuer", "scope", "patient_name", "birth_date", "sex"),
     "study": (
+        "study_pk",
         "study_uid",
-        "patient_id",
+        "patient_pk",
         "study_date",
         "study_time",
         "study_description",
@@ -95,8 +117,9 @@ TABLES: dict[str, tuple[str, ...]] = {
         "study_id",
     ),
     "series": (
+        "series_pk",
         "series_uid",
-        "study_uid",
+        "study_pk",
         "modality",
         "body_part",
         "series_number",
@@ -104,7 +127,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     ),
     "instance": (
         "sop_instance_uid",
-        "series_uid",
+        "series_pk",
         "sop_class_uid",
         "instance_number",
         "transfer_syntax_uid",
@@ -116,51 +139,98 @@ TABLES: dict[str, tuple[str, ...]] = {
         "path",
     ),
 }
+#: The tables above ``instance``, whose rows the writer caches.
+PARENTS = ("patient", "study", "series")
+#: The surrogate key of each parent table, and the column naming it one level below.
+PK = {"patient": "patient_pk", "study": "study_pk", "series": "series_pk"}
+#: What identifies a row of each parent table (its UNIQUE constraint).
+NATURAL_KEY = {
+    "patient": ("patient_id", "issuer", "scope"),
+    "study": ("study_uid", "patient_pk"),
+    "series": ("series_uid", "study_pk"),
+}
+#: The values each parent table keeps beside its keys.
+ATTRS = {t: tuple(c for c in TABLES[t][1:] if c not in NATURAL_KEY[t]) for t in PARENTS}
+#: Internal columns, never part of a row returned to a reader.
+HIDDEN = frozenset((*PK.values(), "scope"))
 _ALIAS = {"patient": "p", "study": "st", "series": "se", "instance": "i"}
 #: Every key of a row as returned by queries -> its qualified column.
 ROW_COLUMNS: dict[str, str] = {}
 for _table, _columns in TABLES.items():
     for _column in _columns:
-        ROW_COLUMNS.setdefault(_column, f"{_ALIAS[_table]}.{_column}")
+        if _column not in HIDDEN:
+            ROW_COLUMNS.setdefault(_column, f"{_ALIAS[_table]}.{_column}")
 #: Keys that may never be NULL in a row (missing ones are stored as '').
-KEYS = ("patient_id", "study_uid", "series_uid")
+KEYS = ("patient_id", "issuer", "study_uid", "series_uid")
 
-_SELECT = (
-    "SELECT " + ", ".join(ROW_COLUMNS.values()) + " FROM instance i"
-    " JOIN series se ON se.series_uid = i.series_uid"
-    " JOIN study st ON st.study_uid = se.study_uid"
-    " JOIN patient p ON p.patient_id = st.patient_id"
+_FROM = (
+    " FROM instance i"
+    " JOIN series se ON se.series_pk = i.series_pk"
+    " JOIN study st ON st.study_pk = se.study_pk"
+    " JOIN patient p ON p.patient_pk = st.patient_pk"
 )
+_SELECT = "SELECT " + ", ".join(ROW_COLUMNS.values()) + _FROM
 _ORDER = " ORDER BY st.study_uid, se.series_uid, i.instance_number, i.sop_instance_uid"
 _SELECT_ONE = f"{_SELECT} WHERE i.sop_instance_uid = ?"
 _KEYS = list(ROW_COLUMNS)
 
 
-def _upsert(table: str, *, replace: bool, returning: bool = False) -> str:
-    """INSERT … ON CONFLICT (key) DO UPDATE, keeping known values unless ``replace``;
-    ``returning``: the row as stored afterwards (``RETURNING``, SQLite ≥ 3.35, PostgreSQL)."""
-    key, *rest = TABLES[table]
-    names = ", ".join(TABLES[table])
-    marks = ", ".join("?" for _ in TABLES[table])
-    if replace:
-        sets = ", ".join(f"{c} = excluded.{c}" for c in rest)
-    else:
-        sets = ", ".join(f"{c} = COALESCE(excluded.{c}, {table}.{c})" for c in rest)
-    sql = f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET {sets}"
-    return sql + (f" RETURNING {names}" if returning else "")
+def _upsert_parent(table: str, *, returning: bool) -> str:
+    """INSERT … ON CONFLICT (natural key) DO UPDATE, keeping known values where the
+    new ones are NULL; ``returning``: the surrogate key and the values as stored
+    afterwards (``RETURNING``, SQLite ≥ 3.35, PostgreSQL)."""
+    natural, attrs = NATURAL_KEY[table], ATTRS[table]
+    columns = (*natural, *attrs)
+    sets = ", ".join(f"{c} = COALESCE(excluded.{c}, {table}.{c})" for c in attrs)
+    sql = (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+        f" ON CONFLICT ({', '.join(natural)}) DO UPDATE SET {sets}"
+    )
+    return sql + (f" RETURNING {PK[table]}, {', '.join(attrs)}" if returning else "")
 
 
-_UPSERTS = {t: _upsert(t, replace=t == "instance") for t in TABLES}
-#: The tables above ``instance``, whose rows the writer caches.
-PARENTS = ("patient", "study", "series")
 _INSTANCE = TABLES["instance"]
+_UPSERT_INSTANCE = (
+    f"INSERT INTO instance ({', '.join(_INSTANCE)}) VALUES ({', '.join('?' for _ in _INSTANCE)})"
+    " ON CONFLICT (sop_instance_uid) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _INSTANCE[1:])
+)
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35)
-_UPSERTS_RETURNING = {t: _upsert(t, replace=False, returning=True) for t in PARENTS}
+_UPSERTS = {t: _upsert_parent(t, returning=False) for t in PARENTS}
+_UPSERTS_RETURNING = {t: _upsert_parent(t, returning=True) for t in PARENTS}
 _SELECT_ROW = {
-    t: f"SELECT {', '.join(TABLES[t])} FROM {t} WHERE {TABLES[t][0]} = ?" for t in PARENTS
+    t: f"SELECT {PK[t]}, {', '.join(ATTRS[t])} FROM {t} WHERE "
+    + " AND ".join(f"{c} = ?" for c in NATURAL_KEY[t])
+    for t in PARENTS
 }
+#: Relational checks (see :meth:`Index.conflict`): another study holding the
+#: series, another patient holding the study; instances of the same SOP Instance
+#: UID (the one a replace replaces) do not count.
+_SERIES_ELSEWHERE = (
+    "SELECT st.study_uid FROM series se JOIN study st ON st.study_pk = se.study_pk"
+    " WHERE se.series_uid = ? AND st.study_uid <> ? AND EXISTS (SELECT 1 FROM instance i"
+    " WHERE i.series_pk = se.series_pk AND i.sop_instance_uid <> ?) LIMIT 1"
+)
+_STUDY_ELSEWHERE = (
+    "SELECT p.patient_id, p.issuer FROM study st JOIN patient p ON p.patient_pk = st.patient_pk"
+    " WHERE st.study_uid = ? AND NOT (p.patient_id = ? AND p.issuer = ? AND p.scope = ?)"
+    " AND EXISTS (SELECT 1 FROM series se JOIN instance i ON i.series_pk = se.series_pk"
+    " WHERE se.study_pk = st.study_pk AND i.sop_instance_uid <> ?) LIMIT 1"
+)
 #: Cached parent rows per table before the cache is emptied (memory bound).
 CACHE_LIMIT = 50_000
+
+
+class SchemaError(RuntimeError):
+    """The index was made by another version of dicomstore."""
+
+
+def patient_key(row: dict[str, Any]) -> tuple[str, str, str]:
+    """(Patient ID, Issuer of Patient ID, scope) of a row: who the patient is.
+
+    An empty Patient ID is scoped to the study, never shared across studies."""
+    patient_id = row.get("patient_id") or ""
+    return patient_id, row.get("issuer") or "", "" if patient_id else row.get("study_uid") or ""
 
 
 def clean_text(value: Any) -> Any:
@@ -174,12 +244,21 @@ def clean_text(value: Any) -> Any:
 
 
 class Index:
-    """The SQLite index at ``path``; created (schema and indexes) when absent."""
+    """The SQLite index at ``path``; created (schema and indexes) when absent.
 
-    def __init__(self, path: Path, *, durable: bool = True, timeout: float = 5.0) -> None:
+    An index of an older schema raises :class:`SchemaError` unless ``migrate``:
+    then its tables are dropped and made anew, and :attr:`rebuild` tells the
+    owner (``Archive``) to fill them from the files (``reindex``).
+    """
+
+    def __init__(
+        self, path: Path, *, durable: bool = True, timeout: float = 5.0, migrate: bool = False
+    ) -> None:
         self.path = path.resolve()
         self.timeout = timeout
         self.lock = threading.RLock()
+        #: the tables were made anew from an older schema: fill them from the files
+        self.rebuild = False
         self._db = sqlite3.connect(
             self.path, timeout=timeout, isolation_level=None, check_same_thread=False
         )
@@ -187,17 +266,36 @@ class Index:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._db.execute("PRAGMA foreign_keys=ON")
-            (version,) = self._db.execute("PRAGMA user_version").fetchone()
-            if version < SCHEMA_VERSION:
-                script = f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-                self._db.executescript(script)
+            self._create(migrate)
         except BaseException:
             self._db.close()
             raise
-        # parent rows known to be stored, and those written by the open transaction
-        self._known: dict[str, dict[Any, tuple[Any, ...]]] = {t: {} for t in PARENTS}
-        self._added: dict[str, dict[Any, tuple[Any, ...]]] = {t: {} for t in PARENTS}
+        # parent rows known to be stored, and those written by the open transaction:
+        # natural key -> (surrogate key, values as stored)
+        self._known: dict[str, dict[Any, tuple[Any, tuple[Any, ...]]]] = {t: {} for t in PARENTS}
+        self._added: dict[str, dict[Any, tuple[Any, tuple[Any, ...]]]] = {t: {} for t in PARENTS}
         self._data_version: int | None = None
+
+    def _create(self, migrate: bool) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self.path}: index schema {version} is newer than this dicomstore's"
+                f" ({SCHEMA_VERSION})"
+            )
+        drop = ""
+        if version:  # an older schema: the files are the truth, the index is rebuilt
+            if not migrate:
+                raise SchemaError(
+                    f"{self.path}: index schema {version} is older than {SCHEMA_VERSION}:"
+                    " run `dicomstore reindex` (or start `dicomstore serve` once)"
+                )
+            drop = "".join(f"DROP TABLE IF EXISTS {t};" for t in reversed(TABLES))
+            self.rebuild = True
+        script = f"BEGIN; {drop} {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+        self._db.executescript(script)
 
     # -- the writer (hold self.lock) -------------------------------------------------
 
@@ -251,6 +349,26 @@ class Index:
         rows = (dict(zip(_KEYS, row, strict=True)) for row in self._db.execute(sql, list(given)))
         return {given[row["sop_instance_uid"]]: row for row in rows}
 
+    def conflict(self, row: dict[str, Any]) -> tuple[str, Any] | None:
+        """Where the index files ``row``'s series or study elsewhere (PS3.3 hierarchy:
+        a series belongs to one study, a study to one patient), as the writer sees it:
+        ``("series", other Study Instance UID)``, ``("study", (Patient ID, Issuer))``
+        or ``None``. Instances with ``row``'s SOP Instance UID do not count."""
+        values = {k: clean_text(row.get(k)) or "" for k in (*KEYS, "sop_instance_uid")}
+        pid, issuer, scope = patient_key(values)
+        sop = values["sop_instance_uid"]
+        found = self._db.execute(
+            _SERIES_ELSEWHERE, (values["series_uid"], values["study_uid"], sop)
+        ).fetchone()
+        if found is not None:
+            return "series", found[0]
+        found = self._db.execute(
+            _STUDY_ELSEWHERE, (values["study_uid"], pid, issuer, scope, sop)
+        ).fetchone()
+        if found is not None:
+            return "study", (found[0], found[1])
+        return None
+
     def put(self, row: dict[str, Any]) -> dict[str, Any]:
         """Insert or replace the instance ``row`` and update its patient/study/series;
         the row as :meth:`find` would now return it."""
@@ -267,67 +385,79 @@ class Index:
                     values[key] = clean_text(value)
             for key in KEYS:
                 values[key] = values.get(key) or ""
+            values["scope"] = patient_key(values)[2]
             full: dict[str, Any] = {}
             for table in PARENTS:
-                columns = TABLES[table]
-                stored = self._put_parent(table, tuple([values.get(c) for c in columns]))
-                full.update(zip(columns, stored, strict=True))
+                natural = tuple([values.get(c) for c in NATURAL_KEY[table]])
+                pk, stored = self._put_parent(
+                    table, natural, tuple([values.get(c) for c in ATTRS[table]])
+                )
+                values[PK[table]] = pk
+                full.update(zip(NATURAL_KEY[table], natural, strict=True))
+                full.update(zip(ATTRS[table], stored, strict=True))
             own = [values.get(c) for c in _INSTANCE]
             full.update(zip(_INSTANCE, own, strict=True))
             params.append(own)
             result.append({key: full[key] for key in ROW_COLUMNS})
         if len(params) == 1:
-            self._db.execute(_UPSERTS["instance"], params[0])
+            self._db.execute(_UPSERT_INSTANCE, params[0])
         else:
-            self._db.executemany(_UPSERTS["instance"], params)
+            self._db.executemany(_UPSERT_INSTANCE, params)
         return result
 
-    def _put_parent(self, table: str, new: tuple[Any, ...]) -> tuple[Any, ...]:
+    def _put_parent(
+        self, table: str, natural: tuple[Any, ...], new: tuple[Any, ...]
+    ) -> tuple[Any, tuple[Any, ...]]:
         """Upsert one patient/study/series row unless the cache says it is stored
-        already with these values; the row as stored (``COALESCE`` applied)."""
-        key = new[0]
-        known = self._added[table].get(key)
+        already with these values; its surrogate key and values as stored
+        (``COALESCE`` applied)."""
+        known = self._added[table].get(natural)
         if known is None:
-            known = self._known[table].get(key)
-        if known == new:
+            known = self._known[table].get(natural)
+        if known is not None and known[1] == new:
             return known  # (the usual case: one more instance of a known series)
         if known is None:
             if _RETURNING:
-                stored = tuple(self._db.execute(_UPSERTS_RETURNING[table], new).fetchall()[0])
+                pk, *stored = self._db.execute(_UPSERTS_RETURNING[table], natural + new).fetchall()[
+                    0
+                ]
             else:
-                self._db.execute(_UPSERTS[table], new)
-                stored = tuple(self._db.execute(_SELECT_ROW[table], (key,)).fetchall()[0])
-        elif any(n is not None and n != k for n, k in zip(new, known, strict=True)):
-            self._db.execute(_UPSERTS[table], new)
-            stored = tuple(k if n is None else n for n, k in zip(new, known, strict=True))
+                self._db.execute(_UPSERTS[table], natural + new)
+                pk, *stored = self._db.execute(_SELECT_ROW[table], natural).fetchall()[0]
+            entry = (pk, tuple(stored))
+        elif any(n is not None and n != k for n, k in zip(new, known[1], strict=True)):
+            self._db.execute(_UPSERTS[table], natural + new)
+            entry = (
+                known[0],
+                tuple(k if n is None else n for n, k in zip(new, known[1], strict=True)),
+            )
         else:
-            stored = known
-        self._added[table][key] = stored
-        return stored
+            entry = known
+        self._added[table][natural] = entry
+        return entry
 
     def remove(self, sop_instance_uid: str) -> None:
         """Delete an instance row (its series/study/patient stay; see :meth:`prune`)."""
         self._db.execute("DELETE FROM instance WHERE sop_instance_uid = ?", (sop_instance_uid,))
 
     def prune(self, series_uid: str, study_uid: str, patient_id: str) -> None:
-        """Delete the series, study and patient rows left without instances."""
-        for table, key in (("series", series_uid), ("study", study_uid), ("patient", patient_id)):
-            self._known[table].pop(key, None)
-            self._added[table].pop(key, None)
+        """Delete the series, study and patient rows with these UIDs / Patient ID that
+        are left without instances (whichever study or patient they are filed under)."""
+        self.forget()
         self._db.execute(
             "DELETE FROM series WHERE series_uid = ? AND NOT EXISTS"
-            " (SELECT 1 FROM instance WHERE instance.series_uid = series.series_uid)",
+            " (SELECT 1 FROM instance WHERE instance.series_pk = series.series_pk)",
             (series_uid,),
         )
         self._db.execute(
             "DELETE FROM study WHERE study_uid = ? AND NOT EXISTS"
-            " (SELECT 1 FROM series WHERE series.study_uid = study.study_uid)",
+            " (SELECT 1 FROM series WHERE series.study_pk = study.study_pk)",
             (study_uid,),
         )
         self._db.execute(
             "DELETE FROM patient WHERE patient_id = ? AND NOT EXISTS"
-            " (SELECT 1 FROM study WHERE study.patient_id = patient.patient_id)",
-            (patient_id,),
+            " (SELECT 1 FROM study WHERE study.patient_pk = patient.patient_pk)",
+            (patient_id or "",),
         )
 
     def clear(self) -> None:

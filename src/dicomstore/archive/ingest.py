@@ -237,10 +237,14 @@ class Ingest:
         return staged
 
     def _check_identity(self, row: dict[str, Any]) -> StoreOutcome | None:
-        """A900 when (0008,0016)/(0008,0018) are absent or differ from the command.
+        """A900 when the data set lacks its identity or contradicts the command.
 
-        Both are Type 1 in the SOP Common Module (PS3.3 C.12.1): a data set
-        without them does not match any SOP Class, hence A900 too.
+        (0008,0016)/(0008,0018) are Type 1 in the SOP Common Module (PS3.3 C.12.1)
+        and must equal the command's; (0020,000D) and (0020,000E) are Type 1 in
+        the General Study and General Series Modules: an instance carries at
+        least the Patient, Study and Series IEs (PS3.4 B.1.1), and one without
+        them cannot be filed under a study (PS3.4 B.2.3: Data Set does not
+        match SOP Class). Missing and empty are the same here.
         """
         problems, tags = [], []
         for name, tag, ours, theirs in (
@@ -251,11 +255,13 @@ class Ingest:
                 row["sop_instance_uid"],
                 self.sop_instance_uid,
             ),
+            ("Study Instance UID", st.STUDY_INSTANCE_UID_TAG, row["study_uid"], None),
+            ("Series Instance UID", st.SERIES_INSTANCE_UID_TAG, row["series_uid"], None),
         ):
             if ours is None:
                 problems.append(f"{name} missing from the data set")
                 tags.append(tag)
-            elif ours != theirs:
+            elif theirs is not None and ours != theirs:
                 problems.append(f"{name} {ours!r} differs from the command's {theirs!r}")
                 tags.append(tag)
         if not problems:

@@ -29,7 +29,9 @@ WARNING_DATASET_MISMATCH = 0xB007
 #: index unavailable. The SCU may retry later.
 OUT_OF_RESOURCES = 0xA700
 #: Failure, Error: Data Set does not match SOP Class (A9xx): (0008,0016) or
-#: (0008,0018) absent from the data set or different from the command.
+#: (0008,0018) absent from the data set or different from the command; no
+#: (0020,000D) or (0020,000E) (PS3.4 B.1.1); a series or study the index files
+#: under another study or patient (policy ``on_relational_mismatch="reject"``).
 DATASET_MISMATCH = 0xA900
 #: Failure, Error: Cannot understand (Cxxx): the data set cannot be parsed up
 #: to the Pixel Data.
@@ -44,6 +46,12 @@ DUPLICATE_REJECTED = 0xC111
 #: (0008,0016) SOP Class UID and (0008,0018) SOP Instance UID, as offending elements.
 SOP_CLASS_UID_TAG = 0x00080016
 SOP_INSTANCE_UID_TAG = 0x00080018
+#: (0020,000D) Study and (0020,000E) Series Instance UID, (0010,0020) Patient ID
+#: and (0010,0021) Issuer of Patient ID, as offending elements.
+STUDY_INSTANCE_UID_TAG = 0x0020000D
+SERIES_INSTANCE_UID_TAG = 0x0020000E
+PATIENT_ID_TAG = 0x00100020
+ISSUER_OF_PATIENT_ID_TAG = 0x00100021
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,7 @@ from dicomstore.archive import outcome as st
 from dicomstore.archive.commit import CommitStats, Staged
 from dicomstore.archive.index import Index
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, failure
+from dicomstore.archive.relations import Relations
 
 #: Batches at least this large are flushed with syncfs (when available).
 SYNCFS_MIN_BATCH = 2
@@ -79,12 +80,15 @@ class Publisher:
         fsync: bool,
         on_duplicate: str,
         syncfs: bool | None = None,
+        on_relational_mismatch: str = "reject",
     ) -> None:
         self.root = root
         self._root = str(root)
         self.index = index
         self.fsync = fsync
         self.on_duplicate = on_duplicate
+        #: ``relations.py``: refuse (A900) or accept a series/study filed elsewhere
+        self.on_relational_mismatch = on_relational_mismatch
         self.stats = CommitStats()
         #: seconds the last batch spent waiting for flushes (files, folders, COMMIT)
         self.flush_time = 0.0
@@ -173,17 +177,25 @@ class Publisher:
                 return
             try:
                 found = index.find_many([m.row["sop_instance_uid"] for m in live])
+                relations = Relations(index) if self.on_relational_mismatch == "reject" else None
                 for member in live:
                     existing = found.get(member.row["sop_instance_uid"])
                     if existing is not None and self.on_duplicate != "replace":
                         _answer(member, self._duplicate(existing, member))
                         continue
+                    if relations is not None:
+                        mismatch = relations.check(member.row)
+                        if mismatch is not None:
+                            _answer(member, mismatch)
+                            continue
                     member.existing = existing
                     # with syncfs, new folders are made durable by the one syncfs
                     # of _flush_dirs instead of an fsync of each parent
                     durable_dirs = self.fsync and self._fs_fd < 0
                     if self._place(member, durable_dirs=durable_dirs):
                         placed.append(member)
+                        if relations is not None:
+                            relations.add(member.row)
                 if not placed:
                     index.rollback()
                     return

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dicomstore.archive.index import TABLES
+from dicomstore.archive.index import HIDDEN, TABLES
 from dicomstore.archive.layout import normalize_uid
 
 LEVELS: tuple[str, ...] = ("patient", "study", "series", "instance")
@@ -46,26 +46,32 @@ _TABLE = {
 }
 #: How each level joins to the one above it.
 _UP_LINK = {
-    "study": "p.patient_id = st.patient_id",
-    "series": "st.study_uid = se.study_uid",
-    "instance": "se.series_uid = i.series_uid",
+    "study": "p.patient_pk = st.patient_pk",
+    "series": "st.study_pk = se.study_pk",
+    "instance": "se.series_pk = i.series_pk",
 }
 #: The key of a level and the column naming it one level below.
 _DOWN_KEY = {
-    "patient": ("p.patient_id", "st.patient_id"),
-    "study": ("st.study_uid", "se.study_uid"),
-    "series": ("se.series_uid", "i.series_uid"),
+    "patient": ("p.patient_pk", "st.patient_pk"),
+    "study": ("st.study_pk", "se.study_pk"),
+    "series": ("se.series_pk", "i.series_pk"),
 }
 _ORDER = {
-    "patient": "p.patient_name, p.patient_id",
-    "study": "st.study_date DESC, st.study_time DESC, st.study_uid",
-    "series": "st.study_uid, se.series_number, se.series_uid",
+    "patient": "p.patient_name, p.patient_id, p.patient_pk",
+    "study": "st.study_date DESC, st.study_time DESC, st.study_uid, st.study_pk",
+    "series": "st.study_uid, se.series_number, se.series_uid, se.series_pk",
     "instance": "se.series_uid, i.instance_number, i.sop_instance_uid",
 }
 
 
 class QueryError(ValueError):
     """A filter names no known attribute or has a value that cannot be matched."""
+
+
+class Exact(str):
+    """A filter value matched literally, the empty value included: ``Exact("")``
+    matches only an empty attribute, never everything (universal matching is for
+    queries, not for naming one entity, e.g. the patient of a browse page link)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +92,7 @@ _ALIAS = {"patient": "p", "study": "st", "series": "se", "instance": "i"}
 _TABLE_OF_ATTRIBUTES: tuple[tuple[Any, ...], ...] = (
     ("PatientName", 0x00100010, "PN", "patient", "patient_name"),
     ("PatientID", 0x00100020, "LO", "patient", "patient_id"),
+    ("IssuerOfPatientID", 0x00100021, "LO", "patient", "issuer"),
     ("PatientBirthDate", 0x00100030, "DA", "patient", "birth_date"),
     ("PatientSex", 0x00100040, "CS", "patient", "sex"),
     ("NumberOfPatientRelatedStudies", 0x00201200, "IS", "patient", "n_studies", None),
@@ -121,9 +128,9 @@ ATTRIBUTES: dict[str, Attribute] = {
 BY_TAG: dict[int, Attribute] = {a.tag: a for a in ATTRIBUTES.values()}
 #: Lists of values inside one study, matched by "any value" through the levels below.
 _IN_STUDY = {
-    "ModalitiesInStudy": "st.study_uid IN (SELECT b.study_uid FROM series b WHERE {})",
-    "SOPClassesInStudy": "st.study_uid IN (SELECT b.study_uid FROM series b JOIN instance c"
-    " ON c.series_uid = b.series_uid WHERE {})",
+    "ModalitiesInStudy": "st.study_pk IN (SELECT b.study_pk FROM series b WHERE {})",
+    "SOPClassesInStudy": "st.study_pk IN (SELECT b.study_pk FROM series b JOIN instance c"
+    " ON c.series_pk = b.series_pk WHERE {})",
 }
 
 _TAG_RE = re.compile(r"\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?")
@@ -243,7 +250,12 @@ def where(level: str, filters: Mapping[str | int, Any]) -> tuple[list[str], list
             raise QueryError(f"unknown or unsupported attribute {name!r}")
         if raw is None:
             continue
-        cond = condition(attr, str(raw))
+        if isinstance(raw, Exact):
+            if attr.sql is None:
+                raise QueryError(f"{attr.keyword} can be returned but not matched")
+            cond: tuple[str, list[Any]] | None = (f"{attr.sql} = ?", [str(raw)])
+        else:
+            cond = condition(attr, str(raw))
         if cond is None:
             continue
         if attr.keyword in _IN_STUDY:
@@ -265,39 +277,38 @@ def where(level: str, filters: Mapping[str | int, Any]) -> tuple[list[str], list
 
 
 #: Row keys and SQL of each level's own columns and of the computed ones.
-#: The column of each table naming its parent row (already selected with the parent).
-_PARENT_COLUMN = {"study": "patient_id", "series": "study_uid", "instance": "series_uid"}
-#: The columns each level adds to a result row: the index's own (index.TABLES).
+#: The columns each level adds to a result row: the index's own (index.TABLES),
+#: less the surrogate keys and the patient's scope (a patient row has it as
+#: ``scope``: the Study Instance UID of a patient without Patient ID, else '').
 _COLUMNS = {
-    level: [f"{_ALIAS[level]}.{c}" for c in TABLES[level] if c != _PARENT_COLUMN.get(level)]
-    for level in LEVELS
+    level: [f"{_ALIAS[level]}.{c}" for c in TABLES[level] if c not in HIDDEN] for level in LEVELS
 }
 _COUNTS = {
     "patient": {
-        "n_studies": "SELECT COUNT(*) FROM study a WHERE a.patient_id = p.patient_id",
-        "n_series": "SELECT COUNT(*) FROM study a JOIN series b ON b.study_uid = a.study_uid"
-        " WHERE a.patient_id = p.patient_id",
-        "n_instances": "SELECT COUNT(*) FROM study a JOIN series b ON b.study_uid = a.study_uid"
-        " JOIN instance c ON c.series_uid = b.series_uid WHERE a.patient_id = p.patient_id",
+        "n_studies": "SELECT COUNT(*) FROM study a WHERE a.patient_pk = p.patient_pk",
+        "n_series": "SELECT COUNT(*) FROM study a JOIN series b ON b.study_pk = a.study_pk"
+        " WHERE a.patient_pk = p.patient_pk",
+        "n_instances": "SELECT COUNT(*) FROM study a JOIN series b ON b.study_pk = a.study_pk"
+        " JOIN instance c ON c.series_pk = b.series_pk WHERE a.patient_pk = p.patient_pk",
         "size": "SELECT COALESCE(SUM(c.file_size), 0) FROM study a JOIN series b"
-        " ON b.study_uid = a.study_uid JOIN instance c ON c.series_uid = b.series_uid"
-        " WHERE a.patient_id = p.patient_id",
+        " ON b.study_pk = a.study_pk JOIN instance c ON c.series_pk = b.series_pk"
+        " WHERE a.patient_pk = p.patient_pk",
     },
     "study": {
-        "n_series": "SELECT COUNT(*) FROM series b WHERE b.study_uid = st.study_uid",
+        "n_series": "SELECT COUNT(*) FROM series b WHERE b.study_pk = st.study_pk",
         "n_instances": "SELECT COUNT(*) FROM series b JOIN instance c"
-        " ON c.series_uid = b.series_uid WHERE b.study_uid = st.study_uid",
+        " ON c.series_pk = b.series_pk WHERE b.study_pk = st.study_pk",
         "size": "SELECT COALESCE(SUM(c.file_size), 0) FROM series b JOIN instance c"
-        " ON c.series_uid = b.series_uid WHERE b.study_uid = st.study_uid",
+        " ON c.series_pk = b.series_pk WHERE b.study_pk = st.study_pk",
         "modalities": "SELECT group_concat(DISTINCT b.modality) FROM series b"
-        " WHERE b.study_uid = st.study_uid",
+        " WHERE b.study_pk = st.study_pk",
         "sop_classes": "SELECT group_concat(DISTINCT c.sop_class_uid) FROM series b"
-        " JOIN instance c ON c.series_uid = b.series_uid WHERE b.study_uid = st.study_uid",
+        " JOIN instance c ON c.series_pk = b.series_pk WHERE b.study_pk = st.study_pk",
     },
     "series": {
-        "n_instances": "SELECT COUNT(*) FROM instance c WHERE c.series_uid = se.series_uid",
+        "n_instances": "SELECT COUNT(*) FROM instance c WHERE c.series_pk = se.series_pk",
         "size": "SELECT COALESCE(SUM(c.file_size), 0) FROM instance c"
-        " WHERE c.series_uid = se.series_uid",
+        " WHERE c.series_pk = se.series_pk",
     },
     "instance": {},
 }
@@ -312,6 +323,9 @@ def _select(level: str) -> tuple[str, list[str]]:
         for col in _COLUMNS[upper]:
             exprs.append(col)
             keys.append(col.split(".", 1)[1])
+    if level == "patient":  # the one study a patient without Patient ID is of
+        exprs.append("p.scope")
+        keys.append("scope")
     for key, sub in _COUNTS[level].items():
         exprs.append(f"({sub})")
         keys.append(key)

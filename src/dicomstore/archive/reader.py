@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 
 from dicomstore.archive import layout
 from dicomstore.archive import query as q
+from dicomstore.archive.index import SCHEMA_VERSION, SchemaError
 
 
 class ArchiveNotFoundError(FileNotFoundError):
@@ -47,6 +48,13 @@ class ArchiveReader:
         self.timeout = timeout
         if not self.index_path.is_file():
             raise ArchiveNotFoundError(f"no archive at {self.root} (no {layout.INDEX_FILE})")
+        with self._db() as db:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version != SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self.index_path}: index schema {version}, this dicomstore reads"
+                f" {SCHEMA_VERSION}: run `dicomstore reindex` (or start `dicomstore serve` once)"
+            )
 
     def connect(self) -> sqlite3.Connection:
         """A new read-only connection to the index (close it when done)."""
@@ -183,7 +191,7 @@ class ArchiveReader:
                 ),
                 "modalities": grouped(
                     "SELECT COALESCE(se.modality, ''), COUNT(*), SUM(i.file_size)"
-                    " FROM instance i JOIN series se ON se.series_uid = i.series_uid"
+                    " FROM instance i JOIN series se ON se.series_pk = i.series_pk"
                     " GROUP BY 1 ORDER BY 1"
                 ),
             }

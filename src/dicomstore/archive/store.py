@@ -47,6 +47,7 @@ from dicomstore.archive.index import Index
 from dicomstore.archive.ingest import Ingest
 from dicomstore.archive.maintenance import check_archive, reindex_archive
 from dicomstore.archive.publish import Publisher, recover
+from dicomstore.archive.relations import RELATIONAL_POLICIES
 
 DuplicatePolicy = Literal["keep", "replace", "reject"]
 POLICIES: tuple[str, ...] = ("keep", "replace", "reject")
@@ -68,6 +69,11 @@ class Archive:
     from the command's and answers B007; ``trailing_padding="discard"`` stores a
     data set without its top-level Data Set Trailing Padding (FFFC,FFFC) and
     answers B006 (PS3.4 B.2.3; ``padding.py``), ``"keep"`` stores every byte.
+    ``on_relational_mismatch``: a Series UID filed under another study or a Study
+    UID under another patient is refused with A900 (``"reject"``) or indexed
+    under its own study and patient (``"accept"``), see ``relations.py``.
+    An index of an older schema is rebuilt from the files at start-up
+    (:attr:`reindexed`).
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class Archive:
         trailing_padding: str = "keep",
         lock_timeout: float = 5.0,
         syncfs: bool | None = None,
+        on_relational_mismatch: str = "reject",
     ) -> None:
         if on_duplicate not in POLICIES:
             raise ValueError(f"on_duplicate must be one of {POLICIES}, not {on_duplicate!r}")
@@ -92,14 +99,29 @@ class Archive:
         if trailing_padding not in TRAILING_PADDING_POLICIES:
             raise ValueError(f"trailing_padding must be keep or discard: {trailing_padding!r}")
         self.trailing_padding = trailing_padding
+        if on_relational_mismatch not in RELATIONAL_POLICIES:
+            raise ValueError(
+                f"on_relational_mismatch must be one of {RELATIONAL_POLICIES}, "
+                f"not {on_relational_mismatch!r}"
+            )
+        self.on_relational_mismatch = on_relational_mismatch
         self.tmp_dir = self.root / layout.TMP_DIR
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.index = Index(self.root / layout.INDEX_FILE, durable=fsync, timeout=lock_timeout)
+        self.index = Index(
+            self.root / layout.INDEX_FILE, durable=fsync, timeout=lock_timeout, migrate=True
+        )
         try:
             #: instances a crash left published but not indexed, adopted at start-up
             self.recovered = recover(self.root, self.index, fsync=fsync)
+            #: instances indexed anew because the index had an older schema
+            self.reindexed = reindex_archive(self.root, self.index) if self.index.rebuild else None
             self._publisher = Publisher(
-                self.root, self.index, fsync=fsync, on_duplicate=on_duplicate, syncfs=syncfs
+                self.root,
+                self.index,
+                fsync=fsync,
+                on_duplicate=on_duplicate,
+                syncfs=syncfs,
+                on_relational_mismatch=on_relational_mismatch,
             )
         except BaseException:
             self.index.close()

@@ -5,7 +5,10 @@ and every link is built with ``urlencode``/``quote``: patient names, IDs and
 descriptions are attacker-controlled text. Downloads are DICOMweb URLs:
 a study or series as a zip stream (``?accept=application/zip``), an instance
 as its PS3.10 file (``?accept=application/dicom``), metadata as DICOM JSON;
-all of a patient's studies as a zip at ``/browse/patient.zip?id=``.
+all of a patient's studies as a zip at ``/browse/patient.zip?id=&issuer=``.
+A patient is its Patient ID *and* Issuer of Patient ID, matched exactly; a
+patient without Patient ID is a patient of its one study, and its links go to
+that study: no link or download selects "everything" from an empty value.
 No scripts, no build step.
 """
 
@@ -20,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, StreamingResponse
 
 from dicomstore import __version__, uids
+from dicomstore.archive.query import Exact
 from dicomstore.archive.reader import NotStoredError
 from dicomstore.http.common import HttpError, reader
 from dicomstore.http.zipstream import zip_files
@@ -118,7 +122,7 @@ def _pager(request: Request, more: bool) -> str:
     return f"<p>{' · '.join(links)}</p>" if links else ""
 
 
-def _search(request: Request, level: str, filters: dict[str, str]) -> tuple[list[dict], bool]:
+def _search(request: Request, level: str, filters: dict[str, Any]) -> tuple[list[dict], bool]:
     rows = reader(request).search(level, filters, limit=PAGE + 1, offset=_offset(request))
     return rows[:PAGE], len(rows) > PAGE
 
@@ -140,10 +144,7 @@ def home(request: Request) -> HTMLResponse:
         ],
         (
             [
-                _link(
-                    _page_url("/browse/patient", id=r["patient_id"]),
-                    r["patient_name"] or "(no name)",
-                ),
+                _link(_patient_url(r), r["patient_name"] or "(no name)"),
                 _h(r["patient_id"]),
                 _h(_date(r["birth_date"])),
                 _h(r["sex"]),
@@ -151,7 +152,7 @@ def home(request: Request) -> HTMLResponse:
                 _h(r["n_series"]),
                 _h(r["n_instances"]),
                 _h(_size(r["size"])),
-                _link(_page_url("/browse/patient.zip", id=r["patient_id"]), "download zip"),
+                _link(_patient_zip_url(r), "download zip"),
             ]
             for r in rows
         ),
@@ -165,13 +166,38 @@ def home(request: Request) -> HTMLResponse:
     return _render("Patients", [("/", "Archive")], summary + table + _pager(request, more))
 
 
-def patient(request: Request) -> HTMLResponse:
-    """GET /browse/patient?id= : a patient's studies."""
+def _patient_url(row: dict[str, Any]) -> str:
+    """The page of a row's patient: by Patient ID and Issuer, or its one study."""
+    if not row["patient_id"]:
+        return _page_url("/browse/study", uid=row.get("scope") or row["study_uid"])
+    return _page_url("/browse/patient", id=row["patient_id"], issuer=row["issuer"] or "")
+
+
+def _patient_zip_url(row: dict[str, Any]) -> str:
+    if not row["patient_id"]:
+        return _dicomweb(row["scope"]) + "?accept=application/zip"
+    return _page_url("/browse/patient.zip", id=row["patient_id"], issuer=row["issuer"] or "")
+
+
+def _patient_filters(request: Request) -> dict[str, Any]:
+    """The exact identity of the patient a page names (400 without a Patient ID)."""
     patient_id = request.query_params.get("id", "")
-    found = reader(request).search("patient", {"PatientID": patient_id}, limit=1)
+    if not patient_id.strip():
+        raise HttpError(400, "no patient ID given (a patient without one is found by its study)")
+    return {
+        "PatientID": Exact(patient_id),
+        "IssuerOfPatientID": Exact(request.query_params.get("issuer", "")),
+    }
+
+
+def patient(request: Request) -> HTMLResponse:
+    """GET /browse/patient?id=&issuer= : a patient's studies."""
+    filters = _patient_filters(request)
+    patient_id = filters["PatientID"]
+    found = reader(request).search("patient", filters, limit=1)
     if not found:
         raise HttpError(404, f"patient {patient_id!r} is not in the archive")
-    rows, more = _search(request, "study", {"PatientID": patient_id})
+    rows, more = _search(request, "study", filters)
     table = _table(
         [
             "Date",
@@ -204,14 +230,15 @@ def patient(request: Request) -> HTMLResponse:
         {5, 6, 7},
     )
     name = found[0]["patient_name"] or "(no name)"
-    crumbs = [("/", "Archive"), (_page_url("/browse/patient", id=patient_id), name)]
+    crumbs = [("/", "Archive"), (_patient_url(found[0]), name)]
     return _render(f"Studies of {name}", crumbs, table + _pager(request, more))
 
 
 def patient_zip(request: Request) -> StreamingResponse:
-    """GET /browse/patient.zip?id= : every study of a patient, as a zip stream."""
-    patient_id = request.query_params.get("id", "")
-    rows = reader(request).instances(PatientID=patient_id)
+    """GET /browse/patient.zip?id=&issuer= : every study of a patient, as a zip stream."""
+    filters = _patient_filters(request)
+    patient_id = filters["PatientID"]
+    rows = reader(request).instances(**filters)
     if not rows:
         raise HttpError(404, f"patient {patient_id!r} is not in the archive")
     root = reader(request).root
@@ -232,7 +259,7 @@ def _one(request: Request, level: str, keyword: str) -> dict[str, Any]:
 def _crumbs(row: dict[str, Any], depth: int) -> list[tuple[str, str]]:
     crumbs = [
         ("/", "Archive"),
-        (_page_url("/browse/patient", id=row["patient_id"]), row["patient_name"] or "(no name)"),
+        (_patient_url(row), row["patient_name"] or "(no name)"),
     ]
     if depth >= 1:
         crumbs.append(

@@ -1,0 +1,190 @@
+"""Hierarchy integrity (PS3.4 B.1.1, PS3.3 A.1.2): required Study/Series UIDs, one
+series in one study, one study of one patient (``on_relational_mismatch``), an
+empty Patient ID never merged across studies, an older index rebuilt."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from archive_testlib import dataset, store
+
+from dicomstore.archive import DATASET_MISMATCH, SUCCESS, Archive
+from dicomstore.archive.index import SchemaError
+from dicomstore.archive.query import Exact
+from dicomstore.archive.reader import ArchiveReader
+from dicomstore.archive.relations import Relations
+
+STUDY_TAG, SERIES_TAG, PATIENT_TAG, ISSUER_TAG = 0x0020000D, 0x0020000E, 0x00100020, 0x00100021
+A_STUDY, B_STUDY, SERIES = "1.2.826.0.1.1", "1.2.826.0.1.2", "1.2.826.0.1.1.1"
+
+
+def alpha(sop: str = "1.2.3.1", **kw) -> bytes:
+    return dataset(sop, patient_id="A", patient_name="ALPHA^A", study=A_STUDY, **kw)
+
+
+def beta(sop: str = "1.2.3.2", **kw) -> bytes:
+    kw.setdefault("study", B_STUDY)
+    return dataset(sop, patient_id="B", patient_name="BETA^B", **kw)
+
+
+@pytest.fixture
+def archive(tmp_path: Path):
+    with Archive(tmp_path / "root", fsync=False) as archive:
+        yield archive
+
+
+@pytest.fixture
+def accepting(tmp_path: Path):
+    with Archive(tmp_path / "root", fsync=False, on_relational_mismatch="accept") as archive:
+        yield archive
+
+
+def test_series_of_another_study_is_refused_with_offending_elements(archive: Archive) -> None:
+    assert store(archive, alpha(series=SERIES), sop_uid="1.2.3.1").status == SUCCESS
+    outcome = store(archive, beta(series=SERIES), sop_uid="1.2.3.2")
+    assert outcome.status == DATASET_MISMATCH
+    assert outcome.offending_element == (SERIES_TAG, STUDY_TAG)
+    assert "another study" in outcome.error_comment
+    assert archive.get_instance("1.2.3.2") is None
+    reader = ArchiveReader(archive.root)
+    assert [(s["study_uid"], s["n_instances"]) for s in reader.studies()] == [(A_STUDY, 1)]
+    assert archive.check() == []
+
+
+def test_study_of_another_patient_is_refused(archive: Archive) -> None:
+    assert store(archive, alpha(series=SERIES), sop_uid="1.2.3.1").status == SUCCESS
+    outcome = store(archive, beta(study=A_STUDY, series=SERIES + ".2"), sop_uid="1.2.3.2")
+    assert outcome.status == DATASET_MISMATCH
+    assert outcome.offending_element == (STUDY_TAG, PATIENT_TAG)
+    assert "another patient" in outcome.error_comment
+    assert "B" not in outcome.error_comment.split()  # the other patient is not named
+
+
+def test_same_patient_id_other_issuer_is_another_patient(archive: Archive) -> None:
+    hosp1 = {ISSUER_TAG: ("LO", "HOSP1")}
+    assert store(archive, alpha(extra=hosp1), sop_uid="1.2.3.1").status == SUCCESS
+    outcome = store(
+        archive, alpha("1.2.3.9", extra={ISSUER_TAG: ("LO", "HOSP2")}), sop_uid="1.2.3.9"
+    )
+    assert outcome.status == DATASET_MISMATCH
+    assert outcome.offending_element == (STUDY_TAG, PATIENT_TAG, ISSUER_TAG)
+    # the same issuer is the same patient
+    assert store(archive, alpha("1.2.3.8", extra=hosp1), sop_uid="1.2.3.8").status == SUCCESS
+    rows = ArchiveReader(archive.root).patients()
+    assert [(p["patient_id"], p["issuer"], p["n_instances"]) for p in rows] == [("A", "HOSP1", 2)]
+
+
+def test_accept_files_each_under_its_own_study_and_patient(accepting: Archive) -> None:
+    assert store(accepting, alpha(series=SERIES), sop_uid="1.2.3.1").status == SUCCESS
+    assert store(accepting, beta(series=SERIES), sop_uid="1.2.3.2").status == SUCCESS
+    assert store(accepting, beta("1.2.3.3", study=A_STUDY), sop_uid="1.2.3.3").status == SUCCESS
+    reader = ArchiveReader(accepting.root)
+    studies = {(s["study_uid"], s["patient_id"]): s["n_instances"] for s in reader.studies()}
+    assert studies == {(A_STUDY, "A"): 1, (B_STUDY, "B"): 1, (A_STUDY, "B"): 1}
+    # nothing of BETA is listed under ALPHA's study and patient, and the reverse
+    second = reader.instances(StudyInstanceUID=B_STUDY)
+    assert [(r["sop_instance_uid"], r["patient_name"]) for r in second] == [("1.2.3.2", "BETA^B")]
+    series = reader.series(SeriesInstanceUID=SERIES)
+    assert sorted((s["study_uid"], s["n_instances"]) for s in series) == [
+        (A_STUDY, 1),
+        (B_STUDY, 1),
+    ]
+    alphas = reader.instances(PatientID="A")
+    assert [r["sop_instance_uid"] for r in alphas] == ["1.2.3.1"]
+    assert accepting.check() == []
+    assert accepting.reindex() == 3  # the files say the same
+    assert {(s["study_uid"], s["patient_id"]) for s in reader.studies()} == set(studies)
+
+
+def test_replace_may_move_the_only_instance_of_a_series(tmp_path: Path) -> None:
+    with Archive(tmp_path / "root", fsync=False, on_duplicate="replace") as archive:
+        assert store(archive, alpha(series=SERIES), sop_uid="1.2.3.1").status == SUCCESS
+        # the same instance, corrected to patient B's study: it was the series' only one
+        assert store(archive, beta("1.2.3.1", series=SERIES), sop_uid="1.2.3.1").status == SUCCESS
+        row = archive.get_instance("1.2.3.1")
+        assert (row["study_uid"], row["patient_id"]) == (B_STUDY, "B")
+        assert [s["study_uid"] for s in ArchiveReader(archive.root).studies()] == [B_STUDY]
+        assert archive.check() == []
+
+
+@pytest.mark.parametrize(
+    ("missing", "tag"),
+    [("study", STUDY_TAG), ("series", SERIES_TAG)],
+)
+@pytest.mark.parametrize("empty", [False, True])
+def test_study_and_series_uids_are_required(
+    archive: Archive, missing: str, tag: int, empty: bool
+) -> None:
+    data = dataset("1.2.3.1", **{missing: b"" if empty else None})
+    outcome = store(archive, data, sop_uid="1.2.3.1")
+    assert outcome.status == DATASET_MISMATCH
+    assert outcome.offending_element == (tag,)
+    assert "missing" in outcome.error_comment
+    assert archive.instances() == []
+    assert archive.check() == []
+
+
+def test_empty_patient_ids_are_never_merged(archive: Archive) -> None:
+    for n, study in enumerate(("1.2.9.1", "1.2.9.2")):
+        data = dataset(f"1.2.9.{n}.1", patient_id="", study=study, series=study + ".1")
+        assert store(archive, data, sop_uid=f"1.2.9.{n}.1").status == SUCCESS
+    reader = ArchiveReader(archive.root)
+    patients = reader.patients()
+    assert [(p["patient_id"], p["scope"], p["n_studies"]) for p in patients] == [
+        ("", "1.2.9.1", 1),
+        ("", "1.2.9.2", 1),
+    ]
+    # an exact empty Patient ID selects no one in particular, never "everything" by accident
+    assert reader.count("study", {"PatientID": Exact("X")}) == 0
+    assert reader.count("study", {"PatientID": Exact("")}) == 2
+
+
+def test_relations_of_one_batch() -> None:
+    class NoIndex:
+        def conflict(self, row):  # the index knows nothing yet
+            return None
+
+    relations = Relations(NoIndex())  # type: ignore[arg-type]
+    first = {"patient_id": "A", "issuer": None, "study_uid": A_STUDY, "series_uid": SERIES}
+    assert relations.check(first) is None
+    relations.add(first)
+    assert relations.check({**first, "study_uid": B_STUDY}).offending_element == (
+        SERIES_TAG,
+        STUDY_TAG,
+    )
+    other = {**first, "patient_id": "B", "series_uid": SERIES + ".2"}
+    assert relations.check(other).offending_element == (STUDY_TAG, PATIENT_TAG)
+    assert relations.check({**first, "series_uid": SERIES + ".3"}) is None
+
+
+V1_SCHEMA = """
+CREATE TABLE patient (patient_id TEXT PRIMARY KEY, patient_name TEXT, birth_date TEXT, sex TEXT);
+CREATE TABLE study (study_uid TEXT PRIMARY KEY, patient_id TEXT NOT NULL);
+CREATE TABLE series (series_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL);
+CREATE TABLE instance (sop_instance_uid TEXT PRIMARY KEY, series_uid TEXT NOT NULL);
+PRAGMA user_version=1;
+"""
+
+
+def test_an_index_of_schema_1_is_rebuilt_from_the_files(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with Archive(root, fsync=False, on_relational_mismatch="accept") as archive:
+        store(archive, alpha(series=SERIES), sop_uid="1.2.3.1")
+        store(archive, beta(series=SERIES), sop_uid="1.2.3.2")
+    index = root / "index.sqlite"
+    index.unlink()
+    db = sqlite3.connect(index)
+    db.executescript(V1_SCHEMA)  # (as dicomstore 0.1 made it, rows keyed by UID alone)
+    db.close()
+    with pytest.raises(SchemaError, match="dicomstore reindex"):
+        ArchiveReader(root)
+    with Archive(root, fsync=False) as archive:
+        assert archive.reindexed == 2
+        assert archive.check() == []
+    studies = ArchiveReader(root).studies()
+    assert sorted((s["study_uid"], s["patient_id"], s["n_instances"]) for s in studies) == [
+        (A_STUDY, "A", 1),
+        (B_STUDY, "B", 1),
+    ]
