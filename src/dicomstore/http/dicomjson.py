@@ -36,6 +36,7 @@ STUDY_KEYWORDS = (
     "StudyDescription",
     "PatientName",
     "PatientID",
+    "IssuerOfPatientID",
     "PatientBirthDate",
     "PatientSex",
     "StudyInstanceUID",
