@@ -25,6 +25,7 @@ from dicomstore.aio.server import Server, ServerConfig
 from dicomstore.archive import Archive
 from dicomstore.dimse import commands as C
 from dicomstore.dimse import status as st
+from dicomstore.error_comment import error_comment
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -415,6 +416,27 @@ def test_dcmtk_refused_by_store_aets_is_logged_at_warning(tmp_path, caplog) -> N
         f"C-STORE of {uid} from CT1: status 0124 (failure): CT1 may not store here"
     )
     assert archive.instances() == []
+
+
+def test_dcmtk_sees_the_whole_comment_of_a_kept_differing_duplicate(tmp_path, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="dicomstore.storage")
+    changed = pydicom.dcmread(CT_SMALL)
+    changed.PatientName = "Other^Name"
+    changed.save_as(tmp_path / "changed.dcm")
+    archive = Archive(tmp_path / "archive", fsync=False)  # policy keep
+    with ServerThread(ServerConfig(port=0), archive) as srv:
+        assert storescu(srv.port, CT_SMALL).returncode == 0
+        sent = storescu(srv.port, tmp_path / "changed.dcm")
+    (row,) = archive.instances()
+    archive.close()
+    output = sent.stdout + sent.stderr
+    assert dimse_statuses(sent) == ["0xb000"]
+    (comment,) = re.findall(r"\(0000,0902\) LO \[(.*)\]", output)
+    assert comment == "Duplicate with different content: kept the copy already stored"
+    assert len(comment) <= 64 and error_comment(comment) == comment  # not cut: whole
+    assert row["patient_name"] != "Other^Name"  # it says the truth: the stored copy stays
+    _, kept = store_records(caplog)
+    assert kept.levelno == logging.WARNING and "status B000 (warning): " + comment in kept.message
 
 
 def test_long_comment_is_cut_between_words_and_logged_whole(tmp_path, caplog) -> None:
