@@ -215,7 +215,7 @@ class StorageSCP:
                     "calling_ae": self.negotiated.calling_ae,
                     "sop_class_uid": rq.affected_sop_class_uid,
                     "sop_instance_uid": rq.affected_sop_instance_uid,
-                    "study_instance_uid": row.get("study_instance_uid"),
+                    "study_instance_uid": row.get("study_uid"),  # the index row's key
                     "bytes": receiving.nbytes,
                     "digest": row.get("digest"),
                     "status": f"{rsp.status:04X}",
