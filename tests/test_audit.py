@@ -258,7 +258,44 @@ def test_server_audit_trail_with_dcmtk(tmp_path) -> None:
     instance, stored, probed = lines(tmp_path / "audit.jsonl")
     assert instance["event"] == "instance" and instance["calling_ae"] == "CT1"
     assert instance["sop_instance_uid"] == str(pydicom.dcmread(src).SOPInstanceUID)
+    assert instance["study_instance_uid"] == str(pydicom.dcmread(src).StudyInstanceUID)
     assert instance["status"] == "0000" and instance["bytes"] > 0
     assert stored["calling_ae"] == "CT1" and stored["user"] == "bob" and stored["stored"] == 1
     assert probed["calling_ae"] == "PROBE" and probed["user"] is None
     assert probed["outcome"] == "released" and probed["stored"] == 0
+
+
+def test_instance_records_name_the_stored_study(tmp_path) -> None:
+    """study_instance_uid comes from the index row: the stored copy's study, also for a
+    kept duplicate (B000); a refused instance was not stored, so it has none."""
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path)
+    study, other = "1.2.826.0.1.3680043.10.7", "1.2.826.0.1.3680043.10.8"
+
+    async def main() -> None:
+        archive = Archive(tmp_path / "archive", fsync=False)
+        server = Server(ServerConfig(port=0), archive, audit=audit)
+        await server.start()
+        try:
+            async with await associate(
+                "127.0.0.1", server.port, calling_ae="MODALITY1", contexts=CONTEXTS
+            ) as assoc:
+                ctx = assoc.context_for(SC)
+                sent = [
+                    ("1.2.3.1", dataset("1.2.3.1", study)),
+                    ("1.2.3.1", dataset("1.2.3.1", other)),  # differs: the first is kept
+                    ("1.2.3.2", dataset("1.2.3.3", study)),  # not the instance announced
+                ]
+                for uid, data in sent:
+                    await assoc.store_stream(ctx, SC, uid, [data])
+        finally:
+            await server.close(grace=2)
+            archive.close()
+
+    asyncio.run(main())
+    audit.close()
+    stored, kept, refused = (r for r in lines(path) if r["event"] == "instance")
+    assert (stored["status"], stored["study_instance_uid"]) == ("0000", study)
+    assert (kept["status"], kept["study_instance_uid"]) == ("B000", study)
+    assert kept["error_comment"] == "Duplicate with different content: kept the copy already stored"
+    assert refused["status"] == "A900" and refused["study_instance_uid"] is None

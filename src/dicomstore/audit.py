@@ -1,4 +1,4 @@
-"""The audit trail: one JSON line per association and per stored instance.
+"""The audit trail: one JSON line per association and per C-STORE instance.
 
 ``dicomstore serve --audit-log FILE`` gives the server an :class:`AuditLog`
 (:class:`dicomstore.services.admission.AuditSink`).  Each record is the dict

@@ -423,9 +423,10 @@ def test_private_transfer_syntax_is_read_as_explicit_little_endian(archive: Arch
 
 
 def test_wire_comment_is_a_valid_lo() -> None:
-    outcome = StoreOutcome(DATASET_MISMATCH, "UID '1.2\\3' differs: é\n" + "x" * 100)
+    outcome = StoreOutcome(DATASET_MISMATCH, "UID '1.2\\3' differs: é\n " + "x" * 100)
     comment = outcome.wire_comment
     assert len(comment) <= 64 and "\\" not in comment
     assert all(" " <= c <= "~" for c in comment)
     assert comment.startswith("UID '1.2?3' differs: ??")
+    assert comment == "UID '1.2?3' differs: ??..."  # cut between words
     assert StoreOutcome(SUCCESS).wire_comment is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,3 +177,27 @@ def test_trailing_padding_discarded_is_a_b006_warning(tmp_path: Path) -> None:
         assert stored_dataset(archive, "1.2.5.15") == sent
         assert archive.check() == []
     archive.close()
+
+
+def test_failing_part_is_logged_at_warning_with_the_client(server, caplog) -> None:
+    """One line per part in the C-STORE format: WARNING for a failure, DEBUG for a success."""
+    caplog.set_level(logging.DEBUG, logger="dicomstore.storage")
+    client, _ = server
+    mismatch = bytearray(instance("1.2.5.17"))  # the file meta names another instance
+    at = mismatch.index(b"1.2.5.17", 132)
+    mismatch[at : at + 8] = b"1.2.5.18"
+    r = post(client, [instance("1.2.5.19"), bytes(mismatch)])
+    assert r.status_code == 202, r.text
+    stored, failed = (x for x in caplog.records if x.name == "dicomstore.storage")
+    assert stored.levelno == logging.DEBUG
+    assert re.fullmatch(
+        r"STOW-RS of 1\.2\.5\.19 from 127\.0\.0\.1:\d+: status 0000 \(success\)",
+        stored.getMessage(),
+    )
+    assert failed.levelno == logging.WARNING
+    message = failed.getMessage()
+    assert re.fullmatch(
+        r"STOW-RS of 1\.2\.5\.18 from 127\.0\.0\.1:\d+: status A900 \(failure\): .+", message
+    ), message
+    comment = r.headers["warning"].split("1.2.5.18: A900 ", 1)[1].rstrip('"')
+    assert message.endswith(": " + comment)  # the Error Comment the client got

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import pydicom
@@ -14,6 +17,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from tests.conftest import PEER_ENV, ServerThread, dcmtk
 
 from dicomstore import uids
 from dicomstore.aio.client import ClientAssociation, associate
@@ -21,6 +25,7 @@ from dicomstore.aio.server import Server, ServerConfig
 from dicomstore.archive import Archive
 from dicomstore.dimse import commands as C
 from dicomstore.dimse import status as st
+from dicomstore.error_comment import error_comment
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -354,3 +359,110 @@ def test_instance_uid_mismatch_is_a900_even_when_tolerating(tmp_path) -> None:
 
     rsp, rows = run(tmp_path, scenario, archive_kwargs={"on_class_mismatch": "tolerate"})
     assert rsp.status == 0xA900 and rows == []
+
+
+# --- operators see failures: one log line per C-STORE (issue 10, items 6 and 7) ---------
+
+CT_SMALL = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+
+
+def storescu(port: int, path: Path, *args: str) -> subprocess.CompletedProcess:
+    """Send ``path`` with DCMTK storescu as calling AE CT1; ``-d`` shows every response."""
+    command = [dcmtk("storescu"), "-d", "-aet", "CT1", *args, "127.0.0.1", str(port), str(path)]
+    return subprocess.run(command, env=PEER_ENV, capture_output=True, text=True, timeout=60)
+
+
+def dimse_statuses(sent: subprocess.CompletedProcess) -> list[str]:
+    """The statuses of the responses storescu -d received."""
+    return re.findall(r"DIMSE Status +: (0x[0-9a-f]{4})", sent.stdout + sent.stderr)
+
+
+def store_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "dicomstore.storage"]
+
+
+def test_dcmtk_failure_is_logged_at_warning_success_at_debug(tmp_path, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="dicomstore.storage")
+    uid = str(pydicom.dcmread(CT_SMALL).SOPInstanceUID)
+    archive = Archive(tmp_path / "archive", fsync=False, on_duplicate="reject")
+    with ServerThread(ServerConfig(port=0), archive) as srv:
+        first = storescu(srv.port, CT_SMALL)
+        second = storescu(srv.port, CT_SMALL)
+    archive.close()
+    assert first.returncode == 0, first.stderr
+    assert dimse_statuses(first) == ["0x0000"]
+    assert dimse_statuses(second) == ["0xc111"]  # what DCMTK received
+    stored, refused = store_records(caplog)
+    assert stored.levelno == logging.DEBUG
+    assert stored.getMessage() == f"C-STORE of {uid} from CT1: status 0000 (success)"
+    assert refused.levelno == logging.WARNING
+    assert refused.getMessage() == (
+        f"C-STORE of {uid} from CT1: status C111 (failure): "
+        f"duplicate SOP Instance {uid} refused: already stored"
+    )
+
+
+def test_dcmtk_refused_by_store_aets_is_logged_at_warning(tmp_path, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="dicomstore.storage")
+    uid = str(pydicom.dcmread(CT_SMALL).SOPInstanceUID)
+    archive = Archive(tmp_path / "archive", fsync=False)
+    with ServerThread(ServerConfig(port=0, store_aets=frozenset({"OTHER"})), archive) as srv:
+        sent = storescu(srv.port, CT_SMALL)
+    archive.close()
+    assert dimse_statuses(sent) == ["0x0124"]
+    (refused,) = store_records(caplog)
+    assert refused.levelno == logging.WARNING
+    assert refused.getMessage() == (
+        f"C-STORE of {uid} from CT1: status 0124 (failure): CT1 may not store here"
+    )
+    assert archive.instances() == []
+
+
+def test_dcmtk_sees_the_whole_comment_of_a_kept_differing_duplicate(tmp_path, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="dicomstore.storage")
+    changed = pydicom.dcmread(CT_SMALL)
+    changed.PatientName = "Other^Name"
+    changed.save_as(tmp_path / "changed.dcm")
+    archive = Archive(tmp_path / "archive", fsync=False)  # policy keep
+    with ServerThread(ServerConfig(port=0), archive) as srv:
+        assert storescu(srv.port, CT_SMALL).returncode == 0
+        sent = storescu(srv.port, tmp_path / "changed.dcm")
+    (row,) = archive.instances()
+    archive.close()
+    output = sent.stdout + sent.stderr
+    assert dimse_statuses(sent) == ["0xb000"]
+    (comment,) = re.findall(r"\(0000,0902\) LO \[(.*)\]", output)
+    assert comment == "Duplicate with different content: kept the copy already stored"
+    assert len(comment) <= 64 and error_comment(comment) == comment  # not cut: whole
+    assert row["patient_name"] != "Other^Name"  # it says the truth: the stored copy stays
+    _, kept = store_records(caplog)
+    assert kept.levelno == logging.WARNING and "status B000 (warning): " + comment in kept.message
+
+
+def test_long_comment_is_cut_between_words_and_logged_whole(tmp_path, caplog) -> None:
+    """0122 names two UIDs: 86 characters; the wire gets whole words, the log all."""
+    caplog.set_level(logging.DEBUG, logger="dicomstore.storage")
+    ds = make_dataset(sop_class=MR)
+
+    async def scenario(assoc, archive):
+        rq = C.encode_command(
+            {
+                C.AFFECTED_SOP_CLASS_UID: MR,
+                C.COMMAND_FIELD: 0x0001,
+                C.MESSAGE_ID: 7,
+                C.PRIORITY: 0,
+                C.COMMAND_DATA_SET_TYPE: 0x0000,
+                C.AFFECTED_SOP_INSTANCE_UID: ds.SOPInstanceUID,
+            }
+        )
+        return await raw(assoc, assoc.context_for(CT).id, 7, rq, encode(ds))
+
+    rsp = run(tmp_path, scenario)
+    full = f"SOP class {MR} sent on the context of {CT}"
+    assert rsp.status == 0x0122
+    assert rsp.error_comment == f"SOP class {MR} sent on the context of..."
+    (line,) = store_records(caplog)
+    assert line.levelno == logging.WARNING
+    assert line.getMessage() == (
+        f"C-STORE of {ds.SOPInstanceUID} from SENDER: status 0122 (failure): {full}"
+    )

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dicomstore.error_comment import error_comment
+
 #: Success: the instance is durably stored and indexed (PS3.4 B.2.2).
 SUCCESS = 0x0000
 #: Warning, Coercion of Data Elements (PS3.4 B.2.3 Table B.2-1): what is stored
@@ -88,11 +90,9 @@ class StoreOutcome:
     @property
     def wire_comment(self) -> str | None:
         """``error_comment`` as a valid LO value for (0000,0902) (PS3.5 6.2): at most
-        64 printable ASCII characters (the command set's repertoire), no backslash."""
-        if self.error_comment is None:
-            return None
-        text = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in self.error_comment)
-        return text[:64].strip()
+        64 printable ASCII characters, no backslash, cut between words
+        (:func:`dicomstore.error_comment.error_comment`)."""
+        return error_comment(self.error_comment)
 
 
 def failure(status: int, comment: str, *tags: int) -> StoreOutcome:

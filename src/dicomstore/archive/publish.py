@@ -377,7 +377,7 @@ class Publisher:
             return StoreOutcome(st.SUCCESS, path=path, instance=existing)
         return StoreOutcome(
             st.WARNING_COERCION,
-            "duplicate SOP Instance: the stored copy was kept, the received one differs",
+            "Duplicate with different content: kept the copy already stored",
             None,
             path,
             existing,

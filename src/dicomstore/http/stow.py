@@ -47,6 +47,7 @@ from dicomstore.http.multipart import (
     PartStart,
     parse_media_type,
 )
+from dicomstore.services.store_log import log_store
 from dicomstore.vr import LONG_VRS
 
 log = logging.getLogger("dicomstore.http.stow")
@@ -260,6 +261,13 @@ def _item(r: PartResult, base: str) -> dict[str, Any]:
     return item
 
 
+def client_of(request: Request) -> str:
+    """Who sent ``request``, for the log: ``host:port`` of the HTTP client (no user:
+    the DICOMweb server does not authenticate)."""
+    client = request.client
+    return f"{client.host}:{client.port}" if client is not None else "an unknown HTTP client"
+
+
 def _response(request: Request, results: list[PartResult]) -> Response:
     """The Store Instances Response Module (Annex I) and its status (Table 10.5.3-1)."""
     base = base_url(request)
@@ -275,9 +283,11 @@ def _response(request: Request, results: list[PartResult]) -> Response:
         body["00081198"] = {"vr": "SQ", "Value": [_item(r, base) for r in failed]}
     if stored:
         body["00081199"] = {"vr": "SQ", "Value": [_item(r, base) for r in stored]}
+    caller = client_of(request)
+    for r in results:
+        log_store("STOW-RS", caller, r.sop_instance_uid, r.status, r.comment)
     notes = []
     for r in failed + [r for r in stored if r.status]:
-        log.warning("STOW-RS: %s: %04X %s", r.sop_instance_uid, r.status, r.comment)
         text = f"{r.sop_instance_uid or 'part'}: {r.status:04X} {r.comment or ''}".strip()
         text = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)
         notes.append(f'299 dicomstore "{text[:200]}"')

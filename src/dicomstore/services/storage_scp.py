@@ -18,7 +18,9 @@ from typing import Any
 from dicomstore import uids
 from dicomstore.dimse import CStoreRQ, CStoreRSP
 from dicomstore.dimse import status as st
+from dicomstore.error_comment import error_comment
 from dicomstore.handler import StoreHandler, StoreSink
+from dicomstore.services.store_log import log_store
 from dicomstore.ul.negotiation import AcceptedContext, Negotiated
 
 #: Our Service-class-application-information for a Storage SOP Class (PS3.4
@@ -63,7 +65,7 @@ OnStored = Callable[[StoredEvent], Awaitable[None]]
 class Receiving:
     """One C-STORE in progress: fragments go to the sink (or are discarded)."""
 
-    __slots__ = ("rq", "context", "sink", "response", "failed_write", "nbytes", "limit")
+    __slots__ = ("rq", "context", "sink", "response", "comment", "failed_write", "nbytes", "limit")
 
     def __init__(
         self,
@@ -77,6 +79,7 @@ class Receiving:
         self.context = context
         self.sink = sink
         self.response = response  # set when the answer is known before the data set
+        self.comment: str | None = None  # the Error Comment of ``response`` before the cut
         self.failed_write: OSError | None = None
         self.nbytes = 0
         self.limit = limit  # largest data set accepted, 0: no limit
@@ -90,7 +93,7 @@ class Receiving:
         if self.limit and self.nbytes > self.limit:
             self.sink = None
             sink.abort()
-            self.response = self.rq.response(
+            self.refuse(
                 st.OUT_OF_RESOURCES, f"data set larger than the limit of {self.limit} bytes"
             )
             return
@@ -100,6 +103,12 @@ class Receiving:
             self.failed_write = exc
             self.sink = None
             sink.abort()
+
+    def refuse(self, status: int, text: str, tags: tuple[int, ...] | None = None) -> CStoreRSP:
+        """Answer ``status`` once the data set is in; ``text`` is cut to an LO for the wire."""
+        self.response = self.rq.response(status, error_comment(text), tags)
+        self.comment = text
+        return self.response
 
     def abort(self) -> None:
         """The association ended mid-data set: leave nothing behind."""
@@ -137,33 +146,24 @@ class StorageSCP:
         """Start receiving: validate, then open a sink before the data set arrives."""
         context = self.negotiated.contexts.get(context_id)
         if context is None:
-            return Receiving(
+            return _refused(
                 rq,
                 None,
-                None,
-                rq.response(
-                    st.SOP_CLASS_NOT_SUPPORTED,
-                    f"presentation context {context_id} was not accepted",
-                ),
+                st.SOP_CLASS_NOT_SUPPORTED,
+                f"presentation context {context_id} was not accepted",
             )
         if context.abstract_syntax != rq.affected_sop_class_uid:
-            return Receiving(
+            return _refused(
                 rq,
                 context,
-                None,
-                rq.response(
-                    st.SOP_CLASS_NOT_SUPPORTED,
-                    f"SOP class {rq.affected_sop_class_uid} sent on the context of "
-                    f"{context.abstract_syntax}",
-                    (0x00000002,),
-                ),
+                st.SOP_CLASS_NOT_SUPPORTED,
+                f"SOP class {rq.affected_sop_class_uid} sent on the context of "
+                f"{context.abstract_syntax}",
+                (0x00000002,),
             )
         if not self.may_store:
-            return Receiving(
-                rq,
-                context,
-                None,
-                rq.response(st.NOT_AUTHORIZED, f"{self.negotiated.calling_ae} may not store here"),
+            return _refused(
+                rq, context, st.NOT_AUTHORIZED, f"{self.negotiated.calling_ae} may not store here"
             )
         root = getattr(self.handler, "root", None)
         if self.min_free_bytes and root is not None:
@@ -172,13 +172,8 @@ class StorageSCP:
             except OSError:
                 free = 0
             if free < self.min_free_bytes:
-                return Receiving(
-                    rq,
-                    context,
-                    None,
-                    rq.response(
-                        st.OUT_OF_RESOURCES, _comment(f"out of resources: only {free} bytes free")
-                    ),
+                return _refused(
+                    rq, context, st.OUT_OF_RESOURCES, f"out of resources: only {free} bytes free"
                 )
         try:
             sink = self.handler.begin(
@@ -189,26 +184,38 @@ class StorageSCP:
                 called_ae=self.negotiated.called_ae,
             )
         except OSError as exc:
-            return Receiving(
-                rq,
-                context,
-                None,
-                rq.response(st.OUT_OF_RESOURCES, _comment(f"cannot store: {exc.strerror or exc}")),
+            return _refused(
+                rq, context, st.OUT_OF_RESOURCES, f"cannot store: {exc.strerror or exc}"
             )
         return Receiving(rq, context, sink, None, self.max_instance_bytes)
 
     async def finish(self, receiving: Receiving) -> CStoreRSP:
-        """The last fragment arrived: commit durably, then answer (PS3.4 B.2.3)."""
-        rsp, outcome = await self._finish(receiving)
-        if self.audit is not None and receiving.rq is not None:
+        """The last fragment arrived: commit durably, then answer (PS3.4 B.2.3).
+
+        The outcome is logged (:func:`~dicomstore.services.store_log.log_store`) and,
+        with an audit log, recorded; a request that could not be decoded
+        (``rq`` is ``None``) was logged by the server when it answered it.
+        """
+        rsp, outcome, comment = await self._finish(receiving)
+        if receiving.rq is None:
+            return rsp
+        rq = receiving.rq
+        log_store(
+            "C-STORE",
+            self.negotiated.calling_ae,
+            rq.affected_sop_instance_uid,
+            rsp.status,
+            comment or rsp.error_comment,
+        )
+        if self.audit is not None:
             row = getattr(outcome, "instance", None) or {}
             self.audit.instance(
                 {
                     "event": "instance",
                     "calling_ae": self.negotiated.calling_ae,
-                    "sop_class_uid": receiving.rq.affected_sop_class_uid,
-                    "sop_instance_uid": receiving.rq.affected_sop_instance_uid,
-                    "study_instance_uid": row.get("study_instance_uid"),
+                    "sop_class_uid": rq.affected_sop_class_uid,
+                    "sop_instance_uid": rq.affected_sop_instance_uid,
+                    "study_instance_uid": row.get("study_uid"),  # the index row's key
                     "bytes": receiving.nbytes,
                     "digest": row.get("digest"),
                     "status": f"{rsp.status:04X}",
@@ -217,14 +224,16 @@ class StorageSCP:
             )
         return rsp
 
-    async def _finish(self, receiving: Receiving) -> tuple[CStoreRSP, Any]:
+    async def _finish(self, receiving: Receiving) -> tuple[CStoreRSP, Any, str | None]:
+        """The response, the handler's outcome (if it committed) and the uncut comment."""
         rq = receiving.rq
         if receiving.response is not None:
-            return receiving.response, None
+            return receiving.response, None, receiving.comment
         if receiving.failed_write is not None or receiving.sink is None:
             exc = receiving.failed_write
             text = exc.strerror if exc is not None and exc.strerror else str(exc)
-            return rq.response(st.OUT_OF_RESOURCES, _comment(f"write failed: {text}")), None
+            rsp = receiving.refuse(st.OUT_OF_RESOURCES, f"write failed: {text}")
+            return rsp, None, receiving.comment
         sink, receiving.sink = receiving.sink, None
         try:
             in_thread = self.commit_in_thread
@@ -237,12 +246,13 @@ class StorageSCP:
         except Exception as exc:  # noqa: BLE001 - a handler bug must not be Success
             log.exception("handler failed to commit %s", rq.affected_sop_instance_uid)
             sink.abort()
-            return rq.response(st.PROCESSING_FAILURE, _comment(f"handler error: {exc}")), None
+            text = f"handler error: {exc}"
+            return rq.response(st.PROCESSING_FAILURE, error_comment(text)), None, text
         status = getattr(outcome, "status", st.SUCCESS)
-        comment = getattr(outcome, "wire_comment", None) or getattr(outcome, "error_comment", None)
+        comment = getattr(outcome, "error_comment", None)
         rsp = rq.response(
             status,
-            _comment(comment),
+            error_comment(comment),
             getattr(outcome, "offending_element", None),
         )
         if self.on_stored is not None and not st.is_failure(status):
@@ -257,7 +267,7 @@ class StorageSCP:
             task = asyncio.ensure_future(self._call_back(event))
             self._callbacks.add(task)
             task.add_done_callback(self._callbacks.discard)
-        return rsp, outcome
+        return rsp, outcome, comment
 
     async def _call_back(self, event: StoredEvent) -> None:
         try:
@@ -266,8 +276,14 @@ class StorageSCP:
             log.exception("on_stored callback failed for %s", event.sop_instance_uid)
 
 
-def _comment(text: str | None) -> str | None:
-    """Error Comment is LO: at most 64 characters (PS3.7 C.4.2.1.2)."""
-    if text is None:
-        return None
-    return text if len(text) <= 64 else text[:61] + "..."
+def _refused(
+    rq: CStoreRQ,
+    context: AcceptedContext | None,
+    status: int,
+    text: str,
+    tags: tuple[int, ...] | None = None,
+) -> Receiving:
+    """A C-STORE answered before its data set arrives (which is then discarded)."""
+    receiving = Receiving(rq, context, None, None)
+    receiving.refuse(status, text, tags)
+    return receiving

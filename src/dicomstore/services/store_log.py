@@ -1,0 +1,42 @@
+"""One log line per instance a peer asked us to store, by C-STORE or STOW-RS.
+
+Operators see failures: a Failure or Warning status (PS3.7 Annex C, PS3.4
+B.2.3) is logged at WARNING with the status in hex, its Error Comment, who
+sent it (the calling AE title for C-STORE, the HTTP client address for
+STOW-RS) and the SOP Instance UID; a Success is logged at DEBUG only. One
+format for both services, on the ``dicomstore.storage`` logger, e.g.::
+
+    C-STORE of 1.2.3.4 from CT1: status C111 (failure): duplicate SOP Instance 1.2.3.4 ...
+    STOW-RS of 1.2.3.5 from 10.0.0.7:51234: status A900 (failure): instance of study 1.2.9
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dicomstore.dimse import status as st
+
+log = logging.getLogger("dicomstore.storage")
+
+
+def log_store(
+    service: str, caller: str, sop_instance_uid: str | None, status: int, comment: str | None
+) -> None:
+    """Log the outcome of storing one instance (WARNING unless ``status`` is 0000).
+
+    ``service`` is ``"C-STORE"`` or ``"STOW-RS"``; ``comment`` is the full Error
+    Comment (the one sent may be cut to 64 characters).
+    """
+    level = logging.DEBUG if st.is_success(status) else logging.WARNING
+    if not log.isEnabledFor(level):
+        return
+    log.log(
+        level,
+        "%s of %s from %s: status %04X (%s)%s",
+        service,
+        sop_instance_uid or "an unidentified instance",
+        caller or "an unknown caller",
+        status,
+        st.category(status),
+        f": {comment}" if comment else "",
+    )
