@@ -87,7 +87,7 @@ def test_reject_is_a_failure_and_keeps_the_first(tmp_path: Path) -> None:
             outcome = store(archive, data)
             assert outcome.status == DUPLICATE_REJECTED and outcome.is_failure
             assert outcome.offending_element == (0x00080018,)
-            assert "duplicate" in outcome.error_comment
+            assert "duplicate" in outcome.error_comment.lower()
             assert outcome.path is None
         path, _ = _one_file_one_row(archive)
         assert stored_dataset(path) == FIRST

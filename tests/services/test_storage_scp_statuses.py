@@ -398,8 +398,9 @@ def test_dcmtk_failure_is_logged_at_warning_success_at_debug(tmp_path, caplog) -
     assert refused.levelno == logging.WARNING
     assert refused.getMessage() == (
         f"C-STORE of {uid} from CT1: status C111 (failure): "
-        f"duplicate SOP Instance {uid} refused: already stored"
+        "Duplicate SOP Instance refused: already stored"
     )
+    assert "(0000,0902) LO [Duplicate SOP Instance refused: already stored]" in second.stderr
 
 
 def test_dcmtk_refused_by_store_aets_is_logged_at_warning(tmp_path, caplog) -> None:

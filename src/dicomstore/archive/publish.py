@@ -362,12 +362,12 @@ class Publisher:
         gave (B006, B007): the stored copy went through the same policy.
         """
         row = member.row
-        uid = row["sop_instance_uid"]
         path = layout.resolve(self.root, existing["path"])
         if self.on_duplicate == "reject":
+            # (the response names the SOP Instance: the 64 characters say why)
             return failure(
                 st.DUPLICATE_REJECTED,
-                f"duplicate SOP Instance {uid} refused: already stored",
+                "Duplicate SOP Instance refused: already stored",
                 st.SOP_INSTANCE_UID_TAG,
             )
         if existing["digest"] == row["digest"]:
