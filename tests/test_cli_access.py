@@ -242,3 +242,31 @@ def test_a_reader_that_goes_away_gets_no_complaint(tmp_path: Path) -> None:
     err = proc.stderr.read()
     assert proc.wait(60) == 1
     assert err == b""
+
+
+def test_reused_series_uid_is_listed_and_exported_under_its_own_study(tmp_path: Path) -> None:
+    """`--on-relational-mismatch accept`: one Series UID in two patients' studies;
+    ls counts each study's own instance, export of a study takes only its own."""
+    root = tmp_path / "archive"
+    with Archive(root, fsync=False, on_relational_mismatch="accept") as archive:
+        for sop, study, patient, name in (
+            ("1.2.6.1", "1.2.6", "A", "ALPHA^A"),
+            ("1.2.7.1", "1.2.7", "B", "BETA^B"),
+        ):
+            ingest = archive.begin(
+                sop_class_uid=CT, sop_instance_uid=sop, transfer_syntax_uid="1.2.840.10008.1.2.1"
+            )
+            data = _dataset(
+                sop, "1.2.6.9", "CT", 1, study=study, patient_id=patient, patient_name=name
+            )
+            ingest.write(data)
+            assert ingest.commit().is_success
+    r = cli("ls", "studies", "--json", storage=root)
+    rows = json.loads(r.stdout)
+    assert sorted((s["study_uid"], s["patient_id"], s["n_instances"]) for s in rows) == [
+        ("1.2.6", "A", 1),
+        ("1.2.7", "B", 1),
+    ]
+    assert cli("export", "1.2.7", str(tmp_path / "out"), storage=root).returncode == 0
+    exported = [pydicom.dcmread(p) for p in (tmp_path / "out").rglob("*.dcm")]
+    assert [str(ds.PatientName) for ds in exported] == ["BETA^B"]
