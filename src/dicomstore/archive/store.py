@@ -36,6 +36,7 @@ answers (two of them never share a batch):
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
 from pathlib import Path
 from typing import Any, Literal
@@ -46,7 +47,7 @@ from dicomstore.archive.dicomfile import MetaTemplates
 from dicomstore.archive.index import Index
 from dicomstore.archive.ingest import Ingest
 from dicomstore.archive.maintenance import check_archive, reindex_archive
-from dicomstore.archive.publish import Publisher, recover
+from dicomstore.archive.publish import Publisher, hold, recover
 
 DuplicatePolicy = Literal["keep", "replace", "reject"]
 POLICIES: tuple[str, ...] = ("keep", "replace", "reject")
@@ -94,7 +95,12 @@ class Archive:
         self.trailing_padding = trailing_padding
         self.tmp_dir = self.root / layout.TMP_DIR
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.index = Index(self.root / layout.INDEX_FILE, durable=fsync, timeout=lock_timeout)
+        self._hold = hold(self.root, exclusive=False)  # (refused during a reindex)
+        try:
+            self.index = Index(self.root / layout.INDEX_FILE, durable=fsync, timeout=lock_timeout)
+        except BaseException:
+            os.close(self._hold)
+            raise
         try:
             #: instances a crash left published but not indexed, adopted at start-up
             self.recovered = recover(self.root, self.index, fsync=fsync)
@@ -103,6 +109,7 @@ class Archive:
             )
         except BaseException:
             self.index.close()
+            os.close(self._hold)
             raise
         flush_time = (lambda: self._publisher.flush_time) if fsync else None
         self._committer = GroupCommit(self._publisher.publish, gather=flush_time)
@@ -123,6 +130,9 @@ class Archive:
         self._committer.close()
         self._publisher.close()
         self.index.close()
+        if self._hold >= 0:
+            os.close(self._hold)
+            self._hold = -1
 
     def __enter__(self) -> Archive:
         return self
@@ -183,6 +193,7 @@ class Archive:
         """Problems found: missing, resized or altered files; files not indexed."""
         return check_archive(self.root, self.index)
 
-    def reindex(self) -> int:
-        """Rebuild the index from the files on disk; the number of instances indexed."""
-        return reindex_archive(self.root, self.index)
+    def reindex(self, left_out: list[str] | None = None) -> int:
+        """Rebuild the index from the files on disk; the number of instances indexed
+        (``left_out``: a line for each file left out, see ``reindex_archive``)."""
+        return reindex_archive(self.root, self.index, left_out)
