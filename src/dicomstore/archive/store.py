@@ -13,8 +13,12 @@ If the COMMIT fails the new names are taken back. A crash between giving a
 file its name and the COMMIT leaves the file with a second name in ``.tmp``:
 the next start adopts it into the index, or puts back what an uncommitted
 replace replaced (``publish.recover``; :attr:`Archive.recovered` counts the
-adopted); a crash before leaves only a temporary, removed at start-up.
-Start-up empties ``.tmp``: one ``Archive`` per root and process.
+adopted); a crash before leaves only a temporary, removed at start-up. A crash
+after the COMMIT of a replace that moved the instance, or of a ``delete``,
+leaves removal intents, settled at start-up too (``removal.py``).
+Start-up empties ``.tmp``: one ``Archive`` per root and process. An open
+``Archive`` holds ``.tmp`` shared (``publish.hold``): ``reindex`` refuses to
+run beside it, and it cannot be opened during a ``reindex``.
 
 Duplicate SOP Instance UID (``on_duplicate``), checked under the index lock,
 so two threads storing the same instance get one file, one row and consistent
