@@ -79,12 +79,17 @@ def assert_recovered(archive: Archive) -> dict[str, dict[str, Any]]:
 
 def publish_round(point: str, n: int, work: Path) -> None:
     """Replace ``UID`` by version 2 (moved to another study in odd rounds), dying at
-    ``point``; version 2 must be served if the COMMIT happened, else version 1."""
+    ``point``; version 2 must be served if the COMMIT happened, else version 1.
+    Every fourth round version 2 has the same data set from another calling AE:
+    only its File Meta Information (and size) differs."""
     root = work / f"r{n}"
     moving = n % 2 == 1
     v1 = dataset(UID, patient_name="One")
     where = {"study": "1.2.9", "series": "1.2.9.1"} if moving else {}
     v2 = dataset(UID, patient_name="Two", **where)  # type: ignore[arg-type]
+    caller = "SCU"
+    if n % 4 == 2:
+        v2, caller = v1, "ANOTHER-SCU-AE"
     with Archive(root) as archive:
         first = store(archive, v1, sop_uid=UID)
         expect(first.status == SUCCESS, f"version 1: {first}")
@@ -93,7 +98,7 @@ def publish_round(point: str, n: int, work: Path) -> None:
 
     def replace() -> None:
         archive = Archive(root, on_duplicate="replace")
-        store(archive, v2, sop_uid=UID)
+        store(archive, v2, sop_uid=UID, calling_ae=caller)
 
     crash_child(root, point, replace)
     committed = crashpoints.POINTS.index(point) >= crashpoints.POINTS.index("publish.after-commit")
