@@ -19,17 +19,18 @@ from pydicom.uid import generate_uid
 
 from dicomstore import uids
 from dicomstore.aio.client import associate
-from dicomstore.archive import Archive
+from dicomstore.archive import Archive, crashpoints
+from dicomstore.cli import main
 from dicomstore.errors import AssociationError
 from tests.conftest import PEER_ENV, dcmtk, free_port, serve_command, wait_listening
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 
 
-def instance(study: str, size: int = 20_000) -> tuple[str, bytes]:
+def instance(study: str, size: int = 20_000, uid: str | None = None) -> tuple[str, bytes]:
     ds = Dataset()
     ds.SOPClassUID = SC
-    ds.SOPInstanceUID = generate_uid()
+    ds.SOPInstanceUID = uid or generate_uid()
     ds.StudyInstanceUID = study
     ds.SeriesInstanceUID = study[:60] + ".1"
     ds.PatientID = "CRASH"
@@ -170,3 +171,47 @@ def test_sender_killed_mid_dataset_leaves_nothing_behind(tmp_path) -> None:
         assert not list(storage.rglob("*.dcm"))
     finally:
         archive.close()
+
+
+def test_a_server_killed_after_the_commit_of_a_replace_serves_the_new_version(tmp_path) -> None:
+    """End to end: ``dicomstore serve --on-duplicate replace`` dies (SIGKILL, its own
+    crash point) right after committing a replace that moves an instance to
+    another study, before unlinking the old file and answering; ``check`` (no
+    server running: it recovers first) is clean and the new version is served."""
+    storage = tmp_path / "archive"
+    port = free_port()
+    env = {**os.environ, crashpoints.ENV: "publish.after-commit:2"}  # the 2nd store
+    server = subprocess.Popen(
+        serve_command(port, storage, "--on-duplicate", "replace", "--log-level", "warning"),
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    uid, v1 = instance(generate_uid())
+    _, v2 = instance(generate_uid(), uid=uid)
+    statuses: list[int | None] = []
+
+    async def send() -> None:
+        try:
+            async with await associate(
+                "127.0.0.1", port, called_ae="DICOMSTORE", contexts=[(SC, [uids.EXPLICIT_VR_LE])]
+            ) as assoc:
+                ctx = assoc.context_for(SC)
+                for data in (v1, v2):
+                    statuses.append((await assoc.store_stream(ctx, SC, uid, [data])).status)
+        except (AssociationError, ConnectionError, OSError):
+            statuses.append(None)  # the server died under us: expected
+
+    try:
+        wait_listening(port, server)
+        asyncio.run(asyncio.wait_for(send(), 60))
+        assert server.wait(30) == -signal.SIGKILL
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(30)
+    assert statuses == [0, None]
+    assert main(["check", "--storage", str(storage)]) == 0
+    with Archive(storage) as archive:
+        assert dataset_of(archive.path_of(uid)) == v2
+        assert len([p for p in storage.rglob("*.dcm") if ".tmp" not in p.parts]) == 1
+        assert archive.check() == []

@@ -425,10 +425,14 @@ def _open_archive(storage: Path, **options: Any) -> Any:
     try:
         return Archive(storage, **options)
     except (OSError, sqlite3.Error, SchemaError) as exc:
-        why = getattr(exc, "strerror", None) or str(exc)
-        where = getattr(exc, "filename", None) or storage
-        print(f"dicomstore: cannot open the archive {storage}: {where}: {why}", file=sys.stderr)
+        _cannot_open(storage, exc)
         return None
+
+
+def _cannot_open(storage: Path, exc: BaseException) -> None:
+    why = getattr(exc, "strerror", None) or str(exc)
+    where = getattr(exc, "filename", None) or storage
+    print(f"dicomstore: cannot open the archive {storage}: {where}: {why}", file=sys.stderr)
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -645,19 +649,51 @@ def main(argv: list[str] | None = None) -> int:
         if not needed.exists():
             print(f"dicomstore: no archive at {args.storage} (no {needed.name})", file=sys.stderr)
             return EXIT_FAILED
-        archive = _open_archive(args.storage)
-        if archive is None:
-            return EXIT_USAGE
-        if args.command == "reindex":
-            count = archive.reindex()
-            print(f"reindexed {count} instances")
-            return EXIT_OK
-        problems = archive.check()
-        for problem in problems:
-            print(problem)
-        print(f"{len(problems)} problem(s)")
-        return EXIT_FAILED if problems else EXIT_OK
+        return _check_or_reindex(args)
     return EXIT_USAGE
+
+
+def _check_or_reindex(args: argparse.Namespace) -> int:
+    """``check`` (after recovery when no server runs) and ``reindex`` (refused while
+    one runs): ``archive.maintenance.run_check`` / ``run_reindex``."""
+    import sqlite3
+
+    from dicomstore.archive import maintenance
+    from dicomstore.archive.index import SchemaError
+    from dicomstore.archive.publish import ArchiveBusyError
+
+    root = args.storage.resolve()
+    left_out: list[str] = []
+    try:
+        if args.command == "reindex":
+            count = maintenance.run_reindex(root, left_out)
+        else:
+            problems = maintenance.run_check(root)
+    except ArchiveBusyError as exc:
+        print(
+            f"dicomstore: {args.command}: the archive {args.storage} is {exc.strerror}:"
+            " stop the server first",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except SchemaError as exc:  # check of an index made by another version
+        print(f"dicomstore: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (OSError, sqlite3.Error) as exc:
+        _cannot_open(args.storage, exc)
+        return EXIT_USAGE
+    if args.command == "reindex":
+        for line in left_out:
+            print(line)
+        print(
+            f"reindexed {count} instances"
+            + (f", {len(left_out)} file(s) left out" if left_out else "")
+        )
+        return EXIT_OK
+    for problem in problems:
+        print(problem)
+    print(f"{len(problems)} problem(s)")
+    return EXIT_FAILED if problems else EXIT_OK
 
 
 if __name__ == "__main__":

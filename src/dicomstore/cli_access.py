@@ -322,10 +322,13 @@ def _stats(args: argparse.Namespace) -> int:
 def _delete(args: argparse.Namespace) -> int:
     from dicomstore.archive import layout
     from dicomstore.archive.reader import NotStoredError
-    from dicomstore.archive.removal import leftovers, remove
+    from dicomstore.archive.removal import finish_interrupted, leftovers, remove
 
     reader = _reader(args.storage)
     uid = layout.normalize_uid(args.uid.strip())
+    settled = finish_interrupted(reader.root)  # what an interrupted delete or replace left
+    if settled:
+        print(f"removed {settled} file(s) an interrupted delete or replace left")
     try:
         level, row = reader.locate(uid)
         key = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}.get(

@@ -91,24 +91,96 @@ def read_row(root: Path, path: Path) -> dict[str, Any]:
     return row
 
 
-def reindex_archive(root: Path, index: Index) -> int:
-    """Replace the index by what the files say; unreadable files are left out
-    (``check`` then lists them as not indexed). Received-at becomes the file's
-    modification time. Two files with one SOP Instance UID: the later path wins."""
-    rows = []
+def reindex_archive(root: Path, index: Index, left_out: list[str] | None = None) -> int:
+    """Replace the index by what the files say; the number of instances indexed.
+
+    Received-at becomes the file's modification time. Two files with one SOP
+    Instance UID (a replace or delete a crash interrupted, where nothing
+    settled it, or a copy put in by hand): the one the index names now wins
+    if it is among them, else the most recently written (modification time,
+    then the later path); a replaced version is never brought back. The
+    others, and unreadable files, are left out (``check`` then lists them as
+    not indexed) and told in ``left_out``, one line each.
+    """
+    told = left_out if left_out is not None else []
+    indexed = {uid: path for uid, path, _, _ in index.paths()}
+    chosen: dict[str, dict[str, Any]] = {}
     for path in dicom_files(root):
         try:
-            rows.append(read_row(root, path))
-        except Exception:  # noqa: S112 - reported by check() as not indexed
+            row = read_row(root, path)
+        except Exception as exc:  # reported by check() as not indexed
+            told.append(f"{path.relative_to(root).as_posix()}: left out: cannot be read: {exc}")
             continue
+        uid = row["sop_instance_uid"]
+        other = chosen.setdefault(uid, row)
+        if other is row:
+            continue
+        keep, drop = (other, row) if _wins(other, row, indexed.get(uid)) else (row, other)
+        chosen[uid] = keep
+        why = "the indexed one" if indexed.get(uid) == keep["path"] else "the latest written"
+        told.append(
+            f"{drop['path']}: left out: SOP Instance {uid} is also in {keep['path']} ({why})"
+        )
     with index.lock:
         index.begin()
         try:
             index.clear()
-            for row in rows:
+            for row in chosen.values():
                 index.put(row)
             index.commit()
         except BaseException:
             index.rollback()
             raise
-    return len(rows)
+    return len(chosen)
+
+
+def _wins(a: dict[str, Any], b: dict[str, Any], indexed: str | None) -> bool:
+    """Whether ``a`` rather than ``b`` (one SOP Instance) is the version to index."""
+    if indexed in (a["path"], b["path"]):
+        return a["path"] == indexed
+    return (a["received_at"], a["path"]) > (b["received_at"], b["path"])
+
+
+def run_check(root: Path, *, fsync: bool = True) -> list[str]:
+    """``dicomstore check``: with no archive open on ``root`` elsewhere, first
+    settle what a crash left (``publish.recover``, as the next start would), so
+    that a clean check means a clean start; with a server running (it recovered
+    at its start) check as is: an instance being published at that moment may
+    show as a problem."""
+    from dicomstore.archive.publish import ArchiveBusyError, hold, recover
+
+    (root / layout.TMP_DIR).mkdir(exist_ok=True)
+    index = Index(root / layout.INDEX_FILE, durable=fsync)
+    try:
+        try:
+            fd = hold(root, exclusive=True)
+        except ArchiveBusyError:
+            pass
+        else:
+            try:
+                recover(root, index, fsync=fsync)
+            finally:
+                os.close(fd)
+        return check_archive(root, index)
+    finally:
+        index.close()
+
+
+def run_reindex(root: Path, left_out: list[str], *, fsync: bool = True) -> int:
+    """``dicomstore reindex``: refused (:class:`~dicomstore.archive.publish.ArchiveBusyError`)
+    while an archive is open on ``root`` elsewhere (a server: its stores would
+    race the rebuild); else what a crash left is settled first (``recover``),
+    then :func:`reindex_archive`. A server cannot start meanwhile."""
+    from dicomstore.archive.publish import hold, recover
+
+    (root / layout.TMP_DIR).mkdir(parents=True, exist_ok=True)
+    fd = hold(root, exclusive=True)
+    try:
+        index = Index(root / layout.INDEX_FILE, durable=fsync, migrate=True)
+        try:
+            recover(root, index, fsync=fsync)
+            return reindex_archive(root, index, left_out)
+        finally:
+            index.close()
+    finally:
+        os.close(fd)

@@ -1,18 +1,30 @@
 """Publishing checked instances, a batch at a time: the commit point of the archive.
 
 A batch is one instance, or all those whose commits met (``commit.py``). With
-``fsync`` on::
+``fsync`` on (the crash points of ``crashpoints.py`` in brackets)::
 
     trace                a second name for each file in .tmp (see recover)
+                                                        [publish.after-trace]
     flush the files      fsync of each file; a batch: one syncfs of the file system
+                                                        [publish.after-file-flush]
     BEGIN IMMEDIATE      the index write lock (after ``lock_timeout``: A700 for all)
     look them up         the duplicate policy decides, instance by instance
+    replace: old names   the file at the final name gets a second name in .tmp
+                         (``.bak``); one at another name (the instance moves to
+                         another series) a removal intent (``removal.py``)
+                                                        [publish.after-old-link]
     mkdir, rename        each file to its final name (a failure fails that one only)
+                                                        [publish.after-rename]
     flush the folders    fsync of the series folder (and of the parent of a new
-                         folder); a batch with several folders or new ones: syncfs
+                         folder, and of .tmp for an intent); a batch with several
+                         folders or new ones: syncfs   [publish.after-folder-flush]
     write the rows       one INSERT per instance, parent rows only if new or richer
+                                                        [publish.before-commit]
     COMMIT               SQLite's one WAL fsync (synchronous=FULL): now Success
-    drop the traces
+                                                        [publish.after-commit]
+    old version goes     a moved instance's old file is unlinked (fsync of its
+                         folder), then the ``.bak``    [publish.after-old-gone]
+    drop the traces      and the intents               [publish.after-traces-dropped]
 
 So a file is at its final name only once its data is durable, its name is
 durable before its row is committed, and Success is answered only after the
@@ -20,13 +32,18 @@ COMMIT. A failure after the renames (a folder flush, the index) undoes every
 rename of the batch before answering A700. A crash after the renames and
 before the COMMIT leaves files without rows, and their traces: the next start
 adopts them into the index (:func:`recover`), or puts back what a replace
-replaced.
+replaced. A crash after the COMMIT and before the old file of a moved
+instance is gone leaves its removal intent: the next start (or ``delete``)
+removes the file, which the index no longer names. Either way the index then
+serves the last committed version and ``check`` is clean.
 
 Flushes (fsync/syncfs calls) per batch of ``n`` instances::
 
     n == 1 (or syncfs=False)  n files + 1 series folder + 1 WAL = 3 for one
                               (new folders: 1 syncfs instead of the series folder)
                               (+1 per new folder: 5 for an instance of a new study)
+                              (a replace that moves the instance: +1 for .tmp,
+                              +1 for the old file's folder after the COMMIT)
     n >= 2 with syncfs        1 syncfs + 1 folder fsync or syncfs + 1 WAL = 3 for all
     written before a syncfs   no flush of the files: 2 (see below)
 
@@ -44,6 +61,7 @@ only the instances whose data was lost fail.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import sqlite3
 import time
@@ -51,12 +69,13 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dicomstore.archive import layout
+from dicomstore.archive import crashpoints, layout
 from dicomstore.archive import outcome as st
 from dicomstore.archive.commit import CommitStats, Staged
 from dicomstore.archive.index import Index
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, failure
 from dicomstore.archive.relations import Relations
+from dicomstore.archive.removal import INTENT, link_intent, settle_intents
 
 #: Batches at least this large are flushed with syncfs (when available).
 SYNCFS_MIN_BATCH = 2
@@ -120,9 +139,13 @@ class Publisher:
         if self.fsync and self._links:  # (without fsync, a crash loses what it may)
             for member in batch:
                 self._link_trace(member)  # before the flush, which covers it too
+            if crashpoints.ENABLED:
+                crashpoints.reached("publish.after-trace")
         started = time.perf_counter()
         live = self._flush_files(batch, whole_fs)
         self.flush_time = time.perf_counter() - started
+        if crashpoints.ENABLED:
+            crashpoints.reached("publish.after-file-flush")
         if live:
             self._publish_flushed(live, whole_fs)
 
@@ -202,14 +225,20 @@ class Publisher:
                 started = time.perf_counter()
                 self._flush_dirs(placed, whole_fs)
                 self.flush_time += time.perf_counter() - started
+                if crashpoints.ENABLED:
+                    crashpoints.reached("publish.after-folder-flush")
                 rows = self._put(placed)
                 for member in placed:
                     old = member.existing
                     if old is not None and old["path"] != member.rel:
                         index.prune(old["series_uid"], old["study_uid"], old["patient_id"])
+                if crashpoints.ENABLED:
+                    crashpoints.reached("publish.before-commit")
                 started = time.perf_counter()
                 index.commit()
                 self.flush_time += time.perf_counter() - started
+                if crashpoints.ENABLED:
+                    crashpoints.reached("publish.after-commit")
             except BaseException as exc:
                 _quietly(index.rollback)
                 self._undo(placed)
@@ -226,13 +255,19 @@ class Publisher:
             self._dirs.clear()
         for member, row in zip(placed, rows, strict=True):
             self._dirs.add(member.rel.rpartition("/")[0])
-            if member.trace is not None:
-                layout.remove_quietly(member.trace)  # the final name is committed now
-            if member.backup is not None:
-                layout.remove_quietly(member.backup)
+            # the final name is committed now: the replaced version's names go, its
+            # removal intent only once it is gone, the trace last (see recover)
             old = member.existing
             if old is not None and old["path"] != member.rel:
                 self._remove_file(old["path"])
+            if member.backup is not None:
+                layout.remove_quietly(member.backup)
+            if old is not None and crashpoints.ENABLED:
+                crashpoints.reached("publish.after-old-gone")
+            if member.intent is not None:
+                layout.remove_quietly(member.intent)
+            if member.trace is not None:
+                layout.remove_quietly(member.trace)
             if member.warning is not None:
                 status, comment, tags = member.warning
                 member.outcome = StoreOutcome(
@@ -240,6 +275,8 @@ class Publisher:
                 )
             else:
                 member.outcome = StoreOutcome(st.SUCCESS, path=Path(member.final), instance=row)
+        if crashpoints.ENABLED:
+            crashpoints.reached("publish.after-traces-dropped")
 
     def _place(self, member: Staged, *, durable_dirs: bool) -> bool:
         """Rename one file to its final name; False (and A700) when that failed.
@@ -249,7 +286,9 @@ class Publisher:
         leaves it there, and the next start adopts the file it names
         (:func:`recover`). A file already at the final name (replace, or a
         crash's leftover) is kept as a link in ``.tmp`` until the COMMIT, and
-        restored if the batch fails.
+        restored if the batch fails. The file of a replaced instance stored at
+        another name gets a removal intent (``removal.py``), flushed with the
+        folders: after the COMMIT it says that file must go.
         """
         row = member.row
         member.rel = rel = layout.instance_relstr(
@@ -266,6 +305,12 @@ class Publisher:
                 member.backup = backup
             except FileNotFoundError:
                 pass
+            old = member.existing
+            if old is not None and old["path"] != rel and self.fsync and self._links:
+                tmp, _, owner = member.temp.rpartition("/")
+                member.intent = link_intent(self.root, tmp, owner, old["path"])
+            if old is not None and crashpoints.ENABLED:
+                crashpoints.reached("publish.after-old-link")
             try:
                 os.rename(member.temp, final)
             except FileNotFoundError:
@@ -274,10 +319,15 @@ class Publisher:
                 self._dirs.discard(folder)  # removed behind our back (a delete emptied it)
                 member.created = self._make_dirs(folder, durable_dirs)
                 os.rename(member.temp, final)
+            if crashpoints.ENABLED:
+                crashpoints.reached("publish.after-rename")
         except OSError as exc:
             if member.backup is not None:
                 layout.remove_quietly(member.backup)
                 member.backup = None
+            if member.intent is not None:
+                layout.remove_quietly(member.intent)
+                member.intent = None
             layout.remove_empty_dirs(member.created or [])
             comment = describe_os_error(exc, "storing the file")
             _answer(member, failure(st.OUT_OF_RESOURCES, comment))
@@ -307,6 +357,8 @@ class Publisher:
         if not self.fsync:
             return
         folders = {member.final.rpartition("/")[0] for member in placed}
+        # removal intents (replaces that move an instance) are durable before the COMMIT
+        folders.update(m.intent.rpartition("/")[0] for m in placed if m.intent is not None)
         created = any(member.created for member in placed)
         if self._fs_fd >= 0 and (created or (whole_fs and len(folders) > 1)):
             try:
@@ -344,6 +396,9 @@ class Publisher:
             if member.trace is not None:
                 layout.remove_quietly(member.trace)
                 member.trace = None
+            if member.intent is not None:
+                layout.remove_quietly(member.intent)
+                member.intent = None
             layout.remove_empty_dirs(member.created or [])
         if self.fsync:
             for folder in {member.final.rpartition("/")[0] for member in placed}:
@@ -394,9 +449,34 @@ class Publisher:
             pass  # check() reports it as unindexed
 
 
+class ArchiveBusyError(OSError):
+    """``.tmp`` is held by another process in a way that excludes this one."""
+
+
+def hold(root: Path, *, exclusive: bool) -> int:
+    """Take ``root/.tmp`` (a descriptor to close to let go): shared by each
+    :class:`~dicomstore.archive.Archive` (a server) for its life, exclusive for
+    ``reindex`` and for the recovery ``check`` runs (flock(2), so a process that
+    dies lets go). Raises :class:`ArchiveBusyError` when the other kind holds it,
+    without waiting."""
+    tmp = root / layout.TMP_DIR
+    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        who = "a server or another archive" if exclusive else "a reindex or a check"
+        raise ArchiveBusyError(errno.EBUSY, f"in use by {who}", str(tmp)) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def recover(root: Path, index: Index, *, fsync: bool) -> int:
     """Start-up: settle what a crash left in ``.tmp``, then empty it; the number of
-    instances adopted into the index.
+    instances adopted into the index. The caller owns ``.tmp`` (no other archive
+    publishes to it: see :func:`hold`).
 
     A trace (``<temp>.pub``, a second name of a file renamed to its final name,
     see :meth:`Publisher._place`) outlives its batch only when the COMMIT, or
@@ -409,9 +489,14 @@ def recover(root: Path, index: Index, *, fsync: bool) -> int:
       not commit): the old file, kept as ``<temp>.bak``, is put back;
     - the index holds it at another name (a replace moving it): the new file goes.
 
+    Then the removal intents (``<temp>=<path>.rm``: the old file of a replace that
+    moved the instance; ``del-…``: the files of a delete) are settled: a file
+    the index no longer names goes (``removal.settle_intents``).
+
     Everything else in ``.tmp`` is an incomplete instance or a backup no longer
-    needed, and goes. Best effort: what cannot be settled stays where it is,
-    for ``check`` to report.
+    needed, and goes, except the removal intents made since (a ``delete`` running
+    now owns them). Best effort: what cannot be settled stays where it is, for
+    ``check`` to report.
     """
     from dicomstore.archive.maintenance import read_row  # (it imports the index too)
 
@@ -424,8 +509,9 @@ def recover(root: Path, index: Index, *, fsync: bool) -> int:
                     adopted += _settle(root, index, Path(entry.path), read_row, fsync=fsync)
             except Exception:  # noqa: BLE001, S110 - an unreadable leftover: check() reports it
                 pass
+    settle_intents(root, index, fsync=fsync)
     for entry in os.scandir(tmp):
-        if not entry.is_dir(follow_symlinks=False):
+        if not entry.name.endswith(INTENT) and not entry.is_dir(follow_symlinks=False):
             layout.remove_quietly(Path(entry.path))
     return adopted
 
@@ -453,7 +539,9 @@ def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool
             raise
     if existing["path"] != rel:
         os.unlink(final)  # an uncommitted replace that moved the instance
-    elif existing["digest"] != row["digest"] and backup.exists():
+    elif (existing["digest"], existing["file_size"]) != (row["digest"], row["file_size"]) and (
+        backup.exists()
+    ):
         os.replace(backup, final)  # an uncommitted replace: the old file comes back
     else:
         return 0

@@ -1,21 +1,39 @@
-"""Deleting a study, series or instance: index rows and files, in a crash-safe order.
+"""Deleting a study, series or instance: index rows and files, in a crash-safe order;
+and the *removal intents* that make a crash between the two harmless.
 
 Order (each step durable before the next)::
 
+    settle intents             what an interrupted delete or replace left (below)
     BEGIN IMMEDIATE            the index write lock: no instance is published meanwhile
     select the rows            what is deleted is exactly what is indexed now
+    intents                    a second name in .tmp for each file; fsync of .tmp
     delete rows, prune         instance rows, then series/study/patient left empty
     COMMIT                     from here on no door lists or serves the instances
     unlink the files           fsync of each folder
+    drop the intents
     BEGIN IMMEDIATE, rmdir     empty folders, under the lock so that a concurrent
     ROLLBACK                   store never renames into a folder being removed
 
+Flushes: 1 (.tmp) + SQLite's WAL fsync + 1 per folder emptied.
+
 Rows go first: the index never names a missing file, so what QIDO, WADO and
-the CLI list can always be fetched. A crash between COMMIT and the unlinks
-leaves files the index does not know: ``dicomstore check`` lists them as *not
-indexed*, and running the same ``delete`` again removes them (a UID without
-rows is looked for on disk, see :func:`leftovers`). ``reindex`` would instead
-bring them back.
+the CLI list can always be fetched. A *removal intent* is a hard link in
+``.tmp`` named ``<owner>=<the file's path, %-quoted>.rm``: "the file at this
+path must go once the index no longer names it". :func:`settle_intents` acts
+on them under the index write lock, so never in the middle of a delete or a
+publish (both make their intents after BEGIN IMMEDIATE): a file still at its
+path (the same inode as the intent) and not indexed is unlinked; an indexed
+one (the delete or replace did not commit) stays; the intent goes. The next
+start of the archive (``publish.recover``) and the next ``delete`` settle
+intents; ``publish.py`` makes one for the file a replace moves away from. A
+running server's start-up never removes an intent it did not settle: one made
+after its scan belongs to a delete still running, which drops it itself.
+
+A crash between COMMIT and the unlinks without an intent (a file system
+without hard links, a path too long to be named) leaves files the index does
+not know: ``dicomstore check`` lists them as *not indexed*, and running the
+same ``delete`` again removes them (a UID without rows is looked for on disk,
+see :func:`leftovers`).
 
 Uses the archive's own :class:`~dicomstore.archive.index.Index` writer methods
 (``remove``, ``prune``), never an :class:`~dicomstore.archive.Archive`, whose
@@ -24,12 +42,15 @@ start-up would empty ``.tmp`` under a running server.
 
 from __future__ import annotations
 
+import itertools
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
-from dicomstore.archive import layout
+from dicomstore.archive import crashpoints, layout
 from dicomstore.archive.index import Index
 from dicomstore.archive.reader import ArchiveReader, NotStoredError
 
@@ -38,6 +59,113 @@ _KEYWORDS = {
     "series": "SeriesInstanceUID",
     "instance": "SOPInstanceUID",
 }
+
+
+#: The suffix of a removal intent's name in ``.tmp``.
+INTENT = ".rm"
+_NAME_MAX = 255
+
+
+def link_intent(root: Path, tmp: str, owner: str, relpath: str) -> str | None:
+    """Give the file at ``relpath`` a removal intent in ``tmp`` (not yet durable:
+    the caller flushes ``tmp``); its path, or ``None`` when it could not be made
+    (no hard links, a name too long, the file gone): the caller goes on without.
+
+    ``owner`` makes the name unique among the processes writing to ``tmp``.
+    """
+    name = f"{owner}={quote(relpath, safe='', errors='surrogateescape')}{INTENT}"
+    if len(os.fsencode(name)) > _NAME_MAX:
+        return None
+    link = f"{tmp}/{name}"
+    try:
+        os.link(layout.resolve(root, relpath), link)
+    except (OSError, ValueError):
+        return None
+    return link
+
+
+def intent_target(name: str) -> str | None:
+    """The archive path a removal intent's name stands for (``None``: not one)."""
+    if not name.endswith(INTENT) or "=" not in name:
+        return None
+    return unquote(name[: -len(INTENT)].partition("=")[2], errors="surrogateescape")
+
+
+def pending_intents(root: Path) -> list[str]:
+    """The names of the removal intents in ``root/.tmp`` now."""
+    try:
+        with os.scandir(root / layout.TMP_DIR) as entries:
+            return [e.name for e in entries if intent_target(e.name) is not None]
+    except FileNotFoundError:
+        return []
+
+
+def settle_intents(
+    root: Path, index: Index, names: list[str] | None = None, *, fsync: bool = True
+) -> list[Path]:
+    """Act on the removal intents ``names`` (default: all in ``.tmp`` now) under the
+    index write lock (see the module docstring); the files unlinked. Best effort:
+    an intent that cannot be settled stays, for the next time."""
+    tmp = root / layout.TMP_DIR
+    names = pending_intents(root) if names is None else names
+    if not names:
+        return []
+    removed: list[Path] = []
+    done: list[Path] = []
+    emptied: set[Path] = set()  # folders the deletes or replaces may have emptied
+    with index.lock:
+        index.begin()
+        try:
+            for name in names:
+                link = tmp / name
+                try:
+                    path = layout.resolve(root, intent_target(name) or "")
+                    if _same_file(path, link):
+                        if not index.query({"path": _rel(root, path)}):
+                            os.unlink(path)  # not indexed: the delete or replace committed
+                            removed.append(path)
+                            emptied.add(path.parent)
+                    elif not path.exists():
+                        emptied.add(path.parent)  # unlinked before the crash
+                except ValueError:
+                    pass  # names nothing in the archive
+                except OSError:
+                    continue  # stays, for the next time (check reports the file)
+                done.append(link)
+            try:
+                for folder in {p.parent for p in removed} if fsync else ():
+                    layout.fsync_dir(folder)
+            except OSError:
+                return removed  # the unlinks may not be durable: the intents stay
+            for link in done:
+                layout.remove_quietly(link)
+            for folder in sorted(emptied, reverse=True):
+                _rmdir_empty(root, folder)
+        finally:
+            index.rollback()
+    return removed
+
+
+def _same_file(path: Path, link: Path) -> bool:
+    try:
+        return os.path.samefile(path, link)
+    except FileNotFoundError:
+        return False
+
+
+def _rel(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _rmdir_empty(root: Path, folder: Path) -> None:
+    """Remove ``folder`` and then its parent if empty (hold the index write lock)."""
+    for candidate in (folder, folder.parent):
+        if candidate == root or root not in candidate.parents:
+            return
+        try:
+            os.rmdir(candidate)
+        except OSError:
+            return  # not empty, or gone
 
 
 @dataclass
@@ -50,6 +178,8 @@ class Removal:
     bytes: int = 0
     files_removed: int = 0
     leftovers_removed: int = 0
+    #: files of an interrupted delete or replace removed first (``finish_interrupted``)
+    settled: int = 0
     problems: list[str] = field(default_factory=list)
 
 
@@ -73,31 +203,47 @@ def leftovers(root: Path, reader: ArchiveReader, level: str | None, uid: str) ->
     return found
 
 
+def finish_interrupted(root: Path | str, *, fsync: bool = True, lock_timeout: float = 30.0) -> int:
+    """Settle the removal intents in ``root/.tmp`` (an interrupted delete or replace);
+    the number of files removed. Safe while a server runs."""
+    root = Path(root).resolve()
+    names = pending_intents(root)
+    if not names:
+        return 0
+    index = Index(root / layout.INDEX_FILE, durable=fsync, timeout=lock_timeout)
+    try:
+        return len(settle_intents(root, index, names, fsync=fsync))
+    finally:
+        index.close()
+
+
 def remove(
     root: Path | str, uid: str, *, fsync: bool = True, lock_timeout: float = 30.0
 ) -> Removal:
-    """Delete the study, series or instance ``uid`` (rows, then files).
+    """Delete the study, series or instance ``uid`` (rows, then files), after
+    settling what an interrupted delete left (``Removal.settled``).
 
     Raises :class:`NotStoredError` when nothing of ``uid`` is indexed or on disk.
     """
     root = Path(root).resolve()
     reader = ArchiveReader(root)
     uid = layout.normalize_uid(uid.strip())
+    settled = finish_interrupted(root, fsync=fsync, lock_timeout=lock_timeout)
     try:
         level, _ = reader.locate(uid)
     except NotStoredError:
         files = leftovers(root, reader, None, uid)
         if not files:
             raise
-        result = Removal("files", uid)
-        _unlink(root, files, result, fsync)
+        result = Removal("files", uid, settled=settled)
+        _unlink(root, files, {}, result, fsync)
         result.leftovers_removed = result.files_removed
         _remove_empty_dirs(root, {p.parent for p in files}, None, lock_timeout)
         return result
-    result = Removal(level, uid)
+    result = Removal(level, uid, settled=settled)
     index = Index(root / layout.INDEX_FILE, durable=fsync, timeout=lock_timeout)
     try:
-        rows = _delete_rows(index, reader, level, uid)
+        rows, intents = _delete_rows(root, index, reader, level, uid, fsync)
         result.instances = len(rows)
         result.bytes = sum(r["file_size"] or 0 for r in rows)
         files = []
@@ -106,20 +252,31 @@ def remove(
                 files.append(layout.resolve(root, row["path"]))
             except ValueError as exc:
                 result.problems.append(str(exc))
-        _unlink(root, files, result, fsync)
+        if _unlink(root, files, intents, result, fsync):
+            for link in intents.values():
+                layout.remove_quietly(link)
+        if crashpoints.ENABLED:
+            crashpoints.reached("delete.after-intents-dropped")
         _remove_empty_dirs(root, {p.parent for p in files}, index, lock_timeout)
     finally:
         index.close()
     return result
 
 
-def _delete_rows(index: Index, reader: ArchiveReader, level: str, uid: str) -> list[dict[str, Any]]:
-    """Delete the rows under the write lock; the rows that were deleted."""
+def _delete_rows(
+    root: Path, index: Index, reader: ArchiveReader, level: str, uid: str, fsync: bool
+) -> tuple[list[dict[str, Any]], dict[Path, str]]:
+    """Delete the rows under the write lock; the rows that were deleted, and the
+    removal intents of their files (made and flushed before the COMMIT)."""
+    intents: dict[Path, str] = {}
     with index.lock:
         index.begin()
         try:
             # We hold the write lock: a new read sees exactly what is committed.
             rows = _rows_of(reader, level, uid)
+            intents = _link_intents(root, rows, fsync)
+            if crashpoints.ENABLED:
+                crashpoints.reached("delete.after-intent")
             for row in rows:
                 index.remove(row["sop_instance_uid"])
             for series_uid, study_uid, patient_id in {
@@ -129,31 +286,64 @@ def _delete_rows(index: Index, reader: ArchiveReader, level: str, uid: str) -> l
             index.commit()
         except BaseException:
             index.rollback()
+            for link in intents.values():
+                layout.remove_quietly(link)
             raise
-    return rows
+    if crashpoints.ENABLED:
+        crashpoints.reached("delete.after-commit")
+    return rows, intents
+
+
+def _link_intents(root: Path, rows: list[dict[str, Any]], fsync: bool) -> dict[Path, str]:
+    """A removal intent for each file of ``rows``, durable (one fsync of ``.tmp``).
+    Names unique to this delete: a server may be writing to ``.tmp`` meanwhile."""
+    tmp = str(root / layout.TMP_DIR)
+    owner = f"del-{secrets.token_hex(6)}"
+    intents = {}
+    for n, row in zip(itertools.count(), rows):
+        link = link_intent(root, tmp, f"{owner}-{n}", row["path"])
+        if link is not None:
+            intents[layout.resolve(root, row["path"])] = link
+    if fsync and intents:
+        try:
+            layout.fsync_dir(Path(tmp))
+        except OSError:
+            pass  # the delete goes on; a crash may then leave files for check to report
+    return intents
 
 
 def _rows_of(reader: ArchiveReader, level: str, uid: str) -> list[dict[str, Any]]:
     return reader.instances(**{_KEYWORDS[level]: uid})
 
 
-def _unlink(root: Path, files: list[Path], result: Removal, fsync: bool) -> None:
+def _unlink(
+    root: Path, files: list[Path], intents: dict[Path, str], result: Removal, fsync: bool
+) -> bool:
+    """Unlink ``files``; False when a folder could not be flushed (keep the intents)."""
     folders = set()
     for path in files:
         try:
             os.unlink(path)
             result.files_removed += 1
             folders.add(path.parent)
+            if crashpoints.ENABLED:
+                crashpoints.reached("delete.after-unlink")
         except FileNotFoundError:
+            intent = intents.get(path)
+            if intent is not None and not os.path.lexists(intent):
+                result.files_removed += 1  # another process settled our intent
+                continue
             result.problems.append(f"{path.relative_to(root).as_posix()}: already gone")
         except OSError as exc:
             result.problems.append(f"{path}: {exc.strerror or exc}")
+    durable = True
     if fsync:
         for folder in folders:
             try:
                 layout.fsync_dir(folder)
             except OSError:
-                pass
+                durable = False
+    return durable
 
 
 def _remove_empty_dirs(

@@ -13,8 +13,12 @@ If the COMMIT fails the new names are taken back. A crash between giving a
 file its name and the COMMIT leaves the file with a second name in ``.tmp``:
 the next start adopts it into the index, or puts back what an uncommitted
 replace replaced (``publish.recover``; :attr:`Archive.recovered` counts the
-adopted); a crash before leaves only a temporary, removed at start-up.
-Start-up empties ``.tmp``: one ``Archive`` per root and process.
+adopted); a crash before leaves only a temporary, removed at start-up. A crash
+after the COMMIT of a replace that moved the instance, or of a ``delete``,
+leaves removal intents, settled at start-up too (``removal.py``).
+Start-up empties ``.tmp``: one ``Archive`` per root and process. An open
+``Archive`` holds ``.tmp`` shared (``publish.hold``): ``reindex`` refuses to
+run beside it, and it cannot be opened during a ``reindex``.
 
 Duplicate SOP Instance UID (``on_duplicate``), checked under the index lock,
 so two threads storing the same instance get one file, one row and consistent
@@ -36,6 +40,7 @@ answers (two of them never share a batch):
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
 from pathlib import Path
 from typing import Any, Literal
@@ -46,7 +51,7 @@ from dicomstore.archive.dicomfile import MetaTemplates
 from dicomstore.archive.index import Index
 from dicomstore.archive.ingest import Ingest
 from dicomstore.archive.maintenance import check_archive, reindex_archive
-from dicomstore.archive.publish import Publisher, recover
+from dicomstore.archive.publish import Publisher, hold, recover
 from dicomstore.archive.relations import RELATIONAL_POLICIES
 
 DuplicatePolicy = Literal["keep", "replace", "reject"]
@@ -107,9 +112,14 @@ class Archive:
         self.on_relational_mismatch = on_relational_mismatch
         self.tmp_dir = self.root / layout.TMP_DIR
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.index = Index(
-            self.root / layout.INDEX_FILE, durable=fsync, timeout=lock_timeout, migrate=True
-        )
+        self._hold = hold(self.root, exclusive=False)  # (refused during a reindex)
+        try:
+            self.index = Index(
+                self.root / layout.INDEX_FILE, durable=fsync, timeout=lock_timeout, migrate=True
+            )
+        except BaseException:
+            os.close(self._hold)
+            raise
         try:
             #: instances a crash left published but not indexed, adopted at start-up
             self.recovered = recover(self.root, self.index, fsync=fsync)
@@ -125,6 +135,7 @@ class Archive:
             )
         except BaseException:
             self.index.close()
+            os.close(self._hold)
             raise
         flush_time = (lambda: self._publisher.flush_time) if fsync else None
         self._committer = GroupCommit(self._publisher.publish, gather=flush_time)
@@ -145,6 +156,9 @@ class Archive:
         self._committer.close()
         self._publisher.close()
         self.index.close()
+        if self._hold >= 0:
+            os.close(self._hold)
+            self._hold = -1
 
     def __enter__(self) -> Archive:
         return self
@@ -205,6 +219,7 @@ class Archive:
         """Problems found: missing, resized or altered files; files not indexed."""
         return check_archive(self.root, self.index)
 
-    def reindex(self) -> int:
-        """Rebuild the index from the files on disk; the number of instances indexed."""
-        return reindex_archive(self.root, self.index)
+    def reindex(self, left_out: list[str] | None = None) -> int:
+        """Rebuild the index from the files on disk; the number of instances indexed
+        (``left_out``: a line for each file left out, see ``reindex_archive``)."""
+        return reindex_archive(self.root, self.index, left_out)
