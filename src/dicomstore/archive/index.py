@@ -484,6 +484,17 @@ class Index:
         finally:
             db.close()
 
+    def filing(self) -> Iterable[tuple[str, str, str, str]]:
+        """(sop_instance_uid, path, study_uid, series_uid) of every instance: the
+        study and series the index files it under, beside where its file is."""
+        db = self.reader()
+        try:
+            yield from db.execute(
+                "SELECT i.sop_instance_uid, i.path, st.study_uid, se.series_uid" + _FROM
+            )
+        finally:
+            db.close()
+
     def paths(self) -> Iterable[tuple[str, str, int, str]]:
         """(sop_instance_uid, path, file_size, digest) of every instance."""
         db = self.reader()

@@ -40,7 +40,9 @@ def data_set_digest(path: Path) -> str:
 
 def check_archive(root: Path, index: Index, *, digests: bool = True) -> list[str]:
     """Problems, one line each: indexed files missing, resized or altered
-    (digest, when ``digests``), and ``.dcm`` files the index does not know."""
+    (digest, when ``digests``), ``.dcm`` files the index does not know, and
+    instances the index files under another study or series than their file's
+    (which is named after the data set's own UIDs)."""
     problems: list[str] = []
     indexed: set[Path] = set()
     for uid, relpath, size, digest in index.paths():
@@ -63,6 +65,10 @@ def check_archive(root: Path, index: Index, *, digests: bool = True) -> list[str
     for path in dicom_files(root):
         if path not in indexed:
             problems.append(f"{path.relative_to(root).as_posix()}: not indexed")
+    # the file's place comes from its own header: the index must file it there too
+    for uid, relpath, study, series in index.filing():
+        if relpath != layout.instance_relstr(study, series, uid):
+            problems.append(f"{relpath}: indexed under study {study}, series {series}")
     return problems
 
 
