@@ -20,8 +20,9 @@ not one a data set cannot hold (0000, 0002, FFFE, FFFF), when, explicit, its
 VR is two uppercase letters (pydicom's and DCMTK's test), when its value ends
 inside the data set, and, of undefined length, when its value starts with an
 Item or Sequence Delimitation tag in that byte order (PS3.5 7.5). A reading
-that fits :data:`HEADERS` headers, or ends exactly at the end of the data set,
-is settled; one whose next header lies beyond the prefix, or has a VR not in
+that fits :data:`HEADERS` headers with a value (an empty one reads alike in
+both byte orders and is not counted), or ends exactly at the end of the data
+set, is settled; one whose next header lies beyond the prefix, or has a VR not in
 the table, is unsure (an implicit element of 0x4144 bytes has "DA" where a VR
 would be: the following headers are the tiebreak). The context wins every
 tie, so a data set that reads in its own encoding is never refused:
@@ -57,8 +58,10 @@ from dicomstore.vr import VRS
 
 log = logging.getLogger("dicomstore.archive")
 
-#: Element headers a reading must fit to be settled.
+#: Element headers (with a value: empty ones are not counted) a reading must fit
+#: to be settled, and the most headers read.
 HEADERS = 3
+_MOST_HEADERS = 16
 #: Deflated bytes inflated for the check, and the most they may inflate to.
 DEFLATED_INPUT = 8192
 INFLATED_PREFIX = 4096
@@ -176,8 +179,8 @@ def _walk(buf: bytes | bytearray, size: int | None, encoding: Encoding) -> int:
     :data:`HEADERS` (settled: that many fit, or they end exactly at ``size``)."""
     implicit, little = encoding
     head, u32, have = _HEAD[encoding], _U32[little], len(buf)
-    pos = fitted = 0
-    while fitted < HEADERS:
+    pos = fitted = read = 0
+    while fitted < HEADERS and read < _MOST_HEADERS:
         if pos == size:
             return HEADERS  # exactly the whole data set
         if pos + 8 > have:  # cut short, or beyond the prefix
@@ -201,7 +204,9 @@ def _walk(buf: bytes | bytearray, size: int | None, encoding: Encoding) -> int:
                 value = pos + 8
         if group in FORBIDDEN_GROUPS:
             return _UNSETTLED
-        fitted += 1
+        read += 1
+        if length:  # (an empty value reads alike in both byte orders: not counted)
+            fitted += 1
         if length == _UNDEFINED:  # a sequence or encapsulated pixels: not followed here,
             if value + 4 > have:  # but its value starts with an item or a delimiter
                 return fitted
