@@ -339,10 +339,18 @@ def test_a_matching_data_set_is_stored(archive: Archive, ts: str, kind: str) -> 
     assert dump.returncode == 0 and not dump.stderr, dump.stderr
 
 
-def test_explicit_without_long_vrs_on_an_implicit_context(archive: Archive) -> None:
+def test_explicit_without_long_vrs_on_an_implicit_context(
+    archive: Archive, caplog: pytest.LogCaptureFixture
+) -> None:
     """Was stored with an Implicit VR meta (pydicom switched to explicit reading
-    and nothing else noticed); DCMTK could not read the file."""
-    outcome = store(archive, dataset(), ts=IMPLICIT_LE)
+    and nothing else noticed); DCMTK could not read the file. Logged, with the
+    first element header (no value)."""
+    data = dataset()
+    with caplog.at_level("WARNING", logger="dicomstore.archive"):
+        outcome = store(archive, data, ts=IMPLICIT_LE)
     assert outcome.status == CANNOT_UNDERSTAND
     assert outcome.error_comment == EXPECTED[IMPLICIT_LE, "explicit"]
     assert dcm_files(archive.root) == []
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "dicomstore.archive"]
+    assert line.startswith(f"1.2.3.4.5.6.7: {outcome.error_comment} (transfer syntax {IMPLICIT_LE}")
+    assert line.endswith(f"first element header {data[:8].hex(' ')})")

@@ -103,11 +103,11 @@ def encoding_mismatch(
     comment = _mismatch(buf, size, transfer_syntax_uid)
     if comment is not None:
         log.warning(
-            "%s: %s (transfer syntax %s; data set starts %s)",
+            "%s: %s (transfer syntax %s; first element header %s)",
             instance or "data set",
             comment,
             transfer_syntax_uid,
-            bytes(buf[:16]).hex(" "),
+            bytes(buf[:8]).hex(" "),  # a tag, VR and length: no value (no patient data)
         )
     return comment
 
