@@ -38,7 +38,11 @@ SCP_STATUSES: tuple[tuple[int, str], ...] = (
         "Series UID is filed under another study, or the Study UID under another patient "
         "(Patient ID + Issuer)",
     ),
-    (0xC000, "the data set cannot be parsed up to the Pixel Data"),
+    (
+        0xC000,
+        "the data set cannot be parsed up to the Pixel Data, or is not encoded as the "
+        "context's transfer syntax says (explicit/implicit VR, byte order, deflate stream)",
+    ),
     (0xC111, "`--on-duplicate reject`: the SOP Instance is stored already"),
     (0x0122, "no accepted presentation context for the SOP Class"),
     (0x0124, "the calling AE title may not store (`--store-aet`, policy file)"),

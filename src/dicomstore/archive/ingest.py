@@ -31,6 +31,7 @@ from typing import Any
 from dicomstore.archive import outcome as st
 from dicomstore.archive.commit import ArchiveClosedError, Staged
 from dicomstore.archive.dicomfile import HeaderError, MetaTemplates, encoding_of, read_header
+from dicomstore.archive.encoding import encoding_mismatch
 from dicomstore.archive.fields import fields_of_elements, index_fields
 from dicomstore.archive.layout import normalize_uid, remove_quietly
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, failure
@@ -192,6 +193,11 @@ class Ingest:
 
     def _check(self) -> Staged | StoreOutcome:
         """The index row of a data set that passes the checks, or the failure."""
+        wrong = encoding_mismatch(
+            self._prefix, self._size, self.transfer_syntax_uid, self.sop_instance_uid
+        )
+        if wrong is not None:  # the stored meta would lie about it (encoding.py)
+            return failure(st.CANNOT_UNDERSTAND, wrong)
         implicit, little, deflated = encoding_of(self.transfer_syntax_uid)
         elements = None
         if little and not deflated:
