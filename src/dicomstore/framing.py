@@ -359,12 +359,12 @@ def walk(src: Source, start: int, implicit: bool, little: bool) -> Walked:
     """
     stack: list[_Open] = []
     pos, last_tag, last_offset = start, None, start
-    fast = isinstance(src, FileSource) and little
+    fast = src if isinstance(src, FileSource) and little else None
     while True:
         if not stack:  # the next top-level element, or the end
-            if fast:
-                src.read(pos, 12)  # the window from here
-                pos, tag_seen, offset_seen = _top_level_run(src, pos, implicit)
+            if fast is not None:
+                fast.read(pos, 12)  # the window from here
+                pos, tag_seen, offset_seen = _top_level_run(fast, pos, implicit)
                 if tag_seen is not None:
                     last_tag, last_offset = tag_seen, offset_seen
             if not src.read(pos, 1):
