@@ -6,6 +6,7 @@ Exit codes: 0 every instance stored (Success or Warning) or already stored;
 when none was stored: 3 unreachable, 4 rejected, 5 aborted, 6 timed out
 (every failure had that one cause), else 7 (all failed, or mixed causes).
 Non-DICOM files are listed and skipped; they do not change the exit code.
+Corrupt files (cut short) are listed and not sent: they count as not stored.
 """
 
 from __future__ import annotations
@@ -136,10 +137,11 @@ class Progress:
         self.start = time.monotonic()
 
     def result(self, r: Result) -> None:
-        if r.outcome not in ("skipped", "already-stored"):
+        if r.outcome not in ("skipped", "corrupt", "already-stored"):  # not in the plan
             self.done += 1
             self.done_bytes += r.bytes if r.stored else 0
-        level = logging.INFO if r.outcome in ("stored", "already-stored") else logging.WARNING
+        quiet = r.outcome in ("stored", "already-stored") and not r.file_warning
+        level = logging.INFO if quiet else logging.WARNING
         if not self.enabled or level > logging.INFO:
             self.clear()
             log.log(level, "%s", describe(r))
@@ -175,7 +177,7 @@ class Progress:
 def describe(r: Result) -> str:
     """One log line for a result."""
     what = r.path or r.sop_instance_uid or "?"
-    if r.outcome in ("skipped", "already-stored", "not-sent"):
+    if r.outcome in ("skipped", "already-stored", "not-sent", "corrupt"):
         return f"{r.outcome}: {what}" + (f": {r.reason}" if r.reason else "")
     text = f"{r.outcome}: {what}"
     if r.status is not None:
@@ -186,6 +188,8 @@ def describe(r: Result) -> str:
         text += f": {r.reason}"
     if r.converted:
         text += " (converted)"
+    if r.file_warning:
+        text += f" (file warning: {r.file_warning})"
     return text
 
 
@@ -221,6 +225,15 @@ def summary(results: list[Result], seconds: float) -> list[str]:
         lines.append(f"  not sent: {len(by['not-sent'])}")
     for r in by.get("not-sent", [])[:20]:
         lines.append(f"    {r.path or r.sop_instance_uid}: {r.reason}")
+    if by.get("corrupt"):
+        lines.append(f"  corrupt (not sent): {len(by['corrupt'])}")
+    for r in by.get("corrupt", [])[:20]:
+        lines.append(f"    {r.path}: {r.reason}")
+    warned = [r for r in results if r.file_warning]
+    if warned:
+        lines.append(f"  file warnings (sent all the same): {len(warned)}")
+    for r in warned[:20]:
+        lines.append(f"    {r.path}: {r.file_warning}")
     if by.get("skipped"):
         lines.append(f"  skipped (not DICOM): {len(by['skipped'])}")
     for r in by.get("skipped", [])[:20]:

@@ -40,7 +40,8 @@ def sendable(
     """pydicom's test files we can send, one per SOP Instance UID (copied to ``dest``).
 
     ``compressed`` True/False keeps only encapsulated/unencapsulated ones.
-    Broken files (no SOP UIDs, odd data set length) are left out.
+    Broken files (no SOP UIDs, cut short, odd data set length) are left out, and
+    those not sent byte for byte (a deflated one padded to an even length).
     """
     chosen: dict[str, Path] = {}
     with warnings.catch_warnings():
@@ -50,7 +51,8 @@ def sendable(
                 inst = sources.scan_file(path)
             except sources.NotDicom:
                 continue
-            if inst.size % 2 or inst.sop_instance_uid in chosen:
+            whole = inst.offset + inst.size == path.stat().st_size and not inst.padding
+            if inst.size % 2 or not whole or inst.sop_instance_uid in chosen:
                 continue
             encapsulated = uids.as_uid(inst.transfer_syntax).is_encapsulated
             if compressed is not None and encapsulated != compressed:

@@ -1,7 +1,8 @@
 """Send many instances: scan, negotiate per group, associations in parallel, retries.
 
 The high-level Storage SCU (PS3.4 B.2.1) behind `dicomstore send`.  Input
-files are scanned first (headers only), grouped into associations of at most
+files are scanned first (element headers only: a file cut short is
+``corrupt``, never sent, and opens no association), grouped into associations of at most
 128 presentation contexts, and sent by ``parallel`` workers, each running
 as many C-STOREs at once as the granted asynchronous operations window
 allows (PS3.7 D.3.3.3).  Transient failures (refused connection, transient
@@ -25,7 +26,7 @@ from dicomstore.aio.association import Timeouts
 from dicomstore.aio.client import ClientAssociation, ContextSpec, associate
 from dicomstore.dimse import status as st
 from dicomstore.services import sources
-from dicomstore.services.sources import Instance, NotDicom, SourceReadError
+from dicomstore.services.sources import CorruptFile, Instance, NotDicom, SourceReadError
 from dicomstore.services.storage_scu import (
     ErrorKind,
     NotSendable,
@@ -222,6 +223,7 @@ class _Run:
             inst.sop_instance_uid,
             outcome,
             attempts=job.attempts,
+            file_warning=inst.warning,
             index=job.index,
             **kwargs,
         )
@@ -234,13 +236,17 @@ def _text(exc: BaseException) -> str:
 def scan(
     items: Iterable[Dataset | str | os.PathLike],
 ) -> tuple[list[tuple[int, Instance]], list[Result]]:
-    """Instances to send and ``skipped`` results (non-DICOM), with input positions."""
+    """Instances to send, and results for the files not sent: ``corrupt`` (cut short,
+    never sent nor retried) and ``skipped`` (not DICOM), with input positions."""
     found: list[tuple[int, Instance]] = []
     skipped: list[Result] = []
     expanded = (one for item in items for one in _expand(item))
     for index, item in enumerate(expanded):
         try:
             found.append((index, as_instance(item)))
+        except CorruptFile as exc:
+            cls, inst = exc.sop_class_uid, exc.sop_instance_uid
+            skipped.append(Result(str(item), cls, inst, "corrupt", reason=str(exc), index=index))
         except NotDicom as exc:
             label = None if sources.is_dataset(item) else str(item)
             skipped.append(Result(label, outcome="skipped", reason=str(exc), index=index))

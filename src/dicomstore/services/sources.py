@@ -9,6 +9,16 @@ the rest of the file alone; :func:`file_chunks` then streams the data set's
 bytes unchanged (bit-preserving).  Files without preamble and meta start with
 the data set at offset 0; pydicom tells their encoding.
 
+Before anything is sent, :func:`scan_file` walks the element headers of the
+data set to the end of the file (:mod:`dicomstore.framing`: values are
+skipped by their lengths, never read), so that a file cut short — in its
+Pixel Data, its last element, an element header, an encapsulated fragment —
+is reported as :class:`CorruptFile` and never sent, as a Storage SCP would
+reject it.  A deflated data set (PS3.5 A.5) is inflated on the fly for that
+walk (in bounded memory), which also finds where its deflate stream ends:
+bytes after it are left out and an odd-length stream gets its NUL byte of
+padding, with a warning (:attr:`Instance.warning`).
+
 Conversion (decompression, or re-encoding between the uncompressed transfer
 syntaxes of PS3.5 A.1-A.3) decodes the whole instance with pydicom, so only
 the bit-preserving path has memory independent of the instance size.
@@ -27,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from dicomstore import uids
+from dicomstore import framing, uids
 from dicomstore.errors import DicomstoreError
 from dicomstore.vr import LONG_VRS
 
@@ -52,6 +62,17 @@ class NotDicom(DicomstoreError):
     """A file that is not a storable DICOM instance (the reason is the message)."""
 
 
+class CorruptFile(NotDicom):
+    """A DICOM instance whose data set is cut short or cannot be read: never sent.
+
+    The message names the element and the bytes missing; the SOP UIDs are known.
+    """
+
+    def __init__(self, message: str, sop_class_uid: str, sop_instance_uid: str) -> None:
+        super().__init__(message)
+        self.sop_class_uid, self.sop_instance_uid = sop_class_uid, sop_instance_uid
+
+
 @dataclass
 class Instance:
     """One SOP Instance to send: a file's data set, or a pydicom Dataset."""
@@ -61,8 +82,12 @@ class Instance:
     transfer_syntax: str
     path: Path | None = None
     offset: int = 0  # where the data set starts in the file
-    size: int = 0  # bytes of the data set (0 for a Dataset until encoded)
+    size: int = 0  # bytes of the data set as sent (0 for a Dataset until encoded)
     dataset: Dataset | None = None
+    #: Bytes sent after the file's ``size - len(padding)`` bytes (PS3.5 A.5 padding).
+    padding: bytes = b""
+    #: What the scan noticed about the file and did about it (sent all the same).
+    warning: str | None = None
 
     @property
     def label(self) -> str:
@@ -195,17 +220,27 @@ def _checked(sop_class: object, sop_instance: object) -> tuple[str, str]:
 
 
 def scan_file(path: str | os.PathLike) -> Instance:
-    """Where the data set starts and what it is, reading only the file's head.
+    """Where the data set starts, what it is, and whether it is whole.
 
-    Raises :class:`NotDicom` for anything that is not a storable instance.
+    Reads the file's head, then walks the element headers of its data set
+    (:func:`check_data_set`).  Raises :class:`NotDicom` for anything that is
+    not a storable instance, :class:`CorruptFile` for one cut short.
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(HEAD_SIZE)
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            head = os.pread(f.fileno(), HEAD_SIZE, 0)
+            instance = _identify(path, head, size, f.fileno())
+            check_data_set(f.fileno(), instance, head)
     except OSError as exc:
         raise NotDicom(f"cannot read: {exc.strerror or exc}") from None
+    return instance
+
+
+def _identify(path: Path, head: bytes, size: int, fd: int) -> Instance:
+    """The instance in file ``fd`` whose first bytes are ``head``, from the head alone
+    (inflated when deflated) when it can, else with pydicom."""
     parsed = parse_file_meta(head)
     ts: str | None = None
     offset = 0
@@ -214,7 +249,10 @@ def scan_file(path: str | os.PathLike) -> Instance:
         if 0x0010 in meta:
             ts = _text(meta[0x0010]) or None
         if ts is not None:
-            found = _walk_sop_uids(head[offset:], ts)
+            if ts == uids.DEFLATED_EXPLICIT_VR_LE:  # PS3.5 A.5: Explicit VR LE, deflated
+                found = _walk_sop_uids(_inflated_head(fd, offset), uids.EXPLICIT_VR_LE)
+            else:
+                found = _walk_sop_uids(head[offset:], ts)
             if found is not None:
                 cls, inst = _checked(*found)
                 return Instance(cls, inst, ts, path, offset, size - offset)
@@ -236,6 +274,95 @@ def scan_file(path: str | os.PathLike) -> Instance:
     if ts is None:
         ts = _encoding_ts(ds)
     return Instance(cls, inst, ts, path, offset, size - offset)
+
+
+def _inflated_head(fd: int, offset: int) -> bytes:
+    """The first inflated bytes (about :data:`HEAD_SIZE`) of the deflated data set at
+    ``offset``: as many as inflate before an error (the walk reports it later)."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    data, out, size = os.pread(fd, HEAD_SIZE, offset), [], 0
+    for at in range(0, len(data), 256):  # (256 bytes inflate to 258 KiB at most)
+        try:
+            out.append(inflater.decompress(data[at : at + 256]))
+        except zlib.error:
+            break
+        size += len(out[-1])
+        if size >= HEAD_SIZE or inflater.eof:
+            break
+    return b"".join(out)
+
+
+def check_data_set(fd: int, instance: Instance, head: bytes = b"") -> None:
+    """Walk the element headers of the instance's data set in file ``fd`` (its
+    first bytes ``head``) to the end of the file (:func:`dicomstore.framing.walk`).
+
+    Raises :class:`CorruptFile` when the data set is cut short (or a deflated
+    one cannot be inflated).  What the walk does not understand is sent as
+    is, with :attr:`Instance.warning` saying so: the SCP judges.  A deflated
+    data set gets its ``size``, ``padding`` and warning here
+    (:func:`_deflated`).  ``OSError`` propagates.
+    """
+    ts = instance.transfer_syntax
+    end = instance.offset + instance.size
+    implicit, little = uids.is_implicit_vr(ts), uids.is_little_endian(ts)
+    if ts == uids.DEFLATED_EXPLICIT_VR_LE:
+        _deflated(fd, instance)
+        return
+    try:
+        framing.walk(framing.FileSource(fd, end, head), instance.offset, implicit, little)
+    except framing.Corrupt as exc:
+        raise CorruptFile(str(exc), instance.sop_class_uid, instance.sop_instance_uid) from None
+    except framing.FramingError as exc:
+        instance.warning = f"not checked for truncation: {exc}"
+
+
+def _deflated(fd: int, instance: Instance) -> None:
+    """Walk the inflated data set; then send the deflate stream only, padded to an
+    even length with a NUL byte as PS3.5 A.5 asks, bytes after the stream left out."""
+    start, end = instance.offset, instance.offset + instance.size
+    src = framing.InflatedSource(fd, start, end)
+    notes: list[str] = []
+
+    def corrupt(text: str) -> CorruptFile:
+        return CorruptFile(text, instance.sop_class_uid, instance.sop_instance_uid)
+
+    try:
+        framing.walk(src, 0, False, True)
+        src.finish()
+    except framing.Corrupt as exc:
+        if not isinstance(exc, framing.Truncated):
+            raise corrupt(str(exc)) from None
+        cut = "the deflate stream is cut short: " if src.stream_size is None else ""
+        raise corrupt(f"{cut}{exc} (offsets in the inflated data set)") from None
+    except framing.FramingError as exc:
+        notes.append(f"not checked for truncation: {exc} (offsets in the inflated data set)")
+        try:
+            src.finish()
+        except framing.FramingError as exc:
+            raise corrupt(str(exc)) from None
+    stream = src.stream_size
+    if stream is None:
+        raise corrupt(
+            f"the deflate stream is cut short: it does not end within the file's {instance.size}"
+            f" bytes (the data set inflated so far has {src.size} bytes)"
+        )
+    after = end - start - stream
+    conformant_pad = after == 1 and stream % 2 == 1 and os.pread(fd, 1, start + stream) == b"\0"
+    if after and not conformant_pad:
+        trailer = os.pread(fd, 8, start + stream)
+        gzip = trailer == struct.pack("<LL", src.crc32, src.size & 0xFFFFFFFF)
+        what = " (a gzip trailer: CRC-32 and size of the inflated data)" if gzip else ""
+        notes.append(f"{after} byte(s) after the end of the deflate stream{what} left out")
+    if not conformant_pad:
+        instance.size = stream
+        if stream % 2:
+            instance.padding = b"\0"
+            instance.size += 1
+            notes.append(
+                f"odd-length deflate stream ({stream} bytes) padded with a NUL byte (PS3.5 A.5)"
+            )
+    if notes:
+        instance.warning = "deflated data set: " + "; ".join(notes)
 
 
 def instance_from_dataset(ds: Dataset) -> Instance:
@@ -288,6 +415,28 @@ def file_chunks(
             if not chunk:
                 return
             yield chunk
+
+
+def exactly(chunks: Iterable[bytes], instance: Instance) -> Iterator[bytes]:
+    """The data set bytes the scan checked: the file's first ``size - len(padding)``
+    bytes (what follows, e.g. after a deflate stream, left out), then ``padding``.
+
+    Raises :class:`SourceReadError` if the file got shorter since it was scanned.
+    """
+    left, padding = instance.size - len(instance.padding), instance.padding
+    if not left:
+        if padding:
+            yield padding
+        return
+    it = iter(chunks)
+    for chunk in it:
+        if len(chunk) >= left:  # the last one: with the padding (each PDV has an even length)
+            yield chunk[:left] + padding if len(chunk) > left or padding else chunk
+            next(it, None)  # the read that meets the end of the file (its errors count)
+            return
+        left -= len(chunk)
+        yield chunk
+    raise SourceReadError(f"the file got {left} bytes shorter since it was scanned")
 
 
 def encode_dataset(ds: Dataset, ts: str) -> bytes:

@@ -5,8 +5,12 @@ C-STORE responses" (PS3.4 B.2.1): every instance gets a :class:`Result` whose
 ``outcome`` is ``stored`` (Success), ``warning`` (Warning statuses B000,
 B006, B007 ...: stored too, PS3.4 B.2.3), ``failed`` (a Failure status, or the
 association failed for good), ``not-sent`` (no accepted presentation context
-fits and conversion is off or impossible), ``skipped`` (not a DICOM instance)
-or ``already-stored`` (a previous report says so).
+fits and conversion is off or impossible), ``corrupt`` (a DICOM file cut
+short: its data set ends inside an element, found by walking its element
+headers before anything is sent; never sent, nor retried), ``skipped`` (not a
+DICOM instance) or ``already-stored`` (a previous report says so).  What the
+scan noticed about a file it sends anyway (a deflated data set padded to an
+even length ...) is in ``file_warning``.
 
 Negotiation follows the files (PS3.7 9.1.1, PS3.8 9.3.2.2): per SOP Class one
 context per transfer syntax present, alone, so that an SCP accepting it gets
@@ -44,7 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dicomstore.send")
 
-Outcome = Literal["stored", "warning", "failed", "not-sent", "skipped", "already-stored"]
+Outcome = Literal["stored", "warning", "failed", "not-sent", "corrupt", "skipped", "already-stored"]
 #: Association-level failure kinds (they map to the CLI's exit codes 3-6).
 ErrorKind = Literal["unreachable", "rejected", "aborted", "timeout"]
 
@@ -79,6 +83,7 @@ class Result:
     seconds: float = 0.0
     attempts: int = 0
     offending_element: list[int] | None = None
+    file_warning: str | None = None  # what the scan noticed about the file (sent anyway)
     index: int = field(default=0, repr=False)  # position in the input
 
     @property
@@ -198,8 +203,9 @@ async def store_instance(
         chunks, nbytes = (data,), len(data)
     elif instance.size % 2:
         raise NotSendable(
-            f"the data set has an odd length ({instance.size} bytes): truncated or corrupt"
-        )  # every fragment has an even length (PS3.8 E.1)
+            f"the data set has an odd length ({instance.size} bytes): an element of odd"
+            " length, or stray bytes; no PDV can carry it (PS3.8 E.1)"
+        )  # (a file cut short is found by the scan: corrupt)
     else:
         conn = assoc.t.conn
 
@@ -212,7 +218,8 @@ async def store_instance(
         except OSError as exc:
             raise NotSendable(f"cannot read: {exc.strerror or exc}") from None
         size = read_size(assoc.negotiated.peer_max_pdu)
-        chunks, nbytes = sources.file_chunks(f, size, alive), instance.size
+        chunks = sources.exactly(sources.file_chunks(f, size, alive), instance)
+        nbytes = instance.size
     try:
         rsp = await assoc.store_stream(
             ctx,
