@@ -21,7 +21,8 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from test_archive_roundtrip import _as_received, _candidates, _id
 
-from dicomstore.archive import Archive, padding
+from dicomstore import framing
+from dicomstore.archive import Archive
 from dicomstore.archive.dicomfile import HeaderError, encoding_of, read_header
 from dicomstore.archive.padding import TRAILING_PADDING_TAG, find_trailing_padding
 
@@ -189,7 +190,7 @@ def test_a_huge_value_is_skipped_not_read(tmp_path: Path, monkeypatch) -> None:
         reads.append(len(data))
         return data
 
-    monkeypatch.setattr(padding.os, "pread", counting_pread)
+    monkeypatch.setattr(framing.os, "pread", counting_pread)
     fd = os.open(path, os.O_RDONLY)
     try:
         found = find_trailing_padding(fd, 0, size, ts)
@@ -197,7 +198,7 @@ def test_a_huge_value_is_skipped_not_read(tmp_path: Path, monkeypatch) -> None:
         os.close(fd)
     assert found == size - len(trailing_padding(ts))
     assert len(reads) <= 3
-    assert sum(reads) <= 2 * padding.WINDOW
+    assert sum(reads) <= 2 * framing.WINDOW
 
 
 # -- the policy through the archive -----------------------------------------------------
@@ -390,7 +391,7 @@ def test_hostile_nesting_gives_up_without_memory(monkeypatch) -> None:
     """Nested sequences after the Pixel Data (which the header checks never read)
     cannot grow the walk's memory: past MAX_DEPTH it reports no padding."""
     ts = EXPLICIT_LE
-    monkeypatch.setattr(padding, "MAX_DEPTH", 20)
+    monkeypatch.setattr(framing, "MAX_DEPTH", 20)
     open_level = raw_element(0x00091010, "SQ", b"", ts, length=0xFFFFFFFF) + raw_element(
         0xFFFEE000, "", b"", ts, length=0xFFFFFFFF
     )

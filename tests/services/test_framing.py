@@ -2,8 +2,8 @@
 
 Independent of the code under test, pydicom's own reader says where each
 top-level element starts: a cut there leaves a shorter data set that frames;
-a cut anywhere else must be found.  The same walk answers the SCP's question
-(where is a trailing (FFFC,FFFC)?) as :mod:`dicomstore.archive.padding` does.
+a cut anywhere else must be found. The SCP's trailing-padding search
+(:mod:`dicomstore.archive.padding`) uses the same walk; its tests are there.
 """
 
 from __future__ import annotations
@@ -72,40 +72,6 @@ def test_every_cut_is_found_but_those_between_top_level_elements(name: str) -> N
                     framing.walk(src, offset, implicit, little)
     finally:
         os.close(fd)
-
-
-def test_the_walk_finds_what_the_scp_padding_search_finds() -> None:
-    """One walk for both sides: the last top-level element of :func:`framing.walk` is the
-    (FFFC,FFFC) that the SCP's ``find_trailing_padding`` cuts, file for file."""
-    from dicomstore.archive.padding import TRAILING_PADDING_TAG, find_trailing_padding
-
-    found = 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for path in sorted(TESTFILES.glob("*.dcm")):
-            try:
-                inst = sources.scan_file(path)
-            except sources.NotDicom:
-                continue
-            ts = inst.transfer_syntax
-            if ts == uids.DEFLATED_EXPLICIT_VR_LE:
-                continue  # kept as received by the SCP
-            end = inst.offset + inst.size
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                theirs = find_trailing_padding(fd, inst.offset, end, ts)
-                src = framing.FileSource(fd, end)
-                implicit, little = uids.is_implicit_vr(ts), uids.is_little_endian(ts)
-                try:
-                    walked = framing.walk(src, inst.offset, implicit, little)
-                    ours = walked.last_offset if walked.last_tag == TRAILING_PADDING_TAG else None
-                except framing.FramingError:
-                    ours = None
-            finally:
-                os.close(fd)
-            assert ours == theirs, path.name
-            found += ours is not None
-    assert found >= 2  # CT_small.dcm, MR_small.dcm ...
 
 
 def _walk_cut(name: str, cut: int) -> str:
