@@ -143,7 +143,7 @@ def test_empty_patient_ids_are_never_merged(archive: Archive) -> None:
 
 def test_relations_of_one_batch() -> None:
     class NoIndex:
-        def conflict(self, row):  # the index knows nothing yet
+        def conflict(self, row, replacing=False):  # the index knows nothing yet
             return None
 
     relations = Relations(NoIndex())  # type: ignore[arg-type]
@@ -188,3 +188,27 @@ def test_an_index_of_schema_1_is_rebuilt_from_the_files(tmp_path: Path) -> None:
         (A_STUDY, "A", 1),
         (B_STUDY, "B", 1),
     ]
+
+
+def test_a_remembered_check_is_forgotten_when_another_writer_commits(archive: Archive) -> None:
+    assert store(archive, alpha(series=SERIES), sop_uid="1.2.3.1").status == SUCCESS
+    assert store(archive, alpha("1.2.3.3", series=SERIES), sop_uid="1.2.3.3").status == SUCCESS
+    # another process (an "accept" server, a reindex) files the series under B's study
+    with Archive(archive.root, fsync=False, on_relational_mismatch="accept") as other:
+        assert store(other, beta(series=SERIES), sop_uid="1.2.3.2").status == SUCCESS
+    outcome = store(archive, alpha("1.2.3.4", series=SERIES), sop_uid="1.2.3.4")
+    assert outcome.status == DATASET_MISMATCH
+
+
+def test_a_remembered_check_is_forgotten_when_its_own_writer_contradicts_it(
+    archive: Archive,
+) -> None:
+    assert store(archive, alpha(series=SERIES), sop_uid="1.2.3.1").status == SUCCESS
+    assert store(archive, alpha("1.2.3.3", series=SERIES), sop_uid="1.2.3.3").status == SUCCESS
+    row = {**archive.get_instance("1.2.3.1"), "sop_instance_uid": "1.2.3.2", "path": "x/y/z.dcm"}
+    with archive.index.lock:  # as a reindex in this process would, without checks
+        archive.index.begin()
+        archive.index.put({**row, "study_uid": B_STUDY, "patient_id": "B"})
+        archive.index.commit()
+    outcome = store(archive, alpha("1.2.3.4", series=SERIES), sop_uid="1.2.3.4")
+    assert outcome.status == DATASET_MISMATCH

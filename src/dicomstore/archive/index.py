@@ -275,6 +275,11 @@ class Index:
         self._known: dict[str, dict[Any, tuple[Any, tuple[Any, ...]]]] = {t: {} for t in PARENTS}
         self._added: dict[str, dict[Any, tuple[Any, tuple[Any, ...]]]] = {t: {} for t in PARENTS}
         self._data_version: int | None = None
+        # hierarchy checks passed (see conflict): series UID -> (study UID, patient),
+        # study UID -> patient; true while only this writer writes, and it writes
+        # nothing that contradicts them (put_many forgets them if it does)
+        self._related: dict[str, tuple[str, tuple[str, str, str]]] = {}
+        self._related_studies: dict[str, tuple[str, str, str]] = {}
 
     def _create(self, migrate: bool) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
@@ -331,6 +336,8 @@ class Index:
         for table in PARENTS:
             self._known[table].clear()
             self._added[table].clear()
+        self._related.clear()
+        self._related_studies.clear()
 
     def find(self, sop_instance_uid: str) -> dict[str, Any] | None:
         """The row of an instance as the writer sees it (inside its transaction)."""
@@ -349,13 +356,21 @@ class Index:
         rows = (dict(zip(_KEYS, row, strict=True)) for row in self._db.execute(sql, list(given)))
         return {given[row["sop_instance_uid"]]: row for row in rows}
 
-    def conflict(self, row: dict[str, Any]) -> tuple[str, Any] | None:
+    def conflict(self, row: dict[str, Any], *, replacing: bool = False) -> tuple[str, Any] | None:
         """Where the index files ``row``'s series or study elsewhere (PS3.3 hierarchy:
         a series belongs to one study, a study to one patient), as the writer sees it:
         ``("series", other Study Instance UID)``, ``("study", (Patient ID, Issuer))``
-        or ``None``. Instances with ``row``'s SOP Instance UID do not count."""
+        or ``None``. Instances with ``row``'s SOP Instance UID do not count
+        (``replacing``: one is stored, and is being replaced).
+
+        A check passed is remembered (not for a replace: its answer holds for that
+        instance only), so the next instance of the series costs two dict lookups."""
         values = {k: clean_text(row.get(k)) or "" for k in (*KEYS, "sop_instance_uid")}
-        pid, issuer, scope = patient_key(values)
+        patient = patient_key(values)
+        pid, issuer, scope = patient
+        series, study = values["series_uid"], values["study_uid"]
+        if not replacing and self._related.get(series) == (study, patient):
+            return None
         sop = values["sop_instance_uid"]
         found = self._db.execute(
             _SERIES_ELSEWHERE, (values["series_uid"], values["study_uid"], sop)
@@ -367,6 +382,12 @@ class Index:
         ).fetchone()
         if found is not None:
             return "study", (found[0], found[1])
+        if not replacing:
+            if len(self._related) >= CACHE_LIMIT:
+                self._related.clear()
+                self._related_studies.clear()
+            self._related[series] = (study, patient)
+            self._related_studies[study] = patient
         return None
 
     def put(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -385,7 +406,16 @@ class Index:
                     values[key] = clean_text(value)
             for key in KEYS:
                 values[key] = values.get(key) or ""
-            values["scope"] = patient_key(values)[2]
+            patient = patient_key(values)
+            values["scope"] = patient[2]
+            if self._related:  # a row against a check passed: forget the checks
+                series, study = values["series_uid"], values["study_uid"]
+                known = self._related.get(series)
+                if (known is not None and known != (study, patient)) or (
+                    self._related_studies.get(study, patient) != patient
+                ):
+                    self._related.clear()
+                    self._related_studies.clear()
             full: dict[str, Any] = {}
             for table in PARENTS:
                 natural = tuple([values.get(c) for c in NATURAL_KEY[table]])

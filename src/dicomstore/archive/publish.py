@@ -207,7 +207,7 @@ class Publisher:
                         _answer(member, self._duplicate(existing, member))
                         continue
                     if relations is not None:
-                        mismatch = relations.check(member.row)
+                        mismatch = relations.check(member.row, replacing=existing is not None)
                         if mismatch is not None:
                             _answer(member, mismatch)
                             continue

@@ -42,8 +42,9 @@ class Relations:
         self._series: dict[str, str] = {}  # series UID -> study UID, in this batch
         self._studies: dict[str, tuple[str, str, str]] = {}  # study UID -> patient
 
-    def check(self, row: dict[str, Any]) -> StoreOutcome | None:
-        """A900 when ``row`` contradicts the hierarchy; ``None`` when it fits."""
+    def check(self, row: dict[str, Any], *, replacing: bool = False) -> StoreOutcome | None:
+        """A900 when ``row`` contradicts the hierarchy; ``None`` when it fits.
+        ``replacing``: the instance is stored and being replaced (it does not count)."""
         series, study = row.get("series_uid") or "", row.get("study_uid") or ""
         patient = patient_key(row)
         other_study = self._series.get(series)
@@ -52,7 +53,7 @@ class Relations:
             return series_elsewhere()
         if other_patient is not None and other_patient != patient:
             return study_elsewhere(other_patient[1] != patient[1])
-        found = self.index.conflict(row)
+        found = self.index.conflict(row, replacing=replacing)
         if found is None:
             return None
         if found[0] == "series":

@@ -6,8 +6,8 @@ sent it (the calling AE title for C-STORE, the HTTP client address for
 STOW-RS) and the SOP Instance UID; a Success is logged at DEBUG only. One
 format for both services, on the ``dicomstore.storage`` logger, e.g.::
 
-    C-STORE of 1.2.3.4 from CT1: status C111 (failure): duplicate SOP Instance 1.2.3.4 ...
-    STOW-RS of 1.2.3.5 from 10.0.0.7:51234: status A900 (failure): instance of study 1.2.9
+    C-STORE of 1.2.3.4 from CT1: status C111 (failure): Duplicate SOP Instance refused: ...
+    STOW-RS of 1.2.3.5 from 10.0.0.7:51234: status A900 (failure): Study Instance UID missing ...
 """
 
 from __future__ import annotations
