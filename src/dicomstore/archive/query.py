@@ -122,7 +122,7 @@ _TABLE_OF_ATTRIBUTES: tuple[tuple[Any, ...], ...] = (
     ("SourceApplicationEntityTitle", 0x00020016, "AE", "instance", "calling_ae"),
 )
 ATTRIBUTES: dict[str, Attribute] = {
-    t[0]: Attribute(*t[:5], t[5] if len(t) > 5 else f"{_ALIAS[t[3]]}.{t[4]}")
+    t[0]: Attribute(t[0], t[1], t[2], t[3], t[4], t[5] if len(t) > 5 else f"{_ALIAS[t[3]]}.{t[4]}")
     for t in _TABLE_OF_ATTRIBUTES
 }
 BY_TAG: dict[int, Attribute] = {a.tag: a for a in ATTRIBUTES.values()}

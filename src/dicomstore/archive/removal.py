@@ -313,7 +313,7 @@ def _link_intents(root: Path, rows: list[dict[str, Any]], fsync: bool) -> dict[P
 
 
 def _rows_of(reader: ArchiveReader, level: str, uid: str) -> list[dict[str, Any]]:
-    return reader.instances(**{_KEYWORDS[level]: uid})
+    return reader.search("instance", {_KEYWORDS[level]: uid})
 
 
 def _unlink(

@@ -122,7 +122,7 @@ def _pager(request: Request, more: bool) -> str:
     return f"<p>{' · '.join(links)}</p>" if links else ""
 
 
-def _search(request: Request, level: str, filters: dict[str, Any]) -> tuple[list[dict], bool]:
+def _search(request: Request, level: str, filters: dict[str | int, Any]) -> tuple[list[dict], bool]:
     rows = reader(request).search(level, filters, limit=PAGE + 1, offset=_offset(request))
     return rows[:PAGE], len(rows) > PAGE
 
@@ -179,7 +179,7 @@ def _patient_zip_url(row: dict[str, Any]) -> str:
     return _page_url("/browse/patient.zip", id=row["patient_id"], issuer=row["issuer"] or "")
 
 
-def _patient_filters(request: Request) -> dict[str, Any]:
+def _patient_filters(request: Request) -> dict[str | int, Any]:
     """The exact identity of the patient a page names (400 without a Patient ID)."""
     patient_id = request.query_params.get("id", "")
     if not patient_id.strip():
@@ -238,7 +238,7 @@ def patient_zip(request: Request) -> StreamingResponse:
     """GET /browse/patient.zip?id=&issuer= : every study of a patient, as a zip stream."""
     filters = _patient_filters(request)
     patient_id = filters["PatientID"]
-    rows = reader(request).instances(**filters)
+    rows = reader(request).search("instance", filters)
     if not rows:
         raise HttpError(404, f"patient {patient_id!r} is not in the archive")
     root = reader(request).root

@@ -473,8 +473,10 @@ def converted(instance: Instance, ts: str) -> bytes:
     try:
         if instance.dataset is not None:
             ds = copy.deepcopy(instance.dataset)
-        else:
+        elif instance.path is not None:
             ds = dcmread(instance.path, force=True)
+        else:
+            raise NotDicom("no data set and no file to read it from")
         source = uids.as_uid(instance.transfer_syntax)
         if "PixelData" in ds and source.is_encapsulated:
             if not hasattr(ds, "file_meta"):
