@@ -27,6 +27,7 @@ from dicomstore.dimse import (
 )
 from dicomstore.dimse import status as st
 from dicomstore.errors import RemoteProtocolError
+from dicomstore.handler import StoreHandler
 from dicomstore.services.admission import (
     Admission,
     AdmissionRequest,
@@ -34,11 +35,10 @@ from dicomstore.services.admission import (
     FailedAdmissions,
     Gatekeeper,
 )
+from dicomstore.services.storage import OnStored, StoreLimits, StoreService
 from dicomstore.services.storage_scp import (
-    OnStored,
     Receiving,
     StorageSCP,
-    StoreHandler,
     storage_extended_negotiation,
 )
 from dicomstore.services.verification import echo_response
@@ -295,7 +295,6 @@ class AcceptorAssociation:
 
     async def _on_request(self, rq: P.AssociateRQ) -> None:
         t = self.t
-        config = self.server.config
         self.request = rq
         limit = self._over_limits(rq)
         if limit is not None:
@@ -343,17 +342,13 @@ class AcceptorAssociation:
         if self.server.gatekeeper is not None:
             throttle.admitted(self.address)
         t.negotiated = negotiated
-        store_aets = config.store_aets
         self.storage = StorageSCP(
-            self.server.handler,
+            self.server.store,
             negotiated,
-            may_store=admission.may_store
-            and (store_aets is None or negotiated.calling_ae in store_aets),
-            on_stored=self.server.on_stored,
+            may_store=admission.may_store,
             commit_in_thread=self._commit_in_thread,
-            max_instance_bytes=config.max_instance_bytes,
-            min_free_bytes=config.min_free_bytes,
-            audit=self.server.audit,
+            address=self.address,
+            user=admission.user,
         )
         if subject:
             log.info("%s: TLS peer certificate %s", t.peer, subject)
@@ -388,11 +383,11 @@ class AcceptorAssociation:
         if isinstance(message, CStoreRQ):
             assert self.storage is not None
             if message.message_id in self.inflight:
-                rsp = message.response(
+                self.receiving = self.storage.refuse(
+                    message,
                     st.DUPLICATE_INVOCATION,
                     f"message ID {message.message_id} is still being processed",
                 )
-                self.receiving = Receiving(message, None, None, rsp)
             else:
                 self.receiving = self.storage.begin(event.context_id, message)
         elif isinstance(message, CEchoRQ):
@@ -485,6 +480,15 @@ class Server:
         self.gatekeeper = gatekeeper
         self.audit = audit
         self.on_stored = on_stored
+        #: the one store service: C-STORE here, and any other door given it (STOW-RS)
+        self.store = StoreService(
+            handler,
+            limits=StoreLimits(config.max_instance_bytes, config.min_free_bytes),
+            store_aets=config.store_aets,
+            gatekeeper=gatekeeper,
+            audit=audit,
+            on_stored=on_stored,
+        )
         if commit_in_thread not in (True, False, WHEN_BUSY):
             raise ValueError(f"commit_in_thread must be True, False or {WHEN_BUSY!r}")
         self.commit_in_thread = commit_in_thread

@@ -1,0 +1,340 @@
+"""Store one instance: the one home of every guarantee a door owes (PS3.4 B.2).
+
+C-STORE (``storage_scp.py``) and STOW-RS (``http/stow.py``) — and every door
+added later — store through :class:`StoreService`, so each gets the same:
+
+authorization
+    the caller's right to store: ``store_aets`` (``--store-aet``) and the
+    policy file (a :class:`~dicomstore.services.admission.Gatekeeper`),
+    else 0124 Refused: Not Authorized (PS3.7 C.5.3);
+limits
+    ``min_free_bytes`` below which nothing is begun, ``max_instance_bytes``
+    beyond which the data set is discarded as it arrives: A700 (PS3.4 B.2.3);
+validation and durability
+    the handler's (``Archive``: identity, hierarchy, encoding, duplicate and
+    relational policies, flushes before the answer);
+the operator's log line, the audit record, the ``on_stored`` event
+    one of each per instance, whatever door it came through.
+
+A door knows its protocol (presentation contexts, multipart parts) and asks
+:meth:`StoreService.begin` for a :class:`Storing` before the data set arrives,
+writes each fragment into it, and awaits :meth:`StoreService.finish` for the
+:class:`StoreResult` it turns into its own answer. Answers a door gives by
+itself (0122 for a SOP class off its context, a STOW part that is no PS3.10
+file) go through :meth:`StoreService.refused`, for the same log and audit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dicomstore.dimse import status as st
+from dicomstore.handler import StoreHandler, StoreSink
+from dicomstore.services.admission import AdmissionRequest, AuditSink, Gatekeeper
+from dicomstore.services.store_log import log_store
+
+log = logging.getLogger("dicomstore.storage")
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """Passed to the ``on_stored`` callback after an instance was acknowledged."""
+
+    calling_ae: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    status: int
+    outcome: Any
+    #: the door it came through: ``"C-STORE"`` or ``"STOW-RS"``
+    service: str = "C-STORE"
+
+
+OnStored = Callable[[StoredEvent], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks to store, as a door knows it.
+
+    ``name`` is the calling AE title (for STOW-RS the AE title STOW-RS stores
+    as), ``address`` the peer's IP address, ``may_store`` the door's own
+    verdict (the A-ASSOCIATE admission; see :meth:`StoreService.admit` for a
+    door without one), ``user`` an authenticated user, if any.
+    """
+
+    service: str
+    name: str
+    address: str = ""
+    called_ae: str = ""
+    may_store: bool = True
+    user: str | None = None
+
+    @property
+    def who(self) -> str:
+        """For the log: the AE title, and the address when it differs."""
+        if self.address and self.service != "C-STORE":
+            return f"{self.name} at {self.address}"
+        return self.name
+
+
+@dataclass(frozen=True)
+class StoreLimits:
+    """``max_instance_bytes``: largest data set (0: none); ``min_free_bytes``: free
+    space below which nothing is stored (0: none)."""
+
+    max_instance_bytes: int = 0
+    min_free_bytes: int = 0
+
+
+@dataclass
+class StoreResult:
+    """How a store ended: the status (PS3.4 B.2.3), the whole Error Comment (a door
+    cuts it for its wire), the Offending Elements, the handler's outcome."""
+
+    status: int
+    comment: str | None = None
+    offending: tuple[int, ...] | None = None
+    outcome: Any = None
+
+    @property
+    def stored(self) -> bool:
+        """Success or Warning: the instance is in the archive."""
+        return not st.is_failure(self.status)
+
+
+@dataclass
+class Storing:
+    """One instance on its way in: fragments go to the sink, or are discarded once
+    it failed (the failure is answered by :meth:`StoreService.finish`)."""
+
+    caller: Caller
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    sink: StoreSink | None
+    limit: int = 0
+    nbytes: int = 0
+    result: StoreResult | None = None  # known before the data set ends
+    failed_write: OSError | None = field(default=None, repr=False)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append one fragment; an I/O error or the size limit fails the store."""
+        self.nbytes += len(data)
+        sink = self.sink
+        if sink is None:
+            return
+        if self.limit and self.nbytes > self.limit:
+            self.sink = None
+            sink.abort()
+            self.result = StoreResult(
+                st.OUT_OF_RESOURCES, f"data set larger than the limit of {self.limit} bytes"
+            )
+            return
+        try:
+            sink.write(data)
+        except OSError as exc:
+            self.failed_write = exc
+            self.sink = None
+            sink.abort()
+
+    def abort(self) -> None:
+        """The door gave up mid-data set (connection lost): leave nothing behind."""
+        if self.sink is not None:
+            sink, self.sink = self.sink, None
+            sink.abort()
+
+
+class StoreService:
+    """Stores instances for every door, with the guarantees of the module docstring."""
+
+    def __init__(
+        self,
+        handler: StoreHandler,
+        *,
+        limits: StoreLimits | None = None,
+        store_aets: frozenset[str] | None = None,
+        gatekeeper: Gatekeeper | None = None,
+        audit: AuditSink | None = None,
+        on_stored: OnStored | None = None,
+    ) -> None:
+        self.handler = handler
+        self.limits = limits or StoreLimits()
+        self.store_aets = store_aets
+        self.gatekeeper = gatekeeper
+        self.audit = audit
+        self.on_stored = on_stored
+        self._callbacks: set[asyncio.Task[None]] = set()
+
+    # -- authorization -------------------------------------------------------------
+
+    def may_store(self, calling_ae: str, admitted: bool) -> bool:
+        """Whether a caller the door ``admitted`` to store (its policy verdict) may:
+        ``store_aets``, when set, must name it too."""
+        return admitted and (self.store_aets is None or calling_ae in self.store_aets)
+
+    def admit(self, service: str, calling_ae: str, called_ae: str, address: str) -> Caller:
+        """The caller of a door without an association of its own (STOW-RS): the
+        policy file decides as it would for an A-ASSOCIATE-RQ from ``calling_ae`` at
+        ``address`` (a refused one may not store), then ``store_aets``. Blocking
+        (a gatekeeper may hash a passcode): call it in a worker thread."""
+        admitted, user = True, None
+        if self.gatekeeper is not None:
+            admission = self.gatekeeper.admit(AdmissionRequest(calling_ae, called_ae, address))
+            admitted = admission.reject is None and admission.may_store
+            user = admission.user
+        return Caller(
+            service,
+            calling_ae,
+            address,
+            called_ae,
+            may_store=self.may_store(calling_ae, admitted),
+            user=user,
+        )
+
+    # -- one instance --------------------------------------------------------------
+
+    def begin(
+        self,
+        caller: Caller,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+    ) -> Storing:
+        """Check who and whether, then open the handler's sink before the data set
+        arrives; a refusal is kept in :attr:`Storing.result` (the data set that
+        follows is discarded) and answered by :meth:`finish`."""
+        storing = Storing(
+            caller,
+            sop_class_uid,
+            sop_instance_uid,
+            transfer_syntax_uid,
+            None,
+            self.limits.max_instance_bytes,
+        )
+        if not caller.may_store:
+            storing.result = StoreResult(st.NOT_AUTHORIZED, f"{caller.name} may not store here")
+            return storing
+        root = getattr(self.handler, "root", None)
+        if self.limits.min_free_bytes and root is not None:
+            try:
+                free = shutil.disk_usage(root).free
+            except OSError:
+                free = 0
+            if free < self.limits.min_free_bytes:
+                storing.result = StoreResult(
+                    st.OUT_OF_RESOURCES, f"out of resources: only {free} bytes free"
+                )
+                return storing
+        try:
+            storing.sink = self.handler.begin(
+                sop_class_uid=sop_class_uid,
+                sop_instance_uid=sop_instance_uid,
+                transfer_syntax_uid=transfer_syntax_uid,
+                calling_ae=caller.name,
+                called_ae=caller.called_ae,
+            )
+        except OSError as exc:
+            storing.result = StoreResult(
+                st.OUT_OF_RESOURCES, f"cannot store: {exc.strerror or exc}"
+            )
+        return storing
+
+    async def finish(self, storing: Storing, *, in_thread: bool = True) -> StoreResult:
+        """The data set is complete: commit durably (``in_thread``: in a worker
+        thread), then log, audit and announce it; the result to answer."""
+        result = await self._commit(storing, in_thread)
+        self._record(storing, result)
+        return result
+
+    def refused(
+        self,
+        caller: Caller,
+        sop_class_uid: str | None,
+        sop_instance_uid: str | None,
+        status: int,
+        comment: str,
+        *,
+        nbytes: int = 0,
+    ) -> StoreResult:
+        """A store the door answered by itself (its protocol's reasons): logged
+        and audited like any other."""
+        storing = Storing(caller, sop_class_uid or "", sop_instance_uid or "", "", None)
+        storing.nbytes = nbytes
+        result = StoreResult(status, comment)
+        self._record(storing, result)
+        return result
+
+    async def _commit(self, storing: Storing, in_thread: bool) -> StoreResult:
+        if storing.result is not None:
+            return storing.result
+        sink, storing.sink = storing.sink, None
+        if sink is None:
+            exc = storing.failed_write
+            text = exc.strerror if exc is not None and exc.strerror else str(exc)
+            return StoreResult(st.OUT_OF_RESOURCES, f"write failed: {text}")
+        try:
+            outcome = await asyncio.to_thread(sink.commit) if in_thread else sink.commit()
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not be Success
+            log.exception("handler failed to commit %s", storing.sop_instance_uid)
+            sink.abort()
+            return StoreResult(st.PROCESSING_FAILURE, f"handler error: {exc}")
+        result = StoreResult(
+            getattr(outcome, "status", st.SUCCESS),
+            getattr(outcome, "error_comment", None),
+            getattr(outcome, "offending_element", None),
+            outcome,
+        )
+        if self.on_stored is not None and result.stored:
+            event = StoredEvent(
+                storing.caller.name,
+                storing.sop_class_uid,
+                storing.sop_instance_uid,
+                storing.transfer_syntax_uid,
+                result.status,
+                outcome,
+                storing.caller.service,
+            )
+            task = asyncio.ensure_future(self._call_back(event))
+            self._callbacks.add(task)
+            task.add_done_callback(self._callbacks.discard)
+        return result
+
+    def _record(self, storing: Storing, result: StoreResult) -> None:
+        """The operator's log line and the audit record of one store."""
+        caller = storing.caller
+        log_store(
+            caller.service, caller.who, storing.sop_instance_uid, result.status, result.comment
+        )
+        if self.audit is None:
+            return
+        row = getattr(result.outcome, "instance", None) or {}
+        self.audit.instance(
+            {
+                "event": "instance",
+                "service": caller.service,
+                "calling_ae": caller.name,
+                "address": caller.address or None,
+                "user": caller.user,
+                "sop_class_uid": storing.sop_class_uid or None,
+                "sop_instance_uid": storing.sop_instance_uid or None,
+                "study_instance_uid": row.get("study_uid"),  # the index row's key
+                "bytes": storing.nbytes,
+                "digest": row.get("digest"),
+                "status": f"{result.status:04X}",
+                "error_comment": result.comment,
+            }
+        )
+
+    async def _call_back(self, event: StoredEvent) -> None:
+        assert self.on_stored is not None
+        try:
+            await self.on_stored(event)
+        except Exception:  # noqa: BLE001 - a user callback must not kill the server
+            log.exception("on_stored callback failed for %s", event.sop_instance_uid)
