@@ -525,7 +525,12 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.http_port is not None:
         from dicomstore.http import HttpServer, build_app
 
-        app = build_app(archive, ae_title=args.aet, accept_unknown=args.accept_unknown_sop_classes)
+        app = build_app(
+            archive,
+            ae_title=args.aet,
+            accept_unknown=args.accept_unknown_sop_classes,
+            store=server.store,  # STOW-RS: the same authorization, limits, audit, events
+        )
         http = HttpServer(app, args.http_host or args.host, args.http_port)
         try:
             await http.start()

@@ -191,13 +191,13 @@ def test_failing_part_is_logged_at_warning_with_the_client(server, caplog) -> No
     stored, failed = (x for x in caplog.records if x.name == "dicomstore.storage")
     assert stored.levelno == logging.DEBUG
     assert re.fullmatch(
-        r"STOW-RS of 1\.2\.5\.19 from 127\.0\.0\.1:\d+: status 0000 \(success\)",
+        r"STOW-RS of 1\.2\.5\.19 from STOW-RS at 127\.0\.0\.1: status 0000 \(success\)",
         stored.getMessage(),
     )
     assert failed.levelno == logging.WARNING
     message = failed.getMessage()
     assert re.fullmatch(
-        r"STOW-RS of 1\.2\.5\.18 from 127\.0\.0\.1:\d+: status A900 \(failure\): .+", message
+        r"STOW-RS of 1\.2\.5\.18 from STOW-RS at 127\.0\.0\.1: status A900 \(failure\): .+", message
     ), message
     comment = r.headers["warning"].split("1.2.5.18: A900 ", 1)[1].rstrip('"')
     assert message.endswith(": " + comment)  # the Error Comment the client got

@@ -24,6 +24,7 @@ from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotSt
 from dicomstore.http import browse, qido, stow, wado
 from dicomstore.http.common import HttpError, error_response
 from dicomstore.http.openapi import openapi
+from dicomstore.services.storage import StoreService
 
 _STUDY = "/studies/{study}"
 _SERIES = _STUDY + "/series/{series}"
@@ -92,6 +93,7 @@ def build_app(
     stow_ae: str = "STOW-RS",
     accept_unknown: bool = False,
     base_url: str | None = None,
+    store: StoreService | None = None,
 ) -> Starlette:
     """The DICOMweb ASGI app over the archive ``source``.
 
@@ -103,6 +105,9 @@ def build_app(
     receiver; ``accept_unknown`` lets STOW-RS store non-storage SOP classes.
     ``base_url`` is the public URL of the service (behind a proxy) used in
     Retrieve URLs and BulkDataURIs; by default each request's own (its Host).
+    ``store`` is the store service STOW-RS stores through: the server's, so
+    that its authorization, limits, audit and events hold for STOW-RS too
+    (``Server.store``); without one, a service over the archive with none of them.
     """
     archive = source if isinstance(source, Archive) else None
     root = archive.root if archive is not None else Path(source)  # type: ignore[arg-type]
@@ -112,6 +117,7 @@ def build_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if owns_archive:
             app.state.archive = Archive(root)
+            app.state.store = StoreService(app.state.archive)
         try:
             yield
         finally:
@@ -134,6 +140,7 @@ def build_app(
     if owns_archive:
         Archive(root).close()  # create the index now, so the reader can open it
     app.state.archive = archive
+    app.state.store = store if store is not None or archive is None else StoreService(archive)
     app.state.reader = ArchiveReader(root)
     app.state.ae_title = ae_title
     app.state.stow_ae = stow_ae

@@ -5,18 +5,23 @@
 The body is parsed as it arrives (:class:`~dicomstore.http.multipart.MultipartParser`);
 of each part only the File Meta Information is buffered, to learn the SOP
 Class, SOP Instance and Transfer Syntax UIDs, then the data set bytes after
-it stream into the **same ingest as C-STORE** (``Archive.begin`` → ``write`` →
-``commit``): same checks, same durability (``commit`` runs in a worker
-thread: it fsyncs), same duplicate policy, same statuses. The archive writes
-its own File Meta Information; the data set is stored byte for byte.
+it stream into the **same store service as C-STORE**
+(``services/storage.py``): the same authorization (the caller is the AE
+title ``stow_ae`` at the client's address, judged by ``--store-aet`` and the
+policy file: 0124 when it may not store), limits (``--max-instance-size``,
+``--min-free``: A700), checks, durability (the commit runs in a worker
+thread: it fsyncs), duplicate and relational policies, statuses, log line,
+audit record and ``on_stored`` event. The archive writes its own File Meta
+Information; the data set is stored byte for byte.
 
 The response (Annex I) lists stored instances in Referenced SOP Sequence
 (with Retrieve URL, and Warning Reason for a B000 kept duplicate) and the
 others in Failed SOP Sequence with the C-STORE status as Failure Reason
 (Table I.2-2: A7xx, A900, Cxxx, C122 transfer syntax, 0122 SOP class,
-0110); the Error Comment of each failure or warning goes in a
-``Warning: 299`` header. Status (Table 10.5.3-1): 200 all stored, 202 some failed or warned,
-409 none stored, 400 malformed body, 415 not ``application/dicom`` parts.
+0110; and 0124 for a caller that may not store); the Error Comment of each
+failure or warning goes in a ``Warning: 299`` header. Status (Table
+10.5.3-1): 200 all stored, 202 some failed or warned, 409 none stored, 400
+malformed body, 415 not ``application/dicom`` parts.
 With ``/studies/{study}`` an instance of another study fails with A900.
 """
 
@@ -47,7 +52,7 @@ from dicomstore.http.multipart import (
     PartStart,
     parse_media_type,
 )
-from dicomstore.services.store_log import log_store
+from dicomstore.services.storage import Caller, StoreService, Storing
 from dicomstore.vr import LONG_VRS
 
 log = logging.getLogger("dicomstore.http.stow")
@@ -98,28 +103,36 @@ def meta_end(buf: bytes | bytearray) -> int | None:
 
 
 class _Part:
-    """One part being received: meta buffered, then the data set into an ingest."""
+    """One part being received: meta buffered, then the data set into the store service."""
 
-    def __init__(self, app_state: Any, headers: dict[str, str]) -> None:
+    def __init__(self, app_state: Any, caller: Caller, headers: dict[str, str]) -> None:
         self.state = app_state
+        self.service: StoreService = app_state.store
+        self.caller = caller
         self.buffer = bytearray()
-        self.ingest: Any = None
+        self.storing: Storing | None = None
         self.result: PartResult | None = None
         self.sop_class: str | None = None
         self.sop_instance: str | None = None
+        self.nbytes = 0
         media_type, _ = parse_media_type(headers.get("content-type", "application/dicom"))
         if media_type != "application/dicom":
-            self.result = PartResult(None, None, CANNOT_UNDERSTAND, f"part is {media_type}")
+            self._fail(CANNOT_UNDERSTAND, f"part is {media_type}")
 
     def _fail(self, status: int, comment: str) -> None:
+        """A part refused by STOW-RS itself (logged and audited by the store service)."""
+        self.service.refused(
+            self.caller, self.sop_class, self.sop_instance, status, comment, nbytes=self.nbytes
+        )
         self.result = PartResult(self.sop_class, self.sop_instance, status, comment)
         self.buffer = bytearray()
 
     def feed(self, data: bytes) -> None:
+        self.nbytes += len(data)
         if self.result is not None:
             return
-        if self.ingest is not None:
-            self.ingest.write(data)
+        if self.storing is not None:
+            self.storing.write(data)
             return
         self.buffer += data
         try:
@@ -149,52 +162,53 @@ class _Part:
         if not self.state.accept_unknown and sop_class not in uids.storage_sop_classes():
             self._fail(SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} is not a storage class")
             return
-        try:
-            self.ingest = self.state.archive.begin(
-                sop_class_uid=sop_class,
-                sop_instance_uid=sop_instance,
-                transfer_syntax_uid=syntax,
-                calling_ae=self.state.stow_ae,
-                called_ae=self.state.ae_title,
-            )
-        except OSError as exc:
-            self._fail(0xA700, f"out of resources: {exc.strerror or exc}")
-            return
-        self.ingest.write(bytes(self.buffer[end:]))
+        self.storing = self.service.begin(
+            self.caller,
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_instance,
+            transfer_syntax_uid=syntax,
+        )
+        self.storing.write(bytes(self.buffer[end:]))
         self.buffer = bytearray()
 
     def abort(self) -> None:
-        if self.ingest is not None:
-            self.ingest.abort()
+        if self.storing is not None:
+            self.storing.abort()
 
     async def finish(self, study: str | None) -> PartResult:
         if self.result is not None:
             return self.result
-        if self.ingest is None:
-            return PartResult(None, None, CANNOT_UNDERSTAND, "not a DICOM PS3.10 file")
-        if study is not None:
-            other = await anyio.to_thread.run_sync(self._study_of)
+        if self.storing is None:
+            self._fail(CANNOT_UNDERSTAND, "not a DICOM PS3.10 file")
+            assert self.result is not None
+            return self.result
+        storing = self.storing
+        if study is not None and storing.sink is not None and storing.result is None:
+            other = await anyio.to_thread.run_sync(self._study_of, storing.sink)
             if other is not None and other != study:
-                self.ingest.abort()
-                return PartResult(
-                    self.sop_class, self.sop_instance, MISMATCH, f"instance of study {other}"
-                )
-        outcome = await anyio.to_thread.run_sync(self.ingest.commit)
+                storing.abort()
+                self._fail(MISMATCH, f"instance of study {other}")
+                assert self.result is not None
+                return self.result
+        result = await self.service.finish(storing)
         return PartResult(
             self.sop_class,
             self.sop_instance,
-            outcome.status,
-            outcome.error_comment,
-            outcome.instance,
+            result.status,
+            result.comment,
+            getattr(result.outcome, "instance", None),
         )
 
-    def _study_of(self) -> str | None:
+    def _study_of(self, sink: Any) -> str | None:
         """The Study Instance UID written so far (``None``: unreadable, commit will say)."""
+        temp = getattr(sink, "temp", None)
+        if temp is None:  # (a handler that is no archive: its commit decides)
+            return None
         try:
-            with open(self.ingest.temp, "rb") as fp:
+            with open(temp, "rb") as fp:
                 offset = dataset_offset(fp)
                 size = fp.seek(0, io.SEEK_END)
-                ds = read_header(fp, offset, size, self.ingest.transfer_syntax_uid)
+                ds = read_header(fp, offset, size, sink.transfer_syntax_uid)
         except (OSError, HeaderError):
             return None
         return raw_uid(ds, STUDY_INSTANCE_UID) or ""
@@ -203,7 +217,7 @@ class _Part:
 async def store(request: Request) -> Response:
     """POST /studies[/{study}] (10.5.1)."""
     state = request.app.state
-    if state.archive is None:
+    if state.store is None:
         raise HttpError(405, "this server is read-only: STOW-RS is disabled", {"Allow": "GET"})
     media_type, params = parse_media_type(request.headers.get("content-type", ""))
     part_type = params.get("type", "application/dicom").lower()
@@ -213,6 +227,9 @@ async def store(request: Request) -> Response:
         raise HttpError(400, "the Content-Type has no boundary")
     study = request.path_params.get("study")
     study = normalize_uid(study) if study is not None else None
+    caller = await anyio.to_thread.run_sync(
+        state.store.admit, "STOW-RS", state.stow_ae, state.ae_title, client_address(request)
+    )
     parser = MultipartParser(params["boundary"])
     results: list[PartResult] = []
     part: _Part | None = None
@@ -220,7 +237,7 @@ async def store(request: Request) -> Response:
         async for chunk in request.stream():
             for event in parser.feed(chunk):
                 if isinstance(event, PartStart):
-                    part = _Part(state, event.headers)
+                    part = _Part(state, caller, event.headers)
                 elif isinstance(event, PartData) and part is not None:
                     part.feed(event.data)
                 elif isinstance(event, PartEnd) and part is not None:
@@ -235,7 +252,9 @@ async def store(request: Request) -> Response:
             return Response(status_code=400)
         if not any(r.stored for r in results):
             raise HttpError(400, str(exc)) from None
-        results.append(PartResult(None, None, CANNOT_UNDERSTAND, f"malformed body: {exc}"))
+        comment = f"malformed body: {exc}"
+        state.store.refused(caller, None, None, CANNOT_UNDERSTAND, comment)
+        results.append(PartResult(None, None, CANNOT_UNDERSTAND, comment))
     if not results:
         raise HttpError(400, "the request holds no instances")
     return _response(request, results)
@@ -261,11 +280,10 @@ def _item(r: PartResult, base: str) -> dict[str, Any]:
     return item
 
 
-def client_of(request: Request) -> str:
-    """Who sent ``request``, for the log: ``host:port`` of the HTTP client (no user:
-    the DICOMweb server does not authenticate)."""
+def client_address(request: Request) -> str:
+    """The HTTP client's IP address (what the policy file's ``hosts`` match)."""
     client = request.client
-    return f"{client.host}:{client.port}" if client is not None else "an unknown HTTP client"
+    return client.host if client is not None else ""
 
 
 def _response(request: Request, results: list[PartResult]) -> Response:
@@ -283,9 +301,6 @@ def _response(request: Request, results: list[PartResult]) -> Response:
         body["00081198"] = {"vr": "SQ", "Value": [_item(r, base) for r in failed]}
     if stored:
         body["00081199"] = {"vr": "SQ", "Value": [_item(r, base) for r in stored]}
-    caller = client_of(request)
-    for r in results:
-        log_store("STOW-RS", caller, r.sop_instance_uid, r.status, r.comment)
     notes = []
     for r in failed + [r for r in stored if r.status]:
         text = f"{r.sop_instance_uid or 'part'}: {r.status:04X} {r.comment or ''}".strip()
