@@ -11,7 +11,7 @@ security) for the parts that apply.
 from __future__ import annotations
 
 from dicomstore import __version__, uids
-from dicomstore.dimse import status as st
+from dicomstore import status as st
 from dicomstore.services.storage_scp import STORAGE_EXTENDED_ANSWER
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
 from dicomstore.ul.pdu import APPLICATION_CONTEXT_NAME
@@ -20,35 +20,41 @@ from dicomstore.ul.pdu import APPLICATION_CONTEXT_NAME
 SCP_STATUSES: tuple[tuple[int, str], ...] = (
     (st.SUCCESS, "stored durably (file flushed, renamed into place, index committed)"),
     (
-        0xB000,
+        st.COERCION_OF_DATA_ELEMENTS,
         "`--on-duplicate keep`: the SOP Instance was stored before with other bytes; "
         "the stored copy is kept",
     ),
-    (0xB006, "`--trailing-padding discard`: the Data Set Trailing Padding was not stored"),
-    (0xB007, "`--on-class-mismatch tolerate`: (0008,0016) differs from the command; stored"),
     (
-        0xA700,
+        st.ELEMENTS_DISCARDED,
+        "`--trailing-padding discard`: the Data Set Trailing Padding was not stored",
+    ),
+    (
+        st.DATASET_DOES_NOT_MATCH_SOP_CLASS_WARNING,
+        "`--on-class-mismatch tolerate`: (0008,0016) differs from the command; stored",
+    ),
+    (
+        st.OUT_OF_RESOURCES,
         "out of resources: disk full, quota, index unavailable, below `--min-free`, "
         "larger than `--max-instance-size`",
     ),
     (
-        0xA900,
+        st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
         "(0008,0016) or (0008,0018) missing from the data set or different from the command; "
         "(0020,000D) or (0020,000E) missing or empty; `--on-relational-mismatch reject`: the "
         "Series UID is filed under another study, or the Study UID under another patient "
         "(Patient ID + Issuer)",
     ),
     (
-        0xC000,
+        st.CANNOT_UNDERSTAND,
         "the data set cannot be parsed up to the Pixel Data, or is not encoded as the "
         "context's transfer syntax says (explicit/implicit VR, byte order, deflate stream)",
     ),
-    (0xC111, "`--on-duplicate reject`: the SOP Instance is stored already"),
-    (0x0122, "no accepted presentation context for the SOP Class"),
-    (0x0124, "the calling AE title may not store (`--store-aet`, policy file)"),
-    (0x0210, "a Message ID still in progress on the association"),
-    (0x0211, "a DIMSE command other than C-ECHO and C-STORE"),
-    (0x0212, "a command element missing or malformed"),
+    (st.DUPLICATE_REJECTED, "`--on-duplicate reject`: the SOP Instance is stored already"),
+    (st.SOP_CLASS_NOT_SUPPORTED, "no accepted presentation context for the SOP Class"),
+    (st.NOT_AUTHORIZED, "the calling AE title may not store (`--store-aet`, policy file)"),
+    (st.DUPLICATE_INVOCATION, "a Message ID still in progress on the association"),
+    (st.UNRECOGNIZED_OPERATION, "a DIMSE command other than C-ECHO and C-STORE"),
+    (st.MISTYPED_ARGUMENT, "a command element missing or malformed"),
 )
 
 

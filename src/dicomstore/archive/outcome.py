@@ -12,38 +12,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dicomstore import status
 from dicomstore.error_comment import error_comment
 
+# The statuses the archive decides, by the names of its own policies; the codes
+# and their classes have one home, dicomstore.status (PS3.7 Annex C, PS3.4 B.2.3).
 #: Success: the instance is durably stored and indexed (PS3.4 B.2.2).
-SUCCESS = 0x0000
-#: Warning, Coercion of Data Elements (PS3.4 B.2.3 Table B.2-1): what is stored
-#: differs from what was sent. Used for a duplicate kept under policy "keep"
-#: when the received bytes differ from the stored ones.
-WARNING_COERCION = 0xB000
-#: Warning, Elements Discarded (PS3.4 B.2.3): stored without its Data Set
-#: Trailing Padding (FFFC,FFFC) under the trailing-padding policy "discard"
-#: (``padding.py``).
-WARNING_ELEMENTS_DISCARDED = 0xB006
-#: Warning, Data Set does not match SOP Class (PS3.4 B.2.3): stored as sent under
-#: the "tolerate" class-mismatch policy although (0008,0016) differs from the command.
-WARNING_DATASET_MISMATCH = 0xB007
+SUCCESS = status.SUCCESS
+#: Warning, Coercion of Data Elements: what is stored differs from what was
+#: sent (a duplicate kept under policy "keep" whose bytes differ).
+WARNING_COERCION = status.COERCION_OF_DATA_ELEMENTS
+#: Warning, Elements Discarded: stored without its Data Set Trailing Padding
+#: (FFFC,FFFC) under the trailing-padding policy "discard" (``padding.py``).
+WARNING_ELEMENTS_DISCARDED = status.ELEMENTS_DISCARDED
+#: Warning, Data Set does not match SOP Class: stored as sent under the
+#: "tolerate" class-mismatch policy although (0008,0016) differs from the command.
+WARNING_DATASET_MISMATCH = status.DATASET_DOES_NOT_MATCH_SOP_CLASS_WARNING
 #: Failure, Refused: Out of Resources (A7xx): disk full, quota, any I/O error,
 #: index unavailable. The SCU may retry later.
-OUT_OF_RESOURCES = 0xA700
+OUT_OF_RESOURCES = status.OUT_OF_RESOURCES
 #: Failure, Error: Data Set does not match SOP Class (A9xx): (0008,0016) or
 #: (0008,0018) absent from the data set or different from the command; no
 #: (0020,000D) or (0020,000E) (PS3.4 B.1.1); a series or study the index files
 #: under another study or patient (policy ``on_relational_mismatch="reject"``).
-DATASET_MISMATCH = 0xA900
+DATASET_MISMATCH = status.DATASET_DOES_NOT_MATCH_SOP_CLASS
 #: Failure, Error: Cannot understand (Cxxx): the data set cannot be parsed up
-#: to the Pixel Data.
-CANNOT_UNDERSTAND = 0xC000
-#: Failure, Cxxx sub-code for a duplicate SOP Instance refused by policy
-#: "reject". PS3.7 C.5 "Duplicate SOP Instance" (0111) is a general status of
-#: N-CREATE, not among the statuses C-STORE may return, so an SCU need not
-#: recognise it; a Cxxx code is a Failure to every SCU, and the sub-code 111
-#: echoes 0111 for a human reading logs.
-DUPLICATE_REJECTED = 0xC111
+#: to the Pixel Data, or is not encoded as its transfer syntax says.
+CANNOT_UNDERSTAND = status.CANNOT_UNDERSTAND
+#: Failure: a duplicate SOP Instance refused by policy "reject" (C111).
+DUPLICATE_REJECTED = status.DUPLICATE_REJECTED
 
 #: (0008,0016) SOP Class UID and (0008,0018) SOP Instance UID, as offending elements.
 SOP_CLASS_UID_TAG = 0x00080016
@@ -79,13 +76,13 @@ class StoreOutcome:
 
     @property
     def is_warning(self) -> bool:
-        """True for the warnings of PS3.4 B.2.3 (Bxxx)."""
-        return (self.status & 0xF000) == 0xB000
+        """True for a Warning (PS3.7 Annex C): stored, with a remark."""
+        return status.is_warning(self.status)
 
     @property
     def is_failure(self) -> bool:
         """True when the instance was not stored."""
-        return not (self.is_success or self.is_warning)
+        return status.is_failure(self.status)
 
     @property
     def wire_comment(self) -> str | None:

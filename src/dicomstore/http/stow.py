@@ -39,7 +39,7 @@ from pydicom.filereader import read_dataset
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from dicomstore import uids
+from dicomstore import status, uids
 from dicomstore.archive.dicomfile import HeaderError, dataset_offset, read_header
 from dicomstore.archive.fields import STUDY_INSTANCE_UID, raw_uid
 from dicomstore.archive.layout import normalize_uid
@@ -59,11 +59,6 @@ log = logging.getLogger("dicomstore.http.stow")
 
 #: File Meta Information larger than this is refused (it is a few hundred bytes).
 MAX_META = 64 * 1024
-PROCESSING_FAILURE = 0x0110
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
-CANNOT_UNDERSTAND = 0xC000
-MISMATCH = 0xA900
 
 
 @dataclass
@@ -78,7 +73,7 @@ class PartResult:
 
     @property
     def stored(self) -> bool:
-        return self.status == 0 or (self.status & 0xF000) == 0xB000
+        return not status.is_failure(self.status)
 
 
 def meta_end(buf: bytes | bytearray) -> int | None:
@@ -117,7 +112,7 @@ class _Part:
         self.nbytes = 0
         media_type, _ = parse_media_type(headers.get("content-type", "application/dicom"))
         if media_type != "application/dicom":
-            self._fail(CANNOT_UNDERSTAND, f"part is {media_type}")
+            self._fail(status.CANNOT_UNDERSTAND, f"part is {media_type}")
 
     def _fail(self, status: int, comment: str) -> None:
         """A part refused by STOW-RS itself (logged and audited by the store service)."""
@@ -138,11 +133,11 @@ class _Part:
         try:
             end = meta_end(self.buffer)
         except ValueError as exc:
-            self._fail(CANNOT_UNDERSTAND, str(exc))
+            self._fail(status.CANNOT_UNDERSTAND, str(exc))
             return
         if end is None:
             if len(self.buffer) > MAX_META:
-                self._fail(CANNOT_UNDERSTAND, "File Meta Information too large")
+                self._fail(status.CANNOT_UNDERSTAND, "File Meta Information too large")
             return
         self._begin(end)
 
@@ -153,14 +148,18 @@ class _Part:
             sop_instance = normalize_uid(meta[0x00020003].value or "")
             syntax = normalize_uid(meta[0x00020010].value or "")
         except Exception as exc:  # noqa: BLE001 - any broken meta: cannot understand
-            self._fail(CANNOT_UNDERSTAND, f"File Meta Information unreadable: {exc}")
+            self._fail(status.CANNOT_UNDERSTAND, f"File Meta Information unreadable: {exc}")
             return
         self.sop_class, self.sop_instance = sop_class, sop_instance
         if syntax not in uids.transfer_syntaxes():
-            self._fail(TRANSFER_SYNTAX_NOT_SUPPORTED, f"transfer syntax {syntax} not supported")
+            self._fail(
+                status.TRANSFER_SYNTAX_NOT_SUPPORTED, f"transfer syntax {syntax} not supported"
+            )
             return
         if not self.state.accept_unknown and sop_class not in uids.storage_sop_classes():
-            self._fail(SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} is not a storage class")
+            self._fail(
+                status.SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} is not a storage class"
+            )
             return
         self.storing = self.service.begin(
             self.caller,
@@ -179,7 +178,7 @@ class _Part:
         if self.result is not None:
             return self.result
         if self.storing is None:
-            self._fail(CANNOT_UNDERSTAND, "not a DICOM PS3.10 file")
+            self._fail(status.CANNOT_UNDERSTAND, "not a DICOM PS3.10 file")
             assert self.result is not None
             return self.result
         storing = self.storing
@@ -187,7 +186,7 @@ class _Part:
             other = await anyio.to_thread.run_sync(self._study_of, storing.sink)
             if other is not None and other != study:
                 storing.abort()
-                self._fail(MISMATCH, f"instance of study {other}")
+                self._fail(status.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"instance of study {other}")
                 assert self.result is not None
                 return self.result
         result = await self.service.finish(storing)
@@ -253,8 +252,8 @@ async def store(request: Request) -> Response:
         if not any(r.stored for r in results):
             raise HttpError(400, str(exc)) from None
         comment = f"malformed body: {exc}"
-        state.store.refused(caller, None, None, CANNOT_UNDERSTAND, comment)
-        results.append(PartResult(None, None, CANNOT_UNDERSTAND, comment))
+        state.store.refused(caller, None, None, status.CANNOT_UNDERSTAND, comment)
+        results.append(PartResult(None, None, status.CANNOT_UNDERSTAND, comment))
     if not results:
         raise HttpError(400, "the request holds no instances")
     return _response(request, results)

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dicomstore.dimse import status as st
+from dicomstore import status as st
 from dicomstore.handler import StoreHandler, StoreSink
 from dicomstore.services.admission import AdmissionRequest, AuditSink, Gatekeeper
 from dicomstore.services.store_log import log_store

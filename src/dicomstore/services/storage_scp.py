@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from dicomstore import status as st
 from dicomstore import uids
 from dicomstore.dimse import CStoreRQ, CStoreRSP
-from dicomstore.dimse import status as st
 from dicomstore.error_comment import error_comment
 from dicomstore.handler import StoreSink
 from dicomstore.services.storage import (

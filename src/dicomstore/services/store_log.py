@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from dicomstore.dimse import status as st
+from dicomstore import status as st
 
 log = logging.getLogger("dicomstore.storage")
 
