@@ -1,33 +1,139 @@
-"""dicomstore: a DICOM Storage SCP and SCU (PS3.4 Annex B) with a durable archive."""
+"""dicomstore: a DICOM Storage SCP and SCU (PS3.4 Annex B) with a durable archive.
+
+The public API is re-exported here and imported on first use (PEP 562), so
+that ``import dicomstore.ul.fsm`` (or ``dimse``, ``archive``) loads neither
+asyncio, ssl, the asyncio shell nor the services::
+
+    import dicomstore
+
+    async with dicomstore.connect("127.0.0.1", 11112, called_ae="DICOMSTORE") as assoc:
+        rsp = await assoc.echo()
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from dicomstore.aio.association import Timeouts  # noqa: E402
-from dicomstore.aio.client import ClientAssociation, associate, connect  # noqa: E402
-from dicomstore.aio.server import Server, ServerConfig  # noqa: E402
-from dicomstore.errors import (  # noqa: E402
-    AssociationAborted,
-    AssociationError,
-    AssociationRejected,
-    DicomstoreError,
-    DimseTimeout,
-    LocalProtocolError,
-    RemoteProtocolError,
-)
+#: Each public name and the module that is its one home.
+_EXPORTS: dict[str, str] = {
+    # client (PS3.8 7.1, PS3.7 9.3)
+    "ClientAssociation": "dicomstore.aio.client",
+    "associate": "dicomstore.aio.client",
+    "connect": "dicomstore.aio.client",
+    "Timeouts": "dicomstore.aio.association",
+    "CEchoRSP": "dicomstore.dimse.messages",
+    "CStoreRSP": "dicomstore.dimse.messages",
+    # sending many instances (PS3.4 B.2.1)
+    "send": "dicomstore.services.scu_send",
+    "SendOptions": "dicomstore.services.scu_send",
+    "Result": "dicomstore.services.storage_scu",
+    # server (PS3.4 A, B.2)
+    "serve": "dicomstore.aio.serving",
+    "Server": "dicomstore.aio.server",
+    "ServerConfig": "dicomstore.aio.server",
+    "StoreHandler": "dicomstore.handler",
+    "StoreSink": "dicomstore.handler",
+    "StoreOutcome": "dicomstore.archive.outcome",
+    "Archive": "dicomstore.archive.store",
+    # what was stored: query, read, events
+    "open_archive": "dicomstore.query",
+    "ArchiveReader": "dicomstore.archive.reader",
+    "StoredEvents": "dicomstore.query",
+    "Subscription": "dicomstore.query",
+    "StoredEvent": "dicomstore.services.storage_scp",
+    # errors
+    "DicomstoreError": "dicomstore.errors",
+    "LocalProtocolError": "dicomstore.errors",
+    "RemoteProtocolError": "dicomstore.errors",
+    "AssociationError": "dicomstore.errors",
+    "AssociationRejected": "dicomstore.errors",
+    "AssociationAborted": "dicomstore.errors",
+    "DimseTimeout": "dicomstore.errors",
+    "NotDicom": "dicomstore.services.sources",
+    "CorruptFile": "dicomstore.services.sources",
+    "NotSendable": "dicomstore.services.storage_scu",
+    "ArchiveNotFoundError": "dicomstore.archive.reader",
+    "NotStoredError": "dicomstore.archive.reader",
+    "QueryError": "dicomstore.archive.query",
+}
 
 __all__ = [
+    "Archive",
+    "ArchiveNotFoundError",
+    "ArchiveReader",
     "AssociationAborted",
     "AssociationError",
     "AssociationRejected",
+    "CEchoRSP",
+    "CStoreRSP",
     "ClientAssociation",
+    "CorruptFile",
     "DicomstoreError",
     "DimseTimeout",
     "LocalProtocolError",
+    "NotDicom",
+    "NotSendable",
+    "NotStoredError",
+    "QueryError",
     "RemoteProtocolError",
+    "Result",
+    "SendOptions",
     "Server",
     "ServerConfig",
+    "StoreHandler",
+    "StoreOutcome",
+    "StoreSink",
+    "StoredEvent",
+    "StoredEvents",
+    "Subscription",
     "Timeouts",
     "__version__",
     "associate",
     "connect",
+    "open_archive",
+    "send",
+    "serve",
 ]
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports
+    from dicomstore.aio.association import Timeouts
+    from dicomstore.aio.client import ClientAssociation, associate, connect
+    from dicomstore.aio.server import Server, ServerConfig
+    from dicomstore.aio.serving import serve
+    from dicomstore.archive.outcome import StoreOutcome
+    from dicomstore.archive.query import QueryError
+    from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
+    from dicomstore.archive.store import Archive
+    from dicomstore.dimse.messages import CEchoRSP, CStoreRSP
+    from dicomstore.errors import (
+        AssociationAborted,
+        AssociationError,
+        AssociationRejected,
+        DicomstoreError,
+        DimseTimeout,
+        LocalProtocolError,
+        RemoteProtocolError,
+    )
+    from dicomstore.handler import StoreHandler, StoreSink
+    from dicomstore.query import StoredEvents, Subscription, open_archive
+    from dicomstore.services.scu_send import SendOptions, send
+    from dicomstore.services.sources import CorruptFile, NotDicom
+    from dicomstore.services.storage_scp import StoredEvent
+    from dicomstore.services.storage_scu import NotSendable, Result
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access (PEP 562) and keep the name."""
+    home = _EXPORTS.get(name)
+    if home is None:
+        raise AttributeError(f"module 'dicomstore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later accesses do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

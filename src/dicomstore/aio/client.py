@@ -13,13 +13,23 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import ssl as ssl_module
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Generator, Iterable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 from dicomstore import uids
 from dicomstore.aio.association import Stream, Timeouts, Transport
-from dicomstore.dimse import CEchoRQ, CommandReceived, CStoreRQ, DatasetFragment, UnknownCommand
+from dicomstore.dimse import (
+    CEchoRQ,
+    CEchoRSP,
+    CommandReceived,
+    CStoreRQ,
+    CStoreRSP,
+    DatasetFragment,
+    UnknownCommand,
+)
 from dicomstore.errors import (
     AssociationAborted,
     AssociationError,
@@ -46,7 +56,12 @@ from dicomstore.ul.negotiation import (
     requested,
 )
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
 log = logging.getLogger("dicomstore.client")
+
+_RSP = TypeVar("_RSP", CEchoRSP, CStoreRSP)
 
 ContextSpec = tuple[str, Sequence[str]]  # (abstract syntax, transfer syntaxes)
 
@@ -182,7 +197,9 @@ class ClientAssociation:
 
     # -- operations -------------------------------------------------------
 
-    def context_for(self, abstract_syntax: str, transfer_syntax: str | None = None):
+    def context_for(
+        self, abstract_syntax: str, transfer_syntax: str | None = None
+    ) -> AcceptedContext | None:
         """An accepted context for this abstract (and transfer) syntax, or None."""
         assert self.negotiated is not None
         return self.negotiated.context_for(abstract_syntax, transfer_syntax)
@@ -193,18 +210,26 @@ class ClientAssociation:
         if not self.t.conn.is_established:
             raise AssociationError("the association is not established")
 
-    async def _await_response(self, msg_id: int, future: asyncio.Future) -> Any:
+    async def _await_response(
+        self, msg_id: int, future: asyncio.Future, expected: type[_RSP]
+    ) -> _RSP:
         try:
             async with asyncio.timeout(self.t.timeouts.dimse):
-                return await future
+                rsp = await future
         except TimeoutError:
             self._waiting.pop(msg_id, None)
             await self.abort()
             raise DimseTimeout(
                 f"no response to message {msg_id} within {self.t.timeouts.dimse}s"
             ) from None
+        if not isinstance(rsp, expected):  # PS3.7 9.3: the response of the request's type
+            why = f"the peer answered message {msg_id} with {type(rsp).__name__}"
+            log.warning("%s, not a %s: aborting", why, expected.__name__)
+            await self.abort()
+            raise AssociationAborted(f"{why}, not a {expected.__name__}")
+        return rsp
 
-    async def echo(self) -> Any:
+    async def echo(self) -> CEchoRSP:
         """C-ECHO (PS3.7 9.3.5); returns the C-ECHO-RSP."""
         self._check_usable()
         ctx = self.context_for(uids.VERIFICATION)
@@ -216,7 +241,7 @@ class ClientAssociation:
         async with self._send_lock:
             self.t.queue_message(ctx.id, CEchoRQ(msg_id).encode())
             await self.t.drain()
-        return await self._await_response(msg_id, future)
+        return await self._await_response(msg_id, future, CEchoRSP)
 
     async def store_stream(
         self,
@@ -227,7 +252,7 @@ class ClientAssociation:
         *,
         priority: int = 0,
         move_originator: tuple[str, int] | None = None,
-    ) -> Any:
+    ) -> CStoreRSP:
         """C-STORE (PS3.7 9.3.1) of a data set given as chunks in ``context``'s syntax.
 
         Waits for a slot of the operations window, sends the request and the
@@ -261,7 +286,32 @@ class ClientAssociation:
                 elif not future.cancelled():
                     future.exception()  # retrieved: the caller gets the send error
                 raise
-            return await self._await_response(msg_id, future)
+            return await self._await_response(msg_id, future, CStoreRSP)
+
+    async def store(
+        self,
+        dataset_or_path: Dataset | str | os.PathLike[str],
+        *,
+        convert: bool = True,
+        priority: int = 0,
+        move_originator: tuple[str, int] | None = None,
+    ) -> CStoreRSP:
+        """C-STORE (PS3.4 B.2.1) a pydicom Dataset or a PS3.10 file; the C-STORE-RSP.
+
+        The context is the accepted one for the instance's SOP Class in its own
+        transfer syntax (a file is streamed unchanged); else, with ``convert``,
+        an accepted uncompressed one, the instance re-encoded.  Raises
+        :class:`~dicomstore.NotDicom` (:class:`~dicomstore.CorruptFile` for a
+        file cut short) and :class:`~dicomstore.NotSendable` (no accepted
+        context fits: propose the SOP Class in ``connect(contexts=...)``).
+        """
+        from dicomstore.services.storage_scu import as_instance, store_instance
+
+        instance = await asyncio.to_thread(as_instance, dataset_or_path)  # reads the file
+        rsp, _ctx, _converted, _nbytes = await store_instance(
+            self, instance, convert=convert, priority=priority, move_originator=move_originator
+        )
+        return rsp
 
     # -- ending -----------------------------------------------------------
 
@@ -301,7 +351,12 @@ class ClientAssociation:
     async def __aenter__(self) -> ClientAssociation:
         return self
 
-    async def __aexit__(self, exc_type, exc, tb) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is None:
             await self.release()
         else:
@@ -350,21 +405,41 @@ async def associate(
     return assoc
 
 
+class AssociateOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`associate`, for :class:`connect`."""
+
+    called_ae: str
+    calling_ae: str
+    contexts: Iterable[ContextSpec]
+    max_pdu: int
+    max_ops: int | None
+    roles: Iterable[I.RoleSelection]
+    extended: Iterable[I.SOPClassExtended]
+    identity: I.UserIdentityRQ | None
+    timeouts: Timeouts | None
+    ssl: ssl_module.SSLContext | None
+
+
 class connect:  # noqa: N801 - used as `async with dicomstore.connect(...)`
     """``async with connect(host, port, ...) as assoc``: associate, then release."""
 
-    def __init__(self, host: str, port: int, **kwargs: Any) -> None:
+    def __init__(self, host: str, port: int, **kwargs: Unpack[AssociateOptions]) -> None:
         self._args = (host, port)
         self._kwargs = kwargs
         self._assoc: ClientAssociation | None = None
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, ClientAssociation]:
         return associate(*self._args, **self._kwargs).__await__()
 
     async def __aenter__(self) -> ClientAssociation:
         self._assoc = await associate(*self._args, **self._kwargs)
         return self._assoc
 
-    async def __aexit__(self, exc_type, exc, tb) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         assert self._assoc is not None
         await self._assoc.__aexit__(exc_type, exc, tb)

@@ -1,0 +1,96 @@
+"""``dicomstore.serve``: a Storage SCP on an archive (or a handler) until cancelled.
+
+The common case of :class:`~dicomstore.aio.server.Server` in one call::
+
+    await dicomstore.serve("dicomstore-data", port=11112, ae_title="DICOMSTORE")
+
+It uses the building blocks of ``dicomstore serve``: a :class:`ServerConfig`,
+an :class:`~dicomstore.archive.Archive`, ``Server.start`` and the graceful
+``Server.close`` (stop accepting, let in-flight C-STOREs finish within
+``shutdown_grace``, abort the rest; PS3.8 7.3), then the archive is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from dicomstore.aio.server import WHEN_BUSY, Server, ServerConfig
+from dicomstore.handler import StoreHandler
+from dicomstore.services.storage_scp import OnStored
+
+log = logging.getLogger("dicomstore.server")
+
+
+async def serve(
+    storage: str | os.PathLike[str] | StoreHandler = "dicomstore-data",
+    *,
+    port: int | None = None,
+    host: str | None = None,
+    ae_title: str | None = None,
+    config: ServerConfig | None = None,
+    on_stored: OnStored | None = None,
+    on_ready: Callable[[Server], object] | None = None,
+    **archive_options: Any,
+) -> None:
+    """Run a Verification and Storage SCP (PS3.4 A, B.2) until the task is cancelled.
+
+    ``storage`` is an archive root (opened, created if missing, and closed at
+    the end; ``archive_options`` such as ``fsync`` or ``on_duplicate`` go to
+    :class:`~dicomstore.archive.Archive`) or a :class:`~dicomstore.StoreHandler`
+    (left open).  ``port``, ``host`` and ``ae_title`` override ``config``
+    (default :class:`ServerConfig`: 127.0.0.1:11112, ``DICOMSTORE``).
+    ``on_stored`` is called after each acknowledged instance (e.g.
+    ``StoredEvents().publish``); ``on_ready(server)`` once listening
+    (``server.port`` is the port bound, useful with port 0).
+
+    Cancelling the task closes gracefully, then the cancellation propagates.
+    Raises :class:`OSError` when the port cannot be bound, and what the archive
+    raises when it cannot be opened.
+    """
+    config = config or ServerConfig()
+    if port is not None:
+        config = dataclasses.replace(config, port=port)
+    if host is not None:
+        config = dataclasses.replace(config, host=host)
+    if ae_title is not None:
+        config = dataclasses.replace(config, ae_title=ae_title)
+    archive = None
+    if isinstance(storage, str | os.PathLike):
+        from dicomstore.archive import Archive
+
+        try:
+            archive = Archive(os.fspath(storage), **archive_options)
+        except Exception as exc:
+            log.error("cannot open the archive %s: %s", storage, exc)
+            raise
+        handler: StoreHandler = archive
+        # As `dicomstore serve`: a commit without fsync is cheaper inline than a thread hop.
+        in_thread: bool | str = WHEN_BUSY if archive.fsync else False
+    elif archive_options:
+        raise TypeError(f"archive options {sorted(archive_options)} need an archive path")
+    elif isinstance(storage, StoreHandler):
+        handler, in_thread = storage, True
+    else:
+        raise TypeError(f"serve() takes an archive path or a StoreHandler, not {storage!r}")
+    try:
+        server = Server(config, handler, on_stored=on_stored, commit_in_thread=in_thread)
+        try:
+            await server.start()
+        except OSError as exc:
+            log.error("cannot listen on %s:%s: %s", config.host, config.port, exc)
+            raise
+        try:
+            if on_ready is not None:
+                on_ready(server)
+            await asyncio.get_running_loop().create_future()  # until cancelled
+        finally:
+            log.info("shutting down: finishing in-flight operations")
+            await server.close()
+    finally:
+        if archive is not None:
+            archive.close()
