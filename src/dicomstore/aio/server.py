@@ -140,6 +140,8 @@ class AcceptorAssociation:
         self.receiving: Receiving | None = None
         #: C-STOREs whose data set arrived and whose commit runs, by Message ID.
         self.inflight: dict[int, asyncio.Task] = {}
+        #: a commit awaited in line (window 1): an operation in progress too
+        self.committing = False
         self.request: P.AssociateRQ | None = None
         self.admission: Admission | None = None
         self.outcome = "closed before an association request"
@@ -154,7 +156,7 @@ class AcceptorAssociation:
     @property
     def busy(self) -> bool:
         """An operation is in progress (graceful shutdown lets it finish)."""
-        return self.receiving is not None or bool(self.inflight)
+        return self.receiving is not None or self.committing or bool(self.inflight)
 
     async def run(self) -> None:
         """Serve until the association ends; never raises."""
@@ -419,7 +421,11 @@ class AcceptorAssociation:
         window = self.t.negotiated.max_ops_invoked if self.t.negotiated else 1
         inline = not self.server.commit_in_thread
         if receiving.response is not None or window == 1 or receiving.rq is None or inline:
-            rsp = await self._finish(receiving)
+            self.committing = True
+            try:
+                rsp = await self._finish(receiving)
+            finally:
+                self.committing = False
             self.t.queue_message(context_id, rsp.encode())
             return
         msg_id = receiving.rq.message_id
