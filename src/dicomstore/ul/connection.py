@@ -208,7 +208,8 @@ class Connection:
     def _handle(self, event: Event, received: P.PDU | None = None) -> list[ULEvent]:
         acceptable = True
         if event is Event.ASSOCIATE_RQ_PDU:
-            acceptable = bool(received.protocol_version & 1)  # type: ignore[union-attr]
+            assert isinstance(received, P.AssociateRQ)
+            acceptable = bool(received.protocol_version & 1)
             if not acceptable:
                 self._pending = _BAD_VERSION
         _, outcome = step(
@@ -233,7 +234,8 @@ class Connection:
     def _do(self, effect: Effect, events: list[ULEvent]) -> None:  # noqa: C901 - a dispatch
         received = self._received
         if effect is Effect.INDICATE_P_DATA:
-            events.append(DataIndication(received.pdvs))  # type: ignore[union-attr]
+            assert isinstance(received, P.PDataTF)
+            events.append(DataIndication(received.pdvs))
         elif effect is Effect.SEND_P_DATA or effect in _SEND_PENDING:
             assert self._pending is not None
             self._send(self._pending)
@@ -261,11 +263,14 @@ class Connection:
             # when a PDU caused it (not, e.g., a timer firing in the wrong state).
             self._send(P.Abort(P.ABORT_SOURCE_PROVIDER, self._p_abort().reason))
         elif effect is Effect.INDICATE_ASSOCIATE:
-            events.append(AssociateIndication(received))  # type: ignore[arg-type]
+            assert isinstance(received, P.AssociateRQ)
+            events.append(AssociateIndication(received))
         elif effect is Effect.CONFIRM_ACCEPT:
-            events.append(AssociateAccepted(received))  # type: ignore[arg-type]
+            assert isinstance(received, P.AssociateAC)
+            events.append(AssociateAccepted(received))
         elif effect is Effect.CONFIRM_REJECT:
-            events.append(AssociateRejected(received))  # type: ignore[arg-type]
+            assert isinstance(received, P.AssociateRJ)
+            events.append(AssociateRejected(received))
         elif effect is Effect.INDICATE_RELEASE:
             events.append(ReleaseIndication(collision=False))
         elif effect is Effect.INDICATE_RELEASE_COLLISION:

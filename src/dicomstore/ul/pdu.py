@@ -241,15 +241,13 @@ def encode(pdu: PDU) -> bytes:
     if isinstance(pdu, PDataTF):
         return b"".join(encode_pdata_parts(pdu.pdvs))
     if isinstance(pdu, AssociateRQ | AssociateAC):
-        is_rq = isinstance(pdu, AssociateRQ)
         fixed = _ASSOC_FIXED.pack(
             pdu.protocol_version, 0, _ae_bytes(pdu.called_ae), _ae_bytes(pdu.calling_ae), b""
         )
-        contexts = (
-            encode_rq_contexts(pdu.presentation_contexts)
-            if is_rq
-            else encode_ac_contexts(pdu.presentation_contexts)
-        )
+        if isinstance(pdu, AssociateRQ):
+            kind, contexts = ASSOCIATE_RQ, encode_rq_contexts(pdu.presentation_contexts)
+        else:
+            kind, contexts = ASSOCIATE_AC, encode_ac_contexts(pdu.presentation_contexts)
         body = b"".join(
             (
                 fixed,
@@ -258,7 +256,6 @@ def encode(pdu: PDU) -> bytes:
                 encode_user_information(pdu.user_info),
             )
         )
-        kind = ASSOCIATE_RQ if is_rq else ASSOCIATE_AC
         return _HEADER.pack(kind, 0, len(body)) + body
     if isinstance(pdu, AssociateRJ):
         return _HEADER.pack(ASSOCIATE_RJ, 0, 4) + _FOUR.pack(0, pdu.result, pdu.source, pdu.reason)
@@ -322,15 +319,23 @@ def _decode_associate(kind: int, body: memoryview) -> AssociateRQ | AssociateAC:
         raise RemoteProtocolError(
             "A-ASSOCIATE-AC without user information", ABORT_INVALID_PDU_PARAMETER_VALUE
         )
-    cls = AssociateRQ if kind == ASSOCIATE_RQ else AssociateAC
+    user_info = user if user is not None else UserInformation()
+    if kind == ASSOCIATE_RQ:
+        return AssociateRQ(
+            called_ae=_ae_text(called),
+            calling_ae=_ae_text(calling),
+            presentation_contexts=[c for c in contexts if isinstance(c, PresentationContextRQ)],
+            user_info=user_info,
+            application_context=app,
+            protocol_version=version,
+        )
     # In an A-ASSOCIATE-AC the AE title fields are reserved: "its value shall
     # not be tested when received" (PS3.8 Table 9-17).
-    strict = kind == ASSOCIATE_RQ
-    return cls(
-        called_ae=_ae_text(called, strict),
-        calling_ae=_ae_text(calling, strict),
-        presentation_contexts=contexts,  # type: ignore[arg-type]
-        user_info=user if user is not None else UserInformation(),
+    return AssociateAC(
+        called_ae=_ae_text(called, strict=False),
+        calling_ae=_ae_text(calling, strict=False),
+        presentation_contexts=[c for c in contexts if isinstance(c, PresentationContextAC)],
+        user_info=user_info,
         application_context=app,
         protocol_version=version,
     )
@@ -362,7 +367,8 @@ def pdu_size(data: bytes | bytearray | memoryview) -> int:
     """Bytes the PDU at the start of ``data`` takes in all (6 while its header is incomplete)."""
     if len(data) < 6:
         return 6
-    return 6 + _HEADER.unpack_from(data, 0)[2]
+    length: int = _HEADER.unpack_from(data, 0)[2]
+    return 6 + length
 
 
 class PDUReader:
