@@ -29,7 +29,7 @@ class RemoteProtocolError(DicomstoreError):
     def __init__(self, message: str, reason: int = 0) -> None:
         super().__init__(message)
         self.reason = reason
-        #: Good PDUs decoded before the bad one in the same read (PDUReader.feed).
+        #: Good PDUs decoded before the bad one in the same read (PDUReader.parse).
         self.pdus: list = []
 
 

@@ -80,8 +80,9 @@ def test_garbage_gets_an_abort_and_the_server_keeps_serving() -> None:
         writer.write(b"\x42\x00\x00\x00\x00\x04GARBAGE-GARBAGE")
         await writer.drain()
         reply = await asyncio.wait_for(reader.readexactly(10), timeout=10)
-        pdus = P.PDUReader().feed(reply)
+        pdus, used = P.PDUReader().parse(memoryview(reply))
         assert pdus == [P.Abort(P.ABORT_SOURCE_PROVIDER, P.ABORT_UNRECOGNIZED_PDU)]
+        assert used == len(reply)
         writer.close()
         async with await associate("127.0.0.1", server.port) as assoc:
             assert (await assoc.echo()).status == 0

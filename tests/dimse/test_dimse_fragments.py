@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from tests.ul.ul_vectors import Receiver, associated, sent_bytes
 
 from dicomstore.dimse import (
     DEFAULT_FRAGMENT,
@@ -14,7 +15,8 @@ from dicomstore.dimse import (
     max_pdv_data,
 )
 from dicomstore.errors import LocalProtocolError
-from dicomstore.ul.pdu import decode_pdata, encode_pdata
+from dicomstore.ul.events import DataIndication
+from dicomstore.ul.pdu import encode
 
 DATA = bytes(range(256)) * 400  # 102400 bytes
 
@@ -47,7 +49,7 @@ def test_dataset_split_fits_and_rejoins(max_pdu: int) -> None:
     expected = -(-len(DATA) // limit)
     assert len(pdvs) == expected
     for pdu in group_pdus(pdvs, max_pdu):
-        encoded = encode_pdata(pdu.pdvs)
+        encoded = encode(pdu)
         assert max_pdu == 0 or len(encoded) - 6 <= max_pdu
 
 
@@ -86,13 +88,20 @@ def test_command_fragments_carry_the_command_bit() -> None:
 
 @pytest.mark.parametrize("max_pdu", [4096, 16384, 0])
 def test_wire_round_trip_through_the_assembler(max_pdu: int) -> None:
+    """Fragments sent as aio sends them, through a UL connection pair whose
+    receiver advertised ``max_pdu`` (a larger PDU would abort the association)."""
     rq = CStoreRQ(1, "1.2.840.10008.5.1.4.1.1.2", "1.2.3")
-    pdvs = command_pdvs(1, rq.encode(), max_pdu) + dataset_pdvs(1, DATA, max_pdu, last=True)
+    sender, receiver = associated(max_pdata=max_pdu)
+    sender.send_each(command_pdvs(1, rq.encode(), max_pdu))
+    sender.send_each(dataset_pdvs(1, DATA, max_pdu, last=True))
+    indications = Receiver(receiver.receive_view).receive(sent_bytes(sender))
+    assert receiver.is_established and sent_bytes(receiver) == b""
     assembler = DimseAssembler()
     received = bytearray()
     events = []
-    for pdu in group_pdus(pdvs, max_pdu):
-        for pdv in decode_pdata(encode_pdata(pdu.pdvs)[6:]).pdvs:
+    for indication in indications:
+        assert isinstance(indication, DataIndication)
+        for pdv in indication.pdvs:
             events += assembler.receive(pdv)
     assert events[0].message == rq
     for event in events[1:]:

@@ -1,7 +1,9 @@
 """The sans-I/O upper layer connection, in memory: no sockets, no sleeps.
 
-A requestor and an acceptor are wired to each other by handing the bytes of
-``data_to_send()`` across; the transport closing is simulated by calling
+A requestor and an acceptor are wired to each other by handing what
+``parts_to_send()`` gives across to the other's ``receive_view()`` (through the
+tests' :class:`~ul_vectors.Receiver`, as the asyncio shell hands its receive
+buffer over); the transport closing is simulated by calling
 ``transport_closed()`` on the side that did not close.  Then every reachable
 (state, event) cell of PS3.8 Table 9-10 is driven through a real
 :class:`Connection`, put in its state by a real sequence of primitives and PDUs.
@@ -13,6 +15,7 @@ import struct
 from collections.abc import Callable
 
 import pytest
+from ul_vectors import Receiver, read_pdus, receive, sent_bytes
 
 from dicomstore.errors import LocalProtocolError, RemoteProtocolError
 from dicomstore.ul import items as I
@@ -79,7 +82,7 @@ def wire(pdu: P.PDU) -> bytes:
 
 def sent(conn: Connection) -> list[P.PDU]:
     """Decode everything the connection queued for its peer."""
-    return P.PDUReader().feed(conn.data_to_send())
+    return read_pdus(sent_bytes(conn))
 
 
 def abort_of(conn: Connection) -> tuple[int, int]:
@@ -103,7 +106,7 @@ def to_sta2(role: Role = ACC) -> Connection:
 
 def to_sta3(role: Role = ACC) -> Connection:
     conn = to_sta2()
-    events = conn.receive_data(wire(make_rq()))
+    events = receive(conn, wire(make_rq()))
     assert [type(e) for e in events] == [AssociateIndication]
     return conn
 
@@ -124,7 +127,7 @@ def to_sta5(role: Role = REQ) -> Connection:
 def to_sta6(role: Role) -> Connection:
     if role is REQ:
         conn = to_sta5()
-        events = conn.receive_data(wire(make_ac()))
+        events = receive(conn, wire(make_ac()))
         assert [type(e) for e in events] == [AssociateAccepted]
     else:
         conn = to_sta3()
@@ -142,19 +145,19 @@ def to_sta7(role: Role) -> Connection:
 
 def to_sta8(role: Role) -> Connection:
     conn = to_sta6(role)
-    assert conn.receive_data(wire(P.ReleaseRQ())) == [ReleaseIndication(collision=False)]
+    assert receive(conn, wire(P.ReleaseRQ())) == [ReleaseIndication(collision=False)]
     return conn
 
 
 def to_sta9(role: Role = REQ) -> Connection:
     conn = to_sta7(REQ)
-    assert conn.receive_data(wire(P.ReleaseRQ())) == [ReleaseIndication(collision=True)]
+    assert receive(conn, wire(P.ReleaseRQ())) == [ReleaseIndication(collision=True)]
     return conn
 
 
 def to_sta10(role: Role = ACC) -> Connection:
     conn = to_sta7(ACC)
-    assert conn.receive_data(wire(P.ReleaseRQ())) == [ReleaseIndication(collision=True)]
+    assert receive(conn, wire(P.ReleaseRQ())) == [ReleaseIndication(collision=True)]
     return conn
 
 
@@ -167,7 +170,7 @@ def to_sta11(role: Role = REQ) -> Connection:
 
 def to_sta12(role: Role = ACC) -> Connection:
     conn = to_sta10()
-    assert conn.receive_data(wire(P.ReleaseRP())) == [ReleaseConfirmation()]
+    assert receive(conn, wire(P.ReleaseRP())) == [ReleaseConfirmation()]
     return conn
 
 
@@ -224,7 +227,7 @@ def test_each_state_is_reached_by_real_sequences(state, role):
     conn = SETUPS[state](role)
     assert conn.state is state
     assert conn.role is role
-    assert conn.data_to_send() == b""
+    assert conn.parts_to_send() == []
     assert not conn.close_requested
     # ARTIM runs exactly in Sta2 and Sta13 (PS3.8 9.1.5)
     assert conn.artim_running == (state in (S.STA2, S.STA13))
@@ -241,6 +244,8 @@ class Pair:
         self.acc = Connection(ACC, max_pdata=max_pdata)
         self.req_events: list = []
         self.acc_events: list = []
+        self.req_inbox = Receiver(self.req.receive_view)
+        self.acc_inbox = Receiver(self.acc.receive_view)
 
     def connect(self, rq: P.AssociateRQ | None = None) -> None:
         self.req.request(rq or make_rq())
@@ -251,12 +256,12 @@ class Pair:
     def pump(self, byte_by_byte: bool = False) -> None:
         """Deliver queued bytes both ways until neither side has anything to say."""
         while True:
-            to_acc = self.req.data_to_send()
-            to_req = self.acc.data_to_send()
+            to_acc = sent_bytes(self.req)
+            to_req = sent_bytes(self.acc)
             if not to_acc and not to_req:
                 return
-            self.acc_events += _deliver(self.acc, to_acc, byte_by_byte)
-            self.req_events += _deliver(self.req, to_req, byte_by_byte)
+            self.acc_events += _deliver(self.acc_inbox, to_acc, byte_by_byte)
+            self.req_events += _deliver(self.req_inbox, to_req, byte_by_byte)
 
     def close_transport(self) -> None:
         """The side that asked closes its socket; the other sees it closed."""
@@ -280,13 +285,10 @@ class Pair:
         self.acc_events.clear()
 
 
-def _deliver(conn: Connection, data: bytes, byte_by_byte: bool) -> list:
+def _deliver(inbox: Receiver, data: bytes, byte_by_byte: bool) -> list:
     if not byte_by_byte:
-        return conn.receive_data(data)
-    events = []
-    for i in range(len(data)):
-        events += conn.receive_data(data[i : i + 1])
-    return events
+        return inbox.receive(data)
+    return inbox.receive_chunks(data, range(len(data)))
 
 
 def test_association_accepted():
@@ -355,7 +357,7 @@ def test_protocol_version_without_bit_0_is_rejected_by_the_provider():
 @pytest.mark.parametrize("version", [1, 3, 0x8001, 0xFFFF])
 def test_protocol_version_with_bit_0_is_acceptable(version):
     conn = to_sta2()
-    events = conn.receive_data(wire(make_rq(protocol_version=version)))
+    events = receive(conn, wire(make_rq(protocol_version=version)))
     assert [type(e) for e in events] == [AssociateIndication]
     assert conn.state is S.STA3
 
@@ -484,18 +486,18 @@ def test_abort_during_establishment(state):
 @pytest.mark.parametrize("reason", [0, 1, 2, 4, 5, 6])
 def test_provider_abort_from_the_peer_is_an_a_p_abort_indication(reason):
     conn = to_sta6(REQ)
-    (event,) = conn.receive_data(wire(P.Abort(P.ABORT_SOURCE_PROVIDER, reason)))  # AA-3
+    (event,) = receive(conn, wire(P.Abort(P.ABORT_SOURCE_PROVIDER, reason)))  # AA-3
     assert (event.source, event.reason, event.provider) == (2, reason, True)
     assert event.message == P.describe_abort(2, reason)
     assert conn.state is S.STA1 and conn.close_requested
-    assert conn.data_to_send() == b""
+    assert conn.parts_to_send() == []
 
 
 def test_abort_while_connecting_closes_without_a_pdu():
     conn = to_sta4()
     conn.abort()  # AA-2
     assert conn.state is S.STA1 and conn.close_requested
-    assert conn.data_to_send() == b""
+    assert conn.parts_to_send() == []
 
 
 # -- provider aborts: garbage, invalid and unexpected PDUs -------------------
@@ -504,7 +506,7 @@ def test_abort_while_connecting_closes_without_a_pdu():
 @pytest.mark.parametrize("state", [S.STA2, S.STA6])
 def test_unrecognized_pdu_type_aborts_with_reason_1(state):
     conn = SETUPS[state](ACC)
-    events = conn.receive_data(GARBAGE)
+    events = receive(conn, GARBAGE)
     assert abort_of(conn) == (P.ABORT_SOURCE_PROVIDER, P.ABORT_UNRECOGNIZED_PDU)
     assert conn.state is S.STA13 and conn.artim_running
     if state is S.STA2:  # AA-1: no association, nobody to tell
@@ -514,8 +516,8 @@ def test_unrecognized_pdu_type_aborts_with_reason_1(state):
         assert isinstance(event, AbortIndication) and event.provider
         assert (event.source, event.reason) == (2, 1)
     # the stream is out of sync: anything further is discarded
-    assert conn.receive_data(wire(P.ReleaseRQ())) == []
-    assert conn.data_to_send() == b""
+    assert receive(conn, wire(P.ReleaseRQ())) == []
+    assert conn.parts_to_send() == []
     assert conn.artim_expired() == [] and conn.state is S.STA1 and conn.close_requested
 
 
@@ -538,7 +540,7 @@ def _bad_pdata() -> bytes:
 )
 def test_invalid_item_aborts_with_reason_6(state, data):
     conn = SETUPS[state](ACC)
-    events = conn.receive_data(data)
+    events = receive(conn, data)
     assert abort_of(conn) == (P.ABORT_SOURCE_PROVIDER, P.ABORT_INVALID_PDU_PARAMETER_VALUE)
     assert conn.state is S.STA13
     if state is S.STA6:
@@ -548,14 +550,14 @@ def test_invalid_item_aborts_with_reason_6(state, data):
 @pytest.mark.parametrize("role", [REQ, ACC])
 def test_unexpected_associate_ac_in_sta6(role):
     conn = to_sta6(role)
-    events = conn.receive_data(wire(make_ac()))  # AA-8
+    events = receive(conn, wire(make_ac()))  # AA-8
     assert abort_of(conn) == (P.ABORT_SOURCE_PROVIDER, P.ABORT_UNEXPECTED_PDU)
     (event,) = events
     assert isinstance(event, AbortIndication)
     assert (event.source, event.reason, event.provider) == (2, 2, True)
     assert conn.state is S.STA13 and conn.artim_running
     # the peer's A-ABORT answer (or its closing) ends it
-    assert conn.receive_data(wire(P.Abort())) == []  # AA-2
+    assert receive(conn, wire(P.Abort())) == []  # AA-2
     assert conn.state is S.STA1 and conn.close_requested
 
 
@@ -571,7 +573,7 @@ def test_p_data_longer_than_max_pdata_is_refused_from_its_header():
     pair = Pair(max_pdata=1000)
     pair.establish()
     header = struct.pack(">BBL", P.P_DATA_TF, 0, 1001)
-    events = pair.acc.receive_data(header)  # the body never needs to arrive
+    events = receive(pair.acc, header)  # the body never needs to arrive
     assert abort_of(pair.acc) == (2, P.ABORT_INVALID_PDU_PARAMETER_VALUE)
     assert [(e.source, e.reason, e.provider) for e in events] == [(2, 6, True)]
     assert pair.acc.state is S.STA13
@@ -593,7 +595,7 @@ def test_artim_expiry_requests_close(state):
     assert conn.artim_expired() == []  # AA-2
     assert conn.state is S.STA1
     assert conn.close_requested and not conn.artim_running
-    assert conn.data_to_send() == b""
+    assert conn.parts_to_send() == []
 
 
 # -- the transport closing in each state -------------------------------------
@@ -615,7 +617,7 @@ def test_transport_closed_in_each_state(state, role):
     conn = SETUPS[state](role)
     events = conn.transport_closed()
     assert conn.state is S.STA1
-    assert conn.data_to_send() == b""
+    assert conn.parts_to_send() == []
     assert not conn.artim_running
     if state is S.STA1:
         assert events == [] and not conn.close_requested
@@ -686,10 +688,11 @@ def test_byte_by_byte_gives_the_same_result_on_any_stream(stream):
         [stream],
     ):
         conn = to_sta6(ACC)
+        inbox = Receiver(conn.receive_view)
         events = []
         for chunk in chunks:
-            events += conn.receive_data(chunk)
-        results.append((events, conn.data_to_send(), conn.state, conn.close_requested))
+            events += inbox.receive(chunk)
+        results.append((events, sent_bytes(conn), conn.state, conn.close_requested))
     assert results[1] == results[0]
     assert results[2] == results[0]
 
@@ -710,7 +713,7 @@ def _fire(conn: Connection, event: Event) -> list:
         Event.INVALID_PDU: GARBAGE,
     }
     if event in remote:
-        return conn.receive_data(remote[event])
+        return receive(conn, remote[event])
     local: dict[Event, Callable[[], object]] = {
         Event.A_ASSOCIATE_RQ_LOCAL: lambda: conn.request(make_rq()),
         Event.TRANSPORT_CONNECT_CONFIRM: conn.transport_connected,
@@ -787,7 +790,7 @@ def test_every_cell_through_a_connection(cell):
         with pytest.raises(LocalProtocolError):
             _fire(conn, event)
         assert conn.state is state
-        assert conn.data_to_send() == b""
+        assert conn.parts_to_send() == []
         assert not conn.close_requested
         return
     if state is S.STA1 and event is Event.TRANSPORT_CLOSED:
@@ -894,6 +897,6 @@ def test_local_misuse_leaves_no_trace():
     conn = to_sta2()
     with pytest.raises(LocalProtocolError):
         conn.reject(RJ)  # nothing to reject yet
-    conn.receive_data(wire(make_rq()))
+    receive(conn, wire(make_rq()))
     conn.accept(make_ac())
     assert sent(conn) == [make_ac()]  # the earlier misuse did not leak

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ul_vectors import read_pdus
 
 from dicomstore import uids
 from dicomstore.ul import items as I
@@ -398,7 +399,7 @@ def test_negotiation_survives_the_wire():
     request.user_info.async_ops = (4, 4)
     request.user_info.roles = [I.RoleSelection(CT, True, False)]
     ac, acceptor_view = accept(request, policy(max_ops_invoked=2))
-    (decoded,) = P.PDUReader().feed(P.encode(ac))
+    (decoded,) = read_pdus(P.encode(ac))
     view = requested(request, decoded)
     assert view.contexts == acceptor_view.contexts
     assert view.max_ops_invoked == acceptor_view.max_ops_invoked == 2
@@ -478,7 +479,7 @@ def test_random_valid_requests_never_crash_negotiate(request, pol):
     for ctx in negotiated.contexts.values():
         assert ctx.transfer_syntax in proposed[ctx.id].transfer_syntaxes
     # the AC is encodable, and the requestor's view agrees with ours
-    (decoded,) = P.PDUReader().feed(P.encode(answer))
+    (decoded,) = read_pdus(P.encode(answer))
     view = requested(request, decoded)
     assert set(view.contexts) == set(negotiated.contexts)
 

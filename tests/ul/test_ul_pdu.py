@@ -3,9 +3,10 @@
 1. Byte vectors written by hand from the standard's field tables (PS3.8
    Tables 9-11 to 9-26, PS3.7 D.3.3) -- not produced by our encoder.
 2. Interop with pynetdicom, used here only as a reference implementation.
-3. Robustness of the decoder and of ``PDUReader``.
+3. Robustness of the decoder and of ``PDUReader.parse``.
 4. Hypothesis: round trips against an independent reference encoder written
-   below from the standard, and fuzzing of ``PDUReader.feed``.
+   below from the standard, and fuzzing of ``PDUReader.parse`` and of a
+   connection's ``receive_view``, fed as the asyncio shell feeds them.
 """
 
 from __future__ import annotations
@@ -29,11 +30,17 @@ from ul_vectors import (
     STORAGE_SERVICE,
     VERIFICATION,
     VERSION,
+    Receiver,
     h,
+    pdu_receiver,
+    read_pdus,
     s,
+    sent_bytes,
 )
 
 from dicomstore.errors import AssociationRejected, RemoteProtocolError
+from dicomstore.ul.connection import Connection, Role
+from dicomstore.ul.events import ULEvent
 from dicomstore.ul.items import (
     PresentationContextAC,
     PresentationContextRQ,
@@ -423,7 +430,7 @@ def test_malformed_pdus_are_invalid_parameter_values(raw: bytes) -> None:
         decode_pdu(raw[0], raw[6:])
     assert info.value.reason == 6
     with pytest.raises(RemoteProtocolError) as info:
-        PDUReader().feed(raw)
+        pdu_receiver().receive(raw)
     assert info.value.reason == 6
 
 
@@ -439,7 +446,7 @@ def test_rq_without_user_information_decodes_with_defaults() -> None:
     assert pdu == AssociateRQ("STORESCP", "STORESCU", [], UserInformation())
 
 
-# -- PDUReader ---------------------------------------------------------------
+# -- PDUReader.parse, fed as the asyncio shell feeds it ----------------------
 
 STREAM = ASSOCIATE_RQ + ASSOCIATE_AC + P_DATA_TF + RELEASE_RQ + RELEASE_RP
 STREAM += b"".join(h(raw) for raw, *_ in REJECTS) + b"".join(h(raw) for raw, *_ in ABORTS)
@@ -449,17 +456,18 @@ STREAM_PDUS += [Abort(*args) for _, *args in ABORTS]
 
 
 def test_reader_whole_stream_at_once() -> None:
-    reader = PDUReader()
-    assert reader.feed(STREAM) == STREAM_PDUS
+    assert PDUReader().parse(memoryview(STREAM)) == (STREAM_PDUS, len(STREAM))
+    reader = pdu_receiver()
+    assert reader.receive(STREAM) == STREAM_PDUS
     assert reader.buffered == 0
 
 
 def test_reader_one_byte_at_a_time() -> None:
-    reader = PDUReader(max_pdata=16384)
+    reader = pdu_receiver(max_pdata=16384)
     out: list[PDU] = []
     ends = set()
     for i in range(len(STREAM)):
-        got = reader.feed(STREAM[i : i + 1])
+        got = reader.receive(STREAM[i : i + 1])
         if got:
             ends.add(i + 1)
         out += got
@@ -474,52 +482,53 @@ def test_reader_one_byte_at_a_time() -> None:
 @settings(max_examples=100, deadline=None)
 def test_reader_random_chunks(cuts: set[int]) -> None:
     bounds = [0, *sorted(cuts), len(STREAM)]
-    reader = PDUReader()
+    reader = pdu_receiver()
     out: list[PDU] = []
     for a, b in zip(bounds, bounds[1:], strict=False):
-        out += reader.feed(memoryview(STREAM)[a:b])
+        out += reader.receive(memoryview(STREAM)[a:b])
     assert out == STREAM_PDUS
     assert reader.buffered == 0
 
 
 def test_reader_refuses_oversized_p_data_from_its_header() -> None:
-    reader = PDUReader(max_pdata=16384)
-    assert reader.feed(h("04 00 00004000")) == []  # exactly the maximum: wait for the body
+    reader = pdu_receiver(max_pdata=16384)
+    assert reader.receive(h("04 00 00004000")) == []  # exactly the maximum: wait for the body
     assert reader.buffered == 6
 
-    reader = PDUReader(max_pdata=16384)
+    reader = pdu_receiver(max_pdata=16384)
     header = h("04 00 00004001")  # one byte over; no body sent at all
     for byte in header[:5]:
-        assert reader.feed(bytes([byte])) == []
+        assert reader.receive(bytes([byte])) == []
     with pytest.raises(RemoteProtocolError) as info:
-        reader.feed(header[5:])
+        reader.receive(header[5:])
     assert info.value.reason == 6
 
 
 def test_reader_max_pdata_zero_is_unlimited() -> None:
-    assert PDUReader(max_pdata=0).feed(h("04 00 FFFFFFFF 00000002")) == []
+    assert pdu_receiver(max_pdata=0).receive(h("04 00 FFFFFFFF 00000002")) == []
 
 
 def test_reader_max_pdata_does_not_apply_to_association_pdus() -> None:
-    assert PDUReader(max_pdata=16).feed(ASSOCIATE_RQ) == [ASSOCIATE_RQ_PDU]
+    assert pdu_receiver(max_pdata=16).receive(ASSOCIATE_RQ) == [ASSOCIATE_RQ_PDU]
 
 
 def test_reader_refuses_oversized_association_pdu_from_its_header() -> None:
-    assert PDUReader(max_other=len(ASSOCIATE_RQ) - 6).feed(ASSOCIATE_RQ) == [ASSOCIATE_RQ_PDU]
-    reader = PDUReader(max_other=len(ASSOCIATE_RQ) - 7)
+    max_other = len(ASSOCIATE_RQ) - 6
+    assert pdu_receiver(max_other=max_other).receive(ASSOCIATE_RQ) == [ASSOCIATE_RQ_PDU]
+    reader = pdu_receiver(max_other=len(ASSOCIATE_RQ) - 7)
     with pytest.raises(RemoteProtocolError) as info:
-        reader.feed(ASSOCIATE_RQ[:6])
+        reader.receive(ASSOCIATE_RQ[:6])
     assert info.value.reason == 6
     for header in ("01 00 00040001", "02 00 FFFFFFFF", "03 00 00040001", "07 00 00040001"):
         with pytest.raises(RemoteProtocolError) as info:
-            PDUReader().feed(h(header))  # default cap: 256 KiB
+            pdu_receiver().receive(h(header))  # default cap: 256 KiB
         assert info.value.reason == 6
 
 
 @pytest.mark.parametrize("kind", [0x00, 0x08, 0x09, 0x10, 0x7F, 0xFF])
 def test_reader_unknown_pdu_type_is_unrecognized_pdu(kind: int) -> None:
     with pytest.raises(RemoteProtocolError) as info:
-        PDUReader().feed(bytes([kind]) + h("00 00000004"))  # header only
+        pdu_receiver().receive(bytes([kind]) + h("00 00000004"))  # header only
     assert info.value.reason == 1
     with pytest.raises(RemoteProtocolError) as info:
         decode_pdu(kind, bytes(4))
@@ -527,23 +536,27 @@ def test_reader_unknown_pdu_type_is_unrecognized_pdu(kind: int) -> None:
 
 
 def test_reader_returns_pdus_before_an_incomplete_one() -> None:
-    reader = PDUReader()
-    assert reader.feed(RELEASE_RQ + ABORT_USER[:7]) == [ReleaseRQ()]
+    reader = pdu_receiver()
+    assert reader.receive(RELEASE_RQ + ABORT_USER[:7]) == [ReleaseRQ()]
     assert reader.buffered == 7
-    assert reader.feed(ABORT_USER[7:]) == [Abort()]
+    assert reader.receive(ABORT_USER[7:]) == [Abort()]
+    assert PDUReader().parse(memoryview(RELEASE_RQ + ABORT_USER[:7])) == ([ReleaseRQ()], 10)
 
 
 def test_reader_keeps_failing_cleanly_after_an_error() -> None:
     reader = PDUReader()
     bad = pdu_bytes(1, FIXED + APP_ITEM + h("20 00 0010 01"))
+    buf = bytearray(P_DATA_TF + bad + RELEASE_RP)
     with pytest.raises(RemoteProtocolError) as first:
-        reader.feed(RELEASE_RQ + bad)
-    # ``first`` keeps the traceback (and any views of the buffer) alive: feeding
-    # more must report the offending PDU again, not fail with BufferError.
+        reader.parse(memoryview(buf))
+    assert first.value.pdus == [P_DATA_TF_PDU]  # the good PDU before it still counts
+    # ``first`` keeps views of ``buf`` alive: the reader keeps nothing, so
+    # presenting the same bytes reports the offending PDU again ...
     with pytest.raises(RemoteProtocolError) as again:
-        reader.feed(RELEASE_RP)
+        reader.parse(memoryview(bytes(buf)))
     assert first.value.reason == again.value.reason == 6
-    assert reader.buffered == len(bad) + len(RELEASE_RP)
+    # ... and what follows it decodes as ever.
+    assert reader.parse(memoryview(buf)[len(P_DATA_TF) + len(bad) :]) == ([ReleaseRP()], 10)
 
 
 # -- interop with pynetdicom (test-only reference implementation) -----------
@@ -992,7 +1005,7 @@ def test_round_trip(pdu: PDU) -> None:
     decoded = decode_pdu(raw[0], raw[6:])
     assert decoded == pdu  # decode(encode(x)) == x
     assert encode(decoded) == raw  # encode(decode(b)) == b
-    assert PDUReader().feed(raw) == [pdu]
+    assert read_pdus(raw) == [pdu]
 
 
 @given(st.lists(ANY_PDU, min_size=1, max_size=4), st.data())
@@ -1000,12 +1013,8 @@ def test_round_trip(pdu: PDU) -> None:
 def test_reader_random_splits_of_random_pdus(pdus: list[PDU], data: st.DataObject) -> None:
     stream = b"".join(map(ref_encode, pdus))
     cuts = data.draw(st.sets(st.integers(0, len(stream)), max_size=12))
-    bounds = [0, *sorted(cuts), len(stream)]
-    reader = PDUReader()
-    out: list[PDU] = []
-    for a, b in zip(bounds, bounds[1:], strict=False):
-        out += reader.feed(stream[a:b])
-    assert out == pdus
+    reader = pdu_receiver()
+    assert reader.receive_chunks(stream, cuts) == pdus
     assert reader.buffered == 0
 
 
@@ -1026,24 +1035,48 @@ def test_pynetdicom_decodes_random_pdus(pdu: PDU) -> None:
     assert from_pn(encode(pdu), NS) == pdu
 
 
-# -- hypothesis: fuzzing PDUReader.feed --------------------------------------
+# -- hypothesis: fuzzing PDUReader.parse and Connection.receive_view ---------
 
 ABORT_REASONS = {0, 1, 2, 4, 5, 6}
 
 
+def _awaiting_rq(max_pdata: int) -> Connection:
+    """An acceptor in Sta2."""
+    conn = Connection(Role.ACCEPTOR, max_pdata=max_pdata)
+    conn.transport_connected()
+    return conn
+
+
+def _established(max_pdata: int) -> Connection:
+    """An acceptor in Sta6."""
+    conn = _awaiting_rq(max_pdata)
+    Receiver(conn.receive_view).receive(ASSOCIATE_RQ)
+    conn.accept(ASSOCIATE_AC_PDU)
+    sent_bytes(conn)
+    return conn
+
+
+def _outcome(conn: Connection, stream: bytes, cuts: set[int]) -> tuple[list[ULEvent], bytes]:
+    """``stream`` into ``conn`` cut at ``cuts``, as aio feeds it: the events and the reply."""
+    events = Receiver(conn.receive_view).receive_chunks(stream, cuts)
+    reply = sent_bytes(conn)
+    for pdu in read_pdus(reply):  # an A-ABORT of ours gives a reason of PS3.8 Table 9-26
+        assert not isinstance(pdu, Abort) or pdu.reason in ABORT_REASONS
+    return events, reply
+
+
 def feed_expecting_only_protocol_errors(stream: bytes, cuts: set[int], max_pdata: int) -> None:
-    """Feed ``stream`` in pieces: the only exception allowed is RemoteProtocolError."""
-    bounds = [0, *sorted(c for c in cuts if 0 < c < len(stream)), len(stream)]
-    reader = PDUReader(max_pdata=max_pdata)
-    for a, b in zip(bounds, bounds[1:], strict=False):
-        try:
-            reader.feed(stream[a:b])
-        except RemoteProtocolError as exc:
-            assert exc.reason in ABORT_REASONS
-            # still holding ``exc``: the reader keeps failing the same clean way
-            with pytest.raises(RemoteProtocolError):
-                reader.feed(b"\x00")
-            return
+    """Feed ``stream`` in pieces: the reader raises RemoteProtocolError only, and
+    connections in Sta2 and Sta6 raise nothing and answer the same however it is cut."""
+    reader = pdu_receiver(max_pdata=max_pdata)
+    try:
+        reader.receive_chunks(stream, cuts)
+    except RemoteProtocolError as exc:
+        assert exc.reason in ABORT_REASONS
+    for setup in (_awaiting_rq, _established):
+        cut, whole = setup(max_pdata), setup(max_pdata)
+        assert _outcome(cut, stream, cuts) == _outcome(whole, stream, set())
+        assert cut.state is whole.state
 
 
 item_soup = st.recursive(

@@ -1,10 +1,10 @@
-"""The zero-copy entry points beside the byte-oriented ones.
+"""The upper layer's only ways in and out: a buffer view in, a list of buffers out.
 
 ``PDUReader.parse`` / ``Connection.receive_view`` decode in a buffer the shell
 owns (P-DATA PDV data are views into it), ``encode_pdata_parts`` /
 ``encode_pdata_each`` / ``Connection.parts_to_send`` leave PDV data uncopied.
-Each must give exactly what ``feed`` / ``receive_data`` / ``encode_pdata`` /
-``data_to_send`` give.
+However the input is cut, the same PDUs and events come out, each as soon as
+its last byte is there; what goes out joins into what ``encode`` gives.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ul_vectors import Receiver, associated, pdu_receiver, read_pdus, sent_bytes
 
 from dicomstore.errors import RemoteProtocolError
 from dicomstore.ul import items as I
@@ -47,23 +48,6 @@ def _plain(pdu: P.PDU) -> P.PDU:
     return pdu
 
 
-class Shell:
-    """What aio's Stream does with a buffer: append, parse, drop what was used."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-
-    def parse(self, reader: P.PDUReader, data: bytes) -> list[P.PDU]:
-        self.buf += data
-        view = memoryview(self.buf)
-        pdus, used = reader.parse(view)
-        plain = [_plain(pdu) for pdu in pdus]
-        del pdus
-        view.release()
-        del self.buf[:used]
-        return plain
-
-
 def test_parse_whole_stream() -> None:
     buf = bytearray(STREAM)
     pdus, used = P.PDUReader().parse(memoryview(buf))
@@ -73,17 +57,21 @@ def test_parse_whole_stream() -> None:
 
 @given(st.sets(st.integers(1, len(STREAM) - 1), max_size=40))
 @settings(max_examples=100, deadline=None)
-def test_parse_random_chunks_is_feed(cuts: set[int]) -> None:
+def test_parse_random_chunks_gives_each_pdu_when_complete(cuts: set[int]) -> None:
+    ends, end = [], 0
+    for pdu in STREAM_PDUS:
+        end += len(P.encode(pdu))
+        ends.append(end)
     bounds = [0, *sorted(cuts), len(STREAM)]
-    shell, reader, fed = Shell(), P.PDUReader(), P.PDUReader()
+    shell = pdu_receiver()
     out: list[P.PDU] = []
     for a, b in zip(bounds, bounds[1:], strict=False):
-        chunk = STREAM[a:b]
-        got = shell.parse(reader, chunk)
-        assert got == fed.feed(chunk)  # the same PDUs at the same moments
+        got = shell.receive(STREAM[a:b])
+        # the PDUs at the same moments: every one whose last byte has come, no other
+        assert [_plain(pdu) for pdu in got] == STREAM_PDUS[len(out) : sum(e <= b for e in ends)]
         out += got
-    assert out == STREAM_PDUS
-    assert not shell.buf
+    assert len(out) == len(STREAM_PDUS)
+    assert shell.buffered == 0
 
 
 def test_parse_gives_views_into_the_buffer() -> None:
@@ -118,35 +106,25 @@ def test_encode_pdata_each_is_one_pdu_per_pdv(size: int) -> None:
     pdvs = [P.PDV(3, False, False, memoryview(bytes(size))), P.PDV(5, True, True, b"ab")]
     out: list = []
     P.encode_pdata_each(pdvs, out)
-    assert b"".join(out) == b"".join(P.encode_pdata([pdv]) for pdv in pdvs)
+    assert b"".join(out) == b"".join(P.encode(P.PDataTF([pdv])) for pdv in pdvs)
     if size >= 4096:  # long data is not copied
         assert any(part is pdvs[0].data for part in out)
-    assert b"".join(P.encode_pdata_parts(pdvs)) == P.encode_pdata(pdvs)
+    assert b"".join(P.encode_pdata_parts(pdvs)) == P.encode(P.PDataTF(pdvs))
+    assert read_pdus(b"".join(out)) == [P.PDataTF([pdv]) for pdv in pdvs]
 
 
-def _established() -> tuple[Connection, Connection]:
-    req, acc = Connection(Role.REQUESTOR), Connection(Role.ACCEPTOR)
-    req.request(RQ)
-    acc.transport_connected()
-    req.transport_connected()
-    acc.receive_data(req.data_to_send())
-    acc.accept(P.AssociateAC("SCP", "SCU", [I.PresentationContextAC(1, 0, IMPLICIT)]))
-    req.receive_data(acc.data_to_send())
-    assert req.is_established and acc.is_established
-    return req, acc
-
-
-def test_send_each_and_parts_to_send_are_send_pdvs_and_data_to_send() -> None:
+def test_send_each_is_send_pdvs_once_per_pdv_and_copies_no_long_data() -> None:
     big = P.PDV(1, False, False, memoryview(bytes(range(256)) * 64))
-    a, _ = _established()
-    b, _ = _established()
+    a, _ = associated()
+    b, _ = associated()
     a.send_each([PDVS[0], big, PDVS[2]])
     for pdv in (PDVS[0], big, PDVS[2]):
         b.send_pdvs([pdv])
     parts = a.parts_to_send()
     assert any(part is big.data for part in parts)
-    assert b"".join(parts) == b.data_to_send()
-    assert a.parts_to_send() == [] and a.data_to_send() == b""
+    assert b"".join(parts) == sent_bytes(b)
+    assert read_pdus(b"".join(parts)) == [P.PDataTF([pdv]) for pdv in (PDVS[0], big, PDVS[2])]
+    assert a.parts_to_send() == [] and b.parts_to_send() == []
 
 
 def test_send_each_outside_sta6_follows_the_state_table() -> None:
@@ -161,39 +139,34 @@ def test_send_each_outside_sta6_follows_the_state_table() -> None:
     assert type(via_each.value) is type(via_pdvs.value)
 
 
-def _view_events(conn: Connection, stream: bytes, cuts: list[int]) -> list:
-    buf = bytearray()
-    events = []
-    for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=False):
-        buf += stream[a:b]
-        view = memoryview(buf)
-        got, used = conn.receive_view(view)
-        for event in got:
-            if isinstance(event, DataIndication):
-                event = DataIndication(
-                    [
-                        P.PDV(v.context_id, v.is_command, v.is_last, bytes(v.data))
-                        for v in event.pdvs
-                    ]
-                )
-            events.append(event)
-        buf = bytearray(buf[used:])  # a new buffer: the connection may still hold views
-    return events
+def _plain_events(events: list) -> list:
+    """``events`` with their PDV data as bytes, to compare and show."""
+    return [
+        DataIndication(_plain(P.PDataTF(e.pdvs)).pdvs) if isinstance(e, DataIndication) else e
+        for e in events
+    ]
 
 
 @given(st.sets(st.integers(1, 2000), max_size=12))
 @settings(max_examples=50, deadline=None)
-def test_receive_view_is_receive_data(cuts: set[int]) -> None:
-    req, _ = _established()
+def test_receive_view_gives_the_same_events_however_the_input_is_cut(cuts: set[int]) -> None:
+    req, _ = associated()
     req.send_pdvs(PDVS[:1])
     req.send_pdvs(PDVS[1:])
     req.release()
-    stream = req.data_to_send() + b"\x09garbage"  # then an unrecognized PDU
-    cut = sorted(c for c in cuts if c < len(stream))
-    _, by_data = _established()
-    _, by_view = _established()
-    expected = by_data.receive_data(stream)
-    assert _view_events(by_view, stream, cut) == expected
-    assert by_view.state is by_data.state
-    assert by_view.data_to_send() == by_data.data_to_send()
-    assert by_view.receive_view(memoryview(b"more")) == ([], 4)  # input is discarded now
+    stream = sent_bytes(req) + b"\x09garbage"  # then an unrecognized PDU
+    _, whole = associated()
+    _, cut = associated()
+    expected, used = whole.receive_view(memoryview(stream))  # all of it in one call
+    assert used == len(stream)
+    assert [type(e).__name__ for e in expected] == [
+        "DataIndication",
+        "DataIndication",
+        "ReleaseIndication",
+        "AbortIndication",
+    ]
+    got = Receiver(cut.receive_view).receive_chunks(stream, cuts)
+    assert _plain_events(got) == _plain_events(expected)
+    assert cut.state is whole.state
+    assert sent_bytes(cut) == sent_bytes(whole)
+    assert cut.receive_view(memoryview(b"more")) == ([], 4)  # input is discarded now

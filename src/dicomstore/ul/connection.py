@@ -1,6 +1,6 @@
 """A sans-I/O DICOM upper layer connection (PS3.8 7 and 9).
 
-Bytes in, events out; primitives in, bytes out.  The :mod:`fsm` table decides
+A buffer view in, events out; primitives in, a list of buffers out.  The :mod:`fsm` table decides
 every transition; this module only carries out the effects: it encodes PDUs
 into an outbox, turns received PDUs into the events of :mod:`events`, and
 exposes the ARTIM timer and "close the transport" as flags for the I/O shell.
@@ -53,9 +53,10 @@ class Connection:
 
     ``max_pdata`` is the maximum P-DATA-TF length we advertise (0 = no limit);
     a larger inbound PDU is refused from its header.  ``max_other`` caps the
-    other PDUs.  After each call, the shell sends :meth:`data_to_send`, keeps
-    the ARTIM timer running while :attr:`artim_running`, and closes the socket
-    once :attr:`close_requested`.
+    other PDUs.  Received bytes go in through :meth:`receive_view`; after each
+    call, the shell writes :meth:`parts_to_send`, keeps the ARTIM timer running
+    while :attr:`artim_running`, and closes the socket once
+    :attr:`close_requested`.
     """
 
     def __init__(self, role: Role, *, max_pdata: int = 0, max_other: int = 256 * 1024) -> None:
@@ -73,19 +74,12 @@ class Connection:
 
     # -- the shell's side -------------------------------------------------
 
-    def data_to_send(self) -> bytes:
-        """Everything queued for the peer since the last call."""
-        if not self._out:
-            return b""
-        data = b"".join(self._out)
-        self._out.clear()
-        return data
-
     def parts_to_send(self) -> list[bytes | bytearray | memoryview]:
-        """:meth:`data_to_send` as a list of buffers, for a vectored write (no copy).
+        """Everything queued for the peer since the last call, as buffers in order.
 
-        PDV data the caller queued with :meth:`send_pdvs` come back as given:
-        they must stay unchanged until written.
+        Made for a vectored write (no copy): PDV data the caller queued with
+        :meth:`send_each` or :meth:`send_pdvs` come back as given and must stay
+        unchanged until written.
         """
         out = self._out
         self._out = []
@@ -117,25 +111,16 @@ class Connection:
         """Evt18: the ARTIM timer ran out (PS3.8 9.1.5)."""
         return self._handle(Event.ARTIM_EXPIRED)
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> list[ULEvent]:
-        """Feed bytes from the transport; return the events they complete."""
-        if self._discard_input or not data:
-            return []
-        error: RemoteProtocolError | None = None
-        try:
-            pdus = self._reader.feed(data)
-        except RemoteProtocolError as exc:
-            pdus, error = exc.pdus, exc
-        return self._deliver(pdus, error)
-
     def receive_view(self, data: memoryview) -> tuple[list[ULEvent], int]:
-        """:meth:`receive_data` for a shell that owns its receive buffer: no copy.
+        """Feed what the transport delivered, in a buffer the shell owns: no copy.
 
         ``data`` is everything received and not yet consumed.  Returns the
         events of the complete PDUs at its start and how many bytes they took;
         the shell keeps the rest and presents it again, followed by more bytes.
-        The data of the P-DATA PDVs in the events are views into ``data``:
-        the shell must leave that memory alone until it is done with them.
+        Once the stream is out of sync (an invalid PDU) every byte is consumed
+        and ignored.  The data of the P-DATA PDVs in the events are views into
+        ``data``: the shell must leave that memory alone until it is done with
+        them.
         """
         if self._discard_input:
             return [], len(data)
@@ -223,7 +208,8 @@ class Connection:
     def _handle(self, event: Event, received: P.PDU | None = None) -> list[ULEvent]:
         acceptable = True
         if event is Event.ASSOCIATE_RQ_PDU:
-            acceptable = bool(received.protocol_version & 1)  # type: ignore[union-attr]
+            assert isinstance(received, P.AssociateRQ)
+            acceptable = bool(received.protocol_version & 1)
             if not acceptable:
                 self._pending = _BAD_VERSION
         _, outcome = step(
@@ -240,12 +226,16 @@ class Connection:
         return events
 
     def _send(self, pdu: P.PDU) -> None:
-        self._out.append(P.encode(pdu))
+        if isinstance(pdu, P.PDataTF):  # AR-7 and DT-1 outside the hot path
+            self._out += P.encode_pdata_parts(pdu.pdvs)
+        else:
+            self._out.append(P.encode(pdu))
 
     def _do(self, effect: Effect, events: list[ULEvent]) -> None:  # noqa: C901 - a dispatch
         received = self._received
         if effect is Effect.INDICATE_P_DATA:
-            events.append(DataIndication(received.pdvs))  # type: ignore[union-attr]
+            assert isinstance(received, P.PDataTF)
+            events.append(DataIndication(received.pdvs))
         elif effect is Effect.SEND_P_DATA or effect in _SEND_PENDING:
             assert self._pending is not None
             self._send(self._pending)
@@ -273,11 +263,14 @@ class Connection:
             # when a PDU caused it (not, e.g., a timer firing in the wrong state).
             self._send(P.Abort(P.ABORT_SOURCE_PROVIDER, self._p_abort().reason))
         elif effect is Effect.INDICATE_ASSOCIATE:
-            events.append(AssociateIndication(received))  # type: ignore[arg-type]
+            assert isinstance(received, P.AssociateRQ)
+            events.append(AssociateIndication(received))
         elif effect is Effect.CONFIRM_ACCEPT:
-            events.append(AssociateAccepted(received))  # type: ignore[arg-type]
+            assert isinstance(received, P.AssociateAC)
+            events.append(AssociateAccepted(received))
         elif effect is Effect.CONFIRM_REJECT:
-            events.append(AssociateRejected(received))  # type: ignore[arg-type]
+            assert isinstance(received, P.AssociateRJ)
+            events.append(AssociateRejected(received))
         elif effect is Effect.INDICATE_RELEASE:
             events.append(ReleaseIndication(collision=False))
         elif effect is Effect.INDICATE_RELEASE_COLLISION:

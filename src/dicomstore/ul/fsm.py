@@ -189,12 +189,14 @@ def _row(event: Event, cells: dict[State, Action]) -> dict[tuple[State, Event], 
     return {(state, event): action for state, action in cells.items()}
 
 
-def _pdu_row(event: Event, sta2: Action, sta13: Action, **special: Action) -> dict:
+def _pdu_row(
+    event: Event, sta2: Action, sta13: Action, **special: Action
+) -> dict[tuple[State, Event], Action]:
     """A row for a received PDU: Sta2, Sta3/5 and Sta6-12 mostly AA-8, Sta13."""
     cells: dict[State, Action] = {S.STA2: sta2, S.STA3: A.AA_8, S.STA5: A.AA_8}
     cells.update({s: A.AA_8 for s in _STA6_TO_12})
     cells[S.STA13] = sta13
-    cells.update({S[name.upper()]: action for name, action in special.items()})
+    cells.update({State[name.upper()]: action for name, action in special.items()})
     return _row(event, cells)
 
 

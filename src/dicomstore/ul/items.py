@@ -16,6 +16,7 @@ unexpected PDU parameter (A-ABORT reason 5).
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from dicomstore.errors import RemoteProtocolError
@@ -233,7 +234,7 @@ def encode_user_information(ui: UserInformation) -> bytes:
 # -- decoding ---------------------------------------------------------------
 
 
-def _iter_items(data: memoryview, what: str):
+def _iter_items(data: memoryview, what: str) -> Iterator[tuple[int, memoryview]]:
     off = 0
     end = len(data)
     while off < end:
@@ -383,13 +384,13 @@ def decode_user_information(value: memoryview) -> UserInformation:
 
 def decode_variable_items(
     data: memoryview, is_rq: bool
-) -> tuple[str | None, list, UserInformation | None]:
+) -> tuple[str | None, list[PresentationContextRQ | PresentationContextAC], UserInformation | None]:
     """Decode the variable items of an A-ASSOCIATE-RQ/AC (PS3.8 9.3.2, 9.3.3).
 
     Returns (application context name, presentation contexts, user information).
     """
     app: str | None = None
-    contexts: list = []
+    contexts: list[PresentationContextRQ | PresentationContextAC] = []
     user: UserInformation | None = None
     want_ctx = ITEM_CONTEXT_RQ if is_rq else ITEM_CONTEXT_AC
     for kind, value in _iter_items(data, "A-ASSOCIATE"):

@@ -45,7 +45,9 @@ class Negotiated:
     extended: dict[str, bytes] = field(default_factory=dict)
     identity: I.UserIdentityRQ | None = None
 
-    def context_for(self, abstract_syntax: str, transfer_syntax: str | None = None):
+    def context_for(
+        self, abstract_syntax: str, transfer_syntax: str | None = None
+    ) -> AcceptedContext | None:
         """The first accepted context for an abstract syntax (and transfer syntax)."""
         for ctx in self.contexts.values():
             if ctx.abstract_syntax == abstract_syntax and (

@@ -3,8 +3,9 @@
 Each PDU is a small dataclass; ``encode`` turns one into bytes and
 ``decode_pdu`` turns a type byte and body into one, raising
 :class:`~dicomstore.errors.RemoteProtocolError` (with the A-ABORT reason of
-PS3.8 9.3.8) for anything malformed.  ``PDUReader`` cuts a byte stream into
-PDUs and refuses an over-long PDU from its 6-byte header, before buffering it.
+PS3.8 9.3.8) for anything malformed.  ``PDUReader`` decodes the PDUs in a
+receive buffer in place and refuses an over-long PDU from its 6-byte header,
+before it is buffered.
 Items and sub-items live in :mod:`dicomstore.ul.items`.
 """
 
@@ -198,7 +199,7 @@ def encode_pdata_parts(pdvs: list[PDV]) -> list[bytes | bytearray | memoryview]:
     """A P-DATA-TF PDU as a list of buffers, headers apart from the PDV data.
 
     Nothing is copied: each PDV's data is one of the parts, so a shell can hand
-    them to a vectored write (``b"".join`` of the parts is :func:`encode_pdata`).
+    them to a vectored write (``b"".join`` of the parts is :func:`encode`'s bytes).
     Headers that follow each other (PDU header, PDV header, an empty PDV) are
     joined into one small part.
     """
@@ -235,25 +236,18 @@ def encode_pdata_each(pdvs: list[PDV], out: list[bytes | bytearray | memoryview]
             out.append(data)
 
 
-def encode_pdata(pdvs: list[PDV]) -> bytes:
-    """Encode a P-DATA-TF PDU; the hot path, so it avoids dataclass dispatch."""
-    return b"".join(encode_pdata_parts(pdvs))
-
-
 def encode(pdu: PDU) -> bytes:
     """Encode any PDU to its bytes on the wire."""
     if isinstance(pdu, PDataTF):
-        return encode_pdata(pdu.pdvs)
+        return b"".join(encode_pdata_parts(pdu.pdvs))
     if isinstance(pdu, AssociateRQ | AssociateAC):
-        is_rq = isinstance(pdu, AssociateRQ)
         fixed = _ASSOC_FIXED.pack(
             pdu.protocol_version, 0, _ae_bytes(pdu.called_ae), _ae_bytes(pdu.calling_ae), b""
         )
-        contexts = (
-            encode_rq_contexts(pdu.presentation_contexts)
-            if is_rq
-            else encode_ac_contexts(pdu.presentation_contexts)
-        )
+        if isinstance(pdu, AssociateRQ):
+            kind, contexts = ASSOCIATE_RQ, encode_rq_contexts(pdu.presentation_contexts)
+        else:
+            kind, contexts = ASSOCIATE_AC, encode_ac_contexts(pdu.presentation_contexts)
         body = b"".join(
             (
                 fixed,
@@ -262,7 +256,6 @@ def encode(pdu: PDU) -> bytes:
                 encode_user_information(pdu.user_info),
             )
         )
-        kind = ASSOCIATE_RQ if is_rq else ASSOCIATE_AC
         return _HEADER.pack(kind, 0, len(body)) + body
     if isinstance(pdu, AssociateRJ):
         return _HEADER.pack(ASSOCIATE_RJ, 0, 4) + _FOUR.pack(0, pdu.result, pdu.source, pdu.reason)
@@ -275,11 +268,11 @@ def encode(pdu: PDU) -> bytes:
     raise TypeError(f"not a PDU: {pdu!r}")
 
 
-def decode_pdata(body: bytes | bytearray | memoryview, copy: bool = True) -> PDataTF:
+def decode_pdata(body: bytes | bytearray | memoryview) -> PDataTF:
     """Decode the variable field of a P-DATA-TF into PDVs (PS3.8 9.3.5).
 
-    With ``copy=False`` (and a memoryview ``body``) each PDV's data is a view
-    into ``body``, valid as long as the caller leaves that memory alone.
+    Each PDV's data is a slice of ``body``: of a memoryview, a view into the
+    same memory, valid as long as the caller leaves that memory alone.
     """
     pdvs: list[PDV] = []
     off = 0
@@ -305,7 +298,7 @@ def decode_pdata(body: bytes | bytearray | memoryview, copy: bool = True) -> PDa
         # Bits 2-7 of the message control header are "never checked by the
         # receiver" (PS3.8 E.2).
         data = body[off + 6 : off + 4 + length]
-        pdvs.append(PDV(ctx, bool(mch & 1), bool(mch & 2), bytes(data) if copy else data))
+        pdvs.append(PDV(ctx, bool(mch & 1), bool(mch & 2), data))
         off += 4 + length
     return PDataTF(pdvs)
 
@@ -326,15 +319,23 @@ def _decode_associate(kind: int, body: memoryview) -> AssociateRQ | AssociateAC:
         raise RemoteProtocolError(
             "A-ASSOCIATE-AC without user information", ABORT_INVALID_PDU_PARAMETER_VALUE
         )
-    cls = AssociateRQ if kind == ASSOCIATE_RQ else AssociateAC
+    user_info = user if user is not None else UserInformation()
+    if kind == ASSOCIATE_RQ:
+        return AssociateRQ(
+            called_ae=_ae_text(called),
+            calling_ae=_ae_text(calling),
+            presentation_contexts=[c for c in contexts if isinstance(c, PresentationContextRQ)],
+            user_info=user_info,
+            application_context=app,
+            protocol_version=version,
+        )
     # In an A-ASSOCIATE-AC the AE title fields are reserved: "its value shall
     # not be tested when received" (PS3.8 Table 9-17).
-    strict = kind == ASSOCIATE_RQ
-    return cls(
-        called_ae=_ae_text(called, strict),
-        calling_ae=_ae_text(calling, strict),
-        presentation_contexts=contexts,  # type: ignore[arg-type]
-        user_info=user if user is not None else UserInformation(),
+    return AssociateAC(
+        called_ae=_ae_text(called, strict=False),
+        calling_ae=_ae_text(calling, strict=False),
+        presentation_contexts=[c for c in contexts if isinstance(c, PresentationContextAC)],
+        user_info=user_info,
         application_context=app,
         protocol_version=version,
     )
@@ -366,11 +367,12 @@ def pdu_size(data: bytes | bytearray | memoryview) -> int:
     """Bytes the PDU at the start of ``data`` takes in all (6 while its header is incomplete)."""
     if len(data) < 6:
         return 6
-    return 6 + _HEADER.unpack_from(data, 0)[2]
+    length: int = _HEADER.unpack_from(data, 0)[2]
+    return 6 + length
 
 
 class PDUReader:
-    """Cut an inbound byte stream into PDUs (PS3.8 9.3.1).
+    """Cut inbound bytes into PDUs, in a buffer the caller owns (PS3.8 9.3.1).
 
     ``max_pdata`` is the maximum length we advertised (0 = unlimited): a
     P-DATA-TF whose length field exceeds it is refused from its header.
@@ -380,57 +382,16 @@ class PDUReader:
     def __init__(self, max_pdata: int = 0, max_other: int = 256 * 1024) -> None:
         self.max_pdata = max_pdata
         self.max_other = max_other
-        self._buf = bytearray()
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received but not yet part of a complete PDU."""
-        return len(self._buf)
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[PDU]:
-        """Add received bytes; return every PDU now complete, in order.
-
-        A malformed PDU raises :class:`RemoteProtocolError` whose ``pdus``
-        attribute holds the good PDUs that came before it in this call (they
-        must still be handled, in order); the offending one stays buffered
-        (feeding more raises again).
-        """
-        buf = self._buf
-        buf += data
-        out: list[PDU] = []
-        off = 0
-        size = len(buf)
-        try:
-            while size - off >= 6:
-                kind, _, length = _HEADER.unpack_from(buf, off)
-                self._check_header(kind, length)
-                if size - off - 6 < length:
-                    break
-                start = off + 6
-                out.append(decode_pdu(kind, memoryview(buf)[start : start + length]))
-                off = start + length
-        except RemoteProtocolError as exc:
-            # The traceback may still hold views of ``buf``, which would make
-            # the next ``buf += data`` raise BufferError: carry on with an
-            # unexported copy that starts with the offending PDU.
-            self._buf = bytearray(buf[off:])
-            exc.pdus = out
-            raise
-        except BaseException:
-            self._buf = bytearray(buf[off:])
-            raise
-        if off:
-            del buf[:off]
-        return out
 
     def parse(self, view: memoryview) -> tuple[list[PDU], int]:
         """Decode the complete PDUs at the start of ``view`` in place (no copy).
 
-        For a shell that owns its receive buffer: PDV data are views into
-        ``view``.  Returns the PDUs and how many bytes they took; what follows
-        (the start of a PDU, whose header, if complete, passed the checks) is
-        the caller's to keep and present again with more bytes after it.
-        Errors as for :meth:`feed`.
+        PDV data are views into ``view``.  Returns the PDUs and how many bytes
+        they took; what follows (the start of a PDU, whose header, if complete,
+        passed the checks) is the caller's to keep and present again with more
+        bytes after it.  A malformed PDU raises :class:`RemoteProtocolError`
+        whose ``pdus`` attribute holds the good PDUs before it (they must still
+        be handled, in order).
         """
         out: list[PDU] = []
         off = 0
@@ -444,8 +405,8 @@ class PDUReader:
                     break
                 body = view[start : start + length]
                 if kind == P_DATA_TF:
-                    out.append(decode_pdata(body, copy=False))
-                else:
+                    out.append(decode_pdata(body))
+                else:  # small, and kept by the user: not views of the buffer
                     out.append(decode_pdu(kind, bytes(body)))
                 off = start + length
         except RemoteProtocolError as exc:
