@@ -51,7 +51,7 @@ class Ingest:
 
     def __init__(
         self,
-        tmp_dir: Path,
+        tmp_dir: Path | str,
         publish: Publish,
         *,
         sop_class_uid: str,
