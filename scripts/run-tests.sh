@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the tests need (DCMTK from Debian, the project with its
-# test extras from PyPI, pynetdicom among them) and run lint + the test suite.
+# test extras from PyPI, pynetdicom among them) and run lint, type check, import
+# contracts and the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -17,4 +18,9 @@ if [ -n "$missing" ]; then
 fi
 python3 -m pip install -q -e '.[test]'
 python3 -m ruff check src tests benchmarks
+# Types ([tool.mypy]: strict on ul, dimse and archive) and the import contracts
+# ([tool.importlinter]: the layers and what the core and the archive never import).
+python3 -m mypy src/dicomstore
+# (lint-imports, run through python3 like the rest: pip may put scripts off PATH)
+python3 -c 'from importlinter.cli import lint_imports_command; lint_imports_command()' --no-logo
 python3 -m pytest "$@"

@@ -156,7 +156,9 @@ def human_size(n: int | None) -> str:
 
 
 def table(
-    headers: Sequence[str], rows: Sequence[Sequence[Any]], right: set[int] = frozenset()
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    right: set[int] | frozenset[int] = frozenset(),
 ) -> str:
     """An aligned text table (numbers right-aligned in the ``right`` columns)."""
     cells = [[("" if v is None else str(v)) for v in row] for row in rows]

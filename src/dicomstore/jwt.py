@@ -123,7 +123,11 @@ class JWTVerifier:
         from cryptography.hazmat.primitives.asymmetric import ec, padding
         from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-        hash_algorithm = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
+        hash_algorithm: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+            "256": hashes.SHA256,
+            "384": hashes.SHA384,
+            "512": hashes.SHA512,
+        }
         chosen = hash_algorithm[alg[2:]]()
         try:
             if alg.startswith("RS"):

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,7 +77,9 @@ class Stream(asyncio.BufferedProtocol):
     ``len(buf)`` bytes (backpressure: awaiting the disk stops reading).
     """
 
-    def __init__(self, on_connected: Callable[[Stream], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self, on_connected: Callable[[Stream], Coroutine[Any, Any, None]] | None = None
+    ) -> None:
         self.on_connected = on_connected
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray(RECV_BUFFER)

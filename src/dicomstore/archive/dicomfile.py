@@ -13,6 +13,7 @@ Pixel Data header to fit in the file.
 
 from __future__ import annotations
 
+import enum
 import functools
 import io
 import re
@@ -102,7 +103,15 @@ def file_header(
 #: ASCII without space or backslash, which pydicom writes byte for byte.
 _PLAIN_UID = re.compile(rb"[\x21-\x5b\x5d-\x7e]+")
 _PLACEHOLDER = b"9"
-_MISSING = object()
+
+
+class _Missing(enum.Enum):
+    """No template was tried yet for a key (``None`` means: tried, unusable)."""
+
+    MISSING = enum.auto()
+
+
+_MISSING = _Missing.MISSING
 
 
 class MetaTemplates:
@@ -137,8 +146,8 @@ class MetaTemplates:
         entry = self._templates.get(key, _MISSING)
         plain = _PLAIN_UID.fullmatch(uid) is not None
         if plain and isinstance(entry, tuple):
-            template, at = entry
-            return template[:at] + uid + template[at + len(uid) :]
+            cached, where = entry
+            return cached[:where] + uid + cached[where + len(uid) :]
         fields = {
             "sop_class_uid": sop_class_uid,
             "transfer_syntax_uid": transfer_syntax_uid,
@@ -235,15 +244,18 @@ def _inflate(fp: BinaryIO) -> bytes:
 
 def _positions(ds: Dataset, implicit: bool) -> list[tuple[int, int, int | None, bool]]:
     """(value position, tag, length or None, long header?) of each top-level element."""
-    found = []
+    found: list[tuple[int, int, int | None, bool]] = []
     for tag in list(ds.keys()):  # a Dataset iterates over elements, not tags
         elem = ds.get_item(tag, keep_deferred=True)
+        length: int | None
         if isinstance(elem, RawDataElement):
             pos, length = elem.value_tell, elem.length
             vr = elem.VR
             if length == 0xFFFFFFFF:
                 length = None
         else:  # undefined-length SQ/UN, already parsed into items
+            if elem.file_tell is None:  # (pydicom sets it for every element it reads)
+                raise HeaderError(f"element {_fmt(int(tag))} has no position in the file", tag)
             pos, length, vr = elem.file_tell, None, elem.VR
         long = not implicit and vr is not None and str(vr).encode() in LONG_VRS
         found.append((pos, int(tag), length, long))

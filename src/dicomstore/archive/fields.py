@@ -19,11 +19,11 @@ import re
 from typing import Any
 
 from pydicom import config
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.tag import BaseTag
+from pydicom.tag import BaseTag, Tag
 
 from dicomstore.archive.layout import normalize_uid
 
@@ -63,17 +63,17 @@ NUMBER_FIELDS = {"series_number": "SeriesNumber", "instance_number": "InstanceNu
 #: Every top-level element the index reads, and the character set that decodes them.
 WANTED: frozenset[int] = frozenset(
     [SPECIFIC_CHARACTER_SET, *UID_FIELDS.values()]
-    + [tag_for_keyword(k) for k in (*TEXT_FIELDS.values(), *NUMBER_FIELDS.values())]
+    + [int(Tag(k)) for k in (*TEXT_FIELDS.values(), *NUMBER_FIELDS.values())]
 )
 # (column, keyword, tag, VR, pattern of a plain value) for the fast path
 _PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")  # printable ASCII, no backslash
 _PLAIN_PN = re.compile(rb"[\x20-\x3c\x3e-\x5b\x5d-\x7e]*")  # ... and no "=" (PN groups)
 _INTEGER = re.compile(rb" *[+-]?[0-9]+ *")
 _TEXT = [
-    (c, k, tag_for_keyword(k), dictionary_VR(k), _PLAIN_PN if dictionary_VR(k) == "PN" else _PLAIN)
+    (c, k, int(Tag(k)), dictionary_VR(k), _PLAIN_PN if dictionary_VR(k) == "PN" else _PLAIN)
     for c, k in TEXT_FIELDS.items()
 ]
-_NUMBERS = [(c, k, tag_for_keyword(k), dictionary_VR(k)) for c, k in NUMBER_FIELDS.items()]
+_NUMBERS = [(c, k, int(Tag(k)), dictionary_VR(k)) for c, k in NUMBER_FIELDS.items()]
 
 
 def raw_uid(ds: Dataset, tag: int) -> str | None:

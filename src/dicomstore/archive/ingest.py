@@ -51,7 +51,7 @@ class Ingest:
 
     def __init__(
         self,
-        tmp_dir: Path,
+        tmp_dir: Path | str,
         publish: Publish,
         *,
         sop_class_uid: str,
@@ -77,7 +77,10 @@ class Ingest:
         self.called_ae = called_ae.strip()
         self._publish = publish
         # (arriving, left): tell the group commit that a commit is on its way
-        self._arriving, self._left = announce if announce is not None else (None, None)
+        self._arriving: Callable[[], None] | None = None
+        self._left: Callable[[], None] | None = None
+        if announce is not None:
+            self._arriving, self._left = announce
         self._fsync = fsync
         self._digest = hashlib.sha256()
         self._size = 0  # data set bytes

@@ -143,8 +143,8 @@ def reindex_archive(root: Path, index: Index, left_out: list[str] | None = None)
 def _wins(a: dict[str, Any], b: dict[str, Any], indexed: str | None) -> bool:
     """Whether ``a`` rather than ``b`` (one SOP Instance) is the version to index."""
     if indexed in (a["path"], b["path"]):
-        return a["path"] == indexed
-    return (a["received_at"], a["path"]) > (b["received_at"], b["path"])
+        return bool(a["path"] == indexed)
+    return bool((a["received_at"], a["path"]) > (b["received_at"], b["path"]))
 
 
 def run_check(root: Path, *, fsync: bool = True) -> list[str]:

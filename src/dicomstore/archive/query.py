@@ -36,6 +36,10 @@ from typing import Any
 from dicomstore.archive.index import HIDDEN, TABLES
 from dicomstore.archive.layout import normalize_uid
 
+#: Search filters keyed by column name or keyword (str) or by DICOM tag (int).
+#: (A union of mappings, since a ``Mapping`` is invariant in its key type.)
+Filters = Mapping[str, Any] | Mapping[int, Any] | Mapping[str | int, Any]
+
 LEVELS: tuple[str, ...] = ("patient", "study", "series", "instance")
 _DEPTH = {level: n for n, level in enumerate(LEVELS)}
 _TABLE = {
@@ -237,7 +241,7 @@ def _chain(top: str, bottom: str) -> str:
     return sql
 
 
-def where(level: str, filters: Mapping[str | int, Any]) -> tuple[list[str], list[Any]]:
+def where(level: str, filters: Filters) -> tuple[list[str], list[Any]]:
     """WHERE clauses and parameters for ``filters`` when searching ``level``."""
     if level not in _DEPTH:
         raise QueryError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
@@ -334,7 +338,7 @@ def _select(level: str) -> tuple[str, list[str]]:
 
 def build(
     level: str,
-    filters: Mapping[str | int, Any],
+    filters: Filters,
     *,
     limit: int | None = None,
     offset: int = 0,
@@ -363,7 +367,7 @@ def _row(keys: list[str], values: tuple[Any, ...]) -> dict[str, Any]:
 def iter_search(
     db: sqlite3.Connection,
     level: str,
-    filters: Mapping[str | int, Any] | None = None,
+    filters: Filters | None = None,
     *,
     limit: int | None = None,
     offset: int = 0,
@@ -377,7 +381,7 @@ def iter_search(
 def search(
     db: sqlite3.Connection,
     level: str,
-    filters: Mapping[str | int, Any] | None = None,
+    filters: Filters | None = None,
     *,
     limit: int | None = None,
     offset: int = 0,
@@ -386,9 +390,7 @@ def search(
     return list(iter_search(db, level, filters, limit=limit, offset=offset))
 
 
-def count(
-    db: sqlite3.Connection, level: str, filters: Mapping[str | int, Any] | None = None
-) -> int:
+def count(db: sqlite3.Connection, level: str, filters: Filters | None = None) -> int:
     """How many entities of ``level`` match ``filters``."""
     clauses, params = where(level, filters or {})
     sql = f"SELECT COUNT(*) FROM {_chain('patient', level)}"
@@ -400,7 +402,7 @@ def count(
 def explain(
     db: sqlite3.Connection,
     level: str,
-    filters: Mapping[str | int, Any] | None = None,
+    filters: Filters | None = None,
     *,
     limit: int | None = None,
     offset: int = 0,

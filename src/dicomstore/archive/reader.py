@@ -71,7 +71,7 @@ class ArchiveReader:
     def search(
         self,
         level: str,
-        filters: Mapping[str | int, Any] | None = None,
+        filters: q.Filters | None = None,
         *,
         limit: int | None = None,
         offset: int = 0,
@@ -80,24 +80,32 @@ class ArchiveReader:
         with self._db() as db:
             return q.search(db, level, filters, limit=limit, offset=offset)
 
-    def count(self, level: str, filters: Mapping[str | int, Any] | None = None) -> int:
+    def count(self, level: str, filters: q.Filters | None = None) -> int:
         """How many entities of ``level`` match."""
         with self._db() as db:
             return q.count(db, level, filters)
 
-    def patients(self, *, limit: int | None = None, offset: int = 0, **filters: Any) -> list[dict]:
+    def patients(
+        self, *, limit: int | None = None, offset: int = 0, **filters: Any
+    ) -> list[dict[str, Any]]:
         """Patients, with ``n_studies``, ``n_series``, ``n_instances`` and ``size``."""
         return self.search("patient", filters, limit=limit, offset=offset)
 
-    def studies(self, *, limit: int | None = None, offset: int = 0, **filters: Any) -> list[dict]:
+    def studies(
+        self, *, limit: int | None = None, offset: int = 0, **filters: Any
+    ) -> list[dict[str, Any]]:
         """Studies, with their patient, counts, ``modalities`` and ``sop_classes``."""
         return self.search("study", filters, limit=limit, offset=offset)
 
-    def series(self, *, limit: int | None = None, offset: int = 0, **filters: Any) -> list[dict]:
+    def series(
+        self, *, limit: int | None = None, offset: int = 0, **filters: Any
+    ) -> list[dict[str, Any]]:
         """Series, with their study and patient, ``n_instances`` and ``size``."""
         return self.search("series", filters, limit=limit, offset=offset)
 
-    def instances(self, *, limit: int | None = None, offset: int = 0, **filters: Any) -> list[dict]:
+    def instances(
+        self, *, limit: int | None = None, offset: int = 0, **filters: Any
+    ) -> list[dict[str, Any]]:
         """Instances: every index column (file path, size, digest, sender ...)."""
         return self.search("instance", filters, limit=limit, offset=offset)
 

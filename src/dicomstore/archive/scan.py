@@ -111,7 +111,7 @@ def scan_header(buf: bytes | bytearray, size: int, implicit: bool) -> dict[int, 
     return found if pos == size else None  # else: the last value runs past the end
 
 
-def _pixel_header_ok(buf: bytes, pos: int, size: int, implicit: bool) -> bool:
+def _pixel_header_ok(buf: bytes | bytearray, pos: int, size: int, implicit: bool) -> bool:
     if len(buf) < min(pos + 16, size):
         return False
     try:
@@ -122,7 +122,7 @@ def _pixel_header_ok(buf: bytes, pos: int, size: int, implicit: bool) -> bool:
 
 
 def _skip_sequence(
-    buf: bytes, size: int, tag: int, vr: str | None, value: int, implicit: bool
+    buf: bytes | bytearray, size: int, tag: int, vr: str | None, value: int, implicit: bool
 ) -> int | None:
     """Where the undefined-length sequence whose value starts at ``value`` ends (after
     its Sequence Delimitation Item), read as pydicom's reader would; ``None``: unsure."""

@@ -179,7 +179,7 @@ class Archive:
     ) -> Ingest:
         """Start receiving one instance: the temporary file and its meta are written now."""
         return Ingest(
-            self._tmp,  # type: ignore[arg-type]
+            self._tmp,
             self._committer.submit,
             sop_class_uid=sop_class_uid,
             sop_instance_uid=sop_instance_uid,

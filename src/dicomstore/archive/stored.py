@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -62,12 +63,12 @@ def read_stored(path: Path, transfer_syntax_uid: str, *, defer_size: int = 1024)
         return Stored(ds, implicit, little, True, None)
     with open(path, "rb") as fp:
         fp.seek(dataset_offset(fp))
-        ds = read_dataset(fp, implicit, little, stop_when=_at_pixels, defer_size=defer_size)
+        read = read_dataset(fp, implicit, little, stop_when=_at_pixels, defer_size=defer_size)
         pixels = _pixel_value(fp, implicit, little)
     # A FileDataset knows its file, so deferred values load on access.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        ds = FileDataset(str(path), ds, is_implicit_VR=implicit, is_little_endian=little)
+        ds = FileDataset(str(path), read, is_implicit_VR=implicit, is_little_endian=little)
     return Stored(ds, implicit, little, False, pixels)
 
 
@@ -93,7 +94,7 @@ def _pixel_value(fp: BinaryIO, implicit: bool, little: bool) -> PixelValue | Non
     return PixelValue(tag, vr, value_at, None if length == 0xFFFFFFFF else length)
 
 
-def read_range(path: Path, offset: int, length: int, chunk: int = 1 << 20):
+def read_range(path: Path, offset: int, length: int, chunk: int = 1 << 20) -> Iterator[bytes]:
     """Yield ``length`` bytes of ``path`` from ``offset`` in chunks."""
     with open(path, "rb") as fp:
         fp.seek(offset)

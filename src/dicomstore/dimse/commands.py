@@ -141,7 +141,8 @@ def _decode_value(vr: str, raw: bytes) -> Value:
     if vr == "UL":
         if len(raw) != 4:
             return BadValue(vr, raw, f"UL value of {len(raw)} bytes")
-        return _UL.unpack(raw)[0]
+        value: int = _UL.unpack(raw)[0]
+        return value
     # AT: pairs of little endian 16-bit group, element numbers
     if len(raw) % 4:
         return BadValue(vr, raw, f"AT value of {len(raw)} bytes")
@@ -197,6 +198,12 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[int, Value]:
 # --- encoding -------------------------------------------------------------------
 
 
+def _text(value: int | str | tuple[int, ...]) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{type(value).__name__} is not a str")
+    return value
+
+
 def _encode_value(element: int, vr: str, value: Value) -> bytes:
     if isinstance(value, BadValue):
         raw = value.raw
@@ -205,10 +212,10 @@ def _encode_value(element: int, vr: str, value: Value) -> bytes:
         if vr == "US":
             return _US.pack(value)
         if vr == "UI":
-            raw = value.encode("ascii")  # type: ignore[union-attr]
+            raw = _text(value).encode("ascii")
             return raw + b"\0" if len(raw) % 2 else raw
         if vr == "AE":
-            raw = value.encode("ascii")  # type: ignore[union-attr]
+            raw = _text(value).encode("ascii")
             if len(raw.strip()) > AE_MAX_CHARS:
                 raise LocalProtocolError(f"AE title longer than 16 characters: {value!r}")
             return raw + b" " if len(raw) % 2 else raw
@@ -218,8 +225,10 @@ def _encode_value(element: int, vr: str, value: Value) -> bytes:
             return raw + b" " if len(raw) % 2 else raw
         if vr == "UL":
             return _UL.pack(value)
+        if isinstance(value, str):
+            raise TypeError("a tag is an int, not a str")
         tags = (value,) if isinstance(value, int) else value
-        return b"".join(struct.pack("<HH", t >> 16, t & 0xFFFF) for t in tags)  # type: ignore[union-attr]
+        return b"".join(struct.pack("<HH", t >> 16, t & 0xFFFF) for t in tags)
     except (struct.error, UnicodeEncodeError, AttributeError, TypeError) as exc:
         raise LocalProtocolError(
             f"cannot encode {value!r} as {vr} for (0000,{element:04X}): {exc}"

@@ -18,8 +18,9 @@ response without a readable Status or declaring a data set.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal, TypeVar, overload
 
 from dicomstore.dimse.commands import (
     AFFECTED_SOP_CLASS_UID,
@@ -335,6 +336,10 @@ def _uid(fields: dict[int, Value], element: int) -> str:
     raise _Invalid(element, f"{tag_str(element)} is missing or empty")
 
 
+@overload
+def _us(fields: dict[int, Value], element: int, required: Literal[True]) -> int: ...
+@overload
+def _us(fields: dict[int, Value], element: int, required: bool) -> int | None: ...
 def _us(fields: dict[int, Value], element: int, required: bool) -> int | None:
     value = fields.get(element)
     if isinstance(value, int):
@@ -366,13 +371,16 @@ def _decode_store_rq(fields: dict[int, Value], message_id: int, has_dataset: boo
         message_id,
         sop_class,
         instance,
-        priority,  # type: ignore[arg-type]
-        aet or None,  # type: ignore[arg-type]
+        priority,
+        aet if isinstance(aet, str) and aet else None,
         _us(fields, MOVE_ORIGINATOR_MESSAGE_ID, False),
     )
 
 
-def _lenient(fields: dict[int, Value], element: int, kind: type) -> object:
+_T = TypeVar("_T", int, str, tuple[int, ...])
+
+
+def _lenient(fields: dict[int, Value], element: int, kind: type[_T]) -> _T | None:
     """An optional field of a response: a mistyped value is dropped, not fatal."""
     value = fields.get(element)
     return value if isinstance(value, kind) and value != "" and value != () else None
@@ -394,8 +402,8 @@ def _decode_echo_rsp(fields: dict[int, Value], message_id: int, has_dataset: boo
     return CEchoRSP(
         message_id,
         status,
-        _lenient(fields, AFFECTED_SOP_CLASS_UID, str),  # type: ignore[arg-type]
-        _lenient(fields, ERROR_COMMENT, str),  # type: ignore[arg-type]
+        _lenient(fields, AFFECTED_SOP_CLASS_UID, str),
+        _lenient(fields, ERROR_COMMENT, str),
     )
 
 
@@ -404,15 +412,15 @@ def _decode_store_rsp(fields: dict[int, Value], message_id: int, has_dataset: bo
     return CStoreRSP(
         message_id,
         status,
-        _lenient(fields, AFFECTED_SOP_CLASS_UID, str),  # type: ignore[arg-type]
-        _lenient(fields, AFFECTED_SOP_INSTANCE_UID, str),  # type: ignore[arg-type]
-        _lenient(fields, ERROR_COMMENT, str),  # type: ignore[arg-type]
-        _lenient(fields, OFFENDING_ELEMENT, tuple),  # type: ignore[arg-type]
-        _lenient(fields, ERROR_ID, int),  # type: ignore[arg-type]
+        _lenient(fields, AFFECTED_SOP_CLASS_UID, str),
+        _lenient(fields, AFFECTED_SOP_INSTANCE_UID, str),
+        _lenient(fields, ERROR_COMMENT, str),
+        _lenient(fields, OFFENDING_ELEMENT, tuple),
+        _lenient(fields, ERROR_ID, int),
     )
 
 
-_DECODERS = {
+_DECODERS: dict[int, Callable[[dict[int, Value], int, bool], Message]] = {
     C_ECHO_RQ: _decode_echo_rq,
     C_ECHO_RSP: _decode_echo_rsp,
     C_STORE_RQ: _decode_store_rq,

@@ -82,6 +82,7 @@ def element(attr: Attribute, value: Any) -> dict[str, Any]:
         values = value
     else:
         values = [value] if attr.vr == "IS" else str(value).split("\\")
+    out: list[dict[str, str]] | list[int] | list[str]
     if attr.vr == "PN":
         out = [_person_name(v) for v in values]
     elif attr.vr == "IS":

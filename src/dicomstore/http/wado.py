@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -50,10 +51,14 @@ def _target(request: Request) -> tuple[dict[str, str], str]:
 
 def _rows(request: Request) -> list[dict[str, Any]]:
     filters, what = _target(request)
-    rows = reader(request).instances(**filters)
+    rows = reader(request).search("instance", filters)
     if not rows:
         raise HttpError(404, f"{what} is not in the archive")
     return rows
+
+
+def _bulkdata_url(instance_url: str, tag: int) -> str:
+    return f"{instance_url}/bulkdata/{tag:08X}"
 
 
 def stream_parts(request: Request, rows: list[dict[str, Any]], boundary: str) -> Iterator[bytes]:
@@ -131,7 +136,7 @@ def metadata(request: Request) -> Response:
                 item = read_metadata(
                     resolve(root, row["path"]),
                     row["transfer_syntax_uid"],
-                    lambda tag, url=url: f"{url}/bulkdata/{tag:08X}",
+                    functools.partial(_bulkdata_url, url),
                 )
             except (OSError, ValueError):
                 continue

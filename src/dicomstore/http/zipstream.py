@@ -27,6 +27,9 @@ class _Sink:
     def flush(self) -> None:
         pass
 
+    def close(self) -> None:  # (zipfile never closes a file object it was given)
+        pass
+
     def drain(self) -> bytes:
         data, self.parts = b"".join(self.parts), []
         return data

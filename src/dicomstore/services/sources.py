@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeGuard
 
 from dicomstore import framing, uids
 from dicomstore.errors import DicomstoreError
@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # pydicom is imported only when a file needs it (it is slow t
     from pydicom.dataset import Dataset
 
 
-def is_dataset(item: object) -> bool:
+def is_dataset(item: object) -> TypeGuard[Dataset]:
     """True for a pydicom Dataset, without importing pydicom when nobody did."""
     module = sys.modules.get("pydicom.dataset")
     return module is not None and isinstance(item, module.Dataset)
