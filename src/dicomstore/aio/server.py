@@ -381,7 +381,7 @@ class AcceptorAssociation:
                 return
             # Receiving.write takes any bytes-like (it only writes it out and takes its
             # len); its annotation (services/storage_scp.py, being restructured) says less.
-            receiving.write(event.data)  # type: ignore[arg-type]
+            receiving.write(event.data)
             if event.is_last:
                 self.receiving = None
                 await self._complete(event.context_id, receiving)

@@ -292,8 +292,9 @@ def _response(request: Request, results: list[PartResult]) -> Response:
     failed = [r for r in results if not r.stored]
     body: dict[str, Any] = {}
     studies = {(r.instance or {}).get("study_uid") for r in stored}
-    if len(studies) == 1 and None not in studies:
-        body["00081190"] = {"vr": "UR", "Value": [url_of(base, studies.pop())]}
+    study = studies.pop() if len(studies) == 1 else None
+    if study:
+        body["00081190"] = {"vr": "UR", "Value": [url_of(base, study)]}
     else:
         body["00081190"] = {"vr": "UR"}
     if failed:

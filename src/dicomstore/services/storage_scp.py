@@ -75,7 +75,7 @@ class Receiving:
         self.comment: str | None = None  # the Error Comment of ``response`` before the cut
         self.nbytes = 0  # data set bytes discarded (a refused one)
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append one fragment (to the store, or nowhere once refused)."""
         if self.storing is not None:
             self.storing.write(data)
