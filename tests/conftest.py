@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomstore.aio.server import Server, ServerConfig
+from dicomstore.services.server import Server, ServerConfig
 
 #: DCMTK by absolute path: pynetdicom installs console scripts with the same names.
 DCMTK = Path(os.environ.get("DCMTK_BIN", "/usr/bin"))

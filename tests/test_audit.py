@@ -19,11 +19,11 @@ import pytest
 
 from dicomstore import uids
 from dicomstore.aio.client import associate
-from dicomstore.aio.server import Server, ServerConfig
 from dicomstore.archive import Archive
 from dicomstore.audit import AuditLog
 from dicomstore.errors import AssociationRejected
 from dicomstore.policy import Policy
+from dicomstore.services.server import Server, ServerConfig
 from dicomstore.ul.items import UserIdentityRQ
 from tests.conftest import PEER_ENV, ServerThread, dcmtk
 from tests.test_hostile import SC, dataset

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from dicomstore.aio.server import ServerConfig
 from dicomstore.cli import main
+from dicomstore.services.server import ServerConfig
 from dicomstore.ul import pdu as P
 from tests.conftest import NullHandler, ServerThread, free_port, serve_command, wait_listening
 

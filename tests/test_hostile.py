@@ -12,10 +12,10 @@ from pydicom.uid import generate_uid
 
 from dicomstore import uids
 from dicomstore.aio.client import associate
-from dicomstore.aio.server import Server, ServerConfig
 from dicomstore.archive import Archive
 from dicomstore.dimse import commands as C
 from dicomstore.errors import AssociationAborted
+from dicomstore.services.server import Server, ServerConfig
 from dicomstore.ul import pdu as P
 
 SC = "1.2.840.10008.5.1.4.1.1.7"

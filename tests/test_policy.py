@@ -28,13 +28,13 @@ import dicomstore.aio.client as client_module
 import dicomstore.policy as policy_module
 from dicomstore import uids
 from dicomstore.aio.client import associate
-from dicomstore.aio.server import Server, ServerConfig
 from dicomstore.archive import Archive
 from dicomstore.errors import AssociationRejected
 from dicomstore.jwt import InvalidToken, JWTVerifier, b64url_decode, b64url_encode
 from dicomstore.passcodes import PasscodeHash, hash_passcode
 from dicomstore.policy import REJECT_CALLER, REJECT_IDENTITY, Policy, PolicyError
 from dicomstore.services.admission import AdmissionRequest
+from dicomstore.services.server import Server, ServerConfig
 from dicomstore.tls import client_context, server_context
 from dicomstore.ul.items import UserIdentityRQ
 from tests.conftest import PEER_ENV, ServerThread, dcmtk

@@ -53,7 +53,7 @@ def test_the_archive_loads_no_asyncio_shell_or_services() -> None:
 def test_a_public_name_loads_only_its_home() -> None:
     loaded = _loaded_after("import dicomstore; dicomstore.connect")
     assert "dicomstore.aio.client" in loaded
-    assert "dicomstore.aio.server" not in loaded
+    assert "dicomstore.services.server" not in loaded
     assert not [m for m in loaded if m.startswith("dicomstore.services")]
 
 
@@ -281,7 +281,7 @@ def test_a_response_of_the_wrong_type_aborts_instead_of_being_returned(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """echo() returns a CEchoRSP or raises: a C-STORE-RSP to a C-ECHO-RQ is a protocol error."""
-    import dicomstore.aio.server as server_module
+    import dicomstore.services.acceptor as server_module
 
     def wrong(rq):  # noqa: ANN001, ANN202
         return dicomstore.CStoreRSP(rq.message_id, 0, None, None)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from dicomstore.aio.client import associate
-from dicomstore.aio.server import ServerConfig
 from dicomstore.cli import main
 from dicomstore.errors import AssociationAborted
+from dicomstore.services.server import ServerConfig
 from dicomstore.tls import client_context, server_context
 from tests.conftest import PEER_ENV, NullHandler, ServerThread, dcmtk, free_port, peer_process
 

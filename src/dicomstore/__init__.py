@@ -31,9 +31,9 @@ _EXPORTS: dict[str, str] = {
     "SendOptions": "dicomstore.services.scu_send",
     "Result": "dicomstore.services.storage_scu",
     # server (PS3.4 A, B.2)
-    "serve": "dicomstore.aio.serving",
-    "Server": "dicomstore.aio.server",
-    "ServerConfig": "dicomstore.aio.server",
+    "serve": "dicomstore.services.serving",
+    "Server": "dicomstore.services.server",
+    "ServerConfig": "dicomstore.services.server",
     "StoreHandler": "dicomstore.handler",
     "StoreSink": "dicomstore.handler",
     "StoreOutcome": "dicomstore.archive.outcome",
@@ -43,7 +43,7 @@ _EXPORTS: dict[str, str] = {
     "ArchiveReader": "dicomstore.archive.reader",
     "StoredEvents": "dicomstore.query",
     "Subscription": "dicomstore.query",
-    "StoredEvent": "dicomstore.services.storage_scp",
+    "StoredEvent": "dicomstore.services.storage",
     # errors
     "DicomstoreError": "dicomstore.errors",
     "LocalProtocolError": "dicomstore.errors",
@@ -101,8 +101,6 @@ __all__ = [
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports
     from dicomstore.aio.association import Timeouts
     from dicomstore.aio.client import ClientAssociation, associate, connect
-    from dicomstore.aio.server import Server, ServerConfig
-    from dicomstore.aio.serving import serve
     from dicomstore.archive.outcome import StoreOutcome
     from dicomstore.archive.query import QueryError
     from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
@@ -120,8 +118,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from dicomstore.handler import StoreHandler, StoreSink
     from dicomstore.query import StoredEvents, Subscription, open_archive
     from dicomstore.services.scu_send import SendOptions, send
+    from dicomstore.services.server import Server, ServerConfig
+    from dicomstore.services.serving import serve
     from dicomstore.services.sources import CorruptFile, NotDicom
-    from dicomstore.services.storage_scp import StoredEvent
+    from dicomstore.services.storage import StoredEvent
     from dicomstore.services.storage_scu import NotSendable, Result
 
 

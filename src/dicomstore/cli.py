@@ -436,7 +436,7 @@ def _cannot_open(storage: Path, exc: BaseException) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from dicomstore.aio.server import WHEN_BUSY, Server, ServerConfig
+    from dicomstore.services.server import WHEN_BUSY, Server, ServerConfig
 
     fsync = args.fsync == "on"
     config = ServerConfig(
@@ -509,7 +509,7 @@ async def _serve(args: argparse.Namespace) -> int:
             audit.close()
         return EXIT_USAGE
     # Without fsync a commit is a few page-cache writes: cheaper inline than a thread hop;
-    # with it, in a thread while others could be served meanwhile (aio.server.WHEN_BUSY).
+    # with it, in a thread while others could be served meanwhile (services.server.WHEN_BUSY).
     in_thread = WHEN_BUSY if fsync else False
     server = Server(config, archive, commit_in_thread=in_thread, gatekeeper=gatekeeper, audit=audit)
     try:

@@ -10,7 +10,7 @@ import pytest
 
 from dicomstore import uids
 from dicomstore.aio.client import associate
-from dicomstore.aio.server import WHEN_BUSY, Server, ServerConfig
+from dicomstore.services.server import WHEN_BUSY, Server, ServerConfig
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 CONTEXTS = [(CT, [uids.EXPLICIT_VR_LE])]

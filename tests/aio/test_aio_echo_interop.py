@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from dicomstore.aio.client import associate
-from dicomstore.aio.server import ServerConfig
+from dicomstore.services.server import ServerConfig
 from tests.conftest import (
     PEER_ENV,
     NullHandler,

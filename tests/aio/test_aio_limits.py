@@ -12,11 +12,11 @@ import pytest
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts
 from dicomstore.aio.client import associate
-from dicomstore.aio.server import Server, ServerConfig
 from dicomstore.archive import Archive
 from dicomstore.dimse import CStoreRQ, dataset_pdvs
 from dicomstore.errors import AssociationAborted, AssociationRejected
 from dicomstore.services.admission import Admission, AdmissionRequest
+from dicomstore.services.server import Server, ServerConfig
 from dicomstore.ul import items as I
 from dicomstore.ul import pdu as P
 from tests.test_hostile import SC, dataset

@@ -9,8 +9,8 @@ import threading
 
 from dicomstore import uids
 from dicomstore.aio.client import associate
-from dicomstore.aio.server import Server, ServerConfig
 from dicomstore.dimse import commands as C
+from dicomstore.services.server import Server, ServerConfig
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

@@ -8,8 +8,8 @@ import os
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts
 from dicomstore.aio.client import associate
-from dicomstore.aio.server import Server, ServerConfig
 from dicomstore.errors import AssociationRejected
+from dicomstore.services.server import Server, ServerConfig
 from dicomstore.ul import pdu as P
 from tests.conftest import NullHandler
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from dicomstore import uids
 from dicomstore.aio.association import RECV_BUFFER
 from dicomstore.aio.client import associate
-from dicomstore.aio.server import Server, ServerConfig
 from dicomstore.dimse import commands as C
+from dicomstore.services.server import Server, ServerConfig
 from dicomstore.tls import client_context, server_context
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

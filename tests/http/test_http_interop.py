@@ -22,11 +22,11 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from tests.conftest import PEER_ENV, ServerThread, dcmtk
 
-from dicomstore.aio.server import ServerConfig
 from dicomstore.archive import Archive
 from dicomstore.archive.dicomfile import dataset_offset
 from dicomstore.http import HttpServer, build_app
 from dicomstore.query import StoredEvents
+from dicomstore.services.server import ServerConfig
 
 FILES = ("CT_small.dcm", "MR_small.dcm")
 

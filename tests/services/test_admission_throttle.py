@@ -8,13 +8,13 @@ import pytest
 from tests.test_policy import CONTEXTS, FAST, SC, dataset, user
 
 from dicomstore.aio.client import associate
-from dicomstore.aio.server import Server, ServerConfig
 from dicomstore.archive import Archive
 from dicomstore.cli import build_parser
 from dicomstore.errors import AssociationRejected
 from dicomstore.passcodes import hash_passcode
 from dicomstore.policy import Policy
 from dicomstore.services.admission import FailedAdmissions
+from dicomstore.services.server import Server, ServerConfig
 
 
 class Clock:

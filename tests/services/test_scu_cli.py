@@ -16,7 +16,7 @@ from tests.services.test_scu_retry import FlakyHandler
 from tests.services.test_scu_support import received_by_uid, sendable, uid_of
 
 from dicomstore import cli_send
-from dicomstore.aio.server import ServerConfig
+from dicomstore.services.server import ServerConfig
 
 
 def _main(*args: str) -> int:

@@ -24,8 +24,8 @@ from tests.services.test_storage_scp_interop import has_study_and_series
 
 from dicomstore import uids
 from dicomstore.aio.client import ClientAssociation, associate
-from dicomstore.aio.server import ServerConfig
 from dicomstore.services.scu_send import send
+from dicomstore.services.server import ServerConfig
 from dicomstore.services.storage_scu import send_c_store
 
 

@@ -23,8 +23,8 @@ from tests.services.test_scu_support import (
 )
 
 from dicomstore import cli_send
-from dicomstore.aio.server import ServerConfig
 from dicomstore.services.scu_send import send
+from dicomstore.services.server import ServerConfig
 
 FAST = ["--retry-delay", "0.001"]
 

@@ -17,9 +17,9 @@ from tests.conftest import PEER_ENV, ServerThread, dcmtk
 
 from dicomstore import uids
 from dicomstore.aio.client import associate
-from dicomstore.aio.server import Server, ServerConfig
 from dicomstore.archive import Archive
 from dicomstore.cli import main
+from dicomstore.services.server import Server, ServerConfig
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 ENCODINGS = {uids.IMPLICIT_VR_LE: (True, True), uids.EXPLICIT_VR_LE: (False, True)}

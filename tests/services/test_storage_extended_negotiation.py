@@ -10,7 +10,7 @@ from tests.conftest import NullHandler, ServerThread
 
 from dicomstore import uids
 from dicomstore.aio.client import associate
-from dicomstore.aio.server import Server, ServerConfig
+from dicomstore.services.server import Server, ServerConfig
 from dicomstore.ul import items as I
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

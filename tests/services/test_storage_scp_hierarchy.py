@@ -14,9 +14,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from tests.conftest import PEER_ENV, ServerThread, dcmtk
 
-from dicomstore.aio.server import ServerConfig
 from dicomstore.archive import Archive
 from dicomstore.archive.reader import ArchiveReader
+from dicomstore.services.server import ServerConfig
 
 CT = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture: no module beyond the IEs needed
 STUDY_A, STUDY_B = generate_uid(), generate_uid()

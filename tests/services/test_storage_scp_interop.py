@@ -16,8 +16,8 @@ import pydicom.data
 import pytest
 from tests.conftest import PEER_ENV, ServerThread, dcmtk, dcmtk_storescp, free_port
 
-from dicomstore.aio.server import ServerConfig
 from dicomstore.archive import Archive
+from dicomstore.services.server import ServerConfig
 
 
 def dataset_bytes(path: Path) -> bytes:

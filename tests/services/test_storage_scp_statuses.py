@@ -21,11 +21,11 @@ from tests.conftest import PEER_ENV, ServerThread, dcmtk
 
 from dicomstore import uids
 from dicomstore.aio.client import ClientAssociation, associate
-from dicomstore.aio.server import Server, ServerConfig
 from dicomstore.archive import Archive
 from dicomstore.dimse import commands as C
 from dicomstore.dimse import status as st
 from dicomstore.error_comment import error_comment
+from dicomstore.services.server import Server, ServerConfig
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"

@@ -20,11 +20,11 @@ from tests.conftest import ServerThread
 sys.path.insert(0, str(Path(__file__).parent.parent / "http"))
 from http_testlib import HttpThread, make_dataset, multipart_body, part10  # noqa: E402
 
-from dicomstore.aio.server import ServerConfig  # noqa: E402
 from dicomstore.archive import Archive  # noqa: E402
 from dicomstore.audit import AuditLog  # noqa: E402
 from dicomstore.policy import ECHO, STORE, Peer, Policy  # noqa: E402
 from dicomstore.services.scu_send import send  # noqa: E402
+from dicomstore.services.server import ServerConfig  # noqa: E402
 from dicomstore.services.storage import StoredEvent  # noqa: E402
 
 STUDY = "1.2.826.0.1.3680043.10.11"

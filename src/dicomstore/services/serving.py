@@ -1,6 +1,6 @@
 """``dicomstore.serve``: a Storage SCP on an archive (or a handler) until cancelled.
 
-The common case of :class:`~dicomstore.aio.server.Server` in one call::
+The common case of :class:`~dicomstore.services.server.Server` in one call::
 
     await dicomstore.serve("dicomstore-data", port=11112, ae_title="DICOMSTORE")
 
@@ -19,8 +19,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from dicomstore.aio.server import WHEN_BUSY, Server, ServerConfig
 from dicomstore.handler import StoreHandler
+from dicomstore.services.server import WHEN_BUSY, Server, ServerConfig
 from dicomstore.services.storage_scp import OnStored
 
 log = logging.getLogger("dicomstore.server")

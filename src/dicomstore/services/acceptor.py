@@ -1,22 +1,22 @@
-"""The asyncio server: many associations at once, one task each (PS3.8 9.1.2).
+"""One inbound association, from TCP accept to close (PS3.8 9.1.2, PS3.7).
 
-Each connection runs :class:`AcceptorAssociation`: the association is
-negotiated with :mod:`dicomstore.ul.negotiation`, then DIMSE messages are
-dispatched to Verification (C-ECHO) and Storage (C-STORE).  Beyond
-``max_associations`` a request is rejected as transient (temporary congestion,
-PS3.8 9.3.4).  ``close()`` stops accepting, lets in-flight operations finish
-within a bound, then aborts what is left.
+:class:`AcceptorAssociation` negotiates with :mod:`dicomstore.ul.negotiation`
+(beyond ``max_associations``, or a per-AE / per-address limit, a request is
+rejected as transient, PS3.8 9.3.4), admits the caller (the gatekeeper of
+``admission.py``, throttled per address), then dispatches DIMSE messages:
+C-ECHO to Verification, C-STORE to the storage SCP and so to the one store
+service; 0210/0211/0212 for what cannot be served, and the asynchronous
+operations window (PS3.7 D.3.3.3) for commits that overlap receiving. The
+asyncio shell below it only moves bytes and runs timers (``aio``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from dicomstore import uids
-from dicomstore.aio.association import Stream, Timeouts, Transport
+from dicomstore.aio.association import Transport
 from dicomstore.dimse import (
     CEchoRQ,
     CEchoRSP,
@@ -30,24 +30,17 @@ from dicomstore.dimse import (
 )
 from dicomstore.dimse import status as st
 from dicomstore.errors import RemoteProtocolError
-from dicomstore.handler import StoreHandler
 from dicomstore.services.admission import (
     Admission,
     AdmissionRequest,
-    AuditSink,
-    FailedAdmissions,
-    Gatekeeper,
 )
-from dicomstore.services.storage import OnStored, StoreLimits, StoreService
 from dicomstore.services.storage_scp import (
     Receiving,
     StorageSCP,
-    storage_extended_negotiation,
 )
 from dicomstore.services.verification import echo_response
 from dicomstore.tls import peer_subject
 from dicomstore.ul import pdu as P
-from dicomstore.ul.connection import Connection, Role
 from dicomstore.ul.events import (
     AbortIndication,
     AssociateIndication,
@@ -57,67 +50,19 @@ from dicomstore.ul.events import (
 from dicomstore.ul.fsm import State
 from dicomstore.ul.items import UserIdentityAC
 from dicomstore.ul.negotiation import (
-    DEFAULT_MAX_PDU,
-    AcceptorPolicy,
     describe_refused,
     negotiate,
 )
 
+if TYPE_CHECKING:
+    from dicomstore.services.server import Server
+
 log = logging.getLogger("dicomstore.server")
 
 
-@dataclass
-class ServerConfig:
-    """Everything `dicomstore serve` can be told (see the README)."""
-
-    ae_title: str = "DICOMSTORE"
-    host: str = "127.0.0.1"
-    port: int = 11112
-    max_associations: int = 50
-    max_pdu: int = DEFAULT_MAX_PDU
-    require_called_aet: bool = False
-    allowed_calling_aets: frozenset[str] | None = None
-    #: Calling AE titles allowed to C-STORE (None: everyone who may associate).
-    store_aets: frozenset[str] | None = None
-    transfer_syntaxes: tuple[str, ...] = field(default_factory=uids.transfer_syntaxes)
-    #: Of the transfer syntaxes a context proposes and we accept, take the first
-    #: proposed (True) instead of the first of ``transfer_syntaxes`` (PS3.8 9.3.3.2).
-    prefer_proposed_transfer_syntax: bool = False
-    accept_unknown: bool = False
-    max_ops: int = 1
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    shutdown_grace: float = 10.0
-    #: TLS (PS3.15 B.9): a server context from :func:`dicomstore.tls.server_context`.
-    ssl: ssl.SSLContext | None = None
-    #: Simultaneous associations per calling AE title / per peer address (0: no limit).
-    max_per_calling_ae: int = 0
-    max_per_address: int = 0
-    #: Largest data set accepted in one C-STORE, in bytes (0: no limit); larger: A700.
-    max_instance_bytes: int = 0
-    #: Below this many free bytes in the storage, C-STORE answers A700 before writing.
-    min_free_bytes: int = 0
-    #: After this many admissions refused by the gatekeeper from one address within
-    #: ``failed_admission_window`` seconds, that address is refused at once (0: never).
-    max_failed_admissions: int = 10
-    failed_admission_window: float = 60.0
-
-    def policy(self) -> AcceptorPolicy:
-        """The negotiation policy: Verification plus every Storage SOP Class."""
-        syntaxes: dict[str, tuple[str, ...]] = {uids.VERIFICATION: uids.UNCOMPRESSED}
-        for sop_class in uids.storage_sop_classes():
-            syntaxes[sop_class] = self.transfer_syntaxes
-        return AcceptorPolicy(
-            ae_title=self.ae_title,
-            abstract_syntaxes=syntaxes,
-            require_called_aet=self.require_called_aet,
-            allowed_calling_aets=self.allowed_calling_aets,
-            accept_unknown=self.accept_unknown,
-            unknown_transfer_syntaxes=self.transfer_syntaxes,
-            max_pdu=self.max_pdu,
-            max_ops_invoked=self.max_ops,
-            extended_negotiation=storage_extended_negotiation,
-            prefer_proposed=self.prefer_proposed_transfer_syntax,
-        )
+#: ``Server(commit_in_thread=WHEN_BUSY)``: commit in a worker thread only while
+#: the loop has others to serve (see ``AcceptorAssociation._commit_in_thread``).
+WHEN_BUSY = "when-busy"
 
 
 _CONGESTION = P.AssociateRJ(
@@ -460,119 +405,3 @@ class AcceptorAssociation:
                 await t.drain()
             except (ConnectionError, OSError):
                 pass
-
-
-#: ``Server(commit_in_thread=WHEN_BUSY)``: commit in a worker thread only while
-#: the loop has others to serve (see ``AcceptorAssociation._commit_in_thread``).
-WHEN_BUSY = "when-busy"
-
-
-class Server:
-    """A DICOM server on asyncio: Verification and Storage SCP (PS3.4 A, B).
-
-    ``commit_in_thread``: ``True`` runs each handler commit in a worker thread
-    (a handler may block there as long as it likes), ``False`` on the event
-    loop (for commits that never wait), :data:`WHEN_BUSY` in a worker thread
-    except for a lone association awaiting each answer, whose commit runs on
-    the loop and answers sooner (for handlers that never wait on the loop,
-    like the archive: ``dicomstore serve`` with ``--fsync on``).
-    """
-
-    def __init__(
-        self,
-        config: ServerConfig,
-        handler: StoreHandler,
-        *,
-        on_stored: OnStored | None = None,
-        commit_in_thread: bool | str = True,
-        gatekeeper: Gatekeeper | None = None,
-        audit: AuditSink | None = None,
-    ) -> None:
-        self.config = config
-        self.handler = handler
-        self.gatekeeper = gatekeeper
-        self.audit = audit
-        self.on_stored = on_stored
-        #: the one store service: C-STORE here, and any other door given it (STOW-RS)
-        self.store = StoreService(
-            handler,
-            limits=StoreLimits(config.max_instance_bytes, config.min_free_bytes),
-            store_aets=config.store_aets,
-            gatekeeper=gatekeeper,
-            audit=audit,
-            on_stored=on_stored,
-        )
-        if commit_in_thread not in (True, False, WHEN_BUSY):
-            raise ValueError(f"commit_in_thread must be True, False or {WHEN_BUSY!r}")
-        self.commit_in_thread = commit_in_thread
-        self.policy = config.policy()
-        self.failed_admissions = FailedAdmissions(
-            config.max_failed_admissions, config.failed_admission_window
-        )
-        self.associations: set[AcceptorAssociation] = set()
-        self._tasks: set[asyncio.Task] = set()
-        self._server: asyncio.base_events.Server | None = None
-
-    @property
-    def port(self) -> int:
-        """The port actually bound (useful with port 0)."""
-        assert self._server is not None
-        return self._server.sockets[0].getsockname()[1]
-
-    async def start(self) -> None:
-        """Bind and start accepting connections."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: Stream(self._on_connect),
-            self.config.host,
-            self.config.port,
-            ssl=self.config.ssl,
-            ssl_handshake_timeout=self.config.timeouts.artim if self.config.ssl else None,
-        )
-        log.info("listening on %s:%d as %s", self.config.host, self.port, self.config.ae_title)
-
-    async def serve_forever(self) -> None:
-        """Start (if needed) and serve until cancelled or closed."""
-        if self._server is None:
-            await self.start()
-        assert self._server is not None
-        try:
-            await self._server.serve_forever()
-        except asyncio.CancelledError:
-            pass
-
-    async def _on_connect(self, stream: Stream) -> None:
-        conn = Connection(Role.ACCEPTOR, max_pdata=self.config.max_pdu)
-        transport = Transport(stream, conn, self.config.timeouts)
-        over = len(self.associations) >= self.config.max_associations
-        assoc = AcceptorAssociation(self, transport, over_limit=over)
-        if not over:
-            self.associations.add(assoc)
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            await assoc.run()
-        finally:
-            self.associations.discard(assoc)
-            if task is not None:
-                self._tasks.discard(task)
-
-    async def close(self, grace: float | None = None) -> None:
-        """Stop accepting; wait up to ``grace`` s for in-flight work; abort the rest."""
-        grace = self.config.shutdown_grace if grace is None else grace
-        if self._server is not None:
-            self._server.close()
-        tasks = set(self._tasks)
-        if tasks:
-            # Associations that are idle between operations can go right away.
-            for assoc in list(self.associations):
-                if not assoc.busy:
-                    assoc.t.abort_now()
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=5)
-        if self._server is not None:
-            await self._server.wait_closed()

@@ -1,0 +1,176 @@
+"""The DICOM server: Verification and Storage SCP on asyncio (PS3.4 A, B.2).
+
+:class:`Server` is the application the asyncio shell serves: an
+:class:`~dicomstore.aio.listener.Listener` accepts connections and hands each
+to an :class:`~dicomstore.services.acceptor.AcceptorAssociation`; the server
+holds what they share — the negotiation policy, the gatekeeper and its
+throttle, the one store service (``storage.py``, also given to STOW-RS), the
+audit sink. ``close()`` stops accepting, lets in-flight operations finish
+within ``shutdown_grace``, then aborts what is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass, field
+
+from dicomstore import uids
+from dicomstore.aio.association import Stream, Timeouts, Transport
+from dicomstore.aio.listener import Listener
+from dicomstore.handler import StoreHandler
+from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
+from dicomstore.services.admission import AuditSink, FailedAdmissions, Gatekeeper
+from dicomstore.services.storage import OnStored, StoreLimits, StoreService
+from dicomstore.services.storage_scp import storage_extended_negotiation
+from dicomstore.ul.connection import Connection, Role
+from dicomstore.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy
+
+__all__ = ["WHEN_BUSY", "Server", "ServerConfig"]
+
+log = logging.getLogger("dicomstore.server")
+
+
+@dataclass
+class ServerConfig:
+    """Everything `dicomstore serve` can be told (see the README)."""
+
+    ae_title: str = "DICOMSTORE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    max_associations: int = 50
+    max_pdu: int = DEFAULT_MAX_PDU
+    require_called_aet: bool = False
+    allowed_calling_aets: frozenset[str] | None = None
+    #: Calling AE titles allowed to C-STORE (None: everyone who may associate).
+    store_aets: frozenset[str] | None = None
+    transfer_syntaxes: tuple[str, ...] = field(default_factory=uids.transfer_syntaxes)
+    #: Of the transfer syntaxes a context proposes and we accept, take the first
+    #: proposed (True) instead of the first of ``transfer_syntaxes`` (PS3.8 9.3.3.2).
+    prefer_proposed_transfer_syntax: bool = False
+    accept_unknown: bool = False
+    max_ops: int = 1
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    shutdown_grace: float = 10.0
+    #: TLS (PS3.15 B.9): a server context from :func:`dicomstore.tls.server_context`.
+    ssl: ssl.SSLContext | None = None
+    #: Simultaneous associations per calling AE title / per peer address (0: no limit).
+    max_per_calling_ae: int = 0
+    max_per_address: int = 0
+    #: Largest data set accepted in one C-STORE, in bytes (0: no limit); larger: A700.
+    max_instance_bytes: int = 0
+    #: Below this many free bytes in the storage, C-STORE answers A700 before writing.
+    min_free_bytes: int = 0
+    #: After this many admissions refused by the gatekeeper from one address within
+    #: ``failed_admission_window`` seconds, that address is refused at once (0: never).
+    max_failed_admissions: int = 10
+    failed_admission_window: float = 60.0
+
+    def policy(self) -> AcceptorPolicy:
+        """The negotiation policy: Verification plus every Storage SOP Class."""
+        syntaxes: dict[str, tuple[str, ...]] = {uids.VERIFICATION: uids.UNCOMPRESSED}
+        for sop_class in uids.storage_sop_classes():
+            syntaxes[sop_class] = self.transfer_syntaxes
+        return AcceptorPolicy(
+            ae_title=self.ae_title,
+            abstract_syntaxes=syntaxes,
+            require_called_aet=self.require_called_aet,
+            allowed_calling_aets=self.allowed_calling_aets,
+            accept_unknown=self.accept_unknown,
+            unknown_transfer_syntaxes=self.transfer_syntaxes,
+            max_pdu=self.max_pdu,
+            max_ops_invoked=self.max_ops,
+            extended_negotiation=storage_extended_negotiation,
+            prefer_proposed=self.prefer_proposed_transfer_syntax,
+        )
+
+
+class Server:
+    """A DICOM server on asyncio: Verification and Storage SCP (PS3.4 A, B).
+
+    ``commit_in_thread``: ``True`` runs each handler commit in a worker thread
+    (a handler may block there as long as it likes), ``False`` on the event
+    loop (for commits that never wait), :data:`WHEN_BUSY` in a worker thread
+    except for a lone association awaiting each answer, whose commit runs on
+    the loop and answers sooner (for handlers that never wait on the loop,
+    like the archive: ``dicomstore serve`` with ``--fsync on``).
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        handler: StoreHandler,
+        *,
+        on_stored: OnStored | None = None,
+        commit_in_thread: bool | str = True,
+        gatekeeper: Gatekeeper | None = None,
+        audit: AuditSink | None = None,
+    ) -> None:
+        self.config = config
+        self.handler = handler
+        self.gatekeeper = gatekeeper
+        self.audit = audit
+        self.on_stored = on_stored
+        #: the one store service: C-STORE here, and any other door given it (STOW-RS)
+        self.store = StoreService(
+            handler,
+            limits=StoreLimits(config.max_instance_bytes, config.min_free_bytes),
+            store_aets=config.store_aets,
+            gatekeeper=gatekeeper,
+            audit=audit,
+            on_stored=on_stored,
+        )
+        if commit_in_thread not in (True, False, WHEN_BUSY):
+            raise ValueError(f"commit_in_thread must be True, False or {WHEN_BUSY!r}")
+        self.commit_in_thread = commit_in_thread
+        self.policy = config.policy()
+        self.failed_admissions = FailedAdmissions(
+            config.max_failed_admissions, config.failed_admission_window
+        )
+        self.associations: set[AcceptorAssociation] = set()
+        self.listener = Listener(
+            config.host,
+            config.port,
+            self._on_connect,
+            ssl_context=config.ssl,
+            handshake_timeout=config.timeouts.artim,
+        )
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        return self.listener.port
+
+    async def start(self) -> None:
+        """Bind and start accepting connections."""
+        await self.listener.start()
+        log.info("listening on %s:%d as %s", self.config.host, self.port, self.config.ae_title)
+
+    async def serve_forever(self) -> None:
+        """Start (if needed) and serve until cancelled or closed."""
+        if not self.listener.started:
+            await self.start()
+        await self.listener.serve_forever()
+
+    async def _on_connect(self, stream: Stream) -> None:
+        conn = Connection(Role.ACCEPTOR, max_pdata=self.config.max_pdu)
+        transport = Transport(stream, conn, self.config.timeouts)
+        over = len(self.associations) >= self.config.max_associations
+        assoc = AcceptorAssociation(self, transport, over_limit=over)
+        if not over:
+            self.associations.add(assoc)
+        try:
+            await assoc.run()
+        finally:
+            self.associations.discard(assoc)
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop accepting; wait up to ``grace`` s for in-flight work; abort the rest."""
+        grace = self.config.shutdown_grace if grace is None else grace
+        await self.listener.close(grace, self._abort_idle)
+
+    def _abort_idle(self) -> None:
+        """Associations idle between operations go right away (A-ABORT)."""
+        for assoc in list(self.associations):
+            if not assoc.busy:
+                assoc.t.abort_now()
