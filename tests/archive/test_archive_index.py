@@ -9,7 +9,7 @@ import pytest
 from archive_testlib import dataset, store
 
 from dicomstore.archive import SUCCESS, Archive
-from dicomstore.archive.index import ROW_COLUMNS, SCHEMA
+from dicomstore.archive.schema import ROW_COLUMNS, SCHEMA
 
 
 @pytest.fixture

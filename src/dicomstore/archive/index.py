@@ -37,200 +37,38 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
-
-# Surrogate keys (``*_pk``) link the levels, so that one Series Instance UID
-# can be filed under two studies and one Study Instance UID under two patients
-# (``on_relational_mismatch="accept"``) without one instance ever being listed
-# under the other's study or patient. A patient is (Patient ID, Issuer of
-# Patient ID); a patient without a Patient ID (Type 2, empty) is scoped to its
-# study (``scope`` holds the Study Instance UID), so such studies are never
-# merged into one patient.
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS patient (
-    patient_pk INTEGER PRIMARY KEY,
-    patient_id TEXT NOT NULL,
-    issuer TEXT NOT NULL,
-    scope TEXT NOT NULL,
-    patient_name TEXT,
-    birth_date TEXT,
-    sex TEXT,
-    UNIQUE (patient_id, issuer, scope)
-);
-CREATE TABLE IF NOT EXISTS study (
-    study_pk INTEGER PRIMARY KEY,
-    study_uid TEXT NOT NULL,
-    patient_pk INTEGER NOT NULL REFERENCES patient (patient_pk),
-    study_date TEXT,
-    study_time TEXT,
-    study_description TEXT,
-    accession_number TEXT,
-    referring_physician TEXT,
-    study_id TEXT,
-    UNIQUE (study_uid, patient_pk)
-);
-CREATE TABLE IF NOT EXISTS series (
-    series_pk INTEGER PRIMARY KEY,
-    series_uid TEXT NOT NULL,
-    study_pk INTEGER NOT NULL REFERENCES study (study_pk),
-    modality TEXT,
-    body_part TEXT,
-    series_number INTEGER,
-    series_description TEXT,
-    UNIQUE (series_uid, study_pk)
-);
-CREATE TABLE IF NOT EXISTS instance (
-    sop_instance_uid TEXT PRIMARY KEY,
-    series_pk INTEGER NOT NULL REFERENCES series (series_pk),
-    sop_class_uid TEXT NOT NULL,
-    instance_number INTEGER,
-    transfer_syntax_uid TEXT NOT NULL,
-    file_size BIGINT NOT NULL,
-    digest TEXT NOT NULL,
-    received_at TEXT NOT NULL,
-    calling_ae TEXT,
-    called_ae TEXT,
-    path TEXT NOT NULL UNIQUE
-);
-CREATE INDEX IF NOT EXISTS patient_name_idx ON patient (patient_name);
-CREATE INDEX IF NOT EXISTS study_patient_idx ON study (patient_pk);
-CREATE INDEX IF NOT EXISTS study_date_idx ON study (study_date);
-CREATE INDEX IF NOT EXISTS study_accession_idx ON study (accession_number);
-CREATE INDEX IF NOT EXISTS series_study_idx ON series (study_pk);
-CREATE INDEX IF NOT EXISTS series_modality_idx ON series (modality);
-CREATE INDEX IF NOT EXISTS instance_series_idx ON instance (series_pk);
-CREATE INDEX IF NOT EXISTS instance_class_idx ON instance (sop_class_uid);
-"""
-
-#: Columns of each table, in insertion order (the first one is the key).
-TABLES: dict[str, tuple[str, ...]] = {
-    "patient": ("patient_pk", "patient_id", "issuer", "scope", "patient_name", "birth_date", "sex"),
-    "study": (
-        "study_pk",
-        "study_uid",
-        "patient_pk",
-        "study_date",
-        "study_time",
-        "study_description",
-        "accession_number",
-        "referring_physician",
-        "study_id",
-    ),
-    "series": (
-        "series_pk",
-        "series_uid",
-        "study_pk",
-        "modality",
-        "body_part",
-        "series_number",
-        "series_description",
-    ),
-    "instance": (
-        "sop_instance_uid",
-        "series_pk",
-        "sop_class_uid",
-        "instance_number",
-        "transfer_syntax_uid",
-        "file_size",
-        "digest",
-        "received_at",
-        "calling_ae",
-        "called_ae",
-        "path",
-    ),
-}
-#: The tables above ``instance``, whose rows the writer caches.
-PARENTS = ("patient", "study", "series")
-#: The surrogate key of each parent table, and the column naming it one level below.
-PK = {"patient": "patient_pk", "study": "study_pk", "series": "series_pk"}
-#: What identifies a row of each parent table (its UNIQUE constraint).
-NATURAL_KEY = {
-    "patient": ("patient_id", "issuer", "scope"),
-    "study": ("study_uid", "patient_pk"),
-    "series": ("series_uid", "study_pk"),
-}
-#: The values each parent table keeps beside its keys.
-ATTRS = {t: tuple(c for c in TABLES[t][1:] if c not in NATURAL_KEY[t]) for t in PARENTS}
-#: Internal columns, never part of a row returned to a reader.
-HIDDEN = frozenset((*PK.values(), "scope"))
-_ALIAS = {"patient": "p", "study": "st", "series": "se", "instance": "i"}
-#: Every key of a row as returned by queries -> its qualified column.
-ROW_COLUMNS: dict[str, str] = {}
-for _table, _columns in TABLES.items():
-    for _column in _columns:
-        if _column not in HIDDEN:
-            ROW_COLUMNS.setdefault(_column, f"{_ALIAS[_table]}.{_column}")
-#: Keys that may never be NULL in a row (missing ones are stored as '').
-KEYS = ("patient_id", "issuer", "study_uid", "series_uid")
-
-_FROM = (
-    " FROM instance i"
-    " JOIN series se ON se.series_pk = i.series_pk"
-    " JOIN study st ON st.study_pk = se.study_pk"
-    " JOIN patient p ON p.patient_pk = st.patient_pk"
+from dicomstore.archive.schema import (
+    ATTRS,
+    FROM_JOIN,
+    INSTANCE_COLUMNS,
+    KEYS,
+    NATURAL_KEY,
+    ORDER_ROWS,
+    PARENTS,
+    PK,
+    RETURNING,
+    ROW_COLUMNS,
+    ROW_KEYS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SELECT_ONE,
+    SELECT_PARENT,
+    SELECT_ROWS,
+    SERIES_ELSEWHERE,
+    STUDY_ELSEWHERE,
+    TABLES,
+    UPSERT_INSTANCE,
+    UPSERTS,
+    UPSERTS_RETURNING,
+    patient_key,
 )
-_SELECT = "SELECT " + ", ".join(ROW_COLUMNS.values()) + _FROM
-_ORDER = " ORDER BY st.study_uid, se.series_uid, i.instance_number, i.sop_instance_uid"
-_SELECT_ONE = f"{_SELECT} WHERE i.sop_instance_uid = ?"
-_KEYS = list(ROW_COLUMNS)
 
-
-def _upsert_parent(table: str, *, returning: bool) -> str:
-    """INSERT … ON CONFLICT (natural key) DO UPDATE, keeping known values where the
-    new ones are NULL; ``returning``: the surrogate key and the values as stored
-    afterwards (``RETURNING``, SQLite ≥ 3.35, PostgreSQL)."""
-    natural, attrs = NATURAL_KEY[table], ATTRS[table]
-    columns = (*natural, *attrs)
-    sets = ", ".join(f"{c} = COALESCE(excluded.{c}, {table}.{c})" for c in attrs)
-    sql = (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
-        f" ON CONFLICT ({', '.join(natural)}) DO UPDATE SET {sets}"
-    )
-    return sql + (f" RETURNING {PK[table]}, {', '.join(attrs)}" if returning else "")
-
-
-_INSTANCE = TABLES["instance"]
-_UPSERT_INSTANCE = (
-    f"INSERT INTO instance ({', '.join(_INSTANCE)}) VALUES ({', '.join('?' for _ in _INSTANCE)})"
-    " ON CONFLICT (sop_instance_uid) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _INSTANCE[1:])
-)
-_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
-_UPSERTS = {t: _upsert_parent(t, returning=False) for t in PARENTS}
-_UPSERTS_RETURNING = {t: _upsert_parent(t, returning=True) for t in PARENTS}
-_SELECT_ROW = {
-    t: f"SELECT {PK[t]}, {', '.join(ATTRS[t])} FROM {t} WHERE "
-    + " AND ".join(f"{c} = ?" for c in NATURAL_KEY[t])
-    for t in PARENTS
-}
-#: Relational checks (see :meth:`Index.conflict`): another study holding the
-#: series, another patient holding the study; instances of the same SOP Instance
-#: UID (the one a replace replaces) do not count.
-_SERIES_ELSEWHERE = (
-    "SELECT st.study_uid FROM series se JOIN study st ON st.study_pk = se.study_pk"
-    " WHERE se.series_uid = ? AND st.study_uid <> ? AND EXISTS (SELECT 1 FROM instance i"
-    " WHERE i.series_pk = se.series_pk AND i.sop_instance_uid <> ?) LIMIT 1"
-)
-_STUDY_ELSEWHERE = (
-    "SELECT p.patient_id, p.issuer FROM study st JOIN patient p ON p.patient_pk = st.patient_pk"
-    " WHERE st.study_uid = ? AND NOT (p.patient_id = ? AND p.issuer = ? AND p.scope = ?)"
-    " AND EXISTS (SELECT 1 FROM series se JOIN instance i ON i.series_pk = se.series_pk"
-    " WHERE se.study_pk = st.study_pk AND i.sop_instance_uid <> ?) LIMIT 1"
-)
 #: Cached parent rows per table before the cache is emptied (memory bound).
 CACHE_LIMIT = 50_000
 
 
 class SchemaError(RuntimeError):
     """The index was made by another version of dicomstore."""
-
-
-def patient_key(row: dict[str, Any]) -> tuple[str, str, str]:
-    """(Patient ID, Issuer of Patient ID, scope) of a row: who the patient is.
-
-    An empty Patient ID is scoped to the study, never shared across studies."""
-    patient_id = row.get("patient_id") or ""
-    return patient_id, row.get("issuer") or "", "" if patient_id else row.get("study_uid") or ""
 
 
 def clean_text(value: Any) -> Any:
@@ -350,10 +188,10 @@ class Index:
             return {}
         given = {clean_text(u): u for u in sop_instance_uids}  # as stored -> as given
         if len(given) == 1:
-            sql = _SELECT_ONE
+            sql = SELECT_ONE
         else:
-            sql = f"{_SELECT} WHERE i.sop_instance_uid IN ({', '.join('?' for _ in given)})"
-        rows = (dict(zip(_KEYS, row, strict=True)) for row in self._db.execute(sql, list(given)))
+            sql = f"{SELECT_ROWS} WHERE i.sop_instance_uid IN ({', '.join('?' for _ in given)})"
+        rows = (dict(zip(ROW_KEYS, row, strict=True)) for row in self._db.execute(sql, list(given)))
         return {given[row["sop_instance_uid"]]: row for row in rows}
 
     def conflict(self, row: dict[str, Any], *, replacing: bool = False) -> tuple[str, Any] | None:
@@ -373,12 +211,12 @@ class Index:
             return None
         sop = values["sop_instance_uid"]
         found = self._db.execute(
-            _SERIES_ELSEWHERE, (values["series_uid"], values["study_uid"], sop)
+            SERIES_ELSEWHERE, (values["series_uid"], values["study_uid"], sop)
         ).fetchone()
         if found is not None:
             return "series", found[0]
         found = self._db.execute(
-            _STUDY_ELSEWHERE, (values["study_uid"], pid, issuer, scope, sop)
+            STUDY_ELSEWHERE, (values["study_uid"], pid, issuer, scope, sop)
         ).fetchone()
         if found is not None:
             return "study", (found[0], found[1])
@@ -425,14 +263,14 @@ class Index:
                 values[PK[table]] = pk
                 full.update(zip(NATURAL_KEY[table], natural, strict=True))
                 full.update(zip(ATTRS[table], stored, strict=True))
-            own = [values.get(c) for c in _INSTANCE]
-            full.update(zip(_INSTANCE, own, strict=True))
+            own = [values.get(c) for c in INSTANCE_COLUMNS]
+            full.update(zip(INSTANCE_COLUMNS, own, strict=True))
             params.append(own)
             result.append({key: full[key] for key in ROW_COLUMNS})
         if len(params) == 1:
-            self._db.execute(_UPSERT_INSTANCE, params[0])
+            self._db.execute(UPSERT_INSTANCE, params[0])
         else:
-            self._db.executemany(_UPSERT_INSTANCE, params)
+            self._db.executemany(UPSERT_INSTANCE, params)
         return result
 
     def _put_parent(
@@ -447,16 +285,16 @@ class Index:
         if known is not None and known[1] == new:
             return known  # (the usual case: one more instance of a known series)
         if known is None:
-            if _RETURNING:
-                pk, *stored = self._db.execute(_UPSERTS_RETURNING[table], natural + new).fetchall()[
+            if RETURNING:
+                pk, *stored = self._db.execute(UPSERTS_RETURNING[table], natural + new).fetchall()[
                     0
                 ]
             else:
-                self._db.execute(_UPSERTS[table], natural + new)
-                pk, *stored = self._db.execute(_SELECT_ROW[table], natural).fetchall()[0]
+                self._db.execute(UPSERTS[table], natural + new)
+                pk, *stored = self._db.execute(SELECT_PARENT[table], natural).fetchall()[0]
             entry = (pk, tuple(stored))
         elif any(n is not None and n != k for n, k in zip(new, known[1], strict=True)):
-            self._db.execute(_UPSERTS[table], natural + new)
+            self._db.execute(UPSERTS[table], natural + new)
             entry = (
                 known[0],
                 tuple(k if n is None else n for n, k in zip(new, known[1], strict=True)),
@@ -520,7 +358,7 @@ class Index:
         db = self.reader()
         try:
             yield from db.execute(
-                "SELECT i.sop_instance_uid, i.path, st.study_uid, se.series_uid" + _FROM
+                "SELECT i.sop_instance_uid, i.path, st.study_uid, se.series_uid" + FROM_JOIN
             )
         finally:
             db.close()
@@ -544,6 +382,6 @@ def _select(db: sqlite3.Connection, filters: dict[str, Any]) -> list[dict[str, A
         else:
             clauses.append(f"{ROW_COLUMNS[key]} = ?")
             params.append(clean_text(value))
-    sql = _SELECT + (" WHERE " + " AND ".join(clauses) if clauses else "") + _ORDER
+    sql = SELECT_ROWS + (" WHERE " + " AND ".join(clauses) if clauses else "") + ORDER_ROWS
     keys = list(ROW_COLUMNS)
     return [dict(zip(keys, row, strict=True)) for row in db.execute(sql, params)]

@@ -33,8 +33,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dicomstore.archive.index import HIDDEN, TABLES
 from dicomstore.archive.layout import normalize_uid
+from dicomstore.archive.schema import HIDDEN, TABLES
 
 #: Search filters keyed by column name or keyword (str) or by DICOM tag (int).
 #: (A union of mappings, since a ``Mapping`` is invariant in its key type.)

@@ -20,7 +20,8 @@ from pydicom.dataset import Dataset
 
 from dicomstore.archive import layout
 from dicomstore.archive import query as q
-from dicomstore.archive.index import SCHEMA_VERSION, SchemaError
+from dicomstore.archive.index import SchemaError
+from dicomstore.archive.schema import SCHEMA_VERSION
 
 
 class ArchiveNotFoundError(FileNotFoundError):

@@ -28,8 +28,9 @@ from __future__ import annotations
 from typing import Any
 
 from dicomstore.archive import outcome as st
-from dicomstore.archive.index import Index, patient_key
+from dicomstore.archive.index import Index
 from dicomstore.archive.outcome import StoreOutcome, failure
+from dicomstore.archive.schema import patient_key
 
 RELATIONAL_POLICIES: tuple[str, ...] = ("reject", "accept")
 

@@ -1,0 +1,206 @@
+"""The index schema (version 2) and the SQL the writer and readers share.
+
+Patient / study / series / instance, linked by surrogate keys (``*_pk``):
+a series row is one Series Instance UID *in one study*, a study row one Study
+Instance UID *of one patient*, and a patient is (Patient ID, Issuer of
+Patient ID) — one without Patient ID is scoped to its study (``scope``), so
+such studies are never merged. No instance is ever listed under a study or
+patient it does not belong to, whatever UIDs senders reuse (PS3.3 A.1.2,
+PS3.4 B.1.1). Plain SQL that PostgreSQL also runs, but for ``INTEGER
+PRIMARY KEY`` (an identity column there) and the ``?`` placeholders.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+SCHEMA_VERSION = 2
+
+# Surrogate keys (``*_pk``) link the levels, so that one Series Instance UID
+# can be filed under two studies and one Study Instance UID under two patients
+# (``on_relational_mismatch="accept"``) without one instance ever being listed
+# under the other's study or patient. A patient is (Patient ID, Issuer of
+# Patient ID); a patient without a Patient ID (Type 2, empty) is scoped to its
+# study (``scope`` holds the Study Instance UID), so such studies are never
+# merged into one patient.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS patient (
+    patient_pk INTEGER PRIMARY KEY,
+    patient_id TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    patient_name TEXT,
+    birth_date TEXT,
+    sex TEXT,
+    UNIQUE (patient_id, issuer, scope)
+);
+CREATE TABLE IF NOT EXISTS study (
+    study_pk INTEGER PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    patient_pk INTEGER NOT NULL REFERENCES patient (patient_pk),
+    study_date TEXT,
+    study_time TEXT,
+    study_description TEXT,
+    accession_number TEXT,
+    referring_physician TEXT,
+    study_id TEXT,
+    UNIQUE (study_uid, patient_pk)
+);
+CREATE TABLE IF NOT EXISTS series (
+    series_pk INTEGER PRIMARY KEY,
+    series_uid TEXT NOT NULL,
+    study_pk INTEGER NOT NULL REFERENCES study (study_pk),
+    modality TEXT,
+    body_part TEXT,
+    series_number INTEGER,
+    series_description TEXT,
+    UNIQUE (series_uid, study_pk)
+);
+CREATE TABLE IF NOT EXISTS instance (
+    sop_instance_uid TEXT PRIMARY KEY,
+    series_pk INTEGER NOT NULL REFERENCES series (series_pk),
+    sop_class_uid TEXT NOT NULL,
+    instance_number INTEGER,
+    transfer_syntax_uid TEXT NOT NULL,
+    file_size BIGINT NOT NULL,
+    digest TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    calling_ae TEXT,
+    called_ae TEXT,
+    path TEXT NOT NULL UNIQUE
+);
+CREATE INDEX IF NOT EXISTS patient_name_idx ON patient (patient_name);
+CREATE INDEX IF NOT EXISTS study_patient_idx ON study (patient_pk);
+CREATE INDEX IF NOT EXISTS study_date_idx ON study (study_date);
+CREATE INDEX IF NOT EXISTS study_accession_idx ON study (accession_number);
+CREATE INDEX IF NOT EXISTS series_study_idx ON series (study_pk);
+CREATE INDEX IF NOT EXISTS series_modality_idx ON series (modality);
+CREATE INDEX IF NOT EXISTS instance_series_idx ON instance (series_pk);
+CREATE INDEX IF NOT EXISTS instance_class_idx ON instance (sop_class_uid);
+"""
+
+#: Columns of each table, in insertion order (the first one is the key).
+TABLES: dict[str, tuple[str, ...]] = {
+    "patient": ("patient_pk", "patient_id", "issuer", "scope", "patient_name", "birth_date", "sex"),
+    "study": (
+        "study_pk",
+        "study_uid",
+        "patient_pk",
+        "study_date",
+        "study_time",
+        "study_description",
+        "accession_number",
+        "referring_physician",
+        "study_id",
+    ),
+    "series": (
+        "series_pk",
+        "series_uid",
+        "study_pk",
+        "modality",
+        "body_part",
+        "series_number",
+        "series_description",
+    ),
+    "instance": (
+        "sop_instance_uid",
+        "series_pk",
+        "sop_class_uid",
+        "instance_number",
+        "transfer_syntax_uid",
+        "file_size",
+        "digest",
+        "received_at",
+        "calling_ae",
+        "called_ae",
+        "path",
+    ),
+}
+#: The tables above ``instance``, whose rows the writer caches.
+PARENTS = ("patient", "study", "series")
+#: The surrogate key of each parent table, and the column naming it one level below.
+PK = {"patient": "patient_pk", "study": "study_pk", "series": "series_pk"}
+#: What identifies a row of each parent table (its UNIQUE constraint).
+NATURAL_KEY = {
+    "patient": ("patient_id", "issuer", "scope"),
+    "study": ("study_uid", "patient_pk"),
+    "series": ("series_uid", "study_pk"),
+}
+#: The values each parent table keeps beside its keys.
+ATTRS = {t: tuple(c for c in TABLES[t][1:] if c not in NATURAL_KEY[t]) for t in PARENTS}
+#: Internal columns, never part of a row returned to a reader.
+HIDDEN = frozenset((*PK.values(), "scope"))
+ALIAS = {"patient": "p", "study": "st", "series": "se", "instance": "i"}
+#: Every key of a row as returned by queries -> its qualified column.
+ROW_COLUMNS: dict[str, str] = {}
+for _table, _columns in TABLES.items():
+    for _column in _columns:
+        if _column not in HIDDEN:
+            ROW_COLUMNS.setdefault(_column, f"{ALIAS[_table]}.{_column}")
+#: Keys that may never be NULL in a row (missing ones are stored as '').
+KEYS = ("patient_id", "issuer", "study_uid", "series_uid")
+
+FROM_JOIN = (
+    " FROM instance i"
+    " JOIN series se ON se.series_pk = i.series_pk"
+    " JOIN study st ON st.study_pk = se.study_pk"
+    " JOIN patient p ON p.patient_pk = st.patient_pk"
+)
+SELECT_ROWS = "SELECT " + ", ".join(ROW_COLUMNS.values()) + FROM_JOIN
+ORDER_ROWS = " ORDER BY st.study_uid, se.series_uid, i.instance_number, i.sop_instance_uid"
+SELECT_ONE = f"{SELECT_ROWS} WHERE i.sop_instance_uid = ?"
+ROW_KEYS = list(ROW_COLUMNS)
+
+
+def upsert_parent(table: str, *, returning: bool) -> str:
+    """INSERT … ON CONFLICT (natural key) DO UPDATE, keeping known values where the
+    new ones are NULL; ``returning``: the surrogate key and the values as stored
+    afterwards (``RETURNING``, SQLite ≥ 3.35, PostgreSQL)."""
+    natural, attrs = NATURAL_KEY[table], ATTRS[table]
+    columns = (*natural, *attrs)
+    sets = ", ".join(f"{c} = COALESCE(excluded.{c}, {table}.{c})" for c in attrs)
+    sql = (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+        f" ON CONFLICT ({', '.join(natural)}) DO UPDATE SET {sets}"
+    )
+    return sql + (f" RETURNING {PK[table]}, {', '.join(attrs)}" if returning else "")
+
+
+INSTANCE_COLUMNS = TABLES["instance"]
+UPSERT_INSTANCE = (
+    f"INSERT INTO instance ({', '.join(INSTANCE_COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in INSTANCE_COLUMNS)})"
+    " ON CONFLICT (sop_instance_uid) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in INSTANCE_COLUMNS[1:])
+)
+RETURNING = sqlite3.sqlite_version_info >= (3, 35)
+UPSERTS = {t: upsert_parent(t, returning=False) for t in PARENTS}
+UPSERTS_RETURNING = {t: upsert_parent(t, returning=True) for t in PARENTS}
+SELECT_PARENT = {
+    t: f"SELECT {PK[t]}, {', '.join(ATTRS[t])} FROM {t} WHERE "
+    + " AND ".join(f"{c} = ?" for c in NATURAL_KEY[t])
+    for t in PARENTS
+}
+#: Relational checks (see :meth:`Index.conflict`): another study holding the
+#: series, another patient holding the study; instances of the same SOP Instance
+#: UID (the one a replace replaces) do not count.
+SERIES_ELSEWHERE = (
+    "SELECT st.study_uid FROM series se JOIN study st ON st.study_pk = se.study_pk"
+    " WHERE se.series_uid = ? AND st.study_uid <> ? AND EXISTS (SELECT 1 FROM instance i"
+    " WHERE i.series_pk = se.series_pk AND i.sop_instance_uid <> ?) LIMIT 1"
+)
+STUDY_ELSEWHERE = (
+    "SELECT p.patient_id, p.issuer FROM study st JOIN patient p ON p.patient_pk = st.patient_pk"
+    " WHERE st.study_uid = ? AND NOT (p.patient_id = ? AND p.issuer = ? AND p.scope = ?)"
+    " AND EXISTS (SELECT 1 FROM series se JOIN instance i ON i.series_pk = se.series_pk"
+    " WHERE se.study_pk = st.study_pk AND i.sop_instance_uid <> ?) LIMIT 1"
+)
+
+
+def patient_key(row: dict[str, Any]) -> tuple[str, str, str]:
+    """(Patient ID, Issuer of Patient ID, scope) of a row: who the patient is.
+
+    An empty Patient ID is scoped to the study, never shared across studies."""
+    patient_id = row.get("patient_id") or ""
+    return patient_id, row.get("issuer") or "", "" if patient_id else row.get("study_uid") or ""
