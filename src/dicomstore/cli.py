@@ -665,7 +665,7 @@ def _check_or_reindex(args: argparse.Namespace) -> int:
 
     from dicomstore.archive import maintenance
     from dicomstore.archive.index import SchemaError
-    from dicomstore.archive.publish import ArchiveBusyError
+    from dicomstore.archive.recovery import ArchiveBusyError
 
     root = args.storage.resolve()
     left_out: list[str] = []

@@ -21,7 +21,7 @@ import pytest
 from archive_testlib import dataset, store, stored_dataset
 
 from dicomstore.archive import SUCCESS, Archive, crashpoints
-from dicomstore.archive.publish import ArchiveBusyError, hold
+from dicomstore.archive.recovery import ArchiveBusyError, hold
 from dicomstore.cli import main
 
 DRIVER = Path(__file__).with_name("crash_driver.py")

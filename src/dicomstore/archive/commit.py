@@ -69,7 +69,7 @@ class Staged:
     rel: str = ""
     final: str = ""
     backup: str | None = None
-    trace: str | None = None  # second name in .tmp until COMMIT (see publish.recover)
+    trace: str | None = None  # second name in .tmp until COMMIT (see recovery.recover)
     intent: str | None = None  # the replaced file's removal intent (see removal.py)
     created: list[Any] | None = None
     existing: dict[str, Any] | None = None

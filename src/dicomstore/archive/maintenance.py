@@ -149,11 +149,11 @@ def _wins(a: dict[str, Any], b: dict[str, Any], indexed: str | None) -> bool:
 
 def run_check(root: Path, *, fsync: bool = True) -> list[str]:
     """``dicomstore check``: with no archive open on ``root`` elsewhere, first
-    settle what a crash left (``publish.recover``, as the next start would), so
+    settle what a crash left (``recovery.recover``, as the next start would), so
     that a clean check means a clean start; with a server running (it recovered
     at its start) check as is: an instance being published at that moment may
     show as a problem."""
-    from dicomstore.archive.publish import ArchiveBusyError, hold, recover
+    from dicomstore.archive.recovery import ArchiveBusyError, hold, recover
 
     (root / layout.TMP_DIR).mkdir(exist_ok=True)
     index = Index(root / layout.INDEX_FILE, durable=fsync)
@@ -173,11 +173,11 @@ def run_check(root: Path, *, fsync: bool = True) -> list[str]:
 
 
 def run_reindex(root: Path, left_out: list[str], *, fsync: bool = True) -> int:
-    """``dicomstore reindex``: refused (:class:`~dicomstore.archive.publish.ArchiveBusyError`)
+    """``dicomstore reindex``: refused (:class:`~dicomstore.archive.recovery.ArchiveBusyError`)
     while an archive is open on ``root`` elsewhere (a server: its stores would
     race the rebuild); else what a crash left is settled first (``recover``),
     then :func:`reindex_archive`. A server cannot start meanwhile."""
-    from dicomstore.archive.publish import hold, recover
+    from dicomstore.archive.recovery import hold, recover
 
     (root / layout.TMP_DIR).mkdir(parents=True, exist_ok=True)
     fd = hold(root, exclusive=True)

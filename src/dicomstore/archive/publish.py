@@ -3,7 +3,7 @@
 A batch is one instance, or all those whose commits met (``commit.py``). With
 ``fsync`` on (the crash points of ``crashpoints.py`` in brackets)::
 
-    trace                a second name for each file in .tmp (see recover)
+    trace                a second name for each file in .tmp (see recovery.recover)
                                                         [publish.after-trace]
     flush the files      fsync of each file; a batch: one syncfs of the file system
                                                         [publish.after-file-flush]
@@ -31,7 +31,7 @@ durable before its row is committed, and Success is answered only after the
 COMMIT. A failure after the renames (a folder flush, the index) undoes every
 rename of the batch before answering A700. A crash after the renames and
 before the COMMIT leaves files without rows, and their traces: the next start
-adopts them into the index (:func:`recover`), or puts back what a replace
+adopts them into the index (``recovery.recover``), or puts back what a replace
 replaced. A crash after the COMMIT and before the old file of a moved
 instance is gone leaves its removal intent: the next start (or ``delete``)
 removes the file, which the index no longer names. Either way the index then
@@ -61,7 +61,6 @@ only the instances whose data was lost fail.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import sqlite3
 import time
@@ -75,7 +74,7 @@ from dicomstore.archive.commit import CommitStats, Staged
 from dicomstore.archive.index import Index
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, failure
 from dicomstore.archive.relations import Relations
-from dicomstore.archive.removal import INTENT, link_intent, settle_intents
+from dicomstore.archive.removal import link_intent
 
 #: Batches at least this large are flushed with syncfs (when available).
 SYNCFS_MIN_BATCH = 2
@@ -256,7 +255,7 @@ class Publisher:
         for member, row in zip(placed, rows, strict=True):
             self._dirs.add(member.rel.rpartition("/")[0])
             # the final name is committed now: the replaced version's names go, its
-            # removal intent only once it is gone, the trace last (see recover)
+            # removal intent only once it is gone, the trace last (see recovery.recover)
             old = member.existing
             if old is not None and old["path"] != member.rel:
                 self._remove_file(old["path"])
@@ -284,7 +283,7 @@ class Publisher:
         The file has a second name in ``.tmp`` by now, its *trace* (made
         before the flush), kept until after the COMMIT: a crash in between
         leaves it there, and the next start adopts the file it names
-        (:func:`recover`). A file already at the final name (replace, or a
+        (``recovery.recover``). A file already at the final name (replace, or a
         crash's leftover) is kept as a link in ``.tmp`` until the COMMIT, and
         restored if the batch fails. The file of a replaced instance stored at
         another name gets a removal intent (``removal.py``), flushed with the
@@ -447,107 +446,6 @@ class Publisher:
                 layout.fsync_dir(path.parent)
         except (OSError, ValueError):
             pass  # check() reports it as unindexed
-
-
-class ArchiveBusyError(OSError):
-    """``.tmp`` is held by another process in a way that excludes this one."""
-
-
-def hold(root: Path, *, exclusive: bool) -> int:
-    """Take ``root/.tmp`` (a descriptor to close to let go): shared by each
-    :class:`~dicomstore.archive.Archive` (a server) for its life, exclusive for
-    ``reindex`` and for the recovery ``check`` runs (flock(2), so a process that
-    dies lets go). Raises :class:`ArchiveBusyError` when the other kind holds it,
-    without waiting."""
-    tmp = root / layout.TMP_DIR
-    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        who = "a server or another archive" if exclusive else "a reindex or a check"
-        raise ArchiveBusyError(errno.EBUSY, f"in use by {who}", str(tmp)) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def recover(root: Path, index: Index, *, fsync: bool) -> int:
-    """Start-up: settle what a crash left in ``.tmp``, then empty it; the number of
-    instances adopted into the index. The caller owns ``.tmp`` (no other archive
-    publishes to it: see :func:`hold`).
-
-    A trace (``<temp>.pub``, a second name of a file renamed to its final name,
-    see :meth:`Publisher._place`) outlives its batch only when the COMMIT, or
-    the clean-up after it, did not happen. If the final name still holds that
-    file:
-
-    - the index does not know the instance: it is adopted, indexed as
-      ``reindex`` would (its data was durable before it was renamed);
-    - the index holds it with other bytes at the same name (a replace that did
-      not commit): the old file, kept as ``<temp>.bak``, is put back;
-    - the index holds it at another name (a replace moving it): the new file goes.
-
-    Then the removal intents (``<temp>=<path>.rm``: the old file of a replace that
-    moved the instance; ``del-…``: the files of a delete) are settled: a file
-    the index no longer names goes (``removal.settle_intents``).
-
-    Everything else in ``.tmp`` is an incomplete instance or a backup no longer
-    needed, and goes, except the removal intents made since (a ``delete`` running
-    now owns them). Best effort: what cannot be settled stays where it is, for
-    ``check`` to report.
-    """
-    from dicomstore.archive.maintenance import read_row  # (it imports the index too)
-
-    adopted = 0
-    tmp = root / layout.TMP_DIR
-    for entry in os.scandir(tmp):
-        if entry.name.endswith(".pub") and entry.is_file(follow_symlinks=False):
-            try:
-                if entry.stat(follow_symlinks=False).st_nlink > 1:
-                    adopted += _settle(root, index, Path(entry.path), read_row, fsync=fsync)
-            except Exception:  # noqa: BLE001, S110 - an unreadable leftover: check() reports it
-                pass
-    settle_intents(root, index, fsync=fsync)
-    for entry in os.scandir(tmp):
-        if not entry.name.endswith(INTENT) and not entry.is_dir(follow_symlinks=False):
-            layout.remove_quietly(Path(entry.path))
-    return adopted
-
-
-def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool) -> int:
-    row = read_row(root, trace)  # reads the header, for the final name
-    rel = layout.instance_relstr(row["study_uid"], row["series_uid"], row["sop_instance_uid"])
-    final = root / rel
-    if not final.exists() or not os.path.samefile(final, trace):
-        return 0  # renamed over since, or never renamed
-    backup = trace.with_suffix(".bak")
-    with index.lock:
-        index.begin()
-        try:
-            existing = index.find(row["sop_instance_uid"])
-            if existing is None:
-                if fsync:
-                    layout.fsync_dir(final.parent)  # its name may not be durable yet
-                index.put({**row, "path": rel})
-                index.commit()
-                return 1
-            index.rollback()
-        except BaseException:
-            index.rollback()
-            raise
-    if existing["path"] != rel:
-        os.unlink(final)  # an uncommitted replace that moved the instance
-    elif (existing["digest"], existing["file_size"]) != (row["digest"], row["file_size"]) and (
-        backup.exists()
-    ):
-        os.replace(backup, final)  # an uncommitted replace: the old file comes back
-    else:
-        return 0
-    if fsync:
-        layout.fsync_dir(final.parent)
-    return 0
 
 
 def _close(member: Staged) -> None:

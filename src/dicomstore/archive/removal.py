@@ -24,7 +24,7 @@ on them under the index write lock, so never in the middle of a delete or a
 publish (both make their intents after BEGIN IMMEDIATE): a file still at its
 path (the same inode as the intent) and not indexed is unlinked; an indexed
 one (the delete or replace did not commit) stays; the intent goes. The next
-start of the archive (``publish.recover``) and the next ``delete`` settle
+start of the archive (``recovery.recover``) and the next ``delete`` settle
 intents; ``publish.py`` makes one for the file a replace moves away from. A
 running server's start-up never removes an intent it did not settle: one made
 after its scan belongs to a delete still running, which drops it itself.

@@ -12,12 +12,12 @@ a whole batch where syncfs can be trusted (Linux 5.8+).
 If the COMMIT fails the new names are taken back. A crash between giving a
 file its name and the COMMIT leaves the file with a second name in ``.tmp``:
 the next start adopts it into the index, or puts back what an uncommitted
-replace replaced (``publish.recover``; :attr:`Archive.recovered` counts the
+replace replaced (``recovery.recover``; :attr:`Archive.recovered` counts the
 adopted); a crash before leaves only a temporary, removed at start-up. A crash
 after the COMMIT of a replace that moved the instance, or of a ``delete``,
 leaves removal intents, settled at start-up too (``removal.py``).
 Start-up empties ``.tmp``: one ``Archive`` per root and process. An open
-``Archive`` holds ``.tmp`` shared (``publish.hold``): ``reindex`` refuses to
+``Archive`` holds ``.tmp`` shared (``recovery.hold``): ``reindex`` refuses to
 run beside it, and it cannot be opened during a ``reindex``.
 
 Duplicate SOP Instance UID (``on_duplicate``), checked under the index lock,
@@ -51,7 +51,8 @@ from dicomstore.archive.dicomfile import MetaTemplates
 from dicomstore.archive.index import Index
 from dicomstore.archive.ingest import Ingest
 from dicomstore.archive.maintenance import check_archive, reindex_archive
-from dicomstore.archive.publish import Publisher, hold, recover
+from dicomstore.archive.publish import Publisher
+from dicomstore.archive.recovery import hold, recover
 from dicomstore.archive.relations import RELATIONAL_POLICIES
 
 DuplicatePolicy = Literal["keep", "replace", "reject"]
