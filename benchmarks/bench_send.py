@@ -83,7 +83,7 @@ def commands(sender: str, port: int, corpus: Path, parts: list[Path]) -> list[li
     """The sender process(es) for one run."""
     py = sys.executable
     if sender == "dicomstore":
-        cmd = [py, "-m", "dicomstore.cli_send", "127.0.0.1", str(port), str(corpus)]
+        cmd = [py, "-m", "dicomstore.cli.send", "127.0.0.1", str(port), str(corpus)]
         cmd += ["--aet", "SCU", "--aec", "SCP", "--log-level", "warning", "--progress", "off"]
         return [cmd + (["--parallel", str(len(parts))] if len(parts) > 1 else [])]
     targets = parts if len(parts) > 1 else [corpus]

@@ -14,7 +14,7 @@ import pytest
 
 from dicomstore.archive import Archive
 from dicomstore.archive.dicomfile import dataset_offset
-from dicomstore.cli_access import main
+from dicomstore.cli.access import main
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 STUDY = "1.2.826.0.1.3680043.10.4"
@@ -62,7 +62,7 @@ def storage(tmp_path: Path) -> Path:
 def cli(*args: str, storage: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
     extra = ["--storage", str(storage)] if storage is not None else []
     return subprocess.run(
-        [sys.executable, "-m", "dicomstore.cli_access", *args, *extra],
+        [sys.executable, "-m", "dicomstore.cli.access", *args, *extra],
         capture_output=True,
         text=True,
         timeout=60,
@@ -172,7 +172,7 @@ def test_delete_asks_on_a_terminal(storage: Path) -> None:
         if pid == 0:  # the child: the CLI with a terminal as stdin
             os.execv(
                 sys.executable,
-                [sys.executable, "-m", "dicomstore.cli_access", "delete", "1.2.5",
+                [sys.executable, "-m", "dicomstore.cli.access", "delete", "1.2.5",
                  "--storage", str(storage)],
             )  # fmt: skip
         output = b""
@@ -229,7 +229,7 @@ def test_a_reader_that_goes_away_gets_no_complaint(tmp_path: Path) -> None:
             )
             ingest.write(_dataset(sop, STUDY + ".9", "CT", n))
             assert ingest.commit().is_success
-    command = [sys.executable, "-m", "dicomstore.cli_access", "ls", "instances"]
+    command = [sys.executable, "-m", "dicomstore.cli.access", "ls", "instances"]
     proc = subprocess.Popen(
         [*command, "--storage", str(root), "--limit", "1500"],
         stdout=subprocess.PIPE,

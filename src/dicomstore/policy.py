@@ -101,9 +101,8 @@ import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from dicomstore.jwt import InvalidToken, JWTVerifier, default_algorithms
+from dicomstore.jwt import InvalidToken, JWTVerifier
 from dicomstore.passcodes import SCRYPT_N, SCRYPT_P, SCRYPT_R, PasscodeHash, hash_passcode
 from dicomstore.services.admission import Admission, AdmissionRequest
 from dicomstore.ul import pdu as P
@@ -229,7 +228,9 @@ class Policy:
         except tomllib.TOMLDecodeError as exc:
             raise PolicyError(f"{path}: not valid TOML: {exc}") from None
         try:
-            return _build(data, path.parent)
+            from dicomstore.policy_file import build  # (it builds Policy objects)
+
+            return build(data, path.parent)
         except PolicyError as exc:
             raise PolicyError(f"{path}: {exc}") from None
 
@@ -324,184 +325,6 @@ class Policy:
             self._verified.clear()
         self._verified.add(key)
         return name
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        known = ", ".join(sorted(allowed))
-        raise PolicyError(f"{where}unknown key {unknown[0]!r} (known: {known})")
-
-
-def _typed(table: dict[str, Any], key: str, kind: type, where: str, default: Any = None) -> Any:
-    value = table.get(key, default)
-    if value is not None and not isinstance(value, kind):
-        raise PolicyError(f"{where}{key} must be a {kind.__name__}, not {value!r}")
-    return value
-
-
-def _strings(table: dict[str, Any], key: str, where: str) -> list[str]:
-    value = table.get(key, [])
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise PolicyError(f"{where}{key} must be a string or a list of strings")
-    return value
-
-
-def _may(table: dict[str, Any], key: str, where: str) -> frozenset[str]:
-    if key not in table:
-        return ACTIONS
-    actions = _strings(table, key, where)
-    wrong = [a for a in actions if a not in ACTIONS]
-    if wrong:
-        raise PolicyError(f"{where}{key}: unknown action {wrong[0]!r} (known: echo, store)")
-    return frozenset(actions)
-
-
-def _valid_ae(title: str) -> bool:
-    return (
-        0 < len(title) <= 16
-        and title == title.strip(" ")
-        and title.isprintable()
-        and ("\\" not in title)
-    )
-
-
-def _peer(title: str, table: Any) -> Peer:
-    where = f"peers.{title}: "
-    if not _valid_ae(title):
-        raise PolicyError(f"{where}not a valid AE title (1-16 characters, no backslash)")
-    if not isinstance(table, dict):
-        raise PolicyError(f"{where}must be a table")
-    _check_keys(table, {"hosts", "tls_subject", "may", "require_user_identity"}, where)
-    networks = []
-    for host in _strings(table, "hosts", where):
-        try:
-            networks.append(ipaddress.ip_network(host.strip(), strict=True))
-        except ValueError as exc:
-            raise PolicyError(
-                f"{where}hosts: {host!r} is not an IP address or CIDR network ({exc}); "
-                "host names are not resolved"
-            ) from None
-    subjects = []
-    for subject in _strings(table, "tls_subject", where):
-        try:
-            subjects.append(normalize_subject(subject))
-        except ValueError as exc:
-            raise PolicyError(f"{where}tls_subject: {exc}") from None
-    return Peer(
-        title,
-        tuple(networks),
-        tuple(subjects),
-        _may(table, "may", where),
-        _typed(table, "require_user_identity", bool, where),
-    )
-
-
-def _user(name: str, table: Any) -> User:
-    where = f"users.{name}: "
-    if not name:
-        raise PolicyError("users: empty user name")
-    if not isinstance(table, dict):
-        raise PolicyError(f"{where}must be a table")
-    _check_keys(table, {"passcode", "may"}, where)
-    encoded = _typed(table, "passcode", str, where)
-    passcode = None
-    if encoded is not None:
-        try:
-            passcode = PasscodeHash.parse(encoded)
-        except ValueError as exc:
-            raise PolicyError(
-                f"{where}passcode: bad hash ({exc}); make one with "
-                "'python -m dicomstore.policy hash-passcode'"
-            ) from None
-        if passcode.n < SCRYPT_N:
-            log.warning("user %r: scrypt n=%d is weaker than %d", name, passcode.n, SCRYPT_N)
-    return User(name, passcode, _may(table, "may", where))
-
-
-def _read_key_file(base: Path, name: str, where: str) -> bytes:
-    path = base / name
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise PolicyError(f"{where}cannot read {path}: {exc.strerror or exc}") from None
-
-
-def _jwt(table: Any, base: Path) -> JWTVerifier:
-    where = "jwt: "
-    if not isinstance(table, dict):
-        raise PolicyError("jwt must be a table")
-    keys = {"algorithms", "secret", "secret_file", "public_key_file", "issuer", "audience"}
-    _check_keys(table, keys | {"leeway"}, where)
-    secret: bytes | None = None
-    inline = _typed(table, "secret", str, where)
-    secret_file = _typed(table, "secret_file", str, where)
-    if inline is not None and secret_file is not None:
-        raise PolicyError(f"{where}give secret or secret_file, not both")
-    if inline is not None:
-        secret = inline.encode("utf-8")
-    elif secret_file is not None:
-        secret = _read_key_file(base, secret_file, where).rstrip(b"\r\n")
-    if secret is not None and len(secret) < 32:
-        raise PolicyError(f"{where}the HMAC secret must be at least 32 bytes (RFC 7518 3.2)")
-    public_key = None
-    key_file = _typed(table, "public_key_file", str, where)
-    if key_file is not None:
-        pem = _read_key_file(base, key_file, where)
-        try:
-            from cryptography.hazmat.primitives.serialization import load_pem_public_key
-        except ImportError:
-            raise PolicyError(f"{where}public_key_file needs the 'cryptography' package") from None
-        try:
-            public_key = load_pem_public_key(pem)
-        except ValueError:
-            raise PolicyError(f"{where}{key_file} is not a PEM public key") from None
-    if secret is None and public_key is None:
-        raise PolicyError(f"{where}needs secret, secret_file or public_key_file")
-    if "algorithms" in table:
-        algorithms = _strings(table, "algorithms", where)
-    else:
-        algorithms = default_algorithms(secret, public_key)
-    if not algorithms:
-        raise PolicyError(f"{where}no usable algorithm for the configured key")
-    leeway = table.get("leeway", 30)
-    if isinstance(leeway, bool) or not isinstance(leeway, int | float) or leeway < 0:
-        raise PolicyError(f"{where}leeway must be a number of seconds >= 0")
-    try:
-        return JWTVerifier(
-            algorithms=algorithms,
-            secret=secret,
-            public_key=public_key,
-            issuer=_typed(table, "issuer", str, where),
-            audience=_typed(table, "audience", str, where),
-            leeway=leeway,
-        )
-    except ValueError as exc:
-        raise PolicyError(f"{where}algorithms: {exc}") from None
-
-
-def _build(data: dict[str, Any], base: Path) -> Policy:
-    top = {"allow_unknown", "unknown_may", "require_user_identity", "peers", "users", "jwt"}
-    _check_keys(data, top, "")
-    peers_table = data.get("peers", {})
-    users_table = data.get("users", {})
-    for name, value in (("peers", peers_table), ("users", users_table)):
-        if not isinstance(value, dict):
-            raise PolicyError(f"{name} must be a table ([{name}.NAME] sections)")
-    allow_unknown = _typed(data, "allow_unknown", bool, "", False)
-    return Policy(
-        peers=[_peer(title, table) for title, table in peers_table.items()],
-        users=[_user(name, table) for name, table in users_table.items()],
-        allow_unknown=allow_unknown,
-        unknown_may=_may(data, "unknown_may", ""),
-        require_user_identity=_typed(data, "require_user_identity", bool, "", False),
-        jwt=_jwt(data["jwt"], base) if "jwt" in data else None,
-    )
 
 
 # --------------------------------------------------------------------------- command line

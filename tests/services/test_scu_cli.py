@@ -15,7 +15,7 @@ from tests.conftest import PEER_ENV, ServerThread, dcmtk_storescp, free_port
 from tests.services.test_scu_retry import FlakyHandler
 from tests.services.test_scu_support import received_by_uid, sendable, uid_of
 
-from dicomstore import cli_send
+from dicomstore.cli import send as cli_send
 from dicomstore.services.server import ServerConfig
 
 
@@ -109,7 +109,7 @@ def test_module_entry_point_runs(tmp_path: Path) -> None:
     files = sendable(compressed=False)[:1]
     with ServerThread(ServerConfig(port=0), FlakyHandler()) as server:
         proc = subprocess.run(
-            [sys.executable, "-m", "dicomstore.cli_send", "127.0.0.1", str(server.port)]
+            [sys.executable, "-m", "dicomstore.cli.send", "127.0.0.1", str(server.port)]
             + [str(files[0])],
             capture_output=True,
             text=True,
@@ -144,7 +144,7 @@ def test_a_huge_instance_streams_in_bounded_memory(tmp_path: Path, size_mib: int
     port = free_port()
     # The child reports its own VmHWM: ru_maxrss would count the forked image of pytest.
     script = (
-        "import sys; from dicomstore import cli_send; code = cli_send.main(sys.argv[1:]); "
+        "import sys; from dicomstore.cli import send; code = send.main(sys.argv[1:]); "
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]; "
         "print(hwm[0].split()[1]); sys.exit(code)"
     )

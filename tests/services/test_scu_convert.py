@@ -17,7 +17,8 @@ import pytest
 from tests.conftest import dcmtk_storescp, free_port
 from tests.services.test_scu_support import TESTFILES, dataset_bytes, received_by_uid
 
-from dicomstore import cli_send, uids
+from dicomstore import uids
+from dicomstore.cli import send as cli_send
 from dicomstore.services.scu_send import send
 
 HAVE_OPENJPEG = importlib.util.find_spec("openjpeg") is not None

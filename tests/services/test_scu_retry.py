@@ -22,7 +22,7 @@ from tests.services.test_scu_support import (
     uid_of,
 )
 
-from dicomstore import cli_send
+from dicomstore.cli import send as cli_send
 from dicomstore.services.scu_send import send
 from dicomstore.services.server import ServerConfig
 

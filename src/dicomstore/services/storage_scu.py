@@ -39,7 +39,7 @@ from dicomstore.errors import (
     DicomstoreError,
     DimseTimeout,
 )
-from dicomstore.services import sources
+from dicomstore.services import conversion, sources
 from dicomstore.services.sources import Instance, NotDicom
 from dicomstore.ul.negotiation import AcceptedContext
 
@@ -194,12 +194,12 @@ async def store_instance(
     f = None
     if convert_it:
         try:
-            data = await asyncio.to_thread(sources.converted, instance, ctx.transfer_syntax)
+            data = await asyncio.to_thread(conversion.converted, instance, ctx.transfer_syntax)
         except NotDicom as exc:
             raise NotSendable(str(exc)) from None
         chunks, nbytes = (data,), len(data)
     elif instance.dataset is not None:
-        data = sources.encode_dataset(instance.dataset, ctx.transfer_syntax)
+        data = conversion.encode_dataset(instance.dataset, ctx.transfer_syntax)
         chunks, nbytes = (data,), len(data)
     elif instance.size % 2:
         raise NotSendable(

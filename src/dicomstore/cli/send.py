@@ -22,14 +22,34 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from dicomstore.cli.options import (
+    EXIT_ABORTED,
+    EXIT_ALL_FAILED,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_TIMEOUT,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    _ae_title,
+    _pdu,
+    _port,
+    _positive,
+    _timeouts,
+    add_tls_client_options,
+    tls_client_context,
+    tls_failed,
+)
 from dicomstore.dimse import status as st
 from dicomstore.services.scu_send import SendOptions, send
 from dicomstore.services.storage_scu import PRIORITIES, Result
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-EXIT_BY_KIND = {"unreachable": 3, "rejected": 4, "aborted": 5, "timeout": 6}
-#: None of the instances was stored and the causes were statuses or mixed.
-EXIT_ALL_FAILED = 7
+EXIT_BY_KIND = {
+    "unreachable": EXIT_UNREACHABLE,
+    "rejected": EXIT_REJECTED,
+    "aborted": EXIT_ABORTED,
+    "timeout": EXIT_TIMEOUT,
+}
 
 log = logging.getLogger("dicomstore.send")
 
@@ -49,7 +69,6 @@ def _int(low: int):
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``send`` subcommand (with its own ``--log-level``) to ``subparsers``."""
-    from dicomstore.cli import _ae_title, _pdu, _port, _positive, add_tls_client_options
 
     p = subparsers.add_parser(
         "send",
@@ -288,8 +307,6 @@ def run(args: argparse.Namespace) -> int:
             report.flush()
         progress.result(r)
 
-    from dicomstore.cli import _timeouts
-
     timeouts = _timeouts(args)
     options = SendOptions(
         called_ae=args.aec,
@@ -303,7 +320,6 @@ def run(args: argparse.Namespace) -> int:
         priority=PRIORITIES[args.priority],
         timeouts=timeouts,
     )
-    from dicomstore.cli import tls_client_context, tls_failed
 
     try:
         options.ssl = tls_client_context(args)
@@ -335,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dicomstore.cli_send HOST PORT PATH...`` (the same as `dicomstore send`)."""
+    """``python -m dicomstore.cli.send HOST PORT PATH...`` (the same as `dicomstore send`)."""
     parser = argparse.ArgumentParser(prog="dicomstore")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["send", *(sys.argv[1:] if argv is None else argv)])

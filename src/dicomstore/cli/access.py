@@ -1,7 +1,7 @@
 """The access commands (PS3.4 B.1.2 Note 1): ls, show, export, stats, delete.
 
-Wired into ``dicomstore`` by ``cli.py`` (``add_parsers(subparsers)``, then
-``run(args)``); also runs alone as ``python -m dicomstore.cli_access``.
+Wired into ``dicomstore`` by ``cli/__init__.py`` (``add_parsers(subparsers)``, then
+``run(args)``); also runs alone as ``python -m dicomstore.cli.access``.
 Exit codes: 0 success, 1 not found or failed, 2 usage error (bad option or
 filter, or ``delete`` refused without confirmation).
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from dicomstore import uids
+from dicomstore.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 COMMANDS = ("ls", "show", "export", "stats", "delete")
 _LEVEL_NAMES = {"patients": "patient", "studies": "study", "series": "series"}
 _LEVEL_NAMES["instances"] = "instance"
@@ -361,7 +361,7 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dicomstore.cli_access COMMAND ...`` (until cli.py wires these in)."""
+    """``python -m dicomstore.cli.access COMMAND ...``."""
     parser = argparse.ArgumentParser(prog="dicomstore", description=__doc__.splitlines()[0])
     add_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

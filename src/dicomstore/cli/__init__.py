@@ -1,0 +1,77 @@
+"""The `dicomstore` command line: serve, echo, send, the archive commands, check, reindex.
+
+Exit codes (echo and send): 0 success, 1 failure reported by the peer (or
+partial failure for send), 2 usage error, 3 connection refused or
+unreachable, 4 association rejected, 5 association aborted, 6 timed out,
+7 (send) nothing stored, for failure statuses or mixed causes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from dicomstore.cli.options import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    _setup_logging,
+    run_client,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands and options (documented in the README)."""
+    from dicomstore.cli import access, admin, echo, send, serve
+
+    parser = argparse.ArgumentParser(prog="dicomstore", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve.add_parser(sub)
+    echo.add_parser(sub)
+    send.add_parser(sub)
+    access.add_parsers(sub)
+    admin.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `dicomstore` console script."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    if args.command == "serve":
+        try:
+            from dicomstore.cli.serve import run as run_serve
+
+            return asyncio.run(run_serve(args))
+        except KeyboardInterrupt:
+            return EXIT_OK
+    if args.command == "echo":
+        from dicomstore.cli.echo import run as run_echo
+
+        return run_client(run_echo(args))
+    if args.command == "send":
+        from dicomstore.cli import send
+
+        return send.run(args)
+    if args.command == "conformance":
+        from dicomstore.conformance import statement
+
+        print(statement(), end="")
+        return EXIT_OK
+    from dicomstore.cli import access
+
+    if args.command in access.COMMANDS:
+        return access.run(args)
+    if args.command in ("check", "reindex"):
+        from dicomstore.archive.layout import INDEX_FILE
+
+        # check needs an index to check against; reindex needs the files' folder
+        needed = args.storage / INDEX_FILE if args.command == "check" else args.storage
+        if not needed.exists():
+            print(f"dicomstore: no archive at {args.storage} (no {needed.name})", file=sys.stderr)
+            return EXIT_FAILED
+        from dicomstore.cli.admin import check_or_reindex
+
+        return check_or_reindex(args)
+    return EXIT_USAGE

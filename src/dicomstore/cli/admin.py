@@ -1,0 +1,73 @@
+"""``dicomstore check``, ``reindex`` and ``conformance``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from dicomstore.cli.options import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    _add_common,
+    _cannot_open,
+)
+
+
+def add_parsers(sub: Any) -> None:
+    """The ``check``, ``reindex`` and ``conformance`` subcommands."""
+    c = sub.add_parser("check", help="verify the archive's files against its index")
+    c.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
+    _add_common(c)
+    r = sub.add_parser("reindex", help="rebuild the archive's index from its files")
+    r.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
+    _add_common(r)
+    cs = sub.add_parser(
+        "conformance", help="print the DICOM Conformance Statement (PS3.2, Markdown)"
+    )
+    _add_common(cs)
+
+
+def check_or_reindex(args: argparse.Namespace) -> int:
+    """``check`` (after recovery when no server runs) and ``reindex`` (refused while
+    one runs): ``archive.maintenance.run_check`` / ``run_reindex``."""
+    import sqlite3
+
+    from dicomstore.archive import maintenance
+    from dicomstore.archive.index import SchemaError
+    from dicomstore.archive.recovery import ArchiveBusyError
+
+    root = args.storage.resolve()
+    left_out: list[str] = []
+    try:
+        if args.command == "reindex":
+            count = maintenance.run_reindex(root, left_out)
+        else:
+            problems = maintenance.run_check(root)
+    except ArchiveBusyError as exc:
+        print(
+            f"dicomstore: {args.command}: the archive {args.storage} is {exc.strerror}:"
+            " stop the server first",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except SchemaError as exc:  # check of an index made by another version
+        print(f"dicomstore: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (OSError, sqlite3.Error) as exc:
+        _cannot_open(args.storage, exc)
+        return EXIT_USAGE
+    if args.command == "reindex":
+        for line in left_out:
+            print(line)
+        print(
+            f"reindexed {count} instances"
+            + (f", {len(left_out)} file(s) left out" if left_out else "")
+        )
+        return EXIT_OK
+    for problem in problems:
+        print(problem)
+    print(f"{len(problems)} problem(s)")
+    return EXIT_FAILED if problems else EXIT_OK

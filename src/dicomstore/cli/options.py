@@ -1,0 +1,215 @@
+"""What every subcommand shares: exit codes, option value types, TLS client
+options, timeouts, logging, and how a client's failure becomes one line and an
+exit code (the README's table)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import ssl
+import sys
+from pathlib import Path
+
+from dicomstore import uids
+from dicomstore.aio.association import Timeouts
+from dicomstore.errors import (
+    AssociationAborted,
+    AssociationError,
+    AssociationRejected,
+    DimseTimeout,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_REJECTED = 4
+EXIT_ABORTED = 5
+EXIT_TIMEOUT = 6
+#: send: nothing stored (failure statuses, not sendable, corrupt, or mixed causes)
+EXIT_ALL_FAILED = 7
+
+log = logging.getLogger("dicomstore")
+
+
+def _ae_title(value: str) -> str:
+    text = value.strip()
+    if not 0 < len(text) <= 16 or not text.isascii() or "\\" in text or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"not a valid AE title (1-16 ASCII characters): {value!r}")
+    return text
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 0-65535: {port}")
+    return port
+
+
+def _pdu(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if n != 0 and not 4096 <= n <= 2**32 - 1:
+        raise argparse.ArgumentTypeError("maximum PDU must be 0 (unlimited) or 4096 .. 4294967295")
+    return n
+
+
+def _positive(value: str) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return n
+
+
+def _count(value: str) -> int:
+    """A whole number >= 0 (0 usually meaning "no limit")."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return n
+
+
+def _size(value: str) -> int:
+    """A byte count with an optional K/M/G/T suffix (powers of 1024)."""
+    text = value.strip().upper().removesuffix("B")
+    scale = 1
+    if text and text[-1] in "KMGT":
+        scale = 1024 ** ("KMGT".index(text[-1]) + 1)
+        text = text[:-1]
+    try:
+        n = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {value!r} (e.g. 512M, 4G)") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("a size cannot be negative")
+    return int(n * scale)
+
+
+def _transfer_syntax(value: str) -> str:
+    aliases = {
+        "explicit": uids.EXPLICIT_VR_LE,
+        "implicit": uids.IMPLICIT_VR_LE,
+        "big": uids.EXPLICIT_VR_BE,
+        "deflated": uids.DEFLATED_EXPLICIT_VR_LE,
+    }
+    uid = aliases.get(value.lower(), value)
+    if uid not in uids.transfer_syntaxes():
+        raise argparse.ArgumentTypeError(f"unknown transfer syntax: {value!r}")
+    return uid
+
+
+def add_tls_client_options(p: argparse.ArgumentParser) -> None:
+    """TLS options of the SCU commands (echo, send): PS3.15 B.9."""
+    g = p.add_argument_group("TLS")
+    g.add_argument("--tls", action="store_true", help="connect with TLS (1.2 or newer)")
+    g.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="PEM",
+        help="CA certificate(s) to verify the server (default: system store)",
+    )
+    g.add_argument("--tls-cert", type=Path, metavar="PEM", help="our client certificate")
+    g.add_argument("--tls-key", type=Path, metavar="PEM", help="our client private key")
+    g.add_argument(
+        "--tls-no-verify",
+        action="store_true",
+        help="do not verify the server's certificate (testing only)",
+    )
+
+
+def tls_failed(exc: Exception) -> int:
+    """One line for TLS options that cannot be used (a file missing or not usable);
+    the usage exit code."""
+    print(f"dicomstore: cannot set up TLS: {exc}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def tls_client_context(args: argparse.Namespace):
+    """The SSL context the SCU options ask for, or None without --tls."""
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return None
+    from dicomstore.tls import client_context
+
+    return client_context(args.tls_ca, args.tls_cert, args.tls_key, verify=not args.tls_no_verify)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity",
+    )
+
+
+def _timeouts(args: argparse.Namespace) -> Timeouts:
+    t = Timeouts()
+    if getattr(args, "acse_timeout", None):
+        t.acse = args.acse_timeout
+    if getattr(args, "artim_timeout", None):
+        t.artim = args.artim_timeout
+    if getattr(args, "dimse_timeout", None):
+        t.dimse = args.dimse_timeout
+    if getattr(args, "idle_timeout", None):
+        t.network = args.idle_timeout
+    if getattr(args, "operation_timeout", None):
+        t.operation = args.operation_timeout
+    return t
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _cannot_open(storage: Path, exc: BaseException) -> None:
+    why = getattr(exc, "strerror", None) or str(exc)
+    where = getattr(exc, "filename", None) or storage
+    print(f"dicomstore: cannot open the archive {storage}: {where}: {why}", file=sys.stderr)
+
+
+def run_client(coro) -> int:
+    """Run a client coroutine; turn network failures into one line and an exit code."""
+    from dicomstore.tls import TLSFileError
+
+    try:
+        return asyncio.run(coro)
+    except TLSFileError as exc:
+        return tls_failed(exc)
+    except AssociationRejected as exc:
+        print(f"dicomstore: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    except AssociationAborted as exc:
+        print(f"dicomstore: {exc}", file=sys.stderr)
+        return EXIT_ABORTED
+    except DimseTimeout as exc:
+        print(f"dicomstore: timed out: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except AssociationError as exc:
+        text = str(exc)
+        print(f"dicomstore: {text}", file=sys.stderr)
+        return EXIT_TIMEOUT if "timed out" in text or "within" in text else EXIT_FAILED
+    except ssl.SSLError as exc:
+        print(f"dicomstore: TLS failed: {exc.reason or exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except ConnectionRefusedError:
+        print("dicomstore: connection refused (is the server running?)", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except OSError as exc:
+        print(f"dicomstore: cannot connect: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE

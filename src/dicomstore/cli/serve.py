@@ -1,0 +1,371 @@
+"""``dicomstore serve``: the Storage and Verification SCP, and DICOMweb beside it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from dicomstore.cli.options import (
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    _add_common,
+    _ae_title,
+    _cannot_open,
+    _count,
+    _pdu,
+    _port,
+    _positive,
+    _size,
+    _timeouts,
+    _transfer_syntax,
+    log,
+    tls_failed,
+)
+
+
+def add_parser(sub: Any) -> None:
+    """The ``serve`` subcommand and its options (README: "dicomstore serve")."""
+    s = sub.add_parser("serve", help="run the Storage/Verification SCP")
+    s.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)",
+    )
+    s.add_argument("--port", type=_port, default=11112, help="TCP port (default 11112)")
+    s.add_argument(
+        "--aet", type=_ae_title, default="DICOMSTORE", help="our AE title (default DICOMSTORE)"
+    )
+    s.add_argument(
+        "--storage",
+        type=Path,
+        default=Path("dicomstore-data"),
+        help="archive root (default ./dicomstore-data, created if missing)",
+    )
+    s.add_argument(
+        "--max-associations",
+        type=int,
+        default=50,
+        help="simultaneous associations; beyond, reject as transient (default 50)",
+    )
+    s.add_argument(
+        "--max-pdu",
+        type=_pdu,
+        default=1024 * 1024,
+        help="maximum P-DATA-TF length we receive, 0 = unlimited (default 1048576)",
+    )
+    s.add_argument(
+        "--require-called-aet",
+        action="store_true",
+        help="reject associations whose called AE title is not --aet",
+    )
+    s.add_argument(
+        "--allow-calling-aet",
+        type=_ae_title,
+        action="append",
+        metavar="AET",
+        help="accept only these calling AE titles (repeatable; default: any)",
+    )
+    s.add_argument(
+        "--store-aet",
+        type=_ae_title,
+        action="append",
+        metavar="AET",
+        help="only these calling AE titles may C-STORE, others get 0124 (repeatable)",
+    )
+    s.add_argument(
+        "--accept-unknown-sop-classes",
+        action="store_true",
+        help="also accept private or newer SOP classes as storage",
+    )
+    s.add_argument(
+        "--transfer-syntax",
+        type=_transfer_syntax,
+        action="append",
+        metavar="TS",
+        help="accepted transfer syntaxes in order of preference (repeatable; UID or "
+        "explicit/implicit/big/deflated; default: every known, uncompressed "
+        "first)",
+    )
+    s.add_argument(
+        "--transfer-syntax-order",
+        choices=["ours", "proposed"],
+        default="ours",
+        help="of a context's proposed transfer syntaxes that we accept, take the first of "
+        "ours (default: uncompressed first) or the first the sender proposed (keeps "
+        "what a modality sends compressed)",
+    )
+    s.add_argument(
+        "--fsync",
+        choices=["on", "off"],
+        default="on",
+        help="flush every instance to disk before Success (default on)",
+    )
+    s.add_argument(
+        "--on-duplicate",
+        choices=["keep", "replace", "reject"],
+        default="keep",
+        help="an already stored SOP Instance UID arrives again (default keep)",
+    )
+    s.add_argument(
+        "--on-class-mismatch",
+        choices=["reject", "tolerate"],
+        default="reject",
+        help="the data set's SOP Class UID differs from the command's: refuse (A900, "
+        "default) or store as sent and answer B007",
+    )
+    s.add_argument(
+        "--on-relational-mismatch",
+        choices=["reject", "accept"],
+        default="reject",
+        help="the data set's Series UID is filed under another study, or its Study UID "
+        "under another patient: refuse (A900, default) or store it under its own study "
+        "and patient",
+    )
+    s.add_argument(
+        "--trailing-padding",
+        choices=["keep", "discard"],
+        default="keep",
+        help="a data set ending with Data Set Trailing Padding (FFFC,FFFC): store it as "
+        "sent (default) or without the padding and answer B006",
+    )
+    s.add_argument(
+        "--max-ops",
+        type=int,
+        default=16,
+        help="asynchronous operations window granted to senders (default 16)",
+    )
+    t = s.add_argument_group("TLS")
+    t.add_argument("--tls-cert", type=Path, metavar="PEM", help="our certificate: enables TLS")
+    t.add_argument("--tls-key", type=Path, metavar="PEM", help="our private key")
+    t.add_argument(
+        "--tls-ca", type=Path, metavar="PEM", help="CA certificate(s) client certificates chain to"
+    )
+    t.add_argument(
+        "--tls-require-client-cert",
+        action="store_true",
+        help="refuse clients without a certificate signed by --tls-ca",
+    )
+    s.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="policy file (TOML): known peers, what they may do, users, JWT keys",
+    )
+    s.add_argument(
+        "--audit-log",
+        type=Path,
+        metavar="FILE",
+        help="append one JSON line per association and per stored instance",
+    )
+    lim = s.add_argument_group("limits")
+    lim.add_argument(
+        "--max-per-calling-aet",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="simultaneous associations per calling AE title (default: no limit)",
+    )
+    lim.add_argument(
+        "--max-per-address",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="simultaneous associations per peer address (default: no limit)",
+    )
+    lim.add_argument(
+        "--max-failed-admissions",
+        type=_count,
+        default=10,
+        metavar="N",
+        help="after N associations from one address refused by --config's policy within "
+        "--failed-admission-window, refuse that address at once (default 10; 0: never)",
+    )
+    lim.add_argument(
+        "--failed-admission-window",
+        type=_positive,
+        default=60.0,
+        metavar="SECONDS",
+        help="the window of --max-failed-admissions (default 60)",
+    )
+    lim.add_argument(
+        "--max-instance-size",
+        type=_size,
+        default=0,
+        metavar="SIZE",
+        help="largest data set accepted, e.g. 4G; larger: A700 (default: no limit)",
+    )
+    lim.add_argument(
+        "--min-free",
+        type=_size,
+        default=0,
+        metavar="SIZE",
+        help="answer A700 before writing when less is free, e.g. 1G (default 0)",
+    )
+    lim.add_argument(
+        "--operation-timeout",
+        type=_positive,
+        metavar="S",
+        help="seconds one incoming message may take (default 3600)",
+    )
+    h = s.add_argument_group("DICOMweb and browse page (PS3.18)")
+    h.add_argument("--http-port", type=_port, help="serve DICOMweb and the browse page here")
+    h.add_argument("--http-host", help="address for HTTP (default: --host)")
+    s.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")
+    s.add_argument(
+        "--artim-timeout",
+        type=_positive,
+        help="seconds to wait for an association request or a close (default 30)",
+    )
+    s.add_argument(
+        "--idle-timeout",
+        type=_positive,
+        help="seconds an association may stay silent (default 600)",
+    )
+    _add_common(s)
+
+
+def _open_archive(storage: Path, **options: Any) -> Any:
+    """The archive at ``storage`` (created if missing), or ``None`` after one line
+    on stderr saying why it cannot be opened."""
+    import sqlite3
+
+    from dicomstore.archive import Archive
+    from dicomstore.archive.index import SchemaError
+
+    try:
+        return Archive(storage, **options)
+    except (OSError, sqlite3.Error, SchemaError) as exc:
+        _cannot_open(storage, exc)
+        return None
+
+
+async def run(args: argparse.Namespace) -> int:
+    from dicomstore.services.server import WHEN_BUSY, Server, ServerConfig
+
+    fsync = args.fsync == "on"
+    config = ServerConfig(
+        ae_title=args.aet,
+        host=args.host,
+        port=args.port,
+        max_associations=args.max_associations,
+        max_pdu=args.max_pdu,
+        require_called_aet=args.require_called_aet,
+        allowed_calling_aets=frozenset(args.allow_calling_aet) if args.allow_calling_aet else None,
+        store_aets=frozenset(args.store_aet) if args.store_aet else None,
+        accept_unknown=args.accept_unknown_sop_classes,
+        max_ops=args.max_ops,
+        timeouts=_timeouts(args),
+        max_per_calling_ae=args.max_per_calling_aet,
+        max_per_address=args.max_per_address,
+        max_failed_admissions=args.max_failed_admissions,
+        failed_admission_window=args.failed_admission_window,
+        max_instance_bytes=args.max_instance_size,
+        min_free_bytes=args.min_free,
+        prefer_proposed_transfer_syntax=args.transfer_syntax_order == "proposed",
+    )
+    if args.transfer_syntax:
+        config.transfer_syntaxes = tuple(args.transfer_syntax)
+    if args.tls_cert or args.tls_key:
+        from dicomstore.tls import server_context
+
+        if not (args.tls_cert and args.tls_key):
+            print("dicomstore: --tls-cert and --tls-key go together", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            config.ssl = server_context(
+                args.tls_cert,
+                args.tls_key,
+                args.tls_ca,
+                require_client_cert=args.tls_require_client_cert,
+            )
+        except (OSError, ValueError) as exc:
+            return tls_failed(exc)
+    if not fsync:
+        log.warning("--fsync off: acknowledged instances can be lost on a power cut or crash")
+    gatekeeper = None
+    if args.config is not None:
+        from dicomstore.policy import Policy, PolicyError
+
+        try:
+            gatekeeper = Policy.load(args.config)
+        except PolicyError as exc:
+            print(f"dicomstore: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    audit = None
+    if args.audit_log is not None:
+        from dicomstore.audit import AuditLog
+
+        try:
+            audit = AuditLog(args.audit_log)
+        except OSError as exc:
+            print(f"dicomstore: cannot open {args.audit_log}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+    archive = _open_archive(
+        args.storage,
+        fsync=fsync,
+        on_duplicate=args.on_duplicate,
+        on_class_mismatch=args.on_class_mismatch,
+        trailing_padding=args.trailing_padding,
+        on_relational_mismatch=args.on_relational_mismatch,
+    )
+    if archive is None:
+        if audit is not None:
+            audit.close()
+        return EXIT_USAGE
+    # Without fsync a commit is a few page-cache writes: cheaper inline than a thread hop;
+    # with it, in a thread while others could be served meanwhile (services.server.WHEN_BUSY).
+    in_thread = WHEN_BUSY if fsync else False
+    server = Server(config, archive, commit_in_thread=in_thread, gatekeeper=gatekeeper, audit=audit)
+    try:
+        await server.start()
+    except OSError as exc:
+        print(
+            f"dicomstore: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
+        )
+        if audit is not None:
+            audit.close()
+        return EXIT_UNREACHABLE
+    http = None
+    if args.http_port is not None:
+        from dicomstore.http import HttpServer, build_app
+
+        app = build_app(
+            archive,
+            ae_title=args.aet,
+            accept_unknown=args.accept_unknown_sop_classes,
+            store=server.store,  # STOW-RS: the same authorization, limits, audit, events
+        )
+        http = HttpServer(app, args.http_host or args.host, args.http_port)
+        try:
+            await http.start()
+        except OSError as exc:
+            print(
+                f"dicomstore: cannot listen for HTTP on port {args.http_port}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            await server.close(grace=0)
+            return EXIT_UNREACHABLE
+        log.info(
+            "DICOMweb and browse page on http://%s:%d/", args.http_host or args.host, http.port
+        )
+    log.info("storing into %s", args.storage.resolve())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    serving = asyncio.create_task(server.serve_forever())
+    await stop.wait()
+    log.info("shutting down: finishing in-flight operations")
+    if http is not None:
+        await http.close()
+    await server.close()
+    serving.cancel()
+    if audit is not None:
+        audit.close()  # drains: every record of this run is on disk
+    archive.close()
+    return EXIT_OK
