@@ -23,6 +23,7 @@ from dicomstore.policy import (
     User,
     normalize_subject,
 )
+from dicomstore.vr import ae_title_problem
 
 log = logging.getLogger("dicomstore.policy")
 
@@ -60,19 +61,13 @@ def _may(table: dict[str, Any], key: str, where: str) -> frozenset[str]:
     return frozenset(actions)
 
 
-def _valid_ae(title: str) -> bool:
-    return (
-        0 < len(title) <= 16
-        and title == title.strip(" ")
-        and title.isprintable()
-        and ("\\" not in title)
-    )
-
-
 def _peer(title: str, table: Any) -> Peer:
     where = f"peers.{title}: "
-    if not _valid_ae(title):
-        raise PolicyError(f"{where}not a valid AE title (1-16 characters, no backslash)")
+    problem = ae_title_problem(title)
+    if problem is None and title != title.strip(" "):
+        problem = "leading or trailing spaces (a calling AE title is compared without them)"
+    if problem is not None:
+        raise PolicyError(f"{where}not a valid AE title: {problem}")
     if not isinstance(table, dict):
         raise PolicyError(f"{where}must be a table")
     _check_keys(table, {"hosts", "tls_subject", "may", "require_user_identity"}, where)

@@ -19,3 +19,17 @@ SHORT_VRS: frozenset[bytes] = frozenset(
 VRS: dict[bytes, tuple[str, bool]] = {
     vr: (vr.decode("ascii"), vr in LONG_VRS) for vr in sorted(LONG_VRS | SHORT_VRS)
 }
+
+
+def ae_title_problem(title: str) -> str | None:
+    """Why ``title`` is no AE title (PS3.5 Table 6.2-1, AE: at most 16 characters of
+    the default repertoire, no backslash, no control characters; leading and
+    trailing spaces are not significant and do not count); ``None`` if it is one."""
+    text = title.strip(" ")
+    if not text:
+        return "empty"
+    if len(text) > 16:
+        return f"{len(text)} characters, at most 16"
+    if not text.isascii() or not text.isprintable() or "\\" in text:
+        return "only printable ASCII without backslash"
+    return None

@@ -19,6 +19,7 @@ from dicomstore.errors import (
     AssociationRejected,
     DimseTimeout,
 )
+from dicomstore.vr import ae_title_problem
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -34,10 +35,10 @@ log = logging.getLogger("dicomstore")
 
 
 def _ae_title(value: str) -> str:
-    text = value.strip()
-    if not 0 < len(text) <= 16 or not text.isascii() or "\\" in text or not text.isprintable():
-        raise argparse.ArgumentTypeError(f"not a valid AE title (1-16 ASCII characters): {value!r}")
-    return text
+    problem = ae_title_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"not a valid AE title ({problem}): {value!r}")
+    return value.strip(" ")
 
 
 def _port(value: str) -> int:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from dicomstore import uids
 from dicomstore.aio.client import ClientAssociation, ContextSpec
 from dicomstore.dimse.fragments import max_pdv_data
+from dicomstore.dimse.messages import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_MEDIUM
 from dicomstore.errors import (
     AssociationAborted,
     AssociationError,
@@ -58,7 +59,8 @@ MAX_CONTEXTS = 128
 FALLBACK = (uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE)
 #: Target size of one read from a file (a multiple of the PDV size).
 READ_SIZE = 1 << 20
-PRIORITIES = {"medium": 0, "high": 1, "low": 2}  # PS3.7 9.3.1.1
+#: Priority (0000,0700) by name (PS3.7 9.3.1.1), for ``send --priority``.
+PRIORITIES = {"medium": PRIORITY_MEDIUM, "high": PRIORITY_HIGH, "low": PRIORITY_LOW}
 
 
 class NotSendable(DicomstoreError):

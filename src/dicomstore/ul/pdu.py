@@ -25,6 +25,7 @@ from dicomstore.ul.items import (
     encode_rq_contexts,
     encode_user_information,
 )
+from dicomstore.vr import ae_title_problem
 
 # PDU types (PS3.8 Table 9-11 and following)
 ASSOCIATE_RQ = 0x01
@@ -178,10 +179,10 @@ _INLINE = 4096
 def _ae_bytes(ae: str) -> bytes:
     # Leading and trailing spaces are non-significant (PS3.8 Table 9-11), so
     # they are dropped rather than letting the 16-byte field cut off the title.
-    raw = ae.encode("ascii").strip(b" ")
-    if not 0 < len(raw) <= 16:
-        raise ValueError(f"AE title must be 1-16 characters: {ae!r}")
-    return raw.ljust(16, b" ")
+    problem = ae_title_problem(ae)
+    if problem is not None:
+        raise ValueError(f"not a valid AE title ({problem}): {ae!r}")
+    return ae.strip(" ").encode("ascii").ljust(16, b" ")
 
 
 def _ae_text(raw: bytes, strict: bool = True) -> str:
