@@ -52,6 +52,18 @@ def alpha(folder: Path) -> Path:
     )
 
 
+def beta(folder: Path, study: str, series: str) -> Path:
+    """Patient B's instance in ``study`` / ``series``."""
+    return write(
+        folder,
+        "2-beta.dcm",
+        PatientID="B",
+        PatientName="BETA^B",
+        StudyInstanceUID=study,
+        SeriesInstanceUID=series,
+    )
+
+
 def storescu(port: int, *files: Path) -> subprocess.CompletedProcess:
     """DCMTK storescu, one association, debug output (each response, its Error Comment)."""
     args = [dcmtk("storescu"), "-d", "-nh", "-aec", "DICOMSTORE", "127.0.0.1", str(port)]
@@ -78,14 +90,7 @@ def responses(result: subprocess.CompletedProcess) -> list[str]:
 def test_series_reused_in_another_patients_study_is_a900(tmp_path: Path, server) -> None:
     srv, archive = server
     first = alpha(tmp_path / "in")
-    second = write(
-        tmp_path / "in",
-        "2-beta.dcm",
-        PatientID="B",
-        PatientName="BETA^B",
-        StudyInstanceUID=STUDY_B,
-        SeriesInstanceUID=SERIES,
-    )
+    second = beta(tmp_path / "in", STUDY_B, SERIES)
     result = storescu(srv.port, first, second)
     lines = responses(result)
     assert len(lines) == 2, result.stdout + result.stderr
@@ -102,14 +107,7 @@ def test_series_reused_in_another_patients_study_is_a900(tmp_path: Path, server)
 def test_study_of_another_patient_is_a900(tmp_path: Path, server) -> None:
     srv, archive = server
     first = alpha(tmp_path / "in")
-    second = write(
-        tmp_path / "in",
-        "2-beta.dcm",
-        PatientID="B",
-        PatientName="BETA^B",
-        StudyInstanceUID=STUDY_A,
-        SeriesInstanceUID=generate_uid(),
-    )
+    second = beta(tmp_path / "in", STUDY_A, generate_uid())
     result = storescu(srv.port, first, second)
     lines = responses(result)
     assert lines[0].startswith("0x0000") and lines[1].startswith("0xa900"), lines
@@ -131,14 +129,7 @@ def test_no_study_or_series_uid_is_a900(tmp_path: Path, server, missing: str) ->
 def test_accept_files_each_under_its_own_study(tmp_path: Path, server) -> None:
     srv, archive = server
     first = alpha(tmp_path / "in")
-    second = write(
-        tmp_path / "in",
-        "2-beta.dcm",
-        PatientID="B",
-        PatientName="BETA^B",
-        StudyInstanceUID=STUDY_B,
-        SeriesInstanceUID=SERIES,
-    )
+    second = beta(tmp_path / "in", STUDY_B, SERIES)
     lines = responses(storescu(srv.port, first, second))
     assert [line[:6] for line in lines] == ["0x0000", "0x0000"], lines
     reader = ArchiveReader(archive.root)
