@@ -31,6 +31,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 
 from dicomstore.archive.layout import uid_bytes
+from dicomstore.framing import FramingError, file_meta
 from dicomstore.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomstore.vr import LONG_VRS
 
@@ -329,22 +330,22 @@ def check_pixel_header(head: bytes, stop: int, size: int, implicit: bool, little
 
 
 def dataset_offset(fp: BinaryIO) -> int:
-    """Where the data set starts in a PS3.10 file (after preamble, prefix, group 0002)."""
+    """Where the data set starts in a PS3.10 file (after preamble, prefix, group 0002;
+    ``framing.file_meta``)."""
     fp.seek(0)
-    if fp.read(132)[128:] != PREFIX:
-        raise HeaderError("not a DICOM PS3.10 file (no DICM prefix)")
-    pos = 132
+    head = b""
     while True:
-        fp.seek(pos)
-        head = fp.read(12)
-        if len(head) < 8 or struct.unpack("<H", head[:2])[0] != 0x0002:
-            return pos
-        if head[4:6] in LONG_VRS:
-            if len(head) < 12:
-                raise HeaderError("the File Meta Information is truncated")
-            pos += 12 + struct.unpack("<L", head[8:12])[0]
-        else:
-            pos += 8 + struct.unpack("<H", head[6:8])[0]
+        more = fp.read(_META_CHUNK)
+        head += more
+        try:
+            found = file_meta(head, complete=not more)
+        except FramingError as exc:
+            raise HeaderError(str(exc)) from None
+        if found is not None:
+            return found[0]
+
+
+_META_CHUNK = 4096
 
 
 def _fmt(tag: int) -> str:

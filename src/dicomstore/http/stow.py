@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +42,7 @@ from dicomstore import status, uids
 from dicomstore.archive.dicomfile import HeaderError, dataset_offset, read_header
 from dicomstore.archive.fields import STUDY_INSTANCE_UID, raw_uid
 from dicomstore.archive.layout import normalize_uid
+from dicomstore.framing import FramingError, file_meta
 from dicomstore.http.common import DICOM_JSON, HttpError, base_url, url_of
 from dicomstore.http.multipart import (
     MultipartError,
@@ -53,7 +53,6 @@ from dicomstore.http.multipart import (
     parse_media_type,
 )
 from dicomstore.services.storage import Caller, StoreService, Storing
-from dicomstore.vr import LONG_VRS
 
 log = logging.getLogger("dicomstore.http.stow")
 
@@ -74,27 +73,6 @@ class PartResult:
     @property
     def stored(self) -> bool:
         return not status.is_failure(self.status)
-
-
-def meta_end(buf: bytes | bytearray) -> int | None:
-    """Where the File Meta Information of a PS3.10 file in ``buf`` ends; ``None``: need
-    more bytes. Raises ``ValueError`` when ``buf`` is not a PS3.10 file."""
-    if len(buf) < 132:
-        return None
-    if buf[128:132] != b"DICM":
-        raise ValueError("not a DICOM PS3.10 file (no DICM prefix)")
-    pos = 132
-    while True:
-        if len(buf) < pos + 8:
-            return None
-        if struct.unpack_from("<H", buf, pos)[0] != 0x0002:
-            return pos
-        if bytes(buf[pos + 4 : pos + 6]) in LONG_VRS:
-            if len(buf) < pos + 12:
-                return None
-            pos += 12 + struct.unpack_from("<L", buf, pos + 8)[0]
-        else:
-            pos += 8 + struct.unpack_from("<H", buf, pos + 6)[0]
 
 
 class _Part:
@@ -131,15 +109,15 @@ class _Part:
             return
         self.buffer += data
         try:
-            end = meta_end(self.buffer)
-        except ValueError as exc:
+            found = file_meta(self.buffer, complete=False)
+        except FramingError as exc:
             self._fail(status.CANNOT_UNDERSTAND, str(exc))
             return
-        if end is None:
+        if found is None:
             if len(self.buffer) > MAX_META:
                 self._fail(status.CANNOT_UNDERSTAND, "File Meta Information too large")
             return
-        self._begin(end)
+        self._begin(found[0])
 
     def _begin(self, end: int) -> None:
         try:

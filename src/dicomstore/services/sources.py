@@ -121,37 +121,14 @@ def expand_paths(
 
 
 def parse_file_meta(head: bytes) -> tuple[int, dict[int, bytes]] | None:
-    """Offset of the data set and the meta values, or None if there is no ``DICM``.
-
-    Group 0002 is Explicit VR Little Endian (PS3.10 7.1); a meta written in
-    Implicit VR by a broken writer is tolerated.  The walk stops at the first
-    element of another group, so a wrong group length does not matter.
-    """
-    if len(head) < 132 or head[128:132] != b"DICM":
+    """Offset of the data set and the meta values (``framing.file_meta``), or None
+    if there is no ``DICM`` (a data set without meta: pydicom reads it)."""
+    try:
+        return framing.file_meta(head)
+    except framing.NotPart10:
         return None
-    pos, meta = 132, {}
-    while pos + 8 <= len(head):
-        group, elem = struct.unpack_from("<HH", head, pos)
-        if group != 0x0002:
-            break
-        vr = head[pos + 4 : pos + 6]
-        if vr.isalpha() and vr.isupper():
-            if vr in LONG_VRS:
-                if pos + 12 > len(head):
-                    raise NotDicom("file meta information is truncated")
-                length = struct.unpack_from("<I", head, pos + 8)[0]
-                header = 12
-            else:
-                length = struct.unpack_from("<H", head, pos + 6)[0]
-                header = 8
-        else:  # implicit VR meta (not conformant, seen in the wild)
-            length = struct.unpack_from("<I", head, pos + 4)[0]
-            header = 8
-        if length == _UNDEFINED or pos + header + length > len(head):
-            raise NotDicom("file meta information is malformed or too long")
-        meta[elem] = head[pos + header : pos + header + length]
-        pos += header + length
-    return pos, meta
+    except framing.FramingError as exc:
+        raise NotDicom(f"file meta information is malformed or too long: {exc}") from None
 
 
 def _text(value: bytes) -> str:
