@@ -245,7 +245,7 @@ def _open_archive(storage: Path, **options: Any) -> Any:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from dicomstore.services.server import WHEN_BUSY, Server, ServerConfig
+    from dicomstore.services.server import Server, ServerConfig, archive_commit_mode
 
     fsync = args.fsync == "on"
     config = ServerConfig(
@@ -317,9 +317,7 @@ async def run(args: argparse.Namespace) -> int:
         if audit is not None:
             audit.close()
         return EXIT_USAGE
-    # Without fsync a commit is a few page-cache writes: cheaper inline than a thread hop;
-    # with it, in a thread while others could be served meanwhile (services.server.WHEN_BUSY).
-    in_thread = WHEN_BUSY if fsync else False
+    in_thread = archive_commit_mode(fsync)
     server = Server(config, archive, commit_in_thread=in_thread, gatekeeper=gatekeeper, audit=audit)
     try:
         await server.start()

@@ -26,7 +26,7 @@ from dicomstore.services.storage_scp import storage_extended_negotiation
 from dicomstore.ul.connection import Connection, Role
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy
 
-__all__ = ["WHEN_BUSY", "Server", "ServerConfig"]
+__all__ = ["WHEN_BUSY", "Server", "ServerConfig", "archive_commit_mode"]
 
 log = logging.getLogger("dicomstore.server")
 
@@ -85,6 +85,13 @@ class ServerConfig:
         )
 
 
+def archive_commit_mode(fsync: bool) -> bool | str:
+    """How to commit into an ``Archive`` (``Server(commit_in_thread=...)``): without
+    fsync a commit is a few page-cache writes, cheaper inline than a thread hop;
+    with it, in a thread while others could be served meanwhile (:data:`WHEN_BUSY`)."""
+    return WHEN_BUSY if fsync else False
+
+
 class Server:
     """A DICOM server on asyncio: Verification and Storage SCP (PS3.4 A, B).
 
@@ -110,7 +117,6 @@ class Server:
         self.handler = handler
         self.gatekeeper = gatekeeper
         self.audit = audit
-        self.on_stored = on_stored
         #: the one store service: C-STORE here, and any other door given it (STOW-RS)
         self.store = StoreService(
             handler,

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dicomstore.handler import StoreHandler
-from dicomstore.services.server import WHEN_BUSY, Server, ServerConfig
+from dicomstore.services.server import Server, ServerConfig, archive_commit_mode
 from dicomstore.services.storage_scp import OnStored
 
 log = logging.getLogger("dicomstore.server")
@@ -69,8 +69,7 @@ async def serve(
             log.error("cannot open the archive %s: %s", storage, exc)
             raise
         handler: StoreHandler = archive
-        # As `dicomstore serve`: a commit without fsync is cheaper inline than a thread hop.
-        in_thread: bool | str = WHEN_BUSY if archive.fsync else False
+        in_thread: bool | str = archive_commit_mode(archive.fsync)  # as `dicomstore serve`
     elif archive_options:
         raise TypeError(f"archive options {sorted(archive_options)} need an archive path")
     elif isinstance(storage, StoreHandler):
