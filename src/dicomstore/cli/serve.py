@@ -9,6 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dicomstore.cli.http_options import (
+    add_http_options,
+    announce,
+    http_security,
+    https_context,
+)
 from dicomstore.cli.options import (
     EXIT_OK,
     EXIT_UNREACHABLE,
@@ -212,9 +218,7 @@ def add_parser(sub: Any) -> None:
         metavar="S",
         help="seconds one incoming message may take (default 3600)",
     )
-    h = s.add_argument_group("DICOMweb and browse page (PS3.18)")
-    h.add_argument("--http-port", type=_port, help="serve DICOMweb and the browse page here")
-    h.add_argument("--http-host", help="address for HTTP (default: --host)")
+    add_http_options(s)
     s.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")
     s.add_argument(
         "--artim-timeout",
@@ -285,6 +289,10 @@ async def run(args: argparse.Namespace) -> int:
             )
         except (OSError, ValueError) as exc:
             return tls_failed(exc)
+    try:
+        https = https_context(args)
+    except (OSError, ValueError) as exc:
+        return tls_failed(exc)
     if not fsync:
         log.warning("--fsync off: acknowledged instances can be lost on a power cut or crash")
     gatekeeper = None
@@ -332,13 +340,15 @@ async def run(args: argparse.Namespace) -> int:
     if args.http_port is not None:
         from dicomstore.http import HttpServer, build_app
 
+        security = http_security(args, gatekeeper, audit)
         app = build_app(
             archive,
             ae_title=args.aet,
             accept_unknown=args.accept_unknown_sop_classes,
             store=server.store,  # STOW-RS: the same authorization, limits, audit, events
+            security=security,
         )
-        http = HttpServer(app, args.http_host or args.host, args.http_port)
+        http = HttpServer(app, args.http_host, args.http_port, ssl_context=https)
         try:
             await http.start()
         except OSError as exc:
@@ -348,9 +358,7 @@ async def run(args: argparse.Namespace) -> int:
             )
             await server.close(grace=0)
             return EXIT_UNREACHABLE
-        log.info(
-            "DICOMweb and browse page on http://%s:%d/", args.http_host or args.host, http.port
-        )
+        announce(security, args.http_host, http.url)
     log.info("storing into %s", args.storage.resolve())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
