@@ -6,7 +6,7 @@ same loop and the same :class:`~dicomstore.archive.Archive`::
     archive = Archive(args.storage, ...)
     server = Server(config, archive, on_stored=...)
     await server.start()
-    http = asyncio.create_task(serve_http(archive, args.host, args.http_port))
+    http = asyncio.create_task(serve_http(archive, "127.0.0.1", args.http_port))
     ...
     http.cancel()            # graceful: in-flight responses get 5 s
 
@@ -153,9 +153,13 @@ async def serve_http(
     """Serve DICOMweb over ``archive`` until cancelled; ``ready`` is set once listening.
 
     ``options`` go to :func:`~dicomstore.http.app.build_app` (``ae_title``,
-    ``stow_ae``, ``accept_unknown``, ``writable``).
+    ``stow_ae``, ``accept_unknown``, ``writable``, ``store``, ``security``: whose
+    certificate, if any, makes it HTTPS).
     """
-    server = HttpServer(build_app(archive, **options), host, port, access_log=access_log)
+    security = options.get("security")
+    context = security.ssl_context() if security is not None else None
+    app = build_app(archive, **options)
+    server = HttpServer(app, host, port, access_log=access_log, ssl_context=context)
     await server.start()
     if ready is not None:
         ready.set()
