@@ -213,6 +213,21 @@ def statement() -> str:
         "(`--max-failed-admissions`); an audit trail of associations and stored "
         "instances in JSON lines (`--audit-log`).",
         "",
+        "DICOMweb (PS3.18, `--http-port`) listens on 127.0.0.1 unless `--http-host` "
+        "names another address (a warning is logged when it is reachable beyond "
+        "loopback without credentials). Without a policy file it asks for none. "
+        "With one, the same file decides: HTTP Basic against the `[users]` "
+        "passcodes or a Bearer JSON Web Token verified as `[jwt]` says; per user "
+        "the rights `read` (QIDO-RS, WADO-RS, browse), `store` (STOW-RS, which "
+        "stores through the same service as C-STORE, as that user) and `delete` "
+        "(no endpoint yet); anonymous requests only what `http_anonymous_may` "
+        "grants. Missing or failed credentials get 401 with `WWW-Authenticate`, "
+        "a missing right 403. HTTPS with `--http-tls-cert`/`--http-tls-key` (TLS "
+        "1.2 or newer, as 2.3); CORS only for `--http-cors-origin` origins; one "
+        "access log line per request; audit records of STOW-RS stores and of "
+        "instances read (after PS3.15 A.5.3.6 DICOM Instances Accessed and A.5.3.7 "
+        "DICOM Instances Transferred).",
+        "",
         "## Appendix A: Storage SOP Classes (SCP and SCU)",
         "",
         *_table(("SOP Class", "UID"), [(uids.uid_name(uid), f"`{uid}`") for uid in classes]),

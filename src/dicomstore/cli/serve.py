@@ -9,6 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dicomstore.cli.http_options import (
+    add_http_options,
+    announce,
+    http_security,
+    https_context,
+)
 from dicomstore.cli.options import (
     EXIT_OK,
     EXIT_UNREACHABLE,
@@ -218,9 +224,7 @@ def add_parser(sub: Any) -> None:
         metavar="S",
         help="seconds one incoming message may take (default 3600)",
     )
-    h = s.add_argument_group("DICOMweb and browse page (PS3.18)")
-    h.add_argument("--http-port", type=_port, help="serve DICOMweb and the browse page here")
-    h.add_argument("--http-host", help="address for HTTP (default: --host)")
+    add_http_options(s)
     s.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")
     s.add_argument(
         "--artim-timeout",
@@ -290,6 +294,10 @@ async def run(args: argparse.Namespace) -> int:
             )
         except (OSError, ValueError) as exc:
             return tls_failed(exc)
+    try:
+        https = https_context(args)
+    except (OSError, ValueError) as exc:
+        return tls_failed(exc)
     if not fsync:
         log.warning("--fsync off: acknowledged instances can be lost on a power cut or crash")
     gatekeeper = None
@@ -323,7 +331,7 @@ async def run(args: argparse.Namespace) -> int:
             audit.close()
         return EXIT_USAGE
     try:
-        return await _serve(args, config, archive, gatekeeper, audit)
+        return await _serve(args, config, archive, gatekeeper, audit, https)
     finally:
         if audit is not None:
             audit.close()  # drains: every record of this run is on disk
@@ -331,7 +339,12 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(
-    args: argparse.Namespace, config: Any, archive: Any, gatekeeper: Any, audit: Any
+    args: argparse.Namespace,
+    config: Any,
+    archive: Any,
+    gatekeeper: Any,
+    audit: Any,
+    https: Any,
 ) -> int:
     """Serve until SIGINT/SIGTERM through the one lifecycle (``services.serving``),
     with the HTTP door beside the SCP."""
@@ -352,13 +365,15 @@ async def _serve(
             if args.http_port is not None:
                 from dicomstore.http import HttpServer, build_app
 
+                security = http_security(args, gatekeeper, audit)
                 app = build_app(
                     archive,
                     ae_title=args.aet,
                     accept_unknown=args.accept_unknown_sop_classes,
                     store=server.store,  # STOW-RS: the same authorization, limits, audit, events
+                    security=security,
                 )
-                http = HttpServer(app, args.http_host or args.host, args.http_port)
+                http = HttpServer(app, args.http_host, args.http_port, ssl_context=https)
                 try:
                     await http.start()
                 except OSError as exc:
@@ -369,11 +384,7 @@ async def _serve(
                     )
                     await server.close(grace=0)
                     return EXIT_UNREACHABLE
-                log.info(
-                    "DICOMweb and browse page on http://%s:%d/",
-                    args.http_host or args.host,
-                    http.port,
-                )
+                announce(security, args.http_host, http.url)
             log.info("storing into %s", args.storage.resolve())
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

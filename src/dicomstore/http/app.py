@@ -24,6 +24,7 @@ from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotSt
 from dicomstore.http import browse, qido, stow, wado
 from dicomstore.http.common import HttpError, error_response
 from dicomstore.http.openapi import openapi
+from dicomstore.http.security import HttpSecurity
 from dicomstore.services.storage import StoreService
 
 _STUDY = "/studies/{study}"
@@ -94,6 +95,7 @@ def build_app(
     accept_unknown: bool = False,
     base_url: str | None = None,
     store: StoreService | None = None,
+    security: HttpSecurity | None = None,
 ) -> Starlette:
     """The DICOMweb ASGI app over the archive ``source``.
 
@@ -108,6 +110,10 @@ def build_app(
     ``store`` is the store service STOW-RS stores through: the server's, so
     that its authorization, limits, audit and events hold for STOW-RS too
     (``Server.store``); without one, a service over the archive with none of them.
+    ``security`` guards the app (identities and rights from the policy file,
+    CORS, the read audit; :mod:`dicomstore.http.security`); without it HTTP is
+    open, and STOW-RS callers are judged as the AE title ``stow_ae`` by the
+    store service's gatekeeper. Every request gets an access log line.
     """
     archive = source if isinstance(source, Archive) else None
     root = archive.root if archive is not None else Path(source)  # type: ignore[arg-type]
@@ -127,6 +133,7 @@ def build_app(
     app = Starlette(
         routes=_routes(),
         lifespan=lifespan,
+        middleware=(security or HttpSecurity()).middleware(),
         exception_handlers={
             HttpError: _http_error,
             HTTPException: _starlette_error,

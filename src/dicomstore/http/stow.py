@@ -7,8 +7,9 @@ of each part only the File Meta Information is buffered, to learn the SOP
 Class, SOP Instance and Transfer Syntax UIDs, then the data set bytes after
 it stream into the **same store service as C-STORE**
 (``services/storage.py``): the same authorization (the caller is the AE
-title ``stow_ae`` at the client's address, judged by ``--store-aet`` and the
-policy file: 0124 when it may not store), limits (``--max-instance-size``,
+title ``stow_ae`` at the client's address, as the HTTP user when the policy
+file guards HTTP (its ``store`` right, ``http/auth.py``), judged by
+``--store-aet`` and the policy file: 0124 when it may not store), limits (``--max-instance-size``,
 ``--min-free``: A700), checks, durability (the commit runs in a worker
 thread: it fsyncs), duplicate and relational policies, statuses, log line,
 audit record and ``on_stored`` event. The archive writes its own File Meta
@@ -43,6 +44,7 @@ from dicomstore.archive.dicomfile import HeaderError, dataset_offset, read_heade
 from dicomstore.archive.fields import STUDY_INSTANCE_UID, raw_uid
 from dicomstore.archive.layout import normalize_uid
 from dicomstore.framing import FramingError, file_meta
+from dicomstore.http.auth import identity_of
 from dicomstore.http.common import DICOM_JSON, HttpError, base_url, url_of
 from dicomstore.http.multipart import (
     MultipartError,
@@ -204,9 +206,15 @@ async def store(request: Request) -> Response:
         raise HttpError(400, "the Content-Type has no boundary")
     study = request.path_params.get("study")
     study = normalize_uid(study) if study is not None else None
-    caller = await anyio.to_thread.run_sync(
-        state.store.admit, "STOW-RS", state.stow_ae, state.ae_title, client_address(request)
-    )
+    identity = identity_of(request.scope)
+    if identity is not None:  # the HTTP user's rights (http/auth.py)
+        caller = identity.caller(
+            state.store, "STOW-RS", state.stow_ae, state.ae_title, client_address(request)
+        )
+    else:
+        caller = await anyio.to_thread.run_sync(
+            state.store.admit, "STOW-RS", state.stow_ae, state.ae_title, client_address(request)
+        )
     parser = MultipartParser(params["boundary"])
     results: list[PartResult] = []
     part: _Part | None = None
