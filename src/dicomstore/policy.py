@@ -117,7 +117,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomstore.jwt import InvalidToken, JWTVerifier
-from dicomstore.passcodes import SCRYPT_N, SCRYPT_P, SCRYPT_R, PasscodeHash, hash_passcode
+from dicomstore.passcodes import DECOY, SCRYPT_N, SCRYPT_P, SCRYPT_R, PasscodeHash, hash_passcode
 from dicomstore.services.admission import Admission, AdmissionRequest
 from dicomstore.ul import pdu as P
 
@@ -343,11 +343,13 @@ class Policy:
         ``passcode_required`` is false: a type 1 identity); else :class:`IdentityRefused`.
         Blocking: may run scrypt (successful checks are remembered)."""
         user = self.users.get(name)
-        if user is None:
-            raise IdentityRefused(f"unknown user {name!r}")
+        if user is None or (user.passcode is None and passcode_required):
+            if passcode is not None:
+                DECOY.verify(passcode)  # as long as a real check: timing names no user
+            if user is None:
+                raise IdentityRefused(f"unknown user {name!r}")
+            raise IdentityRefused(f"user {name!r} has no passcode in the policy file")
         if user.passcode is None:
-            if passcode_required:
-                raise IdentityRefused(f"user {name!r} has no passcode in the policy file")
             return name
         if passcode is None:
             raise IdentityRefused(f"user {name!r} needs a passcode")
