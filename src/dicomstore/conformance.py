@@ -225,8 +225,8 @@ def statement() -> str:
         "a missing right 403. HTTPS with `--http-tls-cert`/`--http-tls-key` (TLS "
         "1.2 or newer, as 2.3); CORS only for `--http-cors-origin` origins; one "
         "access log line per request; audit records of STOW-RS stores and of "
-        "instances read (after PS3.15 A.5.3.6 DICOM Instances Accessed and A.5.3.7 "
-        "DICOM Instances Transferred).",
+        "instances read and searched (after PS3.15 A.5.3.6 DICOM Instances Accessed, "
+        "A.5.3.7 DICOM Instances Transferred and A.5.3.10 Query).",
         "",
         "## Appendix A: Storage SOP Classes (SCP and SCU)",
         "",

@@ -213,7 +213,6 @@ def test_wado_and_metadata_reads_are_audited(site: Site) -> None:
     assert site.client.get(f"/studies/{STUDY}", headers=reader).status_code == 200
     assert site.client.get(f"/studies/{STUDY}/metadata", headers=reader).status_code == 200
     assert site.client.get(f"/studies/{STUDY}.404", headers=reader).status_code == 404
-    assert site.client.get("/studies", headers=reader).status_code == 200  # a query: not audited
     transferred, accessed = site.records("read")
     assert transferred["audit_event"] == "DICOM Instances Transferred"
     assert transferred["event_id"] == "110104"
@@ -225,6 +224,19 @@ def test_wado_and_metadata_reads_are_audited(site: Site) -> None:
     assert transferred["bytes"] > 0
     assert accessed["audit_event"] == "DICOM Instances Accessed"
     assert accessed["path"] == f"/studies/{STUDY}/metadata"
+
+
+def test_qido_searches_are_audited_with_what_was_searched(site: Site) -> None:
+    reader = basic("reader", "reader-pw")
+    assert site.client.get("/studies?PatientID=PID1", headers=reader).status_code == 200
+    path = f"/studies/{STUDY}/series?Modality=CT"
+    assert site.client.get(path, headers=reader).status_code == 200
+    assert site.client.get("/studies?offset=-1", headers=reader).status_code == 400
+    studies, series = site.records("read")
+    assert studies["audit_event"] == "Query" and studies["event_id"] == "110112"
+    assert studies["service"] == "QIDO-RS" and studies["user"] == "reader"
+    assert studies["query"] == "PatientID=PID1" and studies["study_instance_uid"] is None
+    assert series["query"] == "Modality=CT" and series["study_instance_uid"] == STUDY
 
 
 def test_patient_zip_export_is_audited(site: Site) -> None:

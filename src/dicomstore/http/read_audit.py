@@ -1,4 +1,4 @@
-"""Audit records of reads over HTTP: who read which study (PS3.15 A.5.3.6, A.5.3.7).
+"""Audit records of reads over HTTP: who read or searched what (PS3.15 A.5.3.6, .7, .10).
 
 With ``serve --audit-log``, each successful (2xx) read of stored instances
 adds one JSON line to the same audit trail as associations and stores
@@ -7,7 +7,9 @@ adds one JSON line to the same audit trail as associations and stores
 - WADO-RS retrieve, frames and bulk data, and the browse page's patient zip,
   in the spirit of *DICOM Instances Transferred* (A.5.3.7, EV 110104, action R);
 - WADO-RS metadata and the browse pages of a study, series or instance,
-  in the spirit of *DICOM Instances Accessed* (A.5.3.6, EV 110103, action R).
+  in the spirit of *DICOM Instances Accessed* (A.5.3.6, EV 110103, action R);
+- QIDO-RS searches, in the spirit of *Query* (A.5.3.10, EV 110112, action E),
+  with the query string as sent (``query``): what was searched for.
 
 For example (one line)::
 
@@ -17,9 +19,9 @@ For example (one line)::
      "series_instance_uid": null, "sop_instance_uid": null, "patient_id": null,
      "status": 200, "bytes": 1048576, "complete": true}
 
-``complete`` is false when the client went away mid-response. Queries
-(QIDO-RS, the archive and patient pages) are not audited. STOW-RS stores are
-audited by the store service (``event: "instance"``, with the user).
+``complete`` is false when the client went away mid-response. The browse
+page's archive and patient lists are not audited. STOW-RS stores are audited
+by the store service (``event: "instance"``, with the user).
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dicomstore.http import browse, wado
+from dicomstore.http import browse, qido, wado
 from dicomstore.http.auth import client_of, identity_of
 
 TRANSFERRED = ("DICOM Instances Transferred", "110104")  # PS3.15 A.5.3.7
 ACCESSED = ("DICOM Instances Accessed", "110103")  # PS3.15 A.5.3.6
+QUERY = ("Query", "110112")  # PS3.15 A.5.3.10
 
 
 class AuditWriter(Protocol):
@@ -70,6 +73,12 @@ _AUDITED: dict[Any, tuple[tuple[str, str], str, Any]] = {
     browse.study: (ACCESSED, "browse", _page("study_instance_uid")),
     browse.series: (ACCESSED, "browse", _page("series_instance_uid")),
     browse.instance: (ACCESSED, "browse", _page("sop_instance_uid")),
+    qido.studies: (QUERY, "QIDO-RS", _wado_target),
+    qido.study_series: (QUERY, "QIDO-RS", _wado_target),
+    qido.all_series: (QUERY, "QIDO-RS", _wado_target),
+    qido.series_instances: (QUERY, "QIDO-RS", _wado_target),
+    qido.study_instances: (QUERY, "QIDO-RS", _wado_target),
+    qido.all_instances: (QUERY, "QIDO-RS", _wado_target),
 }
 
 
@@ -112,7 +121,8 @@ class ReadAuditMiddleware:
 
     def _record(self, scope: Scope, audited: Any, status: int, nbytes: int, complete: bool) -> None:
         (name, event_id), service, target = audited
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        query_string = scope.get("query_string", b"").decode("latin-1")
+        query = dict(parse_qsl(query_string))
         identity = identity_of(scope)
         record: dict[str, Any] = {
             "event": "read",
@@ -129,5 +139,7 @@ class ReadAuditMiddleware:
             "patient_id": None,
         }
         record.update(target(scope, query))
+        if (name, event_id) == QUERY:
+            record["query"] = query_string
         record.update(status=status, bytes=nbytes, complete=complete)
         self.audit.write(record)
