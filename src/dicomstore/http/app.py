@@ -23,6 +23,7 @@ from dicomstore.archive.query import QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
 from dicomstore.http import browse, qido, stow, wado
 from dicomstore.http.common import HttpError, error_response
+from dicomstore.http.limits import HttpLimits
 from dicomstore.http.openapi import openapi
 from dicomstore.services.storage import StoreService
 
@@ -94,6 +95,7 @@ def build_app(
     accept_unknown: bool = False,
     base_url: str | None = None,
     store: StoreService | None = None,
+    limits: HttpLimits | None = None,
 ) -> Starlette:
     """The DICOMweb ASGI app over the archive ``source``.
 
@@ -108,6 +110,7 @@ def build_app(
     ``store`` is the store service STOW-RS stores through: the server's, so
     that its authorization, limits, audit and events hold for STOW-RS too
     (``Server.store``); without one, a service over the archive with none of them.
+    ``limits`` bound every request (:class:`~dicomstore.http.limits.HttpLimits`).
     """
     archive = source if isinstance(source, Archive) else None
     root = archive.root if archive is not None else Path(source)  # type: ignore[arg-type]
@@ -145,5 +148,6 @@ def build_app(
     app.state.ae_title = ae_title
     app.state.stow_ae = stow_ae
     app.state.accept_unknown = accept_unknown
+    app.state.limits = limits or HttpLimits()
     app.state.base_url = base_url.rstrip("/") + "/" if base_url else None
     return app
