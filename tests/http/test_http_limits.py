@@ -159,3 +159,37 @@ def test_log_line_names_the_client(bounded, caplog) -> None:
     raw_request(srv, stow_head(Content_Length="100000"), [])
     (line,) = [r for r in caplog.records if r.name == "dicomstore.http.limits"]
     assert line.getMessage().startswith("POST /studies from 127.0.0.1 refused (413)")
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[httpx.Client]:
+    archive = Archive(tmp_path / "archive", fsync=False)
+    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url) as client:
+        yield client
+    archive.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "reason"),
+    [
+        ("/studies", {"offset": str(10**23)}, "offset 1000000000000000000000"),
+        ("/instances", {"limit": str(10**23)}, "limit 1000000000000000000000"),
+        ("/", {"offset": str(10**23)}, "offset 100000000000000000000000 is beyond the limit"),
+        ("/series", {"offset": "9" * 5000}, "must be a non-negative integer"),
+    ],
+)
+def test_limit_and_offset_beyond_the_limit_are_400(client, path, params, reason) -> None:
+    """offset=10^23 was a 500 (SQLite integers are 64-bit)."""
+    r = client.get(path, params=params)
+    assert r.status_code == 400, r.text
+    assert reason in r.text
+
+
+def test_includefield_list_is_bounded(client) -> None:
+    names = ",".join(["PatientName", "StudyDate"] * 50)
+    assert client.get("/studies", params={"includefield": names}).status_code == 200
+    r = client.get("/studies", params={"includefield": names + ",Modality"})
+    assert r.status_code == 400
+    assert "includefield names more than the limit of 100 attributes" in r.text
+    r = client.get("/studies", params=[("includefield", "PatientName")] * 101)
+    assert r.status_code == 400
