@@ -4,6 +4,7 @@ the answer comes as soon as a limit is crossed, not after the rest of the body."
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from collections.abc import Iterator
@@ -94,17 +95,26 @@ def test_chunked_body_over_the_cap_is_413_as_it_streams(bounded) -> None:
     assert archive.check() == []
 
 
-def test_data_set_over_max_instance_size_is_413_at_once(bounded) -> None:
-    """The part is answered as soon as its data set passes the store service's limit,
-    while the client is still sending it (here: it never sends the rest)."""
+def test_data_set_over_max_instance_size_is_a700_at_once(bounded) -> None:
+    """The part is answered (A700, as C-STORE would) as soon as its data set passes the
+    store service's limit, while the client is still sending it (here: it never sends
+    the rest); the instance before it is stored and listed."""
     srv, archive = bounded
     big = instance("1.2.7.3", frames=2)[:-20]
     big += b"\0" * 8000  # past 4,000 bytes of data set, and no end
+    body, _ = multipart_body([instance("1.2.7.4")])
+    first = body[: -len(f"--{BOUNDARY}--\r\n")]
     head = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-    status, text = raw_request(srv, stow_head(Transfer_Encoding="chunked"), [chunked(head + big)])
-    assert status == 413, text
-    assert "instance 1.2.7.3: the data set is larger than the limit of 4000 bytes" in text
-    assert archive.instances() == [] and archive.check() == []
+    chunks = [chunked(first + head + big)]
+    status, text = raw_request(srv, stow_head(Transfer_Encoding="chunked"), chunks)
+    assert status == 202, text
+    reply = json.loads(text)
+    (failed,) = reply["00081198"]["Value"]
+    assert failed["00081155"]["Value"] == ["1.2.7.3"]
+    assert failed["00081197"]["Value"] == [0xA700]
+    assert [i["00081155"]["Value"] for i in reply["00081199"]["Value"]] == [["1.2.7.4"]]
+    assert [r["sop_instance_uid"] for r in archive.instances()] == ["1.2.7.4"]
+    assert archive.check() == []
     assert list((archive.root).rglob("*.part")) == []  # the temporary file is gone
 
 

@@ -239,12 +239,11 @@ async def store(request: Request) -> Response:
                     part = _Part(state, caller, event.headers)
                 elif isinstance(event, PartData) and part is not None:
                     part.feed(event.data)
-                    if part.too_large:
-                        assert part.storing is not None
-                        raise _Over(
-                            f"instance {part.sop_instance or '?'}: the data set is larger than "
-                            f"the limit of {part.storing.limit} bytes"
-                        )
+                    if part.too_large:  # A700 (logged, audited), the rest left unread
+                        results.append(await part.finish(study))
+                        part = None
+                        log.warning("STOW-RS: answered before the end of the body (A700)")
+                        return _response(request, results, unread=True)
                 elif isinstance(event, PartEnd) and part is not None:
                     results.append(await part.finish(study))
                     part = None
@@ -324,8 +323,9 @@ def client_address(request: Request) -> str:
     return client.host if client is not None else ""
 
 
-def _response(request: Request, results: list[PartResult]) -> Response:
-    """The Store Instances Response Module (Annex I) and its status (Table 10.5.3-1)."""
+def _response(request: Request, results: list[PartResult], *, unread: bool = False) -> Response:
+    """The Store Instances Response Module (Annex I) and its status (Table 10.5.3-1);
+    ``unread``: answered at a data set over the limit, the rest of the body unread."""
     base = base_url(request)
     stored = [r for r in results if r.stored]
     failed = [r for r in results if not r.stored]
@@ -345,7 +345,10 @@ def _response(request: Request, results: list[PartResult]) -> Response:
         text = f"{r.sop_instance_uid or 'part'}: {r.status:04X} {r.comment or ''}".strip()
         text = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)
         notes.append(f'299 dicomstore "{text[:200]}"')
-    headers = {"Warning": ", ".join(notes[:20])} if notes else None
+    notes = notes[:20]
+    if unread:
+        notes.append('299 dicomstore "the parts after the last one listed were not read"')
+    headers = {"Warning": ", ".join(notes)} if notes else None
     if not stored:
         status = 409
     elif failed or any(r.status for r in stored):
