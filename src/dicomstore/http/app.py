@@ -40,7 +40,7 @@ def _routes() -> list[Route]:
         Route("/browse/study", browse.study),
         Route("/browse/series", browse.series),
         Route("/browse/instance", browse.instance),
-        Route("/openapi.json", lambda request: JSONResponse(openapi())),
+        Route("/openapi.json", lambda request: JSONResponse(openapi(request.app.state.limits))),
         # QIDO-RS (10.6) and STOW-RS (10.5)
         Route("/studies", qido.studies, methods=["GET"]),
         Route("/studies", stow.store, methods=["POST"]),
