@@ -215,6 +215,13 @@ def add_parser(sub: Any) -> None:
     h = s.add_argument_group("DICOMweb and browse page (PS3.18)")
     h.add_argument("--http-port", type=_port, help="serve DICOMweb and the browse page here")
     h.add_argument("--http-host", help="address for HTTP (default: --host)")
+    h.add_argument(
+        "--http-max-body",
+        type=_size,
+        default=4 << 30,
+        metavar="SIZE",
+        help="largest STOW-RS request body, counted as it arrives; larger: 413 (default 4G)",
+    )
     s.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")
     s.add_argument(
         "--artim-timeout",
@@ -331,12 +338,14 @@ async def run(args: argparse.Namespace) -> int:
     http = None
     if args.http_port is not None:
         from dicomstore.http import HttpServer, build_app
+        from dicomstore.http.limits import HttpLimits
 
         app = build_app(
             archive,
             ae_title=args.aet,
             accept_unknown=args.accept_unknown_sop_classes,
             store=server.store,  # STOW-RS: the same authorization, limits, audit, events
+            limits=HttpLimits(max_body_bytes=args.http_max_body),
         )
         http = HttpServer(app, args.http_host or args.host, args.http_port)
         try:
