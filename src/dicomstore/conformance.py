@@ -50,7 +50,7 @@ SCP_STATUSES: tuple[tuple[int, str], ...] = (
         "context's transfer syntax says (explicit/implicit VR, byte order, deflate stream)",
     ),
     (st.DUPLICATE_REJECTED, "`--on-duplicate reject`: the SOP Instance is stored already"),
-    (st.SOP_CLASS_NOT_SUPPORTED, "no accepted presentation context for the SOP Class"),
+    (st.SOP_CLASS_NOT_SUPPORTED, "the command's SOP Class is not its presentation context's"),
     (st.NOT_AUTHORIZED, "the calling AE title may not store (`--store-aet`, policy file)"),
     (st.DUPLICATE_INVOCATION, "a Message ID still in progress on the association"),
     (st.UNRECOGNIZED_OPERATION, "a DIMSE command other than C-ECHO and C-STORE"),
@@ -166,6 +166,11 @@ def statement() -> str:
         "applies):",
         "",
         *_table(("Status", "When"), [(f"{code:04X}", when) for code, when in SCP_STATUSES]),
+        "",
+        "C-ECHO: 0000 on a Verification presentation context; 0122 on any other "
+        "context, or when it names another SOP Class (PS3.7 9.1.5.1.4). A message on a "
+        "presentation context that was not accepted is not answered: the association "
+        "is aborted (A-ABORT, service provider, invalid PDU parameter value).",
         "",
         "Duplicates (`--on-duplicate`): `keep` (default; 0000 if identical, B000 if "
         "not), `replace` (0000) or `reject` (C111).",

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dicomstore.cli.options import _port, log
+from dicomstore.cli.options import _port, _size, log
 
 
 def _origin(value: str) -> str:
@@ -37,6 +37,13 @@ def add_http_options(s: Any) -> None:
         "--http-tls-cert", type=Path, metavar="PEM", help="HTTPS: our certificate (and chain)"
     )
     h.add_argument("--http-tls-key", type=Path, metavar="PEM", help="private key for HTTPS")
+    h.add_argument(
+        "--http-max-body",
+        type=_size,
+        default=4 << 30,
+        metavar="SIZE",
+        help="largest STOW-RS request body, counted as it arrives; larger: 413 (default 4G)",
+    )
     h.add_argument(
         "--http-cors-origin",
         type=_origin,

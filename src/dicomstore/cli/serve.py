@@ -364,6 +364,7 @@ async def _serve(
             http = None
             if args.http_port is not None:
                 from dicomstore.http import HttpServer, build_app
+                from dicomstore.http.limits import HttpLimits
 
                 security = http_security(args, gatekeeper, audit)
                 app = build_app(
@@ -372,6 +373,7 @@ async def _serve(
                     accept_unknown=args.accept_unknown_sop_classes,
                     store=server.store,  # STOW-RS: the same authorization, limits, audit, events
                     security=security,
+                    limits=HttpLimits(max_body_bytes=args.http_max_body),
                 )
                 http = HttpServer(app, args.http_host, args.http_port, ssl_context=https)
                 try:

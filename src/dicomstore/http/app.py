@@ -23,6 +23,7 @@ from dicomstore.archive.query import QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
 from dicomstore.http import browse, qido, stow, wado
 from dicomstore.http.common import HttpError, error_response
+from dicomstore.http.limits import HttpLimits
 from dicomstore.http.openapi import openapi
 from dicomstore.http.security import HttpSecurity
 from dicomstore.services.storage import StoreService
@@ -40,7 +41,7 @@ def _routes() -> list[Route]:
         Route("/browse/study", browse.study),
         Route("/browse/series", browse.series),
         Route("/browse/instance", browse.instance),
-        Route("/openapi.json", lambda request: JSONResponse(openapi())),
+        Route("/openapi.json", lambda request: JSONResponse(openapi(request.app.state.limits))),
         # QIDO-RS (10.6) and STOW-RS (10.5)
         Route("/studies", qido.studies, methods=["GET"]),
         Route("/studies", stow.store, methods=["POST"]),
@@ -96,6 +97,7 @@ def build_app(
     base_url: str | None = None,
     store: StoreService | None = None,
     security: HttpSecurity | None = None,
+    limits: HttpLimits | None = None,
 ) -> Starlette:
     """The DICOMweb ASGI app over the archive ``source``.
 
@@ -114,6 +116,7 @@ def build_app(
     CORS, the read audit; :mod:`dicomstore.http.security`); without it HTTP is
     open, and STOW-RS callers are judged as the AE title ``stow_ae`` by the
     store service's gatekeeper. Every request gets an access log line.
+    ``limits`` bound every request (:class:`~dicomstore.http.limits.HttpLimits`).
     """
     archive = source if isinstance(source, Archive) else None
     root = archive.root if archive is not None else Path(source)  # type: ignore[arg-type]
@@ -152,5 +155,6 @@ def build_app(
     app.state.ae_title = ae_title
     app.state.stow_ae = stow_ae
     app.state.accept_unknown = accept_unknown
+    app.state.limits = limits or HttpLimits()
     app.state.base_url = base_url.rstrip("/") + "/" if base_url else None
     return app

@@ -28,6 +28,7 @@ from dicomstore.archive.layout import resolve
 from dicomstore.archive.stored import read_range, read_stored
 from dicomstore.http.common import DICOM_JSON, HttpError, base_url, negotiate, reader, url_of
 from dicomstore.http.dicomjson import read_metadata
+from dicomstore.http.limits import limits
 from dicomstore.http.multipart import closing, new_boundary, part_header
 from dicomstore.http.zipstream import zip_files
 
@@ -126,6 +127,7 @@ def metadata(request: Request) -> Response:
     rows = _rows(request)
     negotiate(request, [(DICOM_JSON, None), ("application/json", None)])
     root, base = reader(request).root, base_url(request)
+    depth = limits(request).max_sequence_depth
 
     def body() -> Iterator[bytes]:
         yield b"["
@@ -137,8 +139,9 @@ def metadata(request: Request) -> Response:
                     resolve(root, row["path"]),
                     row["transfer_syntax_uid"],
                     functools.partial(_bulkdata_url, url),
+                    max_depth=depth,
                 )
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 continue
             yield (b"" if first else b",") + json.dumps(item, ensure_ascii=False).encode()
             first = False
