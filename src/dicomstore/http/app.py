@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dicomstore.archive import Archive
+from dicomstore.archive.metacache import MetadataCache
 from dicomstore.archive.query import QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
 from dicomstore.http import browse, qido, stow, wado
@@ -130,6 +131,7 @@ def build_app(
         try:
             yield
         finally:
+            app.state.metadata_cache.close()
             if owns_archive and app.state.archive is not None:
                 app.state.archive.close()
 
@@ -152,6 +154,7 @@ def build_app(
     app.state.archive = archive
     app.state.store = store if store is not None or archive is None else StoreService(archive)
     app.state.reader = ArchiveReader(root)
+    app.state.metadata_cache = MetadataCache(root)
     app.state.ae_title = ae_title
     app.state.stow_ae = stow_ae
     app.state.accept_unknown = accept_unknown

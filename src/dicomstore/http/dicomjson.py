@@ -134,6 +134,15 @@ def _element_json(elem: DataElement, depth: int, max_depth: int, cut: list[int])
     return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
 
 
+def log_cut(path: Path, max_depth: int) -> None:
+    """The warning for an instance whose sequences were cut at ``max_depth``."""
+    log.warning(
+        "DICOM JSON of %s: sequences nested deeper than %d levels sent without their items",
+        path.name,
+        max_depth,
+    )
+
+
 def read_metadata(
     path: Path,
     transfer_syntax_uid: str,
@@ -141,15 +150,17 @@ def read_metadata(
     tags: Iterable[int] | None = None,
     *,
     max_depth: int,
+    cut: list[int] | None = None,
 ) -> dict[str, Any]:
     """DICOM JSON of a stored instance (file meta excluded): Pixel Data and top-level
     binary values over :data:`BULK_THRESHOLD` as BulkDataURI; only ``tags`` if given;
-    nested sequences down to ``max_depth`` levels."""
+    nested sequences down to ``max_depth`` levels (the tags of those cut added to
+    ``cut``, and a warning logged)."""
     stored = read_stored(path, transfer_syntax_uid, defer_size=BULK_THRESHOLD)
     ds = stored.dataset
     wanted = None if tags is None else set(tags)
     out: dict[str, Any] = {}
-    cut: list[int] = []
+    cut = [] if cut is None else cut
     for tag in list(ds.keys()):
         if wanted is not None and int(tag) not in wanted:
             continue
@@ -169,11 +180,7 @@ def read_metadata(
         except Exception:  # noqa: BLE001 - a value pydicom cannot decode: VR only
             out[tag_key(tag)] = {"vr": str(raw.VR or _dictionary_vr(int(tag)))}
     if cut:
-        log.warning(
-            "DICOM JSON of %s: sequences nested deeper than %d levels sent without their items",
-            path.name,
-            max_depth,
-        )
+        log_cut(path, max_depth)
     pixels = stored.pixels
     if pixels is not None and (wanted is None or pixels.tag in wanted):
         out[tag_key(pixels.tag)] = {"vr": pixels.vr, "BulkDataURI": bulk_uri(pixels.tag)}
