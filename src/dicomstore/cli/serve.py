@@ -40,7 +40,19 @@ _D = ServerConfig()
 
 def add_parser(sub: Any) -> None:
     """The ``serve`` subcommand and its options (README: "dicomstore serve")."""
-    s = sub.add_parser("serve", help="run the Storage/Verification SCP")
+    s = sub.add_parser(
+        "serve",
+        help="run the Storage/Verification SCP",
+        epilog="Every option can also be set in --server-config FILE (TOML, "
+        "max-associations = 20) or as DICOMSTORE_MAX_ASSOCIATIONS=20; "
+        "the command line wins over the environment, which wins over the file.",
+    )
+    s.add_argument(
+        "--server-config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file of serve's options, named like the long options (README: Operations)",
+    )
     s.add_argument(
         "--host",
         default=_D.host,
