@@ -364,17 +364,23 @@ async def _serve(
     from dicomstore.services.serving import running
 
     listening = False
+    metrics = None
+    if args.http_port is not None:  # GET /metrics (README: Operations)
+        from dicomstore.services.metrics import ServerMetrics
+
+        metrics = ServerMetrics()
     try:
         async with running(
             archive,
             config,
             commit_in_thread=archive_commit_mode(archive.fsync),
             gatekeeper=gatekeeper,
-            audit=audit,
+            audit=metrics.audit(audit) if metrics is not None else audit,
         ) as server:
             listening = True
             http = None
-            if args.http_port is not None:
+            if metrics is not None:
+                metrics.watch(server)
                 from dicomstore.http import HttpServer, build_app
                 from dicomstore.http.limits import HttpLimits
 
@@ -386,6 +392,8 @@ async def _serve(
                     store=server.store,  # STOW-RS: the same authorization, limits, audit, events
                     security=security,
                     limits=HttpLimits(max_body_bytes=args.http_max_body),
+                    metrics=metrics,
+                    ready=lambda: [] if server.listener.started else ["DICOM is not listening"],
                 )
                 http = HttpServer(app, args.http_host, args.http_port, ssl_context=https)
                 try:
