@@ -157,3 +157,13 @@ def test_version() -> None:
         [sys.executable, "-m", "dicomstore.cli", "--version"], capture_output=True, text=True
     )
     assert (proc.returncode, proc.stdout) == (0, f"dicomstore {__version__}\n")
+
+
+def test_access_module_entry_point_reads_dicomstore_storage(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from dicomstore.cli.access import main as access_main
+
+    monkeypatch.setenv("DICOMSTORE_STORAGE", str(tmp_path / "none"))
+    assert access_main(["ls"]) == 1  # looked where the variable says: no archive there
+    assert f"no archive at {tmp_path / 'none'}" in capsys.readouterr().err

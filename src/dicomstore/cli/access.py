@@ -366,7 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m dicomstore.cli.access COMMAND ...``."""
     parser = argparse.ArgumentParser(prog="dicomstore", description=__doc__.splitlines()[0])
     add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    from dicomstore.cli.settings import SettingsError, parse
+
+    try:
+        args = parse(parser, argv)  # DICOMSTORE_STORAGE, as `dicomstore ls` reads it
+    except SettingsError as exc:
+        print(f"dicomstore: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return run(args)
 
 
