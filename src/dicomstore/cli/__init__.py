@@ -3,7 +3,8 @@
 Exit codes (echo and send): 0 success, 1 failure reported by the peer (or
 partial failure for send), 2 usage error, 3 connection refused or
 unreachable, 4 association rejected, 5 association aborted, 6 timed out,
-7 (send) nothing stored, for failure statuses or mixed causes.
+7 (send) nothing stored, for failure statuses or mixed causes; 130 interrupted
+(Ctrl-C: one line, no traceback).
 """
 
 from __future__ import annotations
@@ -12,20 +13,23 @@ import argparse
 import asyncio
 import sys
 
+from dicomstore.cli.logs import setup_logging
 from dicomstore.cli.options import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
-    _setup_logging,
     run_client,
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and options (documented in the README)."""
+    from dicomstore import __version__
     from dicomstore.cli import access, admin, echo, send, serve
 
     parser = argparse.ArgumentParser(prog="dicomstore", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"dicomstore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve.add_parser(sub)
     echo.add_parser(sub)
@@ -37,8 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dicomstore` console script."""
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    from dicomstore.cli import settings
+
+    parser = build_parser()
+    try:
+        args = settings.parse(parser, argv)
+    except settings.SettingsError as exc:
+        print(f"dicomstore: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(args.log_level, args.log_format)
+    settings.warn_unknown_variables(parser, args.command)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C outside a command's own handling: no traceback
+        print("dicomstore: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         try:
             from dicomstore.cli.serve import run as run_serve

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomstore import uids
+from dicomstore.cli.logs import LEVELS, add_log_format
 from dicomstore.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 COMMANDS = ("ls", "show", "export", "stats", "delete")
@@ -49,7 +50,8 @@ def _storage(p: argparse.ArgumentParser) -> None:
         default=Path("dicomstore-data"),
         help="archive root (default ./dicomstore-data)",
     )
-    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="warning", choices=list(LEVELS))
+    add_log_format(p)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -364,7 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m dicomstore.cli.access COMMAND ...``."""
     parser = argparse.ArgumentParser(prog="dicomstore", description=__doc__.splitlines()[0])
     add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    from dicomstore.cli.settings import SettingsError, parse
+
+    try:
+        args = parse(parser, argv)  # DICOMSTORE_STORAGE, as `dicomstore ls` reads it
+    except SettingsError as exc:
+        print(f"dicomstore: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return run(args)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts
+from dicomstore.cli.logs import LEVELS, add_log_format
 from dicomstore.errors import (
     AssociationAborted,
     AssociationError,
@@ -30,6 +31,8 @@ EXIT_ABORTED = 5
 EXIT_TIMEOUT = 6
 #: send: nothing stored (failure statuses, not sendable, corrupt, or mixed causes)
 EXIT_ALL_FAILED = 7
+#: Ctrl-C (SIGINT): 128 + 2, as shells report it
+EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("dicomstore")
 
@@ -150,9 +153,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log-level",
         default="info",
-        choices=["debug", "info", "warning", "error"],
+        choices=list(LEVELS),
         help="log verbosity",
     )
+    add_log_format(p)
 
 
 def _timeouts(args: argparse.Namespace) -> Timeouts:
@@ -168,14 +172,6 @@ def _timeouts(args: argparse.Namespace) -> Timeouts:
     if getattr(args, "operation_timeout", None):
         t.operation = args.operation_timeout
     return t
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _cannot_open(storage: Path, exc: BaseException) -> None:

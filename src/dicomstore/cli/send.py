@@ -22,10 +22,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from dicomstore.cli.logs import LEVELS, add_log_format, setup_logging
 from dicomstore.cli.options import (
     EXIT_ABORTED,
     EXIT_ALL_FAILED,
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_REJECTED,
     EXIT_TIMEOUT,
@@ -114,7 +116,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="auto",
         help="one-line progress on stderr (auto: when stderr is a terminal)",
     )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="one line per instance (default: failures and the summary only)",
+    )
+    p.add_argument("--log-level", default="info", choices=list(LEVELS))
+    add_log_format(p)
     add_tls_client_options(p)
     return p
 
@@ -142,10 +151,11 @@ def load_resume(path: Path) -> set[str]:
 
 
 class Progress:
-    """Carriage-return progress on a terminal, log lines otherwise."""
+    """Carriage-return progress on a terminal; one log line per instance with
+    ``verbose`` only (otherwise the summary says what went wrong)."""
 
-    def __init__(self, stream: IO[str], enabled: bool) -> None:
-        self.stream, self.enabled = stream, enabled
+    def __init__(self, stream: IO[str], enabled: bool, verbose: bool = False) -> None:
+        self.stream, self.enabled, self.verbose = stream, enabled, verbose
         self.total = self.total_bytes = self.done = self.done_bytes = 0
         self.start = time.monotonic()
         self._shown = 0.0
@@ -159,11 +169,10 @@ class Progress:
         if r.outcome not in ("skipped", "corrupt", "already-stored"):  # not in the plan
             self.done += 1
             self.done_bytes += r.bytes if r.stored else 0
-        quiet = r.outcome in ("stored", "already-stored") and not r.file_warning
-        level = logging.INFO if quiet else logging.WARNING
-        if not self.enabled or level > logging.INFO:
+        if self.verbose:
+            quiet = r.outcome in ("stored", "already-stored") and not r.file_warning
             self.clear()
-            log.log(level, "%s", describe(r))
+            log.log(logging.INFO if quiet else logging.WARNING, "%s", describe(r))
         self.show()
 
     def show(self, force: bool = False) -> None:
@@ -240,6 +249,8 @@ def summary(results: list[Result], seconds: float) -> list[str]:
         lines.append(f"  warnings: {len(by['warning'])} ({counted(by['warning'])})")
     if by.get("failed"):
         lines.append(f"  failed: {len(by['failed'])} ({counted(by['failed'])})")
+    for r in by.get("failed", [])[:20]:
+        lines.append(f"    {r.path or r.sop_instance_uid}: {_why(r)}")
     if by.get("not-sent"):
         lines.append(f"  not sent: {len(by['not-sent'])}")
     for r in by.get("not-sent", [])[:20]:
@@ -299,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
     if args.log_level != "debug":  # decoder tracebacks: the result line says it shorter
         logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     enabled = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
-    progress = Progress(sys.stderr, enabled)
+    progress = Progress(sys.stderr, enabled, args.verbose)
 
     def on_result(r: Result) -> None:
         if report is not None:
@@ -338,6 +349,14 @@ def run(args: argparse.Namespace) -> int:
                 on_result=on_result,
             )
         )
+    except KeyboardInterrupt:  # Ctrl-C: what was answered is in the report, flushed
+        progress.close()
+        where = f"; each answer so far is in {args.report}" if report is not None else ""
+        print(
+            f"dicomstore: interrupted after {progress.done} of {progress.total} instance(s){where}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     finally:
         progress.close()
         if report is not None:
@@ -355,11 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dicomstore")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["send", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level, args.log_format)
     return run(args)
 
 

@@ -40,7 +40,19 @@ _D = ServerConfig()
 
 def add_parser(sub: Any) -> None:
     """The ``serve`` subcommand and its options (README: "dicomstore serve")."""
-    s = sub.add_parser("serve", help="run the Storage/Verification SCP")
+    s = sub.add_parser(
+        "serve",
+        help="run the Storage/Verification SCP",
+        epilog="Every option can also be set in --server-config FILE (TOML, "
+        "max-associations = 20) or as DICOMSTORE_MAX_ASSOCIATIONS=20; "
+        "the command line wins over the environment, which wins over the file.",
+    )
+    s.add_argument(
+        "--server-config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file of serve's options, named like the long options (README: Operations)",
+    )
     s.add_argument(
         "--host",
         default=_D.host,
@@ -352,17 +364,23 @@ async def _serve(
     from dicomstore.services.serving import running
 
     listening = False
+    metrics = None
+    if args.http_port is not None:  # GET /metrics (README: Operations)
+        from dicomstore.services.metrics import ServerMetrics
+
+        metrics = ServerMetrics()
     try:
         async with running(
             archive,
             config,
             commit_in_thread=archive_commit_mode(archive.fsync),
             gatekeeper=gatekeeper,
-            audit=audit,
+            audit=metrics.audit(audit) if metrics is not None else audit,
         ) as server:
             listening = True
             http = None
-            if args.http_port is not None:
+            if metrics is not None:
+                metrics.watch(server)
                 from dicomstore.http import HttpServer, build_app
                 from dicomstore.http.limits import HttpLimits
 
@@ -374,6 +392,8 @@ async def _serve(
                     store=server.store,  # STOW-RS: the same authorization, limits, audit, events
                     security=security,
                     limits=HttpLimits(max_body_bytes=args.http_max_body),
+                    metrics=metrics,
+                    ready=lambda: [] if server.listener.started else ["DICOM is not listening"],
                 )
                 http = HttpServer(app, args.http_host, args.http_port, ssl_context=https)
                 try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -22,11 +23,12 @@ from dicomstore.archive import Archive
 from dicomstore.archive.metacache import MetadataCache
 from dicomstore.archive.query import QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
-from dicomstore.http import browse, qido, stow, wado
+from dicomstore.http import browse, operations, qido, stow, wado
 from dicomstore.http.common import HttpError, error_response
 from dicomstore.http.limits import HttpLimits
 from dicomstore.http.openapi import openapi
 from dicomstore.http.security import HttpSecurity
+from dicomstore.services.metrics import ServerMetrics
 from dicomstore.services.storage import StoreService
 
 _STUDY = "/studies/{study}"
@@ -43,6 +45,9 @@ def _routes() -> list[Route]:
         Route("/browse/series", browse.series),
         Route("/browse/instance", browse.instance),
         Route("/openapi.json", lambda request: JSONResponse(openapi(request.app.state.limits))),
+        Route("/healthz", operations.healthz),
+        Route("/readyz", operations.readyz),
+        Route("/metrics", operations.metrics),
         # QIDO-RS (10.6) and STOW-RS (10.5)
         Route("/studies", qido.studies, methods=["GET"]),
         Route("/studies", stow.store, methods=["POST"]),
@@ -99,6 +104,8 @@ def build_app(
     store: StoreService | None = None,
     security: HttpSecurity | None = None,
     limits: HttpLimits | None = None,
+    metrics: ServerMetrics | None = None,
+    ready: operations.ReadyCheck | None = None,
 ) -> Starlette:
     """The DICOMweb ASGI app over the archive ``source``.
 
@@ -118,6 +125,8 @@ def build_app(
     open, and STOW-RS callers are judged as the AE title ``stow_ae`` by the
     store service's gatekeeper. Every request gets an access log line.
     ``limits`` bound every request (:class:`~dicomstore.http.limits.HttpLimits`).
+    ``metrics`` are served at ``/metrics`` and count each request; ``ready`` is
+    asked by ``/readyz`` besides the index (:mod:`dicomstore.http.operations`).
     """
     archive = source if isinstance(source, Archive) else None
     root = archive.root if archive is not None else Path(source)  # type: ignore[arg-type]
@@ -138,7 +147,10 @@ def build_app(
     app = Starlette(
         routes=_routes(),
         lifespan=lifespan,
-        middleware=(security or HttpSecurity()).middleware(),
+        middleware=[
+            *([Middleware(operations.RequestMetrics, metrics=metrics)] if metrics else []),
+            *(security or HttpSecurity()).middleware(),
+        ],
         exception_handlers={
             HttpError: _http_error,
             HTTPException: _starlette_error,
@@ -160,4 +172,6 @@ def build_app(
     app.state.accept_unknown = accept_unknown
     app.state.limits = limits or HttpLimits()
     app.state.base_url = base_url.rstrip("/") + "/" if base_url else None
+    app.state.metrics = metrics
+    app.state.ready = ready
     return app

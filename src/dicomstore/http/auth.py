@@ -10,6 +10,9 @@ HTTP requests (``serve --config``):
   ``[jwt]`` section says, as for user identity type 5; the user is ``sub``;
 - no credentials: the rights in ``http_anonymous_may`` (default none).
 
+``/healthz`` and ``/readyz`` need none (:data:`~dicomstore.http.operations.OPEN_PATHS`);
+``/metrics`` needs ``read`` like any GET.
+
 Each request needs one right, by its method (:func:`action_of`): ``read``
 (GET, HEAD: QIDO-RS, WADO-RS, metadata, browse pages, zip), ``store`` (POST:
 STOW-RS) or ``delete`` (DELETE). Without it: **401** with ``WWW-Authenticate``
@@ -35,6 +38,7 @@ import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomstore.http.common import error_response
+from dicomstore.http.operations import OPEN_PATHS
 from dicomstore.policy import DELETE, READ, STORE, IdentityRefused, Policy
 from dicomstore.services.admission import FailedAdmissions
 from dicomstore.services.storage import Caller, StoreService
@@ -162,6 +166,9 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         method, path, address = scope["method"], scope["path"], client_of(scope)
+        if path in OPEN_PATHS:  # health checks: no credentials (http/operations.py)
+            await self.app(scope, receive, send)
+            return
         failed = self.auth.failed
         wait = failed.blocked(address)
         if wait is not None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +125,7 @@ class Storing:
     nbytes: int = 0
     result: StoreResult | None = None  # known before the data set ends
     failed_write: OSError | None = field(default=None, repr=False)
+    started: float = field(default_factory=time.monotonic, repr=False)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append one fragment; an I/O error or the size limit fails the store."""
@@ -171,6 +173,9 @@ class StoreService:
         self.gatekeeper = gatekeeper
         self.audit = audit
         self.on_stored = on_stored
+        #: called with (storing, result) once per store, whatever the door and the
+        #: outcome, after its log line (``services.metrics`` counts there); quick
+        self.observers: list[Callable[[Storing, StoreResult], None]] = []
         self._callbacks: set[asyncio.Task[None]] = set()
 
     # -- authorization -------------------------------------------------------------
@@ -314,6 +319,8 @@ class StoreService:
         log_store(
             caller.service, caller.who, storing.sop_instance_uid, result.status, result.comment
         )
+        for observe in self.observers:
+            observe(storing, result)
         if self.audit is None:
             return
         row = getattr(result.outcome, "instance", None) or {}

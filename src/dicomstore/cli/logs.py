@@ -1,0 +1,97 @@
+"""How every command logs (README: "Log format"): text or JSON lines on stderr,
+and library warnings kept out of the output.
+
+``--log-format json`` writes one JSON object per line, for a log collector::
+
+    {"time": "2025-01-02T03:04:05.678Z", "level": "INFO", "logger": "dicomstore.server",
+     "message": "listening on 127.0.0.1:11112 as DICOMSTORE"}
+
+with the extra fields a call passed (``log.info(..., extra={"peer": ...})``) and,
+after a failure, ``"exception"`` (the traceback as one string).
+
+Warnings from libraries (pydicom's ``UserWarning`` about a value it reads, for
+example) are not printed: they go to the ``py.warnings`` logger at DEBUG, and
+pydicom's own logger is quiet below ERROR, unless ``--log-level debug``; what
+matters to the user is said by our own lines (a result line, a summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+LEVELS = ("debug", "info", "warning", "error")
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+#: attributes every LogRecord has: what is left in ``record.__dict__`` are extras
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def add_log_format(p: argparse.ArgumentParser) -> None:
+    """The ``--log-format`` option (every command has it)."""
+    p.add_argument(
+        "--log-format",
+        choices=list(FORMATS),
+        default="text",
+        help="text lines (default) or one JSON object per line (time, level, logger, message)",
+    )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, message,
+    the extra fields of the call, and the exception text if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created, UTC)
+        entry: dict[str, Any] = {
+            "time": when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_FIELDS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def _warning_to_debug(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    logging.getLogger("py.warnings").debug(
+        "%s: %s (%s:%d)", category.__name__, message, filename, lineno
+    )
+
+
+def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
+    """Configure the root logger for a command: ``level``, ``fmt`` (``text`` or
+    ``json``) on ``stream`` (stderr); library warnings to DEBUG (module docstring).
+    Like :func:`logging.basicConfig`, it leaves a root logger that already has
+    handlers alone (an application embedding the CLI, or pytest)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    warnings.showwarning = _warning_to_debug
+    if level != "debug":  # pydicom logs each warning it issues too
+        logging.getLogger("pydicom").setLevel(logging.ERROR)

@@ -1,0 +1,103 @@
+"""The operator's endpoints beside DICOMweb (README: "Operations"):
+
+``GET /healthz``
+    200 ``ok``: the process answers (liveness). Open: no credentials asked,
+    even with a policy file (:data:`OPEN_PATHS`); it tells nothing stored.
+``GET /readyz``
+    200 ``ready`` when the archive index can be read and the DICOM listener is
+    up (the ``ready`` check ``serve`` gives), else 503 with one line per problem.
+    Open like ``/healthz``.
+``GET /metrics``
+    the server's counters in the Prometheus text format
+    (:mod:`dicomstore.services.metrics`); 404 when the app was built without
+    them. With a policy file it needs the ``read`` right like any GET
+    (``http_anonymous_may = ["read"]``, or a scraper user with ``read``): the
+    counts reveal the traffic, not what is stored.
+
+:class:`RequestMetrics` counts every HTTP request by method and status.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from contextlib import closing
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dicomstore.http.common import HttpError
+from dicomstore.services.metrics import CONTENT_TYPE, ServerMetrics
+
+#: paths answered without credentials (:class:`~dicomstore.http.auth.AuthMiddleware`)
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+#: what ``serve`` says about its other parts: one line per problem, none when ready
+ReadyCheck = Callable[[], list[str]]
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness: the process serves HTTP."""
+    return PlainTextResponse("ok\n")
+
+
+def _index_problem(request: Request) -> str | None:
+    try:
+        with closing(request.app.state.reader.connect()) as db:
+            db.execute("SELECT 1 FROM instance LIMIT 1").fetchall()
+    except (sqlite3.Error, OSError) as exc:
+        return f"the archive index is not readable: {exc}"
+    return None
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: the archive index answers a query, and ``serve``'s own check."""
+    problems = []
+    index = await anyio.to_thread.run_sync(_index_problem, request)
+    if index is not None:
+        problems.append(index)
+    ready: ReadyCheck | None = request.app.state.ready
+    if ready is not None:
+        problems.extend(ready())
+    if problems:
+        return PlainTextResponse("".join(f"{p}\n" for p in problems), status_code=503)
+    return PlainTextResponse("ready\n")
+
+
+async def metrics(request: Request) -> Response:
+    """The Prometheus text exposition of the server's counters."""
+    found: ServerMetrics | None = request.app.state.metrics
+    if found is None:
+        raise HttpError(404, "no metrics here (dicomstore serve --http-port has them)")
+    return Response(found.exposition(), media_type=CONTENT_TYPE)
+
+
+class RequestMetrics:
+    """ASGI middleware: count each HTTP request by method and status (outermost, so
+    that refusals by the authentication are counted too)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            status = status or 500
+            raise
+        finally:
+            self.metrics.request(scope["method"], status)

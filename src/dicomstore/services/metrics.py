@@ -1,0 +1,142 @@
+"""What a server counts, for ``GET /metrics`` (Prometheus text format, prometheus-client).
+
+The counts come from the server's own events, not from counters spread through
+the code: every store, whatever its door (C-STORE, STOW-RS) and its status, from
+the one store service (:attr:`StoreService.observers
+<dicomstore.services.storage.StoreService.observers>`); every association from
+the record the acceptor writes for the audit trail (:meth:`ServerMetrics.audit`
+passes each record on to the real audit log, if any); open associations read
+from the server when scraped; HTTP requests from a middleware
+(:mod:`dicomstore.http.operations`). Metric names (README: "Metrics"):
+
+``dicomstore_instances_stored_total{service}``
+    instances stored (Success or Warning), by door;
+``dicomstore_stored_bytes_total{service}``
+    bytes of the data sets stored;
+``dicomstore_store_status_total{service,status}``
+    every store answered, by status code (``0000``, ``B007``, ``A700``, ``0124`` ...);
+``dicomstore_store_duration_seconds{service}``
+    histogram: from the store's beginning (C-STORE request, STOW-RS part) to its answer;
+``dicomstore_associations_open``
+    connections being served now;
+``dicomstore_associations_total{outcome}``
+    associations ended: ``released``, ``aborted``, ``rejected`` (refused), ``closed``
+    (the connection ended without A-RELEASE or A-ABORT);
+``dicomstore_http_requests_total{method,status}``
+    HTTP requests answered, by status (401 and 403 included).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from dicomstore.services.admission import AuditSink
+from dicomstore.services.storage import StoreResult, Storing
+
+__all__ = ["CONTENT_TYPE", "ServerMetrics"]
+
+#: seconds: a small instance on a fast disk to a large one over a slow link
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+OUTCOMES = ("released", "aborted", "rejected", "closed")
+
+
+class _Served(Protocol):
+    """What :meth:`ServerMetrics.watch` needs of a :class:`~dicomstore.services.server.Server`."""
+
+    store: Any
+    associations: Any
+
+
+class ServerMetrics:
+    """The counters of one server, in a registry of their own (several servers in one
+    process, as in the tests, each count their own)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.instances = Counter(
+            "dicomstore_instances_stored", "Instances stored", ["service"], registry=r
+        )
+        self.bytes = Counter(
+            "dicomstore_stored_bytes", "Bytes of the data sets stored", ["service"], registry=r
+        )
+        self.statuses = Counter(
+            "dicomstore_store_status",
+            "Stores answered, by status code (PS3.4 B.2.3)",
+            ["service", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "dicomstore_store_duration_seconds",
+            "Seconds from a store's beginning to its answer",
+            ["service"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.open = Gauge(
+            "dicomstore_associations_open", "Connections being served now", registry=r
+        )
+        self.associations = Counter(
+            "dicomstore_associations",
+            "Associations ended, by outcome (rejected: refused)",
+            ["outcome"],
+            registry=r,
+        )
+        self.http = Counter(
+            "dicomstore_http_requests",
+            "HTTP requests answered, by method and status",
+            ["method", "status"],
+            registry=r,
+        )
+
+    def watch(self, server: _Served) -> None:
+        """Count ``server``'s stores (its store service, every door) and read its
+        open associations at each scrape."""
+        server.store.observers.append(self.stored)
+        self.open.set_function(lambda: len(server.associations))
+
+    def audit(self, inner: AuditSink | None) -> AuditSink:
+        """An audit sink that counts each association's outcome, then hands every
+        record to ``inner`` (the real audit log; None: none)."""
+        return _CountingAudit(self, inner)
+
+    def stored(self, storing: Storing, result: StoreResult) -> None:
+        """One store answered (:attr:`StoreService.observers`)."""
+        service = storing.caller.service
+        self.statuses.labels(service, f"{result.status:04X}").inc()
+        self.latency.labels(service).observe(max(time.monotonic() - storing.started, 0.0))
+        if result.stored:
+            self.instances.labels(service).inc()
+            self.bytes.labels(service).inc(storing.nbytes)
+
+    def association_ended(self, outcome: str) -> None:
+        """One association ended with the acceptor's ``outcome`` text."""
+        word = outcome.split(":", 1)[0].split(" ", 1)[0]
+        self.associations.labels(word if word in OUTCOMES else "closed").inc()
+
+    def request(self, method: str, status: int) -> None:
+        """One HTTP request answered (0: the client left before an answer)."""
+        self.http.labels(method, str(status)).inc()
+
+    def exposition(self) -> bytes:
+        """The text format (``CONTENT_TYPE``) of every metric now."""
+        return generate_latest(self.registry)
+
+
+class _CountingAudit:
+    def __init__(self, metrics: ServerMetrics, inner: AuditSink | None) -> None:
+        self.metrics = metrics
+        self.inner = inner
+
+    def association(self, record: dict[str, Any]) -> None:
+        self.metrics.association_ended(str(record.get("outcome", "")))
+        if self.inner is not None:
+            self.inner.association(record)
+
+    def instance(self, record: dict[str, Any]) -> None:
+        if self.inner is not None:
+            self.inner.instance(record)

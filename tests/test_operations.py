@@ -1,0 +1,162 @@
+"""Operations: /metrics moves after a C-STORE and a STOW-RS, /healthz and /readyz,
+with the server configured by its TOML file and the environment, logging JSON;
+and what the policy file asks of each endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from pydicom.data import get_testdata_file
+
+from tests.conftest import PEER_ENV, dcmtk, free_port, wait_listening
+
+sys.path.insert(0, str(Path(__file__).parent / "http"))
+from http_testlib import HttpThread, make_dataset, multipart_body, part10  # noqa: E402
+from test_http_security import basic, policy_text  # noqa: E402
+
+from dicomstore.archive import Archive  # noqa: E402
+from dicomstore.http.security import HttpSecurity  # noqa: E402
+from dicomstore.policy import Policy  # noqa: E402
+from dicomstore.services.metrics import ServerMetrics  # noqa: E402
+
+STUDY = "1.2.826.0.1.3680043.10.91"
+
+
+def scrape(url: str, **kw) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of ``url``/metrics by (name, sorted labels)."""
+    reply = httpx.get(f"{url}/metrics", timeout=30, **kw)
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"].startswith("text/plain; version=")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(reply.text)
+        for s in family.samples
+    }
+
+
+def sample(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def storescu(port: int, calling: str, path: str) -> subprocess.CompletedProcess:
+    command = [dcmtk("storescu"), "-aet", calling, "-aec", "DICOMSTORE", "127.0.0.1", str(port)]
+    return subprocess.run([*command, path], capture_output=True, text=True, env=PEER_ENV)
+
+
+def test_metrics_move_after_a_c_store_and_a_stow(tmp_path: Path) -> None:
+    port, http_port = free_port(), free_port()
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f"""storage = "store"
+http-port = {http_port}
+fsync = "off"
+allow-calling-aet = ["STORESCU"]
+log-format = "json"
+"""
+    )
+    env = {**os.environ, "DICOMSTORE_PORT": str(port), "DICOMSTORE_SERVER_CONFIG": str(config)}
+    command = [sys.executable, "-m", "dicomstore.cli", "serve"]
+    elsewhere = tmp_path / "elsewhere"  # relative paths in the file: from the file's folder
+    elsewhere.mkdir()
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, cwd=elsewhere)
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        wait_listening(http_port, proc)
+        wait_listening(port, proc)
+        assert httpx.get(f"{url}/healthz").text == "ok\n"
+        ready = httpx.get(f"{url}/readyz")
+        assert (ready.status_code, ready.text) == (200, "ready\n")
+        before = scrape(url)
+        assert sample(before, "dicomstore_instances_stored_total", service="C-STORE") == 0
+        assert sample(before, "dicomstore_associations_open") == 0
+
+        ct = get_testdata_file("CT_small.dcm")
+        assert storescu(port, "STORESCU", ct).returncode == 0
+        refused = storescu(port, "INTRUDER", ct)  # not in the file's allow-calling-aet
+        assert refused.returncode != 0
+        body, content_type = multipart_body([part10(make_dataset(STUDY + ".1.1", study=STUDY))])
+        stow = httpx.post(f"{url}/studies", content=body, headers={"Content-Type": content_type})
+        assert stow.status_code == 200, stow.text
+
+        after = scrape(url)
+        for door in ("C-STORE", "STOW-RS"):
+            assert sample(after, "dicomstore_instances_stored_total", service=door) == 1
+            assert sample(after, "dicomstore_stored_bytes_total", service=door) > 0
+            assert sample(after, "dicomstore_store_status_total", service=door, status="0000") == 1
+            assert sample(after, "dicomstore_store_duration_seconds_count", service=door) == 1
+        assert sample(after, "dicomstore_associations_total", outcome="released") == 1
+        assert sample(after, "dicomstore_associations_total", outcome="rejected") == 1
+        get_ok = {"method": "GET", "status": "200"}
+        assert sample(after, "dicomstore_http_requests_total", **get_ok) == (
+            sample(before, "dicomstore_http_requests_total", **get_ok) + 1  # the first scrape
+        )
+        assert sample(after, "dicomstore_http_requests_total", method="POST", status="200") == 1
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    records = [json.loads(line) for line in err.splitlines()]  # --log-format json from the file
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+    assert any(r["message"].startswith("storing into ") for r in records)
+    assert (tmp_path / "store" / "index.sqlite").is_file()
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.fixture
+def archive(tmp_path: Path):
+    archive = Archive(tmp_path / "archive", fsync=False)
+    yield archive
+    archive.close()
+
+
+def test_with_a_policy_health_is_open_and_metrics_need_read(tmp_path: Path, archive) -> None:
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(policy_text())
+    security = HttpSecurity(policy=Policy.load(policy_file))
+    with (
+        HttpThread(archive, security=security, metrics=ServerMetrics()) as web,
+        httpx.Client(base_url=web.url, timeout=30) as client,
+    ):
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        refused = client.get("/metrics")
+        assert refused.status_code == 401 and "WWW-Authenticate" in refused.headers
+        reply = client.get("/metrics", headers=basic("reader", "reader-pw"))
+        assert reply.status_code == 200
+        counted = reply.text
+    assert 'dicomstore_http_requests_total{method="GET",status="401"} 1.0' in counted
+    assert 'dicomstore_http_requests_total{method="GET",status="200"} 2.0' in counted
+
+
+def test_readyz_names_what_is_not_ready(tmp_path: Path, archive) -> None:
+    problems = ["DICOM is not listening"]
+    with (
+        HttpThread(archive, ready=lambda: problems) as web,
+        httpx.Client(base_url=web.url, timeout=30) as client,
+    ):
+        reply = client.get("/readyz")
+        assert (reply.status_code, reply.text) == (503, "DICOM is not listening\n")
+        problems.clear()
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/metrics").status_code == 404  # built without metrics
+        (archive.root / "index.sqlite").rename(archive.root / "moved.sqlite")
+        reply = client.get("/readyz")
+        assert reply.status_code == 503
+        assert reply.text.startswith("the archive index is not readable: ")
+
+
+def test_association_outcomes_are_counted_by_their_first_word() -> None:
+    metrics = ServerMetrics()
+    sink = metrics.audit(None)
+    for outcome in ("released", "aborted: idle", "rejected: 50 associations already", "odd"):
+        sink.association({"outcome": outcome})
+    text = metrics.exposition().decode()
+    for word in ("released", "aborted", "rejected", "closed"):
+        assert f'dicomstore_associations_total{{outcome="{word}"}} 1.0' in text
