@@ -4,6 +4,7 @@ deflate bomb built in milliseconds."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import zlib
 from collections.abc import Iterator
@@ -84,3 +85,19 @@ def ob_header(group: int, elem: int, length: int) -> bytes:
     return (group.to_bytes(2, "little") + elem.to_bytes(2, "little") + b"OB\0\0") + length.to_bytes(
         4, "little"
     )
+
+
+def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    """(PDU type, the rest) of the next PDU on a blocking socket (PS3.8 9.3.1)."""
+
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("closed inside a PDU")
+            data += chunk
+        return data
+
+    header = exactly(6)
+    return header[0], exactly(int.from_bytes(header[2:], "big"))
