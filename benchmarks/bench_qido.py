@@ -4,18 +4,25 @@ Fills an index with synthetic rows by direct SQL (no files: a search reads only
 the index), serves it with the real app on uvicorn, and times searches end to
 end over HTTP (keep-alive) and in process. Run on demand:
 
-    python benchmarks/bench_qido.py [--instances 100000] [--repeat 50]
+    python benchmarks/bench_qido.py [--instances 1000000] [--repeat 50] [--keep DIR]
+
+``--keep DIR`` keeps the filled index there and reuses it on the next run (the
+archive's own :class:`Index` opens it first, so indexes it adds are made).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
+import shutil
+import sqlite3
 import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import httpx
@@ -24,6 +31,7 @@ from dicomstore.archive import layout
 from dicomstore.archive import query as q
 from dicomstore.archive.index import Index
 from dicomstore.archive.reader import ArchiveReader
+from dicomstore.archive.schema import TABLES
 from dicomstore.http import HttpServer, build_app
 
 MODALITIES = ("CT", "MR", "US", "CR", "XA", "MG", "PT")
@@ -32,50 +40,79 @@ NAMES = ("DOE", "ROE", "SMITH", "JONES", "MILLER", "GARCIA", "MARTIN", "LEE")
 
 def fill(root: Path, instances: int, seed: int = 1) -> dict[str, str]:
     """Rows for ``instances`` instances: ~3 per series, ~3 series per study, ~2 studies
-    per patient. Returns sample keys to search for."""
+    per patient, inserted by SQL into an index the archive's :class:`Index` made (its
+    schema and indexes). Returns sample keys to search for."""
     rnd = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
     Index(root / layout.INDEX_FILE, durable=False).close()  # the schema, as the archive makes it
-    import sqlite3
-
     db = sqlite3.connect(root / layout.INDEX_FILE)
     db.execute("PRAGMA synchronous=OFF")
-    n_series = instances // 3
-    n_studies = n_series // 3
-    n_patients = n_studies // 2
+    n_series = max(instances // 3, 1)
+    n_studies = -(-n_series // 3)  # every series in a study, three per study
+    n_patients = max(n_studies // 2, 1)
     patients = [
-        (f"PID{p:06d}", f"{rnd.choice(NAMES)}^{chr(65 + p % 26)}{p}", "19700101", "MF"[p % 2])
+        (p + 1, f"PID{p:06d}", "", "", f"{rnd.choice(NAMES)}^{chr(65 + p % 26)}{p}", "19700101",
+         "MF"[p % 2])
         for p in range(n_patients)
-    ]
+    ]  # fmt: skip
     studies = []
     for s in range(n_studies):
         day = (
             20150000 + rnd.randrange(10) * 10000 + rnd.randrange(1, 13) * 100 + rnd.randrange(1, 29)
         )
         time_ = f"{rnd.randrange(24):02d}{rnd.randrange(60):02d}00"
-        uid, patient = f"1.2.826.0.1.3680043.10.{s}", patients[s % n_patients][0]
-        studies.append((uid, patient, str(day), time_, "Study", f"ACC{s:07d}", "Ref^Doc", "1"))
+        uid = f"1.2.826.0.1.3680043.10.{s}"
+        studies.append(
+            (s + 1, uid, s % n_patients + 1, str(day), time_, "Study", f"ACC{s:07d}", "Ref^Doc",
+             "1")
+        )  # fmt: skip
     series = []
     for i in range(n_series):
-        study = studies[i // 3][0]
+        study = studies[i // 3]
         modality = rnd.choice(MODALITIES)
-        series.append((f"{study}.{i % 3 + 1}", study, modality, None, i % 3 + 1, "Series"))
-    rows = []
-    for i in range(instances):
-        se = series[i % n_series]
-        uid = f"{se[0]}.{i // n_series + 1}"
-        rows.append(
-            (uid, se[0], "1.2.840.10008.5.1.4.1.1.2", i // n_series + 1, "1.2.840.10008.1.2.1",
-             500_000, "0" * 64, "2024-06-01T12:00:00+00:00", "MODALITY", "DICOMSTORE",
-             f"{se[1]}/{se[0]}/{uid}.dcm")
-        )  # fmt: skip
+        series.append((i + 1, f"{study[1]}.{i % 3 + 1}", study[0], modality, None, i % 3 + 1,
+                       "Series"))  # fmt: skip
+
+    def rows() -> Iterator[tuple[object, ...]]:
+        for i in range(instances):
+            se = series[i % n_series]
+            uid = f"{se[1]}.{i // n_series + 1}"
+            study_uid = studies[se[2] - 1][1]
+            yield (
+                uid, se[0], "1.2.840.10008.5.1.4.1.1.2", i // n_series + 1, "1.2.840.10008.1.2.1",
+                500_000, "0" * 64, "2024-06-01T12:00:00+00:00", "MODALITY", "DICOMSTORE",
+                f"{study_uid}/{se[1]}/{uid}.dcm",
+            )  # fmt: skip
+
+    def insert(table: str, values: Iterable[tuple[object, ...]]) -> None:
+        columns = TABLES[table]
+        marks = ", ".join("?" for _ in columns)
+        db.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", values)
+
     with db:
-        db.executemany("INSERT INTO patient VALUES (?, ?, ?, ?)", patients)
-        db.executemany("INSERT INTO study VALUES (?, ?, ?, ?, ?, ?, ?, ?)", studies)
-        db.executemany("INSERT INTO series VALUES (?, ?, ?, ?, ?, ?)", series)
-        db.executemany("INSERT INTO instance VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        insert("patient", patients)
+        insert("study", studies)
+        insert("series", series)
+        insert("instance", rows())
     db.close()
-    return {"patient": patients[42][0], "study": studies[4242][0], "series": series[4242 * 3][0]}
+    return {"patient": patients[42 % n_patients][1], "study": studies[4242 % n_studies][1],
+            "series": series[(4242 % n_studies) * 3][1]}  # fmt: skip
+
+
+def prepare(root: Path, instances: int) -> dict[str, str]:
+    """An index of ``instances`` rows at ``root``: reused if one of that size is there
+    (``--keep``), else filled anew; then opened once as the archive opens it."""
+    keys_file = root / "bench-keys.json"
+    if keys_file.exists():
+        saved = json.loads(keys_file.read_text())
+        if saved.get("instances") == instances:
+            Index(root / layout.INDEX_FILE, durable=False).close()
+            return dict(saved["keys"])
+        shutil.rmtree(root)
+    keys = fill(root, instances)
+    Index(root / layout.INDEX_FILE, durable=False).close()
+    keys_file.write_text(json.dumps({"instances": instances, "keys": keys}))
+    return keys
 
 
 class Served:
@@ -111,13 +148,18 @@ def timed(fn, repeat: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--instances", type=int, default=100_000)
+    parser.add_argument("--instances", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the filled index in this folder and reuse it when run again",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "archive"
+        root = args.keep or Path(tmp) / "archive"
         start = time.perf_counter()
-        keys = fill(root, args.instances)
+        keys = prepare(root, args.instances)
         reader = ArchiveReader(root)
         totals = reader.stats()["totals"]
         print(
@@ -131,6 +173,8 @@ def main() -> None:
             ("study", "/studies", {"AccessionNumber": "ACC0004242"}),
             ("study", "/studies", {"StudyDate": "20230601-20230630", "ModalitiesInStudy": "MR"}),
             ("study", "/studies", {"PatientName": "doe^a*", "limit": "100"}),
+            ("study", "/studies", {"ModalitiesInStudy": "MR", "limit": "100"}),
+            ("study", "/studies", {"ModalitiesInStudy": "NM", "limit": "100"}),  # none: worst case
             ("study", "/studies", {"limit": "100"}),
             ("series", f"/studies/{keys['study']}/series", {}),
             ("instance", f"/studies/{keys['study']}/series/{keys['series']}/instances", {}),

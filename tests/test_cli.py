@@ -138,6 +138,31 @@ def test_serve_with_http_port_serves_dicomweb(tmp_path) -> None:
     assert proc.returncode == 0, err
 
 
+def test_serve_http_max_body_bounds_stow(tmp_path) -> None:
+    """--http-max-body: a STOW-RS body declared larger is 413 before it is read."""
+    import httpx
+
+    port, http_port = free_port(), free_port()
+    command = serve_command(
+        port, tmp_path / "store", "--http-port", str(http_port), "--http-max-body", "1K"
+    )
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(http_port, proc)
+        reply = httpx.post(
+            f"http://127.0.0.1:{http_port}/studies",
+            content=b"x" * 2000,
+            headers={"content-type": 'multipart/related; type="application/dicom"; boundary=B'},
+        )
+        assert reply.status_code == 413
+        assert "larger than the limit of 1024 bytes" in reply.text
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "refused (413)" in err
+
+
 def test_trailing_padding_option_parses() -> None:
     from dicomstore.cli import build_parser
 

@@ -748,3 +748,27 @@ def test_dcmtk_peers_against_the_policy(tmp_path, server_policy, dcm_file) -> No
     assert "Rejected Permanent, Source: Service User" in out(echo_unknown)
     assert "Calling AE Title Not Recognized" in out(echo_unknown), out(echo_unknown)
     assert [r["sop_instance_uid"] for r in rows] == [str(pydicom.dcmread(dcm_file).SOPInstanceUID)]
+
+
+def test_refusing_an_unknown_user_costs_a_scrypt_as_a_wrong_passcode_does(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Timing does not tell which user names exist: an unknown user's passcode, and
+    one given to a user without a passcode, are checked against a decoy hash."""
+    policy = load(
+        tmp_path,
+        f'[users.alice]\npasscode = "{hash_passcode("right", n=2)}"\n[users.bob]\n',
+    )
+    checked: list[bytes] = []
+    real = PasscodeHash.verify
+
+    def counting(self: PasscodeHash, passcode: bytes) -> bool:
+        checked.append(passcode)
+        return real(self, passcode)
+
+    monkeypatch.setattr(PasscodeHash, "verify", counting)
+    for name, passcode in (("mallory", b"guess"), ("alice", b"wrong"), ("bob", b"guess")):
+        with pytest.raises(policy_module.IdentityRefused):
+            policy.check_passcode(name, passcode, passcode_required=True)
+    assert checked == [b"guess", b"wrong", b"guess"]
+    assert policy.check_passcode("alice", b"right") == "alice"

@@ -51,7 +51,7 @@ SCP_STATUSES: tuple[tuple[int, str], ...] = (
         "context's transfer syntax says (explicit/implicit VR, byte order, deflate stream)",
     ),
     (st.DUPLICATE_REJECTED, "`--on-duplicate reject`: the SOP Instance is stored already"),
-    (st.SOP_CLASS_NOT_SUPPORTED, "no accepted presentation context for the SOP Class"),
+    (st.SOP_CLASS_NOT_SUPPORTED, "the command's SOP Class is not its presentation context's"),
     (st.NOT_AUTHORIZED, "the calling AE title may not store (`--store-aet`, policy file)"),
     (st.DUPLICATE_INVOCATION, "a Message ID still in progress on the association"),
     (st.UNRECOGNIZED_OPERATION, "a DIMSE command other than C-ECHO and C-STORE"),
@@ -171,6 +171,11 @@ def statement() -> str:
         "",
         *_table(("Status", "When"), [(f"{code:04X}", when) for code, when in SCP_STATUSES]),
         "",
+        "C-ECHO: 0000 on a Verification presentation context; 0122 on any other "
+        "context, or when it names another SOP Class (PS3.7 9.1.5.1.4). A message on a "
+        "presentation context that was not accepted is not answered: the association "
+        "is aborted (A-ABORT, service provider, invalid PDU parameter value).",
+        "",
         "Duplicates (`--on-duplicate`): `keep` (default; 0000 if identical, B000 if "
         "not), `replace` (0000) or `reject` (C111).",
         "",
@@ -216,6 +221,21 @@ def statement() -> str:
         "(`--config`), with refusals per address throttled "
         "(`--max-failed-admissions`); an audit trail of associations and stored "
         "instances in JSON lines (`--audit-log`).",
+        "",
+        "DICOMweb (PS3.18, `--http-port`) listens on 127.0.0.1 unless `--http-host` "
+        "names another address (a warning is logged when it is reachable beyond "
+        "loopback without credentials). Without a policy file it asks for none. "
+        "With one, the same file decides: HTTP Basic against the `[users]` "
+        "passcodes or a Bearer JSON Web Token verified as `[jwt]` says; per user "
+        "the rights `read` (QIDO-RS, WADO-RS, browse), `store` (STOW-RS, which "
+        "stores through the same service as C-STORE, as that user) and `delete` "
+        "(no endpoint yet); anonymous requests only what `http_anonymous_may` "
+        "grants. Missing or failed credentials get 401 with `WWW-Authenticate`, "
+        "a missing right 403. HTTPS with `--http-tls-cert`/`--http-tls-key` (TLS "
+        "1.2 or newer, as 2.3); CORS only for `--http-cors-origin` origins; one "
+        "access log line per request; audit records of STOW-RS stores and of "
+        "instances read and searched (after PS3.15 A.5.3.6 DICOM Instances Accessed, "
+        "A.5.3.7 DICOM Instances Transferred and A.5.3.10 Query).",
         "",
         "## Appendix A: Storage SOP Classes (SCP and SCU)",
         "",

@@ -73,6 +73,11 @@ class PasscodeHash:
         return hmac.compare_digest(derived, self.digest)
 
 
+#: Checked against when the user is unknown, so that a refusal costs the same scrypt
+#: either way and its timing does not tell which user names exist.
+DECOY = PasscodeHash(SCRYPT_N, SCRYPT_R, SCRYPT_P, secrets.token_bytes(16), secrets.token_bytes(32))
+
+
 def hash_passcode(
     passcode: bytes | str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P
 ) -> str:

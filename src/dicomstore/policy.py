@@ -33,12 +33,26 @@ What a caller may do is the intersection of what its peer entry (or
 ``unknown_may``) and its user entry (if any) allow: ``echo`` (C-ECHO, else
 status 0124) and ``store`` (C-STORE, else status 0124).
 
+The same file says who may do what over HTTP (DICOMweb and the browse page,
+:mod:`dicomstore.http.auth`): HTTP Basic is checked against the ``[users]``
+passcodes (a user without a passcode cannot use Basic), ``Authorization:
+Bearer`` tokens as the ``[jwt]`` section says.  A user's ``may`` also holds
+its HTTP rights: ``read`` (QIDO-RS, WADO-RS, metadata, browse pages, zip),
+``store`` (STOW-RS, as well as C-STORE) and ``delete`` (reserved: no HTTP
+endpoint deletes yet).  A token whose ``sub`` is not under ``[users]`` has
+the default rights.  Requests without credentials get ``http_anonymous_may``
+(default: nothing).
+
 The file format, every key shown (only ``allow_unknown`` is needed)::
 
     # Callers not listed under [peers]: refused (false, the default) or
     # admitted with the rights in unknown_may (default: echo and store).
     allow_unknown = false
     unknown_may = ["echo"]
+
+    # What HTTP requests without credentials may do: any of read, store,
+    # delete (default: nothing; 401 asks for credentials).
+    http_anonymous_may = []
 
     # Every association must authenticate a user (types 1, 2 or 5).
     # Default false; a peer entry may override it.
@@ -63,7 +77,7 @@ The file format, every key shown (only ``allow_unknown`` is needed)::
     passcode = "scrypt$16384$8$1$<salt base64>$<hash base64>"
 
     [users.viewer]
-    may = ["echo"]                              # optional, default both
+    may = ["echo", "read"]    # optional, default echo, store, read (not delete)
 
     # JSON Web Tokens (type 5).  The user is the "sub" claim; "exp" is required.
     [jwt]
@@ -103,14 +117,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomstore.jwt import InvalidToken, JWTVerifier
-from dicomstore.passcodes import SCRYPT_N, SCRYPT_P, SCRYPT_R, PasscodeHash, hash_passcode
+from dicomstore.passcodes import DECOY, SCRYPT_N, SCRYPT_P, SCRYPT_R, PasscodeHash, hash_passcode
 from dicomstore.services.admission import Admission, AdmissionRequest
 from dicomstore.ul import pdu as P
 
 log = logging.getLogger("dicomstore.policy")
 
-ECHO, STORE = "echo", "store"
+ECHO, STORE, READ, DELETE = "echo", "store", "read", "delete"
+#: What a peer (a DIMSE caller) may be allowed: C-ECHO, C-STORE.
 ACTIONS = frozenset({ECHO, STORE})
+#: What HTTP requests may be allowed: read (QIDO, WADO, browse), store (STOW), delete.
+HTTP_ACTIONS = frozenset({READ, STORE, DELETE})
+#: What a user may be allowed, over DIMSE and over HTTP.
+USER_ACTIONS = ACTIONS | HTTP_ACTIONS
+#: A user's rights when its entry has no ``may`` (delete must be granted).
+USER_DEFAULT = frozenset({ECHO, STORE, READ})
 
 #: User-Identity-Type values (PS3.7 Table D.3-14).
 USERNAME, USERNAME_PASSCODE, KERBEROS, SAML, JWT = 1, 2, 3, 4, 5
@@ -125,6 +146,11 @@ REJECT_IDENTITY = P.AssociateRJ(P.REJECT_PERMANENT, P.REJECT_SOURCE_USER, P.REJE
 
 class PolicyError(ValueError):
     """The policy file is unreadable or wrong; the message is one line."""
+
+
+class IdentityRefused(Exception):
+    """A user name and passcode, or a token, that does not authenticate (the
+    message says why, for the log; the caller learns only that it failed)."""
 
 
 # --------------------------------------------------------------------------- JWT
@@ -185,7 +211,7 @@ class User:
 
     name: str
     passcode: PasscodeHash | None = None
-    may: frozenset[str] = ACTIONS
+    may: frozenset[str] = USER_DEFAULT
 
 
 class _Refused(Exception):
@@ -206,6 +232,7 @@ class Policy:
         unknown_may: frozenset[str] = ACTIONS,
         require_user_identity: bool = False,
         jwt: JWTVerifier | None = None,
+        http_anonymous_may: frozenset[str] = frozenset(),
     ) -> None:
         self.peers = {p.ae_title: p for p in peers}
         self.users = {u.name: u for u in users}
@@ -213,6 +240,7 @@ class Policy:
         self.unknown_may = unknown_may
         self.require_user_identity = require_user_identity
         self.jwt = jwt
+        self.http_anonymous_may = http_anonymous_may
         self._cache_key = secrets.token_bytes(32)
         self._verified: set[tuple[str, bytes]] = set()
 
@@ -289,42 +317,71 @@ class Policy:
                 raise _Refused(REJECT_IDENTITY, "no user identity, and one is required")
             return None, None
         kind = ident.identity_type
-        if kind in (USERNAME, USERNAME_PASSCODE):
-            return self._username(ident.primary, ident.secondary, kind), b""
-        if kind == JWT:
-            if self.jwt is None:
-                raise _Refused(REJECT_IDENTITY, "JSON Web Token given but [jwt] not configured")
-            try:
-                claims = self.jwt.verify(ident.primary)
-            except InvalidToken as exc:
-                raise _Refused(REJECT_IDENTITY, f"JSON Web Token refused: {exc}") from None
-            return claims["sub"], b""
+        try:
+            if kind in (USERNAME, USERNAME_PASSCODE):
+                try:
+                    name = ident.primary.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise IdentityRefused("username is not UTF-8") from None
+                passcode = ident.secondary if kind == USERNAME_PASSCODE else None
+                return self.check_passcode(name, passcode), b""
+            if kind == JWT:
+                return self.check_token(ident.primary), b""
+        except IdentityRefused as exc:
+            raise _Refused(REJECT_IDENTITY, str(exc)) from None
         if required:
             raise _Refused(REJECT_IDENTITY, f"user identity type {kind} is not supported")
         log.info("%s: ignoring user identity of unsupported type %d", request.address, kind)
         return None, None
 
-    def _username(self, primary: bytes, secondary: bytes, kind: int) -> str:
-        try:
-            name = primary.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Refused(REJECT_IDENTITY, "username is not UTF-8") from None
+    # -- identities, for every door (user identity negotiation, HTTP)
+
+    def check_passcode(
+        self, name: str, passcode: bytes | None, *, passcode_required: bool = False
+    ) -> str:
+        """The user ``name`` if ``passcode`` is its passcode (or it has none and
+        ``passcode_required`` is false: a type 1 identity); else :class:`IdentityRefused`.
+        Blocking: may run scrypt (successful checks are remembered)."""
         user = self.users.get(name)
-        if user is None:
-            raise _Refused(REJECT_IDENTITY, f"unknown user {name!r}")
+        if user is None or (user.passcode is None and passcode_required):
+            if passcode is not None:
+                DECOY.verify(passcode)  # as long as a real check: timing names no user
+            if user is None:
+                raise IdentityRefused(f"unknown user {name!r}")
+            raise IdentityRefused(f"user {name!r} has no passcode in the policy file")
         if user.passcode is None:
             return name
-        if kind != USERNAME_PASSCODE:
-            raise _Refused(REJECT_IDENTITY, f"user {name!r} needs a passcode")
-        key = (name, hmac.new(self._cache_key, secondary, hashlib.sha256).digest())
+        if passcode is None:
+            raise IdentityRefused(f"user {name!r} needs a passcode")
+        key = (name, hmac.new(self._cache_key, passcode, hashlib.sha256).digest())
         if key in self._verified:
             return name
-        if not user.passcode.verify(secondary):
-            raise _Refused(REJECT_IDENTITY, f"wrong passcode for user {name!r}")
+        if not user.passcode.verify(passcode):
+            raise IdentityRefused(f"wrong passcode for user {name!r}")
         if len(self._verified) >= 4096:
             self._verified.clear()
         self._verified.add(key)
         return name
+
+    def check_token(self, token: str | bytes) -> str:
+        """The user (``sub``) of a JSON Web Token verified as ``[jwt]`` says; else
+        :class:`IdentityRefused`."""
+        if self.jwt is None:
+            raise IdentityRefused("JSON Web Token given but [jwt] not configured")
+        try:
+            claims = self.jwt.verify(token)
+        except InvalidToken as exc:
+            raise IdentityRefused(f"JSON Web Token refused: {exc}") from None
+        return str(claims["sub"])
+
+    def http_rights(self, user: str | None) -> frozenset[str]:
+        """What an HTTP request may do (:data:`HTTP_ACTIONS`): an authenticated
+        ``user``'s ``may`` (the default for a token ``sub`` not under ``[users]``),
+        ``http_anonymous_may`` without one."""
+        if user is None:
+            return self.http_anonymous_may
+        entry = self.users.get(user)
+        return (entry.may if entry is not None else USER_DEFAULT) & HTTP_ACTIONS
 
 
 # --------------------------------------------------------------------------- command line
@@ -374,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.file}: {len(policy.peers)} peers, {len(policy.users)} users, "
                 f"unknown callers {'allowed' if policy.allow_unknown else 'refused'}, "
                 f"user identity {'required' if policy.require_user_identity else 'optional'}, "
-                f"JWT {'on: ' + ','.join(sorted(policy.jwt.algorithms)) if policy.jwt else 'off'}"
+                f"JWT {'on: ' + ','.join(sorted(policy.jwt.algorithms)) if policy.jwt else 'off'}, "
+                f"anonymous HTTP may: {','.join(sorted(policy.http_anonymous_may)) or 'nothing'}"
             )
     except PolicyError as exc:
         print(f"dicomstore.policy: {exc}", file=sys.stderr)

@@ -17,6 +17,9 @@ from dicomstore.jwt import JWTVerifier, default_algorithms
 from dicomstore.passcodes import SCRYPT_N, PasscodeHash
 from dicomstore.policy import (
     ACTIONS,
+    HTTP_ACTIONS,
+    USER_ACTIONS,
+    USER_DEFAULT,
     Peer,
     Policy,
     PolicyError,
@@ -51,13 +54,33 @@ def _strings(table: dict[str, Any], key: str, where: str) -> list[str]:
     return value
 
 
-def _may(table: dict[str, Any], key: str, where: str) -> frozenset[str]:
+#: Why an action is not allowed where it was given (the others are unknown).
+_WRONG_PLACE = {
+    "read": "an HTTP right, for [users] and http_anonymous_may",
+    "delete": "an HTTP right, for [users] and http_anonymous_may",
+    "echo": "a DIMSE right, for [peers], unknown_may and [users]",
+}
+
+
+def _may(
+    table: dict[str, Any],
+    key: str,
+    where: str,
+    allowed: frozenset[str] = ACTIONS,
+    default: frozenset[str] = ACTIONS,
+) -> frozenset[str]:
+    """The actions listed under ``key``: each known and allowed here."""
     if key not in table:
-        return ACTIONS
+        return default
     actions = _strings(table, key, where)
-    wrong = [a for a in actions if a not in ACTIONS]
-    if wrong:
-        raise PolicyError(f"{where}{key}: unknown action {wrong[0]!r} (known: echo, store)")
+    here = ", ".join(sorted(allowed))
+    for action in actions:
+        if action in allowed:
+            continue
+        if action in _WRONG_PLACE:
+            why = _WRONG_PLACE[action]
+            raise PolicyError(f"{where}{key}: {action!r} is {why} (allowed here: {here})")
+        raise PolicyError(f"{where}{key}: unknown action {action!r} (allowed here: {here})")
     return frozenset(actions)
 
 
@@ -114,7 +137,7 @@ def _user(name: str, table: Any) -> User:
             ) from None
         if passcode.n < SCRYPT_N:
             log.warning("user %r: scrypt n=%d is weaker than %d", name, passcode.n, SCRYPT_N)
-    return User(name, passcode, _may(table, "may", where))
+    return User(name, passcode, _may(table, "may", where, USER_ACTIONS, USER_DEFAULT))
 
 
 def _read_key_file(base: Path, name: str, where: str) -> bytes:
@@ -180,6 +203,7 @@ def _jwt(table: Any, base: Path) -> JWTVerifier:
 
 def build(data: dict[str, Any], base: Path) -> Policy:
     top = {"allow_unknown", "unknown_may", "require_user_identity", "peers", "users", "jwt"}
+    top.add("http_anonymous_may")
     _check_keys(data, top, "")
     peers_table = data.get("peers", {})
     users_table = data.get("users", {})
@@ -194,4 +218,5 @@ def build(data: dict[str, Any], base: Path) -> Policy:
         unknown_may=_may(data, "unknown_may", ""),
         require_user_identity=_typed(data, "require_user_identity", bool, "", False),
         jwt=_jwt(data["jwt"], base) if "jwt" in data else None,
+        http_anonymous_may=_may(data, "http_anonymous_may", "", HTTP_ACTIONS, frozenset()),
     )

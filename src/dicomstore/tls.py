@@ -18,7 +18,7 @@ class TLSFileError(ValueError):
     """A certificate, key or CA file that cannot be used; the message names it."""
 
 
-def _readable(**files: Path | str | None) -> None:
+def _readable(prefix: str = "--tls-", **files: Path | str | None) -> None:
     """Raise :class:`TLSFileError` naming the first file (by option) that cannot be read."""
     for option, path in files.items():
         if path is None:
@@ -27,7 +27,7 @@ def _readable(**files: Path | str | None) -> None:
             with open(path, "rb"):
                 pass
         except OSError as exc:
-            flag = "--tls-" + option.replace("_", "-")
+            flag = prefix + option.replace("_", "-")
             raise TLSFileError(f"{flag} {path}: {exc.strerror or exc}") from None
 
 
@@ -51,13 +51,16 @@ def server_context(
     ca: Path | str | None = None,
     *,
     require_client_cert: bool = False,
+    option_prefix: str = "--tls-",
 ) -> ssl.SSLContext:
-    """The acceptor's context: our certificate, optionally verifying the peer's."""
-    _readable(cert=cert, key=key, ca=ca)
+    """The acceptor's context: our certificate, optionally verifying the peer's.
+    Errors name the files by their options (``option_prefix`` + ``cert``...)."""
+    o = option_prefix
+    _readable(o, cert=cert, key=key, ca=ca)
     ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
-    _load(f"--tls-cert {cert} with --tls-key {key}", ctx.load_cert_chain, str(cert), str(key))
+    _load(f"{o}cert {cert} with {o}key {key}", ctx.load_cert_chain, str(cert), str(key))
     if ca is not None:
-        _load(f"--tls-ca {ca}", ctx.load_verify_locations, str(ca))
+        _load(f"{o}ca {ca}", ctx.load_verify_locations, str(ca))
         ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     elif require_client_cert:
         raise ValueError("--tls-require-client-cert needs --tls-ca to verify clients")

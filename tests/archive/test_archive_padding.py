@@ -190,7 +190,7 @@ def test_a_huge_value_is_skipped_not_read(tmp_path: Path, monkeypatch) -> None:
         reads.append(len(data))
         return data
 
-    monkeypatch.setattr(framing.os, "pread", counting_pread)
+    monkeypatch.setattr(framing.sources.os, "pread", counting_pread)
     fd = os.open(path, os.O_RDONLY)
     try:
         found = find_trailing_padding(fd, 0, size, ts)
@@ -391,7 +391,7 @@ def test_hostile_nesting_gives_up_without_memory(monkeypatch) -> None:
     """Nested sequences after the Pixel Data (which the header checks never read)
     cannot grow the walk's memory: past MAX_DEPTH it reports no padding."""
     ts = EXPLICIT_LE
-    monkeypatch.setattr(framing, "MAX_DEPTH", 20)
+    monkeypatch.setattr(framing.walking, "MAX_DEPTH", 20)
     open_level = raw_element(0x00091010, "SQ", b"", ts, length=0xFFFFFFFF) + raw_element(
         0xFFFEE000, "", b"", ts, length=0xFFFFFFFF
     )

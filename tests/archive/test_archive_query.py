@@ -146,6 +146,35 @@ def test_selective_keys_use_indexes(archive) -> None:
     db.close()
 
 
+def test_wildcard_names_and_modalities_in_study_use_their_indexes(archive) -> None:
+    db = reader_of(archive).connect()
+    plan = " ".join(q.explain(db, "study", {"PatientName": "doe^j*"}, limit=100))
+    assert "patient_name_nocase_idx (patient_name>? AND patient_name<?)" in plan
+    plan = " ".join(q.explain(db, "study", {"ModalitiesInStudy": "MR"}, limit=100))
+    assert "series_study_modality_idx (study_pk=? AND modality=?)" in plan
+    db.close()
+
+
+def test_an_index_of_the_same_schema_gets_the_search_indexes_it_lacks(archive) -> None:
+    import sqlite3
+
+    from dicomstore.archive.index import Index
+    from dicomstore.archive.schema import INDEX_NAMES
+
+    path = archive.root / "index.sqlite"
+    archive.close()
+    db = sqlite3.connect(path)
+    db.execute("DROP INDEX patient_name_nocase_idx")
+    db.execute("DROP INDEX series_study_modality_idx")
+    db.commit()
+    Index(path, durable=False).close()
+    names = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    db.close()
+    assert set(INDEX_NAMES) <= names
+    rows = reader_of(archive).search("study", {"ModalitiesInStudy": "US\\MR"})
+    assert keys(rows, "study_uid") == ["1.1", "2.1"]
+
+
 def test_reader_is_read_only_and_leaves_tmp_alone(archive) -> None:
     temp = archive.tmp_dir / "in-flight.part"
     temp.write_bytes(b"a store in progress")

@@ -11,12 +11,11 @@ from dicomstore.dimse import (
     DimseAssembler,
     command_pdvs,
     dataset_pdvs,
-    group_pdus,
     max_pdv_data,
 )
 from dicomstore.errors import LocalProtocolError
 from dicomstore.ul.events import DataIndication
-from dicomstore.ul.pdu import encode
+from dicomstore.ul.pdu import PDataTF, encode
 
 DATA = bytes(range(256)) * 400  # 102400 bytes
 
@@ -48,8 +47,8 @@ def test_dataset_split_fits_and_rejoins(max_pdu: int) -> None:
     assert all(p.context_id == 3 and not p.is_command for p in pdvs)
     expected = -(-len(DATA) // limit)
     assert len(pdvs) == expected
-    for pdu in group_pdus(pdvs, max_pdu):
-        encoded = encode(pdu)
+    for pdv in pdvs:
+        encoded = encode(PDataTF([pdv]))
         assert max_pdu == 0 or len(encoded) - 6 <= max_pdu
 
 
@@ -107,11 +106,3 @@ def test_wire_round_trip_through_the_assembler(max_pdu: int) -> None:
     for event in events[1:]:
         received += event.data
     assert bytes(received) == DATA and events[-1].is_last and assembler.idle
-
-
-def test_group_pdus_is_one_pdv_per_pdu_and_checks_size() -> None:
-    pdvs = dataset_pdvs(1, DATA, 4096, last=True)
-    pdus = group_pdus(pdvs, 4096)
-    assert [pdu.pdvs for pdu in pdus] == [[p] for p in pdvs]
-    with pytest.raises(LocalProtocolError):
-        group_pdus(pdvs, 1024)

@@ -146,6 +146,12 @@ def multipart_body(parts: list[bytes], boundary: str = "XbOuNdArYx") -> tuple[by
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
+def stow_post(client: Any, parts: list[bytes], path: str = "/studies") -> Any:
+    """POST ``parts`` to STOW-RS (PS3.18 10.5) as one multipart/related body."""
+    body, content_type = multipart_body(parts)
+    return client.post(path, content=body, headers={"content-type": content_type})
+
+
 def split_multipart(body: bytes, content_type: str) -> list[tuple[dict[str, str], bytes]]:
     """Parts of a multipart body (an independent reference parser for the tests)."""
     boundary = content_type.split("boundary=")[1].split(";")[0].strip('"').encode()

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from dicomstore.http.multipart import (
     MultipartError,
+    MultipartLimitError,
     MultipartParser,
     PartData,
     PartEnd,
@@ -108,3 +109,20 @@ def test_media_type_parameters() -> None:
     assert parse_media_type('multipart/related; boundary="a;b \\"c\\""')[1] == {
         "boundary": 'a;b "c"'
     }
+
+
+def test_a_limit_error_comes_after_the_events_before_it() -> None:
+    """The part that ended before the limit was crossed is delivered, then the error."""
+    parser = MultipartParser("B", max_parts=1)
+    events = parser.feed(b"--B\r\n\r\nONE\r\n--B\r\n\r\nTWO")
+    assert [type(e) for e in events] == [PartStart, PartData, PartEnd]
+    with pytest.raises(MultipartLimitError, match="more than the limit of 1 parts"):
+        parser.check()
+    with pytest.raises(MultipartLimitError):
+        parser.close()
+
+
+@pytest.mark.parametrize("boundary", ["", "a\u00e9", "trailing ", "x" * 201, 'a"b'])
+def test_invalid_boundaries_are_refused(boundary: str) -> None:
+    with pytest.raises(MultipartError, match="boundary"):
+        MultipartParser(boundary)

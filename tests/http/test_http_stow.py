@@ -10,25 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 from http_testlib import CT, HttpThread, dataset_bytes, make_dataset, multipart_body, part10
+from http_testlib import stow_post as post
 
 from dicomstore.archive import Archive
 from dicomstore.archive.dicomfile import dataset_offset
 
 STUDY = "1.2.826.0.1.3680043.10.5"
 SERIES = STUDY + ".1"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[httpx.Client, Archive]]:
-    archive = Archive(tmp_path / "archive", fsync=False)
-    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
-        yield client, archive
-    archive.close()
-
-
-def post(client: httpx.Client, parts: list[bytes], path: str = "/studies") -> httpx.Response:
-    body, content_type = multipart_body(parts)
-    return client.post(path, content=body, headers={"content-type": content_type})
 
 
 def stored_dataset(archive: Archive, sop: str) -> bytes:

@@ -4,32 +4,14 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
-import pytest
-from http_testlib import HttpThread, dataset_bytes, make_dataset, multipart_body, part10
+from http_testlib import dataset_bytes, make_dataset, part10
+from http_testlib import stow_post as post
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from dicomstore.archive import Archive
-
 STUDY = "1.2.826.0.1.3680043.10.6"
 IMPLICIT = "data set is Implicit VR, context is Explicit VR Little Endian"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[httpx.Client, Archive]]:
-    archive = Archive(tmp_path / "archive", fsync=False)
-    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
-        yield client, archive
-    archive.close()
-
-
-def post(client: httpx.Client, parts: list[bytes], path: str = "/studies") -> httpx.Response:
-    body, content_type = multipart_body(parts)
-    return client.post(path, content=body, headers={"content-type": content_type})
 
 
 def implicit_behind_explicit_meta(sop: str) -> bytes:

@@ -40,6 +40,8 @@ from typing import Any
 from dicomstore.archive.schema import (
     ATTRS,
     FROM_JOIN,
+    INDEX_NAMES,
+    INDEXES,
     INSTANCE_COLUMNS,
     KEYS,
     NATURAL_KEY,
@@ -63,6 +65,7 @@ from dicomstore.archive.schema import (
     patient_key,
 )
 
+_INDEX_NAMES = "SELECT name FROM sqlite_master WHERE type = 'index'"
 #: Cached parent rows per table before the cache is emptied (memory bound).
 CACHE_LIMIT = 50_000
 
@@ -122,6 +125,9 @@ class Index:
     def _create(self, migrate: bool) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         if version == SCHEMA_VERSION:
+            have = {name for (name,) in self._db.execute(_INDEX_NAMES)}
+            if not set(INDEX_NAMES) <= have:  # indexes added since it was made
+                self._db.executescript(f"BEGIN; {INDEXES} COMMIT;")
             return
         if version > SCHEMA_VERSION:
             raise SchemaError(
@@ -137,7 +143,7 @@ class Index:
                 )
             drop = "".join(f"DROP TABLE IF EXISTS {t};" for t in reversed(TABLES))
             self.rebuild = True
-        script = f"BEGIN; {drop} {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+        script = f"BEGIN; {drop} {SCHEMA} {INDEXES} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
         self._db.executescript(script)
 
     # -- the writer (hold self.lock) -------------------------------------------------

@@ -132,7 +132,9 @@ ATTRIBUTES: dict[str, Attribute] = {
 BY_TAG: dict[int, Attribute] = {a.tag: a for a in ATTRIBUTES.values()}
 #: Lists of values inside one study, matched by "any value" through the levels below.
 _IN_STUDY = {
-    "ModalitiesInStudy": "st.study_pk IN (SELECT b.study_pk FROM series b WHERE {})",
+    # correlated: the search walks studies in its own order (a date range, a patient,
+    # the result order with a limit) and asks the (study_pk, modality) index of each
+    "ModalitiesInStudy": "EXISTS (SELECT 1 FROM series b WHERE b.study_pk = st.study_pk AND {})",
     "SOPClassesInStudy": "st.study_pk IN (SELECT b.study_pk FROM series b JOIN instance c"
     " ON c.series_pk = b.series_pk WHERE {})",
 }

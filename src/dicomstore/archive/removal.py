@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from dicomstore.archive import crashpoints, layout
+from dicomstore.archive import crashpoints, layout, metacache
 from dicomstore.archive.index import Index
 from dicomstore.archive.reader import ArchiveReader, NotStoredError
 
@@ -244,6 +244,7 @@ def remove(
     index = Index(root / layout.INDEX_FILE, durable=fsync, timeout=lock_timeout)
     try:
         rows, intents = _delete_rows(root, index, reader, level, uid, fsync)
+        metacache.forget(root, (row["sop_instance_uid"] for row in rows))
         result.instances = len(rows)
         result.bytes = sum(r["file_size"] or 0 for r in rows)
         files = []

@@ -70,15 +70,28 @@ CREATE TABLE IF NOT EXISTS instance (
     called_ae TEXT,
     path TEXT NOT NULL UNIQUE
 );
+"""
+#: The indexes searches use, made with the tables and again at every open of the
+#: index by its writer (``IF NOT EXISTS``): an index added here reaches an existing
+#: archive of the same schema version without a reindex, and older dicomstores read
+#: it unchanged. None is on ``instance`` beyond the two the schema had: an index
+#: there costs every C-STORE. ``patient_name_nocase_idx`` serves PN wildcard
+#: matching (``LIKE``, ASCII case-insensitive, so only a NOCASE index can narrow
+#: it to a prefix range); ``series_study_modality_idx`` answers "does this study
+#: hold a series of modality M" (``ModalitiesInStudy``) from the index alone.
+INDEXES = """
 CREATE INDEX IF NOT EXISTS patient_name_idx ON patient (patient_name);
+CREATE INDEX IF NOT EXISTS patient_name_nocase_idx ON patient (patient_name COLLATE NOCASE);
 CREATE INDEX IF NOT EXISTS study_patient_idx ON study (patient_pk);
 CREATE INDEX IF NOT EXISTS study_date_idx ON study (study_date);
 CREATE INDEX IF NOT EXISTS study_accession_idx ON study (accession_number);
 CREATE INDEX IF NOT EXISTS series_study_idx ON series (study_pk);
 CREATE INDEX IF NOT EXISTS series_modality_idx ON series (modality);
+CREATE INDEX IF NOT EXISTS series_study_modality_idx ON series (study_pk, modality);
 CREATE INDEX IF NOT EXISTS instance_series_idx ON instance (series_pk);
 CREATE INDEX IF NOT EXISTS instance_class_idx ON instance (sop_class_uid);
 """
+INDEX_NAMES = tuple(line.split()[5] for line in INDEXES.split(";") if "CREATE INDEX" in line)
 
 #: Columns of each table, in insertion order (the first one is the key).
 TABLES: dict[str, tuple[str, ...]] = {

@@ -9,6 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dicomstore.cli.http_options import (
+    add_http_options,
+    announce,
+    http_security,
+    https_context,
+)
 from dicomstore.cli.options import (
     EXIT_OK,
     EXIT_UNREACHABLE,
@@ -26,6 +32,10 @@ from dicomstore.cli.options import (
     log,
     tls_failed,
 )
+from dicomstore.services.server import ServerConfig
+
+#: The server's defaults have one home, :class:`ServerConfig`; the options show them.
+_D = ServerConfig()
 
 
 def add_parser(sub: Any) -> None:
@@ -33,12 +43,12 @@ def add_parser(sub: Any) -> None:
     s = sub.add_parser("serve", help="run the Storage/Verification SCP")
     s.add_argument(
         "--host",
-        default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)",
+        default=_D.host,
+        help=f"address to listen on (default {_D.host}; 0.0.0.0 for all)",
     )
-    s.add_argument("--port", type=_port, default=11112, help="TCP port (default 11112)")
+    s.add_argument("--port", type=_port, default=_D.port, help=f"TCP port (default {_D.port})")
     s.add_argument(
-        "--aet", type=_ae_title, default="DICOMSTORE", help="our AE title (default DICOMSTORE)"
+        "--aet", type=_ae_title, default=_D.ae_title, help=f"our AE title (default {_D.ae_title})"
     )
     s.add_argument(
         "--storage",
@@ -49,14 +59,15 @@ def add_parser(sub: Any) -> None:
     s.add_argument(
         "--max-associations",
         type=int,
-        default=50,
-        help="simultaneous associations; beyond, reject as transient (default 50)",
+        default=_D.max_associations,
+        help="simultaneous associations; beyond, reject as transient "
+        f"(default {_D.max_associations})",
     )
     s.add_argument(
         "--max-pdu",
         type=_pdu,
-        default=1024 * 1024,
-        help="maximum P-DATA-TF length we receive, 0 = unlimited (default 1048576)",
+        default=_D.max_pdu,
+        help=f"maximum P-DATA-TF length we receive, 0 = unlimited (default {_D.max_pdu})",
     )
     s.add_argument(
         "--require-called-aet",
@@ -136,8 +147,8 @@ def add_parser(sub: Any) -> None:
     s.add_argument(
         "--max-ops",
         type=int,
-        default=16,
-        help="asynchronous operations window granted to senders (default 16)",
+        default=_D.max_ops,
+        help=f"asynchronous operations window granted to senders (default {_D.max_ops})",
     )
     t = s.add_argument_group("TLS")
     t.add_argument("--tls-cert", type=Path, metavar="PEM", help="our certificate: enables TLS")
@@ -166,43 +177,44 @@ def add_parser(sub: Any) -> None:
     lim.add_argument(
         "--max-per-calling-aet",
         type=_count,
-        default=0,
+        default=_D.max_per_calling_ae,
         metavar="N",
         help="simultaneous associations per calling AE title (default: no limit)",
     )
     lim.add_argument(
         "--max-per-address",
         type=_count,
-        default=0,
+        default=_D.max_per_address,
         metavar="N",
         help="simultaneous associations per peer address (default: no limit)",
     )
     lim.add_argument(
         "--max-failed-admissions",
         type=_count,
-        default=10,
+        default=_D.max_failed_admissions,
         metavar="N",
         help="after N associations from one address refused by --config's policy within "
-        "--failed-admission-window, refuse that address at once (default 10; 0: never)",
+        "--failed-admission-window, refuse that address at once "
+        f"(default {_D.max_failed_admissions}; 0: never)",
     )
     lim.add_argument(
         "--failed-admission-window",
         type=_positive,
-        default=60.0,
+        default=_D.failed_admission_window,
         metavar="SECONDS",
-        help="the window of --max-failed-admissions (default 60)",
+        help=f"the window of --max-failed-admissions (default {_D.failed_admission_window:g})",
     )
     lim.add_argument(
         "--max-instance-size",
         type=_size,
-        default=0,
+        default=_D.max_instance_bytes,
         metavar="SIZE",
         help="largest data set accepted, e.g. 4G; larger: A700 (default: no limit)",
     )
     lim.add_argument(
         "--min-free",
         type=_size,
-        default=0,
+        default=_D.min_free_bytes,
         metavar="SIZE",
         help="answer A700 before writing when less is free, e.g. 1G (default 0)",
     )
@@ -212,9 +224,7 @@ def add_parser(sub: Any) -> None:
         metavar="S",
         help="seconds one incoming message may take (default 3600)",
     )
-    h = s.add_argument_group("DICOMweb and browse page (PS3.18)")
-    h.add_argument("--http-port", type=_port, help="serve DICOMweb and the browse page here")
-    h.add_argument("--http-host", help="address for HTTP (default: --host)")
+    add_http_options(s)
     s.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")
     s.add_argument(
         "--artim-timeout",
@@ -245,7 +255,6 @@ def _open_archive(storage: Path, **options: Any) -> Any:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from dicomstore.services.server import Server, ServerConfig, archive_commit_mode
 
     fsync = args.fsync == "on"
     config = ServerConfig(
@@ -285,6 +294,10 @@ async def run(args: argparse.Namespace) -> int:
             )
         except (OSError, ValueError) as exc:
             return tls_failed(exc)
+    try:
+        https = https_context(args)
+    except (OSError, ValueError) as exc:
+        return tls_failed(exc)
     if not fsync:
         log.warning("--fsync off: acknowledged instances can be lost on a power cut or crash")
     gatekeeper = None
@@ -317,53 +330,78 @@ async def run(args: argparse.Namespace) -> int:
         if audit is not None:
             audit.close()
         return EXIT_USAGE
-    in_thread = archive_commit_mode(fsync)
-    server = Server(config, archive, commit_in_thread=in_thread, gatekeeper=gatekeeper, audit=audit)
     try:
-        await server.start()
+        return await _serve(args, config, archive, gatekeeper, audit, https)
+    finally:
+        if audit is not None:
+            audit.close()  # drains: every record of this run is on disk
+        archive.close()
+
+
+async def _serve(
+    args: argparse.Namespace,
+    config: Any,
+    archive: Any,
+    gatekeeper: Any,
+    audit: Any,
+    https: Any,
+) -> int:
+    """Serve until SIGINT/SIGTERM through the one lifecycle (``services.serving``),
+    with the HTTP door beside the SCP."""
+    from dicomstore.services.server import archive_commit_mode
+    from dicomstore.services.serving import running
+
+    listening = False
+    try:
+        async with running(
+            archive,
+            config,
+            commit_in_thread=archive_commit_mode(archive.fsync),
+            gatekeeper=gatekeeper,
+            audit=audit,
+        ) as server:
+            listening = True
+            http = None
+            if args.http_port is not None:
+                from dicomstore.http import HttpServer, build_app
+                from dicomstore.http.limits import HttpLimits
+
+                security = http_security(args, gatekeeper, audit)
+                app = build_app(
+                    archive,
+                    ae_title=args.aet,
+                    accept_unknown=args.accept_unknown_sop_classes,
+                    store=server.store,  # STOW-RS: the same authorization, limits, audit, events
+                    security=security,
+                    limits=HttpLimits(max_body_bytes=args.http_max_body),
+                )
+                http = HttpServer(app, args.http_host, args.http_port, ssl_context=https)
+                try:
+                    await http.start()
+                except OSError as exc:
+                    print(
+                        f"dicomstore: cannot listen for HTTP on port {args.http_port}: "
+                        f"{exc.strerror}",
+                        file=sys.stderr,
+                    )
+                    await server.close(grace=0)
+                    return EXIT_UNREACHABLE
+                announce(security, args.http_host, http.url)
+            log.info("storing into %s", args.storage.resolve())
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            try:
+                await stop.wait()
+            finally:
+                if http is not None:
+                    await http.close()
     except OSError as exc:
+        if listening:
+            raise
         print(
             f"dicomstore: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
         )
-        if audit is not None:
-            audit.close()
         return EXIT_UNREACHABLE
-    http = None
-    if args.http_port is not None:
-        from dicomstore.http import HttpServer, build_app
-
-        app = build_app(
-            archive,
-            ae_title=args.aet,
-            accept_unknown=args.accept_unknown_sop_classes,
-            store=server.store,  # STOW-RS: the same authorization, limits, audit, events
-        )
-        http = HttpServer(app, args.http_host or args.host, args.http_port)
-        try:
-            await http.start()
-        except OSError as exc:
-            print(
-                f"dicomstore: cannot listen for HTTP on port {args.http_port}: {exc.strerror}",
-                file=sys.stderr,
-            )
-            await server.close(grace=0)
-            return EXIT_UNREACHABLE
-        log.info(
-            "DICOMweb and browse page on http://%s:%d/", args.http_host or args.host, http.port
-        )
-    log.info("storing into %s", args.storage.resolve())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    serving = asyncio.create_task(server.serve_forever())
-    await stop.wait()
-    log.info("shutting down: finishing in-flight operations")
-    if http is not None:
-        await http.close()
-    await server.close()
-    serving.cancel()
-    if audit is not None:
-        audit.close()  # drains: every record of this run is on disk
-    archive.close()
     return EXIT_OK

@@ -4,7 +4,8 @@ Incoming: feed each PDV from the upper layer to :class:`DimseAssembler`; it
 yields :class:`CommandReceived` (a decoded message) and one
 :class:`DatasetFragment` per data set PDV.  Outgoing: ``message.encode()``,
 then :func:`command_pdvs` / :func:`dataset_pdvs` cut to the peer's maximum PDU
-length, and :func:`group_pdus` wraps them in P-DATA-TF PDUs.
+length, and the UL connection sends each in its own P-DATA-TF
+(``Connection.send_each``).
 """
 
 from dicomstore.dimse import status
@@ -21,7 +22,6 @@ from dicomstore.dimse.fragments import (
     PDV_OVERHEAD,
     command_pdvs,
     dataset_pdvs,
-    group_pdus,
     max_pdv_data,
 )
 from dicomstore.dimse.messages import (
@@ -74,7 +74,6 @@ __all__ = [
     "decode_command",
     "decode_message",
     "encode_command",
-    "group_pdus",
     "max_pdv_data",
     "status",
 ]

@@ -14,7 +14,7 @@ Slices are memoryviews over the caller's buffer: no data is copied here.
 from __future__ import annotations
 
 from dicomstore.errors import LocalProtocolError
-from dicomstore.ul.pdu import PDV, PDataTF
+from dicomstore.ul.pdu import PDV
 
 #: Bytes of a PDV item besides its data: item length (4), context ID, control header.
 PDV_OVERHEAD = 6
@@ -61,20 +61,3 @@ def dataset_pdvs(context_id: int, data: Buffer, max_pdu: int, last: bool) -> lis
     if not len(data) and not last:
         return []
     return _split(context_id, False, data, max_pdu, last)
-
-
-def group_pdus(pdvs: list[PDV], max_pdu: int) -> list[PDataTF]:
-    """Wrap each PDV in its own P-DATA-TF PDU, checking it fits ``max_pdu``.
-
-    One PDV per PDU on purpose: PS3.8 E.1 allows several PDVs of the *same*
-    message in one PDU, but packing buys nothing once PDVs are full-size, and
-    mixing a command and its data set in one PDU is a known source of trouble
-    with older peers. Each PDV must already fit (see :func:`command_pdvs`).
-    """
-    limit = max_pdu or DEFAULT_FRAGMENT + PDV_OVERHEAD
-    for pdv in pdvs:
-        if len(pdv.data) + PDV_OVERHEAD > limit:
-            raise LocalProtocolError(
-                f"PDV of {len(pdv.data)} bytes does not fit a maximum PDU length of {max_pdu}"
-            )
-    return [PDataTF([pdv]) for pdv in pdvs]

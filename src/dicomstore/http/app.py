@@ -19,11 +19,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dicomstore.archive import Archive
+from dicomstore.archive.metacache import MetadataCache
 from dicomstore.archive.query import QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
 from dicomstore.http import browse, qido, stow, wado
 from dicomstore.http.common import HttpError, error_response
+from dicomstore.http.limits import HttpLimits
 from dicomstore.http.openapi import openapi
+from dicomstore.http.security import HttpSecurity
 from dicomstore.services.storage import StoreService
 
 _STUDY = "/studies/{study}"
@@ -39,7 +42,7 @@ def _routes() -> list[Route]:
         Route("/browse/study", browse.study),
         Route("/browse/series", browse.series),
         Route("/browse/instance", browse.instance),
-        Route("/openapi.json", lambda request: JSONResponse(openapi())),
+        Route("/openapi.json", lambda request: JSONResponse(openapi(request.app.state.limits))),
         # QIDO-RS (10.6) and STOW-RS (10.5)
         Route("/studies", qido.studies, methods=["GET"]),
         Route("/studies", stow.store, methods=["POST"]),
@@ -94,6 +97,8 @@ def build_app(
     accept_unknown: bool = False,
     base_url: str | None = None,
     store: StoreService | None = None,
+    security: HttpSecurity | None = None,
+    limits: HttpLimits | None = None,
 ) -> Starlette:
     """The DICOMweb ASGI app over the archive ``source``.
 
@@ -108,6 +113,11 @@ def build_app(
     ``store`` is the store service STOW-RS stores through: the server's, so
     that its authorization, limits, audit and events hold for STOW-RS too
     (``Server.store``); without one, a service over the archive with none of them.
+    ``security`` guards the app (identities and rights from the policy file,
+    CORS, the read audit; :mod:`dicomstore.http.security`); without it HTTP is
+    open, and STOW-RS callers are judged as the AE title ``stow_ae`` by the
+    store service's gatekeeper. Every request gets an access log line.
+    ``limits`` bound every request (:class:`~dicomstore.http.limits.HttpLimits`).
     """
     archive = source if isinstance(source, Archive) else None
     root = archive.root if archive is not None else Path(source)  # type: ignore[arg-type]
@@ -121,12 +131,14 @@ def build_app(
         try:
             yield
         finally:
+            app.state.metadata_cache.close()
             if owns_archive and app.state.archive is not None:
                 app.state.archive.close()
 
     app = Starlette(
         routes=_routes(),
         lifespan=lifespan,
+        middleware=(security or HttpSecurity()).middleware(),
         exception_handlers={
             HttpError: _http_error,
             HTTPException: _starlette_error,
@@ -142,8 +154,10 @@ def build_app(
     app.state.archive = archive
     app.state.store = store if store is not None or archive is None else StoreService(archive)
     app.state.reader = ArchiveReader(root)
+    app.state.metadata_cache = MetadataCache(root)
     app.state.ae_title = ae_title
     app.state.stow_ae = stow_ae
     app.state.accept_unknown = accept_unknown
+    app.state.limits = limits or HttpLimits()
     app.state.base_url = base_url.rstrip("/") + "/" if base_url else None
     return app

@@ -24,8 +24,9 @@ from starlette.responses import HTMLResponse, StreamingResponse
 
 from dicomstore import __version__, uids
 from dicomstore.archive.query import Exact
-from dicomstore.archive.reader import NotStoredError
 from dicomstore.http.common import HttpError, reader
+from dicomstore.http.header_text import header_text
+from dicomstore.http.limits import limits, refuse
 from dicomstore.http.zipstream import zip_files
 
 PAGE = 200
@@ -103,10 +104,15 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: set[i
 
 
 def _offset(request: Request) -> int:
+    """The page's ``offset`` (0 when absent or not a number; 400 beyond the limit)."""
     try:
-        return max(0, int(request.query_params.get("offset", "0")))
+        offset = max(0, int(request.query_params.get("offset", "0")))
     except ValueError:
         return 0
+    limit = limits(request).max_offset
+    if offset > limit:
+        raise refuse(request, 400, f"offset {offset} is beyond the limit of {limit}")
+    return offset
 
 
 def _pager(request: Request, more: bool) -> str:
@@ -353,10 +359,21 @@ def series(request: Request) -> HTMLResponse:
 def instance(request: Request) -> HTMLResponse:
     """GET /browse/instance?uid= : an instance's header."""
     row = _one(request, "instance", "SOPInstanceUID")
+    bounds = limits(request)
     try:
-        header = str(reader(request).dataset(row, stop_before_pixels=True))
-    except (OSError, NotStoredError, ValueError) as exc:
-        header = f"(cannot read the file: {exc})"
+        ds = reader(request).dataset(row, stop_before_pixels=True)
+        parts = [getattr(ds, "file_meta", None), ds]
+        header = "\n\n".join(
+            header_text(
+                part,
+                max_depth=bounds.max_sequence_depth,
+                max_elements=bounds.max_rendered_elements,
+            )
+            for part in parts
+            if part is not None
+        )
+    except Exception as exc:  # noqa: BLE001 - any file pydicom cannot read: say so
+        header = f"(cannot read the file: {type(exc).__name__}: {exc})"[:500]
     url = _dicomweb(row["study_uid"], row["series_uid"], row["sop_instance_uid"])
     info = (
         f"<p>SOP Instance UID {_h(row['sop_instance_uid'])} · "

@@ -22,6 +22,10 @@ class MultipartError(ValueError):
     """The body is not well-formed multipart."""
 
 
+class MultipartLimitError(MultipartError):
+    """The body is well-formed so far but outside a limit (too many parts, headers too large)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PartStart:
     """A part begins; header names are lower-case."""
@@ -75,17 +79,46 @@ def closing(boundary: str, *, empty: bool = False) -> bytes:
     return (b"" if empty else CRLF) + f"--{boundary}--".encode("latin-1") + CRLF
 
 
-class MultipartParser:
-    """Push parser for one multipart body with ``boundary``."""
+#: RFC 2046 5.1.1: 1 to 70 characters of bchars, not ending with a space (up to 200
+#: accepted here: some clients make them longer).
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,199}[0-9A-Za-z'()+_,\-./:=?]")
 
-    def __init__(self, boundary: str) -> None:
-        if not boundary or len(boundary) > 200:
-            raise MultipartError("missing or invalid boundary")
-        self._delimiter = CRLF + b"--" + boundary.encode("latin-1")
+
+def boundary_problem(boundary: str) -> str | None:
+    """Why ``boundary`` cannot delimit a multipart body (RFC 2046 5.1.1), or ``None``."""
+    if not boundary:
+        return "the multipart boundary is empty"
+    if _BOUNDARY.fullmatch(boundary) is None:
+        shown = boundary[:80].encode("ascii", "backslashreplace").decode("ascii")
+        return (
+            f"the multipart boundary {shown!r} is not 1 to 200 of the characters "
+            "RFC 2046 5.1.1 allows (letters, digits, '()+_,-./:=? and inner spaces)"
+        )
+    return None
+
+
+class MultipartParser:
+    """Push parser for one multipart body with ``boundary``; at most ``max_parts``
+    parts, each with at most ``max_header_bytes`` of header lines."""
+
+    def __init__(
+        self,
+        boundary: str,
+        *,
+        max_parts: int = 0,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+    ) -> None:
+        problem = boundary_problem(boundary)
+        if problem is not None:
+            raise MultipartError(problem)
+        self.max_parts = max_parts
+        self.max_header_bytes = max_header_bytes
+        self._delimiter = CRLF + b"--" + boundary.encode("ascii")
         # The body may start with the delimiter itself: parse as if a CRLF came first.
         self._buffer = bytearray(CRLF)
         self._state = "preamble"  # -> after_delimiter -> headers -> body -> ... -> epilogue
         self.parts = 0
+        self._error: MultipartError | None = None
 
     @property
     def complete(self) -> bool:
@@ -93,17 +126,30 @@ class MultipartParser:
         return self._state == "epilogue"
 
     def feed(self, data: bytes) -> list[Event]:
-        """Parse more of the body; the events it completes."""
+        """Parse more of the body; the events it completes. An error found after some
+        events is raised by the next :meth:`check`, :meth:`feed` or :meth:`close`."""
+        self.check()
         if self._state == "epilogue":
             return []
         self._buffer += data
         events: list[Event] = []
-        while self._step(events):
-            pass
+        try:
+            while self._step(events):
+                pass
+        except MultipartError as exc:
+            if not events:
+                raise
+            self._error = exc  # the events before it first (a part may have ended)
         return events
+
+    def check(self) -> None:
+        """Raise the error found after the events :meth:`feed` returned last, if any."""
+        if self._error is not None:
+            raise self._error
 
     def close(self) -> None:
         """The body ended: raise unless it was complete."""
+        self.check()
         if self._state != "epilogue":
             raise MultipartError(f"the multipart body ended early (in {self._state})")
 
@@ -140,9 +186,17 @@ class MultipartParser:
             else:
                 end, skip = buf.find(CRLF + CRLF), 4
             if end < 0:
-                if len(buf) > MAX_HEADER_BYTES:
-                    raise MultipartError("part headers too large")
+                if len(buf) > self.max_header_bytes:
+                    raise MultipartLimitError(
+                        f"part headers larger than the limit of {self.max_header_bytes} bytes"
+                    )
                 return False
+            if end > self.max_header_bytes:
+                raise MultipartLimitError(
+                    f"part headers larger than the limit of {self.max_header_bytes} bytes"
+                )
+            if self.max_parts and self.parts >= self.max_parts:
+                raise MultipartLimitError(f"more than the limit of {self.max_parts} parts")
             events.append(PartStart(_headers(bytes(buf[:end]))))
             self.parts += 1
             del buf[: end + skip]

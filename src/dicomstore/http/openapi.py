@@ -1,99 +1,194 @@
-"""The OpenAPI 3.1 description of the DICOMweb service, served at ``/openapi.json``."""
+"""The OpenAPI 3.1 description of the DICOMweb service and the browse pages,
+served at ``/openapi.json``.
+
+Every operation lists each status it answers (errors as one ``text/plain``
+line, :func:`~dicomstore.http.common.error_response`), and every parameter
+the handlers read, with the bounds of :class:`~dicomstore.http.limits.HttpLimits`;
+the QIDO-RS match keys are the attributes the index keeps
+(:data:`dicomstore.archive.query.ATTRIBUTES`). ``tests/http/test_http_openapi_fuzz.py``
+runs schemathesis against it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from dicomstore import __version__
+from dicomstore.archive.query import ATTRIBUTES, LEVELS
+from dicomstore.http.limits import HttpLimits
 
 _UID = {"type": "string", "pattern": "^[0-9.]{1,64}$"}
 _JSON = "application/dicom+json"
 _MULTIPART = 'multipart/related; type="application/dicom"'
+_OCTETS = 'multipart/related; type="application/octet-stream"'
+_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+
+_ERRORS = {
+    400: "a parameter or the body is malformed or beyond a limit (the reason says which)",
+    404: "not in the archive",
+    405: "the method is not allowed here (STOW-RS: the server is read-only)",
+    406: "no acceptable media type or transfer syntax",
+    409: "none of the instances was stored; the reasons are listed",
+    413: "the body, a part or a data set is larger than a limit (the reason says which)",
+    415: 'the body is not multipart/related; type="application/dicom"',
+    503: "the archive index is unavailable",
+}
 
 
-def _p(name: str, where: str = "path", description: str = "") -> dict[str, Any]:
-    schema = _UID if where == "path" else {"type": "string"}
-    out = {"name": name, "in": where, "required": where == "path", "schema": schema}
+def _responses(ok: dict[str, Any], *errors: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"200": ok}
+    for code in (*errors, 503):
+        out[str(code)] = {"description": _ERRORS[code], "content": _TEXT}
+    return out
+
+
+def _path(name: str, description: str = "", schema: dict[str, Any] | None = None) -> dict:
+    out: dict[str, Any] = {"name": name, "in": "path", "required": True, "schema": schema or _UID}
     if description:
         out["description"] = description
     return out
 
 
-_SEARCH_PARAMS = [
-    _p("limit", "query", "at most this many results"),
-    _p("offset", "query", "skip this many results"),
-    _p("includefield", "query", "attributes to add (keyword or tag), or 'all'"),
-    _p("fuzzymatching", "query", "accepted, no effect (PN matching ignores ASCII case)"),
-    {
-        "name": "{attributeID}",
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict:
+    return {
+        "name": name,
         "in": "query",
         "required": False,
-        "description": "match on a keyword or tag: value, * ? wildcards, date/time ranges "
-        "A-B, UID lists separated by , or \\",
-        "schema": {"type": "string"},
-    },
-]
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
 
 
-def _search(summary: str, *path: str) -> dict[str, Any]:
+def _count(name: str, description: str, limits: HttpLimits) -> dict[str, Any]:
+    bounded = {"type": "integer", "minimum": 0, "maximum": limits.max_offset}
+    return _query(name, description + f" (0 to {limits.max_offset}; beyond: 400)", bounded)
+
+
+def _search_params(level: str, limits: HttpLimits) -> list[dict[str, Any]]:
+    """limit, offset, includefield, fuzzymatching and the match keys of ``level``
+    and the levels above it (PS3.18 10.6.1.2, 8.3.4)."""
+    depth = LEVELS.index(level)
+    keys = [
+        _query(
+            keyword,
+            f"match on {keyword} ({attr.vr}): a value, * and ? wildcards, date/time "
+            "ranges A-B, UID lists separated by , or \\",
+        )
+        for keyword, attr in ATTRIBUTES.items()
+        if attr.sql is not None and LEVELS.index(attr.level) <= depth
+    ]
+    return [
+        _count("limit", "at most this many results", limits),
+        _count("offset", "skip this many results", limits),
+        _query(
+            "includefield",
+            "attributes to add, by keyword or tag, comma-separated, or 'all' "
+            f"(at most {limits.max_includefields})",
+        ),
+        _query(
+            "fuzzymatching",
+            "accepted, no effect (Person Names match insensitive to ASCII case)",
+            {"type": "boolean"},
+        ),
+        *keys,
+    ]
+
+
+def _search(summary: str, level: str, path: list[str], limits: HttpLimits) -> dict[str, Any]:
     return {
         "get": {
             "summary": summary + " (QIDO-RS, PS3.18 10.6)",
-            "parameters": [_p(p) for p in path] + _SEARCH_PARAMS,
-            "responses": {
-                "200": {"description": "matching results", "content": {_JSON: {}}},
-                "400": {"description": "invalid query parameter"},
-                "406": {"description": "no acceptable media type"},
-            },
+            "parameters": [_path(p) for p in path] + _search_params(level, limits),
+            "responses": _responses(
+                {"description": "matching results", "content": {_JSON: {}}}, 400, 406
+            ),
         }
     }
 
 
-def _retrieve(summary: str, *path: str, post: bool = False) -> dict[str, Any]:
+_ACCEPT = _query("accept", "the media type wanted, overriding the Accept header (8.3.3.1)")
+
+
+def _retrieve(summary: str, path: list[str], *, post: bool = False) -> dict[str, Any]:
+    content: dict[str, Any] = {_MULTIPART: {}, "application/zip": {}}
+    if "sop" in path:
+        content["application/dicom"] = {}
     ops: dict[str, Any] = {
         "get": {
             "summary": summary + " (WADO-RS, PS3.18 10.4); ?accept=application/zip for a zip",
-            "parameters": [_p(p) for p in path] + [_p("accept", "query", "media type")],
-            "responses": {
-                "200": {
-                    "description": "the stored PS3.10 files, streamed",
-                    "content": {_MULTIPART: {}, "application/zip": {}},
-                },
-                "404": {"description": "not in the archive"},
-                "406": {"description": "no acceptable media type or transfer syntax"},
-            },
+            "parameters": [_path(p) for p in path] + [_ACCEPT],
+            "responses": _responses(
+                {"description": "the stored PS3.10 files, streamed", "content": content},
+                404,
+                406,
+            ),
         }
     }
     if post:
-        ops["post"] = {
-            "summary": "Store instances (STOW-RS, PS3.18 10.5)",
-            "parameters": [_p(p) for p in path],
-            "requestBody": {"required": True, "content": {_MULTIPART: {}}},
-            "responses": {
-                "200": {"description": "all stored", "content": {_JSON: {}}},
-                "202": {"description": "some stored; failures or warnings listed"},
-                "400": {"description": "malformed multipart body"},
-                "409": {"description": "none stored; reasons listed"},
-                "415": {"description": "not multipart/related of application/dicom"},
-            },
-        }
+        ops["post"] = _stow(path)
     return ops
 
 
-def _metadata(*path: str) -> dict[str, Any]:
+def _stow(path: list[str]) -> dict[str, Any]:
+    responses = _responses(
+        {"description": "all stored", "content": {_JSON: {}}}, 400, 405, 409, 413, 415
+    )
+    responses["202"] = {"description": "some stored; failures or warnings listed"}
+    responses["409"]["content"] = {_JSON: {}}
+    return {
+        "summary": "Store instances (STOW-RS, PS3.18 10.5)",
+        "parameters": [_path(p) for p in path],
+        "requestBody": {
+            "required": True,
+            "content": {_MULTIPART: {"schema": {"type": "string", "format": "binary"}}},
+        },
+        "responses": responses,
+    }
+
+
+def _metadata(path: list[str]) -> dict[str, Any]:
     return {
         "get": {
             "summary": "Metadata as DICOM JSON with BulkDataURI (WADO-RS, PS3.18 10.4)",
-            "parameters": [_p(p) for p in path],
-            "responses": {"200": {"description": "metadata", "content": {_JSON: {}}}},
+            "parameters": [_path(p) for p in path] + [_ACCEPT],
+            "responses": _responses({"description": "metadata", "content": {_JSON: {}}}, 404, 406),
         }
     }
 
 
-def openapi() -> dict[str, Any]:
-    """The whole description."""
-    st, se, sop = "study", "series", "sop"
+def _page(summary: str, params: list[dict[str, Any]], media: str = "text/html") -> dict:
+    errors = (400, 404)
+    return {
+        "get": {
+            "summary": summary + " (browse page)",
+            "parameters": params,
+            "responses": _responses({"description": summary, "content": {media: {}}}, *errors),
+        }
+    }
+
+
+def _browse(limits: HttpLimits) -> dict[str, Any]:
+    offset = _count("offset", "the first row shown", limits)
+    uid = _query("uid", "the UID of what to show")
+    patient = [_query("id", "Patient ID"), _query("issuer", "Issuer of Patient ID")]
+    return {
+        "/": _page("The patients", [offset]),
+        "/browse/patient": _page("A patient's studies", [*patient, offset]),
+        "/browse/patient.zip": _page("A patient's studies as a zip", patient, "application/zip"),
+        "/browse/study": _page("A study's series", [uid, offset]),
+        "/browse/series": _page("A series' instances", [uid, offset]),
+        "/browse/instance": _page("An instance's header", [uid]),
+    }
+
+
+def openapi(limits: HttpLimits | None = None) -> dict[str, Any]:
+    """The whole description (its bounds those of ``limits``)."""
+    lim = limits or HttpLimits()
+    st, se, sop = ["study"], ["study", "series"], ["study", "series", "sop"]
     inst = "/studies/{study}/series/{series}/instances/{sop}"
+    frames = _path("frames", "1,2,...", {"type": "string", "pattern": "^[0-9]+(,[0-9]+)*$"})
+    tag = _path("tag", "GGGGEEEE", {"type": "string", "pattern": "^[0-9A-Fa-f]{8}$"})
+    octets = {"description": "one part per value", "content": {_OCTETS: {}}}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -103,38 +198,39 @@ def openapi() -> dict[str, Any]:
             "that the Storage SCP fills; a browse page at /.",
         },
         "paths": {
-            "/studies": {**_search("Search studies"), "post": _retrieve("", post=True)["post"]},
-            "/series": _search("Search all series"),
-            "/instances": _search("Search all instances"),
+            "/studies": {
+                **_search("Search studies", "study", [], lim),
+                "post": _stow([]),
+            },
+            "/series": _search("Search all series", "series", [], lim),
+            "/instances": _search("Search all instances", "instance", [], lim),
             "/studies/{study}": _retrieve("Retrieve a study", st, post=True),
-            "/studies/{study}/series": _search("Search a study's series", st),
-            "/studies/{study}/instances": _search("Search a study's instances", st),
-            "/studies/{study}/metadata": _metadata(st),
-            "/studies/{study}/series/{series}": _retrieve("Retrieve a series", st, se),
-            "/studies/{study}/series/{series}/instances": _search(
-                "Search a series' instances", st, se
+            "/studies/{study}/series": _search("Search a study's series", "series", st, lim),
+            "/studies/{study}/instances": _search(
+                "Search a study's instances", "instance", st, lim
             ),
-            "/studies/{study}/series/{series}/metadata": _metadata(st, se),
-            inst: _retrieve("Retrieve an instance", st, se, sop),
-            inst + "/metadata": _metadata(st, se, sop),
+            "/studies/{study}/metadata": _metadata(st),
+            "/studies/{study}/series/{series}": _retrieve("Retrieve a series", se),
+            "/studies/{study}/series/{series}/instances": _search(
+                "Search a series' instances", "instance", se, lim
+            ),
+            "/studies/{study}/series/{series}/metadata": _metadata(se),
+            inst: _retrieve("Retrieve an instance", sop),
+            inst + "/metadata": _metadata(sop),
             inst + "/frames/{frames}": {
                 "get": {
                     "summary": "Frames of an uncompressed instance (WADO-RS, PS3.18 10.4)",
-                    "parameters": [_p(st), _p(se), _p(sop), _p("frames", "path", "1,2,...")],
-                    "responses": {
-                        "200": {
-                            "description": "one part per frame",
-                            "content": {'multipart/related; type="application/octet-stream"': {}},
-                        }
-                    },
+                    "parameters": [*(_path(p) for p in sop), frames, _ACCEPT],
+                    "responses": _responses(octets, 400, 404, 406),
                 }
             },
             inst + "/bulkdata/{tag}": {
                 "get": {
                     "summary": "A bulk data value named by its tag (BulkDataURI)",
-                    "parameters": [_p(st), _p(se), _p(sop), _p("tag", "path", "GGGGEEEE")],
-                    "responses": {"200": {"description": "the value"}},
+                    "parameters": [*(_path(p) for p in sop), tag, _ACCEPT],
+                    "responses": _responses(octets, 400, 404, 406),
                 }
             },
+            **_browse(lim),
         },
     }

@@ -35,6 +35,7 @@ from dicomstore.archive import query as q
 from dicomstore.archive.layout import resolve
 from dicomstore.http.common import DICOM_JSON, HttpError, base_url, negotiate, reader, url_of
 from dicomstore.http.dicomjson import element, read_metadata, row_to_json, tag_key
+from dicomstore.http.limits import limits, refuse
 
 #: The most results one response carries (more: a Warning, use offset).
 MAX_RESULTS = 10_000
@@ -63,24 +64,28 @@ def _tag_of(name: str) -> int | None:
     return int(found) if found is not None else None
 
 
-def _non_negative(name: str, value: str) -> int:
+def _count(request: Request, name: str, value: str, limit: int) -> int:
+    """A ``limit`` or ``offset`` value: an integer from 0 to ``limit`` (else 400)."""
     try:
         number = int(value)
     except ValueError:
         number = -1
     if number < 0:
-        raise HttpError(400, f"{name} must be a non-negative integer, not {value!r}")
+        raise HttpError(400, f"{name} must be a non-negative integer, not {value[:40]!r}")
+    if number > limit:
+        raise refuse(request, 400, f"{name} {value[:40]} is beyond the limit of {limit}")
     return number
 
 
 def parse_search(request: Request, fixed: dict[str, str]) -> Search:
     """Filters and options of a search; ``fixed`` are the UIDs of the path."""
+    bounds = limits(request)
     search = Search(filters=dict(fixed))
     for key, value in request.query_params.multi_items():
         if key == "limit":
-            search.limit = _non_negative(key, value)
+            search.limit = _count(request, key, value, bounds.max_offset)
         elif key == "offset":
-            search.offset = _non_negative(key, value)
+            search.offset = _count(request, key, value, bounds.max_offset)
         elif key == "includefield":
             for name in filter(None, (v.strip() for v in value.split(","))):
                 if name == "all":
@@ -88,8 +93,15 @@ def parse_search(request: Request, fixed: dict[str, str]) -> Search:
                     continue
                 tag = _tag_of(name)
                 if tag is None:
-                    raise HttpError(400, f"includefield names no DICOM attribute: {name!r}")
+                    raise HttpError(400, f"includefield names no DICOM attribute: {name[:80]!r}")
                 search.include_tags.append(tag)
+                if len(search.include_tags) > bounds.max_includefields:
+                    raise refuse(
+                        request,
+                        400,
+                        f"includefield names more than the limit of "
+                        f"{bounds.max_includefields} attributes",
+                    )
         elif key == "fuzzymatching":
             if value not in ("true", "false"):
                 raise HttpError(400, "fuzzymatching must be true or false")
@@ -107,7 +119,7 @@ def parse_search(request: Request, fixed: dict[str, str]) -> Search:
             elif attr is not None or _tag_of(key) is not None:
                 search.unsupported.append(key)
             else:
-                raise HttpError(400, f"unknown query parameter or attribute {key!r}")
+                raise HttpError(400, f"unknown query parameter or attribute {key[:80]!r}")
     return search
 
 
@@ -186,8 +198,9 @@ def _header_fields(request: Request, row: dict[str, Any], tags: list[int]) -> di
     url = url_of(base_url(request), row["study_uid"], row["series_uid"], row["sop_instance_uid"])
     try:
         ts = row["transfer_syntax_uid"]
-        return read_metadata(path, ts, lambda t: f"{url}/bulkdata/{t:08X}", tags)
-    except (OSError, ValueError):
+        depth = limits(request).max_sequence_depth
+        return read_metadata(path, ts, lambda t: f"{url}/bulkdata/{t:08X}", tags, max_depth=depth)
+    except (OSError, ValueError, RecursionError):
         return {}
 
 

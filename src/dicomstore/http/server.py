@@ -6,7 +6,7 @@ same loop and the same :class:`~dicomstore.archive.Archive`::
     archive = Archive(args.storage, ...)
     server = Server(config, archive, on_stored=...)
     await server.start()
-    http = asyncio.create_task(serve_http(archive, args.host, args.http_port))
+    http = asyncio.create_task(serve_http(archive, "127.0.0.1", args.http_port))
     ...
     http.cancel()            # graceful: in-flight responses get 5 s
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,18 +49,35 @@ class _Uvicorn(uvicorn.Server):
 
 
 class HttpServer:
-    """An ASGI app served over HTTP/1.1 on ``host``:``port`` (0: any free port)."""
+    """An ASGI app served over HTTP/1.1 on ``host``:``port`` (0: any free port);
+    over HTTPS with ``ssl_context`` (e.g. :meth:`HttpSecurity.ssl_context
+    <dicomstore.http.security.HttpSecurity.ssl_context>`). ``access_log``: also
+    uvicorn's own (the app logs each request on ``dicomstore.http.access``)."""
 
     def __init__(
-        self, app: Any, host: str = "127.0.0.1", port: int = 0, *, access_log: bool = False
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        access_log: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.app = app
         self.host = host
         self.requested_port = port
         self.access_log = access_log
+        self.ssl_context = ssl_context
         self._socket: socket.socket | None = None
         self._server: _Uvicorn | None = None
         self._task: asyncio.Task | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://host:port/`` or ``https://...`` (once started)."""
+        scheme = "https" if self.ssl_context is not None else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}/"
 
     @property
     def port(self) -> int:
@@ -70,12 +88,14 @@ class HttpServer:
     async def start(self) -> None:
         """Bind, start serving, return once listening (raises ``OSError`` if bind fails)."""
         self._socket = _listen(self.host, self.requested_port)
+        context = self.ssl_context
         config = uvicorn.Config(
             self.app,
             lifespan="on",
             log_config=None,
             access_log=self.access_log,
             timeout_graceful_shutdown=5,
+            ssl_context_factory=None if context is None else lambda config, default: context,
         )
         self._server = _Uvicorn(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
@@ -133,9 +153,13 @@ async def serve_http(
     """Serve DICOMweb over ``archive`` until cancelled; ``ready`` is set once listening.
 
     ``options`` go to :func:`~dicomstore.http.app.build_app` (``ae_title``,
-    ``stow_ae``, ``accept_unknown``, ``writable``).
+    ``stow_ae``, ``accept_unknown``, ``writable``, ``store``, ``security``: whose
+    certificate, if any, makes it HTTPS).
     """
-    server = HttpServer(build_app(archive, **options), host, port, access_log=access_log)
+    security = options.get("security")
+    context = security.ssl_context() if security is not None else None
+    app = build_app(archive, **options)
+    server = HttpServer(app, host, port, access_log=access_log, ssl_context=context)
     await server.start()
     if ready is not None:
         ready.set()

@@ -7,8 +7,9 @@ of each part only the File Meta Information is buffered, to learn the SOP
 Class, SOP Instance and Transfer Syntax UIDs, then the data set bytes after
 it stream into the **same store service as C-STORE**
 (``services/storage.py``): the same authorization (the caller is the AE
-title ``stow_ae`` at the client's address, judged by ``--store-aet`` and the
-policy file: 0124 when it may not store), limits (``--max-instance-size``,
+title ``stow_ae`` at the client's address, as the HTTP user when the policy
+file guards HTTP (its ``store`` right, ``http/auth.py``), judged by
+``--store-aet`` and the policy file: 0124 when it may not store), limits (``--max-instance-size``,
 ``--min-free``: A700), checks, durability (the commit runs in a worker
 thread: it fsyncs), duplicate and relational policies, statuses, log line,
 audit record and ``on_stored`` event. The archive writes its own File Meta
@@ -43,9 +44,12 @@ from dicomstore.archive.dicomfile import HeaderError, dataset_offset, read_heade
 from dicomstore.archive.fields import STUDY_INSTANCE_UID, raw_uid
 from dicomstore.archive.layout import normalize_uid
 from dicomstore.framing import FramingError, file_meta
+from dicomstore.http.auth import identity_of
 from dicomstore.http.common import DICOM_JSON, HttpError, base_url, url_of
+from dicomstore.http.limits import limits, refuse
 from dicomstore.http.multipart import (
     MultipartError,
+    MultipartLimitError,
     MultipartParser,
     PartData,
     PartEnd,
@@ -148,6 +152,12 @@ class _Part:
         self.storing.write(bytes(self.buffer[end:]))
         self.buffer = bytearray()
 
+    @property
+    def too_large(self) -> bool:
+        """The data set outgrew the store service's limit (``--max-instance-size``)."""
+        storing = self.storing
+        return storing is not None and bool(storing.limit) and storing.nbytes > storing.limit
+
     def abort(self) -> None:
         if self.storing is not None:
             self.storing.abort()
@@ -202,25 +212,58 @@ async def store(request: Request) -> Response:
         raise HttpError(415, 'send multipart/related; type="application/dicom"')
     if "boundary" not in params:
         raise HttpError(400, "the Content-Type has no boundary")
+    bounds = limits(request)
+    _check_length(request, bounds.max_body_bytes)
+    try:
+        parser = MultipartParser(
+            params["boundary"],
+            max_parts=bounds.max_parts,
+            max_header_bytes=bounds.max_part_header_bytes,
+        )
+    except MultipartError as exc:
+        raise refuse(request, 400, str(exc)) from None
     study = request.path_params.get("study")
     study = normalize_uid(study) if study is not None else None
-    caller = await anyio.to_thread.run_sync(
-        state.store.admit, "STOW-RS", state.stow_ae, state.ae_title, client_address(request)
-    )
-    parser = MultipartParser(params["boundary"])
+    identity = identity_of(request.scope)
+    if identity is not None:  # the HTTP user's rights (http/auth.py)
+        caller = identity.caller(
+            state.store, "STOW-RS", state.stow_ae, state.ae_title, client_address(request)
+        )
+    else:
+        caller = await anyio.to_thread.run_sync(
+            state.store.admit, "STOW-RS", state.stow_ae, state.ae_title, client_address(request)
+        )
     results: list[PartResult] = []
     part: _Part | None = None
+    received = 0
     try:
         async for chunk in request.stream():
+            over = received + len(chunk) > bounds.max_body_bytes
+            if over:  # the bytes within the cap are handled as usual, then the answer
+                chunk = chunk[: max(0, bounds.max_body_bytes - received)]
+            received += len(chunk)
             for event in parser.feed(chunk):
                 if isinstance(event, PartStart):
                     part = _Part(state, caller, event.headers)
                 elif isinstance(event, PartData) and part is not None:
                     part.feed(event.data)
+                    if part.too_large:  # A700 (logged, audited), the rest left unread
+                        results.append(await part.finish(study))
+                        part = None
+                        log.warning("STOW-RS: answered before the end of the body (A700)")
+                        return _response(request, results, unread=True)
                 elif isinstance(event, PartEnd) and part is not None:
                     results.append(await part.finish(study))
                     part = None
+            parser.check()
+            if over:
+                limit = bounds.max_body_bytes
+                raise _Over(f"the request body is larger than the limit of {limit} bytes")
         parser.close()
+    except (_Over, MultipartLimitError) as exc:
+        if part is not None:
+            part.abort()
+        raise refuse(request, 413, _limit_reason(str(exc), results)) from None
     except (MultipartError, ClientDisconnect) as exc:
         if part is not None:
             part.abort()
@@ -228,13 +271,38 @@ async def store(request: Request) -> Response:
             log.info("STOW-RS client went away after %d parts", len(results))
             return Response(status_code=400)
         if not any(r.stored for r in results):
-            raise HttpError(400, str(exc)) from None
+            raise refuse(request, 400, str(exc)) from None
         comment = f"malformed body: {exc}"
         state.store.refused(caller, None, None, status.CANNOT_UNDERSTAND, comment)
         results.append(PartResult(None, None, status.CANNOT_UNDERSTAND, comment))
     if not results:
         raise HttpError(400, "the request holds no instances")
     return _response(request, results)
+
+
+class _Over(Exception):
+    """The body went beyond a limit (its reason)."""
+
+
+def _check_length(request: Request, limit: int) -> None:
+    """A declared Content-Length beyond ``limit``: 413 before a byte is read."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise refuse(
+            request,
+            413,
+            f"the request body ({declared} bytes) is larger than the limit of {limit} bytes; "
+            "nothing was stored",
+        )
+
+
+def _limit_reason(reason: str, results: list[PartResult]) -> str:
+    """The 413 reason: the limit, what was not stored, what had been before it."""
+    stored = [r.sop_instance_uid or "?" for r in results if r.stored]
+    if not stored:
+        return f"{reason}; nothing was stored"
+    shown = ", ".join(stored[:10]) + (", ..." if len(stored) > 10 else "")
+    return f"{reason}; not stored; stored before it: {shown}"
 
 
 def _item(r: PartResult, base: str) -> dict[str, Any]:
@@ -263,8 +331,9 @@ def client_address(request: Request) -> str:
     return client.host if client is not None else ""
 
 
-def _response(request: Request, results: list[PartResult]) -> Response:
-    """The Store Instances Response Module (Annex I) and its status (Table 10.5.3-1)."""
+def _response(request: Request, results: list[PartResult], *, unread: bool = False) -> Response:
+    """The Store Instances Response Module (Annex I) and its status (Table 10.5.3-1);
+    ``unread``: answered at a data set over the limit, the rest of the body unread."""
     base = base_url(request)
     stored = [r for r in results if r.stored]
     failed = [r for r in results if not r.stored]
@@ -284,7 +353,10 @@ def _response(request: Request, results: list[PartResult]) -> Response:
         text = f"{r.sop_instance_uid or 'part'}: {r.status:04X} {r.comment or ''}".strip()
         text = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)
         notes.append(f'299 dicomstore "{text[:200]}"')
-    headers = {"Warning": ", ".join(notes[:20])} if notes else None
+    notes = notes[:20]
+    if unread:
+        notes.append('299 dicomstore "the parts after the last one listed were not read"')
+    headers = {"Warning": ", ".join(notes)} if notes else None
     if not stored:
         status = 409
     elif failed or any(r.status for r in stored):

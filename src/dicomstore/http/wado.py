@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,8 +24,9 @@ from starlette.responses import Response, StreamingResponse
 from dicomstore import uids
 from dicomstore.archive.layout import resolve
 from dicomstore.archive.stored import read_range, read_stored
-from dicomstore.http.common import DICOM_JSON, HttpError, base_url, negotiate, reader, url_of
-from dicomstore.http.dicomjson import read_metadata
+from dicomstore.http.common import DICOM_JSON, HttpError, base_url, negotiate, reader
+from dicomstore.http.limits import limits
+from dicomstore.http.metadata import stream_metadata
 from dicomstore.http.multipart import closing, new_boundary, part_header
 from dicomstore.http.zipstream import zip_files
 
@@ -55,10 +54,6 @@ def _rows(request: Request) -> list[dict[str, Any]]:
     if not rows:
         raise HttpError(404, f"{what} is not in the archive")
     return rows
-
-
-def _bulkdata_url(instance_url: str, tag: int) -> str:
-    return f"{instance_url}/bulkdata/{tag:08X}"
 
 
 def stream_parts(request: Request, rows: list[dict[str, Any]], boundary: str) -> Iterator[bytes]:
@@ -122,29 +117,18 @@ def _single_file(request: Request, row: dict[str, Any]) -> Response:
 
 
 def metadata(request: Request) -> Response:
-    """GET .../metadata (10.4.1.1.2): DICOM JSON, one object per instance, streamed."""
+    """GET .../metadata (10.4.1.1.2): DICOM JSON, one object per instance, streamed
+    (through the metadata cache: :mod:`dicomstore.http.metadata`)."""
     rows = _rows(request)
     negotiate(request, [(DICOM_JSON, None), ("application/json", None)])
-    root, base = reader(request).root, base_url(request)
-
-    def body() -> Iterator[bytes]:
-        yield b"["
-        first = True
-        for row in rows:
-            url = url_of(base, row["study_uid"], row["series_uid"], row["sop_instance_uid"])
-            try:
-                item = read_metadata(
-                    resolve(root, row["path"]),
-                    row["transfer_syntax_uid"],
-                    functools.partial(_bulkdata_url, url),
-                )
-            except (OSError, ValueError):
-                continue
-            yield (b"" if first else b",") + json.dumps(item, ensure_ascii=False).encode()
-            first = False
-        yield b"]"
-
-    return StreamingResponse(body(), media_type=DICOM_JSON)
+    body = stream_metadata(
+        rows,
+        reader(request).root,
+        base_url(request),
+        limits(request).max_sequence_depth,
+        request.app.state.metadata_cache,
+    )
+    return StreamingResponse(body, media_type=DICOM_JSON)
 
 
 def _frame_numbers(text: str) -> list[int]:

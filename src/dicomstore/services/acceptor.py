@@ -38,7 +38,7 @@ from dicomstore.services.storage_scp import (
     Receiving,
     StorageSCP,
 )
-from dicomstore.services.verification import echo_response
+from dicomstore.services.verification import echo_refusal, echo_response
 from dicomstore.tls import peer_subject
 from dicomstore.ul import pdu as P
 from dicomstore.ul.events import (
@@ -211,6 +211,7 @@ class AcceptorAssociation:
         t = self.t
         if isinstance(event, DataIndication):
             for pdv in event.pdvs:
+                self._check_context(pdv.context_id)
                 for dimse_event in t.assembler.receive(pdv):
                     await self._on_dimse(dimse_event)
         elif isinstance(event, AssociateIndication):
@@ -223,6 +224,17 @@ class AcceptorAssociation:
         elif isinstance(event, AbortIndication):
             log.info("%s: %s", t.peer, event.message)
             self.outcome = f"aborted: {event.message}"
+
+    def _check_context(self, context_id: int) -> None:
+        """A PDV may only travel on an accepted presentation context (PS3.8 7.1.1.13,
+        9.3.5.1): any other is a protocol error, answered by an A-ABORT (invalid PDU
+        parameter value), not by a DIMSE response on a context that does not exist."""
+        negotiated = self.t.negotiated
+        if negotiated is None or context_id not in negotiated.contexts:
+            raise RemoteProtocolError(
+                f"a PDV on presentation context {context_id}, which was not accepted",
+                P.ABORT_INVALID_PDU_PARAMETER_VALUE,
+            )
 
     def _commit_in_thread(self) -> bool:
         """Commit in a worker thread, so that the loop serves others meanwhile; with
@@ -362,9 +374,16 @@ class AcceptorAssociation:
             else:
                 self.receiving = self.storage.begin(event.context_id, message)
         elif isinstance(message, CEchoRQ):
-            rsp = echo_response(message)
-            if self.admission is not None and not self.admission.may_echo:
+            assert t.negotiated is not None  # PDVs arrive on accepted contexts only
+            context = t.negotiated.contexts[event.context_id]
+            refusal = echo_refusal(message, context.abstract_syntax)
+            if refusal is not None:
+                log.warning("%s: answering 0122: %s", t.peer, refusal.error_comment)
+                rsp = refusal
+            elif self.admission is not None and not self.admission.may_echo:
                 rsp = message.response(st.NOT_AUTHORIZED, "C-ECHO is not allowed for this caller")
+            else:
+                rsp = echo_response(message)
             t.queue_message(event.context_id, rsp.encode())
         elif isinstance(message, InvalidRequest | UnknownCommand):
             if getattr(message, "is_response", False):

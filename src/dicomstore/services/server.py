@@ -50,7 +50,8 @@ class ServerConfig:
     #: proposed (True) instead of the first of ``transfer_syntaxes`` (PS3.8 9.3.3.2).
     prefer_proposed_transfer_syntax: bool = False
     accept_unknown: bool = False
-    max_ops: int = 1
+    #: Asynchronous Operations Window granted (PS3.7 D.3.3.3): operations invoked.
+    max_ops: int = 16
     timeouts: Timeouts = field(default_factory=Timeouts)
     shutdown_grace: float = 10.0
     #: TLS (PS3.15 B.9): a server context from :func:`dicomstore.tls.server_context`.

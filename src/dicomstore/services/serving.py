@@ -1,13 +1,13 @@
-"""``dicomstore.serve``: a Storage SCP on an archive (or a handler) until cancelled.
+"""A server's life: started, serving, closed gracefully (PS3.8 7.3).
 
-The common case of :class:`~dicomstore.services.server.Server` in one call::
+:func:`running` is the one lifecycle, used by ``dicomstore serve`` (which adds
+the HTTP door and signals) and by :func:`serve`, the common case of
+:class:`~dicomstore.services.server.Server` in one call::
 
     await dicomstore.serve("dicomstore-data", port=11112, ae_title="DICOMSTORE")
 
-It uses the building blocks of ``dicomstore serve``: a :class:`ServerConfig`,
-an :class:`~dicomstore.archive.Archive`, ``Server.start`` and the graceful
-``Server.close`` (stop accepting, let in-flight C-STOREs finish within
-``shutdown_grace``, abort the rest; PS3.8 7.3), then the archive is closed.
+Leaving :func:`running` is the graceful ``Server.close``: stop accepting, let
+in-flight C-STOREs finish within ``shutdown_grace``, abort the rest.
 """
 
 from __future__ import annotations
@@ -16,14 +16,47 @@ import asyncio
 import dataclasses
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from dicomstore.handler import StoreHandler
+from dicomstore.services.admission import AuditSink, Gatekeeper
 from dicomstore.services.server import Server, ServerConfig, archive_commit_mode
 from dicomstore.services.storage_scp import OnStored
 
 log = logging.getLogger("dicomstore.server")
+
+
+@asynccontextmanager
+async def running(
+    handler: StoreHandler,
+    config: ServerConfig,
+    *,
+    on_stored: OnStored | None = None,
+    commit_in_thread: bool | str = True,
+    gatekeeper: Gatekeeper | None = None,
+    audit: AuditSink | None = None,
+) -> AsyncIterator[Server]:
+    """A :class:`Server` on ``handler``, listening inside the block and closed
+    gracefully when it is left (however it is left).
+
+    Raises :class:`OSError` when the port cannot be bound.
+    """
+    server = Server(
+        config,
+        handler,
+        on_stored=on_stored,
+        commit_in_thread=commit_in_thread,
+        gatekeeper=gatekeeper,
+        audit=audit,
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        log.info("shutting down: finishing in-flight operations")
+        await server.close()
 
 
 async def serve(
@@ -76,20 +109,19 @@ async def serve(
         handler, in_thread = storage, True
     else:
         raise TypeError(f"serve() takes an archive path or a StoreHandler, not {storage!r}")
+    listening = False
     try:
-        server = Server(config, handler, on_stored=on_stored, commit_in_thread=in_thread)
-        try:
-            await server.start()
-        except OSError as exc:
-            log.error("cannot listen on %s:%s: %s", config.host, config.port, exc)
-            raise
-        try:
+        async with running(
+            handler, config, on_stored=on_stored, commit_in_thread=in_thread
+        ) as server:
+            listening = True
             if on_ready is not None:
                 on_ready(server)
             await asyncio.get_running_loop().create_future()  # until cancelled
-        finally:
-            log.info("shutting down: finishing in-flight operations")
-            await server.close()
+    except OSError as exc:
+        if not listening:
+            log.error("cannot listen on %s:%s: %s", config.host, config.port, exc)
+        raise
     finally:
         if archive is not None:
             archive.close()

@@ -37,7 +37,7 @@ from typing import IO, TYPE_CHECKING, TypeGuard
 
 from dicomstore import framing, uids
 from dicomstore.errors import DicomstoreError
-from dicomstore.vr import LONG_VRS
+from dicomstore.framing.headers import UNDEFINED, UNKNOWN_VR, element_header
 
 if TYPE_CHECKING:  # pydicom is imported only when a file needs it (it is slow to import)
     from pydicom.dataset import Dataset
@@ -53,7 +53,6 @@ def is_dataset(item: object) -> TypeGuard[Dataset]:
 HEAD_SIZE = 16 * 1024
 _SOP_CLASS = 0x00080016
 _SOP_INSTANCE = 0x00080018
-_UNDEFINED = 0xFFFFFFFF
 
 
 class NotDicom(DicomstoreError):
@@ -143,33 +142,26 @@ def _walk_sop_uids(data: bytes, ts: str) -> tuple[str, str] | None:
     anything unusual, and the caller asks pydicom.
     """
     if ts == uids.IMPLICIT_VR_LE:
-        implicit, order = True, "<"
+        implicit, little = True, True
     elif ts == uids.EXPLICIT_VR_BE:
-        implicit, order = False, ">"
+        implicit, little = False, False
     elif ts == uids.EXPLICIT_VR_LE or (
         ts in uids.transfer_syntaxes() and uids.as_uid(ts).is_encapsulated
     ):
-        implicit, order = False, "<"
+        implicit, little = False, True
     else:
         return None
     found: dict[int, str] = {}
-    pos, end = 0, len(data)
-    while pos + 8 <= end:
-        group, elem = struct.unpack_from(order + "HH", data, pos)
-        tag = group << 16 | elem
+    pos = 0
+    while (header := element_header(data, pos, implicit, little)) is not None:
+        tag, _vr, length, value = header
         if tag > _SOP_INSTANCE:
             break
-        if implicit:
-            length, header = struct.unpack_from("<I", data, pos + 4)[0], 8
-        elif data[pos + 4 : pos + 6] in LONG_VRS:
-            length, header = struct.unpack_from(order + "I", data, pos + 8)[0], 12
-        else:
-            length, header = struct.unpack_from(order + "H", data, pos + 6)[0], 8
-        if length == _UNDEFINED or pos + header + length > end:
+        if length in (UNDEFINED, UNKNOWN_VR) or value + length > len(data):
             return None
         if tag in (_SOP_CLASS, _SOP_INSTANCE):
-            found[tag] = _text(data[pos + header : pos + header + length])
-        pos += header + length
+            found[tag] = _text(data[value : value + length])
+        pos = value + length
     if found.get(_SOP_CLASS) and found.get(_SOP_INSTANCE):
         return found[_SOP_CLASS], found[_SOP_INSTANCE]
     return None

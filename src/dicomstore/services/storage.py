@@ -83,10 +83,12 @@ class Caller:
 
     @property
     def who(self) -> str:
-        """For the log: the AE title, and the address when it differs."""
-        if self.address and self.service != "C-STORE":
-            return f"{self.name} at {self.address}"
-        return self.name
+        """For the log: the AE title, and for a door other than C-STORE the address
+        when it differs and the user it authenticated (HTTP)."""
+        if self.service == "C-STORE":
+            return self.name
+        who = f"{self.name} at {self.address}" if self.address else self.name
+        return f"{who} (user {self.user})" if self.user else who
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,167 @@
+"""A rebuildable cache of what is derived from each stored instance (WADO-RS metadata).
+
+One SQLite file, ``<archive>/.cache/metadata.sqlite`` (:data:`CACHE_FILE`), beside
+the index and never part of it: a row per SOP Instance UID holding a ``key`` (what
+the value was made from: the caller's encoder version and options, the instance's
+digest and its file's identity) and the value (opaque bytes, zlib-compressed).
+
+Nothing here is trusted blindly: a value is used only when its key equals the one
+the caller computes from the instance as it is now, so a replaced instance (new
+digest, new file) or a file changed behind the archive's back is never answered
+from the cache; its row is overwritten when rebuilt. ``remove`` (``dicomstore
+delete``) forgets the rows of what it deleted (:func:`forget`). The file is
+written without flushes (WAL, ``synchronous=NORMAL``): a crash may lose the
+latest rows, never corrupt the older ones; a damaged file is deleted and made
+anew. Deleting ``.cache`` while the archive is not served empties the cache.
+No C-STORE writes here: rows are made when first asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+
+log = logging.getLogger("dicomstore.archive.metacache")
+
+CACHE_DIR = ".cache"
+CACHE_FILE = f"{CACHE_DIR}/metadata.sqlite"
+_VERSION = 1
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS entry ("
+    " sop_instance_uid TEXT PRIMARY KEY, key TEXT NOT NULL, value BLOB NOT NULL)"
+)
+#: UIDs per statement (below SQLite's default limit of host parameters).
+_BATCH = 500
+
+
+class MetadataCache:
+    """The cache of one archive; methods are thread-safe, failures never raise (a
+    cache that cannot be read or written is a cache miss, logged once)."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = Path(root) / CACHE_FILE
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._broken = False
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._db is None and not self._broken:
+            try:
+                self._db = _open(self.path)
+            except (OSError, sqlite3.Error) as exc:
+                self._broken = True
+                log.warning("metadata cache %s not used: %s", self.path, exc)
+        return self._db
+
+    def get_many(self, keys: dict[str, str]) -> dict[str, bytes]:
+        """The values of those ``{uid: key}`` whose stored key is ``key``."""
+        found: dict[str, bytes] = {}
+        uids = list(keys)
+        with self._lock:
+            db = self._connect()
+            if db is None:
+                return found
+            try:
+                for start in range(0, len(uids), _BATCH):
+                    part = uids[start : start + _BATCH]
+                    marks = ", ".join("?" for _ in part)
+                    sql = f"SELECT sop_instance_uid, key, value FROM entry WHERE sop_instance_uid IN ({marks})"  # noqa: E501
+                    for uid, key, value in db.execute(sql, part):
+                        if keys.get(uid) == key:
+                            found[uid] = zlib.decompress(value)
+            except sqlite3.OperationalError as exc:  # busy, I/O: these stay uncached
+                log.debug("metadata cache %s not read: %s", self.path, exc)
+            except (sqlite3.DatabaseError, zlib.error) as exc:
+                log.warning("metadata cache %s damaged (%s): made anew", self.path, exc)
+                self._reset(db)
+        return found
+
+    def put_many(self, entries: Iterable[tuple[str, str, bytes]]) -> None:
+        """Store ``(uid, key, value)`` rows, replacing what each UID had."""
+        rows = [(uid, key, zlib.compress(value, 1)) for uid, key, value in entries]
+        if not rows:
+            return
+        with self._lock:
+            db = self._connect()
+            if db is None:
+                return
+            try:
+                with db:
+                    db.executemany("INSERT OR REPLACE INTO entry VALUES (?, ?, ?)", rows)
+            except sqlite3.Error as exc:  # busy, read-only, full: these stay uncached
+                log.debug("metadata cache %s not written: %s", self.path, exc)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _reset(self, db: sqlite3.Connection) -> None:
+        db.close()
+        self._db = None
+        _delete(self.path)
+
+
+def forget(root: Path, sop_instance_uids: Iterable[str]) -> None:
+    """Drop the rows of ``sop_instance_uids`` (deleted instances); nothing to do when
+    the archive has no cache. Best effort: a failure is logged."""
+    path = Path(root) / CACHE_FILE
+    uids = list(sop_instance_uids)
+    if not uids or not path.exists():
+        return
+    try:
+        db = _open(path)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("metadata cache %s: deleted instances not forgotten: %s", path, exc)
+        return
+    try:
+        with db:
+            for start in range(0, len(uids), _BATCH):
+                part = uids[start : start + _BATCH]
+                marks = ", ".join("?" for _ in part)
+                db.execute(f"DELETE FROM entry WHERE sop_instance_uid IN ({marks})", part)
+    except sqlite3.Error as exc:  # never served (not indexed), but their text stays on disk
+        log.warning("metadata cache %s: deleted instances not forgotten: %s", path, exc)
+    finally:
+        db.close()
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """The cache database, made (or made anew if damaged or of another version)."""
+    path.parent.mkdir(exist_ok=True)
+    for attempt in (1, 2):
+        db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version not in (0, _VERSION):
+                raise sqlite3.DatabaseError(f"cache version {version}")
+            db.execute(_SCHEMA)
+            db.execute(f"PRAGMA user_version={_VERSION}")
+            return db
+        except sqlite3.OperationalError:  # busy or I/O: not damage
+            db.close()
+            raise
+        except sqlite3.DatabaseError:
+            db.close()
+            if attempt == 2:
+                raise
+            log.warning("metadata cache %s damaged or of another version: made anew", path)
+            _delete(path)
+    raise AssertionError("unreachable")
+
+
+def _delete(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            Path(str(path) + suffix).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("metadata cache %s not deleted: %s", path, exc)

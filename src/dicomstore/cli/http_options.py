@@ -1,0 +1,84 @@
+"""``serve``'s DICOMweb options (README: "dicomstore serve", "Security: HTTP"):
+where HTTP listens, HTTPS, CORS, and the one :class:`HttpSecurity` they make."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from dicomstore.cli.options import _port, _size, log
+
+
+def _origin(value: str) -> str:
+    """A web origin (RFC 6454): ``scheme://host[:port]``, no path."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        raise argparse.ArgumentTypeError(
+            f"not an origin (scheme://host[:port], e.g. https://viewer.example.org): {value!r}"
+        )
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise argparse.ArgumentTypeError(f"not an origin: {value!r}")
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def add_http_options(s: Any) -> None:
+    """The ``DICOMweb`` option group of ``serve``."""
+    h = s.add_argument_group("DICOMweb and browse page (PS3.18)")
+    h.add_argument("--http-port", type=_port, help="serve DICOMweb and the browse page here")
+    h.add_argument(
+        "--http-host",
+        default="127.0.0.1",
+        help="address for HTTP (default 127.0.0.1, whatever --host says; 0.0.0.0 for all)",
+    )
+    h.add_argument(
+        "--http-tls-cert", type=Path, metavar="PEM", help="HTTPS: our certificate (and chain)"
+    )
+    h.add_argument("--http-tls-key", type=Path, metavar="PEM", help="private key for HTTPS")
+    h.add_argument(
+        "--http-max-body",
+        type=_size,
+        default=4 << 30,
+        metavar="SIZE",
+        help="largest STOW-RS request body, counted as it arrives; larger: 413 (default 4G)",
+    )
+    h.add_argument(
+        "--http-cors-origin",
+        type=_origin,
+        action="append",
+        metavar="ORIGIN",
+        help="let web pages from this origin call DICOMweb (repeatable; default: none)",
+    )
+
+
+def http_security(args: argparse.Namespace, policy: Any, audit: Any) -> Any:
+    """The :class:`~dicomstore.http.security.HttpSecurity` of the options, the
+    policy file and the audit log."""
+    from dicomstore.http.security import HttpSecurity
+
+    return HttpSecurity(
+        policy=policy,
+        audit=audit,
+        cors_origins=tuple(args.http_cors_origin or ()),
+        tls_cert=args.http_tls_cert,
+        tls_key=args.http_tls_key,
+        max_failed=args.max_failed_admissions,
+        failed_window=args.failed_admission_window,
+    )
+
+
+def https_context(args: argparse.Namespace) -> Any:
+    """The HTTPS context of ``--http-tls-cert``/``--http-tls-key`` (None: plain
+    HTTP), checked before anything is opened; ``OSError``/``ValueError`` in one line."""
+    return http_security(args, None, None).ssl_context()
+
+
+def announce(security: Any, host: str, url: str) -> None:
+    """The start-up lines: where HTTP listens, what it asks, what is exposed."""
+    from dicomstore.http.security import describe
+
+    log.info("DICOMweb and browse page on %s (%s)", url, describe(security))
+    for warning in security.warnings(host):
+        log.warning("%s", warning)

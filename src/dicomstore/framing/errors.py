@@ -1,0 +1,48 @@
+"""What a walk over element headers raises, and how it names an element."""
+
+from __future__ import annotations
+
+from dicomstore.errors import DicomstoreError
+
+
+class FramingError(DicomstoreError):
+    """The data set does not frame as the walk understands it (the reason is the message).
+
+    ``tag`` is the element concerned, if known; ``offset`` where its header starts.
+    """
+
+    def __init__(self, message: str, tag: int | None = None, offset: int = 0) -> None:
+        super().__init__(message)
+        self.tag, self.offset = tag, offset
+
+
+class Corrupt(FramingError):
+    """The data set is broken for any reader (cut short, or not inflatable)."""
+
+
+class Truncated(Corrupt):
+    """The data set ends before an element, item or sequence it started is complete.
+
+    ``missing`` is how many bytes are missing at least.
+    """
+
+    def __init__(self, message: str, tag: int | None, offset: int, missing: int) -> None:
+        super().__init__(message, tag, offset)
+        self.missing = missing
+
+
+class NotPart10(FramingError):
+    """The bytes do not start with a preamble and ``DICM`` (PS3.10 7.1)."""
+
+
+def tag_name(tag: int | None) -> str:
+    """``(7FE0,0010) PixelData``: the tag and, when pydicom knows it, its keyword."""
+    if tag is None:
+        return "an element"
+    text = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    if tag >> 16 == 0xFFFE:
+        return text
+    from pydicom.datadict import keyword_for_tag  # only when a message is made
+
+    keyword = keyword_for_tag(tag)
+    return f"{text} {keyword}" if keyword else text

@@ -1,0 +1,47 @@
+"""One element header (PS3.5 7.1): tag, VR, value length, where the value starts.
+
+The byte layouts of the three encodings, in one place: Implicit VR (tag,
+32-bit length), Explicit VR with a 16-bit length, and Explicit VR with two
+reserved bytes and a 32-bit length (the long VRs of :data:`dicomstore.vr.VRS`).
+Items and delimiters (group FFFE) have no VR in any encoding (PS3.5 7.5).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from dicomstore.vr import VRS
+
+UNDEFINED = 0xFFFFFFFF
+TAG = {True: struct.Struct("<HH").unpack_from, False: struct.Struct(">HH").unpack_from}
+U16 = {True: struct.Struct("<H").unpack_from, False: struct.Struct(">H").unpack_from}
+U32 = {True: struct.Struct("<L").unpack_from, False: struct.Struct(">L").unpack_from}
+
+#: ``element_header`` for a VR it does not know: the length layout is a guess.
+UNKNOWN_VR = -1
+
+
+def element_header(
+    buf: bytes | bytearray | memoryview, pos: int, implicit: bool, little: bool
+) -> tuple[int, bytes | None, int, int] | None:
+    """(tag, VR bytes or None, value length, value offset) of the header at ``pos``.
+
+    ``None`` when ``buf`` ends inside the header. The VR is None when implicit
+    and for items and delimiters. An explicit VR not in the table gives the
+    length :data:`UNKNOWN_VR` (and the offset after its 8 bytes): the caller decides.
+    """
+    if pos + 8 > len(buf):
+        return None
+    group, elem = TAG[little](buf, pos)
+    tag = group << 16 | elem
+    if implicit or group == 0xFFFE:
+        return tag, None, U32[little](buf, pos + 4)[0], pos + 8
+    vr = bytes(buf[pos + 4 : pos + 6])
+    known = VRS.get(vr)
+    if known is None:
+        return tag, vr, UNKNOWN_VR, pos + 8
+    if not known[1]:
+        return tag, vr, U16[little](buf, pos + 6)[0], pos + 8
+    if pos + 12 > len(buf):
+        return None
+    return tag, vr, U32[little](buf, pos + 8)[0], pos + 12

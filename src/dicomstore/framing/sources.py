@@ -1,0 +1,131 @@
+"""Bytes of a data set by position, for the walk: from a file, or inflated on the fly."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Protocol
+
+from dicomstore.framing.errors import Corrupt
+
+#: Bytes read (or inflated) at a time while walking.
+WINDOW = 64 * 1024
+
+
+class Source(Protocol):
+    """Bytes of a data set by position; reads only move forward for InflatedSource."""
+
+    def read(self, pos: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``pos``: fewer only where the bytes end."""
+        ...
+
+    def has(self, pos: int, size: int) -> int:
+        """How many of the ``size`` bytes at ``pos`` exist (without reading them)."""
+        ...
+
+
+class FileSource:
+    """``os.pread`` of a file through one cached window; ``end`` is the file size.
+
+    ``head`` (bytes already read at offset ``head_at``) serves as the first window.
+    """
+
+    def __init__(self, fd: int, end: int, head: bytes = b"", head_at: int = 0) -> None:
+        self.fd, self.end = fd, end
+        self.start, self.data = head_at, head[: max(0, end - head_at)]
+
+    def read(self, pos: int, size: int) -> bytes:
+        offset = pos - self.start
+        if offset >= 0 and offset + size <= len(self.data):
+            return self.data[offset : offset + size]
+        size = max(0, min(size, self.end - pos))
+        self.start = pos
+        self.data = os.pread(self.fd, max(size, min(WINDOW, self.end - pos)), pos)
+        return self.data[:size]
+
+    def has(self, pos: int, size: int) -> int:
+        return size if pos + size <= self.end else max(0, self.end - pos)
+
+
+class InflatedSource:
+    """The inflated bytes of a deflated data set ``fd[start:end]`` (PS3.5 A.5).
+
+    Positions count inflated bytes from 0 and only move forward. Raises
+    :class:`Corrupt` when the stream cannot be inflated. After
+    :meth:`finish`: ``stream_size`` (compressed bytes up to the end of the
+    deflate stream, None if it never ended), ``crc32`` and ``size`` of the
+    inflated data.
+    """
+
+    def __init__(self, fd: int, start: int, end: int) -> None:
+        self.fd, self.next_in, self.end = fd, start, end
+        self.start = start
+        self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+        self.buf = bytearray()
+        self.buf_at = 0  # inflated position of buf[0]
+        self.size = 0  # inflated bytes produced so far
+        self.crc32 = 0
+        self.stream_size: int | None = None
+
+    def _produce(self, limit: int) -> bytes:
+        """Up to ``limit`` more inflated bytes; b"" at the end of the stream or input."""
+        z = self._z
+        while True:
+            if z.eof:
+                return b""
+            if z.unconsumed_tail:
+                data = z.decompress(z.unconsumed_tail, limit)
+            elif self.next_in >= self.end:
+                return b""
+            else:
+                chunk = os.pread(self.fd, min(WINDOW, self.end - self.next_in), self.next_in)
+                if not chunk:
+                    self.end = self.next_in  # the file is shorter than it was
+                    return b""
+                self.next_in += len(chunk)
+                try:
+                    data = z.decompress(chunk, limit)
+                except zlib.error as exc:
+                    raise Corrupt(f"the deflated data set cannot be inflated: {exc}") from None
+            if z.eof and self.stream_size is None:
+                # what follows the stream (also left in unconsumed_tail when limited)
+                self.stream_size = self.next_in - len(z.unused_data) - self.start
+            if data:
+                self.size += len(data)
+                self.crc32 = zlib.crc32(data, self.crc32)
+                return data
+
+    def _advance(self, pos: int) -> None:
+        """Drop what is before ``pos`` (inflating up to it): buf then starts at ``pos``,
+        or is empty at the end of the stream if that comes first."""
+        known = self.buf_at + len(self.buf)
+        if pos <= known:
+            del self.buf[: pos - self.buf_at]
+            self.buf_at = pos
+            return
+        self.buf.clear()
+        self.buf_at = known
+        while self.buf_at < pos:
+            data = self._produce(min(pos - self.buf_at, WINDOW))
+            if not data:
+                return
+            self.buf_at += len(data)
+
+    def read(self, pos: int, size: int) -> bytes:
+        self._advance(pos)
+        while len(self.buf) < size:
+            data = self._produce(WINDOW)
+            if not data:
+                break
+            self.buf += data
+        return bytes(self.buf[:size])
+
+    def has(self, pos: int, size: int) -> int:
+        self._advance(pos + size)
+        return max(0, min(size, self.buf_at + len(self.buf) - pos))
+
+    def finish(self) -> None:
+        """Inflate (and drop) the rest, so that ``stream_size``, ``crc32``, ``size`` are known."""
+        self.buf.clear()
+        while self._produce(WINDOW):
+            pass

@@ -1,0 +1,244 @@
+"""Walking a whole data set's element headers: does it frame, where does it end.
+
+See :mod:`dicomstore.framing` for what is checked and what is raised.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from dicomstore.framing.errors import FramingError, Truncated, tag_name
+from dicomstore.framing.headers import TAG as _TAG
+from dicomstore.framing.headers import U16 as _U16
+from dicomstore.framing.headers import U32 as _U32
+from dicomstore.framing.headers import UNDEFINED as _UNDEFINED
+from dicomstore.framing.sources import FileSource, Source
+from dicomstore.vr import VRS
+
+#: Sequences and items open at once beyond which the walk gives up (FramingError):
+#: memory stays bounded whatever the nesting of hostile input.
+MAX_DEPTH = 1000
+
+_ITEM = 0xFFFEE000
+_ITEM_DELIMITER = 0xFFFEE00D
+_SEQUENCE_DELIMITER = 0xFFFEE0DD
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+
+
+@dataclass(frozen=True, slots=True)
+class Walked:
+    """A data set that framed: where it ended and its last top-level element."""
+
+    end: int  #: position after the last element
+    last_tag: int | None  #: tag of the last top-level element (None: no element)
+    last_offset: int  #: where the header of that element starts
+
+
+def _label(stack: list[_Open], depth: int) -> str:
+    """What ``stack[:depth]`` is, for a message: ``item 2 of (0008,1115) ...``."""
+    if depth == 0:
+        return ""
+    here = stack[depth - 1]
+    if not here.in_item:  # a sequence, or encapsulated Pixel Data
+        outer = _label(stack, depth - 1)
+        return tag_name(here.tag) + (f" in {outer}" if outer else "")
+    return _item_label(stack, depth - 1)
+
+
+def _item_label(stack: list[_Open], depth: int) -> str:
+    """The current item of the sequence ``stack[depth - 1]`` (a fragment in Pixel Data)."""
+    seq = stack[depth - 1]
+    if seq.tag in _PIXEL_TAGS and depth == 1:  # PS3.5 A.4
+        n = seq.count - 1
+        return f"{f'fragment {n}' if n else 'Basic Offset Table'} of {_label(stack, depth)}"
+    return f"item {seq.count} of {_label(stack, depth)}"
+
+
+def _element_label(stack: list[_Open], tag: int) -> str:
+    """The element ``tag`` met with ``stack`` open, for a message."""
+    if not stack:
+        return tag_name(tag)
+    if stack[-1].in_item:
+        return f"{tag_name(tag)} in {_label(stack, len(stack))}"
+    return _item_label(stack, len(stack))
+
+
+def _header(
+    src: Source, pos: int, implicit: bool, little: bool, stack: list[_Open]
+) -> tuple[int, str | None, int, int]:
+    """(tag, VR or None, value length, value position) of the element at ``pos``."""
+    head = src.read(pos, 8)
+    if len(head) < 8:
+        tag = None
+        if len(head) >= 4:
+            group, elem = _TAG[little](head)
+            tag = group << 16 | elem
+        where = f" in {_label(stack, len(stack))}" if stack else ""
+        raise Truncated(
+            f"the data set ends inside the header of {tag_name(tag)} at offset {pos}"
+            f"{where}: {8 - len(head)} of its 8 bytes missing",
+            tag,
+            pos,
+            8 - len(head),
+        )
+    group, elem = _TAG[little](head)
+    tag = group << 16 | elem
+    if implicit or group == 0xFFFE:  # items and delimiters have no VR (PS3.5 7.5)
+        return tag, None, _U32[little](head, 4)[0], pos + 8
+    known = VRS.get(head[4:6])
+    if known is None:
+        raise FramingError(
+            f"{_element_label(stack, tag)} at offset {pos} has a VR the walk does not know:"
+            f" {bytes(head[4:6])!r}",
+            tag,
+            pos,
+        )
+    vr, long = known
+    if not long:
+        return tag, vr, _U16[little](head, 6)[0], pos + 8
+    size = src.read(pos + 8, 4)
+    if len(size) < 4:
+        raise Truncated(
+            f"the data set ends inside the header of {_element_label(stack, tag)} at offset"
+            f" {pos}: {4 - len(size)} of its 12 bytes missing",
+            tag,
+            pos,
+            4 - len(size),
+        )
+    return tag, vr, _U32[little](size)[0], pos + 12
+
+
+class _Open:
+    """An undefined-length value being walked: a sequence (items follow) or an item."""
+
+    __slots__ = ("count", "implicit", "in_item", "little", "offset", "tag")
+
+    def __init__(self, in_item: bool, implicit: bool, little: bool, tag: int, offset: int) -> None:
+        self.in_item, self.implicit, self.little = in_item, implicit, little
+        self.tag, self.offset = tag, offset
+        self.count = 0  # items seen (in a sequence)
+
+
+_EXPLICIT_LE = struct.Struct("<HH2sH").unpack_from
+_IMPLICIT_LE = struct.Struct("<HHL").unpack_from
+_LONG_LENGTH = struct.Struct("<L").unpack_from
+
+
+def _top_level_run(src: FileSource, pos: int, implicit: bool) -> tuple[int, int | None, int]:
+    """Skip the top-level little-endian elements of defined length whose header and value
+    lie in the window of ``src``, with no call per element: (position reached, last tag,
+    its offset).  :func:`walk` does the rest, and every check, from there on."""
+    data, base = src.data, src.start
+    end = min(src.end, base + len(data))
+    vrs, last_tag, last_offset = VRS, None, pos
+    while pos + 12 <= end:
+        at = pos - base
+        if implicit:
+            group, elem, length = _IMPLICIT_LE(data, at)
+            value = pos + 8
+        else:
+            group, elem, vr, length = _EXPLICIT_LE(data, at)
+            known = vrs.get(vr)
+            if known is None:
+                break
+            if known[1]:
+                (length,) = _LONG_LENGTH(data, at + 8)
+                value = pos + 12
+            else:
+                value = pos + 8
+        if group == 0xFFFE or length == _UNDEFINED or value + length > end:
+            break
+        last_tag, last_offset = group << 16 | elem, pos
+        pos = value + length
+    return pos, last_tag, last_offset
+
+
+def walk(src: Source, start: int, implicit: bool, little: bool) -> Walked:
+    """Walk the data set whose first element starts at ``start`` to where its bytes end.
+
+    Raises :class:`Truncated` or :class:`FramingError` (see the module docstring).
+    Messages name the elements (nothing is named while all goes well: it is slow).
+    """
+    stack: list[_Open] = []
+    pos, last_tag, last_offset = start, None, start
+    fast = src if isinstance(src, FileSource) and little else None
+    while True:
+        if not stack:  # the next top-level element, or the end
+            if fast is not None:
+                fast.read(pos, 12)  # the window from here
+                pos, tag_seen, offset_seen = _top_level_run(fast, pos, implicit)
+                if tag_seen is not None:
+                    last_tag, last_offset = tag_seen, offset_seen
+            if not src.read(pos, 1):
+                return Walked(pos, last_tag, last_offset)
+            tag, vr, length, value = _header(src, pos, implicit, little, stack)
+            if tag >> 16 == 0xFFFE:
+                raise FramingError(
+                    f"an item or delimiter {tag_name(tag)} where an element goes, at offset {pos}",
+                    tag,
+                    pos,
+                )
+            last_tag, last_offset = tag, pos
+            enc = (implicit, little)
+        else:
+            top = stack[-1]
+            if not src.read(pos, 1):
+                what = "Item" if top.in_item else "Sequence"
+                raise Truncated(
+                    f"the data set ends at offset {pos} inside {_label(stack, len(stack))}"
+                    f" (undefined length, from offset {top.offset}), before its {what}"
+                    " Delimitation Item: at least 8 bytes missing",
+                    top.tag,
+                    top.offset,
+                    8,
+                )
+            tag, vr, length, value = _header(src, pos, top.implicit, top.little, stack)
+            if top.in_item:  # an element of a nested data set, or its end
+                if tag == _ITEM_DELIMITER:
+                    stack.pop()
+                    pos = value
+                    continue
+                if tag >> 16 == 0xFFFE:
+                    raise FramingError(
+                        f"{tag_name(tag)} where an element goes, at offset {pos}"
+                        f" in {_label(stack, len(stack))}",
+                        tag,
+                        pos,
+                    )
+            else:  # an item of a sequence (or a fragment), or its end
+                if tag == _SEQUENCE_DELIMITER:
+                    stack.pop()
+                    pos = value
+                    continue
+                if tag != _ITEM:
+                    raise FramingError(
+                        f"{tag_name(tag)} where an item goes, at offset {pos}"
+                        f" in {_label(stack, len(stack))}",
+                        tag,
+                        pos,
+                    )
+                top.count += 1
+                if length == _UNDEFINED:
+                    stack.append(_Open(True, top.implicit, top.little, tag, pos))
+                    pos = value
+                    continue
+            enc = (top.implicit, top.little)
+        if length == _UNDEFINED:
+            if vr == "UN":  # PS3.5 6.2.2: its value stays Implicit VR Little Endian
+                enc = (True, True)
+            stack.append(_Open(False, *enc, tag, pos))
+            if len(stack) > MAX_DEPTH:
+                raise FramingError(f"more than {MAX_DEPTH} nested sequences", tag, pos)
+            pos = value
+            continue
+        have = src.has(value, length)
+        if have < length:
+            raise Truncated(
+                f"{_element_label(stack, tag)} at offset {pos}: its value of {length} bytes"
+                f" runs past the end of the data set, {length - have} bytes missing",
+                tag,
+                pos,
+                length - have,
+            )
+        pos = value + length

@@ -1,0 +1,61 @@
+"""The bounds every DICOMweb request is held to, so that no client can exhaust the server.
+
+One :class:`HttpLimits` per app (``build_app(limits=...)``, kept in
+``app.state.limits``). A request outside a limit is answered 413 (a body, a
+part, too many parts) or 400 (a parameter) with the limit named in the
+reason, a log line is written, and nothing stored is touched: STOW-RS aborts
+the instance it was receiving. The STOW-RS data set limit itself is the store
+service's (``--max-instance-size``): a part whose data set exceeds it is
+answered 413 at once instead of being read to its end.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from dicomstore.http.common import HttpError
+
+log = logging.getLogger("dicomstore.http.limits")
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """Each bound; the defaults leave every real-world request inside them."""
+
+    #: a whole request body (STOW-RS), counted as it arrives (chunked or not)
+    max_body_bytes: int = 4 * GiB
+    #: parts of one multipart body
+    max_parts: int = 10_000
+    #: the header lines of one part (a few lines in practice)
+    max_part_header_bytes: int = 16 * KiB
+    #: attributes named by ``includefield`` in one QIDO-RS request
+    max_includefields: int = 100
+    #: ``limit`` and ``offset`` of a search (and ``offset`` of a browse page)
+    max_offset: int = 1 << 40
+    #: levels of nested sequences rendered (browse page, WADO-RS metadata)
+    max_sequence_depth: int = 32
+    #: elements (at every level) rendered on one browse page
+    max_rendered_elements: int = 20_000
+
+
+DEFAULT = HttpLimits()
+
+
+def limits(request: Request) -> HttpLimits:
+    """The limits of the app serving ``request``."""
+    found = getattr(request.app.state, "limits", None)
+    return found if isinstance(found, HttpLimits) else DEFAULT
+
+
+def refuse(request: Request, status: int, reason: str) -> HttpError:
+    """The error to raise for a request outside a limit, after its log line."""
+    client = request.client.host if request.client is not None else "?"
+    log.warning(
+        "%s %s from %s refused (%d): %s", request.method, request.url.path, client, status, reason
+    )
+    return HttpError(status, reason)

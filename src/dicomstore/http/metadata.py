@@ -1,0 +1,104 @@
+"""WADO-RS metadata (PS3.18 10.4.1.1.2) of many instances, through the metadata cache.
+
+Each instance's DICOM JSON is made once by :func:`~dicomstore.http.dicomjson.read_metadata`
+and kept in the archive's :class:`~dicomstore.archive.metacache.MetadataCache` as the
+JSON text itself, with every BulkDataURI (F.2.6) written as a random token standing
+for the instance's URL (which depends on the request's host or the configured base
+URL). A request then costs a ``stat`` and a row per instance: the token is replaced
+by the URL (JSON-escaped) and the text sent as is, so a cached answer is byte for
+byte the one the encoder gives. The key of an entry is the encoder version, the
+sequence depth limit, the instance's digest (index) and its file's identity (size,
+mtime, inode): a replaced or altered instance is made anew. The body is streamed
+one instance at a time; memory is bounded by :data:`BATCH` instances.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dicomstore.archive.layout import resolve
+from dicomstore.archive.metacache import MetadataCache
+from dicomstore.http.common import url_of
+from dicomstore.http.dicomjson import log_cut, read_metadata
+
+log = logging.getLogger("dicomstore.http.metadata")
+
+#: Bump when the DICOM JSON that read_metadata makes changes: older entries are remade.
+ENCODER = "1"
+#: Instances looked up (and written to the cache) together.
+BATCH = 100
+
+
+def _key(row: dict[str, Any], path: Path, max_depth: int) -> str:
+    st = os.stat(path)
+    return f"{ENCODER}:{max_depth}:{row['digest']}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+def encode(path: Path, transfer_syntax_uid: str, max_depth: int) -> bytes:
+    """The cache value of an instance: ``token cut\\n`` then its JSON text, where
+    ``token`` + tag stands for each BulkDataURI and ``cut`` is 1 if sequences were
+    cut at ``max_depth``. Raises as read_metadata does."""
+    token = "bulk" + secrets.token_hex(16)
+    cut: list[int] = []
+    item = read_metadata(
+        path, transfer_syntax_uid, lambda tag: f"{token}{tag:08X}", max_depth=max_depth, cut=cut
+    )
+    head = f"{token} {1 if cut else 0}\n".encode("ascii")
+    return head + json.dumps(item, ensure_ascii=False).encode()
+
+
+def _with_urls(value: bytes, instance_url: str) -> tuple[bytes, bool]:
+    """The JSON text of a cache value with its BulkDataURIs, and whether it was cut."""
+    head, _, text = value.partition(b"\n")
+    token, _, cut = head.partition(b" ")
+    if token in text:
+        prefix = json.dumps(f"{instance_url}/bulkdata/", ensure_ascii=False)[1:-1]
+        text = text.replace(token, prefix.encode())
+    return text, cut == b"1"
+
+
+def stream_metadata(
+    rows: list[dict[str, Any]],
+    root: Path,
+    base: str,
+    max_depth: int,
+    cache: MetadataCache,
+) -> Iterator[bytes]:
+    """The JSON array of the instances of ``rows``, one instance per chunk; those
+    deleted or unreadable since the query are left out (as the encoder does)."""
+    yield b"["
+    first = True
+    for start in range(0, len(rows), BATCH):
+        batch: list[tuple[dict[str, Any], Path, str]] = []
+        for row in rows[start : start + BATCH]:
+            try:
+                path = resolve(root, row["path"])
+                batch.append((row, path, _key(row, path, max_depth)))
+            except (OSError, ValueError):
+                continue  # deleted since the query
+        cached = cache.get_many({row["sop_instance_uid"]: key for row, _, key in batch})
+        made: list[tuple[str, str, bytes]] = []
+        for row, path, key in batch:
+            uid = row["sop_instance_uid"]
+            value = cached.get(uid)
+            if value is None:
+                try:
+                    value = encode(path, row["transfer_syntax_uid"], max_depth)
+                except (OSError, ValueError, RecursionError) as exc:
+                    log.warning("metadata of %s left out: %s", uid, exc)
+                    continue
+                made.append((uid, key, value))
+            url = url_of(base, row["study_uid"], row["series_uid"], uid)
+            text, was_cut = _with_urls(value, url)
+            if was_cut and uid in cached:
+                log_cut(path, max_depth)  # as the encoder logs it when it cuts
+            yield (b"" if first else b",") + text
+            first = False
+        cache.put_many(made)
+    yield b"]"

@@ -1,0 +1,119 @@
+"""How the HTTP door is guarded: one :class:`HttpSecurity` from ``serve``'s options.
+
+It gathers the policy file (identities and rights, :mod:`dicomstore.http.auth`),
+the audit trail (:mod:`dicomstore.http.read_audit`), the origins allowed
+cross-origin requests (CORS, Fetch standard: none by default, so a web page
+from elsewhere cannot read answers in a browser), and the HTTPS certificate
+and key (:func:`dicomstore.tls.server_context`: TLS 1.2+, BCP 195 suites).
+:func:`~dicomstore.http.app.build_app` turns it into middleware, outermost
+first: access log, CORS, authentication, read audit.
+
+Without a policy file HTTP is open: anyone who reaches the port may read and
+store. That is why it binds to 127.0.0.1 unless ``--http-host`` says otherwise,
+and :meth:`HttpSecurity.warnings` names the exposure when it is wider.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from dicomstore.http.access_log import AccessLogMiddleware
+from dicomstore.http.auth import AuthMiddleware, HttpAuth
+from dicomstore.http.read_audit import AuditWriter, ReadAuditMiddleware
+from dicomstore.policy import HTTP_ACTIONS, Policy
+from dicomstore.services.admission import FailedAdmissions
+
+#: Request headers a cross-origin client may send (besides the CORS-safelisted ones).
+CORS_HEADERS = ("Authorization", "Accept", "Content-Type")
+
+
+@dataclass(frozen=True)
+class HttpSecurity:
+    """Who may use the HTTP door, over what, and what is recorded."""
+
+    policy: Policy | None = None
+    audit: AuditWriter | None = None
+    cors_origins: tuple[str, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: failed credentials per client address before 429 (0: never), and their window
+    max_failed: int = 10
+    failed_window: float = 60.0
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The HTTPS context, or None for plain HTTP; ``TLSFileError`` or
+        ``ValueError`` (one line naming the ``--http-tls-*`` option) if unusable."""
+        if self.tls_cert is None and self.tls_key is None:
+            return None
+        if self.tls_cert is None or self.tls_key is None:
+            raise ValueError("--http-tls-cert and --http-tls-key go together")
+        from dicomstore.tls import server_context
+
+        return server_context(self.tls_cert, self.tls_key, option_prefix="--http-tls-")
+
+    @property
+    def anonymous_rights(self) -> frozenset[str]:
+        """What a request without credentials may do."""
+        return HTTP_ACTIONS if self.policy is None else self.policy.http_anonymous_may
+
+    def warnings(self, host: str) -> list[str]:
+        """What the operator should know about serving HTTP on ``host``."""
+        if _loopback(host):
+            return []
+        found = []
+        rights = ", ".join(sorted(self.anonymous_rights))
+        if rights:
+            why = "no --config" if self.policy is None else "http_anonymous_may"
+            found.append(
+                f"HTTP on {host} requires no credentials to {rights} ({why}): "
+                "anyone who can reach it can"
+            )
+        if self.policy is not None and self.tls_cert is None:
+            found.append(
+                f"HTTP on {host} without --http-tls-cert: passcodes and tokens travel in clear"
+            )
+        return found
+
+    def middleware(self) -> list[Middleware]:
+        """The middleware stack, outermost first."""
+        stack = [Middleware(AccessLogMiddleware)]
+        if self.cors_origins:
+            stack.append(
+                Middleware(
+                    CORSMiddleware,
+                    allow_origins=list(self.cors_origins),
+                    allow_methods=["GET", "HEAD", "POST"],
+                    allow_headers=list(CORS_HEADERS),
+                    allow_credentials=True,
+                    expose_headers=["Warning", "Content-Disposition"],
+                )
+            )
+        if self.policy is not None:
+            failed = FailedAdmissions(self.max_failed, self.failed_window)
+            stack.append(Middleware(AuthMiddleware, auth=HttpAuth(self.policy, failed=failed)))
+        if self.audit is not None:
+            stack.append(Middleware(ReadAuditMiddleware, audit=self.audit))
+        return stack
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def describe(security: HttpSecurity | None) -> str:
+    """One line for the start-up log: what HTTP asks of its clients."""
+    if security is None or security.policy is None:
+        return "open (no --config)"
+    rights = ", ".join(sorted(security.anonymous_rights)) or "nothing"
+    return f"credentials from the policy file; anonymous may: {rights}"

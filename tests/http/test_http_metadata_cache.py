@@ -1,0 +1,207 @@
+"""WADO-RS metadata through the metadata cache (``http/metadata.py``, ``archive/metacache.py``):
+byte for byte what the encoder gives, cold and warm, whatever the request's host; never
+an answer of an instance as it was before a replace or a change on disk; deleted
+instances forgotten; a damaged cache made anew."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from http_testlib import CT, HttpThread, make_dataset, store, store_file
+from pydicom.data import get_charset_files, get_testdata_file
+from test_http_depth import STUDY as DEEP_STUDY
+from test_http_depth import store_nested
+
+from dicomstore.archive import Archive
+from dicomstore.archive.layout import resolve
+from dicomstore.archive.metacache import CACHE_FILE, MetadataCache
+from dicomstore.archive.reader import ArchiveReader
+from dicomstore.archive.removal import remove
+from dicomstore.http.common import url_of
+from dicomstore.http.dicomjson import read_metadata
+from dicomstore.http.limits import DEFAULT
+
+STUDY = "1.2.826.0.1.3680043.10.9"
+SERIES = STUDY + ".1"
+#: pydicom test files with what the encoder must get right: PN, AT, IS/DS, sequences
+#: (nested, UN), private tags, big endian, implicit VR, deflate, encapsulated pixels,
+#: overlays, waveforms, SR, bad VRs; and every character set file (ISO 2022 Japanese,
+#: Korean, Greek, Arabic, Hebrew, UTF-8, GB18030...).
+FILES = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "rtplan.dcm",
+    "rtdose.dcm",
+    "JPEG2000.dcm",
+    "MR_small_bigendian.dcm",
+    "MR_small_implicit.dcm",
+    "image_dfl.dcm",
+    "waveform_ecg.dcm",
+    "SC_rgb_rle.dcm",
+    "test-SR.dcm",
+    "reportsi.dcm",
+    "examples_overlay.dcm",
+    "liver_1frame.dcm",
+    "badVR.dcm",
+)
+#: stored as data sets (without file meta, or without the UIDs the archive needs)
+DATASET_FILES = [
+    *(get_testdata_file(name) for name in ("UN_sequence.dcm", "empty_charset_LEI.dcm")),
+    *sorted(get_charset_files("chr*.dcm")),
+]
+
+
+def store_as_dataset(archive: Archive, path: str, n: int) -> dict:
+    """A test file (some without file meta or UIDs) stored as its data set, with the
+    UIDs the archive needs."""
+    ds = pydicom.dcmread(path, force=True)
+    ds.SOPClassUID = ds.get("SOPClassUID", CT)
+    ds.SOPInstanceUID = f"{STUDY}.77.{n}"
+    ds.StudyInstanceUID = ds.get("StudyInstanceUID", f"{STUDY}.77")
+    ds.SeriesInstanceUID = f"{STUDY}.77.{n}.1"
+    return store(archive, ds).instance
+
+
+def generated(n: int) -> object:
+    """An instance of the generated series: PN groups, AT, IS/DS lists, a sequence,
+    private tags (a short and a bulk value), pixels."""
+    ds = make_dataset(f"{SERIES}.{n}", study=STUDY, series=SERIES, number=n, frames=1)
+    ds.PatientName = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.add_new(0x00209165, "AT", [0x00100010, 0x00200013])  # Dimension Index Pointer
+    ds.add_new(0x00280030, "DS", ["0.5", "1.25e2"])
+    ds.add_new(0x00181310, "US", [0, 4, 3, 0])
+    ds.add_new(0x00291010, "OB", bytes(range(256)) * 8)  # private, over the bulk threshold
+    ds.add_new(0x00290010, "LO", "PRIVATE CREATOR")
+    ds.add_new(0x00291011, "UN", b"\x01\x02\x03\x04")
+    item = make_dataset(f"{SERIES}.{n}.9", study=STUDY, series=SERIES)
+    ds.add_new(0x00081140, "SQ", [item])
+    return ds
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[httpx.Client, Archive]]:
+    archive = Archive(tmp_path / "archive", fsync=False, on_duplicate="replace")
+    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
+        yield client, archive
+    archive.close()
+
+
+def expected(archive: Archive, path: str, base: str) -> bytes:
+    """The body the encoder gives without any cache (as wado.metadata did before)."""
+    reader = ArchiveReader(archive.root)
+    parts = path.strip("/").split("/")
+    filters = dict(zip(("StudyInstanceUID", "SeriesInstanceUID"), parts[1::2], strict=False))
+    items = []
+    for row in reader.search("instance", filters):
+        url = url_of(base, row["study_uid"], row["series_uid"], row["sop_instance_uid"])
+        item = read_metadata(
+            resolve(archive.root, row["path"]),
+            row["transfer_syntax_uid"],
+            lambda tag, url=url: f"{url}/bulkdata/{tag:08X}",
+            max_depth=DEFAULT.max_sequence_depth,
+        )
+        items.append(json.dumps(item, ensure_ascii=False).encode())
+    return b"[" + b",".join(items) + b"]"
+
+
+def cached_rows(archive: Archive) -> dict[str, str]:
+    db = sqlite3.connect(archive.root / CACHE_FILE)
+    try:
+        return dict(db.execute("SELECT sop_instance_uid, key FROM entry"))
+    finally:
+        db.close()
+
+
+def test_cold_and_warm_answers_are_the_encoders_byte_for_byte(served) -> None:
+    client, archive = served
+    for n in range(1, 6):
+        store(archive, generated(n))
+    paths = [f"/studies/{STUDY}/series/{SERIES}/metadata"]
+    rows = [store_file(archive, get_testdata_file(name)).instance for name in FILES]
+    rows += [store_as_dataset(archive, p, n) for n, p in enumerate(DATASET_FILES)]
+    assert len(DATASET_FILES) >= 17
+    for row in rows:
+        paths.append(f"/studies/{row['study_uid']}/series/{row['series_uid']}/metadata")
+    for path in paths:
+        for host in ("first.example", "other.example:8042", "first.example"):
+            r = client.get(path, headers={"host": host})
+            assert r.status_code == 200, (path, r.text)
+            assert r.content == expected(archive, path, f"http://{host}/"), (path, host)
+    stored = {row["sop_instance_uid"] for row in rows}  # some files share a UID: replaced
+    assert len(cached_rows(archive)) == 5 + len(stored)
+    bulk = client.get(paths[0]).json()[0]["00291010"]  # a private bulk value, as before
+    assert bulk["BulkDataURI"].endswith(f"/instances/{SERIES}.1/bulkdata/00291010")
+
+
+def test_a_replaced_instance_is_never_answered_from_its_old_entry(served) -> None:
+    client, archive = served
+    path = f"/studies/{STUDY}/series/{SERIES}/metadata"
+    store(archive, make_dataset(f"{SERIES}.1", study=STUDY, series=SERIES, patient_name="Old^X"))
+    assert client.get(path).json()[0]["00100010"]["Value"] == [{"Alphabetic": "Old^X"}]
+    before = cached_rows(archive)
+    store(archive, make_dataset(f"{SERIES}.1", study=STUDY, series=SERIES, patient_name="New^Y"))
+    assert client.get(path).json()[0]["00100010"]["Value"] == [{"Alphabetic": "New^Y"}]
+    assert cached_rows(archive) != before  # the entry was made anew, under its new key
+
+
+def test_a_file_changed_behind_the_archive_is_read_again(served) -> None:
+    client, archive = served
+    path = f"/studies/{STUDY}/series/{SERIES}/metadata"
+    store(archive, make_dataset(f"{SERIES}.1", study=STUDY, series=SERIES, patient_name="Aaa^B"))
+    assert client.get(path).json()[0]["00100010"]["Value"] == [{"Alphabetic": "Aaa^B"}]
+    (row,) = ArchiveReader(archive.root).instances(StudyInstanceUID=STUDY)
+    file = resolve(archive.root, row["path"])
+    file.write_bytes(file.read_bytes().replace(b"Aaa^B", b"Zzz^B"))  # same size, same digest row
+    assert client.get(path).json()[0]["00100010"]["Value"] == [{"Alphabetic": "Zzz^B"}]
+
+
+def test_deleted_instances_are_forgotten(served) -> None:
+    client, archive = served
+    for n in (1, 2):
+        store(archive, make_dataset(f"{SERIES}.{n}", study=STUDY, series=SERIES, number=n))
+    assert len(client.get(f"/studies/{STUDY}/metadata").json()) == 2
+    assert set(cached_rows(archive)) == {f"{SERIES}.1", f"{SERIES}.2"}
+    remove(archive.root, f"{SERIES}.1", fsync=False)
+    assert set(cached_rows(archive)) == {f"{SERIES}.2"}
+    remove(archive.root, STUDY, fsync=False)
+    assert cached_rows(archive) == {}
+
+
+def test_a_damaged_cache_is_made_anew(tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "archive", fsync=False)
+    store(archive, make_dataset(f"{SERIES}.1", study=STUDY, series=SERIES))
+    (archive.root / CACHE_FILE).parent.mkdir()
+    (archive.root / CACHE_FILE).write_bytes(b"not a database at all" * 100)
+    cache = MetadataCache(archive.root)
+    assert cache.get_many({"x": "y"}) == {}
+    cache.put_many([("x", "y", b"value")])
+    assert cache.get_many({"x": "y"}) == {"x": b"value"}
+    assert cache.get_many({"x": "another key"}) == {}  # a key that differs: a miss
+    cache.close()
+    archive.close()
+
+
+def test_the_depth_cut_is_kept_and_logged_when_answered_from_the_cache(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    archive = Archive(tmp_path / "archive", fsync=False)
+    store_nested(archive, 300)
+    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
+        path = f"/studies/{DEEP_STUDY}/metadata"
+        want = expected(archive, path, f"{srv.url}/")
+        for _ in range(2):  # cold, then from the cache
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="dicomstore.http.dicomjson"):
+                r = client.get(path)
+            assert r.content == want
+            assert "sequences nested deeper than" in caplog.text
+    assert len(cached_rows(archive)) == 1
+    archive.close()
