@@ -35,7 +35,8 @@ SCP_STATUSES: tuple[tuple[int, str], ...] = (
     (
         st.OUT_OF_RESOURCES,
         "out of resources: disk full, quota, index unavailable, below `--min-free`, "
-        "larger than `--max-instance-size`",
+        "larger than `--max-instance-size` (a deflated data set: inflated, and 256 MiB "
+        "without that option)",
     ),
     (
         st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -139,7 +140,10 @@ def statement() -> str:
         "`--max-per-address`, a `--config` policy file). Rejections: *calling AE title "
         "not recognized* or *called AE title not recognized* (permanent), *no reason* "
         "(permanent, failed user identity), *temporary congestion* or *local limit "
-        "exceeded* (transient).",
+        "exceeded* (transient). Only associations whose request was complete count "
+        "against the limits; a request must be complete within ARTIM of the connection "
+        "(`--artim-timeout`, not restarted by bytes), each PDU within `--operation-timeout` "
+        "of its first byte (else A-ABORT, service-provider source, reason not specified).",
         "",
         "Presentation context acceptance: every Storage SOP Class of Appendix A and "
         "Verification; other abstract syntaxes are refused (*abstract syntax not "

@@ -20,7 +20,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 from dicomstore import uids
-from dicomstore.aio.association import Stream, Timeouts, Transport
+from dicomstore.aio.association import Timeouts, Transport
+from dicomstore.aio.stream import Stream
 from dicomstore.dimse import (
     CEchoRQ,
     CEchoRSP,

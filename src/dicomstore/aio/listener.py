@@ -16,7 +16,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from dicomstore.aio.association import Stream
+from dicomstore.aio.stream import Stream
 
 log = logging.getLogger("dicomstore.server")
 

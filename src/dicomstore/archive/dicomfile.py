@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import enum
 import functools
-import io
+import os
 import re
 import struct
-import zlib
+import tempfile
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -32,6 +32,7 @@ from pydicom.uid import UID
 
 from dicomstore.archive.layout import uid_bytes
 from dicomstore.framing import FramingError, file_meta
+from dicomstore.inflation import InflateError, inflate_into
 from dicomstore.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomstore.vr import LONG_VRS
 
@@ -39,6 +40,8 @@ PREAMBLE = bytes(128)
 PREFIX = b"DICM"
 #: Top-level elements larger than this are skipped, not loaded (values not needed).
 DEFER_SIZE = 1 << 20
+#: An inflated data set is read from memory up to this size, else from a file.
+SPOOL_IN_MEMORY = 8 << 20
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 #: Groups that cannot start a top-level element of a data set: command (0000),
 #: file meta (0002), items and delimiters (FFFE), reserved (FFFF). (The odd groups
@@ -208,14 +211,25 @@ def read_header(fp: BinaryIO, start: int, size: int, transfer_syntax_uid: str) -
     """The data set in ``fp[start:size]`` up to (not including) the Pixel Data.
 
     Elements longer than :data:`DEFER_SIZE` are left unread. A deflated data set
-    (PS3.5 A.5) is inflated in memory first. Raises :class:`HeaderError`.
+    (PS3.5 A.5) is inflated first, as a stream, into a temporary file beside
+    ``fp`` (in memory up to :data:`SPOOL_IN_MEMORY`). Raises :class:`HeaderError`.
     """
     implicit, little, deflated = encoding_of(transfer_syntax_uid)
     fp.seek(start)
-    stream: BinaryIO = fp
-    if deflated:
-        stream = io.BytesIO(_inflate(fp))
-        start, size = 0, len(stream.getbuffer())
+    if not deflated:
+        return _read_header(fp, start, size, implicit, little)
+    name = getattr(fp, "name", None)
+    where = os.path.dirname(name) if isinstance(name, str) else None
+    with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=where) as spool:
+        try:
+            size = inflate_into(fp, spool)
+        except InflateError as exc:
+            raise HeaderError(str(exc)) from None
+        spool.seek(0)
+        return _read_header(spool, 0, size, implicit, little)  # type: ignore[arg-type]
+
+
+def _read_header(stream: BinaryIO, start: int, size: int, implicit: bool, little: bool) -> Dataset:
     if size <= start:
         raise HeaderError("the data set is empty")
     try:
@@ -227,20 +241,6 @@ def read_header(fp: BinaryIO, start: int, size: int, transfer_syntax_uid: str) -
     if stop < size:
         _check_pixel_header(stream, stop, size, implicit, little)
     return ds
-
-
-def _inflate(fp: BinaryIO) -> bytes:
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    parts = []
-    try:
-        while chunk := fp.read(1 << 20):
-            parts.append(inflater.decompress(chunk))
-        parts.append(inflater.flush())
-    except zlib.error as exc:
-        raise HeaderError(f"the deflated data set cannot be inflated: {exc}") from exc
-    if not inflater.eof:
-        raise HeaderError("the deflated data set is truncated")
-    return b"".join(parts)
 
 
 def _positions(ds: Dataset, implicit: bool) -> list[tuple[int, int, int | None, bool]]:

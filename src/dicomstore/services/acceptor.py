@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from dicomstore.aio.association import Transport
+from dicomstore.aio.association import StalledPDU, Transport
 from dicomstore.dimse import (
     CEchoRQ,
     CEchoRSP,
@@ -80,10 +80,13 @@ class OperationTooSlow(Exception):
 class AcceptorAssociation:
     """One inbound association, from TCP accept to close."""
 
-    def __init__(self, server: Server, transport: Transport, *, over_limit: bool) -> None:
+    def __init__(self, server: Server, transport: Transport) -> None:
         self.server = server
         self.t = transport
-        self.over_limit = over_limit
+        #: counted against ``max_associations`` (and the per-AE/address limits):
+        #: from a complete A-ASSOCIATE-RQ within the limits until the end, so that
+        #: connections still sending theirs (within ARTIM) take no slot
+        self.holds_slot = False
         self.storage: StorageSCP | None = None
         self.receiving: Receiving | None = None
         #: C-STOREs whose data set arrived and whose commit runs, by Message ID.
@@ -127,6 +130,14 @@ class AcceptorAssociation:
                         raise OperationTooSlow
                 try:
                     events = await t.receive(idle, until)
+                except StalledPDU as exc:
+                    log.warning("%s: %s; aborting (A-ABORT, service-provider)", t.peer, exc)
+                    self.outcome = "aborted: PDU too slow"
+                    self._drop_receiving()
+                    t.conn.protocol_error(exc)  # AA-8: A-ABORT, source 2, reason 0
+                    await t.flush()
+                    await t.close()  # the peer's trickle is not worth ARTIM
+                    break
                 except TimeoutError:
                     if until is not None and loop.time() >= until:
                         raise OperationTooSlow from None
@@ -236,24 +247,29 @@ class AcceptorAssociation:
         return window != 1 or len(self.server.associations) > 1
 
     def _reject(self, rq: P.AssociateRQ, rj: P.AssociateRJ, why: str) -> None:
+        self.holds_slot = False
         log.warning("%s: rejected %s -> %s: %s", self.t.peer, rq.calling_ae, rq.called_ae, why)
         self.outcome = f"rejected: {why}"
         self.t.conn.reject(rj)
 
-    def _over_limits(self, rq: P.AssociateRQ) -> str | None:
+    def _over_limits(self, rq: P.AssociateRQ) -> tuple[P.AssociateRJ, str] | None:
+        """Why (and how) to reject for the association limits: the associations
+        holding a slot count, not connections still sending their request."""
         config = self.server.config
-        if self.over_limit:
-            return f"{config.max_associations} associations already"
-        others = [a for a in self.server.associations if a is not self and a.request is not None]
+        others = [a for a in self.server.associations if a is not self and a.holds_slot]
+        if len(others) >= config.max_associations:
+            return _CONGESTION, f"{config.max_associations} associations already"
         if config.max_per_calling_ae and (
             sum(a.request.calling_ae == rq.calling_ae for a in others if a.request is not None)
             >= config.max_per_calling_ae
         ):
-            return f"{config.max_per_calling_ae} associations from {rq.calling_ae} already"
+            why = f"{config.max_per_calling_ae} associations from {rq.calling_ae} already"
+            return _LOCAL_LIMIT, why
         if config.max_per_address and (
             sum(a.address == self.address for a in others) >= config.max_per_address
         ):
-            return f"{config.max_per_address} associations from {self.address} already"
+            why = f"{config.max_per_address} associations from {self.address} already"
+            return _LOCAL_LIMIT, why
         return None
 
     async def _on_request(self, rq: P.AssociateRQ) -> None:
@@ -261,8 +277,9 @@ class AcceptorAssociation:
         self.request = rq
         limit = self._over_limits(rq)
         if limit is not None:
-            self._reject(rq, _CONGESTION if self.over_limit else _LOCAL_LIMIT, limit)
+            self._reject(rq, *limit)
             return
+        self.holds_slot = True  # before any await: requests arriving meanwhile count it
         answer, negotiated = negotiate(rq, self.server.policy)
         if isinstance(answer, P.AssociateRJ):
             why = P.describe_reject(answer.result, answer.source, answer.reason)

@@ -16,8 +16,9 @@ import ssl
 from dataclasses import dataclass, field
 
 from dicomstore import uids
-from dicomstore.aio.association import Stream, Timeouts, Transport
+from dicomstore.aio.association import Timeouts, Transport
 from dicomstore.aio.listener import Listener
+from dicomstore.aio.stream import Stream
 from dicomstore.handler import StoreHandler
 from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
 from dicomstore.services.admission import AuditSink, FailedAdmissions, Gatekeeper
@@ -162,10 +163,10 @@ class Server:
     async def _on_connect(self, stream: Stream) -> None:
         conn = Connection(Role.ACCEPTOR, max_pdata=self.config.max_pdu)
         transport = Transport(stream, conn, self.config.timeouts)
-        over = len(self.associations) >= self.config.max_associations
-        assoc = AcceptorAssociation(self, transport, over_limit=over)
-        if not over:
-            self.associations.add(assoc)
+        # every connection, for shutdown; the association limits count only those
+        # whose request was complete and within them (AcceptorAssociation.holds_slot)
+        assoc = AcceptorAssociation(self, transport)
+        self.associations.add(assoc)
         try:
             await assoc.run()
         finally:

@@ -10,6 +10,9 @@ authorization
 limits
     ``min_free_bytes`` below which nothing is begun, ``max_instance_bytes``
     beyond which the data set is discarded as it arrives: A700 (PS3.4 B.2.3);
+    a deflated data set (PS3.5 A.5) is also inflated as it arrives, only to
+    count: beyond ``max_instance_bytes`` (or, without one,
+    ``max_inflated_bytes``) inflated bytes, A700 too (a deflate bomb);
 validation and durability
     the handler's (``Archive``: identity, hierarchy, encoding, duplicate and
     relational policies, flushes before the answer);
@@ -27,6 +30,7 @@ file) go through :meth:`StoreService.refused`, for the same log and audit.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import shutil
 import time
@@ -35,7 +39,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dicomstore import status as st
+from dicomstore import uids
 from dicomstore.handler import StoreHandler, StoreSink
+from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflatedSize
 from dicomstore.services.admission import AdmissionRequest, AuditSink, Gatekeeper
 from dicomstore.services.store_log import log_store
 
@@ -88,11 +94,19 @@ class Caller:
 
 @dataclass(frozen=True)
 class StoreLimits:
-    """``max_instance_bytes``: largest data set (0: none); ``min_free_bytes``: free
-    space below which nothing is stored (0: none)."""
+    """``max_instance_bytes``: largest data set (0: none), as sent and, when
+    deflated, inflated; ``min_free_bytes``: free space below which nothing is
+    stored (0: none); ``max_inflated_bytes``: what a deflated data set may
+    inflate to when there is no ``max_instance_bytes``."""
 
     max_instance_bytes: int = 0
     min_free_bytes: int = 0
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED
+
+    @property
+    def inflated_limit(self) -> int:
+        """What a deflated data set may inflate to."""
+        return self.max_instance_bytes or self.max_inflated_bytes
 
 
 @dataclass
@@ -126,18 +140,23 @@ class Storing:
     result: StoreResult | None = None  # known before the data set ends
     failed_write: OSError | None = field(default=None, repr=False)
     started: float = field(default_factory=time.monotonic, repr=False)
+    #: for a deflated data set: what it inflates to, counted as it arrives
+    inflated: InflatedSize | None = field(default=None, repr=False)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append one fragment; an I/O error or the size limit fails the store."""
+        """Append one fragment; an I/O error or a size limit fails the store."""
         self.nbytes += len(data)
         sink = self.sink
         if sink is None:
             return
         if self.limit and self.nbytes > self.limit:
-            self.sink = None
-            sink.abort()
-            self.result = StoreResult(
-                st.OUT_OF_RESOURCES, f"data set larger than the limit of {self.limit} bytes"
+            self._too_large(f"data set larger than the limit of {self.limit} bytes")
+            return
+        inflated = self.inflated
+        if inflated is not None and not inflated.feed(data):
+            self._too_large(
+                f"deflated data set inflates to over {inflated.limit} bytes, the limit"
+                f" ({self.nbytes} bytes received)"
             )
             return
         try:
@@ -147,11 +166,27 @@ class Storing:
             self.sink = None
             sink.abort()
 
+    def _too_large(self, comment: str) -> None:
+        """A700 (PS3.4 B.2.3: Refused, Out of Resources): kept from the archive,
+        the rest discarded unread; logged once the door answers (``finish``)."""
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.abort()
+        self.inflated = None
+        self.result = StoreResult(st.OUT_OF_RESOURCES, comment)
+
     def abort(self) -> None:
         """The door gave up mid-data set (connection lost): leave nothing behind."""
         if self.sink is not None:
             sink, self.sink = self.sink, None
             sink.abort()
+
+
+@functools.lru_cache(maxsize=32)
+def _deflated(transfer_syntax_uid: str) -> bool:
+    """The data set is a deflate stream (PS3.5 A.5, and the JPIP Referenced Deflate ones)."""
+    uid = uids.as_uid(transfer_syntax_uid)
+    return bool(uid.is_transfer_syntax and uid.is_deflated)
 
 
 class StoreService:
@@ -251,6 +286,9 @@ class StoreService:
             storing.result = StoreResult(
                 st.OUT_OF_RESOURCES, f"cannot store: {exc.strerror or exc}"
             )
+            return storing
+        if _deflated(transfer_syntax_uid):  # counted as it arrives: a bomb is cut short
+            storing.inflated = InflatedSize(self.limits.inflated_limit)
         return storing
 
     async def finish(self, storing: Storing, *, in_thread: bool = True) -> StoreResult:

@@ -1,0 +1,101 @@
+"""Inflating a deflated data set (PS3.5 A.5) as a stream, in bounded memory.
+
+A Deflated Explicit VR Little Endian data set is a raw deflate stream (RFC
+1951): a megabyte of it may inflate to a gigabyte (a "deflate bomb"). Nothing
+here holds more than :data:`CHUNK` inflated bytes at once:
+:class:`InflatedSize` counts what the stream inflates to as its bytes arrive,
+so that a door can refuse it once beyond a limit (the store service, for
+C-STORE and STOW-RS alike: A700), and :func:`inflate_into` writes the
+inflated data set to a file (the archive reads its header from there).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from typing import BinaryIO, Protocol
+
+__all__ = ["CHUNK", "DEFAULT_MAX_INFLATED", "InflatedSize", "InflateError", "inflate_into"]
+
+#: What a deflated data set may inflate to when no ``--max-instance-size`` is
+#: set (with one, that limit counts the inflated bytes instead).
+DEFAULT_MAX_INFLATED = 256 * 1024 * 1024
+#: Inflated bytes produced per step.
+CHUNK = 1024 * 1024
+#: Deflated bytes given to zlib per step: what it keeps unconsumed (copied on
+#: each step) stays this small whatever the size of the fragment.
+_STEP_IN = 64 * 1024
+
+
+def _pieces(z: zlib._Decompress, data: bytes | memoryview) -> Iterator[bytes]:
+    """What ``data`` inflates to, CHUNK bytes at most at a time."""
+    out = z.decompress(data, CHUNK)
+    while out:
+        yield out
+        if z.eof or (len(out) < CHUNK and not z.unconsumed_tail):
+            return
+        out = z.decompress(z.unconsumed_tail, CHUNK)
+
+
+class _Target(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+class InflateError(ValueError):
+    """The bytes are not a raw deflate stream, or it ends too soon."""
+
+
+class InflatedSize:
+    """What a raw deflate stream fed in pieces inflates to (:attr:`size`), up to
+    ``limit``: :meth:`feed` returns False once beyond it and inflates no more.
+
+    Bytes that do not inflate stop the count silently (:attr:`broken`): the
+    reader of the data set reports that (C000), not the counter.
+    """
+
+    __slots__ = ("_z", "broken", "limit", "size")
+
+    def __init__(self, limit: int) -> None:
+        self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+        self.limit = limit
+        self.size = 0
+        self.broken = False
+
+    @property
+    def over(self) -> bool:
+        return self.size > self.limit
+
+    def feed(self, data: bytes | bytearray | memoryview) -> bool:
+        """Count what ``data`` inflates to; False once the total is beyond ``limit``."""
+        z = self._z
+        if self.broken or z.eof or self.over:
+            return not self.over
+        view = memoryview(data).cast("B")
+        try:
+            for at in range(0, len(view), _STEP_IN):
+                for out in _pieces(z, view[at : at + _STEP_IN]):
+                    self.size += len(out)
+                    if self.size > self.limit:
+                        return False
+                if z.eof:
+                    break
+        except zlib.error:
+            self.broken = True
+        return not self.over
+
+
+def inflate_into(source: BinaryIO, target: _Target) -> int:
+    """Inflate the raw deflate stream read from ``source`` into ``target``, CHUNK
+    bytes at a time; the inflated size. Raises :class:`InflateError`."""
+    z = zlib.decompressobj(-zlib.MAX_WBITS)
+    size = 0
+    try:
+        while not z.eof and (data := source.read(_STEP_IN)):
+            for out in _pieces(z, data):
+                target.write(out)
+                size += len(out)
+    except zlib.error as exc:
+        raise InflateError(f"the deflated data set cannot be inflated: {exc}") from exc
+    if not z.eof:
+        raise InflateError("the deflated data set is truncated")
+    return size

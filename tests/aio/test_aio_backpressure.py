@@ -1,0 +1,67 @@
+"""Write backpressure on the client side (issue 12): while the peer does not
+read what we send (our write buffer above aio.stream.WRITE_HIGH_WATER), the
+client's Stream reads nothing from it either, and reads again once the peer
+catches up (below WRITE_LOW_WATER). The server's side, on the real server:
+tests/test_bounds_rss.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dicomstore import uids
+from dicomstore.aio.client import associate
+from dicomstore.ul import pdu as P
+from dicomstore.ul.negotiation import AcceptorPolicy, negotiate
+from tests.test_hostile import SC
+
+MiB = 1024 * 1024
+
+
+async def _until(predicate, turns: int = 200_000) -> bool:
+    """Yield to the loop until ``predicate()`` holds (no timed sleep)."""
+    for _ in range(turns):
+        if predicate():
+            return True
+        await asyncio.sleep(0)
+    return predicate()
+
+
+def test_a_client_whose_writes_back_up_stops_reading() -> None:
+    async def main():
+        peer_reader: asyncio.StreamReader | None = None
+        peer_writer: asyncio.StreamWriter | None = None
+        accepted = asyncio.Event()
+
+        async def scp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal peer_reader, peer_writer
+            header = await reader.readexactly(6)
+            body = await reader.readexactly(int.from_bytes(header[2:], "big"))
+            rq = P.decode_pdu(header[0], body)
+            policy = AcceptorPolicy("ANY-SCP", {SC: (uids.EXPLICIT_VR_LE,)})
+            writer.write(P.encode(negotiate(rq, policy)[0]))
+            peer_reader, peer_writer = reader, writer
+            accepted.set()
+
+        server = await asyncio.start_server(scp, "127.0.0.1", 0, limit=MiB)
+        port = server.sockets[0].getsockname()[1]
+        assoc = await associate("127.0.0.1", port, contexts=[(SC, [uids.EXPLICIT_VR_LE])])
+        await accepted.wait()
+        stream = assoc.t.stream
+        # a big data set the peer does not read: our writes back up
+        store = asyncio.create_task(
+            assoc.store_stream(assoc.context_for(SC), SC, "1.2.3.4", [bytes(64 * MiB)])
+        )
+        backed_up = await _until(lambda: stream._write_paused)
+        paused = stream.reading_paused and not stream.transport.is_reading()
+        # the peer catches up: we read again
+        assert peer_reader is not None and peer_writer is not None
+        drained = asyncio.create_task(peer_reader.read(-1))
+        resumed = await _until(lambda: not stream._write_paused and stream.transport.is_reading())
+        store.cancel()
+        await assoc.abort()
+        drained.cancel()
+        peer_writer.close()
+        server.close()
+        return backed_up, paused, resumed
+
+    assert asyncio.run(main()) == (True, True, True)

@@ -1,0 +1,119 @@
+"""Peers that trickle bytes (issue 12, "Slowloris"): an A-ASSOCIATE-RQ must be
+complete within ARTIM of the connection, whatever arrives meanwhile (PS3.8
+9.1.5); inside an association each PDU within ``Timeouts.operation`` of its
+first byte (A-ABORT, service-provider); and connections still sending their
+request take no association slot, so a well-behaved peer is served.
+
+The trickle is paced by waiting for the server's answer (EOF or a PDU) for a
+fraction of the timer, never by sleeping; no assertion is on timing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from dicomstore import uids
+from dicomstore.aio.association import Timeouts
+from dicomstore.aio.client import associate, build_contexts, our_user_information
+from dicomstore.services.server import Server, ServerConfig
+from dicomstore.ul import pdu as P
+from tests.conftest import NullHandler
+
+#: Seconds: the timers under test (the CLI's --artim-timeout/--operation-timeout).
+TIMER = 1.0
+
+
+def _rq_bytes(calling_ae: str = "SLOW") -> bytes:
+    contexts = build_contexts([(uids.VERIFICATION, (uids.IMPLICIT_VR_LE,))])
+    rq = P.AssociateRQ("ANY-SCP", calling_ae, contexts, our_user_information(16384))
+    return P.encode(rq)
+
+
+async def _trickle(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, data: bytes):
+    """Send ``data`` a byte at a time, each after waiting TIMER/4 for the server to
+    answer; returns (bytes sent, what the server sent back, None if nothing)."""
+    for sent in range(len(data)):
+        writer.write(data[sent : sent + 1])
+        await writer.drain()
+        try:
+            answer = await asyncio.wait_for(reader.read(), TIMER / 4)
+        except TimeoutError:
+            continue
+        return sent + 1, answer
+    return len(data), None
+
+
+async def _start(**kwargs) -> Server:
+    server = Server(ServerConfig(port=0, **kwargs), NullHandler())
+    await server.start()
+    return server
+
+
+def test_artim_is_not_restarted_by_a_trickled_association_request(caplog) -> None:
+    rq = _rq_bytes()
+    caplog.set_level(logging.INFO, "dicomstore")
+
+    async def main():
+        server = await _start(timeouts=Timeouts(artim=TIMER))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            # ~4 bytes per ARTIM period: the request would take len(rq)/4 periods
+            outcome = await _trickle(writer, reader, rq)
+            writer.close()
+            return outcome
+        finally:
+            await server.close(grace=1)
+
+    sent, answer = asyncio.run(main())
+    assert answer == b""  # closed (AA-2: no association yet, nothing to answer)
+    assert sent < len(rq) // 2
+    assert "ARTIM" in caplog.text and "association request" in caplog.text
+
+
+def test_a_pdu_trickled_inside_an_association_is_aborted_by_the_provider(caplog) -> None:
+    caplog.set_level(logging.INFO, "dicomstore")
+    echo = P.encode(P.PDataTF([P.PDV(1, True, True, bytes(200))]))
+
+    async def main():
+        server = await _start(timeouts=Timeouts(operation=TIMER))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(_rq_bytes())
+            header = await reader.readexactly(6)
+            assert header[0] == 0x02  # A-ASSOCIATE-AC
+            await reader.readexactly(int.from_bytes(header[2:], "big"))
+            outcome = await _trickle(writer, reader, echo)
+            writer.close()
+            return outcome
+        finally:
+            await server.close(grace=1)
+
+    sent, answer = asyncio.run(main())
+    assert sent < len(echo) // 2
+    # A-ABORT (PS3.8 9.3.8): source 2, the service-provider; reason 0, not specified
+    assert answer == bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0])
+    assert "PDU was not complete" in caplog.text
+
+
+def test_connections_sending_their_request_take_no_association_slot() -> None:
+    async def main():
+        server = await _start(max_associations=2, timeouts=Timeouts(artim=60))
+        try:
+            slow = []
+            for _ in range(5):  # more than the limit: each has sent part of a request
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(_rq_bytes()[:10])
+                await writer.drain()
+                slow.append(writer)
+            first = await associate("127.0.0.1", server.port)
+            second = await associate("127.0.0.1", server.port)
+            statuses = [(await a.echo()).status for a in (first, second)]
+            for assoc in (first, second):
+                await assoc.release()
+            for writer in slow:
+                writer.close()
+            return statuses
+        finally:
+            await server.close(grace=1)
+
+    assert asyncio.run(main()) == [0, 0]
