@@ -237,6 +237,15 @@ def statement() -> str:
         "instances read and searched (after PS3.15 A.5.3.6 DICOM Instances Accessed, "
         "A.5.3.7 DICOM Instances Transferred and A.5.3.10 Query).",
         "",
+        "Resource bounds: a connection holds an association slot only once its "
+        "request is complete, within ARTIM of connecting; each PDU must arrive "
+        "within `--operation-timeout` of its first byte; the server stops reading "
+        "from a peer that does not read its answers; receive buffers start at 4 "
+        "KiB; a deflated data set is counted as it inflates (A700 beyond "
+        "`--max-instance-size`, or 256 MiB). HTTP requests are bounded (body, "
+        "multipart parts, search parameters, rendered sequence depth): 413 or 400 "
+        "with the reason, never a 5xx for bad input.",
+        "",
         "## Appendix A: Storage SOP Classes (SCP and SCU)",
         "",
         *_table(("SOP Class", "UID"), [(uids.uid_name(uid), f"`{uid}`") for uid in classes]),
