@@ -153,3 +153,35 @@ def test_unknown_pages_are_404(site) -> None:
         assert client.get("/browse/patient", params={"id": "nobody"}).status_code == 404
         assert client.get("/browse/instance").status_code == 404
         assert client.get("/browse/patient.zip", params={"id": "nobody"}).status_code == 404
+
+
+def test_search_finds_studies_by_name_id_accession_and_date(site) -> None:
+    url, _ = site
+    with httpx.Client(base_url=url) as client:
+        home = client.get("/").text
+        assert 'action="/browse/search"' in home
+        by_name = client.get("/browse/search", params={"name": "<script"})
+        assert by_name.status_code == 200
+        assert STUDY in by_name.text and "1.2.3.8" not in by_name.text
+        assert "<script>window" not in by_name.text  # escaped, also in the form's value
+        by_id = client.get("/browse/search", params={"id": "P2"}).text
+        assert "study?uid=1.2.3.8" in by_id and STUDY not in by_id
+        everything = client.get("/browse/search").text
+        assert STUDY in everything and "study?uid=1.2.3.8" in everything
+        none = client.get("/browse/search", params={"accession": "NOPE"}).text
+        assert "No study matches." in none
+        dated = client.get("/browse/search", params={"from": "1900-01-01", "to": "19000102"})
+        assert dated.status_code == 200 and "No study matches." in dated.text
+        on_the_day = client.get("/browse/search", params={"from": "2024-01-02", "to": "2024-01-02"})
+        assert STUDY in on_the_day.text and "study?uid=1.2.3.8" in on_the_day.text
+        since = client.get("/browse/search", params={"from": "2024-01-03", "accession": "ACC1"})
+        assert "No study matches." in since.text
+        assert STUDY in client.get("/browse/search", params={"accession": "ACC*"}).text
+        for params, reason in (
+            ({"from": "yesterday"}, "not a date"),
+            ({"from": "20200102", "to": "20200101"}, "is after"),
+            ({"name": "a\\b"}, "backslash"),
+            ({"id": "x" * 201}, "longer than"),
+        ):
+            reply = client.get("/browse/search", params=params)
+            assert reply.status_code == 400 and reason in reply.text, params

@@ -23,7 +23,7 @@ from dicomstore.archive import Archive
 from dicomstore.archive.metacache import MetadataCache
 from dicomstore.archive.query import QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
-from dicomstore.http import browse, operations, qido, stow, wado
+from dicomstore.http import browse, browse_search, operations, qido, stow, wado
 from dicomstore.http.common import HttpError, error_response
 from dicomstore.http.limits import HttpLimits
 from dicomstore.http.openapi import openapi
@@ -39,6 +39,7 @@ _INSTANCE = _SERIES + "/instances/{sop}"
 def _routes() -> list[Route]:
     return [
         Route("/", browse.home),
+        Route("/browse/search", browse_search.search),
         Route("/browse/patient", browse.patient),
         Route("/browse/patient.zip", browse.patient_zip),
         Route("/browse/study", browse.study),

@@ -169,7 +169,10 @@ def home(request: Request) -> HTMLResponse:
         f"<p>{_h(total['patients'])} patients, {_h(total['studies'])} studies, "
         f"{_h(total['instances'])} instances, {_h(_size(total['bytes']))}.</p>"
     )
-    return _render("Patients", [("/", "Archive")], summary + table + _pager(request, more))
+    from dicomstore.http.browse_search import form
+
+    body = form() + summary + table + _pager(request, more)
+    return _render("Patients", [("/", "Archive")], body)
 
 
 def _patient_url(row: dict[str, Any]) -> str:
@@ -204,40 +207,43 @@ def patient(request: Request) -> HTMLResponse:
     if not found:
         raise HttpError(404, f"patient {patient_id!r} is not in the archive")
     rows, more = _search(request, "study", filters)
-    table = _table(
-        [
-            "Date",
-            "Time",
-            "Description",
-            "Accession",
-            "Modalities",
-            "Series",
-            "Instances",
-            "Size",
-            "",
-        ],
-        (
-            [
-                _link(
-                    _page_url("/browse/study", uid=r["study_uid"]),
-                    _date(r["study_date"]) or "(no date)",
-                ),
-                _h(_time(r["study_time"])),
-                _h(r["study_description"]),
-                _h(r["accession_number"]),
-                _h(", ".join(r["modalities"])),
-                _h(r["n_series"]),
-                _h(r["n_instances"]),
-                _h(_size(r["size"])),
-                _link(_dicomweb(r["study_uid"]) + "?accept=application/zip", "download zip"),
-            ]
-            for r in rows
-        ),
-        {5, 6, 7},
-    )
+    table = studies_table(rows)
     name = found[0]["patient_name"] or "(no name)"
     crumbs = [("/", "Archive"), (_patient_url(found[0]), name)]
     return _render(f"Studies of {name}", crumbs, table + _pager(request, more))
+
+
+def studies_table(rows: Iterable[dict[str, Any]], *, with_patient: bool = False) -> str:
+    """A table of study rows, each linking to its page (and, ``with_patient``, to
+    its patient's)."""
+    patient_headers = ["Patient", "Patient ID"] if with_patient else []
+    headers = ["Date", "Time", "Description", "Accession", "Modalities", "Series"]
+    numeric = {5, 6, 7} if not with_patient else {7, 8, 9}
+
+    def cells(r: dict[str, Any]) -> list[str]:
+        patient = (
+            [_link(_patient_url(r), r["patient_name"] or "(no name)"), _h(r["patient_id"])]
+            if with_patient
+            else []
+        )
+        return patient + [
+            _link(
+                _page_url("/browse/study", uid=r["study_uid"]),
+                _date(r["study_date"]) or "(no date)",
+            ),
+            _h(_time(r["study_time"])),
+            _h(r["study_description"]),
+            _h(r["accession_number"]),
+            _h(", ".join(r["modalities"])),
+            _h(r["n_series"]),
+            _h(r["n_instances"]),
+            _h(_size(r["size"])),
+            _link(_dicomweb(r["study_uid"]) + "?accept=application/zip", "download zip"),
+        ]
+
+    return _table(
+        patient_headers + headers + ["Instances", "Size", ""], (cells(r) for r in rows), numeric
+    )
 
 
 def patient_zip(request: Request) -> StreamingResponse:

@@ -178,6 +178,17 @@ def _browse(limits: HttpLimits) -> dict[str, Any]:
         "/browse/study": _page("A study's series", [uid, offset]),
         "/browse/series": _page("A series' instances", [uid, offset]),
         "/browse/instance": _page("An instance's header", [uid]),
+        "/browse/search": _page(
+            "Studies by patient name or ID, accession, date",
+            [
+                _query("name", "Patient Name (a prefix, or with * and ? wildcards)"),
+                _query("id", "Patient ID"),
+                _query("accession", "Accession Number"),
+                _query("from", "first Study Date, YYYY-MM-DD"),
+                _query("to", "last Study Date, YYYY-MM-DD"),
+                offset,
+            ],
+        ),
     }
 
 
