@@ -17,6 +17,7 @@ import pytest
 from pydicom import examples
 
 import dicomstore
+from dicomstore.archive.dicomfile import dataset_offset
 from tests.conftest import PEER_ENV, dcmtk, free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -317,7 +318,7 @@ def readme_python_api() -> list[str]:
 def test_the_readme_python_api_examples_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    serve_block, client_block, query_block, handler_block = readme_python_api()
+    serve_block, client_block, query_block, handler_block, _ = readme_python_api()
     for block in (serve_block, client_block, query_block):
         assert "import dicomstore\n" in block and "from dicomstore" not in block
     port = free_port()
@@ -357,7 +358,12 @@ def test_the_readme_python_api_examples_run(
     assert f"stored {study / 'ct.dcm'} 0" in client_out.replace("study/", f"{study}/")
     assert re.search(r"^stored \S*mr\.dcm 0$", client_out, re.M), client_out
     assert sorted(out.split("\n")[:-1]) == sorted(
-        f"stored {uid} 0x0" for uid in (ct.SOPInstanceUID, ct.SOPInstanceUID, mr.SOPInstanceUID)
+        f"stored {uid} {modality} 0x0"
+        for uid, modality in (
+            (ct.SOPInstanceUID, "CT"),
+            (ct.SOPInstanceUID, "CT"),
+            (mr.SOPInstanceUID, "MR"),
+        )
     )
     assert f"{ct.StudyInstanceUID} ['CT'] 1" in query_out
     assert f"{mr.StudyInstanceUID} ['MR'] 1" in query_out
@@ -367,3 +373,69 @@ def test_the_readme_python_api_examples_run(
     assert isinstance(namespace["server"], dicomstore.Server)
     assert namespace["server"].config.port == port
     namespace["server"].handler.close()
+
+
+def test_the_readme_own_storage_handler_receives_and_answers(tmp_path: Path) -> None:
+    """The README's "receive into your own storage" example, as written: each data set
+    lands in its own file, and the plain status it returns is what the sender gets."""
+    block = readme_python_api()[-1]
+    assert "class Folder" in block and "11112" in block
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", block.replace("11112", str(port))],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_listening(port, server)
+        results = asyncio.run(dicomstore.send("127.0.0.1", port, [CT_FILE], called_ae="ANY"))
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=30)
+    assert server.returncode == 0, err
+    assert [r.status for r in results] == [0x0000]
+    ct = pydicom.dcmread(CT_FILE)
+    (stored,) = (tmp_path / "received").iterdir()
+    assert stored.name == f"{ct.SOPInstanceUID}.{ct.file_meta.TransferSyntaxUID}"
+    with open(CT_FILE, "rb") as fp:
+        fp.seek(dataset_offset(fp))
+        assert stored.read_bytes() == fp.read()
+
+
+def test_a_handler_may_answer_with_a_plain_status(tmp_path: Path) -> None:
+    """commit() returning an int is that status (it was taken for Success)."""
+
+    class Refusing:
+        def begin(self, **command):
+            return self
+
+        def write(self, fragment):
+            pass
+
+        def commit(self):
+            return 0xA700
+
+        def abort(self):
+            pass
+
+    async def main() -> list:
+        ready = asyncio.Event()
+        holder: list = []
+
+        def on_ready(server) -> None:
+            holder.append(server.port)
+            ready.set()
+
+        task = asyncio.create_task(dicomstore.serve(Refusing(), port=0, on_ready=on_ready))
+        await ready.wait()
+        try:
+            return await dicomstore.send("127.0.0.1", holder[0], [CT_FILE], called_ae="ANY")
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    (result,) = asyncio.run(main())
+    assert result.status == 0xA700

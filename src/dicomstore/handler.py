@@ -3,7 +3,8 @@
 For every C-STORE the service calls ``begin`` with what the command and the
 presentation context name, ``write`` for each data set fragment in order,
 then ``commit`` (possibly from a worker thread) whose outcome carries the
-PS3.4 B.2.3 status to answer, or ``abort`` when the association ends first.
+PS3.4 B.2.3 status to answer (or is that status, a plain int), or ``abort``
+when the association ends first.
 :class:`~dicomstore.archive.store.Archive` satisfies it; so can user code.
 The archive's ``commit`` may be called from many threads at once (several
 associations, several instances in flight on one): it blocks until its
@@ -25,8 +26,9 @@ class StoreSink(Protocol):
     def write(self, fragment: bytes | bytearray | memoryview) -> None:
         """Take the next data set fragment (the caller may reuse its buffer afterwards)."""
 
-    def commit(self) -> StoreOutcome:
-        """All fragments were given: store durably and say how it went."""
+    def commit(self) -> StoreOutcome | int:
+        """All fragments were given: store durably and say how it went: a
+        :class:`~dicomstore.archive.outcome.StoreOutcome`, or just the status (an int)."""
 
     def abort(self) -> None:
         """The instance will not complete: keep nothing of it."""

@@ -36,7 +36,8 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dicomstore import status as st
 from dicomstore import uids
@@ -44,6 +45,9 @@ from dicomstore.handler import StoreHandler, StoreSink
 from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflatedSize
 from dicomstore.services.admission import AdmissionRequest, AuditSink, Gatekeeper
 from dicomstore.services.store_log import log_store
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 log = logging.getLogger("dicomstore.storage")
 
@@ -60,6 +64,23 @@ class StoredEvent:
     outcome: Any
     #: the door it came through: ``"C-STORE"`` or ``"STOW-RS"``
     service: str = "C-STORE"
+
+    @property
+    def path(self) -> Path | None:
+        """The stored file, when the handler says where (the archive does)."""
+        path = getattr(self.outcome, "path", None)
+        return Path(path) if path is not None else None
+
+    @functools.cached_property
+    def dataset(self) -> Dataset:
+        """The stored instance as a pydicom ``Dataset``, read on first use from
+        :attr:`path` (values over 64 KiB, such as Pixel Data, are read only when
+        touched). Raises ``LookupError`` when the handler names no file."""
+        if self.path is None:
+            raise LookupError(f"{self.sop_instance_uid}: the handler did not say where it stored")
+        from pydicom import dcmread
+
+        return dcmread(self.path, defer_size=64 * 1024)
 
 
 OnStored = Callable[[StoredEvent], Awaitable[None]]
@@ -331,7 +352,7 @@ class StoreService:
             sink.abort()
             return StoreResult(st.PROCESSING_FAILURE, f"handler error: {exc}")
         result = StoreResult(
-            getattr(outcome, "status", st.SUCCESS),
+            outcome if isinstance(outcome, int) else getattr(outcome, "status", st.SUCCESS),
             getattr(outcome, "error_comment", None),
             getattr(outcome, "offending_element", None),
             outcome,
