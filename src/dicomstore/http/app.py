@@ -23,7 +23,7 @@ from dicomstore.archive import Archive
 from dicomstore.archive.metacache import MetadataCache
 from dicomstore.archive.query import QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
-from dicomstore.http import browse, operations, qido, stow, wado
+from dicomstore.http import browse, frames, operations, qido, render, stow, wado
 from dicomstore.http.common import HttpError, error_response
 from dicomstore.http.limits import HttpLimits
 from dicomstore.http.openapi import openapi
@@ -64,8 +64,17 @@ def _routes() -> list[Route]:
         Route(_SERIES + "/metadata", wado.metadata),
         Route(_INSTANCE, wado.retrieve),
         Route(_INSTANCE + "/metadata", wado.metadata),
-        Route(_INSTANCE + "/frames/{frames}", wado.frames),
-        Route(_INSTANCE + "/bulkdata/{tag}", wado.bulkdata),
+        Route(_INSTANCE + "/frames/{frames}", frames.frames),
+        Route(_INSTANCE + "/bulkdata/{tag}", frames.bulkdata),
+        # rendered and thumbnails (10.4.1.1.5-6)
+        Route(_STUDY + "/rendered", render.rendered),
+        Route(_SERIES + "/rendered", render.rendered),
+        Route(_INSTANCE + "/rendered", render.rendered),
+        Route(_INSTANCE + "/frames/{frames}/rendered", render.rendered),
+        Route(_STUDY + "/thumbnail", render.thumbnail),
+        Route(_SERIES + "/thumbnail", render.thumbnail),
+        Route(_INSTANCE + "/thumbnail", render.thumbnail),
+        Route(_INSTANCE + "/frames/{frames}/thumbnail", render.thumbnail),
     ]
 
 
