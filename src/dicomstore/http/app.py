@@ -110,6 +110,7 @@ def build_app(
     stow_ae: str = "STOW-RS",
     accept_unknown: bool = False,
     base_url: str | None = None,
+    trust_forwarded: bool = False,
     store: StoreService | None = None,
     security: HttpSecurity | None = None,
     limits: HttpLimits | None = None,
@@ -125,7 +126,10 @@ def build_app(
     as the sender (calling AE) of STOW-RS instances, ``ae_title`` as the
     receiver; ``accept_unknown`` lets STOW-RS store non-storage SOP classes.
     ``base_url`` is the public URL of the service (behind a proxy) used in
-    Retrieve URLs and BulkDataURIs; by default each request's own (its Host).
+    Retrieve URLs and BulkDataURIs; by default each request's own (its Host, with
+    our port when Host has none), or with ``trust_forwarded`` what the proxy's
+    ``X-Forwarded-Proto/Host/Prefix`` say (never trusted by default: any client
+    could send them; :func:`~dicomstore.http.common.base_url`).
     ``store`` is the store service STOW-RS stores through: the server's, so
     that its authorization, limits, audit and events hold for STOW-RS too
     (``Server.store``); without one, a service over the archive with none of them.
@@ -181,6 +185,7 @@ def build_app(
     app.state.accept_unknown = accept_unknown
     app.state.limits = limits or HttpLimits()
     app.state.base_url = base_url.rstrip("/") + "/" if base_url else None
+    app.state.trust_forwarded = trust_forwarded
     app.state.metrics = metrics
     app.state.ready = ready
     return app
