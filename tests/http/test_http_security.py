@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from http_testlib import HttpThread, make_dataset, multipart_body, part10, store
+from http_testlib import HttpThread, make_dataset, multipart_body, part10, store, store_file
+from pydicom.data import get_testdata_file
 from tests.test_policy import FAST, SECRET, sign
 
 from dicomstore.archive import Archive
@@ -224,6 +225,22 @@ def test_wado_and_metadata_reads_are_audited(site: Site) -> None:
     assert transferred["bytes"] > 0
     assert accessed["audit_event"] == "DICOM Instances Accessed"
     assert accessed["path"] == f"/studies/{STUDY}/metadata"
+
+
+def test_frames_rendered_and_thumbnails_need_the_read_right_and_are_audited(site: Site) -> None:
+    row = store_file(site.archive, get_testdata_file("JPEG2000.dcm")).instance
+    base = f"/studies/{row['study_uid']}/series/{row['series_uid']}"
+    instance = f"{base}/instances/{row['sop_instance_uid']}"
+    paths = [f"{instance}/frames/1", f"{instance}/rendered", f"{base}/thumbnail"]
+    for path in paths:
+        assert site.client.get(path).status_code == 401, path
+        assert site.client.get(path, headers=basic("reader", "reader-pw")).status_code == 200
+    frames, rendered, thumbnail = site.records("read")
+    assert [r["path"] for r in (frames, rendered, thumbnail)] == paths
+    assert frames["audit_event"] == rendered["audit_event"] == "DICOM Instances Transferred"
+    assert thumbnail["audit_event"] == "DICOM Instances Accessed"
+    assert rendered["sop_instance_uid"] == row["sop_instance_uid"]
+    assert thumbnail["user"] == "reader" and thumbnail["series_instance_uid"] == row["series_uid"]
 
 
 def test_qido_searches_are_audited_with_what_was_searched(site: Site) -> None:

@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 
 from dicomstore.archive import Archive
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.http import wado
+from dicomstore.http import pixels, wado
 
 STUDY = "1.2.826.0.1.3680043.10.7"
 SERIES = STUDY + ".1"
@@ -149,10 +149,21 @@ def test_frame_errors(setup, suffix, status, words) -> None:
     assert (r.status_code, words in r.text) == (status, True), r.text
 
 
-def test_frames_of_compressed_instances_are_not_served(setup) -> None:
+def test_frames_of_compressed_instances_refused_as_asked(setup, monkeypatch) -> None:
+    """A syntax other than the stored one is 406; without a decoder, decoding is 406
+    naming the extra, while the frame as stored is still served."""
     client, _, ids = setup
-    r = client.get(url(ids["JPEG2000.dcm"]) + "/frames/1")
-    assert r.status_code == 406 and "uncompressed" in r.text
+    frame = url(ids["JPEG2000.dcm"]) + "/frames/1"
+    r = client.get(frame, headers={"accept": 'multipart/related; type="image/jls"'})
+    assert r.status_code == 406 and "stored as 1.2.840.10008.1.2.4.91" in r.text
+    missing = "no decoder for 1.2.840.10008.1.2.4.91 is installed: install dicomstore[codecs]"
+    monkeypatch.setattr(pixels, "decoder_missing", lambda syntax: missing)
+    r = client.get(frame, headers={"accept": 'multipart/related; type="application/octet-stream"'})
+    assert r.status_code == 406 and "dicomstore[codecs]" in r.text
+    r = client.get(frame, params={"accept": 'multipart/related; type="image/jp2"'})
+    assert r.status_code == 200 and 'type="image/jp2"' in r.headers["content-type"]
+    r = client.get(url(ids["JPEG2000.dcm"]) + "/rendered")
+    assert r.status_code == 406 and "dicomstore[codecs]" in r.text
 
 
 @pytest.mark.parametrize(

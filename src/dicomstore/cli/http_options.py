@@ -24,6 +24,19 @@ def _origin(value: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
+def _base_url(value: str) -> str:
+    """The public URL of the service: ``scheme://host[:port][/prefix]``."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise argparse.ArgumentTypeError(
+            f"not a base URL (scheme://host[:port][/path], e.g. https://pacs.example.org/dicomweb)"
+            f": {value!r}"
+        )
+    return value
+
+
 def add_http_options(s: Any) -> None:
     """The ``DICOMweb`` option group of ``serve``."""
     h = s.add_argument_group("DICOMweb and browse page (PS3.18)")
@@ -50,6 +63,19 @@ def add_http_options(s: Any) -> None:
         action="append",
         metavar="ORIGIN",
         help="let web pages from this origin call DICOMweb (repeatable; default: none)",
+    )
+    h.add_argument(
+        "--http-base-url",
+        type=_base_url,
+        metavar="URL",
+        help="the public URL of DICOMweb, for Retrieve URLs and BulkDataURIs "
+        "(default: from each request's Host, with our port when it names none)",
+    )
+    h.add_argument(
+        "--http-trust-forwarded",
+        action="store_true",
+        help="build those URLs from X-Forwarded-Proto/Host/Prefix: only behind a proxy "
+        "that sets them (any client could send them)",
     )
 
 

@@ -389,6 +389,8 @@ async def _serve(
                     archive,
                     ae_title=args.aet,
                     accept_unknown=args.accept_unknown_sop_classes,
+                    base_url=args.http_base_url,
+                    trust_forwarded=args.http_trust_forwarded,
                     store=server.store,  # STOW-RS: the same authorization, limits, audit, events
                     security=security,
                     limits=HttpLimits(max_body_bytes=args.http_max_body),

@@ -23,7 +23,7 @@ from dicomstore.archive import Archive
 from dicomstore.archive.metacache import MetadataCache
 from dicomstore.archive.query import QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
-from dicomstore.http import browse, browse_search, operations, qido, stow, wado
+from dicomstore.http import browse, browse_search, frames, operations, qido, render, stow, wado
 from dicomstore.http.common import HttpError, error_response
 from dicomstore.http.limits import HttpLimits
 from dicomstore.http.openapi import openapi
@@ -65,8 +65,17 @@ def _routes() -> list[Route]:
         Route(_SERIES + "/metadata", wado.metadata),
         Route(_INSTANCE, wado.retrieve),
         Route(_INSTANCE + "/metadata", wado.metadata),
-        Route(_INSTANCE + "/frames/{frames}", wado.frames),
-        Route(_INSTANCE + "/bulkdata/{tag}", wado.bulkdata),
+        Route(_INSTANCE + "/frames/{frames}", frames.frames),
+        Route(_INSTANCE + "/bulkdata/{tag}", frames.bulkdata),
+        # rendered and thumbnails (10.4.1.1.5-6)
+        Route(_STUDY + "/rendered", render.rendered),
+        Route(_SERIES + "/rendered", render.rendered),
+        Route(_INSTANCE + "/rendered", render.rendered),
+        Route(_INSTANCE + "/frames/{frames}/rendered", render.rendered),
+        Route(_STUDY + "/thumbnail", render.thumbnail),
+        Route(_SERIES + "/thumbnail", render.thumbnail),
+        Route(_INSTANCE + "/thumbnail", render.thumbnail),
+        Route(_INSTANCE + "/frames/{frames}/thumbnail", render.thumbnail),
     ]
 
 
@@ -102,6 +111,7 @@ def build_app(
     stow_ae: str = "STOW-RS",
     accept_unknown: bool = False,
     base_url: str | None = None,
+    trust_forwarded: bool = False,
     store: StoreService | None = None,
     security: HttpSecurity | None = None,
     limits: HttpLimits | None = None,
@@ -117,7 +127,10 @@ def build_app(
     as the sender (calling AE) of STOW-RS instances, ``ae_title`` as the
     receiver; ``accept_unknown`` lets STOW-RS store non-storage SOP classes.
     ``base_url`` is the public URL of the service (behind a proxy) used in
-    Retrieve URLs and BulkDataURIs; by default each request's own (its Host).
+    Retrieve URLs and BulkDataURIs; by default each request's own (its Host, with
+    our port when Host has none), or with ``trust_forwarded`` what the proxy's
+    ``X-Forwarded-Proto/Host/Prefix`` say (never trusted by default: any client
+    could send them; :func:`~dicomstore.http.common.base_url`).
     ``store`` is the store service STOW-RS stores through: the server's, so
     that its authorization, limits, audit and events hold for STOW-RS too
     (``Server.store``); without one, a service over the archive with none of them.
@@ -173,6 +186,7 @@ def build_app(
     app.state.accept_unknown = accept_unknown
     app.state.limits = limits or HttpLimits()
     app.state.base_url = base_url.rstrip("/") + "/" if base_url else None
+    app.state.trust_forwarded = trust_forwarded
     app.state.metrics = metrics
     app.state.ready = ready
     return app

@@ -8,6 +8,8 @@ form). Content negotiation follows PS3.18 8.7: the ``accept`` query parameter
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -20,6 +22,7 @@ from dicomstore.archive.reader import ArchiveReader
 from dicomstore.http.multipart import parse_media_type
 
 DICOM_JSON = "application/dicom+json"
+log = logging.getLogger("dicomstore.http")
 
 
 class HttpError(Exception):
@@ -45,9 +48,57 @@ def reader(request: Request) -> ArchiveReader:
 
 
 def base_url(request: Request) -> str:
-    """The service root as the client sees it (the configured public URL, else from the
-    request's Host), ending with ``/``."""
-    return request.app.state.base_url or str(request.base_url)
+    """The service root as the client sees it, ending with ``/``, for Retrieve URLs and
+    BulkDataURIs: the configured public URL (``--http-base-url``), else, when the app
+    trusts its proxy (``--http-trust-forwarded``), the ``X-Forwarded-Proto``,
+    ``-Host`` and ``-Prefix`` headers, else the request's own scheme and Host, with the
+    port we listen on when Host names none (some clients omit it)."""
+    configured = request.app.state.base_url
+    if configured:
+        return str(configured)
+    own = request.url
+    scheme, host = own.scheme, request.headers.get("host", "")
+    if not host or not _HOST.fullmatch(host):
+        return str(request.base_url)
+    server = request.scope.get("server")
+    if _port_of(host) is None and server and server[1] and server[1] != _DEFAULT_PORT[scheme]:
+        host = f"{host}:{server[1]}"
+    prefix = request.scope.get("root_path", "")
+    if getattr(request.app.state, "trust_forwarded", False):
+        scheme, host, prefix = _forwarded(request, scheme, host, prefix)
+    return f"{scheme}://{host}{prefix.rstrip('/')}/"
+
+
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_]+)(:[0-9]{1,5})?")
+_PREFIX = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%\-]*)*")
+_DEFAULT_PORT = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _port_of(host: str) -> str | None:
+    head, colon, port = host.rpartition(":")
+    return port if colon and not head.endswith(":") and "]" not in port else None
+
+
+def _forwarded(request: Request, scheme: str, host: str, prefix: str) -> tuple[str, str, str]:
+    """The scheme, host and path prefix the trusted proxy says the client used."""
+    headers = request.headers
+    proto = headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    fwd_host = headers.get("x-forwarded-host", "").split(",")[0].strip()
+    fwd_prefix = headers.get("x-forwarded-prefix", "").split(",")[0].strip()
+    for name, value, ok in (
+        ("X-Forwarded-Proto", proto, proto in ("http", "https")),
+        ("X-Forwarded-Host", fwd_host, bool(_HOST.fullmatch(fwd_host))),
+        ("X-Forwarded-Prefix", fwd_prefix, bool(_PREFIX.fullmatch(fwd_prefix))),
+    ):
+        if value and not ok:
+            log.warning("ignored the proxy's malformed %s: %r", name, value[:100])
+    if proto in ("http", "https"):
+        scheme = proto
+    if fwd_host and _HOST.fullmatch(fwd_host):
+        host = fwd_host
+    if fwd_prefix and _PREFIX.fullmatch(fwd_prefix):
+        prefix = fwd_prefix
+    return scheme, host, prefix
 
 
 def url_of(base: str, study: str, series: str | None = None, sop: str | None = None) -> str:

@@ -41,6 +41,8 @@ class HttpLimits:
     max_sequence_depth: int = 32
     #: elements (at every level) rendered on one browse page
     max_rendered_elements: int = 20_000
+    #: one frame once decoded (WADO-RS frames, rendered, thumbnails): larger, 413
+    max_frame_bytes: int = 512 * MiB
 
 
 DEFAULT = HttpLimits()

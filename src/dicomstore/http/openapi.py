@@ -21,6 +21,14 @@ _UID = {"type": "string", "pattern": "^[0-9.]{1,64}$"}
 _JSON = "application/dicom+json"
 _MULTIPART = 'multipart/related; type="application/dicom"'
 _OCTETS = 'multipart/related; type="application/octet-stream"'
+_FRAME_TYPES = (
+    "image/jpeg",
+    "image/jls",
+    "image/jp2",
+    "image/jpx",
+    "image/dicom-rle",
+    "image/jphc",
+)
 _TEXT = {"text/plain": {"schema": {"type": "string"}}}
 
 _ERRORS = {
@@ -29,7 +37,7 @@ _ERRORS = {
     405: "the method is not allowed here (STOW-RS: the server is read-only)",
     406: "no acceptable media type or transfer syntax",
     409: "none of the instances was stored; the reasons are listed",
-    413: "the body, a part or a data set is larger than a limit (the reason says which)",
+    413: "the body, a part, a data set or a frame is larger than a limit (the reason says which)",
     415: 'the body is not multipart/related; type="application/dicom"',
     503: "the archive index is unavailable",
 }
@@ -192,6 +200,22 @@ def _browse(limits: HttpLimits) -> dict[str, Any]:
     }
 
 
+def _rendered(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = {"description": "the image", "content": {"image/jpeg": {}, "image/png": {}}}
+    query = [
+        _query("window", "center,width[,linear|linear-exact] (PS3.18 8.3.5.1.4)"),
+        _query("viewport", "width,height: the box the image is fitted into (8.3.5.1.3)"),
+        _query("quality", "JPEG quality 1-100", {"type": "integer", "minimum": 1, "maximum": 100}),
+    ]
+    return {
+        "get": {
+            "summary": summary + " (WADO-RS, PS3.18 10.4.1.1.5-6)",
+            "parameters": [*params, *query, _ACCEPT],
+            "responses": _responses(ok, 400, 404, 406, 413),
+        }
+    }
+
+
 def openapi(limits: HttpLimits | None = None) -> dict[str, Any]:
     """The whole description (its bounds those of ``limits``)."""
     lim = limits or HttpLimits()
@@ -199,7 +223,12 @@ def openapi(limits: HttpLimits | None = None) -> dict[str, Any]:
     inst = "/studies/{study}/series/{series}/instances/{sop}"
     frames = _path("frames", "1,2,...", {"type": "string", "pattern": "^[0-9]+(,[0-9]+)*$"})
     tag = _path("tag", "GGGGEEEE", {"type": "string", "pattern": "^[0-9A-Fa-f]{8}$"})
-    octets = {"description": "one part per value", "content": {_OCTETS: {}}}
+    frame_types = [_OCTETS, *(f'multipart/related; type="{t}"' for t in _FRAME_TYPES)]
+    per_frame = {
+        "description": "one part per frame (bulk data: per value)",
+        "content": {t: {} for t in frame_types},
+    }
+    sop_params = [_path(p) for p in sop]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -230,18 +259,32 @@ def openapi(limits: HttpLimits | None = None) -> dict[str, Any]:
             inst + "/metadata": _metadata(sop),
             inst + "/frames/{frames}": {
                 "get": {
-                    "summary": "Frames of an uncompressed instance (WADO-RS, PS3.18 10.4)",
-                    "parameters": [*(_path(p) for p in sop), frames, _ACCEPT],
-                    "responses": _responses(octets, 400, 404, 406),
+                    "summary": "Frames, uncompressed or as stored (WADO-RS, PS3.18 10.4)",
+                    "parameters": [*sop_params, frames, _ACCEPT],
+                    "responses": _responses(per_frame, 400, 404, 406, 413),
                 }
             },
             inst + "/bulkdata/{tag}": {
                 "get": {
                     "summary": "A bulk data value named by its tag (BulkDataURI)",
-                    "parameters": [*(_path(p) for p in sop), tag, _ACCEPT],
-                    "responses": _responses(octets, 400, 404, 406),
+                    "parameters": [*sop_params, tag, _ACCEPT],
+                    "responses": _responses(per_frame, 400, 404, 406, 413),
                 }
             },
+            "/studies/{study}/rendered": _rendered("A study's key image", [_path("study")]),
+            "/studies/{study}/series/{series}/rendered": _rendered(
+                "A series' middle image", [_path(p) for p in se]
+            ),
+            inst + "/rendered": _rendered("An instance (its first frame)", sop_params),
+            inst + "/frames/{frames}/rendered": _rendered("One frame", [*sop_params, frames]),
+            "/studies/{study}/thumbnail": _rendered("A study's thumbnail", [_path("study")]),
+            "/studies/{study}/series/{series}/thumbnail": _rendered(
+                "A series' thumbnail", [_path(p) for p in se]
+            ),
+            inst + "/thumbnail": _rendered("An instance's thumbnail", sop_params),
+            inst + "/frames/{frames}/thumbnail": _rendered(
+                "A frame's thumbnail", [*sop_params, frames]
+            ),
             **_browse(lim),
         },
     }

@@ -4,9 +4,10 @@ With ``serve --audit-log``, each successful (2xx) read of stored instances
 adds one JSON line to the same audit trail as associations and stores
 (:class:`~dicomstore.audit.AuditLog`), written once the response is sent:
 
-- WADO-RS retrieve, frames and bulk data, and the browse page's patient zip,
+- WADO-RS retrieve, frames, bulk data and rendered images, and the browse
+  page's patient zip,
   in the spirit of *DICOM Instances Transferred* (A.5.3.7, EV 110104, action R);
-- WADO-RS metadata and the browse pages of a study, series or instance,
+- WADO-RS metadata and thumbnails, and the browse pages of a study, series or instance,
   in the spirit of *DICOM Instances Accessed* (A.5.3.6, EV 110103, action R);
 - QIDO-RS searches, in the spirit of *Query* (A.5.3.10, EV 110112, action E),
   with the query string as sent (``query``): what was searched for.
@@ -32,7 +33,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dicomstore.http import browse, qido, wado
+from dicomstore.http import browse, frames, qido, render, wado
 from dicomstore.http.auth import client_of, identity_of
 
 TRANSFERRED = ("DICOM Instances Transferred", "110104")  # PS3.15 A.5.3.7
@@ -66,8 +67,10 @@ def _patient(scope: Scope, query: dict[str, str]) -> dict[str, str | None]:
 #: The audited endpoints: their event, the service named, where the target is.
 _AUDITED: dict[Any, tuple[tuple[str, str], str, Any]] = {
     wado.retrieve: (TRANSFERRED, "WADO-RS", _wado_target),
-    wado.frames: (TRANSFERRED, "WADO-RS", _wado_target),
-    wado.bulkdata: (TRANSFERRED, "WADO-RS", _wado_target),
+    frames.frames: (TRANSFERRED, "WADO-RS", _wado_target),
+    frames.bulkdata: (TRANSFERRED, "WADO-RS", _wado_target),
+    render.rendered: (TRANSFERRED, "WADO-RS", _wado_target),
+    render.thumbnail: (ACCESSED, "WADO-RS", _wado_target),
     wado.metadata: (ACCESSED, "WADO-RS", _wado_target),
     browse.patient_zip: (TRANSFERRED, "browse", _patient),
     browse.study: (ACCESSED, "browse", _page("study_instance_uid")),

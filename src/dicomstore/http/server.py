@@ -95,6 +95,9 @@ class HttpServer:
             log_config=None,
             access_log=self.access_log,
             timeout_graceful_shutdown=5,
+            # X-Forwarded-* are trusted only as the app is told (--http-trust-forwarded),
+            # never by uvicorn from a loopback peer
+            proxy_headers=False,
             ssl_context_factory=None if context is None else lambda config, default: context,
         )
         self._server = _Uvicorn(config)

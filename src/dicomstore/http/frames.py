@@ -1,0 +1,186 @@
+"""WADO-RS frames and bulk data (PS3.18 10.4.1.1.3, 10.4.1.1.4; media types 8.7.3.3).
+
+Each frame is one part of a ``multipart/related`` answer, as the client's
+Accept asks (:func:`choose`):
+
+- ``type="application/octet-stream"`` without a transfer syntax, or with
+  1.2.840.10008.1.2.1 (the default, Table 8.7.3-4): uncompressed. Native
+  frames are read by seeking; compressed ones are decoded one at a time
+  (:mod:`dicomstore.http.pixels`; without the ``codecs`` extra: 406 naming it);
+- ``transfer-syntax=*``, or the stored syntax, with ``application/octet-stream``
+  or the syntax's own media type (``image/jpeg``, ``image/jls``, ``image/jp2``,
+  ``image/dicom-rle``...; Table 8.7.3-5): the frame as stored, the fragments of
+  one frame joined, the part's ``transfer-syntax`` parameter naming it;
+- ``*/*``: uncompressed if it can be decoded here, else as stored.
+
+Bulk data of the Pixel Data is all frames in the same way (decoded: one part,
+as native Pixel Data would be; as stored: one part per frame).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from dicomstore import uids
+from dicomstore.archive.layout import resolve
+from dicomstore.archive.stored import read_range, read_stored
+from dicomstore.http import pixels
+from dicomstore.http.common import HttpError, accepted, negotiate, reader
+from dicomstore.http.limits import limits
+from dicomstore.http.multipart import closing, new_boundary, part_header
+from dicomstore.http.wado import CHUNK, instance_row
+
+OCTET = "application/octet-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """How to send frames: decoded or as stored, and each part's media type."""
+
+    decode: bool
+    part_type: str
+    syntax: str
+
+    @property
+    def content_type(self) -> str:
+        return f"{self.part_type}; transfer-syntax={self.syntax}"
+
+
+def choose(request: Request, frames: pixels.Frames) -> Choice:
+    """The first acceptable way (Accept order) to send ``frames``; 406 naming why not."""
+    stored = frames.stored_syntax
+    media = pixels.media_type_of(stored)
+    decodable = not frames.encapsulated or pixels.decoder_missing(frames.syntax) is None
+    uncompressed = Choice(frames.encapsulated, OCTET, uids.EXPLICIT_VR_LE)
+    reasons: list[str] = []
+    for accept in accepted(request):
+        if accept.media_type not in ("multipart/related", "multipart/*", "*/*"):
+            continue
+        kind = accept.params.get("type", OCTET).lower()
+        kind = pixels.ALIASES.get(kind, kind)
+        syntax = accept.params.get("transfer-syntax")
+        if kind == "*/*" and syntax in (None, "*"):
+            return uncompressed if decodable else Choice(False, media, stored)
+        if kind in (OCTET, "*/*", "application/*") and syntax in (None, uids.EXPLICIT_VR_LE):
+            if decodable:
+                return uncompressed
+            reasons.append(pixels.decoder_missing(frames.syntax) or "")
+        elif kind in (OCTET, media, "*/*", media.partition("/")[0] + "/*") and syntax in (
+            "*",
+            stored,
+            None,
+        ):
+            return Choice(False, OCTET if kind == OCTET else media, stored)
+    why = "; ".join(dict.fromkeys(r for r in reasons if r)) or (
+        f'stored as {stored}: ask for type="{media}" or transfer-syntax=* '
+        f"(or {uids.EXPLICIT_VR_LE}, decoded)"
+    )
+    raise HttpError(406, f"frames cannot be sent as asked: {why}")
+
+
+def frame_numbers(text: str) -> list[int]:
+    """The frame list of the URL (1-based, comma separated, PS3.18 10.4.1.1.4)."""
+    try:
+        numbers = [int(v) for v in text.replace("%2C", ",").split(",") if v.strip()]
+    except ValueError:
+        numbers = []
+    if not numbers or min(numbers) < 1:
+        raise HttpError(400, f"frame list must be numbers from 1, separated by commas: {text!r}")
+    return numbers
+
+
+def open_frames(request: Request, row: dict[str, Any]) -> pixels.Frames:
+    """The frames of the instance ``row`` (bounded by the app's limits)."""
+    return pixels.Frames.open(reader(request).root, row, limits(request).max_frame_bytes)
+
+
+def _frame_parts(
+    frames: pixels.Frames, choice: Choice, numbers: list[int], boundary: str
+) -> Iterator[bytes]:
+    for n, number in enumerate(numbers):
+        yield part_header(boundary, choice.content_type, first=n == 0)
+        if choice.decode:
+            yield frames.decoded_bytes(number)
+        else:
+            yield from frames.stored(number, CHUNK)
+    yield closing(boundary)
+
+
+def _multipart(body: Iterator[bytes], part_type: str, boundary: str) -> Response:
+    media_type = f'multipart/related; type="{part_type}"; boundary={boundary}'
+    return StreamingResponse(body, media_type=media_type)
+
+
+def frames(request: Request) -> Response:
+    """GET .../instances/{sop}/frames/{list} (10.4.1.1.4)."""
+    row = instance_row(request)
+    numbers = frame_numbers(request.path_params["frames"])
+    found = open_frames(request, row)
+    found.check(numbers)
+    choice = choose(request, found)
+    if choice.decode:
+        _first_decodes(found, numbers[0])
+    boundary = new_boundary()
+    return _multipart(_frame_parts(found, choice, numbers, boundary), choice.part_type, boundary)
+
+
+def _first_decodes(found: pixels.Frames, number: int) -> None:
+    """Decode one frame before answering, so that a frame that cannot be decoded
+    gets a 406 rather than a broken stream."""
+    found.decoded(number)
+
+
+def bulkdata(request: Request) -> Response:
+    """GET .../instances/{sop}/bulkdata/{tag}: a top-level binary value (10.4.1.1.3)."""
+    row = instance_row(request)
+    try:
+        tag = int(request.path_params["tag"], 16)
+    except ValueError:
+        raise HttpError(400, "bulk data is named by an 8-digit hex tag") from None
+    path = resolve(reader(request).root, row["path"])
+    stored = read_stored(path, row["transfer_syntax_uid"])
+    boundary = new_boundary()
+    pixel = stored.pixels if stored.pixels is not None and stored.pixels.tag == tag else None
+    if pixel is not None and pixel.length is None:
+        return _encapsulated_bulkdata(request, row, boundary)
+    if pixel is not None and pixel.length is not None:
+        chunks = read_range(path, pixel.offset, pixel.length, CHUNK)
+    elif tag in stored.dataset and isinstance(stored.dataset[tag].value, bytes):
+        chunks = iter([stored.dataset[tag].value])
+    else:
+        raise HttpError(404, f"no bulk data ({tag:08X}) in the instance")
+    _, accept = negotiate(request, [("multipart/related", OCTET)])
+    wanted = accept.params.get("transfer-syntax", "*")
+    if wanted not in ("*", uids.EXPLICIT_VR_LE, row["transfer_syntax_uid"]):
+        raise HttpError(406, f"bulk data is sent as stored, uncompressed, not as {wanted}")
+
+    def body() -> Iterator[bytes]:
+        yield part_header(boundary, OCTET, first=True)
+        yield from chunks
+        yield closing(boundary)
+
+    return _multipart(body(), OCTET, boundary)
+
+
+def _encapsulated_bulkdata(request: Request, row: dict[str, Any], boundary: str) -> Response:
+    """Compressed Pixel Data: every frame decoded in one part, or as stored one part each."""
+    found = open_frames(request, row)
+    choice = choose(request, found)
+    numbers = list(range(1, found.count + 1))
+    if not choice.decode:
+        body = _frame_parts(found, choice, numbers, boundary)
+        return _multipart(body, choice.part_type, boundary)
+    _first_decodes(found, 1)
+
+    def whole() -> Iterator[bytes]:
+        yield part_header(boundary, choice.content_type, first=True)
+        for number in numbers:
+            yield found.decoded_bytes(number)
+        yield closing(boundary)
+
+    return _multipart(whole(), choice.part_type, boundary)

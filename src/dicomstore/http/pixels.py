@@ -1,0 +1,181 @@
+"""The frames of a stored instance, one at a time (PS3.5 8.2, A.4; PS3.18 8.7.3.3).
+
+:class:`Frames` reads a stored instance's header (:func:`read_stored`) and
+hands out one frame at a time, never the whole Pixel Data:
+
+- as stored: native frames by seeking, encapsulated frames by gathering the
+  fragments of that frame from the file (Basic or Extended Offset Table, one
+  fragment per frame, or the fragments between JPEG markers:
+  :func:`pydicom.encaps.get_frame` on the open file);
+- decoded: a numpy array of one frame, through pydicom's decoders and the
+  plugins of the ``codecs`` extra (pylibjpeg with its libjpeg, openjpeg and
+  RLE plugins, numpy, Pillow). Without them, :func:`decoder_missing` says
+  which extra to install and the callers answer 406.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from dicomstore import uids
+from dicomstore.archive.layout import resolve
+from dicomstore.archive.stored import PixelValue, read_range, read_stored
+from dicomstore.http.common import HttpError
+
+log = logging.getLogger("dicomstore.http.pixels")
+
+EXTRA = "dicomstore[codecs]"
+NATIVE_LE = (uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE)
+
+#: PS3.18 Table 8.7.3-5: the media type of a frame in each compressed transfer syntax.
+MEDIA_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+}
+#: Names clients still send for some of them (the media types before registration).
+ALIASES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
+
+
+def media_type_of(syntax: str) -> str:
+    """The media type a frame of ``syntax`` is sent as."""
+    return MEDIA_TYPES.get(syntax, "application/octet-stream")
+
+
+def decoder_missing(syntax: str) -> str | None:
+    """Why frames of ``syntax`` cannot be decoded here, or None if they can."""
+    try:
+        import numpy  # noqa: F401
+        from pydicom.pixels import get_decoder
+    except ImportError:
+        return f"decoding needs numpy: install {EXTRA}"
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        return f"no decoder for transfer syntax {syntax}"
+    if not decoder.is_available:
+        return f"no decoder for {syntax} is installed: install {EXTRA}"
+    return None
+
+
+@dataclass
+class Frames:
+    """One stored instance's frames: where they are and how they are encoded."""
+
+    path: Path
+    syntax: str
+    dataset: Dataset
+    pixels: PixelValue
+    count: int
+    #: bytes of one frame once decoded (native: as stored)
+    frame_size: int
+
+    @classmethod
+    def open(cls, root: Path, row: dict[str, Any], max_frame_bytes: int) -> Frames:
+        """The frames of the instance of index ``row``; HttpError 404/406/413 if none."""
+        syntax = row["transfer_syntax_uid"]
+        path = resolve(root, row["path"])
+        if syntax not in NATIVE_LE and syntax not in MEDIA_TYPES:
+            raise HttpError(406, f"frames of transfer syntax {syntax} are not served")
+        stored = read_stored(path, syntax)
+        ds, pixels = stored.dataset, stored.pixels
+        if pixels is None or pixels.tag != 0x7FE00010:
+            raise HttpError(404, "the instance has no Pixel Data")
+        try:
+            bits = int(ds.BitsAllocated)
+            rows, columns = int(ds.Rows), int(ds.Columns)
+            samples = int(ds.get("SamplesPerPixel", 1))
+            count = int(ds.get("NumberOfFrames", 1) or 1)
+        except (AttributeError, TypeError, ValueError):
+            raise HttpError(404, "the instance's image pixel attributes are incomplete") from None
+        size = rows * columns * samples * bits // 8
+        if bits % 8 or size <= 0 or count <= 0:
+            raise HttpError(406, f"frames of {bits}-bit or empty Pixel Data are not served")
+        if size > max_frame_bytes:
+            raise HttpError(413, f"a frame of {size} bytes is over the limit ({max_frame_bytes})")
+        encapsulated = pixels.length is None
+        if encapsulated == (syntax in NATIVE_LE):
+            raise HttpError(406, f"the Pixel Data does not match its transfer syntax {syntax}")
+        if not encapsulated and size * count > (pixels.length or 0):
+            raise HttpError(406, "the native Pixel Data is shorter than its frames")
+        return cls(path, syntax, ds, pixels, count, size)
+
+    @property
+    def encapsulated(self) -> bool:
+        return self.pixels.length is None
+
+    @property
+    def stored_syntax(self) -> str:
+        """The syntax a frame as stored is in (native frames are Explicit VR LE's bytes)."""
+        return uids.EXPLICIT_VR_LE if not self.encapsulated else self.syntax
+
+    def check(self, numbers: list[int]) -> None:
+        """404 for a frame number past the last frame."""
+        missing = [n for n in numbers if n > self.count]
+        if missing:
+            has = f"the instance has {self.count}"
+            raise HttpError(404, f"frame {missing[0]} does not exist ({has})")
+
+    def stored(self, number: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """Frame ``number`` (from 1) as stored: native in chunks, encapsulated as one codestream."""
+        if not self.encapsulated:
+            start = self.pixels.offset + (number - 1) * self.frame_size
+            yield from read_range(self.path, start, self.frame_size, chunk)
+            return
+        from pydicom.encaps import get_frame
+
+        with open(self.path, "rb") as fp:
+            fp.seek(self.pixels.offset)
+            try:
+                yield get_frame(fp, number - 1, **self._offsets())
+            except (ValueError, EOFError, OSError) as exc:
+                log.warning("frame %d of %s cannot be read: %s", number, self.path, exc)
+                raise HttpError(406, f"frame {number} cannot be read from its fragments") from None
+
+    def _offsets(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"number_of_frames": self.count}
+        ds = self.dataset
+        if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+            found["extended_offsets"] = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+        return found
+
+    def decoded(self, number: int) -> Any:
+        """Frame ``number`` (from 1) as a numpy array, colour as RGB (planar configuration 0)."""
+        reason = decoder_missing(self.syntax)
+        if reason is not None:
+            raise HttpError(406, reason)
+        from pydicom.pixels import get_decoder
+        from pydicom.pixels.utils import as_pixel_options
+
+        options = as_pixel_options(self.dataset, **self._offsets())
+        options.setdefault("pixel_keyword", "PixelData")
+        with open(self.path, "rb") as fp:
+            fp.seek(self.pixels.offset)
+            try:
+                array, _ = get_decoder(self.syntax).as_array(fp, index=number - 1, **options)
+            except Exception as exc:  # the decoders raise anything on bad data
+                log.warning("frame %d of %s cannot be decoded: %s", number, self.path, exc)
+                raise HttpError(406, f"frame {number} cannot be decoded: {exc}") from None
+        return array
+
+    def decoded_bytes(self, number: int) -> bytes:
+        """Frame ``number`` decoded, as Explicit VR Little Endian's native Pixel Data bytes."""
+        array = self.decoded(number)
+        return bytes(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())

@@ -1,0 +1,222 @@
+"""WADO-RS rendered images and thumbnails (PS3.18 10.4.1.1.5, 10.4.1.1.6; 8.3.5).
+
+``/rendered`` of an instance, of one of its frames (``/frames/{n}/rendered``),
+of a series or a study, and ``/thumbnail`` of the same, as ``image/jpeg``
+(the default) or ``image/png``. A series is shown by its middle instance, a
+study by the middle instance of its first series with an image (the first
+instance that can be rendered, trying a few); a multi-frame instance by its
+first frame. One frame is decoded at a time (:mod:`dicomstore.http.pixels`).
+
+Grey images go through the Modality LUT (Rescale Slope/Intercept) and the
+window asked for (``window=center,width[,linear|linear-exact]``), else the
+instance's Window Center/Width, else the frame's min..max (PS3.3 C.11.2.1.2);
+MONOCHROME1 is inverted; colour is sent as decoded (RGB). ``viewport=vw,vh``
+fits the image into that box keeping its aspect (never enlarged beyond it);
+thumbnails fit 128x128 unless a viewport says otherwise; ``quality`` (1-100)
+sets the JPEG quality. Rendering needs numpy and Pillow (the ``codecs``
+extra): without them, 406 naming it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+from pydicom.multival import MultiValue
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomstore.http import pixels
+from dicomstore.http.common import HttpError, negotiate
+from dicomstore.http.frames import frame_numbers, open_frames
+from dicomstore.http.limits import refuse
+from dicomstore.http.wado import target_rows
+
+log = logging.getLogger("dicomstore.http.render")
+
+THUMBNAIL = 128
+MAX_VIEWPORT = 8192
+#: instances tried for a series or study before giving up (not images, say)
+TRIES = 20
+_OFFERS = [("image/jpeg", None), ("image/png", None)]
+
+
+def rendered(request: Request) -> Response:
+    """GET .../rendered (10.4.1.1.5)."""
+    return _render(request, None)
+
+
+def thumbnail(request: Request) -> Response:
+    """GET .../thumbnail (10.4.1.1.6): a small rendered image."""
+    return _render(request, THUMBNAIL)
+
+
+def _render(request: Request, box: int | None) -> Response:
+    choice, _ = negotiate(request, _OFFERS)
+    media = _OFFERS[choice][0]
+    window = _window(request.query_params.get("window"))
+    viewport = _viewport(request, request.query_params.get("viewport"))
+    quality = _quality(request.query_params.get("quality"))
+    if viewport is None and box is not None:
+        viewport = (box, box)
+    pil = _pillow()
+    frame = 1
+    if "frames" in request.path_params:
+        numbers = frame_numbers(request.path_params["frames"])
+        if len(numbers) != 1:
+            raise HttpError(400, "a rendered frame is one frame number")
+        frame = numbers[0]
+    found = _representative(request, frame)
+    image = pil.fromarray(to_8bit(found.decoded(frame), found.dataset, window))
+    if viewport is not None:
+        image.thumbnail(viewport)
+    out = io.BytesIO()
+    if media == "image/jpeg":
+        image.convert("RGB" if image.mode == "RGB" else "L").save(out, "JPEG", quality=quality)
+    else:
+        image.save(out, "PNG")
+    return Response(out.getvalue(), media_type=media)
+
+
+def _pillow() -> Any:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise HttpError(406, f"rendering needs Pillow: install {pixels.EXTRA}") from None
+    return Image
+
+
+def _representative(request: Request, frame: int) -> pixels.Frames:
+    """The frames of the instance shown for the URL's study, series or instance."""
+    rows = target_rows(request)
+    if "sop" in request.path_params:
+        found = open_frames(request, rows[0])
+        found.check([frame])
+        return found
+    last: HttpError | None = None
+    for row in _in_order(rows)[:TRIES]:
+        try:
+            return open_frames(request, row)
+        except HttpError as exc:
+            last = exc
+    assert last is not None
+    raise HttpError(404 if last.status != 413 else 413, f"nothing to render: {last.message}")
+
+
+def _in_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each series' middle instance first (series in order), then the others."""
+
+    def key(row: dict[str, Any]) -> tuple[Any, ...]:
+        number = row.get("instance_number")
+        return (number is None, number or 0, row["sop_instance_uid"])
+
+    by_series: dict[str, list[dict[str, Any]]] = {}
+    for row in sorted(rows, key=_series_key):
+        by_series.setdefault(row["series_uid"], []).append(row)
+    middles, others = [], []
+    for members in by_series.values():
+        members.sort(key=key)
+        middle = len(members) // 2
+        middles.append(members[middle])
+        others.extend(members[:middle] + members[middle + 1 :])
+    return middles + others
+
+
+def _series_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    number = row.get("series_number")
+    return (number is None, number or 0, row["series_uid"])
+
+
+def to_8bit(array: Any, ds: Any, window: tuple[float, float] | None) -> Any:
+    """A decoded frame as 8-bit grey or RGB, windowed (PS3.3 C.11.2.1.2) and inverted
+    for MONOCHROME1."""
+    import numpy as np
+
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if array.ndim == 3:  # colour, decoded as RGB
+        if array.dtype != np.uint8:
+            top = float(array.max()) or 1.0
+            array = (array.astype(np.float64) * (255.0 / top)).clip(0, 255)
+        return np.ascontiguousarray(array.astype(np.uint8))
+    if photometric == "PALETTE COLOR":
+        try:
+            from pydicom.pixels import apply_color_lut
+
+            return to_8bit(apply_color_lut(array, ds), ds, None)
+        except Exception as exc:  # an incomplete palette: show it grey
+            log.info("palette of %s not applied: %s", ds.get("SOPInstanceUID"), exc)
+    values = array.astype(np.float64)
+    slope, intercept = _number(ds, "RescaleSlope", 1.0), _number(ds, "RescaleIntercept", 0.0)
+    values = values * slope + intercept
+    center, width = window or _stored_window(ds) or _min_max(values)
+    width = max(width, 1.0)
+    scaled = ((values - (center - 0.5)) / max(width - 1.0, 1.0) + 0.5) * 255.0
+    grey = scaled.clip(0, 255).astype(np.uint8)
+    return 255 - grey if photometric == "MONOCHROME1" else grey
+
+
+def _number(ds: Any, keyword: str, default: float) -> float:
+    """The (first) value of a numeric attribute, or ``default``."""
+    value = ds.get(keyword)
+    if isinstance(value, MultiValue | list | tuple):
+        value = value[0] if len(value) else None
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _stored_window(ds: Any) -> tuple[float, float] | None:
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    center, width = _number(ds, "WindowCenter", float("nan")), _number(ds, "WindowWidth", 0.0)
+    return None if center != center or width <= 0 else (center, width)
+
+
+def _min_max(values: Any) -> tuple[float, float]:
+    low, high = float(values.min()), float(values.max())
+    return (low + high) / 2 + 0.5, max(high - low + 1.0, 1.0)
+
+
+def _window(text: str | None) -> tuple[float, float] | None:
+    """``window=center,width[,function]`` (PS3.18 8.3.5.1.4)."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        center, width = float(parts[0]), float(parts[1])
+    except (ValueError, IndexError):
+        raise HttpError(400, f"window is center,width[,function]: {text!r}") from None
+    function = parts[2].lower() if len(parts) > 2 else "linear"
+    if len(parts) > 3 or function not in ("linear", "linear-exact") or width <= 0:
+        raise HttpError(400, f"window is center,width>0[,linear|linear-exact]: {text!r}")
+    return center, width
+
+
+def _viewport(request: Request, text: str | None) -> tuple[int, int] | None:
+    """``viewport=vw,vh`` (PS3.18 8.3.5.1.3): the box the image is fitted into."""
+    if text is None:
+        return None
+    try:
+        width, height = (int(v) for v in text.split(","))
+    except ValueError:
+        raise HttpError(400, f"viewport is width,height (pixels): {text!r}") from None
+    if not (0 < width <= MAX_VIEWPORT and 0 < height <= MAX_VIEWPORT):
+        raise refuse(request, 400, f"viewport sides are 1 to {MAX_VIEWPORT} pixels: {text!r}")
+    return width, height
+
+
+def _quality(text: str | None) -> int:
+    """``quality`` (PS3.18 8.3.5.1.5): 1-100, default 90."""
+    if text is None:
+        return 90
+    try:
+        quality = int(text)
+    except ValueError:
+        quality = 0
+    if not 1 <= quality <= 100:
+        raise HttpError(400, f"quality is 1 to 100: {text!r}")
+    return quality
