@@ -21,7 +21,7 @@ import subprocess
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,13 +143,14 @@ def part10(ds: pydicom.Dataset) -> bytes:
     return out.getvalue()
 
 
-def ct_series(count: int = 4) -> list[bytes]:
+def ct_series(description: str, count: int = 4) -> list[bytes]:
     """``count`` slices of pydicom's CT_small (uncompressed), a new study, 5 mm apart."""
     study, series = generate_uid(), generate_uid()
     files = []
     for n in range(count):
         ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.StudyDescription = description
         ds.SOPInstanceUID = generate_uid()
         ds.InstanceNumber = n + 1
         x, y, z = ds.ImagePositionPatient
@@ -159,18 +160,20 @@ def ct_series(count: int = 4) -> list[bytes]:
     return files
 
 
-def single(name: str) -> list[bytes]:
+def single(name: str, description: str) -> list[bytes]:
     """One of pydicom's test files with new UIDs (a study of its own)."""
     ds = pydicom.dcmread(get_testdata_file(name))
+    ds.StudyDescription = description
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.SOPInstanceUID = generate_uid()
     return [part10(ds)]
 
 
-STUDIES = {
-    "uncompressed CT series": lambda: ct_series(),
-    "JPEG baseline": lambda: single("SC_rgb_jpeg_dcmtk.dcm"),
-    "JPEG 2000": lambda: single("JPEG2000.dcm"),
+#: Each case: its Study Description (shown in the study list) and its files.
+STUDIES: dict[str, tuple[str, Callable[[str], list[bytes]]]] = {
+    "uncompressed CT series": ("OHIF test CT", ct_series),
+    "JPEG baseline": ("OHIF test JPEG", lambda d: single("SC_rgb_jpeg_dcmtk.dcm", d)),
+    "JPEG 2000": ("OHIF test J2K", lambda d: single("JPEG2000.dcm", d)),
 }
 
 
@@ -210,8 +213,8 @@ def studies(dicomstore_url: str) -> dict[str, str]:
     """Each case of :data:`STUDIES` stored through STOW-RS: its Study Instance UID."""
     uids = {}
     with httpx.Client(base_url=dicomstore_url, timeout=30) as client:
-        for case, make in STUDIES.items():
-            files = make()
+        for case, (description, make) in STUDIES.items():
+            files = make(description)
             reply = stow_post(client, files)
             assert reply.status_code == 200, reply.text
             uids[case] = pydicom.dcmread(io.BytesIO(files[0])).StudyInstanceUID
@@ -317,6 +320,35 @@ def test_ohif_shows_the_study(case: str, studies, viewer, dicomstore_url, browse
         ):
             raise FramesRefused(message)
         pytest.fail(message)
+
+
+def test_ohif_study_list_shows_every_study(studies, viewer, dicomstore_url, browser) -> None:
+    """The viewer's study list (QIDO-RS ``/studies``) names every stored study."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    network = NetworkLog(browser, dicomstore_url)
+    network.forget()
+    browser.get_log("browser")
+    browser.get(f"{viewer}/")
+    wanted = [description for description, _ in STUDIES.values()]
+
+    def listed_or_failed(driver: Any) -> bool:
+        text = driver.find_element(By.TAG_NAME, "body").text
+        return bool(network.update().failed) or all(a in text for a in wanted)
+
+    problems = []
+    try:
+        WebDriverWait(browser, RENDER_TIMEOUT).until(listed_or_failed)
+    except TimeoutException:
+        text = browser.find_element(By.TAG_NAME, "body").text
+        missing = [a for a in wanted if a not in text]
+        problems.append(f"the study list lacks {missing} after {RENDER_TIMEOUT} s")
+    problems += [f"request to dicomstore: {line}" for line in network.failed]
+    if problems:
+        folder = save_evidence(browser, "study list", problems)
+        pytest.fail("; ".join(problems) + f" (screenshot and logs in {folder})")
 
 
 def save_evidence(driver: Any, case: str, problems: list[str]) -> Path:
