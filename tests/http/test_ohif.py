@@ -184,13 +184,18 @@ def ports() -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def dicomstore_url(tmp_path_factory, ports: tuple[int, int]) -> Iterator[str]:
+def serve_log(tmp_path_factory) -> Path:
+    """Where ``dicomstore serve`` writes its log (copied into the evidence on failure)."""
+    return tmp_path_factory.mktemp("ohif") / "serve.log"
+
+
+@pytest.fixture(scope="module")
+def dicomstore_url(serve_log: Path, ports: tuple[int, int]) -> Iterator[str]:
     """``dicomstore serve`` with DICOMweb on a free port, CORS open to the viewer's origin."""
     http_port, viewer_port = ports
-    folder = tmp_path_factory.mktemp("ohif")
     command = serve_command(
         free_port(),
-        folder / "store",
+        serve_log.parent / "store",
         "--fsync",
         "off",
         "--http-port",
@@ -198,7 +203,7 @@ def dicomstore_url(tmp_path_factory, ports: tuple[int, int]) -> Iterator[str]:
         "--http-cors-origin",
         f"http://127.0.0.1:{viewer_port}",
     )
-    with (folder / "serve.log").open("w") as log:
+    with serve_log.open("w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=log)
         try:
             wait_listening(http_port, proc)
@@ -288,7 +293,9 @@ COMPRESSED_FRAMES = pytest.mark.xfail(
         pytest.param("JPEG 2000", marks=COMPRESSED_FRAMES),
     ],
 )
-def test_ohif_shows_the_study(case: str, studies, viewer, dicomstore_url, browser) -> None:
+def test_ohif_shows_the_study(
+    case: str, studies, viewer, dicomstore_url, browser, serve_log
+) -> None:
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -313,7 +320,7 @@ def test_ohif_shows_the_study(case: str, studies, viewer, dicomstore_url, browse
     if network.answered == 0:
         problems.append("no request reached dicomstore")
     if problems:
-        folder = save_evidence(browser, case, problems)
+        folder = save_evidence(browser, case, problems, serve_log)
         message = f"{case}: " + "; ".join(problems) + f" (screenshot and logs in {folder})"
         if network.failed and all(
             line.startswith("406 ") and "/frames/" in line for line in network.failed
@@ -322,7 +329,9 @@ def test_ohif_shows_the_study(case: str, studies, viewer, dicomstore_url, browse
         pytest.fail(message)
 
 
-def test_ohif_study_list_shows_every_study(studies, viewer, dicomstore_url, browser) -> None:
+def test_ohif_study_list_shows_every_study(
+    studies, viewer, dicomstore_url, browser, serve_log
+) -> None:
     """The viewer's study list (QIDO-RS ``/studies``) names every stored study."""
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
@@ -347,15 +356,17 @@ def test_ohif_study_list_shows_every_study(studies, viewer, dicomstore_url, brow
         problems.append(f"the study list lacks {missing} after {RENDER_TIMEOUT} s")
     problems += [f"request to dicomstore: {line}" for line in network.failed]
     if problems:
-        folder = save_evidence(browser, "study list", problems)
+        folder = save_evidence(browser, "study list", problems, serve_log)
         pytest.fail("; ".join(problems) + f" (screenshot and logs in {folder})")
 
 
-def save_evidence(driver: Any, case: str, problems: list[str]) -> Path:
-    """A screenshot, the console log and the problems, in a new temporary folder."""
+def save_evidence(driver: Any, case: str, problems: list[str], serve_log: Path) -> Path:
+    """A screenshot, the console log, dicomstore's log and the problems, in a new
+    temporary folder."""
     folder = Path(tempfile.mkdtemp(prefix="ohif-" + case.replace(" ", "-") + "-"))
     driver.save_screenshot(str(folder / "screenshot.png"))
     console = driver.get_log("browser")
     (folder / "console.json").write_text(json.dumps(console, indent=1))
     (folder / "problems.txt").write_text("\n".join(problems) + "\n")
+    shutil.copy(serve_log, folder / "serve.log")
     return folder
