@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-# DCMTK: the interop peer; Chromium and its driver: the browse page test; jq: audit lines.
-APT_PACKAGES="dcmtk chromium chromium-driver jq"
+# DCMTK: the interop peer; Chromium and its driver: the browse page and OHIF viewer tests;
+# Node.js and npm: fetch the OHIF viewer (npm pack @ohif/app); jq: audit lines.
+APT_PACKAGES="dcmtk chromium chromium-driver nodejs npm jq"
 missing=""
 for pkg in $APT_PACKAGES; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"

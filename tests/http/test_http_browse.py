@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import io
-import shutil
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
+from browser_testlib import chromium
 from http_testlib import HttpThread, make_dataset, store
 
 from dicomstore.archive import Archive
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 EVIL_NAME = "<script>window.pwned=1</script>^Evil"
 EVIL_TEXT = '"><img src=x onerror="window.pwned=2">'
 STUDY = "1.2.826.0.1.3680043.10.3"
@@ -41,34 +38,8 @@ def site(tmp_path_factory) -> Iterator[tuple[str, Archive]]:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    if not Path(CHROMIUM).exists() or not Path(CHROMEDRIVER).exists():
-        pytest.fail(
-            "headless Chromium is needed: apt-get install chromium chromium-driver "
-            "(scripts/run-tests.sh installs them)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
+    with chromium(tmp_path_factory.mktemp("chromium")) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def follow(driver, text: str) -> None:
