@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from pathlib import Path
 
 import pydicom
@@ -111,6 +112,7 @@ def test_un_and_private_sequences_and_odd_values(tmp_path: Path) -> None:
     put_raw(ds, 0x00200012, "IS", b"1\\\\3 ")  # an empty value
     put_raw(ds, 0x00200020, "CS", b"A\\B\\\x00")
     put_raw(ds, 0x00080061, "CS", b"\xe9T ")  # not ASCII where it must be
+    put_raw(ds, 0x00081115, "SQ", unsorted_item())
     ds.add_new(0x00200013, "IS", "+7")
     ds.add_new(0x00209165, "AT", [0x00100010, 0x7FE00010])
     ds.add_new(0x00181310, "US", [0, 4, 3, 0])
@@ -128,6 +130,16 @@ def test_un_and_private_sequences_and_odd_values(tmp_path: Path) -> None:
     store_implicit(archive, implicit)
     assert assert_same(archive) == 3
     archive.close()
+
+
+def unsorted_item() -> bytes:
+    """A sequence value of one item whose elements are out of order (pydicom sorts)."""
+
+    def elem(tag: int, vr: bytes, value: bytes) -> bytes:
+        return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+    content = elem(0x00100020, b"LO", b"ID") + elem(0x00080100, b"SH", b"CODE")
+    return struct.pack("<HHL", 0xFFFE, 0xE000, len(content)) + content
 
 
 def put_raw(ds: Dataset, tag: int, vr: str, value: bytes) -> None:

@@ -92,7 +92,7 @@ class _Encoder:
         parent's), as pydicom's Dataset._character_set gives them."""
         for tag, _vr, start, length, _ in elements:
             if tag == _CHARSET:
-                raw = bytes(self.buf[start : start + length])
+                raw = self.buf[start : start + length]
                 text = raw.decode("iso8859").rstrip(" \x00")
                 if not text:
                     return parent
@@ -111,7 +111,7 @@ class _Encoder:
             if vr is None:
                 return None
         if vr != "SQ":
-            return value_json(vr, bytes(self.buf[start : start + length]), self.little, encodings)
+            return value_json(vr, self.buf[start : start + length], self.little, encodings)
         if depth + 1 >= self.max_depth:
             cut.append(tag)
             return {"vr": "SQ"}
@@ -166,14 +166,20 @@ def read_metadata(
         encodings = encoder.encodings(elements, _DEFAULT_ENCODINGS)
         out: dict[str, Any] = {}
         fallback: Dataset | None = None
+        keys = _KEYS
         for element in elements:
-            tag, vr, _, length, _ = element
+            tag, vr, begin, length, items = element
             if wanted is not None and tag not in wanted:
                 continue
             if length > BULK_THRESHOLD and length != 0xFFFFFFFF and tag != _CHARSET:
                 bulk_vr = vr if vr is not None else _dictionary_vr(tag)
                 if bulk_vr in _BULK_VRS:  # never read: sent as a URI
                     out[_key(tag)] = {"vr": bulk_vr, "BulkDataURI": bulk_uri(tag)}
+                    continue
+            if vr is not None and items is None and tag in keys:  # the common case, inline
+                json = value_json(vr, buf[begin : begin + length], little, encodings)
+                if json is not None:
+                    out[keys[tag]] = json
                     continue
             mine: list[int] = []
             json = encoder.element(element, 0, encodings, mine)
