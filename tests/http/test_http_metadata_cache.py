@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+from dicomjson_reference import read_metadata
 from http_testlib import CT, HttpThread, make_dataset, store, store_file
 from pydicom.data import get_charset_files, get_testdata_file
 from test_http_depth import STUDY as DEEP_STUDY
@@ -25,7 +26,6 @@ from dicomstore.archive.metacache import CACHE_FILE, MetadataCache
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.removal import remove
 from dicomstore.http.common import url_of
-from dicomstore.http.dicomjson import read_metadata
 from dicomstore.http.limits import DEFAULT
 
 STUDY = "1.2.826.0.1.3680043.10.9"

@@ -1,6 +1,6 @@
 """WADO-RS metadata (PS3.18 10.4.1.1.2) of many instances, through the metadata cache.
 
-Each instance's DICOM JSON is made once by :func:`~dicomstore.http.dicomjson.read_metadata`
+Each instance's DICOM JSON is made once by :func:`~dicomstore.http.instancejson.read_metadata`
 and kept in the archive's :class:`~dicomstore.archive.metacache.MetadataCache` as the
 JSON text itself, with every BulkDataURI (F.2.6) written as a random token standing
 for the instance's URL (which depends on the request's host or the configured base
@@ -25,7 +25,8 @@ from typing import Any
 from dicomstore.archive.layout import resolve
 from dicomstore.archive.metacache import MetadataCache
 from dicomstore.http.common import url_of
-from dicomstore.http.dicomjson import log_cut, read_metadata
+from dicomstore.http.dicomjson import log_cut
+from dicomstore.http.instancejson import read_metadata
 
 log = logging.getLogger("dicomstore.http.metadata")
 

@@ -34,7 +34,8 @@ from starlette.responses import Response
 from dicomstore.archive import query as q
 from dicomstore.archive.layout import resolve
 from dicomstore.http.common import DICOM_JSON, HttpError, base_url, negotiate, reader, url_of
-from dicomstore.http.dicomjson import element, read_metadata, row_to_json, tag_key
+from dicomstore.http.dicomjson import element, row_to_json, tag_key
+from dicomstore.http.instancejson import read_metadata
 from dicomstore.http.limits import limits, refuse
 
 #: The most results one response carries (more: a Warning, use offset).

@@ -1,0 +1,271 @@
+"""WADO-RS metadata (PS3.18 10.4.1.1.2) of a stored instance: its DICOM JSON (Annex F).
+
+:func:`read_metadata` reads the header once, straight from the file's bytes
+(:mod:`~dicomstore.http.rawheader`, a memory map: values past the header are never
+read), and encodes each value with :mod:`~dicomstore.http.jsonvalues`. Pixel Data
+and every top-level binary value larger than :data:`BULK_THRESHOLD` are sent as a
+BulkDataURI (F.2.6); other binary values as InlineBinary (F.2.7); sequences as
+arrays of objects (F.2.5) down to ``max_depth`` levels, below which a sequence is
+given by its VR alone (DICOM JSON cannot say "not shown") and a warning is logged.
+
+The answer is, byte for byte, the one pydicom's ``DataElement.to_json_dict`` gives
+(tests/http/dicomjson_reference.py is that encoder, and the tests compare the two):
+a top-level element holding a value :func:`~dicomstore.http.jsonvalues.value_json`
+leaves to pydicom, and every element of a data set the walker does not read as
+pydicom does, is made by pydicom from the data set it reads (:func:`_pydicom_json`).
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+import zlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+
+from dicomstore.archive.dicomfile import dataset_offset, encoding_of
+from dicomstore.archive.stored import read_stored
+from dicomstore.http.dicomjson import BULK_THRESHOLD, log_cut, tag_key
+from dicomstore.http.jsonvalues import value_json
+from dicomstore.http.rawheader import Element, Unsure, Walker
+
+_BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+_IMPLICIT_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
+_CHARSET = 0x00080005
+_DEFAULT_ENCODINGS = ("iso8859",)
+_DEFER = BULK_THRESHOLD  # what pydicom leaves unread
+_KEYS: dict[int, str] = {}
+_DICTIONARY: dict[int, str | None] = {}
+
+
+def _key(tag: int) -> str:
+    key = _KEYS.get(tag)
+    if key is None:
+        key = _KEYS[tag] = tag_key(tag)
+    return key
+
+
+def _dictionary_vr(tag: int) -> str:
+    """The first VR the dictionary gives a tag (UN if none), as for a deferred value."""
+    try:
+        return str(dictionary_VR(tag)).split(" or ")[0]
+    except KeyError:
+        return "UN"
+
+
+def _implicit_vr(tag: int) -> str | None:
+    """The VR of an Implicit VR element, or None if pydicom decides it from context
+    (private tags, ambiguous VRs)."""
+    try:
+        return _DICTIONARY[tag]
+    except KeyError:
+        pass
+    try:
+        vr: str | None = str(dictionary_VR(tag))
+        if vr is not None and " or " in vr:
+            vr = None
+    except KeyError:
+        group, elem = tag >> 16, tag & 0xFFFF
+        vr = "LO" if group & 1 and 0x10 <= elem <= 0xFF else None
+    _DICTIONARY[tag] = vr
+    return vr
+
+
+def _is_sequence(tag: int) -> bool:
+    return _implicit_vr(tag) == "SQ"
+
+
+class _Encoder:
+    """One instance's values: its buffer and byte order."""
+
+    def __init__(self, buf: Any, implicit: bool, little: bool, max_depth: int) -> None:
+        self.buf, self.implicit, self.little, self.max_depth = buf, implicit, little, max_depth
+
+    def encodings(self, elements: list[Element], parent: tuple[str, ...]) -> tuple[str, ...]:
+        """The character sets of a data set (its own Specific Character Set, else its
+        parent's), as pydicom's Dataset._character_set gives them."""
+        for tag, _vr, start, length, _ in elements:
+            if tag == _CHARSET:
+                raw = self.buf[start : start + length]
+                text = raw.decode("iso8859").rstrip(" \x00")
+                if not text:
+                    return parent
+                values = text.split("\\")
+                found = convert_encodings(values[0] if len(values) == 1 else values)
+                return tuple(found)
+        return parent
+
+    def element(
+        self, element: Element, depth: int, encodings: tuple[str, ...], cut: list[int]
+    ) -> dict[str, Any] | None:
+        """One attribute (as the reference's ``_element_json``), None if unsure."""
+        tag, vr, start, length, items = element
+        if vr is None:
+            vr = _implicit_vr(tag)
+            if vr is None:
+                return None
+        if vr != "SQ":
+            return value_json(vr, self.buf[start : start + length], self.little, encodings)
+        if depth + 1 >= self.max_depth:
+            cut.append(tag)
+            return {"vr": "SQ"}
+        out = []
+        for item in items or ():
+            inner = self.encodings(item, encodings)
+            made = {}
+            for each in item:
+                json = self.element(each, depth + 1, inner, cut)
+                if json is None:
+                    return None
+                made[_key(each[0])] = json
+            out.append(dict(sorted(made.items())))
+        return {"vr": "SQ", "Value": out} if out else {"vr": "SQ"}
+
+
+def read_metadata(
+    path: Path,
+    transfer_syntax_uid: str,
+    bulk_uri: Callable[[int], str],
+    tags: Iterable[int] | None = None,
+    *,
+    max_depth: int,
+    cut: list[int] | None = None,
+) -> dict[str, Any]:
+    """DICOM JSON of a stored instance (file meta excluded): Pixel Data and top-level
+    binary values over :data:`BULK_THRESHOLD` as BulkDataURI; only ``tags`` if given;
+    nested sequences down to ``max_depth`` levels (the tags of those cut added to
+    ``cut``, and a warning logged). Raises OSError or ValueError for a file that
+    cannot be read."""
+    implicit, little, deflated = encoding_of(transfer_syntax_uid)
+    wanted = None if tags is None else set(tags)
+    cut = [] if cut is None else cut
+    with open(path, "rb") as fp:
+        start = dataset_offset(fp)
+        if deflated:  # PS3.5 A.5: the data set is a raw deflate stream
+            fp.seek(start)
+            try:
+                buf: Any = zlib.decompress(fp.read(), -zlib.MAX_WBITS)
+            except zlib.error as exc:
+                raise ValueError(f"{path.name}: deflated data set unreadable: {exc}") from exc
+            start = 0
+        else:
+            buf = mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        try:
+            walker = Walker(buf, implicit, little, _is_sequence, max_depth)
+            elements, stop = walker.dataset(start, len(buf), top=True)
+        except Unsure:
+            return _all_by_pydicom(path, transfer_syntax_uid, bulk_uri, wanted, max_depth, cut)
+        encoder = _Encoder(buf, implicit, little, max_depth)
+        encodings = encoder.encodings(elements, _DEFAULT_ENCODINGS)
+        out: dict[str, Any] = {}
+        fallback: Dataset | None = None
+        keys = _KEYS
+        for element in elements:
+            tag, vr, begin, length, items = element
+            if wanted is not None and tag not in wanted:
+                continue
+            if length > BULK_THRESHOLD and length != 0xFFFFFFFF and tag != _CHARSET:
+                bulk_vr = vr if vr is not None else _dictionary_vr(tag)
+                if bulk_vr in _BULK_VRS:  # never read: sent as a URI
+                    out[_key(tag)] = {"vr": bulk_vr, "BulkDataURI": bulk_uri(tag)}
+                    continue
+            if vr is not None and items is None and tag in keys:  # the common case, inline
+                json = value_json(vr, buf[begin : begin + length], little, encodings)
+                if json is not None:
+                    out[keys[tag]] = json
+                    continue
+            mine: list[int] = []
+            json = encoder.element(element, 0, encodings, mine)
+            if json is None:
+                if fallback is None:
+                    fallback = read_stored(
+                        path, transfer_syntax_uid, defer_size=BULK_THRESHOLD
+                    ).dataset
+                mine = []
+                json = _pydicom_json(fallback, tag, bulk_uri, max_depth, mine)
+            cut.extend(mine)
+            out[_key(tag)] = json
+        if cut:
+            log_cut(path, max_depth)
+        pixel = None if deflated else _pixel_data(buf, stop, implicit, little)
+        if pixel is not None and (wanted is None or pixel[0] in wanted):
+            out[_key(pixel[0])] = {"vr": pixel[1], "BulkDataURI": bulk_uri(pixel[0])}
+        return dict(sorted(out.items()))
+    finally:
+        if isinstance(buf, mmap.mmap):
+            buf.close()
+
+
+def _pixel_data(buf: Any, pos: int, implicit: bool, little: bool) -> tuple[int, str] | None:
+    """The tag and VR of the Pixel Data element at ``pos``, if there is one."""
+    head = bytes(buf[pos : pos + 8])
+    if len(head) < 8:
+        return None
+    group, elem = struct.unpack("<HH" if little else ">HH", head[:4])
+    tag = group << 16 | elem
+    if tag not in _IMPLICIT_PIXEL_VR:
+        return None
+    if implicit:
+        return tag, _IMPLICIT_PIXEL_VR[tag]
+    return tag, head[4:6].decode("ascii", "replace")
+
+
+def _all_by_pydicom(
+    path: Path,
+    transfer_syntax_uid: str,
+    bulk_uri: Callable[[int], str],
+    wanted: set[int] | None,
+    max_depth: int,
+    cut: list[int],
+) -> dict[str, Any]:
+    """The whole instance as pydicom reads it (what the walker was unsure of)."""
+    stored = read_stored(path, transfer_syntax_uid, defer_size=_DEFER)
+    ds = stored.dataset
+    out: dict[str, Any] = {}
+    for tag in list(ds.keys()):
+        if wanted is None or int(tag) in wanted:
+            out[_key(int(tag))] = _pydicom_json(ds, int(tag), bulk_uri, max_depth, cut)
+    if cut:
+        log_cut(path, max_depth)
+    pixels = stored.pixels
+    if pixels is not None and (wanted is None or pixels.tag in wanted):
+        out[_key(pixels.tag)] = {"vr": pixels.vr, "BulkDataURI": bulk_uri(pixels.tag)}
+    return dict(sorted(out.items()))
+
+
+def _pydicom_json(
+    ds: Dataset, tag: int, bulk_uri: Callable[[int], str], max_depth: int, cut: list[int]
+) -> dict[str, Any]:
+    """One top-level attribute as pydicom converts it (a value it cannot decode: VR only)."""
+    raw = ds.get_item(tag, keep_deferred=True)
+    if isinstance(raw, RawDataElement) and raw.value is None and raw.length > BULK_THRESHOLD:
+        vr = str(raw.VR) if raw.VR is not None else _dictionary_vr(tag)
+        if vr in _BULK_VRS:
+            return {"vr": vr, "BulkDataURI": bulk_uri(tag)}
+    try:
+        elem = ds[tag]
+        if elem.VR in _BULK_VRS and len(elem.value or b"") > BULK_THRESHOLD:
+            return {"vr": elem.VR, "BulkDataURI": bulk_uri(tag)}
+        return _element_json(elem, 0, max_depth, cut)
+    except Exception:  # noqa: BLE001 - a value pydicom cannot decode: VR only
+        return {"vr": str(raw.VR or _dictionary_vr(tag))}
+
+
+def _element_json(elem: DataElement, depth: int, max_depth: int, cut: list[int]) -> dict[str, Any]:
+    if elem.VR != "SQ":
+        return elem.to_json_dict(None, 1 << 62)
+    if depth + 1 >= max_depth:
+        cut.append(int(elem.tag))
+        return {"vr": "SQ"}
+    items = [
+        {tag_key(e.tag): _element_json(e, depth + 1, max_depth, cut) for e in item}
+        for item in elem.value
+    ]
+    return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}

@@ -1,0 +1,147 @@
+"""The elements of a stored data set read straight from its bytes (PS3.5 7.1, 7.5).
+
+:func:`parse` walks a buffer (a memory map of the file, or the inflated data set)
+once and gives each element as ``(tag, vr, start, length, items)``: ``vr`` as
+written (Explicit VR) or ``None`` (Implicit VR), where the value lies in the buffer,
+and for a sequence its items, each a list of such elements. Values are never
+copied here. Anything this walker does not read exactly as pydicom does (a VR that
+is not one of PS3.5 Table 6.2-1, an undefined length on something other than a
+sequence, a value running past the end, a stray delimiter) raises :class:`Unsure`,
+and the caller reads the instance with pydicom instead.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from dicomstore.archive.dicomfile import PIXEL_TAGS
+from dicomstore.vr import LONG_VRS, SHORT_VRS
+
+UNDEFINED = 0xFFFFFFFF
+ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+
+#: ``(tag, vr or None, value start, value length, items or None)``
+Element = tuple[int, str | None, int, int, list[list["Element"]] | None]
+
+_VRS = {vr: vr.decode("ascii") for vr in LONG_VRS | SHORT_VRS}
+_LONG = frozenset(vr.decode("ascii") for vr in LONG_VRS)
+_TAG = {True: struct.Struct("<HHL"), False: struct.Struct(">HHL")}
+_EXPLICIT = {True: struct.Struct("<HH2sH"), False: struct.Struct(">HH2sH")}
+_LENGTH = {True: struct.Struct("<L"), False: struct.Struct(">L")}
+
+
+class Unsure(Exception):
+    """The bytes hold something read only by pydicom's rules (a fallback is due)."""
+
+
+class Walker:
+    """Parses one buffer in one encoding; ``is_sequence(tag)`` gives whether an
+    Implicit VR element is a sequence (from the dictionary). Sequences nested more
+    than ``max_depth`` levels are :class:`Unsure` (pydicom reads them lazily)."""
+
+    def __init__(
+        self,
+        buf: bytes,
+        implicit: bool,
+        little: bool,
+        is_sequence: Callable[[int], bool],
+        max_depth: int,
+    ) -> None:
+        self.buf = buf
+        self.depth, self.max_depth = 0, max_depth
+        self.implicit = implicit
+        self.tag = _TAG[little].unpack_from
+        self.explicit = _EXPLICIT[little].unpack_from
+        self.length = _LENGTH[little].unpack_from
+        self.is_sequence = is_sequence
+
+    def dataset(
+        self, pos: int, end: int, *, top: bool = False, in_item: bool = False
+    ) -> tuple[list[Element], int]:
+        """The elements from ``pos`` to ``end`` (top level: up to the Pixel Data;
+        an item of undefined length: up to its delimiter), and where reading stopped."""
+        buf = self.buf
+        out: list[Element] = []
+        implicit, explicit, unpack_tag, long_length = (
+            self.implicit,
+            self.explicit,
+            self.tag,
+            self.length,
+        )
+        while pos < end:
+            if pos + 8 > end:
+                raise Unsure("truncated element header")
+            if implicit:
+                group, elem, length = unpack_tag(buf, pos)
+                tag, vr, start = group << 16 | elem, None, pos + 8
+            else:
+                group, elem, code, length = explicit(buf, pos)
+                tag = group << 16 | elem
+                if group == 0xFFFE:  # item tags have no VR
+                    (length,), vr, start = long_length(buf, pos + 4), None, pos + 8
+                else:
+                    vr = _VRS.get(code)
+                    if vr is None:
+                        raise Unsure(f"VR {code!r}")
+                    if vr in _LONG:
+                        (length,), start = long_length(buf, pos + 8), pos + 12
+                    else:
+                        start = pos + 8
+            if top and tag in PIXEL_TAGS:
+                return out, pos
+            if tag == ITEM_END and in_item:
+                return out, start
+            if group == 0xFFFE:
+                raise Unsure(f"delimiter {tag:08X} in a data set")
+            if length == UNDEFINED:
+                if vr == "SQ" or (vr is None and self.is_sequence(tag)):
+                    items, pos = self.sequence(start, None)
+                    out.append((tag, vr, start, UNDEFINED, items))
+                    continue
+                raise Unsure(f"undefined length of {tag:08X}")
+            pos = start + length
+            if pos > end:
+                raise Unsure(f"value of {tag:08X} past the end")
+            if vr == "SQ" or (vr is None and length and self.is_sequence(tag)):
+                items, _ = self.sequence(start, pos)
+                out.append((tag, vr, start, length, items))
+            else:
+                out.append((tag, vr, start, length, None))
+        if in_item:
+            raise Unsure("item without its delimiter")
+        return out, pos
+
+    def sequence(self, pos: int, end: int | None) -> tuple[list[list[Element]], int]:
+        """The items of a sequence from ``pos`` to ``end`` (None: to its delimiter)."""
+        self.depth += 1
+        if self.depth > self.max_depth:
+            raise Unsure("sequences nested deeper than the limit")
+        try:
+            return self._items(pos, end)
+        finally:
+            self.depth -= 1
+
+    def _items(self, pos: int, end: int | None) -> tuple[list[list[Element]], int]:
+        buf = self.buf
+        items: list[list[Element]] = []
+        limit = len(buf) if end is None else end
+        while pos < limit:
+            if pos + 8 > limit:
+                raise Unsure("truncated item")
+            group, elem, length = self.tag(buf, pos)
+            tag = group << 16 | elem
+            if tag == SEQ_END and end is None:
+                return items, pos + 8
+            if tag != ITEM:
+                raise Unsure(f"{tag:08X} in a sequence")
+            if length == UNDEFINED:
+                item, pos = self.dataset(pos + 8, limit, in_item=True)
+            else:
+                item, pos = self.dataset(pos + 8, pos + 8 + length)
+                if pos > limit:
+                    raise Unsure("item past the end of its sequence")
+            items.append(item)
+        if end is None:
+            raise Unsure("sequence without its delimiter")
+        return items, pos
