@@ -274,23 +274,12 @@ return {width: copy.width, height: copy.height, levels: levels.size, lit: lit};
 """
 
 
-class FramesRefused(AssertionError):
-    """The viewer failed only because dicomstore answered 406 to frames of a compressed
-    instance (WADO-RS frames in their stored transfer syntax: issue 14, item 1)."""
-
-
-#: The compressed cases wait for WADO-RS frames in their stored transfer syntax.
-COMPRESSED_FRAMES = pytest.mark.xfail(
-    raises=FramesRefused, strict=True, reason="compressed frames: issue 14 item 1, branch frames"
-)
-
-
 @pytest.mark.parametrize(
     "case",
     [
         "uncompressed CT series",
-        pytest.param("JPEG baseline", marks=COMPRESSED_FRAMES),
-        pytest.param("JPEG 2000", marks=COMPRESSED_FRAMES),
+        "JPEG baseline",
+        "JPEG 2000",
     ],
 )
 def test_ohif_shows_the_study(
@@ -322,10 +311,6 @@ def test_ohif_shows_the_study(
     if problems:
         folder = save_evidence(browser, case, problems, serve_log)
         message = f"{case}: " + "; ".join(problems) + f" (screenshot and logs in {folder})"
-        if network.failed and all(
-            line.startswith("406 ") and "/frames/" in line for line in network.failed
-        ):
-            raise FramesRefused(message)
         pytest.fail(message)
 
 
