@@ -59,11 +59,17 @@ def assert_not_injected(driver) -> None:
 
     assert driver.execute_script("return window.pwned === undefined")
     assert driver.find_elements(By.TAG_NAME, "script") == []
-    assert driver.find_elements(By.TAG_NAME, "img") == []
+    for img in driver.find_elements(By.TAG_NAME, "img"):  # only ours: rendered images
+        src = img.get_attribute("src").split("/", 3)[3]
+        assert src.startswith("studies/") and "/thumbnail" in src or "/rendered" in src, src
+        assert img.get_attribute("onerror") is None
 
 
 def test_from_patients_down_to_an_instance(site, browser) -> None:
+    """Down from the patients, with each series' and instance's thumbnail and the
+    instance's preview rendered by the server (``/thumbnail``, ``/rendered``)."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     url, archive = site
     browser.get(url + "/")
@@ -93,9 +99,13 @@ def test_from_patients_down_to_an_instance(site, browser) -> None:
     cells = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "tbody td")]
     assert "CT" in cells and "2" in cells
 
+    thumbs = "return [...document.images].map(i => i.complete && i.naturalWidth > 0)"
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script(thumbs) == [True])  # 1 series
+
     follow(browser, "1")  # the series (number 1): its instances
     assert browser.title.startswith("Series 1")
     assert len(browser.find_elements(By.CSS_SELECTOR, "tbody tr")) == 2
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script(thumbs) == [True, True])
     anchors = browser.find_elements(By.LINK_TEXT, "download .dcm")
     dcm_links = [a.get_attribute("href") for a in anchors]
 
@@ -105,6 +115,8 @@ def test_from_patients_down_to_an_instance(site, browser) -> None:
     assert "1.2.3.7.2" in header and "(0010,0010) Patient's Name" in header
     assert EVIL_NAME in header
     assert_not_injected(browser)
+    shown = "return [...document.images].map(i => i.complete && i.naturalWidth > 0)"
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script(shown) == [True])  # a preview
 
     # the download links give the stored files (zip for the study, .dcm for an instance)
     with httpx.Client() as client:

@@ -36,6 +36,7 @@ table{border-collapse:collapse;margin-top:.5em}
 th,td{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.n{text-align:right}nav{margin-bottom:1em}
 pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:90%}
+img.thumb{max-width:64px;max-height:64px}img.preview{max-width:512px;display:block;margin:.5em 0}
 """
 
 
@@ -64,6 +65,12 @@ def _time(value: str | None) -> str:
 
 def _link(href: str, text: Any) -> str:
     return f'<a href="{_h(href)}">{_h(text)}</a>'
+
+
+def _image(src: str, alt: str, css: str) -> str:
+    """An image the server renders (``/thumbnail``, ``/rendered``), loaded lazily;
+    a non-image instance leaves it empty (alt text only)."""
+    return f'<img src="{_h(src)}" alt="{_h(alt)}" class="{css}" loading="lazy">'
 
 
 def _page_url(path: str, **params: Any) -> str:
@@ -292,9 +299,10 @@ def study(request: Request) -> HTMLResponse:
     st = _one(request, "study", "StudyInstanceUID")
     rows, more = _search(request, "series", {"StudyInstanceUID": st["study_uid"]})
     table = _table(
-        ["Number", "Modality", "Description", "Body part", "Instances", "Size", ""],
+        ["", "Number", "Modality", "Description", "Body part", "Instances", "Size", ""],
         (
             [
+                _image(_dicomweb(r["study_uid"], r["series_uid"]) + "/thumbnail", "", "thumb"),
                 _link(
                     _page_url("/browse/series", uid=r["series_uid"]),
                     r["series_number"] if r["series_number"] is not None else "(none)",
@@ -311,7 +319,7 @@ def study(request: Request) -> HTMLResponse:
             ]
             for r in rows
         ),
-        {4, 5},
+        {5, 6},
     )
     info = (
         f"<p>Study Instance UID {_h(st['study_uid'])} · accession {_h(st['accession_number'])}"
@@ -328,9 +336,15 @@ def series(request: Request) -> HTMLResponse:
     se = _one(request, "series", "SeriesInstanceUID")
     rows, more = _search(request, "instance", {"SeriesInstanceUID": se["series_uid"]})
     table = _table(
-        ["Number", "SOP Class", "Transfer syntax", "Size", "Received", "From", ""],
+        ["", "Number", "SOP Class", "Transfer syntax", "Size", "Received", "From", ""],
         (
             [
+                _image(
+                    _dicomweb(r["study_uid"], r["series_uid"], r["sop_instance_uid"])
+                    + "/thumbnail",
+                    "",
+                    "thumb",
+                ),
                 _link(
                     _page_url("/browse/instance", uid=r["sop_instance_uid"]),
                     r["instance_number"]
@@ -350,7 +364,7 @@ def series(request: Request) -> HTMLResponse:
             ]
             for r in rows
         ),
-        {3},
+        {4},
     )
     zip_url = _dicomweb(se["study_uid"], se["series_uid"]) + "?accept=application/zip"
     info = (
@@ -392,4 +406,5 @@ def instance(request: Request) -> HTMLResponse:
     title = (
         f"Instance {row['instance_number'] if row['instance_number'] is not None else ''}".strip()
     )
-    return _render(title, _crumbs(row, 2), info + f"<pre>{_h(header)}</pre>")
+    preview = _image(url + "/rendered?viewport=512,512", "(no image to show)", "preview")
+    return _render(title, _crumbs(row, 2), info + preview + f"<pre>{_h(header)}</pre>")
