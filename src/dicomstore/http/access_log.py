@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dicomstore.http.answer import Answer, watch
 from dicomstore.http.auth import client_of, identity_of
 
 log = logging.getLogger("dicomstore.http.access")
@@ -33,15 +34,8 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 0
-        nbytes = 0
-        logged = False
 
-        def log_once() -> None:
-            nonlocal logged
-            if logged:
-                return
-            logged = True
+        def log_line(answer: Answer, complete: bool) -> None:
             identity = identity_of(scope)
             user = identity.user if identity is not None and identity.user else "-"
             log.info(
@@ -50,25 +44,9 @@ class AccessLogMiddleware:
                 user,
                 scope["method"],
                 scope["path"],
-                status or "-",
-                nbytes,
+                answer.status or "-",
+                answer.nbytes,
                 (time.perf_counter() - start) * 1000,
             )
 
-        async def sending(message: Message) -> None:
-            nonlocal status, nbytes
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                nbytes += len(message.get("body", b""))
-                if not message.get("more_body", False):
-                    log_once()  # before the client has the whole answer
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        except Exception:
-            status = status or 500
-            raise
-        finally:
-            log_once()
+        await watch(self.app, scope, receive, send, log_line)

@@ -26,8 +26,9 @@ from contextlib import closing
 import anyio
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dicomstore.http.answer import watch
 from dicomstore.http.common import HttpError
 from dicomstore.services.metrics import CONTENT_TYPE, ServerMetrics
 
@@ -86,18 +87,10 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 0
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        except Exception:
-            status = status or 500
-            raise
-        finally:
-            self.metrics.request(scope["method"], status)
+        await watch(
+            self.app,
+            scope,
+            receive,
+            send,
+            lambda answer, complete: self.metrics.request(scope["method"], answer.status),
+        )

@@ -31,9 +31,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomstore.http import browse, frames, qido, render, wado
+from dicomstore.http.answer import Answer, watch
 from dicomstore.http.auth import client_of, identity_of
 
 TRANSFERRED = ("DICOM Instances Transferred", "110104")  # PS3.15 A.5.3.7
@@ -96,31 +97,13 @@ class ReadAuditMiddleware:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        status = 0
-        nbytes = 0
-        done = False
 
-        def record(complete: bool) -> None:
-            nonlocal done
+        def record(answer: Answer, complete: bool) -> None:
             audited = _AUDITED.get(scope.get("endpoint"))
-            if not done and audited is not None and 200 <= status < 300:
-                self._record(scope, audited, status, nbytes, complete)
-            done = True
+            if audited is not None and 200 <= answer.status < 300:
+                self._record(scope, audited, answer.status, answer.nbytes, complete)
 
-        async def sending(message: Message) -> None:
-            nonlocal status, nbytes
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                nbytes += len(message.get("body", b""))
-                if not message.get("more_body", False):
-                    record(True)  # queued before the client has the whole answer
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            record(False)
+        await watch(self.app, scope, receive, send, record)
 
     def _record(self, scope: Scope, audited: Any, status: int, nbytes: int, complete: bool) -> None:
         (name, event_id), service, target = audited

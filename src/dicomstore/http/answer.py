@@ -1,0 +1,59 @@
+"""Watching an HTTP answer go out: its status, its body bytes, when it ends.
+
+The access log, the read audit and the request metrics each act once per
+request on how it was answered; :func:`watch` runs the app and calls them
+back once: just before the last body chunk is sent (``complete``: so the
+record is queued before the client has the whole answer and may act on it),
+or when the app returns or raises without sending it (not ``complete``; a
+request that raised before any status counts as 500).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+@dataclass
+class Answer:
+    """What was sent of a response: its status (0: none yet) and body bytes."""
+
+    status: int = 0
+    nbytes: int = 0
+
+
+async def watch(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    done: Callable[[Answer, bool], None],
+) -> None:
+    """Run ``app`` for an HTTP request, calling ``done(answer, complete)`` once."""
+    answer = Answer()
+    called = False
+
+    def finish(complete: bool) -> None:
+        nonlocal called
+        if not called:
+            called = True
+            done(answer, complete)
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            answer.status = message["status"]
+        elif message["type"] == "http.response.body":
+            answer.nbytes += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                finish(True)
+        await send(message)
+
+    try:
+        await app(scope, receive, sending)
+    except Exception:
+        answer.status = answer.status or 500
+        raise
+    finally:
+        finish(False)
