@@ -212,3 +212,24 @@ def test_a_remembered_check_is_forgotten_when_its_own_writer_contradicts_it(
         archive.index.commit()
     outcome = store(archive, alpha("1.2.3.4", series=SERIES), sop_uid="1.2.3.4")
     assert outcome.status == DATASET_MISMATCH
+
+
+@pytest.mark.parametrize("ours, theirs", [("MÜLLER", "MÜLLEX"), ("Ü1", "1")])
+def test_non_ascii_patient_ids_are_compared_as_stored(
+    archive: Archive, ours: str, theirs: str
+) -> None:
+    """The relational check compares non-ASCII keys as the index stores them (the
+    ASCII fast path of ``Index.conflict`` must not skip them): the same patient
+    fits, another is refused, whether the check was remembered or asked of the index."""
+    first = dataset("1.2.3.1", patient_id=ours, study=A_STUDY, series=SERIES)
+    assert store(archive, first, sop_uid="1.2.3.1").status == SUCCESS
+    again = dataset("1.2.3.2", patient_id=ours, study=A_STUDY, series=SERIES)
+    assert store(archive, again, sop_uid="1.2.3.2").status == SUCCESS  # remembered
+    archive.index.forget()
+    other_series = dataset("1.2.3.3", patient_id=ours, study=A_STUDY, series=SERIES + ".2")
+    assert store(archive, other_series, sop_uid="1.2.3.3").status == SUCCESS  # asked
+    other = dataset("1.2.3.4", patient_id=theirs, study=A_STUDY, series=SERIES + ".3")
+    outcome = store(archive, other, sop_uid="1.2.3.4")
+    assert outcome.status == DATASET_MISMATCH
+    assert outcome.offending_element == (STUDY_TAG, PATIENT_TAG)
+    assert archive.get_instance("1.2.3.3")["patient_id"] == ours

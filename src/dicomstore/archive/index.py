@@ -66,6 +66,8 @@ from dicomstore.archive.schema import (
 )
 
 _INDEX_NAMES = "SELECT name FROM sqlite_master WHERE type = 'index'"
+#: The values :meth:`Index.conflict` compares.
+_CONFLICT_KEYS = (*KEYS, "sop_instance_uid")
 #: Cached parent rows per table before the cache is emptied (memory bound).
 CACHE_LIMIT = 50_000
 
@@ -209,7 +211,9 @@ class Index:
 
         A check passed is remembered (not for a replace: its answer holds for that
         instance only), so the next instance of the series costs two dict lookups."""
-        values = {k: clean_text(row.get(k)) or "" for k in (*KEYS, "sop_instance_uid")}
+        values = {k: row.get(k) or "" for k in _CONFLICT_KEYS}
+        if not all(v.isascii() for v in values.values()):  # (rare: clean_text is slower)
+            values = {k: clean_text(v) for k, v in values.items()}
         patient = patient_key(values)
         pid, issuer, scope = patient
         series, study = values["series_uid"], values["study_uid"]

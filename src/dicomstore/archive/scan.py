@@ -58,23 +58,28 @@ assert {0x0000, 0x0002, 0xFFFE, 0xFFFF} == FORBIDDEN_GROUPS  # tested as ranges 
 
 def scan_header(buf: bytes | bytearray, size: int, implicit: bool) -> dict[int, Element] | None:
     """The wanted top-level elements of a little-endian data set of ``size`` bytes
-    whose first ``len(buf)`` bytes are ``buf``; ``None``: read the file instead."""
+    whose first ``len(buf)`` bytes are ``buf``; ``None``: read the file instead.
+
+    The hot loop of every C-STORE: module globals it reads per element are bound
+    to locals first (a local is an array slot, a global a dictionary lookup)."""
     if size == 0:
         return None  # "the data set is empty": read_header says so
     have = len(buf)
-    wanted, vrs, explicit, u32 = WANTED, VRS, _EXPLICIT, _U32
+    wanted, vrs, u32 = WANTED, VRS, _U32
+    header = _IMPLICIT if implicit else _EXPLICIT
+    first_pixel, undefined, charset = _FIRST_PIXEL_TAG, _UNDEFINED, SPECIFIC_CHARACTER_SET
     found: dict[int, Element] = {}
     pos = 0
     last = 0x0002FFFF  # groups 0000-0002 are not allowed (nor FFFE/FFFF, below)
+    vr: str | None = None
     while pos < size:
         if pos + 8 > have:
             return None  # truncated, or beyond the prefix
         if implicit:
-            group, elem, length = _IMPLICIT(buf, pos)
-            vr = None
+            group, elem, length = header(buf, pos)
             value = pos + 8
         else:
-            group, elem, vr_bytes, length = explicit(buf, pos)
+            group, elem, vr_bytes, length = header(buf, pos)
             known = vrs.get(vr_bytes)
             if known is None:
                 return None  # a VR pydicom reads by guessing
@@ -89,10 +94,10 @@ def scan_header(buf: bytes | bytearray, size: int, implicit: bool) -> dict[int, 
         tag = group << 16 | elem
         if tag <= last or group >= 0xFFFE:
             return None  # out of order or duplicated (pydicom keeps one), or forbidden
-        if tag >= _FIRST_PIXEL_TAG and tag in PIXEL_TAGS:
+        if tag >= first_pixel and tag in PIXEL_TAGS:
             return found if _pixel_header_ok(buf, pos, size, implicit) else None
         last = tag
-        if length == _UNDEFINED:
+        if length == undefined:
             if tag in wanted:
                 return None
             end = _skip_sequence(buf, size, tag, vr, value, implicit)
@@ -105,7 +110,7 @@ def scan_header(buf: bytes | bytearray, size: int, implicit: bool) -> dict[int, 
             if pos > have or pos > size:
                 return None
             raw = bytes(buf[value:pos])
-            if tag == SPECIFIC_CHARACTER_SET and raw.rstrip(b" \0") not in _CHARSETS:
+            if tag == charset and raw.rstrip(b" \0") not in _CHARSETS:
                 return None
             found[tag] = (vr, raw, value)
     return found if pos == size else None  # else: the last value runs past the end
