@@ -109,6 +109,26 @@ def test_serve_starts_answers_and_stops_on_sigterm(tmp_path) -> None:
     assert (tmp_path / "store").is_dir()
 
 
+def test_serve_without_http_loads_no_http_stack(tmp_path) -> None:
+    """DICOM alone does not pay for Starlette, uvicorn or the metrics (startup CPU is
+    part of what a receiver costs; they once came in through the HTTPS check)."""
+    port = free_port()
+    command = serve_command(port, tmp_path / "store")
+    proc = subprocess.Popen(
+        [command[0], "-X", "importtime", *command[1:]], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_listening(port, proc)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    imported = {line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if "|" in line}
+    assert "dicomstore.services.acceptor" in imported  # (the listing is there)
+    for module in ("starlette", "uvicorn", "prometheus_client", "dicomstore.http"):
+        assert module not in imported, module
+
+
 def test_serve_with_http_port_serves_dicomweb(tmp_path) -> None:
     import httpx
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import signal
 import sys
+from dataclasses import MISSING
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from dicomstore.cli.http_options import (
@@ -34,8 +37,12 @@ from dicomstore.cli.options import (
 )
 from dicomstore.services.server import ServerConfig
 
-#: The server's defaults have one home, :class:`ServerConfig`; the options show them.
-_D = ServerConfig()
+#: The server's defaults have one home, :class:`ServerConfig`; the options show them
+#: (its plain defaults, read without making one: a transfer syntax list needs pydicom,
+#: which a command such as ``echo`` never loads).
+_D = SimpleNamespace(
+    **{f.name: f.default for f in dataclasses.fields(ServerConfig) if f.default is not MISSING}
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -306,10 +313,14 @@ async def run(args: argparse.Namespace) -> int:
             )
         except (OSError, ValueError) as exc:
             return tls_failed(exc)
-    try:
-        https = https_context(args)
-    except (OSError, ValueError) as exc:
-        return tls_failed(exc)
+    https = None
+    if args.http_port is not None:  # (the HTTP stack is imported only when it serves)
+        try:
+            https = https_context(args)
+        except (OSError, ValueError) as exc:
+            return tls_failed(exc)
+    elif args.http_tls_cert or args.http_tls_key:
+        log.warning("--http-tls-cert/--http-tls-key without --http-port: no HTTP is served")
     if not fsync:
         log.warning("--fsync off: acknowledged instances can be lost on a power cut or crash")
     gatekeeper = None
