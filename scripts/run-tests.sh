@@ -8,7 +8,10 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 # DCMTK: the interop peer; Chromium and its driver: the browse page and OHIF viewer tests;
 # Node.js and npm: fetch the OHIF viewer (npm pack @ohif/app); jq: audit lines.
-APT_PACKAGES="dcmtk chromium chromium-driver nodejs npm jq"
+APT_PACKAGES="dcmtk chromium chromium-driver jq"
+# Node.js and npm only when the machine has no npm: a NodeSource Node.js bundles
+# its own npm, and Debian's npm package conflicts with it.
+command -v npm >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES nodejs npm"
 missing=""
 for pkg in $APT_PACKAGES; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
