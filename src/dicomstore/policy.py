@@ -48,7 +48,7 @@ the default rights.  Requests without credentials get ``http_anonymous_may``
 The file format, every key shown (only ``allow_unknown`` is needed)::
 
     # Callers not listed under [peers]: refused (false, the default) or
-    # admitted with the rights in unknown_may (default: echo and store).
+    # admitted with the rights in unknown_may (default: echo, store and find).
     allow_unknown = false
     unknown_may = ["echo"]
 
