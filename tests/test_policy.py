@@ -772,3 +772,27 @@ def test_refusing_an_unknown_user_costs_a_scrypt_as_a_wrong_passcode_does(
             policy.check_passcode(name, passcode, passcode_required=True)
     assert checked == [b"guess", b"wrong", b"guess"]
     assert policy.check_passcode("alice", b"right") == "alice"
+
+
+def test_find_right_defaults_and_exact_lists(tmp_path) -> None:
+    """`find` (C-FIND, issue 15): granted to entries without `may` (and by the default
+    unknown_may), not where a `may` list leaves it out; an HTTP right it is not."""
+    policy = load(
+        tmp_path,
+        """
+allow_unknown = true
+[peers.WORKSTATION]
+[peers.MODALITY1]
+may = ["echo", "store"]
+[peers.VIEWER]
+may = ["find"]
+""",
+    )
+    assert policy.admit(rq("WORKSTATION")).may_find
+    assert policy.admit(rq("STRANGER")).may_find  # unknown_may: its default
+    modality = policy.admit(rq("MODALITY1"))
+    assert not modality.may_find and modality.may_store
+    viewer = policy.admit(rq("VIEWER"))
+    assert viewer.may_find and not viewer.may_store and not viewer.may_echo
+    with pytest.raises(PolicyError, match="'find' is a DIMSE right"):
+        load(tmp_path, 'http_anonymous_may = ["find"]\n')

@@ -92,6 +92,10 @@ class AuditLog:
     def instance(self, record: dict[str, Any]) -> None:
         self.write(record, "instance")
 
+    def query(self, record: dict[str, Any]) -> None:
+        """A C-FIND answered (``services/query_scp.py``, PS3.15 A.5.3.10 *Query*)."""
+        self.write(record, "query")
+
     def write(self, record: dict[str, Any], event: str | None = None) -> None:
         """Queue one record; ``event`` fills in an ``"event"`` key it lacks."""
         entry: dict[str, Any] = {"time": utc_now()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dicomstore import __version__, uids
 from dicomstore import status as st
+from dicomstore.archive import query as q
 from dicomstore.services.storage_scp import STORAGE_EXTENDED_ANSWER
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
 from dicomstore.ul.pdu import APPLICATION_CONTEXT_NAME
@@ -54,9 +55,96 @@ SCP_STATUSES: tuple[tuple[int, str], ...] = (
     (st.SOP_CLASS_NOT_SUPPORTED, "the command's SOP Class is not its presentation context's"),
     (st.NOT_AUTHORIZED, "the calling AE title may not store (`--store-aet`, policy file)"),
     (st.DUPLICATE_INVOCATION, "a Message ID still in progress on the association"),
-    (st.UNRECOGNIZED_OPERATION, "a DIMSE command other than C-ECHO and C-STORE"),
+    (st.UNRECOGNIZED_OPERATION, "a DIMSE command other than C-ECHO, C-STORE and C-FIND"),
     (st.MISTYPED_ARGUMENT, "a command element missing or malformed"),
 )
+
+#: C-FIND statuses the Q/R SCP answers, and when (PS3.4 C.4.1.1.4, PS3.7 C.4.1).
+FIND_STATUSES: tuple[tuple[int, str], ...] = (
+    (st.PENDING, "one match, its Identifier attached"),
+    (st.PENDING_WARNING, "one match; a key with a value is not held by the index (not matched)"),
+    (st.SUCCESS, "every match was sent"),
+    (st.CANCEL, "a C-CANCEL-RQ for it arrived before the last match was sent"),
+    (
+        st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        "no (0008,0052), a level not in the model, a key of a lower level, or a unique "
+        "key of a higher level missing or not a single value (relational query)",
+    ),
+    (
+        st.CANNOT_UNDERSTAND,
+        "an unreadable Identifier, a value that cannot be matched "
+        "(a malformed date, time or integer), the index unavailable",
+    ),
+    (st.SOP_CLASS_NOT_SUPPORTED, "a C-FIND on a context that is not a FIND model"),
+    (st.NOT_AUTHORIZED, "the caller lacks the `find` right (policy file)"),
+    (st.DUPLICATE_INVOCATION, "its Message ID is still being answered"),
+)
+
+#: How a value of each VR is matched (PS3.4 C.2.2.2).
+_MATCHING = {
+    "UI": "single value, list of UIDs",
+    "DA": "single value, range",
+    "TM": "single value, range",
+    "PN": "single value, wildcard (case-insensitive)",
+    "IS": "single value",
+}
+
+
+def _query_section() -> list[str]:
+    """2.2.4: the Query/Retrieve FIND SCP."""
+    keys: list[tuple[str, ...]] = [
+        (
+            a.keyword,
+            f"({a.tag >> 16:04X},{a.tag & 0xFFFF:04X})",
+            {"instance": "IMAGE"}.get(a.level, a.level.upper()),
+            "return only" if a.sql is None else _MATCHING.get(a.vr, "single value, wildcard"),
+        )
+        for a in q.ATTRIBUTES.values()
+        if a.tag >= 0x00080000
+    ]
+    return [
+        "#### 2.2.4 Query/Retrieve FIND SCP (`dicomstore serve`)",
+        "",
+        *_table(
+            ("SOP Class", "UID", "Levels"),
+            [
+                (
+                    "Patient Root Q/R Information Model - FIND",
+                    f"`{uids.PATIENT_ROOT_QR_FIND}`",
+                    "PATIENT, STUDY, SERIES, IMAGE",
+                ),
+                (
+                    "Study Root Q/R Information Model - FIND",
+                    f"`{uids.STUDY_ROOT_QR_FIND}`",
+                    "STUDY, SERIES, IMAGE",
+                ),
+            ],
+        ),
+        "",
+        "Accepted with Explicit VR Little Endian, Implicit VR Little Endian or Explicit "
+        "VR Big Endian, when the server stores into an archive. Matches come from the "
+        "archive index, through the same engine as QIDO-RS: single value, wildcard "
+        "(`*`, `?`), range (dates, times), list of UIDs, universal (zero-length) "
+        "matching (PS3.4 C.2.2.2). Hierarchical queries only (C.4.1.2.1): below the "
+        "top level, the unique keys of the levels above (Patient ID, Study and Series "
+        "Instance UID) must be given with a single value; keys of the levels above are "
+        "also matched and returned; relational queries and extended negotiation are "
+        "not supported. Keys the index does not hold are returned zero-length; a value "
+        "in one is not matched and each match then has status FF01. Retrieve AE Title "
+        "(0008,0054) is the server's AE title, Instance Availability (0008,0056) "
+        "ONLINE. One pending response per match, streamed as the index yields them; "
+        "C-CANCEL-RQ honoured between matches. Each C-FIND is audited (`--audit-log`, "
+        "after PS3.15 A.5.3.10 Query). C-MOVE and C-GET are not supported yet.",
+        "",
+        "Keys matched and returned (PS3.4 C.6.1.1, C.6.2.1):",
+        "",
+        *_table(("Attribute", "Tag", "Level", "Matching"), keys),
+        "",
+        "Statuses:",
+        "",
+        *_table(("Status", "When"), [(f"{code:04X}", when) for code, when in FIND_STATUSES]),
+        "",
+    ]
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
@@ -86,6 +174,12 @@ def statement() -> str:
                     "Yes (`dicomstore send`)",
                     "Yes (`dicomstore serve`)",
                 ),
+                (
+                    "Query/Retrieve - FIND: Patient Root, Study Root (2.2.4)",
+                    "No",
+                    "Yes (`dicomstore serve`)",
+                ),
+                ("Query/Retrieve - MOVE, GET", "No", "No"),
             ],
         ),
         "",
@@ -97,10 +191,11 @@ def statement() -> str:
         "### 2.1 Implementation model",
         "",
         "One Application Entity, `dicomstore serve` (AE title `--aet`, default "
-        "`DICOMSTORE`), is a Verification and Storage SCP: every instance it receives "
-        "is written as a PS3.10 file into its archive (`--storage`) and indexed before "
+        "`DICOMSTORE`), is a Verification, Storage and Q/R FIND SCP: every instance it "
+        "receives is written as a PS3.10 file into its archive (`--storage`) and indexed before "
         "it is acknowledged. `dicomstore send` (Storage SCU) sends files, folders or "
-        "data sets to any Storage SCP; `dicomstore echo` is a Verification SCU.",
+        "data sets to any Storage SCP; `dicomstore echo` is a Verification SCU. "
+        "Workstations find what was stored with C-FIND (2.2.4).",
         "",
         "### 2.2 AE specifications",
         "",
@@ -145,9 +240,10 @@ def statement() -> str:
         "(`--artim-timeout`, not restarted by bytes), each PDU within `--operation-timeout` "
         "of its first byte (else A-ABORT, service-provider source, reason not specified).",
         "",
-        "Presentation context acceptance: every Storage SOP Class of Appendix A and "
-        "Verification; other abstract syntaxes are refused (*abstract syntax not "
-        "supported*) unless `--accept-unknown-sop-classes`. The transfer syntax chosen "
+        "Presentation context acceptance: every Storage SOP Class of Appendix A, "
+        "Verification and the FIND models of 2.2.4; other abstract syntaxes are "
+        "refused (*abstract syntax not supported*) unless "
+        "`--accept-unknown-sop-classes`. The transfer syntax chosen "
         "is the first of Appendix B (or of `--transfer-syntax`, in that order) that the "
         "requester proposes; with `--transfer-syntax-order proposed`, the first the "
         "requester proposes that is in that list. A specialized SOP Class is accepted "
@@ -199,6 +295,7 @@ def statement() -> str:
         "A7xx, 0213) are retried (`--retries`, `--retry-delay`). `--report` writes one "
         "JSON line per instance, `--resume` skips those already stored.",
         "",
+        *_query_section(),
         "### 2.3 Network interfaces",
         "",
         "TCP/IP, IPv4 and IPv6 (`--host`, `--port`, default 127.0.0.1:11112). TLS 1.2 "
@@ -213,14 +310,17 @@ def statement() -> str:
         "## 4 Character sets",
         "",
         "Every Specific Character Set is accepted and stored unchanged; the index "
-        "decodes names with it (pydicom).",
+        "decodes names with it (pydicom). C-FIND Identifiers are decoded with theirs; "
+        "a response whose values are not all ASCII has Specific Character Set "
+        "ISO_IR 192 (UTF-8), else none.",
         "",
         "## 5 Security",
         "",
         "TLS (2.3); caller restrictions and user identity through a policy file "
         "(`--config`), with refusals per address throttled "
-        "(`--max-failed-admissions`); an audit trail of associations and stored "
-        "instances in JSON lines (`--audit-log`).",
+        "(`--max-failed-admissions`), the rights `echo`, `store` and `find` per peer "
+        "and user; an audit trail of associations, stored instances and C-FIND "
+        "queries in JSON lines (`--audit-log`).",
         "",
         "DICOMweb (PS3.18, `--http-port`) listens on 127.0.0.1 unless `--http-host` "
         "names another address (a warning is logged when it is reachable beyond "

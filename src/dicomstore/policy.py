@@ -31,7 +31,9 @@ Kerberos and SAML).
 
 What a caller may do is the intersection of what its peer entry (or
 ``unknown_may``) and its user entry (if any) allow: ``echo`` (C-ECHO, else
-status 0124) and ``store`` (C-STORE, else status 0124).
+status 0124), ``store`` (C-STORE, else status 0124) and ``find`` (C-FIND,
+else status 0124). An entry without ``may`` gets all three; a ``may`` list is
+exact: ``may = ["store"]`` grants no C-FIND.
 
 The same file says who may do what over HTTP (DICOMweb and the browse page,
 :mod:`dicomstore.http.auth`): HTTP Basic is checked against the ``[users]``
@@ -46,7 +48,7 @@ the default rights.  Requests without credentials get ``http_anonymous_may``
 The file format, every key shown (only ``allow_unknown`` is needed)::
 
     # Callers not listed under [peers]: refused (false, the default) or
-    # admitted with the rights in unknown_may (default: echo and store).
+    # admitted with the rights in unknown_may (default: echo, store and find).
     allow_unknown = false
     unknown_may = ["echo"]
 
@@ -123,15 +125,15 @@ from dicomstore.ul import pdu as P
 
 log = logging.getLogger("dicomstore.policy")
 
-ECHO, STORE, READ, DELETE = "echo", "store", "read", "delete"
-#: What a peer (a DIMSE caller) may be allowed: C-ECHO, C-STORE.
-ACTIONS = frozenset({ECHO, STORE})
+ECHO, STORE, READ, DELETE, FIND = "echo", "store", "read", "delete", "find"
+#: What a peer (a DIMSE caller) may be allowed: C-ECHO, C-STORE, C-FIND.
+ACTIONS = frozenset({ECHO, STORE, FIND})
 #: What HTTP requests may be allowed: read (QIDO, WADO, browse), store (STOW), delete.
 HTTP_ACTIONS = frozenset({READ, STORE, DELETE})
 #: What a user may be allowed, over DIMSE and over HTTP.
 USER_ACTIONS = ACTIONS | HTTP_ACTIONS
 #: A user's rights when its entry has no ``may`` (delete must be granted).
-USER_DEFAULT = frozenset({ECHO, STORE, READ})
+USER_DEFAULT = frozenset({ECHO, STORE, FIND, READ})
 
 #: User-Identity-Type values (PS3.7 Table D.3-14).
 USERNAME, USERNAME_PASSCODE, KERBEROS, SAML, JWT = 1, 2, 3, 4, 5
@@ -277,6 +279,7 @@ class Policy:
         return Admission(
             may_echo=ECHO in may,
             may_store=STORE in may,
+            may_find=FIND in may,
             identity_response=response,
             user=user,
         )

@@ -59,6 +59,7 @@ _WRONG_PLACE = {
     "read": "an HTTP right, for [users] and http_anonymous_may",
     "delete": "an HTTP right, for [users] and http_anonymous_may",
     "echo": "a DIMSE right, for [peers], unknown_may and [users]",
+    "find": "a DIMSE right, for [peers], unknown_may and [users]",
 }
 
 

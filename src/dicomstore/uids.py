@@ -22,6 +22,9 @@ IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
 EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+#: Query/Retrieve Information Models - FIND (PS3.4 C.6.1.1.2, C.6.2.1.2).
+PATIENT_ROOT_QR_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+STUDY_ROOT_QR_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 
 #: Uncompressed transfer syntaxes, in our default order of preference.
 UNCOMPRESSED: tuple[str, ...] = (EXPLICIT_VR_LE, IMPLICIT_VR_LE, EXPLICIT_VR_BE)

@@ -8,8 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dicomstore.dimse import (
+    CCancelRQ,
     CEchoRQ,
     CEchoRSP,
+    CFindRQ,
+    CFindRSP,
     CommandReceived,
     CStoreRQ,
     CStoreRSP,
@@ -32,6 +35,9 @@ SEEDS = [
     CEchoRSP(1, 0).encode(),
     CStoreRQ(3, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", 2, "MOVER", 7).encode(),
     CStoreRSP(3, 0xB000, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "hm", (0x00100010,), 1).encode(),
+    CFindRQ(4, "1.2.840.10008.5.1.4.1.2.2.1", 1).encode(),
+    CFindRSP(4, 0xFF00, "1.2.840.10008.5.1.4.1.2.2.1", True).encode(),
+    CCancelRQ(4).encode(),
 ]
 
 
@@ -42,10 +48,19 @@ def check_message(data: bytes) -> None:
     except RemoteProtocolError:
         return
     assert isinstance(
-        msg, CEchoRQ | CEchoRSP | CStoreRQ | CStoreRSP | UnknownCommand | InvalidRequest
+        msg,
+        CEchoRQ
+        | CEchoRSP
+        | CStoreRQ
+        | CStoreRSP
+        | CFindRQ
+        | CFindRSP
+        | CCancelRQ
+        | UnknownCommand
+        | InvalidRequest,
     )
     msg.encode()  # what we decoded we can re-encode
-    if isinstance(msg, CEchoRQ | CStoreRQ):
+    if isinstance(msg, CEchoRQ | CStoreRQ | CFindRQ):
         msg.response(0).encode()
     elif isinstance(msg, InvalidRequest):
         rsp = msg.response()

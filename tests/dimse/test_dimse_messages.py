@@ -285,25 +285,21 @@ def test_unknown_request_gets_0211_response() -> None:
     assert decode_message(msg.encode()) == msg
 
 
-def test_c_find_rq_is_unknown_and_cancel_has_no_response() -> None:
-    find = encode_command(
+def test_c_get_rq_is_unknown() -> None:
+    get = encode_command(
         {
-            c.AFFECTED_SOP_CLASS_UID: "1.2.840.10008.5.1.4.1.2.1.1",
-            0x100: 0x20,
+            c.AFFECTED_SOP_CLASS_UID: "1.2.840.10008.5.1.4.1.2.1.3",
+            0x100: 0x10,
             0x110: 5,
             0x700: 0,
             0x800: 0,
         }
     )
-    msg = decode_message(find)
+    msg = decode_message(get)
     assert (
         isinstance(msg, UnknownCommand) and msg.response(error_comment="no").error_comment == "no"
     )
-    cancel = decode_message(encode_command({0x100: 0x0FFF, 0x120: 5, 0x800: 0x0101}))
-    assert isinstance(cancel, UnknownCommand) and cancel.message_id == 5
-    with pytest.raises(LocalProtocolError):
-        cancel.response()
-    rsp = decode_message(encode_command({0x100: 0x8020, 0x120: 5, 0x800: 0x0101, 0x900: 0xFF00}))
+    rsp = decode_message(encode_command({0x100: 0x8010, 0x120: 5, 0x800: 0x0101, 0x900: 0xFF00}))
     assert isinstance(rsp, UnknownCommand) and rsp.is_response
     with pytest.raises(LocalProtocolError):
         rsp.response()

@@ -398,7 +398,10 @@ def test_exposure_warnings(tmp_path: Path, certificate) -> None:
         ("unknown_may = ['delete']", "unknown_may: 'delete' is an HTTP right"),
         ("http_anonymous_may = ['echo']", "http_anonymous_may: 'echo' is a DIMSE right"),
         ("http_anonymous_may = ['write']", "unknown action 'write' (allowed here: delete, read"),
-        ("[users.u]\nmay = ['erase']", "unknown action 'erase' (allowed here: delete, echo, read"),
+        (
+            "[users.u]\nmay = ['erase']",
+            "unknown action 'erase' (allowed here: delete, echo, find, read",
+        ),
     ],
 )
 def test_http_rights_in_the_policy_file_are_checked(tmp_path: Path, text, message) -> None:

@@ -43,6 +43,7 @@ from dicomstore.dimse.messages import (
     UnknownCommand,
     decode_message,
 )
+from dicomstore.dimse.query_messages import C_FIND_RQ, C_FIND_RSP, CCancelRQ, CFindRQ, CFindRSP
 
 __all__ = [
     "BadValue",
@@ -51,8 +52,13 @@ __all__ = [
     "C_ECHO_RSP",
     "C_STORE_RQ",
     "C_STORE_RSP",
+    "C_FIND_RQ",
+    "C_FIND_RSP",
+    "CCancelRQ",
     "CEchoRQ",
     "CEchoRSP",
+    "CFindRQ",
+    "CFindRSP",
     "CStoreRQ",
     "CStoreRSP",
     "CommandReceived",

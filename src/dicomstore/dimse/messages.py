@@ -1,4 +1,5 @@
-"""DIMSE messages: C-ECHO and C-STORE (PS3.7 9.3.1, 9.3.5) and the fallbacks.
+"""DIMSE messages: C-ECHO and C-STORE (PS3.7 9.3.1, 9.3.5) and the fallbacks
+(C-FIND and C-CANCEL: ``query_messages.py``, registered here on import).
 
 Every message has ``command_field``, ``has_dataset`` and ``encode()`` (its
 command set).  ``decode_message`` turns a command set into one of:
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar, Union, overload
 
 from dicomstore.dimse.commands import (
     AFFECTED_SOP_CLASS_UID,
@@ -50,6 +51,9 @@ from dicomstore.dimse.status import MISTYPED_ARGUMENT, UNRECOGNIZED_OPERATION
 from dicomstore.errors import LocalProtocolError, RemoteProtocolError
 from dicomstore.uids import VERIFICATION
 from dicomstore.ul.pdu import ABORT_INVALID_PDU_PARAMETER_VALUE
+
+if TYPE_CHECKING:
+    from dicomstore.dimse.query_messages import CCancelRQ, CFindRQ, CFindRSP
 
 # Command Field values (PS3.7 E.1)
 C_STORE_RQ = 0x0001
@@ -317,7 +321,19 @@ class InvalidRequest:
         )
 
 
-Message = CEchoRQ | CEchoRSP | CStoreRQ | CStoreRSP | UnknownCommand | InvalidRequest | GenericRSP
+#: Every decoded message; C-FIND and C-CANCEL live in ``query_messages.py``.
+Message = Union[  # noqa: UP007 - forward references to query_messages
+    CEchoRQ,
+    CEchoRSP,
+    CStoreRQ,
+    CStoreRSP,
+    UnknownCommand,
+    InvalidRequest,
+    GenericRSP,
+    "CFindRQ",
+    "CFindRSP",
+    "CCancelRQ",
+]
 
 
 class _Invalid(Exception):
@@ -426,6 +442,13 @@ _DECODERS: dict[int, Callable[[dict[int, Value], int, bool], Message]] = {
     C_STORE_RQ: _decode_store_rq,
     C_STORE_RSP: _decode_store_rsp,
 }
+
+
+def register_decoders(
+    decoders: dict[int, Callable[[dict[int, Value], int, bool], Message]],
+) -> None:
+    """Add the decoders of another module's messages (``query_messages`` does, on import)."""
+    _DECODERS.update(decoders)
 
 
 def _required_int(fields: dict[int, Value], element: int, what: str) -> int:

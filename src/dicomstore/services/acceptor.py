@@ -5,9 +5,10 @@
 rejected as transient, PS3.8 9.3.4), admits the caller (the gatekeeper of
 ``admission.py``, throttled per address), then dispatches DIMSE messages:
 C-ECHO to Verification, C-STORE to the storage SCP and so to the one store
-service; 0210/0211/0212 for what cannot be served, and the asynchronous
-operations window (PS3.7 D.3.3.3) for commits that overlap receiving. The
-asyncio shell below it only moves bytes and runs timers (``aio``).
+service, C-FIND and C-CANCEL to the query SCP (``query_scp.py``); 0210/0211/0212
+for what cannot be served, and the asynchronous operations window (PS3.7
+D.3.3.3) for commits that overlap receiving. The asyncio shell below it only
+moves bytes and runs timers (``aio``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dicomstore.services.admission import (
     Admission,
     AdmissionRequest,
 )
+from dicomstore.services.query_scp import QuerySCP
 from dicomstore.services.storage_scp import (
     Receiving,
     StorageSCP,
@@ -89,6 +91,7 @@ class AcceptorAssociation:
         self.holds_slot = False
         self.storage: StorageSCP | None = None
         self.receiving: Receiving | None = None
+        self.query: QuerySCP | None = None
         #: C-STOREs whose data set arrived and whose commit runs, by Message ID.
         self.inflight: dict[int, asyncio.Task] = {}
         #: a commit awaited in line (window 1): an operation in progress too
@@ -107,7 +110,8 @@ class AcceptorAssociation:
     @property
     def busy(self) -> bool:
         """An operation is in progress (graceful shutdown lets it finish)."""
-        return self.receiving is not None or self.committing or bool(self.inflight)
+        query = self.query is not None and self.query.busy
+        return self.receiving is not None or self.committing or bool(self.inflight) or query
 
     async def run(self) -> None:
         """Serve until the association ends; never raises."""
@@ -172,6 +176,8 @@ class AcceptorAssociation:
             t.abort_now()
         finally:
             self._drop_receiving()
+            if self.query is not None:
+                await self.query.close()
             if self.inflight:  # the peer left: commits finish, answers go nowhere
                 await asyncio.wait(list(self.inflight.values()))
             await t.close()
@@ -330,6 +336,7 @@ class AcceptorAssociation:
             address=self.address,
             user=admission.user,
         )
+        self.query = self.server.query_scp(t, rq, self.address, admission)
         if subject:
             log.info("%s: TLS peer certificate %s", t.peer, subject)
         log.info(
@@ -349,6 +356,9 @@ class AcceptorAssociation:
 
     async def _on_dimse(self, event) -> None:
         t = self.t
+        if self.query is not None and self.query.handles(event):
+            self.query.receive(event)
+            return
         if isinstance(event, DatasetFragment):
             receiving = self.receiving
             if receiving is None:  # a data set we decided to discard

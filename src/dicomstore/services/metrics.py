@@ -140,3 +140,8 @@ class _CountingAudit:
     def instance(self, record: dict[str, Any]) -> None:
         if self.inner is not None:
             self.inner.instance(record)
+
+    def query(self, record: dict[str, Any]) -> None:
+        query = getattr(self.inner, "query", None)
+        if query is not None:
+            query(record)

@@ -1,31 +1,41 @@
-"""The DICOM server: Verification and Storage SCP on asyncio (PS3.4 A, B.2).
+"""The DICOM server: Verification, Storage and Q/R FIND SCP on asyncio (PS3.4 A, B.2, C).
 
 :class:`Server` is the application the asyncio shell serves: an
 :class:`~dicomstore.aio.listener.Listener` accepts connections and hands each
 to an :class:`~dicomstore.services.acceptor.AcceptorAssociation`; the server
 holds what they share — the negotiation policy, the gatekeeper and its
 throttle, the one store service (``storage.py``, also given to STOW-RS), the
-audit sink. ``close()`` stops accepting, lets in-flight operations finish
-within ``shutdown_grace``, then aborts what is left.
+audit sink, and a read-only view of the archive index for C-FIND (when the
+handler is an archive: anything with a ``root`` holding an index).
+``close()`` stops accepting, lets in-flight operations finish within
+``shutdown_grace``, then aborts what is left.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import ssl
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts, Transport
 from dicomstore.aio.listener import Listener
 from dicomstore.aio.stream import Stream
+from dicomstore.archive.index import SchemaError
+from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader
 from dicomstore.handler import StoreHandler
 from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
-from dicomstore.services.admission import AuditSink, FailedAdmissions, Gatekeeper
+from dicomstore.services.admission import Admission, AuditSink, FailedAdmissions, Gatekeeper
+from dicomstore.services.query_scp import FIND_SOP_CLASSES, QuerySCP
 from dicomstore.services.storage import OnStored, StoreLimits, StoreService
 from dicomstore.services.storage_scp import storage_extended_negotiation
 from dicomstore.ul.connection import Connection, Role
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy
+
+if TYPE_CHECKING:
+    from dicomstore.ul import pdu as P
 
 __all__ = ["WHEN_BUSY", "Server", "ServerConfig", "archive_commit_mode"]
 
@@ -68,9 +78,12 @@ class ServerConfig:
     max_failed_admissions: int = 10
     failed_admission_window: float = 60.0
 
-    def policy(self) -> AcceptorPolicy:
-        """The negotiation policy: Verification plus every Storage SOP Class."""
+    def policy(self, find: bool = True) -> AcceptorPolicy:
+        """The negotiation policy: Verification, every Storage SOP Class and, with
+        ``find`` (an archive to query), the Patient and Study Root FIND models."""
         syntaxes: dict[str, tuple[str, ...]] = {uids.VERIFICATION: uids.UNCOMPRESSED}
+        if find:
+            syntaxes.update((sop_class, uids.UNCOMPRESSED) for sop_class in FIND_SOP_CLASSES)
         for sop_class in uids.storage_sop_classes():
             syntaxes[sop_class] = self.transfer_syntaxes
         return AcceptorPolicy(
@@ -131,7 +144,9 @@ class Server:
         if commit_in_thread not in (True, False, WHEN_BUSY):
             raise ValueError(f"commit_in_thread must be True, False or {WHEN_BUSY!r}")
         self.commit_in_thread = commit_in_thread
-        self.policy = config.policy()
+        #: the index C-FIND answers from (None: the handler is no archive)
+        self.reader = _reader_of(handler)
+        self.policy = config.policy(find=self.reader is not None)
         self.failed_admissions = FailedAdmissions(
             config.max_failed_admissions, config.failed_admission_window
         )
@@ -172,6 +187,25 @@ class Server:
         finally:
             self.associations.discard(assoc)
 
+    def query_scp(
+        self, t: Transport, rq: P.AssociateRQ, address: str, admission: Admission
+    ) -> QuerySCP:
+        """The C-FIND SCP of one association (answers 0122 without an archive)."""
+        who = {
+            "address": address,
+            "calling_ae": rq.calling_ae,
+            "called_ae": rq.called_ae,
+            "user": admission.user,
+        }
+        return QuerySCP(
+            self.reader,
+            t,
+            ae_title=self.config.ae_title,
+            may_find=admission.may_find,
+            audit=getattr(self.audit, "query", None),
+            who=who,
+        )
+
     async def close(self, grace: float | None = None) -> None:
         """Stop accepting; wait up to ``grace`` s for in-flight work; abort the rest."""
         grace = self.config.shutdown_grace if grace is None else grace
@@ -182,3 +216,15 @@ class Server:
         for assoc in list(self.associations):
             if not assoc.busy:
                 assoc.t.abort_now()
+
+
+def _reader_of(handler: StoreHandler) -> ArchiveReader | None:
+    """A read-only view of the handler's index, if it is an archive."""
+    root = getattr(handler, "root", None)
+    if root is None:
+        return None
+    try:
+        return ArchiveReader(root)
+    except (ArchiveNotFoundError, SchemaError, sqlite3.Error, OSError) as exc:
+        log.warning("C-FIND not offered: %s", exc)
+        return None

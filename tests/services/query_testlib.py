@@ -1,0 +1,53 @@
+"""An archive to query (issue 15): three patients, four studies, five series, nine instances."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.archive.archive_testlib import CT, MR, dataset, store
+
+from dicomstore.archive import Archive
+
+PATIENT_ROOT = "1.2.840.10008.5.1.4.1.2.1.1"
+STUDY_ROOT = "1.2.840.10008.5.1.4.1.2.2.1"
+
+#: (patient id, name, study uid, date, series uid, modality, instances)
+LAYOUT = [
+    ("PID1", "Doe^Jane", "1.2.9.1", "20240102", "1.2.9.1.1", "CT", 3),
+    ("PID1", "Doe^Jane", "1.2.9.1", "20240102", "1.2.9.1.2", "MR", 2),
+    ("PID1", "Doe^Jane", "1.2.9.2", "20230615", "1.2.9.2.1", "CT", 1),
+    ("PID2", "Smith^John", "1.2.9.3", "20240310", "1.2.9.3.1", "US", 2),
+    ("PID3", "Müller^Hans", "1.2.9.4", "20220101", "1.2.9.4.1", "CT", 1),
+]
+
+
+def sop_uids(series: str) -> list[str]:
+    count = next(n for *_, uid, _m, n in LAYOUT if uid == series)
+    return [f"{series}.{n + 1}" for n in range(count)]
+
+
+def fill(root: Path) -> None:
+    """Store LAYOUT into a new archive at ``root`` (closed again)."""
+    archive = Archive(root, fsync=False)
+    try:
+        for pid, name, study, date, series, modality, _count in LAYOUT:
+            for uid in sop_uids(series):
+                extra = {0x00080020: ("DA", date)}
+                if not name.isascii():
+                    extra[0x00080005] = ("CS", "ISO_IR 100")
+                data = dataset(
+                    uid,
+                    sop_class=MR if modality == "MR" else CT,
+                    study=study,
+                    series=series,
+                    patient_id=pid,
+                    patient_name=name,
+                    modality=modality,
+                    extra=extra,
+                )
+                outcome = store(
+                    archive, data, sop_uid=uid, sop_class=MR if modality == "MR" else CT
+                )
+                assert outcome.status == 0, outcome
+    finally:
+        archive.close()

@@ -1,0 +1,226 @@
+"""The C-FIND SCP through pynetdicom and our own client: matching, FF01, C-CANCEL,
+refusals (A900, C000, 0124), the audit record (issue 15, PS3.4 C.4.1)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from tests.conftest import ServerThread
+from tests.services.query_testlib import PATIENT_ROOT, STUDY_ROOT, fill
+
+from dicomstore import uids
+from dicomstore.aio.client import associate
+from dicomstore.archive import Archive
+from dicomstore.dimse import (
+    CCancelRQ,
+    CFindRQ,
+    CFindRSP,
+    CommandReceived,
+    command_pdvs,
+    dataset_pdvs,
+)
+from dicomstore.policy import Peer, Policy
+from dicomstore.services.conversion import encode_dataset
+from dicomstore.services.server import Server, ServerConfig
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("query") / "archive"
+    fill(root)
+    return root
+
+
+class Audit:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def association(self, record: dict[str, Any]) -> None:
+        pass
+
+    def instance(self, record: dict[str, Any]) -> None:
+        pass
+
+    def query(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def server(root: Path) -> Iterator[tuple[ServerThread, Audit]]:
+    archive = Archive(root, fsync=False)
+    audit = Audit()
+    with ServerThread(ServerConfig(port=0), archive, audit=audit) as srv:
+        yield srv, audit
+    archive.close()
+
+
+def identifier(level: str, **keys: Any) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def pynetdicom_find(port: int, model: str, ds: Dataset, calling: str = "PYNETDICOM"):
+    """Every (status, identifier) of one C-FIND by pynetdicom."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(model)
+    assoc = ae.associate("127.0.0.1", port)
+    assert assoc.is_established
+    try:
+        return [(rsp.Status, rsp, ident) for rsp, ident in assoc.send_c_find(ds, model)]
+    finally:
+        assoc.release()
+
+
+def test_pynetdicom_study_root_every_level(server) -> None:
+    srv, _audit = server
+    studies = pynetdicom_find(
+        srv.port, STUDY_ROOT, identifier("STUDY", StudyInstanceUID="", PatientName="*j*")
+    )
+    # PN matching is case-insensitive: Doe^Jane (2 studies), Smith^John (1)
+    assert [s for s, *_ in studies] == [0xFF00] * 3 + [0x0000]
+    assert {i.StudyInstanceUID for _, _, i in studies[:-1]} == {"1.2.9.1", "1.2.9.2", "1.2.9.3"}
+    series = pynetdicom_find(
+        srv.port,
+        STUDY_ROOT,
+        identifier(
+            "SERIES",
+            StudyInstanceUID="1.2.9.1",
+            SeriesInstanceUID="",
+            Modality="",
+            NumberOfSeriesRelatedInstances="",
+        ),
+    )
+    got = {
+        (i.SeriesInstanceUID, i.Modality, i.NumberOfSeriesRelatedInstances) for *_, i in series[:-1]
+    }
+    assert got == {("1.2.9.1.1", "CT", 3), ("1.2.9.1.2", "MR", 2)}
+    images = pynetdicom_find(
+        srv.port,
+        STUDY_ROOT,
+        identifier(
+            "IMAGE",
+            StudyInstanceUID="1.2.9.3",
+            SeriesInstanceUID="1.2.9.3.1",
+            SOPInstanceUID="",
+            SOPClassUID="",
+        ),
+    )
+    assert sorted(i.SOPInstanceUID for *_, i in images[:-1]) == ["1.2.9.3.1.1", "1.2.9.3.1.2"]
+    assert images[-1][0] == 0x0000 and images[-1][2] is None
+
+
+def test_pynetdicom_patient_root_and_unmatched_optional_key_is_ff01(server) -> None:
+    srv, _audit = server
+    found = pynetdicom_find(
+        srv.port,
+        PATIENT_ROOT,
+        identifier("PATIENT", PatientID="PID2", PatientName="", PatientAge="042Y"),
+    )
+    # Patient's Age is not in the index: not matched, so each match warns (FF01)
+    assert [s for s, *_ in found] == [0xFF01, 0x0000]
+    assert str(found[0][2].PatientName) == "Smith^John" and found[0][2].PatientAge == ""
+
+
+def test_pynetdicom_refusals(server) -> None:
+    srv, _audit = server
+    cases = [
+        (PATIENT_ROOT, identifier("FRAME", PatientID=""), 0xA900),
+        (STUDY_ROOT, identifier("STUDY", StudyInstanceUID="", Modality="CT"), 0xA900),
+        (STUDY_ROOT, identifier("IMAGE", StudyInstanceUID="1.2.9.1", SOPInstanceUID=""), 0xA900),
+        (STUDY_ROOT, identifier("STUDY", StudyInstanceUID="", StudyDate="2024"), 0xC000),
+    ]
+    for model, ds, status in cases:
+        found = pynetdicom_find(srv.port, model, ds)
+        assert len(found) == 1, found
+        assert found[0][0] == status and found[0][1].ErrorComment, found
+    without_level = Dataset()
+    without_level.PatientID = ""
+    found = pynetdicom_find(srv.port, PATIENT_ROOT, without_level)
+    assert found[0][0] == 0xA900 and found[0][1].OffendingElement == 0x00080052
+
+
+def test_policy_without_find_is_0124(root: Path) -> None:
+    archive = Archive(root, fsync=False)
+    policy = Policy(peers=[Peer("ECHOONLY", may=frozenset({"echo"})), Peer("FINDER")])
+    try:
+        with ServerThread(ServerConfig(port=0), archive, gatekeeper=policy) as srv:
+            ds = identifier("STUDY", StudyInstanceUID="")
+            refused = pynetdicom_find(srv.port, STUDY_ROOT, ds, calling="ECHOONLY")
+            assert [s for s, *_ in refused] == [0x0124]
+            allowed = pynetdicom_find(srv.port, STUDY_ROOT, ds, calling="FINDER")
+            assert [s for s, *_ in allowed] == [0xFF00] * 4 + [0x0000]
+    finally:
+        archive.close()
+
+
+def test_each_find_is_audited_as_a_query(server) -> None:
+    srv, audit = server
+    pynetdicom_find(srv.port, STUDY_ROOT, identifier("STUDY", StudyInstanceUID="1.2.9.3"))
+    pynetdicom_find(srv.port, STUDY_ROOT, identifier("BAD"))
+    ok, bad = audit.records
+    assert ok["audit_event"] == "Query" and ok["event_id"] == "110112"
+    assert ok["service"] == "C-FIND" and ok["calling_ae"] == "PYNETDICOM"
+    assert ok["level"] == "STUDY" and ok["query"] == {"StudyInstanceUID": "1.2.9.3"}
+    assert (ok["status"], ok["matches"]) == ("0000", 1)
+    assert (bad["status"], bad["matches"], bad["level"]) == ("A900", 0, None)
+
+
+async def _find_with(port: int, cancel: bool) -> list[tuple[int, bool]]:
+    """C-FIND-RQ, its Identifier and (``cancel``) a C-CANCEL-RQ for it, written at
+    once (one write: the SCP reads the cancel before it answers); (status, has
+    identifier) of each response."""
+    assoc = await associate("127.0.0.1", port, contexts=[(STUDY_ROOT, (uids.EXPLICIT_VR_LE,))])
+    responses: list[tuple[int, bool]] = []
+    done = asyncio.Event()
+
+    def on_dimse(event: Any) -> None:  # our client models no C-FIND yet: collect here
+        if isinstance(event, CommandReceived):
+            rsp = event.message
+            assert isinstance(rsp, CFindRSP) and rsp.message_id_being_responded_to == 7
+            responses.append((rsp.status, rsp.has_dataset))
+            if not rsp.has_dataset:
+                done.set()
+
+    assoc._on_dimse = on_dimse  # type: ignore[method-assign]
+    ctx = assoc.context_for(STUDY_ROOT)
+    assert ctx is not None
+    ds = identifier(
+        "IMAGE", StudyInstanceUID="1.2.9.1", SeriesInstanceUID="1.2.9.1.1", SOPInstanceUID=""
+    )
+    data = encode_dataset(ds, uids.EXPLICIT_VR_LE)
+    conn, max_pdu = assoc.t.conn, assoc.negotiated.peer_max_pdu
+    conn.send_each(command_pdvs(ctx.id, CFindRQ(7, STUDY_ROOT).encode(), max_pdu))
+    conn.send_each(dataset_pdvs(ctx.id, data, max_pdu, True))
+    if cancel:
+        conn.send_each(command_pdvs(ctx.id, CCancelRQ(7).encode(), max_pdu))
+    assoc.t.write_now()
+    await asyncio.wait_for(done.wait(), 30)
+    await assoc.release()
+    return responses
+
+
+def test_c_cancel_stops_the_matches_with_fe00(server) -> None:
+    srv, audit = server
+    assert asyncio.run(_find_with(srv.port, cancel=False)) == [(0xFF00, True)] * 3 + [(0, False)]
+    assert asyncio.run(_find_with(srv.port, cancel=True)) == [(0xFE00, False)]
+    assert audit.records[-1]["status"] == "FE00" and audit.records[-1]["matches"] == 0
+
+
+def test_no_find_contexts_without_an_archive() -> None:
+    class Handler:
+        def begin(self, **kwargs: Any) -> Any:
+            raise OSError("unused")
+
+    server = Server(ServerConfig(port=0), Handler())
+    assert server.reader is None
+    assert STUDY_ROOT not in server.policy.abstract_syntaxes
+    assert STUDY_ROOT in ServerConfig().policy().abstract_syntaxes
