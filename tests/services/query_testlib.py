@@ -20,6 +20,12 @@ LAYOUT = [
     ("PID3", "Müller^Hans", "1.2.9.4", "20220101", "1.2.9.4.1", "CT", 1),
 ]
 
+#: Attributes the index does not hold, per study (C-FIND reads them from a header).
+HEADER_ONLY: dict[str, dict[int, tuple[str, str]]] = {
+    "1.2.9.1": {0x00101010: ("AS", "042Y")},  # Patient's Age
+    "1.2.9.4": {0x00101001: ("PN", "Müller^Johann")},  # Other Patient Names, ISO_IR 100
+}
+
 
 def sop_uids(series: str) -> list[str]:
     count = next(n for *_, uid, _m, n in LAYOUT if uid == series)
@@ -32,7 +38,9 @@ def fill(root: Path) -> None:
     try:
         for pid, name, study, date, series, modality, _count in LAYOUT:
             for uid in sop_uids(series):
-                extra = {0x00080020: ("DA", date)}
+                extra = {0x00080020: ("DA", date), **HEADER_ONLY.get(study, {})}
+                extra[0x00080008] = ("CS", f"ORIGINAL\\PRIMARY\\{uid[-5:]}")  # ImageType
+                extra[0x00080070] = ("LO", f"Maker {series}")  # Manufacturer
                 if not name.isascii():
                     extra[0x00080005] = ("CS", "ISO_IR 100")
                 data = dataset(

@@ -146,7 +146,7 @@ def test_findscu_return_keys_and_counts(served, tmp_path) -> None:
     assert list(ds.ModalitiesInStudy) == ["CT", "MR"]
     assert (ds.NumberOfStudyRelatedSeries, ds.NumberOfStudyRelatedInstances) == (2, 5)
     assert ds.RetrieveAETitle == "DICOMSTORE"
-    assert "PatientAge" in ds and ds.PatientAge == ""  # not in the index: zero-length
+    assert ds.PatientAge == "042Y"  # not in the index: from a stored header
 
 
 def test_findscu_patient_counts_and_character_set(served, tmp_path) -> None:

@@ -12,9 +12,12 @@ row. Rules (the conformance statement says the same):
   every level above (Patient ID, Study/Series Instance UID) must be present with
   a single value (else A900: relational queries are not supported); a key of a
   level below the one queried is refused (A900);
-- keys the index holds are matched and returned; other keys are returned
-  zero-length, and a value in one is not matched: each match then has status
-  FF01 (optional keys not supported for matching);
+- keys the index holds are matched and returned; other keys are filled from the
+  stored header of one instance of the matching entity (the instance itself at
+  IMAGE level; above it only the attributes of that level and the levels above it,
+  :data:`HEADER_KEYS`), else returned zero-length; a value in such a key is not
+  matched: each match then has status FF01 (optional keys not supported for
+  matching);
 - a value the engine cannot match (a malformed date, say) is C000.
 """
 
@@ -56,6 +59,79 @@ RETRIEVE_AE_TITLE = 0x00080054
 INSTANCE_AVAILABILITY = 0x00080056
 _DEPTH = {level: n for n, level in enumerate(q.LEVELS)}
 
+#: Attributes of each level (the Patient, Study and Series IEs' common modules,
+#: PS3.3 C.7.1-C.7.3 and C.7.5) that the index does not hold, returned from a
+#: stored header at that level and below. At IMAGE level any attribute is.
+HEADER_KEYS: dict[str, frozenset[str]] = {
+    "PATIENT": frozenset(
+        [
+            "PatientBirthTime",
+            "OtherPatientIDsSequence",
+            "OtherPatientNames",
+            "PatientBirthName",
+            "PatientMotherBirthName",
+            "EthnicGroup",
+            "PatientComments",
+            "PatientSpeciesDescription",
+            "PatientBreedDescription",
+            "ResponsiblePerson",
+            "ResponsibleOrganization",
+            "PatientIdentityRemoved",
+            "DeidentificationMethod",
+            "IssuerOfPatientIDQualifiersSequence",
+            "QualityControlSubject",
+            "StrainDescription",
+        ]
+    ),
+    "STUDY": frozenset(
+        [
+            "IssuerOfAccessionNumberSequence",
+            "ProcedureCodeSequence",
+            "PhysiciansOfRecord",
+            "NameOfPhysiciansReadingStudy",
+            "ReferencedStudySequence",
+            "AdmittingDiagnosesDescription",
+            "PatientAge",
+            "PatientSize",
+            "PatientWeight",
+            "Occupation",
+            "AdditionalPatientHistory",
+            "OtherStudyNumbers",
+            "RequestingService",
+            "ReasonForPerformedProcedureCodeSequence",
+            "PatientSexNeutered",
+            "PatientBodyMassIndex",
+        ]
+    ),
+    "SERIES": frozenset(
+        [
+            "SeriesDate",
+            "SeriesTime",
+            "Laterality",
+            "ProtocolName",
+            "PerformingPhysicianName",
+            "OperatorsName",
+            "PerformedProcedureStepStartDate",
+            "PerformedProcedureStepStartTime",
+            "PerformedProcedureStepID",
+            "PerformedProcedureStepDescription",
+            "RequestAttributesSequence",
+            "SeriesDescriptionCodeSequence",
+            "PatientPosition",
+            "AnatomicalOrientationType",
+            "Manufacturer",
+            "InstitutionName",
+            "InstitutionAddress",
+            "StationName",
+            "InstitutionalDepartmentName",
+            "ManufacturerModelName",
+            "DeviceSerialNumber",
+            "SoftwareVersions",
+            "FrameOfReferenceUID",
+        ]
+    ),
+}
+
 
 class FindFailure(Exception):
     """The request cannot be answered with matches: its final status and why."""
@@ -77,6 +153,8 @@ class FindQuery:
     keys: list[tuple[int, str]] = field(default_factory=list)
     #: keys with a value the index cannot match (each match answers FF01)
     unmatched: list[int] = field(default_factory=list)
+    #: keys not in the index, read from a stored header (HEADER_KEYS)
+    from_header: list[int] = field(default_factory=list)
 
     @property
     def index_level(self) -> str:
@@ -136,8 +214,10 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
             found.keys.append((tag, element.VR))
             continue
         attr = q.attribute(tag)
-        if attr is None:  # not in the index: returned zero-length, not matched
+        if attr is None:  # not in the index: from a header or zero-length, not matched
             found.keys.append((tag, element.VR))
+            if level == "IMAGE" or _of_level_or_above(element.keyword, levels, level):
+                found.from_header.append(tag)
             if value:
                 found.unmatched.append(tag)
             continue
@@ -169,6 +249,10 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
     return found
 
 
+def _of_level_or_above(keyword: str, levels: tuple[str, ...], level: str) -> bool:
+    return any(keyword in HEADER_KEYS.get(upper, ()) for upper in levels[: levels.index(level) + 1])
+
+
 def _value(query: FindQuery, tag: int, row: dict[str, Any], ae_title: str) -> Any:
     if tag == RETRIEVE_AE_TITLE:
         return ae_title
@@ -188,14 +272,22 @@ def _value(query: FindQuery, tag: int, row: dict[str, Any], ae_title: str) -> An
     return str(value)
 
 
-def response_identifier(query: FindQuery, row: dict[str, Any], ae_title: str) -> Dataset:
-    """The Identifier of one pending response: the requested keys from ``row``,
-    Query/Retrieve Level, and Specific Character Set ``ISO_IR 192`` when a value
-    is not ASCII (strings are held as Unicode in the index)."""
+def response_identifier(
+    query: FindQuery, row: dict[str, Any], ae_title: str, header: Dataset | None = None
+) -> Dataset:
+    """The Identifier of one pending response: the requested keys from ``row``
+    (and those of ``query.from_header`` from ``header``, a stored instance's data
+    set decoded by pydicom), Query/Retrieve Level, and Specific Character Set
+    ``ISO_IR 192`` when a value is not ASCII (strings are held as Unicode)."""
     ds = Dataset()
     ds.add(DataElement(QUERY_RETRIEVE_LEVEL, "CS", query.level))
     non_ascii = False
     for tag, vr in query.keys:
+        if header is not None and tag in query.from_header and tag in header:
+            element = header[tag]
+            non_ascii = non_ascii or not _ascii(element.value)
+            ds.add(element)
+            continue
         value = _value(query, tag, row, ae_title)
         if vr == "SQ":
             ds.add(DataElement(tag, "SQ", Sequence()))
@@ -208,6 +300,17 @@ def response_identifier(query: FindQuery, row: dict[str, Any], ae_title: str) ->
     if non_ascii:
         ds.SpecificCharacterSet = "ISO_IR 192"
     return ds
+
+
+def _ascii(value: Any) -> bool:
+    """No text in ``value`` (nested sequences too) outside ASCII."""
+    if isinstance(value, Sequence):
+        return all(_ascii(element.value) for item in value for element in item)
+    if isinstance(value, MultiValue | list | tuple):
+        return all(_ascii(v) for v in value)
+    if isinstance(value, bytes | int | float) or value is None:
+        return True
+    return str(value).isascii()
 
 
 def _in_dictionary(tag: int) -> bool:

@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
+from pydicom.filereader import dcmread, read_dataset
 
 from dicomstore import uids
 from dicomstore.aio.association import Transport
+from dicomstore.archive import layout
 from dicomstore.archive import query as q
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import CCancelRQ, CFindRQ, CFindRSP, CommandReceived, DatasetFragment
@@ -38,6 +39,7 @@ from dicomstore.dimse import status as st
 from dicomstore.services.conversion import encode_dataset
 from dicomstore.services.query_identifier import (
     MODEL_LEVELS,
+    SPECIFIC_CHARACTER_SET,
     FindFailure,
     FindQuery,
     parse_identifier,
@@ -75,6 +77,22 @@ def decode_identifier(data: bytes, transfer_syntax: str) -> Dataset:
     for _elem in ds:  # decode every element now: a broken one fails here, not later
         pass
     return ds
+
+
+def _header(reader: ArchiveReader, row: dict[str, Any], tags: list[int]) -> Dataset | None:
+    """``tags`` read from the stored file of one instance of the matched entity
+    (``sample_path``), without its pixel data or any element not asked for; None
+    when none are asked for or the file cannot be read (logged: the keys are then
+    returned zero-length)."""
+    relpath = row.get("sample_path")
+    if not tags or not relpath:
+        return None
+    try:
+        path = layout.resolve(reader.root, relpath)
+        return dcmread(path, stop_before_pixels=True, specific_tags=[SPECIFIC_CHARACTER_SET, *tags])
+    except Exception as exc:  # noqa: BLE001 - pydicom raises anything on a bad file
+        log.warning("C-FIND: return keys not read from %s: %s", relpath, exc)
+        return None
 
 
 class QuerySCP:
@@ -210,16 +228,24 @@ class QuerySCP:
         """Send one pending response per match; the final status."""
         rsp = find.rq.response(query.pending_status, has_dataset=True).encode()
         assert self.reader is not None  # else refused (0122)
-        with closing(self.reader.connect()) as db:
-            rows = q.iter_search(db, query.index_level, query.filters)
+        reader = self.reader
+        with closing(reader.connect()) as db:
+            sample = bool(query.from_header)
+            rows = q.iter_search(db, query.index_level, query.filters, sample=sample)
+
+            def fetch() -> list[tuple[dict[str, Any], Dataset | None]]:
+                batch = list(itertools.islice(rows, BATCH))
+                return [(row, _header(reader, row, query.from_header)) for row in batch]
+
             while True:
-                batch = await asyncio.to_thread(lambda: list(itertools.islice(rows, BATCH)))
-                for row in batch:
+                batch = await asyncio.to_thread(fetch)
+                for row, header in batch:
                     if find.cancelled:
                         return st.CANCEL
                     if not self._open:
                         return st.CANCEL
-                    data = encode_dataset(response_identifier(query, row, self.ae_title), ts)
+                    answer = response_identifier(query, row, self.ae_title, header)
+                    data = encode_dataset(answer, ts)
                     self.t.queue_message(find.context_id, rsp, data)
                     find.matches += 1
                     await self._drain()
