@@ -20,6 +20,10 @@ from dicomstore.dimse import (
     DimseAssembler,
     GenericRSP,
     InvalidRequest,
+    NActionRQ,
+    NActionRSP,
+    NEventReportRQ,
+    NEventReportRSP,
     UnknownCommand,
     decode_command,
     decode_message,
@@ -38,6 +42,10 @@ SEEDS = [
     CFindRQ(4, "1.2.840.10008.5.1.4.1.2.2.1", 1).encode(),
     CFindRSP(4, 0xFF00, "1.2.840.10008.5.1.4.1.2.2.1", True).encode(),
     CCancelRQ(4).encode(),
+    NActionRQ(5, "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", 1).encode(),
+    NActionRSP(5, 0, "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", 1).encode(),
+    NEventReportRQ(6, "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", 2).encode(),
+    NEventReportRSP(6, 0x0110, error_comment="x", error_id=3).encode(),
 ]
 
 
@@ -56,12 +64,17 @@ def check_message(data: bytes) -> None:
         | CFindRQ
         | CFindRSP
         | CCancelRQ
+        | NActionRQ
+        | NActionRSP
+        | NEventReportRQ
+        | NEventReportRSP
         | UnknownCommand
         | InvalidRequest,
     )
     msg.encode()  # what we decoded we can re-encode
-    if isinstance(msg, CEchoRQ | CStoreRQ | CFindRQ):
-        msg.response(0).encode()
+    if isinstance(msg, CEchoRQ | CStoreRQ | CFindRQ | NActionRQ | NEventReportRQ):
+        back = decode_message(msg.response(0).encode())
+        assert getattr(back, "message_id_being_responded_to", None) == msg.message_id
     elif isinstance(msg, InvalidRequest):
         rsp = msg.response()
         assert isinstance(rsp, CEchoRSP | CStoreRSP | GenericRSP)

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from dicomstore.aio.association import StalledPDU, Transport
 from dicomstore.dimse import (
+    N_ACTION_RQ,
+    N_EVENT_REPORT_RQ,
     CEchoRQ,
     CEchoRSP,
     CommandReceived,
@@ -27,6 +29,10 @@ from dicomstore.dimse import (
     DatasetFragment,
     GenericRSP,
     InvalidRequest,
+    NActionRQ,
+    NActionRSP,
+    NEventReportRQ,
+    NEventReportRSP,
     UnknownCommand,
 )
 from dicomstore.dimse import status as st
@@ -65,6 +71,9 @@ log = logging.getLogger("dicomstore.server")
 #: ``Server(commit_in_thread=WHEN_BUSY)``: commit in a worker thread only while
 #: the loop has others to serve (see ``AcceptorAssociation._commit_in_thread``).
 WHEN_BUSY = "when-busy"
+#: Requests dimse/ decodes that no service here takes yet: answered 0211 (PS3.7
+#: C.5.6), even when a field is missing (Storage Commitment, issue 16, will serve them).
+NOT_SERVED = {N_ACTION_RQ: "N-ACTION", N_EVENT_REPORT_RQ: "N-EVENT-REPORT"}
 
 
 _CONGESTION = P.AssociateRJ(
@@ -372,7 +381,7 @@ class AcceptorAssociation:
             return
         assert isinstance(event, CommandReceived)
         message = event.message
-        rsp: CStoreRSP | CEchoRSP | GenericRSP
+        rsp: CStoreRSP | CEchoRSP | GenericRSP | NActionRSP | NEventReportRSP
         if isinstance(message, CStoreRQ):
             assert self.storage is not None
             if message.message_id in self.inflight:
@@ -395,11 +404,18 @@ class AcceptorAssociation:
             else:
                 rsp = echo_response(message)
             t.queue_message(event.context_id, rsp.encode())
-        elif isinstance(message, InvalidRequest | UnknownCommand):
+        elif isinstance(message, InvalidRequest | UnknownCommand | NActionRQ | NEventReportRQ):
             if getattr(message, "is_response", False):
                 log.warning("%s: unexpected response %#06x ignored", t.peer, message.command_field)
                 return
-            rsp = message.response()
+            served = message.command_field not in NOT_SERVED
+            if served and isinstance(message, InvalidRequest | UnknownCommand):
+                rsp = message.response()
+            else:  # decoded, but no service takes it
+                rsp = message.response(
+                    st.UNRECOGNIZED_OPERATION,
+                    f"{NOT_SERVED.get(message.command_field)} is not supported here",
+                )
             log.warning("%s: answering %#06x: %s", t.peer, rsp.status, rsp.error_comment)
             if message.has_dataset:  # answer once the data set, discarded, is complete
                 self.receiving = Receiving(None, None, None, rsp)  # type: ignore[arg-type]
