@@ -5,7 +5,8 @@
 rejected as transient, PS3.8 9.3.4), admits the caller (the gatekeeper of
 ``admission.py``, throttled per address), then dispatches DIMSE messages:
 C-ECHO to Verification, C-STORE to the storage SCP and so to the one store
-service, C-FIND and C-CANCEL to the query SCP (``query_scp.py``); 0210/0211/0212
+service, C-FIND to the query SCP (``query_scp.py``), C-MOVE to the retrieve SCP
+(``retrieve_scp.py``), a C-CANCEL to whichever runs its operation; 0210/0211/0212
 for what cannot be served, and the asynchronous operations window (PS3.7
 D.3.3.3) for commits that overlap receiving. The asyncio shell below it only
 moves bytes and runs timers (``aio``).
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from dicomstore.aio.association import StalledPDU, Transport
 from dicomstore.dimse import (
+    CCancelRQ,
     CEchoRQ,
     CEchoRSP,
     CommandReceived,
@@ -38,6 +40,7 @@ from dicomstore.services.admission import (
     AdmissionRequest,
 )
 from dicomstore.services.query_scp import QuerySCP
+from dicomstore.services.retrieve_scp import RetrieveSCP
 from dicomstore.services.storage_scp import (
     Receiving,
     StorageSCP,
@@ -94,6 +97,7 @@ class AcceptorAssociation:
         self.storage: StorageSCP | None = None
         self.receiving: Receiving | None = None
         self.query: QuerySCP | None = None
+        self.retrieve: RetrieveSCP | None = None
         #: C-STOREs whose data set arrived and whose commit runs, by Message ID.
         self.inflight: dict[int, asyncio.Task] = {}
         #: a commit awaited in line (window 1): an operation in progress too
@@ -112,8 +116,8 @@ class AcceptorAssociation:
     @property
     def busy(self) -> bool:
         """An operation is in progress (graceful shutdown lets it finish)."""
-        query = self.query is not None and self.query.busy
-        return self.receiving is not None or self.committing or bool(self.inflight) or query
+        qr = any(scp is not None and scp.busy for scp in (self.query, self.retrieve))
+        return self.receiving is not None or self.committing or bool(self.inflight) or qr
 
     async def run(self) -> None:
         """Serve until the association ends; never raises."""
@@ -178,8 +182,9 @@ class AcceptorAssociation:
             t.abort_now()
         finally:
             self._drop_receiving()
-            if self.query is not None:
-                await self.query.close()
+            for scp in (self.query, self.retrieve):
+                if scp is not None:
+                    await scp.close()
             if self.inflight:  # the peer left: commits finish, answers go nowhere
                 await asyncio.wait(list(self.inflight.values()))
             await t.close()
@@ -339,6 +344,7 @@ class AcceptorAssociation:
             user=admission.user,
         )
         self.query = self.server.query_scp(t, rq, self.address, admission)
+        self.retrieve = self.server.retrieve_scp(t, rq, self.address, admission)
         if subject:
             log.info("%s: TLS peer certificate %s", t.peer, subject)
         log.info(
@@ -358,9 +364,10 @@ class AcceptorAssociation:
 
     async def _on_dimse(self, event) -> None:
         t = self.t
-        if self.query is not None and self.query.handles(event):
-            self.query.receive(event)
-            return
+        for scp in (self.query, self.retrieve):
+            if scp is not None and scp.handles(event):
+                scp.receive(event)
+                return
         if isinstance(event, DatasetFragment):
             receiving = self.receiving
             if receiving is None:  # a data set we decided to discard
@@ -401,7 +408,7 @@ class AcceptorAssociation:
             if getattr(message, "is_response", False):
                 log.warning("%s: unexpected response %#06x ignored", t.peer, message.command_field)
                 return
-            if isinstance(message, RetrieveRQ):  # no retrieve model negotiated
+            if isinstance(message, RetrieveRQ):  # a retrieval no SCP here serves (C-GET)
                 rsp = message.response(
                     st.SOP_CLASS_NOT_SUPPORTED, error_comment="retrieval is not supported here"
                 )
@@ -412,6 +419,12 @@ class AcceptorAssociation:
                 self.receiving = Receiving(None, None, None, rsp)  # type: ignore[arg-type]
             else:
                 t.queue_message(event.context_id, rsp.encode())
+        elif isinstance(message, CCancelRQ):  # PS3.7 9.3.2.3: nothing to answer
+            log.info(
+                "%s: C-CANCEL-RQ for message %d, not in progress: ignored",
+                t.peer,
+                message.message_id_being_responded_to,
+            )
         else:
             log.warning("%s: unexpected %s ignored", t.peer, type(message).__name__)
 
