@@ -142,21 +142,7 @@ def _query_section() -> list[str]:
     return [
         "#### 2.2.4 Query/Retrieve FIND SCP (`dicomstore serve`)",
         "",
-        *_table(
-            ("SOP Class", "UID", "Levels"),
-            [
-                (
-                    "Patient Root Q/R Information Model - FIND",
-                    f"`{uids.PATIENT_ROOT_QR_FIND}`",
-                    "PATIENT, STUDY, SERIES, IMAGE",
-                ),
-                (
-                    "Study Root Q/R Information Model - FIND",
-                    f"`{uids.STUDY_ROOT_QR_FIND}`",
-                    "STUDY, SERIES, IMAGE",
-                ),
-            ],
-        ),
+        *_models("FIND", uids.PATIENT_ROOT_QR_FIND, uids.STUDY_ROOT_QR_FIND),
         "",
         "Accepted with Explicit VR Little Endian, Implicit VR Little Endian or Explicit "
         "VR Big Endian, when the server stores into an archive. Matches come from the "
@@ -190,21 +176,7 @@ def _move_section() -> list[str]:
     return [
         "#### 2.2.5 Query/Retrieve MOVE SCP (`dicomstore serve`)",
         "",
-        *_table(
-            ("SOP Class", "UID", "Levels"),
-            [
-                (
-                    "Patient Root Q/R Information Model - MOVE",
-                    f"`{uids.PATIENT_ROOT_QR_MOVE}`",
-                    "PATIENT, STUDY, SERIES, IMAGE",
-                ),
-                (
-                    "Study Root Q/R Information Model - MOVE",
-                    f"`{uids.STUDY_ROOT_QR_MOVE}`",
-                    "STUDY, SERIES, IMAGE",
-                ),
-            ],
-        ),
+        *_models("MOVE", uids.PATIENT_ROOT_QR_MOVE, uids.STUDY_ROOT_QR_MOVE),
         "",
         "Accepted with the uncompressed transfer syntaxes, when the server stores into "
         "an archive. The Identifier holds the Query/Retrieve Level and the unique keys "
@@ -227,6 +199,25 @@ def _move_section() -> list[str]:
         *_table(("Status", "When"), [(f"{code:04X}", when) for code, when in MOVE_STATUSES]),
         "",
     ]
+
+
+def _models(kind: str, patient_root: str, study_root: str) -> list[str]:
+    """The table of the Patient and Study Root models of one Q/R operation."""
+    return _table(
+        ("SOP Class", "UID", "Levels"),
+        [
+            (
+                f"Patient Root Q/R Information Model - {kind}",
+                f"`{patient_root}`",
+                "PATIENT, STUDY, SERIES, IMAGE",
+            ),
+            (
+                f"Study Root Q/R Information Model - {kind}",
+                f"`{study_root}`",
+                "STUDY, SERIES, IMAGE",
+            ),
+        ],
+    )
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:

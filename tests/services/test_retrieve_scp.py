@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 from tests.conftest import ServerThread, dcmtk_storescp, free_port
-from tests.services.query_testlib import fill, sop_uids
+from tests.services.query_testlib import Audit, fill, sop_uids
 from tests.services.retrieve_testlib import dataset_bytes, destination, pynetdicom_move
 
 from dicomstore import uids
@@ -46,20 +46,6 @@ def root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("move") / "archive"
     fill(root)
     return root
-
-
-class Audit:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def association(self, record: dict[str, Any]) -> None:
-        pass
-
-    def instance(self, record: dict[str, Any]) -> None:
-        pass
-
-    def retrieve(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
 
 
 def serving(root: Path, *destinations: str, **kwargs: Any) -> ServerThread:

@@ -199,31 +199,19 @@ class Server:
         self, t: Transport, rq: P.AssociateRQ, address: str, admission: Admission
     ) -> QuerySCP:
         """The C-FIND SCP of one association (answers 0122 without an archive)."""
-        who = {
-            "address": address,
-            "calling_ae": rq.calling_ae,
-            "called_ae": rq.called_ae,
-            "user": admission.user,
-        }
         return QuerySCP(
             self.reader,
             t,
             ae_title=self.config.ae_title,
             may_find=admission.may_find,
             audit=getattr(self.audit, "query", None),
-            who=who,
+            who=_who(rq, address, admission),
         )
 
     def retrieve_scp(
         self, t: Transport, rq: P.AssociateRQ, address: str, admission: Admission
     ) -> RetrieveSCP:
         """The C-MOVE SCP of one association (answers 0122 without an archive)."""
-        who = {
-            "address": address,
-            "calling_ae": rq.calling_ae,
-            "called_ae": rq.called_ae,
-            "user": admission.user,
-        }
         return RetrieveSCP(
             self.reader,
             t,
@@ -233,7 +221,7 @@ class Server:
             move_to=admission.move_to,
             timeouts=self.config.timeouts,
             audit=getattr(self.audit, "retrieve", None),
-            who=who,
+            who=_who(rq, address, admission),
         )
 
     async def close(self, grace: float | None = None) -> None:
@@ -258,6 +246,16 @@ def _reader_of(handler: StoreHandler) -> ArchiveReader | None:
     except (ArchiveNotFoundError, SchemaError, sqlite3.Error, OSError) as exc:
         log.warning("C-FIND not offered: %s", exc)
         return None
+
+
+def _who(rq: P.AssociateRQ, address: str, admission: Admission) -> dict[str, str | None]:
+    """Who asks, for the Q/R SCPs' logs and audit records."""
+    return {
+        "address": address,
+        "calling_ae": rq.calling_ae,
+        "called_ae": rq.called_ae,
+        "user": admission.user,
+    }
 
 
 def _destinations(config: ServerConfig, gatekeeper: Gatekeeper | None) -> dict[str, Destination]:
