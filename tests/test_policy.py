@@ -134,7 +134,9 @@ def test_the_documented_example_loads(tmp_path, keys) -> None:
     policy = load(
         tmp_path, text, **{"jwt-secret.bin": SECRET, "idp-public.pem": pem(keys["ec"].public_key())}
     )
-    assert set(policy.peers) == {"MODALITY1", "MONITOR", "READING ROOM"}
+    assert set(policy.peers) == {"MODALITY1", "WORKSTATION", "MONITOR", "READING ROOM"}
+    assert policy.peers["WORKSTATION"].move_to == {"WORKSTATION"}
+    assert str(policy.destinations["WORKSTATION"]) == "WORKSTATION=10.1.2.40:104"
     assert set(policy.users) == {"alice", "viewer"}
     assert policy.jwt is not None and policy.jwt.algorithms == {"HS256", "ES256"}
     assert not policy.allow_unknown
@@ -158,7 +160,10 @@ def test_minimal_file_and_defaults(tmp_path) -> None:
         ("[peers.A]\nhosts = ['10.0.0.5/24']", {}, "has host bits set"),
         ("[peers.A]\nhosts = 'pacs.example.org'", {}, "host names are not resolved"),
         ("[peers.A]\ntls_subject = 'modality1'", {}, "not of the form CN="),
-        ("[peers.A]\nmay = ['echo', 'move']", {}, "unknown action 'move'"),
+        ("[peers.A]\nmay = ['echo', 'teleport']", {}, "unknown action 'teleport'"),
+        ("[peers.A]\nmove_to = 'X'\n[destinations.X]\naddress = 'x'", {}, "is not HOST:PORT"),
+        ("[destinations.X]\nport = 104", {}, "unknown key 'port'"),
+        ("[destinations.'BAD\\\\AE']\naddress = 'h:1'", {}, "not a valid AE title"),
         ('[peers."WAY TOO LONG AE TITLE"]', {}, "not a valid AE title"),
         ("[users.bob]\npasscode = 'hunter2'", {}, "passcode: bad hash"),
         (

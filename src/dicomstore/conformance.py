@@ -55,7 +55,10 @@ SCP_STATUSES: tuple[tuple[int, str], ...] = (
     (st.SOP_CLASS_NOT_SUPPORTED, "the command's SOP Class is not its presentation context's"),
     (st.NOT_AUTHORIZED, "the calling AE title may not store (`--store-aet`, policy file)"),
     (st.DUPLICATE_INVOCATION, "a Message ID still in progress on the association"),
-    (st.UNRECOGNIZED_OPERATION, "a DIMSE command other than C-ECHO, C-STORE and C-FIND"),
+    (
+        st.UNRECOGNIZED_OPERATION,
+        "a DIMSE command other than C-ECHO, C-STORE, C-FIND, C-MOVE and C-CANCEL",
+    ),
     (st.MISTYPED_ARGUMENT, "a command element missing or malformed"),
 )
 
@@ -77,6 +80,40 @@ FIND_STATUSES: tuple[tuple[int, str], ...] = (
     ),
     (st.SOP_CLASS_NOT_SUPPORTED, "a C-FIND on a context that is not a FIND model"),
     (st.NOT_AUTHORIZED, "the caller lacks the `find` right (policy file)"),
+    (st.DUPLICATE_INVOCATION, "its Message ID is still being answered"),
+)
+
+#: C-MOVE statuses the Q/R SCP answers, and when (PS3.4 C.4.2.1.5, PS3.7 C.4.2).
+MOVE_STATUSES: tuple[tuple[int, str], ...] = (
+    (st.PENDING, "after each C-STORE sub-operation but the last, with the four counts"),
+    (st.SUCCESS, "every sub-operation completed (or nothing matched)"),
+    (
+        st.SUBOPERATIONS_WARNING,
+        "one or more sub-operations failed or warned; the Failed SOP Instance UID List "
+        "(0008,0058) names the failed ones",
+    ),
+    (
+        st.SUBOPERATIONS_FAILED,
+        "every sub-operation failed (the destination refused the association, could not "
+        "be reached, left, or refused each instance); the Failed SOP Instance UID List",
+    ),
+    (st.CANCEL, "a C-CANCEL-RQ arrived: no sub-operation after the one in flight"),
+    (st.MOVE_DESTINATION_UNKNOWN, "the Move Destination is not a configured destination"),
+    (
+        st.UNABLE_TO_CALCULATE_MATCHES,
+        "more than 65535 instances (the counts are US), or the index unavailable",
+    ),
+    (
+        st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        "no (0008,0052), a level not in the model, a unique key missing, with a wildcard, "
+        "a list where one value is due, or a key of a lower level with a value",
+    ),
+    (st.CANNOT_UNDERSTAND, "an unreadable Identifier"),
+    (st.SOP_CLASS_NOT_SUPPORTED, "a C-MOVE on a context that is not a MOVE model"),
+    (
+        st.NOT_AUTHORIZED,
+        "the caller lacks the `move` right, or may not name this destination (`move_to`)",
+    ),
     (st.DUPLICATE_INVOCATION, "its Message ID is still being answered"),
 )
 
@@ -105,21 +142,7 @@ def _query_section() -> list[str]:
     return [
         "#### 2.2.4 Query/Retrieve FIND SCP (`dicomstore serve`)",
         "",
-        *_table(
-            ("SOP Class", "UID", "Levels"),
-            [
-                (
-                    "Patient Root Q/R Information Model - FIND",
-                    f"`{uids.PATIENT_ROOT_QR_FIND}`",
-                    "PATIENT, STUDY, SERIES, IMAGE",
-                ),
-                (
-                    "Study Root Q/R Information Model - FIND",
-                    f"`{uids.STUDY_ROOT_QR_FIND}`",
-                    "STUDY, SERIES, IMAGE",
-                ),
-            ],
-        ),
+        *_models("FIND", uids.PATIENT_ROOT_QR_FIND, uids.STUDY_ROOT_QR_FIND),
         "",
         "Accepted with Explicit VR Little Endian, Implicit VR Little Endian or Explicit "
         "VR Big Endian, when the server stores into an archive. Matches come from the "
@@ -137,7 +160,7 @@ def _query_section() -> list[str]:
         "(0008,0054) is the server's AE title, Instance Availability (0008,0056) "
         "ONLINE. One pending response per match, streamed as the index yields them; "
         "C-CANCEL-RQ honoured between matches. Each C-FIND is audited (`--audit-log`, "
-        "after PS3.15 A.5.3.10 Query). C-MOVE and C-GET are not supported yet.",
+        "after PS3.15 A.5.3.10 Query). C-GET is not supported yet.",
         "",
         "Keys matched and returned (PS3.4 C.6.1.1, C.6.2.1):",
         "",
@@ -147,7 +170,57 @@ def _query_section() -> list[str]:
         "",
         *_table(("Status", "When"), [(f"{code:04X}", when) for code, when in FIND_STATUSES]),
         "",
+        *_move_section(),
     ]
+
+
+def _move_section() -> list[str]:
+    """2.2.5: the Query/Retrieve MOVE SCP."""
+    return [
+        "#### 2.2.5 Query/Retrieve MOVE SCP (`dicomstore serve`)",
+        "",
+        *_models("MOVE", uids.PATIENT_ROOT_QR_MOVE, uids.STUDY_ROOT_QR_MOVE),
+        "",
+        "Accepted with the uncompressed transfer syntaxes, when the server stores into "
+        "an archive. The Identifier holds the Query/Retrieve Level and the unique keys "
+        "(PS3.4 C.4.2.2.1): one value for each level above, one UID or a list of UIDs "
+        "at STUDY, SERIES and IMAGE level, one Patient ID at PATIENT level; other "
+        "attributes are ignored; hierarchical retrieval only. Move Destinations are "
+        "AE titles configured with `--move-destination AET=HOST:PORT` or in the policy "
+        "file's `[destinations]`. The C-STORE sub-operations run on one association to "
+        "the destination, requested with our AE title (`--aet`) as calling AE title: "
+        "per SOP Class, one context per transfer syntax the instances are stored in "
+        "(each alone), then Explicit and Implicit VR Little Endian for conversion; each "
+        "instance is sent in the transfer syntax it is stored in, byte for byte, when "
+        "the destination accepts it, else decoded and re-encoded uncompressed. Each "
+        "C-STORE-RQ carries Move Originator AE Title and Message ID, and the C-MOVE's "
+        "priority. C-CANCEL-RQ is honoured between sub-operations. Each C-MOVE is "
+        "audited (`--audit-log`, after PS3.15 A.5.3.7 DICOM Instances Transferred).",
+        "",
+        "Statuses:",
+        "",
+        *_table(("Status", "When"), [(f"{code:04X}", when) for code, when in MOVE_STATUSES]),
+        "",
+    ]
+
+
+def _models(kind: str, patient_root: str, study_root: str) -> list[str]:
+    """The table of the Patient and Study Root models of one Q/R operation."""
+    return _table(
+        ("SOP Class", "UID", "Levels"),
+        [
+            (
+                f"Patient Root Q/R Information Model - {kind}",
+                f"`{patient_root}`",
+                "PATIENT, STUDY, SERIES, IMAGE",
+            ),
+            (
+                f"Study Root Q/R Information Model - {kind}",
+                f"`{study_root}`",
+                "STUDY, SERIES, IMAGE",
+            ),
+        ],
+    )
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
@@ -182,7 +255,12 @@ def statement() -> str:
                     "No",
                     "Yes (`dicomstore serve`)",
                 ),
-                ("Query/Retrieve - MOVE, GET", "No", "No"),
+                (
+                    "Query/Retrieve - MOVE: Patient Root, Study Root (2.2.5)",
+                    "No",
+                    "Yes (`dicomstore serve`)",
+                ),
+                ("Query/Retrieve - GET", "No", "No"),
             ],
         ),
         "",
@@ -194,11 +272,12 @@ def statement() -> str:
         "### 2.1 Implementation model",
         "",
         "One Application Entity, `dicomstore serve` (AE title `--aet`, default "
-        "`DICOMSTORE`), is a Verification, Storage and Q/R FIND SCP: every instance it "
+        "`DICOMSTORE`), is a Verification, Storage and Q/R FIND and MOVE SCP: every instance it "
         "receives is written as a PS3.10 file into its archive (`--storage`) and indexed before "
         "it is acknowledged. `dicomstore send` (Storage SCU) sends files, folders or "
         "data sets to any Storage SCP; `dicomstore echo` is a Verification SCU. "
-        "Workstations find what was stored with C-FIND (2.2.4).",
+        "Workstations find what was stored with C-FIND (2.2.4) and have it sent to a "
+        "Storage SCP with C-MOVE (2.2.5), the server then acting as a Storage SCU.",
         "",
         "### 2.2 AE specifications",
         "",
@@ -244,7 +323,8 @@ def statement() -> str:
         "of its first byte (else A-ABORT, service-provider source, reason not specified).",
         "",
         "Presentation context acceptance: every Storage SOP Class of Appendix A, "
-        "Verification and the FIND models of 2.2.4; other abstract syntaxes are "
+        "Verification and the FIND and MOVE models of 2.2.4 and 2.2.5; other abstract "
+        "syntaxes are "
         "refused (*abstract syntax not supported*) unless "
         "`--accept-unknown-sop-classes`. The transfer syntax chosen "
         "is the first of Appendix B (or of `--transfer-syntax`, in that order) that the "
@@ -321,9 +401,10 @@ def statement() -> str:
         "",
         "TLS (2.3); caller restrictions and user identity through a policy file "
         "(`--config`), with refusals per address throttled "
-        "(`--max-failed-admissions`), the rights `echo`, `store` and `find` per peer "
-        "and user; an audit trail of associations, stored instances and C-FIND "
-        "queries in JSON lines (`--audit-log`).",
+        "(`--max-failed-admissions`), the rights `echo`, `store`, `find` and `move` "
+        "per peer and user, and per peer the Move Destinations it may name "
+        "(`move_to`); an audit trail of associations, stored instances, C-FIND "
+        "queries and C-MOVE transfers in JSON lines (`--audit-log`).",
         "",
         "DICOMweb (PS3.18, `--http-port`) listens on 127.0.0.1 unless `--http-host` "
         "names another address (a warning is logged when it is reachable beyond "

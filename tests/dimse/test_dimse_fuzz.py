@@ -13,6 +13,10 @@ from dicomstore.dimse import (
     CEchoRSP,
     CFindRQ,
     CFindRSP,
+    CGetRQ,
+    CGetRSP,
+    CMoveRQ,
+    CMoveRSP,
     CommandReceived,
     CStoreRQ,
     CStoreRSP,
@@ -24,6 +28,8 @@ from dicomstore.dimse import (
     NActionRSP,
     NEventReportRQ,
     NEventReportRSP,
+    RetrieveRQ,
+    SubOperations,
     UnknownCommand,
     decode_command,
     decode_message,
@@ -46,6 +52,10 @@ SEEDS = [
     NActionRSP(5, 0, "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", 1).encode(),
     NEventReportRQ(6, "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", 2).encode(),
     NEventReportRSP(6, 0x0110, error_comment="x", error_id=3).encode(),
+    CMoveRQ(5, "1.2.840.10008.5.1.4.1.2.2.2", 2, move_destination="STORESCP").encode(),
+    CMoveRSP(5, 0xFF00, "1.2.840.10008.5.1.4.1.2.2.2", SubOperations(3, 1, 1, 0)).encode(),
+    CGetRQ(6, "1.2.840.10008.5.1.4.1.2.2.3").encode(),
+    CGetRSP(6, 0xB000, None, SubOperations(None, 2, 1, 0), True, "one failed").encode(),
 ]
 
 
@@ -68,11 +78,15 @@ def check_message(data: bytes) -> None:
         | NActionRSP
         | NEventReportRQ
         | NEventReportRSP
+        | CMoveRQ
+        | CMoveRSP
+        | CGetRQ
+        | CGetRSP
         | UnknownCommand
         | InvalidRequest,
     )
     msg.encode()  # what we decoded we can re-encode
-    if isinstance(msg, CEchoRQ | CStoreRQ | CFindRQ | NActionRQ | NEventReportRQ):
+    if isinstance(msg, CEchoRQ | CStoreRQ | CFindRQ | RetrieveRQ | NActionRQ | NEventReportRQ):
         back = decode_message(msg.response(0).encode())
         assert getattr(back, "message_id_being_responded_to", None) == msg.message_id
     elif isinstance(msg, InvalidRequest):

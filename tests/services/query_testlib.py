@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tests.archive.archive_testlib import CT, MR, dataset, store
 
@@ -59,3 +60,22 @@ def fill(root: Path) -> None:
                 assert outcome.status == 0, outcome
     finally:
         archive.close()
+
+
+class Audit:
+    """An audit sink keeping the Q/R records: C-FIND (query) and C-MOVE (retrieve)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def association(self, record: dict[str, Any]) -> None:
+        pass
+
+    def instance(self, record: dict[str, Any]) -> None:
+        pass
+
+    def query(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def retrieve(self, record: dict[str, Any]) -> None:
+        self.records.append(record)

@@ -12,7 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from tests.conftest import ServerThread
-from tests.services.query_testlib import PATIENT_ROOT, STUDY_ROOT, fill
+from tests.services.query_testlib import PATIENT_ROOT, STUDY_ROOT, Audit, fill
 
 from dicomstore import uids
 from dicomstore.aio.client import associate
@@ -35,20 +35,6 @@ def root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("query") / "archive"
     fill(root)
     return root
-
-
-class Audit:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def association(self, record: dict[str, Any]) -> None:
-        pass
-
-    def instance(self, record: dict[str, Any]) -> None:
-        pass
-
-    def query(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
 
 
 @pytest.fixture

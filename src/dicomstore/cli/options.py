@@ -20,6 +20,7 @@ from dicomstore.errors import (
     AssociationRejected,
     DimseTimeout,
 )
+from dicomstore.services.destinations import Destination, parse_destination
 from dicomstore.vr import ae_title_problem
 
 EXIT_OK = 0
@@ -42,6 +43,13 @@ def _ae_title(value: str) -> str:
     if problem is not None:
         raise argparse.ArgumentTypeError(f"not a valid AE title ({problem}): {value!r}")
     return value.strip(" ")
+
+
+def _move_destination(value: str) -> Destination:
+    try:
+        return parse_destination(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _port(value: str) -> int:

@@ -26,6 +26,7 @@ from dicomstore.cli.options import (
     _ae_title,
     _cannot_open,
     _count,
+    _move_destination,
     _pdu,
     _port,
     _positive,
@@ -106,6 +107,14 @@ def add_parser(sub: Any) -> None:
         action="append",
         metavar="AET",
         help="only these calling AE titles may C-STORE, others get 0124 (repeatable)",
+    )
+    s.add_argument(
+        "--move-destination",
+        type=_move_destination,
+        action="append",
+        metavar="AET=HOST:PORT",
+        help="a Storage SCP a C-MOVE may name by its AE title (repeatable; also "
+        "[destinations] in the --config policy file; any other title gets A801)",
     )
     s.add_argument(
         "--accept-unknown-sop-classes",
@@ -295,6 +304,7 @@ async def run(args: argparse.Namespace) -> int:
         max_instance_bytes=args.max_instance_size,
         min_free_bytes=args.min_free,
         prefer_proposed_transfer_syntax=args.transfer_syntax_order == "proposed",
+        move_destinations=tuple(args.move_destination or ()),
     )
     if args.transfer_syntax:
         config.transfer_syntaxes = tuple(args.transfer_syntax)

@@ -1,5 +1,6 @@
 """DIMSE messages: C-ECHO and C-STORE (PS3.7 9.3.1, 9.3.5) and the fallbacks
-(C-FIND and C-CANCEL: ``query_messages.py``, registered here on import).
+(C-FIND and C-CANCEL: ``query_messages.py``; C-MOVE and C-GET:
+``retrieve_messages.py``; each registers its decoders here on import).
 
 Every message has ``command_field``, ``has_dataset`` and ``encode()`` (its
 command set).  ``decode_message`` turns a command set into one of:
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
         NEventReportRSP,
     )
     from dicomstore.dimse.query_messages import CCancelRQ, CFindRQ, CFindRSP
+    from dicomstore.dimse.retrieve_messages import CGetRQ, CGetRSP, CMoveRQ, CMoveRSP
 
 # Command Field values (PS3.7 E.1)
 C_STORE_RQ = 0x0001
@@ -328,8 +330,9 @@ class InvalidRequest:
 
 
 #: Every decoded message; C-FIND and C-CANCEL live in ``query_messages.py``,
-#: N-ACTION and N-EVENT-REPORT in ``normalized_messages.py``.
-Message = Union[  # noqa: UP007 - forward references to query_messages
+#: C-MOVE and C-GET in ``retrieve_messages.py``, N-ACTION and N-EVENT-REPORT in
+#: ``normalized_messages.py``.
+Message = Union[  # noqa: UP007 - forward references to those modules
     CEchoRQ,
     CEchoRSP,
     CStoreRQ,
@@ -344,6 +347,10 @@ Message = Union[  # noqa: UP007 - forward references to query_messages
     "NActionRSP",
     "NEventReportRQ",
     "NEventReportRSP",
+    "CMoveRQ",
+    "CMoveRSP",
+    "CGetRQ",
+    "CGetRSP",
 ]
 
 
@@ -458,7 +465,8 @@ _DECODERS: dict[int, Callable[[dict[int, Value], int, bool], Message]] = {
 def register_decoders(
     decoders: dict[int, Callable[[dict[int, Value], int, bool], Message]],
 ) -> None:
-    """Add the decoders of another module's messages (``query_messages`` does, on import)."""
+    """Add the decoders of another module's messages (``query_messages`` and
+    ``retrieve_messages`` do, on import)."""
     _DECODERS.update(decoders)
 
 

@@ -5,7 +5,8 @@
 rejected as transient, PS3.8 9.3.4), admits the caller (the gatekeeper of
 ``admission.py``, throttled per address), then dispatches DIMSE messages:
 C-ECHO to Verification, C-STORE to the storage SCP and so to the one store
-service, C-FIND and C-CANCEL to the query SCP (``query_scp.py``); 0210/0211/0212
+service, C-FIND to the query SCP (``query_scp.py``), C-MOVE to the retrieve SCP
+(``retrieve_scp.py``), a C-CANCEL to whichever runs its operation; 0210/0211/0212
 for what cannot be served, and the asynchronous operations window (PS3.7
 D.3.3.3) for commits that overlap receiving. The asyncio shell below it only
 moves bytes and runs timers (``aio``).
@@ -21,6 +22,7 @@ from dicomstore.aio.association import StalledPDU, Transport
 from dicomstore.dimse import (
     N_ACTION_RQ,
     N_EVENT_REPORT_RQ,
+    CCancelRQ,
     CEchoRQ,
     CEchoRSP,
     CommandReceived,
@@ -33,6 +35,8 @@ from dicomstore.dimse import (
     NActionRSP,
     NEventReportRQ,
     NEventReportRSP,
+    RetrieveRQ,
+    RetrieveRSP,
     UnknownCommand,
 )
 from dicomstore.dimse import status as st
@@ -42,6 +46,7 @@ from dicomstore.services.admission import (
     AdmissionRequest,
 )
 from dicomstore.services.query_scp import QuerySCP
+from dicomstore.services.retrieve_scp import RetrieveSCP
 from dicomstore.services.storage_scp import (
     Receiving,
     StorageSCP,
@@ -101,6 +106,7 @@ class AcceptorAssociation:
         self.storage: StorageSCP | None = None
         self.receiving: Receiving | None = None
         self.query: QuerySCP | None = None
+        self.retrieve: RetrieveSCP | None = None
         #: C-STOREs whose data set arrived and whose commit runs, by Message ID.
         self.inflight: dict[int, asyncio.Task] = {}
         #: a commit awaited in line (window 1): an operation in progress too
@@ -119,8 +125,8 @@ class AcceptorAssociation:
     @property
     def busy(self) -> bool:
         """An operation is in progress (graceful shutdown lets it finish)."""
-        query = self.query is not None and self.query.busy
-        return self.receiving is not None or self.committing or bool(self.inflight) or query
+        qr = any(scp is not None and scp.busy for scp in (self.query, self.retrieve))
+        return self.receiving is not None or self.committing or bool(self.inflight) or qr
 
     async def run(self) -> None:
         """Serve until the association ends; never raises."""
@@ -185,8 +191,9 @@ class AcceptorAssociation:
             t.abort_now()
         finally:
             self._drop_receiving()
-            if self.query is not None:
-                await self.query.close()
+            for scp in (self.query, self.retrieve):
+                if scp is not None:
+                    await scp.close()
             if self.inflight:  # the peer left: commits finish, answers go nowhere
                 await asyncio.wait(list(self.inflight.values()))
             await t.close()
@@ -346,6 +353,7 @@ class AcceptorAssociation:
             user=admission.user,
         )
         self.query = self.server.query_scp(t, rq, self.address, admission)
+        self.retrieve = self.server.retrieve_scp(t, rq, self.address, admission)
         if subject:
             log.info("%s: TLS peer certificate %s", t.peer, subject)
         log.info(
@@ -365,9 +373,10 @@ class AcceptorAssociation:
 
     async def _on_dimse(self, event) -> None:
         t = self.t
-        if self.query is not None and self.query.handles(event):
-            self.query.receive(event)
-            return
+        for scp in (self.query, self.retrieve):
+            if scp is not None and scp.handles(event):
+                scp.receive(event)
+                return
         if isinstance(event, DatasetFragment):
             receiving = self.receiving
             if receiving is None:  # a data set we decided to discard
@@ -381,7 +390,7 @@ class AcceptorAssociation:
             return
         assert isinstance(event, CommandReceived)
         message = event.message
-        rsp: CStoreRSP | CEchoRSP | GenericRSP | NActionRSP | NEventReportRSP
+        rsp: CStoreRSP | CEchoRSP | GenericRSP | RetrieveRSP | NActionRSP | NEventReportRSP
         if isinstance(message, CStoreRQ):
             assert self.storage is not None
             if message.message_id in self.inflight:
@@ -404,12 +413,18 @@ class AcceptorAssociation:
             else:
                 rsp = echo_response(message)
             t.queue_message(event.context_id, rsp.encode())
-        elif isinstance(message, InvalidRequest | UnknownCommand | NActionRQ | NEventReportRQ):
+        elif isinstance(
+            message, InvalidRequest | UnknownCommand | RetrieveRQ | NActionRQ | NEventReportRQ
+        ):
             if getattr(message, "is_response", False):
                 log.warning("%s: unexpected response %#06x ignored", t.peer, message.command_field)
                 return
             served = message.command_field not in NOT_SERVED
-            if served and isinstance(message, InvalidRequest | UnknownCommand):
+            if isinstance(message, RetrieveRQ):  # a retrieval no SCP here serves (C-GET)
+                rsp = message.response(
+                    st.SOP_CLASS_NOT_SUPPORTED, error_comment="retrieval is not supported here"
+                )
+            elif served and isinstance(message, InvalidRequest | UnknownCommand):
                 rsp = message.response()
             else:  # decoded, but no service takes it
                 rsp = message.response(
@@ -421,6 +436,12 @@ class AcceptorAssociation:
                 self.receiving = Receiving(None, None, None, rsp)  # type: ignore[arg-type]
             else:
                 t.queue_message(event.context_id, rsp.encode())
+        elif isinstance(message, CCancelRQ):  # PS3.7 9.3.2.3: nothing to answer
+            log.info(
+                "%s: C-CANCEL-RQ for message %d, not in progress: ignored",
+                t.peer,
+                message.message_id_being_responded_to,
+            )
         else:
             log.warning("%s: unexpected %s ignored", t.peer, type(message).__name__)
 

@@ -173,11 +173,12 @@ class FindQuery:
         return out
 
 
-def _text(value: Any) -> str:
+def text_value(value: Any) -> str:
+    """An element value as text (a multi-valued one joined by ``\\``)."""
     if value is None:
         return ""
     if isinstance(value, MultiValue | list | tuple):
-        return "\\".join(_text(v) for v in value)
+        return "\\".join(text_value(v) for v in value)
     if isinstance(value, bytes):
         return value.decode("ascii", "replace")
     return str(value).strip()
@@ -196,7 +197,7 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
             "no Query/Retrieve Level (0008,0052)",
             QUERY_RETRIEVE_LEVEL,
         )
-    level = _text(identifier[QUERY_RETRIEVE_LEVEL].value).upper()
+    level = text_value(identifier[QUERY_RETRIEVE_LEVEL].value).upper()
     if level not in levels:
         raise FindFailure(
             st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -209,7 +210,7 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
         tag = int(element.tag)
         if tag in (SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL) or tag < 0x00080000:
             continue
-        value = "" if element.VR == "SQ" else _text(element.value)
+        value = "" if element.VR == "SQ" else text_value(element.value)
         if tag in (RETRIEVE_AE_TITLE, INSTANCE_AVAILABILITY):
             found.keys.append((tag, element.VR))
             continue

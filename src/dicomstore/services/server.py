@@ -1,12 +1,14 @@
-"""The DICOM server: Verification, Storage and Q/R FIND SCP on asyncio (PS3.4 A, B.2, C).
+"""The DICOM server: Verification, Storage and Q/R FIND and MOVE SCP on asyncio (PS3.4 A, B, C).
 
 :class:`Server` is the application the asyncio shell serves: an
 :class:`~dicomstore.aio.listener.Listener` accepts connections and hands each
 to an :class:`~dicomstore.services.acceptor.AcceptorAssociation`; the server
 holds what they share — the negotiation policy, the gatekeeper and its
 throttle, the one store service (``storage.py``, also given to STOW-RS), the
-audit sink, and a read-only view of the archive index for C-FIND (when the
-handler is an archive: anything with a ``root`` holding an index).
+audit sink, a read-only view of the archive index for C-FIND and C-MOVE (when
+the handler is an archive: anything with a ``root`` holding an index), and the
+C-MOVE destinations (``ServerConfig.move_destinations`` and the gatekeeper's,
+e.g. the policy file's ``[destinations]``).
 ``close()`` stops accepting, lets in-flight operations finish within
 ``shutdown_grace``, then aborts what is left.
 """
@@ -28,7 +30,9 @@ from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader
 from dicomstore.handler import StoreHandler
 from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
 from dicomstore.services.admission import Admission, AuditSink, FailedAdmissions, Gatekeeper
+from dicomstore.services.destinations import Destination
 from dicomstore.services.query_scp import FIND_SOP_CLASSES, QuerySCP
+from dicomstore.services.retrieve_scp import MOVE_SOP_CLASSES, RetrieveSCP
 from dicomstore.services.storage import OnStored, StoreLimits, StoreService
 from dicomstore.services.storage_scp import storage_extended_negotiation
 from dicomstore.ul.connection import Connection, Role
@@ -77,13 +81,16 @@ class ServerConfig:
     #: ``failed_admission_window`` seconds, that address is refused at once (0: never).
     max_failed_admissions: int = 10
     failed_admission_window: float = 60.0
+    #: C-MOVE destinations by AE title (``--move-destination AET=HOST:PORT``).
+    move_destinations: tuple[Destination, ...] = ()
 
     def policy(self, find: bool = True) -> AcceptorPolicy:
         """The negotiation policy: Verification, every Storage SOP Class and, with
-        ``find`` (an archive to query), the Patient and Study Root FIND models."""
+        ``find`` (an archive to query), the Patient and Study Root FIND and MOVE models."""
         syntaxes: dict[str, tuple[str, ...]] = {uids.VERIFICATION: uids.UNCOMPRESSED}
         if find:
-            syntaxes.update((sop_class, uids.UNCOMPRESSED) for sop_class in FIND_SOP_CLASSES)
+            for sop_class in (*FIND_SOP_CLASSES, *MOVE_SOP_CLASSES):
+                syntaxes[sop_class] = uids.UNCOMPRESSED
         for sop_class in uids.storage_sop_classes():
             syntaxes[sop_class] = self.transfer_syntaxes
         return AcceptorPolicy(
@@ -147,6 +154,7 @@ class Server:
         #: the index C-FIND answers from (None: the handler is no archive)
         self.reader = _reader_of(handler)
         self.policy = config.policy(find=self.reader is not None)
+        self.destinations = _destinations(config, gatekeeper)
         self.failed_admissions = FailedAdmissions(
             config.max_failed_admissions, config.failed_admission_window
         )
@@ -191,19 +199,29 @@ class Server:
         self, t: Transport, rq: P.AssociateRQ, address: str, admission: Admission
     ) -> QuerySCP:
         """The C-FIND SCP of one association (answers 0122 without an archive)."""
-        who = {
-            "address": address,
-            "calling_ae": rq.calling_ae,
-            "called_ae": rq.called_ae,
-            "user": admission.user,
-        }
         return QuerySCP(
             self.reader,
             t,
             ae_title=self.config.ae_title,
             may_find=admission.may_find,
             audit=getattr(self.audit, "query", None),
-            who=who,
+            who=_who(rq, address, admission),
+        )
+
+    def retrieve_scp(
+        self, t: Transport, rq: P.AssociateRQ, address: str, admission: Admission
+    ) -> RetrieveSCP:
+        """The C-MOVE SCP of one association (answers 0122 without an archive)."""
+        return RetrieveSCP(
+            self.reader,
+            t,
+            ae_title=self.config.ae_title,
+            destinations=self.destinations,
+            may_move=admission.may_move,
+            move_to=admission.move_to,
+            timeouts=self.config.timeouts,
+            audit=getattr(self.audit, "retrieve", None),
+            who=_who(rq, address, admission),
         )
 
     async def close(self, grace: float | None = None) -> None:
@@ -228,3 +246,25 @@ def _reader_of(handler: StoreHandler) -> ArchiveReader | None:
     except (ArchiveNotFoundError, SchemaError, sqlite3.Error, OSError) as exc:
         log.warning("C-FIND not offered: %s", exc)
         return None
+
+
+def _who(rq: P.AssociateRQ, address: str, admission: Admission) -> dict[str, str | None]:
+    """Who asks, for the Q/R SCPs' logs and audit records."""
+    return {
+        "address": address,
+        "calling_ae": rq.calling_ae,
+        "called_ae": rq.called_ae,
+        "user": admission.user,
+    }
+
+
+def _destinations(config: ServerConfig, gatekeeper: Gatekeeper | None) -> dict[str, Destination]:
+    """The C-MOVE destinations: the gatekeeper's (the policy file's), then the
+    configuration's, which win for a title in both."""
+    found: dict[str, Destination] = dict(getattr(gatekeeper, "destinations", None) or {})
+    for dest in config.move_destinations:
+        other = found.get(dest.ae_title)
+        if other is not None and other != dest:
+            log.warning("move destination %s replaces the policy file's %s", dest, other)
+        found[dest.ae_title] = dest
+    return found
