@@ -82,6 +82,27 @@ def _positive(value: str) -> float:
     return n
 
 
+def _seconds(value: str) -> float:
+    """A duration in seconds, 0 or more (0 usually meaning "off")."""
+    try:
+        n = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not n >= 0 or n == float("inf"):
+        raise argparse.ArgumentTypeError("must be 0 or more seconds")
+    return n
+
+
+def _http_url(value: str) -> str:
+    """An http:// or https:// URL with a host."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"not an http:// or https:// URL: {value!r}")
+    return value
+
+
 def _count(value: str) -> int:
     """A whole number >= 0 (0 usually meaning "no limit")."""
     try:

@@ -39,6 +39,7 @@ from dicomstore.ul.connection import Connection, Role
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy
 
 if TYPE_CHECKING:
+    from dicomstore.services.stability import StudyStability
     from dicomstore.ul import pdu as P
 
 __all__ = ["WHEN_BUSY", "Server", "ServerConfig", "archive_commit_mode"]
@@ -81,6 +82,11 @@ class ServerConfig:
     #: ``failed_admission_window`` seconds, that address is refused at once (0: never).
     max_failed_admissions: int = 10
     failed_admission_window: float = 60.0
+    #: A study is stable (study-complete event) after this many seconds without a
+    #: new instance (0: no events); run this command and POST to this URL then.
+    stable_age: float = 60.0
+    on_stable_exec: str | None = None
+    stable_webhook: str | None = None
     #: C-MOVE destinations by AE title (``--move-destination AET=HOST:PORT``).
     move_destinations: tuple[Destination, ...] = ()
 
@@ -159,6 +165,8 @@ class Server:
             config.max_failed_admissions, config.failed_admission_window
         )
         self.associations: set[AcceptorAssociation] = set()
+        #: study-complete events (set by ``serving.running`` on an archive)
+        self.stability: StudyStability | None = None
         self.listener = Listener(
             config.host,
             config.port,
