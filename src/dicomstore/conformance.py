@@ -331,8 +331,13 @@ def statement() -> str:
         "requester proposes; with `--transfer-syntax-order proposed`, the first the "
         "requester proposes that is in that list. A specialized SOP Class is accepted "
         "through a related general SOP Class it names in SOP Class Common Extended "
-        "Negotiation (PS3.7 D.3.3.6). SCP/SCU Role Selection: the requester may be SCU "
-        "only.",
+        "Negotiation (PS3.7 D.3.3.6). SCP/SCU Role Selection (PS3.7 D.3.3.4): each role "
+        "item is answered, a role proposed is granted or turned down, one not proposed is "
+        "never granted; the requester may always be SCU; it may be SCP of a Storage SOP "
+        "Class only on an association that also accepts a GET model of 2.2.5 (we are then "
+        "its Storage SCU for the C-GET sub-operations), never of Verification or a Q/R "
+        "model. A context left with no role for the requester is refused (*user "
+        "rejection*).",
         "",
         "SOP Class Extended Negotiation (PS3.4 B.3.1), answered when proposed: "
         f"Level of Support {level} (Full: every element, private ones too, is kept), "
