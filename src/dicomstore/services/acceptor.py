@@ -47,6 +47,7 @@ from dicomstore.services.admission import (
 )
 from dicomstore.services.query_scp import QuerySCP
 from dicomstore.services.retrieve_scp import RetrieveSCP
+from dicomstore.services.same_association import SameAssociationStore
 from dicomstore.services.storage_scp import (
     Receiving,
     StorageSCP,
@@ -107,6 +108,9 @@ class AcceptorAssociation:
         self.receiving: Receiving | None = None
         self.query: QuerySCP | None = None
         self.retrieve: RetrieveSCP | None = None
+        #: C-STOREs we send on this association (C-GET sub-operations), when the
+        #: requestor took the Storage SCP role for some SOP class (PS3.7 D.3.3.4)
+        self.sender: SameAssociationStore | None = None
         #: C-STOREs whose data set arrived and whose commit runs, by Message ID.
         self.inflight: dict[int, asyncio.Task] = {}
         #: a commit awaited in line (window 1): an operation in progress too
@@ -191,6 +195,8 @@ class AcceptorAssociation:
             t.abort_now()
         finally:
             self._drop_receiving()
+            if self.sender is not None:  # sub-operations awaiting a C-STORE-RSP fail
+                self.sender.close()
             for scp in (self.query, self.retrieve):
                 if scp is not None:
                     await scp.close()
@@ -352,6 +358,8 @@ class AcceptorAssociation:
             address=self.address,
             user=admission.user,
         )
+        sender = SameAssociationStore(t)
+        self.sender = sender if sender.usable else None
         self.query = self.server.query_scp(t, rq, self.address, admission)
         self.retrieve = self.server.retrieve_scp(t, rq, self.address, admission)
         if subject:
@@ -377,6 +385,10 @@ class AcceptorAssociation:
             if scp is not None and scp.handles(event):
                 scp.receive(event)
                 return
+        if self.sender is not None and self.sender.handles(event):
+            if not self.sender.receive(event):
+                log.warning("%s: C-STORE-RSP to no C-STORE-RQ of ours ignored", t.peer)
+            return
         if isinstance(event, DatasetFragment):
             receiving = self.receiving
             if receiving is None:  # a data set we decided to discard
