@@ -63,7 +63,7 @@ def fill(root: Path) -> None:
 
 
 class Audit:
-    """An audit sink keeping the Q/R records: C-FIND (query) and C-MOVE (retrieve)."""
+    """An audit sink keeping the Q/R records: C-FIND (query), C-MOVE and C-GET (retrieve)."""
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []

@@ -19,7 +19,7 @@ from pydicom.filereader import read_dataset
 from pynetdicom import AE, build_role, evt
 from tests.archive.archive_testlib import CT, MR, dcm_files, stored_dataset
 from tests.conftest import ServerThread
-from tests.services.query_testlib import fill, sop_uids
+from tests.services.query_testlib import Audit, fill, sop_uids
 
 from dicomstore import uids
 from dicomstore.archive import Archive
@@ -46,20 +46,6 @@ def stored(root: Path) -> dict[str, bytes]:
         str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): stored_dataset(p)
         for p in dcm_files(root)
     }
-
-
-class Audit:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def association(self, record: dict[str, Any]) -> None:
-        pass
-
-    def instance(self, record: dict[str, Any]) -> None:
-        pass
-
-    def retrieve(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
 
 
 @pytest.fixture
