@@ -5,6 +5,7 @@ status from the SCU, no context for a SOP class, no SCP role at all), 0124, the 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,14 +18,17 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pynetdicom import AE, build_role, evt
-from tests.archive.archive_testlib import CT, MR, dcm_files, stored_dataset
+from tests.archive.archive_testlib import CT, MR, dataset, dcm_files, stored_dataset
 from tests.conftest import ServerThread
 from tests.services.query_testlib import Audit, fill, sop_uids
 
 from dicomstore import uids
+from dicomstore.aio.client import connect
 from dicomstore.archive import Archive
+from dicomstore.archive.reader import NotStoredError
 from dicomstore.policy import Peer, Policy
 from dicomstore.services.server import ServerConfig
+from dicomstore.ul.items import RoleSelection
 
 STUDY_ROOT_GET = uids.STUDY_ROOT_QR_GET
 PATIENT_ROOT_GET = uids.PATIENT_ROOT_QR_GET
@@ -282,3 +286,28 @@ def test_no_get_models_nor_scp_role_without_an_archive() -> None:
     assert {STUDY_ROOT_GET, PATIENT_ROOT_GET} <= with_archive.scu_role_with
     assert STUDY_ROOT_GET in with_archive.scp_role_only
     assert CT not in with_archive.scp_role_only  # a Storage SOP Class: SCP role possible
+
+
+def test_no_c_store_to_us_on_a_context_where_the_requestor_is_only_scp(server) -> None:
+    """The requestor took only the SCP role for CT: a C-STORE-RQ from it on that
+    context is refused (0122), nothing is stored (PS3.7 D.3.3.4)."""
+    srv, _audit = server
+
+    async def store() -> tuple[int, str]:
+        async with connect(
+            "127.0.0.1",
+            srv.port,
+            called_ae="DICOMSTORE",
+            contexts=[(STUDY_ROOT_GET, UNCOMPRESSED), (CT, UNCOMPRESSED)],
+            roles=[RoleSelection(CT, False, True)],
+        ) as assoc:
+            ctx = assoc.context_for(CT)
+            assert ctx is not None and (ctx.scu_role, ctx.scp_role) == (False, True)
+            rsp = await assoc.store_stream(ctx, CT, "1.2.9.9.9", [dataset("1.2.9.9.9")])
+            return rsp.status, rsp.error_comment or ""
+
+    status, comment = asyncio.run(store())
+    assert status == 0x0122 and "no SCU role" in comment
+    assert srv.server.reader is not None
+    with pytest.raises(NotStoredError):
+        srv.server.reader.instance("1.2.9.9.9")
