@@ -117,10 +117,11 @@ MOVE_STATUSES: tuple[tuple[int, str], ...] = (
     (st.DUPLICATE_INVOCATION, "its Message ID is still being answered"),
 )
 
-#: C-GET statuses the Q/R SCP answers, and when (PS3.4 C.4.3.1.4, PS3.7 C.4.3).
+#: C-GET statuses the Q/R SCP answers, and when (PS3.4 C.4.3.1.4, PS3.7 C.4.3): as
+#: C-MOVE's (no destination, so no A801), but for where sub-operations fail.
+_AS_MOVE = dict(MOVE_STATUSES)
 GET_STATUSES: tuple[tuple[int, str], ...] = (
-    (st.PENDING, "after each C-STORE sub-operation but the last, with the four counts"),
-    (st.SUCCESS, "every sub-operation completed (or nothing matched)"),
+    *((code, _AS_MOVE[code]) for code in (st.PENDING, st.SUCCESS)),
     (
         st.SUBOPERATIONS_WARNING,
         "one or more sub-operations failed (no context on which the requester is SCP "
@@ -132,16 +133,14 @@ GET_STATUSES: tuple[tuple[int, str], ...] = (
         "the association ended, or a failure status for each); the Failed SOP Instance "
         "UID List",
     ),
-    (st.CANCEL, "a C-CANCEL-RQ arrived: no sub-operation after the one in flight"),
-    (
-        st.UNABLE_TO_CALCULATE_MATCHES,
-        "more than 65535 instances (the counts are US), or the index unavailable",
+    *(
+        (code, _AS_MOVE[code])
+        for code in (st.CANCEL, st.UNABLE_TO_CALCULATE_MATCHES, st.DATASET_DOES_NOT_MATCH_SOP_CLASS)
     ),
-    (st.DATASET_DOES_NOT_MATCH_SOP_CLASS, "the Identifier, as for C-MOVE"),
-    (st.CANNOT_UNDERSTAND, "an unreadable Identifier"),
+    (st.CANNOT_UNDERSTAND, _AS_MOVE[st.CANNOT_UNDERSTAND]),
     (st.SOP_CLASS_NOT_SUPPORTED, "a C-GET on a context that is not a GET model"),
     (st.NOT_AUTHORIZED, "the caller lacks the `get` right (policy file)"),
-    (st.DUPLICATE_INVOCATION, "its Message ID is still being answered"),
+    (st.DUPLICATE_INVOCATION, _AS_MOVE[st.DUPLICATE_INVOCATION]),
 )
 
 #: How a value of each VR is matched (PS3.4 C.2.2.2).

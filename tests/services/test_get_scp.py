@@ -20,7 +20,7 @@ from pydicom.filereader import read_dataset
 from pynetdicom import AE, build_role, evt
 from tests.archive.archive_testlib import CT, MR, dataset, dcm_files, stored_dataset
 from tests.conftest import ServerThread
-from tests.services.query_testlib import Audit, fill, sop_uids
+from tests.services.query_testlib import Audit, fill, identifier, sop_uids
 
 from dicomstore import uids
 from dicomstore.aio.client import connect
@@ -59,14 +59,6 @@ def server(root: Path) -> Iterator[tuple[ServerThread, Audit]]:
     with ServerThread(ServerConfig(port=0), archive, audit=audit) as srv:
         yield srv, audit
     archive.close()
-
-
-def identifier(level: str, **keys: str) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
 
 
 @dataclass

@@ -4,7 +4,6 @@ the stored one (issue 15, PS3.4 C.4.3, PS3.7 D.3.3.4)."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +11,8 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from tests.archive.archive_testlib import dcm_files, stored_dataset
-from tests.conftest import PEER_ENV, dcmtk, free_port, serve_command, wait_listening
-from tests.services.query_testlib import fill, sop_uids
+from tests.conftest import PEER_ENV, dcmtk
+from tests.services.query_testlib import fill, serving_cli, sop_uids
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +25,8 @@ def served(tmp_path_factory) -> Iterator[tuple[int, dict[str, bytes]]]:
         str(dcmread(path, stop_before_pixels=True).SOPInstanceUID): stored_dataset(path)
         for path in dcm_files(root)
     }
-    port = free_port()
-    proc = subprocess.Popen(
-        serve_command(port, root, "--fsync", "off"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_listening(port, proc)
+    with serving_cli(root) as port:
         yield port, stored
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
 
 
 def getscu(port: int, out: Path, model: str, *keys: str) -> tuple[dict[str, bytes], str]:

@@ -28,7 +28,6 @@ C000, A701 as for C-MOVE. Each C-GET ends with an audit ``retrieve`` record
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,11 +40,14 @@ from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationError
 from dicomstore.services import sources
 from dicomstore.services.qr_operations import Operation
-from dicomstore.services.retrieve import Selected, SubOperationsEnded, SubOperationSender
+from dicomstore.services.retrieve import (
+    Selected,
+    SubOperationsEnded,
+    SubOperationSender,
+    store_selected,
+)
 from dicomstore.services.retrieve_scp import RetrieveSCP
 from dicomstore.services.same_association import SameAssociationStore
-from dicomstore.services.sources import NotDicom
-from dicomstore.services.storage_scu import NotSendable, store_instance
 
 log = logging.getLogger("dicomstore.server")
 
@@ -73,36 +75,15 @@ class GetSender:
         store = self.store
         assert store is not None  # else start() ended the sub-operations
         try:
-            instance = await asyncio.to_thread(sources.scan_file, item.path)
-        except (NotDicom, OSError) as exc:
-            log.error("C-GET: cannot send %s: %s", item.path, sources.one_line(exc))
-            return st.SUBOPERATIONS_FAILED
-        try:
-            rsp, _ctx, converted, nbytes = await store_instance(
-                store, instance, convert=True, priority=self.priority
+            rsp = await store_selected(
+                store, item, service="C-GET", peer="the SCU", priority=self.priority
             )
-        except (NotSendable, NotDicom) as exc:
-            log.warning("C-GET: %s not sent: %s", item.sop_instance_uid, exc)
-            return st.SUBOPERATIONS_FAILED
         except sources.SourceReadError as exc:  # mid-message: the association cannot go on
             store.t.abort_now()
             raise SubOperationsEnded(f"reading {item.sop_instance_uid}: {exc}") from None
         except (AssociationError, ConnectionError, OSError) as exc:
             raise SubOperationsEnded(f"the association ended: {exc}") from None
-        if st.is_failure(rsp.status):
-            log.warning(
-                "C-GET: the SCU answered %04X for %s: %s",
-                rsp.status,
-                item.sop_instance_uid,
-                rsp.error_comment,
-            )
-        log.debug(
-            "C-GET: %s sent (%d bytes%s)",
-            item.sop_instance_uid,
-            nbytes,
-            ", converted" if converted else "",
-        )
-        return int(rsp.status)
+        return st.SUBOPERATIONS_FAILED if rsp is None else int(rsp.status)
 
     async def stop(self) -> None:
         """Nothing to release: the association is the requestor's."""

@@ -16,8 +16,6 @@ syntax, else converted to an accepted uncompressed one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from dicomstore.aio.association import Transport
 from dicomstore.aio.invoker import Invoker
 from dicomstore.dimse import CommandReceived, CStoreRSP, DatasetFragment
@@ -60,26 +58,6 @@ class SameAssociationStore:
             ):
                 return ctx
         return None
-
-    async def store_stream(
-        self,
-        context: AcceptedContext,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        chunks: Iterable[bytes],
-        *,
-        priority: int = 0,
-        move_originator: tuple[str, int] | None = None,
-    ) -> CStoreRSP:
-        """C-STORE (PS3.7 9.3.1) of a data set as chunks; the C-STORE-RSP."""
-        return await self.invoker.store_stream(
-            context,
-            sop_class_uid,
-            sop_instance_uid,
-            chunks,
-            priority=priority,
-            move_originator=move_originator,
-        )
 
     def handles(self, event: CommandReceived | DatasetFragment) -> bool:
         """True for a C-STORE-RSP (the acceptor receives no other response)."""

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from dicomstore import uids
 from dicomstore.aio.association import Transport
 from dicomstore.aio.client import ContextSpec
-from dicomstore.dimse import CStoreRSP
+from dicomstore.aio.invoker import Invoker
 from dicomstore.dimse.fragments import max_pdv_data
 from dicomstore.dimse.messages import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_MEDIUM
 from dicomstore.errors import (
@@ -77,22 +77,14 @@ class StoreChannel(Protocol):
     @property
     def negotiated(self) -> Negotiated | None: ...
 
+    @property
+    def invoker(self) -> Invoker:
+        """Sends the C-STORE-RQs and matches their responses."""
+
     def context_for(
         self, abstract_syntax: str, transfer_syntax: str | None = None
     ) -> AcceptedContext | None:
         """An accepted context we may send C-STORE-RQs on, or None."""
-
-    async def store_stream(
-        self,
-        context: AcceptedContext,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        chunks: Iterable[bytes],
-        *,
-        priority: int = 0,
-        move_originator: tuple[str, int] | None = None,
-    ) -> CStoreRSP:
-        """C-STORE of a data set given as chunks; the C-STORE-RSP."""
 
 
 class NotSendable(DicomstoreError):
@@ -255,7 +247,7 @@ async def store_instance(
         chunks = sources.exactly(sources.file_chunks(f, size, alive), instance)
         nbytes = instance.size
     try:
-        rsp = await assoc.store_stream(
+        rsp = await assoc.invoker.store_stream(
             ctx,
             instance.sop_class_uid,
             instance.sop_instance_uid,
