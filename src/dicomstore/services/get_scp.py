@@ -46,15 +46,15 @@ from dicomstore.services.retrieve import (
     SubOperationSender,
     store_selected,
 )
-from dicomstore.services.retrieve_scp import RetrieveSCP
+from dicomstore.services.retrieve_scp import MOVE_MODEL_LEVELS, RetrieveSCP
 from dicomstore.services.same_association import SameAssociationStore
 
 log = logging.getLogger("dicomstore.server")
 
-#: The levels of each GET information model, top first (PS3.4 C.6.1.1, C.6.2.1).
+#: The levels of each GET information model, top first: its root's (PS3.4 C.6.1.1, C.6.2.1).
 GET_MODEL_LEVELS: dict[str, tuple[str, ...]] = {
-    uids.PATIENT_ROOT_QR_GET: ("PATIENT", "STUDY", "SERIES", "IMAGE"),
-    uids.STUDY_ROOT_QR_GET: ("STUDY", "SERIES", "IMAGE"),
+    uids.PATIENT_ROOT_QR_GET: MOVE_MODEL_LEVELS[uids.PATIENT_ROOT_QR_MOVE],
+    uids.STUDY_ROOT_QR_GET: MOVE_MODEL_LEVELS[uids.STUDY_ROOT_QR_MOVE],
 }
 #: The SOP classes this SCP serves (ServerConfig.policy offers them).
 GET_SOP_CLASSES: tuple[str, ...] = tuple(GET_MODEL_LEVELS)
