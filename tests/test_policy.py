@@ -801,3 +801,32 @@ may = ["find"]
     assert viewer.may_find and not viewer.may_store and not viewer.may_echo
     with pytest.raises(PolicyError, match="'find' is a DIMSE right"):
         load(tmp_path, 'http_anonymous_may = ["find"]\n')
+
+
+def test_get_right_defaults_and_exact_lists(tmp_path) -> None:
+    """`get` (C-GET, issue 15): granted to entries without `may`, by the default
+    unknown_may and to users without `may`; not where a `may` list leaves it out."""
+    policy = load(
+        tmp_path,
+        """
+allow_unknown = true
+[peers.WORKSTATION]
+[peers.FINDER]
+may = ["echo", "find"]
+[peers.GETTER]
+may = ["get"]
+[users.carol]
+[users.dave]
+may = ["find"]
+""",
+    )
+    assert policy.admit(rq("WORKSTATION")).may_get
+    assert policy.admit(rq("STRANGER")).may_get  # unknown_may: its default
+    finder = policy.admit(rq("FINDER"))
+    assert finder.may_find and not finder.may_get
+    getter = policy.admit(rq("GETTER"))
+    assert getter.may_get and not getter.may_find and not getter.may_store
+    assert policy.users["carol"].may >= {"get", "find", "read"}
+    assert "get" not in policy.users["dave"].may
+    with pytest.raises(PolicyError, match="'get' is a DIMSE right"):
+        load(tmp_path, 'http_anonymous_may = ["get"]\n')

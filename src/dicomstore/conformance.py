@@ -57,7 +57,7 @@ SCP_STATUSES: tuple[tuple[int, str], ...] = (
     (st.DUPLICATE_INVOCATION, "a Message ID still in progress on the association"),
     (
         st.UNRECOGNIZED_OPERATION,
-        "a DIMSE command other than C-ECHO, C-STORE, C-FIND, C-MOVE and C-CANCEL",
+        "a DIMSE command other than C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET and C-CANCEL",
     ),
     (st.MISTYPED_ARGUMENT, "a command element missing or malformed"),
 )
@@ -117,6 +117,32 @@ MOVE_STATUSES: tuple[tuple[int, str], ...] = (
     (st.DUPLICATE_INVOCATION, "its Message ID is still being answered"),
 )
 
+#: C-GET statuses the Q/R SCP answers, and when (PS3.4 C.4.3.1.4, PS3.7 C.4.3): as
+#: C-MOVE's (no destination, so no A801), but for where sub-operations fail.
+_AS_MOVE = dict(MOVE_STATUSES)
+GET_STATUSES: tuple[tuple[int, str], ...] = (
+    *((code, _AS_MOVE[code]) for code in (st.PENDING, st.SUCCESS)),
+    (
+        st.SUBOPERATIONS_WARNING,
+        "one or more sub-operations failed (no context on which the requester is SCP "
+        "for the SOP class, a failure status) or warned; the Failed SOP Instance UID List",
+    ),
+    (
+        st.SUBOPERATIONS_FAILED,
+        "every sub-operation failed (no context at all on which the requester is SCP, "
+        "the association ended, or a failure status for each); the Failed SOP Instance "
+        "UID List",
+    ),
+    *(
+        (code, _AS_MOVE[code])
+        for code in (st.CANCEL, st.UNABLE_TO_CALCULATE_MATCHES, st.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    ),
+    (st.CANNOT_UNDERSTAND, _AS_MOVE[st.CANNOT_UNDERSTAND]),
+    (st.SOP_CLASS_NOT_SUPPORTED, "a C-GET on a context that is not a GET model"),
+    (st.NOT_AUTHORIZED, "the caller lacks the `get` right (policy file)"),
+    (st.DUPLICATE_INVOCATION, _AS_MOVE[st.DUPLICATE_INVOCATION]),
+)
+
 #: How a value of each VR is matched (PS3.4 C.2.2.2).
 _MATCHING = {
     "UI": "single value, list of UIDs",
@@ -160,7 +186,7 @@ def _query_section() -> list[str]:
         "(0008,0054) is the server's AE title, Instance Availability (0008,0056) "
         "ONLINE. One pending response per match, streamed as the index yields them; "
         "C-CANCEL-RQ honoured between matches. Each C-FIND is audited (`--audit-log`, "
-        "after PS3.15 A.5.3.10 Query). C-GET is not supported yet.",
+        "after PS3.15 A.5.3.10 Query).",
         "",
         "Keys matched and returned (PS3.4 C.6.1.1, C.6.2.1):",
         "",
@@ -171,6 +197,7 @@ def _query_section() -> list[str]:
         *_table(("Status", "When"), [(f"{code:04X}", when) for code, when in FIND_STATUSES]),
         "",
         *_move_section(),
+        *_get_section(),
     ]
 
 
@@ -200,6 +227,33 @@ def _move_section() -> list[str]:
         "Statuses:",
         "",
         *_table(("Status", "When"), [(f"{code:04X}", when) for code, when in MOVE_STATUSES]),
+        "",
+    ]
+
+
+def _get_section() -> list[str]:
+    """2.2.6: the Query/Retrieve GET SCP."""
+    return [
+        "#### 2.2.6 Query/Retrieve GET SCP (`dicomstore serve`)",
+        "",
+        *_models("GET", uids.PATIENT_ROOT_QR_GET, uids.STUDY_ROOT_QR_GET),
+        "",
+        "Accepted with the uncompressed transfer syntaxes, when the server stores into "
+        "an archive. The Identifier, the selection of instances, the counts and "
+        "C-CANCEL are as for C-MOVE (2.2.5). The C-STORE sub-operations go out on the "
+        "same association (PS3.4 C.4.3.3.1), on the Storage SOP Class contexts for which "
+        "the requester asked, and was granted, the SCP role by SCP/SCU Role Selection "
+        "(PS3.7 D.3.3.4; 2.2.2): each instance in the transfer syntax it is stored in, "
+        "byte for byte, streamed from its file, when such a context has it, else "
+        "decoded and re-encoded into the context's uncompressed transfer syntax. An "
+        "instance of a SOP class with no such context is a failed sub-operation. Our "
+        "C-STORE-RQs carry their own Message IDs and the C-GET's priority, one at a "
+        "time. Each C-GET is audited (`--audit-log`, after PS3.15 A.5.3.7 DICOM "
+        "Instances Transferred).",
+        "",
+        "Statuses:",
+        "",
+        *_table(("Status", "When"), [(f"{code:04X}", when) for code, when in GET_STATUSES]),
         "",
     ]
 
@@ -260,7 +314,11 @@ def statement() -> str:
                     "No",
                     "Yes (`dicomstore serve`)",
                 ),
-                ("Query/Retrieve - GET", "No", "No"),
+                (
+                    "Query/Retrieve - GET: Patient Root, Study Root (2.2.6)",
+                    "No",
+                    "Yes (`dicomstore serve`)",
+                ),
             ],
         ),
         "",
@@ -272,12 +330,14 @@ def statement() -> str:
         "### 2.1 Implementation model",
         "",
         "One Application Entity, `dicomstore serve` (AE title `--aet`, default "
-        "`DICOMSTORE`), is a Verification, Storage and Q/R FIND and MOVE SCP: every instance it "
+        "`DICOMSTORE`), is a Verification, Storage and Q/R FIND, MOVE and GET SCP: every "
+        "instance it "
         "receives is written as a PS3.10 file into its archive (`--storage`) and indexed before "
         "it is acknowledged. `dicomstore send` (Storage SCU) sends files, folders or "
         "data sets to any Storage SCP; `dicomstore echo` is a Verification SCU. "
         "Workstations find what was stored with C-FIND (2.2.4) and have it sent to a "
-        "Storage SCP with C-MOVE (2.2.5), the server then acting as a Storage SCU.",
+        "Storage SCP with C-MOVE (2.2.5), or fetch it with C-GET (2.2.6) on the same "
+        "association; the server then acts as a Storage SCU.",
         "",
         "### 2.2 AE specifications",
         "",
@@ -323,7 +383,7 @@ def statement() -> str:
         "of its first byte (else A-ABORT, service-provider source, reason not specified).",
         "",
         "Presentation context acceptance: every Storage SOP Class of Appendix A, "
-        "Verification and the FIND and MOVE models of 2.2.4 and 2.2.5; other abstract "
+        "Verification and the FIND, MOVE and GET models of 2.2.4 to 2.2.6; other abstract "
         "syntaxes are "
         "refused (*abstract syntax not supported*) unless "
         "`--accept-unknown-sop-classes`. The transfer syntax chosen "
@@ -331,8 +391,13 @@ def statement() -> str:
         "requester proposes; with `--transfer-syntax-order proposed`, the first the "
         "requester proposes that is in that list. A specialized SOP Class is accepted "
         "through a related general SOP Class it names in SOP Class Common Extended "
-        "Negotiation (PS3.7 D.3.3.6). SCP/SCU Role Selection: the requester may be SCU "
-        "only.",
+        "Negotiation (PS3.7 D.3.3.6). SCP/SCU Role Selection (PS3.7 D.3.3.4): each role "
+        "item is answered, a role proposed is granted or turned down, one not proposed is "
+        "never granted; the requester may always be SCU; it may be SCP of a Storage SOP "
+        "Class only on an association that also accepts a GET model of 2.2.6 (we are then "
+        "its Storage SCU for the C-GET sub-operations), never of Verification or a Q/R "
+        "model. A context left with no role for the requester is refused (*user "
+        "rejection*).",
         "",
         "SOP Class Extended Negotiation (PS3.4 B.3.1), answered when proposed: "
         f"Level of Support {level} (Full: every element, private ones too, is kept), "

@@ -32,9 +32,9 @@ Kerberos and SAML).
 What a caller may do is the intersection of what its peer entry (or
 ``unknown_may``) and its user entry (if any) allow: ``echo`` (C-ECHO, else
 status 0124), ``store`` (C-STORE, else status 0124), ``find`` (C-FIND, else
-status 0124) and ``move`` (C-MOVE, else status 0124). An entry without
-``may`` gets all four; a ``may`` list is exact: ``may = ["store"]`` grants
-no C-FIND.
+status 0124), ``move`` (C-MOVE, else status 0124) and ``get`` (C-GET, else
+status 0124). An entry without ``may`` gets them all; a ``may`` list is exact:
+``may = ["store"]`` grants no C-FIND.
 
 C-MOVE destinations (PS3.4 C.4.2.2.1: a C-MOVE names its destination by AE
 title only) are the ``[destinations.AET]`` sections, with those given by
@@ -57,7 +57,7 @@ the default rights.  Requests without credentials get ``http_anonymous_may``
 The file format, every key shown (only ``allow_unknown`` is needed)::
 
     # Callers not listed under [peers]: refused (false, the default) or
-    # admitted with the rights in unknown_may (default: echo, store, find, move).
+    # admitted with the rights in unknown_may (default: every DIMSE right).
     allow_unknown = false
     unknown_may = ["echo"]
 
@@ -92,7 +92,7 @@ The file format, every key shown (only ``allow_unknown`` is needed)::
     passcode = "scrypt$16384$8$1$<salt base64>$<hash base64>"
 
     [users.viewer]
-    may = ["echo", "read"]    # optional, default echo, store, find, move, read
+    may = ["echo", "read"]    # optional, default the DIMSE rights and read
 
     # C-MOVE destinations, by AE title: where a C-MOVE naming it sends to.
     [destinations.WORKSTATION]
@@ -144,15 +144,15 @@ from dicomstore.ul import pdu as P
 log = logging.getLogger("dicomstore.policy")
 
 ECHO, STORE, READ, DELETE, FIND = "echo", "store", "read", "delete", "find"
-MOVE = "move"
-#: What a peer (a DIMSE caller) may be allowed: C-ECHO, C-STORE, C-FIND, C-MOVE.
-ACTIONS = frozenset({ECHO, STORE, FIND, MOVE})
+MOVE, GET = "move", "get"
+#: What a peer (a DIMSE caller) may be allowed: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET.
+ACTIONS = frozenset({ECHO, STORE, FIND, MOVE, GET})
 #: What HTTP requests may be allowed: read (QIDO, WADO, browse), store (STOW), delete.
 HTTP_ACTIONS = frozenset({READ, STORE, DELETE})
 #: What a user may be allowed, over DIMSE and over HTTP.
 USER_ACTIONS = ACTIONS | HTTP_ACTIONS
 #: A user's rights when its entry has no ``may`` (delete must be granted).
-USER_DEFAULT = frozenset({ECHO, STORE, FIND, MOVE, READ})
+USER_DEFAULT = ACTIONS | {READ}
 
 #: User-Identity-Type values (PS3.7 Table D.3-14).
 USERNAME, USERNAME_PASSCODE, KERBEROS, SAML, JWT = 1, 2, 3, 4, 5
@@ -306,6 +306,7 @@ class Policy:
             may_find=FIND in may,
             may_move=MOVE in may,
             move_to=peer.move_to if peer is not None else None,
+            may_get=GET in may,
             identity_response=response,
             user=user,
         )

@@ -63,6 +63,7 @@ _WRONG_PLACE = {
     "echo": "a DIMSE right, for [peers], unknown_may and [users]",
     "find": "a DIMSE right, for [peers], unknown_may and [users]",
     "move": "a DIMSE right, for [peers], unknown_may and [users]",
+    "get": "a DIMSE right, for [peers], unknown_may and [users]",
 }
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
 from tests.archive.archive_testlib import CT, MR, dataset, store
+from tests.conftest import free_port, serve_command, wait_listening
 
 from dicomstore.archive import Archive
 
@@ -63,7 +69,7 @@ def fill(root: Path) -> None:
 
 
 class Audit:
-    """An audit sink keeping the Q/R records: C-FIND (query) and C-MOVE (retrieve)."""
+    """An audit sink keeping the Q/R records: C-FIND (query), C-MOVE and C-GET (retrieve)."""
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
@@ -79,3 +85,29 @@ class Audit:
 
     def retrieve(self, record: dict[str, Any]) -> None:
         self.records.append(record)
+
+
+def identifier(level: str, **keys: Any) -> Dataset:
+    """A Q/R Identifier: Query/Retrieve Level and the keys given by keyword."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@contextmanager
+def serving_cli(root: Path) -> Iterator[int]:
+    """`dicomstore serve --fsync off` on the archive at ``root``: its port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        serve_command(port, root, "--fsync", "off"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(port, proc)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)

@@ -12,7 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from tests.conftest import ServerThread
-from tests.services.query_testlib import PATIENT_ROOT, STUDY_ROOT, Audit, fill
+from tests.services.query_testlib import PATIENT_ROOT, STUDY_ROOT, Audit, fill, identifier
 
 from dicomstore import uids
 from dicomstore.aio.client import associate
@@ -44,14 +44,6 @@ def server(root: Path) -> Iterator[tuple[ServerThread, Audit]]:
     with ServerThread(ServerConfig(port=0), archive, audit=audit) as srv:
         yield srv, audit
     archive.close()
-
-
-def identifier(level: str, **keys: Any) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
 
 
 def pynetdicom_find(port: int, model: str, ds: Dataset, calling: str = "PYNETDICOM"):

@@ -3,7 +3,8 @@
     async with dicomstore.connect("127.0.0.1", 11112, called_ae="STORESCP") as assoc:
         rsp = await assoc.echo()
 
-A reader task feeds the upper layer and matches responses to requests by
+A reader task feeds the upper layer and hands responses to the
+:class:`~dicomstore.aio.invoker.Invoker`, which matches them to requests by
 Message ID Being Responded To, so several requests can be outstanding when
 the peer grants an asynchronous operations window (PS3.7 D.3.3.3).
 """
@@ -11,31 +12,22 @@ the peer grants an asynchronous operations window (PS3.7 D.3.3.3).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import ssl as ssl_module
 from collections.abc import Generator, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts, Transport
+from dicomstore.aio.invoker import Invoker
 from dicomstore.aio.stream import Stream
-from dicomstore.dimse import (
-    CEchoRQ,
-    CEchoRSP,
-    CommandReceived,
-    CStoreRQ,
-    CStoreRSP,
-    DatasetFragment,
-    UnknownCommand,
-)
+from dicomstore.dimse import CEchoRSP, CommandReceived, CStoreRSP, DatasetFragment
 from dicomstore.errors import (
     AssociationAborted,
     AssociationError,
     AssociationRejected,
-    DimseTimeout,
     RemoteProtocolError,
 )
 from dicomstore.ul import items as I
@@ -62,8 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dicomstore.client")
 
-_RSP = TypeVar("_RSP", CEchoRSP, CStoreRSP)
-
 ContextSpec = tuple[str, Sequence[str]]  # (abstract syntax, transfer syntaxes)
 
 
@@ -85,15 +75,18 @@ class ClientAssociation:
         self.t = transport
         self.request = request
         self.negotiated: Negotiated | None = None
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future] = {}
+        #: Requests out, responses matched (one message at a time on the wire).
+        self.invoker = Invoker(transport, self.abort)
         self._released: asyncio.Future | None = None
-        self._ended: BaseException | None = None
         self._reader: asyncio.Task | None = None
-        self._window: asyncio.Semaphore | None = None
-        #: One message at a time on the wire: PS3.8 E.1 forbids interleaving
-        #: the fragments of different messages (concurrent C-STOREs share it).
-        self._send_lock = asyncio.Lock()
+
+    @property
+    def _waiting(self) -> dict[int, asyncio.Future]:
+        return self.invoker.waiting
+
+    @property
+    def _ended(self) -> BaseException | None:
+        return self.invoker.ended
 
     # -- establishment ----------------------------------------------------
 
@@ -109,8 +102,7 @@ class ClientAssociation:
                         if isinstance(event, AssociateAccepted):
                             self.negotiated = requested(self.request, event.accept)
                             t.negotiated = self.negotiated
-                            window = self.negotiated.max_ops_invoked
-                            self._window = asyncio.Semaphore(window or 1024)
+                            self.invoker.open(self.negotiated.max_ops_invoked)
                             self._reader = asyncio.create_task(self._read_loop())
                             return
                         if isinstance(event, AssociateRejected):
@@ -169,23 +161,11 @@ class ClientAssociation:
         if isinstance(event, DatasetFragment):
             return  # responses to C-ECHO/C-STORE carry no data set
         assert isinstance(event, CommandReceived)
-        rsp = event.message
-        msg_id = getattr(rsp, "message_id_being_responded_to", None)
-        if msg_id is None and isinstance(rsp, UnknownCommand) and rsp.is_response:
-            msg_id = rsp.message_id  # a response type we do not model (e.g. N-ACTION-RSP)
-        future = self._waiting.pop(msg_id, None) if msg_id is not None else None
-        if future is None:
-            log.warning("unexpected DIMSE message %r ignored", rsp)
-        elif not future.done():
-            future.set_result(rsp)
+        if not self.invoker.deliver(event.message):
+            log.warning("unexpected DIMSE message %r ignored", event.message)
 
     def _end(self, exc: BaseException) -> None:
-        if self._ended is None:
-            self._ended = exc
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(self._ended)
-        self._waiting.clear()
+        self.invoker.end(exc)
         if self._released is not None and not self._released.done():
             if (
                 self.t.conn.is_closed
@@ -205,44 +185,13 @@ class ClientAssociation:
         assert self.negotiated is not None
         return self.negotiated.context_for(abstract_syntax, transfer_syntax)
 
-    def _check_usable(self) -> None:
-        if self._ended is not None:
-            raise self._ended
-        if not self.t.conn.is_established:
-            raise AssociationError("the association is not established")
-
-    async def _await_response(
-        self, msg_id: int, future: asyncio.Future, expected: type[_RSP]
-    ) -> _RSP:
-        try:
-            async with asyncio.timeout(self.t.timeouts.dimse):
-                rsp = await future
-        except TimeoutError:
-            self._waiting.pop(msg_id, None)
-            await self.abort()
-            raise DimseTimeout(
-                f"no response to message {msg_id} within {self.t.timeouts.dimse}s"
-            ) from None
-        if not isinstance(rsp, expected):  # PS3.7 9.3: the response of the request's type
-            why = f"the peer answered message {msg_id} with {type(rsp).__name__}"
-            log.warning("%s, not a %s: aborting", why, expected.__name__)
-            await self.abort()
-            raise AssociationAborted(f"{why}, not a {expected.__name__}")
-        return rsp
-
     async def echo(self) -> CEchoRSP:
         """C-ECHO (PS3.7 9.3.5); returns the C-ECHO-RSP."""
-        self._check_usable()
+        self.invoker.check_usable()
         ctx = self.context_for(uids.VERIFICATION)
         if ctx is None:
             raise AssociationError("the peer did not accept the Verification SOP Class")
-        msg_id = next(self._ids) & 0xFFFF
-        future = asyncio.get_running_loop().create_future()
-        self._waiting[msg_id] = future
-        async with self._send_lock:
-            self.t.queue_message(ctx.id, CEchoRQ(msg_id).encode())
-            await self.t.drain()
-        return await self._await_response(msg_id, future, CEchoRSP)
+        return await self.invoker.echo(ctx.id)
 
     async def store_stream(
         self,
@@ -259,35 +208,14 @@ class ClientAssociation:
         Waits for a slot of the operations window, sends the request and the
         data set, and returns the C-STORE-RSP when it arrives.
         """
-        self._check_usable()
-        assert self._window is not None
-        async with self._window:
-            self._check_usable()
-            msg_id = next(self._ids) & 0xFFFF or next(self._ids)
-            rq = CStoreRQ(
-                msg_id,
-                sop_class_uid,
-                sop_instance_uid,
-                priority,
-                move_originator[0] if move_originator else None,
-                move_originator[1] if move_originator else None,
-            )
-            future = asyncio.get_running_loop().create_future()
-            self._waiting[msg_id] = future
-            try:
-                async with self._send_lock:
-                    self._check_usable()
-                    self.t.queue_message(context.id, rq.encode())
-                    await self.t.send_dataset_chunks(context.id, chunks)
-                    await self.t.drain()
-            except BaseException:
-                self._waiting.pop(msg_id, None)
-                if not future.done():
-                    future.cancel()
-                elif not future.cancelled():
-                    future.exception()  # retrieved: the caller gets the send error
-                raise
-            return await self._await_response(msg_id, future, CStoreRSP)
+        return await self.invoker.store_stream(
+            context,
+            sop_class_uid,
+            sop_instance_uid,
+            chunks,
+            priority=priority,
+            move_originator=move_originator,
+        )
 
     async def store(
         self,

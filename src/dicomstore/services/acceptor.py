@@ -6,7 +6,9 @@ rejected as transient, PS3.8 9.3.4), admits the caller (the gatekeeper of
 ``admission.py``, throttled per address), then dispatches DIMSE messages:
 C-ECHO to Verification, C-STORE to the storage SCP and so to the one store
 service, C-FIND to the query SCP (``query_scp.py``), C-MOVE to the retrieve SCP
-(``retrieve_scp.py``), a C-CANCEL to whichever runs its operation; 0210/0211/0212
+(``retrieve_scp.py``), C-GET to the get SCP (``get_scp.py``, whose C-STOREs go
+out on this association: their C-STORE-RSPs go back to it through
+``same_association.py``), a C-CANCEL to whichever runs its operation; 0210/0211/0212
 for what cannot be served, and the asynchronous operations window (PS3.7
 D.3.3.3) for commits that overlap receiving. The asyncio shell below it only
 moves bytes and runs timers (``aio``).
@@ -35,8 +37,6 @@ from dicomstore.dimse import (
     NActionRSP,
     NEventReportRQ,
     NEventReportRSP,
-    RetrieveRQ,
-    RetrieveRSP,
     UnknownCommand,
 )
 from dicomstore.dimse import status as st
@@ -45,8 +45,10 @@ from dicomstore.services.admission import (
     Admission,
     AdmissionRequest,
 )
+from dicomstore.services.get_scp import GetSCP
 from dicomstore.services.query_scp import QuerySCP
 from dicomstore.services.retrieve_scp import RetrieveSCP
+from dicomstore.services.same_association import SameAssociationStore
 from dicomstore.services.storage_scp import (
     Receiving,
     StorageSCP,
@@ -107,6 +109,10 @@ class AcceptorAssociation:
         self.receiving: Receiving | None = None
         self.query: QuerySCP | None = None
         self.retrieve: RetrieveSCP | None = None
+        self.get: GetSCP | None = None
+        #: C-STOREs we send on this association (C-GET sub-operations), when the
+        #: requestor took the Storage SCP role for some SOP class (PS3.7 D.3.3.4)
+        self.sender: SameAssociationStore | None = None
         #: C-STOREs whose data set arrived and whose commit runs, by Message ID.
         self.inflight: dict[int, asyncio.Task] = {}
         #: a commit awaited in line (window 1): an operation in progress too
@@ -125,8 +131,12 @@ class AcceptorAssociation:
     @property
     def busy(self) -> bool:
         """An operation is in progress (graceful shutdown lets it finish)."""
-        qr = any(scp is not None and scp.busy for scp in (self.query, self.retrieve))
+        qr = any(scp is not None and scp.busy for scp in self._qr_scps)
         return self.receiving is not None or self.committing or bool(self.inflight) or qr
+
+    @property
+    def _qr_scps(self) -> tuple[QuerySCP | RetrieveSCP | GetSCP | None, ...]:
+        return (self.query, self.retrieve, self.get)
 
     async def run(self) -> None:
         """Serve until the association ends; never raises."""
@@ -191,7 +201,9 @@ class AcceptorAssociation:
             t.abort_now()
         finally:
             self._drop_receiving()
-            for scp in (self.query, self.retrieve):
+            if self.sender is not None:  # sub-operations awaiting a C-STORE-RSP fail
+                self.sender.close()
+            for scp in self._qr_scps:
                 if scp is not None:
                     await scp.close()
             if self.inflight:  # the peer left: commits finish, answers go nowhere
@@ -352,8 +364,11 @@ class AcceptorAssociation:
             address=self.address,
             user=admission.user,
         )
+        sender = SameAssociationStore(t)
+        self.sender = sender if sender.usable else None
         self.query = self.server.query_scp(t, rq, self.address, admission)
         self.retrieve = self.server.retrieve_scp(t, rq, self.address, admission)
+        self.get = self.server.get_scp(t, rq, self.address, admission, self.sender)
         if subject:
             log.info("%s: TLS peer certificate %s", t.peer, subject)
         log.info(
@@ -373,10 +388,14 @@ class AcceptorAssociation:
 
     async def _on_dimse(self, event) -> None:
         t = self.t
-        for scp in (self.query, self.retrieve):
+        for scp in self._qr_scps:
             if scp is not None and scp.handles(event):
                 scp.receive(event)
                 return
+        if self.sender is not None and self.sender.handles(event):
+            if not self.sender.receive(event):
+                log.warning("%s: C-STORE-RSP to no C-STORE-RQ of ours ignored", t.peer)
+            return
         if isinstance(event, DatasetFragment):
             receiving = self.receiving
             if receiving is None:  # a data set we decided to discard
@@ -390,7 +409,7 @@ class AcceptorAssociation:
             return
         assert isinstance(event, CommandReceived)
         message = event.message
-        rsp: CStoreRSP | CEchoRSP | GenericRSP | RetrieveRSP | NActionRSP | NEventReportRSP
+        rsp: CStoreRSP | CEchoRSP | GenericRSP | NActionRSP | NEventReportRSP
         if isinstance(message, CStoreRQ):
             assert self.storage is not None
             if message.message_id in self.inflight:
@@ -413,18 +432,12 @@ class AcceptorAssociation:
             else:
                 rsp = echo_response(message)
             t.queue_message(event.context_id, rsp.encode())
-        elif isinstance(
-            message, InvalidRequest | UnknownCommand | RetrieveRQ | NActionRQ | NEventReportRQ
-        ):
+        elif isinstance(message, InvalidRequest | UnknownCommand | NActionRQ | NEventReportRQ):
             if getattr(message, "is_response", False):
                 log.warning("%s: unexpected response %#06x ignored", t.peer, message.command_field)
                 return
             served = message.command_field not in NOT_SERVED
-            if isinstance(message, RetrieveRQ):  # a retrieval no SCP here serves (C-GET)
-                rsp = message.response(
-                    st.SOP_CLASS_NOT_SUPPORTED, error_comment="retrieval is not supported here"
-                )
-            elif served and isinstance(message, InvalidRequest | UnknownCommand):
+            if served and isinstance(message, InvalidRequest | UnknownCommand):
                 rsp = message.response()
             else:  # decoded, but no service takes it
                 rsp = message.response(

@@ -15,7 +15,6 @@ that aborts midway fails the one in flight and every remaining one.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -25,14 +24,12 @@ from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationError, DicomstoreError
 from dicomstore.services import sources
 from dicomstore.services.destinations import Destination
-from dicomstore.services.retrieve import Selected, SubOperationsEnded
-from dicomstore.services.sources import Instance, NotDicom
+from dicomstore.services.retrieve import Selected, SubOperationsEnded, store_selected
+from dicomstore.services.sources import Instance
 from dicomstore.services.storage_scu import (
     MAX_CONTEXTS,
-    NotSendable,
     classify,
     propose_contexts,
-    store_instance,
 )
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
 
@@ -88,40 +85,22 @@ class MoveSender:
         assoc = self.assoc
         assert assoc is not None
         try:
-            instance = await asyncio.to_thread(sources.scan_file, item.path)
-        except (NotDicom, OSError) as exc:
-            log.error("C-MOVE: cannot send %s: %s", item.path, sources.one_line(exc))
-            return st.SUBOPERATIONS_FAILED
-        try:
-            rsp, _ctx, converted, nbytes = await store_instance(
+            rsp = await store_selected(
                 assoc,
-                instance,
-                convert=True,
+                item,
+                service="C-MOVE",
+                peer=self.destination.ae_title,
                 priority=self.priority,
                 move_originator=self.originator,
             )
-        except (NotSendable, NotDicom, sources.SourceReadError) as exc:
+        except sources.SourceReadError as exc:
             log.warning("C-MOVE: %s not sent: %s", item.sop_instance_uid, exc)
             return st.SUBOPERATIONS_FAILED
         except (AssociationError, ConnectionError, OSError) as exc:
             why = f"destination {self.destination.ae_title} left: {exc}"
             log.warning("C-MOVE: %s", why)
             raise SubOperationsEnded(why) from None
-        if st.is_failure(rsp.status):
-            log.warning(
-                "C-MOVE: %s answered %04X for %s: %s",
-                self.destination.ae_title,
-                rsp.status,
-                item.sop_instance_uid,
-                rsp.error_comment,
-            )
-        log.debug(
-            "C-MOVE: %s sent (%d bytes%s)",
-            item.sop_instance_uid,
-            nbytes,
-            ", converted" if converted else "",
-        )
-        return int(rsp.status)
+        return st.SUBOPERATIONS_FAILED if rsp is None else int(rsp.status)
 
     async def stop(self) -> None:
         assoc, self.assoc = self.assoc, None

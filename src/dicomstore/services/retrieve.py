@@ -21,10 +21,14 @@
    status of PS3.4 C.4.2.3.1 / C.4.3.3.1: 0000 all completed; B000 one or more
    failed or warned; A702 all failed; the Failed SOP Instance UID List
    (0008,0058) in the final Identifier whenever one failed (C.4.2.1.5).
+4. :func:`store_selected`: one sub-operation, the instance streamed from its
+   file by ``storage_scu.store_instance`` on any ``StoreChannel`` (the
+   destination's association for C-MOVE, the requesting one for C-GET).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,9 +43,10 @@ from pydicom.dataset import Dataset
 from dicomstore.archive import layout
 from dicomstore.archive import query as q
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.dimse import SubOperations
+from dicomstore.dimse import CStoreRSP, SubOperations
 from dicomstore.dimse import status as st
 from dicomstore.dimse.commands import tag_str
+from dicomstore.services import sources
 from dicomstore.services.conversion import encode_dataset
 from dicomstore.services.query_identifier import (
     QUERY_RETRIEVE_LEVEL,
@@ -49,6 +54,8 @@ from dicomstore.services.query_identifier import (
     FindFailure,
     text_value,
 )
+from dicomstore.services.sources import NotDicom
+from dicomstore.services.storage_scu import NotSendable, StoreChannel, store_instance
 
 log = logging.getLogger("dicomstore.server")
 
@@ -249,3 +256,53 @@ class Retrieval:
         ds = Dataset()
         ds.add(DataElement(FAILED_SOP_INSTANCE_UID_LIST, "UI", list(self.failed_uids)))
         return encode_dataset(ds, transfer_syntax)
+
+
+async def store_selected(
+    channel: StoreChannel,
+    item: Selected,
+    *,
+    service: str,
+    peer: str,
+    priority: int = 0,
+    move_originator: tuple[str, int] | None = None,
+) -> CStoreRSP | None:
+    """One C-STORE sub-operation on ``channel``: the instance scanned from its file and
+    sent by :func:`~dicomstore.services.storage_scu.store_instance` (its stored
+    transfer syntax, else converted); the C-STORE-RSP, or None (logged) when it
+    cannot be sent: unreadable, or no accepted context fits. A failure of the
+    association, or of the file while its data set was going out
+    (:class:`~dicomstore.services.sources.SourceReadError`), is raised."""
+    try:
+        instance = await asyncio.to_thread(sources.scan_file, item.path)
+    except (NotDicom, OSError) as exc:
+        log.error("%s: cannot send %s: %s", service, item.path, sources.one_line(exc))
+        return None
+    try:
+        rsp, _ctx, converted, nbytes = await store_instance(
+            channel,
+            instance,
+            convert=True,
+            priority=priority,
+            move_originator=move_originator,
+        )
+    except (NotSendable, NotDicom) as exc:
+        log.warning("%s: %s not sent: %s", service, item.sop_instance_uid, exc)
+        return None
+    if st.is_failure(rsp.status):
+        log.warning(
+            "%s: %s answered %04X for %s: %s",
+            service,
+            peer,
+            rsp.status,
+            item.sop_instance_uid,
+            rsp.error_comment,
+        )
+    log.debug(
+        "%s: %s sent (%d bytes%s)",
+        service,
+        item.sop_instance_uid,
+        nbytes,
+        ", converted" if converted else "",
+    )
+    return rsp

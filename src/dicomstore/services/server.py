@@ -1,11 +1,11 @@
-"""The DICOM server: Verification, Storage and Q/R FIND and MOVE SCP on asyncio (PS3.4 A, B, C).
+"""The DICOM server: Verification, Storage and Q/R FIND, MOVE, GET SCP on asyncio (PS3.4 A, B, C).
 
 :class:`Server` is the application the asyncio shell serves: an
 :class:`~dicomstore.aio.listener.Listener` accepts connections and hands each
 to an :class:`~dicomstore.services.acceptor.AcceptorAssociation`; the server
 holds what they share — the negotiation policy, the gatekeeper and its
 throttle, the one store service (``storage.py``, also given to STOW-RS), the
-audit sink, a read-only view of the archive index for C-FIND and C-MOVE (when
+audit sink, a read-only view of the archive index for C-FIND, C-MOVE, C-GET (when
 the handler is an archive: anything with a ``root`` holding an index), and the
 C-MOVE destinations (``ServerConfig.move_destinations`` and the gatekeeper's,
 e.g. the policy file's ``[destinations]``).
@@ -31,6 +31,7 @@ from dicomstore.handler import StoreHandler
 from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
 from dicomstore.services.admission import Admission, AuditSink, FailedAdmissions, Gatekeeper
 from dicomstore.services.destinations import Destination
+from dicomstore.services.get_scp import GET_SOP_CLASSES, GetSCP
 from dicomstore.services.query_scp import FIND_SOP_CLASSES, QuerySCP
 from dicomstore.services.retrieve_scp import MOVE_SOP_CLASSES, RetrieveSCP
 from dicomstore.services.storage import OnStored, StoreLimits, StoreService
@@ -39,6 +40,7 @@ from dicomstore.ul.connection import Connection, Role
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy
 
 if TYPE_CHECKING:
+    from dicomstore.services.same_association import SameAssociationStore
     from dicomstore.services.stability import StudyStability
     from dicomstore.ul import pdu as P
 
@@ -92,11 +94,14 @@ class ServerConfig:
 
     def policy(self, find: bool = True) -> AcceptorPolicy:
         """The negotiation policy: Verification, every Storage SOP Class and, with
-        ``find`` (an archive to query), the Patient and Study Root FIND and MOVE models."""
+        ``find`` (an archive to query), the Patient and Study Root FIND, MOVE and GET
+        models; on an association with a GET model the requestor may be Storage SCP
+        (PS3.7 D.3.3.4), for the C-GET sub-operations come back on it."""
         syntaxes: dict[str, tuple[str, ...]] = {uids.VERIFICATION: uids.UNCOMPRESSED}
         if find:
-            for sop_class in (*FIND_SOP_CLASSES, *MOVE_SOP_CLASSES):
+            for sop_class in (*FIND_SOP_CLASSES, *MOVE_SOP_CLASSES, *GET_SOP_CLASSES):
                 syntaxes[sop_class] = uids.UNCOMPRESSED
+        not_storage = frozenset(syntaxes)
         for sop_class in uids.storage_sop_classes():
             syntaxes[sop_class] = self.transfer_syntaxes
         return AcceptorPolicy(
@@ -110,6 +115,8 @@ class ServerConfig:
             max_ops_invoked=self.max_ops,
             extended_negotiation=storage_extended_negotiation,
             prefer_proposed=self.prefer_proposed_transfer_syntax,
+            scu_role_with=frozenset(GET_SOP_CLASSES) if find else frozenset(),
+            scp_role_only=not_storage,
         )
 
 
@@ -228,6 +235,26 @@ class Server:
             may_move=admission.may_move,
             move_to=admission.move_to,
             timeouts=self.config.timeouts,
+            audit=getattr(self.audit, "retrieve", None),
+            who=_who(rq, address, admission),
+        )
+
+    def get_scp(
+        self,
+        t: Transport,
+        rq: P.AssociateRQ,
+        address: str,
+        admission: Admission,
+        store: SameAssociationStore | None,
+    ) -> GetSCP:
+        """The C-GET SCP of one association, sending on ``store`` (answers 0122
+        without an archive)."""
+        return GetSCP(
+            self.reader,
+            t,
+            store,
+            ae_title=self.config.ae_title,
+            may_get=admission.may_get,
             audit=getattr(self.audit, "retrieve", None),
             who=_who(rq, address, admission),
         )

@@ -140,6 +140,14 @@ class StorageSCP:
                 (0x00000002,),
                 context,
             )
+        if not context.scu_role:  # the requestor is only Storage SCP here (PS3.7 D.3.3.4)
+            return self.refuse(
+                rq,
+                st.SOP_CLASS_NOT_SUPPORTED,
+                "no SCU role on this context: C-STOREs go the other way",
+                None,
+                context,
+            )
         storing = self.service.begin(
             self.caller,
             sop_class_uid=rq.affected_sop_class_uid,
