@@ -49,14 +49,15 @@ class Destination:
 def destination(
     ae_title: str = "DEST", *, require_called_aet: bool = False, **knobs
 ) -> Iterator[Destination]:
-    """A pynetdicom Storage SCP on a free port (``knobs``: :class:`Destination` fields);
-    ``require_called_aet``: it rejects an association called another AE title."""
+    """A pynetdicom Storage SCP on the ``port`` knob, else a free port (``knobs``:
+    :class:`Destination` fields); ``require_called_aet``: it rejects an
+    association called another AE title."""
     dest = Destination(**knobs)
     ae = AE(ae_title=ae_title)
     ae.require_called_aet = require_called_aet
     ae.supported_contexts = AllStoragePresentationContexts
     server = ae.start_server(
-        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, dest.on_store)]
+        ("127.0.0.1", dest.port), block=False, evt_handlers=[(evt.EVT_C_STORE, dest.on_store)]
     )
     dest.port = server.server_address[1]
     try:

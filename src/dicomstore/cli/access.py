@@ -93,7 +93,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
 
     stats = sub.add_parser(
-        "stats", help="counts and bytes: total, per sender, per day, per modality"
+        "stats",
+        help="counts and bytes: total, per sender, per day, per modality; the forwarding"
+        " queue per destination",
     )
     _storage(stats)
     stats.add_argument("--json", action="store_true", help="JSON for scripts")
@@ -303,7 +305,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
+    from dicomstore.services.forward_queue import queue_status
+
     stats = _reader(args.storage).stats()
+    forwarding = queue_status(args.storage)
+    if forwarding is not None:
+        stats["forwarding"] = forwarding
     if args.json:
         print(json.dumps(stats, indent=1))
         return EXIT_OK
@@ -320,7 +327,44 @@ def _stats(args: argparse.Namespace) -> int:
         print()
         rows = [[g["key"] or "-", g["instances"], human_size(g["bytes"])] for g in stats[key]]
         print(table([title, "INSTANCES", "SIZE"], rows, {1, 2}))
+    if forwarding:
+        print()
+        print(forward_table(forwarding))
     return EXIT_OK
+
+
+def forward_table(destinations: Sequence[dict[str, Any]]) -> str:
+    """The forwarding queue per destination (``services/forward_queue.queue_status``)."""
+    rows = [
+        [
+            f"{d['destination']}={d['address']}" if d["address"] else d["destination"],
+            d["pending"],
+            d["sent"],
+            d["failed"],
+            d["skipped"],
+            _when(d["oldest_pending"]),
+            _recent_error(d),
+        ]
+        for d in destinations
+    ]
+    headers = ["FORWARD TO", "PENDING", "SENT", "FAILED", "SKIPPED", "OLDEST PENDING", "LAST ERROR"]
+    return table(headers, rows, {1, 2, 3, 4})
+
+
+def _recent_error(d: dict[str, Any]) -> str:
+    """The destination's last error, unless an instance was sent since."""
+    if not d["last_error"] or (d["last_sent_at"] or 0) > (d["last_error_at"] or 0):
+        return "-"
+    return str(d["last_error"])
+
+
+def _when(epoch: float | None) -> str:
+    """An epoch time as ISO 8601 UTC to the second ("-" for none)."""
+    if epoch is None:
+        return "-"
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
 def _delete(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from dicomstore.errors import (
     DimseTimeout,
 )
 from dicomstore.services.destinations import Destination, parse_destination
+from dicomstore.services.forward_rules import ForwardRule, parse_rule
 from dicomstore.vr import ae_title_problem
 
 EXIT_OK = 0
@@ -48,6 +49,13 @@ def _ae_title(value: str) -> str:
 def _move_destination(value: str) -> Destination:
     try:
         return parse_destination(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _forward_rule(value: str) -> ForwardRule:
+    try:
+        return parse_rule(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -26,6 +26,7 @@ from dicomstore.cli.options import (
     _ae_title,
     _cannot_open,
     _count,
+    _forward_rule,
     _http_url,
     _move_destination,
     _pdu,
@@ -224,6 +225,31 @@ def add_parser(sub: Any) -> None:
         metavar="URL",
         help="POST each study-complete event to URL as JSON",
     )
+    fw = s.add_argument_group("forwarding (README: Forwarding)")
+    fw.add_argument(
+        "--forward",
+        type=_forward_rule,
+        action="append",
+        metavar="AET=HOST:PORT[;FILTER]",
+        help="send each stored instance on to this Storage SCP, from a durable queue "
+        "retried with backoff (repeatable); filters: ;calling=AET|AET ;modality=CT|MR "
+        ";sop-class=UID|UID ;when=instance (default) or when=stable (each stable study)",
+    )
+    fw.add_argument(
+        "--forward-retry-delay",
+        type=_positive,
+        default=_D.forward_retry_delay,
+        metavar="SECONDS",
+        help="first wait after a transient failure, doubled per attempt "
+        f"(default {_D.forward_retry_delay:g})",
+    )
+    fw.add_argument(
+        "--forward-retry-max",
+        type=_positive,
+        default=_D.forward_retry_max,
+        metavar="SECONDS",
+        help=f"longest wait between attempts (default {_D.forward_retry_max:g})",
+    )
     lim = s.add_argument_group("limits")
     lim.add_argument(
         "--max-per-calling-aet",
@@ -290,6 +316,21 @@ def add_parser(sub: Any) -> None:
     _add_common(s)
 
 
+def _forward_problem(config: ServerConfig) -> str | None:
+    """Why the forwarding options cannot work together, if they cannot."""
+    from dicomstore.services.forward_rules import destinations_of
+
+    try:
+        destinations_of(config.forward)
+    except ValueError as exc:
+        return str(exc)
+    if config.stable_age <= 0 and any(rule.when == "stable" for rule in config.forward):
+        return "--forward ...;when=stable needs --stable-age above 0"
+    if config.forward_retry_max < config.forward_retry_delay:
+        return "--forward-retry-max is shorter than --forward-retry-delay"
+    return None
+
+
 def _open_archive(storage: Path, **options: Any) -> Any:
     """The archive at ``storage`` (created if missing), or ``None`` after one line
     on stderr saying why it cannot be opened."""
@@ -331,7 +372,14 @@ async def run(args: argparse.Namespace) -> int:
         stable_age=args.stable_age,
         on_stable_exec=args.on_stable_exec,
         stable_webhook=args.stable_webhook,
+        forward=tuple(args.forward or ()),
+        forward_retry_delay=args.forward_retry_delay,
+        forward_retry_max=args.forward_retry_max,
     )
+    problem = _forward_problem(config)
+    if problem is not None:
+        print(f"dicomstore: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if args.transfer_syntax:
         config.transfer_syntaxes = tuple(args.transfer_syntax)
     if args.tls_cert or args.tls_key:

@@ -22,9 +22,14 @@ class Destination:
     host: str
     port: int
 
-    def __str__(self) -> str:
+    @property
+    def address(self) -> str:
+        """``host:port`` (``[v6]:port``)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.ae_title}={host}:{self.port}"
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}={self.address}"
 
 
 def parse_address(text: str) -> tuple[str, int]:

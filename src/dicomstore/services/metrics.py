@@ -23,19 +23,34 @@ from the server when scraped; HTTP requests from a middleware
     associations ended: ``released``, ``aborted``, ``rejected`` (refused), ``closed``
     (the connection ended without A-RELEASE or A-ABORT);
 ``dicomstore_http_requests_total{method,status}``
-    HTTP requests answered, by status (401 and 403 included).
+    HTTP requests answered, by status (401 and 403 included);
+``dicomstore_forward_pending{destination}``
+    instances queued for a forwarding destination, not yet sent (read when scraped);
+``dicomstore_forward_oldest_pending_seconds{destination}``
+    how long the oldest of them has waited (0: none);
+``dicomstore_forwarded_total{destination,outcome}``
+    forwarding attempts by outcome: ``sent``, ``failed`` (given up: a permanent
+    failure status), ``skipped`` (no longer in the archive), ``retry`` (a
+    transient failure: tried again later), from each batch's report;
+``dicomstore_forward_errors_total{destination}``
+    batches cut short by a transient failure (refused connection, rejected or
+    aborted association, timeout).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from dicomstore.services.admission import AuditSink
 from dicomstore.services.storage import StoreResult, Storing
+
+if TYPE_CHECKING:
+    from dicomstore.services.forwarding import BatchReport
 
 __all__ = ["CONTENT_TYPE", "ServerMetrics"]
 
@@ -92,12 +107,42 @@ class ServerMetrics:
             ["method", "status"],
             registry=r,
         )
+        self.forward_pending = Gauge(
+            "dicomstore_forward_pending",
+            "Instances queued for a forwarding destination, not yet sent",
+            ["destination"],
+            registry=r,
+        )
+        self.forward_oldest = Gauge(
+            "dicomstore_forward_oldest_pending_seconds",
+            "Seconds the oldest instance queued for a destination has waited",
+            ["destination"],
+            registry=r,
+        )
+        self.forwarded = Counter(
+            "dicomstore_forwarded",
+            "Forwarding attempts, by outcome (sent, failed, skipped, retry)",
+            ["destination", "outcome"],
+            registry=r,
+        )
+        self.forward_errors = Counter(
+            "dicomstore_forward_errors",
+            "Forwarding batches cut short by a transient failure",
+            ["destination"],
+            registry=r,
+        )
 
     def watch(self, server: _Served) -> None:
         """Count ``server``'s stores (its store service, every door) and read its
         open associations at each scrape."""
         server.store.observers.append(self.stored)
         self.open.set_function(lambda: len(server.associations))
+        forwarding = getattr(server, "forwarding", None)
+        if forwarding is not None:
+            forwarding.observers.append(self.forward_batch)
+            for ae, peer in forwarding.peers.items():
+                self.forward_pending.labels(ae).set_function(_pending_count(peer))
+                self.forward_oldest.labels(ae).set_function(_oldest_age(peer))
 
     def audit(self, inner: AuditSink | None) -> AuditSink:
         """An audit sink that counts each association's outcome, then hands every
@@ -113,6 +158,16 @@ class ServerMetrics:
             self.instances.labels(service).inc()
             self.bytes.labels(service).inc(storing.nbytes)
 
+    def forward_batch(self, report: BatchReport) -> None:
+        """One forwarding batch done (``Forwarding.observers``)."""
+        ae = report.destination.ae_title
+        for outcome in ("sent", "failed", "skipped", "retry"):
+            n = getattr(report, outcome)
+            if n:
+                self.forwarded.labels(ae, outcome).inc(n)
+        if report.error is not None:
+            self.forward_errors.labels(ae).inc()
+
     def association_ended(self, outcome: str) -> None:
         """One association ended with the acceptor's ``outcome`` text."""
         word = outcome.split(":", 1)[0].split(" ", 1)[0]
@@ -125,6 +180,14 @@ class ServerMetrics:
     def exposition(self) -> bytes:
         """The text format (``CONTENT_TYPE``) of every metric now."""
         return generate_latest(self.registry)
+
+
+def _pending_count(peer: Any) -> Callable[[], float]:
+    return lambda: float(peer.pending.count)
+
+
+def _oldest_age(peer: Any) -> Callable[[], float]:
+    return lambda: time.time() - peer.pending.oldest if peer.pending.oldest else 0.0
 
 
 class _CountingAudit:

@@ -31,6 +31,7 @@ from dicomstore.handler import StoreHandler
 from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
 from dicomstore.services.admission import Admission, AuditSink, FailedAdmissions, Gatekeeper
 from dicomstore.services.destinations import Destination
+from dicomstore.services.forward_rules import ForwardRule
 from dicomstore.services.get_scp import GET_SOP_CLASSES, GetSCP
 from dicomstore.services.query_scp import FIND_SOP_CLASSES, QuerySCP
 from dicomstore.services.retrieve_scp import MOVE_SOP_CLASSES, RetrieveSCP
@@ -40,6 +41,7 @@ from dicomstore.ul.connection import Connection, Role
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy
 
 if TYPE_CHECKING:
+    from dicomstore.services.forwarding import Forwarding
     from dicomstore.services.same_association import SameAssociationStore
     from dicomstore.services.stability import StudyStability
     from dicomstore.ul import pdu as P
@@ -91,6 +93,12 @@ class ServerConfig:
     stable_webhook: str | None = None
     #: C-MOVE destinations by AE title (``--move-destination AET=HOST:PORT``).
     move_destinations: tuple[Destination, ...] = ()
+    #: Forwarding rules (``--forward``, ``services/forward_rules.py``); a transient
+    #: failure is tried again after ``forward_retry_delay`` seconds, doubled per
+    #: attempt up to ``forward_retry_max``.
+    forward: tuple[ForwardRule, ...] = ()
+    forward_retry_delay: float = 5.0
+    forward_retry_max: float = 600.0
 
     def policy(self, find: bool = True) -> AcceptorPolicy:
         """The negotiation policy: Verification, every Storage SOP Class and, with
@@ -174,6 +182,8 @@ class Server:
         self.associations: set[AcceptorAssociation] = set()
         #: study-complete events (set by ``serving.running`` on an archive)
         self.stability: StudyStability | None = None
+        #: forwarding (set by ``serving.running`` when there are rules)
+        self.forwarding: Forwarding | None = None
         self.listener = Listener(
             config.host,
             config.port,

@@ -22,6 +22,7 @@ from typing import Any
 
 from dicomstore.handler import StoreHandler
 from dicomstore.services.admission import AuditSink, Gatekeeper
+from dicomstore.services.forwarding import Forwarding
 from dicomstore.services.server import Server, ServerConfig, archive_commit_mode
 from dicomstore.services.stability import OnStable, StudyStability
 from dicomstore.services.storage_scp import OnStored
@@ -44,7 +45,9 @@ async def running(
     gracefully when it is left (however it is left). On an archive, studies
     become stable after ``config.stable_age`` quiet seconds: logged, then
     ``on_study_stable`` and the configured command and webhook
-    (``services/stability.py``); ``server.stability`` is that watcher.
+    (``services/stability.py``); ``server.stability`` is that watcher. With
+    ``config.forward`` rules, what is stored is forwarded
+    (``services/forwarding.py``); ``server.forwarding`` does it.
 
     Raises :class:`OSError` when the port cannot be bound.
     """
@@ -56,33 +59,68 @@ async def running(
         gatekeeper=gatekeeper,
         audit=audit,
     )
+    forwarding = await _forwarding(server, config)
     stability = None
-    if server.reader is not None and config.stable_age > 0:
-        stability = StudyStability(
-            server.reader,
-            config.stable_age,
-            on_stable=[on_study_stable] if on_study_stable else [],
-            exec_command=config.on_stable_exec,
-            webhook=config.stable_webhook,
-            fsync=bool(getattr(handler, "fsync", True)),
-        )
-        await asyncio.to_thread(stability.recover)
-        server.store.observers.append(stability.observe)
-        await stability.start()
-    server.stability = stability
-    try:
-        await server.start()
-    except BaseException:
+
+    async def stop_helpers() -> None:
         if stability is not None:
             await stability.close()
+        if forwarding is not None:
+            await forwarding.close(config.shutdown_grace)
+
+    try:
+        if server.reader is not None and config.stable_age > 0:
+            hooks = [on_study_stable] if on_study_stable else []
+            if forwarding is not None and forwarding.stable_rules:
+                hooks.append(forwarding.study_stable)
+            stability = StudyStability(
+                server.reader,
+                config.stable_age,
+                on_stable=hooks,
+                exec_command=config.on_stable_exec,
+                webhook=config.stable_webhook,
+                fsync=bool(getattr(handler, "fsync", True)),
+            )
+            await asyncio.to_thread(stability.recover)
+            server.store.observers.append(stability.observe)
+            await stability.start()
+        server.stability = stability
+        server.forwarding = forwarding
+        await server.start()
+    except BaseException:
+        await stop_helpers()
         raise
     try:
         yield server
     finally:
         log.info("shutting down: finishing in-flight operations")
         await server.close()
-        if stability is not None:
-            await stability.close()
+        await stop_helpers()
+
+
+async def _forwarding(server: Server, config: ServerConfig) -> Forwarding | None:
+    """The forwarding of ``config.forward`` (None without rules), its queue opened
+    and recovered, started. ValueError when it cannot be: no archive, a
+    ``when=stable`` rule without study-complete events."""
+    if not config.forward:
+        return None
+    if server.reader is None:
+        raise ValueError("forwarding needs an archive (the handler has no index)")
+    if config.stable_age <= 0 and any(rule.when == "stable" for rule in config.forward):
+        raise ValueError("a when=stable forward rule needs study-complete events (stable age > 0)")
+    forwarding = Forwarding(
+        server.reader,
+        config.forward,
+        calling_ae=config.ae_title,
+        timeouts=config.timeouts,
+        max_pdu=config.max_pdu,
+        retry_delay=config.forward_retry_delay,
+        retry_max=config.forward_retry_max,
+    )
+    await asyncio.to_thread(forwarding.open)
+    server.store.observers.append(forwarding.observe)
+    await forwarding.start()
+    return forwarding
 
 
 async def serve(

@@ -1,0 +1,385 @@
+"""The durable forwarding queue: ``<archive>/.forward/queue.sqlite`` (issue 16).
+
+Why SQLite rather than JSON lines and offsets: an entry changes state many
+times (attempts, next attempt, sent, failed), the sender takes the *due* entries
+of one destination a batch at a time (an index, ``LIMIT``: memory independent
+of the queue's length), and ``dicomstore stats`` reads it while the server
+writes (WAL); an append-only log would need its own compaction and an index of
+its own to do as much. SQLite is already how the archive indexes.
+
+An entry is one instance for one destination, from one store: its key is
+(destination, SOP Instance UID, the index row's ``received_at``), so a store
+queued twice (by the store observer and again by recovery, by an instance rule
+and a ``when=stable`` rule to the same destination) is one entry, while the same
+instance stored again later is a new one. States: ``pending`` (with
+``attempts`` and ``next_attempt``), then ``sent``, ``failed`` (a permanent
+failure: the destination's status and Error Comment are kept) or ``skipped``
+(not in the index or not on disk any more when its turn came). Sent and skipped
+entries are pruned after a while (``keep_done`` seconds); the counts of each
+state per destination stay in ``total``.
+
+Durability: ``synchronous=NORMAL`` (no fsync per commit). The archive index is
+the record of what was stored, and the queue can be rebuilt from it: the
+``observed`` watermark is the newest ``received_at`` the queue has seen, and
+:meth:`ForwardingService.open <dicomstore.services.forwarding.Forwarding.open>`
+queues again, after a restart, what the index holds from shortly before it
+(entries already there are kept by their key). A commit lost to a power cut
+rolls the queue back to an earlier, consistent state: at worst an instance is
+sent twice (forwarding is at least once, as every store-and-forward is).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+QUEUE_DIR = ".forward"
+QUEUE_NAME = "queue.sqlite"
+STATES = ("pending", "sent", "failed", "skipped")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entry (
+    id INTEGER PRIMARY KEY,
+    destination TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    study_uid TEXT,
+    state TEXT NOT NULL DEFAULT 'pending',
+    queued_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    done_at REAL,
+    status TEXT,
+    reason TEXT,
+    UNIQUE (destination, sop_instance_uid, received_at)
+);
+CREATE INDEX IF NOT EXISTS entry_due ON entry (destination, state, next_attempt);
+CREATE TABLE IF NOT EXISTS total (
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (destination, state)
+);
+CREATE TABLE IF NOT EXISTS peer (
+    destination TEXT PRIMARY KEY,
+    address TEXT,
+    last_error TEXT,
+    last_error_at REAL,
+    last_sent_at REAL
+);
+CREATE TABLE IF NOT EXISTS watermark (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rule_since (
+    destination TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    since TEXT NOT NULL,
+    PRIMARY KEY (destination, trigger)
+);
+CREATE TABLE IF NOT EXISTS stable_seen (
+    study_uid TEXT NOT NULL,
+    stable_at TEXT NOT NULL,
+    PRIMARY KEY (study_uid, stable_at)
+);
+"""
+
+
+def queue_path(root: Path | str) -> Path:
+    """Where the queue of the archive at ``root`` lives."""
+    return Path(root) / QUEUE_DIR / QUEUE_NAME
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One instance to send to one destination."""
+
+    id: int
+    destination: str
+    sop_instance_uid: str
+    received_at: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """What to add: an instance (its store's ``received_at``) for a destination."""
+
+    destination: str
+    sop_instance_uid: str
+    received_at: str
+    study_uid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What became of an entry: ``state`` (pending: tried again at ``next_attempt``)."""
+
+    id: int
+    state: str
+    attempts: int
+    next_attempt: float = 0.0
+    status: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A destination's pending entries: how many, and when the oldest was queued."""
+
+    count: int
+    oldest: float | None
+
+
+class ForwardQueue:
+    """The queue's one writer (the server); every method blocks: call it in a worker
+    thread. One connection, serialized by a lock."""
+
+    def __init__(self, root: Path | str, *, clock: Any = time.time) -> None:
+        self.path = queue_path(root)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- watermarks and rules ----------------------------------------------------------
+
+    def watermark(self, name: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM watermark WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def set_watermark(self, name: str, value: str) -> None:
+        with self._lock, self._transaction():
+            self._raise_watermark(name, value)
+
+    def configure(self, pairs: Iterable[tuple[str, str]], now: str) -> dict[tuple[str, str], str]:
+        """The (destination, trigger) pairs of the rules configured now: since when
+        each has been (``now`` for a new one); pairs no longer configured are
+        forgotten, so that a rule added again starts afresh."""
+        wanted = set(pairs)
+        with self._lock, self._transaction():
+            known = {
+                (d, t): since
+                for d, t, since in self._db.execute(
+                    "SELECT destination, trigger, since FROM rule_since"
+                )
+            }
+            for pair in set(known) - wanted:
+                self._db.execute(
+                    "DELETE FROM rule_since WHERE destination = ? AND trigger = ?", pair
+                )
+            for pair in wanted - set(known):
+                self._db.execute("INSERT INTO rule_since VALUES (?, ?, ?)", (*pair, now))
+                known[pair] = now
+        return {pair: known[pair] for pair in wanted}
+
+    def peers(self, addresses: dict[str, str]) -> None:
+        """Note each destination's address (for ``dicomstore stats``)."""
+        with self._lock, self._transaction():
+            for dest, address in addresses.items():
+                self._db.execute(
+                    "INSERT INTO peer (destination, address) VALUES (?, ?)"
+                    " ON CONFLICT (destination) DO UPDATE SET address = excluded.address",
+                    (dest, address),
+                )
+
+    def stable_seen(self, study_uid: str, stable_at: str) -> bool:
+        with self._lock:
+            sql = "SELECT 1 FROM stable_seen WHERE study_uid = ? AND stable_at = ?"
+            return self._db.execute(sql, (study_uid, stable_at)).fetchone() is not None
+
+    # -- adding ----------------------------------------------------------------------
+
+    def add(
+        self,
+        items: Sequence[Queued],
+        *,
+        observed: str | None = None,
+        stable: tuple[str, str] | None = None,
+    ) -> dict[str, int]:
+        """Add entries (those already there are kept), in one transaction with the
+        ``observed`` watermark raised and the ``stable`` (study, stable_at) event
+        marked seen; the number added per destination."""
+        now = self.clock()
+        added: dict[str, int] = {}
+        with self._lock, self._transaction():
+            for item in items:
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO entry (destination, sop_instance_uid, received_at,"
+                    " study_uid, queued_at, next_attempt) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        item.destination,
+                        item.sop_instance_uid,
+                        item.received_at,
+                        item.study_uid,
+                        now,
+                        now,
+                    ),
+                )
+                if cur.rowcount:
+                    added[item.destination] = added.get(item.destination, 0) + 1
+            if observed is not None:
+                self._raise_watermark("observed", observed)
+            if stable is not None:
+                self._db.execute("INSERT OR IGNORE INTO stable_seen VALUES (?, ?)", stable)
+        return added
+
+    # -- sending ---------------------------------------------------------------------
+
+    def due(self, destination: str, now: float, limit: int) -> list[Entry]:
+        """At most ``limit`` pending entries of ``destination`` due by ``now``, the
+        longest due first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, destination, sop_instance_uid, received_at, attempts FROM entry"
+                " WHERE destination = ? AND state = 'pending' AND next_attempt <= ?"
+                " ORDER BY next_attempt, id LIMIT ?",
+                (destination, now, limit),
+            ).fetchall()
+        return [Entry(*row) for row in rows]
+
+    def next_due(self, destination: str) -> float | None:
+        """When the next pending entry of ``destination`` is due (None: none pending)."""
+        with self._lock:
+            (when,) = self._db.execute(
+                "SELECT MIN(next_attempt) FROM entry WHERE destination = ? AND state = 'pending'",
+                (destination,),
+            ).fetchone()
+        return when
+
+    def settle(
+        self,
+        destination: str,
+        outcomes: Sequence[Settled],
+        *,
+        error: str | None = None,
+        keep_done: float = 3600.0,
+    ) -> Pending:
+        """Record what became of entries of ``destination`` (and the destination's
+        last error, if any), prune sent and skipped entries done over ``keep_done``
+        seconds ago; the destination's pending entries now."""
+        now = self.clock()
+        with self._lock, self._transaction():
+            done: dict[str, int] = {}
+            for o in outcomes:
+                status = None if o.status is None else f"{o.status:04X}"
+                finished = None if o.state == "pending" else now
+                self._db.execute(
+                    "UPDATE entry SET state = ?, attempts = ?, next_attempt = ?, done_at = ?,"
+                    " status = COALESCE(?, status), reason = COALESCE(?, reason) WHERE id = ?",
+                    (o.state, o.attempts, o.next_attempt, finished, status, o.reason, o.id),
+                )
+                if o.state != "pending":
+                    done[o.state] = done.get(o.state, 0) + 1
+            for state, n in done.items():
+                self._db.execute(
+                    "INSERT INTO total VALUES (?, ?, ?) ON CONFLICT (destination, state)"
+                    " DO UPDATE SET n = n + excluded.n",
+                    (destination, state, n),
+                )
+            self._db.execute("INSERT OR IGNORE INTO peer (destination) VALUES (?)", (destination,))
+            if error is not None:
+                self._db.execute(
+                    "UPDATE peer SET last_error = ?, last_error_at = ? WHERE destination = ?",
+                    (error, now, destination),
+                )
+            if done.get("sent"):
+                self._db.execute(
+                    "UPDATE peer SET last_sent_at = ? WHERE destination = ?", (now, destination)
+                )
+            self._db.execute(
+                "DELETE FROM entry WHERE destination = ? AND state IN ('sent', 'skipped')"
+                " AND done_at < ?",
+                (destination, now - keep_done),
+            )
+            return self._pending(destination)
+
+    def pending(self, destination: str) -> Pending:
+        with self._lock:
+            return self._pending(destination)
+
+    # -- inside --------------------------------------------------------------------------
+
+    def _pending(self, destination: str) -> Pending:
+        count, oldest = self._db.execute(
+            "SELECT COUNT(*), MIN(queued_at) FROM entry WHERE destination = ?"
+            " AND state = 'pending'",
+            (destination,),
+        ).fetchone()
+        return Pending(count, oldest)
+
+    def _raise_watermark(self, name: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO watermark VALUES (?, ?) ON CONFLICT (name)"
+            " DO UPDATE SET value = MAX(value, excluded.value)",
+            (name, value),
+        )
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on an exception)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, *rest: object) -> None:
+        self.db.execute("ROLLBACK" if kind is not None else "COMMIT")
+
+
+def queue_status(root: Path | str, *, timeout: float = 5.0) -> list[dict[str, Any]] | None:
+    """Per destination of the queue of the archive at ``root`` (read-only; None when
+    there is no queue): ``pending``, ``sent``, ``failed``, ``skipped``,
+    ``oldest_pending`` (epoch seconds), ``address``, ``last_error``,
+    ``last_error_at``, ``last_sent_at``."""
+    path = queue_path(root)
+    if not path.is_file():
+        return None
+    uri = f"{path.as_uri()}?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True, timeout=timeout)) as db:
+        found: dict[str, dict[str, Any]] = {}
+
+        def of(dest: str) -> dict[str, Any]:
+            return found.setdefault(
+                dest,
+                {
+                    "destination": dest,
+                    "address": None,
+                    **{state: 0 for state in STATES},
+                    "oldest_pending": None,
+                    "last_error": None,
+                    "last_error_at": None,
+                    "last_sent_at": None,
+                },
+            )
+
+        for dest, address, error, error_at, sent_at in db.execute(
+            "SELECT destination, address, last_error, last_error_at, last_sent_at FROM peer"
+        ):
+            of(dest).update(
+                address=address, last_error=error, last_error_at=error_at, last_sent_at=sent_at
+            )
+        for dest, state, n in db.execute("SELECT destination, state, n FROM total"):
+            of(dest)[state] = n
+        for dest, count, oldest in db.execute(
+            "SELECT destination, COUNT(*), MIN(queued_at) FROM entry WHERE state = 'pending'"
+            " GROUP BY destination"
+        ):
+            of(dest).update(pending=count, oldest_pending=oldest)
+    return [found[dest] for dest in sorted(found)]

@@ -1,0 +1,531 @@
+"""Forwarding: send what was stored on to other Storage SCPs, and keep trying (issue 16).
+
+:class:`Forwarding` runs on the server's loop (``serving.running`` starts and
+stops it) beside the one store service:
+
+queueing
+    an observer of the store service (every door) takes each instance once it is
+    durably stored and indexed (observers run after the commit); a writer task
+    adds an entry per matching ``when=instance`` rule (``forward_rules.py``) to
+    the durable queue (``forward_queue.py``), a batch of arrivals per
+    transaction in a worker thread. ``when=stable`` rules queue the instances of
+    a study when it becomes stable (the ``on_study_stable`` hook of
+    ``stability.py``, awaited before the next event).
+recovery
+    :meth:`Forwarding.open`, before the server listens: what the index holds
+    from shortly before the queue's ``observed`` watermark, and the stable
+    events logged that the queue has not seen, are queued again (an entry
+    already there is kept), so that an instance acknowledged just before a
+    crash is forwarded all the same. A rule applies to what is stored while it
+    is configured: one added to the configuration does not send the archive's
+    past.
+sending
+    one task per destination takes the due entries a batch at a time (at most
+    :data:`BATCH` instances), checks each against the index and the disk (an
+    instance deleted since is ``skipped``, logged), and sends them with our
+    Storage SCU on one association (``move_sender.DestinationSender``: each
+    instance's stored transfer syntax proposed first, converted when only an
+    uncompressed one is accepted, streamed from its file), then records the
+    outcomes and logs one line per batch.
+retrying
+    a refused connection, a rejected or aborted association, a timeout and an
+    A7xx/0213 status (out of resources, PS3.4 B.2.3; resource limitation, PS3.7
+    C.5) are tried again after an exponential backoff (``retry_delay`` doubled
+    per attempt up to ``retry_max``, times a random factor in [0.5, 1): the
+    jitter); any other failure status (0124 not authorized, A9xx, Cxxx ...)
+    and an instance the destination accepts no context for are permanent: the
+    entry is ``failed``, logged and counted, never tried again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dicomstore.aio.association import Timeouts
+from dicomstore.archive import layout
+from dicomstore.archive.reader import ArchiveReader
+from dicomstore.dimse import status as st
+from dicomstore.errors import AssociationError
+from dicomstore.services import sources
+from dicomstore.services.destinations import Destination
+from dicomstore.services.forward_queue import Entry, ForwardQueue, Pending, Queued, Settled
+from dicomstore.services.forward_rules import ForwardRule, destinations_of
+from dicomstore.services.move_sender import DestinationSender, contexts_for
+from dicomstore.services.retrieve import Selected
+from dicomstore.services.stability import StableLog, StableStudy
+from dicomstore.services.storage_scu import classify
+from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
+
+log = logging.getLogger("dicomstore.forward")
+
+#: Most instances sent on one association (and held as entries in memory).
+BATCH = 100
+#: Seconds before the ``observed`` watermark that recovery looks again: longer than
+#: an index commit takes after its ``received_at`` is set.
+SLACK = 60.0
+#: How long sent and skipped entries are kept (a store queued again by recovery or
+#: by a stable rule within this time is still recognised).
+KEEP_DONE = 3600.0
+#: A DIMSE response later than this (seconds) aborts the association: transient.
+DIMSE_TIMEOUT = 300.0
+#: The columns of an index row the rules and the queue need.
+_ROW = (
+    "SELECT i.sop_instance_uid, i.received_at, i.calling_ae, se.modality, i.sop_class_uid,"
+    " st.study_uid FROM instance i JOIN series se ON se.series_pk = i.series_pk"
+    " JOIN study st ON st.study_pk = se.study_pk"
+)
+_COLUMNS = ("sop_instance_uid", "received_at", "calling_ae", "modality", "sop_class_uid")
+_SENDABLE = (
+    "SELECT sop_instance_uid, sop_class_uid, transfer_syntax_uid, path, received_at"
+    " FROM instance WHERE sop_instance_uid IN ({})"
+)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _shifted(iso: str, seconds: float) -> str:
+    when = datetime.fromisoformat(iso).timestamp() + seconds
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="microseconds")
+
+
+def transient_status(status: int) -> bool:
+    """Worth trying again later: A7xx Out of Resources (PS3.4 B.2.3), 0213 Resource
+    Limitation (PS3.7 C.5)."""
+    return status >> 8 == 0xA7 or status == st.RESOURCE_LIMITATION
+
+
+@dataclass
+class BatchReport:
+    """What one batch to one destination came to (the log line, the metrics)."""
+
+    destination: Destination
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    retry: int = 0
+    error: str | None = None
+
+    def __str__(self) -> str:
+        text = (
+            f"forward to {self.destination}: {self.sent} sent, {self.failed} failed,"
+            f" {self.skipped} skipped, {self.retry} to retry"
+        )
+        return f"{text} ({self.error})" if self.error else text
+
+
+@dataclass
+class _Peer:
+    """One destination's sender task and what the metrics read."""
+
+    destination: Destination
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    pending: Pending = field(default_factory=lambda: Pending(0, None))
+    task: asyncio.Task[None] | None = None
+    failures: int = 0
+
+
+class Forwarding:
+    """The forwarding of one server (see the module notes)."""
+
+    def __init__(
+        self,
+        reader: ArchiveReader,
+        rules: Sequence[ForwardRule],
+        *,
+        calling_ae: str,
+        timeouts: Timeouts | None = None,
+        max_pdu: int = DEFAULT_MAX_PDU,
+        retry_delay: float = 5.0,
+        retry_max: float = 600.0,
+        batch: int = BATCH,
+        keep_done: float = KEEP_DONE,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        if retry_delay <= 0 or retry_max < retry_delay:
+            raise ValueError("forwarding needs 0 < retry_delay <= retry_max")
+        self.reader = reader
+        self.rules = list(rules)
+        self.destinations = destinations_of(self.rules)
+        self.calling_ae = calling_ae
+        base = timeouts or Timeouts()
+        self.timeouts = base if base.dimse is not None else replace(base, dimse=DIMSE_TIMEOUT)
+        self.max_pdu = max_pdu
+        self.retry_delay = retry_delay
+        self.retry_max = retry_max
+        self.batch = batch
+        self.keep_done = keep_done
+        self.clock = clock
+        self.jitter = jitter
+        self.queue: ForwardQueue | None = None
+        #: (destination, trigger) -> since when the rule has been configured (ISO)
+        self.since: dict[tuple[str, str], str] = {}
+        #: called with each batch's report (``services.metrics`` counts there)
+        self.observers: list[Callable[[BatchReport], None]] = []
+        self.peers = {ae: _Peer(dest) for ae, dest in self.destinations.items()}
+        self._arrivals: list[dict[str, Any]] = []
+        self._arrived = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    @property
+    def stable_rules(self) -> list[ForwardRule]:
+        return [rule for rule in self.rules if rule.when == "stable"]
+
+    # -- before listening --------------------------------------------------------------
+
+    def open(self) -> int:
+        """Open the queue and queue again what a crash or a stop may have left out
+        (module notes). Blocking: call it in a worker thread before :meth:`start`.
+        The number of entries added."""
+        root = self.reader.root
+        self.queue = queue = ForwardQueue(root, clock=self.clock)
+        now = _now_iso()
+        pairs = {(r.destination.ae_title, r.when) for r in self.rules}
+        self.since = queue.configure(pairs, now)
+        queue.peers({ae: dest.address for ae, dest in self.destinations.items()})
+        added = self._recover_instances(queue, now) + self._recover_stable(queue)
+        for ae, peer in self.peers.items():
+            peer.pending = queue.pending(ae)
+        if added:
+            log.info("forwarding: %d instance(s) queued again after a restart", added)
+        return added
+
+    def _recover_instances(self, queue: ForwardQueue, now: str) -> int:
+        observed = queue.watermark("observed")
+        if observed is None:  # a new queue: nothing stored before it is forwarded
+            queue.set_watermark("observed", now)
+            return 0
+        if not any(rule.when == "instance" for rule in self.rules):
+            return 0
+        floor = _shifted(observed, -SLACK)
+        with closing(self.reader.connect()) as db:
+            cursor = db.execute(f"{_ROW} WHERE i.received_at >= ?", (floor,))
+            return self._add_rows(queue, _rows(cursor), "instance")
+
+    def _recover_stable(self, queue: ForwardQueue) -> int:
+        floors = [since for (_d, when), since in self.since.items() if when == "stable"]
+        if not floors:
+            return 0
+        added = 0
+        for event in StableLog(self.reader.root).read(since=min(floors)):
+            if not queue.stable_seen(event.study_uid, event.stable_at):
+                added += self._add_study(queue, event)
+        return added
+
+    def _add_rows(self, queue: ForwardQueue, rows: Iterable[dict[str, Any]], when: str) -> int:
+        """Queue, for the rules of trigger ``when``, the instances of ``rows`` that they
+        match (and that arrived since the rule is configured), a transaction per
+        :data:`BATCH` rows; the number added."""
+        added = 0
+        chunk: list[Queued] = []
+        for row in rows:
+            chunk.extend(self._matches(row, when))
+            if len(chunk) >= BATCH:
+                added += sum(queue.add(chunk).values())
+                chunk = []
+        if chunk:
+            added += sum(queue.add(chunk).values())
+        return added
+
+    def _matches(self, row: dict[str, Any], when: str, at: str | None = None) -> Iterator[Queued]:
+        """The entries of ``row`` for the rules of trigger ``when`` configured by
+        ``at`` (default: its arrival) that match it."""
+        at = at or row["received_at"]
+        for rule in self.rules:
+            ae = rule.destination.ae_title
+            if rule.when != when or not rule.matches(row):
+                continue
+            if at < self.since.get((ae, when), ""):
+                continue
+            yield Queued(ae, row["sop_instance_uid"], row["received_at"], row.get("study_uid"))
+
+    def _add_study(self, queue: ForwardQueue, event: StableStudy) -> int:
+        """Queue the instances of a stable study for the ``when=stable`` rules."""
+        items: list[Queued] = []
+        with closing(self.reader.connect()) as db:
+            cursor = db.execute(f"{_ROW} WHERE st.study_uid = ?", (event.study_uid,))
+            for row in _rows(cursor):
+                items.extend(self._matches(row, "stable", event.stable_at))
+        added = queue.add(items, stable=(event.study_uid, event.stable_at))
+        for ae, n in added.items():
+            log.info(
+                "forward to %s: study %s stable, %d instance(s) queued", ae, event.study_uid, n
+            )
+        return sum(added.values())
+
+    # -- arrivals ----------------------------------------------------------------------
+
+    def observe(self, storing: Any, result: Any) -> None:
+        """A store-service observer: each stored instance, for the instance rules."""
+        if not result.stored:
+            return
+        row = getattr(result.outcome, "instance", None)
+        if not row or not row.get("sop_instance_uid") or not row.get("received_at"):
+            return
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if self._loop is not None and here is not self._loop:  # a door on another loop
+            self._loop.call_soon_threadsafe(self._arrive, row)
+        else:
+            self._arrive(row)
+
+    def _arrive(self, row: dict[str, Any]) -> None:
+        self._arrivals.append({key: row.get(key) for key in (*_COLUMNS, "study_uid")})
+        self._arrived.set()
+
+    async def study_stable(self, event: StableStudy) -> None:
+        """The ``on_study_stable`` hook: queue the study for the ``when=stable`` rules."""
+        queue = self.queue
+        assert queue is not None
+        try:
+            await asyncio.to_thread(self._add_study, queue, event)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("forwarding: study %s not queued: %s", event.study_uid, exc)
+            return  # queued again at the next start (the event is in the log)
+        await self._refresh(self.peers)
+
+    async def _write(self) -> None:
+        """Move arrivals into the queue, a transaction per batch of arrivals."""
+        queue = self.queue
+        assert queue is not None
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            rows, self._arrivals = self._arrivals, []
+            if not rows:
+                continue
+            items = [item for row in rows for item in self._matches(row, "instance")]
+            observed = max(row["received_at"] for row in rows)
+            try:
+                added = await asyncio.to_thread(queue.add, items, observed=observed)
+            except (OSError, sqlite3.Error) as exc:
+                log.error("forwarding: %d arrival(s) not queued yet: %s", len(rows), exc)
+                self._arrivals[:0] = rows  # tried again (and found by recovery otherwise)
+                await asyncio.sleep(self.retry_delay)
+                self._arrived.set()
+                continue
+            await self._refresh({ae: self.peers[ae] for ae in added})
+
+    async def _refresh(self, peers: dict[str, _Peer]) -> None:
+        queue = self.queue
+        assert queue is not None
+        for ae, peer in peers.items():
+            peer.pending = await asyncio.to_thread(queue.pending, ae)
+            peer.wake.set()
+
+    # -- life ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start queueing and sending (in the running loop), after :meth:`open`."""
+        assert self.queue is not None, "open() first"
+        self._loop = asyncio.get_running_loop()
+        self._writer = asyncio.create_task(self._write(), name="forward-queue")
+        for ae, peer in self.peers.items():
+            peer.task = asyncio.create_task(self._send_loop(peer), name=f"forward-{ae}")
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Queue what arrived, let batches under way finish within ``grace``
+        seconds (then abort them: their entries are sent again later), and close
+        the queue."""
+        self._stop.set()
+        tasks = [peer.task for peer in self.peers.values() if peer.task is not None]
+        for peer in self.peers.values():
+            peer.wake.set()
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        queue, self.queue = self.queue, None
+        if queue is None:
+            return
+        if self._arrivals:
+            rows, self._arrivals = self._arrivals, []
+            items = [item for row in rows for item in self._matches(row, "instance")]
+            observed = max(row["received_at"] for row in rows)
+            try:
+                await asyncio.to_thread(queue.add, items, observed=observed)
+            except (OSError, sqlite3.Error) as exc:
+                log.error("forwarding: %d arrival(s) left to recovery: %s", len(rows), exc)
+        await asyncio.to_thread(queue.close)
+
+    # -- sending -----------------------------------------------------------------------
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before attempt ``attempts + 1``: doubled per attempt up to the cap,
+        times a random factor in [0.5, 1)."""
+        delay = min(self.retry_max, self.retry_delay * 2 ** min(max(attempts - 1, 0), 62))
+        return delay * (0.5 + self.jitter() / 2)
+
+    async def _send_loop(self, peer: _Peer) -> None:
+        queue = self.queue
+        assert queue is not None
+        ae = peer.destination.ae_title
+        while not self._stop.is_set():
+            peer.wake.clear()
+            entries = await asyncio.to_thread(queue.due, ae, self.clock(), self.batch)
+            if not entries:
+                when = await asyncio.to_thread(queue.next_due, ae)
+                timeout = None if when is None else max(0.0, when - self.clock())
+                try:
+                    await asyncio.wait_for(peer.wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+                continue
+            report = await self._send_batch(peer, entries)
+            if report.error is None:
+                peer.failures = 0
+                continue
+            peer.failures += 1
+            try:  # the destination is in trouble: wait before its next batch
+                await asyncio.wait_for(self._stop.wait(), self.backoff(peer.failures))
+            except TimeoutError:
+                pass
+
+    async def _send_batch(self, peer: _Peer, entries: list[Entry]) -> BatchReport:
+        queue = self.queue
+        assert queue is not None
+        dest = peer.destination
+        report = BatchReport(dest)
+        outcomes: list[Settled] = []
+        found, gone = await asyncio.to_thread(self._sendable, entries)
+        for entry, why in gone:
+            log.warning("forward to %s: %s skipped: %s", dest, entry.sop_instance_uid, why)
+            outcomes.append(Settled(entry.id, "skipped", entry.attempts, reason=why))
+            report.skipped += 1
+        todo = self._one_association(found)
+        sender = DestinationSender(
+            dest,
+            calling_ae=self.calling_ae,
+            service="forward",
+            timeouts=self.timeouts,
+            max_pdu=self.max_pdu,
+        )
+        if todo:
+            try:
+                await sender.open([item for _entry, item in todo])
+            except (AssociationError, OSError) as exc:
+                report.error = self._retry_all(todo, exc, outcomes, report)
+                todo = []
+        try:
+            for n, (entry, item) in enumerate(todo):
+                if self._stop.is_set():
+                    break
+                attempts = entry.attempts + 1
+                try:
+                    rsp = await sender.store(item)
+                except (AssociationError, ConnectionError, OSError, sources.SourceReadError) as exc:
+                    report.error = self._retry_all(todo[n : n + 1], exc, outcomes, report)
+                    break
+                if rsp is None:
+                    why = "not sent: unreadable, or no context accepted for it (see the log)"
+                    outcomes.append(Settled(entry.id, "failed", attempts, reason=why))
+                    report.failed += 1
+                elif not st.is_failure(rsp.status):
+                    outcomes.append(Settled(entry.id, "sent", attempts, status=rsp.status))
+                    report.sent += 1
+                elif transient_status(rsp.status):
+                    outcomes.append(self._later(entry, rsp.status, rsp.error_comment))
+                    report.retry += 1
+                else:
+                    why = f"{st.describe(rsp.status)}: {rsp.error_comment or ''}".rstrip(": ")
+                    log.warning(
+                        "forward to %s: %s failed for good: %04X %s",
+                        dest,
+                        entry.sop_instance_uid,
+                        rsp.status,
+                        why,
+                    )
+                    failed = Settled(entry.id, "failed", attempts, status=rsp.status, reason=why)
+                    outcomes.append(failed)
+                    report.failed += 1
+        finally:  # what is known is recorded first, even when cancelled
+            peer.pending = await asyncio.shield(
+                asyncio.to_thread(
+                    queue.settle,
+                    dest.ae_title,
+                    outcomes,
+                    error=report.error,
+                    keep_done=self.keep_done,
+                )
+            )
+            await sender.close()
+        log.log(logging.WARNING if report.error else logging.INFO, "%s", report)
+        for observe in self.observers:
+            observe(report)
+        return report
+
+    def _later(self, entry: Entry, status: int | None, why: str | None) -> Settled:
+        attempts = entry.attempts + 1
+        when = self.clock() + self.backoff(attempts)
+        return Settled(entry.id, "pending", attempts, when, status, why)
+
+    def _retry_all(
+        self,
+        todo: Sequence[tuple[Entry, Selected]],
+        exc: BaseException,
+        outcomes: list[Settled],
+        report: BatchReport,
+    ) -> str:
+        kind = classify(exc)
+        why = f"{kind[0] if kind else 'failed'}: {exc or type(exc).__name__}"
+        for entry, _item in todo:
+            outcomes.append(self._later(entry, None, why))
+            report.retry += 1
+        return why
+
+    def _one_association(self, found: list[tuple[Entry, Selected]]) -> list[tuple[Entry, Selected]]:
+        """The entries whose contexts fit one association (128 contexts); the others
+        stay pending, first in line for the next batch."""
+        first = contexts_for([item for _e, item in found])[0]
+        classes = {abstract for abstract, _ts in first}
+        return [(e, item) for e, item in found if item.sop_class_uid in classes]
+
+    def _sendable(
+        self, entries: list[Entry]
+    ) -> tuple[list[tuple[Entry, Selected]], list[tuple[Entry, str]]]:
+        """The entries whose instance is in the index and on disk, as what to send;
+        the others with why not. Blocking."""
+        rows: dict[str, tuple[Any, ...]] = {}
+        uids = [e.sop_instance_uid for e in entries]
+        with closing(self.reader.connect()) as db:
+            sql = _SENDABLE.format(", ".join("?" for _ in uids))
+            for row in db.execute(sql, uids):
+                rows[row[0]] = row
+        found: list[tuple[Entry, Selected]] = []
+        gone: list[tuple[Entry, str]] = []
+        for entry in entries:
+            row = rows.get(entry.sop_instance_uid)
+            if row is None:
+                gone.append((entry, "not in the archive any more"))
+                continue
+            path = layout.resolve(self.reader.root, row[3])
+            if not Path(path).is_file():
+                gone.append((entry, f"its file {row[3]} is missing"))
+                continue
+            found.append((entry, Selected(row[0], row[1], row[2], path)))
+        return found, gone
+
+
+def _rows(cursor: sqlite3.Cursor) -> Iterator[dict[str, Any]]:
+    for values in cursor:
+        yield dict(zip((*_COLUMNS, "study_uid"), values, strict=True))

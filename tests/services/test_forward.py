@@ -1,0 +1,289 @@
+"""Forwarding (issue 16, services/forwarding.py): rules and their filters, the durable
+queue across a restart (pending entries, instances stored but not yet queued,
+instances deleted meanwhile), when=stable, permanent failures given up, and the
+queue in `dicomstore stats` and /metrics. Destinations are pynetdicom Storage SCPs
+in this process and our own server; DCMTK's storescp in test_forward_interop.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from contextlib import closing
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from tests.archive.archive_testlib import dataset
+from tests.archive.archive_testlib import store as archive_store
+from tests.conftest import free_port
+from tests.services.forward_testlib import (
+    MR,
+    config,
+    instance,
+    serving,
+    status,
+    store,
+    until,
+)
+from tests.services.retrieve_testlib import destination
+
+from dicomstore.archive import Archive
+from dicomstore.archive.removal import remove
+from dicomstore.cli import build_parser
+from dicomstore.cli.access import main as access_main
+from dicomstore.cli.settings import SettingsError, parse
+from dicomstore.services.forward_queue import queue_path
+from dicomstore.services.forward_rules import ForwardRule, parse_rule
+from dicomstore.services.forwarding import BatchReport, Forwarding
+from dicomstore.services.metrics import ServerMetrics
+from dicomstore.services.server import ServerConfig
+from dicomstore.services.stability import StableLog
+
+# -- rules --------------------------------------------------------------------------
+
+
+def test_a_rule_is_a_destination_and_filters() -> None:
+    rule = parse_rule("PACS=10.0.0.5:104;calling=MOD1|MOD2;modality=CT;sop-class=1.2.3;when=stable")
+    assert (rule.destination.ae_title, rule.destination.host, rule.destination.port) == (
+        "PACS",
+        "10.0.0.5",
+        104,
+    )
+    assert rule.calling == {"MOD1", "MOD2"} and rule.modality == {"CT"}
+    assert rule.sop_class == {"1.2.3"} and rule.when == "stable"
+    assert parse_rule(str(rule)) == rule
+    plain = parse_rule("PACS=[::1]:104")
+    assert plain == ForwardRule(plain.destination) and plain.when == "instance"
+    row = {"calling_ae": "MOD2", "modality": "CT", "sop_class_uid": "1.2.3"}
+    assert rule.matches(row) and plain.matches(row)
+    assert not rule.matches({**row, "calling_ae": "MOD3"})
+    assert not rule.matches({**row, "modality": "MR"})
+    assert not rule.matches({**row, "sop_class_uid": "1.2.4"})
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("PACS", "is not AET=HOST:PORT"),
+        ("PACS=h:104;colour=red", "unknown filter"),
+        ("PACS=h:104;modality", "is not KEY=VALUE"),
+        ("PACS=h:104;when=later", "instance or stable"),
+        ("PACS=h:104;sop-class=CT", "not a UID"),
+        ("PACS=h:104;calling=" + "A" * 17, "not an AE title"),
+        ("PACS=h:104;modality=CT;modality=MR", "given twice"),
+    ],
+)
+def test_a_bad_rule_says_why(text: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        parse_rule(text)
+
+
+def test_rules_from_flags_environment_and_file(tmp_path: Path) -> None:
+    """Repeatable: a list in the file, commas between rules in the environment (so no
+    commas inside one)."""
+    toml = tmp_path / "server.toml"
+    toml.write_text('forward = ["A=h:1;modality=CT|MR", "B=h:2;when=stable"]\n')
+    args = parse(build_parser(), ["serve", "--server-config", str(toml)], {})
+    assert [str(r) for r in args.forward] == ["A=h:1;modality=CT|MR", "B=h:2;when=stable"]
+    env = {"DICOMSTORE_FORWARD": "A=h:1;calling=X,B=h:2", "DICOMSTORE_FORWARD_RETRY_MAX": "9"}
+    args = parse(build_parser(), ["serve"], env)
+    assert [str(r) for r in args.forward] == ["A=h:1;calling=X", "B=h:2"]
+    assert args.forward_retry_max == 9.0
+    with pytest.raises(SettingsError, match="unknown filter"):
+        parse(build_parser(), ["serve"], {"DICOMSTORE_FORWARD": "A=h:1;x=y"})
+
+
+def test_backoff_doubles_up_to_the_cap_with_jitter(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    Archive(root, fsync=False).close()
+    from dicomstore.archive.reader import ArchiveReader
+
+    rules = [parse_rule("A=h:1")]
+    low = Forwarding(ArchiveReader(root), rules, calling_ae="X", retry_delay=1, retry_max=10)
+    low.jitter = lambda: 0.0
+    assert [low.backoff(n) for n in (1, 2, 3, 4, 5, 60)] == [0.5, 1, 2, 4, 5, 5]
+    low.jitter = lambda: 0.999
+    assert 9.99 < low.backoff(100) < 10
+    with pytest.raises(ValueError, match="given as A=h:1 and A=h:2"):
+        Forwarding(ArchiveReader(root), [*rules, parse_rule("A=h:2")], calling_ae="X")
+
+
+# -- filters --------------------------------------------------------------------------
+
+
+def test_filters_by_calling_ae_modality_and_sop_class(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    x1 = instance("1.2.77.1.1")  # CT from MODA
+    x2 = instance("1.2.77.1.2", sop_class=MR, modality="MR")  # MR from MODB
+    x3 = instance("1.2.77.1.3", modality="MR")  # a CT image in a series "MR" from MODB
+    expected = {
+        "ALL": {"1.2.77.1.1", "1.2.77.1.2", "1.2.77.1.3"},
+        "BYCALL": {"1.2.77.1.1"},
+        "BYMOD": {"1.2.77.1.2", "1.2.77.1.3"},
+        "BYCLASS": {"1.2.77.1.2"},
+    }
+    with (
+        destination("ALL") as all_,
+        destination("BYCALL") as by_call,
+        destination("BYMOD") as by_mod,
+        destination("BYCLASS") as by_class,
+    ):
+        rules = [
+            f"ALL=127.0.0.1:{all_.port}",
+            f"BYCALL=127.0.0.1:{by_call.port};calling=MODA",
+            f"BYMOD=127.0.0.1:{by_mod.port};modality=MR|SR",
+            f"BYCLASS=127.0.0.1:{by_class.port};sop-class={MR}",
+        ]
+
+        async def main() -> None:
+            async with serving(root, config(*rules)) as server:
+                await store(server.port, [x1], calling_ae="MODA")
+                await store(server.port, [x2, x3], calling_ae="MODB")
+                done = lambda: all(  # noqa: E731
+                    status(root, ae)["sent"] == len(uids) for ae, uids in expected.items()
+                )
+                await until(done)
+
+        asyncio.run(main())
+        got = {d: [uid for uid, *_ in dest.received] for d, dest in zip(
+            expected, (all_, by_call, by_mod, by_class), strict=True
+        )}  # fmt: skip
+    for ae, uids in expected.items():
+        assert sorted(got[ae]) == sorted(uids), ae  # each once
+        assert status(root, ae)["pending"] == status(root, ae)["failed"] == 0
+
+
+# -- durability ----------------------------------------------------------------------
+
+
+def test_a_restart_sends_what_was_pending_and_what_was_not_yet_queued(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run 1: the destination is down; entries stay pending with the error recorded.
+    Between runs an instance is stored without the server (as if it crashed between
+    its commit and its queueing) and one queued instance is deleted. Run 2 sends
+    the pending one and the recovered one, and skips the deleted one."""
+    root, port = tmp_path / "archive", free_port()
+    cfg = config(f"DEST=127.0.0.1:{port}")
+
+    async def first() -> None:
+        async with serving(root, cfg) as server:
+            await store(server.port, [instance("1.2.77.2.1"), instance("1.2.77.2.2")])
+            await until(lambda: status(root, "DEST")["last_error"] is not None)
+            assert status(root, "DEST")["pending"] == 2
+
+    asyncio.run(first())
+    assert "unreachable" in status(root, "DEST")["last_error"]
+    archive = Archive(root, fsync=False)
+    try:
+        data = dataset("1.2.77.2.3", study="1.2.77.2", series="1.2.77.2.1")
+        assert archive_store(archive, data, sop_uid="1.2.77.2.3").status == 0
+    finally:
+        archive.close()
+    assert not remove(root, "1.2.77.2.2").problems
+
+    async def second() -> None:
+        async with serving(root, cfg) as server:
+            assert server.forwarding is not None
+            await until(lambda: status(root, "DEST")["pending"] == 0)
+
+    with destination("DEST", port=port) as dest:
+        asyncio.run(second())
+    assert sorted(uid for uid, *_ in dest.received) == ["1.2.77.2.1", "1.2.77.2.3"]
+    row = status(root, "DEST")
+    assert (row["sent"], row["skipped"], row["failed"]) == (2, 1, 0)
+
+    assert access_main(["stats", "--storage", str(root)]) == 0
+    out = capsys.readouterr().out
+    header, line = out.splitlines()[-2:]
+    assert header.split()[:5] == ["FORWARD", "TO", "PENDING", "SENT", "FAILED"]
+    assert line.split()[:6] == [f"DEST=127.0.0.1:{port}", "0", "2", "0", "1", "-"]
+    assert access_main(["stats", "--storage", str(root), "--json"]) == 0
+    (forwarded,) = json.loads(capsys.readouterr().out)["forwarding"]
+    assert forwarded["destination"] == "DEST" and forwarded["sent"] == 2
+
+
+def test_a_new_rule_does_not_send_the_past(tmp_path: Path) -> None:
+    """What was stored before a rule was configured is not forwarded by it."""
+    root = tmp_path / "archive"
+    with destination("DEST") as dest:
+
+        async def main() -> None:
+            async with serving(root, config(f"OTHER=127.0.0.1:{dest.port};calling=NOBODY")) as s:
+                await store(s.port, [instance("1.2.77.3.1")])
+            async with serving(root, config(f"DEST=127.0.0.1:{dest.port}")) as s:
+                await store(s.port, [instance("1.2.77.3.2")])
+                await until(lambda: status(root, "DEST")["sent"] == 1)
+
+        asyncio.run(main())
+    assert [uid for uid, *_ in dest.received] == ["1.2.77.3.2"]
+
+
+# -- when=stable ----------------------------------------------------------------------
+
+
+def test_when_stable_forwards_the_study_once_it_is_stable(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    study = "1.2.77.4"
+    cts = [instance(f"{study}.1.{n}", study=study) for n in (1, 2)]
+    sr = instance(f"{study}.2.1", study=study, series=f"{study}.2", modality="SR")
+    with destination("DEST") as dest:
+        rule = f"DEST=127.0.0.1:{dest.port};when=stable;modality=CT"
+
+        async def main() -> None:
+            async with serving(root, config(rule, stable_age=0.2)) as server:
+                await store(server.port, [*cts, sr])
+                await until(lambda: status(root, "DEST")["sent"] == 2)
+
+        asyncio.run(main())
+    assert sorted(uid for uid, *_ in dest.received) == [f"{study}.1.1", f"{study}.1.2"]
+    (event,) = StableLog(root).read()
+    assert event.study_uid == study and event.instances == 3
+    with closing(sqlite3.connect(queue_path(root))) as db:
+        queued = [t for (t,) in db.execute("SELECT queued_at FROM entry")]
+    stable_at = datetime.fromisoformat(event.stable_at).timestamp()
+    assert len(queued) == 2 and min(queued) >= stable_at  # queued when stable, not before
+
+
+def test_when_stable_needs_stable_events(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="stable age"):
+
+        async def main() -> None:
+            async with serving(tmp_path / "a", config("DEST=127.0.0.1:9;when=stable")):
+                pass
+
+        asyncio.run(main())
+
+
+# -- permanent failures ------------------------------------------------------------------
+
+
+def test_a_failure_status_is_given_up_not_retried(tmp_path: Path) -> None:
+    """The destination (our own server, --store-aet NOBODY) answers 0124 Not
+    Authorized: each entry is failed after one attempt, counted, never tried again."""
+    root, other = tmp_path / "archive", tmp_path / "other"
+    reports: list[BatchReport] = []
+
+    async def main() -> bytes:
+        refusing = ServerConfig(port=0, ae_title="REFUSER", store_aets=frozenset({"NOBODY"}))
+        async with serving(other, refusing) as dest:
+            rule = f"REFUSER=127.0.0.1:{dest.port}"
+            async with serving(root, config(rule)) as server:
+                assert server.forwarding is not None
+                metrics = ServerMetrics()
+                metrics.watch(server)
+                server.forwarding.observers.append(reports.append)
+                await store(server.port, [instance("1.2.77.5.1"), instance("1.2.77.5.2")])
+                await until(lambda: status(root, "REFUSER")["failed"] == 2)
+                return metrics.exposition()
+
+    exposition = asyncio.run(main()).decode()
+    assert status(root, "REFUSER")["pending"] == 0
+    with closing(sqlite3.connect(queue_path(root))) as db:
+        rows = db.execute("SELECT state, attempts, status, reason FROM entry").fetchall()
+    assert {r[:3] for r in rows} == {("failed", 1, "0124")}
+    assert all("may not store" in r[3] for r in rows)
+    assert sum(r.failed for r in reports) == 2 and not any(r.retry for r in reports)
+    assert 'dicomstore_forwarded_total{destination="REFUSER",outcome="failed"} 2.0' in exposition
+    assert 'dicomstore_forward_pending{destination="REFUSER"} 0.0' in exposition
