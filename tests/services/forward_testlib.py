@@ -59,12 +59,17 @@ async def serving(root: Path, cfg: ServerConfig) -> AsyncIterator[Server]:
         archive.close()
 
 
-async def store(port: int, datasets: Iterable[Dataset], calling_ae: str = "MODALITY") -> None:
-    """C-STORE ``datasets`` to our server; each must be stored."""
+async def store(
+    port: int, items: Iterable[Any], calling_ae: str = "MODALITY", *, every: bool = True
+) -> set[str]:
+    """C-STORE data sets or files to our server; the SOP Instance UIDs stored (with
+    ``every``, each must be)."""
     results = await send(
-        "127.0.0.1", port, list(datasets), called_ae="DICOMSTORE", calling_ae=calling_ae
+        "127.0.0.1", port, list(items), called_ae="DICOMSTORE", calling_ae=calling_ae
     )
-    assert all(r.stored for r in results), [(r.outcome, r.status) for r in results]
+    if every:
+        assert all(r.stored for r in results), [(r.outcome, r.status) for r in results]
+    return {str(r.sop_instance_uid) for r in results if r.stored}
 
 
 def status(root: Path, destination: str) -> dict[str, Any]:
