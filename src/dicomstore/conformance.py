@@ -337,7 +337,8 @@ def statement() -> str:
         "data sets to any Storage SCP; `dicomstore echo` is a Verification SCU. "
         "Workstations find what was stored with C-FIND (2.2.4) and have it sent to a "
         "Storage SCP with C-MOVE (2.2.5), or fetch it with C-GET (2.2.6) on the same "
-        "association; the server then acts as a Storage SCU.",
+        "association; the server then acts as a Storage SCU. With `--forward` rules it "
+        "also forwards what it stores to other Storage SCPs as a Storage SCU (2.2.3).",
         "",
         "### 2.2 AE specifications",
         "",
@@ -442,6 +443,16 @@ def statement() -> str:
         "failures (refused connection, transient rejection, A-ABORT, DIMSE timeout, "
         "A7xx, 0213) are retried (`--retries`, `--retry-delay`). `--report` writes one "
         "JSON line per instance, `--resume` skips those already stored.",
+        "",
+        "Forwarding (`serve --forward AET=HOST:PORT`, calling AE title `--aet`): each "
+        "stored instance (or each stable study) matching a rule is queued durably and "
+        "sent in batches of up to 100 on one association per destination, proposing "
+        "each instance's stored transfer syntax alone, then Explicit and Implicit VR "
+        "Little Endian (converted only when its own syntax is refused). Transient "
+        "failures (refused connection, rejection, A-ABORT, no response within 300 s, "
+        "A7xx, 0213) are retried with exponential backoff (`--forward-retry-delay`, "
+        "`--forward-retry-max`, jitter); any other Failure status, or no accepted "
+        "context, fails the instance for good. Delivery is at least once.",
         "",
         *_query_section(),
         "### 2.3 Network interfaces",

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from contextlib import closing
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from tests.archive.archive_testlib import dataset
@@ -107,6 +109,27 @@ def test_backoff_doubles_up_to_the_cap_with_jitter(tmp_path: Path) -> None:
     assert 9.99 < low.backoff(100) < 10
     with pytest.raises(ValueError, match="given as A=h:1 and A=h:2"):
         Forwarding(ArchiveReader(root), [*rules, parse_rule("A=h:2")], calling_ae="X")
+
+
+def test_a_kept_duplicate_is_not_a_new_store(tmp_path: Path) -> None:
+    """The archive answers a duplicate it keeps with the row of the earlier store: the
+    observer queues only rows just committed."""
+    root = tmp_path / "archive"
+    Archive(root, fsync=False).close()
+    from dicomstore.archive.reader import ArchiveReader
+
+    now = time.time()
+    fw = Forwarding(ArchiveReader(root), [parse_rule("A=h:1")], calling_ae="X", clock=lambda: now)
+
+    def stored(seconds_ago: float) -> SimpleNamespace:
+        when = datetime.fromtimestamp(now - seconds_ago, UTC).isoformat(timespec="microseconds")
+        row = {"sop_instance_uid": "1.2.3", "received_at": when}
+        return SimpleNamespace(stored=True, outcome=SimpleNamespace(instance=row))
+
+    fw.observe(None, stored(120))
+    assert fw._arrivals == []
+    fw.observe(None, stored(0.01))
+    assert [row["sop_instance_uid"] for row in fw._arrivals] == ["1.2.3"]
 
 
 # -- filters --------------------------------------------------------------------------

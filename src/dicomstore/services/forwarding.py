@@ -91,13 +91,12 @@ _SENDABLE = (
 )
 
 
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")
 
 
 def _shifted(iso: str, seconds: float) -> str:
-    when = datetime.fromisoformat(iso).timestamp() + seconds
-    return datetime.fromtimestamp(when, UTC).isoformat(timespec="microseconds")
+    return _iso(datetime.fromisoformat(iso).timestamp() + seconds)
 
 
 def transient_status(status: int) -> bool:
@@ -193,7 +192,7 @@ class Forwarding:
         The number of entries added."""
         root = self.reader.root
         self.queue = queue = ForwardQueue(root, clock=self.clock)
-        now = _now_iso()
+        now = _iso(self.clock())
         pairs = {(r.destination.ae_title, r.when) for r in self.rules}
         self.since = queue.configure(pairs, now)
         queue.peers({ae: dest.address for ae, dest in self.destinations.items()})
@@ -276,6 +275,8 @@ class Forwarding:
         row = getattr(result.outcome, "instance", None)
         if not row or not row.get("sop_instance_uid") or not row.get("received_at"):
             return
+        if row["received_at"] < _iso(self.clock() - SLACK):
+            return  # a duplicate the archive kept: the row of an earlier store, not new
         try:
             here = asyncio.get_running_loop()
         except RuntimeError:
