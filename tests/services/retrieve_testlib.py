@@ -27,12 +27,16 @@ class Destination:
     #: set when a C-STORE arrives; the handler then waits for ``release`` (if given)
     arrived: threading.Event = field(default_factory=threading.Event)
     release: threading.Event | None = None
+    #: the statuses of the next C-STOREs (then 0000); one that is not 0000 stores nothing
+    answers: list[int] = field(default_factory=list)
 
     def on_store(self, event) -> int:
         rq = event.request
         self.arrived.set()
         if self.release is not None:
             self.release.wait(30)
+        if self.answers:
+            return self.answers.pop(0)
         self.received.append(
             (
                 rq.AffectedSOPInstanceUID,

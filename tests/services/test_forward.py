@@ -279,7 +279,28 @@ def test_when_stable_needs_stable_events(tmp_path: Path) -> None:
         asyncio.run(main())
 
 
-# -- permanent failures ------------------------------------------------------------------
+# -- failures --------------------------------------------------------------------------
+
+
+def test_out_of_resources_is_tried_again(tmp_path: Path) -> None:
+    """A700 (PS3.4 B.2.3) and 0213 (PS3.7 C.5) are transient: the entry waits its
+    backoff and is sent at a later attempt."""
+    root = tmp_path / "archive"
+    reports: list[BatchReport] = []
+    with destination("DEST", answers=[0xA700, 0x0213]) as dest:
+
+        async def main() -> None:
+            async with serving(root, config(f"DEST=127.0.0.1:{dest.port}")) as server:
+                assert server.forwarding is not None
+                server.forwarding.observers.append(reports.append)
+                await store(server.port, [instance("1.2.77.6.1")])
+                await until(lambda: status(root, "DEST")["sent"] == 1)
+
+        asyncio.run(main())
+    assert [uid for uid, *_ in dest.received] == ["1.2.77.6.1"]
+    assert [(r.retry, r.sent) for r in reports] == [(1, 0), (1, 0), (0, 1)]
+    with closing(sqlite3.connect(queue_path(root))) as db:
+        assert db.execute("SELECT state, attempts FROM entry").fetchall() == [("sent", 3)]
 
 
 def test_a_failure_status_is_given_up_not_retried(tmp_path: Path) -> None:

@@ -55,8 +55,7 @@ from dicomstore.aio.association import Timeouts
 from dicomstore.archive import layout
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import status as st
-from dicomstore.errors import AssociationError
-from dicomstore.services import sources
+from dicomstore.errors import DicomstoreError
 from dicomstore.services.destinations import Destination
 from dicomstore.services.forward_queue import Entry, ForwardQueue, Pending, Queued, Settled
 from dicomstore.services.forward_rules import ForwardRule, destinations_of
@@ -383,19 +382,25 @@ class Forwarding:
         ae = peer.destination.ae_title
         while not self._stop.is_set():
             peer.wake.clear()
-            entries = await asyncio.to_thread(queue.due, ae, self.clock(), self.batch)
-            if not entries:
-                when = await asyncio.to_thread(queue.next_due, ae)
-                timeout = None if when is None else max(0.0, when - self.clock())
-                try:
-                    await asyncio.wait_for(peer.wake.wait(), timeout)
-                except TimeoutError:
-                    pass
-                continue
-            report = await self._send_batch(peer, entries)
-            if report.error is None:
-                peer.failures = 0
-                continue
+            try:
+                entries = await asyncio.to_thread(queue.due, ae, self.clock(), self.batch)
+                if not entries:
+                    when = await asyncio.to_thread(queue.next_due, ae)
+                    timeout = None if when is None else max(0.0, when - self.clock())
+                    try:
+                        await asyncio.wait_for(peer.wake.wait(), timeout)
+                    except TimeoutError:
+                        pass
+                    continue
+                report = await self._send_batch(peer, entries)
+            except (OSError, sqlite3.Error) as exc:
+                log.error("forward to %s: the queue failed: %s", peer.destination, exc)
+            except Exception:  # noqa: BLE001 - a bug must not end forwarding for good
+                log.exception("forward to %s: batch failed", peer.destination)
+            else:
+                if report.error is None:
+                    peer.failures = 0
+                    continue
             peer.failures += 1
             try:  # the destination is in trouble: wait before its next batch
                 await asyncio.wait_for(self._stop.wait(), self.backoff(peer.failures))
@@ -424,7 +429,7 @@ class Forwarding:
         if todo:
             try:
                 await sender.open([item for _entry, item in todo])
-            except (AssociationError, OSError) as exc:
+            except (DicomstoreError, OSError) as exc:
                 report.error = self._retry_all(todo, exc, outcomes, report)
                 todo = []
         try:
@@ -434,7 +439,7 @@ class Forwarding:
                 attempts = entry.attempts + 1
                 try:
                     rsp = await sender.store(item)
-                except (AssociationError, ConnectionError, OSError, sources.SourceReadError) as exc:
+                except (DicomstoreError, ConnectionError, OSError) as exc:  # (SourceReadError too)
                     report.error = self._retry_all(todo[n : n + 1], exc, outcomes, report)
                     break
                 if rsp is None:
