@@ -62,6 +62,7 @@ from dicomstore.services.forward_rules import ForwardRule, destinations_of
 from dicomstore.services.move_sender import DestinationSender, contexts_for
 from dicomstore.services.retrieve import Selected
 from dicomstore.services.stability import StableLog, StableStudy
+from dicomstore.services.storage import on_loop
 from dicomstore.services.storage_scu import classify
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
 
@@ -276,14 +277,7 @@ class Forwarding:
             return
         if row["received_at"] < _iso(self.clock() - SLACK):
             return  # a duplicate the archive kept: the row of an earlier store, not new
-        try:
-            here = asyncio.get_running_loop()
-        except RuntimeError:
-            here = None
-        if self._loop is not None and here is not self._loop:  # a door on another loop
-            self._loop.call_soon_threadsafe(self._arrive, row)
-        else:
-            self._arrive(row)
+        on_loop(self._loop, self._arrive, row)
 
     def _arrive(self, row: dict[str, Any]) -> None:
         self._arrivals.append({key: row.get(key) for key in (*_COLUMNS, "study_uid")})

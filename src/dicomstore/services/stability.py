@@ -41,6 +41,7 @@ from typing import Any
 
 from dicomstore.archive import layout
 from dicomstore.archive.reader import ArchiveReader
+from dicomstore.services.storage import on_loop
 
 log = logging.getLogger("dicomstore.stable")
 
@@ -171,14 +172,7 @@ class StudyStability:
         if not row or not row.get("study_uid") or not row.get("path"):
             return
         arrival = (row["study_uid"], row.get("patient_id"), row["path"], self.clock())
-        try:
-            here = asyncio.get_running_loop()
-        except RuntimeError:
-            here = None
-        if self._loop is not None and here is not self._loop:  # a door on another loop
-            self._loop.call_soon_threadsafe(self.arrived, *arrival)
-        else:
-            self.arrived(*arrival)
+        on_loop(self._loop, self.arrived, *arrival)
 
     def arrived(self, study_uid: str, patient_id: str | None, relpath: str, when: float) -> None:
         """One instance of ``study_uid`` (stored at ``relpath``) arrived at ``when``."""

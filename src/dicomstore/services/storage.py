@@ -86,6 +86,22 @@ class StoredEvent:
 OnStored = Callable[[StoredEvent], Awaitable[None]]
 
 
+def on_loop(
+    loop: asyncio.AbstractEventLoop | None, callback: Callable[..., object], *args: Any
+) -> None:
+    """For an observer with a loop of its own: ``callback(*args)`` now when called on
+    ``loop`` (or there is none yet), else soon in ``loop``'s thread (the door that
+    stored runs on another loop, as an HTTP server in a thread of its own may)."""
+    try:
+        here = asyncio.get_running_loop()
+    except RuntimeError:
+        here = None
+    if loop is not None and here is not loop:
+        loop.call_soon_threadsafe(callback, *args)
+    else:
+        callback(*args)
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who asks to store, as a door knows it.
