@@ -41,6 +41,7 @@ from dicomstore.services.forwarding import BatchReport, Forwarding
 from dicomstore.services.metrics import ServerMetrics
 from dicomstore.services.server import ServerConfig
 from dicomstore.services.stability import StableLog
+from dicomstore.services.storage import StoreResult
 
 # -- rules --------------------------------------------------------------------------
 
@@ -121,10 +122,10 @@ def test_a_kept_duplicate_is_not_a_new_store(tmp_path: Path) -> None:
     now = time.time()
     fw = Forwarding(ArchiveReader(root), [parse_rule("A=h:1")], calling_ae="X", clock=lambda: now)
 
-    def stored(seconds_ago: float) -> SimpleNamespace:
+    def stored(seconds_ago: float) -> StoreResult:
         when = datetime.fromtimestamp(now - seconds_ago, UTC).isoformat(timespec="microseconds")
         row = {"sop_instance_uid": "1.2.3", "received_at": when}
-        return SimpleNamespace(stored=True, outcome=SimpleNamespace(instance=row))
+        return StoreResult(0x0000, outcome=SimpleNamespace(instance=row))
 
     fw.observe(None, stored(120))
     assert fw._arrivals == []

@@ -183,7 +183,7 @@ class _Part:
             self.sop_instance,
             result.status,
             result.comment,
-            getattr(result.outcome, "instance", None),
+            result.row,
         )
 
     def _study_of(self, sink: Any) -> str | None:

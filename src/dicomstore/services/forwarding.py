@@ -270,10 +270,8 @@ class Forwarding:
 
     def observe(self, storing: Any, result: Any) -> None:
         """A store-service observer: each stored instance, for the instance rules."""
-        if not result.stored:
-            return
-        row = getattr(result.outcome, "instance", None)
-        if not row or not row.get("sop_instance_uid") or not row.get("received_at"):
+        row = result.row
+        if not result.stored or not row or not row.get("received_at"):
             return
         if row["received_at"] < _iso(self.clock() - SLACK):
             return  # a duplicate the archive kept: the row of an earlier store, not new

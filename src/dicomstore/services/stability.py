@@ -166,10 +166,8 @@ class StudyStability:
 
     def observe(self, storing: Any, result: Any) -> None:
         """A store-service observer: note the arrival of each stored instance."""
-        if not result.stored:
-            return
-        row = getattr(result.outcome, "instance", None)
-        if not row or not row.get("study_uid") or not row.get("path"):
+        row = result.row
+        if not result.stored or not row or not row.get("study_uid") or not row.get("path"):
             return
         arrival = (row["study_uid"], row.get("patient_id"), row["path"], self.clock())
         on_loop(self._loop, self.arrived, *arrival)

@@ -161,6 +161,12 @@ class StoreResult:
         """Success or Warning: the instance is in the archive."""
         return not st.is_failure(self.status)
 
+    @property
+    def row(self) -> dict[str, Any] | None:
+        """The index row of the instance, when the handler's outcome names one (the
+        archive's does: for a duplicate it kept, the row of the earlier store)."""
+        return getattr(self.outcome, "instance", None)
+
 
 @dataclass
 class Storing:
@@ -398,7 +404,7 @@ class StoreService:
             observe(storing, result)
         if self.audit is None:
             return
-        row = getattr(result.outcome, "instance", None) or {}
+        row = result.row or {}
         self.audit.instance(
             {
                 "event": "instance",
