@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts, Transport
 from dicomstore.aio.invoker import Invoker
+from dicomstore.aio.performer import Performer, RequestHandler
 from dicomstore.aio.stream import Stream
 from dicomstore.dimse import CEchoRSP, CommandReceived, CStoreRSP, DatasetFragment
 from dicomstore.errors import (
@@ -77,6 +78,9 @@ class ClientAssociation:
         self.negotiated: Negotiated | None = None
         #: Requests out, responses matched (one message at a time on the wire).
         self.invoker = Invoker(transport, self.abort)
+        #: Requests the peer sends us (an N-EVENT-REPORT of Storage Commitment, PS3.4
+        #: J.3.3), answered by ``performer.handler`` (see :meth:`on_request`).
+        self.performer = Performer(transport)
         self._released: asyncio.Future | None = None
         self._reader: asyncio.Task | None = None
 
@@ -157,9 +161,17 @@ class ClientAssociation:
         elif isinstance(event, AbortIndication):
             self._end(AssociationAborted(event.message, event.source, event.reason))
 
+    def on_request(self, handler: RequestHandler | None) -> None:
+        """Answer the requests the peer sends on this association with ``handler``
+        (context ID, request, its data set -> the response); None: 0211."""
+        self.performer.handler = handler
+
     def _on_dimse(self, event: Any) -> None:
+        if self.performer.handles(event):
+            self.performer.receive(event)
+            return
         if isinstance(event, DatasetFragment):
-            return  # responses to C-ECHO/C-STORE carry no data set
+            return  # a response's data set: none of ours needs one
         assert isinstance(event, CommandReceived)
         if not self.invoker.deliver(event.message):
             log.warning("unexpected DIMSE message %r ignored", event.message)
@@ -269,6 +281,7 @@ class ClientAssociation:
         await self._stop()
 
     async def _stop(self) -> None:
+        await self.performer.close()
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
             try:

@@ -18,13 +18,21 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from dicomstore.aio.association import Transport
-from dicomstore.dimse import CEchoRQ, CEchoRSP, CStoreRQ, CStoreRSP, UnknownCommand
+from dicomstore.dimse import (
+    CEchoRQ,
+    CEchoRSP,
+    CStoreRQ,
+    CStoreRSP,
+    NActionRSP,
+    NEventReportRSP,
+    UnknownCommand,
+)
 from dicomstore.errors import AssociationAborted, AssociationError, DimseTimeout
 from dicomstore.ul.negotiation import AcceptedContext
 
 log = logging.getLogger("dicomstore.client")
 
-_RSP = TypeVar("_RSP", CEchoRSP, CStoreRSP)
+_RSP = TypeVar("_RSP", CEchoRSP, CStoreRSP, NActionRSP, NEventReportRSP)
 
 
 class Invoker:
@@ -85,16 +93,21 @@ class Invoker:
                 future.set_exception(self.ended)
         self.waiting.clear()
 
-    async def _response(self, msg_id: int, future: asyncio.Future, expected: type[_RSP]) -> _RSP:
+    async def _response(
+        self,
+        msg_id: int,
+        future: asyncio.Future,
+        expected: type[_RSP],
+        timeout: float | None = None,
+    ) -> _RSP:
+        timeout = self.t.timeouts.dimse if timeout is None else timeout
         try:
-            async with asyncio.timeout(self.t.timeouts.dimse):
+            async with asyncio.timeout(timeout):
                 rsp = await future
         except TimeoutError:
             self.waiting.pop(msg_id, None)
             await self._abort()
-            raise DimseTimeout(
-                f"no response to message {msg_id} within {self.t.timeouts.dimse}s"
-            ) from None
+            raise DimseTimeout(f"no response to message {msg_id} within {timeout}s") from None
         if not isinstance(rsp, expected):  # PS3.7 9.3: the response of the request's type
             why = f"the peer answered message {msg_id} with {type(rsp).__name__}"
             log.warning("%s, not a %s: aborting", why, expected.__name__)
@@ -104,14 +117,46 @@ class Invoker:
 
     async def echo(self, context_id: int) -> CEchoRSP:
         """C-ECHO (PS3.7 9.3.5) on ``context_id``; the C-ECHO-RSP."""
+        return await self.invoke(context_id, CEchoRQ, CEchoRSP)
+
+    async def invoke(
+        self,
+        context_id: int,
+        request: Callable[[int], Any],
+        expected: type[_RSP],
+        dataset: bytes | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> _RSP:
+        """One request whose data set (if any) is small, e.g. an N-ACTION-RQ
+        (PS3.7 10.3.4) or an N-EVENT-REPORT-RQ (10.3.1): ``request(message_id)``
+        builds it; waits for a slot of the operations window and returns the
+        response of type ``expected``, within ``timeout`` (default
+        ``Timeouts.dimse``) or the association is aborted (:class:`DimseTimeout`).
+        """
         self.check_usable()
-        msg_id = self.next_id()
-        future = asyncio.get_running_loop().create_future()
-        self.waiting[msg_id] = future
-        async with self.send_lock:
-            self.t.queue_message(context_id, CEchoRQ(msg_id).encode())
-            await self.t.drain()
-        return await self._response(msg_id, future, CEchoRSP)
+        async with self.window:
+            self.check_usable()
+            msg_id = self.next_id()
+            future = asyncio.get_running_loop().create_future()
+            self.waiting[msg_id] = future
+            try:
+                async with self.send_lock:
+                    self.check_usable()
+                    self.t.queue_message(context_id, request(msg_id).encode(), dataset)
+                    await self.t.drain()
+            except BaseException:
+                self._forget(msg_id, future)
+                raise
+            return await self._response(msg_id, future, expected, timeout)
+
+    def _forget(self, msg_id: int, future: asyncio.Future) -> None:
+        """A request that could not be sent awaits no response."""
+        self.waiting.pop(msg_id, None)
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()  # retrieved: the caller gets the send error
 
     async def store_stream(
         self,
@@ -149,10 +194,6 @@ class Invoker:
                     await self.t.send_dataset_chunks(context.id, chunks)
                     await self.t.drain()
             except BaseException:
-                self.waiting.pop(msg_id, None)
-                if not future.done():
-                    future.cancel()
-                elif not future.cancelled():
-                    future.exception()  # retrieved: the caller gets the send error
+                self._forget(msg_id, future)
                 raise
             return await self._response(msg_id, future, CStoreRSP)

@@ -33,6 +33,9 @@ EXIT_TIMEOUT = 6
 #: send: nothing stored (failure statuses, not sendable, corrupt, or mixed causes)
 EXIT_ALL_FAILED = 7
 #: Ctrl-C (SIGINT): 128 + 2, as shells report it
+#: send --commit: every instance stored, not every one committed (PS3.4 J.3.3)
+EXIT_NOT_COMMITTED = 8
+#: Ctrl-C (SIGINT): 128 + 2, as shells report it
 EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("dicomstore")
@@ -45,7 +48,7 @@ def _ae_title(value: str) -> str:
     return value.strip(" ")
 
 
-def _move_destination(value: str) -> Destination:
+def _ae_address(value: str) -> Destination:
     try:
         return parse_destination(value)
     except ValueError as exc:
@@ -101,6 +104,21 @@ def _http_url(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise argparse.ArgumentTypeError(f"not an http:// or https:// URL: {value!r}")
     return value
+
+
+def _int(low: int):
+    """A parser of whole numbers >= ``low``."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}")
+        return n
+
+    return parse
 
 
 def _count(value: str) -> int:

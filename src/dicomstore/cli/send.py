@@ -34,6 +34,7 @@ from dicomstore.cli.options import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     _ae_title,
+    _int,
     _pdu,
     _port,
     _positive,
@@ -54,19 +55,6 @@ EXIT_BY_KIND = {
 }
 
 log = logging.getLogger("dicomstore.send")
-
-
-def _int(low: int):
-    def parse(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-        if n < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}")
-        return n
-
-    return parse
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
