@@ -4,7 +4,9 @@ Paths are files, folders (recursive) or ``-`` (one path a line on stdin).
 Exit codes: 0 every instance stored (Success or Warning) or already stored;
 1 some stored, some not; 2 usage error, or no DICOM instance in the paths;
 when none was stored: 3 unreachable, 4 rejected, 5 aborted, 6 timed out
-(every failure had that one cause), else 7 (all failed, or mixed causes).
+(every failure had that one cause), else 7 (all failed, or mixed causes);
+with --commit, 8 when every instance was stored but not every one is known
+committed (PS3.4 J.3).
 Non-DICOM files are listed and skipped; they do not change the exit code.
 Corrupt files (cut short) are listed and not sent: they count as not stored.
 """
@@ -28,6 +30,7 @@ from dicomstore.cli.options import (
     EXIT_ALL_FAILED,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_NOT_COMMITTED,
     EXIT_OK,
     EXIT_REJECTED,
     EXIT_TIMEOUT,
@@ -44,6 +47,7 @@ from dicomstore.cli.options import (
     tls_failed,
 )
 from dicomstore.dimse import status as st
+from dicomstore.services.commitment_scu import failure_reason_text
 from dicomstore.services.scu_send import SendOptions, send
 from dicomstore.services.storage_scu import PRIORITIES, Result
 
@@ -96,6 +100,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="write one JSON line per instance to FILE")
     p.add_argument("--resume", type=Path, metavar="REPORT", help="skip what REPORT marks as stored")
     p.add_argument("--priority", choices=list(PRIORITIES), default="medium")
+    c = p.add_argument_group("Storage Commitment (PS3.4 J.3)")
+    c.add_argument(
+        "--commit",
+        action="store_true",
+        help="after the C-STOREs, ask the SCP on the same association to commit to "
+        "holding what it stored, and wait for its report (exit code 8 when not all are)",
+    )
+    c.add_argument(
+        "--commit-timeout",
+        type=_positive,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for each commitment report (default 60)",
+    )
+    c.add_argument(
+        "--commit-listen",
+        type=_port,
+        metavar="PORT",
+        help="release after the request and take the report on an association the SCP "
+        "opens to this port (default: wait on the same association)",
+    )
     p.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")
     p.add_argument("--dimse-timeout", type=_positive, help="seconds (default unlimited)")
     p.add_argument(
@@ -258,17 +283,25 @@ def summary(results: list[Result], seconds: float) -> list[str]:
         lines.append(f"    {r.path}: {r.reason}")
     if by.get("already-stored"):
         lines.append(f"  already stored (--resume): {len(by['already-stored'])}")
+    asked = [r for r in results if r.commitment is not None]
+    if asked:
+        committed = sum(r.commitment == "committed" for r in asked)
+        lines.append(f"committed {committed} of {len(asked)} stored instance(s)")
+        for r in [r for r in asked if r.commitment != "committed"][:20]:
+            why = f", {failure_reason_text(r.failure_reason)}" if r.commitment == "failed" else ""
+            lines.append(f"    {r.path or r.sop_instance_uid}: {r.commitment}{why}")
     return lines
 
 
 def exit_code(results: list[Result]) -> int:
-    """0 / 1 / 3-6 / 7 as in the module docstring."""
+    """0 / 1 / 3-6 / 7 / 8 as in the module docstring."""
     if not any(r.outcome != "skipped" for r in results):
         return EXIT_USAGE
     attempted = [r for r in results if r.outcome not in ("skipped", "already-stored")]
     bad = [r for r in attempted if not r.stored]
     if not bad:
-        return EXIT_OK
+        uncommitted = any(r.commitment not in (None, "committed") for r in attempted)
+        return EXIT_NOT_COMMITTED if uncommitted else EXIT_OK
     if len(bad) < len(attempted):
         return EXIT_FAILED
     kinds = {r.error_kind for r in bad}
@@ -278,6 +311,17 @@ def exit_code(results: list[Result]) -> int:
 
 
 # -- running ------------------------------------------------------------------------
+
+
+def _commitment_line(r: Result) -> dict[str, Any]:
+    """The report line saying whether an instance is committed (``send --commit``)."""
+    return {
+        "event": "commitment",
+        "path": r.path,
+        "sop_instance_uid": r.sop_instance_uid,
+        "commitment": r.commitment,
+        "failure_reason": r.failure_reason,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -318,6 +362,8 @@ def run(args: argparse.Namespace) -> int:
         retry_delay=args.retry_delay,
         priority=PRIORITIES[args.priority],
         timeouts=timeouts,
+        commit=args.commit or args.commit_listen is not None,
+        commit_timeout=args.commit_timeout,
     )
 
     try:
@@ -337,6 +383,10 @@ def run(args: argparse.Namespace) -> int:
                 on_result=on_result,
             )
         )
+        if report is not None:  # each commitment, once known (PS3.4 J.3.3)
+            for r in results:
+                if r.commitment is not None:
+                    report.write(json.dumps(_commitment_line(r)) + "\n")
     except KeyboardInterrupt:  # Ctrl-C: what was answered is in the report, flushed
         progress.close()
         where = f"; each answer so far is in {args.report}" if report is not None else ""
