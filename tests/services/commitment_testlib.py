@@ -122,3 +122,30 @@ def report_listener(ae_title: str = "MODALITY") -> Iterator[tuple[int, Reports]]
         yield server.server_address[1], reports
     finally:
         server.shutdown()
+
+
+class CommitmentAudit:
+    """An audit sink keeping the commitment records (request and report)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def association(self, record: dict[str, Any]) -> None:
+        pass
+
+    def instance(self, record: dict[str, Any]) -> None:
+        pass
+
+    def commitment(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+
+def settled(server: Any, timeout: float = 20) -> bool:
+    """Poll (with a deadline) until ``server`` (a ServerThread) has no request
+    accepted and not reported; True if so."""
+    commitments = server.server.commitments
+    assert commitments is not None
+    deadline = time.monotonic() + timeout
+    while commitments.pending and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not commitments.pending

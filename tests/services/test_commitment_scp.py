@@ -22,10 +22,12 @@ from tests.services.commitment_testlib import (
     MISSING,
     SC,
     SC_INSTANCE,
+    CommitmentAudit,
     Reports,
     action_information,
     fill,
     report_listener,
+    settled,
 )
 
 from dicomstore.archive import Archive
@@ -43,22 +45,6 @@ from dicomstore.services.destinations import Destination
 from dicomstore.services.server import ServerConfig
 
 
-class Audit:
-    """The commitment records of the audit trail."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def association(self, record: dict[str, Any]) -> None:
-        pass
-
-    def instance(self, record: dict[str, Any]) -> None:
-        pass
-
-    def commitment(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     root = tmp_path / "archive"
@@ -66,16 +52,16 @@ def root(tmp_path: Path) -> Path:
     return root
 
 
-def serving(root: Path, audit: Audit | None = None, **config: Any) -> ServerThread:
+def serving(root: Path, audit: CommitmentAudit | None = None, **config: Any) -> ServerThread:
     archive = Archive(root, fsync=False)
-    thread = ServerThread(ServerConfig(port=0, **config), archive, audit=audit or Audit())
+    thread = ServerThread(ServerConfig(port=0, **config), archive, audit=audit or CommitmentAudit())
     thread.archive = archive  # type: ignore[attr-defined]
     return thread
 
 
 @pytest.fixture
-def server(root: Path) -> Iterator[tuple[ServerThread, Audit]]:
-    audit = Audit()
+def server(root: Path) -> Iterator[tuple[ServerThread, CommitmentAudit]]:
+    audit = CommitmentAudit()
     srv = serving(root, audit)
     with srv:
         yield srv, audit
@@ -111,13 +97,8 @@ def n_action(
 
 
 def journal_empty(root: Path, srv: ServerThread) -> bool:
-    """Poll (with a deadline) until the server has no pending request."""
-    deadline = time.monotonic() + 20
-    commitments = srv.server.commitments
-    assert commitments is not None
-    while commitments.pending and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return not list(CommitmentJournal(root).pending())
+    """Every accepted request reported, and none left in the journal."""
+    return settled(srv) and not list(CommitmentJournal(root).pending())
 
 
 def test_report_on_the_same_association(root: Path, server) -> None:
@@ -170,7 +151,7 @@ def test_report_on_a_new_association_once_the_requester_released(
     monkeypatch.setattr(commitment_scp, "verify", verify_after_release)
     with report_listener("MODALITY") as (port, reports):
         scu = Destination("MODALITY", "127.0.0.1", port)
-        audit = Audit()
+        audit = CommitmentAudit()
         srv = serving(root, audit, commitment_scus=(scu,))
         with srv:
             ds = action_information("1.2.8.103", *HELD, ALTERED, MISSING)
@@ -326,7 +307,7 @@ def test_policy_without_the_commit_right_is_refused(root: Path) -> None:
         peers=[Peer("MODALITY", may=ACTIONS - {"commit"}), Peer("TRUSTED")],
     )
     archive = Archive(root, fsync=False)
-    audit = Audit()
+    audit = CommitmentAudit()
     with ServerThread(ServerConfig(port=0), archive, gatekeeper=policy, audit=audit) as srv:
         assert n_action(srv.port, action_information("1.2.8.130", *HELD)) == 0x0124
         reports = Reports()

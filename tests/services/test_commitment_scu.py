@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,16 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from tests.conftest import ServerThread
-from tests.services.commitment_testlib import HELD, MISSING, SC, SC_INSTANCE, fill
+from tests.conftest import ServerThread, free_port
+from tests.services.commitment_testlib import (
+    HELD,
+    MISSING,
+    SC,
+    SC_INSTANCE,
+    CommitmentAudit,
+    fill,
+    settled,
+)
 from tests.services.test_scu_support import sendable, uid_of
 
 from dicomstore.archive import Archive
@@ -23,6 +32,7 @@ from dicomstore.archive.commitment import NO_SUCH_OBJECT_INSTANCE, Reference
 from dicomstore.cli import send as cli_send
 from dicomstore.services import commitment_scp
 from dicomstore.services.commitment_scu import commit
+from dicomstore.services.destinations import Destination
 from dicomstore.services.server import ServerConfig
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -52,7 +62,7 @@ def test_send_commit_all_committed(tmp_path: Path, archive_server, capsys) -> No
     commitments = [row for row in lines if row.get("event") == "commitment"]
     assert {row["sop_instance_uid"] for row in commitments} == {uid_of(p) for p in files}
     assert {row["commitment"] for row in commitments} == {"committed"}
-    assert srv.server.commitments is not None and not srv.server.commitments.pending
+    assert settled(srv)
 
 
 def test_send_commit_an_instance_altered_after_it_was_stored_exits_8(
@@ -166,3 +176,36 @@ def test_commit_api_on_an_association_of_its_own(tmp_path: Path) -> None:
     assert result.outcome(HELD[0]) == ("committed", None)
     assert result.outcome(MISSING) == ("failed", NO_SUCH_OBJECT_INSTANCE)
     assert not result.all_committed
+
+
+def test_send_commit_listen_takes_the_report_on_a_new_association(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--commit-listen: the SCU releases after the N-ACTION-RSP; our SCP, once the
+    requesting association is gone, opens one to the configured address (role
+    selection) and the listener there takes the report."""
+    files = sendable(compressed=False)[:2]
+    listen = free_port()
+    archive = Archive(tmp_path / "archive", fsync=False)
+    config = ServerConfig(port=0, commitment_scus=(Destination("COMMITTER", "127.0.0.1", listen),))
+    real_verify = commitment_scp.verify
+    audit = CommitmentAudit()
+    with ServerThread(config, archive, audit=audit) as srv:
+
+        def verify_once_released(reader, refs):
+            deadline = time.monotonic() + 20
+            while srv.server.associations and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not srv.server.associations
+            return real_verify(reader, refs)
+
+        monkeypatch.setattr(commitment_scp, "verify", verify_once_released)
+        args = ["127.0.0.1", str(srv.port), *map(str, files), "--aet", "COMMITTER"]
+        code = _main(*args, "--commit-listen", str(listen), "--commit-timeout", "20")
+    archive.close()
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "committed 2 of 2 stored instance(s)" in out
+    report = audit.records[-1]
+    assert (report["phase"], report["reported"]) == ("report", "on a new association")
+    assert report["status"] == "0000"  # our listener acknowledged it

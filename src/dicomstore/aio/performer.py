@@ -111,6 +111,11 @@ class Performer:
         except (ConnectionError, OSError):
             pass
 
+    async def settle(self) -> None:
+        """Wait until every answer being prepared has gone out (before a release)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
     async def close(self) -> None:
         """The association ended: answers still being prepared go nowhere."""
         for task in list(self._tasks):

@@ -370,23 +370,45 @@ def run(args: argparse.Namespace) -> int:
         options.ssl = tls_client_context(args)
     except (OSError, ValueError) as exc:
         return tls_failed(exc)
+
+    async def sending() -> list[Result]:
+        go = send(
+            args.host,
+            args.port,
+            args.paths,
+            options=options,
+            skip_uids=skip,
+            on_plan=progress.plan,
+            on_result=on_result,
+        )
+        if args.commit_listen is None:
+            return await go
+        from dicomstore.services.commitment_listener import ReportListener
+
+        listener = ReportListener(args.commit_listen, ae_title=args.aet, timeouts=timeouts)
+        try:
+            await listener.start()
+        except OSError:
+            go.close()
+            raise
+        options.commit_listener = listener
+        try:
+            return await go
+        finally:
+            await listener.close()
+
     start = time.monotonic()
     try:
-        results = asyncio.run(
-            send(
-                args.host,
-                args.port,
-                args.paths,
-                options=options,
-                skip_uids=skip,
-                on_plan=progress.plan,
-                on_result=on_result,
-            )
-        )
+        results = asyncio.run(sending())
         if report is not None:  # each commitment, once known (PS3.4 J.3.3)
             for r in results:
                 if r.commitment is not None:
                     report.write(json.dumps(_commitment_line(r)) + "\n")
+    except OSError as exc:  # --commit-listen PORT cannot be bound
+        if args.commit_listen is None:
+            raise
+        print(f"dicomstore: cannot listen on port {args.commit_listen}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C: what was answered is in the report, flushed
         progress.close()
         where = f"; each answer so far is in {args.report}" if report is not None else ""

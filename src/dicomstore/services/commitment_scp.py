@@ -24,8 +24,9 @@ title (``--commitment-scu AET=HOST:PORT``, the policy file's
 ``[commitment_scus]``), on which we propose the SOP class with role selection
 SCU 0 / SCP 1 (we are the SCP invoking N-EVENT-REPORT as association
 requestor, PS3.4 J.3.3, PS3.7 D.3.3.4). Only the N-EVENT-REPORT-RSP removes
-the request from the journal; until then it is retried with backoff, and at
-the next start.
+the request from the journal (0211 or 0213 on the requesting association: a
+new association is tried; on a new association: again later); until then it is
+retried with backoff, and at the next start.
 
 N-ACTION refusals, each with an Error Comment: 0122 not a Storage Commitment
 context (or no archive), 0118 another Requested SOP Class, 0112 another
@@ -84,6 +85,9 @@ ALL_COMMITTED, FAILURES_EXIST = 1, 2
 #: The SOP classes this SCP serves (ServerConfig.policy offers them).
 COMMITMENT_SOP_CLASSES: tuple[str, ...] = (SOP_CLASS,)
 
+#: N-EVENT-REPORT-RSP statuses after which the report is sent again (elsewhere,
+#: or later): the requester did not take it (0211) or could not now (0213).
+NOT_TAKEN = frozenset({st.UNRECOGNIZED_OPERATION, st.RESOURCE_LIMITATION})
 #: Most references in one request (each is a file to read and hash).
 MAX_REFERENCES = 65535
 #: Most requests accepted and not yet reported.
@@ -338,11 +342,20 @@ class CommitmentService:
                     request.transaction_uid,
                     exc,
                 )
-                if request.calling_ae not in self.scus:
-                    raise _NoAddress(f"no address configured for {request.calling_ae!r}") from None
+            if rsp is not None and rsp.status in NOT_TAKEN:
+                log.info(
+                    "storage commitment %s: the requester answered %04X on its association",
+                    request.transaction_uid,
+                    rsp.status,
+                )
+                rsp = None
+            if rsp is None and request.calling_ae not in self.scus:
+                raise _NoAddress(f"no address configured for {request.calling_ae!r}")
         if rsp is None:
             how = "on a new association"
             rsp = await self._send_new(self.scus[request.calling_ae], event_type, info)
+            if rsp.status in NOT_TAKEN:
+                raise AssociationError(f"N-EVENT-REPORT-RSP {rsp.status:04X}: try again later")
         if rsp.status != st.SUCCESS:
             log.warning(
                 "storage commitment %s: N-EVENT-REPORT-RSP %04X %s",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,8 +113,7 @@ def read_report(data: bytes, transfer_syntax: str) -> tuple[str, set[str], dict[
 class Waiting:
     """Transactions awaiting their report, and the answer to each N-EVENT-REPORT-RQ."""
 
-    def __init__(self, reported_on: str) -> None:
-        self.reported_on = reported_on
+    def __init__(self) -> None:
         self.futures: dict[str, asyncio.Future[Commitment]] = {}
         self.requests: dict[str, Commitment] = {}
 
@@ -128,7 +127,9 @@ class Waiting:
         self.futures.pop(transaction_uid, None)
         self.requests.pop(transaction_uid, None)
 
-    async def answer(self, transfer_syntax: str, message: Any, data: bytes) -> Any:
+    async def answer(
+        self, transfer_syntax: str, message: Any, data: bytes, reported_on: str
+    ) -> Any:
         """The N-EVENT-REPORT-RSP to a report (None: not ours to answer, 0211)."""
         if not isinstance(message, NEventReportRQ) or message.affected_sop_class_uid != SOP_CLASS:
             return None
@@ -143,7 +144,7 @@ class Waiting:
             return message.response(st.INVALID_ARGUMENT_VALUE, "unknown Transaction UID")
         commitment.event_type = message.event_type_id
         commitment.committed, commitment.failed = committed, failed
-        commitment.reported_on = self.reported_on
+        commitment.reported_on = reported_on
         if not future.done():
             future.set_result(commitment)
         return message.response(st.SUCCESS)
@@ -164,7 +165,8 @@ async def request_commitment(
     if ctx is None:
         commitment.reason = "the SCP did not accept the Storage Commitment SOP Class"
         return commitment
-    waiting: Waiting = listener.waiting if listener is not None else _same_association(assoc)
+    # a report may come on this association even when a listener waits for it
+    waiting = _on_association(assoc, listener.waiting if listener is not None else None)
     future = waiting.expect(commitment)
     data = encode_dataset(
         action_information(commitment.transaction_uid, commitment.references), ctx.transfer_syntax
@@ -198,26 +200,28 @@ async def request_commitment(
     return commitment
 
 
-class _SameAssociation(Waiting):
-    """The reports arriving on the association of the request (its performer's handler)."""
+class _OnAssociation:
+    """Answers the reports arriving on the association of a request (the handler of
+    its performer) from a :class:`Waiting` table."""
 
-    def __init__(self, negotiated: Negotiated) -> None:
-        super().__init__("same association")
+    def __init__(self, waiting: Waiting, negotiated: Negotiated) -> None:
+        self.waiting = waiting
         self.negotiated = negotiated
 
     async def __call__(self, context_id: int, message: Any, data: bytes) -> Any:
         ts = self.negotiated.contexts[context_id].transfer_syntax
-        return await self.answer(ts, message, data)
+        return await self.waiting.answer(ts, message, data, "same association")
 
 
-def _same_association(assoc: ClientAssociation) -> Waiting:
+def _on_association(assoc: ClientAssociation, waiting: Waiting | None) -> Waiting:
+    """The table answering reports on ``assoc``: ``waiting`` (a listener's), else its own."""
     handler = assoc.performer.handler
-    if isinstance(handler, _SameAssociation):
-        return handler
+    if isinstance(handler, _OnAssociation) and waiting in (None, handler.waiting):
+        return handler.waiting
     assert assoc.negotiated is not None
-    waiting = _SameAssociation(assoc.negotiated)
-    assoc.on_request(waiting)
-    return waiting
+    table = waiting if waiting is not None else Waiting()
+    assoc.on_request(_OnAssociation(table, assoc.negotiated))
+    return table
 
 
 async def commit(
@@ -252,25 +256,6 @@ async def commit(
     return commitment
 
 
-def describe(commitment: Commitment, label: Callable[[str], str] = str) -> list[str]:
-    """Lines for a person: how many committed, each failure with its reason."""
-    total = len(commitment.references)
-    if commitment.reason is not None and commitment.event_type is None:
-        return [f"commitment: none of {total} instance(s) known committed: {commitment.reason}"]
-    lines = [
-        f"committed {len(commitment.committed)} of {total} instance(s) "
-        f"(transaction {commitment.transaction_uid}, report on the {commitment.reported_on})"
-    ]
-    for ref in commitment.references[:20]:
-        outcome, reason = commitment.outcome(ref.sop_instance_uid)
-        if outcome == "failed":
-            why = failure_reason_text(reason)
-            lines.append(f"    {label(ref.sop_instance_uid)}: not committed, {why}")
-        elif outcome == "unknown":
-            lines.append(f"    {label(ref.sop_instance_uid)}: not in the report")
-    return lines
-
-
 _REASONS = {
     0x0110: "processing failure",
     0x0112: "no such object instance",
@@ -292,7 +277,6 @@ __all__ = [
     "CONTEXT",
     "Commitment",
     "commit",
-    "describe",
     "failure_reason_text",
     "request_commitment",
 ]
