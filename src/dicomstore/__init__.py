@@ -30,6 +30,10 @@ _EXPORTS: dict[str, str] = {
     "send": "dicomstore.services.scu_send",
     "SendOptions": "dicomstore.services.scu_send",
     "Result": "dicomstore.services.storage_scu",
+    # Storage Commitment (PS3.4 J.3)
+    "commit": "dicomstore.services.commitment_scu",
+    "Commitment": "dicomstore.services.commitment_scu",
+    "Reference": "dicomstore.archive.commitment",
     # server (PS3.4 A, B.2)
     "serve": "dicomstore.services.serving",
     "Server": "dicomstore.services.server",
@@ -70,6 +74,7 @@ __all__ = [
     "CEchoRSP",
     "CStoreRSP",
     "ClientAssociation",
+    "Commitment",
     "CorruptFile",
     "DicomstoreError",
     "DimseTimeout",
@@ -78,6 +83,7 @@ __all__ = [
     "NotSendable",
     "NotStoredError",
     "QueryError",
+    "Reference",
     "RemoteProtocolError",
     "Result",
     "SendOptions",
@@ -92,6 +98,7 @@ __all__ = [
     "Timeouts",
     "__version__",
     "associate",
+    "commit",
     "connect",
     "open_archive",
     "send",
@@ -101,6 +108,7 @@ __all__ = [
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports
     from dicomstore.aio.association import Timeouts
     from dicomstore.aio.client import ClientAssociation, associate, connect
+    from dicomstore.archive.commitment import Reference
     from dicomstore.archive.outcome import StoreOutcome
     from dicomstore.archive.query import QueryError
     from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
@@ -117,6 +125,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     )
     from dicomstore.handler import StoreHandler, StoreSink
     from dicomstore.query import StoredEvents, Subscription, open_archive
+    from dicomstore.services.commitment_scu import Commitment, commit
     from dicomstore.services.scu_send import SendOptions, send
     from dicomstore.services.server import Server, ServerConfig
     from dicomstore.services.serving import serve
