@@ -19,6 +19,8 @@ from tests.archive.archive_testlib import CT, dataset, store
 
 from dicomstore import uids
 from dicomstore.archive import Archive
+from dicomstore.archive.commitment import Reference
+from dicomstore.services import commitment_scu
 
 SC = uids.STORAGE_COMMITMENT_PUSH
 SC_INSTANCE = uids.STORAGE_COMMITMENT_PUSH_INSTANCE
@@ -50,16 +52,9 @@ def fill(root: Path) -> dict[str, Path]:
 
 def action_information(transaction: str, *sop_uids: str, sop_class: str = CT) -> Dataset:
     """A Storage Commitment Request (PS3.4 Table J.3-1)."""
-    ds = Dataset()
-    ds.TransactionUID = transaction
-    items = []
-    for uid in sop_uids:
-        item = Dataset()
-        item.ReferencedSOPClassUID = sop_class
-        item.ReferencedSOPInstanceUID = uid
-        items.append(item)
-    ds.ReferencedSOPSequence = items
-    return ds
+    return commitment_scu.action_information(
+        transaction, [Reference(sop_class, uid) for uid in sop_uids]
+    )
 
 
 @dataclass
@@ -122,22 +117,6 @@ def report_listener(ae_title: str = "MODALITY") -> Iterator[tuple[int, Reports]]
         yield server.server_address[1], reports
     finally:
         server.shutdown()
-
-
-class CommitmentAudit:
-    """An audit sink keeping the commitment records (request and report)."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def association(self, record: dict[str, Any]) -> None:
-        pass
-
-    def instance(self, record: dict[str, Any]) -> None:
-        pass
-
-    def commitment(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
 
 
 def settled(server: Any, timeout: float = 20) -> bool:

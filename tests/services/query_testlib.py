@@ -69,7 +69,8 @@ def fill(root: Path) -> None:
 
 
 class Audit:
-    """An audit sink keeping the Q/R records: C-FIND (query), C-MOVE and C-GET (retrieve)."""
+    """An audit sink keeping the Q/R records, C-FIND (query), C-MOVE and C-GET
+    (retrieve), and the Storage Commitment ones (commitment)."""
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
@@ -84,6 +85,9 @@ class Audit:
         self.records.append(record)
 
     def retrieve(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def commitment(self, record: dict[str, Any]) -> None:
         self.records.append(record)
 
 

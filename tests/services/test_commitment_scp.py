@@ -22,13 +22,13 @@ from tests.services.commitment_testlib import (
     MISSING,
     SC,
     SC_INSTANCE,
-    CommitmentAudit,
     Reports,
     action_information,
     fill,
     report_listener,
     settled,
 )
+from tests.services.query_testlib import Audit
 
 from dicomstore.archive import Archive
 from dicomstore.archive.commitment import (
@@ -52,16 +52,16 @@ def root(tmp_path: Path) -> Path:
     return root
 
 
-def serving(root: Path, audit: CommitmentAudit | None = None, **config: Any) -> ServerThread:
+def serving(root: Path, audit: Audit | None = None, **config: Any) -> ServerThread:
     archive = Archive(root, fsync=False)
-    thread = ServerThread(ServerConfig(port=0, **config), archive, audit=audit or CommitmentAudit())
+    thread = ServerThread(ServerConfig(port=0, **config), archive, audit=audit or Audit())
     thread.archive = archive  # type: ignore[attr-defined]
     return thread
 
 
 @pytest.fixture
-def server(root: Path) -> Iterator[tuple[ServerThread, CommitmentAudit]]:
-    audit = CommitmentAudit()
+def server(root: Path) -> Iterator[tuple[ServerThread, Audit]]:
+    audit = Audit()
     srv = serving(root, audit)
     with srv:
         yield srv, audit
@@ -151,7 +151,7 @@ def test_report_on_a_new_association_once_the_requester_released(
     monkeypatch.setattr(commitment_scp, "verify", verify_after_release)
     with report_listener("MODALITY") as (port, reports):
         scu = Destination("MODALITY", "127.0.0.1", port)
-        audit = CommitmentAudit()
+        audit = Audit()
         srv = serving(root, audit, commitment_scus=(scu,))
         with srv:
             ds = action_information("1.2.8.103", *HELD, ALTERED, MISSING)
@@ -307,7 +307,7 @@ def test_policy_without_the_commit_right_is_refused(root: Path) -> None:
         peers=[Peer("MODALITY", may=ACTIONS - {"commit"}), Peer("TRUSTED")],
     )
     archive = Archive(root, fsync=False)
-    audit = CommitmentAudit()
+    audit = Audit()
     with ServerThread(ServerConfig(port=0), archive, gatekeeper=policy, audit=audit) as srv:
         assert n_action(srv.port, action_information("1.2.8.130", *HELD)) == 0x0124
         reports = Reports()

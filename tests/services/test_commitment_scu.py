@@ -21,10 +21,10 @@ from tests.services.commitment_testlib import (
     MISSING,
     SC,
     SC_INSTANCE,
-    CommitmentAudit,
     fill,
     settled,
 )
+from tests.services.query_testlib import Audit
 from tests.services.test_scu_support import sendable, uid_of
 
 from dicomstore.archive import Archive
@@ -189,7 +189,7 @@ def test_send_commit_listen_takes_the_report_on_a_new_association(
     archive = Archive(tmp_path / "archive", fsync=False)
     config = ServerConfig(port=0, commitment_scus=(Destination("COMMITTER", "127.0.0.1", listen),))
     real_verify = commitment_scp.verify
-    audit = CommitmentAudit()
+    audit = Audit()
     with ServerThread(config, archive, audit=audit) as srv:
 
         def verify_once_released(reader, refs):
