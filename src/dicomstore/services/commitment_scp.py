@@ -29,7 +29,7 @@ new association is tried; on a new association: again later); until then it is
 retried with backoff, and at the next start.
 
 N-ACTION refusals, each with an Error Comment: 0122 not a Storage Commitment
-context (or no archive), 0118 another Requested SOP Class, 0112 another
+context, another Requested SOP Class, or no archive; 0112 another
 Requested SOP Instance, 0123 an Action Type ID other than 1, 0124 the policy
 does not grant ``commit``, 0115 Action Information missing, unreadable or a
 Transaction UID still pending, 0120 a required attribute missing, 0121 one
