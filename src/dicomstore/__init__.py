@@ -30,6 +30,11 @@ _EXPORTS: dict[str, str] = {
     "send": "dicomstore.services.scu_send",
     "SendOptions": "dicomstore.services.scu_send",
     "Result": "dicomstore.services.storage_scu",
+    # querying (PS3.4 C.4.1)
+    "find": "dicomstore.services.query_scu",
+    "find_contexts": "dicomstore.services.query_scu",
+    "Find": "dicomstore.services.query_scu",
+    "FindFailed": "dicomstore.services.query_scu",
     # server (PS3.4 A, B.2)
     "serve": "dicomstore.services.serving",
     "Server": "dicomstore.services.server",
@@ -73,6 +78,8 @@ __all__ = [
     "CorruptFile",
     "DicomstoreError",
     "DimseTimeout",
+    "Find",
+    "FindFailed",
     "LocalProtocolError",
     "NotDicom",
     "NotSendable",
@@ -93,6 +100,8 @@ __all__ = [
     "__version__",
     "associate",
     "connect",
+    "find",
+    "find_contexts",
     "open_archive",
     "send",
     "serve",
@@ -117,6 +126,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     )
     from dicomstore.handler import StoreHandler, StoreSink
     from dicomstore.query import StoredEvents, Subscription, open_archive
+    from dicomstore.services.query_scu import Find, FindFailed, find, find_contexts
     from dicomstore.services.scu_send import SendOptions, send
     from dicomstore.services.server import Server, ServerConfig
     from dicomstore.services.serving import serve

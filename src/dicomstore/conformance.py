@@ -144,6 +144,19 @@ def _query_section() -> list[str]:
         "",
         *_table(("Status", "When"), [(f"{code:04X}", when) for code, when in FIND_STATUSES]),
         "",
+        "#### 2.2.5 Query/Retrieve FIND SCU (`dicomstore find`)",
+        "",
+        "Proposes the model asked for (`-P` Patient Root, `-S` Study Root, the default) "
+        "with Explicit and Implicit VR Little Endian, and sends one C-FIND-RQ whose "
+        "Identifier holds Query/Retrieve Level (`-L`, default STUDY), the level's unique "
+        "key as a return key, and the keys given (`-k KEY[=VALUE]`, by keyword or tag), "
+        "values as written (wildcards, ranges and lists are the SCP's to match), with "
+        "Specific Character Set ISO_IR 192 (UTF-8) unless a `SpecificCharacterSet` key "
+        "is given. Each pending response (FF00, FF01) is a match, printed as it comes; "
+        "0000 ends it; a failure status (A700, A900, Cxxx, 0122, 0124 ...) is reported "
+        "with its Error Comment (exit code 1). Ctrl-C sends a C-CANCEL-RQ and waits for "
+        "the final response (FE00). Relational queries are sent as given.",
+        "",
     ]
 
 
@@ -175,8 +188,8 @@ def statement() -> str:
                     "Yes (`dicomstore serve`)",
                 ),
                 (
-                    "Query/Retrieve - FIND: Patient Root, Study Root (2.2.4)",
-                    "No",
+                    "Query/Retrieve - FIND: Patient Root, Study Root (2.2.4, 2.2.5)",
+                    "Yes (`dicomstore find`)",
                     "Yes (`dicomstore serve`)",
                 ),
                 ("Query/Retrieve - MOVE, GET", "No", "No"),
@@ -194,8 +207,9 @@ def statement() -> str:
         "`DICOMSTORE`), is a Verification, Storage and Q/R FIND SCP: every instance it "
         "receives is written as a PS3.10 file into its archive (`--storage`) and indexed before "
         "it is acknowledged. `dicomstore send` (Storage SCU) sends files, folders or "
-        "data sets to any Storage SCP; `dicomstore echo` is a Verification SCU. "
-        "Workstations find what was stored with C-FIND (2.2.4).",
+        "data sets to any Storage SCP; `dicomstore echo` is a Verification SCU; "
+        "`dicomstore find` a Q/R FIND SCU (2.2.5). Workstations find what was stored "
+        "with C-FIND (2.2.4).",
         "",
         "### 2.2 AE specifications",
         "",

@@ -1,10 +1,21 @@
-"""An archive to query (issue 15): three patients, four studies, five series, nine instances."""
+"""An archive to query (issue 15): three patients, four studies, five series, nine instances;
+`dicomstore serve` on it; a pynetdicom FIND SCP that waits for a C-CANCEL-RQ."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
 from tests.archive.archive_testlib import CT, MR, dataset, store
+from tests.conftest import free_port, serve_command, wait_listening
 
 from dicomstore.archive import Archive
 
@@ -51,3 +62,60 @@ def fill(root: Path) -> None:
                 assert outcome.status == 0, outcome
     finally:
         archive.close()
+
+
+@contextmanager
+def serving(root: Path, *extra: str) -> Iterator[int]:
+    """`dicomstore serve` on the archive at ``root``, LAYOUT stored into it first
+    unless it exists; its port."""
+    if not root.exists():
+        fill(root)
+    port = free_port()
+    proc = subprocess.Popen(
+        serve_command(port, root, "--fsync", "off", *extra),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(port, proc)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+class WaitingSCP:
+    """A pynetdicom Study Root FIND SCP that sends one match, then waits (at most 10 s)
+    for a C-CANCEL-RQ: FE00 if one came, else a second match and 0000."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.ae = AE(ae_title="WAITING")
+        self.ae.add_supported_context(STUDY_ROOT)
+        self.ae.add_supported_context(PATIENT_ROOT)
+
+    def handle(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        for n in (1, 2):
+            ds = Dataset()
+            ds.QueryRetrieveLevel = "STUDY"
+            ds.StudyInstanceUID = f"1.2.3.{n}"
+            yield 0xFF00, ds
+            deadline = time.monotonic() + 10
+            cancelled = False  # (is_cancelled is True once: it forgets the C-CANCEL-RQ)
+            while not cancelled and time.monotonic() < deadline:
+                cancelled = event.is_cancelled
+                time.sleep(0.005)
+            if cancelled:
+                self.cancelled.set()
+                yield 0xFE00, None
+                return
+
+    def __enter__(self) -> int:
+        server = self.ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, self.handle)]
+        )
+        self.server = server
+        return server.server_address[1]
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()

@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from tests.conftest import PEER_ENV, dcmtk, free_port, serve_command, wait_listening
-from tests.services.query_testlib import fill
+from tests.conftest import PEER_ENV, dcmtk
+from tests.services.query_testlib import serving
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[int]:
     """`dicomstore serve` on an archive holding query_testlib.LAYOUT; its port."""
-    root = tmp_path_factory.mktemp("query") / "archive"
-    fill(root)
-    port = free_port()
-    proc = subprocess.Popen(
-        serve_command(port, root, "--fsync", "off"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_listening(port, proc)
+    with serving(tmp_path_factory.mktemp("query") / "archive") as port:
         yield port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
 
 
 def findscu(

@@ -5,7 +5,10 @@
 
 A reader task feeds the upper layer and matches responses to requests by
 Message ID Being Responded To, so several requests can be outstanding when
-the peer grants an asynchronous operations window (PS3.7 D.3.3.3).
+the peer grants an asynchronous operations window (PS3.7 D.3.3.3). A request
+answered by several responses (C-FIND, C-MOVE, C-GET: pending ones, then a
+final one, PS3.7 9.1.2.1.6) gets a :class:`Responses` stream with its data
+sets; its C-CANCEL-RQ is :meth:`ClientAssociation.cancel`.
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ import itertools
 import logging
 import os
 import ssl as ssl_module
+from collections import deque
 from collections.abc import Generator, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar, Unpack
 
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts, Transport
 from dicomstore.aio.stream import Stream
 from dicomstore.dimse import (
+    CCancelRQ,
     CEchoRQ,
     CEchoRSP,
     CommandReceived,
@@ -31,6 +36,7 @@ from dicomstore.dimse import (
     DatasetFragment,
     UnknownCommand,
 )
+from dicomstore.dimse import status as st
 from dicomstore.errors import (
     AssociationAborted,
     AssociationError,
@@ -67,6 +73,21 @@ _RSP = TypeVar("_RSP", CEchoRSP, CStoreRSP)
 ContextSpec = tuple[str, Sequence[str]]  # (abstract syntax, transfer syntaxes)
 
 
+class Request(Protocol):
+    """A DIMSE request message (C-FIND-RQ, C-MOVE-RQ, C-GET-RQ ...)."""
+
+    @property
+    def message_id(self) -> int: ...
+
+    def encode(self) -> bytes: ...
+
+
+#: Largest data set of one response we hold (an Identifier is a few hundred bytes).
+MAX_RESPONSE_DATASET = 16 << 20
+#: Responses waiting for their reader before we stop reading the socket.
+RESPONSES_BUFFERED = 256
+
+
 def build_contexts(specs: Iterable[ContextSpec]) -> list[I.PresentationContextRQ]:
     """Presentation contexts with odd IDs 1, 3, 5 ... (at most 128, PS3.8 9.3.2.2)."""
     contexts = [
@@ -76,6 +97,83 @@ def build_contexts(specs: Iterable[ContextSpec]) -> list[I.PresentationContextRQ
     if len(contexts) > 128:
         raise ValueError(f"{len(contexts)} presentation contexts; at most 128 fit one association")
     return contexts
+
+
+class Responses:
+    """The responses to one request answered in several (PS3.7 9.1.2.1.6), in order.
+
+    ``async for rsp, data in responses``: each response message and its data set
+    (the bytes, in the context's transfer syntax) or ``None``; the iteration ends
+    after the first response whose status is not Pending (FF00, FF01). Each
+    response must come within the DIMSE timeout. While more than
+    :data:`RESPONSES_BUFFERED` wait to be read, the association stops reading
+    the socket (TCP backpressure). :meth:`close` stops listening: later
+    responses to the request are dropped.
+    """
+
+    def __init__(self, assoc: ClientAssociation, message_id: int, context_id: int) -> None:
+        self.assoc = assoc
+        self.message_id = message_id
+        self.context_id = context_id
+        self._items: deque[tuple[Any, bytes | None]] = deque()
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._error: BaseException | None = None
+        self._final_seen = False
+
+    @property
+    def full(self) -> bool:
+        """Too many responses wait to be read."""
+        return len(self._items) >= RESPONSES_BUFFERED
+
+    def _put(self, rsp: Any, data: bytes | None) -> None:
+        self._items.append((rsp, data))
+        self._arrived.set()
+        if self.full:
+            self._room.clear()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._error = exc
+        self._arrived.set()
+
+    def __aiter__(self) -> Responses:
+        return self
+
+    async def __anext__(self) -> tuple[Any, bytes | None]:
+        if self._final_seen:
+            raise StopAsyncIteration
+        while not self._items:
+            if self._error is not None:
+                raise self._error
+            self._arrived.clear()
+            timeout = self.assoc.t.timeouts.dimse
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._arrived.wait()
+            except TimeoutError:
+                self.close()
+                await self.assoc.abort()
+                raise DimseTimeout(
+                    f"no response to message {self.message_id} within {timeout}s"
+                ) from None
+        rsp, data = self._items.popleft()
+        if len(self._items) < RESPONSES_BUFFERED // 2:
+            self._room.set()
+        if not _pending(rsp):
+            self._final_seen = True
+            self.close()
+        return rsp, data
+
+    def close(self) -> None:
+        """Stop listening (what is buffered stays readable)."""
+        if self.assoc._streams.get(self.message_id) is self:
+            del self.assoc._streams[self.message_id]
+        self._room.set()
+
+
+def _pending(rsp: Any) -> bool:
+    return getattr(rsp, "status", None) in (st.PENDING, st.PENDING_WARNING)
 
 
 class ClientAssociation:
@@ -94,6 +192,10 @@ class ClientAssociation:
         #: One message at a time on the wire: PS3.8 E.1 forbids interleaving
         #: the fragments of different messages (concurrent C-STOREs share it).
         self._send_lock = asyncio.Lock()
+        #: requests answered by several responses, by Message ID
+        self._streams: dict[int, Responses] = {}
+        #: the response whose data set is arriving, and its bytes so far
+        self._collecting: tuple[Responses, Any, bytearray] | None = None
 
     # -- establishment ----------------------------------------------------
 
@@ -136,6 +238,8 @@ class ClientAssociation:
                 for event in events:
                     self._on_event(event)
                 await t.flush()
+                for stream in list(self._streams.values()):
+                    await stream._room.wait()  # its reader is behind: stop reading
             self._end(AssociationAborted("the association ended"))
         except RemoteProtocolError as exc:
             t.conn.protocol_error(exc)
@@ -167,21 +271,47 @@ class ClientAssociation:
 
     def _on_dimse(self, event: Any) -> None:
         if isinstance(event, DatasetFragment):
-            return  # responses to C-ECHO/C-STORE carry no data set
+            self._on_fragment(event)  # (responses to C-ECHO/C-STORE carry none)
+            return
         assert isinstance(event, CommandReceived)
         rsp = event.message
         msg_id = getattr(rsp, "message_id_being_responded_to", None)
         if msg_id is None and isinstance(rsp, UnknownCommand) and rsp.is_response:
             msg_id = rsp.message_id  # a response type we do not model (e.g. N-ACTION-RSP)
+        stream = self._streams.get(msg_id) if msg_id is not None else None
+        if stream is not None:
+            if self.t.assembler.dataset_in_progress:
+                self._collecting = (stream, rsp, bytearray())
+            else:
+                stream._put(rsp, None)
+            return
         future = self._waiting.pop(msg_id, None) if msg_id is not None else None
         if future is None:
             log.warning("unexpected DIMSE message %r ignored", rsp)
         elif not future.done():
             future.set_result(rsp)
 
+    def _on_fragment(self, event: DatasetFragment) -> None:
+        if self._collecting is None:
+            return
+        stream, rsp, data = self._collecting
+        if len(data) + len(event.data) > MAX_RESPONSE_DATASET:
+            raise RemoteProtocolError(
+                f"a response data set over {MAX_RESPONSE_DATASET} bytes",
+                P.ABORT_INVALID_PDU_PARAMETER_VALUE,
+            )
+        data += event.data  # a copy: the PDV is a view of the receive buffer
+        if event.is_last:
+            self._collecting = None
+            if self._streams.get(stream.message_id) is stream:
+                stream._put(rsp, bytes(data))
+
     def _end(self, exc: BaseException) -> None:
         if self._ended is None:
             self._ended = exc
+        for stream in list(self._streams.values()):
+            stream._fail(self._ended)
+            stream.close()
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(self._ended)
@@ -243,6 +373,39 @@ class ClientAssociation:
             self.t.queue_message(ctx.id, CEchoRQ(msg_id).encode())
             await self.t.drain()
         return await self._await_response(msg_id, future, CEchoRSP)
+
+    def next_message_id(self) -> int:
+        """A Message ID for a new request (1 .. 65535, PS3.7 9.1)."""
+        return next(self._ids) & 0xFFFF or next(self._ids) & 0xFFFF
+
+    async def invoke(self, context_id: int, rq: Request, dataset: bytes | None = None) -> Responses:
+        """Send a request answered by several responses (C-FIND, C-MOVE, C-GET) on
+        ``context_id``, with its (small) data set; the stream of its responses.
+        ``rq.message_id`` comes from :meth:`next_message_id`."""
+        self._check_usable()
+        msg_id = rq.message_id
+        if msg_id in self._streams:
+            raise ValueError(f"message {msg_id} is already outstanding")
+        stream = Responses(self, msg_id, context_id)
+        self._streams[msg_id] = stream
+        try:
+            async with self._send_lock:
+                self._check_usable()
+                self.t.queue_message(context_id, rq.encode(), dataset)
+                await self.t.drain()
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    async def cancel(self, responses: Responses) -> None:
+        """C-CANCEL-RQ for the request of ``responses`` (PS3.7 9.3.2.3): the peer
+        ends it with a final response (FE00 Cancel), or has already."""
+        if self._ended is not None or not self.t.conn.is_established:
+            return
+        async with self._send_lock:
+            self.t.queue_message(responses.context_id, CCancelRQ(responses.message_id).encode())
+            await self.t.drain()
 
     async def store_stream(
         self,

@@ -14,13 +14,13 @@ import os
 import shutil
 import sqlite3
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from dicomstore import uids
 from dicomstore.cli.logs import LEVELS, add_log_format
 from dicomstore.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from dicomstore.cli.tables import table
 
 COMMANDS = ("ls", "show", "export", "stats", "delete")
 _LEVEL_NAMES = {"patients": "patient", "studies": "study", "series": "series"}
@@ -155,25 +155,6 @@ def human_size(n: int | None) -> str:
             return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     return ""
-
-
-def table(
-    headers: Sequence[str],
-    rows: Sequence[Sequence[Any]],
-    right: set[int] | frozenset[int] = frozenset(),
-) -> str:
-    """An aligned text table (numbers right-aligned in the ``right`` columns)."""
-    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[n]) for r in cells]) for n, h in enumerate(headers)]
-
-    def line(values: Sequence[str]) -> str:
-        out = [
-            v.rjust(w) if n in right else v.ljust(w)
-            for n, (v, w) in enumerate(zip(values, widths, strict=True))
-        ]
-        return "  ".join(out).rstrip()
-
-    return "\n".join([line(headers)] + [line(r) for r in cells])
 
 
 _COLUMNS: dict[str, list[tuple[str, Any]]] = {

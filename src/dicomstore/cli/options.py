@@ -10,6 +10,7 @@ import logging
 import ssl
 import sys
 from pathlib import Path
+from typing import Any
 
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts
@@ -114,6 +115,25 @@ def _transfer_syntax(value: str) -> str:
     return uid
 
 
+def add_scu_parser(sub: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """The parser of an SCU command: HOST, PORT and :func:`add_association_options`."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=description)
+    p.add_argument("host")
+    p.add_argument("port", type=_port)
+    add_association_options(p)
+    return p
+
+
+def add_association_options(p: argparse.ArgumentParser) -> None:
+    """What every SCU command (echo, send, find ...) asks of its association: the AE
+    titles (PS3.8 7.1.1.3, 7.1.1.4), our maximum PDU, the ACSE and DIMSE timeouts."""
+    p.add_argument("--aet", type=_ae_title, default="DICOMSTORE", help="our (calling) AE title")
+    p.add_argument("--aec", type=_ae_title, default="ANY-SCP", help="the peer's (called) AE title")
+    p.add_argument("--max-pdu", type=_pdu, default=1024 * 1024, help="largest PDU we receive")
+    p.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")
+    p.add_argument("--dimse-timeout", type=_positive, help="seconds (default unlimited)")
+
+
 def add_tls_client_options(p: argparse.ArgumentParser) -> None:
     """TLS options of the SCU commands (echo, send): PS3.15 B.9."""
     g = p.add_argument_group("TLS")
@@ -130,6 +150,24 @@ def add_tls_client_options(p: argparse.ArgumentParser) -> None:
         "--tls-no-verify",
         action="store_true",
         help="do not verify the server's certificate (testing only)",
+    )
+
+
+async def open_association(args: argparse.Namespace, contexts: Any = None) -> Any:
+    """The association an SCU command's options ask for (:func:`add_scu_parser`, TLS),
+    proposing ``contexts`` (default: Verification)."""
+    from dicomstore.aio.client import associate
+
+    more = {} if contexts is None else {"contexts": contexts}
+    return await associate(
+        args.host,
+        args.port,
+        called_ae=args.aec,
+        calling_ae=args.aet,
+        max_pdu=args.max_pdu,
+        timeouts=_timeouts(args),
+        ssl=tls_client_context(args),
+        **more,
     )
 
 

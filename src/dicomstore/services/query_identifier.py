@@ -20,12 +20,14 @@ row. Rules (the conformance statement says the same):
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
@@ -93,6 +95,18 @@ class FindQuery:
             attr = q.attribute(tag)
             out[attr.keyword if attr else f"{tag:08X}"] = value
         return out
+
+
+def decode_identifier(data: bytes, transfer_syntax: str) -> Dataset:
+    """The Identifier data set in the context's (uncompressed) transfer syntax."""
+    ds = read_dataset(
+        io.BytesIO(data),
+        transfer_syntax == uids.IMPLICIT_VR_LE,
+        transfer_syntax != uids.EXPLICIT_VR_BE,
+    )
+    for _elem in ds:  # decode every element now: a broken one fails here, not later
+        pass
+    return ds
 
 
 def _text(value: Any) -> str:

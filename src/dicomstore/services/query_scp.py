@@ -17,7 +17,6 @@ ends with an audit record in the spirit of PS3.15 A.5.3.10 *Query*.
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
 import logging
 import sqlite3
@@ -25,9 +24,6 @@ from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
-
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
 
 from dicomstore import uids
 from dicomstore.aio.association import Transport
@@ -40,6 +36,7 @@ from dicomstore.services.query_identifier import (
     MODEL_LEVELS,
     FindFailure,
     FindQuery,
+    decode_identifier,
     parse_identifier,
     response_identifier,
 )
@@ -63,18 +60,6 @@ class _Find:
     refusal: CFindRSP | None = None
     cancelled: bool = False
     matches: int = 0
-
-
-def decode_identifier(data: bytes, transfer_syntax: str) -> Dataset:
-    """The Identifier data set in the context's (uncompressed) transfer syntax."""
-    ds = read_dataset(
-        io.BytesIO(data),
-        transfer_syntax == uids.IMPLICIT_VR_LE,
-        transfer_syntax != uids.EXPLICIT_VR_BE,
-    )
-    for _elem in ds:  # decode every element now: a broken one fails here, not later
-        pass
-    return ds
 
 
 class QuerySCP:
