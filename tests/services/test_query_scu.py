@@ -17,10 +17,9 @@ from tests.services.query_testlib import WaitingSCP, fill
 import dicomstore
 from dicomstore import uids
 from dicomstore.archive import Archive
-from dicomstore.services.query_identifier import decode_identifier
+from dicomstore.services.query_identifier import decode_identifier, encode_elements
 from dicomstore.services.query_scu import (
     FindFailed,
-    encode_keys,
     find,
     find_contexts,
     identifier_keys,
@@ -143,7 +142,7 @@ def test_identifier_keys_are_encoded_as_given(ts) -> None:
         },
         "STUDY",
     )
-    ds = decode_identifier(encode_keys(keys, ts), ts)
+    ds = decode_identifier(encode_elements(keys, ts), ts)
     assert ds.SpecificCharacterSet == "ISO_IR 192" and ds.QueryRetrieveLevel == "STUDY"
     assert ds[0x0020000D].value == "1.2.*" and ds.StudyDate == "20240101-"
     assert str(ds.PatientName) == "Mü*" and ds.Rows == 512

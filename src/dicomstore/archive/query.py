@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -321,8 +321,9 @@ _COUNTS = {
 _LISTS = ("modalities", "sop_classes")
 
 
-def _select(level: str) -> tuple[str, list[str]]:
-    """SELECT list and row keys: this level's columns, those above, the counts."""
+def _select(level: str, computed: Collection[str] | None = None) -> tuple[str, list[str]]:
+    """SELECT list and row keys: this level's columns, those above, the counts (those
+    in ``computed`` only, when given: each is a subquery per row)."""
     exprs: list[str] = []
     keys: list[str] = []
     for upper in LEVELS[: _DEPTH[level] + 1]:
@@ -333,6 +334,8 @@ def _select(level: str) -> tuple[str, list[str]]:
         exprs.append("p.scope")
         keys.append("scope")
     for key, sub in _COUNTS[level].items():
+        if computed is not None and key not in computed:
+            continue
         exprs.append(f"({sub})")
         keys.append(key)
     return ", ".join(exprs), keys
@@ -344,10 +347,12 @@ def build(
     *,
     limit: int | None = None,
     offset: int = 0,
+    computed: Collection[str] | None = None,
 ) -> tuple[str, list[Any], list[str]]:
-    """SQL, parameters and row keys of a search at ``level``."""
+    """SQL, parameters and row keys of a search at ``level`` (``computed``: the
+    counts and lists wanted, by row key; default all)."""
     clauses, params = where(level, filters)
-    columns, keys = _select(level)
+    columns, keys = _select(level, computed)
     sql = f"SELECT {columns} FROM {_chain('patient', level)}"
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)
@@ -373,9 +378,11 @@ def iter_search(
     *,
     limit: int | None = None,
     offset: int = 0,
+    computed: Collection[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Rows matching ``filters`` at ``level``, streamed from the cursor."""
-    sql, params, keys = build(level, filters or {}, limit=limit, offset=offset)
+    """Rows matching ``filters`` at ``level``, streamed from the cursor; of the
+    computed counts and lists, those in ``computed`` (row keys) when given."""
+    sql, params, keys = build(level, filters or {}, limit=limit, offset=offset, computed=computed)
     for values in db.execute(sql, params):
         yield _row(keys, values)
 

@@ -2,8 +2,12 @@
 
 :func:`parse_identifier` turns a request Identifier into the index's filters
 (:mod:`dicomstore.archive.query`, the engine QIDO-RS uses, PS3.4 C.2.2.2) and
-the return keys; :func:`response_identifier` fills those keys from one index
-row. Rules (the conformance statement says the same):
+the return keys; :func:`response_elements` fills those keys from one index
+row. Identifiers are small flat data sets: :func:`encode_elements` writes one
+from (tag, VR, value bytes) in any uncompressed transfer syntax without pydicom
+(a response per match is the SCP's hot path; a request's matching key is often
+no valid value of its VR, which pydicom would refuse); :func:`decode_identifier`
+reads one with pydicom. Rules (the conformance statement says the same):
 
 - Query/Retrieve Level (0008,0052) is required and must be a level of the
   information model: PATIENT, STUDY, SERIES, IMAGE for Patient Root; STUDY,
@@ -21,19 +25,20 @@ row. Rules (the conformance statement says the same):
 from __future__ import annotations
 
 import io
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence
 
 from dicomstore import uids
 from dicomstore.archive import query as q
 from dicomstore.dimse import status as st
+from dicomstore.vr import LONG_VRS
 
 PATIENT_ROOT_FIND = uids.PATIENT_ROOT_QR_FIND
 STUDY_ROOT_FIND = uids.STUDY_ROOT_QR_FIND
@@ -57,6 +62,14 @@ QUERY_RETRIEVE_LEVEL = 0x00080052
 RETRIEVE_AE_TITLE = 0x00080054
 INSTANCE_AVAILABILITY = 0x00080056
 _DEPTH = {level: n for n, level in enumerate(q.LEVELS)}
+#: Specific Character Set of values that are not all ASCII (PS3.5 6.1.2.5: UTF-8).
+UTF8 = "ISO_IR 192"
+#: Binary VRs of an Identifier and their struct codes (little endian when held).
+BINARY_VRS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
+
+#: One element of an Identifier: tag, VR, value bytes (text encoded and padded to an
+#: even length, numbers little endian).
+Element = tuple[int, str, bytes]
 
 
 class FindFailure(Exception):
@@ -85,6 +98,12 @@ class FindQuery:
         return INDEX_LEVEL[self.level]
 
     @property
+    def row_keys(self) -> set[str]:
+        """The index row keys the return keys need (the engine computes only those
+        counts and lists: each is a subquery per match)."""
+        return {attr.key for tag, _vr in self.keys if (attr := q.attribute(tag)) is not None}
+
+    @property
     def pending_status(self) -> int:
         return st.PENDING_WARNING if self.unmatched else st.PENDING
 
@@ -97,15 +116,18 @@ class FindQuery:
         return out
 
 
-def decode_identifier(data: bytes, transfer_syntax: str) -> Dataset:
-    """The Identifier data set in the context's (uncompressed) transfer syntax."""
+def decode_identifier(data: bytes, transfer_syntax: str, *, check: bool = True) -> Dataset:
+    """The Identifier data set in the context's (uncompressed) transfer syntax;
+    ``check``: every value decoded now (a broken one fails here, not later), else
+    as it is used (pydicom's way, as ``dcmread``)."""
     ds = read_dataset(
         io.BytesIO(data),
         transfer_syntax == uids.IMPLICIT_VR_LE,
         transfer_syntax != uids.EXPLICIT_VR_BE,
     )
-    for _elem in ds:  # decode every element now: a broken one fails here, not later
-        pass
+    if check:
+        for _elem in ds:
+            pass
     return ds
 
 
@@ -202,26 +224,59 @@ def _value(query: FindQuery, tag: int, row: dict[str, Any], ae_title: str) -> An
     return str(value)
 
 
-def response_identifier(query: FindQuery, row: dict[str, Any], ae_title: str) -> Dataset:
-    """The Identifier of one pending response: the requested keys from ``row``,
-    Query/Retrieve Level, and Specific Character Set ``ISO_IR 192`` when a value
-    is not ASCII (strings are held as Unicode in the index)."""
-    ds = Dataset()
-    ds.add(DataElement(QUERY_RETRIEVE_LEVEL, "CS", query.level))
-    non_ascii = False
+def text_bytes(vr: str, text: str, encoding: str = "ascii") -> bytes:
+    """A text value encoded and padded to an even length (PS3.5 6.2: UI with NUL)."""
+    data = text.encode(encoding)
+    if len(data) % 2:
+        data += b"\0" if vr == "UI" else b" "
+    return data
+
+
+def response_elements(query: FindQuery, row: dict[str, Any], ae_title: str) -> list[Element]:
+    """The Identifier of one pending response, in tag order: the requested keys from
+    ``row``, Query/Retrieve Level, and Specific Character Set ``ISO_IR 192`` when a
+    value is not ASCII (strings are held as Unicode in the index)."""
+    values: list[tuple[int, str, str]] = [(QUERY_RETRIEVE_LEVEL, "CS", query.level)]
     for tag, vr in query.keys:
         value = _value(query, tag, row, ae_title)
-        if vr == "SQ":
-            ds.add(DataElement(tag, "SQ", Sequence()))
-            continue
         if vr in ("UN", "OB", "OW") or not vr:
             vr = dictionary_VR(tag) if _in_dictionary(tag) else "UN"
-        if isinstance(value, str) and not value.isascii():
-            non_ascii = True
-        ds.add(DataElement(tag, vr, value))
-    if non_ascii:
-        ds.SpecificCharacterSet = "ISO_IR 192"
-    return ds
+        if value is None or vr == "SQ":  # (a sequence is returned empty)
+            text = ""
+        elif isinstance(value, list):
+            text = "\\".join(value)
+        else:
+            text = value
+        values.append((tag, vr, text))
+    encoding = "ascii"
+    if not all(text.isascii() for _tag, _vr, text in values):
+        values.append((SPECIFIC_CHARACTER_SET, "CS", UTF8))
+        encoding = "utf-8"
+    values.sort()
+    return [(tag, vr, text_bytes(vr, text, encoding)) for tag, vr, text in values]
+
+
+def encode_elements(elements: Iterable[Element], transfer_syntax: str) -> bytes:
+    """An Identifier in an uncompressed transfer syntax (PS3.5 7.1), elements in the
+    order given (tag order, PS3.5 7.1)."""
+    implicit = transfer_syntax == uids.IMPLICIT_VR_LE
+    little = transfer_syntax != uids.EXPLICIT_VR_BE
+    order = "<" if little else ">"
+    out = bytearray()
+    for tag, vr, value in elements:
+        if not little and vr in BINARY_VRS and value:  # swap each value's bytes
+            kind = BINARY_VRS[vr]
+            values = struct.unpack(f"<{len(value) // struct.calcsize(kind)}{kind}", value)
+            value = struct.pack(f">{len(values)}{kind}", *values)
+        out += struct.pack(order + "HH", tag >> 16, tag & 0xFFFF)
+        if implicit:
+            out += struct.pack(order + "L", len(value))
+        elif vr.encode() in LONG_VRS:
+            out += vr.encode() + b"\0\0" + struct.pack(order + "L", len(value))
+        else:
+            out += vr.encode() + struct.pack(order + "H", len(value))
+        out += value
+    return bytes(out)
 
 
 def _in_dictionary(tag: int) -> bool:

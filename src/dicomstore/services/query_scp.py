@@ -31,14 +31,14 @@ from dicomstore.archive import query as q
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import CCancelRQ, CFindRQ, CFindRSP, CommandReceived, DatasetFragment
 from dicomstore.dimse import status as st
-from dicomstore.services.conversion import encode_dataset
 from dicomstore.services.query_identifier import (
     MODEL_LEVELS,
     FindFailure,
     FindQuery,
     decode_identifier,
+    encode_elements,
     parse_identifier,
-    response_identifier,
+    response_elements,
 )
 from dicomstore.ul.fsm import State
 
@@ -196,7 +196,7 @@ class QuerySCP:
         rsp = find.rq.response(query.pending_status, has_dataset=True).encode()
         assert self.reader is not None  # else refused (0122)
         with closing(self.reader.connect()) as db:
-            rows = q.iter_search(db, query.index_level, query.filters)
+            rows = q.iter_search(db, query.index_level, query.filters, computed=query.row_keys)
             while True:
                 batch = await asyncio.to_thread(lambda: list(itertools.islice(rows, BATCH)))
                 for row in batch:
@@ -204,7 +204,7 @@ class QuerySCP:
                         return st.CANCEL
                     if not self._open:
                         return st.CANCEL
-                    data = encode_dataset(response_identifier(query, row, self.ae_title), ts)
+                    data = encode_elements(response_elements(query, row, self.ae_title), ts)
                     self.t.queue_message(find.context_id, rsp, data)
                     find.matches += 1
                     await self._drain()

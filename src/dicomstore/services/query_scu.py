@@ -14,9 +14,10 @@ iteration :attr:`Find.status` is the final status: 0000, or FE00 after
 :meth:`Find.cancel` (its C-CANCEL-RQ, PS3.7 9.3.2.3); a failure (A700, A900,
 C000, 0122, 0124 ...) raises :class:`FindFailed` with the SCP's Error Comment.
 
-Identifiers from keys are encoded here, not by pydicom: a matching key is not
-a valid value of its VR (``*`` in a UI, ``20240101-`` in a DA, PS3.4 C.2.2.2),
-and the SCP judges it. Text goes out in UTF-8 with Specific Character Set
+Identifiers from keys are encoded by us, not by pydicom
+(:func:`~dicomstore.services.query_identifier.encode_elements`): a matching key
+is often no valid value of its VR (``*`` in a UI, ``20240101-`` in a DA, PS3.4
+C.2.2.2), and the SCP judges it. Text goes out in UTF-8 with Specific Character Set
 ``ISO_IR 192`` (PS3.4 C.4.1.1.3.1), which also invites the SCP to answer in
 it: DCMTK's dcmqrscp converts what it stored in another character set, and
 fails to (it crashes, 3.6.7) when asked for the default repertoire.
@@ -25,7 +26,7 @@ fails to (it crashes, 3.6.7) when asked for the default repertoire.
 from __future__ import annotations
 
 import struct
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -39,28 +40,26 @@ from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationAborted, AssociationError, DicomstoreError
 from dicomstore.services.conversion import encode_dataset
 from dicomstore.services.query_identifier import (
+    BINARY_VRS,
     MODEL_LEVELS,
     QUERY_RETRIEVE_LEVEL,
     SPECIFIC_CHARACTER_SET,
     UNIQUE_KEY,
+    UTF8,
+    Element,
     decode_identifier,
+    encode_elements,
+    text_bytes,
 )
-from dicomstore.vr import LONG_VRS
 
 #: Information models by short name (``find --patient-root`` / ``--study-root``).
 MODELS = {"patient": uids.PATIENT_ROOT_QR_FIND, "study": uids.STUDY_ROOT_QR_FIND}
 #: Transfer syntaxes proposed for a FIND context, preferred first (PS3.5 A.1, A.2).
 SYNTAXES = (uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE)
-#: Values of binary VRs, packed little endian (big endian: swapped when encoded).
-_BINARY = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
 _STRUCTURED = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "UN", "SV", "UV", "AT"))
 
-#: Specific Character Set of our requests unless told otherwise: UTF-8, a superset of
-#: the default repertoire, so that an SCP able to convert answers in it (PS3.5 6.1.2.5).
-UTF8 = "ISO_IR 192"
-#: A key of a request Identifier: tag, VR, value bytes (in the default repertoire or
-#: UTF-8 for text, little endian for numbers).
-Key = tuple[int, str, bytes]
+#: A key of a request Identifier: tag, VR, value bytes.
+Key = Element
 
 
 def describe(status: int) -> str:
@@ -129,10 +128,10 @@ def _value(tag: int, vr: str, value: Any, encoding: str) -> bytes:
         return b""
     if vr == "SQ":
         raise ValueError(f"{name} is a sequence: only universal matching (no value)")
-    if vr in _BINARY:
+    if vr in BINARY_VRS:
         try:
             items = [value] if isinstance(value, int | float) else str(value).split("\\")
-            kind = _BINARY[vr]
+            kind = BINARY_VRS[vr]
             return b"".join(
                 struct.pack("<" + kind, float(v) if kind in "fd" else int(v)) for v in items
             )
@@ -140,10 +139,7 @@ def _value(tag: int, vr: str, value: Any, encoding: str) -> bytes:
             raise ValueError(f"not a {vr} value for {name}: {value!r}") from None
     if vr in _STRUCTURED:
         raise ValueError(f"{name} ({vr}) cannot be given a value here")
-    data = str(value).encode(encoding)
-    if len(data) % 2:
-        data += b"\0" if vr == "UI" else b" "
-    return data
+    return text_bytes(vr, str(value), encoding)
 
 
 def identifier_keys(keys: Mapping[str | int, Any], level: str | None = None) -> list[Key]:
@@ -176,28 +172,6 @@ def _python_encoding(charset: str) -> str:
     from pydicom.charset import convert_encodings
 
     return convert_encodings(charset.split("\\"))[-1]
-
-
-def encode_keys(keys: Iterable[Key], transfer_syntax: str) -> bytes:
-    """The Identifier data set in an uncompressed transfer syntax (PS3.5 7.1)."""
-    implicit = transfer_syntax == uids.IMPLICIT_VR_LE
-    little = transfer_syntax != uids.EXPLICIT_VR_BE
-    order = "<" if little else ">"
-    out = bytearray()
-    for tag, vr, value in keys:
-        if not little and vr in _BINARY and value:  # swap each value's bytes
-            kind = _BINARY[vr]
-            values = struct.unpack(f"<{len(value) // struct.calcsize(kind)}{kind}", value)
-            value = struct.pack(f">{len(values)}{kind}", *values)
-        out += struct.pack(order + "HH", tag >> 16, tag & 0xFFFF)
-        if implicit:
-            out += struct.pack(order + "L", len(value))
-        elif vr.encode() in LONG_VRS:
-            out += vr.encode() + b"\0\0" + struct.pack(order + "L", len(value))
-        else:
-            out += vr.encode() + struct.pack(order + "H", len(value))
-        out += value
-    return bytes(out)
 
 
 class Find:
@@ -255,7 +229,7 @@ class Find:
         if isinstance(self.query, Dataset):
             data = encode_dataset(self.query, ts)
         else:
-            data = encode_keys(self.query, ts)
+            data = encode_elements(self.query, ts)
         rq = CFindRQ(self.assoc.next_message_id(), self.sop_class_uid, self.priority)
         self._responses = responses = await self.assoc.invoke(ctx.id, rq, data)
         try:
@@ -268,7 +242,7 @@ class Find:
                         continue
                     self.matches += 1
                     self.warnings += rsp.status == st.PENDING_WARNING
-                    yield decode_identifier(identifier, ts)
+                    yield decode_identifier(identifier, ts, check=False)
                     continue
                 self.status, self.error_comment = rsp.status, rsp.error_comment
                 if st.category(rsp.status) == "failure":
