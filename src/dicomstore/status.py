@@ -31,6 +31,7 @@ __all__ = [
     "MISSING_ATTRIBUTE",
     "MISSING_ATTRIBUTE_VALUE",
     "MISTYPED_ARGUMENT",
+    "MOVE_DESTINATION_UNKNOWN",
     "NOT_AUTHORIZED",
     "NO_SUCH_ACTION_TYPE",
     "NO_SUCH_ARGUMENT",
@@ -44,8 +45,11 @@ __all__ = [
     "PROCESSING_FAILURE",
     "RESOURCE_LIMITATION",
     "SOP_CLASS_NOT_SUPPORTED",
+    "SUBOPERATIONS_FAILED",
+    "SUBOPERATIONS_WARNING",
     "SUCCESS",
     "TRANSFER_SYNTAX_NOT_SUPPORTED",
+    "UNABLE_TO_CALCULATE_MATCHES",
     "UNRECOGNIZED_OPERATION",
     "WARNING",
     "Category",
@@ -80,6 +84,16 @@ CANNOT_UNDERSTAND = 0xC000  # Cxxx
 DUPLICATE_REJECTED = 0xC111
 #: STOW-RS Failure Reason: Referenced Transfer Syntax not supported (PS3.18 I.2).
 TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+
+# --- C-MOVE and C-GET (PS3.4 C.4.2.1.5, C.4.3.1.4) ---------------------------
+#: Refused: Out of Resources - Unable to calculate number of matches.
+UNABLE_TO_CALCULATE_MATCHES = 0xA701
+#: Refused: Out of Resources - Unable to perform sub-operations (all failed).
+SUBOPERATIONS_FAILED = 0xA702
+#: Refused: Move Destination unknown (C-MOVE only).
+MOVE_DESTINATION_UNKNOWN = 0xA801
+#: Warning: Sub-operations Complete - One or more Failures or Warnings.
+SUBOPERATIONS_WARNING = 0xB000
 
 # --- Failures, general (PS3.7 C.5) -------------------------------------------
 NO_SUCH_ATTRIBUTE = 0x0105
@@ -138,6 +152,9 @@ _TEXT: dict[int, str] = {
     RESOURCE_LIMITATION: "Failure: resource limitation",
     DUPLICATE_REJECTED: "Error: cannot understand (duplicate SOP Instance refused)",
     TRANSFER_SYNTAX_NOT_SUPPORTED: "Error: transfer syntax not supported",
+    UNABLE_TO_CALCULATE_MATCHES: "Refused: unable to calculate number of matches",
+    SUBOPERATIONS_FAILED: "Refused: unable to perform sub-operations",
+    MOVE_DESTINATION_UNKNOWN: "Refused: move destination unknown",
     CANCEL: "Cancel",
     PENDING: "Pending",
     PENDING_WARNING: "Pending with warnings",

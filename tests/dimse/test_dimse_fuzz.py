@@ -13,6 +13,10 @@ from dicomstore.dimse import (
     CEchoRSP,
     CFindRQ,
     CFindRSP,
+    CGetRQ,
+    CGetRSP,
+    CMoveRQ,
+    CMoveRSP,
     CommandReceived,
     CStoreRQ,
     CStoreRSP,
@@ -20,6 +24,8 @@ from dicomstore.dimse import (
     DimseAssembler,
     GenericRSP,
     InvalidRequest,
+    RetrieveRQ,
+    SubOperations,
     UnknownCommand,
     decode_command,
     decode_message,
@@ -38,6 +44,10 @@ SEEDS = [
     CFindRQ(4, "1.2.840.10008.5.1.4.1.2.2.1", 1).encode(),
     CFindRSP(4, 0xFF00, "1.2.840.10008.5.1.4.1.2.2.1", True).encode(),
     CCancelRQ(4).encode(),
+    CMoveRQ(5, "1.2.840.10008.5.1.4.1.2.2.2", 2, move_destination="STORESCP").encode(),
+    CMoveRSP(5, 0xFF00, "1.2.840.10008.5.1.4.1.2.2.2", SubOperations(3, 1, 1, 0)).encode(),
+    CGetRQ(6, "1.2.840.10008.5.1.4.1.2.2.3").encode(),
+    CGetRSP(6, 0xB000, None, SubOperations(None, 2, 1, 0), True, "one failed").encode(),
 ]
 
 
@@ -56,11 +66,15 @@ def check_message(data: bytes) -> None:
         | CFindRQ
         | CFindRSP
         | CCancelRQ
+        | CMoveRQ
+        | CMoveRSP
+        | CGetRQ
+        | CGetRSP
         | UnknownCommand
         | InvalidRequest,
     )
     msg.encode()  # what we decoded we can re-encode
-    if isinstance(msg, CEchoRQ | CStoreRQ | CFindRQ):
+    if isinstance(msg, CEchoRQ | CStoreRQ | CFindRQ | RetrieveRQ):
         msg.response(0).encode()
     elif isinstance(msg, InvalidRequest):
         rsp = msg.response()

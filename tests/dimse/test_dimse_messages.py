@@ -285,21 +285,20 @@ def test_unknown_request_gets_0211_response() -> None:
     assert decode_message(msg.encode()) == msg
 
 
-def test_c_get_rq_is_unknown() -> None:
-    get = encode_command(
+def test_n_get_rq_is_unknown() -> None:
+    n_get = encode_command(
         {
-            c.AFFECTED_SOP_CLASS_UID: "1.2.840.10008.5.1.4.1.2.1.3",
-            0x100: 0x10,
+            c.REQUESTED_SOP_CLASS_UID: "1.2.840.10008.5.1.1.16",
+            0x100: 0x0110,
             0x110: 5,
-            0x700: 0,
-            0x800: 0,
+            0x800: 0x0101,
         }
     )
-    msg = decode_message(get)
+    msg = decode_message(n_get)
     assert (
         isinstance(msg, UnknownCommand) and msg.response(error_comment="no").error_comment == "no"
     )
-    rsp = decode_message(encode_command({0x100: 0x8010, 0x120: 5, 0x800: 0x0101, 0x900: 0xFF00}))
+    rsp = decode_message(encode_command({0x100: 0x8110, 0x120: 5, 0x800: 0x0101, 0x900: 0x0000}))
     assert isinstance(rsp, UnknownCommand) and rsp.is_response
     with pytest.raises(LocalProtocolError):
         rsp.response()

@@ -1,5 +1,6 @@
 """DIMSE messages: C-ECHO and C-STORE (PS3.7 9.3.1, 9.3.5) and the fallbacks
-(C-FIND and C-CANCEL: ``query_messages.py``, registered here on import).
+(C-FIND and C-CANCEL: ``query_messages.py``; C-MOVE and C-GET:
+``retrieve_messages.py``; each registers its decoders here on import).
 
 Every message has ``command_field``, ``has_dataset`` and ``encode()`` (its
 command set).  ``decode_message`` turns a command set into one of:
@@ -54,6 +55,7 @@ from dicomstore.ul.pdu import ABORT_INVALID_PDU_PARAMETER_VALUE
 
 if TYPE_CHECKING:
     from dicomstore.dimse.query_messages import CCancelRQ, CFindRQ, CFindRSP
+    from dicomstore.dimse.retrieve_messages import CGetRQ, CGetRSP, CMoveRQ, CMoveRSP
 
 # Command Field values (PS3.7 E.1)
 C_STORE_RQ = 0x0001
@@ -321,8 +323,9 @@ class InvalidRequest:
         )
 
 
-#: Every decoded message; C-FIND and C-CANCEL live in ``query_messages.py``.
-Message = Union[  # noqa: UP007 - forward references to query_messages
+#: Every decoded message; C-FIND and C-CANCEL live in ``query_messages.py``,
+#: C-MOVE and C-GET in ``retrieve_messages.py``.
+Message = Union[  # noqa: UP007 - forward references to query/retrieve_messages
     CEchoRQ,
     CEchoRSP,
     CStoreRQ,
@@ -333,6 +336,10 @@ Message = Union[  # noqa: UP007 - forward references to query_messages
     "CFindRQ",
     "CFindRSP",
     "CCancelRQ",
+    "CMoveRQ",
+    "CMoveRSP",
+    "CGetRQ",
+    "CGetRSP",
 ]
 
 
@@ -447,7 +454,8 @@ _DECODERS: dict[int, Callable[[dict[int, Value], int, bool], Message]] = {
 def register_decoders(
     decoders: dict[int, Callable[[dict[int, Value], int, bool], Message]],
 ) -> None:
-    """Add the decoders of another module's messages (``query_messages`` does, on import)."""
+    """Add the decoders of another module's messages (``query_messages`` and
+    ``retrieve_messages`` do, on import)."""
     _DECODERS.update(decoders)
 
 

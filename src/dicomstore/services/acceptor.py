@@ -27,6 +27,8 @@ from dicomstore.dimse import (
     DatasetFragment,
     GenericRSP,
     InvalidRequest,
+    RetrieveRQ,
+    RetrieveRSP,
     UnknownCommand,
 )
 from dicomstore.dimse import status as st
@@ -372,7 +374,7 @@ class AcceptorAssociation:
             return
         assert isinstance(event, CommandReceived)
         message = event.message
-        rsp: CStoreRSP | CEchoRSP | GenericRSP
+        rsp: CStoreRSP | CEchoRSP | GenericRSP | RetrieveRSP
         if isinstance(message, CStoreRQ):
             assert self.storage is not None
             if message.message_id in self.inflight:
@@ -395,11 +397,16 @@ class AcceptorAssociation:
             else:
                 rsp = echo_response(message)
             t.queue_message(event.context_id, rsp.encode())
-        elif isinstance(message, InvalidRequest | UnknownCommand):
+        elif isinstance(message, InvalidRequest | UnknownCommand | RetrieveRQ):
             if getattr(message, "is_response", False):
                 log.warning("%s: unexpected response %#06x ignored", t.peer, message.command_field)
                 return
-            rsp = message.response()
+            if isinstance(message, RetrieveRQ):  # no retrieve model negotiated
+                rsp = message.response(
+                    st.SOP_CLASS_NOT_SUPPORTED, error_comment="retrieval is not supported here"
+                )
+            else:
+                rsp = message.response()
             log.warning("%s: answering %#06x: %s", t.peer, rsp.status, rsp.error_comment)
             if message.has_dataset:  # answer once the data set, discarded, is complete
                 self.receiving = Receiving(None, None, None, rsp)  # type: ignore[arg-type]
