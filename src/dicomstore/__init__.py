@@ -35,6 +35,14 @@ _EXPORTS: dict[str, str] = {
     "find_contexts": "dicomstore.services.query_scu",
     "Find": "dicomstore.services.query_scu",
     "FindFailed": "dicomstore.services.query_scu",
+    # retrieving (PS3.4 C.4.2, C.4.3)
+    "move": "dicomstore.services.retrieve_scu",
+    "get": "dicomstore.services.retrieve_scu",
+    "move_contexts": "dicomstore.services.retrieve_scu",
+    "get_contexts": "dicomstore.services.retrieve_scu",
+    "receive_into": "dicomstore.services.retrieve_scu",
+    "RetrieveResult": "dicomstore.services.retrieve_scu",
+    "FolderStore": "dicomstore.services.folder_store",
     # server (PS3.4 A, B.2)
     "serve": "dicomstore.services.serving",
     "Server": "dicomstore.services.server",
@@ -80,6 +88,7 @@ __all__ = [
     "DimseTimeout",
     "Find",
     "FindFailed",
+    "FolderStore",
     "LocalProtocolError",
     "NotDicom",
     "NotSendable",
@@ -87,6 +96,7 @@ __all__ = [
     "QueryError",
     "RemoteProtocolError",
     "Result",
+    "RetrieveResult",
     "SendOptions",
     "Server",
     "ServerConfig",
@@ -102,7 +112,12 @@ __all__ = [
     "connect",
     "find",
     "find_contexts",
+    "get",
+    "get_contexts",
+    "move",
+    "move_contexts",
     "open_archive",
+    "receive_into",
     "send",
     "serve",
 ]
@@ -126,7 +141,16 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     )
     from dicomstore.handler import StoreHandler, StoreSink
     from dicomstore.query import StoredEvents, Subscription, open_archive
+    from dicomstore.services.folder_store import FolderStore
     from dicomstore.services.query_scu import Find, FindFailed, find, find_contexts
+    from dicomstore.services.retrieve_scu import (
+        RetrieveResult,
+        get,
+        get_contexts,
+        move,
+        move_contexts,
+        receive_into,
+    )
     from dicomstore.services.scu_send import SendOptions, send
     from dicomstore.services.server import Server, ServerConfig
     from dicomstore.services.serving import serve

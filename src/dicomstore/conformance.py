@@ -157,6 +157,20 @@ def _query_section() -> list[str]:
         "with its Error Comment (exit code 1). Ctrl-C sends a C-CANCEL-RQ and waits for "
         "the final response (FE00). Relational queries are sent as given.",
         "",
+        "#### 2.2.6 Query/Retrieve MOVE and GET SCU (`dicomstore move`, `dicomstore get`)",
+        "",
+        "The Identifier is built as for C-FIND (2.2.5). `move` proposes the MOVE model "
+        "and names the Move Destination (`--dest`). `get` proposes the GET model and, "
+        "with SCP/SCU Role Selection (SCP role only, PS3.7 D.3.3.4), the common Storage "
+        "SOP Classes (or those of `--sop-class`) with the uncompressed transfer syntaxes "
+        "first, then Deflated, JPEG, JPEG-LS, JPEG 2000 and RLE; each C-STORE "
+        "sub-operation is stored as received, into PS3.10 files (`-od`) or an archive "
+        "(`--storage`, with the checks and statuses of 2.2.2) and answered after it is "
+        "stored. Pending responses update the sub-operation counts; the final status, "
+        "the counts and the Failed SOP Instance UID List are reported; a final status "
+        "other than 0000 (B000, A701, A702, A801, A900, Cxxx, 0122, 0124) is exit code 1. "
+        "Ctrl-C sends a C-CANCEL-RQ.",
+        "",
     ]
 
 
@@ -192,7 +206,11 @@ def statement() -> str:
                     "Yes (`dicomstore find`)",
                     "Yes (`dicomstore serve`)",
                 ),
-                ("Query/Retrieve - MOVE, GET", "No", "No"),
+                (
+                    "Query/Retrieve - MOVE, GET: Patient Root, Study Root (2.2.6)",
+                    "Yes (`dicomstore move`, `dicomstore get`)",
+                    "No",
+                ),
             ],
         ),
         "",

@@ -25,6 +25,11 @@ EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
 #: Query/Retrieve Information Models - FIND (PS3.4 C.6.1.1.2, C.6.2.1.2).
 PATIENT_ROOT_QR_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 STUDY_ROOT_QR_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+#: Query/Retrieve Information Models - MOVE and GET (PS3.4 C.6.1.1.3-4, C.6.2.1.3-4).
+PATIENT_ROOT_QR_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
+STUDY_ROOT_QR_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+PATIENT_ROOT_QR_GET = "1.2.840.10008.5.1.4.1.2.1.3"
+STUDY_ROOT_QR_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 
 #: Uncompressed transfer syntaxes, in our default order of preference.
 UNCOMPRESSED: tuple[str, ...] = (EXPLICIT_VR_LE, IMPLICIT_VR_LE, EXPLICIT_VR_BE)

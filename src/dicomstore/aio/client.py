@@ -19,7 +19,7 @@ import logging
 import os
 import ssl as ssl_module
 from collections import deque
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar, Unpack
 
@@ -71,6 +71,17 @@ log = logging.getLogger("dicomstore.client")
 _RSP = TypeVar("_RSP", CEchoRSP, CStoreRSP)
 
 ContextSpec = tuple[str, Sequence[str]]  # (abstract syntax, transfer syntaxes)
+
+
+class Incoming(Protocol):
+    """A request the peer sends us on our association (a C-STORE sub-operation of a
+    C-GET, PS3.4 C.4.3): its data set fragments, then its response."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    async def finish(self) -> Request | None: ...
+
+    def abort(self) -> None: ...
 
 
 class Request(Protocol):
@@ -196,6 +207,11 @@ class ClientAssociation:
         self._streams: dict[int, Responses] = {}
         #: the response whose data set is arriving, and its bytes so far
         self._collecting: tuple[Responses, Any, bytearray] | None = None
+        #: takes the requests the peer sends us (context ID, message): see Incoming;
+        #: without it they are logged and ignored
+        self.on_request: Callable[[int, Any], Incoming] | None = None
+        self._incoming: Incoming | None = None
+        self._answering: set[asyncio.Task[None]] = set()
 
     # -- establishment ----------------------------------------------------
 
@@ -278,6 +294,13 @@ class ClientAssociation:
         msg_id = getattr(rsp, "message_id_being_responded_to", None)
         if msg_id is None and isinstance(rsp, UnknownCommand) and rsp.is_response:
             msg_id = rsp.message_id  # a response type we do not model (e.g. N-ACTION-RSP)
+        if msg_id is None and self.on_request is not None and not isinstance(rsp, UnknownCommand):
+            incoming = self.on_request(event.context_id, rsp)
+            if self.t.assembler.dataset_in_progress:
+                self._incoming = incoming
+            else:
+                self._answer(event.context_id, incoming)
+            return
         stream = self._streams.get(msg_id) if msg_id is not None else None
         if stream is not None:
             if self.t.assembler.dataset_in_progress:
@@ -292,6 +315,12 @@ class ClientAssociation:
             future.set_result(rsp)
 
     def _on_fragment(self, event: DatasetFragment) -> None:
+        if self._incoming is not None:
+            self._incoming.write(event.data)
+            if event.is_last:
+                incoming, self._incoming = self._incoming, None
+                self._answer(event.context_id, incoming)
+            return
         if self._collecting is None:
             return
         stream, rsp, data = self._collecting
@@ -306,7 +335,35 @@ class ClientAssociation:
             if self._streams.get(stream.message_id) is stream:
                 stream._put(rsp, bytes(data))
 
+    def _answer(self, context_id: int, incoming: Incoming) -> None:
+        """Send the response to a request of the peer once it is ready (a C-STORE
+        commits first), from a task: the reader goes on reading."""
+
+        async def answer() -> None:
+            rsp = await incoming.finish()
+            if rsp is None:  # a request we do not serve: no answer
+                return
+            try:
+                async with self._send_lock:
+                    if self.t.conn.is_established:
+                        self.t.queue_message(context_id, rsp.encode())
+                        await self.t.drain()
+            except (ConnectionError, OSError) as exc:  # the reader sees the end too
+                log.warning("cannot answer the peer's request: %s", exc)
+
+        task = asyncio.create_task(answer())
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def answered(self) -> None:
+        """Wait until every request of the peer received so far is answered."""
+        while self._answering:
+            await asyncio.wait(list(self._answering))
+
     def _end(self, exc: BaseException) -> None:
+        if self._incoming is not None:
+            self._incoming.abort()  # the association ended inside its data set
+            self._incoming = None
         if self._ended is None:
             self._ended = exc
         for stream in list(self._streams.values()):

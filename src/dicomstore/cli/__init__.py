@@ -1,6 +1,6 @@
-"""The `dicomstore` command line: serve, echo, send, find, the archive commands, check, reindex.
+"""The `dicomstore` command line: serve, the SCUs (echo send find move get), the archive.
 
-Exit codes (echo, send, find): 0 success, 1 failure reported by the peer (or
+Exit codes (echo, send, find, move, get): 0 success, 1 failure reported by the peer (or
 partial failure for send), 2 usage error, 3 connection refused or
 unreachable, 4 association rejected, 5 association aborted, 6 timed out,
 7 (send) nothing stored, for failure statuses or mixed causes; 130 interrupted
@@ -26,7 +26,7 @@ from dicomstore.cli.options import (
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and options (documented in the README)."""
     from dicomstore import __version__
-    from dicomstore.cli import access, admin, echo, find, send, serve
+    from dicomstore.cli import access, admin, echo, find, retrieve, send, serve
 
     parser = argparse.ArgumentParser(prog="dicomstore", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dicomstore {__version__}")
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     echo.add_parser(sub)
     send.add_parser(sub)
     find.add_parser(sub)
+    retrieve.add_parsers(sub)
     access.add_parsers(sub)
     admin.add_parsers(sub)
     return parser
@@ -75,6 +76,10 @@ def _run(args: argparse.Namespace) -> int:
         from dicomstore.cli.find import run as run_find
 
         return run_client(run_find(args))
+    if args.command in ("move", "get"):
+        from dicomstore.cli.retrieve import run as run_retrieve
+
+        return run_client(run_retrieve(args))
     if args.command == "send":
         from dicomstore.cli import send
 

@@ -12,9 +12,7 @@ accepted no FIND context; 2 usage (a bad key); 3-6 as for echo; 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +21,7 @@ from dicomstore.cli.options import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    CancelOnInterrupt,
     _add_common,
     add_scu_parser,
     add_tls_client_options,
@@ -46,6 +45,14 @@ _NOT_SHOWN = frozenset((0x00080052, 0x00080005))
 def add_parser(sub: Any) -> None:
     """The ``find`` subcommand."""
     p = add_scu_parser(sub, "find", "query a Q/R SCP (C-FIND SCU)", __doc__.split("\n\n")[0])
+    add_query_options(p)
+    p.add_argument("--json", action="store_true", help="one DICOM JSON object per match")
+    add_tls_client_options(p)
+    _add_common(p)
+
+
+def add_query_options(p: argparse.ArgumentParser) -> None:
+    """The Identifier's options (find, move, get): model, level, keys; priority."""
     model = p.add_mutually_exclusive_group()
     model.add_argument(
         "-P",
@@ -78,10 +85,18 @@ def add_parser(sub: Any) -> None:
         help="a key by keyword or tag (0010,0010): matched with a value, returned"
         " without one (repeatable)",
     )
-    p.add_argument("--json", action="store_true", help="one DICOM JSON object per match")
     p.add_argument("--priority", choices=["low", "medium", "high"], default="medium")
-    add_tls_client_options(p)
-    _add_common(p)
+
+
+def query_keys(args: argparse.Namespace) -> tuple[dict[str | int, str], list[Any]]:
+    """The keys of :func:`add_query_options` as given, and the Identifier's elements
+    (level STUDY unless told); ValueError for a bad key."""
+    from dicomstore.services.query_identifier import QUERY_RETRIEVE_LEVEL
+    from dicomstore.services.query_scu import identifier_keys
+
+    given = parse_keys(args.key or [])
+    level = args.level or (None if QUERY_RETRIEVE_LEVEL in given else "STUDY")
+    return given, identifier_keys(given, level)
 
 
 def parse_keys(texts: list[str]) -> dict[str | int, str]:
@@ -161,14 +176,12 @@ class Printer:
 async def run(args: argparse.Namespace) -> int:
     from dicomstore.errors import AssociationAborted
     from dicomstore.services.query_identifier import QUERY_RETRIEVE_LEVEL, UNIQUE_KEY
-    from dicomstore.services.query_scu import FindFailed, find, find_contexts, identifier_keys
+    from dicomstore.services.query_scu import FindFailed, find, find_contexts
     from dicomstore.services.storage_scu import PRIORITIES
 
     model = args.model or "study"
     try:
-        given = parse_keys(args.key or [])
-        level = args.level or (None if QUERY_RETRIEVE_LEVEL in given else "STUDY")
-        keys = identifier_keys(given, level)
+        given, keys = query_keys(args)
     except ValueError as exc:
         print(f"dicomstore: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -178,27 +191,9 @@ async def run(args: argparse.Namespace) -> int:
     shown = [unique] + [int(t) for t in given if t != unique]
     printer = Printer([(t, vrs[t]) for t in shown if t in vrs and t not in _NOT_SHOWN], args.json)
 
-    loop = asyncio.get_running_loop()
-    interrupts: asyncio.Queue[None] = asyncio.Queue()
-    loop.add_signal_handler(signal.SIGINT, interrupts.put_nowait, None)
-    try:
-        assoc = await open_association(args, find_contexts(model))
-        query = find(assoc, keys, model=model, priority=PRIORITIES[args.priority])
-        interrupted = False
-
-        async def on_interrupt() -> None:
-            nonlocal interrupted
-            await interrupts.get()
-            interrupted = True
-            await query.cancel()  # PS3.7 9.3.2.3: the SCP ends the C-FIND with FE00
-            try:
-                async with asyncio.timeout(CANCEL_WAIT):
-                    await interrupts.get()  # a second Ctrl-C: wait no longer
-            except TimeoutError:
-                pass
-            await assoc.abort()
-
-        watcher = asyncio.create_task(on_interrupt())
+    assoc = await open_association(args, find_contexts(model))
+    query = find(assoc, keys, model=model, priority=PRIORITIES[args.priority])
+    async with CancelOnInterrupt(query.cancel, assoc.abort, CANCEL_WAIT) as ctrl_c:
         try:
             async for match in query:
                 printer.match(match)
@@ -206,27 +201,23 @@ async def run(args: argparse.Namespace) -> int:
             printer.close(summary=False)
             print(f"dicomstore: {exc}", file=sys.stderr)
             await assoc.release()
-            return EXIT_INTERRUPTED if interrupted else EXIT_FAILED
+            return EXIT_INTERRUPTED if ctrl_c.interrupted else EXIT_FAILED
         except AssociationAborted:
-            if not interrupted:
+            if not ctrl_c.interrupted:
                 raise
             printer.close(summary=False)
             print(f"dicomstore: aborted after {printer.count} match(es)", file=sys.stderr)
             return EXIT_INTERRUPTED
-        finally:
-            watcher.cancel()
-        printer.close()
-        await assoc.release()
-        if query.warnings:
-            print(
-                f"dicomstore: {query.warnings} match(es) answered FF01: the SCP did not"
-                " match some optional keys",
-                file=sys.stderr,
-            )
-        if interrupted:
-            how = "cancelled" if query.cancelled else "interrupted"
-            print(f"dicomstore: {how} after {printer.count} match(es)", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        return EXIT_OK
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
+    printer.close()
+    await assoc.release()
+    if query.warnings:
+        print(
+            f"dicomstore: {query.warnings} match(es) answered FF01: the SCP did not"
+            " match some optional keys",
+            file=sys.stderr,
+        )
+    if ctrl_c.interrupted:
+        how = "cancelled" if query.cancelled else "interrupted"
+        print(f"dicomstore: {how} after {printer.count} match(es)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK

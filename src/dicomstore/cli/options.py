@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import ssl
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,12 +155,13 @@ def add_tls_client_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-async def open_association(args: argparse.Namespace, contexts: Any = None) -> Any:
+async def open_association(args: argparse.Namespace, contexts: Any = None, **more: Any) -> Any:
     """The association an SCU command's options ask for (:func:`add_scu_parser`, TLS),
-    proposing ``contexts`` (default: Verification)."""
+    proposing ``contexts`` (default: Verification) and ``more`` (``roles`` ...)."""
     from dicomstore.aio.client import associate
 
-    more = {} if contexts is None else {"contexts": contexts}
+    if contexts is not None:
+        more["contexts"] = contexts
     return await associate(
         args.host,
         args.port,
@@ -169,6 +172,49 @@ async def open_association(args: argparse.Namespace, contexts: Any = None) -> An
         ssl=tls_client_context(args),
         **more,
     )
+
+
+class CancelOnInterrupt:
+    """Ctrl-C (SIGINT) during a C-FIND, C-MOVE or C-GET: the first calls ``cancel``
+    (a C-CANCEL-RQ, PS3.7 9.3.2.3; the operation then ends with its final response),
+    a second one, or ``wait`` seconds without the end, ``abort``.
+
+        async with CancelOnInterrupt(query.cancel, assoc.abort) as ctrl_c: ...
+        if ctrl_c.interrupted: ...
+    """
+
+    def __init__(
+        self,
+        cancel: Callable[[], Awaitable[None]],
+        abort: Callable[[], Awaitable[None]],
+        wait: float = 10.0,
+    ) -> None:
+        self.cancel, self.abort, self.wait = cancel, abort, wait
+        self.interrupted = False
+        self._signals: asyncio.Queue[None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        await self._signals.get()
+        self.interrupted = True
+        await self.cancel()
+        try:
+            async with asyncio.timeout(self.wait):
+                await self._signals.get()
+        except TimeoutError:
+            pass
+        await self.abort()
+
+    async def __aenter__(self) -> CancelOnInterrupt:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self._signals.put_nowait, None)
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
 
 
 def tls_failed(exc: Exception) -> int:

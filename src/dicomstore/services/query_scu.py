@@ -174,6 +174,13 @@ def _python_encoding(charset: str) -> str:
     return convert_encodings(charset.split("\\"))[-1]
 
 
+def encode_query(query: Dataset | list[Key], transfer_syntax: str) -> bytes:
+    """A request Identifier: a pydicom Dataset as it is, or keys of :func:`identifier_keys`."""
+    if isinstance(query, Dataset):
+        return encode_dataset(query, transfer_syntax)
+    return encode_elements(query, transfer_syntax)
+
+
 class Find:
     """One C-FIND (see the module notes): ``async for match in find``; once.
 
@@ -226,10 +233,7 @@ class Find:
                 f"the peer did not accept {uids.uid_name(self.sop_class_uid)} (C-FIND)"
             )
         ts = ctx.transfer_syntax
-        if isinstance(self.query, Dataset):
-            data = encode_dataset(self.query, ts)
-        else:
-            data = encode_elements(self.query, ts)
+        data = encode_query(self.query, ts)
         rq = CFindRQ(self.assoc.next_message_id(), self.sop_class_uid, self.priority)
         self._responses = responses = await self.assoc.invoke(ctx.id, rq, data)
         try:

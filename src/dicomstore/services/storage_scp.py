@@ -108,11 +108,14 @@ class StorageSCP:
         commit_in_thread: bool | Callable[[], bool] = True,
         address: str = "",
         user: str | None = None,
+        caller: Caller | None = None,
     ) -> None:
         self.service = service
         self.negotiated = negotiated
         self.commit_in_thread = commit_in_thread
-        self.caller = Caller(
+        #: who stores: the calling AE, unless given (a C-GET's SCP stores on our
+        #: association: ``dicomstore get``)
+        self.caller = caller or Caller(
             "C-STORE",
             negotiated.calling_ae,
             address,
