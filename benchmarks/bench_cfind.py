@@ -49,8 +49,8 @@ from dicomstore.archive import layout
 from dicomstore.archive import query as q
 from dicomstore.archive.index import Index
 from dicomstore.archive.reader import ArchiveReader
+from dicomstore.services.qr_operations import decode_identifier
 from dicomstore.services.query_identifier import (
-    decode_identifier,
     encode_elements,
     parse_identifier,
     response_elements,

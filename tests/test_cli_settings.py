@@ -167,3 +167,21 @@ def test_access_module_entry_point_reads_dicomstore_storage(
     monkeypatch.setenv("DICOMSTORE_STORAGE", str(tmp_path / "none"))
     assert access_main(["ls"]) == 1  # looked where the variable says: no archive there
     assert f"no archive at {tmp_path / 'none'}" in capsys.readouterr().err
+
+
+def test_move_destinations_from_flags_environment_and_file(tmp_path: Path) -> None:
+    """--move-destination AET=HOST:PORT is repeatable: a list in the file, commas in
+    the environment (issue 15, C-MOVE)."""
+    config = _write(tmp_path, 'move-destination = ["WS1=10.0.0.5:104", "WS2=[::1]:11112"]\n')
+    args = parse(build_parser(), ["serve", "--server-config", str(config)], {})
+    assert [str(d) for d in args.move_destination] == ["WS1=10.0.0.5:104", "WS2=[::1]:11112"]
+    env = {"DICOMSTORE_MOVE_DESTINATION": "A=host:1,B=h2:2"}
+    args = parse(build_parser(), ["serve"], env)
+    assert [(d.ae_title, d.host, d.port) for d in args.move_destination] == [
+        ("A", "host", 1),
+        ("B", "h2", 2),
+    ]
+    with pytest.raises(SettingsError, match="is not AET=HOST:PORT"):
+        parse(build_parser(), ["serve"], {"DICOMSTORE_MOVE_DESTINATION": "nohost"})
+    with pytest.raises(SettingsError, match="port must be a number"):
+        parse(build_parser(), ["serve"], {"DICOMSTORE_MOVE_DESTINATION": "A=h:0"})

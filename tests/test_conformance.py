@@ -6,9 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dicomstore import uids
-from dicomstore.conformance import SCP_STATUSES, statement
+from dicomstore.conformance import (
+    FIND_STATUSES,
+    GET_STATUSES,
+    MOVE_STATUSES,
+    SCP_STATUSES,
+    statement,
+)
 from dicomstore.dimse import status as st
+from dicomstore.services.server import ServerConfig
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "conformance.md"
 
@@ -21,12 +30,19 @@ def test_it_lists_every_storage_class_and_transfer_syntax_we_negotiate() -> None
     assert "Level of Support 2" in text and "Element Coercion 0" in text
 
 
-def test_every_status_it_names_is_a_known_status() -> None:
-    for code, _when in SCP_STATUSES:
+@pytest.mark.parametrize("statuses", [SCP_STATUSES, FIND_STATUSES, MOVE_STATUSES, GET_STATUSES])
+def test_every_status_it_names_is_a_known_status(statuses) -> None:
+    for code, _when in statuses:
         assert not st.describe(code).startswith("Unknown"), hex(code)
-    assert [f"| {code:04X} |" in statement() for code, _ in SCP_STATUSES] == [True] * len(
-        SCP_STATUSES
-    )
+    assert [f"| {code:04X} |" in statement() for code, _ in statuses] == [True] * len(statuses)
+
+
+@pytest.mark.parametrize("kind", ["MOVE", "GET"])
+def test_it_lists_the_retrieve_models(kind: str) -> None:
+    text = statement()
+    for uid in (getattr(uids, f"PATIENT_ROOT_QR_{kind}"), getattr(uids, f"STUDY_ROOT_QR_{kind}")):
+        assert f"`{uid}`" in text
+        assert uid in ServerConfig().policy().abstract_syntaxes
 
 
 def test_the_cli_prints_it_and_the_copy_in_docs_is_current() -> None:

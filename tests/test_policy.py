@@ -134,7 +134,9 @@ def test_the_documented_example_loads(tmp_path, keys) -> None:
     policy = load(
         tmp_path, text, **{"jwt-secret.bin": SECRET, "idp-public.pem": pem(keys["ec"].public_key())}
     )
-    assert set(policy.peers) == {"MODALITY1", "MONITOR", "READING ROOM"}
+    assert set(policy.peers) == {"MODALITY1", "WORKSTATION", "MONITOR", "READING ROOM"}
+    assert policy.peers["WORKSTATION"].move_to == {"WORKSTATION"}
+    assert str(policy.destinations["WORKSTATION"]) == "WORKSTATION=10.1.2.40:104"
     assert set(policy.users) == {"alice", "viewer"}
     assert policy.jwt is not None and policy.jwt.algorithms == {"HS256", "ES256"}
     assert not policy.allow_unknown
@@ -158,7 +160,10 @@ def test_minimal_file_and_defaults(tmp_path) -> None:
         ("[peers.A]\nhosts = ['10.0.0.5/24']", {}, "has host bits set"),
         ("[peers.A]\nhosts = 'pacs.example.org'", {}, "host names are not resolved"),
         ("[peers.A]\ntls_subject = 'modality1'", {}, "not of the form CN="),
-        ("[peers.A]\nmay = ['echo', 'move']", {}, "unknown action 'move'"),
+        ("[peers.A]\nmay = ['echo', 'teleport']", {}, "unknown action 'teleport'"),
+        ("[peers.A]\nmove_to = 'X'\n[destinations.X]\naddress = 'x'", {}, "is not HOST:PORT"),
+        ("[destinations.X]\nport = 104", {}, "unknown key 'port'"),
+        ("[destinations.'BAD\\\\AE']\naddress = 'h:1'", {}, "not a valid AE title"),
         ('[peers."WAY TOO LONG AE TITLE"]', {}, "not a valid AE title"),
         ("[users.bob]\npasscode = 'hunter2'", {}, "passcode: bad hash"),
         (
@@ -796,3 +801,32 @@ may = ["find"]
     assert viewer.may_find and not viewer.may_store and not viewer.may_echo
     with pytest.raises(PolicyError, match="'find' is a DIMSE right"):
         load(tmp_path, 'http_anonymous_may = ["find"]\n')
+
+
+def test_get_right_defaults_and_exact_lists(tmp_path) -> None:
+    """`get` (C-GET, issue 15): granted to entries without `may`, by the default
+    unknown_may and to users without `may`; not where a `may` list leaves it out."""
+    policy = load(
+        tmp_path,
+        """
+allow_unknown = true
+[peers.WORKSTATION]
+[peers.FINDER]
+may = ["echo", "find"]
+[peers.GETTER]
+may = ["get"]
+[users.carol]
+[users.dave]
+may = ["find"]
+""",
+    )
+    assert policy.admit(rq("WORKSTATION")).may_get
+    assert policy.admit(rq("STRANGER")).may_get  # unknown_may: its default
+    finder = policy.admit(rq("FINDER"))
+    assert finder.may_find and not finder.may_get
+    getter = policy.admit(rq("GETTER"))
+    assert getter.may_get and not getter.may_find and not getter.may_store
+    assert policy.users["carol"].may >= {"get", "find", "read"}
+    assert "get" not in policy.users["dave"].may
+    with pytest.raises(PolicyError, match="'get' is a DIMSE right"):
+        load(tmp_path, 'http_anonymous_may = ["get"]\n')

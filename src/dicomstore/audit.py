@@ -96,6 +96,11 @@ class AuditLog:
         """A C-FIND answered (``services/query_scp.py``, PS3.15 A.5.3.10 *Query*)."""
         self.write(record, "query")
 
+    def retrieve(self, record: dict[str, Any]) -> None:
+        """A C-MOVE answered (``services/retrieve_scp.py``, PS3.15 A.5.3.7 *DICOM
+        Instances Transferred*)."""
+        self.write(record, "retrieve")
+
     def write(self, record: dict[str, Any], event: str | None = None) -> None:
         """Queue one record; ``event`` fills in an ``"event"`` key it lacks."""
         entry: dict[str, Any] = {"time": utc_now()}

@@ -55,7 +55,10 @@ SCP_STATUSES: tuple[tuple[int, str], ...] = (
     (st.SOP_CLASS_NOT_SUPPORTED, "the command's SOP Class is not its presentation context's"),
     (st.NOT_AUTHORIZED, "the calling AE title may not store (`--store-aet`, policy file)"),
     (st.DUPLICATE_INVOCATION, "a Message ID still in progress on the association"),
-    (st.UNRECOGNIZED_OPERATION, "a DIMSE command other than C-ECHO, C-STORE and C-FIND"),
+    (
+        st.UNRECOGNIZED_OPERATION,
+        "a DIMSE command other than C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET and C-CANCEL",
+    ),
     (st.MISTYPED_ARGUMENT, "a command element missing or malformed"),
 )
 
@@ -78,6 +81,66 @@ FIND_STATUSES: tuple[tuple[int, str], ...] = (
     (st.SOP_CLASS_NOT_SUPPORTED, "a C-FIND on a context that is not a FIND model"),
     (st.NOT_AUTHORIZED, "the caller lacks the `find` right (policy file)"),
     (st.DUPLICATE_INVOCATION, "its Message ID is still being answered"),
+)
+
+#: C-MOVE statuses the Q/R SCP answers, and when (PS3.4 C.4.2.1.5, PS3.7 C.4.2).
+MOVE_STATUSES: tuple[tuple[int, str], ...] = (
+    (st.PENDING, "after each C-STORE sub-operation but the last, with the four counts"),
+    (st.SUCCESS, "every sub-operation completed (or nothing matched)"),
+    (
+        st.SUBOPERATIONS_WARNING,
+        "one or more sub-operations failed or warned; the Failed SOP Instance UID List "
+        "(0008,0058) names the failed ones",
+    ),
+    (
+        st.SUBOPERATIONS_FAILED,
+        "every sub-operation failed (the destination refused the association, could not "
+        "be reached, left, or refused each instance); the Failed SOP Instance UID List",
+    ),
+    (st.CANCEL, "a C-CANCEL-RQ arrived: no sub-operation after the one in flight"),
+    (st.MOVE_DESTINATION_UNKNOWN, "the Move Destination is not a configured destination"),
+    (
+        st.UNABLE_TO_CALCULATE_MATCHES,
+        "more than 65535 instances (the counts are US), or the index unavailable",
+    ),
+    (
+        st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        "no (0008,0052), a level not in the model, a unique key missing, with a wildcard, "
+        "a list where one value is due, or a key of a lower level with a value",
+    ),
+    (st.CANNOT_UNDERSTAND, "an unreadable Identifier"),
+    (st.SOP_CLASS_NOT_SUPPORTED, "a C-MOVE on a context that is not a MOVE model"),
+    (
+        st.NOT_AUTHORIZED,
+        "the caller lacks the `move` right, or may not name this destination (`move_to`)",
+    ),
+    (st.DUPLICATE_INVOCATION, "its Message ID is still being answered"),
+)
+
+#: C-GET statuses the Q/R SCP answers, and when (PS3.4 C.4.3.1.4, PS3.7 C.4.3): as
+#: C-MOVE's (no destination, so no A801), but for where sub-operations fail.
+_AS_MOVE = dict(MOVE_STATUSES)
+GET_STATUSES: tuple[tuple[int, str], ...] = (
+    *((code, _AS_MOVE[code]) for code in (st.PENDING, st.SUCCESS)),
+    (
+        st.SUBOPERATIONS_WARNING,
+        "one or more sub-operations failed (no context on which the requester is SCP "
+        "for the SOP class, a failure status) or warned; the Failed SOP Instance UID List",
+    ),
+    (
+        st.SUBOPERATIONS_FAILED,
+        "every sub-operation failed (no context at all on which the requester is SCP, "
+        "the association ended, or a failure status for each); the Failed SOP Instance "
+        "UID List",
+    ),
+    *(
+        (code, _AS_MOVE[code])
+        for code in (st.CANCEL, st.UNABLE_TO_CALCULATE_MATCHES, st.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    ),
+    (st.CANNOT_UNDERSTAND, _AS_MOVE[st.CANNOT_UNDERSTAND]),
+    (st.SOP_CLASS_NOT_SUPPORTED, "a C-GET on a context that is not a GET model"),
+    (st.NOT_AUTHORIZED, "the caller lacks the `get` right (policy file)"),
+    (st.DUPLICATE_INVOCATION, _AS_MOVE[st.DUPLICATE_INVOCATION]),
 )
 
 #: How a value of each VR is matched (PS3.4 C.2.2.2).
@@ -105,21 +168,7 @@ def _query_section() -> list[str]:
     return [
         "#### 2.2.4 Query/Retrieve FIND SCP (`dicomstore serve`)",
         "",
-        *_table(
-            ("SOP Class", "UID", "Levels"),
-            [
-                (
-                    "Patient Root Q/R Information Model - FIND",
-                    f"`{uids.PATIENT_ROOT_QR_FIND}`",
-                    "PATIENT, STUDY, SERIES, IMAGE",
-                ),
-                (
-                    "Study Root Q/R Information Model - FIND",
-                    f"`{uids.STUDY_ROOT_QR_FIND}`",
-                    "STUDY, SERIES, IMAGE",
-                ),
-            ],
-        ),
+        *_models("FIND", uids.PATIENT_ROOT_QR_FIND, uids.STUDY_ROOT_QR_FIND),
         "",
         "Accepted with Explicit VR Little Endian, Implicit VR Little Endian or Explicit "
         "VR Big Endian, when the server stores into an archive. Matches come from the "
@@ -129,12 +178,15 @@ def _query_section() -> list[str]:
         "top level, the unique keys of the levels above (Patient ID, Study and Series "
         "Instance UID) must be given with a single value; keys of the levels above are "
         "also matched and returned; relational queries and extended negotiation are "
-        "not supported. Keys the index does not hold are returned zero-length; a value "
-        "in one is not matched and each match then has status FF01. Retrieve AE Title "
+        "not supported. Keys the index does not hold are read from the stored header "
+        "of one instance of each match (at IMAGE level the instance's own; above it "
+        "only attributes of the Patient, Study and Series modules of that level or "
+        "higher), else returned zero-length; a value in one is not matched and each "
+        "match then has status FF01. Retrieve AE Title "
         "(0008,0054) is the server's AE title, Instance Availability (0008,0056) "
         "ONLINE. One pending response per match, streamed as the index yields them; "
         "C-CANCEL-RQ honoured between matches. Each C-FIND is audited (`--audit-log`, "
-        "after PS3.15 A.5.3.10 Query). C-MOVE and C-GET are not supported yet.",
+        "after PS3.15 A.5.3.10 Query).",
         "",
         "Keys matched and returned (PS3.4 C.6.1.1, C.6.2.1):",
         "",
@@ -144,7 +196,98 @@ def _query_section() -> list[str]:
         "",
         *_table(("Status", "When"), [(f"{code:04X}", when) for code, when in FIND_STATUSES]),
         "",
-        "#### 2.2.5 Query/Retrieve FIND SCU (`dicomstore find`)",
+        *_move_section(),
+        *_get_section(),
+        *_scu_section(),
+    ]
+
+
+def _move_section() -> list[str]:
+    """2.2.5: the Query/Retrieve MOVE SCP."""
+    return [
+        "#### 2.2.5 Query/Retrieve MOVE SCP (`dicomstore serve`)",
+        "",
+        *_models("MOVE", uids.PATIENT_ROOT_QR_MOVE, uids.STUDY_ROOT_QR_MOVE),
+        "",
+        "Accepted with the uncompressed transfer syntaxes, when the server stores into "
+        "an archive. The Identifier holds the Query/Retrieve Level and the unique keys "
+        "(PS3.4 C.4.2.2.1): one value for each level above, one UID or a list of UIDs "
+        "at STUDY, SERIES and IMAGE level, one Patient ID at PATIENT level; other "
+        "attributes are ignored; hierarchical retrieval only. Move Destinations are "
+        "AE titles configured with `--move-destination AET=HOST:PORT` or in the policy "
+        "file's `[destinations]`. The C-STORE sub-operations run on one association to "
+        "the destination, requested with our AE title (`--aet`) as calling AE title: "
+        "per SOP Class, one context per transfer syntax the instances are stored in "
+        "(each alone), then Explicit and Implicit VR Little Endian for conversion; each "
+        "instance is sent in the transfer syntax it is stored in, byte for byte, when "
+        "the destination accepts it, else decoded and re-encoded uncompressed. Each "
+        "C-STORE-RQ carries Move Originator AE Title and Message ID, and the C-MOVE's "
+        "priority. C-CANCEL-RQ is honoured between sub-operations. Each C-MOVE is "
+        "audited (`--audit-log`, after PS3.15 A.5.3.7 DICOM Instances Transferred).",
+        "",
+        "Statuses:",
+        "",
+        *_table(("Status", "When"), [(f"{code:04X}", when) for code, when in MOVE_STATUSES]),
+        "",
+    ]
+
+
+def _get_section() -> list[str]:
+    """2.2.6: the Query/Retrieve GET SCP."""
+    return [
+        "#### 2.2.6 Query/Retrieve GET SCP (`dicomstore serve`)",
+        "",
+        *_models("GET", uids.PATIENT_ROOT_QR_GET, uids.STUDY_ROOT_QR_GET),
+        "",
+        "Accepted with the uncompressed transfer syntaxes, when the server stores into "
+        "an archive. The Identifier, the selection of instances, the counts and "
+        "C-CANCEL are as for C-MOVE (2.2.5). The C-STORE sub-operations go out on the "
+        "same association (PS3.4 C.4.3.3.1), on the Storage SOP Class contexts for which "
+        "the requester asked, and was granted, the SCP role by SCP/SCU Role Selection "
+        "(PS3.7 D.3.3.4; 2.2.2): each instance in the transfer syntax it is stored in, "
+        "byte for byte, streamed from its file, when such a context has it, else "
+        "decoded and re-encoded into the context's uncompressed transfer syntax. An "
+        "instance of a SOP class with no such context is a failed sub-operation. Our "
+        "C-STORE-RQs carry their own Message IDs and the C-GET's priority, one at a "
+        "time. Each C-GET is audited (`--audit-log`, after PS3.15 A.5.3.7 DICOM "
+        "Instances Transferred).",
+        "",
+        "Statuses:",
+        "",
+        *_table(("Status", "When"), [(f"{code:04X}", when) for code, when in GET_STATUSES]),
+        "",
+    ]
+
+
+def _models(kind: str, patient_root: str, study_root: str) -> list[str]:
+    """The table of the Patient and Study Root models of one Q/R operation."""
+    return _table(
+        ("SOP Class", "UID", "Levels"),
+        [
+            (
+                f"Patient Root Q/R Information Model - {kind}",
+                f"`{patient_root}`",
+                "PATIENT, STUDY, SERIES, IMAGE",
+            ),
+            (
+                f"Study Root Q/R Information Model - {kind}",
+                f"`{study_root}`",
+                "STUDY, SERIES, IMAGE",
+            ),
+        ],
+    )
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return out
+
+
+def _scu_section() -> list[str]:
+    """2.2.7 and 2.2.8: the Query/Retrieve SCUs."""
+    return [
+        "#### 2.2.7 Query/Retrieve FIND SCU (`dicomstore find`)",
         "",
         "Proposes the model asked for (`-P` Patient Root, `-S` Study Root, the default) "
         "with Explicit and Implicit VR Little Endian, and sends one C-FIND-RQ whose "
@@ -157,9 +300,9 @@ def _query_section() -> list[str]:
         "with its Error Comment (exit code 1). Ctrl-C sends a C-CANCEL-RQ and waits for "
         "the final response (FE00). Relational queries are sent as given.",
         "",
-        "#### 2.2.6 Query/Retrieve MOVE and GET SCU (`dicomstore move`, `dicomstore get`)",
+        "#### 2.2.8 Query/Retrieve MOVE and GET SCU (`dicomstore move`, `dicomstore get`)",
         "",
-        "The Identifier is built as for C-FIND (2.2.5). `move` proposes the MOVE model "
+        "The Identifier is built as for C-FIND (2.2.7). `move` proposes the MOVE model "
         "and names the Move Destination (`--dest`). `get` proposes the GET model and, "
         "with SCP/SCU Role Selection (SCP role only, PS3.7 D.3.3.4), the common Storage "
         "SOP Classes (or those of `--sop-class`) with the uncompressed transfer syntaxes "
@@ -172,12 +315,6 @@ def _query_section() -> list[str]:
         "Ctrl-C sends a C-CANCEL-RQ.",
         "",
     ]
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(row) + " |" for row in rows]
-    return out
 
 
 def statement() -> str:
@@ -202,14 +339,19 @@ def statement() -> str:
                     "Yes (`dicomstore serve`)",
                 ),
                 (
-                    "Query/Retrieve - FIND: Patient Root, Study Root (2.2.4, 2.2.5)",
+                    "Query/Retrieve - FIND: Patient Root, Study Root (2.2.4, 2.2.7)",
                     "Yes (`dicomstore find`)",
                     "Yes (`dicomstore serve`)",
                 ),
                 (
-                    "Query/Retrieve - MOVE, GET: Patient Root, Study Root (2.2.6)",
-                    "Yes (`dicomstore move`, `dicomstore get`)",
-                    "No",
+                    "Query/Retrieve - MOVE: Patient Root, Study Root (2.2.5, 2.2.8)",
+                    "Yes (`dicomstore move`)",
+                    "Yes (`dicomstore serve`)",
+                ),
+                (
+                    "Query/Retrieve - GET: Patient Root, Study Root (2.2.6, 2.2.8)",
+                    "Yes (`dicomstore get`)",
+                    "Yes (`dicomstore serve`)",
                 ),
             ],
         ),
@@ -222,12 +364,15 @@ def statement() -> str:
         "### 2.1 Implementation model",
         "",
         "One Application Entity, `dicomstore serve` (AE title `--aet`, default "
-        "`DICOMSTORE`), is a Verification, Storage and Q/R FIND SCP: every instance it "
+        "`DICOMSTORE`), is a Verification, Storage and Q/R FIND, MOVE and GET SCP: every "
+        "instance it "
         "receives is written as a PS3.10 file into its archive (`--storage`) and indexed before "
         "it is acknowledged. `dicomstore send` (Storage SCU) sends files, folders or "
         "data sets to any Storage SCP; `dicomstore echo` is a Verification SCU; "
-        "`dicomstore find` a Q/R FIND SCU (2.2.5). Workstations find what was stored "
-        "with C-FIND (2.2.4).",
+        "`dicomstore find`, `dicomstore move` and `dicomstore get` are Q/R SCUs "
+        "(2.2.7, 2.2.8). Workstations find what was stored with C-FIND (2.2.4) and have "
+        "it sent to a Storage SCP with C-MOVE (2.2.5), or fetch it with C-GET (2.2.6) on "
+        "the same association; the server then acts as a Storage SCU.",
         "",
         "### 2.2 AE specifications",
         "",
@@ -273,15 +418,21 @@ def statement() -> str:
         "of its first byte (else A-ABORT, service-provider source, reason not specified).",
         "",
         "Presentation context acceptance: every Storage SOP Class of Appendix A, "
-        "Verification and the FIND models of 2.2.4; other abstract syntaxes are "
+        "Verification and the FIND, MOVE and GET models of 2.2.4 to 2.2.6; other abstract "
+        "syntaxes are "
         "refused (*abstract syntax not supported*) unless "
         "`--accept-unknown-sop-classes`. The transfer syntax chosen "
         "is the first of Appendix B (or of `--transfer-syntax`, in that order) that the "
         "requester proposes; with `--transfer-syntax-order proposed`, the first the "
         "requester proposes that is in that list. A specialized SOP Class is accepted "
         "through a related general SOP Class it names in SOP Class Common Extended "
-        "Negotiation (PS3.7 D.3.3.6). SCP/SCU Role Selection: the requester may be SCU "
-        "only.",
+        "Negotiation (PS3.7 D.3.3.6). SCP/SCU Role Selection (PS3.7 D.3.3.4): each role "
+        "item is answered, a role proposed is granted or turned down, one not proposed is "
+        "never granted; the requester may always be SCU; it may be SCP of a Storage SOP "
+        "Class only on an association that also accepts a GET model of 2.2.6 (we are then "
+        "its Storage SCU for the C-GET sub-operations), never of Verification or a Q/R "
+        "model. A context left with no role for the requester is refused (*user "
+        "rejection*).",
         "",
         "SOP Class Extended Negotiation (PS3.4 B.3.1), answered when proposed: "
         f"Level of Support {level} (Full: every element, private ones too, is kept), "
@@ -350,9 +501,10 @@ def statement() -> str:
         "",
         "TLS (2.3); caller restrictions and user identity through a policy file "
         "(`--config`), with refusals per address throttled "
-        "(`--max-failed-admissions`), the rights `echo`, `store` and `find` per peer "
-        "and user; an audit trail of associations, stored instances and C-FIND "
-        "queries in JSON lines (`--audit-log`).",
+        "(`--max-failed-admissions`), the rights `echo`, `store`, `find` and `move` "
+        "per peer and user, and per peer the Move Destinations it may name "
+        "(`move_to`); an audit trail of associations, stored instances, C-FIND "
+        "queries and C-MOVE transfers in JSON lines (`--audit-log`).",
         "",
         "DICOMweb (PS3.18, `--http-port`) listens on 127.0.0.1 unless `--http-host` "
         "names another address (a warning is logged when it is reachable beyond "

@@ -31,9 +31,18 @@ Kerberos and SAML).
 
 What a caller may do is the intersection of what its peer entry (or
 ``unknown_may``) and its user entry (if any) allow: ``echo`` (C-ECHO, else
-status 0124), ``store`` (C-STORE, else status 0124) and ``find`` (C-FIND,
-else status 0124). An entry without ``may`` gets all three; a ``may`` list is
-exact: ``may = ["store"]`` grants no C-FIND.
+status 0124), ``store`` (C-STORE, else status 0124), ``find`` (C-FIND, else
+status 0124), ``move`` (C-MOVE, else status 0124) and ``get`` (C-GET, else
+status 0124). An entry without ``may`` gets them all; a ``may`` list is exact:
+``may = ["store"]`` grants no C-FIND.
+
+C-MOVE destinations (PS3.4 C.4.2.2.1: a C-MOVE names its destination by AE
+title only) are the ``[destinations.AET]`` sections, with those given by
+``--move-destination AET=HOST:PORT`` (the command line wins for a title in
+both); a C-MOVE to any other title is answered A801. A peer's ``move_to``
+lists the destinations it may name (another is answered 0124); without it, a
+peer with ``move`` may name every configured destination (callers not under
+``[peers]`` always may).
 
 The same file says who may do what over HTTP (DICOMweb and the browse page,
 :mod:`dicomstore.http.auth`): HTTP Basic is checked against the ``[users]``
@@ -48,7 +57,7 @@ the default rights.  Requests without credentials get ``http_anonymous_may``
 The file format, every key shown (only ``allow_unknown`` is needed)::
 
     # Callers not listed under [peers]: refused (false, the default) or
-    # admitted with the rights in unknown_may (default: echo, store and find).
+    # admitted with the rights in unknown_may (default: every DIMSE right).
     allow_unknown = false
     unknown_may = ["echo"]
 
@@ -64,7 +73,11 @@ The file format, every key shown (only ``allow_unknown`` is needed)::
     [peers.MODALITY1]
     hosts = ["10.1.2.3", "192.168.7.0/24"]     # optional; IP addresses or CIDR
     tls_subject = "CN=modality1,O=Test Hospital"  # optional; or a list
-    may = ["echo", "store"]                     # default: both
+    may = ["echo", "store"]                     # default: echo, store, find, move
+
+    [peers.WORKSTATION]
+    may = ["echo", "find", "move"]
+    move_to = ["WORKSTATION"]                   # optional: C-MOVE only to these
 
     [peers.MONITOR]
     may = ["echo"]                              # echo only: C-STORE gets 0124
@@ -79,7 +92,11 @@ The file format, every key shown (only ``allow_unknown`` is needed)::
     passcode = "scrypt$16384$8$1$<salt base64>$<hash base64>"
 
     [users.viewer]
-    may = ["echo", "read"]    # optional, default echo, store, read (not delete)
+    may = ["echo", "read"]    # optional, default the DIMSE rights and read
+
+    # C-MOVE destinations, by AE title: where a C-MOVE naming it sends to.
+    [destinations.WORKSTATION]
+    address = "10.1.2.40:104"                   # host:port ([v6 address]:port)
 
     # JSON Web Tokens (type 5).  The user is the "sub" claim; "exp" is required.
     [jwt]
@@ -121,19 +138,21 @@ from pathlib import Path
 from dicomstore.jwt import InvalidToken, JWTVerifier
 from dicomstore.passcodes import DECOY, SCRYPT_N, SCRYPT_P, SCRYPT_R, PasscodeHash, hash_passcode
 from dicomstore.services.admission import Admission, AdmissionRequest
+from dicomstore.services.destinations import Destination
 from dicomstore.ul import pdu as P
 
 log = logging.getLogger("dicomstore.policy")
 
 ECHO, STORE, READ, DELETE, FIND = "echo", "store", "read", "delete", "find"
-#: What a peer (a DIMSE caller) may be allowed: C-ECHO, C-STORE, C-FIND.
-ACTIONS = frozenset({ECHO, STORE, FIND})
+MOVE, GET = "move", "get"
+#: What a peer (a DIMSE caller) may be allowed: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET.
+ACTIONS = frozenset({ECHO, STORE, FIND, MOVE, GET})
 #: What HTTP requests may be allowed: read (QIDO, WADO, browse), store (STOW), delete.
 HTTP_ACTIONS = frozenset({READ, STORE, DELETE})
 #: What a user may be allowed, over DIMSE and over HTTP.
 USER_ACTIONS = ACTIONS | HTTP_ACTIONS
 #: A user's rights when its entry has no ``may`` (delete must be granted).
-USER_DEFAULT = frozenset({ECHO, STORE, FIND, READ})
+USER_DEFAULT = ACTIONS | {READ}
 
 #: User-Identity-Type values (PS3.7 Table D.3-14).
 USERNAME, USERNAME_PASSCODE, KERBEROS, SAML, JWT = 1, 2, 3, 4, 5
@@ -205,6 +224,8 @@ class Peer:
     tls_subjects: tuple[tuple[tuple[str, str], ...], ...] = ()  # () = no certificate check
     may: frozenset[str] = ACTIONS
     require_user_identity: bool | None = None  # None: the global setting
+    #: the Move Destinations (AE titles) it may name in a C-MOVE; None: any configured
+    move_to: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -235,8 +256,11 @@ class Policy:
         require_user_identity: bool = False,
         jwt: JWTVerifier | None = None,
         http_anonymous_may: frozenset[str] = frozenset(),
+        destinations: Iterable[Destination] = (),
     ) -> None:
         self.peers = {p.ae_title: p for p in peers}
+        #: C-MOVE destinations by AE title (``[destinations.AET]``)
+        self.destinations = {d.ae_title: d for d in destinations}
         self.users = {u.name: u for u in users}
         self.allow_unknown = allow_unknown
         self.unknown_may = unknown_may
@@ -280,6 +304,9 @@ class Policy:
             may_echo=ECHO in may,
             may_store=STORE in may,
             may_find=FIND in may,
+            may_move=MOVE in may,
+            move_to=peer.move_to if peer is not None else None,
+            may_get=GET in may,
             identity_response=response,
             user=user,
         )

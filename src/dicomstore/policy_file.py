@@ -3,7 +3,8 @@ key checked, one-line :class:`~dicomstore.policy.PolicyError` naming where.
 
 :func:`build` turns the parsed TOML into a :class:`~dicomstore.policy.Policy`:
 peers (AE title, hosts as IP or CIDR, TLS subjects, what they may do), users
-(scrypt passcodes, PS3.7 D.3.3.7 type 2), the JWT verifier (type 5).
+(scrypt passcodes, PS3.7 D.3.3.7 type 2), the JWT verifier (type 5), the
+C-MOVE destinations.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dicomstore.policy import (
     User,
     normalize_subject,
 )
+from dicomstore.services.destinations import Destination, destination
 from dicomstore.vr import ae_title_problem
 
 log = logging.getLogger("dicomstore.policy")
@@ -60,6 +62,8 @@ _WRONG_PLACE = {
     "delete": "an HTTP right, for [users] and http_anonymous_may",
     "echo": "a DIMSE right, for [peers], unknown_may and [users]",
     "find": "a DIMSE right, for [peers], unknown_may and [users]",
+    "move": "a DIMSE right, for [peers], unknown_may and [users]",
+    "get": "a DIMSE right, for [peers], unknown_may and [users]",
 }
 
 
@@ -94,7 +98,7 @@ def _peer(title: str, table: Any) -> Peer:
         raise PolicyError(f"{where}not a valid AE title: {problem}")
     if not isinstance(table, dict):
         raise PolicyError(f"{where}must be a table")
-    _check_keys(table, {"hosts", "tls_subject", "may", "require_user_identity"}, where)
+    _check_keys(table, {"hosts", "tls_subject", "may", "require_user_identity", "move_to"}, where)
     networks = []
     for host in _strings(table, "hosts", where):
         try:
@@ -116,7 +120,24 @@ def _peer(title: str, table: Any) -> Peer:
         tuple(subjects),
         _may(table, "may", where),
         _typed(table, "require_user_identity", bool, where),
+        frozenset(t.strip() for t in _strings(table, "move_to", where))
+        if "move_to" in table
+        else None,
     )
+
+
+def _destination(title: str, table: Any) -> Destination:
+    where = f"destinations.{title}: "
+    if not isinstance(table, dict):
+        raise PolicyError(f"{where}must be a table")
+    _check_keys(table, {"address"}, where)
+    address = _typed(table, "address", str, where)
+    if address is None:
+        raise PolicyError(f'{where}needs address = "host:port"')
+    try:
+        return destination(title, address)
+    except ValueError as exc:
+        raise PolicyError(f"{where}{exc}") from None
 
 
 def _user(name: str, table: Any) -> User:
@@ -204,11 +225,13 @@ def _jwt(table: Any, base: Path) -> JWTVerifier:
 
 def build(data: dict[str, Any], base: Path) -> Policy:
     top = {"allow_unknown", "unknown_may", "require_user_identity", "peers", "users", "jwt"}
-    top.add("http_anonymous_may")
+    top |= {"http_anonymous_may", "destinations"}
     _check_keys(data, top, "")
     peers_table = data.get("peers", {})
     users_table = data.get("users", {})
-    for name, value in (("peers", peers_table), ("users", users_table)):
+    destinations_table = data.get("destinations", {})
+    tables = (("peers", peers_table), ("users", users_table))
+    for name, value in (*tables, ("destinations", destinations_table)):
         if not isinstance(value, dict):
             raise PolicyError(f"{name} must be a table ([{name}.NAME] sections)")
     allow_unknown = _typed(data, "allow_unknown", bool, "", False)
@@ -220,4 +243,5 @@ def build(data: dict[str, Any], base: Path) -> Policy:
         require_user_identity=_typed(data, "require_user_identity", bool, "", False),
         jwt=_jwt(data["jwt"], base) if "jwt" in data else None,
         http_anonymous_may=_may(data, "http_anonymous_may", "", HTTP_ACTIONS, frozenset()),
+        destinations=[_destination(t, table) for t, table in destinations_table.items()],
     )

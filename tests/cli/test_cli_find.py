@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import ServerThread, free_port
 from tests.services.dcmqrscp_testlib import AET, dcmqrscp, layout_files
-from tests.services.query_testlib import WaitingSCP, serving
+from tests.services.query_testlib import WaitingSCP, serving_layout
 
 from dicomstore.archive import Archive
 from dicomstore.cli import main
@@ -53,7 +53,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[int]:
     """`dicomstore serve` on an archive holding query_testlib.LAYOUT; its port."""
-    with serving(tmp_path_factory.mktemp("query") / "archive") as port:
+    with serving_layout(tmp_path_factory.mktemp("query") / "archive") as port:
         yield port
 
 

@@ -24,6 +24,10 @@ from dicomstore.dimse import (
     DimseAssembler,
     GenericRSP,
     InvalidRequest,
+    NActionRQ,
+    NActionRSP,
+    NEventReportRQ,
+    NEventReportRSP,
     RetrieveRQ,
     SubOperations,
     UnknownCommand,
@@ -44,6 +48,10 @@ SEEDS = [
     CFindRQ(4, "1.2.840.10008.5.1.4.1.2.2.1", 1).encode(),
     CFindRSP(4, 0xFF00, "1.2.840.10008.5.1.4.1.2.2.1", True).encode(),
     CCancelRQ(4).encode(),
+    NActionRQ(5, "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", 1).encode(),
+    NActionRSP(5, 0, "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", 1).encode(),
+    NEventReportRQ(6, "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", 2).encode(),
+    NEventReportRSP(6, 0x0110, error_comment="x", error_id=3).encode(),
     CMoveRQ(5, "1.2.840.10008.5.1.4.1.2.2.2", 2, move_destination="STORESCP").encode(),
     CMoveRSP(5, 0xFF00, "1.2.840.10008.5.1.4.1.2.2.2", SubOperations(3, 1, 1, 0)).encode(),
     CGetRQ(6, "1.2.840.10008.5.1.4.1.2.2.3").encode(),
@@ -66,6 +74,10 @@ def check_message(data: bytes) -> None:
         | CFindRQ
         | CFindRSP
         | CCancelRQ
+        | NActionRQ
+        | NActionRSP
+        | NEventReportRQ
+        | NEventReportRSP
         | CMoveRQ
         | CMoveRSP
         | CGetRQ
@@ -74,8 +86,9 @@ def check_message(data: bytes) -> None:
         | InvalidRequest,
     )
     msg.encode()  # what we decoded we can re-encode
-    if isinstance(msg, CEchoRQ | CStoreRQ | CFindRQ | RetrieveRQ):
-        msg.response(0).encode()
+    if isinstance(msg, CEchoRQ | CStoreRQ | CFindRQ | RetrieveRQ | NActionRQ | NEventReportRQ):
+        back = decode_message(msg.response(0).encode())
+        assert getattr(back, "message_id_being_responded_to", None) == msg.message_id
     elif isinstance(msg, InvalidRequest):
         rsp = msg.response()
         assert isinstance(rsp, CEchoRSP | CStoreRSP | GenericRSP)

@@ -263,7 +263,7 @@ def test_responses_are_lenient_on_optional_fields() -> None:
 def test_unknown_request_gets_0211_response() -> None:
     fields = {
         c.REQUESTED_SOP_CLASS_UID: "1.2.840.10008.1.20.1",
-        c.COMMAND_FIELD: 0x0130,  # N-ACTION-RQ
+        c.COMMAND_FIELD: 0x0120,  # N-SET-RQ
         c.MESSAGE_ID: 8,
         c.COMMAND_DATA_SET_TYPE: 0x0000,
         c.REQUESTED_SOP_INSTANCE_UID: "1.2.840.10008.1.20.1.1",
@@ -271,12 +271,12 @@ def test_unknown_request_gets_0211_response() -> None:
     }
     msg = decode_message(encode_command(fields))
     assert isinstance(msg, UnknownCommand)
-    assert (msg.command_field, msg.message_id, msg.has_dataset) == (0x0130, 8, True)
+    assert (msg.command_field, msg.message_id, msg.has_dataset) == (0x0120, 8, True)
     assert not msg.is_response
     assert msg.fields[c.ACTION_TYPE_ID] == 1
     rsp = msg.response()
     assert isinstance(rsp, GenericRSP)
-    assert (rsp.command_field, rsp.message_id_being_responded_to, rsp.status) == (0x8130, 8, 0x0211)
+    assert (rsp.command_field, rsp.message_id_being_responded_to, rsp.status) == (0x8120, 8, 0x0211)
     assert rsp.affected_sop_class_uid == "1.2.840.10008.1.20.1"
     assert rsp.affected_sop_instance_uid == "1.2.840.10008.1.20.1.1"
     back = decode_message(rsp.encode())

@@ -31,6 +31,12 @@ LAYOUT = [
     ("PID3", "Müller^Hans", "1.2.9.4", "20220101", "1.2.9.4.1", "CT", 1),
 ]
 
+#: Attributes the index does not hold, per study (C-FIND reads them from a header).
+HEADER_ONLY: dict[str, dict[int, tuple[str, str]]] = {
+    "1.2.9.1": {0x00101010: ("AS", "042Y")},  # Patient's Age
+    "1.2.9.4": {0x00101001: ("PN", "Müller^Johann")},  # Other Patient Names, ISO_IR 100
+}
+
 
 def sop_uids(series: str) -> list[str]:
     count = next(n for *_, uid, _m, n in LAYOUT if uid == series)
@@ -43,7 +49,9 @@ def fill(root: Path) -> None:
     try:
         for pid, name, study, date, series, modality, _count in LAYOUT:
             for uid in sop_uids(series):
-                extra = {0x00080020: ("DA", date)}
+                extra = {0x00080020: ("DA", date), **HEADER_ONLY.get(study, {})}
+                extra[0x00080008] = ("CS", f"ORIGINAL\\PRIMARY\\{uid[-5:]}")  # ImageType
+                extra[0x00080070] = ("LO", f"Maker {series}")  # Manufacturer
                 if not name.isascii():
                     extra[0x00080005] = ("CS", "ISO_IR 100")
                 data = dataset(
@@ -64,12 +72,38 @@ def fill(root: Path) -> None:
         archive.close()
 
 
+class Audit:
+    """An audit sink keeping the Q/R records: C-FIND (query), C-MOVE and C-GET (retrieve)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def association(self, record: dict[str, Any]) -> None:
+        pass
+
+    def instance(self, record: dict[str, Any]) -> None:
+        pass
+
+    def query(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def retrieve(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+
+def identifier(level: str, **keys: Any) -> Dataset:
+    """A Q/R Identifier: Query/Retrieve Level and the keys given by keyword."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
 @contextmanager
-def serving(root: Path, *extra: str) -> Iterator[int]:
-    """`dicomstore serve` on the archive at ``root``, LAYOUT stored into it first
-    unless it exists; its port."""
-    if not root.exists():
-        fill(root)
+def serving_cli(root: Path, *extra: str) -> Iterator[int]:
+    """`dicomstore serve --fsync off` (and ``extra`` options) on the archive at
+    ``root``: its port."""
     port = free_port()
     proc = subprocess.Popen(
         serve_command(port, root, "--fsync", "off", *extra),
@@ -82,6 +116,14 @@ def serving(root: Path, *extra: str) -> Iterator[int]:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
+
+
+@contextmanager
+def serving_layout(root: Path) -> Iterator[int]:
+    """`dicomstore serve` on a new archive at ``root`` holding LAYOUT: its port."""
+    fill(root)
+    with serving_cli(root) as port:
+        yield port
 
 
 class WaitingSCP:

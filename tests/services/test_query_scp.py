@@ -12,7 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from tests.conftest import ServerThread
-from tests.services.query_testlib import PATIENT_ROOT, STUDY_ROOT, fill
+from tests.services.query_testlib import PATIENT_ROOT, STUDY_ROOT, Audit, fill, identifier
 
 from dicomstore import uids
 from dicomstore.aio.client import associate
@@ -37,20 +37,6 @@ def root(tmp_path_factory) -> Path:
     return root
 
 
-class Audit:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def association(self, record: dict[str, Any]) -> None:
-        pass
-
-    def instance(self, record: dict[str, Any]) -> None:
-        pass
-
-    def query(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def server(root: Path) -> Iterator[tuple[ServerThread, Audit]]:
     archive = Archive(root, fsync=False)
@@ -58,14 +44,6 @@ def server(root: Path) -> Iterator[tuple[ServerThread, Audit]]:
     with ServerThread(ServerConfig(port=0), archive, audit=audit) as srv:
         yield srv, audit
     archive.close()
-
-
-def identifier(level: str, **keys: Any) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
 
 
 def pynetdicom_find(port: int, model: str, ds: Dataset, calling: str = "PYNETDICOM"):
@@ -128,6 +106,56 @@ def test_pynetdicom_patient_root_and_unmatched_optional_key_is_ff01(server) -> N
     # Patient's Age is not in the index: not matched, so each match warns (FF01)
     assert [s for s, *_ in found] == [0xFF01, 0x0000]
     assert str(found[0][2].PatientName) == "Smith^John" and found[0][2].PatientAge == ""
+
+
+def test_keys_not_in_the_index_come_from_a_stored_header(server) -> None:
+    """Return keys the index does not hold are read from one stored instance of each
+    match: any attribute at IMAGE level, only those of the level and above higher up
+    (issue 15: "for keys it does not hold, from the stored header")."""
+    srv, _audit = server
+    study = pynetdicom_find(
+        srv.port,
+        STUDY_ROOT,
+        identifier("STUDY", StudyInstanceUID="1.2.9.1", PatientAge="", ImageType=""),
+    )
+    assert [s for s, *_ in study] == [0xFF00, 0x0000]
+    assert study[0][2].PatientAge == "042Y"
+    assert study[0][2].ImageType is None or study[0][2].ImageType == ""  # an IMAGE attribute
+    series = pynetdicom_find(
+        srv.port,
+        STUDY_ROOT,
+        identifier("SERIES", StudyInstanceUID="1.2.9.1", SeriesInstanceUID="", Manufacturer=""),
+    )
+    assert sorted(ds.Manufacturer for _s, _r, ds in series[:-1]) == [
+        "Maker 1.2.9.1.1",
+        "Maker 1.2.9.1.2",
+    ]
+    images = pynetdicom_find(
+        srv.port,
+        STUDY_ROOT,
+        identifier(
+            "IMAGE",
+            StudyInstanceUID="1.2.9.3",
+            SeriesInstanceUID="1.2.9.3.1",
+            SOPInstanceUID="",
+            ImageType="",
+        ),
+    )
+    assert sorted(list(ds.ImageType) for _s, _r, ds in images[:-1]) == [
+        ["ORIGINAL", "PRIMARY", "3.1.1"],
+        ["ORIGINAL", "PRIMARY", "3.1.2"],
+    ]
+    patient = pynetdicom_find(
+        srv.port,
+        PATIENT_ROOT,
+        identifier("PATIENT", PatientID="PID3", OtherPatientNames="", PatientAge="042Y"),
+    )
+    # read with the header's ISO_IR 100, answered in UTF-8; Patient's Age (a STUDY
+    # attribute) is not read at PATIENT level, and its value is not matched: FF01
+    assert [s for s, *_ in patient] == [0xFF01, 0x0000]
+    ds = patient[0][2]
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert str(ds.OtherPatientNames) == "Müller^Johann" and ds.PatientAge == ""
 
 
 def test_pynetdicom_refusals(server) -> None:

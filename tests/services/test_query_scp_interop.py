@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from tests.conftest import PEER_ENV, dcmtk
-from tests.services.query_testlib import serving
+from tests.services.query_testlib import serving_layout
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[int]:
     """`dicomstore serve` on an archive holding query_testlib.LAYOUT; its port."""
-    with serving(tmp_path_factory.mktemp("query") / "archive") as port:
+    with serving_layout(tmp_path_factory.mktemp("query") / "archive") as port:
         yield port
 
 
@@ -133,7 +133,7 @@ def test_findscu_return_keys_and_counts(served, tmp_path) -> None:
     assert list(ds.ModalitiesInStudy) == ["CT", "MR"]
     assert (ds.NumberOfStudyRelatedSeries, ds.NumberOfStudyRelatedInstances) == (2, 5)
     assert ds.RetrieveAETitle == "DICOMSTORE"
-    assert "PatientAge" in ds and ds.PatientAge == ""  # not in the index: zero-length
+    assert ds.PatientAge == "042Y"  # not in the index: from a stored header
 
 
 def test_findscu_patient_counts_and_character_set(served, tmp_path) -> None:

@@ -17,7 +17,8 @@ from tests.services.query_testlib import WaitingSCP, fill
 import dicomstore
 from dicomstore import uids
 from dicomstore.archive import Archive
-from dicomstore.services.query_identifier import decode_identifier, encode_elements
+from dicomstore.services.qr_operations import decode_identifier
+from dicomstore.services.query_identifier import encode_elements
 from dicomstore.services.query_scu import (
     FindFailed,
     find,

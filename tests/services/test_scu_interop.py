@@ -23,7 +23,8 @@ from tests.services.test_scu_support import (
 from tests.services.test_storage_scp_interop import has_study_and_series
 
 from dicomstore import uids
-from dicomstore.aio.client import ClientAssociation, associate
+from dicomstore.aio.client import associate
+from dicomstore.aio.invoker import Invoker
 from dicomstore.services.scu_send import send
 from dicomstore.services.server import ServerConfig
 from dicomstore.services.storage_scu import send_c_store
@@ -116,7 +117,7 @@ def test_pipelining_uses_the_granted_window(tmp_path: Path, monkeypatch) -> None
 
     files = sendable(tmp_path / "in", compressed=False)
     in_flight = peak = 0
-    original = ClientAssociation.store_stream
+    original = Invoker.store_stream  # (ClientAssociation's C-STOREs go through its Invoker)
 
     async def counting(self, *args, **kwargs):
         nonlocal in_flight, peak
@@ -127,7 +128,7 @@ def test_pipelining_uses_the_granted_window(tmp_path: Path, monkeypatch) -> None
         finally:
             in_flight -= 1
 
-    monkeypatch.setattr(ClientAssociation, "store_stream", counting)
+    monkeypatch.setattr(Invoker, "store_stream", counting)
     archive = Archive(tmp_path / "archive", fsync=False)
     with ServerThread(ServerConfig(port=0, max_ops=4), archive) as server:
         results = _send(server.port, files, max_ops=16)

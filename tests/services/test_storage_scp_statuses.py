@@ -22,6 +22,7 @@ from tests.conftest import PEER_ENV, ServerThread, dcmtk
 from dicomstore import uids
 from dicomstore.aio.client import ClientAssociation, associate
 from dicomstore.archive import Archive
+from dicomstore.dimse import NActionRQ, NActionRSP
 from dicomstore.dimse import commands as C
 from dicomstore.dimse import status as st
 from dicomstore.error_comment import error_comment
@@ -239,8 +240,28 @@ def test_0211_unrecognized_operation(tmp_path) -> None:
 
     rsp, echo = run(tmp_path, scenario)
     assert rsp.command_field == 0x8130
-    assert rsp.fields[C.STATUS] == 0x0211
-    assert rsp.fields[C.ERROR_COMMENT]
+    assert rsp.status == 0x0211  # not served, though malformed too (no Requested UIDs)
+    assert rsp.error_comment == "N-ACTION is not supported here"
+    assert echo.status == 0
+
+
+def test_a_well_formed_n_action_with_action_information_is_0211_until_served(
+    tmp_path,
+) -> None:
+    """Storage Commitment (PS3.4 J.3.2) is not served yet: its N-ACTION-RQ, decoded
+    by dimse/, is answered 0211 once its data set is read, and the association goes on."""
+
+    async def scenario(assoc, archive):
+        ctx = assoc.context_for(uids.VERIFICATION)
+        rq = NActionRQ(12, "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", 1)
+        info = Dataset()
+        info.TransactionUID = generate_uid()
+        rsp = await raw(assoc, ctx.id, 12, rq.encode(), encode(info))
+        return rsp, await assoc.echo()
+
+    rsp, echo = run(tmp_path, scenario)
+    assert isinstance(rsp, NActionRSP) and rsp.message_id_being_responded_to == 12
+    assert (rsp.status, rsp.action_type_id) == (0x0211, None)
     assert echo.status == 0
 
 

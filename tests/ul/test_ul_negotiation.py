@@ -456,6 +456,8 @@ _policies = st.builds(
     max_ops_invoked=st.integers(0, 10),
     extended_negotiation=st.none() | st.just(lambda uid, info: info or None),
     common_extended=st.booleans(),
+    scu_role_with=st.frozensets(_uid, max_size=2),
+    scp_role_only=st.frozensets(_uid, max_size=2),
 )
 
 
@@ -482,6 +484,16 @@ def test_random_valid_requests_never_crash_negotiate(request, pol):
     (decoded,) = read_pdus(P.encode(answer))
     view = requested(request, decoded)
     assert set(view.contexts) == set(negotiated.contexts)
+    # PS3.7 D.3.3.4: a role item answers one proposed, never grants a role not proposed,
+    # and the context left without a role is not accepted
+    asked = {r.sop_class_uid: r for r in request.user_info.roles}
+    for role in answer.user_info.roles:
+        assert role.sop_class_uid in asked
+        assert role.scu_role <= asked[role.sop_class_uid].scu_role
+        assert role.scp_role <= asked[role.sop_class_uid].scp_role
+    for ctx in negotiated.contexts.values():
+        assert ctx.scu_role or ctx.scp_role
+        assert view.contexts[ctx.id] == ctx
 
 
 def test_describe_refused_names_each_refused_context_and_why() -> None:
@@ -514,3 +526,115 @@ def test_prefer_proposed_takes_the_requesters_first_that_we_accept() -> None:
     _, theirs = negotiate(request, policy(prefer_proposed=True))
     # BIG is proposed first but is not ours: the next proposed one we accept
     assert [c.transfer_syntax for c in theirs.contexts.values()] == [EXPLICIT, IMPLICIT]
+
+
+# -- the SCP role for C-GET sub-operations (PS3.7 D.3.3.4, PS3.4 C.4.3) ------
+
+GET = uids.STUDY_ROOT_QR_GET
+
+
+def get_policy(**changes) -> AcceptorPolicy:
+    pol = policy(scu_role_with=frozenset({GET}), scp_role_only=frozenset({VERIFICATION, GET}))
+    pol.abstract_syntaxes = {**pol.abstract_syntaxes, GET: (IMPLICIT,)}
+    for name, value in changes.items():
+        setattr(pol, name, value)
+    return pol
+
+
+def test_scp_role_granted_on_an_association_with_a_get_model():
+    # the GET context comes last: the answer does not depend on the order
+    request = rq((1, CT, [EXPLICIT]), (3, MR, [EXPLICIT]), (5, GET, [IMPLICIT]))
+    request.user_info.roles = [I.RoleSelection(CT, False, True), I.RoleSelection(MR, True, True)]
+    ac, negotiated = accept(request, get_policy())
+    assert ac.user_info.roles == [
+        I.RoleSelection(CT, False, True),
+        I.RoleSelection(MR, True, True),
+    ]
+    assert results(ac) == {
+        1: (I.ACCEPTANCE, EXPLICIT),
+        3: (I.ACCEPTANCE, EXPLICIT),
+        5: (I.ACCEPTANCE, IMPLICIT),
+    }
+    assert negotiated.contexts[1] == AcceptedContext(1, CT, EXPLICIT, False, True)
+    assert negotiated.contexts[3] == AcceptedContext(3, MR, EXPLICIT, True, True)
+    assert negotiated.contexts[5] == AcceptedContext(5, GET, IMPLICIT, True, False)
+    # and the requestor reads the same agreement
+    assert requested(request, ac).contexts == negotiated.contexts
+
+
+def test_scp_role_turned_down_without_a_get_model_context():
+    request = rq((1, CT, [EXPLICIT]), (3, MR, [EXPLICIT]))
+    request.user_info.roles = [I.RoleSelection(CT, False, True), I.RoleSelection(MR, True, True)]
+    ac, negotiated = accept(request, get_policy())
+    assert ac.user_info.roles == [
+        I.RoleSelection(CT, False, False),
+        I.RoleSelection(MR, True, False),
+    ]
+    assert results(ac)[1][0] == I.USER_REJECTION  # no role left for the requestor
+    assert negotiated.contexts == {3: AcceptedContext(3, MR, EXPLICIT, True, False)}
+
+
+def test_scp_role_turned_down_when_the_get_model_context_is_refused():
+    request = rq((1, CT, [EXPLICIT]), (3, GET, [BIG]))  # no transfer syntax we take
+    request.user_info.roles = [I.RoleSelection(CT, True, True)]
+    ac, negotiated = accept(request, get_policy())
+    assert results(ac)[3][0] == I.TRANSFER_SYNTAXES_NOT_SUPPORTED
+    assert ac.user_info.roles == [I.RoleSelection(CT, True, False)]
+    assert negotiated.contexts[1].scp_role is False
+
+
+def test_scp_role_never_granted_for_verification_or_the_get_model_itself():
+    request = rq((1, VERIFICATION, [IMPLICIT]), (3, GET, [IMPLICIT]), (5, CT, [EXPLICIT]))
+    request.user_info.roles = [
+        I.RoleSelection(VERIFICATION, True, True),
+        I.RoleSelection(GET, True, True),
+        I.RoleSelection(CT, False, True),
+    ]
+    ac, negotiated = accept(request, get_policy())
+    assert ac.user_info.roles == [
+        I.RoleSelection(VERIFICATION, True, False),
+        I.RoleSelection(GET, True, False),
+        I.RoleSelection(CT, False, True),
+    ]
+    assert [(c.scu_role, c.scp_role) for c in negotiated.contexts.values()] == [
+        (True, False),
+        (True, False),
+        (False, True),
+    ]
+
+
+def test_scp_role_not_granted_when_the_get_model_context_is_scp_only():
+    # a GET model the requestor does not want to be SCU of cannot carry a C-GET
+    request = rq((1, CT, [EXPLICIT]), (3, GET, [IMPLICIT]))
+    request.user_info.roles = [I.RoleSelection(CT, True, True), I.RoleSelection(GET, False, True)]
+    ac, negotiated = accept(request, get_policy())
+    assert results(ac)[3][0] == I.USER_REJECTION
+    assert negotiated.contexts == {1: AcceptedContext(1, CT, EXPLICIT, True, False)}
+
+
+def test_no_role_item_for_a_class_the_requestor_gave_none():
+    request = rq((1, CT, [EXPLICIT]), (3, GET, [IMPLICIT]))
+    ac, negotiated = accept(request, get_policy())
+    assert ac.user_info.roles == []  # PS3.7 D.3.3.4: omitted when not in the request
+    assert negotiated.contexts[1] == AcceptedContext(1, CT, EXPLICIT, True, False)
+
+
+def test_requested_ignores_a_role_it_did_not_propose():
+    request = rq((1, CT, [EXPLICIT]), (3, MR, [EXPLICIT]))
+    request.user_info.roles = [I.RoleSelection(CT, True, False)]
+    ac = P.AssociateAC(
+        called_ae="STORESCP",
+        calling_ae="MODALITY",
+        presentation_contexts=[
+            I.PresentationContextAC(1, I.ACCEPTANCE, EXPLICIT),
+            I.PresentationContextAC(3, I.ACCEPTANCE, EXPLICIT),
+        ],
+        # a faulty acceptor: SCP granted for CT, a role item for MR never asked
+        user_info=I.UserInformation(
+            max_length=0,
+            roles=[I.RoleSelection(CT, True, True), I.RoleSelection(MR, False, True)],
+        ),
+    )
+    view = requested(request, ac)
+    assert view.contexts[1] == AcceptedContext(1, CT, EXPLICIT, True, False)
+    assert view.contexts[3] == AcceptedContext(3, MR, EXPLICIT, True, False)

@@ -94,6 +94,11 @@ class Transport:
         self._unflushed = 0
         #: Loop time ARTIM started (PS3.8 9.1.5), while it runs.
         self._artim_since: float | None = None
+        #: A data set is being streamed (:meth:`send_dataset_chunks`): messages queued
+        #: meanwhile wait here, for the fragments of two messages never interleave
+        #: (PS3.7 8.2, PS3.8 E.1).
+        self._streaming = False
+        self._held: list[tuple[int, bytes, bytes | memoryview | None]] = []
         tune_socket(stream)
 
     def _send_queued(self) -> bool:
@@ -212,7 +217,11 @@ class Transport:
         command: bytes,
         dataset: bytes | memoryview | None = None,
     ) -> None:
-        """Queue a whole (small) DIMSE message, fragmented to the peer's maximum."""
+        """Queue a whole (small) DIMSE message, fragmented to the peer's maximum;
+        while a data set is being streamed, right after its last fragment."""
+        if self._streaming:
+            self._held.append((context_id, command, dataset))
+            return
         max_pdu = self.negotiated.peer_max_pdu if self.negotiated else 0
         conn = self.conn
         conn.send_each(command_pdvs(context_id, command, max_pdu))
@@ -224,21 +233,33 @@ class Transport:
         """Send a data set from an iterable of chunks, streaming; returns bytes sent.
 
         Each chunk becomes one or more PDVs no larger than the peer allows;
-        the last chunk's last PDV carries the "last fragment" bit.
+        the last chunk's last PDV carries the "last fragment" bit. Messages
+        others queue meanwhile (:meth:`queue_message`) follow it; if the stream
+        fails they are dropped with it (the association cannot go on: abort it).
         """
         max_pdu = self.negotiated.peer_max_pdu if self.negotiated else 0
         conn = self.conn
         total = 0
         previous: bytes | None = None
-        for chunk in chunks:
-            if previous is not None:
-                conn.send_each(dataset_pdvs(context_id, previous, max_pdu, False))
-                self.write_now()
-                if self._unflushed >= DRAIN_EVERY:
-                    await self.drain()
-            previous = chunk
-            total += len(chunk)
-        conn.send_each(dataset_pdvs(context_id, previous or b"", max_pdu, True))
+        self._streaming = True
+        try:
+            for chunk in chunks:
+                if previous is not None:
+                    conn.send_each(dataset_pdvs(context_id, previous, max_pdu, False))
+                    self.write_now()
+                    if self._unflushed >= DRAIN_EVERY:
+                        await self.drain()
+                previous = chunk
+                total += len(chunk)
+            conn.send_each(dataset_pdvs(context_id, previous or b"", max_pdu, True))
+        except BaseException:
+            self._held.clear()
+            raise
+        finally:
+            self._streaming = False
+        held, self._held = self._held, []
+        for message in held:
+            self.queue_message(*message)
         self.write_now()
         return total
 

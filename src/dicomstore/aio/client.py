@@ -3,45 +3,41 @@
     async with dicomstore.connect("127.0.0.1", 11112, called_ae="STORESCP") as assoc:
         rsp = await assoc.echo()
 
-A reader task feeds the upper layer and matches responses to requests by
+A reader task feeds the upper layer and hands responses to the
+:class:`~dicomstore.aio.invoker.Invoker`, which matches them to requests by
 Message ID Being Responded To, so several requests can be outstanding when
 the peer grants an asynchronous operations window (PS3.7 D.3.3.3). A request
-answered by several responses (C-FIND, C-MOVE, C-GET: pending ones, then a
-final one, PS3.7 9.1.2.1.6) gets a :class:`Responses` stream with its data
-sets; its C-CANCEL-RQ is :meth:`ClientAssociation.cancel`.
+answered by several responses (C-FIND, C-MOVE, C-GET) gets a
+:class:`~dicomstore.aio.invoker.Responses` stream (:meth:`ClientAssociation.invoke`);
+requests the peer sends us (the C-STOREs of a C-GET, PS3.4 C.4.3) go to
+:attr:`ClientAssociation.on_request`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import ssl as ssl_module
-from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Unpack
 
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts, Transport
+from dicomstore.aio.invoker import Invoker, Request, Responses
 from dicomstore.aio.stream import Stream
 from dicomstore.dimse import (
-    CCancelRQ,
-    CEchoRQ,
     CEchoRSP,
     CommandReceived,
-    CStoreRQ,
     CStoreRSP,
     DatasetFragment,
     UnknownCommand,
 )
-from dicomstore.dimse import status as st
 from dicomstore.errors import (
     AssociationAborted,
     AssociationError,
     AssociationRejected,
-    DimseTimeout,
     RemoteProtocolError,
 )
 from dicomstore.ul import items as I
@@ -68,8 +64,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dicomstore.client")
 
-_RSP = TypeVar("_RSP", CEchoRSP, CStoreRSP)
-
 ContextSpec = tuple[str, Sequence[str]]  # (abstract syntax, transfer syntaxes)
 
 
@@ -84,21 +78,6 @@ class Incoming(Protocol):
     def abort(self) -> None: ...
 
 
-class Request(Protocol):
-    """A DIMSE request message (C-FIND-RQ, C-MOVE-RQ, C-GET-RQ ...)."""
-
-    @property
-    def message_id(self) -> int: ...
-
-    def encode(self) -> bytes: ...
-
-
-#: Largest data set of one response we hold (an Identifier is a few hundred bytes).
-MAX_RESPONSE_DATASET = 16 << 20
-#: Responses waiting for their reader before we stop reading the socket.
-RESPONSES_BUFFERED = 256
-
-
 def build_contexts(specs: Iterable[ContextSpec]) -> list[I.PresentationContextRQ]:
     """Presentation contexts with odd IDs 1, 3, 5 ... (at most 128, PS3.8 9.3.2.2)."""
     contexts = [
@@ -110,83 +89,6 @@ def build_contexts(specs: Iterable[ContextSpec]) -> list[I.PresentationContextRQ
     return contexts
 
 
-class Responses:
-    """The responses to one request answered in several (PS3.7 9.1.2.1.6), in order.
-
-    ``async for rsp, data in responses``: each response message and its data set
-    (the bytes, in the context's transfer syntax) or ``None``; the iteration ends
-    after the first response whose status is not Pending (FF00, FF01). Each
-    response must come within the DIMSE timeout. While more than
-    :data:`RESPONSES_BUFFERED` wait to be read, the association stops reading
-    the socket (TCP backpressure). :meth:`close` stops listening: later
-    responses to the request are dropped.
-    """
-
-    def __init__(self, assoc: ClientAssociation, message_id: int, context_id: int) -> None:
-        self.assoc = assoc
-        self.message_id = message_id
-        self.context_id = context_id
-        self._items: deque[tuple[Any, bytes | None]] = deque()
-        self._arrived = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._error: BaseException | None = None
-        self._final_seen = False
-
-    @property
-    def full(self) -> bool:
-        """Too many responses wait to be read."""
-        return len(self._items) >= RESPONSES_BUFFERED
-
-    def _put(self, rsp: Any, data: bytes | None) -> None:
-        self._items.append((rsp, data))
-        self._arrived.set()
-        if self.full:
-            self._room.clear()
-
-    def _fail(self, exc: BaseException) -> None:
-        self._error = exc
-        self._arrived.set()
-
-    def __aiter__(self) -> Responses:
-        return self
-
-    async def __anext__(self) -> tuple[Any, bytes | None]:
-        if self._final_seen:
-            raise StopAsyncIteration
-        while not self._items:
-            if self._error is not None:
-                raise self._error
-            self._arrived.clear()
-            timeout = self.assoc.t.timeouts.dimse
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._arrived.wait()
-            except TimeoutError:
-                self.close()
-                await self.assoc.abort()
-                raise DimseTimeout(
-                    f"no response to message {self.message_id} within {timeout}s"
-                ) from None
-        rsp, data = self._items.popleft()
-        if len(self._items) < RESPONSES_BUFFERED // 2:
-            self._room.set()
-        if not _pending(rsp):
-            self._final_seen = True
-            self.close()
-        return rsp, data
-
-    def close(self) -> None:
-        """Stop listening (what is buffered stays readable)."""
-        if self.assoc._streams.get(self.message_id) is self:
-            del self.assoc._streams[self.message_id]
-        self._room.set()
-
-
-def _pending(rsp: Any) -> bool:
-    return getattr(rsp, "status", None) in (st.PENDING, st.PENDING_WARNING)
-
-
 class ClientAssociation:
     """An association we requested, ready for DIMSE operations."""
 
@@ -194,24 +96,23 @@ class ClientAssociation:
         self.t = transport
         self.request = request
         self.negotiated: Negotiated | None = None
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future] = {}
+        #: Requests out, responses matched (one message at a time on the wire).
+        self.invoker = Invoker(transport, self.abort)
         self._released: asyncio.Future | None = None
-        self._ended: BaseException | None = None
         self._reader: asyncio.Task | None = None
-        self._window: asyncio.Semaphore | None = None
-        #: One message at a time on the wire: PS3.8 E.1 forbids interleaving
-        #: the fragments of different messages (concurrent C-STOREs share it).
-        self._send_lock = asyncio.Lock()
-        #: requests answered by several responses, by Message ID
-        self._streams: dict[int, Responses] = {}
-        #: the response whose data set is arriving, and its bytes so far
-        self._collecting: tuple[Responses, Any, bytearray] | None = None
         #: takes the requests the peer sends us (context ID, message): see Incoming;
         #: without it they are logged and ignored
         self.on_request: Callable[[int, Any], Incoming] | None = None
         self._incoming: Incoming | None = None
         self._answering: set[asyncio.Task[None]] = set()
+
+    @property
+    def _waiting(self) -> dict[int, asyncio.Future]:
+        return self.invoker.waiting
+
+    @property
+    def _ended(self) -> BaseException | None:
+        return self.invoker.ended
 
     # -- establishment ----------------------------------------------------
 
@@ -227,8 +128,7 @@ class ClientAssociation:
                         if isinstance(event, AssociateAccepted):
                             self.negotiated = requested(self.request, event.accept)
                             t.negotiated = self.negotiated
-                            window = self.negotiated.max_ops_invoked
-                            self._window = asyncio.Semaphore(window or 1024)
+                            self.invoker.open(self.negotiated.max_ops_invoked)
                             self._reader = asyncio.create_task(self._read_loop())
                             return
                         if isinstance(event, AssociateRejected):
@@ -254,8 +154,7 @@ class ClientAssociation:
                 for event in events:
                     self._on_event(event)
                 await t.flush()
-                for stream in list(self._streams.values()):
-                    await stream._room.wait()  # its reader is behind: stop reading
+                await self.invoker.room()  # a stream's reader is behind: stop reading
             self._end(AssociationAborted("the association ended"))
         except RemoteProtocolError as exc:
             t.conn.protocol_error(exc)
@@ -290,29 +189,21 @@ class ClientAssociation:
             self._on_fragment(event)  # (responses to C-ECHO/C-STORE carry none)
             return
         assert isinstance(event, CommandReceived)
-        rsp = event.message
-        msg_id = getattr(rsp, "message_id_being_responded_to", None)
-        if msg_id is None and isinstance(rsp, UnknownCommand) and rsp.is_response:
-            msg_id = rsp.message_id  # a response type we do not model (e.g. N-ACTION-RSP)
-        if msg_id is None and self.on_request is not None and not isinstance(rsp, UnknownCommand):
-            incoming = self.on_request(event.context_id, rsp)
-            if self.t.assembler.dataset_in_progress:
+        message = event.message
+        dataset_follows = self.t.assembler.dataset_in_progress
+        if (
+            self.on_request is not None
+            and getattr(message, "message_id_being_responded_to", None) is None
+            and not isinstance(message, UnknownCommand)
+        ):
+            incoming = self.on_request(event.context_id, message)
+            if dataset_follows:
                 self._incoming = incoming
             else:
                 self._answer(event.context_id, incoming)
             return
-        stream = self._streams.get(msg_id) if msg_id is not None else None
-        if stream is not None:
-            if self.t.assembler.dataset_in_progress:
-                self._collecting = (stream, rsp, bytearray())
-            else:
-                stream._put(rsp, None)
-            return
-        future = self._waiting.pop(msg_id, None) if msg_id is not None else None
-        if future is None:
-            log.warning("unexpected DIMSE message %r ignored", rsp)
-        elif not future.done():
-            future.set_result(rsp)
+        if not self.invoker.deliver(message, dataset_follows=dataset_follows):
+            log.warning("unexpected DIMSE message %r ignored", message)
 
     def _on_fragment(self, event: DatasetFragment) -> None:
         if self._incoming is not None:
@@ -321,19 +212,7 @@ class ClientAssociation:
                 incoming, self._incoming = self._incoming, None
                 self._answer(event.context_id, incoming)
             return
-        if self._collecting is None:
-            return
-        stream, rsp, data = self._collecting
-        if len(data) + len(event.data) > MAX_RESPONSE_DATASET:
-            raise RemoteProtocolError(
-                f"a response data set over {MAX_RESPONSE_DATASET} bytes",
-                P.ABORT_INVALID_PDU_PARAMETER_VALUE,
-            )
-        data += event.data  # a copy: the PDV is a view of the receive buffer
-        if event.is_last:
-            self._collecting = None
-            if self._streams.get(stream.message_id) is stream:
-                stream._put(rsp, bytes(data))
+        self.invoker.deliver_fragment(event)
 
     def _answer(self, context_id: int, incoming: Incoming) -> None:
         """Send the response to a request of the peer once it is ready (a C-STORE
@@ -344,7 +223,7 @@ class ClientAssociation:
             if rsp is None:  # a request we do not serve: no answer
                 return
             try:
-                async with self._send_lock:
+                async with self.invoker.send_lock:
                     if self.t.conn.is_established:
                         self.t.queue_message(context_id, rsp.encode())
                         await self.t.drain()
@@ -364,15 +243,7 @@ class ClientAssociation:
         if self._incoming is not None:
             self._incoming.abort()  # the association ended inside its data set
             self._incoming = None
-        if self._ended is None:
-            self._ended = exc
-        for stream in list(self._streams.values()):
-            stream._fail(self._ended)
-            stream.close()
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(self._ended)
-        self._waiting.clear()
+        self.invoker.end(exc)
         if self._released is not None and not self._released.done():
             if (
                 self.t.conn.is_closed
@@ -392,77 +263,28 @@ class ClientAssociation:
         assert self.negotiated is not None
         return self.negotiated.context_for(abstract_syntax, transfer_syntax)
 
-    def _check_usable(self) -> None:
-        if self._ended is not None:
-            raise self._ended
-        if not self.t.conn.is_established:
-            raise AssociationError("the association is not established")
-
-    async def _await_response(
-        self, msg_id: int, future: asyncio.Future, expected: type[_RSP]
-    ) -> _RSP:
-        try:
-            async with asyncio.timeout(self.t.timeouts.dimse):
-                rsp = await future
-        except TimeoutError:
-            self._waiting.pop(msg_id, None)
-            await self.abort()
-            raise DimseTimeout(
-                f"no response to message {msg_id} within {self.t.timeouts.dimse}s"
-            ) from None
-        if not isinstance(rsp, expected):  # PS3.7 9.3: the response of the request's type
-            why = f"the peer answered message {msg_id} with {type(rsp).__name__}"
-            log.warning("%s, not a %s: aborting", why, expected.__name__)
-            await self.abort()
-            raise AssociationAborted(f"{why}, not a {expected.__name__}")
-        return rsp
-
     async def echo(self) -> CEchoRSP:
         """C-ECHO (PS3.7 9.3.5); returns the C-ECHO-RSP."""
-        self._check_usable()
+        self.invoker.check_usable()
         ctx = self.context_for(uids.VERIFICATION)
         if ctx is None:
             raise AssociationError("the peer did not accept the Verification SOP Class")
-        msg_id = next(self._ids) & 0xFFFF
-        future = asyncio.get_running_loop().create_future()
-        self._waiting[msg_id] = future
-        async with self._send_lock:
-            self.t.queue_message(ctx.id, CEchoRQ(msg_id).encode())
-            await self.t.drain()
-        return await self._await_response(msg_id, future, CEchoRSP)
+        return await self.invoker.echo(ctx.id)
 
     def next_message_id(self) -> int:
         """A Message ID for a new request (1 .. 65535, PS3.7 9.1)."""
-        return next(self._ids) & 0xFFFF or next(self._ids) & 0xFFFF
+        return self.invoker.next_id()
 
     async def invoke(self, context_id: int, rq: Request, dataset: bytes | None = None) -> Responses:
         """Send a request answered by several responses (C-FIND, C-MOVE, C-GET) on
-        ``context_id``, with its (small) data set; the stream of its responses.
+        ``context_id``, with its (small) data set; the stream of its responses
+        (:meth:`Invoker.invoke <dicomstore.aio.invoker.Invoker.invoke>`).
         ``rq.message_id`` comes from :meth:`next_message_id`."""
-        self._check_usable()
-        msg_id = rq.message_id
-        if msg_id in self._streams:
-            raise ValueError(f"message {msg_id} is already outstanding")
-        stream = Responses(self, msg_id, context_id)
-        self._streams[msg_id] = stream
-        try:
-            async with self._send_lock:
-                self._check_usable()
-                self.t.queue_message(context_id, rq.encode(), dataset)
-                await self.t.drain()
-        except BaseException:
-            stream.close()
-            raise
-        return stream
+        return await self.invoker.invoke(context_id, rq, dataset)
 
     async def cancel(self, responses: Responses) -> None:
-        """C-CANCEL-RQ for the request of ``responses`` (PS3.7 9.3.2.3): the peer
-        ends it with a final response (FE00 Cancel), or has already."""
-        if self._ended is not None or not self.t.conn.is_established:
-            return
-        async with self._send_lock:
-            self.t.queue_message(responses.context_id, CCancelRQ(responses.message_id).encode())
-            await self.t.drain()
+        """C-CANCEL-RQ for the request of ``responses`` (PS3.7 9.3.2.3)."""
+        await self.invoker.cancel(responses)
 
     async def store_stream(
         self,
@@ -479,35 +301,14 @@ class ClientAssociation:
         Waits for a slot of the operations window, sends the request and the
         data set, and returns the C-STORE-RSP when it arrives.
         """
-        self._check_usable()
-        assert self._window is not None
-        async with self._window:
-            self._check_usable()
-            msg_id = next(self._ids) & 0xFFFF or next(self._ids)
-            rq = CStoreRQ(
-                msg_id,
-                sop_class_uid,
-                sop_instance_uid,
-                priority,
-                move_originator[0] if move_originator else None,
-                move_originator[1] if move_originator else None,
-            )
-            future = asyncio.get_running_loop().create_future()
-            self._waiting[msg_id] = future
-            try:
-                async with self._send_lock:
-                    self._check_usable()
-                    self.t.queue_message(context.id, rq.encode())
-                    await self.t.send_dataset_chunks(context.id, chunks)
-                    await self.t.drain()
-            except BaseException:
-                self._waiting.pop(msg_id, None)
-                if not future.done():
-                    future.cancel()
-                elif not future.cancelled():
-                    future.exception()  # retrieved: the caller gets the send error
-                raise
-            return await self._await_response(msg_id, future, CStoreRSP)
+        return await self.invoker.store_stream(
+            context,
+            sop_class_uid,
+            sop_instance_uid,
+            chunks,
+            priority=priority,
+            move_originator=move_originator,
+        )
 
     async def store(
         self,

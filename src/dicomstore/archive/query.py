@@ -321,9 +321,24 @@ _COUNTS = {
 _LISTS = ("modalities", "sop_classes")
 
 
-def _select(level: str, computed: Collection[str] | None = None) -> tuple[str, list[str]]:
+#: One stored instance of an entity (``sample_path``): where attributes the index
+#: does not hold are read from (C-FIND return keys).
+_SAMPLE = {
+    "patient": "SELECT c.path FROM study a JOIN series b ON b.study_pk = a.study_pk"
+    " JOIN instance c ON c.series_pk = b.series_pk WHERE a.patient_pk = p.patient_pk LIMIT 1",
+    "study": "SELECT c.path FROM series b JOIN instance c ON c.series_pk = b.series_pk"
+    " WHERE b.study_pk = st.study_pk LIMIT 1",
+    "series": "SELECT c.path FROM instance c WHERE c.series_pk = se.series_pk LIMIT 1",
+    "instance": "i.path",
+}
+
+
+def _select(
+    level: str, computed: Collection[str] | None = None, sample: bool = False
+) -> tuple[str, list[str]]:
     """SELECT list and row keys: this level's columns, those above, the counts (those
-    in ``computed`` only, when given: each is a subquery per row)."""
+    in ``computed`` only, when given: each is a subquery per row), and with
+    ``sample`` the path of one instance of the entity (``sample_path``)."""
     exprs: list[str] = []
     keys: list[str] = []
     for upper in LEVELS[: _DEPTH[level] + 1]:
@@ -338,6 +353,9 @@ def _select(level: str, computed: Collection[str] | None = None) -> tuple[str, l
             continue
         exprs.append(f"({sub})")
         keys.append(key)
+    if sample:
+        exprs.append(f"({_SAMPLE[level]})")
+        keys.append("sample_path")
     return ", ".join(exprs), keys
 
 
@@ -348,11 +366,13 @@ def build(
     limit: int | None = None,
     offset: int = 0,
     computed: Collection[str] | None = None,
+    sample: bool = False,
 ) -> tuple[str, list[Any], list[str]]:
     """SQL, parameters and row keys of a search at ``level`` (``computed``: the
-    counts and lists wanted, by row key; default all)."""
+    counts and lists wanted, by row key, default all; ``sample``: see
+    :func:`iter_search`)."""
     clauses, params = where(level, filters)
-    columns, keys = _select(level, computed)
+    columns, keys = _select(level, computed, sample)
     sql = f"SELECT {columns} FROM {_chain('patient', level)}"
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)
@@ -379,10 +399,15 @@ def iter_search(
     limit: int | None = None,
     offset: int = 0,
     computed: Collection[str] | None = None,
+    sample: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Rows matching ``filters`` at ``level``, streamed from the cursor; of the
-    computed counts and lists, those in ``computed`` (row keys) when given."""
-    sql, params, keys = build(level, filters or {}, limit=limit, offset=offset, computed=computed)
+    computed counts and lists, those in ``computed`` (row keys) when given; with
+    ``sample`` each row also has ``sample_path``, the stored file (relative to the
+    root) of one instance of the entity, or None when it has none."""
+    sql, params, keys = build(
+        level, filters or {}, limit=limit, offset=offset, computed=computed, sample=sample
+    )
     for values in db.execute(sql, params):
         yield _row(keys, values)
 

@@ -26,7 +26,7 @@ from dicomstore.cli.options import (
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and options (documented in the README)."""
     from dicomstore import __version__
-    from dicomstore.cli import access, admin, echo, find, retrieve, send, serve
+    from dicomstore.cli import access, admin, echo, events, find, retrieve, send, serve
 
     parser = argparse.ArgumentParser(prog="dicomstore", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dicomstore {__version__}")
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_parsers(sub)
     access.add_parsers(sub)
     admin.add_parsers(sub)
+    events.add_parser(sub)
     return parser
 
 
@@ -84,6 +85,10 @@ def _run(args: argparse.Namespace) -> int:
         from dicomstore.cli import send
 
         return send.run(args)
+    if args.command == "events":
+        from dicomstore.cli import events
+
+        return events.run(args)
     if args.command == "conformance":
         from dicomstore.conformance import statement
 

@@ -94,4 +94,13 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     warnings.showwarning = _warning_to_debug
     if level != "debug":  # pydicom logs each warning it issues too
-        logging.getLogger("pydicom").setLevel(logging.ERROR)
+        handler.addFilter(_quiet_pydicom)
+
+
+def _quiet_pydicom(record: logging.LogRecord) -> bool:
+    """Drop pydicom's own records below ERROR. A filter on the handler, not the
+    logger's level: pydicom sets that level when it is first imported, which may
+    be after the CLI has configured logging (it is imported lazily)."""
+    return record.levelno >= logging.ERROR or not (
+        record.name == "pydicom" or record.name.startswith("pydicom.")
+    )

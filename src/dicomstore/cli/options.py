@@ -23,6 +23,7 @@ from dicomstore.errors import (
     AssociationRejected,
     DimseTimeout,
 )
+from dicomstore.services.destinations import Destination, parse_destination
 from dicomstore.vr import ae_title_problem
 
 EXIT_OK = 0
@@ -45,6 +46,13 @@ def _ae_title(value: str) -> str:
     if problem is not None:
         raise argparse.ArgumentTypeError(f"not a valid AE title ({problem}): {value!r}")
     return value.strip(" ")
+
+
+def _move_destination(value: str) -> Destination:
+    try:
+        return parse_destination(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _port(value: str) -> int:
@@ -75,6 +83,27 @@ def _positive(value: str) -> float:
     if n <= 0:
         raise argparse.ArgumentTypeError("must be greater than 0")
     return n
+
+
+def _seconds(value: str) -> float:
+    """A duration in seconds, 0 or more (0 usually meaning "off")."""
+    try:
+        n = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not n >= 0 or n == float("inf"):
+        raise argparse.ArgumentTypeError("must be 0 or more seconds")
+    return n
+
+
+def _http_url(value: str) -> str:
+    """An http:// or https:// URL with a host."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"not an http:// or https:// URL: {value!r}")
+    return value
 
 
 def _count(value: str) -> int:

@@ -26,9 +26,12 @@ from dicomstore.cli.options import (
     _ae_title,
     _cannot_open,
     _count,
+    _http_url,
+    _move_destination,
     _pdu,
     _port,
     _positive,
+    _seconds,
     _size,
     _timeouts,
     _transfer_syntax,
@@ -106,6 +109,14 @@ def add_parser(sub: Any) -> None:
         action="append",
         metavar="AET",
         help="only these calling AE titles may C-STORE, others get 0124 (repeatable)",
+    )
+    s.add_argument(
+        "--move-destination",
+        type=_move_destination,
+        action="append",
+        metavar="AET=HOST:PORT",
+        help="a Storage SCP a C-MOVE may name by its AE title (repeatable; also "
+        "[destinations] in the --config policy file; any other title gets A801)",
     )
     s.add_argument(
         "--accept-unknown-sop-classes",
@@ -191,6 +202,27 @@ def add_parser(sub: Any) -> None:
         type=Path,
         metavar="FILE",
         help="append one JSON line per association and per stored instance",
+    )
+    ev = s.add_argument_group("study-complete events")
+    ev.add_argument(
+        "--stable-age",
+        type=_seconds,
+        default=_D.stable_age,
+        metavar="SECONDS",
+        help="a study is stable (complete) after this long without a new instance: "
+        f"logged to <storage>/.events/study-stable.jsonl (default {_D.stable_age:g}; 0: off)",
+    )
+    ev.add_argument(
+        "--on-stable-exec",
+        metavar="COMMAND",
+        help="run COMMAND (no shell) when a study is stable: {study}, {folder} and "
+        "{patient} replaced, else the study UID and folder appended",
+    )
+    ev.add_argument(
+        "--stable-webhook",
+        type=_http_url,
+        metavar="URL",
+        help="POST each study-complete event to URL as JSON",
     )
     lim = s.add_argument_group("limits")
     lim.add_argument(
@@ -295,6 +327,10 @@ async def run(args: argparse.Namespace) -> int:
         max_instance_bytes=args.max_instance_size,
         min_free_bytes=args.min_free,
         prefer_proposed_transfer_syntax=args.transfer_syntax_order == "proposed",
+        move_destinations=tuple(args.move_destination or ()),
+        stable_age=args.stable_age,
+        on_stable_exec=args.on_stable_exec,
+        stable_webhook=args.stable_webhook,
     )
     if args.transfer_syntax:
         config.transfer_syntaxes = tuple(args.transfer_syntax)

@@ -43,6 +43,16 @@ from dicomstore.dimse.messages import (
     UnknownCommand,
     decode_message,
 )
+from dicomstore.dimse.normalized_messages import (
+    N_ACTION_RQ,
+    N_ACTION_RSP,
+    N_EVENT_REPORT_RQ,
+    N_EVENT_REPORT_RSP,
+    NActionRQ,
+    NActionRSP,
+    NEventReportRQ,
+    NEventReportRSP,
+)
 from dicomstore.dimse.query_messages import C_FIND_RQ, C_FIND_RSP, CCancelRQ, CFindRQ, CFindRSP
 from dicomstore.dimse.retrieve_messages import (
     C_GET_RQ,
@@ -95,6 +105,14 @@ __all__ = [
     "PRIORITY_HIGH",
     "PRIORITY_LOW",
     "PRIORITY_MEDIUM",
+    "N_ACTION_RQ",
+    "N_ACTION_RSP",
+    "N_EVENT_REPORT_RQ",
+    "N_EVENT_REPORT_RSP",
+    "NActionRQ",
+    "NActionRSP",
+    "NEventReportRQ",
+    "NEventReportRSP",
     "RetrieveRQ",
     "RetrieveRSP",
     "SubOperations",

@@ -54,6 +54,12 @@ from dicomstore.uids import VERIFICATION
 from dicomstore.ul.pdu import ABORT_INVALID_PDU_PARAMETER_VALUE
 
 if TYPE_CHECKING:
+    from dicomstore.dimse.normalized_messages import (
+        NActionRQ,
+        NActionRSP,
+        NEventReportRQ,
+        NEventReportRSP,
+    )
     from dicomstore.dimse.query_messages import CCancelRQ, CFindRQ, CFindRSP
     from dicomstore.dimse.retrieve_messages import CGetRQ, CGetRSP, CMoveRQ, CMoveRSP
 
@@ -304,10 +310,10 @@ class InvalidRequest:
     ) -> CEchoRSP | CStoreRSP | GenericRSP:
         """The matching response, carrying Offending Element and Error Comment."""
         comment = self.reason if error_comment is None else error_comment
-        sop_class = _str_field(self.fields, AFFECTED_SOP_CLASS_UID)
+        sop_class = _str_field(self.fields, AFFECTED_SOP_CLASS_UID, REQUESTED_SOP_CLASS_UID)
         if self.command_field == C_ECHO_RQ:
             return CEchoRSP(self.message_id, status, sop_class, comment)
-        instance = _str_field(self.fields, AFFECTED_SOP_INSTANCE_UID)
+        instance = _str_field(self.fields, AFFECTED_SOP_INSTANCE_UID, REQUESTED_SOP_INSTANCE_UID)
         if self.command_field == C_STORE_RQ:
             return CStoreRSP(
                 self.message_id, status, sop_class, instance, comment, self.offending_element
@@ -324,8 +330,9 @@ class InvalidRequest:
 
 
 #: Every decoded message; C-FIND and C-CANCEL live in ``query_messages.py``,
-#: C-MOVE and C-GET in ``retrieve_messages.py``.
-Message = Union[  # noqa: UP007 - forward references to query/retrieve_messages
+#: C-MOVE and C-GET in ``retrieve_messages.py``, N-ACTION and N-EVENT-REPORT in
+#: ``normalized_messages.py``.
+Message = Union[  # noqa: UP007 - forward references to those modules
     CEchoRQ,
     CEchoRSP,
     CStoreRQ,
@@ -336,6 +343,10 @@ Message = Union[  # noqa: UP007 - forward references to query/retrieve_messages
     "CFindRQ",
     "CFindRSP",
     "CCancelRQ",
+    "NActionRQ",
+    "NActionRSP",
+    "NEventReportRQ",
+    "NEventReportRSP",
     "CMoveRQ",
     "CMoveRSP",
     "CGetRQ",

@@ -5,7 +5,10 @@
 rejected as transient, PS3.8 9.3.4), admits the caller (the gatekeeper of
 ``admission.py``, throttled per address), then dispatches DIMSE messages:
 C-ECHO to Verification, C-STORE to the storage SCP and so to the one store
-service, C-FIND and C-CANCEL to the query SCP (``query_scp.py``); 0210/0211/0212
+service, C-FIND to the query SCP (``query_scp.py``), C-MOVE to the retrieve SCP
+(``retrieve_scp.py``), C-GET to the get SCP (``get_scp.py``, whose C-STOREs go
+out on this association: their C-STORE-RSPs go back to it through
+``same_association.py``), a C-CANCEL to whichever runs its operation; 0210/0211/0212
 for what cannot be served, and the asynchronous operations window (PS3.7
 D.3.3.3) for commits that overlap receiving. The asyncio shell below it only
 moves bytes and runs timers (``aio``).
@@ -19,6 +22,9 @@ from typing import TYPE_CHECKING
 
 from dicomstore.aio.association import StalledPDU, Transport
 from dicomstore.dimse import (
+    N_ACTION_RQ,
+    N_EVENT_REPORT_RQ,
+    CCancelRQ,
     CEchoRQ,
     CEchoRSP,
     CommandReceived,
@@ -27,8 +33,10 @@ from dicomstore.dimse import (
     DatasetFragment,
     GenericRSP,
     InvalidRequest,
-    RetrieveRQ,
-    RetrieveRSP,
+    NActionRQ,
+    NActionRSP,
+    NEventReportRQ,
+    NEventReportRSP,
     UnknownCommand,
 )
 from dicomstore.dimse import status as st
@@ -37,7 +45,10 @@ from dicomstore.services.admission import (
     Admission,
     AdmissionRequest,
 )
+from dicomstore.services.get_scp import GetSCP
 from dicomstore.services.query_scp import QuerySCP
+from dicomstore.services.retrieve_scp import RetrieveSCP
+from dicomstore.services.same_association import SameAssociationStore
 from dicomstore.services.storage_scp import (
     Receiving,
     StorageSCP,
@@ -67,6 +78,9 @@ log = logging.getLogger("dicomstore.server")
 #: ``Server(commit_in_thread=WHEN_BUSY)``: commit in a worker thread only while
 #: the loop has others to serve (see ``AcceptorAssociation._commit_in_thread``).
 WHEN_BUSY = "when-busy"
+#: Requests dimse/ decodes that no service here takes yet: answered 0211 (PS3.7
+#: C.5.6), even when a field is missing (Storage Commitment, issue 16, will serve them).
+NOT_SERVED = {N_ACTION_RQ: "N-ACTION", N_EVENT_REPORT_RQ: "N-EVENT-REPORT"}
 
 
 _CONGESTION = P.AssociateRJ(
@@ -94,6 +108,11 @@ class AcceptorAssociation:
         self.storage: StorageSCP | None = None
         self.receiving: Receiving | None = None
         self.query: QuerySCP | None = None
+        self.retrieve: RetrieveSCP | None = None
+        self.get: GetSCP | None = None
+        #: C-STOREs we send on this association (C-GET sub-operations), when the
+        #: requestor took the Storage SCP role for some SOP class (PS3.7 D.3.3.4)
+        self.sender: SameAssociationStore | None = None
         #: C-STOREs whose data set arrived and whose commit runs, by Message ID.
         self.inflight: dict[int, asyncio.Task] = {}
         #: a commit awaited in line (window 1): an operation in progress too
@@ -112,8 +131,12 @@ class AcceptorAssociation:
     @property
     def busy(self) -> bool:
         """An operation is in progress (graceful shutdown lets it finish)."""
-        query = self.query is not None and self.query.busy
-        return self.receiving is not None or self.committing or bool(self.inflight) or query
+        qr = any(scp is not None and scp.busy for scp in self._qr_scps)
+        return self.receiving is not None or self.committing or bool(self.inflight) or qr
+
+    @property
+    def _qr_scps(self) -> tuple[QuerySCP | RetrieveSCP | GetSCP | None, ...]:
+        return (self.query, self.retrieve, self.get)
 
     async def run(self) -> None:
         """Serve until the association ends; never raises."""
@@ -178,8 +201,11 @@ class AcceptorAssociation:
             t.abort_now()
         finally:
             self._drop_receiving()
-            if self.query is not None:
-                await self.query.close()
+            if self.sender is not None:  # sub-operations awaiting a C-STORE-RSP fail
+                self.sender.close()
+            for scp in self._qr_scps:
+                if scp is not None:
+                    await scp.close()
             if self.inflight:  # the peer left: commits finish, answers go nowhere
                 await asyncio.wait(list(self.inflight.values()))
             await t.close()
@@ -338,7 +364,11 @@ class AcceptorAssociation:
             address=self.address,
             user=admission.user,
         )
+        sender = SameAssociationStore(t)
+        self.sender = sender if sender.usable else None
         self.query = self.server.query_scp(t, rq, self.address, admission)
+        self.retrieve = self.server.retrieve_scp(t, rq, self.address, admission)
+        self.get = self.server.get_scp(t, rq, self.address, admission, self.sender)
         if subject:
             log.info("%s: TLS peer certificate %s", t.peer, subject)
         log.info(
@@ -358,8 +388,13 @@ class AcceptorAssociation:
 
     async def _on_dimse(self, event) -> None:
         t = self.t
-        if self.query is not None and self.query.handles(event):
-            self.query.receive(event)
+        for scp in self._qr_scps:
+            if scp is not None and scp.handles(event):
+                scp.receive(event)
+                return
+        if self.sender is not None and self.sender.handles(event):
+            if not self.sender.receive(event):
+                log.warning("%s: C-STORE-RSP to no C-STORE-RQ of ours ignored", t.peer)
             return
         if isinstance(event, DatasetFragment):
             receiving = self.receiving
@@ -374,7 +409,7 @@ class AcceptorAssociation:
             return
         assert isinstance(event, CommandReceived)
         message = event.message
-        rsp: CStoreRSP | CEchoRSP | GenericRSP | RetrieveRSP
+        rsp: CStoreRSP | CEchoRSP | GenericRSP | NActionRSP | NEventReportRSP
         if isinstance(message, CStoreRQ):
             assert self.storage is not None
             if message.message_id in self.inflight:
@@ -397,21 +432,29 @@ class AcceptorAssociation:
             else:
                 rsp = echo_response(message)
             t.queue_message(event.context_id, rsp.encode())
-        elif isinstance(message, InvalidRequest | UnknownCommand | RetrieveRQ):
+        elif isinstance(message, InvalidRequest | UnknownCommand | NActionRQ | NEventReportRQ):
             if getattr(message, "is_response", False):
                 log.warning("%s: unexpected response %#06x ignored", t.peer, message.command_field)
                 return
-            if isinstance(message, RetrieveRQ):  # no retrieve model negotiated
-                rsp = message.response(
-                    st.SOP_CLASS_NOT_SUPPORTED, error_comment="retrieval is not supported here"
-                )
-            else:
+            served = message.command_field not in NOT_SERVED
+            if served and isinstance(message, InvalidRequest | UnknownCommand):
                 rsp = message.response()
+            else:  # decoded, but no service takes it
+                rsp = message.response(
+                    st.UNRECOGNIZED_OPERATION,
+                    f"{NOT_SERVED.get(message.command_field)} is not supported here",
+                )
             log.warning("%s: answering %#06x: %s", t.peer, rsp.status, rsp.error_comment)
             if message.has_dataset:  # answer once the data set, discarded, is complete
                 self.receiving = Receiving(None, None, None, rsp)  # type: ignore[arg-type]
             else:
                 t.queue_message(event.context_id, rsp.encode())
+        elif isinstance(message, CCancelRQ):  # PS3.7 9.3.2.3: nothing to answer
+            log.info(
+                "%s: C-CANCEL-RQ for message %d, not in progress: ignored",
+                t.peer,
+                message.message_id_being_responded_to,
+            )
         else:
             log.warning("%s: unexpected %s ignored", t.peer, type(message).__name__)
 

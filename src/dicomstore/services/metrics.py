@@ -145,3 +145,8 @@ class _CountingAudit:
         query = getattr(self.inner, "query", None)
         if query is not None:
             query(record)
+
+    def retrieve(self, record: dict[str, Any]) -> None:
+        retrieve = getattr(self.inner, "retrieve", None)
+        if retrieve is not None:
+            retrieve(record)

@@ -2,12 +2,14 @@
 
 :func:`parse_identifier` turns a request Identifier into the index's filters
 (:mod:`dicomstore.archive.query`, the engine QIDO-RS uses, PS3.4 C.2.2.2) and
-the return keys; :func:`response_elements` fills those keys from one index
-row. Identifiers are small flat data sets: :func:`encode_elements` writes one
-from (tag, VR, value bytes) in any uncompressed transfer syntax without pydicom
-(a response per match is the SCP's hot path; a request's matching key is often
-no valid value of its VR, which pydicom would refuse); :func:`decode_identifier`
-reads one with pydicom. Rules (the conformance statement says the same):
+the return keys; :func:`response_elements` fills those keys from one index row
+(and a stored header). Identifiers are small data sets: :func:`encode_elements`
+writes one from (tag, VR, value bytes) in any uncompressed transfer syntax
+without pydicom (a response per match is the SCP's hot path; a request's
+matching key is often no valid value of its VR, which pydicom would refuse),
+leaving to pydicom only the elements read from a stored header (any VR,
+sequences); :func:`~dicomstore.services.qr_operations.decode_identifier` reads
+one with pydicom. Rules (the conformance statement says the same):
 
 - Query/Retrieve Level (0008,0052) is required and must be a level of the
   information model: PATIENT, STUDY, SERIES, IMAGE for Patient Root; STUDY,
@@ -16,24 +18,29 @@ reads one with pydicom. Rules (the conformance statement says the same):
   every level above (Patient ID, Study/Series Instance UID) must be present with
   a single value (else A900: relational queries are not supported); a key of a
   level below the one queried is refused (A900);
-- keys the index holds are matched and returned; other keys are returned
-  zero-length, and a value in one is not matched: each match then has status
-  FF01 (optional keys not supported for matching);
+- keys the index holds are matched and returned; other keys are filled from the
+  stored header of one instance of the matching entity (the instance itself at
+  IMAGE level; above it only the attributes of that level and the levels above it,
+  :data:`HEADER_KEYS`), else returned zero-length; a value in such a key is not
+  matched: each match then has status FF01 (optional keys not supported for
+  matching);
 - a value the engine cannot match (a malformed date, say) is C000.
 """
 
 from __future__ import annotations
 
-import io
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 
 from dicomstore import uids
 from dicomstore.archive import query as q
@@ -68,8 +75,82 @@ UTF8 = "ISO_IR 192"
 BINARY_VRS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
 
 #: One element of an Identifier: tag, VR, value bytes (text encoded and padded to an
-#: even length, numbers little endian).
-Element = tuple[int, str, bytes]
+#: even length, numbers little endian), or for one read from a stored header the
+#: pydicom DataElement (:func:`encode_elements` has pydicom encode it).
+Element = tuple[int, str, "bytes | DataElement"]
+
+#: Attributes of each level (the Patient, Study and Series IEs' common modules,
+#: PS3.3 C.7.1-C.7.3 and C.7.5) that the index does not hold, returned from a
+#: stored header at that level and below. At IMAGE level any attribute is.
+HEADER_KEYS: dict[str, frozenset[str]] = {
+    "PATIENT": frozenset(
+        [
+            "PatientBirthTime",
+            "OtherPatientIDsSequence",
+            "OtherPatientNames",
+            "PatientBirthName",
+            "PatientMotherBirthName",
+            "EthnicGroup",
+            "PatientComments",
+            "PatientSpeciesDescription",
+            "PatientBreedDescription",
+            "ResponsiblePerson",
+            "ResponsibleOrganization",
+            "PatientIdentityRemoved",
+            "DeidentificationMethod",
+            "IssuerOfPatientIDQualifiersSequence",
+            "QualityControlSubject",
+            "StrainDescription",
+        ]
+    ),
+    "STUDY": frozenset(
+        [
+            "IssuerOfAccessionNumberSequence",
+            "ProcedureCodeSequence",
+            "PhysiciansOfRecord",
+            "NameOfPhysiciansReadingStudy",
+            "ReferencedStudySequence",
+            "AdmittingDiagnosesDescription",
+            "PatientAge",
+            "PatientSize",
+            "PatientWeight",
+            "Occupation",
+            "AdditionalPatientHistory",
+            "OtherStudyNumbers",
+            "RequestingService",
+            "ReasonForPerformedProcedureCodeSequence",
+            "PatientSexNeutered",
+            "PatientBodyMassIndex",
+        ]
+    ),
+    "SERIES": frozenset(
+        [
+            "SeriesDate",
+            "SeriesTime",
+            "Laterality",
+            "ProtocolName",
+            "PerformingPhysicianName",
+            "OperatorsName",
+            "PerformedProcedureStepStartDate",
+            "PerformedProcedureStepStartTime",
+            "PerformedProcedureStepID",
+            "PerformedProcedureStepDescription",
+            "RequestAttributesSequence",
+            "SeriesDescriptionCodeSequence",
+            "PatientPosition",
+            "AnatomicalOrientationType",
+            "Manufacturer",
+            "InstitutionName",
+            "InstitutionAddress",
+            "StationName",
+            "InstitutionalDepartmentName",
+            "ManufacturerModelName",
+            "DeviceSerialNumber",
+            "SoftwareVersions",
+            "FrameOfReferenceUID",
+        ]
+    ),
+}
 
 
 class FindFailure(Exception):
@@ -92,6 +173,8 @@ class FindQuery:
     keys: list[tuple[int, str]] = field(default_factory=list)
     #: keys with a value the index cannot match (each match answers FF01)
     unmatched: list[int] = field(default_factory=list)
+    #: keys not in the index, read from a stored header (HEADER_KEYS)
+    from_header: list[int] = field(default_factory=list)
 
     @property
     def index_level(self) -> str:
@@ -116,26 +199,12 @@ class FindQuery:
         return out
 
 
-def decode_identifier(data: bytes, transfer_syntax: str, *, check: bool = True) -> Dataset:
-    """The Identifier data set in the context's (uncompressed) transfer syntax;
-    ``check``: every value decoded now (a broken one fails here, not later), else
-    as it is used (pydicom's way, as ``dcmread``)."""
-    ds = read_dataset(
-        io.BytesIO(data),
-        transfer_syntax == uids.IMPLICIT_VR_LE,
-        transfer_syntax != uids.EXPLICIT_VR_BE,
-    )
-    if check:
-        for _elem in ds:
-            pass
-    return ds
-
-
-def _text(value: Any) -> str:
+def text_value(value: Any) -> str:
+    """An element value as text (a multi-valued one joined by ``\\``)."""
     if value is None:
         return ""
     if isinstance(value, MultiValue | list | tuple):
-        return "\\".join(_text(v) for v in value)
+        return "\\".join(text_value(v) for v in value)
     if isinstance(value, bytes):
         return value.decode("ascii", "replace")
     return str(value).strip()
@@ -154,7 +223,7 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
             "no Query/Retrieve Level (0008,0052)",
             QUERY_RETRIEVE_LEVEL,
         )
-    level = _text(identifier[QUERY_RETRIEVE_LEVEL].value).upper()
+    level = text_value(identifier[QUERY_RETRIEVE_LEVEL].value).upper()
     if level not in levels:
         raise FindFailure(
             st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -167,13 +236,15 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
         tag = int(element.tag)
         if tag in (SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL) or tag < 0x00080000:
             continue
-        value = "" if element.VR == "SQ" else _text(element.value)
+        value = "" if element.VR == "SQ" else text_value(element.value)
         if tag in (RETRIEVE_AE_TITLE, INSTANCE_AVAILABILITY):
             found.keys.append((tag, element.VR))
             continue
         attr = q.attribute(tag)
-        if attr is None:  # not in the index: returned zero-length, not matched
+        if attr is None:  # not in the index: from a header or zero-length, not matched
             found.keys.append((tag, element.VR))
+            if level == "IMAGE" or _of_level_or_above(element.keyword, levels, level):
+                found.from_header.append(tag)
             if value:
                 found.unmatched.append(tag)
             continue
@@ -205,6 +276,10 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
     return found
 
 
+def _of_level_or_above(keyword: str, levels: tuple[str, ...], level: str) -> bool:
+    return any(keyword in HEADER_KEYS.get(upper, ()) for upper in levels[: levels.index(level) + 1])
+
+
 def _value(query: FindQuery, tag: int, row: dict[str, Any], ae_title: str) -> Any:
     if tag == RETRIEVE_AE_TITLE:
         return ae_title
@@ -232,12 +307,23 @@ def text_bytes(vr: str, text: str, encoding: str = "ascii") -> bytes:
     return data
 
 
-def response_elements(query: FindQuery, row: dict[str, Any], ae_title: str) -> list[Element]:
+def response_elements(
+    query: FindQuery, row: dict[str, Any], ae_title: str, header: Dataset | None = None
+) -> list[Element]:
     """The Identifier of one pending response, in tag order: the requested keys from
-    ``row``, Query/Retrieve Level, and Specific Character Set ``ISO_IR 192`` when a
-    value is not ASCII (strings are held as Unicode in the index)."""
+    ``row`` (and those of ``query.from_header`` from ``header``, a stored instance's
+    data set decoded by pydicom: any VR, sequences too), Query/Retrieve Level, and
+    Specific Character Set ``ISO_IR 192`` when a value is not ASCII (strings are
+    held as Unicode in the index, and pydicom decodes a header's)."""
     values: list[tuple[int, str, str]] = [(QUERY_RETRIEVE_LEVEL, "CS", query.level)]
+    stored: list[Element] = []
+    non_ascii = False
     for tag, vr in query.keys:
+        if header is not None and tag in query.from_header and tag in header:
+            element = header[tag]
+            non_ascii = non_ascii or not _ascii(element.value)
+            stored.append((tag, element.VR, element))
+            continue
         value = _value(query, tag, row, ae_title)
         if vr in ("UN", "OB", "OW") or not vr:
             vr = dictionary_VR(tag) if _in_dictionary(tag) else "UN"
@@ -249,21 +335,33 @@ def response_elements(query: FindQuery, row: dict[str, Any], ae_title: str) -> l
             text = value
         values.append((tag, vr, text))
     encoding = "ascii"
-    if not all(text.isascii() for _tag, _vr, text in values):
+    if non_ascii or not all(text.isascii() for _tag, _vr, text in values):
         values.append((SPECIFIC_CHARACTER_SET, "CS", UTF8))
         encoding = "utf-8"
-    values.sort()
-    return [(tag, vr, text_bytes(vr, text, encoding)) for tag, vr, text in values]
+    elements: list[Element] = [
+        (tag, vr, text_bytes(vr, text, encoding)) for tag, vr, text in values
+    ]
+    elements += stored
+    elements.sort(key=lambda element: element[0])
+    return elements
 
 
 def encode_elements(elements: Iterable[Element], transfer_syntax: str) -> bytes:
     """An Identifier in an uncompressed transfer syntax (PS3.5 7.1), elements in the
-    order given (tag order, PS3.5 7.1)."""
+    order given (tag order, PS3.5 7.1). An element whose value is a pydicom
+    ``DataElement`` (from a stored header) is encoded by pydicom, its text in
+    UTF-8 when a Specific Character Set ``ISO_IR 192`` came before it."""
     implicit = transfer_syntax == uids.IMPLICIT_VR_LE
     little = transfer_syntax != uids.EXPLICIT_VR_BE
     order = "<" if little else ">"
+    utf8 = False
     out = bytearray()
     for tag, vr, value in elements:
+        if isinstance(value, DataElement):
+            out += _pydicom_element(value, implicit, little, utf8)
+            continue
+        if tag == SPECIFIC_CHARACTER_SET:
+            utf8 = value.rstrip(b" ") == UTF8.encode()
         if not little and vr in BINARY_VRS and value:  # swap each value's bytes
             kind = BINARY_VRS[vr]
             values = struct.unpack(f"<{len(value) // struct.calcsize(kind)}{kind}", value)
@@ -277,6 +375,26 @@ def encode_elements(elements: Iterable[Element], transfer_syntax: str) -> bytes:
             out += vr.encode() + struct.pack(order + "H", len(value))
         out += value
     return bytes(out)
+
+
+def _pydicom_element(element: DataElement, implicit: bool, little: bool, utf8: bool) -> bytes:
+    """One element (a sequence with its items too) encoded by pydicom (PS3.5 7.1, 7.5)."""
+    fp = DicomBytesIO()
+    fp.is_little_endian = little
+    fp.is_implicit_VR = implicit
+    write_data_element(fp, element, [UTF8] if utf8 else None)
+    return fp.getvalue()
+
+
+def _ascii(value: Any) -> bool:
+    """No text in ``value`` (nested sequences too) outside ASCII."""
+    if isinstance(value, Sequence):
+        return all(_ascii(element.value) for item in value for element in item)
+    if isinstance(value, MultiValue | list | tuple):
+        return all(_ascii(v) for v in value)
+    if isinstance(value, bytes | int | float) or value is None:
+        return True
+    return str(value).isascii()
 
 
 def _in_dictionary(tag: int) -> bool:

@@ -33,12 +33,14 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 
 from dicomstore import uids
-from dicomstore.aio.client import ClientAssociation, ContextSpec, Responses
+from dicomstore.aio.client import ClientAssociation, ContextSpec
+from dicomstore.aio.invoker import Responses
 from dicomstore.archive.query import parse_tag
 from dicomstore.dimse import CFindRQ, CFindRSP
 from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationAborted, AssociationError, DicomstoreError
 from dicomstore.services.conversion import encode_dataset
+from dicomstore.services.qr_operations import decode_identifier
 from dicomstore.services.query_identifier import (
     BINARY_VRS,
     MODEL_LEVELS,
@@ -47,7 +49,6 @@ from dicomstore.services.query_identifier import (
     UNIQUE_KEY,
     UTF8,
     Element,
-    decode_identifier,
     encode_elements,
     text_bytes,
 )

@@ -37,7 +37,7 @@ from dicomstore.aio.client import ClientAssociation, ContextSpec, Incoming
 from dicomstore.dimse import CGetRQ, CMoveRQ, CStoreRQ, InvalidRequest, RetrieveRSP
 from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationAborted, AssociationError
-from dicomstore.services.query_identifier import decode_identifier
+from dicomstore.services.qr_operations import decode_identifier
 from dicomstore.services.query_scu import SYNTAXES, Key, encode_query, identifier_keys
 from dicomstore.services.storage import Caller, StoreService
 from dicomstore.services.storage_scp import StorageSCP
@@ -246,7 +246,7 @@ def receive_into(assoc: ClientAssociation, service: StoreService) -> None:
         str(assoc.t.peer[0]) if assoc.t.peer else "",
         negotiated.calling_ae.strip(),
     )
-    scp = StorageSCP(service, negotiated, caller=caller)
+    scp = StorageSCP(service, negotiated, caller=caller, we_requested=True)
 
     def on_request(context_id: int, message: Any) -> Incoming:
         if isinstance(message, CStoreRQ):

@@ -1,12 +1,14 @@
-"""The DICOM server: Verification, Storage and Q/R FIND SCP on asyncio (PS3.4 A, B.2, C).
+"""The DICOM server: Verification, Storage and Q/R FIND, MOVE, GET SCP on asyncio (PS3.4 A, B, C).
 
 :class:`Server` is the application the asyncio shell serves: an
 :class:`~dicomstore.aio.listener.Listener` accepts connections and hands each
 to an :class:`~dicomstore.services.acceptor.AcceptorAssociation`; the server
 holds what they share — the negotiation policy, the gatekeeper and its
 throttle, the one store service (``storage.py``, also given to STOW-RS), the
-audit sink, and a read-only view of the archive index for C-FIND (when the
-handler is an archive: anything with a ``root`` holding an index).
+audit sink, a read-only view of the archive index for C-FIND, C-MOVE, C-GET (when
+the handler is an archive: anything with a ``root`` holding an index), and the
+C-MOVE destinations (``ServerConfig.move_destinations`` and the gatekeeper's,
+e.g. the policy file's ``[destinations]``).
 ``close()`` stops accepting, lets in-flight operations finish within
 ``shutdown_grace``, then aborts what is left.
 """
@@ -28,13 +30,18 @@ from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader
 from dicomstore.handler import StoreHandler
 from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
 from dicomstore.services.admission import Admission, AuditSink, FailedAdmissions, Gatekeeper
+from dicomstore.services.destinations import Destination
+from dicomstore.services.get_scp import GET_SOP_CLASSES, GetSCP
 from dicomstore.services.query_scp import FIND_SOP_CLASSES, QuerySCP
+from dicomstore.services.retrieve_scp import MOVE_SOP_CLASSES, RetrieveSCP
 from dicomstore.services.storage import OnStored, StoreLimits, StoreService
 from dicomstore.services.storage_scp import storage_extended_negotiation
 from dicomstore.ul.connection import Connection, Role
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy
 
 if TYPE_CHECKING:
+    from dicomstore.services.same_association import SameAssociationStore
+    from dicomstore.services.stability import StudyStability
     from dicomstore.ul import pdu as P
 
 __all__ = ["WHEN_BUSY", "Server", "ServerConfig", "archive_commit_mode"]
@@ -77,13 +84,24 @@ class ServerConfig:
     #: ``failed_admission_window`` seconds, that address is refused at once (0: never).
     max_failed_admissions: int = 10
     failed_admission_window: float = 60.0
+    #: A study is stable (study-complete event) after this many seconds without a
+    #: new instance (0: no events); run this command and POST to this URL then.
+    stable_age: float = 60.0
+    on_stable_exec: str | None = None
+    stable_webhook: str | None = None
+    #: C-MOVE destinations by AE title (``--move-destination AET=HOST:PORT``).
+    move_destinations: tuple[Destination, ...] = ()
 
     def policy(self, find: bool = True) -> AcceptorPolicy:
         """The negotiation policy: Verification, every Storage SOP Class and, with
-        ``find`` (an archive to query), the Patient and Study Root FIND models."""
+        ``find`` (an archive to query), the Patient and Study Root FIND, MOVE and GET
+        models; on an association with a GET model the requestor may be Storage SCP
+        (PS3.7 D.3.3.4), for the C-GET sub-operations come back on it."""
         syntaxes: dict[str, tuple[str, ...]] = {uids.VERIFICATION: uids.UNCOMPRESSED}
         if find:
-            syntaxes.update((sop_class, uids.UNCOMPRESSED) for sop_class in FIND_SOP_CLASSES)
+            for sop_class in (*FIND_SOP_CLASSES, *MOVE_SOP_CLASSES, *GET_SOP_CLASSES):
+                syntaxes[sop_class] = uids.UNCOMPRESSED
+        not_storage = frozenset(syntaxes)
         for sop_class in uids.storage_sop_classes():
             syntaxes[sop_class] = self.transfer_syntaxes
         return AcceptorPolicy(
@@ -97,6 +115,8 @@ class ServerConfig:
             max_ops_invoked=self.max_ops,
             extended_negotiation=storage_extended_negotiation,
             prefer_proposed=self.prefer_proposed_transfer_syntax,
+            scu_role_with=frozenset(GET_SOP_CLASSES) if find else frozenset(),
+            scp_role_only=not_storage,
         )
 
 
@@ -147,10 +167,13 @@ class Server:
         #: the index C-FIND answers from (None: the handler is no archive)
         self.reader = _reader_of(handler)
         self.policy = config.policy(find=self.reader is not None)
+        self.destinations = _destinations(config, gatekeeper)
         self.failed_admissions = FailedAdmissions(
             config.max_failed_admissions, config.failed_admission_window
         )
         self.associations: set[AcceptorAssociation] = set()
+        #: study-complete events (set by ``serving.running`` on an archive)
+        self.stability: StudyStability | None = None
         self.listener = Listener(
             config.host,
             config.port,
@@ -191,19 +214,49 @@ class Server:
         self, t: Transport, rq: P.AssociateRQ, address: str, admission: Admission
     ) -> QuerySCP:
         """The C-FIND SCP of one association (answers 0122 without an archive)."""
-        who = {
-            "address": address,
-            "calling_ae": rq.calling_ae,
-            "called_ae": rq.called_ae,
-            "user": admission.user,
-        }
         return QuerySCP(
             self.reader,
             t,
             ae_title=self.config.ae_title,
             may_find=admission.may_find,
             audit=getattr(self.audit, "query", None),
-            who=who,
+            who=_who(rq, address, admission),
+        )
+
+    def retrieve_scp(
+        self, t: Transport, rq: P.AssociateRQ, address: str, admission: Admission
+    ) -> RetrieveSCP:
+        """The C-MOVE SCP of one association (answers 0122 without an archive)."""
+        return RetrieveSCP(
+            self.reader,
+            t,
+            ae_title=self.config.ae_title,
+            destinations=self.destinations,
+            may_move=admission.may_move,
+            move_to=admission.move_to,
+            timeouts=self.config.timeouts,
+            audit=getattr(self.audit, "retrieve", None),
+            who=_who(rq, address, admission),
+        )
+
+    def get_scp(
+        self,
+        t: Transport,
+        rq: P.AssociateRQ,
+        address: str,
+        admission: Admission,
+        store: SameAssociationStore | None,
+    ) -> GetSCP:
+        """The C-GET SCP of one association, sending on ``store`` (answers 0122
+        without an archive)."""
+        return GetSCP(
+            self.reader,
+            t,
+            store,
+            ae_title=self.config.ae_title,
+            may_get=admission.may_get,
+            audit=getattr(self.audit, "retrieve", None),
+            who=_who(rq, address, admission),
         )
 
     async def close(self, grace: float | None = None) -> None:
@@ -228,3 +281,25 @@ def _reader_of(handler: StoreHandler) -> ArchiveReader | None:
     except (ArchiveNotFoundError, SchemaError, sqlite3.Error, OSError) as exc:
         log.warning("C-FIND not offered: %s", exc)
         return None
+
+
+def _who(rq: P.AssociateRQ, address: str, admission: Admission) -> dict[str, str | None]:
+    """Who asks, for the Q/R SCPs' logs and audit records."""
+    return {
+        "address": address,
+        "calling_ae": rq.calling_ae,
+        "called_ae": rq.called_ae,
+        "user": admission.user,
+    }
+
+
+def _destinations(config: ServerConfig, gatekeeper: Gatekeeper | None) -> dict[str, Destination]:
+    """The C-MOVE destinations: the gatekeeper's (the policy file's), then the
+    configuration's, which win for a title in both."""
+    found: dict[str, Destination] = dict(getattr(gatekeeper, "destinations", None) or {})
+    for dest in config.move_destinations:
+        other = found.get(dest.ae_title)
+        if other is not None and other != dest:
+            log.warning("move destination %s replaces the policy file's %s", dest, other)
+        found[dest.ae_title] = dest
+    return found

@@ -23,6 +23,7 @@ from typing import Any
 from dicomstore.handler import StoreHandler
 from dicomstore.services.admission import AuditSink, Gatekeeper
 from dicomstore.services.server import Server, ServerConfig, archive_commit_mode
+from dicomstore.services.stability import OnStable, StudyStability
 from dicomstore.services.storage_scp import OnStored
 
 log = logging.getLogger("dicomstore.server")
@@ -37,9 +38,13 @@ async def running(
     commit_in_thread: bool | str = True,
     gatekeeper: Gatekeeper | None = None,
     audit: AuditSink | None = None,
+    on_study_stable: OnStable | None = None,
 ) -> AsyncIterator[Server]:
     """A :class:`Server` on ``handler``, listening inside the block and closed
-    gracefully when it is left (however it is left).
+    gracefully when it is left (however it is left). On an archive, studies
+    become stable after ``config.stable_age`` quiet seconds: logged, then
+    ``on_study_stable`` and the configured command and webhook
+    (``services/stability.py``); ``server.stability`` is that watcher.
 
     Raises :class:`OSError` when the port cannot be bound.
     """
@@ -51,12 +56,33 @@ async def running(
         gatekeeper=gatekeeper,
         audit=audit,
     )
-    await server.start()
+    stability = None
+    if server.reader is not None and config.stable_age > 0:
+        stability = StudyStability(
+            server.reader,
+            config.stable_age,
+            on_stable=[on_study_stable] if on_study_stable else [],
+            exec_command=config.on_stable_exec,
+            webhook=config.stable_webhook,
+            fsync=bool(getattr(handler, "fsync", True)),
+        )
+        await asyncio.to_thread(stability.recover)
+        server.store.observers.append(stability.observe)
+        await stability.start()
+    server.stability = stability
+    try:
+        await server.start()
+    except BaseException:
+        if stability is not None:
+            await stability.close()
+        raise
     try:
         yield server
     finally:
         log.info("shutting down: finishing in-flight operations")
         await server.close()
+        if stability is not None:
+            await stability.close()
 
 
 async def serve(
@@ -68,6 +94,7 @@ async def serve(
     config: ServerConfig | None = None,
     on_stored: OnStored | None = None,
     on_ready: Callable[[Server], object] | None = None,
+    on_study_stable: OnStable | None = None,
     **archive_options: Any,
 ) -> None:
     """Run a Verification and Storage SCP (PS3.4 A, B.2) until the task is cancelled.
@@ -79,7 +106,9 @@ async def serve(
     (default :class:`ServerConfig`: 127.0.0.1:11112, ``DICOMSTORE``).
     ``on_stored`` is called after each acknowledged instance (e.g.
     ``StoredEvents().publish``); ``on_ready(server)`` once listening
-    (``server.port`` is the port bound, useful with port 0).
+    (``server.port`` is the port bound, useful with port 0);
+    ``on_study_stable(event)`` when a study of the archive has had no new
+    instance for ``config.stable_age`` seconds (a :class:`StableStudy`).
 
     Cancelling the task closes gracefully, then the cancellation propagates.
     Raises :class:`OSError` when the port cannot be bound, and what the archive
@@ -112,7 +141,11 @@ async def serve(
     listening = False
     try:
         async with running(
-            handler, config, on_stored=on_stored, commit_in_thread=in_thread
+            handler,
+            config,
+            on_stored=on_stored,
+            commit_in_thread=in_thread,
+            on_study_stable=on_study_stable,
         ) as server:
             listening = True
             if on_ready is not None:

@@ -109,9 +109,13 @@ class StorageSCP:
         address: str = "",
         user: str | None = None,
         caller: Caller | None = None,
+        we_requested: bool = False,
     ) -> None:
         self.service = service
         self.negotiated = negotiated
+        #: we requested the association (``dicomstore get``: the C-STOREs come from
+        #: the acceptor, on contexts where we took the SCP role, PS3.7 D.3.3.4)
+        self.we_requested = we_requested
         self.commit_in_thread = commit_in_thread
         #: who stores: the calling AE, unless given (a C-GET's SCP stores on our
         #: association: ``dicomstore get``)
@@ -141,6 +145,15 @@ class StorageSCP:
                 f"SOP class {rq.affected_sop_class_uid} sent on the context of "
                 f"{context.abstract_syntax}",
                 (0x00000002,),
+                context,
+            )
+        if not (context.scp_role if self.we_requested else context.scu_role):
+            # the sender may not be Storage SCU on this context (PS3.7 D.3.3.4)
+            return self.refuse(
+                rq,
+                st.SOP_CLASS_NOT_SUPPORTED,
+                "no SCU role on this context: C-STOREs go the other way",
+                None,
                 context,
             )
         storing = self.service.begin(

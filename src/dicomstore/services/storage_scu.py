@@ -27,10 +27,12 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from dicomstore import uids
-from dicomstore.aio.client import ClientAssociation, ContextSpec
+from dicomstore.aio.association import Transport
+from dicomstore.aio.client import ContextSpec
+from dicomstore.aio.invoker import Invoker
 from dicomstore.dimse.fragments import max_pdv_data
 from dicomstore.dimse.messages import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_MEDIUM
 from dicomstore.errors import (
@@ -42,7 +44,7 @@ from dicomstore.errors import (
 )
 from dicomstore.services import conversion, sources
 from dicomstore.services.sources import Instance, NotDicom
-from dicomstore.ul.negotiation import AcceptedContext
+from dicomstore.ul.negotiation import AcceptedContext, Negotiated
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -61,6 +63,28 @@ FALLBACK = (uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE)
 READ_SIZE = 1 << 20
 #: Priority (0000,0700) by name (PS3.7 9.3.1.1), for ``send --priority``.
 PRIORITIES = {"medium": PRIORITY_MEDIUM, "high": PRIORITY_HIGH, "low": PRIORITY_LOW}
+
+
+class StoreChannel(Protocol):
+    """What :func:`store_instance` sends on: an association we requested
+    (:class:`~dicomstore.aio.client.ClientAssociation`) or one we accepted whose
+    requestor is Storage SCP by role selection, for the sub-operations of a C-GET
+    (:mod:`dicomstore.services.same_association`, PS3.4 C.4.3)."""
+
+    @property
+    def t(self) -> Transport: ...
+
+    @property
+    def negotiated(self) -> Negotiated | None: ...
+
+    @property
+    def invoker(self) -> Invoker:
+        """Sends the C-STORE-RQs and matches their responses."""
+
+    def context_for(
+        self, abstract_syntax: str, transfer_syntax: str | None = None
+    ) -> AcceptedContext | None:
+        """An accepted context we may send C-STORE-RQs on, or None."""
 
 
 class NotSendable(DicomstoreError):
@@ -129,7 +153,7 @@ def propose_contexts(instances: Iterable[Instance], *, convert: bool) -> list[li
 
 
 def choose_context(
-    assoc: ClientAssociation, instance: Instance, *, convert: bool
+    assoc: StoreChannel, instance: Instance, *, convert: bool
 ) -> tuple[AcceptedContext, bool]:
     """The context to send ``instance`` on, and whether it must be converted.
 
@@ -182,7 +206,7 @@ def as_instance(item: Instance | Dataset | str | os.PathLike) -> Instance:
 
 
 async def store_instance(
-    assoc: ClientAssociation,
+    assoc: StoreChannel,
     instance: Instance,
     *,
     convert: bool = True,
@@ -223,7 +247,7 @@ async def store_instance(
         chunks = sources.exactly(sources.file_chunks(f, size, alive), instance)
         nbytes = instance.size
     try:
-        rsp = await assoc.store_stream(
+        rsp = await assoc.invoker.store_stream(
             ctx,
             instance.sop_class_uid,
             instance.sop_instance_uid,
@@ -238,7 +262,7 @@ async def store_instance(
 
 
 async def send_c_store(
-    assoc: ClientAssociation,
+    assoc: StoreChannel,
     dataset_or_path: Dataset | str | os.PathLike,
     *,
     convert: bool = True,

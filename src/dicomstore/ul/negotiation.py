@@ -84,6 +84,13 @@ class AcceptorPolicy:
     #: Choose the requestor's first proposed transfer syntax that we accept (an
     #: archive keeping what a modality sends compressed), not our first.
     prefer_proposed: bool = False
+    #: Abstract syntaxes (the Q/R GET models) whose acceptance lets us act as SCU
+    #: too: the requestor proposing the SCP role for another class (a Storage SOP
+    #: Class, whose C-STORE sub-operations go out on the same association, PS3.4
+    #: C.4.3) gets it, on that association only (PS3.7 D.3.3.4).
+    scu_role_with: frozenset[str] = frozenset()
+    #: Abstract syntaxes we never act as SCU of (Verification, the Q/R models).
+    scp_role_only: frozenset[str] = frozenset()
 
 
 def _min_window(theirs: int, ours: int) -> int:
@@ -138,6 +145,23 @@ def _supported_transfer_syntaxes(
     return None
 
 
+def _granted(
+    asked: I.RoleSelection | None, policy: AcceptorPolicy, may_be_scu: bool
+) -> tuple[bool, bool]:
+    """The requestor's roles (SCU, SCP) for one abstract syntax (PS3.7 D.3.3.4).
+
+    No role item: SCU (the default). Else each role proposed (1) is accepted by
+    returning 1 or turned down by returning 0, and one not proposed is never
+    returned as 1: the SCU role always (we are SCP of what we accept), the SCP
+    role only where we act as SCU, on an association with a GET model
+    (``may_be_scu``) and for a class not in ``policy.scp_role_only``.
+    """
+    if asked is None:
+        return True, False
+    scp = asked.scp_role and may_be_scu and asked.sop_class_uid not in policy.scp_role_only
+    return asked.scu_role, scp
+
+
 def negotiate(
     rq: P.AssociateRQ, policy: AcceptorPolicy
 ) -> tuple[P.AssociateAC | P.AssociateRJ, Negotiated | None]:
@@ -146,40 +170,44 @@ def negotiate(
     if rj is not None:
         return rj, None
     requested_roles = {r.sop_class_uid: r for r in rq.user_info.roles}
+    chosen: dict[int, str] = {}
+    refused: dict[int, int] = {}
+    for pc in rq.presentation_contexts:
+        offered = _supported_transfer_syntaxes(pc.abstract_syntax, rq, policy)
+        if offered is None:
+            refused[pc.id] = I.ABSTRACT_SYNTAX_NOT_SUPPORTED
+            continue
+        if policy.prefer_proposed:
+            ts = next((ts for ts in pc.transfer_syntaxes if ts in offered), None)
+        else:
+            ts = next((ts for ts in offered if ts in pc.transfer_syntaxes), None)
+        if ts is None:
+            refused[pc.id] = I.TRANSFER_SYNTAXES_NOT_SUPPORTED
+        else:
+            chosen[pc.id] = ts
+    may_be_scu = any(
+        pc.abstract_syntax in policy.scu_role_with
+        and _granted(requested_roles.get(pc.abstract_syntax), policy, False)[0]
+        for pc in rq.presentation_contexts
+        if pc.id in chosen
+    )
     results: list[I.PresentationContextAC] = []
     accepted: dict[int, AcceptedContext] = {}
     roles: dict[str, I.RoleSelection] = {}
     for pc in rq.presentation_contexts:
-        offered = _supported_transfer_syntaxes(pc.abstract_syntax, rq, policy)
-        if offered is None:
-            results.append(
-                I.PresentationContextAC(
-                    pc.id, I.ABSTRACT_SYNTAX_NOT_SUPPORTED, pc.transfer_syntaxes[0]
-                )
-            )
+        if pc.id in refused:
+            results.append(I.PresentationContextAC(pc.id, refused[pc.id], pc.transfer_syntaxes[0]))
             continue
-        if policy.prefer_proposed:
-            chosen = next((ts for ts in pc.transfer_syntaxes if ts in offered), None)
-        else:
-            chosen = next((ts for ts in offered if ts in pc.transfer_syntaxes), None)
-        if chosen is None:
-            results.append(
-                I.PresentationContextAC(
-                    pc.id, I.TRANSFER_SYNTAXES_NOT_SUPPORTED, pc.transfer_syntaxes[0]
-                )
-            )
-            continue
-        scu_role, scp_role = True, False
+        ts = chosen[pc.id]
         asked = requested_roles.get(pc.abstract_syntax)
+        scu_role, scp_role = _granted(asked, policy, may_be_scu)
         if asked is not None:
-            # We act as SCP only: the requestor may be SCU, never SCP (PS3.7 D.3.3.4).
-            scu_role, scp_role = asked.scu_role, False
             roles[pc.abstract_syntax] = I.RoleSelection(pc.abstract_syntax, scu_role, scp_role)
-            if not scu_role:
-                results.append(I.PresentationContextAC(pc.id, I.USER_REJECTION, chosen))
-                continue
-        results.append(I.PresentationContextAC(pc.id, I.ACCEPTANCE, chosen))
-        accepted[pc.id] = AcceptedContext(pc.id, pc.abstract_syntax, chosen, scu_role, scp_role)
+        if not (scu_role or scp_role):  # no role left to play on it
+            results.append(I.PresentationContextAC(pc.id, I.USER_REJECTION, ts))
+            continue
+        results.append(I.PresentationContextAC(pc.id, I.ACCEPTANCE, ts))
+        accepted[pc.id] = AcceptedContext(pc.id, pc.abstract_syntax, ts, scu_role, scp_role)
 
     user = our_user_information(policy.max_pdu)
     user.roles = list(roles.values())
@@ -222,13 +250,16 @@ def requested(rq: P.AssociateRQ, ac: P.AssociateAC) -> Negotiated:
     """The requestor's view of an accepted association (PS3.8 7.1.1.13)."""
     proposed = {pc.id: pc for pc in rq.presentation_contexts}
     roles = {r.sop_class_uid: r for r in ac.user_info.roles}
+    proposed_roles = {r.sop_class_uid: r for r in rq.user_info.roles}
     contexts: dict[int, AcceptedContext] = {}
     for result in ac.presentation_contexts:
         pc = proposed.get(result.id)
         if pc is None or result.result != I.ACCEPTANCE:
             continue
-        role = roles.get(pc.abstract_syntax)
-        scu, scp = (role.scu_role, role.scp_role) if role else (True, False)
+        role, asked = roles.get(pc.abstract_syntax), proposed_roles.get(pc.abstract_syntax)
+        scu, scp = True, False
+        if role is not None and asked is not None:  # a role not proposed is never granted
+            scu, scp = role.scu_role and asked.scu_role, role.scp_role and asked.scp_role
         contexts[pc.id] = AcceptedContext(
             pc.id, pc.abstract_syntax, result.transfer_syntax, scu, scp
         )

@@ -1,0 +1,181 @@
+"""Query/Retrieve operations of one association: a request, its Identifier, its answer
+from a task, and C-CANCEL (PS3.7 9.1.2, 9.1.3, 9.1.4, 9.3.2.3).
+
+:class:`QROperations` is what the C-FIND SCP (``query_scp.py``) and the retrieve
+SCPs (``retrieve_scp.py``) share. The acceptor hands it the requests it
+:meth:`~QROperations.handles`, the Identifier's PDVs and the C-CANCEL-RQs for
+an operation in progress; once the Identifier is complete the request is
+answered from a task (so that the association keeps reading a C-CANCEL-RQ
+meanwhile), or at once with the refusal decided when the command arrived
+(0122 wrong context, 0124 not allowed, 0210 Message ID in progress).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+
+from dicomstore import uids
+from dicomstore.aio.association import Transport
+from dicomstore.dimse import CCancelRQ, CommandReceived, DatasetFragment
+from dicomstore.dimse import status as st
+from dicomstore.ul.fsm import State
+
+log = logging.getLogger("dicomstore.server")
+
+
+@dataclass
+class Operation:
+    """One request being received or answered."""
+
+    context_id: int
+    rq: Any  # CFindRQ, CMoveRQ, CGetRQ: has message_id, affected_sop_class_uid, response()
+    identifier: bytearray = field(default_factory=bytearray)
+    refusal: Any = None  # the response decided before the Identifier arrived
+    cancelled: bool = False
+
+
+def decode_identifier(data: bytes, transfer_syntax: str, *, check: bool = True) -> Dataset:
+    """The Identifier data set in the context's (uncompressed) transfer syntax;
+    ``check``: every value decoded now (a broken one fails here, not later), else
+    as it is used (pydicom's way, as ``dcmread``: the SCUs' lazily decoded responses)."""
+    ds = read_dataset(
+        io.BytesIO(data),
+        transfer_syntax == uids.IMPLICIT_VR_LE,
+        transfer_syntax != uids.EXPLICIT_VR_BE,
+    )
+    if check:
+        for _elem in ds:
+            pass
+    return ds
+
+
+class QROperations:
+    """Requests of ``request_types`` on the contexts of ``sop_classes``; see the module
+    notes. Subclasses give :meth:`start_operation` (the task answering one request)."""
+
+    #: the request messages served (e.g. ``(CFindRQ,)``)
+    request_types: ClassVar[tuple[type, ...]] = ()
+    #: what the operation is called in logs and refusals (``"C-FIND"``)
+    service: ClassVar[str] = ""
+
+    def __init__(self, transport: Transport, *, sop_classes: frozenset[str], allowed: bool) -> None:
+        self.t = transport
+        self.sop_classes = sop_classes
+        self.allowed = allowed
+        self._collecting: Operation | None = None
+        self._running: dict[int, Operation] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def busy(self) -> bool:
+        """A request is being received or answered."""
+        return self._collecting is not None or bool(self._tasks)
+
+    def handles(self, event: CommandReceived | DatasetFragment) -> bool:
+        """True for what this SCP takes: its requests, their Identifiers, and a
+        C-CANCEL-RQ for one of its operations in progress."""
+        if isinstance(event, DatasetFragment):
+            return self._collecting is not None
+        message = event.message
+        if isinstance(message, CCancelRQ):
+            return message.message_id_being_responded_to in self._running
+        return isinstance(message, self.request_types)
+
+    def receive(self, event: CommandReceived | DatasetFragment) -> None:
+        """Take one event :meth:`handles`; answers go out from a task."""
+        if isinstance(event, DatasetFragment):
+            op = self._collecting
+            assert op is not None
+            op.identifier += event.data  # a copy: the PDV is a view of the buffer
+            if event.is_last:
+                self._collecting = None
+                self._start(op)
+            return
+        message = event.message
+        if isinstance(message, CCancelRQ):
+            self._running[message.message_id_being_responded_to].cancelled = True
+            return
+        op = self.new_operation(event.context_id, message)
+        op.refusal = self._refusal(event.context_id, message)
+        self._collecting = op
+
+    def new_operation(self, context_id: int, rq: Any) -> Operation:
+        """The record of one request (subclasses add their counts)."""
+        return Operation(context_id, rq)
+
+    def _refusal(self, context_id: int, rq: Any) -> Any:
+        """The response refusing ``rq`` before its Identifier arrives, or None."""
+        assert self.t.negotiated is not None
+        abstract = self.t.negotiated.contexts[context_id].abstract_syntax
+        if abstract not in self.sop_classes or rq.affected_sop_class_uid != abstract:
+            why = f"{self.service} of {rq.affected_sop_class_uid} on a {uids.uid_name(abstract)}"
+            return rq.response(st.SOP_CLASS_NOT_SUPPORTED, error_comment=(why + " context")[:64])
+        if not self.allowed:
+            comment = f"{self.service} is not allowed for this caller"
+            return rq.response(st.NOT_AUTHORIZED, error_comment=comment)
+        if rq.message_id in self._running:
+            comment = f"message ID {rq.message_id} is still in progress"
+            return rq.response(st.DUPLICATE_INVOCATION, error_comment=comment)
+        return None
+
+    def _start(self, op: Operation) -> None:
+        if op.refusal is not None:
+            self.refused(op)
+            return
+        self._running[op.rq.message_id] = op
+        task = asyncio.create_task(self._run(op))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, op: Operation) -> None:
+        try:
+            await self.answer(op)
+        finally:
+            self._running.pop(op.rq.message_id, None)
+        await self.drain()
+
+    def refused(self, op: Operation) -> None:
+        """Send ``op.refusal`` (subclasses also audit it)."""
+        self.send(op, op.refusal)
+
+    async def answer(self, op: Operation) -> None:
+        """Answer one request whose Identifier is complete (subclasses)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """The association ended: stop every operation still running."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    # -- for the answering task ----------------------------------------------------
+
+    def transfer_syntax(self, op: Operation) -> str:
+        """The transfer syntax of the request's context (its Identifiers use it)."""
+        assert self.t.negotiated is not None
+        return self.t.negotiated.contexts[op.context_id].transfer_syntax
+
+    @property
+    def is_open(self) -> bool:
+        """The association can still carry a response (Sta6, or Sta8 while releasing)."""
+        return self.t.conn.state in (State.STA6, State.STA8)
+
+    def send(self, op: Operation, rsp: Any, data: bytes | None = None) -> None:
+        """Queue one response (with its Identifier) if the association is still open."""
+        if self.is_open:
+            self.t.queue_message(op.context_id, rsp.encode(), data)
+
+    async def drain(self) -> None:
+        """Wait until what is queued is written (a dead peer is no error here)."""
+        try:
+            await self.t.drain()
+        except (ConnectionError, OSError):
+            pass

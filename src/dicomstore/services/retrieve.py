@@ -1,0 +1,308 @@
+"""The retrieve engine C-MOVE and C-GET share (PS3.4 C.4.2, C.4.3).
+
+1. :func:`parse_retrieve_identifier`: the Identifier of a C-MOVE or C-GET
+   (PS3.4 C.4.2.2.1, C.4.3.2.1) holds the Query/Retrieve Level (0008,0052) and
+   the unique keys of that level and the levels above: above it, one single
+   value each (Patient ID, Study/Series Instance UID: hierarchical only, C.4.2.2.1);
+   at it, one Patient ID at PATIENT level, one UID or a list of UIDs at
+   STUDY, SERIES and IMAGE levels. A missing or wildcard key, a list where one
+   value is due, or a unique key of a level below with a value is A900 with
+   an Error Comment and the Offending Element; other attributes are ignored.
+2. :func:`select_instances`: the instances below what the Identifier names,
+   from the archive index (SOP Class and Instance UIDs, the transfer syntax
+   each is stored in, its file), at most :data:`MAX_SUBOPERATIONS` (the counts
+   are US, PS3.7 Table 9.3-10: more is A701).
+3. :class:`Retrieval` runs one C-STORE sub-operation per instance through a
+   :class:`SubOperationSender` (C-MOVE: an association to the destination,
+   ``move_sender.py``; C-GET: the requesting association), counting
+   Remaining, Completed, Failed and Warning sub-operations, reporting them
+   after each one (the pending responses, FF00), stopping at a C-CANCEL-RQ
+   (FE00) or when no further sub-operation can run, and gives the final
+   status of PS3.4 C.4.2.3.1 / C.4.3.3.1: 0000 all completed; B000 one or more
+   failed or warned; A702 all failed; the Failed SOP Instance UID List
+   (0008,0058) in the final Identifier whenever one failed (C.4.2.1.5).
+4. :func:`store_selected`: one sub-operation, the instance streamed from its
+   file by ``storage_scu.store_instance`` on any ``StoreChannel`` (the
+   destination's association for C-MOVE, the requesting one for C-GET).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+from dicomstore.archive import layout
+from dicomstore.archive import query as q
+from dicomstore.archive.reader import ArchiveReader
+from dicomstore.dimse import CStoreRSP, SubOperations
+from dicomstore.dimse import status as st
+from dicomstore.dimse.commands import tag_str
+from dicomstore.services import sources
+from dicomstore.services.conversion import encode_dataset
+from dicomstore.services.query_identifier import (
+    QUERY_RETRIEVE_LEVEL,
+    UNIQUE_KEY,
+    FindFailure,
+    text_value,
+)
+from dicomstore.services.sources import NotDicom
+from dicomstore.services.storage_scu import NotSendable, StoreChannel, store_instance
+
+log = logging.getLogger("dicomstore.server")
+
+#: The counts are US (PS3.7 9.3.4.2): a retrieval of more instances is refused (A701).
+MAX_SUBOPERATIONS = 0xFFFF
+FAILED_SOP_INSTANCE_UID_LIST = 0x00080058
+#: Depth of each wire level (PATIENT 0 ... IMAGE 3).
+_DEPTH = {level: n for n, level in enumerate(("PATIENT", "STUDY", "SERIES", "IMAGE"))}
+_KEY_LEVEL = {tag: level for level, tag in UNIQUE_KEY.items()}
+
+
+@dataclass
+class RetrieveQuery:
+    """A parsed retrieve Identifier: its level and the index filters it names."""
+
+    level: str
+    filters: dict[int, str] = field(default_factory=dict)
+
+    def described(self) -> dict[str, str]:
+        """The keys as ``keyword: value`` (logs and audit)."""
+        return {q.BY_TAG[tag].keyword: value for tag, value in self.filters.items()}
+
+
+def _refuse(comment: str, tag: int) -> FindFailure:
+    return FindFailure(st.DATASET_DOES_NOT_MATCH_SOP_CLASS, comment, tag)
+
+
+def parse_retrieve_identifier(identifier: Dataset, levels: Sequence[str]) -> RetrieveQuery:
+    """What a C-MOVE/C-GET Identifier names (see the module notes), or
+    :class:`FindFailure` (A900) saying why not."""
+    if QUERY_RETRIEVE_LEVEL not in identifier:
+        raise _refuse("no Query/Retrieve Level (0008,0052)", QUERY_RETRIEVE_LEVEL)
+    level = text_value(identifier[QUERY_RETRIEVE_LEVEL].value).upper()
+    if level not in levels:
+        comment = f"Query/Retrieve Level {level[:12]!r} not in {'/'.join(levels)}"
+        raise _refuse(comment, QUERY_RETRIEVE_LEVEL)
+    found = RetrieveQuery(level)
+    for tag, key_level in _KEY_LEVEL.items():
+        value = text_value(identifier[tag].value) if tag in identifier else ""
+        if _DEPTH[key_level] > _DEPTH[level]:
+            if value:
+                raise _refuse(f"{tag_str(tag)} is a key below the {level} level", tag)
+            continue
+        if key_level not in levels:
+            continue  # Patient ID in a Study Root Identifier: not a key there
+        values = [v.strip() for v in value.split("\\")] if value else []
+        if not values or not all(values):
+            raise _refuse(f"no {tag_str(tag)} (unique key of the {key_level} level)", tag)
+        if any(c in value for c in "*?"):
+            raise _refuse(f"{tag_str(tag)}: no wildcards in a retrieval", tag)
+        if len(values) > 1 and (key_level != level or level == "PATIENT"):
+            raise _refuse(f"{tag_str(tag)}: one value only (hierarchical retrieval)", tag)
+        found.filters[tag] = "\\".join(values)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Selected:
+    """One instance to send: its UIDs, the transfer syntax it is stored in, its file."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    path: Path
+    study_instance_uid: str = ""
+
+
+def select_instances(reader: ArchiveReader, query: RetrieveQuery) -> list[Selected]:
+    """The instances the query names, in the index's order (blocking: run it in a thread).
+
+    :class:`FindFailure` A701 beyond :data:`MAX_SUBOPERATIONS`, C000 for a
+    filter the index cannot match.
+    """
+    filters = dict(query.filters)
+    try:
+        q.where("instance", filters)
+    except q.QueryError as exc:
+        raise FindFailure(st.CANNOT_UNDERSTAND, str(exc)) from None
+    with closing(reader.connect()) as db:
+        total = q.count(db, "instance", filters)
+        if total > MAX_SUBOPERATIONS:
+            raise FindFailure(
+                st.UNABLE_TO_CALCULATE_MATCHES,
+                f"{total} instances; at most {MAX_SUBOPERATIONS} per retrieval",
+            )
+        intern = sys.intern  # the few SOP classes and transfer syntaxes, held once
+        return [
+            Selected(
+                row["sop_instance_uid"],
+                intern(row["sop_class_uid"]),
+                intern(row["transfer_syntax_uid"]),
+                layout.resolve(reader.root, row["path"]),
+                intern(row["study_uid"]),
+            )
+            for row in q.iter_search(db, "instance", filters)
+        ]
+
+
+class SubOperationsEnded(Exception):
+    """No further sub-operation can run (the destination refused or left); the message
+    says why (an Error Comment of the final response)."""
+
+
+class SubOperationSender(Protocol):
+    """Runs the C-STORE sub-operations of one retrieval."""
+
+    async def start(self, selected: Sequence[Selected]) -> None:
+        """Get ready to send these instances (C-MOVE: associate with the destination,
+        proposing their SOP classes and transfer syntaxes); :class:`SubOperationsEnded`
+        if none can be sent."""
+
+    async def send(self, item: Selected) -> int:
+        """One C-STORE sub-operation: the C-STORE status (a failure status if the
+        instance cannot be sent); :class:`SubOperationsEnded` if the association
+        is gone (this sub-operation and every remaining one failed)."""
+
+    async def stop(self) -> None:
+        """The retrieval is over (release what :meth:`start` opened); never raises."""
+
+
+@dataclass
+class Retrieval:
+    """The sub-operations of one C-MOVE or C-GET and their counts (see the module notes)."""
+
+    selected: Sequence[Selected]
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+    cancelled: bool = False
+    #: why the sub-operations stopped early (SubOperationsEnded), for the Error Comment
+    ended: str | None = None
+
+    @property
+    def remaining(self) -> int:
+        return len(self.selected) - self.completed - self.failed - self.warning
+
+    async def run(
+        self,
+        sender: SubOperationSender,
+        *,
+        is_cancelled: Callable[[], bool],
+        pending: Callable[[SubOperations], Awaitable[None]],
+    ) -> int:
+        """Send every instance; ``pending`` after each sub-operation but the last; the
+        final status. ``is_cancelled`` is asked before each sub-operation."""
+        if not self.selected:
+            return st.SUCCESS
+        try:
+            await sender.start(self.selected)
+            for n, item in enumerate(self.selected):
+                if is_cancelled():
+                    self.cancelled = True
+                    break
+                self._count(item, await sender.send(item))
+                if n + 1 < len(self.selected):
+                    await pending(self.counts(pending=True))
+        except SubOperationsEnded as exc:
+            self.ended = str(exc)
+            done = self.completed + self.failed + self.warning
+            for item in self.selected[done:]:
+                self._count(item, st.SUBOPERATIONS_FAILED)
+        finally:
+            await sender.stop()
+        return self.status
+
+    def _count(self, item: Selected, status: int) -> None:
+        category = st.category(status)
+        if category == "success":
+            self.completed += 1
+        elif category == "warning":
+            self.warning += 1
+        else:
+            self.failed += 1
+            self.failed_uids.append(item.sop_instance_uid)
+
+    @property
+    def status(self) -> int:
+        """The final status (PS3.4 C.4.2.3.1)."""
+        if self.cancelled:
+            return st.CANCEL
+        if not self.failed and not self.warning:
+            return st.SUCCESS
+        if self.failed == len(self.selected):
+            return st.SUBOPERATIONS_FAILED
+        return st.SUBOPERATIONS_WARNING
+
+    def counts(self, *, pending: bool = False) -> SubOperations:
+        """The counts of a pending response (with Remaining) or of the final one
+        (Remaining only when cancelled: PS3.4 C.4.2.1.6)."""
+        remaining = self.remaining if pending or self.cancelled else None
+        return SubOperations(remaining, self.completed, self.failed, self.warning)
+
+    def failed_identifier(self, transfer_syntax: str) -> bytes | None:
+        """The final Identifier: the Failed SOP Instance UID List (None if none failed)."""
+        if not self.failed_uids:
+            return None
+        ds = Dataset()
+        ds.add(DataElement(FAILED_SOP_INSTANCE_UID_LIST, "UI", list(self.failed_uids)))
+        return encode_dataset(ds, transfer_syntax)
+
+
+async def store_selected(
+    channel: StoreChannel,
+    item: Selected,
+    *,
+    service: str,
+    peer: str,
+    priority: int = 0,
+    move_originator: tuple[str, int] | None = None,
+) -> CStoreRSP | None:
+    """One C-STORE sub-operation on ``channel``: the instance scanned from its file and
+    sent by :func:`~dicomstore.services.storage_scu.store_instance` (its stored
+    transfer syntax, else converted); the C-STORE-RSP, or None (logged) when it
+    cannot be sent: unreadable, or no accepted context fits. A failure of the
+    association, or of the file while its data set was going out
+    (:class:`~dicomstore.services.sources.SourceReadError`), is raised."""
+    try:
+        instance = await asyncio.to_thread(sources.scan_file, item.path)
+    except (NotDicom, OSError) as exc:
+        log.error("%s: cannot send %s: %s", service, item.path, sources.one_line(exc))
+        return None
+    try:
+        rsp, _ctx, converted, nbytes = await store_instance(
+            channel,
+            instance,
+            convert=True,
+            priority=priority,
+            move_originator=move_originator,
+        )
+    except (NotSendable, NotDicom) as exc:
+        log.warning("%s: %s not sent: %s", service, item.sop_instance_uid, exc)
+        return None
+    if st.is_failure(rsp.status):
+        log.warning(
+            "%s: %s answered %04X for %s: %s",
+            service,
+            peer,
+            rsp.status,
+            item.sop_instance_uid,
+            rsp.error_comment,
+        )
+    log.debug(
+        "%s: %s sent (%d bytes%s)",
+        service,
+        item.sop_instance_uid,
+        nbytes,
+        ", converted" if converted else "",
+    )
+    return rsp

@@ -1,0 +1,353 @@
+"""Study-complete events: a study is *stable* once no instance of it has arrived
+for ``stable_age`` seconds (issue 16).
+
+DICOM has no end-of-study message; like Orthanc's ``StableAge`` and DCMTK's
+``--eostudy-timeout``, a quiet time stands for one. :class:`StudyStability`
+watches the one store service (an observer of every door: C-STORE, STOW-RS),
+keeps the last arrival per study, and when a study has been quiet long enough:
+
+1. appends a :class:`StableStudy` event to the durable event log
+   (``<archive>/.events/study-stable.jsonl``, JSON lines, flushed), so that it
+   can be replayed (``dicomstore events``);
+2. calls the Python hooks (``on_study_stable``, sync or async);
+3. runs ``--on-stable-exec`` (no shell; ``{study}``, ``{folder}``, ``{patient}``
+   replaced, else the study UID and folder appended as arguments; the same in
+   ``DICOMSTORE_STUDY_UID``, ``DICOMSTORE_STUDY_FOLDER``, ``DICOMSTORE_PATIENT_ID``);
+4. POSTs the event as JSON to ``--stable-webhook``.
+
+A restart loses nothing: studies whose newest instance in the index arrived
+after their last logged event (or that have none) are waited for again, from
+that instance's arrival time (:meth:`StudyStability.recover`). A failing hook,
+command or webhook is logged; the event stays in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import shlex
+import sqlite3
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dicomstore.archive import layout
+from dicomstore.archive.reader import ArchiveReader
+
+log = logging.getLogger("dicomstore.stable")
+
+LOG_DIR = ".events"
+LOG_NAME = "study-stable.jsonl"
+EVENT = "study.stable"
+WEBHOOK_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class StableStudy:
+    """One study-complete event (a line of the event log)."""
+
+    study_uid: str
+    patient_id: str | None
+    #: instances and series of the study in the archive when it became stable
+    instances: int
+    series: int
+    #: arrival of the first and last instance of this burst (ISO 8601, UTC)
+    first_received: str
+    last_received: str
+    stable_at: str
+    #: the study's folder in the archive
+    folder: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"event": EVENT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StableStudy:
+        fields = {k: v for k, v in data.items() if k != "event"}
+        return cls(**fields)
+
+
+OnStable = Callable[[StableStudy], Awaitable[None] | None]
+
+
+def _iso(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="microseconds")
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+class StableLog:
+    """The durable log of study-complete events (JSON lines, appended and flushed)."""
+
+    def __init__(self, root: Path | str, *, fsync: bool = True) -> None:
+        self.path = Path(root) / LOG_DIR / LOG_NAME
+        self.fsync = fsync
+
+    def append(self, event: StableStudy) -> None:
+        """Add one event; durable when this returns (with ``fsync``)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(event.as_dict(), sort_keys=True, ensure_ascii=False) + "\n"
+        with open(self.path, "a", encoding="utf-8") as fp:
+            fp.write(line)
+            if self.fsync:
+                fp.flush()
+                os.fsync(fp.fileno())
+
+    def read(self, since: str | None = None) -> Iterator[StableStudy]:
+        """The events in order; with ``since`` (ISO 8601) those stable at or after it.
+        A line that cannot be read (cut by a crash mid-write) is skipped."""
+        if not self.path.is_file():
+            return
+        floor = _epoch(since) if since else None
+        with open(self.path, encoding="utf-8") as fp:
+            for line in fp:
+                try:
+                    event = StableStudy.from_dict(json.loads(line))
+                except (ValueError, TypeError):
+                    continue
+                if floor is None or _epoch(event.stable_at) >= floor:
+                    yield event
+
+    def last_reported(self) -> dict[str, float]:
+        """Per study, the arrival time of the last instance its last event covered."""
+        return {e.study_uid: _epoch(e.last_received) for e in self.read()}
+
+
+@dataclass
+class _Pending:
+    patient_id: str | None
+    first: float
+    last: float
+    folder: str
+
+
+class StudyStability:
+    """Turns arrivals into study-complete events (module notes)."""
+
+    def __init__(
+        self,
+        reader: ArchiveReader,
+        stable_age: float,
+        *,
+        on_stable: Sequence[OnStable] = (),
+        exec_command: str | None = None,
+        webhook: str | None = None,
+        fsync: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if stable_age <= 0:
+            raise ValueError("stable_age must be positive")
+        self.reader = reader
+        self.root = reader.root
+        self.stable_age = stable_age
+        self.on_stable = list(on_stable)
+        self.exec_command = shlex.split(exec_command) if exec_command else None
+        self.webhook = webhook
+        self.log = StableLog(self.root, fsync=fsync)
+        self.clock = clock
+        self.pending: dict[str, _Pending] = {}
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._actions: set[asyncio.Future[object]] = set()
+
+    # -- arrivals --------------------------------------------------------------------
+
+    def observe(self, storing: Any, result: Any) -> None:
+        """A store-service observer: note the arrival of each stored instance."""
+        if not result.stored:
+            return
+        row = getattr(result.outcome, "instance", None)
+        if not row or not row.get("study_uid") or not row.get("path"):
+            return
+        arrival = (row["study_uid"], row.get("patient_id"), row["path"], self.clock())
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if self._loop is not None and here is not self._loop:  # a door on another loop
+            self._loop.call_soon_threadsafe(self.arrived, *arrival)
+        else:
+            self.arrived(*arrival)
+
+    def arrived(self, study_uid: str, patient_id: str | None, relpath: str, when: float) -> None:
+        """One instance of ``study_uid`` (stored at ``relpath``) arrived at ``when``."""
+        pending = self.pending.get(study_uid)
+        if pending is None:
+            folder = str(layout.resolve(self.root, relpath).parent.parent)
+            self.pending[study_uid] = _Pending(patient_id, when, when, folder)
+        else:
+            pending.last = max(pending.last, when)
+        self._wake.set()
+
+    def recover(self) -> int:
+        """After a restart: wait again for the studies whose newest instance is not
+        covered by their last event. Blocking (reads the log and the index): call
+        it in a worker thread before :meth:`start`. The number of studies."""
+        reported = self.log.last_reported()
+        sql = (
+            "SELECT st.study_uid, p.patient_id, MIN(i.received_at), MAX(i.received_at),"
+            " MIN(i.path) FROM instance i JOIN series se ON se.series_pk = i.series_pk"
+            " JOIN study st ON st.study_pk = se.study_pk"
+            " JOIN patient p ON p.patient_pk = st.patient_pk GROUP BY st.study_pk"
+        )
+        count = 0
+        with closing(self.reader.connect()) as db:
+            for study_uid, patient_id, first, last, relpath in db.execute(sql):
+                newest = _epoch(last)
+                if newest <= reported.get(study_uid, float("-inf")):
+                    continue
+                self.arrived(study_uid, patient_id or None, relpath, _epoch(first))
+                self.pending[study_uid].last = newest
+                count += 1
+        if count:
+            log.info("%d studies not yet reported stable: waiting for them again", count)
+        return count
+
+    # -- the clock -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start watching (in the running loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._run(), name="study-stability")
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop; commands and webhooks under way get ``grace`` seconds. Studies not
+        yet stable stay so, and are found again by :meth:`recover`."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._actions:
+            await asyncio.wait(list(self._actions), timeout=grace)
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            now = self.clock()
+            for study_uid in [s for s, p in self.pending.items() if self._due(p, now)]:
+                await self._stable(study_uid, self.pending.pop(study_uid))
+            deadlines = [p.last + self.stable_age for p in self.pending.values()]
+            timeout = max(0.0, min(deadlines) - self.clock()) if deadlines else None
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def _due(self, pending: _Pending, now: float) -> bool:
+        return pending.last + self.stable_age <= now
+
+    async def _stable(self, study_uid: str, pending: _Pending) -> None:
+        try:
+            counts = await asyncio.to_thread(self._counts, study_uid)
+            event = StableStudy(
+                study_uid,
+                pending.patient_id,
+                counts[0],
+                counts[1],
+                _iso(pending.first),
+                _iso(pending.last),
+                _iso(self.clock()),
+                pending.folder,
+            )
+            await asyncio.to_thread(self.log.append, event)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("study %s: stable, but its event was not logged: %s", study_uid, exc)
+            self.pending.setdefault(study_uid, pending)  # tried again after the quiet time
+            pending.last = self.clock()
+            return
+        log.info(
+            "study %s stable: %d instance(s) in %d series, %s",
+            study_uid,
+            event.instances,
+            event.series,
+            event.folder,
+        )
+        for hook in self.on_stable:
+            await self._call(hook, event)
+        if self.exec_command:
+            self._spawn(run_command(self.exec_command, event))
+        if self.webhook:
+            self._spawn(post_event(self.webhook, event))
+
+    def _counts(self, study_uid: str) -> tuple[int, int]:
+        rows = self.reader.search("study", {"StudyInstanceUID": study_uid}, limit=1)
+        if not rows:
+            return 0, 0
+        return int(rows[0]["n_instances"]), int(rows[0]["n_series"])
+
+    @staticmethod
+    async def _call(hook: OnStable, event: StableStudy) -> None:
+        try:
+            result = hook(event)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # noqa: BLE001 - a user hook must not stop the events
+            log.exception("on_study_stable hook failed for %s", event.study_uid)
+
+    def _spawn(self, action: Awaitable[object]) -> None:
+        task = asyncio.ensure_future(action)
+        self._actions.add(task)
+        task.add_done_callback(self._actions.discard)
+
+
+def command_line(template: Sequence[str], event: StableStudy) -> list[str]:
+    """``--on-stable-exec`` for ``event``: ``{study}``, ``{folder}``, ``{patient}``
+    replaced, else the study UID and folder appended."""
+    values = {"study": event.study_uid, "folder": event.folder, "patient": event.patient_id}
+    if not any(f"{{{key}}}" in arg for arg in template for key in values):
+        return [*template, event.study_uid, event.folder]
+    out = []
+    for arg in template:
+        for key, value in values.items():
+            arg = arg.replace(f"{{{key}}}", value or "")
+        out.append(arg)
+    return out
+
+
+async def run_command(template: Sequence[str], event: StableStudy) -> int | None:
+    """Run the command for ``event`` (no shell; the event also in the environment);
+    its exit code, None when it could not be started (logged)."""
+    argv = command_line(template, event)
+    env = {
+        **os.environ,
+        "DICOMSTORE_STUDY_UID": event.study_uid,
+        "DICOMSTORE_STUDY_FOLDER": event.folder,
+        "DICOMSTORE_PATIENT_ID": event.patient_id or "",
+    }
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, env=env)
+        code = await proc.wait()
+    except OSError as exc:
+        log.error("--on-stable-exec %s: cannot run: %s", argv[0], exc)
+        return None
+    if code != 0:
+        log.warning("--on-stable-exec for study %s exited %d", event.study_uid, code)
+    return code
+
+
+async def post_event(url: str, event: StableStudy) -> int | None:
+    """POST ``event`` as JSON to ``url``; the HTTP status, None on failure (logged)."""
+    body = json.dumps(event.as_dict()).encode()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"}, method="POST")
+
+    def post() -> int:
+        with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as answer:  # noqa: S310
+            return int(answer.status)
+
+    try:
+        status = await asyncio.to_thread(post)
+    except (OSError, ValueError) as exc:
+        log.warning("--stable-webhook for study %s failed: %s", event.study_uid, exc)
+        return None
+    log.debug("--stable-webhook for study %s: HTTP %d", event.study_uid, status)
+    return status

@@ -1,0 +1,125 @@
+"""One message at a time on the wire (PS3.7 8.2, PS3.8 E.1): a message queued while a
+data set is being streamed goes out after its last fragment (the acceptor answers
+while it sends a C-GET's C-STOREs); Message IDs of an Invoker (PS3.7 9.3.1.1)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from dicomstore import uids
+from dicomstore.aio.association import DRAIN_EVERY, Timeouts, Transport
+from dicomstore.aio.invoker import Invoker
+from dicomstore.dimse import CEchoRQ
+from dicomstore.ul import items as I
+from dicomstore.ul import pdu as P
+from dicomstore.ul.connection import Connection, Role
+from dicomstore.ul.negotiation import AcceptorPolicy, negotiate
+from tests.ul.ul_vectors import read_pdus, receive
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+class FakeStream:
+    """The writing half of a Stream, in memory; ``on_drain`` runs at each drain."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.on_drain: list[Any] = []
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def write_parts(self, parts: list[bytes]) -> None:
+        for part in parts:
+            self.written += part
+
+    async def drain(self) -> None:
+        while self.on_drain:
+            self.on_drain.pop(0)()
+
+
+def accepted_transport() -> tuple[Transport, FakeStream]:
+    """An acceptor's transport in Sta6: Verification (1) and CT (3) accepted."""
+    rq = P.AssociateRQ(
+        called_ae="DICOMSTORE",
+        calling_ae="PEER",
+        presentation_contexts=[
+            I.PresentationContextRQ(1, uids.VERIFICATION, [uids.IMPLICIT_VR_LE]),
+            I.PresentationContextRQ(3, CT, [uids.EXPLICIT_VR_LE]),
+        ],
+        user_info=I.UserInformation(max_length=16384),
+    )
+    policy = AcceptorPolicy(
+        abstract_syntaxes={
+            uids.VERIFICATION: (uids.IMPLICIT_VR_LE,),
+            CT: (uids.EXPLICIT_VR_LE,),
+        }
+    )
+    ac, negotiated = negotiate(rq, policy)
+    assert isinstance(ac, P.AssociateAC)
+    conn = Connection(Role.ACCEPTOR)
+    conn.transport_connected()
+    receive(conn, P.encode(rq))
+    conn.accept(ac)
+    stream = FakeStream()
+    t = Transport(stream, conn, Timeouts())  # type: ignore[arg-type]
+    t.negotiated = negotiated
+    stream.written.clear()
+    t.write_now()  # the A-ASSOCIATE-AC
+    stream.written.clear()
+    return t, stream
+
+
+def pdvs(data: bytes) -> list[P.PDV]:
+    return [pdv for pdu in read_pdus(data) if isinstance(pdu, P.PDataTF) for pdv in pdu.pdvs]
+
+
+def test_a_message_queued_mid_data_set_follows_its_last_fragment() -> None:
+    t, stream = accepted_transport()
+    chunks = [bytes([n]) * DRAIN_EVERY for n in range(3)]  # a drain after each chunk
+    echo = CEchoRQ(9).encode()
+    stream.on_drain.append(lambda: t.queue_message(1, echo))  # another task answers
+    sent = asyncio.run(t.send_dataset_chunks(3, chunks))
+    assert sent == 3 * DRAIN_EVERY
+    out = pdvs(bytes(stream.written))
+    data = [p for p in out if p.context_id == 3]
+    assert b"".join(bytes(p.data) for p in data) == b"".join(chunks)
+    assert [p.is_last for p in data] == [False] * (len(data) - 1) + [True]
+    # the C-ECHO's command comes after the data set's last fragment, not among them
+    assert [(p.context_id, p.is_command) for p in out[len(data) :]] == [(1, True)]
+    assert bytes(out[-1].data) == echo
+
+
+def test_a_stream_that_fails_drops_what_was_held() -> None:
+    t, stream = accepted_transport()
+
+    def chunks():
+        yield bytes(DRAIN_EVERY)
+        yield bytes(DRAIN_EVERY)
+        raise OSError("the file went away")
+
+    stream.on_drain.append(lambda: t.queue_message(1, CEchoRQ(9).encode()))
+    with pytest.raises(OSError):
+        asyncio.run(t.send_dataset_chunks(3, chunks()))
+    assert all(p.context_id == 3 for p in pdvs(bytes(stream.written)))
+    t.queue_message(1, CEchoRQ(10).encode())  # later messages go out at once again
+    assert pdvs(bytes(stream.written))[-1].context_id == 1
+
+
+def test_invoker_message_ids_skip_those_outstanding_and_zero() -> None:
+    t, _stream = accepted_transport()
+
+    async def ids() -> list[int]:
+        invoker = Invoker(t, lambda: asyncio.sleep(0))
+        invoker.waiting[2] = asyncio.get_running_loop().create_future()
+        first = [invoker.next_id() for _ in range(3)]
+        invoker._ids = iter([0xFFFF, 0x10000, 0x10001])  # type: ignore[assignment]
+        return first + [invoker.next_id(), invoker.next_id()]
+
+    assert asyncio.run(ids()) == [1, 3, 4, 0xFFFF, 1]

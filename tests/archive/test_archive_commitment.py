@@ -1,0 +1,100 @@
+"""Storage Commitment, the archive's side (PS3.4 J.3, issue 16): the verdict on
+each referenced instance and the journal of requests not yet reported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.archive.archive_testlib import CT, MR, dataset, store
+
+from dicomstore.archive import Archive
+from dicomstore.archive.commitment import (
+    CLASS_INSTANCE_CONFLICT,
+    NO_SUCH_OBJECT_INSTANCE,
+    PROCESSING_FAILURE,
+    CommitmentJournal,
+    CommitmentRequest,
+    DuplicateTransaction,
+    Reference,
+    verify,
+)
+from dicomstore.archive.reader import ArchiveReader
+
+UIDS = [f"1.2.7.{n}" for n in range(1, 7)]
+
+
+@pytest.fixture
+def stored(tmp_path: Path) -> tuple[ArchiveReader, dict[str, Path]]:
+    root = tmp_path / "archive"
+    archive = Archive(root, fsync=False)
+    paths = {}
+    try:
+        for uid in UIDS:
+            outcome = store(archive, dataset(uid, pixels=512), sop_uid=uid)
+            assert outcome.status == 0 and outcome.path is not None
+            paths[uid] = outcome.path
+    finally:
+        archive.close()
+    return ArchiveReader(root), paths
+
+
+def test_verdicts_for_each_failure_reason(stored) -> None:
+    reader, paths = stored
+    flipped = bytearray(paths[UIDS[2]].read_bytes())
+    flipped[-10] ^= 0xFF  # same size, other pixel bytes
+    paths[UIDS[2]].write_bytes(bytes(flipped))
+    paths[UIDS[3]].unlink()
+    with open(paths[UIDS[4]], "ab") as fp:
+        fp.write(b"\0\0")
+    refs = [
+        Reference(CT, UIDS[0]),  # held: committed
+        Reference(MR, UIDS[1]),  # held as CT
+        Reference(CT, UIDS[2]),  # altered on disk
+        Reference(CT, UIDS[3]),  # file gone
+        Reference(CT, UIDS[4]),  # grown on disk
+        Reference(CT, "1.2.7.99"),  # never stored
+    ]
+    verdicts = verify(reader, refs)
+    assert [v.reference for v in verdicts] == refs
+    assert [v.failure_reason for v in verdicts] == [
+        None,
+        CLASS_INSTANCE_CONFLICT,
+        PROCESSING_FAILURE,
+        NO_SUCH_OBJECT_INSTANCE,
+        PROCESSING_FAILURE,
+        NO_SUCH_OBJECT_INSTANCE,
+    ]
+    assert verdicts[0].committed and not any(v.committed for v in verdicts[1:])
+    assert "differs" in verdicts[2].why and "missing" in verdicts[3].why
+    assert "size" in verdicts[4].why
+
+
+def test_journal_keeps_requests_until_done_across_restarts(tmp_path: Path) -> None:
+    journal = CommitmentJournal(tmp_path)
+    first = CommitmentRequest("1.2.99.1", [Reference(CT, UIDS[0])], "MODALITY", "10.0.0.7")
+    second = CommitmentRequest("1.2.99.2", [Reference(MR, UIDS[1])], "OTHER")
+    journal.add(first)
+    journal.add(second)
+    with pytest.raises(DuplicateTransaction):
+        journal.add(CommitmentRequest("1.2.99.1", [], "MODALITY"))
+    reopened = CommitmentJournal(tmp_path)  # a restart reads what was promised
+    assert {r.transaction_uid for r in reopened.pending()} == {"1.2.99.1", "1.2.99.2"}
+    assert next(r for r in reopened.pending() if r.transaction_uid == "1.2.99.1") == first
+    reopened.done("1.2.99.1")
+    assert [r.transaction_uid for r in CommitmentJournal(tmp_path).pending()] == ["1.2.99.2"]
+    reopened.done("1.2.99.1")  # twice is harmless
+
+
+def test_journal_refuses_a_transaction_uid_that_is_no_uid_and_skips_strays(
+    tmp_path: Path,
+) -> None:
+    journal = CommitmentJournal(tmp_path, fsync=False)
+    for bad in ("../../etc/passwd", "1.2/3", "", "1." * 40):
+        with pytest.raises(ValueError, match="Transaction UID"):
+            journal.add(CommitmentRequest(bad, [], "X"))
+    journal.add(CommitmentRequest("1.2.3", [], "X"))
+    (journal.folder / "1.2.4.json").write_text("{not json")
+    (journal.folder / "1.2.5.tmp").write_text("half written")
+    assert [r.transaction_uid for r in journal.pending()] == ["1.2.3"]
+    assert list(CommitmentJournal(tmp_path / "none").pending()) == []

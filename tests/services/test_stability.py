@@ -1,0 +1,270 @@
+"""Study-complete events (issue 16, services/stability.py): a study is stable after
+its quiet time, whatever door its instances came through; the event is logged
+durably, found again after a restart, and runs the hook, the command and the
+webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import http.server
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from tests.archive.archive_testlib import dataset
+from tests.archive.archive_testlib import store as archive_store
+from tests.conftest import free_port, serve_command, wait_listening
+from tests.services.test_scu_support import sendable
+from tests.services.test_store_doors import DOORS, STUDY, Site, site, store  # noqa: F401
+
+from dicomstore.archive import Archive
+from dicomstore.archive.reader import ArchiveReader
+from dicomstore.services.server import ServerConfig
+from dicomstore.services.serving import running
+from dicomstore.services.stability import (
+    StableLog,
+    StableStudy,
+    StudyStability,
+    command_line,
+)
+
+QUICK = 0.05  # seconds of quiet time in these tests
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_every_door_makes_its_study_stable_once(site: Site, door: str) -> None:  # noqa: F811
+    events: list[StableStudy] = []
+    heard = threading.Event()
+
+    def on_stable(event: StableStudy) -> None:
+        events.append(event)
+        heard.set()
+
+    async def watch() -> StudyStability:
+        reader = ArchiveReader(site.archive.root)
+        stability = StudyStability(reader, QUICK, on_stable=[on_stable], fsync=False)
+        site.dicom.server.store.observers.append(stability.observe)
+        await stability.start()
+        return stability
+
+    stability = site.dicom.call(watch())
+    try:
+        assert store(site, door, "1.2.11.71") == 0x0000
+        assert store(site, door, "1.2.11.72") == 0x0000
+        assert heard.wait(30)
+    finally:
+        site.dicom.call(stability.close())
+    (event,) = events
+    assert (event.study_uid, event.instances, event.series) == (STUDY, 2, 1)
+    assert Path(event.folder) == site.archive.root / STUDY
+    assert event.first_received <= event.last_received <= event.stable_at
+    assert list(StableLog(site.archive.root).read()) == [event]  # logged before the hook
+
+
+def _fill(root: Path, studies: dict[str, int]) -> None:
+    archive = Archive(root, fsync=False)
+    try:
+        for study, count in studies.items():
+            for n in range(count):
+                uid = f"{study}.1.{n + 1}"
+                data = dataset(uid, study=study, series=f"{study}.1")
+                assert archive_store(archive, data, sop_uid=uid).status == 0
+    finally:
+        archive.close()
+
+
+def test_a_restart_waits_again_for_studies_not_yet_reported(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    _fill(root, {"1.2.31": 2, "1.2.32": 1})
+    reader = ArchiveReader(root)
+    first = StudyStability(reader, QUICK, fsync=False)
+    assert first.recover() == 2  # nothing logged yet: both are waited for
+    last = first.pending["1.2.31"].last
+    StableLog(root).append(
+        StableStudy("1.2.31", "PID1", 2, 1, "x", _iso(last), _iso(last), str(root / "1.2.31"))
+    )
+    again = StudyStability(reader, QUICK, fsync=False)
+    assert again.recover() == 1 and list(again.pending) == ["1.2.32"]
+    _fill(root, {"1.2.31": 3})  # a third instance after its event: waited for again
+    later = StudyStability(reader, QUICK, fsync=False)
+    assert later.recover() == 2 and sorted(later.pending) == ["1.2.31", "1.2.32"]
+
+    async def fire() -> list[StableStudy]:
+        heard: list[StableStudy] = []
+        done = asyncio.Event()
+
+        async def hook(event: StableStudy) -> None:  # async hooks are awaited
+            heard.append(event)
+            if len(heard) == 2:
+                done.set()
+
+        later.on_stable.append(hook)
+        await later.start()
+        await asyncio.wait_for(done.wait(), 30)
+        await later.close()
+        return heard
+
+    heard = asyncio.run(fire())
+    assert sorted((e.study_uid, e.instances) for e in heard) == [("1.2.31", 3), ("1.2.32", 1)]
+    assert [e.study_uid for e in StableLog(root).read()][0] == "1.2.31"
+    assert StudyStability(reader, QUICK, fsync=False).recover() == 0  # all reported
+
+
+def _iso(when: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(when, UTC).isoformat()
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    bodies: list[dict] = []
+    posted = threading.Event()
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        length = int(self.headers["Content-Length"])
+        type(self).bodies.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+        type(self).posted.set()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook() -> Iterator[str]:
+    _Hook.bodies, _Hook.posted = [], threading.Event()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/stable"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_command_and_webhook_run_for_each_stable_study(tmp_path: Path, webhook: str) -> None:
+    root = tmp_path / "archive"
+    _fill(root, {"1.2.41": 2})
+    out = tmp_path / "ran.json"
+    script = (
+        "import json, os, sys; "
+        f"json.dump([sys.argv[1:], os.environ['DICOMSTORE_STUDY_UID']], open({str(out)!r}, 'w'))"
+    )
+    command = f"{sys.executable} -c {json.dumps(script)} --study={{study}} {{folder}}"
+
+    async def main() -> None:
+        stability = StudyStability(
+            ArchiveReader(root), QUICK, exec_command=command, webhook=webhook, fsync=False
+        )
+        assert stability.recover() == 1
+        await stability.start()
+        await asyncio.wait_for(asyncio.to_thread(_Hook.posted.wait, 30), 35)
+        await stability.close()  # waits for the command
+
+    asyncio.run(main())
+    argv, env_study = json.loads(out.read_text())
+    assert argv == ["--study=1.2.41", str(root / "1.2.41")] and env_study == "1.2.41"
+    (body,) = _Hook.bodies
+    assert body["event"] == "study.stable" and body["study_uid"] == "1.2.41"
+    assert body["instances"] == 2
+
+
+def test_without_placeholders_the_study_and_folder_are_appended(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    _fill(root, {"1.2.51": 1})
+    event = StableStudy("1.2.51", None, 1, 1, "a", "b", "c", "/x/1.2.51")
+    assert command_line(["notify", "--now"], event) == ["notify", "--now", "1.2.51", "/x/1.2.51"]
+    with pytest.raises(ValueError, match="positive"):
+        StudyStability(ArchiveReader(root), 0)
+
+
+def test_serve_runs_the_events_with_its_config(tmp_path: Path) -> None:
+    """`running` (serve() and `dicomstore serve`) attaches the watcher to the archive,
+    and a hook failing does not stop the events."""
+    root = tmp_path / "archive"
+    _fill(root, {"1.2.61": 1, "1.2.62": 1})
+
+    async def main() -> list[str]:
+        archive = Archive(root, fsync=False)
+        seen: list[str] = []
+        done = asyncio.Event()
+
+        def hook(event: StableStudy) -> None:
+            seen.append(event.study_uid)
+            if len(seen) == 2:
+                done.set()
+            raise RuntimeError("a broken hook")
+
+        config = dataclasses.replace(ServerConfig(port=0), stable_age=QUICK)
+        try:
+            async with running(archive, config, on_study_stable=hook) as server:
+                assert server.stability is not None
+                await asyncio.wait_for(done.wait(), 30)
+        finally:
+            archive.close()
+        return seen
+
+    assert sorted(asyncio.run(main())) == ["1.2.61", "1.2.62"]
+    assert len(list(StableLog(root).read())) == 2
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until ``path`` exists (what the command writes last), or the server died."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        threading.Event().wait(0.05)  # polling a file the child writes: no event to wait on
+
+
+def test_dicomstore_serve_runs_the_command_and_events_replays_it(tmp_path: Path) -> None:
+    storage, out = tmp_path / "store", tmp_path / "ran"
+    script = f"import sys; open({str(out)!r}, 'a').write(' '.join(sys.argv[1:]) + chr(10))"
+    exec_command = f"{sys.executable} -c {json.dumps(script)} {{study}}"
+    port = free_port()
+    proc = subprocess.Popen(
+        serve_command(port, storage, "--stable-age", "0.1", "--on-stable-exec", exec_command),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_listening(port, proc)
+        files = sendable(compressed=False)[:1]
+        sent = subprocess.run(
+            [sys.executable, "-m", "dicomstore.cli", "send", "127.0.0.1", str(port)]
+            + [str(f) for f in files],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        _wait_for(out, proc)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    study = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    assert out.read_text() == f"{study}\n"
+    assert f"study {study} stable: 1 instance(s) in 1 series" in err
+
+    events = [sys.executable, "-m", "dicomstore.cli", "events", "--storage", str(storage)]
+    listed = subprocess.run(events, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and f"  {study}  1 instance(s)" in listed.stdout
+    assert listed.stdout.endswith("1 event(s)\n")
+    as_json = subprocess.run([*events, "--json"], capture_output=True, text=True, timeout=60)
+    assert json.loads(as_json.stdout)["study_uid"] == study
+    replayed = subprocess.run([*events, "--exec", exec_command], capture_output=True, text=True)
+    assert replayed.returncode == 0, replayed.stderr
+    assert out.read_text() == f"{study}\n{study}\n"  # run again, as serve did
+    other = subprocess.run([*events, "--study", "1.2.3"], capture_output=True, text=True)
+    assert other.stdout == "0 event(s)\n"
+    bad = subprocess.run([*events, "--since", "yesterday"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not an ISO 8601 time" in bad.stderr
+    url = subprocess.run([*events, "--webhook", "ftp://x"], capture_output=True, text=True)
+    assert url.returncode == 2 and "not an http:// or https:// URL" in url.stderr
