@@ -12,9 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
-from tests.archive.archive_testlib import CT, MR, dataset, store
+from tests.archive.archive_testlib import CT, MR, dataset, dcm_files, store, stored_dataset
 from tests.conftest import free_port, serve_command, wait_listening
 
 from dicomstore.archive import Archive
@@ -70,6 +71,14 @@ def fill(root: Path) -> None:
                 assert outcome.status == 0, outcome
     finally:
         archive.close()
+
+
+def stored_datasets(root: Path) -> dict[str, bytes]:
+    """The data set bytes of each instance stored under ``root``, by SOP Instance UID."""
+    return {
+        str(dcmread(path, stop_before_pixels=True).SOPInstanceUID): stored_dataset(path)
+        for path in dcm_files(root)
+    }
 
 
 class Audit:
