@@ -338,11 +338,13 @@ def response_elements(
     if non_ascii or not all(text.isascii() for _tag, _vr, text in values):
         values.append((SPECIFIC_CHARACTER_SET, "CS", UTF8))
         encoding = "utf-8"
+    values.sort()
     elements: list[Element] = [
         (tag, vr, text_bytes(vr, text, encoding)) for tag, vr, text in values
     ]
-    elements += stored
-    elements.sort(key=lambda element: element[0])
+    if stored:
+        elements += stored
+        elements.sort(key=lambda element: element[0])
     return elements
 
 
