@@ -37,6 +37,8 @@ HEADER_ONLY: dict[str, dict[int, tuple[str, str]]] = {
     "1.2.9.1": {0x00101010: ("AS", "042Y")},  # Patient's Age
     "1.2.9.4": {0x00101001: ("PN", "Müller^Johann")},  # Other Patient Names, ISO_IR 100
 }
+#: Study Time per study (1.2.9.4 has none), for time range matching.
+STUDY_TIMES = {"1.2.9.1": "093000", "1.2.9.2": "141500", "1.2.9.3": "2359"}
 
 
 def sop_uids(series: str) -> list[str]:
@@ -51,6 +53,8 @@ def fill(root: Path) -> None:
         for pid, name, study, date, series, modality, _count in LAYOUT:
             for uid in sop_uids(series):
                 extra = {0x00080020: ("DA", date), **HEADER_ONLY.get(study, {})}
+                if study in STUDY_TIMES:
+                    extra[0x00080030] = ("TM", STUDY_TIMES[study])
                 extra[0x00080008] = ("CS", f"ORIGINAL\\PRIMARY\\{uid[-5:]}")  # ImageType
                 extra[0x00080070] = ("LO", f"Maker {series}")  # Manufacturer
                 if not name.isascii():

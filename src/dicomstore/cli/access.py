@@ -178,6 +178,7 @@ _COLUMNS: dict[str, list[tuple[str, Any]]] = {
         ("SERIES", "n_series"),
         ("INSTANCES", "n_instances"),
         ("SIZE", lambda r: human_size(r["size"])),
+        ("STABLE", lambda r: "yes" if r.get("stable_at") else "no"),
         ("DESCRIPTION", "study_description"),
     ],
     "series": [
@@ -224,7 +225,14 @@ def _ls(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 0 or args.offset < 0:
         raise UsageError("--limit and --offset must not be negative")
     level = _LEVEL_NAMES[args.level]
-    rows = _reader(args.storage).search(level, _filters(args), limit=args.limit, offset=args.offset)
+    reader = _reader(args.storage)
+    rows = reader.search(level, _filters(args), limit=args.limit, offset=args.offset)
+    if level == "study":  # study-complete events (services/stability.py)
+        from dicomstore.services.stability import stable_states
+
+        states = stable_states(reader, [r["study_uid"] for r in rows])
+        for row in rows:
+            row["stable_at"] = states.get(row["study_uid"])
     if args.json:
         print(json.dumps(rows, indent=1, ensure_ascii=False))
     else:
