@@ -238,6 +238,7 @@ def _query_section() -> list[str]:
         "",
         *_move_section(),
         *_get_section(),
+        *_scu_section(),
     ]
 
 
@@ -299,9 +300,9 @@ def _get_section() -> list[str]:
 
 
 def _commitment_section() -> list[str]:
-    """2.2.7: Storage Commitment Push Model, SCP and SCU."""
+    """2.2.9: Storage Commitment Push Model, SCP and SCU."""
     return [
-        "#### 2.2.7 Storage Commitment Push Model SCP (`dicomstore serve`) and SCU "
+        "#### 2.2.9 Storage Commitment Push Model SCP (`dicomstore serve`) and SCU "
         "(`dicomstore send --commit`)",
         "",
         *_table(
@@ -388,6 +389,39 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     return out
 
 
+def _scu_section() -> list[str]:
+    """2.2.7 and 2.2.8: the Query/Retrieve SCUs."""
+    return [
+        "#### 2.2.7 Query/Retrieve FIND SCU (`dicomstore find`)",
+        "",
+        "Proposes the model asked for (`-P` Patient Root, `-S` Study Root, the default) "
+        "with Explicit and Implicit VR Little Endian, and sends one C-FIND-RQ whose "
+        "Identifier holds Query/Retrieve Level (`-L`, default STUDY), the level's unique "
+        "key as a return key, and the keys given (`-k KEY[=VALUE]`, by keyword or tag), "
+        "values as written (wildcards, ranges and lists are the SCP's to match), with "
+        "Specific Character Set ISO_IR 192 (UTF-8) unless a `SpecificCharacterSet` key "
+        "is given. Each pending response (FF00, FF01) is a match, printed as it comes; "
+        "0000 ends it; a failure status (A700, A900, Cxxx, 0122, 0124 ...) is reported "
+        "with its Error Comment (exit code 1). Ctrl-C sends a C-CANCEL-RQ and waits for "
+        "the final response (FE00). Relational queries are sent as given.",
+        "",
+        "#### 2.2.8 Query/Retrieve MOVE and GET SCU (`dicomstore move`, `dicomstore get`)",
+        "",
+        "The Identifier is built as for C-FIND (2.2.7). `move` proposes the MOVE model "
+        "and names the Move Destination (`--dest`). `get` proposes the GET model and, "
+        "with SCP/SCU Role Selection (SCP role only, PS3.7 D.3.3.4), the common Storage "
+        "SOP Classes (or those of `--sop-class`) with the uncompressed transfer syntaxes "
+        "first, then Deflated, JPEG, JPEG-LS, JPEG 2000 and RLE; each C-STORE "
+        "sub-operation is stored as received, into PS3.10 files (`-od`) or an archive "
+        "(`--storage`, with the checks and statuses of 2.2.2) and answered after it is "
+        "stored. Pending responses update the sub-operation counts; the final status, "
+        "the counts and the Failed SOP Instance UID List are reported; a final status "
+        "other than 0000 (B000, A701, A702, A801, A900, Cxxx, 0122, 0124) is exit code 1. "
+        "Ctrl-C sends a C-CANCEL-RQ.",
+        "",
+    ]
+
+
 def statement() -> str:
     """The whole conformance statement, as Markdown."""
     classes = uids.storage_sop_classes()
@@ -410,22 +444,22 @@ def statement() -> str:
                     "Yes (`dicomstore serve`)",
                 ),
                 (
-                    "Query/Retrieve - FIND: Patient Root, Study Root (2.2.4)",
-                    "No",
+                    "Query/Retrieve - FIND: Patient Root, Study Root (2.2.4, 2.2.7)",
+                    "Yes (`dicomstore find`)",
                     "Yes (`dicomstore serve`)",
                 ),
                 (
-                    "Query/Retrieve - MOVE: Patient Root, Study Root (2.2.5)",
-                    "No",
+                    "Query/Retrieve - MOVE: Patient Root, Study Root (2.2.5, 2.2.8)",
+                    "Yes (`dicomstore move`)",
                     "Yes (`dicomstore serve`)",
                 ),
                 (
-                    "Query/Retrieve - GET: Patient Root, Study Root (2.2.6)",
-                    "No",
+                    "Query/Retrieve - GET: Patient Root, Study Root (2.2.6, 2.2.8)",
+                    "Yes (`dicomstore get`)",
                     "Yes (`dicomstore serve`)",
                 ),
                 (
-                    "Storage Commitment Push Model (2.2.7)",
+                    "Storage Commitment Push Model (2.2.9)",
                     "Yes (`dicomstore send --commit`)",
                     "Yes (`dicomstore serve`)",
                 ),
@@ -444,11 +478,12 @@ def statement() -> str:
         "Commitment SCP: every instance it "
         "receives is written as a PS3.10 file into its archive (`--storage`) and indexed before "
         "it is acknowledged. `dicomstore send` (Storage SCU) sends files, folders or "
-        "data sets to any Storage SCP; `dicomstore echo` is a Verification SCU. "
-        "Workstations find what was stored with C-FIND (2.2.4) and have it sent to a "
-        "Storage SCP with C-MOVE (2.2.5), or fetch it with C-GET (2.2.6) on the same "
-        "association; the server then acts as a Storage SCU. Senders ask it to commit to "
-        "what it holds with Storage Commitment (2.2.7).",
+        "data sets to any Storage SCP; `dicomstore echo` is a Verification SCU; "
+        "`dicomstore find`, `dicomstore move` and `dicomstore get` are Q/R SCUs "
+        "(2.2.7, 2.2.8). Workstations find what was stored with C-FIND (2.2.4) and have "
+        "it sent to a Storage SCP with C-MOVE (2.2.5), or fetch it with C-GET (2.2.6) on "
+        "the same association; the server then acts as a Storage SCU. Senders ask it "
+        "to commit to what it holds with Storage Commitment (2.2.9).",
         "",
         "### 2.2 AE specifications",
         "",
@@ -495,7 +530,7 @@ def statement() -> str:
         "",
         "Presentation context acceptance: every Storage SOP Class of Appendix A, "
         "Verification, the FIND, MOVE and GET models of 2.2.4 to 2.2.6 and Storage "
-        "Commitment (2.2.7); other abstract "
+        "Commitment (2.2.9); other abstract "
         "syntaxes are "
         "refused (*abstract syntax not supported*) unless "
         "`--accept-unknown-sop-classes`. The transfer syntax chosen "

@@ -36,12 +36,11 @@ from dicomstore.cli.options import (
     EXIT_TIMEOUT,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
-    _ae_title,
     _int,
-    _pdu,
     _port,
     _positive,
     _timeouts,
+    add_scu_parser,
     add_tls_client_options,
     tls_client_context,
     tls_failed,
@@ -64,16 +63,13 @@ log = logging.getLogger("dicomstore.send")
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``send`` subcommand (with its own ``--log-level``) to ``subparsers``."""
 
-    p = subparsers.add_parser(
+    p = add_scu_parser(
+        subparsers,
         "send",
-        help="send DICOM files to a Storage SCP (Storage SCU)",
-        description=__doc__.split("\n\n")[0],
+        "send DICOM files to a Storage SCP (Storage SCU)",
+        __doc__.split("\n\n")[0],
     )
-    p.add_argument("host")
-    p.add_argument("port", type=_port)
     p.add_argument("paths", nargs="+", metavar="PATH", help="file, folder, or - for stdin")
-    p.add_argument("--aet", type=_ae_title, default="DICOMSTORE", help="our (calling) AE title")
-    p.add_argument("--aec", type=_ae_title, default="ANY-SCP", help="the peer's (called) AE title")
     p.add_argument(
         "--parallel", type=_int(1), default=1, help="associations in parallel (default 1)"
     )
@@ -83,7 +79,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=16,
         help="C-STOREs outstanding per association if the SCP grants a window (default 16)",
     )
-    p.add_argument("--max-pdu", type=_pdu, default=1024 * 1024, help="largest PDU we receive")
     p.add_argument(
         "--convert",
         action=argparse.BooleanOptionalAction,
@@ -121,8 +116,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="release after the request and take the report on an association the SCP "
         "opens to this port (default: wait on the same association)",
     )
-    p.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")
-    p.add_argument("--dimse-timeout", type=_positive, help="seconds (default unlimited)")
     p.add_argument(
         "--progress",
         choices=["auto", "on", "off"],

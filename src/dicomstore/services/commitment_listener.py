@@ -20,7 +20,7 @@ from typing import Any
 from dicomstore import uids
 from dicomstore.aio.association import StalledPDU, Stream, Timeouts, Transport
 from dicomstore.aio.listener import Listener
-from dicomstore.aio.performer import Performer
+from dicomstore.aio.performer import Collecting, Performer
 from dicomstore.errors import RemoteProtocolError
 from dicomstore.services.commitment_scp import SOP_CLASS
 from dicomstore.services.commitment_scu import Waiting
@@ -72,7 +72,7 @@ class ReportListener:
 
     async def _serve(self, stream: Stream) -> None:
         t = Transport(stream, Connection(Role.ACCEPTOR, max_pdata=DEFAULT_MAX_PDU), self.timeouts)
-        performer = Performer(t, self._answer(t))
+        performer = Performer(t, Collecting(self._answer(t)))
         t.conn.transport_connected()
         try:
             while not t.conn.is_closed:

@@ -368,7 +368,7 @@ class CommitmentService:
 
     async def _send(self, channel: Channel, event_type: int, info: Dataset) -> NEventReportRSP:
         data = encode_dataset(info, channel.transfer_syntax)
-        return await channel.invoker.invoke(
+        return await channel.invoker.call(
             channel.context_id,
             lambda msg_id: NEventReportRQ(msg_id, SOP_CLASS, SOP_INSTANCE, event_type),
             NEventReportRSP,

@@ -32,6 +32,7 @@ from pydicom.uid import generate_uid
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts
 from dicomstore.aio.client import ClientAssociation, associate
+from dicomstore.aio.performer import Collecting
 from dicomstore.archive.commitment import Reference
 from dicomstore.dimse import NActionRQ, NActionRSP, NEventReportRQ
 from dicomstore.dimse import status as st
@@ -172,7 +173,7 @@ async def request_commitment(
         action_information(commitment.transaction_uid, commitment.references), ctx.transfer_syntax
     )
     try:
-        rsp = await assoc.invoker.invoke(
+        rsp = await assoc.invoker.call(
             ctx.id,
             lambda msg_id: NActionRQ(msg_id, SOP_CLASS, SOP_INSTANCE, REQUEST_COMMITMENT),
             NActionRSP,
@@ -215,12 +216,13 @@ class _OnAssociation:
 
 def _on_association(assoc: ClientAssociation, waiting: Waiting | None) -> Waiting:
     """The table answering reports on ``assoc``: ``waiting`` (a listener's), else its own."""
-    handler = assoc.performer.handler
+    factory = assoc.performer.on_request
+    handler = factory.handler if isinstance(factory, Collecting) else None
     if isinstance(handler, _OnAssociation) and waiting in (None, handler.waiting):
         return handler.waiting
     assert assoc.negotiated is not None
     table = waiting if waiting is not None else Waiting()
-    assoc.on_request(_OnAssociation(table, assoc.negotiated))
+    assoc.performer.on_request = Collecting(_OnAssociation(table, assoc.negotiated))
     return table
 
 

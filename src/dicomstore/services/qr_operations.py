@@ -41,15 +41,18 @@ class Operation:
     cancelled: bool = False
 
 
-def decode_identifier(data: bytes, transfer_syntax: str) -> Dataset:
-    """The Identifier data set in the context's (uncompressed) transfer syntax."""
+def decode_identifier(data: bytes, transfer_syntax: str, *, check: bool = True) -> Dataset:
+    """The Identifier data set in the context's (uncompressed) transfer syntax;
+    ``check``: every value decoded now (a broken one fails here, not later), else
+    as it is used (pydicom's way, as ``dcmread``: the SCUs' lazily decoded responses)."""
     ds = read_dataset(
         io.BytesIO(data),
         transfer_syntax == uids.IMPLICIT_VR_LE,
         transfer_syntax != uids.EXPLICIT_VR_BE,
     )
-    for _elem in ds:  # decode every element now: a broken one fails here, not later
-        pass
+    if check:
+        for _elem in ds:
+            pass
     return ds
 
 
