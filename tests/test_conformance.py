@@ -10,6 +10,8 @@ import pytest
 
 from dicomstore import uids
 from dicomstore.conformance import (
+    COMMITMENT_STATUSES,
+    FAILURE_REASONS,
     FIND_STATUSES,
     GET_STATUSES,
     MOVE_STATUSES,
@@ -30,7 +32,10 @@ def test_it_lists_every_storage_class_and_transfer_syntax_we_negotiate() -> None
     assert "Level of Support 2" in text and "Element Coercion 0" in text
 
 
-@pytest.mark.parametrize("statuses", [SCP_STATUSES, FIND_STATUSES, MOVE_STATUSES, GET_STATUSES])
+@pytest.mark.parametrize(
+    "statuses",
+    [SCP_STATUSES, FIND_STATUSES, MOVE_STATUSES, GET_STATUSES, COMMITMENT_STATUSES],
+)
 def test_every_status_it_names_is_a_known_status(statuses) -> None:
     for code, _when in statuses:
         assert not st.describe(code).startswith("Unknown"), hex(code)
@@ -43,6 +48,16 @@ def test_it_lists_the_retrieve_models(kind: str) -> None:
     for uid in (getattr(uids, f"PATIENT_ROOT_QR_{kind}"), getattr(uids, f"STUDY_ROOT_QR_{kind}")):
         assert f"`{uid}`" in text
         assert uid in ServerConfig().policy().abstract_syntaxes
+
+
+def test_it_lists_storage_commitment_and_its_failure_reasons() -> None:
+    text = statement()
+    assert f"`{uids.STORAGE_COMMITMENT_PUSH}`" in text
+    assert f"`{uids.STORAGE_COMMITMENT_PUSH_INSTANCE}`" in text
+    assert uids.STORAGE_COMMITMENT_PUSH in ServerConfig().policy().abstract_syntaxes
+    assert uids.STORAGE_COMMITMENT_PUSH not in ServerConfig().policy(find=False).abstract_syntaxes
+    for code, _when in FAILURE_REASONS:
+        assert f"| {code:04X} |" in text
 
 
 def test_the_cli_prints_it_and_the_copy_in_docs_is_current() -> None:

@@ -137,6 +137,7 @@ def test_the_documented_example_loads(tmp_path, keys) -> None:
     assert set(policy.peers) == {"MODALITY1", "WORKSTATION", "MONITOR", "READING ROOM"}
     assert policy.peers["WORKSTATION"].move_to == {"WORKSTATION"}
     assert str(policy.destinations["WORKSTATION"]) == "WORKSTATION=10.1.2.40:104"
+    assert str(policy.commitment_scus["MODALITY1"]) == "MODALITY1=10.1.2.3:104"
     assert set(policy.users) == {"alice", "viewer"}
     assert policy.jwt is not None and policy.jwt.algorithms == {"HS256", "ES256"}
     assert not policy.allow_unknown
@@ -164,6 +165,8 @@ def test_minimal_file_and_defaults(tmp_path) -> None:
         ("[peers.A]\nmove_to = 'X'\n[destinations.X]\naddress = 'x'", {}, "is not HOST:PORT"),
         ("[destinations.X]\nport = 104", {}, "unknown key 'port'"),
         ("[destinations.'BAD\\\\AE']\naddress = 'h:1'", {}, "not a valid AE title"),
+        ("[commitment_scus.X]\naddress = 'h'", {}, "commitment_scus.X: 'h' is not HOST:PORT"),
+        ("commitment_scus = 1", {}, "commitment_scus must be a table"),
         ('[peers."WAY TOO LONG AE TITLE"]', {}, "not a valid AE title"),
         ("[users.bob]\npasscode = 'hunter2'", {}, "passcode: bad hash"),
         (
@@ -830,3 +833,26 @@ may = ["find"]
     assert "get" not in policy.users["dave"].may
     with pytest.raises(PolicyError, match="'get' is a DIMSE right"):
         load(tmp_path, 'http_anonymous_may = ["get"]\n')
+
+
+def test_commit_right_defaults_and_exact_lists(tmp_path) -> None:
+    """`commit` (Storage Commitment N-ACTION, issue 16): granted where no `may` list
+    leaves it out, as `get` is."""
+    policy = load(
+        tmp_path,
+        """
+allow_unknown = true
+unknown_may = ["echo", "store"]
+[peers.MODALITY]
+[peers.SENDER]
+may = ["store"]
+[peers.COMMITTER]
+may = ["store", "commit"]
+""",
+    )
+    assert policy.admit(rq("MODALITY")).may_commit
+    assert not policy.admit(rq("SENDER")).may_commit
+    assert policy.admit(rq("COMMITTER")).may_commit
+    assert not policy.admit(rq("STRANGER")).may_commit
+    with pytest.raises(PolicyError, match="'commit' is a DIMSE right"):
+        load(tmp_path, 'http_anonymous_may = ["commit"]\n')

@@ -354,9 +354,11 @@ def test_the_readme_python_api_examples_run(
     assert server.returncode == 0, err
     assert "C-ECHO 0x0" in client_out
     assert "C-STORE 0x0" in client_out
+    assert f"C-FIND {ct.StudyInstanceUID} CT" in client_out  # stored by store() just before
     # the CT arrived twice: by store(), then by send() (the kept identical duplicate: 0000)
-    assert f"stored {study / 'ct.dcm'} 0" in client_out.replace("study/", f"{study}/")
-    assert re.search(r"^stored \S*mr\.dcm 0$", client_out, re.M), client_out
+    assert f"stored {study / 'ct.dcm'} 0 committed" in client_out.replace("study/", f"{study}/")
+    assert re.search(r"^stored \S*mr\.dcm 0 committed$", client_out, re.M), client_out
+    assert "True {}" in client_out  # dicomstore.commit: all committed, none failed
     assert sorted(out.split("\n")[:-1]) == sorted(
         f"stored {uid} {modality} 0x0"
         for uid, modality in (

@@ -30,6 +30,23 @@ _EXPORTS: dict[str, str] = {
     "send": "dicomstore.services.scu_send",
     "SendOptions": "dicomstore.services.scu_send",
     "Result": "dicomstore.services.storage_scu",
+    # querying (PS3.4 C.4.1)
+    "find": "dicomstore.services.query_scu",
+    "find_contexts": "dicomstore.services.query_scu",
+    "Find": "dicomstore.services.query_scu",
+    "FindFailed": "dicomstore.services.query_scu",
+    # retrieving (PS3.4 C.4.2, C.4.3)
+    "move": "dicomstore.services.retrieve_scu",
+    "get": "dicomstore.services.retrieve_scu",
+    "move_contexts": "dicomstore.services.retrieve_scu",
+    "get_contexts": "dicomstore.services.retrieve_scu",
+    "receive_into": "dicomstore.services.retrieve_scu",
+    "RetrieveResult": "dicomstore.services.retrieve_scu",
+    "FolderStore": "dicomstore.services.folder_store",
+    # Storage Commitment (PS3.4 J.3)
+    "commit": "dicomstore.services.commitment_scu",
+    "Commitment": "dicomstore.services.commitment_scu",
+    "Reference": "dicomstore.archive.commitment",
     # server (PS3.4 A, B.2)
     "serve": "dicomstore.services.serving",
     "Server": "dicomstore.services.server",
@@ -70,16 +87,22 @@ __all__ = [
     "CEchoRSP",
     "CStoreRSP",
     "ClientAssociation",
+    "Commitment",
     "CorruptFile",
     "DicomstoreError",
     "DimseTimeout",
+    "Find",
+    "FindFailed",
+    "FolderStore",
     "LocalProtocolError",
     "NotDicom",
     "NotSendable",
     "NotStoredError",
     "QueryError",
+    "Reference",
     "RemoteProtocolError",
     "Result",
+    "RetrieveResult",
     "SendOptions",
     "Server",
     "ServerConfig",
@@ -92,8 +115,16 @@ __all__ = [
     "Timeouts",
     "__version__",
     "associate",
+    "commit",
     "connect",
+    "find",
+    "find_contexts",
+    "get",
+    "get_contexts",
+    "move",
+    "move_contexts",
     "open_archive",
+    "receive_into",
     "send",
     "serve",
 ]
@@ -101,6 +132,7 @@ __all__ = [
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports
     from dicomstore.aio.association import Timeouts
     from dicomstore.aio.client import ClientAssociation, associate, connect
+    from dicomstore.archive.commitment import Reference
     from dicomstore.archive.outcome import StoreOutcome
     from dicomstore.archive.query import QueryError
     from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
@@ -117,6 +149,17 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     )
     from dicomstore.handler import StoreHandler, StoreSink
     from dicomstore.query import StoredEvents, Subscription, open_archive
+    from dicomstore.services.commitment_scu import Commitment, commit
+    from dicomstore.services.folder_store import FolderStore
+    from dicomstore.services.query_scu import Find, FindFailed, find, find_contexts
+    from dicomstore.services.retrieve_scu import (
+        RetrieveResult,
+        get,
+        get_contexts,
+        move,
+        move_contexts,
+        receive_into,
+    )
     from dicomstore.services.scu_send import SendOptions, send
     from dicomstore.services.server import Server, ServerConfig
     from dicomstore.services.serving import serve

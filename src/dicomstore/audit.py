@@ -101,6 +101,11 @@ class AuditLog:
         Instances Transferred*)."""
         self.write(record, "retrieve")
 
+    def commitment(self, record: dict[str, Any]) -> None:
+        """A Storage Commitment request answered, or its report sent
+        (``services/commitment_scp.py``, PS3.4 J.3)."""
+        self.write(record, "commitment")
+
     def write(self, record: dict[str, Any], event: str | None = None) -> None:
         """Queue one record; ``event`` fills in an ``"event"`` key it lacks."""
         entry: dict[str, Any] = {"time": utc_now()}

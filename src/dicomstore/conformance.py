@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dicomstore import __version__, uids
 from dicomstore import status as st
+from dicomstore.archive import commitment as sc
 from dicomstore.archive import query as q
+from dicomstore.services import commitment_scp
 from dicomstore.services.storage_scp import STORAGE_EXTENDED_ANSWER
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
 from dicomstore.ul.pdu import APPLICATION_CONTEXT_NAME
@@ -143,6 +145,44 @@ GET_STATUSES: tuple[tuple[int, str], ...] = (
     (st.DUPLICATE_INVOCATION, _AS_MOVE[st.DUPLICATE_INVOCATION]),
 )
 
+#: N-ACTION statuses of the Storage Commitment SCP, and when (PS3.4 J.3.2, PS3.7 C.5).
+COMMITMENT_STATUSES: tuple[tuple[int, str], ...] = (
+    (st.SUCCESS, "the request is recorded durably (journal fsynced); the report follows"),
+    (st.INVALID_ATTRIBUTE_VALUE, "the Transaction UID or a referenced UID is not a UID"),
+    (st.NO_SUCH_SOP_INSTANCE, "a Requested SOP Instance other than the well-known one"),
+    (
+        st.PROCESSING_FAILURE,
+        "the journal cannot be written (disk full, permissions): nothing was promised",
+    ),
+    (
+        st.INVALID_ARGUMENT_VALUE,
+        "no Action Information, unreadable, or a Transaction UID already pending",
+    ),
+    (st.MISSING_ATTRIBUTE, "Transaction UID or Referenced SOP Sequence (or an item's UID) absent"),
+    (st.MISSING_ATTRIBUTE_VALUE, "one of those present but empty"),
+    (st.SOP_CLASS_NOT_SUPPORTED, "an N-ACTION on a context that is not Storage Commitment"),
+    (st.NO_SUCH_ACTION_TYPE, "an Action Type ID other than 1"),
+    (st.NOT_AUTHORIZED, "the caller lacks the `commit` right (policy file)"),
+    (st.DUPLICATE_INVOCATION, "the Message ID of a request still in progress"),
+    (st.MISTYPED_ARGUMENT, "a command with a missing or mistyped field"),
+    (
+        st.RESOURCE_LIMITATION,
+        f"more than `--max-commitment-references` ({commitment_scp.MAX_REFERENCES}) "
+        f"references, or `--max-pending-commitments` ({commitment_scp.MAX_PENDING}) "
+        "requests not yet reported",
+    ),
+)
+
+#: Failure Reasons (0008,1197) of the Failed SOP Sequence (PS3.4 J.3.3.1.1, C.14.1.1).
+FAILURE_REASONS: tuple[tuple[int, str], ...] = (
+    (
+        sc.PROCESSING_FAILURE,
+        "the file differs from what was stored (size or data set digest), or cannot be read",
+    ),
+    (sc.NO_SUCH_OBJECT_INSTANCE, "not in the index, or its file is gone"),
+    (sc.CLASS_INSTANCE_CONFLICT, "held under another SOP Class"),
+)
+
 #: How a value of each VR is matched (PS3.4 C.2.2.2).
 _MATCHING = {
     "UI": "single value, list of UIDs",
@@ -198,6 +238,7 @@ def _query_section() -> list[str]:
         "",
         *_move_section(),
         *_get_section(),
+        *_scu_section(),
     ]
 
 
@@ -258,6 +299,71 @@ def _get_section() -> list[str]:
     ]
 
 
+def _commitment_section() -> list[str]:
+    """2.2.9: Storage Commitment Push Model, SCP and SCU."""
+    return [
+        "#### 2.2.9 Storage Commitment Push Model SCP (`dicomstore serve`) and SCU "
+        "(`dicomstore send --commit`)",
+        "",
+        *_table(
+            ("SOP Class", "UID", "Well-known SOP Instance"),
+            [
+                (
+                    "Storage Commitment Push Model",
+                    f"`{uids.STORAGE_COMMITMENT_PUSH}`",
+                    f"`{uids.STORAGE_COMMITMENT_PUSH_INSTANCE}`",
+                )
+            ],
+        ),
+        "",
+        "SCP, accepted with the uncompressed transfer syntaxes when the server stores "
+        "into an archive (the requester as SCU). N-ACTION (Action Type ID 1): the "
+        "Transaction UID and the Referenced SOP Sequence are checked, then the request "
+        "is written to a journal in the archive (`.commitments/`, fsynced) before "
+        "N-ACTION-RSP 0000; Storage Media File-Set ID/UID are not supported (ignored). "
+        "Each referenced instance is then verified in a worker thread: held in the "
+        "index under the referenced SOP Class, its file present with the size and the "
+        "data set digest recorded when it was stored (the bytes acknowledged at "
+        "C-STORE, Level 2 storage, kept until deleted by an operator: `dicomstore "
+        "delete`; retrievable with C-MOVE and C-GET, 2.2.5, 2.2.6). The "
+        "N-EVENT-REPORT-RQ (Event Type ID 1 all committed, 2 failures exist) carries "
+        "the Transaction UID, our AE title as Retrieve AE Title, the Referenced SOP "
+        "Sequence of the committed instances and the Failed SOP Sequence with a "
+        "Failure Reason each. It is sent on the association of the request while that "
+        "is open, otherwise on a new association to the address configured for the "
+        "requester's AE title (`--commitment-scu AET=HOST:PORT`, the policy file's "
+        "`[commitment_scus]`), proposing the SOP class with SCP/SCU Role Selection "
+        "SCU 0, SCP 1 (PS3.7 D.3.3.4); the report is sent even when the acceptor does "
+        "not return the role item. Only an N-EVENT-REPORT-RSP removes the request from "
+        "the journal (0211 or 0213: sent again, on a new association or later); until "
+        "then it is retried with backoff (5 s doubling to 10 min) and at every start. "
+        "Each request and report is audited (`--audit-log`).",
+        "",
+        "N-ACTION statuses (each failure with an Error Comment):",
+        "",
+        *_table(("Status", "When"), [(f"{code:04X}", when) for code, when in COMMITMENT_STATUSES]),
+        "",
+        "Failure Reasons:",
+        "",
+        *_table(
+            ("Failure Reason", "When"), [(f"{code:04X}", when) for code, when in FAILURE_REASONS]
+        ),
+        "",
+        "SCU (`dicomstore send --commit`): proposes the SOP class (as SCU) on each "
+        "association it stores on, and once an association has sent what it could, "
+        "requests commitment of the instances stored so far (a new Transaction UID "
+        "each time; those stored on associations that broke: on an association of "
+        "its own), then waits `--commit-timeout` (60 s) for the N-EVENT-REPORT on "
+        "that association; with `--commit-listen PORT` it releases after the "
+        "N-ACTION-RSP and accepts the SCP's association on PORT, granting the SCP "
+        "role it proposes. Each report is answered 0000 (0115 for a Transaction UID "
+        "not awaited, 0211 for another request). Instances in the Failed SOP Sequence, "
+        "or in neither sequence, or without a report, are reported as not committed "
+        "(exit code 8).",
+        "",
+    ]
+
+
 def _models(kind: str, patient_root: str, study_root: str) -> list[str]:
     """The table of the Patient and Study Root models of one Q/R operation."""
     return _table(
@@ -283,6 +389,39 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     return out
 
 
+def _scu_section() -> list[str]:
+    """2.2.7 and 2.2.8: the Query/Retrieve SCUs."""
+    return [
+        "#### 2.2.7 Query/Retrieve FIND SCU (`dicomstore find`)",
+        "",
+        "Proposes the model asked for (`-P` Patient Root, `-S` Study Root, the default) "
+        "with Explicit and Implicit VR Little Endian, and sends one C-FIND-RQ whose "
+        "Identifier holds Query/Retrieve Level (`-L`, default STUDY), the level's unique "
+        "key as a return key, and the keys given (`-k KEY[=VALUE]`, by keyword or tag), "
+        "values as written (wildcards, ranges and lists are the SCP's to match), with "
+        "Specific Character Set ISO_IR 192 (UTF-8) unless a `SpecificCharacterSet` key "
+        "is given. Each pending response (FF00, FF01) is a match, printed as it comes; "
+        "0000 ends it; a failure status (A700, A900, Cxxx, 0122, 0124 ...) is reported "
+        "with its Error Comment (exit code 1). Ctrl-C sends a C-CANCEL-RQ and waits for "
+        "the final response (FE00). Relational queries are sent as given.",
+        "",
+        "#### 2.2.8 Query/Retrieve MOVE and GET SCU (`dicomstore move`, `dicomstore get`)",
+        "",
+        "The Identifier is built as for C-FIND (2.2.7). `move` proposes the MOVE model "
+        "and names the Move Destination (`--dest`). `get` proposes the GET model and, "
+        "with SCP/SCU Role Selection (SCP role only, PS3.7 D.3.3.4), the common Storage "
+        "SOP Classes (or those of `--sop-class`) with the uncompressed transfer syntaxes "
+        "first, then Deflated, JPEG, JPEG-LS, JPEG 2000 and RLE; each C-STORE "
+        "sub-operation is stored as received, into PS3.10 files (`-od`) or an archive "
+        "(`--storage`, with the checks and statuses of 2.2.2) and answered after it is "
+        "stored. Pending responses update the sub-operation counts; the final status, "
+        "the counts and the Failed SOP Instance UID List are reported; a final status "
+        "other than 0000 (B000, A701, A702, A801, A900, Cxxx, 0122, 0124) is exit code 1. "
+        "Ctrl-C sends a C-CANCEL-RQ.",
+        "",
+    ]
+
+
 def statement() -> str:
     """The whole conformance statement, as Markdown."""
     classes = uids.storage_sop_classes()
@@ -305,18 +444,23 @@ def statement() -> str:
                     "Yes (`dicomstore serve`)",
                 ),
                 (
-                    "Query/Retrieve - FIND: Patient Root, Study Root (2.2.4)",
-                    "No",
+                    "Query/Retrieve - FIND: Patient Root, Study Root (2.2.4, 2.2.7)",
+                    "Yes (`dicomstore find`)",
                     "Yes (`dicomstore serve`)",
                 ),
                 (
-                    "Query/Retrieve - MOVE: Patient Root, Study Root (2.2.5)",
-                    "No",
+                    "Query/Retrieve - MOVE: Patient Root, Study Root (2.2.5, 2.2.8)",
+                    "Yes (`dicomstore move`)",
                     "Yes (`dicomstore serve`)",
                 ),
                 (
-                    "Query/Retrieve - GET: Patient Root, Study Root (2.2.6)",
-                    "No",
+                    "Query/Retrieve - GET: Patient Root, Study Root (2.2.6, 2.2.8)",
+                    "Yes (`dicomstore get`)",
+                    "Yes (`dicomstore serve`)",
+                ),
+                (
+                    "Storage Commitment Push Model (2.2.9)",
+                    "Yes (`dicomstore send --commit`)",
                     "Yes (`dicomstore serve`)",
                 ),
             ],
@@ -330,15 +474,18 @@ def statement() -> str:
         "### 2.1 Implementation model",
         "",
         "One Application Entity, `dicomstore serve` (AE title `--aet`, default "
-        "`DICOMSTORE`), is a Verification, Storage and Q/R FIND, MOVE and GET SCP: every "
-        "instance it "
+        "`DICOMSTORE`), is a Verification, Storage, Q/R FIND, MOVE and GET and Storage "
+        "Commitment SCP: every instance it "
         "receives is written as a PS3.10 file into its archive (`--storage`) and indexed before "
         "it is acknowledged. `dicomstore send` (Storage SCU) sends files, folders or "
-        "data sets to any Storage SCP; `dicomstore echo` is a Verification SCU. "
-        "Workstations find what was stored with C-FIND (2.2.4) and have it sent to a "
-        "Storage SCP with C-MOVE (2.2.5), or fetch it with C-GET (2.2.6) on the same "
-        "association; the server then acts as a Storage SCU. With `--forward` rules it "
-        "also forwards what it stores to other Storage SCPs as a Storage SCU (2.2.3).",
+        "data sets to any Storage SCP; `dicomstore echo` is a Verification SCU; "
+        "`dicomstore find`, `dicomstore move` and `dicomstore get` are Q/R SCUs "
+        "(2.2.7, 2.2.8). Workstations find what was stored with C-FIND (2.2.4) and have "
+        "it sent to a Storage SCP with C-MOVE (2.2.5), or fetch it with C-GET (2.2.6) on "
+        "the same association; the server then acts as a Storage SCU. Senders ask it "
+        "to commit to what it holds with Storage Commitment (2.2.9). With "
+        "`--forward` rules it also forwards what it stores to other Storage SCPs as a "
+        "Storage SCU (2.2.3).",
         "",
         "### 2.2 AE specifications",
         "",
@@ -384,7 +531,8 @@ def statement() -> str:
         "of its first byte (else A-ABORT, service-provider source, reason not specified).",
         "",
         "Presentation context acceptance: every Storage SOP Class of Appendix A, "
-        "Verification and the FIND, MOVE and GET models of 2.2.4 to 2.2.6; other abstract "
+        "Verification, the FIND, MOVE and GET models of 2.2.4 to 2.2.6 and Storage "
+        "Commitment (2.2.9); other abstract "
         "syntaxes are "
         "refused (*abstract syntax not supported*) unless "
         "`--accept-unknown-sop-classes`. The transfer syntax chosen "
@@ -396,9 +544,9 @@ def statement() -> str:
         "item is answered, a role proposed is granted or turned down, one not proposed is "
         "never granted; the requester may always be SCU; it may be SCP of a Storage SOP "
         "Class only on an association that also accepts a GET model of 2.2.6 (we are then "
-        "its Storage SCU for the C-GET sub-operations), never of Verification or a Q/R "
-        "model. A context left with no role for the requester is refused (*user "
-        "rejection*).",
+        "its Storage SCU for the C-GET sub-operations), never of Verification, a Q/R "
+        "model or Storage Commitment. A context left with no role for the requester is "
+        "refused (*user rejection*).",
         "",
         "SOP Class Extended Negotiation (PS3.4 B.3.1), answered when proposed: "
         f"Level of Support {level} (Full: every element, private ones too, is kept), "
@@ -455,6 +603,7 @@ def statement() -> str:
         "context, fails the instance for good. Delivery is at least once.",
         "",
         *_query_section(),
+        *_commitment_section(),
         "### 2.3 Network interfaces",
         "",
         "TCP/IP, IPv4 and IPv6 (`--host`, `--port`, default 127.0.0.1:11112). TLS 1.2 "
@@ -477,10 +626,11 @@ def statement() -> str:
         "",
         "TLS (2.3); caller restrictions and user identity through a policy file "
         "(`--config`), with refusals per address throttled "
-        "(`--max-failed-admissions`), the rights `echo`, `store`, `find` and `move` "
-        "per peer and user, and per peer the Move Destinations it may name "
+        "(`--max-failed-admissions`), the rights `echo`, `store`, `find`, `move`, `get` "
+        "and `commit` per peer and user, and per peer the Move Destinations it may name "
         "(`move_to`); an audit trail of associations, stored instances, C-FIND "
-        "queries and C-MOVE transfers in JSON lines (`--audit-log`).",
+        "queries, C-MOVE and C-GET transfers and Storage Commitment requests and "
+        "reports in JSON lines (`--audit-log`).",
         "",
         "DICOMweb (PS3.18, `--http-port`) listens on 127.0.0.1 unless `--http-host` "
         "names another address (a warning is logged when it is reachable beyond "

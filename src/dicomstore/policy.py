@@ -32,14 +32,18 @@ Kerberos and SAML).
 What a caller may do is the intersection of what its peer entry (or
 ``unknown_may``) and its user entry (if any) allow: ``echo`` (C-ECHO, else
 status 0124), ``store`` (C-STORE, else status 0124), ``find`` (C-FIND, else
-status 0124), ``move`` (C-MOVE, else status 0124) and ``get`` (C-GET, else
-status 0124). An entry without ``may`` gets them all; a ``may`` list is exact:
+status 0124), ``move`` (C-MOVE, else status 0124), ``get`` (C-GET, else
+status 0124) and ``commit`` (Storage Commitment requests, N-ACTION, else status
+0124). An entry without ``may`` gets them all; a ``may`` list is exact:
 ``may = ["store"]`` grants no C-FIND.
 
 C-MOVE destinations (PS3.4 C.4.2.2.1: a C-MOVE names its destination by AE
 title only) are the ``[destinations.AET]`` sections, with those given by
 ``--move-destination AET=HOST:PORT`` (the command line wins for a title in
-both); a C-MOVE to any other title is answered A801. A peer's ``move_to``
+both); a C-MOVE to any other title is answered A801. Where a Storage
+Commitment SCU listens for a report the archive sends on a new association
+(PS3.4 J.3.3) is its ``[commitment_scus.AET]`` section, with those given by
+``--commitment-scu AET=HOST:PORT`` (again the command line wins). A peer's ``move_to``
 lists the destinations it may name (another is answered 0124); without it, a
 peer with ``move`` may name every configured destination (callers not under
 ``[peers]`` always may).
@@ -98,6 +102,11 @@ The file format, every key shown (only ``allow_unknown`` is needed)::
     [destinations.WORKSTATION]
     address = "10.1.2.40:104"                   # host:port ([v6 address]:port)
 
+    # Storage Commitment SCUs, by AE title: where a commitment report goes when
+    # the association of the request has ended.
+    [commitment_scus.MODALITY1]
+    address = "10.1.2.3:104"
+
     # JSON Web Tokens (type 5).  The user is the "sub" claim; "exp" is required.
     [jwt]
     algorithms = ["HS256", "ES256"]   # default: what the keys below allow
@@ -144,9 +153,10 @@ from dicomstore.ul import pdu as P
 log = logging.getLogger("dicomstore.policy")
 
 ECHO, STORE, READ, DELETE, FIND = "echo", "store", "read", "delete", "find"
-MOVE, GET = "move", "get"
-#: What a peer (a DIMSE caller) may be allowed: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET.
-ACTIONS = frozenset({ECHO, STORE, FIND, MOVE, GET})
+MOVE, GET, COMMIT = "move", "get", "commit"
+#: What a peer (a DIMSE caller) may be allowed: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET,
+#: Storage Commitment (N-ACTION).
+ACTIONS = frozenset({ECHO, STORE, FIND, MOVE, GET, COMMIT})
 #: What HTTP requests may be allowed: read (QIDO, WADO, browse), store (STOW), delete.
 HTTP_ACTIONS = frozenset({READ, STORE, DELETE})
 #: What a user may be allowed, over DIMSE and over HTTP.
@@ -257,10 +267,13 @@ class Policy:
         jwt: JWTVerifier | None = None,
         http_anonymous_may: frozenset[str] = frozenset(),
         destinations: Iterable[Destination] = (),
+        commitment_scus: Iterable[Destination] = (),
     ) -> None:
         self.peers = {p.ae_title: p for p in peers}
         #: C-MOVE destinations by AE title (``[destinations.AET]``)
         self.destinations = {d.ae_title: d for d in destinations}
+        #: Storage Commitment SCUs' addresses by AE title (``[commitment_scus.AET]``)
+        self.commitment_scus = {d.ae_title: d for d in commitment_scus}
         self.users = {u.name: u for u in users}
         self.allow_unknown = allow_unknown
         self.unknown_may = unknown_may
@@ -307,6 +320,7 @@ class Policy:
             may_move=MOVE in may,
             move_to=peer.move_to if peer is not None else None,
             may_get=GET in may,
+            may_commit=COMMIT in may,
             identity_response=response,
             user=user,
         )

@@ -4,7 +4,7 @@ key checked, one-line :class:`~dicomstore.policy.PolicyError` naming where.
 :func:`build` turns the parsed TOML into a :class:`~dicomstore.policy.Policy`:
 peers (AE title, hosts as IP or CIDR, TLS subjects, what they may do), users
 (scrypt passcodes, PS3.7 D.3.3.7 type 2), the JWT verifier (type 5), the
-C-MOVE destinations.
+C-MOVE destinations and the Storage Commitment SCUs' addresses.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ _WRONG_PLACE = {
     "find": "a DIMSE right, for [peers], unknown_may and [users]",
     "move": "a DIMSE right, for [peers], unknown_may and [users]",
     "get": "a DIMSE right, for [peers], unknown_may and [users]",
+    "commit": "a DIMSE right, for [peers], unknown_may and [users]",
 }
 
 
@@ -126,8 +127,8 @@ def _peer(title: str, table: Any) -> Peer:
     )
 
 
-def _destination(title: str, table: Any) -> Destination:
-    where = f"destinations.{title}: "
+def _destination(title: str, table: Any, section: str = "destinations") -> Destination:
+    where = f"{section}.{title}: "
     if not isinstance(table, dict):
         raise PolicyError(f"{where}must be a table")
     _check_keys(table, {"address"}, where)
@@ -225,13 +226,15 @@ def _jwt(table: Any, base: Path) -> JWTVerifier:
 
 def build(data: dict[str, Any], base: Path) -> Policy:
     top = {"allow_unknown", "unknown_may", "require_user_identity", "peers", "users", "jwt"}
-    top |= {"http_anonymous_may", "destinations"}
+    top |= {"http_anonymous_may", "destinations", "commitment_scus"}
     _check_keys(data, top, "")
     peers_table = data.get("peers", {})
     users_table = data.get("users", {})
     destinations_table = data.get("destinations", {})
+    scus_table = data.get("commitment_scus", {})
     tables = (("peers", peers_table), ("users", users_table))
-    for name, value in (*tables, ("destinations", destinations_table)):
+    addresses = (("destinations", destinations_table), ("commitment_scus", scus_table))
+    for name, value in (*tables, *addresses):
         if not isinstance(value, dict):
             raise PolicyError(f"{name} must be a table ([{name}.NAME] sections)")
     allow_unknown = _typed(data, "allow_unknown", bool, "", False)
@@ -244,4 +247,7 @@ def build(data: dict[str, Any], base: Path) -> Policy:
         jwt=_jwt(data["jwt"], base) if "jwt" in data else None,
         http_anonymous_may=_may(data, "http_anonymous_may", "", HTTP_ACTIONS, frozenset()),
         destinations=[_destination(t, table) for t, table in destinations_table.items()],
+        commitment_scus=[
+            _destination(t, table, "commitment_scus") for t, table in scus_table.items()
+        ],
     )

@@ -30,6 +30,9 @@ PATIENT_ROOT_QR_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
 STUDY_ROOT_QR_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 PATIENT_ROOT_QR_GET = "1.2.840.10008.5.1.4.1.2.1.3"
 STUDY_ROOT_QR_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+#: Storage Commitment Push Model SOP Class and its well-known SOP Instance (PS3.4 J.3.5).
+STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_PUSH_INSTANCE = "1.2.840.10008.1.20.1.1"
 
 #: Uncompressed transfer syntaxes, in our default order of preference.
 UNCOMPRESSED: tuple[str, ...] = (EXPLICIT_VR_LE, IMPLICIT_VR_LE, EXPLICIT_VR_BE)

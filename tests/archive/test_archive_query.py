@@ -4,6 +4,7 @@ crash-safe removal and the "instance stored" pub/sub of the Python API."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import closing
 from pathlib import Path
 
 import pydicom
@@ -110,6 +111,17 @@ def test_counts_lists_and_sizes(archive) -> None:
     assert (patient["n_studies"], patient["n_series"], patient["n_instances"]) == (2, 3, 4)
     (series,) = reader.series(SeriesInstanceUID="1.1.1")
     assert series["n_instances"] == 2 and series["study_date"] == "20240102"
+
+
+def test_only_the_computed_values_asked_for(archive) -> None:
+    """C-FIND asks the engine for the counts and lists its return keys need: each is a
+    subquery per row (issue 15: a study list of 2,000 studies, 81 ms -> 27 ms)."""
+    with closing(reader_of(archive).connect()) as db:
+        (study,) = q.iter_search(db, "study", {"StudyInstanceUID": "1.1"}, computed={"n_series"})
+        (everything,) = q.iter_search(db, "study", {"StudyInstanceUID": "1.1"})
+    assert study["n_series"] == 2 and study["study_date"] == "20240102"
+    computed = {"n_series", "n_instances", "size", "modalities", "sop_classes"}
+    assert not (computed - {"n_series"}) & set(study) and computed <= set(everything)
 
 
 def test_limit_offset_and_order(archive) -> None:

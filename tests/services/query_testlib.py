@@ -1,16 +1,21 @@
-"""An archive to query (issue 15): three patients, four studies, five series, nine instances."""
+"""An archive to query (issue 15): three patients, four studies, five series, nine instances;
+`dicomstore serve` on it; a pynetdicom FIND SCP that waits for a C-CANCEL-RQ."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
-from tests.archive.archive_testlib import CT, MR, dataset, store
+from pynetdicom import AE, evt
+from tests.archive.archive_testlib import CT, MR, dataset, dcm_files, store, stored_dataset
 from tests.conftest import free_port, serve_command, wait_listening
 
 from dicomstore.archive import Archive
@@ -32,6 +37,8 @@ HEADER_ONLY: dict[str, dict[int, tuple[str, str]]] = {
     "1.2.9.1": {0x00101010: ("AS", "042Y")},  # Patient's Age
     "1.2.9.4": {0x00101001: ("PN", "Müller^Johann")},  # Other Patient Names, ISO_IR 100
 }
+#: Study Time per study (1.2.9.4 has none), for time range matching.
+STUDY_TIMES = {"1.2.9.1": "093000", "1.2.9.2": "141500", "1.2.9.3": "2359"}
 
 
 def sop_uids(series: str) -> list[str]:
@@ -46,6 +53,8 @@ def fill(root: Path) -> None:
         for pid, name, study, date, series, modality, _count in LAYOUT:
             for uid in sop_uids(series):
                 extra = {0x00080020: ("DA", date), **HEADER_ONLY.get(study, {})}
+                if study in STUDY_TIMES:
+                    extra[0x00080030] = ("TM", STUDY_TIMES[study])
                 extra[0x00080008] = ("CS", f"ORIGINAL\\PRIMARY\\{uid[-5:]}")  # ImageType
                 extra[0x00080070] = ("LO", f"Maker {series}")  # Manufacturer
                 if not name.isascii():
@@ -68,8 +77,17 @@ def fill(root: Path) -> None:
         archive.close()
 
 
+def stored_datasets(root: Path) -> dict[str, bytes]:
+    """The data set bytes of each instance stored under ``root``, by SOP Instance UID."""
+    return {
+        str(dcmread(path, stop_before_pixels=True).SOPInstanceUID): stored_dataset(path)
+        for path in dcm_files(root)
+    }
+
+
 class Audit:
-    """An audit sink keeping the Q/R records: C-FIND (query), C-MOVE and C-GET (retrieve)."""
+    """An audit sink keeping the Q/R records, C-FIND (query), C-MOVE and C-GET
+    (retrieve), and the Storage Commitment ones (commitment)."""
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
@@ -86,6 +104,9 @@ class Audit:
     def retrieve(self, record: dict[str, Any]) -> None:
         self.records.append(record)
 
+    def commitment(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
 
 def identifier(level: str, **keys: Any) -> Dataset:
     """A Q/R Identifier: Query/Retrieve Level and the keys given by keyword."""
@@ -97,11 +118,12 @@ def identifier(level: str, **keys: Any) -> Dataset:
 
 
 @contextmanager
-def serving_cli(root: Path) -> Iterator[int]:
-    """`dicomstore serve --fsync off` on the archive at ``root``: its port."""
+def serving_cli(root: Path, *extra: str) -> Iterator[int]:
+    """`dicomstore serve --fsync off` (and ``extra`` options) on the archive at
+    ``root``: its port."""
     port = free_port()
     proc = subprocess.Popen(
-        serve_command(port, root, "--fsync", "off"),
+        serve_command(port, root, "--fsync", "off", *extra),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -111,3 +133,48 @@ def serving_cli(root: Path) -> Iterator[int]:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
+
+
+@contextmanager
+def serving_layout(root: Path) -> Iterator[int]:
+    """`dicomstore serve` on a new archive at ``root`` holding LAYOUT: its port."""
+    fill(root)
+    with serving_cli(root) as port:
+        yield port
+
+
+class WaitingSCP:
+    """A pynetdicom Study Root FIND SCP that sends one match, then waits (at most 10 s)
+    for a C-CANCEL-RQ: FE00 if one came, else a second match and 0000."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.ae = AE(ae_title="WAITING")
+        self.ae.add_supported_context(STUDY_ROOT)
+        self.ae.add_supported_context(PATIENT_ROOT)
+
+    def handle(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        for n in (1, 2):
+            ds = Dataset()
+            ds.QueryRetrieveLevel = "STUDY"
+            ds.StudyInstanceUID = f"1.2.3.{n}"
+            yield 0xFF00, ds
+            deadline = time.monotonic() + 10
+            cancelled = False  # (is_cancelled is True once: it forgets the C-CANCEL-RQ)
+            while not cancelled and time.monotonic() < deadline:
+                cancelled = event.is_cancelled
+                time.sleep(0.005)
+            if cancelled:
+                self.cancelled.set()
+                yield 0xFE00, None
+                return
+
+    def __enter__(self) -> int:
+        server = self.ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, self.handle)]
+        )
+        self.server = server
+        return server.server_address[1]
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from tests.archive.archive_testlib import dcm_files, stored_dataset
+from tests.archive.archive_testlib import stored_dataset
 from tests.conftest import PEER_ENV, dcmtk
-from tests.services.query_testlib import fill, serving_cli, sop_uids
+from tests.services.query_testlib import fill, serving_cli, sop_uids, stored_datasets
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +21,8 @@ def served(tmp_path_factory) -> Iterator[tuple[int, dict[str, bytes]]]:
     the data set bytes of each stored instance by SOP Instance UID."""
     root = tmp_path_factory.mktemp("get") / "archive"
     fill(root)
-    stored = {
-        str(dcmread(path, stop_before_pixels=True).SOPInstanceUID): stored_dataset(path)
-        for path in dcm_files(root)
-    }
     with serving_cli(root) as port:
-        yield port, stored
+        yield port, stored_datasets(root)
 
 
 def getscu(port: int, out: Path, model: str, *keys: str) -> tuple[dict[str, bytes], str]:

@@ -158,6 +158,44 @@ def test_keys_not_in_the_index_come_from_a_stored_header(server) -> None:
     assert str(ds.OtherPatientNames) == "Müller^Johann" and ds.PatientAge == ""
 
 
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        # single value (C.2.2.2.1), case-insensitive for PN
+        ({"PatientID": "PID2"}, {"1.2.9.3"}),
+        ({"PatientName": "doe^jane"}, {"1.2.9.1", "1.2.9.2"}),
+        ({"StudyDate": "20240310"}, {"1.2.9.3"}),
+        # wildcards (C.2.2.2.4)
+        ({"PatientName": "Doe*"}, {"1.2.9.1", "1.2.9.2"}),
+        ({"PatientName": "Sm?th^J*"}, {"1.2.9.3"}),
+        ({"ModalitiesInStudy": "M?"}, {"1.2.9.1"}),
+        # list of UIDs (C.2.2.2.2)
+        ({"StudyInstanceUID": ["1.2.9.1", "1.2.9.4", "1.2.9.77"]}, {"1.2.9.1", "1.2.9.4"}),
+        # date ranges (C.2.2.2.5): closed, open at either end
+        ({"StudyDate": "20230101-20231231"}, {"1.2.9.2"}),
+        ({"StudyDate": "20240101-"}, {"1.2.9.1", "1.2.9.3"}),
+        ({"StudyDate": "-20221231"}, {"1.2.9.4"}),
+        # time ranges: closed, open; a study without a time matches no range
+        ({"StudyTime": "0900-1000"}, {"1.2.9.1"}),
+        ({"StudyTime": "1400-"}, {"1.2.9.2", "1.2.9.3"}),
+        ({"StudyTime": "-1500"}, {"1.2.9.1", "1.2.9.2"}),
+        # universal matching (C.2.2.2.3): zero-length, or only "*"
+        ({"StudyDate": "", "PatientName": ""}, {"1.2.9.1", "1.2.9.2", "1.2.9.3", "1.2.9.4"}),
+        ({"PatientName": "*"}, {"1.2.9.1", "1.2.9.2", "1.2.9.3", "1.2.9.4"}),
+        # several keys: all must match
+        ({"PatientName": "D*", "StudyDate": "20240101-"}, {"1.2.9.1"}),
+        ({"PatientName": "Smith*", "StudyDate": "-20231231"}, set()),
+    ],
+)
+def test_every_matching_type_at_study_level(server, keys, expected) -> None:
+    """Each kind of matching of PS3.4 C.2.2.2, by pynetdicom at STUDY level."""
+    srv, _audit = server
+    keys = {"StudyInstanceUID": "", **keys}
+    found = pynetdicom_find(srv.port, STUDY_ROOT, identifier("STUDY", **keys))
+    assert [s for s, *_ in found] == [0xFF00] * len(expected) + [0x0000]
+    assert {ds.StudyInstanceUID for _s, _r, ds in found[:-1]} == expected
+
+
 def test_pynetdicom_refusals(server) -> None:
     srv, _audit = server
     cases = [

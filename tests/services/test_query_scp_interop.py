@@ -9,15 +9,13 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from tests.conftest import PEER_ENV, dcmtk
-from tests.services.query_testlib import fill, serving_cli
+from tests.services.query_testlib import serving_layout
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[int]:
     """`dicomstore serve` on an archive holding query_testlib.LAYOUT; its port."""
-    root = tmp_path_factory.mktemp("query") / "archive"
-    fill(root)
-    with serving_cli(root) as port:
+    with serving_layout(tmp_path_factory.mktemp("query") / "archive") as port:
         yield port
 
 

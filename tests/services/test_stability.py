@@ -33,6 +33,7 @@ from dicomstore.services.stability import (
     StableStudy,
     StudyStability,
     command_line,
+    stable_states,
 )
 
 QUICK = 0.05  # seconds of quiet time in these tests
@@ -115,6 +116,10 @@ def test_a_restart_waits_again_for_studies_not_yet_reported(tmp_path: Path) -> N
     assert sorted((e.study_uid, e.instances) for e in heard) == [("1.2.31", 3), ("1.2.32", 1)]
     assert [e.study_uid for e in StableLog(root).read()][0] == "1.2.31"
     assert StudyStability(reader, QUICK, fsync=False).recover() == 0  # all reported
+    states = stable_states(reader, ["1.2.31", "1.2.32", "1.2.99"])
+    assert states["1.2.31"] and states["1.2.32"] and states["1.2.99"] is None
+    _fill(root, {"1.2.32": 2})  # another instance: receiving again, not stable
+    assert stable_states(reader, ["1.2.32"]) == {"1.2.32": None}
 
 
 def _iso(when: float) -> str:
@@ -252,6 +257,11 @@ def test_dicomstore_serve_runs_the_command_and_events_replays_it(tmp_path: Path)
     study = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
     assert out.read_text() == f"{study}\n"
     assert f"study {study} stable: 1 instance(s) in 1 series" in err
+
+    ls = [sys.executable, "-m", "dicomstore.cli", "ls", "--storage", str(storage)]
+    (row,) = json.loads(subprocess.run([*ls, "--json"], capture_output=True, text=True).stdout)
+    assert row["study_uid"] == study and row["stable_at"]
+    assert " yes " in subprocess.run(ls, capture_output=True, text=True).stdout
 
     events = [sys.executable, "-m", "dicomstore.cli", "events", "--storage", str(storage)]
     listed = subprocess.run(events, capture_output=True, text=True, timeout=60)

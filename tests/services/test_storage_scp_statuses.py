@@ -230,7 +230,7 @@ def test_0211_unrecognized_operation(tmp_path) -> None:
         rq = C.encode_command(
             {
                 C.AFFECTED_SOP_CLASS_UID: uids.VERIFICATION,
-                C.COMMAND_FIELD: 0x0130,  # N-ACTION
+                C.COMMAND_FIELD: 0x0100,  # N-EVENT-REPORT
                 C.MESSAGE_ID: 9,
                 C.COMMAND_DATA_SET_TYPE: 0x0101,
             }
@@ -239,17 +239,34 @@ def test_0211_unrecognized_operation(tmp_path) -> None:
         return rsp, await assoc.echo()
 
     rsp, echo = run(tmp_path, scenario)
-    assert rsp.command_field == 0x8130
-    assert rsp.status == 0x0211  # not served, though malformed too (no Requested UIDs)
-    assert rsp.error_comment == "N-ACTION is not supported here"
+    assert rsp.command_field == 0x8100
+    assert rsp.status == 0x0211  # not served, though malformed too (no Affected UIDs)
+    assert rsp.error_comment == "N-EVENT-REPORT is not supported here"
     assert echo.status == 0
 
 
-def test_a_well_formed_n_action_with_action_information_is_0211_until_served(
-    tmp_path,
-) -> None:
-    """Storage Commitment (PS3.4 J.3.2) is not served yet: its N-ACTION-RQ, decoded
-    by dimse/, is answered 0211 once its data set is read, and the association goes on."""
+def test_a_malformed_n_action_is_0212_now_that_it_is_served(tmp_path) -> None:
+    async def scenario(assoc, archive):
+        ctx = assoc.context_for(uids.VERIFICATION)
+        rq = C.encode_command(
+            {
+                C.COMMAND_FIELD: 0x0130,  # N-ACTION without Requested UIDs
+                C.MESSAGE_ID: 9,
+                C.COMMAND_DATA_SET_TYPE: 0x0101,
+            }
+        )
+        rsp = await raw(assoc, ctx.id, 9, rq)
+        return rsp, await assoc.echo()
+
+    rsp, echo = run(tmp_path, scenario)
+    assert (rsp.command_field, rsp.status) == (0x8130, 0x0212)
+    assert rsp.error_comment and echo.status == 0
+
+
+def test_a_well_formed_n_action_on_a_verification_context_is_0122(tmp_path) -> None:
+    """Storage Commitment (PS3.4 J.3.2) is served on its own context only: an
+    N-ACTION-RQ on another is answered 0122 once its data set is read, and the
+    association goes on."""
 
     async def scenario(assoc, archive):
         ctx = assoc.context_for(uids.VERIFICATION)
@@ -261,7 +278,8 @@ def test_a_well_formed_n_action_with_action_information_is_0211_until_served(
 
     rsp, echo = run(tmp_path, scenario)
     assert isinstance(rsp, NActionRSP) and rsp.message_id_being_responded_to == 12
-    assert (rsp.status, rsp.action_type_id) == (0x0211, None)
+    assert (rsp.status, rsp.action_type_id) == (0x0122, None)
+    assert "Verification" in rsp.error_comment
     assert echo.status == 0
 
 

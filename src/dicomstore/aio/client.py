@@ -6,7 +6,12 @@
 A reader task feeds the upper layer and hands responses to the
 :class:`~dicomstore.aio.invoker.Invoker`, which matches them to requests by
 Message ID Being Responded To, so several requests can be outstanding when
-the peer grants an asynchronous operations window (PS3.7 D.3.3.3).
+the peer grants an asynchronous operations window (PS3.7 D.3.3.3). A request
+answered by several responses (C-FIND, C-MOVE, C-GET) gets a
+:class:`~dicomstore.aio.invoker.Responses` stream (:meth:`ClientAssociation.invoke`);
+requests the peer sends us (the C-STOREs of a C-GET, PS3.4 C.4.3, the
+N-EVENT-REPORT of a Storage Commitment, J.3.3) go to its
+:class:`~dicomstore.aio.performer.Performer` (:attr:`ClientAssociation.performer`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts, Transport
-from dicomstore.aio.invoker import Invoker
+from dicomstore.aio.invoker import Invoker, Request, Responses
+from dicomstore.aio.performer import Performer
 from dicomstore.aio.stream import Stream
 from dicomstore.dimse import CEchoRSP, CommandReceived, CStoreRSP, DatasetFragment
 from dicomstore.errors import (
@@ -79,6 +85,9 @@ class ClientAssociation:
         self.invoker = Invoker(transport, self.abort)
         self._released: asyncio.Future | None = None
         self._reader: asyncio.Task | None = None
+        #: Requests the peer sends us: ``performer.on_request`` makes the
+        #: :class:`~dicomstore.aio.performer.Incoming` of each (without one: 0211).
+        self.performer = Performer(transport, send_lock=self.invoker.send_lock)
 
     @property
     def _waiting(self) -> dict[int, asyncio.Future]:
@@ -128,6 +137,7 @@ class ClientAssociation:
                 for event in events:
                     self._on_event(event)
                 await t.flush()
+                await self.invoker.room()  # a stream's reader is behind: stop reading
             self._end(AssociationAborted("the association ended"))
         except RemoteProtocolError as exc:
             t.conn.protocol_error(exc)
@@ -158,13 +168,24 @@ class ClientAssociation:
             self._end(AssociationAborted(event.message, event.source, event.reason))
 
     def _on_dimse(self, event: Any) -> None:
+        if self.performer.handles(event):
+            self.performer.receive(event)
+            return
         if isinstance(event, DatasetFragment):
-            return  # responses to C-ECHO/C-STORE carry no data set
+            self.invoker.deliver_fragment(event)
+            return
         assert isinstance(event, CommandReceived)
-        if not self.invoker.deliver(event.message):
-            log.warning("unexpected DIMSE message %r ignored", event.message)
+        message = event.message
+        dataset_follows = self.t.assembler.dataset_in_progress
+        if not self.invoker.deliver(message, dataset_follows=dataset_follows):
+            log.warning("unexpected DIMSE message %r ignored", message)
+
+    async def answered(self) -> None:
+        """Wait until every request of the peer received so far is answered."""
+        await self.performer.settle()
 
     def _end(self, exc: BaseException) -> None:
+        self.performer.end()  # the association ended inside a request's data set
         self.invoker.end(exc)
         if self._released is not None and not self._released.done():
             if (
@@ -192,6 +213,21 @@ class ClientAssociation:
         if ctx is None:
             raise AssociationError("the peer did not accept the Verification SOP Class")
         return await self.invoker.echo(ctx.id)
+
+    def next_message_id(self) -> int:
+        """A Message ID for a new request (1 .. 65535, PS3.7 9.1)."""
+        return self.invoker.next_id()
+
+    async def invoke(self, context_id: int, rq: Request, dataset: bytes | None = None) -> Responses:
+        """Send a request answered by several responses (C-FIND, C-MOVE, C-GET) on
+        ``context_id``, with its (small) data set; the stream of its responses
+        (:meth:`Invoker.invoke <dicomstore.aio.invoker.Invoker.invoke>`).
+        ``rq.message_id`` comes from :meth:`next_message_id`."""
+        return await self.invoker.invoke(context_id, rq, dataset)
+
+    async def cancel(self, responses: Responses) -> None:
+        """C-CANCEL-RQ for the request of ``responses`` (PS3.7 9.3.2.3)."""
+        await self.invoker.cancel(responses)
 
     async def store_stream(
         self,
@@ -275,6 +311,7 @@ class ClientAssociation:
                 await self._reader
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
+        await self.performer.settle()  # (answers to an ended association go nowhere)
         await self.t.close()
 
     async def __aenter__(self) -> ClientAssociation:

@@ -7,6 +7,10 @@ requests can be outstanding within the asynchronous operations window (PS3.7
 D.3.3.3). One message at a time goes on the wire. The client uses one on the
 associations it requests; the acceptor one for the C-STORE sub-operations of a
 C-GET, which go out on the association it accepted (PS3.4 C.4.3).
+
+A request answered by several responses (C-FIND, C-MOVE, C-GET: pending ones,
+then a final one, PS3.7 9.1.2.1.6) gets a :class:`Responses` stream with their
+data sets (:meth:`Invoker.invoke`); its C-CANCEL-RQ is :meth:`Invoker.cancel`.
 """
 
 from __future__ import annotations
@@ -14,17 +18,126 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from dicomstore.aio.association import Transport
-from dicomstore.dimse import CEchoRQ, CEchoRSP, CStoreRQ, CStoreRSP, UnknownCommand
-from dicomstore.errors import AssociationAborted, AssociationError, DimseTimeout
+from dicomstore.dimse import (
+    CCancelRQ,
+    CEchoRQ,
+    CEchoRSP,
+    CStoreRQ,
+    CStoreRSP,
+    DatasetFragment,
+    NActionRSP,
+    NEventReportRSP,
+    UnknownCommand,
+)
+from dicomstore.dimse import status as st
+from dicomstore.errors import (
+    AssociationAborted,
+    AssociationError,
+    DimseTimeout,
+    RemoteProtocolError,
+)
+from dicomstore.ul import pdu as P
 from dicomstore.ul.negotiation import AcceptedContext
 
 log = logging.getLogger("dicomstore.client")
 
-_RSP = TypeVar("_RSP", CEchoRSP, CStoreRSP)
+_RSP = TypeVar("_RSP", CEchoRSP, CStoreRSP, NActionRSP, NEventReportRSP)
+
+#: Largest data set of one response we hold (an Identifier is a few hundred bytes).
+MAX_RESPONSE_DATASET = 16 << 20
+#: Responses waiting for their reader before we stop reading the socket.
+RESPONSES_BUFFERED = 256
+
+
+class Request(Protocol):
+    """A DIMSE request message (C-FIND-RQ, C-MOVE-RQ, C-GET-RQ ...)."""
+
+    @property
+    def message_id(self) -> int: ...
+
+    def encode(self) -> bytes: ...
+
+
+class Responses:
+    """The responses to one request answered in several (PS3.7 9.1.2.1.6), in order.
+
+    ``async for rsp, data in responses``: each response message and its data set
+    (the bytes, in the context's transfer syntax) or ``None``; the iteration ends
+    after the first response whose status is not Pending (FF00, FF01). Each
+    response must come within the DIMSE timeout. While more than
+    :data:`RESPONSES_BUFFERED` wait to be read, the association stops reading
+    the socket (TCP backpressure, :meth:`Invoker.room`). :meth:`close` stops
+    listening: later responses to the request are dropped.
+    """
+
+    def __init__(self, invoker: Invoker, message_id: int, context_id: int) -> None:
+        self.invoker = invoker
+        self.message_id = message_id
+        self.context_id = context_id
+        self._items: deque[tuple[Any, bytes | None]] = deque()
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._error: BaseException | None = None
+        self._final_seen = False
+
+    @property
+    def full(self) -> bool:
+        """Too many responses wait to be read."""
+        return len(self._items) >= RESPONSES_BUFFERED
+
+    def _put(self, rsp: Any, data: bytes | None) -> None:
+        self._items.append((rsp, data))
+        self._arrived.set()
+        if self.full:
+            self._room.clear()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._error = exc
+        self._arrived.set()
+
+    def __aiter__(self) -> Responses:
+        return self
+
+    async def __anext__(self) -> tuple[Any, bytes | None]:
+        if self._final_seen:
+            raise StopAsyncIteration
+        while not self._items:
+            if self._error is not None:
+                raise self._error
+            self._arrived.clear()
+            timeout = self.invoker.t.timeouts.dimse
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._arrived.wait()
+            except TimeoutError:
+                self.close()
+                await self.invoker._abort()
+                raise DimseTimeout(
+                    f"no response to message {self.message_id} within {timeout}s"
+                ) from None
+        rsp, data = self._items.popleft()
+        if len(self._items) < RESPONSES_BUFFERED // 2:
+            self._room.set()
+        if not _pending(rsp):
+            self._final_seen = True
+            self.close()
+        return rsp, data
+
+    def close(self) -> None:
+        """Stop listening (what is buffered stays readable)."""
+        if self.invoker.streams.get(self.message_id) is self:
+            del self.invoker.streams[self.message_id]
+        self._room.set()
+
+
+def _pending(rsp: Any) -> bool:
+    return getattr(rsp, "status", None) in (st.PENDING, st.PENDING_WARNING)
 
 
 class Invoker:
@@ -46,6 +159,10 @@ class Invoker:
         self.window = asyncio.Semaphore(1)
         #: PS3.8 E.1 forbids interleaving the fragments of different messages.
         self.send_lock = asyncio.Lock()
+        #: Requests answered by several responses, by Message ID.
+        self.streams: dict[int, Responses] = {}
+        #: The response whose data set is arriving, and its bytes so far.
+        self._collecting: tuple[Responses, Any, bytearray] | None = None
 
     def open(self, window: int) -> None:
         """The association is established with this window (0: unlimited)."""
@@ -55,7 +172,7 @@ class Invoker:
         """A Message ID (PS3.7 9.3.1.1: unique among those outstanding), 1 to 65535."""
         while True:
             msg_id = next(self._ids) & 0xFFFF
-            if msg_id and msg_id not in self.waiting:
+            if msg_id and msg_id not in self.waiting and msg_id not in self.streams:
                 return msg_id
 
     def check_usable(self) -> None:
@@ -64,11 +181,22 @@ class Invoker:
         if not self.t.conn.is_established:
             raise AssociationError("the association is not established")
 
-    def deliver(self, rsp: Any) -> bool:
-        """Hand a response to the request it answers; False if none awaits it."""
+    def deliver(self, rsp: Any, *, dataset_follows: bool = False) -> bool:
+        """Hand a response to the request it answers; False if none awaits it.
+
+        With ``dataset_follows`` a response of a :class:`Responses` stream waits
+        for its data set (:meth:`deliver_fragment`).
+        """
         msg_id = getattr(rsp, "message_id_being_responded_to", None)
         if msg_id is None and isinstance(rsp, UnknownCommand) and rsp.is_response:
             msg_id = rsp.message_id  # a response type we do not model (e.g. N-ACTION-RSP)
+        stream = self.streams.get(msg_id) if msg_id is not None else None
+        if stream is not None:
+            if dataset_follows:
+                self._collecting = (stream, rsp, bytearray())
+            else:
+                stream._put(rsp, None)
+            return True
         future = self.waiting.pop(msg_id, None) if msg_id is not None else None
         if future is None:
             return False
@@ -76,25 +204,57 @@ class Invoker:
             future.set_result(rsp)
         return True
 
+    def deliver_fragment(self, event: DatasetFragment) -> bool:
+        """A fragment of the data set of a response delivered with ``dataset_follows``;
+        False if no response is collecting one (the fragment is not ours)."""
+        if self._collecting is None:
+            return False
+        stream, rsp, data = self._collecting
+        if len(data) + len(event.data) > MAX_RESPONSE_DATASET:
+            raise RemoteProtocolError(
+                f"a response data set over {MAX_RESPONSE_DATASET} bytes",
+                P.ABORT_INVALID_PDU_PARAMETER_VALUE,
+            )
+        data += event.data  # a copy: the PDV is a view of the receive buffer
+        if event.is_last:
+            self._collecting = None
+            if self.streams.get(stream.message_id) is stream:
+                stream._put(rsp, bytes(data))
+        return True
+
+    async def room(self) -> None:
+        """Wait while the reader of some stream is behind (the caller stops reading)."""
+        for stream in list(self.streams.values()):
+            await stream._room.wait()
+
     def end(self, exc: BaseException) -> None:
         """The association is over: every request still waiting fails with ``exc``."""
         if self.ended is None:
             self.ended = exc
+        self._collecting = None
+        for stream in list(self.streams.values()):
+            stream._fail(self.ended)
+            stream.close()
         for future in self.waiting.values():
             if not future.done():
                 future.set_exception(self.ended)
         self.waiting.clear()
 
-    async def _response(self, msg_id: int, future: asyncio.Future, expected: type[_RSP]) -> _RSP:
+    async def _response(
+        self,
+        msg_id: int,
+        future: asyncio.Future,
+        expected: type[_RSP],
+        timeout: float | None = None,
+    ) -> _RSP:
+        timeout = self.t.timeouts.dimse if timeout is None else timeout
         try:
-            async with asyncio.timeout(self.t.timeouts.dimse):
+            async with asyncio.timeout(timeout):
                 rsp = await future
         except TimeoutError:
             self.waiting.pop(msg_id, None)
             await self._abort()
-            raise DimseTimeout(
-                f"no response to message {msg_id} within {self.t.timeouts.dimse}s"
-            ) from None
+            raise DimseTimeout(f"no response to message {msg_id} within {timeout}s") from None
         if not isinstance(rsp, expected):  # PS3.7 9.3: the response of the request's type
             why = f"the peer answered message {msg_id} with {type(rsp).__name__}"
             log.warning("%s, not a %s: aborting", why, expected.__name__)
@@ -104,14 +264,75 @@ class Invoker:
 
     async def echo(self, context_id: int) -> CEchoRSP:
         """C-ECHO (PS3.7 9.3.5) on ``context_id``; the C-ECHO-RSP."""
+        return await self.call(context_id, CEchoRQ, CEchoRSP)
+
+    async def call(
+        self,
+        context_id: int,
+        request: Callable[[int], Any],
+        expected: type[_RSP],
+        dataset: bytes | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> _RSP:
+        """One request whose data set (if any) is small, e.g. an N-ACTION-RQ
+        (PS3.7 10.3.4) or an N-EVENT-REPORT-RQ (10.3.1): ``request(message_id)``
+        builds it; waits for a slot of the operations window and returns the
+        response of type ``expected``, within ``timeout`` (default
+        ``Timeouts.dimse``) or the association is aborted (:class:`DimseTimeout`).
+        """
         self.check_usable()
-        msg_id = self.next_id()
-        future = asyncio.get_running_loop().create_future()
-        self.waiting[msg_id] = future
+        async with self.window:
+            self.check_usable()
+            msg_id = self.next_id()
+            future = asyncio.get_running_loop().create_future()
+            self.waiting[msg_id] = future
+            try:
+                async with self.send_lock:
+                    self.check_usable()
+                    self.t.queue_message(context_id, request(msg_id).encode(), dataset)
+                    await self.t.drain()
+            except BaseException:
+                self._forget(msg_id, future)
+                raise
+            return await self._response(msg_id, future, expected, timeout)
+
+    def _forget(self, msg_id: int, future: asyncio.Future) -> None:
+        """A request that could not be sent awaits no response."""
+        self.waiting.pop(msg_id, None)
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()  # retrieved: the caller gets the send error
+
+    async def invoke(self, context_id: int, rq: Request, dataset: bytes | None = None) -> Responses:
+        """Send a request answered by several responses (C-FIND, C-MOVE, C-GET) on
+        ``context_id``, with its (small) data set; the stream of its responses.
+        ``rq.message_id`` comes from :meth:`next_id`."""
+        self.check_usable()
+        msg_id = rq.message_id
+        if msg_id in self.streams or msg_id in self.waiting:
+            raise ValueError(f"message {msg_id} is already outstanding")
+        stream = Responses(self, msg_id, context_id)
+        self.streams[msg_id] = stream
+        try:
+            async with self.send_lock:
+                self.check_usable()
+                self.t.queue_message(context_id, rq.encode(), dataset)
+                await self.t.drain()
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    async def cancel(self, responses: Responses) -> None:
+        """C-CANCEL-RQ for the request of ``responses`` (PS3.7 9.3.2.3): the peer
+        ends it with a final response (FE00 Cancel), or has already."""
+        if self.ended is not None or not self.t.conn.is_established:
+            return
         async with self.send_lock:
-            self.t.queue_message(context_id, CEchoRQ(msg_id).encode())
+            self.t.queue_message(responses.context_id, CCancelRQ(responses.message_id).encode())
             await self.t.drain()
-        return await self._response(msg_id, future, CEchoRSP)
 
     async def store_stream(
         self,
@@ -149,10 +370,6 @@ class Invoker:
                     await self.t.send_dataset_chunks(context.id, chunks)
                     await self.t.drain()
             except BaseException:
-                self.waiting.pop(msg_id, None)
-                if not future.done():
-                    future.cancel()
-                elif not future.cancelled():
-                    future.exception()  # retrieved: the caller gets the send error
+                self._forget(msg_id, future)
                 raise
             return await self._response(msg_id, future, CStoreRSP)

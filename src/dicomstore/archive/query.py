@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -333,9 +333,12 @@ _SAMPLE = {
 }
 
 
-def _select(level: str, sample: bool = False) -> tuple[str, list[str]]:
-    """SELECT list and row keys: this level's columns, those above, the counts
-    (and with ``sample`` the path of one instance of the entity, ``sample_path``)."""
+def _select(
+    level: str, computed: Collection[str] | None = None, sample: bool = False
+) -> tuple[str, list[str]]:
+    """SELECT list and row keys: this level's columns, those above, the counts (those
+    in ``computed`` only, when given: each is a subquery per row), and with
+    ``sample`` the path of one instance of the entity (``sample_path``)."""
     exprs: list[str] = []
     keys: list[str] = []
     for upper in LEVELS[: _DEPTH[level] + 1]:
@@ -346,6 +349,8 @@ def _select(level: str, sample: bool = False) -> tuple[str, list[str]]:
         exprs.append("p.scope")
         keys.append("scope")
     for key, sub in _COUNTS[level].items():
+        if computed is not None and key not in computed:
+            continue
         exprs.append(f"({sub})")
         keys.append(key)
     if sample:
@@ -360,12 +365,14 @@ def build(
     *,
     limit: int | None = None,
     offset: int = 0,
+    computed: Collection[str] | None = None,
     sample: bool = False,
 ) -> tuple[str, list[Any], list[str]]:
-    """SQL, parameters and row keys of a search at ``level`` (``sample``: see
+    """SQL, parameters and row keys of a search at ``level`` (``computed``: the
+    counts and lists wanted, by row key, default all; ``sample``: see
     :func:`iter_search`)."""
     clauses, params = where(level, filters)
-    columns, keys = _select(level, sample)
+    columns, keys = _select(level, computed, sample)
     sql = f"SELECT {columns} FROM {_chain('patient', level)}"
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)
@@ -391,12 +398,16 @@ def iter_search(
     *,
     limit: int | None = None,
     offset: int = 0,
+    computed: Collection[str] | None = None,
     sample: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Rows matching ``filters`` at ``level``, streamed from the cursor; with
+    """Rows matching ``filters`` at ``level``, streamed from the cursor; of the
+    computed counts and lists, those in ``computed`` (row keys) when given; with
     ``sample`` each row also has ``sample_path``, the stored file (relative to the
     root) of one instance of the entity, or None when it has none."""
-    sql, params, keys = build(level, filters or {}, limit=limit, offset=offset, sample=sample)
+    sql, params, keys = build(
+        level, filters or {}, limit=limit, offset=offset, computed=computed, sample=sample
+    )
     for values in db.execute(sql, params):
         yield _row(keys, values)
 

@@ -1,6 +1,6 @@
-"""The `dicomstore` command line: serve, echo, send, the archive commands, check, reindex.
+"""The `dicomstore` command line: serve, the SCUs (echo send find move get), the archive.
 
-Exit codes (echo and send): 0 success, 1 failure reported by the peer (or
+Exit codes (echo, send, find, move, get): 0 success, 1 failure reported by the peer (or
 partial failure for send), 2 usage error, 3 connection refused or
 unreachable, 4 association rejected, 5 association aborted, 6 timed out,
 7 (send) nothing stored, for failure statuses or mixed causes; 130 interrupted
@@ -26,7 +26,7 @@ from dicomstore.cli.options import (
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and options (documented in the README)."""
     from dicomstore import __version__
-    from dicomstore.cli import access, admin, echo, events, send, serve
+    from dicomstore.cli import access, admin, echo, events, find, retrieve, send, serve
 
     parser = argparse.ArgumentParser(prog="dicomstore", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dicomstore {__version__}")
@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(sub)
     echo.add_parser(sub)
     send.add_parser(sub)
+    find.add_parser(sub)
+    retrieve.add_parsers(sub)
     access.add_parsers(sub)
     admin.add_parsers(sub)
     events.add_parser(sub)
@@ -71,6 +73,14 @@ def _run(args: argparse.Namespace) -> int:
         from dicomstore.cli.echo import run as run_echo
 
         return run_client(run_echo(args))
+    if args.command == "find":
+        from dicomstore.cli.find import run as run_find
+
+        return run_client(run_find(args))
+    if args.command in ("move", "get"):
+        from dicomstore.cli.retrieve import run as run_retrieve
+
+        return run_client(run_retrieve(args))
     if args.command == "send":
         from dicomstore.cli import send
 

@@ -21,6 +21,7 @@ from typing import Any
 from dicomstore import uids
 from dicomstore.cli.logs import LEVELS, add_log_format
 from dicomstore.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from dicomstore.cli.tables import table
 
 COMMANDS = ("ls", "show", "export", "stats", "delete")
 _LEVEL_NAMES = {"patients": "patient", "studies": "study", "series": "series"}
@@ -159,25 +160,6 @@ def human_size(n: int | None) -> str:
     return ""
 
 
-def table(
-    headers: Sequence[str],
-    rows: Sequence[Sequence[Any]],
-    right: set[int] | frozenset[int] = frozenset(),
-) -> str:
-    """An aligned text table (numbers right-aligned in the ``right`` columns)."""
-    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[n]) for r in cells]) for n, h in enumerate(headers)]
-
-    def line(values: Sequence[str]) -> str:
-        out = [
-            v.rjust(w) if n in right else v.ljust(w)
-            for n, (v, w) in enumerate(zip(values, widths, strict=True))
-        ]
-        return "  ".join(out).rstrip()
-
-    return "\n".join([line(headers)] + [line(r) for r in cells])
-
-
 _COLUMNS: dict[str, list[tuple[str, Any]]] = {
     "patient": [
         ("PATIENT ID", "patient_id"),
@@ -199,6 +181,7 @@ _COLUMNS: dict[str, list[tuple[str, Any]]] = {
         ("SERIES", "n_series"),
         ("INSTANCES", "n_instances"),
         ("SIZE", lambda r: human_size(r["size"])),
+        ("STABLE", lambda r: "yes" if r.get("stable_at") else "no"),
         ("DESCRIPTION", "study_description"),
     ],
     "series": [
@@ -245,7 +228,14 @@ def _ls(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 0 or args.offset < 0:
         raise UsageError("--limit and --offset must not be negative")
     level = _LEVEL_NAMES[args.level]
-    rows = _reader(args.storage).search(level, _filters(args), limit=args.limit, offset=args.offset)
+    reader = _reader(args.storage)
+    rows = reader.search(level, _filters(args), limit=args.limit, offset=args.offset)
+    if level == "study":  # study-complete events (services/stability.py)
+        from dicomstore.services.stability import stable_states
+
+        states = stable_states(reader, [r["study_uid"] for r in rows])
+        for row in rows:
+            row["stable_at"] = states.get(row["study_uid"])
     if args.json:
         print(json.dumps(rows, indent=1, ensure_ascii=False))
     else:

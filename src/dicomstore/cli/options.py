@@ -7,9 +7,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import ssl
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts
@@ -34,6 +37,9 @@ EXIT_TIMEOUT = 6
 #: send: nothing stored (failure statuses, not sendable, corrupt, or mixed causes)
 EXIT_ALL_FAILED = 7
 #: Ctrl-C (SIGINT): 128 + 2, as shells report it
+#: send --commit: every instance stored, not every one committed (PS3.4 J.3.3)
+EXIT_NOT_COMMITTED = 8
+#: Ctrl-C (SIGINT): 128 + 2, as shells report it
 EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("dicomstore")
@@ -46,7 +52,7 @@ def _ae_title(value: str) -> str:
     return value.strip(" ")
 
 
-def _move_destination(value: str) -> Destination:
+def _ae_address(value: str) -> Destination:
     try:
         return parse_destination(value)
     except ValueError as exc:
@@ -111,6 +117,21 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _int(low: int):
+    """A parser of whole numbers >= ``low``."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}")
+        return n
+
+    return parse
+
+
 def _count(value: str) -> int:
     """A whole number >= 0 (0 usually meaning "no limit")."""
     try:
@@ -151,6 +172,25 @@ def _transfer_syntax(value: str) -> str:
     return uid
 
 
+def add_scu_parser(sub: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """The parser of an SCU command: HOST, PORT and :func:`add_association_options`."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=description)
+    p.add_argument("host")
+    p.add_argument("port", type=_port)
+    add_association_options(p)
+    return p
+
+
+def add_association_options(p: argparse.ArgumentParser) -> None:
+    """What every SCU command (echo, send, find ...) asks of its association: the AE
+    titles (PS3.8 7.1.1.3, 7.1.1.4), our maximum PDU, the ACSE and DIMSE timeouts."""
+    p.add_argument("--aet", type=_ae_title, default="DICOMSTORE", help="our (calling) AE title")
+    p.add_argument("--aec", type=_ae_title, default="ANY-SCP", help="the peer's (called) AE title")
+    p.add_argument("--max-pdu", type=_pdu, default=1024 * 1024, help="largest PDU we receive")
+    p.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")
+    p.add_argument("--dimse-timeout", type=_positive, help="seconds (default unlimited)")
+
+
 def add_tls_client_options(p: argparse.ArgumentParser) -> None:
     """TLS options of the SCU commands (echo, send): PS3.15 B.9."""
     g = p.add_argument_group("TLS")
@@ -168,6 +208,68 @@ def add_tls_client_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not verify the server's certificate (testing only)",
     )
+
+
+async def open_association(args: argparse.Namespace, contexts: Any = None, **more: Any) -> Any:
+    """The association an SCU command's options ask for (:func:`add_scu_parser`, TLS),
+    proposing ``contexts`` (default: Verification) and ``more`` (``roles`` ...)."""
+    from dicomstore.aio.client import associate
+
+    if contexts is not None:
+        more["contexts"] = contexts
+    return await associate(
+        args.host,
+        args.port,
+        called_ae=args.aec,
+        calling_ae=args.aet,
+        max_pdu=args.max_pdu,
+        timeouts=_timeouts(args),
+        ssl=tls_client_context(args),
+        **more,
+    )
+
+
+class CancelOnInterrupt:
+    """Ctrl-C (SIGINT) during a C-FIND, C-MOVE or C-GET: the first calls ``cancel``
+    (a C-CANCEL-RQ, PS3.7 9.3.2.3; the operation then ends with its final response),
+    a second one, or ``wait`` seconds without the end, ``abort``.
+
+        async with CancelOnInterrupt(query.cancel, assoc.abort) as ctrl_c: ...
+        if ctrl_c.interrupted: ...
+    """
+
+    def __init__(
+        self,
+        cancel: Callable[[], Awaitable[None]],
+        abort: Callable[[], Awaitable[None]],
+        wait: float = 10.0,
+    ) -> None:
+        self.cancel, self.abort, self.wait = cancel, abort, wait
+        self.interrupted = False
+        self._signals: asyncio.Queue[None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        await self._signals.get()
+        self.interrupted = True
+        await self.cancel()
+        try:
+            async with asyncio.timeout(self.wait):
+                await self._signals.get()
+        except TimeoutError:
+            pass
+        await self.abort()
+
+    async def __aenter__(self) -> CancelOnInterrupt:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self._signals.put_nowait, None)
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
 
 
 def tls_failed(exc: Exception) -> int:

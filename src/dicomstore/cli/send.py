@@ -4,7 +4,9 @@ Paths are files, folders (recursive) or ``-`` (one path a line on stdin).
 Exit codes: 0 every instance stored (Success or Warning) or already stored;
 1 some stored, some not; 2 usage error, or no DICOM instance in the paths;
 when none was stored: 3 unreachable, 4 rejected, 5 aborted, 6 timed out
-(every failure had that one cause), else 7 (all failed, or mixed causes).
+(every failure had that one cause), else 7 (all failed, or mixed causes);
+with --commit, 8 when every instance was stored but not every one is known
+committed (PS3.4 J.3).
 Non-DICOM files are listed and skipped; they do not change the exit code.
 Corrupt files (cut short) are listed and not sent: they count as not stored.
 """
@@ -28,21 +30,23 @@ from dicomstore.cli.options import (
     EXIT_ALL_FAILED,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_NOT_COMMITTED,
     EXIT_OK,
     EXIT_REJECTED,
     EXIT_TIMEOUT,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
-    _ae_title,
-    _pdu,
+    _int,
     _port,
     _positive,
     _timeouts,
+    add_scu_parser,
     add_tls_client_options,
     tls_client_context,
     tls_failed,
 )
 from dicomstore.dimse import status as st
+from dicomstore.services.commitment_scu import failure_reason_text
 from dicomstore.services.scu_send import SendOptions, send
 from dicomstore.services.storage_scu import PRIORITIES, Result
 
@@ -56,32 +60,16 @@ EXIT_BY_KIND = {
 log = logging.getLogger("dicomstore.send")
 
 
-def _int(low: int):
-    def parse(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-        if n < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}")
-        return n
-
-    return parse
-
-
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``send`` subcommand (with its own ``--log-level``) to ``subparsers``."""
 
-    p = subparsers.add_parser(
+    p = add_scu_parser(
+        subparsers,
         "send",
-        help="send DICOM files to a Storage SCP (Storage SCU)",
-        description=__doc__.split("\n\n")[0],
+        "send DICOM files to a Storage SCP (Storage SCU)",
+        __doc__.split("\n\n")[0],
     )
-    p.add_argument("host")
-    p.add_argument("port", type=_port)
     p.add_argument("paths", nargs="+", metavar="PATH", help="file, folder, or - for stdin")
-    p.add_argument("--aet", type=_ae_title, default="DICOMSTORE", help="our (calling) AE title")
-    p.add_argument("--aec", type=_ae_title, default="ANY-SCP", help="the peer's (called) AE title")
     p.add_argument(
         "--parallel", type=_int(1), default=1, help="associations in parallel (default 1)"
     )
@@ -91,7 +79,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=16,
         help="C-STOREs outstanding per association if the SCP grants a window (default 16)",
     )
-    p.add_argument("--max-pdu", type=_pdu, default=1024 * 1024, help="largest PDU we receive")
     p.add_argument(
         "--convert",
         action=argparse.BooleanOptionalAction,
@@ -108,8 +95,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="write one JSON line per instance to FILE")
     p.add_argument("--resume", type=Path, metavar="REPORT", help="skip what REPORT marks as stored")
     p.add_argument("--priority", choices=list(PRIORITIES), default="medium")
-    p.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")
-    p.add_argument("--dimse-timeout", type=_positive, help="seconds (default unlimited)")
+    c = p.add_argument_group("Storage Commitment (PS3.4 J.3)")
+    c.add_argument(
+        "--commit",
+        action="store_true",
+        help="after the C-STOREs, ask the SCP on the same association to commit to "
+        "holding what it stored, and wait for its report (exit code 8 when not all are)",
+    )
+    c.add_argument(
+        "--commit-timeout",
+        type=_positive,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for each commitment report (default 60)",
+    )
+    c.add_argument(
+        "--commit-listen",
+        type=_port,
+        metavar="PORT",
+        help="release after the request and take the report on an association the SCP "
+        "opens to this port (default: wait on the same association)",
+    )
     p.add_argument(
         "--progress",
         choices=["auto", "on", "off"],
@@ -270,17 +276,25 @@ def summary(results: list[Result], seconds: float) -> list[str]:
         lines.append(f"    {r.path}: {r.reason}")
     if by.get("already-stored"):
         lines.append(f"  already stored (--resume): {len(by['already-stored'])}")
+    asked = [r for r in results if r.commitment is not None]
+    if asked:
+        committed = sum(r.commitment == "committed" for r in asked)
+        lines.append(f"committed {committed} of {len(asked)} stored instance(s)")
+        for r in [r for r in asked if r.commitment != "committed"][:20]:
+            why = f", {failure_reason_text(r.failure_reason)}" if r.commitment == "failed" else ""
+            lines.append(f"    {r.path or r.sop_instance_uid}: {r.commitment}{why}")
     return lines
 
 
 def exit_code(results: list[Result]) -> int:
-    """0 / 1 / 3-6 / 7 as in the module docstring."""
+    """0 / 1 / 3-6 / 7 / 8 as in the module docstring."""
     if not any(r.outcome != "skipped" for r in results):
         return EXIT_USAGE
     attempted = [r for r in results if r.outcome not in ("skipped", "already-stored")]
     bad = [r for r in attempted if not r.stored]
     if not bad:
-        return EXIT_OK
+        uncommitted = any(r.commitment not in (None, "committed") for r in attempted)
+        return EXIT_NOT_COMMITTED if uncommitted else EXIT_OK
     if len(bad) < len(attempted):
         return EXIT_FAILED
     kinds = {r.error_kind for r in bad}
@@ -290,6 +304,17 @@ def exit_code(results: list[Result]) -> int:
 
 
 # -- running ------------------------------------------------------------------------
+
+
+def _commitment_line(r: Result) -> dict[str, Any]:
+    """The report line saying whether an instance is committed (``send --commit``)."""
+    return {
+        "event": "commitment",
+        "path": r.path,
+        "sop_instance_uid": r.sop_instance_uid,
+        "commitment": r.commitment,
+        "failure_reason": r.failure_reason,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -330,25 +355,53 @@ def run(args: argparse.Namespace) -> int:
         retry_delay=args.retry_delay,
         priority=PRIORITIES[args.priority],
         timeouts=timeouts,
+        commit=args.commit or args.commit_listen is not None,
+        commit_timeout=args.commit_timeout,
     )
 
     try:
         options.ssl = tls_client_context(args)
     except (OSError, ValueError) as exc:
         return tls_failed(exc)
+
+    async def sending() -> list[Result]:
+        go = send(
+            args.host,
+            args.port,
+            args.paths,
+            options=options,
+            skip_uids=skip,
+            on_plan=progress.plan,
+            on_result=on_result,
+        )
+        if args.commit_listen is None:
+            return await go
+        from dicomstore.services.commitment_listener import ReportListener
+
+        listener = ReportListener(args.commit_listen, ae_title=args.aet, timeouts=timeouts)
+        try:
+            await listener.start()
+        except OSError:
+            go.close()
+            raise
+        options.commit_listener = listener
+        try:
+            return await go
+        finally:
+            await listener.close()
+
     start = time.monotonic()
     try:
-        results = asyncio.run(
-            send(
-                args.host,
-                args.port,
-                args.paths,
-                options=options,
-                skip_uids=skip,
-                on_plan=progress.plan,
-                on_result=on_result,
-            )
-        )
+        results = asyncio.run(sending())
+        if report is not None:  # each commitment, once known (PS3.4 J.3.3)
+            for r in results:
+                if r.commitment is not None:
+                    report.write(json.dumps(_commitment_line(r)) + "\n")
+    except OSError as exc:  # --commit-listen PORT cannot be bound
+        if args.commit_listen is None:
+            raise
+        print(f"dicomstore: cannot listen on port {args.commit_listen}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C: what was answered is in the report, flushed
         progress.close()
         where = f"; each answer so far is in {args.report}" if report is not None else ""

@@ -23,12 +23,13 @@ from dicomstore.cli.options import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     _add_common,
+    _ae_address,
     _ae_title,
     _cannot_open,
     _count,
     _forward_rule,
     _http_url,
-    _move_destination,
+    _int,
     _pdu,
     _port,
     _positive,
@@ -113,11 +114,20 @@ def add_parser(sub: Any) -> None:
     )
     s.add_argument(
         "--move-destination",
-        type=_move_destination,
+        type=_ae_address,
         action="append",
         metavar="AET=HOST:PORT",
         help="a Storage SCP a C-MOVE may name by its AE title (repeatable; also "
         "[destinations] in the --config policy file; any other title gets A801)",
+    )
+    s.add_argument(
+        "--commitment-scu",
+        type=_ae_address,
+        action="append",
+        metavar="AET=HOST:PORT",
+        help="where a Storage Commitment SCU takes its report when the association of "
+        "its request has ended (repeatable; also [commitment_scus] in the --config "
+        "policy file)",
     )
     s.add_argument(
         "--accept-unknown-sop-classes",
@@ -296,6 +306,22 @@ def add_parser(sub: Any) -> None:
         help="answer A700 before writing when less is free, e.g. 1G (default 0)",
     )
     lim.add_argument(
+        "--max-commitment-references",
+        type=_int(1),
+        default=_D.max_commitment_references,
+        metavar="N",
+        help="most instances one Storage Commitment request may reference; more: 0213 "
+        f"(default {_D.max_commitment_references})",
+    )
+    lim.add_argument(
+        "--max-pending-commitments",
+        type=_int(1),
+        default=_D.max_pending_commitments,
+        metavar="N",
+        help="most Storage Commitment requests accepted and not yet reported; more: 0213 "
+        f"(default {_D.max_pending_commitments})",
+    )
+    lim.add_argument(
         "--operation-timeout",
         type=_positive,
         metavar="S",
@@ -369,6 +395,9 @@ async def run(args: argparse.Namespace) -> int:
         min_free_bytes=args.min_free,
         prefer_proposed_transfer_syntax=args.transfer_syntax_order == "proposed",
         move_destinations=tuple(args.move_destination or ()),
+        commitment_scus=tuple(args.commitment_scu or ()),
+        max_commitment_references=args.max_commitment_references,
+        max_pending_commitments=args.max_pending_commitments,
         stable_age=args.stable_age,
         on_stable_exec=args.on_stable_exec,
         stable_webhook=args.stable_webhook,

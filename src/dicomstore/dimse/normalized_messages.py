@@ -56,6 +56,26 @@ def _data_set_type(present: bool) -> int:
     return DATA_SET_PRESENT if present else NO_DATA_SET
 
 
+def _encode_response(
+    rsp: NActionRSP | NEventReportRSP, type_element: int, type_id: int | None
+) -> bytes:
+    """The command set of an N-ACTION-RSP or N-EVENT-REPORT-RSP (PS3.7 10.3.4.2,
+    10.3.1.2): the same fields, the Action or Event Type ID in its own element."""
+    return encode_command(
+        {
+            AFFECTED_SOP_CLASS_UID: rsp.affected_sop_class_uid,
+            COMMAND_FIELD: rsp.command_field,
+            MESSAGE_ID_BEING_RESPONDED_TO: rsp.message_id_being_responded_to,
+            COMMAND_DATA_SET_TYPE: _data_set_type(rsp.dataset_present),
+            STATUS: rsp.status,
+            ERROR_COMMENT: rsp.error_comment,
+            ERROR_ID: rsp.error_id,
+            AFFECTED_SOP_INSTANCE_UID: rsp.affected_sop_instance_uid,
+            type_element: type_id,
+        }
+    )
+
+
 @dataclass(slots=True)
 class NActionRSP:
     """N-ACTION-RSP (PS3.7 10.3.4.2): the status, an Action Reply when present."""
@@ -77,19 +97,7 @@ class NActionRSP:
 
     def encode(self) -> bytes:
         """The command set."""
-        return encode_command(
-            {
-                AFFECTED_SOP_CLASS_UID: self.affected_sop_class_uid,
-                COMMAND_FIELD: N_ACTION_RSP,
-                MESSAGE_ID_BEING_RESPONDED_TO: self.message_id_being_responded_to,
-                COMMAND_DATA_SET_TYPE: _data_set_type(self.dataset_present),
-                STATUS: self.status,
-                ERROR_COMMENT: self.error_comment,
-                ERROR_ID: self.error_id,
-                AFFECTED_SOP_INSTANCE_UID: self.affected_sop_instance_uid,
-                ACTION_TYPE_ID: self.action_type_id,
-            }
-        )
+        return _encode_response(self, ACTION_TYPE_ID, self.action_type_id)
 
 
 @dataclass(slots=True)
@@ -164,19 +172,7 @@ class NEventReportRSP:
 
     def encode(self) -> bytes:
         """The command set."""
-        return encode_command(
-            {
-                AFFECTED_SOP_CLASS_UID: self.affected_sop_class_uid,
-                COMMAND_FIELD: N_EVENT_REPORT_RSP,
-                MESSAGE_ID_BEING_RESPONDED_TO: self.message_id_being_responded_to,
-                COMMAND_DATA_SET_TYPE: _data_set_type(self.dataset_present),
-                STATUS: self.status,
-                ERROR_COMMENT: self.error_comment,
-                ERROR_ID: self.error_id,
-                AFFECTED_SOP_INSTANCE_UID: self.affected_sop_instance_uid,
-                EVENT_TYPE_ID: self.event_type_id,
-            }
-        )
+        return _encode_response(self, EVENT_TYPE_ID, self.event_type_id)
 
 
 @dataclass(slots=True)

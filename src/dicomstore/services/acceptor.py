@@ -7,8 +7,10 @@ rejected as transient, PS3.8 9.3.4), admits the caller (the gatekeeper of
 C-ECHO to Verification, C-STORE to the storage SCP and so to the one store
 service, C-FIND to the query SCP (``query_scp.py``), C-MOVE to the retrieve SCP
 (``retrieve_scp.py``), C-GET to the get SCP (``get_scp.py``, whose C-STOREs go
-out on this association: their C-STORE-RSPs go back to it through
-``same_association.py``), a C-CANCEL to whichever runs its operation; 0210/0211/0212
+out on this association through ``same_association.py``), N-ACTION to the
+Storage Commitment SCP (``commitment_scp.py``, whose N-EVENT-REPORTs may go out
+on it too), the responses to what we sent to the association's invoker, a
+C-CANCEL to whichever runs its operation; 0210/0211/0212
 for what cannot be served, and the asynchronous operations window (PS3.7
 D.3.3.3) for commits that overlap receiving. The asyncio shell below it only
 moves bytes and runs timers (``aio``).
@@ -21,6 +23,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from dicomstore.aio.association import StalledPDU, Transport
+from dicomstore.aio.invoker import Invoker
 from dicomstore.dimse import (
     N_ACTION_RQ,
     N_EVENT_REPORT_RQ,
@@ -40,15 +43,16 @@ from dicomstore.dimse import (
     UnknownCommand,
 )
 from dicomstore.dimse import status as st
-from dicomstore.errors import RemoteProtocolError
+from dicomstore.errors import AssociationAborted, RemoteProtocolError
 from dicomstore.services.admission import (
     Admission,
     AdmissionRequest,
 )
+from dicomstore.services.commitment_scp import CommitmentSCP
 from dicomstore.services.get_scp import GetSCP
 from dicomstore.services.query_scp import QuerySCP
 from dicomstore.services.retrieve_scp import RetrieveSCP
-from dicomstore.services.same_association import SameAssociationStore
+from dicomstore.services.same_association import SameAssociationStore, acceptor_invoker
 from dicomstore.services.storage_scp import (
     Receiving,
     StorageSCP,
@@ -78,8 +82,8 @@ log = logging.getLogger("dicomstore.server")
 #: ``Server(commit_in_thread=WHEN_BUSY)``: commit in a worker thread only while
 #: the loop has others to serve (see ``AcceptorAssociation._commit_in_thread``).
 WHEN_BUSY = "when-busy"
-#: Requests dimse/ decodes that no service here takes yet: answered 0211 (PS3.7
-#: C.5.6), even when a field is missing (Storage Commitment, issue 16, will serve them).
+#: Requests dimse/ decodes that no service here takes (N-ACTION without the Storage
+#: Commitment SCP, N-EVENT-REPORT always): answered 0211 (PS3.7 C.5.6).
 NOT_SERVED = {N_ACTION_RQ: "N-ACTION", N_EVENT_REPORT_RQ: "N-EVENT-REPORT"}
 
 
@@ -110,6 +114,10 @@ class AcceptorAssociation:
         self.query: QuerySCP | None = None
         self.retrieve: RetrieveSCP | None = None
         self.get: GetSCP | None = None
+        self.commitment: CommitmentSCP | None = None
+        #: the requests we send on this association (C-STOREs of a C-GET,
+        #: N-EVENT-REPORTs of Storage Commitment) and their responses
+        self.invoker: Invoker | None = None
         #: C-STOREs we send on this association (C-GET sub-operations), when the
         #: requestor took the Storage SCP role for some SOP class (PS3.7 D.3.3.4)
         self.sender: SameAssociationStore | None = None
@@ -135,8 +143,8 @@ class AcceptorAssociation:
         return self.receiving is not None or self.committing or bool(self.inflight) or qr
 
     @property
-    def _qr_scps(self) -> tuple[QuerySCP | RetrieveSCP | GetSCP | None, ...]:
-        return (self.query, self.retrieve, self.get)
+    def _qr_scps(self) -> tuple[QuerySCP | RetrieveSCP | GetSCP | CommitmentSCP | None, ...]:
+        return (self.query, self.retrieve, self.get, self.commitment)
 
     async def run(self) -> None:
         """Serve until the association ends; never raises."""
@@ -201,8 +209,8 @@ class AcceptorAssociation:
             t.abort_now()
         finally:
             self._drop_receiving()
-            if self.sender is not None:  # sub-operations awaiting a C-STORE-RSP fail
-                self.sender.close()
+            if self.invoker is not None:  # requests awaiting a response fail
+                self.invoker.end(AssociationAborted("the association ended"))
             for scp in self._qr_scps:
                 if scp is not None:
                     await scp.close()
@@ -364,11 +372,13 @@ class AcceptorAssociation:
             address=self.address,
             user=admission.user,
         )
-        sender = SameAssociationStore(t)
+        self.invoker = acceptor_invoker(t)
+        sender = SameAssociationStore(t, self.invoker)
         self.sender = sender if sender.usable else None
         self.query = self.server.query_scp(t, rq, self.address, admission)
         self.retrieve = self.server.retrieve_scp(t, rq, self.address, admission)
         self.get = self.server.get_scp(t, rq, self.address, admission, self.sender)
+        self.commitment = self.server.commitment_scp(t, rq, self.address, admission, self.invoker)
         if subject:
             log.info("%s: TLS peer certificate %s", t.peer, subject)
         log.info(
@@ -392,9 +402,12 @@ class AcceptorAssociation:
             if scp is not None and scp.handles(event):
                 scp.receive(event)
                 return
-        if self.sender is not None and self.sender.handles(event):
-            if not self.sender.receive(event):
-                log.warning("%s: C-STORE-RSP to no C-STORE-RQ of ours ignored", t.peer)
+        if isinstance(event, CommandReceived) and isinstance(
+            event.message, CStoreRSP | NEventReportRSP
+        ):
+            if self.invoker is None or not self.invoker.deliver(event.message):
+                name = type(event.message).__name__
+                log.warning("%s: %s to no request of ours ignored", t.peer, name)
             return
         if isinstance(event, DatasetFragment):
             receiving = self.receiving
@@ -436,7 +449,11 @@ class AcceptorAssociation:
             if getattr(message, "is_response", False):
                 log.warning("%s: unexpected response %#06x ignored", t.peer, message.command_field)
                 return
-            served = message.command_field not in NOT_SERVED
+            served = message.command_field not in NOT_SERVED or (
+                message.command_field == N_ACTION_RQ
+                and self.commitment is not None
+                and bool(self.commitment.sop_classes)
+            )
             if served and isinstance(message, InvalidRequest | UnknownCommand):
                 rsp = message.response()
             else:  # decoded, but no service takes it

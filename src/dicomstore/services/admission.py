@@ -35,8 +35,9 @@ class Admission:
     """The gatekeeper's answer.
 
     ``reject`` set: the association is refused with it.  Otherwise
-    ``may_echo``/``may_store``/``may_find``/``may_move``/``may_get`` say what the
-    caller may do (a refused C-STORE, C-FIND, C-MOVE or C-GET gets 0124),
+    ``may_echo``/``may_store``/``may_find``/``may_move``/``may_get``/``may_commit``
+    say what the caller may do (a refused C-STORE, C-FIND, C-MOVE, C-GET or
+    Storage Commitment N-ACTION gets 0124),
     ``move_to`` the Move Destinations it may name (None: every configured one;
     another gets 0124), ``identity_response`` is the server response of a positive
     user identity answer (PS3.7 D.3.3.7.2) when the requestor asked for one,
@@ -50,6 +51,7 @@ class Admission:
     may_move: bool = True
     move_to: frozenset[str] | None = None
     may_get: bool = True
+    may_commit: bool = True
     identity_response: bytes | None = None
     user: str | None = None
 

@@ -41,15 +41,18 @@ class Operation:
     cancelled: bool = False
 
 
-def decode_identifier(data: bytes, transfer_syntax: str) -> Dataset:
-    """The Identifier data set in the context's (uncompressed) transfer syntax."""
+def decode_identifier(data: bytes, transfer_syntax: str, *, check: bool = True) -> Dataset:
+    """The Identifier data set in the context's (uncompressed) transfer syntax;
+    ``check``: every value decoded now (a broken one fails here, not later), else
+    as it is used (pydicom's way, as ``dcmread``: the SCUs' lazily decoded responses)."""
     ds = read_dataset(
         io.BytesIO(data),
         transfer_syntax == uids.IMPLICIT_VR_LE,
         transfer_syntax != uids.EXPLICIT_VR_BE,
     )
-    for _elem in ds:  # decode every element now: a broken one fails here, not later
-        pass
+    if check:
+        for _elem in ds:
+            pass
     return ds
 
 
@@ -61,6 +64,9 @@ class QROperations:
     request_types: ClassVar[tuple[type, ...]] = ()
     #: what the operation is called in logs and refusals (``"C-FIND"``)
     service: ClassVar[str] = ""
+    #: the most bytes of a request's data set kept (None: no bound); the rest is
+    #: discarded and the request answered 0213 (resource limitation, PS3.7 C.5.10)
+    max_data: int | None = None
 
     def __init__(self, transport: Transport, *, sop_classes: frozenset[str], allowed: bool) -> None:
         self.t = transport
@@ -90,7 +96,12 @@ class QROperations:
         if isinstance(event, DatasetFragment):
             op = self._collecting
             assert op is not None
-            op.identifier += event.data  # a copy: the PDV is a view of the buffer
+            if self.max_data is not None and len(op.identifier) + len(event.data) > self.max_data:
+                if op.refusal is None:
+                    comment = f"data set larger than {self.max_data} bytes"
+                    op.refusal = op.rq.response(st.RESOURCE_LIMITATION, error_comment=comment)
+            elif op.refusal is None:
+                op.identifier += event.data  # a copy: the PDV is a view of the buffer
             if event.is_last:
                 self._collecting = None
                 self._start(op)
@@ -101,18 +112,25 @@ class QROperations:
             return
         op = self.new_operation(event.context_id, message)
         op.refusal = self._refusal(event.context_id, message)
-        self._collecting = op
+        if getattr(message, "has_dataset", True):
+            self._collecting = op
+        else:  # nothing to wait for (an N-ACTION without Action Information)
+            self._start(op)
 
     def new_operation(self, context_id: int, rq: Any) -> Operation:
         """The record of one request (subclasses add their counts)."""
         return Operation(context_id, rq)
 
+    def sop_class_of(self, rq: Any) -> str:
+        """The SOP class a request names (the N-services name a Requested one)."""
+        return rq.affected_sop_class_uid
+
     def _refusal(self, context_id: int, rq: Any) -> Any:
         """The response refusing ``rq`` before its Identifier arrives, or None."""
         assert self.t.negotiated is not None
         abstract = self.t.negotiated.contexts[context_id].abstract_syntax
-        if abstract not in self.sop_classes or rq.affected_sop_class_uid != abstract:
-            why = f"{self.service} of {rq.affected_sop_class_uid} on a {uids.uid_name(abstract)}"
+        if abstract not in self.sop_classes or self.sop_class_of(rq) != abstract:
+            why = f"{self.service} of {self.sop_class_of(rq)} on a {uids.uid_name(abstract)}"
             return rq.response(st.SOP_CLASS_NOT_SUPPORTED, error_comment=(why + " context")[:64])
         if not self.allowed:
             comment = f"{self.service} is not allowed for this caller"

@@ -2,8 +2,14 @@
 
 :func:`parse_identifier` turns a request Identifier into the index's filters
 (:mod:`dicomstore.archive.query`, the engine QIDO-RS uses, PS3.4 C.2.2.2) and
-the return keys; :func:`response_identifier` fills those keys from one index
-row. Rules (the conformance statement says the same):
+the return keys; :func:`response_elements` fills those keys from one index row
+(and a stored header). Identifiers are small data sets: :func:`encode_elements`
+writes one from (tag, VR, value bytes) in any uncompressed transfer syntax
+without pydicom (a response per match is the SCP's hot path; a request's
+matching key is often no valid value of its VR, which pydicom would refuse),
+leaving to pydicom only the elements read from a stored header (any VR,
+sequences); :func:`~dicomstore.services.qr_operations.decode_identifier` reads
+one with pydicom. Rules (the conformance statement says the same):
 
 - Query/Retrieve Level (0008,0052) is required and must be a level of the
   information model: PATIENT, STUDY, SERIES, IMAGE for Patient Root; STUDY,
@@ -23,18 +29,23 @@ row. Rules (the conformance statement says the same):
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from dicomstore import uids
 from dicomstore.archive import query as q
 from dicomstore.dimse import status as st
+from dicomstore.vr import LONG_VRS
 
 PATIENT_ROOT_FIND = uids.PATIENT_ROOT_QR_FIND
 STUDY_ROOT_FIND = uids.STUDY_ROOT_QR_FIND
@@ -58,6 +69,15 @@ QUERY_RETRIEVE_LEVEL = 0x00080052
 RETRIEVE_AE_TITLE = 0x00080054
 INSTANCE_AVAILABILITY = 0x00080056
 _DEPTH = {level: n for n, level in enumerate(q.LEVELS)}
+#: Specific Character Set of values that are not all ASCII (PS3.5 6.1.2.5: UTF-8).
+UTF8 = "ISO_IR 192"
+#: Binary VRs of an Identifier and their struct codes (little endian when held).
+BINARY_VRS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
+
+#: One element of an Identifier: tag, VR, value bytes (text encoded and padded to an
+#: even length, numbers little endian), or for one read from a stored header the
+#: pydicom DataElement (:func:`encode_elements` has pydicom encode it).
+Element = tuple[int, str, "bytes | DataElement"]
 
 #: Attributes of each level (the Patient, Study and Series IEs' common modules,
 #: PS3.3 C.7.1-C.7.3 and C.7.5) that the index does not hold, returned from a
@@ -159,6 +179,12 @@ class FindQuery:
     @property
     def index_level(self) -> str:
         return INDEX_LEVEL[self.level]
+
+    @property
+    def row_keys(self) -> set[str]:
+        """The index row keys the return keys need (the engine computes only those
+        counts and lists: each is a subquery per match)."""
+        return {attr.key for tag, _vr in self.keys if (attr := q.attribute(tag)) is not None}
 
     @property
     def pending_status(self) -> int:
@@ -273,34 +299,93 @@ def _value(query: FindQuery, tag: int, row: dict[str, Any], ae_title: str) -> An
     return str(value)
 
 
-def response_identifier(
+def text_bytes(vr: str, text: str, encoding: str = "ascii") -> bytes:
+    """A text value encoded and padded to an even length (PS3.5 6.2: UI with NUL)."""
+    data = text.encode(encoding)
+    if len(data) % 2:
+        data += b"\0" if vr == "UI" else b" "
+    return data
+
+
+def response_elements(
     query: FindQuery, row: dict[str, Any], ae_title: str, header: Dataset | None = None
-) -> Dataset:
-    """The Identifier of one pending response: the requested keys from ``row``
-    (and those of ``query.from_header`` from ``header``, a stored instance's data
-    set decoded by pydicom), Query/Retrieve Level, and Specific Character Set
-    ``ISO_IR 192`` when a value is not ASCII (strings are held as Unicode)."""
-    ds = Dataset()
-    ds.add(DataElement(QUERY_RETRIEVE_LEVEL, "CS", query.level))
+) -> list[Element]:
+    """The Identifier of one pending response, in tag order: the requested keys from
+    ``row`` (and those of ``query.from_header`` from ``header``, a stored instance's
+    data set decoded by pydicom: any VR, sequences too), Query/Retrieve Level, and
+    Specific Character Set ``ISO_IR 192`` when a value is not ASCII (strings are
+    held as Unicode in the index, and pydicom decodes a header's)."""
+    values: list[tuple[int, str, str]] = [(QUERY_RETRIEVE_LEVEL, "CS", query.level)]
+    stored: list[Element] = []
     non_ascii = False
     for tag, vr in query.keys:
         if header is not None and tag in query.from_header and tag in header:
             element = header[tag]
             non_ascii = non_ascii or not _ascii(element.value)
-            ds.add(element)
+            stored.append((tag, element.VR, element))
             continue
         value = _value(query, tag, row, ae_title)
-        if vr == "SQ":
-            ds.add(DataElement(tag, "SQ", Sequence()))
-            continue
         if vr in ("UN", "OB", "OW") or not vr:
             vr = dictionary_VR(tag) if _in_dictionary(tag) else "UN"
-        if isinstance(value, str) and not value.isascii():
-            non_ascii = True
-        ds.add(DataElement(tag, vr, value))
-    if non_ascii:
-        ds.SpecificCharacterSet = "ISO_IR 192"
-    return ds
+        if value is None or vr == "SQ":  # (a sequence is returned empty)
+            text = ""
+        elif isinstance(value, list):
+            text = "\\".join(value)
+        else:
+            text = value
+        values.append((tag, vr, text))
+    encoding = "ascii"
+    if non_ascii or not all(text.isascii() for _tag, _vr, text in values):
+        values.append((SPECIFIC_CHARACTER_SET, "CS", UTF8))
+        encoding = "utf-8"
+    values.sort()
+    elements: list[Element] = [
+        (tag, vr, text_bytes(vr, text, encoding)) for tag, vr, text in values
+    ]
+    if stored:
+        elements += stored
+        elements.sort(key=lambda element: element[0])
+    return elements
+
+
+def encode_elements(elements: Iterable[Element], transfer_syntax: str) -> bytes:
+    """An Identifier in an uncompressed transfer syntax (PS3.5 7.1), elements in the
+    order given (tag order, PS3.5 7.1). An element whose value is a pydicom
+    ``DataElement`` (from a stored header) is encoded by pydicom, its text in
+    UTF-8 when a Specific Character Set ``ISO_IR 192`` came before it."""
+    implicit = transfer_syntax == uids.IMPLICIT_VR_LE
+    little = transfer_syntax != uids.EXPLICIT_VR_BE
+    order = "<" if little else ">"
+    utf8 = False
+    out = bytearray()
+    for tag, vr, value in elements:
+        if isinstance(value, DataElement):
+            out += _pydicom_element(value, implicit, little, utf8)
+            continue
+        if tag == SPECIFIC_CHARACTER_SET:
+            utf8 = value.rstrip(b" ") == UTF8.encode()
+        if not little and vr in BINARY_VRS and value:  # swap each value's bytes
+            kind = BINARY_VRS[vr]
+            values = struct.unpack(f"<{len(value) // struct.calcsize(kind)}{kind}", value)
+            value = struct.pack(f">{len(values)}{kind}", *values)
+        out += struct.pack(order + "HH", tag >> 16, tag & 0xFFFF)
+        if implicit:
+            out += struct.pack(order + "L", len(value))
+        elif vr.encode() in LONG_VRS:
+            out += vr.encode() + b"\0\0" + struct.pack(order + "L", len(value))
+        else:
+            out += vr.encode() + struct.pack(order + "H", len(value))
+        out += value
+    return bytes(out)
+
+
+def _pydicom_element(element: DataElement, implicit: bool, little: bool, utf8: bool) -> bytes:
+    """One element (a sequence with its items too) encoded by pydicom (PS3.5 7.1, 7.5)."""
+    fp = DicomBytesIO()
+    fp.is_little_endian = little
+    fp.is_implicit_VR = implicit
+    write_data_element(fp, element, [UTF8] if utf8 else None)
+    return fp.getvalue()
 
 
 def _ascii(value: Any) -> bool:

@@ -34,15 +34,15 @@ from dicomstore.archive import query as q
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import CFindRQ, CFindRSP
 from dicomstore.dimse import status as st
-from dicomstore.services.conversion import encode_dataset
 from dicomstore.services.qr_operations import Operation, QROperations, decode_identifier
 from dicomstore.services.query_identifier import (
     MODEL_LEVELS,
     SPECIFIC_CHARACTER_SET,
     FindFailure,
     FindQuery,
+    encode_elements,
     parse_identifier,
-    response_identifier,
+    response_elements,
 )
 
 log = logging.getLogger("dicomstore.server")
@@ -142,7 +142,9 @@ class QuerySCP(QROperations):
         reader = self.reader
         with closing(reader.connect()) as db:
             sample = bool(query.from_header)
-            rows = q.iter_search(db, query.index_level, query.filters, sample=sample)
+            rows = q.iter_search(
+                db, query.index_level, query.filters, computed=query.row_keys, sample=sample
+            )
 
             def fetch() -> list[tuple[dict[str, Any], Dataset | None]]:
                 batch = list(itertools.islice(rows, BATCH))
@@ -153,8 +155,8 @@ class QuerySCP(QROperations):
                 for row, header in batch:
                     if find.cancelled or not self.is_open:
                         return st.CANCEL
-                    answer = response_identifier(query, row, self.ae_title, header)
-                    data = encode_dataset(answer, ts)
+                    answer = response_elements(query, row, self.ae_title, header)
+                    data = encode_elements(answer, ts)
                     self.t.queue_message(find.context_id, rsp, data)
                     find.matches += 1
                     await self.drain()

@@ -5,9 +5,9 @@ association (PS3.4 C.4.3.1), the requestor acting as Storage SCP for the SOP
 classes it asked that role for by SCP/SCU Role Selection (PS3.7 D.3.3.4; see
 ``ul/negotiation.py``). :class:`SameAssociationStore` is that sending side: it
 offers only the accepted contexts whose requestor may be SCP, sends with
-Message IDs of its own (an :class:`~dicomstore.aio.invoker.Invoker`, as the
-client does), and takes the C-STORE-RSPs the acceptor's dispatch hands it
-(:meth:`SameAssociationStore.handles`). It satisfies
+Message IDs of its own (the association's :class:`~dicomstore.aio.invoker.Invoker`,
+which the acceptor hands every response it receives, and which also carries the
+N-EVENT-REPORTs of Storage Commitment, ``commitment_scp.py``). It satisfies
 :class:`~dicomstore.services.storage_scu.StoreChannel`, so an instance goes out
 through :func:`~dicomstore.services.storage_scu.store_instance` as ``send``
 sends it: the stored file streamed unchanged when a context takes its transfer
@@ -18,19 +18,30 @@ from __future__ import annotations
 
 from dicomstore.aio.association import Transport
 from dicomstore.aio.invoker import Invoker
-from dicomstore.dimse import CommandReceived, CStoreRSP, DatasetFragment
 from dicomstore.errors import AssociationAborted
 from dicomstore.ul.negotiation import AcceptedContext, Negotiated
+
+
+def acceptor_invoker(transport: Transport) -> Invoker:
+    """The invoking side of an association we accepted: its window is the
+    operations the requestor performs (PS3.7 D.3.3.3); a late or mistyped
+    response aborts the association."""
+
+    async def abort() -> None:
+        transport.abort_now()
+        invoker.end(AssociationAborted("aborted by us"))
+
+    invoker = Invoker(transport, abort)
+    invoker.open(transport.negotiated.max_ops_performed if transport.negotiated else 1)
+    return invoker
 
 
 class SameAssociationStore:
     """C-STORE-RQs out on an accepted association, their C-STORE-RSPs in."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, invoker: Invoker | None = None) -> None:
         self.t = transport
-        self.invoker = Invoker(transport, self._abort)
-        # the requestor invokes max_ops_invoked; we invoke what it performs (D.3.3.3)
-        self.invoker.open(transport.negotiated.max_ops_performed if transport.negotiated else 1)
+        self.invoker = invoker or acceptor_invoker(transport)
 
     @property
     def negotiated(self) -> Negotiated | None:
@@ -58,19 +69,3 @@ class SameAssociationStore:
             ):
                 return ctx
         return None
-
-    def handles(self, event: CommandReceived | DatasetFragment) -> bool:
-        """True for a C-STORE-RSP (the acceptor receives no other response)."""
-        return isinstance(event, CommandReceived) and isinstance(event.message, CStoreRSP)
-
-    def receive(self, event: CommandReceived) -> bool:
-        """Hand over a C-STORE-RSP; False if it answers no request of ours."""
-        return self.invoker.deliver(event.message)
-
-    def close(self) -> None:
-        """The association ended: sub-operations still waiting fail."""
-        self.invoker.end(AssociationAborted("the association ended"))
-
-    async def _abort(self) -> None:
-        self.t.abort_now()
-        self.invoker.end(AssociationAborted("aborted by us"))

@@ -9,6 +9,14 @@ allows (PS3.7 D.3.3.3).  Transient failures (refused connection, transient
 rejection, A-ABORT, DIMSE timeout, A7xx/0213 statuses) are retried with
 exponential backoff, a bounded number of times; a worker gives up after
 ``retries`` broken associations in a row that stored nothing.
+
+With ``commit`` each association also proposes Storage Commitment, and once a
+worker has sent all it could, it asks on that association for commitment of
+what was stored so far and not yet asked for (PS3.4 J.3.2,
+``commitment_scu.py``), waiting for the report there (or at the
+``commit_listener``); instances stored on associations that broke are asked
+for on an association of their own at the end. Each stored Result then says
+``commitment`` (committed, failed with its ``failure_reason``, or unknown).
 """
 
 from __future__ import annotations
@@ -24,10 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 from dicomstore.aio.association import Timeouts
 from dicomstore.aio.client import ClientAssociation, ContextSpec, associate
+from dicomstore.archive.commitment import Reference
 from dicomstore.dimse import status as st
-from dicomstore.services import sources
+from dicomstore.services import commitment_scu, sources
+from dicomstore.services.commitment_scp import MAX_REFERENCES
+from dicomstore.services.commitment_scu import Commitment
 from dicomstore.services.sources import CorruptFile, Instance, NotDicom, SourceReadError
 from dicomstore.services.storage_scu import (
+    MAX_CONTEXTS,
     ErrorKind,
     NotSendable,
     Outcome,
@@ -73,6 +85,12 @@ class SendOptions:
     timeouts: Timeouts | None = None
     #: TLS (PS3.15 B.9): a client context from :func:`dicomstore.tls.client_context`.
     ssl: Any = None
+    #: Ask for Storage Commitment of what was stored (PS3.4 J.3) and wait this
+    #: long for each report; reports at this listener (a ``ReportListener``)
+    #: instead of on the association of the request.
+    commit: bool = False
+    commit_timeout: float = 60.0
+    commit_listener: Any = None
 
 
 class _Run:
@@ -83,11 +101,65 @@ class _Run:
         self.on_result = on_result
         self.results: list[Result] = []
         self.last_error: tuple[ErrorKind, str] | None = None
+        #: stored, commitment not yet asked for (``opts.commit``)
+        self.to_commit: list[Result] = []
+        self.commitments: list[Commitment] = []
 
     def finish(self, result: Result) -> None:
         self.results.append(result)
+        if self.opts.commit and result.outcome in ("stored", "warning"):
+            self.to_commit.append(result)
         if self.on_result is not None:
             self.on_result(result)
+
+    def _batch(self) -> list[Result]:
+        batch, self.to_commit = self.to_commit[:MAX_REFERENCES], self.to_commit[MAX_REFERENCES:]
+        return batch
+
+    def _apply(self, batch: list[Result], commitment: Commitment) -> None:
+        self.commitments.append(commitment)
+        for result in batch:
+            result.commitment, result.failure_reason = commitment.outcome(
+                result.sop_instance_uid or ""
+            )
+        if commitment.reason is not None:
+            log.warning("storage commitment %s: %s", commitment.transaction_uid, commitment.reason)
+
+    async def commit_on(self, assoc: ClientAssociation) -> None:
+        """Ask on ``assoc`` for what was stored and not yet asked for."""
+        while self.to_commit and assoc.t.conn.is_established:
+            batch = self._batch()
+            commitment = await commitment_scu.request_commitment(
+                assoc,
+                [_reference(r) for r in batch],
+                timeout=self.opts.commit_timeout,
+                listener=self.opts.commit_listener,
+            )
+            self._apply(batch, commitment)
+
+    async def commit_rest(self) -> None:
+        """What broken associations stored: asked for on an association of its own."""
+        while self.to_commit:
+            batch = self._batch()
+            opts = self.opts
+            try:
+                commitment = await commitment_scu.commit(
+                    self.host,
+                    self.port,
+                    [_reference(r) for r in batch],
+                    called_ae=opts.called_ae,
+                    calling_ae=opts.calling_ae,
+                    timeout=opts.commit_timeout,
+                    timeouts=opts.timeouts,
+                    ssl=opts.ssl,
+                    listener=opts.commit_listener,
+                )
+            except Exception as exc:
+                if classify(exc) is None:
+                    raise
+                refs = [_reference(r) for r in batch]
+                commitment = Commitment("", refs, reason=f"cannot ask: {_text(exc)}")
+            self._apply(batch, commitment)
 
     def backoff(self, failures: int) -> float:
         delay = self.opts.retry_delay
@@ -134,6 +206,8 @@ class _Run:
                 await assoc.abort()
                 raise
             if broken is None:
+                if self.opts.commit:
+                    await self.commit_on(assoc)
                 await assoc.release()
                 continue
             await assoc.abort()
@@ -229,6 +303,10 @@ class _Run:
         )
 
 
+def _reference(result: Result) -> Reference:
+    return Reference(result.sop_class_uid or "", result.sop_instance_uid or "")
+
+
 def _text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
@@ -274,8 +352,9 @@ async def send(
     ``parallel``, ``max_ops``, ``convert``, ``retries``, ``retry_delay`` ...).
     Instances whose SOP Instance UID is in ``skip_uids`` are ``already-stored``.
     ``on_plan(instances, bytes)`` is called once before sending and
-    ``on_result`` for every result as it is known.  Results come back in
-    input order.  Network failures do not raise: they are in the results.
+    ``on_result`` for every result as it is known (with ``commit``, before its
+    commitment is).  Results come back in input order, with their
+    ``commitment``.  Network failures do not raise: they are in the results.
     """
     opts = options or SendOptions(**kwargs)
     found, skipped = await asyncio.to_thread(scan, items)
@@ -290,7 +369,13 @@ async def send(
             todo.append(_Job(inst, index))
     if on_plan is not None:
         on_plan(len(todo), sum(job.instance.size for job in todo))
-    for specs in propose_contexts((job.instance for job in todo), convert=opts.convert):
+    limit = MAX_CONTEXTS - 1 if opts.commit else MAX_CONTEXTS  # room for Storage Commitment
+    groups = propose_contexts((job.instance for job in todo), convert=opts.convert, limit=limit)
+    for specs in groups:
         classes = {abstract for abstract, _ts in specs}
+        if opts.commit:
+            specs = [*specs, commitment_scu.CONTEXT]
         await run.group(specs, [job for job in todo if job.instance.sop_class_uid in classes])
+    if opts.commit:
+        await run.commit_rest()
     return sorted(run.results, key=lambda r: r.index)

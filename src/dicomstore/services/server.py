@@ -6,9 +6,11 @@ to an :class:`~dicomstore.services.acceptor.AcceptorAssociation`; the server
 holds what they share — the negotiation policy, the gatekeeper and its
 throttle, the one store service (``storage.py``, also given to STOW-RS), the
 audit sink, a read-only view of the archive index for C-FIND, C-MOVE, C-GET (when
-the handler is an archive: anything with a ``root`` holding an index), and the
+the handler is an archive: anything with a ``root`` holding an index), the
 C-MOVE destinations (``ServerConfig.move_destinations`` and the gatekeeper's,
-e.g. the policy file's ``[destinations]``).
+e.g. the policy file's ``[destinations]``), and the Storage Commitment service
+(journal, reports, retries: ``commitment_scp.py``) with the addresses of the
+commitment SCUs (``ServerConfig.commitment_scus``, ``[commitment_scus]``).
 ``close()`` stops accepting, lets in-flight operations finish within
 ``shutdown_grace``, then aborts what is left.
 """
@@ -30,6 +32,13 @@ from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader
 from dicomstore.handler import StoreHandler
 from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
 from dicomstore.services.admission import Admission, AuditSink, FailedAdmissions, Gatekeeper
+from dicomstore.services.commitment_scp import (
+    COMMITMENT_SOP_CLASSES,
+    MAX_PENDING,
+    MAX_REFERENCES,
+    CommitmentSCP,
+    CommitmentService,
+)
 from dicomstore.services.destinations import Destination
 from dicomstore.services.forward_rules import ForwardRule
 from dicomstore.services.get_scp import GET_SOP_CLASSES, GetSCP
@@ -41,6 +50,7 @@ from dicomstore.ul.connection import Connection, Role
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy
 
 if TYPE_CHECKING:
+    from dicomstore.aio.invoker import Invoker
     from dicomstore.services.forwarding import Forwarding
     from dicomstore.services.same_association import SameAssociationStore
     from dicomstore.services.stability import StudyStability
@@ -99,15 +109,24 @@ class ServerConfig:
     forward: tuple[ForwardRule, ...] = ()
     forward_retry_delay: float = 5.0
     forward_retry_max: float = 600.0
+    #: Where Storage Commitment SCUs take a report on a new association, by AE
+    #: title (``--commitment-scu AET=HOST:PORT``).
+    commitment_scus: tuple[Destination, ...] = ()
+    #: Most references in one Storage Commitment request, and requests not yet
+    #: reported; beyond, N-ACTION answers 0213.
+    max_commitment_references: int = MAX_REFERENCES
+    max_pending_commitments: int = MAX_PENDING
 
     def policy(self, find: bool = True) -> AcceptorPolicy:
         """The negotiation policy: Verification, every Storage SOP Class and, with
         ``find`` (an archive to query), the Patient and Study Root FIND, MOVE and GET
-        models; on an association with a GET model the requestor may be Storage SCP
-        (PS3.7 D.3.3.4), for the C-GET sub-operations come back on it."""
+        models and the Storage Commitment Push Model (we are its SCP); on an
+        association with a GET model the requestor may be Storage SCP (PS3.7
+        D.3.3.4), for the C-GET sub-operations come back on it."""
         syntaxes: dict[str, tuple[str, ...]] = {uids.VERIFICATION: uids.UNCOMPRESSED}
         if find:
-            for sop_class in (*FIND_SOP_CLASSES, *MOVE_SOP_CLASSES, *GET_SOP_CLASSES):
+            qr = (*FIND_SOP_CLASSES, *MOVE_SOP_CLASSES, *GET_SOP_CLASSES)
+            for sop_class in (*qr, *COMMITMENT_SOP_CLASSES):
                 syntaxes[sop_class] = uids.UNCOMPRESSED
         not_storage = frozenset(syntaxes)
         for sop_class in uids.storage_sop_classes():
@@ -175,7 +194,21 @@ class Server:
         #: the index C-FIND answers from (None: the handler is no archive)
         self.reader = _reader_of(handler)
         self.policy = config.policy(find=self.reader is not None)
-        self.destinations = _destinations(config, gatekeeper)
+        self.destinations = _addresses(config.move_destinations, gatekeeper, "destinations")
+        #: Storage Commitment: the journal of requests and their reports (an archive only)
+        self.commitments: CommitmentService | None = None
+        if self.reader is not None:
+            self.commitments = CommitmentService(
+                self.reader,
+                self.reader.root,
+                ae_title=config.ae_title,
+                scus=_addresses(config.commitment_scus, gatekeeper, "commitment_scus"),
+                timeouts=config.timeouts,
+                fsync=bool(getattr(handler, "fsync", True)),
+                max_references=config.max_commitment_references,
+                max_pending=config.max_pending_commitments,
+                audit=getattr(audit, "commitment", None),
+            )
         self.failed_admissions = FailedAdmissions(
             config.max_failed_admissions, config.failed_admission_window
         )
@@ -200,6 +233,8 @@ class Server:
     async def start(self) -> None:
         """Bind and start accepting connections."""
         await self.listener.start()
+        if self.commitments is not None:
+            await self.commitments.start()
         log.info("listening on %s:%d as %s", self.config.host, self.port, self.config.ae_title)
 
     async def serve_forever(self) -> None:
@@ -269,10 +304,31 @@ class Server:
             who=_who(rq, address, admission),
         )
 
+    def commitment_scp(
+        self,
+        t: Transport,
+        rq: P.AssociateRQ,
+        address: str,
+        admission: Admission,
+        invoker: Invoker,
+    ) -> CommitmentSCP:
+        """The Storage Commitment SCP of one association, reporting on ``invoker``
+        while it is open (answers 0122 without an archive)."""
+        return CommitmentSCP(
+            self.commitments,
+            t,
+            invoker,
+            may_commit=admission.may_commit,
+            audit=getattr(self.audit, "commitment", None),
+            who=_who(rq, address, admission),
+        )
+
     async def close(self, grace: float | None = None) -> None:
         """Stop accepting; wait up to ``grace`` s for in-flight work; abort the rest."""
         grace = self.config.shutdown_grace if grace is None else grace
         await self.listener.close(grace, self._abort_idle)
+        if self.commitments is not None:  # what is not reported waits in the journal
+            await self.commitments.close()
 
     def _abort_idle(self) -> None:
         """Associations idle between operations go right away (A-ABORT)."""
@@ -303,13 +359,16 @@ def _who(rq: P.AssociateRQ, address: str, admission: Admission) -> dict[str, str
     }
 
 
-def _destinations(config: ServerConfig, gatekeeper: Gatekeeper | None) -> dict[str, Destination]:
-    """The C-MOVE destinations: the gatekeeper's (the policy file's), then the
-    configuration's, which win for a title in both."""
-    found: dict[str, Destination] = dict(getattr(gatekeeper, "destinations", None) or {})
-    for dest in config.move_destinations:
+def _addresses(
+    configured: tuple[Destination, ...], gatekeeper: Gatekeeper | None, section: str
+) -> dict[str, Destination]:
+    """Addresses by AE title (C-MOVE destinations, Storage Commitment SCUs): the
+    gatekeeper's (the policy file's ``[section]``), then the configuration's, which
+    win for a title in both."""
+    found: dict[str, Destination] = dict(getattr(gatekeeper, section, None) or {})
+    for dest in configured:
         other = found.get(dest.ae_title)
         if other is not None and other != dest:
-            log.warning("move destination %s replaces the policy file's %s", dest, other)
+            log.warning("%s %s replaces the policy file's %s", section, dest, other)
         found[dest.ae_title] = dest
     return found

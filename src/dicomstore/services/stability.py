@@ -124,6 +124,30 @@ class StableLog:
         return {e.study_uid: _epoch(e.last_received) for e in self.read()}
 
 
+def stable_states(reader: ArchiveReader, study_uids: Sequence[str]) -> dict[str, str | None]:
+    """Per study, when it was last reported stable (``stable_at``), or None while
+    its newest instance is not covered by an event (still receiving, or not yet
+    quiet for long enough); for `dicomstore ls`."""
+    reported = {e.study_uid: e for e in reader_log(reader).read()}
+    sql = (
+        "SELECT MAX(i.received_at) FROM instance i JOIN series se ON se.series_pk = i.series_pk"
+        " JOIN study st ON st.study_pk = se.study_pk WHERE st.study_uid = ?"
+    )
+    states: dict[str, str | None] = {}
+    with closing(reader.connect()) as db:
+        for uid in study_uids:
+            event = reported.get(uid)
+            (newest,) = db.execute(sql, (uid,)).fetchone()
+            covered = event is not None and newest and _epoch(newest) <= _epoch(event.last_received)
+            states[uid] = event.stable_at if covered and event else None
+    return states
+
+
+def reader_log(reader: ArchiveReader) -> StableLog:
+    """The event log of the archive ``reader`` reads."""
+    return StableLog(reader.root, fsync=False)
+
+
 @dataclass
 class _Pending:
     patient_id: str | None

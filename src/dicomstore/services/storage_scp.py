@@ -108,11 +108,18 @@ class StorageSCP:
         commit_in_thread: bool | Callable[[], bool] = True,
         address: str = "",
         user: str | None = None,
+        caller: Caller | None = None,
+        we_requested: bool = False,
     ) -> None:
         self.service = service
         self.negotiated = negotiated
+        #: we requested the association (``dicomstore get``: the C-STOREs come from
+        #: the acceptor, on contexts where we took the SCP role, PS3.7 D.3.3.4)
+        self.we_requested = we_requested
         self.commit_in_thread = commit_in_thread
-        self.caller = Caller(
+        #: who stores: the calling AE, unless given (a C-GET's SCP stores on our
+        #: association: ``dicomstore get``)
+        self.caller = caller or Caller(
             "C-STORE",
             negotiated.calling_ae,
             address,
@@ -140,7 +147,8 @@ class StorageSCP:
                 (0x00000002,),
                 context,
             )
-        if not context.scu_role:  # the requestor is only Storage SCP here (PS3.7 D.3.3.4)
+        if not (context.scp_role if self.we_requested else context.scu_role):
+            # the sender may not be Storage SCU on this context (PS3.7 D.3.3.4)
             return self.refuse(
                 rq,
                 st.SOP_CLASS_NOT_SUPPORTED,

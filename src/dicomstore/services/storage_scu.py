@@ -54,6 +54,8 @@ log = logging.getLogger("dicomstore.send")
 Outcome = Literal["stored", "warning", "failed", "not-sent", "corrupt", "skipped", "already-stored"]
 #: Association-level failure kinds (they map to the CLI's exit codes 3-6).
 ErrorKind = Literal["unreachable", "rejected", "aborted", "timeout"]
+#: Storage Commitment of a stored instance (``send --commit``, PS3.4 J.3).
+CommitOutcome = Literal["committed", "failed", "unknown"]
 
 #: Most presentation contexts one association can carry (odd IDs 1..255, PS3.8 9.3.2.2).
 MAX_CONTEXTS = 128
@@ -110,6 +112,10 @@ class Result:
     attempts: int = 0
     offending_element: list[int] | None = None
     file_warning: str | None = None  # what the scan noticed about the file (sent anyway)
+    #: with ``send --commit`` (PS3.4 J.3): committed, failed (then the Failure
+    #: Reason) or unknown (no report); None: commitment not asked
+    commitment: CommitOutcome | None = None
+    failure_reason: int | None = None
     index: int = field(default=0, repr=False)  # position in the input
 
     @property
@@ -129,8 +135,10 @@ class Result:
 # -- negotiation ----------------------------------------------------------------
 
 
-def propose_contexts(instances: Iterable[Instance], *, convert: bool) -> list[list[ContextSpec]]:
-    """Presentation contexts for these instances, packed into associations of ≤ 128.
+def propose_contexts(
+    instances: Iterable[Instance], *, convert: bool, limit: int = MAX_CONTEXTS
+) -> list[list[ContextSpec]]:
+    """Presentation contexts for these instances, packed into associations of ≤ ``limit``.
 
     Per SOP Class: one context per transfer syntax its instances use, each
     alone; with ``convert`` also Explicit then Implicit VR Little Endian as
@@ -146,9 +154,9 @@ def propose_contexts(instances: Iterable[Instance], *, convert: bool) -> list[li
         specs: list[ContextSpec] = [(sop_class, [ts]) for ts in syntaxes]
         if convert:
             specs.append((sop_class, list(FALLBACK)))
-        if len(groups[-1]) + len(specs) > MAX_CONTEXTS:
+        if len(groups[-1]) + len(specs) > limit:
             groups.append([])
-        groups[-1].extend(specs[:MAX_CONTEXTS])
+        groups[-1].extend(specs[:limit])
     return [g for g in groups if g]
 
 

@@ -91,6 +91,10 @@ class AcceptorPolicy:
     scu_role_with: frozenset[str] = frozenset()
     #: Abstract syntaxes we never act as SCU of (Verification, the Q/R models).
     scp_role_only: frozenset[str] = frozenset()
+    #: Abstract syntaxes whose SCP role the requestor gets whenever it proposes
+    #: it, we being their SCU (a Storage Commitment SCU taking the SCP's report on
+    #: an association the SCP requests, PS3.4 J.3.3).
+    scp_role_for: frozenset[str] = frozenset()
 
 
 def _min_window(theirs: int, ours: int) -> int:
@@ -153,13 +157,15 @@ def _granted(
     No role item: SCU (the default). Else each role proposed (1) is accepted by
     returning 1 or turned down by returning 0, and one not proposed is never
     returned as 1: the SCU role always (we are SCP of what we accept), the SCP
-    role only where we act as SCU, on an association with a GET model
-    (``may_be_scu``) and for a class not in ``policy.scp_role_only``.
+    role only where we act as SCU: on an association with a GET model
+    (``may_be_scu``) for a class not in ``policy.scp_role_only``, or for a class
+    of ``policy.scp_role_for``.
     """
     if asked is None:
         return True, False
-    scp = asked.scp_role and may_be_scu and asked.sop_class_uid not in policy.scp_role_only
-    return asked.scu_role, scp
+    cls = asked.sop_class_uid
+    we_are_scu = (may_be_scu and cls not in policy.scp_role_only) or cls in policy.scp_role_for
+    return asked.scu_role, asked.scp_role and we_are_scu
 
 
 def negotiate(

@@ -1,0 +1,154 @@
+"""`dicomstore move` and `dicomstore get`: the Q/R MOVE and GET SCUs (PS3.4 C.4.2.2, C.4.3.2).
+
+``move`` asks the SCP to send what the keys name to a destination AE (``--dest``);
+``get`` has it sent back on the same association and stores it into a folder of
+PS3.10 files (``-od DIR``) or an archive (``--storage DIR``, through the store
+service ``dicomstore serve`` uses). The keys are those of ``find`` (``-k``, ``-L``,
+``-P``/``-S``). At the end: the final status and the Completed, Failed and
+Warning sub-operation counts, with the Failed SOP Instance UID List (``--json``:
+one object). Exit codes: 0 every sub-operation completed (0000); 1 some or all
+failed (B000, A702) or a failure status (A801 unknown destination, A900, C000,
+0122, 0124 ...); 2 usage; 3-6 as for echo; 130 interrupted (Ctrl-C sends a
+C-CANCEL-RQ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dicomstore.cli.find import add_query_options, query_keys
+from dicomstore.cli.options import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CancelOnInterrupt,
+    _add_common,
+    _ae_title,
+    _cannot_open,
+    add_scu_parser,
+    add_tls_client_options,
+    open_association,
+)
+
+COMMANDS = ("move", "get")
+
+
+def add_parsers(sub: Any) -> None:
+    """The ``move`` and ``get`` subcommands."""
+    summary = __doc__.split("\n\n")[1].replace("\n", " ")
+    move = add_scu_parser(sub, "move", "have a Q/R SCP send to an AE (C-MOVE SCU)", summary)
+    move.add_argument(
+        "--dest", required=True, type=_ae_title, metavar="AET", help="the Move Destination"
+    )
+    get = add_scu_parser(sub, "get", "retrieve from a Q/R SCP (C-GET SCU)", summary)
+    into = get.add_mutually_exclusive_group()
+    into.add_argument("-od", "--output-dir", type=Path, metavar="DIR", help="PS3.10 files here")
+    into.add_argument("--storage", type=Path, metavar="DIR", help="an archive (as serve's)")
+    get.add_argument(
+        "--sop-class",
+        action="append",
+        metavar="UID",
+        help="a Storage SOP Class to receive (repeatable; default: the common ones)",
+    )
+    for p in (move, get):
+        add_query_options(p)
+        p.add_argument("--json", action="store_true", help="the result as one JSON object")
+        add_tls_client_options(p)
+        _add_common(p)
+
+
+def _print(args: argparse.Namespace, result: Any, what: str) -> int:
+    from dicomstore.services.retrieve_scu import describe
+
+    if args.json:
+        print(json.dumps(result.to_json()))
+    elif result.status is not None:
+        comment = f": {result.error_comment}" if result.error_comment else ""
+        print(f"{what}: {result.status:04X} {describe(result.status)}{comment}")
+        print(f"completed {result.completed}, failed {result.failed}, warning {result.warning}")
+        for uid in result.failed_uids:
+            print(f"  failed: {uid}")
+    if result.ok:
+        return EXIT_OK
+    return EXIT_FAILED
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run ``move`` or ``get``; the exit code."""
+    from dicomstore.errors import AssociationAborted
+    from dicomstore.services import retrieve_scu as r
+    from dicomstore.services.storage_scu import PRIORITIES
+
+    try:
+        _given, keys = query_keys(args)
+    except ValueError as exc:
+        print(f"dicomstore: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    model, priority = args.model or "study", PRIORITIES[args.priority]
+    archive = None
+    if args.command == "move":
+        assoc = await open_association(args, r.move_contexts(model))
+        retrieve = r.move(assoc, keys, args.dest, model=model, priority=priority)
+        what = f"C-MOVE to {args.dest}"
+    else:
+        if args.output_dir is None and args.storage is None:
+            print("dicomstore: get stores into -od DIR or --storage DIR", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            handler, archive = _store(args)
+        except (OSError, RuntimeError) as exc:
+            _cannot_open(args.output_dir or args.storage, exc)
+            return EXIT_FAILED
+        classes = args.sop_class or r.GET_STORAGE_CLASSES
+        contexts, roles = r.get_contexts(model, sop_classes=classes)
+        try:
+            assoc = await open_association(args, contexts, roles=roles)
+            r.receive_into(assoc, _service(handler))
+        except BaseException:
+            if archive is not None:
+                archive.close()
+            raise
+        retrieve = r.get(assoc, keys, model=model, priority=priority)
+        what = "C-GET"
+    try:
+        async with CancelOnInterrupt(retrieve.cancel, assoc.abort) as ctrl_c:
+            try:
+                result = await retrieve.run()
+            except AssociationAborted:
+                if not ctrl_c.interrupted:
+                    raise
+                _print(args, retrieve.result, what)
+                print("dicomstore: aborted", file=sys.stderr)
+                return EXIT_INTERRUPTED
+        await assoc.release()
+    finally:
+        if archive is not None:
+            archive.close()
+    code = _print(args, result, what)
+    if ctrl_c.interrupted:
+        print("dicomstore: cancelled", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return code
+
+
+def _store(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The store handler of ``get``: a folder, or an archive (also returned, to close)."""
+    if args.output_dir is not None:
+        from dicomstore.services.folder_store import FolderStore
+
+        return FolderStore(args.output_dir), None
+    from dicomstore.archive import Archive
+
+    archive = Archive(args.storage)
+    return archive, archive
+
+
+def _service(handler: Any) -> Any:
+    from dicomstore.services.storage import StoreService
+
+    return StoreService(handler)

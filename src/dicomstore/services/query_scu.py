@@ -1,0 +1,274 @@
+"""C-FIND SCU: Patient Root and Study Root Query/Retrieve - FIND (PS3.4 C.4.1.2, PS3.7 9.1.2).
+
+    async with dicomstore.connect(host, port, called_ae="PACS",
+                                  contexts=dicomstore.find_contexts()) as assoc:
+        query = dicomstore.find(assoc, {"PatientName": "DOE*", "StudyInstanceUID": ""},
+                                level="STUDY")
+        async for match in query:  # a pydicom Dataset per pending response
+            print(match.StudyInstanceUID)
+
+:func:`find` sends one C-FIND-RQ with an Identifier built from keys (a key
+with a value is matched, an empty one is returned, PS3.4 C.2.2.1) or from a
+pydicom Dataset, and yields each match (FF00, FF01) as it comes. After the
+iteration :attr:`Find.status` is the final status: 0000, or FE00 after
+:meth:`Find.cancel` (its C-CANCEL-RQ, PS3.7 9.3.2.3); a failure (A700, A900,
+C000, 0122, 0124 ...) raises :class:`FindFailed` with the SCP's Error Comment.
+
+Identifiers from keys are encoded by us, not by pydicom
+(:func:`~dicomstore.services.query_identifier.encode_elements`): a matching key
+is often no valid value of its VR (``*`` in a UI, ``20240101-`` in a DA, PS3.4
+C.2.2.2), and the SCP judges it. Text goes out in UTF-8 with Specific Character Set
+``ISO_IR 192`` (PS3.4 C.4.1.1.3.1), which also invites the SCP to answer in
+it: DCMTK's dcmqrscp converts what it stored in another character set, and
+fails to (it crashes, 3.6.7) when asked for the default repertoire.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset
+
+from dicomstore import uids
+from dicomstore.aio.client import ClientAssociation, ContextSpec
+from dicomstore.aio.invoker import Responses
+from dicomstore.archive.query import parse_tag
+from dicomstore.dimse import CFindRQ, CFindRSP
+from dicomstore.dimse import status as st
+from dicomstore.errors import AssociationAborted, AssociationError, DicomstoreError
+from dicomstore.services.conversion import encode_dataset
+from dicomstore.services.qr_operations import decode_identifier
+from dicomstore.services.query_identifier import (
+    BINARY_VRS,
+    MODEL_LEVELS,
+    QUERY_RETRIEVE_LEVEL,
+    SPECIFIC_CHARACTER_SET,
+    UNIQUE_KEY,
+    UTF8,
+    Element,
+    encode_elements,
+    text_bytes,
+)
+
+#: Information models by short name (``find --patient-root`` / ``--study-root``).
+MODELS = {"patient": uids.PATIENT_ROOT_QR_FIND, "study": uids.STUDY_ROOT_QR_FIND}
+#: Transfer syntaxes proposed for a FIND context, preferred first (PS3.5 A.1, A.2).
+SYNTAXES = (uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE)
+_STRUCTURED = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "UN", "SV", "UV", "AT"))
+
+#: A key of a request Identifier: tag, VR, value bytes.
+Key = Element
+
+
+def describe(status: int) -> str:
+    """A C-FIND status in the words of PS3.4 Table C.4-1 (else PS3.7 Annex C's)."""
+    if status >> 12 == 0xC:
+        return "Failed: Unable to process"
+    return _FIND_TEXT.get(status, st.describe(status))
+
+
+_FIND_TEXT = {
+    st.OUT_OF_RESOURCES: "Refused: Out of Resources",
+    st.DATASET_DOES_NOT_MATCH_SOP_CLASS: "Error: Identifier does not match SOP Class",
+    st.PENDING_WARNING: "Pending: optional keys not supported",
+}
+
+
+class FindFailed(DicomstoreError):
+    """The SCP ended the C-FIND with a failure status (PS3.4 C.4.1.1.4)."""
+
+    def __init__(
+        self, status: int, error_comment: str | None, offending_element: tuple[int, ...] | None
+    ) -> None:
+        text = f"C-FIND failed: {status:04X} {describe(status)}"
+        super().__init__(text + (f": {error_comment}" if error_comment else ""))
+        self.status = status
+        self.error_comment = error_comment
+        self.offending_element = offending_element
+
+
+def model_uid(model: str) -> str:
+    """A FIND SOP Class UID from ``patient``, ``study`` or the UID itself."""
+    uid = MODELS.get(model.lower(), model)
+    if uid not in MODEL_LEVELS:
+        raise ValueError(f"not a Q/R FIND information model: {model!r}")
+    return uid
+
+
+def find_contexts(*models: str) -> list[ContextSpec]:
+    """Presentation contexts for C-FIND in these models (default: both)."""
+    return [(model_uid(m), SYNTAXES) for m in (models or ("study", "patient"))]
+
+
+def key_tag(name: str | int) -> int:
+    """The tag of a key: a keyword, ``GGGG,EEEE``, ``(GGGG,EEEE)``, ``GGGGEEEE`` or an int."""
+    if isinstance(name, int):
+        return name
+    tag = tag_for_keyword(name.strip())
+    if tag is None:
+        tag = parse_tag(name)
+    if tag is None:
+        raise ValueError(f"not a DICOM keyword or tag: {name!r}")
+    return tag
+
+
+def _vr(tag: int) -> str:
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        raise ValueError(f"unknown attribute ({tag >> 16:04X},{tag & 0xFFFF:04X})") from None
+    return vr.split(" or ")[0]  # e.g. "US or SS": the first
+
+
+def _value(tag: int, vr: str, value: Any, encoding: str) -> bytes:
+    name = keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    if value is None or value == "":
+        return b""
+    if vr == "SQ":
+        raise ValueError(f"{name} is a sequence: only universal matching (no value)")
+    if vr in BINARY_VRS:
+        try:
+            items = [value] if isinstance(value, int | float) else str(value).split("\\")
+            kind = BINARY_VRS[vr]
+            return b"".join(
+                struct.pack("<" + kind, float(v) if kind in "fd" else int(v)) for v in items
+            )
+        except (ValueError, struct.error):
+            raise ValueError(f"not a {vr} value for {name}: {value!r}") from None
+    if vr in _STRUCTURED:
+        raise ValueError(f"{name} ({vr}) cannot be given a value here")
+    return text_bytes(vr, str(value), encoding)
+
+
+def identifier_keys(keys: Mapping[str | int, Any], level: str | None = None) -> list[Key]:
+    """The elements of a request Identifier: Query/Retrieve Level (``level``, or a
+    ``QueryRetrieveLevel`` key), then each key in tag order; a key with no value
+    (``""`` or ``None``) is a return key. The level's unique key is added as a return
+    key when not given. Text values are str (several separated by ``\\``),
+    binary ones numbers. Specific Character Set is ``ISO_IR 192`` (UTF-8) unless
+    given (an empty one: the default repertoire). Raises ValueError for an
+    unknown key or a value its VR cannot hold."""
+    tagged: dict[int, Any] = {}
+    for name, value in keys.items():
+        tagged[key_tag(name)] = value
+    given_level = tagged.pop(QUERY_RETRIEVE_LEVEL, None)
+    if level and given_level and str(given_level).upper() != level.upper():
+        raise ValueError(f"two Query/Retrieve Levels: {level} and {given_level}")
+    level = str(level or given_level or "").upper()
+    if level not in UNIQUE_KEY:
+        raise ValueError(f"Query/Retrieve Level {level!r}: use PATIENT, STUDY, SERIES or IMAGE")
+    tagged[QUERY_RETRIEVE_LEVEL] = level
+    tagged.setdefault(UNIQUE_KEY[level], "")
+    charset = tagged.setdefault(SPECIFIC_CHARACTER_SET, UTF8)
+    encoding = _python_encoding(str(charset or ""))
+    return [(tag, _vr(tag), _value(tag, _vr(tag), tagged[tag], encoding)) for tag in sorted(tagged)]
+
+
+def _python_encoding(charset: str) -> str:
+    if not charset.strip():
+        return "ascii"
+    from pydicom.charset import convert_encodings
+
+    return convert_encodings(charset.split("\\"))[-1]
+
+
+def encode_query(query: Dataset | list[Key], transfer_syntax: str) -> bytes:
+    """A request Identifier: a pydicom Dataset as it is, or keys of :func:`identifier_keys`."""
+    if isinstance(query, Dataset):
+        return encode_dataset(query, transfer_syntax)
+    return encode_elements(query, transfer_syntax)
+
+
+class Find:
+    """One C-FIND (see the module notes): ``async for match in find``; once.
+
+    After the iteration: :attr:`status` (0000 or FE00), :attr:`matches`,
+    :attr:`warnings` (matches answered FF01: optional keys not matched).
+    """
+
+    def __init__(
+        self,
+        assoc: ClientAssociation,
+        query: Dataset | list[Key],
+        model: str,
+        priority: int = 0,
+    ) -> None:
+        self.assoc = assoc
+        self.query = query
+        self.sop_class_uid = model_uid(model)
+        self.priority = priority
+        self.status: int | None = None
+        self.error_comment: str | None = None
+        self.matches = 0
+        self.warnings = 0
+        self._responses: Responses | None = None
+        self._cancel_sent = False
+        self._started = False
+
+    @property
+    def cancelled(self) -> bool:
+        """The SCP ended the C-FIND with FE00 (Cancel)."""
+        return self.status == st.CANCEL
+
+    async def cancel(self) -> None:
+        """Send a C-CANCEL-RQ (once); keep iterating for the matches still coming
+        and the final response (FE00, or the status the SCP had already sent)."""
+        if self._responses is None or self.status is not None or self._cancel_sent:
+            return
+        self._cancel_sent = True
+        await self.assoc.cancel(self._responses)
+
+    def __aiter__(self) -> AsyncIterator[Dataset]:
+        if self._started:
+            raise RuntimeError("a Find is iterated once")
+        self._started = True
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[Dataset]:
+        ctx = self.assoc.context_for(self.sop_class_uid)
+        if ctx is None:
+            raise AssociationError(
+                f"the peer did not accept {uids.uid_name(self.sop_class_uid)} (C-FIND)"
+            )
+        ts = ctx.transfer_syntax
+        data = encode_query(self.query, ts)
+        rq = CFindRQ(self.assoc.next_message_id(), self.sop_class_uid, self.priority)
+        self._responses = responses = await self.assoc.invoke(ctx.id, rq, data)
+        try:
+            async for rsp, identifier in responses:
+                if not isinstance(rsp, CFindRSP):
+                    await self.assoc.abort()
+                    raise AssociationAborted(f"the peer answered a C-FIND with {rsp!r}")
+                if rsp.status in (st.PENDING, st.PENDING_WARNING):
+                    if identifier is None:  # PS3.7 9.1.2.1.6: a pending response has one
+                        continue
+                    self.matches += 1
+                    self.warnings += rsp.status == st.PENDING_WARNING
+                    yield decode_identifier(identifier, ts, check=False)
+                    continue
+                self.status, self.error_comment = rsp.status, rsp.error_comment
+                if st.category(rsp.status) == "failure":
+                    raise FindFailed(rsp.status, rsp.error_comment, rsp.offending_element)
+        finally:
+            responses.close()
+
+
+def find(
+    assoc: ClientAssociation,
+    query: Dataset | Mapping[str | int, Any] | list[Key],
+    *,
+    level: str | None = None,
+    model: str = "study",
+    priority: int = 0,
+) -> Find:
+    """A C-FIND on ``assoc`` (module notes): ``query`` is a pydicom Dataset (sent
+    as it is), keys for :func:`identifier_keys` (with ``level``) or what it
+    returned; ``model``
+    ``study`` (Study Root), ``patient`` (Patient Root) or a FIND SOP Class UID,
+    proposed with :func:`find_contexts`."""
+    if isinstance(query, Dataset | list):
+        return Find(assoc, query, model, priority)
+    return Find(assoc, identifier_keys(query, level), model, priority)

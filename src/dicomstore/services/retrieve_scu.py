@@ -1,0 +1,351 @@
+"""C-MOVE and C-GET SCU: Patient Root and Study Root Q/R - MOVE and GET (PS3.4 C.4.2.2,
+C.4.3.2).
+
+    async with dicomstore.connect(host, port, called_ae="PACS",
+                                  contexts=dicomstore.move_contexts()) as assoc:
+        result = await dicomstore.move(assoc, {"StudyInstanceUID": "1.2.3"},
+                                       destination="WORKSTATION", level="STUDY").run()
+        print(result.completed, result.failed, result.failed_uids)
+
+One C-MOVE-RQ or C-GET-RQ with an Identifier built as for C-FIND
+(:func:`~dicomstore.services.query_scu.identifier_keys`); each pending response
+(FF00) updates the counts of Remaining, Completed, Failed and Warning
+sub-operations (``on_progress``); the final response ends it with its status
+(0000; B000 when some failed; A701, A702, A801, A900, C000, 0122, 0124 ...),
+its counts and the Failed SOP Instance UID List of its Identifier (PS3.4
+C.4.2.1.5). :meth:`Retrieve.cancel` sends a C-CANCEL-RQ (FE00 then).
+
+A C-GET's sub-operations come back on the same association (PS3.4 C.4.3.1.3):
+the association proposes Storage SOP Classes with SCP/SCU Role Selection (we
+SCP, PS3.7 D.3.3.4, :func:`get_contexts`) and :func:`receive_into` hands every
+C-STORE-RQ the peer sends to a :class:`~dicomstore.services.storage.StoreService`
+through the Storage SCP the server uses (an archive: its index, its checks) or
+to a folder of files (:class:`~dicomstore.services.folder_store.FolderStore`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom.uid as pu
+from pydicom.dataset import Dataset
+
+from dicomstore import uids
+from dicomstore.aio.client import ClientAssociation, ContextSpec
+from dicomstore.aio.performer import Incoming, Refused
+from dicomstore.dimse import CGetRQ, CMoveRQ, CStoreRQ, RetrieveRSP
+from dicomstore.dimse import status as st
+from dicomstore.errors import AssociationAborted, AssociationError
+from dicomstore.services.qr_operations import decode_identifier
+from dicomstore.services.query_scu import SYNTAXES, Key, encode_query, identifier_keys
+from dicomstore.services.storage import Caller, StoreService
+from dicomstore.services.storage_scp import StorageSCP
+from dicomstore.ul import items as I
+
+MOVE_MODELS = {"patient": uids.PATIENT_ROOT_QR_MOVE, "study": uids.STUDY_ROOT_QR_MOVE}
+GET_MODELS = {"patient": uids.PATIENT_ROOT_QR_GET, "study": uids.STUDY_ROOT_QR_GET}
+#: Failed SOP Instance UID List (0008,0058) of a final response's Identifier.
+FAILED_UIDS = 0x00080058
+#: Storage SOP Classes a C-GET proposes by default (127 contexts at most with the GET
+#: model's): the common image, structured report, presentation state and RT ones.
+GET_STORAGE_CLASSES: tuple[str, ...] = tuple(
+    str(getattr(pu, name))
+    for name in [
+        "CTImageStorage",
+        "EnhancedCTImageStorage",
+        "LegacyConvertedEnhancedCTImageStorage",
+        "MRImageStorage",
+        "EnhancedMRImageStorage",
+        "LegacyConvertedEnhancedMRImageStorage",
+        "MRSpectroscopyStorage",
+        "ComputedRadiographyImageStorage",
+        "DigitalXRayImageStorageForPresentation",
+        "DigitalXRayImageStorageForProcessing",
+        "DigitalMammographyXRayImageStorageForPresentation",
+        "DigitalMammographyXRayImageStorageForProcessing",
+        "BreastTomosynthesisImageStorage",
+        "UltrasoundImageStorage",
+        "UltrasoundMultiFrameImageStorage",
+        "EnhancedUSVolumeStorage",
+        "SecondaryCaptureImageStorage",
+        "MultiFrameGrayscaleByteSecondaryCaptureImageStorage",
+        "MultiFrameGrayscaleWordSecondaryCaptureImageStorage",
+        "MultiFrameTrueColorSecondaryCaptureImageStorage",
+        "NuclearMedicineImageStorage",
+        "PositronEmissionTomographyImageStorage",
+        "EnhancedPETImageStorage",
+        "XRayAngiographicImageStorage",
+        "EnhancedXAImageStorage",
+        "XRayRadiofluoroscopicImageStorage",
+        "XRay3DAngiographicImageStorage",
+        "RTImageStorage",
+        "RTDoseStorage",
+        "RTStructureSetStorage",
+        "RTPlanStorage",
+        "RTIonPlanStorage",
+        "SegmentationStorage",
+        "SpatialRegistrationStorage",
+        "BasicTextSRStorage",
+        "EnhancedSRStorage",
+        "ComprehensiveSRStorage",
+        "KeyObjectSelectionDocumentStorage",
+        "XRayRadiationDoseSRStorage",
+        "GrayscaleSoftcopyPresentationStateStorage",
+        "EncapsulatedPDFStorage",
+        "VLPhotographicImageStorage",
+        "VLEndoscopicImageStorage",
+        "VLMicroscopicImageStorage",
+        "VLWholeSlideMicroscopyImageStorage",
+        "OphthalmicPhotography8BitImageStorage",
+        "RawDataStorage",
+    ]
+)
+
+
+#: Transfer syntaxes a C-GET proposes for each Storage SOP Class: uncompressed first,
+#: then the common compressed ones (DCMTK refuses a context of more than 25 or so).
+GET_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    *uids.UNCOMPRESSED,
+    *(
+        str(getattr(pu, name))
+        for name in (
+            "DeflatedExplicitVRLittleEndian",
+            "JPEGBaseline8Bit",
+            "JPEGExtended12Bit",
+            "JPEGLosslessSV1",
+            "JPEGLossless",
+            "JPEGLSLossless",
+            "JPEGLSNearLossless",
+            "JPEG2000Lossless",
+            "JPEG2000",
+            "RLELossless",
+        )
+    ),
+)
+
+
+@dataclass
+class RetrieveResult:
+    """How a C-MOVE or C-GET ended (PS3.4 C.4.2.1.5, C.4.3.1.4)."""
+
+    status: int | None = None
+    error_comment: str | None = None
+    remaining: int | None = None
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    #: Failed SOP Instance UID List (0008,0058) of the final response
+    failed_uids: list[str] = field(default_factory=list)
+    offending_element: tuple[int, ...] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Every sub-operation completed (0000)."""
+        return self.status == st.SUCCESS
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as one JSON object (``--json``)."""
+        return {
+            "status": None if self.status is None else f"{self.status:04X}",
+            "status_text": None if self.status is None else describe(self.status),
+            "error_comment": self.error_comment,
+            "completed": self.completed,
+            "failed": self.failed,
+            "warning": self.warning,
+            "remaining": self.remaining,
+            "failed_sop_instance_uids": self.failed_uids,
+        }
+
+
+def describe(status: int) -> str:
+    """A C-MOVE / C-GET status in the words of PS3.4 Tables C.4-2 and C.4-3."""
+    return _TEXT.get(status, st.describe(status))
+
+
+_TEXT = {
+    st.SUCCESS: "Success: sub-operations complete, no failures",
+    st.SUBOPERATIONS_WARNING: "Warning: sub-operations complete, one or more failures",
+    st.SUBOPERATIONS_FAILED: "Refused: out of resources, unable to perform sub-operations",
+    st.UNABLE_TO_CALCULATE_MATCHES: "Refused: out of resources, unable to calculate matches",
+    st.MOVE_DESTINATION_UNKNOWN: "Refused: move destination unknown",
+    st.DATASET_DOES_NOT_MATCH_SOP_CLASS: "Error: Identifier does not match SOP Class",
+    st.CANCEL: "Cancel: sub-operations terminated",
+}
+
+
+def _model(models: Mapping[str, str], model: str) -> str:
+    uid = models.get(model.lower(), model)
+    if uid not in models.values():
+        raise ValueError(f"not a Q/R information model: {model!r}")
+    return uid
+
+
+def move_contexts(*models: str) -> list[ContextSpec]:
+    """Presentation contexts for C-MOVE in these models (default: both)."""
+    return [(_model(MOVE_MODELS, m), SYNTAXES) for m in (models or ("study", "patient"))]
+
+
+def get_contexts(
+    *models: str, sop_classes: Iterable[str] = GET_STORAGE_CLASSES
+) -> tuple[list[ContextSpec], list[I.RoleSelection]]:
+    """Presentation contexts for C-GET in these models (default: Study Root) and for
+    the Storage SOP Classes to receive (:data:`GET_TRANSFER_SYNTAXES`), with the
+    SCP role for those (PS3.7 D.3.3.4): for ``associate(contexts=,
+    roles=)``."""
+    specs: list[ContextSpec] = [(_model(GET_MODELS, m), SYNTAXES) for m in (models or ("study",))]
+    syntaxes = GET_TRANSFER_SYNTAXES
+    classes = list(dict.fromkeys(sop_classes))[: 128 - len(specs)]
+    specs += [(sop_class, syntaxes) for sop_class in classes]
+    roles = [I.RoleSelection(sop_class, scu_role=False, scp_role=True) for sop_class in classes]
+    return specs, roles
+
+
+class _Storing:
+    """One C-STORE sub-operation of a C-GET, through the Storage SCP."""
+
+    def __init__(self, scp: StorageSCP, context_id: int, rq: CStoreRQ) -> None:
+        self.scp = scp
+        self.receiving = scp.begin(context_id, rq)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.receiving.write(data)
+
+    async def finish(self) -> Any:
+        return await self.scp.finish(self.receiving)
+
+    def abort(self) -> None:
+        self.receiving.abort()
+
+
+def receive_into(assoc: ClientAssociation, service: StoreService) -> None:
+    """Store every C-STORE-RQ the peer sends on ``assoc`` (a C-GET's sub-operations)
+    through ``service``, as the peer's AE title; answer anything else 0211."""
+    assert assoc.negotiated is not None
+    negotiated = assoc.negotiated
+    caller = Caller(
+        "C-STORE",
+        negotiated.called_ae.strip(),
+        str(assoc.t.peer[0]) if assoc.t.peer else "",
+        negotiated.calling_ae.strip(),
+    )
+    scp = StorageSCP(service, negotiated, caller=caller, we_requested=True)
+
+    def on_request(context_id: int, message: Any) -> Incoming:
+        if isinstance(message, CStoreRQ):
+            return _Storing(scp, context_id, message)
+        return Refused(message)
+
+    assoc.performer.on_request = on_request
+
+
+class Retrieve:
+    """One C-MOVE or C-GET (see the module notes): ``await retrieve.run()``, once."""
+
+    def __init__(
+        self,
+        assoc: ClientAssociation,
+        rq: CMoveRQ | CGetRQ,
+        query: Dataset | list[Key],
+    ) -> None:
+        self.assoc = assoc
+        self.rq = rq
+        self.query = query
+        self.result = RetrieveResult()
+        self._responses: Any = None
+        self._cancel_sent = False
+
+    async def cancel(self) -> None:
+        """Send a C-CANCEL-RQ (once); :meth:`run` then ends with the final response."""
+        if self._responses is None or self.result.status is not None or self._cancel_sent:
+            return
+        self._cancel_sent = True
+        await self.assoc.cancel(self._responses)
+
+    async def run(
+        self, on_progress: Callable[[RetrieveResult], None] | None = None
+    ) -> RetrieveResult:
+        """Send the request, follow its pending responses (``on_progress`` with the
+        counts so far), and return the result of the final one."""
+        sop_class = self.rq.affected_sop_class_uid
+        ctx = self.assoc.context_for(sop_class)
+        if ctx is None:
+            raise AssociationError(f"the peer did not accept {uids.uid_name(sop_class)}")
+        ts = ctx.transfer_syntax
+        data = encode_query(self.query, ts)
+        self._responses = responses = await self.assoc.invoke(ctx.id, self.rq, data)
+        result = self.result
+        try:
+            async for rsp, identifier in responses:
+                if not isinstance(rsp, RetrieveRSP) or rsp.command_field != (
+                    self.rq.response_type.command_field
+                ):
+                    await self.assoc.abort()
+                    raise AssociationAborted(f"the peer answered a retrieve with {rsp!r}")
+                counts = rsp.sub_operations
+                result.remaining = counts.remaining
+                result.completed = counts.completed if counts.completed is not None else 0
+                result.failed = counts.failed if counts.failed is not None else 0
+                result.warning = counts.warning if counts.warning is not None else 0
+                if rsp.status in (st.PENDING, st.PENDING_WARNING):
+                    if on_progress is not None:
+                        on_progress(result)
+                    continue
+                result.status, result.error_comment = rsp.status, rsp.error_comment
+                result.offending_element = rsp.offending_element
+                if identifier is not None:
+                    result.failed_uids = _failed_uids(identifier, ts)
+        finally:
+            responses.close()
+        await self.assoc.answered()  # (a C-GET: our last C-STORE-RSP is out)
+        return result
+
+
+def _failed_uids(identifier: bytes, ts: str) -> list[str]:
+    try:
+        ds = decode_identifier(identifier, ts)
+        value = ds[FAILED_UIDS].value if FAILED_UIDS in ds else None
+    except Exception:  # noqa: BLE001 - the counts say it; the list is a courtesy
+        return []
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def _keys(query: Dataset | Mapping[str | int, Any] | list[Key], level: str | None) -> Any:
+    return query if isinstance(query, Dataset | list) else identifier_keys(query, level)
+
+
+def move(
+    assoc: ClientAssociation,
+    query: Dataset | Mapping[str | int, Any] | list[Key],
+    destination: str,
+    *,
+    level: str | None = None,
+    model: str = "study",
+    priority: int = 0,
+) -> Retrieve:
+    """A C-MOVE of what ``query`` names to the AE ``destination`` (PS3.4 C.4.2.2): keys
+    as for :func:`~dicomstore.services.query_scu.find`; propose :func:`move_contexts`."""
+    rq = CMoveRQ(
+        assoc.next_message_id(),
+        _model(MOVE_MODELS, model),
+        priority,
+        move_destination=destination,
+    )
+    return Retrieve(assoc, rq, _keys(query, level))
+
+
+def get(
+    assoc: ClientAssociation,
+    query: Dataset | Mapping[str | int, Any] | list[Key],
+    *,
+    level: str | None = None,
+    model: str = "study",
+    priority: int = 0,
+) -> Retrieve:
+    """A C-GET of what ``query`` names (PS3.4 C.4.3.2), received on ``assoc`` by what
+    :func:`receive_into` set up; propose :func:`get_contexts`."""
+    rq = CGetRQ(assoc.next_message_id(), _model(GET_MODELS, model), priority)
+    return Retrieve(assoc, rq, _keys(query, level))

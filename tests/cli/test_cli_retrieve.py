@@ -1,0 +1,131 @@
+"""`dicomstore move` and `dicomstore get` (issue 15, PS3.4 C.4.2.2, C.4.3.2) against DCMTK
+dcmqrscp: every level, the counts, A801, a sub-operation without a context (B000 and
+the Failed SOP Instance UID List), C-GET into a folder and into an archive through
+the store service, --json."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from tests.conftest import dcmtk_storescp, free_port
+from tests.services.dcmqrscp_testlib import AET, dcmqrscp, layout_files
+from tests.services.query_testlib import sop_uids
+
+from dicomstore.archive.reader import ArchiveReader
+from dicomstore.cli import main
+
+STUDY_1 = sop_uids("1.2.9.1.1") + sop_uids("1.2.9.1.2")  # CT x3, MR x2
+
+
+@pytest.fixture(scope="module")
+def peers(tmp_path_factory) -> Iterator[tuple[int, Path, dict[str, Path]]]:
+    """dcmqrscp holding query_testlib.LAYOUT, knowing DCMTK storescp --bit-preserving as
+    DEST; (dcmqrscp's port, DEST's folder, the original files by SOP Instance UID)."""
+    folder = tmp_path_factory.mktemp("retrieve")
+    files = layout_files(folder)
+    dest_port = free_port()
+    received = folder / "dest"
+    with (
+        dcmtk_storescp(dest_port, received, "--bit-preserving"),
+        dcmqrscp(folder / "qr", files, {"DEST": ("127.0.0.1", dest_port)}) as port,
+    ):
+        yield port, received, {pydicom.dcmread(f).SOPInstanceUID: f for f in files}
+
+
+def command(name: str, port: int, *args: str) -> list[str]:
+    return [name, "127.0.0.1", str(port), "--aec", AET, "--log-level", "error", *args]
+
+
+def result_of(capsys, argv: list[str], code: int = 0) -> dict:
+    assert main(argv) == code, capsys.readouterr()
+    return json.loads(capsys.readouterr().out)
+
+
+def received_uids(folder: Path) -> set[str]:
+    return {pydicom.dcmread(p).SOPInstanceUID for p in folder.iterdir() if p.is_file()}
+
+
+def same_dataset(path: Path, original: Path) -> bool:
+    got, want = pydicom.dcmread(path), pydicom.dcmread(original)
+    return got == want and got.file_meta.MediaStorageSOPInstanceUID == want.SOPInstanceUID
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["-k", "StudyInstanceUID=1.2.9.1"], STUDY_1),
+        (["-L", "SERIES", "-k", "StudyInstanceUID=1.2.9.3", "-k", "SeriesInstanceUID=1.2.9.3.1"],
+         sop_uids("1.2.9.3.1")),
+        (["-P", "-L", "IMAGE", "-k", "PatientID=PID1", "-k", "StudyInstanceUID=1.2.9.2",
+          "-k", "SeriesInstanceUID=1.2.9.2.1", "-k", "SOPInstanceUID=1.2.9.2.1.1"],
+         ["1.2.9.2.1.1"]),
+    ],
+)  # fmt: skip
+def test_move_sends_to_the_destination(peers, capsys, args, expected) -> None:
+    port, received, _ = peers
+    before = received_uids(received)
+    result = result_of(capsys, command("move", port, "--dest", "DEST", "--json", *args))
+    assert (result["status"], result["completed"], result["failed"]) == ("0000", len(expected), 0)
+    assert received_uids(received) - before == set(expected) - before
+
+
+def test_move_text_output(peers, capsys) -> None:
+    port, _, _ = peers
+    assert main(command("move", port, "--dest", "DEST", "-k", "StudyInstanceUID=1.2.9.4")) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "C-MOVE to DEST: 0000 Success: sub-operations complete, no failures",
+        "completed 1, failed 0, warning 0",
+    ]
+
+
+def test_move_to_an_unknown_destination_is_a801(peers, capsys) -> None:
+    port, _, _ = peers
+    argv = command("move", port, "--dest", "NOWHERE", "--json", "-k", "StudyInstanceUID=1.2.9.1")
+    result = result_of(capsys, argv, code=1)
+    assert result["status"] == "A801" and result["completed"] == 0
+
+
+def test_get_into_a_folder(peers, capsys, tmp_path: Path) -> None:
+    port, _, originals = peers
+    out = tmp_path / "got"
+    result = result_of(capsys, command("get", port, "-od", str(out), "--json",
+                                       "-k", "StudyInstanceUID=1.2.9.1"))  # fmt: skip
+    assert (result["status"], result["completed"], result["failed"]) == ("0000", 5, 0)
+    files = sorted(out.iterdir())
+    assert [p.name for p in files] == sorted(f"{uid}.dcm" for uid in STUDY_1)
+    assert all(same_dataset(p, originals[p.stem]) for p in files)
+
+
+def test_get_without_a_context_for_a_class_counts_failures(peers, capsys, tmp_path) -> None:
+    port, _, _ = peers
+    mr_only = ["--sop-class", "1.2.840.10008.5.1.4.1.1.4"]
+    argv = command("get", port, "-od", str(tmp_path), *mr_only, "--json",
+                   "-k", "StudyInstanceUID=1.2.9.1")  # fmt: skip
+    result = result_of(capsys, argv, code=1)
+    assert result["status"] == "B000"  # sub-operations complete, one or more failures
+    assert (result["completed"], result["failed"]) == (2, 3)
+    assert sorted(result["failed_sop_instance_uids"]) == sop_uids("1.2.9.1.1")
+    assert received_uids(tmp_path) == set(sop_uids("1.2.9.1.2"))
+
+
+def test_get_into_an_archive_through_the_store_service(peers, capsys, tmp_path) -> None:
+    port, _, originals = peers
+    root = tmp_path / "archive"
+    argv = command("get", port, "--storage", str(root), "-k", "StudyInstanceUID=1.2.9.1\\1.2.9.4")
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "completed 6, failed 0, warning 0"
+    rows = ArchiveReader(root).instances()
+    assert sorted(r["sop_instance_uid"] for r in rows) == sorted([*STUDY_1, "1.2.9.4.1.1"])
+    assert {r["calling_ae"] for r in rows} == {AET}  # the C-GET SCP stored them
+    assert all(same_dataset(root / r["path"], originals[r["sop_instance_uid"]]) for r in rows)
+
+
+def test_get_needs_somewhere_to_store(peers, capsys) -> None:
+    port, _, _ = peers
+    assert main(command("get", port, "-k", "StudyInstanceUID=1.2.9.1")) == 2
+    assert "-od DIR or --storage DIR" in capsys.readouterr().err

@@ -1,0 +1,317 @@
+"""The Storage Commitment Push Model SCP with pynetdicom as SCU (issue 16, PS3.4 J.3):
+stored, altered and missing instances reported on the same association and, once the
+requester has released, on a new association to its configured address (role
+selection); a pending request reported after a restart; refusals of bad requests and
+by policy; the journal and the audit records."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pynetdicom import AE, evt
+from tests.archive.archive_testlib import CT, MR
+from tests.conftest import ServerThread, free_port
+from tests.services.commitment_testlib import (
+    ALTERED,
+    HELD,
+    MISSING,
+    SC,
+    SC_INSTANCE,
+    Reports,
+    action_information,
+    fill,
+    report_listener,
+    settled,
+)
+from tests.services.query_testlib import Audit
+
+from dicomstore.archive import Archive
+from dicomstore.archive.commitment import (
+    CLASS_INSTANCE_CONFLICT,
+    NO_SUCH_OBJECT_INSTANCE,
+    PROCESSING_FAILURE,
+    CommitmentJournal,
+    CommitmentRequest,
+    Reference,
+)
+from dicomstore.policy import ACTIONS, Peer, Policy
+from dicomstore.services import commitment_scp
+from dicomstore.services.destinations import Destination
+from dicomstore.services.server import ServerConfig
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "archive"
+    fill(root)
+    return root
+
+
+def serving(root: Path, audit: Audit | None = None, **config: Any) -> ServerThread:
+    archive = Archive(root, fsync=False)
+    thread = ServerThread(ServerConfig(port=0, **config), archive, audit=audit or Audit())
+    thread.archive = archive  # type: ignore[attr-defined]
+    return thread
+
+
+@pytest.fixture
+def server(root: Path) -> Iterator[tuple[ServerThread, Audit]]:
+    audit = Audit()
+    srv = serving(root, audit)
+    with srv:
+        yield srv, audit
+    srv.archive.close()  # type: ignore[attr-defined]
+
+
+def n_action(
+    port: int,
+    ds: Any,
+    *,
+    reports: Reports | None = None,
+    calling: str = "MODALITY",
+    action_type: int = 1,
+    instance: str = SC_INSTANCE,
+    release_first: threading.Event | None = None,
+) -> int:
+    """One N-ACTION by pynetdicom: its status. With ``reports`` the association waits
+    for one report; else it is released at once (then ``release_first`` is set)."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(SC)
+    handlers = [(evt.EVT_N_EVENT_REPORT, reports.on_report)] if reports else []
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMSTORE", evt_handlers=handlers)
+    assert assoc.is_established
+    try:
+        status, _reply = assoc.send_n_action(ds, action_type, SC, instance)
+        if reports is not None and status.Status == 0:
+            reports.wait()
+    finally:
+        assoc.release()
+        if release_first is not None:
+            release_first.set()
+    return int(status.Status)
+
+
+def journal_empty(root: Path, srv: ServerThread) -> bool:
+    """Every accepted request reported, and none left in the journal."""
+    return settled(srv) and not list(CommitmentJournal(root).pending())
+
+
+def test_report_on_the_same_association(root: Path, server) -> None:
+    srv, audit = server
+    reports = Reports()
+    ds = action_information("1.2.8.100", *HELD, ALTERED, MISSING)
+    assert n_action(srv.port, ds, reports=reports) == 0x0000
+    (report,) = reports.received
+    assert not report.new_association
+    assert report.event_type == 2  # failures exist
+    assert report.info.TransactionUID == "1.2.8.100"
+    assert report.info.RetrieveAETitle == "DICOMSTORE"
+    assert report.committed == HELD
+    assert report.failed == {ALTERED: PROCESSING_FAILURE, MISSING: NO_SUCH_OBJECT_INSTANCE}
+    assert journal_empty(root, srv)
+    phases = [(r["phase"], r["status"]) for r in audit.records]
+    assert phases == [("request", "0000"), ("report", "0000")]
+    assert audit.records[1]["reported"] == "on the same association"
+    assert audit.records[1]["committed"] == 2 and len(audit.records[1]["failed"]) == 2
+
+
+def test_all_committed_is_event_type_1(root: Path, server) -> None:
+    srv, _audit = server
+    reports = Reports()
+    assert n_action(srv.port, action_information("1.2.8.101", *HELD), reports=reports) == 0
+    (report,) = reports.received
+    assert report.event_type == 1 and report.committed == HELD and report.failed == {}
+    assert "FailedSOPSequence" not in report.info
+
+
+def test_class_instance_conflict(root: Path, server) -> None:
+    srv, _audit = server
+    reports = Reports()
+    ds = action_information("1.2.8.102", HELD[0], sop_class=MR)
+    assert n_action(srv.port, ds, reports=reports) == 0
+    assert reports.received[0].failed == {HELD[0]: CLASS_INSTANCE_CONFLICT}
+    assert reports.received[0].committed == []
+
+
+def test_report_on_a_new_association_once_the_requester_released(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    released = threading.Event()
+    real_verify = commitment_scp.verify
+
+    def verify_after_release(reader, refs):  # the report waits until the requester left
+        assert released.wait(30)
+        return real_verify(reader, refs)
+
+    monkeypatch.setattr(commitment_scp, "verify", verify_after_release)
+    with report_listener("MODALITY") as (port, reports):
+        scu = Destination("MODALITY", "127.0.0.1", port)
+        audit = Audit()
+        srv = serving(root, audit, commitment_scus=(scu,))
+        with srv:
+            ds = action_information("1.2.8.103", *HELD, ALTERED, MISSING)
+            assert n_action(srv.port, ds, release_first=released) == 0
+            (report,) = reports.wait()
+            assert report.new_association  # the archive requested it
+            assert report.event_type == 2 and report.info.TransactionUID == "1.2.8.103"
+            assert report.committed == HELD
+            assert report.failed == {ALTERED: PROCESSING_FAILURE, MISSING: NO_SUCH_OBJECT_INSTANCE}
+            assert journal_empty(root, srv)
+        srv.archive.close()  # type: ignore[attr-defined]
+    assert audit.records[-1]["reported"] == "on a new association"
+
+
+def test_a_failed_report_is_retried_and_kept_until_acknowledged(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SCU's listener is down at first: the request stays in the journal and
+    the report is retried (backoff) until an N-EVENT-REPORT-RSP comes."""
+    released = threading.Event()
+    real_verify = commitment_scp.verify
+    attempts: list[int] = []
+
+    def verify_after_release(reader, refs):
+        assert released.wait(30)
+        attempts.append(1)
+        return real_verify(reader, refs)
+
+    monkeypatch.setattr(commitment_scp, "verify", verify_after_release)
+    port = free_port()
+    srv = serving(root, commitment_scus=(Destination("MODALITY", "127.0.0.1", port),))
+    with srv:
+        commitments = srv.server.commitments
+        assert commitments is not None
+        commitments.retry_delay = 0.05
+        assert (
+            n_action(srv.port, action_information("1.2.8.104", *HELD), release_first=released) == 0
+        )
+        deadline = time.monotonic() + 20
+        while len(attempts) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(attempts) >= 2  # refused connection, tried again
+        assert [r.transaction_uid for r in CommitmentJournal(root).pending()] == ["1.2.8.104"]
+        # the listener comes up on that port: the next attempt is acknowledged
+        ae = AE(ae_title="MODALITY")
+        ae.add_supported_context(SC, scu_role=False, scp_role=True)
+        reports = Reports()
+        listener = ae.start_server(
+            ("127.0.0.1", port),
+            block=False,
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.on_report)],
+        )
+        try:
+            (report,) = reports.wait()
+            assert report.event_type == 1 and report.committed == HELD
+            assert journal_empty(root, srv)
+        finally:
+            listener.shutdown()
+    srv.archive.close()  # type: ignore[attr-defined]
+
+
+def test_a_pending_request_is_reported_after_a_restart(root: Path) -> None:
+    """Accepted before a crash (in the journal, never reported): reported at start."""
+    CommitmentJournal(root).add(
+        CommitmentRequest(
+            "1.2.8.105",
+            [Reference(CT, HELD[0]), Reference(CT, MISSING)],
+            "MODALITY",
+            "127.0.0.1",
+        )
+    )
+    with report_listener("MODALITY") as (port, reports):
+        srv = serving(root, commitment_scus=(Destination("MODALITY", "127.0.0.1", port),))
+        with srv:
+            (report,) = reports.wait()
+            assert report.new_association and report.info.TransactionUID == "1.2.8.105"
+            assert report.committed == [HELD[0]]
+            assert report.failed == {MISSING: NO_SUCH_OBJECT_INSTANCE}
+            assert journal_empty(root, srv)
+        srv.archive.close()  # type: ignore[attr-defined]
+
+
+def _with_items(**changes: Any) -> Any:
+    ds = action_information("1.2.8.110", HELD[0])
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("ds", "kwargs", "status"),
+    [
+        (lambda: _with_items(TransactionUID=None), {}, 0x0120),  # missing attribute
+        (lambda: _with_items(TransactionUID=""), {}, 0x0121),  # missing attribute value
+        (lambda: _with_items(TransactionUID="1.2.abc"), {}, 0x0106),  # not a UID
+        (lambda: _with_items(ReferencedSOPSequence=None), {}, 0x0120),
+        (lambda: _with_items(ReferencedSOPSequence=[]), {}, 0x0121),
+        (lambda: action_information("1.2.8.111", "1..2"), {}, 0x0106),
+        (lambda: action_information("1.2.8.112", HELD[0]), {"action_type": 2}, 0x0123),
+        (lambda: action_information("1.2.8.113", HELD[0]), {"instance": "1.2.3"}, 0x0112),
+        (lambda: None, {}, 0x0115),  # no Action Information
+    ],
+    ids=[
+        "no-transaction",
+        "empty-transaction",
+        "bad-transaction",
+        "no-sequence",
+        "empty-sequence",
+        "bad-reference",
+        "action-type-2",
+        "other-instance",
+        "no-information",
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_bad_requests_are_refused(root: Path, server, ds, kwargs, status) -> None:
+    srv, audit = server
+    assert n_action(srv.port, ds(), **kwargs) == status
+    assert audit.records[-1]["phase"] == "request"
+    assert audit.records[-1]["status"] == f"{status:04X}" and audit.records[-1]["error_comment"]
+    assert list(CommitmentJournal(root).pending()) == []
+
+
+def test_limits_and_a_transaction_uid_still_pending(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = threading.Event()
+    real_verify = commitment_scp.verify
+
+    def held_back(reader, refs):
+        assert gate.wait(30)
+        return real_verify(reader, refs)
+
+    monkeypatch.setattr(commitment_scp, "verify", held_back)
+    srv = serving(root, max_commitment_references=2, max_pending_commitments=1)
+    with srv:
+        assert n_action(srv.port, action_information("1.2.8.120", *HELD, ALTERED)) == 0x0213
+        assert n_action(srv.port, action_information("1.2.8.121", *HELD)) == 0x0000
+        # pending (its report waits): the same Transaction UID again, and one too many
+        assert n_action(srv.port, action_information("1.2.8.121", *HELD)) == 0x0115
+        assert n_action(srv.port, action_information("1.2.8.122", *HELD)) == 0x0213
+        gate.set()
+    srv.archive.close()  # type: ignore[attr-defined]
+    # no address for MODALITY, and its association is gone: it waits in the journal
+    assert [r.transaction_uid for r in CommitmentJournal(root).pending()] == ["1.2.8.121"]
+
+
+def test_policy_without_the_commit_right_is_refused(root: Path) -> None:
+    policy = Policy(
+        peers=[Peer("MODALITY", may=ACTIONS - {"commit"}), Peer("TRUSTED")],
+    )
+    archive = Archive(root, fsync=False)
+    audit = Audit()
+    with ServerThread(ServerConfig(port=0), archive, gatekeeper=policy, audit=audit) as srv:
+        assert n_action(srv.port, action_information("1.2.8.130", *HELD)) == 0x0124
+        reports = Reports()
+        ds = action_information("1.2.8.131", *HELD)
+        assert n_action(srv.port, ds, reports=reports, calling="TRUSTED") == 0x0000
+    archive.close()
+    assert audit.records[0]["status"] == "0124" and audit.records[0]["calling_ae"] == "MODALITY"

@@ -1,0 +1,80 @@
+"""C-FIND response Identifiers (PS3.4 C.4.1.1.3.2, PS3.5 7.1): our encoder of index values,
+with pydicom encoding the keys read from a stored header (any VR, sequences), gives the
+bytes pydicom gives for the same data set, in each uncompressed transfer syntax, with
+Specific Character Set ISO_IR 192 when a value is not ASCII (issue 15)."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom.dataset import Dataset
+
+from dicomstore import uids
+from dicomstore.services.conversion import encode_dataset
+from dicomstore.services.query_identifier import (
+    STUDY_ROOT_FIND,
+    encode_elements,
+    parse_identifier,
+    response_elements,
+)
+
+SYNTAXES = [uids.IMPLICIT_VR_LE, uids.EXPLICIT_VR_LE, uids.EXPLICIT_VR_BE]
+
+
+def header(name: str) -> Dataset:
+    """A stored instance's header as pydicom decodes it."""
+    ds = Dataset()
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.Rows = 512  # US: swapped in big endian
+    ds.PixelSpacing = ["0.5", "0.5"]
+    ds.OperatorsName = name
+    item = Dataset()
+    item.CodeValue = "T-D3000"
+    item.CodingSchemeDesignator = "SRT"
+    item.CodeMeaning = name
+    ds.AnatomicRegionSequence = [item]
+    return ds
+
+
+def request() -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "IMAGE"
+    ds.StudyInstanceUID = "1.2.3"
+    ds.SeriesInstanceUID = "1.2.3.4"
+    ds.SOPInstanceUID = ""
+    ds.ImageType = ""
+    ds.Rows = None
+    ds.PixelSpacing = ""
+    ds.OperatorsName = ""
+    ds.AnatomicRegionSequence = []
+    ds.PatientComments = ""  # not in the header: returned zero-length
+    return ds
+
+
+@pytest.mark.parametrize("ts", SYNTAXES)
+@pytest.mark.parametrize("name", ["Smith^Jo", "Müller^Jörg"])
+def test_header_keys_are_encoded_as_pydicom_encodes_them(ts: str, name: str) -> None:
+    query = parse_identifier(request(), STUDY_ROOT_FIND)
+    stored = header(name)
+    row = {"study_uid": "1.2.3", "series_uid": "1.2.3.4", "sop_instance_uid": "1.2.3.4.5"}
+    data = encode_elements(response_elements(query, row, "DICOMSTORE", stored), ts)
+
+    expected = Dataset()
+    if not name.isascii():
+        expected.SpecificCharacterSet = "ISO_IR 192"
+    expected.QueryRetrieveLevel = "IMAGE"
+    expected.StudyInstanceUID = "1.2.3"
+    expected.SeriesInstanceUID = "1.2.3.4"
+    expected.SOPInstanceUID = "1.2.3.4.5"
+    for keyword in ("ImageType", "Rows", "PixelSpacing", "OperatorsName"):
+        setattr(expected, keyword, stored[keyword].value)
+    expected.AnatomicRegionSequence = stored.AnatomicRegionSequence
+    expected.PatientComments = ""
+    assert data == encode_dataset(expected, ts)
+
+
+def test_without_a_header_its_keys_are_zero_length() -> None:
+    query = parse_identifier(request(), STUDY_ROOT_FIND)
+    elements = response_elements(query, {"sop_instance_uid": "1.2.3.4.5"}, "DICOMSTORE")
+    values = {tag: value for tag, _vr, value in elements}
+    assert values[0x00080008] == b"" and values[0x00082218] == b""  # (sequence: empty)
+    assert 0x00080005 not in values

@@ -1,0 +1,187 @@
+"""The C-FIND SCU's Python API (issue 15, PS3.4 C.4.1.2): Identifiers from keys, matches
+from our SCP, failures with their Error Comment, FF01, and C-CANCEL against a
+pynetdicom SCP that waits for it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+from tests.conftest import ServerThread
+from tests.services.query_testlib import WaitingSCP, fill
+
+import dicomstore
+from dicomstore import uids
+from dicomstore.archive import Archive
+from dicomstore.services.qr_operations import decode_identifier
+from dicomstore.services.query_identifier import encode_elements
+from dicomstore.services.query_scu import (
+    FindFailed,
+    find,
+    find_contexts,
+    identifier_keys,
+)
+from dicomstore.services.server import ServerConfig
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[ServerThread]:
+    root: Path = tmp_path_factory.mktemp("query") / "archive"
+    fill(root)
+    archive = Archive(root, fsync=False)
+    with ServerThread(ServerConfig(port=0), archive) as srv:
+        yield srv
+    archive.close()
+
+
+async def _find_all(port: int, keys: Any, **kwargs: Any) -> tuple[list[Dataset], Any]:
+    async with dicomstore.connect(
+        "127.0.0.1", port, called_ae="DICOMSTORE", contexts=find_contexts()
+    ) as assoc:
+        query = dicomstore.find(assoc, keys, **kwargs)
+        return [ds async for ds in query], query
+
+
+def matches(port: int, keys: Any, **kwargs: Any) -> tuple[list[Dataset], Any]:
+    return asyncio.run(_find_all(port, keys, **kwargs))
+
+
+@pytest.mark.parametrize(
+    ("model", "level", "keys", "unique", "expected"),
+    [
+        ("patient", "PATIENT", {"PatientName": "m*"}, "PatientID", {"PID3"}),
+        ("patient", "STUDY", {"PatientID": "PID1"}, "StudyInstanceUID", {"1.2.9.1", "1.2.9.2"}),
+        ("study", "STUDY", {"PatientName": "*j*"}, "StudyInstanceUID",
+         {"1.2.9.1", "1.2.9.2", "1.2.9.3"}),
+        ("study", "STUDY", {"StudyDate": "20231201-"}, "StudyInstanceUID", {"1.2.9.1", "1.2.9.3"}),
+        ("study", "SERIES", {"0020,000D": "1.2.9.1", "Modality": "M?"}, "SeriesInstanceUID",
+         {"1.2.9.1.2"}),
+        (
+            "study",
+            "IMAGE",
+            {"StudyInstanceUID": "1.2.9.1", 0x0020000E: "1.2.9.1.1",
+             "(0008,0018)": "1.2.9.1.1.1\\1.2.9.1.1.3"},
+            "SOPInstanceUID",
+            {"1.2.9.1.1.1", "1.2.9.1.1.3"},
+        ),
+    ],
+)  # fmt: skip
+def test_matches_at_every_level(server, model, level, keys, unique, expected) -> None:
+    found, query = matches(server.port, keys, level=level, model=model)
+    assert sorted(str(ds[unique].value) for ds in found) == sorted(expected)
+    assert all(ds.QueryRetrieveLevel == level for ds in found)
+    assert (query.status, query.matches, query.warnings) == (0, len(expected), 0)
+
+
+def test_return_keys_and_non_ascii_values(server) -> None:
+    found, _ = matches(
+        server.port,
+        {"PatientName": "Mü*", "NumberOfPatientRelatedInstances": ""},
+        level="PATIENT",
+        model="patient",
+    )
+    (ds,) = found
+    assert str(ds.PatientName) == "Müller^Hans" and ds.NumberOfPatientRelatedInstances == 1
+    assert ds.PatientID == "PID3"  # the level's unique key, returned without being asked
+
+
+def test_a_pydicom_dataset_is_sent_as_it_is(server) -> None:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "SERIES"
+    ds.StudyInstanceUID = "1.2.9.1"
+    ds.SeriesInstanceUID = ""
+    found, _ = matches(server.port, ds)
+    assert {d.SeriesInstanceUID for d in found} == {"1.2.9.1.1", "1.2.9.1.2"}
+
+
+def test_failure_statuses_raise_with_the_error_comment(server) -> None:
+    with pytest.raises(FindFailed) as refused:
+        matches(server.port, {"SeriesInstanceUID": ""}, level="SERIES")
+    assert refused.value.status == 0xA900 and "relational" in refused.value.error_comment
+    assert refused.value.offending_element == (0x0020000D,)
+    with pytest.raises(FindFailed) as unreadable:
+        matches(server.port, {"StudyDate": "2024"}, level="STUDY")
+    assert unreadable.value.status == 0xC000 and "2024" in str(unreadable.value)
+
+
+def test_a_key_not_matched_by_the_scp_counts_as_a_warning(server) -> None:
+    found, query = matches(
+        server.port, {"PatientID": "PID2", "PatientAge": "042Y"}, level="PATIENT", model="patient"
+    )
+    assert len(found) == 1 and (query.status, query.warnings) == (0, 1)
+
+
+def test_a_model_the_peer_did_not_accept_is_an_association_error(server) -> None:
+    async def run() -> None:
+        contexts = find_contexts("study")
+        async with dicomstore.connect("127.0.0.1", server.port, contexts=contexts) as assoc:
+            async for _ in find(assoc, {}, level="PATIENT", model="patient"):
+                pass
+
+    with pytest.raises(dicomstore.AssociationError, match="Patient Root"):
+        asyncio.run(run())
+
+
+# -- Identifiers from keys ------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+@pytest.mark.parametrize("ts", [uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE, uids.EXPLICIT_VR_BE])
+def test_identifier_keys_are_encoded_as_given(ts) -> None:
+    keys = identifier_keys(
+        {
+            "StudyInstanceUID": "1.2.*",  # not a UI value: the SCP judges, we send it
+            "StudyDate": "20240101-",
+            "PatientName": "Mü*",
+            "Rows": "512",  # US
+            "ReferencedStudySequence": "",
+            "NumberOfStudyRelatedInstances": "",
+        },
+        "STUDY",
+    )
+    ds = decode_identifier(encode_elements(keys, ts), ts)
+    assert ds.SpecificCharacterSet == "ISO_IR 192" and ds.QueryRetrieveLevel == "STUDY"
+    assert ds[0x0020000D].value == "1.2.*" and ds.StudyDate == "20240101-"
+    assert str(ds.PatientName) == "Mü*" and ds.Rows == 512
+    assert ds.ReferencedStudySequence == [] and ds.NumberOfStudyRelatedInstances is None
+    assert [int(e.tag) for e in ds] == sorted(int(e.tag) for e in ds)
+
+
+@pytest.mark.parametrize(
+    ("keys", "level", "message"),
+    [
+        ({"NoSuchKeyword": ""}, "STUDY", "not a DICOM keyword"),
+        ({"0009,0010": ""}, "STUDY", "unknown attribute"),
+        ({"Rows": "many"}, "STUDY", "not a US value"),
+        ({"ReferencedStudySequence": "x"}, "STUDY", "sequence"),
+        ({}, "FRAME", "Query/Retrieve Level 'FRAME'"),
+        ({"QueryRetrieveLevel": "SERIES"}, "STUDY", "two Query/Retrieve Levels"),
+    ],
+)
+def test_bad_keys_are_value_errors(keys, level, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        identifier_keys(keys, level)
+
+
+# -- C-CANCEL (PS3.7 9.3.2.3) ---------------------------------------------------------
+
+
+def test_cancel_ends_the_find_with_fe00() -> None:
+    async def run(port: int) -> tuple[list[str], Any]:
+        async with dicomstore.connect("127.0.0.1", port, contexts=find_contexts()) as assoc:
+            query = find(assoc, {"StudyInstanceUID": ""}, level="STUDY")
+            seen = []
+            async for ds in query:
+                seen.append(ds.StudyInstanceUID)
+                await query.cancel()
+            return seen, query
+
+    scp = WaitingSCP()
+    with scp as port:
+        seen, query = asyncio.run(run(port))
+    assert seen == ["1.2.3.1"] and query.cancelled and query.status == 0xFE00
+    assert scp.cancelled.is_set()
