@@ -154,6 +154,20 @@ def webhook() -> Iterator[str]:
     httpd.server_close()
 
 
+def test_an_event_after_a_line_cut_by_a_crash_is_kept(tmp_path: Path) -> None:
+    """A crash mid-append leaves a line without its newline; the next event starts a
+    line of its own, so the cut line alone is lost (skipped when read)."""
+    log = StableLog(tmp_path, fsync=False)
+    first = StableStudy("1.2.41", "PID1", 1, 1, "x", "2026-01-01T00:00:00", "t", "f")
+    second = StableStudy("1.2.42", "PID2", 2, 1, "y", "2026-01-01T00:01:00", "t", "g")
+    log.append(first)
+    with open(log.path, "ab") as fp:
+        fp.write(b'{"study_uid": "1.2.4')  # cut mid-write
+    log.append(second)
+    assert list(log.read()) == [first, second]
+    assert log.path.read_bytes().endswith(b"\n")
+
+
 def test_command_and_webhook_run_for_each_stable_study(tmp_path: Path, webhook: str) -> None:
     root = tmp_path / "archive"
     _fill(root, {"1.2.41": 2})

@@ -98,8 +98,12 @@ class StableLog:
         """Add one event; durable when this returns (with ``fsync``)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(event.as_dict(), sort_keys=True, ensure_ascii=False) + "\n"
-        with open(self.path, "a", encoding="utf-8") as fp:
-            fp.write(line)
+        with open(self.path, "ab+") as fp:
+            if fp.seek(0, os.SEEK_END) > 0:
+                fp.seek(-1, os.SEEK_END)
+                if fp.read(1) != b"\n":  # a line cut by a crash: ours starts a new one
+                    line = "\n" + line
+            fp.write(line.encode("utf-8"))
             if self.fsync:
                 fp.flush()
                 os.fsync(fp.fileno())
