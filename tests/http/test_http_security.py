@@ -400,7 +400,7 @@ def test_exposure_warnings(tmp_path: Path, certificate) -> None:
         ("http_anonymous_may = ['write']", "unknown action 'write' (allowed here: delete, read"),
         (
             "[users.u]\nmay = ['erase']",
-            "unknown action 'erase' (allowed here: delete, echo, find, ",
+            "unknown action 'erase' (allowed here: commit, delete, echo, find, ",
         ),
     ],
 )
