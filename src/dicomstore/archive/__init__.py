@@ -1,6 +1,6 @@
 """The archive: DICOM files under a root and their index (PS3.4 B.1.2 "medium").
 
-Knows DICOM files and SQLite, nothing about networking.
+Knows DICOM files and its index (SQLite or PostgreSQL), nothing about networking.
 """
 
 from dicomstore.archive.handler import StoreHandler, StoreSink

@@ -5,9 +5,10 @@ an instance by the attributes a query filters on (PS3.4 C.6.1 study root keys)
 and records what was stored — file path, size, transfer syntax, digest,
 received-at and calling AE.
 
-The SQL is plain enough to run on PostgreSQL too: ``CREATE ... IF NOT
+The SQL runs on SQLite and PostgreSQL alike: ``CREATE ... IF NOT
 EXISTS``, ``INSERT ... ON CONFLICT (...) DO UPDATE`` with ``excluded``,
-``COALESCE``; only the PRAGMAs and the ``?`` placeholders are SQLite's.
+``COALESCE``; what differs (PRAGMAs, placeholders, the write lock, change
+detection) is in ``engine.py``.
 A missing Patient ID or Issuer of Patient ID is stored as ``''``; the ingest
 refuses data sets without a Study or Series Instance UID (PS3.4 B.1.1), so
 only ``reindex`` of older files meets an empty one. Levels are linked by
@@ -25,18 +26,19 @@ The writer remembers the patient, study and series rows it knows to be stored
 (as stored, after ``COALESCE``), so storing one more instance of a known
 series costs one ``INSERT`` (:meth:`Index.put_many`, several instances per
 statement). Rows learnt in a transaction count only once it commits. Another
-connection's commit (a ``delete`` from the CLI, a ``reindex``) is seen by
-``PRAGMA data_version`` at the next :meth:`Index.begin` and empties the cache.
+connection's commit (a ``delete`` from the CLI, a ``reindex``) is seen at the
+next :meth:`Index.begin` (SQLite's ``PRAGMA data_version``, PostgreSQL's
+generation: ``engine.py``) and empties the cache.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from dicomstore.archive.engine import Connection, Engine, SqliteEngine, dialect_of, order_by
 from dicomstore.archive.schema import (
     ATTRS,
     FROM_JOIN,
@@ -48,7 +50,6 @@ from dicomstore.archive.schema import (
     ORDER_ROWS,
     PARENTS,
     PK,
-    RETURNING,
     ROW_COLUMNS,
     ROW_KEYS,
     SCHEMA,
@@ -65,7 +66,6 @@ from dicomstore.archive.schema import (
     patient_key,
 )
 
-_INDEX_NAMES = "SELECT name FROM sqlite_master WHERE type = 'index'"
 #: The values :meth:`Index.conflict` compares.
 _CONFLICT_KEYS = (*KEYS, "sop_instance_uid")
 #: Cached parent rows per table before the cache is emptied (memory bound).
@@ -87,7 +87,8 @@ def clean_text(value: Any) -> Any:
 
 
 class Index:
-    """The SQLite index at ``path``; created (schema and indexes) when absent.
+    """The index of ``engine`` (a SQLite file's path, or an :class:`Engine`);
+    created (schema and indexes) when absent.
 
     An index of an older schema raises :class:`SchemaError` unless ``migrate``:
     then its tables are dropped and made anew, and :attr:`rebuild` tells the
@@ -95,20 +96,23 @@ class Index:
     """
 
     def __init__(
-        self, path: Path, *, durable: bool = True, timeout: float = 5.0, migrate: bool = False
+        self,
+        engine: Path | Engine,
+        *,
+        durable: bool = True,
+        timeout: float = 5.0,
+        migrate: bool = False,
     ) -> None:
-        self.path = path.resolve()
+        self.engine = engine if isinstance(engine, Engine) else SqliteEngine(engine)
+        #: where the index is (a path or a URL), for messages
+        self.where = self.engine.where
         self.timeout = timeout
         self.lock = threading.RLock()
         #: the tables were made anew from an older schema: fill them from the files
         self.rebuild = False
-        self._db = sqlite3.connect(
-            self.path, timeout=timeout, isolation_level=None, check_same_thread=False
-        )
+        self._returning = self.engine.returning
+        self._db: Any = self.engine.writer(durable=durable, timeout=timeout)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self._db.execute("PRAGMA foreign_keys=ON")
             self._create(migrate)
         except BaseException:
             self._db.close()
@@ -117,7 +121,8 @@ class Index:
         # natural key -> (surrogate key, values as stored)
         self._known: dict[str, dict[Any, tuple[Any, tuple[Any, ...]]]] = {t: {} for t in PARENTS}
         self._added: dict[str, dict[Any, tuple[Any, tuple[Any, ...]]]] = {t: {} for t in PARENTS}
-        self._data_version: int | None = None
+        self._data_version: Any = None
+        self._removed = False  # the open transaction removed rows (engine.bump)
         # hierarchy checks passed (see conflict): series UID -> (study UID, patient),
         # study UID -> patient; true while only this writer writes, and it writes
         # nothing that contradicts them (put_many forgets them if it does)
@@ -125,43 +130,51 @@ class Index:
         self._related_studies: dict[str, tuple[str, str, str]] = {}
 
     def _create(self, migrate: bool) -> None:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        engine = self.engine
+        version = engine.version(self._db)
         if version == SCHEMA_VERSION:
-            have = {name for (name,) in self._db.execute(_INDEX_NAMES)}
-            if not set(INDEX_NAMES) <= have:  # indexes added since it was made
-                self._db.executescript(f"BEGIN; {INDEXES} COMMIT;")
+            if not set(INDEX_NAMES) <= engine.index_names(self._db):  # indexes added since
+                engine.create(self._db, engine.ddl(INDEXES), None)
             return
         if version > SCHEMA_VERSION:
             raise SchemaError(
-                f"{self.path}: index schema {version} is newer than this dicomstore's"
+                f"{self.where}: index schema {version} is newer than this dicomstore's"
                 f" ({SCHEMA_VERSION})"
             )
         drop = ""
         if version:  # an older schema: the files are the truth, the index is rebuilt
             if not migrate:
                 raise SchemaError(
-                    f"{self.path}: index schema {version} is older than {SCHEMA_VERSION}:"
+                    f"{self.where}: index schema {version} is older than {SCHEMA_VERSION}:"
                     " run `dicomstore reindex` (or start `dicomstore serve` once)"
                 )
             drop = "".join(f"DROP TABLE IF EXISTS {t};" for t in reversed(TABLES))
             self.rebuild = True
-        script = f"BEGIN; {drop} {SCHEMA} {INDEXES} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-        self._db.executescript(script)
+        engine.create(self._db, drop + engine.ddl(SCHEMA + INDEXES), SCHEMA_VERSION)
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file (a SQLite index only)."""
+        assert isinstance(self.engine, SqliteEngine)
+        return self.engine.path
 
     # -- the writer (hold self.lock) -------------------------------------------------
 
     def begin(self) -> None:
         """Start a write transaction, taking the database write lock now."""
-        self._db.execute("BEGIN IMMEDIATE")
+        version = self.engine.begin(self._db)
+        self._removed = False
         for added in self._added.values():
             added.clear()
-        (version,) = self._db.execute("PRAGMA data_version").fetchone()
         if version != self._data_version:  # another connection committed: forget
             self.forget()
             self._data_version = version
 
     def commit(self) -> None:
         """Make the transaction durable (one WAL fsync with synchronous=FULL)."""
+        if self._removed:
+            self.engine.bump(self._db)
+            self._removed = False
         self._db.execute("COMMIT")
         for table, added in self._added.items():
             known = self._known[table]
@@ -174,7 +187,8 @@ class Index:
         """Abandon the transaction, if one is open."""
         for added in self._added.values():
             added.clear()
-        if self._db.in_transaction:
+        self._removed = False
+        if self.engine.in_transaction(self._db):
             self._db.execute("ROLLBACK")
 
     def forget(self) -> None:
@@ -295,7 +309,7 @@ class Index:
         if known is not None and known[1] == new:
             return known  # (the usual case: one more instance of a known series)
         if known is None:
-            if RETURNING:
+            if self._returning:
                 pk, *stored = self._db.execute(UPSERTS_RETURNING[table], natural + new).fetchall()[
                     0
                 ]
@@ -316,12 +330,14 @@ class Index:
 
     def remove(self, sop_instance_uid: str) -> None:
         """Delete an instance row (its series/study/patient stay; see :meth:`prune`)."""
+        self._removed = True
         self._db.execute("DELETE FROM instance WHERE sop_instance_uid = ?", (sop_instance_uid,))
 
     def prune(self, series_uid: str, study_uid: str, patient_id: str) -> None:
         """Delete the series, study and patient rows with these UIDs / Patient ID that
         are left without instances (whichever study or patient they are filed under)."""
         self.forget()
+        self._removed = True
         self._db.execute(
             "DELETE FROM series WHERE series_uid = ? AND NOT EXISTS"
             " (SELECT 1 FROM instance WHERE instance.series_pk = series.series_pk)",
@@ -341,6 +357,7 @@ class Index:
     def clear(self) -> None:
         """Delete every row (for a rebuild)."""
         self.forget()
+        self._removed = True
         for table in reversed(TABLES):
             self._db.execute(f"DELETE FROM {table}")
 
@@ -350,9 +367,9 @@ class Index:
 
     # -- readers (any thread, never blocking the writer) -----------------------------
 
-    def reader(self) -> sqlite3.Connection:
+    def reader(self) -> Connection:
         """A new read-only connection."""
-        return sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=self.timeout)
+        return self.engine.reader(self.timeout)  # type: ignore[no-any-return]
 
     def query(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
         """Rows matching every ``key=value`` (``None`` matches NULL)."""
@@ -382,7 +399,7 @@ class Index:
             db.close()
 
 
-def _select(db: sqlite3.Connection, filters: dict[str, Any]) -> list[dict[str, Any]]:
+def _select(db: Connection, filters: dict[str, Any]) -> list[dict[str, Any]]:
     clauses, params = [], []
     for key, value in filters.items():
         if key not in ROW_COLUMNS:
@@ -392,6 +409,7 @@ def _select(db: sqlite3.Connection, filters: dict[str, Any]) -> list[dict[str, A
         else:
             clauses.append(f"{ROW_COLUMNS[key]} = ?")
             params.append(clean_text(value))
-    sql = SELECT_ROWS + (" WHERE " + " AND ".join(clauses) if clauses else "") + ORDER_ROWS
+    sql = SELECT_ROWS + (" WHERE " + " AND ".join(clauses) if clauses else "")
+    sql += " ORDER BY " + order_by(ORDER_ROWS, dialect_of(db))
     keys = list(ROW_COLUMNS)
     return [dict(zip(keys, row, strict=True)) for row in db.execute(sql, params)]

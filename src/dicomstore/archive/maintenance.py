@@ -15,6 +15,7 @@ from pydicom.filereader import read_file_meta_info
 
 from dicomstore.archive import layout
 from dicomstore.archive.dicomfile import dataset_offset, hash_from, read_header
+from dicomstore.archive.engine import engine_for
 from dicomstore.archive.fields import index_fields
 from dicomstore.archive.index import Index
 
@@ -147,7 +148,7 @@ def _wins(a: dict[str, Any], b: dict[str, Any], indexed: str | None) -> bool:
     return bool((a["received_at"], a["path"]) > (b["received_at"], b["path"]))
 
 
-def run_check(root: Path, *, fsync: bool = True) -> list[str]:
+def run_check(root: Path, *, fsync: bool = True, index: str | None = None) -> list[str]:
     """``dicomstore check``: with no archive open on ``root`` elsewhere, first
     settle what a crash left (``recovery.recover``, as the next start would), so
     that a clean check means a clean start; with a server running (it recovered
@@ -156,7 +157,7 @@ def run_check(root: Path, *, fsync: bool = True) -> list[str]:
     from dicomstore.archive.recovery import ArchiveBusyError, hold, recover
 
     (root / layout.TMP_DIR).mkdir(exist_ok=True)
-    index = Index(root / layout.INDEX_FILE, durable=fsync)
+    db = Index(engine_for(root, index), durable=fsync)
     try:
         try:
             fd = hold(root, exclusive=True)
@@ -164,15 +165,17 @@ def run_check(root: Path, *, fsync: bool = True) -> list[str]:
             pass
         else:
             try:
-                recover(root, index, fsync=fsync)
+                recover(root, db, fsync=fsync)
             finally:
                 os.close(fd)
-        return check_archive(root, index)
+        return check_archive(root, db)
     finally:
-        index.close()
+        db.close()
 
 
-def run_reindex(root: Path, left_out: list[str], *, fsync: bool = True) -> int:
+def run_reindex(
+    root: Path, left_out: list[str], *, fsync: bool = True, index: str | None = None
+) -> int:
     """``dicomstore reindex``: refused (:class:`~dicomstore.archive.recovery.ArchiveBusyError`)
     while an archive is open on ``root`` elsewhere (a server: its stores would
     race the rebuild); else what a crash left is settled first (``recover``),
@@ -182,11 +185,11 @@ def run_reindex(root: Path, left_out: list[str], *, fsync: bool = True) -> int:
     (root / layout.TMP_DIR).mkdir(parents=True, exist_ok=True)
     fd = hold(root, exclusive=True)
     try:
-        index = Index(root / layout.INDEX_FILE, durable=fsync, migrate=True)
+        db = Index(engine_for(root, index), durable=fsync, migrate=True)
         try:
-            recover(root, index, fsync=fsync)
-            return reindex_archive(root, index, left_out)
+            recover(root, db, fsync=fsync)
+            return reindex_archive(root, db, left_out)
         finally:
-            index.close()
+            db.close()
     finally:
         os.close(fd)

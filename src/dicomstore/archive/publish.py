@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import errno
 import os
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -71,6 +70,7 @@ from typing import Any
 from dicomstore.archive import crashpoints, layout
 from dicomstore.archive import outcome as st
 from dicomstore.archive.commit import CommitStats, Staged
+from dicomstore.archive.engine import DatabaseError, IntegrityError
 from dicomstore.archive.index import Index
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, failure
 from dicomstore.archive.relations import Relations
@@ -192,7 +192,7 @@ class Publisher:
         with index.lock:
             try:
                 index.begin()
-            except sqlite3.Error as exc:
+            except DatabaseError as exc:
                 comment = f"out of resources: index unavailable: {exc}"
                 for member in live:
                     _answer(member, failure(st.OUT_OF_RESOURCES, comment))
@@ -241,7 +241,7 @@ class Publisher:
             except BaseException as exc:
                 _quietly(index.rollback)
                 self._undo(placed)
-                if isinstance(exc, sqlite3.Error):
+                if isinstance(exc, DatabaseError):
                     comment = f"out of resources: index error: {exc}"
                 elif isinstance(exc, OSError):
                     comment = describe_os_error(exc, "storing the file")
@@ -377,7 +377,7 @@ class Publisher:
         rows = [{**member.row, "path": member.rel} for member in placed]
         try:
             return self.index.put_many(rows)
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             self.index.forget()  # a parent row the cache believed in is gone: look again
             return self.index.put_many(rows)
 
@@ -470,5 +470,7 @@ def _answer(member: Staged, outcome: StoreOutcome) -> None:
 def _quietly(action: Any, *args: Any) -> None:
     try:
         action(*args)
-    except (OSError, sqlite3.Error):
+    except OSError:
+        pass
+    except DatabaseError:
         pass

@@ -21,18 +21,20 @@ studies) keeps the entities that hold at least one matching entity below
 (an uncorrelated ``IN (SELECT ...)``, so a selective key such as a SOP
 Instance UID drives the search through its index);
 ``ModalitiesInStudy`` / ``SOPClassesInStudy`` match any value of their list.
-Filters on levels above are joined upward. All SQL is plain enough for
-PostgreSQL too, except ``GLOB`` (wildcards) and ``group_concat``.
+Filters on levels above are joined upward. The SQL is SQLite's; on PostgreSQL
+(``dialect``, ``engine.py``) wildcards are ``LIKE`` instead of ``GLOB``, PN
+matching is ``lower(column) LIKE`` (ASCII case, as SQLite's ``LIKE``), lists
+are ``string_agg`` instead of ``group_concat`` and NULLs sort first, as in SQLite.
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dicomstore.archive.engine import Connection, dialect_of, order_by
 from dicomstore.archive.layout import normalize_uid
 from dicomstore.archive.schema import HIDDEN, TABLES
 
@@ -186,7 +188,18 @@ def _range(value: str, check: re.Pattern[str], what: str) -> tuple[str, str]:
     return low, high
 
 
-def condition(attr: Attribute, value: str) -> tuple[str, list[Any]] | None:
+#: ASCII letters to lower case (SQLite's LIKE folds no other case).
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _wildcards(col: str, value: str, dialect: str) -> tuple[str, list[Any]]:
+    """Case-sensitive matching of DICOM wildcards: SQLite's GLOB, PostgreSQL's LIKE."""
+    if dialect == "sqlite":
+        return f"{col} GLOB ?", [glob_pattern(value)]
+    return f"{col} LIKE ? ESCAPE '\\'", [like_pattern(value)]
+
+
+def condition(attr: Attribute, value: str, dialect: str = "sqlite") -> tuple[str, list[Any]] | None:
     """SQL and parameters matching ``value`` on ``attr``; ``None`` for universal matching."""
     value = value.strip()
     if value in ("", "*"):
@@ -197,7 +210,7 @@ def condition(attr: Attribute, value: str) -> tuple[str, list[Any]] | None:
     if attr.vr == "UI" or attr.keyword == "ModalitiesInStudy":
         values = [normalize_uid(v) if attr.vr == "UI" else v for v in _split_list(value)]
         if len(values) == 1 and any(c in values[0] for c in "*?") and attr.vr != "UI":
-            return f"{col} GLOB ?", [glob_pattern(values[0])]
+            return _wildcards(col, values[0], dialect)
         return f"{col} IN ({', '.join('?' for _ in values)})", values
     if attr.vr == "DA":
         if "-" not in value:
@@ -228,9 +241,11 @@ def condition(attr: Attribute, value: str) -> tuple[str, list[Any]] | None:
         except ValueError:
             raise QueryError(f"not an integer for {attr.keyword}: {value!r}") from None
     if attr.vr == "PN":
-        return f"{col} LIKE ? ESCAPE '\\'", [like_pattern(value)]
+        if dialect == "sqlite":
+            return f"{col} LIKE ? ESCAPE '\\'", [like_pattern(value)]
+        return f"lower({col}) LIKE ? ESCAPE '\\'", [like_pattern(value).translate(_ASCII_LOWER)]
     if "*" in value or "?" in value:
-        return f"{col} GLOB ?", [glob_pattern(value)]
+        return _wildcards(col, value, dialect)
     return f"{col} = ?", [value]
 
 
@@ -243,7 +258,7 @@ def _chain(top: str, bottom: str) -> str:
     return sql
 
 
-def where(level: str, filters: Filters) -> tuple[list[str], list[Any]]:
+def where(level: str, filters: Filters, dialect: str = "sqlite") -> tuple[list[str], list[Any]]:
     """WHERE clauses and parameters for ``filters`` when searching ``level``."""
     if level not in _DEPTH:
         raise QueryError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
@@ -261,7 +276,7 @@ def where(level: str, filters: Filters) -> tuple[list[str], list[Any]]:
                 raise QueryError(f"{attr.keyword} can be returned but not matched")
             cond: tuple[str, list[Any]] | None = (f"{attr.sql} = ?", [str(raw)])
         else:
-            cond = condition(attr, str(raw))
+            cond = condition(attr, str(raw), dialect)
         if cond is None:
             continue
         if attr.keyword in _IN_STUDY:
@@ -289,6 +304,8 @@ def where(level: str, filters: Filters) -> tuple[list[str], list[Any]]:
 _COLUMNS = {
     level: [f"{_ALIAS[level]}.{c}" for c in TABLES[level] if c not in HIDDEN] for level in LEVELS
 }
+#: (an integer on PostgreSQL too, whose SUM of BIGINT is NUMERIC)
+_SIZE = "CAST(COALESCE(SUM(c.file_size), 0) AS BIGINT)"
 _COUNTS = {
     "patient": {
         "n_studies": "SELECT COUNT(*) FROM study a WHERE a.patient_pk = p.patient_pk",
@@ -296,7 +313,7 @@ _COUNTS = {
         " WHERE a.patient_pk = p.patient_pk",
         "n_instances": "SELECT COUNT(*) FROM study a JOIN series b ON b.study_pk = a.study_pk"
         " JOIN instance c ON c.series_pk = b.series_pk WHERE a.patient_pk = p.patient_pk",
-        "size": "SELECT COALESCE(SUM(c.file_size), 0) FROM study a JOIN series b"
+        "size": f"SELECT {_SIZE} FROM study a JOIN series b"
         " ON b.study_pk = a.study_pk JOIN instance c ON c.series_pk = b.series_pk"
         " WHERE a.patient_pk = p.patient_pk",
     },
@@ -304,7 +321,7 @@ _COUNTS = {
         "n_series": "SELECT COUNT(*) FROM series b WHERE b.study_pk = st.study_pk",
         "n_instances": "SELECT COUNT(*) FROM series b JOIN instance c"
         " ON c.series_pk = b.series_pk WHERE b.study_pk = st.study_pk",
-        "size": "SELECT COALESCE(SUM(c.file_size), 0) FROM series b JOIN instance c"
+        "size": f"SELECT {_SIZE} FROM series b JOIN instance c"
         " ON c.series_pk = b.series_pk WHERE b.study_pk = st.study_pk",
         "modalities": "SELECT group_concat(DISTINCT b.modality) FROM series b"
         " WHERE b.study_pk = st.study_pk",
@@ -313,12 +330,19 @@ _COUNTS = {
     },
     "series": {
         "n_instances": "SELECT COUNT(*) FROM instance c WHERE c.series_pk = se.series_pk",
-        "size": "SELECT COALESCE(SUM(c.file_size), 0) FROM instance c"
-        " WHERE c.series_pk = se.series_pk",
+        "size": f"SELECT {_SIZE} FROM instance c WHERE c.series_pk = se.series_pk",
     },
     "instance": {},
 }
 _LISTS = ("modalities", "sop_classes")
+#: The same in PostgreSQL's words.
+_COUNTS_PG = {
+    level: {
+        key: re.sub(r"group_concat\(DISTINCT ([\w.]+)\)", r"string_agg(DISTINCT \1, ',')", sql)
+        for key, sql in counts.items()
+    }
+    for level, counts in _COUNTS.items()
+}
 
 
 #: One stored instance of an entity (``sample_path``): where attributes the index
@@ -334,7 +358,10 @@ _SAMPLE = {
 
 
 def _select(
-    level: str, computed: Collection[str] | None = None, sample: bool = False
+    level: str,
+    computed: Collection[str] | None = None,
+    sample: bool = False,
+    dialect: str = "sqlite",
 ) -> tuple[str, list[str]]:
     """SELECT list and row keys: this level's columns, those above, the counts (those
     in ``computed`` only, when given: each is a subquery per row), and with
@@ -348,7 +375,7 @@ def _select(
     if level == "patient":  # the one study a patient without Patient ID is of
         exprs.append("p.scope")
         keys.append("scope")
-    for key, sub in _COUNTS[level].items():
+    for key, sub in (_COUNTS if dialect == "sqlite" else _COUNTS_PG)[level].items():
         if computed is not None and key not in computed:
             continue
         exprs.append(f"({sub})")
@@ -367,19 +394,21 @@ def build(
     offset: int = 0,
     computed: Collection[str] | None = None,
     sample: bool = False,
+    dialect: str = "sqlite",
 ) -> tuple[str, list[Any], list[str]]:
     """SQL, parameters and row keys of a search at ``level`` (``computed``: the
     counts and lists wanted, by row key, default all; ``sample``: see
-    :func:`iter_search`)."""
-    clauses, params = where(level, filters)
-    columns, keys = _select(level, computed, sample)
+    :func:`iter_search`; ``dialect``: ``sqlite`` or ``postgresql``)."""
+    clauses, params = where(level, filters, dialect)
+    columns, keys = _select(level, computed, sample, dialect)
     sql = f"SELECT {columns} FROM {_chain('patient', level)}"
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)
-    sql += f" ORDER BY {_ORDER[level]}"
+    sql += f" ORDER BY {order_by(_ORDER[level], dialect)}"
     if limit is not None or offset:
         sql += " LIMIT ? OFFSET ?"
-        params = [*params, -1 if limit is None else max(limit, 0), max(offset, 0)]
+        unlimited = -1 if dialect == "sqlite" else None  # (PostgreSQL: LIMIT NULL)
+        params = [*params, unlimited if limit is None else max(limit, 0), max(offset, 0)]
     return sql, params, keys
 
 
@@ -392,7 +421,7 @@ def _row(keys: list[str], values: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def iter_search(
-    db: sqlite3.Connection,
+    db: Connection,
     level: str,
     filters: Filters | None = None,
     *,
@@ -405,15 +434,23 @@ def iter_search(
     computed counts and lists, those in ``computed`` (row keys) when given; with
     ``sample`` each row also has ``sample_path``, the stored file (relative to the
     root) of one instance of the entity, or None when it has none."""
+    dialect = dialect_of(db)
     sql, params, keys = build(
-        level, filters or {}, limit=limit, offset=offset, computed=computed, sample=sample
+        level,
+        filters or {},
+        limit=limit,
+        offset=offset,
+        computed=computed,
+        sample=sample,
+        dialect=dialect,
     )
-    for values in db.execute(sql, params):
+    rows = db.execute(sql, params) if dialect == "sqlite" else db.stream(sql, params)  # type: ignore[attr-defined]
+    for values in rows:
         yield _row(keys, values)
 
 
 def search(
-    db: sqlite3.Connection,
+    db: Connection,
     level: str,
     filters: Filters | None = None,
     *,
@@ -424,9 +461,9 @@ def search(
     return list(iter_search(db, level, filters, limit=limit, offset=offset))
 
 
-def count(db: sqlite3.Connection, level: str, filters: Filters | None = None) -> int:
+def count(db: Connection, level: str, filters: Filters | None = None) -> int:
     """How many entities of ``level`` match ``filters``."""
-    clauses, params = where(level, filters or {})
+    clauses, params = where(level, filters or {}, dialect_of(db))
     sql = f"SELECT COUNT(*) FROM {_chain('patient', level)}"
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)
@@ -434,7 +471,7 @@ def count(db: sqlite3.Connection, level: str, filters: Filters | None = None) ->
 
 
 def explain(
-    db: sqlite3.Connection,
+    db: Connection,
     level: str,
     filters: Filters | None = None,
     *,

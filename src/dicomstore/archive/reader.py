@@ -1,7 +1,8 @@
 """Read-only access to an archive: the "access method" of PS3.4 B.1.2 Note 1.
 
-:class:`ArchiveReader` opens the index read-only (every call its own SQLite
-connection, ``mode=ro``: WAL lets it read while a server writes) and the files
+:class:`ArchiveReader` opens the index read-only (every call its own
+connection: SQLite ``mode=ro``, WAL lets it read while a server writes; or a
+read-only PostgreSQL session, see ``engine.py``) and the files
 by the paths the index gives. It never writes, never empties ``.tmp`` (unlike
 :class:`~dicomstore.archive.Archive`), so any number of readers may run next to
 the one server that owns the archive.
@@ -9,7 +10,6 @@ the one server that owns the archive.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -20,8 +20,12 @@ from pydicom.dataset import Dataset
 
 from dicomstore.archive import layout
 from dicomstore.archive import query as q
+from dicomstore.archive.engine import Connection, Engine, engine_for
 from dicomstore.archive.index import SchemaError
 from dicomstore.archive.schema import SCHEMA_VERSION
+
+#: A sum of file sizes as an integer (PostgreSQL's SUM of BIGINT is NUMERIC).
+_SUM = "CAST(SUM(file_size) AS BIGINT)"
 
 
 class ArchiveNotFoundError(FileNotFoundError):
@@ -43,27 +47,34 @@ class ArchiveReader:
             print(study["study_uid"], study["modalities"], study["n_instances"])
     """
 
-    def __init__(self, root: Path | str, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, root: Path | str, *, index: str | Engine | None = None, timeout: float = 5.0
+    ) -> None:
         self.root = Path(root).resolve()
-        self.index_path = self.root / layout.INDEX_FILE
+        #: the index: ``None`` for the SQLite file in the root, or a ``postgresql://`` URL
+        self.index = index
+        self.engine = engine_for(self.root, index)
         self.timeout = timeout
-        if not self.index_path.is_file():
-            raise ArchiveNotFoundError(f"no archive at {self.root} (no {layout.INDEX_FILE})")
+        if not self.engine.exists():
+            raise ArchiveNotFoundError(
+                f"no archive at {self.root} (no {layout.INDEX_FILE})"
+                if index is None
+                else f"no archive index at {self.engine.where}"
+            )
         with self._db() as db:
-            (version,) = db.execute("PRAGMA user_version").fetchone()
+            version = self.engine.version(db)
         if version != SCHEMA_VERSION:
             raise SchemaError(
-                f"{self.index_path}: index schema {version}, this dicomstore reads"
+                f"{self.engine.where}: index schema {version}, this dicomstore reads"
                 f" {SCHEMA_VERSION}: run `dicomstore reindex` (or start `dicomstore serve` once)"
             )
 
-    def connect(self) -> sqlite3.Connection:
+    def connect(self) -> Connection:
         """A new read-only connection to the index (close it when done)."""
-        uri = f"{self.index_path.as_uri()}?mode=ro"
-        return sqlite3.connect(uri, uri=True, timeout=self.timeout, check_same_thread=False)
+        return self.engine.reader(self.timeout)  # type: ignore[no-any-return]
 
     @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
+    def _db(self) -> Iterator[Connection]:
         with closing(self.connect()) as db:
             yield db
 
@@ -173,7 +184,7 @@ class ArchiveReader:
                     ("series", "series"),
                 )
             }
-            sql = "SELECT COUNT(*), COALESCE(SUM(file_size), 0) FROM instance"
+            sql = "SELECT COUNT(*), CAST(COALESCE(SUM(file_size), 0) AS BIGINT) FROM instance"
             totals["instances"], totals["bytes"] = db.execute(sql).fetchone()
         return totals
 
@@ -191,15 +202,15 @@ class ArchiveReader:
             return {
                 "totals": totals,
                 "senders": grouped(
-                    "SELECT COALESCE(calling_ae, ''), COUNT(*), SUM(file_size)"
+                    f"SELECT COALESCE(calling_ae, ''), COUNT(*), {_SUM}"
                     " FROM instance GROUP BY 1 ORDER BY 1"
                 ),
                 "days": grouped(
-                    "SELECT substr(received_at, 1, 10), COUNT(*), SUM(file_size)"
+                    f"SELECT substr(received_at, 1, 10), COUNT(*), {_SUM}"
                     " FROM instance GROUP BY 1 ORDER BY 1"
                 ),
                 "modalities": grouped(
-                    "SELECT COALESCE(se.modality, ''), COUNT(*), SUM(i.file_size)"
+                    f"SELECT COALESCE(se.modality, ''), COUNT(*), {_SUM}"
                     " FROM instance i JOIN series se ON se.series_pk = i.series_pk"
                     " GROUP BY 1 ORDER BY 1"
                 ),

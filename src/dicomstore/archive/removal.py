@@ -51,6 +51,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from dicomstore.archive import crashpoints, layout, metacache
+from dicomstore.archive.engine import engine_for
 from dicomstore.archive.index import Index
 from dicomstore.archive.reader import ArchiveReader, NotStoredError
 
@@ -203,22 +204,30 @@ def leftovers(root: Path, reader: ArchiveReader, level: str | None, uid: str) ->
     return found
 
 
-def finish_interrupted(root: Path | str, *, fsync: bool = True, lock_timeout: float = 30.0) -> int:
+def finish_interrupted(
+    root: Path | str, *, fsync: bool = True, lock_timeout: float = 30.0, index: str | None = None
+) -> int:
     """Settle the removal intents in ``root/.tmp`` (an interrupted delete or replace);
-    the number of files removed. Safe while a server runs."""
+    the number of files removed. Safe while a server runs. ``index``: the
+    archive's index when not the SQLite file in ``root`` (``engine.py``)."""
     root = Path(root).resolve()
     names = pending_intents(root)
     if not names:
         return 0
-    index = Index(root / layout.INDEX_FILE, durable=fsync, timeout=lock_timeout)
+    db = Index(engine_for(root, index), durable=fsync, timeout=lock_timeout)
     try:
-        return len(settle_intents(root, index, names, fsync=fsync))
+        return len(settle_intents(root, db, names, fsync=fsync))
     finally:
-        index.close()
+        db.close()
 
 
 def remove(
-    root: Path | str, uid: str, *, fsync: bool = True, lock_timeout: float = 30.0
+    root: Path | str,
+    uid: str,
+    *,
+    fsync: bool = True,
+    lock_timeout: float = 30.0,
+    index: str | None = None,
 ) -> Removal:
     """Delete the study, series or instance ``uid`` (rows, then files), after
     settling what an interrupted delete left (``Removal.settled``).
@@ -226,9 +235,9 @@ def remove(
     Raises :class:`NotStoredError` when nothing of ``uid`` is indexed or on disk.
     """
     root = Path(root).resolve()
-    reader = ArchiveReader(root)
+    reader = ArchiveReader(root, index=index)
     uid = layout.normalize_uid(uid.strip())
-    settled = finish_interrupted(root, fsync=fsync, lock_timeout=lock_timeout)
+    settled = finish_interrupted(root, fsync=fsync, lock_timeout=lock_timeout, index=index)
     try:
         level, _ = reader.locate(uid)
     except NotStoredError:
@@ -238,12 +247,12 @@ def remove(
         result = Removal("files", uid, settled=settled)
         _unlink(root, files, {}, result, fsync)
         result.leftovers_removed = result.files_removed
-        _remove_empty_dirs(root, {p.parent for p in files}, None, lock_timeout)
+        _remove_empty_dirs(root, {p.parent for p in files}, index, lock_timeout)
         return result
     result = Removal(level, uid, settled=settled)
-    index = Index(root / layout.INDEX_FILE, durable=fsync, timeout=lock_timeout)
+    db = Index(engine_for(root, index), durable=fsync, timeout=lock_timeout)
     try:
-        rows, intents = _delete_rows(root, index, reader, level, uid, fsync)
+        rows, intents = _delete_rows(root, db, reader, level, uid, fsync)
         metacache.forget(root, (row["sop_instance_uid"] for row in rows))
         result.instances = len(rows)
         result.bytes = sum(r["file_size"] or 0 for r in rows)
@@ -258,9 +267,9 @@ def remove(
                 layout.remove_quietly(link)
         if crashpoints.ENABLED:
             crashpoints.reached("delete.after-intents-dropped")
-        _remove_empty_dirs(root, {p.parent for p in files}, index, lock_timeout)
+        _remove_empty_dirs(root, {p.parent for p in files}, db, lock_timeout)
     finally:
-        index.close()
+        db.close()
     return result
 
 
@@ -348,12 +357,13 @@ def _unlink(
 
 
 def _remove_empty_dirs(
-    root: Path, series_dirs: set[Path], index: Index | None, lock_timeout: float
+    root: Path, series_dirs: set[Path], index: Index | str | None, lock_timeout: float
 ) -> None:
-    """Remove emptied series folders and then study folders, holding the index lock."""
-    own = index is None
-    if index is None:
-        index = Index(root / layout.INDEX_FILE, timeout=lock_timeout)
+    """Remove emptied series folders and then study folders, holding the index lock
+    (of ``index``, or of the index at that URL or in ``root``, opened for this)."""
+    own = not isinstance(index, Index)
+    if not isinstance(index, Index):
+        index = Index(engine_for(root, index), timeout=lock_timeout)
     try:
         with index.lock:
             index.begin()

@@ -7,12 +7,12 @@ Patient ID) — one without Patient ID is scoped to its study (``scope``), so
 such studies are never merged. No instance is ever listed under a study or
 patient it does not belong to, whatever UIDs senders reuse (PS3.3 A.1.2,
 PS3.4 B.1.1). Plain SQL that PostgreSQL also runs, but for ``INTEGER
-PRIMARY KEY`` (an identity column there) and the ``?`` placeholders.
+PRIMARY KEY`` (an identity column there), ``COLLATE NOCASE`` and the ``?``
+placeholders, which ``engine.py`` translates.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 SCHEMA_VERSION = 2
@@ -161,7 +161,7 @@ FROM_JOIN = (
     " JOIN patient p ON p.patient_pk = st.patient_pk"
 )
 SELECT_ROWS = "SELECT " + ", ".join(ROW_COLUMNS.values()) + FROM_JOIN
-ORDER_ROWS = " ORDER BY st.study_uid, se.series_uid, i.instance_number, i.sop_instance_uid"
+ORDER_ROWS = "st.study_uid, se.series_uid, i.instance_number, i.sop_instance_uid"
 SELECT_ONE = f"{SELECT_ROWS} WHERE i.sop_instance_uid = ?"
 ROW_KEYS = list(ROW_COLUMNS)
 
@@ -187,7 +187,6 @@ UPSERT_INSTANCE = (
     " ON CONFLICT (sop_instance_uid) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in INSTANCE_COLUMNS[1:])
 )
-RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 UPSERTS = {t: upsert_parent(t, returning=False) for t in PARENTS}
 UPSERTS_RETURNING = {t: upsert_parent(t, returning=True) for t in PARENTS}
 SELECT_PARENT = {

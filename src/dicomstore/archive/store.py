@@ -48,6 +48,7 @@ from typing import Any, Literal
 from dicomstore.archive import layout
 from dicomstore.archive.commit import CommitStats, GroupCommit
 from dicomstore.archive.dicomfile import MetaTemplates
+from dicomstore.archive.engine import engine_for
 from dicomstore.archive.index import Index
 from dicomstore.archive.ingest import Ingest
 from dicomstore.archive.maintenance import check_archive, reindex_archive
@@ -79,7 +80,9 @@ class Archive:
     UID under another patient is refused with A900 (``"reject"``) or indexed
     under its own study and patient (``"accept"``), see ``relations.py``.
     An index of an older schema is rebuilt from the files at start-up
-    (:attr:`reindexed`).
+    (:attr:`reindexed`). ``index``: where the index is, when not the SQLite file
+    in ``root``: a ``postgresql://user@host:port/db`` URL (``engine.py``); the
+    files stay under ``root``.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class Archive:
         lock_timeout: float = 5.0,
         syncfs: bool | None = None,
         on_relational_mismatch: str = "reject",
+        index: str | None = None,
     ) -> None:
         if on_duplicate not in POLICIES:
             raise ValueError(f"on_duplicate must be one of {POLICIES}, not {on_duplicate!r}")
@@ -111,12 +115,14 @@ class Archive:
                 f"not {on_relational_mismatch!r}"
             )
         self.on_relational_mismatch = on_relational_mismatch
+        #: the index: ``None`` for the SQLite file in the root, or a ``postgresql://`` URL
+        self.index_url = index
         self.tmp_dir = self.root / layout.TMP_DIR
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._hold = hold(self.root, exclusive=False)  # (refused during a reindex)
         try:
             self.index = Index(
-                self.root / layout.INDEX_FILE, durable=fsync, timeout=lock_timeout, migrate=True
+                engine_for(self.root, index), durable=fsync, timeout=lock_timeout, migrate=True
             )
         except BaseException:
             os.close(self._hold)

@@ -1,0 +1,364 @@
+"""The index's engine: SQLite (the embedded default) or PostgreSQL (issue 17).
+
+One home for what differs between the two; the SQL itself is shared
+(``schema.py``, ``index.py``, ``query.py``):
+
+``sqlite`` (no ``--index``, or ``sqlite:`` / a path)
+    The file ``index.sqlite`` in the archive root (or the file named), WAL,
+    one writer connection, read-only reader connections (``mode=ro``). The
+    schema version is ``PRAGMA user_version``; ``BEGIN IMMEDIATE`` takes the
+    write lock; ``PRAGMA data_version`` tells the writer's cache that another
+    connection committed.
+``postgresql://user@host:port/db`` (psycopg 3, the ``postgresql`` extra)
+    The tables in the database's current schema (``search_path``, e.g.
+    ``?options=-csearch_path%3Darchive1``), made on first use with the one row
+    of ``dicomstore_index`` that holds the schema version and a *generation*.
+    ``begin`` locks that row (``SELECT ... FOR UPDATE``), so writers take turns
+    as SQLite's do (across processes too), and reads the generation under the
+    lock; every delete, prune or rebuild bumps it in its transaction, so the
+    writer's cache of parent rows is emptied whenever another connection may
+    have removed one (correctness before speed: no cache survives a change it
+    cannot see). ``?`` placeholders become ``%s`` (once per statement text,
+    cached); ``durable=False`` is ``synchronous_commit=off``; readers are
+    autocommit connections with ``default_transaction_read_only``.
+
+:data:`DatabaseError` and :data:`IntegrityError` are the exception classes of
+both drivers: callers catch them instead of ``sqlite3.Error``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from dicomstore.archive import layout
+
+try:  # the ``postgresql`` extra
+    import psycopg
+except ImportError:  # pragma: no cover - exercised where psycopg is not installed
+    psycopg = None  # type: ignore[assignment]
+
+#: Exceptions of any index engine (``except DatabaseError``).
+DatabaseError: tuple[type[Exception], ...] = (sqlite3.Error,)
+#: A constraint failed (a parent row the writer's cache believed in is gone).
+IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+if psycopg is not None:
+    DatabaseError = (sqlite3.Error, psycopg.Error)
+    IntegrityError = (sqlite3.IntegrityError, psycopg.IntegrityError)
+
+_SCHEMES = ("postgresql", "postgres")
+
+
+class Cursor(Protocol):
+    """What the callers use of a cursor (``sqlite3.Cursor`` and psycopg's)."""
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """What the callers use of a connection: ``sqlite3.Connection``, :class:`PgConnection`."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+def is_postgresql(index: str | None) -> bool:
+    """Whether ``index`` names a PostgreSQL database."""
+    return bool(index) and urlsplit(str(index)).scheme in _SCHEMES
+
+
+def engine_for(root: Path | str, index: str | Path | Engine | None = None) -> Engine:
+    """The engine of the archive at ``root``: ``index`` is ``None`` (the SQLite file
+    in the root), a ``postgresql://`` URL, or a SQLite file (``sqlite:PATH`` or a path)."""
+    if isinstance(index, Engine):
+        return index
+    if index is None or str(index) in ("", "sqlite", "sqlite:"):
+        return SqliteEngine(Path(root) / layout.INDEX_FILE)
+    text = str(index)
+    if is_postgresql(text):
+        return PostgresEngine(text)
+    if text.startswith("sqlite:"):
+        text = text.removeprefix("sqlite:").removeprefix("//")
+    elif "://" in text:
+        raise ValueError(f"--index: not a postgresql:// URL nor a SQLite file: {text!r}")
+    return SqliteEngine(Path(text))
+
+
+def dialect_of(db: Any) -> str:
+    """``"sqlite"`` or ``"postgresql"``: the SQL dialect a connection speaks."""
+    return getattr(db, "dialect", "sqlite")
+
+
+def order_by(terms: str, dialect: str) -> str:
+    """``a, b DESC`` with NULLs placed as SQLite places them (the smallest value):
+    PostgreSQL places them last in ascending order unless told."""
+    if dialect == "sqlite":
+        return terms
+    out = []
+    for term in terms.split(","):
+        term = term.strip()
+        out.append(f"{term} NULLS LAST" if term.endswith(" DESC") else f"{term} NULLS FIRST")
+    return ", ".join(out)
+
+
+class Engine:
+    """Opens connections to one index and knows its engine's ways."""
+
+    dialect = "sqlite"
+    #: ``INSERT ... RETURNING`` is available
+    returning = True
+    #: where the index is, for messages (a path, or a URL without its password)
+    where = ""
+
+    def exists(self) -> bool:
+        raise NotImplementedError
+
+    def writer(self, *, durable: bool, timeout: float) -> Any:
+        raise NotImplementedError
+
+    def reader(self, timeout: float) -> Any:
+        raise NotImplementedError
+
+    def version(self, db: Any) -> int:
+        """The schema version recorded in the index (0: none yet)."""
+        raise NotImplementedError
+
+    def index_names(self, db: Any) -> set[str]:
+        raise NotImplementedError
+
+    def ddl(self, script: str) -> str:
+        """``schema.SCHEMA`` / ``INDEXES`` in this engine's words."""
+        return script
+
+    def create(self, db: Any, script: str, version: int | None) -> None:
+        """Run ``script`` (statements separated by ``;``) in one transaction,
+        recording ``version`` when given."""
+        raise NotImplementedError
+
+    def begin(self, db: Any) -> Any:
+        """Open the write transaction, holding the write lock; a token that
+        changes when another connection has committed (see :meth:`Index.begin`)."""
+        raise NotImplementedError
+
+    def bump(self, db: Any) -> None:
+        """(In a write transaction.) Tell the other writers that rows were removed."""
+
+    def in_transaction(self, db: Any) -> bool:
+        raise NotImplementedError
+
+
+class SqliteEngine(Engine):
+    """The SQLite file at ``path``."""
+
+    dialect = "sqlite"
+    returning = sqlite3.sqlite_version_info >= (3, 35)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.resolve()
+        self.where = str(self.path)
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def writer(self, *, durable: bool, timeout: float) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            db.execute("PRAGMA foreign_keys=ON")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def reader(self, timeout: float) -> sqlite3.Connection:
+        uri = f"{self.path.as_uri()}?mode=ro"
+        return sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
+
+    def version(self, db: Any) -> int:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+    def index_names(self, db: Any) -> set[str]:
+        return {
+            name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+
+    def create(self, db: Any, script: str, version: int | None) -> None:
+        stamp = f"PRAGMA user_version={version};" if version is not None else ""
+        db.executescript(f"BEGIN; {script} {stamp} COMMIT;")
+
+    def begin(self, db: Any) -> Any:
+        db.execute("BEGIN IMMEDIATE")
+        return db.execute("PRAGMA data_version").fetchone()[0]
+
+    def in_transaction(self, db: Any) -> bool:
+        return bool(db.in_transaction)
+
+
+#: The row that records the schema version and the generation (PostgreSQL).
+_META = (
+    "CREATE TABLE IF NOT EXISTS dicomstore_index ("
+    " one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),"
+    " schema_version INTEGER NOT NULL, generation BIGINT NOT NULL DEFAULT 0)"
+)
+
+
+class PostgresEngine(Engine):
+    """The tables in the current schema of the PostgreSQL database at ``url``."""
+
+    dialect = "postgresql"
+    returning = True
+
+    def __init__(self, url: str) -> None:
+        if psycopg is None:
+            raise ValueError(
+                "a PostgreSQL index needs psycopg 3: pip install 'dicomstore[postgresql]'"
+            )
+        self.url = url
+        self.where = _without_password(url)
+
+    def _connect(self, timeout: float, **kwargs: Any) -> PgConnection:
+        assert psycopg is not None
+        conn = psycopg.connect(
+            self.url, autocommit=True, connect_timeout=max(1, round(timeout)), **kwargs
+        )
+        return PgConnection(conn)
+
+    def exists(self) -> bool:
+        with closing(self._connect(5.0)) as db:
+            found = db.execute("SELECT to_regclass('dicomstore_index') IS NOT NULL").fetchone()
+            return bool(found[0])
+
+    def writer(self, *, durable: bool, timeout: float) -> PgConnection:
+        db = self._connect(timeout)
+        try:
+            db.execute("SELECT set_config('lock_timeout', ?, false)", (f"{int(timeout * 1000)}",))
+            if not durable:
+                db.execute("SET synchronous_commit = off")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def reader(self, timeout: float) -> PgConnection:
+        return self._connect(timeout, options="-c default_transaction_read_only=on")
+
+    def version(self, db: Any) -> int:
+        (present,) = db.execute("SELECT to_regclass('dicomstore_index') IS NOT NULL").fetchone()
+        if not present:
+            return 0
+        row = db.execute("SELECT schema_version FROM dicomstore_index").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def index_names(self, db: Any) -> set[str]:
+        sql = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+        return {name for (name,) in db.execute(sql)}
+
+    def ddl(self, script: str) -> str:
+        return _pg_ddl(script)
+
+    def create(self, db: Any, script: str, version: int | None) -> None:
+        db.execute("BEGIN")
+        try:
+            db.execute(_META)
+            # one maker at a time: the others wait here, then find the tables made
+            db.execute("LOCK TABLE dicomstore_index IN EXCLUSIVE MODE")
+            if version is not None and self.version(db) != version:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(
+                    "INSERT INTO dicomstore_index (schema_version) VALUES (?) ON CONFLICT (one)"
+                    " DO UPDATE SET schema_version = excluded.schema_version,"
+                    " generation = dicomstore_index.generation + 1",
+                    (version,),
+                )
+            elif version is None:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            db.execute("COMMIT")
+        except BaseException:
+            if self.in_transaction(db):
+                db.execute("ROLLBACK")
+            raise
+
+    def begin(self, db: Any) -> Any:
+        db.execute("BEGIN")
+        try:
+            row = db.execute("SELECT generation FROM dicomstore_index FOR UPDATE").fetchone()
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return row[0]
+
+    def bump(self, db: Any) -> None:
+        db.execute("UPDATE dicomstore_index SET generation = generation + 1")
+
+    def in_transaction(self, db: Any) -> bool:
+        assert psycopg is not None
+        return bool(db.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE)
+
+
+class PgConnection:
+    """A psycopg connection that takes the shared SQL as written (``?`` placeholders)."""
+
+    dialect = "postgresql"
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
+        return self.conn.execute(_placeholders(sql), parameters)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self.conn.cursor() as cursor:
+            cursor.executemany(_placeholders(sql), rows)
+
+    def stream(self, sql: str, parameters: Sequence[Any] = ()) -> Iterator[Any]:
+        """Rows one by one from the server (not all held in memory)."""
+        with self.conn.cursor() as cursor:
+            yield from cursor.stream(_placeholders(sql), parameters)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@functools.lru_cache(maxsize=4096)
+def _placeholders(sql: str) -> str:
+    """``?`` as psycopg's ``%s`` (a literal ``%`` doubled); the shared SQL has no
+    ``?`` or ``%`` inside string literals."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def _pg_ddl(script: str) -> str:
+    """SQLite's DDL as PostgreSQL's: 64-bit integers, identity keys, text compared
+    byte by byte (``COLLATE "C"``, as SQLite's BINARY: the same order, and LIKE
+    prefixes use the indexes), ``COLLATE NOCASE`` as ``lower()``."""
+    script = script.replace(
+        "INTEGER PRIMARY KEY", "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
+    )
+    script = re.sub(r"\bINTEGER\b", "BIGINT", script)
+    script = re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', script)
+    return re.sub(r"\((\w+) COLLATE NOCASE\)", r"((lower(\1)))", script)
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
