@@ -172,3 +172,24 @@ class NullHandler:
 @pytest.fixture
 def tmp_storage(tmp_path: Path) -> Path:
     return tmp_path / "storage"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """A PostgreSQL server for the whole session (``pg_testlib.PostgresServer``);
+    ``postgres.new_url()`` is an empty schema of its own for each archive."""
+    from tests.pg_testlib import PostgresServer, pg_bin
+
+    bin_dir = pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (Debian package postgresql)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install 'dicomstore[postgresql]')")
+    server = PostgresServer(bin_dir, free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

@@ -113,6 +113,7 @@ def test_reindex_keeps_the_indexed_version_and_tells_what_it_left_out(tmp_path: 
         ]
 
 
+@pytest.mark.sqlite_index
 def test_reindex_without_an_index_keeps_the_latest_written(tmp_path: Path, capsys) -> None:
     root = tmp_path / "root"
     v1, v2, old, new = _leftover_of_a_replace(root)
@@ -132,6 +133,7 @@ def test_reindex_without_an_index_keeps_the_latest_written(tmp_path: Path, capsy
         assert stored_dataset(archive.path_of(UID)) == v2
 
 
+@pytest.mark.sqlite_index
 def test_check_beside_a_server_leaves_its_temporaries_and_reindex_waits_for_it(
     tmp_path: Path, capsys
 ) -> None:
@@ -162,6 +164,7 @@ def test_check_beside_a_server_leaves_its_temporaries_and_reindex_waits_for_it(
     assert capsys.readouterr().out.splitlines()[-1] == "reindexed 1 instances"
 
 
+@pytest.mark.sqlite_index
 def test_the_next_delete_finishes_a_killed_delete_beside_a_server(tmp_path: Path, capsys) -> None:
     """``dicomstore delete`` killed after its row COMMIT (its own crash point); the
     next ``delete`` removes the files, while a server keeps the archive open."""

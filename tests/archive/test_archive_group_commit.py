@@ -27,6 +27,7 @@ from dicomstore.archive import (
     layout,
 )
 from dicomstore.archive import commit as commit_module
+from dicomstore.archive.engine import engine_for
 from dicomstore.archive.publish import Publisher
 
 SYNCFS = pytest.mark.skipif(not layout.SYNCFS_AVAILABLE, reason="needs syncfs (Linux 5.8+)")
@@ -466,6 +467,7 @@ def _crash_at_commit(monkeypatch: pytest.MonkeyPatch, number: int = 2) -> type[B
     return Crash
 
 
+@pytest.mark.sqlite_index
 @pytest.mark.parametrize("size", [1, 4])
 def test_a_crash_before_commit_leaves_files_the_next_start_adopts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
@@ -500,6 +502,7 @@ def _die(archive: Archive) -> None:
     archive._publisher.close()
 
 
+@pytest.mark.sqlite_index
 @pytest.mark.parametrize("moved", [False, True], ids=["same-place", "moved"])
 def test_a_crash_before_a_replace_commits_keeps_the_old_instance(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moved: bool
@@ -558,7 +561,7 @@ def test_parent_rows_gain_values_later_instances_bring(tmp_path: Path) -> None:
 def test_rows_deleted_by_another_connection_are_written_again(tmp_path: Path) -> None:
     with Archive(tmp_path / "root", fsync=False) as archive:
         assert store(archive, dataset(uid_of(1)), sop_uid=uid_of(1)).status == SUCCESS
-        other = Index(archive.root / "index.sqlite", durable=False)  # e.g. dicomstore delete
+        other = Index(engine_for(archive.root), durable=False)  # e.g. dicomstore delete
         with other.lock:
             other.begin()
             other.remove(uid_of(1))

@@ -168,6 +168,7 @@ PRAGMA user_version=1;
 """
 
 
+@pytest.mark.sqlite_index
 def test_an_index_of_schema_1_is_rebuilt_from_the_files(tmp_path: Path) -> None:
     root = tmp_path / "root"
     with Archive(root, fsync=False, on_relational_mismatch="accept") as archive:

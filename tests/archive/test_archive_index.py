@@ -28,6 +28,7 @@ def archive(tmp_path: Path) -> Archive:
         yield archive
 
 
+@pytest.mark.sqlite_index
 def test_index_is_wal_with_the_four_tables(archive: Archive) -> None:
     db = sqlite3.connect(archive.root / "index.sqlite")
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -64,6 +65,7 @@ def test_queries(archive: Archive) -> None:
         archive.instances(no_such_column="x")
 
 
+@pytest.mark.sqlite_index
 def test_readers_do_not_block_the_writer(archive: Archive) -> None:
     reader = sqlite3.connect(archive.root / "index.sqlite", isolation_level=None)
     reader.execute("BEGIN")
@@ -107,6 +109,7 @@ def test_check_finds_missing_altered_resized_and_unindexed(archive: Archive) -> 
     assert "9.9.dcm: not indexed" in text
 
 
+@pytest.mark.sqlite_index
 def test_reindex_rebuilds_the_index(archive: Archive, tmp_path: Path) -> None:
     before = {r["sop_instance_uid"]: r for r in archive.instances()}
     archive.close()

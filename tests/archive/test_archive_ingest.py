@@ -24,6 +24,7 @@ from dicomstore.archive import (
     StoreOutcome,
     StoreSink,
 )
+from dicomstore.archive.engine import engine_for
 from dicomstore.errors import LocalProtocolError
 from dicomstore.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -295,6 +296,7 @@ def test_io_errors_while_committing_are_a700(
     assert store(archive, dataset()).status == SUCCESS  # and the archive still works
 
 
+@pytest.mark.sqlite_index
 def test_index_locked_is_a700_and_leaves_no_file(tmp_path: Path) -> None:
     with Archive(tmp_path / "root", lock_timeout=0.01) as archive:
         other = sqlite3.connect(archive.root / "index.sqlite", isolation_level=None)
@@ -305,6 +307,23 @@ def test_index_locked_is_a700_and_leaves_no_file(tmp_path: Path) -> None:
         assert not any(archive.tmp_dir.iterdir())
         other.execute("ROLLBACK")
         other.close()
+        assert_nothing_stored(archive)
+        assert store(archive, dataset()).status == SUCCESS
+
+
+def test_index_held_by_another_writer_is_a700_and_leaves_no_file(tmp_path: Path) -> None:
+    """Either engine: another writer (a ``delete`` in another process) holds the
+    index's write lock for longer than ``lock_timeout``."""
+    with Archive(tmp_path / "root", lock_timeout=0.01) as archive:
+        other = Index(engine_for(archive.root), timeout=0.01)
+        with other.lock:
+            other.begin()
+            outcome = store(archive, dataset())
+            other.rollback()
+        other.close()
+        assert outcome.status == OUT_OF_RESOURCES
+        assert "index" in outcome.error_comment
+        assert not any(archive.tmp_dir.iterdir())
         assert_nothing_stored(archive)
         assert store(archive, dataset()).status == SUCCESS
 
@@ -345,6 +364,7 @@ def test_index_commit_failure_on_replace_restores_the_old_file(
 # -- durability ------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_index
 def test_fsync_calls_per_instance(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[int] = []
     real_fsync = os.fsync

@@ -15,12 +15,13 @@ One home for what differs between the two; the SQL itself is shared
     of ``dicomstore_index`` that holds the schema version and a *generation*.
     ``begin`` locks that row (``SELECT ... FOR UPDATE``), so writers take turns
     as SQLite's do (across processes too), and reads the generation under the
-    lock; every delete, prune or rebuild bumps it in its transaction, so the
-    writer's cache of parent rows is emptied whenever another connection may
-    have removed one (correctness before speed: no cache survives a change it
-    cannot see). ``?`` placeholders become ``%s`` (once per statement text,
-    cached); ``durable=False`` is ``synchronous_commit=off``; readers are
-    autocommit connections with ``default_transaction_read_only``.
+    lock; every write transaction stamps a new one before its COMMIT, so the
+    writer's cache (parent rows, hierarchy checks passed) is emptied whenever
+    another connection has committed since, as SQLite's ``data_version`` tells
+    (correctness before speed: one more statement per batch). ``?``
+    placeholders become ``%s`` (once per statement text, cached);
+    ``durable=False`` is ``synchronous_commit=off``; readers are autocommit
+    connections with ``default_transaction_read_only``.
 
 :data:`DatabaseError` and :data:`IntegrityError` are the exception classes of
 both drivers: callers catch them instead of ``sqlite3.Error``.
@@ -83,6 +84,8 @@ def engine_for(root: Path | str, index: str | Path | Engine | None = None) -> En
     in the root), a ``postgresql://`` URL, or a SQLite file (``sqlite:PATH`` or a path)."""
     if isinstance(index, Engine):
         return index
+    if index is None:
+        index = default_index(Path(root))
     if index is None or str(index) in ("", "sqlite", "sqlite:"):
         return SqliteEngine(Path(root) / layout.INDEX_FILE)
     text = str(index)
@@ -93,6 +96,12 @@ def engine_for(root: Path | str, index: str | Path | Engine | None = None) -> En
     elif "://" in text:
         raise ValueError(f"--index: not a postgresql:// URL nor a SQLite file: {text!r}")
     return SqliteEngine(Path(text))
+
+
+def default_index(root: Path) -> str | None:
+    """The index of an archive opened without one: ``None``, the SQLite file in its
+    root. (The tests replace this to run the same archive tests on PostgreSQL.)"""
+    return None
 
 
 def dialect_of(db: Any) -> str:
@@ -151,8 +160,10 @@ class Engine:
         changes when another connection has committed (see :meth:`Index.begin`)."""
         raise NotImplementedError
 
-    def bump(self, db: Any) -> None:
-        """(In a write transaction.) Tell the other writers that rows were removed."""
+    def stamp(self, db: Any, token: Any) -> Any:
+        """(In the write transaction ``begin`` returned ``token`` for, before its
+        COMMIT.) Record that this connection wrote; the token it will see next."""
+        return token
 
     def in_transaction(self, db: Any) -> bool:
         raise NotImplementedError
@@ -230,12 +241,13 @@ class PostgresEngine(Engine):
         self.url = url
         self.where = _without_password(url)
 
-    def _connect(self, timeout: float, **kwargs: Any) -> PgConnection:
+    def _connect(self, timeout: float, options: str = "") -> PgConnection:
         assert psycopg is not None
-        conn = psycopg.connect(
-            self.url, autocommit=True, connect_timeout=max(1, round(timeout)), **kwargs
-        )
-        return PgConnection(conn)
+        params = psycopg.conninfo.conninfo_to_dict(self.url)
+        if options:  # (after the URL's own, e.g. its search_path)
+            params["options"] = f"{params.get('options') or ''} {options}".strip()
+        params.setdefault("connect_timeout", max(1, round(timeout)))
+        return PgConnection(psycopg.connect(autocommit=True, **params))
 
     def exists(self) -> bool:
         with closing(self._connect(5.0)) as db:
@@ -305,8 +317,9 @@ class PostgresEngine(Engine):
             raise
         return row[0]
 
-    def bump(self, db: Any) -> None:
-        db.execute("UPDATE dicomstore_index SET generation = generation + 1")
+    def stamp(self, db: Any, token: Any) -> Any:
+        db.execute("UPDATE dicomstore_index SET generation = ?", (token + 1,))
+        return token + 1
 
     def in_transaction(self, db: Any) -> bool:
         assert psycopg is not None

@@ -122,7 +122,9 @@ class Index:
         self._known: dict[str, dict[Any, tuple[Any, tuple[Any, ...]]]] = {t: {} for t in PARENTS}
         self._added: dict[str, dict[Any, tuple[Any, tuple[Any, ...]]]] = {t: {} for t in PARENTS}
         self._data_version: Any = None
-        self._removed = False  # the open transaction removed rows (engine.bump)
+        # PostgreSQL: each commit stamps a new generation (SQLite's data_version
+        # changes by itself, for other connections' commits only)
+        self._stamp = self.engine.dialect != "sqlite"
         # hierarchy checks passed (see conflict): series UID -> (study UID, patient),
         # study UID -> patient; true while only this writer writes, and it writes
         # nothing that contradicts them (put_many forgets them if it does)
@@ -163,7 +165,6 @@ class Index:
     def begin(self) -> None:
         """Start a write transaction, taking the database write lock now."""
         version = self.engine.begin(self._db)
-        self._removed = False
         for added in self._added.values():
             added.clear()
         if version != self._data_version:  # another connection committed: forget
@@ -172,9 +173,8 @@ class Index:
 
     def commit(self) -> None:
         """Make the transaction durable (one WAL fsync with synchronous=FULL)."""
-        if self._removed:
-            self.engine.bump(self._db)
-            self._removed = False
+        if self._stamp:
+            self._data_version = self.engine.stamp(self._db, self._data_version)
         self._db.execute("COMMIT")
         for table, added in self._added.items():
             known = self._known[table]
@@ -187,7 +187,6 @@ class Index:
         """Abandon the transaction, if one is open."""
         for added in self._added.values():
             added.clear()
-        self._removed = False
         if self.engine.in_transaction(self._db):
             self._db.execute("ROLLBACK")
 
@@ -330,14 +329,12 @@ class Index:
 
     def remove(self, sop_instance_uid: str) -> None:
         """Delete an instance row (its series/study/patient stay; see :meth:`prune`)."""
-        self._removed = True
         self._db.execute("DELETE FROM instance WHERE sop_instance_uid = ?", (sop_instance_uid,))
 
     def prune(self, series_uid: str, study_uid: str, patient_id: str) -> None:
         """Delete the series, study and patient rows with these UIDs / Patient ID that
         are left without instances (whichever study or patient they are filed under)."""
         self.forget()
-        self._removed = True
         self._db.execute(
             "DELETE FROM series WHERE series_uid = ? AND NOT EXISTS"
             " (SELECT 1 FROM instance WHERE instance.series_pk = series.series_pk)",
@@ -357,7 +354,6 @@ class Index:
     def clear(self) -> None:
         """Delete every row (for a rebuild)."""
         self.forget()
-        self._removed = True
         for table in reversed(TABLES):
             self._db.execute(f"DELETE FROM {table}")
 

@@ -247,8 +247,9 @@ class Publisher:
                     comment = describe_os_error(exc, "storing the file")
                 else:
                     raise  # a bug: the members learn of it (commit.GroupCommit)
-                for member in placed:
-                    _answer(member, failure(st.OUT_OF_RESOURCES, comment))
+                for member in live:  # (those answered as duplicates keep their answer)
+                    if member.outcome is None:
+                        _answer(member, failure(st.OUT_OF_RESOURCES, comment))
                 return
         if len(self._dirs) > DIRS_LIMIT:
             self._dirs.clear()
