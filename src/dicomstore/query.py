@@ -61,9 +61,12 @@ __all__ = [
 ]
 
 
-def open_archive(root: Path | str = "dicomstore-data") -> ArchiveReader:
-    """Open the archive at ``root`` read-only (raises :class:`ArchiveNotFoundError`)."""
-    return ArchiveReader(root)
+def open_archive(
+    root: Path | str = "dicomstore-data", *, index: str | None = None
+) -> ArchiveReader:
+    """Open the archive at ``root`` read-only (raises :class:`ArchiveNotFoundError`);
+    ``index``: its index when not the SQLite file in ``root`` (``postgresql://...``)."""
+    return ArchiveReader(root, index=index)
 
 
 class Subscription:

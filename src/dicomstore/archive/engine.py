@@ -47,11 +47,17 @@ except ImportError:  # pragma: no cover - exercised where psycopg is not install
 
 #: Exceptions of any index engine (``except DatabaseError``).
 DatabaseError: tuple[type[Exception], ...] = (sqlite3.Error,)
+#: The database is unavailable, busy or locked (a transient condition).
+OperationalError: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
 #: A constraint failed (a parent row the writer's cache believed in is gone).
 IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
 if psycopg is not None:
     DatabaseError = (sqlite3.Error, psycopg.Error)
     IntegrityError = (sqlite3.IntegrityError, psycopg.IntegrityError)
+    OperationalError = (sqlite3.OperationalError, psycopg.OperationalError)
+
+#: An index or a file system error (what the doors answer as "unavailable").
+DatabaseOrOSError: tuple[type[Exception], ...] = (OSError, *DatabaseError)
 
 _SCHEMES = ("postgresql", "postgres")
 
@@ -243,11 +249,15 @@ class PostgresEngine(Engine):
 
     def _connect(self, timeout: float, options: str = "") -> PgConnection:
         assert psycopg is not None
-        params = psycopg.conninfo.conninfo_to_dict(self.url)
+        params: dict[str, Any] = dict(psycopg.conninfo.conninfo_to_dict(self.url))
         if options:  # (after the URL's own, e.g. its search_path)
             params["options"] = f"{params.get('options') or ''} {options}".strip()
         params.setdefault("connect_timeout", max(1, round(timeout)))
-        return PgConnection(psycopg.connect(autocommit=True, **params))
+        try:
+            return PgConnection(psycopg.connect(autocommit=True, **params))
+        except psycopg.OperationalError as exc:  # (libpq's message has several lines)
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            raise psycopg.OperationalError(f"index {self.where}: {lines[0]}") from exc
 
     def exists(self) -> bool:
         with closing(self._connect(5.0)) as db:

@@ -102,7 +102,8 @@ def _run(args: argparse.Namespace) -> int:
         from dicomstore.archive.layout import INDEX_FILE
 
         # check needs an index to check against; reindex needs the files' folder
-        needed = args.storage / INDEX_FILE if args.command == "check" else args.storage
+        local = args.command == "check" and not args.index  # (else a database's)
+        needed = args.storage / INDEX_FILE if local else args.storage
         if not needed.exists():
             print(f"dicomstore: no archive at {args.storage} (no {needed.name})", file=sys.stderr)
             return EXIT_FAILED

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import shutil
-import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 from dicomstore import uids
 from dicomstore.cli.logs import LEVELS, add_log_format
-from dicomstore.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from dicomstore.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_index
 from dicomstore.cli.tables import table
 
 COMMANDS = ("ls", "show", "export", "stats", "delete")
@@ -51,6 +50,7 @@ def _storage(p: argparse.ArgumentParser) -> None:
         default=Path("dicomstore-data"),
         help="archive root (default ./dicomstore-data)",
     )
+    add_index(p)
     p.add_argument("--log-level", default="warning", choices=list(LEVELS))
     add_log_format(p)
 
@@ -110,6 +110,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run one access command; print one line on error; the exit code."""
     # (the archive, and pydicom with it, only now: `dicomstore send` never needs them)
+    from dicomstore.archive.engine import DatabaseOrOSError
     from dicomstore.archive.index import SchemaError
     from dicomstore.archive.query import QueryError
     from dicomstore.archive.reader import ArchiveNotFoundError, NotStoredError
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `... | head`: the reader is gone, nothing to say
         _silence_stdout()
         return EXIT_FAILED
-    except (OSError, sqlite3.Error) as exc:
+    except DatabaseOrOSError as exc:
         return _error(f"{getattr(exc, 'strerror', None) or exc}", EXIT_FAILED)
 
 
@@ -139,10 +140,10 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
-def _reader(storage: Path) -> Any:
+def _reader(args: argparse.Namespace) -> Any:
     from dicomstore.archive.reader import ArchiveReader
 
-    return ArchiveReader(storage)
+    return ArchiveReader(args.storage, index=args.index)
 
 
 def _error(message: str, code: int) -> int:
@@ -228,7 +229,7 @@ def _ls(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 0 or args.offset < 0:
         raise UsageError("--limit and --offset must not be negative")
     level = _LEVEL_NAMES[args.level]
-    reader = _reader(args.storage)
+    reader = _reader(args)
     rows = reader.search(level, _filters(args), limit=args.limit, offset=args.offset)
     if level == "study":  # study-complete events (services/stability.py)
         from dicomstore.services.stability import stable_states
@@ -244,7 +245,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    reader = _reader(args.storage)
+    reader = _reader(args)
     level, row = reader.locate(args.uid)
     if level == "instance":
         ds = reader.dataset(row, stop_before_pixels=True)
@@ -278,7 +279,7 @@ def _show(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from dicomstore.archive import layout
 
-    reader = _reader(args.storage)
+    reader = _reader(args)
     level, _ = reader.locate(args.uid)
     key = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}.get(level, "SOPInstanceUID")
     rows = reader.instances(**{key: layout.normalize_uid(args.uid.strip())})
@@ -297,7 +298,7 @@ def _export(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     from dicomstore.services.forward_queue import queue_status
 
-    stats = _reader(args.storage).stats()
+    stats = _reader(args).stats()
     forwarding = queue_status(args.storage)
     if forwarding is not None:
         stats["forwarding"] = forwarding
@@ -362,9 +363,11 @@ def _delete(args: argparse.Namespace) -> int:
     from dicomstore.archive.reader import NotStoredError
     from dicomstore.archive.removal import finish_interrupted, leftovers, remove
 
-    reader = _reader(args.storage)
+    reader = _reader(args)
     uid = layout.normalize_uid(args.uid.strip())
-    settled = finish_interrupted(reader.root)  # what an interrupted delete or replace left
+    settled = finish_interrupted(
+        reader.root, index=args.index
+    )  # what an interrupted delete or replace left
     if settled:
         print(f"removed {settled} file(s) an interrupted delete or replace left")
     try:
@@ -389,7 +392,7 @@ def _delete(args: argparse.Namespace) -> int:
         if answer not in ("y", "yes"):
             print("not deleted")
             return EXIT_FAILED
-    result = remove(args.storage, uid)
+    result = remove(args.storage, uid, index=args.index)
     for problem in result.problems:
         print(f"dicomstore: {problem}", file=sys.stderr)
     print(f"deleted {what}")

@@ -13,6 +13,7 @@ from dicomstore.cli.options import (
     EXIT_USAGE,
     _add_common,
     _cannot_open,
+    add_index,
 )
 
 
@@ -20,9 +21,11 @@ def add_parsers(sub: Any) -> None:
     """The ``check``, ``reindex`` and ``conformance`` subcommands."""
     c = sub.add_parser("check", help="verify the archive's files against its index")
     c.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
+    add_index(c)
     _add_common(c)
     r = sub.add_parser("reindex", help="rebuild the archive's index from its files")
     r.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
+    add_index(r)
     _add_common(r)
     cs = sub.add_parser(
         "conformance", help="print the DICOM Conformance Statement (PS3.2, Markdown)"
@@ -33,9 +36,8 @@ def add_parsers(sub: Any) -> None:
 def check_or_reindex(args: argparse.Namespace) -> int:
     """``check`` (after recovery when no server runs) and ``reindex`` (refused while
     one runs): ``archive.maintenance.run_check`` / ``run_reindex``."""
-    import sqlite3
-
     from dicomstore.archive import maintenance
+    from dicomstore.archive.engine import DatabaseOrOSError
     from dicomstore.archive.index import SchemaError
     from dicomstore.archive.recovery import ArchiveBusyError
 
@@ -43,9 +45,9 @@ def check_or_reindex(args: argparse.Namespace) -> int:
     left_out: list[str] = []
     try:
         if args.command == "reindex":
-            count = maintenance.run_reindex(root, left_out)
+            count = maintenance.run_reindex(root, left_out, index=args.index)
         else:
-            problems = maintenance.run_check(root)
+            problems = maintenance.run_check(root, index=args.index)
     except ArchiveBusyError as exc:
         print(
             f"dicomstore: {args.command}: the archive {args.storage} is {exc.strerror}:"
@@ -56,7 +58,7 @@ def check_or_reindex(args: argparse.Namespace) -> int:
     except SchemaError as exc:  # check of an index made by another version
         print(f"dicomstore: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except (OSError, sqlite3.Error) as exc:
+    except DatabaseOrOSError as exc:
         _cannot_open(args.storage, exc)
         return EXIT_USAGE
     if args.command == "reindex":

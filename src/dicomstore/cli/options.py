@@ -288,6 +288,17 @@ def tls_client_context(args: argparse.Namespace):
     return client_context(args.tls_ca, args.tls_cert, args.tls_key, verify=not args.tls_no_verify)
 
 
+def add_index(p: argparse.ArgumentParser) -> None:
+    """``--index URL``: the archive's index when not ``index.sqlite`` in ``--storage``
+    (issue 17; ``archive/engine.py``); the files stay under ``--storage``."""
+    p.add_argument(
+        "--index",
+        metavar="URL",
+        help="the archive's index: postgresql://user@host:port/db"
+        " (default: the SQLite file index.sqlite in --storage)",
+    )
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log-level",

@@ -37,6 +37,7 @@ from dicomstore.cli.options import (
     _size,
     _timeouts,
     _transfer_syntax,
+    add_index,
     log,
     tls_failed,
 )
@@ -80,6 +81,7 @@ def add_parser(sub: Any) -> None:
         default=Path("dicomstore-data"),
         help="archive root (default ./dicomstore-data, created if missing)",
     )
+    add_index(s)
     s.add_argument(
         "--max-associations",
         type=int,
@@ -360,14 +362,14 @@ def _forward_problem(config: ServerConfig) -> str | None:
 def _open_archive(storage: Path, **options: Any) -> Any:
     """The archive at ``storage`` (created if missing), or ``None`` after one line
     on stderr saying why it cannot be opened."""
-    import sqlite3
-
     from dicomstore.archive import Archive
+    from dicomstore.archive.engine import DatabaseOrOSError
     from dicomstore.archive.index import SchemaError
 
+    unusable: tuple[type[Exception], ...] = (SchemaError, ValueError, *DatabaseOrOSError)
     try:
         return Archive(storage, **options)
-    except (OSError, sqlite3.Error, SchemaError) as exc:
+    except unusable as exc:
         _cannot_open(storage, exc)
         return None
 
@@ -461,6 +463,7 @@ async def run(args: argparse.Namespace) -> int:
         on_class_mismatch=args.on_class_mismatch,
         trailing_padding=args.trailing_padding,
         on_relational_mismatch=args.on_relational_mismatch,
+        index=args.index,
     )
     if archive is None:
         if audit is not None:

@@ -7,7 +7,6 @@ it), so both doors share one writer, one lock, one duplicate policy.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dicomstore.archive import Archive
+from dicomstore.archive.engine import OperationalError
 from dicomstore.archive.metacache import MetadataCache
 from dicomstore.archive.query import QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
@@ -117,6 +117,7 @@ def build_app(
     limits: HttpLimits | None = None,
     metrics: ServerMetrics | None = None,
     ready: operations.ReadyCheck | None = None,
+    index: str | None = None,
 ) -> Starlette:
     """The DICOMweb ASGI app over the archive ``source``.
 
@@ -141,15 +142,19 @@ def build_app(
     ``limits`` bound every request (:class:`~dicomstore.http.limits.HttpLimits`).
     ``metrics`` are served at ``/metrics`` and count each request; ``ready`` is
     asked by ``/readyz`` besides the index (:mod:`dicomstore.http.operations`).
+    ``index``: the index of an archive root given as ``source``, when not the
+    SQLite file in it (a ``postgresql://`` URL; an :class:`Archive` knows its own).
     """
     archive = source if isinstance(source, Archive) else None
     root = archive.root if archive is not None else Path(source)  # type: ignore[arg-type]
     owns_archive = archive is None and writable
+    if archive is not None:
+        index = archive.index_url
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if owns_archive:
-            app.state.archive = Archive(root)
+            app.state.archive = Archive(root, index=index)
             app.state.store = StoreService(app.state.archive)
         try:
             yield
@@ -171,15 +176,15 @@ def build_app(
             QueryError: _known_error,
             NotStoredError: _known_error,
             ArchiveNotFoundError: _known_error,
-            sqlite3.OperationalError: _known_error,
+            **dict.fromkeys(OperationalError, _known_error),
             Exception: _internal_error,
         },
     )
     if owns_archive:
-        Archive(root).close()  # create the index now, so the reader can open it
+        Archive(root, index=index).close()  # create the index now, so the reader can open it
     app.state.archive = archive
     app.state.store = store if store is not None or archive is None else StoreService(archive)
-    app.state.reader = ArchiveReader(root)
+    app.state.reader = ArchiveReader(root, index=index)
     app.state.metadata_cache = MetadataCache(root)
     app.state.ae_title = ae_title
     app.state.stow_ae = stow_ae

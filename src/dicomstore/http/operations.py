@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from contextlib import closing
 
@@ -28,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.http.answer import watch
 from dicomstore.http.common import HttpError
 from dicomstore.services.metrics import CONTENT_TYPE, ServerMetrics
@@ -48,7 +48,7 @@ def _index_problem(request: Request) -> str | None:
     try:
         with closing(request.app.state.reader.connect()) as db:
             db.execute("SELECT 1 FROM instance LIMIT 1").fetchall()
-    except (sqlite3.Error, OSError) as exc:
+    except DatabaseOrOSError as exc:
         return f"the archive index is not readable: {exc}"
     return None
 

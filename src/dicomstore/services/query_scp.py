@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import sqlite3
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pydicom.filereader import dcmread
 from dicomstore.aio.association import Transport
 from dicomstore.archive import layout
 from dicomstore.archive import query as q
+from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import CFindRQ, CFindRSP
 from dicomstore.dimse import status as st
@@ -131,7 +131,7 @@ class QuerySCP(QROperations):
             log.warning("%s: C-FIND answered %04X: %s", self.t.peer, failure.status, failure)
             rsp = rq.response(failure.status, failure.comment, failure.offending)
             self._final(find, rsp, query)
-        except (OSError, sqlite3.Error) as exc:
+        except DatabaseOrOSError as exc:
             log.error("%s: C-FIND failed: %s", self.t.peer, exc)
             self._final(find, rq.response(st.CANNOT_UNDERSTAND, str(exc)[:64]), query)
 

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts, Transport
+from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import CMoveRQ, RetrieveRQ, RetrieveRSP, SubOperations
 from dicomstore.dimse import status as st
@@ -156,7 +156,7 @@ class RetrieveSCP(QROperations):
             )
             self._final(op, rsp)
             return
-        except (OSError, sqlite3.Error) as exc:
+        except DatabaseOrOSError as exc:
             log.error("%s: %s failed: %s", self.t.peer, self.service, exc)
             self._final(
                 op, rq.response(st.UNABLE_TO_CALCULATE_MATCHES, error_comment=str(exc)[:64])

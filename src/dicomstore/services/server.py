@@ -18,7 +18,6 @@ commitment SCUs (``ServerConfig.commitment_scus``, ``[commitment_scus]``).
 from __future__ import annotations
 
 import logging
-import sqlite3
 import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -27,8 +26,9 @@ from dicomstore import uids
 from dicomstore.aio.association import Timeouts, Transport
 from dicomstore.aio.listener import Listener
 from dicomstore.aio.stream import Stream
+from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.index import SchemaError
-from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader
+from dicomstore.archive.reader import ArchiveReader
 from dicomstore.handler import StoreHandler
 from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
 from dicomstore.services.admission import Admission, AuditSink, FailedAdmissions, Gatekeeper
@@ -337,14 +337,18 @@ class Server:
                 assoc.t.abort_now()
 
 
+#: Why an archive cannot be read (ArchiveNotFoundError is an OSError).
+_NO_READER: tuple[type[Exception], ...] = (SchemaError, *DatabaseOrOSError)
+
+
 def _reader_of(handler: StoreHandler) -> ArchiveReader | None:
     """A read-only view of the handler's index, if it is an archive."""
     root = getattr(handler, "root", None)
     if root is None:
         return None
     try:
-        return ArchiveReader(root)
-    except (ArchiveNotFoundError, SchemaError, sqlite3.Error, OSError) as exc:
+        return ArchiveReader(root, index=getattr(handler, "index_url", None))
+    except _NO_READER as exc:
         log.warning("C-FIND not offered: %s", exc)
         return None
 

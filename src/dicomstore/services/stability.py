@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import shlex
-import sqlite3
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomstore.archive import layout
+from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.services.storage import on_loop
 
@@ -219,7 +219,7 @@ class StudyStability:
             "SELECT st.study_uid, p.patient_id, MIN(i.received_at), MAX(i.received_at),"
             " MIN(i.path) FROM instance i JOIN series se ON se.series_pk = i.series_pk"
             " JOIN study st ON st.study_pk = se.study_pk"
-            " JOIN patient p ON p.patient_pk = st.patient_pk GROUP BY st.study_pk"
+            " JOIN patient p ON p.patient_pk = st.patient_pk GROUP BY st.study_pk, p.patient_pk"
         )
         count = 0
         with closing(self.reader.connect()) as db:
@@ -280,7 +280,7 @@ class StudyStability:
                 pending.folder,
             )
             await asyncio.to_thread(self.log.append, event)
-        except (OSError, sqlite3.Error) as exc:
+        except DatabaseOrOSError as exc:
             log.error("study %s: stable, but its event was not logged: %s", study_uid, exc)
             self.pending.setdefault(study_uid, pending)  # tried again after the quiet time
             pending.last = self.clock()
