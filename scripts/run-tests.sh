@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything the tests need (DCMTK from Debian, the project with its
+# Install everything the tests need (DCMTK and PostgreSQL from Debian, the project with its
 # test extras from PyPI, pynetdicom among them) and run lint, type check, import
 # contracts and the test suite.
 set -euo pipefail
@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 # DCMTK: the interop peer; Chromium and its driver: the browse page and OHIF viewer tests;
-# Node.js and npm: fetch the OHIF viewer (npm pack @ohif/app); jq: audit lines.
-APT_PACKAGES="dcmtk chromium chromium-driver jq"
+# Node.js and npm: fetch the OHIF viewer (npm pack @ohif/app); jq: audit lines;
+# PostgreSQL: the tests start a server of their own for the --index tests (issue 17).
+APT_PACKAGES="dcmtk chromium chromium-driver jq postgresql"
 # Node.js and npm only when the machine has no npm: a NodeSource Node.js bundles
 # its own npm, and Debian's npm package conflicts with it.
 command -v npm >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES nodejs npm"

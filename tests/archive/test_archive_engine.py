@@ -14,6 +14,7 @@ from dicomstore.archive.engine import (
 )
 
 
+@pytest.mark.sqlite_index
 def test_no_index_is_the_sqlite_file_in_the_root(tmp_path) -> None:
     engine = engine_for(tmp_path)
     assert isinstance(engine, SqliteEngine) and engine.path == tmp_path / "index.sqlite"

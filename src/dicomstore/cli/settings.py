@@ -21,8 +21,9 @@ Every option of ``dicomstore serve`` can also be given
 A flag on the command line wins over the environment, which wins over the
 file, which wins over the built-in default. The other commands read only
 :data:`SHARED` from the environment (``DICOMSTORE_STORAGE`` for ``ls``,
-``show``, ``export`` ...; ``DICOMSTORE_INDEX`` for those and ``check``, ``reindex``). Nothing is listed twice: the keys, their types and
-their checks are the argparse definitions themselves. A value that does not
+``show``, ``export`` ...; ``DICOMSTORE_INDEX`` for those and ``check``,
+``reindex``). Nothing is listed twice: the keys, their types and their checks
+are the argparse definitions themselves. A value that does not
 fit, an unknown key in the file, or a file that is no TOML is one line naming
 the file or the variable (:class:`SettingsError`, exit 2).
 """
