@@ -40,21 +40,29 @@ from urllib.parse import urlsplit, urlunsplit
 
 from dicomstore.archive import layout
 
-try:  # the ``postgresql`` extra
-    import psycopg
-except ImportError:  # pragma: no cover - exercised where psycopg is not installed
-    psycopg = None  # type: ignore[assignment]
+
+class PostgresError(Exception):
+    """An error of a PostgreSQL index (psycopg's error is its ``__cause__``; psycopg
+    is imported only when a PostgreSQL index is opened: it loads asyncio)."""
+
+
+class PostgresIntegrityError(PostgresError):
+    """A constraint of a PostgreSQL index failed."""
+
+
+class PostgresOperationalError(PostgresError):
+    """A PostgreSQL index is unreachable, busy or locked."""
+
 
 #: Exceptions of any index engine (``except DatabaseError``).
-DatabaseError: tuple[type[Exception], ...] = (sqlite3.Error,)
+DatabaseError: tuple[type[Exception], ...] = (sqlite3.Error, PostgresError)
 #: The database is unavailable, busy or locked (a transient condition).
-OperationalError: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
+OperationalError: tuple[type[Exception], ...] = (
+    sqlite3.OperationalError,
+    PostgresOperationalError,
+)
 #: A constraint failed (a parent row the writer's cache believed in is gone).
-IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
-if psycopg is not None:
-    DatabaseError = (sqlite3.Error, psycopg.Error)
-    IntegrityError = (sqlite3.IntegrityError, psycopg.IntegrityError)
-    OperationalError = (sqlite3.OperationalError, psycopg.OperationalError)
+IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError, PostgresIntegrityError)
 
 #: An index or a file system error (what the doors answer as "unavailable").
 DatabaseOrOSError: tuple[type[Exception], ...] = (OSError, *DatabaseError)
@@ -240,24 +248,27 @@ class PostgresEngine(Engine):
     returning = True
 
     def __init__(self, url: str) -> None:
-        if psycopg is None:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
             raise ValueError(
                 "a PostgreSQL index needs psycopg 3: pip install 'dicomstore[postgresql]'"
-            )
+            ) from None
         self.url = url
         self.where = _without_password(url)
 
     def _connect(self, timeout: float, options: str = "") -> PgConnection:
-        assert psycopg is not None
+        import psycopg
+
         params: dict[str, Any] = dict(psycopg.conninfo.conninfo_to_dict(self.url))
         if options:  # (after the URL's own, e.g. its search_path)
             params["options"] = f"{params.get('options') or ''} {options}".strip()
         params.setdefault("connect_timeout", max(1, round(timeout)))
         try:
             return PgConnection(psycopg.connect(autocommit=True, **params))
-        except psycopg.OperationalError as exc:  # (libpq's message has several lines)
+        except psycopg.Error as exc:  # (libpq's message has several lines)
             lines = str(exc).strip().splitlines() or [type(exc).__name__]
-            raise psycopg.OperationalError(f"index {self.where}: {lines[0]}") from exc
+            raise PostgresOperationalError(f"index {self.where}: {lines[0]}") from exc
 
     def exists(self) -> bool:
         with closing(self._connect(5.0)) as db:
@@ -332,8 +343,9 @@ class PostgresEngine(Engine):
         return token + 1
 
     def in_transaction(self, db: Any) -> bool:
-        assert psycopg is not None
-        return bool(db.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE)
+        from psycopg.pq import TransactionStatus
+
+        return bool(db.conn.info.transaction_status != TransactionStatus.IDLE)
 
 
 class PgConnection:
@@ -342,22 +354,45 @@ class PgConnection:
     dialect = "postgresql"
 
     def __init__(self, conn: Any) -> None:
+        import psycopg
+
         self.conn = conn
+        self._errors = psycopg.Error  # (translated into DatabaseError)
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
-        return self.conn.execute(_placeholders(sql), parameters)
+        try:
+            return self.conn.execute(_placeholders(sql), parameters)
+        except self._errors as exc:
+            raise _translated(exc) from exc
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with self.conn.cursor() as cursor:
-            cursor.executemany(_placeholders(sql), rows)
+        try:
+            with self.conn.cursor() as cursor:
+                cursor.executemany(_placeholders(sql), rows)
+        except self._errors as exc:
+            raise _translated(exc) from exc
 
     def stream(self, sql: str, parameters: Sequence[Any] = ()) -> Iterator[Any]:
         """Rows one by one from the server (not all held in memory)."""
-        with self.conn.cursor() as cursor:
-            yield from cursor.stream(_placeholders(sql), parameters)
+        try:
+            with self.conn.cursor() as cursor:
+                yield from cursor.stream(_placeholders(sql), parameters)
+        except self._errors as exc:
+            raise _translated(exc) from exc
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _translated(exc: Exception) -> PostgresError:
+    """psycopg's error as one of :data:`DatabaseError`."""
+    import psycopg
+
+    if isinstance(exc, psycopg.IntegrityError):
+        return PostgresIntegrityError(str(exc))
+    if isinstance(exc, psycopg.OperationalError):
+        return PostgresOperationalError(str(exc))
+    return PostgresError(str(exc))
 
 
 @functools.lru_cache(maxsize=4096)
