@@ -33,8 +33,8 @@ from dicomstore.services.stability import (
     StableStudy,
     StudyStability,
     command_line,
-    stable_states,
 )
+from dicomstore.services.stable_search import stable_states
 
 QUICK = 0.05  # seconds of quiet time in these tests
 
