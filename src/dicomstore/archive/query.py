@@ -27,9 +27,10 @@ PostgreSQL too, except ``GLOB`` (wildcards) and ``group_concat``.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -367,11 +368,14 @@ def build(
     offset: int = 0,
     computed: Collection[str] | None = None,
     sample: bool = False,
+    also: Sequence[str] = (),
 ) -> tuple[str, list[Any], list[str]]:
     """SQL, parameters and row keys of a search at ``level`` (``computed``: the
     counts and lists wanted, by row key, default all; ``sample``: see
-    :func:`iter_search`)."""
+    :func:`iter_search`; ``also``: more conditions, SQL over the aliases of the
+    levels, without parameters)."""
     clauses, params = where(level, filters)
+    clauses = [*clauses, *also]
     columns, keys = _select(level, computed, sample)
     sql = f"SELECT {columns} FROM {_chain('patient', level)}"
     if clauses:
@@ -400,13 +404,21 @@ def iter_search(
     offset: int = 0,
     computed: Collection[str] | None = None,
     sample: bool = False,
+    also: Sequence[str] = (),
 ) -> Iterator[dict[str, Any]]:
     """Rows matching ``filters`` at ``level``, streamed from the cursor; of the
     computed counts and lists, those in ``computed`` (row keys) when given; with
     ``sample`` each row also has ``sample_path``, the stored file (relative to the
-    root) of one instance of the entity, or None when it has none."""
+    root) of one instance of the entity, or None when it has none; ``also``: see
+    :func:`build`."""
     sql, params, keys = build(
-        level, filters or {}, limit=limit, offset=offset, computed=computed, sample=sample
+        level,
+        filters or {},
+        limit=limit,
+        offset=offset,
+        computed=computed,
+        sample=sample,
+        also=also,
     )
     for values in db.execute(sql, params):
         yield _row(keys, values)
@@ -419,9 +431,36 @@ def search(
     *,
     limit: int | None = None,
     offset: int = 0,
+    also: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """Rows matching ``filters`` at ``level`` (see the module docstring)."""
-    return list(iter_search(db, level, filters, limit=limit, offset=offset))
+    """Rows matching ``filters`` at ``level`` (see the module docstring; ``also``:
+    see :func:`build`)."""
+    return list(iter_search(db, level, filters, limit=limit, offset=offset, also=also))
+
+
+#: The instances of a study, under any patient it is filed under (``a.study_uid``).
+_STUDY_INSTANCES = (
+    "FROM study a JOIN series b ON b.study_pk = a.study_pk"
+    " JOIN instance c ON c.series_pk = b.series_pk"
+)
+
+
+def newest_arrival(study_uid_sql: str) -> str:
+    """SQL of the arrival (``received_at``) of the newest instance of the study whose
+    Study Instance UID is the SQL expression ``study_uid_sql`` (a correlated subquery)."""
+    return f"SELECT MAX(c.received_at) {_STUDY_INSTANCES} WHERE a.study_uid = {study_uid_sql}"
+
+
+def newest_arrivals(db: sqlite3.Connection, study_uids: Collection[str]) -> dict[str, str]:
+    """Per study of ``study_uids``, the arrival of its newest instance: one statement
+    (studies without instances are left out)."""
+    if not study_uids:
+        return {}
+    sql = (
+        f"SELECT a.study_uid, MAX(c.received_at) {_STUDY_INSTANCES}"
+        " WHERE a.study_uid IN (SELECT value FROM json_each(?)) GROUP BY a.study_uid"
+    )
+    return dict(db.execute(sql, (json.dumps(list(study_uids)),)).fetchall())
 
 
 def count(db: sqlite3.Connection, level: str, filters: Filters | None = None) -> int:
