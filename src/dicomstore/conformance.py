@@ -14,7 +14,7 @@ from dicomstore import __version__, uids
 from dicomstore import status as st
 from dicomstore.archive import commitment as sc
 from dicomstore.archive import query as q
-from dicomstore.services import commitment_scp
+from dicomstore.services import commitment_info, commitment_reports
 from dicomstore.services.storage_scp import STORAGE_EXTENDED_ANSWER
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
 from dicomstore.ul.pdu import APPLICATION_CONTEXT_NAME
@@ -167,8 +167,8 @@ COMMITMENT_STATUSES: tuple[tuple[int, str], ...] = (
     (st.MISTYPED_ARGUMENT, "a command with a missing or mistyped field"),
     (
         st.RESOURCE_LIMITATION,
-        f"more than `--max-commitment-references` ({commitment_scp.MAX_REFERENCES}) "
-        f"references, or `--max-pending-commitments` ({commitment_scp.MAX_PENDING}) "
+        f"more than `--max-commitment-references` ({commitment_info.MAX_REFERENCES}) "
+        f"references, or `--max-pending-commitments` ({commitment_reports.MAX_PENDING}) "
         "requests not yet reported",
     ),
 )
