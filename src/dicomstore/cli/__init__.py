@@ -90,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
 
         return events.run(args)
     if args.command == "conformance":
-        from dicomstore.conformance import statement
+        from dicomstore.conformance.document import statement
 
         print(statement(), end="")
         return EXIT_OK
