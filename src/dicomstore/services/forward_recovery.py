@@ -59,29 +59,16 @@ def recover(
 ) -> int:
     """Queue again what a crash or a stop may have left out (module notes), a
     transaction per ``batch`` rows; the number of entries added. Blocking."""
-    return _recover_instances(reader, queue, rules, since, now, batch) + _recover_stable(
-        reader, queue, rules, since
-    )
-
-
-def _recover_instances(
-    reader: ArchiveReader,
-    queue: ForwardQueue,
-    rules: Sequence[ForwardRule],
-    since: Since,
-    now: str,
-    batch: int,
-) -> int:
+    added = 0
     observed = queue.watermark("observed")
     if observed is None:  # a new queue: nothing stored before it is forwarded
         queue.set_watermark("observed", now)
-        return 0
-    if not any(rule.when == "instance" for rule in rules):
-        return 0
-    floor = _shifted(observed, -SLACK)
-    with closing(reader.connect()) as db:
-        cursor = db.execute(f"{_ROW} WHERE i.received_at >= ?", (floor,))
-        return _add_rows(queue, rules, since, _rows(cursor), "instance", batch)
+    elif any(rule.when == "instance" for rule in rules):
+        floor = _shifted(observed, -SLACK)
+        with closing(reader.connect()) as db:
+            cursor = db.execute(f"{_ROW} WHERE i.received_at >= ?", (floor,))
+            added = _add_rows(queue, rules, since, _rows(cursor), "instance", batch)
+    return added + _recover_stable(reader, queue, rules, since)
 
 
 def _recover_stable(
