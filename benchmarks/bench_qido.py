@@ -8,6 +8,9 @@ end over HTTP (keep-alive) and in process. Run on demand:
 
 ``--keep DIR`` keeps the filled index there and reuses it on the next run (the
 archive's own :class:`Index` opens it first, so indexes it adds are made).
+
+Every other study has a study-complete event in the event log (issue 16), so
+results carry the stability element and ``stable=true|false`` is timed.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from dicomstore.archive.index import Index
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.schema import TABLES
 from dicomstore.http import HttpServer, build_app
+from dicomstore.services import stable_search
+from dicomstore.services.stability import StableLog, StableStudy
 
 MODALITIES = ("CT", "MR", "US", "CR", "XA", "MG", "PT")
 NAMES = ("DOE", "ROE", "SMITH", "JONES", "MILLER", "GARCIA", "MARTIN", "LEE")
@@ -99,6 +104,24 @@ def fill(root: Path, instances: int, seed: int = 1) -> dict[str, str]:
             "series": series[(4242 % n_studies) * 3][1]}  # fmt: skip
 
 
+def report_stable(root: Path) -> int:
+    """A study-complete event for every other study (all its instances arrived
+    before it), written as services/stability.py writes them; the number."""
+    log = StableLog(root, fsync=False)
+    if log.path.exists():
+        return len(log.latest())
+    db = sqlite3.connect(root / layout.INDEX_FILE)
+    uids = [uid for (uid,) in db.execute("SELECT study_uid FROM study WHERE study_pk % 2 = 0")]
+    db.close()
+    log.path.parent.mkdir(parents=True, exist_ok=True)
+    when = "2024-06-01T12:00:00+00:00"
+    with open(log.path, "w", encoding="utf-8") as fp:
+        for uid in uids:
+            event = StableStudy(uid, None, 9, 3, when, when, "2024-06-01T12:01:00+00:00", "")
+            fp.write(json.dumps(event.as_dict()) + "\n")
+    return len(uids)
+
+
 def prepare(root: Path, instances: int) -> dict[str, str]:
     """An index of ``instances`` rows at ``root``: reused if one of that size is there
     (``--keep``), else filled anew; then opened once as the archive opens it."""
@@ -160,12 +183,13 @@ def main() -> None:
         root = args.keep or Path(tmp) / "archive"
         start = time.perf_counter()
         keys = prepare(root, args.instances)
+        reported = report_stable(root)
         reader = ArchiveReader(root)
         totals = reader.stats()["totals"]
         print(
             f"index: {totals['instances']} instances, {totals['series']} series, "
-            f"{totals['studies']} studies, {totals['patients']} patients "
-            f"(filled in {time.perf_counter() - start:.1f} s)\n"
+            f"{totals['studies']} studies, {totals['patients']} patients, "
+            f"{reported} reported stable (filled in {time.perf_counter() - start:.1f} s)\n"
         )
         cases = [
             ("study", "/studies", {"StudyDate": "20240101-20240131", "limit": "100"}),
@@ -176,6 +200,9 @@ def main() -> None:
             ("study", "/studies", {"ModalitiesInStudy": "MR", "limit": "100"}),
             ("study", "/studies", {"ModalitiesInStudy": "NM", "limit": "100"}),  # none: worst case
             ("study", "/studies", {"limit": "100"}),
+            ("study", "/studies", {"stable": "true", "limit": "100"}),
+            ("study", "/studies", {"stable": "false", "limit": "100"}),
+            ("study", "/studies", {"StudyDate": "20240101-20240131", "stable": "false"}),
             ("series", f"/studies/{keys['study']}/series", {}),
             ("instance", f"/studies/{keys['study']}/series/{keys['series']}/instances", {}),
         ]
@@ -183,7 +210,8 @@ def main() -> None:
         with Served(root) as url, httpx.Client(base_url=url) as client:
             print(f"{'search':78} {'HTTP median':>12} {'p95':>8} {'in-process':>11} {'rows':>5}")
             for level, path, params in cases:
-                filters = {k: v for k, v in params.items() if k != "limit"}
+                filters = {k: v for k, v in params.items() if k not in ("limit", "stable")}
+                stable = {"true": True, "false": False}.get(params.get("stable", ""))
                 fixed = _path_filters(path)
                 limit = int(params.get("limit", 10_000))
 
@@ -194,8 +222,8 @@ def main() -> None:
 
                 local_filters = {**filters, **fixed}
 
-                def local_call(level=level, filters=local_filters, limit=limit):
-                    return reader.search(level, filters, limit=limit)
+                def local_call(level=level, filters=local_filters, limit=limit, stable=stable):
+                    return stable_search.search(reader, level, filters, stable=stable, limit=limit)
 
                 median, p95 = timed(http_call, args.repeat)
                 local, _ = timed(local_call, args.repeat)

@@ -9,15 +9,9 @@ from pathlib import Path
 import pytest
 
 from dicomstore import uids
-from dicomstore.conformance import (
-    COMMITMENT_STATUSES,
-    FAILURE_REASONS,
-    FIND_STATUSES,
-    GET_STATUSES,
-    MOVE_STATUSES,
-    SCP_STATUSES,
-    statement,
-)
+from dicomstore.conformance.commitment import COMMITMENT_STATUSES, FAILURE_REASONS
+from dicomstore.conformance.document import SCP_STATUSES, statement
+from dicomstore.conformance.qr import FIND_STATUSES, GET_STATUSES, MOVE_STATUSES
 from dicomstore.dimse import status as st
 from dicomstore.services.server import ServerConfig
 

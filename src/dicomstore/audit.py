@@ -103,7 +103,7 @@ class AuditLog:
 
     def commitment(self, record: dict[str, Any]) -> None:
         """A Storage Commitment request answered, or its report sent
-        (``services/commitment_scp.py``, PS3.4 J.3)."""
+        (``services/commitment_scp.py``, ``commitment_reports.py``, PS3.4 J.3)."""
         self.write(record, "commitment")
 
     def write(self, record: dict[str, Any], event: str | None = None) -> None:

@@ -40,7 +40,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from dicomstore.archive.query import ATTRIBUTES, LEVELS, QueryError
+from dicomstore.archive.attributes import ATTRIBUTES
+from dicomstore.archive.query import LEVELS, QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
 from dicomstore.archive.removal import Removal, remove
 

@@ -40,7 +40,7 @@ from dicomstore.archive.commitment import (
     Reference,
 )
 from dicomstore.policy import ACTIONS, Peer, Policy
-from dicomstore.services import commitment_scp
+from dicomstore.services import commitment_reports
 from dicomstore.services.destinations import Destination
 from dicomstore.services.server import ServerConfig
 
@@ -142,13 +142,13 @@ def test_report_on_a_new_association_once_the_requester_released(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     released = threading.Event()
-    real_verify = commitment_scp.verify
+    real_verify = commitment_reports.verify
 
     def verify_after_release(reader, refs):  # the report waits until the requester left
         assert released.wait(30)
         return real_verify(reader, refs)
 
-    monkeypatch.setattr(commitment_scp, "verify", verify_after_release)
+    monkeypatch.setattr(commitment_reports, "verify", verify_after_release)
     with report_listener("MODALITY") as (port, reports):
         scu = Destination("MODALITY", "127.0.0.1", port)
         audit = Audit()
@@ -172,7 +172,7 @@ def test_a_failed_report_is_retried_and_kept_until_acknowledged(
     """The SCU's listener is down at first: the request stays in the journal and
     the report is retried (backoff) until an N-EVENT-REPORT-RSP comes."""
     released = threading.Event()
-    real_verify = commitment_scp.verify
+    real_verify = commitment_reports.verify
     attempts: list[int] = []
 
     def verify_after_release(reader, refs):
@@ -180,7 +180,7 @@ def test_a_failed_report_is_retried_and_kept_until_acknowledged(
         attempts.append(1)
         return real_verify(reader, refs)
 
-    monkeypatch.setattr(commitment_scp, "verify", verify_after_release)
+    monkeypatch.setattr(commitment_reports, "verify", verify_after_release)
     port = free_port()
     srv = serving(root, commitment_scus=(Destination("MODALITY", "127.0.0.1", port),))
     with srv:
@@ -282,13 +282,13 @@ def test_limits_and_a_transaction_uid_still_pending(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate = threading.Event()
-    real_verify = commitment_scp.verify
+    real_verify = commitment_reports.verify
 
     def held_back(reader, refs):
         assert gate.wait(30)
         return real_verify(reader, refs)
 
-    monkeypatch.setattr(commitment_scp, "verify", held_back)
+    monkeypatch.setattr(commitment_reports, "verify", held_back)
     srv = serving(root, max_commitment_references=2, max_pending_commitments=1)
     with srv:
         assert n_action(srv.port, action_information("1.2.8.120", *HELD, ALTERED)) == 0x0213

@@ -30,7 +30,7 @@ from tests.services.test_scu_support import sendable, uid_of
 from dicomstore.archive import Archive
 from dicomstore.archive.commitment import NO_SUCH_OBJECT_INSTANCE, Reference
 from dicomstore.cli import send as cli_send
-from dicomstore.services import commitment_scp
+from dicomstore.services import commitment_reports
 from dicomstore.services.commitment_scu import commit
 from dicomstore.services.destinations import Destination
 from dicomstore.services.server import ServerConfig
@@ -71,7 +71,7 @@ def test_send_commit_an_instance_altered_after_it_was_stored_exits_8(
     srv, archive = archive_server
     files = sendable(compressed=False)[:3]
     victim = uid_of(files[1])
-    real_verify = commitment_scp.verify
+    real_verify = commitment_reports.verify
 
     def alter_then_verify(reader, refs):  # the disk changes between C-STORE and the check
         path = reader.path(victim)
@@ -80,7 +80,7 @@ def test_send_commit_an_instance_altered_after_it_was_stored_exits_8(
         path.write_bytes(bytes(data))
         return real_verify(reader, refs)
 
-    monkeypatch.setattr(commitment_scp, "verify", alter_then_verify)
+    monkeypatch.setattr(commitment_reports, "verify", alter_then_verify)
     code = _main("127.0.0.1", str(srv.port), *map(str, files), "--commit")
     out = capsys.readouterr().out
     assert code == 8, out
@@ -188,7 +188,7 @@ def test_send_commit_listen_takes_the_report_on_a_new_association(
     listen = free_port()
     archive = Archive(tmp_path / "archive", fsync=False)
     config = ServerConfig(port=0, commitment_scus=(Destination("COMMITTER", "127.0.0.1", listen),))
-    real_verify = commitment_scp.verify
+    real_verify = commitment_reports.verify
     audit = Audit()
     with ServerThread(config, archive, audit=audit) as srv:
 
@@ -199,7 +199,7 @@ def test_send_commit_listen_takes_the_report_on_a_new_association(
             assert not srv.server.associations
             return real_verify(reader, refs)
 
-        monkeypatch.setattr(commitment_scp, "verify", verify_once_released)
+        monkeypatch.setattr(commitment_reports, "verify", verify_once_released)
         args = ["127.0.0.1", str(srv.port), *map(str, files), "--aet", "COMMITTER"]
         code = _main(*args, "--commit-listen", str(listen), "--commit-timeout", "20")
     archive.close()

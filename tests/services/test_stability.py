@@ -26,6 +26,7 @@ from tests.services.test_store_doors import DOORS, STUDY, Site, site, store  # n
 
 from dicomstore.archive import Archive
 from dicomstore.archive.reader import ArchiveReader
+from dicomstore.services import stability
 from dicomstore.services.server import ServerConfig
 from dicomstore.services.serving import running
 from dicomstore.services.stability import (
@@ -33,8 +34,8 @@ from dicomstore.services.stability import (
     StableStudy,
     StudyStability,
     command_line,
-    stable_states,
 )
+from dicomstore.services.stable_search import stable_states
 
 QUICK = 0.05  # seconds of quiet time in these tests
 
@@ -166,6 +167,52 @@ def test_an_event_after_a_line_cut_by_a_crash_is_kept(tmp_path: Path) -> None:
     log.append(second)
     assert list(log.read()) == [first, second]
     assert log.path.read_bytes().endswith(b"\n")
+
+
+def _event(study: str, stable_at: str) -> StableStudy:
+    return StableStudy(study, "PID1", 1, 1, "x", "2026-01-01T00:00:00", stable_at, "f")
+
+
+def test_the_cached_log_reads_only_what_was_appended(tmp_path: Path, monkeypatch) -> None:
+    """StableLog.latest parses each line once per process: later calls read the bytes
+    appended since; a line not yet ended waits, one cut by a crash is skipped."""
+    parsed: list[bytes] = []
+    real = stability._parse
+    monkeypatch.setattr(stability, "_parse", lambda line: parsed.append(line) or real(line))
+    log = StableLog(tmp_path, fsync=False)
+    assert log.latest() == {}  # no log yet
+    log.append(_event("1.2.51", "t1"))
+    log.append(_event("1.2.52", "t1"))
+    seen = log.latest()
+    assert {uid: e.stable_at for uid, e in seen.items()} == {"1.2.51": "t1", "1.2.52": "t1"}
+    assert len(parsed) == 2
+    assert StableLog(tmp_path).latest() is seen and len(parsed) == 2  # unchanged: not read
+    log.append(_event("1.2.51", "t2"))  # a later event of the same study
+    latest = StableLog(tmp_path).latest()
+    assert len(parsed) == 3 and latest["1.2.51"].stable_at == "t2"
+    assert seen["1.2.51"].stable_at == "t1"  # a mapping handed out does not change
+    line = (json.dumps(_event("1.2.53", "t3").as_dict()) + "\n").encode()
+    with open(log.path, "ab") as fp:  # another writer, mid-append
+        fp.write(line[:20])
+    assert "1.2.53" not in log.latest() and len(parsed) == 3  # not yet ended: waits
+    with open(log.path, "ab") as fp:
+        fp.write(line[20:])
+    assert log.latest()["1.2.53"].stable_at == "t3"
+    with open(log.path, "ab") as fp:
+        fp.write(b'{"study_uid": "1.2.5')  # cut by a crash
+    log.append(_event("1.2.54", "t4"))  # starts a line of its own
+    assert sorted(log.latest()) == ["1.2.51", "1.2.52", "1.2.53", "1.2.54"]
+    assert log.latest()["1.2.51"].stable_at == "t2"
+
+
+def test_a_rewritten_log_is_read_anew(tmp_path: Path) -> None:
+    log = StableLog(tmp_path, fsync=False)
+    log.append(_event("1.2.61", "t1"))
+    log.append(_event("1.2.62", "t1"))
+    assert sorted(log.latest()) == ["1.2.61", "1.2.62"]
+    log.path.unlink()  # e.g. cleaned by an operator
+    log.append(_event("1.2.63", "t1"))
+    assert sorted(log.latest()) == ["1.2.63"]
 
 
 def test_command_and_webhook_run_for_each_stable_study(tmp_path: Path, webhook: str) -> None:

@@ -29,11 +29,12 @@ are ``string_agg`` instead of ``group_concat`` and NULLs sort first, as in SQLit
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
+from dicomstore.archive.attributes import ALIAS, Attribute, attribute
 from dicomstore.archive.engine import Connection, dialect_of, order_by
 from dicomstore.archive.layout import normalize_uid
 from dicomstore.archive.schema import HIDDEN, TABLES
@@ -80,58 +81,6 @@ class Exact(str):
     queries, not for naming one entity, e.g. the patient of a browse page link)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Attribute:
-    """A DICOM attribute the index can return and (if ``sql``) match."""
-
-    keyword: str
-    tag: int
-    vr: str
-    level: str
-    key: str  # key of a result row
-    sql: str | None  # column expression for matching; None: computed, not matchable
-
-
-_ALIAS = {"patient": "p", "study": "st", "series": "se", "instance": "i"}
-#: keyword, tag, VR, level, row key; matched on the column of the same name unless
-#: the sixth item gives another expression or None (computed, not matchable).
-_TABLE_OF_ATTRIBUTES: tuple[tuple[Any, ...], ...] = (
-    ("PatientName", 0x00100010, "PN", "patient", "patient_name"),
-    ("PatientID", 0x00100020, "LO", "patient", "patient_id"),
-    ("IssuerOfPatientID", 0x00100021, "LO", "patient", "issuer"),
-    ("PatientBirthDate", 0x00100030, "DA", "patient", "birth_date"),
-    ("PatientSex", 0x00100040, "CS", "patient", "sex"),
-    ("NumberOfPatientRelatedStudies", 0x00201200, "IS", "patient", "n_studies", None),
-    ("NumberOfPatientRelatedSeries", 0x00201202, "IS", "patient", "n_series", None),
-    ("NumberOfPatientRelatedInstances", 0x00201204, "IS", "patient", "n_instances", None),
-    ("StudyInstanceUID", 0x0020000D, "UI", "study", "study_uid"),
-    ("StudyDate", 0x00080020, "DA", "study", "study_date"),
-    ("StudyTime", 0x00080030, "TM", "study", "study_time"),
-    ("AccessionNumber", 0x00080050, "SH", "study", "accession_number"),
-    ("ReferringPhysicianName", 0x00080090, "PN", "study", "referring_physician"),
-    ("StudyDescription", 0x00081030, "LO", "study", "study_description"),
-    ("StudyID", 0x00200010, "SH", "study", "study_id"),
-    ("ModalitiesInStudy", 0x00080061, "CS", "study", "modalities", "b.modality"),
-    ("SOPClassesInStudy", 0x00080062, "UI", "study", "sop_classes", "c.sop_class_uid"),
-    ("NumberOfStudyRelatedSeries", 0x00201206, "IS", "study", "n_series", None),
-    ("NumberOfStudyRelatedInstances", 0x00201208, "IS", "study", "n_instances", None),
-    ("SeriesInstanceUID", 0x0020000E, "UI", "series", "series_uid"),
-    ("Modality", 0x00080060, "CS", "series", "modality"),
-    ("SeriesDescription", 0x0008103E, "LO", "series", "series_description"),
-    ("SeriesNumber", 0x00200011, "IS", "series", "series_number"),
-    ("BodyPartExamined", 0x00180015, "CS", "series", "body_part"),
-    ("NumberOfSeriesRelatedInstances", 0x00201209, "IS", "series", "n_instances", None),
-    ("SOPClassUID", 0x00080016, "UI", "instance", "sop_class_uid"),
-    ("SOPInstanceUID", 0x00080018, "UI", "instance", "sop_instance_uid"),
-    ("InstanceNumber", 0x00200013, "IS", "instance", "instance_number"),
-    ("AvailableTransferSyntaxUID", 0x00083002, "UI", "instance", "transfer_syntax_uid"),
-    ("SourceApplicationEntityTitle", 0x00020016, "AE", "instance", "calling_ae"),
-)
-ATTRIBUTES: dict[str, Attribute] = {
-    t[0]: Attribute(t[0], t[1], t[2], t[3], t[4], t[5] if len(t) > 5 else f"{_ALIAS[t[3]]}.{t[4]}")
-    for t in _TABLE_OF_ATTRIBUTES
-}
-BY_TAG: dict[int, Attribute] = {a.tag: a for a in ATTRIBUTES.values()}
 #: Lists of values inside one study, matched by "any value" through the levels below.
 _IN_STUDY = {
     # correlated: the search walks studies in its own order (a date range, a patient,
@@ -141,26 +90,8 @@ _IN_STUDY = {
     " ON c.series_pk = b.series_pk WHERE {})",
 }
 
-_TAG_RE = re.compile(r"\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?")
 _DATE_RE = re.compile(r"[0-9]{8}")
 _TIME_RE = re.compile(r"[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?")
-
-
-def parse_tag(name: str) -> int | None:
-    """``GGGGEEEE`` or ``(GGGG,EEEE)`` as an int, else ``None``."""
-    m = _TAG_RE.fullmatch(name.strip())
-    return int(m[1] + m[2], 16) if m else None
-
-
-def attribute(name: str | int) -> Attribute | None:
-    """The attribute named by a keyword, a tag string or a tag number."""
-    if isinstance(name, int):
-        return BY_TAG.get(name)
-    found = ATTRIBUTES.get(name)
-    if found is not None:
-        return found
-    tag = parse_tag(name)
-    return None if tag is None else BY_TAG.get(tag)
 
 
 def _split_list(value: str) -> list[str]:
@@ -302,7 +233,7 @@ def where(level: str, filters: Filters, dialect: str = "sqlite") -> tuple[list[s
 #: less the surrogate keys and the patient's scope (a patient row has it as
 #: ``scope``: the Study Instance UID of a patient without Patient ID, else '').
 _COLUMNS = {
-    level: [f"{_ALIAS[level]}.{c}" for c in TABLES[level] if c not in HIDDEN] for level in LEVELS
+    level: [f"{ALIAS[level]}.{c}" for c in TABLES[level] if c not in HIDDEN] for level in LEVELS
 }
 #: (an integer on PostgreSQL too, whose SUM of BIGINT is NUMERIC)
 _SIZE = "CAST(COALESCE(SUM(c.file_size), 0) AS BIGINT)"
@@ -395,11 +326,14 @@ def build(
     computed: Collection[str] | None = None,
     sample: bool = False,
     dialect: str = "sqlite",
+    also: Sequence[str] = (),
 ) -> tuple[str, list[Any], list[str]]:
     """SQL, parameters and row keys of a search at ``level`` (``computed``: the
     counts and lists wanted, by row key, default all; ``sample``: see
-    :func:`iter_search`; ``dialect``: ``sqlite`` or ``postgresql``)."""
+    :func:`iter_search`; ``dialect``: ``sqlite`` or ``postgresql``; ``also``: more
+    conditions, SQL over the aliases of the levels, without parameters)."""
     clauses, params = where(level, filters, dialect)
+    clauses = [*clauses, *also]
     columns, keys = _select(level, computed, sample, dialect)
     sql = f"SELECT {columns} FROM {_chain('patient', level)}"
     if clauses:
@@ -429,11 +363,13 @@ def iter_search(
     offset: int = 0,
     computed: Collection[str] | None = None,
     sample: bool = False,
+    also: Sequence[str] = (),
 ) -> Iterator[dict[str, Any]]:
     """Rows matching ``filters`` at ``level``, streamed from the cursor; of the
     computed counts and lists, those in ``computed`` (row keys) when given; with
     ``sample`` each row also has ``sample_path``, the stored file (relative to the
-    root) of one instance of the entity, or None when it has none."""
+    root) of one instance of the entity, or None when it has none; ``also``: see
+    :func:`build`."""
     dialect = dialect_of(db)
     sql, params, keys = build(
         level,
@@ -443,6 +379,7 @@ def iter_search(
         computed=computed,
         sample=sample,
         dialect=dialect,
+        also=also,
     )
     rows = db.execute(sql, params) if dialect == "sqlite" else db.stream(sql, params)  # type: ignore[attr-defined]
     for values in rows:
@@ -456,9 +393,40 @@ def search(
     *,
     limit: int | None = None,
     offset: int = 0,
+    also: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """Rows matching ``filters`` at ``level`` (see the module docstring)."""
-    return list(iter_search(db, level, filters, limit=limit, offset=offset))
+    """Rows matching ``filters`` at ``level`` (see the module docstring; ``also``:
+    see :func:`build`)."""
+    return list(iter_search(db, level, filters, limit=limit, offset=offset, also=also))
+
+
+#: The instances of a study, under any patient it is filed under (``a.study_uid``).
+_STUDY_INSTANCES = (
+    "FROM study a JOIN series b ON b.study_pk = a.study_pk"
+    " JOIN instance c ON c.series_pk = b.series_pk"
+)
+
+
+def newest_arrival(study_uid_sql: str) -> str:
+    """SQL of the arrival (``received_at``) of the newest instance of the study whose
+    Study Instance UID is the SQL expression ``study_uid_sql`` (a correlated subquery)."""
+    return f"SELECT MAX(c.received_at) {_STUDY_INSTANCES} WHERE a.study_uid = {study_uid_sql}"
+
+
+def newest_arrivals(db: Connection, study_uids: Collection[str]) -> dict[str, str]:
+    """Per study of ``study_uids``, the arrival of its newest instance: one statement
+    (studies without instances are left out)."""
+    if not study_uids:
+        return {}
+    if dialect_of(db) == "sqlite":
+        listed, param = "SELECT value FROM json_each(?)", json.dumps(list(study_uids))
+    else:
+        listed, param = "SELECT unnest(CAST(? AS text[]))", list(study_uids)  # type: ignore[assignment]
+    sql = (
+        f"SELECT a.study_uid, MAX(c.received_at) {_STUDY_INSTANCES}"
+        f" WHERE a.study_uid IN ({listed}) GROUP BY a.study_uid"
+    )
+    return dict(db.execute(sql, (param,)).fetchall())
 
 
 def count(db: Connection, level: str, filters: Filters | None = None) -> int:

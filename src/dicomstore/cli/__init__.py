@@ -26,12 +26,12 @@ from dicomstore.cli.options import (
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and options (documented in the README)."""
     from dicomstore import __version__
-    from dicomstore.cli import access, admin, echo, events, find, retrieve, send, serve
+    from dicomstore.cli import access, admin, echo, events, find, retrieve, send, serve_options
 
     parser = argparse.ArgumentParser(prog="dicomstore", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dicomstore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve.add_parser(sub)
+    serve_options.add_parser(sub)
     echo.add_parser(sub)
     send.add_parser(sub)
     find.add_parser(sub)
@@ -90,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
 
         return events.run(args)
     if args.command == "conformance":
-        from dicomstore.conformance import statement
+        from dicomstore.conformance.document import statement
 
         print(statement(), end="")
         return EXIT_OK

@@ -232,7 +232,7 @@ def _ls(args: argparse.Namespace) -> int:
     reader = _reader(args)
     rows = reader.search(level, _filters(args), limit=args.limit, offset=args.offset)
     if level == "study":  # study-complete events (services/stability.py)
-        from dicomstore.services.stability import stable_states
+        from dicomstore.services.stable_search import stable_states
 
         states = stable_states(reader, [r["study_uid"] for r in rows])
         for row in rows:

@@ -17,6 +17,13 @@ from dicomstore.dimse.assembler import (
     Event,
 )
 from dicomstore.dimse.commands import BadValue, decode_command, encode_command
+from dicomstore.dimse.decoding import (
+    GenericRSP,
+    InvalidRequest,
+    Message,
+    UnknownCommand,
+    decode_message,
+)
 from dicomstore.dimse.fragments import (
     DEFAULT_FRAGMENT,
     PDV_OVERHEAD,
@@ -37,11 +44,6 @@ from dicomstore.dimse.messages import (
     CEchoRSP,
     CStoreRQ,
     CStoreRSP,
-    GenericRSP,
-    InvalidRequest,
-    Message,
-    UnknownCommand,
-    decode_message,
 )
 from dicomstore.dimse.normalized_messages import (
     N_ACTION_RQ,

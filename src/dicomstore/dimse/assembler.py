@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dicomstore.dimse.messages import Message, decode_message
+from dicomstore.dimse.decoding import Message, decode_message
 from dicomstore.errors import RemoteProtocolError
 from dicomstore.ul.pdu import ABORT_UNEXPECTED_PDU_PARAMETER, PDV
 

@@ -11,7 +11,7 @@ N-EVENT-REPORT (PS3.7 10.3.1).
   set (the Success and Failed SOP Sequences of J.3.3);
 - :class:`NEventReportRSP` (8100H) may carry an Event Reply data set.
 
-Their decoders join :func:`dicomstore.dimse.messages.decode_message`; a request
+Their decoders join :func:`dicomstore.dimse.decoding.decode_message`; a request
 with a missing or mistyped field becomes an ``InvalidRequest`` (answered 0212,
 PS3.7 C.5.9 for the N services too) and a response without a Status is a
 protocol error, as for the DIMSE-C messages.
@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from dicomstore.dimse import messages as _m
+from dicomstore.dimse import field_readers as _f
 from dicomstore.dimse.commands import (
     ACTION_TYPE_ID,
     AFFECTED_SOP_CLASS_UID,
@@ -42,6 +42,7 @@ from dicomstore.dimse.commands import (
     Value,
     encode_command,
 )
+from dicomstore.dimse.decoding import register_decoders
 from dicomstore.errors import RemoteProtocolError
 from dicomstore.ul.pdu import ABORT_INVALID_PDU_PARAMETER_VALUE
 
@@ -229,9 +230,9 @@ class NEventReportRQ:
 def _decode_action_rq(fields: dict[int, Value], message_id: int, has_dataset: bool) -> NActionRQ:
     return NActionRQ(
         message_id,
-        _m._uid(fields, REQUESTED_SOP_CLASS_UID),
-        _m._uid(fields, REQUESTED_SOP_INSTANCE_UID),
-        _m._us(fields, ACTION_TYPE_ID, True),
+        _f.uid(fields, REQUESTED_SOP_CLASS_UID),
+        _f.uid(fields, REQUESTED_SOP_INSTANCE_UID),
+        _f.us(fields, ACTION_TYPE_ID, True),
         has_dataset,
     )
 
@@ -241,9 +242,9 @@ def _decode_event_report_rq(
 ) -> NEventReportRQ:
     return NEventReportRQ(
         message_id,
-        _m._uid(fields, AFFECTED_SOP_CLASS_UID),
-        _m._uid(fields, AFFECTED_SOP_INSTANCE_UID),
-        _m._us(fields, EVENT_TYPE_ID, True),
+        _f.uid(fields, AFFECTED_SOP_CLASS_UID),
+        _f.uid(fields, AFFECTED_SOP_INSTANCE_UID),
+        _f.us(fields, EVENT_TYPE_ID, True),
         has_dataset,
     )
 
@@ -258,11 +259,11 @@ def _response_fields(
         )
     return (
         status,
-        _m._lenient(fields, AFFECTED_SOP_CLASS_UID, str),
-        _m._lenient(fields, AFFECTED_SOP_INSTANCE_UID, str),
-        _m._lenient(fields, type_id, int),
-        _m._lenient(fields, ERROR_COMMENT, str),
-        _m._lenient(fields, ERROR_ID, int),
+        _f.lenient(fields, AFFECTED_SOP_CLASS_UID, str),
+        _f.lenient(fields, AFFECTED_SOP_INSTANCE_UID, str),
+        _f.lenient(fields, type_id, int),
+        _f.lenient(fields, ERROR_COMMENT, str),
+        _f.lenient(fields, ERROR_ID, int),
     )
 
 
@@ -286,7 +287,7 @@ def _decode_event_report_rsp(
     )
 
 
-_m.register_decoders(
+register_decoders(
     {
         N_ACTION_RQ: _decode_action_rq,
         N_ACTION_RSP: _decode_action_rsp,

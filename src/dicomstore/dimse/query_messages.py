@@ -6,7 +6,7 @@
 - :class:`CCancelRQ` (0FFFH) names the request it cancels by Message ID Being
   Responded To and has no response of its own (PS3.7 9.3.2.3).
 
-Their decoders join :func:`dicomstore.dimse.messages.decode_message`; a C-FIND-RQ
+Their decoders join :func:`dicomstore.dimse.decoding.decode_message`; a C-FIND-RQ
 with a missing or mistyped field becomes an ``InvalidRequest`` (0212) like a
 C-STORE-RQ.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from dicomstore.dimse import field_readers as _f
 from dicomstore.dimse import messages as _m
 from dicomstore.dimse.commands import (
     AFFECTED_SOP_CLASS_UID,
@@ -32,6 +33,7 @@ from dicomstore.dimse.commands import (
     Value,
     encode_command,
 )
+from dicomstore.dimse.decoding import register_decoders
 from dicomstore.errors import RemoteProtocolError
 from dicomstore.ul.pdu import ABORT_INVALID_PDU_PARAMETER_VALUE
 
@@ -133,11 +135,11 @@ class CCancelRQ:
 
 def _decode_find_rq(fields: dict[int, Value], message_id: int, has_dataset: bool) -> CFindRQ:
     if not has_dataset:
-        raise _m._Invalid(COMMAND_DATA_SET_TYPE, "C-FIND-RQ declares no data set")
-    sop_class = _m._uid(fields, AFFECTED_SOP_CLASS_UID)
-    priority = _m._us(fields, PRIORITY, True)
+        raise _f.Invalid(COMMAND_DATA_SET_TYPE, "C-FIND-RQ declares no data set")
+    sop_class = _f.uid(fields, AFFECTED_SOP_CLASS_UID)
+    priority = _f.us(fields, PRIORITY, True)
     if priority not in (_m.PRIORITY_MEDIUM, _m.PRIORITY_HIGH, _m.PRIORITY_LOW):
-        raise _m._Invalid(PRIORITY, f"Priority {priority} is not 0, 1 or 2")
+        raise _f.Invalid(PRIORITY, f"Priority {priority} is not 0, 1 or 2")
     return CFindRQ(message_id, sop_class, priority)
 
 
@@ -150,10 +152,10 @@ def _decode_find_rsp(fields: dict[int, Value], message_id: int, has_dataset: boo
     return CFindRSP(
         message_id,
         status,
-        _m._lenient(fields, AFFECTED_SOP_CLASS_UID, str),
+        _f.lenient(fields, AFFECTED_SOP_CLASS_UID, str),
         has_dataset,
-        _m._lenient(fields, ERROR_COMMENT, str),
-        _m._lenient(fields, OFFENDING_ELEMENT, tuple),
+        _f.lenient(fields, ERROR_COMMENT, str),
+        _f.lenient(fields, OFFENDING_ELEMENT, tuple),
     )
 
 
@@ -165,7 +167,7 @@ def _decode_cancel_rq(fields: dict[int, Value], message_id: int, has_dataset: bo
     return CCancelRQ(message_id)
 
 
-_m.register_decoders(
+register_decoders(
     {
         C_FIND_RQ: _decode_find_rq,
         C_FIND_RSP: _decode_find_rsp,

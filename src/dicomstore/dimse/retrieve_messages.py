@@ -12,7 +12,7 @@ Move Destination (0000,0600), an AE title), and responses that carry the
   Identifier holding the Failed SOP Instance UID List (PS3.4 C.4.2.1.5).
 
 A C-CANCEL-RQ (``query_messages.py``) cancels either. Their decoders join
-:func:`dicomstore.dimse.messages.decode_message`; a request with a missing or
+:func:`dicomstore.dimse.decoding.decode_message`; a request with a missing or
 mistyped field becomes an ``InvalidRequest`` (0212) like a C-STORE-RQ; a
 response's optional fields (the counts among them) are read leniently.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeVar
 
+from dicomstore.dimse import field_readers as _f
 from dicomstore.dimse import messages as _m
 from dicomstore.dimse.commands import (
     AFFECTED_SOP_CLASS_UID,
@@ -44,6 +45,7 @@ from dicomstore.dimse.commands import (
     Value,
     encode_command,
 )
+from dicomstore.dimse.decoding import register_decoders
 from dicomstore.errors import RemoteProtocolError
 from dicomstore.ul.pdu import ABORT_INVALID_PDU_PARAMETER_VALUE
 
@@ -189,37 +191,37 @@ class CMoveRQ(RetrieveRQ):
 
 
 def _priority(fields: dict[int, Value]) -> int:
-    priority = _m._us(fields, PRIORITY, True)
+    priority = _f.us(fields, PRIORITY, True)
     if priority not in (_m.PRIORITY_MEDIUM, _m.PRIORITY_HIGH, _m.PRIORITY_LOW):
-        raise _m._Invalid(PRIORITY, f"Priority {priority} is not 0, 1 or 2")
+        raise _f.Invalid(PRIORITY, f"Priority {priority} is not 0, 1 or 2")
     return priority
 
 
 def _decode_get_rq(fields: dict[int, Value], message_id: int, has_dataset: bool) -> CGetRQ:
     if not has_dataset:
-        raise _m._Invalid(COMMAND_DATA_SET_TYPE, "C-GET-RQ declares no data set")
-    return CGetRQ(message_id, _m._uid(fields, AFFECTED_SOP_CLASS_UID), _priority(fields))
+        raise _f.Invalid(COMMAND_DATA_SET_TYPE, "C-GET-RQ declares no data set")
+    return CGetRQ(message_id, _f.uid(fields, AFFECTED_SOP_CLASS_UID), _priority(fields))
 
 
 def _decode_move_rq(fields: dict[int, Value], message_id: int, has_dataset: bool) -> CMoveRQ:
     if not has_dataset:
-        raise _m._Invalid(COMMAND_DATA_SET_TYPE, "C-MOVE-RQ declares no data set")
-    sop_class = _m._uid(fields, AFFECTED_SOP_CLASS_UID)
+        raise _f.Invalid(COMMAND_DATA_SET_TYPE, "C-MOVE-RQ declares no data set")
+    sop_class = _f.uid(fields, AFFECTED_SOP_CLASS_UID)
     priority = _priority(fields)
     destination = fields.get(MOVE_DESTINATION)
     if isinstance(destination, BadValue):
-        raise _m._Invalid(MOVE_DESTINATION, f"Move Destination: {destination.reason}")
+        raise _f.Invalid(MOVE_DESTINATION, f"Move Destination: {destination.reason}")
     if not isinstance(destination, str) or not destination:
-        raise _m._Invalid(MOVE_DESTINATION, "Move Destination (0000,0600) is missing or empty")
+        raise _f.Invalid(MOVE_DESTINATION, "Move Destination (0000,0600) is missing or empty")
     return CMoveRQ(message_id, sop_class, priority, move_destination=destination)
 
 
 def _counts(fields: dict[int, Value]) -> SubOperations:
     return SubOperations(
-        _m._lenient(fields, NUMBER_OF_REMAINING_SUBOPERATIONS, int),
-        _m._lenient(fields, NUMBER_OF_COMPLETED_SUBOPERATIONS, int),
-        _m._lenient(fields, NUMBER_OF_FAILED_SUBOPERATIONS, int),
-        _m._lenient(fields, NUMBER_OF_WARNING_SUBOPERATIONS, int),
+        _f.lenient(fields, NUMBER_OF_REMAINING_SUBOPERATIONS, int),
+        _f.lenient(fields, NUMBER_OF_COMPLETED_SUBOPERATIONS, int),
+        _f.lenient(fields, NUMBER_OF_FAILED_SUBOPERATIONS, int),
+        _f.lenient(fields, NUMBER_OF_WARNING_SUBOPERATIONS, int),
     )
 
 
@@ -238,11 +240,11 @@ def _decode_rsp(
     return cls(
         message_id,
         status,
-        _m._lenient(fields, AFFECTED_SOP_CLASS_UID, str),
+        _f.lenient(fields, AFFECTED_SOP_CLASS_UID, str),
         _counts(fields),
         has_dataset,
-        _m._lenient(fields, ERROR_COMMENT, str),
-        _m._lenient(fields, OFFENDING_ELEMENT, tuple),
+        _f.lenient(fields, ERROR_COMMENT, str),
+        _f.lenient(fields, OFFENDING_ELEMENT, tuple),
     )
 
 
@@ -254,7 +256,7 @@ def _decode_move_rsp(fields: dict[int, Value], message_id: int, has_dataset: boo
     return _decode_rsp(CMoveRSP, fields, message_id, has_dataset)
 
 
-_m.register_decoders(
+register_decoders(
     {
         C_GET_RQ: _decode_get_rq,
         C_GET_RSP: _decode_get_rsp,

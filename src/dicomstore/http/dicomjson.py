@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dicomstore.archive.query import ATTRIBUTES, Attribute
+from dicomstore.archive.attributes import ATTRIBUTES, Attribute
 
 log = logging.getLogger("dicomstore.http.dicomjson")
 
@@ -59,6 +60,13 @@ KEYWORDS = {"study": STUDY_KEYWORDS, "series": SERIES_KEYWORDS, "instance": INST
 RETRIEVE_URL = "00081190"
 INSTANCE_AVAILABILITY = "00080056"
 
+#: dicomstore's private block (PS3.5 7.8.1): its Private Creator (0009,0010)
+#: reserves (0009,1000-10FF); (0009,1010) DT is when a study was reported
+#: stable (issue 16, services/stable_search.py).
+PRIVATE_CREATOR = "DICOMSTORE"
+PRIVATE_CREATOR_TAG = "00090010"
+STABLE_AT_TAG = "00091010"
+
 
 def tag_key(tag: int) -> str:
     """The JSON key of a tag: eight upper-case hex digits (F.2.1)."""
@@ -102,6 +110,18 @@ def row_to_json(
     if retrieve_url is not None:
         out[RETRIEVE_URL] = {"vr": "UR", "Value": [retrieve_url]}
     return dict(sorted(out.items()))
+
+
+def stable_elements(stable_at: str | None) -> dict[str, Any]:
+    """The private elements of a study stable since ``stable_at`` (ISO 8601): its
+    Private Creator and the time as a DT in UTC (PS3.5 6.2); none for None."""
+    if not stable_at:
+        return {}
+    when = datetime.fromisoformat(stable_at).astimezone(UTC)
+    return {
+        PRIVATE_CREATOR_TAG: {"vr": "LO", "Value": [PRIVATE_CREATOR]},
+        STABLE_AT_TAG: {"vr": "DT", "Value": [when.strftime("%Y%m%d%H%M%S.%f+0000")]},
+    }
 
 
 def log_cut(path: Path, max_depth: int) -> None:

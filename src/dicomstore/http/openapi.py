@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from dicomstore import __version__
-from dicomstore.archive.query import ATTRIBUTES, LEVELS
+from dicomstore.archive.attributes import ATTRIBUTES
+from dicomstore.archive.query import LEVELS
 from dicomstore.http.limits import HttpLimits
 
 _UID = {"type": "string", "pattern": "^[0-9.]{1,64}$"}
@@ -73,7 +74,7 @@ def _count(name: str, description: str, limits: HttpLimits) -> dict[str, Any]:
 
 
 def _search_params(level: str, limits: HttpLimits) -> list[dict[str, Any]]:
-    """limit, offset, includefield, fuzzymatching and the match keys of ``level``
+    """limit, offset, includefield, fuzzymatching, stable and the match keys of ``level``
     and the levels above it (PS3.18 10.6.1.2, 8.3.4)."""
     depth = LEVELS.index(level)
     keys = [
@@ -96,6 +97,13 @@ def _search_params(level: str, limits: HttpLimits) -> list[dict[str, Any]]:
         _query(
             "fuzzymatching",
             "accepted, no effect (Person Names match insensitive to ASCII case)",
+            {"type": "boolean"},
+        ),
+        _query(
+            "stable",
+            "dicomstore's own, not PS3.18: only the studies reported stable (true) "
+            "or not (false) by study-complete events; a stable study's results carry "
+            '(0009,0010) LO "DICOMSTORE" and (0009,1010) DT, when it was reported stable',
             {"type": "boolean"},
         ),
         *keys,

@@ -19,6 +19,12 @@ files' headers. Attributes known to DICOM but not kept by the index are
 ignored as match keys, with a ``Warning: 299`` header naming them (8.3.4.1);
 unknown names are a 400. More results than ``limit`` (or than
 :data:`MAX_RESULTS`) add a Warning that more can be requested.
+
+Study-complete events (issue 16): results with study attributes carry, for a
+study reported stable, dicomstore's private block (PS3.5 7.8.1), (0009,0010)
+LO "DICOMSTORE" and (0009,1010) DT when it was reported stable (F.2.2: private
+elements are written like any other). ``stable=true|false``, dicomstore's own
+parameter (not PS3.18), keeps only the studies that are stable, or not.
 """
 
 from __future__ import annotations
@@ -31,16 +37,20 @@ from pydicom.datadict import tag_for_keyword
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dicomstore.archive import attributes
 from dicomstore.archive import query as q
 from dicomstore.archive.layout import resolve
 from dicomstore.http.common import DICOM_JSON, HttpError, base_url, negotiate, reader, url_of
-from dicomstore.http.dicomjson import element, row_to_json, tag_key
+from dicomstore.http.dicomjson import element, row_to_json, stable_elements, tag_key
 from dicomstore.http.instancejson import read_metadata
 from dicomstore.http.limits import limits, refuse
+from dicomstore.services import stable_search
 
 #: The most results one response carries (more: a Warning, use offset).
 MAX_RESULTS = 10_000
 _RESERVED = {"limit", "offset", "includefield", "fuzzymatching", "accept", "charset", "emptyvalue"}
+#: dicomstore's own query parameter (not PS3.18): stable studies, or the others.
+STABLE = "stable"
 _ALL_INSTANCE_TAGS = (0x00280010, 0x00280011, 0x00280100, 0x00280008)  # Table 10.6.3-5
 
 
@@ -55,10 +65,11 @@ class Search:
     include_tags: list[int] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
     contradicts_path: bool = False  # a UID parameter differs from the path's: no match
+    stable: bool | None = None  # only studies reported stable (True) or not (False)
 
 
 def _tag_of(name: str) -> int | None:
-    tag = q.parse_tag(name)
+    tag = attributes.parse_tag(name)
     if tag is not None:
         return tag
     found = tag_for_keyword(name)
@@ -103,13 +114,15 @@ def parse_search(request: Request, fixed: dict[str, str]) -> Search:
                         f"includefield names more than the limit of "
                         f"{bounds.max_includefields} attributes",
                     )
-        elif key == "fuzzymatching":
+        elif key in ("fuzzymatching", STABLE):
             if value not in ("true", "false"):
-                raise HttpError(400, "fuzzymatching must be true or false")
+                raise HttpError(400, f"{key} must be true or false, not {value[:40]!r}")
+            if key == STABLE:
+                search.stable = value == "true"
         elif key in _RESERVED:
             continue
         else:
-            attr = q.attribute(key)
+            attr = attributes.attribute(key)
             if attr is not None and attr.sql is not None:
                 if attr.keyword in search.filters and attr.keyword not in fixed:
                     raise HttpError(400, f"{key} is given more than once")
@@ -129,7 +142,7 @@ def _includes(search: Search, level: str) -> tuple[list[str], list[int]]:
     keywords, from_files = [], []
     depth = q.LEVELS.index(level)
     for tag in search.include_tags:
-        attr = q.attribute(tag)
+        attr = attributes.attribute(tag)
         if attr is not None:
             if q.LEVELS.index(attr.level) <= depth:
                 keywords.append(attr.keyword)
@@ -151,7 +164,12 @@ def _warnings(search: Search, more: bool) -> dict[str, str]:
 
 
 def _row_json(
-    request: Request, row: dict[str, Any], level: str, levels: tuple[str, ...], extra: list[str]
+    request: Request,
+    row: dict[str, Any],
+    level: str,
+    levels: tuple[str, ...],
+    extra: list[str],
+    stable_at: str | None,
 ) -> dict[str, Any]:
     base = base_url(request)
     if level == "study":
@@ -162,9 +180,10 @@ def _row_json(
         url = url_of(base, row["study_uid"], row["series_uid"], row["sop_instance_uid"])
     out = row_to_json(row, levels, url)
     for keyword in extra:
-        attr = q.ATTRIBUTES[keyword]
+        attr = attributes.ATTRIBUTES[keyword]
         if attr.key in row:
             out[tag_key(attr.tag)] = element(attr, row[attr.key])
+    out.update(stable_elements(stable_at))
     return dict(sorted(out.items()))
 
 
@@ -173,8 +192,16 @@ def run_search(request: Request, level: str, levels: tuple[str, ...], fixed: dic
     negotiate(request, [(DICOM_JSON, None), ("application/json", None)])
     search = parse_search(request, fixed)
     cap = MAX_RESULTS if search.limit is None else min(search.limit, MAX_RESULTS)
+    archive = reader(request)
     try:
-        rows = reader(request).search(level, search.filters, limit=cap + 1, offset=search.offset)
+        rows = stable_search.search(
+            archive,
+            level,
+            search.filters,
+            stable=search.stable,
+            limit=cap + 1,
+            offset=search.offset,
+        )
         if search.contradicts_path:
             rows = []
     except q.QueryError as exc:
@@ -182,9 +209,12 @@ def run_search(request: Request, level: str, levels: tuple[str, ...], fixed: dic
     more = len(rows) > cap
     rows = rows[:cap]
     keywords, from_files = _includes(search, level)
+    states: dict[str, str | None] = {}
+    if "study" in levels:  # one statement for the page's studies
+        states = stable_search.stable_states(archive, {row["study_uid"] for row in rows})
     results = []
     for row in rows:
-        out = _row_json(request, row, level, levels, keywords)
+        out = _row_json(request, row, level, levels, keywords, states.get(row["study_uid"]))
         if from_files:
             out.update(_header_fields(request, row, from_files))
             out = dict(sorted(out.items()))

@@ -1,9 +1,9 @@
 """One inbound association, from TCP accept to close (PS3.8 9.1.2, PS3.7).
 
 :class:`AcceptorAssociation` negotiates with :mod:`dicomstore.ul.negotiation`
-(beyond ``max_associations``, or a per-AE / per-address limit, a request is
-rejected as transient, PS3.8 9.3.4), admits the caller (the gatekeeper of
-``admission.py``, throttled per address), then dispatches DIMSE messages:
+and accepts the request within the association limits, admitting the caller
+(``acceptance.py``: the limits, the gatekeeper of ``admission.py``, throttled
+per address), then dispatches DIMSE messages:
 C-ECHO to Verification, C-STORE to the storage SCP and so to the one store
 service, C-FIND to the query SCP (``query_scp.py``), C-MOVE to the retrieve SCP
 (``retrieve_scp.py``), C-GET to the get SCP (``get_scp.py``, whose C-STOREs go
@@ -44,10 +44,8 @@ from dicomstore.dimse import (
 )
 from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationAborted, RemoteProtocolError
-from dicomstore.services.admission import (
-    Admission,
-    AdmissionRequest,
-)
+from dicomstore.services.acceptance import admit, over_limits
+from dicomstore.services.admission import Admission
 from dicomstore.services.commitment_scp import CommitmentSCP
 from dicomstore.services.get_scp import GetSCP
 from dicomstore.services.query_scp import QuerySCP
@@ -67,7 +65,6 @@ from dicomstore.ul.events import (
     ReleaseIndication,
 )
 from dicomstore.ul.fsm import State
-from dicomstore.ul.items import UserIdentityAC
 from dicomstore.ul.negotiation import (
     describe_refused,
     negotiate,
@@ -85,14 +82,6 @@ WHEN_BUSY = "when-busy"
 #: Requests dimse/ decodes that no service here takes (N-ACTION without the Storage
 #: Commitment SCP, N-EVENT-REPORT always): answered 0211 (PS3.7 C.5.6).
 NOT_SERVED = {N_ACTION_RQ: "N-ACTION", N_EVENT_REPORT_RQ: "N-EVENT-REPORT"}
-
-
-_CONGESTION = P.AssociateRJ(
-    P.REJECT_TRANSIENT, P.REJECT_SOURCE_PRESENTATION, P.REJECT_TEMPORARY_CONGESTION
-)
-_LOCAL_LIMIT = P.AssociateRJ(
-    P.REJECT_TRANSIENT, P.REJECT_SOURCE_PRESENTATION, P.REJECT_LOCAL_LIMIT_EXCEEDED
-)
 
 
 class OperationTooSlow(Exception):
@@ -294,30 +283,10 @@ class AcceptorAssociation:
         self.outcome = f"rejected: {why}"
         self.t.conn.reject(rj)
 
-    def _over_limits(self, rq: P.AssociateRQ) -> tuple[P.AssociateRJ, str] | None:
-        """Why (and how) to reject for the association limits: the associations
-        holding a slot count, not connections still sending their request."""
-        config = self.server.config
-        others = [a for a in self.server.associations if a is not self and a.holds_slot]
-        if len(others) >= config.max_associations:
-            return _CONGESTION, f"{config.max_associations} associations already"
-        if config.max_per_calling_ae and (
-            sum(a.request.calling_ae == rq.calling_ae for a in others if a.request is not None)
-            >= config.max_per_calling_ae
-        ):
-            why = f"{config.max_per_calling_ae} associations from {rq.calling_ae} already"
-            return _LOCAL_LIMIT, why
-        if config.max_per_address and (
-            sum(a.address == self.address for a in others) >= config.max_per_address
-        ):
-            why = f"{config.max_per_address} associations from {self.address} already"
-            return _LOCAL_LIMIT, why
-        return None
-
     async def _on_request(self, rq: P.AssociateRQ) -> None:
         t = self.t
         self.request = rq
-        limit = self._over_limits(rq)
+        limit = over_limits(self.server, self, rq)
         if limit is not None:
             self._reject(rq, *limit)
             return
@@ -329,40 +298,12 @@ class AcceptorAssociation:
             return
         assert negotiated is not None
         subject = peer_subject(t.writer.get_extra_info("peercert"))
-        admission = Admission()
-        throttle = self.server.failed_admissions
-        if self.server.gatekeeper is not None:
-            wait = throttle.blocked(self.address)
-            if wait is not None:  # refused without asking the gatekeeper again
-                why = (
-                    f"{throttle.limit} refused admissions from {self.address} within "
-                    f"{throttle.window:g} s; next try in {wait:.0f} s"
-                )
-                self._reject(rq, _LOCAL_LIMIT, why)
-                return
-            # in a thread: verifying a passcode (scrypt) or a token takes milliseconds
-            admission = await asyncio.to_thread(
-                self.server.gatekeeper.admit,
-                AdmissionRequest(
-                    rq.calling_ae, rq.called_ae, self.address, subject, rq.user_info.identity_rq
-                ),
-            )
+        admission, rejection = await admit(self.server, rq, answer, self.address, subject)
         self.admission = admission
-        if admission.reject is not None:
-            throttle.refused(self.address)
-            rj = admission.reject
-            self._reject(rq, rj, P.describe_reject(rj.result, rj.source, rj.reason))
+        if rejection is not None:
+            self._reject(rq, *rejection)
             return
-        identity = rq.user_info.identity_rq
-        # PS3.7 D.3.3.7: a positive response only when the identity was checked.
-        if (
-            identity is not None
-            and identity.positive_response_requested
-            and admission.identity_response is not None
-        ):
-            answer.user_info.identity_ac = UserIdentityAC(admission.identity_response)
-        if self.server.gatekeeper is not None:
-            throttle.admitted(self.address)
+        assert admission is not None
         t.negotiated = negotiated
         self.storage = StorageSCP(
             self.server.store,

@@ -22,7 +22,7 @@ from dicomstore.aio.association import StalledPDU, Stream, Timeouts, Transport
 from dicomstore.aio.listener import Listener
 from dicomstore.aio.performer import Collecting, Performer
 from dicomstore.errors import RemoteProtocolError
-from dicomstore.services.commitment_scp import SOP_CLASS
+from dicomstore.services.commitment_info import SOP_CLASS
 from dicomstore.services.commitment_scu import Waiting
 from dicomstore.ul import pdu as P
 from dicomstore.ul.connection import Connection, Role

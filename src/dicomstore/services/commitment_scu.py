@@ -37,7 +37,7 @@ from dicomstore.archive.commitment import Reference
 from dicomstore.dimse import NActionRQ, NActionRSP, NEventReportRQ
 from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationError
-from dicomstore.services.commitment_scp import REQUEST_COMMITMENT, SOP_CLASS, SOP_INSTANCE
+from dicomstore.services.commitment_info import REQUEST_COMMITMENT, SOP_CLASS, SOP_INSTANCE
 from dicomstore.services.conversion import encode_dataset
 from dicomstore.services.qr_operations import decode_identifier
 from dicomstore.services.storage_scu import CommitOutcome

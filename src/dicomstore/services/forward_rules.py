@@ -19,11 +19,12 @@ with commas, as every repeatable option in the environment does.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from dicomstore.services.destinations import Destination, parse_destination
+from dicomstore.services.forward_queue import Queued
 from dicomstore.uids import is_valid_uid
 from dicomstore.vr import ae_title_problem
 
@@ -120,3 +121,23 @@ def destinations_of(rules: Iterable[ForwardRule]) -> dict[str, Destination]:
         if other != dest:
             raise ValueError(f"forward destination {dest.ae_title} given as {other} and {dest}")
     return found
+
+
+def entries_for(
+    rules: Iterable[ForwardRule],
+    since: Mapping[tuple[str, str], str],
+    row: Mapping[str, Any],
+    when: str,
+    at: str | None = None,
+) -> Iterator[Queued]:
+    """The queue entries of an index ``row`` for the rules of trigger ``when``
+    configured (``since``: by destination and trigger) by ``at`` (default: its
+    arrival) that match it."""
+    at = at or row["received_at"]
+    for rule in rules:
+        ae = rule.destination.ae_title
+        if rule.when != when or not rule.matches(row):
+            continue
+        if at < since.get((ae, when), ""):
+            continue
+        yield Queued(ae, row["sop_instance_uid"], row["received_at"], row.get("study_uid"))

@@ -12,13 +12,8 @@ queueing
     a study when it becomes stable (the ``on_study_stable`` hook of
     ``stability.py``, awaited before the next event).
 recovery
-    :meth:`Forwarding.open`, before the server listens: what the index holds
-    from shortly before the queue's ``observed`` watermark, and the stable
-    events logged that the queue has not seen, are queued again (an entry
-    already there is kept), so that an instance acknowledged just before a
-    crash is forwarded all the same. A rule applies to what is stored while it
-    is configured: one added to the configuration does not send the archive's
-    past.
+    :meth:`Forwarding.open`, before the server listens, queues again what a
+    crash or a stop may have left out (``forward_recovery.py``).
 sending
     one task per destination takes the due entries a batch at a time (at most
     :data:`BATCH` instances), checks each against the index and the disk (an
@@ -42,26 +37,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from dicomstore.aio.association import Timeouts
 from dicomstore.archive import layout
+from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import status as st
 from dicomstore.errors import DicomstoreError
 from dicomstore.services.destinations import Destination
 from dicomstore.services.forward_queue import Entry, ForwardQueue, Pending, Queued, Settled
-from dicomstore.services.forward_rules import ForwardRule, destinations_of
+from dicomstore.services.forward_recovery import COLUMNS, SLACK, add_study, iso, recover
+from dicomstore.services.forward_rules import ForwardRule, destinations_of, entries_for
 from dicomstore.services.move_sender import DestinationSender, contexts_for
 from dicomstore.services.retrieve import Selected
-from dicomstore.services.stability import StableLog, StableStudy
+from dicomstore.services.stability import StableStudy
 from dicomstore.services.storage import on_loop
 from dicomstore.services.storage_scu import classify
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
@@ -70,33 +65,15 @@ log = logging.getLogger("dicomstore.forward")
 
 #: Most instances sent on one association (and held as entries in memory).
 BATCH = 100
-#: Seconds before the ``observed`` watermark that recovery looks again: longer than
-#: an index commit takes after its ``received_at`` is set.
-SLACK = 60.0
 #: How long sent and skipped entries are kept (a store queued again by recovery or
 #: by a stable rule within this time is still recognised).
 KEEP_DONE = 3600.0
 #: A DIMSE response later than this (seconds) aborts the association: transient.
 DIMSE_TIMEOUT = 300.0
-#: The columns of an index row the rules and the queue need.
-_ROW = (
-    "SELECT i.sop_instance_uid, i.received_at, i.calling_ae, se.modality, i.sop_class_uid,"
-    " st.study_uid FROM instance i JOIN series se ON se.series_pk = i.series_pk"
-    " JOIN study st ON st.study_pk = se.study_pk"
-)
-_COLUMNS = ("sop_instance_uid", "received_at", "calling_ae", "modality", "sop_class_uid")
 _SENDABLE = (
     "SELECT sop_instance_uid, sop_class_uid, transfer_syntax_uid, path, received_at"
     " FROM instance WHERE sop_instance_uid IN ({})"
 )
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")
-
-
-def _shifted(iso: str, seconds: float) -> str:
-    return _iso(datetime.fromisoformat(iso).timestamp() + seconds)
 
 
 def transient_status(status: int) -> bool:
@@ -192,79 +169,16 @@ class Forwarding:
         The number of entries added."""
         root = self.reader.root
         self.queue = queue = ForwardQueue(root, clock=self.clock)
-        now = _iso(self.clock())
+        now = iso(self.clock())
         pairs = {(r.destination.ae_title, r.when) for r in self.rules}
         self.since = queue.configure(pairs, now)
         queue.peers({ae: dest.address for ae, dest in self.destinations.items()})
-        added = self._recover_instances(queue, now) + self._recover_stable(queue)
+        added = recover(self.reader, queue, self.rules, self.since, now, BATCH)
         for ae, peer in self.peers.items():
             peer.pending = queue.pending(ae)
         if added:
             log.info("forwarding: %d instance(s) queued again after a restart", added)
         return added
-
-    def _recover_instances(self, queue: ForwardQueue, now: str) -> int:
-        observed = queue.watermark("observed")
-        if observed is None:  # a new queue: nothing stored before it is forwarded
-            queue.set_watermark("observed", now)
-            return 0
-        if not any(rule.when == "instance" for rule in self.rules):
-            return 0
-        floor = _shifted(observed, -SLACK)
-        with closing(self.reader.connect()) as db:
-            cursor = db.execute(f"{_ROW} WHERE i.received_at >= ?", (floor,))
-            return self._add_rows(queue, _rows(cursor), "instance")
-
-    def _recover_stable(self, queue: ForwardQueue) -> int:
-        floors = [since for (_d, when), since in self.since.items() if when == "stable"]
-        if not floors:
-            return 0
-        added = 0
-        for event in StableLog(self.reader.root).read(since=min(floors)):
-            if not queue.stable_seen(event.study_uid, event.stable_at):
-                added += self._add_study(queue, event)
-        return added
-
-    def _add_rows(self, queue: ForwardQueue, rows: Iterable[dict[str, Any]], when: str) -> int:
-        """Queue, for the rules of trigger ``when``, the instances of ``rows`` that they
-        match (and that arrived since the rule is configured), a transaction per
-        :data:`BATCH` rows; the number added."""
-        added = 0
-        chunk: list[Queued] = []
-        for row in rows:
-            chunk.extend(self._matches(row, when))
-            if len(chunk) >= BATCH:
-                added += sum(queue.add(chunk).values())
-                chunk = []
-        if chunk:
-            added += sum(queue.add(chunk).values())
-        return added
-
-    def _matches(self, row: dict[str, Any], when: str, at: str | None = None) -> Iterator[Queued]:
-        """The entries of ``row`` for the rules of trigger ``when`` configured by
-        ``at`` (default: its arrival) that match it."""
-        at = at or row["received_at"]
-        for rule in self.rules:
-            ae = rule.destination.ae_title
-            if rule.when != when or not rule.matches(row):
-                continue
-            if at < self.since.get((ae, when), ""):
-                continue
-            yield Queued(ae, row["sop_instance_uid"], row["received_at"], row.get("study_uid"))
-
-    def _add_study(self, queue: ForwardQueue, event: StableStudy) -> int:
-        """Queue the instances of a stable study for the ``when=stable`` rules."""
-        items: list[Queued] = []
-        with closing(self.reader.connect()) as db:
-            cursor = db.execute(f"{_ROW} WHERE st.study_uid = ?", (event.study_uid,))
-            for row in _rows(cursor):
-                items.extend(self._matches(row, "stable", event.stable_at))
-        added = queue.add(items, stable=(event.study_uid, event.stable_at))
-        for ae, n in added.items():
-            log.info(
-                "forward to %s: study %s stable, %d instance(s) queued", ae, event.study_uid, n
-            )
-        return sum(added.values())
 
     # -- arrivals ----------------------------------------------------------------------
 
@@ -273,21 +187,27 @@ class Forwarding:
         row = result.row
         if not result.stored or not row or not row.get("received_at"):
             return
-        if row["received_at"] < _iso(self.clock() - SLACK):
+        if row["received_at"] < iso(self.clock() - SLACK):
             return  # a duplicate the archive kept: the row of an earlier store, not new
         on_loop(self._loop, self._arrive, row)
 
     def _arrive(self, row: dict[str, Any]) -> None:
-        self._arrivals.append({key: row.get(key) for key in (*_COLUMNS, "study_uid")})
+        self._arrivals.append({key: row.get(key) for key in (*COLUMNS, "study_uid")})
         self._arrived.set()
+
+    def _arrival_entries(self, rows: list[dict[str, Any]]) -> list[Queued]:
+        """The queue entries of arrived rows, for the ``when=instance`` rules."""
+        return [
+            item for row in rows for item in entries_for(self.rules, self.since, row, "instance")
+        ]
 
     async def study_stable(self, event: StableStudy) -> None:
         """The ``on_study_stable`` hook: queue the study for the ``when=stable`` rules."""
         queue = self.queue
         assert queue is not None
         try:
-            await asyncio.to_thread(self._add_study, queue, event)
-        except (OSError, sqlite3.Error) as exc:
+            await asyncio.to_thread(add_study, self.reader, queue, self.rules, self.since, event)
+        except DatabaseOrOSError as exc:
             log.error("forwarding: study %s not queued: %s", event.study_uid, exc)
             return  # queued again at the next start (the event is in the log)
         await self._refresh(self.peers)
@@ -302,11 +222,11 @@ class Forwarding:
             rows, self._arrivals = self._arrivals, []
             if not rows:
                 continue
-            items = [item for row in rows for item in self._matches(row, "instance")]
+            items = self._arrival_entries(rows)
             observed = max(row["received_at"] for row in rows)
             try:
                 added = await asyncio.to_thread(queue.add, items, observed=observed)
-            except (OSError, sqlite3.Error) as exc:
+            except DatabaseOrOSError as exc:
                 log.error("forwarding: %d arrival(s) not queued yet: %s", len(rows), exc)
                 self._arrivals[:0] = rows  # tried again (and found by recovery otherwise)
                 await asyncio.sleep(self.retry_delay)
@@ -352,11 +272,11 @@ class Forwarding:
             return
         if self._arrivals:
             rows, self._arrivals = self._arrivals, []
-            items = [item for row in rows for item in self._matches(row, "instance")]
+            items = self._arrival_entries(rows)
             observed = max(row["received_at"] for row in rows)
             try:
                 await asyncio.to_thread(queue.add, items, observed=observed)
-            except (OSError, sqlite3.Error) as exc:
+            except DatabaseOrOSError as exc:
                 log.error("forwarding: %d arrival(s) left to recovery: %s", len(rows), exc)
         await asyncio.to_thread(queue.close)
 
@@ -385,7 +305,7 @@ class Forwarding:
                         pass
                     continue
                 report = await self._send_batch(peer, entries)
-            except (OSError, sqlite3.Error) as exc:
+            except DatabaseOrOSError as exc:
                 log.error("forward to %s: the queue failed: %s", peer.destination, exc)
             except Exception:  # noqa: BLE001 - a bug must not end forwarding for good
                 log.exception("forward to %s: batch failed", peer.destination)
@@ -522,8 +442,3 @@ class Forwarding:
                 continue
             found.append((entry, Selected(row[0], row[1], row[2], path)))
         return found, gone
-
-
-def _rows(cursor: sqlite3.Cursor) -> Iterator[dict[str, Any]]:
-    for values in cursor:
-        yield dict(zip((*_COLUMNS, "study_uid"), values, strict=True))

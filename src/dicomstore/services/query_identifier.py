@@ -43,6 +43,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from dicomstore import uids
+from dicomstore.archive import attributes
 from dicomstore.archive import query as q
 from dicomstore.dimse import status as st
 from dicomstore.vr import LONG_VRS
@@ -184,7 +185,9 @@ class FindQuery:
     def row_keys(self) -> set[str]:
         """The index row keys the return keys need (the engine computes only those
         counts and lists: each is a subquery per match)."""
-        return {attr.key for tag, _vr in self.keys if (attr := q.attribute(tag)) is not None}
+        return {
+            attr.key for tag, _vr in self.keys if (attr := attributes.attribute(tag)) is not None
+        }
 
     @property
     def pending_status(self) -> int:
@@ -194,7 +197,7 @@ class FindQuery:
         """The matching keys as ``keyword: value`` (logs and audit)."""
         out = {}
         for tag, value in self.filters.items():
-            attr = q.attribute(tag)
+            attr = attributes.attribute(tag)
             out[attr.keyword if attr else f"{tag:08X}"] = value
         return out
 
@@ -240,7 +243,7 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
         if tag in (RETRIEVE_AE_TITLE, INSTANCE_AVAILABILITY):
             found.keys.append((tag, element.VR))
             continue
-        attr = q.attribute(tag)
+        attr = attributes.attribute(tag)
         if attr is None:  # not in the index: from a header or zero-length, not matched
             found.keys.append((tag, element.VR))
             if level == "IMAGE" or _of_level_or_above(element.keyword, levels, level):
@@ -285,7 +288,7 @@ def _value(query: FindQuery, tag: int, row: dict[str, Any], ae_title: str) -> An
         return ae_title
     if tag == INSTANCE_AVAILABILITY:
         return "ONLINE"
-    attr = q.attribute(tag)
+    attr = attributes.attribute(tag)
     if attr is None:
         return None
     computed = attr.sql is None or attr.keyword in ("ModalitiesInStudy", "SOPClassesInStudy")

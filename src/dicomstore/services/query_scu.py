@@ -35,7 +35,7 @@ from pydicom.dataset import Dataset
 from dicomstore import uids
 from dicomstore.aio.client import ClientAssociation, ContextSpec
 from dicomstore.aio.invoker import Responses
-from dicomstore.archive.query import parse_tag
+from dicomstore.archive.attributes import parse_tag
 from dicomstore.dimse import CFindRQ, CFindRSP
 from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationAborted, AssociationError, DicomstoreError

@@ -40,7 +40,7 @@ from typing import Protocol
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from dicomstore.archive import layout
+from dicomstore.archive import attributes, layout
 from dicomstore.archive import query as q
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import CStoreRSP, SubOperations
@@ -76,7 +76,7 @@ class RetrieveQuery:
 
     def described(self) -> dict[str, str]:
         """The keys as ``keyword: value`` (logs and audit)."""
-        return {q.BY_TAG[tag].keyword: value for tag, value in self.filters.items()}
+        return {attributes.BY_TAG[tag].keyword: value for tag, value in self.filters.items()}
 
 
 def _refuse(comment: str, tag: int) -> FindFailure:

@@ -7,7 +7,7 @@ classes it asked that role for by SCP/SCU Role Selection (PS3.7 D.3.3.4; see
 offers only the accepted contexts whose requestor may be SCP, sends with
 Message IDs of its own (the association's :class:`~dicomstore.aio.invoker.Invoker`,
 which the acceptor hands every response it receives, and which also carries the
-N-EVENT-REPORTs of Storage Commitment, ``commitment_scp.py``). It satisfies
+N-EVENT-REPORTs of Storage Commitment, ``commitment_reports.py``). It satisfies
 :class:`~dicomstore.services.storage_scu.StoreChannel`, so an instance goes out
 through :func:`~dicomstore.services.storage_scu.store_instance` as ``send``
 sends it: the stored file streamed unchanged when a context takes its transfer

@@ -35,7 +35,7 @@ from dicomstore.aio.client import ClientAssociation, ContextSpec, associate
 from dicomstore.archive.commitment import Reference
 from dicomstore.dimse import status as st
 from dicomstore.services import commitment_scu, sources
-from dicomstore.services.commitment_scp import MAX_REFERENCES
+from dicomstore.services.commitment_info import MAX_REFERENCES
 from dicomstore.services.commitment_scu import Commitment
 from dicomstore.services.sources import CorruptFile, Instance, NotDicom, SourceReadError
 from dicomstore.services.storage_scu import (

@@ -9,7 +9,7 @@ audit sink, a read-only view of the archive index for C-FIND, C-MOVE, C-GET (whe
 the handler is an archive: anything with a ``root`` holding an index), the
 C-MOVE destinations (``ServerConfig.move_destinations`` and the gatekeeper's,
 e.g. the policy file's ``[destinations]``), and the Storage Commitment service
-(journal, reports, retries: ``commitment_scp.py``) with the addresses of the
+(journal, reports, retries: ``commitment_reports.py``) with the addresses of the
 commitment SCUs (``ServerConfig.commitment_scus``, ``[commitment_scus]``).
 ``close()`` stops accepting, lets in-flight operations finish within
 ``shutdown_grace``, then aborts what is left.
@@ -32,13 +32,9 @@ from dicomstore.archive.reader import ArchiveReader
 from dicomstore.handler import StoreHandler
 from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
 from dicomstore.services.admission import Admission, AuditSink, FailedAdmissions, Gatekeeper
-from dicomstore.services.commitment_scp import (
-    COMMITMENT_SOP_CLASSES,
-    MAX_PENDING,
-    MAX_REFERENCES,
-    CommitmentSCP,
-    CommitmentService,
-)
+from dicomstore.services.commitment_info import MAX_REFERENCES
+from dicomstore.services.commitment_reports import MAX_PENDING, CommitmentService
+from dicomstore.services.commitment_scp import COMMITMENT_SOP_CLASSES, CommitmentSCP
 from dicomstore.services.destinations import Destination
 from dicomstore.services.forward_rules import ForwardRule
 from dicomstore.services.get_scp import GET_SOP_CLASSES, GetSCP

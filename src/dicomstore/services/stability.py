@@ -29,11 +29,12 @@ import json
 import logging
 import os
 import shlex
+import threading
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import closing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -114,37 +115,74 @@ class StableLog:
         if not self.path.is_file():
             return
         floor = _epoch(since) if since else None
-        with open(self.path, encoding="utf-8") as fp:
+        with open(self.path, "rb") as fp:
             for line in fp:
-                try:
-                    event = StableStudy.from_dict(json.loads(line))
-                except (ValueError, TypeError):
-                    continue
-                if floor is None or _epoch(event.stable_at) >= floor:
+                event = _parse(line)
+                if event and (floor is None or _epoch(event.stable_at) >= floor):
                     yield event
+
+    def latest(self) -> Mapping[str, StableStudy]:
+        """Per study, its last event. Parsed once per process and log: each call
+        stats the file and reads only the bytes appended since the last call (the
+        log only grows); a line not yet ended is read again with the next call, a
+        line cut by a crash is skipped, a log rewritten or replaced is read anew.
+        The mapping returned is never changed afterwards."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return {}
+        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        with _PARSED_LOCK:
+            parsed = _PARSED.get(self.path)
+            if parsed is not None and parsed.stamp == stamp:
+                return parsed.latest
+            if parsed is None or parsed.stamp[0] != stat.st_ino or stat.st_size <= parsed.end:
+                parsed = _Parsed()  # new, replaced, or rewritten in place
+            with open(self.path, "rb") as fp:
+                fp.seek(parsed.end)
+                appended = fp.read(max(stat.st_size - parsed.end, 0))
+            lines = appended[: appended.rfind(b"\n") + 1]
+            latest = dict(parsed.latest)  # copied: the mapping handed out stays as it was
+            for line in lines.splitlines():
+                event = _parse(line)
+                if event:
+                    latest[event.study_uid] = event
+            _PARSED[self.path] = _Parsed(stamp, parsed.end + len(lines), latest)
+            return latest
 
     def last_reported(self) -> dict[str, float]:
         """Per study, the arrival time of the last instance its last event covered."""
-        return {e.study_uid: _epoch(e.last_received) for e in self.read()}
+        return {uid: _epoch(e.last_received) for uid, e in self.latest().items()}
 
 
-def stable_states(reader: ArchiveReader, study_uids: Sequence[str]) -> dict[str, str | None]:
-    """Per study, when it was last reported stable (``stable_at``), or None while
-    its newest instance is not covered by an event (still receiving, or not yet
-    quiet for long enough); for `dicomstore ls`."""
-    reported = {e.study_uid: e for e in reader_log(reader).read()}
-    sql = (
-        "SELECT MAX(i.received_at) FROM instance i JOIN series se ON se.series_pk = i.series_pk"
-        " JOIN study st ON st.study_pk = se.study_pk WHERE st.study_uid = ?"
-    )
-    states: dict[str, str | None] = {}
-    with closing(reader.connect()) as db:
-        for uid in study_uids:
-            event = reported.get(uid)
-            (newest,) = db.execute(sql, (uid,)).fetchone()
-            covered = event is not None and newest and _epoch(newest) <= _epoch(event.last_received)
-            states[uid] = event.stable_at if covered and event else None
-    return states
+def _parse(line: bytes) -> StableStudy | None:
+    """One event of the log; None for a line that cannot be read (cut by a crash)."""
+    try:
+        return StableStudy.from_dict(json.loads(line))
+    except (ValueError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """What :meth:`StableLog.latest` read of a log: up to ``end`` (the end of its
+    last whole line), when the file had ``stamp`` (inode, size, mtime)."""
+
+    stamp: tuple[int, int, int] = (-1, -1, -1)
+    end: int = 0
+    latest: dict[str, StableStudy] = field(default_factory=dict)
+
+
+_PARSED: dict[Path, _Parsed] = {}
+_PARSED_LOCK = threading.Lock()
+
+
+def covered(event: StableStudy | None, newest: str | None) -> str | None:
+    """``event.stable_at`` when ``event`` covers a study whose newest instance arrived
+    at ``newest`` (ISO 8601), else None: the study is stable since then."""
+    if event is None or not newest or _epoch(newest) > _epoch(event.last_received):
+        return None
+    return event.stable_at
 
 
 def reader_log(reader: ArchiveReader) -> StableLog:

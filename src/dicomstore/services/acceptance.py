@@ -1,0 +1,97 @@
+"""Whether an A-ASSOCIATE-RQ is accepted, beyond presentation context negotiation
+(PS3.8 9.3.2, 9.3.4): the association limits (rejected as transient) and the
+gatekeeper's admission (``admission.py``), throttled per address, with the User
+Identity response (PS3.7 D.3.3.7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from dicomstore.services.admission import Admission, AdmissionRequest
+from dicomstore.ul import pdu as P
+from dicomstore.ul.items import UserIdentityAC
+
+if TYPE_CHECKING:
+    from dicomstore.services.acceptor import AcceptorAssociation
+    from dicomstore.services.server import Server
+
+_CONGESTION = P.AssociateRJ(
+    P.REJECT_TRANSIENT, P.REJECT_SOURCE_PRESENTATION, P.REJECT_TEMPORARY_CONGESTION
+)
+_LOCAL_LIMIT = P.AssociateRJ(
+    P.REJECT_TRANSIENT, P.REJECT_SOURCE_PRESENTATION, P.REJECT_LOCAL_LIMIT_EXCEEDED
+)
+
+#: An A-ASSOCIATE-RJ and why (for the log and the audit).
+Rejection = tuple[P.AssociateRJ, str]
+
+
+def over_limits(
+    server: Server, association: AcceptorAssociation, rq: P.AssociateRQ
+) -> Rejection | None:
+    """Why (and how) to reject for the association limits: the associations
+    holding a slot count, not connections still sending their request."""
+    config = server.config
+    address = association.address
+    others = [a for a in server.associations if a is not association and a.holds_slot]
+    if len(others) >= config.max_associations:
+        return _CONGESTION, f"{config.max_associations} associations already"
+    if config.max_per_calling_ae and (
+        sum(a.request.calling_ae == rq.calling_ae for a in others if a.request is not None)
+        >= config.max_per_calling_ae
+    ):
+        why = f"{config.max_per_calling_ae} associations from {rq.calling_ae} already"
+        return _LOCAL_LIMIT, why
+    if config.max_per_address and (
+        sum(a.address == address for a in others) >= config.max_per_address
+    ):
+        why = f"{config.max_per_address} associations from {address} already"
+        return _LOCAL_LIMIT, why
+    return None
+
+
+async def admit(
+    server: Server,
+    rq: P.AssociateRQ,
+    answer: P.AssociateAC,
+    address: str,
+    subject: str | None,
+) -> tuple[Admission | None, Rejection | None]:
+    """The gatekeeper's :class:`Admission` of the caller (everyone's without one)
+    and the rejection when it is refused, or when ``address`` was refused too
+    often lately (then no admission: the gatekeeper is not asked again). An
+    admitted identity sets ``answer``'s User Identity response."""
+    admission = Admission()
+    throttle = server.failed_admissions
+    if server.gatekeeper is not None:
+        wait = throttle.blocked(address)
+        if wait is not None:  # refused without asking the gatekeeper again
+            why = (
+                f"{throttle.limit} refused admissions from {address} within "
+                f"{throttle.window:g} s; next try in {wait:.0f} s"
+            )
+            return None, (_LOCAL_LIMIT, why)
+        # in a thread: verifying a passcode (scrypt) or a token takes milliseconds
+        admission = await asyncio.to_thread(
+            server.gatekeeper.admit,
+            AdmissionRequest(
+                rq.calling_ae, rq.called_ae, address, subject, rq.user_info.identity_rq
+            ),
+        )
+    if admission.reject is not None:
+        throttle.refused(address)
+        rj = admission.reject
+        return admission, (rj, P.describe_reject(rj.result, rj.source, rj.reason))
+    identity = rq.user_info.identity_rq
+    # PS3.7 D.3.3.7: a positive response only when the identity was checked.
+    if (
+        identity is not None
+        and identity.positive_response_requested
+        and admission.identity_response is not None
+    ):
+        answer.user_info.identity_ac = UserIdentityAC(admission.identity_response)
+    if server.gatekeeper is not None:
+        throttle.admitted(address)
+    return admission, None

@@ -1,0 +1,316 @@
+"""Storage Commitment reports (PS3.4 J.3.3): the server's journal of accepted
+requests, their verification, and the N-EVENT-REPORT that answers each.
+
+:class:`CommitmentService` (one per server) records each request the SCP
+(``commitment_scp.py``) accepts durably in the archive's journal
+(``archive/commitment.py``) *before* the N-ACTION-RSP 0000 goes out, so that
+no accepted request is forgotten.
+
+Then, from a task of the server (not of the association): the referenced
+instances are verified in a worker thread (``archive.commitment.verify``:
+held in the index under that SOP class, file present with the indexed size and
+data set digest) and the result is reported by an N-EVENT-REPORT-RQ (Event
+Type ID 1 when all are committed, 2 when some failed): the Transaction UID,
+the Referenced SOP Sequence of those committed (with our Retrieve AE Title)
+and the Failed SOP Sequence with each Failure Reason (0110 processing failure,
+0112 no such object instance, 0119 class/instance conflict;
+``commitment_info.py``). It goes on the requesting association while that is
+still open, else on a new association to the address configured for the
+requester's AE title (``--commitment-scu AET=HOST:PORT``, the policy file's
+``[commitment_scus]``), on which we propose the SOP class with role selection
+SCU 0 / SCP 1 (we are the SCP invoking N-EVENT-REPORT as association
+requestor, PS3.4 J.3.3, PS3.7 D.3.3.4). Only the N-EVENT-REPORT-RSP removes
+the request from the journal (0211 or 0213 on the requesting association: a
+new association is tried; on a new association: again later); until then it is
+retried with backoff, and at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from dicomstore import uids
+from dicomstore.aio.association import Timeouts, Transport
+from dicomstore.aio.client import associate
+from dicomstore.aio.invoker import Invoker
+from dicomstore.archive.commitment import (
+    CommitmentJournal,
+    CommitmentRequest,
+    DuplicateTransaction,
+    Verdict,
+    verify,
+)
+from dicomstore.archive.reader import ArchiveReader
+from dicomstore.dimse import NEventReportRQ, NEventReportRSP
+from dicomstore.dimse import status as st
+from dicomstore.errors import AssociationError, DicomstoreError
+from dicomstore.services.commitment_info import (
+    MAX_REFERENCES,
+    SOP_CLASS,
+    SOP_INSTANCE,
+    Refused,
+    event_information,
+)
+from dicomstore.services.conversion import encode_dataset
+from dicomstore.services.destinations import Destination
+from dicomstore.ul.fsm import State
+from dicomstore.ul.items import RoleSelection
+
+log = logging.getLogger("dicomstore.server")
+
+#: N-EVENT-REPORT-RSP statuses after which the report is sent again (elsewhere,
+#: or later): the requester did not take it (0211) or could not now (0213).
+NOT_TAKEN = frozenset({st.UNRECOGNIZED_OPERATION, st.RESOURCE_LIMITATION})
+#: Most requests accepted and not yet reported.
+MAX_PENDING = 1000
+
+
+@dataclass
+class Channel:
+    """The requesting association, for a report on it while it is open."""
+
+    t: Transport
+    invoker: Invoker
+    context_id: int
+
+    @property
+    def is_open(self) -> bool:
+        return self.t.conn.state is State.STA6 and self.invoker.ended is None
+
+    @property
+    def transfer_syntax(self) -> str:
+        assert self.t.negotiated is not None
+        return self.t.negotiated.contexts[self.context_id].transfer_syntax
+
+
+class CommitmentService:
+    """Accepted requests, durably kept until their report is acknowledged (module notes)."""
+
+    def __init__(
+        self,
+        reader: ArchiveReader,
+        root: Path | str,
+        *,
+        ae_title: str,
+        scus: Mapping[str, Destination],
+        timeouts: Timeouts | None = None,
+        fsync: bool = True,
+        max_references: int = MAX_REFERENCES,
+        max_pending: int = MAX_PENDING,
+        report_timeout: float = 60.0,
+        retry_delay: float = 5.0,
+        max_retry_delay: float = 600.0,
+        audit: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.reader = reader
+        self.journal = CommitmentJournal(root, fsync=fsync)
+        self.ae_title = ae_title
+        self.scus = scus
+        self.timeouts = timeouts
+        self.max_references = max_references
+        self.max_pending = max_pending
+        self.report_timeout = report_timeout
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.audit = audit
+        #: transaction UIDs accepted and not yet reported
+        self.pending: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def start(self) -> None:
+        """Report what an earlier run accepted and did not report (PS3.4 J.3.3)."""
+        requests = await asyncio.to_thread(lambda: list(self.journal.pending()))
+        for request in requests:
+            if request.transaction_uid in self.pending:
+                continue
+            log.info(
+                "storage commitment %s of %s (%d references) pending since %s: reporting",
+                request.transaction_uid,
+                request.calling_ae,
+                len(request.references),
+                request.received_at,
+            )
+            self.pending.add(request.transaction_uid)
+            self._spawn(self._deliver(request, None))
+
+    async def close(self) -> None:
+        """Stop reporting; what is not reported stays in the journal for the next start."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def accept(self, request: CommitmentRequest) -> None:
+        """Record ``request`` durably (:class:`Refused`: 0115 its Transaction UID
+        pending, 0213 too many pending, 0110 the journal cannot be written)."""
+        if request.transaction_uid in self.pending:
+            raise Refused(st.INVALID_ARGUMENT_VALUE, "Transaction UID already pending")
+        if len(self.pending) >= self.max_pending:
+            raise Refused(st.RESOURCE_LIMITATION, f"{self.max_pending} requests pending already")
+        self.pending.add(request.transaction_uid)
+        try:
+            await asyncio.to_thread(self.journal.add, request)
+        except DuplicateTransaction:
+            raise Refused(st.INVALID_ARGUMENT_VALUE, "Transaction UID already pending") from None
+        except (OSError, ValueError) as exc:
+            self.pending.discard(request.transaction_uid)
+            log.error("storage commitment journal: %s", exc)
+            raise Refused(st.PROCESSING_FAILURE, f"cannot record the request: {exc}") from None
+
+    def report(self, request: CommitmentRequest, channel: Channel | None) -> None:
+        """Verify and report ``request`` (accepted) from a task of the server."""
+        self._spawn(self._deliver(request, channel))
+
+    async def _deliver(self, request: CommitmentRequest, channel: Channel | None) -> None:
+        failures = 0
+        while not self._closed:
+            try:
+                how = await self._attempt(request, channel)
+            except _NoAddress as exc:
+                log.warning(
+                    "storage commitment %s: %s; it waits in the journal for a restart",
+                    request.transaction_uid,
+                    exc,
+                )
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - network, disk or index: retried
+                if not isinstance(exc, DicomstoreError | OSError):
+                    log.exception("storage commitment %s", request.transaction_uid)
+                failures += 1
+                delay = min(self.retry_delay * 2 ** (failures - 1), self.max_retry_delay)
+                delay *= 0.5 + random.random() / 2  # jitter: requesters back at once spread
+                log.warning(
+                    "storage commitment %s: report to %s failed (%s); retrying in %.0f s",
+                    request.transaction_uid,
+                    request.calling_ae,
+                    exc,
+                    delay,
+                )
+                channel = None
+                await asyncio.sleep(delay)
+                continue
+            await asyncio.to_thread(self.journal.done, request.transaction_uid)
+            self.pending.discard(request.transaction_uid)
+            log.info("storage commitment %s reported %s", request.transaction_uid, how)
+            return
+
+    async def _attempt(self, request: CommitmentRequest, channel: Channel | None) -> str:
+        """One report: verify now, send on ``channel`` if open, else on a new
+        association; returns how it went. Raises when it must be retried."""
+        if (channel is None or not channel.is_open) and request.calling_ae not in self.scus:
+            raise _NoAddress(f"no address configured for {request.calling_ae!r}")
+        verdicts = await asyncio.to_thread(verify, self.reader, request.references)
+        event_type, info = event_information(request.transaction_uid, verdicts, self.ae_title)
+        how = "on the same association"
+        rsp = None
+        if channel is not None and channel.is_open:
+            try:
+                rsp = await self._send(channel, event_type, info)
+            except (AssociationError, ConnectionError, OSError) as exc:
+                log.info(
+                    "storage commitment %s: the requesting association ended (%s)",
+                    request.transaction_uid,
+                    exc,
+                )
+            if rsp is not None and rsp.status in NOT_TAKEN:
+                log.info(
+                    "storage commitment %s: the requester answered %04X on its association",
+                    request.transaction_uid,
+                    rsp.status,
+                )
+                rsp = None
+            if rsp is None and request.calling_ae not in self.scus:
+                raise _NoAddress(f"no address configured for {request.calling_ae!r}")
+        if rsp is None:
+            how = "on a new association"
+            rsp = await self._send_new(self.scus[request.calling_ae], event_type, info)
+            if rsp.status in NOT_TAKEN:
+                raise AssociationError(f"N-EVENT-REPORT-RSP {rsp.status:04X}: try again later")
+        if rsp.status != st.SUCCESS:
+            log.warning(
+                "storage commitment %s: N-EVENT-REPORT-RSP %04X %s",
+                request.transaction_uid,
+                rsp.status,
+                rsp.error_comment or st.describe(rsp.status),
+            )
+        self._audit(request, verdicts, how, rsp.status)
+        return how
+
+    async def _send(self, channel: Channel, event_type: int, info: Dataset) -> NEventReportRSP:
+        data = encode_dataset(info, channel.transfer_syntax)
+        return await channel.invoker.call(
+            channel.context_id,
+            lambda msg_id: NEventReportRQ(msg_id, SOP_CLASS, SOP_INSTANCE, event_type),
+            NEventReportRSP,
+            data,
+            timeout=self.report_timeout,
+        )
+
+    async def _send_new(self, scu: Destination, event_type: int, info: Dataset) -> NEventReportRSP:
+        """On an association we request, as SCP of the SOP class by role selection."""
+        assoc = await associate(
+            scu.host,
+            scu.port,
+            called_ae=scu.ae_title,
+            calling_ae=self.ae_title,
+            contexts=[(SOP_CLASS, (uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE))],
+            roles=[RoleSelection(SOP_CLASS, scu_role=False, scp_role=True)],
+            timeouts=self.timeouts,
+        )
+        try:
+            ctx = assoc.context_for(SOP_CLASS)
+            if ctx is None:
+                raise AssociationError(f"{scu} did not accept the Storage Commitment SOP Class")
+            if not ctx.scp_role:  # PS3.7 D.3.3.4; many SCUs take the report all the same
+                log.info("%s did not grant us the SCP role by role selection: sending", scu)
+            rsp = await self._send(Channel(assoc.t, assoc.invoker, ctx.id), event_type, info)
+        except BaseException:
+            await assoc.abort()
+            raise
+        await assoc.release()
+        return rsp
+
+    def _audit(
+        self, request: CommitmentRequest, verdicts: list[Verdict], how: str, status: int
+    ) -> None:
+        if self.audit is None:
+            return
+        self.audit(
+            {
+                "event": "commitment",
+                "phase": "report",
+                "transaction_uid": request.transaction_uid,
+                "calling_ae": request.calling_ae,
+                "address": request.address,
+                "references": len(verdicts),
+                "committed": sum(v.committed for v in verdicts),
+                "failed": [
+                    {"sop_instance_uid": v.reference.sop_instance_uid, "reason": v.failure_reason}
+                    for v in verdicts
+                    if not v.committed
+                ],
+                "reported": how,
+                "status": f"{status:04X}",
+            }
+        )
+
+
+class _NoAddress(Exception):
+    """The requesting association is gone and its AE title has no configured address."""

@@ -1,0 +1,130 @@
+"""Forwarding's queueing from the archive index (issue 16): recovery, and stable studies.
+
+Recovery, before the server listens: what the index holds from shortly before
+the queue's ``observed`` watermark, and the stable events logged that the
+queue has not seen, are queued again (an entry already there is kept), so that
+an instance acknowledged just before a crash is forwarded all the same. A rule
+applies to what is stored while it is configured: one added to the
+configuration does not send the archive's past. A study that becomes stable is
+queued from the index the same way (:func:`add_study`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
+from datetime import UTC, datetime
+from typing import Any
+
+from dicomstore.archive.reader import ArchiveReader
+from dicomstore.services.forward_queue import ForwardQueue, Queued
+from dicomstore.services.forward_rules import ForwardRule, entries_for
+from dicomstore.services.stability import StableLog, StableStudy
+
+log = logging.getLogger("dicomstore.forward")
+
+#: Seconds before the ``observed`` watermark that recovery looks again: longer than
+#: an index commit takes after its ``received_at`` is set.
+SLACK = 60.0
+#: The columns of an index row the rules and the queue need.
+_ROW = (
+    "SELECT i.sop_instance_uid, i.received_at, i.calling_ae, se.modality, i.sop_class_uid,"
+    " st.study_uid FROM instance i JOIN series se ON se.series_pk = i.series_pk"
+    " JOIN study st ON st.study_pk = se.study_pk"
+)
+COLUMNS = ("sop_instance_uid", "received_at", "calling_ae", "modality", "sop_class_uid")
+
+#: (destination, trigger) -> since when the rule has been configured (ISO)
+Since = dict[tuple[str, str], str]
+
+
+def iso(epoch: float) -> str:
+    """``epoch`` as the ISO 8601 text the index and the queue compare."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")
+
+
+def _shifted(text: str, seconds: float) -> str:
+    return iso(datetime.fromisoformat(text).timestamp() + seconds)
+
+
+def recover(
+    reader: ArchiveReader,
+    queue: ForwardQueue,
+    rules: Sequence[ForwardRule],
+    since: Since,
+    now: str,
+    batch: int,
+) -> int:
+    """Queue again what a crash or a stop may have left out (module notes), a
+    transaction per ``batch`` rows; the number of entries added. Blocking."""
+    added = 0
+    observed = queue.watermark("observed")
+    if observed is None:  # a new queue: nothing stored before it is forwarded
+        queue.set_watermark("observed", now)
+    elif any(rule.when == "instance" for rule in rules):
+        floor = _shifted(observed, -SLACK)
+        with closing(reader.connect()) as db:
+            cursor = db.execute(f"{_ROW} WHERE i.received_at >= ?", (floor,))
+            added = _add_rows(queue, rules, since, _rows(cursor), "instance", batch)
+    return added + _recover_stable(reader, queue, rules, since)
+
+
+def _recover_stable(
+    reader: ArchiveReader, queue: ForwardQueue, rules: Sequence[ForwardRule], since: Since
+) -> int:
+    floors = [at for (_d, when), at in since.items() if when == "stable"]
+    if not floors:
+        return 0
+    added = 0
+    for event in StableLog(reader.root).read(since=min(floors)):
+        if not queue.stable_seen(event.study_uid, event.stable_at):
+            added += add_study(reader, queue, rules, since, event)
+    return added
+
+
+def _add_rows(
+    queue: ForwardQueue,
+    rules: Sequence[ForwardRule],
+    since: Since,
+    rows: Iterable[dict[str, Any]],
+    when: str,
+    batch: int,
+) -> int:
+    """Queue, for the rules of trigger ``when``, the instances of ``rows`` that they
+    match (and that arrived since the rule is configured), a transaction per
+    ``batch`` rows; the number added."""
+    added = 0
+    chunk: list[Queued] = []
+    for row in rows:
+        chunk.extend(entries_for(rules, since, row, when))
+        if len(chunk) >= batch:
+            added += sum(queue.add(chunk).values())
+            chunk = []
+    if chunk:
+        added += sum(queue.add(chunk).values())
+    return added
+
+
+def add_study(
+    reader: ArchiveReader,
+    queue: ForwardQueue,
+    rules: Sequence[ForwardRule],
+    since: Since,
+    event: StableStudy,
+) -> int:
+    """Queue the instances of a stable study for the ``when=stable`` rules. Blocking."""
+    items: list[Queued] = []
+    with closing(reader.connect()) as db:
+        cursor = db.execute(f"{_ROW} WHERE st.study_uid = ?", (event.study_uid,))
+        for row in _rows(cursor):
+            items.extend(entries_for(rules, since, row, "stable", event.stable_at))
+    added = queue.add(items, stable=(event.study_uid, event.stable_at))
+    for ae, n in added.items():
+        log.info("forward to %s: study %s stable, %d instance(s) queued", ae, event.study_uid, n)
+    return sum(added.values())
+
+
+def _rows(cursor: Any) -> Iterator[dict[str, Any]]:
+    for values in cursor:
+        yield dict(zip((*COLUMNS, "study_uid"), values, strict=True))

@@ -1,0 +1,75 @@
+"""Which studies are stable, for searches (issue 16): the state shown by
+``dicomstore ls studies`` and QIDO-RS, and QIDO-RS's ``stable`` filter.
+
+A study is stable since its last study-complete event (:mod:`.stability`) when
+that event covers its newest instance; a study receiving an instance after its
+event is not, until the next event. The events come from the log as
+:meth:`~dicomstore.services.stability.StableLog.latest` caches it (only the
+bytes appended since are read), and the newest instances of the studies of a
+page of results from the index, in one statement for the page. The filter is
+a condition of the search's own SQL, so ``limit`` and ``offset`` count the
+studies that pass it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from contextlib import closing
+from typing import Any
+
+from dicomstore.archive import query as q
+from dicomstore.archive.engine import dialect_of
+from dicomstore.archive.reader import ArchiveReader
+from dicomstore.services.stability import StableStudy, covered, reader_log
+
+_REPORTED = "dicomstore_reported"
+_STABLE_AT = "dicomstore_stable_at"
+
+
+def stable_states(reader: ArchiveReader, study_uids: Collection[str]) -> dict[str, str | None]:
+    """Per study, when it was last reported stable (``stable_at``), or None while
+    its newest instance is not covered by an event (still receiving, or not yet
+    quiet for long enough, or never reported)."""
+    latest = reader_log(reader).latest()
+    states: dict[str, str | None] = dict.fromkeys(study_uids)
+    reported = [uid for uid in states if uid in latest]
+    if reported:
+        with closing(reader.connect()) as db:
+            newest = q.newest_arrivals(db, reported)
+        for uid in reported:
+            states[uid] = covered(latest[uid], newest.get(uid))
+    return states
+
+
+def search(
+    reader: ArchiveReader,
+    level: str,
+    filters: q.Filters,
+    *,
+    stable: bool | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """:meth:`ArchiveReader.search`, of the studies that are stable (``stable``
+    True) or not (False) only, when ``stable`` is given."""
+    if stable is None:
+        return reader.search(level, filters, limit=limit, offset=offset)
+    latest = reader_log(reader).latest()
+    with closing(reader.connect()) as db:
+        if dialect_of(db) != "sqlite":  # (its functions are Python ones, on SQLite's connection)
+            raise q.QueryError("the stable filter is not available on a PostgreSQL index yet")
+        _functions(db, latest)
+        newest = q.newest_arrival("st.study_uid")
+        state = f"CASE WHEN {_REPORTED}(st.study_uid) THEN {_STABLE_AT}(st.study_uid, ({newest}))"
+        state += " END"
+        also = f"({state}) IS {'NOT NULL' if stable else 'NULL'}"
+        return q.search(db, level, filters, limit=limit, offset=offset, also=[also])
+
+
+def _functions(db: Any, latest: Mapping[str, StableStudy]) -> None:
+    """The SQL functions of the filter: is a study in the log (cheap: the newest
+    instance is looked up only for those), and its ``stable_at`` or NULL."""
+    db.create_function(_REPORTED, 1, lambda uid: uid in latest, deterministic=True)
+    db.create_function(
+        _STABLE_AT, 2, lambda uid, newest: covered(latest.get(uid), newest), deterministic=True
+    )
