@@ -155,6 +155,28 @@ def webhook() -> Iterator[str]:
     httpd.server_close()
 
 
+def test_the_clock_is_woken_only_for_an_earlier_deadline(tmp_path: Path) -> None:
+    """More instances of a study only defer its deadline, and a new study's comes after
+    the ones already waited for: neither wakes the clock task (once per instance it
+    cost a task and a timer per C-STORE); an empty wait list or an earlier deadline does."""
+    root = tmp_path / "archive"
+    _fill(root, {"1.2.51": 1})
+    watcher = StudyStability(ArchiveReader(root), 3600.0, fsync=False)
+
+    async def run() -> list[bool]:
+        await watcher.start()
+        woken = []
+        for study, when in (("1.2.51", 1.0), ("1.2.51", 2.0), ("1.2.52", 3.0), ("1.2.53", -1800.0)):
+            while watcher._wake.is_set():  # the clock task takes the last wake-up first
+                await asyncio.sleep(0)
+            watcher.arrived(study, "PID", "1.2.51/1/1.dcm", watcher.clock() + when)
+            woken.append(watcher._wake.is_set())
+        await watcher.close()
+        return woken
+
+    assert asyncio.run(run()) == [True, False, False, True]
+
+
 def test_an_event_after_a_line_cut_by_a_crash_is_kept(tmp_path: Path) -> None:
     """A crash mid-append leaves a line without its newline; the next event starts a
     line of its own, so the cut line alone is lost (skipped when read)."""

@@ -224,6 +224,8 @@ class StudyStability:
         self.clock = clock
         self.pending: dict[str, _Pending] = {}
         self._wake = asyncio.Event()
+        #: when the clock task wakes next by itself (None: only when woken)
+        self._next_due: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._actions: set[asyncio.Future[object]] = set()
@@ -245,8 +247,11 @@ class StudyStability:
             folder = str(layout.resolve(self.root, relpath).parent.parent)
             self.pending[study_uid] = _Pending(patient_id, when, when, folder)
         else:
-            pending.last = max(pending.last, when)
-        self._wake.set()
+            pending.last = max(pending.last, when)  # a later deadline: the timer may stay
+            return
+        due = when + self.stable_age
+        if self._next_due is None or due < self._next_due:
+            self._wake.set()  # (not per instance: a study's arrivals only defer it)
 
     def recover(self) -> int:
         """After a restart: wait again for the studies whose newest instance is not
@@ -295,9 +300,11 @@ class StudyStability:
             for study_uid in [s for s, p in self.pending.items() if self._due(p, now)]:
                 await self._stable(study_uid, self.pending.pop(study_uid))
             deadlines = [p.last + self.stable_age for p in self.pending.values()]
-            timeout = max(0.0, min(deadlines) - self.clock()) if deadlines else None
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._next_due = min(deadlines) if deadlines else None
+            timeout = None if self._next_due is None else max(0.0, self._next_due - self.clock())
+            try:  # (not wait_for: in 3.11 it loses a cancellation racing a wake-up)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
