@@ -339,10 +339,14 @@ class AcceptorAssociation:
 
     async def _on_dimse(self, event) -> None:
         t = self.t
-        for scp in self._qr_scps:
-            if scp is not None and scp.handles(event):
-                scp.receive(event)
-                return
+        # the C-STORE hot path first: a C-STORE-RQ, or a fragment of the data set being
+        # received (one message at a time on an association, PS3.7 6.3.1), is storage's
+        storing = isinstance(event, DatasetFragment) and self.receiving is not None
+        if not storing and not isinstance(getattr(event, "message", None), CStoreRQ):
+            for scp in self._qr_scps:
+                if scp is not None and scp.handles(event):
+                    scp.receive(event)
+                    return
         if isinstance(event, CommandReceived) and isinstance(
             event.message, CStoreRSP | NEventReportRSP
         ):
