@@ -99,7 +99,17 @@ def stored_dataset(path: Path) -> bytes:
 
 
 def dcm_files(root: Path) -> list[Path]:
-    """Every file under ``root`` except the index (and its WAL companions)."""
+    """Every file under ``root`` except the index (and its WAL companions) and the
+    lock files of the nodes (``archive/nodes.py``)."""
     return sorted(
-        p for p in root.rglob("*") if p.is_file() and not p.name.startswith("index.sqlite")
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith("index.sqlite") and not is_node_lock(root, p)
     )
+
+
+def is_node_lock(root: Path, path: Path) -> bool:
+    """Whether ``path`` is the lock file of a node (an open archive) of ``root``."""
+    from dicomstore.archive import nodes
+
+    return path.parent == root / ".tmp" and path.name.startswith(nodes.PREFIX)
