@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from archive_testlib import EXPLICIT_LE, dataset, dcm_files, store, stored_dataset
+from archive_testlib import EXPLICIT_LE, dataset, dcm_files, race, store, stored_dataset
 
 from dicomstore.archive import SUCCESS, WARNING_COERCION, Archive, StoreOutcome
 from dicomstore.archive.maintenance import run_check, run_reindex
@@ -28,26 +27,7 @@ def _uid(n: int) -> str:
 
 def _race(nodes: list[Archive], payloads: list[bytes], uid: str) -> list[StoreOutcome]:
     """Node ``i`` receives ``payloads[i]``; all commit at the same moment."""
-    barrier = threading.Barrier(len(nodes))
-    outcomes: list[StoreOutcome | None] = [None] * len(nodes)
-
-    def run(i: int) -> None:
-        ingest = nodes[i].begin(
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-            sop_instance_uid=uid,
-            transfer_syntax_uid=EXPLICIT_LE,
-        )
-        ingest.write(payloads[i])
-        barrier.wait()
-        outcomes[i] = ingest.commit()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(nodes))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert all(outcomes)
-    return outcomes  # type: ignore[return-value]
+    return race(nodes, payloads, uid)
 
 
 def _nodes(root: Path, **options: object) -> list[Archive]:
