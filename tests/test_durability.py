@@ -109,7 +109,10 @@ def test_sigkill_while_senders_stream_loses_nothing_acknowledged(tmp_path, count
             assert path is not None and path.exists(), f"acknowledged {uid} lost"
             assert dataset_of(path) == data
             assert pydicom.dcmread(path).SOPInstanceUID == uid
-        assert list((storage / ".tmp").iterdir()) == []  # start-up cleaned temporaries
+        # start-up cleaned temporaries: the killed servers' folders (nodes.py) are gone
+        assert list(archive.tmp_dir.iterdir()) == []
+        node = archive.tmp_dir.name
+        assert {p.name for p in (storage / ".tmp").iterdir()} == {node, f"{node}.lock"}
         assert not [p for p in storage.rglob("*.part") if ".tmp" not in p.parts]
         assert archive.check() == []
     finally:
@@ -144,15 +147,15 @@ def test_sender_killed_mid_dataset_leaves_nothing_behind(tmp_path) -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        tmpdir = storage / ".tmp"
+        tmpdir = storage / ".tmp"  # (the server's temporaries: in its node's folder)
         # wait until the server is writing the instance, then kill the sender
-        while not any(tmpdir.iterdir()):
+        while not any(tmpdir.glob("node-*/*")):
             assert sender.poll() is None, "sender finished before we could kill it"
             os.sched_yield()
         sender.kill()
         sender.wait(30)
         # the server notices the dropped connection and removes the temporary
-        while any(tmpdir.iterdir()):
+        while any(tmpdir.glob("node-*/*")):
             assert server.poll() is None
             os.sched_yield()
         # and keeps serving

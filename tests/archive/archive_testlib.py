@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import struct
+import threading
 from pathlib import Path
+from typing import Any
 
 from dicomstore.archive import Archive, StoreOutcome
 from dicomstore.archive.dicomfile import dataset_offset
@@ -99,7 +101,42 @@ def stored_dataset(path: Path) -> bytes:
 
 
 def dcm_files(root: Path) -> list[Path]:
-    """Every file under ``root`` except the index (and its WAL companions)."""
+    """Every file under ``root`` except the index (and its WAL companions) and the
+    lock files of the nodes (``archive/nodes.py``)."""
     return sorted(
-        p for p in root.rglob("*") if p.is_file() and not p.name.startswith("index.sqlite")
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith("index.sqlite") and not is_node_lock(root, p)
     )
+
+
+def is_node_lock(root: Path, path: Path) -> bool:
+    """Whether ``path`` is the lock file of a node (an open archive) of ``root``."""
+    from dicomstore.archive import nodes
+
+    return path.parent == root / ".tmp" and path.name.startswith(nodes.PREFIX)
+
+
+def race(
+    archives: list[Archive], payloads: list[bytes], uid: str = "1.2.3.4.5.6.7"
+) -> list[StoreOutcome]:
+    """``archives[i]`` receives ``payloads[i]`` in a thread of its own; all commit at
+    the same moment; the outcomes."""
+    barrier = threading.Barrier(len(payloads))
+    outcomes: list[Any] = [None] * len(payloads)  # (each an outcome once joined)
+
+    def run(i: int) -> None:
+        ingest = archives[i].begin(
+            sop_class_uid=CT, sop_instance_uid=uid, transfer_syntax_uid=EXPLICIT_LE
+        )
+        ingest.write(payloads[i])
+        barrier.wait()
+        outcomes[i] = ingest.commit()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(payloads))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(outcomes)
+    return outcomes

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from archive_testlib import EXPLICIT_LE, dataset, dcm_files, store, stored_dataset
+from archive_testlib import EXPLICIT_LE, dataset, dcm_files, race, store, stored_dataset
 
 from dicomstore.archive import (
     DUPLICATE_REJECTED,
@@ -95,26 +95,7 @@ def test_reject_is_a_failure_and_keeps_the_first(tmp_path: Path) -> None:
 
 def _race(archive: Archive, payloads: list[bytes]) -> list[StoreOutcome]:
     """Receive every payload in its own thread; all commit at the same moment."""
-    barrier = threading.Barrier(len(payloads))
-    outcomes: list[StoreOutcome | None] = [None] * len(payloads)
-
-    def run(i: int) -> None:
-        ingest = archive.begin(
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-            sop_instance_uid="1.2.3.4.5.6.7",
-            transfer_syntax_uid=EXPLICIT_LE,
-        )
-        ingest.write(payloads[i])
-        barrier.wait()
-        outcomes[i] = ingest.commit()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(payloads))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert all(outcomes)
-    return outcomes  # type: ignore[return-value]
+    return race([archive] * len(payloads), payloads)
 
 
 THREADS = 8

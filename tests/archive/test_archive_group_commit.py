@@ -483,6 +483,7 @@ def test_a_crash_before_commit_leaves_files_the_next_start_adopts(
         batches.run(first, others)
     monkeypatch.undo()
     archive.index._db.close()  # its open transaction is lost
+    archive._node.close()  # its lock goes with the process (its folder stays)
     archive._publisher.close()
     files = [p for p in dcm_files(root) if ".tmp" not in p.parts]
     assert len(files) == 2 + size  # the crashed ones are named, not indexed
@@ -499,6 +500,7 @@ def test_a_crash_before_commit_leaves_files_the_next_start_adopts(
 
 def _die(archive: Archive) -> None:
     archive.index._db.close()  # the open transaction is lost
+    archive._node.close()  # its lock goes with the process (its folder stays)
     archive._publisher.close()
 
 

@@ -99,7 +99,7 @@ def test_pydicom_file_round_trip(path: str, tmp_path: Path) -> None:
             if Path(path).name in MISENCODED:
                 assert outcome.error_comment == MISENCODED[Path(path).name]
             assert outcome.path is None
-            assert not any((archive.root / ".tmp").iterdir())
+            assert not any(archive.tmp_dir.iterdir())
             assert archive.instances() == []
             continue
         assert stored_dataset(outcome.path) == data

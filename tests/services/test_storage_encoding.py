@@ -79,7 +79,7 @@ def assert_only_stored(archive: Archive, root: Path, sops: set[str]) -> None:
     assert {row["sop_instance_uid"] for row in archive.instances()} == sops
     for sop in sops:
         dcmdump_reads(archive.path_of(sop))
-    assert not any((root / ".tmp").iterdir())
+    assert not any(archive.tmp_dir.iterdir())
 
 
 @pytest.mark.parametrize("context", [uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE])

@@ -182,6 +182,16 @@ class Engine:
     def in_transaction(self, db: Any) -> bool:
         raise NotImplementedError
 
+    def hold(self, db: Any, *, exclusive: bool) -> bool:
+        """Take the archive's lock for ``db``'s session, without waiting: shared by
+        each node, exclusive for ``reindex`` (and the recovering ``check``); False
+        when the other kind holds it. SQLite: always True (one host: the flock of
+        ``recovery.hold`` says it)."""
+        return True
+
+    def release(self, db: Any, *, exclusive: bool) -> None:
+        """Let go of what :meth:`hold` took."""
+
 
 class SqliteEngine(Engine):
     """The SQLite file at ``path``."""
@@ -239,6 +249,10 @@ _META = (
     " one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),"
     " schema_version INTEGER NOT NULL, generation BIGINT NOT NULL DEFAULT 0)"
 )
+
+
+#: The first key of the archive's advisory lock (``"dcst"``), the second is the schema's.
+_LOCK_CLASS = 0x64637374
 
 
 class PostgresEngine(Engine):
@@ -341,6 +355,18 @@ class PostgresEngine(Engine):
     def stamp(self, db: Any, token: Any) -> Any:
         db.execute("UPDATE dicomstore_index SET generation = ?", (token + 1,))
         return token + 1
+
+    def hold(self, db: Any, *, exclusive: bool) -> bool:
+        # a session advisory lock, one per schema: nodes on any host share it; the
+        # server lets go when the session ends (a node killed with SIGKILL too)
+        kind = "" if exclusive else "_shared"
+        sql = f"SELECT pg_try_advisory_lock{kind}(?, hashtext(current_schema()))"
+        return bool(db.execute(sql, (_LOCK_CLASS,)).fetchone()[0])
+
+    def release(self, db: Any, *, exclusive: bool) -> None:
+        kind = "" if exclusive else "_shared"
+        sql = f"SELECT pg_advisory_unlock{kind}(?, hashtext(current_schema()))"
+        db.execute(sql, (_LOCK_CLASS,))
 
     def in_transaction(self, db: Any) -> bool:
         from psycopg.pq import TransactionStatus

@@ -154,6 +154,16 @@ class Index:
             self.rebuild = True
         engine.create(self._db, drop + engine.ddl(SCHEMA + INDEXES), SCHEMA_VERSION)
 
+    def hold(self, *, exclusive: bool) -> bool:
+        """Take the archive's lock in the database, without waiting (``Engine.hold``):
+        shared by each node for its life, exclusive for ``reindex``; False when the
+        other kind holds it."""
+        return self.engine.hold(self._db, exclusive=exclusive)
+
+    def release(self, *, exclusive: bool) -> None:
+        """Let go of what :meth:`hold` took (closing the index does too)."""
+        self.engine.release(self._db, exclusive=exclusive)
+
     @property
     def path(self) -> Path:
         """The SQLite file (a SQLite index only)."""

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Iterator
@@ -44,33 +45,87 @@ def check_archive(root: Path, index: Index, *, digests: bool = True) -> list[str
     (digest, when ``digests``), ``.dcm`` files the index does not know, and
     instances the index files under another study or series than their file's
     (which is named after the data set's own UIDs)."""
-    problems: list[str] = []
+    return [line for _, line in _problems(root, index, digests)]
+
+
+def _problems(root: Path, index: Index, digests: bool) -> list[tuple[str | None, str]]:
+    """:func:`check_archive`'s lines, each with the path it is about (``None``:
+    about the filing of an instance in the index)."""
+    problems: list[tuple[str | None, str]] = []
     indexed: set[Path] = set()
     for uid, relpath, size, digest in index.paths():
         try:
             path = layout.resolve(root, relpath)
         except ValueError:
-            problems.append(f"{uid}: indexed path {relpath!r} is outside the archive")
+            problems.append((None, f"{uid}: indexed path {relpath!r} is outside the archive"))
             continue
         indexed.add(path)
-        try:
-            actual = path.stat().st_size
-            if actual != size:
-                problems.append(f"{relpath}: size {actual}, indexed {size}")
-            elif digests and data_set_digest(path) != digest:
-                problems.append(f"{relpath}: content differs from the indexed digest")
-        except FileNotFoundError:
-            problems.append(f"{relpath}: missing (SOP Instance {uid})")
-        except Exception as exc:  # unreadable file, broken meta
-            problems.append(f"{relpath}: cannot be read: {exc}")
+        problem = _examine(path, relpath, uid, size, digest, digests)
+        if problem is not None:
+            problems.append((relpath, problem))
     for path in dicom_files(root):
         if path not in indexed:
-            problems.append(f"{path.relative_to(root).as_posix()}: not indexed")
+            relpath = path.relative_to(root).as_posix()
+            problems.append((relpath, f"{relpath}: not indexed"))
     # the file's place comes from its own header: the index must file it there too
     for uid, relpath, study, series in index.filing():
         if relpath != layout.instance_relstr(study, series, uid):
-            problems.append(f"{relpath}: indexed under study {study}, series {series}")
+            problems.append((None, f"{relpath}: indexed under study {study}, series {series}"))
     return problems
+
+
+def _examine(
+    path: Path, relpath: str, uid: str, size: int, digest: str, digests: bool
+) -> str | None:
+    """What is wrong with the file of one indexed instance (``None``: nothing)."""
+    try:
+        actual = path.stat().st_size
+        if actual != size:
+            return f"{relpath}: size {actual}, indexed {size}"
+        if digests and data_set_digest(path) != digest:
+            return f"{relpath}: content differs from the indexed digest"
+    except FileNotFoundError:
+        return f"{relpath}: missing (SOP Instance {uid})"
+    except Exception as exc:  # unreadable file, broken meta
+        return f"{relpath}: cannot be read: {exc}"
+    return None
+
+
+def _recheck(
+    root: Path, index: Index, problems: list[tuple[str | None, str]], digests: bool
+) -> list[str]:
+    """The problems found beside running nodes, looked at again under the index
+    write lock: a node publishing, replacing or deleting meanwhile made some of
+    them (a file renamed into place before its COMMIT, a row replaced after the
+    file was read). Under the lock no publish is half done; a file still without
+    a row but with a second name (a removal intent: its delete or replace has
+    committed and is unlinking it) is on its way out, not a problem."""
+    lines = []
+    with index.lock:
+        index.begin()
+        try:
+            for relpath, line in problems:
+                if relpath is None:
+                    lines.append(line)
+                    continue
+                path = layout.resolve(root, relpath)
+                rows = index.query({"path": relpath})
+                if rows:
+                    row = rows[0]
+                    uid, size, digest = row["sop_instance_uid"], row["file_size"], row["digest"]
+                    problem = _examine(path, relpath, uid, size, digest, digests)
+                    if problem is not None:
+                        lines.append(problem)
+                    continue
+                try:
+                    links = path.stat().st_nlink
+                except FileNotFoundError:
+                    continue  # deleted meanwhile
+                if links == 1:
+                    lines.append(f"{relpath}: not indexed")
+        finally:
+            index.rollback()
+    return lines
 
 
 def read_row(root: Path, path: Path) -> dict[str, Any]:
@@ -151,24 +206,35 @@ def _wins(a: dict[str, Any], b: dict[str, Any], indexed: str | None) -> bool:
 def run_check(root: Path, *, fsync: bool = True, index: str | None = None) -> list[str]:
     """``dicomstore check``: with no archive open on ``root`` elsewhere, first
     settle what a crash left (``recovery.recover``, as the next start would), so
-    that a clean check means a clean start; with a server running (it recovered
-    at its start) check as is: an instance being published at that moment may
-    show as a problem."""
+    that a clean check means a clean start; with servers running (nodes, on this
+    host or others: the flock of ``.tmp`` or the database's lock says so) check
+    as is, then look again under the index write lock at what seemed wrong
+    (:func:`_recheck`): what a node was doing at that moment is not reported.
+    The digests are read without the lock, so nodes are never held up for long."""
     from dicomstore.archive.recovery import ArchiveBusyError, hold, recover
 
     (root / layout.TMP_DIR).mkdir(exist_ok=True)
     db = Index(engine_for(root, index), durable=fsync)
     try:
+        alone = False
         try:
             fd = hold(root, exclusive=True)
         except ArchiveBusyError:
             pass
         else:
             try:
-                recover(root, db, fsync=fsync)
+                if db.hold(exclusive=True):  # (no node on another host either)
+                    alone = True
+                    try:
+                        recover(root, db, fsync=fsync)
+                    finally:
+                        db.release(exclusive=True)
             finally:
                 os.close(fd)
-        return check_archive(root, db)
+        problems = _problems(root, db, True)
+        if alone or not problems:
+            return [line for _, line in problems]
+        return _recheck(root, db, problems, True)
     finally:
         db.close()
 
@@ -177,16 +243,18 @@ def run_reindex(
     root: Path, left_out: list[str], *, fsync: bool = True, index: str | None = None
 ) -> int:
     """``dicomstore reindex``: refused (:class:`~dicomstore.archive.recovery.ArchiveBusyError`)
-    while an archive is open on ``root`` elsewhere (a server: its stores would
-    race the rebuild); else what a crash left is settled first (``recover``),
+    while an archive is open on ``root`` elsewhere (a server, a node on any host:
+    its stores would race the rebuild); else what a crash left is settled first (``recover``),
     then :func:`reindex_archive`. A server cannot start meanwhile."""
-    from dicomstore.archive.recovery import hold, recover
+    from dicomstore.archive.recovery import ArchiveBusyError, hold, recover
 
     (root / layout.TMP_DIR).mkdir(parents=True, exist_ok=True)
     fd = hold(root, exclusive=True)
     try:
         db = Index(engine_for(root, index), durable=fsync, migrate=True)
         try:
+            if not db.hold(exclusive=True):  # a node on another host (PostgreSQL)
+                raise ArchiveBusyError(errno.EBUSY, "in use by a server or another archive")
             recover(root, db, fsync=fsync)
             return reindex_archive(root, db, left_out)
         finally:

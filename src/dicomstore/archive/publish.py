@@ -37,6 +37,29 @@ instance is gone leaves its removal intent: the next start (or ``delete``)
 removes the file, which the index no longer names. Either way the index then
 serves the last committed version and ``check`` is clean.
 
+Several nodes (processes, on one host or several) sharing one root and one
+PostgreSQL index: what one node decides is never a memory of its own. Each
+takes the index write lock (``BEGIN`` + ``SELECT … FOR UPDATE`` of the one
+``dicomstore_index`` row, ``engine.py``) before it looks anything up, and holds
+it through the renames to its COMMIT: the duplicate policy, the hierarchy
+checks (``relations.py``), a replace and a ``delete`` (``removal.py``, under
+the same lock) see every other node's committed rows (READ COMMITTED: each
+statement after the lock sees the commits before it) and nothing uncommitted
+of theirs can be on disk meanwhile. So two nodes storing one SOP Instance UID
+take turns: the second finds the first's row (keep: an identical copy is
+answered 0000 and its temporary goes, another is answered B000; reject: C111)
+or, with replace, renames its file over the first's and commits its own row:
+the file at the final name is always the one the committed row describes. The
+writer's caches are emptied when another node has committed (the generation).
+A node killed between its renames and its COMMIT loses its transaction (the
+server rolls it back when the session ends) and leaves files without rows:
+the next node to store those instances renames over them as over any file; a
+start settles the rest from the dead node's traces (``recovery.recover``).
+Left: a node that loses its database session between its renames and its
+COMMIT while it runs on (the server let go of its lock) could race another
+node storing the same instance in that moment; it puts back only files still
+its own (``_undo``), and ``check`` would report a file that differs.
+
 Flushes (fsync/syncfs calls) per batch of ``n`` instances::
 
     n == 1 (or syncfs=False)  n files + 1 series folder + 1 WAL = 3 for one
@@ -135,7 +158,7 @@ class Publisher:
         self.stats.batches += 1
         self.stats.instances += len(batch)
         whole_fs = self._fs_fd >= 0 and len(batch) >= SYNCFS_MIN_BATCH
-        if self.fsync and self._links:  # (without fsync, a crash loses what it may)
+        if self._links:  # (without fsync too: a node killed keeps its page cache)
             for member in batch:
                 self._link_trace(member)  # before the flush, which covers it too
             if crashpoints.ENABLED:
@@ -386,16 +409,19 @@ class Publisher:
         """Take back the renames of a batch that cannot be committed (the files go)."""
         for member in reversed(placed):
             try:
-                if member.backup is not None:
+                if not _same_file(member.final, member.trace or member.temp):
+                    pass  # not ours any more (another node's, see the module docstring)
+                elif member.backup is not None:
                     os.replace(member.backup, member.final)
                     member.backup = None
                 else:
                     layout.remove_quietly(member.final)
             except OSError:
                 pass  # check() will report it
-            if member.trace is not None:
-                layout.remove_quietly(member.trace)
-                member.trace = None
+            for name in ("backup", "trace"):
+                if getattr(member, name) is not None:
+                    _quietly(layout.remove_quietly, getattr(member, name))
+                    setattr(member, name, None)
             if member.intent is not None:
                 layout.remove_quietly(member.intent)
                 member.intent = None
@@ -447,6 +473,13 @@ class Publisher:
                 layout.fsync_dir(path.parent)
         except (OSError, ValueError):
             pass  # check() reports it as unindexed
+
+
+def _same_file(path: str, other: str) -> bool:
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return True  # (no trace to tell: the file at ``path`` is taken as ours)
 
 
 def _close(member: Staged) -> None:

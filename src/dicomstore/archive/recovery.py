@@ -17,9 +17,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dicomstore.archive import layout
+from dicomstore.archive import layout, nodes
 from dicomstore.archive.index import Index
-from dicomstore.archive.removal import INTENT, settle_intents
+from dicomstore.archive.removal import INTENT, intent_target, settle_intents
 
 
 class ArchiveBusyError(OSError):
@@ -47,9 +47,9 @@ def hold(root: Path, *, exclusive: bool) -> int:
 
 
 def recover(root: Path, index: Index, *, fsync: bool) -> int:
-    """Start-up: settle what a crash left in ``.tmp``, then empty it; the number of
-    instances adopted into the index. The caller owns ``.tmp`` (no other archive
-    publishes to it: see :func:`hold`).
+    """Start-up: settle what a crash left in ``.tmp`` (its own files, those of older
+    dicomstores) and in the folders of dead nodes (``nodes.py``: never a live
+    node's), then empty them; the number of instances adopted into the index.
 
     A trace (``<temp>.pub``, a second name of a file renamed to its final name,
     see :meth:`Publisher._place`) outlives its batch only when the COMMIT, or
@@ -62,30 +62,51 @@ def recover(root: Path, index: Index, *, fsync: bool) -> int:
       not commit): the old file, kept as ``<temp>.bak``, is put back;
     - the index holds it at another name (a replace moving it): the new file goes.
 
+    All three are decided and done under the index write lock, which every node
+    takes from its decision to its COMMIT (``publish.py``): another node storing
+    the same instance meanwhile renames its file there only before or after.
+
     Then the removal intents (``<temp>=<path>.rm``: the old file of a replace that
     moved the instance; ``del-…``: the files of a delete) are settled: a file
     the index no longer names goes (``removal.settle_intents``).
 
-    Everything else in ``.tmp`` is an incomplete instance or a backup no longer
-    needed, and goes, except the removal intents made since (a ``delete`` running
-    now owns them). Best effort: what cannot be settled stays where it is, for
-    ``check`` to report.
+    Everything else is an incomplete instance or a backup no longer needed, and
+    goes, except the removal intents made since in ``.tmp`` (a ``delete``
+    running now owns them). Best effort: what cannot be settled stays where it
+    is, for ``check`` to report (and a dead node's folder for the next start).
     """
+    tmp = root / layout.TMP_DIR
+    adopted = _settle_folder(root, index, tmp, fsync=fsync)
+    with nodes.dead(root) as folders:
+        for folder in folders:
+            adopted += _settle_folder(root, index, folder, fsync=fsync)
+    return adopted
+
+
+def _settle_folder(root: Path, index: Index, folder: Path, *, fsync: bool) -> int:
+    """:func:`recover` for ``.tmp`` itself or a dead node's folder in it."""
     from dicomstore.archive.maintenance import read_row  # (it imports the index too)
 
     adopted = 0
-    tmp = root / layout.TMP_DIR
-    for entry in os.scandir(tmp):
+    for entry in os.scandir(folder):
         if entry.name.endswith(".pub") and entry.is_file(follow_symlinks=False):
             try:
                 if entry.stat(follow_symlinks=False).st_nlink > 1:
                     adopted += _settle(root, index, Path(entry.path), read_row, fsync=fsync)
             except Exception:  # noqa: BLE001, S110 - an unreadable leftover: check() reports it
                 pass
-    settle_intents(root, index, fsync=fsync)
-    for entry in os.scandir(tmp):
-        if not entry.name.endswith(INTENT) and not entry.is_dir(follow_symlinks=False):
-            layout.remove_quietly(Path(entry.path))
+    tmp = root / layout.TMP_DIR
+    if folder == tmp:
+        settle_intents(root, index, fsync=fsync)
+    else:
+        names = [f"{folder.name}/{n}" for n in os.listdir(folder) if intent_target(n)]
+        settle_intents(root, index, names, fsync=fsync)
+    for entry in os.scandir(folder):
+        if entry.name.endswith(INTENT) or entry.is_dir(follow_symlinks=False):
+            continue
+        if folder == tmp and entry.name.lstrip(".").startswith(nodes.PREFIX):
+            continue  # a node's lock file (nodes.py)
+        layout.remove_quietly(Path(entry.path))
     return adopted
 
 
@@ -93,12 +114,12 @@ def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool
     row = read_row(root, trace)  # reads the header, for the final name
     rel = layout.instance_relstr(row["study_uid"], row["series_uid"], row["sop_instance_uid"])
     final = root / rel
-    if not final.exists() or not os.path.samefile(final, trace):
-        return 0  # renamed over since, or never renamed
     backup = trace.with_suffix(".bak")
     with index.lock:
         index.begin()
         try:
+            if not final.exists() or not os.path.samefile(final, trace):
+                return 0  # renamed over since, or never renamed
             existing = index.find(row["sop_instance_uid"])
             if existing is None:
                 if fsync:
@@ -106,18 +127,17 @@ def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool
                 index.put({**row, "path": rel})
                 index.commit()
                 return 1
-            index.rollback()
-        except BaseException:
-            index.rollback()
-            raise
-    if existing["path"] != rel:
-        os.unlink(final)  # an uncommitted replace that moved the instance
-    elif (existing["digest"], existing["file_size"]) != (row["digest"], row["file_size"]) and (
-        backup.exists()
-    ):
-        os.replace(backup, final)  # an uncommitted replace: the old file comes back
-    else:
-        return 0
-    if fsync:
-        layout.fsync_dir(final.parent)
-    return 0
+            if existing["path"] != rel:
+                os.unlink(final)  # an uncommitted replace that moved the instance
+            elif (existing["digest"], existing["file_size"]) != (
+                row["digest"],
+                row["file_size"],
+            ) and backup.exists():
+                os.replace(backup, final)  # an uncommitted replace: the old file comes back
+            else:
+                return 0
+            if fsync:
+                layout.fsync_dir(final.parent)
+            return 0
+        finally:
+            index.rollback()  # (nothing left to roll back after the COMMIT)

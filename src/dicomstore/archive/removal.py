@@ -240,15 +240,11 @@ def remove(
     settled = finish_interrupted(root, fsync=fsync, lock_timeout=lock_timeout, index=index)
     try:
         level, _ = reader.locate(uid)
-    except NotStoredError:
-        files = leftovers(root, reader, None, uid)
-        if not files:
-            raise
-        result = Removal("files", uid, settled=settled)
-        _unlink(root, files, {}, result, fsync)
-        result.leftovers_removed = result.files_removed
-        _remove_empty_dirs(root, {p.parent for p in files}, index, lock_timeout)
-        return result
+    except NotStoredError as missing:
+        found = _remove_leftovers(root, reader, uid, settled, fsync, index, lock_timeout)
+        if found is None:
+            raise missing from None
+        return found
     result = Removal(level, uid, settled=settled)
     db = Index(engine_for(root, index), durable=fsync, timeout=lock_timeout)
     try:
@@ -267,6 +263,36 @@ def remove(
                 layout.remove_quietly(link)
         if crashpoints.ENABLED:
             crashpoints.reached("delete.after-intents-dropped")
+        _remove_empty_dirs(root, {p.parent for p in files}, db, lock_timeout)
+    finally:
+        db.close()
+    return result
+
+
+def _remove_leftovers(
+    root: Path,
+    reader: ArchiveReader,
+    uid: str,
+    settled: int,
+    fsync: bool,
+    index: str | None,
+    lock_timeout: float,
+) -> Removal | None:
+    """Files of ``uid`` without rows, found and unlinked under the index write lock:
+    a node publishing them (renamed, not yet committed) holds it (``publish.py``)."""
+    db = Index(engine_for(root, index), durable=fsync, timeout=lock_timeout)
+    try:
+        with db.lock:
+            db.begin()
+            try:
+                files = leftovers(root, reader, None, uid)
+                if not files:
+                    return None
+                result = Removal("files", uid, settled=settled)
+                _unlink(root, files, {}, result, fsync)
+                result.leftovers_removed = result.files_removed
+            finally:
+                db.rollback()
         _remove_empty_dirs(root, {p.parent for p in files}, db, lock_timeout)
     finally:
         db.close()

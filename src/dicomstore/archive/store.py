@@ -16,8 +16,11 @@ replace replaced (``recovery.recover``; :attr:`Archive.recovered` counts the
 adopted); a crash before leaves only a temporary, removed at start-up. A crash
 after the COMMIT of a replace that moved the instance, or of a ``delete``,
 leaves removal intents, settled at start-up too (``removal.py``).
-Start-up empties ``.tmp``: one ``Archive`` per root and process. An open
-``Archive`` holds ``.tmp`` shared (``recovery.hold``): ``reindex`` refuses to
+Each open ``Archive`` (a *node*: several processes, on one host or several,
+may share a root and a PostgreSQL index) receives into a folder of its own in
+``.tmp`` (``nodes.py``); start-up settles and empties ``.tmp`` and the folders
+of dead nodes, never a live node's. An open ``Archive`` holds ``.tmp`` shared
+(``recovery.hold``, and ``Index.hold`` in PostgreSQL): ``reindex`` refuses to
 run beside it, and it cannot be opened during a ``reindex``.
 
 Duplicate SOP Instance UID (``on_duplicate``), checked under the index lock,
@@ -39,6 +42,7 @@ answers (two of them never share a batch):
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import secrets
@@ -52,8 +56,9 @@ from dicomstore.archive.engine import engine_for
 from dicomstore.archive.index import Index
 from dicomstore.archive.ingest import Ingest
 from dicomstore.archive.maintenance import check_archive, reindex_archive
+from dicomstore.archive.nodes import Node
 from dicomstore.archive.publish import Publisher
-from dicomstore.archive.recovery import hold, recover
+from dicomstore.archive.recovery import ArchiveBusyError, hold, recover
 from dicomstore.archive.relations import RELATIONAL_POLICIES
 
 DuplicatePolicy = Literal["keep", "replace", "reject"]
@@ -117,8 +122,7 @@ class Archive:
         self.on_relational_mismatch = on_relational_mismatch
         #: the index: ``None`` for the SQLite file in the root, or a ``postgresql://`` URL
         self.index_url = index
-        self.tmp_dir = self.root / layout.TMP_DIR
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        (self.root / layout.TMP_DIR).mkdir(parents=True, exist_ok=True)
         self._hold = hold(self.root, exclusive=False)  # (refused during a reindex)
         try:
             self.index = Index(
@@ -127,6 +131,16 @@ class Archive:
         except BaseException:
             os.close(self._hold)
             raise
+        try:
+            if not self.index.hold(exclusive=False):  # (the same, for nodes on other hosts)
+                raise ArchiveBusyError(errno.EBUSY, "in use by a reindex or a check", index)
+            #: this node's own folder for temporaries (``nodes.py``)
+            self._node = Node(self.root)
+        except BaseException:
+            self.index.close()
+            os.close(self._hold)
+            raise
+        self.tmp_dir = self._node.folder
         try:
             #: instances a crash left published but not indexed, adopted at start-up
             self.recovered = recover(self.root, self.index, fsync=fsync)
@@ -141,6 +155,7 @@ class Archive:
                 on_relational_mismatch=on_relational_mismatch,
             )
         except BaseException:
+            self._node.close()
             self.index.close()
             os.close(self._hold)
             raise
@@ -163,6 +178,7 @@ class Archive:
         self._committer.close()
         self._publisher.close()
         self.index.close()
+        self._node.close()
         if self._hold >= 0:
             os.close(self._hold)
             self._hold = -1

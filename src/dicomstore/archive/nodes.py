@@ -1,0 +1,139 @@
+"""Each node's own temporaries: several ``dicomstore serve`` processes on one
+storage root (issue 17).
+
+Every open :class:`~dicomstore.archive.Archive` (a *node*) receives into a
+folder of its own, ``<root>/.tmp/node-<host>-<pid>-<token>/``, beside its lock
+file ``<root>/.tmp/node-<host>-<pid>-<token>.lock``, which it holds with an
+exclusive flock(2) for its life. The lock file is made under a hidden name,
+locked, then renamed into place, and the folder made after it: so whoever sees
+``node-….lock`` unlocked (or a ``node-…`` folder without its lock file) knows
+its owner is dead — the kernel (or the NFSv4 server) lets go of the lock of a
+process that dies, SIGKILL included.
+
+A starting node (:func:`dead`) settles what the dead left, under their lock
+taken from them, and never touches a live node's files: its in-flight
+temporaries, the traces of a batch it is publishing, the ``.bak`` of a replace
+it has not committed. Temporaries directly in ``.tmp`` (an older dicomstore,
+or ``delete``'s removal intents) are settled as before (``recovery.py``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dicomstore.archive import layout
+
+PREFIX = "node-"
+LOCK = ".lock"
+
+
+class Node:
+    """This process's folder in ``<root>/.tmp`` and the lock that says it lives."""
+
+    def __init__(self, root: Path) -> None:
+        tmp = root / layout.TMP_DIR
+        host = re.sub(r"[^A-Za-z0-9.-]", "_", os.uname().nodename)[:64] or "host"
+        self.name = f"{PREFIX}{host}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.folder = tmp / self.name
+        self._lock = tmp / f"{self.name}{LOCK}"
+        hidden = tmp / f".{self.name}{LOCK}"
+        self._fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(hidden, self._lock)  # (the lock is taken before anyone can see it)
+            os.mkdir(self.folder)
+        except BaseException:
+            os.close(self._fd)
+            layout.remove_quietly(hidden)
+            layout.remove_quietly(self._lock)
+            raise
+
+    def close(self) -> None:
+        """Let go: the folder and its lock file go if it is empty (else the lock file
+        stays, unlocked: the next start settles the folder as a dead node's)."""
+        if self._fd < 0:
+            return
+        try:
+            os.rmdir(self.folder)
+        except OSError:
+            pass
+        else:
+            layout.remove_quietly(self._lock)
+        os.close(self._fd)
+        self._fd = -1
+
+
+def live(root: Path) -> list[str]:
+    """The names of the nodes that hold their lock now (this process's included)."""
+    found = []
+    for name in _lock_names(root / layout.TMP_DIR):
+        try:
+            fd = os.open(root / layout.TMP_DIR / name, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            found.append(name.removesuffix(LOCK))
+        finally:
+            os.close(fd)
+    return found
+
+
+@contextmanager
+def dead(root: Path) -> Iterator[list[Path]]:
+    """The folders of dead nodes, locked for the caller (who settles and empties
+    them); afterwards each folder and its lock file go."""
+    tmp = root / layout.TMP_DIR
+    held: list[tuple[Path, int]] = []
+    try:
+        names = set(_lock_names(tmp))
+        for entry in os.scandir(tmp):
+            if (
+                entry.name.startswith(PREFIX)
+                and entry.is_dir(follow_symlinks=False)
+                and f"{entry.name}{LOCK}" not in names
+            ):
+                held.append((tmp / entry.name, -1))  # (never made by a live node)
+        for name in names:
+            try:
+                fd = os.open(tmp / name, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    continue  # alive
+                raise
+            held.append((tmp / name.removesuffix(LOCK), fd))
+        yield [folder for folder, _ in held]
+    finally:
+        for folder, fd in held:
+            try:
+                os.rmdir(folder)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                pass  # what could not be settled stays, for check to report
+            if fd >= 0:
+                if not folder.exists():
+                    layout.remove_quietly(f"{folder}{LOCK}")
+                os.close(fd)
+
+
+def _lock_names(tmp: Path) -> list[str]:
+    with os.scandir(tmp) as entries:
+        return [
+            e.name
+            for e in entries
+            if e.name.startswith(PREFIX) and e.name.endswith(LOCK) and e.is_file()
+        ]

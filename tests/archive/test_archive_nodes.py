@@ -1,0 +1,160 @@
+"""Several nodes on one archive (issue 17): archives open on one root, each with its
+own index connection (as ``dicomstore serve`` processes are), storing the same SOP
+Instance UID at the same moment; a starting node and the temporaries of the others;
+``check`` and ``reindex`` beside running nodes. Run on both engines (conftest)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from archive_testlib import EXPLICIT_LE, dataset, dcm_files, race, store, stored_dataset
+
+from dicomstore.archive import SUCCESS, WARNING_COERCION, Archive, StoreOutcome
+from dicomstore.archive.maintenance import run_check, run_reindex
+from dicomstore.archive.recovery import ArchiveBusyError
+
+NODES = 3
+ROUNDS = 4
+
+
+def _uid(n: int) -> str:
+    return f"1.2.3.4.5.6.{n}"
+
+
+def _race(nodes: list[Archive], payloads: list[bytes], uid: str) -> list[StoreOutcome]:
+    """Node ``i`` receives ``payloads[i]``; all commit at the same moment."""
+    return race(nodes, payloads, uid)
+
+
+def _nodes(root: Path, **options: object) -> list[Archive]:
+    return [Archive(root, fsync=False, **options) for _ in range(NODES)]  # type: ignore[arg-type]
+
+
+def _close(nodes: list[Archive]) -> None:
+    for node in nodes:
+        node.close()
+
+
+def _one_file_one_row(node: Archive, uid: str) -> bytes:
+    """The data set of the one file of ``uid``: it hashes to its one row's digest."""
+    (path,) = [p for p in dcm_files(node.root) if ".tmp" not in p.parts and uid in p.name]
+    (row,) = node.instances(sop_instance_uid=uid)
+    data = stored_dataset(path)
+    assert hashlib.sha256(data).hexdigest() == row["digest"]
+    assert row["path"] == path.relative_to(node.root).as_posix()
+    return data
+
+
+def test_nodes_storing_one_identical_instance_store_it_once(tmp_path: Path) -> None:
+    nodes = _nodes(tmp_path / "root")
+    try:
+        for n in range(ROUNDS):
+            data = dataset(_uid(n))
+            outcomes = _race(nodes, [data] * NODES, _uid(n))
+            assert {o.status for o in outcomes} == {SUCCESS}
+            assert _one_file_one_row(nodes[0], _uid(n)) == data
+        assert nodes[1].check() == []
+        assert all(not any(node.tmp_dir.iterdir()) for node in nodes)
+    finally:
+        _close(nodes)
+
+
+def test_nodes_storing_different_versions_keep_the_first_committed(tmp_path: Path) -> None:
+    nodes = _nodes(tmp_path / "root")
+    try:
+        for n in range(ROUNDS):
+            versions = [dataset(_uid(n), patient_name=f"Node{i}") for i in range(NODES)]
+            outcomes = _race(nodes, versions, _uid(n))
+            statuses = Counter(o.status for o in outcomes)
+            assert statuses == {SUCCESS: 1, WARNING_COERCION: NODES - 1}
+            (winner,) = [i for i, o in enumerate(outcomes) if o.status == SUCCESS]
+            assert _one_file_one_row(nodes[0], _uid(n)) == versions[winner]
+        assert nodes[2].check() == []
+    finally:
+        _close(nodes)
+
+
+@pytest.mark.parametrize("moving", [False, True], ids=["same-place", "moving"])
+def test_nodes_replacing_at_once_leave_the_file_of_the_winning_row(
+    tmp_path: Path, moving: bool
+) -> None:
+    nodes = _nodes(tmp_path / "root", on_duplicate="replace")
+    try:
+        for n in range(ROUNDS):
+            versions = [
+                dataset(
+                    _uid(n),
+                    patient_name=f"Node{i}",
+                    study=f"1.2.3.{i + 1 if moving else 1}",
+                    series=f"1.2.3.{i + 1 if moving else 1}.1",
+                )
+                for i in range(NODES)
+            ]
+            outcomes = _race(nodes, versions, _uid(n))
+            assert {o.status for o in outcomes} == {SUCCESS}
+            assert _one_file_one_row(nodes[0], _uid(n)) in versions
+        assert nodes[1].check() == []
+    finally:
+        _close(nodes)
+
+
+def test_a_starting_node_settles_dead_nodes_only(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    live = Archive(root, fsync=False)
+    dead = Archive(root, fsync=False)
+    try:
+        receiving = live.begin(
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            sop_instance_uid=_uid(1),
+            transfer_syntax_uid=EXPLICIT_LE,
+        )
+        receiving.write(dataset(_uid(1)))
+        left = dead.begin(
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            sop_instance_uid=_uid(2),
+            transfer_syntax_uid=EXPLICIT_LE,
+        )
+        left.write(dataset(_uid(2))[:40])
+        dead._node.close()  # the process died: its lock went, its folder stays
+        assert left.temp.exists()
+        with Archive(root, fsync=False) as starting:
+            assert not dead.tmp_dir.exists()  # settled and emptied
+            assert receiving.temp.exists()  # a live node's: untouched
+            assert receiving.commit().status == SUCCESS
+            assert [r["sop_instance_uid"] for r in starting.instances()] == [_uid(1)]
+    finally:
+        dead.close()
+        live.close()
+
+
+def test_check_beside_nodes_reports_only_what_stays_wrong(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with Archive(root, fsync=False) as node:
+        assert store(node, dataset(_uid(1)), sop_uid=_uid(1)).status == SUCCESS
+        stray = root / "1.2.3.4" / "1.2.3.4.5" / "stray.dcm"
+        stray.write_bytes(b"put here by hand")
+        # a file a delete has committed and is unlinking (its removal intent links it)
+        going = root / "1.2.3.4" / "1.2.3.4.5" / "going.dcm"
+        going.write_bytes(b"deleted, not yet unlinked")
+        os.link(going, node.tmp_dir / "x=going.rm")
+        index = None if node.index.engine.dialect == "sqlite" else node.index.engine.url
+        assert run_check(root, fsync=False, index=index) == [
+            "1.2.3.4/1.2.3.4.5/stray.dcm: not indexed"
+        ]
+
+
+def test_reindex_is_refused_while_a_node_on_another_host_runs(
+    tmp_path: Path, index_engine: str
+) -> None:
+    if index_engine != "postgresql":
+        pytest.skip("one host: the flock of .tmp says it (test_archive_crash)")
+    with Archive(tmp_path / "here", fsync=False) as node:
+        url = node.index.engine.url
+        # another host: its own mount of the storage (no flock shared), one index
+        with pytest.raises(ArchiveBusyError, match="in use by a server"):
+            run_reindex(tmp_path / "there", [], fsync=False, index=url)
+    assert run_reindex(tmp_path / "there", [], fsync=False, index=url) == 0
