@@ -102,3 +102,39 @@ def describe_os_error(exc: OSError, doing: str) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"out of resources: {os.strerror(exc.errno)} while {doing}"
     return f"out of resources: {exc.strerror or exc} while {doing}"
+
+
+def duplicate(
+    policy: str,
+    existing: dict[str, Any],
+    path: Path,
+    digest: str,
+    warning: tuple[int, str, tuple[int, ...]] | None,
+) -> StoreOutcome:
+    """The outcome for an instance already stored (``existing``, its file at
+    ``path``) under the duplicate policy keep or reject: nothing changes.
+
+    reject: C111 naming the SOP Instance. keep: a copy identical to the stored one
+    (same data set ``digest``) is Success, or keeps the ``warning`` its own checks
+    gave (B006, B007: the stored copy went through the same policy); another copy
+    is B000 (coercion: what is stored is not what was sent).
+    """
+    if policy == "reject":
+        # (the response names the SOP Instance: the 64 characters say why)
+        return failure(
+            DUPLICATE_REJECTED,
+            "Duplicate SOP Instance refused: already stored",
+            SOP_INSTANCE_UID_TAG,
+        )
+    if existing["digest"] == digest:
+        if warning is not None:
+            status_, comment, tags = warning
+            return StoreOutcome(status_, comment, tags, path, existing)
+        return StoreOutcome(SUCCESS, path=path, instance=existing)
+    return StoreOutcome(
+        WARNING_COERCION,
+        "Duplicate with different content: kept the copy already stored",
+        None,
+        path,
+        existing,
+    )

@@ -95,7 +95,7 @@ from dicomstore.archive import outcome as st
 from dicomstore.archive.commit import CommitStats, Staged
 from dicomstore.archive.engine import DatabaseError, IntegrityError
 from dicomstore.archive.index import Index
-from dicomstore.archive.outcome import StoreOutcome, describe_os_error, failure
+from dicomstore.archive.outcome import StoreOutcome, describe_os_error, duplicate, failure
 from dicomstore.archive.relations import Relations
 from dicomstore.archive.removal import link_intent
 
@@ -226,7 +226,11 @@ class Publisher:
                 for member in live:
                     existing = found.get(member.row["sop_instance_uid"])
                     if existing is not None and self.on_duplicate != "replace":
-                        _answer(member, self._duplicate(existing, member))
+                        path = layout.resolve(self.root, existing["path"])
+                        verdict = duplicate(
+                            self.on_duplicate, existing, path, member.row["digest"], member.warning
+                        )
+                        _answer(member, verdict)
                         continue
                     if relations is not None:
                         mismatch = relations.check(member.row, replacing=existing is not None)
@@ -435,34 +439,6 @@ class Publisher:
         upto = self.submitted()  # written before this syncfs begins: durable after it
         layout.syncfs(self._fs_fd)
         self.durable_seq = max(self.durable_seq, upto)
-
-    def _duplicate(self, existing: dict[str, Any], member: Staged) -> StoreOutcome:
-        """The outcome for a duplicate under policy keep/reject (nothing changes).
-
-        A copy identical to the stored one keeps the warning its own checks
-        gave (B006, B007): the stored copy went through the same policy.
-        """
-        row = member.row
-        path = layout.resolve(self.root, existing["path"])
-        if self.on_duplicate == "reject":
-            # (the response names the SOP Instance: the 64 characters say why)
-            return failure(
-                st.DUPLICATE_REJECTED,
-                "Duplicate SOP Instance refused: already stored",
-                st.SOP_INSTANCE_UID_TAG,
-            )
-        if existing["digest"] == row["digest"]:
-            if member.warning is not None:
-                status, comment, tags = member.warning
-                return StoreOutcome(status, comment, tags, path, existing)
-            return StoreOutcome(st.SUCCESS, path=path, instance=existing)
-        return StoreOutcome(
-            st.WARNING_COERCION,
-            "Duplicate with different content: kept the copy already stored",
-            None,
-            path,
-            existing,
-        )
 
     def _remove_file(self, relpath: str) -> None:
         """Remove a file the index no longer points to (after a replace moved it)."""
