@@ -98,3 +98,19 @@ def test_journal_refuses_a_transaction_uid_that_is_no_uid_and_skips_strays(
     (journal.folder / "1.2.5.tmp").write_text("half written")
     assert [r.transaction_uid for r in journal.pending()] == ["1.2.3"]
     assert list(CommitmentJournal(tmp_path / "none").pending()) == []
+
+
+def test_a_node_takes_only_the_requests_no_live_node_holds(tmp_path: Path) -> None:
+    """Several nodes, one journal (issue 17): each reports what it holds."""
+    first = CommitmentJournal(tmp_path, fsync=False, node=True)
+    first.add(CommitmentRequest("1.2.17.1", [], "MODALITY"))
+    CommitmentJournal(tmp_path, fsync=False).add(CommitmentRequest("1.2.17.2", [], "X"))
+    second = CommitmentJournal(tmp_path, fsync=False, node=True)
+    assert [r.transaction_uid for r in second.take()] == ["1.2.17.2"]  # (nobody held it)
+    third = CommitmentJournal(tmp_path, fsync=False, node=True)
+    assert third.take() == []  # the first and the second report theirs
+    first.close()  # (as when its node ends, SIGKILL included: the kernel lets go)
+    assert [r.transaction_uid for r in third.take()] == ["1.2.17.1"]
+    third.done("1.2.17.1")
+    second.close()
+    assert [r.transaction_uid for r in CommitmentJournal(tmp_path).pending()] == ["1.2.17.2"]

@@ -158,3 +158,19 @@ def test_reindex_is_refused_while_a_node_on_another_host_runs(
         with pytest.raises(ArchiveBusyError, match="in use by a server"):
             run_reindex(tmp_path / "there", [], fsync=False, index=url)
     assert run_reindex(tmp_path / "there", [], fsync=False, index=url) == 0
+
+
+def test_service_lock_one_holder_named_until_it_lets_go(tmp_path: Path) -> None:
+    """The one node of a storage root running a service (forwarding, events)."""
+    from dicomstore.archive.nodes import ServiceLock
+
+    first, second = ServiceLock(tmp_path, "forward"), ServiceLock(tmp_path, "forward")
+    assert first.take() and first.take() and first.held
+    assert not second.take() and not second.held
+    assert second.holder == f"host {os.uname().nodename}, pid {os.getpid()}"
+    events = ServiceLock(tmp_path, "events")
+    assert events.take()  # another service, another lock
+    events.close()
+    first.close()
+    assert second.take() and (tmp_path / ".forward.lock").exists()
+    second.close()

@@ -16,10 +16,19 @@ C-STORE). Otherwise it fails with a Failure Reason of PS3.4 J.3.3.1.1:
 before the N-ACTION is answered) until its N-EVENT-REPORT has been
 acknowledged, so that a restart reports what it had promised to (J.3.3: the
 SCP "shall" send the report, on a later association if need be).
+
+Several nodes on one storage root (issue 17): a node's journal (``node=True``)
+holds an exclusive flock(2) on the file of each request it accepted, taken
+before the file has its name, until the report is acknowledged or the node
+ends. At start a node takes (:meth:`~CommitmentJournal.take`) the requests whose
+lock it can get: those of an earlier run or of a node that died (the kernel
+lets go of a dead process's locks), never those a live node is reporting.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
@@ -122,9 +131,12 @@ class DuplicateTransaction(Exception):
 class CommitmentJournal:
     """Pending commitment requests of one archive (module notes)."""
 
-    def __init__(self, root: Path | str, *, fsync: bool = True) -> None:
+    def __init__(self, root: Path | str, *, fsync: bool = True, node: bool = False) -> None:
         self.folder = Path(root) / JOURNAL_DIR
         self.fsync = fsync
+        #: a node's journal holds the lock of each request it reports (module notes)
+        self.node = node
+        self._held: dict[str, int] = {}
 
     def _path(self, transaction_uid: str) -> Path:
         if not _TRANSACTION.fullmatch(transaction_uid):
@@ -138,31 +150,85 @@ class CommitmentJournal:
             raise DuplicateTransaction(request.transaction_uid)
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = final.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as fp:
-            fp.write(request.to_json())
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            if self.node:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (before anyone can see it)
+            data = memoryview(request.to_json().encode("utf-8"))
+            while data:
+                data = data[os.write(fd, data) :]
             if self.fsync:
-                fp.flush()
-                os.fsync(fp.fileno())
-        os.replace(tmp, final)
+                os.fsync(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            os.close(fd)
+            raise
+        if self.node:
+            self._held[request.transaction_uid] = fd
+        else:
+            os.close(fd)
         if self.fsync:
             layout.fsync_dir(self.folder)
 
     def done(self, transaction_uid: str) -> None:
         """Forget a request once its report was acknowledged."""
         self._path(transaction_uid).unlink(missing_ok=True)
+        fd = self._held.pop(transaction_uid, None)
+        if fd is not None:
+            os.close(fd)
         if self.fsync and self.folder.is_dir():
             layout.fsync_dir(self.folder)
 
+    def take(self) -> list[CommitmentRequest]:
+        """The pending requests no live node holds, oldest first, held from now on
+        by this (node's) journal (module notes)."""
+        taken = []
+        for path, request in self._read():
+            tx = request.transaction_uid
+            if tx in self._held:
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # reported meanwhile
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino  # (not reported meanwhile)
+            except OSError as exc:
+                os.close(fd)
+                if isinstance(exc, FileNotFoundError) or exc.errno in (
+                    errno.EWOULDBLOCK,
+                    errno.EAGAIN,
+                ):
+                    continue  # a live node reports it
+                raise
+            if not same:
+                os.close(fd)
+                continue
+            self._held[tx] = fd
+            taken.append(request)
+        return taken
+
+    def close(self) -> None:
+        """Let go of the requests held (they stay pending, for the next start)."""
+        held, self._held = self._held, {}
+        for fd in held.values():
+            os.close(fd)
+
     def pending(self) -> Iterator[CommitmentRequest]:
         """Requests not yet reported, oldest first (unreadable files skipped)."""
+        for _path, request in self._read():
+            yield request
+
+    def _read(self) -> list[tuple[Path, CommitmentRequest]]:
         if not self.folder.is_dir():
-            return
-        read: list[tuple[int, CommitmentRequest]] = []
+            return []
+        read: list[tuple[int, Path, CommitmentRequest]] = []
         for path in self.folder.glob("*.json"):
             try:
                 when = path.stat().st_mtime_ns
-                read.append((when, CommitmentRequest.from_json(path.read_text("utf-8"))))
+                read.append((when, path, CommitmentRequest.from_json(path.read_text("utf-8"))))
             except (OSError, ValueError, TypeError, KeyError):
                 continue  # reported and removed meanwhile, or not ours
         read.sort(key=lambda entry: entry[0])
-        yield from (request for _when, request in read)
+        return [(path, request) for _when, path, request in read]

@@ -15,6 +15,13 @@ taken from them, and never touches a live node's files: its in-flight
 temporaries, the traces of a batch it is publishing, the ``.bak`` of a replace
 it has not committed. Temporaries directly in ``.tmp`` (an older dicomstore,
 or ``delete``'s removal intents) are settled as before (``recovery.py``).
+
+What must run in one node only of a storage root (forwarding, study-complete
+events) runs in the node holding ``<root>/.<service>.lock``
+(:class:`ServiceLock`): an exclusive flock(2) taken without waiting and held
+for the node's life, the holder's host and pid written inside for the message
+of a node that cannot take it. The file stays (only its lock comes and goes),
+so every node contends for the same inode.
 """
 
 from __future__ import annotations
@@ -34,13 +41,16 @@ PREFIX = "node-"
 LOCK = ".lock"
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", os.uname().nodename)[:64] or "host"
+
+
 class Node:
     """This process's folder in ``<root>/.tmp`` and the lock that says it lives."""
 
     def __init__(self, root: Path) -> None:
         tmp = root / layout.TMP_DIR
-        host = re.sub(r"[^A-Za-z0-9.-]", "_", os.uname().nodename)[:64] or "host"
-        self.name = f"{PREFIX}{host}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.name = f"{PREFIX}{_host()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.folder = tmp / self.name
         self._lock = tmp / f"{self.name}{LOCK}"
         hidden = tmp / f".{self.name}{LOCK}"
@@ -66,6 +76,59 @@ class Node:
             pass
         else:
             layout.remove_quietly(self._lock)
+        os.close(self._fd)
+        self._fd = -1
+
+
+class Held(Exception):
+    """A service of this storage root runs in another live node (:class:`ServiceLock`)."""
+
+
+class ServiceLock:
+    """The one node of a storage root that runs ``service`` (module notes)."""
+
+    def __init__(self, root: Path | str, service: str) -> None:
+        self.path = Path(root) / f".{service}.lock"
+        #: who holds it ("host H, pid P"), after :meth:`take` found it held
+        self.holder = ""
+        self._fd = -1
+
+    @property
+    def held(self) -> bool:
+        return self._fd >= 0
+
+    def take(self) -> bool:
+        """Hold the lock now if no live node does (True also when held already)."""
+        if self._fd >= 0:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                os.close(fd)
+                raise
+            text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            self.holder = text or "host ?, pid ?"  # (it has not written it yet)
+            return False
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"host {_host()}, pid {os.getpid()}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def close(self) -> None:
+        """Let go (the file stays: the next node locks the same inode)."""
+        if self._fd < 0:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError:
+            pass
         os.close(self._fd)
         self._fd = -1
 

@@ -170,6 +170,7 @@ async def _serve(
 ) -> int:
     """Serve until SIGINT/SIGTERM through the one lifecycle (``services.serving``),
     with the HTTP door beside the SCP."""
+    from dicomstore.archive.nodes import Held
     from dicomstore.services.server import archive_commit_mode
     from dicomstore.services.serving import running
 
@@ -229,6 +230,9 @@ async def _serve(
             finally:
                 if http is not None:
                     await http.close()
+    except Held as exc:  # another node of this storage root runs it (issue 17)
+        print(f"dicomstore: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
         if listening:
             raise

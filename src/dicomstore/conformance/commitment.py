@@ -87,7 +87,8 @@ def commitment_section() -> list[str]:
         "SCU 0, SCP 1 (PS3.7 D.3.3.4); the report is sent even when the acceptor does "
         "not return the role item. Only an N-EVENT-REPORT-RSP removes the request from "
         "the journal (0211 or 0213: sent again, on a new association or later); until "
-        "then it is retried with backoff (5 s doubling to 10 min) and at every start. "
+        "then the node that accepted it retries with backoff (5 s doubling to 10 min), "
+        "and once that node ends the next node to start on the storage reports it. "
         "Each request and report is audited (`--audit-log`).",
         "",
         "N-ACTION statuses (each failure with an Error Comment):",

@@ -23,6 +23,15 @@ requestor, PS3.4 J.3.3, PS3.7 D.3.3.4). Only the N-EVENT-REPORT-RSP removes
 the request from the journal (0211 or 0213 on the requesting association: a
 new association is tried; on a new association: again later); until then it is
 retried with backoff, and at the next start.
+
+Several nodes on one storage root (issue 17) share the journal: each node
+reports only the requests it holds (``archive/commitment.py``: the flock of
+each request's file), those it accepted and, at its start, those no live node
+holds (an earlier run's, a dead node's). So a starting node never reports,
+again, what a live node is reporting, and what a dead node accepted is reported
+by the next node to start. No node-wide commitments lock is needed: one would
+either leave a dead node's requests waiting for the lock holder's restart, or
+have its holder report at start what live nodes are reporting.
 """
 
 from __future__ import annotations
@@ -111,7 +120,7 @@ class CommitmentService:
         audit: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.reader = reader
-        self.journal = CommitmentJournal(root, fsync=fsync)
+        self.journal = CommitmentJournal(root, fsync=fsync, node=True)
         self.ae_title = ae_title
         self.scus = scus
         self.timeouts = timeouts
@@ -127,8 +136,9 @@ class CommitmentService:
         self._closed = False
 
     async def start(self) -> None:
-        """Report what an earlier run accepted and did not report (PS3.4 J.3.3)."""
-        requests = await asyncio.to_thread(lambda: list(self.journal.pending()))
+        """Report what an earlier run or a dead node accepted and did not report
+        (PS3.4 J.3.3), never what a live node reports (module notes)."""
+        requests = await asyncio.to_thread(self.journal.take)
         for request in requests:
             if request.transaction_uid in self.pending:
                 continue
@@ -149,6 +159,7 @@ class CommitmentService:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks))
+        self.journal.close()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from dicomstore.archive.nodes import Held, ServiceLock
 from dicomstore.handler import StoreHandler
 from dicomstore.services.admission import AuditSink, Gatekeeper
 from dicomstore.services.forwarding import Forwarding
@@ -49,6 +50,12 @@ async def running(
     ``config.forward`` rules, what is stored is forwarded
     (``services/forwarding.py``); ``server.forwarding`` does it.
 
+    Several nodes on one storage root: forwarding and the events run in the
+    node holding their lock (``archive/nodes.py``). Forwarding where another
+    live node forwards raises :class:`~dicomstore.archive.nodes.Held`; without
+    the events lock this node logs it, watches no study and takes the events
+    over (tried every stable age) once their node ends.
+
     Raises :class:`OSError` when the port cannot be bound.
     """
     server = Server(
@@ -59,33 +66,67 @@ async def running(
         gatekeeper=gatekeeper,
         audit=audit,
     )
-    forwarding = await _forwarding(server, config)
-    stability = None
+    locks: list[ServiceLock] = []
+    forwarding: Forwarding | None = None
+    takeover: asyncio.Task[None] | None = None
+
+    async def start_stability() -> None:
+        assert server.reader is not None
+        hooks = [on_study_stable] if on_study_stable else []
+        if forwarding is not None and forwarding.stable_rules:
+            hooks.append(forwarding.study_stable)
+        stability = StudyStability(
+            server.reader,
+            config.stable_age,
+            on_stable=hooks,
+            exec_command=config.on_stable_exec,
+            webhook=config.stable_webhook,
+            fsync=bool(getattr(handler, "fsync", True)),
+        )
+        await asyncio.to_thread(stability.recover)
+        server.store.observers.append(stability.observe)
+        server.stability = stability
+        await stability.start()
+
+    async def take_over(lock: ServiceLock) -> None:
+        """The events, once the node running them ends (tried every stable age)."""
+        while not lock.take():
+            await asyncio.sleep(config.stable_age)
+        locks.append(lock)
+        log.info("study-complete events of %s run in this node now", lock.path.parent)
+        await start_stability()
 
     async def stop_helpers() -> None:
-        if stability is not None:
-            await stability.close()
+        if takeover is not None:
+            takeover.cancel()
+            await asyncio.gather(takeover, return_exceptions=True)
+        if server.stability is not None:
+            await server.stability.close()
         if forwarding is not None:
             await forwarding.close(config.shutdown_grace)
+        for lock in locks:
+            lock.close()
 
     try:
-        if server.reader is not None and config.stable_age > 0:
-            hooks = [on_study_stable] if on_study_stable else []
-            if forwarding is not None and forwarding.stable_rules:
-                hooks.append(forwarding.study_stable)
-            stability = StudyStability(
-                server.reader,
-                config.stable_age,
-                on_stable=hooks,
-                exec_command=config.on_stable_exec,
-                webhook=config.stable_webhook,
-                fsync=bool(getattr(handler, "fsync", True)),
-            )
-            await asyncio.to_thread(stability.recover)
-            server.store.observers.append(stability.observe)
-            await stability.start()
-        server.stability = stability
+        forwarding = await _forwarding(server, config, locks)
         server.forwarding = forwarding
+        if server.reader is not None and config.stable_age > 0:
+            events = ServiceLock(server.reader.root, "events")
+            if events.take():
+                locks.append(events)
+                await start_stability()
+            elif forwarding is not None and forwarding.stable_rules:
+                raise Held(
+                    f"a when=stable forward rule needs the study-complete events of "
+                    f"{server.reader.root}, which run in another node ({events.holder})"
+                )
+            else:
+                log.warning(
+                    "study-complete events of %s run in another node (%s); not here",
+                    server.reader.root,
+                    events.holder,
+                )
+                takeover = asyncio.create_task(take_over(events), name="events-takeover")
         await server.start()
     except BaseException:
         await stop_helpers()
@@ -98,16 +139,26 @@ async def running(
         await stop_helpers()
 
 
-async def _forwarding(server: Server, config: ServerConfig) -> Forwarding | None:
+async def _forwarding(
+    server: Server, config: ServerConfig, locks: list[ServiceLock]
+) -> Forwarding | None:
     """The forwarding of ``config.forward`` (None without rules), its queue opened
-    and recovered, started. ValueError when it cannot be: no archive, a
-    ``when=stable`` rule without study-complete events."""
+    and recovered, started, its lock appended to ``locks``. ValueError when it
+    cannot be: no archive, a ``when=stable`` rule without study-complete events;
+    :class:`Held` when another node of this storage root forwards."""
     if not config.forward:
         return None
     if server.reader is None:
         raise ValueError("forwarding needs an archive (the handler has no index)")
     if config.stable_age <= 0 and any(rule.when == "stable" for rule in config.forward):
         raise ValueError("a when=stable forward rule needs study-complete events (stable age > 0)")
+    lock = ServiceLock(server.reader.root, "forward")
+    if not lock.take():
+        raise Held(
+            f"forwarding from {server.reader.root} already runs in another node "
+            f"({lock.holder}): enable --forward on one node only"
+        )
+    locks.append(lock)
     forwarding = Forwarding(
         server.reader,
         config.forward,

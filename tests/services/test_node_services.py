@@ -1,0 +1,109 @@
+"""Several `dicomstore serve` nodes on one storage root: forwarding and the
+study-complete events run in one node only, the one holding their lock
+(``archive/nodes.ServiceLock``, issue 17)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.conftest import free_port, serve_command, wait_listening
+from tests.services.nodes_testlib import write_instances
+
+from dicomstore.services.stability import StableLog
+
+DEADLINE = 60.0
+
+
+@contextmanager
+def node(storage: Path, log: Path, *extra: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """A `dicomstore serve` node listening on a free port, its stderr in ``log``."""
+    port = free_port()
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            serve_command(port, storage, "--fsync", "off", *extra),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        wait_listening(port, proc)
+        yield port, proc
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+    proc.wait(timeout=30)
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait, within the deadline, for what a child process writes (no event to wait on)."""
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        threading.Event().wait(0.05)
+
+
+def send(port: int, file: Path) -> None:
+    sent = subprocess.run(
+        [sys.executable, "-m", "dicomstore.cli", "send", "127.0.0.1", str(port), str(file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+
+
+def test_forwarding_and_events_run_in_one_node_of_a_storage_root(tmp_path: Path) -> None:
+    storage = tmp_path / "archive"
+    (first_file,) = write_instances(tmp_path / "a", "1.2.17.1", 1)
+    (second_file,) = write_instances(tmp_path / "b", "1.2.17.2", 1)
+    forward = ("--forward", f"DEST=127.0.0.1:{free_port()}", "--stable-age", "0.5")
+    logs = {name: tmp_path / f"{name}.log" for name in ("first", "second", "refused", "third")}
+
+    with node(storage, logs["first"], *forward) as (first_port, first):
+        refused = subprocess.run(
+            serve_command(free_port(), storage, "--fsync", "off", *forward),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 2, refused.stderr
+        line = (
+            f"dicomstore: forwarding from {storage} already runs in another node "
+            f"(host {os.uname().nodename}, pid {first.pid}): enable --forward on one node only"
+        )
+        assert refused.stderr.strip().splitlines()[-1] == line
+
+        with node(storage, logs["second"], "--stable-age", "0.5") as (second_port, second):
+            warning = (
+                f"study-complete events of {storage} run in another node "
+                f"(host {os.uname().nodename}, pid {first.pid}); not here"
+            )
+            assert warning in logs["second"].read_text()
+            # The second node's study arrives first: had it a watcher, its event
+            # would be logged before the first node's.
+            send(second_port, second_file)
+            send(first_port, first_file)
+            events = StableLog(storage)
+            until(lambda: list(events.read()), "the first node's study-complete event")
+            assert [e.study_uid for e in events.read()] == ["1.2.17.1.0"]
+
+            stop(first)  # its locks go with it: the second node takes the events over
+            until(
+                lambda: "run in this node now" in logs["second"].read_text(),
+                "the second node taking the events over",
+            )
+            # ... and forwarding can be enabled on another node
+            with node(storage, logs["third"], *forward[:2]) as (_, third):
+                assert third.poll() is None
+            assert second.poll() is None
+    assert "already runs in another node" not in logs["third"].read_text()
