@@ -57,8 +57,24 @@ def _open_archive(storage: Path, **options: Any) -> Any:
         return None
 
 
-async def run(args: argparse.Namespace) -> int:
+def _more_open_files() -> None:
+    """Raise the soft limit of open files to the hard one (at most 65536): each
+    association, pending Storage Commitment request (its journal file stays locked,
+    ``commitment_reports.py``) and HTTP connection holds one, and 1024 is a common
+    default."""
+    try:
+        import resource
 
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ImportError, ValueError, OSError) as exc:  # (not on every platform)
+        log.debug("open files limit unchanged: %s", exc)
+
+
+async def run(args: argparse.Namespace) -> int:
+    _more_open_files()
     fsync = args.fsync == "on"
     config = ServerConfig(
         ae_title=args.aet,
