@@ -192,6 +192,11 @@ async def _serve(
 
     listening = False
     metrics = None
+    # before the port opens: a SIGTERM as soon as it listens is a graceful stop too
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     if args.http_port is not None:  # GET /metrics (README: Operations)
         from dicomstore.services.metrics import ServerMetrics
 
@@ -237,10 +242,6 @@ async def _serve(
                     return EXIT_UNREACHABLE
                 announce(security, args.http_host, http.url)
             log.info("storing into %s", args.storage.resolve())
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
             try:
                 await stop.wait()
             finally:
