@@ -111,9 +111,12 @@ def dcm_files(root: Path) -> list[Path]:
 
 
 def is_node_lock(root: Path, path: Path) -> bool:
-    """Whether ``path`` is the lock file of a node (an open archive) of ``root``."""
+    """Whether ``path`` is the lock file of a node (an open archive) of ``root``, or
+    of a service one node runs for the root (``<root>/.events.lock``...)."""
     from dicomstore.archive import nodes
 
+    if path.parent == root and path.name.startswith(".") and path.name.endswith(nodes.LOCK):
+        return True
     return path.parent == root / ".tmp" and path.name.startswith(nodes.PREFIX)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from archive_testlib import EXPLICIT_LE, dataset, dcm_files, race, store, stored_dataset
 
-from dicomstore.archive import SUCCESS, WARNING_COERCION, Archive, StoreOutcome
+from dicomstore.archive import SUCCESS, WARNING_COERCION, Archive, StoreOutcome, nodes
 from dicomstore.archive.maintenance import run_check, run_reindex
 from dicomstore.archive.recovery import ArchiveBusyError
 
@@ -174,3 +174,25 @@ def test_service_lock_one_holder_named_until_it_lets_go(tmp_path: Path) -> None:
     first.close()
     assert second.take() and (tmp_path / ".forward.lock").exists()
     second.close()
+
+
+def test_a_service_lock_file_goes_with_its_holder_and_a_stale_one_is_not_taken(
+    tmp_path: Path,
+) -> None:
+    """The holder removes the lock file as it lets go; one who locked the removed file
+    meanwhile is not its holder (another inode is at the path): no two holders."""
+    import fcntl
+
+    first = nodes.ServiceLock(tmp_path, "events")
+    assert first.take()
+    stale = os.open(first.path, os.O_RDWR)  # opened before the holder let go
+    first.close()
+    assert not first.path.exists()
+    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the removed file's lock is free...
+    assert not nodes._same_inode(stale, first.path)  # ...but it is not the lock any more
+    second, third = nodes.ServiceLock(tmp_path, "events"), nodes.ServiceLock(tmp_path, "events")
+    assert second.take() and not third.take() and f"pid {os.getpid()}" in third.holder
+    os.close(stale)
+    second.close()
+    assert third.take()
+    third.close()

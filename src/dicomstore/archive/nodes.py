@@ -20,8 +20,9 @@ What must run in one node only of a storage root (forwarding, study-complete
 events) runs in the node holding ``<root>/.<service>.lock``
 (:class:`ServiceLock`): an exclusive flock(2) taken without waiting and held
 for the node's life, the holder's host and pid written inside for the message
-of a node that cannot take it. The file stays (only its lock comes and goes),
-so every node contends for the same inode.
+of a node that cannot take it. The holder removes the file as it lets go; a
+node that locked the removed file meanwhile finds another inode at the path and
+tries again, so two nodes never hold two inodes of one name.
 """
 
 from __future__ import annotations
@@ -101,17 +102,21 @@ class ServiceLock:
         """Hold the lock now if no live node does (True also when held already)."""
         if self._fd >= 0:
             return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise
+                text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
                 os.close(fd)
-                raise
-            text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-            os.close(fd)
-            self.holder = text or "host ?, pid ?"  # (it has not written it yet)
-            return False
+                self.holder = text or "host ?, pid ?"  # (it has not written it yet)
+                return False
+            if _same_inode(fd, self.path):
+                break
+            os.close(fd)  # locked a file its holder removed on closing: the path's again
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"host {_host()}, pid {os.getpid()}\n".encode(), 0)
@@ -122,15 +127,22 @@ class ServiceLock:
         return True
 
     def close(self) -> None:
-        """Let go (the file stays: the next node locks the same inode)."""
+        """Let go: the file goes, then the lock (a node that locked the removed file
+        meanwhile sees another inode at the path and tries again, :meth:`take`)."""
         if self._fd < 0:
             return
-        try:
-            os.ftruncate(self._fd, 0)
-        except OSError:
-            pass
+        layout.remove_quietly(self.path)
         os.close(self._fd)
         self._fd = -1
+
+
+def _same_inode(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is still the file at ``path``."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def live(root: Path) -> list[str]:
