@@ -5,6 +5,10 @@ the index), serves it with the real app on uvicorn, and times searches end to
 end over HTTP (keep-alive) and in process. Run on demand:
 
     python benchmarks/bench_qido.py [--instances 1000000] [--repeat 50] [--keep DIR]
+                                    [--index postgresql://USER@HOST:PORT/DB]
+
+``--index URL`` fills and searches a PostgreSQL index instead (issue 17; the rows
+go in by COPY; ``stable=`` is SQLite's only and its searches are left out).
 
 ``--keep DIR`` keeps the filled index there and reuses it on the next run (the
 archive's own :class:`Index` opens it first, so indexes it adds are made).
@@ -27,11 +31,13 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from dicomstore.archive import layout
 from dicomstore.archive import query as q
+from dicomstore.archive.engine import engine_for
 from dicomstore.archive.index import Index
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.schema import TABLES
@@ -43,15 +49,21 @@ MODALITIES = ("CT", "MR", "US", "CR", "XA", "MG", "PT")
 NAMES = ("DOE", "ROE", "SMITH", "JONES", "MILLER", "GARCIA", "MARTIN", "LEE")
 
 
-def fill(root: Path, instances: int, seed: int = 1) -> dict[str, str]:
+def fill(root: Path, instances: int, seed: int = 1, index: str | None = None) -> dict[str, str]:
     """Rows for ``instances`` instances: ~3 per series, ~3 series per study, ~2 studies
     per patient, inserted by SQL into an index the archive's :class:`Index` made (its
     schema and indexes). Returns sample keys to search for."""
     rnd = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
-    Index(root / layout.INDEX_FILE, durable=False).close()  # the schema, as the archive makes it
-    db = sqlite3.connect(root / layout.INDEX_FILE)
-    db.execute("PRAGMA synchronous=OFF")
+    Index(engine_for(root, index), durable=False).close()  # the schema, as the archive makes it
+    db: Any
+    if index is None:
+        db = sqlite3.connect(root / layout.INDEX_FILE)
+        db.execute("PRAGMA synchronous=OFF")
+    else:
+        import psycopg
+
+        db = psycopg.connect(index)
     n_series = max(instances // 3, 1)
     n_studies = -(-n_series // 3)  # every series in a study, three per study
     n_patients = max(n_studies // 2, 1)
@@ -91,6 +103,14 @@ def fill(root: Path, instances: int, seed: int = 1) -> dict[str, str]:
 
     def insert(table: str, values: Iterable[tuple[object, ...]]) -> None:
         columns = TABLES[table]
+        if index is not None:
+            with (
+                db.cursor() as cur,
+                cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp,
+            ):
+                for row in values:
+                    cp.write_row(row)
+            return
         marks = ", ".join("?" for _ in columns)
         db.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", values)
 
@@ -99,18 +119,20 @@ def fill(root: Path, instances: int, seed: int = 1) -> dict[str, str]:
         insert("study", studies)
         insert("series", series)
         insert("instance", rows())
+        if index is not None:
+            db.execute("ANALYZE")  # (psycopg's with: commit, then close)
     db.close()
     return {"patient": patients[42 % n_patients][1], "study": studies[4242 % n_studies][1],
             "series": series[(4242 % n_studies) * 3][1]}  # fmt: skip
 
 
-def report_stable(root: Path) -> int:
+def report_stable(root: Path, index: str | None = None) -> int:
     """A study-complete event for every other study (all its instances arrived
     before it), written as services/stability.py writes them; the number."""
     log = StableLog(root, fsync=False)
     if log.path.exists():
         return len(log.latest())
-    db = sqlite3.connect(root / layout.INDEX_FILE)
+    db = ArchiveReader(root, index=index).connect()
     uids = [uid for (uid,) in db.execute("SELECT study_uid FROM study WHERE study_pk % 2 = 0")]
     db.close()
     log.path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,18 +144,18 @@ def report_stable(root: Path) -> int:
     return len(uids)
 
 
-def prepare(root: Path, instances: int) -> dict[str, str]:
+def prepare(root: Path, instances: int, index: str | None = None) -> dict[str, str]:
     """An index of ``instances`` rows at ``root``: reused if one of that size is there
     (``--keep``), else filled anew; then opened once as the archive opens it."""
     keys_file = root / "bench-keys.json"
     if keys_file.exists():
         saved = json.loads(keys_file.read_text())
         if saved.get("instances") == instances:
-            Index(root / layout.INDEX_FILE, durable=False).close()
+            Index(engine_for(root, index), durable=False).close()
             return dict(saved["keys"])
         shutil.rmtree(root)
-    keys = fill(root, instances)
-    Index(root / layout.INDEX_FILE, durable=False).close()
+    keys = fill(root, instances, index=index)
+    Index(engine_for(root, index), durable=False).close()
     keys_file.write_text(json.dumps({"instances": instances, "keys": keys}))
     return keys
 
@@ -141,9 +163,9 @@ def prepare(root: Path, instances: int) -> dict[str, str]:
 class Served:
     """The app on uvicorn in a thread."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, index: str | None = None) -> None:
         self.loop = asyncio.new_event_loop()
-        self.server = HttpServer(build_app(root), "127.0.0.1", 0)
+        self.server = HttpServer(build_app(root, index=index), "127.0.0.1", 0)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def __enter__(self) -> str:
@@ -178,13 +200,14 @@ def main() -> None:
         type=Path,
         help="keep the filled index in this folder and reuse it when run again",
     )
+    parser.add_argument("--index", help="a postgresql:// URL: the index there (an empty schema)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp) / "archive"
         start = time.perf_counter()
-        keys = prepare(root, args.instances)
-        reported = report_stable(root)
-        reader = ArchiveReader(root)
+        keys = prepare(root, args.instances, args.index)
+        reported = report_stable(root, args.index)
+        reader = ArchiveReader(root, index=args.index)
         totals = reader.stats()["totals"]
         print(
             f"index: {totals['instances']} instances, {totals['series']} series, "
@@ -206,8 +229,10 @@ def main() -> None:
             ("series", f"/studies/{keys['study']}/series", {}),
             ("instance", f"/studies/{keys['study']}/series/{keys['series']}/instances", {}),
         ]
+        if args.index is not None:  # (stable= is SQLite's only)
+            cases = [case for case in cases if "stable" not in case[2]]
         db = reader.connect()
-        with Served(root) as url, httpx.Client(base_url=url) as client:
+        with Served(root, args.index) as url, httpx.Client(base_url=url) as client:
             print(f"{'search':78} {'HTTP median':>12} {'p95':>8} {'in-process':>11} {'rows':>5}")
             for level, path, params in cases:
                 filters = {k: v for k, v in params.items() if k not in ("limit", "stable")}
@@ -232,6 +257,9 @@ def main() -> None:
                 )
                 rows = len(http_call().json())
                 print(f"{label[:78]:78} {median:9.2f} ms {p95:5.2f} ms {local:8.2f} ms {rows:5}")
+            if args.index is not None:
+                db.close()
+                return
             print("\nEXPLAIN QUERY PLAN of the study searches:")
             for level, path, params in cases[:5]:
                 filters = {k: v for k, v in params.items() if k != "limit"}
