@@ -315,7 +315,10 @@ class PostgresEngine(Engine):
         return {name for (name,) in db.execute(sql)}
 
     def ddl(self, script: str) -> str:
-        return _pg_ddl(script)
+        out = _pg_ddl(script)
+        if "study_date_idx" in script:  # the indexes: and the one of the study order
+            out += _PG_STUDY_ORDER
+        return out
 
     def create(self, db: Any, script: str, version: int | None) -> None:
         db.execute("BEGIN")
@@ -426,6 +429,16 @@ def _placeholders(sql: str) -> str:
     """``?`` as psycopg's ``%s`` (a literal ``%`` doubled); the shared SQL has no
     ``?`` or ``%`` inside string literals."""
     return sql.replace("%", "%%").replace("?", "%s")
+
+
+#: The order of study results (``query._ORDER``) as an index: PostgreSQL places NULLs
+#: as SQLite does only when told (:func:`order_by`), and then no index of one column
+#: serves the order: a search with a ``limit`` and no narrowing key sorted every study
+#: (86 ms at 111,111 studies; 7 ms with it). SQLite walks ``study_date_idx`` instead.
+_PG_STUDY_ORDER = """
+CREATE INDEX IF NOT EXISTS study_order_idx ON study (study_date DESC NULLS LAST,
+    study_time DESC NULLS LAST, study_uid NULLS FIRST, study_pk NULLS FIRST);
+"""
 
 
 def _pg_ddl(script: str) -> str:
