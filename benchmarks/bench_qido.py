@@ -5,10 +5,12 @@ the index), serves it with the real app on uvicorn, and times searches end to
 end over HTTP (keep-alive) and in process. Run on demand:
 
     python benchmarks/bench_qido.py [--instances 1000000] [--repeat 50] [--keep DIR]
-                                    [--index postgresql://USER@HOST:PORT/DB]
+                                    [--index postgresql://USER@HOST:PORT/DB | --postgresql]
 
 ``--index URL`` fills and searches a PostgreSQL index instead (issue 17; the rows
-go in by COPY; ``stable=`` is SQLite's only and its searches are left out).
+go in by COPY; ``stable=`` is SQLite's only and its searches are left out);
+``--postgresql`` does so on a server of its own (tests/pg_testlib.py: initdb into
+a temporary folder, pg_ctl on a free port, stopped at the end).
 
 ``--keep DIR`` keeps the filled index there and reuses it on the next run (the
 archive's own :class:`Index` opens it first, so indexes it adds are made).
@@ -26,6 +28,7 @@ import random
 import shutil
 import sqlite3
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -201,7 +204,31 @@ def main() -> None:
         help="keep the filled index in this folder and reuse it when run again",
     )
     parser.add_argument("--index", help="a postgresql:// URL: the index there (an empty schema)")
+    parser.add_argument(
+        "--postgresql", action="store_true", help="on a PostgreSQL server of its own"
+    )
     args = parser.parse_args()
+    if args.postgresql:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from tests.conftest import free_port
+        from tests.pg_testlib import PostgresServer, pg_bin
+
+        bin_dir = pg_bin()
+        if bin_dir is None:
+            raise SystemExit("PostgreSQL is not installed (Debian package postgresql)")
+        server = PostgresServer(bin_dir, free_port())
+        server.start()
+        try:
+            args.index = server.new_url()
+            run(args)
+        finally:
+            server.stop()
+    else:
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Fill (or reuse), then time the searches."""
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp) / "archive"
         start = time.perf_counter()
