@@ -70,22 +70,18 @@ DatabaseOrOSError: tuple[type[Exception], ...] = (OSError, *DatabaseError)
 _SCHEMES = ("postgresql", "postgres")
 
 
-class Cursor(Protocol):
-    """What the callers use of a cursor (``sqlite3.Cursor`` and psycopg's)."""
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
-
-    def __iter__(self) -> Iterator[Any]: ...
-
-
 class Connection(Protocol):
     """What the callers use of a connection: ``sqlite3.Connection``, :class:`PgConnection`."""
 
     def execute(self, sql: str, parameters: Any = (), /) -> Any: ...
 
     def close(self) -> None: ...
+
+
+def size_sum(column: str) -> str:
+    """SQL of the sum of ``column`` (file sizes) as an integer, 0 for none: PostgreSQL's
+    SUM of BIGINT is NUMERIC."""
+    return f"CAST(COALESCE(SUM({column}), 0) AS BIGINT)"
 
 
 def is_postgresql(index: str | None) -> bool:

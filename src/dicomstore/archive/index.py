@@ -164,12 +164,6 @@ class Index:
         """Let go of what :meth:`hold` took (closing the index does too)."""
         self.engine.release(self._db, exclusive=exclusive)
 
-    @property
-    def path(self) -> Path:
-        """The SQLite file (a SQLite index only)."""
-        assert isinstance(self.engine, SqliteEngine)
-        return self.engine.path
-
     # -- the writer (hold self.lock) -------------------------------------------------
 
     def begin(self) -> None:

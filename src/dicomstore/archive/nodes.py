@@ -145,23 +145,6 @@ def _same_inode(fd: int, path: Path) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
-def live(root: Path) -> list[str]:
-    """The names of the nodes that hold their lock now (this process's included)."""
-    found = []
-    for name in _lock_names(root / layout.TMP_DIR):
-        try:
-            fd = os.open(root / layout.TMP_DIR / name, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            found.append(name.removesuffix(LOCK))
-        finally:
-            os.close(fd)
-    return found
-
-
 @contextmanager
 def dead(root: Path) -> Iterator[list[Path]]:
     """The folders of dead nodes, locked for the caller (who settles and empties
@@ -169,14 +152,17 @@ def dead(root: Path) -> Iterator[list[Path]]:
     tmp = root / layout.TMP_DIR
     held: list[tuple[Path, int]] = []
     try:
+        # the folders first: a node renames its lock into place before it makes its
+        # folder, so a folder seen here whose lock is not there after has no live node
+        found = [
+            entry.name
+            for entry in os.scandir(tmp)
+            if entry.name.startswith(PREFIX) and entry.is_dir(follow_symlinks=False)
+        ]
         names = set(_lock_names(tmp))
-        for entry in os.scandir(tmp):
-            if (
-                entry.name.startswith(PREFIX)
-                and entry.is_dir(follow_symlinks=False)
-                and f"{entry.name}{LOCK}" not in names
-            ):
-                held.append((tmp / entry.name, -1))  # (never made by a live node)
+        for name in found:
+            if f"{name}{LOCK}" not in names:
+                held.append((tmp / name, -1))  # (never made by a live node)
         for name in names:
             try:
                 fd = os.open(tmp / name, os.O_RDWR | os.O_CLOEXEC)

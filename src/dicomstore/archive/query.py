@@ -35,7 +35,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from dicomstore.archive.attributes import ALIAS, Attribute, attribute
-from dicomstore.archive.engine import Connection, dialect_of, order_by
+from dicomstore.archive.engine import Connection, dialect_of, order_by, size_sum
 from dicomstore.archive.layout import normalize_uid
 from dicomstore.archive.schema import HIDDEN, TABLES
 
@@ -236,7 +236,7 @@ _COLUMNS = {
     level: [f"{ALIAS[level]}.{c}" for c in TABLES[level] if c not in HIDDEN] for level in LEVELS
 }
 #: (an integer on PostgreSQL too, whose SUM of BIGINT is NUMERIC)
-_SIZE = "CAST(COALESCE(SUM(c.file_size), 0) AS BIGINT)"
+_SIZE = size_sum("c.file_size")
 _COUNTS = {
     "patient": {
         "n_studies": "SELECT COUNT(*) FROM study a WHERE a.patient_pk = p.patient_pk",

@@ -20,12 +20,11 @@ from pydicom.dataset import Dataset
 
 from dicomstore.archive import layout
 from dicomstore.archive import query as q
-from dicomstore.archive.engine import Connection, Engine, engine_for
+from dicomstore.archive.engine import Connection, Engine, engine_for, size_sum
 from dicomstore.archive.index import SchemaError
 from dicomstore.archive.schema import SCHEMA_VERSION
 
-#: A sum of file sizes as an integer (PostgreSQL's SUM of BIGINT is NUMERIC).
-_SUM = "CAST(SUM(file_size) AS BIGINT)"
+_SUM = size_sum("file_size")
 
 
 class ArchiveNotFoundError(FileNotFoundError):
@@ -184,7 +183,7 @@ class ArchiveReader:
                     ("series", "series"),
                 )
             }
-            sql = "SELECT COUNT(*), CAST(COALESCE(SUM(file_size), 0) AS BIGINT) FROM instance"
+            sql = f"SELECT COUNT(*), {_SUM} FROM instance"
             totals["instances"], totals["bytes"] = db.execute(sql).fetchone()
         return totals
 

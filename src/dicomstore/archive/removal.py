@@ -263,7 +263,7 @@ def remove(
                 layout.remove_quietly(link)
         if crashpoints.ENABLED:
             crashpoints.reached("delete.after-intents-dropped")
-        _remove_empty_dirs(root, {p.parent for p in files}, db, lock_timeout)
+        _remove_empty_dirs(root, {p.parent for p in files}, db)
     finally:
         db.close()
     return result
@@ -293,7 +293,7 @@ def _remove_leftovers(
                 result.leftovers_removed = result.files_removed
             finally:
                 db.rollback()
-        _remove_empty_dirs(root, {p.parent for p in files}, db, lock_timeout)
+        _remove_empty_dirs(root, {p.parent for p in files}, db)
     finally:
         db.close()
     return result
@@ -382,28 +382,18 @@ def _unlink(
     return durable
 
 
-def _remove_empty_dirs(
-    root: Path, series_dirs: set[Path], index: Index | str | None, lock_timeout: float
-) -> None:
-    """Remove emptied series folders and then study folders, holding the index lock
-    (of ``index``, or of the index at that URL or in ``root``, opened for this)."""
-    own = not isinstance(index, Index)
-    if not isinstance(index, Index):
-        index = Index(engine_for(root, index), timeout=lock_timeout)
-    try:
-        with index.lock:
-            index.begin()
-            try:
-                for folder in sorted(series_dirs, reverse=True):
-                    for candidate in (folder, folder.parent):
-                        if candidate == root or root not in candidate.parents:
-                            continue
-                        try:
-                            os.rmdir(candidate)
-                        except OSError:
-                            break  # not empty, or gone
-            finally:
-                index.rollback()
-    finally:
-        if own:
-            index.close()
+def _remove_empty_dirs(root: Path, series_dirs: set[Path], index: Index) -> None:
+    """Remove emptied series folders and then study folders, holding the index lock."""
+    with index.lock:
+        index.begin()
+        try:
+            for folder in sorted(series_dirs, reverse=True):
+                for candidate in (folder, folder.parent):
+                    if candidate == root or root not in candidate.parents:
+                        continue
+                    try:
+                        os.rmdir(candidate)
+                    except OSError:
+                        break  # not empty, or gone
+        finally:
+            index.rollback()
