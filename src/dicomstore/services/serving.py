@@ -169,7 +169,8 @@ async def _forwarding(
         retry_max=config.forward_retry_max,
     )
     await asyncio.to_thread(forwarding.open)
-    server.store.observers.append(forwarding.observe)
+    if any(rule.when == "instance" for rule in forwarding.rules):  # (stable rules: the hook)
+        server.store.observers.append(forwarding.observe)
     await forwarding.start()
     return forwarding
 
