@@ -112,3 +112,20 @@ def test_an_unreachable_index_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("dicomstore: cannot open the archive"), err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_get_into_an_archive_opens_its_index_as_serve_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``get --storage`` takes ``--index`` and opens the archive as ``serve`` does: an
+    unreachable index is one line (no index.sqlite of its own made in the storage)."""
+    url = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
+    storage = tmp_path / "archive"
+    code = main(
+        ["get", "127.0.0.1", str(free_port()), "-k", "StudyInstanceUID=1.2.3",
+         "--storage", str(storage), "--index", url]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("dicomstore: cannot open the archive"), err
+    assert len(err.strip().splitlines()) == 1
+    assert not (storage / "index.sqlite").exists()

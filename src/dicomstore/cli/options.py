@@ -330,6 +330,22 @@ def _cannot_open(storage: Path, exc: BaseException) -> None:
     print(f"dicomstore: cannot open the archive {storage}: {where}: {why}", file=sys.stderr)
 
 
+def open_archive(storage: Path, **options: Any) -> Any:
+    """The archive at ``storage`` (created if missing; ``options`` such as ``index`` go
+    to :class:`~dicomstore.archive.Archive`), or ``None`` after one line on stderr
+    saying why it cannot be opened: ``serve``'s and ``get --storage``'s."""
+    from dicomstore.archive import Archive
+    from dicomstore.archive.engine import DatabaseOrOSError
+    from dicomstore.archive.index import SchemaError
+
+    unusable: tuple[type[Exception], ...] = (SchemaError, ValueError, *DatabaseOrOSError)
+    try:
+        return Archive(storage, **options)
+    except unusable as exc:
+        _cannot_open(storage, exc)
+        return None
+
+
 def run_client(coro) -> int:
     """Run a client coroutine; turn network failures into one line and an exit code."""
     from dicomstore.tls import TLSFileError

@@ -30,8 +30,10 @@ from dicomstore.cli.options import (
     _add_common,
     _ae_title,
     _cannot_open,
+    add_index,
     add_scu_parser,
     add_tls_client_options,
+    open_archive,
     open_association,
 )
 
@@ -49,6 +51,7 @@ def add_parsers(sub: Any) -> None:
     into = get.add_mutually_exclusive_group()
     into.add_argument("-od", "--output-dir", type=Path, metavar="DIR", help="PS3.10 files here")
     into.add_argument("--storage", type=Path, metavar="DIR", help="an archive (as serve's)")
+    add_index(get)
     get.add_argument(
         "--sop-class",
         action="append",
@@ -99,10 +102,8 @@ async def run(args: argparse.Namespace) -> int:
         if args.output_dir is None and args.storage is None:
             print("dicomstore: get stores into -od DIR or --storage DIR", file=sys.stderr)
             return EXIT_USAGE
-        try:
-            handler, archive = _store(args)
-        except (OSError, RuntimeError) as exc:
-            _cannot_open(args.output_dir or args.storage, exc)
+        handler, archive = _store(args)
+        if handler is None:
             return EXIT_FAILED
         classes = args.sop_class or r.GET_STORAGE_CLASSES
         contexts, roles = r.get_contexts(model, sop_classes=classes)
@@ -137,14 +138,17 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The store handler of ``get``: a folder, or an archive (also returned, to close)."""
+    """The store handler of ``get``: a folder, or an archive opened as ``serve`` opens
+    it (also returned, to close); ``(None, None)`` after one line saying why not."""
     if args.output_dir is not None:
         from dicomstore.services.folder_store import FolderStore
 
-        return FolderStore(args.output_dir), None
-    from dicomstore.archive import Archive
-
-    archive = Archive(args.storage)
+        try:
+            return FolderStore(args.output_dir), None
+        except OSError as exc:
+            _cannot_open(args.output_dir, exc)
+            return None, None
+    archive = open_archive(args.storage, index=args.index)
     return archive, archive
 
 

@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 from dicomstore.cli.http_options import (
@@ -19,9 +18,9 @@ from dicomstore.cli.options import (
     EXIT_OK,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
-    _cannot_open,
     _timeouts,
     log,
+    open_archive,
     tls_failed,
 )
 from dicomstore.services.server import ServerConfig
@@ -40,21 +39,6 @@ def _forward_problem(config: ServerConfig) -> str | None:
     if config.forward_retry_max < config.forward_retry_delay:
         return "--forward-retry-max is shorter than --forward-retry-delay"
     return None
-
-
-def _open_archive(storage: Path, **options: Any) -> Any:
-    """The archive at ``storage`` (created if missing), or ``None`` after one line
-    on stderr saying why it cannot be opened."""
-    from dicomstore.archive import Archive
-    from dicomstore.archive.engine import DatabaseOrOSError
-    from dicomstore.archive.index import SchemaError
-
-    unusable: tuple[type[Exception], ...] = (SchemaError, ValueError, *DatabaseOrOSError)
-    try:
-        return Archive(storage, **options)
-    except unusable as exc:
-        _cannot_open(storage, exc)
-        return None
 
 
 def _more_open_files() -> None:
@@ -155,7 +139,7 @@ async def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"dicomstore: cannot open {args.audit_log}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
-    archive = _open_archive(
+    archive = open_archive(
         args.storage,
         fsync=fsync,
         on_duplicate=args.on_duplicate,
