@@ -83,3 +83,35 @@ def test_get_from_serve_into_an_archive(served, capsys, tmp_path) -> None:
     result = result_of(capsys, argv)
     assert (result["status"], result["completed"], result["failed"]) == ("0000", 5, 0)
     assert stored_datasets(root) == {uid: stored[uid] for uid in STUDY_1}
+
+
+@pytest.mark.parametrize(("store_aets", "completed"), [({"DICOMSTORE"}, 5), ({"ELSEWHERE"}, 0)])
+def test_get_stores_through_the_store_service_policy(
+    served, tmp_path, store_aets, completed
+) -> None:
+    """receive_into stores a C-GET's sub-operations as the peer's AE title (the SCP's,
+    DICOMSTORE), through the service's store_aets as every door does."""
+    import asyncio
+
+    import dicomstore
+    from dicomstore.archive import Archive
+    from dicomstore.services.storage import StoreService
+
+    port = served[0]
+
+    async def run() -> tuple[int, int]:
+        archive = Archive(tmp_path / "archive", fsync=False)
+        try:
+            contexts, roles = dicomstore.get_contexts("study")
+            async with dicomstore.connect(
+                "127.0.0.1", port, called_ae="DICOMSTORE", contexts=contexts, roles=roles
+            ) as assoc:
+                dicomstore.receive_into(
+                    assoc, StoreService(archive, store_aets=frozenset(store_aets))
+                )
+                result = await dicomstore.get(assoc, {"StudyInstanceUID": "1.2.9.1"}, level="STUDY").run()
+            return result.completed, result.failed
+        finally:
+            archive.close()
+
+    assert asyncio.run(run()) == (completed, 5 - completed)

@@ -40,7 +40,7 @@ from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationAborted, AssociationError
 from dicomstore.services.qr_operations import decode_identifier
 from dicomstore.services.query_scu import SYNTAXES, Key, encode_query, identifier_keys
-from dicomstore.services.storage import Caller, StoreService
+from dicomstore.services.storage import StoreService
 from dicomstore.services.storage_scp import StorageSCP
 from dicomstore.ul import items as I
 
@@ -221,16 +221,11 @@ class _Storing:
 
 def receive_into(assoc: ClientAssociation, service: StoreService) -> None:
     """Store every C-STORE-RQ the peer sends on ``assoc`` (a C-GET's sub-operations)
-    through ``service``, as the peer's AE title; answer anything else 0211."""
+    through ``service``, as the peer's AE title (whom ``service``'s ``store_aets``
+    must name, as for every door); answer anything else 0211."""
     assert assoc.negotiated is not None
-    negotiated = assoc.negotiated
-    caller = Caller(
-        "C-STORE",
-        negotiated.called_ae.strip(),
-        str(assoc.t.peer[0]) if assoc.t.peer else "",
-        negotiated.calling_ae.strip(),
-    )
-    scp = StorageSCP(service, negotiated, caller=caller, we_requested=True)
+    address = str(assoc.t.peer[0]) if assoc.t.peer else ""
+    scp = StorageSCP(service, assoc.negotiated, address=address, we_requested=True)
 
     def on_request(context_id: int, message: Any) -> Incoming:
         if isinstance(message, CStoreRQ):

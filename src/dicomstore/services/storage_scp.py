@@ -108,7 +108,6 @@ class StorageSCP:
         commit_in_thread: bool | Callable[[], bool] = True,
         address: str = "",
         user: str | None = None,
-        caller: Caller | None = None,
         we_requested: bool = False,
     ) -> None:
         self.service = service
@@ -117,14 +116,18 @@ class StorageSCP:
         #: the acceptor, on contexts where we took the SCP role, PS3.7 D.3.3.4)
         self.we_requested = we_requested
         self.commit_in_thread = commit_in_thread
-        #: who stores: the calling AE, unless given (a C-GET's SCP stores on our
-        #: association: ``dicomstore get``)
-        self.caller = caller or Caller(
+        #: who stores: the peer — the calling AE, or the called one on an association
+        #: we requested (a C-GET's SCP, ``dicomstore get``); the service's policy
+        #: decides whether it may, whichever door
+        who, we = negotiated.calling_ae, negotiated.called_ae
+        if we_requested:
+            who, we = we, who
+        self.caller = Caller(
             "C-STORE",
-            negotiated.calling_ae,
+            who.strip(),
             address,
-            negotiated.called_ae,
-            may_store=service.may_store(negotiated.calling_ae, may_store),
+            we.strip(),
+            may_store=service.may_store(who.strip(), may_store),
             user=user,
         )
 
