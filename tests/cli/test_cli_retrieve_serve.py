@@ -109,7 +109,9 @@ def test_get_stores_through_the_store_service_policy(
                 dicomstore.receive_into(
                     assoc, StoreService(archive, store_aets=frozenset(store_aets))
                 )
-                result = await dicomstore.get(assoc, {"StudyInstanceUID": "1.2.9.1"}, level="STUDY").run()
+                result = await dicomstore.get(
+                    assoc, {"StudyInstanceUID": "1.2.9.1"}, level="STUDY"
+                ).run()
             return result.completed, result.failed
         finally:
             archive.close()
