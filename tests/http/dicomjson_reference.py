@@ -12,6 +12,7 @@ from typing import Any
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 
+from dicomstore.archive.storage import FileStorage
 from dicomstore.archive.stored import read_stored
 from dicomstore.http.dicomjson import BULK_THRESHOLD, log_cut, tag_key
 
@@ -54,7 +55,8 @@ def read_metadata(
     binary values over :data:`BULK_THRESHOLD` as BulkDataURI; only ``tags`` if given;
     nested sequences down to ``max_depth`` levels (the tags of those cut added to
     ``cut``, and a warning logged)."""
-    stored = read_stored(path, transfer_syntax_uid, defer_size=BULK_THRESHOLD)
+    storage = FileStorage(path.parent)
+    stored = read_stored(storage, path.name, transfer_syntax_uid, defer_size=BULK_THRESHOLD)
     ds = stored.dataset
     wanted = None if tags is None else set(tags)
     out: dict[str, Any] = {}
@@ -78,7 +80,7 @@ def read_metadata(
         except Exception:  # noqa: BLE001 - a value pydicom cannot decode: VR only
             out[tag_key(tag)] = {"vr": str(raw.VR or _dictionary_vr(int(tag)))}
     if cut:
-        log_cut(path, max_depth)
+        log_cut(path.name, max_depth)
     pixels = stored.pixels
     if pixels is not None and (wanted is None or pixels.tag in wanted):
         out[tag_key(pixels.tag)] = {"vr": pixels.vr, "BulkDataURI": bulk_uri(pixels.tag)}

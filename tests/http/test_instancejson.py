@@ -24,6 +24,7 @@ from test_http_depth import store_nested
 from dicomstore.archive import Archive
 from dicomstore.archive.layout import resolve
 from dicomstore.archive.reader import ArchiveReader
+from dicomstore.archive.storage import FileStorage
 from dicomstore.http import jsonvalues
 from dicomstore.http.instancejson import read_metadata
 
@@ -38,21 +39,23 @@ def assert_same(archive: Archive, depth: int = 50, uid: str | None = None) -> in
     """Every stored instance (or ``uid``) encoded both ways, compared as text; how many."""
     filters = {} if uid is None else {"SOPInstanceUID": uid}
     rows = list(ArchiveReader(archive.root).search("instance", filters))
+    storage = FileStorage(archive.root)
     for row in rows:
-        path = resolve(archive.root, row["path"])
+        key = row["path"]
+        path = resolve(archive.root, key)
         ts = row["transfer_syntax_uid"]
         want_cut: list[int] = []
         want = reference(path, ts, _bulk, max_depth=depth, cut=want_cut)
         for _ in range(2):  # the second time from the memo
             cut: list[int] = []
-            got = read_metadata(path, ts, _bulk, max_depth=depth, cut=cut)
+            got = read_metadata(storage, key, ts, _bulk, max_depth=depth, cut=cut)
             assert json.dumps(got, ensure_ascii=False) == json.dumps(want, ensure_ascii=False), (
                 path.name,
                 row["sop_instance_uid"],
             )
             assert bool(cut) == bool(want_cut)
         tags = sorted(int(k, 16) for k in list(want)[::3])
-        subset = read_metadata(path, ts, _bulk, tags, max_depth=depth)
+        subset = read_metadata(storage, key, ts, _bulk, tags, max_depth=depth)
         assert subset == reference(path, ts, _bulk, tags, max_depth=depth)
     return len(rows)
 

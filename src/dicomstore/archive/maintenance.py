@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,7 @@ from dicomstore.archive.dicomfile import dataset_offset, hash_from, read_header
 from dicomstore.archive.engine import engine_for
 from dicomstore.archive.fields import index_fields
 from dicomstore.archive.index import Index
-
-
-def dicom_files(root: Path) -> Iterator[Path]:
-    """Every ``*.dcm`` file under ``root`` except the temporaries."""
-    for folder, dirs, files in os.walk(root):
-        if Path(folder) == root:
-            dirs[:] = [d for d in dirs if d != layout.TMP_DIR]
-        dirs.sort()
-        for name in sorted(files):
-            if name.endswith(layout.SUFFIX):
-                yield Path(folder, name)
+from dicomstore.archive.storage import dicom_files
 
 
 def data_set_digest(path: Path) -> str:

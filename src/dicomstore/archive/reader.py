@@ -2,8 +2,11 @@
 
 :class:`ArchiveReader` opens the index read-only (every call its own
 connection: SQLite ``mode=ro``, WAL lets it read while a server writes; or a
-read-only PostgreSQL session, see ``engine.py``) and the files
-by the paths the index gives. It never writes, never empties ``.tmp`` (unlike
+read-only PostgreSQL session, see ``engine.py``) and the stored instances
+by the keys the index gives (its ``path`` column), through the archive's
+:class:`~dicomstore.archive.storage.Storage` (the local file system unless
+another is given): the one way the services, HTTP and the CLI read an
+instance. It never writes, never empties ``.tmp`` (unlike
 :class:`~dicomstore.archive.Archive`), so any number of readers may run next to
 the one server that owns the archive.
 """
@@ -23,6 +26,7 @@ from dicomstore.archive import query as q
 from dicomstore.archive.engine import Connection, Engine, engine_for, size_sum
 from dicomstore.archive.index import SchemaError
 from dicomstore.archive.schema import SCHEMA_VERSION
+from dicomstore.archive.storage import FileStorage, Storage
 
 _SUM = size_sum("file_size")
 
@@ -47,9 +51,16 @@ class ArchiveReader:
     """
 
     def __init__(
-        self, root: Path | str, *, index: str | Engine | None = None, timeout: float = 5.0
+        self,
+        root: Path | str,
+        *,
+        index: str | Engine | None = None,
+        timeout: float = 5.0,
+        storage: Storage | None = None,
     ) -> None:
         self.root = Path(root).resolve()
+        #: where the instances' bytes are (``storage.py``): the files under ``root``
+        self.storage: Storage = FileStorage(self.root) if storage is None else storage
         #: the index: ``None`` for the SQLite file in the root, or a ``postgresql://`` URL
         self.index = index
         self.engine = engine_for(self.root, index)
@@ -147,28 +158,58 @@ class ArchiveReader:
             raise NotStoredError(f"instance {uid} is not in the archive")
         return rows[0]
 
-    # -- files --------------------------------------------------------------------------
+    # -- stored instances -------------------------------------------------------------
 
     def has_path(self, relpath: str) -> bool:
-        """True when an index row points to ``relpath`` (relative to the root)."""
+        """True when an index row points to ``relpath`` (a key, relative to the root)."""
         with self._db() as db:
             sql = "SELECT 1 FROM instance WHERE path = ?"
             return db.execute(sql, (relpath,)).fetchone() is not None
 
-    def path(self, row_or_uid: Mapping[str, Any] | str) -> Path:
-        """The PS3.10 file of an instance (a row or a SOP Instance UID)."""
+    def key(self, row_or_uid: Mapping[str, Any] | str) -> str:
+        """The storage key of an instance (a row or a SOP Instance UID)."""
         row = self.instance(row_or_uid) if isinstance(row_or_uid, str) else row_or_uid
-        return layout.resolve(self.root, row["path"])
+        return str(row["path"])
 
     def open(self, row_or_uid: Mapping[str, Any] | str) -> BinaryIO:
-        """The stored PS3.10 file, opened for reading bytes (close it when done)."""
-        return open(self.path(row_or_uid), "rb")
+        """The stored PS3.10 bytes, a readable and seekable stream (close it when done)."""
+        return self.storage.open(self.key(row_or_uid))
+
+    def local_path(self, row_or_uid: Mapping[str, Any] | str) -> Path | None:
+        """The local file of an instance, for zero-copy readers (``sendfile``, ``mmap``),
+        or ``None`` when the storage keeps no local file (then :meth:`open` it)."""
+        return self.storage.local_path(self.key(row_or_uid))
+
+    def path(self, row_or_uid: Mapping[str, Any] | str) -> Path:
+        """The PS3.10 file of an instance (a row or a SOP Instance UID); ``LookupError``
+        when the storage keeps no local file (see :meth:`open`)."""
+        key = self.key(row_or_uid)
+        path = self.storage.local_path(key)
+        if path is None:
+            raise LookupError(f"{key}: not a local file in {self.storage!r}")
+        return path
+
+    def where(self, row_or_uid: Mapping[str, Any] | str) -> str:
+        """Where an instance is, for people: its file, else its key in the storage."""
+        key = self.key(row_or_uid)
+        return str(self.storage.local_path(key) or key)
+
+    def study_folder(self, key: str) -> str:
+        """Where the study of the instance at ``key`` is, for people and hooks: its
+        folder (the key's first component under the root), else that key prefix."""
+        study = key.partition("/")[0] + "/"
+        return str(self.storage.local_path(study) or study)
 
     def dataset(
         self, row_or_uid: Mapping[str, Any] | str, *, stop_before_pixels: bool = False
     ) -> Dataset:
         """The stored instance as a pydicom ``FileDataset``."""
-        return dcmread(self.path(row_or_uid), stop_before_pixels=stop_before_pixels)
+        key = self.key(row_or_uid)
+        path = self.storage.local_path(key)
+        if path is not None:
+            return dcmread(path, stop_before_pixels=stop_before_pixels)
+        with self.storage.open(key) as fp:
+            return dcmread(fp, stop_before_pixels=stop_before_pixels)
 
     # -- statistics -------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from dicomstore.archive.query import Exact
 from dicomstore.http.common import HttpError, reader
 from dicomstore.http.header_text import header_text
 from dicomstore.http.limits import limits, refuse
-from dicomstore.http.zipstream import zip_files
+from dicomstore.http.zipstream import instance_files, zip_files
 
 PAGE = 200
 _STYLE = """
@@ -260,8 +260,7 @@ def patient_zip(request: Request) -> StreamingResponse:
     rows = reader(request).search("instance", filters)
     if not rows:
         raise HttpError(404, f"patient {patient_id!r} is not in the archive")
-    root = reader(request).root
-    files = [(r["path"], root / r["path"]) for r in rows]
+    files = instance_files(reader(request), rows)
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in patient_id)[:60] or "patient"
     headers = {"Content-Disposition": f'attachment; filename="{name}.zip"'}
     return StreamingResponse(zip_files(files), media_type="application/zip", headers=headers)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from dicomstore.archive.attributes import ATTRIBUTES, Attribute
@@ -124,10 +123,10 @@ def stable_elements(stable_at: str | None) -> dict[str, Any]:
     }
 
 
-def log_cut(path: Path, max_depth: int) -> None:
-    """The warning for an instance whose sequences were cut at ``max_depth``."""
+def log_cut(key: str, max_depth: int) -> None:
+    """The warning for an instance (at ``key``) whose sequences were cut at ``max_depth``."""
     log.warning(
         "DICOM JSON of %s: sequences nested deeper than %d levels sent without their items",
-        path.name,
+        key.rpartition("/")[2],
         max_depth,
     )

@@ -27,7 +27,6 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomstore import uids
-from dicomstore.archive.layout import resolve
 from dicomstore.archive.stored import read_range, read_stored
 from dicomstore.http import pixels
 from dicomstore.http.common import HttpError, accepted, negotiate, reader
@@ -96,7 +95,7 @@ def frame_numbers(text: str) -> list[int]:
 
 def open_frames(request: Request, row: dict[str, Any]) -> pixels.Frames:
     """The frames of the instance ``row`` (bounded by the app's limits)."""
-    return pixels.Frames.open(reader(request).root, row, limits(request).max_frame_bytes)
+    return pixels.Frames.open(reader(request).storage, row, limits(request).max_frame_bytes)
 
 
 def _frame_parts(
@@ -142,14 +141,14 @@ def bulkdata(request: Request) -> Response:
         tag = int(request.path_params["tag"], 16)
     except ValueError:
         raise HttpError(400, "bulk data is named by an 8-digit hex tag") from None
-    path = resolve(reader(request).root, row["path"])
-    stored = read_stored(path, row["transfer_syntax_uid"])
+    storage = reader(request).storage
+    stored = read_stored(storage, row["path"], row["transfer_syntax_uid"])
     boundary = new_boundary()
     pixel = stored.pixels if stored.pixels is not None and stored.pixels.tag == tag else None
     if pixel is not None and pixel.length is None:
         return _encapsulated_bulkdata(request, row, boundary)
     if pixel is not None and pixel.length is not None:
-        chunks = read_range(path, pixel.offset, pixel.length, CHUNK)
+        chunks = read_range(storage, row["path"], pixel.offset, pixel.length, CHUNK)
     elif tag in stored.dataset and isinstance(stored.dataset[tag].value, bytes):
         chunks = iter([stored.dataset[tag].value])
     else:

@@ -2,11 +2,12 @@
 
 :func:`read_metadata` reads the header once, straight from the file's bytes
 (:mod:`~dicomstore.http.rawheader`, a memory map: values past the header are never
-read), and encodes each value with :mod:`~dicomstore.http.jsonvalues`. Pixel Data
-and every top-level binary value larger than :data:`BULK_THRESHOLD` are sent as a
-BulkDataURI (F.2.6); other binary values as InlineBinary (F.2.7); sequences as
-arrays of objects (F.2.5) down to ``max_depth`` levels, below which a sequence is
-given by its VR alone (DICOM JSON cannot say "not shown") and a warning is logged.
+read; from a storage without local files: the object's bytes), and encodes each
+value with :mod:`~dicomstore.http.jsonvalues`. Pixel Data and every top-level binary
+value larger than :data:`BULK_THRESHOLD` are sent as a BulkDataURI (F.2.6); other
+binary values as InlineBinary (F.2.7); sequences as arrays of objects (F.2.5) down
+to ``max_depth`` levels, below which a sequence is given by its VR alone (DICOM JSON
+cannot say "not shown") and a warning is logged.
 
 The answer is, byte for byte, the one pydicom's ``DataElement.to_json_dict`` gives
 (tests/http/dicomjson_reference.py is that encoder, and the tests compare the two):
@@ -17,11 +18,11 @@ pydicom does, is made by pydicom from the data set it reads (:func:`_pydicom_jso
 
 from __future__ import annotations
 
+import io
 import mmap
 import struct
 import zlib
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from pydicom.charset import convert_encodings
@@ -30,6 +31,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
 from dicomstore.archive.dicomfile import dataset_offset, encoding_of
+from dicomstore.archive.storage import Storage
 from dicomstore.archive.stored import read_stored
 from dicomstore.http.dicomjson import BULK_THRESHOLD, log_cut, tag_key
 from dicomstore.http.jsonvalues import value_json
@@ -129,7 +131,8 @@ class _Encoder:
 
 
 def read_metadata(
-    path: Path,
+    storage: Storage,
+    key: str,
     transfer_syntax_uid: str,
     bulk_uri: Callable[[int], str],
     tags: Iterable[int] | None = None,
@@ -137,7 +140,7 @@ def read_metadata(
     max_depth: int,
     cut: list[int] | None = None,
 ) -> dict[str, Any]:
-    """DICOM JSON of a stored instance (file meta excluded): Pixel Data and top-level
+    """DICOM JSON of the instance at ``key`` (file meta excluded): Pixel Data and top-level
     binary values over :data:`BULK_THRESHOLD` as BulkDataURI; only ``tags`` if given;
     nested sequences down to ``max_depth`` levels (the tags of those cut added to
     ``cut``, and a warning logged). Raises OSError or ValueError for a file that
@@ -145,23 +148,33 @@ def read_metadata(
     implicit, little, deflated = encoding_of(transfer_syntax_uid)
     wanted = None if tags is None else set(tags)
     cut = [] if cut is None else cut
-    with open(path, "rb") as fp:
+    with storage.open(key) as fp:
         start = dataset_offset(fp)
         if deflated:  # PS3.5 A.5: the data set is a raw deflate stream
             fp.seek(start)
             try:
                 buf: Any = zlib.decompress(fp.read(), -zlib.MAX_WBITS)
             except zlib.error as exc:
-                raise ValueError(f"{path.name}: deflated data set unreadable: {exc}") from exc
+                raise ValueError(
+                    f"{key.rpartition('/')[2]}: deflated data set unreadable: {exc}"
+                ) from exc
             start = 0
         else:
-            buf = mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                fd = fp.fileno()
+            except io.UnsupportedOperation:  # (not a local file: no memory map)
+                fp.seek(0)
+                buf = fp.read()
+            else:
+                buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     try:
         try:
             walker = Walker(buf, implicit, little, _is_sequence, max_depth)
             elements, stop = walker.dataset(start, len(buf), top=True)
         except Unsure:
-            return _all_by_pydicom(path, transfer_syntax_uid, bulk_uri, wanted, max_depth, cut)
+            return _all_by_pydicom(
+                storage, key, transfer_syntax_uid, bulk_uri, wanted, max_depth, cut
+            )
         encoder = _Encoder(buf, implicit, little, max_depth)
         encodings = encoder.encodings(elements, _DEFAULT_ENCODINGS)
         out: dict[str, Any] = {}
@@ -186,14 +199,14 @@ def read_metadata(
             if json is None:
                 if fallback is None:
                     fallback = read_stored(
-                        path, transfer_syntax_uid, defer_size=BULK_THRESHOLD
+                        storage, key, transfer_syntax_uid, defer_size=BULK_THRESHOLD
                     ).dataset
                 mine = []
                 json = _pydicom_json(fallback, tag, bulk_uri, max_depth, mine)
             cut.extend(mine)
             out[_key(tag)] = json
         if cut:
-            log_cut(path, max_depth)
+            log_cut(key, max_depth)
         pixel = None if deflated else _pixel_data(buf, stop, implicit, little)
         if pixel is not None and (wanted is None or pixel[0] in wanted):
             out[_key(pixel[0])] = {"vr": pixel[1], "BulkDataURI": bulk_uri(pixel[0])}
@@ -218,7 +231,8 @@ def _pixel_data(buf: Any, pos: int, implicit: bool, little: bool) -> tuple[int, 
 
 
 def _all_by_pydicom(
-    path: Path,
+    storage: Storage,
+    key: str,
     transfer_syntax_uid: str,
     bulk_uri: Callable[[int], str],
     wanted: set[int] | None,
@@ -226,14 +240,14 @@ def _all_by_pydicom(
     cut: list[int],
 ) -> dict[str, Any]:
     """The whole instance as pydicom reads it (what the walker was unsure of)."""
-    stored = read_stored(path, transfer_syntax_uid, defer_size=_DEFER)
+    stored = read_stored(storage, key, transfer_syntax_uid, defer_size=_DEFER)
     ds = stored.dataset
     out: dict[str, Any] = {}
     for tag in list(ds.keys()):
         if wanted is None or int(tag) in wanted:
             out[_key(int(tag))] = _pydicom_json(ds, int(tag), bulk_uri, max_depth, cut)
     if cut:
-        log_cut(path, max_depth)
+        log_cut(key, max_depth)
     pixels = stored.pixels
     if pixels is not None and (wanted is None or pixels.tag in wanted):
         out[_key(pixels.tag)] = {"vr": pixels.vr, "BulkDataURI": bulk_uri(pixels.tag)}

@@ -1,29 +1,29 @@
 """WADO-RS metadata (PS3.18 10.4.1.1.2) of many instances, through the metadata cache.
 
-Each instance's DICOM JSON is made once by :func:`~dicomstore.http.instancejson.read_metadata`
-and kept in the archive's :class:`~dicomstore.archive.metacache.MetadataCache` as the
-JSON text itself, with every BulkDataURI (F.2.6) written as a random token standing
-for the instance's URL (which depends on the request's host or the configured base
-URL). A request then costs a ``stat`` and a row per instance: the token is replaced
+Each instance's DICOM JSON is made once by
+:func:`~dicomstore.http.instancejson.read_metadata` and kept in the archive's
+:class:`~dicomstore.archive.metacache.MetadataCache` as the JSON text itself, with
+every BulkDataURI (F.2.6) written as a random token standing for the instance's URL
+(which depends on the request's host or the configured base URL). A request then
+costs a ``stat`` (``Storage.version``) and a row per instance: the token is replaced
 by the URL (JSON-escaped) and the text sent as is, so a cached answer is byte for
 byte the one the encoder gives. The key of an entry is the encoder version, the
-sequence depth limit, the instance's digest (index) and its file's identity (size,
-mtime, inode): a replaced or altered instance is made anew. The body is streamed
-one instance at a time; memory is bounded by :data:`BATCH` instances.
+sequence depth limit, the instance's digest (index) and its stored bytes' version
+(``Storage.version``: a file's size, mtime, inode): a replaced or altered instance
+is made anew. The body is streamed one instance at a time; memory is bounded by
+:data:`BATCH` instances.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from dicomstore.archive.layout import resolve
 from dicomstore.archive.metacache import MetadataCache
+from dicomstore.archive.storage import Storage
 from dicomstore.http.common import url_of
 from dicomstore.http.dicomjson import log_cut
 from dicomstore.http.instancejson import read_metadata
@@ -36,19 +36,23 @@ ENCODER = "1"
 BATCH = 100
 
 
-def _key(row: dict[str, Any], path: Path, max_depth: int) -> str:
-    st = os.stat(path)
-    return f"{ENCODER}:{max_depth}:{row['digest']}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+def _key(row: dict[str, Any], storage: Storage, max_depth: int) -> str:
+    return f"{ENCODER}:{max_depth}:{row['digest']}:{storage.version(row['path'])}"
 
 
-def encode(path: Path, transfer_syntax_uid: str, max_depth: int) -> bytes:
+def encode(storage: Storage, key: str, transfer_syntax_uid: str, max_depth: int) -> bytes:
     """The cache value of an instance: ``token cut\\n`` then its JSON text, where
     ``token`` + tag stands for each BulkDataURI and ``cut`` is 1 if sequences were
     cut at ``max_depth``. Raises as read_metadata does."""
     token = "bulk" + secrets.token_hex(16)
     cut: list[int] = []
     item = read_metadata(
-        path, transfer_syntax_uid, lambda tag: f"{token}{tag:08X}", max_depth=max_depth, cut=cut
+        storage,
+        key,
+        transfer_syntax_uid,
+        lambda tag: f"{token}{tag:08X}",
+        max_depth=max_depth,
+        cut=cut,
     )
     head = f"{token} {1 if cut else 0}\n".encode("ascii")
     return head + json.dumps(item, ensure_ascii=False).encode()
@@ -66,7 +70,7 @@ def _with_urls(value: bytes, instance_url: str) -> tuple[bytes, bool]:
 
 def stream_metadata(
     rows: list[dict[str, Any]],
-    root: Path,
+    storage: Storage,
     base: str,
     max_depth: int,
     cache: MetadataCache,
@@ -76,21 +80,20 @@ def stream_metadata(
     yield b"["
     first = True
     for start in range(0, len(rows), BATCH):
-        batch: list[tuple[dict[str, Any], Path, str]] = []
+        batch: list[tuple[dict[str, Any], str]] = []
         for row in rows[start : start + BATCH]:
             try:
-                path = resolve(root, row["path"])
-                batch.append((row, path, _key(row, path, max_depth)))
+                batch.append((row, _key(row, storage, max_depth)))
             except (OSError, ValueError):
                 continue  # deleted since the query
-        cached = cache.get_many({row["sop_instance_uid"]: key for row, _, key in batch})
+        cached = cache.get_many({row["sop_instance_uid"]: key for row, key in batch})
         made: list[tuple[str, str, bytes]] = []
-        for row, path, key in batch:
+        for row, key in batch:
             uid = row["sop_instance_uid"]
             value = cached.get(uid)
             if value is None:
                 try:
-                    value = encode(path, row["transfer_syntax_uid"], max_depth)
+                    value = encode(storage, row["path"], row["transfer_syntax_uid"], max_depth)
                 except (OSError, ValueError, RecursionError) as exc:
                     log.warning("metadata of %s left out: %s", uid, exc)
                     continue
@@ -98,7 +101,7 @@ def stream_metadata(
             url = url_of(base, row["study_uid"], row["series_uid"], uid)
             text, was_cut = _with_urls(value, url)
             if was_cut and uid in cached:
-                log_cut(path, max_depth)  # as the encoder logs it when it cuts
+                log_cut(row["path"], max_depth)  # as the encoder logs it when it cuts
             yield (b"" if first else b",") + text
             first = False
         cache.put_many(made)

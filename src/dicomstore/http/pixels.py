@@ -18,13 +18,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
 
 from dicomstore import uids
-from dicomstore.archive.layout import resolve
+from dicomstore.archive.storage import Storage
 from dicomstore.archive.stored import PixelValue, read_range, read_stored
 from dicomstore.http.common import HttpError
 
@@ -79,7 +78,8 @@ def decoder_missing(syntax: str) -> str | None:
 class Frames:
     """One stored instance's frames: where they are and how they are encoded."""
 
-    path: Path
+    storage: Storage
+    key: str
     syntax: str
     dataset: Dataset
     pixels: PixelValue
@@ -88,13 +88,13 @@ class Frames:
     frame_size: int
 
     @classmethod
-    def open(cls, root: Path, row: dict[str, Any], max_frame_bytes: int) -> Frames:
+    def open(cls, storage: Storage, row: dict[str, Any], max_frame_bytes: int) -> Frames:
         """The frames of the instance of index ``row``; HttpError 404/406/413 if none."""
         syntax = row["transfer_syntax_uid"]
-        path = resolve(root, row["path"])
+        key = row["path"]
         if syntax not in NATIVE_LE and syntax not in MEDIA_TYPES:
             raise HttpError(406, f"frames of transfer syntax {syntax} are not served")
-        stored = read_stored(path, syntax)
+        stored = read_stored(storage, key, syntax)
         ds, pixels = stored.dataset, stored.pixels
         if pixels is None or pixels.tag != 0x7FE00010:
             raise HttpError(404, "the instance has no Pixel Data")
@@ -115,7 +115,7 @@ class Frames:
             raise HttpError(406, f"the Pixel Data does not match its transfer syntax {syntax}")
         if not encapsulated and size * count > (pixels.length or 0):
             raise HttpError(406, "the native Pixel Data is shorter than its frames")
-        return cls(path, syntax, ds, pixels, count, size)
+        return cls(storage, key, syntax, ds, pixels, count, size)
 
     @property
     def encapsulated(self) -> bool:
@@ -137,16 +137,16 @@ class Frames:
         """Frame ``number`` (from 1) as stored: native in chunks, encapsulated as one codestream."""
         if not self.encapsulated:
             start = self.pixels.offset + (number - 1) * self.frame_size
-            yield from read_range(self.path, start, self.frame_size, chunk)
+            yield from read_range(self.storage, self.key, start, self.frame_size, chunk)
             return
         from pydicom.encaps import get_frame
 
-        with open(self.path, "rb") as fp:
+        with self.storage.open(self.key) as fp:
             fp.seek(self.pixels.offset)
             try:
                 yield get_frame(fp, number - 1, **self._offsets())
             except (ValueError, EOFError, OSError) as exc:
-                log.warning("frame %d of %s cannot be read: %s", number, self.path, exc)
+                log.warning("frame %d of %s cannot be read: %s", number, self.key, exc)
                 raise HttpError(406, f"frame {number} cannot be read from its fragments") from None
 
     def _offsets(self) -> dict[str, Any]:
@@ -166,12 +166,12 @@ class Frames:
 
         options = as_pixel_options(self.dataset, **self._offsets())
         options.setdefault("pixel_keyword", "PixelData")
-        with open(self.path, "rb") as fp:
+        with self.storage.open(self.key) as fp:
             fp.seek(self.pixels.offset)
             try:
                 array, _ = get_decoder(self.syntax).as_array(fp, index=number - 1, **options)
             except Exception as exc:  # the decoders raise anything on bad data
-                log.warning("frame %d of %s cannot be decoded: %s", number, self.path, exc)
+                log.warning("frame %d of %s cannot be decoded: %s", number, self.key, exc)
                 raise HttpError(406, f"frame {number} cannot be decoded: {exc}") from None
         return array
 

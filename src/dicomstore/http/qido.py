@@ -39,7 +39,6 @@ from starlette.responses import Response
 
 from dicomstore.archive import attributes
 from dicomstore.archive import query as q
-from dicomstore.archive.layout import resolve
 from dicomstore.http.common import DICOM_JSON, HttpError, base_url, negotiate, reader, url_of
 from dicomstore.http.dicomjson import element, row_to_json, stable_elements, tag_key
 from dicomstore.http.instancejson import read_metadata
@@ -225,12 +224,14 @@ def run_search(request: Request, level: str, levels: tuple[str, ...], fixed: dic
 
 def _header_fields(request: Request, row: dict[str, Any], tags: list[int]) -> dict[str, Any]:
     """Attributes read from the stored file's header (instance level only)."""
-    path = resolve(reader(request).root, row["path"])
     url = url_of(base_url(request), row["study_uid"], row["series_uid"], row["sop_instance_uid"])
     try:
         ts = row["transfer_syntax_uid"]
         depth = limits(request).max_sequence_depth
-        return read_metadata(path, ts, lambda t: f"{url}/bulkdata/{t:08X}", tags, max_depth=depth)
+        storage = reader(request).storage
+        return read_metadata(
+            storage, row["path"], ts, lambda t: f"{url}/bulkdata/{t:08X}", tags, max_depth=depth
+        )
     except (OSError, ValueError, RecursionError):
         return {}
 

@@ -20,13 +20,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dicomstore.archive.layout import resolve
 from dicomstore.archive.stored import read_range
 from dicomstore.http.common import DICOM_JSON, HttpError, base_url, negotiate, reader
 from dicomstore.http.limits import limits
 from dicomstore.http.metadata import stream_metadata
 from dicomstore.http.multipart import closing, new_boundary, part_header
-from dicomstore.http.zipstream import zip_files
+from dicomstore.http.zipstream import instance_files, zip_files
 
 CHUNK = 1 << 20
 
@@ -65,11 +64,11 @@ def instance_row(request: Request) -> dict[str, Any]:
 
 def stream_parts(request: Request, rows: list[dict[str, Any]], boundary: str) -> Iterator[bytes]:
     """The multipart body: for each instance its part header, then its file in chunks."""
-    root = reader(request).root
+    archive = reader(request)
     first = True
     for row in rows:
         try:
-            f = open(resolve(root, row["path"]), "rb")  # noqa: SIM115 - closed below
+            f = archive.open(row)
         except (OSError, ValueError):
             continue  # deleted since the query: skip it rather than break the stream
         with f:
@@ -98,7 +97,7 @@ def retrieve(request: Request) -> Response:
     if choice == 1:
         name = rows[0]["sop_instance_uid" if "sop" in request.path_params else "study_uid"]
         headers = {"Content-Disposition": f'attachment; filename="{_safe(name)}.zip"'}
-        files = [(r["path"], resolve(reader(request).root, r["path"])) for r in rows]
+        files = instance_files(reader(request), rows)
         return StreamingResponse(zip_files(files), media_type="application/zip", headers=headers)
     if choice == 2:
         return _single_file(request, rows[0])
@@ -112,7 +111,6 @@ def _safe(name: str) -> str:
 
 
 def _single_file(request: Request, row: dict[str, Any]) -> Response:
-    path = resolve(reader(request).root, row["path"])
     name = _safe(row["sop_instance_uid"])
     size = row["file_size"]
     media = f"application/dicom; transfer-syntax={row['transfer_syntax_uid']}"
@@ -120,7 +118,8 @@ def _single_file(request: Request, row: dict[str, Any]) -> Response:
         "Content-Disposition": f'attachment; filename="{name}.dcm"',
         "Content-Length": str(size),
     }
-    return StreamingResponse(read_range(path, 0, size, CHUNK), media_type=media, headers=headers)
+    body = read_range(reader(request).storage, row["path"], 0, size, CHUNK)
+    return StreamingResponse(body, media_type=media, headers=headers)
 
 
 def metadata(request: Request) -> Response:
@@ -130,7 +129,7 @@ def metadata(request: Request) -> Response:
     negotiate(request, [(DICOM_JSON, None), ("application/json", None)])
     body = stream_metadata(
         rows,
-        reader(request).root,
+        reader(request).storage,
         base_url(request),
         limits(request).max_sequence_depth,
         request.app.state.metadata_cache,

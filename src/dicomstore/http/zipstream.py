@@ -7,9 +7,12 @@ so memory stays at one chunk whatever the study's size.
 
 from __future__ import annotations
 
+import functools
 import zipfile
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO
+
+from dicomstore.archive.reader import ArchiveReader
 
 CHUNK = 1 << 20
 
@@ -35,14 +38,24 @@ class _Sink:
         return data
 
 
-def zip_files(files: Iterable[tuple[str, Path]]) -> Iterator[bytes]:
-    """The bytes of a zip holding each ``(name, path)``; files that vanished are skipped."""
+def instance_files(
+    reader: ArchiveReader, rows: Iterable[Mapping[str, Any]]
+) -> list[tuple[str, Callable[[], BinaryIO]]]:
+    """:func:`zip_files`'s entries for instance ``rows``: named by their key, opened
+    through the archive (its storage) when their turn comes."""
+    return [(row["path"], functools.partial(reader.open, row)) for row in rows]
+
+
+def zip_files(files: Iterable[tuple[str, Callable[[], BinaryIO]]]) -> Iterator[bytes]:
+    """The bytes of a zip holding each ``(name, open)``: ``open()`` gives the stream
+    of its bytes (an instance's, ``ArchiveReader.open``); those that vanished
+    (``OSError``, ``ValueError``) are skipped."""
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for name, path in files:
+        for name, opener in files:
             try:
-                source = open(path, "rb")  # noqa: SIM115 - closed by the with below
-            except OSError:
+                source = opener()
+            except (OSError, ValueError):
                 continue
             with source, archive.open(name, "w", force_zip64=True) as target:
                 while block := source.read(CHUNK):

@@ -1,0 +1,192 @@
+"""Where the bytes of the stored instances live: the storage interface of the archive.
+
+The archive (``Archive``, ``ArchiveReader``) names each stored instance by a
+*key*: the index's ``path`` column, ``<study>/<series>/<sop>.dcm``
+(``layout.instance_relstr``, every component made safe). Everything above
+the archive — services, HTTP, CLI — reads an instance through the archive's
+API by its key (:meth:`ArchiveReader.open` a binary stream, or
+:meth:`Storage.local_path` where the bytes are a local file and a zero-copy
+path pays), never by building or opening a path of its own. So a store other
+than the local file system can be added here without touching them (issue 17).
+
+:class:`Storage` is what the archive needs of where bytes live; :class:`FileStorage`
+is the local file system, the only one so far. Writing goes through the
+publish protocol of ``publish.py`` (temporaries in ``<root>/.tmp/node-*``,
+hard-link traces, fsync/syncfs, renames, folder flushes, ``.bak``, removal
+intents; ``recovery.py`` and ``removal.py`` settle what a crash leaves), whose
+file-system steps are :class:`FileStorage`'s: :meth:`FileStorage.create`
+makes a temporary, the publisher makes it durable and gives it its key.
+
+What an object store (S3 and the like) would implement, and how the
+guarantees of ``publish.py`` map onto it:
+
+``create`` (write a temporary stream)
+    A multipart upload to a temporary key (``.tmp/<node>/<name>``), fragment
+    after fragment buffered to the part size (5 MiB minimum): memory stays
+    bounded, nothing is visible under a final key. ``abort`` is
+    AbortMultipartUpload (and a bucket lifecycle rule for uploads a dead node
+    left, as start-up empties ``.tmp`` today).
+flush the files (fsync, syncfs)
+    CompleteMultipartUpload: S3 acknowledges a PUT only once the object is
+    durable, so the "data durable before its name" step is the completion.
+trace, rename, ``.bak``
+    There is no rename: publishing is a server-side copy to the final key
+    (or, better, uploading to the final key directly and writing the index
+    row last, since an object is invisible until complete). The crash-safety
+    the hard-link trace gives — "a file at its final name without a row is
+    adopted or taken back at the next start" — becomes an *intent log*: a
+    small object ``.tmp/<node>/<name>.pub`` naming the key and the version it
+    published, written (conditional put, ``If-None-Match: *``) before the
+    final put and deleted after the COMMIT; recovery lists ``.tmp/`` by
+    prefix and settles each intent as ``recovery.recover`` settles traces. A
+    replace keeps the old version by the bucket's versioning (the ``.bak``:
+    the version id to restore) instead of a second name.
+put-if-absent
+    Two nodes storing the same instance take turns under the index write
+    lock already (``publish.py``), so the final put needs no condition; a
+    conditional put (``If-Match`` the ETag read under the lock) would detect a
+    node that lost its database session between its put and its COMMIT (the
+    race ``publish.py`` leaves).
+flush the folders
+    Nothing: an object store has no folders, a completed put is durable.
+removal intents (``removal.py``)
+    The same intent objects in ``.tmp/`` (``<owner>=<key>.rm``), settled by
+    listing the prefix; an unlink is a DeleteObject.
+:meth:`Storage.keys` (``check``, ``reindex``, ``delete``'s leftovers)
+    ListObjectsV2 by prefix (paginated: the iterator streams).
+:meth:`Storage.open`
+    A GET with ``Range`` requests on ``seek`` (a readable, seekable stream);
+    :meth:`Storage.local_path` returns ``None``, so the readers stream instead
+    of ``sendfile``/``mmap`` (the metadata encoder then reads the object).
+:meth:`Storage.version`
+    The ETag (it changes whenever the bytes do: the metadata cache's key).
+:meth:`Storage.free_space`
+    ``None`` (no quota to report) or a configured quota less the bucket size.
+
+Nothing here is on the per-instance hot path beyond a method call: the
+temporary's ``write`` is one ``os.write``, as before.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from dicomstore.archive import layout
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Where the archive's bytes live, by key (``<study>/<series>/<sop>.dcm``).
+
+    Every method raises ``OSError`` for an I/O failure (``FileNotFoundError``
+    for a key with no object) and ``ValueError`` for a key that is not one of
+    the archive's (``..``, absolute, empty).
+    """
+
+    def open(self, key: str) -> BinaryIO:
+        """The bytes at ``key``: a readable, seekable binary stream (close it)."""
+        ...
+
+    def local_path(self, key: str) -> Path | None:
+        """The local file holding ``key``'s bytes, for zero-copy readers
+        (``sendfile``, ``mmap``); ``None`` when the bytes are not a local file."""
+        ...
+
+    def size(self, key: str) -> int:
+        """The number of bytes at ``key``."""
+        ...
+
+    def version(self, key: str) -> str:
+        """A token that changes whenever the bytes at ``key`` change (a cache key)."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """True when something is stored at ``key``."""
+        ...
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """The keys of stored instances under ``prefix`` (``""``: all; ``"<study>/"``:
+        a study's), one by one, temporaries left out; no order promised."""
+        ...
+
+    def delete(self, key: str) -> bool:
+        """Remove the bytes at ``key``; False when there were none."""
+        ...
+
+    def free_space(self) -> int | None:
+        """Bytes still available for new instances (``None``: no limit known)."""
+        ...
+
+
+class FileStorage:
+    """The local file system under ``root``: the key is the path relative to it.
+
+    Also the home of the file-system steps of publishing (``publish.py``,
+    ``recovery.py``, ``removal.py``): :meth:`create` opens a temporary for the
+    streaming writer of ``ingest.py``.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"FileStorage({str(self.root)!r})"
+
+    def path(self, key: str) -> Path:
+        """The file of ``key`` (``ValueError`` for a key outside the root)."""
+        return layout.resolve(self.root, key)
+
+    # -- Storage ----------------------------------------------------------------------
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self.path(key), "rb")  # noqa: SIM115 - the caller closes it
+
+    def local_path(self, key: str) -> Path | None:
+        return self.path(key)
+
+    def size(self, key: str) -> int:
+        return os.stat(self.path(key)).st_size
+
+    def version(self, key: str) -> str:
+        st = os.stat(self.path(key))
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        parts = prefix.split("/")[:-1]
+        if ".." in parts or prefix.startswith("/"):
+            raise ValueError(f"not a key prefix of the archive: {prefix!r}")
+        if parts[:1] == [layout.TMP_DIR]:
+            return
+        folder = self.root.joinpath(*parts)
+        for path in dicom_files(folder):
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix):
+                yield key
+
+    def delete(self, key: str) -> bool:
+        try:
+            os.unlink(self.path(key))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def free_space(self) -> int | None:
+        return shutil.disk_usage(self.root).free
+
+
+def dicom_files(root: Path) -> Iterator[Path]:
+    """Every ``*.dcm`` file under ``root`` except the temporaries (in name order)."""
+    for folder, dirs, files in os.walk(root):
+        if Path(folder) == root:
+            dirs[:] = [d for d in dirs if d != layout.TMP_DIR]
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(layout.SUFFIX):
+                yield Path(folder, name)
