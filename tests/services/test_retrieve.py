@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,7 +121,9 @@ def test_selection_holds_uids_stored_syntax_and_file(reader: ArchiveReader) -> N
     selected = select_instances(reader, query)
     assert [s.sop_instance_uid for s in selected] == sop_uids("1.2.9.1.1") + sop_uids("1.2.9.1.2")
     for s in selected:
-        ds = dcmread(s.path, stop_before_pixels=True)
+        assert s.storage is reader.storage
+        with reader.open({"path": s.key}) as fp:
+            ds = dcmread(fp, stop_before_pixels=True)
         assert ds.SOPInstanceUID == s.sop_instance_uid and ds.SOPClassUID == s.sop_class_uid
         assert ds.file_meta.TransferSyntaxUID == s.transfer_syntax
         assert s.study_instance_uid == "1.2.9.1"
@@ -166,7 +167,7 @@ class FakeSender:
 
 def items(n: int) -> list[Selected]:
     return [
-        Selected(f"1.2.{i}", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", Path("x"))
+        Selected(f"1.2.{i}", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", "x")
         for i in range(1, n + 1)
     ]
 

@@ -60,6 +60,7 @@ from dicomstore.archive.nodes import Node
 from dicomstore.archive.publish import Publisher
 from dicomstore.archive.recovery import ArchiveBusyError, hold, recover
 from dicomstore.archive.relations import RELATIONAL_POLICIES
+from dicomstore.archive.storage import FileStorage
 
 DuplicatePolicy = Literal["keep", "replace", "reject"]
 POLICIES: tuple[str, ...] = ("keep", "replace", "reject")
@@ -106,6 +107,8 @@ class Archive:
         if on_duplicate not in POLICIES:
             raise ValueError(f"on_duplicate must be one of {POLICIES}, not {on_duplicate!r}")
         self.root = Path(root).resolve()
+        #: where the instances' bytes are (``storage.py``): the files under ``root``
+        self.storage = FileStorage(self.root)
         self.fsync = fsync
         self.on_duplicate = on_duplicate
         if on_class_mismatch not in ("reject", "tolerate"):
@@ -234,7 +237,7 @@ class Archive:
     def path_of(self, sop_instance_uid: str) -> Path | None:
         """The file of one instance, or ``None`` if it is not stored."""
         row = self.get_instance(sop_instance_uid)
-        return None if row is None else layout.resolve(self.root, row["path"])
+        return None if row is None else self.storage.local_path(row["path"])
 
     # -- maintenance ------------------------------------------------------------------
 

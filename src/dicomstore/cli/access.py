@@ -254,7 +254,7 @@ def _show(args: argparse.Namespace) -> int:
             print(json.dumps({"level": level, "row": row, "header": header}, indent=1))
             return EXIT_OK
         size, sender = human_size(row["file_size"]), row["calling_ae"] or "-"
-        print(f"# {reader.path(row)}  ({size}, received {row['received_at']} from {sender})")
+        print(f"# {reader.where(row)}  ({size}, received {row['received_at']} from {sender})")
         print(f"# transfer syntax {uids.uid_name(row['transfer_syntax_uid'])}")
         print(str(ds))  # the File Meta Information, then the data set
         return EXIT_OK
@@ -288,11 +288,22 @@ def _export(args: argparse.Namespace) -> int:
         rel = Path(row["path"])
         target = args.dest / (rel.name if args.flat else rel)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(reader.path(row), target)
+        _copy(reader, row, target)
         count += 1
         size += row["file_size"]
     print(f"exported {count} instance(s), {human_size(size)}, of {level} {args.uid} to {args.dest}")
     return EXIT_OK
+
+
+def _copy(reader: Any, row: dict[str, Any], target: Path) -> None:
+    """The stored bytes of ``row`` into file ``target``: copied by the kernel from a
+    local file (``copyfile``), else streamed from the archive's storage."""
+    local = reader.local_path(row)
+    if local is not None:
+        shutil.copyfile(local, target)
+        return
+    with reader.open(row) as source, open(target, "wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
 
 
 def _stats(args: argparse.Namespace) -> int:

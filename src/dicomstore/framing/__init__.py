@@ -27,11 +27,20 @@ and then tells where the deflate stream ended.
 from dicomstore.framing.errors import Corrupt, FramingError, NotPart10, Truncated, tag_name
 from dicomstore.framing.headers import element_header
 from dicomstore.framing.meta import file_meta
-from dicomstore.framing.sources import WINDOW, FileSource, InflatedSource, Source
+from dicomstore.framing.sources import (
+    WINDOW,
+    FileSource,
+    InflatedSource,
+    Pread,
+    Source,
+    preader,
+    stream_pread,
+)
 from dicomstore.framing.walking import MAX_DEPTH, Walked, walk
 
 __all__ = [
     "MAX_DEPTH",
+    "Pread",
     "WINDOW",
     "Corrupt",
     "FileSource",
@@ -44,5 +53,7 @@ __all__ = [
     "element_header",
     "file_meta",
     "tag_name",
+    "preader",
+    "stream_pread",
     "walk",
 ]

@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import zlib
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from dicomstore.framing.errors import Corrupt
 
 #: Bytes read (or inflated) at a time while walking.
 WINDOW = 64 * 1024
+
+#: ``pread(size, offset)``: up to ``size`` bytes at ``offset`` (``os.pread`` of a file).
+Pread = Callable[[int, int], bytes]
+
+
+def preader(fd: int | Pread) -> Pread:
+    """``os.pread`` of file descriptor ``fd``, or ``fd`` itself when it is one already
+    (a stream's, :func:`stream_pread`)."""
+    return functools.partial(os.pread, fd) if isinstance(fd, int) else fd
+
+
+def stream_pread(f: Any) -> Pread:
+    """``pread`` of a seekable binary stream (one that has no file descriptor)."""
+
+    def pread(size: int, offset: int) -> bytes:
+        f.seek(offset)
+        return bytes(f.read(size))
+
+    return pread
 
 
 class Source(Protocol):
@@ -25,13 +46,14 @@ class Source(Protocol):
 
 
 class FileSource:
-    """``os.pread`` of a file through one cached window; ``end`` is the file size.
+    """``os.pread`` of a file (``fd``, or a :data:`Pread`) through one cached window;
+    ``end`` is the file size.
 
     ``head`` (bytes already read at offset ``head_at``) serves as the first window.
     """
 
-    def __init__(self, fd: int, end: int, head: bytes = b"", head_at: int = 0) -> None:
-        self.fd, self.end = fd, end
+    def __init__(self, fd: int | Pread, end: int, head: bytes = b"", head_at: int = 0) -> None:
+        self.pread, self.end = preader(fd), end
         self.start, self.data = head_at, head[: max(0, end - head_at)]
 
     def read(self, pos: int, size: int) -> bytes:
@@ -40,7 +62,7 @@ class FileSource:
             return self.data[offset : offset + size]
         size = max(0, min(size, self.end - pos))
         self.start = pos
-        self.data = os.pread(self.fd, max(size, min(WINDOW, self.end - pos)), pos)
+        self.data = self.pread(max(size, min(WINDOW, self.end - pos)), pos)
         return self.data[:size]
 
     def has(self, pos: int, size: int) -> int:
@@ -57,8 +79,8 @@ class InflatedSource:
     inflated data.
     """
 
-    def __init__(self, fd: int, start: int, end: int) -> None:
-        self.fd, self.next_in, self.end = fd, start, end
+    def __init__(self, fd: int | Pread, start: int, end: int) -> None:
+        self.pread, self.next_in, self.end = preader(fd), start, end
         self.start = start
         self._z = zlib.decompressobj(-zlib.MAX_WBITS)
         self.buf = bytearray()
@@ -78,7 +100,7 @@ class InflatedSource:
             elif self.next_in >= self.end:
                 return b""
             else:
-                chunk = os.pread(self.fd, min(WINDOW, self.end - self.next_in), self.next_in)
+                chunk = self.pread(min(WINDOW, self.end - self.next_in), self.next_in)
                 if not chunk:
                     self.end = self.next_in  # the file is shorter than it was
                     return b""

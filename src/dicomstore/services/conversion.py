@@ -52,6 +52,9 @@ def converted(instance: Instance, ts: str) -> bytes:
             ds = copy.deepcopy(instance.dataset)
         elif instance.path is not None:
             ds = dcmread(instance.path, force=True)
+        elif instance.opener is not None:
+            with instance.opener() as f:
+                ds = dcmread(f, force=True)
         else:
             raise NotDicom("no data set and no file to read it from")
         source = uids.as_uid(instance.transfer_syntax)

@@ -41,11 +41,9 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from dicomstore.aio.association import Timeouts
-from dicomstore.archive import layout
 from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import status as st
@@ -436,9 +434,13 @@ class Forwarding:
             if row is None:
                 gone.append((entry, "not in the archive any more"))
                 continue
-            path = layout.resolve(self.reader.root, row[3])
-            if not Path(path).is_file():
+            storage = self.reader.storage
+            try:
+                stored = storage.exists(row[3])
+            except ValueError:
+                stored = False
+            if not stored:
                 gone.append((entry, f"its file {row[3]} is missing"))
                 continue
-            found.append((entry, Selected(row[0], row[1], row[2], path)))
+            found.append((entry, Selected(row[0], row[1], row[2], row[3], storage=storage)))
         return found, gone

@@ -28,7 +28,6 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import dcmread
 
 from dicomstore.aio.association import Transport
-from dicomstore.archive import layout
 from dicomstore.archive import query as q
 from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
@@ -69,8 +68,10 @@ def _header(reader: ArchiveReader, row: dict[str, Any], tags: list[int]) -> Data
     if not tags or not relpath:
         return None
     try:
-        path = layout.resolve(reader.root, relpath)
-        return dcmread(path, stop_before_pixels=True, specific_tags=[SPECIFIC_CHARACTER_SET, *tags])
+        with reader.open({"path": relpath}) as fp:
+            return dcmread(
+                fp, stop_before_pixels=True, specific_tags=[SPECIFIC_CHARACTER_SET, *tags]
+            )
     except Exception as exc:  # noqa: BLE001 - pydicom raises anything on a bad file
         log.warning("C-FIND: return keys not read from %s: %s", relpath, exc)
         return None

@@ -29,20 +29,21 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from dicomstore.archive import attributes, layout
+from dicomstore.archive import attributes
 from dicomstore.archive import query as q
 from dicomstore.archive.reader import ArchiveReader
+from dicomstore.archive.storage import Storage
 from dicomstore.dimse import CStoreRSP, SubOperations
 from dicomstore.dimse import status as st
 from dicomstore.dimse.commands import tag_str
@@ -114,13 +115,15 @@ def parse_retrieve_identifier(identifier: Dataset, levels: Sequence[str]) -> Ret
 
 @dataclass(frozen=True, slots=True)
 class Selected:
-    """One instance to send: its UIDs, the transfer syntax it is stored in, its file."""
+    """One instance to send: its UIDs, the transfer syntax it is stored in, its key
+    in the archive's ``storage`` (read through it, never by a path of our own)."""
 
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax: str
-    path: Path
+    key: str
     study_instance_uid: str = ""
+    storage: Storage | None = None
 
 
 def select_instances(reader: ArchiveReader, query: RetrieveQuery) -> list[Selected]:
@@ -147,8 +150,9 @@ def select_instances(reader: ArchiveReader, query: RetrieveQuery) -> list[Select
                 row["sop_instance_uid"],
                 intern(row["sop_class_uid"]),
                 intern(row["transfer_syntax_uid"]),
-                layout.resolve(reader.root, row["path"]),
+                row["path"],
                 intern(row["study_uid"]),
+                reader.storage,
             )
             for row in q.iter_search(db, "instance", filters)
         ]
@@ -258,6 +262,17 @@ class Retrieval:
         return encode_dataset(ds, transfer_syntax)
 
 
+def scan_selected(item: Selected) -> sources.Instance:
+    """The stored instance ``item`` scanned for sending (blocking): from its local
+    file where the storage has one (``os.pread``, as the SCU reads files), else from
+    a stream the storage opens (and opens again to send it)."""
+    assert item.storage is not None, "an instance selected from the archive"
+    path = item.storage.local_path(item.key)
+    if path is not None:
+        return sources.scan_file(path)
+    return sources.scan_stream(functools.partial(item.storage.open, item.key))
+
+
 async def store_selected(
     channel: StoreChannel,
     item: Selected,
@@ -274,9 +289,9 @@ async def store_selected(
     association, or of the file while its data set was going out
     (:class:`~dicomstore.services.sources.SourceReadError`), is raised."""
     try:
-        instance = await asyncio.to_thread(sources.scan_file, item.path)
-    except (NotDicom, OSError) as exc:
-        log.error("%s: cannot send %s: %s", service, item.path, sources.one_line(exc))
+        instance = await asyncio.to_thread(scan_selected, item)
+    except (NotDicom, OSError, ValueError) as exc:
+        log.error("%s: cannot send %s: %s", service, item.key, sources.one_line(exc))
         return None
     try:
         rsp, _ctx, converted, nbytes = await store_instance(

@@ -85,6 +85,9 @@ class Instance:
     padding: bytes = b""
     #: What the scan noticed about the file and did about it (sent all the same).
     warning: str | None = None
+    #: Opens the bytes of a file that is not a local path (an archive's stored
+    #: instance, ``ArchiveReader.open``): a readable, seekable stream.
+    opener: Callable[[], IO[bytes]] | None = None
 
     @property
     def label(self) -> str:
@@ -205,9 +208,30 @@ def scan_file(path: str | os.PathLike) -> Instance:
     return instance
 
 
-def _identify(path: Path, head: bytes, size: int, fd: int) -> Instance:
-    """The instance in file ``fd`` whose first bytes are ``head``, from the head alone
-    (inflated when deflated) when it can, else with pydicom."""
+def scan_stream(opener: Callable[[], IO[bytes]]) -> Instance:
+    """:func:`scan_file` of bytes that are no local file (an archive's stored instance
+    in a storage other than the file system): ``opener()`` gives a readable, seekable
+    stream, read by seeking; :func:`open_dataset` opens it again to send it."""
+    try:
+        with opener() as f:
+            size = f.seek(0, os.SEEK_END)
+            pread = framing.stream_pread(f)
+            head = pread(HEAD_SIZE, 0)
+            instance = _identify(f, head, size, pread)
+            instance.opener = opener
+            check_data_set(pread, instance, head)
+    except OSError as exc:
+        raise NotDicom(f"cannot read: {exc.strerror or exc}") from None
+    return instance
+
+
+def _identify(
+    source: Path | IO[bytes], head: bytes, size: int, fd: int | framing.Pread
+) -> Instance:
+    """The instance in file ``fd`` (a descriptor, or a stream's ``pread``) whose first
+    bytes are ``head``, from the head alone (inflated when deflated) when it can, else
+    with pydicom reading ``source``."""
+    path = source if isinstance(source, Path) else None
     parsed = parse_file_meta(head)
     ts: str | None = None
     offset = 0
@@ -226,9 +250,11 @@ def _identify(path: Path, head: bytes, size: int, fd: int) -> Instance:
     # Anything else: let pydicom read the header (deflated, no meta, odd layouts).
     from pydicom import dcmread
 
+    if not isinstance(source, Path):
+        source.seek(0)
     try:
         ds = dcmread(
-            path,
+            source,
             stop_before_pixels=True,
             force=True,
             specific_tags=["SOPClassUID", "SOPInstanceUID"],
@@ -243,11 +269,11 @@ def _identify(path: Path, head: bytes, size: int, fd: int) -> Instance:
     return Instance(cls, inst, ts, path, offset, size - offset)
 
 
-def _inflated_head(fd: int, offset: int) -> bytes:
+def _inflated_head(fd: int | framing.Pread, offset: int) -> bytes:
     """The first inflated bytes (about :data:`HEAD_SIZE`) of the deflated data set at
     ``offset``: as many as inflate before an error (the walk reports it later)."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    data, out, size = os.pread(fd, HEAD_SIZE, offset), [], 0
+    data, out, size = framing.preader(fd)(HEAD_SIZE, offset), [], 0
     for at in range(0, len(data), 256):  # (256 bytes inflate to 258 KiB at most)
         try:
             out.append(inflater.decompress(data[at : at + 256]))
@@ -259,7 +285,7 @@ def _inflated_head(fd: int, offset: int) -> bytes:
     return b"".join(out)
 
 
-def check_data_set(fd: int, instance: Instance, head: bytes = b"") -> None:
+def check_data_set(fd: int | framing.Pread, instance: Instance, head: bytes = b"") -> None:
     """Walk the element headers of the instance's data set in file ``fd`` (its
     first bytes ``head``) to the end of the file (:func:`dicomstore.framing.walk`).
 
@@ -283,11 +309,12 @@ def check_data_set(fd: int, instance: Instance, head: bytes = b"") -> None:
         instance.warning = f"not checked for truncation: {exc}"
 
 
-def _deflated(fd: int, instance: Instance) -> None:
+def _deflated(fd: int | framing.Pread, instance: Instance) -> None:
     """Walk the inflated data set; then send the deflate stream only, padded to an
     even length with a NUL byte as PS3.5 A.5 asks, bytes after the stream left out."""
     start, end = instance.offset, instance.offset + instance.size
     src = framing.InflatedSource(fd, start, end)
+    pread = src.pread
     notes: list[str] = []
 
     def corrupt(text: str) -> CorruptFile:
@@ -314,9 +341,9 @@ def _deflated(fd: int, instance: Instance) -> None:
             f" bytes (the data set inflated so far has {src.size} bytes)"
         )
     after = end - start - stream
-    conformant_pad = after == 1 and stream % 2 == 1 and os.pread(fd, 1, start + stream) == b"\0"
+    conformant_pad = after == 1 and stream % 2 == 1 and pread(1, start + stream) == b"\0"
     if after and not conformant_pad:
-        trailer = os.pread(fd, 8, start + stream)
+        trailer = pread(8, start + stream)
         gzip = trailer == struct.pack("<LL", src.crc32, src.size & 0xFFFFFFFF)
         what = " (a gzip trailer: CRC-32 and size of the inflated data)" if gzip else ""
         notes.append(f"{after} byte(s) after the end of the deflate stream{what} left out")
@@ -352,9 +379,13 @@ class SourceReadError(DicomstoreError):
 
 
 def open_dataset(instance: Instance) -> IO[bytes]:
-    """The instance's file, positioned where its data set starts (raises OSError)."""
-    assert instance.path is not None
-    f = open(instance.path, "rb", buffering=0)  # noqa: SIM115 - closed by file_chunks
+    """The instance's file (or stream), positioned where its data set starts (raises
+    OSError)."""
+    if instance.path is None:
+        assert instance.opener is not None
+        f = instance.opener()
+    else:
+        f = open(instance.path, "rb", buffering=0)  # noqa: SIM115 - closed by file_chunks
     try:
         f.seek(instance.offset)
     except BaseException:

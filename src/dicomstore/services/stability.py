@@ -39,7 +39,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dicomstore.archive import layout
 from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.services.storage import on_loop
@@ -244,7 +243,7 @@ class StudyStability:
         """One instance of ``study_uid`` (stored at ``relpath``) arrived at ``when``."""
         pending = self.pending.get(study_uid)
         if pending is None:
-            folder = str(layout.resolve(self.root, relpath).parent.parent)
+            folder = self.reader.study_folder(relpath)
             self.pending[study_uid] = _Pending(patient_id, when, when, folder)
         else:
             pending.last = max(pending.last, when)  # a later deadline: the timer may stay
