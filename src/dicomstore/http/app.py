@@ -184,7 +184,8 @@ def build_app(
         Archive(root, index=index).close()  # create the index now, so the reader can open it
     app.state.archive = archive
     app.state.store = store if store is not None or archive is None else StoreService(archive)
-    app.state.reader = ArchiveReader(root, index=index)
+    storage = archive.storage if archive is not None else None
+    app.state.reader = ArchiveReader(root, index=index, storage=storage)
     app.state.metadata_cache = MetadataCache(root)
     app.state.ae_title = ae_title
     app.state.stow_ae = stow_ae
