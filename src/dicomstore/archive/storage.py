@@ -9,13 +9,21 @@ API by its key (:meth:`ArchiveReader.open` a binary stream, or
 path pays), never by building or opening a path of its own. So a store other
 than the local file system can be added here without touching them (issue 17).
 
-:class:`Storage` is what the archive needs of where bytes live; :class:`FileStorage`
-is the local file system, the only one so far. Writing goes through the
-publish protocol of ``publish.py`` (temporaries in ``<root>/.tmp/node-*``,
-hard-link traces, fsync/syncfs, renames, folder flushes, ``.bak``, removal
-intents; ``recovery.py`` and ``removal.py`` settle what a crash leaves), whose
-file-system steps are :class:`FileStorage`'s: :meth:`FileStorage.create`
-makes a temporary, the publisher makes it durable and gives it its key.
+:class:`Storage` is what the readers of the archive need of where bytes live
+(open, size, version, exists, list by prefix, delete, free space);
+:class:`FileStorage` is the local file system, the only one so far. The write
+side is still the file system's own, inside the archive and nowhere else:
+``ingest.py`` streams into a temporary in ``<root>/.tmp/node-*`` (one
+``os.write`` per fragment), ``publish.py`` makes it durable and gives it its
+key (hard-link traces, fsync/syncfs, renames, folder flushes, ``.bak``, removal
+intents), ``recovery.py``, ``removal.py`` and ``maintenance.py`` settle, delete,
+check and reindex. A second storage takes those steps behind methods of this
+interface, in this order (the publisher keeps the index logic: duplicate
+policy, relations, BEGIN/COMMIT): ``create(name)`` a temporary with ``write``
+and ``abort``; ``stage(batch)`` (trace and flush: the files' data durable);
+``place(member, key, replacing)`` (``.bak``/intent, rename); ``settle(placed)``
+(the folder flushes); after the COMMIT ``finish(placed)`` (old version, intents,
+traces go), or ``undo(placed)``; ``recover()`` at start-up.
 
 What an object store (S3 and the like) would implement, and how the
 guarantees of ``publish.py`` map onto it:
@@ -63,8 +71,7 @@ removal intents (``removal.py``)
 :meth:`Storage.free_space`
     ``None`` (no quota to report) or a configured quota less the bucket size.
 
-Nothing here is on the per-instance hot path beyond a method call: the
-temporary's ``write`` is one ``os.write``, as before.
+Nothing here is on the C-STORE hot path: ingest and publish are unchanged.
 """
 
 from __future__ import annotations
@@ -92,8 +99,9 @@ class Storage(Protocol):
         ...
 
     def local_path(self, key: str) -> Path | None:
-        """The local file holding ``key``'s bytes, for zero-copy readers
-        (``sendfile``, ``mmap``); ``None`` when the bytes are not a local file."""
+        """The local file holding ``key``'s bytes (or the folder of a key prefix such as
+        ``<study>/``), for zero-copy readers (``sendfile``, ``mmap``) and for people;
+        ``None`` when the bytes are not a local file."""
         ...
 
     def size(self, key: str) -> int:
@@ -125,9 +133,9 @@ class Storage(Protocol):
 class FileStorage:
     """The local file system under ``root``: the key is the path relative to it.
 
-    Also the home of the file-system steps of publishing (``publish.py``,
-    ``recovery.py``, ``removal.py``): :meth:`create` opens a temporary for the
-    streaming writer of ``ingest.py``.
+    The archive's writers (``ingest.py``, ``publish.py``, ``recovery.py``,
+    ``removal.py``, ``maintenance.py``) work on the same files directly (see the
+    module docstring).
     """
 
     def __init__(self, root: Path | str) -> None:
