@@ -11,6 +11,7 @@ usage: PYTHONPATH=src python3 benchmarks/bench_nodes.py [--instances N] [--reps 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -27,17 +28,43 @@ from tests.services.nodes_testlib import Node, acknowledged, storescu, write_ins
 SENDERS = 3
 
 
-def run(folder: Path, sets: list[list[Path]], url: str | None, nodes: int) -> float:
-    """Instances per second, from the senders' start to the last one's end."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes and their waited-for children (/proc)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # (a backend that ended: in its parent's cutime now)
+            continue
+        ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_pids(server: PostgresServer) -> list[int]:
+    """The postmaster and its backends (whose CPU ends in the postmaster's cutime)."""
+    master = int((server.data / "postmaster.pid").read_text().split()[0])
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [master, *map(int, children)]
+
+
+def run(
+    folder: Path, sets: list[list[Path]], url: str | None, nodes: int, pg: PostgresServer
+) -> tuple[float, float, float]:
+    """Instances per second, from the senders' start to the last one's end, and the
+    CPU milliseconds per instance of the nodes and of PostgreSQL."""
     storage = folder / "storage"
     servers = [Node(storage, url, "--log-level", "error") for _ in range(nodes)]
     try:
         for server in servers:
             server.start()
+        pids = [server.proc.pid for server in servers if server.proc is not None]
+        node_cpu, pg_cpu = cpu_seconds(pids), cpu_seconds(postgres_pids(pg))
         started = time.perf_counter()
         senders = [storescu(servers[i % nodes].port, files) for i, files in enumerate(sets)]
         logs = [sender.communicate(timeout=600)[0] for sender in senders]
         elapsed = time.perf_counter() - started
+        node_cpu = cpu_seconds(pids) - node_cpu
+        pg_cpu = cpu_seconds(postgres_pids(pg)) - pg_cpu
     finally:
         for server in servers:
             server.stop()
@@ -46,7 +73,7 @@ def run(folder: Path, sets: list[list[Path]], url: str | None, nodes: int) -> fl
     if acked != total:
         raise SystemExit(f"only {acked} of {total} instances acknowledged")
     shutil.rmtree(storage)
-    return total / elapsed
+    return total / elapsed, node_cpu * 1000 / total, pg_cpu * 1000 / total
 
 
 def main() -> None:
@@ -70,14 +97,24 @@ def main() -> None:
             )
             for i in range(SENDERS)
         ]
-        one, three = [], []
-        for _ in range(args.reps):  # (interleaved: the machine's load hits both alike)
-            one.append(run(folder, sets, None, 1))
-            three.append(run(folder, sets, server.new_url(), 3))
-        a, b = statistics.median(one), statistics.median(three)
-        print(f"one node, SQLite:        {a:8.1f} instances/s  {[round(x) for x in one]}")
-        print(f"three nodes, PostgreSQL: {b:8.1f} instances/s  {[round(x) for x in three]}")
-        print(f"ratio {b / a:.2f} (target >= 1.5)")
+        configs = {
+            "one node, SQLite": (False, 1),
+            "one node, PostgreSQL": (True, 1),
+            "three nodes, PostgreSQL": (True, 3),
+        }
+        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in configs}
+        for _ in range(args.reps):  # (interleaved: the machine's load hits all alike)
+            for name, (on_pg, nodes) in configs.items():
+                url = server.new_url() if on_pg else None
+                results[name].append(run(folder, sets, url, nodes, server))
+        print(f"{'':25} {'inst/s':>8} {'node CPU ms/inst':>17} {'PG CPU ms/inst':>15}")
+        medians = {}
+        for name, runs in results.items():
+            rate, node, pg = (statistics.median(r[i] for r in runs) for i in range(3))
+            medians[name] = rate
+            print(f"{name:25} {rate:8.1f} {node:17.3f} {pg:15.3f}  {[round(r[0]) for r in runs]}")
+        ratio = medians["three nodes, PostgreSQL"] / medians["one node, SQLite"]
+        print(f"ratio three nodes on PostgreSQL / one on SQLite {ratio:.2f} (target >= 1.5)")
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dicomstore.archive.engine import (
+    IntegrityError,
+    OperationalError,
     PostgresEngine,
     SqliteEngine,
     _pg_ddl,
@@ -40,3 +42,87 @@ def test_sqlite_sql_in_postgresql_words() -> None:
     )
     assert order_by("a, b DESC", "postgresql") == "a NULLS FIRST, b DESC NULLS LAST"
     assert order_by("a, b DESC", "sqlite") == "a, b DESC"
+
+
+def _pid(db) -> int:
+    return int(db.execute("SELECT pg_backend_pid()").fetchone()[0])
+
+
+def test_postgresql_readers_are_kept_for_the_next(postgres) -> None:
+    from dicomstore.archive import engine as engines
+
+    engine = PostgresEngine(postgres.new_url())
+    first = engine.reader(5.0)
+    pid = _pid(first)
+    first.close()
+    again = engine.reader(5.0)
+    assert _pid(again) == pid  # the same session: no new connection
+    with pytest.raises(Exception, match="read-only"):  # (still a reader's session)
+        again.execute("CREATE TABLE x (a INTEGER)")
+    again.close()
+    many = [engine.reader(5.0) for _ in range(engines.IDLE_READERS + 2)]
+    for db in many:
+        db.close()
+    assert len(engine._idle) == engines.IDLE_READERS  # the others closed
+    assert sum(db.conn.closed for db in many) == 2
+
+
+def test_a_reader_left_in_a_query_is_not_kept(postgres) -> None:
+    engine = PostgresEngine(postgres.new_url())
+    db = engine.reader(5.0)
+    rows = db.stream("SELECT generate_series(1, 100000)")
+    next(rows)  # (abandoned midway: its connection still has the rest coming)
+    db.close()
+    assert db.conn.closed and not engine._idle
+
+
+def test_a_kept_reader_whose_session_ended_connects_anew(postgres) -> None:
+    import psycopg
+
+    engine = PostgresEngine(postgres.new_url())
+    db = engine.reader(5.0)
+    pid = _pid(db)
+    db.close()
+    with psycopg.connect(postgres.url, autocommit=True) as admin:  # (as a server restart)
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    db = engine.reader(5.0)
+    assert _pid(db) != pid  # answered: no error for the caller
+    db.close()
+    db = engine.reader(5.0)
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (_pid(db),))
+    with pytest.raises(OperationalError):  # once it answered, a lost session is an error
+        _pid(db)
+
+
+def test_postgresql_statements_put_off_fail_at_the_commit(postgres) -> None:
+    engine = PostgresEngine(postgres.new_url())
+    db = engine.writer(durable=False, timeout=5.0)
+    try:
+        engine.create(db, "CREATE TABLE t (a INTEGER PRIMARY KEY)", 1)
+        token, _ = engine.begin(db)
+        engine.later(db, "INSERT INTO t VALUES (?)", [(1,), (1,)])  # (sent with the next)
+        with pytest.raises(IntegrityError):
+            engine.commit(db, token)
+        db.execute("ROLLBACK")
+        token, found = engine.begin(db, ("SELECT count(*) FROM t", ()))
+        assert found.fetchone()[0] == 0  # nothing of the failed transaction
+        engine.later(db, "INSERT INTO t VALUES (?)", [(2,)])
+        assert engine.commit(db, token) == token + 1  # a new generation
+        assert db.execute("SELECT a FROM t").fetchall() == [(2,)]
+    finally:
+        db.close()
+
+
+def test_a_commit_waits_with_fsync_or_on_postgresql(tmp_path, index_engine) -> None:
+    from dicomstore.archive import Archive
+    from dicomstore.services.server import WHEN_BUSY, archive_commit_mode
+
+    with Archive(tmp_path / "a", fsync=False) as archive:
+        # (dicomstore serve commits such an archive's instances on the event loop:
+        # one that waits for other nodes' turns on the write lock must not)
+        assert archive.commits_wait is (index_engine == "postgresql")
+        expected = WHEN_BUSY if index_engine == "postgresql" else False
+        assert archive_commit_mode(archive.commits_wait) == expected
+    with Archive(tmp_path / "b") as archive:
+        assert archive.commits_wait

@@ -17,11 +17,16 @@ One home for what differs between the two; the SQL itself is shared
     as SQLite's do (across processes too), and reads the generation under the
     lock; every write transaction stamps a new one before its COMMIT, so the
     writer's cache (parent rows, hierarchy checks passed) is emptied whenever
-    another connection has committed since, as SQLite's ``data_version`` tells
-    (correctness before speed: one more statement per batch). ``?``
-    placeholders become ``%s`` (once per statement text, cached);
-    ``durable=False`` is ``synchronous_commit=off``; readers are autocommit
-    connections with ``default_transaction_read_only``.
+    another connection has committed since, as SQLite's ``data_version`` tells.
+    Round trips are what a batch waits on, with the lock held (other nodes
+    wait): a batch costs two, in libpq's pipeline mode — BEGIN, the lock and
+    the lookup of its instances (``begin``'s ``then``); then the statements
+    whose results nobody reads (``later``: the instance rows), the new
+    generation and the COMMIT (``commit``). ``?`` placeholders become ``%s``
+    (once per statement text, cached); ``durable=False`` is
+    ``synchronous_commit=off``; readers are autocommit connections with
+    ``default_transaction_read_only``, kept open for the next reader when closed
+    (a few, for a minute: a connection costs milliseconds).
 
 :data:`DatabaseError` and :data:`IntegrityError` are the exception classes of
 both drivers: callers catch them instead of ``sqlite3.Error``.
@@ -32,7 +37,10 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,6 +76,14 @@ IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError, PostgresI
 DatabaseOrOSError: tuple[type[Exception], ...] = (OSError, *DatabaseError)
 
 _SCHEMES = ("postgresql", "postgres")
+
+#: PostgreSQL readers kept open for the next (a few: the HTTP server's threads),
+#: and for how long.
+IDLE_READERS = 4
+IDLE_SECONDS = 60.0
+
+#: One SQL statement (``?`` placeholders) and its parameters.
+Statement = tuple[str, Sequence[Any]]
 
 
 class Connection(Protocol):
@@ -165,14 +181,25 @@ class Engine:
         recording ``version`` when given."""
         raise NotImplementedError
 
-    def begin(self, db: Any) -> Any:
+    def begin(self, db: Any, then: Statement | None = None) -> tuple[Any, Any]:
         """Open the write transaction, holding the write lock; a token that
-        changes when another connection has committed (see :meth:`Index.begin`)."""
+        changes when another connection has committed (see :meth:`Index.begin`),
+        and the cursor of ``then``, the first statement under the lock (None)."""
         raise NotImplementedError
 
-    def stamp(self, db: Any, token: Any) -> Any:
-        """(In the write transaction ``begin`` returned ``token`` for, before its
-        COMMIT.) Record that this connection wrote; the token it will see next."""
+    def later(self, db: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """(In a write transaction.) Run ``sql`` once for each of ``rows``, whose
+        results nobody reads: now, or with the next statement that is sent (an
+        error may then show there, or at :meth:`commit`)."""
+        if len(rows) == 1:
+            db.execute(sql, rows[0])
+        else:
+            db.executemany(sql, rows)
+
+    def commit(self, db: Any, token: Any) -> Any:
+        """COMMIT the write transaction ``begin`` returned ``token`` for, recording
+        that this connection wrote; the token it will see next."""
+        db.execute("COMMIT")
         return token
 
     def in_transaction(self, db: Any) -> bool:
@@ -231,9 +258,14 @@ class SqliteEngine(Engine):
         stamp = f"PRAGMA user_version={version};" if version is not None else ""
         db.executescript(f"BEGIN; {script} {stamp} COMMIT;")
 
-    def begin(self, db: Any) -> Any:
+    def begin(self, db: Any, then: Statement | None = None) -> tuple[Any, Any]:
         db.execute("BEGIN IMMEDIATE")
-        return db.execute("PRAGMA data_version").fetchone()[0]
+        try:
+            token = db.execute("PRAGMA data_version").fetchone()[0]
+            return token, None if then is None else db.execute(*then)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def in_transaction(self, db: Any) -> bool:
         return bool(db.in_transaction)
@@ -246,6 +278,12 @@ _META = (
     " schema_version INTEGER NOT NULL, generation BIGINT NOT NULL DEFAULT 0)"
 )
 
+
+#: A reader's session.
+_READ_ONLY = "-c default_transaction_read_only=on"
+
+#: The index write lock, and the generation under it.
+_LOCKING = "SELECT generation FROM dicomstore_index FOR UPDATE"
 
 #: The first key of the archive's advisory lock (``"dcst"``), the second is the schema's.
 _LOCK_CLASS = 0x64637374
@@ -266,6 +304,10 @@ class PostgresEngine(Engine):
             ) from None
         self.url = url
         self.where = _without_password(url)
+        #: readers given back, most recent last (see :meth:`reader`)
+        self._idle: list[tuple[float, PgConnection]] = []
+        self._idle_lock = threading.Lock()
+        weakref.finalize(self, _close_idle, self._idle)
 
     def _connect(self, timeout: float, options: str = "") -> PgConnection:
         import psycopg
@@ -297,7 +339,27 @@ class PostgresEngine(Engine):
         return db
 
     def reader(self, timeout: float) -> PgConnection:
-        return self._connect(timeout, options="-c default_transaction_read_only=on")
+        # a connection costs a few milliseconds (a fork of the server, its
+        # authentication): those closed are kept for the next reader, a few of
+        # them, for a while (a server restarted meanwhile: the next query fails once)
+        now = time.monotonic()
+        with self._idle_lock:
+            while self._idle:
+                since, db = self._idle.pop()
+                if now - since < IDLE_SECONDS and db.idle():
+                    db.reconnect = lambda: self._connect(timeout, _READ_ONLY).conn
+                    return db
+                db.discard()
+        db = self._connect(timeout, _READ_ONLY)
+        db.give_back = self._give_back
+        return db
+
+    def _give_back(self, db: PgConnection) -> None:
+        with self._idle_lock:
+            if db.idle() and len(self._idle) < IDLE_READERS:
+                self._idle.append((time.monotonic(), db))
+                return
+        db.discard()
 
     def version(self, db: Any) -> int:
         (present,) = db.execute("SELECT to_regclass('dicomstore_index') IS NOT NULL").fetchone()
@@ -342,17 +404,23 @@ class PostgresEngine(Engine):
                 db.execute("ROLLBACK")
             raise
 
-    def begin(self, db: Any) -> Any:
-        db.execute("BEGIN")
-        try:
-            row = db.execute("SELECT generation FROM dicomstore_index FOR UPDATE").fetchone()
+    def begin(self, db: Any, then: Statement | None = None) -> tuple[Any, Any]:
+        statements: list[Statement] = [("BEGIN", ()), (_LOCKING, ())]
+        try:  # (one round trip, ``then`` too)
+            cursors = db.pipelined([*statements, *([then] if then else [])])
+            token = cursors[1].fetchone()[0]
         except BaseException:
-            db.execute("ROLLBACK")
+            if self.in_transaction(db):
+                db.execute("ROLLBACK")
             raise
-        return row[0]
+        return token, cursors[2] if then else None
 
-    def stamp(self, db: Any, token: Any) -> Any:
-        db.execute("UPDATE dicomstore_index SET generation = ?", (token + 1,))
+    def later(self, db: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        db.pending.extend((sql, row) for row in rows)
+
+    def commit(self, db: Any, token: Any) -> Any:
+        # the statements put off, the new generation and the COMMIT: one round trip
+        db.pipelined([("UPDATE dicomstore_index SET generation = ?", (token + 1,)), ("COMMIT", ())])
         return token + 1
 
     def hold(self, db: Any, *, exclusive: bool) -> bool:
@@ -383,10 +451,40 @@ class PgConnection:
 
         self.conn = conn
         self._errors = psycopg.Error  # (translated into DatabaseError)
+        #: statements whose results nobody reads, sent with the next one
+        #: (``PostgresEngine.later``); a ROLLBACK drops them
+        self.pending: list[Statement] = []
+        #: (a reader) what :meth:`close` gives it back to (``PostgresEngine.reader``)
+        self.give_back: Callable[[PgConnection], None] | None = None
+        #: (a reader kept idle, until its first answer) a new session for it
+        self.reconnect: Callable[[], Any] | None = None
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
+        if self.pending:
+            if sql == "ROLLBACK":
+                self.pending.clear()
+            else:
+                return self.pipelined([(sql, parameters)])[-1]
         try:
-            return self.conn.execute(_placeholders(sql), parameters)
+            cursor = self.conn.execute(_placeholders(sql), parameters)
+        except self._errors as exc:
+            if self._reconnected():
+                return self.execute(sql, parameters)
+            raise _translated(exc) from exc
+        self.reconnect = None
+        return cursor
+
+    def pipelined(self, statements: list[Statement]) -> list[Any]:
+        """The pending statements and then ``statements``, sent together and
+        answered together (libpq's pipeline mode: one round trip); the cursors
+        of ``statements``."""
+        pending, self.pending = self.pending, []
+        try:
+            with self.conn.pipeline():
+                for sql, parameters in pending:
+                    self.conn.execute(_placeholders(sql), parameters)
+                cursors = [self.conn.execute(_placeholders(q), p) for q, p in statements]
+            return cursors
         except self._errors as exc:
             raise _translated(exc) from exc
 
@@ -401,12 +499,47 @@ class PgConnection:
         """Rows one by one from the server (not all held in memory)."""
         try:
             with self.conn.cursor() as cursor:
-                yield from cursor.stream(_placeholders(sql), parameters)
+                for row in cursor.stream(_placeholders(sql), parameters):
+                    self.reconnect = None
+                    yield row
         except self._errors as exc:
+            if self._reconnected():
+                yield from self.stream(sql, parameters)
+                return
             raise _translated(exc) from exc
 
-    def close(self) -> None:
+    def _reconnected(self) -> bool:
+        """A reader kept idle whose session is gone (the server restarted, or ended
+        it) before its first answer: connected anew, once."""
+        if self.reconnect is None or not self.conn.broken:
+            return False
+        connect, self.reconnect = self.reconnect, None
         self.conn.close()
+        self.conn = connect()
+        return True
+
+    def idle(self) -> bool:
+        """Open, and no transaction or result in progress: fit for another reader."""
+        from psycopg.pq import TransactionStatus
+
+        return not self.conn.closed and self.conn.info.transaction_status == TransactionStatus.IDLE
+
+    def close(self) -> None:
+        """Close it, or give a reader back to its engine's idle ones."""
+        if self.give_back is not None:
+            self.give_back(self)
+        else:
+            self.conn.close()
+
+    def discard(self) -> None:
+        self.conn.close()
+
+
+def _close_idle(idle: list[tuple[float, PgConnection]]) -> None:
+    """(The engine is gone.) Close the readers it kept."""
+    for _, db in idle:
+        db.discard()
+    idle.clear()
 
 
 def _translated(exc: Exception) -> PostgresError:

@@ -122,9 +122,6 @@ class Index:
         self._known: dict[str, dict[Any, tuple[Any, tuple[Any, ...]]]] = {t: {} for t in PARENTS}
         self._added: dict[str, dict[Any, tuple[Any, tuple[Any, ...]]]] = {t: {} for t in PARENTS}
         self._data_version: Any = None
-        # PostgreSQL: each commit stamps a new generation (SQLite's data_version
-        # changes by itself, for other connections' commits only)
-        self._stamp = self.engine.dialect != "sqlite"
         # hierarchy checks passed (see conflict): series UID -> (study UID, patient),
         # study UID -> patient; true while only this writer writes, and it writes
         # nothing that contradicts them (put_many forgets them if it does)
@@ -166,20 +163,22 @@ class Index:
 
     # -- the writer (hold self.lock) -------------------------------------------------
 
-    def begin(self) -> None:
-        """Start a write transaction, taking the database write lock now."""
-        version = self.engine.begin(self._db)
+    def begin(self, find: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Start a write transaction, taking the database write lock now; the rows
+        of the instances ``find`` names, read under the lock (:meth:`find_many`;
+        PostgreSQL: in the same round trip)."""
+        query = _find_query(find) if find else None
+        version, cursor = self.engine.begin(self._db, query[:2] if query else None)
         for added in self._added.values():
             added.clear()
         if version != self._data_version:  # another connection committed: forget
             self.forget()
             self._data_version = version
+        return _found(cursor, query[2]) if query else {}
 
     def commit(self) -> None:
         """Make the transaction durable (one WAL fsync with synchronous=FULL)."""
-        if self._stamp:
-            self._data_version = self.engine.stamp(self._db, self._data_version)
-        self._db.execute("COMMIT")
+        self._data_version = self.engine.commit(self._db, self._data_version)
         for table, added in self._added.items():
             known = self._known[table]
             if len(known) + len(added) > CACHE_LIMIT:
@@ -211,13 +210,8 @@ class Index:
         """The rows of those instances that are stored, by SOP Instance UID (one query)."""
         if not sop_instance_uids:
             return {}
-        given = {clean_text(u): u for u in sop_instance_uids}  # as stored -> as given
-        if len(given) == 1:
-            sql = SELECT_ONE
-        else:
-            sql = f"{SELECT_ROWS} WHERE i.sop_instance_uid IN ({', '.join('?' for _ in given)})"
-        rows = (dict(zip(ROW_KEYS, row, strict=True)) for row in self._db.execute(sql, list(given)))
-        return {given[row["sop_instance_uid"]]: row for row in rows}
+        sql, params, given = _find_query(sop_instance_uids)
+        return _found(self._db.execute(sql, params), given)
 
     def conflict(self, row: dict[str, Any], *, replacing: bool = False) -> tuple[str, Any] | None:
         """Where the index files ``row``'s series or study elsewhere (PS3.3 hierarchy:
@@ -294,10 +288,7 @@ class Index:
             full.update(zip(INSTANCE_COLUMNS, own, strict=True))
             params.append(own)
             result.append({key: full[key] for key in ROW_COLUMNS})
-        if len(params) == 1:
-            self._db.execute(UPSERT_INSTANCE, params[0])
-        else:
-            self._db.executemany(UPSERT_INSTANCE, params)
+        self.engine.later(self._db, UPSERT_INSTANCE, params)
         return result
 
     def _put_parent(
@@ -413,3 +404,20 @@ def _select(db: Connection, filters: dict[str, Any]) -> list[dict[str, Any]]:
     sql += " ORDER BY " + order_by(ORDER_ROWS, dialect_of(db))
     keys = list(ROW_COLUMNS)
     return [dict(zip(keys, row, strict=True)) for row in db.execute(sql, params)]
+
+
+def _find_query(sop_instance_uids: list[str]) -> tuple[str, list[str], dict[str, str]]:
+    """The statement of :meth:`Index.find_many`, its parameters, and the UIDs as
+    stored -> as given."""
+    given = {clean_text(u): u for u in sop_instance_uids}
+    if len(given) == 1:
+        sql = SELECT_ONE
+    else:
+        sql = f"{SELECT_ROWS} WHERE i.sop_instance_uid IN ({', '.join('?' for _ in given)})"
+    return sql, list(given), given
+
+
+def _found(cursor: Any, given: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The rows ``cursor`` of :func:`_find_query` gives, by SOP Instance UID as given."""
+    rows = (dict(zip(ROW_KEYS, row, strict=True)) for row in cursor)
+    return {given[row["sop_instance_uid"]]: row for row in rows}

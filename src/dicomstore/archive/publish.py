@@ -213,15 +213,14 @@ class Publisher:
         index = self.index
         placed: list[Staged] = []
         with index.lock:
-            try:
-                index.begin()
+            try:  # (and the lookup: PostgreSQL sends both at once)
+                found = index.begin([m.row["sop_instance_uid"] for m in live])
             except DatabaseError as exc:
                 comment = f"out of resources: index unavailable: {exc}"
                 for member in live:
                     _answer(member, failure(st.OUT_OF_RESOURCES, comment))
                 return
             try:
-                found = index.find_many([m.row["sop_instance_uid"] for m in live])
                 relations = Relations(index) if self.on_relational_mismatch == "reject" else None
                 for member in live:
                     existing = found.get(member.row["sop_instance_uid"])

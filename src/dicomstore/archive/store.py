@@ -172,6 +172,13 @@ class Archive:
         self._tmp = str(self.tmp_dir)
 
     @property
+    def commits_wait(self) -> bool:
+        """Whether a commit waits on something other than this process: fsyncs, or
+        a PostgreSQL index (its round trips, and the write lock other nodes take
+        turns on)."""
+        return self.fsync or self.index.engine.dialect != "sqlite"
+
+    @property
     def stats(self) -> CommitStats:
         """Group commit counters (batches, instances, the archive's own flushes)."""
         return self._publisher.stats

@@ -143,11 +143,13 @@ class ServerConfig:
         )
 
 
-def archive_commit_mode(fsync: bool) -> bool | str:
-    """How to commit into an ``Archive`` (``Server(commit_in_thread=...)``): without
-    fsync a commit is a few page-cache writes, cheaper inline than a thread hop;
-    with it, in a thread while others could be served meanwhile (:data:`WHEN_BUSY`)."""
-    return WHEN_BUSY if fsync else False
+def archive_commit_mode(commits_wait: bool) -> bool | str:
+    """How to commit into an ``Archive`` (``Server(commit_in_thread=...)``, given
+    ``Archive.commits_wait``): without fsync and with SQLite a commit is a few
+    page-cache writes, cheaper inline than a thread hop; one that waits (fsyncs, a
+    PostgreSQL index's round trips and its write lock, which other nodes take turns
+    on) in a thread while others could be served meanwhile (:data:`WHEN_BUSY`)."""
+    return WHEN_BUSY if commits_wait else False
 
 
 class Server:

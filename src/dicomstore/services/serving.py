@@ -221,7 +221,7 @@ async def serve(
             log.error("cannot open the archive %s: %s", storage, exc)
             raise
         handler: StoreHandler = archive
-        in_thread: bool | str = archive_commit_mode(archive.fsync)  # as `dicomstore serve`
+        in_thread: bool | str = archive_commit_mode(archive.commits_wait)  # as `dicomstore serve`
     elif archive_options:
         raise TypeError(f"archive options {sorted(archive_options)} need an archive path")
     elif isinstance(storage, StoreHandler):
