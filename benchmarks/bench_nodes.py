@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -26,6 +27,7 @@ from tests.pg_testlib import PostgresServer, pg_bin  # noqa: E402
 from tests.services.nodes_testlib import Node, acknowledged, storescu, write_instances  # noqa: E402
 
 SENDERS = 3
+CORES = os.cpu_count() or 1
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -49,9 +51,9 @@ def postgres_pids(server: PostgresServer) -> list[int]:
 
 def run(
     folder: Path, sets: list[list[Path]], url: str | None, nodes: int, pg: PostgresServer
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, float]:
     """Instances per second, from the senders' start to the last one's end, and the
-    CPU milliseconds per instance of the nodes and of PostgreSQL."""
+    CPU milliseconds per instance of the nodes, of PostgreSQL and of the senders."""
     storage = folder / "storage"
     servers = [Node(storage, url, "--log-level", "error") for _ in range(nodes)]
     try:
@@ -59,12 +61,14 @@ def run(
             server.start()
         pids = [server.proc.pid for server in servers if server.proc is not None]
         node_cpu, pg_cpu = cpu_seconds(pids), cpu_seconds(postgres_pids(pg))
+        senders_cpu = _children_cpu()
         started = time.perf_counter()
         senders = [storescu(servers[i % nodes].port, files) for i, files in enumerate(sets)]
         logs = [sender.communicate(timeout=600)[0] for sender in senders]
         elapsed = time.perf_counter() - started
         node_cpu = cpu_seconds(pids) - node_cpu
         pg_cpu = cpu_seconds(postgres_pids(pg)) - pg_cpu
+        senders_cpu = _children_cpu() - senders_cpu  # (the nodes are not waited for yet)
     finally:
         for server in servers:
             server.stop()
@@ -73,7 +77,13 @@ def run(
     if acked != total:
         raise SystemExit(f"only {acked} of {total} instances acknowledged")
     shutil.rmtree(storage)
-    return total / elapsed, node_cpu * 1000 / total, pg_cpu * 1000 / total
+    per = 1000 / total
+    return total / elapsed, node_cpu * per, pg_cpu * per, senders_cpu * per
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -102,17 +112,28 @@ def main() -> None:
             "one node, PostgreSQL": (True, 1),
             "three nodes, PostgreSQL": (True, 3),
         }
-        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in configs}
+        results: dict[str, list[tuple[float, ...]]] = {name: [] for name in configs}
         for _ in range(args.reps):  # (interleaved: the machine's load hits all alike)
             for name, (on_pg, nodes) in configs.items():
                 url = server.new_url() if on_pg else None
                 results[name].append(run(folder, sets, url, nodes, server))
-        print(f"{'':25} {'inst/s':>8} {'node CPU ms/inst':>17} {'PG CPU ms/inst':>15}")
-        medians = {}
+        print(f"{'':25} {'inst/s':>8}   CPU ms/inst: nodes PostgreSQL senders  all")
+        medians: dict[str, float] = {}
+        ceilings: dict[str, float] = {}
         for name, runs in results.items():
-            rate, node, pg = (statistics.median(r[i] for r in runs) for i in range(3))
+            rate, node, pg, senders = (statistics.median(r[i] for r in runs) for i in range(4))
             medians[name] = rate
-            print(f"{name:25} {rate:8.1f} {node:17.3f} {pg:15.3f}  {[round(r[0]) for r in runs]}")
+            cpu = node + pg + senders
+            print(
+                f"{name:25} {rate:8.1f} {node:18.3f} {pg:10.3f} {senders:7.3f} {cpu:5.3f}"
+                f"  {[round(r[0]) for r in runs]}"
+            )
+            ceilings[name] = CORES * 1000 / cpu
+        print(
+            "CPU-bound ceiling (all processes on this machine's "
+            f"{CORES} cores): "
+            + ", ".join(f"{name} {rate:.0f}/s" for name, rate in ceilings.items())
+        )
         ratio = medians["three nodes, PostgreSQL"] / medians["one node, SQLite"]
         print(f"ratio three nodes on PostgreSQL / one on SQLite {ratio:.2f} (target >= 1.5)")
     finally:
