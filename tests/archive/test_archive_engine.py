@@ -63,7 +63,7 @@ def test_postgresql_readers_are_kept_for_the_next(postgres) -> None:
     many = [engine.reader(5.0) for _ in range(engines.IDLE_READERS + 2)]
     for db in many:
         db.close()
-    assert len(engine._idle) == engines.IDLE_READERS  # the others closed
+    assert len(engine._readers) == engines.IDLE_READERS  # the others closed
     assert sum(db.conn.closed for db in many) == 2
 
 
@@ -73,7 +73,7 @@ def test_a_reader_left_in_a_query_is_not_kept(postgres) -> None:
     rows = db.stream("SELECT generate_series(1, 100000)")
     next(rows)  # (abandoned midway: its connection still has the rest coming)
     db.close()
-    assert db.conn.closed and not engine._idle
+    assert db.conn.closed and not len(engine._readers)
 
 
 def test_a_kept_reader_whose_session_ended_connects_anew(postgres) -> None:
@@ -126,3 +126,12 @@ def test_a_commit_waits_with_fsync_or_on_postgresql(tmp_path, index_engine) -> N
         assert archive_commit_mode(archive.commits_wait) == expected
     with Archive(tmp_path / "b") as archive:
         assert archive.commits_wait
+
+
+def test_the_readers_kept_close_with_their_engine(postgres) -> None:
+    engine = PostgresEngine(postgres.new_url())
+    db = engine.reader(5.0)
+    db.close()
+    assert not db.conn.closed  # kept
+    del engine  # (no cycle keeps it: gone at once, its readers closed)
+    assert db.conn.closed

@@ -215,6 +215,9 @@ class Engine:
     def release(self, db: Any, *, exclusive: bool) -> None:
         """Let go of what :meth:`hold` took."""
 
+    def close(self) -> None:
+        """Close the connections it keeps (none: SQLite's)."""
+
 
 class SqliteEngine(Engine):
     """The SQLite file at ``path``."""
@@ -304,23 +307,15 @@ class PostgresEngine(Engine):
             ) from None
         self.url = url
         self.where = _without_password(url)
-        #: readers given back, most recent last (see :meth:`reader`)
-        self._idle: list[tuple[float, PgConnection]] = []
-        self._idle_lock = threading.Lock()
-        weakref.finalize(self, _close_idle, self._idle)
+        #: readers given back (see :meth:`reader`)
+        self._readers = _Readers(functools.partial(_connect, url, self.where, _READ_ONLY))
+        weakref.finalize(self, self._readers.close)
 
     def _connect(self, timeout: float, options: str = "") -> PgConnection:
-        import psycopg
+        return _connect(self.url, self.where, options, timeout)
 
-        params: dict[str, Any] = dict(psycopg.conninfo.conninfo_to_dict(self.url))
-        if options:  # (after the URL's own, e.g. its search_path)
-            params["options"] = f"{params.get('options') or ''} {options}".strip()
-        params.setdefault("connect_timeout", max(1, round(timeout)))
-        try:
-            return PgConnection(psycopg.connect(autocommit=True, **params))
-        except psycopg.Error as exc:  # (libpq's message has several lines)
-            lines = str(exc).strip().splitlines() or [type(exc).__name__]
-            raise PostgresOperationalError(f"index {self.where}: {lines[0]}") from exc
+    def close(self) -> None:
+        self._readers.close()
 
     def exists(self) -> bool:
         with closing(self._connect(5.0)) as db:
@@ -339,27 +334,7 @@ class PostgresEngine(Engine):
         return db
 
     def reader(self, timeout: float) -> PgConnection:
-        # a connection costs a few milliseconds (a fork of the server, its
-        # authentication): those closed are kept for the next reader, a few of
-        # them, for a while (a server restarted meanwhile: the next query fails once)
-        now = time.monotonic()
-        with self._idle_lock:
-            while self._idle:
-                since, db = self._idle.pop()
-                if now - since < IDLE_SECONDS and db.idle():
-                    db.reconnect = lambda: self._connect(timeout, _READ_ONLY).conn
-                    return db
-                db.discard()
-        db = self._connect(timeout, _READ_ONLY)
-        db.give_back = self._give_back
-        return db
-
-    def _give_back(self, db: PgConnection) -> None:
-        with self._idle_lock:
-            if db.idle() and len(self._idle) < IDLE_READERS:
-                self._idle.append((time.monotonic(), db))
-                return
-        db.discard()
+        return self._readers.take(timeout)
 
     def version(self, db: Any) -> int:
         (present,) = db.execute("SELECT to_regclass('dicomstore_index') IS NOT NULL").fetchone()
@@ -535,11 +510,63 @@ class PgConnection:
         self.conn.close()
 
 
-def _close_idle(idle: list[tuple[float, PgConnection]]) -> None:
-    """(The engine is gone.) Close the readers it kept."""
-    for _, db in idle:
+def _connect(url: str, where: str, options: str, timeout: float) -> PgConnection:
+    """A new autocommit session (``options`` after the URL's own, e.g. its search_path)."""
+    import psycopg
+
+    params: dict[str, Any] = dict(psycopg.conninfo.conninfo_to_dict(url))
+    if options:
+        params["options"] = f"{params.get('options') or ''} {options}".strip()
+    params.setdefault("connect_timeout", max(1, round(timeout)))
+    try:
+        return PgConnection(psycopg.connect(autocommit=True, **params))
+    except psycopg.Error as exc:  # (libpq's message has several lines)
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise PostgresOperationalError(f"index {where}: {lines[0]}") from exc
+
+
+class _Readers:
+    """Readers of one index kept open for the next: a connection costs a few
+    milliseconds (a fork of the server, its authentication). A few are kept, for a
+    while; one whose session ended meanwhile (a server restart) connects anew
+    before its first answer (``PgConnection._reconnected``). (It refers to no
+    engine: the engine's finalizer closes them when it goes.)"""
+
+    def __init__(self, connect: Callable[[float], PgConnection]) -> None:
+        self._connect = connect
+        self._idle: list[tuple[float, PgConnection]] = []  # most recent last
+        self._lock = threading.Lock()
+
+    def take(self, timeout: float) -> PgConnection:
+        now = time.monotonic()
+        with self._lock:
+            while self._idle:
+                since, db = self._idle.pop()
+                if now - since < IDLE_SECONDS and db.idle():
+                    db.reconnect = lambda: self._connect(timeout).conn
+                    return db
+                db.discard()
+        db = self._connect(timeout)
+        db.give_back = self._give_back
+        return db
+
+    def _give_back(self, db: PgConnection) -> None:
+        db.reconnect = None
+        with self._lock:
+            if db.idle() and len(self._idle) < IDLE_READERS:
+                self._idle.append((time.monotonic(), db))
+                return
         db.discard()
-    idle.clear()
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    def close(self) -> None:
+        """Close those kept (the ones taken close when given back)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _, db in idle:
+            db.discard()
 
 
 def _translated(exc: Exception) -> PostgresError:

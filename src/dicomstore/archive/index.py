@@ -353,8 +353,9 @@ class Index:
             self._db.execute(f"DELETE FROM {table}")
 
     def close(self) -> None:
-        """Close the writer connection."""
+        """Close the writer connection (and the readers kept)."""
         self._db.close()
+        self.engine.close()
 
     # -- readers (any thread, never blocking the writer) -----------------------------
 
