@@ -35,11 +35,11 @@ async def _trickle(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, d
     for sent in range(len(data)):
         writer.write(data[sent : sent + 1])
         await writer.drain()
-        try:
-            answer = await asyncio.wait_for(reader.read(), TIMER / 4)
+        try:  # (read(n): a timeout loses nothing read; read() would lose what it had)
+            first = await asyncio.wait_for(reader.read(64), TIMER / 4)
         except TimeoutError:
             continue
-        return sent + 1, answer
+        return sent + 1, first + await reader.read()  # (the rest, to the server's close)
     return len(data), None
 
 
