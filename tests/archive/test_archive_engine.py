@@ -7,13 +7,11 @@ import pytest
 from dicomstore.archive.engine import (
     IntegrityError,
     OperationalError,
-    PostgresEngine,
     SqliteEngine,
-    _pg_ddl,
-    _placeholders,
     engine_for,
     order_by,
 )
+from dicomstore.archive.postgres import PostgresEngine, _pg_ddl, _placeholders
 
 
 @pytest.mark.sqlite_index
@@ -49,7 +47,7 @@ def _pid(db) -> int:
 
 
 def test_postgresql_readers_are_kept_for_the_next(postgres) -> None:
-    from dicomstore.archive import engine as engines
+    from dicomstore.archive import postgres as engines
 
     engine = PostgresEngine(postgres.new_url())
     first = engine.reader(5.0)

@@ -9,7 +9,7 @@ One home for what differs between the two; the SQL itself is shared
     schema version is ``PRAGMA user_version``; ``BEGIN IMMEDIATE`` takes the
     write lock; ``PRAGMA data_version`` tells the writer's cache that another
     connection committed.
-``postgresql://user@host:port/db`` (psycopg 3, the ``postgresql`` extra)
+``postgresql://user@host:port/db`` (psycopg 3, the ``postgresql`` extra; ``postgres.py``)
     The tables in the database's current schema (``search_path``, e.g.
     ``?options=-csearch_path%3Darchive1``), made on first use with the one row
     of ``dicomstore_index`` that holds the schema version and a *generation*.
@@ -34,17 +34,11 @@ both drivers: callers catch them instead of ``sqlite3.Error``.
 
 from __future__ import annotations
 
-import functools
-import re
 import sqlite3
-import threading
-import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import closing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from dicomstore.archive import layout
 
@@ -76,11 +70,6 @@ IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError, PostgresI
 DatabaseOrOSError: tuple[type[Exception], ...] = (OSError, *DatabaseError)
 
 _SCHEMES = ("postgresql", "postgres")
-
-#: PostgreSQL readers kept open for the next (a few: the HTTP server's threads),
-#: and for how long.
-IDLE_READERS = 4
-IDLE_SECONDS = 60.0
 
 #: One SQL statement (``?`` placeholders) and its parameters.
 Statement = tuple[str, Sequence[Any]]
@@ -116,6 +105,8 @@ def engine_for(root: Path | str, index: str | Path | Engine | None = None) -> En
         return SqliteEngine(Path(root) / layout.INDEX_FILE)
     text = str(index)
     if is_postgresql(text):
+        from dicomstore.archive.postgres import PostgresEngine  # (psycopg: only then)
+
         return PostgresEngine(text)
     if text.startswith("sqlite:"):
         text = text.removeprefix("sqlite:").removeprefix("//")
@@ -272,346 +263,3 @@ class SqliteEngine(Engine):
 
     def in_transaction(self, db: Any) -> bool:
         return bool(db.in_transaction)
-
-
-#: The row that records the schema version and the generation (PostgreSQL).
-_META = (
-    "CREATE TABLE IF NOT EXISTS dicomstore_index ("
-    " one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),"
-    " schema_version INTEGER NOT NULL, generation BIGINT NOT NULL DEFAULT 0)"
-)
-
-
-#: A reader's session.
-_READ_ONLY = "-c default_transaction_read_only=on"
-
-#: The index write lock, and the generation under it.
-_LOCKING = "SELECT generation FROM dicomstore_index FOR UPDATE"
-
-#: The first key of the archive's advisory lock (``"dcst"``), the second is the schema's.
-_LOCK_CLASS = 0x64637374
-
-
-class PostgresEngine(Engine):
-    """The tables in the current schema of the PostgreSQL database at ``url``."""
-
-    dialect = "postgresql"
-    returning = True
-
-    def __init__(self, url: str) -> None:
-        try:
-            import psycopg  # noqa: F401
-        except ImportError:
-            raise ValueError(
-                "a PostgreSQL index needs psycopg 3: pip install 'dicomstore[postgresql]'"
-            ) from None
-        self.url = url
-        self.where = _without_password(url)
-        #: readers given back (see :meth:`reader`)
-        self._readers = _Readers(functools.partial(_connect, url, self.where, _READ_ONLY))
-        weakref.finalize(self, self._readers.close)
-
-    def _connect(self, timeout: float, options: str = "") -> PgConnection:
-        return _connect(self.url, self.where, options, timeout)
-
-    def close(self) -> None:
-        self._readers.close()
-
-    def exists(self) -> bool:
-        with closing(self._connect(5.0)) as db:
-            found = db.execute("SELECT to_regclass('dicomstore_index') IS NOT NULL").fetchone()
-            return bool(found[0])
-
-    def writer(self, *, durable: bool, timeout: float) -> PgConnection:
-        db = self._connect(timeout)
-        try:
-            db.execute("SELECT set_config('lock_timeout', ?, false)", (f"{int(timeout * 1000)}",))
-            if not durable:
-                db.execute("SET synchronous_commit = off")
-        except BaseException:
-            db.close()
-            raise
-        return db
-
-    def reader(self, timeout: float) -> PgConnection:
-        return self._readers.take(timeout)
-
-    def version(self, db: Any) -> int:
-        (present,) = db.execute("SELECT to_regclass('dicomstore_index') IS NOT NULL").fetchone()
-        if not present:
-            return 0
-        row = db.execute("SELECT schema_version FROM dicomstore_index").fetchone()
-        return 0 if row is None else int(row[0])
-
-    def index_names(self, db: Any) -> set[str]:
-        sql = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
-        return {name for (name,) in db.execute(sql)}
-
-    def ddl(self, script: str) -> str:
-        out = _pg_ddl(script)
-        if "study_date_idx" in script:  # the indexes: and the one of the study order
-            out += _PG_STUDY_ORDER
-        return out
-
-    def create(self, db: Any, script: str, version: int | None) -> None:
-        db.execute("BEGIN")
-        try:
-            db.execute(_META)
-            # one maker at a time: the others wait here, then find the tables made
-            db.execute("LOCK TABLE dicomstore_index IN EXCLUSIVE MODE")
-            if version is not None and self.version(db) != version:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(
-                    "INSERT INTO dicomstore_index (schema_version) VALUES (?) ON CONFLICT (one)"
-                    " DO UPDATE SET schema_version = excluded.schema_version,"
-                    " generation = dicomstore_index.generation + 1",
-                    (version,),
-                )
-            elif version is None:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-            db.execute("COMMIT")
-        except BaseException:
-            if self.in_transaction(db):
-                db.execute("ROLLBACK")
-            raise
-
-    def begin(self, db: Any, then: Statement | None = None) -> tuple[Any, Any]:
-        statements: list[Statement] = [("BEGIN", ()), (_LOCKING, ())]
-        try:  # (one round trip, ``then`` too)
-            cursors = db.pipelined([*statements, *([then] if then else [])])
-            token = cursors[1].fetchone()[0]
-        except BaseException:
-            if self.in_transaction(db):
-                db.execute("ROLLBACK")
-            raise
-        return token, cursors[2] if then else None
-
-    def later(self, db: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        db.pending.extend((sql, row) for row in rows)
-
-    def commit(self, db: Any, token: Any) -> Any:
-        # the statements put off, the new generation and the COMMIT: one round trip
-        db.pipelined([("UPDATE dicomstore_index SET generation = ?", (token + 1,)), ("COMMIT", ())])
-        return token + 1
-
-    def hold(self, db: Any, *, exclusive: bool) -> bool:
-        # a session advisory lock, one per schema: nodes on any host share it; the
-        # server lets go when the session ends (a node killed with SIGKILL too)
-        kind = "" if exclusive else "_shared"
-        sql = f"SELECT pg_try_advisory_lock{kind}(?, hashtext(current_schema()))"
-        return bool(db.execute(sql, (_LOCK_CLASS,)).fetchone()[0])
-
-    def release(self, db: Any, *, exclusive: bool) -> None:
-        kind = "" if exclusive else "_shared"
-        sql = f"SELECT pg_advisory_unlock{kind}(?, hashtext(current_schema()))"
-        db.execute(sql, (_LOCK_CLASS,))
-
-    def in_transaction(self, db: Any) -> bool:
-        from psycopg.pq import TransactionStatus
-
-        return bool(db.conn.info.transaction_status != TransactionStatus.IDLE)
-
-
-class PgConnection:
-    """A psycopg connection that takes the shared SQL as written (``?`` placeholders)."""
-
-    dialect = "postgresql"
-
-    def __init__(self, conn: Any) -> None:
-        import psycopg
-
-        self.conn = conn
-        self._errors = psycopg.Error  # (translated into DatabaseError)
-        #: statements whose results nobody reads, sent with the next one
-        #: (``PostgresEngine.later``); a ROLLBACK drops them
-        self.pending: list[Statement] = []
-        #: (a reader) what :meth:`close` gives it back to (``PostgresEngine.reader``)
-        self.give_back: Callable[[PgConnection], None] | None = None
-        #: (a reader kept idle, until its first answer) a new session for it
-        self.reconnect: Callable[[], Any] | None = None
-
-    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
-        if self.pending:
-            if sql == "ROLLBACK":
-                self.pending.clear()
-            else:
-                return self.pipelined([(sql, parameters)])[-1]
-        try:
-            cursor = self.conn.execute(_placeholders(sql), parameters)
-        except self._errors as exc:
-            if self._reconnected():
-                return self.execute(sql, parameters)
-            raise _translated(exc) from exc
-        self.reconnect = None
-        return cursor
-
-    def pipelined(self, statements: list[Statement]) -> list[Any]:
-        """The pending statements and then ``statements``, sent together and
-        answered together (libpq's pipeline mode: one round trip); the cursors
-        of ``statements``."""
-        pending, self.pending = self.pending, []
-        try:
-            with self.conn.pipeline():
-                for sql, parameters in pending:
-                    self.conn.execute(_placeholders(sql), parameters)
-                cursors = [self.conn.execute(_placeholders(q), p) for q, p in statements]
-            return cursors
-        except self._errors as exc:
-            raise _translated(exc) from exc
-
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        try:
-            with self.conn.cursor() as cursor:
-                cursor.executemany(_placeholders(sql), rows)
-        except self._errors as exc:
-            raise _translated(exc) from exc
-
-    def stream(self, sql: str, parameters: Sequence[Any] = ()) -> Iterator[Any]:
-        """Rows one by one from the server (not all held in memory)."""
-        try:
-            with self.conn.cursor() as cursor:
-                for row in cursor.stream(_placeholders(sql), parameters):
-                    self.reconnect = None
-                    yield row
-        except self._errors as exc:
-            if self._reconnected():
-                yield from self.stream(sql, parameters)
-                return
-            raise _translated(exc) from exc
-
-    def _reconnected(self) -> bool:
-        """A reader kept idle whose session is gone (the server restarted, or ended
-        it) before its first answer: connected anew, once."""
-        if self.reconnect is None or not self.conn.broken:
-            return False
-        connect, self.reconnect = self.reconnect, None
-        self.conn.close()
-        self.conn = connect()
-        return True
-
-    def idle(self) -> bool:
-        """Open, and no transaction or result in progress: fit for another reader."""
-        from psycopg.pq import TransactionStatus
-
-        return not self.conn.closed and self.conn.info.transaction_status == TransactionStatus.IDLE
-
-    def close(self) -> None:
-        """Close it, or give a reader back to its engine's idle ones."""
-        if self.give_back is not None:
-            self.give_back(self)
-        else:
-            self.conn.close()
-
-    def discard(self) -> None:
-        self.conn.close()
-
-
-def _connect(url: str, where: str, options: str, timeout: float) -> PgConnection:
-    """A new autocommit session (``options`` after the URL's own, e.g. its search_path)."""
-    import psycopg
-
-    params: dict[str, Any] = dict(psycopg.conninfo.conninfo_to_dict(url))
-    if options:
-        params["options"] = f"{params.get('options') or ''} {options}".strip()
-    params.setdefault("connect_timeout", max(1, round(timeout)))
-    try:
-        return PgConnection(psycopg.connect(autocommit=True, **params))
-    except psycopg.Error as exc:  # (libpq's message has several lines)
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        raise PostgresOperationalError(f"index {where}: {lines[0]}") from exc
-
-
-class _Readers:
-    """Readers of one index kept open for the next: a connection costs a few
-    milliseconds (a fork of the server, its authentication). A few are kept, for a
-    while; one whose session ended meanwhile (a server restart) connects anew
-    before its first answer (``PgConnection._reconnected``). (It refers to no
-    engine: the engine's finalizer closes them when it goes.)"""
-
-    def __init__(self, connect: Callable[[float], PgConnection]) -> None:
-        self._connect = connect
-        self._idle: list[tuple[float, PgConnection]] = []  # most recent last
-        self._lock = threading.Lock()
-
-    def take(self, timeout: float) -> PgConnection:
-        now = time.monotonic()
-        with self._lock:
-            while self._idle:
-                since, db = self._idle.pop()
-                if now - since < IDLE_SECONDS and db.idle():
-                    db.reconnect = lambda: self._connect(timeout).conn
-                    return db
-                db.discard()
-        db = self._connect(timeout)
-        db.give_back = self._give_back
-        return db
-
-    def _give_back(self, db: PgConnection) -> None:
-        db.reconnect = None
-        with self._lock:
-            if db.idle() and len(self._idle) < IDLE_READERS:
-                self._idle.append((time.monotonic(), db))
-                return
-        db.discard()
-
-    def __len__(self) -> int:
-        return len(self._idle)
-
-    def close(self) -> None:
-        """Close those kept (the ones taken close when given back)."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for _, db in idle:
-            db.discard()
-
-
-def _translated(exc: Exception) -> PostgresError:
-    """psycopg's error as one of :data:`DatabaseError`."""
-    import psycopg
-
-    if isinstance(exc, psycopg.IntegrityError):
-        return PostgresIntegrityError(str(exc))
-    if isinstance(exc, psycopg.OperationalError):
-        return PostgresOperationalError(str(exc))
-    return PostgresError(str(exc))
-
-
-@functools.lru_cache(maxsize=4096)
-def _placeholders(sql: str) -> str:
-    """``?`` as psycopg's ``%s`` (a literal ``%`` doubled); the shared SQL has no
-    ``?`` or ``%`` inside string literals."""
-    return sql.replace("%", "%%").replace("?", "%s")
-
-
-#: The order of study results (``query._ORDER``) as an index: PostgreSQL places NULLs
-#: as SQLite does only when told (:func:`order_by`), and then no index of one column
-#: serves the order: a search with a ``limit`` and no narrowing key sorted every study
-#: (86 ms at 111,111 studies; 7 ms with it). SQLite walks ``study_date_idx`` instead.
-_PG_STUDY_ORDER = """
-CREATE INDEX IF NOT EXISTS study_order_idx ON study (study_date DESC NULLS LAST,
-    study_time DESC NULLS LAST, study_uid NULLS FIRST, study_pk NULLS FIRST);
-"""
-
-
-def _pg_ddl(script: str) -> str:
-    """SQLite's DDL as PostgreSQL's: 64-bit integers, identity keys, text compared
-    byte by byte (``COLLATE "C"``, as SQLite's BINARY: the same order, and LIKE
-    prefixes use the indexes), ``COLLATE NOCASE`` as ``lower()``."""
-    script = script.replace(
-        "INTEGER PRIMARY KEY", "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
-    )
-    script = re.sub(r"\bINTEGER\b", "BIGINT", script)
-    script = re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', script)
-    return re.sub(r"\((\w+) COLLATE NOCASE\)", r"((lower(\1)))", script)
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
