@@ -125,6 +125,20 @@ def test_get_into_an_archive_through_the_store_service(peers, capsys, tmp_path) 
     assert all(same_dataset(root / r["path"], originals[r["sop_instance_uid"]]) for r in rows)
 
 
+@pytest.mark.parametrize(
+    ("limit", "into"),
+    [(["--max-instance-size", "100"], "-od"), (["--min-free", "100000T"], "--storage")],
+)
+def test_get_stores_within_serves_limits(peers, capsys, tmp_path, limit, into) -> None:
+    port, _, _ = peers
+    out = tmp_path / "into"
+    argv = command("get", port, into, str(out), *limit, "--json", "-k", "StudyInstanceUID=1.2.9.1")
+    result = result_of(capsys, argv, code=1)
+    assert (result["completed"], result["failed"]) == (0, 5)  # each answered A700
+    assert sorted(result["failed_sop_instance_uids"]) == sorted(STUDY_1)
+    assert not out.exists() or not any(out.rglob("*.dcm"))
+
+
 def test_get_needs_somewhere_to_store(peers, capsys) -> None:
     port, _, _ = peers
     assert main(command("get", port, "-k", "StudyInstanceUID=1.2.9.1")) == 2

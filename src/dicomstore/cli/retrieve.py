@@ -30,6 +30,7 @@ from dicomstore.cli.options import (
     _add_common,
     _ae_title,
     _cannot_open,
+    _size,
     add_index,
     add_scu_parser,
     add_tls_client_options,
@@ -52,6 +53,22 @@ def add_parsers(sub: Any) -> None:
     into.add_argument("-od", "--output-dir", type=Path, metavar="DIR", help="PS3.10 files here")
     into.add_argument("--storage", type=Path, metavar="DIR", help="an archive (as serve's)")
     add_index(get)
+    get.add_argument(
+        "--max-instance-size",
+        type=_size,
+        default=0,
+        metavar="SIZE",
+        help="largest data set stored, e.g. 4G; larger: that sub-operation fails with"
+        " A700, as serve's (default: no limit)",
+    )
+    get.add_argument(
+        "--min-free",
+        type=_size,
+        default=0,
+        metavar="SIZE",
+        help="store nothing when less is free, e.g. 1G: sub-operations fail with A700,"
+        " as serve's (default 0)",
+    )
     get.add_argument(
         "--sop-class",
         action="append",
@@ -109,7 +126,7 @@ async def run(args: argparse.Namespace) -> int:
         contexts, roles = r.get_contexts(model, sop_classes=classes)
         try:
             assoc = await open_association(args, contexts, roles=roles)
-            r.receive_into(assoc, _service(handler))
+            r.receive_into(assoc, _service(handler, args))
         except BaseException:
             if archive is not None:
                 archive.close()
@@ -152,7 +169,7 @@ def _store(args: argparse.Namespace) -> tuple[Any, Any]:
     return archive, archive
 
 
-def _service(handler: Any) -> Any:
-    from dicomstore.services.storage import StoreService
+def _service(handler: Any, args: argparse.Namespace) -> Any:
+    from dicomstore.services.storage import StoreLimits, StoreService
 
-    return StoreService(handler)
+    return StoreService(handler, limits=StoreLimits(args.max_instance_size, args.min_free))
