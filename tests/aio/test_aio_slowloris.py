@@ -117,3 +117,78 @@ def test_connections_sending_their_request_take_no_association_slot() -> None:
             await server.close(grace=1)
 
     assert asyncio.run(main()) == [0, 0]
+
+
+async def _served(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a new connection from ``host`` is served: its request answered (an
+    A-ASSOCIATE-AC), not closed at once."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(host, 0))
+    writer.write(_rq_bytes())
+    try:
+        header = await asyncio.wait_for(reader.read(1), 10)
+    finally:
+        writer.close()
+    return header == b"\x02"
+
+
+def test_connections_that_send_no_request_are_capped(caplog) -> None:
+    caplog.set_level(logging.WARNING, "dicomstore")
+
+    async def main():
+        # 8 pending connections at most, 2 of them (a quarter) from one address
+        server = await _start(max_pending_connections=8, timeouts=Timeouts(artim=30))
+        opened = []
+
+        async def connect(host: str) -> asyncio.StreamReader:
+            pair = await asyncio.open_connection("127.0.0.1", server.port, local_addr=(host, 0))
+            opened.append(pair)
+            await _until(lambda: len(server.associations) == len(opened) or pair[0].at_eof())
+            return pair[0]
+
+        try:
+            silent = [await connect("127.0.0.1") for _ in range(2)]
+            closed_at_once = await asyncio.wait_for((await connect("127.0.0.1")).read(), 10)
+            other_address = await _served(server.port, "127.0.0.2")
+            opened.pop(-1)  # (the one closed)
+            for host in ("127.0.0.3", "127.0.0.4", "127.0.0.5") * 2:
+                await connect(host)  # (up to the limit, 8, with the 2 above)
+            full = await asyncio.wait_for((await connect("127.0.0.6")).read(), 10)
+            opened.pop(-1)
+            # a silent one that sends its request is no longer pending: room again
+            opened[0][1].write(_rq_bytes())
+            assert await silent[0].read(1) == b"\x02"
+            again = await _served(server.port, "127.0.0.7")
+            for _, writer in opened:
+                writer.close()
+            return closed_at_once, other_address, full, again
+        finally:
+            await server.close(grace=1)
+
+    closed_at_once, other_address, full, again = asyncio.run(main())
+    assert closed_at_once == b"" and full == b""  # closed at once: EOF, nothing sent
+    assert other_address and again
+    assert "2 connections from 127.0.0.1 have sent no association request yet" in caplog.text
+    assert "8 connections have sent no association request yet" in caplog.text
+
+
+async def _until(condition, timeout: float = 10.0) -> None:
+    """Let the server (on this loop) run until ``condition`` holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met"
+        await asyncio.sleep(0)  # (a turn of the loop, not a timed wait)
+
+
+def test_associations_are_not_pending_connections() -> None:
+    async def main():
+        server = await _start(max_pending_connections=4)  # one pending per address
+        try:
+            held = [await associate("127.0.0.1", server.port) for _ in range(3)]
+            served = await _served(server.port)  # (associations hold no pending place)
+            for assoc in held:
+                await assoc.release()
+            return served
+        finally:
+            await server.close(grace=1)
+
+    assert asyncio.run(main())

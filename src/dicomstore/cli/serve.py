@@ -74,6 +74,7 @@ async def run(args: argparse.Namespace) -> int:
         timeouts=_timeouts(args),
         max_per_calling_ae=args.max_per_calling_aet,
         max_per_address=args.max_per_address,
+        max_pending_connections=args.max_pending_connections,
         max_failed_admissions=args.max_failed_admissions,
         failed_admission_window=args.failed_admission_window,
         max_instance_bytes=args.max_instance_size,

@@ -266,6 +266,15 @@ def add_parser(sub: Any) -> None:
         help="simultaneous associations per peer address (default: no limit)",
     )
     lim.add_argument(
+        "--max-pending-connections",
+        type=_count,
+        default=_D.max_pending_connections,
+        metavar="N",
+        help="connections that have not sent their association request yet (each for "
+        "at most --artim-timeout); beyond N, or N/4 from one address, a new connection "
+        f"is closed at once (default {_D.max_pending_connections}; 0: no limit)",
+    )
+    lim.add_argument(
         "--max-failed-admissions",
         type=_count,
         default=_D.max_failed_admissions,

@@ -84,6 +84,10 @@ class ServerConfig:
     #: Simultaneous associations per calling AE title / per peer address (0: no limit).
     max_per_calling_ae: int = 0
     max_per_address: int = 0
+    #: Connections that have not sent a complete A-ASSOCIATE-RQ yet (each for at
+    #: most the ARTIM timeout): beyond this many, or a quarter of them from one
+    #: address, a new connection is closed at once (0: no limit).
+    max_pending_connections: int = 256
     #: Largest data set accepted in one C-STORE, in bytes (0: no limit); larger: A700.
     max_instance_bytes: int = 0
     #: Below this many free bytes in the storage, C-STORE answers A700 before writing.
@@ -247,11 +251,31 @@ class Server:
         # every connection, for shutdown; the association limits count only those
         # whose request was complete and within them (AcceptorAssociation.holds_slot)
         assoc = AcceptorAssociation(self, transport)
+        crowded = self._pending_crowded(assoc.address)
+        if crowded is not None:
+            log.warning("%s: connection closed at once: %s", transport.peer, crowded)
+            stream.close()
+            return
         self.associations.add(assoc)
         try:
             await assoc.run()
         finally:
             self.associations.discard(assoc)
+
+    def _pending_crowded(self, address: str) -> str | None:
+        """Why a new connection from ``address`` is not served: too many connections
+        have not sent their association request yet (they could hold every socket
+        and buffer until their ARTIM timeouts); None to serve it."""
+        limit = self.config.max_pending_connections
+        if not limit:
+            return None
+        pending = [a.address for a in self.associations if a.request is None]
+        if len(pending) >= limit:
+            return f"{len(pending)} connections have sent no association request yet"
+        share = max(1, limit // 4)
+        if pending.count(address) >= share:
+            return f"{share} connections from {address} have sent no association request yet"
+        return None
 
     def query_scp(
         self, t: Transport, rq: P.AssociateRQ, address: str, admission: Admission
