@@ -15,6 +15,9 @@ from tests.services.query_testlib import fill, serving_cli, sop_uids, stored_dat
 
 from dicomstore.cli import main
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 STUDY_1 = sop_uids("1.2.9.1.1") + sop_uids("1.2.9.1.2")  # CT x3, MR x2
 
 #: (arguments, the instances they retrieve)

@@ -13,6 +13,9 @@ from http_testlib import HttpThread, make_dataset, store
 
 from dicomstore.archive import Archive
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 EVIL_NAME = "<script>window.pwned=1</script>^Evil"
 EVIL_TEXT = '"><img src=x onerror="window.pwned=2">'
 STUDY = "1.2.826.0.1.3680043.10.3"

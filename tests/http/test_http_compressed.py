@@ -21,6 +21,9 @@ from pydicom.encaps import generate_frames
 from dicomstore.archive import Archive
 from dicomstore.http import render
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 EXPLICIT = "1.2.840.10008.1.2.1"
 #: pydicom test files: transfer syntax family -> file (and its media type)
 FILES = {

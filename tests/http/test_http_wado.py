@@ -17,6 +17,9 @@ from dicomstore.archive import Archive
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.http import pixels, wado
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 STUDY = "1.2.826.0.1.3680043.10.7"
 SERIES = STUDY + ".1"
 IMPLICIT = "1.2.840.10008.1.2"

@@ -26,6 +26,9 @@ from dicomstore.services.retrieve import (
     select_instances,
 )
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 PATIENT = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 STUDY = ("STUDY", "SERIES", "IMAGE")
 

@@ -16,6 +16,9 @@ from tests.services.retrieve_testlib import dataset_bytes
 
 from dicomstore.archive.reader import ArchiveReader
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[tuple[int, Path, Path]]:
