@@ -221,7 +221,7 @@ def index_engine(request: pytest.FixtureRequest) -> Iterator[str]:
     if name != "postgresql":
         yield name
         return
-    from dicomstore.archive import engine
+    from dicomstore.archive import engine, layout
 
     server = request.getfixturevalue("postgres")
     urls: dict[Path, str] = {}
@@ -235,6 +235,8 @@ def index_engine(request: pytest.FixtureRequest) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine, "default_index", default_index)
         yield name
+    on_sqlite = [root for root in urls if (root / layout.INDEX_FILE).exists()]
+    assert not on_sqlite, f"indexed in SQLite, not in PostgreSQL: {on_sqlite}"
 
 
 @pytest.fixture(scope="session")
