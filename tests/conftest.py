@@ -216,7 +216,8 @@ def index_engine(request: pytest.FixtureRequest) -> Iterator[str]:
     (:func:`serve_command`, :func:`index_option`); on ``sqlite``, nothing changes.
     Tests that open the archive in another process by other means pass
     :func:`index_option` themselves. Module-scoped, so that a module's archive made
-    once (a module-scoped fixture) is on the engine of the tests using it."""
+    once is on the engine of the tests using it: a module-scoped fixture that
+    makes one takes ``index_engine`` (else it is made once, on the first engine)."""
     name: str = getattr(request, "param", "sqlite")
     if name != "postgresql":
         yield name

@@ -34,7 +34,7 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[tuple[int, Path, dict[str, bytes]]]:
+def served(tmp_path_factory, index_engine: str) -> Iterator[tuple[int, Path, dict[str, bytes]]]:
     """`dicomstore serve` on an archive holding query_testlib.LAYOUT, DCMTK storescp
     --bit-preserving as its Move Destination DEST: (serve's port, DEST's folder, the
     stored data set bytes by SOP Instance UID)."""

@@ -23,7 +23,7 @@ SERIES = STUDY + ".7"
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Iterator[tuple[str, Archive]]:
+def site(tmp_path_factory, index_engine: str) -> Iterator[tuple[str, Archive]]:
     archive = Archive(tmp_path_factory.mktemp("browse") / "archive", fsync=False)
     for n in (1, 2):
         ds = make_dataset(

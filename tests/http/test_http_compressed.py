@@ -38,7 +38,9 @@ FILES = {
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Iterator[tuple[DICOMwebClient, dict[str, dict], HttpThread]]:
+def site(
+    tmp_path_factory, index_engine: str
+) -> Iterator[tuple[DICOMwebClient, dict[str, dict], HttpThread]]:
     archive = Archive(tmp_path_factory.mktemp("compressed") / "archive", fsync=False)
     rows = {name: store_file(archive, get_testdata_file(name)).instance for name in FILES}
     with HttpThread(archive) as srv:

@@ -40,7 +40,7 @@ UNCOMPRESSED = [uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE]
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
+def root(tmp_path_factory, index_engine: str) -> Path:
     root = tmp_path_factory.mktemp("get") / "archive"
     fill(root)
     return root

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("index_engine")
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[tuple[int, dict[str, bytes]]]:
+def served(tmp_path_factory, index_engine: str) -> Iterator[tuple[int, dict[str, bytes]]]:
     """`dicomstore serve` on an archive holding query_testlib.LAYOUT: its port, and
     the data set bytes of each stored instance by SOP Instance UID."""
     root = tmp_path_factory.mktemp("get") / "archive"

@@ -20,9 +20,6 @@ from tests.services.nodes_testlib import write_instances
 
 from dicomstore.services.stability import StableLog
 
-#: On both index engines (issue 17).
-pytestmark = pytest.mark.usefixtures("index_engine")
-
 DEADLINE = 60.0
 
 
@@ -114,6 +111,7 @@ def test_forwarding_and_events_run_in_one_node_of_a_storage_root(tmp_path: Path)
     assert "already runs in another node" not in logs["third"].read_text()
 
 
+@pytest.mark.usefixtures("index_engine")  # on both engines (issue 17)
 def test_every_node_answers_qido_stable_alike(tmp_path: Path) -> None:
     """QIDO-RS ``stable=`` (issue 16) on two nodes of one archive: the event log the
     events node appends to (in the shared storage root) and the index give every

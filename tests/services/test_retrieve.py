@@ -43,7 +43,7 @@ def ident(level: str | None, **keys: Any) -> Dataset:
 
 
 @pytest.fixture(scope="module")
-def reader(tmp_path_factory) -> ArchiveReader:
+def reader(tmp_path_factory, index_engine: str) -> ArchiveReader:
     root = tmp_path_factory.mktemp("retrieve") / "archive"
     fill(root)
     return ArchiveReader(root)

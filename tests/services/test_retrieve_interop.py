@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("index_engine")
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[tuple[int, Path, Path]]:
+def served(tmp_path_factory, index_engine: str) -> Iterator[tuple[int, Path, Path]]:
     """`dicomstore serve` with STORESCP (DCMTK, bit-preserving) as its move destination;
     (its port, the archive, storescp's folder)."""
     base = tmp_path_factory.mktemp("movescu")

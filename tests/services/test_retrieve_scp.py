@@ -45,7 +45,7 @@ STUDY_1 = sop_uids("1.2.9.1.1") + sop_uids("1.2.9.1.2")  # 5 instances
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
+def root(tmp_path_factory, index_engine: str) -> Path:
     root = tmp_path_factory.mktemp("move") / "archive"
     fill(root)
     return root
