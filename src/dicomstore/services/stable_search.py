@@ -9,7 +9,7 @@ bytes appended since are read), and the newest instances of the studies of a
 page of results from the index, in one statement for the page. The filter is
 a condition of the search's own SQL, so ``limit`` and ``offset`` count the
 studies that pass it: on SQLite, Python functions over the cached log; on
-PostgreSQL (issue 17), the log's studies as two array parameters.
+PostgreSQL (issue 17), the log's studies as one JSON parameter.
 
 Several nodes of one archive (issue 17) give one answer: the log is in the
 shared storage root, appended by the one node that runs the events
@@ -66,11 +66,7 @@ def search(
     latest = reader_log(reader).latest()
     with closing(reader.connect()) as db:
         if dialect_of(db) == "sqlite":
-            _functions(db, latest)
-            newest = q.newest_arrival("st.study_uid")
-            state = f"CASE WHEN {_REPORTED}(st.study_uid)"
-            state += f" THEN {_STABLE_AT}(st.study_uid, ({newest})) END"
-            also, params = f"({state}) IS {'NOT NULL' if stable else 'NULL'}", []
+            also, params = _covered_sqlite(db, latest, stable)
         else:
             also, params = _covered_pg(latest, stable)
         return q.search(
@@ -78,13 +74,19 @@ def search(
         )
 
 
-def _functions(db: Any, latest: Mapping[str, StableStudy]) -> None:
-    """The SQL functions of the filter on SQLite: is a study in the log (cheap: the
-    newest instance is looked up only for those), and its ``stable_at`` or NULL."""
+def _covered_sqlite(
+    db: Any, latest: Mapping[str, StableStudy], stable: bool
+) -> tuple[str, list[Any]]:
+    """The filter on SQLite: two SQL functions of ours on the connection, is a study
+    in the log (cheap: the newest instance is looked up only for those), and its
+    ``stable_at`` or NULL."""
     db.create_function(_REPORTED, 1, lambda uid: uid in latest, deterministic=True)
     db.create_function(
         _STABLE_AT, 2, lambda uid, newest: covered(latest.get(uid), newest), deterministic=True
     )
+    newest = q.newest_arrival("st.study_uid")
+    state = f"CASE WHEN {_REPORTED}(st.study_uid) THEN {_STABLE_AT}(st.study_uid, ({newest})) END"
+    return f"({state}) IS {'NOT NULL' if stable else 'NULL'}", []
 
 
 def _covered_pg(latest: Mapping[str, StableStudy], stable: bool) -> tuple[str, list[Any]]:
@@ -96,7 +98,7 @@ def _covered_pg(latest: Mapping[str, StableStudy], stable: bool) -> tuple[str, l
     order and stops (the newest instance is looked up for reported studies only)."""
     newest = q.newest_arrival("st.study_uid")
     state = (
-        "CASE WHEN jsonb_exists(CAST(? AS jsonb), st.study_uid)"
+        "CASE WHEN CAST(? AS jsonb) ->> st.study_uid IS NOT NULL"
         f" THEN CAST(({newest}) AS timestamptz)"
         " <= CAST(CAST(? AS jsonb) ->> st.study_uid AS timestamptz) END"
     )
