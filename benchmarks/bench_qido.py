@@ -8,7 +8,7 @@ end over HTTP (keep-alive) and in process. Run on demand:
                                     [--index postgresql://USER@HOST:PORT/DB | --postgresql]
 
 ``--index URL`` fills and searches a PostgreSQL index instead (issue 17; the rows
-go in by COPY; ``stable=`` is SQLite's only and its searches are left out);
+go in by COPY);
 ``--postgresql`` does so on a server of its own (tests/pg_testlib.py: initdb into
 a temporary folder, pg_ctl on a free port, stopped at the end).
 
@@ -256,8 +256,6 @@ def run(args: argparse.Namespace) -> None:
             ("series", f"/studies/{keys['study']}/series", {}),
             ("instance", f"/studies/{keys['study']}/series/{keys['series']}/instances", {}),
         ]
-        if args.index is not None:  # (stable= is SQLite's only)
-            cases = [case for case in cases if "stable" not in case[2]]
         db = reader.connect()
         with Served(root, args.index) as url, httpx.Client(base_url=url) as client:
             print(f"{'search':78} {'HTTP median':>12} {'p95':>8} {'in-process':>11} {'rows':>5}")

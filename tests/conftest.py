@@ -34,7 +34,8 @@ def dcmtk(tool: str) -> str:
 
 
 def serve_command(port: int, storage: Path | str, *extra: str) -> list[str]:
-    """The command line of `dicomstore serve` on ``port`` storing into ``storage``."""
+    """The command line of `dicomstore serve` on ``port`` storing into ``storage``
+    (with the index of the test's engine: :func:`index_option`)."""
     return [
         sys.executable,
         "-m",
@@ -44,8 +45,19 @@ def serve_command(port: int, storage: Path | str, *extra: str) -> list[str]:
         str(port),
         "--storage",
         str(storage),
+        *index_option(storage),
         *extra,
     ]
+
+
+def index_option(storage: Path | str) -> list[str]:
+    """``--index URL`` for a subprocess opening the archive at ``storage`` when the
+    test runs on PostgreSQL (the index the test's own archives of ``storage`` use:
+    see :func:`index_engine`), else nothing."""
+    from dicomstore.archive import engine
+
+    url = engine.default_index(Path(storage))
+    return [] if url is None else ["--index", url]
 
 
 def free_port() -> int:
@@ -172,6 +184,60 @@ class NullHandler:
 @pytest.fixture
 def tmp_storage(tmp_path: Path) -> Path:
     return tmp_path / "storage"
+
+
+#: The index engines (issue 17).
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_index: about SQLite's index file; SQLite only")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that uses :func:`index_engine` (as an argument, through an autouse
+    fixture or ``pytest.mark.usefixtures("index_engine")``) and a temporary folder
+    (where its archives are) runs once on each engine, unless marked ``sqlite_index``."""
+    names = set(metafunc.fixturenames)
+    in_tmp = {"tmp_path", "tmp_path_factory"} & names
+    if (
+        "index_engine" in names
+        and in_tmp
+        and not metafunc.definition.get_closest_marker("sqlite_index")
+    ):
+        metafunc.parametrize("index_engine", ENGINES, indirect=True)
+
+
+@pytest.fixture(scope="module")
+def index_engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test's index engine: on ``postgresql``, every archive opened without
+    ``index`` (``engine.default_index``) is indexed in a fresh PostgreSQL schema of
+    its own, one per archive root, and `dicomstore serve` subprocesses get its URL
+    (:func:`serve_command`, :func:`index_option`); on ``sqlite``, nothing changes.
+    Tests that open the archive in another process by other means pass
+    :func:`index_option` themselves. Module-scoped, so that a module's archive made
+    once is on the engine of the tests using it: a module-scoped fixture that
+    makes one takes ``index_engine`` (else it is made once, on the first engine)."""
+    name: str = getattr(request, "param", "sqlite")
+    if name != "postgresql":
+        yield name
+        return
+    from dicomstore.archive import engine, layout
+
+    server = request.getfixturevalue("postgres")
+    urls: dict[Path, str] = {}
+
+    def default_index(root: Path) -> str:
+        root = root.resolve()
+        if root not in urls:
+            urls[root] = server.new_url()
+        return urls[root]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "default_index", default_index)
+        yield name
+    on_sqlite = [root for root in urls if (root / layout.INDEX_FILE).exists()]
+    assert not on_sqlite, f"indexed in SQLite, not in PostgreSQL: {on_sqlite}"
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,9 @@ from tests.services.query_testlib import fill, serving_cli, sop_uids, stored_dat
 
 from dicomstore.cli import main
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 STUDY_1 = sop_uids("1.2.9.1.1") + sop_uids("1.2.9.1.2")  # CT x3, MR x2
 
 #: (arguments, the instances they retrieve)
@@ -31,7 +34,7 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[tuple[int, Path, dict[str, bytes]]]:
+def served(tmp_path_factory, index_engine: str) -> Iterator[tuple[int, Path, dict[str, bytes]]]:
     """`dicomstore serve` on an archive holding query_testlib.LAYOUT, DCMTK storescp
     --bit-preserving as its Move Destination DEST: (serve's port, DEST's folder, the
     stored data set bytes by SOP Instance UID)."""

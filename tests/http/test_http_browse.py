@@ -13,6 +13,9 @@ from http_testlib import HttpThread, make_dataset, store
 
 from dicomstore.archive import Archive
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 EVIL_NAME = "<script>window.pwned=1</script>^Evil"
 EVIL_TEXT = '"><img src=x onerror="window.pwned=2">'
 STUDY = "1.2.826.0.1.3680043.10.3"
@@ -20,7 +23,7 @@ SERIES = STUDY + ".7"
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Iterator[tuple[str, Archive]]:
+def site(tmp_path_factory, index_engine: str) -> Iterator[tuple[str, Archive]]:
     archive = Archive(tmp_path_factory.mktemp("browse") / "archive", fsync=False)
     for n in (1, 2):
         ds = make_dataset(

@@ -21,6 +21,9 @@ from pydicom.encaps import generate_frames
 from dicomstore.archive import Archive
 from dicomstore.http import render
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 EXPLICIT = "1.2.840.10008.1.2.1"
 #: pydicom test files: transfer syntax family -> file (and its media type)
 FILES = {
@@ -35,7 +38,9 @@ FILES = {
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Iterator[tuple[DICOMwebClient, dict[str, dict], HttpThread]]:
+def site(
+    tmp_path_factory, index_engine: str
+) -> Iterator[tuple[DICOMwebClient, dict[str, dict], HttpThread]]:
     archive = Archive(tmp_path_factory.mktemp("compressed") / "archive", fsync=False)
     rows = {name: store_file(archive, get_testdata_file(name)).instance for name in FILES}
     with HttpThread(archive) as srv:

@@ -16,6 +16,9 @@ from http_testlib import HttpThread, make_dataset, multipart_body, part10, store
 
 from dicomstore.archive import Archive
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 STUDY_A, STUDY_B = "1.2.826.0.1.3680043.10.8.1", "1.2.826.0.1.3680043.10.8.2"
 SERIES = STUDY_A + ".1"
 

@@ -51,6 +51,9 @@ FILES = (
     "liver_1frame.dcm",
     "badVR.dcm",
 )
+
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
 #: stored as data sets (without file meta, or without the UIDs the archive needs)
 DATASET_FILES = [
     *(get_testdata_file(name) for name in ("UN_sequence.dcm", "empty_charset_LEI.dcm")),

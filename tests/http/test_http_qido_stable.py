@@ -6,7 +6,7 @@ instance arrives after its event."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -16,6 +16,9 @@ from http_testlib import HttpThread, make_dataset, store
 from dicomstore.archive import Archive
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.services.stability import StableLog, StableStudy
+
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
 
 STABLE, OTHER, NEVER = "1.2.826.0.1.3680043.10.7.1", "1.2.826.0.1.3680043.10.7.2", "1.2.7.3"
 CREATOR, STABLE_AT = "00090010", "00091010"
@@ -95,6 +98,17 @@ def test_an_instance_after_the_event_makes_the_study_unstable_until_the_next(sit
     report(archive.root, STABLE, "2024-06-01T13:00:00+00:00")
     assert studies(client)[STABLE][STABLE_AT]["Value"] == ["20240601130000.000000+0000"]
     assert STABLE in studies(client, stable="true")
+
+
+def test_the_filter_compares_arrivals_as_times_not_as_text(site) -> None:
+    client, archive = site
+    arrivals = ArchiveReader(archive.root).instances(StudyInstanceUID=STABLE)
+    (newest,) = [datetime.fromisoformat(r["received_at"]) for r in arrivals]
+    behind = newest.astimezone(timezone(timedelta(hours=-5))).isoformat()  # the same instant
+    event = StableStudy(STABLE, "PID1", 1, 1, behind, behind, "2024-06-01T12:00:00+00:00", "")
+    StableLog(archive.root, fsync=False).append(event)
+    assert list(studies(client, stable="true")) == [STABLE]
+    assert STABLE_AT in studies(client)[STABLE]
 
 
 @pytest.mark.parametrize("value", ["yes", "", "TRUE", "1"])

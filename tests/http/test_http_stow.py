@@ -15,6 +15,9 @@ from http_testlib import stow_post as post
 from dicomstore.archive import Archive
 from dicomstore.archive.dicomfile import dataset_offset
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 STUDY = "1.2.826.0.1.3680043.10.5"
 SERIES = STUDY + ".1"
 

@@ -17,13 +17,16 @@ from dicomstore.archive import Archive
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.http import pixels, wado
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 STUDY = "1.2.826.0.1.3680043.10.7"
 SERIES = STUDY + ".1"
 IMPLICIT = "1.2.840.10008.1.2"
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> Iterator[tuple[httpx.Client, Archive, dict]]:
+def setup(tmp_path_factory, index_engine: str) -> Iterator[tuple[httpx.Client, Archive, dict]]:
     archive = Archive(tmp_path_factory.mktemp("wado") / "archive", fsync=False)
     ids = {}
     big = make_dataset("1.2.7.1", study=STUDY, series=SERIES, frames=3, rows=600, columns=500)

@@ -44,6 +44,9 @@ from dicomstore.services import commitment_reports
 from dicomstore.services.destinations import Destination
 from dicomstore.services.server import ServerConfig
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:

@@ -43,6 +43,9 @@ from dicomstore.services.server import ServerConfig
 from dicomstore.services.stability import StableLog
 from dicomstore.services.storage import StoreResult
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 # -- rules --------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pydicom
+import pytest
 from tests.conftest import dcmtk_storescp, free_port, serve_command, wait_listening
 from tests.services.forward_testlib import config, received_counts, serving, status, store, until
 from tests.services.retrieve_testlib import destination
@@ -19,6 +20,9 @@ from tests.services.test_scu_support import dataset_bytes, sendable, uid_of
 
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.uids import EXPLICIT_VR_LE
+
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 

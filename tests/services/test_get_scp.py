@@ -30,6 +30,9 @@ from dicomstore.policy import Peer, Policy
 from dicomstore.services.server import ServerConfig
 from dicomstore.ul.items import RoleSelection
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 STUDY_ROOT_GET = uids.STUDY_ROOT_QR_GET
 PATIENT_ROOT_GET = uids.PATIENT_ROOT_QR_GET
 STUDY_1 = sop_uids("1.2.9.1.1") + sop_uids("1.2.9.1.2")  # 3 CT then 2 MR
@@ -37,7 +40,7 @@ UNCOMPRESSED = [uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE]
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
+def root(tmp_path_factory, index_engine: str) -> Path:
     root = tmp_path_factory.mktemp("get") / "archive"
     fill(root)
     return root

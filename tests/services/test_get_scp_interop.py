@@ -14,9 +14,12 @@ from tests.archive.archive_testlib import stored_dataset
 from tests.conftest import PEER_ENV, dcmtk
 from tests.services.query_testlib import fill, serving_cli, sop_uids, stored_datasets
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[tuple[int, dict[str, bytes]]]:
+def served(tmp_path_factory, index_engine: str) -> Iterator[tuple[int, dict[str, bytes]]]:
     """`dicomstore serve` on an archive holding query_testlib.LAYOUT: its port, and
     the data set bytes of each stored instance by SOP Instance UID."""
     root = tmp_path_factory.mktemp("get") / "archive"

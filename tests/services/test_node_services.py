@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+from tests.cli.test_cli_index import qido_studies
 from tests.conftest import free_port, serve_command, wait_listening
 from tests.services.nodes_testlib import write_instances
 
@@ -107,3 +109,32 @@ def test_forwarding_and_events_run_in_one_node_of_a_storage_root(tmp_path: Path)
                 assert third.poll() is None
             assert second.poll() is None
     assert "already runs in another node" not in logs["third"].read_text()
+
+
+@pytest.mark.usefixtures("index_engine")  # on both engines (issue 17)
+def test_every_node_answers_qido_stable_alike(tmp_path: Path) -> None:
+    """QIDO-RS ``stable=`` (issue 16) on two nodes of one archive: the event log the
+    events node appends to (in the shared storage root) and the index give every
+    node the same answer, whichever node the instances came through."""
+    storage = tmp_path / "archive"
+    # studies .0 (instances 0 and 4) and .1 (instance 1)
+    first, second, _, _, later = write_instances(tmp_path / "in", "1.2.17.3", 5)
+    reported, never = "1.2.17.3.0", "1.2.17.3.1"
+    http = free_port(), free_port()
+    events = ("--stable-age", "0.2", "--http-port", str(http[0]))
+    with (
+        node(storage, tmp_path / "a.log", *events) as (events_port, _),
+        node(storage, tmp_path / "b.log", "--http-port", str(http[1])) as (other_port, _),
+    ):
+        for port in http:
+            wait_listening(port)
+        send(other_port, second)
+        send(events_port, first)
+        until(lambda: list(StableLog(storage).read()), "the study-complete event")
+        for port in http:
+            assert qido_studies(port, stable="true") == {reported}
+            assert qido_studies(port, stable="false") == {never}
+        send(other_port, later)  # after the event: the study is receiving again
+        for port in http:
+            assert qido_studies(port, stable="true") == set()
+            assert qido_studies(port, stable="false") == {reported, never}

@@ -25,6 +25,9 @@ from dicomstore.services.retrieve import (
     select_instances,
 )
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 PATIENT = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 STUDY = ("STUDY", "SERIES", "IMAGE")
 
@@ -39,7 +42,7 @@ def ident(level: str | None, **keys: Any) -> Dataset:
 
 
 @pytest.fixture(scope="module")
-def reader(tmp_path_factory) -> ArchiveReader:
+def reader(tmp_path_factory, index_engine: str) -> ArchiveReader:
     root = tmp_path_factory.mktemp("retrieve") / "archive"
     fill(root)
     return ArchiveReader(root)

@@ -16,9 +16,12 @@ from tests.services.retrieve_testlib import dataset_bytes
 
 from dicomstore.archive.reader import ArchiveReader
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[tuple[int, Path, Path]]:
+def served(tmp_path_factory, index_engine: str) -> Iterator[tuple[int, Path, Path]]:
     """`dicomstore serve` with STORESCP (DCMTK, bit-preserving) as its move destination;
     (its port, the archive, storescp's folder)."""
     base = tmp_path_factory.mktemp("movescu")

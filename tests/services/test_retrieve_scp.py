@@ -36,13 +36,16 @@ from dicomstore.services.conversion import encode_dataset
 from dicomstore.services.destinations import parse_destination
 from dicomstore.services.server import ServerConfig
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 STUDY_ROOT_MOVE = uids.STUDY_ROOT_QR_MOVE
 PATIENT_ROOT_MOVE = uids.PATIENT_ROOT_QR_MOVE
 STUDY_1 = sop_uids("1.2.9.1.1") + sop_uids("1.2.9.1.2")  # 5 instances
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
+def root(tmp_path_factory, index_engine: str) -> Path:
     root = tmp_path_factory.mktemp("move") / "archive"
     fill(root)
     return root

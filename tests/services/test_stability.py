@@ -20,7 +20,7 @@ import pydicom
 import pytest
 from tests.archive.archive_testlib import dataset
 from tests.archive.archive_testlib import store as archive_store
-from tests.conftest import free_port, serve_command, wait_listening
+from tests.conftest import free_port, index_option, serve_command, wait_listening
 from tests.services.test_scu_support import sendable
 from tests.services.test_store_doors import DOORS, STUDY, Site, site, store  # noqa: F401
 
@@ -36,6 +36,9 @@ from dicomstore.services.stability import (
     command_line,
 )
 from dicomstore.services.stable_search import stable_states
+
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
 
 QUICK = 0.05  # seconds of quiet time in these tests
 
@@ -351,6 +354,7 @@ def test_dicomstore_serve_runs_the_command_and_events_replays_it(tmp_path: Path)
     assert f"study {study} stable: 1 instance(s) in 1 series" in err
 
     ls = [sys.executable, "-m", "dicomstore.cli", "ls", "--storage", str(storage)]
+    ls += index_option(storage)
     (row,) = json.loads(subprocess.run([*ls, "--json"], capture_output=True, text=True).stdout)
     assert row["study_uid"] == study and row["stable_at"]
     assert " yes " in subprocess.run(ls, capture_output=True, text=True).stdout

@@ -27,6 +27,9 @@ from dicomstore.services.scu_send import send  # noqa: E402
 from dicomstore.services.server import ServerConfig  # noqa: E402
 from dicomstore.services.storage import StoredEvent  # noqa: E402
 
+#: On both index engines (issue 17).
+pytestmark = pytest.mark.usefixtures("index_engine")
+
 STUDY = "1.2.826.0.1.3680043.10.11"
 DOORS = ("C-STORE", "STOW-RS")
 

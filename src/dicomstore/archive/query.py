@@ -327,13 +327,15 @@ def build(
     sample: bool = False,
     dialect: str = "sqlite",
     also: Sequence[str] = (),
+    also_params: Sequence[Any] = (),
 ) -> tuple[str, list[Any], list[str]]:
     """SQL, parameters and row keys of a search at ``level`` (``computed``: the
     counts and lists wanted, by row key, default all; ``sample``: see
     :func:`iter_search`; ``dialect``: ``sqlite`` or ``postgresql``; ``also``: more
-    conditions, SQL over the aliases of the levels, without parameters)."""
+    conditions, SQL over the aliases of the levels, whose ``?`` take ``also_params``
+    in order)."""
     clauses, params = where(level, filters, dialect)
-    clauses = [*clauses, *also]
+    clauses, params = [*clauses, *also], [*params, *also_params]
     columns, keys = _select(level, computed, sample, dialect)
     sql = f"SELECT {columns} FROM {_chain('patient', level)}"
     if clauses:
@@ -364,12 +366,13 @@ def iter_search(
     computed: Collection[str] | None = None,
     sample: bool = False,
     also: Sequence[str] = (),
+    also_params: Sequence[Any] = (),
 ) -> Iterator[dict[str, Any]]:
     """Rows matching ``filters`` at ``level``, streamed from the cursor; of the
     computed counts and lists, those in ``computed`` (row keys) when given; with
     ``sample`` each row also has ``sample_path``, the stored file (relative to the
-    root) of one instance of the entity, or None when it has none; ``also``: see
-    :func:`build`."""
+    root) of one instance of the entity, or None when it has none; ``also``,
+    ``also_params``: see :func:`build`."""
     dialect = dialect_of(db)
     sql, params, keys = build(
         level,
@@ -380,6 +383,7 @@ def iter_search(
         sample=sample,
         dialect=dialect,
         also=also,
+        also_params=also_params,
     )
     rows = db.execute(sql, params) if dialect == "sqlite" else db.stream(sql, params)  # type: ignore[attr-defined]
     for values in rows:
@@ -394,10 +398,14 @@ def search(
     limit: int | None = None,
     offset: int = 0,
     also: Sequence[str] = (),
+    also_params: Sequence[Any] = (),
 ) -> list[dict[str, Any]]:
-    """Rows matching ``filters`` at ``level`` (see the module docstring; ``also``:
-    see :func:`build`)."""
-    return list(iter_search(db, level, filters, limit=limit, offset=offset, also=also))
+    """Rows matching ``filters`` at ``level`` (see the module docstring; ``also``,
+    ``also_params``: see :func:`build`)."""
+    rows = iter_search(
+        db, level, filters, limit=limit, offset=offset, also=also, also_params=also_params
+    )
+    return list(rows)
 
 
 #: The instances of a study, under any patient it is filed under (``a.study_uid``).

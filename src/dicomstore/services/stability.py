@@ -37,7 +37,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
@@ -122,32 +122,39 @@ class StableLog:
 
     def latest(self) -> Mapping[str, StableStudy]:
         """Per study, its last event. Parsed once per process and log: each call
-        stats the file and reads only the bytes appended since the last call (the
+        looks at the file and reads only the bytes appended since the last call (the
         log only grows); a line not yet ended is read again with the next call, a
         line cut by a crash is skipped, a log rewritten or replaced is read anew.
-        The mapping returned is never changed afterwards."""
+        The mapping returned is never changed afterwards. The file is opened before
+        it is looked at: on NFS, opening revalidates what the client knows of it
+        (close-to-open), so every node of a shared storage root sees the lines the
+        events node appended and closed (a ``stat`` alone may be answered from a
+        cache seconds old)."""
         try:
-            stat = os.stat(self.path)
+            with open(self.path, "rb") as fp, _PARSED_LOCK:
+                return self._appended(fp)
         except FileNotFoundError:
             return {}
+
+    def _appended(self, fp: BinaryIO) -> Mapping[str, StableStudy]:
+        """:meth:`latest` of the open log ``fp`` (under the lock)."""
+        stat = os.fstat(fp.fileno())
         stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        with _PARSED_LOCK:
-            parsed = _PARSED.get(self.path)
-            if parsed is not None and parsed.stamp == stamp:
-                return parsed.latest
-            if parsed is None or parsed.stamp[0] != stat.st_ino or stat.st_size <= parsed.end:
-                parsed = _Parsed()  # new, replaced, or rewritten in place
-            with open(self.path, "rb") as fp:
-                fp.seek(parsed.end)
-                appended = fp.read(max(stat.st_size - parsed.end, 0))
-            lines = appended[: appended.rfind(b"\n") + 1]
-            latest = dict(parsed.latest)  # copied: the mapping handed out stays as it was
-            for line in lines.splitlines():
-                event = _parse(line)
-                if event:
-                    latest[event.study_uid] = event
-            _PARSED[self.path] = _Parsed(stamp, parsed.end + len(lines), latest)
-            return latest
+        parsed = _PARSED.get(self.path)
+        if parsed is not None and parsed.stamp == stamp:
+            return parsed.latest
+        if parsed is None or parsed.stamp[0] != stat.st_ino or stat.st_size <= parsed.end:
+            parsed = _Parsed()  # new, replaced, or rewritten in place
+        fp.seek(parsed.end)
+        appended = fp.read(max(stat.st_size - parsed.end, 0))
+        lines = appended[: appended.rfind(b"\n") + 1]
+        latest = dict(parsed.latest)  # copied: the mapping handed out stays as it was
+        for line in lines.splitlines():
+            event = _parse(line)
+            if event:
+                latest[event.study_uid] = event
+        _PARSED[self.path] = _Parsed(stamp, parsed.end + len(lines), latest)
+        return latest
 
     def last_reported(self) -> dict[str, float]:
         """Per study, the arrival time of the last instance its last event covered."""

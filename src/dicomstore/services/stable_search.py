@@ -8,11 +8,20 @@ event is not, until the next event. The events come from the log as
 bytes appended since are read), and the newest instances of the studies of a
 page of results from the index, in one statement for the page. The filter is
 a condition of the search's own SQL, so ``limit`` and ``offset`` count the
-studies that pass it.
+studies that pass it: on SQLite, Python functions over the cached log; on
+PostgreSQL (issue 17), the log's studies as one JSON parameter.
+
+Several nodes of one archive (issue 17) give one answer: the log is in the
+shared storage root, appended by the one node that runs the events
+(``.events.lock``), and read by every node (opened each time: NFS's
+close-to-open consistency), the arrivals are in the shared index. The record
+stays in the log rather than the index: it is what ``dicomstore events``
+replays, and a ``reindex`` (which rebuilds the index from the files) keeps it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping
 from contextlib import closing
 from typing import Any
@@ -56,20 +65,42 @@ def search(
         return reader.search(level, filters, limit=limit, offset=offset)
     latest = reader_log(reader).latest()
     with closing(reader.connect()) as db:
-        if dialect_of(db) != "sqlite":  # (its functions are Python ones, on SQLite's connection)
-            raise q.QueryError("the stable filter is not available on a PostgreSQL index yet")
-        _functions(db, latest)
-        newest = q.newest_arrival("st.study_uid")
-        state = f"CASE WHEN {_REPORTED}(st.study_uid) THEN {_STABLE_AT}(st.study_uid, ({newest}))"
-        state += " END"
-        also = f"({state}) IS {'NOT NULL' if stable else 'NULL'}"
-        return q.search(db, level, filters, limit=limit, offset=offset, also=[also])
+        if dialect_of(db) == "sqlite":
+            also, params = _covered_sqlite(db, latest, stable)
+        else:
+            also, params = _covered_pg(latest, stable)
+        return q.search(
+            db, level, filters, limit=limit, offset=offset, also=[also], also_params=params
+        )
 
 
-def _functions(db: Any, latest: Mapping[str, StableStudy]) -> None:
-    """The SQL functions of the filter: is a study in the log (cheap: the newest
-    instance is looked up only for those), and its ``stable_at`` or NULL."""
+def _covered_sqlite(
+    db: Any, latest: Mapping[str, StableStudy], stable: bool
+) -> tuple[str, list[Any]]:
+    """The filter on SQLite: two SQL functions of ours on the connection, is a study
+    in the log (cheap: the newest instance is looked up only for those), and its
+    ``stable_at`` or NULL."""
     db.create_function(_REPORTED, 1, lambda uid: uid in latest, deterministic=True)
     db.create_function(
         _STABLE_AT, 2, lambda uid, newest: covered(latest.get(uid), newest), deterministic=True
     )
+    newest = q.newest_arrival("st.study_uid")
+    state = f"CASE WHEN {_REPORTED}(st.study_uid) THEN {_STABLE_AT}(st.study_uid, ({newest})) END"
+    return f"({state}) IS {'NOT NULL' if stable else 'NULL'}", []
+
+
+def _covered_pg(latest: Mapping[str, StableStudy], stable: bool) -> tuple[str, list[Any]]:
+    """The filter on PostgreSQL, which runs no functions of ours: the log's studies
+    go as one JSON object (Study Instance UID: the arrival of the last instance its
+    event covers), and a study in it is stable when its newest instance arrived no
+    later (as :func:`~dicomstore.services.stability.covered`: compared as times).
+    A condition per row, as SQLite's, so a search with a ``limit`` walks the study
+    order and stops (the newest instance is looked up for reported studies only)."""
+    newest = q.newest_arrival("st.study_uid")
+    state = (
+        "CASE WHEN CAST(? AS jsonb) ->> st.study_uid IS NOT NULL"
+        f" THEN CAST(({newest}) AS timestamptz)"
+        " <= CAST(CAST(? AS jsonb) ->> st.study_uid AS timestamptz) END"
+    )
+    reported = json.dumps({uid: event.last_received for uid, event in latest.items()})
+    return f"({state}) IS {'TRUE' if stable else 'NOT TRUE'}", [reported, reported]
