@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from tests.cli.test_cli_index import qido_studies
-from tests.conftest import free_port, serve_command, wait_listening
+from tests.conftest import dcmtk_storescp, free_port, serve_command, wait_listening
 from tests.services.nodes_testlib import write_instances
 
 from dicomstore.services.stability import StableLog
@@ -91,13 +91,14 @@ def test_forwarding_and_events_run_in_one_node_of_a_storage_root(tmp_path: Path)
                 f"(host {os.uname().nodename}, pid {first.pid}); not here"
             )
             assert warning in logs["second"].read_text()
-            # The second node's study arrives first: had it a watcher, its event
-            # would be logged before the first node's.
+            # Each study is reported once, the second node's too (the first reads
+            # what the other node stores from the index: services/arrivals.py); had
+            # the second node a watcher of its own, its study would be there twice.
             send(second_port, second_file)
             send(first_port, first_file)
             events = StableLog(storage)
-            until(lambda: list(events.read()), "the first node's study-complete event")
-            assert [e.study_uid for e in events.read()] == ["1.2.17.1.0"]
+            until(lambda: len(list(events.read())) >= 2, "both studies' events")
+            assert sorted(e.study_uid for e in events.read()) == ["1.2.17.1.0", "1.2.17.2.0"]
 
             stop(first)  # its locks go with it: the second node takes the events over
             until(
@@ -119,9 +120,11 @@ def test_every_node_answers_qido_stable_alike(tmp_path: Path) -> None:
     storage = tmp_path / "archive"
     # studies .0 (instances 0 and 4) and .1 (instance 1)
     first, second, _, _, later = write_instances(tmp_path / "in", "1.2.17.3", 5)
-    reported, never = "1.2.17.3.0", "1.2.17.3.1"
+    again, other = "1.2.17.3.0", "1.2.17.3.1"
     http = free_port(), free_port()
-    events = ("--stable-age", "0.2", "--http-port", str(http[0]))
+    # (a quiet time long enough for the answers after `later` to be looked at before
+    # the events node, which reads the other node's stores, reports the study again)
+    events = ("--stable-age", "3", "--http-port", str(http[0]))
     with (
         node(storage, tmp_path / "a.log", *events) as (events_port, _),
         node(storage, tmp_path / "b.log", "--http-port", str(http[1])) as (other_port, _),
@@ -130,11 +133,35 @@ def test_every_node_answers_qido_stable_alike(tmp_path: Path) -> None:
             wait_listening(port)
         send(other_port, second)
         send(events_port, first)
-        until(lambda: list(StableLog(storage).read()), "the study-complete event")
+        until(lambda: len(list(StableLog(storage).read())) >= 2, "both studies' events")
         for port in http:
-            assert qido_studies(port, stable="true") == {reported}
-            assert qido_studies(port, stable="false") == {never}
-        send(other_port, later)  # after the event: the study is receiving again
+            assert qido_studies(port, stable="true") == {again, other}
+            assert qido_studies(port, stable="false") == set()
+        send(other_port, later)  # after its event: the study is receiving again
         for port in http:
-            assert qido_studies(port, stable="true") == set()
-            assert qido_studies(port, stable="false") == {reported, never}
+            assert qido_studies(port, stable="true") == {other}
+            assert qido_studies(port, stable="false") == {again}
+
+
+@pytest.mark.usefixtures("index_engine")  # on both engines
+def test_what_another_node_stores_is_forwarded_and_reported(tmp_path: Path) -> None:
+    """Forwarding and the events run in one node (the first); instances sent to the
+    other node only are forwarded (DCMTK storescp) and their studies reported,
+    each once."""
+    storage, out = tmp_path / "archive", tmp_path / "out"
+    out.mkdir()
+    files = list(write_instances(tmp_path / "in", "1.2.17.4", 2))  # studies .0 and .1
+    port = free_port()
+    forward = ("--forward", f"DEST=127.0.0.1:{port}", "--stable-age", "0.5")
+    with (
+        dcmtk_storescp(port, out),
+        node(storage, tmp_path / "a.log", *forward),
+        node(storage, tmp_path / "b.log") as (other_port, _),
+    ):
+        for file in files:
+            send(other_port, file)
+        until(lambda: len(list(out.iterdir())) == 2, "the other node's instances forwarded")
+        events = StableLog(storage)
+        until(lambda: len(list(events.read())) >= 2, "their study-complete events")
+    assert sorted(e.study_uid for e in events.read()) == ["1.2.17.4.0", "1.2.17.4.1"]
+    assert len(list(out.iterdir())) == 2  # (each once)

@@ -191,6 +191,27 @@ def dead(root: Path) -> Iterator[list[Path]]:
                 os.close(fd)
 
 
+def alive(root: Path | str) -> Iterator[str]:
+    """The names of the live nodes of ``root`` (this process's own among them):
+    those whose lock file is locked (a probe with a shared lock of our own, let go
+    at once, tells: it fails while the owner holds its exclusive one)."""
+    tmp = Path(root) / layout.TMP_DIR
+    for name in _lock_names(tmp):
+        try:
+            fd = os.open(tmp / name, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # (gone: a node that ended)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                yield name.removesuffix(LOCK)
+                continue
+            raise
+        finally:
+            os.close(fd)  # (and our probe's lock with it)
+
+
 def _lock_names(tmp: Path) -> list[str]:
     with os.scandir(tmp) as entries:
         return [

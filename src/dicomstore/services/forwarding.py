@@ -189,6 +189,14 @@ class Forwarding:
             return  # a duplicate the archive kept: the row of an earlier store, not new
         on_loop(self._loop, self._arrive, row)
 
+    def arrived_elsewhere(self, rows: list[dict[str, Any]]) -> None:
+        """(On the loop.) Instances the index received, other nodes' among them
+        (``services/arrivals.py``): queued for the instance rules like our own (an
+        entry already in the queue is kept)."""
+        if any(rule.when == "instance" for rule in self.rules):
+            for row in rows:
+                self._arrive(row)
+
     def _arrive(self, row: dict[str, Any]) -> None:
         self._arrivals.append({key: row.get(key) for key in (*COLUMNS, "study_uid")})
         self._arrived.set()

@@ -23,6 +23,7 @@ from typing import Any
 from dicomstore.archive.nodes import Held, ServiceLock
 from dicomstore.handler import StoreHandler
 from dicomstore.services.admission import AuditSink, Gatekeeper
+from dicomstore.services.arrivals import OtherArrivals
 from dicomstore.services.forwarding import Forwarding
 from dicomstore.services.server import Server, ServerConfig, archive_commit_mode
 from dicomstore.services.stability import OnStable, StudyStability
@@ -69,6 +70,20 @@ async def running(
     locks: list[ServiceLock] = []
     forwarding: Forwarding | None = None
     takeover: asyncio.Task[None] | None = None
+    elsewhere: OtherArrivals | None = None
+
+    def arrived_elsewhere(rows: list[dict[str, Any]]) -> None:
+        if forwarding is not None:
+            forwarding.arrived_elsewhere(rows)
+        if server.stability is not None:
+            server.stability.arrived_elsewhere(rows)
+
+    async def watch_elsewhere() -> None:
+        """What other nodes store, for the services this node runs (``arrivals.py``)."""
+        nonlocal elsewhere
+        if elsewhere is None and server.reader is not None:
+            elsewhere = OtherArrivals(server.reader, arrived_elsewhere)
+            await elsewhere.start()
 
     async def start_stability() -> None:
         assert server.reader is not None
@@ -87,6 +102,7 @@ async def running(
         server.store.observers.append(stability.observe)
         server.stability = stability
         await stability.start()
+        await watch_elsewhere()
 
     async def take_over(lock: ServiceLock) -> None:
         """The events, once the node running them ends (tried every stable age)."""
@@ -97,6 +113,8 @@ async def running(
         await start_stability()
 
     async def stop_helpers() -> None:
+        if elsewhere is not None:
+            await elsewhere.close()
         if takeover is not None:
             takeover.cancel()
             await asyncio.gather(takeover, return_exceptions=True)
@@ -110,6 +128,8 @@ async def running(
     try:
         forwarding = await _forwarding(server, config, locks)
         server.forwarding = forwarding
+        if forwarding is not None and any(r.when == "instance" for r in forwarding.rules):
+            await watch_elsewhere()
         if server.reader is not None and config.stable_age > 0:
             events = ServiceLock(server.reader.root, "events")
             if events.take():

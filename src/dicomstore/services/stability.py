@@ -246,6 +246,17 @@ class StudyStability:
         arrival = (row["study_uid"], row.get("patient_id"), row["path"], self.clock())
         on_loop(self._loop, self.arrived, *arrival)
 
+    def arrived_elsewhere(self, rows: list[dict[str, Any]]) -> None:
+        """(On the loop.) Instances the index received, other nodes' among them
+        (``services/arrivals.py``): arrivals of their studies, at their
+        ``received_at``, except those their study's last event covered already."""
+        reported = self.log.last_reported()
+        for row in rows:
+            when = _epoch(row["received_at"])
+            # (1 ms: an event's times went through text and back)
+            if when > reported.get(row["study_uid"], float("-inf")) + 0.001:
+                self.arrived(row["study_uid"], row.get("patient_id") or None, row["path"], when)
+
     def arrived(self, study_uid: str, patient_id: str | None, relpath: str, when: float) -> None:
         """One instance of ``study_uid`` (stored at ``relpath``) arrived at ``when``."""
         pending = self.pending.get(study_uid)

@@ -1,0 +1,137 @@
+"""What the other nodes store (issue 17): forwarding and the study-complete events
+run in one node of a storage root (``archive/nodes.ServiceLock``), which sees
+its own stores as they happen (the store service's observers) but not those of
+the other nodes. While other nodes live, it reads them from the shared index:
+every :data:`INTERVAL` seconds, the instances whose ``received_at`` is at most
+:data:`SLACK` seconds before the newest it has seen (an instance is committed
+after its ``received_at`` is set: a group commit, a turn on the index write
+lock — ``--lock-timeout`` at most — and the flushes; the slack covers them),
+those not seen yet handed to the consumers: forwarding queues them for its
+``when=instance`` rules, the events count them as arrivals of their study.
+
+Both take an instance twice without harm (the queue keeps an entry already
+there; a study's quiet time runs from its newest arrival; an arrival its
+study's last event already covered is left out), so the node's own stores,
+which the index shows too, need no telling apart. An instance committed more
+than the slack after its ``received_at``, or stored by a host whose clock is
+behind by more, is left to the next start's recovery (``forward_recovery``,
+``StudyStability.recover``), as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from contextlib import closing
+from datetime import datetime
+from typing import Any
+
+from dicomstore.archive import nodes
+from dicomstore.archive.engine import DatabaseOrOSError
+from dicomstore.archive.reader import ArchiveReader
+from dicomstore.services.forward_recovery import iso
+
+log = logging.getLogger("dicomstore.server")
+
+#: Seconds between two looks at the index (while other nodes live).
+INTERVAL = 2.0
+#: Seconds before the newest arrival seen that each look reads again.
+SLACK = 15.0
+
+#: The columns of an arrival (forwarding's and the events' needs).
+COLUMNS = (
+    "sop_instance_uid",
+    "received_at",
+    "calling_ae",
+    "modality",
+    "sop_class_uid",
+    "study_uid",
+    "patient_id",
+    "path",
+)
+_SELECT = (
+    "SELECT i.sop_instance_uid, i.received_at, i.calling_ae, se.modality, i.sop_class_uid,"
+    " st.study_uid, p.patient_id, i.path FROM instance i"
+    " JOIN series se ON se.series_pk = i.series_pk"
+    " JOIN study st ON st.study_pk = se.study_pk"
+    " JOIN patient p ON p.patient_pk = st.patient_pk"
+    " WHERE i.received_at >= ?"
+)
+
+Consumer = Callable[[list[dict[str, Any]]], object]
+
+
+class OtherArrivals:
+    """Hands the instances the index received (other nodes' among them) to
+    ``consumer``, a list at a time, while other nodes live (module notes)."""
+
+    def __init__(
+        self,
+        reader: ArchiveReader,
+        consumer: Consumer,
+        *,
+        interval: float = INTERVAL,
+        slack: float = SLACK,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.reader = reader
+        self.consumer = consumer
+        self.interval = interval
+        self.slack = slack
+        self.clock = clock
+        #: the newest ``received_at`` seen (ISO 8601, UTC: compared as text)
+        self.newest = iso(clock())
+        #: what the last look saw within the slack: SOP Instance UID -> received_at
+        self.seen: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def look(self) -> list[dict[str, Any]]:
+        """One look (blocking: call it in a worker thread): the arrivals not seen
+        yet, or none while no other node lives."""
+        if not others_alive(self.reader.root):
+            self.newest = max(self.newest, iso(self.clock()))
+            self.seen.clear()
+            return []
+        floor = iso(datetime.fromisoformat(self.newest).timestamp() - self.slack)
+        new: list[dict[str, Any]] = []
+        seen: dict[str, str] = {}
+        with closing(self.reader.connect()) as db:
+            for values in db.execute(_SELECT, (floor,)):
+                row = dict(zip(COLUMNS, values, strict=True))
+                uid, at = row["sop_instance_uid"], row["received_at"]
+                seen[uid] = at
+                if self.seen.get(uid) != at:
+                    new.append(row)
+        self.seen = seen
+        if new:
+            self.newest = max(self.newest, max(row["received_at"] for row in new))
+        return new
+
+    async def start(self) -> None:
+        """Look every ``interval`` seconds (in the running loop) until :meth:`close`."""
+        self._task = asyncio.create_task(self._run(), name="other-arrivals")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                rows = await asyncio.to_thread(self.look)
+            except DatabaseOrOSError as exc:
+                log.warning("other nodes' arrivals not read: %s (tried again)", exc)
+                continue
+            if rows:
+                self.consumer(rows)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+
+def others_alive(root: Any) -> bool:
+    """Whether a node other than this process's lives on the storage root ``root``
+    (two live nodes' lock files: this process's own counts, ``archive/nodes.py``)."""
+    return sum(1 for _ in nodes.alive(root)) >= 2

@@ -1,0 +1,91 @@
+"""What other nodes store (issue 17, services/arrivals.py): the node running
+forwarding and the study-complete events reads it from the shared index while
+other nodes live, each instance once, a late commit within the slack too; the
+events leave out what a study's last event covered. Two archives open on one
+root in this process are two nodes (each holds its node lock)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from tests.archive.archive_testlib import dataset
+from tests.archive.archive_testlib import store as archive_store
+
+from dicomstore.archive import Archive, nodes
+from dicomstore.archive.reader import ArchiveReader
+from dicomstore.services.arrivals import OtherArrivals, others_alive
+from dicomstore.services.stability import StableLog, StableStudy, StudyStability
+
+#: On both index engines.
+pytestmark = pytest.mark.usefixtures("index_engine")
+
+
+def _store(archive: Archive, uid: str, study: str = "1.2.61") -> None:
+    data = dataset(uid, study=study, series=f"{study}.1")
+    assert archive_store(archive, data, sop_uid=uid).status == 0
+
+
+def _later(iso: str, seconds: float) -> str:
+    return (datetime.fromisoformat(iso) + timedelta(seconds=seconds)).isoformat()
+
+
+def test_each_instance_once_while_another_node_lives(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    here = Archive(root, fsync=False)
+    try:
+        arrivals = OtherArrivals(ArchiveReader(root), lambda rows: None)
+        _store(here, "1.2.61.1.1")
+        assert not others_alive(root) and arrivals.look() == []  # one node: nothing read
+        there = Archive(root, fsync=False)  # a second node
+        try:
+            assert sorted(nodes.alive(root)) == sorted([here._node.name, there._node.name])
+            _store(there, "1.2.61.1.2")
+            first = arrivals.look()  # (the slack before: this node's own store too)
+            assert sorted(r["sop_instance_uid"] for r in first) == ["1.2.61.1.1", "1.2.61.1.2"]
+            assert {r["study_uid"] for r in first} == {"1.2.61"} and all(r["path"] for r in first)
+            assert arrivals.look() == []  # seen: not again
+            _store(there, "1.2.61.1.3")
+            assert [r["sop_instance_uid"] for r in arrivals.look()] == ["1.2.61.1.3"]
+            # committed late: its received_at is behind the newest seen, within the slack
+            newest = arrivals.newest
+            arrivals.newest = _later(newest, arrivals.slack - 1)
+            _store(there, "1.2.61.1.4")
+            arrivals.newest = _later(newest, arrivals.slack - 1)
+            late = arrivals.look()
+            assert [r["sop_instance_uid"] for r in late] == ["1.2.61.1.4"]
+        finally:
+            there.close()
+        assert not others_alive(root)
+    finally:
+        here.close()
+
+
+def test_the_events_leave_out_what_a_last_event_covered(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    archive = Archive(root, fsync=False)
+    try:
+        _store(archive, "1.2.62.1.1", study="1.2.62")
+        _store(archive, "1.2.63.1.1", study="1.2.63")
+        reader = ArchiveReader(root)
+        (covered, newer) = sorted(reader.instances(), key=lambda r: r["study_uid"])
+        at = covered["received_at"]
+        StableLog(root, fsync=False).append(
+            StableStudy("1.2.62", "PID1", 1, 1, at, at, at, str(root / "1.2.62"))
+        )
+
+        async def run() -> list[str]:
+            stability = StudyStability(reader, 60.0, fsync=False)
+            await stability.start()
+            try:
+                stability.arrived_elsewhere([covered, newer])
+                stability.arrived_elsewhere([newer])  # (again: one pending study)
+                return sorted(stability.pending)
+            finally:
+                await stability.close()
+
+        assert asyncio.run(run()) == ["1.2.63"]
+    finally:
+        archive.close()
