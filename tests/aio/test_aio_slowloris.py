@@ -167,8 +167,8 @@ def test_connections_that_send_no_request_are_capped(caplog) -> None:
     closed_at_once, other_address, full, again = asyncio.run(main())
     assert closed_at_once == b"" and full == b""  # closed at once: EOF, nothing sent
     assert other_address and again
-    assert "2 connections from 127.0.0.1 have sent no association request yet" in caplog.text
-    assert "8 connections have sent no association request yet" in caplog.text
+    assert "2 connection(s) from 127.0.0.1 have sent no association request yet" in caplog.text
+    assert "8 connection(s) have sent no association request yet" in caplog.text
 
 
 async def _until(condition, timeout: float = 10.0) -> None:

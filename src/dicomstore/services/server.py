@@ -271,10 +271,16 @@ class Server:
             return None
         pending = [a.address for a in self.associations if a.request is None]
         if len(pending) >= limit:
-            return f"{len(pending)} connections have sent no association request yet"
+            return (
+                f"{len(pending)} connection(s) have sent no association request yet"
+                " (--max-pending-connections)"
+            )
         share = max(1, limit // 4)
         if pending.count(address) >= share:
-            return f"{share} connections from {address} have sent no association request yet"
+            return (
+                f"{share} connection(s) from {address} have sent no association request yet"
+                " (a quarter of --max-pending-connections)"
+            )
         return None
 
     def query_scp(
