@@ -169,7 +169,10 @@ def statement() -> str:
         "exceeded* (transient). Only associations whose request was complete count "
         "against the limits; a request must be complete within ARTIM of the connection "
         "(`--artim-timeout`, not restarted by bytes), each PDU within `--operation-timeout` "
-        "of its first byte (else A-ABORT, service-provider source, reason not specified).",
+        "of its first byte (else A-ABORT, service-provider source, reason not specified). "
+        "Connections that have not sent their request are at most "
+        "`--max-pending-connections` (a quarter of them per address): beyond, a new "
+        "connection is closed before any PDU is read.",
         "",
         "Presentation context acceptance: every Storage SOP Class of Appendix A, "
         "Verification, the FIND, MOVE and GET models of 2.2.4 to 2.2.6 and Storage "
