@@ -34,8 +34,12 @@ class Listener:
         *,
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.host = host
+        #: SO_REUSEPORT: several processes (of this user) listen on the port and the
+        #: kernel spreads the connections over them (``dicomstore serve --workers``)
+        self.reuse_port = reuse_port
         self.requested_port = port
         self.on_connect = on_connect
         self.ssl_context = ssl_context
@@ -62,6 +66,7 @@ class Listener:
             self.requested_port,
             ssl=self.ssl_context,
             ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
+            reuse_port=self.reuse_port or None,
         )
 
     async def serve_forever(self) -> None:

@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Any
 
+from dicomstore.cli import workers
 from dicomstore.cli.http_options import (
     announce,
     http_security,
@@ -91,7 +92,8 @@ async def run(args: argparse.Namespace) -> int:
         forward_retry_delay=args.forward_retry_delay,
         forward_retry_max=args.forward_retry_max,
     )
-    problem = _forward_problem(config)
+    config.reuse_port = args.workers > 1 or getattr(args, "worker", False)
+    problem = _forward_problem(config) or workers.problem(args)
     if problem is not None:
         print(f"dicomstore: {problem}", file=sys.stderr)
         return EXIT_USAGE
@@ -227,9 +229,15 @@ async def _serve(
                     return EXIT_UNREACHABLE
                 announce(security, args.http_host, http.url)
             log.info("storing into %s", args.storage.resolve())
+            started = workers.start(args) if args.workers > 1 else []
+            parent = workers.parent_gone()
+            if parent is not None:  # (a worker: it ends with the first process)
+                loop.add_reader(parent, stop.set)
             try:
                 await stop.wait()
             finally:
+                if started:
+                    await asyncio.to_thread(workers.stop, started, config.shutdown_grace + 5)
                 if http is not None:
                     await http.close()
     except Held as exc:  # another node of this storage root runs it (issue 17)

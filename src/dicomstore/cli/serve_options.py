@@ -71,6 +71,15 @@ def add_parser(sub: Any) -> None:
     )
     add_index(s)
     s.add_argument(
+        "--workers",
+        type=_int(1),
+        default=1,
+        metavar="N",
+        help="N processes receive on the port (SO_REUSEPORT) into the archive, e.g. one "
+        "per core; limits hold per process; DICOMweb and forwarding run in the first "
+        "(default 1)",
+    )
+    s.add_argument(
         "--max-associations",
         type=int,
         default=_D.max_associations,

@@ -116,6 +116,8 @@ class ServerConfig:
     #: reported; beyond, N-ACTION answers 0213.
     max_commitment_references: int = MAX_REFERENCES
     max_pending_commitments: int = MAX_PENDING
+    #: Listen with SO_REUSEPORT, beside other processes on the port (``--workers``).
+    reuse_port: bool = False
 
     def policy(self, find: bool = True) -> AcceptorPolicy:
         """The negotiation policy: Verification, every Storage SOP Class and, with
@@ -225,6 +227,7 @@ class Server:
             self._on_connect,
             ssl_context=config.ssl,
             handshake_timeout=config.timeouts.artim,
+            reuse_port=config.reuse_port,
         )
 
     @property

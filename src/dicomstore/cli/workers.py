@@ -1,0 +1,105 @@
+"""``dicomstore serve --workers N``: N processes receive on one port and store into
+one archive, so that several senders use every core (issue 13).
+
+The first process (the one started) opens the archive, listens, and starts N-1
+workers (``multiprocessing``'s spawn: fresh interpreters, the parsed options
+given to each). Every process listens on the port with SO_REUSEPORT, so the
+kernel spreads new connections over them, and each is a node of the archive
+(issue 17: its own folder of temporaries, every decision under the index write
+lock — SQLite's on one host, or PostgreSQL's): they store into the same files
+and index as one process would.
+
+What runs once runs in the first process: DICOMweb and /metrics (its own
+associations only), forwarding (it forwards the workers' stores too, read from
+the index: ``services/arrivals.py``), the study-complete events (a worker takes
+them over if the first process ends first). The association limits
+(``--max-associations``, per calling AE and address, pending connections) hold
+per process. A worker ends when the first process does (SIGINT/SIGTERM: it
+stops the workers gracefully and waits for them; a first process killed: each
+worker sees its parent gone and stops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import sys
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+log = logging.getLogger("dicomstore")
+
+#: Options a worker does not take over from the first process (what runs once).
+_FIRST_ONLY = {"http_port": None, "forward": None, "workers": 1}
+
+
+def problem(args: argparse.Namespace) -> str | None:
+    """Why ``--workers`` cannot be used with these options, if it cannot."""
+    if args.workers <= 1:
+        return None
+    if args.port == 0:
+        return "--workers needs a port of its own (not 0): every worker listens on it"
+    if args.audit_log is not None:
+        return "--workers with --audit-log is not supported yet (one writer rotates the file)"
+    return None
+
+
+def start(args: argparse.Namespace) -> list[BaseProcess]:
+    """Start ``args.workers - 1`` workers (the first process is the other one)."""
+    context = multiprocessing.get_context("spawn")
+    values = {**vars(args), **_FIRST_ONLY, "worker": True}
+    workers: list[BaseProcess] = []
+    for number in range(1, args.workers):
+        worker = context.Process(
+            target=_worker, args=(values, number), name=f"dicomstore-worker-{number}"
+        )
+        worker.start()
+        workers.append(worker)
+    pids = ", ".join(str(worker.pid) for worker in workers)
+    log.info("%d worker processes started: %s", len(workers), pids)
+    return workers
+
+
+def stop(workers: list[BaseProcess], grace: float) -> None:
+    """Stop the workers gracefully (SIGTERM), within ``grace`` seconds, then kill."""
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
+    for worker in workers:
+        worker.join(grace)
+        if worker.is_alive():
+            log.warning("worker %s did not stop within %gs: killed", worker.pid, grace)
+            worker.kill()
+            worker.join()
+
+
+def parent_gone() -> int | None:
+    """(In a worker.) A descriptor that becomes readable when the first process
+    ends, None elsewhere."""
+    parent = multiprocessing.parent_process()
+    return None if parent is None else int(parent.sentinel)
+
+
+def _worker(values: dict[str, Any], number: int) -> None:
+    from dicomstore.cli import _run
+    from dicomstore.cli.logs import setup_logging
+
+    args = argparse.Namespace(**values)
+    setup_logging(args.log_level, args.log_format)
+    logging.getLogger().handlers[0].addFilter(_Tagged(number))
+    sys.exit(_run(args))
+
+
+class _Tagged(logging.Filter):
+    """Says which worker a log line comes from."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__()
+        self.tag = f"[worker {number}, pid {os.getpid()}] "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and not record.msg.startswith("[worker"):
+            record.msg = self.tag + record.msg
+        return True

@@ -1,0 +1,115 @@
+"""`dicomstore serve --workers N` (cli/workers.py, issue 13): N processes on one port
+(SO_REUSEPORT) and one archive. Four DCMTK storescu senders at once: every instance
+acknowledged is stored once, byte for byte, `check` is clean, and both processes
+served associations; the workers end with the first process, stopped or killed."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from tests.conftest import free_port, index_option, serve_command, wait_listening
+from tests.services.nodes_testlib import acknowledged, storescu, write_instances
+
+from dicomstore.archive.maintenance import data_set_digest
+from dicomstore.archive.reader import ArchiveReader
+from dicomstore.cli import main
+
+#: On both index engines.
+pytestmark = pytest.mark.usefixtures("index_engine")
+
+SENDERS, EACH, ECHOES = 4, 15, 16
+DEADLINE = 60.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # (a zombie child of ours counts as gone)
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+def _until(condition, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        threading.Event().wait(0.05)
+
+
+def _workers(log: Path) -> list[int]:
+    found = re.search(r"worker processes started: ([\d, ]+)", log.read_text())
+    return [int(pid) for pid in found.group(1).split(", ")] if found else []
+
+
+def _serve(port: int, storage: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            serve_command(port, storage, "--fsync", "off", "--workers", "2"),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    wait_listening(port, proc)
+    _until(lambda: _workers(log), "the worker started")
+    (worker,) = _workers(log)
+    _until(lambda: f"[worker 1, pid {worker}] listening" in log.read_text(), "it listening")
+    return proc
+
+
+def test_four_senders_into_two_workers(tmp_path: Path) -> None:
+    storage, log, port = tmp_path / "archive", tmp_path / "serve.log", free_port()
+    sets = [write_instances(tmp_path / f"in{n}", f"1.2.13.{n}", EACH) for n in range(SENDERS)]
+    proc = _serve(port, storage, log)
+    try:
+        senders = [storescu(port, list(made)) for made in sets]
+        logs = [sender.communicate(timeout=120)[0] for sender in senders]
+        assert all(len(acknowledged(text)) == EACH for text in logs), logs
+        # (the kernel spreads connections by a hash: with 20 in all, both processes
+        # take some but once in 500,000 runs)
+        for _ in range(ECHOES):
+            assert main(["echo", "127.0.0.1", str(port)]) == 0
+        (worker,) = _workers(log)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    assert not _alive(worker)  # stopped with the first process
+    accepted = [line for line in log.read_text().splitlines() if "contexts accepted" in line]
+    by_worker = sum("[worker 1," in line for line in accepted)
+    assert len(accepted) == SENDERS + ECHOES and 0 < by_worker < SENDERS + ECHOES
+    reader = ArchiveReader(storage)  # (on PostgreSQL: the same schema, engine.default_index)
+    rows = {row["sop_instance_uid"]: row for row in reader.instances()}
+    expected = {uid: digest for made in sets for uid, digest in made.values()}
+    assert set(rows) == set(expected)
+    for uid, digest in expected.items():
+        assert data_set_digest(storage / rows[uid]["path"]) == digest
+    assert main(["check", "--storage", str(storage), *index_option(storage)]) == 0
+
+
+def test_a_worker_ends_when_the_first_process_is_killed(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    proc = _serve(free_port(), tmp_path / "archive", log)
+    (worker,) = _workers(log)
+    proc.kill()
+    proc.wait(30)
+    _until(lambda: not _alive(worker), "the worker ending after the first process")
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        (("--port", "0"), "--workers needs a port of its own"),
+        (("--audit-log", "audit.log"), "--workers with --audit-log is not supported yet"),
+    ],
+)
+def test_workers_refused_with(tmp_path: Path, capsys, extra, why) -> None:
+    argv = ["serve", "--storage", str(tmp_path / "a"), "--workers", "2", "--port", "11112"]
+    assert main([*argv, *extra]) == 2
+    assert why in capsys.readouterr().err
