@@ -225,6 +225,7 @@ class Archive:
             announce=self._announce,
             tolerate_class_mismatch=self.on_class_mismatch == "tolerate",
             discard_trailing_padding=self.trailing_padding == "discard",
+            storage=self.storage,
         )
 
     # -- reading ----------------------------------------------------------------------
