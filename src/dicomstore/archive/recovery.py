@@ -19,7 +19,8 @@ from typing import Any
 
 from dicomstore.archive import layout, nodes
 from dicomstore.archive.index import Index
-from dicomstore.archive.removal import INTENT, intent_target, settle_intents
+from dicomstore.archive.removal import settle_intents
+from dicomstore.archive.storage import INTENT, intent_target
 
 
 class ArchiveBusyError(OSError):
@@ -52,7 +53,7 @@ def recover(root: Path, index: Index, *, fsync: bool) -> int:
     node's), then empty them; the number of instances adopted into the index.
 
     A trace (``<temp>.pub``, a second name of a file renamed to its final name,
-    see :meth:`Publisher._place`) outlives its batch only when the COMMIT, or
+    see ``storage.FileStorage.place``) outlives its batch only when the COMMIT, or
     the clean-up after it, did not happen. If the final name still holds that
     file:
 

@@ -150,12 +150,13 @@ class Archive:
             #: instances indexed anew because the index had an older schema
             self.reindexed = reindex_archive(self.root, self.index) if self.index.rebuild else None
             self._publisher = Publisher(
-                self.root,
+                self.storage,
                 self.index,
                 fsync=fsync,
                 on_duplicate=on_duplicate,
                 syncfs=syncfs,
                 on_relational_mismatch=on_relational_mismatch,
+                submitted=lambda: self._committer.submitted,
             )
         except BaseException:
             self._node.close()
@@ -164,7 +165,6 @@ class Archive:
             raise
         flush_time = (lambda: self._publisher.flush_time) if fsync else None
         self._committer = GroupCommit(self._publisher.publish, gather=flush_time)
-        self._publisher.submitted = lambda: self._committer.submitted
         self._announce = (self._committer.arriving, self._committer.left)
         self._templates = MetaTemplates()
         self._names = itertools.count()
