@@ -19,19 +19,23 @@ fragment); then, one batch at a time, ``stage(batch)`` (trace and flush: the
 bytes durable), ``place(member, key, replacing)`` (``.bak``/removal intent,
 rename), ``settle(placed)`` (the folder flushes), and after the COMMIT
 ``finish(placed)`` (old version, intents, traces go), or ``undo(placed)``;
-``discard(member)`` for one that is not placed. ``publish.py`` keeps the index
-logic and the order (duplicate policy, relations, BEGIN/COMMIT, the answers)
-and calls the storage for every step on the bytes; :class:`FileStorage` does
-them with the crash-safety and the flush counts that ``publish.py`` documents.
+``discard(member)`` for one that is not placed; ``recover(index)`` at start-up,
+before the first batch. ``publish.py`` keeps the index logic and the order
+(duplicate policy, relations, BEGIN/COMMIT, the answers) and calls the storage
+for every step on the bytes; :class:`FileStorage` does them with the
+crash-safety and the flush counts that ``publish.py`` documents, and
+``recover`` with ``recovery.recover``.
 
-Still the file system's own, inside the archive and nowhere else: start-up
-recovery (``recovery.py``: traces adopted, ``.bak`` put back, ``.tmp``
-emptied; a ``recover()`` here would take it), removal intents and deletes
-(``removal.py``; the intents' names are made here, :func:`link_intent`),
-``check`` and ``reindex`` (``maintenance.py``, reading files by path), the
-``.tmp`` holds and node folders (``recovery.hold``, ``nodes.py``), and the two
-places where ``ingest.py`` reads or cuts its temporary by name (the header
-read with pydicom when the prefix does not settle it, ``padding.py``).
+Still the file system's own, inside the archive and nowhere else (each works
+on paths under the root, for a second storage to take over next): what
+``recovery.recover`` does inside (traces adopted, ``.bak`` put back, ``.tmp``
+emptied, by path), removal intents and deletes (``removal.py``: a delete's
+intents, unlinks, folder flushes and folder removals; the intents' names are made
+here, :func:`link_intent`), ``check`` and ``reindex`` (``maintenance.py``,
+reading files by path), the ``.tmp`` holds and node folders
+(``recovery.hold``, ``nodes.py``), and the two places where ``ingest.py``
+reads or cuts its temporary by name (the header read with pydicom when the
+prefix does not settle it, ``padding.py``).
 
 What an object store (S3 and the like) would implement, and how the
 guarantees of ``publish.py`` map onto it:
@@ -96,6 +100,7 @@ from urllib.parse import quote, unquote
 
 from dicomstore.archive import crashpoints, layout
 from dicomstore.archive.commit import CommitStats, Staged
+from dicomstore.archive.index import Index
 
 #: Batches at least this large are flushed with syncfs (when available).
 SYNCFS_MIN_BATCH = 2
@@ -175,6 +180,12 @@ class WritableStorage(Storage, Protocol):
         gone already is no error)."""
         ...
 
+    def recover(self, index: Index, *, fsync: bool) -> int:
+        """At start-up, before anything is published: settle what a crash left of
+        publications (adopted into ``index``, taken back) and removals; the number
+        of instances adopted."""
+        ...
+
     # -- publishing a batch, one batch at a time (``publish.py`` has the order) --------
 
     def start(
@@ -197,8 +208,8 @@ class WritableStorage(Storage, Protocol):
 
     def stage(self, batch: list[Staged]) -> list[Staged]:
         """Make the bytes of the batch's temporaries durable (each closed); the members
-        whose bytes are (the others have ``failed`` set, and are still to be
-        :meth:`discard`-ed)."""
+        whose bytes are, ``batch`` itself when all are (the others have ``failed``
+        set, and are still to be :meth:`discard`-ed)."""
         ...
 
     def place(self, member: Staged, key: str, replacing: str | None) -> None:
@@ -322,6 +333,13 @@ class FileStorage:
             except OSError:
                 pass
         layout.remove_quietly(temp)
+
+    def recover(self, index: Index, *, fsync: bool) -> int:
+        """``recovery.recover``: the traces and removal intents in ``.tmp`` and in the
+        folders of dead nodes."""
+        from dicomstore.archive.recovery import recover  # (it imports this module)
+
+        return recover(self.root, index, fsync=fsync)
 
     # -- WritableStorage: publishing (publish.py has the order and the crash points) ---
 

@@ -58,7 +58,7 @@ from dicomstore.archive.ingest import Ingest
 from dicomstore.archive.maintenance import check_archive, reindex_archive
 from dicomstore.archive.nodes import Node
 from dicomstore.archive.publish import Publisher
-from dicomstore.archive.recovery import ArchiveBusyError, hold, recover
+from dicomstore.archive.recovery import ArchiveBusyError, hold
 from dicomstore.archive.relations import RELATIONAL_POLICIES
 from dicomstore.archive.storage import FileStorage
 
@@ -146,7 +146,7 @@ class Archive:
         self.tmp_dir = self._node.folder
         try:
             #: instances a crash left published but not indexed, adopted at start-up
-            self.recovered = recover(self.root, self.index, fsync=fsync)
+            self.recovered = self.storage.recover(self.index, fsync=fsync)
             #: instances indexed anew because the index had an older schema
             self.reindexed = reindex_archive(self.root, self.index) if self.index.rebuild else None
             self._publisher = Publisher(
