@@ -154,7 +154,7 @@ class Publisher:
         started = time.perf_counter()
         live = self.storage.stage(batch)  # traces, flush of the files
         self.flush_time = time.perf_counter() - started
-        if len(live) < len(batch):
+        if live is not batch and len(live) < len(batch):  # (some failed their flush)
             for member in batch:
                 if member.failed is not None:
                     comment = describe_os_error(member.failed, "flushing the file")
