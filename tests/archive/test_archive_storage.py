@@ -13,8 +13,9 @@ import pytest
 from archive_testlib import CT, EXPLICIT_LE, dataset, store
 
 from dicomstore.archive import OUT_OF_RESOURCES, SUCCESS, Archive
+from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.index import Index
-from dicomstore.archive.storage import FileStorage, WritableStorage
+from dicomstore.archive.storage import WritableStorage
 
 _STEPS = (
     "create",

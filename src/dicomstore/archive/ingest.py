@@ -34,11 +34,12 @@ from dicomstore.archive.commit import ArchiveClosedError, Staged
 from dicomstore.archive.dicomfile import HeaderError, MetaTemplates, encoding_of, read_header
 from dicomstore.archive.encoding import encoding_mismatch
 from dicomstore.archive.fields import fields_of_elements, index_fields
+from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.layout import normalize_uid
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, failure
 from dicomstore.archive.padding import discard_trailing_padding, merge_warning
 from dicomstore.archive.scan import PREFIX_SIZE, scan_header
-from dicomstore.archive.storage import FileStorage, WritableStorage
+from dicomstore.archive.storage import WritableStorage
 from dicomstore.errors import LocalProtocolError
 
 __all__ = ["Ingest", "Publish", "Staged", "describe_os_error"]

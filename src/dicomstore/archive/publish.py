@@ -4,8 +4,8 @@ A batch is one instance, or all those whose commits met (``commit.py``). The
 :class:`Publisher` here has the index logic and the order of the steps; every
 step on the bytes is a method of the archive's storage
 (``storage.WritableStorage``, its name on the left below), which for the local
-file system (``storage.FileStorage``) does what is described. With ``fsync`` on
-(the crash points of ``crashpoints.py`` in brackets)::
+file system (``filestorage.FileStorage``) does what is described. With
+``fsync`` on (the crash points of ``crashpoints.py`` in brackets)::
 
   stage:
     trace                a second name for each file in .tmp (see recovery.recover)
@@ -115,9 +115,8 @@ class Publisher:
     storage's (``storage.WritableStorage``; for files ``FileStorage``, with the
     flushes counted in :attr:`stats`).
 
-    ``syncfs``: ``None`` uses it where it can be trusted, ``False`` never (each
-    file fsynced, e.g. on a file system shared with heavy unrelated writers).
-    ``submitted()``: the number of instances submitted so far
+    How durable each step is, the storage's settings say (``FileStorage``:
+    ``fsync``, ``syncfs``). ``submitted()``: the number of instances submitted so far
     (``GroupCommit.submitted``).
     """
 
@@ -126,22 +125,19 @@ class Publisher:
         storage: WritableStorage,
         index: Index,
         *,
-        fsync: bool,
         on_duplicate: str,
-        syncfs: bool | None = None,
         on_relational_mismatch: str = "reject",
         submitted: Callable[[], int] = lambda: 0,
     ) -> None:
         self.storage = storage
         self.index = index
-        self.fsync = fsync
         self.on_duplicate = on_duplicate
         #: ``relations.py``: refuse (A900) or accept a series/study filed elsewhere
         self.on_relational_mismatch = on_relational_mismatch
         self.stats = CommitStats()
         #: seconds the last batch spent waiting for flushes (files, folders, COMMIT)
         self.flush_time = 0.0
-        storage.start(fsync=fsync, syncfs=syncfs, stats=self.stats, submitted=submitted)
+        storage.start(self.stats, submitted)
 
     def close(self) -> None:
         """Let go of the storage's publishing resources (call when no batch runs)."""

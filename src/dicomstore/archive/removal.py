@@ -51,9 +51,9 @@ from typing import Any
 
 from dicomstore.archive import crashpoints, layout, metacache
 from dicomstore.archive.engine import engine_for
+from dicomstore.archive.filestorage import intent_target, link_intent
 from dicomstore.archive.index import Index
 from dicomstore.archive.reader import ArchiveReader, NotStoredError
-from dicomstore.archive.storage import intent_target, link_intent
 
 _KEYWORDS = {
     "study": "StudyInstanceUID",

@@ -53,6 +53,7 @@ from dicomstore.archive import layout
 from dicomstore.archive.commit import CommitStats, GroupCommit
 from dicomstore.archive.dicomfile import MetaTemplates
 from dicomstore.archive.engine import engine_for
+from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.index import Index
 from dicomstore.archive.ingest import Ingest
 from dicomstore.archive.maintenance import check_archive, reindex_archive
@@ -60,7 +61,6 @@ from dicomstore.archive.nodes import Node
 from dicomstore.archive.publish import Publisher
 from dicomstore.archive.recovery import ArchiveBusyError, hold
 from dicomstore.archive.relations import RELATIONAL_POLICIES
-from dicomstore.archive.storage import FileStorage
 
 DuplicatePolicy = Literal["keep", "replace", "reject"]
 POLICIES: tuple[str, ...] = ("keep", "replace", "reject")
@@ -108,7 +108,7 @@ class Archive:
             raise ValueError(f"on_duplicate must be one of {POLICIES}, not {on_duplicate!r}")
         self.root = Path(root).resolve()
         #: where the instances' bytes are (``storage.py``): the files under ``root``
-        self.storage = FileStorage(self.root)
+        self.storage = FileStorage(self.root, fsync=fsync, syncfs=syncfs)
         self.fsync = fsync
         self.on_duplicate = on_duplicate
         if on_class_mismatch not in ("reject", "tolerate"):
@@ -152,9 +152,7 @@ class Archive:
             self._publisher = Publisher(
                 self.storage,
                 self.index,
-                fsync=fsync,
                 on_duplicate=on_duplicate,
-                syncfs=syncfs,
                 on_relational_mismatch=on_relational_mismatch,
                 submitted=lambda: self._committer.submitted,
             )
