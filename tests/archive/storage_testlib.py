@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from dicomstore.archive.storage import FileStorage
+from dicomstore.archive.filestorage import FileStorage
 
 
 class MemoryStorage:

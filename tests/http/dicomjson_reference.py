@@ -12,7 +12,7 @@ from typing import Any
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 
-from dicomstore.archive.storage import FileStorage
+from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.stored import read_stored
 from dicomstore.http.dicomjson import BULK_THRESHOLD, log_cut, tag_key
 

@@ -23,8 +23,9 @@ from http_testlib import HttpThread, make_dataset, split_multipart, store, store
 from pydicom.data import get_testdata_file
 
 from dicomstore.archive import Archive
+from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.archive.storage import FileStorage, Storage
+from dicomstore.archive.storage import Storage
 from dicomstore.services import sources
 from dicomstore.services.retrieve import RetrieveQuery, scan_selected, select_instances
 

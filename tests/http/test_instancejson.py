@@ -22,9 +22,9 @@ from pydicom.tag import Tag
 from test_http_depth import store_nested
 
 from dicomstore.archive import Archive
+from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.layout import resolve
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.archive.storage import FileStorage
 from dicomstore.http import jsonvalues
 from dicomstore.http.instancejson import read_metadata
 

@@ -73,6 +73,7 @@ class Staged:
     intent: str | None = None  # the replaced file's removal intent (see removal.py)
     created: list[Any] | None = None
     existing: dict[str, Any] | None = None
+    failed: OSError | None = None  # its bytes could not be made durable (storage.stage)
 
 
 @dataclass(slots=True)

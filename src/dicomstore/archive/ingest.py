@@ -1,11 +1,13 @@
 """The streaming writer of one received instance (DESIGN.md "The path of one C-STORE").
 
-:meth:`Ingest.__init__` (called by ``Archive.begin``) creates a temporary file
-in ``<root>/.tmp`` and writes the preamble, ``DICM`` and File Meta Information
-at once (from a template: ``dicomfile.MetaTemplates``); :meth:`Ingest.write`
-appends each data set fragment exactly as received with one ``os.write`` (no
-buffer), feeds the SHA-256 of the data set and keeps a copy of its first
-``scan.PREFIX_SIZE`` bytes; :meth:`Ingest.commit` reads the header (up to the
+:meth:`Ingest.__init__` (called by ``Archive.begin``) has the archive's storage
+create a temporary (``storage.WritableStorage.create``: a file in
+``<root>/.tmp/node-*``) and writes the preamble, ``DICM`` and File Meta
+Information at once (from a template: ``dicomfile.MetaTemplates``);
+:meth:`Ingest.write` appends each data set fragment exactly as received with
+one ``storage.write`` (for files one ``os.write``, no buffer), feeds the
+SHA-256 of the data set and keeps a copy of its first ``scan.PREFIX_SIZE``
+bytes; :meth:`Ingest.commit` reads the header (up to the
 Pixel Data) from those bytes — or, when they do not settle it, from the file
 with pydicom — checks it against the command and hands the still open file to
 the archive, which flushes it, renames it into place and indexes it, together
@@ -21,7 +23,6 @@ answers A700. Misuse (``write`` after ``commit``) raises ``LocalProtocolError``.
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,16 +34,17 @@ from dicomstore.archive.commit import ArchiveClosedError, Staged
 from dicomstore.archive.dicomfile import HeaderError, MetaTemplates, encoding_of, read_header
 from dicomstore.archive.encoding import encoding_mismatch
 from dicomstore.archive.fields import fields_of_elements, index_fields
-from dicomstore.archive.layout import normalize_uid, remove_quietly
+from dicomstore.archive.filestorage import FileStorage
+from dicomstore.archive.layout import normalize_uid
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, failure
 from dicomstore.archive.padding import discard_trailing_padding, merge_warning
 from dicomstore.archive.scan import PREFIX_SIZE, scan_header
+from dicomstore.archive.storage import WritableStorage
 from dicomstore.errors import LocalProtocolError
 
 __all__ = ["Ingest", "Publish", "Staged", "describe_os_error"]
 
 Publish = Callable[[Staged], StoreOutcome]
-_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _TEMPLATES = MetaTemplates()  # for an Ingest made without an archive's templates
 
 
@@ -65,6 +67,7 @@ class Ingest:
         announce: tuple[Callable[[], None], Callable[[], None]] | None = None,
         tolerate_class_mismatch: bool = False,
         discard_trailing_padding: bool = False,
+        storage: WritableStorage | None = None,
     ) -> None:
         self.tolerate_class_mismatch = tolerate_class_mismatch
         #: cut a top-level Data Set Trailing Padding off, answer B006 (``padding.py``)
@@ -88,6 +91,8 @@ class Ingest:
         self._error: str | None = None
         self._done = False
         self._fd = -1
+        #: where the temporary is created and written (``storage.py``)
+        self._storage = storage if storage is not None else FileStorage(tmp_dir)
         self._temp = f"{tmp_dir}/{name or uuid.uuid4().hex + '.part'}"
         header = (templates or _TEMPLATES).header(
             sop_class_uid=self.sop_class_uid,
@@ -98,8 +103,8 @@ class Ingest:
         )
         self._header_size = len(header)
         try:
-            self._fd = os.open(self._temp, _FLAGS, 0o644)
-            self._write_all(header)
+            self._fd = self._storage.create(self._temp)
+            self._storage.write(self._fd, header)
         except OSError as exc:
             self._fail(exc, "creating the file")
 
@@ -113,25 +118,13 @@ class Ingest:
         """Data set bytes received so far."""
         return self._size
 
-    def _write_all(self, data: bytes | memoryview) -> None:
-        written = os.write(self._fd, data)
-        if written < len(data):  # short write: rare for regular files
-            view = memoryview(data)[written:]
-            while view:
-                view = view[os.write(self._fd, view) :]
-
     def _fail(self, exc: OSError, doing: str) -> None:
         self._error = describe_os_error(exc, doing)
         self._drop()
 
     def _drop(self) -> None:
-        if self._fd >= 0:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = -1
-        remove_quietly(self._temp)
+        fd, self._fd = self._fd, -1
+        self._storage.abort(fd, self._temp)
 
     def write(self, fragment: bytes | bytearray | memoryview) -> None:
         """Append one data set fragment exactly as received."""
@@ -141,7 +134,7 @@ class Ingest:
             return  # already failed: commit() reports it
         view = memoryview(fragment).cast("B")
         try:
-            self._write_all(view)
+            self._storage.write(self._fd, view)
         except OSError as exc:
             self._fail(exc, "writing the data set")
             return
@@ -190,8 +183,7 @@ class Ingest:
         try:
             return self._publish(staged)
         except ArchiveClosedError as exc:
-            os.close(staged.fd)
-            remove_quietly(self._temp)
+            self._storage.abort(staged.fd, self._temp)
             return failure(st.OUT_OF_RESOURCES, f"out of resources: {exc}")
 
     def _check(self) -> Staged | StoreOutcome:

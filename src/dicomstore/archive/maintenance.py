@@ -17,8 +17,8 @@ from dicomstore.archive import layout
 from dicomstore.archive.dicomfile import dataset_offset, hash_from, read_header
 from dicomstore.archive.engine import engine_for
 from dicomstore.archive.fields import index_fields
+from dicomstore.archive.filestorage import dicom_files
 from dicomstore.archive.index import Index
-from dicomstore.archive.storage import dicom_files
 
 
 def data_set_digest(path: Path) -> str:

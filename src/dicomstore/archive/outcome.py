@@ -107,7 +107,7 @@ def describe_os_error(exc: OSError, doing: str) -> str:
 def duplicate(
     policy: str,
     existing: dict[str, Any],
-    path: Path,
+    path: Path | None,
     digest: str,
     warning: tuple[int, str, tuple[int, ...]] | None,
 ) -> StoreOutcome:

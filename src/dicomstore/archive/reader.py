@@ -24,9 +24,10 @@ from pydicom.dataset import Dataset
 from dicomstore.archive import layout
 from dicomstore.archive import query as q
 from dicomstore.archive.engine import Connection, Engine, engine_for, size_sum
+from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.index import SchemaError
 from dicomstore.archive.schema import SCHEMA_VERSION
-from dicomstore.archive.storage import FileStorage, Storage
+from dicomstore.archive.storage import Storage
 
 _SUM = size_sum("file_size")
 

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from dicomstore.archive import layout, nodes
+from dicomstore.archive.filestorage import INTENT, intent_target
 from dicomstore.archive.index import Index
-from dicomstore.archive.removal import INTENT, intent_target, settle_intents
+from dicomstore.archive.removal import settle_intents
 
 
 class ArchiveBusyError(OSError):
@@ -52,8 +53,8 @@ def recover(root: Path, index: Index, *, fsync: bool) -> int:
     node's), then empty them; the number of instances adopted into the index.
 
     A trace (``<temp>.pub``, a second name of a file renamed to its final name,
-    see :meth:`Publisher._place`) outlives its batch only when the COMMIT, or
-    the clean-up after it, did not happen. If the final name still holds that
+    see ``filestorage.FileStorage.place``) outlives its batch only when the
+    COMMIT, or the clean-up after it, did not happen. If the final name still holds that
     file:
 
     - the index does not know the instance: it is adopted, indexed as

@@ -48,10 +48,10 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
 
 from dicomstore.archive import crashpoints, layout, metacache
 from dicomstore.archive.engine import engine_for
+from dicomstore.archive.filestorage import intent_target, link_intent
 from dicomstore.archive.index import Index
 from dicomstore.archive.reader import ArchiveReader, NotStoredError
 
@@ -60,36 +60,6 @@ _KEYWORDS = {
     "series": "SeriesInstanceUID",
     "instance": "SOPInstanceUID",
 }
-
-
-#: The suffix of a removal intent's name in ``.tmp``.
-INTENT = ".rm"
-_NAME_MAX = 255
-
-
-def link_intent(root: Path, tmp: str, owner: str, relpath: str) -> str | None:
-    """Give the file at ``relpath`` a removal intent in ``tmp`` (not yet durable:
-    the caller flushes ``tmp``); its path, or ``None`` when it could not be made
-    (no hard links, a name too long, the file gone): the caller goes on without.
-
-    ``owner`` makes the name unique among the processes writing to ``tmp``.
-    """
-    name = f"{owner}={quote(relpath, safe='', errors='surrogateescape')}{INTENT}"
-    if len(os.fsencode(name)) > _NAME_MAX:
-        return None
-    link = f"{tmp}/{name}"
-    try:
-        os.link(layout.resolve(root, relpath), link)
-    except (OSError, ValueError):
-        return None
-    return link
-
-
-def intent_target(name: str) -> str | None:
-    """The archive path a removal intent's name stands for (``None``: not one)."""
-    if not name.endswith(INTENT) or "=" not in name:
-        return None
-    return unquote(name[: -len(INTENT)].partition("=")[2], errors="surrogateescape")
 
 
 def pending_intents(root: Path) -> list[str]:

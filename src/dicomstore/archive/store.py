@@ -53,14 +53,14 @@ from dicomstore.archive import layout
 from dicomstore.archive.commit import CommitStats, GroupCommit
 from dicomstore.archive.dicomfile import MetaTemplates
 from dicomstore.archive.engine import engine_for
+from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.index import Index
 from dicomstore.archive.ingest import Ingest
 from dicomstore.archive.maintenance import check_archive, reindex_archive
 from dicomstore.archive.nodes import Node
 from dicomstore.archive.publish import Publisher
-from dicomstore.archive.recovery import ArchiveBusyError, hold, recover
+from dicomstore.archive.recovery import ArchiveBusyError, hold
 from dicomstore.archive.relations import RELATIONAL_POLICIES
-from dicomstore.archive.storage import FileStorage
 
 DuplicatePolicy = Literal["keep", "replace", "reject"]
 POLICIES: tuple[str, ...] = ("keep", "replace", "reject")
@@ -108,7 +108,7 @@ class Archive:
             raise ValueError(f"on_duplicate must be one of {POLICIES}, not {on_duplicate!r}")
         self.root = Path(root).resolve()
         #: where the instances' bytes are (``storage.py``): the files under ``root``
-        self.storage = FileStorage(self.root)
+        self.storage = FileStorage(self.root, fsync=fsync, syncfs=syncfs)
         self.fsync = fsync
         self.on_duplicate = on_duplicate
         if on_class_mismatch not in ("reject", "tolerate"):
@@ -146,16 +146,15 @@ class Archive:
         self.tmp_dir = self._node.folder
         try:
             #: instances a crash left published but not indexed, adopted at start-up
-            self.recovered = recover(self.root, self.index, fsync=fsync)
+            self.recovered = self.storage.recover(self.index, fsync=fsync)
             #: instances indexed anew because the index had an older schema
             self.reindexed = reindex_archive(self.root, self.index) if self.index.rebuild else None
             self._publisher = Publisher(
-                self.root,
+                self.storage,
                 self.index,
-                fsync=fsync,
                 on_duplicate=on_duplicate,
-                syncfs=syncfs,
                 on_relational_mismatch=on_relational_mismatch,
+                submitted=lambda: self._committer.submitted,
             )
         except BaseException:
             self._node.close()
@@ -164,7 +163,6 @@ class Archive:
             raise
         flush_time = (lambda: self._publisher.flush_time) if fsync else None
         self._committer = GroupCommit(self._publisher.publish, gather=flush_time)
-        self._publisher.submitted = lambda: self._committer.submitted
         self._announce = (self._committer.arriving, self._committer.left)
         self._templates = MetaTemplates()
         self._names = itertools.count()
@@ -225,6 +223,7 @@ class Archive:
             announce=self._announce,
             tolerate_class_mismatch=self.on_class_mismatch == "tolerate",
             discard_trailing_padding=self.trailing_padding == "discard",
+            storage=self.storage,
         )
 
     # -- reading ----------------------------------------------------------------------

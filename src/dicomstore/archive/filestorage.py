@@ -1,0 +1,418 @@
+"""The local file system behind the storage interfaces (``storage.py``): the key is
+the path under the root.
+
+:class:`FileStorage` reads by path, writes the temporaries in ``.tmp`` (one
+``os.write`` per call), and publishes a batch with the steps, flushes and crash
+points of ``publish.py`` (hard-link traces, fsync/syncfs, ``.bak``, removal
+intents, renames, folder flushes); start-up recovery is ``recovery.recover``.
+The removal intents' names (:func:`link_intent`, :func:`intent_target`) are
+made here for ``removal.py`` too.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+from urllib.parse import quote, unquote
+
+from dicomstore.archive import crashpoints, layout
+from dicomstore.archive.commit import CommitStats, Staged
+from dicomstore.archive.index import Index
+
+#: Batches at least this large are flushed with syncfs (when available).
+SYNCFS_MIN_BATCH = 2
+#: Folders remembered as existing before the memory starts again.
+DIRS_LIMIT = 100_000
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK}
+#: The suffix of a removal intent's name in ``.tmp`` (``removal.py``).
+INTENT = ".rm"
+_NAME_MAX = 255
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+class FileStorage:
+    """The local file system under ``root``: the key is the path relative to it.
+
+    :class:`WritableStorage`: a temporary is a file created in ``.tmp`` and
+    written with one ``os.write`` per call; a batch is published with the steps
+    and flushes of ``publish.py`` (its docstring has the crash points).
+    ``fsync=False`` makes no step durable (tests, scratch archives); ``syncfs``:
+    ``None`` uses it where it can be trusted, ``False`` never (each file
+    fsynced, e.g. on a file system shared with heavy unrelated writers).
+    """
+
+    def __init__(self, root: Path | str, *, fsync: bool = True, syncfs: bool | None = None) -> None:
+        if syncfs and not layout.SYNCFS_AVAILABLE:
+            raise ValueError("syncfs needs Linux 5.8 or later")
+        self.root = Path(root)
+        self._root = str(self.root)
+        # the write side (start)
+        self.fsync = fsync
+        self._use_syncfs = syncfs
+        self.stats = CommitStats()
+        #: the number of instances submitted so far (``GroupCommit.submitted``)
+        self.submitted: Callable[[], int] = _none_yet
+        #: how many instances had been submitted (``Staged.seq``) when the last
+        #: successful syncfs began: their data was durable when it returned
+        self.durable_seq = 0
+        self._fs_fd = -1  # for syncfs
+        self._whole_fs = False  # the batch being published is flushed with syncfs
+        self._dirs: set[str] = set()  # folders (relative) known to exist
+        self._links = True  # hard links work here
+
+    def __repr__(self) -> str:
+        return f"FileStorage({str(self.root)!r})"
+
+    def path(self, key: str) -> Path:
+        """The file of ``key`` (``ValueError`` for a key outside the root)."""
+        return layout.resolve(self.root, key)
+
+    # -- Storage ----------------------------------------------------------------------
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self.path(key), "rb")  # noqa: SIM115 - the caller closes it
+
+    def local_path(self, key: str) -> Path | None:
+        return self.path(key)
+
+    def size(self, key: str) -> int:
+        return os.stat(self.path(key)).st_size
+
+    def version(self, key: str) -> str:
+        st = os.stat(self.path(key))
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        parts = prefix.split("/")[:-1]
+        if ".." in parts or prefix.startswith("/"):
+            raise ValueError(f"not a key prefix of the archive: {prefix!r}")
+        if parts[:1] == [layout.TMP_DIR]:
+            return
+        folder = self.root.joinpath(*parts)
+        for path in dicom_files(folder):
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix):
+                yield key
+
+    def delete(self, key: str) -> bool:
+        try:
+            os.unlink(self.path(key))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def free_space(self) -> int | None:
+        return shutil.disk_usage(self.root).free
+
+    # -- WritableStorage: temporaries (the C-STORE hot path: no more than the calls) ----
+
+    def create(self, temp: str) -> int:
+        return os.open(temp, _CREATE, 0o644)
+
+    def write(self, handle: int, data: bytes | bytearray | memoryview) -> None:
+        written = os.write(handle, data)
+        if written < len(data):  # short write: rare for regular files
+            view = memoryview(data)[written:]
+            while view:
+                view = view[os.write(handle, view) :]
+
+    def abort(self, handle: int, temp: str) -> None:
+        if handle >= 0:
+            try:
+                os.close(handle)
+            except OSError:
+                pass
+        layout.remove_quietly(temp)
+
+    def recover(self, index: Index, *, fsync: bool) -> int:
+        """``recovery.recover``: the traces and removal intents in ``.tmp`` and in the
+        folders of dead nodes."""
+        from dicomstore.archive.recovery import recover  # (it imports this module)
+
+        return recover(self.root, index, fsync=fsync)
+
+    # -- WritableStorage: publishing (publish.py has the order and the crash points) ---
+
+    def start(self, stats: CommitStats, submitted: Callable[[], int]) -> None:
+        self.stats = stats
+        self.submitted = submitted
+        syncfs = layout.SYNCFS_AVAILABLE if self._use_syncfs is None else self._use_syncfs
+        if self.fsync and syncfs:
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+            self._fs_fd = os.open(self.root / layout.TMP_DIR, flags)
+
+    def close(self) -> None:
+        """Release the descriptor used for syncfs (call when no batch runs)."""
+        if self._fs_fd >= 0:
+            os.close(self._fs_fd)
+            self._fs_fd = -1
+
+    def stage(self, batch: list[Staged]) -> list[Staged]:
+        """Trace each file (a second name in ``.tmp``, see ``recovery.recover``), then
+        make the data of the files durable: one syncfs for a batch, else an fsync each.
+        """
+        self._whole_fs = whole_fs = self._fs_fd >= 0 and len(batch) >= SYNCFS_MIN_BATCH
+        if self._links:  # (without fsync too: a node killed keeps its page cache)
+            for member in batch:
+                self._link_trace(member)  # before the flush, which covers it too
+            if crashpoints.ENABLED:
+                crashpoints.reached("publish.after-trace")
+        if not self.fsync or all(0 < m.seq <= self.durable_seq for m in batch):
+            # (with fsync: a syncfs that began after they were written flushed them)
+            if self.fsync:
+                self.stats.flushed_before += 1
+            for member in batch:
+                _close(member)
+            return batch
+        if whole_fs:
+            try:
+                self._syncfs()
+            except OSError:
+                pass  # find out whose data was lost: each descriptor reports its own
+            else:
+                for member in batch:
+                    _close(member)
+                return batch
+        if len(batch) > 1:
+            for member in batch:
+                layout.start_writeback(member.fd)
+        live = []
+        for member in batch:
+            try:
+                self.stats.flushes += 1
+                os.fsync(member.fd)
+            except OSError as exc:
+                member.failed = exc
+            else:
+                _close(member)
+                live.append(member)
+        return live
+
+    def place(self, member: Staged, key: str, replacing: str | None) -> None:
+        """Rename one file to its final name (``OSError``: taken back).
+
+        The file has a second name in ``.tmp`` by now, its *trace* (made
+        before the flush), kept until after the COMMIT: a crash in between
+        leaves it there, and the next start adopts the file it names
+        (``recovery.recover``). A file already at the final name (replace, or a
+        crash's leftover) is kept as a link in ``.tmp`` until the COMMIT, and
+        restored if the batch fails. The file of a replaced instance stored at
+        another name gets a removal intent (``removal.py``), flushed with the
+        folders: after the COMMIT it says that file must go.
+        """
+        # with syncfs, new folders are made durable by the one syncfs of settle
+        # instead of an fsync of each parent
+        durable_dirs = self.fsync and self._fs_fd < 0
+        member.final = final = f"{self._root}/{key}"
+        folder = key.rpartition("/")[0]
+        try:
+            if folder not in self._dirs:
+                member.created = self._make_dirs(folder, durable_dirs)
+            backup = f"{member.temp}.bak"
+            try:
+                os.link(final, backup)
+                member.backup = backup
+            except FileNotFoundError:
+                pass
+            if replacing is not None and replacing != key and self.fsync and self._links:
+                tmp, _, owner = member.temp.rpartition("/")
+                member.intent = link_intent(self.root, tmp, owner, replacing)
+            if replacing is not None and crashpoints.ENABLED:
+                crashpoints.reached("publish.after-old-link")
+            try:
+                os.rename(member.temp, final)
+            except FileNotFoundError:
+                if folder not in self._dirs:
+                    raise
+                self._dirs.discard(folder)  # removed behind our back (a delete emptied it)
+                member.created = self._make_dirs(folder, durable_dirs)
+                os.rename(member.temp, final)
+            if crashpoints.ENABLED:
+                crashpoints.reached("publish.after-rename")
+        except OSError:
+            if member.backup is not None:
+                layout.remove_quietly(member.backup)
+                member.backup = None
+            if member.intent is not None:
+                layout.remove_quietly(member.intent)
+                member.intent = None
+            layout.remove_empty_dirs(member.created or [])
+            raise
+
+    def settle(self, placed: list[Staged]) -> None:
+        """Make the new names durable (and the folders made for them): an fsync of
+        each folder, or one syncfs for new folders or several folders."""
+        if not self.fsync:
+            return
+        folders = {member.final.rpartition("/")[0] for member in placed}
+        # removal intents (replaces that move an instance) are durable before the COMMIT
+        folders.update(m.intent.rpartition("/")[0] for m in placed if m.intent is not None)
+        created = any(member.created for member in placed)
+        if self._fs_fd >= 0 and (created or (self._whole_fs and len(folders) > 1)):
+            try:
+                self._syncfs()
+                return
+            except OSError:
+                # a writeback error anywhere on the file system: flush our own folders,
+                # and the parents of the folders made for the batch (not yet durable)
+                for member in placed:
+                    for path in member.created or ():
+                        folders.add(str(path.parent))
+        for folder in folders:
+            self.stats.flushes += 1
+            layout.fsync_dir(Path(folder))
+
+    def finish(self, placed: list[Staged]) -> None:
+        """The final names are committed: the replaced version's names go, its
+        removal intent only once it is gone, the trace last (see recovery.recover)."""
+        if len(self._dirs) > DIRS_LIMIT:
+            self._dirs.clear()
+        for member in placed:
+            self._dirs.add(member.rel.rpartition("/")[0])
+            old = member.existing
+            if old is not None and old["path"] != member.rel:
+                self._remove_file(old["path"])
+            if member.backup is not None:
+                layout.remove_quietly(member.backup)
+            if old is not None and crashpoints.ENABLED:
+                crashpoints.reached("publish.after-old-gone")
+            if member.intent is not None:
+                layout.remove_quietly(member.intent)
+            if member.trace is not None:
+                layout.remove_quietly(member.trace)
+
+    def undo(self, placed: list[Staged]) -> None:
+        """Take back the renames of a batch that cannot be committed (the files go)."""
+        for member in reversed(placed):
+            try:
+                if not _same_file(member.final, member.trace or member.temp):
+                    pass  # not ours any more (another node's, see publish.py)
+                elif member.backup is not None:
+                    os.replace(member.backup, member.final)
+                    member.backup = None
+                else:
+                    layout.remove_quietly(member.final)
+            except OSError:
+                pass  # check() will report it
+            for name in ("backup", "trace"):
+                if getattr(member, name) is not None:
+                    _quietly(layout.remove_quietly, getattr(member, name))
+                    setattr(member, name, None)
+            if member.intent is not None:
+                layout.remove_quietly(member.intent)
+                member.intent = None
+            layout.remove_empty_dirs(member.created or [])
+        if self.fsync:
+            for folder in {member.final.rpartition("/")[0] for member in placed}:
+                _quietly(layout.fsync_dir, Path(folder))
+
+    def discard(self, member: Staged) -> None:
+        _close(member)
+        layout.remove_quietly(member.temp)
+        if member.trace is not None:
+            layout.remove_quietly(member.trace)
+            member.trace = None
+
+    def _link_trace(self, member: Staged) -> None:
+        """Best effort: without a trace, a crash before the COMMIT leaves a file that
+        ``check`` reports and ``reindex`` adopts (as before traces)."""
+        trace = f"{member.temp}.pub"
+        try:
+            os.link(member.temp, trace)
+        except OSError as exc:
+            if exc.errno in _NO_LINKS:
+                self._links = False  # a file system without hard links
+        else:
+            member.trace = trace
+
+    def _make_dirs(self, folder: str, durable: bool) -> list[Path]:
+        created = layout.make_dirs(self.root, PurePosixPath(folder), durable=durable)
+        if durable:
+            self.stats.flushes += len(created)
+        return created
+
+    def _syncfs(self) -> None:
+        self.stats.flushes += 1
+        upto = self.submitted()  # written before this syncfs begins: durable after it
+        layout.syncfs(self._fs_fd)
+        self.durable_seq = max(self.durable_seq, upto)
+
+    def _remove_file(self, key: str) -> None:
+        """Remove a file the index no longer points to (after a replace moved it)."""
+        try:
+            path = layout.resolve(self.root, key)
+            os.unlink(path)
+            if self.fsync:
+                layout.fsync_dir(path.parent)
+        except (OSError, ValueError):
+            pass  # check() reports it as unindexed
+
+
+def _none_yet() -> int:
+    return 0
+
+
+def _same_file(path: str, other: str) -> bool:
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return True  # (no trace to tell: the file at ``path`` is taken as ours)
+
+
+def _close(member: Staged) -> None:
+    if member.fd >= 0:
+        try:
+            os.close(member.fd)
+        except OSError:
+            pass
+        member.fd = -1
+
+
+def _quietly(action: Callable[..., object], *args: object) -> None:
+    try:
+        action(*args)
+    except OSError:
+        pass
+
+
+def link_intent(root: Path, tmp: str, owner: str, relpath: str) -> str | None:
+    """Give the file at ``relpath`` a removal intent in ``tmp`` (not yet durable:
+    the caller flushes ``tmp``); its path, or ``None`` when it could not be made
+    (no hard links, a name too long, the file gone): the caller goes on without.
+
+    ``owner`` makes the name unique among the processes writing to ``tmp``.
+    """
+    name = f"{owner}={quote(relpath, safe='', errors='surrogateescape')}{INTENT}"
+    if len(os.fsencode(name)) > _NAME_MAX:
+        return None
+    link = f"{tmp}/{name}"
+    try:
+        os.link(layout.resolve(root, relpath), link)
+    except (OSError, ValueError):
+        return None
+    return link
+
+
+def intent_target(name: str) -> str | None:
+    """The archive path a removal intent's name stands for (``None``: not one)."""
+    if not name.endswith(INTENT) or "=" not in name:
+        return None
+    return unquote(name[: -len(INTENT)].partition("=")[2], errors="surrogateescape")
+
+
+def dicom_files(root: Path) -> Iterator[Path]:
+    """Every ``*.dcm`` file under ``root`` except the temporaries (in name order)."""
+    for folder, dirs, files in os.walk(root):
+        if Path(folder) == root:
+            dirs[:] = [d for d in dirs if d != layout.TMP_DIR]
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(layout.SUFFIX):
+                yield Path(folder, name)
