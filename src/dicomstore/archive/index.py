@@ -222,6 +222,12 @@ class Index:
 
         A check passed is remembered (not for a replace: its answer holds for that
         instance only), so the next instance of the series costs two dict lookups."""
+        if not replacing:  # the usual case first: a series already checked, as given
+            # (a check passed holds values as stored; a value that is not as stored,
+            # a lone surrogate, never equals one, and is looked at below)
+            known = self._related.get(row.get("series_uid") or "")
+            if known is not None and known == (row.get("study_uid") or "", patient_key(row)):
+                return None
         values = {k: row.get(k) or "" for k in _CONFLICT_KEYS}
         if not all(v.isascii() for v in values.values()):  # (rare: clean_text is slower)
             values = {k: clean_text(v) for k, v in values.items()}
@@ -276,18 +282,18 @@ class Index:
                     self._related.clear()
                     self._related_studies.clear()
             full: dict[str, Any] = {}
+            get = values.get  # (map over it: no frame per comprehension, per instance)
             for table in PARENTS:
-                natural = tuple([values.get(c) for c in NATURAL_KEY[table]])
-                pk, stored = self._put_parent(
-                    table, natural, tuple([values.get(c) for c in ATTRS[table]])
-                )
+                natural_columns, attrs = NATURAL_KEY[table], ATTRS[table]
+                natural = tuple(map(get, natural_columns))
+                pk, stored = self._put_parent(table, natural, tuple(map(get, attrs)))
                 values[PK[table]] = pk
-                full.update(zip(NATURAL_KEY[table], natural, strict=True))
-                full.update(zip(ATTRS[table], stored, strict=True))
-            own = [values.get(c) for c in INSTANCE_COLUMNS]
+                full.update(zip(natural_columns, natural, strict=True))
+                full.update(zip(attrs, stored, strict=True))
+            own = list(map(get, INSTANCE_COLUMNS))
             full.update(zip(INSTANCE_COLUMNS, own, strict=True))
             params.append(own)
-            result.append({key: full[key] for key in ROW_COLUMNS})
+            result.append(dict(zip(ROW_COLUMNS, map(full.__getitem__, ROW_COLUMNS), strict=True)))
         self.engine.later(self._db, UPSERT_INSTANCE, params)
         return result
 
