@@ -55,7 +55,7 @@ from dicomstore.services.forward_rules import ForwardRule, destinations_of, entr
 from dicomstore.services.move_sender import DestinationSender, contexts_for
 from dicomstore.services.retrieve import Selected
 from dicomstore.services.stability import StableStudy
-from dicomstore.services.storage import on_loop
+from dicomstore.services.storage import Home, on_loop
 from dicomstore.services.storage_scu import classify
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
 
@@ -151,7 +151,7 @@ class Forwarding:
         self.peers = {ae: _Peer(dest) for ae, dest in self.destinations.items()}
         self._arrivals: list[dict[str, Any]] = []
         self._arrived = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._home: Home | None = None
         self._writer: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -187,7 +187,7 @@ class Forwarding:
             return
         if row["received_at"] < iso(self.clock() - SLACK):
             return  # a duplicate the archive kept: the row of an earlier store, not new
-        on_loop(self._loop, self._arrive, row)
+        on_loop(self._home, self._arrive, row)
 
     def arrived_elsewhere(self, rows: list[dict[str, Any]]) -> None:
         """(On the loop.) Instances the index received, other nodes' among them
@@ -252,7 +252,7 @@ class Forwarding:
     async def start(self) -> None:
         """Start queueing and sending (in the running loop), after :meth:`open`."""
         assert self.queue is not None, "open() first"
-        self._loop = asyncio.get_running_loop()
+        self._home = Home.here()
         self._writer = asyncio.create_task(self._write(), name="forward-queue")
         for ae, peer in self.peers.items():
             peer.task = asyncio.create_task(self._send_loop(peer), name=f"forward-{ae}")

@@ -41,7 +41,7 @@ from typing import Any, BinaryIO
 
 from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.services.storage import on_loop
+from dicomstore.services.storage import Home, on_loop
 
 log = logging.getLogger("dicomstore.stable")
 
@@ -232,7 +232,7 @@ class StudyStability:
         self._wake = asyncio.Event()
         #: when the clock task wakes next by itself (None: only when woken)
         self._next_due: float | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._home: Home | None = None
         self._task: asyncio.Task[None] | None = None
         self._actions: set[asyncio.Future[object]] = set()
 
@@ -244,7 +244,7 @@ class StudyStability:
         if not result.stored or not row or not row.get("study_uid") or not row.get("path"):
             return
         arrival = (row["study_uid"], row.get("patient_id"), row["path"], self.clock())
-        on_loop(self._loop, self.arrived, *arrival)
+        on_loop(self._home, self.arrived, *arrival)
 
     def arrived_elsewhere(self, rows: list[dict[str, Any]]) -> None:
         """(On the loop.) Instances the index received, other nodes' among them
@@ -298,7 +298,7 @@ class StudyStability:
 
     async def start(self) -> None:
         """Start watching (in the running loop)."""
-        self._loop = asyncio.get_running_loop()
+        self._home = Home.here()
         self._task = asyncio.create_task(self._run(), name="study-stability")
 
     async def close(self, grace: float = 10.0) -> None:

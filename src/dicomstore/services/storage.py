@@ -33,11 +33,12 @@ import asyncio
 import functools
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dicomstore import status as st
 from dicomstore import uids
@@ -86,20 +87,29 @@ class StoredEvent:
 OnStored = Callable[[StoredEvent], Awaitable[None]]
 
 
-def on_loop(
-    loop: asyncio.AbstractEventLoop | None, callback: Callable[..., object], *args: Any
-) -> None:
-    """For an observer with a loop of its own: ``callback(*args)`` now when called on
-    ``loop`` (or there is none yet), else soon in ``loop``'s thread (the door that
-    stored runs on another loop, as an HTTP server in a thread of its own may)."""
-    try:
-        here = asyncio.get_running_loop()
-    except RuntimeError:
-        here = None
-    if loop is not None and here is not loop:
-        loop.call_soon_threadsafe(callback, *args)
-    else:
+class Home(NamedTuple):
+    """The loop an observer lives on and the thread running it (:func:`on_loop`)."""
+
+    loop: asyncio.AbstractEventLoop
+    thread: int
+
+    @classmethod
+    def here(cls) -> Home:
+        """The running loop and this thread (call it from the observer's loop)."""
+        return cls(asyncio.get_running_loop(), threading.get_ident())
+
+
+def on_loop(home: Home | None, callback: Callable[..., object], *args: Any) -> None:
+    """For an observer with a loop of its own: ``callback(*args)`` now when called in
+    its loop's thread (or it has none yet), else soon in that thread (the door that
+    stored runs on another loop, as an HTTP server in a thread of its own may).
+
+    Per instance stored: the thread is compared, not the running loop looked up
+    (``asyncio.get_running_loop`` costs a getpid(2) per call before Python 3.12)."""
+    if home is None or home.thread == threading.get_ident():
         callback(*args)
+    else:
+        home.loop.call_soon_threadsafe(callback, *args)
 
 
 @dataclass(frozen=True)
