@@ -193,7 +193,7 @@ def is_warning(status: int) -> bool:
 
 def is_failure(status: int) -> bool:
     """True for a Failure status, including codes the standard does not define."""
-    return category(status) == "failure"
+    return status != 0 and category(status) == "failure"  # (Success: asked per instance)
 
 
 def describe(status: int) -> str:

@@ -207,4 +207,5 @@ class StorageSCP:
         if callable(in_thread):
             in_thread = in_thread()
         result = await self.service.finish(receiving.storing, in_thread=in_thread)
-        return rq.response(result.status, error_comment(result.comment), result.offending)
+        comment = error_comment(result.comment) if result.comment else None  # (Success: none)
+        return rq.response(result.status, comment, result.offending)

@@ -27,7 +27,7 @@ def log_store(
     ``service`` is ``"C-STORE"`` or ``"STOW-RS"``; ``comment`` is the full Error
     Comment (the one sent may be cut to 64 characters).
     """
-    level = logging.DEBUG if st.is_success(status) else logging.WARNING
+    level = logging.DEBUG if status == st.SUCCESS else logging.WARNING
     if not log.isEnabledFor(level):
         return
     log.log(
