@@ -339,46 +339,37 @@ class AcceptorAssociation:
 
     async def _on_dimse(self, event) -> None:
         t = self.t
-        # the C-STORE hot path first: a C-STORE-RQ, or a fragment of the data set being
-        # received (one message at a time on an association, PS3.7 6.3.1), is storage's
-        storing = isinstance(event, DatasetFragment) and self.receiving is not None
-        if not storing and not isinstance(getattr(event, "message", None), CStoreRQ):
-            for scp in self._qr_scps:
-                if scp is not None and scp.handles(event):
-                    scp.receive(event)
-                    return
-        if isinstance(event, CommandReceived) and isinstance(
-            event.message, CStoreRSP | NEventReportRSP
-        ):
+        # the C-STORE hot path first: a fragment of the data set being received (one
+        # message at a time on an association, PS3.7 6.3.1), or a C-STORE-RQ, is
+        # storage's; anything else goes to the Q/R SCP that handles it, if one does
+        if isinstance(event, DatasetFragment):
+            receiving = self.receiving
+            if receiving is not None:
+                # Receiving.write takes any bytes-like (it only writes it out and takes
+                # its len); its annotation (services/storage_scp.py) says less.
+                receiving.write(event.data)
+                if event.is_last:
+                    self.receiving = None
+                    await self._complete(event.context_id, receiving)
+                return
+        elif isinstance(event.message, CStoreRQ):
+            self._begin_store(event.context_id, event.message)
+            return
+        for scp in self._qr_scps:
+            if scp is not None and scp.handles(event):
+                scp.receive(event)
+                return
+        if isinstance(event, DatasetFragment):  # a data set we decided to discard
+            return
+        if isinstance(event.message, CStoreRSP | NEventReportRSP):
             if self.invoker is None or not self.invoker.deliver(event.message):
                 name = type(event.message).__name__
                 log.warning("%s: %s to no request of ours ignored", t.peer, name)
             return
-        if isinstance(event, DatasetFragment):
-            receiving = self.receiving
-            if receiving is None:  # a data set we decided to discard
-                return
-            # Receiving.write takes any bytes-like (it only writes it out and takes its
-            # len); its annotation (services/storage_scp.py, being restructured) says less.
-            receiving.write(event.data)
-            if event.is_last:
-                self.receiving = None
-                await self._complete(event.context_id, receiving)
-            return
         assert isinstance(event, CommandReceived)
         message = event.message
         rsp: CStoreRSP | CEchoRSP | GenericRSP | NActionRSP | NEventReportRSP
-        if isinstance(message, CStoreRQ):
-            assert self.storage is not None
-            if message.message_id in self.inflight:
-                self.receiving = self.storage.refuse(
-                    message,
-                    st.DUPLICATE_INVOCATION,
-                    f"message ID {message.message_id} is still being processed",
-                )
-            else:
-                self.receiving = self.storage.begin(event.context_id, message)
-        elif isinstance(message, CEchoRQ):
+        if isinstance(message, CEchoRQ):
             assert t.negotiated is not None  # PDVs arrive on accepted contexts only
             context = t.negotiated.contexts[event.context_id]
             refusal = echo_refusal(message, context.abstract_syntax)
@@ -419,6 +410,17 @@ class AcceptorAssociation:
             )
         else:
             log.warning("%s: unexpected %s ignored", t.peer, type(message).__name__)
+
+    def _begin_store(self, context_id: int, message: CStoreRQ) -> None:
+        assert self.storage is not None
+        if message.message_id in self.inflight:
+            self.receiving = self.storage.refuse(
+                message,
+                st.DUPLICATE_INVOCATION,
+                f"message ID {message.message_id} is still being processed",
+            )
+        else:
+            self.receiving = self.storage.begin(context_id, message)
 
     async def _complete(self, context_id: int, receiving: Receiving) -> None:
         """Commit and answer; with a window > 1, overlap commits with receiving.
