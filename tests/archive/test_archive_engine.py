@@ -133,3 +133,29 @@ def test_the_readers_kept_close_with_their_engine(postgres) -> None:
     assert not db.conn.closed  # kept
     del engine  # (no cycle keeps it: gone at once, its readers closed)
     assert db.conn.closed
+
+
+def test_a_writer_whose_session_ended_connects_anew(tmp_path, index_engine, caplog) -> None:
+    if index_engine != "postgresql":
+        pytest.skip("a SQLite file has no session to lose")
+    import psycopg
+    from tests.archive.archive_testlib import dataset, store
+
+    from dicomstore.archive import Archive
+
+    with Archive(tmp_path / "a", fsync=False) as archive:
+        assert store(archive, dataset("1.2.71.1"), sop_uid="1.2.71.1").status == 0
+        pid = _pid(archive.index._db)
+        url = archive.index.engine.url
+        with psycopg.connect(url, autocommit=True) as admin:  # (as a server restart)
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            # the next store connects again, unseen by its sender
+            assert store(archive, dataset("1.2.71.2"), sop_uid="1.2.71.2").status == 0
+            new = _pid(archive.index._db)
+            held = admin.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = %s",
+                (new,),
+            ).fetchone()[0]
+        assert new != pid and held == 1  # the archive's shared lock taken again
+        assert {r["sop_instance_uid"] for r in archive.instances()} == {"1.2.71.1", "1.2.71.2"}
+    assert "the writer's session was lost; connected again" in caplog.text

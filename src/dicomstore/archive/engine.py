@@ -209,6 +209,15 @@ class Engine:
     def close(self) -> None:
         """Close the connections it keeps (none: SQLite's)."""
 
+    def lost(self, db: Any) -> bool:
+        """Whether ``db``'s session is gone (a server ended it): a new connection is
+        needed. A SQLite file has no session to lose."""
+        return False
+
+    def unavailable(self, message: str) -> Exception:
+        """The engine's "unavailable" error (one of :data:`OperationalError`)."""
+        return sqlite3.OperationalError(message)
+
 
 class SqliteEngine(Engine):
     """The SQLite file at ``path``."""

@@ -33,12 +33,21 @@ generation: ``engine.py``) and empties the cache.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from dicomstore.archive.engine import Connection, Engine, SqliteEngine, dialect_of, order_by
+from dicomstore.archive.engine import (
+    Connection,
+    DatabaseError,
+    Engine,
+    OperationalError,
+    SqliteEngine,
+    dialect_of,
+    order_by,
+)
 from dicomstore.archive.schema import (
     ATTRS,
     FROM_JOIN,
@@ -70,6 +79,9 @@ from dicomstore.archive.schema import (
 _CONFLICT_KEYS = (*KEYS, "sop_instance_uid")
 #: Cached parent rows per table before the cache is emptied (memory bound).
 CACHE_LIMIT = 50_000
+
+
+log = logging.getLogger("dicomstore.archive")
 
 
 class SchemaError(RuntimeError):
@@ -111,6 +123,9 @@ class Index:
         #: the tables were made anew from an older schema: fill them from the files
         self.rebuild = False
         self._returning = self.engine.returning
+        self.durable = durable
+        #: the archive lock this writer's session holds (``hold``): None, shared or exclusive
+        self._held: bool | None = None
         self._db: Any = self.engine.writer(durable=durable, timeout=timeout)
         try:
             self._create(migrate)
@@ -155,11 +170,31 @@ class Index:
         """Take the archive's lock in the database, without waiting (``Engine.hold``):
         shared by each node for its life, exclusive for ``reindex``; False when the
         other kind holds it."""
-        return self.engine.hold(self._db, exclusive=exclusive)
+        held = self.engine.hold(self._db, exclusive=exclusive)
+        if held:
+            self._held = exclusive
+        return held
 
     def release(self, *, exclusive: bool) -> None:
         """Let go of what :meth:`hold` took (closing the index does too)."""
         self.engine.release(self._db, exclusive=exclusive)
+        self._held = None
+
+    def _reconnect(self) -> None:
+        """A new session for the writer, whose session is gone (a PostgreSQL server
+        restarted, or ended it): the archive's lock taken again, the cache emptied."""
+        old, self._db = self._db, self.engine.writer(durable=self.durable, timeout=self.timeout)
+        try:
+            old.close()
+        except DatabaseError:
+            pass
+        if self._held is not None and not self.engine.hold(self._db, exclusive=self._held):
+            raise self.engine.unavailable(
+                f"index {self.where}: its session was lost, and a reindex holds it now"
+            )
+        log.warning("index %s: the writer's session was lost; connected again", self.where)
+        self.forget()
+        self._data_version = None
 
     # -- the writer (hold self.lock) -------------------------------------------------
 
@@ -168,7 +203,15 @@ class Index:
         of the instances ``find`` names, read under the lock (:meth:`find_many`;
         PostgreSQL: in the same round trip)."""
         query = _find_query(find) if find else None
-        version, cursor = self.engine.begin(self._db, query[:2] if query else None)
+        then = query[:2] if query else None
+        try:
+            version, cursor = self.engine.begin(self._db, then)
+        except OperationalError:
+            if not self.engine.lost(self._db):
+                raise
+            # (nothing of this transaction was done on a session that is gone)
+            self._reconnect()
+            version, cursor = self.engine.begin(self._db, then)
         for added in self._added.values():
             added.clear()
         if version != self._data_version:  # another connection committed: forget

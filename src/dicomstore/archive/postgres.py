@@ -88,6 +88,12 @@ class PostgresEngine(Engine):
             raise
         return db
 
+    def lost(self, db: Any) -> bool:
+        return bool(db.conn.broken or db.conn.closed)
+
+    def unavailable(self, message: str) -> Exception:
+        return PostgresOperationalError(message)
+
     def reader(self, timeout: float) -> PgConnection:
         return self._readers.take(timeout)
 
