@@ -91,6 +91,8 @@ def test_four_senders_into_two_workers(tmp_path: Path) -> None:
     for uid, digest in expected.items():
         assert data_set_digest(storage / rows[uid]["path"]) == digest
     assert main(["check", "--storage", str(storage), *index_option(storage)]) == 0
+    warnings = [line for line in log.read_text().splitlines() if " WARNING " in line]
+    assert all("--fsync off" in line for line in warnings), warnings  # (nothing unexpected)
 
 
 def test_a_worker_ends_when_the_first_process_is_killed(tmp_path: Path) -> None:

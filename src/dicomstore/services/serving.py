@@ -140,8 +140,9 @@ async def running(
                     f"a when=stable forward rule needs the study-complete events of "
                     f"{server.reader.root}, which run in another node ({events.holder})"
                 )
-            else:
-                log.warning(
+            else:  # (expected in the workers of `serve --workers`: the first runs them)
+                log.log(
+                    logging.INFO if config.reuse_port else logging.WARNING,
                     "study-complete events of %s run in another node (%s); not here",
                     server.reader.root,
                     events.holder,
