@@ -25,13 +25,12 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import closing
-from datetime import datetime
 from typing import Any
 
 from dicomstore.archive import nodes
 from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.services.forward_recovery import iso
+from dicomstore.services.stability import iso, shifted
 
 log = logging.getLogger("dicomstore.server")
 
@@ -94,7 +93,7 @@ class OtherArrivals:
             self.newest = max(self.newest, iso(self.clock()))
             self.seen.clear()
             return []
-        floor = iso(datetime.fromisoformat(self.newest).timestamp() - self.slack)
+        floor = shifted(self.newest, -self.slack)
         new: list[dict[str, Any]] = []
         seen: dict[str, str] = {}
         with closing(self.reader.connect()) as db:

@@ -14,13 +14,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
-from datetime import UTC, datetime
 from typing import Any
 
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.services.forward_queue import ForwardQueue, Queued
 from dicomstore.services.forward_rules import ForwardRule, entries_for
-from dicomstore.services.stability import StableLog, StableStudy
+from dicomstore.services.stability import StableLog, StableStudy, shifted
 
 log = logging.getLogger("dicomstore.forward")
 
@@ -39,15 +38,6 @@ COLUMNS = ("sop_instance_uid", "received_at", "calling_ae", "modality", "sop_cla
 Since = dict[tuple[str, str], str]
 
 
-def iso(epoch: float) -> str:
-    """``epoch`` as the ISO 8601 text the index and the queue compare."""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")
-
-
-def _shifted(text: str, seconds: float) -> str:
-    return iso(datetime.fromisoformat(text).timestamp() + seconds)
-
-
 def recover(
     reader: ArchiveReader,
     queue: ForwardQueue,
@@ -63,7 +53,7 @@ def recover(
     if observed is None:  # a new queue: nothing stored before it is forwarded
         queue.set_watermark("observed", now)
     elif any(rule.when == "instance" for rule in rules):
-        floor = _shifted(observed, -SLACK)
+        floor = shifted(observed, -SLACK)
         with closing(reader.connect()) as db:
             cursor = db.execute(f"{_ROW} WHERE i.received_at >= ?", (floor,))
             added = _add_rows(queue, rules, since, _rows(cursor), "instance", batch)

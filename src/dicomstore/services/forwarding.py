@@ -50,11 +50,11 @@ from dicomstore.dimse import status as st
 from dicomstore.errors import DicomstoreError
 from dicomstore.services.destinations import Destination
 from dicomstore.services.forward_queue import Entry, ForwardQueue, Pending, Queued, Settled
-from dicomstore.services.forward_recovery import COLUMNS, SLACK, add_study, iso, recover
+from dicomstore.services.forward_recovery import COLUMNS, SLACK, add_study, recover
 from dicomstore.services.forward_rules import ForwardRule, destinations_of, entries_for
 from dicomstore.services.move_sender import DestinationSender, contexts_for
 from dicomstore.services.retrieve import Selected
-from dicomstore.services.stability import StableStudy
+from dicomstore.services.stability import StableStudy, iso
 from dicomstore.services.storage import Home, on_loop
 from dicomstore.services.storage_scu import classify
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU

@@ -79,12 +79,20 @@ class StableStudy:
 OnStable = Callable[[StableStudy], Awaitable[None] | None]
 
 
-def _iso(when: float) -> str:
+def iso(when: float) -> str:
+    """``when`` (epoch seconds) as the ISO 8601 text (UTC, microseconds) that the
+    index's ``received_at``, the event log and the forward queue hold and compare."""
     return datetime.fromtimestamp(when, UTC).isoformat(timespec="microseconds")
 
 
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso).timestamp()
+def epoch(text: str) -> float:
+    """The epoch seconds of such a text."""
+    return datetime.fromisoformat(text).timestamp()
+
+
+def shifted(text: str, seconds: float) -> str:
+    """Such a text ``seconds`` later (earlier when negative)."""
+    return iso(epoch(text) + seconds)
 
 
 class StableLog:
@@ -113,11 +121,11 @@ class StableLog:
         A line that cannot be read (cut by a crash mid-write) is skipped."""
         if not self.path.is_file():
             return
-        floor = _epoch(since) if since else None
+        floor = epoch(since) if since else None
         with open(self.path, "rb") as fp:
             for line in fp:
                 event = _parse(line)
-                if event and (floor is None or _epoch(event.stable_at) >= floor):
+                if event and (floor is None or epoch(event.stable_at) >= floor):
                     yield event
 
     def latest(self) -> Mapping[str, StableStudy]:
@@ -158,7 +166,7 @@ class StableLog:
 
     def last_reported(self) -> dict[str, float]:
         """Per study, the arrival time of the last instance its last event covered."""
-        return {uid: _epoch(e.last_received) for uid, e in self.latest().items()}
+        return {uid: epoch(e.last_received) for uid, e in self.latest().items()}
 
 
 def _parse(line: bytes) -> StableStudy | None:
@@ -186,7 +194,7 @@ _PARSED_LOCK = threading.Lock()
 def covered(event: StableStudy | None, newest: str | None) -> str | None:
     """``event.stable_at`` when ``event`` covers a study whose newest instance arrived
     at ``newest`` (ISO 8601), else None: the study is stable since then."""
-    if event is None or not newest or _epoch(newest) > _epoch(event.last_received):
+    if event is None or not newest or epoch(newest) > epoch(event.last_received):
         return None
     return event.stable_at
 
@@ -252,7 +260,7 @@ class StudyStability:
         ``received_at``, except those their study's last event covered already."""
         reported = self.log.last_reported()
         for row in rows:
-            when = _epoch(row["received_at"])
+            when = epoch(row["received_at"])
             # (1 ms: an event's times went through text and back)
             if when > reported.get(row["study_uid"], float("-inf")) + 0.001:
                 self.arrived(row["study_uid"], row.get("patient_id") or None, row["path"], when)
@@ -284,10 +292,10 @@ class StudyStability:
         count = 0
         with closing(self.reader.connect()) as db:
             for study_uid, patient_id, first, last, relpath in db.execute(sql):
-                newest = _epoch(last)
+                newest = epoch(last)
                 if newest <= reported.get(study_uid, float("-inf")):
                     continue
-                self.arrived(study_uid, patient_id or None, relpath, _epoch(first))
+                self.arrived(study_uid, patient_id or None, relpath, epoch(first))
                 self.pending[study_uid].last = newest
                 count += 1
         if count:
@@ -336,9 +344,9 @@ class StudyStability:
                 pending.patient_id,
                 counts[0],
                 counts[1],
-                _iso(pending.first),
-                _iso(pending.last),
-                _iso(self.clock()),
+                iso(pending.first),
+                iso(pending.last),
+                iso(self.clock()),
                 pending.folder,
             )
             await asyncio.to_thread(self.log.append, event)
