@@ -214,10 +214,6 @@ class Engine:
         needed. A SQLite file has no session to lose."""
         return False
 
-    def unavailable(self, message: str) -> Exception:
-        """The engine's "unavailable" error (one of :data:`OperationalError`)."""
-        return sqlite3.OperationalError(message)
-
 
 class SqliteEngine(Engine):
     """The SQLite file at ``path``."""

@@ -44,6 +44,7 @@ from dicomstore.archive.engine import (
     DatabaseError,
     Engine,
     OperationalError,
+    PostgresOperationalError,
     SqliteEngine,
     dialect_of,
     order_by,
@@ -189,7 +190,7 @@ class Index:
         except DatabaseError:
             pass
         if self._held is not None and not self.engine.hold(self._db, exclusive=self._held):
-            raise self.engine.unavailable(
+            raise PostgresOperationalError(  # (only a server's session is lost)
                 f"index {self.where}: its session was lost, and a reindex holds it now"
             )
         log.warning("index %s: the writer's session was lost; connected again", self.where)

@@ -89,10 +89,7 @@ class PostgresEngine(Engine):
         return db
 
     def lost(self, db: Any) -> bool:
-        return bool(db.conn.broken or db.conn.closed)
-
-    def unavailable(self, message: str) -> Exception:
-        return PostgresOperationalError(message)
+        return bool(db.lost)
 
     def reader(self, timeout: float) -> PgConnection:
         return self._readers.take(timeout)
@@ -247,12 +244,17 @@ class PgConnection:
     def _reconnected(self) -> bool:
         """A reader kept idle whose session is gone (the server restarted, or ended
         it) before its first answer: connected anew, once."""
-        if self.reconnect is None or not self.conn.broken:
+        if self.reconnect is None or not self.lost:
             return False
         connect, self.reconnect = self.reconnect, None
         self.conn.close()
         self.conn = connect()
         return True
+
+    @property
+    def lost(self) -> bool:
+        """Its session is gone (the server ended it): only a new connection serves."""
+        return bool(self.conn.broken or self.conn.closed)
 
     def idle(self) -> bool:
         """Open, and no transaction or result in progress: fit for another reader."""

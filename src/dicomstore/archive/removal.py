@@ -358,12 +358,6 @@ def _remove_empty_dirs(root: Path, series_dirs: set[Path], index: Index) -> None
         index.begin()
         try:
             for folder in sorted(series_dirs, reverse=True):
-                for candidate in (folder, folder.parent):
-                    if candidate == root or root not in candidate.parents:
-                        continue
-                    try:
-                        os.rmdir(candidate)
-                    except OSError:
-                        break  # not empty, or gone
+                _rmdir_empty(root, folder)
         finally:
             index.rollback()
