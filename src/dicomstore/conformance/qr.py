@@ -9,6 +9,10 @@ from dicomstore import status as st
 from dicomstore import uids
 from dicomstore.archive import attributes
 from dicomstore.conformance.tables import table
+from dicomstore.services.qr_operations import MAX_IDENTIFIER
+
+#: The bound on a request Identifier, in words (beyond it: A700 / A701).
+IDENTIFIER_BOUND = f"{MAX_IDENTIFIER >> 20} MiB"
 
 #: C-FIND statuses the Q/R SCP answers, and when (PS3.4 C.4.1.1.4, PS3.7 C.4.1).
 FIND_STATUSES: tuple[tuple[int, str], ...] = (
@@ -25,6 +29,11 @@ FIND_STATUSES: tuple[tuple[int, str], ...] = (
         st.CANNOT_UNDERSTAND,
         "an unreadable Identifier, a value that cannot be matched "
         "(a malformed date, time or integer), the index unavailable",
+    ),
+    (
+        st.OUT_OF_RESOURCES,
+        f"an Identifier over {IDENTIFIER_BOUND}: the rest is discarded as it arrives (the "
+        "association goes on)",
     ),
     (st.SOP_CLASS_NOT_SUPPORTED, "a C-FIND on a context that is not a FIND model"),
     (st.NOT_AUTHORIZED, "the caller lacks the `find` right (policy file)"),
@@ -49,7 +58,9 @@ MOVE_STATUSES: tuple[tuple[int, str], ...] = (
     (st.MOVE_DESTINATION_UNKNOWN, "the Move Destination is not a configured destination"),
     (
         st.UNABLE_TO_CALCULATE_MATCHES,
-        "more than 65535 instances (the counts are US), or the index unavailable",
+        "more than 65535 instances (the counts are US), the index unavailable, or an "
+        f"Identifier over {IDENTIFIER_BOUND} (the rest discarded as it arrives; the association "
+        "goes on)",
     ),
     (
         st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
