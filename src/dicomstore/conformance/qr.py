@@ -7,6 +7,11 @@ from __future__ import annotations
 
 from dicomstore import status as st
 from dicomstore import uids
+from dicomstore.aio.invoker import (
+    MAX_RESPONSE_DATASET,
+    RESPONSES_BUFFERED,
+    RESPONSES_BUFFERED_BYTES,
+)
 from dicomstore.archive import attributes
 from dicomstore.conformance.tables import table
 from dicomstore.services.qr_operations import MAX_IDENTIFIER
@@ -251,7 +256,13 @@ def _scu_section() -> list[str]:
         "is given. Each pending response (FF00, FF01) is a match, printed as it comes; "
         "0000 ends it; a failure status (A700, A900, Cxxx, 0122, 0124 ...) is reported "
         "with its Error Comment (exit code 1). Ctrl-C sends a C-CANCEL-RQ and waits for "
-        "the final response (FE00). Relational queries are sent as given.",
+        "the final response (FE00). Relational queries are sent as given. A response "
+        f"whose Identifier is over {MAX_RESPONSE_DATASET >> 20} MiB aborts the "
+        "association (A-ABORT, invalid PDU parameter value) and fails the C-FIND saying "
+        "so (also for C-MOVE and C-GET, 2.2.8); while matches of "
+        f"{RESPONSES_BUFFERED_BYTES >> 20} MiB or {RESPONSES_BUFFERED} responses wait to "
+        "be printed, "
+        "the SCU stops reading from the SCP.",
         "",
         "#### 2.2.8 Query/Retrieve MOVE and GET SCU (`dicomstore move`, `dicomstore get`)",
         "",
