@@ -17,9 +17,10 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from tests.archive.archive_testlib import CT, MR, dataset, dcm_files, store, stored_dataset
-from tests.conftest import free_port, serve_command, wait_listening
+from tests.conftest import ServerThread, free_port, serve_command, wait_listening
 
 from dicomstore.archive import Archive
+from dicomstore.services.server import ServerConfig
 
 PATIENT_ROOT = "1.2.840.10008.5.1.4.1.2.1.1"
 STUDY_ROOT = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -116,6 +117,18 @@ def identifier(level: str, **keys: Any) -> Dataset:
     for keyword, value in keys.items():
         setattr(ds, keyword, value)
     return ds
+
+
+@contextmanager
+def audited_server(root: Path) -> Iterator[tuple[ServerThread, Audit]]:
+    """Our Server in a thread on the archive at ``root``, and its audit records."""
+    archive = Archive(root, fsync=False)
+    audit = Audit()
+    try:
+        with ServerThread(ServerConfig(port=0), archive, audit=audit) as srv:
+            yield srv, audit
+    finally:
+        archive.close()
 
 
 @contextmanager

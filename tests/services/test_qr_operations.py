@@ -17,34 +17,25 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from tests.conftest import ServerThread
-from tests.services.query_testlib import Audit, fill, identifier
+from tests.services.query_testlib import Audit, audited_server, fill, identifier
 
 import dicomstore
 from dicomstore import uids
-from dicomstore.archive import Archive
 from dicomstore.dimse import status as st
 from dicomstore.services.qr_operations import MAX_IDENTIFIER, QROperations
 from dicomstore.services.query_scu import FindFailed, find, find_contexts
 from dicomstore.services.retrieve_scu import get, get_contexts, move, move_contexts
-from dicomstore.services.server import ServerConfig
 
 COMMENT = f"Identifier larger than {MAX_IDENTIFIER} bytes"
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("bounds") / "archive"
-    fill(root)
-    return root
-
-
-@pytest.fixture
-def server(root: Path) -> Iterator[tuple[ServerThread, Audit]]:
-    archive = Archive(root, fsync=False)
-    audit = Audit()
-    with ServerThread(ServerConfig(port=0), archive, audit=audit) as srv:
-        yield srv, audit
-    archive.close()
+def server(tmp_path_factory) -> Iterator[tuple[ServerThread, Audit]]:
+    """One server on LAYOUT for the module (its audit records accumulate)."""
+    layout = tmp_path_factory.mktemp("bounds") / "archive"
+    fill(layout)
+    with audited_server(layout) as served:
+        yield served
 
 
 @pytest.fixture
@@ -106,12 +97,13 @@ def test_an_oversized_identifier_is_refused_and_the_association_goes_on(
 ) -> None:
     srv, audit = server
     caplog.set_level(logging.WARNING, logger="dicomstore.server")
+    before = len(audit.records)
     got, comment, after = asyncio.run(_oversized_then_find(srv.port, service))
     assert (got, comment) == (status, COMMENT) and len(COMMENT) <= 64
     # the C-FIND after it on the same association is answered as usual
     assert [str(ds.StudyInstanceUID) for ds in after] == ["1.2.9.3"]
     assert 0 < kept[0] <= MAX_IDENTIFIER  # what was kept never outgrew the bound
-    refused, found = audit.records
+    refused, found = audit.records[before:]
     assert (refused["service"], refused["status"]) == (service, f"{status:04X}")
     assert (found["service"], found["status"]) == ("C-FIND", "0000")
     logged = [r.getMessage() for r in caplog.records if COMMENT in r.getMessage()]
