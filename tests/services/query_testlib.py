@@ -1,5 +1,6 @@
 """An archive to query (issue 15): three patients, four studies, five series, nine instances;
-`dicomstore serve` on it; a pynetdicom FIND SCP that waits for a C-CANCEL-RQ."""
+`dicomstore serve` on it; pynetdicom FIND SCPs: one that waits for a C-CANCEL-RQ, one
+whose matches are large."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from tests.archive.archive_testlib import CT, MR, dataset, dcm_files, store, stored_dataset
-from tests.conftest import free_port, serve_command, wait_listening
+from tests.conftest import ServerThread, free_port, serve_command, wait_listening
 
 from dicomstore.archive import Archive
+from dicomstore.services.server import ServerConfig
 
 PATIENT_ROOT = "1.2.840.10008.5.1.4.1.2.1.1"
 STUDY_ROOT = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -118,6 +120,18 @@ def identifier(level: str, **keys: Any) -> Dataset:
 
 
 @contextmanager
+def audited_server(root: Path) -> Iterator[tuple[ServerThread, Audit]]:
+    """Our Server in a thread on the archive at ``root``, and its audit records."""
+    archive = Archive(root, fsync=False)
+    audit = Audit()
+    try:
+        with ServerThread(ServerConfig(port=0), archive, audit=audit) as srv:
+            yield srv, audit
+    finally:
+        archive.close()
+
+
+@contextmanager
 def serving_cli(root: Path, *extra: str) -> Iterator[int]:
     """`dicomstore serve --fsync off` (and ``extra`` options) on the archive at
     ``root``: its port."""
@@ -143,15 +157,43 @@ def serving_layout(root: Path) -> Iterator[int]:
         yield port
 
 
-class WaitingSCP:
-    """A pynetdicom Study Root FIND SCP that sends one match, then waits (at most 10 s)
-    for a C-CANCEL-RQ: FE00 if one came, else a second match and 0000."""
+class _FindSCP:
+    """A pynetdicom Study Root and Patient Root FIND SCP running while in ``with``
+    (its port), answering by :meth:`handle`; ``aborted`` once the association ends
+    by an A-ABORT (either side's) or the connection's loss."""
 
-    def __init__(self) -> None:
-        self.cancelled = threading.Event()
-        self.ae = AE(ae_title="WAITING")
+    def __init__(self, ae_title: str) -> None:
+        self.aborted = threading.Event()
+        self.ae = AE(ae_title=ae_title)
         self.ae.add_supported_context(STUDY_ROOT)
         self.ae.add_supported_context(PATIENT_ROOT)
+
+    def handle(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        raise NotImplementedError
+
+    def __enter__(self) -> int:
+        server = self.ae.start_server(
+            ("127.0.0.1", 0),
+            block=False,
+            evt_handlers=[
+                (evt.EVT_C_FIND, self.handle),
+                (evt.EVT_ABORTED, lambda _event: self.aborted.set()),
+            ],
+        )
+        self.server = server
+        return server.server_address[1]
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+
+
+class WaitingSCP(_FindSCP):
+    """A FIND SCP that sends one match, then waits (at most 10 s) for a C-CANCEL-RQ:
+    FE00 if one came, else a second match and 0000."""
+
+    def __init__(self) -> None:
+        super().__init__("WAITING")
+        self.cancelled = threading.Event()
 
     def handle(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
         for n in (1, 2):
@@ -169,12 +211,24 @@ class WaitingSCP:
                 yield 0xFE00, None
                 return
 
-    def __enter__(self) -> int:
-        server = self.ae.start_server(
-            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, self.handle)]
-        )
-        self.server = server
-        return server.server_address[1]
 
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
+class BulkySCP(_FindSCP):
+    """A FIND SCP answering ``count`` matches, each Identifier carrying a private OB
+    value of ``size`` bytes, then 0000; ``sent`` once it gave its last match."""
+
+    def __init__(self, count: int, size: int) -> None:
+        super().__init__("BULKY")
+        self.count = count
+        self.value = b"\0" * size
+        self.sent = threading.Event()
+
+    def handle(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        for n in range(self.count):
+            ds = Dataset()
+            ds.QueryRetrieveLevel = "STUDY"
+            ds.StudyInstanceUID = f"1.2.3.{n + 1}"
+            ds.add_new(0x00091010, "LO", "BULKY")  # private creator of (0009,10xx)
+            ds.add_new(0x00091001, "OB", self.value)
+            yield 0xFF00, ds
+        self.sent.set()
+        yield 0x0000, None

@@ -12,7 +12,14 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from tests.conftest import ServerThread
-from tests.services.query_testlib import PATIENT_ROOT, STUDY_ROOT, Audit, fill, identifier
+from tests.services.query_testlib import (
+    PATIENT_ROOT,
+    STUDY_ROOT,
+    Audit,
+    audited_server,
+    fill,
+    identifier,
+)
 
 from dicomstore import uids
 from dicomstore.aio.client import associate
@@ -39,11 +46,8 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def server(root: Path) -> Iterator[tuple[ServerThread, Audit]]:
-    archive = Archive(root, fsync=False)
-    audit = Audit()
-    with ServerThread(ServerConfig(port=0), archive, audit=audit) as srv:
-        yield srv, audit
-    archive.close()
+    with audited_server(root) as served:
+        yield served
 
 
 def pynetdicom_find(port: int, model: str, ds: Dataset, calling: str = "PYNETDICOM"):

@@ -1,10 +1,12 @@
 """The C-FIND SCU's Python API (issue 15, PS3.4 C.4.1.2): Identifiers from keys, matches
-from our SCP, failures with their Error Comment, FF01, and C-CANCEL against a
-pynetdicom SCP that waits for it."""
+from our SCP, failures with their Error Comment, FF01, C-CANCEL against a
+pynetdicom SCP that waits for it, and bounded memory against one whose matches are
+large (aio/invoker.py: one response's data set, and those waiting to be read)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,11 +14,14 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 from tests.conftest import ServerThread
-from tests.services.query_testlib import WaitingSCP, fill
+from tests.services.query_testlib import BulkySCP, WaitingSCP, fill
 
 import dicomstore
 from dicomstore import uids
+from dicomstore.aio import invoker
+from dicomstore.aio.invoker import MAX_RESPONSE_DATASET, Responses
 from dicomstore.archive import Archive
+from dicomstore.errors import AssociationAborted
 from dicomstore.services.qr_operations import decode_identifier
 from dicomstore.services.query_identifier import encode_elements
 from dicomstore.services.query_scu import (
@@ -185,3 +190,67 @@ def test_cancel_ends_the_find_with_fe00() -> None:
         seen, query = asyncio.run(run(port))
     assert seen == ["1.2.3.1"] and query.cancelled and query.status == 0xFE00
     assert scp.cancelled.is_set()
+
+
+# -- a hostile SCP: large response Identifiers -----------------------------------------
+
+
+def test_a_response_identifier_over_the_bound_aborts_the_association(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A match whose Identifier outgrows MAX_RESPONSE_DATASET: not kept, the association
+    aborted (a response cannot be refused), the C-FIND fails saying why, logged."""
+    caplog.set_level(logging.WARNING, logger="dicomstore.client")
+
+    async def run(port: int) -> str:
+        async with dicomstore.connect("127.0.0.1", port, contexts=find_contexts()) as assoc:
+            with pytest.raises(AssociationAborted) as aborted:
+                _ = [ds async for ds in find(assoc, {"StudyInstanceUID": ""}, level="STUDY")]
+            assert assoc.invoker.ended is not None  # no further request on it
+            return str(aborted.value)
+
+    scp = BulkySCP(1, MAX_RESPONSE_DATASET)
+    with scp as port:
+        why = asyncio.run(run(port))
+        assert scp.aborted.wait(10), "the SCP's association was not aborted"
+    assert f"over {MAX_RESPONSE_DATASET} bytes" in why, why
+    assert any(f"over {MAX_RESPONSE_DATASET} bytes" in r.getMessage() for r in caplog.records)
+
+
+def test_matches_waiting_to_be_read_are_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """128 matches of 256 KiB each (32 MiB) to a reader that stops after the first: the
+    client stops reading the socket once RESPONSES_BUFFERED_BYTES (here 2 MiB) wait, not
+    at RESPONSES_BUFFERED (256) responses; then every match is read, in order."""
+    bound, size, count = 2 << 20, 256 << 10, 128
+    monkeypatch.setattr(invoker, "RESPONSES_BUFFERED_BYTES", bound)
+    most = [0]
+    put = Responses._put
+
+    def recording(self: Responses, rsp: Any, data: bytes | None) -> None:
+        put(self, rsp, data)
+        most[0] = max(most[0], self.buffered)
+
+    monkeypatch.setattr(Responses, "_put", recording)
+    scp = BulkySCP(count, size)
+
+    async def run(port: int) -> tuple[list[str], bool, Any]:
+        async with dicomstore.connect("127.0.0.1", port, contexts=find_contexts()) as assoc:
+            query = find(assoc, {"StudyInstanceUID": ""}, level="STUDY")
+            matches = aiter(query)
+            seen = [(await anext(matches)).StudyInstanceUID]
+            stream = next(iter(assoc.invoker.streams.values()))
+            deadline = asyncio.get_running_loop().time() + 30
+            while not (stream.full or scp.sent.is_set()):
+                assert asyncio.get_running_loop().time() < deadline, "neither full nor sent"
+                await asyncio.sleep(0.005)
+            full_first = stream.full and not scp.sent.is_set()
+            seen += [ds.StudyInstanceUID async for ds in matches]
+            return seen, full_first, query
+
+    with scp as port:
+        seen, full_first, query = asyncio.run(run(port))
+    assert full_first, "the SCP sent every match before the client stopped reading"
+    # the batch being decoded when the bound is reached is finished: a receive buffer more
+    assert bound <= most[0] <= bound + (2 << 20) + size, most[0]
+    assert seen == [f"1.2.3.{n + 1}" for n in range(count)]
+    assert (query.status, query.matches) == (0, count)

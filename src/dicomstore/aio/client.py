@@ -140,6 +140,7 @@ class ClientAssociation:
                 await self.invoker.room()  # a stream's reader is behind: stop reading
             self._end(AssociationAborted("the association ended"))
         except RemoteProtocolError as exc:
+            log.warning("%s: protocol error from the peer: %s; aborting", t.peer, exc)
             t.conn.protocol_error(exc)
             await t.flush()
             self._end(AssociationAborted(f"protocol error from the peer: {exc}"))

@@ -48,10 +48,14 @@ log = logging.getLogger("dicomstore.client")
 
 _RSP = TypeVar("_RSP", CEchoRSP, CStoreRSP, NActionRSP, NEventReportRSP)
 
-#: Largest data set of one response we hold (an Identifier is a few hundred bytes).
+#: Largest data set of one response we hold (an Identifier is a few hundred bytes, a
+#: Failed SOP Instance UID List of 65535 UIDs some 4 MiB): beyond, the peer is in
+#: breach and the association is aborted (there is no refusing a response).
 MAX_RESPONSE_DATASET = 16 << 20
-#: Responses waiting for their reader before we stop reading the socket.
+#: Responses waiting for their reader before we stop reading the socket ...
 RESPONSES_BUFFERED = 256
+#: ... or the bytes of their data sets.
+RESPONSES_BUFFERED_BYTES = 16 << 20
 
 
 class Request(Protocol):
@@ -70,9 +74,11 @@ class Responses:
     (the bytes, in the context's transfer syntax) or ``None``; the iteration ends
     after the first response whose status is not Pending (FF00, FF01). Each
     response must come within the DIMSE timeout. While more than
-    :data:`RESPONSES_BUFFERED` wait to be read, the association stops reading
-    the socket (TCP backpressure, :meth:`Invoker.room`). :meth:`close` stops
-    listening: later responses to the request are dropped.
+    :data:`RESPONSES_BUFFERED` responses, or :data:`RESPONSES_BUFFERED_BYTES`
+    bytes of their data sets, wait to be read, the association stops reading
+    the socket (TCP backpressure, :meth:`Invoker.room`) until half of that is
+    left. :meth:`close` stops listening: later responses to the request are
+    dropped.
     """
 
     def __init__(self, invoker: Invoker, message_id: int, context_id: int) -> None:
@@ -80,6 +86,8 @@ class Responses:
         self.message_id = message_id
         self.context_id = context_id
         self._items: deque[tuple[Any, bytes | None]] = deque()
+        #: the bytes of the data sets in ``_items``
+        self.buffered = 0
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -88,11 +96,12 @@ class Responses:
 
     @property
     def full(self) -> bool:
-        """Too many responses wait to be read."""
-        return len(self._items) >= RESPONSES_BUFFERED
+        """Too many responses, or too many bytes of them, wait to be read."""
+        return len(self._items) >= RESPONSES_BUFFERED or self.buffered >= RESPONSES_BUFFERED_BYTES
 
     def _put(self, rsp: Any, data: bytes | None) -> None:
         self._items.append((rsp, data))
+        self.buffered += len(data) if data is not None else 0
         self._arrived.set()
         if self.full:
             self._room.clear()
@@ -122,7 +131,11 @@ class Responses:
                     f"no response to message {self.message_id} within {timeout}s"
                 ) from None
         rsp, data = self._items.popleft()
-        if len(self._items) < RESPONSES_BUFFERED // 2:
+        self.buffered -= len(data) if data is not None else 0
+        if (
+            len(self._items) < RESPONSES_BUFFERED // 2
+            and self.buffered < RESPONSES_BUFFERED_BYTES // 2
+        ):
             self._room.set()
         if not _pending(rsp):
             self._final_seen = True
@@ -212,7 +225,8 @@ class Invoker:
         stream, rsp, data = self._collecting
         if len(data) + len(event.data) > MAX_RESPONSE_DATASET:
             raise RemoteProtocolError(
-                f"a response data set over {MAX_RESPONSE_DATASET} bytes",
+                f"the data set of a response to message {stream.message_id} is over "
+                f"{MAX_RESPONSE_DATASET} bytes",
                 P.ABORT_INVALID_PDU_PARAMETER_VALUE,
             )
         data += event.data  # a copy: the PDV is a view of the receive buffer

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dicomstore import __version__, uids
 from dicomstore import status as st
 from dicomstore.conformance.commitment import commitment_section
-from dicomstore.conformance.qr import query_section
+from dicomstore.conformance.qr import IDENTIFIER_BOUND, query_section
 from dicomstore.conformance.tables import table
 from dicomstore.services.storage_scp import STORAGE_EXTENDED_ANSWER
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
@@ -296,7 +296,9 @@ def statement() -> str:
         "within `--operation-timeout` of its first byte; the server stops reading "
         "from a peer that does not read its answers; receive buffers start at 4 "
         "KiB; a deflated data set is counted as it inflates (A700 beyond "
-        "`--max-instance-size`, or 256 MiB). HTTP requests are bounded (body, "
+        "`--max-instance-size`, or 256 MiB); a Q/R request Identifier is kept up to "
+        f"{IDENTIFIER_BOUND} (beyond, the rest is discarded as it arrives: C-FIND A700, C-MOVE "
+        "and C-GET A701). HTTP requests are bounded (body, "
         "multipart parts, search parameters, rendered sequence depth): 413 or 400 "
         "with the reason, never a 5xx for bad input.",
         "",

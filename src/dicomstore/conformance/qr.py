@@ -7,8 +7,17 @@ from __future__ import annotations
 
 from dicomstore import status as st
 from dicomstore import uids
+from dicomstore.aio.invoker import (
+    MAX_RESPONSE_DATASET,
+    RESPONSES_BUFFERED,
+    RESPONSES_BUFFERED_BYTES,
+)
 from dicomstore.archive import attributes
 from dicomstore.conformance.tables import table
+from dicomstore.services.qr_operations import MAX_IDENTIFIER
+
+#: The bound on a request Identifier, in words (beyond it: A700 / A701).
+IDENTIFIER_BOUND = f"{MAX_IDENTIFIER >> 20} MiB"
 
 #: C-FIND statuses the Q/R SCP answers, and when (PS3.4 C.4.1.1.4, PS3.7 C.4.1).
 FIND_STATUSES: tuple[tuple[int, str], ...] = (
@@ -25,6 +34,11 @@ FIND_STATUSES: tuple[tuple[int, str], ...] = (
         st.CANNOT_UNDERSTAND,
         "an unreadable Identifier, a value that cannot be matched "
         "(a malformed date, time or integer), the index unavailable",
+    ),
+    (
+        st.OUT_OF_RESOURCES,
+        f"an Identifier over {IDENTIFIER_BOUND}: the rest is discarded as it arrives (the "
+        "association goes on)",
     ),
     (st.SOP_CLASS_NOT_SUPPORTED, "a C-FIND on a context that is not a FIND model"),
     (st.NOT_AUTHORIZED, "the caller lacks the `find` right (policy file)"),
@@ -49,7 +63,9 @@ MOVE_STATUSES: tuple[tuple[int, str], ...] = (
     (st.MOVE_DESTINATION_UNKNOWN, "the Move Destination is not a configured destination"),
     (
         st.UNABLE_TO_CALCULATE_MATCHES,
-        "more than 65535 instances (the counts are US), or the index unavailable",
+        "more than 65535 instances (the counts are US), the index unavailable, or an "
+        f"Identifier over {IDENTIFIER_BOUND} (the rest discarded as it arrives; the association "
+        "goes on)",
     ),
     (
         st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -240,7 +256,13 @@ def _scu_section() -> list[str]:
         "is given. Each pending response (FF00, FF01) is a match, printed as it comes; "
         "0000 ends it; a failure status (A700, A900, Cxxx, 0122, 0124 ...) is reported "
         "with its Error Comment (exit code 1). Ctrl-C sends a C-CANCEL-RQ and waits for "
-        "the final response (FE00). Relational queries are sent as given.",
+        "the final response (FE00). Relational queries are sent as given. A response "
+        f"whose Identifier is over {MAX_RESPONSE_DATASET >> 20} MiB aborts the "
+        "association (A-ABORT, invalid PDU parameter value) and fails the C-FIND saying "
+        "so (also for C-MOVE and C-GET, 2.2.8); while matches of "
+        f"{RESPONSES_BUFFERED_BYTES >> 20} MiB or {RESPONSES_BUFFERED} responses wait to "
+        "be printed, "
+        "the SCU stops reading from the SCP.",
         "",
         "#### 2.2.8 Query/Retrieve MOVE and GET SCU (`dicomstore move`, `dicomstore get`)",
         "",

@@ -41,7 +41,7 @@ from dicomstore.services.commitment_info import (
     parse_action_information,
 )
 from dicomstore.services.commitment_reports import Channel, CommitmentService
-from dicomstore.services.qr_operations import Operation, QROperations, decode_identifier
+from dicomstore.services.qr_operations import Operation, QROperations
 
 log = logging.getLogger("dicomstore.server")
 
@@ -56,6 +56,7 @@ class CommitmentSCP(QROperations):
 
     request_types = (NActionRQ,)
     service = "N-ACTION"
+    data_name = "Action Information"  # over max_data: 0213 (PS3.7 C.5.10)
 
     def __init__(
         self,
@@ -100,7 +101,7 @@ class CommitmentSCP(QROperations):
         assert self.commitments is not None  # else refused (0122)
         try:
             try:
-                ds = decode_identifier(bytes(op.identifier), self.transfer_syntax(op))
+                ds = self.decoded(op)
             except Exception as exc:  # noqa: BLE001 - pydicom raises anything on bad bytes
                 why = f"unreadable Action Information: {exc}"
                 raise Refused(st.INVALID_ARGUMENT_VALUE, why) from None

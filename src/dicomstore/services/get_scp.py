@@ -22,8 +22,9 @@ breaks, every remaining sub-operation fails.
 
 Refusals before the Identifier is read: 0122 (not a GET model context), 0124
 (the policy does not grant ``get``), 0210 (Message ID in progress); then A900,
-C000, A701 as for C-MOVE. Each C-GET ends with an audit ``retrieve`` record
-(PS3.15 A.5.3.7), its destination the calling AE title.
+C000, A701 (also for an Identifier too large to keep) as for C-MOVE. Each C-GET
+ends with an audit ``retrieve`` record (PS3.15 A.5.3.7), its destination the
+calling AE title.
 """
 
 from __future__ import annotations

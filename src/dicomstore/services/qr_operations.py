@@ -8,6 +8,13 @@ an operation in progress; once the Identifier is complete the request is
 answered from a task (so that the association keeps reading a C-CANCEL-RQ
 meanwhile), or at once with the refusal decided when the command arrived
 (0122 wrong context, 0124 not allowed, 0210 Message ID in progress).
+
+An Identifier is kept up to :attr:`QROperations.max_data` bytes
+(:data:`MAX_IDENTIFIER`, 1 MiB): a peer cannot make us hold an endless one.
+Beyond it what was kept is dropped, the rest is read and discarded, and once
+its last fragment arrives the request is answered with the service's *Refused:
+Out of Resources* (:attr:`QROperations.too_large`) and an Error Comment; the
+association goes on.
 """
 
 from __future__ import annotations
@@ -28,6 +35,10 @@ from dicomstore.dimse import status as st
 from dicomstore.ul.fsm import State
 
 log = logging.getLogger("dicomstore.server")
+
+#: The most bytes of a request's Identifier kept (a C-FIND, C-MOVE or C-GET): real
+#: ones are a few hundred bytes, a C-MOVE of 10000 listed UIDs some 650 KiB.
+MAX_IDENTIFIER = 1 << 20
 
 
 @dataclass
@@ -64,9 +75,15 @@ class QROperations:
     request_types: ClassVar[tuple[type, ...]] = ()
     #: what the operation is called in logs and refusals (``"C-FIND"``)
     service: ClassVar[str] = ""
-    #: the most bytes of a request's data set kept (None: no bound); the rest is
-    #: discarded and the request answered 0213 (resource limitation, PS3.7 C.5.10)
-    max_data: int | None = None
+    #: the most bytes of a request's data set kept; beyond, the rest is discarded
+    #: and the request answered :attr:`too_large`
+    max_data: int = MAX_IDENTIFIER
+    #: the status of a request whose data set is over ``max_data``: the service's
+    #: Refused: Out of Resources (A700 C-FIND, A701 C-MOVE and C-GET: PS3.4
+    #: C.4.1.1.4, C.4.2.1.5, C.4.3.1.4), else 0213 (resource limitation, PS3.7 C.5.10)
+    too_large: ClassVar[int] = st.RESOURCE_LIMITATION
+    #: what the request's data set is called in logs and Error Comments
+    data_name: ClassVar[str] = "Identifier"
 
     def __init__(self, transport: Transport, *, sop_classes: frozenset[str], allowed: bool) -> None:
         self.t = transport
@@ -96,12 +113,11 @@ class QROperations:
         if isinstance(event, DatasetFragment):
             op = self._collecting
             assert op is not None
-            if self.max_data is not None and len(op.identifier) + len(event.data) > self.max_data:
-                if op.refusal is None:
-                    comment = f"data set larger than {self.max_data} bytes"
-                    op.refusal = op.rq.response(st.RESOURCE_LIMITATION, error_comment=comment)
-            elif op.refusal is None:
-                op.identifier += event.data  # a copy: the PDV is a view of the buffer
+            if op.refusal is None:
+                if len(op.identifier) + len(event.data) > self.max_data:
+                    self._over_bound(op)
+                else:
+                    op.identifier += event.data  # a copy: the PDV is a view of the buffer
             if event.is_last:
                 self._collecting = None
                 self._start(op)
@@ -116,6 +132,21 @@ class QROperations:
             self._collecting = op
         else:  # nothing to wait for (an N-ACTION without Action Information)
             self._start(op)
+
+    def _over_bound(self, op: Operation) -> None:
+        """The data set of ``op`` outgrew ``max_data``: what was kept is dropped, the
+        rest discarded as it arrives, and the request answered :attr:`too_large`."""
+        op.identifier = bytearray()
+        comment = f"{self.data_name} larger than {self.max_data} bytes"
+        log.warning(
+            "%s: %s message %d: %s: the rest is discarded, then answered %04X",
+            self.t.peer,
+            self.service,
+            op.rq.message_id,
+            comment,
+            self.too_large,
+        )
+        op.refusal = op.rq.response(self.too_large, error_comment=comment)
 
     def new_operation(self, context_id: int, rq: Any) -> Operation:
         """The record of one request (subclasses add their counts)."""
@@ -177,6 +208,13 @@ class QROperations:
         """The transfer syntax of the request's context (its Identifiers use it)."""
         assert self.t.negotiated is not None
         return self.t.negotiated.contexts[op.context_id].transfer_syntax
+
+    def decoded(self, op: Operation) -> Dataset:
+        """The request's data set, decoded (:func:`decode_identifier`: raises what
+        pydicom raises on bad bytes); its bytes are not kept meanwhile (an operation
+        may run long)."""
+        data, op.identifier = bytes(op.identifier), bytearray()
+        return decode_identifier(data, self.transfer_syntax(op))
 
     @property
     def is_open(self) -> bool:

@@ -9,7 +9,8 @@ reading meanwhile: one pending response (FF00, or FF01 when a key could not be
 matched) per match, streamed as rows come from the cursor, then 0000; a
 C-CANCEL-RQ for it stops the matches and the final status is FE00 (PS3.4
 C.4.1.3.1). Refusals: 0124 (the policy does not grant ``find``), A900 and C000
-(the Identifier, see ``query_identifier.py``), 0210 (its Message ID is still in
+(the Identifier, see ``query_identifier.py``), A700 (an Identifier over
+``MAX_IDENTIFIER`` bytes, not kept: ``qr_operations.py``), 0210 (its Message ID is still in
 progress), 0122 (a C-FIND on a context that is not a FIND model). Each C-FIND
 ends with an audit record in the spirit of PS3.15 A.5.3.10 *Query*.
 """
@@ -33,7 +34,7 @@ from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import CFindRQ, CFindRSP
 from dicomstore.dimse import status as st
-from dicomstore.services.qr_operations import Operation, QROperations, decode_identifier
+from dicomstore.services.qr_operations import Operation, QROperations
 from dicomstore.services.query_identifier import (
     MODEL_LEVELS,
     SPECIFIC_CHARACTER_SET,
@@ -82,6 +83,7 @@ class QuerySCP(QROperations):
 
     request_types = (CFindRQ,)
     service = "C-FIND"
+    too_large = st.OUT_OF_RESOURCES  # PS3.4 C.4.1.1.4: Refused: Out of Resources
 
     def __init__(
         self,
@@ -116,7 +118,7 @@ class QuerySCP(QROperations):
         try:
             ts = self.transfer_syntax(find)
             try:
-                identifier = decode_identifier(bytes(find.identifier), ts)
+                identifier = self.decoded(find)
             except Exception as exc:  # noqa: BLE001 - pydicom raises anything on bad bytes
                 raise FindFailure(st.CANNOT_UNDERSTAND, f"unreadable Identifier: {exc}") from None
             query = parse_identifier(identifier, rq.affected_sop_class_uid)

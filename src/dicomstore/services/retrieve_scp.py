@@ -16,9 +16,10 @@ the C-FIND SCP takes them: ``qr_operations.py``). For each C-MOVE-RQ, in a task:
    spirit of PS3.15 A.5.3.7 *DICOM Instances Transferred*.
 
 Refusals before the Identifier is read: 0122 (not a MOVE model context), 0124
-(the policy does not grant ``move``), 0210 (Message ID in progress). The
-C-GET SCP plugs its own sender (the requesting association) into
-:meth:`RetrieveSCP.sender_for`.
+(the policy does not grant ``move``), 0210 (Message ID in progress); A701
+for an Identifier over ``MAX_IDENTIFIER`` bytes (not kept, ``qr_operations.py``,
+PS3.4 C.4.2.1.5 *Unable to calculate number of matches*). The C-GET SCP plugs
+its own sender (the requesting association) into :meth:`RetrieveSCP.sender_for`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from dicomstore.dimse import status as st
 from dicomstore.dimse.commands import MOVE_DESTINATION
 from dicomstore.services.destinations import Destination
 from dicomstore.services.move_sender import MoveSender
-from dicomstore.services.qr_operations import Operation, QROperations, decode_identifier
+from dicomstore.services.qr_operations import Operation, QROperations
 from dicomstore.services.query_identifier import FindFailure
 from dicomstore.services.retrieve import (
     Retrieval,
@@ -73,6 +74,9 @@ class RetrieveSCP(QROperations):
 
     request_types = (CMoveRQ,)
     service = "C-MOVE"
+    #: an Identifier too large to keep (PS3.4 C.4.2.1.5, C.4.3.1.4: Refused: Out of
+    #: Resources - Unable to calculate number of matches)
+    too_large = st.UNABLE_TO_CALCULATE_MATCHES
 
     def __init__(
         self,
@@ -141,7 +145,7 @@ class RetrieveSCP(QROperations):
         try:
             sender = self.sender_for(op)
             try:
-                identifier = decode_identifier(bytes(op.identifier), ts)
+                identifier = self.decoded(op)
             except Exception as exc:  # noqa: BLE001 - pydicom raises anything on bad bytes
                 raise FindFailure(st.CANNOT_UNDERSTAND, f"unreadable Identifier: {exc}") from None
             op.query = parse_retrieve_identifier(identifier, self.levels(rq))

@@ -1,0 +1,155 @@
+"""A request Identifier is kept up to MAX_IDENTIFIER bytes (qr_operations.py): beyond,
+the rest is discarded unread and the request refused with the service's Refused: Out
+of Resources (A700 C-FIND, PS3.4 C.4.1.1.4; A701 C-MOVE and C-GET, C.4.2.1.5,
+C.4.3.1.4) and an Error Comment, logged and audited; the association goes on.
+Through our own SCUs and DCMTK's findscu, the memory held measured with tracemalloc."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from tests.conftest import ServerThread
+from tests.services.query_testlib import Audit, audited_server, fill, identifier
+
+import dicomstore
+from dicomstore import uids
+from dicomstore.dimse import status as st
+from dicomstore.services.qr_operations import MAX_IDENTIFIER, QROperations
+from dicomstore.services.query_scu import FindFailed, find, find_contexts
+from dicomstore.services.retrieve_scu import get, get_contexts, move, move_contexts
+
+COMMENT = f"Identifier larger than {MAX_IDENTIFIER} bytes"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[tuple[ServerThread, Audit]]:
+    """One server on LAYOUT for the module (its audit records accumulate)."""
+    layout = tmp_path_factory.mktemp("bounds") / "archive"
+    fill(layout)
+    with audited_server(layout) as served:
+        yield served
+
+
+@pytest.fixture
+def kept(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The most Identifier bytes any Q/R SCP held, recorded after each event it took."""
+    most = [0]
+    receive = QROperations.receive
+
+    def recording(self: QROperations, event: Any) -> None:
+        op = self._collecting  # (None for a command: it has no Identifier yet)
+        receive(self, event)
+        if op is not None:
+            most[0] = max(most[0], len(op.identifier))
+
+    monkeypatch.setattr(QROperations, "receive", recording)
+    return most
+
+
+def oversized(size: int, level: str = "STUDY", **keys: Any) -> Dataset:
+    """An Identifier of more than ``size`` bytes: the keys and a long private OB value."""
+    ds = identifier(level, **keys)
+    ds.add_new(0x00091010, "LO", "BOUNDS TEST")  # private creator of (0009,10xx)
+    ds.add_new(0x00091001, "OB", b"\0" * size)
+    return ds
+
+
+async def _oversized_then_find(port: int, service: str) -> tuple[int | None, str | None, list]:
+    """An oversized C-FIND, C-MOVE or C-GET, then a C-FIND on the same association:
+    (status, Error Comment) of the first, the matches of the second."""
+    get_specs, roles = get_contexts()
+    contexts = [*find_contexts(), *move_contexts(), *get_specs]
+    ds = oversized(MAX_IDENTIFIER, StudyInstanceUID="1.2.9.1")
+    async with dicomstore.connect(
+        "127.0.0.1", port, called_ae="DICOMSTORE", contexts=contexts, roles=roles
+    ) as assoc:
+        if service == "C-FIND":
+            with pytest.raises(FindFailed) as failed:
+                _ = [match async for match in find(assoc, ds)]
+            status, comment = failed.value.status, failed.value.error_comment
+        else:
+            retrieve = move(assoc, ds, "NOWHERE") if service == "C-MOVE" else get(assoc, ds)
+            result = await retrieve.run()
+            status, comment = result.status, result.error_comment
+            assert (result.completed, result.failed, result.failed_uids) == (0, 0, [])
+        after = [m async for m in find(assoc, {"StudyInstanceUID": "1.2.9.3"}, level="STUDY")]
+    return status, comment, after
+
+
+@pytest.mark.parametrize(
+    ("service", "status"),
+    [
+        ("C-FIND", st.OUT_OF_RESOURCES),
+        ("C-MOVE", st.UNABLE_TO_CALCULATE_MATCHES),
+        ("C-GET", st.UNABLE_TO_CALCULATE_MATCHES),
+    ],
+)
+def test_an_oversized_identifier_is_refused_and_the_association_goes_on(
+    server, kept: list[int], caplog: pytest.LogCaptureFixture, service: str, status: int
+) -> None:
+    srv, audit = server
+    caplog.set_level(logging.WARNING, logger="dicomstore.server")
+    before = len(audit.records)
+    got, comment, after = asyncio.run(_oversized_then_find(srv.port, service))
+    assert (got, comment) == (status, COMMENT) and len(COMMENT) <= 64
+    # the C-FIND after it on the same association is answered as usual
+    assert [str(ds.StudyInstanceUID) for ds in after] == ["1.2.9.3"]
+    assert 0 < kept[0] <= MAX_IDENTIFIER  # what was kept never outgrew the bound
+    refused, found = audit.records[before:]
+    assert (refused["service"], refused["status"]) == (service, f"{status:04X}")
+    assert (found["service"], found["status"]) == ("C-FIND", "0000")
+    logged = [r.getMessage() for r in caplog.records if COMMENT in r.getMessage()]
+    assert len(logged) == 1 and service in logged[0] and "discarded" in logged[0], logged
+
+
+def test_an_identifier_within_the_bound_is_answered(server, kept: list[int]) -> None:
+    """The bound is on size only: an Identifier just under it is served (the private
+    element is not a key: no match is excluded by it)."""
+    srv, _audit = server
+
+    async def run() -> list[Dataset]:
+        async with dicomstore.connect(
+            "127.0.0.1", srv.port, called_ae="DICOMSTORE", contexts=find_contexts()
+        ) as assoc:
+            ds = oversized(MAX_IDENTIFIER - 4096, StudyInstanceUID="1.2.9.3")
+            return [m async for m in find(assoc, ds)]
+
+    assert [str(ds.StudyInstanceUID) for ds in asyncio.run(run())] == ["1.2.9.3"]
+    assert MAX_IDENTIFIER - 4096 < kept[0] <= MAX_IDENTIFIER
+
+
+def test_memory_stays_bounded_for_dcmtk_findscu_sending_32_mib(server, tmp_path: Path) -> None:
+    """DCMTK's findscu (another process) sends a 32 MiB Identifier: the server (this
+    process) allocates a few MiB at most meanwhile, not the Identifier; A700."""
+    srv, audit = server
+    query = oversized(32 << 20, StudyInstanceUID="")
+    query.file_meta = FileMetaDataset()
+    query.file_meta.TransferSyntaxUID = uids.EXPLICIT_VR_LE
+    query.file_meta.MediaStorageSOPClassUID = uids.STUDY_ROOT_QR_FIND
+    query.file_meta.MediaStorageSOPInstanceUID = "1.2.9.99"
+    path = tmp_path / "query.dcm"
+    query.save_as(path, enforce_file_format=True)
+    del query
+    tracemalloc.start()
+    try:
+        findscu = ["/usr/bin/findscu", "-v", "-S", "-aec", "DICOMSTORE"]
+        proc = subprocess.run(
+            [*findscu, "127.0.0.1", str(srv.port), path],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak} bytes allocated while receiving 32 MiB"
+    assert "Final Find Response (Refused: OutOfResources)" in proc.stdout + proc.stderr, proc
+    assert audit.records[-1]["status"] == "A700"
