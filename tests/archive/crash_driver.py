@@ -1,5 +1,7 @@
 """Crash-injection rounds, run by ``test_archive_crash.py`` in a process of their own.
 
+A publish round replaces an instance (two in three) or stores a new one beside it.
+
 ``python crash_driver.py POINT ROUNDS WORKDIR`` prints one JSON line: the
 rounds run and the failures found. Each round forks a child from this
 single-threaded process (no server, no thread: the group commit runs in the
@@ -117,6 +119,42 @@ def publish_round(point: str, n: int, work: Path) -> None:
             expect(row == v1_row and path.read_bytes() == v1_file, "version 1 altered")
 
 
+#: The points a new instance's store passes (no old version: no ``.bak``, no old file)
+NEW_INSTANCE_POINTS = tuple(
+    p for p in crashpoints.POINTS if p.startswith("publish.") and "-old-" not in p
+)
+
+
+def new_instance_round(point: str, n: int, work: Path) -> None:
+    """Store a new instance (linked into place, its temporary the trace) beside a
+    stored one, dying at ``point``: once linked it is adopted at the next start
+    (its data and name were durable), before it is not there; the other is untouched."""
+    root = work / f"r{n}"
+    new = dataset(OTHER, patient_name="New")
+    with Archive(root) as archive:
+        first = store(archive, dataset(UID, patient_name="One"), sop_uid=UID)
+        expect(first.status == SUCCESS, f"the stored one: {first}")
+        before = rows_of(archive)
+        kept = first.path.read_bytes()
+
+    def store_new() -> None:
+        store(Archive(root), new, sop_uid=OTHER)
+
+    crash_child(root, point, store_new)
+    placed = crashpoints.POINTS.index(point) >= crashpoints.POINTS.index("publish.after-rename")
+    with Archive(root) as archive:
+        rows = assert_recovered(archive)
+        expect(rows[UID] == before[UID], "the stored one altered")
+        expect(archive.path_of(UID).read_bytes() == kept, "the stored one's file altered")  # type: ignore[union-attr]
+        if placed:
+            expect(OTHER in rows, f"not adopted: {list(rows)}")
+            row = rows[OTHER]
+            expect(row["digest"] == hashlib.sha256(new).hexdigest(), "digest of the new one")
+            expect(stored_dataset(root / row["path"]) == new, "the new one's bytes")
+        else:
+            expect(list(rows) == [UID], f"rows {list(rows)}")
+
+
 def delete_round(point: str, n: int, work: Path) -> None:
     """Delete a series of three, dying at ``point`` (after the 1st, 2nd or 3rd unlink
     for ``delete.after-unlink``); settled at the next start (even rounds) or by
@@ -174,7 +212,10 @@ def main(point: str, rounds: int, work: Path) -> dict[str, Any]:
     failures = []
     for n in range(rounds):
         try:
-            one(point, n, work)
+            if point in NEW_INSTANCE_POINTS and n % 3 == 2:  # a third: a new instance
+                new_instance_round(point, n, work)
+            else:
+                one(point, n, work)
         except Exception as exc:  # noqa: BLE001 - reported to the test
             failures.append(f"round {n}: {type(exc).__name__}: {exc}")
     return {"point": point, "rounds": rounds, "failures": failures}

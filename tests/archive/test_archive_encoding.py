@@ -23,7 +23,7 @@ from test_archive_roundtrip import _candidates, _id
 from dicomstore.archive import CANNOT_UNDERSTAND, SUCCESS, Archive, StoreOutcome
 from dicomstore.archive import encoding as enc
 from dicomstore.archive.encoding import INFLATED_PREFIX, encoding_mismatch
-from dicomstore.archive.scan import PREFIX_SIZE
+from dicomstore.archive.scan import PREFIX_SIZE, scan_header
 
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -171,6 +171,37 @@ def test_generated_data_sets_in_each_encoding(picked: tuple, instance: str) -> N
         for context, ts in SYNTAX.items():
             comment = mismatch(data, ts)
             assert (comment is None) == (context == kind), (kind, context, comment)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    picked=hs.lists(hs.sampled_from(range(len(_POOL))), unique=True, max_size=8).flatmap(
+        lambda picked: hs.tuples(*(hs.tuples(hs.just(i), _POOL[i][2]) for i in picked))
+    ),
+    kind=hs.sampled_from(sorted(ENCODINGS)),
+    cut=hs.integers(0, 64),
+    flips=hs.lists(hs.tuples(hs.integers(0, 400), hs.integers(0, 255)), max_size=3),
+)
+def test_what_the_scan_reads_whole_as_explicit_le_the_check_never_refuses(
+    picked: tuple, kind: str, cut: int, flips: list[tuple[int, int]]
+) -> None:
+    """``Ingest`` skips the encoding check for an Explicit VR Little Endian data set
+    whose header ``scan_header`` read whole: for data sets in every encoding, cut
+    short or with bytes changed, the check never refuses one the scan reads."""
+    ds = Dataset()
+    ds.SOPClassUID = CT
+    for i, value in picked:
+        tag, vr, _ = _POOL[i]
+        ds.add_new(tag, vr, value)
+    data = bytearray(write(ds, kind))
+    data = data[: len(data) - min(cut, len(data) - 8)] if cut else data
+    for at, byte in flips:
+        if at < len(data):
+            data[at] = byte
+    prefix = bytes(data[:PREFIX_SIZE])
+    if scan_header(prefix, len(data), False) is not None:
+        for ts in (EXPLICIT_LE, JPEG2000):
+            assert encoding_mismatch(prefix, len(data), ts) is None, (kind, ts)
 
 
 def test_a_data_set_of_one_element() -> None:

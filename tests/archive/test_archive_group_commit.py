@@ -310,7 +310,9 @@ def test_enospc_naming_one_file_fails_it_alone(
     batches = Batches(archive)
     first = receive(archive, 1)
     others = [receive(archive, n) for n in range(2, 6)]
-    monkeypatch.setattr(os, "rename", _fail_for({str(others[2].temp)}, os.rename))
+    failing = {str(others[2].temp)}  # new instances are linked into place (FileStorage.place)
+    monkeypatch.setattr(os, "link", _fail_for(failing, os.link))
+    monkeypatch.setattr(os, "rename", _fail_for(failing, os.rename))
     outcomes = batches.run(first, others)
     monkeypatch.undo()
     assert [o.status for o in outcomes] == [SUCCESS] * 3 + [OUT_OF_RESOURCES, SUCCESS]
@@ -408,7 +410,8 @@ def test_commit_after_close_is_a700(tmp_path: Path) -> None:
 def test_no_name_before_durable_data_no_answer_before_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool, size: int
 ) -> None:
-    """The order of events: data flushed → renamed → folder flushed → COMMIT → answered."""
+    """The order of events: data flushed → named (linked, or renamed) → folder
+    flushed → COMMIT → answered."""
     events: list[tuple] = []
     lock = threading.Lock()
 
@@ -416,13 +419,14 @@ def test_no_name_before_durable_data_no_answer_before_commit(
         with lock:
             events.append(event)
 
-    real_fsync, real_syncfs, real_rename = os.fsync, layout.syncfs, os.rename
+    real_fsync, real_syncfs, real_rename, real_link = os.fsync, layout.syncfs, os.rename, os.link
     real_commit = Index.commit
     monkeypatch.setattr(os, "fsync", lambda fd: (log("flush", _fd_path(fd)), real_fsync(fd))[1])
     monkeypatch.setattr(layout, "syncfs", lambda fd: (log("flush", "*"), real_syncfs(fd))[1])
     monkeypatch.setattr(
-        os, "rename", lambda a, b: (log("rename", str(a), str(b)), real_rename(a, b))[1]
+        os, "rename", lambda a, b: (log("named", str(a), str(b)), real_rename(a, b))[1]
     )
+    monkeypatch.setattr(os, "link", lambda a, b: (log("named", str(a), str(b)), real_link(a, b))[1])
     monkeypatch.setattr(Index, "commit", lambda self: (real_commit(self), log("commit"))[0])
     with Archive(tmp_path / "root", syncfs=syncfs) as archive:
         batches = Batches(archive)
@@ -434,7 +438,7 @@ def test_no_name_before_durable_data_no_answer_before_commit(
     position = {e: i for i, e in enumerate(events)}
     for temp, outcome in zip(temps, outcomes, strict=True):
         final = str(outcome.path)
-        (renamed,) = [i for i, e in enumerate(events) if e[:3] == ("rename", temp, final)]
+        (renamed,) = [i for i, e in enumerate(events) if e[:3] == ("named", temp, final)]
         data = [i for i, e in enumerate(events[:renamed]) if e in (("flush", temp), ("flush", "*"))]
         assert data, f"{final} was named before its data was flushed"
         folder = [

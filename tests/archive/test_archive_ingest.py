@@ -282,7 +282,7 @@ def test_enospc_while_writing_meta_is_a700(
     assert_nothing_stored(archive)
 
 
-@pytest.mark.parametrize("call", ["fsync", "rename", "mkdir"])
+@pytest.mark.parametrize("call", ["fsync", "link", "mkdir"])  # (a new instance is linked)
 def test_io_errors_while_committing_are_a700(
     archive: Archive, monkeypatch: pytest.MonkeyPatch, call: str
 ) -> None:
@@ -359,6 +359,25 @@ def test_index_commit_failure_on_replace_restores_the_old_file(
         assert archive.get_instance("1.2.3.4.5.6.7")["patient_name"] == "First"
         assert archive.check() == []
         assert not any(archive.tmp_dir.iterdir())
+
+
+def test_rename_failure_on_replace_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replace is renamed into place (a new instance is linked): ENOSPC there is
+    A700, and the first version stays what the index serves."""
+    with Archive(tmp_path / "root", on_duplicate="replace") as archive:
+        first = store(archive, dataset(patient_name="First"))
+        monkeypatch.setattr(os, "rename", _enospc)
+        outcome = store(archive, dataset(patient_name="Second"))
+        monkeypatch.undo()
+        assert outcome.status == OUT_OF_RESOURCES
+        assert "No space left on device" in outcome.error_comment
+        assert first.path.read_bytes().endswith(dataset(patient_name="First"))
+        assert archive.get_instance("1.2.3.4.5.6.7")["patient_name"] == "First"
+        assert archive.check() == []
+        assert not any(archive.tmp_dir.iterdir())
+        assert store(archive, dataset(patient_name="Second")).status == SUCCESS
 
 
 # -- durability ------------------------------------------------------------------------

@@ -155,15 +155,12 @@ class FileStorage:
             self._fs_fd = -1
 
     def stage(self, batch: list[Staged]) -> list[Staged]:
-        """Trace each file (a second name in ``.tmp``, see ``recovery.recover``), then
-        make the data of the files durable: one syncfs for a batch, else an fsync each.
-        """
+        """Make the data of the files durable: one syncfs for a batch, else an fsync
+        each. (Each file's name in ``.tmp`` is its trace once it is placed: see
+        :meth:`place`.)"""
         self._whole_fs = whole_fs = self._fs_fd >= 0 and len(batch) >= SYNCFS_MIN_BATCH
-        if self._links:  # (without fsync too: a node killed keeps its page cache)
-            for member in batch:
-                self._link_trace(member)  # before the flush, which covers it too
-            if crashpoints.ENABLED:
-                crashpoints.reached("publish.after-trace")
+        if self._links and crashpoints.ENABLED:
+            crashpoints.reached("publish.after-trace")
         if not self.fsync or all(0 < m.seq <= self.durable_seq for m in batch):
             # (with fsync: a syncfs that began after they were written flushed them)
             if self.fsync:
@@ -196,16 +193,23 @@ class FileStorage:
         return live
 
     def place(self, member: Staged, key: str, replacing: str | None) -> None:
-        """Rename one file to its final name (``OSError``: taken back).
+        """Give one file its final name (``OSError``: taken back).
 
-        The file has a second name in ``.tmp`` by now, its *trace* (made
-        before the flush), kept until after the COMMIT: a crash in between
-        leaves it there, and the next start adopts the file it names
-        (``recovery.recover``). A file already at the final name (replace, or a
-        crash's leftover) is kept as a link in ``.tmp`` until the COMMIT, and
-        restored if the batch fails. The file of a replaced instance stored at
-        another name gets a removal intent (``removal.py``), flushed with the
-        folders: after the COMMIT it says that file must go.
+        Until after the COMMIT the file keeps a second name in ``.tmp``, its
+        *trace*: a crash in between leaves it there, and the next start adopts
+        the file it names (``recovery.recover``: a ``.part`` or ``.pub`` name
+        with a link count over 1). A new instance (no row, nothing at the final
+        name) is placed by a hard link to its final name, which fails rather than
+        replace anything: its temporary name, made before the flush, is the trace
+        (two system calls per instance: the link, and the unlink of the trace
+        after the COMMIT). Otherwise — a replace, or a file already at the final
+        name (a crash's leftover, another node's uncommitted file), or a file
+        system without hard links — the file gets a trace (``<temp>.pub``) and is
+        renamed there; a file already at the final name is kept as a link in
+        ``.tmp`` (``.bak``) until the COMMIT, and restored if the batch fails.
+        The file of a replaced instance stored at another name gets a removal
+        intent (``removal.py``). Names made in ``.tmp`` here are flushed with the
+        folders (:meth:`settle`): after the COMMIT an intent says that file must go.
         """
         # with syncfs, new folders are made durable by the one syncfs of settle
         # instead of an fsync of each parent
@@ -215,6 +219,12 @@ class FileStorage:
         try:
             if folder not in self._dirs:
                 member.created = self._make_dirs(folder, durable_dirs)
+            if replacing is None and self._links and self._link_new(member, folder, durable_dirs):
+                if crashpoints.ENABLED:
+                    crashpoints.reached("publish.after-rename")
+                return
+            if self._links:
+                self._link_trace(member)
             backup = f"{member.temp}.bak"
             try:
                 os.link(final, backup)
@@ -240,6 +250,9 @@ class FileStorage:
             if member.backup is not None:
                 layout.remove_quietly(member.backup)
                 member.backup = None
+            if member.trace is not None and member.trace != member.temp:
+                layout.remove_quietly(member.trace)
+                member.trace = None
             if member.intent is not None:
                 layout.remove_quietly(member.intent)
                 member.intent = None
@@ -252,8 +265,12 @@ class FileStorage:
         if not self.fsync:
             return
         folders = {member.final.rpartition("/")[0] for member in placed}
-        # removal intents (replaces that move an instance) are durable before the COMMIT
-        folders.update(m.intent.rpartition("/")[0] for m in placed if m.intent is not None)
+        # removal intents (replaces that move an instance), and the traces and backups
+        # of the files renamed (not linked) into place, are durable before the COMMIT
+        for m in placed:
+            for name in (m.intent, m.backup, None if m.trace == m.temp else m.trace):
+                if name is not None:
+                    folders.add(name.rpartition("/")[0])
         created = any(member.created for member in placed)
         if self._fs_fd >= 0 and (created or (self._whole_fs and len(folders) > 1)):
             try:
@@ -319,6 +336,28 @@ class FileStorage:
         if member.trace is not None:
             layout.remove_quietly(member.trace)
             member.trace = None
+
+    def _link_new(self, member: Staged, folder: str, durable_dirs: bool) -> bool:
+        """Place a new instance by a hard link from its temporary, which is then its
+        trace; False when something is at the final name already, or hard links do
+        not work here (the caller renames instead)."""
+        try:
+            os.link(member.temp, member.final)
+        except FileExistsError:
+            return False
+        except FileNotFoundError:
+            if folder not in self._dirs:
+                raise
+            self._dirs.discard(folder)  # removed behind our back (a delete emptied it)
+            member.created = self._make_dirs(folder, durable_dirs)
+            return self._link_new(member, folder, durable_dirs)
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            self._links = False  # a file system without hard links
+            return False
+        member.trace = member.temp
+        return True
 
     def _link_trace(self, member: Staged) -> None:
         """Best effort: without a trace, a crash before the COMMIT leaves a file that

@@ -187,16 +187,23 @@ class Ingest:
             return failure(st.OUT_OF_RESOURCES, f"out of resources: {exc}")
 
     def _check(self) -> Staged | StoreOutcome:
-        """The index row of a data set that passes the checks, or the failure."""
-        wrong = encoding_mismatch(
-            self._prefix, self._size, self.transfer_syntax_uid, self.sop_instance_uid
-        )
-        if wrong is not None:  # the stored meta would lie about it (encoding.py)
-            return failure(st.CANNOT_UNDERSTAND, wrong)
+        """The index row of a data set that passes the checks, or the failure.
+
+        The encoding check (``encoding.py``) is skipped only where it could not
+        refuse: an Explicit VR Little Endian data set whose header the scan read
+        whole (every element header a known VR, each value ending where the next
+        header starts, up to the Pixel Data or the end) is encoded as its context
+        says; the check would read the same first headers the same way."""
         implicit, little, deflated = encoding_of(self.transfer_syntax_uid)
         elements = None
         if little and not deflated:
             elements = scan_header(self._prefix, self._size, implicit)
+        if elements is None or implicit:
+            wrong = encoding_mismatch(
+                self._prefix, self._size, self.transfer_syntax_uid, self.sop_instance_uid
+            )
+            if wrong is not None:  # the stored meta would lie about it (encoding.py)
+                return failure(st.CANNOT_UNDERSTAND, wrong)
         if elements is not None:
             row = fields_of_elements(elements, implicit)
         else:

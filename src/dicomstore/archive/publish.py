@@ -7,24 +7,27 @@ step on the bytes is a method of the archive's storage
 file system (``filestorage.FileStorage``) does what is described. With
 ``fsync`` on (the crash points of ``crashpoints.py`` in brackets)::
 
-  stage:
-    trace                a second name for each file in .tmp (see recovery.recover)
-                                                        [publish.after-trace]
+  stage:                 (each file's name in .tmp is its trace once it is placed:
+                         see recovery.recover)          [publish.after-trace]
     flush the files      fsync of each file; a batch: one syncfs of the file system
                                                         [publish.after-file-flush]
   (the index):
     BEGIN IMMEDIATE      the index write lock (after ``lock_timeout``: A700 for all)
     look them up         the duplicate policy decides, instance by instance
   place (each):
-    replace: old names   the file at the final name gets a second name in .tmp
-                         (``.bak``); one at another name (the instance moves to
-                         another series) a removal intent (``removal.py``)
-                                                        [publish.after-old-link]
-    mkdir, rename        each file to its final name (a failure fails that one only)
+    new instance: link   mkdir, then a hard link of the temporary to its final
+                         name, which fails if a file is there: the temporary's
+                         name stays as the trace            [publish.after-rename]
+    else: old names      a trace (``.pub``); the file at the final name gets a
+                         second name in .tmp (``.bak``); one at another name (the
+                         instance moves to another series) a removal intent
+                         (``removal.py``)                   [publish.after-old-link]
+    mkdir, rename        the file to its final name (a failure fails that one only)
                                                         [publish.after-rename]
   settle:
     flush the folders    fsync of the series folder (and of the parent of a new
-                         folder, and of .tmp for an intent); a batch with several
+                         folder, and of .tmp for a trace, backup or intent made
+                         by a rename); a batch with several
                          folders or new ones: syncfs   [publish.after-folder-flush]
   (the index):
     write the rows       one INSERT per instance, parent rows only if new or richer
@@ -75,8 +78,9 @@ Flushes (fsync/syncfs calls) per batch of ``n`` instances::
     n == 1 (or syncfs=False)  n files + 1 series folder + 1 WAL = 3 for one
                               (new folders: 1 syncfs instead of the series folder)
                               (+1 per new folder: 5 for an instance of a new study)
-                              (a replace that moves the instance: +1 for .tmp,
-                              +1 for the old file's folder after the COMMIT)
+                              (a replace, or a file already at the final name:
+                              +1 for .tmp; a replace that moves the instance: +1
+                              for the old file's folder after the COMMIT)
     n >= 2 with syncfs        1 syncfs + 1 folder fsync or syncfs + 1 WAL = 3 for all
     written before a syncfs   no flush of the files: 2 (see below)
 

@@ -47,14 +47,20 @@ def hold(root: Path, *, exclusive: bool) -> int:
     return fd
 
 
+#: The names a trace can have (``FileStorage.place``): a temporary placed by a
+#: hard link, or the second name of one placed by a rename.
+_TRACES = (".part", ".pub")
+
+
 def recover(root: Path, index: Index, *, fsync: bool) -> int:
     """Start-up: settle what a crash left in ``.tmp`` (its own files, those of older
     dicomstores) and in the folders of dead nodes (``nodes.py``: never a live
     node's), then empty them; the number of instances adopted into the index.
 
-    A trace (``<temp>.pub``, a second name of a file renamed to its final name,
-    see ``filestorage.FileStorage.place``) outlives its batch only when the
-    COMMIT, or the clean-up after it, did not happen. If the final name still holds that
+    A trace (a temporary ``<temp>`` linked to its final name, or ``<temp>.pub``,
+    a second name of a file renamed there; see ``filestorage.FileStorage.place``:
+    either way a link count over 1) outlives its batch only when the COMMIT, or
+    the clean-up after it, did not happen. If the final name still holds that
     file:
 
     - the index does not know the instance: it is adopted, indexed as
@@ -90,7 +96,7 @@ def _settle_folder(root: Path, index: Index, folder: Path, *, fsync: bool) -> in
 
     adopted = 0
     for entry in os.scandir(folder):
-        if entry.name.endswith(".pub") and entry.is_file(follow_symlinks=False):
+        if entry.name.endswith(_TRACES) and entry.is_file(follow_symlinks=False):
             try:
                 if entry.stat(follow_symlinks=False).st_nlink > 1:
                     adopted += _settle(root, index, Path(entry.path), read_row, fsync=fsync)
@@ -115,7 +121,7 @@ def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool
     row = read_row(root, trace)  # reads the header, for the final name
     rel = layout.instance_relstr(row["study_uid"], row["series_uid"], row["sop_instance_uid"])
     final = root / rel
-    backup = trace.with_suffix(".bak")
+    backup = Path(f"{str(trace).removesuffix('.pub')}.bak")  # (FileStorage.place's name)
     with index.lock:
         index.begin()
         try:
