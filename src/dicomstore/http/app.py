@@ -25,9 +25,10 @@ from dicomstore.archive.query import QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
 from dicomstore.http import browse, browse_search, frames, operations, qido, render, stow, wado
 from dicomstore.http.common import HttpError, error_response
-from dicomstore.http.limits import HttpLimits
+from dicomstore.http.limits import HttpLimits, refuse
 from dicomstore.http.openapi import openapi
 from dicomstore.http.security import HttpSecurity
+from dicomstore.inflation import TooLarge
 from dicomstore.services.metrics import ServerMetrics
 from dicomstore.services.storage import StoreService
 
@@ -96,6 +97,12 @@ async def _known_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, NotStoredError):
         return error_response(404, str(exc))
     return error_response(503, f"the archive index is unavailable: {exc}")
+
+
+async def _too_large(request: Request, exc: Exception) -> Response:
+    """A stored deflated data set inflating to over the limit (PS3.5 A.5): 413, logged."""
+    found = refuse(request, 413, f"{exc}: not served")
+    return error_response(found.status, found.message)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -173,6 +180,7 @@ def build_app(
         exception_handlers={
             HttpError: _http_error,
             HTTPException: _starlette_error,
+            TooLarge: _too_large,
             QueryError: _known_error,
             NotStoredError: _known_error,
             ArchiveNotFoundError: _known_error,
