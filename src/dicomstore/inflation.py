@@ -29,6 +29,7 @@ __all__ = [
     "InflateError",
     "TooLarge",
     "inflate_into",
+    "inflate_to_temporary",
     "inflated_temporary",
 ]
 
@@ -128,24 +129,36 @@ def inflate_into(source: BinaryIO, target: _Target, limit: int | None = None) ->
     return size
 
 
-@contextmanager
-def inflated_temporary(
+def inflate_to_temporary(
     source: BinaryIO, limit: int, where: str | None = None
-) -> Iterator[tuple[BinaryIO, int]]:
+) -> tuple[BinaryIO, int]:
     """(an unnamed temporary file holding what the raw deflate stream read from
     ``source`` inflates to, rewound; its size), in folder ``where`` (None, or one
-    that cannot take it: the system's), closed and gone afterwards.
+    that cannot take it: the system's); the caller closes it, and it is gone.
 
     Memory stays :data:`CHUNK` bytes whatever the size; beyond ``limit``
     inflated bytes :class:`TooLarge` is raised (nothing more is written), a
     stream that does not inflate :class:`InflateError`."""
     try:
-        spool = tempfile.TemporaryFile(dir=where)  # noqa: SIM115 - closed below
+        spool = tempfile.TemporaryFile(dir=where)  # noqa: SIM115 - the caller closes it
     except OSError:
         if where is None:
             raise
-        spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
-    with spool:
+        spool = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+    try:
         size = inflate_into(source, spool, limit)
         spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return spool, size
+
+
+@contextmanager
+def inflated_temporary(
+    source: BinaryIO, limit: int, where: str | None = None
+) -> Iterator[tuple[BinaryIO, int]]:
+    """:func:`inflate_to_temporary` for the time of a block."""
+    spool, size = inflate_to_temporary(source, limit, where)
+    with spool:
         yield spool, size
