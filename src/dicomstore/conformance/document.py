@@ -296,7 +296,10 @@ def statement() -> str:
         "within `--operation-timeout` of its first byte; the server stops reading "
         "from a peer that does not read its answers; receive buffers start at 4 "
         "KiB; a deflated data set is counted as it inflates (A700 beyond "
-        "`--max-instance-size`, or 256 MiB). HTTP requests are bounded (body, "
+        "`--max-instance-size`, or 256 MiB), and a stored one is read (WADO-RS, "
+        "conversion for C-GET/C-MOVE) from a temporary inflated file within the "
+        "same limit, never whole in memory (beyond it: 413, or not sent). HTTP "
+        "requests are bounded (body, "
         "multipart parts, search parameters, rendered sequence depth): 413 or 400 "
         "with the reason, never a 5xx for bad input.",
         "",

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from dicomstore.archive import Archive
 from dicomstore.archive.engine import OperationalError
-from dicomstore.archive.metacache import MetadataCache
+from dicomstore.archive.metacache import DEFAULT_MAX_ENTRIES, MetadataCache
 from dicomstore.archive.query import QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
 from dicomstore.http import browse, browse_search, frames, operations, qido, render, stow, wado
@@ -125,6 +125,7 @@ def build_app(
     metrics: ServerMetrics | None = None,
     ready: operations.ReadyCheck | None = None,
     index: str | None = None,
+    metadata_cache_entries: int = DEFAULT_MAX_ENTRIES,
 ) -> Starlette:
     """The DICOMweb ASGI app over the archive ``source``.
 
@@ -151,6 +152,8 @@ def build_app(
     asked by ``/readyz`` besides the index (:mod:`dicomstore.http.operations`).
     ``index``: the index of an archive root given as ``source``, when not the
     SQLite file in it (a ``postgresql://`` URL; an :class:`Archive` knows its own).
+    ``metadata_cache_entries``: the most instances the WADO-RS metadata cache keeps
+    (those used longest ago go first, :mod:`~dicomstore.archive.metacache`).
     """
     archive = source if isinstance(source, Archive) else None
     root = archive.root if archive is not None else Path(source)  # type: ignore[arg-type]
@@ -194,7 +197,7 @@ def build_app(
     app.state.store = store if store is not None or archive is None else StoreService(archive)
     storage = archive.storage if archive is not None else None
     app.state.reader = ArchiveReader(root, index=index, storage=storage)
-    app.state.metadata_cache = MetadataCache(root)
+    app.state.metadata_cache = MetadataCache(root, metadata_cache_entries)
     app.state.ae_title = ae_title
     app.state.stow_ae = stow_ae
     app.state.accept_unknown = accept_unknown

@@ -14,7 +14,10 @@ Accept asks (:func:`choose`):
 - ``*/*``: uncompressed if it can be decoded here, else as stored.
 
 Bulk data of the Pixel Data is all frames in the same way (decoded: one part,
-as native Pixel Data would be; as stored: one part per frame).
+as native Pixel Data would be; as stored: one part per frame). A deflated data
+set (PS3.5 A.5) is served from its inflated copy (``stored.inflated``, within
+the store's inflated limit: 413 beyond), its frames as Explicit VR Little
+Endian's native frames.
 """
 
 from __future__ import annotations
