@@ -17,10 +17,10 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.filewriter import write_file_meta_info
 from tests.conftest import dcmtk_storescp, free_port
 from tests.services.test_scu_support import received_by_uid
+from tests.services.test_storage_encoding import encode
 
 from dicomstore import uids
 from dicomstore.services import conversion
@@ -45,10 +45,7 @@ def _dataset(uid: str) -> Dataset:
 
 def dataset_bytes(ds: Dataset) -> bytes:
     """``ds`` in Explicit VR Little Endian."""
-    out = DicomBytesIO()
-    out.is_little_endian, out.is_implicit_VR = True, False
-    write_dataset(out, ds)
-    return out.getvalue()
+    return encode(ds, uids.EXPLICIT_VR_LE)
 
 
 def _deflated_file(path: Path, uid: str, chunks: list[bytes]) -> Path:
