@@ -5,17 +5,33 @@ A Deflated Explicit VR Little Endian data set is a raw deflate stream (RFC
 here holds more than :data:`CHUNK` inflated bytes at once:
 :class:`InflatedSize` counts what the stream inflates to as its bytes arrive,
 so that a door can refuse it once beyond a limit (the store service, for
-C-STORE and STOW-RS alike: A700), and :func:`inflate_into` writes the
-inflated data set to a file (the archive reads its header from there).
+C-STORE and STOW-RS alike: A700), :func:`inflate_into` writes the inflated
+data set to a file (the archive reads its header from there), and
+:func:`inflated_temporary` is the one way every reader of a stored deflated
+data set gets it whole (WADO-RS metadata, bulk data and frames, the browse
+page, ``show``, conversion for C-GET/C-MOVE and forwarding): inflated into an
+unnamed temporary file, up to a limit (:class:`TooLarge` beyond it), and read
+or memory-mapped from there as a data set that was never deflated.
 """
 
 from __future__ import annotations
 
+import tempfile
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import BinaryIO, Protocol
 
-__all__ = ["CHUNK", "DEFAULT_MAX_INFLATED", "InflatedSize", "InflateError", "inflate_into"]
+__all__ = [
+    "CHUNK",
+    "DEFAULT_MAX_INFLATED",
+    "InflatedSize",
+    "InflateError",
+    "TooLarge",
+    "inflate_into",
+    "inflate_to_temporary",
+    "inflated_temporary",
+]
 
 #: What a deflated data set may inflate to when no ``--max-instance-size`` is
 #: set (with one, that limit counts the inflated bytes instead).
@@ -43,6 +59,15 @@ class _Target(Protocol):
 
 class InflateError(ValueError):
     """The bytes are not a raw deflate stream, or it ends too soon."""
+
+
+class TooLarge(InflateError):
+    """The stream inflates to more than the limit (a deflate bomb, or a limit set
+    lower than when the instance was stored)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the deflated data set inflates to over {limit} bytes, the limit")
+        self.limit = limit
 
 
 class InflatedSize:
@@ -84,18 +109,56 @@ class InflatedSize:
         return not self.over
 
 
-def inflate_into(source: BinaryIO, target: _Target) -> int:
+def inflate_into(source: BinaryIO, target: _Target, limit: int | None = None) -> int:
     """Inflate the raw deflate stream read from ``source`` into ``target``, CHUNK
-    bytes at a time; the inflated size. Raises :class:`InflateError`."""
+    bytes at a time; the inflated size. Raises :class:`TooLarge` once beyond
+    ``limit`` inflated bytes (None: no limit), else :class:`InflateError`."""
     z = zlib.decompressobj(-zlib.MAX_WBITS)
     size = 0
     try:
         while not z.eof and (data := source.read(_STEP_IN)):
             for out in _pieces(z, data):
-                target.write(out)
                 size += len(out)
+                if limit is not None and size > limit:
+                    raise TooLarge(limit)
+                target.write(out)
     except zlib.error as exc:
         raise InflateError(f"the deflated data set cannot be inflated: {exc}") from exc
     if not z.eof:
         raise InflateError("the deflated data set is truncated")
     return size
+
+
+def inflate_to_temporary(
+    source: BinaryIO, limit: int, where: str | None = None
+) -> tuple[BinaryIO, int]:
+    """(an unnamed temporary file holding what the raw deflate stream read from
+    ``source`` inflates to, rewound; its size), in folder ``where`` (None, or one
+    that cannot take it: the system's); the caller closes it, and it is gone.
+
+    Memory stays :data:`CHUNK` bytes whatever the size; beyond ``limit``
+    inflated bytes :class:`TooLarge` is raised (nothing more is written), a
+    stream that does not inflate :class:`InflateError`."""
+    try:
+        spool = tempfile.TemporaryFile(dir=where)  # noqa: SIM115 - the caller closes it
+    except OSError:
+        if where is None:
+            raise
+        spool = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+    try:
+        size = inflate_into(source, spool, limit)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return spool, size
+
+
+@contextmanager
+def inflated_temporary(
+    source: BinaryIO, limit: int, where: str | None = None
+) -> Iterator[tuple[BinaryIO, int]]:
+    """:func:`inflate_to_temporary` for the time of a block."""
+    spool, size = inflate_to_temporary(source, limit, where)
+    with spool:
+        yield spool, size

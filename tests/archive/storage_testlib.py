@@ -62,3 +62,6 @@ class MemoryStorage:
 
     def free_space(self) -> int | None:
         return None
+
+    def scratch(self) -> Path | None:
+        return None

@@ -101,7 +101,8 @@ def expected(archive: Archive, path: str, base: str) -> bytes:
     """The body the encoder gives without any cache (as wado.metadata did before)."""
     reader = ArchiveReader(archive.root)
     parts = path.strip("/").split("/")
-    filters = dict(zip(("StudyInstanceUID", "SeriesInstanceUID"), parts[1::2], strict=False))
+    names = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+    filters = dict(zip(names, parts[1::2], strict=False))
     items = []
     for row in reader.search("instance", filters):
         url = url_of(base, row["study_uid"], row["series_uid"], row["sop_instance_uid"])
@@ -210,3 +211,42 @@ def test_the_depth_cut_is_kept_and_logged_when_answered_from_the_cache(
             assert "sequences nested deeper than" in caplog.text
     assert len(cached_rows(archive)) == 1
     archive.close()
+
+
+def test_past_its_bound_the_cache_drops_the_least_recently_used_and_answers_alike(
+    tmp_path: Path,
+) -> None:
+    """``metadata_cache_entries`` (``serve --metadata-cache-entries``): never more rows
+    than that; those used longest ago go first; every answer stays the encoder's."""
+    archive = Archive(tmp_path / "archive", fsync=False)
+    for n in range(1, 7):
+        store(archive, generated(n))
+    series = f"/studies/{STUDY}/series/{SERIES}"
+    uid = [f"{SERIES}.{n}" for n in range(1, 7)]
+    with (
+        HttpThread(archive, metadata_cache_entries=3) as srv,
+        httpx.Client(base_url=srv.url, timeout=60) as client,
+    ):
+        base = f"{srv.url}/"
+
+        def answer(path: str) -> bytes:
+            r = client.get(path)
+            assert r.status_code == 200, r.text
+            assert r.content == expected(archive, path, base), path
+            return r.content
+
+        for _ in range(2):  # cold, then past the bound again: each time the same answer
+            answer(f"{series}/metadata")
+            assert len(cached_rows(archive)) == 3
+        for n in (1, 2, 3):
+            answer(f"{series}/instances/{uid[n - 1]}/metadata")
+        assert set(cached_rows(archive)) == set(uid[:3])  # the last three used
+        answer(f"{series}/instances/{uid[0]}/metadata")  # a hit: the last to go now
+        answer(f"{series}/instances/{uid[3]}/metadata")  # in: 2, used longest ago, out
+        assert set(cached_rows(archive)) == {uid[0], uid[2], uid[3]}
+    archive.close()
+
+
+def test_an_entry_bound_below_one_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        MetadataCache(tmp_path, max_entries=0)

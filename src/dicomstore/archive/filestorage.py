@@ -111,6 +111,10 @@ class FileStorage:
     def free_space(self) -> int | None:
         return shutil.disk_usage(self.root).free
 
+    def scratch(self) -> Path | None:
+        folder = self.root / layout.TMP_DIR
+        return folder if folder.is_dir() else None
+
     # -- WritableStorage: temporaries (the C-STORE hot path: no more than the calls) ----
 
     def create(self, temp: str) -> int:

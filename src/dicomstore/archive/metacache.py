@@ -14,6 +14,12 @@ written without flushes (WAL, ``synchronous=NORMAL``): a crash may lose the
 latest rows, never corrupt the older ones; a damaged file is deleted and made
 anew. Deleting ``.cache`` while the archive is not served empties the cache.
 No C-STORE writes here: rows are made when first asked for.
+
+The cache holds at most ``max_entries`` rows (:data:`DEFAULT_MAX_ENTRIES`,
+``serve --metadata-cache-entries``): each row records when it was last used
+(written or answered), and a write that takes the cache past the bound drops
+the rows used longest ago (LRU). An evicted instance is made anew when asked
+for again, so answers never change, only their cost.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,11 +36,15 @@ log = logging.getLogger("dicomstore.archive.metacache")
 
 CACHE_DIR = ".cache"
 CACHE_FILE = f"{CACHE_DIR}/metadata.sqlite"
-_VERSION = 1
+_VERSION = 2
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS entry ("
-    " sop_instance_uid TEXT PRIMARY KEY, key TEXT NOT NULL, value BLOB NOT NULL)"
+    " sop_instance_uid TEXT PRIMARY KEY, key TEXT NOT NULL, value BLOB NOT NULL,"
+    " used INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS entry_used ON entry (used)",
 )
+#: Rows kept by default: the instances used most recently, about 1 GB at ~4 KB a row.
+DEFAULT_MAX_ENTRIES = 250_000
 #: UIDs per statement (below SQLite's default limit of host parameters).
 _BATCH = 500
 
@@ -42,8 +53,11 @@ class MetadataCache:
     """The cache of one archive; methods are thread-safe, failures never raise (a
     cache that cannot be read or written is a cache miss, logged once)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        if max_entries < 1:
+            raise ValueError("a metadata cache holds at least one entry")
         self.path = Path(root) / CACHE_FILE
+        self.max_entries = max_entries
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._broken = False
@@ -73,6 +87,14 @@ class MetadataCache:
                     for uid, key, value in db.execute(sql, part):
                         if keys.get(uid) == key:
                             found[uid] = zlib.decompress(value)
+                if found:  # (what was answered is the last to go)
+                    hits = list(found)
+                    with db:
+                        for start in range(0, len(hits), _BATCH):
+                            part = hits[start : start + _BATCH]
+                            marks = ", ".join("?" for _ in part)
+                            sql = f"UPDATE entry SET used = ? WHERE sop_instance_uid IN ({marks})"
+                            db.execute(sql, [_now(), *part])
             except sqlite3.OperationalError as exc:  # busy, I/O: these stay uncached
                 log.debug("metadata cache %s not read: %s", self.path, exc)
             except (sqlite3.DatabaseError, zlib.error) as exc:
@@ -81,8 +103,10 @@ class MetadataCache:
         return found
 
     def put_many(self, entries: Iterable[tuple[str, str, bytes]]) -> None:
-        """Store ``(uid, key, value)`` rows, replacing what each UID had."""
-        rows = [(uid, key, zlib.compress(value, 1)) for uid, key, value in entries]
+        """Store ``(uid, key, value)`` rows, replacing what each UID had; then drop the
+        rows used longest ago beyond ``max_entries``."""
+        now = _now()
+        rows = [(uid, key, zlib.compress(value, 1), now) for uid, key, value in entries]
         if not rows:
             return
         with self._lock:
@@ -91,7 +115,14 @@ class MetadataCache:
                 return
             try:
                 with db:
-                    db.executemany("INSERT OR REPLACE INTO entry VALUES (?, ?, ?)", rows)
+                    db.executemany("INSERT OR REPLACE INTO entry VALUES (?, ?, ?, ?)", rows)
+                    (count,) = db.execute("SELECT COUNT(*) FROM entry").fetchone()
+                    if count > self.max_entries:
+                        db.execute(
+                            "DELETE FROM entry WHERE sop_instance_uid IN (SELECT"
+                            " sop_instance_uid FROM entry ORDER BY used LIMIT ?)",
+                            (count - self.max_entries,),
+                        )
             except sqlite3.Error as exc:  # busy, read-only, full: these stay uncached
                 log.debug("metadata cache %s not written: %s", self.path, exc)
 
@@ -142,7 +173,8 @@ def _open(path: Path) -> sqlite3.Connection:
             (version,) = db.execute("PRAGMA user_version").fetchone()
             if version not in (0, _VERSION):
                 raise sqlite3.DatabaseError(f"cache version {version}")
-            db.execute(_SCHEMA)
+            for statement in _SCHEMA:
+                db.execute(statement)
             db.execute(f"PRAGMA user_version={_VERSION}")
             return db
         except sqlite3.OperationalError:  # busy or I/O: not damage
@@ -155,6 +187,11 @@ def _open(path: Path) -> sqlite3.Connection:
             log.warning("metadata cache %s damaged or of another version: made anew", path)
             _delete(path)
     raise AssertionError("unreachable")
+
+
+def _now() -> int:
+    """When a row is used (LRU order; a clock shared by the processes of one host)."""
+    return time.time_ns()
 
 
 def _delete(path: Path) -> None:

@@ -23,11 +23,14 @@ from pydicom.dataset import Dataset
 
 from dicomstore.archive import layout
 from dicomstore.archive import query as q
+from dicomstore.archive.dicomfile import encoding_of
 from dicomstore.archive.engine import Connection, Engine, engine_for, size_sum
 from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.index import SchemaError
 from dicomstore.archive.schema import SCHEMA_VERSION
 from dicomstore.archive.storage import Storage
+from dicomstore.archive.stored import read_file_header
+from dicomstore.inflation import DEFAULT_MAX_INFLATED
 
 _SUM = size_sum("file_size")
 
@@ -202,10 +205,20 @@ class ArchiveReader:
         return str(self.storage.local_path(study) or study)
 
     def dataset(
-        self, row_or_uid: Mapping[str, Any] | str, *, stop_before_pixels: bool = False
+        self,
+        row_or_uid: Mapping[str, Any] | str,
+        *,
+        stop_before_pixels: bool = False,
+        inflated_limit: int = DEFAULT_MAX_INFLATED,
     ) -> Dataset:
-        """The stored instance as a pydicom ``FileDataset``."""
-        key = self.key(row_or_uid)
+        """The stored instance as a pydicom ``FileDataset``. ``stop_before_pixels``: its
+        header, read without the pixels (a deflated data set from a bounded temporary
+        copy rather than inflated whole by pydicom, ``stored.read_file_header``:
+        ``inflation.TooLarge`` beyond ``inflated_limit`` bytes)."""
+        row = self.instance(row_or_uid) if isinstance(row_or_uid, str) else row_or_uid
+        key = str(row["path"])
+        if stop_before_pixels and encoding_of(str(row.get("transfer_syntax_uid") or ""))[2]:
+            return read_file_header(self.storage, key, inflated_limit=inflated_limit)
         path = self.storage.local_path(key)
         if path is not None:
             return dcmread(path, stop_before_pixels=stop_before_pixels)

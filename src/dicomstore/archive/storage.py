@@ -10,7 +10,8 @@ path pays), never by building or opening a path of its own. So a store other
 than the local file system can be added here without touching them (issue 17).
 
 :class:`Storage` is what the readers of the archive need of where bytes live
-(open, size, version, exists, list by prefix, delete, free space);
+(open, size, version, exists, list by prefix, delete, free space, a scratch
+folder);
 ``filestorage.FileStorage`` is the local file system, the only one so far.
 :class:`WritableStorage` is what the writers need, in this order: ``create``
 a temporary, ``write`` to it and ``abort`` it (``ingest.py`` streams each
@@ -82,6 +83,8 @@ removal intents (``removal.py``)
     The ETag (it changes whenever the bytes do: the metadata cache's key).
 :meth:`Storage.free_space`
     ``None`` (no quota to report) or a configured quota less the bucket size.
+:meth:`Storage.scratch`
+    ``None``: a deflated data set is inflated into the system's temporary folder.
 
 On the C-STORE hot path the interface costs the method calls and nothing more:
 ``strace -c`` of a server receiving 500 instances counts the same system calls
@@ -140,6 +143,11 @@ class Storage(Protocol):
 
     def free_space(self) -> int | None:
         """Bytes still available for new instances (``None``: no limit known)."""
+        ...
+
+    def scratch(self) -> Path | None:
+        """A local folder for a reader's temporaries (a deflated data set inflated to
+        be read, ``inflation.inflated_temporary``); ``None``: the system's."""
         ...
 
 

@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dicomstore.cli.options import _port, _size, log
+from dicomstore.archive.metacache import DEFAULT_MAX_ENTRIES
+from dicomstore.cli.options import _int, _port, _size, log
 
 
 def _origin(value: str) -> str:
@@ -56,6 +57,14 @@ def add_http_options(s: Any) -> None:
         default=4 << 30,
         metavar="SIZE",
         help="largest STOW-RS request body, counted as it arrives; larger: 413 (default 4G)",
+    )
+    h.add_argument(
+        "--metadata-cache-entries",
+        type=_int(1),
+        default=DEFAULT_MAX_ENTRIES,
+        metavar="N",
+        help="most instances the WADO-RS metadata cache keeps (.cache/metadata.sqlite); "
+        f"those used longest ago go first (default {DEFAULT_MAX_ENTRIES})",
     )
     h.add_argument(
         "--http-cors-origin",

@@ -213,6 +213,7 @@ async def _serve(
                     store=server.store,  # STOW-RS: the same authorization, limits, audit, events
                     security=security,
                     limits=HttpLimits(max_body_bytes=args.http_max_body),
+                    metadata_cache_entries=args.metadata_cache_entries,
                     metrics=metrics,
                     ready=lambda: [] if server.listener.started else ["DICOM is not listening"],
                 )

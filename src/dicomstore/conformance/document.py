@@ -296,9 +296,12 @@ def statement() -> str:
         "within `--operation-timeout` of its first byte; the server stops reading "
         "from a peer that does not read its answers; receive buffers start at 4 "
         "KiB; a deflated data set is counted as it inflates (A700 beyond "
-        "`--max-instance-size`, or 256 MiB); a Q/R request Identifier is kept up to "
-        f"{IDENTIFIER_BOUND} (beyond, the rest is discarded as it arrives: C-FIND A700, C-MOVE "
-        "and C-GET A701). HTTP requests are bounded (body, "
+        "`--max-instance-size`, or 256 MiB), and a stored one is read (WADO-RS, "
+        "conversion for C-GET/C-MOVE) from a temporary inflated file within the "
+        "same limit, never whole in memory (beyond it: 413, or not sent); a Q/R "
+        f"request Identifier is kept up to {IDENTIFIER_BOUND} (beyond, the rest is "
+        "discarded as it arrives: C-FIND A700, C-MOVE and C-GET A701). HTTP "
+        "requests are bounded (body, "
         "multipart parts, search parameters, rendered sequence depth): 413 or 400 "
         "with the reason, never a 5xx for bad input.",
         "",

@@ -20,14 +20,15 @@ from starlette.routing import Route
 
 from dicomstore.archive import Archive
 from dicomstore.archive.engine import OperationalError
-from dicomstore.archive.metacache import MetadataCache
+from dicomstore.archive.metacache import DEFAULT_MAX_ENTRIES, MetadataCache
 from dicomstore.archive.query import QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
 from dicomstore.http import browse, browse_search, frames, operations, qido, render, stow, wado
 from dicomstore.http.common import HttpError, error_response
-from dicomstore.http.limits import HttpLimits
+from dicomstore.http.limits import HttpLimits, refuse
 from dicomstore.http.openapi import openapi
 from dicomstore.http.security import HttpSecurity
+from dicomstore.inflation import TooLarge
 from dicomstore.services.metrics import ServerMetrics
 from dicomstore.services.storage import StoreService
 
@@ -98,6 +99,12 @@ async def _known_error(request: Request, exc: Exception) -> Response:
     return error_response(503, f"the archive index is unavailable: {exc}")
 
 
+async def _too_large(request: Request, exc: Exception) -> Response:
+    """A stored deflated data set inflating to over the limit (PS3.5 A.5): 413, logged."""
+    found = refuse(request, 413, f"{exc}: not served")
+    return error_response(found.status, found.message)
+
+
 async def _internal_error(request: Request, exc: Exception) -> Response:
     """Anything else: 500 (Starlette logs the traceback after this answer)."""
     return error_response(500, f"internal error: {type(exc).__name__}")
@@ -118,6 +125,7 @@ def build_app(
     metrics: ServerMetrics | None = None,
     ready: operations.ReadyCheck | None = None,
     index: str | None = None,
+    metadata_cache_entries: int = DEFAULT_MAX_ENTRIES,
 ) -> Starlette:
     """The DICOMweb ASGI app over the archive ``source``.
 
@@ -144,6 +152,8 @@ def build_app(
     asked by ``/readyz`` besides the index (:mod:`dicomstore.http.operations`).
     ``index``: the index of an archive root given as ``source``, when not the
     SQLite file in it (a ``postgresql://`` URL; an :class:`Archive` knows its own).
+    ``metadata_cache_entries``: the most instances the WADO-RS metadata cache keeps
+    (those used longest ago go first, :mod:`~dicomstore.archive.metacache`).
     """
     archive = source if isinstance(source, Archive) else None
     root = archive.root if archive is not None else Path(source)  # type: ignore[arg-type]
@@ -173,6 +183,7 @@ def build_app(
         exception_handlers={
             HttpError: _http_error,
             HTTPException: _starlette_error,
+            TooLarge: _too_large,
             QueryError: _known_error,
             NotStoredError: _known_error,
             ArchiveNotFoundError: _known_error,
@@ -186,7 +197,7 @@ def build_app(
     app.state.store = store if store is not None or archive is None else StoreService(archive)
     storage = archive.storage if archive is not None else None
     app.state.reader = ArchiveReader(root, index=index, storage=storage)
-    app.state.metadata_cache = MetadataCache(root)
+    app.state.metadata_cache = MetadataCache(root, metadata_cache_entries)
     app.state.ae_title = ae_title
     app.state.stow_ae = stow_ae
     app.state.accept_unknown = accept_unknown

@@ -14,6 +14,7 @@ No scripts, no build step.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from html import escape
 from typing import Any
@@ -26,8 +27,11 @@ from dicomstore import __version__, uids
 from dicomstore.archive.query import Exact
 from dicomstore.http.common import HttpError, reader
 from dicomstore.http.header_text import header_text
-from dicomstore.http.limits import limits, refuse
+from dicomstore.http.limits import inflated_limit, limits, refuse
 from dicomstore.http.zipstream import instance_files, zip_files
+from dicomstore.inflation import TooLarge
+
+log = logging.getLogger("dicomstore.http.browse")
 
 PAGE = 200
 _STYLE = """
@@ -380,7 +384,9 @@ def instance(request: Request) -> HTMLResponse:
     row = _one(request, "instance", "SOPInstanceUID")
     bounds = limits(request)
     try:
-        ds = reader(request).dataset(row, stop_before_pixels=True)
+        ds = reader(request).dataset(
+            row, stop_before_pixels=True, inflated_limit=inflated_limit(request)
+        )
         parts = [getattr(ds, "file_meta", None), ds]
         header = "\n\n".join(
             header_text(
@@ -391,6 +397,9 @@ def instance(request: Request) -> HTMLResponse:
             for part in parts
             if part is not None
         )
+    except TooLarge as exc:  # a deflated data set (PS3.5 A.5) past the limit: not inflated
+        log.warning("browse: header of %s not shown: %s", row["sop_instance_uid"], exc)
+        header = f"(not shown: {exc})"
     except Exception as exc:  # noqa: BLE001 - any file pydicom cannot read: say so
         header = f"(cannot read the file: {type(exc).__name__}: {exc})"[:500]
     url = _dicomweb(row["study_uid"], row["series_uid"], row["sop_instance_uid"])

@@ -14,12 +14,16 @@ Accept asks (:func:`choose`):
 - ``*/*``: uncompressed if it can be decoded here, else as stored.
 
 Bulk data of the Pixel Data is all frames in the same way (decoded: one part,
-as native Pixel Data would be; as stored: one part per frame).
+as native Pixel Data would be; as stored: one part per frame). A deflated data
+set (PS3.5 A.5) is served from its inflated copy (``stored.inflated``, within
+the store's inflated limit: 413 beyond), its frames as Explicit VR Little
+Endian's native frames.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,10 +31,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomstore import uids
-from dicomstore.archive.stored import read_range, read_stored
+from dicomstore.archive.stored import opened, read_chunks, read_range
 from dicomstore.http import pixels
 from dicomstore.http.common import HttpError, accepted, negotiate, reader
-from dicomstore.http.limits import limits
+from dicomstore.http.limits import inflated_limit, limits
 from dicomstore.http.multipart import closing, new_boundary, part_header
 from dicomstore.http.wado import CHUNK, instance_row
 
@@ -94,20 +98,22 @@ def frame_numbers(text: str) -> list[int]:
 
 
 def open_frames(request: Request, row: dict[str, Any]) -> pixels.Frames:
-    """The frames of the instance ``row`` (bounded by the app's limits)."""
-    return pixels.Frames.open(reader(request).storage, row, limits(request).max_frame_bytes)
+    """The frames of the instance ``row`` (bounded by the app's limits; close them)."""
+    storage, bound = reader(request).storage, limits(request).max_frame_bytes
+    return pixels.Frames.open(storage, row, bound, inflated_limit(request))
 
 
 def _frame_parts(
     frames: pixels.Frames, choice: Choice, numbers: list[int], boundary: str
 ) -> Iterator[bytes]:
-    for n, number in enumerate(numbers):
-        yield part_header(boundary, choice.content_type, first=n == 0)
-        if choice.decode:
-            yield frames.decoded_bytes(number)
-        else:
-            yield from frames.stored(number, CHUNK)
-    yield closing(boundary)
+    with frames:
+        for n, number in enumerate(numbers):
+            yield part_header(boundary, choice.content_type, first=n == 0)
+            if choice.decode:
+                yield frames.decoded_bytes(number)
+            else:
+                yield from frames.stored(number, CHUNK)
+        yield closing(boundary)
 
 
 def _multipart(body: Iterator[bytes], part_type: str, boundary: str) -> Response:
@@ -120,12 +126,23 @@ def frames(request: Request) -> Response:
     row = instance_row(request)
     numbers = frame_numbers(request.path_params["frames"])
     found = open_frames(request, row)
-    found.check(numbers)
-    choice = choose(request, found)
-    if choice.decode:
-        _first_decodes(found, numbers[0])
+    with _closed_on_error(found):
+        found.check(numbers)
+        choice = choose(request, found)
+        if choice.decode:
+            _first_decodes(found, numbers[0])
     boundary = new_boundary()
     return _multipart(_frame_parts(found, choice, numbers, boundary), choice.part_type, boundary)
+
+
+@contextmanager
+def _closed_on_error(found: pixels.Frames | ExitStack) -> Iterator[None]:
+    """Close ``found`` if the block raises (else the answer's body closes it)."""
+    try:
+        yield
+    except BaseException:
+        found.close()
+        raise
 
 
 def _first_decodes(found: pixels.Frames, number: int) -> None:
@@ -135,33 +152,43 @@ def _first_decodes(found: pixels.Frames, number: int) -> None:
 
 
 def bulkdata(request: Request) -> Response:
-    """GET .../instances/{sop}/bulkdata/{tag}: a top-level binary value (10.4.1.1.3)."""
+    """GET .../instances/{sop}/bulkdata/{tag}: a top-level binary value (10.4.1.1.3).
+    Native Pixel Data is read by seeking: in the stored file, or for a deflated data
+    set in its inflated copy (PS3.5 A.5), held until the answer is sent."""
     row = instance_row(request)
     try:
         tag = int(request.path_params["tag"], 16)
     except ValueError:
         raise HttpError(400, "bulk data is named by an 8-digit hex tag") from None
     storage = reader(request).storage
-    stored = read_stored(storage, row["path"], row["transfer_syntax_uid"])
-    boundary = new_boundary()
-    pixel = stored.pixels if stored.pixels is not None and stored.pixels.tag == tag else None
-    if pixel is not None and pixel.length is None:
-        return _encapsulated_bulkdata(request, row, boundary)
-    if pixel is not None and pixel.length is not None:
-        chunks = read_range(storage, row["path"], pixel.offset, pixel.length, CHUNK)
-    elif tag in stored.dataset and isinstance(stored.dataset[tag].value, bytes):
-        chunks = iter([stored.dataset[tag].value])
-    else:
-        raise HttpError(404, f"no bulk data ({tag:08X}) in the instance")
-    _, accept = negotiate(request, [("multipart/related", OCTET)])
-    wanted = accept.params.get("transfer-syntax", "*")
-    if wanted not in ("*", uids.EXPLICIT_VR_LE, row["transfer_syntax_uid"]):
-        raise HttpError(406, f"bulk data is sent as stored, uncompressed, not as {wanted}")
+    held = ExitStack()
+    syntax, limit = row["transfer_syntax_uid"], inflated_limit(request)
+    with _closed_on_error(held):
+        header = opened(storage, row["path"], syntax, inflated_limit=limit)
+        stored, source = held.enter_context(header)
+        boundary = new_boundary()
+        pixel = stored.pixels if stored.pixels is not None and stored.pixels.tag == tag else None
+        if pixel is not None and pixel.length is None:
+            held.close()
+            return _encapsulated_bulkdata(request, row, boundary)
+        if pixel is not None and pixel.length is not None and source is not None:
+            chunks = read_chunks(source, pixel.offset, pixel.length, CHUNK, row["path"])
+        elif pixel is not None and pixel.length is not None:
+            chunks = read_range(storage, row["path"], pixel.offset, pixel.length, CHUNK)
+        elif tag in stored.dataset and isinstance(stored.dataset[tag].value, bytes):
+            chunks = iter([stored.dataset[tag].value])
+        else:
+            raise HttpError(404, f"no bulk data ({tag:08X}) in the instance")
+        _, accept = negotiate(request, [("multipart/related", OCTET)])
+        wanted = accept.params.get("transfer-syntax", "*")
+        if wanted not in ("*", uids.EXPLICIT_VR_LE, row["transfer_syntax_uid"]):
+            raise HttpError(406, f"bulk data is sent as stored, uncompressed, not as {wanted}")
 
     def body() -> Iterator[bytes]:
-        yield part_header(boundary, OCTET, first=True)
-        yield from chunks
-        yield closing(boundary)
+        with held:
+            yield part_header(boundary, OCTET, first=True)
+            yield from chunks
+            yield closing(boundary)
 
     return _multipart(body(), OCTET, boundary)
 
@@ -169,17 +196,19 @@ def bulkdata(request: Request) -> Response:
 def _encapsulated_bulkdata(request: Request, row: dict[str, Any], boundary: str) -> Response:
     """Compressed Pixel Data: every frame decoded in one part, or as stored one part each."""
     found = open_frames(request, row)
-    choice = choose(request, found)
-    numbers = list(range(1, found.count + 1))
-    if not choice.decode:
-        body = _frame_parts(found, choice, numbers, boundary)
-        return _multipart(body, choice.part_type, boundary)
-    _first_decodes(found, 1)
+    with _closed_on_error(found):
+        choice = choose(request, found)
+        numbers = list(range(1, found.count + 1))
+        if not choice.decode:
+            body = _frame_parts(found, choice, numbers, boundary)
+            return _multipart(body, choice.part_type, boundary)
+        _first_decodes(found, 1)
 
     def whole() -> Iterator[bytes]:
-        yield part_header(boundary, choice.content_type, first=True)
-        for number in numbers:
-            yield found.decoded_bytes(number)
-        yield closing(boundary)
+        with found:
+            yield part_header(boundary, choice.content_type, first=True)
+            for number in numbers:
+                yield found.decoded_bytes(number)
+            yield closing(boundary)
 
     return _multipart(whole(), choice.part_type, boundary)

@@ -21,9 +21,8 @@ from __future__ import annotations
 import io
 import mmap
 import struct
-import zlib
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR
@@ -32,10 +31,11 @@ from pydicom.dataset import Dataset
 
 from dicomstore.archive.dicomfile import dataset_offset, encoding_of
 from dicomstore.archive.storage import Storage
-from dicomstore.archive.stored import read_stored
+from dicomstore.archive.stored import Stored, inflated, read_stored
 from dicomstore.http.dicomjson import BULK_THRESHOLD, log_cut, tag_key
 from dicomstore.http.jsonvalues import value_json
 from dicomstore.http.rawheader import Element, Unsure, Walker
+from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflateError, TooLarge
 
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _IMPLICIT_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
@@ -139,42 +139,42 @@ def read_metadata(
     *,
     max_depth: int,
     cut: list[int] | None = None,
+    inflated_limit: int = DEFAULT_MAX_INFLATED,
 ) -> dict[str, Any]:
     """DICOM JSON of the instance at ``key`` (file meta excluded): Pixel Data and top-level
     binary values over :data:`BULK_THRESHOLD` as BulkDataURI; only ``tags`` if given;
     nested sequences down to ``max_depth`` levels (the tags of those cut added to
-    ``cut``, and a warning logged). Raises OSError or ValueError for a file that
-    cannot be read."""
+    ``cut``, and a warning logged). A deflated data set is read from its inflated
+    copy (``stored.inflated``, up to ``inflated_limit`` bytes: beyond,
+    ``inflation.TooLarge``). Raises OSError or ValueError for a file that cannot
+    be read."""
     implicit, little, deflated = encoding_of(transfer_syntax_uid)
     wanted = None if tags is None else set(tags)
     cut = [] if cut is None else cut
-    with storage.open(key) as fp:
-        start = dataset_offset(fp)
-        if deflated:  # PS3.5 A.5: the data set is a raw deflate stream
-            fp.seek(start)
-            try:
-                buf: Any = zlib.decompress(fp.read(), -zlib.MAX_WBITS)
-            except zlib.error as exc:
-                raise ValueError(
-                    f"{key.rpartition('/')[2]}: deflated data set unreadable: {exc}"
-                ) from exc
-            start = 0
-        else:
-            try:
-                fd = fp.fileno()
-            except io.UnsupportedOperation:  # (not a local file: no memory map)
-                fp.seek(0)
-                buf = fp.read()
-            else:
-                buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    buf: Any
+    if deflated:  # PS3.5 A.5: a raw deflate stream, inflated to a temporary and mapped
+        try:
+            with inflated(storage, key, inflated_limit) as (fp, size):
+                buf = _mapped(fp) if size else b""
+        except TooLarge:
+            raise
+        except InflateError as exc:
+            name = key.rpartition("/")[2]
+            raise ValueError(f"{name}: deflated data set unreadable: {exc}") from exc
+        start = 0
+    else:
+        with storage.open(key) as fp:
+            start = dataset_offset(fp)
+            buf = _mapped(fp)
     try:
         try:
             walker = Walker(buf, implicit, little, _is_sequence, max_depth)
             elements, stop = walker.dataset(start, len(buf), top=True)
         except Unsure:
-            return _all_by_pydicom(
-                storage, key, transfer_syntax_uid, bulk_uri, wanted, max_depth, cut
+            stored = read_stored(
+                storage, key, transfer_syntax_uid, defer_size=_DEFER, inflated_limit=inflated_limit
             )
+            return _all_by_pydicom(stored, key, bulk_uri, wanted, max_depth, cut)
         encoder = _Encoder(buf, implicit, little, max_depth)
         encodings = encoder.encodings(elements, _DEFAULT_ENCODINGS)
         out: dict[str, Any] = {}
@@ -199,7 +199,11 @@ def read_metadata(
             if json is None:
                 if fallback is None:
                     fallback = read_stored(
-                        storage, key, transfer_syntax_uid, defer_size=BULK_THRESHOLD
+                        storage,
+                        key,
+                        transfer_syntax_uid,
+                        defer_size=BULK_THRESHOLD,
+                        inflated_limit=inflated_limit,
                     ).dataset
                 mine = []
                 json = _pydicom_json(fallback, tag, bulk_uri, max_depth, mine)
@@ -207,13 +211,24 @@ def read_metadata(
             out[_key(tag)] = json
         if cut:
             log_cut(key, max_depth)
-        pixel = None if deflated else _pixel_data(buf, stop, implicit, little)
+        pixel = _pixel_data(buf, stop, implicit, little)
         if pixel is not None and (wanted is None or pixel[0] in wanted):
             out[_key(pixel[0])] = {"vr": pixel[1], "BulkDataURI": bulk_uri(pixel[0])}
         return dict(sorted(out.items()))
     finally:
         if isinstance(buf, mmap.mmap):
             buf.close()
+
+
+def _mapped(fp: BinaryIO) -> Any:
+    """The bytes of ``fp``: a read-only memory map of its file, or (not a local file)
+    read from its start."""
+    try:
+        fd = fp.fileno()
+    except io.UnsupportedOperation:  # (not a local file: no memory map)
+        fp.seek(0)
+        return fp.read()
+    return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
 
 
 def _pixel_data(buf: Any, pos: int, implicit: bool, little: bool) -> tuple[int, str] | None:
@@ -231,16 +246,14 @@ def _pixel_data(buf: Any, pos: int, implicit: bool, little: bool) -> tuple[int, 
 
 
 def _all_by_pydicom(
-    storage: Storage,
+    stored: Stored,
     key: str,
-    transfer_syntax_uid: str,
     bulk_uri: Callable[[int], str],
     wanted: set[int] | None,
     max_depth: int,
     cut: list[int],
 ) -> dict[str, Any]:
     """The whole instance as pydicom reads it (what the walker was unsure of)."""
-    stored = read_stored(storage, key, transfer_syntax_uid, defer_size=_DEFER)
     ds = stored.dataset
     out: dict[str, Any] = {}
     for tag in list(ds.keys()):

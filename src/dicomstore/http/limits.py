@@ -6,7 +6,10 @@ part, too many parts) or 400 (a parameter) with the limit named in the
 reason, a log line is written, and nothing stored is touched: STOW-RS aborts
 the instance it was receiving. The STOW-RS data set limit itself is the store
 service's (``--max-instance-size``): a part whose data set exceeds it is
-answered 413 at once instead of being read to its end.
+answered 413 at once instead of being read to its end. The same limit bounds
+what a stored deflated data set is inflated to when it is read (WADO-RS
+metadata, bulk data, frames, rendered, the browse page: :func:`inflated_limit`);
+beyond it, 413 naming the limit, and a log line.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from dicomstore.http.common import HttpError
+from dicomstore.inflation import DEFAULT_MAX_INFLATED
+from dicomstore.services.storage import StoreService
 
 log = logging.getLogger("dicomstore.http.limits")
 
@@ -52,6 +57,16 @@ def limits(request: Request) -> HttpLimits:
     """The limits of the app serving ``request``."""
     found = getattr(request.app.state, "limits", None)
     return found if isinstance(found, HttpLimits) else DEFAULT
+
+
+def inflated_limit(request: Request) -> int:
+    """What a stored deflated data set may inflate to when it is read (PS3.5 A.5): the
+    store service's limit (``--max-instance-size``, else ``DEFAULT_MAX_INFLATED``),
+    the one it was received under; beyond it, 413 (:func:`too_large`)."""
+    store = getattr(request.app.state, "store", None)
+    if isinstance(store, StoreService):
+        return store.limits.inflated_limit
+    return DEFAULT_MAX_INFLATED
 
 
 def refuse(request: Request, status: int, reason: str) -> HttpError:

@@ -27,11 +27,13 @@ from dicomstore.archive.storage import Storage
 from dicomstore.http.common import url_of
 from dicomstore.http.dicomjson import log_cut
 from dicomstore.http.instancejson import read_metadata
+from dicomstore.inflation import DEFAULT_MAX_INFLATED, TooLarge
 
 log = logging.getLogger("dicomstore.http.metadata")
 
 #: Bump when the DICOM JSON that read_metadata makes changes: older entries are remade.
-ENCODER = "1"
+#: (2: a deflated data set's Pixel Data is given as a BulkDataURI too.)
+ENCODER = "2"
 #: Instances looked up (and written to the cache) together.
 BATCH = 100
 
@@ -40,7 +42,13 @@ def _key(row: dict[str, Any], storage: Storage, max_depth: int) -> str:
     return f"{ENCODER}:{max_depth}:{row['digest']}:{storage.version(row['path'])}"
 
 
-def encode(storage: Storage, key: str, transfer_syntax_uid: str, max_depth: int) -> bytes:
+def encode(
+    storage: Storage,
+    key: str,
+    transfer_syntax_uid: str,
+    max_depth: int,
+    inflated_limit: int = DEFAULT_MAX_INFLATED,
+) -> bytes:
     """The cache value of an instance: ``token cut\\n`` then its JSON text, where
     ``token`` + tag stands for each BulkDataURI and ``cut`` is 1 if sequences were
     cut at ``max_depth``. Raises as read_metadata does."""
@@ -53,6 +61,7 @@ def encode(storage: Storage, key: str, transfer_syntax_uid: str, max_depth: int)
         lambda tag: f"{token}{tag:08X}",
         max_depth=max_depth,
         cut=cut,
+        inflated_limit=inflated_limit,
     )
     head = f"{token} {1 if cut else 0}\n".encode("ascii")
     return head + json.dumps(item, ensure_ascii=False).encode()
@@ -74,9 +83,14 @@ def stream_metadata(
     base: str,
     max_depth: int,
     cache: MetadataCache,
+    inflated_limit: int = DEFAULT_MAX_INFLATED,
+    *,
+    strict: bool = False,
 ) -> Iterator[bytes]:
     """The JSON array of the instances of ``rows``, one instance per chunk; those
-    deleted or unreadable since the query are left out (as the encoder does)."""
+    deleted or unreadable since the query are left out (as the encoder does), and
+    a deflated one that inflates to over ``inflated_limit`` bytes too, unless
+    ``strict`` (then ``inflation.TooLarge`` is raised)."""
     yield b"["
     first = True
     for start in range(0, len(rows), BATCH):
@@ -92,9 +106,12 @@ def stream_metadata(
             uid = row["sop_instance_uid"]
             value = cached.get(uid)
             if value is None:
+                syntax = row["transfer_syntax_uid"]
                 try:
-                    value = encode(storage, row["path"], row["transfer_syntax_uid"], max_depth)
+                    value = encode(storage, row["path"], syntax, max_depth, inflated_limit)
                 except (OSError, ValueError, RecursionError) as exc:
+                    if strict and isinstance(exc, TooLarge):
+                        raise
                     log.warning("metadata of %s left out: %s", uid, exc)
                     continue
                 made.append((uid, key, value))

@@ -3,7 +3,9 @@
 :class:`Frames` reads a stored instance's header (:func:`read_stored`) and
 hands out one frame at a time, never the whole Pixel Data:
 
-- as stored: native frames by seeking, encapsulated frames by gathering the
+- as stored: native frames by seeking (those of a deflated data set, PS3.5 A.5,
+  in its inflated copy: ``stored.inflated``, held until :meth:`Frames.close`),
+  encapsulated frames by gathering the
   fragments of that frame from the file (Basic or Extended Offset Table, one
   fragment per frame, or the fragments between JPEG markers:
   :func:`pydicom.encaps.get_frame` on the open file);
@@ -17,15 +19,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 from pydicom.dataset import Dataset
 
 from dicomstore import uids
 from dicomstore.archive.storage import Storage
-from dicomstore.archive.stored import PixelValue, read_range, read_stored
+from dicomstore.archive.stored import PixelValue, opened, read_chunks
 from dicomstore.http.common import HttpError
+from dicomstore.inflation import DEFAULT_MAX_INFLATED
 
 log = logging.getLogger("dicomstore.http.pixels")
 
@@ -76,7 +80,8 @@ def decoder_missing(syntax: str) -> str | None:
 
 @dataclass
 class Frames:
-    """One stored instance's frames: where they are and how they are encoded."""
+    """One stored instance's frames: where they are and how they are encoded (a
+    context manager: :meth:`close` lets go of a deflated data set's inflated copy)."""
 
     storage: Storage
     key: str
@@ -86,16 +91,51 @@ class Frames:
     count: int
     #: bytes of one frame once decoded (native: as stored)
     frame_size: int
+    #: the inflated copy of a deflated data set, where ``pixels`` are
+    source: BinaryIO | None = None
+    _held: ExitStack = field(default_factory=ExitStack, repr=False)
 
     @classmethod
-    def open(cls, storage: Storage, row: dict[str, Any], max_frame_bytes: int) -> Frames:
-        """The frames of the instance of index ``row``; HttpError 404/406/413 if none."""
+    def open(
+        cls,
+        storage: Storage,
+        row: dict[str, Any],
+        max_frame_bytes: int,
+        inflated_limit: int = DEFAULT_MAX_INFLATED,
+    ) -> Frames:
+        """The frames of the instance of index ``row``; HttpError 404/406/413 if none.
+        A deflated data set is inflated (up to ``inflated_limit`` bytes: beyond,
+        ``inflation.TooLarge``) and its frames are native Explicit VR Little Endian's."""
         syntax = row["transfer_syntax_uid"]
         key = row["path"]
-        if syntax not in NATIVE_LE and syntax not in MEDIA_TYPES:
+        deflated = syntax == uids.DEFLATED_EXPLICIT_VR_LE
+        if syntax not in NATIVE_LE and syntax not in MEDIA_TYPES and not deflated:
             raise HttpError(406, f"frames of transfer syntax {syntax} are not served")
-        stored = read_stored(storage, key, syntax)
-        ds, pixels = stored.dataset, stored.pixels
+        held = ExitStack()
+        try:
+            found_header = opened(storage, key, syntax, inflated_limit=inflated_limit)
+            stored, source = held.enter_context(found_header)
+            if deflated:  # PS3.5 A.5: Explicit VR Little Endian once inflated
+                syntax = uids.EXPLICIT_VR_LE
+            ds, pixels = stored.dataset, stored.pixels
+            found = cls._checked(storage, key, syntax, ds, pixels, max_frame_bytes)
+        except BaseException:
+            held.close()
+            raise
+        found.source, found._held = source, held
+        return found
+
+    @classmethod
+    def _checked(
+        cls,
+        storage: Storage,
+        key: str,
+        syntax: str,
+        ds: Dataset,
+        pixels: PixelValue | None,
+        max_frame_bytes: int,
+    ) -> Frames:
+        """The frames of this header, if it has frames that can be served."""
         if pixels is None or pixels.tag != 0x7FE00010:
             raise HttpError(404, "the instance has no Pixel Data")
         try:
@@ -117,6 +157,26 @@ class Frames:
             raise HttpError(406, "the native Pixel Data is shorter than its frames")
         return cls(storage, key, syntax, ds, pixels, count, size)
 
+    def close(self) -> None:
+        """Let go of the inflated copy of a deflated data set (nothing otherwise)."""
+        self.source = None
+        self._held.close()
+
+    def __enter__(self) -> Frames:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _bytes(self) -> Iterator[BinaryIO]:
+        """The bytes ``pixels`` are in: the inflated copy, else the stored file."""
+        if self.source is not None:
+            yield self.source
+        else:
+            with self.storage.open(self.key) as fp:
+                yield fp
+
     @property
     def encapsulated(self) -> bool:
         return self.pixels.length is None
@@ -137,7 +197,8 @@ class Frames:
         """Frame ``number`` (from 1) as stored: native in chunks, encapsulated as one codestream."""
         if not self.encapsulated:
             start = self.pixels.offset + (number - 1) * self.frame_size
-            yield from read_range(self.storage, self.key, start, self.frame_size, chunk)
+            with self._bytes() as fp:
+                yield from read_chunks(fp, start, self.frame_size, chunk, self.key)
             return
         from pydicom.encaps import get_frame
 
@@ -166,7 +227,7 @@ class Frames:
 
         options = as_pixel_options(self.dataset, **self._offsets())
         options.setdefault("pixel_keyword", "PixelData")
-        with self.storage.open(self.key) as fp:
+        with self._bytes() as fp:
             fp.seek(self.pixels.offset)
             try:
                 array, _ = get_decoder(self.syntax).as_array(fp, index=number - 1, **options)

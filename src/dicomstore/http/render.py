@@ -67,8 +67,8 @@ def _render(request: Request, box: int | None) -> Response:
         if len(numbers) != 1:
             raise HttpError(400, "a rendered frame is one frame number")
         frame = numbers[0]
-    found = _representative(request, frame)
-    image = pil.fromarray(to_8bit(found.decoded(frame), found.dataset, window))
+    with _representative(request, frame) as found:
+        image = pil.fromarray(to_8bit(found.decoded(frame), found.dataset, window))
     if viewport is not None:
         image.thumbnail(viewport)
     out = io.BytesIO()
@@ -92,7 +92,11 @@ def _representative(request: Request, frame: int) -> pixels.Frames:
     rows = target_rows(request)
     if "sop" in request.path_params:
         found = open_frames(request, rows[0])
-        found.check([frame])
+        try:
+            found.check([frame])
+        except HttpError:
+            found.close()
+            raise
         return found
     last: HttpError | None = None
     for row in _in_order(rows)[:TRIES]:

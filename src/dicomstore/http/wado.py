@@ -22,7 +22,7 @@ from starlette.responses import Response, StreamingResponse
 
 from dicomstore.archive.stored import read_range
 from dicomstore.http.common import DICOM_JSON, HttpError, base_url, negotiate, reader
-from dicomstore.http.limits import limits
+from dicomstore.http.limits import inflated_limit, limits
 from dicomstore.http.metadata import stream_metadata
 from dicomstore.http.multipart import closing, new_boundary, part_header
 from dicomstore.http.zipstream import instance_files, zip_files
@@ -124,14 +124,21 @@ def _single_file(request: Request, row: dict[str, Any]) -> Response:
 
 def metadata(request: Request) -> Response:
     """GET .../metadata (10.4.1.1.2): DICOM JSON, one object per instance, streamed
-    (through the metadata cache: :mod:`dicomstore.http.metadata`)."""
+    (through the metadata cache: :mod:`dicomstore.http.metadata`). An instance's own
+    metadata is made before answering, so that a deflated data set inflating to over
+    the limit is answered 413 (of a series or study, it is left out and logged)."""
     rows = _rows(request)
     negotiate(request, [(DICOM_JSON, None), ("application/json", None)])
+    alone = "sop" in request.path_params
     body = stream_metadata(
         rows,
         reader(request).storage,
         base_url(request),
         limits(request).max_sequence_depth,
         request.app.state.metadata_cache,
+        inflated_limit(request),
+        strict=alone,
     )
+    if alone:
+        body = iter([b"".join(body)])
     return StreamingResponse(body, media_type=DICOM_JSON)

@@ -1,16 +1,22 @@
 """Re-encoding what the SCU sends when the SCP accepts none of its transfer syntaxes
 (``send --convert``): a data set encoded in another uncompressed syntax (PS3.5
-A.1-A.5), decompressing encapsulated Pixel Data first (pydicom's decoders)."""
+A.1-A.5), decompressing encapsulated Pixel Data first (pydicom's decoders).
+
+A deflated data set (PS3.5 A.5) is inflated into a temporary file first
+(``inflation.inflate_to_temporary``, up to a limit): to Explicit VR Little
+Endian that copy is the converted data set, sent as it is in bounded memory
+(:func:`inflated`); to another syntax pydicom reads it from there."""
 
 from __future__ import annotations
 
 import array
 import copy
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dicomstore import uids
-from dicomstore.services.sources import Instance, NotDicom, one_line
+from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflateError, inflate_to_temporary
+from dicomstore.services.sources import Instance, NotDicom, one_line, open_dataset
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -37,19 +43,44 @@ def encode_dataset(ds: Dataset, ts: str) -> bytes:
     return data
 
 
-def converted(instance: Instance, ts: str) -> bytes:
+def streams_inflated(instance: Instance, ts: str) -> bool:
+    """Whether converting ``instance`` to ``ts`` is inflating it: a deflated file's data
+    set to Explicit VR Little Endian (PS3.5 A.5), sent from :func:`inflated`."""
+    deflated = instance.transfer_syntax == uids.DEFLATED_EXPLICIT_VR_LE
+    return deflated and instance.dataset is None and ts == uids.EXPLICIT_VR_LE
+
+
+def inflated(instance: Instance, limit: int = DEFAULT_MAX_INFLATED) -> tuple[BinaryIO, int]:
+    """(the deflated data set of ``instance``'s file inflated into an unnamed temporary
+    file, rewound; its size): Explicit VR Little Endian (PS3.5 A.5), the caller closes
+    it. Raises :class:`NotDicom` when it does not inflate or inflates to over
+    ``limit`` bytes, ``OSError``."""
+    with open_dataset(instance) as f:
+        try:
+            return inflate_to_temporary(f, limit)  # type: ignore[arg-type]
+        except InflateError as exc:
+            raise NotDicom(str(exc)) from None
+
+
+def converted(instance: Instance, ts: str, inflated_limit: int = DEFAULT_MAX_INFLATED) -> bytes:
     """The instance decoded with pydicom and encoded in the uncompressed ``ts``.
 
     Decompresses encapsulated pixel data (pydicom's RLE decoder; JPEG and
-    JPEG 2000 need the pylibjpeg plugins).  The SOP Instance UID is kept:
-    only the transfer syntax changes.  Raises :class:`NotDicom` when the
-    data set cannot be decoded.
+    JPEG 2000 need the pylibjpeg plugins); a deflated data set is read from its
+    :func:`inflated` copy (up to ``inflated_limit`` bytes).  The SOP Instance
+    UID is kept: only the transfer syntax changes.  Raises :class:`NotDicom`
+    when the data set cannot be decoded.
     """
     from pydicom import dcmread
+    from pydicom.filereader import read_dataset
 
     try:
         if instance.dataset is not None:
             ds = copy.deepcopy(instance.dataset)
+        elif instance.transfer_syntax == uids.DEFLATED_EXPLICIT_VR_LE:
+            spool, _size = inflated(instance, inflated_limit)
+            with spool:
+                ds = read_dataset(spool, False, True)
         elif instance.path is not None:
             ds = dcmread(instance.path, force=True)
         elif instance.opener is not None:

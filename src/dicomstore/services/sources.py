@@ -21,7 +21,9 @@ padding, with a warning (:attr:`Instance.warning`).
 
 Conversion (decompression, or re-encoding between the uncompressed transfer
 syntaxes of PS3.5 A.1-A.3) decodes the whole instance with pydicom, so only
-the bit-preserving path has memory independent of the instance size.
+the bit-preserving path, and inflating a deflated data set to Explicit VR
+Little Endian (``conversion.inflated``), have memory independent of the
+instance size.
 """
 
 from __future__ import annotations

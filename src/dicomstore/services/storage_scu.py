@@ -27,7 +27,7 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from dicomstore import uids
 from dicomstore.aio.association import Transport
@@ -42,6 +42,7 @@ from dicomstore.errors import (
     DicomstoreError,
     DimseTimeout,
 )
+from dicomstore.inflation import DEFAULT_MAX_INFLATED
 from dicomstore.services import conversion, sources
 from dicomstore.services.sources import Instance, NotDicom
 from dicomstore.ul.negotiation import AcceptedContext, Negotiated
@@ -220,15 +221,37 @@ async def store_instance(
     convert: bool = True,
     priority: int = 0,
     move_originator: tuple[str, int] | None = None,
+    inflated_limit: int = DEFAULT_MAX_INFLATED,
 ) -> tuple[Any, AcceptedContext, bool, int]:
-    """C-STORE one instance: (C-STORE-RSP, context used, converted?, bytes sent)."""
+    """C-STORE one instance: (C-STORE-RSP, context used, converted?, bytes sent). A
+    deflated data set converted is inflated to at most ``inflated_limit`` bytes."""
     ctx, convert_it = choose_context(assoc, instance, convert=convert)
     assert assoc.negotiated is not None
     chunks: Iterable[bytes]
-    f = None
-    if convert_it:
+    f: IO[bytes] | None = None
+    conn = assoc.t.conn
+
+    def alive() -> None:  # stop reading the file once the association is gone
+        if not conn.is_established:
+            raise AssociationAborted("the association ended while sending")
+
+    if convert_it and conversion.streams_inflated(instance, ctx.transfer_syntax):
+        try:  # PS3.5 A.5: the inflated data set is Explicit VR LE, sent from its file
+            spool, nbytes = await asyncio.to_thread(conversion.inflated, instance, inflated_limit)
+        except NotDicom as exc:
+            raise NotSendable(str(exc)) from None
+        except OSError as exc:
+            raise NotSendable(f"cannot read: {exc.strerror or exc}") from None
+        f = spool
+        if nbytes % 2:
+            spool.close()
+            raise NotSendable(f"the inflated data set has an odd length ({nbytes} bytes)")
+        chunks = sources.file_chunks(spool, read_size(assoc.negotiated.peer_max_pdu), alive)
+    elif convert_it:
         try:
-            data = await asyncio.to_thread(conversion.converted, instance, ctx.transfer_syntax)
+            data = await asyncio.to_thread(
+                conversion.converted, instance, ctx.transfer_syntax, inflated_limit
+            )
         except NotDicom as exc:
             raise NotSendable(str(exc)) from None
         chunks, nbytes = (data,), len(data)
@@ -241,12 +264,6 @@ async def store_instance(
             " length, or stray bytes; no PDV can carry it (PS3.8 E.1)"
         )  # (a file cut short is found by the scan: corrupt)
     else:
-        conn = assoc.t.conn
-
-        def alive() -> None:  # stop reading the file once the association is gone
-            if not conn.is_established:
-                raise AssociationAborted("the association ended while sending")
-
         try:
             f = sources.open_dataset(instance)
         except OSError as exc:
