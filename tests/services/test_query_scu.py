@@ -240,16 +240,15 @@ def test_matches_waiting_to_be_read_are_bounded_in_bytes(monkeypatch: pytest.Mon
             seen = [(await anext(matches)).StudyInstanceUID]
             stream = next(iter(assoc.invoker.streams.values()))
             deadline = asyncio.get_running_loop().time() + 30
-            while not (stream.full or scp.sent.is_set()):
-                assert asyncio.get_running_loop().time() < deadline, "neither full nor sent"
+            # (the SCP's own "sent" says nothing: pynetdicom queues its PDUs unbounded)
+            while not stream.full:
+                assert asyncio.get_running_loop().time() < deadline, "never full"
                 await asyncio.sleep(0.005)
-            full_first = stream.full and not scp.sent.is_set()
             seen += [ds.StudyInstanceUID async for ds in matches]
-            return seen, full_first, query
+            return seen, query
 
     with scp as port:
-        seen, full_first, query = asyncio.run(run(port))
-    assert full_first, "the SCP sent every match before the client stopped reading"
+        seen, query = asyncio.run(run(port))
     # the batch being decoded when the bound is reached is finished: a receive buffer more
     assert bound <= most[0] <= bound + (2 << 20) + size, most[0]
     assert seen == [f"1.2.3.{n + 1}" for n in range(count)]
