@@ -10,7 +10,7 @@ import asyncio
 import logging
 import subprocess
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,9 @@ from tests.services.query_testlib import Audit, audited_server, fill, identifier
 import dicomstore
 from dicomstore import uids
 from dicomstore.dimse import status as st
+from dicomstore.services.get_scp import GetSCP
 from dicomstore.services.qr_operations import MAX_IDENTIFIER, QROperations
+from dicomstore.services.query_scp import QuerySCP
 from dicomstore.services.query_scu import FindFailed, find, find_contexts
 from dicomstore.services.retrieve_scu import get, get_contexts, move, move_contexts
 
@@ -153,3 +155,94 @@ def test_memory_stays_bounded_for_dcmtk_findscu_sending_32_mib(server, tmp_path:
     assert peak < 8 << 20, f"{peak} bytes allocated while receiving 32 MiB"
     assert "Final Find Response (Refused: OutOfResources)" in proc.stdout + proc.stderr, proc
     assert audit.records[-1]["status"] == "A700"
+
+
+# -- the operations window (PS3.7 D.3.3.3) ----------------------------------------------
+
+PIPELINED = 5
+
+
+@pytest.fixture
+def window_probe(monkeypatch: pytest.MonkeyPatch) -> Callable[[type], list[int]]:
+    """``probe(SCP)``: the most operations of that SCP run at once, recorded. Each of
+    its answers waits until the SCP took the next request (started, held or refused
+    it beyond the window), so that a second one runs beside it unless the window
+    stops it."""
+
+    def probe(scp: type) -> list[int]:
+        most = [0]
+        taken: list[int] = []
+        start, answer = QROperations._start, scp.answer
+
+        def taking(self: QROperations, op: Any) -> None:
+            start(self, op)
+            taken.append(op.rq.message_id)
+            waker = getattr(self, "probe_waker", None)
+            if waker is not None:
+                waker.set()
+
+        async def answering(self: Any, op: Any) -> None:
+            most[0] = max(most[0], len(self._running))
+            after = taken.index(op.rq.message_id) + 2  # taken once the next one is
+            if after <= PIPELINED:
+                self.probe_waker = waker = asyncio.Event()
+                while len(taken) < after:
+                    await asyncio.wait_for(waker.wait(), 30)
+                    waker.clear()
+            most[0] = max(most[0], len(self._running))
+            await answer(self, op)
+
+        monkeypatch.setattr(QROperations, "_start", taking)
+        monkeypatch.setattr(scp, "answer", answering)
+        return most
+
+    return probe
+
+
+def test_requests_beyond_the_window_wait_for_it(server, window_probe) -> None:
+    """A peer granted the default window of one operation (PS3.7 D.3.3.3) sends five
+    C-FINDs at once: the SCP runs one at a time, reading no further meanwhile (the
+    requests are not kept), and answers each in full."""
+    srv, _audit = server
+    most = window_probe(QuerySCP)
+
+    async def run() -> list[list[str]]:
+        async with dicomstore.connect(
+            "127.0.0.1", srv.port, called_ae="DICOMSTORE", contexts=find_contexts()
+        ) as assoc:
+            assert assoc.negotiated.max_ops_invoked == 1
+
+            async def one(study: str) -> list[str]:
+                query = {"StudyInstanceUID": study}
+                return [str(m.StudyInstanceUID) async for m in find(assoc, query, level="STUDY")]
+
+            studies = [f"1.2.9.{n % 3 + 1}" for n in range(PIPELINED)]
+            return await asyncio.gather(*(one(uid) for uid in studies))
+
+    answers = asyncio.run(run())
+    assert answers == [[f"1.2.9.{n % 3 + 1}"] for n in range(PIPELINED)]
+    assert most[0] == 1
+
+
+def test_a_c_get_beyond_the_window_is_refused(server, window_probe) -> None:
+    """C-GET's sub-operations are answered on the association, so it is read on: a
+    C-GET beyond the window of one is refused (A701, with why), the one running
+    completes."""
+    srv, _audit = server
+    most = window_probe(GetSCP)
+    specs, roles = get_contexts()
+
+    async def run() -> list[tuple[int, str | None, int]]:
+        async with dicomstore.connect(
+            "127.0.0.1", srv.port, called_ae="DICOMSTORE", contexts=specs, roles=roles
+        ) as assoc:
+            ds = identifier("STUDY", StudyInstanceUID="1.2.9.1")
+            results = await asyncio.gather(*(get(assoc, ds).run() for _ in range(2)))
+            return [(r.status, r.error_comment, r.completed + r.failed) for r in results]
+
+    refusal = (st.UNABLE_TO_CALCULATE_MATCHES, "more than 1 operations at once", 0)
+    results = asyncio.run(run())
+    assert results.count(refusal) == 1
+    (ran,) = [r for r in results if r != refusal]
+    assert ran[2] == 5  # its five sub-operations went out (no Storage SCP here: failed)
+    assert most[0] == 1

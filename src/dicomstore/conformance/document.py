@@ -144,7 +144,9 @@ def statement() -> str:
                 ),
                 (
                     "Asynchronous operations window",
-                    "SCP: grants up to `--max-ops` (16) invoked, 1 performed; SCU: "
+                    "SCP: grants up to `--max-ops` (16) invoked, 1 performed; Q/R "
+                    "requests of one kind run at most that many (and 8) at once: beyond, "
+                    "a C-FIND or C-MOVE waits, a C-GET is refused (A701); SCU: "
                     "proposes `--max-ops` (16), uses what is granted",
                 ),
                 (

@@ -358,6 +358,8 @@ class AcceptorAssociation:
         for scp in self._qr_scps:
             if scp is not None and scp.handles(event):
                 scp.receive(event)
+                if scp.held:  # beyond the operations window: read on once one ends
+                    await scp.room()
                 return
         if isinstance(event, DatasetFragment):  # a data set we decided to discard
             return

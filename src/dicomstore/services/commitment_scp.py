@@ -56,6 +56,7 @@ class CommitmentSCP(QROperations):
 
     request_types = (NActionRQ,)
     service = "N-ACTION"
+    beyond_window = "run"  # (requests are answered at once; reports go out later)
     data_name = "Action Information"  # over max_data: 0213 (PS3.7 C.5.10)
 
     def __init__(

@@ -95,6 +95,7 @@ class GetSCP(RetrieveSCP):
 
     request_types = (CGetRQ,)  # type: ignore[assignment]  # (mypy: RetrieveSCP's is CMoveRQ's)
     service = "C-GET"
+    beyond_window = "refuse"  # (its C-STORE sub-operations are answered on this association)
 
     def __init__(
         self,

@@ -67,6 +67,12 @@ def decode_identifier(data: bytes, transfer_syntax: str, *, check: bool = True) 
     return ds
 
 
+#: The most operations one SCP runs at once on an association: the asynchronous
+#: operations window granted (PS3.7 D.3.3.3; 1 when none was negotiated), and
+#: never more than this (a window of 0, unlimited, included).
+MAX_RUNNING = 8
+
+
 class QROperations:
     """Requests of ``request_types`` on the contexts of ``sop_classes``; see the module
     notes. Subclasses give :meth:`start_operation` (the task answering one request)."""
@@ -82,6 +88,11 @@ class QROperations:
     #: Refused: Out of Resources (A700 C-FIND, A701 C-MOVE and C-GET: PS3.4
     #: C.4.1.1.4, C.4.2.1.5, C.4.3.1.4), else 0213 (resource limitation, PS3.7 C.5.10)
     too_large: ClassVar[int] = st.RESOURCE_LIMITATION
+    #: a complete request beyond the operations window (:meth:`window`): "hold" it
+    #: and read nothing more until one running ends (:meth:`room`), "refuse" it
+    #: (:attr:`too_large`: its running operations need the association read, as a
+    #: C-GET's sub-operation responses do), or "run" it (no window kept)
+    beyond_window: ClassVar[str] = "hold"
     #: what the request's data set is called in logs and Error Comments
     data_name: ClassVar[str] = "Identifier"
 
@@ -91,12 +102,38 @@ class QROperations:
         self.allowed = allowed
         self._collecting: Operation | None = None
         self._running: dict[int, Operation] = {}
+        #: a request beyond the window: started once one running ends (see :meth:`room`)
+        self._held: Operation | None = None
+        self._ended = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def busy(self) -> bool:
         """A request is being received or answered."""
-        return self._collecting is not None or bool(self._tasks)
+        return self._collecting is not None or bool(self._tasks) or self._held is not None
+
+    @property
+    def held(self) -> bool:
+        """A complete request waits for the window (:meth:`room`)."""
+        return self._held is not None
+
+    def window(self) -> int:
+        """How many of its operations may run at once (:data:`MAX_RUNNING`)."""
+        negotiated = self.t.negotiated
+        granted = negotiated.max_ops_invoked if negotiated is not None else 1
+        return MAX_RUNNING if granted == 0 else min(granted, MAX_RUNNING)
+
+    async def room(self) -> None:
+        """Start the request held beyond the window once one running ends. The
+        association reads nothing meanwhile: a peer invoking more operations than
+        the window it was granted (PS3.7 D.3.3.3) waits, its requests are not kept."""
+        while self._held is not None:
+            if len(self._running) < self.window():
+                op, self._held = self._held, None
+                self._launch(op)
+                return
+            self._ended.clear()
+            await self._ended.wait()
 
     def handles(self, event: CommandReceived | DatasetFragment) -> bool:
         """True for what this SCP takes: its requests, their Identifiers, and a
@@ -175,6 +212,24 @@ class QROperations:
         if op.refusal is not None:
             self.refused(op)
             return
+        if self.beyond_window != "run" and len(self._running) >= self.window():
+            if self.beyond_window == "hold":
+                self._held = op  # (the acceptor then awaits room(): one at most)
+                return
+            comment = f"more than {self.window()} operations at once"
+            log.warning(
+                "%s: %s message %d refused: %s (the operations window, PS3.7 D.3.3.3)",
+                self.t.peer,
+                self.service,
+                op.rq.message_id,
+                comment,
+            )
+            op.refusal = op.rq.response(self.too_large, error_comment=comment)
+            self.refused(op)
+            return
+        self._launch(op)
+
+    def _launch(self, op: Operation) -> None:
         self._running[op.rq.message_id] = op
         task = asyncio.create_task(self._run(op))
         self._tasks.add(task)
@@ -185,6 +240,7 @@ class QROperations:
             await self.answer(op)
         finally:
             self._running.pop(op.rq.message_id, None)
+            self._ended.set()
         await self.drain()
 
     def refused(self, op: Operation) -> None:
