@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import sys
 
+from dicomstore.cli import blas  # noqa: F401 - before numpy is imported (see there)
 from dicomstore.cli.logs import setup_logging
 from dicomstore.cli.options import (
     EXIT_FAILED,
