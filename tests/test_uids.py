@@ -68,3 +68,10 @@ def test_the_explicit_vr_tables_match_pydicom() -> None:
     assert {str(v).encode() for v in EXPLICIT_VR_LENGTH_32} == vr.LONG_VRS
     assert {str(v).encode() for v in EXPLICIT_VR_LENGTH_16} == vr.SHORT_VRS
     assert vr.VRS[b"OB"] == ("OB", True) and vr.VRS[b"US"] == ("US", False)
+
+
+def test_new_uid_is_a_uuid_derived_uid() -> None:
+    """PS3.5 B.2: "2.25." and the UUID as one integer; valid and unique."""
+    made = {uids.new_uid() for _ in range(100)}
+    assert len(made) == 100
+    assert all(u.startswith("2.25.") and uids.is_valid_uid(u) for u in made)

@@ -8,6 +8,7 @@ pydicom is imported when first needed (it takes a quarter of a second).
 from __future__ import annotations
 
 import re
+import uuid
 from functools import cache
 
 from dicomstore import __version__
@@ -43,6 +44,12 @@ _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 def is_valid_uid(value: str) -> bool:
     """True when ``value`` follows the UID grammar of PS3.5 9.1 (≤ 64 chars)."""
     return 0 < len(value) <= 64 and _UID_RE.fullmatch(value) is not None
+
+
+def new_uid() -> str:
+    """A new UID derived from a random UUID: ``2.25.`` and the UUID as one integer
+    (PS3.5 B.2), unique without a registered root."""
+    return f"2.25.{uuid.uuid4().int}"
 
 
 def uid_name(uid: str) -> str:

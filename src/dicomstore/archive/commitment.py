@@ -36,11 +36,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicomstore.archive import layout
-from dicomstore.archive.maintenance import data_set_digest
-from dicomstore.archive.reader import ArchiveReader, NotStoredError
+
+if TYPE_CHECKING:
+    from dicomstore.archive.reader import ArchiveReader
 
 JOURNAL_DIR = ".commitments"
 
@@ -75,6 +76,10 @@ class Verdict:
 
 def verify_one(reader: ArchiveReader, ref: Reference) -> Verdict:
     """The verdict on one referenced instance (module notes)."""
+    # (here, not at the top: a sender making References loads no reader nor pydicom)
+    from dicomstore.archive.maintenance import data_set_digest
+    from dicomstore.archive.reader import NotStoredError
+
     try:
         row = reader.instance(ref.sop_instance_uid)
     except (NotStoredError, ValueError):

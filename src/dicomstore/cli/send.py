@@ -46,7 +46,6 @@ from dicomstore.cli.options import (
     tls_failed,
 )
 from dicomstore.dimse import status as st
-from dicomstore.services.commitment_scu import failure_reason_text
 from dicomstore.services.scu_send import SendOptions, send
 from dicomstore.services.storage_scu import PRIORITIES, Result
 
@@ -278,6 +277,8 @@ def summary(results: list[Result], seconds: float) -> list[str]:
         lines.append(f"  already stored (--resume): {len(by['already-stored'])}")
     asked = [r for r in results if r.commitment is not None]
     if asked:
+        from dicomstore.services.commitment_scu import failure_reason_text  # (loads pydicom)
+
         committed = sum(r.commitment == "committed" for r in asked)
         lines.append(f"committed {committed} of {len(asked)} stored instance(s)")
         for r in [r for r in asked if r.commitment != "committed"][:20]:

@@ -29,7 +29,7 @@ from dicomstore.cli.options import (
     _transfer_syntax,
     add_index,
 )
-from dicomstore.services.server import ServerConfig
+from dicomstore.services.server_config import ServerConfig
 
 #: The server's defaults have one home, :class:`ServerConfig`; the options show them
 #: (its plain defaults, read without making one: a transfer syntax list needs pydicom,

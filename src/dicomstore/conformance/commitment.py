@@ -9,7 +9,7 @@ from dicomstore import status as st
 from dicomstore import uids
 from dicomstore.archive import commitment as sc
 from dicomstore.conformance.tables import table
-from dicomstore.services import commitment_info, commitment_reports
+from dicomstore.services import commitment_info
 
 #: N-ACTION statuses of the Storage Commitment SCP, and when (PS3.4 J.3.2, PS3.7 C.5).
 COMMITMENT_STATUSES: tuple[tuple[int, str], ...] = (
@@ -34,7 +34,7 @@ COMMITMENT_STATUSES: tuple[tuple[int, str], ...] = (
     (
         st.RESOURCE_LIMITATION,
         f"more than `--max-commitment-references` ({commitment_info.MAX_REFERENCES}) "
-        f"references, or `--max-pending-commitments` ({commitment_reports.MAX_PENDING}) "
+        f"references, or `--max-pending-commitments` ({commitment_info.MAX_PENDING}) "
         "requests not yet reported",
     ),
 )

@@ -7,12 +7,14 @@ instance and the Action and Event Type IDs both roles use.
 
 from __future__ import annotations
 
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
+from typing import TYPE_CHECKING
 
 from dicomstore import uids
 from dicomstore.archive.commitment import Reference, Verdict
 from dicomstore.dimse import status as st
+
+if TYPE_CHECKING:  # (imported where used: a sender or the CLI loads no pydicom)
+    from pydicom.dataset import Dataset
 
 SOP_CLASS = uids.STORAGE_COMMITMENT_PUSH
 SOP_INSTANCE = uids.STORAGE_COMMITMENT_PUSH_INSTANCE
@@ -22,6 +24,8 @@ REQUEST_COMMITMENT = 1
 ALL_COMMITTED, FAILURES_EXIST = 1, 2
 #: Most references in one request (each is a file to read and hash).
 MAX_REFERENCES = 65535
+#: Most requests accepted and not yet reported (``commitment_reports.py``).
+MAX_PENDING = 1000
 
 TRANSACTION_UID = 0x00081195
 REFERENCED_SOP_SEQUENCE = 0x00081199
@@ -56,6 +60,8 @@ def parse_action_information(
 ) -> tuple[str, list[Reference]]:
     """The Transaction UID and the references of a Storage Commitment Request
     (PS3.4 Table J.3-1); :class:`Refused` says what is wrong."""
+    from pydicom.sequence import Sequence
+
     transaction = _uid_value(ds, TRANSACTION_UID, "Transaction UID")
     if REFERENCED_SOP_SEQUENCE not in ds:
         raise Refused(st.MISSING_ATTRIBUTE, "Referenced SOP Sequence missing")
@@ -83,6 +89,8 @@ def event_information(
     """The Event Type ID and Event Information of a Storage Commitment Result
     (PS3.4 J.3.3, Table J.3-2): the committed references (with ``retrieve_ae``),
     and, when any failed, the Failed SOP Sequence with each Failure Reason."""
+    from pydicom.dataset import Dataset
+
     ds = Dataset()
     ds.TransactionUID = transaction_uid
     if retrieve_ae:
@@ -102,6 +110,8 @@ def event_information(
 
 
 def _item(ref: Reference) -> Dataset:
+    from pydicom.dataset import Dataset
+
     item = Dataset()
     item.ReferencedSOPClassUID = ref.sop_class_uid
     item.ReferencedSOPInstanceUID = ref.sop_instance_uid

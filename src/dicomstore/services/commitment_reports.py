@@ -62,6 +62,7 @@ from dicomstore.dimse import NEventReportRQ, NEventReportRSP
 from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationError, DicomstoreError
 from dicomstore.services.commitment_info import (
+    MAX_PENDING,
     MAX_REFERENCES,
     SOP_CLASS,
     SOP_INSTANCE,
@@ -78,8 +79,6 @@ log = logging.getLogger("dicomstore.server")
 #: N-EVENT-REPORT-RSP statuses after which the report is sent again (elsewhere,
 #: or later): the requester did not take it (0211) or could not now (0213).
 NOT_TAKEN = frozenset({st.UNRECOGNIZED_OPERATION, st.RESOURCE_LIMITATION})
-#: Most requests accepted and not yet reported.
-MAX_PENDING = 1000
 
 
 @dataclass

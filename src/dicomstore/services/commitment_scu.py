@@ -27,8 +27,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.uid import generate_uid
-
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts
 from dicomstore.aio.client import ClientAssociation, associate
@@ -161,7 +159,7 @@ async def request_commitment(
 ) -> Commitment:
     """Ask for commitment of ``references`` on ``assoc`` and wait for the report
     (see the module notes); never raises for what the SCP or the network does."""
-    commitment = Commitment(transaction_uid or generate_uid(), list(references))
+    commitment = Commitment(transaction_uid or uids.new_uid(), list(references))
     ctx = assoc.context_for(SOP_CLASS)
     if ctx is None:
         commitment.reason = "the SCP did not accept the Storage Commitment SOP Class"

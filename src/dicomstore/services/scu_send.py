@@ -34,9 +34,7 @@ from dicomstore.aio.association import Timeouts
 from dicomstore.aio.client import ClientAssociation, ContextSpec, associate
 from dicomstore.archive.commitment import Reference
 from dicomstore.dimse import status as st
-from dicomstore.services import commitment_scu, sources
-from dicomstore.services.commitment_info import MAX_REFERENCES
-from dicomstore.services.commitment_scu import Commitment
+from dicomstore.services import sources
 from dicomstore.services.sources import CorruptFile, Instance, NotDicom, SourceReadError
 from dicomstore.services.storage_scu import (
     MAX_CONTEXTS,
@@ -53,6 +51,8 @@ from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
+
+    from dicomstore.services.commitment_scu import Commitment
 
 log = logging.getLogger("dicomstore.send")
 
@@ -113,6 +113,8 @@ class _Run:
             self.on_result(result)
 
     def _batch(self) -> list[Result]:
+        from dicomstore.services.commitment_info import MAX_REFERENCES
+
         batch, self.to_commit = self.to_commit[:MAX_REFERENCES], self.to_commit[MAX_REFERENCES:]
         return batch
 
@@ -127,6 +129,8 @@ class _Run:
 
     async def commit_on(self, assoc: ClientAssociation) -> None:
         """Ask on ``assoc`` for what was stored and not yet asked for."""
+        from dicomstore.services import commitment_scu  # (with --commit only: pydicom)
+
         while self.to_commit and assoc.t.conn.is_established:
             batch = self._batch()
             commitment = await commitment_scu.request_commitment(
@@ -139,6 +143,8 @@ class _Run:
 
     async def commit_rest(self) -> None:
         """What broken associations stored: asked for on an association of its own."""
+        from dicomstore.services import commitment_scu
+
         while self.to_commit:
             batch = self._batch()
             opts = self.opts
@@ -158,7 +164,7 @@ class _Run:
                 if classify(exc) is None:
                     raise
                 refs = [_reference(r) for r in batch]
-                commitment = Commitment("", refs, reason=f"cannot ask: {_text(exc)}")
+                commitment = commitment_scu.Commitment("", refs, reason=f"cannot ask: {_text(exc)}")
             self._apply(batch, commitment)
 
     def backoff(self, failures: int) -> float:
@@ -374,7 +380,9 @@ async def send(
     for specs in groups:
         classes = {abstract for abstract, _ts in specs}
         if opts.commit:
-            specs = [*specs, commitment_scu.CONTEXT]
+            from dicomstore.services.commitment_scu import CONTEXT
+
+            specs = [*specs, CONTEXT]
         await run.group(specs, [job for job in todo if job.instance.sop_class_uid in classes])
     if opts.commit:
         await run.commit_rest()
