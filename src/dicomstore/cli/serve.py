@@ -122,8 +122,8 @@ async def run(args: argparse.Namespace) -> int:
             return tls_failed(exc)
     elif args.http_tls_cert or args.http_tls_key:
         log.warning("--http-tls-cert/--http-tls-key without --http-port: no HTTP is served")
-    if not fsync:
-        log.warning("--fsync off: acknowledged instances can be lost on a power cut or crash")
+    for warning in weakened(args, fsync):
+        log.warning("%s", warning)
     gatekeeper = None
     if args.config is not None:
         from dicomstore.policy import Policy, PolicyError
@@ -252,3 +252,17 @@ async def _serve(
         )
         return EXIT_UNREACHABLE
     return EXIT_OK
+
+
+def weakened(args: Any, fsync: bool) -> list[str]:
+    """What the options given give up, said once at start (the operator chose it)."""
+    said = []
+    if not fsync:
+        said.append("--fsync off: acknowledged instances can be lost on a power cut or crash")
+    if args.max_pdu == 0:
+        said.append(
+            "--max-pdu 0: a P-DATA-TF of any length is taken and held whole while it"
+            " arrives (one peer can make its association hold as much memory as it"
+            " sends): for trusted peers only"
+        )
+    return said
