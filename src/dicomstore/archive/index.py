@@ -325,19 +325,16 @@ class Index:
                 ):
                     self._related.clear()
                     self._related_studies.clear()
-            full: dict[str, Any] = {}
             get = values.get  # (map over it: no frame per comprehension, per instance)
             for table in PARENTS:
-                natural_columns, attrs = NATURAL_KEY[table], ATTRS[table]
-                natural = tuple(map(get, natural_columns))
+                attrs = ATTRS[table]
+                natural = tuple(map(get, NATURAL_KEY[table]))
                 pk, stored = self._put_parent(table, natural, tuple(map(get, attrs)))
                 values[PK[table]] = pk
-                full.update(zip(natural_columns, natural, strict=True))
-                full.update(zip(attrs, stored, strict=True))
+                values.update(zip(attrs, stored, strict=True))  # (as stored: COALESCE)
             own = list(map(get, INSTANCE_COLUMNS))
-            full.update(zip(INSTANCE_COLUMNS, own, strict=True))
             params.append(own)
-            result.append(dict(zip(ROW_COLUMNS, map(full.__getitem__, ROW_COLUMNS), strict=True)))
+            result.append(dict(zip(ROW_COLUMNS, map(get, ROW_COLUMNS), strict=True)))
         self.engine.later(self._db, UPSERT_INSTANCE, params)
         return result
 

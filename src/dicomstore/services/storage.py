@@ -156,7 +156,7 @@ class StoreLimits:
         return self.max_instance_bytes or self.max_inflated_bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class StoreResult:
     """How a store ended: the status (PS3.4 B.2.3), the whole Error Comment (a door
     cuts it for its wire), the Offending Elements, the handler's outcome."""
@@ -178,7 +178,7 @@ class StoreResult:
         return getattr(self.outcome, "instance", None)
 
 
-@dataclass
+@dataclass(slots=True)
 class Storing:
     """One instance on its way in: fragments go to the sink, or are discarded once
     it failed (the failure is answered by :meth:`StoreService.finish`)."""
