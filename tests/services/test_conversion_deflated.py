@@ -18,13 +18,18 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from tests.conftest import dcmtk_storescp, free_port
+from tests.conftest import ServerThread, dcmtk_storescp, free_port
+from tests.services.retrieve_testlib import pynetdicom_move
 from tests.services.test_scu_support import received_by_uid
 from tests.services.test_storage_encoding import encode
 
 from dicomstore import uids
+from dicomstore.archive import Archive
+from dicomstore.archive.dicomfile import dataset_offset
 from dicomstore.services import conversion
+from dicomstore.services.destinations import parse_destination
 from dicomstore.services.scu_send import send
+from dicomstore.services.server_config import ServerConfig
 from dicomstore.services.sources import NotDicom, file_chunks, scan_file
 
 MiB = 1 << 20
@@ -132,3 +137,45 @@ def test_past_the_inflated_limit_nothing_is_converted(tmp_path: Path) -> None:
         finally:
             tracemalloc.stop()
         assert peak < 16 * MiB, f"peak {peak / MiB:.1f} MiB"
+
+
+@pytest.mark.parametrize(("limit_mib", "sent"), [(2, False), (16, True)])
+def test_c_move_inflates_within_the_server_s_own_limit(
+    tmp_path: Path, limit_mib: int, sent: bool
+) -> None:
+    """One home for the limit: a stored deflated instance that inflates to 4 MiB,
+    moved to DCMTK storescp (no Deflated context: converted), is sent only when the
+    server's ``--max-instance-size`` allows its inflated size (stored before the limit
+    was lowered)."""
+    uid = "1.2.826.0.1.3680043.10.66.9"
+    path = _large(tmp_path / "big.dcm", uid, 4)
+    root = tmp_path / "archive"
+    with Archive(root, fsync=False) as archive, open(path, "rb") as fp:
+        start = dataset_offset(fp)
+        fp.seek(start)
+        ingest = archive.begin(
+            sop_class_uid=SC, sop_instance_uid=uid, transfer_syntax_uid=uids.DEFLATED_EXPLICIT_VR_LE
+        )
+        ingest.write(fp.read())
+        assert ingest.commit().status == 0
+    port = free_port()
+    config = ServerConfig(
+        port=0,
+        max_instance_bytes=limit_mib * MiB,
+        move_destinations=(parse_destination(f"STORESCP=127.0.0.1:{port}"),),
+    )
+    query = Dataset()
+    query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", uid + ".1"
+    with (
+        dcmtk_storescp(port, tmp_path / "out"),
+        ServerThread(config, Archive(root, fsync=False)) as srv,
+    ):
+        answers = pynetdicom_move(srv.port, uids.STUDY_ROOT_QR_MOVE, query, "STORESCP")
+    status, rsp, _identifier = answers[-1]
+    received = list((tmp_path / "out").iterdir())
+    if sent:
+        assert status == 0x0000 and rsp.NumberOfCompletedSuboperations == 1
+        assert len(received) == 1
+    else:
+        assert status != 0x0000 and rsp.NumberOfFailedSuboperations == 1
+        assert received == []

@@ -48,6 +48,7 @@ from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import status as st
 from dicomstore.errors import DicomstoreError
+from dicomstore.inflation import DEFAULT_MAX_INFLATED
 from dicomstore.services.destinations import Destination
 from dicomstore.services.forward_queue import Entry, ForwardQueue, Pending, Queued, Settled
 from dicomstore.services.forward_recovery import COLUMNS, SLACK, add_study, recover
@@ -127,6 +128,7 @@ class Forwarding:
         keep_done: float = KEEP_DONE,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
+        inflated_limit: int = DEFAULT_MAX_INFLATED,
     ) -> None:
         if retry_delay <= 0 or retry_max < retry_delay:
             raise ValueError("forwarding needs 0 < retry_delay <= retry_max")
@@ -134,6 +136,8 @@ class Forwarding:
         self.rules = list(rules)
         self.destinations = destinations_of(self.rules)
         self.calling_ae = calling_ae
+        #: what a deflated data set converted may inflate to (the server's limit)
+        self.inflated_limit = inflated_limit
         base = timeouts or Timeouts()
         self.timeouts = base if base.dimse is not None else replace(base, dimse=DIMSE_TIMEOUT)
         self.max_pdu = max_pdu
@@ -343,6 +347,7 @@ class Forwarding:
             service="forward",
             timeouts=self.timeouts,
             max_pdu=self.max_pdu,
+            inflated_limit=self.inflated_limit,
         )
         if todo:
             try:

@@ -39,6 +39,7 @@ from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import CGetRQ, RetrieveRQ
 from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationError
+from dicomstore.inflation import DEFAULT_MAX_INFLATED
 from dicomstore.services import sources
 from dicomstore.services.qr_operations import Operation
 from dicomstore.services.retrieve import (
@@ -64,9 +65,16 @@ GET_SOP_CLASSES: tuple[str, ...] = tuple(GET_MODEL_LEVELS)
 class GetSender:
     """C-STOREs on the C-GET's own association (see the module notes)."""
 
-    def __init__(self, store: SameAssociationStore | None, *, priority: int = 0) -> None:
+    def __init__(
+        self,
+        store: SameAssociationStore | None,
+        *,
+        priority: int = 0,
+        inflated_limit: int = DEFAULT_MAX_INFLATED,
+    ) -> None:
         self.store = store
         self.priority = priority
+        self.inflated_limit = inflated_limit
 
     async def start(self, selected: Sequence[Selected]) -> None:
         if self.store is None:
@@ -77,7 +85,12 @@ class GetSender:
         assert store is not None  # else start() ended the sub-operations
         try:
             rsp = await store_selected(
-                store, item, service="C-GET", peer="the SCU", priority=self.priority
+                store,
+                item,
+                service="C-GET",
+                peer="the SCU",
+                priority=self.priority,
+                inflated_limit=self.inflated_limit,
             )
         except sources.SourceReadError as exc:  # mid-message: the association cannot go on
             store.t.abort_now()
@@ -107,6 +120,7 @@ class GetSCP(RetrieveSCP):
         may_get: bool = True,
         audit: Callable[[dict[str, Any]], None] | None = None,
         who: dict[str, Any] | None = None,
+        inflated_limit: int = DEFAULT_MAX_INFLATED,
     ) -> None:
         # a retrieval with no Move Destination: may_move is whether C-GET is allowed
         super().__init__(
@@ -117,6 +131,7 @@ class GetSCP(RetrieveSCP):
             may_move=may_get,
             audit=audit,
             who=who,
+            inflated_limit=inflated_limit,
         )
         self.sop_classes = frozenset(GET_SOP_CLASSES) if reader is not None else frozenset()
         #: the sending side of this association (None: no context lets us send)
@@ -127,4 +142,4 @@ class GetSCP(RetrieveSCP):
 
     def sender_for(self, op: Operation) -> SubOperationSender:
         """The requesting association itself (no destination: "the caller" in the log)."""
-        return GetSender(self.store, priority=op.rq.priority)
+        return GetSender(self.store, priority=op.rq.priority, inflated_limit=self.inflated_limit)

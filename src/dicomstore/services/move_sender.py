@@ -27,6 +27,7 @@ from dicomstore.aio.client import ClientAssociation, ContextSpec, associate
 from dicomstore.dimse import CStoreRSP
 from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationError, DicomstoreError
+from dicomstore.inflation import DEFAULT_MAX_INFLATED
 from dicomstore.services import sources
 from dicomstore.services.destinations import Destination
 from dicomstore.services.retrieve import Selected, SubOperationsEnded, store_selected
@@ -61,6 +62,7 @@ class DestinationSender:
         priority: int = 0,
         timeouts: Timeouts | None = None,
         max_pdu: int = DEFAULT_MAX_PDU,
+        inflated_limit: int = DEFAULT_MAX_INFLATED,
     ) -> None:
         self.destination = destination
         self.calling_ae = calling_ae
@@ -70,6 +72,8 @@ class DestinationSender:
         self.priority = priority
         self.timeouts = timeouts
         self.max_pdu = max_pdu
+        #: what a deflated data set converted may inflate to (the server's limit)
+        self.inflated_limit = inflated_limit
         self.assoc: ClientAssociation | None = None
 
     async def open(self, selected: Sequence[Selected]) -> None:
@@ -97,6 +101,7 @@ class DestinationSender:
                 peer=self.destination.ae_title,
                 priority=self.priority,
                 move_originator=self.originator,
+                inflated_limit=self.inflated_limit,
             )
         except sources.SourceReadError:
             await assoc.abort()
@@ -137,6 +142,7 @@ class MoveSender(DestinationSender):
         priority: int = 0,
         timeouts: Timeouts | None = None,
         max_pdu: int = DEFAULT_MAX_PDU,
+        inflated_limit: int = DEFAULT_MAX_INFLATED,
     ) -> None:
         super().__init__(
             destination,
@@ -144,6 +150,7 @@ class MoveSender(DestinationSender):
             service="C-MOVE",
             originator=originator,
             priority=priority,
+            inflated_limit=inflated_limit,
             timeouts=timeouts,
             max_pdu=max_pdu,
         )

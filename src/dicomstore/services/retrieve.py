@@ -47,6 +47,7 @@ from dicomstore.archive.storage import Storage
 from dicomstore.dimse import CStoreRSP, SubOperations
 from dicomstore.dimse import status as st
 from dicomstore.dimse.commands import tag_str
+from dicomstore.inflation import DEFAULT_MAX_INFLATED
 from dicomstore.services import sources
 from dicomstore.services.conversion import encode_dataset
 from dicomstore.services.query_identifier import (
@@ -281,10 +282,13 @@ async def store_selected(
     peer: str,
     priority: int = 0,
     move_originator: tuple[str, int] | None = None,
+    inflated_limit: int = DEFAULT_MAX_INFLATED,
 ) -> CStoreRSP | None:
     """One C-STORE sub-operation on ``channel``: the instance scanned from its file and
     sent by :func:`~dicomstore.services.storage_scu.store_instance` (its stored
-    transfer syntax, else converted); the C-STORE-RSP, or None (logged) when it
+    transfer syntax, else converted; a deflated one inflated to at most
+    ``inflated_limit`` bytes: the server's own limit, as for what it stores);
+    the C-STORE-RSP, or None (logged) when it
     cannot be sent: unreadable, or no accepted context fits. A failure of the
     association, or of the file while its data set was going out
     (:class:`~dicomstore.services.sources.SourceReadError`), is raised."""
@@ -300,6 +304,7 @@ async def store_selected(
             convert=True,
             priority=priority,
             move_originator=move_originator,
+            inflated_limit=inflated_limit,
         )
     except (NotSendable, NotDicom) as exc:
         log.warning("%s: %s not sent: %s", service, item.sop_instance_uid, exc)

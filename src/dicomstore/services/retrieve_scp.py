@@ -37,6 +37,7 @@ from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import CMoveRQ, RetrieveRQ, RetrieveRSP, SubOperations
 from dicomstore.dimse import status as st
 from dicomstore.dimse.commands import MOVE_DESTINATION
+from dicomstore.inflation import DEFAULT_MAX_INFLATED
 from dicomstore.services.destinations import Destination
 from dicomstore.services.move_sender import MoveSender
 from dicomstore.services.qr_operations import Operation, QROperations
@@ -90,6 +91,7 @@ class RetrieveSCP(QROperations):
         timeouts: Timeouts | None = None,
         audit: Callable[[dict[str, Any]], None] | None = None,
         who: dict[str, Any] | None = None,
+        inflated_limit: int = DEFAULT_MAX_INFLATED,
     ) -> None:
         classes = frozenset(MOVE_SOP_CLASSES) if reader is not None else frozenset()
         super().__init__(transport, sop_classes=classes, allowed=may_move)
@@ -102,6 +104,9 @@ class RetrieveSCP(QROperations):
         self.audit = audit
         #: calling/called AE, address, user: for the log and the audit record
         self.who = who or {}
+        #: what a deflated data set converted for the peer may inflate to (the server's
+        #: ``StoreLimits.inflated_limit``, as for what it stores)
+        self.inflated_limit = inflated_limit
 
     def new_operation(self, context_id: int, rq: Any) -> _Retrieve:
         return _Retrieve(context_id, rq)
@@ -132,6 +137,7 @@ class RetrieveSCP(QROperations):
             originator=(str(self.who.get("calling_ae") or ""), rq.message_id),
             priority=rq.priority,
             timeouts=self.timeouts,
+            inflated_limit=self.inflated_limit,
         )
 
     def refused(self, op: Operation) -> None:

@@ -215,6 +215,7 @@ class Server:
             timeouts=self.config.timeouts,
             audit=getattr(self.audit, "retrieve", None),
             who=_who(rq, address, admission),
+            inflated_limit=self.store.limits.inflated_limit,
         )
 
     def get_scp(
@@ -235,6 +236,7 @@ class Server:
             may_get=admission.may_get,
             audit=getattr(self.audit, "retrieve", None),
             who=_who(rq, address, admission),
+            inflated_limit=self.store.limits.inflated_limit,
         )
 
     def commitment_scp(

@@ -188,6 +188,7 @@ async def _forwarding(
         max_pdu=config.max_pdu,
         retry_delay=config.forward_retry_delay,
         retry_max=config.forward_retry_max,
+        inflated_limit=server.store.limits.inflated_limit,
     )
     await asyncio.to_thread(forwarding.open)
     if any(rule.when == "instance" for rule in forwarding.rules):  # (stable rules: the hook)
