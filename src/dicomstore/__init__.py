@@ -12,8 +12,9 @@ asyncio, ssl, the asyncio shell nor the services::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from dicomstore.lazy import exports
 
 __version__ = "0.1.0"
 
@@ -168,15 +169,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from dicomstore.services.storage_scu import NotSendable, Result
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first access (PEP 562) and keep the name."""
-    home = _EXPORTS.get(name)
-    if home is None:
-        raise AttributeError(f"module 'dicomstore' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value  # later accesses do not come here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = exports(__name__, _EXPORTS, globals())

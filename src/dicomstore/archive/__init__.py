@@ -8,8 +8,9 @@ others nor pydicom.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from dicomstore.lazy import exports
 
 #: Each name and the module that is its one home.
 _EXPORTS: dict[str, str] = {
@@ -62,15 +63,4 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports
     from dicomstore.archive.store import POLICIES, Archive, DuplicatePolicy
 
 
-def __getattr__(name: str) -> Any:
-    """Import a name's module on first access (PEP 562) and keep the name."""
-    home = _EXPORTS.get(name)
-    if home is None:
-        raise AttributeError(f"module 'dicomstore.archive' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = exports(__name__, _EXPORTS, globals())
