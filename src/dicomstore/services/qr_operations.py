@@ -52,7 +52,9 @@ class Operation:
     cancelled: bool = False
 
 
-def decode_identifier(data: bytes, transfer_syntax: str, *, check: bool = True) -> Dataset:
+def decode_identifier(
+    data: bytes | bytearray, transfer_syntax: str, *, check: bool = True
+) -> Dataset:
     """The Identifier data set in the context's (uncompressed) transfer syntax;
     ``check``: every value decoded now (a broken one fails here, not later), else
     as it is used (pydicom's way, as ``dcmread``: the SCUs' lazily decoded responses)."""
@@ -110,7 +112,7 @@ class QROperations:
     @property
     def busy(self) -> bool:
         """A request is being received or answered."""
-        return self._collecting is not None or bool(self._tasks) or self._held is not None
+        return self._collecting is not None or bool(self._tasks) or self.held
 
     @property
     def held(self) -> bool:
@@ -269,7 +271,7 @@ class QROperations:
         """The request's data set, decoded (:func:`decode_identifier`: raises what
         pydicom raises on bad bytes); its bytes are not kept meanwhile (an operation
         may run long)."""
-        data, op.identifier = bytes(op.identifier), bytearray()
+        data, op.identifier = op.identifier, bytearray()
         return decode_identifier(data, self.transfer_syntax(op))
 
     @property
