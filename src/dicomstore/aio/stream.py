@@ -77,6 +77,12 @@ class Stream(asyncio.BufferedProtocol):
         self.full = False
         self._reading = True
         self._waiter: asyncio.Future[bool] | None = None
+        #: The loop time the current :meth:`wait` ends at (None: no deadline) ...
+        self._deadline: float | None = None
+        #: ... and the one timer of this stream, armed at ``_armed``: it is moved
+        #: only when a wait needs it earlier; a later deadline re-arms it when it fires.
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed = 0.0
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task | None = None
@@ -137,6 +143,9 @@ class Stream(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self._timer is not None:  # (it would keep the stream and its buffer alive)
+            self._timer.cancel()
+            self._timer = None
         self._wake()
         for waiter in self._drain_waiters:
             if not waiter.done():
@@ -177,16 +186,36 @@ class Stream(asyncio.BufferedProtocol):
 
     async def wait(self, when: float | None) -> bool:
         """Until ``need`` bytes are buffered, room must be made, or the connection
-        ends (False); or until the loop time ``when`` (True)."""
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        timer = None if when is None else loop.call_at(when, _fire, waiter)
+        ends (False); or until the loop time ``when`` (True).
+
+        Each PDU's wait has a deadline, usually a little later than the last one:
+        rather than schedule and cancel a timer per wait, the stream keeps one
+        timer, moved only when a deadline comes earlier than it is armed for;
+        when it fires before the current deadline, it is armed again for it.
+        """
+        waiter = self._waiter = self.loop.create_future()
+        self._deadline = when
+        if when is not None and (self._timer is None or when < self._armed):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._armed = when
+            self._timer = self.loop.call_at(when, self._on_timer)
         try:
             return await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
+            self._deadline = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline, waiter = self._deadline, self._waiter
+        if deadline is None or waiter is None or waiter.done():
+            return  # no wait, or one without a deadline: the next wait arms it
+        if deadline <= self._armed:
+            waiter.set_result(True)
+        else:
+            self._armed = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def make_room(self) -> None:
         """Compact or grow the buffer for the next PDU and resume reading (not while held).
@@ -283,8 +312,3 @@ class Stream(asyncio.BufferedProtocol):
         if self.transport is None:
             return default
         return self.transport.get_extra_info(name, default)
-
-
-def _fire(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(True)
