@@ -10,9 +10,9 @@ unreachable, 4 association rejected, 5 association aborted, 6 timed out,
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
+from dicomstore.aio import loops
 from dicomstore.cli import blas  # noqa: F401 - before numpy is imported (see there)
 from dicomstore.cli.logs import setup_logging
 from dicomstore.cli.options import (
@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     settings.warn_unknown_variables(parser, args.command)
     try:
         return _run(args)
+    except loops.LoopUnavailable as exc:
+        print(f"dicomstore: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C outside a command's own handling: no traceback
         print("dicomstore: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -67,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             from dicomstore.cli.serve import run as run_serve
 
-            return asyncio.run(run_serve(args))
+            return loops.run(run_serve(args), args.loop)
         except KeyboardInterrupt:
             return EXIT_OK
     if args.command == "echo":

@@ -14,7 +14,6 @@ Corrupt files (cut short) are listed and not sent: they count as not stored.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -24,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from dicomstore.aio import loops
 from dicomstore.cli.logs import LEVELS, add_log_format, setup_logging
 from dicomstore.cli.options import (
     EXIT_ABORTED,
@@ -40,6 +40,7 @@ from dicomstore.cli.options import (
     _port,
     _positive,
     _timeouts,
+    add_loop,
     add_scu_parser,
     add_tls_client_options,
     tls_client_context,
@@ -72,6 +73,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--parallel", type=_int(1), default=1, help="associations in parallel (default 1)"
     )
+    add_loop(p)
     p.add_argument(
         "--max-ops",
         type=_int(1),
@@ -393,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.monotonic()
     try:
-        results = asyncio.run(sending())
+        results = loops.run(sending(), args.loop)
         if report is not None:  # each commitment, once known (PS3.4 J.3.3)
             for r in results:
                 if r.commitment is not None:

@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Any
 
+from dicomstore.aio import loops
 from dicomstore.cli import workers
 from dicomstore.cli.http_options import (
     announce,
@@ -229,7 +230,7 @@ async def _serve(
                     await server.close(grace=0)
                     return EXIT_UNREACHABLE
                 announce(security, args.http_host, http.url)
-            log.info("storing into %s", args.storage.resolve())
+            log.info("storing into %s (%s)", args.storage.resolve(), loops.kind(loop))
             started = workers.start(args) if args.workers > 1 else []
             parent = workers.parent_gone()
             if parent is not None:  # (a worker: it ends with the first process)

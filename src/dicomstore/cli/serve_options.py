@@ -28,6 +28,7 @@ from dicomstore.cli.options import (
     _size,
     _transfer_syntax,
     add_index,
+    add_loop,
 )
 from dicomstore.services.server_config import ServerConfig
 
@@ -79,6 +80,7 @@ def add_parser(sub: Any) -> None:
         "per core; limits hold per process; DICOMweb and forwarding run in the first "
         "(default 1)",
     )
+    add_loop(s)
     s.add_argument(
         "--max-associations",
         type=int,
