@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import multiprocessing
 import os
 import re
 import shutil
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -113,7 +115,7 @@ def test_rotation_by_size_keeps_n_backups(tmp_path) -> None:
     with AuditLog(path, max_bytes=400, backups=2) as audit:
         for n in range(60):
             audit.instance({"n": n, "pad": "x" * 40})
-    files = sorted(p.name for p in tmp_path.iterdir())
+    files = sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock")
     assert files == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]
     for name in files:
         assert 0 < (tmp_path / name).stat().st_size <= 400
@@ -123,13 +125,45 @@ def test_rotation_by_size_keeps_n_backups(tmp_path) -> None:
     assert len(kept) >= 2 * per_file + 1  # two full backups and the current file
 
 
+def _writer(path: str, name: str, count: int, started: Any) -> None:
+    """One process's writes (``serve --workers``: each process has its AuditLog)."""
+    started.wait()
+    with AuditLog(path, max_bytes=2000, backups=1000) as audit:
+        for n in range(count):
+            audit.instance({"writer": name, "n": n, "pad": "z" * (n % 50)})
+
+
+def test_several_processes_share_one_file_and_its_rotation(tmp_path) -> None:
+    path = tmp_path / "audit.jsonl"
+    context = multiprocessing.get_context("spawn")
+    started = context.Event()
+    writers = [
+        context.Process(target=_writer, args=(str(path), f"w{k}", 400, started)) for k in range(3)
+    ]
+    for writer in writers:
+        writer.start()
+    started.set()
+    for writer in writers:
+        writer.join(60)
+        assert writer.exitcode == 0
+    names = [p for p in tmp_path.iterdir() if p.suffix != ".lock"]
+    backups = len(names) - 1
+    assert backups > 10  # rotated many times, by all three
+    for p in names:  # every file within the limit: rotations were decided on its true size
+        assert 0 < p.stat().st_size <= 2000
+    records = all_records(path, backups)  # (each line whole JSON: none interleaved)
+    for k in range(3):
+        mine = [r["n"] for r in records if r["writer"] == f"w{k}"]
+        assert mine == list(range(400))  # every record once, in its writer's order
+
+
 def test_rotation_without_backups_and_an_oversized_line(tmp_path) -> None:
     path = tmp_path / "audit.jsonl"
     with AuditLog(path, max_bytes=100, backups=0) as audit:
         audit.instance({"n": 0})
         audit.instance({"n": 1, "pad": "y" * 300})  # alone in its file, never split
         audit.instance({"n": 2})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.jsonl", "audit.jsonl.lock"]
     assert [r["n"] for r in lines(path)] == [2]
 
 

@@ -31,11 +31,19 @@ Rotation.  When the next line would take the file beyond ``max_bytes``, the
 file is fsynced and renamed: ``path`` becomes ``path.1``, ``path.1`` becomes
 ``path.2`` ... and ``path.<backups>`` is dropped; a fresh ``path`` follows.
 ``backups=0`` keeps no old file.
+
+Several processes.  The processes of ``serve --workers`` each have their own
+AuditLog on the same file.  Each batch is written (one ``write`` of whole lines,
+``O_APPEND``), rotated if need be, and fsynced under an exclusive ``flock(2)``
+on ``<path>.lock``, so lines never interleave, the size a rotation is decided by
+is the file's own (every writer's lines), and one writer rotates at a time; a
+writer whose file was rotated by another opens the new one at its next batch.
 """
 
 from __future__ import annotations
 
 import atexit
+import fcntl
 import json
 import logging
 import os
@@ -73,6 +81,8 @@ class AuditLog:
         self.backups = backups
         self._fd = self._open()  # fails here, in the caller, if the path is wrong
         self._size = os.fstat(self._fd).st_size
+        lock = f"{self.path}.lock"  # (the writers of this file take turns on it)
+        self._lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self._cond = threading.Condition()
         self._queue: list[bytes] = []
         self._queued = 0  # lines ever queued
@@ -143,9 +153,10 @@ class AuditLog:
         if already:
             return
         atexit.unregister(self.close)
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        for fd in (self._fd, self._lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._lock_fd = -1
         if self.error is not None:
             lost = self._queued - self._durable
             raise OSError(
@@ -203,10 +214,34 @@ class AuditLog:
 
         A partial batch may have reached the file before an error; the retry
         writes it again, so a record can appear twice but is never missing.
+        Under the writers' lock (module docstring: several processes).
         """
-        if self._fd < 0:  # a rotation failed half-way: start a file again
-            self._fd = self._open()
-            self._size = os.fstat(self._fd).st_size
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            self._follow()
+            self._write_rotating(lines)
+            os.fsync(self._fd)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _follow(self) -> None:
+        """Write to the file now at ``path`` (another writer may have rotated ours
+        away; a rotation of our own may have failed half-way), at its true size."""
+        if self._fd >= 0:
+            mine = os.fstat(self._fd)
+            try:
+                there = os.stat(self.path)
+            except FileNotFoundError:
+                there = None
+            if there is not None and (there.st_ino, there.st_dev) == (mine.st_ino, mine.st_dev):
+                self._size = mine.st_size
+                return
+            os.close(self._fd)
+            self._fd = -1
+        self._fd = self._open()
+        self._size = os.fstat(self._fd).st_size
+
+    def _write_rotating(self, lines: list[bytes]) -> None:
         chunk: list[bytes] = []
         size = self._size
         for line in lines:
@@ -218,7 +253,6 @@ class AuditLog:
             chunk.append(line)
             size += len(line)
         self._write(chunk)
-        os.fsync(self._fd)
 
     def _write(self, chunk: list[bytes]) -> None:
         if not chunk:

@@ -5,6 +5,7 @@ served associations; the workers end with the first process, stopped or killed."
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -50,10 +51,10 @@ def _workers(log: Path) -> list[int]:
     return [int(pid) for pid in found.group(1).split(", ")] if found else []
 
 
-def _serve(port: int, storage: Path, log: Path) -> subprocess.Popen[bytes]:
+def _serve(port: int, storage: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            serve_command(port, storage, "--fsync", "off", "--workers", "2"),
+            serve_command(port, storage, "--fsync", "off", "--workers", "2", *extra),
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
@@ -67,7 +68,8 @@ def _serve(port: int, storage: Path, log: Path) -> subprocess.Popen[bytes]:
 def test_four_senders_into_two_workers(tmp_path: Path) -> None:
     storage, log, port = tmp_path / "archive", tmp_path / "serve.log", free_port()
     sets = [write_instances(tmp_path / f"in{n}", f"1.2.13.{n}", EACH) for n in range(SENDERS)]
-    proc = _serve(port, storage, log)
+    audit = tmp_path / "audit.jsonl"  # (written by both processes)
+    proc = _serve(port, storage, log, "--audit-log", str(audit))
     try:
         senders = [storescu(port, list(made)) for made in sets]
         logs = [sender.communicate(timeout=120)[0] for sender in senders]
@@ -91,6 +93,10 @@ def test_four_senders_into_two_workers(tmp_path: Path) -> None:
     for uid, digest in expected.items():
         assert data_set_digest(storage / rows[uid]["path"]) == digest
     assert main(["check", "--storage", str(storage), *index_option(storage)]) == 0
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    stored = sorted(r["sop_instance_uid"] for r in records if r["event"] == "instance")
+    assert stored == sorted(expected)  # each instance audited once, whoever stored it
+    assert sum(r["event"] == "association" for r in records) == SENDERS + ECHOES
     warnings = [line for line in log.read_text().splitlines() if " WARNING " in line]
     assert all("--fsync off" in line for line in warnings), warnings  # (nothing unexpected)
 
@@ -108,7 +114,6 @@ def test_a_worker_ends_when_the_first_process_is_killed(tmp_path: Path) -> None:
     ("extra", "why"),
     [
         (("--port", "0"), "--workers needs a port of its own"),
-        (("--audit-log", "audit.log"), "--workers with --audit-log is not supported yet"),
     ],
 )
 def test_workers_refused_with(tmp_path: Path, capsys, extra, why) -> None:

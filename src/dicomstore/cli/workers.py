@@ -41,8 +41,6 @@ def problem(args: argparse.Namespace) -> str | None:
         return None
     if args.port == 0:
         return "--workers needs a port of its own (not 0): every worker listens on it"
-    if args.audit_log is not None:
-        return "--workers with --audit-log is not supported yet (one writer rotates the file)"
     return None
 
 
