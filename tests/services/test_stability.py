@@ -34,6 +34,7 @@ from dicomstore.services.stability import (
     StableStudy,
     StudyStability,
     command_line,
+    epoch,
 )
 from dicomstore.services.stable_search import stable_states
 
@@ -313,6 +314,83 @@ def test_serve_runs_the_events_with_its_config(tmp_path: Path) -> None:
 
     assert sorted(asyncio.run(main())) == ["1.2.61", "1.2.62"]
     assert len(list(StableLog(root).read())) == 2
+
+
+def test_serve_listens_while_it_reads_the_index_for_studies_to_wait_for(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The read of the index after a restart (a second or two at a million
+    instances) runs once the port is open; its studies are waited for then."""
+    root = tmp_path / "archive"
+    _fill(root, {"1.2.71": 1})
+    reading, release = threading.Event(), threading.Event()
+    unreported = StudyStability._unreported
+
+    def slow(self: StudyStability) -> list:
+        reading.set()
+        assert release.wait(30)
+        return unreported(self)
+
+    monkeypatch.setattr(StudyStability, "_unreported", slow)
+
+    async def main() -> list[str]:
+        archive = Archive(root, fsync=False)
+        seen: list[str] = []
+        done = asyncio.Event()
+        config = dataclasses.replace(ServerConfig(port=0), stable_age=QUICK)
+        try:
+            async with running(archive, config, on_study_stable=lambda e: done.set()) as server:
+                assert await asyncio.to_thread(reading.wait, 30)
+                assert server.listener.started  # listening while the index is read
+                assert server.stability is not None and not server.stability.pending
+                release.set()
+                await asyncio.wait_for(done.wait(), 30)
+                seen = [e.study_uid for e in StableLog(root).read()]
+        finally:
+            release.set()
+            archive.close()
+        return seen
+
+    assert asyncio.run(main()) == ["1.2.71"]
+
+
+def test_catching_up_joins_what_arrives_meanwhile_and_skips_what_was_reported(
+    tmp_path: Path, monkeypatch
+) -> None:
+    root = tmp_path / "archive"
+    _fill(root, {"1.2.81": 2, "1.2.82": 1})
+    reader = ArchiveReader(root)
+    first = min(epoch(r["received_at"]) for r in reader.instances())
+    read, gate = threading.Event(), threading.Event()
+    unreported = StudyStability._unreported
+
+    def gated(self: StudyStability) -> list:
+        found = unreported(self)
+        read.set()  # the index and the log are read: what follows comes after
+        assert gate.wait(30)
+        return found
+
+    monkeypatch.setattr(StudyStability, "_unreported", gated)
+
+    async def main() -> dict[str, tuple[float, float]]:
+        s = StudyStability(reader, 3600.0, fsync=False)  # (nothing becomes stable by itself)
+        await s.start()
+        s.catch_up()
+        assert await asyncio.to_thread(read.wait, 30)
+        now = time.time()
+        s.arrived("1.2.81", "PID1", "1.2.81/1.2.81.1/x.dcm", now)  # observed meanwhile
+        # 1.2.82's event is logged meanwhile (e.g. a quiet time ending)
+        await s._stable("1.2.82", stability._Pending("PID1", first, now, str(root / "1.2.82")))
+        gate.set()
+        assert s._catching_up is not None and await s._catching_up == 1
+        out = {uid: (p.first, p.last) for uid, p in s.pending.items()}
+        await s.close()
+        return out
+
+    pending = asyncio.run(main())
+    assert list(pending) == ["1.2.81"]  # 1.2.82: its event covers what the read found
+    earliest, newest = pending["1.2.81"]
+    assert earliest == first and newest > first  # the index's first, the observed newest
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:

@@ -98,10 +98,10 @@ async def running(
             webhook=config.stable_webhook,
             fsync=bool(getattr(handler, "fsync", True)),
         )
-        await asyncio.to_thread(stability.recover)
         server.store.observers.append(stability.observe)
         server.stability = stability
         await stability.start()
+        stability.catch_up()  # (a scan of the index: not before the port opens)
         await watch_elsewhere()
 
     async def take_over(lock: ServiceLock) -> None:

@@ -17,7 +17,8 @@ keeps the last arrival per study, and when a study has been quiet long enough:
 
 A restart loses nothing: studies whose newest instance in the index arrived
 after their last logged event (or that have none) are waited for again, from
-that instance's arrival time (:meth:`StudyStability.recover`). A failing hook,
+that instance's arrival time (:meth:`StudyStability.recover`; a server reads the
+index for them while it already serves, :meth:`StudyStability.catch_up`). A failing hook,
 command or webhook is logged; the event stays in the log.
 """
 
@@ -243,6 +244,10 @@ class StudyStability:
         self._home: Home | None = None
         self._task: asyncio.Task[None] | None = None
         self._actions: set[asyncio.Future[object]] = set()
+        #: while :meth:`catch_up` reads the index: per study, the newest arrival an
+        #: event covered meanwhile (what it read of the log may be older)
+        self._covered: dict[str, float] = {}
+        self._catching_up: asyncio.Task[int] | None = None
 
     # -- arrivals --------------------------------------------------------------------
 
@@ -282,6 +287,29 @@ class StudyStability:
         """After a restart: wait again for the studies whose newest instance is not
         covered by their last event. Blocking (reads the log and the index): call
         it in a worker thread before :meth:`start`. The number of studies."""
+        return self._recovered(self._unreported())
+
+    def catch_up(self) -> None:
+        """:meth:`recover` while the node serves (call after :meth:`start`, with
+        :meth:`observe` already an observer): the index is read in a worker
+        thread, its studies joined on the loop to those arriving meanwhile.
+
+        Nothing is missed: an instance committed before the observer was added is
+        in the index the read sees; one committed later is observed. A study both
+        observed and read keeps its earliest and newest arrivals; one whose event
+        this run already logged is left out unless the index has newer."""
+
+        async def run() -> int:
+            try:
+                return self._recovered(await asyncio.to_thread(self._unreported))
+            finally:
+                self._covered.clear()  # (only needed while the index is read)
+
+        self._catching_up = asyncio.create_task(run(), name="study-stability-recovery")
+
+    def _unreported(self) -> list[tuple[str, str | None, float, float, str]]:
+        """(Blocking.) Per study whose newest instance its last logged event does
+        not cover: UID, Patient ID, first and newest arrival, a stored path."""
         reported = self.log.last_reported()
         sql = (
             "SELECT st.study_uid, p.patient_id, MIN(i.received_at), MAX(i.received_at),"
@@ -289,15 +317,27 @@ class StudyStability:
             " JOIN study st ON st.study_pk = se.study_pk"
             " JOIN patient p ON p.patient_pk = st.patient_pk GROUP BY st.study_pk, p.patient_pk"
         )
-        count = 0
+        found = []
         with closing(self.reader.connect()) as db:
             for study_uid, patient_id, first, last, relpath in db.execute(sql):
                 newest = epoch(last)
-                if newest <= reported.get(study_uid, float("-inf")):
-                    continue
-                self.arrived(study_uid, patient_id or None, relpath, epoch(first))
-                self.pending[study_uid].last = newest
-                count += 1
+                if newest > reported.get(study_uid, float("-inf")):
+                    found.append((study_uid, patient_id or None, epoch(first), newest, relpath))
+        return found
+
+    def _recovered(self, found: list[tuple[str, str | None, float, float, str]]) -> int:
+        """Wait for the studies :meth:`_unreported` found (joined to those pending)."""
+        count = 0
+        for study_uid, patient_id, first, newest, relpath in found:
+            if newest <= self._covered.get(study_uid, float("-inf")):
+                continue  # (its event came while the index was read)
+            pending = self.pending.get(study_uid)
+            if pending is None:
+                self.arrived(study_uid, patient_id, relpath, first)
+                pending = self.pending[study_uid]
+            pending.first = min(pending.first, first)
+            pending.last = max(pending.last, newest)
+            count += 1
         if count:
             log.info("%d studies not yet reported stable: waiting for them again", count)
         return count
@@ -312,9 +352,10 @@ class StudyStability:
     async def close(self, grace: float = 10.0) -> None:
         """Stop; commands and webhooks under way get ``grace`` seconds. Studies not
         yet stable stay so, and are found again by :meth:`recover`."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._catching_up, self._task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._actions:
             await asyncio.wait(list(self._actions), timeout=grace)
 
@@ -350,6 +391,8 @@ class StudyStability:
                 pending.folder,
             )
             await asyncio.to_thread(self.log.append, event)
+            if self._catching_up is not None and not self._catching_up.done():
+                self._covered[study_uid] = pending.last
         except DatabaseOrOSError as exc:
             log.error("study %s: stable, but its event was not logged: %s", study_uid, exc)
             self.pending.setdefault(study_uid, pending)  # tried again after the quiet time
