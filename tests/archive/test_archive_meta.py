@@ -127,3 +127,76 @@ def test_stored_files_carry_pydicoms_meta(tmp_path: Path) -> None:
             raw = outcome.path.read_bytes()
             expected = file_header(**_args(uid, calling_ae="SCU"))
             assert raw[: len(expected)] == expected
+
+
+def _pydicom_header(**args: str) -> bytes:
+    """What pydicom's ``write_file_meta_info`` writes for these values (the reference
+    :func:`file_header` is held to, without loading pydicom itself)."""
+    from pydicom import config
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    from dicomstore.archive.layout import uid_bytes
+    from dicomstore.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+    meta = FileMetaDataset()
+    meta.FileMetaInformationGroupLength = 0
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    for tag, vr, value in (
+        (0x00020002, "UI", args["sop_class_uid"]),
+        (0x00020003, "UI", args["sop_instance_uid"]),
+        (0x00020010, "UI", args["transfer_syntax_uid"]),
+        (0x00020012, "UI", IMPLEMENTATION_CLASS_UID),
+        (0x00020013, "SH", IMPLEMENTATION_VERSION_NAME),
+        (0x00020016, "AE", args["calling_ae"].strip()),
+        (0x00020017, "AE", args["calling_ae"].strip()),
+        (0x00020018, "AE", args["called_ae"].strip()),
+    ):
+        if value or vr == "UI":
+            text = uid_bytes(value).decode("latin-1")
+            meta.add(DataElement(tag, vr, text, validation_mode=config.IGNORE))
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    out.write(dicomfile.PREAMBLE + dicomfile.PREFIX)
+    write_file_meta_info(out, meta, enforce_standard=False)
+    return out.getvalue()
+
+
+#: Latin-1 text, with the backslashes and spaces that pydicom splits and strips.
+_TEXT = hs.text(
+    hs.one_of(hs.characters(min_codepoint=0, max_codepoint=255), hs.sampled_from("\\ ")),
+    max_size=70,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(uid=_TEXT, sop_class=_TEXT, ts=_TEXT, calling=_TEXT, called=_TEXT)
+def test_file_header_is_what_pydicom_writes(
+    uid: str, sop_class: str, ts: str, calling: str, called: str
+) -> None:
+    args = {
+        "sop_class_uid": sop_class,
+        "sop_instance_uid": uid,
+        "transfer_syntax_uid": ts,
+        "calling_ae": calling,
+        "called_ae": called,
+    }
+    assert file_header(**args) == _pydicom_header(**args)
+
+
+def test_encoding_of_is_pydicoms_for_every_transfer_syntax_and_others() -> None:
+    from pydicom._uid_dict import UID_dictionary
+    from pydicom.uid import UID
+
+    known = [uid for uid, entry in UID_dictionary.items() if entry[1] == "Transfer Syntax"]
+    others = [CT, PRIVATE_TS, "", " 1.2.840.10008.1.2 ", "1.2.840.10008.1.2\0", "x"]
+    for text in (*known, *others):
+        uid = UID(text, validation_mode=0)
+        expected = (
+            (uid.is_implicit_VR, uid.is_little_endian, uid.is_deflated)
+            if uid.is_transfer_syntax
+            else (False, True, False)
+        )
+        assert dicomfile.encoding_of(text) == expected, text

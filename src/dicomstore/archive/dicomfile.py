@@ -1,9 +1,10 @@
 """The PS3.10 file around a received data set.
 
 Before the data set: the 128-byte preamble, ``DICM`` and the File Meta
-Information (PS3.10 7.1), written by pydicom's ``write_file_meta_info`` —
-once per kind of instance: :class:`MetaTemplates` keeps what pydicom wrote and
-puts each new SOP Instance UID of the same length in place of the old one.
+Information (PS3.10 7.1), the bytes pydicom's ``write_file_meta_info`` would
+write (:func:`file_header`) — once per kind of instance: :class:`MetaTemplates`
+keeps it and puts each new SOP Instance UID of the same length in place of the
+old one.
 After it: the header read back with pydicom up to the Pixel Data, plus a check
 that the data set is framed correctly — pydicom reads leniently and accepts a
 truncated value or header without complaint, so every top-level element is
@@ -20,21 +21,17 @@ import re
 import struct
 import tempfile
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from pydicom import config
-from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
-
+from dicomstore import uids
 from dicomstore.archive.layout import uid_bytes
 from dicomstore.framing import FramingError, file_meta
 from dicomstore.inflation import InflateError, inflate_into
 from dicomstore.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomstore.vr import LONG_VRS
+
+if TYPE_CHECKING:  # (pydicom loads when a header is read, not to write one)
+    from pydicom.dataset import Dataset
 
 PREAMBLE = bytes(128)
 PREFIX = b"DICM"
@@ -59,11 +56,6 @@ class HeaderError(Exception):
         self.tag = tag
 
 
-def _latin1(value: str) -> str:
-    """A string pydicom can encode as latin-1 that stands for the same bytes."""
-    return uid_bytes(value).decode("latin-1")
-
-
 def file_header(
     *,
     sop_class_uid: str,
@@ -74,37 +66,53 @@ def file_header(
 ) -> bytes:
     """Preamble, prefix and File Meta Information (PS3.10 7.1) for a received instance.
 
-    Written with ``enforce_standard=False`` so our Implementation Class UID and
-    Version Name stay and the command's values are written as received, even
-    non-conformant ones (they are checked against the data set at commit).
-    (0002,0016) Source AE Title and (0002,0017) Sending AE Title are the
-    calling AE, (0002,0018) Receiving AE Title the called AE.
+    Explicit VR Little Endian, the group length first (PS3.10 7.1). Our
+    Implementation Class UID and Version Name, and the command's values as
+    received, even non-conformant ones (they are checked against the data set at
+    commit): a UID as its bytes without leading or trailing white space, padded with
+    NUL to an even length, an AE title
+    without leading or trailing spaces, padded with a space (PS3.5 6.2). (0002,0016)
+    Source AE Title and (0002,0017) Sending AE Title are the calling AE, (0002,0018)
+    Receiving AE Title the called AE; an empty AE title is left out. The bytes
+    pydicom's ``write_file_meta_info`` writes (a test compares them), without
+    pydicom.
     """
-    meta = FileMetaDataset()
-    meta.FileMetaInformationGroupLength = 0  # set by write_file_meta_info
-    meta.FileMetaInformationVersion = b"\x00\x01"
+    body = bytearray(_element(0x00020001, b"OB", b"\x00\x01"))
     for tag, vr, value in (
-        (0x00020002, "UI", sop_class_uid),
-        (0x00020003, "UI", sop_instance_uid),
-        (0x00020010, "UI", transfer_syntax_uid),
-        (0x00020012, "UI", IMPLEMENTATION_CLASS_UID),
-        (0x00020013, "SH", IMPLEMENTATION_VERSION_NAME),
-        (0x00020016, "AE", calling_ae.strip()),
-        (0x00020017, "AE", calling_ae.strip()),
-        (0x00020018, "AE", called_ae.strip()),
+        (0x00020002, b"UI", sop_class_uid),
+        (0x00020003, b"UI", sop_instance_uid),
+        (0x00020010, b"UI", transfer_syntax_uid),
+        (0x00020012, b"UI", IMPLEMENTATION_CLASS_UID),
+        (0x00020013, b"SH", IMPLEMENTATION_VERSION_NAME),
+        (0x00020016, b"AE", calling_ae.strip()),
+        (0x00020017, b"AE", calling_ae.strip()),
+        (0x00020018, b"AE", called_ae.strip()),
     ):
-        if value or vr == "UI":
-            meta.add(DataElement(tag, vr, _latin1(value), validation_mode=config.IGNORE))
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = False
-    buffer.write(PREAMBLE + PREFIX)
-    write_file_meta_info(buffer, meta, enforce_standard=False)
-    return buffer.getvalue()
+        if value or vr == b"UI":
+            data = uid_bytes(value)
+            if vr == b"UI":  # (pydicom's UID strips each value: str.strip, as Latin-1)
+                text = data.decode("latin-1")
+                data = "\\".join(part.strip() for part in text.split("\\")).encode("latin-1")
+            if len(data) % 2:
+                data += b"\0" if vr == b"UI" else b" "
+            body += _element(tag, vr, data)
+    length = _element(0x00020000, b"UL", struct.pack("<L", len(body)))
+    return PREAMBLE + PREFIX + length + bytes(body)
+
+
+def _element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """One Explicit VR Little Endian element (PS3.5 7.1.2)."""
+    if vr in LONG_VRS:
+        head = struct.pack("<HH2sHL", tag >> 16, tag & 0xFFFF, vr, 0, len(value))
+    elif len(value) > 0xFFFF:
+        raise ValueError(f"a {vr.decode()} value of {len(value)} bytes (at most 65535)")
+    else:
+        head = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value))
+    return head + value
 
 
 #: A SOP Instance UID :class:`MetaTemplates` may put in a template: printable
-#: ASCII without space or backslash, which pydicom writes byte for byte.
+#: ASCII without space or backslash, written byte for byte.
 _PLAIN_UID = re.compile(rb"[\x21-\x5b\x5d-\x7e]+")
 _PLACEHOLDER = b"9"
 
@@ -122,11 +130,12 @@ class MetaTemplates:
     """:func:`file_header` for many instances at the price of a few.
 
     Per (SOP Class, transfer syntax, AE titles, length of the SOP Instance UID)
-    pydicom writes the header once, for a placeholder UID of that length; the
-    header of an instance is that template with its own UID bytes put where the
-    placeholder's are (same length, so the same padding and group length). A
-    template is kept only after it reproduced pydicom's own output for the
-    first real UID; a UID that is not plain ASCII always goes through pydicom.
+    :func:`file_header` writes the header once, for a placeholder UID of that
+    length; the header of an instance is that template with its own UID bytes put
+    where the placeholder's are (same length, so the same padding and group
+    length). A template is kept only after it reproduced :func:`file_header`'s
+    output for the first real UID; a UID that is not plain ASCII always goes
+    through :func:`file_header`.
     Safe to share between threads (at worst two of them build the same template).
     """
 
@@ -194,13 +203,16 @@ def _instance_uid_at(header: bytes, length: int) -> int | None:
 def encoding_of(transfer_syntax_uid: str) -> tuple[bool, bool, bool]:
     """(implicit VR, little endian, deflated) of a transfer syntax (PS3.5 10).
 
-    A transfer syntax pydicom does not know (a private one) is read as Explicit
-    VR Little Endian, the encoding of every compressed transfer syntax.
+    Every other transfer syntax, one we do not know (a private one) too, is read
+    as Explicit VR Little Endian, the encoding of every compressed transfer syntax
+    (as pydicom decides; a test compares).
     """
-    uid = UID(transfer_syntax_uid)
-    if not uid.is_transfer_syntax:
-        return False, True, False
-    return uid.is_implicit_VR, uid.is_little_endian, uid.is_deflated
+    uid = transfer_syntax_uid.strip()
+    return (
+        uid == uids.IMPLICIT_VR_LE,
+        uid != uids.EXPLICIT_VR_BE,
+        uid == uids.DEFLATED_EXPLICIT_VR_LE,
+    )
 
 
 def _at_pixels(tag: int, vr: str | None, length: int) -> bool:
@@ -232,6 +244,8 @@ def read_header(fp: BinaryIO, start: int, size: int, transfer_syntax_uid: str) -
 def _read_header(stream: BinaryIO, start: int, size: int, implicit: bool, little: bool) -> Dataset:
     if size <= start:
         raise HeaderError("the data set is empty")
+    from pydicom.filereader import read_dataset
+
     try:
         ds = read_dataset(stream, implicit, little, stop_when=_at_pixels, defer_size=DEFER_SIZE)
     except Exception as exc:  # pydicom raises many types on malformed input
@@ -245,6 +259,8 @@ def _read_header(stream: BinaryIO, start: int, size: int, implicit: bool, little
 
 def _positions(ds: Dataset, implicit: bool) -> list[tuple[int, int, int | None, bool]]:
     """(value position, tag, length or None, long header?) of each top-level element."""
+    from pydicom.dataelem import RawDataElement
+
     found: list[tuple[int, int, int | None, bool]] = []
     for tag in list(ds.keys()):  # a Dataset iterates over elements, not tags
         elem = ds.get_item(tag, keep_deferred=True)

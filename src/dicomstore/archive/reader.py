@@ -16,10 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
-
-from pydicom import dcmread
-from pydicom.dataset import Dataset
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dicomstore.archive import layout
 from dicomstore.archive import query as q
@@ -29,8 +26,10 @@ from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.index import SchemaError
 from dicomstore.archive.schema import SCHEMA_VERSION
 from dicomstore.archive.storage import Storage
-from dicomstore.archive.stored import read_file_header
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
+
+if TYPE_CHECKING:  # (pydicom, tens of MiB, loads when a data set is read: not to serve)
+    from pydicom.dataset import Dataset
 
 _SUM = size_sum("file_size")
 
@@ -215,6 +214,10 @@ class ArchiveReader:
         header, read without the pixels (a deflated data set from a bounded temporary
         copy rather than inflated whole by pydicom, ``stored.read_file_header``:
         ``inflation.TooLarge`` beyond ``inflated_limit`` bytes)."""
+        from pydicom import dcmread
+
+        from dicomstore.archive.stored import read_file_header
+
         row = self.instance(row_or_uid) if isinstance(row_or_uid, str) else row_or_uid
         key = str(row["path"])
         if stop_before_pixels and encoding_of(str(row.get("transfer_syntax_uid") or ""))[2]:

@@ -42,9 +42,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from pydicom.dataset import Dataset
+from typing import TYPE_CHECKING, Any
 
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts, Transport
@@ -73,6 +71,9 @@ from dicomstore.services.conversion import encode_dataset
 from dicomstore.services.destinations import Destination
 from dicomstore.ul.fsm import State
 from dicomstore.ul.items import RoleSelection
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger("dicomstore.server")
 

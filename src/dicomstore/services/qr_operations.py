@@ -23,16 +23,16 @@ import asyncio
 import io
 import logging
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from dicomstore import uids
 from dicomstore.aio.association import Transport
 from dicomstore.dimse import CCancelRQ, CommandReceived, DatasetFragment
 from dicomstore.dimse import status as st
 from dicomstore.ul.fsm import State
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger("dicomstore.server")
 
@@ -58,6 +58,8 @@ def decode_identifier(
     """The Identifier data set in the context's (uncompressed) transfer syntax;
     ``check``: every value decoded now (a broken one fails here, not later), else
     as it is used (pydicom's way, as ``dcmread``: the SCUs' lazily decoded responses)."""
+    from pydicom.filereader import read_dataset  # (pydicom loads when a Q/R request comes)
+
     ds = read_dataset(
         io.BytesIO(data),
         transfer_syntax == uids.IMPLICIT_VR_LE,
