@@ -1,12 +1,15 @@
 """UIDs: our implementation identity, the Storage SOP Classes and transfer
 syntaxes we negotiate, and the UID grammar check (PS3.5 9.1).
 
-Everything is derived from pydicom's UID dictionary, never typed by hand;
-pydicom is imported when first needed (it takes a quarter of a second).
+Everything is derived from pydicom's UID dictionary, never typed by hand, read
+without importing pydicom (:func:`uid_dictionary`); pydicom itself is imported
+when first needed (it takes a quarter of a second and tens of MiB).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import uuid
 from functools import cache
@@ -52,11 +55,31 @@ def new_uid() -> str:
     return f"2.25.{uuid.uuid4().int}"
 
 
-def uid_name(uid: str) -> str:
-    """The dictionary name of a UID, or the UID itself."""
+@cache
+def uid_dictionary() -> dict[str, tuple[str, str, str, str, str]]:
+    """pydicom's UID dictionary (UID -> name, type, info, retired, keyword), read
+    from its module file without importing pydicom itself, whose package loads
+    numpy and its data dictionaries (tens of MiB a server that only stores never
+    needs); pydicom.uid's own when that file is not where it was (another version)."""
+    spec = importlib.util.find_spec("pydicom")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, "_uid_dict.py")
+        dict_spec = importlib.util.spec_from_file_location("dicomstore._pydicom_uids", path)
+        if not os.path.isfile(path) or dict_spec is None or dict_spec.loader is None:
+            continue
+        module = importlib.util.module_from_spec(dict_spec)
+        dict_spec.loader.exec_module(module)  # (a dict literal: it imports nothing)
+        table = getattr(module, "UID_dictionary", None)
+        if isinstance(table, dict):
+            return table
     from pydicom.uid import UID_dictionary
 
-    entry = UID_dictionary.get(uid)
+    return UID_dictionary
+
+
+def uid_name(uid: str) -> str:
+    """The dictionary name of a UID, or the UID itself."""
+    entry = uid_dictionary().get(uid)
     return entry[0] if entry else uid
 
 
@@ -69,11 +92,9 @@ def storage_sop_classes() -> tuple[str, ...]:
     ones included: old modalities still send them), except Storage Commitment
     (PS3.4 J) and Media Storage Directory Storage (the DICOMDIR, PS3.10 only).
     """
-    from pydicom.uid import UID_dictionary
-
     return tuple(
         uid
-        for uid, (_name, kind, _info, _retired, keyword) in UID_dictionary.items()
+        for uid, (_name, kind, _info, _retired, keyword) in uid_dictionary().items()
         if kind == "SOP Class"
         and "Storage" in keyword
         and not keyword.startswith(_NOT_STORAGE_CLASSES)
@@ -87,9 +108,7 @@ _NOT_STORAGE_CLASSES = ("StorageCommitment", "MediaStorageDirectoryStorage")
 @cache
 def transfer_syntaxes() -> tuple[str, ...]:
     """Every transfer syntax pydicom knows, uncompressed ones first."""
-    from pydicom.uid import UID_dictionary
-
-    known = [uid for uid, entry in UID_dictionary.items() if entry[1] == "Transfer Syntax"]
+    known = [uid for uid, entry in uid_dictionary().items() if entry[1] == "Transfer Syntax"]
     rest = [uid for uid in known if uid not in UNCOMPRESSED]
     return (*UNCOMPRESSED, *rest)
 

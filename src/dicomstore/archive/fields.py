@@ -1,4 +1,4 @@
-"""The attributes the index keeps, taken from a header read by pydicom.
+"""The attributes the index keeps, taken from a header.
 
 Patient (PS3.3 C.7.1.1), General Study (C.7.2.1), General Series (C.7.3.1) and
 SOP Common / General Image (C.12.1, C.7.6.1). Values that cannot be decoded
@@ -10,22 +10,21 @@ backslash would otherwise become a multi-value).
 :func:`fields_of_elements` from the raw elements of ``scan.scan_header``,
 with the same results: a plain value (printable ASCII, one value, the VR of
 the dictionary) is decoded directly, as pydicom would decode it, and every
-other one is converted by pydicom.
+other one is converted by pydicom (imported then: a server that receives plain
+headers never loads it).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-from pydicom import config
-from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
-from pydicom.tag import BaseTag, Tag
-
+from dicomstore.archive.attributes import ATTRIBUTES
 from dicomstore.archive.layout import normalize_uid
+
+if TYPE_CHECKING:  # (pydicom loads for what is not plain, not for every instance)
+    from pydicom.dataset import Dataset
 
 SOP_CLASS_UID = 0x00080016
 SOP_INSTANCE_UID = 0x00080018
@@ -63,17 +62,32 @@ NUMBER_FIELDS = {"series_number": "SeriesNumber", "instance_number": "InstanceNu
 #: Every top-level element the index reads, and the character set that decodes them.
 WANTED: frozenset[int] = frozenset(
     [SPECIFIC_CHARACTER_SET, *UID_FIELDS.values()]
-    + [int(Tag(k)) for k in (*TEXT_FIELDS.values(), *NUMBER_FIELDS.values())]
+    + [ATTRIBUTES[k].tag for k in (*TEXT_FIELDS.values(), *NUMBER_FIELDS.values())]
 )
 # (column, keyword, tag, VR, pattern of a plain value) for the fast path
 _PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")  # printable ASCII, no backslash
 _PLAIN_PN = re.compile(rb"[\x20-\x3c\x3e-\x5b\x5d-\x7e]*")  # ... and no "=" (PN groups)
 _INTEGER = re.compile(rb" *[+-]?[0-9]+ *")
 _TEXT = [
-    (c, k, int(Tag(k)), dictionary_VR(k), _PLAIN_PN if dictionary_VR(k) == "PN" else _PLAIN)
+    (c, k, a.tag, a.vr, _PLAIN_PN if a.vr == "PN" else _PLAIN)
     for c, k in TEXT_FIELDS.items()
+    for a in [ATTRIBUTES[k]]
 ]
-_NUMBERS = [(c, k, int(Tag(k)), dictionary_VR(k)) for c, k in NUMBER_FIELDS.items()]
+_NUMBERS = [(c, k, ATTRIBUTES[k].tag, ATTRIBUTES[k].vr) for c, k in NUMBER_FIELDS.items()]
+
+
+def validating() -> bool:
+    """pydicom is set to raise on a value it cannot read (``reading_validation_mode``
+    RAISE): then every value goes through pydicom. (Not when pydicom is not loaded
+    yet: then nobody has set it.)"""
+    config = sys.modules.get("pydicom.config")
+    return config is not None and config.settings.reading_validation_mode == config.RAISE
+
+
+def _multi(value: Any) -> bool:
+    from pydicom.multival import MultiValue
+
+    return isinstance(value, MultiValue | list)
 
 
 def raw_uid(ds: Dataset, tag: int) -> str | None:
@@ -86,7 +100,7 @@ def raw_uid(ds: Dataset, tag: int) -> str | None:
         text = normalize_uid(value)
     elif value is None:  # empty, or deferred because longer than any UID
         text = "<value too long>" if getattr(elem, "length", 0) else ""
-    elif isinstance(value, MultiValue | list):
+    elif _multi(value):
         text = "\\".join(str(v) for v in value)
     else:
         text = normalize_uid(str(value))
@@ -100,7 +114,7 @@ def _text(ds: Dataset, keyword: str) -> str | None:
         return None
     if value is None:
         return None
-    if isinstance(value, MultiValue | list):
+    if _multi(value):
         value = "\\".join(str(v) for v in value)
     text = str(value).strip()
     return text or None
@@ -109,7 +123,7 @@ def _text(ds: Dataset, keyword: str) -> str | None:
 def _number(ds: Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
-        if isinstance(value, MultiValue | list):
+        if _multi(value):
             value = value[0] if value else None
         return None if value in (None, "") else int(value)
     except Exception:
@@ -140,7 +154,7 @@ def fields_of_elements(
     for column, tag in UID_FIELDS.items():
         element = elements.get(tag)
         fields[column] = None if element is None else (normalize_uid(element[1]) or None)
-    fast = config.settings.reading_validation_mode != config.RAISE
+    fast = not validating()
     slow: list[tuple[str, str, bool]] = []
     for column, keyword, tag, vr, plain in _TEXT:
         element = elements.get(tag)
@@ -163,6 +177,10 @@ def fields_of_elements(
             fields[column] = None
             slow.append((column, keyword, True))
     if slow:  # pydicom converts what is not plain, with the Specific Character Set
+        from pydicom.dataelem import RawDataElement
+        from pydicom.dataset import Dataset
+        from pydicom.tag import BaseTag
+
         ds = Dataset(
             {
                 BaseTag(tag): RawDataElement(BaseTag(tag), vr, len(raw), raw, at, implicit, True)

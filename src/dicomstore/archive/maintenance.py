@@ -11,8 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydicom.filereader import read_file_meta_info
-
 from dicomstore.archive import layout
 from dicomstore.archive.dicomfile import dataset_offset, hash_from, read_header
 from dicomstore.archive.engine import engine_for
@@ -119,6 +117,8 @@ def _recheck(
 
 def read_row(root: Path, path: Path) -> dict[str, Any]:
     """The index row of a stored file, read from its meta and header."""
+    from pydicom.filereader import read_file_meta_info  # (reindex, check: not to serve)
+
     meta = read_file_meta_info(path)
     transfer_syntax = str(meta.get("TransferSyntaxUID", ""))
     stat = path.stat()

@@ -24,11 +24,6 @@ from __future__ import annotations
 import io
 import struct
 
-from pydicom import config
-from pydicom.charset import python_encoding
-from pydicom.datadict import dictionary_VR
-from pydicom.filereader import read_sequence
-
 from dicomstore.archive.dicomfile import (
     _DELIMITERS,
     FORBIDDEN_GROUPS,
@@ -51,8 +46,23 @@ _U32 = struct.Struct("<L").unpack_from
 _ITEM = b"\xfe\xff\x00\xe0"
 _UNDEFINED = 0xFFFFFFFF
 _FIRST_PIXEL_TAG = min(PIXEL_TAGS)
-#: Specific Character Set values pydicom maps without a warning (one term).
-_CHARSETS = frozenset(term.encode() for term in python_encoding)
+#: Specific Character Set values pydicom maps without a warning (one term: the keys
+#: of ``pydicom.charset.python_encoding``, PS3.3 C.12.1.1.2; a test compares).
+CHARSETS = frozenset(
+    term.encode()
+    for term in (
+        "",
+        "GB18030",
+        "GBK",
+        "ISO 2022 58",
+        "ISO 2022 GBK",
+        *(f"ISO 2022 IR {n}" for n in (6, 13, 58, 87, 100, 101, 109, 110, 126, 127)),
+        *(f"ISO 2022 IR {n}" for n in (138, 144, 148, 149, 159, 166)),
+        *(f"ISO_IR {n}" for n in (6, 13, 100, 101, 109, 110, 126, 127, 138, 144, 148)),
+        "ISO_IR 166",
+        "ISO_IR 192",
+    )
+)
 assert {0x0000, 0x0002, 0xFFFE, 0xFFFF} == FORBIDDEN_GROUPS  # tested as ranges below
 
 
@@ -110,7 +120,7 @@ def scan_header(buf: bytes | bytearray, size: int, implicit: bool) -> dict[int, 
             if pos > have or pos > size:
                 return None
             raw = bytes(buf[value:pos])
-            if tag == charset and raw.rstrip(b" \0") not in _CHARSETS:
+            if tag == charset and raw.rstrip(b" \0") not in CHARSETS:
                 return None
             found[tag] = (vr, raw, value)
     return found if pos == size else None  # else: the last value runs past the end
@@ -131,6 +141,10 @@ def _skip_sequence(
 ) -> int | None:
     """Where the undefined-length sequence whose value starts at ``value`` ends (after
     its Sequence Delimitation Item), read as pydicom's reader would; ``None``: unsure."""
+    from pydicom import config  # (pydicom loads for such a sequence)
+    from pydicom.datadict import dictionary_VR
+    from pydicom.filereader import read_sequence
+
     if implicit:
         try:
             vr = dictionary_VR(tag)

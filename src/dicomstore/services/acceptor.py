@@ -30,6 +30,9 @@ from dicomstore.dimse import (
     CCancelRQ,
     CEchoRQ,
     CEchoRSP,
+    CFindRQ,
+    CGetRQ,
+    CMoveRQ,
     CommandReceived,
     CStoreRQ,
     CStoreRSP,
@@ -46,10 +49,6 @@ from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationAborted, RemoteProtocolError
 from dicomstore.services.acceptance import admit, over_limits
 from dicomstore.services.admission import Admission
-from dicomstore.services.commitment_scp import CommitmentSCP
-from dicomstore.services.get_scp import GetSCP
-from dicomstore.services.query_scp import QuerySCP
-from dicomstore.services.retrieve_scp import RetrieveSCP
 from dicomstore.services.same_association import SameAssociationStore, acceptor_invoker
 from dicomstore.services.storage_scp import (
     Receiving,
@@ -70,7 +69,11 @@ from dicomstore.ul.negotiation import (
     negotiate,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (the Q/R SCPs, and pydicom with them, load when first needed)
+    from dicomstore.services.commitment_scp import CommitmentSCP
+    from dicomstore.services.get_scp import GetSCP
+    from dicomstore.services.query_scp import QuerySCP
+    from dicomstore.services.retrieve_scp import RetrieveSCP
     from dicomstore.services.server import Server
 
 log = logging.getLogger("dicomstore.server")
@@ -104,6 +107,7 @@ class AcceptorAssociation:
         self.retrieve: RetrieveSCP | None = None
         self.get: GetSCP | None = None
         self.commitment: CommitmentSCP | None = None
+        self._qr_made: tuple[P.AssociateRQ, Admission] | None = None
         #: the requests we send on this association (C-STOREs of a C-GET,
         #: N-EVENT-REPORTs of Storage Commitment) and their responses
         self.invoker: Invoker | None = None
@@ -134,6 +138,32 @@ class AcceptorAssociation:
     @property
     def _qr_scps(self) -> tuple[QuerySCP | RetrieveSCP | GetSCP | CommitmentSCP | None, ...]:
         return (self.query, self.retrieve, self.get, self.commitment)
+
+    def _make_qr_scp(self, event: CommandReceived | DatasetFragment) -> None:
+        """Make the SCP of the association's first C-FIND, C-MOVE, C-GET or N-ACTION
+        (their modules load pydicom: an association that only stores or echoes never does)."""
+        if self._qr_made is None or not isinstance(event, CommandReceived):
+            return
+        rq, admission = self._qr_made
+        message, t, server, at = event.message, self.t, self.server, self.address
+        if isinstance(message, CFindRQ) and self.query is None:
+            self.query = server.query_scp(t, rq, at, admission)
+        elif isinstance(message, CMoveRQ) and self.retrieve is None:
+            self.retrieve = server.retrieve_scp(t, rq, at, admission)
+        elif isinstance(message, CGetRQ) and self.get is None:
+            self.get = server.get_scp(t, rq, at, admission, self.sender)
+        elif isinstance(message, NActionRQ):
+            self._commitment_scp()
+
+    def _commitment_scp(self) -> CommitmentSCP:
+        """The Storage Commitment SCP of the association (made at first need)."""
+        if self.commitment is None:
+            assert self._qr_made is not None and self.invoker is not None
+            rq, admission = self._qr_made
+            self.commitment = self.server.commitment_scp(
+                self.t, rq, self.address, admission, self.invoker
+            )
+        return self.commitment
 
     async def run(self) -> None:
         """Serve until the association ends; never raises."""
@@ -316,10 +346,7 @@ class AcceptorAssociation:
         self.invoker = acceptor_invoker(t)
         sender = SameAssociationStore(t, self.invoker)
         self.sender = sender if sender.usable else None
-        self.query = self.server.query_scp(t, rq, self.address, admission)
-        self.retrieve = self.server.retrieve_scp(t, rq, self.address, admission)
-        self.get = self.server.get_scp(t, rq, self.address, admission, self.sender)
-        self.commitment = self.server.commitment_scp(t, rq, self.address, admission, self.invoker)
+        self._qr_made = (rq, admission)  # (each Q/R SCP is made at its first request)
         if subject:
             log.info("%s: TLS peer certificate %s", t.peer, subject)
         log.info(
@@ -355,6 +382,7 @@ class AcceptorAssociation:
         elif isinstance(event.message, CStoreRQ):
             self._begin_store(event.context_id, event.message)
             return
+        self._make_qr_scp(event)
         for scp in self._qr_scps:
             if scp is not None and scp.handles(event):
                 scp.receive(event)
@@ -389,8 +417,8 @@ class AcceptorAssociation:
                 return
             served = message.command_field not in NOT_SERVED or (
                 message.command_field == N_ACTION_RQ
-                and self.commitment is not None
-                and bool(self.commitment.sop_classes)
+                and self._qr_made is not None
+                and bool(self._commitment_scp().sop_classes)
             )
             if served and isinstance(message, InvalidRequest | UnknownCommand):
                 rsp = message.response()

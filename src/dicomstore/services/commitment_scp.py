@@ -33,9 +33,9 @@ from dicomstore.aio.invoker import Invoker
 from dicomstore.archive.commitment import CommitmentRequest
 from dicomstore.dimse import NActionRQ
 from dicomstore.dimse import status as st
+from dicomstore.services import qr_classes
 from dicomstore.services.commitment_info import (
     REQUEST_COMMITMENT,
-    SOP_CLASS,
     SOP_INSTANCE,
     Refused,
     parse_action_information,
@@ -46,7 +46,7 @@ from dicomstore.services.qr_operations import Operation, QROperations
 log = logging.getLogger("dicomstore.server")
 
 #: The SOP classes this SCP serves (ServerConfig.policy offers them).
-COMMITMENT_SOP_CLASSES: tuple[str, ...] = (SOP_CLASS,)
+COMMITMENT_SOP_CLASSES = qr_classes.COMMITMENT_SOP_CLASSES
 #: Action Information bytes allowed per reference (two UIDs in an item, and room).
 BYTES_PER_REFERENCE = 256
 

@@ -33,14 +33,13 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dicomstore import uids
 from dicomstore.aio.association import Transport
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import CGetRQ, RetrieveRQ
 from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationError
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
-from dicomstore.services import sources
+from dicomstore.services import qr_classes, sources
 from dicomstore.services.qr_operations import Operation
 from dicomstore.services.retrieve import (
     Selected,
@@ -48,18 +47,14 @@ from dicomstore.services.retrieve import (
     SubOperationSender,
     store_selected,
 )
-from dicomstore.services.retrieve_scp import MOVE_MODEL_LEVELS, RetrieveSCP
+from dicomstore.services.retrieve_scp import RetrieveSCP
 from dicomstore.services.same_association import SameAssociationStore
 
 log = logging.getLogger("dicomstore.server")
 
-#: The levels of each GET information model, top first: its root's (PS3.4 C.6.1.1, C.6.2.1).
-GET_MODEL_LEVELS: dict[str, tuple[str, ...]] = {
-    uids.PATIENT_ROOT_QR_GET: MOVE_MODEL_LEVELS[uids.PATIENT_ROOT_QR_MOVE],
-    uids.STUDY_ROOT_QR_GET: MOVE_MODEL_LEVELS[uids.STUDY_ROOT_QR_MOVE],
-}
-#: The SOP classes this SCP serves (ServerConfig.policy offers them).
-GET_SOP_CLASSES: tuple[str, ...] = tuple(GET_MODEL_LEVELS)
+#: The levels of each GET information model and the SOP classes this SCP serves.
+GET_MODEL_LEVELS = qr_classes.GET_MODEL_LEVELS
+GET_SOP_CLASSES = qr_classes.GET_SOP_CLASSES
 
 
 class GetSender:

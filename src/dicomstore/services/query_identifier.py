@@ -46,16 +46,14 @@ from dicomstore import uids
 from dicomstore.archive import attributes
 from dicomstore.archive import query as q
 from dicomstore.dimse import status as st
+from dicomstore.services.qr_classes import FIND_MODEL_LEVELS
 from dicomstore.vr import LONG_VRS
 
 PATIENT_ROOT_FIND = uids.PATIENT_ROOT_QR_FIND
 STUDY_ROOT_FIND = uids.STUDY_ROOT_QR_FIND
 
 #: The levels of each information model, top first, as named on the wire.
-MODEL_LEVELS: dict[str, tuple[str, ...]] = {
-    PATIENT_ROOT_FIND: ("PATIENT", "STUDY", "SERIES", "IMAGE"),
-    STUDY_ROOT_FIND: ("STUDY", "SERIES", "IMAGE"),
-}
+MODEL_LEVELS = FIND_MODEL_LEVELS
 #: Wire level -> index level.
 INDEX_LEVEL = {"PATIENT": "patient", "STUDY": "study", "SERIES": "series", "IMAGE": "instance"}
 #: The unique key of each level (C.6.1.1, C.6.2.1).

@@ -34,9 +34,9 @@ from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import CFindRQ, CFindRSP
 from dicomstore.dimse import status as st
+from dicomstore.services import qr_classes
 from dicomstore.services.qr_operations import Operation, QROperations
 from dicomstore.services.query_identifier import (
-    MODEL_LEVELS,
     SPECIFIC_CHARACTER_SET,
     FindFailure,
     FindQuery,
@@ -48,7 +48,7 @@ from dicomstore.services.query_identifier import (
 log = logging.getLogger("dicomstore.server")
 
 #: The SOP classes this SCP serves (ServerConfig.policy offers them).
-FIND_SOP_CLASSES: tuple[str, ...] = tuple(MODEL_LEVELS)
+FIND_SOP_CLASSES = qr_classes.FIND_SOP_CLASSES
 #: Rows fetched from the index per trip to the worker thread.
 BATCH = 256
 

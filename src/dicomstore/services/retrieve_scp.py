@@ -30,7 +30,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dicomstore import uids
 from dicomstore.aio.association import Timeouts, Transport
 from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
@@ -38,6 +37,7 @@ from dicomstore.dimse import CMoveRQ, RetrieveRQ, RetrieveRSP, SubOperations
 from dicomstore.dimse import status as st
 from dicomstore.dimse.commands import MOVE_DESTINATION
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
+from dicomstore.services import qr_classes
 from dicomstore.services.destinations import Destination
 from dicomstore.services.move_sender import MoveSender
 from dicomstore.services.qr_operations import Operation, QROperations
@@ -52,13 +52,9 @@ from dicomstore.services.retrieve import (
 
 log = logging.getLogger("dicomstore.server")
 
-#: The levels of each MOVE information model, top first (PS3.4 C.6.1.1, C.6.2.1).
-MOVE_MODEL_LEVELS: dict[str, tuple[str, ...]] = {
-    uids.PATIENT_ROOT_QR_MOVE: ("PATIENT", "STUDY", "SERIES", "IMAGE"),
-    uids.STUDY_ROOT_QR_MOVE: ("STUDY", "SERIES", "IMAGE"),
-}
-#: The SOP classes this SCP serves (ServerConfig.policy offers them).
-MOVE_SOP_CLASSES: tuple[str, ...] = tuple(MOVE_MODEL_LEVELS)
+#: The levels of each MOVE information model and the SOP classes this SCP serves.
+MOVE_MODEL_LEVELS = qr_classes.MOVE_MODEL_LEVELS
+MOVE_SOP_CLASSES = qr_classes.MOVE_SOP_CLASSES
 
 TRANSFER_EVENT = ("DICOM Instances Transferred", "110104")  # PS3.15 A.5.3.7
 

@@ -30,18 +30,18 @@ from dicomstore.handler import StoreHandler
 from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
 from dicomstore.services.admission import Admission, AuditSink, FailedAdmissions, Gatekeeper
 from dicomstore.services.commitment_reports import CommitmentService
-from dicomstore.services.commitment_scp import CommitmentSCP
 from dicomstore.services.destinations import Destination
-from dicomstore.services.get_scp import GetSCP
-from dicomstore.services.query_scp import QuerySCP
-from dicomstore.services.retrieve_scp import RetrieveSCP
 from dicomstore.services.server_config import ServerConfig
 from dicomstore.services.storage import OnStored, StoreLimits, StoreService
 from dicomstore.ul.connection import Connection, Role
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (the Q/R SCPs, and pydicom with them, load when first needed)
     from dicomstore.aio.invoker import Invoker
+    from dicomstore.services.commitment_scp import CommitmentSCP
     from dicomstore.services.forwarding import Forwarding
+    from dicomstore.services.get_scp import GetSCP
+    from dicomstore.services.query_scp import QuerySCP
+    from dicomstore.services.retrieve_scp import RetrieveSCP
     from dicomstore.services.same_association import SameAssociationStore
     from dicomstore.services.stability import StudyStability
     from dicomstore.ul import pdu as P
@@ -192,6 +192,8 @@ class Server:
         self, t: Transport, rq: P.AssociateRQ, address: str, admission: Admission
     ) -> QuerySCP:
         """The C-FIND SCP of one association (answers 0122 without an archive)."""
+        from dicomstore.services.query_scp import QuerySCP
+
         return QuerySCP(
             self.reader,
             t,
@@ -205,6 +207,8 @@ class Server:
         self, t: Transport, rq: P.AssociateRQ, address: str, admission: Admission
     ) -> RetrieveSCP:
         """The C-MOVE SCP of one association (answers 0122 without an archive)."""
+        from dicomstore.services.retrieve_scp import RetrieveSCP
+
         return RetrieveSCP(
             self.reader,
             t,
@@ -228,6 +232,8 @@ class Server:
     ) -> GetSCP:
         """The C-GET SCP of one association, sending on ``store`` (answers 0122
         without an archive)."""
+        from dicomstore.services.get_scp import GetSCP
+
         return GetSCP(
             self.reader,
             t,
@@ -249,6 +255,8 @@ class Server:
     ) -> CommitmentSCP:
         """The Storage Commitment SCP of one association, reporting on ``invoker``
         while it is open (answers 0122 without an archive)."""
+        from dicomstore.services.commitment_scp import CommitmentSCP
+
         return CommitmentSCP(
             self.commitments,
             t,

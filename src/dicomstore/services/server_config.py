@@ -88,10 +88,12 @@ class ServerConfig:
         association with a GET model the requestor may be Storage SCP (PS3.7
         D.3.3.4), for the C-GET sub-operations come back on it."""
         # (here: the SCPs' modules are the server's, not the configuration's)
-        from dicomstore.services.commitment_scp import COMMITMENT_SOP_CLASSES
-        from dicomstore.services.get_scp import GET_SOP_CLASSES
-        from dicomstore.services.query_scp import FIND_SOP_CLASSES
-        from dicomstore.services.retrieve_scp import MOVE_SOP_CLASSES
+        from dicomstore.services.qr_classes import (
+            COMMITMENT_SOP_CLASSES,
+            FIND_SOP_CLASSES,
+            GET_SOP_CLASSES,
+            MOVE_SOP_CLASSES,
+        )
         from dicomstore.services.storage_scp import storage_extended_negotiation
 
         syntaxes: dict[str, tuple[str, ...]] = {uids.VERIFICATION: uids.UNCOMPRESSED}

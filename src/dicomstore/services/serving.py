@@ -18,16 +18,18 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicomstore.archive.nodes import Held, ServiceLock
 from dicomstore.handler import StoreHandler
 from dicomstore.services.admission import AuditSink, Gatekeeper
 from dicomstore.services.arrivals import OtherArrivals
-from dicomstore.services.forwarding import Forwarding
 from dicomstore.services.server import Server, ServerConfig, archive_commit_mode
 from dicomstore.services.stability import OnStable, StudyStability
 from dicomstore.services.storage_scp import OnStored
+
+if TYPE_CHECKING:  # (forwarding, and pydicom with it, loads with --forward)
+    from dicomstore.services.forwarding import Forwarding
 
 log = logging.getLogger("dicomstore.server")
 
@@ -180,6 +182,8 @@ async def _forwarding(
             f"({lock.holder}): enable --forward on one node only"
         )
     locks.append(lock)
+    from dicomstore.services.forwarding import Forwarding
+
     forwarding = Forwarding(
         server.reader,
         config.forward,

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dicomstore import status as st
-from dicomstore import uids
+from dicomstore.archive.dicomfile import encoding_of
 from dicomstore.handler import StoreHandler, StoreSink
 from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflatedSize
 from dicomstore.services.admission import AdmissionRequest, AuditSink, Gatekeeper
@@ -235,11 +235,9 @@ class Storing:
             sink.abort()
 
 
-@functools.lru_cache(maxsize=32)
 def _deflated(transfer_syntax_uid: str) -> bool:
-    """The data set is a deflate stream (PS3.5 A.5, and the JPIP Referenced Deflate ones)."""
-    uid = uids.as_uid(transfer_syntax_uid)
-    return bool(uid.is_transfer_syntax and uid.is_deflated)
+    """The data set is a deflate stream (PS3.5 A.5)."""
+    return encoding_of(transfer_syntax_uid)[2]
 
 
 class StoreService:
