@@ -82,7 +82,11 @@ class AuditLog:
         self._fd = self._open()  # fails here, in the caller, if the path is wrong
         self._size = os.fstat(self._fd).st_size
         lock = f"{self.path}.lock"  # (the writers of this file take turns on it)
-        self._lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            self._lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError:
+            os.close(self._fd)
+            raise
         self._cond = threading.Condition()
         self._queue: list[bytes] = []
         self._queued = 0  # lines ever queued

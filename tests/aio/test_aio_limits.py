@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dicomstore import uids
+from dicomstore.aio import loops
 from dicomstore.aio.association import Timeouts
 from dicomstore.aio.client import associate
 from dicomstore.archive import Archive
@@ -108,6 +109,36 @@ def test_a_trickling_sender_is_dropped(tmp_path) -> None:
     ended, rows = run(tmp_path, scenario, timeouts=Timeouts(operation=0.5))
     assert isinstance(ended, AssociationAborted)
     assert rows == []
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_message_too_slow_is_told_from_an_idle_peer_on_each_loop(tmp_path, loop) -> None:
+    """The operation timeout is reported as such (uvloop's timers fire up to a
+    millisecond before their time: the kind of deadline decides, not the clock)."""
+    audit = Recorder()
+
+    async def main() -> None:
+        archive = Archive(tmp_path, fsync=False)
+        config = ServerConfig(port=0, timeouts=Timeouts(operation=0.05))
+        server = Server(config, archive, commit_in_thread=False, audit=audit)
+        await server.start()
+        try:
+            for n in range(10):
+                assoc = await associate("127.0.0.1", server.port, contexts=CONTEXTS)
+                ctx = assoc.context_for(SC)
+                assoc.t.queue_message(ctx.id, CStoreRQ(1, SC, f"1.2.3.{n}").encode())
+                for pdv in dataset_pdvs(ctx.id, dataset(f"1.2.3.{n}")[:10], 0, False):
+                    assoc.t.conn.send_pdvs([pdv])
+                assoc.t.write_now()
+                await assoc.t.drain()
+                await asyncio.wait_for(assoc._reader, 30)  # the server aborts us
+                await assoc.abort()
+        finally:
+            await server.close(grace=2)
+            archive.close()
+
+    loops.run(main(), loop)
+    assert [r["outcome"] for r in audit.associations] == ["aborted: too slow"] * 10
 
 
 class Recorder:

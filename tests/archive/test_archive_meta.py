@@ -200,3 +200,11 @@ def test_encoding_of_is_pydicoms_for_every_transfer_syntax_and_others() -> None:
             else (False, True, False)
         )
         assert dicomfile.encoding_of(text) == expected, text
+
+
+def test_a_value_too_long_for_its_vr_is_written_as_un_as_pydicom_does() -> None:
+    args = _args("1" * 70001, calling_ae="A" * 70000)  # (a command set allows them)
+    header = file_header(**args)
+    assert header == _pydicom_header(**args)
+    at = header.index(b"\x02\x00\x03\x00")
+    assert header[at + 4 : at + 6] == b"UN"

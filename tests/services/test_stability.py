@@ -393,6 +393,75 @@ def test_catching_up_joins_what_arrives_meanwhile_and_skips_what_was_reported(
     assert earliest == first and newest > first  # the index's first, the observed newest
 
 
+def test_catching_up_leaves_a_study_whose_event_is_being_made(tmp_path: Path, monkeypatch) -> None:
+    """A study popped for its event (its counts still being read) when the index
+    read comes back is not waited for again: one event, not two."""
+    root = tmp_path / "archive"
+    _fill(root, {"1.2.91": 1})
+    reader = ArchiveReader(root)
+    read, gate, counting, counted = (threading.Event() for _ in range(4))
+    unreported, counts = StudyStability._unreported, StudyStability._counts
+
+    def gated(self: StudyStability) -> list:
+        found = unreported(self)
+        read.set()
+        assert gate.wait(30)
+        return found
+
+    def slow_counts(self: StudyStability, study_uid: str) -> tuple[int, int]:
+        counting.set()
+        assert counted.wait(30)
+        return counts(self, study_uid)
+
+    monkeypatch.setattr(StudyStability, "_unreported", gated)
+    monkeypatch.setattr(StudyStability, "_counts", slow_counts)
+
+    async def main() -> tuple[list[str], int]:
+        done = asyncio.Event()
+        s = StudyStability(reader, QUICK, fsync=False, on_stable=[lambda event: done.set()])
+        await s.start()
+        s.catch_up()
+        assert await asyncio.to_thread(read.wait, 30)
+        (row,) = reader.instances()  # its arrival, as the store observed it: due at once
+        s.arrived("1.2.91", "PID1", row["path"], epoch(row["received_at"]))
+        assert await asyncio.to_thread(counting.wait, 30)  # its event is being made
+        gate.set()  # the read comes back meanwhile
+        assert s._catching_up is not None
+        found = await s._catching_up
+        counted.set()
+        await asyncio.wait_for(done.wait(), 30)  # the event, logged
+        pending = list(s.pending)
+        await s.close()
+        return pending, found
+
+    pending, found = asyncio.run(main())
+    assert pending == [] and found == 0
+    assert [e.study_uid for e in StableLog(root).read()] == ["1.2.91"]
+
+
+def test_a_failed_catch_up_is_logged(tmp_path: Path, monkeypatch, caplog) -> None:
+    root = tmp_path / "archive"
+    _fill(root, {"1.2.92": 1})
+
+    def broken(self: StudyStability) -> list:
+        raise RuntimeError("index unreadable")
+
+    monkeypatch.setattr(StudyStability, "_unreported", broken)
+
+    async def main() -> int:
+        s = StudyStability(ArchiveReader(root), QUICK, fsync=False)
+        await s.start()
+        s.catch_up()
+        assert s._catching_up is not None
+        found = await s._catching_up
+        await s.close()
+        return found
+
+    assert asyncio.run(main()) == 0
+    assert "studies to wait for again not read" in caplog.text
+    assert "index unreadable" in caplog.text
+
+
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
     """Until ``path`` exists (what the command writes last), or the server died."""
     deadline = time.monotonic() + timeout

@@ -63,6 +63,12 @@ class Timeouts:
     operation: float | None = 3600.0
 
 
+class DeadlinePassed(TimeoutError):
+    """:meth:`Transport.receive`'s ``until`` came with no byte meanwhile (told apart
+    from the idle timeout by its kind, not by reading the clock again: uvloop's
+    timers fire up to a millisecond before their time)."""
+
+
 class StalledPDU(RemoteProtocolError):
     """A PDU began but was not complete within ``Timeouts.operation`` (a peer
     trickling bytes): answered with an A-ABORT, source service-provider,
@@ -142,7 +148,7 @@ class Transport:
         bytes arrive (TimeoutError); each PDU must be complete within
         ``Timeouts.operation`` of its first byte (:class:`StalledPDU`); and
         ``until`` (loop time) ends the wait regardless: an empty list if bytes
-        came meanwhile, else TimeoutError.
+        came meanwhile, else :class:`DeadlinePassed` (a TimeoutError).
         """
         s = self.stream
         s.held = False
@@ -206,7 +212,7 @@ class Transport:
             if kind == "until":
                 if s.last_received >= called:
                     return []
-                raise TimeoutError
+                raise DeadlinePassed
             if kind == "idle" and s.last_received + (idle or 0) > loop.time():
                 continue  # bytes came: the idle timer restarts from them
             raise TimeoutError

@@ -101,11 +101,12 @@ def file_header(
 
 
 def _element(tag: int, vr: bytes, value: bytes) -> bytes:
-    """One Explicit VR Little Endian element (PS3.5 7.1.2)."""
+    """One Explicit VR Little Endian element (PS3.5 7.1.2); a value too long for its
+    VR's 16-bit length is written as UN, as pydicom does."""
+    if vr not in LONG_VRS and len(value) > 0xFFFF:
+        vr = b"UN"
     if vr in LONG_VRS:
         head = struct.pack("<HH2sHL", tag >> 16, tag & 0xFFFF, vr, 0, len(value))
-    elif len(value) > 0xFFFF:
-        raise ValueError(f"a {vr.decode()} value of {len(value)} bytes (at most 65535)")
     else:
         head = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value))
     return head + value

@@ -22,7 +22,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from dicomstore.aio.association import StalledPDU, Transport
+from dicomstore.aio.association import DeadlinePassed, StalledPDU, Transport
 from dicomstore.aio.invoker import Invoker
 from dicomstore.dimse import (
     N_ACTION_RQ,
@@ -194,10 +194,8 @@ class AcceptorAssociation:
                     await t.flush()
                     await t.close()  # the peer's trickle is not worth ARTIM
                     break
-                except TimeoutError:
-                    if until is not None and loop.time() >= until:
-                        raise OperationTooSlow from None
-                    raise
+                except DeadlinePassed:
+                    raise OperationTooSlow from None
                 try:
                     for event in events:
                         await self._on_event(event)

@@ -245,7 +245,7 @@ class StudyStability:
         self._task: asyncio.Task[None] | None = None
         self._actions: set[asyncio.Future[object]] = set()
         #: while :meth:`catch_up` reads the index: per study, the newest arrival an
-        #: event covered meanwhile (what it read of the log may be older)
+        #: event being made or made meanwhile covers (what it read of the log is older)
         self._covered: dict[str, float] = {}
         self._catching_up: asyncio.Task[int] | None = None
 
@@ -302,6 +302,9 @@ class StudyStability:
         async def run() -> int:
             try:
                 return self._recovered(await asyncio.to_thread(self._unreported))
+            except Exception:  # noqa: BLE001 - said, not lost: the server serves on
+                log.exception("study-complete events: the studies to wait for again not read")
+                return 0
             finally:
                 self._covered.clear()  # (only needed while the index is read)
 
@@ -378,6 +381,8 @@ class StudyStability:
         return pending.last + self.stable_age <= now
 
     async def _stable(self, study_uid: str, pending: _Pending) -> None:
+        if self._catching_up is not None and not self._catching_up.done():
+            self._covered[study_uid] = pending.last  # (now: catch_up leaves it to this event)
         try:
             counts = await asyncio.to_thread(self._counts, study_uid)
             event = StableStudy(
@@ -391,8 +396,6 @@ class StudyStability:
                 pending.folder,
             )
             await asyncio.to_thread(self.log.append, event)
-            if self._catching_up is not None and not self._catching_up.done():
-                self._covered[study_uid] = pending.last
         except DatabaseOrOSError as exc:
             log.error("study %s: stable, but its event was not logged: %s", study_uid, exc)
             self.pending.setdefault(study_uid, pending)  # tried again after the quiet time
