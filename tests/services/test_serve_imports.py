@@ -95,3 +95,67 @@ def test_the_tables_taken_from_pydicom_are_its_own() -> None:
     for keyword in (*fields.TEXT_FIELDS.values(), *fields.NUMBER_FIELDS.values()):
         attribute = ATTRIBUTES[keyword]
         assert (attribute.tag, attribute.vr) == (tag_for_keyword(keyword), dictionary_VR(keyword))
+
+
+SLOW_IMPORT = textwrap.dedent(
+    """
+    import asyncio, builtins, subprocess, sys, threading
+    from pathlib import Path
+    from dicomstore.aio.client import associate
+    from dicomstore.archive import Archive
+    from dicomstore.services import server as server_module
+    from dicomstore.services.server import ServerConfig
+    from dicomstore.services.serving import running
+
+    builtins.importing, builtins.gate = threading.Event(), threading.Event()
+    sys.path.insert(0, sys.argv[3])  # slowimport.py: waits for the gate
+    server_module.QR_MODULES += ("slowimport",)
+
+    async def main(root, findscu):
+        archive = Archive(Path(root), fsync=False)
+        try:
+            async with running(archive, ServerConfig(port=0)) as server:
+                port = str(server.port)
+                find = await asyncio.create_subprocess_exec(
+                    findscu, "-S", "-aec", "DICOMSTORE", "-k", "QueryRetrieveLevel=STUDY",
+                    "-k", "StudyInstanceUID", "127.0.0.1", port,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                assert await asyncio.to_thread(builtins.importing.wait, 30)
+                assoc = await associate("127.0.0.1", server.port)
+                echo = await asyncio.wait_for(assoc.echo(), 10)  # served meanwhile
+                await assoc.release()
+                importing = not getattr(builtins, "imported", False)
+                print("echo", echo.status, "while importing", importing)
+                builtins.gate.set()
+                print("find", await find.wait())
+        finally:
+            archive.close()
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+)
+
+
+def test_the_first_query_loads_its_modules_off_the_loop(tmp_path: Path) -> None:
+    """The first C-FIND imports the Q/R SCPs (and pydicom) in a worker thread: an
+    echo on another association is answered meanwhile."""
+    (tmp_path / "slowimport.py").write_text(
+        "import builtins\nbuiltins.importing.set()\n"
+        "opened = builtins.gate.wait(30)\nbuiltins.imported = True\nassert opened\n"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SLOW_IMPORT,
+            str(tmp_path / "archive"),
+            dcmtk("findscu"),
+            str(tmp_path),
+        ],
+        env=PEER_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["echo 0 while importing True", "find 0"]

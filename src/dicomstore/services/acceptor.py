@@ -69,6 +69,8 @@ from dicomstore.ul.negotiation import (
     negotiate,
 )
 
+_QR_REQUESTS = (CFindRQ, CMoveRQ, CGetRQ, NActionRQ)
+
 if TYPE_CHECKING:  # (the Q/R SCPs, and pydicom with them, load when first needed)
     from dicomstore.services.commitment_scp import CommitmentSCP
     from dicomstore.services.get_scp import GetSCP
@@ -380,6 +382,8 @@ class AcceptorAssociation:
         elif isinstance(event.message, CStoreRQ):
             self._begin_store(event.context_id, event.message)
             return
+        if isinstance(event, CommandReceived) and isinstance(event.message, _QR_REQUESTS):
+            await self.server.load_qr()
         self._make_qr_scp(event)
         for scp in self._qr_scps:
             if scp is not None and scp.handles(event):

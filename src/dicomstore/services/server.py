@@ -17,7 +17,10 @@ commitment SCUs (``ServerConfig.commitment_scus``, ``[commitment_scus]``).
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import logging
+import sys
 from typing import TYPE_CHECKING
 
 from dicomstore.aio.association import Transport
@@ -49,6 +52,12 @@ if TYPE_CHECKING:  # (the Q/R SCPs, and pydicom with them, load when first neede
 __all__ = ["WHEN_BUSY", "Server", "ServerConfig", "archive_commit_mode"]
 
 log = logging.getLogger("dicomstore.server")
+
+#: The modules of the Q/R and commitment SCPs (:meth:`Server.load_qr`).
+QR_MODULES = tuple(
+    f"dicomstore.services.{name}"
+    for name in ("query_scp", "retrieve_scp", "get_scp", "commitment_scp")
+)
 
 
 def archive_commit_mode(commits_wait: bool) -> bool | str:
@@ -123,6 +132,7 @@ class Server:
         self.stability: StudyStability | None = None
         #: forwarding (set by ``serving.running`` when there are rules)
         self.forwarding: Forwarding | None = None
+        self._qr_loading = asyncio.Lock()
         self.listener = Listener(
             config.host,
             config.port,
@@ -187,6 +197,14 @@ class Server:
                 " (a quarter of --max-pending-connections)"
             )
         return None
+
+    async def load_qr(self) -> None:
+        """Import the Q/R and commitment SCPs (pydicom with them: a quarter of a
+        second or more) in a worker thread, before the first request that needs
+        them, so that the loop serves the other associations meanwhile."""
+        async with self._qr_loading:
+            if not all(name in sys.modules for name in QR_MODULES):
+                await asyncio.to_thread(lambda: [importlib.import_module(m) for m in QR_MODULES])
 
     def query_scp(
         self, t: Transport, rq: P.AssociateRQ, address: str, admission: Admission
