@@ -123,6 +123,11 @@ def is_implicit_vr(ts: str) -> bool:
     return ts == IMPLICIT_VR_LE
 
 
+def is_deflated(ts: str) -> bool:
+    """True for Deflated Explicit VR Little Endian only (PS3.5 A.5)."""
+    return ts == DEFLATED_EXPLICIT_VR_LE
+
+
 def as_uid(value: str):
     """A pydicom UID object (for its properties: is_compressed, is_deflated ...)."""
     from pydicom.uid import UID

@@ -21,6 +21,14 @@ def _feed(stream: Stream, data: bytes) -> None:
     stream.buffer_updated(len(data))
 
 
+async def _ended_by_bytes(s: Stream, when: float) -> None:
+    """A wait with the deadline ``when`` (its timer armed) that bytes end first."""
+    waiting = asyncio.ensure_future(s.wait(when))
+    await asyncio.sleep(0)
+    _feed(s, b"\x04\x00")
+    assert await waiting is False
+
+
 def test_a_wait_ends_at_its_deadline() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -37,10 +45,7 @@ def test_a_later_deadline_re_arms_the_timer_armed_for_an_earlier_one() -> None:
         loop = asyncio.get_running_loop()
         s = Stream()
         first = loop.time() + 0.05
-        waiting = asyncio.ensure_future(s.wait(first))
-        await asyncio.sleep(0)
-        _feed(s, b"\x04\x00")  # bytes arrive: the wait ends early (False) ...
-        assert await waiting is False
+        await _ended_by_bytes(s, first)  # bytes arrive: the wait ends early ...
         later = first + 0.1  # ... and the next one has a later deadline
         assert await asyncio.wait_for(s.wait(later), 10) is True
         assert loop.time() >= later - EARLY  # not ended by the timer armed for `first`
@@ -52,10 +57,7 @@ def test_an_earlier_deadline_moves_the_timer() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         s = Stream()
-        waiting = asyncio.ensure_future(s.wait(loop.time() + 3600))
-        await asyncio.sleep(0)
-        _feed(s, b"\x04\x00")
-        assert await waiting is False
+        await _ended_by_bytes(s, loop.time() + 3600)
         soon = loop.time() + 0.05
         assert await asyncio.wait_for(s.wait(soon), 10) is True  # not an hour
         assert loop.time() >= soon - EARLY
@@ -67,10 +69,7 @@ def test_a_wait_without_deadline_is_not_ended_by_an_earlier_timer() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         s = Stream()
-        waiting = asyncio.ensure_future(s.wait(loop.time() + 0.01))
-        await asyncio.sleep(0)
-        _feed(s, b"\x04\x00")
-        assert await waiting is False
+        await _ended_by_bytes(s, loop.time() + 0.01)
         untimed = asyncio.ensure_future(s.wait(None))
         await asyncio.sleep(0.05)  # well past the old deadline: the timer fired
         assert not untimed.done()

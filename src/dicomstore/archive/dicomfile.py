@@ -209,11 +209,7 @@ def encoding_of(transfer_syntax_uid: str) -> tuple[bool, bool, bool]:
     (as pydicom decides; a test compares).
     """
     uid = transfer_syntax_uid.strip()
-    return (
-        uid == uids.IMPLICIT_VR_LE,
-        uid != uids.EXPLICIT_VR_BE,
-        uid == uids.DEFLATED_EXPLICIT_VR_LE,
-    )
+    return uids.is_implicit_vr(uid), uids.is_little_endian(uid), uids.is_deflated(uid)
 
 
 def _at_pixels(tag: int, vr: str | None, length: int) -> bool:

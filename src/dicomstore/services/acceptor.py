@@ -154,18 +154,9 @@ class AcceptorAssociation:
             self.retrieve = server.retrieve_scp(t, rq, at, admission)
         elif isinstance(message, CGetRQ) and self.get is None:
             self.get = server.get_scp(t, rq, at, admission, self.sender)
-        elif isinstance(message, NActionRQ):
-            self._commitment_scp()
-
-    def _commitment_scp(self) -> CommitmentSCP:
-        """The Storage Commitment SCP of the association (made at first need)."""
-        if self.commitment is None:
-            assert self._qr_made is not None and self.invoker is not None
-            rq, admission = self._qr_made
-            self.commitment = self.server.commitment_scp(
-                self.t, rq, self.address, admission, self.invoker
-            )
-        return self.commitment
+        elif isinstance(message, NActionRQ) and self.commitment is None:
+            assert self.invoker is not None  # (made with the association, before this)
+            self.commitment = server.commitment_scp(t, rq, at, admission, self.invoker)
 
     async def run(self) -> None:
         """Serve until the association ends; never raises."""
@@ -418,9 +409,7 @@ class AcceptorAssociation:
                 log.warning("%s: unexpected response %#06x ignored", t.peer, message.command_field)
                 return
             served = message.command_field not in NOT_SERVED or (
-                message.command_field == N_ACTION_RQ
-                and self._qr_made is not None
-                and bool(self._commitment_scp().sop_classes)
+                message.command_field == N_ACTION_RQ and self.server.commitments is not None
             )
             if served and isinstance(message, InvalidRequest | UnknownCommand):
                 rsp = message.response()

@@ -45,8 +45,6 @@ from dicomstore.services.qr_operations import Operation, QROperations
 
 log = logging.getLogger("dicomstore.server")
 
-#: The SOP classes this SCP serves (ServerConfig.policy offers them).
-COMMITMENT_SOP_CLASSES = qr_classes.COMMITMENT_SOP_CLASSES
 #: Action Information bytes allowed per reference (two UIDs in an item, and room).
 BYTES_PER_REFERENCE = 256
 
@@ -69,7 +67,9 @@ class CommitmentSCP(QROperations):
         audit: Callable[[dict[str, Any]], None] | None = None,
         who: dict[str, Any] | None = None,
     ) -> None:
-        classes = frozenset(COMMITMENT_SOP_CLASSES) if service is not None else frozenset()
+        classes = (
+            frozenset(qr_classes.COMMITMENT_SOP_CLASSES) if service is not None else frozenset()
+        )
         super().__init__(transport, sop_classes=classes, allowed=may_commit)
         self.commitments = service
         self.invoker = invoker

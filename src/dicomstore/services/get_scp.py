@@ -52,10 +52,6 @@ from dicomstore.services.same_association import SameAssociationStore
 
 log = logging.getLogger("dicomstore.server")
 
-#: The levels of each GET information model and the SOP classes this SCP serves.
-GET_MODEL_LEVELS = qr_classes.GET_MODEL_LEVELS
-GET_SOP_CLASSES = qr_classes.GET_SOP_CLASSES
-
 
 class GetSender:
     """C-STOREs on the C-GET's own association (see the module notes)."""
@@ -128,12 +124,14 @@ class GetSCP(RetrieveSCP):
             who=who,
             inflated_limit=inflated_limit,
         )
-        self.sop_classes = frozenset(GET_SOP_CLASSES) if reader is not None else frozenset()
+        self.sop_classes = (
+            frozenset(qr_classes.GET_SOP_CLASSES) if reader is not None else frozenset()
+        )
         #: the sending side of this association (None: no context lets us send)
         self.store = store
 
     def levels(self, rq: RetrieveRQ) -> tuple[str, ...]:
-        return GET_MODEL_LEVELS[rq.affected_sop_class_uid]
+        return qr_classes.GET_MODEL_LEVELS[rq.affected_sop_class_uid]
 
     def sender_for(self, op: Operation) -> SubOperationSender:
         """The requesting association itself (no destination: "the caller" in the log)."""

@@ -52,8 +52,6 @@ from dicomstore.vr import LONG_VRS
 PATIENT_ROOT_FIND = uids.PATIENT_ROOT_QR_FIND
 STUDY_ROOT_FIND = uids.STUDY_ROOT_QR_FIND
 
-#: The levels of each information model, top first, as named on the wire.
-MODEL_LEVELS = FIND_MODEL_LEVELS
 #: Wire level -> index level.
 INDEX_LEVEL = {"PATIENT": "patient", "STUDY": "study", "SERIES": "series", "IMAGE": "instance"}
 #: The unique key of each level (C.6.1.1, C.6.2.1).
@@ -217,7 +215,7 @@ def _tag_name(tag: int) -> str:
 
 def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
     """The query an Identifier asks for, or :class:`FindFailure` (A900 / C000)."""
-    levels = MODEL_LEVELS[sop_class]
+    levels = FIND_MODEL_LEVELS[sop_class]
     if QUERY_RETRIEVE_LEVEL not in identifier:
         raise FindFailure(
             st.DATASET_DOES_NOT_MATCH_SOP_CLASS,

@@ -47,8 +47,6 @@ from dicomstore.services.query_identifier import (
 
 log = logging.getLogger("dicomstore.server")
 
-#: The SOP classes this SCP serves (ServerConfig.policy offers them).
-FIND_SOP_CLASSES = qr_classes.FIND_SOP_CLASSES
 #: Rows fetched from the index per trip to the worker thread.
 BATCH = 256
 
@@ -95,7 +93,7 @@ class QuerySCP(QROperations):
         audit: Callable[[dict[str, Any]], None] | None = None,
         who: dict[str, Any] | None = None,
     ) -> None:
-        classes = frozenset(FIND_SOP_CLASSES) if reader is not None else frozenset()
+        classes = frozenset(qr_classes.FIND_SOP_CLASSES) if reader is not None else frozenset()
         super().__init__(transport, sop_classes=classes, allowed=may_find)
         self.reader = reader
         self.ae_title = ae_title

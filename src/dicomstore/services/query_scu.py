@@ -40,10 +40,10 @@ from dicomstore.dimse import CFindRQ, CFindRSP
 from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationAborted, AssociationError, DicomstoreError
 from dicomstore.services.conversion import encode_dataset
+from dicomstore.services.qr_classes import FIND_MODEL_LEVELS
 from dicomstore.services.qr_operations import decode_identifier
 from dicomstore.services.query_identifier import (
     BINARY_VRS,
-    MODEL_LEVELS,
     QUERY_RETRIEVE_LEVEL,
     SPECIFIC_CHARACTER_SET,
     UNIQUE_KEY,
@@ -93,7 +93,7 @@ class FindFailed(DicomstoreError):
 def model_uid(model: str) -> str:
     """A FIND SOP Class UID from ``patient``, ``study`` or the UID itself."""
     uid = MODELS.get(model.lower(), model)
-    if uid not in MODEL_LEVELS:
+    if uid not in FIND_MODEL_LEVELS:
         raise ValueError(f"not a Q/R FIND information model: {model!r}")
     return uid
 

@@ -52,10 +52,6 @@ from dicomstore.services.retrieve import (
 
 log = logging.getLogger("dicomstore.server")
 
-#: The levels of each MOVE information model and the SOP classes this SCP serves.
-MOVE_MODEL_LEVELS = qr_classes.MOVE_MODEL_LEVELS
-MOVE_SOP_CLASSES = qr_classes.MOVE_SOP_CLASSES
-
 TRANSFER_EVENT = ("DICOM Instances Transferred", "110104")  # PS3.15 A.5.3.7
 
 
@@ -89,7 +85,7 @@ class RetrieveSCP(QROperations):
         who: dict[str, Any] | None = None,
         inflated_limit: int = DEFAULT_MAX_INFLATED,
     ) -> None:
-        classes = frozenset(MOVE_SOP_CLASSES) if reader is not None else frozenset()
+        classes = frozenset(qr_classes.MOVE_SOP_CLASSES) if reader is not None else frozenset()
         super().__init__(transport, sop_classes=classes, allowed=may_move)
         self.reader = reader
         self.ae_title = ae_title
@@ -109,7 +105,7 @@ class RetrieveSCP(QROperations):
 
     def levels(self, rq: RetrieveRQ) -> tuple[str, ...]:
         """The levels of the request's information model."""
-        return MOVE_MODEL_LEVELS[rq.affected_sop_class_uid]
+        return qr_classes.MOVE_MODEL_LEVELS[rq.affected_sop_class_uid]
 
     def sender_for(self, op: _Retrieve) -> SubOperationSender:
         """The sender of the request's sub-operations, or :class:`FindFailure`

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dicomstore import status as st
-from dicomstore.archive.dicomfile import encoding_of
+from dicomstore import uids
 from dicomstore.handler import StoreHandler, StoreSink
 from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflatedSize
 from dicomstore.services.admission import AdmissionRequest, AuditSink, Gatekeeper
@@ -235,11 +235,6 @@ class Storing:
             sink.abort()
 
 
-def _deflated(transfer_syntax_uid: str) -> bool:
-    """The data set is a deflate stream (PS3.5 A.5)."""
-    return encoding_of(transfer_syntax_uid)[2]
-
-
 class StoreService:
     """Stores instances for every door, with the guarantees of the module docstring."""
 
@@ -338,7 +333,8 @@ class StoreService:
                 st.OUT_OF_RESOURCES, f"cannot store: {exc.strerror or exc}"
             )
             return storing
-        if _deflated(transfer_syntax_uid):  # counted as it arrives: a bomb is cut short
+        # a deflated data set's inflated size is counted as it arrives: a bomb is cut short
+        if uids.is_deflated(transfer_syntax_uid.strip()):
             storing.inflated = InflatedSize(self.limits.inflated_limit)
         return storing
 
