@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import free_port, index_option, serve_command, wait_listening
 from tests.services.nodes_testlib import acknowledged, storescu, write_instances
 
-from dicomstore.archive.maintenance import data_set_digest
+from dicomstore.archive import digests
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.cli import main
 
@@ -91,7 +91,7 @@ def test_four_senders_into_two_workers(tmp_path: Path) -> None:
     expected = {uid: digest for made in sets for uid, digest in made.values()}
     assert set(rows) == set(expected)
     for uid, digest in expected.items():
-        assert data_set_digest(storage / rows[uid]["path"]) == digest
+        assert digests.matches(digest, storage / rows[uid]["path"])
     assert main(["check", "--storage", str(storage), *index_option(storage)]) == 0
     records = [json.loads(line) for line in audit.read_text().splitlines()]
     stored = sorted(r["sop_instance_uid"] for r in records if r["event"] == "instance")

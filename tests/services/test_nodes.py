@@ -22,7 +22,7 @@ from tests.services.nodes_testlib import (
     write_instances,
 )
 
-from dicomstore.archive.maintenance import data_set_digest
+from dicomstore.archive import digests
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.cli import main
 
@@ -78,7 +78,7 @@ def test_three_nodes_one_index_one_storage_one_killed(
         uid, digest = source[path]
         row = reader.instance(uid)
         assert row["digest"] == digest, f"{uid}: indexed digest is not the data set sent"
-        assert data_set_digest(storage / row["path"]) == digest
+        assert digests.matches(digest, storage / row["path"])
         assert pydicom.dcmread(storage / row["path"]).SOPInstanceUID == uid
     assert len(reader.search("instance", {})) == len({uid for uid, _ in source.values()})
     assert stored_files(storage) == SHARED + OWN  # one file per instance

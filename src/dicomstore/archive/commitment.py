@@ -77,7 +77,7 @@ class Verdict:
 def verify_one(reader: ArchiveReader, ref: Reference) -> Verdict:
     """The verdict on one referenced instance (module notes)."""
     # (here, not at the top: a sender making References loads no reader nor pydicom)
-    from dicomstore.archive.maintenance import data_set_digest
+    from dicomstore.archive import digests
     from dicomstore.archive.reader import NotStoredError
 
     try:
@@ -91,7 +91,7 @@ def verify_one(reader: ArchiveReader, ref: Reference) -> Verdict:
         size = path.stat().st_size
         if size != row["file_size"]:
             return Verdict(ref, PROCESSING_FAILURE, f"file size {size}, stored {row['file_size']}")
-        if data_set_digest(path) != row["digest"]:
+        if not digests.matches(row["digest"], path):
             return Verdict(ref, PROCESSING_FAILURE, "file content differs from what was stored")
     except FileNotFoundError:
         return Verdict(ref, NO_SUCH_OBJECT_INSTANCE, "its file is missing")

@@ -6,7 +6,7 @@ create a temporary (``storage.WritableStorage.create``: a file in
 Information at once (from a template: ``dicomfile.MetaTemplates``);
 :meth:`Ingest.write` appends each data set fragment exactly as received with
 one ``storage.write`` (for files one ``os.write``, no buffer), feeds the
-SHA-256 of the data set and keeps a copy of its first ``scan.PREFIX_SIZE``
+digest of the data set (``digests``) and keeps a copy of its first ``scan.PREFIX_SIZE``
 bytes; :meth:`Ingest.commit` reads the header (up to the
 Pixel Data) from those bytes — or, when they do not settle it, from the file
 with pydicom — checks it against the command and hands the still open file to
@@ -22,13 +22,13 @@ answers A700. Misuse (``write`` after ``commit``) raises ``LocalProtocolError``.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dicomstore.archive import digests
 from dicomstore.archive import outcome as st
 from dicomstore.archive.commit import ArchiveClosedError, Staged
 from dicomstore.archive.dicomfile import HeaderError, MetaTemplates, encoding_of, read_header
@@ -85,7 +85,7 @@ class Ingest:
         if announce is not None:
             self._arriving, self._left = announce
         self._fsync = fsync
-        self._digest = hashlib.sha256()
+        self._digest = digests.new()
         self._size = 0  # data set bytes
         self._prefix = bytearray()  # the first PREFIX_SIZE of them
         self._error: str | None = None
@@ -222,7 +222,7 @@ class Ingest:
             return mismatch
         row["transfer_syntax_uid"] = self.transfer_syntax_uid
         row["file_size"] = self._header_size + self._size
-        row["digest"] = self._digest.hexdigest()
+        row["digest"] = digests.text(self._digest)
         row["received_at"] = datetime.now(UTC).isoformat(timespec="microseconds")
         row["calling_ae"] = self.calling_ae or None
         row["called_ae"] = self.called_ae or None

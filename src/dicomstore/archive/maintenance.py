@@ -5,26 +5,18 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dicomstore.archive import digests as data_digests
 from dicomstore.archive import layout
 from dicomstore.archive.dicomfile import dataset_offset, hash_from, read_header
 from dicomstore.archive.engine import engine_for
 from dicomstore.archive.fields import index_fields
 from dicomstore.archive.filestorage import dicom_files
 from dicomstore.archive.index import Index
-
-
-def data_set_digest(path: Path) -> str:
-    """SHA-256 of the data set bytes of a PS3.10 file (what the index records)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fp:
-        hash_from(fp, dataset_offset(fp), digest.update)
-    return digest.hexdigest()
 
 
 def check_archive(root: Path, index: Index, *, digests: bool = True) -> list[str]:
@@ -69,7 +61,7 @@ def _examine(
         actual = path.stat().st_size
         if actual != size:
             return f"{relpath}: size {actual}, indexed {size}"
-        if digests and data_set_digest(path) != digest:
+        if digests and not data_digests.matches(digest, path):
             return f"{relpath}: content differs from the indexed digest"
     except FileNotFoundError:
         return f"{relpath}: missing (SOP Instance {uid})"
@@ -122,7 +114,7 @@ def read_row(root: Path, path: Path) -> dict[str, Any]:
     meta = read_file_meta_info(path)
     transfer_syntax = str(meta.get("TransferSyntaxUID", ""))
     stat = path.stat()
-    digest = hashlib.sha256()
+    digest = data_digests.new()
     with open(path, "rb") as fp:
         offset = dataset_offset(fp)
         ds = read_header(fp, offset, stat.st_size, transfer_syntax)
@@ -133,7 +125,7 @@ def read_row(root: Path, path: Path) -> dict[str, Any]:
     row.update(
         transfer_syntax_uid=layout.normalize_uid(transfer_syntax),
         file_size=stat.st_size,
-        digest=digest.hexdigest(),
+        digest=data_digests.text(digest),
         received_at=datetime.fromtimestamp(stat.st_mtime, UTC).isoformat(timespec="microseconds"),
         calling_ae=str(meta.get("SourceApplicationEntityTitle", "")).strip() or None,
         called_ae=str(meta.get("ReceivingApplicationEntityTitle", "")).strip() or None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,14 +109,14 @@ def duplicate(
     policy: str,
     existing: dict[str, Any],
     path: Path | None,
-    digest: str,
+    identical: Callable[[], bool],
     warning: tuple[int, str, tuple[int, ...]] | None,
 ) -> StoreOutcome:
     """The outcome for an instance already stored (``existing``, its file at
     ``path``) under the duplicate policy keep or reject: nothing changes.
 
     reject: C111 naming the SOP Instance. keep: a copy identical to the stored one
-    (same data set ``digest``) is Success, or keeps the ``warning`` its own checks
+    (``identical()``: the same data set digest) is Success, or keeps the ``warning`` its own checks
     gave (B006, B007: the stored copy went through the same policy); another copy
     is B000 (coercion: what is stored is not what was sent).
     """
@@ -126,7 +127,7 @@ def duplicate(
             "Duplicate SOP Instance refused: already stored",
             SOP_INSTANCE_UID_TAG,
         )
-    if existing["digest"] == digest:
+    if identical():
         if warning is not None:
             status_, comment, tags = warning
             return StoreOutcome(status_, comment, tags, path, existing)

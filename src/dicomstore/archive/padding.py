@@ -23,16 +23,16 @@ matters already) means "no padding found". Deflated data sets are kept as
 received.
 
 :func:`discard_trailing_padding` cuts the still open temporary file right
-before the padding (``os.ftruncate``) and recomputes the SHA-256 of the kept
+before the padding (``os.ftruncate``) and recomputes the digest (``digests``) of the kept
 data set bytes by reading them back in chunks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 
+from dicomstore.archive import digests
 from dicomstore.archive.dicomfile import encoding_of, hash_from
 from dicomstore.archive.outcome import WARNING_ELEMENTS_DISCARDED
 from dicomstore.framing import FileSource, FramingError, walk
@@ -71,7 +71,7 @@ class Discarded:
 
     removed: int  #: bytes cut (the whole (FFFC,FFFC) element, header and value)
     file_size: int  #: the file's size now
-    digest: str  #: SHA-256 (hex) of the data set bytes kept
+    digest: str  #: of the data set bytes kept (``digests``)
 
     @property
     def comment(self) -> str:
@@ -94,11 +94,11 @@ def discard_trailing_padding(
         if at is None:
             return None
         os.ftruncate(fd, at)
-        digest = hashlib.sha256()
+        digest = digests.new()
         kept = hash_from(fp, start, digest.update)
     if start + kept != at:
         raise OSError(f"the data set changed while it was cut ({start + kept} != {at})")
-    return Discarded(end - at, at, digest.hexdigest())
+    return Discarded(end - at, at, digests.text(digest))
 
 
 def merge_warning(

@@ -97,14 +97,16 @@ only the instances whose data was lost fail.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dicomstore.archive import crashpoints
+from dicomstore.archive import crashpoints, digests
 from dicomstore.archive import outcome as st
 from dicomstore.archive.commit import CommitStats, Staged
+from dicomstore.archive.dicomfile import HeaderError
 from dicomstore.archive.engine import DatabaseError, IntegrityError
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import instance_relstr
@@ -185,7 +187,11 @@ class Publisher:
                     if existing is not None and self.on_duplicate != "replace":
                         path = storage.local_path(existing["path"])
                         verdict = duplicate(
-                            self.on_duplicate, existing, path, member.row["digest"], member.warning
+                            self.on_duplicate,
+                            existing,
+                            path,
+                            functools.partial(_identical, existing, member),
+                            member.warning,
                         )
                         self._answer(member, verdict)
                         continue
@@ -285,3 +291,12 @@ def _quietly(action: Any, *args: Any) -> None:
         pass
     except DatabaseError:
         pass
+
+
+def _identical(existing: dict[str, Any], member: Staged) -> bool:
+    """Whether ``member`` has the data set stored for ``existing`` (its digest; a
+    row of an older algorithm has the member's file read again with that one)."""
+    try:
+        return digests.same(existing["digest"], member.row["digest"], member.temp)
+    except (OSError, HeaderError):  # our own temporary, just written: not expected
+        return False

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dicomstore.archive import layout, nodes
+from dicomstore.archive import digests, layout, nodes
 from dicomstore.archive.filestorage import INTENT, intent_target
 from dicomstore.archive.index import Index
 from dicomstore.archive.removal import settle_intents
@@ -136,10 +136,10 @@ def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool
                 return 1
             if existing["path"] != rel:
                 os.unlink(final)  # an uncommitted replace that moved the instance
-            elif (existing["digest"], existing["file_size"]) != (
-                row["digest"],
-                row["file_size"],
-            ) and backup.exists():
+            elif backup.exists() and (
+                existing["file_size"] != row["file_size"]
+                or not digests.same(existing["digest"], row["digest"], final)
+            ):
                 os.replace(backup, final)  # an uncommitted replace: the old file comes back
             else:
                 return 0
