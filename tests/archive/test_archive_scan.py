@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import struct
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from test_archive_roundtrip import _as_received, _candidates, _id
 
-from dicomstore.archive import SUCCESS, Archive, ingest
+from dicomstore.archive import SUCCESS, Archive, ingest, scan
 from dicomstore.archive.dicomfile import HeaderError, encoding_of, read_header
 from dicomstore.archive.fields import fields_of_elements, index_fields
 from dicomstore.archive.scan import PREFIX_SIZE, scan_header
@@ -215,3 +218,117 @@ def test_a_header_longer_than_the_prefix_is_read_from_the_file(
         assert len(reads) == 1  # Series Instance UID and more lie beyond the prefix
         assert outcome.instance["patient_name"] == "Far^Away"
         assert outcome.instance["series_uid"] == "1.2.3.4.5"
+
+
+# -- undefined-length sequences walked without pydicom (scan._skip_items) ------------
+
+_SHORT_VRS = ["CS", "LO", "SH", "UI", "US", "UL", "DS", "IS", "DA", "PN"]
+_LONG_VRS = ["OB", "OW", "UT", "UN", "UC"]
+
+
+def _encode_element(tag: int, vr: str, value: bytes) -> bytes:
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode()
+    if vr in _LONG_VRS or vr == "SQ":
+        return head + struct.pack("<HL", 0, len(value)) + value
+    return head + struct.pack("<H", len(value)) + value
+
+
+def _encode_items(items: list, undefined: bool) -> bytes:
+    """The value of a sequence: its items (each of defined or undefined length)."""
+    out = b""
+    for elements, item_undefined in items:
+        body = b"".join(_encode_any(e) for e in elements)
+        if item_undefined:
+            out += b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + body + b"\xfe\xff\x0d\xe0" + bytes(4)
+        else:
+            out += b"\xfe\xff\x00\xe0" + struct.pack("<L", len(body)) + body
+    return out + (b"\xfe\xff\xdd\xe0" + bytes(4) if undefined else b"")
+
+
+def _encode_any(node: tuple) -> bytes:
+    if node[0] == "sq":
+        _, tag, items, undefined = node
+        value = _encode_items(items, undefined)
+        head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + b"SQ\0\0"
+        return head + (b"\xff\xff\xff\xff" if undefined else struct.pack("<L", len(value))) + value
+    _, tag, vr, value = node
+    return _encode_element(tag, vr, value)
+
+
+_tags = hs.builds(
+    lambda g, e: g << 16 | e, hs.integers(4, 0x40).map(lambda g: 2 * g), hs.integers(1, 0xFFFF)
+)
+_leaf = hs.builds(
+    lambda tag, vr, value: ("el", tag, vr, value),
+    _tags,
+    hs.sampled_from(_SHORT_VRS + _LONG_VRS),
+    hs.binary(max_size=24),
+)
+_nodes = hs.recursive(
+    _leaf,
+    lambda inner: hs.builds(
+        lambda tag, items, undefined: ("sq", tag, items, undefined),
+        _tags,
+        hs.lists(hs.tuples(hs.lists(inner, max_size=4), hs.booleans()), max_size=3),
+        hs.booleans(),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    items=hs.lists(hs.tuples(hs.lists(_nodes, max_size=4), hs.booleans()), max_size=4),
+    flips=hs.lists(hs.tuples(hs.integers(0, 400), hs.integers(0, 255)), max_size=3),
+    cut=hs.one_of(hs.none(), hs.integers(0, 400)),
+)
+def test_sequences_are_walked_where_pydicom_ends_them(
+    items: list, flips: list[tuple[int, int]], cut: int | None
+) -> None:
+    """Walked without pydicom, an explicit VR sequence ends where pydicom's
+    read_sequence ends it; on damaged bytes the walk may give up (None: pydicom
+    reads it), never end elsewhere."""
+    value = bytearray(_encode_items(items, True))
+    intact = not flips and cut is None
+    for at, byte in flips:
+        if at < len(value):
+            value[at] = byte
+    if cut is not None:
+        value = value[:cut]
+    buf = b"\x08\x00\x15\x11SQ\0\0\xff\xff\xff\xff" + bytes(value) + element(0x00100010, "PN", "A")
+    walked = scan._skip_items(buf, len(buf), 12, 0)
+    by_pydicom = scan._skip_with_pydicom(buf, len(buf), 0x00081115, "SQ", 12, False)
+    if walked is not None:
+        assert walked == by_pydicom
+    if intact:
+        assert walked == 12 + len(value)  # (what the walk is for: no pydicom)
+
+
+def test_a_data_set_with_an_explicit_sequence_is_read_without_pydicom() -> None:
+    """The storing server stays without pydicom for such data sets (RSS, CPU);
+    an implicit VR one still loads it (the VR of a tag is pydicom's dictionary's)."""
+    explicit = _with_sequence(_sequence(True))
+    item = struct.pack("<HHL", 0x0008, 0x0100, 2) + b"X "
+    item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + item + b"\xfe\xff\x0d\xe0" + bytes(4)
+    implicit = b"\x08\x00\x15\x11\xff\xff\xff\xff" + item + b"\xfe\xff\xdd\xe0" + bytes(4)
+    implicit += struct.pack("<HHL", 0x0010, 0x0010, 2) + b"A "
+    code = (
+        "import sys; from dicomstore.archive.scan import scan_header; "
+        f"assert scan_header({explicit!r}, {len(explicit)}, False) is not None; "
+        "assert 'pydicom' not in sys.modules, 'explicit'; "
+        f"scan_header({implicit!r}, {len(implicit)}, True); "
+        "assert 'pydicom' in sys.modules, 'implicit'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_item_overrun_by_its_elements_is_left_to_pydicom() -> None:
+    """An element running past the end of its item (of defined length) is damage
+    the walk does not judge: pydicom reads that data set."""
+    inner = element(0x00080100, "SH", "ABCD")
+    item = b"\xfe\xff\x00\xe0" + struct.pack("<L", len(inner) - 2) + inner
+    buf = b"\x08\x00\x15\x11SQ\0\0\xff\xff\xff\xff" + item + b"\xfe\xff\xdd\xe0" + bytes(4)
+    assert scan._skip_items(buf, len(buf), 12, 0) is None
+    intact = item[:4] + struct.pack("<L", len(inner)) + inner
+    buf = b"\x08\x00\x15\x11SQ\0\0\xff\xff\xff\xff" + intact + b"\xfe\xff\xdd\xe0" + bytes(4)
+    assert scan._skip_items(buf, len(buf), 12, 0) == len(buf)
