@@ -8,13 +8,12 @@ when first needed (it takes a quarter of a second and tens of MiB).
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 import uuid
 from functools import cache
 
 from dicomstore import __version__
+from dicomstore.pydicom_tables import read_table
 
 #: Our Implementation Class UID (PS3.7 D.3.3.2), a UUID-derived UID (PS3.5 B.2).
 IMPLEMENTATION_CLASS_UID = "2.25.211090040416656508592017138293904046133"
@@ -58,20 +57,11 @@ def new_uid() -> str:
 @cache
 def uid_dictionary() -> dict[str, tuple[str, str, str, str, str]]:
     """pydicom's UID dictionary (UID -> name, type, info, retired, keyword), read
-    from its module file without importing pydicom itself, whose package loads
-    numpy and its data dictionaries (tens of MiB a server that only stores never
-    needs); pydicom.uid's own when that file is not where it was (another version)."""
-    spec = importlib.util.find_spec("pydicom")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        path = os.path.join(folder, "_uid_dict.py")
-        dict_spec = importlib.util.spec_from_file_location("dicomstore._pydicom_uids", path)
-        if not os.path.isfile(path) or dict_spec is None or dict_spec.loader is None:
-            continue
-        module = importlib.util.module_from_spec(dict_spec)
-        dict_spec.loader.exec_module(module)  # (a dict literal: it imports nothing)
-        table = getattr(module, "UID_dictionary", None)
-        if isinstance(table, dict):
-            return table
+    from its module file without importing pydicom (``pydicom_tables``);
+    pydicom.uid's own when that file is not where it was (another version)."""
+    tables = read_table("_uid_dict.py", "UID_dictionary")
+    if tables is not None:
+        return tables[0]
     from pydicom.uid import UID_dictionary
 
     return UID_dictionary

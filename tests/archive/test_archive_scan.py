@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from test_archive_roundtrip import _as_received, _candidates, _id
 
+from dicomstore import vr
 from dicomstore.archive import SUCCESS, Archive, ingest, scan
 from dicomstore.archive.dicomfile import HeaderError, encoding_of, read_header
 from dicomstore.archive.fields import fields_of_elements, index_fields
@@ -233,11 +235,14 @@ def _encode_element(tag: int, vr: str, value: bytes) -> bytes:
     return head + struct.pack("<H", len(value)) + value
 
 
-def _encode_items(items: list, undefined: bool) -> bytes:
-    """The value of a sequence: its items (each of defined or undefined length)."""
+def _encode_items(
+    items: list, undefined: bool, encode: Callable[[tuple], bytes] | None = None
+) -> bytes:
+    """The value of a sequence: its items (each of defined or undefined length),
+    their elements encoded by ``encode`` (default: explicit VR)."""
     out = b""
     for elements, item_undefined in items:
-        body = b"".join(_encode_any(e) for e in elements)
+        body = b"".join((encode or _encode_any)(e) for e in elements)
         if item_undefined:
             out += b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + body + b"\xfe\xff\x0d\xe0" + bytes(4)
         else:
@@ -264,16 +269,23 @@ _leaf = hs.builds(
     hs.sampled_from(_SHORT_VRS + _LONG_VRS),
     hs.binary(max_size=24),
 )
-_nodes = hs.recursive(
-    _leaf,
-    lambda inner: hs.builds(
-        lambda tag, items, undefined: ("sq", tag, items, undefined),
-        _tags,
-        hs.lists(hs.tuples(hs.lists(inner, max_size=4), hs.booleans()), max_size=3),
-        hs.booleans(),
-    ),
-    max_leaves=12,
-)
+
+
+def _trees(leaf: hs.SearchStrategy, tags: hs.SearchStrategy) -> hs.SearchStrategy:
+    """Elements and sequences of items of them, nested, each of either length."""
+    return hs.recursive(
+        leaf,
+        lambda inner: hs.builds(
+            lambda tag, items, undefined: ("sq", tag, items, undefined),
+            tags,
+            hs.lists(hs.tuples(hs.lists(inner, max_size=4), hs.booleans()), max_size=3),
+            hs.booleans(),
+        ),
+        max_leaves=12,
+    )
+
+
+_nodes = _trees(_leaf, _tags)
 
 
 @settings(max_examples=300, deadline=None)
@@ -296,30 +308,122 @@ def test_sequences_are_walked_where_pydicom_ends_them(
     if cut is not None:
         value = value[:cut]
     buf = b"\x08\x00\x15\x11SQ\0\0\xff\xff\xff\xff" + bytes(value) + element(0x00100010, "PN", "A")
-    walked = scan._skip_items(buf, len(buf), 12, 0)
+    walked = scan._skip_items(buf, len(buf), 12, 0, False)
     by_pydicom = scan._skip_with_pydicom(buf, len(buf), 0x00081115, "SQ", 12, False)
+    assert scan._skip_sequence(buf, len(buf), 0x00081115, "SQ", 12, False) == by_pydicom
     if walked is not None:
         assert walked == by_pydicom
     if intact:
         assert walked == 12 + len(value)  # (what the walk is for: no pydicom)
 
 
-def test_a_data_set_with_an_explicit_sequence_is_read_without_pydicom() -> None:
-    """The storing server stays without pydicom for such data sets (RSS, CPU);
-    an implicit VR one still loads it (the VR of a tag is pydicom's dictionary's)."""
+def test_data_sets_with_sequences_are_read_without_pydicom() -> None:
+    """The storing server stays without pydicom for data sets with sequences of
+    undefined length, explicit or implicit VR (RSS, CPU); a UN one still loads it."""
     explicit = _with_sequence(_sequence(True))
     item = struct.pack("<HHL", 0x0008, 0x0100, 2) + b"X "
     item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + item + b"\xfe\xff\x0d\xe0" + bytes(4)
     implicit = b"\x08\x00\x15\x11\xff\xff\xff\xff" + item + b"\xfe\xff\xdd\xe0" + bytes(4)
     implicit += struct.pack("<HHL", 0x0010, 0x0010, 2) + b"A "
+    un = _with_sequence(_sequence(True).replace(b"SQ\0\0", b"UN\0\0", 1))
     code = (
         "import sys; from dicomstore.archive.scan import scan_header; "
         f"assert scan_header({explicit!r}, {len(explicit)}, False) is not None; "
-        "assert 'pydicom' not in sys.modules, 'explicit'; "
-        f"scan_header({implicit!r}, {len(implicit)}, True); "
-        "assert 'pydicom' in sys.modules, 'implicit'"
+        f"assert scan_header({implicit!r}, {len(implicit)}, True) is not None; "
+        "assert 'pydicom' not in sys.modules, 'loaded'; "
+        f"scan_header({un!r}, {len(un)}, False); "
+        "assert 'pydicom' in sys.modules, 'UN'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+_IMPLICIT_TAGS = [
+    0x00081115,  # SQ in the dictionary
+    0x00081140,
+    0x0040A730,
+    0x00080100,  # other VRs: pydicom reads an undefined length up to a delimiter
+    0x00100010,
+    0x7FE00010,
+    0x60003000,  # a repeating group (OB or OW)
+    0x60000010,
+    0x00091010,  # private: a sequence if its value starts with an item
+    0x00090010,  # a private creator
+    0x00291020,
+    0x00080000,  # group lengths
+    0x00200000,
+]
+
+
+def _encode_implicit(node: tuple) -> bytes:
+    if node[0] == "sq":
+        _, tag, items, undefined = node
+        value = _encode_items(items, undefined, _encode_implicit)
+        length = 0xFFFFFFFF if undefined else len(value)
+        return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, length) + value
+    _, tag, _, value = node
+    return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+_implicit_tags = hs.one_of(hs.sampled_from(_IMPLICIT_TAGS), _tags)
+_implicit_nodes = _trees(
+    hs.builds(lambda tag, value: ("el", tag, None, value), _implicit_tags, hs.binary(max_size=24)),
+    _implicit_tags,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    top=hs.sampled_from([0x00081115, 0x00091010]),
+    items=hs.lists(hs.tuples(hs.lists(_implicit_nodes, max_size=4), hs.booleans()), max_size=4),
+    flips=hs.lists(hs.tuples(hs.integers(0, 400), hs.integers(0, 255)), max_size=3),
+)
+def test_implicit_sequences_are_walked_where_pydicom_ends_them(
+    top: int, items: list, flips: list[tuple[int, int]]
+) -> None:
+    """The same in implicit VR, where the dictionary decides which undefined
+    lengths are sequences (``vr.dictionary_sq``): never an end pydicom does not
+    find; every intact sequence whose undefined lengths are all sequences walked."""
+    data = bytearray(_encode_implicit(("sq", top, items, True)))
+    for at, byte in flips:
+        if 8 <= at < len(data):
+            data[at] = byte
+    buf = bytes(data) + struct.pack("<HHL", 0x0010, 0x0010, 2) + b"A "
+    by_pydicom = scan._skip_with_pydicom(buf, len(buf), top, None, 8, True)
+    assert scan._skip_sequence(buf, len(buf), top, None, 8, True) == by_pydicom
+    if top != 0x00081115 and buf[8:12] != b"\xfe\xff\x00\xe0":
+        return  # a private tag without an item: no sequence to pydicom (nor here)
+    walked = scan._skip_items(buf, len(buf), 8, 0, True)
+    if walked is not None:
+        assert walked == by_pydicom
+    if not flips and _all_sequences(items):
+        assert walked == len(data)  # (what the walk is for: no pydicom)
+
+
+def _all_sequences(items: list) -> bool:
+    """Whether every undefined length inside is one pydicom reads as a sequence."""
+    for elements, _ in items:
+        for node in elements:
+            if node[0] == "sq":
+                is_sq = vr.dictionary_sq(node[1])
+                if node[3] and is_sq is not True and not (is_sq is None and node[2]):
+                    return False  # (unknown tag: a sequence if it has an item)
+                if not _all_sequences(node[2]):
+                    return False
+    return True
+
+
+def test_the_dictionary_vrs_are_pydicoms() -> None:
+    """``vr.dictionary_sq`` answers as pydicom's reader looks a tag up."""
+    from pydicom.datadict import DicomDictionary, _dictionary_vr_fast
+
+    tags = [*DicomDictionary, *_IMPLICIT_TAGS, *range(0x50000000, 0x50FF3000, 0x10F3)]
+    tags += [0x60103000, 0x7F000010, 0x00090010, 0x00111000, 0x1234ABCD]
+    for tag in tags:
+        try:
+            expected: bool | None = _dictionary_vr_fast(tag) == "SQ"
+        except KeyError:
+            expected = None
+        assert vr.dictionary_sq(tag) is expected, hex(tag)
 
 
 def test_an_item_overrun_by_its_elements_is_left_to_pydicom() -> None:
@@ -328,7 +432,7 @@ def test_an_item_overrun_by_its_elements_is_left_to_pydicom() -> None:
     inner = element(0x00080100, "SH", "ABCD")
     item = b"\xfe\xff\x00\xe0" + struct.pack("<L", len(inner) - 2) + inner
     buf = b"\x08\x00\x15\x11SQ\0\0\xff\xff\xff\xff" + item + b"\xfe\xff\xdd\xe0" + bytes(4)
-    assert scan._skip_items(buf, len(buf), 12, 0) is None
+    assert scan._skip_items(buf, len(buf), 12, 0, False) is None
     intact = item[:4] + struct.pack("<L", len(inner)) + inner
     buf = b"\x08\x00\x15\x11SQ\0\0\xff\xff\xff\xff" + intact + b"\xfe\xff\xdd\xe0" + bytes(4)
-    assert scan._skip_items(buf, len(buf), 12, 0) == len(buf)
+    assert scan._skip_items(buf, len(buf), 12, 0, False) == len(buf)

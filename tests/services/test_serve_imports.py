@@ -1,8 +1,9 @@
 """A server that stores does not load pydicom (and numpy behind it): ``dicomstore
-serve`` starts, negotiates and stores an Explicit VR Little Endian data set with
-our own readers and writers (archive/scan.py, fields.py, dicomfile.file_header,
-uids.uid_dictionary); pydicom loads when a request needs it (a C-FIND here), and
-the constants taken from its tables are the same as its own."""
+serve`` starts, negotiates and stores Explicit and Implicit VR Little Endian data
+sets (sequences of undefined length too) with our own readers and writers
+(archive/scan.py, fields.py, dicomfile.file_header, uids.uid_dictionary); pydicom
+loads when a request needs it (a C-FIND here), and the constants taken from its
+tables are the same as its own."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from tests.conftest import PEER_ENV, dcmtk
-from tests.services.nodes_testlib import write_instances
+from tests.services.nodes_testlib import CT, write_instances
 
 from dicomstore import uids
 from dicomstore.archive import fields, scan
@@ -31,7 +35,7 @@ PROBE = textwrap.dedent(
     def loaded():
         return sorted(m for m in HEAVY if m in sys.modules)
 
-    async def main(root, storescu, findscu, files):
+    async def main(root, storescu, findscu, sequences, files):
         archive = Archive(Path(root), fsync=False)
         try:
             async with running(archive, ServerConfig(port=0)) as server:
@@ -39,6 +43,11 @@ PROBE = textwrap.dedent(
                 print("listening", loaded())
                 p = await asyncio.create_subprocess_exec(
                     storescu, "-aec", "DICOMSTORE", "127.0.0.1", port, *files)
+                print("stored", await p.wait(), loaded())
+                # (sent as they are: storescu would give their sequences lengths)
+                p = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "dicomstore.cli", "send", "127.0.0.1", port,
+                    "--aec", "DICOMSTORE", *sequences, stdout=subprocess.DEVNULL)
                 print("stored", await p.wait(), loaded())
                 p = await asyncio.create_subprocess_exec(
                     findscu, "-S", "-aec", "DICOMSTORE", "-k", "QueryRetrieveLevel=STUDY",
@@ -49,13 +58,43 @@ PROBE = textwrap.dedent(
         finally:
             archive.close()
 
-    asyncio.run(main(*sys.argv[1:4], sys.argv[4:]))
+    asyncio.run(main(*sys.argv[1:4], sys.argv[4:6], sys.argv[6:]))
     """
 )
 
 
+def _with_sequences(path: Path, uid: str, implicit: bool) -> Path:
+    """A CT instance whose sequences and items have undefined lengths (as many
+    modalities write them), Implicit or Explicit VR Little Endian."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = CT, f"{uid}.1.1"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid, f"{uid}.1"
+    ds.PatientID, ds.Modality = "SEQ", "CT"
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = CT, f"{uid}.9"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "1", "DCM", "x"
+    ref.PurposeOfReferenceCodeSequence = Sequence([code])
+    ds.ReferencedImageSequence = Sequence([ref, Dataset()])
+    for element in (ds["ReferencedImageSequence"], ref["PurposeOfReferenceCodeSequence"]):
+        element.is_undefined_length = True
+        for item in element.value:
+            item.is_undefined_length_sequence_item = True
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CT
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    assert b"\xff\xff\xff\xff" in path.read_bytes()
+    return path
+
+
 def test_storing_loads_no_pydicom_and_a_query_loads_it(tmp_path: Path) -> None:
     made = write_instances(tmp_path / "in", "1.2.15.1", 4, pixels=1024)
+    sequences = [
+        _with_sequences(tmp_path / "explicit.dcm", "1.2.15.2", implicit=False),
+        _with_sequences(tmp_path / "implicit.dcm", "1.2.15.3", implicit=True),
+    ]
     out = subprocess.run(
         [
             sys.executable,
@@ -64,6 +103,7 @@ def test_storing_loads_no_pydicom_and_a_query_loads_it(tmp_path: Path) -> None:
             str(tmp_path / "archive"),
             dcmtk("storescu"),
             dcmtk("findscu"),
+            *map(str, sequences),
             *map(str, made),
         ],
         env=PEER_ENV,
@@ -74,8 +114,12 @@ def test_storing_loads_no_pydicom_and_a_query_loads_it(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "listening []"
-    assert lines[1] == "stored 0 []"  # four instances stored, pydicom never loaded
-    assert lines[2] == "found 0 4 ['numpy', 'pydicom']"  # 4 studies found: it loaded then
+    # four instances stored, then two with sequences of undefined length (Explicit
+    # and Implicit VR): pydicom never loaded (archive/scan.py walks them)
+    assert lines[1:3] == ["stored 0 []", "stored 0 []"]
+    stored = [p.read_bytes() for p in (tmp_path / "archive").rglob("1.2.15.[23].1.1.dcm")]
+    assert len(stored) == 2 and all(b"\xff\xff\xff\xff" in data for data in stored)
+    assert lines[3] == "found 0 6 ['numpy', 'pydicom']"  # 6 studies found: it loaded then
 
 
 def test_the_tables_taken_from_pydicom_are_its_own() -> None:

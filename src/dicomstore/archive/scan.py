@@ -8,7 +8,7 @@ and keeps the raw values of the elements the index needs
 (:data:`~dicomstore.archive.fields.WANTED`), which
 :func:`~dicomstore.archive.fields.fields_of_elements` turns into index
 columns; an undefined-length sequence is skipped by walking its items when it
-is explicit VR and frames cleanly, else with pydicom's own ``read_sequence``.
+frames cleanly, else with pydicom's own ``read_sequence``.
 
 It is a shortcut, never a judge: it returns a result only for a data set
 that :func:`~dicomstore.archive.dicomfile.read_header` (pydicom, reading the
@@ -32,7 +32,7 @@ from dicomstore.archive.dicomfile import (
     check_pixel_header,
 )
 from dicomstore.archive.fields import SPECIFIC_CHARACTER_SET, WANTED
-from dicomstore.vr import VRS
+from dicomstore.vr import VRS, dictionary_sq
 
 #: Data set bytes an Ingest keeps in memory for this scan.
 PREFIX_SIZE = 64 * 1024
@@ -158,13 +158,19 @@ def _skip_sequence(
     """Where the undefined-length sequence whose value starts at ``value`` ends (after
     its Sequence Delimitation Item), read as pydicom's reader would; ``None``: unsure.
 
-    An explicit VR sequence that frames cleanly (:func:`_skip_items`) is walked here;
-    any other (implicit VR, whose VRs come from pydicom's dictionary, a UN
-    sequence, anything unusual) is read with pydicom's ``read_sequence``."""
-    if not implicit and vr == "SQ":
-        end = _skip_items(buf, min(len(buf), size), value, 0)
-        if end is not None:
-            return end
+    A sequence that frames cleanly is walked here (:func:`_skip_items`; in implicit
+    VR an element is a sequence when pydicom's data dictionary says SQ, or it does
+    not know the tag and the value starts with an item: ``vr.dictionary_sq``); any
+    other (a UN sequence, anything unusual) is read with pydicom's ``read_sequence``."""
+    if implicit:
+        is_sq = dictionary_sq(tag)
+        if not (is_sq or (is_sq is None and buf[value : value + 4] == _ITEM)):
+            return None  # pydicom reads it up to a delimiter: not a sequence
+    elif vr != "SQ":
+        return _skip_with_pydicom(buf, size, tag, vr, value, implicit)
+    end = _skip_items(buf, min(len(buf), size), value, 0, implicit)
+    if end is not None:
+        return end
     return _skip_with_pydicom(buf, size, tag, vr, value, implicit)
 
 
@@ -207,16 +213,21 @@ _ITEM_END = 0xE00DFFFE
 _SEQUENCE_END = 0xE0DDFFFE
 
 
-def _skip_items(buf: bytes | bytearray, have: int, pos: int, depth: int) -> int | None:
-    """Where the items of an explicit VR little endian sequence of undefined length,
-    starting at ``pos``, end after the Sequence Delimitation Item (PS3.5 7.5.2).
+def _skip_items(
+    buf: bytes | bytearray, have: int, pos: int, depth: int, implicit: bool
+) -> int | None:
+    """Where the items of a little endian sequence of undefined length, starting at
+    ``pos``, end after the Sequence Delimitation Item (PS3.5 7.5.2).
 
     Only what frames cleanly in ``buf[:have]``: items (of either length) made of
-    explicit VR elements of defined length and nested SQ, each item and sequence
-    ended where its length or delimiter says; ``None`` for anything else (an
-    unknown VR, a UN or other value of undefined length, a delimiter with a
-    length, elements running over their item, the end of the bytes), which
-    pydicom then reads. PS3.5 7.5: items and their delimiters carry no VR."""
+    elements of defined length and nested sequences, each item and sequence ended
+    where its length or delimiter says; ``None`` for anything else (in explicit VR
+    an unknown VR or a UN or other value of undefined length; in implicit VR an
+    undefined length pydicom does not take for a sequence; a delimiter with a
+    length, elements running over their item, the end of the bytes), which pydicom
+    then reads. Items and their delimiters carry no VR (PS3.5 7.5); a sequence's
+    items keep its encoding (pydicom switches an explicit item to implicit, not the
+    other way: then its first element's VR is unknown here, and pydicom decides)."""
     if depth > _MAX_DEPTH:
         return None
     while pos + 8 <= have:
@@ -227,9 +238,9 @@ def _skip_items(buf: bytes | bytearray, have: int, pos: int, depth: int) -> int 
         if tag != _ITEM_TAG:
             return None
         if length == _UNDEFINED:
-            end = _skip_elements(buf, have, pos, None, depth)
+            end = _skip_elements(buf, have, pos, None, depth, implicit)
         else:
-            end = _skip_elements(buf, have, pos, pos + length, depth)
+            end = _skip_elements(buf, have, pos, pos + length, depth, implicit)
         if end is None:
             return None
         pos = end
@@ -237,7 +248,7 @@ def _skip_items(buf: bytes | bytearray, have: int, pos: int, depth: int) -> int 
 
 
 def _skip_elements(
-    buf: bytes | bytearray, have: int, pos: int, end: int | None, depth: int
+    buf: bytes | bytearray, have: int, pos: int, end: int | None, depth: int, implicit: bool
 ) -> int | None:
     """Where the elements of one item end: at ``end`` exactly (a defined length), or
     after its Item Delimitation Item (``end`` None)."""
@@ -251,14 +262,21 @@ def _skip_elements(
             if end is None and tag == _ITEM_END and length == 0:
                 return pos + 8
             return None
-        read = _explicit(buf, pos, have)
-        if read is None:
-            return None
-        _, _, vr, value, length = read
-        if length == _UNDEFINED:
-            if vr != "SQ":
+        if implicit:
+            value = pos + 8
+            if length == _UNDEFINED:
+                is_sq = dictionary_sq((tag & 0xFFFF) << 16 | tag >> 16)
+                if not (is_sq or (is_sq is None and buf[value : value + 4] == _ITEM)):
+                    return None  # read up to a delimiter by pydicom
+        else:
+            read = _explicit(buf, pos, have)
+            if read is None:
+                return None
+            _, _, vr, value, length = read
+            if length == _UNDEFINED and vr != "SQ":
                 return None  # UN (implicit VR inside), or a value ended by a delimiter
-            after = _skip_items(buf, have, value, depth + 1)
+        if length == _UNDEFINED:
+            after = _skip_items(buf, have, value, depth + 1, implicit)
             if after is None:
                 return None
             pos = after
