@@ -114,3 +114,14 @@ def test_a_node_takes_only_the_requests_no_live_node_holds(tmp_path: Path) -> No
     third.done("1.2.17.1")
     second.close()
     assert [r.transaction_uid for r in CommitmentJournal(tmp_path).pending()] == ["1.2.17.2"]
+
+
+def test_a_file_whose_meta_is_broken_is_a_processing_failure(stored) -> None:
+    """Same size, its File Meta Information unreadable: 0110, not an exception."""
+    reader, paths = stored
+    data = bytearray(paths[UIDS[0]].read_bytes())
+    data[128:132] = b"XXXX"  # no "DICM" prefix (PS3.10 7.1)
+    paths[UIDS[0]].write_bytes(bytes(data))
+    (verdict,) = verify(reader, [Reference(CT, UIDS[0])])
+    assert verdict.failure_reason == PROCESSING_FAILURE
+    assert "cannot be read" in verdict.why

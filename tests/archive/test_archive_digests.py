@@ -5,15 +5,18 @@ duplicates)."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import blake3
 import pytest
 from tests.archive.archive_testlib import dataset, store, stored_dataset
 
-from dicomstore.archive import SUCCESS, WARNING_COERCION, Archive, digests
+from dicomstore.archive import OUT_OF_RESOURCES, SUCCESS, WARNING_COERCION, Archive, digests
 from dicomstore.archive.commitment import PROCESSING_FAILURE, Reference, verify
+from dicomstore.archive.index import SchemaError
 from dicomstore.archive.reader import ArchiveReader
+from dicomstore.archive.schema import SCHEMA_VERSION
 
 UID = "1.2.3.4.5.6.7"
 DATA = dataset(patient_name="Digest^Test", pixels=4096)
@@ -100,3 +103,105 @@ def test_a_duplicate_of_an_older_row_is_told_by_its_content(tmp_path: Path) -> N
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(stored_dataset(path)).hexdigest()
+
+
+def _stamp(archive: Archive, version: int) -> None:
+    """Record ``version`` as the index's schema version (as that dicomstore did)."""
+    archive.index.engine.create(archive.index._db, "", version)
+
+
+def test_an_index_of_version_2_is_stamped_3_not_rebuilt(tmp_path: Path) -> None:
+    """Version 2 has the same tables, all digests SHA-256: it is opened as it is
+    (readers too) and a writer stamps it 3, so that a dicomstore of version 2,
+    which would read 'blake3:' digests as damage, refuses it from then on."""
+    root = tmp_path / "root"
+    with Archive(root, fsync=False) as archive:
+        store(archive, DATA)
+        _legacy(archive)
+        _stamp(archive, 2)
+        assert archive.index.engine.version(archive.index._db) == 2
+    assert [row["sop_instance_uid"] for row in ArchiveReader(root).instances()] == [UID]
+    with Archive(root, fsync=False) as archive:
+        assert archive.reindexed is None  # not rebuilt from the files
+        assert archive.index.engine.version(archive.index._db) == SCHEMA_VERSION == 3
+        assert digests.algorithm_of(archive.get_instance(UID)["digest"]) == "sha256"
+        assert archive.check() == []
+        _stamp(archive, SCHEMA_VERSION + 1)  # as a later dicomstore would
+    with pytest.raises(SchemaError, match="newer than this dicomstore"):
+        Archive(root, fsync=False)
+
+
+def _uncommitted_replace(tmp_path: Path, new_name: str) -> tuple[Path, Path, bytes]:
+    """An archive holding an older (SHA-256) row, left as a crash before the COMMIT
+    of a replace leaves it (``FileStorage.place``): the new file at the final name
+    with its trace in ``.tmp``, the old one kept there as ``.bak``. (root, final
+    path, the old file's bytes)."""
+    root = tmp_path / "root"
+    with Archive(root, fsync=False) as archive:
+        store(archive, DATA)
+        final = _legacy(archive)
+    with Archive(tmp_path / "other", fsync=False) as other:  # the new version's file
+        made = store(other, dataset(patient_name=new_name, pixels=4096)).path
+        assert made is not None
+        new_bytes = made.read_bytes()
+    tmp = root / ".tmp"
+    os.link(final, tmp / "x.part.bak")
+    (tmp / "x.part").write_bytes(new_bytes)
+    os.link(tmp / "x.part", tmp / "x.part.pub")
+    os.rename(tmp / "x.part", final)
+    return root, final, new_bytes
+
+
+@pytest.mark.sqlite_index  # (the same archive opened twice; PostgreSQL: one schema per test)
+def test_recovery_tells_an_older_rows_file_by_its_content(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    root, final, _ = _uncommitted_replace(old, "Digest^Tesx")  # (same size: the digests decide)
+    backup = (root / ".tmp" / "x.part.bak").read_bytes()
+    with Archive(root, fsync=False) as archive:  # start-up: the old file comes back
+        assert final.read_bytes() == backup
+        assert archive.get_instance(UID)["patient_name"] == "Digest^Test"
+        assert archive.check() == []
+    root, final, _ = _uncommitted_replace(tmp_path / "same", "Digest^Test")  # the same data set
+    new_file = final.stat().st_ino
+    with Archive(root, fsync=False) as archive:  # nothing to undo: the new file stays
+        assert final.stat().st_ino == new_file and archive.check() == []
+
+
+@pytest.mark.sqlite_index
+def test_a_trace_recovery_cannot_decide_on_stays_for_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, final, _ = _uncommitted_replace(
+        tmp_path, "Digest^Tesx"
+    )  # (same size: the digests decide)
+    backup = (root / ".tmp" / "x.part.bak").read_bytes()
+
+    def unreadable(recorded: str, path: object) -> bool:
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(digests, "matches", unreadable)
+        with Archive(root, fsync=False):
+            left = sorted(p.name for p in (root / ".tmp").iterdir() if p.name.startswith("x."))
+            assert left == ["x.part.bak", "x.part.pub"]  # neither the trace nor the backup lost
+    with Archive(root, fsync=False) as archive:  # readable again: settled
+        assert final.read_bytes() == backup and archive.check() == []
+        assert not [p for p in (root / ".tmp").iterdir() if p.name.startswith("x.")]
+
+
+def test_a_duplicate_that_cannot_be_compared_is_a700(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreadable(recorded: str, path: object) -> bool:
+        raise OSError(5, "Input/output error")
+
+    with Archive(tmp_path / "root", fsync=False) as archive:
+        store(archive, DATA)
+        _legacy(archive)
+        monkeypatch.setattr(digests, "matches", unreadable)
+        again = store(archive, DATA)
+        assert again.status == OUT_OF_RESOURCES, again
+        assert "comparing it with the stored copy" in again.error_comment
+        assert not any(archive.tmp_dir.iterdir())
+        monkeypatch.undo()
+        assert archive.check() == []

@@ -436,3 +436,31 @@ def test_an_item_overrun_by_its_elements_is_left_to_pydicom() -> None:
     intact = item[:4] + struct.pack("<L", len(inner)) + inner
     buf = b"\x08\x00\x15\x11SQ\0\0\xff\xff\xff\xff" + intact + b"\xfe\xff\xdd\xe0" + bytes(4)
     assert scan._skip_items(buf, len(buf), 12, 0, False) == len(buf)
+
+
+def test_an_implicit_data_set_whose_first_length_reads_as_a_vr_goes_to_pydicom() -> None:
+    """pydicom takes such a data set for explicit VR (and then refuses it): the scan
+    must not accept it (a length of 0x4142 bytes: 'B', 'A')."""
+
+    def implicit(tag: int, value: bytes) -> bytes:
+        return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+    data = implicit(0x00080008, b"O" * 0x4141 + b" ")
+    data += implicit(0x00080016, CT.encode() + b"\0") + implicit(0x00080018, b"1.2.3\0")
+    data += implicit(0x0020000D, b"1.2\0") + implicit(0x0020000E, b"1.2.3\0")
+    assert data[4:6] == b"BA"
+    assert fast_fields(data, IMPLICIT_LE) is None
+    assert_agree(data, IMPLICIT_LE)
+
+
+def test_sequences_nested_too_deep_go_to_pydicom_reading_the_file() -> None:
+    """Beyond 64 open sequences the scan gives up, without pydicom's read_sequence
+    (which nests deeper than pydicom's read_header of the file can)."""
+    inner = element(0x00080100, "SH", "X")
+    for _ in range(80):
+        item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + inner + b"\xfe\xff\x0d\xe0" + bytes(4)
+        inner = b"\x08\x00\x15\x11SQ\0\0\xff\xff\xff\xff" + item + b"\xfe\xff\xdd\xe0" + bytes(4)
+    data = _with_sequence(inner)
+    assert fast_fields(data, EXPLICIT_LE) is None
+    shallow = _with_sequence(_sequence(True))
+    assert fast_fields(shallow, EXPLICIT_LE) is not None

@@ -78,6 +78,7 @@ def verify_one(reader: ArchiveReader, ref: Reference) -> Verdict:
     """The verdict on one referenced instance (module notes)."""
     # (here, not at the top: a sender making References loads no reader nor pydicom)
     from dicomstore.archive import digests
+    from dicomstore.archive.dicomfile import HeaderError
     from dicomstore.archive.reader import NotStoredError
 
     try:
@@ -95,7 +96,7 @@ def verify_one(reader: ArchiveReader, ref: Reference) -> Verdict:
             return Verdict(ref, PROCESSING_FAILURE, "file content differs from what was stored")
     except FileNotFoundError:
         return Verdict(ref, NO_SUCH_OBJECT_INSTANCE, "its file is missing")
-    except (OSError, ValueError) as exc:  # unreadable file, broken meta, bad path
+    except (OSError, ValueError, HeaderError) as exc:  # unreadable, broken meta, bad path
         return Verdict(ref, PROCESSING_FAILURE, f"its file cannot be read: {exc}")
     return Verdict(ref)
 

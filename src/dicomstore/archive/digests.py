@@ -36,7 +36,6 @@ __all__ = [
 
 BLAKE3 = "blake3"
 SHA256 = "sha256"
-_PREFIX = BLAKE3 + ":"
 
 
 class Hasher(Protocol):

@@ -62,6 +62,7 @@ from dicomstore.archive.schema import (
     PK,
     ROW_COLUMNS,
     ROW_KEYS,
+    SAME_TABLES,
     SCHEMA,
     SCHEMA_VERSION,
     SELECT_ONE,
@@ -105,7 +106,8 @@ class Index:
 
     An index of an older schema raises :class:`SchemaError` unless ``migrate``:
     then its tables are dropped and made anew, and :attr:`rebuild` tells the
-    owner (``Archive``) to fill them from the files (``reindex``).
+    owner (``Archive``) to fill them from the files (``reindex``); one whose
+    tables are the current ones (``schema.SAME_TABLES``) is only stamped current.
     """
 
     def __init__(
@@ -147,9 +149,11 @@ class Index:
     def _create(self, migrate: bool) -> None:
         engine = self.engine
         version = engine.version(self._db)
-        if version == SCHEMA_VERSION:
+        if version == SCHEMA_VERSION or version in SAME_TABLES:
             if not set(INDEX_NAMES) <= engine.index_names(self._db):  # indexes added since
                 engine.create(self._db, engine.ddl(INDEXES), None)
+            if version != SCHEMA_VERSION and migrate:
+                engine.create(self._db, "", SCHEMA_VERSION)  # the same tables: a new stamp
             return
         if version > SCHEMA_VERSION:
             raise SchemaError(

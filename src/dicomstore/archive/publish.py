@@ -186,13 +186,17 @@ class Publisher:
                     existing = found.get(member.row["sop_instance_uid"])
                     if existing is not None and self.on_duplicate != "replace":
                         path = storage.local_path(existing["path"])
-                        verdict = duplicate(
-                            self.on_duplicate,
-                            existing,
-                            path,
-                            functools.partial(_identical, existing, member),
-                            member.warning,
-                        )
+                        try:
+                            verdict = duplicate(
+                                self.on_duplicate,
+                                existing,
+                                path,
+                                functools.partial(_identical, existing, member),
+                                member.warning,
+                            )
+                        except OSError as exc:  # (reading its file again: another algorithm)
+                            doing = "comparing it with the stored copy"
+                            verdict = failure(st.OUT_OF_RESOURCES, describe_os_error(exc, doing))
                         self._answer(member, verdict)
                         continue
                     if relations is not None:
@@ -295,8 +299,9 @@ def _quietly(action: Any, *args: Any) -> None:
 
 def _identical(existing: dict[str, Any], member: Staged) -> bool:
     """Whether ``member`` has the data set stored for ``existing`` (its digest; a
-    row of an older algorithm has the member's file read again with that one)."""
+    row of an older algorithm has the member's file read again with that one, under
+    the index lock: once per such duplicate). ``OSError`` propagates (A700)."""
     try:
         return digests.same(existing["digest"], member.row["digest"], member.temp)
-    except (OSError, HeaderError):  # our own temporary, just written: not expected
+    except (HeaderError, ValueError):  # our own file not PS3.10, an unknown algorithm
         return False

@@ -24,7 +24,7 @@ from dicomstore.archive.dicomfile import encoding_of
 from dicomstore.archive.engine import Connection, Engine, engine_for, size_sum
 from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.index import SchemaError
-from dicomstore.archive.schema import SCHEMA_VERSION
+from dicomstore.archive.schema import SAME_TABLES, SCHEMA_VERSION
 from dicomstore.archive.storage import Storage
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
 
@@ -76,7 +76,7 @@ class ArchiveReader:
             )
         with self._db() as db:
             version = self.engine.version(db)
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION and version not in SAME_TABLES:
             raise SchemaError(
                 f"{self.engine.where}: index schema {version}, this dicomstore reads"
                 f" {SCHEMA_VERSION}: run `dicomstore reindex` (or start `dicomstore serve` once)"

@@ -95,13 +95,14 @@ def _settle_folder(root: Path, index: Index, folder: Path, *, fsync: bool) -> in
     from dicomstore.archive.maintenance import read_row  # (it imports the index too)
 
     adopted = 0
+    unsettled: set[str] = set()  # traces (and their backups) left for the next start
     for entry in os.scandir(folder):
         if entry.name.endswith(_TRACES) and entry.is_file(follow_symlinks=False):
             try:
                 if entry.stat(follow_symlinks=False).st_nlink > 1:
                     adopted += _settle(root, index, Path(entry.path), read_row, fsync=fsync)
-            except Exception:  # noqa: BLE001, S110 - an unreadable leftover: check() reports it
-                pass
+            except Exception:  # noqa: BLE001 - an unreadable leftover: check() reports it
+                unsettled |= {entry.name, f"{entry.name.removesuffix('.pub')}.bak"}
     tmp = root / layout.TMP_DIR
     if folder == tmp:
         settle_intents(root, index, fsync=fsync)
@@ -111,6 +112,8 @@ def _settle_folder(root: Path, index: Index, folder: Path, *, fsync: bool) -> in
     for entry in os.scandir(folder):
         if entry.name.endswith(INTENT) or entry.is_dir(follow_symlinks=False):
             continue
+        if entry.name in unsettled:
+            continue  # undecided: its backup may be the committed version
         if folder == tmp and entry.name.lstrip(".").startswith(nodes.PREFIX):
             continue  # a node's lock file (nodes.py)
         layout.remove_quietly(Path(entry.path))

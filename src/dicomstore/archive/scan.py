@@ -75,6 +75,8 @@ def scan_header(buf: bytes | bytearray, size: int, implicit: bool) -> dict[int, 
     if size == 0:
         return None  # "the data set is empty": read_header says so
     have = len(buf)
+    if implicit and have >= 6 and 0x40 < buf[4] < 0x5B and 0x40 < buf[5] < 0x5B:
+        return None  # a first length that reads as a VR: pydicom switches to explicit VR
     wanted, vrs, u32 = WANTED, VRS, _U32
     header = _IMPLICIT if implicit else _EXPLICIT
     first_pixel, undefined, charset = _FIRST_PIXEL_TAG, _UNDEFINED, SPECIFIC_CHARACTER_SET
@@ -168,7 +170,10 @@ def _skip_sequence(
             return None  # pydicom reads it up to a delimiter: not a sequence
     elif vr != "SQ":
         return _skip_with_pydicom(buf, size, tag, vr, value, implicit)
-    end = _skip_items(buf, min(len(buf), size), value, 0, implicit)
+    try:
+        end = _skip_items(buf, min(len(buf), size), value, 0, implicit)
+    except _TooDeep:
+        return None  # (nor pydicom's read_sequence: it nests deeper than read_header can)
     if end is not None:
         return end
     return _skip_with_pydicom(buf, size, tag, vr, value, implicit)
@@ -205,8 +210,14 @@ def _skip_with_pydicom(
     return end
 
 
-#: Sequences open at once beyond which :func:`_skip_items` leaves the data set to pydicom.
+#: Sequences open at once beyond which the scan leaves the data set to pydicom.
 _MAX_DEPTH = 64
+
+
+class _TooDeep(Exception):
+    """More than :data:`_MAX_DEPTH` sequences open at once."""
+
+
 _TAG_LENGTH = struct.Struct("<LL").unpack_from
 _ITEM_TAG = 0xE000FFFE  # (FFFE,E000) as "<L" reads its bytes: group first
 _ITEM_END = 0xE00DFFFE
@@ -229,7 +240,7 @@ def _skip_items(
     items keep its encoding (pydicom switches an explicit item to implicit, not the
     other way: then its first element's VR is unknown here, and pydicom decides)."""
     if depth > _MAX_DEPTH:
-        return None
+        raise _TooDeep
     while pos + 8 <= have:
         tag, length = _TAG_LENGTH(buf, pos)
         pos += 8

@@ -1,4 +1,4 @@
-"""The index schema (version 2) and the SQL the writer and readers share.
+"""The index schema (version 3) and the SQL the writer and readers share.
 
 Patient / study / series / instance, linked by surrogate keys (``*_pk``):
 a series row is one Series Instance UID *in one study*, a study row one Study
@@ -15,7 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: Older versions with the tables of this one, opened as they are (a writer stamps
+#: them :data:`SCHEMA_VERSION`): 2 recorded every digest as SHA-256, 3 also as
+#: ``blake3:`` (``digests.py``), which a dicomstore of version 2 would misread
+#: (its ``check`` would report every new instance): it refuses a newer schema.
+SAME_TABLES = frozenset({2})
 
 # Surrogate keys (``*_pk``) link the levels, so that one Series Instance UID
 # can be filed under two studies and one Study Instance UID under two patients

@@ -28,8 +28,9 @@ so two threads storing the same instance get one file, one row and consistent
 answers (two of them never share a batch):
 
 ``"keep"`` (default)
-    The stored instance stays. Identical data set bytes (same SHA-256): 0000, the
-    instance is stored exactly as sent (PS3.4 B.2.2). Different bytes: B000
+    The stored instance stays. Identical data set bytes (same digest,
+    ``digests.py``): 0000, the instance is stored exactly as sent (PS3.4
+    B.2.2). Different bytes: B000
     Coercion of Data Elements — the stored instance differs from what was sent
     and the SCU is told so; 0000 would claim the new bytes were stored.
 ``"replace"``
