@@ -326,10 +326,12 @@ def test_data_sets_with_sequences_are_read_without_pydicom() -> None:
     implicit = b"\x08\x00\x15\x11\xff\xff\xff\xff" + item + b"\xfe\xff\xdd\xe0" + bytes(4)
     implicit += struct.pack("<HHL", 0x0010, 0x0010, 2) + b"A "
     un = _with_sequence(_sequence(True).replace(b"SQ\0\0", b"UN\0\0", 1))
+    ob = _with_sequence(_sequence(True).replace(b"SQ\0\0", b"OB\0\0", 1))  # (no sequence)
     code = (
         "import sys; from dicomstore.archive.scan import scan_header; "
         f"assert scan_header({explicit!r}, {len(explicit)}, False) is not None; "
         f"assert scan_header({implicit!r}, {len(implicit)}, True) is not None; "
+        f"assert scan_header({ob!r}, {len(ob)}, False) is None; "
         "assert 'pydicom' not in sys.modules, 'loaded'; "
         f"scan_header({un!r}, {len(un)}, False); "
         "assert 'pydicom' in sys.modules, 'UN'"

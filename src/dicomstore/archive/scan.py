@@ -168,8 +168,10 @@ def _skip_sequence(
         is_sq = dictionary_sq(tag)
         if not (is_sq or (is_sq is None and buf[value : value + 4] == _ITEM)):
             return None  # pydicom reads it up to a delimiter: not a sequence
-    elif vr != "SQ":
+    elif vr == "UN":  # a sequence if pydicom's settings say so (PS3.5 6.2.2)
         return _skip_with_pydicom(buf, size, tag, vr, value, implicit)
+    elif vr != "SQ":
+        return None  # pydicom reads it up to a delimiter: not a sequence
     try:
         end = _skip_items(buf, min(len(buf), size), value, 0, implicit)
     except _TooDeep:
