@@ -24,6 +24,8 @@ from dicomstore.archive import (
     StoreHandler,
     StoreOutcome,
     StoreSink,
+    ingest,
+    layout,
 )
 from dicomstore.archive.engine import engine_for
 from dicomstore.errors import LocalProtocolError
@@ -474,3 +476,22 @@ def test_wire_comment_is_a_valid_lo() -> None:
 def _blake3(data: bytes) -> str:
     """The digest the index records for a data set (BLAKE3, computed here independently)."""
     return "blake3:" + blake3.blake3(data).hexdigest()
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_a_large_instance_is_handed_to_the_disk_as_it_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    """Durable, every WRITEBACK_EVERY bytes start their writeback (sync_file_range), so
+    that the flush at the end waits for the last few MiB only; not without fsync."""
+    started: list[int] = []
+    monkeypatch.setattr(layout, "start_writeback", lambda fd: started.append(os.fstat(fd).st_size))
+    data = dataset(pixels=2 * ingest.WRITEBACK_EVERY + 1000)
+    with Archive(tmp_path / "root", fsync=fsync) as archive:
+        outcome = store(archive, data, chunk=1 << 20)
+        assert outcome.status == SUCCESS
+    if fsync:
+        assert len(started) == 2  # at 8 and 16 MiB (a batch of one: no writeback of its own)
+        assert all(size >= ingest.WRITEBACK_EVERY for size in started)
+    else:
+        assert started == []

@@ -127,6 +127,9 @@ class FileStorage:
             while view:
                 view = view[os.write(handle, view) :]
 
+    def writeback(self, handle: int) -> None:
+        layout.start_writeback(handle)
+
     def abort(self, handle: int, temp: str) -> None:
         if handle >= 0:
             try:

@@ -45,6 +45,8 @@ from dicomstore.errors import LocalProtocolError
 __all__ = ["Ingest", "Publish", "Staged", "describe_os_error"]
 
 Publish = Callable[[Staged], StoreOutcome]
+#: With ``fsync``, a large instance's bytes are handed to the disk every this many.
+WRITEBACK_EVERY = 8 << 20
 _TEMPLATES = MetaTemplates()  # for an Ingest made without an archive's templates
 
 
@@ -87,6 +89,10 @@ class Ingest:
         self._fsync = fsync
         self._digest = digests.new()
         self._size = 0  # data set bytes
+        #: the size at which the bytes written so far are handed to the disk: every
+        #: WRITEBACK_EVERY bytes when durable, so that the one flush at the end waits
+        #: for the last few MiB only (``storage.writeback``)
+        self._writeback_at = WRITEBACK_EVERY if fsync else 1 << 62
         self._prefix = bytearray()  # the first PREFIX_SIZE of them
         self._error: str | None = None
         self._done = False
@@ -140,6 +146,9 @@ class Ingest:
             return
         self._digest.update(view)
         self._size += len(view)
+        if self._size >= self._writeback_at:  # (only when flushing: see __init__)
+            self._writeback_at = self._size + WRITEBACK_EVERY
+            self._storage.writeback(self._fd)
         room = PREFIX_SIZE - len(self._prefix)
         if room > 0:
             self._prefix += view[:room]

@@ -85,6 +85,9 @@ Flushes (fsync/syncfs calls) per batch of ``n`` instances::
     written before a syncfs   no flush of the files: 2 (see below)
 
 (and SQLite's checkpoints: 2 fsyncs per ~1000 pages written to the WAL).
+No flush happens before stage: while a large instance arrives its bytes are only
+handed to the disk every ``ingest.WRITEBACK_EVERY`` (``storage.writeback``), so
+that the fsync of stage waits for the last few MiB; the order above is unchanged.
 A syncfs that succeeds has made durable every byte written before it began:
 a batch whose members were all submitted (``Staged.seq``) before such a
 syncfs began — typically queued while the previous batch flushed its folders

@@ -169,6 +169,12 @@ class WritableStorage(Storage, Protocol):
         """Append all of ``data`` to the temporary."""
         ...
 
+    def writeback(self, handle: int) -> None:
+        """Start storing what was written so far, without waiting (a large instance's
+        bytes then go to the disk while the rest arrives): a hint, nothing promised;
+        :meth:`stage` is what makes them durable."""
+        ...
+
     def abort(self, handle: int, temp: str) -> None:
         """Drop a temporary: closed (unless ``handle`` is ``-1``), its bytes gone (one
         gone already is no error)."""
