@@ -23,7 +23,8 @@ from test_archive_roundtrip import _as_received, _candidates, _id
 from dicomstore import vr
 from dicomstore.archive import SUCCESS, Archive, ingest, scan
 from dicomstore.archive.dicomfile import HeaderError, encoding_of, read_header
-from dicomstore.archive.fields import fields_of_elements, index_fields
+from dicomstore.archive.fields import SPECIFIC_CHARACTER_SET, fields_of_elements, index_fields
+from dicomstore.archive.rawheader import Unsure
 from dicomstore.archive.scan import PREFIX_SIZE, scan_header
 
 
@@ -222,7 +223,7 @@ def test_a_header_longer_than_the_prefix_is_read_from_the_file(
         assert outcome.instance["series_uid"] == "1.2.3.4.5"
 
 
-# -- undefined-length sequences walked without pydicom (scan._skip_items) ------------
+# -- undefined-length sequences walked without pydicom (scan.walk_sequence) ---------
 
 _SHORT_VRS = ["CS", "LO", "SH", "UI", "US", "UL", "DS", "IS", "DA", "PN"]
 _LONG_VRS = ["OB", "OW", "UT", "UN", "UC"]
@@ -301,14 +302,14 @@ def test_sequences_are_walked_where_pydicom_ends_them(
     read_sequence ends it; on damaged bytes the walk may give up (None: pydicom
     reads it), never end elsewhere."""
     value = bytearray(_encode_items(items, True))
-    intact = not flips and cut is None
+    intact = not flips and cut is None and SPECIFIC_CHARACTER_SET not in _tags_in(items)
     for at, byte in flips:
         if at < len(value):
             value[at] = byte
     if cut is not None:
         value = value[:cut]
     buf = b"\x08\x00\x15\x11SQ\0\0\xff\xff\xff\xff" + bytes(value) + element(0x00100010, "PN", "A")
-    walked = scan._skip_items(buf, len(buf), 12, 0, False)
+    walked = _walked(buf, 12, False)
     by_pydicom = scan._skip_with_pydicom(buf, len(buf), 0x00081115, "SQ", 12, False)
     assert scan._skip_sequence(buf, len(buf), 0x00081115, "SQ", 12, False) == by_pydicom
     if walked is not None:
@@ -394,17 +395,32 @@ def test_implicit_sequences_are_walked_where_pydicom_ends_them(
     assert scan._skip_sequence(buf, len(buf), top, None, 8, True) == by_pydicom
     if top != 0x00081115 and buf[8:12] != b"\xfe\xff\x00\xe0":
         return  # a private tag without an item: no sequence to pydicom (nor here)
-    walked = scan._skip_items(buf, len(buf), 8, 0, True)
+    walked = _walked(buf, 8, True)
     if walked is not None:
         assert walked == by_pydicom
-    if not flips and _all_sequences(items):
+    if not flips and _all_sequences(items) and SPECIFIC_CHARACTER_SET not in _tags_in(items):
         assert walked == len(data)  # (what the walk is for: no pydicom)
 
 
-def _all_sequences(items: list) -> bool:
-    """Whether every undefined length inside is one pydicom reads as a sequence."""
+def _tags_in(items: list) -> set[int]:
+    """Every tag of the elements in ``items``, nested ones too (a Specific Character
+    Set that is a sequence is one pydicom cannot read: not an intact data set)."""
+    tags = set()
     for elements, _ in items:
         for node in elements:
+            tags.add(node[1])
+            if node[0] == "sq":
+                tags |= _tags_in(node[2])
+    return tags
+
+
+def _all_sequences(items: list) -> bool:
+    """Whether every undefined length inside is one pydicom reads as a sequence, and
+    every value of a tag the dictionary says SQ is one (the walker reads its items)."""
+    for elements, _ in items:
+        for node in elements:
+            if node[0] == "el" and node[3] and vr.dictionary_sq(node[1]):
+                return False  # (bytes that are no items under an SQ tag: pydicom reads them)
             if node[0] == "sq":
                 is_sq = vr.dictionary_sq(node[1])
                 if node[3] and is_sq is not True and not (is_sq is None and node[2]):
@@ -428,16 +444,24 @@ def test_the_dictionary_vrs_are_pydicoms() -> None:
         assert vr.dictionary_sq(tag) is expected, hex(tag)
 
 
+def _walked(buf: bytes, value: int, implicit: bool) -> int | None:
+    """Where ``scan.walk_sequence`` ends the sequence, or None when it is unsure."""
+    try:
+        return scan.walk_sequence(buf, value, implicit)
+    except Unsure:
+        return None
+
+
 def test_an_item_overrun_by_its_elements_is_left_to_pydicom() -> None:
     """An element running past the end of its item (of defined length) is damage
     the walk does not judge: pydicom reads that data set."""
     inner = element(0x00080100, "SH", "ABCD")
     item = b"\xfe\xff\x00\xe0" + struct.pack("<L", len(inner) - 2) + inner
     buf = b"\x08\x00\x15\x11SQ\0\0\xff\xff\xff\xff" + item + b"\xfe\xff\xdd\xe0" + bytes(4)
-    assert scan._skip_items(buf, len(buf), 12, 0, False) is None
+    assert _walked(buf, 12, False) is None
     intact = item[:4] + struct.pack("<L", len(inner)) + inner
     buf = b"\x08\x00\x15\x11SQ\0\0\xff\xff\xff\xff" + intact + b"\xfe\xff\xdd\xe0" + bytes(4)
-    assert scan._skip_items(buf, len(buf), 12, 0, False) == len(buf)
+    assert _walked(buf, 12, False) == len(buf)
 
 
 def test_an_implicit_data_set_whose_first_length_reads_as_a_vr_goes_to_pydicom() -> None:

@@ -32,10 +32,13 @@ from dicomstore.archive.dicomfile import (
     check_pixel_header,
 )
 from dicomstore.archive.fields import SPECIFIC_CHARACTER_SET, WANTED
+from dicomstore.archive.rawheader import TooDeep, Unsure, Walker
 from dicomstore.vr import VRS, dictionary_sq
 
 #: Data set bytes an Ingest keeps in memory for this scan.
 PREFIX_SIZE = 64 * 1024
+#: Sequences open at once beyond which the scan leaves the data set to pydicom.
+MAX_DEPTH = 64
 
 #: A wanted element found by the scan: (VR or None when implicit, value bytes, value offset).
 Element = tuple[str | None, bytes, int]
@@ -90,7 +93,8 @@ def scan_header(buf: bytes | bytearray, size: int, implicit: bool) -> dict[int, 
         if implicit:
             group, elem, length = header(buf, pos)
             value = pos + 8
-        else:  # (_explicit, inlined: a call per element costs 1.5% of a small instance)
+        else:  # (inlined, as framing.element_header reads it: a call per element would
+            # cost 1.5% of a small instance)
             group, elem, vr_bytes, length = header(buf, pos)
             known = vrs.get(vr_bytes)
             if known is None:
@@ -128,22 +132,6 @@ def scan_header(buf: bytes | bytearray, size: int, implicit: bool) -> dict[int, 
     return found if pos == size else None  # else: the last value runs past the end
 
 
-def _explicit(buf: bytes | bytearray, pos: int, have: int) -> tuple[int, int, str, int, int] | None:
-    """(group, element, VR, where the value starts, its length) of the explicit VR
-    little endian element header at ``pos`` (PS3.5 7.1.2); ``None``: a VR not in
-    :data:`~dicomstore.vr.VRS`, or the header runs past ``have``."""
-    group, elem, vr_bytes, length = _EXPLICIT(buf, pos)
-    known = VRS.get(vr_bytes)
-    if known is None:
-        return None
-    vr, long = known
-    if not long:
-        return group, elem, vr, pos + 8, length
-    if pos + 12 > have:
-        return None
-    return group, elem, vr, pos + 12, _U32(buf, pos + 8)[0]
-
-
 def _pixel_header_ok(buf: bytes | bytearray, pos: int, size: int, implicit: bool) -> bool:
     if len(buf) < min(pos + 16, size):
         return False
@@ -160,10 +148,13 @@ def _skip_sequence(
     """Where the undefined-length sequence whose value starts at ``value`` ends (after
     its Sequence Delimitation Item), read as pydicom's reader would; ``None``: unsure.
 
-    A sequence that frames cleanly is walked here (:func:`_skip_items`; in implicit
-    VR an element is a sequence when pydicom's data dictionary says SQ, or it does
-    not know the tag and the value starts with an item: ``vr.dictionary_sq``); any
-    other (a UN sequence, anything unusual) is read with pydicom's ``read_sequence``."""
+    A sequence that frames cleanly is walked here (``rawheader.Walker``, the walker
+    of the WADO-RS metadata; in implicit VR an element is a sequence when pydicom's
+    data dictionary says SQ, or it does not know the tag and the value starts with
+    an item: ``vr.dictionary_sq``); any other (a UN sequence, anything the walker
+    is unsure of) is read with pydicom's ``read_sequence``, but for sequences nested
+    deeper than :data:`MAX_DEPTH` (which nest deeper there than pydicom's
+    ``read_header`` of the file can)."""
     if implicit:
         is_sq = dictionary_sq(tag)
         if not (is_sq or (is_sq is None and buf[value : value + 4] == _ITEM)):
@@ -173,12 +164,17 @@ def _skip_sequence(
     elif vr != "SQ":
         return None  # pydicom reads it up to a delimiter: not a sequence
     try:
-        end = _skip_items(buf, min(len(buf), size), value, 0, implicit)
-    except _TooDeep:
-        return None  # (nor pydicom's read_sequence: it nests deeper than read_header can)
-    if end is not None:
-        return end
-    return _skip_with_pydicom(buf, size, tag, vr, value, implicit)
+        return walk_sequence(buf, value, implicit)
+    except TooDeep:
+        return None
+    except Unsure:
+        return _skip_with_pydicom(buf, size, tag, vr, value, implicit)
+
+
+def walk_sequence(buf: bytes | bytearray, value: int, implicit: bool) -> int:
+    """Where the little endian sequence of undefined length whose items start at
+    ``value`` in ``buf`` ends (``rawheader.Unsure``: not exactly as pydicom reads it)."""
+    return Walker(buf, implicit, True, dictionary_sq, MAX_DEPTH).sequence(value, None)[1]
 
 
 def _skip_with_pydicom(
@@ -210,89 +206,3 @@ def _skip_with_pydicom(
     if buf[end - 8 : end] not in _DELIMITERS:
         return None
     return end
-
-
-#: Sequences open at once beyond which the scan leaves the data set to pydicom.
-_MAX_DEPTH = 64
-
-
-class _TooDeep(Exception):
-    """More than :data:`_MAX_DEPTH` sequences open at once."""
-
-
-_TAG_LENGTH = struct.Struct("<LL").unpack_from
-_ITEM_TAG = 0xE000FFFE  # (FFFE,E000) as "<L" reads its bytes: group first
-_ITEM_END = 0xE00DFFFE
-_SEQUENCE_END = 0xE0DDFFFE
-
-
-def _skip_items(
-    buf: bytes | bytearray, have: int, pos: int, depth: int, implicit: bool
-) -> int | None:
-    """Where the items of a little endian sequence of undefined length, starting at
-    ``pos``, end after the Sequence Delimitation Item (PS3.5 7.5.2).
-
-    Only what frames cleanly in ``buf[:have]``: items (of either length) made of
-    elements of defined length and nested sequences, each item and sequence ended
-    where its length or delimiter says; ``None`` for anything else (in explicit VR
-    an unknown VR or a UN or other value of undefined length; in implicit VR an
-    undefined length pydicom does not take for a sequence; a delimiter with a
-    length, elements running over their item, the end of the bytes), which pydicom
-    then reads. Items and their delimiters carry no VR (PS3.5 7.5); a sequence's
-    items keep its encoding (pydicom switches an explicit item to implicit, not the
-    other way: then its first element's VR is unknown here, and pydicom decides)."""
-    if depth > _MAX_DEPTH:
-        raise _TooDeep
-    while pos + 8 <= have:
-        tag, length = _TAG_LENGTH(buf, pos)
-        pos += 8
-        if tag == _SEQUENCE_END:
-            return pos if length == 0 else None
-        if tag != _ITEM_TAG:
-            return None
-        if length == _UNDEFINED:
-            end = _skip_elements(buf, have, pos, None, depth, implicit)
-        else:
-            end = _skip_elements(buf, have, pos, pos + length, depth, implicit)
-        if end is None:
-            return None
-        pos = end
-    return None
-
-
-def _skip_elements(
-    buf: bytes | bytearray, have: int, pos: int, end: int | None, depth: int, implicit: bool
-) -> int | None:
-    """Where the elements of one item end: at ``end`` exactly (a defined length), or
-    after its Item Delimitation Item (``end`` None)."""
-    if end is not None and end > have:
-        return None
-    while end is None or pos < end:
-        if pos + 8 > have:
-            return None
-        tag, length = _TAG_LENGTH(buf, pos)
-        if tag & 0xFFFF == 0xFFFE:  # group FFFE: only an item's own delimiter
-            if end is None and tag == _ITEM_END and length == 0:
-                return pos + 8
-            return None
-        if implicit:
-            value = pos + 8
-            if length == _UNDEFINED:
-                is_sq = dictionary_sq((tag & 0xFFFF) << 16 | tag >> 16)
-                if not (is_sq or (is_sq is None and buf[value : value + 4] == _ITEM)):
-                    return None  # read up to a delimiter by pydicom
-        else:
-            read = _explicit(buf, pos, have)
-            if read is None:
-                return None
-            _, _, vr, value, length = read
-            if length == _UNDEFINED and vr != "SQ":
-                return None  # UN (implicit VR inside), or a value ended by a delimiter
-        if length == _UNDEFINED:
-            after = _skip_items(buf, have, value, depth + 1, implicit)
-            if after is None:
-                return None
-            pos = after
-        else:
-            pos = value + length
-    return pos if pos == end else None

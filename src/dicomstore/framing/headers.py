@@ -13,6 +13,9 @@ import struct
 from dicomstore.vr import VRS
 
 UNDEFINED = 0xFFFFFFFF
+#: Item, Item Delimitation Item and Sequence Delimitation Item (PS3.5 7.5): group
+#: FFFE, no VR in any encoding.
+ITEM, ITEM_DELIMITER, SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 TAG = {True: struct.Struct("<HH").unpack_from, False: struct.Struct(">HH").unpack_from}
 U16 = {True: struct.Struct("<H").unpack_from, False: struct.Struct(">H").unpack_from}
 U32 = {True: struct.Struct("<L").unpack_from, False: struct.Struct(">L").unpack_from}

@@ -9,6 +9,9 @@ import struct
 from dataclasses import dataclass
 
 from dicomstore.framing.errors import FramingError, Truncated, tag_name
+from dicomstore.framing.headers import ITEM as _ITEM
+from dicomstore.framing.headers import ITEM_DELIMITER as _ITEM_DELIMITER
+from dicomstore.framing.headers import SEQUENCE_DELIMITER as _SEQUENCE_DELIMITER
 from dicomstore.framing.headers import TAG as _TAG
 from dicomstore.framing.headers import U16 as _U16
 from dicomstore.framing.headers import U32 as _U32
@@ -20,9 +23,6 @@ from dicomstore.vr import VRS
 #: memory stays bounded whatever the nesting of hostile input.
 MAX_DEPTH = 1000
 
-_ITEM = 0xFFFEE000
-_ITEM_DELIMITER = 0xFFFEE00D
-_SEQUENCE_DELIMITER = 0xFFFEE0DD
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 
 

@@ -1,7 +1,7 @@
 """WADO-RS metadata (PS3.18 10.4.1.1.2) of a stored instance: its DICOM JSON (Annex F).
 
 :func:`read_metadata` reads the header once, straight from the file's bytes
-(:mod:`~dicomstore.http.rawheader`, a memory map: values past the header are never
+(:mod:`~dicomstore.archive.rawheader`, a memory map: values past the header are never
 read; from a storage without local files: the object's bytes), and encodes each
 value with :mod:`~dicomstore.http.jsonvalues`. Pixel Data and every top-level binary
 value larger than :data:`BULK_THRESHOLD` are sent as a BulkDataURI (F.2.6); other
@@ -30,11 +30,11 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
 from dicomstore.archive.dicomfile import dataset_offset, encoding_of
+from dicomstore.archive.rawheader import Element, Unsure, Walker
 from dicomstore.archive.storage import Storage
 from dicomstore.archive.stored import Stored, inflated, read_stored
 from dicomstore.http.dicomjson import BULK_THRESHOLD, log_cut, tag_key
 from dicomstore.http.jsonvalues import value_json
-from dicomstore.http.rawheader import Element, Unsure, Walker
 from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflateError, TooLarge
 
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})

@@ -16,14 +16,15 @@ import struct
 from collections.abc import Callable
 
 from dicomstore.archive.dicomfile import PIXEL_TAGS
+from dicomstore.framing.headers import ITEM, UNDEFINED
+from dicomstore.framing.headers import ITEM_DELIMITER as ITEM_END
+from dicomstore.framing.headers import SEQUENCE_DELIMITER as SEQ_END
 from dicomstore.vr import LONG_VRS, SHORT_VRS
-
-UNDEFINED = 0xFFFFFFFF
-ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 
 #: ``(tag, vr or None, value start, value length, items or None)``
 Element = tuple[int, str | None, int, int, list[list["Element"]] | None]
 
+_CHARSET = 0x00080005  # Specific Character Set: pydicom decodes it as it reads
 _VRS = {vr: vr.decode("ascii") for vr in LONG_VRS | SHORT_VRS}
 _LONG = frozenset(vr.decode("ascii") for vr in LONG_VRS)
 _TAG = {True: struct.Struct("<HHL"), False: struct.Struct(">HHL")}
@@ -35,17 +36,23 @@ class Unsure(Exception):
     """The bytes hold something read only by pydicom's rules (a fallback is due)."""
 
 
+class TooDeep(Unsure):
+    """Sequences nested deeper than the walker's limit."""
+
+
 class Walker:
     """Parses one buffer in one encoding; ``is_sequence(tag)`` gives whether an
-    Implicit VR element is a sequence (from the dictionary). Sequences nested more
-    than ``max_depth`` levels are :class:`Unsure` (pydicom reads them lazily)."""
+    Implicit VR element is a sequence (from the dictionary): ``None`` for a tag it
+    does not know, which is then a sequence if its value is of undefined length and
+    starts with an item (as pydicom reads it). Sequences nested more than
+    ``max_depth`` levels are :class:`TooDeep` (pydicom reads them lazily)."""
 
     def __init__(
         self,
-        buf: bytes,
+        buf: bytes | bytearray,
         implicit: bool,
         little: bool,
-        is_sequence: Callable[[int], bool],
+        is_sequence: Callable[[int], bool | None],
         max_depth: int,
     ) -> None:
         self.buf = buf
@@ -85,17 +92,23 @@ class Walker:
                     if vr is None:
                         raise Unsure(f"VR {code!r}")
                     if vr in _LONG:
+                        if pos + 12 > end:
+                            raise Unsure("truncated element header")
                         (length,), start = long_length(buf, pos + 8), pos + 12
                     else:
                         start = pos + 8
             if top and tag in PIXEL_TAGS:
                 return out, pos
             if tag == ITEM_END and in_item:
+                if length:
+                    raise Unsure("item delimiter with a length")  # (the framing check's)
                 return out, start
             if group == 0xFFFE:
                 raise Unsure(f"delimiter {tag:08X} in a data set")
+            if tag == _CHARSET and (length == UNDEFINED or vr == "SQ"):
+                raise Unsure("a Specific Character Set that is a sequence")  # (pydicom fails)
             if length == UNDEFINED:
-                if vr == "SQ" or (vr is None and self.is_sequence(tag)):
+                if vr == "SQ" or (vr is None and self._undefined_sequence(tag, start)):
                     items, pos = self.sequence(start, None)
                     out.append((tag, vr, start, UNDEFINED, items))
                     continue
@@ -112,11 +125,22 @@ class Walker:
             raise Unsure("item without its delimiter")
         return out, pos
 
+    def _undefined_sequence(self, tag: int, start: int) -> bool:
+        """An Implicit VR element of undefined length is a sequence (else pydicom reads
+        it up to a Sequence Delimitation Item: :class:`Unsure`)."""
+        known = self.is_sequence(tag)
+        if known is not None:
+            return known
+        if start + 8 > len(self.buf):
+            raise Unsure("truncated item")
+        group, elem, _ = self.tag(self.buf, start)
+        return bool(group << 16 | elem == ITEM)
+
     def sequence(self, pos: int, end: int | None) -> tuple[list[list[Element]], int]:
         """The items of a sequence from ``pos`` to ``end`` (None: to its delimiter)."""
         self.depth += 1
         if self.depth > self.max_depth:
-            raise Unsure("sequences nested deeper than the limit")
+            raise TooDeep("sequences nested deeper than the limit")
         try:
             return self._items(pos, end)
         finally:
@@ -132,15 +156,17 @@ class Walker:
             group, elem, length = self.tag(buf, pos)
             tag = group << 16 | elem
             if tag == SEQ_END and end is None:
+                if length:
+                    raise Unsure("sequence delimiter with a length")  # (the framing check's)
                 return items, pos + 8
             if tag != ITEM:
                 raise Unsure(f"{tag:08X} in a sequence")
             if length == UNDEFINED:
                 item, pos = self.dataset(pos + 8, limit, in_item=True)
             else:
-                item, pos = self.dataset(pos + 8, pos + 8 + length)
-                if pos > limit:
+                if pos + 8 + length > limit:
                     raise Unsure("item past the end of its sequence")
+                item, pos = self.dataset(pos + 8, pos + 8 + length)
             items.append(item)
         if end is None:
             raise Unsure("sequence without its delimiter")
