@@ -20,12 +20,12 @@ import os
 import re
 import struct
 import tempfile
-from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
 
 from dicomstore import uids
 from dicomstore.archive.layout import uid_bytes
 from dicomstore.framing import FramingError, file_meta
+from dicomstore.framing.headers import encode_header
 from dicomstore.inflation import InflateError, inflate_into
 from dicomstore.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomstore.vr import LONG_VRS
@@ -101,15 +101,8 @@ def file_header(
 
 
 def _element(tag: int, vr: bytes, value: bytes) -> bytes:
-    """One Explicit VR Little Endian element (PS3.5 7.1.2); a value too long for its
-    VR's 16-bit length is written as UN, as pydicom does."""
-    if vr not in LONG_VRS and len(value) > 0xFFFF:
-        vr = b"UN"
-    if vr in LONG_VRS:
-        head = struct.pack("<HH2sHL", tag >> 16, tag & 0xFFFF, vr, 0, len(value))
-    else:
-        head = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value))
-    return head + value
+    """One Explicit VR Little Endian element (PS3.5 7.1.2; ``framing.encode_header``)."""
+    return encode_header(tag, vr, len(value)) + value
 
 
 #: A SOP Instance UID :class:`MetaTemplates` may put in a template: printable
@@ -363,16 +356,3 @@ _META_CHUNK = 4096
 
 def _fmt(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
-
-
-HashUpdate = Callable[[bytes], object]
-
-
-def hash_from(fp: BinaryIO, start: int, update: HashUpdate, chunk: int = 1 << 20) -> int:
-    """Feed ``fp[start:]`` to ``update``; return the number of bytes read."""
-    fp.seek(start)
-    total = 0
-    while block := fp.read(chunk):
-        update(block)
-        total += len(block)
-    return total

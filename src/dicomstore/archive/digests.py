@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from blake3 import blake3
 
-from dicomstore.archive.dicomfile import dataset_offset, hash_from
+from dicomstore.archive.dicomfile import dataset_offset
 
 __all__ = [
     "BLAKE3",
@@ -29,6 +29,7 @@ __all__ = [
     "algorithm_of",
     "matches",
     "new",
+    "of_data_set",
     "of_file",
     "same",
     "text",
@@ -73,10 +74,19 @@ def algorithm_of(recorded: str) -> str:
 
 def of_file(path: Path | str, algorithm: str = BLAKE3) -> str:
     """The digest of the data set of the PS3.10 file at ``path``."""
-    hasher = new(algorithm)
     with open(path, "rb") as fp:
-        hash_from(fp, dataset_offset(fp), hasher.update)
-    return text(hasher)
+        return of_data_set(fp, dataset_offset(fp), algorithm)[0]
+
+
+def of_data_set(fp: BinaryIO, start: int, algorithm: str = BLAKE3) -> tuple[str, int]:
+    """The digest of what ``fp`` holds from ``start`` (read in chunks), and its size."""
+    hasher = new(algorithm)
+    fp.seek(start)
+    size = 0
+    while block := fp.read(1 << 20):
+        hasher.update(block)
+        size += len(block)
+    return text(hasher), size
 
 
 def same(recorded: str, digest: str, path: Path | str) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 
 from dicomstore.archive import digests as data_digests
 from dicomstore.archive import layout
-from dicomstore.archive.dicomfile import dataset_offset, hash_from, read_header
+from dicomstore.archive.dicomfile import dataset_offset, read_header
 from dicomstore.archive.engine import engine_for
 from dicomstore.archive.fields import index_fields
 from dicomstore.archive.filestorage import dicom_files
@@ -114,18 +114,17 @@ def read_row(root: Path, path: Path) -> dict[str, Any]:
     meta = read_file_meta_info(path)
     transfer_syntax = str(meta.get("TransferSyntaxUID", ""))
     stat = path.stat()
-    digest = data_digests.new()
     with open(path, "rb") as fp:
         offset = dataset_offset(fp)
         ds = read_header(fp, offset, stat.st_size, transfer_syntax)
-        hash_from(fp, offset, digest.update)
+        digest, _ = data_digests.of_data_set(fp, offset)
     row = index_fields(ds)
     if row["sop_instance_uid"] is None or row["sop_class_uid"] is None:
         raise ValueError("no SOP Class/Instance UID in the data set")
     row.update(
         transfer_syntax_uid=layout.normalize_uid(transfer_syntax),
         file_size=stat.st_size,
-        digest=data_digests.text(digest),
+        digest=digest,
         received_at=datetime.fromtimestamp(stat.st_mtime, UTC).isoformat(timespec="microseconds"),
         calling_ae=str(meta.get("SourceApplicationEntityTitle", "")).strip() or None,
         called_ae=str(meta.get("ReceivingApplicationEntityTitle", "")).strip() or None,

@@ -33,7 +33,7 @@ import os
 from dataclasses import dataclass
 
 from dicomstore.archive import digests
-from dicomstore.archive.dicomfile import encoding_of, hash_from
+from dicomstore.archive.dicomfile import encoding_of
 from dicomstore.archive.outcome import WARNING_ELEMENTS_DISCARDED
 from dicomstore.framing import FileSource, FramingError, walk
 
@@ -94,11 +94,10 @@ def discard_trailing_padding(
         if at is None:
             return None
         os.ftruncate(fd, at)
-        digest = digests.new()
-        kept = hash_from(fp, start, digest.update)
+        digest, kept = digests.of_data_set(fp, start)
     if start + kept != at:
         raise OSError(f"the data set changed while it was cut ({start + kept} != {at})")
-    return Discarded(end - at, at, digests.text(digest))
+    return Discarded(end - at, at, digest)
 
 
 def merge_warning(

@@ -102,7 +102,7 @@ def _settle_folder(root: Path, index: Index, folder: Path, *, fsync: bool) -> in
                 if entry.stat(follow_symlinks=False).st_nlink > 1:
                     adopted += _settle(root, index, Path(entry.path), read_row, fsync=fsync)
             except Exception:  # noqa: BLE001 - an unreadable leftover: check() reports it
-                unsettled |= {entry.name, f"{entry.name.removesuffix('.pub')}.bak"}
+                unsettled |= {entry.name, _backup_of(entry.name)}
     tmp = root / layout.TMP_DIR
     if folder == tmp:
         settle_intents(root, index, fsync=fsync)
@@ -124,7 +124,7 @@ def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool
     row = read_row(root, trace)  # reads the header, for the final name
     rel = layout.instance_relstr(row["study_uid"], row["series_uid"], row["sop_instance_uid"])
     final = root / rel
-    backup = Path(f"{str(trace).removesuffix('.pub')}.bak")  # (FileStorage.place's name)
+    backup = trace.with_name(_backup_of(trace.name))
     with index.lock:
         index.begin()
         try:
@@ -151,3 +151,8 @@ def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool
             return 0
         finally:
             index.rollback()  # (nothing left to roll back after the COMMIT)
+
+
+def _backup_of(trace: str) -> str:
+    """The name ``FileStorage.place`` gives the kept old file of a trace's replace."""
+    return f"{trace.removesuffix('.pub')}.bak"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from dicomstore.vr import VRS
+from dicomstore.vr import LONG_VRS, VRS
 
 UNDEFINED = 0xFFFFFFFF
 #: Item, Item Delimitation Item and Sequence Delimitation Item (PS3.5 7.5): group
@@ -48,3 +48,17 @@ def element_header(
     if pos + 12 > len(buf):
         return None
     return tag, vr, U32[little](buf, pos + 8)[0], pos + 12
+
+
+def encode_header(tag: int, vr: bytes | None, length: int, little: bool = True) -> bytes:
+    """The header of an element whose value is ``length`` bytes: Implicit VR when
+    ``vr`` is None, else Explicit VR, where a value too long for its VR's 16-bit
+    length is written as UN (as pydicom does, PS3.5 6.2.2)."""
+    order = "<" if little else ">"
+    if vr is None:
+        return struct.pack(order + "HHL", tag >> 16, tag & 0xFFFF, length)
+    if vr not in LONG_VRS and length > 0xFFFF:
+        vr = b"UN"
+    if vr in LONG_VRS:
+        return struct.pack(order + "HH2sHL", tag >> 16, tag & 0xFFFF, vr, 0, length)
+    return struct.pack(order + "HH2sH", tag >> 16, tag & 0xFFFF, vr, length)

@@ -141,13 +141,13 @@ class AcceptorAssociation:
     def _qr_scps(self) -> tuple[QuerySCP | RetrieveSCP | GetSCP | CommitmentSCP | None, ...]:
         return (self.query, self.retrieve, self.get, self.commitment)
 
-    def _make_qr_scp(self, event: CommandReceived | DatasetFragment) -> None:
+    def _make_qr_scp(self, message: object) -> None:
         """Make the SCP of the association's first C-FIND, C-MOVE, C-GET or N-ACTION
         (their modules load pydicom: an association that only stores or echoes never does)."""
-        if self._qr_made is None or not isinstance(event, CommandReceived):
+        if self._qr_made is None:
             return
         rq, admission = self._qr_made
-        message, t, server, at = event.message, self.t, self.server, self.address
+        t, server, at = self.t, self.server, self.address
         if isinstance(message, CFindRQ) and self.query is None:
             self.query = server.query_scp(t, rq, at, admission)
         elif isinstance(message, CMoveRQ) and self.retrieve is None:
@@ -375,7 +375,7 @@ class AcceptorAssociation:
             return
         if isinstance(event, CommandReceived) and isinstance(event.message, _QR_REQUESTS):
             await self.server.load_qr()
-        self._make_qr_scp(event)
+            self._make_qr_scp(event.message)
         for scp in self._qr_scps:
             if scp is not None and scp.handles(event):
                 scp.receive(event)

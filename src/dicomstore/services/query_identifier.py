@@ -46,8 +46,8 @@ from dicomstore import uids
 from dicomstore.archive import attributes
 from dicomstore.archive import query as q
 from dicomstore.dimse import status as st
+from dicomstore.framing.headers import encode_header
 from dicomstore.services.qr_classes import FIND_MODEL_LEVELS
-from dicomstore.vr import LONG_VRS
 
 PATIENT_ROOT_FIND = uids.PATIENT_ROOT_QR_FIND
 STUDY_ROOT_FIND = uids.STUDY_ROOT_QR_FIND
@@ -354,7 +354,6 @@ def encode_elements(elements: Iterable[Element], transfer_syntax: str) -> bytes:
     UTF-8 when a Specific Character Set ``ISO_IR 192`` came before it."""
     implicit = transfer_syntax == uids.IMPLICIT_VR_LE
     little = transfer_syntax != uids.EXPLICIT_VR_BE
-    order = "<" if little else ">"
     utf8 = False
     out = bytearray()
     for tag, vr, value in elements:
@@ -367,13 +366,7 @@ def encode_elements(elements: Iterable[Element], transfer_syntax: str) -> bytes:
             kind = BINARY_VRS[vr]
             values = struct.unpack(f"<{len(value) // struct.calcsize(kind)}{kind}", value)
             value = struct.pack(f">{len(values)}{kind}", *values)
-        out += struct.pack(order + "HH", tag >> 16, tag & 0xFFFF)
-        if implicit:
-            out += struct.pack(order + "L", len(value))
-        elif vr.encode() in LONG_VRS:
-            out += vr.encode() + b"\0\0" + struct.pack(order + "L", len(value))
-        else:
-            out += vr.encode() + struct.pack(order + "H", len(value))
+        out += encode_header(tag, None if implicit else vr.encode(), len(value), little)
         out += value
     return bytes(out)
 
