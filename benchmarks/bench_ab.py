@@ -5,7 +5,8 @@ Run on demand (not part of the tests), loopback only:
     python benchmarks/bench_ab.py --corpus ~/.cache/dicombench/corpus/tiny --reps 8 \\
         base=/path/to/old/src head=src
 
-For each rep, each tree in turn: a fresh ``dicomstore serve --fsync off`` (that tree on
+For each rep, each tree in turn: a fresh ``dicomstore serve --fsync off`` (``--fsync on``:
+durable, then give a ``--scratch`` on the disk to measure) (that tree on
 PYTHONPATH) on an archive in ``--scratch`` (default /dev/shm: tmpfs, so that the file
 system's own cost of creating files, which varies run to run and place to place on ext4,
 stays out), DCMTK ``storescu +sd +r`` sends the corpus once, and the server's CPU time over
@@ -61,13 +62,15 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60
     raise RuntimeError("the server did not listen in time")
 
 
-def one_run(src: str, corpus: Path, scratch: Path, count: int) -> tuple[float, float]:
+def one_run(
+    src: str, corpus: Path, scratch: Path, count: int, fsync: str = "off"
+) -> tuple[float, float]:
     """(CPU ms per instance, instances/s) of one server from ``src`` receiving ``corpus``."""
     work = Path(tempfile.mkdtemp(dir=scratch))
     port = free_port()
     env = {**os.environ, "PYTHONPATH": src}
     cmd = [sys.executable, "-m", "dicomstore.cli", "serve", "--port", str(port)]
-    cmd += ["--storage", str(work / "ds"), "--fsync", "off", "--log-level", "error"]
+    cmd += ["--storage", str(work / "ds"), "--fsync", fsync, "--log-level", "error"]
     server = subprocess.Popen(cmd, env=env)
     try:
         wait_listening(port, server)
@@ -91,6 +94,12 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, required=True, help="a folder of DICOM files")
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--scratch", type=Path, default=Path("/dev/shm"))
+    ap.add_argument(
+        "--fsync",
+        choices=("off", "on"),
+        default="off",
+        help="the servers' --fsync (on: durable, the default of serve; use a --scratch on disk)",
+    )
     args = ap.parse_args()
     arms = [tuple(t.split("=", 1)) for t in args.trees]
     if any(len(a) != 2 for a in arms):
@@ -99,8 +108,8 @@ def main() -> None:
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name, _src in arms}
     for _rep in range(args.reps):
         for name, src in arms:
-            runs[name].append(one_run(src, args.corpus, args.scratch, count))
-    print(f"{count} instances, {args.reps} reps, scratch {args.scratch}")
+            runs[name].append(one_run(src, args.corpus, args.scratch, count, args.fsync))
+    print(f"{count} instances, {args.reps} reps, scratch {args.scratch}, --fsync {args.fsync}")
     for name, values in runs.items():
         cpu = statistics.median(v[0] for v in values)
         rate = statistics.median(v[1] for v in values)

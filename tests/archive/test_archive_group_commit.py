@@ -191,6 +191,78 @@ def test_flushes_per_batch(
         assert archive.stats.flushes == (2 if syncfs else 4) + len(flushes)
 
 
+def _log_placing(monkeypatch: pytest.MonkeyPatch, root: Path) -> list[str]:
+    """The file system calls that place an instance, in order, with their paths
+    relative to ``root`` (``.tmp`` for any name in it)."""
+    calls: list[str] = []
+    real = {name: getattr(os, name) for name in ("fsync", "link", "rename")}
+
+    def rel(path: object) -> str:
+        text = str(Path(str(path)).relative_to(root))
+        return ".tmp" if text.startswith(".tmp") else text
+
+    def fsync(fd: int) -> None:
+        calls.append(f"fsync {rel(os.readlink(f'/proc/self/fd/{fd}'))}")
+        real["fsync"](fd)
+
+    def logged(name: str) -> Callable[..., None]:
+        def call(src: object, dst: object, *args: object, **kw: object) -> None:
+            calls.append(f"{name} {rel(src)} {rel(dst)}")  # (before: failed ones too)
+            real[name](src, dst, *args, **kw)
+
+        return call
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "link", logged("link"))
+    monkeypatch.setattr(os, "rename", logged("rename"))
+    return calls
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_how_a_lone_new_instance_is_placed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    """Durable: its data flushed, a trace made and the file renamed into place, its
+    folder flushed (not ``.tmp``: a new instance's trace need not be durable), then
+    the COMMIT (a hard link into place made every flush slower: see
+    ``FileStorage.place``). Without fsync: one hard link, its temporary the trace."""
+    root = tmp_path / "root"
+    with Archive(root, fsync=fsync, syncfs=False) as archive:
+        assert store(archive, dataset(uid_of(0)), sop_uid=uid_of(0)).status == SUCCESS
+        calls = _log_placing(monkeypatch, root.resolve())
+        assert store(archive, dataset(uid_of(1)), sop_uid=uid_of(1)).status == SUCCESS
+        final = f"1.2.3.4/1.2.3.4.5/{uid_of(1)}.dcm"
+        if fsync:
+            assert calls == [
+                "fsync .tmp",
+                "link .tmp .tmp",  # the trace
+                f"link {final} .tmp",  # a backup of what is there: nothing (ENOENT)
+                f"rename .tmp {final}",
+                "fsync 1.2.3.4/1.2.3.4.5",
+            ]
+        else:
+            assert calls == [f"link .tmp {final}"]
+        assert list(archive.tmp_dir.rglob("*.p*")) == []  # (the trace is gone)
+        assert_clean(archive)
+
+
+def test_a_durable_replace_makes_its_trace_and_backup_durable_before_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unlike a new instance's: the next start puts the old file back from them."""
+    root = tmp_path / "root"
+    with Archive(root, on_duplicate="replace", syncfs=False) as archive:
+        assert store(archive, dataset(uid_of(1)), sop_uid=uid_of(1)).status == SUCCESS
+        calls = _log_placing(monkeypatch, root.resolve())
+        again = dataset(uid_of(1), patient_name="Doe^John")
+        assert store(archive, again, sop_uid=uid_of(1)).status == SUCCESS
+        final = f"1.2.3.4/1.2.3.4.5/{uid_of(1)}.dcm"
+        assert calls[:3] == ["fsync .tmp", "link .tmp .tmp", f"link {final} .tmp"]
+        assert calls[3] == f"rename .tmp {final}"
+        assert sorted(calls[4:]) == ["fsync .tmp", "fsync 1.2.3.4/1.2.3.4.5"]
+        assert_clean(archive)
+
+
 def test_files_written_before_a_syncfs_need_no_flush_of_their_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,19 +15,21 @@ file system (``filestorage.FileStorage``) does what is described. With
     BEGIN IMMEDIATE      the index write lock (after ``lock_timeout``: A700 for all)
     look them up         the duplicate policy decides, instance by instance
   place (each):
-    new instance: link   mkdir, then a hard link of the temporary to its final
-                         name, which fails if a file is there: the temporary's
-                         name stays as the trace            [publish.after-rename]
-    else: old names      a trace (``.pub``); the file at the final name gets a
-                         second name in .tmp (``.bak``); one at another name (the
-                         instance moves to another series) a removal intent
-                         (``removal.py``)                   [publish.after-old-link]
+    old names            a trace (``.pub``, a second name of the temporary); the
+                         file at the final name gets a second name in .tmp
+                         (``.bak``); one at another name (the instance moves to
+                         another series) a removal intent (``removal.py``)
+                                                        [publish.after-old-link]
     mkdir, rename        the file to its final name (a failure fails that one only)
                                                         [publish.after-rename]
+    (``fsync`` off, a new instance: mkdir, then a hard link of the temporary to
+    its final name instead, which fails if a file is there; the temporary's name
+    is the trace. Durable, a link costs every flush more: ``FileStorage.place``)
   settle:
     flush the folders    fsync of the series folder (and of the parent of a new
-                         folder, and of .tmp for a trace, backup or intent made
-                         by a rename); a batch with several
+                         folder, and of .tmp for the trace, backup or intent of a
+                         replace or of a file renamed over another: not for a new
+                         instance); a batch with several
                          folders or new ones: syncfs   [publish.after-folder-flush]
   (the index):
     write the rows       one INSERT per instance, parent rows only if new or richer
@@ -45,8 +47,10 @@ COMMIT. A failure after the renames (a folder flush, the index) undoes every
 rename of the batch before answering A700. A crash after the renames and
 before the COMMIT leaves files without rows, and their traces: the next start
 adopts them into the index (``recovery.recover``), or puts back what a replace
-replaced. A crash after the COMMIT and before the old file of a moved
-instance is gone leaves its removal intent: the next start (or ``delete``)
+replaced (after a power cut a new instance's trace may be gone: its file is then
+one ``check`` reports and ``reindex`` adopts; it was never acknowledged). A
+crash after the COMMIT and before the old file of a moved instance is gone
+leaves its removal intent: the next start (or ``delete``)
 removes the file, which the index no longer names. Either way the index then
 serves the last committed version and ``check`` is clean.
 
