@@ -241,7 +241,7 @@ class FileStorage:
                 replacing is None
                 and self._links
                 and not self.fsync
-                and self._link_new(member, folder, durable_dirs)
+                and self._link_new(member, folder)
             ):
                 if crashpoints.ENABLED:
                     crashpoints.reached("publish.after-rename")
@@ -366,10 +366,11 @@ class FileStorage:
             layout.remove_quietly(member.trace)
             member.trace = None
 
-    def _link_new(self, member: Staged, folder: str, durable_dirs: bool) -> bool:
+    def _link_new(self, member: Staged, folder: str) -> bool:
         """Place a new instance by a hard link from its temporary, which is then its
-        trace; False when something is at the final name already, or hard links do
-        not work here (the caller renames instead)."""
+        trace (``fsync`` off only: no folder is flushed); False when something is at
+        the final name already, or hard links do not work here (the caller renames
+        instead)."""
         try:
             os.link(member.temp, member.final)
         except FileExistsError:
@@ -378,8 +379,8 @@ class FileStorage:
             if folder not in self._dirs:
                 raise
             self._dirs.discard(folder)  # removed behind our back (a delete emptied it)
-            member.created = self._make_dirs(folder, durable_dirs)
-            return self._link_new(member, folder, durable_dirs)
+            member.created = self._make_dirs(folder, False)
+            return self._link_new(member, folder)
         except OSError as exc:
             if exc.errno not in _NO_LINKS:
                 raise

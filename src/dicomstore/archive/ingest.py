@@ -86,7 +86,6 @@ class Ingest:
         self._left: Callable[[], None] | None = None
         if announce is not None:
             self._arriving, self._left = announce
-        self._fsync = fsync
         self._digest = digests.new()
         self._size = 0  # data set bytes
         #: the size at which the bytes written so far are handed to the disk: every

@@ -108,7 +108,7 @@ class Walker:
             if tag == _CHARSET and (length == UNDEFINED or vr == "SQ"):
                 raise Unsure("a Specific Character Set that is a sequence")  # (pydicom fails)
             if length == UNDEFINED:
-                if vr == "SQ" or (vr is None and self._undefined_sequence(tag, start)):
+                if vr == "SQ" or (vr is None and self.undefined_is_sequence(tag, start)):
                     items, pos = self.sequence(start, None)
                     out.append((tag, vr, start, UNDEFINED, items))
                     continue
@@ -125,7 +125,7 @@ class Walker:
             raise Unsure("item without its delimiter")
         return out, pos
 
-    def _undefined_sequence(self, tag: int, start: int) -> bool:
+    def undefined_is_sequence(self, tag: int, start: int) -> bool:
         """An Implicit VR element of undefined length is a sequence (else pydicom reads
         it up to a Sequence Delimitation Item: :class:`Unsure`)."""
         known = self.is_sequence(tag)

@@ -151,20 +151,23 @@ def _skip_sequence(
     A sequence that frames cleanly is walked here (``rawheader.Walker``, the walker
     of the WADO-RS metadata; in implicit VR an element is a sequence when pydicom's
     data dictionary says SQ, or it does not know the tag and the value starts with
-    an item: ``vr.dictionary_sq``); any other (a UN sequence, anything the walker
-    is unsure of) is read with pydicom's ``read_sequence``, but for sequences nested
-    deeper than :data:`MAX_DEPTH` (which nest deeper there than pydicom's
-    ``read_header`` of the file can)."""
+    an item: ``Walker.undefined_is_sequence`` with ``vr.dictionary_sq``); any other
+    (a UN sequence, anything the walker is unsure of) is read with pydicom's
+    ``read_sequence``, but for sequences nested deeper than :data:`MAX_DEPTH`
+    (which nest deeper there than pydicom's ``read_header`` of the file can)."""
+    walker = _walker(buf, implicit)
     if implicit:
-        is_sq = dictionary_sq(tag)
-        if not (is_sq or (is_sq is None and buf[value : value + 4] == _ITEM)):
-            return None  # pydicom reads it up to a delimiter: not a sequence
+        try:
+            if not walker.undefined_is_sequence(tag, value):
+                return None  # pydicom reads it up to a delimiter: not a sequence
+        except Unsure:
+            return None  # (no room for an item: pydicom reading the file decides)
     elif vr == "UN":  # a sequence if pydicom's settings say so (PS3.5 6.2.2)
         return _skip_with_pydicom(buf, size, tag, vr, value, implicit)
     elif vr != "SQ":
         return None  # pydicom reads it up to a delimiter: not a sequence
     try:
-        return walk_sequence(buf, value, implicit)
+        return walker.sequence(value, None)[1]
     except TooDeep:
         return None
     except Unsure:
@@ -174,7 +177,12 @@ def _skip_sequence(
 def walk_sequence(buf: bytes | bytearray, value: int, implicit: bool) -> int:
     """Where the little endian sequence of undefined length whose items start at
     ``value`` in ``buf`` ends (``rawheader.Unsure``: not exactly as pydicom reads it)."""
-    return Walker(buf, implicit, True, dictionary_sq, MAX_DEPTH).sequence(value, None)[1]
+    return _walker(buf, implicit).sequence(value, None)[1]
+
+
+def _walker(buf: bytes | bytearray, implicit: bool) -> Walker:
+    """The walker of a received little endian header (pydicom's dictionary rules)."""
+    return Walker(buf, implicit, True, dictionary_sq, MAX_DEPTH)
 
 
 def _skip_with_pydicom(
