@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import threading
@@ -189,6 +190,19 @@ def test_trailing_padding_option_parses() -> None:
     assert build_parser().parse_args(["serve"]).trailing_padding == "keep"
     args = build_parser().parse_args(["serve", "--trailing-padding", "discard"])
     assert args.trailing_padding == "discard"
+
+
+def test_serve_syncfs_option_reaches_the_archive(monkeypatch, tmp_path) -> None:
+    from dicomstore.cli import build_parser, serve
+
+    opened: list[dict] = []
+    monkeypatch.setattr(serve, "open_archive", lambda storage, **kw: opened.append(kw))
+    for given, expected in (([], None), (["--syncfs", "off"], False)):
+        args = build_parser().parse_args(["serve", "--storage", str(tmp_path), *given])
+        assert asyncio.run(serve.run(args)) == 2  # (no archive: a usage error)
+        assert opened.pop()["syncfs"] is expected
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--syncfs", "on"])
 
 
 def test_trailing_padding_bad_value_is_a_one_line_error(capsys) -> None:

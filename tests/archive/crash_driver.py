@@ -123,12 +123,15 @@ def publish_round(point: str, n: int, work: Path) -> None:
 NEW_INSTANCE_POINTS = tuple(
     p for p in crashpoints.POINTS if p.startswith("publish.") and "-old-" not in p
 )
+#: The points only a new instance passes (committed before its flush: ``publish.py``)
+NEW_ONLY = ("publish.after-flush",)
 
 
 def new_instance_round(point: str, n: int, work: Path) -> None:
-    """Store a new instance (linked into place, its temporary the trace) beside a
-    stored one, dying at ``point``: once linked it is adopted at the next start
-    (its data and name were durable), before it is not there; the other is untouched."""
+    """Store a new instance beside a stored one, dying at ``point``: once renamed
+    into place (its data flushed before, or its digest in its trace's name) it is
+    adopted at the next start, or kept if committed (its row verified when it was
+    committed before its flush); before, it is not there; the other is untouched."""
     root = work / f"r{n}"
     new = dataset(OTHER, patient_name="New")
     with Archive(root) as archive:
@@ -212,7 +215,7 @@ def main(point: str, rounds: int, work: Path) -> dict[str, Any]:
     failures = []
     for n in range(rounds):
         try:
-            if point in NEW_INSTANCE_POINTS and n % 3 == 2:  # a third: a new instance
+            if point in NEW_ONLY or (point in NEW_INSTANCE_POINTS and n % 3 == 2):
                 new_instance_round(point, n, work)
             else:
                 one(point, n, work)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from archive_testlib import dataset, store, stored_dataset
 
-from dicomstore.archive import SUCCESS, Archive, crashpoints
+from dicomstore.archive import SUCCESS, Archive, crashpoints, layout
 from dicomstore.archive.recovery import ArchiveBusyError, hold
 from dicomstore.cli import main
 
@@ -54,6 +54,8 @@ def drivers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, subp
 def test_every_crash_point_recovers_to_the_last_committed_version(
     drivers: dict[str, subprocess.Popen[str]], point: str
 ) -> None:
+    if point == "publish.after-flush" and not layout.SYNCFS_AVAILABLE:
+        pytest.skip("a new instance is committed before its flush only with syncfs")
     out, err = drivers[point].communicate(timeout=300)
     assert drivers[point].returncode == 0, err
     report = json.loads(out.splitlines()[-1])

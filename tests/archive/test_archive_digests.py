@@ -14,9 +14,8 @@ from tests.archive.archive_testlib import dataset, store, stored_dataset
 
 from dicomstore.archive import OUT_OF_RESOURCES, SUCCESS, WARNING_COERCION, Archive, digests
 from dicomstore.archive.commitment import PROCESSING_FAILURE, Reference, verify
-from dicomstore.archive.index import SchemaError
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.archive.schema import SCHEMA_VERSION
+from dicomstore.archive.schema import SCHEMA_VERSION, SchemaError
 
 UID = "1.2.3.4.5.6.7"
 DATA = dataset(patient_name="Digest^Test", pixels=4096)

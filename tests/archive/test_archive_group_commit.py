@@ -28,6 +28,7 @@ from dicomstore.archive import (
 )
 from dicomstore.archive import commit as commit_module
 from dicomstore.archive.engine import engine_for
+from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.publish import Publisher
 
 SYNCFS = pytest.mark.skipif(not layout.SYNCFS_AVAILABLE, reason="needs syncfs (Linux 5.8+)")
@@ -180,6 +181,10 @@ def test_flushes_per_batch(
         outcomes = batches.run(first, others)
         assert {o.status for o in outcomes} == {SUCCESS}
         assert batches.seen == [1, size]
+        if archive._publisher.defers:  # committed first, then one syncfs for everything
+            assert flushes == ["syncfs", "syncfs"]
+            assert archive.stats.flushes == 1 + len(flushes)
+            return
         # batch of one: file + series folder; then the batch of `size`
         expected = ["fsync", "fsync"]
         if syncfs and size >= 2:
@@ -263,11 +268,18 @@ def test_a_durable_replace_makes_its_trace_and_backup_durable_before_the_commit(
         assert_clean(archive)
 
 
+def _flush_before_the_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files flushed before they are placed, as on PostgreSQL or for a replace (not
+    a SQLite index's new instances: committed first, flushed after)."""
+    monkeypatch.setattr(FileStorage, "defers_flush", lambda self, index_file: False)
+
+
 def test_files_written_before_a_syncfs_need_no_flush_of_their_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not layout.SYNCFS_AVAILABLE:
         pytest.skip("needs syncfs")
+    _flush_before_the_commit(monkeypatch)
     with Archive(tmp_path / "root") as archive:
         batches = Batches(archive)
         first = receive(archive, 1)
@@ -288,6 +300,7 @@ def test_an_instance_submitted_during_a_syncfs_is_flushed_after_it(
 ) -> None:
     if not layout.SYNCFS_AVAILABLE:
         pytest.skip("needs syncfs")
+    _flush_before_the_commit(monkeypatch)
     with Archive(tmp_path / "root") as archive:
         late = receive(archive, 2, study="1.2.9.2", series="1.2.9.2.1")
         outcomes: list[StoreOutcome] = []
@@ -359,7 +372,9 @@ def test_a_file_that_cannot_be_flushed_fails_alone(
     batches = Batches(archive)
     first = receive(archive, 1)
     others = [receive(archive, n) for n in range(2, 6)]
-    monkeypatch.setattr(os, "fsync", _fail_for({str(others[1].temp)}, os.fsync, errno.EIO))
+    # (by its temporary's name, or its final one: flushed after its COMMIT)
+    failing = {str(others[1].temp), str(archive.root / "1.2.3.4/1.2.3.4.5" / f"{uid_of(3)}.dcm")}
+    monkeypatch.setattr(os, "fsync", _fail_for(failing, os.fsync, errno.EIO))
     real_syncfs = layout.syncfs
 
     def failing_syncfs(fd: int) -> None:  # a writeback error somewhere on the file system
@@ -400,16 +415,25 @@ def test_enospc_flushing_the_folder_fails_the_batch_and_leaves_nothing(
     batches = Batches(archive)
     first = receive(archive, 1)
     others = [receive(archive, n) for n in range(2, 6)]
-    real = layout.fsync_dir
+    real, real_syncfs = layout.fsync_dir, layout.syncfs
     calls = []
+    defers = archive._publisher.defers  # (flushed after the COMMIT: syncfs, else fsyncs)
 
     def fsync_dir(path: Path) -> None:
         calls.append(path)
-        if len(calls) == 2:  # the folder flush of the second batch
+        if defers or len(calls) == 2:  # the folder flush of the second batch
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(path)
 
+    def syncfs(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) >= 2:  # the second batch's
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_syncfs(fd)
+
     monkeypatch.setattr(layout, "fsync_dir", fsync_dir)
+    if defers:
+        monkeypatch.setattr(layout, "syncfs", syncfs)
     outcomes = batches.run(first, others)
     monkeypatch.undo()
     assert [o.status for o in outcomes] == [SUCCESS] + [OUT_OF_RESOURCES] * 4
@@ -430,11 +454,11 @@ def test_index_failure_fails_the_batch_and_restores_replaced_files(
         real = Index.commit
         commits = []
 
-        def commit(self: Index) -> None:
+        def commit(self: Index, **kw: object) -> None:
             commits.append(1)
             if len(commits) == 2:
                 raise sqlite3.OperationalError("disk I/O error")
-            real(self)
+            real(self, **kw)  # type: ignore[arg-type]
 
         monkeypatch.setattr(Index, "commit", commit)
         outcomes = batches.run(first, others)
@@ -499,7 +523,9 @@ def test_no_name_before_durable_data_no_answer_before_commit(
         os, "rename", lambda a, b: (log("named", str(a), str(b)), real_rename(a, b))[1]
     )
     monkeypatch.setattr(os, "link", lambda a, b: (log("named", str(a), str(b)), real_link(a, b))[1])
-    monkeypatch.setattr(Index, "commit", lambda self: (real_commit(self), log("commit"))[0])
+    monkeypatch.setattr(
+        Index, "commit", lambda self, **kw: (real_commit(self, **kw), log("commit"))[0]
+    )
     with Archive(tmp_path / "root", syncfs=syncfs) as archive:
         batches = Batches(archive)
         ingests = [receive(archive, n, series=f"1.2.3.{n % 2}") for n in range(size + 1)]
@@ -507,10 +533,17 @@ def test_no_name_before_durable_data_no_answer_before_commit(
         outcomes = batches.run(ingests[0], ingests[1:])
         log("answered")
         assert {o.status for o in outcomes} == {SUCCESS}
+        defers = archive._publisher.defers
     position = {e: i for i, e in enumerate(events)}
     for temp, outcome in zip(temps, outcomes, strict=True):
         final = str(outcome.path)
         (renamed,) = [i for i, e in enumerate(events) if e[:3] == ("named", temp, final)]
+        if defers:  # named → COMMIT → one syncfs (data, names, COMMIT) → answered
+            commit = [i for i, e in enumerate(events) if i > renamed and e == ("commit",)]
+            assert commit, f"{final} was never committed"
+            flush = [i for i, e in enumerate(events) if i > commit[0] and e == ("flush", "*")]
+            assert flush and flush[0] < position[("answered",)]
+            continue
         data = [i for i, e in enumerate(events[:renamed]) if e in (("flush", temp), ("flush", "*"))]
         assert data, f"{final} was named before its data was flushed"
         folder = [
@@ -531,11 +564,11 @@ def _crash_at_commit(monkeypatch: pytest.MonkeyPatch, number: int = 2) -> type[B
     real = Index.commit
     commits = []
 
-    def commit(self: Index) -> None:
+    def commit(self: Index, **kw: object) -> None:
         commits.append(1)
         if len(commits) >= number:
             raise Crash
-        real(self)
+        real(self, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Index, "commit", commit)
     monkeypatch.setattr(Index, "rollback", lambda self: None)

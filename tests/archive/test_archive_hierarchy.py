@@ -11,10 +11,10 @@ import pytest
 from archive_testlib import dataset, store
 
 from dicomstore.archive import DATASET_MISMATCH, SUCCESS, Archive
-from dicomstore.archive.index import SchemaError
 from dicomstore.archive.query import Exact
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.relations import Relations
+from dicomstore.archive.schema import SchemaError
 
 STUDY_TAG, SERIES_TAG, PATIENT_TAG, ISSUER_TAG = 0x0020000D, 0x0020000E, 0x00100020, 0x00100021
 A_STUDY, B_STUDY, SERIES = "1.2.826.0.1.1", "1.2.826.0.1.2", "1.2.826.0.1.1.1"

@@ -74,12 +74,15 @@ class Staged:
     created: list[Any] | None = None
     existing: dict[str, Any] | None = None
     failed: OSError | None = None  # its bytes could not be made durable (storage.stage)
+    #: placed and committed before its bytes are flushed (``publish.py``)
+    unflushed: bool = False
 
 
 @dataclass(slots=True)
 class CommitStats:
     """Counters of the group commit: ``flushes`` are the archive's own fsync,
-    syncfs calls (SQLite's WAL fsync at each batch is not among them);
+    syncfs calls (SQLite's WAL fsync at each batch is not among them; a batch
+    committed before its flush has none, its one syncfs is counted);
     ``flushed_before`` counts the batches whose files an earlier syncfs had
     made durable already (no flush of their own)."""
 

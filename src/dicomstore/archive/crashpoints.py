@@ -32,6 +32,7 @@ POINTS: tuple[str, ...] = (
     "publish.after-commit",
     "publish.after-old-gone",
     "publish.after-traces-dropped",
+    "publish.after-flush",  # (new instances committed before their flush: the flush)
     # removal.py: the intents (flushed), the row COMMIT, each unlink, the intents dropped
     "delete.after-intent",
     "delete.after-commit",

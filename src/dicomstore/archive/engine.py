@@ -34,6 +34,7 @@ both drivers: callers catch them instead of ``sqlite3.Error``.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -163,6 +164,13 @@ class Engine:
     def index_names(self, db: Any) -> set[str]:
         raise NotImplementedError
 
+    def local_file(self) -> Path | None:
+        """The file the index is in (its WAL beside it); None for a server's."""
+        return None
+
+    def table_names(self, db: Any) -> set[str]:
+        raise NotImplementedError
+
     def ddl(self, script: str) -> str:
         """``schema.SCHEMA`` / ``INDEXES`` in this engine's words."""
         return script
@@ -192,6 +200,14 @@ class Engine:
         that this connection wrote; the token it will see next."""
         db.execute("COMMIT")
         return token
+
+    def defer_flushes(self, db: Any) -> bool:
+        """Make ``db``'s COMMITs durable only when :meth:`flush` is called; False
+        when this engine cannot (its COMMITs stay durable)."""
+        return False
+
+    def flush(self, db: Any) -> None:
+        """Make every COMMIT so far durable (after :meth:`defer_flushes`)."""
 
     def in_transaction(self, db: Any) -> bool:
         raise NotImplementedError
@@ -252,6 +268,31 @@ class SqliteEngine(Engine):
         return {
             name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
         }
+
+    def local_file(self) -> Path | None:
+        return self.path
+
+    def table_names(self, db: Any) -> set[str]:
+        return {
+            name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+
+    def defer_flushes(self, db: Any) -> bool:
+        # a COMMIT writes the WAL, without the fdatasync of synchronous=FULL; the
+        # checkpoints still flush the WAL before they write the database
+        db.execute("PRAGMA synchronous=NORMAL")
+        return True
+
+    def flush(self, db: Any) -> None:
+        # what synchronous=FULL does at each COMMIT: an fdatasync of the WAL
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # (checkpointed and gone: its frames are in the flushed database)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def create(self, db: Any, script: str, version: int | None) -> None:
         stamp = f"PRAGMA user_version={version};" if version is not None else ""

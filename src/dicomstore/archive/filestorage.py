@@ -5,8 +5,7 @@ the path under the root.
 ``os.write`` per call), and publishes a batch with the steps, flushes and crash
 points of ``publish.py`` (hard-link traces, fsync/syncfs, ``.bak``, removal
 intents, renames, folder flushes); start-up recovery is ``recovery.recover``.
-The removal intents' names (:func:`link_intent`, :func:`intent_target`) are
-made here for ``removal.py`` too.
+The removal intents' names are ``layout.link_intent``'s.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from dicomstore.archive import crashpoints, layout
 from dicomstore.archive.commit import CommitStats, Staged
@@ -28,9 +27,9 @@ SYNCFS_MIN_BATCH = 2
 #: Folders remembered as existing before the memory starts again.
 DIRS_LIMIT = 100_000
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK}
-#: The suffix of a removal intent's name in ``.tmp`` (``removal.py``).
-INTENT = ".rm"
-_NAME_MAX = 255
+#: The suffix of the trace of a file placed before its data was flushed
+#: (``<temp>.<digest>.new``: see ``recovery.recover``).
+UNFLUSHED = ".new"
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
@@ -96,7 +95,7 @@ class FileStorage:
         if parts[:1] == [layout.TMP_DIR]:
             return
         folder = self.root.joinpath(*parts)
-        for path in dicom_files(folder):
+        for path in layout.dicom_files(folder):
             key = path.relative_to(self.root).as_posix()
             if key.startswith(prefix):
                 yield key
@@ -161,6 +160,18 @@ class FileStorage:
             os.close(self._fs_fd)
             self._fs_fd = -1
 
+    def defers_flush(self, index_file: Path | None) -> bool:
+        """Whether a batch of new instances may be placed and committed before its
+        files are flushed (``publish.py``): with fsync and syncfs on, and the index a
+        file (``index_file``) on this file system, whose one syncfs after the COMMIT
+        makes the files, their names and the COMMIT durable at once."""
+        if not self.fsync or self._fs_fd < 0 or index_file is None:
+            return False
+        try:
+            return os.stat(index_file).st_dev == os.fstat(self._fs_fd).st_dev
+        except OSError:
+            return False
+
     def stage(self, batch: list[Staged]) -> list[Staged]:
         """Make the data of the files durable: one syncfs for a batch, else an fsync
         each. (Each file's name in ``.tmp`` is its trace once it is placed: see
@@ -216,15 +227,14 @@ class FileStorage:
         name is kept as a link in ``.tmp`` (``.bak``) until the COMMIT, and
         restored if the batch fails.
 
-        Why not the hard link when durable: measured on ext4 (this project's
-        machine, journaled, plain disk and loop device alike), every flush of a
-        lone instance placed by a link and unlinked from ``.tmp`` after its
-        COMMIT took 15-20% longer than one placed by a rename (file, folder and
-        WAL flushes alike; tiny instances, durable: 7% fewer per second); the
-        cause in the file system was not established. Both leave the same
-        names in the same order as far as a crash can tell: the file at its
-        final name only after its data is durable, a trace in ``.tmp`` not made
-        durable for a new instance (:meth:`settle`).
+        A member ``unflushed`` (committed before its flush: ``publish.py``)
+        gets the trace ``<temp>.<digest>.new`` and no ``.bak``: nothing committed
+        is at its final name (no row names it), so what is there is no one's.
+
+        Why not the hard link when durable: on ext4 every flush of a lone
+        instance placed by a link (and unlinked from ``.tmp`` after its COMMIT)
+        took 15-20% longer than one placed by a rename (cause not established);
+        a crash tells no difference between the two.
         The file of a replaced instance stored at another name gets a removal
         intent (``removal.py``). Names made in ``.tmp`` here are flushed with the
         folders (:meth:`settle`): after the COMMIT an intent says that file must go.
@@ -246,17 +256,22 @@ class FileStorage:
                 if crashpoints.ENABLED:
                     crashpoints.reached("publish.after-rename")
                 return
-            if self._links:
-                self._link_trace(member)
-            backup = f"{member.temp}.bak"
-            try:
-                os.link(final, backup)
-                member.backup = backup
-            except FileNotFoundError:
-                pass
+            if member.unflushed:  # (no row: what may be at the final name is no one's)
+                if self._links:
+                    digest = quote(member.row["digest"], safe="")
+                    self._link_trace(member, f"{member.temp}.{digest}{UNFLUSHED}")
+            else:
+                if self._links:
+                    self._link_trace(member, f"{member.temp}.pub")
+                backup = f"{member.temp}.bak"
+                try:
+                    os.link(final, backup)
+                    member.backup = backup
+                except FileNotFoundError:
+                    pass
             if replacing is not None and replacing != key and self.fsync and self._links:
                 tmp, _, owner = member.temp.rpartition("/")
-                member.intent = link_intent(self.root, tmp, owner, replacing)
+                member.intent = layout.link_intent(self.root, tmp, owner, replacing)
             if replacing is not None and crashpoints.ENABLED:
                 crashpoints.reached("publish.after-old-link")
             try:
@@ -315,6 +330,35 @@ class FileStorage:
             self.stats.flushes += 1
             layout.fsync_dir(Path(folder))
 
+    def flush_placed(self, placed: list[Staged]) -> bool:
+        """After a COMMIT not yet durable (``publish.py``: members ``unflushed``): one
+        syncfs makes the files, their names and the COMMIT durable; True. When it
+        fails, each file (a failure sets its ``failed``) and each folder is fsynced
+        on its own, and False says the index is still to be flushed (``OSError``
+        from a folder: none of them is known durable)."""
+        try:
+            self._syncfs()
+        except OSError:
+            pass
+        else:
+            for member in placed:
+                _close(member)
+            return True
+        folders = set()
+        for member in placed:
+            folders.add(member.final.rpartition("/")[0])
+            folders.update(str(path.parent) for path in member.created or ())
+            try:
+                self.stats.flushes += 1
+                os.fsync(member.fd)
+            except OSError as exc:
+                member.failed = exc
+            _close(member)
+        for folder in folders:
+            self.stats.flushes += 1
+            layout.fsync_dir(Path(folder))
+        return False
+
     def finish(self, placed: list[Staged]) -> None:
         """The final names are committed: the replaced version's names go, its
         removal intent only once it is gone, the trace last (see recovery.recover)."""
@@ -337,6 +381,7 @@ class FileStorage:
     def undo(self, placed: list[Staged]) -> None:
         """Take back the renames of a batch that cannot be committed (the files go)."""
         for member in reversed(placed):
+            _close(member)  # (one placed before it was flushed is still open)
             try:
                 if not _same_file(member.final, member.trace or member.temp):
                     pass  # not ours any more (another node's, see publish.py)
@@ -389,10 +434,9 @@ class FileStorage:
         member.trace = member.temp
         return True
 
-    def _link_trace(self, member: Staged) -> None:
+    def _link_trace(self, member: Staged, trace: str) -> None:
         """Best effort: without a trace, a crash before the COMMIT leaves a file that
         ``check`` reports and ``reindex`` adopts (as before traces)."""
-        trace = f"{member.temp}.pub"
         try:
             os.link(member.temp, trace)
         except OSError as exc:
@@ -449,39 +493,3 @@ def _quietly(action: Callable[..., object], *args: object) -> None:
         action(*args)
     except OSError:
         pass
-
-
-def link_intent(root: Path, tmp: str, owner: str, relpath: str) -> str | None:
-    """Give the file at ``relpath`` a removal intent in ``tmp`` (not yet durable:
-    the caller flushes ``tmp``); its path, or ``None`` when it could not be made
-    (no hard links, a name too long, the file gone): the caller goes on without.
-
-    ``owner`` makes the name unique among the processes writing to ``tmp``.
-    """
-    name = f"{owner}={quote(relpath, safe='', errors='surrogateescape')}{INTENT}"
-    if len(os.fsencode(name)) > _NAME_MAX:
-        return None
-    link = f"{tmp}/{name}"
-    try:
-        os.link(layout.resolve(root, relpath), link)
-    except (OSError, ValueError):
-        return None
-    return link
-
-
-def intent_target(name: str) -> str | None:
-    """The archive path a removal intent's name stands for (``None``: not one)."""
-    if not name.endswith(INTENT) or "=" not in name:
-        return None
-    return unquote(name[: -len(INTENT)].partition("=")[2], errors="surrogateescape")
-
-
-def dicom_files(root: Path) -> Iterator[Path]:
-    """Every ``*.dcm`` file under ``root`` except the temporaries (in name order)."""
-    for folder, dirs, files in os.walk(root):
-        if Path(folder) == root:
-            dirs[:] = [d for d in dirs if d != layout.TMP_DIR]
-        dirs.sort()
-        for name in sorted(files):
-            if name.endswith(layout.SUFFIX):
-                yield Path(folder, name)

@@ -52,8 +52,6 @@ from dicomstore.archive.engine import (
 from dicomstore.archive.schema import (
     ATTRS,
     FROM_JOIN,
-    INDEX_NAMES,
-    INDEXES,
     INSTANCE_COLUMNS,
     KEYS,
     NATURAL_KEY,
@@ -62,9 +60,6 @@ from dicomstore.archive.schema import (
     PK,
     ROW_COLUMNS,
     ROW_KEYS,
-    SAME_TABLES,
-    SCHEMA,
-    SCHEMA_VERSION,
     SELECT_ONE,
     SELECT_PARENT,
     SELECT_ROWS,
@@ -74,6 +69,7 @@ from dicomstore.archive.schema import (
     UPSERT_INSTANCE,
     UPSERTS,
     UPSERTS_RETURNING,
+    create_or_migrate,
     patient_key,
 )
 
@@ -84,10 +80,6 @@ CACHE_LIMIT = 50_000
 
 
 log = logging.getLogger("dicomstore.archive")
-
-
-class SchemaError(RuntimeError):
-    """The index was made by another version of dicomstore."""
 
 
 def clean_text(value: Any) -> Any:
@@ -127,11 +119,12 @@ class Index:
         self.rebuild = False
         self._returning = self.engine.returning
         self.durable = durable
+        self._deferring = False  # (defer_flushes)
         #: the archive lock this writer's session holds (``hold``): None, shared or exclusive
         self._held: bool | None = None
         self._db: Any = self.engine.writer(durable=durable, timeout=timeout)
         try:
-            self._create(migrate)
+            self.rebuild = create_or_migrate(self.engine, self._db, self.where, migrate=migrate)
         except BaseException:
             self._db.close()
             raise
@@ -145,31 +138,6 @@ class Index:
         # nothing that contradicts them (put_many forgets them if it does)
         self._related: dict[str, tuple[str, tuple[str, str, str]]] = {}
         self._related_studies: dict[str, tuple[str, str, str]] = {}
-
-    def _create(self, migrate: bool) -> None:
-        engine = self.engine
-        version = engine.version(self._db)
-        if version == SCHEMA_VERSION or version in SAME_TABLES:
-            if not set(INDEX_NAMES) <= engine.index_names(self._db):  # indexes added since
-                engine.create(self._db, engine.ddl(INDEXES), None)
-            if version != SCHEMA_VERSION and migrate:
-                engine.create(self._db, "", SCHEMA_VERSION)  # the same tables: a new stamp
-            return
-        if version > SCHEMA_VERSION:
-            raise SchemaError(
-                f"{self.where}: index schema {version} is newer than this dicomstore's"
-                f" ({SCHEMA_VERSION})"
-            )
-        drop = ""
-        if version:  # an older schema: the files are the truth, the index is rebuilt
-            if not migrate:
-                raise SchemaError(
-                    f"{self.where}: index schema {version} is older than {SCHEMA_VERSION}:"
-                    " run `dicomstore reindex` (or start `dicomstore serve` once)"
-                )
-            drop = "".join(f"DROP TABLE IF EXISTS {t};" for t in reversed(TABLES))
-            self.rebuild = True
-        engine.create(self._db, drop + engine.ddl(SCHEMA + INDEXES), SCHEMA_VERSION)
 
     def hold(self, *, exclusive: bool) -> bool:
         """Take the archive's lock in the database, without waiting (``Engine.hold``):
@@ -224,15 +192,41 @@ class Index:
             self._data_version = version
         return _found(cursor, query[2]) if query else {}
 
-    def commit(self) -> None:
-        """Make the transaction durable (one WAL fsync with synchronous=FULL)."""
+    def commit(self, *, flush: bool = True) -> None:
+        """Make the transaction durable (one WAL fsync with synchronous=FULL); after
+        :meth:`defer_flushes`, ``flush=False`` leaves that to :meth:`flush`."""
         self._data_version = self.engine.commit(self._db, self._data_version)
+        if flush and self._deferring:
+            self.engine.flush(self._db)
         for table, added in self._added.items():
             known = self._known[table]
             if len(known) + len(added) > CACHE_LIMIT:
                 known.clear()
             known.update(added)
             added.clear()
+
+    def defer_flushes(self) -> bool:
+        """Let ``commit(flush=False)`` leave the COMMIT to :meth:`flush` (False: the
+        engine cannot, every COMMIT is durable: a server's)."""
+        self._deferring = self.durable and self.engine.defer_flushes(self._db)
+        return self._deferring
+
+    def flush(self) -> None:
+        """Make every COMMIT so far durable (``Engine.flush``)."""
+        self.engine.flush(self._db)
+
+    def unflushed(self, batch: str, uids: list[str]) -> None:
+        """Record ``batch``'s instances as committed before their flush (``publish.py``)."""
+        sql = "INSERT INTO unflushed (batch, sop_instance_uid) VALUES (?, ?)"
+        self._db.executemany(sql, [(batch, uid) for uid in uids])
+
+    def flushed(self, batches: list[str]) -> None:
+        """Strike ``batches`` off :meth:`unflushed` (in the open transaction)."""
+        self._db.executemany("DELETE FROM unflushed WHERE batch = ?", [(b,) for b in batches])
+
+    def unflushed_batches(self) -> list[tuple[str, str]]:
+        """(batch, SOP Instance UID) of each instance recorded :meth:`unflushed`."""
+        return list(self._db.execute("SELECT batch, sop_instance_uid FROM unflushed"))
 
     def rollback(self) -> None:
         """Abandon the transaction, if one is open."""
@@ -400,7 +394,7 @@ class Index:
     def clear(self) -> None:
         """Delete every row (for a rebuild)."""
         self.forget()
-        for table in reversed(TABLES):
+        for table in ("unflushed", *reversed(TABLES)):
             self._db.execute(f"DELETE FROM {table}")
 
     def close(self) -> None:

@@ -27,7 +27,9 @@ import hashlib
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from urllib.parse import quote, unquote
 
 from dicomstore.uids import is_valid_uid
 
@@ -102,7 +104,12 @@ def resolve(root: Path, relpath: str | PurePosixPath) -> Path:
 
 def fsync_dir(path: Path) -> None:
     """Make the entries of a directory (creations, renames, removals) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_file(path, os.O_DIRECTORY)
+
+
+def fsync_file(path: Path, flags: int = 0) -> None:
+    """Make the data of the file at ``path`` durable (fsync through a new descriptor)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     try:
         os.fsync(fd)
     finally:
@@ -189,3 +196,44 @@ def remove_empty_dirs(dirs: list[Path]) -> None:
             os.rmdir(folder)
         except OSError:
             break
+
+
+#: The suffix of a removal intent's name in ``.tmp`` (``removal.py``).
+INTENT = ".rm"
+_NAME_MAX = 255
+
+
+def link_intent(root: Path, tmp: str, owner: str, relpath: str) -> str | None:
+    """Give the file at ``relpath`` a removal intent in ``tmp`` (not yet durable:
+    the caller flushes ``tmp``); its path, or ``None`` when it could not be made
+    (no hard links, a name too long, the file gone): the caller goes on without.
+
+    ``owner`` makes the name unique among the processes writing to ``tmp``.
+    """
+    name = f"{owner}={quote(relpath, safe='', errors='surrogateescape')}{INTENT}"
+    if len(os.fsencode(name)) > _NAME_MAX:
+        return None
+    link = f"{tmp}/{name}"
+    try:
+        os.link(resolve(root, relpath), link)
+    except (OSError, ValueError):
+        return None
+    return link
+
+
+def intent_target(name: str) -> str | None:
+    """The archive path a removal intent's name stands for (``None``: not one)."""
+    if not name.endswith(INTENT) or "=" not in name:
+        return None
+    return unquote(name[: -len(INTENT)].partition("=")[2], errors="surrogateescape")
+
+
+def dicom_files(root: Path) -> Iterator[Path]:
+    """Every ``*.dcm`` file under ``root`` except the temporaries (in name order)."""
+    for folder, dirs, files in os.walk(root):
+        if Path(folder) == root:
+            dirs[:] = [d for d in dirs if d != TMP_DIR]
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(SUFFIX):
+                yield Path(folder, name)

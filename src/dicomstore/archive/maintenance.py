@@ -15,8 +15,8 @@ from dicomstore.archive import layout
 from dicomstore.archive.dicomfile import dataset_offset, read_header
 from dicomstore.archive.engine import engine_for
 from dicomstore.archive.fields import index_fields
-from dicomstore.archive.filestorage import dicom_files
 from dicomstore.archive.index import Index
+from dicomstore.archive.layout import dicom_files
 
 
 def check_archive(root: Path, index: Index, *, digests: bool = True) -> list[str]:

@@ -105,6 +105,10 @@ class PostgresEngine(Engine):
         sql = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
         return {name for (name,) in db.execute(sql)}
 
+    def table_names(self, db: Any) -> set[str]:
+        sql = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        return {name for (name,) in db.execute(sql)}
+
     def ddl(self, script: str) -> str:
         out = _pg_ddl(script)
         if "study_date_idx" in script:  # the indexes: and the one of the study order

@@ -54,6 +54,42 @@ leaves its removal intent: the next start (or ``delete``)
 removes the file, which the index no longer names. Either way the index then
 serves the last committed version and ``check`` is clean.
 
+**New instances committed before their flush** (``Publisher.defers``: fsync and
+syncfs on, the index a SQLite file on the archive's file system, and no member
+replacing a stored instance — a replace takes the steps above). Then::
+
+  (nothing flushed yet)                           [publish.after-trace, after-file-flush]
+  (the index): BEGIN IMMEDIATE, look them up
+  place (each): a trace ``<temp>.<digest>.new`` (a second name of the temporary, the
+    digest of the data set received in its name), mkdir, rename into place
+                                          [publish.after-rename, after-folder-flush]
+  (the index): the rows, the batch listed in ``unflushed``, the batches flushed
+    since the last COMMIT struck off; COMMIT without the WAL's fdatasync
+                                          [publish.before-commit, after-commit]
+  finish: the traces go                   [publish.after-traces-dropped]
+  flush: one syncfs — the files' data, their names and the COMMIT  [publish.after-flush]
+  Success
+
+Why it holds: nothing is answered before the one flush, which makes durable
+everything written before it began (data, names, WAL); so after a crash every
+acknowledged instance is whole, at its name, with its row. What a crash can
+leave of the others, the next start settles (``recovery.recover``): a trace
+without a row is adopted only if the file it names still has the digest in
+the trace's name (else it goes, with the file: a power cut took its data); a
+committed row whose batch is still listed in ``unflushed`` is checked against
+its digest and dropped with its file if it does not match (it was never
+answered: its batch would have been struck off after its flush otherwise).
+A file at its final name whose data and trace were both lost (a zero-length
+file after a power cut) has no row: ``check`` reports it, and the instance
+sent again (never answered) is renamed over it. A file renamed over a
+*committed* instance's is not: a replace flushes its file first (decided after
+the look-up, under the lock). The WAL keeps SQLite consistent without its
+fdatasync (``synchronous=NORMAL``: checkpoints still flush), and its commits
+are durable in order, so a COMMIT striking a batch off is never durable
+without the rows it strikes off. When the syncfs fails, each file and folder
+is fsynced and then the WAL; a file that cannot be is withdrawn (its file,
+then its row) and answered A700.
+
 Several nodes (processes, on one host or several) sharing one root and one
 PostgreSQL index: what one node decides is never a memory of its own. Each
 takes the index write lock (``BEGIN`` + ``SELECT … FOR UPDATE`` of the one
@@ -87,6 +123,7 @@ Flushes (fsync/syncfs calls) per batch of ``n`` instances::
                               for the old file's folder after the COMMIT)
     n >= 2 with syncfs        1 syncfs + 1 folder fsync or syncfs + 1 WAL = 3 for all
     written before a syncfs   no flush of the files: 2 (see below)
+    committed before the flush   1 syncfs, whatever n (new folders too)
 
 (and SQLite's checkpoints: 2 fsyncs per ~1000 pages written to the WAL).
 No flush happens before stage: while a large instance arrives its bytes are only
@@ -105,6 +142,8 @@ only the instances whose data was lost fail.
 from __future__ import annotations
 
 import functools
+import itertools
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -151,6 +190,13 @@ class Publisher:
         #: seconds the last batch spent waiting for flushes (files, folders, COMMIT)
         self.flush_time = 0.0
         storage.start(self.stats, submitted)
+        #: new instances are committed before their files are flushed, then one flush
+        #: makes both durable (the module docstring)
+        self.defers = storage.defers_flush(index.engine.local_file()) and index.defer_flushes()
+        self._batches = itertools.count(1)
+        self._owner = secrets.token_hex(6)  # (batch names unique among the writers)
+        #: batches flushed since their COMMIT, to strike off ``unflushed`` in the next
+        self._flushed: list[str] = []
 
     def close(self) -> None:
         """Let go of the storage's publishing resources (call when no batch runs)."""
@@ -160,9 +206,25 @@ class Publisher:
         """Give every member of ``batch`` its outcome (see the module docstring)."""
         self.stats.batches += 1
         self.stats.instances += len(batch)
+        self.flush_time = 0.0
+        if self.defers:  # (unless a replace is among them: see _publish_staged)
+            if crashpoints.ENABLED:
+                crashpoints.reached("publish.after-trace")
+                crashpoints.reached("publish.after-file-flush")
+            live = batch
+        else:
+            live = self._stage(batch)
+        if live:
+            self._publish_staged(live)
+
+    # -- steps ----------------------------------------------------------------------
+
+    def _stage(self, batch: list[Staged]) -> list[Staged]:
+        """Flush the files of ``batch`` (``storage.stage``); those flushed (the others
+        are answered A700)."""
         started = time.perf_counter()
         live = self.storage.stage(batch)  # traces, flush of the files
-        self.flush_time = time.perf_counter() - started
+        self.flush_time += time.perf_counter() - started
         if live is not batch and len(live) < len(batch):  # (some failed their flush)
             for member in batch:
                 if member.failed is not None:
@@ -170,15 +232,13 @@ class Publisher:
                     self._answer(member, failure(st.OUT_OF_RESOURCES, comment))
         if crashpoints.ENABLED:
             crashpoints.reached("publish.after-file-flush")
-        if live:
-            self._publish_flushed(live)
+        return live
 
-    # -- steps ----------------------------------------------------------------------
-
-    def _publish_flushed(self, live: list[Staged]) -> None:
+    def _publish_staged(self, live: list[Staged]) -> None:
         index = self.index
         storage = self.storage
         placed: list[Staged] = []
+        batch_name = ""
         with index.lock:
             try:  # (and the lookup: PostgreSQL sends both at once)
                 found = index.begin([m.row["sop_instance_uid"] for m in live])
@@ -188,6 +248,10 @@ class Publisher:
                     self._answer(member, failure(st.OUT_OF_RESOURCES, comment))
                 return
             try:
+                # a replace renames a file over a committed one's: flushed first
+                deferred = self.defers and not (found and self.on_duplicate == "replace")
+                if self.defers and not deferred:
+                    live = self._stage(live)
                 relations = Relations(index) if self.on_relational_mismatch == "reject" else None
                 for member in live:
                     existing = found.get(member.row["sop_instance_uid"])
@@ -212,6 +276,7 @@ class Publisher:
                             self._answer(member, mismatch)
                             continue
                     member.existing = existing
+                    member.unflushed = deferred
                     if self._place(member):
                         placed.append(member)
                         if relations is not None:
@@ -219,9 +284,10 @@ class Publisher:
                 if not placed:
                     index.rollback()
                     return
-                started = time.perf_counter()
-                storage.settle(placed)  # flush of the folders
-                self.flush_time += time.perf_counter() - started
+                if not deferred:
+                    started = time.perf_counter()
+                    storage.settle(placed)  # flush of the folders
+                    self.flush_time += time.perf_counter() - started
                 if crashpoints.ENABLED:
                     crashpoints.reached("publish.after-folder-flush")
                 rows = self._put(placed)
@@ -229,11 +295,17 @@ class Publisher:
                     old = member.existing
                     if old is not None and old["path"] != member.rel:
                         index.prune(old["series_uid"], old["study_uid"], old["patient_id"])
+                if deferred:
+                    batch_name = f"{self._owner}.{next(self._batches)}"
+                    index.unflushed(batch_name, [m.row["sop_instance_uid"] for m in placed])
+                if self._flushed:
+                    index.flushed(self._flushed)
                 if crashpoints.ENABLED:
                     crashpoints.reached("publish.before-commit")
                 started = time.perf_counter()
-                index.commit()
+                index.commit(flush=not deferred)
                 self.flush_time += time.perf_counter() - started
+                self._flushed = []
                 if crashpoints.ENABLED:
                     crashpoints.reached("publish.after-commit")
             except BaseException as exc:
@@ -252,14 +324,59 @@ class Publisher:
         storage.finish(placed)  # the old versions, the intents, the traces go
         if crashpoints.ENABLED:
             crashpoints.reached("publish.after-traces-dropped")
+        if batch_name:
+            self._flush(placed, batch_name)
         for member, row in zip(placed, rows, strict=True):
-            if member.warning is not None:
+            if member.failed is not None:  # (committed, not flushed: see _flush)
+                comment = describe_os_error(member.failed, "flushing the file")
+                member.outcome = failure(st.OUT_OF_RESOURCES, comment)
+            elif member.warning is not None:
                 status, comment, tags = member.warning
                 member.outcome = StoreOutcome(
                     status, comment, tags, path=Path(member.final), instance=row
                 )
             else:
                 member.outcome = StoreOutcome(st.SUCCESS, path=Path(member.final), instance=row)
+
+    def _flush(self, placed: list[Staged], batch_name: str) -> None:
+        """After a COMMIT not yet flushed: flush the files, names and COMMIT of the
+        batch (``storage.flush_placed``; when that cannot use one flush, the index
+        after the files). A member whose file could not be flushed is withdrawn
+        (its file, then its row: A700); its batch stays ``unflushed``, for the next
+        start to verify what a crash may leave of it (``recovery.verify_unflushed``)."""
+        started = time.perf_counter()
+        try:
+            if not self.storage.flush_placed(placed):
+                self.index.flush()
+        except OSError as exc:  # (nothing of the batch known durable)
+            for member in placed:
+                member.failed = member.failed or exc
+        self.flush_time += time.perf_counter() - started
+        failed = [member for member in placed if member.failed is not None]
+        if failed:
+            self._withdraw(failed)
+        else:
+            self._flushed.append(batch_name)
+        if crashpoints.ENABLED:
+            crashpoints.reached("publish.after-flush")
+
+    def _withdraw(self, failed: list[Staged]) -> None:
+        """Take back committed members whose files could not be flushed: the files
+        go, then the rows (best effort: what is left, the next start verifies)."""
+        self.storage.undo(failed)
+        index = self.index
+        with index.lock:
+            try:
+                index.begin()
+                for member in failed:
+                    row = member.row
+                    index.remove(row["sop_instance_uid"])
+                    index.prune(row["series_uid"], row["study_uid"], row.get("patient_id") or "")
+                index.commit()
+            except DatabaseError:
+                _quietly(index.rollback)
+            except OSError:
+                _quietly(index.rollback)
 
     def _place(self, member: Staged) -> bool:
         """Give one member its key (the storage renames it there); False (and A700)

@@ -23,8 +23,7 @@ from dicomstore.archive import query as q
 from dicomstore.archive.dicomfile import encoding_of
 from dicomstore.archive.engine import Connection, Engine, engine_for, size_sum
 from dicomstore.archive.filestorage import FileStorage
-from dicomstore.archive.index import SchemaError
-from dicomstore.archive.schema import SAME_TABLES, SCHEMA_VERSION
+from dicomstore.archive.schema import SAME_TABLES, SCHEMA_VERSION, SchemaError
 from dicomstore.archive.storage import Storage
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
 

@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from dicomstore.archive import digests, layout, nodes
-from dicomstore.archive.filestorage import INTENT, intent_target
+from dicomstore.archive.dicomfile import HeaderError
+from dicomstore.archive.filestorage import UNFLUSHED
 from dicomstore.archive.index import Index
+from dicomstore.archive.layout import INTENT, intent_target
 from dicomstore.archive.removal import settle_intents
+
+log = logging.getLogger("dicomstore.archive")
 
 
 class ArchiveBusyError(OSError):
@@ -48,8 +54,9 @@ def hold(root: Path, *, exclusive: bool) -> int:
 
 
 #: The names a trace can have (``FileStorage.place``): a temporary placed by a
-#: hard link, or the second name of one placed by a rename.
-_TRACES = (".part", ".pub")
+#: hard link, the second name of one placed by a rename, or of one placed before
+#: its data was flushed (``<temp>.<digest>.new``).
+_TRACES = (".part", ".pub", UNFLUSHED)
 
 
 def recover(root: Path, index: Index, *, fsync: bool) -> int:
@@ -64,7 +71,9 @@ def recover(root: Path, index: Index, *, fsync: bool) -> int:
     file:
 
     - the index does not know the instance: it is adopted, indexed as
-      ``reindex`` would (its data was durable before it was renamed);
+      ``reindex`` would (its data was durable before it was renamed; a ``.new``
+      trace's file, placed before its flush, only if it still has the digest
+      in the trace's name, else it goes: ``publish.py``);
     - the index holds it with other bytes at the same name (a replace that did
       not commit): the old file, kept as ``<temp>.bak``, is put back;
     - the index holds it at another name (a replace moving it): the new file goes.
@@ -77,6 +86,9 @@ def recover(root: Path, index: Index, *, fsync: bool) -> int:
     moved the instance; ``del-…``: the files of a delete) are settled: a file
     the index no longer names goes (``removal.settle_intents``).
 
+    Then the rows committed before their flush and still listed ``unflushed``
+    are verified (:func:`verify_unflushed`).
+
     Everything else is an incomplete instance or a backup no longer needed, and
     goes, except the removal intents made since in ``.tmp`` (a ``delete``
     running now owns them). Best effort: what cannot be settled stays where it
@@ -87,6 +99,7 @@ def recover(root: Path, index: Index, *, fsync: bool) -> int:
     with nodes.dead(root) as folders:
         for folder in folders:
             adopted += _settle_folder(root, index, folder, fsync=fsync)
+    verify_unflushed(root, index, fsync=fsync)  # (after a replace undone: its old file back)
     return adopted
 
 
@@ -121,7 +134,14 @@ def _settle_folder(root: Path, index: Index, folder: Path, *, fsync: bool) -> in
 
 
 def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool) -> int:
-    row = read_row(root, trace)  # reads the header, for the final name
+    unflushed = trace.name.endswith(UNFLUSHED)
+    try:
+        row = read_row(root, trace)  # reads the header, for the final name
+    except Exception:
+        if unflushed:  # its data never all reached the disk (a power cut): never answered
+            trace.unlink()  # (what is at its final name, check reports: see publish.py)
+            return 0
+        raise
     rel = layout.instance_relstr(row["study_uid"], row["series_uid"], row["sop_instance_uid"])
     final = root / rel
     backup = trace.with_name(_backup_of(trace.name))
@@ -131,8 +151,20 @@ def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool
             if not final.exists() or not os.path.samefile(final, trace):
                 return 0  # renamed over since, or never renamed
             existing = index.find(row["sop_instance_uid"])
+            if (
+                existing is None
+                and unflushed
+                and not digests.same(_digest_of(trace.name), row["digest"], final)
+            ):
+                log.warning("%s: dropped, its data was lost before it was committed", rel)
+                os.unlink(final)  # (never answered)
+                if fsync:
+                    layout.fsync_dir(final.parent)
+                return 0
             if existing is None:
                 if fsync:
+                    if unflushed:
+                        layout.fsync_file(final)  # (its digest: the data as received)
                     layout.fsync_dir(final.parent)  # its name may not be durable yet
                 index.put({**row, "path": rel})
                 index.commit()
@@ -151,6 +183,59 @@ def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool
             return 0
         finally:
             index.rollback()  # (nothing left to roll back after the COMMIT)
+
+
+def verify_unflushed(root: Path, index: Index, *, fsync: bool) -> int:
+    """Verify the instances committed before their files were flushed and not yet
+    struck off (``Index.unflushed``: ``publish.py``); the number dropped.
+
+    Such a row was answered Success only after a flush that made its file
+    durable, and that flush strikes its batch off in the next COMMIT; so a row
+    whose file is missing or does not match its digest (a power cut before the
+    flush) was never acknowledged: it goes, with its file. The others are made
+    durable (they may be a live node's, between its COMMIT and its flush) before
+    their batches are struck off."""
+    dropped = 0
+    with index.lock:
+        index.begin()
+        try:
+            listed = index.unflushed_batches()
+            if not listed:
+                return 0
+            folders: set[Path] = set()
+            for uid in {uid for _, uid in listed}:
+                row = index.find(uid)
+                if row is None:
+                    continue  # deleted since
+                path = root / row["path"]
+                try:
+                    good = path.stat().st_size == row["file_size"] and digests.matches(
+                        row["digest"], path
+                    )
+                    if good and fsync:
+                        layout.fsync_file(path)
+                        folders.add(path.parent)
+                except (OSError, HeaderError, ValueError):
+                    good = False
+                if not good:
+                    log.warning("%s: dropped, its data was lost before it was flushed", path)
+                    index.remove(uid)
+                    index.prune(row["series_uid"], row["study_uid"], row["patient_id"])
+                    layout.remove_quietly(path)
+                    folders.add(path.parent)
+                    dropped += 1
+            for folder in folders if fsync else ():
+                layout.fsync_dir(folder)
+            index.flushed(list({batch for batch, _ in listed}))
+            index.commit()
+        finally:
+            index.rollback()  # (nothing left to roll back after the COMMIT)
+    return dropped
+
+
+def _digest_of(trace: str) -> str:
+    """The digest in the name of a trace ``<temp>.<digest>.new``."""
+    return unquote(trace.removesuffix(UNFLUSHED).rpartition(".")[2])
 
 
 def _backup_of(trace: str) -> str:

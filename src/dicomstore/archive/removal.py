@@ -51,8 +51,8 @@ from typing import Any
 
 from dicomstore.archive import crashpoints, layout, metacache
 from dicomstore.archive.engine import engine_for
-from dicomstore.archive.filestorage import intent_target, link_intent
 from dicomstore.archive.index import Index
+from dicomstore.archive.layout import intent_target, link_intent
 from dicomstore.archive.reader import ArchiveReader, NotStoredError
 
 _KEYWORDS = {

@@ -96,6 +96,17 @@ CREATE INDEX IF NOT EXISTS series_study_modality_idx ON series (study_pk, modali
 CREATE INDEX IF NOT EXISTS instance_series_idx ON instance (series_pk);
 CREATE INDEX IF NOT EXISTS instance_class_idx ON instance (sop_class_uid);
 """
+#: The instances committed before their files were flushed, by batch (``publish.py``:
+#: the flush after the COMMIT): a start verifies those still listed against their
+#: digests (``recovery.verify_unflushed``). Made at every open of the index by its
+#: writer, so that it reaches an archive made by an older dicomstore (which ignores it).
+UNFLUSHED = """
+CREATE TABLE IF NOT EXISTS unflushed (
+    batch TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    PRIMARY KEY (batch, sop_instance_uid)
+);
+"""
 INDEX_NAMES = tuple(line.split()[5] for line in INDEXES.split(";") if "CREATE INDEX" in line)
 
 #: Columns of each table, in insertion order (the first one is the key).
@@ -221,3 +232,38 @@ def patient_key(row: dict[str, Any]) -> tuple[str, str, str]:
     An empty Patient ID is scoped to the study, never shared across studies."""
     patient_id = row.get("patient_id") or ""
     return patient_id, row.get("issuer") or "", "" if patient_id else row.get("study_uid") or ""
+
+
+class SchemaError(RuntimeError):
+    """The index was made by another version of dicomstore."""
+
+
+def create_or_migrate(engine: Any, db: Any, where: str, *, migrate: bool) -> bool:
+    """Make the tables and indexes of this version in the index ``db`` of ``engine``
+    (``engine.Engine``; ``where`` names it in messages); True when the tables of an
+    older schema were dropped and made anew (``migrate``), to be filled from the
+    files. Raises :class:`SchemaError` for a newer schema, or an older one without
+    ``migrate``."""
+    version = engine.version(db)
+    if version == SCHEMA_VERSION or version in SAME_TABLES:
+        if not set(INDEX_NAMES) <= engine.index_names(db):  # indexes added since
+            engine.create(db, engine.ddl(INDEXES), None)
+        if "unflushed" not in engine.table_names(db):  # (added since, too)
+            engine.create(db, engine.ddl(UNFLUSHED), None)
+        if version != SCHEMA_VERSION and migrate:
+            engine.create(db, "", SCHEMA_VERSION)  # the same tables: a new stamp
+        return False
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{where}: index schema {version} is newer than this dicomstore's ({SCHEMA_VERSION})"
+        )
+    drop = ""
+    if version:  # an older schema: the files are the truth, the index is rebuilt
+        if not migrate:
+            raise SchemaError(
+                f"{where}: index schema {version} is older than {SCHEMA_VERSION}:"
+                " run `dicomstore reindex` (or start `dicomstore serve` once)"
+            )
+        drop = "".join(f"DROP TABLE IF EXISTS {t};" for t in ("unflushed", *reversed(TABLES)))
+    engine.create(db, drop + engine.ddl(SCHEMA + INDEXES + UNFLUSHED), SCHEMA_VERSION)
+    return bool(version)

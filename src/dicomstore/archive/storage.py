@@ -32,7 +32,7 @@ on paths under the root, for a second storage to take over next): what
 ``recovery.recover`` does inside (traces adopted, ``.bak`` put back, ``.tmp``
 emptied, by path), removal intents and deletes (``removal.py``: a delete's
 intents, unlinks, folder flushes and folder removals; the intents' names are
-made by ``filestorage.link_intent``), ``check`` and ``reindex``
+made by ``layout.link_intent``), ``check`` and ``reindex``
 (``maintenance.py``, reading files by path), the ``.tmp`` holds and node
 folders (``recovery.hold``, ``nodes.py``), and the two places where
 ``ingest.py`` reads or cuts its temporary by name (the header read with
@@ -199,6 +199,12 @@ class WritableStorage(Storage, Protocol):
         """Let go of what :meth:`start` took (when no batch runs)."""
         ...
 
+    def defers_flush(self, index_file: Path | None) -> bool:
+        """Whether new instances may be placed and committed first and flushed after
+        (:meth:`flush_placed`): when one flush then makes the bytes, their keys and
+        the index (the file ``index_file``, or ``None`` for a server's) durable."""
+        ...
+
     def stage(self, batch: list[Staged]) -> list[Staged]:
         """Make the bytes of the batch's temporaries durable (each closed); the members
         whose bytes are, ``batch`` itself when all are (the others have ``failed``
@@ -215,6 +221,13 @@ class WritableStorage(Storage, Protocol):
 
     def settle(self, placed: list[Staged]) -> None:
         """Make the new keys of the placed members durable (before the COMMIT)."""
+        ...
+
+    def flush_placed(self, placed: list[Staged]) -> bool:
+        """Make placed members' bytes and keys durable after an unflushed COMMIT
+        (``unflushed`` members, each closed); True when the COMMIT is durable too,
+        False when the index is still to be flushed. A member whose bytes could not
+        be made durable gets ``failed``; ``OSError``: none is known durable."""
         ...
 
     def finish(self, placed: list[Staged]) -> None:

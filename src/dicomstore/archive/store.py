@@ -77,8 +77,9 @@ class Archive:
     fsync of files or folders and SQLite ``synchronous=NORMAL``. ``lock_timeout``
     bounds the wait for the index write lock before answering A700. ``syncfs``:
     flush a batch of several instances with one syncfs(2) of the file system
-    (``None``: where the kernel reports writeback errors through it; ``False``:
-    never, fsync each file). ``stats`` counts batches, instances and flushes.
+    (``None``: where the kernel reports writeback errors through it, and then a
+    lone new instance too, committed before its one syncfs: ``publish.py``;
+    ``False``: never, fsync each file and folder). ``stats`` counts batches, instances and flushes.
     ``on_class_mismatch="tolerate"`` stores a data set whose SOP Class UID differs
     from the command's and answers B007; ``trailing_padding="discard"`` stores a
     data set without its top-level Data Set Trailing Padding (FFFC,FFFC) and

@@ -111,9 +111,9 @@ def run(args: argparse.Namespace) -> int:
     """Run one access command; print one line on error; the exit code."""
     # (the archive, and pydicom with it, only now: `dicomstore send` never needs them)
     from dicomstore.archive.engine import DatabaseOrOSError
-    from dicomstore.archive.index import SchemaError
     from dicomstore.archive.query import QueryError
     from dicomstore.archive.reader import ArchiveNotFoundError, NotStoredError
+    from dicomstore.archive.schema import SchemaError
 
     try:
         return {"ls": _ls, "show": _show, "export": _export, "stats": _stats, "delete": _delete}[

@@ -38,8 +38,8 @@ def check_or_reindex(args: argparse.Namespace) -> int:
     one runs): ``archive.maintenance.run_check`` / ``run_reindex``."""
     from dicomstore.archive import maintenance
     from dicomstore.archive.engine import DatabaseOrOSError
-    from dicomstore.archive.index import SchemaError
     from dicomstore.archive.recovery import ArchiveBusyError
+    from dicomstore.archive.schema import SchemaError
 
     root = args.storage.resolve()
     left_out: list[str] = []

@@ -348,7 +348,7 @@ def open_archive(storage: Path, **options: Any) -> Any:
     saying why it cannot be opened: ``serve``'s and ``get --storage``'s."""
     from dicomstore.archive import Archive
     from dicomstore.archive.engine import DatabaseOrOSError
-    from dicomstore.archive.index import SchemaError
+    from dicomstore.archive.schema import SchemaError
 
     unusable: tuple[type[Exception], ...] = (SchemaError, ValueError, *DatabaseOrOSError)
     try:

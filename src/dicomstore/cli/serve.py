@@ -146,6 +146,7 @@ async def run(args: argparse.Namespace) -> int:
     archive = open_archive(
         args.storage,
         fsync=fsync,
+        syncfs=None if args.syncfs == "auto" else False,
         on_duplicate=args.on_duplicate,
         on_class_mismatch=args.on_class_mismatch,
         trailing_padding=args.trailing_padding,

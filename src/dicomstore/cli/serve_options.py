@@ -159,6 +159,15 @@ def add_parser(sub: Any) -> None:
         help="flush every instance to disk before Success (default on)",
     )
     s.add_argument(
+        "--syncfs",
+        choices=["auto", "off"],
+        default="auto",
+        help="with --fsync on, flush with one syncfs(2) of the archive's file system where "
+        "the kernel reports writeback errors through it (default auto: a lone instance's "
+        "data, name and index row in one flush); off: fsync each file and folder (a file "
+        "system with heavy unrelated writers, whose data syncfs would flush too)",
+    )
+    s.add_argument(
         "--on-duplicate",
         choices=["keep", "replace", "reject"],
         default="keep",

@@ -27,8 +27,8 @@ from dicomstore.aio.association import Transport
 from dicomstore.aio.listener import Listener
 from dicomstore.aio.stream import Stream
 from dicomstore.archive.engine import DatabaseOrOSError
-from dicomstore.archive.index import SchemaError
 from dicomstore.archive.reader import ArchiveReader
+from dicomstore.archive.schema import SchemaError
 from dicomstore.handler import StoreHandler
 from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
 from dicomstore.services.admission import Admission, AuditSink, FailedAdmissions, Gatekeeper

@@ -1,0 +1,251 @@
+"""New instances committed before their flush (``publish.py``), on a SQLite index with
+syncfs: renamed into place, committed without the WAL's fdatasync, then one syncfs
+makes the data, the names and the COMMIT durable before anyone is answered; what a
+power cut can leave (a committed row whose file never reached the disk, a trace
+whose data did not) is verified at the next start (``recovery.py``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from archive_testlib import dataset, dcm_files, store, stored_dataset
+
+from dicomstore.archive import SUCCESS, Archive, Index, layout
+from dicomstore.archive.commit import Staged
+from dicomstore.archive.filestorage import FileStorage
+from dicomstore.archive.publish import Publisher
+
+pytestmark = [
+    pytest.mark.skipif(not layout.SYNCFS_AVAILABLE, reason="needs syncfs (Linux 5.8+)"),
+    pytest.mark.sqlite_index,  # (a server's COMMIT is durable on its own: flushed first)
+]
+
+FINAL = "1.2.3.4/1.2.3.4.5/{}.dcm"
+
+
+def uid(n: int) -> str:
+    return f"1.2.3.4.5.6.{100 + n}"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return (tmp_path / "root").resolve()
+
+
+@pytest.fixture
+def archive(root: Path) -> Iterator[Archive]:
+    with Archive(root) as archive:
+        assert archive._publisher.defers  # (SQLite in the root, syncfs)
+        yield archive
+
+
+def _unflushed(root: Path) -> list[tuple[str, str]]:
+    db = sqlite3.connect(root / layout.INDEX_FILE)
+    try:
+        return sorted(db.execute("SELECT batch, sop_instance_uid FROM unflushed"))
+    finally:
+        db.close()
+
+
+def _log_calls(monkeypatch: pytest.MonkeyPatch, root: Path) -> list[str]:
+    """The calls that place, commit and flush an instance, in order (paths relative
+    to ``root``; ``.tmp`` for any name in it)."""
+    calls: list[str] = []
+
+    def rel(path: object) -> str:
+        text = str(Path(str(path)).relative_to(root))
+        return ".tmp" if text.startswith(".tmp") else text
+
+    def logged(name: str, real: Callable[..., object], paths: bool) -> Callable[..., object]:
+        def call(*args: object) -> object:
+            calls.append(" ".join([name, *(rel(a) for a in args[:2])]) if paths else name)
+            return real(*args)
+
+        return call
+
+    for name in ("link", "rename"):
+        monkeypatch.setattr(os, name, logged(name, getattr(os, name), True))
+    for name in ("fsync", "fdatasync"):
+        monkeypatch.setattr(os, name, logged(name, getattr(os, name), False))
+    monkeypatch.setattr(layout, "syncfs", logged("syncfs", layout.syncfs, False))
+    real_commit = Index.commit
+
+    def commit(self: Index, *, flush: bool = True) -> None:
+        calls.append("COMMIT" if flush else "COMMIT (not flushed)")
+        real_commit(self, flush=flush)
+
+    monkeypatch.setattr(Index, "commit", commit)
+    return calls
+
+
+def test_a_new_instance_is_renamed_committed_then_flushed_once(
+    archive: Archive, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert store(archive, dataset(uid(0)), sop_uid=uid(0)).status == SUCCESS
+    calls = _log_calls(monkeypatch, root)
+    assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
+    final = FINAL.format(uid(1))
+    assert calls == [
+        "link .tmp .tmp",  # the trace, the digest in its name
+        f"rename .tmp {final}",
+        "COMMIT (not flushed)",
+        "syncfs",  # data, names and the COMMIT: the one flush
+    ]
+    assert archive.stats.flushes == 2  # (one per store)
+    assert archive.check() == [] and not any(archive.tmp_dir.iterdir())
+
+
+def test_members_are_answered_only_after_the_flush(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[object] = []
+    real = FileStorage.flush_placed
+
+    def flush_placed(self: FileStorage, placed: list[Staged]) -> bool:
+        seen.extend(member.outcome for member in placed)
+        return real(self, placed)
+
+    monkeypatch.setattr(FileStorage, "flush_placed", flush_placed)
+    assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
+    assert seen == [None]
+
+
+def test_a_replace_is_flushed_before_it_is_renamed_over_the_old_file(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old file is a committed instance's: the new one's data is durable before
+    it takes the old one's name, and the COMMIT is flushed as it happens."""
+    with Archive(root, on_duplicate="replace") as archive:
+        assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
+        calls = _log_calls(monkeypatch, root)
+        again = dataset(uid(1), patient_name="Doe^John")
+        assert store(archive, again, sop_uid=uid(1)).status == SUCCESS
+        final = FINAL.format(uid(1))
+        assert calls[:4] == [
+            "fsync",
+            "link .tmp .tmp",
+            f"link {final} .tmp",
+            f"rename .tmp {final}",
+        ]
+        assert calls[-2:] == ["COMMIT", "fdatasync"]  # (the WAL, as synchronous=FULL would)
+        assert stored_dataset(archive.path_of(uid(1))) == again  # type: ignore[arg-type]
+        assert archive.check() == []
+
+
+def test_each_batch_is_struck_off_in_the_next_commit(archive: Archive, root: Path) -> None:
+    for n in range(3):
+        assert store(archive, dataset(uid(n)), sop_uid=uid(n)).status == SUCCESS
+        assert [u for _, u in _unflushed(root)] == [uid(n)]  # (its flush done, not yet struck)
+    archive.close()
+    with Archive(root) as again:  # the start verifies the last batch and strikes it off
+        assert _unflushed(root) == []
+        assert len(again.instances()) == 3
+
+
+def test_a_committed_row_whose_file_never_reached_the_disk_is_dropped_at_start(
+    archive: Archive, root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A power cut after the COMMIT and before the flush: the row may be on the
+    disk and its file not. It was never answered: it goes, with what is left of
+    its file; what was flushed before stays."""
+    for n in range(2):
+        assert store(archive, dataset(uid(n)), sop_uid=uid(n)).status == SUCCESS
+    archive.close()
+    lost = root / FINAL.format(uid(1))
+    size = lost.stat().st_size
+    with open(lost, "r+b") as fp:  # (delayed allocation: the blocks never written)
+        fp.truncate(0)
+        fp.truncate(size)
+    with caplog.at_level(logging.WARNING, "dicomstore.archive"), Archive(root) as again:
+        assert [r["sop_instance_uid"] for r in again.instances()] == [uid(0)]
+        assert not lost.exists()
+        assert again.check() == [] and _unflushed(root) == []
+    assert "its data was lost before it was flushed" in caplog.text
+
+
+def test_a_row_left_unflushed_whose_file_is_whole_is_kept(archive: Archive, root: Path) -> None:
+    """Killed between the COMMIT and the flush (or a live node's batch): the file
+    matches its digest, is flushed, and stays."""
+    assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
+    archive.close()
+    with Archive(root) as again:
+        assert [r["sop_instance_uid"] for r in again.instances()] == [uid(1)]
+        assert _unflushed(root) == [] and again.check() == []
+
+
+def _crash_before_commit(monkeypatch: pytest.MonkeyPatch) -> type[BaseException]:
+    class Crash(BaseException):
+        pass
+
+    def commit(self: Index, **kw: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(Index, "commit", commit)
+    monkeypatch.setattr(Index, "rollback", lambda self: None)
+    monkeypatch.setattr(Publisher, "_undo", lambda self, placed: None)
+    return Crash
+
+
+@pytest.mark.parametrize("lost", ["nothing", "some", "all"])
+def test_a_trace_left_before_the_commit_is_adopted_only_if_its_digest_matches(
+    archive: Archive, root: Path, monkeypatch: pytest.MonkeyPatch, lost: str
+) -> None:
+    """Its trace carries the digest of the data received: a file placed before its
+    flush is adopted at the next start only if it still has that data; one whose
+    header still names it goes. One with nothing left (a zero-length file at its
+    name, as ext4 leaves after a power cut) cannot be named from its trace: it
+    stays for ``check`` to report, until the sender (never answered) sends it
+    again."""
+    assert store(archive, dataset(uid(0)), sop_uid=uid(0)).status == SUCCESS
+    _crash_before_commit(monkeypatch)
+    with pytest.raises(RuntimeError):
+        store(archive, dataset(uid(1)), sop_uid=uid(1))
+    monkeypatch.undo()
+    archive.index._db.close()  # the process "dies": its transaction is lost
+    archive._node.close()
+    archive._publisher.close()
+    (trace,) = [p for p in archive.tmp_dir.iterdir() if p.name.endswith(".new")]
+    assert "blake3%3A" in trace.name
+    final = root / FINAL.format(uid(1))
+    data = final.read_bytes()
+    if lost == "some":  # a block of its data set never reached the disk
+        at = data.index(b"Doe^Jane")
+        final.write_bytes(data[:at] + bytes(8) + data[at + 8 :])
+    elif lost == "all":
+        final.write_bytes(b"")
+    with Archive(root) as again:
+        assert again.recovered == (1 if lost == "nothing" else 0)
+        expected = [uid(0), uid(1)] if lost == "nothing" else [uid(0)]
+        assert [r["sop_instance_uid"] for r in again.instances()] == expected
+        assert final.exists() == (lost != "some")
+        assert not any(again.tmp_dir.iterdir())
+        if lost == "all":
+            (problem,) = again.check()
+            assert FINAL.format(uid(1)) in str(problem)
+            assert store(again, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
+            assert final.read_bytes() != b""
+        assert again.check() == []
+        assert len(dcm_files(root)) == (1 if lost == "some" else 2)
+
+
+def test_an_index_on_another_file_system_is_flushed_before_answering(tmp_path: Path) -> None:
+    """A syncfs of the archive's file system does not flush an index elsewhere."""
+    shm = Path("/dev/shm")
+    storage = FileStorage(tmp_path / "root")
+    (tmp_path / "root" / layout.TMP_DIR).mkdir(parents=True)
+    storage.start(storage.stats, lambda: 0)
+    try:
+        assert storage.defers_flush(tmp_path / "root" / "index.sqlite") is False  # (absent)
+        (tmp_path / "root" / "index.sqlite").touch()
+        assert storage.defers_flush(tmp_path / "root" / "index.sqlite") is True
+        assert storage.defers_flush(None) is False  # a server's
+        if shm.is_dir() and shm.stat().st_dev != tmp_path.stat().st_dev:
+            assert storage.defers_flush(shm) is False
+    finally:
+        storage.close()
+    assert FileStorage(tmp_path, fsync=False).defers_flush(tmp_path) is False
