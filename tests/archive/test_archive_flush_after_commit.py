@@ -6,19 +6,23 @@ whose data did not) is verified at the next start (``recovery.py``)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from threading import Event, Thread
 
 import pytest
-from archive_testlib import dataset, dcm_files, store, stored_dataset
+from archive_testlib import CT, dataset, dcm_files, store, stored_dataset
 
-from dicomstore.archive import SUCCESS, Archive, Index, layout
+from dicomstore.archive import OUT_OF_RESOURCES, SUCCESS, Archive, Index, digests, layout
 from dicomstore.archive.commit import Staged
+from dicomstore.archive.commitment import Reference, verify
 from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.publish import Publisher
+from dicomstore.archive.reader import ArchiveReader
 
 pytestmark = [
     pytest.mark.skipif(not layout.SYNCFS_AVAILABLE, reason="needs syncfs (Linux 5.8+)"),
@@ -119,7 +123,8 @@ def test_a_replace_is_flushed_before_it_is_renamed_over_the_old_file(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The old file is a committed instance's: the new one's data is durable before
-    it takes the old one's name, and the COMMIT is flushed as it happens."""
+    it takes the old one's name, and the COMMIT is flushed as it happens (an
+    archive replacing duplicates takes the flush-first steps for every batch)."""
     with Archive(root, on_duplicate="replace") as archive:
         assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
         calls = _log_calls(monkeypatch, root)
@@ -132,7 +137,7 @@ def test_a_replace_is_flushed_before_it_is_renamed_over_the_old_file(
             f"link {final} .tmp",
             f"rename .tmp {final}",
         ]
-        assert calls[-2:] == ["COMMIT", "fdatasync"]  # (the WAL, as synchronous=FULL would)
+        assert calls[-1] == "COMMIT"  # (synchronous=FULL: durable as it returns)
         assert stored_dataset(archive.path_of(uid(1))) == again  # type: ignore[arg-type]
         assert archive.check() == []
 
@@ -249,3 +254,125 @@ def test_an_index_on_another_file_system_is_flushed_before_answering(tmp_path: P
     finally:
         storage.close()
     assert FileStorage(tmp_path, fsync=False).defers_flush(tmp_path) is False
+
+
+# -- what others see between a COMMIT and its flush (review of a491ec4) -------------------
+
+
+class PowerCut(BaseException):
+    """The machine dies here: nothing after it runs."""
+
+
+def _paused_flush(archive: Archive, then: Callable[[], bool]) -> tuple[Event, Event]:
+    """Hold ``archive``'s next flush after its COMMIT until released; then ``then()``."""
+    entered, release = Event(), Event()
+
+    def flush_placed(placed: list[Staged]) -> bool:
+        entered.set()
+        assert release.wait(20)
+        return then()
+
+    archive.storage.flush_placed = flush_placed  # type: ignore[method-assign]
+    return entered, release
+
+
+def _in_thread(action: Callable[[], object]) -> tuple[Thread, list[object]]:
+    result: list[object] = []
+
+    def run() -> None:
+        try:
+            result.append(action())
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            result.append(exc)
+
+    thread = Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+def _die(archive: Archive) -> None:
+    archive.index._db.close()
+    archive._node.close()
+    archive._publisher.close()
+
+
+def test_a_replace_policy_flushes_before_it_commits(root: Path) -> None:
+    """A batch renaming over a committed instance must have its data durable first:
+    with ``replace`` every batch takes the flush-first steps (its COMMIT durable)."""
+    with Archive(root, on_duplicate="replace") as archive:
+        assert not archive._publisher.defers
+        assert archive.index._deferring is False
+
+
+def test_another_node_answers_a_duplicate_only_once_the_first_copy_is_durable(
+    root: Path,
+) -> None:
+    """serve --workers 2: node A has committed X and not yet flushed it; X sent again
+    to node B (keep) is answered 0000 from A's row, and a Storage Commitment says
+    committed, only after a flush that makes A's copy durable."""
+    a, b = Archive(root), Archive(root)
+    try:
+        entered, release = _paused_flush(a, lambda: (_ for _ in ()).throw(PowerCut()))
+        thread, _ = _in_thread(lambda: store(a, dataset(uid(1)), sop_uid=uid(1)))
+        assert entered.wait(20)
+        flushes = b.stats.flushes
+        again = store(b, dataset(uid(1)), sop_uid=uid(1))
+        assert again.status == SUCCESS
+        assert b.stats.flushes == flushes + 1  # (one syncfs: A's data, name and COMMIT)
+        synced: list[int] = []
+        real = layout.syncfs
+        layout.syncfs = lambda fd: (synced.append(fd), real(fd))[1]  # type: ignore[assignment]
+        try:
+            (verdict,) = verify(ArchiveReader(root), [Reference(CT, uid(1))])
+        finally:
+            layout.syncfs = real  # type: ignore[assignment]
+        assert verdict.committed and synced
+        release.set()
+        thread.join(20)
+        _die(a)
+    finally:
+        b.close()
+    with Archive(root) as after:  # what B answered is durable: the row stays
+        assert after.get_instance(uid(1)) is not None and after.check() == []
+
+
+def test_a_withdrawn_member_takes_nothing_of_another_nodes_replace(root: Path) -> None:
+    """Node A commits X and its flush fails: A withdraws X. Meanwhile node B (replace,
+    flushed first) replaced X and answered Success: A takes neither its file nor its row."""
+    a, b = Archive(root), Archive(root, on_duplicate="replace")
+    try:
+
+        def eio() -> bool:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        entered, release = _paused_flush(a, eio)
+        thread, result = _in_thread(lambda: store(a, dataset(uid(1)), sop_uid=uid(1)))
+        assert entered.wait(20)
+        two = dataset(uid(1), patient_name="Two")
+        assert store(b, two, sop_uid=uid(1)).status == SUCCESS
+        release.set()
+        thread.join(20)
+        assert result[0].status == OUT_OF_RESOURCES  # type: ignore[attr-defined]
+        assert stored_dataset(b.path_of(uid(1))) == two  # type: ignore[arg-type]
+        assert b.check() == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_read_error_at_start_drops_nothing(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listed row whose file cannot be read now (EMFILE, EIO) is no sign that its
+    data was lost: it stays, listed for the next start."""
+    with Archive(root) as archive:
+        assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
+
+    def matches(recorded: str, where: object) -> bool:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(digests, "matches", matches)
+    with Archive(root) as again:
+        assert again.get_instance(uid(1)) is not None
+    assert [u for _, u in _unflushed(root)] == [uid(1)]
+    monkeypatch.undo()
+    with Archive(root) as again:
+        assert again.get_instance(uid(1)) is not None and _unflushed(root) == []

@@ -167,11 +167,16 @@ def _count_flushes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return flushes
 
 
+@pytest.mark.parametrize("flush_first", [False, True], ids=["as-configured", "flush-first"])
 @pytest.mark.parametrize("syncfs", [pytest.param(True, marks=SYNCFS), False])
 @pytest.mark.parametrize("size", [1, 4, 16])
 def test_flushes_per_batch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool, size: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool, size: int, flush_first: bool
 ) -> None:
+    """Committed before the flush (SQLite, syncfs): one syncfs per batch; flushed
+    first (PostgreSQL, replace, no syncfs): the files, then the folder."""
+    if flush_first:
+        _flush_before_the_commit(monkeypatch)
     with Archive(tmp_path / "root", syncfs=syncfs) as archive:
         assert store(archive, dataset(uid_of(0)), sop_uid=uid_of(0)).status == SUCCESS
         batches = Batches(archive)
@@ -181,6 +186,7 @@ def test_flushes_per_batch(
         outcomes = batches.run(first, others)
         assert {o.status for o in outcomes} == {SUCCESS}
         assert batches.seen == [1, size]
+        assert archive._publisher.defers == (syncfs and not flush_first and not pg_index(archive))
         if archive._publisher.defers:  # committed first, then one syncfs for everything
             assert flushes == ["syncfs", "syncfs"]
             assert archive.stats.flushes == 1 + len(flushes)
@@ -266,6 +272,10 @@ def test_a_durable_replace_makes_its_trace_and_backup_durable_before_the_commit(
         assert calls[3] == f"rename .tmp {final}"
         assert sorted(calls[4:]) == ["fsync .tmp", "fsync 1.2.3.4/1.2.3.4.5"]
         assert_clean(archive)
+
+
+def pg_index(archive: Archive) -> bool:
+    return archive.index.engine.dialect != "sqlite"
 
 
 def _flush_before_the_commit(monkeypatch: pytest.MonkeyPatch) -> None:

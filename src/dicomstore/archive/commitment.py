@@ -102,8 +102,19 @@ def verify_one(reader: ArchiveReader, ref: Reference) -> Verdict:
 
 
 def verify(reader: ArchiveReader, refs: Iterable[Reference]) -> list[Verdict]:
-    """The verdicts on every referenced instance, in order."""
-    return [verify_one(reader, ref) for ref in refs]
+    """The verdicts on every referenced instance, in order; those found committed
+    are made durable first (``ArchiveReader.make_durable``: one may be committed
+    before its flush), else they are not."""
+    verdicts = [verify_one(reader, ref) for ref in refs]
+    found = [v.reference.sop_instance_uid for v in verdicts if v.committed]
+    try:
+        reader.make_durable(found)
+    except OSError as exc:
+        why = f"it cannot be made durable: {exc}"
+        return [
+            Verdict(v.reference, PROCESSING_FAILURE, why) if v.committed else v for v in verdicts
+        ]
+    return verdicts
 
 
 @dataclass

@@ -224,6 +224,12 @@ class Index:
         """Strike ``batches`` off :meth:`unflushed` (in the open transaction)."""
         self._db.executemany("DELETE FROM unflushed WHERE batch = ?", [(b,) for b in batches])
 
+    def listed(self, uids: list[str]) -> bool:
+        """Whether any of these instances is listed :meth:`unflushed`."""
+        marks = ", ".join("?" for _ in uids)
+        sql = f"SELECT 1 FROM unflushed WHERE sop_instance_uid IN ({marks}) LIMIT 1"
+        return self._db.execute(sql, uids).fetchone() is not None
+
     def unflushed_batches(self) -> list[tuple[str, str]]:
         """(batch, SOP Instance UID) of each instance recorded :meth:`unflushed`."""
         return list(self._db.execute("SELECT batch, sop_instance_uid FROM unflushed"))

@@ -55,8 +55,9 @@ removes the file, which the index no longer names. Either way the index then
 serves the last committed version and ``check`` is clean.
 
 **New instances committed before their flush** (``Publisher.defers``: fsync and
-syncfs on, the index a SQLite file on the archive's file system, and no member
-replacing a stored instance — a replace takes the steps above). Then::
+syncfs on, the index a SQLite file on the archive's file system, and duplicates
+kept or rejected — with ``replace`` a batch may rename over a committed
+instance's file, and every batch takes the steps above). Then::
 
   (nothing flushed yet)                           [publish.after-trace, after-file-flush]
   (the index): BEGIN IMMEDIATE, look them up
@@ -81,14 +82,19 @@ its digest and dropped with its file if it does not match (it was never
 answered: its batch would have been struck off after its flush otherwise).
 A file at its final name whose data and trace were both lost (a zero-length
 file after a power cut) has no row: ``check`` reports it, and the instance
-sent again (never answered) is renamed over it. A file renamed over a
-*committed* instance's is not: a replace flushes its file first (decided after
-the look-up, under the lock). The WAL keeps SQLite consistent without its
+sent again (never answered) is renamed over it; one that lost only some blocks
+with its trace, ``check`` reports too, and ``reindex`` would adopt it as it is:
+delete such a file rather than reindex it. A row is seen by others (another
+node's duplicate look-up, a Storage Commitment) between its COMMIT and its
+flush: before an answer rests on it, they flush (``Publisher._flush_found``,
+``ArchiveReader.make_durable``: a row still listed ``unflushed`` is flushed
+again, one syncfs and the WAL). The WAL keeps SQLite consistent without its
 fdatasync (``synchronous=NORMAL``: checkpoints still flush), and its commits
 are durable in order, so a COMMIT striking a batch off is never durable
 without the rows it strikes off. When the syncfs fails, each file and folder
-is fsynced and then the WAL; a file that cannot be is withdrawn (its file,
-then its row) and answered A700.
+is fsynced and then the WAL; a file that cannot be is withdrawn, under the
+index lock (its file if its key still holds that very file — not another
+node's replace since — then its row) and answered A700.
 
 Several nodes (processes, on one host or several) sharing one root and one
 PostgreSQL index: what one node decides is never a memory of its own. Each
@@ -192,7 +198,12 @@ class Publisher:
         storage.start(self.stats, submitted)
         #: new instances are committed before their files are flushed, then one flush
         #: makes both durable (the module docstring)
-        self.defers = storage.defers_flush(index.engine.local_file()) and index.defer_flushes()
+        #: (never with replace: a batch renaming over a committed instance flushes first)
+        self.defers = (
+            on_duplicate != "replace"
+            and storage.defers_flush(index.engine.local_file())
+            and index.defer_flushes()
+        )
         self._batches = itertools.count(1)
         self._owner = secrets.token_hex(6)  # (batch names unique among the writers)
         #: batches flushed since their COMMIT, to strike off ``unflushed`` in the next
@@ -248,13 +259,17 @@ class Publisher:
                     self._answer(member, failure(st.OUT_OF_RESOURCES, comment))
                 return
             try:
-                # a replace renames a file over a committed one's: flushed first
-                deferred = self.defers and not (found and self.on_duplicate == "replace")
-                if self.defers and not deferred:
-                    live = self._stage(live)
+                deferred = self.defers
+                unsure = self._flush_found(found) if deferred and found else None
                 relations = Relations(index) if self.on_relational_mismatch == "reject" else None
                 for member in live:
                     existing = found.get(member.row["sop_instance_uid"])
+                    if existing is not None and unsure is not None:
+                        doing = "making the stored copy durable"
+                        self._answer(
+                            member, failure(st.OUT_OF_RESOURCES, describe_os_error(unsure, doing))
+                        )
+                        continue
                     if existing is not None and self.on_duplicate != "replace":
                         path = storage.local_path(existing["path"])
                         try:
@@ -361,22 +376,41 @@ class Publisher:
             crashpoints.reached("publish.after-flush")
 
     def _withdraw(self, failed: list[Staged]) -> None:
-        """Take back committed members whose files could not be flushed: the files
-        go, then the rows (best effort: what is left, the next start verifies)."""
-        self.storage.undo(failed)
+        """Take back committed members whose files could not be flushed, under the
+        index lock: each file that is still theirs at its key goes, then its row
+        (best effort: what is left, the next start verifies)."""
         index = self.index
         with index.lock:
             try:
                 index.begin()
                 for member in failed:
                     row = member.row
-                    index.remove(row["sop_instance_uid"])
-                    index.prune(row["series_uid"], row["study_uid"], row.get("patient_id") or "")
+                    if self.storage.withdraw(member):  # (else another node's by now)
+                        index.remove(row["sop_instance_uid"])
+                        index.prune(
+                            row["series_uid"], row["study_uid"], row.get("patient_id") or ""
+                        )
                 index.commit()
             except DatabaseError:
                 _quietly(index.rollback)
             except OSError:
                 _quietly(index.rollback)
+            finally:
+                for member in failed:
+                    self.storage.discard(member)  # (closed, if withdraw did not get to it)
+
+    def _flush_found(self, found: dict[str, dict[str, Any]]) -> OSError | None:
+        """Make the stored copies of the instances a batch found durable before any
+        answer rests on them: one may be committed and not yet flushed (another
+        node's batch, ``unflushed``); the error when that failed."""
+        if not self.index.listed(list(found)):
+            return None
+        try:
+            self.storage.flush_keys([row["path"] for row in found.values()])
+            self.index.flush()
+        except OSError as exc:
+            return exc
+        return None
 
     def _place(self, member: Staged) -> bool:
         """Give one member its key (the storage renames it there); False (and A700)

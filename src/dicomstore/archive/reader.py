@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from dicomstore.archive import layout
 from dicomstore.archive import query as q
 from dicomstore.archive.dicomfile import encoding_of
-from dicomstore.archive.engine import Connection, Engine, engine_for, size_sum
+from dicomstore.archive.engine import (
+    Connection,
+    DatabaseError,
+    Engine,
+    engine_for,
+    size_sum,
+)
 from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.schema import SAME_TABLES, SCHEMA_VERSION, SchemaError
 from dicomstore.archive.storage import Storage
@@ -159,6 +165,26 @@ class ArchiveReader:
         if not rows:
             raise NotStoredError(f"instance {uid} is not in the archive")
         return rows[0]
+
+    def make_durable(self, sop_instance_uids: list[str]) -> None:
+        """Before saying these instances are stored: flush the files of any that may
+        be committed before their flush (``publish.py``: listed ``unflushed``), and
+        the index; ``OSError`` when that failed."""
+        if not sop_instance_uids:
+            return
+        marks = ", ".join("?" for _ in sop_instance_uids)
+        sql = (
+            "SELECT i.path FROM unflushed u JOIN instance i"
+            f" ON i.sop_instance_uid = u.sop_instance_uid WHERE u.sop_instance_uid IN ({marks})"
+        )
+        with self._db() as db:
+            try:
+                keys = [key for (key,) in db.execute(sql, sop_instance_uids)]
+            except DatabaseError:
+                return  # (an index made by an older dicomstore: flushed before its COMMITs)
+        if keys:
+            getattr(self.storage, "flush_keys", lambda keys: None)(keys)
+            self.engine.flush(None)
 
     # -- stored instances -------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from urllib.parse import unquote
 
 from dicomstore.archive import digests, layout, nodes
 from dicomstore.archive.dicomfile import HeaderError
-from dicomstore.archive.filestorage import UNFLUSHED
+from dicomstore.archive.filepublish import UNFLUSHED
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import INTENT, intent_target
 from dicomstore.archive.removal import settle_intents
@@ -137,6 +137,8 @@ def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool
     unflushed = trace.name.endswith(UNFLUSHED)
     try:
         row = read_row(root, trace)  # reads the header, for the final name
+    except OSError:
+        raise  # (not a sign of lost data: left for the next start)
     except Exception:
         if unflushed:  # its data never all reached the disk (a power cut): never answered
             trace.unlink()  # (what is at its final name, check reports: see publish.py)
@@ -203,20 +205,25 @@ def verify_unflushed(root: Path, index: Index, *, fsync: bool) -> int:
             if not listed:
                 return 0
             folders: set[Path] = set()
+            unsure: set[str] = set()  # UIDs whose files could not be read now
             for uid in {uid for _, uid in listed}:
                 row = index.find(uid)
                 if row is None:
                     continue  # deleted since
                 path = root / row["path"]
-                try:
+                try:  # (only what shows its data lost drops it: not a passing read error)
                     good = path.stat().st_size == row["file_size"] and digests.matches(
                         row["digest"], path
                     )
                     if good and fsync:
                         layout.fsync_file(path)
                         folders.add(path.parent)
-                except (OSError, HeaderError, ValueError):
+                except (FileNotFoundError, HeaderError, ValueError):
                     good = False
+                except OSError as exc:
+                    log.warning("%s: not verified now (%s): left for the next start", path, exc)
+                    unsure.add(uid)
+                    continue
                 if not good:
                     log.warning("%s: dropped, its data was lost before it was flushed", path)
                     index.remove(uid)
@@ -226,7 +233,9 @@ def verify_unflushed(root: Path, index: Index, *, fsync: bool) -> int:
                     dropped += 1
             for folder in folders if fsync else ():
                 layout.fsync_dir(folder)
-            index.flushed(list({batch for batch, _ in listed}))
+            index.flushed(
+                list({batch for batch, uid in listed} - {b for b, u in listed if u in unsure})
+            )
             index.commit()
         finally:
             index.rollback()  # (nothing left to roll back after the COMMIT)

@@ -230,6 +230,15 @@ class WritableStorage(Storage, Protocol):
         be made durable gets ``failed``; ``OSError``: none is known durable."""
         ...
 
+    def withdraw(self, member: Staged) -> bool:
+        """Drop the bytes of a committed member whose flush failed, if its key still
+        holds them (not another writer's since); True if they went."""
+        ...
+
+    def flush_keys(self, keys: list[str]) -> None:
+        """Make the stored bytes at ``keys`` durable (``OSError`` when they cannot be)."""
+        ...
+
     def finish(self, placed: list[Staged]) -> None:
         """After the COMMIT: the replaced versions and what kept them go."""
         ...
