@@ -165,8 +165,10 @@ def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool
                 return 0
             if existing is None:
                 if fsync:
-                    if unflushed:
-                        layout.fsync_file(final)  # (its digest: the data as received)
+                    if unflushed:  # (its data as received; its folders, maybe new, too)
+                        layout.fsync_file(final)
+                        for folder in _folders_of(root, final)[1:]:
+                            layout.fsync_dir(folder)
                     layout.fsync_dir(final.parent)  # its name may not be durable yet
                 index.put({**row, "path": rel})
                 index.commit()
@@ -217,7 +219,7 @@ def verify_unflushed(root: Path, index: Index, *, fsync: bool) -> int:
                     )
                     if good and fsync:
                         layout.fsync_file(path)
-                        folders.add(path.parent)
+                        folders.update(_folders_of(root, path))
                 except (FileNotFoundError, HeaderError, ValueError):
                     good = False
                 except OSError as exc:
@@ -240,6 +242,12 @@ def verify_unflushed(root: Path, index: Index, *, fsync: bool) -> int:
         finally:
             index.rollback()  # (nothing left to roll back after the COMMIT)
     return dropped
+
+
+def _folders_of(root: Path, path: Path) -> list[Path]:
+    """The folders from ``path``'s own up to ``root``: a batch committed before its
+    flush may have made them all (a study's, a series')."""
+    return [folder for folder in path.parents if folder == root or root in folder.parents]
 
 
 def _digest_of(trace: str) -> str:
