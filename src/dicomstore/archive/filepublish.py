@@ -11,7 +11,6 @@ import errno
 import os
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from urllib.parse import quote
 
 from dicomstore.archive import crashpoints, layout
 from dicomstore.archive.commit import CommitStats, Staged
@@ -22,7 +21,7 @@ SYNCFS_MIN_BATCH = 2
 DIRS_LIMIT = 100_000
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK}
 #: The suffix of the trace of a file placed before its data was flushed
-#: (``<temp>.<digest>.new``: see ``recovery.recover``).
+#: (``<temp>.<digest>.new``, the digest's ``:`` as ``_``: see ``recovery.recover``).
 UNFLUSHED = ".new"
 
 
@@ -154,7 +153,7 @@ class FilePublishing:
                 return
             if member.unflushed:  # (no row: what may be at the final name is no one's)
                 if self._links:
-                    digest = quote(member.row["digest"], safe="")
+                    digest = member.row["digest"].replace(":", "_")  # (a name's ``_``)
                     self._link_trace(member, f"{member.temp}.{digest}{UNFLUSHED}")
             else:
                 if self._links:

@@ -17,7 +17,6 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 from dicomstore.archive import digests, layout, nodes
 from dicomstore.archive.dicomfile import HeaderError
@@ -252,7 +251,7 @@ def _folders_of(root: Path, path: Path) -> list[Path]:
 
 def _digest_of(trace: str) -> str:
     """The digest in the name of a trace ``<temp>.<digest>.new``."""
-    return unquote(trace.removesuffix(UNFLUSHED).rpartition(".")[2])
+    return trace.removesuffix(UNFLUSHED).rpartition(".")[2].replace("_", ":")
 
 
 def _backup_of(trace: str) -> str:
