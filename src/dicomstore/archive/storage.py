@@ -21,7 +21,11 @@ bytes durable), ``place(member, key, replacing)`` (``.bak``/removal intent,
 rename), ``settle(placed)`` (the folder flushes), and after the COMMIT
 ``finish(placed)`` (old version, intents, traces go), or ``undo(placed)``;
 ``discard(member)`` for one that is not placed; ``recover(index)`` at start-up,
-before the first batch. ``publish.py`` keeps the index logic and the order
+before the first batch. Where one flush after the COMMIT makes bytes, keys and
+index durable at once (``defers_flush``), new instances skip ``stage`` and
+``settle`` and are flushed by ``flush_placed(placed)`` after the COMMIT
+(``withdraw(member)`` for one that could not be; ``flush_keys`` for stored
+ones an answer rests on). ``publish.py`` keeps the index logic and the order
 (duplicate policy, relations, BEGIN/COMMIT, the answers) and calls the storage
 for every step on the bytes; ``FileStorage`` does them with the crash-safety
 and the flush counts that ``publish.py`` documents, and ``recover`` with
