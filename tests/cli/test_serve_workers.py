@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import free_port, index_option, serve_command, wait_listening
-from tests.services.nodes_testlib import acknowledged, storescu, write_instances
+from tests.services.nodes_testlib import acknowledged, stored_files, storescu, write_instances
 
 from dicomstore.archive import digests
 from dicomstore.archive.reader import ArchiveReader
@@ -99,6 +99,39 @@ def test_four_senders_into_two_workers(tmp_path: Path) -> None:
     assert sum(r["event"] == "association" for r in records) == SENDERS + ECHOES
     warnings = [line for line in log.read_text().splitlines() if " WARNING " in line]
     assert all("--fsync off" in line for line in warnings), warnings  # (nothing unexpected)
+
+
+def test_durable_workers_one_killed_midway_keep_every_acknowledged_instance(
+    tmp_path: Path,
+) -> None:
+    """Durable (the default): on SQLite each process commits its new instances
+    before one syncfs (``archive/publish.py``), and a duplicate found from the other
+    process's row flushes it before answering. Two senders send the same instances
+    at once, two others their own; the worker is killed (SIGKILL) midway. After:
+    every acknowledged instance is stored once, byte for byte, and `check` is clean."""
+    storage, log, port = tmp_path / "archive", tmp_path / "serve.log", free_port()
+    shared = write_instances(tmp_path / "shared", "1.2.13.9", 120)
+    sets = [shared, shared] + [
+        write_instances(tmp_path / f"own{n}", f"1.2.13.8.{n}", 120) for n in range(2)
+    ]
+    proc = _serve(port, storage, log, "--fsync", "on")
+    try:
+        (worker,) = _workers(log)
+        senders = [storescu(port, list(made)) for made in sets]
+        _until(lambda: stored_files(storage) >= 90, "a quarter stored")
+        os.kill(worker, signal.SIGKILL)
+        logs = [sender.communicate(timeout=120)[0] for sender in senders]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    acked = set().union(*(acknowledged(text) for text in logs))
+    source = {path: value for made in sets for path, value in made.items()}
+    assert acked  # (those the worker served, if any, stopped short: the kernel's choice)
+    assert main(["check", "--storage", str(storage), *index_option(storage)]) == 0
+    reader = ArchiveReader(storage)
+    for path in acked:
+        uid, digest = source[path]
+        assert digests.matches(digest, storage / reader.instance(uid)["path"])
 
 
 def test_a_worker_ends_when_the_first_process_is_killed(tmp_path: Path) -> None:
