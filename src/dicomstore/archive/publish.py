@@ -210,7 +210,21 @@ class Publisher:
         self._flushed: list[str] = []
 
     def close(self) -> None:
-        """Let go of the storage's publishing resources (call when no batch runs)."""
+        """Strike off the batches flushed since the last COMMIT (else the next start
+        verifies them again), and let go of the storage's publishing resources
+        (call when no batch runs)."""
+        if self._flushed:
+            index = self.index
+            with index.lock:
+                try:
+                    index.begin()
+                    index.flushed(self._flushed)
+                    index.commit()
+                    self._flushed = []
+                except DatabaseError:
+                    _quietly(index.rollback)
+                except OSError:
+                    _quietly(index.rollback)
         self.storage.close()
 
     def publish(self, batch: list[Staged]) -> None:
