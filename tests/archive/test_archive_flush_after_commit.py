@@ -376,3 +376,33 @@ def test_a_read_error_at_start_drops_nothing(root: Path, monkeypatch: pytest.Mon
     monkeypatch.undo()
     with Archive(root) as again:
         assert again.get_instance(uid(1)) is not None and _unflushed(root) == []
+
+
+def test_a_row_stored_again_while_a_start_verifies_is_not_dropped(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start reads the listed files outside the index lock: a row found bad, but
+    stored again by another node before the start drops it, is that node's: kept."""
+    archive = Archive(root)
+    assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
+    _die(archive)
+    lost = root / FINAL.format(uid(1))
+    lost.write_bytes(bytes(lost.stat().st_size))  # (its data lost by a power cut)
+    two = dataset(uid(1), patient_name="Two")
+    real = digests.matches
+    other: list[Archive] = []
+    started = Event()
+
+    def matches(recorded: str, where: object) -> bool:
+        if not started.is_set():  # meanwhile another node starts (dropping it), stores it
+            started.set()
+            other.append(Archive(root, on_duplicate="replace"))
+            assert store(other[0], two, sop_uid=uid(1)).status == SUCCESS
+        return real(recorded, where)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(digests, "matches", matches)
+    with Archive(root) as again:
+        monkeypatch.undo()
+        assert other and stored_dataset(again.path_of(uid(1))) == two  # type: ignore[arg-type]
+        assert again.check() == []
+    other[0].close()

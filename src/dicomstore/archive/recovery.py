@@ -197,41 +197,56 @@ def verify_unflushed(root: Path, index: Index, *, fsync: bool) -> int:
     whose file is missing or does not match its digest (a power cut before the
     flush) was never acknowledged: it goes, with its file. The others are made
     durable (they may be a live node's, between its COMMIT and its flush) before
-    their batches are struck off."""
-    dropped = 0
+    their batches are struck off. The files are read outside the index write
+    lock (a large batch must not hold other nodes past their lock timeout); one
+    is dropped under it only if its row and its file are still those read."""
     with index.lock:
         index.begin()
         try:
             listed = index.unflushed_batches()
-            if not listed:
-                return 0
-            folders: set[Path] = set()
-            unsure: set[str] = set()  # UIDs whose files could not be read now
-            for uid in {uid for _, uid in listed}:
-                row = index.find(uid)
-                if row is None:
-                    continue  # deleted since
-                path = root / row["path"]
-                try:  # (only what shows its data lost drops it: not a passing read error)
-                    good = path.stat().st_size == row["file_size"] and digests.matches(
-                        row["digest"], path
-                    )
-                    if good and fsync:
-                        layout.fsync_file(path)
-                        folders.update(_folders_of(root, path))
-                except (FileNotFoundError, HeaderError, ValueError):
-                    good = False
-                except OSError as exc:
-                    log.warning("%s: not verified now (%s): left for the next start", path, exc)
-                    unsure.add(uid)
-                    continue
-                if not good:
-                    log.warning("%s: dropped, its data was lost before it was flushed", path)
-                    index.remove(uid)
-                    index.prune(row["series_uid"], row["study_uid"], row["patient_id"])
-                    layout.remove_quietly(path)
-                    folders.add(path.parent)
-                    dropped += 1
+            rows = {uid: index.find(uid) for uid in {uid for _, uid in listed}}
+        finally:
+            index.rollback()
+    if not listed:
+        return 0
+    bad: dict[str, tuple[dict[str, Any], int]] = {}  # the row read, its file's inode
+    unsure: set[str] = set()  # UIDs whose files could not be read now
+    folders: set[Path] = set()
+    for uid, row in rows.items():
+        if row is None:
+            continue  # deleted since
+        path = root / row["path"]
+        try:  # (only what shows its data lost drops it: not a passing read error)
+            inode = _inode(path)
+            good = inode >= 0 and path.stat().st_size == row["file_size"]
+            good = good and digests.matches(row["digest"], path)
+            if good and fsync:
+                layout.fsync_file(path)
+                folders.update(_folders_of(root, path))
+        except (FileNotFoundError, HeaderError, ValueError):
+            good = False
+        except OSError as exc:
+            log.warning("%s: not verified now (%s): left for the next start", path, exc)
+            unsure.add(uid)
+            continue
+        if not good:
+            bad[uid] = (row, inode)
+    dropped = 0
+    with index.lock:
+        index.begin()
+        try:
+            for uid, (read, inode) in bad.items():
+                row, path = index.find(uid), root / read["path"]
+                if row is None or (row["path"], row["digest"]) != (read["path"], read["digest"]):
+                    continue  # stored again since
+                if _inode(path) != inode:
+                    continue  # (another file renamed there since)
+                log.warning("%s: dropped, its data was lost before it was flushed", path)
+                index.remove(uid)
+                index.prune(row["series_uid"], row["study_uid"], row["patient_id"])
+                layout.remove_quietly(path)
+                folders.add(path.parent)
+                dropped += 1
             for folder in folders if fsync else ():
                 layout.fsync_dir(folder)
             index.flushed(
@@ -241,6 +256,14 @@ def verify_unflushed(root: Path, index: Index, *, fsync: bool) -> int:
         finally:
             index.rollback()  # (nothing left to roll back after the COMMIT)
     return dropped
+
+
+def _inode(path: Path) -> int:
+    """The inode of the file at ``path``; -1 when there is none."""
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return -1
 
 
 def _folders_of(root: Path, path: Path) -> list[Path]:
