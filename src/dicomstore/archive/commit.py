@@ -6,7 +6,8 @@ its instance, then hands the checked instance (:class:`Staged`) to
 first caller finding nobody at work becomes the *leader*: it takes every
 instance waiting (its own first), has the whole batch published at once
 (``publish.Publisher.publish``: one flush of the files, renames, one flush of
-the folders, one index transaction), wakes the members, and hands the lead to
+the folders, one index transaction; or renames, one transaction, then one
+flush of it all), wakes the members, and hands the lead to
 the first caller that arrived meanwhile — who then finds a batch of
 everything that queued while the disk was busy.
 
