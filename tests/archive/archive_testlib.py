@@ -7,8 +7,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from dicomstore.archive import Archive, StoreOutcome
+import pytest
+
+from dicomstore.archive import Archive, Index, StoreOutcome
 from dicomstore.archive.dicomfile import dataset_offset
+from dicomstore.archive.publish import Publisher
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -143,3 +146,32 @@ def race(
         thread.join()
     assert all(outcomes)
     return outcomes
+
+
+def crash_at_commit(monkeypatch: pytest.MonkeyPatch, number: int = 2) -> type[BaseException]:
+    """From COMMIT ``number`` on, the process "dies": nothing of it runs any more
+    (then :func:`die`)."""
+
+    class Crash(BaseException):
+        pass
+
+    real = Index.commit
+    commits = []
+
+    def commit(self: Index, **kw: object) -> None:
+        commits.append(1)
+        if len(commits) >= number:
+            raise Crash
+        real(self, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Index, "commit", commit)
+    monkeypatch.setattr(Index, "rollback", lambda self: None)
+    monkeypatch.setattr(Publisher, "_undo", lambda self, placed: None)
+    return Crash
+
+
+def die(archive: Archive) -> None:
+    """The process of ``archive`` is gone: nothing of it is cleaned up."""
+    archive.index._db.close()  # the open transaction is lost
+    archive._node.close()  # its lock goes with the process (its folder stays)
+    archive._publisher.close()

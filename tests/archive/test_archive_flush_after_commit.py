@@ -15,13 +15,12 @@ from pathlib import Path
 from threading import Event, Thread
 
 import pytest
-from archive_testlib import CT, dataset, dcm_files, store, stored_dataset
+from archive_testlib import CT, crash_at_commit, dataset, dcm_files, die, store, stored_dataset
 
 from dicomstore.archive import OUT_OF_RESOURCES, SUCCESS, Archive, Index, digests, layout
 from dicomstore.archive.commit import Staged
 from dicomstore.archive.commitment import Reference, verify
 from dicomstore.archive.filestorage import FileStorage
-from dicomstore.archive.publish import Publisher
 from dicomstore.archive.reader import ArchiveReader
 
 pytestmark = [
@@ -158,7 +157,7 @@ def test_a_committed_row_whose_file_never_reached_the_disk_is_dropped_at_start(
     its file; what was flushed before stays."""
     for n in range(2):
         assert store(archive, dataset(uid(n)), sop_uid=uid(n)).status == SUCCESS
-    _die(archive)  # (the second batch still listed: its flush's strike-off never came)
+    die(archive)  # (the second batch still listed: its flush's strike-off never came)
     lost = root / FINAL.format(uid(1))
     size = lost.stat().st_size
     with open(lost, "r+b") as fp:  # (delayed allocation: the blocks never written)
@@ -175,24 +174,11 @@ def test_a_row_left_unflushed_whose_file_is_whole_is_kept(archive: Archive, root
     """Killed between the COMMIT and the flush (or a live node's batch): the file
     matches its digest, is flushed, and stays."""
     assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
-    _die(archive)
+    die(archive)
     assert [u for _, u in _unflushed(root)] == [uid(1)]
     with Archive(root) as again:
         assert [r["sop_instance_uid"] for r in again.instances()] == [uid(1)]
         assert _unflushed(root) == [] and again.check() == []
-
-
-def _crash_before_commit(monkeypatch: pytest.MonkeyPatch) -> type[BaseException]:
-    class Crash(BaseException):
-        pass
-
-    def commit(self: Index, **kw: object) -> None:
-        raise Crash
-
-    monkeypatch.setattr(Index, "commit", commit)
-    monkeypatch.setattr(Index, "rollback", lambda self: None)
-    monkeypatch.setattr(Publisher, "_undo", lambda self, placed: None)
-    return Crash
 
 
 @pytest.mark.parametrize("lost", ["nothing", "some", "all"])
@@ -206,13 +192,11 @@ def test_a_trace_left_before_the_commit_is_adopted_only_if_its_digest_matches(
     stays for ``check`` to report, until the sender (never answered) sends it
     again."""
     assert store(archive, dataset(uid(0)), sop_uid=uid(0)).status == SUCCESS
-    _crash_before_commit(monkeypatch)
+    crash_at_commit(monkeypatch, 1)
     with pytest.raises(RuntimeError):
         store(archive, dataset(uid(1)), sop_uid=uid(1))
     monkeypatch.undo()
-    archive.index._db.close()  # the process "dies": its transaction is lost
-    archive._node.close()
-    archive._publisher.close()
+    die(archive)
     (trace,) = [p for p in archive.tmp_dir.iterdir() if p.name.endswith(".new")]
     assert trace.name.endswith(".new") and ".blake3_" in trace.name
     final = root / FINAL.format(uid(1))
@@ -289,12 +273,6 @@ def _in_thread(action: Callable[[], object]) -> tuple[Thread, list[object]]:
     return thread, result
 
 
-def _die(archive: Archive) -> None:
-    archive.index._db.close()
-    archive._node.close()
-    archive._publisher.close()
-
-
 def test_a_replace_policy_flushes_before_it_commits(root: Path) -> None:
     """A batch renaming over a committed instance must have its data durable first:
     with ``replace`` every batch takes the flush-first steps (its COMMIT durable)."""
@@ -328,7 +306,7 @@ def test_another_node_answers_a_duplicate_only_once_the_first_copy_is_durable(
         assert verdict.committed and synced
         release.set()
         thread.join(20)
-        _die(a)
+        die(a)
     finally:
         b.close()
     with Archive(root) as after:  # what B answered is durable: the row stays
@@ -364,7 +342,7 @@ def test_a_read_error_at_start_drops_nothing(root: Path, monkeypatch: pytest.Mon
     data was lost: it stays, listed for the next start."""
     archive = Archive(root)
     assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
-    _die(archive)  # (its batch still listed)
+    die(archive)  # (its batch still listed)
 
     def matches(recorded: str, where: object) -> bool:
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
@@ -385,7 +363,7 @@ def test_a_row_stored_again_while_a_start_verifies_is_not_dropped(
     stored again by another node before the start drops it, is that node's: kept."""
     archive = Archive(root)
     assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
-    _die(archive)
+    die(archive)
     lost = root / FINAL.format(uid(1))
     lost.write_bytes(bytes(lost.stat().st_size))  # (its data lost by a power cut)
     two = dataset(uid(1), patient_name="Two")

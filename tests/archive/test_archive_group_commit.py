@@ -12,7 +12,16 @@ from pathlib import Path
 
 import blake3
 import pytest
-from archive_testlib import CT, EXPLICIT_LE, dataset, dcm_files, store, stored_dataset
+from archive_testlib import (
+    CT,
+    EXPLICIT_LE,
+    crash_at_commit,
+    dataset,
+    dcm_files,
+    die,
+    store,
+    stored_dataset,
+)
 
 from dicomstore.archive import (
     CANNOT_UNDERSTAND,
@@ -29,7 +38,6 @@ from dicomstore.archive import (
 from dicomstore.archive import commit as commit_module
 from dicomstore.archive.engine import engine_for
 from dicomstore.archive.filestorage import FileStorage
-from dicomstore.archive.publish import Publisher
 
 SYNCFS = pytest.mark.skipif(not layout.SYNCFS_AVAILABLE, reason="needs syncfs (Linux 5.8+)")
 
@@ -565,27 +573,6 @@ def test_no_name_before_durable_data_no_answer_before_commit(
         assert folder and commit and folder[0] < commit[0] < position[("answered",)]
 
 
-def _crash_at_commit(monkeypatch: pytest.MonkeyPatch, number: int = 2) -> type[BaseException]:
-    """From COMMIT ``number`` on, the process "dies": nothing of it runs any more."""
-
-    class Crash(BaseException):
-        pass
-
-    real = Index.commit
-    commits = []
-
-    def commit(self: Index, **kw: object) -> None:
-        commits.append(1)
-        if len(commits) >= number:
-            raise Crash
-        real(self, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Index, "commit", commit)
-    monkeypatch.setattr(Index, "rollback", lambda self: None)
-    monkeypatch.setattr(Publisher, "_undo", lambda self, placed: None)
-    return Crash
-
-
 @pytest.mark.sqlite_index
 @pytest.mark.parametrize("size", [1, 4])
 def test_a_crash_before_commit_leaves_files_the_next_start_adopts(
@@ -597,13 +584,11 @@ def test_a_crash_before_commit_leaves_files_the_next_start_adopts(
     batches = Batches(archive)
     first = receive(archive, 1)
     others = [receive(archive, n) for n in range(2, size + 2)]
-    crashed = _crash_at_commit(monkeypatch)
+    crashed = crash_at_commit(monkeypatch)
     with pytest.raises(AssertionError):  # the batch of `size` "crashes" at its COMMIT
         batches.run(first, others)
     monkeypatch.undo()
-    archive.index._db.close()  # its open transaction is lost
-    archive._node.close()  # its lock goes with the process (its folder stays)
-    archive._publisher.close()
+    die(archive)
     files = [p for p in dcm_files(root) if ".tmp" not in p.parts]
     assert len(files) == 2 + size  # the crashed ones are named, not indexed
     assert len(archive.instances()) == 2
@@ -617,12 +602,6 @@ def test_a_crash_before_commit_leaves_files_the_next_start_adopts(
     assert crashed
 
 
-def _die(archive: Archive) -> None:
-    archive.index._db.close()  # the open transaction is lost
-    archive._node.close()  # its lock goes with the process (its folder stays)
-    archive._publisher.close()
-
-
 @pytest.mark.sqlite_index
 @pytest.mark.parametrize("moved", [False, True], ids=["same-place", "moved"])
 def test_a_crash_before_a_replace_commits_keeps_the_old_instance(
@@ -633,11 +612,11 @@ def test_a_crash_before_a_replace_commits_keeps_the_old_instance(
     old = dataset(uid_of(1), patient_name="Old")
     assert store(archive, old, sop_uid=uid_of(1)).status == SUCCESS
     kw = {"study": "1.2.9", "series": "1.2.9.1"} if moved else {}
-    _crash_at_commit(monkeypatch, 1)
+    crash_at_commit(monkeypatch, 1)
     with pytest.raises(RuntimeError):
         store(archive, dataset(uid_of(1), patient_name="New", **kw), sop_uid=uid_of(1))
     monkeypatch.undo()
-    _die(archive)
+    die(archive)
     with Archive(root) as again:
         assert again.recovered == 0
         assert stored_dataset(again.path_of(uid_of(1))) == old

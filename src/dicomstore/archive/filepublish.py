@@ -273,7 +273,8 @@ class FilePublishing:
 
     def flush_keys(self, keys: list[str]) -> None:
         """Make the stored files at ``keys`` durable, with their names: one syncfs,
-        else an fsync of each and of its folder (``OSError`` when one fails)."""
+        else an fsync of each and of its folders up to the root (``OSError`` when
+        one fails)."""
         if not self.fsync:
             return
         fd = self._fs_fd
@@ -286,10 +287,13 @@ class FilePublishing:
                     return
                 except OSError:
                     pass  # (each file reports its own)
+            folders: set[Path] = set()
             for key in keys:
                 path = layout.resolve(self.root, key)
                 layout.fsync_file(path)
-                layout.fsync_dir(path.parent)
+                folders.update(layout.folders_up_to(self.root, path))
+            for folder in folders:
+                layout.fsync_dir(folder)
         finally:
             if fd >= 0 and fd != self._fs_fd:
                 os.close(fd)

@@ -107,6 +107,12 @@ def fsync_dir(path: Path) -> None:
     fsync_file(path, os.O_DIRECTORY)
 
 
+def folders_up_to(root: Path, path: Path) -> list[Path]:
+    """The folders from ``path``'s own up to ``root`` (a batch committed before its
+    flush may have made them all: a study's, a series')."""
+    return [folder for folder in path.parents if folder == root or root in folder.parents]
+
+
 def fsync_file(path: Path, flags: int = 0) -> None:
     """Make the data of the file at ``path`` durable (fsync through a new descriptor)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)

@@ -159,7 +159,7 @@ from dicomstore.archive import crashpoints, digests
 from dicomstore.archive import outcome as st
 from dicomstore.archive.commit import CommitStats, Staged
 from dicomstore.archive.dicomfile import HeaderError
-from dicomstore.archive.engine import DatabaseError, IntegrityError
+from dicomstore.archive.engine import DatabaseError, DatabaseOrOSError, IntegrityError
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import instance_relstr
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, duplicate, failure
@@ -221,9 +221,7 @@ class Publisher:
                     index.flushed(self._flushed)
                     index.commit()
                     self._flushed = []
-                except DatabaseError:
-                    _quietly(index.rollback)
-                except OSError:
+                except DatabaseOrOSError:
                     _quietly(index.rollback)
         self.storage.close()
 
@@ -405,9 +403,7 @@ class Publisher:
                             row["series_uid"], row["study_uid"], row.get("patient_id") or ""
                         )
                 index.commit()
-            except DatabaseError:
-                _quietly(index.rollback)
-            except OSError:
+            except DatabaseOrOSError:
                 _quietly(index.rollback)
             finally:
                 for member in failed:
@@ -463,9 +459,7 @@ class Publisher:
 def _quietly(action: Any, *args: Any) -> None:
     try:
         action(*args)
-    except OSError:
-        pass
-    except DatabaseError:
+    except DatabaseOrOSError:
         pass
 
 

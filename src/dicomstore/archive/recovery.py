@@ -163,12 +163,12 @@ def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool
                     layout.fsync_dir(final.parent)
                 return 0
             if existing is None:
-                if fsync:
-                    if unflushed:  # (its data as received; its folders, maybe new, too)
+                if fsync:  # its name may not be durable yet (unflushed: nor its data,
+                    if unflushed:  # nor its folders, maybe new)
                         layout.fsync_file(final)
-                        for folder in _folders_of(root, final)[1:]:
-                            layout.fsync_dir(folder)
-                    layout.fsync_dir(final.parent)  # its name may not be durable yet
+                    up = layout.folders_up_to(root, final) if unflushed else [final.parent]
+                    for folder in up:
+                        layout.fsync_dir(folder)
                 index.put({**row, "path": rel})
                 index.commit()
                 return 1
@@ -216,13 +216,14 @@ def verify_unflushed(root: Path, index: Index, *, fsync: bool) -> int:
         if row is None:
             continue  # deleted since
         path = root / row["path"]
+        inode = -1
         try:  # (only what shows its data lost drops it: not a passing read error)
-            inode = _inode(path)
-            good = inode >= 0 and path.stat().st_size == row["file_size"]
-            good = good and digests.matches(row["digest"], path)
+            stat = path.stat()
+            inode = stat.st_ino
+            good = stat.st_size == row["file_size"] and digests.matches(row["digest"], path)
             if good and fsync:
                 layout.fsync_file(path)
-                folders.update(_folders_of(root, path))
+                folders.update(layout.folders_up_to(root, path))
         except (FileNotFoundError, HeaderError, ValueError):
             good = False
         except OSError as exc:
@@ -264,12 +265,6 @@ def _inode(path: Path) -> int:
         return os.stat(path).st_ino
     except FileNotFoundError:
         return -1
-
-
-def _folders_of(root: Path, path: Path) -> list[Path]:
-    """The folders from ``path``'s own up to ``root``: a batch committed before its
-    flush may have made them all (a study's, a series')."""
-    return [folder for folder in path.parents if folder == root or root in folder.parents]
 
 
 def _digest_of(trace: str) -> str:
