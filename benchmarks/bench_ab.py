@@ -63,14 +63,19 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60
 
 
 def one_run(
-    src: str, corpus: Path, scratch: Path, count: int, fsync: str = "off"
+    src: str,
+    corpus: Path,
+    scratch: Path,
+    count: int,
+    fsync: str = "off",
+    options: tuple[str, ...] = (),
 ) -> tuple[float, float]:
     """(CPU ms per instance, instances/s) of one server from ``src`` receiving ``corpus``."""
     work = Path(tempfile.mkdtemp(dir=scratch))
     port = free_port()
     env = {**os.environ, "PYTHONPATH": src}
     cmd = [sys.executable, "-m", "dicomstore.cli", "serve", "--port", str(port)]
-    cmd += ["--storage", str(work / "ds"), "--fsync", fsync, "--log-level", "error"]
+    cmd += ["--storage", str(work / "ds"), "--fsync", fsync, "--log-level", "error", *options]
     server = subprocess.Popen(cmd, env=env)
     try:
         wait_listening(port, server)
@@ -90,7 +95,12 @@ def one_run(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("trees", nargs="+", help="NAME=SRC: a source tree to put on PYTHONPATH")
+    ap.add_argument(
+        "trees",
+        nargs="+",
+        help="NAME=SRC[,OPTION...]: a source tree to put on PYTHONPATH, and serve options "
+        "of its own (``head-asyncio=src,--loop,asyncio``)",
+    )
     ap.add_argument("--corpus", type=Path, required=True, help="a folder of DICOM files")
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--scratch", type=Path, default=Path("/dev/shm"))
@@ -103,12 +113,14 @@ def main() -> None:
     args = ap.parse_args()
     arms = [tuple(t.split("=", 1)) for t in args.trees]
     if any(len(a) != 2 for a in arms):
-        ap.error("each tree is NAME=SRC")
+        ap.error("each tree is NAME=SRC[,OPTION...]")
     count = sum(1 for p in args.corpus.rglob("*") if p.is_file())
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name, _src in arms}
     for _rep in range(args.reps):
-        for name, src in arms:
-            runs[name].append(one_run(src, args.corpus, args.scratch, count, args.fsync))
+        for name, spec in arms:
+            src, *options = spec.split(",")
+            run = one_run(src, args.corpus, args.scratch, count, args.fsync, tuple(options))
+            runs[name].append(run)
     print(f"{count} instances, {args.reps} reps, scratch {args.scratch}, --fsync {args.fsync}")
     for name, values in runs.items():
         cpu = statistics.median(v[0] for v in values)

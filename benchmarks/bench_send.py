@@ -168,17 +168,22 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     parts = split(files, parallel, Path(tmp) / f"{name}-{parallel}")
                 medians: dict[str, dict] = {}
-                for sender in senders:
-                    reps = args.pynetdicom_reps if sender == "pynetdicom" else args.reps
-                    runs = []
-                    for rep in range(reps):
+                every: dict[str, list[dict]] = {sender: [] for sender in senders}
+                # senders take turns, rep by rep: the machine's drift spreads over all
+                for rep in range(max(args.reps, args.pynetdicom_reps)):
+                    for sender in senders:
+                        reps = args.pynetdicom_reps if sender == "pynetdicom" else args.reps
+                        if rep >= reps:
+                            continue
                         r = run_once(sender, corpus, parts, args.out or Path(tmp) / "out")
                         r.update(set=name, parallel=parallel, sender=sender, rep=rep)
-                        runs.append(r)
+                        every[sender].append(r)
                         print(json.dumps(r), file=sys.stderr)
                         if args.results:
                             with open(args.results, "a") as fh:
                                 fh.write(json.dumps(r) + "\n")
+                for sender, runs in every.items():
+                    reps = len(runs)
                     wall = statistics.median(r["wall"] for r in runs)
                     medians[sender] = {
                         "wall": wall,
