@@ -20,6 +20,7 @@ exported to every process (DCMTK keeps Nagle on otherwise).
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -30,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import dicomstore
 
 DCMTK = Path(os.environ.get("DCMTK_BIN", "/usr/bin"))
 ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -154,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         help="receiver's output folder (e.g. under /dev/shm to take the disk out)",
     )
     args = ap.parse_args(argv)
+    # what `pip install .` does: the sender's start-up reads byte code, not source (an
+    # editable install is not compiled, and PYTHONDONTWRITEBYTECODE may be set)
+    compileall.compile_dir(Path(dicomstore.__file__).parent, quiet=1)
 
     senders = args.senders.split(",")
     rows = []
