@@ -1,6 +1,8 @@
 """What the command line loads before it sends: neither pydicom (and numpy, PIL,
 requests behind it) nor the server; ``dicomstore send`` starts in about half the
-CPU time it took with them (issue 13). ``send --commit`` loads them when it asks."""
+CPU time it took with them (issue 13). ``send --commit`` loads them when it asks.
+A command line naming a subcommand builds that subcommand's parser only
+(``cli.PARSERS``), and parses exactly as the whole parser does."""
 
 from __future__ import annotations
 
@@ -8,14 +10,21 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from dicomstore.cli import PARSERS, build_parser
+from dicomstore.cli.settings import subcommands
+
 PROBE = """
 import sys
 from dicomstore.cli import build_parser
-build_parser().parse_args(["send", "127.0.0.1", "104", "x.dcm"])
+argv = ["send", "127.0.0.1", "104", "x.dcm"]
+build_parser(argv).parse_args(argv)
 import dicomstore.services.scu_send, dicomstore.services.storage_scu
 heavy = sorted(m for m in ("pydicom", "numpy", "PIL", "requests") if m in sys.modules)
 server = sorted(m for m in sys.modules if m in (
-    "dicomstore.services.server", "dicomstore.services.acceptor", "dicomstore.archive.index"))
+    "dicomstore.services.server", "dicomstore.services.acceptor", "dicomstore.archive.index",
+    "dicomstore.cli.serve_options", "dicomstore.services.forward_rules"))
 print(heavy, server)
 """
 
@@ -26,3 +35,32 @@ def test_send_loads_neither_pydicom_nor_the_server() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[0] == "[] []"
+
+
+def test_the_table_of_parsers_names_every_subcommand_where_it_is_made() -> None:
+    assert list(subcommands(build_parser())) == list(PARSERS)  # (the order --help shows)
+    for command, module in PARSERS.items():
+        made = subcommands(build_parser([command]))
+        assert command in made
+        assert set(made) == {c for c, m in PARSERS.items() if m == module}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["send", "127.0.0.1", "104", "a.dcm", "b", "--aec", "ARCHIVE", "--parallel", "2"],
+        ["serve", "--port", "11113", "--fsync", "off", "--forward", "B=h:104"],
+        ["echo", "host", "104", "--repeat", "3"],
+        ["move", "host", "104", "--dest", "ME", "-k", "StudyInstanceUID=1.2.3"],
+        ["ls", "--storage", "/x", "studies"],
+        ["check", "--storage", "/x"],
+        ["conformance"],
+    ],
+)
+def test_a_parser_built_for_its_command_parses_as_the_whole_one(argv: list[str]) -> None:
+    assert vars(build_parser(argv).parse_args(argv)) == vars(build_parser().parse_args(argv))
+
+
+def test_a_command_line_without_a_known_subcommand_gets_the_whole_parser() -> None:
+    for argv in ([], ["--version"], ["sned"], None):
+        assert list(subcommands(build_parser(argv))) == list(PARSERS)

@@ -23,23 +23,45 @@ from dicomstore.cli.options import (
     run_client,
 )
 
+#: Which module adds each subcommand's parser (``add_parser``/``add_parsers``), in the
+#: order ``--help`` lists them: a command line naming one builds only that module's
+#: parsers, so ``dicomstore send`` does not import the server's options
+#: (tests/cli/test_parser.py checks this table against the modules).
+PARSERS: dict[str, str] = {
+    "serve": "serve_options",
+    "echo": "echo",
+    "send": "send",
+    "find": "find",
+    "move": "retrieve",
+    "get": "retrieve",
+    "ls": "access",
+    "show": "access",
+    "export": "access",
+    "stats": "access",
+    "delete": "access",
+    "check": "admin",
+    "reindex": "admin",
+    "conformance": "admin",
+    "events": "events",
+}
 
-def build_parser() -> argparse.ArgumentParser:
-    """All subcommands and options (documented in the README)."""
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The subcommands and their options (documented in the README): all of them, or
+    when ``argv`` begins with a subcommand's name, those of its module only."""
+    import importlib
+
     from dicomstore import __version__
-    from dicomstore.cli import access, admin, echo, events, find, retrieve, send, serve_options
 
     parser = argparse.ArgumentParser(prog="dicomstore", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dicomstore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve_options.add_parser(sub)
-    echo.add_parser(sub)
-    send.add_parser(sub)
-    find.add_parser(sub)
-    retrieve.add_parsers(sub)
-    access.add_parsers(sub)
-    admin.add_parsers(sub)
-    events.add_parser(sub)
+    wanted = PARSERS.get(argv[0]) if argv else None
+    for name in dict.fromkeys(PARSERS.values()):
+        if wanted is None or name == wanted:
+            module = importlib.import_module(f"dicomstore.cli.{name}")
+            add = getattr(module, "add_parsers", None) or module.add_parser
+            add(sub)
     return parser
 
 
@@ -47,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dicomstore` console script."""
     from dicomstore.cli import settings
 
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     try:
         args = settings.parse(parser, argv)
     except settings.SettingsError as exc:

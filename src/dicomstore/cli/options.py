@@ -12,7 +12,7 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicomstore import uids
 from dicomstore.aio import loops
@@ -24,9 +24,11 @@ from dicomstore.errors import (
     AssociationRejected,
     DimseTimeout,
 )
-from dicomstore.services.destinations import Destination, parse_destination
-from dicomstore.services.forward_rules import ForwardRule, parse_rule
 from dicomstore.vr import ae_title_problem
+
+if TYPE_CHECKING:
+    from dicomstore.services.destinations import Destination
+    from dicomstore.services.forward_rules import ForwardRule
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -37,7 +39,6 @@ EXIT_ABORTED = 5
 EXIT_TIMEOUT = 6
 #: send: nothing stored (failure statuses, not sendable, corrupt, or mixed causes)
 EXIT_ALL_FAILED = 7
-#: Ctrl-C (SIGINT): 128 + 2, as shells report it
 #: send --commit: every instance stored, not every one committed (PS3.4 J.3.3)
 EXIT_NOT_COMMITTED = 8
 #: Ctrl-C (SIGINT): 128 + 2, as shells report it
@@ -54,6 +55,8 @@ def _ae_title(value: str) -> str:
 
 
 def _ae_address(value: str) -> Destination:
+    from dicomstore.services.destinations import parse_destination  # (serve, move: lazily)
+
     try:
         return parse_destination(value)
     except ValueError as exc:
@@ -61,6 +64,8 @@ def _ae_address(value: str) -> Destination:
 
 
 def _forward_rule(value: str) -> ForwardRule:
+    from dicomstore.services.forward_rules import parse_rule  # (serve only: lazily)
+
     try:
         return parse_rule(value)
     except ValueError as exc:
