@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -176,6 +175,8 @@ def warn_unknown_variables(
 
 
 def _read_file(path: Path, options: Mapping[str, argparse.Action]) -> dict[str, Any]:
+    import tomllib  # (a file given only: lazily)
+
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 
 from dicomstore.aio.association import Timeouts
 from dicomstore.aio.client import ClientAssociation, ContextSpec, associate
-from dicomstore.archive.commitment import Reference
 from dicomstore.dimse import status as st
 from dicomstore.services import sources
 from dicomstore.services.sources import CorruptFile, Instance, NotDicom, SourceReadError
@@ -52,6 +51,7 @@ from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from dicomstore.archive.commitment import Reference
     from dicomstore.services.commitment_scu import Commitment
 
 log = logging.getLogger("dicomstore.send")
@@ -310,6 +310,8 @@ class _Run:
 
 
 def _reference(result: Result) -> Reference:
+    from dicomstore.archive.commitment import Reference  # (--commit only: lazily)
+
     return Reference(result.sop_class_uid or "", result.sop_instance_uid or "")
 
 
