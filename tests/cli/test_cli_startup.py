@@ -23,8 +23,8 @@ build_parser(argv).parse_args(argv)
 import dicomstore.services.scu_send, dicomstore.services.storage_scu
 heavy = sorted(m for m in ("pydicom", "numpy", "PIL", "requests") if m in sys.modules)
 server = sorted(m for m in sys.modules if m in (
-    "dicomstore.services.server", "dicomstore.services.acceptor", "dicomstore.archive.index",
-    "dicomstore.cli.serve_options", "dicomstore.services.forward_rules"))
+    "dicomstore.services.server", "dicomstore.services.acceptor", "dicomstore.cli.serve_options",
+    "dicomstore.services.forward_rules", "sqlite3", "tomllib") or m.startswith("dicomstore.archive"))
 print(heavy, server)
 """
 
