@@ -22,9 +22,9 @@ argv = ["send", "127.0.0.1", "104", "x.dcm"]
 build_parser(argv).parse_args(argv)
 import dicomstore.services.scu_send, dicomstore.services.storage_scu
 heavy = sorted(m for m in ("pydicom", "numpy", "PIL", "requests") if m in sys.modules)
-server = sorted(m for m in sys.modules if m in (
+server = sorted(m for m in sys.modules if m.startswith("dicomstore.archive") or m in (
     "dicomstore.services.server", "dicomstore.services.acceptor", "dicomstore.cli.serve_options",
-    "dicomstore.services.forward_rules", "sqlite3", "tomllib") or m.startswith("dicomstore.archive"))
+    "dicomstore.services.forward_rules", "sqlite3", "tomllib"))
 print(heavy, server)
 """
 
