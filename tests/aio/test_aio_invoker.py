@@ -123,3 +123,25 @@ def test_invoker_message_ids_skip_those_outstanding_and_zero() -> None:
         return first + [invoker.next_id(), invoker.next_id()]
 
     assert asyncio.run(ids()) == [1, 3, 4, 0xFFFF, 1]
+
+
+def test_a_command_goes_out_in_the_write_of_its_first_fragment() -> None:
+    t, stream = accepted_transport()
+    writes: list[int] = []
+    write, write_parts = stream.write, stream.write_parts
+    stream.write = lambda data: (writes.append(1), write(data))  # type: ignore[method-assign]
+    stream.write_parts = lambda parts: (writes.append(len(parts)), write_parts(parts))  # type: ignore[method-assign]
+    command = CEchoRQ(7).encode()  # (any command set: the transport does not read it)
+    asyncio.run(t.send_dataset_chunks(3, [b"\x08\x00" * 100], command))
+    assert len(writes) == 1  # a small message: one system call, one wake-up of the peer
+    out = pdvs(bytes(stream.written))
+    assert [(p.is_command, p.is_last) for p in out] == [(True, True), (False, True)]
+    assert bytes(out[0].data) == command
+    writes.clear()
+    stream.written.clear()
+    chunks = [bytes([n]) * DRAIN_EVERY for n in range(3)]
+    asyncio.run(t.send_dataset_chunks(3, chunks, command))
+    out = pdvs(bytes(stream.written))
+    assert out[0].is_command and not any(p.is_command for p in out[1:])
+    assert b"".join(bytes(p.data) for p in out[1:]) == b"".join(chunks)
+    assert len(writes) == 3  # (the command with the first chunk, then one per chunk)

@@ -235,18 +235,25 @@ class Transport:
             conn.send_each(dataset_pdvs(context_id, dataset, max_pdu, True))
         self.write_now()
 
-    async def send_dataset_chunks(self, context_id: int, chunks: Iterable[bytes]) -> int:
+    async def send_dataset_chunks(
+        self, context_id: int, chunks: Iterable[bytes], command: bytes | None = None
+    ) -> int:
         """Send a data set from an iterable of chunks, streaming; returns bytes sent.
 
         Each chunk becomes one or more PDVs no larger than the peer allows;
-        the last chunk's last PDV carries the "last fragment" bit. Messages
-        others queue meanwhile (:meth:`queue_message`) follow it; if the stream
-        fails they are dropped with it (the association cannot go on: abort it).
+        the last chunk's last PDV carries the "last fragment" bit. ``command``,
+        the message's command set, goes out in the same write as the first
+        fragment (a small message in one system call, and one wake-up of the
+        peer). Messages others queue meanwhile (:meth:`queue_message`) follow
+        it; if the stream fails they are dropped with it (the association
+        cannot go on: abort it).
         """
         max_pdu = self.negotiated.peer_max_pdu if self.negotiated else 0
         conn = self.conn
         total = 0
         previous: bytes | None = None
+        if command is not None:
+            conn.send_each(command_pdvs(context_id, command, max_pdu))
         self._streaming = True
         try:
             for chunk in chunks:

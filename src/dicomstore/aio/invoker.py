@@ -380,8 +380,7 @@ class Invoker:
             try:
                 async with self.send_lock:
                     self.check_usable()
-                    self.t.queue_message(context.id, rq.encode())
-                    await self.t.send_dataset_chunks(context.id, chunks)
+                    await self.t.send_dataset_chunks(context.id, chunks, rq.encode())
                     await self.t.drain()
             except BaseException:
                 self._forget(msg_id, future)
