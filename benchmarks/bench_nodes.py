@@ -50,11 +50,11 @@ def postgres_pids(server: PostgresServer) -> list[int]:
 
 
 def run(
-    folder: Path, sets: list[list[Path]], url: str | None, nodes: int, pg: PostgresServer
+    scratch: Path, sets: list[list[Path]], url: str | None, nodes: int, pg: PostgresServer
 ) -> tuple[float, float, float, float]:
     """Instances per second, from the senders' start to the last one's end, and the
     CPU milliseconds per instance of the nodes, of PostgreSQL and of the senders."""
-    storage = folder / "storage"
+    storage = Path(tempfile.mkdtemp(prefix="bench-nodes-storage-", dir=scratch))
     servers = [Node(storage, url, "--log-level", "error") for _ in range(nodes)]
     try:
         for server in servers:
@@ -91,6 +91,13 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=600, help="per sender (600)")
     parser.add_argument("--pixels", type=int, default=32 * 1024, help="bytes each (32 KiB)")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--scratch",
+        type=Path,
+        default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
+        help="where the archive's files go (default /dev/shm: on a disk, creating files "
+        "slows run after run, and the runs compare CPU, not the disk)",
+    )
     args = parser.parse_args()
     bin_dir = pg_bin()
     if bin_dir is None:
@@ -116,7 +123,8 @@ def main() -> None:
         for _ in range(args.reps):  # (interleaved: the machine's load hits all alike)
             for name, (on_pg, nodes) in configs.items():
                 url = server.new_url() if on_pg else None
-                results[name].append(run(folder, sets, url, nodes, server))
+                scratch = args.scratch or folder
+                results[name].append(run(scratch, sets, url, nodes, server))
         print(f"{'':25} {'inst/s':>8}   CPU ms/inst: nodes PostgreSQL senders  all")
         medians: dict[str, float] = {}
         ceilings: dict[str, float] = {}
