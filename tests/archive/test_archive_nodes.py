@@ -201,3 +201,32 @@ def test_a_service_lock_file_goes_with_its_holder_and_a_stale_one_is_not_taken(
 def _blake3(data: bytes) -> str:
     """The digest the index records for a data set (BLAKE3, computed here independently)."""
     return "blake3:" + blake3.blake3(data).hexdigest()
+
+
+def test_a_node_forgets_its_cache_when_another_node_committed_only(tmp_path: Path) -> None:
+    """The writer's cache of parent rows is emptied at a transaction's start when
+    another connection has committed since its own last one (SQLite's data_version,
+    PostgreSQL's generation), not for its own commits nor another's rollback."""
+    one, two = _nodes(tmp_path)[:2]
+    try:
+        forgot: list[int] = []
+        forget = one.index.forget
+        one.index.forget = lambda: (forgot.append(1), forget())[1]  # type: ignore[method-assign]
+
+        def stored(node: Archive, n: int) -> None:
+            assert store(node, dataset(_uid(n)), sop_uid=_uid(n)).status == SUCCESS
+
+        stored(one, 1)
+        forgot.clear()  # (its first transaction: nothing known of it yet)
+        stored(one, 2)
+        assert forgot == []  # its own commit
+        stored(two, 3)
+        stored(one, 4)
+        assert forgot == [1]  # another node's
+        with two.index.lock:
+            two.index.begin()
+            two.index.rollback()
+        stored(one, 5)
+        assert forgot == [1]  # a rollback changes nothing
+    finally:
+        _close([one, two])

@@ -13,16 +13,16 @@ One home for what differs between the two; the SQL itself is shared
     The tables in the database's current schema (``search_path``, e.g.
     ``?options=-csearch_path%3Darchive1``), made on first use with the one row
     of ``dicomstore_index`` that holds the schema version and a *generation*.
-    ``begin`` locks that row (``SELECT ... FOR UPDATE``), so writers take turns
-    as SQLite's do (across processes too), and reads the generation under the
-    lock; every write transaction stamps a new one before its COMMIT, so the
-    writer's cache (parent rows, hierarchy checks passed) is emptied whenever
-    another connection has committed since, as SQLite's ``data_version`` tells.
-    Round trips are what a batch waits on, with the lock held (other nodes
-    wait): a batch costs two, in libpq's pipeline mode — BEGIN, the lock and
-    the lookup of its instances (``begin``'s ``then``); then the statements
-    whose results nobody reads (``later``: the instance rows), the new
-    generation and the COMMIT (``commit``). ``?`` placeholders become ``%s``
+    ``begin`` locks that row by stamping a new generation on it (``UPDATE ...
+    RETURNING`` the one before), so writers take turns as SQLite's do (across
+    processes too); others see the new generation with the COMMIT (a ROLLBACK
+    takes it back), so the writer's cache (parent rows, hierarchy checks
+    passed) is emptied whenever another connection has committed since, as
+    SQLite's ``data_version`` tells. Round trips are what a batch waits on,
+    with the lock held (other nodes wait): a batch costs two, in libpq's
+    pipeline mode — BEGIN, the lock and the lookup of its instances
+    (``begin``'s ``then``); then the statements whose results nobody reads
+    (``later``: the instance rows) and the COMMIT (``commit``). ``?`` placeholders become ``%s``
     (once per statement text, cached); ``durable=False`` is
     ``synchronous_commit=off``; readers are autocommit connections with
     ``default_transaction_read_only``, kept open for the next reader when closed

@@ -40,8 +40,11 @@ _META = (
 #: A reader's session.
 _READ_ONLY = "-c default_transaction_read_only=on"
 
-#: The index write lock, and the generation under it.
-_LOCKING = "SELECT generation FROM dicomstore_index FOR UPDATE"
+#: The index write lock, and the generation under it: the UPDATE locks the row as
+#: ``SELECT ... FOR UPDATE`` would, and stamps this transaction's generation at once
+#: (others see it with the COMMIT; a ROLLBACK takes it back), so that the COMMIT
+#: needs no statement of its own for it.
+_LOCKING = "UPDATE dicomstore_index SET generation = generation + 1 RETURNING generation - 1"
 
 #: The first key of the archive's advisory lock (``"dcst"``), the second is the schema's.
 _LOCK_CLASS = 0x64637374
@@ -156,8 +159,9 @@ class PostgresEngine(Engine):
         db.pending.extend((sql, row) for row in rows)
 
     def commit(self, db: Any, token: Any) -> Any:
-        # the statements put off, the new generation and the COMMIT: one round trip
-        db.pipelined([("UPDATE dicomstore_index SET generation = ?", (token + 1,)), ("COMMIT", ())])
+        # the statements put off and the COMMIT (the generation was stamped at begin):
+        # one round trip
+        db.pipelined([("COMMIT", ())])
         return token + 1
 
     def hold(self, db: Any, *, exclusive: bool) -> bool:
