@@ -22,8 +22,8 @@ One home for what differs between the two; the SQL itself is shared
     with the lock held (other nodes wait): a batch costs two, in libpq's
     pipeline mode — BEGIN, the lock and the lookup of its instances
     (``begin``'s ``then``); then the statements whose results nobody reads
-    (``later``: the instance rows) and the COMMIT (``commit``). ``?`` placeholders become ``%s``
-    (once per statement text, cached); ``durable=False`` is
+    (``later``: the instance rows) and the COMMIT (``commit``). ``?``
+    placeholders become ``%s`` (once per statement text, cached); ``durable=False`` is
     ``synchronous_commit=off``; readers are autocommit connections with
     ``default_transaction_read_only``, kept open for the next reader when closed
     (a few, for a minute: a connection costs milliseconds).

@@ -26,7 +26,7 @@ from dicomstore.cli.options import (
 #: Which module adds each subcommand's parser (``add_parser``/``add_parsers``), in the
 #: order ``--help`` lists them: a command line naming one builds only that module's
 #: parsers, so ``dicomstore send`` does not import the server's options
-#: (tests/cli/test_parser.py checks this table against the modules).
+#: (tests/cli/test_cli_startup.py checks this table against the modules).
 PARSERS: dict[str, str] = {
     "serve": "serve_options",
     "echo": "echo",
