@@ -337,15 +337,22 @@ def test_a_withdrawn_member_takes_nothing_of_another_nodes_replace(root: Path) -
         b.close()
 
 
-def test_a_read_error_at_start_drops_nothing(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A listed row whose file cannot be read now (EMFILE, EIO) is no sign that its
-    data was lost: it stays, listed for the next start."""
+@pytest.mark.parametrize(
+    "error",
+    [OSError(errno.EMFILE, os.strerror(errno.EMFILE)), ValueError("unknown digest algorithm")],
+)
+def test_a_read_error_at_start_drops_nothing(
+    root: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    """A listed row whose file cannot be read now (EMFILE, EIO), or whose digest this
+    version cannot compute, is no sign that its data was lost: it stays, listed for
+    the next start."""
     archive = Archive(root)
     assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
     die(archive)  # (its batch still listed)
 
     def matches(recorded: str, where: object) -> bool:
-        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        raise error
 
     monkeypatch.setattr(digests, "matches", matches)
     with Archive(root) as again:

@@ -33,10 +33,15 @@ _STEPS = (
 
 def _steps(archive: Archive, *names: str) -> list[str]:
     """The steps of a store as ``publish.py`` orders them: a new instance flushed
-    before it is placed (``stage``, ``settle``), or after its COMMIT (``defers``)."""
+    before it is placed (``stage``, ``settle``), or after its COMMIT (``defers``),
+    its trace dropped (``finish``) only after that flush."""
     if not archive._publisher.defers:
         return [n for n in names if n != "flush_placed"]
-    return [n for n in names if n not in ("stage", "settle")]
+    steps = [n for n in names if n not in ("stage", "settle")]
+    if "flush_placed" in steps and "finish" in steps:
+        steps.remove("finish")
+        steps.insert(steps.index("flush_placed") + 1, "finish")
+    return steps
 
 
 @pytest.fixture

@@ -67,8 +67,8 @@ instance's file, and every batch takes the steps above). Then::
   (the index): the rows, the batch listed in ``unflushed``, the batches flushed
     since the last COMMIT struck off; COMMIT without the WAL's fdatasync
                                           [publish.before-commit, after-commit]
-  finish: the traces go                   [publish.after-traces-dropped]
   flush: one syncfs — the files' data, their names and the COMMIT  [publish.after-flush]
+  finish: the traces go                   [publish.after-traces-dropped]
   Success
 
 Why it holds: nothing is answered before the one flush, which makes durable
@@ -80,11 +80,15 @@ the trace's name (else it goes, with the file: a power cut took its data); a
 committed row whose batch is still listed in ``unflushed`` is checked against
 its digest and dropped with its file if it does not match (it was never
 answered: its batch would have been struck off after its flush otherwise).
-A file at its final name whose data and trace were both lost (a zero-length
-file after a power cut) has no row: ``check`` reports it, and the instance
-sent again (never answered) is renamed over it; one that lost only some blocks
-with its trace, ``check`` reports too, and ``reindex`` would adopt it as it is:
-delete such a file rather than reindex it. A row is seen by others (another
+The traces go only after the flush: until then a rename that reached the disk
+has its trace there too (made before it, on a file system that journals
+names in order: ext4, XFS), so recovery checks the digest of every file the
+flush did not cover. Where names may reach the disk out of order, a file at
+its final name whose data and trace were both lost (a zero-length file after
+a power cut) has no row: ``check`` reports it, and the instance sent again
+(never answered) is renamed over it; one that lost only some blocks with its
+trace, ``check`` reports too, and ``reindex`` would adopt it as it is: delete
+such a file rather than reindex it. A row is seen by others (another
 node's duplicate look-up, a Storage Commitment) between its COMMIT and its
 flush: before an answer rests on it, they flush (``Publisher._flush_found``,
 ``ArchiveReader.make_durable``: a row still listed ``unflushed`` is flushed
@@ -230,7 +234,7 @@ class Publisher:
         self.stats.batches += 1
         self.stats.instances += len(batch)
         self.flush_time = 0.0
-        if self.defers:  # (unless a replace is among them: see _publish_staged)
+        if self.defers:  # (never with on_duplicate=replace: see Publisher.defers)
             if crashpoints.ENABLED:
                 crashpoints.reached("publish.after-trace")
                 crashpoints.reached("publish.after-file-flush")
@@ -348,11 +352,11 @@ class Publisher:
                     if member.outcome is None:
                         self._answer(member, failure(st.OUT_OF_RESOURCES, comment))
                 return
+        if batch_name:  # (the traces stay until it is done: see the module docstring)
+            self._flush(placed, batch_name)
         storage.finish(placed)  # the old versions, the intents, the traces go
         if crashpoints.ENABLED:
             crashpoints.reached("publish.after-traces-dropped")
-        if batch_name:
-            self._flush(placed, batch_name)
         for member, row in zip(placed, rows, strict=True):
             if member.failed is not None:  # (committed, not flushed: see _flush)
                 comment = describe_os_error(member.failed, "flushing the file")

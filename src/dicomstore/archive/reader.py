@@ -23,7 +23,6 @@ from dicomstore.archive import query as q
 from dicomstore.archive.dicomfile import encoding_of
 from dicomstore.archive.engine import (
     Connection,
-    DatabaseError,
     Engine,
     engine_for,
     size_sum,
@@ -178,12 +177,14 @@ class ArchiveReader:
             f" ON i.sop_instance_uid = u.sop_instance_uid WHERE u.sop_instance_uid IN ({marks})"
         )
         with self._db() as db:
-            try:
-                keys = [key for (key,) in db.execute(sql, sop_instance_uids)]
-            except DatabaseError:
+            if "unflushed" not in self.engine.table_names(db):
                 return  # (an index made by an older dicomstore: flushed before its COMMITs)
+            keys = [key for (key,) in db.execute(sql, sop_instance_uids)]
         if keys:
-            getattr(self.storage, "flush_keys", lambda keys: None)(keys)
+            flush_keys = getattr(self.storage, "flush_keys", None)
+            if flush_keys is None:  # (a storage that cannot flush: no durability to claim)
+                raise OSError(f"{type(self.storage).__name__} cannot flush what it stores")
+            flush_keys(keys)
             self.engine.flush(None)
 
     # -- stored instances -------------------------------------------------------------

@@ -224,9 +224,10 @@ def verify_unflushed(root: Path, index: Index, *, fsync: bool) -> int:
             if good and fsync:
                 layout.fsync_file(path)
                 folders.update(layout.folders_up_to(root, path))
-        except (FileNotFoundError, HeaderError, ValueError):
+        except (FileNotFoundError, HeaderError):
             good = False
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # (ValueError: a digest this version cannot
+            # compute, which says nothing of the file)
             log.warning("%s: not verified now (%s): left for the next start", path, exc)
             unsure.add(uid)
             continue
