@@ -20,6 +20,7 @@ from archive_testlib import CT, crash_at_commit, dataset, dcm_files, die, store,
 from dicomstore.archive import OUT_OF_RESOURCES, SUCCESS, Archive, Index, digests, layout
 from dicomstore.archive.commit import Staged
 from dicomstore.archive.commitment import Reference, verify
+from dicomstore.archive.engine import SqliteEngine
 from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.reader import ArchiveReader
 
@@ -239,6 +240,33 @@ def test_an_index_on_another_file_system_is_flushed_before_answering(tmp_path: P
     assert FileStorage(tmp_path, fsync=False).defers_flush(tmp_path) is False
 
 
+@pytest.mark.parametrize("syncfs", [None, False])
+def test_flush_keys_says_when_its_one_flush_covered_the_index(
+    tmp_path: Path, syncfs: bool | None
+) -> None:
+    """``flush_keys`` is True only when one syncfs covered the index file too (then
+    no fdatasync of the WAL is due); file by file, or an index elsewhere: False."""
+    root, shm = tmp_path / "root", Path("/dev/shm")
+    (root / layout.TMP_DIR).mkdir(parents=True)
+    (root / "a").mkdir()
+    (root / "a" / "x.dcm").write_bytes(b"x")
+    (root / "index.sqlite").touch()
+    storage = FileStorage(root, syncfs=syncfs)
+    storage.start(storage.stats, lambda: 0)
+    try:
+        covered = syncfs is None and layout.SYNCFS_AVAILABLE
+        assert storage.flush_keys(["a/x.dcm"], root / "index.sqlite") is covered
+        assert storage.flush_keys(["a/x.dcm"], None) is False
+        if shm.is_dir() and shm.stat().st_dev != tmp_path.stat().st_dev:
+            assert storage.flush_keys(["a/x.dcm"], shm) is False
+        if not covered:  # file by file: a key without a file cannot be made durable
+            with pytest.raises(FileNotFoundError):
+                storage.flush_keys(["a/gone.dcm"], root / "index.sqlite")
+    finally:
+        storage.close()
+    assert FileStorage(root, fsync=False).flush_keys(["a/x.dcm"], None) is True
+
+
 # -- what others see between a COMMIT and its flush (review of a491ec4) -------------------
 
 
@@ -282,17 +310,20 @@ def test_a_replace_policy_flushes_before_it_commits(root: Path) -> None:
 
 
 def test_another_node_answers_a_duplicate_only_once_the_first_copy_is_durable(
-    root: Path,
+    root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """serve --workers 2: node A has committed X and not yet flushed it; X sent again
     to node B (keep) is answered 0000 from A's row, and a Storage Commitment says
-    committed, only after a flush that makes A's copy durable."""
+    committed, only after a flush that makes A's copy durable: one syncfs, which
+    covers the index (no fdatasync of the WAL after it)."""
     a, b = Archive(root), Archive(root)
     try:
         entered, release = _paused_flush(a, lambda: (_ for _ in ()).throw(PowerCut()))
         thread, _ = _in_thread(lambda: store(a, dataset(uid(1)), sop_uid=uid(1)))
         assert entered.wait(20)
         flushes = b.stats.flushes
+        wal_flushes: list[object] = []
+        monkeypatch.setattr(SqliteEngine, "flush", lambda self, db: wal_flushes.append(db))
         again = store(b, dataset(uid(1)), sop_uid=uid(1))
         assert again.status == SUCCESS
         assert b.stats.flushes == flushes + 1  # (one syncfs: A's data, name and COMMIT)
@@ -304,6 +335,8 @@ def test_another_node_answers_a_duplicate_only_once_the_first_copy_is_durable(
         finally:
             layout.syncfs = real  # type: ignore[assignment]
         assert verdict.committed and synced
+        assert wal_flushes == []
+        monkeypatch.undo()
         release.set()
         thread.join(20)
         die(a)

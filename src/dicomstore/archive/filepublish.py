@@ -62,10 +62,7 @@ class FilePublishing:
         makes the files, their names and the COMMIT durable at once."""
         if not self.fsync or self._fs_fd < 0 or index_file is None:
             return False
-        try:
-            return os.stat(index_file).st_dev == os.fstat(self._fs_fd).st_dev
-        except OSError:
-            return False
+        return _same_fs(index_file, self._fs_fd)
 
     def stage(self, batch: list[Staged]) -> list[Staged]:
         """Make the data of the files durable: one syncfs for a batch, else an fsync
@@ -271,12 +268,14 @@ class FilePublishing:
         finally:
             _close(member)
 
-    def flush_keys(self, keys: list[str]) -> None:
+    def flush_keys(self, keys: list[str], index_file: Path | None = None) -> bool:
         """Make the stored files at ``keys`` durable, with their names: one syncfs,
         else an fsync of each and of its folders up to the root (``OSError`` when
-        one fails)."""
+        one fails). True when the index needs no flush of its own after this: the
+        one syncfs covered ``index_file`` too (on this file system), or this
+        storage does not flush."""
         if not self.fsync:
-            return
+            return True
         fd = self._fs_fd
         if fd < 0 and layout.SYNCFS_AVAILABLE and self._use_syncfs is not False:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -284,9 +283,10 @@ class FilePublishing:
             if fd >= 0:
                 try:
                     self._syncfs(fd)
-                    return
                 except OSError:
                     pass  # (each file reports its own)
+                else:
+                    return index_file is not None and _same_fs(index_file, fd)
             folders: set[Path] = set()
             for key in keys:
                 path = layout.resolve(self.root, key)
@@ -294,6 +294,7 @@ class FilePublishing:
                 folders.update(layout.folders_up_to(self.root, path))
             for folder in folders:
                 layout.fsync_dir(folder)
+            return False
         finally:
             if fd >= 0 and fd != self._fs_fd:
                 os.close(fd)
@@ -428,3 +429,12 @@ def _quietly(action: Callable[..., object], *args: object) -> None:
         action(*args)
     except OSError:
         pass
+
+
+def _same_fs(path: Path, fd: int) -> bool:
+    """Whether ``path`` is on the file system of the open folder ``fd`` (one
+    syncfs through ``fd`` makes it durable too)."""
+    try:
+        return os.stat(path).st_dev == os.fstat(fd).st_dev
+    except OSError:
+        return False

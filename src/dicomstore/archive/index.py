@@ -224,11 +224,9 @@ class Index:
         """Strike ``batches`` off :meth:`unflushed` (in the open transaction)."""
         self._db.executemany("DELETE FROM unflushed WHERE batch = ?", [(b,) for b in batches])
 
-    def listed(self, uids: list[str]) -> bool:
-        """Whether any of these instances is listed :meth:`unflushed`."""
-        marks = ", ".join("?" for _ in uids)
-        sql = f"SELECT 1 FROM unflushed WHERE sop_instance_uid IN ({marks}) LIMIT 1"
-        return self._db.execute(sql, uids).fetchone() is not None
+    def unflushed_keys(self, uids: list[str]) -> list[str]:
+        """The keys of those of these instances listed :meth:`unflushed`."""
+        return unflushed_keys(self._db, uids)
 
     def unflushed_batches(self) -> list[tuple[str, str]]:
         """(batch, SOP Instance UID) of each instance recorded :meth:`unflushed`."""
@@ -473,3 +471,15 @@ def _found(cursor: Any, given: dict[str, str]) -> dict[str, dict[str, Any]]:
     """The rows ``cursor`` of :func:`_find_query` gives, by SOP Instance UID as given."""
     rows = (dict(zip(ROW_KEYS, row, strict=True)) for row in cursor)
     return {given[row["sop_instance_uid"]]: row for row in rows}
+
+
+def unflushed_keys(db: Connection, uids: list[str]) -> list[str]:
+    """The keys (paths) of those of ``uids`` whose batch is listed
+    :meth:`Index.unflushed`: committed, perhaps not yet flushed (``publish.py``),
+    so that what an answer rests on is flushed first."""
+    marks = ", ".join("?" for _ in uids)
+    sql = (
+        "SELECT i.path FROM unflushed u JOIN instance i"
+        f" ON i.sop_instance_uid = u.sop_instance_uid WHERE u.sop_instance_uid IN ({marks})"
+    )
+    return [key for (key,) in db.execute(sql, uids)]

@@ -92,13 +92,14 @@ such a file rather than reindex it. A row is seen by others (another
 node's duplicate look-up, a Storage Commitment) between its COMMIT and its
 flush: before an answer rests on it, they flush (``Publisher._flush_found``,
 ``ArchiveReader.make_durable``: a row still listed ``unflushed`` is flushed
-again, one syncfs and the WAL). The WAL keeps SQLite consistent without its
-fdatasync (``synchronous=NORMAL``: checkpoints still flush), and its commits
-are durable in order, so a COMMIT striking a batch off is never durable
-without the rows it strikes off. When the syncfs fails, each file and folder
-is fsynced and then the WAL; a file that cannot be is withdrawn, under the
-index lock (its file if its key still holds that very file — not another
-node's replace since — then its row) and answered A700.
+again, ``FileStorage.flush_keys``: one syncfs, which covers the WAL). The
+WAL keeps SQLite consistent without its fdatasync (``synchronous=NORMAL``:
+checkpoints still flush), and its commits are durable in order, so a COMMIT
+striking a batch off is never durable without the rows it strikes off. When
+the syncfs fails, each file and folder is fsynced and then the WAL; a file
+that cannot be is withdrawn, under the index lock (its file if its key still
+holds that very file — not another node's replace since — then its row) and
+answered A700.
 
 Several nodes (processes, on one host or several) sharing one root and one
 PostgreSQL index: what one node decides is never a memory of its own. Each
@@ -417,11 +418,12 @@ class Publisher:
         """Make the stored copies of the instances a batch found durable before any
         answer rests on them: one may be committed and not yet flushed (another
         node's batch, ``unflushed``); the error when that failed."""
-        if not self.index.listed(list(found)):
+        keys = self.index.unflushed_keys(list(found))
+        if not keys:
             return None
         try:
-            self.storage.flush_keys([row["path"] for row in found.values()])
-            self.index.flush()
+            if not self.storage.flush_keys(keys, self.index.engine.local_file()):
+                self.index.flush()
         except OSError as exc:
             return exc
         return None

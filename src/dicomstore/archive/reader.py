@@ -28,6 +28,7 @@ from dicomstore.archive.engine import (
     size_sum,
 )
 from dicomstore.archive.filestorage import FileStorage
+from dicomstore.archive.index import unflushed_keys
 from dicomstore.archive.schema import SAME_TABLES, SCHEMA_VERSION, SchemaError
 from dicomstore.archive.storage import Storage
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
@@ -168,24 +169,19 @@ class ArchiveReader:
     def make_durable(self, sop_instance_uids: list[str]) -> None:
         """Before saying these instances are stored: flush the files of any that may
         be committed before their flush (``publish.py``: listed ``unflushed``), and
-        the index; ``OSError`` when that failed."""
+        the index unless that one flush covered it; ``OSError`` when that failed."""
         if not sop_instance_uids:
             return
-        marks = ", ".join("?" for _ in sop_instance_uids)
-        sql = (
-            "SELECT i.path FROM unflushed u JOIN instance i"
-            f" ON i.sop_instance_uid = u.sop_instance_uid WHERE u.sop_instance_uid IN ({marks})"
-        )
         with self._db() as db:
             if "unflushed" not in self.engine.table_names(db):
                 return  # (an index made by an older dicomstore: flushed before its COMMITs)
-            keys = [key for (key,) in db.execute(sql, sop_instance_uids)]
+            keys = unflushed_keys(db, sop_instance_uids)
         if keys:
             flush_keys = getattr(self.storage, "flush_keys", None)
             if flush_keys is None:  # (a storage that cannot flush: no durability to claim)
                 raise OSError(f"{type(self.storage).__name__} cannot flush what it stores")
-            flush_keys(keys)
-            self.engine.flush(None)
+            if not flush_keys(keys, self.engine.local_file()):
+                self.engine.flush(None)
 
     # -- stored instances -------------------------------------------------------------
 

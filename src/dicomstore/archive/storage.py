@@ -239,8 +239,10 @@ class WritableStorage(Storage, Protocol):
         holds them (not another writer's since); True if they went."""
         ...
 
-    def flush_keys(self, keys: list[str]) -> None:
-        """Make the stored bytes at ``keys`` durable (``OSError`` when they cannot be)."""
+    def flush_keys(self, keys: list[str], index_file: Path | None = None) -> bool:
+        """Make the stored bytes at ``keys`` durable (``OSError`` when they cannot
+        be); True when that made ``index_file`` (the index's own file, if it has
+        one) durable too, or nothing needs flushing: no index flush is then due."""
         ...
 
     def finish(self, placed: list[Staged]) -> None:
