@@ -75,16 +75,25 @@ def test_success_writes_meta_then_the_data_set(archive: Archive) -> None:
     assert not any(archive.tmp_dir.iterdir())
 
 
-def test_header_is_on_disk_before_the_first_fragment(archive: Archive) -> None:
+def test_header_is_on_disk_with_the_first_fragment_or_at_commit(archive: Archive) -> None:
     ingest = archive.begin(
         sop_class_uid=CT, sop_instance_uid="1.2.3", transfer_syntax_uid=EXPLICIT_LE
     )
     (temp,) = archive.tmp_dir.iterdir()
-    assert temp.read_bytes()[128:132] == b"DICM"
+    assert temp.read_bytes() == b""  # (the header goes out with the first fragment)
+    ingest.write(b"\x08\x00")
+    assert temp.read_bytes()[128:132] == b"DICM" and temp.read_bytes().endswith(b"\x08\x00")
     ingest.abort()
+    empty = archive.begin(
+        sop_class_uid=CT, sop_instance_uid="1.2.4", transfer_syntax_uid=EXPLICIT_LE
+    )
+    outcome = empty.commit()  # no data set at all: the header alone, then C000
+    assert outcome.status != SUCCESS and "empty" in (outcome.error_comment or "")
 
 
 def test_one_os_write_per_fragment(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header goes out joined to the first fragment (one write for a small
+    instance); every other fragment is one write."""
     calls = []
     real_write = os.write
 
@@ -97,11 +106,32 @@ def test_one_os_write_per_fragment(archive: Archive, monkeypatch: pytest.MonkeyP
     ingest = archive.begin(
         sop_class_uid=CT, sop_instance_uid="1.2.3.4.5.6.7", transfer_syntax_uid=EXPLICIT_LE
     )
-    assert len(calls) == 1  # the preamble, prefix and meta
+    assert calls == []
     fragments = [data[i : i + 1024] for i in range(0, len(data), 1024)]
     for fragment in fragments:
         ingest.write(fragment)
-    assert calls[1:] == [len(f) for f in fragments]
+    header = calls[0] - len(fragments[0])
+    assert header > 132 and calls[1:] == [len(f) for f in fragments[1:]]
+    monkeypatch.undo()
+    assert ingest.commit().status == SUCCESS
+    with open(archive.path_of("1.2.3.4.5.6.7"), "rb") as f:  # type: ignore[arg-type]
+        assert f.read()[header:] == data
+
+
+def test_a_large_first_fragment_is_not_copied_to_join_the_header(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real_write = os.write
+    monkeypatch.setattr(
+        os, "write", lambda fd, data: (calls.append(len(data)), real_write(fd, data))[1]
+    )
+    data = dataset(pixels=100_000)
+    ingest = archive.begin(
+        sop_class_uid=CT, sop_instance_uid="1.2.3.4.5.6.7", transfer_syntax_uid=EXPLICIT_LE
+    )
+    ingest.write(data)
+    assert len(calls) == 2 and calls[1] == len(data)  # the header, then the fragment itself
     monkeypatch.undo()
     assert ingest.commit().status == SUCCESS
 
@@ -273,13 +303,19 @@ def test_enospc_while_writing_is_a700(archive: Archive, monkeypatch: pytest.Monk
 def test_enospc_while_writing_meta_is_a700(
     archive: Archive, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The meta goes out with the first fragment: ENOSPC then is A700 at commit, and
+    later fragments are not written."""
+    ingest = archive.begin(
+        sop_class_uid=CT, sop_instance_uid="1.2.3.4.5.6.7", transfer_syntax_uid=EXPLICIT_LE
+    )
+    data = dataset()
     with monkeypatch.context() as patch:
         patch.setattr(os, "write", _enospc)
-        ingest = archive.begin(
-            sop_class_uid=CT, sop_instance_uid="1.2.3.4.5.6.7", transfer_syntax_uid=EXPLICIT_LE
-        )
-    ingest.write(dataset())
-    assert ingest.commit().status == OUT_OF_RESOURCES
+        ingest.write(data[:100])
+    ingest.write(data[100:])
+    outcome = ingest.commit()
+    assert outcome.status == OUT_OF_RESOURCES
+    assert "No space left" in (outcome.error_comment or "")
     assert not any(archive.tmp_dir.iterdir())
     assert_nothing_stored(archive)
 

@@ -47,6 +47,8 @@ __all__ = ["Ingest", "Publish", "Staged", "describe_os_error"]
 Publish = Callable[[Staged], StoreOutcome]
 #: With ``fsync``, a large instance's bytes are handed to the disk every this many.
 WRITEBACK_EVERY = 8 << 20
+#: A first fragment up to this size goes out joined to the header, in one write.
+JOIN_HEADER_MAX = 64 * 1024
 _TEMPLATES = MetaTemplates()  # for an Ingest made without an archive's templates
 
 
@@ -107,9 +109,11 @@ class Ingest:
             called_ae=self.called_ae,
         )
         self._header_size = len(header)
+        #: the preamble and File Meta Information, written with the first fragment
+        #: (one system call for a small instance), or by ``commit`` if none came
+        self._header: bytes | None = header
         try:
             self._fd = self._storage.create(self._temp)
-            self._storage.write(self._fd, header)
         except OSError as exc:
             self._fail(exc, "creating the file")
 
@@ -138,8 +142,17 @@ class Ingest:
         if self._error is not None:
             return  # already failed: commit() reports it
         view = memoryview(fragment).cast("B")
+        header = self._header
         try:
-            self._storage.write(self._fd, view)
+            if header is not None:
+                self._header = None
+                if len(view) <= JOIN_HEADER_MAX:
+                    self._storage.write(self._fd, header + view)
+                else:
+                    self._storage.write(self._fd, header)
+                    self._storage.write(self._fd, view)
+            else:
+                self._storage.write(self._fd, view)
         except OSError as exc:
             self._fail(exc, "writing the data set")
             return
@@ -169,6 +182,12 @@ class Ingest:
         if self._done:
             raise LocalProtocolError("commit() after commit() or abort()")
         self._done = True
+        if self._header is not None and self._error is None:  # (no fragment came)
+            try:
+                self._storage.write(self._fd, self._header)
+            except OSError as exc:
+                self._fail(exc, "writing the file")
+            self._header = None
         if self._error is not None:
             self._drop()
             return failure(st.OUT_OF_RESOURCES, self._error)
