@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import sqlite3
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from threading import Event, Thread
@@ -344,6 +345,46 @@ def test_another_node_answers_a_duplicate_only_once_the_first_copy_is_durable(
         b.close()
     with Archive(root) as after:  # what B answered is durable: the row stays
         assert after.get_instance(uid(1)) is not None and after.check() == []
+
+
+def test_a_withdrawn_file_is_gone_on_disk_before_its_row_is(
+    archive: Archive, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush after the COMMIT fails for the file (EIO; the folders flush): it is
+    answered A700, and its withdrawal is ordered so that no crash keeps the file
+    without its row: the unlink, the folder's fsync, then the COMMIT removing the row."""
+    final = FINAL.format(uid(1))
+    calls: list[str] = []
+    real_fsync, real_unlink, real_commit = os.fsync, os.unlink, Index.commit
+
+    def eio(*args: object) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    def fsync(fd: int) -> None:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            eio()
+        calls.append("fsync folder")
+        real_fsync(fd)
+
+    def unlink(path: object, *args: object, **kwargs: object) -> None:
+        calls.append(f"unlink {Path(str(path)).relative_to(root)}")
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    def commit(self: Index, *, flush: bool = True) -> None:
+        calls.append("COMMIT")
+        real_commit(self, flush=flush)
+
+    monkeypatch.setattr(layout, "syncfs", eio)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(Index, "commit", commit)
+    outcome = store(archive, dataset(uid(1)), sop_uid=uid(1))
+    monkeypatch.undo()
+    assert outcome.status == OUT_OF_RESOURCES
+    withdrawal = calls[calls.index(f"unlink {final}") :]
+    assert withdrawal[:3] == [f"unlink {final}", "fsync folder", "COMMIT"]
+    assert archive.get_instance(uid(1)) is None and not (root / final).exists()
+    assert archive.check() == []
 
 
 def test_a_withdrawn_member_takes_nothing_of_another_nodes_replace(root: Path) -> None:

@@ -256,17 +256,25 @@ class FilePublishing:
     def withdraw(self, member: Staged) -> bool:
         """Remove the file of a committed member that could not be flushed, if its
         final name still holds that very file (not another node's, renamed there
-        since); True if it did (the caller then removes its row)."""
+        since); True if it did (the caller then removes its row). The removal is
+        flushed (its folder) before the row's removal commits: else a crash could
+        keep the file, whose data did not reach the disk, without a row or a trace
+        (``reindex`` would adopt it); when that flush fails, ``check`` reports it."""
         try:
             ours, there = os.fstat(member.fd), os.stat(member.final)
             if (ours.st_dev, ours.st_ino) != (there.st_dev, there.st_ino):
                 return False
             os.unlink(member.final)
-            return True
         except OSError:
             return False
         finally:
             _close(member)
+        if self.fsync:
+            try:
+                layout.fsync_dir(Path(member.final).parent)
+            except OSError:
+                pass
+        return True
 
     def flush_keys(self, keys: list[str], index_file: Path | None = None) -> bool:
         """Make the stored files at ``keys`` durable, with their names: one syncfs,
