@@ -7,6 +7,7 @@ whose data did not) is verified at the next start (``recovery.py``)."""
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import sqlite3
@@ -385,6 +386,33 @@ def test_a_withdrawn_file_is_gone_on_disk_before_its_row_is(
     assert withdrawal[:3] == [f"unlink {final}", "fsync folder", "COMMIT"]
     assert archive.get_instance(uid(1)) is None and not (root / final).exists()
     assert archive.check() == []
+
+
+def test_a_commitment_flushes_through_a_descriptor_opened_with_the_reader(
+    archive: Archive, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A descriptor reports only the write-back errors after its opening: the reader's
+    syncfs goes through one opened with the reader, not at the flush (where it would
+    miss an error the writing node saw first), and the reader closes it when it goes."""
+    assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
+    die(archive)  # (its batch still listed)
+    reader = ArchiveReader(root)
+    watch = reader.storage._watch_fd  # type: ignore[attr-defined]
+    assert watch >= 0
+    synced: list[int] = []
+    opened: list[object] = []
+    real_open, real_syncfs = os.open, layout.syncfs
+    monkeypatch.setattr(
+        os, "open", lambda path, *a, **k: (opened.append(path), real_open(path, *a, **k))[1]
+    )
+    monkeypatch.setattr(layout, "syncfs", lambda fd: (synced.append(fd), real_syncfs(fd))[1])
+    reader.make_durable([uid(1)])
+    monkeypatch.undo()
+    assert synced == [watch] and str(root) not in map(str, opened)
+    del reader
+    gc.collect()
+    link = Path(f"/proc/self/fd/{watch}")  # (closed with the reader, or reused since)
+    assert not link.exists() or os.readlink(link) != str(root)
 
 
 def test_a_withdrawn_member_takes_nothing_of_another_nodes_replace(root: Path) -> None:

@@ -37,6 +37,7 @@ class FilePublishing:
     submitted: Callable[[], int]
     durable_seq: int
     _fs_fd: int
+    _watch_fd: int
     _whole_fs: bool
     _dirs: set[str]
     _links: bool
@@ -49,11 +50,26 @@ class FilePublishing:
             flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
             self._fs_fd = os.open(self.root / layout.TMP_DIR, flags)
 
+    def watch_errors(self) -> None:
+        """For a reader that may :meth:`flush_keys` later (a Storage Commitment): open
+        now the descriptor its syncfs will go through. A descriptor reports the
+        write-back errors of its file system that happen after it was opened (Linux
+        errseq), even those another process saw first; one opened at the flush would
+        miss an error the writer saw just before, while it withdraws that file.
+        Released by :meth:`close`."""
+        syncfs = layout.SYNCFS_AVAILABLE and self._use_syncfs is not False
+        if self._watch_fd < 0 and self.fsync and syncfs:
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+            self._watch_fd = os.open(self.root, flags)
+
     def close(self) -> None:
-        """Release the descriptor used for syncfs (call when no batch runs)."""
+        """Release the descriptors used for syncfs (call when no batch runs)."""
         if self._fs_fd >= 0:
             os.close(self._fs_fd)
             self._fs_fd = -1
+        if self._watch_fd >= 0:
+            os.close(self._watch_fd)
+            self._watch_fd = -1
 
     def defers_flush(self, index_file: Path | None) -> bool:
         """Whether a batch of new instances may be placed and committed before its
@@ -284,7 +300,7 @@ class FilePublishing:
         storage does not flush."""
         if not self.fsync:
             return True
-        fd = self._fs_fd
+        fd = self._fs_fd if self._fs_fd >= 0 else self._watch_fd
         if fd < 0 and layout.SYNCFS_AVAILABLE and self._use_syncfs is not False:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -304,7 +320,7 @@ class FilePublishing:
                 layout.fsync_dir(folder)
             return False
         finally:
-            if fd >= 0 and fd != self._fs_fd:
+            if fd >= 0 and fd not in (self._fs_fd, self._watch_fd):
                 os.close(fd)
 
     def finish(self, placed: list[Staged]) -> None:

@@ -48,6 +48,7 @@ class FileStorage(FilePublishing):
         #: successful syncfs began: their data was durable when it returned
         self.durable_seq = 0
         self._fs_fd = -1  # for syncfs
+        self._watch_fd = -1  # for a reader's syncfs (watch_errors)
         self._whole_fs = False  # the batch being published is flushed with syncfs
         self._dirs: set[str] = set()  # folders (relative) known to exist
         self._links = True  # hard links work here

@@ -13,6 +13,7 @@ the one server that owns the archive.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -86,6 +87,14 @@ class ArchiveReader:
                 f"{self.engine.where}: index schema {version}, this dicomstore reads"
                 f" {SCHEMA_VERSION}: run `dicomstore reindex` (or start `dicomstore serve` once)"
             )
+        if storage is None:  # (its own: see make_durable)
+            own = self.storage
+            assert isinstance(own, FileStorage)
+            try:
+                own.watch_errors()
+            except OSError:
+                pass  # (then make_durable's flush opens its own descriptor)
+            weakref.finalize(self, own.close)
 
     def connect(self) -> Connection:
         """A new read-only connection to the index (close it when done)."""
@@ -169,7 +178,10 @@ class ArchiveReader:
     def make_durable(self, sop_instance_uids: list[str]) -> None:
         """Before saying these instances are stored: flush the files of any that may
         be committed before their flush (``publish.py``: listed ``unflushed``), and
-        the index unless that one flush covered it; ``OSError`` when that failed."""
+        the index unless that one flush covered it; ``OSError`` when that failed.
+        The syncfs goes through a descriptor opened with the reader
+        (``FileStorage.watch_errors``), so it reports a write-back error that the
+        writing node saw first (and for which it withdraws that very file)."""
         if not sop_instance_uids:
             return
         with self._db() as db:
