@@ -64,3 +64,17 @@ def test_a_parser_built_for_its_command_parses_as_the_whole_one(argv: list[str])
 def test_a_command_line_without_a_known_subcommand_gets_the_whole_parser() -> None:
     for argv in ([], ["--version"], ["sned"], None):
         assert list(subcommands(build_parser(argv))) == list(PARSERS)
+
+
+@pytest.mark.parametrize("argv", [["ls", "--nope"], ["send", "h", "104", "a.dcm", "--nope"]])
+def test_an_error_after_a_command_shows_the_usage_of_the_whole_parser(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(Built for ``ls``, the top-level usage listed the access commands only.)"""
+    messages = []
+    for parser in (build_parser(argv), build_parser()):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        messages.append(capsys.readouterr().err)
+    assert messages[0] == messages[1] and "unrecognized arguments: --nope" in messages[0]
+    assert "{" + ",".join(PARSERS) + "}" in messages[0]

@@ -55,7 +55,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="dicomstore", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dicomstore {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # (every command in the usage line, also when only one module's are built: an
+    # error such as "unrecognized arguments" then shows the same usage as the whole)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{" + ",".join(PARSERS) + "}"
+    )
     wanted = PARSERS.get(argv[0]) if argv else None
     for name in dict.fromkeys(PARSERS.values()):
         if wanted is None or name == wanted:
