@@ -20,12 +20,14 @@ import sys
 from dicomstore.cli import build_parser
 argv = ["send", "127.0.0.1", "104", "x.dcm"]
 build_parser(argv).parse_args(argv)
-import dicomstore.services.scu_send, dicomstore.services.storage_scu
+import dicomstore.services.scu_send, dicomstore.services.storage_scu, dicomstore.aio.client
 heavy = sorted(m for m in ("pydicom", "numpy", "PIL", "requests") if m in sys.modules)
 server = sorted(m for m in sys.modules if m.startswith("dicomstore.archive") or m in (
     "dicomstore.services.server", "dicomstore.services.acceptor", "dicomstore.cli.serve_options",
     "dicomstore.services.forward_rules", "sqlite3", "tomllib"))
-print(heavy, server)
+families = sorted(m for m in sys.modules if m.endswith(("query_messages", "retrieve_messages",
+    "normalized_messages")))
+print(heavy, server, families)
 """
 
 
@@ -34,7 +36,7 @@ def test_send_loads_neither_pydicom_nor_the_server() -> None:
         [sys.executable, "-c", PROBE], env=dict(os.environ), capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[0] == "[] []"
+    assert out.stdout.split("\n")[0] == "[] [] []"  # (nor the Q/R, N- message families)
 
 
 def test_the_table_of_parsers_names_every_subcommand_where_it_is_made() -> None:

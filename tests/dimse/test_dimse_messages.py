@@ -309,3 +309,57 @@ def test_invalid_unknown_shape_falls_back_to_generic_response() -> None:
     rsp = msg.response(0x0212)
     assert isinstance(rsp, GenericRSP) and rsp.command_field == 0x8130
     assert struct.unpack_from("<I", rsp.encode(), 8)[0] == len(rsp.encode()) - 12
+
+
+# -- the Q/R and normalized families load with their first message ----------------------
+
+FAMILY_PROBE = """
+import sys
+from dicomstore.dimse import decoding
+from dicomstore.dimse.commands import (
+    COMMAND_DATA_SET_TYPE, COMMAND_FIELD, MESSAGE_ID, MESSAGE_ID_BEING_RESPONDED_TO, NO_DATA_SET,
+    STATUS, encode_command,
+)
+families = sorted(m for m in sys.modules if m.rsplit(".", 1)[-1] in set(decoding.FAMILIES.values()))
+decoded = {}
+for field, module in decoding.FAMILIES.items():
+    answer = field & 0x8000 or field == 0x0FFF
+    fields = {COMMAND_FIELD: field, COMMAND_DATA_SET_TYPE: NO_DATA_SET}
+    fields[MESSAGE_ID_BEING_RESPONDED_TO if answer else MESSAGE_ID] = 1
+    if field & 0x8000:
+        fields[STATUS] = 0
+    message = decoding.decode_message(encode_command(fields))
+    decoded[field] = (type(message).__name__, "dicomstore.dimse." + module in sys.modules)
+print(families)
+print(decoded)
+"""
+
+
+def test_a_family_of_messages_loads_with_its_first_message() -> None:
+    """``dicomstore send`` loads no Q/R or normalized message module (``dicomstore.dimse``
+    loads them when used); the first message of such a family is decoded as its own
+    class all the same, not as an unknown command."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FAMILY_PROBE], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    loaded_first, decoded = out.stdout.splitlines()
+    assert loaded_first == "[]"
+    for field, (kind, loaded) in eval(decoded).items():  # noqa: S307 - our own output
+        assert loaded and kind != "UnknownCommand", hex(field)  # (else: InvalidRequest, or
+        # the family's own class: its decoder took it)
+
+
+def test_the_table_of_families_names_every_decoder_of_those_modules() -> None:
+    import dicomstore.dimse.normalized_messages
+    import dicomstore.dimse.query_messages
+    import dicomstore.dimse.retrieve_messages  # noqa: F401 - they register on import
+    from dicomstore.dimse import decoding, messages
+
+    registered = {
+        field: decoder.__module__.rsplit(".", 1)[-1]
+        for field, decoder in decoding._DECODERS.items()
+        if field not in messages.DECODERS
+    }
+    assert registered == decoding.FAMILIES

@@ -20,18 +20,15 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dicomstore.aio.association import Transport
 from dicomstore.dimse import (
-    CCancelRQ,
     CEchoRQ,
     CEchoRSP,
     CStoreRQ,
     CStoreRSP,
     DatasetFragment,
-    NActionRSP,
-    NEventReportRSP,
     UnknownCommand,
 )
 from dicomstore.dimse import status as st
@@ -46,7 +43,10 @@ from dicomstore.ul.negotiation import AcceptedContext
 
 log = logging.getLogger("dicomstore.client")
 
-_RSP = TypeVar("_RSP", CEchoRSP, CStoreRSP, NActionRSP, NEventReportRSP)
+if TYPE_CHECKING:  # (the normalized family loads when used: not for a C-STORE SCU)
+    from dicomstore.dimse.normalized_messages import NActionRSP, NEventReportRSP
+
+_RSP = TypeVar("_RSP", CEchoRSP, CStoreRSP, "NActionRSP", "NEventReportRSP")
 
 #: Largest data set of one response we hold (an Identifier is a few hundred bytes, a
 #: Failed SOP Instance UID List of 65535 UIDs some 4 MiB): beyond, the peer is in
@@ -345,6 +345,8 @@ class Invoker:
         if self.ended is not None or not self.t.conn.is_established:
             return
         async with self.send_lock:
+            from dicomstore.dimse.query_messages import CCancelRQ
+
             self.t.queue_message(responses.context_id, CCancelRQ(responses.message_id).encode())
             await self.t.drain()
 

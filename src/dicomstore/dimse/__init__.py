@@ -8,6 +8,8 @@ length, and the UL connection sends each in its own P-DATA-TF
 (``Connection.send_each``).
 """
 
+from typing import TYPE_CHECKING
+
 from dicomstore.dimse import status
 from dicomstore.dimse.assembler import (
     MAX_COMMAND_LENGTH,
@@ -45,30 +47,63 @@ from dicomstore.dimse.messages import (
     CStoreRQ,
     CStoreRSP,
 )
-from dicomstore.dimse.normalized_messages import (
-    N_ACTION_RQ,
-    N_ACTION_RSP,
-    N_EVENT_REPORT_RQ,
-    N_EVENT_REPORT_RSP,
-    NActionRQ,
-    NActionRSP,
-    NEventReportRQ,
-    NEventReportRSP,
-)
-from dicomstore.dimse.query_messages import C_FIND_RQ, C_FIND_RSP, CCancelRQ, CFindRQ, CFindRSP
-from dicomstore.dimse.retrieve_messages import (
-    C_GET_RQ,
-    C_GET_RSP,
-    C_MOVE_RQ,
-    C_MOVE_RSP,
-    CGetRQ,
-    CGetRSP,
-    CMoveRQ,
-    CMoveRSP,
-    RetrieveRQ,
-    RetrieveRSP,
-    SubOperations,
-)
+
+if TYPE_CHECKING:
+    from dicomstore.dimse.normalized_messages import (
+        N_ACTION_RQ,
+        N_ACTION_RSP,
+        N_EVENT_REPORT_RQ,
+        N_EVENT_REPORT_RSP,
+        NActionRQ,
+        NActionRSP,
+        NEventReportRQ,
+        NEventReportRSP,
+    )
+    from dicomstore.dimse.query_messages import C_FIND_RQ, C_FIND_RSP, CCancelRQ, CFindRQ, CFindRSP
+    from dicomstore.dimse.retrieve_messages import (
+        C_GET_RQ,
+        C_GET_RSP,
+        C_MOVE_RQ,
+        C_MOVE_RSP,
+        CGetRQ,
+        CGetRSP,
+        CMoveRQ,
+        CMoveRSP,
+        RetrieveRQ,
+        RetrieveRSP,
+        SubOperations,
+    )
+
+#: Names of the Q/R and normalized message families, loaded when first used
+#: (``dicomstore send`` needs none of them; decoding loads them by command field).
+_LAZY = {
+    **dict.fromkeys(
+        ("N_ACTION_RQ", "N_ACTION_RSP", "N_EVENT_REPORT_RQ", "N_EVENT_REPORT_RSP")
+        + ("NActionRQ", "NActionRSP", "NEventReportRQ", "NEventReportRSP"),
+        "normalized_messages",
+    ),
+    **dict.fromkeys(
+        ("C_FIND_RQ", "C_FIND_RSP", "CCancelRQ", "CFindRQ", "CFindRSP"), "query_messages"
+    ),
+    **dict.fromkeys(
+        ("C_GET_RQ", "C_GET_RSP", "C_MOVE_RQ", "C_MOVE_RSP", "CGetRQ", "CGetRSP")
+        + ("CMoveRQ", "CMoveRSP", "RetrieveRQ", "RetrieveRSP", "SubOperations"),
+        "retrieve_messages",
+    ),
+}
+
+
+def __getattr__(name: str) -> object:
+    """The lazily loaded names (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BadValue",

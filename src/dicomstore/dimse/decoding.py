@@ -6,7 +6,8 @@ hands the fields to the decoder registered for the command field: C-ECHO and
 C-STORE (``messages.py``), C-FIND and C-CANCEL (``query_messages.py``), C-MOVE
 and C-GET (``retrieve_messages.py``), N-ACTION and N-EVENT-REPORT
 (``normalized_messages.py``; each of those registers its decoders here on
-import). What no decoder takes, or a decoder refuses, becomes:
+import, which the first message of its family does: :data:`FAMILIES`). What
+no decoder takes, or a decoder refuses, becomes:
 
 - :class:`UnknownCommand` for any other command field (answer a request with
   ``.response()``, which defaults to 0211 "unrecognized operation");
@@ -23,6 +24,7 @@ response without a readable Status or declaring a data set.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Union
@@ -220,6 +222,14 @@ Message = Union[  # noqa: UP007 - forward references to those modules
 ]
 
 _DECODERS: dict[int, Callable[[dict[int, Value], int, bool], Message]] = {**DECODERS}
+#: The module whose import registers the decoders of these command fields (PS3.7
+#: E.1-1, E.2-1): loaded with the first such message (``dicomstore send`` then
+#: never loads the Q/R and normalized families; a test checks this table).
+FAMILIES: dict[int, str] = {
+    **dict.fromkeys((0x0020, 0x8020, 0x0FFF), "query_messages"),  # C-FIND, C-CANCEL
+    **dict.fromkeys((0x0021, 0x8021, 0x0010, 0x8010), "retrieve_messages"),  # C-MOVE, C-GET
+    **dict.fromkeys((0x0130, 0x8130, 0x0100, 0x8100), "normalized_messages"),  # N-ACTION, N-EVENT
+}
 
 
 def register_decoders(
@@ -255,6 +265,9 @@ def decode_message(data: bytes | bytearray | memoryview) -> Message:
     else:
         message_id = _required_int(fields, MESSAGE_ID, "Message ID")
     decoder = _DECODERS.get(command_field)
+    if decoder is None and command_field in FAMILIES:
+        importlib.import_module(f"dicomstore.dimse.{FAMILIES[command_field]}")  # (registers)
+        decoder = _DECODERS.get(command_field)
     if decoder is None:
         return UnknownCommand(command_field, message_id, fields, has_dataset)
     try:
