@@ -50,6 +50,10 @@ def archive(root: Path) -> Iterator[Archive]:
         yield archive
 
 
+def _eio(*args: object) -> None:
+    raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
 def _unflushed(root: Path) -> list[tuple[str, str]]:
     db = sqlite3.connect(root / layout.INDEX_FILE)
     try:
@@ -244,7 +248,7 @@ def test_an_index_on_another_file_system_is_flushed_before_answering(tmp_path: P
 
 @pytest.mark.parametrize("syncfs", [None, False])
 def test_flush_keys_says_when_its_one_flush_covered_the_index(
-    tmp_path: Path, syncfs: bool | None
+    tmp_path: Path, syncfs: bool | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``flush_keys`` is True only when one syncfs covered the index file too (then
     no fdatasync of the WAL is due); file by file, or an index elsewhere: False."""
@@ -264,6 +268,22 @@ def test_flush_keys_says_when_its_one_flush_covered_the_index(
         if not covered:  # file by file: a key without a file cannot be made durable
             with pytest.raises(FileNotFoundError):
                 storage.flush_keys(["a/gone.dcm"], root / "index.sqlite")
+        else:  # through a descriptor of its own, not the writer's (whose flushes
+            # could take a write-back error first: each descriptor sees it once)
+            synced: list[int] = []
+            real = layout.syncfs
+            monkeypatch.setattr(layout, "syncfs", lambda fd: (synced.append(fd), real(fd))[1])
+            storage.flush_keys(["a/x.dcm"], None)
+            own = storage._watch_fd  # type: ignore[attr-defined]
+            assert synced == [own] and own != storage._fs_fd  # type: ignore[attr-defined]
+            # an error the syncfs reports is not retried file by file: raised
+            fsynced: list[object] = []
+            monkeypatch.setattr(layout, "syncfs", _eio)
+            monkeypatch.setattr(layout, "fsync_file", lambda *a: fsynced.append(a))
+            with pytest.raises(OSError, match="Input/output"):
+                storage.flush_keys(["a/x.dcm"], root / "index.sqlite")
+            assert fsynced == []
+            monkeypatch.undo()
     finally:
         storage.close()
     assert FileStorage(root, fsync=False).flush_keys(["a/x.dcm"], None) is True

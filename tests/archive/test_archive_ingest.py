@@ -75,7 +75,7 @@ def test_success_writes_meta_then_the_data_set(archive: Archive) -> None:
     assert not any(archive.tmp_dir.iterdir())
 
 
-def test_header_is_on_disk_with_the_first_fragment_or_at_commit(archive: Archive) -> None:
+def test_header_is_on_disk_with_the_first_fragment(archive: Archive) -> None:
     ingest = archive.begin(
         sop_class_uid=CT, sop_instance_uid="1.2.3", transfer_syntax_uid=EXPLICIT_LE
     )
@@ -87,7 +87,7 @@ def test_header_is_on_disk_with_the_first_fragment_or_at_commit(archive: Archive
     empty = archive.begin(
         sop_class_uid=CT, sop_instance_uid="1.2.4", transfer_syntax_uid=EXPLICIT_LE
     )
-    outcome = empty.commit()  # no data set at all: the header alone, then C000
+    outcome = empty.commit()  # no data set at all: C000
     assert outcome.status != SUCCESS and "empty" in (outcome.error_comment or "")
 
 
@@ -312,7 +312,12 @@ def test_enospc_while_writing_meta_is_a700(
     with monkeypatch.context() as patch:
         patch.setattr(os, "write", _enospc)
         ingest.write(data[:100])
+    written: list[int] = []
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, b: (written.append(len(b)), real_write(fd, b))[1])
     ingest.write(data[100:])
+    monkeypatch.undo()
+    assert written == []
     outcome = ingest.commit()
     assert outcome.status == OUT_OF_RESOURCES
     assert "No space left" in (outcome.error_comment or "")

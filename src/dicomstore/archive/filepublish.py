@@ -49,13 +49,16 @@ class FilePublishing:
         if self.fsync and syncfs:
             flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
             self._fs_fd = os.open(self.root / layout.TMP_DIR, flags)
+            self.watch_errors()
 
     def watch_errors(self) -> None:
-        """For a reader that may :meth:`flush_keys` later (a Storage Commitment): open
-        now the descriptor its syncfs will go through. A descriptor reports the
-        write-back errors of its file system that happen after it was opened (Linux
-        errseq), even those another process saw first; one opened at the flush would
-        miss an error the writer saw just before, while it withdraws that file.
+        """Open now the descriptor the syncfs of :meth:`flush_keys` will go through
+        (a writer at :meth:`start`; a reader that may make a Storage Commitment).
+        A descriptor reports each write-back error of its file system that happens
+        after it was opened (Linux errseq), even one another process saw first, and
+        each once: one opened at the flush would miss an error the writing node saw
+        just before (and for which it withdraws that very file), and sharing the
+        writer's own descriptor, the writer's flushes could take it first.
         Released by :meth:`close`."""
         syncfs = layout.SYNCFS_AVAILABLE and self._use_syncfs is not False
         if self._watch_fd < 0 and self.fsync and syncfs:
@@ -293,24 +296,25 @@ class FilePublishing:
         return True
 
     def flush_keys(self, keys: list[str], index_file: Path | None = None) -> bool:
-        """Make the stored files at ``keys`` durable, with their names: one syncfs,
-        else an fsync of each and of its folders up to the root (``OSError`` when
-        one fails). True when the index needs no flush of its own after this: the
-        one syncfs covered ``index_file`` too (on this file system), or this
-        storage does not flush."""
+        """Make the stored files at ``keys`` durable, with their names: one syncfs
+        through the descriptor of :meth:`watch_errors` (``OSError`` when it reports
+        an error: not retried file by file, whose new descriptors would not see an
+        error that the writing node saw first), or without syncfs an fsync of each
+        and of its folders up to the root. True when the index needs no flush of
+        its own after this: the one syncfs covered ``index_file`` too (on this
+        file system), or this storage does not flush. (The writer's ``durable_seq``
+        does not move: only its own descriptor's syncfs says its files are.)"""
         if not self.fsync:
             return True
-        fd = self._fs_fd if self._fs_fd >= 0 else self._watch_fd
-        if fd < 0 and layout.SYNCFS_AVAILABLE and self._use_syncfs is not False:
+        fd = self._watch_fd
+        own = fd < 0 and layout.SYNCFS_AVAILABLE and self._use_syncfs is not False
+        if own:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             if fd >= 0:
-                try:
-                    self._syncfs(fd)
-                except OSError:
-                    pass  # (each file reports its own)
-                else:
-                    return index_file is not None and _same_fs(index_file, fd)
+                self.stats.flushes += 1
+                layout.syncfs(fd)
+                return index_file is not None and _same_fs(index_file, fd)
             folders: set[Path] = set()
             for key in keys:
                 path = layout.resolve(self.root, key)
@@ -320,7 +324,7 @@ class FilePublishing:
                 layout.fsync_dir(folder)
             return False
         finally:
-            if fd >= 0 and fd not in (self._fs_fd, self._watch_fd):
+            if own:
                 os.close(fd)
 
     def finish(self, placed: list[Staged]) -> None:
@@ -415,10 +419,10 @@ class FilePublishing:
             self.stats.flushes += len(created)
         return created
 
-    def _syncfs(self, fd: int = -1) -> None:
+    def _syncfs(self) -> None:
         self.stats.flushes += 1
         upto = self.submitted()  # written before this syncfs begins: durable after it
-        layout.syncfs(self._fs_fd if fd < 0 else fd)
+        layout.syncfs(self._fs_fd)
         self.durable_seq = max(self.durable_seq, upto)
 
     def _remove_file(self, key: str) -> None:

@@ -2,8 +2,10 @@
 
 :meth:`Ingest.__init__` (called by ``Archive.begin``) has the archive's storage
 create a temporary (``storage.WritableStorage.create``: a file in
-``<root>/.tmp/node-*``) and writes the preamble, ``DICM`` and File Meta
-Information at once (from a template: ``dicomfile.MetaTemplates``);
+``<root>/.tmp/node-*``) and makes the preamble, ``DICM`` and File Meta
+Information (from a template: ``dicomfile.MetaTemplates``), written with the
+first fragment (one ``os.write`` for a small instance; an instance without a
+data set is refused as empty, its header never written);
 :meth:`Ingest.write` appends each data set fragment exactly as received with
 one ``storage.write`` (for files one ``os.write``, no buffer), feeds the
 digest of the data set (``digests``) and keeps a copy of its first ``scan.PREFIX_SIZE``
@@ -110,7 +112,7 @@ class Ingest:
         )
         self._header_size = len(header)
         #: the preamble and File Meta Information, written with the first fragment
-        #: (one system call for a small instance), or by ``commit`` if none came
+        #: (one system call for a small instance)
         self._header: bytes | None = header
         try:
             self._fd = self._storage.create(self._temp)
@@ -182,12 +184,6 @@ class Ingest:
         if self._done:
             raise LocalProtocolError("commit() after commit() or abort()")
         self._done = True
-        if self._header is not None and self._error is None:  # (no fragment came)
-            try:
-                self._storage.write(self._fd, self._header)
-            except OSError as exc:
-                self._fail(exc, "writing the file")
-            self._header = None
         if self._error is not None:
             self._drop()
             return failure(st.OUT_OF_RESOURCES, self._error)
