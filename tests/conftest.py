@@ -93,6 +93,31 @@ def wait_listening(port: int, proc: subprocess.Popen | None = None, timeout: flo
         time.sleep(0.01)
 
 
+def echoes_held_at_once(port: int, count: int = 4, ssl: object = None) -> list[int]:
+    """The C-ECHO statuses of ``count`` associations to ``port`` held open at once (each
+    echoes, then waits until all have, before it releases)."""
+    from dicomstore.aio.client import associate
+
+    async def run() -> list[int]:
+        opened = asyncio.Barrier(count)
+
+        async def one() -> int:
+            async with await associate("127.0.0.1", port, ssl=ssl) as assoc:  # type: ignore[arg-type]
+                status = (await assoc.echo()).status
+                await opened.wait()
+                return status
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+    return asyncio.run(run())
+
+
+def served_by_worker(log: Path) -> tuple[int, int]:
+    """(associations accepted, of which by worker 1) in a ``serve --workers`` log."""
+    accepted = [line for line in log.read_text().splitlines() if "contexts accepted" in line]
+    return len(accepted), sum("[worker 1," in line for line in accepted)
+
+
 @contextmanager
 def peer_process(args: list[str], port: int, **kwargs) -> Iterator[subprocess.Popen]:
     """Start a peer SCP subprocess, wait until it listens, stop it afterwards."""

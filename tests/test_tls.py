@@ -173,3 +173,35 @@ def test_cli_echo_over_tls_to_dcmtk_storescp(pki, tmp_path) -> None:
             ]
         )
     assert code == 0
+
+
+def test_serve_workers_do_the_handshake_of_the_connections_passed_to_them(pki, tmp_path) -> None:
+    """``serve --workers 2`` with TLS: the first process passes connections on before
+    any TLS byte; the worker does the handshake (client certificate required), and
+    four echoes held at once are served two and two."""
+    import signal
+
+    from tests.conftest import (
+        echoes_held_at_once,
+        serve_command,
+        served_by_worker,
+        wait_listening,
+    )
+
+    port, log = free_port(), tmp_path / "serve.log"
+    tls = ["--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")]
+    tls += ["--tls-ca", str(pki / "ca.pem"), "--tls-require-client-cert"]
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            serve_command(port, tmp_path / "s", "--workers", "2", "--log-level", "info", *tls),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    ctx = client_context(pki / "ca.pem", pki / "client.pem", pki / "client.key")
+    try:
+        wait_listening(port, proc)  # (a connection passed before the worker runs waits)
+        assert echoes_held_at_once(port, ssl=ctx) == [0, 0, 0, 0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    assert served_by_worker(log) == (4, 2)

@@ -1,7 +1,8 @@
-"""`dicomstore serve --workers N` (cli/workers.py, issue 13): N processes on one port
-(SO_REUSEPORT) and one archive. Four DCMTK storescu senders at once: every instance
-acknowledged is stored once, byte for byte, `check` is clean, and both processes
-served associations; the workers end with the first process, stopped or killed."""
+"""`dicomstore serve --workers N` (cli/workers.py, issue 13): N processes behind one
+port (the first accepts and passes connections on: aio/handoff.py) and one archive.
+Four DCMTK storescu senders at once: every instance acknowledged is stored once,
+byte for byte, `check` is clean, and both processes served associations; the
+workers end with the first process, stopped or killed."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.conftest import free_port, index_option, serve_command, wait_listening
+from tests.conftest import (
+    echoes_held_at_once,
+    free_port,
+    index_option,
+    serve_command,
+    served_by_worker,
+    wait_listening,
+)
 from tests.services.nodes_testlib import acknowledged, stored_files, storescu, write_instances
 
 from dicomstore.archive import digests
@@ -74,8 +82,7 @@ def test_four_senders_into_two_workers(tmp_path: Path) -> None:
         senders = [storescu(port, list(made)) for made in sets]
         logs = [sender.communicate(timeout=120)[0] for sender in senders]
         assert all(len(acknowledged(text)) == EACH for text in logs), logs
-        # (the kernel spreads connections by a hash: with 20 in all, both processes
-        # take some but once in 500,000 runs)
+        # (each new connection goes to the process serving the fewest: both take some)
         for _ in range(ECHOES):
             assert main(["echo", "127.0.0.1", str(port)]) == 0
         (worker,) = _workers(log)
@@ -132,6 +139,20 @@ def test_durable_workers_one_killed_midway_keep_every_acknowledged_instance(
     for path in acked:
         uid, digest = source[path]
         assert digests.matches(digest, storage / reader.instance(uid)["path"])
+
+
+def test_connections_held_at_once_are_split_evenly(tmp_path: Path) -> None:
+    """The first process passes each connection to the process serving the fewest
+    (``aio/handoff.py``): four associations held open at once are served two and two
+    (SO_REUSEPORT's hash put all four in one process in one run of eight)."""
+    log, port = tmp_path / "serve.log", free_port()
+    proc = _serve(port, tmp_path / "archive", log, "--log-level", "info")
+    try:
+        assert echoes_held_at_once(port) == [0, 0, 0, 0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    assert served_by_worker(log) == (4, 2)
 
 
 def test_a_worker_ends_when_the_first_process_is_killed(tmp_path: Path) -> None:

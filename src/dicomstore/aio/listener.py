@@ -11,11 +11,14 @@ grace period, cancel what is left (PS3.8 7.3: an A-ABORT, by the application).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from dicomstore.aio import handoff
 from dicomstore.aio.stream import Stream
 
 log = logging.getLogger("dicomstore.server")
@@ -34,50 +37,144 @@ class Listener:
         *,
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float | None = None,
-        reuse_port: bool = False,
+        share: handoff.Dispatcher | socket.socket | None = None,
     ) -> None:
         self.host = host
-        #: SO_REUSEPORT: several processes (of this user) listen on the port and the
-        #: kernel spreads the connections over them (``dicomstore serve --workers``)
-        self.reuse_port = reuse_port
+        #: ``dicomstore serve --workers`` (``handoff.py``): the first process accepts
+        #: and passes connections on (a Dispatcher), a worker serves those passed on
+        #: its channel (a socket) and listens on no port
+        self.share = share
         self.requested_port = port
         self.on_connect = on_connect
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
         self._tasks: set[asyncio.Task[None]] = set()
+        self._adopting: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
+        self._socket: socket.socket | None = None  # (accepting for a Dispatcher)
+        self._closed: asyncio.Event | None = None
 
     @property
     def port(self) -> int:
-        """The port actually bound (useful with port 0)."""
-        assert self._server is not None
+        """The port actually bound (useful with port 0); a worker's: the first's."""
+        if self._socket is not None:
+            return int(self._socket.getsockname()[1])
+        if self._server is None:
+            return self.requested_port
         return int(self._server.sockets[0].getsockname()[1])
 
     @property
     def started(self) -> bool:
-        return self._server is not None
+        return self._server is not None or self._closed is not None
 
     async def start(self) -> None:
-        """Bind and start accepting connections."""
+        """Bind and start accepting connections (a worker: start taking those the
+        first process passes)."""
         loop = asyncio.get_running_loop()
+        if self.share is not None:
+            self._closed = asyncio.Event()
+            if isinstance(self.share, handoff.Dispatcher):
+                self._socket = sock = socket.create_server(
+                    (self.host, self.requested_port), backlog=100
+                )
+                sock.setblocking(False)
+                loop.add_reader(sock.fileno(), self._accept_ready)
+                self.share.attach(loop)
+            else:
+                self.share.setblocking(False)
+                loop.add_reader(self.share.fileno(), self._passed)
+            return
         self._server = await loop.create_server(
             lambda: Stream(self._serve),
             self.host,
             self.requested_port,
             ssl=self.ssl_context,
             ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
-            reuse_port=self.reuse_port or None,
         )
 
     async def serve_forever(self) -> None:
         """Start (if needed) and serve until cancelled or closed."""
-        if self._server is None:
+        if not self.started:
             await self.start()
-        assert self._server is not None
         try:
+            if self._closed is not None:
+                await self._closed.wait()
+                return
+            assert self._server is not None
             await self._server.serve_forever()
         except asyncio.CancelledError:
             pass
+
+    def _accept_ready(self) -> None:
+        """(The first process of several.) Take what is waiting: each connection is
+        passed to a worker or served here (``handoff.Dispatcher``)."""
+        assert self._socket is not None and isinstance(self.share, handoff.Dispatcher)
+        for _ in range(100):
+            try:
+                conn, _address = self._socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    if exc.errno != errno.ECONNABORTED:
+                        log.warning("accepting a connection: %s", exc)
+                    continue
+                # out of descriptors or memory: pause accepting for a second
+                log.error("accepting a connection: %s; paused for 1 s", exc)
+                loop = asyncio.get_running_loop()
+                loop.remove_reader(self._socket.fileno())
+                loop.call_later(1.0, self._resume_accepting)
+                return
+            if not self.share.pass_on(conn, len(self._tasks) + len(self._adopting)):
+                self._adopt(conn)
+
+    def _resume_accepting(self) -> None:
+        if self._socket is not None and self._socket.fileno() >= 0:
+            asyncio.get_running_loop().add_reader(self._socket.fileno(), self._accept_ready)
+
+    def _passed(self) -> None:
+        """(A worker.) Serve the connections the first process passed."""
+        assert isinstance(self.share, socket.socket)
+        try:
+            connections = handoff.receive(self.share)
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(self.share.fileno())
+            return  # (the first process is gone: the worker stops with it)
+        for conn in connections:
+            self._adopt(conn)
+
+    def _adopt(self, conn: socket.socket) -> None:
+        """Serve a connection accepted here or passed from the first process."""
+        task = asyncio.get_running_loop().create_task(self._connect(conn))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await loop.connect_accepted_socket(
+                lambda: Stream(self._serve),
+                conn,
+                ssl=self.ssl_context,
+                ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            log.info("connection dropped before it was served: %s", exc)
+            conn.close()
+            self._ended()
+        except asyncio.CancelledError:
+            conn.close()
+            self._ended()
+            raise
+
+    def _ended(self) -> None:
+        """(A worker.) Tell the first process a connection it passed has ended."""
+        if isinstance(self.share, socket.socket):
+            try:
+                self.share.send(handoff.ENDED)
+            except OSError:
+                pass  # (the first process is gone)
 
     async def _serve(self, stream: Stream) -> None:
         task = asyncio.current_task()
@@ -88,12 +185,16 @@ class Listener:
         finally:
             if task is not None:
                 self._tasks.discard(task)
+            self._ended()
 
     async def close(self, grace: float, abort_idle: Callable[[], None] | None = None) -> None:
         """Stop accepting; ``abort_idle`` ends what may go at once; wait up to
         ``grace`` s for the connections still served; cancel the rest."""
         if self._server is not None:
             self._server.close()
+        self._stop_sharing()
+        for connecting in set(self._adopting):
+            connecting.cancel()
         tasks = set(self._tasks)
         if tasks:
             if abort_idle is not None:
@@ -105,3 +206,18 @@ class Listener:
                 await asyncio.wait(pending, timeout=5)
         if self._server is not None:
             await self._server.wait_closed()
+
+    def _stop_sharing(self) -> None:
+        """Stop accepting (or taking passed connections): what ``close`` does first."""
+        if self._closed is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._socket is not None:
+            if self._socket.fileno() >= 0:
+                loop.remove_reader(self._socket.fileno())
+            self._socket.close()
+        if isinstance(self.share, handoff.Dispatcher):
+            self.share.detach(loop)
+        elif self.share is not None and self.share.fileno() >= 0:
+            loop.remove_reader(self.share.fileno())
+        self._closed.set()

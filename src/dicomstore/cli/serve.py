@@ -93,11 +93,11 @@ async def run(args: argparse.Namespace) -> int:
         forward_retry_delay=args.forward_retry_delay,
         forward_retry_max=args.forward_retry_max,
     )
-    config.reuse_port = args.workers > 1 or getattr(args, "worker", False)
     problem = _forward_problem(config) or workers.problem(args)
     if problem is not None:
         print(f"dicomstore: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    config.share = workers.share(args)
     if args.transfer_syntax:
         config.transfer_syntaxes = tuple(args.transfer_syntax)
     if args.tls_cert or args.tls_key:
@@ -240,6 +240,7 @@ async def _serve(
                 await stop.wait()
             finally:
                 if started:
+                    config.share.stopping = True
                     await asyncio.to_thread(workers.stop, started, config.shutdown_grace + 5)
                 if http is not None:
                     await http.close()

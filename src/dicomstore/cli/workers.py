@@ -3,8 +3,9 @@ one archive, so that several senders use every core (issue 13).
 
 The first process (the one started) opens the archive, listens, and starts N-1
 workers (``multiprocessing``'s spawn: fresh interpreters, the parsed options
-given to each). Every process listens on the port with SO_REUSEPORT, so the
-kernel spreads new connections over them, and each is a node of the archive
+given to each, and a Unix socket to the first process). The first process
+accepts every connection and serves it or passes it to the worker serving the
+fewest (``aio/handoff.py``), and each process is a node of the archive
 (issue 17: its own folder of temporaries, every decision under the index write
 lock — SQLite's on one host, or PostgreSQL's): they store into the same files
 and index as one process would.
@@ -25,6 +26,7 @@ import argparse
 import logging
 import multiprocessing
 import os
+import socket
 import sys
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -32,7 +34,7 @@ from typing import Any
 log = logging.getLogger("dicomstore")
 
 #: Options a worker does not take over from the first process (what runs once).
-_FIRST_ONLY = {"http_port": None, "forward": None, "workers": 1}
+_FIRST_ONLY = {"http_port": None, "forward": None, "workers": 1, "worker_ends": None}
 
 
 def problem(args: argparse.Namespace) -> str | None:
@@ -40,20 +42,38 @@ def problem(args: argparse.Namespace) -> str | None:
     if args.workers <= 1:
         return None
     if args.port == 0:
-        return "--workers needs a port of its own (not 0): every worker listens on it"
+        return "--workers needs a port of its own (not 0)"
     return None
 
 
+def share(args: argparse.Namespace) -> Any:
+    """The server's share of the connections (``ServerConfig.share``): in the first
+    process of several, the Dispatcher of the channels to the workers it will start
+    (their ends kept in ``args.worker_ends`` for :func:`start`); in a worker, its
+    channel; None alone."""
+    from dicomstore.aio import handoff
+
+    if getattr(args, "channel", None) is not None:
+        return args.channel
+    if args.workers <= 1:
+        return None
+    pairs = handoff.channels(args.workers - 1)
+    args.worker_ends = [worker_end for _, worker_end in pairs]
+    return handoff.Dispatcher([first_end for first_end, _ in pairs])
+
+
 def start(args: argparse.Namespace) -> list[BaseProcess]:
-    """Start ``args.workers - 1`` workers (the first process is the other one)."""
+    """Start ``args.workers - 1`` workers (the first process is the other one), each
+    given its end of a channel made by :func:`share`."""
     context = multiprocessing.get_context("spawn")
     values = {**vars(args), **_FIRST_ONLY, "worker": True}
     workers: list[BaseProcess] = []
-    for number in range(1, args.workers):
+    for number, end in enumerate(args.worker_ends, start=1):
         worker = context.Process(
-            target=_worker, args=(values, number), name=f"dicomstore-worker-{number}"
+            target=_worker, args=(values, number, end), name=f"dicomstore-worker-{number}"
         )
         worker.start()
+        end.close()  # (the worker has its own descriptor of it now)
         workers.append(worker)
     pids = ", ".join(str(worker.pid) for worker in workers)
     log.info("%d worker processes started: %s", len(workers), pids)
@@ -80,11 +100,11 @@ def parent_gone() -> int | None:
     return None if parent is None else int(parent.sentinel)
 
 
-def _worker(values: dict[str, Any], number: int) -> None:
+def _worker(values: dict[str, Any], number: int, channel: socket.socket) -> None:
     from dicomstore.cli import _run
     from dicomstore.cli.logs import setup_logging
 
-    args = argparse.Namespace(**values)
+    args = argparse.Namespace(**values, channel=channel)
     setup_logging(args.log_level, args.log_format)
     logging.getLogger().handlers[0].addFilter(_Tagged(number))
     sys.exit(_run(args))

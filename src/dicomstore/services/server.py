@@ -139,7 +139,7 @@ class Server:
             self._on_connect,
             ssl_context=config.ssl,
             handshake_timeout=config.timeouts.artim,
-            reuse_port=config.reuse_port,
+            share=config.share,
         )
 
     @property

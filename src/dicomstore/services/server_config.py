@@ -6,11 +6,13 @@ build its options without loading the server, its services or pydicom.
 
 from __future__ import annotations
 
+import socket
 import ssl
 from dataclasses import dataclass, field
 
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts
+from dicomstore.aio.handoff import Dispatcher
 from dicomstore.services.commitment_info import MAX_PENDING, MAX_REFERENCES
 from dicomstore.services.destinations import Destination
 from dicomstore.services.forward_rules import ForwardRule
@@ -78,8 +80,9 @@ class ServerConfig:
     #: reported; beyond, N-ACTION answers 0213.
     max_commitment_references: int = MAX_REFERENCES
     max_pending_commitments: int = MAX_PENDING
-    #: Listen with SO_REUSEPORT, beside other processes on the port (``--workers``).
-    reuse_port: bool = False
+    #: ``--workers`` (``aio/handoff.py``): the first process's Dispatcher (it accepts
+    #: every connection and passes some on), or a worker's channel from it.
+    share: Dispatcher | socket.socket | None = None
 
     def policy(self, find: bool = True) -> AcceptorPolicy:
         """The negotiation policy: Verification, every Storage SOP Class and, with

@@ -144,7 +144,7 @@ async def running(
                 )
             else:  # (expected in the workers of `serve --workers`: the first runs them)
                 log.log(
-                    logging.INFO if config.reuse_port else logging.WARNING,
+                    logging.INFO if config.share is not None else logging.WARNING,
                     "study-complete events of %s run in another node (%s); not here",
                     server.reader.root,
                     events.holder,

@@ -1,0 +1,124 @@
+"""Connections spread over the processes of ``dicomstore serve --workers`` by load.
+
+The first process accepts every connection. It serves it itself, or passes it
+to the worker serving the fewest (:class:`Dispatcher`): over a Unix socket pair
+per worker, the descriptor goes with one byte (SCM_RIGHTS, ``socket.send_fds``).
+The worker serves it as if it had accepted it (``Listener`` with ``adopt_from``:
+the TLS handshake, if any, happens there), and sends one byte back when that
+connection ends, so the first process knows every process's load. Ties go
+round: four connections at once into two processes are served two and two.
+
+SO_REUSEPORT, used before, let the kernel spread them by a hash of the
+addresses: with four senders and two processes, a 2/2 split in three runs of
+eight, all four in one process in one run of eight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+log = logging.getLogger("dicomstore.server")
+
+#: What a worker sends back when a connection it was passed ends.
+ENDED = b"-"
+
+
+def channels(count: int) -> list[tuple[socket.socket, socket.socket]]:
+    """``count`` (first process's end, worker's end) pairs of connected Unix sockets."""
+    return [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(count)]
+
+
+class Dispatcher:
+    """(The first process.) For each accepted connection: serve it here, or pass it
+    to the worker with the fewest connections; ties go round."""
+
+    def __init__(self, ends: list[socket.socket]) -> None:
+        self._ends = ends
+        #: connections passed to each worker and not yet ended
+        self.loads = [0] * len(ends)
+        self._alive = [True] * len(ends)
+        self._next = 0  # slot 0 is this process, slot i + 1 worker i
+        #: the workers are being stopped: their ending is expected
+        self.stopping = False
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start reading what the workers say (in the loop that accepts)."""
+        for number, end in enumerate(self._ends):
+            end.setblocking(False)
+            loop.add_reader(end.fileno(), self._ended, number)
+
+    def detach(self, loop: asyncio.AbstractEventLoop) -> None:
+        for end in self._ends:
+            if end.fileno() >= 0:
+                loop.remove_reader(end.fileno())
+                end.close()
+
+    def _ended(self, number: int) -> None:
+        try:
+            said = self._ends[number].recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            said = b""
+        if not said:  # the worker is gone: no more connections for it
+            self._gone(number)
+            return
+        self.loads[number] = max(0, self.loads[number] - len(said))
+
+    def _gone(self, number: int) -> None:
+        if self._alive[number]:
+            self._alive[number] = False
+            log.log(
+                logging.INFO if self.stopping else logging.WARNING,
+                "worker %d is gone: connections are served by the others",
+                number + 1,
+            )
+            end = self._ends[number]
+            try:
+                asyncio.get_running_loop().remove_reader(end.fileno())
+            except RuntimeError:
+                pass
+
+    def pass_on(self, conn: socket.socket, here: int) -> bool:
+        """Pass ``conn`` to a worker if one serves fewer connections than this process
+        (``here``), or as many and it is its turn; True when passed (then this
+        process's descriptor of it is closed)."""
+        workers = zip(self.loads, self._alive, strict=True)
+        slots = [here, *(load if alive else None for load, alive in workers)]
+        fewest = min(load for load in slots if load is not None)
+        count = len(slots)
+        for step in range(count):
+            slot = (self._next + step) % count
+            if slots[slot] == fewest:
+                break
+        self._next = slot + 1
+        if slot == 0:
+            return False
+        number = slot - 1
+        try:
+            socket.send_fds(self._ends[number], [b"c"], [conn.fileno()])
+        except OSError as exc:  # (a worker gone, or its channel full: served here)
+            log.warning("cannot pass a connection to worker %d: %s", number + 1, exc)
+            self._gone(number)
+            return False
+        self.loads[number] += 1
+        conn.close()
+        return True
+
+
+def receive(channel: socket.socket) -> list[socket.socket]:
+    """(A worker.) The connections the first process passed on ``channel`` since the
+    last call (empty when there is nothing; ``EOFError`` when it is gone)."""
+    adopted: list[socket.socket] = []
+    while True:
+        try:
+            message, fds, _flags, _address = socket.recv_fds(channel, 64, 64)
+        except BlockingIOError:
+            return adopted
+        adopted.extend(socket.socket(fileno=fd) for fd in fds)
+        if not message:
+            if adopted:
+                return adopted
+            raise EOFError("the first process is gone")
