@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
 
 from dicomstore.archive import Archive, Index, StoreOutcome
 from dicomstore.archive.dicomfile import dataset_offset
@@ -93,6 +94,12 @@ def store(
     for start in range(0, len(data), step):
         ingest.write(view[start : start + step])
     return ingest.commit()
+
+
+def digest_of(data: bytes) -> str:
+    """The digest the index records for a data set (XXH3-128, computed here
+    independently of ``digests.py``)."""
+    return "xxh3:" + xxhash.xxh3_128(data).hexdigest()
 
 
 def stored_dataset(path: Path) -> bytes:

@@ -22,8 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import blake3
-from archive_testlib import dataset, store, stored_dataset
+from archive_testlib import dataset, digest_of, store, stored_dataset
 
 from dicomstore.archive import SUCCESS, Archive, crashpoints
 from dicomstore.archive.removal import remove
@@ -109,7 +108,7 @@ def publish_round(point: str, n: int, work: Path) -> None:
         rows = assert_recovered(archive)
         expect(list(rows) == [UID], f"rows {list(rows)}")
         row = rows[UID]
-        expect(row["digest"] == _blake3(version), "digest of the wrong version")
+        expect(row["digest"] == digest_of(version), "digest of the wrong version")
         path = root / row["path"]
         expect(stored_dataset(path) == version, "the file holds the wrong version")
         if committed:
@@ -152,7 +151,7 @@ def new_instance_round(point: str, n: int, work: Path) -> None:
         if placed:
             expect(OTHER in rows, f"not adopted: {list(rows)}")
             row = rows[OTHER]
-            expect(row["digest"] == _blake3(new), "digest of the new one")
+            expect(row["digest"] == digest_of(new), "digest of the new one")
             expect(stored_dataset(root / row["path"]) == new, "the new one's bytes")
         else:
             expect(list(rows) == [UID], f"rows {list(rows)}")
@@ -222,11 +221,6 @@ def main(point: str, rounds: int, work: Path) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - reported to the test
             failures.append(f"round {n}: {type(exc).__name__}: {exc}")
     return {"point": point, "rounds": rounds, "failures": failures}
-
-
-def _blake3(data: bytes) -> str:
-    """The digest the index records for a data set (BLAKE3, computed here independently)."""
-    return "blake3:" + blake3.blake3(data).hexdigest()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""The data set digest the index records (archive/digests.py): BLAKE3 for what is
-stored now, SHA-256 rows of older archives still verified (check, commitment,
-duplicates)."""
+"""The data set digest the index records (archive/digests.py): XXH3-128 for what is
+stored now, the BLAKE3 and SHA-256 rows of older archives still verified (check,
+commitment, duplicates)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import blake3
 import pytest
-from tests.archive.archive_testlib import dataset, store, stored_dataset
+from tests.archive.archive_testlib import dataset, digest_of, store, stored_dataset
 
 from dicomstore.archive import OUT_OF_RESOURCES, SUCCESS, WARNING_COERCION, Archive, digests
 from dicomstore.archive.commitment import PROCESSING_FAILURE, Reference, verify
@@ -21,21 +21,26 @@ UID = "1.2.3.4.5.6.7"
 DATA = dataset(patient_name="Digest^Test", pixels=4096)
 
 
-def test_new_rows_record_blake3_of_the_data_set(tmp_path: Path) -> None:
+def test_new_rows_record_xxh3_of_the_data_set(tmp_path: Path) -> None:
     with Archive(tmp_path / "root", fsync=False) as archive:
         outcome = store(archive, DATA, chunk=100)
         assert outcome.path is not None
-        expected = "blake3:" + blake3.blake3(stored_dataset(outcome.path)).hexdigest()
+        expected = digest_of(stored_dataset(outcome.path))
+        assert expected.startswith("xxh3:") and len(expected) == len("xxh3:") + 32
         assert archive.get_instance(UID)["digest"] == expected
         assert digests.of_file(outcome.path) == expected
         assert digests.of_file(outcome.path, digests.SHA256) == _sha256(outcome.path)
+        blake = "blake3:" + blake3.blake3(stored_dataset(outcome.path)).hexdigest()
+        assert digests.of_file(outcome.path, digests.BLAKE3) == blake
 
 
 def test_values_name_their_algorithm() -> None:
-    assert digests.algorithm_of("blake3:" + "0" * 64) == "blake3"
+    assert digests.algorithm_of("xxh3:" + "0" * 32) == "xxh3"
+    assert digests.algorithm_of("blake3:" + "0" * 64) == "blake3"  # schema 3's rows
     assert digests.algorithm_of("ab" * 32) == "sha256"  # an older archive's row
     assert digests.text(digests.new(digests.SHA256)) == hashlib.sha256().hexdigest()
-    assert digests.text(digests.new()) == "blake3:" + blake3.blake3().hexdigest()
+    assert digests.text(digests.new(digests.BLAKE3)) == "blake3:" + blake3.blake3().hexdigest()
+    assert digests.text(digests.new()) == digest_of(b"")
     with pytest.raises(ValueError, match="unknown digest algorithm"):
         digests.new("md5")
 
@@ -47,31 +52,35 @@ def test_same_reads_the_file_only_across_algorithms(tmp_path: Path) -> None:
     new, old = digests.of_file(path), _sha256(path)
     missing = tmp_path / "not-there.dcm"
     assert digests.same(new, new, missing)  # one algorithm: the values decide
-    assert not digests.same(new, "blake3:" + "0" * 64, missing)
+    assert not digests.same(new, "xxh3:" + "0" * 32, missing)
     assert digests.same(old, new, path)  # an older row: the file read with SHA-256
+    assert digests.same(digests.of_file(path, digests.BLAKE3), new, path)  # or BLAKE3
+    assert not digests.same("blake3:" + "0" * 64, new, path)
     assert not digests.same("ab" * 32, new, path)
     with pytest.raises(FileNotFoundError):
         digests.same(old, new, missing)
 
 
-def _legacy(archive: Archive, uid: str = UID) -> Path:
-    """Make the row of ``uid`` look written by an older dicomstore (SHA-256)."""
+def _legacy(archive: Archive, uid: str = UID, algorithm: str = digests.SHA256) -> Path:
+    """Make the row of ``uid`` look written by an older dicomstore (SHA-256, or BLAKE3
+    as schema 3 wrote)."""
     row = archive.get_instance(uid)
     assert row is not None
     path = archive.root / row["path"]
     with archive.index.lock:
         archive.index.begin()
-        archive.index.put({**row, "digest": _sha256(path)})
+        archive.index.put({**row, "digest": digests.of_file(path, algorithm)})
         archive.index.commit()
-    assert digests.algorithm_of(archive.get_instance(uid)["digest"]) == "sha256"
+    assert digests.algorithm_of(archive.get_instance(uid)["digest"]) == algorithm
     return path
 
 
-def test_an_older_archive_keeps_verifying(tmp_path: Path) -> None:
+@pytest.mark.parametrize("algorithm", [digests.SHA256, digests.BLAKE3])
+def test_an_older_archive_keeps_verifying(tmp_path: Path, algorithm: str) -> None:
     root = tmp_path / "root"
     with Archive(root, fsync=False) as archive:
         store(archive, DATA)
-        path = _legacy(archive)
+        path = _legacy(archive, algorithm=algorithm)
         assert archive.check() == []
     ref = Reference("1.2.840.10008.5.1.4.1.1.2", UID)
     (verdict,) = verify(ArchiveReader(root), [ref])
@@ -109,21 +118,24 @@ def _stamp(archive: Archive, version: int) -> None:
     archive.index.engine.create(archive.index._db, "", version)
 
 
-def test_an_index_of_version_2_is_stamped_3_not_rebuilt(tmp_path: Path) -> None:
-    """Version 2 has the same tables, all digests SHA-256: it is opened as it is
-    (readers too) and a writer stamps it 3, so that a dicomstore of version 2,
-    which would read 'blake3:' digests as damage, refuses it from then on."""
+@pytest.mark.parametrize(("version", "algorithm"), [(2, digests.SHA256), (3, digests.BLAKE3)])
+def test_an_index_of_an_older_version_is_stamped_4_not_rebuilt(
+    tmp_path: Path, version: int, algorithm: str
+) -> None:
+    """Versions 2 (digests SHA-256) and 3 (BLAKE3) have the same tables: opened as they
+    are (readers too), a writer stamps them 4, so that a dicomstore of an older
+    version, which would read 'xxh3:' digests as damage, refuses it from then on."""
     root = tmp_path / "root"
     with Archive(root, fsync=False) as archive:
         store(archive, DATA)
-        _legacy(archive)
-        _stamp(archive, 2)
-        assert archive.index.engine.version(archive.index._db) == 2
+        _legacy(archive, algorithm=algorithm)
+        _stamp(archive, version)
+        assert archive.index.engine.version(archive.index._db) == version
     assert [row["sop_instance_uid"] for row in ArchiveReader(root).instances()] == [UID]
     with Archive(root, fsync=False) as archive:
         assert archive.reindexed is None  # not rebuilt from the files
-        assert archive.index.engine.version(archive.index._db) == SCHEMA_VERSION == 3
-        assert digests.algorithm_of(archive.get_instance(UID)["digest"]) == "sha256"
+        assert archive.index.engine.version(archive.index._db) == SCHEMA_VERSION == 4
+        assert digests.algorithm_of(archive.get_instance(UID)["digest"]) == algorithm
         assert archive.check() == []
         _stamp(archive, SCHEMA_VERSION + 1)  # as a later dicomstore would
     with pytest.raises(SchemaError, match="newer than this dicomstore"):

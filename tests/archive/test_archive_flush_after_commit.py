@@ -205,7 +205,7 @@ def test_a_trace_left_before_the_commit_is_adopted_only_if_its_digest_matches(
     monkeypatch.undo()
     die(archive)
     (trace,) = [p for p in archive.tmp_dir.iterdir() if p.name.endswith(".new")]
-    assert trace.name.endswith(".new") and ".blake3_" in trace.name
+    assert trace.name.endswith(".new") and ".xxh3_" in trace.name
     final = root / FINAL.format(uid(1))
     data = final.read_bytes()
     if lost == "some":  # a block of its data set never reached the disk

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import blake3
 import pytest
 from archive_testlib import (
     CT,
@@ -19,6 +18,7 @@ from archive_testlib import (
     dataset,
     dcm_files,
     die,
+    digest_of,
     store,
     stored_dataset,
 )
@@ -484,7 +484,7 @@ def test_index_failure_fails_the_batch_and_restores_replaced_files(
         assert [o.status for o in outcomes] == [SUCCESS, OUT_OF_RESOURCES, OUT_OF_RESOURCES]
         assert "index" in outcomes[1].error_comment
         assert stored_dataset(archive.path_of(uid_of(2))) == old
-        assert archive.get_instance(uid_of(2))["digest"] == _blake3(old)
+        assert archive.get_instance(uid_of(2))["digest"] == digest_of(old)
         assert archive.get_instance(uid_of(3)) is None
         assert_clean(archive)
 
@@ -780,8 +780,3 @@ def test_a_leader_waits_for_as_many_as_last_time_but_not_longer_than_it_saves(
         first.join(30)
         assert [o.status for o in outcomes] == [SUCCESS, SUCCESS]
         assert committer._last == 2 and archive.stats.batches == 2
-
-
-def _blake3(data: bytes) -> str:
-    """The digest the index records for a data set (BLAKE3, computed here independently)."""
-    return "blake3:" + blake3.blake3(data).hexdigest()

@@ -9,9 +9,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
-import blake3
 import pytest
-from archive_testlib import EXPLICIT_LE, dataset, dcm_files, race, store, stored_dataset
+from archive_testlib import EXPLICIT_LE, dataset, dcm_files, digest_of, race, store, stored_dataset
 
 from dicomstore.archive import SUCCESS, WARNING_COERCION, Archive, StoreOutcome, nodes
 from dicomstore.archive.maintenance import run_check, run_reindex
@@ -44,7 +43,7 @@ def _one_file_one_row(node: Archive, uid: str) -> bytes:
     (path,) = [p for p in dcm_files(node.root) if ".tmp" not in p.parts and uid in p.name]
     (row,) = node.instances(sop_instance_uid=uid)
     data = stored_dataset(path)
-    assert _blake3(data) == row["digest"]
+    assert digest_of(data) == row["digest"]
     assert row["path"] == path.relative_to(node.root).as_posix()
     return data
 
@@ -196,11 +195,6 @@ def test_a_service_lock_file_goes_with_its_holder_and_a_stale_one_is_not_taken(
     second.close()
     assert third.take()
     third.close()
-
-
-def _blake3(data: bytes) -> str:
-    """The digest the index records for a data set (BLAKE3, computed here independently)."""
-    return "blake3:" + blake3.blake3(data).hexdigest()
 
 
 def test_a_node_forgets_its_cache_when_another_node_committed_only(tmp_path: Path) -> None:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Older versions with the tables of this one, opened as they are (a writer stamps
 #: them :data:`SCHEMA_VERSION`): 2 recorded every digest as SHA-256, 3 also as
-#: ``blake3:`` (``digests.py``), which a dicomstore of version 2 would misread
-#: (its ``check`` would report every new instance): it refuses a newer schema.
-SAME_TABLES = frozenset({2})
+#: ``blake3:``, 4 also as ``xxh3:`` (``digests.py``), which a dicomstore of an
+#: older version would misread (its ``check`` would report every new instance):
+#: it refuses a newer schema.
+SAME_TABLES = frozenset({2, 3})
 
 # Surrogate keys (``*_pk``) link the levels, so that one Series Instance UID
 # can be filed under two studies and one Study Instance UID under two patients
