@@ -89,3 +89,44 @@ def test_a_worker_sees_the_first_process_gone(pairs) -> None:
     worker.setblocking(False)
     with pytest.raises(EOFError):
         handoff.receive(worker)
+
+
+def test_nothing_is_passed_to_workers_being_stopped(pairs) -> None:
+    dispatcher = handoff.Dispatcher([first for first, _ in pairs])
+    dispatcher.stopping = True
+    assert [_passes(dispatcher, 5) for _ in range(3)] == [0, 0, 0]  # all served here
+
+
+def test_a_full_channel_serves_here_for_now_and_keeps_the_worker(pairs) -> None:
+    """A worker slow to read (starting, busy) fills its channel: the connection is
+    served here, and the worker gets connections again once it has read them."""
+    (first, worker), _ = pairs
+    dispatcher = handoff.Dispatcher([first])
+    first.setblocking(False)
+    first.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    passed = 0
+    while _passes(dispatcher, 10_000) == 1:  # (this process always the busier)
+        passed += 1
+        assert passed < 5000, "the channel never filled"
+    worker.setblocking(False)
+    received = handoff.receive(worker)
+    assert len(received) == passed
+    for conn in received:
+        conn.close()
+    assert _passes(dispatcher, 10_000) == 1  # (not taken for gone)
+
+
+def test_the_first_process_listens_on_every_address_of_its_host() -> None:
+    """As ``loop.create_server``: an empty host is every interface, IPv6 too."""
+    from dicomstore.aio.listener import _bind
+
+    sockets = _bind("", 0)
+    try:
+        families = {sock.family for sock in sockets}
+        assert socket.AF_INET in families
+        if socket.has_ipv6 and any(i[0] == socket.AF_INET6 for i in socket.getaddrinfo("::", 0)):
+            assert socket.AF_INET6 in families
+        assert len({sock.getsockname()[1] for sock in sockets}) == 1  # one port for all
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import closing
 from pathlib import Path
 
 import blake3
@@ -216,3 +217,19 @@ def test_a_duplicate_that_cannot_be_compared_is_a700(
         assert not any(archive.tmp_dir.iterdir())
         monkeypatch.undo()
         assert archive.check() == []
+
+
+def test_check_restamps_an_index_of_schema_3_before_it_adopts_a_file(tmp_path: Path) -> None:
+    """``check`` opens the index without ``migrate`` and may adopt files a crash left
+    (recording ``xxh3:`` digests): the index is stamped 4 first, so that a dicomstore
+    of schema 3 refuses it rather than take those digests for damage."""
+    from dicomstore.archive.maintenance import run_check
+
+    root = tmp_path / "root"
+    with Archive(root, fsync=False) as archive:
+        store(archive, DATA)
+        _stamp(archive, 3)
+    assert run_check(root, fsync=False) == []
+    reader = ArchiveReader(root)
+    with closing(reader.connect()) as db:
+        assert reader.engine.version(db) == SCHEMA_VERSION == 4

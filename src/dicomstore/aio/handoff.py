@@ -16,6 +16,7 @@ eight, all four in one process in one run of eight.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 
@@ -84,7 +85,10 @@ class Dispatcher:
     def pass_on(self, conn: socket.socket, here: int) -> bool:
         """Pass ``conn`` to a worker if one serves fewer connections than this process
         (``here``), or as many and it is its turn; True when passed (then this
-        process's descriptor of it is closed)."""
+        process's descriptor of it is closed). None once the workers are being
+        stopped (:attr:`stopping`): they would not serve it."""
+        if self.stopping:
+            return False
         workers = zip(self.loads, self._alive, strict=True)
         slots = [here, *(load if alive else None for load, alive in workers)]
         fewest = min(load for load in slots if load is not None)
@@ -99,7 +103,11 @@ class Dispatcher:
         number = slot - 1
         try:
             socket.send_fds(self._ends[number], [b"c"], [conn.fileno()])
-        except OSError as exc:  # (a worker gone, or its channel full: served here)
+        except (BlockingIOError, InterruptedError):
+            return False  # (its channel is full for now, the worker busy: served here)
+        except OSError as exc:
+            if exc.errno == errno.ETOOMANYREFS:
+                return False  # (descriptors in flight beyond the limit: served here)
             log.warning("cannot pass a connection to worker %d: %s", number + 1, exc)
             self._gone(number)
             return False

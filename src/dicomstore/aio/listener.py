@@ -51,14 +51,14 @@ class Listener:
         self._tasks: set[asyncio.Task[None]] = set()
         self._adopting: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
-        self._socket: socket.socket | None = None  # (accepting for a Dispatcher)
+        self._sockets: list[socket.socket] = []  # (accepting for a Dispatcher)
         self._closed: asyncio.Event | None = None
 
     @property
     def port(self) -> int:
         """The port actually bound (useful with port 0); a worker's: the first's."""
-        if self._socket is not None:
-            return int(self._socket.getsockname()[1])
+        if self._sockets:
+            return int(self._sockets[0].getsockname()[1])
         if self._server is None:
             return self.requested_port
         return int(self._server.sockets[0].getsockname()[1])
@@ -74,11 +74,9 @@ class Listener:
         if self.share is not None:
             self._closed = asyncio.Event()
             if isinstance(self.share, handoff.Dispatcher):
-                self._socket = sock = socket.create_server(
-                    (self.host, self.requested_port), backlog=100
-                )
-                sock.setblocking(False)
-                loop.add_reader(sock.fileno(), self._accept_ready)
+                self._sockets = _bind(self.host, self.requested_port)
+                for sock in self._sockets:
+                    loop.add_reader(sock.fileno(), self._accept_ready, sock)
                 self.share.attach(loop)
             else:
                 self.share.setblocking(False)
@@ -105,13 +103,13 @@ class Listener:
         except asyncio.CancelledError:
             pass
 
-    def _accept_ready(self) -> None:
+    def _accept_ready(self, listening: socket.socket) -> None:
         """(The first process of several.) Take what is waiting: each connection is
         passed to a worker or served here (``handoff.Dispatcher``)."""
-        assert self._socket is not None and isinstance(self.share, handoff.Dispatcher)
+        assert isinstance(self.share, handoff.Dispatcher)
         for _ in range(100):
             try:
-                conn, _address = self._socket.accept()
+                conn, _address = listening.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -122,15 +120,16 @@ class Listener:
                 # out of descriptors or memory: pause accepting for a second
                 log.error("accepting a connection: %s; paused for 1 s", exc)
                 loop = asyncio.get_running_loop()
-                loop.remove_reader(self._socket.fileno())
-                loop.call_later(1.0, self._resume_accepting)
+                loop.remove_reader(listening.fileno())
+                loop.call_later(1.0, self._resume_accepting, listening)
                 return
             if not self.share.pass_on(conn, len(self._tasks) + len(self._adopting)):
                 self._adopt(conn)
 
-    def _resume_accepting(self) -> None:
-        if self._socket is not None and self._socket.fileno() >= 0:
-            asyncio.get_running_loop().add_reader(self._socket.fileno(), self._accept_ready)
+    def _resume_accepting(self, listening: socket.socket) -> None:
+        if listening.fileno() >= 0:
+            loop = asyncio.get_running_loop()
+            loop.add_reader(listening.fileno(), self._accept_ready, listening)
 
     def _passed(self) -> None:
         """(A worker.) Serve the connections the first process passed."""
@@ -163,9 +162,8 @@ class Listener:
             log.info("connection dropped before it was served: %s", exc)
             conn.close()
             self._ended()
-        except asyncio.CancelledError:
-            conn.close()
-            self._ended()
+        except asyncio.CancelledError:  # (closing: loads no longer matter, and the
+            conn.close()  # connection may have reached _serve, which says it ended)
             raise
 
     def _ended(self) -> None:
@@ -212,12 +210,36 @@ class Listener:
         if self._closed is None:
             return
         loop = asyncio.get_running_loop()
-        if self._socket is not None:
-            if self._socket.fileno() >= 0:
-                loop.remove_reader(self._socket.fileno())
-            self._socket.close()
+        for sock in self._sockets:
+            if sock.fileno() >= 0:
+                loop.remove_reader(sock.fileno())
+            sock.close()
         if isinstance(self.share, handoff.Dispatcher):
             self.share.detach(loop)
         elif self.share is not None and self.share.fileno() >= 0:
             loop.remove_reader(self.share.fileno())
         self._closed.set()
+
+
+def _bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address of ``host`` (all interfaces, IPv4 and IPv6,
+    for an empty one), non-blocking, as ``loop.create_server`` binds them."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _name, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # (the IPv4 socket takes the IPv4 addresses)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:  # (every address on the first one's port)
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(100)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets

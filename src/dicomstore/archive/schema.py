@@ -251,8 +251,10 @@ def create_or_migrate(engine: Any, db: Any, where: str, *, migrate: bool) -> boo
             engine.create(db, engine.ddl(INDEXES), None)
         if "unflushed" not in engine.table_names(db):  # (added since, too)
             engine.create(db, engine.ddl(UNFLUSHED), None)
-        if version != SCHEMA_VERSION and migrate:
-            engine.create(db, "", SCHEMA_VERSION)  # the same tables: a new stamp
+        if version != SCHEMA_VERSION:  # the same tables: a new stamp, before this
+            # writer records a digest an older dicomstore would take for damage (even
+            # `check`'s recovery, which opens without ``migrate``, adopts files)
+            engine.create(db, "", SCHEMA_VERSION)
         return False
     if version > SCHEMA_VERSION:
         raise SchemaError(
