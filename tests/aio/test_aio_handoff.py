@@ -130,3 +130,74 @@ def test_the_first_process_listens_on_every_address_of_its_host() -> None:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _serve_passed(connections: int, ssl_context=None, peer_sends: bytes = b"") -> tuple:
+    """A worker's Listener served ``connections`` passed on its channel (each peer
+    sends ``peer_sends`` and closes): (connections served, bytes said back)."""
+    import asyncio
+
+    from dicomstore.aio.listener import Listener
+
+    async def run() -> tuple[int, bytes]:
+        first, worker = handoff.channels(1)[0]
+        served: list[object] = []
+        ended = asyncio.Event()
+
+        async def on_connect(stream) -> None:
+            served.append(stream)
+
+        listener = Listener("127.0.0.1", 0, on_connect, ssl_context=ssl_context, share=worker)
+        await listener.start()
+        loop = asyncio.get_running_loop()
+        said = bytearray()
+        first.setblocking(False)
+
+        def hear() -> None:
+            said.extend(first.recv(64))
+            if len(said) >= connections:
+                ended.set()
+
+        loop.add_reader(first.fileno(), hear)
+        peers = []
+        for _ in range(connections):
+            conn, peer = socket.socketpair()
+            socket.send_fds(first, [b"c"], [conn.fileno()])
+            conn.close()
+            peer.sendall(peer_sends)
+            peer.shutdown(socket.SHUT_WR)
+            peers.append(peer)
+        await asyncio.wait_for(ended.wait(), 20)
+        await listener.close(grace=1)
+        loop.remove_reader(first.fileno())
+        try:
+            said.extend(first.recv(64))  # (nothing more: one byte per connection)
+        except BlockingIOError:
+            pass
+        for peer in peers:
+            peer.close()
+        first.close()
+        return len(served), bytes(said)
+
+    return asyncio.run(run())
+
+
+def test_a_worker_says_once_that_each_connection_passed_to_it_ended() -> None:
+    assert _serve_passed(3) == (3, handoff.ENDED * 3)
+
+
+def test_a_failed_tls_handshake_in_a_worker_is_said_ended_once(tmp_path) -> None:
+    import ssl
+    import subprocess
+
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "k.pem"]
+        + ["-out", "c.pem", "-days", "1", "-subj", "/CN=test"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    # (a peer that speaks no TLS: the handshake fails, nothing is served)
+    assert _serve_passed(2, context, b"A-ASSOCIATE-RQ, not TLS\r\n") == (0, handoff.ENDED * 2)

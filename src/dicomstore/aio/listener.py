@@ -149,8 +149,7 @@ class Listener:
         task.add_done_callback(self._adopting.discard)
 
     async def _connect(self, conn: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        loop = asyncio.get_running_loop()  # (TCP_NODELAY: association.tune_socket)
         try:
             await loop.connect_accepted_socket(
                 lambda: Stream(self._serve),
