@@ -76,9 +76,9 @@ def add_parser(sub: Any) -> None:
         type=_int(1),
         default=1,
         metavar="N",
-        help="N processes receive on the port (SO_REUSEPORT) into the archive, e.g. one "
-        "per core; limits hold per process; DICOMweb and forwarding run in the first "
-        "(default 1)",
+        help="N processes receive into the archive, e.g. one per core: the first accepts "
+        "each connection and passes it to the one serving the fewest; limits hold per "
+        "process; DICOMweb and forwarding run in the first (default 1)",
     )
     add_loop(s)
     s.add_argument(
