@@ -57,10 +57,11 @@ def test_a_worker_gets_a_working_socket_and_says_when_it_ends(pairs) -> None:
     assert dispatcher.pass_on(conn, 1)  # (this process serves one: the worker takes it)
     assert conn.fileno() == -1  # (closed here)
     worker.setblocking(False)
-    (adopted,) = handoff.receive(worker)
+    (adopted,), lost = handoff.receive(worker)
+    assert lost == 0
     adopted.sendall(b"hello")
     assert peer.recv(5) == b"hello"
-    assert handoff.receive(worker) == []  # (nothing more yet)
+    assert handoff.receive(worker) == ([], 0)  # (nothing more yet)
     assert dispatcher.loads == [1]
     worker.send(handoff.ENDED)
     first.setblocking(False)
@@ -109,7 +110,7 @@ def test_a_full_channel_serves_here_for_now_and_keeps_the_worker(pairs) -> None:
         passed += 1
         assert passed < 5000, "the channel never filled"
     worker.setblocking(False)
-    received = handoff.receive(worker)
+    received, _ = handoff.receive(worker)
     assert len(received) == passed
     for conn in received:
         conn.close()
@@ -201,3 +202,11 @@ def test_a_failed_tls_handshake_in_a_worker_is_said_ended_once(tmp_path) -> None
     context.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
     # (a peer that speaks no TLS: the handshake fails, nothing is served)
     assert _serve_passed(2, context, b"A-ASSOCIATE-RQ, not TLS\r\n") == (0, handoff.ENDED * 2)
+
+
+def test_a_connection_whose_descriptor_did_not_arrive_is_said_ended(pairs) -> None:
+    """(As when the worker is out of descriptors: the kernel drops them, MSG_CTRUNC.)"""
+    (first, worker), _ = pairs
+    first.send(b"c")  # a connection's byte, no descriptor with it
+    worker.setblocking(False)
+    assert handoff.receive(worker) == ([], 1)

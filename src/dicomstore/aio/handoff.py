@@ -116,17 +116,21 @@ class Dispatcher:
         return True
 
 
-def receive(channel: socket.socket) -> list[socket.socket]:
+def receive(channel: socket.socket) -> tuple[list[socket.socket], int]:
     """(A worker.) The connections the first process passed on ``channel`` since the
-    last call (empty when there is nothing; ``EOFError`` when it is gone)."""
+    last call (none when there is nothing; ``EOFError`` when it is gone), and how
+    many more were passed whose descriptors did not arrive (the kernel drops them
+    when this process has no descriptor left, ``MSG_CTRUNC``): to be said ended."""
     adopted: list[socket.socket] = []
+    lost = 0
     while True:
         try:
             message, fds, _flags, _address = socket.recv_fds(channel, 64, 64)
         except BlockingIOError:
-            return adopted
+            return adopted, lost
         adopted.extend(socket.socket(fileno=fd) for fd in fds)
+        lost += max(0, len(message) - len(fds))  # (one byte goes with each descriptor)
         if not message:
-            if adopted:
-                return adopted
+            if adopted or lost:
+                return adopted, lost
             raise EOFError("the first process is gone")

@@ -135,12 +135,16 @@ class Listener:
         """(A worker.) Serve the connections the first process passed."""
         assert isinstance(self.share, socket.socket)
         try:
-            connections = handoff.receive(self.share)
+            connections, lost = handoff.receive(self.share)
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(self.share.fileno())
             return  # (the first process is gone: the worker stops with it)
         for conn in connections:
             self._adopt(conn)
+        if lost:
+            log.error("%d connection(s) passed without their descriptor (out of them?)", lost)
+            for _ in range(lost):
+                self._ended()
 
     def _adopt(self, conn: socket.socket) -> None:
         """Serve a connection accepted here or passed from the first process."""
