@@ -14,7 +14,8 @@ the send is read from ``/proc/PID/task/*/schedstat`` (nanoseconds, not clock tic
 each tree's median CPU per instance and instances/s, and for each pair the median of the
 per-rep ratios (paired: drift of the machine between reps cancels out). DCMTK is not a
 receiver here: for ratios against the peers use ``bench_scp.sh`` or
-``../shared/bench/dicombench.py``.
+``../shared/bench/dicombench.py``. ``--flushes`` adds the archive's flushes (fsync,
+syncfs) per instance, from each server's /metrics (issue 13).
 """
 
 from __future__ import annotations
@@ -69,13 +70,19 @@ def one_run(
     count: int,
     fsync: str = "off",
     options: tuple[str, ...] = (),
-) -> tuple[float, float]:
-    """(CPU ms per instance, instances/s) of one server from ``src`` receiving ``corpus``."""
+    flushes: bool = False,
+) -> tuple[float, float, float | None]:
+    """(CPU ms per instance, instances/s, archive flushes per instance or None) of one
+    server from ``src`` receiving ``corpus``; the flushes read from its /metrics
+    (``flushes``: served with --http-port, whose counters cost every store a little)."""
     work = Path(tempfile.mkdtemp(dir=scratch))
     port = free_port()
     env = {**os.environ, "PYTHONPATH": src}
     cmd = [sys.executable, "-m", "dicomstore.cli", "serve", "--port", str(port)]
     cmd += ["--storage", str(work / "ds"), "--fsync", fsync, "--log-level", "error", *options]
+    http_port = free_port() if flushes else None
+    if http_port is not None:
+        cmd += ["--http-port", str(http_port)]
     server = subprocess.Popen(cmd, env=env)
     try:
         wait_listening(port, server)
@@ -86,11 +93,33 @@ def one_run(
             send, env={**os.environ, "TCP_NODELAY": "1"}, check=True, capture_output=True
         )
         wall, cpu = time.monotonic() - started, cpu_seconds(server.pid) - before
+        per_instance = None if http_port is None else flushes_per_instance(http_port)
     finally:
         server.terminate()
         server.wait()
         shutil.rmtree(work, ignore_errors=True)
-    return cpu / count * 1000, count / wall
+    return cpu / count * 1000, count / wall, per_instance
+
+
+def flushes_per_instance(http_port: int) -> float | None:
+    """The archive's flushes over its instances, from /metrics (None: a tree without
+    those counters)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=30) as got:
+            text = got.read().decode()
+    except urllib.error.URLError:  # (an older tree: no /metrics)
+        return None
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("dicomstore_archive_flushes_total", "dicomstore_archive_instances_total"):
+            values[name] = float(value)
+    if len(values) < 2 or not values["dicomstore_archive_instances_total"]:
+        return None
+    return values["dicomstore_archive_flushes_total"] / values["dicomstore_archive_instances_total"]
 
 
 def main() -> None:
@@ -110,22 +139,37 @@ def main() -> None:
         default="off",
         help="the servers' --fsync (on: durable, the default of serve; use a --scratch on disk)",
     )
+    ap.add_argument(
+        "--flushes",
+        action="store_true",
+        help="also print the archive's flushes per instance (from /metrics: the servers "
+        "then run with --http-port, whose counters add a little CPU to every store)",
+    )
     args = ap.parse_args()
     arms = [tuple(t.split("=", 1)) for t in args.trees]
     if any(len(a) != 2 for a in arms):
         ap.error("each tree is NAME=SRC[,OPTION...]")
     count = sum(1 for p in args.corpus.rglob("*") if p.is_file())
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name, _src in arms}
+    runs: dict[str, list[tuple[float, float, float | None]]] = {name: [] for name, _ in arms}
     for _rep in range(args.reps):
         for name, spec in arms:
             src, *options = spec.split(",")
-            run = one_run(src, args.corpus, args.scratch, count, args.fsync, tuple(options))
+            run = one_run(
+                src, args.corpus, args.scratch, count, args.fsync, tuple(options), args.flushes
+            )
             runs[name].append(run)
     print(f"{count} instances, {args.reps} reps, scratch {args.scratch}, --fsync {args.fsync}")
     for name, values in runs.items():
         cpu = statistics.median(v[0] for v in values)
         rate = statistics.median(v[1] for v in values)
-        print(f"{name:>12}: {cpu:.3f} ms CPU/instance, {rate:.0f} instances/s (medians)")
+        line = f"{name:>12}: {cpu:.3f} ms CPU/instance, {rate:.0f} instances/s (medians)"
+        counted = [v[2] for v in values if v[2] is not None]
+        if args.flushes:
+            if counted:
+                line += f", {statistics.median(counted):.2f} flushes/instance"
+            else:
+                line += ", flushes not counted"
+        print(line)
     for (a, _), (b, _) in itertools.combinations(arms, 2):
         ratios = [y[0] / x[0] for x, y in zip(runs[a], runs[b], strict=True)]
         print(

@@ -98,6 +98,11 @@ log-format = "json"
             sample(before, "dicomstore_http_requests_total", **get_ok) + 1  # the first scrape
         )
         assert sample(after, "dicomstore_http_requests_total", method="POST", status="200") == 1
+        # the archive's group commit: both instances published, flushes counted (none:
+        # fsync off), as the benchmarks read them (flushes per instance)
+        assert sample(after, "dicomstore_archive_instances_total") == 2
+        assert sample(after, "dicomstore_archive_batches_total") == 2
+        assert sample(after, "dicomstore_archive_flushes_total") == 0
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
@@ -160,3 +165,35 @@ def test_association_outcomes_are_counted_by_their_first_word() -> None:
     text = metrics.exposition().decode()
     for word in ("released", "aborted", "rejected", "closed"):
         assert f'dicomstore_associations_total{{outcome="{word}"}} 1.0' in text
+
+
+def test_the_archives_flushes_per_instance_are_counted(tmp_path: Path) -> None:
+    """``dicomstore_archive_flushes_total`` / ``..._instances_total``: the flushes per
+    instance the benchmarks print (issue 13); durable, a lone instance takes one."""
+    from prometheus_client import generate_latest
+
+    from dicomstore.archive.dicomfile import dataset_offset
+
+    metrics = ServerMetrics()
+    with Archive(tmp_path / "root") as archive:  # (durable: fsync on)
+        metrics.watch_archive(archive)
+        ct = Path(get_testdata_file("CT_small.dcm"))
+        for _ in range(2):  # (the second: a duplicate, kept, published all the same)
+            with archive.begin(
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                sop_instance_uid="1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322",
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+            ) as ingest:
+                with ct.open("rb") as f:
+                    f.seek(dataset_offset(f))
+                    ingest.write(f.read())
+                ingest.commit()
+        samples = {
+            s.name: s.value
+            for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+            for s in family.samples
+        }
+        stats = archive.stats.snapshot()
+    assert samples["dicomstore_archive_instances_total"] == stats["instances"] == 2
+    assert samples["dicomstore_archive_flushes_total"] == stats["flushes"] >= 1
+    assert samples["dicomstore_archive_batches_total"] == stats["batches"] == 2

@@ -202,6 +202,7 @@ async def _serve(
             http = None
             if metrics is not None:
                 metrics.watch(server)
+                metrics.watch_archive(archive)
                 from dicomstore.http import HttpServer, build_app
                 from dicomstore.http.limits import HttpLimits
 

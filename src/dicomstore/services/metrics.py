@@ -144,6 +144,12 @@ class ServerMetrics:
                 self.forward_pending.labels(ae).set_function(_pending_count(peer))
                 self.forward_oldest.labels(ae).set_function(_oldest_age(peer))
 
+    def watch_archive(self, archive: Any) -> None:
+        """Read the archive's group-commit counters at each scrape (``archive.stats``,
+        ``commit.CommitStats``): batches, instances, flushes (fsync and syncfs calls;
+        their ratio to instances is the flushes per instance), batches flushed before."""
+        self.registry.register(_ArchiveCollector(archive))
+
     def audit(self, inner: AuditSink | None) -> AuditSink:
         """An audit sink that counts each association's outcome, then hands every
         record to ``inner`` (the real audit log; None: none)."""
@@ -213,3 +219,26 @@ class _CountingAudit:
         retrieve = getattr(self.inner, "retrieve", None)
         if retrieve is not None:
             retrieve(record)
+
+
+class _ArchiveCollector:
+    """The archive's ``CommitStats`` as counters, read when scraped."""
+
+    HELP = {
+        "batches": "Batches the group commit published",
+        "instances": "Instances the group commit published",
+        "flushes": "Flushes (fsync, syncfs) the archive made; SQLite's own are not counted",
+        "flushed_before": "Batches an earlier flush had made durable already",
+    }
+
+    def __init__(self, archive: Any) -> None:
+        self.archive = archive
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        counts = self.archive.stats.snapshot()
+        for key, text in self.HELP.items():
+            family = CounterMetricFamily(f"dicomstore_archive_{key}", text)
+            family.add_metric([], counts[key])
+            yield family
