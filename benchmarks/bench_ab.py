@@ -112,11 +112,14 @@ def flushes_per_instance(http_port: int) -> float | None:
             text = got.read().decode()
     except urllib.error.URLError:  # (an older tree: no /metrics)
         return None
-    values = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("dicomstore_archive_flushes_total", "dicomstore_archive_instances_total"):
-            values[name] = float(value)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in ("dicomstore_archive_flushes_total", "dicomstore_archive_instances_total")
+    }
     if len(values) < 2 or not values["dicomstore_archive_instances_total"]:
         return None
     return values["dicomstore_archive_flushes_total"] / values["dicomstore_archive_instances_total"]

@@ -90,17 +90,28 @@ def test_header_is_on_disk_with_the_first_fragment(archive: Archive) -> None:
     assert outcome.status != SUCCESS and "empty" in (outcome.error_comment or "")
 
 
-def test_one_os_write_per_fragment(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The header goes out joined to the first fragment (one write for a small
-    instance); every other fragment is one write."""
-    calls = []
-    real_write = os.write
+def _count_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
+    """Every os.write (its length) and os.writev (its parts) from now on."""
+    calls: list[tuple[str, object]] = []
+    real_write, real_writev = os.write, os.writev
 
-    def counting_write(fd: int, data: bytes) -> int:
-        calls.append(len(data))
+    def write(fd: int, data: bytes) -> int:
+        calls.append(("write", len(data)))
         return real_write(fd, data)
 
-    monkeypatch.setattr(os, "write", counting_write)
+    def writev(fd: int, parts: list[memoryview]) -> int:
+        calls.append(("writev", list(parts)))
+        return real_writev(fd, parts)
+
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "writev", writev)
+    return calls
+
+
+def test_one_system_call_per_fragment(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header goes out with the first fragment (one writev), every other fragment
+    in one write."""
+    calls = _count_writes(monkeypatch)
     data = dataset(pixels=5000)
     ingest = archive.begin(
         sop_class_uid=CT, sop_instance_uid="1.2.3.4.5.6.7", transfer_syntax_uid=EXPLICIT_LE
@@ -109,28 +120,27 @@ def test_one_os_write_per_fragment(archive: Archive, monkeypatch: pytest.MonkeyP
     fragments = [data[i : i + 1024] for i in range(0, len(data), 1024)]
     for fragment in fragments:
         ingest.write(fragment)
-    header = calls[0] - len(fragments[0])
-    assert header > 132 and calls[1:] == [len(f) for f in fragments[1:]]
+    (kind, parts), *rest = calls
+    header, first = parts  # type: ignore[misc]
+    assert kind == "writev" and header.nbytes > 132 and bytes(first) == fragments[0]
+    assert rest == [("write", len(f)) for f in fragments[1:]]
     monkeypatch.undo()
     assert ingest.commit().status == SUCCESS
     with open(archive.path_of("1.2.3.4.5.6.7"), "rb") as f:  # type: ignore[arg-type]
-        assert f.read()[header:] == data
+        assert f.read()[header.nbytes :] == data
 
 
-def test_a_large_first_fragment_is_not_copied_to_join_the_header(
+def test_the_first_fragment_is_not_copied_to_join_the_header(
     archive: Archive, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[int] = []
-    real_write = os.write
-    monkeypatch.setattr(
-        os, "write", lambda fd, data: (calls.append(len(data)), real_write(fd, data))[1]
-    )
+    calls = _count_writes(monkeypatch)
     data = dataset(pixels=100_000)
     ingest = archive.begin(
         sop_class_uid=CT, sop_instance_uid="1.2.3.4.5.6.7", transfer_syntax_uid=EXPLICIT_LE
     )
     ingest.write(data)
-    assert len(calls) == 2 and calls[1] == len(data)  # the header, then the fragment itself
+    ((kind, (_header, fragment)),) = calls  # type: ignore[misc]
+    assert kind == "writev" and fragment.obj is data  # (the caller's own bytes)
     monkeypatch.undo()
     assert ingest.commit().status == SUCCESS
 
@@ -310,10 +320,9 @@ def test_enospc_while_writing_meta_is_a700(
     data = dataset()
     with monkeypatch.context() as patch:
         patch.setattr(os, "write", _enospc)
+        patch.setattr(os, "writev", _enospc)
         ingest.write(data[:100])
-    written: list[int] = []
-    real_write = os.write
-    monkeypatch.setattr(os, "write", lambda fd, b: (written.append(len(b)), real_write(fd, b))[1])
+    written = _count_writes(monkeypatch)
     ingest.write(data[100:])
     monkeypatch.undo()
     assert written == []

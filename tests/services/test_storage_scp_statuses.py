@@ -166,19 +166,24 @@ def test_c000_garbage_cannot_be_understood(tmp_path) -> None:
 
 def test_a700_disk_full(tmp_path, monkeypatch) -> None:
     ds = make_dataset()
-    real_write = os.write
+    real_write, real_writev = os.write, os.writev
 
     def full(fd, data):
         if len(data) > 100:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
+    def full_v(fd, parts):  # (the first fragment goes out with the file's header)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
     async def scenario(assoc, archive):
         monkeypatch.setattr(os, "write", full)
+        monkeypatch.setattr(os, "writev", full_v)
         try:
             failed = await store(assoc, ds)
         finally:
             monkeypatch.setattr(os, "write", real_write)
+            monkeypatch.setattr(os, "writev", real_writev)
         again = await store(assoc, ds)  # storing resumes once there is space
         return failed, again, archive.instances()
 

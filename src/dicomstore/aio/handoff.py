@@ -43,9 +43,11 @@ class Dispatcher:
         self._next = 0  # slot 0 is this process, slot i + 1 worker i
         #: the workers are being stopped: their ending is expected
         self.stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # (attach's)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start reading what the workers say (in the loop that accepts)."""
+        self._loop = loop
         for number, end in enumerate(self._ends):
             end.setblocking(False)
             loop.add_reader(end.fileno(), self._ended, number)
@@ -76,16 +78,13 @@ class Dispatcher:
                 "worker %d is gone: connections are served by the others",
                 number + 1,
             )
-            end = self._ends[number]
-            try:
-                asyncio.get_running_loop().remove_reader(end.fileno())
-            except RuntimeError:
-                pass
+            if self._loop is not None:
+                self._loop.remove_reader(self._ends[number].fileno())
 
     def pass_on(self, conn: socket.socket, here: int) -> bool:
         """Pass ``conn`` to a worker if one serves fewer connections than this process
         (``here``), or as many and it is its turn; True when passed (then this
-        process's descriptor of it is closed). None once the workers are being
+        process's descriptor of it is closed). False once the workers are being
         stopped (:attr:`stopping`): they would not serve it."""
         if self.stopping:
             return False

@@ -217,6 +217,7 @@ class Listener:
             if sock.fileno() >= 0:
                 loop.remove_reader(sock.fileno())
             sock.close()
+        self._sockets = []
         if isinstance(self.share, handoff.Dispatcher):
             self.share.detach(loop)
         elif self.share is not None and self.share.fileno() >= 0:

@@ -45,11 +45,13 @@ class FilePublishing:
     def start(self, stats: CommitStats, submitted: Callable[[], int]) -> None:
         self.stats = stats
         self.submitted = submitted
-        syncfs = layout.SYNCFS_AVAILABLE if self._use_syncfs is None else self._use_syncfs
-        if self.fsync and syncfs:
-            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-            self._fs_fd = os.open(self.root / layout.TMP_DIR, flags)
+        if self._syncs():
+            self._fs_fd = _open_folder(self.root / layout.TMP_DIR)
             self.watch_errors()
+
+    def _syncs(self) -> bool:
+        """Whether this storage flushes with syncfs (fsync on, syncfs not refused)."""
+        return self.fsync and layout.SYNCFS_AVAILABLE and self._use_syncfs is not False
 
     def watch_errors(self) -> None:
         """Open now the descriptor the syncfs of :meth:`flush_keys` will go through
@@ -60,10 +62,8 @@ class FilePublishing:
         just before (and for which it withdraws that very file), and sharing the
         writer's own descriptor, the writer's flushes could take it first.
         Released by :meth:`close`."""
-        syncfs = layout.SYNCFS_AVAILABLE and self._use_syncfs is not False
-        if self._watch_fd < 0 and self.fsync and syncfs:
-            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-            self._watch_fd = os.open(self.root, flags)
+        if self._watch_fd < 0 and self._syncs():
+            self._watch_fd = _open_folder(self.root)
 
     def close(self) -> None:
         """Release the descriptors used for syncfs (call when no batch runs)."""
@@ -306,26 +306,20 @@ class FilePublishing:
         does not move: only its own descriptor's syncfs says its files are.)"""
         if not self.fsync:
             return True
+        self.watch_errors()  # (opened now at the latest, and kept: see there)
         fd = self._watch_fd
-        own = fd < 0 and layout.SYNCFS_AVAILABLE and self._use_syncfs is not False
-        if own:
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            if fd >= 0:
-                self.stats.flushes += 1
-                layout.syncfs(fd)
-                return index_file is not None and _same_fs(index_file, fd)
-            folders: set[Path] = set()
-            for key in keys:
-                path = layout.resolve(self.root, key)
-                layout.fsync_file(path)
-                folders.update(layout.folders_up_to(self.root, path))
-            for folder in folders:
-                layout.fsync_dir(folder)
-            return False
-        finally:
-            if own:
-                os.close(fd)
+        if fd >= 0:
+            self.stats.flushes += 1
+            layout.syncfs(fd)
+            return index_file is not None and _same_fs(index_file, fd)
+        folders: set[Path] = set()
+        for key in keys:
+            path = layout.resolve(self.root, key)
+            layout.fsync_file(path)
+            folders.update(layout.folders_up_to(self.root, path))
+        for folder in folders:
+            layout.fsync_dir(folder)
+        return False
 
     def finish(self, placed: list[Staged]) -> None:
         """The final names are committed: the replaced version's names go, its
@@ -466,3 +460,8 @@ def _same_fs(path: Path, fd: int) -> bool:
         return os.stat(path).st_dev == os.fstat(fd).st_dev
     except OSError:
         return False
+
+
+def _open_folder(path: Path) -> int:
+    """A descriptor of the folder at ``path`` to syncfs through."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

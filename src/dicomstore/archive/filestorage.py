@@ -109,7 +109,17 @@ class FileStorage(FilePublishing):
     def create(self, temp: str) -> int:
         return os.open(temp, _CREATE, 0o644)
 
-    def write(self, handle: int, data: bytes | bytearray | memoryview) -> None:
+    def write(
+        self, handle: int, data: bytes | bytearray | memoryview, *more: bytes | memoryview
+    ) -> None:
+        if more:  # (one writev: no copy joins them)
+            parts = [memoryview(data), *(memoryview(part) for part in more)]
+            written = os.writev(handle, parts)
+            total = sum(part.nbytes for part in parts)
+            if written < total:  # short write: rare for regular files
+                data = b"".join(parts)[written:]
+            else:
+                return
         written = os.write(handle, data)
         if written < len(data):  # short write: rare for regular files
             view = memoryview(data)[written:]

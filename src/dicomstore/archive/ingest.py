@@ -4,8 +4,8 @@
 create a temporary (``storage.WritableStorage.create``: a file in
 ``<root>/.tmp/node-*``) and makes the preamble, ``DICM`` and File Meta
 Information (from a template: ``dicomfile.MetaTemplates``), written with the
-first fragment (one ``os.write`` for a small instance; an instance without a
-data set is refused as empty, its header never written);
+first fragment (one ``os.writev``, no copy; an instance without a data set is
+refused as empty, its header never written);
 :meth:`Ingest.write` appends each data set fragment exactly as received with
 one ``storage.write`` (for files one ``os.write``, no buffer), feeds the
 digest of the data set (``digests``) and keeps a copy of its first ``scan.PREFIX_SIZE``
@@ -49,8 +49,6 @@ __all__ = ["Ingest", "Publish", "Staged", "describe_os_error"]
 Publish = Callable[[Staged], StoreOutcome]
 #: With ``fsync``, a large instance's bytes are handed to the disk every this many.
 WRITEBACK_EVERY = 8 << 20
-#: A first fragment up to this size goes out joined to the header, in one write.
-JOIN_HEADER_MAX = 64 * 1024
 _TEMPLATES = MetaTemplates()  # for an Ingest made without an archive's templates
 
 
@@ -146,13 +144,9 @@ class Ingest:
         view = memoryview(fragment).cast("B")
         header = self._header
         try:
-            if header is not None:
+            if header is not None:  # (the first fragment: one writev with the header)
                 self._header = None
-                if len(view) <= JOIN_HEADER_MAX:
-                    self._storage.write(self._fd, header + view)
-                else:
-                    self._storage.write(self._fd, header)
-                    self._storage.write(self._fd, view)
+                self._storage.write(self._fd, header, view)
             else:
                 self._storage.write(self._fd, view)
         except OSError as exc:

@@ -169,8 +169,11 @@ class WritableStorage(Storage, Protocol):
         """A new, empty temporary (never one that exists); its handle."""
         ...
 
-    def write(self, handle: int, data: bytes | bytearray | memoryview) -> None:
-        """Append all of ``data`` to the temporary."""
+    def write(
+        self, handle: int, data: bytes | bytearray | memoryview, *more: bytes | memoryview
+    ) -> None:
+        """Append all of ``data`` to the temporary, then all of each of ``more`` (as
+        one write where the storage can: no copy joins them)."""
         ...
 
     def writeback(self, handle: int) -> None:

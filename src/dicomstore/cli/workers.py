@@ -66,7 +66,7 @@ def start(args: argparse.Namespace) -> list[BaseProcess]:
     """Start ``args.workers - 1`` workers (the first process is the other one), each
     given its end of a channel made by :func:`share`."""
     context = multiprocessing.get_context("spawn")
-    values = {**vars(args), **_FIRST_ONLY, "worker": True}
+    values = {**vars(args), **_FIRST_ONLY}
     workers: list[BaseProcess] = []
     for number, end in enumerate(args.worker_ends, start=1):
         worker = context.Process(
