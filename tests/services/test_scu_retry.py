@@ -243,8 +243,8 @@ def test_a_file_unreadable_mid_send_aborts_and_the_rest_still_goes(
     bad = uid_of(files[1])
     original = sources.file_chunks
 
-    def failing(f, size, check=None):
-        chunks = original(f, size, check)
+    def failing(f, size, check=None, first=None):
+        chunks = original(f, size, check, first)
         yield next(chunks)
         if f.name == str(files[1]):
             raise sources.SourceReadError("read failed: Input/output error")

@@ -175,3 +175,20 @@ def test_file_chunks_are_the_data_set_bytes_in_pdv_multiples(tmp_path: Path) -> 
     chunks = list(sources.file_chunks(sources.open_dataset(inst), size))
     assert b"".join(chunks) == path.read_bytes()[10:]
     assert all(len(c) == size for c in chunks[:-1])
+
+
+def test_file_chunks_grow_from_the_first_read_to_the_read_size(tmp_path: Path) -> None:
+    """The first PDVs go out after a small read; the rest of a large file in large ones."""
+    from dicomstore.services import storage_scu
+
+    pdv = 16384 - 6
+    path = tmp_path / "x.bin"
+    path.write_bytes(bytes(range(256)) * 20_000)  # 5.12 MB
+    inst = sources.Instance("1.2", "1.2.3", uids.EXPLICIT_VR_LE, path, offset=0, size=5_120_000)
+    chunks = list(storage_scu.file_chunks(sources.open_dataset(inst), 16384, lambda: None))
+    assert b"".join(chunks) == path.read_bytes()
+    sizes = [len(c) for c in chunks[:-1]]
+    first = storage_scu.read_size(16384, storage_scu.FIRST_READ)
+    assert sizes[:5] == [first, 2 * first, 4 * first, 8 * first, 16 * first]
+    assert all(s % pdv == 0 for s in sizes)
+    assert max(sizes) == storage_scu.read_size(16384) == sizes[-1]

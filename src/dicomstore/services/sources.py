@@ -397,24 +397,31 @@ def open_dataset(instance: Instance) -> IO[bytes]:
 
 
 def file_chunks(
-    f: IO[bytes], chunk_size: int, check: Callable[[], None] | None = None
+    f: IO[bytes],
+    chunk_size: int,
+    check: Callable[[], None] | None = None,
+    first: int | None = None,
 ) -> Iterator[bytes]:
     """The rest of file ``f``, unchanged, in chunks of ``chunk_size``; closes ``f``.
 
+    ``first``: the first chunk's size, doubled at each read up to ``chunk_size`` (the
+    peer gets the first bytes soon, a large file still goes in large reads).
     ``check`` runs before each read and may raise to stop (e.g. when the
     association died): a dead peer must not make us read a 2 GiB file.
     """
+    size = min(first or chunk_size, chunk_size)
     with f:
         while True:
             if check is not None:
                 check()
             try:
-                chunk = f.read(chunk_size)
+                chunk = f.read(size)
             except OSError as exc:
                 raise SourceReadError(f"read failed: {exc.strerror or exc}") from None
             if not chunk:
                 return
             yield chunk
+            size = min(size * 2, chunk_size)
 
 
 def exactly(chunks: Iterable[bytes], instance: Instance) -> Iterator[bytes]:
