@@ -145,3 +145,42 @@ def test_a_command_goes_out_in_the_write_of_its_first_fragment() -> None:
     assert out[0].is_command and not any(p.is_command for p in out[1:])
     assert b"".join(bytes(p.data) for p in out[1:]) == b"".join(chunks)
     assert len(writes) == 3  # (the command with the first chunk, then one per chunk)
+
+
+def test_with_its_size_known_each_chunk_goes_out_before_the_next_is_read() -> None:
+    t, stream = accepted_transport()
+    chunks = [bytes([n]) * 1000 for n in range(4)]
+    seen: list[int] = []  # bytes of data set on the wire when each chunk is read
+
+    def reading():
+        for chunk in chunks:
+            seen.append(sum(len(p.data) for p in pdvs(bytes(stream.written)) if not p.is_command))
+            yield chunk
+
+    sent = asyncio.run(t.send_dataset_chunks(3, reading(), CEchoRQ(7).encode(), 4000))
+    assert sent == 4000 and seen == [0, 1000, 2000, 3000]
+    data = [p for p in pdvs(bytes(stream.written)) if not p.is_command]
+    assert b"".join(bytes(p.data) for p in data) == b"".join(chunks)
+    assert [p.is_last for p in data] == [False, False, False, True]
+    # without the size, a chunk waits for the next (only then is it known not the last)
+    stream.written.clear()
+    seen.clear()
+    asyncio.run(t.send_dataset_chunks(3, reading()))
+    assert seen == [0, 0, 1000, 2000]
+
+
+@pytest.mark.parametrize(("size", "reason"), [(3999, "runs past"), (4001, "ended at 4000")])
+def test_chunks_that_do_not_add_up_to_the_size_stop_the_stream(size: int, reason: str) -> None:
+    from dicomstore.errors import LocalProtocolError
+
+    t, stream = accepted_transport()
+    chunks = [bytes(1000)] * 4
+    with pytest.raises(LocalProtocolError, match=reason):
+        asyncio.run(t.send_dataset_chunks(3, chunks, None, size))
+    assert not any(p.is_last for p in pdvs(bytes(stream.written)))  # no last fragment sent
+
+
+def test_an_empty_data_set_of_size_zero_is_one_empty_last_fragment() -> None:
+    t, stream = accepted_transport()
+    assert asyncio.run(t.send_dataset_chunks(3, [], None, 0)) == 0
+    assert [(len(p.data), p.is_last) for p in pdvs(bytes(stream.written))] == [(0, True)]

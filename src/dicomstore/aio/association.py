@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from dicomstore.aio.stream import RECV_BUFFER, RECV_INITIAL, Stream  # noqa: F401 - re-exported
 from dicomstore.dimse import DimseAssembler, command_pdvs, dataset_pdvs
-from dicomstore.errors import RemoteProtocolError
+from dicomstore.errors import LocalProtocolError, RemoteProtocolError
 from dicomstore.ul.connection import Connection
 from dicomstore.ul.events import ULEvent
 from dicomstore.ul.fsm import State
@@ -236,17 +236,24 @@ class Transport:
         self.write_now()
 
     async def send_dataset_chunks(
-        self, context_id: int, chunks: Iterable[bytes], command: bytes | None = None
+        self,
+        context_id: int,
+        chunks: Iterable[bytes],
+        command: bytes | None = None,
+        size: int | None = None,
     ) -> int:
         """Send a data set from an iterable of chunks, streaming; returns bytes sent.
 
         Each chunk becomes one or more PDVs no larger than the peer allows;
-        the last chunk's last PDV carries the "last fragment" bit. ``command``,
-        the message's command set, goes out in the same write as the first
-        fragment (a small message in one system call, and one wake-up of the
-        peer). Messages others queue meanwhile (:meth:`queue_message`) follow
-        it; if the stream fails they are dropped with it (the association
-        cannot go on: abort it).
+        the last chunk's last PDV carries the "last fragment" bit (PS3.8 E.2).
+        With the data set's ``size`` known, each chunk goes out as soon as it
+        is read (the last is the one that reaches ``size``; chunks adding up to
+        another size raise LocalProtocolError); else one chunk is held back
+        until the next shows it was not the last. ``command``, the message's
+        command set, goes out in the same write as the first fragment (a small
+        message in one system call, and one wake-up of the peer). Messages
+        others queue meanwhile (:meth:`queue_message`) follow it; if the stream
+        fails they are dropped with it (the association cannot go on: abort it).
         """
         max_pdu = self.negotiated.peer_max_pdu if self.negotiated else 0
         conn = self.conn
@@ -256,14 +263,23 @@ class Transport:
             conn.send_each(command_pdvs(context_id, command, max_pdu))
         self._streaming = True
         try:
-            for chunk in chunks:
-                if previous is not None:
-                    conn.send_each(dataset_pdvs(context_id, previous, max_pdu, False))
-                    self.write_now()
-                    if self._unflushed >= DRAIN_EVERY:
-                        await self.drain()
-                previous = chunk
-                total += len(chunk)
+            if size is None:
+                for chunk in chunks:
+                    if previous is not None:
+                        await self._send_fragment(context_id, previous, max_pdu)
+                    previous = chunk
+                    total += len(chunk)
+            else:
+                for chunk in chunks:
+                    total += len(chunk)
+                    if total > size:
+                        raise LocalProtocolError(f"the data set runs past its {size} bytes")
+                    if total == size:
+                        previous = chunk or previous  # (the last: sent below)
+                    elif chunk:
+                        await self._send_fragment(context_id, chunk, max_pdu)
+                if total != size:
+                    raise LocalProtocolError(f"the data set ended at {total} of its {size} bytes")
             conn.send_each(dataset_pdvs(context_id, previous or b"", max_pdu, True))
         except BaseException:
             self._held.clear()
@@ -275,6 +291,13 @@ class Transport:
             self.queue_message(*message)
         self.write_now()
         return total
+
+    async def _send_fragment(self, context_id: int, chunk: bytes, max_pdu: int) -> None:
+        """Send a data set chunk that is not the last (waiting when much is unsent)."""
+        self.conn.send_each(dataset_pdvs(context_id, chunk, max_pdu, False))
+        self.write_now()
+        if self._unflushed >= DRAIN_EVERY:
+            await self.drain()
 
     async def close(self) -> None:
         """Close the socket (idempotent)."""

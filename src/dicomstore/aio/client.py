@@ -239,8 +239,10 @@ class ClientAssociation:
         *,
         priority: int = 0,
         move_originator: tuple[str, int] | None = None,
+        size: int | None = None,
     ) -> CStoreRSP:
-        """C-STORE (PS3.7 9.3.1) of a data set given as chunks in ``context``'s syntax.
+        """C-STORE (PS3.7 9.3.1) of a data set given as chunks in ``context``'s syntax
+        (of ``size`` bytes, when known: each chunk is sent as soon as it is read).
 
         Waits for a slot of the operations window, sends the request and the
         data set, and returns the C-STORE-RSP when it arrives.
@@ -252,6 +254,7 @@ class ClientAssociation:
             chunks,
             priority=priority,
             move_originator=move_originator,
+            size=size,
         )
 
     async def store(

@@ -359,8 +359,10 @@ class Invoker:
         *,
         priority: int = 0,
         move_originator: tuple[str, int] | None = None,
+        size: int | None = None,
     ) -> CStoreRSP:
-        """C-STORE (PS3.7 9.3.1) of a data set given as chunks in ``context``'s syntax.
+        """C-STORE (PS3.7 9.3.1) of a data set given as chunks in ``context``'s syntax
+        (of ``size`` bytes, when known: each chunk is sent as soon as it is read).
 
         Waits for a slot of the operations window, sends the request and the
         data set, and returns the C-STORE-RSP when it arrives.
@@ -382,7 +384,7 @@ class Invoker:
             try:
                 async with self.send_lock:
                     self.check_usable()
-                    await self.t.send_dataset_chunks(context.id, chunks, rq.encode())
+                    await self.t.send_dataset_chunks(context.id, chunks, rq.encode(), size)
                     await self.t.drain()
             except BaseException:
                 self._forget(msg_id, future)

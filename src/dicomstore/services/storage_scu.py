@@ -290,6 +290,7 @@ async def store_instance(
             chunks,
             priority=priority,
             move_originator=move_originator,
+            size=nbytes,
         )
     finally:
         if f is not None:
