@@ -4,10 +4,16 @@ Run on demand (not part of the tests), loopback only:
 
     python /work/shared/bench/make_corpus.py /tmp/corpus --sets ct,tiny
     python benchmarks/bench_send.py /tmp/corpus --sets ct,tiny --reps 3
+    python benchmarks/bench_send.py /tmp/corpus --receiver dicomstore --senders dicomstore,dcmtk
 
-Every run starts a fresh DCMTK ``storescp --bit-preserving`` (the fast
-receiver; ``--fork`` for the parallel rows) on an empty output directory,
-waits for its listening socket (read from /proc, no probe connection), runs
+Every run starts a fresh receiver on an empty output directory: DCMTK
+``storescp --bit-preserving`` (the fast receiver; ``--fork`` for the parallel
+rows), or with ``--receiver dicomstore`` (``dicomstore-nofsync``: ``--fsync
+off``) ``dicomstore serve``, which grants an operations window (PS3.7 D.3.3.3)
+that ``dicomstore send`` uses (``--max-ops``, default 16) and storescu does
+not: the column "vs storescu x1" then compares each row with one storescu
+association into the same receiver. It waits for the listening socket (read
+from /proc, no probe connection), runs
 the sender(s), and records the wall time, the senders' CPU and peak RSS (from
 ``wait4``), and the number of Part-10 files received.  One association per
 sender, or four in parallel: ``dicomstore send --parallel 4`` in one process,
@@ -24,6 +30,7 @@ import compileall
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -105,20 +112,38 @@ def commands(sender: str, port: int, corpus: Path, parts: list[Path]) -> list[li
     raise ValueError(sender)
 
 
-def run_once(sender: str, corpus: Path, parts: list[Path], out: Path) -> dict:
+def receiver_command(receiver: str, port: int, out: Path, parallel: int) -> list[str]:
+    """The receiving process: DCMTK storescp, or dicomstore serve (durable or not)."""
+    if receiver == "storescp":
+        cmd = [str(DCMTK / "storescp"), "--bit-preserving", "-od", str(out), str(port)]
+        return cmd[:1] + ["--fork"] + cmd[1:] if parallel > 1 else cmd
+    serve = [sys.executable, "-m", "dicomstore.cli", "serve", "--port", str(port)]
+    serve += ["--storage", str(out / "archive"), "--log-level", "warning", "--max-ops", "16"]
+    if receiver == "dicomstore-nofsync":
+        return serve + ["--fsync", "off"]
+    if receiver == "dicomstore":
+        return serve
+    raise ValueError(receiver)
+
+
+def run_once(
+    sender: str, corpus: Path, parts: list[Path], out: Path, receiver: str = "storescp"
+) -> dict:
     """One run: fresh receiver, sender(s), measurements."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     port = free_port()
-    receiver = [str(DCMTK / "storescp"), "--bit-preserving", "-od", str(out), str(port)]
-    if len(parts) > 1:
-        receiver.insert(1, "--fork")
-    rx = subprocess.Popen(receiver, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rx = subprocess.Popen(
+        receiver_command(receiver, port, out, len(parts)),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while not listening(port):
             if rx.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("storescp did not start")
+                raise RuntimeError(f"{receiver} did not start")
             time.sleep(0.01)
         start = time.perf_counter()
         procs = [
@@ -135,8 +160,12 @@ def run_once(sender: str, corpus: Path, parts: list[Path], out: Path) -> dict:
             rss = max(rss, usage.ru_maxrss / 1024)
         wall = time.perf_counter() - start
     finally:
-        rx.terminate()
-        rx.wait(10)
+        rx.send_signal(signal.SIGINT)  # (dicomstore serve: a clean stop; storescp ends too)
+        try:
+            rx.wait(20)
+        except subprocess.TimeoutExpired:
+            rx.kill()
+            rx.wait()
     return {"wall": wall, "cpu": cpu, "rss_mb": rss, "received": count_dicom(out), "codes": codes}
 
 
@@ -149,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", default="1,4", help="associations: comma list (default 1,4)")
     ap.add_argument(
         "--pynetdicom-reps", type=int, default=1, help="runs for pynetdicom (slow; default 1)"
+    )
+    ap.add_argument(
+        "--receiver",
+        choices=("storescp", "dicomstore", "dicomstore-nofsync"),
+        default="storescp",
+        help="what the senders send to (default storescp --bit-preserving)",
     )
     ap.add_argument("--results", type=Path, help="append every run as a JSON line")
     ap.add_argument(
@@ -163,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
     senders = args.senders.split(",")
     rows = []
+    single: dict[str, float] = {}  # set -> one storescu association's inst/s
     with tempfile.TemporaryDirectory(prefix="bench_send_") as tmp:
         for name in args.sets.split(","):
             corpus = args.corpus / name
@@ -181,8 +217,15 @@ def main(argv: list[str] | None = None) -> int:
                         reps = args.pynetdicom_reps if sender == "pynetdicom" else args.reps
                         if rep >= reps:
                             continue
-                        r = run_once(sender, corpus, parts, args.out or Path(tmp) / "out")
-                        r.update(set=name, parallel=parallel, sender=sender, rep=rep)
+                        out = args.out or Path(tmp) / "out"
+                        r = run_once(sender, corpus, parts, out, args.receiver)
+                        r.update(
+                            set=name,
+                            parallel=parallel,
+                            sender=sender,
+                            rep=rep,
+                            receiver=args.receiver,
+                        )
                         every[sender].append(r)
                         print(json.dumps(r), file=sys.stderr)
                         if args.results:
@@ -201,19 +244,23 @@ def main(argv: list[str] | None = None) -> int:
                         "reps": reps,
                     }
                 base = medians.get("dcmtk")
+                if parallel == 1 and base:
+                    single[name] = base["inst_s"]
                 for sender, m in medians.items():
                     ratio = m["inst_s"] / base["inst_s"] if base else float("nan")
                     rows.append((name, parallel, sender, m, ratio))
+    print(f"receiver: {args.receiver}")
     print(
         "| set | assocs | sender | runs | wall s | inst/s | MB/s | sender CPU s "
-        "| peak RSS MB | all received | vs DCMTK |"
+        "| peak RSS MB | all received | vs DCMTK | vs storescu x1 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, parallel, sender, m, ratio in rows:
+        one = m["inst_s"] / single[name] if name in single else float("nan")
         print(
             f"| {name} | {parallel} | {sender} | {m['reps']} | {m['wall']:.2f} | "
             f"{m['inst_s']:.0f} | {m['mb_s']:.0f} | {m['cpu']:.2f} | {m['rss']:.0f} | "
-            f"{'yes' if m['ok'] else 'NO'} | {ratio:.2f} |"
+            f"{'yes' if m['ok'] else 'NO'} | {ratio:.2f} | {one:.2f} |"
         )
     return 0
 
