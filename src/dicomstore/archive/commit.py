@@ -124,6 +124,7 @@ class GroupCommit:
         self._last = 1  # size of the last batch
         self._busy = False
         self._closed = False
+        self._gathering = False  # a leader waits on _joined (notify only then)
         #: instances submitted so far (the ``seq`` of the last one)
         self.submitted = 0
 
@@ -136,19 +137,22 @@ class GroupCommit:
         """An announced commit will not submit (its instance failed its checks)."""
         with self._lock:
             self._arriving -= 1
-            self._joined.notify_all()
+            if self._gathering:
+                self._joined.notify_all()
 
     def submit(self, staged: Staged) -> StoreOutcome:
         """Publish ``staged`` (with whatever else is waiting); its outcome."""
         with self._lock:
             self._arriving -= 1
             if self._closed:
-                self._joined.notify_all()
+                if self._gathering:
+                    self._joined.notify_all()
                 raise ArchiveClosedError("the archive is closed")
             self.submitted += 1
             staged.seq = self.submitted
             self._queue.append(staged)
-            self._joined.notify_all()
+            if self._gathering:  # (a Condition's notify costs a few calls: the hot path)
+                self._joined.notify_all()
             leader = not self._busy
             if leader:
                 self._busy = True
@@ -192,7 +196,8 @@ class GroupCommit:
                 self._queue[0].wake.release()  # the lead passes on; still busy
             else:
                 self._busy = False
-                self._idle.notify_all()
+                if self._closed:  # (only close() waits on it)
+                    self._idle.notify_all()
 
     def _wait_for_members(self) -> None:
         """(Holding the lock.) Let the commits on their way join the next batch."""
@@ -206,7 +211,11 @@ class GroupCommit:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            self._joined.wait(left)
+            self._gathering = True
+            try:
+                self._joined.wait(left)
+            finally:
+                self._gathering = False
 
     def close(self) -> None:
         """Refuse new instances and wait for the batch being published."""
