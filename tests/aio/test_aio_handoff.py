@@ -210,3 +210,46 @@ def test_a_connection_whose_descriptor_did_not_arrive_is_said_ended(pairs) -> No
     first.send(b"c")  # a connection's byte, no descriptor with it
     worker.setblocking(False)
     assert handoff.receive(worker) == ([], 1)
+
+
+def test_an_end_said_into_a_full_channel_goes_when_it_has_room() -> None:
+    """The worker's byte back must not be dropped when its channel is full: the
+    first process would count that connection as served there for ever."""
+    import asyncio
+
+    from dicomstore.aio.listener import Listener
+
+    async def run() -> tuple[int, int]:
+        first, worker = handoff.channels(1)[0]
+        worker.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        listener = Listener("127.0.0.1", 0, lambda stream: asyncio.sleep(0), share=worker)
+        await listener.start()
+        worker.setblocking(False)
+        filler = 0
+        try:
+            while True:
+                filler += worker.send(b"x" * 4096)
+        except BlockingIOError:
+            pass  # (the channel is full: the first process reads nothing meanwhile)
+        for _ in range(3):
+            listener._ended()  # three connections end
+        dispatcher = handoff.Dispatcher([first])
+        dispatcher.loads[0] = 3 + filler  # (the filler bytes read as ends too)
+        room = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def hear() -> None:
+            dispatcher._ended(0)
+            if dispatcher.loads[0] == 0:
+                room.set()
+
+        loop.add_reader(first.fileno(), hear)
+        await asyncio.wait_for(room.wait(), 20)
+        loop.remove_reader(first.fileno())
+        await listener.close(grace=1)
+        unsaid = listener._unsaid
+        first.close()
+        worker.close()
+        return dispatcher.loads[0], unsaid
+
+    assert asyncio.run(run()) == (0, 0)

@@ -53,6 +53,9 @@ class Listener:
         self._server: asyncio.base_events.Server | None = None
         self._sockets: list[socket.socket] = []  # (accepting for a Dispatcher)
         self._closed: asyncio.Event | None = None
+        #: (a worker) connections ended and not yet said so: the channel was full
+        self._unsaid = 0
+        self._awaiting_room = False  # (a writer callback waits for room on the channel)
 
     @property
     def port(self) -> int:
@@ -170,12 +173,29 @@ class Listener:
             raise
 
     def _ended(self) -> None:
-        """(A worker.) Tell the first process a connection it passed has ended."""
+        """(A worker.) Tell the first process a connection it passed has ended; with
+        its channel full, once it has room (a byte dropped would count that
+        connection as served here for as long as the server runs)."""
         if isinstance(self.share, socket.socket):
-            try:
-                self.share.send(handoff.ENDED)
-            except OSError:
-                pass  # (the first process is gone)
+            self._unsaid += 1
+            if not self._awaiting_room:
+                self._say_ended()
+
+    def _say_ended(self) -> None:
+        share = self.share
+        assert isinstance(share, socket.socket)
+        try:
+            self._unsaid -= share.send(handoff.ENDED * self._unsaid)
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._unsaid = 0  # (the first process is gone)
+        if self._unsaid and not self._awaiting_room:
+            asyncio.get_running_loop().add_writer(share.fileno(), self._say_ended)
+            self._awaiting_room = True
+        elif not self._unsaid and self._awaiting_room:
+            asyncio.get_running_loop().remove_writer(share.fileno())
+            self._awaiting_room = False
 
     async def _serve(self, stream: Stream) -> None:
         task = asyncio.current_task()
