@@ -164,13 +164,27 @@ def test_a_worker_ends_when_the_first_process_is_killed(tmp_path: Path) -> None:
     _until(lambda: not _alive(worker), "the worker ending after the first process")
 
 
-@pytest.mark.parametrize(
-    ("extra", "why"),
-    [
-        (("--port", "0"), "--workers needs a port of its own"),
-    ],
-)
-def test_workers_refused_with(tmp_path: Path, capsys, extra, why) -> None:
-    argv = ["serve", "--storage", str(tmp_path / "a"), "--workers", "2", "--port", "11112"]
-    assert main([*argv, *extra]) == 2
-    assert why in capsys.readouterr().err
+def test_workers_on_a_port_the_system_chooses(tmp_path: Path) -> None:
+    """--port 0: the first process binds, the workers serve on the port it got."""
+    log = tmp_path / "serve.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            serve_command(0, tmp_path / "archive", "--fsync", "off", "--workers", "2")
+            + ["--log-level", "info"],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        said = r"listening on 127\.0\.0\.1:(\d+)"
+        _until(lambda: re.search(said, log.read_text()), "the first process listening")
+        port = int(re.search(said, log.read_text()).group(1))
+        assert port != 0
+        _until(lambda: _workers(log), "the worker started")
+        (worker,) = _workers(log)
+        where = f"[worker 1, pid {worker}] listening on 127.0.0.1:{port} "
+        _until(lambda: where in log.read_text(), "the worker serving the same port")
+        assert echoes_held_at_once(port) == [0, 0, 0, 0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    assert served_by_worker(log) == (4, 2)

@@ -93,7 +93,7 @@ async def run(args: argparse.Namespace) -> int:
         forward_retry_delay=args.forward_retry_delay,
         forward_retry_max=args.forward_retry_max,
     )
-    problem = _forward_problem(config) or workers.problem(args)
+    problem = _forward_problem(config)
     if problem is not None:
         print(f"dicomstore: {problem}", file=sys.stderr)
         return EXIT_USAGE
@@ -233,7 +233,7 @@ async def _serve(
                     return EXIT_UNREACHABLE
                 announce(security, args.http_host, http.url)
             log.info("storing into %s (%s)", args.storage.resolve(), loops.kind(loop))
-            started = workers.start(args) if args.workers > 1 else []
+            started = workers.start(args, server.port) if args.workers > 1 else []
             parent = workers.parent_gone()
             if parent is not None:  # (a worker: it ends with the first process)
                 loop.add_reader(parent, stop.set)

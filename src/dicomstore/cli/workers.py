@@ -37,15 +37,6 @@ log = logging.getLogger("dicomstore")
 _FIRST_ONLY = {"http_port": None, "forward": None, "workers": 1, "worker_ends": None}
 
 
-def problem(args: argparse.Namespace) -> str | None:
-    """Why ``--workers`` cannot be used with these options, if it cannot."""
-    if args.workers <= 1:
-        return None
-    if args.port == 0:
-        return "--workers needs a port of its own (not 0)"
-    return None
-
-
 def share(args: argparse.Namespace) -> Any:
     """The server's share of the connections (``ServerConfig.share``): in the first
     process of several, the Dispatcher of the channels to the workers it will start
@@ -62,11 +53,12 @@ def share(args: argparse.Namespace) -> Any:
     return handoff.Dispatcher([first_end for first_end, _ in pairs])
 
 
-def start(args: argparse.Namespace) -> list[BaseProcess]:
+def start(args: argparse.Namespace, port: int) -> list[BaseProcess]:
     """Start ``args.workers - 1`` workers (the first process is the other one), each
-    given its end of a channel made by :func:`share`."""
+    given its end of a channel made by :func:`share` and the ``port`` the first
+    process listens on (the one the system chose, for ``--port 0``)."""
     context = multiprocessing.get_context("spawn")
-    values = {**vars(args), **_FIRST_ONLY}
+    values = {**vars(args), **_FIRST_ONLY, "port": port}
     workers: list[BaseProcess] = []
     for number, end in enumerate(args.worker_ends, start=1):
         worker = context.Process(
