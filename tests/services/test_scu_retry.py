@@ -245,9 +245,11 @@ def test_a_file_unreadable_mid_send_aborts_and_the_rest_still_goes(
 
     def failing(f, size, check=None, first=None):
         chunks = original(f, size, check, first)
-        yield next(chunks)
-        if f.name == str(files[1]):
+        chunk = next(chunks)
+        if f.name == str(files[1]):  # half the data set read, then the disk fails
+            yield chunk[: len(chunk) // 4 * 2]
             raise sources.SourceReadError("read failed: Input/output error")
+        yield chunk
         yield from chunks
 
     monkeypatch.setattr(sources, "file_chunks", failing)

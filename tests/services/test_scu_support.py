@@ -192,3 +192,27 @@ def test_file_chunks_grow_from_the_first_read_to_the_read_size(tmp_path: Path) -
     assert sizes[:5] == [first, 2 * first, 4 * first, 8 * first, 16 * first]
     assert all(s % pdv == 0 for s in sizes)
     assert max(sizes) == storage_scu.read_size(16384) == sizes[-1]
+
+
+def test_exactly_reads_the_scanned_bytes_and_no_further(tmp_path: Path) -> None:
+    """The data set ends where the scan said: no read past it (a file that grew keeps
+    its tail), the file closed; a file cut short since the scan stops the send."""
+    import io
+
+    path = tmp_path / "x.bin"
+    path.write_bytes(bytes(range(200)) * 10)  # 2000 bytes
+    reads: list[int] = []
+
+    class Counting(io.FileIO):
+        def read(self, n: int = -1) -> bytes:
+            reads.append(n)
+            return super().read(n)
+
+    inst = sources.Instance("1.2", "1.2.3", uids.EXPLICIT_VR_LE, path, offset=0, size=1000)
+    f = Counting(path, "rb")
+    sent = b"".join(sources.exactly(sources.file_chunks(f, 600), inst))
+    assert sent == path.read_bytes()[:1000]
+    assert reads == [600, 600] and f.closed
+    longer = sources.Instance("1.2", "1.2.3", uids.EXPLICIT_VR_LE, path, offset=0, size=3000)
+    with pytest.raises(sources.SourceReadError, match="1000 bytes shorter"):
+        list(sources.exactly(sources.file_chunks(open(path, "rb"), 600), longer))  # noqa: SIM115

@@ -436,13 +436,17 @@ def exactly(chunks: Iterable[bytes], instance: Instance) -> Iterator[bytes]:
             yield padding
         return
     it = iter(chunks)
-    for chunk in it:
-        if len(chunk) >= left:  # the last one: with the padding (each PDV has an even length)
-            yield chunk[:left] + padding if len(chunk) > left or padding else chunk
-            next(it, None)  # the read that meets the end of the file (its errors count)
-            return
-        left -= len(chunk)
-        yield chunk
+    try:
+        for chunk in it:
+            if len(chunk) >= left:  # the last: with the padding (each PDV has an even length)
+                yield chunk[:left] + padding if len(chunk) > left or padding else chunk
+                return  # (no read to meet the end of the file: what follows is not sent)
+            left -= len(chunk)
+            yield chunk
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()  # (file_chunks closes the file)
     raise SourceReadError(f"the file got {left} bytes shorter since it was scanned")
 
 
