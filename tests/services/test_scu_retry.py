@@ -259,3 +259,33 @@ def test_a_file_unreadable_mid_send_aborts_and_the_rest_still_goes(
     assert [r.outcome for r in results] == ["stored", "failed", "stored", "stored"]
     assert results[1].reason == "read failed: Input/output error"
     assert bad not in handler.stored and len(handler.stored) == 3
+
+
+def test_the_association_opens_before_every_file_is_checked_whole(monkeypatch) -> None:
+    """The scan identifies every file (for the contexts to propose); each data set is
+    walked whole just before it is sent, while the peer answers the one before: the
+    first byte goes out without waiting for the walk of every file."""
+    from dicomstore.aio import client
+    from dicomstore.services import scu_send, sources
+
+    files = sendable(compressed=False, limit=6)
+    checked: list[str] = []
+    at_association: list[int] = []
+    check_file, associate = sources.check_file, client.associate
+
+    def counting_check(instance):
+        checked.append(instance.sop_instance_uid)
+        return check_file(instance)
+
+    async def counting_associate(*args, **kwargs):
+        at_association.append(len(checked))
+        return await associate(*args, **kwargs)
+
+    monkeypatch.setattr(sources, "check_file", counting_check)
+    monkeypatch.setattr(scu_send, "associate", counting_associate)
+    handler = FlakyHandler()
+    with ServerThread(ServerConfig(port=0), handler) as server:
+        results = _send(server.port, files)
+    assert [r.outcome for r in results] == ["stored"] * len(files)
+    assert at_association == [1]  # (the first: an association only for something to send)
+    assert sorted(checked) == sorted(uid_of(f) for f in files)  # each once

@@ -67,6 +67,8 @@ class _Job:
     instance: Instance
     index: int
     attempts: int = 0
+    #: the result of a file found corrupt or unreadable when checked: never sent
+    problem: Result | None = None
 
 
 @dataclass
@@ -171,8 +173,27 @@ class _Run:
         delay = self.opts.retry_delay
         return min(delay * 2 ** max(0, failures - 1), max(delay, 30.0))
 
+    def ready(self, job: _Job) -> bool:
+        """Whether ``job`` (taken from the queue) is sent: its file was checked whole
+        (now, if the scan left that for later: ``sources.check_file``); one corrupt or
+        unreadable gets its result here."""
+        if job.problem is None and not job.instance.checked:
+            job.problem = _check(job)
+        if job.problem is not None:
+            self.finish(job.problem)
+            return False
+        return True
+
+    def _check_ahead(self, queue: deque[_Job]) -> None:
+        """Check the next file while the peer answers the one just sent (the check
+        runs in the event loop, between the send and the response)."""
+        if queue and queue[0].problem is None and not queue[0].instance.checked:
+            queue[0].problem = _check(queue[0])
+
     async def group(self, specs: list[ContextSpec], jobs: list[_Job]) -> None:
         queue = deque(jobs)
+        while queue and not self.ready(queue[0]):  # (no association for nothing to send)
+            queue.popleft()
         workers = max(1, min(self.opts.parallel, len(jobs)))
         await asyncio.gather(*(self.worker(specs, queue) for _ in range(workers)))
         kind, text = self.last_error or ("aborted", "not sent")
@@ -235,10 +256,16 @@ class _Run:
         stored = 0
         broken: BaseException | None = None
 
+        loop = asyncio.get_running_loop()
+
         async def lane() -> None:
             nonlocal stored, broken
             while queue and broken is None:
                 job = queue.popleft()
+                if not self.ready(job):
+                    continue
+                if queue:
+                    loop.call_soon(self._check_ahead, queue)
                 job.attempts += 1
                 start = time.perf_counter()
                 try:
@@ -309,6 +336,20 @@ class _Run:
         )
 
 
+def _check(job: _Job) -> Result | None:
+    """:func:`sources.check_file` of a job's file: None, or the result of a file
+    not to send (as :func:`scan` gives them)."""
+    inst = job.instance
+    try:
+        sources.check_file(inst)
+    except CorruptFile as exc:
+        cls, uid = exc.sop_class_uid, exc.sop_instance_uid
+        return Result(inst.label, cls, uid, "corrupt", reason=str(exc), index=job.index)
+    except NotDicom as exc:
+        return Result(inst.label, outcome="skipped", reason=str(exc), index=job.index)
+    return None
+
+
 def _reference(result: Result) -> Reference:
     from dicomstore.archive.commitment import Reference  # (--commit only: lazily)
 
@@ -320,16 +361,19 @@ def _text(exc: BaseException) -> str:
 
 
 def scan(
-    items: Iterable[Dataset | str | os.PathLike],
+    items: Iterable[Dataset | str | os.PathLike], *, check: bool = True
 ) -> tuple[list[tuple[int, Instance]], list[Result]]:
     """Instances to send, and results for the files not sent: ``corrupt`` (cut short,
-    never sent nor retried) and ``skipped`` (not DICOM), with input positions."""
+    never sent nor retried) and ``skipped`` (not DICOM), with input positions.
+    ``check=False``: a file's data set is walked whole only when it is about to be
+    sent (:meth:`_Run.ready`: the association opens after identifying every file,
+    and each check overlaps the wait for the previous response)."""
     found: list[tuple[int, Instance]] = []
     skipped: list[Result] = []
     expanded = (one for item in items for one in _expand(item))
     for index, item in enumerate(expanded):
         try:
-            found.append((index, as_instance(item)))
+            found.append((index, as_instance(item, check=check)))
         except CorruptFile as exc:
             cls, inst = exc.sop_class_uid, exc.sop_instance_uid
             skipped.append(Result(str(item), cls, inst, "corrupt", reason=str(exc), index=index))
@@ -365,7 +409,7 @@ async def send(
     ``commitment``.  Network failures do not raise: they are in the results.
     """
     opts = options or SendOptions(**kwargs)
-    found, skipped = await asyncio.to_thread(scan, items)
+    found, skipped = await asyncio.to_thread(scan, items, check=False)
     run = _Run(host, port, opts, on_result)
     for result in skipped:
         run.finish(result)

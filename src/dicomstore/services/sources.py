@@ -90,6 +90,9 @@ class Instance:
     #: Opens the bytes of a file that is not a local path (an archive's stored
     #: instance, ``ArchiveReader.open``): a readable, seekable stream.
     opener: Callable[[], IO[bytes]] | None = None
+    #: False until :func:`check_data_set` walked it (``scan_file(check=False)``:
+    #: :func:`check_file` does, before it is sent).
+    checked: bool = True
 
     @property
     def label(self) -> str:
@@ -115,8 +118,9 @@ def expand_paths(
         if path.is_dir():
             for root, dirs, files in os.walk(path):
                 dirs.sort()
+                folder = Path(root)  # (once per folder: a Path costs a parse)
                 for name in sorted(files):
-                    yield Path(root) / name
+                    yield folder / name
         else:
             yield path
 
@@ -191,23 +195,42 @@ def _checked(sop_class: object, sop_instance: object) -> tuple[str, str]:
     return cls, inst
 
 
-def scan_file(path: str | os.PathLike) -> Instance:
+def scan_file(path: str | os.PathLike, *, check: bool = True) -> Instance:
     """Where the data set starts, what it is, and whether it is whole.
 
     Reads the file's head, then walks the element headers of its data set
-    (:func:`check_data_set`).  Raises :class:`NotDicom` for anything that is
-    not a storable instance, :class:`CorruptFile` for one cut short.
+    (:func:`check_data_set`; ``check=False``: later, by :func:`check_file`, but a
+    deflated one now: its size comes from that walk).  Raises :class:`NotDicom`
+    for anything that is not a storable instance, :class:`CorruptFile` for one
+    cut short.
     """
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)
     try:
         with open(path, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
             head = os.pread(f.fileno(), HEAD_SIZE, 0)
             instance = _identify(path, head, size, f.fileno())
-            check_data_set(f.fileno(), instance, head)
+            if check or instance.transfer_syntax == uids.DEFLATED_EXPLICIT_VR_LE:
+                check_data_set(f.fileno(), instance, head)
+            else:
+                instance.checked = False
     except OSError as exc:
         raise NotDicom(f"cannot read: {exc.strerror or exc}") from None
     return instance
+
+
+def check_file(instance: Instance) -> None:
+    """:func:`check_data_set` of a file :func:`scan_file` left unchecked (the same
+    errors); nothing for one checked."""
+    if instance.checked:
+        return
+    assert instance.path is not None
+    try:
+        with open(instance.path, "rb", buffering=0) as f:
+            check_data_set(f.fileno(), instance, os.pread(f.fileno(), HEAD_SIZE, 0))
+    except OSError as exc:
+        raise NotDicom(f"cannot read: {exc.strerror or exc}") from None
+    instance.checked = True
 
 
 def scan_stream(opener: Callable[[], IO[bytes]]) -> Instance:

@@ -217,13 +217,14 @@ def file_chunks(f: IO[bytes], peer_max_pdu: int, alive: Callable[[], None]) -> I
 # -- one C-STORE ------------------------------------------------------------------
 
 
-def as_instance(item: Instance | Dataset | str | os.PathLike) -> Instance:
-    """An :class:`Instance` from a path (header scanned) or a pydicom Dataset."""
+def as_instance(item: Instance | Dataset | str | os.PathLike, *, check: bool = True) -> Instance:
+    """An :class:`Instance` from a path (header scanned; ``check``: its data set
+    walked whole, see ``sources.scan_file``) or a pydicom Dataset."""
     if isinstance(item, Instance):
         return item
     if sources.is_dataset(item):
         return sources.instance_from_dataset(item)
-    return sources.scan_file(item)
+    return sources.scan_file(item, check=check)
 
 
 async def store_instance(
