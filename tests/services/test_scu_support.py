@@ -216,3 +216,17 @@ def test_exactly_reads_the_scanned_bytes_and_no_further(tmp_path: Path) -> None:
     longer = sources.Instance("1.2", "1.2.3", uids.EXPLICIT_VR_LE, path, offset=0, size=3000)
     with pytest.raises(sources.SourceReadError, match="1000 bytes shorter"):
         list(sources.exactly(sources.file_chunks(open(path, "rb"), 600), longer))  # noqa: SIM115
+
+
+def test_a_small_file_checked_is_kept_for_its_send_once(tmp_path: Path) -> None:
+    """check_file reads a small file's data set whole: store_instance sends those bytes
+    (no second open) and drops them, whatever happens; a larger file is read again."""
+    small = [p for p in sendable(compressed=False) if p.stat().st_size <= sources.HEAD_SIZE]
+    large = [p for p in sendable(compressed=False) if p.stat().st_size > sources.HEAD_SIZE]
+    inst = sources.scan_file(small[0], check=False)
+    assert not inst.checked and inst.cached is None
+    sources.check_file(inst)
+    assert inst.checked and inst.cached == small[0].read_bytes()[inst.offset :]
+    big = sources.scan_file(large[0], check=False)
+    sources.check_file(big)
+    assert big.checked and big.cached is None

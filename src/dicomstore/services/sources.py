@@ -93,6 +93,9 @@ class Instance:
     #: False until :func:`check_data_set` walked it (``scan_file(check=False)``:
     #: :func:`check_file` does, before it is sent).
     checked: bool = True
+    #: The data set of a small file, as :func:`check_file` read it whole: sent from
+    #: memory, once (the sender takes it), instead of opening the file again.
+    cached: bytes | None = None
 
     @property
     def label(self) -> str:
@@ -221,16 +224,24 @@ def scan_file(path: str | os.PathLike, *, check: bool = True) -> Instance:
 
 def check_file(instance: Instance) -> None:
     """:func:`check_data_set` of a file :func:`scan_file` left unchecked (the same
-    errors); nothing for one checked."""
+    errors); nothing for one checked. A data set within the first :data:`HEAD_SIZE`
+    bytes of its file is kept as read (:attr:`Instance.cached`)."""
     if instance.checked:
         return
     assert instance.path is not None
     try:
-        with open(instance.path, "rb", buffering=0) as f:
-            check_data_set(f.fileno(), instance, os.pread(f.fileno(), HEAD_SIZE, 0))
+        fd = os.open(instance.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            head = os.pread(fd, HEAD_SIZE, 0)
+            check_data_set(fd, instance, head)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise NotDicom(f"cannot read: {exc.strerror or exc}") from None
     instance.checked = True
+    end = instance.offset + instance.size
+    if end <= len(head) and not instance.padding:
+        instance.cached = head[instance.offset : end]
 
 
 def scan_stream(opener: Callable[[], IO[bytes]]) -> Instance:

@@ -238,6 +238,7 @@ async def store_instance(
 ) -> tuple[Any, AcceptedContext, bool, int]:
     """C-STORE one instance: (C-STORE-RSP, context used, converted?, bytes sent). A
     deflated data set converted is inflated to at most ``inflated_limit`` bytes."""
+    cached, instance.cached = instance.cached, None  # (used once, whatever the branch)
     ctx, convert_it = choose_context(assoc, instance, convert=convert)
     assert assoc.negotiated is not None
     chunks: Iterable[bytes]
@@ -276,6 +277,8 @@ async def store_instance(
             f"the data set has an odd length ({instance.size} bytes): an element of odd"
             " length, or stray bytes; no PDV can carry it (PS3.8 E.1)"
         )  # (a file cut short is found by the scan: corrupt)
+    elif cached is not None:  # (a small file its check read whole)
+        chunks, nbytes = (cached,), instance.size
     else:
         try:
             f = sources.open_dataset(instance)
