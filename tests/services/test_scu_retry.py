@@ -292,3 +292,20 @@ def test_the_association_opens_before_every_file_is_checked_whole(monkeypatch) -
     assert [r.outcome for r in results] == ["stored"] * len(files)
     assert at_association == [1]  # (the first: an association only for something to send)
     assert sorted(checked) == sorted(uid_of(f) for f in files)  # each once
+
+
+def test_a_file_found_corrupt_ahead_keeps_its_result_when_the_sends_give_up(
+    tmp_path: Path,
+) -> None:
+    """The second file is checked while the peer handles the first; the peer aborts,
+    no retry is left: the second is reported corrupt (what it is), the third failed."""
+    port = free_port()
+    good = sendable(tmp_path / "in", compressed=False)[:2]
+    data = good[1].read_bytes()
+    cut = tmp_path / "in" / "cut.dcm"
+    cut.write_bytes(data[: len(data) - 100])  # (its data set cut short)
+    files = [good[0], cut, good[1]]
+    with dcmtk_storescp(port, tmp_path / "out", "--abort-after"):
+        results = _send(port, files, retries=0)
+    assert [r.outcome for r in results] == ["failed", "corrupt", "failed"]
+    assert results[1].attempts == 0 and "missing" in (results[1].reason or "")

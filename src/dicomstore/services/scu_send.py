@@ -197,9 +197,9 @@ class _Run:
         workers = max(1, min(self.opts.parallel, len(jobs)))
         await asyncio.gather(*(self.worker(specs, queue) for _ in range(workers)))
         kind, text = self.last_error or ("aborted", "not sent")
-        while queue:  # every worker gave up
+        while queue:  # every worker gave up (a file found corrupt keeps its result)
             job = queue.popleft()
-            self.finish(self.result(job, "failed", reason=text, error_kind=kind))
+            self.finish(job.problem or self.result(job, "failed", reason=text, error_kind=kind))
 
     async def worker(self, specs: list[ContextSpec], queue: deque[_Job]) -> None:
         opts, failures = self.opts, 0
