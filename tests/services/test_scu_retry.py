@@ -309,3 +309,27 @@ def test_a_file_found_corrupt_ahead_keeps_its_result_when_the_sends_give_up(
         results = _send(port, files, retries=0)
     assert [r.outcome for r in results] == ["failed", "corrupt", "failed"]
     assert results[1].attempts == 0 and "missing" in (results[1].reason or "")
+
+
+def test_a_large_file_is_checked_in_a_worker_thread(monkeypatch) -> None:
+    """A file above CHECK_IN_LOOP_MAX is walked outside the event loop (its walk could
+    hold the loop up); smaller ones in it, ahead of their turn."""
+    from dicomstore.services import scu_send, sources
+
+    files = sendable(compressed=False, limit=3)
+    threads: list[bool] = []
+    check_file = sources.check_file
+
+    def where(instance):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return check_file(instance)
+
+    monkeypatch.setattr(sources, "check_file", where)
+    handler = FlakyHandler()
+    with ServerThread(ServerConfig(port=0), handler) as server:
+        assert [r.outcome for r in _send(server.port, files)] == ["stored"] * 3
+        assert threads == [True] * 3  # (asyncio.run's loop: the main thread)
+        threads.clear()
+        monkeypatch.setattr(scu_send, "CHECK_IN_LOOP_MAX", 0)
+        assert [r.outcome for r in _send(server.port, files)] == ["stored"] * 3
+        assert threads == [False] * 3

@@ -57,6 +57,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("dicomstore.send")
 
 
+#: Files up to this size are checked whole (``sources.check_file``) in the event loop
+#: while the previous response is awaited; a larger one, whose walk could hold the
+#: loop up (many elements), in a worker thread when its turn comes.
+CHECK_IN_LOOP_MAX = 1 << 20
+
+
 def _retriable_status(status: int) -> bool:
     """Out of resources (A7xx, PS3.4 B.2.3) or resource limitation (0213, PS3.7 C.5)."""
     return status >> 8 == 0xA7 or status == st.RESOURCE_LIMITATION
@@ -173,26 +179,31 @@ class _Run:
         delay = self.opts.retry_delay
         return min(delay * 2 ** max(0, failures - 1), max(delay, 30.0))
 
-    def ready(self, job: _Job) -> bool:
+    async def ready(self, job: _Job) -> bool:
         """Whether ``job`` (taken from the queue) is sent: its file was checked whole
-        (now, if the scan left that for later: ``sources.check_file``); one corrupt or
-        unreadable gets its result here."""
+        (now, if the scan left that for later: ``sources.check_file``; a large file in
+        a worker thread); one corrupt or unreadable gets its result here."""
         if job.problem is None and not job.instance.checked:
-            job.problem = _check(job)
+            if job.instance.size > CHECK_IN_LOOP_MAX:
+                job.problem = await asyncio.to_thread(_check, job)
+            else:
+                job.problem = _check(job)
         if job.problem is not None:
             self.finish(job.problem)
             return False
         return True
 
     def _check_ahead(self, queue: deque[_Job]) -> None:
-        """Check the next file while the peer answers the one just sent (the check
-        runs in the event loop, between the send and the response)."""
-        if queue and queue[0].problem is None and not queue[0].instance.checked:
-            queue[0].problem = _check(queue[0])
+        """Check the next file while the peer answers the one just sent (in the event
+        loop, between the send and the response: a file small enough that its walk
+        cannot hold the loop up for long; a larger one is checked when taken)."""
+        job = queue[0] if queue else None
+        if job and not job.instance.checked and job.instance.size <= CHECK_IN_LOOP_MAX:
+            job.problem = job.problem or _check(job)
 
     async def group(self, specs: list[ContextSpec], jobs: list[_Job]) -> None:
         queue = deque(jobs)
-        while queue and not self.ready(queue[0]):  # (no association for nothing to send)
+        while queue and not await self.ready(queue[0]):  # (no association for nothing to send)
             queue.popleft()
         workers = max(1, min(self.opts.parallel, len(jobs)))
         await asyncio.gather(*(self.worker(specs, queue) for _ in range(workers)))
@@ -262,7 +273,7 @@ class _Run:
             nonlocal stored, broken
             while queue and broken is None:
                 job = queue.popleft()
-                if not self.ready(job):
+                if not await self.ready(job):
                     continue
                 if queue:
                     loop.call_soon(self._check_ahead, queue)
