@@ -253,3 +253,32 @@ def test_an_end_said_into_a_full_channel_goes_when_it_has_room() -> None:
         return dispatcher.loads[0], unsaid
 
     assert asyncio.run(run()) == (0, 0)
+
+
+def test_the_first_process_asks_a_worker_for_its_exposition(monkeypatch) -> None:
+    """A numbered question, the answer with its number; a worker that does not answer
+    in time is left out, and its late answer skipped at the next question."""
+    import asyncio
+
+    async def run() -> tuple[bytes | None, bytes | None, bytes | None, bytes | None]:
+        first, worker = handoff.channels(1)[0]
+        asker = handoff.Asker(first, 1)
+        served = asyncio.create_task(handoff.answer(worker, lambda: b"x_total 3\n" * 1000))
+        got = await asker.ask(), await asker.ask()
+        served.cancel()
+        slow_first, slow_worker = handoff.channels(1)[0]
+        monkeypatch.setattr(handoff, "ASK_TIMEOUT", 0.05)
+        slow = handoff.Asker(slow_first, 2)
+        late = await slow.ask()  # (nobody answers yet: a worker still starting)
+        texts = iter([b"old\n", b"new\n"])
+        started = asyncio.create_task(handoff.answer(slow_worker, lambda: next(texts)))
+        again = await slow.ask()  # (the answer to the first question is skipped)
+        started.cancel()
+        worker.close()
+        first.close()
+        gone = await handoff.Asker(*handoff.channels(1)[0][:1], 3).ask()  # (peer closed)
+        return (*got, late, again, gone)
+
+    one, two, late, again, gone = asyncio.run(run())
+    assert one == two == b"x_total 3\n" * 1000
+    assert late is None and again == b"new\n" and gone is None

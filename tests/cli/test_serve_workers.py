@@ -54,6 +54,21 @@ def _until(condition, what: str) -> None:
         threading.Event().wait(0.05)
 
 
+def _scrape(http_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the server's /metrics by (name, sorted labels)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=30) as reply:
+        text = reply.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
 def _workers(log: Path) -> list[int]:
     found = re.search(r"worker processes started: ([\d, ]+)", log.read_text())
     return [int(pid) for pid in found.group(1).split(", ")] if found else []
@@ -77,7 +92,8 @@ def test_four_senders_into_two_workers(tmp_path: Path) -> None:
     storage, log, port = tmp_path / "archive", tmp_path / "serve.log", free_port()
     sets = [write_instances(tmp_path / f"in{n}", f"1.2.13.{n}", EACH) for n in range(SENDERS)]
     audit = tmp_path / "audit.jsonl"  # (written by both processes)
-    proc = _serve(port, storage, log, "--audit-log", str(audit))
+    http = free_port()
+    proc = _serve(port, storage, log, "--audit-log", str(audit), "--http-port", str(http))
     try:
         senders = [storescu(port, list(made)) for made in sets]
         logs = [sender.communicate(timeout=120)[0] for sender in senders]
@@ -86,6 +102,15 @@ def test_four_senders_into_two_workers(tmp_path: Path) -> None:
         for _ in range(ECHOES):
             assert main(["echo", "127.0.0.1", str(port)]) == 0
         (worker,) = _workers(log)
+        # /metrics, served by the first process, counts what both stored
+        samples = _scrape(http)
+        assert samples[("dicomstore_instances_stored_total", (("service", "C-STORE"),))] == (
+            SENDERS * EACH
+        )
+        assert samples[("dicomstore_associations_total", (("outcome", "released"),))] == (
+            SENDERS + ECHOES
+        )
+        assert samples[("dicomstore_archive_instances_total", ())] == SENDERS * EACH
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0

@@ -19,6 +19,7 @@ import asyncio
 import errno
 import logging
 import socket
+from collections.abc import Callable
 
 log = logging.getLogger("dicomstore.server")
 
@@ -133,3 +134,68 @@ def receive(channel: socket.socket) -> tuple[list[socket.socket], int]:
             if adopted or lost:
                 return adopted, lost
             raise EOFError("the first process is gone")
+
+
+# -- /metrics of every process (the first asks, each worker answers) ----------------
+
+#: Seconds the first process waits for a worker's exposition before leaving it out.
+ASK_TIMEOUT = 2.0
+
+
+class Asker:
+    """(The first process.) Asks one worker for its exposition over ``channel``: a
+    question is a 4-byte number, the answer that number, a 4-byte length and the
+    text; an answer to an earlier question (one that came too late) is skipped."""
+
+    def __init__(self, channel: socket.socket, number: int) -> None:
+        channel.setblocking(False)
+        self.channel, self.number = channel, number
+        self._asked = 0
+        self._lock = asyncio.Lock()  # (one question at a time: concurrent scrapes)
+
+    async def ask(self) -> bytes | None:
+        """The worker's exposition; None when it is gone, or does not answer within
+        ASK_TIMEOUT (a worker still starting, or busy)."""
+        if self.channel.fileno() < 0:
+            return None
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            self._asked += 1
+            try:
+                async with asyncio.timeout(ASK_TIMEOUT):
+                    await loop.sock_sendall(self.channel, self._asked.to_bytes(4, "big"))
+                    while True:
+                        head = await _exactly(loop, self.channel, 8)
+                        text = await _exactly(loop, self.channel, int.from_bytes(head[4:], "big"))
+                        if int.from_bytes(head[:4], "big") == self._asked:
+                            return text
+            except TimeoutError:
+                log.warning("no metrics from worker %d within %gs", self.number, ASK_TIMEOUT)
+            except (OSError, EOFError) as exc:
+                log.warning("no metrics from worker %d: %s", self.number, exc)
+                self.channel.close()
+            return None
+
+
+async def answer(channel: socket.socket, exposition: Callable[[], bytes]) -> None:
+    """(A worker.) Answer each question on ``channel`` with ``exposition()``, until
+    the first process is gone."""
+    loop = asyncio.get_running_loop()
+    channel.setblocking(False)
+    while True:
+        try:
+            asked = await _exactly(loop, channel, 4)
+        except EOFError:
+            return
+        text = exposition()
+        await loop.sock_sendall(channel, asked + len(text).to_bytes(4, "big") + text)
+
+
+async def _exactly(loop: asyncio.AbstractEventLoop, channel: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = await loop.sock_recv(channel, size - len(data))
+        if not chunk:
+            raise EOFError("the other process is gone")
+        data += chunk
+    return bytes(data)

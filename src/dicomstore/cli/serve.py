@@ -186,10 +186,12 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if args.http_port is not None:  # GET /metrics (README: Operations)
+    answering = getattr(args, "metrics_channel", None)  # (a worker: the first asks)
+    if args.http_port is not None or answering is not None:  # GET /metrics (Operations)
         from dicomstore.services.metrics import ServerMetrics
 
         metrics = ServerMetrics()
+        metrics.others = [asker.ask for asker in getattr(args, "metrics_asks", None) or ()]
     try:
         async with running(
             archive,
@@ -203,6 +205,14 @@ async def _serve(
             if metrics is not None:
                 metrics.watch(server)
                 metrics.watch_archive(archive)
+            if answering is not None:
+                from dicomstore.aio import handoff
+
+                assert metrics is not None
+                answers = asyncio.create_task(handoff.answer(answering, metrics.exposition))
+                answers.add_done_callback(lambda _t: answering.close())
+            if args.http_port is not None:
+                assert metrics is not None
                 from dicomstore.http import HttpServer, build_app
                 from dicomstore.http.limits import HttpLimits
 

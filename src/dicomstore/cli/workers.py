@@ -10,10 +10,11 @@ fewest (``aio/handoff.py``), and each process is a node of the archive
 lock — SQLite's on one host, or PostgreSQL's): they store into the same files
 and index as one process would.
 
-What runs once runs in the first process: DICOMweb and /metrics (its own
-associations only), forwarding (it forwards the workers' stores too, read from
-the index: ``services/arrivals.py``), the study-complete events (a worker takes
-them over if the first process ends first). The association limits
+What runs once runs in the first process: DICOMweb and /metrics (which asks
+each worker for its counts and adds them up: ``handoff.Asker``), forwarding
+(it forwards the workers' stores too, read from the index:
+``services/arrivals.py``), the study-complete events (a worker takes them over
+if the first process ends first). The association limits
 (``--max-associations``, per calling AE and address, pending connections) hold
 per process. A worker ends when the first process does (SIGINT/SIGTERM: it
 stops the workers gracefully and waits for them; a first process killed: each
@@ -34,7 +35,14 @@ from typing import Any
 log = logging.getLogger("dicomstore")
 
 #: Options a worker does not take over from the first process (what runs once).
-_FIRST_ONLY = {"http_port": None, "forward": None, "workers": 1, "worker_ends": None}
+_FIRST_ONLY = {
+    "http_port": None,
+    "forward": None,
+    "workers": 1,
+    "worker_ends": None,
+    "metrics_ends": None,
+    "metrics_asks": None,
+}
 
 
 def share(args: argparse.Namespace) -> Any:
@@ -50,6 +58,10 @@ def share(args: argparse.Namespace) -> Any:
         return None
     pairs = handoff.channels(args.workers - 1)
     args.worker_ends = [worker_end for _, worker_end in pairs]
+    if args.http_port is not None:  # (/metrics: the first asks each worker for its counts)
+        asks = handoff.channels(args.workers - 1)
+        args.metrics_ends = [worker_end for _, worker_end in asks]
+        args.metrics_asks = [handoff.Asker(end, n) for n, (end, _) in enumerate(asks, 1)]
     return handoff.Dispatcher([first_end for first_end, _ in pairs])
 
 
@@ -60,12 +72,15 @@ def start(args: argparse.Namespace, port: int) -> list[BaseProcess]:
     context = multiprocessing.get_context("spawn")
     values = {**vars(args), **_FIRST_ONLY, "port": port}
     workers: list[BaseProcess] = []
-    for number, end in enumerate(args.worker_ends, start=1):
+    asks = getattr(args, "metrics_ends", None) or [None] * len(args.worker_ends)
+    for number, (end, ask) in enumerate(zip(args.worker_ends, asks, strict=True), start=1):
         worker = context.Process(
-            target=_worker, args=(values, number, end), name=f"dicomstore-worker-{number}"
+            target=_worker, args=(values, number, end, ask), name=f"dicomstore-worker-{number}"
         )
         worker.start()
-        end.close()  # (the worker has its own descriptor of it now)
+        for mine in (end, ask):  # (the worker has its own descriptors of them now)
+            if mine is not None:
+                mine.close()
         workers.append(worker)
     pids = ", ".join(str(worker.pid) for worker in workers)
     log.info("%d worker processes started: %s", len(workers), pids)
@@ -92,11 +107,13 @@ def parent_gone() -> int | None:
     return None if parent is None else int(parent.sentinel)
 
 
-def _worker(values: dict[str, Any], number: int, channel: socket.socket) -> None:
+def _worker(
+    values: dict[str, Any], number: int, channel: socket.socket, metrics: socket.socket | None
+) -> None:
     from dicomstore.cli import _run
     from dicomstore.cli.logs import setup_logging
 
-    args = argparse.Namespace(**values, channel=channel)
+    args = argparse.Namespace(**values, channel=channel, metrics_channel=metrics)
     setup_logging(args.log_level, args.log_format)
     logging.getLogger().handlers[0].addFilter(_Tagged(number))
     sys.exit(_run(args))

@@ -72,7 +72,7 @@ async def metrics(request: Request) -> Response:
     found: ServerMetrics | None = request.app.state.metrics
     if found is None:
         raise HttpError(404, "no metrics here (dicomstore serve --http-port has them)")
-    return Response(found.exposition(), media_type=CONTENT_TYPE)
+    return Response(await found.gathered(), media_type=CONTENT_TYPE)
 
 
 class RequestMetrics:

@@ -39,8 +39,10 @@ from the server when scraped; HTTP requests from a middleware
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
@@ -52,7 +54,9 @@ from dicomstore.services.storage import StoreResult, Storing
 if TYPE_CHECKING:
     from dicomstore.services.forwarding import BatchReport
 
-__all__ = ["CONTENT_TYPE", "ServerMetrics"]
+__all__ = ["CONTENT_TYPE", "ServerMetrics", "merge"]
+
+log = logging.getLogger("dicomstore.server")
 
 #: seconds: a small instance on a fast disk to a large one over a slow link
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -131,6 +135,9 @@ class ServerMetrics:
             ["destination"],
             registry=r,
         )
+        #: the other processes of ``serve --workers``: each gives its exposition,
+        #: or None when it cannot now (:meth:`gathered` adds them up)
+        self.others: list[Callable[[], Awaitable[bytes | None]]] = []
 
     def watch(self, server: _Served) -> None:
         """Count ``server``'s stores (its store service, every door) and read its
@@ -184,8 +191,62 @@ class ServerMetrics:
         self.http.labels(method, str(status)).inc()
 
     def exposition(self) -> bytes:
-        """The text format (``CONTENT_TYPE``) of every metric now."""
+        """The text format (``CONTENT_TYPE``) of every metric now (this process's)."""
         return generate_latest(self.registry)
+
+    async def gathered(self) -> bytes:
+        """:meth:`exposition` with the :attr:`others`' added up (:func:`merge`): the
+        whole server's counts, whichever process served what."""
+        if not self.others:
+            return self.exposition()
+        texts = [self.exposition()]
+        for got in await asyncio.gather(*(other() for other in self.others)):
+            if got is not None:
+                texts.append(got)
+        return merge(texts)
+
+
+def merge(texts: list[bytes]) -> bytes:
+    """One exposition of several (each process of ``serve --workers``): every sample
+    summed over them by name and labels (counters, histograms, gauges such as the
+    open associations), but a ``_created`` time the earliest."""
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families: dict[str, Metric] = {}
+    sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    labels: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, str]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text.decode()):
+            if family.name not in families:
+                families[family.name] = Metric(family.name, family.documentation, family.type)
+                sums[family.name] = {}
+            values = sums[family.name]
+            earliest = family.name.endswith("_created")
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                labels.setdefault(key, sample.labels)
+                old = values.get(key)
+                if old is None:
+                    values[key] = sample.value
+                else:
+                    values[key] = min(old, sample.value) if earliest else old + sample.value
+    for name, family in families.items():
+        for key, value in sums[name].items():
+            family.add_sample(key[0], labels[key], value)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(list(families.values())))
+    return generate_latest(registry)
+
+
+class _Fixed:
+    """A collector of metric families already made (:func:`merge`)."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Any]:
+        return iter(self.families)
 
 
 def _pending_count(peer: Any) -> Callable[[], float]:
