@@ -282,3 +282,22 @@ def test_the_first_process_asks_a_worker_for_its_exposition(monkeypatch) -> None
     one, two, late, again, gone = asyncio.run(run())
     assert one == two == b"x_total 3\n" * 1000
     assert late is None and again == b"new\n" and gone is None
+
+
+def test_an_answer_cut_midway_closes_the_channel(monkeypatch) -> None:
+    """A timeout inside an answer leaves the stream unreadable: the channel is given up
+    (that worker is left out of the scrapes), not misread."""
+    import asyncio
+
+    async def run() -> tuple[bytes | None, bool, bytes | None]:
+        first, worker = handoff.channels(1)[0]
+        monkeypatch.setattr(handoff, "ASK_TIMEOUT", 0.05)
+        asker = handoff.Asker(first, 1)
+        worker.sendall((1).to_bytes(4, "big") + (100).to_bytes(4, "big") + b"partial")
+        cut = await asker.ask()
+        closed = first.fileno() < 0
+        again = await asker.ask()
+        worker.close()
+        return cut, closed, again
+
+    assert asyncio.run(run()) == (None, True, None)

@@ -151,6 +151,7 @@ class Asker:
         channel.setblocking(False)
         self.channel, self.number = channel, number
         self._asked = 0
+        self._midway = False  # (an answer partly read: the stream cannot be followed)
         self._lock = asyncio.Lock()  # (one question at a time: concurrent scrapes)
 
     async def ask(self) -> bytes | None:
@@ -165,16 +166,28 @@ class Asker:
                 async with asyncio.timeout(ASK_TIMEOUT):
                     await loop.sock_sendall(self.channel, self._asked.to_bytes(4, "big"))
                     while True:
-                        head = await _exactly(loop, self.channel, 8)
-                        text = await _exactly(loop, self.channel, int.from_bytes(head[4:], "big"))
-                        if int.from_bytes(head[:4], "big") == self._asked:
+                        number, text = await self._answer(loop)
+                        if number == self._asked:
                             return text
             except TimeoutError:
                 log.warning("no metrics from worker %d within %gs", self.number, ASK_TIMEOUT)
+                if self._midway:  # (cut inside an answer: where the next starts is lost)
+                    self.channel.close()
             except (OSError, EOFError) as exc:
                 log.warning("no metrics from worker %d: %s", self.number, exc)
                 self.channel.close()
             return None
+
+    async def _answer(self, loop: asyncio.AbstractEventLoop) -> tuple[int, bytes]:
+        """The next answer: (its question's number, the text)."""
+        first = await loop.sock_recv(self.channel, 8)  # (waits for an answer to begin)
+        if not first:
+            raise EOFError("the worker is gone")
+        self._midway = True
+        head = first + await _exactly(loop, self.channel, 8 - len(first))
+        text = await _exactly(loop, self.channel, int.from_bytes(head[4:], "big"))
+        self._midway = False
+        return int.from_bytes(head[:4], "big"), text
 
 
 async def answer(channel: socket.socket, exposition: Callable[[], bytes]) -> None:
