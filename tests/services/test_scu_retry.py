@@ -333,3 +333,28 @@ def test_a_large_file_is_checked_in_a_worker_thread(monkeypatch) -> None:
         monkeypatch.setattr(scu_send, "CHECK_IN_LOOP_MAX", 0)
         assert [r.outcome for r in _send(server.port, files)] == ["stored"] * 3
         assert threads == [False] * 3
+
+
+def test_a_small_file_goes_from_the_bytes_its_check_read(monkeypatch) -> None:
+    """A data set within the first HEAD_SIZE bytes is sent from what its check read,
+    the file not opened again; a larger one is read to be sent."""
+    from dicomstore.services import sources
+
+    every = sendable(compressed=False)
+    small = [p for p in every if p.stat().st_size <= sources.HEAD_SIZE][:2]
+    large = [p for p in every if p.stat().st_size > sources.HEAD_SIZE][:1]
+    opened: list[str] = []
+    open_dataset = sources.open_dataset
+
+    def counting(instance):
+        opened.append(instance.path.name)
+        return open_dataset(instance)
+
+    monkeypatch.setattr(sources, "open_dataset", counting)
+    handler = FlakyHandler()
+    with ServerThread(ServerConfig(port=0), handler) as server:
+        results = _send(server.port, [*small, *large])
+    assert [r.outcome for r in results] == ["stored"] * 3
+    assert opened == [large[0].name]
+    for path in [*small, *large]:
+        assert handler.stored[uid_of(path)] == dataset_bytes(path)

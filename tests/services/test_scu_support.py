@@ -219,14 +219,13 @@ def test_exactly_reads_the_scanned_bytes_and_no_further(tmp_path: Path) -> None:
 
 
 def test_a_small_file_checked_is_kept_for_its_send_once(tmp_path: Path) -> None:
-    """check_file reads a small file's data set whole: store_instance sends those bytes
-    (no second open) and drops them, whatever happens; a larger file is read again."""
+    """check_file reads a small file's data set whole and gives its bytes (the send
+    takes them instead of opening the file again); a larger file's, none."""
     small = [p for p in sendable(compressed=False) if p.stat().st_size <= sources.HEAD_SIZE]
     large = [p for p in sendable(compressed=False) if p.stat().st_size > sources.HEAD_SIZE]
     inst = sources.scan_file(small[0], check=False)
-    assert not inst.checked and inst.cached is None
-    sources.check_file(inst)
-    assert inst.checked and inst.cached == small[0].read_bytes()[inst.offset :]
+    assert not inst.checked
+    assert sources.check_file(inst) == small[0].read_bytes()[inst.offset :]
+    assert inst.checked
     big = sources.scan_file(large[0], check=False)
-    sources.check_file(big)
-    assert big.checked and big.cached is None
+    assert sources.check_file(big) is None and big.checked

@@ -46,7 +46,7 @@ class FilePublishing:
         self.stats = stats
         self.submitted = submitted
         if self._syncs():
-            self._fs_fd = _open_folder(self.root / layout.TMP_DIR)
+            self._fs_fd = layout.open_folder(self.root / layout.TMP_DIR)
             self.watch_errors()
 
     def _syncs(self) -> bool:
@@ -63,7 +63,7 @@ class FilePublishing:
         writer's own descriptor, the writer's flushes could take it first.
         Released by :meth:`close`."""
         if self._watch_fd < 0 and self._syncs():
-            self._watch_fd = _open_folder(self.root)
+            self._watch_fd = layout.open_folder(self.root)
 
     def close(self) -> None:
         """Release the descriptors used for syncfs (call when no batch runs)."""
@@ -460,8 +460,3 @@ def _same_fs(path: Path, fd: int) -> bool:
         return os.stat(path).st_dev == os.fstat(fd).st_dev
     except OSError:
         return False
-
-
-def _open_folder(path: Path) -> int:
-    """A descriptor of the folder at ``path`` to syncfs through."""
-    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -101,6 +101,12 @@ def resolve(root: Path, relpath: str | PurePosixPath) -> Path:
     return root.joinpath(*rel.parts)
 
 
+def open_folder(path: Path) -> int:
+    """A read-only descriptor of the folder at ``path`` (to flock, fsync or syncfs
+    through); close it when done."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
 def fsync_dir(path: Path) -> None:
     """Make the entries of a directory (creations, renames, removals) durable."""
     fsync_file(path, os.O_DIRECTORY)

@@ -39,7 +39,7 @@ def hold(root: Path, *, exclusive: bool) -> int:
     dies lets go). Raises :class:`ArchiveBusyError` when the other kind holds it,
     without waiting."""
     tmp = root / layout.TMP_DIR
-    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = layout.open_folder(tmp)
     try:
         fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:

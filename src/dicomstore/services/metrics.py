@@ -34,7 +34,12 @@ from the server when scraped; HTTP requests from a middleware
     transient failure: tried again later), from each batch's report;
 ``dicomstore_forward_errors_total{destination}``
     batches cut short by a transient failure (refused connection, rejected or
-    aborted association, timeout).
+    aborted association, timeout);
+``dicomstore_archive_{instances,batches,flushes,flushed_before}_total``
+    the archive's group commit (``commit.CommitStats``, read when scraped).
+
+With ``serve --workers``, the first process's /metrics adds up every process's
+(:meth:`ServerMetrics.gathered`, :func:`merge`).
 """
 
 from __future__ import annotations

@@ -75,6 +75,13 @@ class _Job:
     attempts: int = 0
     #: the result of a file found corrupt or unreadable when checked: never sent
     problem: Result | None = None
+    #: a small file's data set, read whole by its check: sent from it, once
+    data: bytes | None = None
+
+    @property
+    def unchecked(self) -> bool:
+        """Its file is still to be walked whole (``sources.check_file``)."""
+        return not self.instance.checked and self.problem is None
 
 
 @dataclass
@@ -183,11 +190,11 @@ class _Run:
         """Whether ``job`` (taken from the queue) is sent: its file was checked whole
         (now, if the scan left that for later: ``sources.check_file``; a large file in
         a worker thread); one corrupt or unreadable gets its result here."""
-        if job.problem is None and not job.instance.checked:
+        if job.unchecked:
             if job.instance.size > CHECK_IN_LOOP_MAX:
-                job.problem = await asyncio.to_thread(_check, job)
+                await asyncio.to_thread(_check, job)
             else:
-                job.problem = _check(job)
+                _check(job)
         if job.problem is not None:
             self.finish(job.problem)
             return False
@@ -198,8 +205,8 @@ class _Run:
         loop, between the send and the response: a file small enough that its walk
         cannot hold the loop up for long; a larger one is checked when taken)."""
         job = queue[0] if queue else None
-        if job and not job.instance.checked and job.instance.size <= CHECK_IN_LOOP_MAX:
-            job.problem = job.problem or _check(job)
+        if job is not None and job.unchecked and job.instance.size <= CHECK_IN_LOOP_MAX:
+            _check(job)
 
     async def group(self, specs: list[ContextSpec], jobs: list[_Job]) -> None:
         queue = deque(jobs)
@@ -279,9 +286,14 @@ class _Run:
                     loop.call_soon(self._check_ahead, queue)
                 job.attempts += 1
                 start = time.perf_counter()
+                data, job.data = job.data, None  # (once: a retry reads the file)
                 try:
                     rsp, ctx, conv, nbytes = await store_instance(
-                        assoc, job.instance, convert=self.opts.convert, priority=self.opts.priority
+                        assoc,
+                        job.instance,
+                        convert=self.opts.convert,
+                        priority=self.opts.priority,
+                        data=data,
                     )
                 except NotSendable as exc:
                     self.finish(self.result(job, "not-sent", reason=str(exc)))
@@ -347,18 +359,22 @@ class _Run:
         )
 
 
-def _check(job: _Job) -> Result | None:
-    """:func:`sources.check_file` of a job's file: None, or the result of a file
-    not to send (as :func:`scan` gives them)."""
-    inst = job.instance
+def _check(job: _Job) -> None:
+    """Walk a job's file whole (:func:`sources.check_file`): its bytes kept when it
+    read them all, or its :attr:`_Job.problem` when it is not to be sent."""
     try:
-        sources.check_file(inst)
-    except CorruptFile as exc:
-        cls, uid = exc.sop_class_uid, exc.sop_instance_uid
-        return Result(inst.label, cls, uid, "corrupt", reason=str(exc), index=job.index)
+        job.data = sources.check_file(job.instance)
     except NotDicom as exc:
-        return Result(inst.label, outcome="skipped", reason=str(exc), index=job.index)
-    return None
+        job.problem = _unsendable(job.instance.label, exc, job.index)
+
+
+def _unsendable(label: str | None, exc: NotDicom, index: int) -> Result:
+    """The result of a file not sent: ``corrupt`` (cut short, never sent nor
+    retried) or ``skipped`` (not DICOM, or unreadable)."""
+    if isinstance(exc, CorruptFile):
+        cls, uid = exc.sop_class_uid, exc.sop_instance_uid
+        return Result(label, cls, uid, "corrupt", reason=str(exc), index=index)
+    return Result(label, outcome="skipped", reason=str(exc), index=index)
 
 
 def _reference(result: Result) -> Reference:
@@ -372,25 +388,21 @@ def _text(exc: BaseException) -> str:
 
 
 def scan(
-    items: Iterable[Dataset | str | os.PathLike], *, check: bool = True
+    items: Iterable[Dataset | str | os.PathLike],
 ) -> tuple[list[tuple[int, Instance]], list[Result]]:
-    """Instances to send, and results for the files not sent: ``corrupt`` (cut short,
-    never sent nor retried) and ``skipped`` (not DICOM), with input positions.
-    ``check=False``: a file's data set is walked whole only when it is about to be
-    sent (:meth:`_Run.ready`: the association opens after identifying every file,
-    and each check overlaps the wait for the previous response)."""
+    """Instances to send, and results for the files not sent (:func:`_unsendable`),
+    with input positions. A file's data set is walked whole only when it is about to
+    be sent (:meth:`_Run.ready`: the association opens after identifying every file,
+    and each check overlaps the wait for the previous response), a deflated one now."""
     found: list[tuple[int, Instance]] = []
     skipped: list[Result] = []
     expanded = (one for item in items for one in _expand(item))
     for index, item in enumerate(expanded):
         try:
-            found.append((index, as_instance(item, check=check)))
-        except CorruptFile as exc:
-            cls, inst = exc.sop_class_uid, exc.sop_instance_uid
-            skipped.append(Result(str(item), cls, inst, "corrupt", reason=str(exc), index=index))
+            found.append((index, as_instance(item, check=False)))
         except NotDicom as exc:
             label = None if sources.is_dataset(item) else str(item)
-            skipped.append(Result(label, outcome="skipped", reason=str(exc), index=index))
+            skipped.append(_unsendable(label, exc, index))
     return found, skipped
 
 
@@ -420,7 +432,7 @@ async def send(
     ``commitment``.  Network failures do not raise: they are in the results.
     """
     opts = options or SendOptions(**kwargs)
-    found, skipped = await asyncio.to_thread(scan, items, check=False)
+    found, skipped = await asyncio.to_thread(scan, items)
     run = _Run(host, port, opts, on_result)
     for result in skipped:
         run.finish(result)

@@ -35,6 +35,7 @@ import struct
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, TypeGuard
@@ -95,9 +96,6 @@ class Instance:
     #: False until :func:`check_data_set` walked it (``scan_file(check=False)``:
     #: :func:`check_file` does, before it is sent).
     checked: bool = True
-    #: The data set of a small file, as :func:`check_file` read it whole: sent from
-    #: memory, once (the sender takes it), instead of opening the file again.
-    cached: bytes | None = None
 
     @property
     def label(self) -> str:
@@ -210,45 +208,44 @@ def scan_file(path: str | os.PathLike, *, check: bool = True) -> Instance:
     cut short.
     """
     path = path if isinstance(path, Path) else Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # (no FileIO: one fstat, not two)
-        try:
-            info = os.fstat(fd)
-            if stat.S_ISDIR(info.st_mode):
-                raise IsADirectoryError(errno.EISDIR, "Is a directory")
-            head = os.pread(fd, HEAD_SIZE, 0)
-            instance = _identify(path, head, info.st_size, fd)
-            if check or instance.transfer_syntax == uids.DEFLATED_EXPLICIT_VR_LE:
-                check_data_set(fd, instance, head)
-            else:
-                instance.checked = False
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise NotDicom(f"cannot read: {exc.strerror or exc}") from None
+    with _opened(path) as fd:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        head = os.pread(fd, HEAD_SIZE, 0)
+        instance = _identify(path, head, info.st_size, fd)
+        if check or instance.transfer_syntax == uids.DEFLATED_EXPLICIT_VR_LE:
+            check_data_set(fd, instance, head)
+        else:
+            instance.checked = False
     return instance
 
 
-def check_file(instance: Instance) -> None:
+def check_file(instance: Instance) -> bytes | None:
     """:func:`check_data_set` of a file :func:`scan_file` left unchecked (the same
-    errors); nothing for one checked. A data set within the first :data:`HEAD_SIZE`
-    bytes of its file is kept as read (:attr:`Instance.cached`)."""
-    if instance.checked:
-        return
+    errors); the data set's bytes when it lies within the first :data:`HEAD_SIZE`
+    bytes of its file (read whole: to be sent as they are), else None."""
     assert instance.path is not None
+    with _opened(instance.path) as fd:
+        head = os.pread(fd, HEAD_SIZE, 0)
+        check_data_set(fd, instance, head)
+    instance.checked = True
+    end = instance.offset + instance.size
+    return head[instance.offset : end] if end <= len(head) else None
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[int]:
+    """A read-only descriptor of ``path``, closed after; an ``OSError`` (opening,
+    reading) is :class:`NotDicom` ("cannot read"). (No FileIO: one fstat, not two.)"""
     try:
-        fd = os.open(instance.path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            head = os.pread(fd, HEAD_SIZE, 0)
-            check_data_set(fd, instance, head)
+            yield fd
         finally:
             os.close(fd)
     except OSError as exc:
         raise NotDicom(f"cannot read: {exc.strerror or exc}") from None
-    instance.checked = True
-    end = instance.offset + instance.size
-    if end <= len(head) and not instance.padding:
-        instance.cached = head[instance.offset : end]
 
 
 def scan_stream(opener: Callable[[], IO[bytes]]) -> Instance:

@@ -235,10 +235,12 @@ async def store_instance(
     priority: int = 0,
     move_originator: tuple[str, int] | None = None,
     inflated_limit: int = DEFAULT_MAX_INFLATED,
+    data: bytes | None = None,
 ) -> tuple[Any, AcceptedContext, bool, int]:
     """C-STORE one instance: (C-STORE-RSP, context used, converted?, bytes sent). A
-    deflated data set converted is inflated to at most ``inflated_limit`` bytes."""
-    cached, instance.cached = instance.cached, None  # (used once, whatever the branch)
+    deflated data set converted is inflated to at most ``inflated_limit`` bytes.
+    ``data``: the data set's bytes already read (``sources.check_file``), sent as they
+    are when no conversion is needed, instead of reading the file again."""
     ctx, convert_it = choose_context(assoc, instance, convert=convert)
     assert assoc.negotiated is not None
     chunks: Iterable[bytes]
@@ -277,8 +279,8 @@ async def store_instance(
             f"the data set has an odd length ({instance.size} bytes): an element of odd"
             " length, or stray bytes; no PDV can carry it (PS3.8 E.1)"
         )  # (a file cut short is found by the scan: corrupt)
-    elif cached is not None:  # (a small file its check read whole)
-        chunks, nbytes = (cached,), instance.size
+    elif data is not None:
+        chunks, nbytes = (data,), len(data)
     else:
         try:
             f = sources.open_dataset(instance)
