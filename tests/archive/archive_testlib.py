@@ -12,6 +12,7 @@ import xxhash
 
 from dicomstore.archive import Archive, Index, StoreOutcome
 from dicomstore.archive.dicomfile import dataset_offset
+from dicomstore.archive.journal import NAME as JOURNAL
 from dicomstore.archive.publish import Publisher
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -181,4 +182,12 @@ def die(archive: Archive) -> None:
     """The process of ``archive`` is gone: nothing of it is cleaned up."""
     archive.index._db.close()  # the open transaction is lost
     archive._node.close()  # its lock goes with the process (its folder stays)
-    archive._publisher.close()
+    archive.storage.close()  # (its descriptors; no checkpoint of its journal)
+
+
+def settled(archive: Archive) -> bool:
+    """Whether nothing of the archive's publishing is left in its folder of
+    temporaries, once what its journal holds is flushed where it belongs (as
+    the next batch after ``deferred.CHECKPOINT_AFTER``, or its close, would)."""
+    archive._publisher._checkpoint()
+    return not [p for p in archive.tmp_dir.iterdir() if p.name != JOURNAL]

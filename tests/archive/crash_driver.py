@@ -122,8 +122,9 @@ def publish_round(point: str, n: int, work: Path) -> None:
 NEW_INSTANCE_POINTS = tuple(
     p for p in crashpoints.POINTS if p.startswith("publish.") and "-old-" not in p
 )
-#: The points only a new instance passes (committed before its flush: ``publish.py``)
-NEW_ONLY = ("publish.after-flush",)
+#: The points only a new instance passes (committed before its flush: ``publish.py``;
+#: made durable by the journal, flushed where it belongs at the close)
+NEW_ONLY = ("publish.after-journal", "publish.after-flush")
 
 
 def new_instance_round(point: str, n: int, work: Path) -> None:
@@ -139,8 +140,12 @@ def new_instance_round(point: str, n: int, work: Path) -> None:
         before = rows_of(archive)
         kept = first.path.read_bytes()
 
+    # (every other round without the journal: the batch's own syncfs)
+    journal = point == "publish.after-journal" or n % 2 == 0
+
     def store_new() -> None:
-        store(Archive(root), new, sop_uid=OTHER)
+        with Archive(root, journal=journal) as archive:  # (its close: the checkpoint)
+            store(archive, new, sop_uid=OTHER)
 
     crash_child(root, point, store_new)
     placed = crashpoints.POINTS.index(point) >= crashpoints.POINTS.index("publish.after-rename")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import blake3
 import pytest
-from tests.archive.archive_testlib import dataset, digest_of, store, stored_dataset
+from tests.archive.archive_testlib import dataset, digest_of, settled, store, stored_dataset
 
 from dicomstore.archive import OUT_OF_RESOURCES, SUCCESS, WARNING_COERCION, Archive, digests
 from dicomstore.archive.commitment import PROCESSING_FAILURE, Reference, verify
@@ -107,7 +107,7 @@ def test_a_duplicate_of_an_older_row_is_told_by_its_content(tmp_path: Path) -> N
         assert other.status == WARNING_COERCION  # other bytes: the first copy kept
         assert archive.get_instance(UID)["patient_name"] == "Digest^Test"
         assert archive.check() == []
-        assert not any(archive.tmp_dir.iterdir())
+        assert settled(archive)
 
 
 def _sha256(path: Path) -> str:
@@ -214,7 +214,7 @@ def test_a_duplicate_that_cannot_be_compared_is_a700(
         again = store(archive, DATA)
         assert again.status == OUT_OF_RESOURCES, again
         assert "comparing it with the stored copy" in again.error_comment
-        assert not any(archive.tmp_dir.iterdir())
+        assert settled(archive)
         monkeypatch.undo()
         assert archive.check() == []
 

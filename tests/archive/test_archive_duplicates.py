@@ -7,7 +7,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from archive_testlib import EXPLICIT_LE, dataset, dcm_files, digest_of, race, store, stored_dataset
+from archive_testlib import (
+    EXPLICIT_LE,
+    dataset,
+    dcm_files,
+    digest_of,
+    race,
+    settled,
+    store,
+    stored_dataset,
+)
 
 from dicomstore.archive import (
     DUPLICATE_REJECTED,
@@ -27,7 +36,7 @@ def _one_file_one_row(archive: Archive) -> tuple[Path, dict]:
     assert len(rows) == 1
     assert digest_of(stored_dataset(path)) == rows[0]["digest"]
     assert archive.check() == []
-    assert not any(archive.tmp_dir.iterdir())
+    assert settled(archive)
     return path, rows[0]
 
 

@@ -2,7 +2,8 @@
 syncfs: renamed into place, committed without the WAL's fdatasync, then one syncfs
 makes the data, the names and the COMMIT durable before anyone is answered; what a
 power cut can leave (a committed row whose file never reached the disk, a trace
-whose data did not) is verified at the next start (``recovery.py``)."""
+whose data did not) is verified at the next start (``recovery.py``). Without the
+journal, which ``test_archive_journal.py`` tests: each batch flushed on its own."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def archive(root: Path) -> Iterator[Archive]:
-    with Archive(root) as archive:
+    with Archive(root, journal=False) as archive:
         assert archive._publisher.defers  # (SQLite in the root, syncfs)
         yield archive
 
@@ -131,7 +132,7 @@ def test_a_replace_is_flushed_before_it_is_renamed_over_the_old_file(
     """The old file is a committed instance's: the new one's data is durable before
     it takes the old one's name, and the COMMIT is flushed as it happens (an
     archive replacing duplicates takes the flush-first steps for every batch)."""
-    with Archive(root, on_duplicate="replace") as archive:
+    with Archive(root, on_duplicate="replace", journal=False) as archive:
         assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
         calls = _log_calls(monkeypatch, root)
         again = dataset(uid(1), patient_name="Doe^John")
@@ -170,7 +171,10 @@ def test_a_committed_row_whose_file_never_reached_the_disk_is_dropped_at_start(
     with open(lost, "r+b") as fp:  # (delayed allocation: the blocks never written)
         fp.truncate(0)
         fp.truncate(size)
-    with caplog.at_level(logging.WARNING, "dicomstore.archive"), Archive(root) as again:
+    with (
+        caplog.at_level(logging.WARNING, "dicomstore.archive"),
+        Archive(root, journal=False) as again,
+    ):
         assert [r["sop_instance_uid"] for r in again.instances()] == [uid(0)]
         assert not lost.exists()
         assert again.check() == [] and _unflushed(root) == []
@@ -183,7 +187,7 @@ def test_a_row_left_unflushed_whose_file_is_whole_is_kept(archive: Archive, root
     assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
     die(archive)
     assert [u for _, u in _unflushed(root)] == [uid(1)]
-    with Archive(root) as again:
+    with Archive(root, journal=False) as again:
         assert [r["sop_instance_uid"] for r in again.instances()] == [uid(1)]
         assert _unflushed(root) == [] and again.check() == []
 
@@ -213,7 +217,7 @@ def test_a_trace_left_before_the_commit_is_adopted_only_if_its_digest_matches(
         final.write_bytes(data[:at] + bytes(8) + data[at + 8 :])
     elif lost == "all":
         final.write_bytes(b"")
-    with Archive(root) as again:
+    with Archive(root, journal=False) as again:
         assert again.recovered == (1 if lost == "nothing" else 0)
         expected = [uid(0), uid(1)] if lost == "nothing" else [uid(0)]
         assert [r["sop_instance_uid"] for r in again.instances()] == expected
@@ -326,7 +330,7 @@ def _in_thread(action: Callable[[], object]) -> tuple[Thread, list[object]]:
 def test_a_replace_policy_flushes_before_it_commits(root: Path) -> None:
     """A batch renaming over a committed instance must have its data durable first:
     with ``replace`` every batch takes the flush-first steps (its COMMIT durable)."""
-    with Archive(root, on_duplicate="replace") as archive:
+    with Archive(root, on_duplicate="replace", journal=False) as archive:
         assert not archive._publisher.defers
         assert archive.index._deferring is False
 
@@ -338,7 +342,7 @@ def test_another_node_answers_a_duplicate_only_once_the_first_copy_is_durable(
     to node B (keep) is answered 0000 from A's row, and a Storage Commitment says
     committed, only after a flush that makes A's copy durable: one syncfs, which
     covers the index (no fdatasync of the WAL after it)."""
-    a, b = Archive(root), Archive(root)
+    a, b = Archive(root, journal=False), Archive(root, journal=False)
     try:
         entered, release = _paused_flush(a, lambda: (_ for _ in ()).throw(PowerCut()))
         thread, _ = _in_thread(lambda: store(a, dataset(uid(1)), sop_uid=uid(1)))
@@ -364,7 +368,7 @@ def test_another_node_answers_a_duplicate_only_once_the_first_copy_is_durable(
         die(a)
     finally:
         b.close()
-    with Archive(root) as after:  # what B answered is durable: the row stays
+    with Archive(root, journal=False) as after:  # what B answered is durable: the row stays
         assert after.get_instance(uid(1)) is not None and after.check() == []
 
 
@@ -438,7 +442,7 @@ def test_a_commitment_flushes_through_a_descriptor_opened_with_the_reader(
 def test_a_withdrawn_member_takes_nothing_of_another_nodes_replace(root: Path) -> None:
     """Node A commits X and its flush fails: A withdraws X. Meanwhile node B (replace,
     flushed first) replaced X and answered Success: A takes neither its file nor its row."""
-    a, b = Archive(root), Archive(root, on_duplicate="replace")
+    a, b = Archive(root, journal=False), Archive(root, on_duplicate="replace", journal=False)
     try:
 
         def eio() -> bool:
@@ -469,7 +473,7 @@ def test_a_read_error_at_start_drops_nothing(
     """A listed row whose file cannot be read now (EMFILE, EIO), or whose digest this
     version cannot compute, is no sign that its data was lost: it stays, listed for
     the next start."""
-    archive = Archive(root)
+    archive = Archive(root, journal=False)
     assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
     die(archive)  # (its batch still listed)
 
@@ -477,11 +481,11 @@ def test_a_read_error_at_start_drops_nothing(
         raise error
 
     monkeypatch.setattr(digests, "matches", matches)
-    with Archive(root) as again:
+    with Archive(root, journal=False) as again:
         assert again.get_instance(uid(1)) is not None
     assert [u for _, u in _unflushed(root)] == [uid(1)]
     monkeypatch.undo()
-    with Archive(root) as again:
+    with Archive(root, journal=False) as again:
         assert again.get_instance(uid(1)) is not None and _unflushed(root) == []
 
 
@@ -490,7 +494,7 @@ def test_a_row_stored_again_while_a_start_verifies_is_not_dropped(
 ) -> None:
     """The start reads the listed files outside the index lock: a row found bad, but
     stored again by another node before the start drops it, is that node's: kept."""
-    archive = Archive(root)
+    archive = Archive(root, journal=False)
     assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
     die(archive)
     lost = root / FINAL.format(uid(1))
@@ -503,12 +507,12 @@ def test_a_row_stored_again_while_a_start_verifies_is_not_dropped(
     def matches(recorded: str, where: object) -> bool:
         if not started.is_set():  # meanwhile another node starts (dropping it), stores it
             started.set()
-            other.append(Archive(root, on_duplicate="replace"))
+            other.append(Archive(root, on_duplicate="replace", journal=False))
             assert store(other[0], two, sop_uid=uid(1)).status == SUCCESS
         return real(recorded, where)  # type: ignore[arg-type]
 
     monkeypatch.setattr(digests, "matches", matches)
-    with Archive(root) as again:
+    with Archive(root, journal=False) as again:
         monkeypatch.undo()
         assert other and stored_dataset(again.path_of(uid(1))) == two  # type: ignore[arg-type]
         assert again.check() == []

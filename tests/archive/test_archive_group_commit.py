@@ -19,6 +19,7 @@ from archive_testlib import (
     dcm_files,
     die,
     digest_of,
+    settled,
     store,
     stored_dataset,
 )
@@ -110,17 +111,18 @@ class Batches:
         return outcomes
 
 
+#: (the flushes of each batch: without the journal, ``test_archive_journal.py``)
 @pytest.fixture(params=[True, False], ids=["syncfs", "fsync-each"])
 def archive(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Archive]:
     if request.param and not layout.SYNCFS_AVAILABLE:
         pytest.skip("needs syncfs (Linux 5.8+)")
-    with Archive(tmp_path / "root", syncfs=request.param) as archive:
+    with Archive(tmp_path / "root", syncfs=request.param, journal=False) as archive:
         yield archive
 
 
 def assert_clean(archive: Archive) -> None:
     assert archive.check() == []
-    assert not any(archive.tmp_dir.iterdir())
+    assert settled(archive)
 
 
 def test_commits_meeting_are_published_as_one_batch(archive: Archive) -> None:
@@ -185,7 +187,7 @@ def test_flushes_per_batch(
     first (PostgreSQL, replace, no syncfs): the files, then the folder."""
     if flush_first:
         _flush_before_the_commit(monkeypatch)
-    with Archive(tmp_path / "root", syncfs=syncfs) as archive:
+    with Archive(tmp_path / "root", syncfs=syncfs, journal=False) as archive:
         assert store(archive, dataset(uid_of(0)), sop_uid=uid_of(0)).status == SUCCESS
         batches = Batches(archive)
         first = receive(archive, 1)
@@ -513,7 +515,7 @@ def test_commit_after_close_is_a700(tmp_path: Path) -> None:
     archive.close()
     outcome = ingest.commit()
     assert outcome.status == OUT_OF_RESOURCES and "closed" in outcome.error_comment
-    assert not any(archive.tmp_dir.iterdir())
+    assert settled(archive)
 
 
 # -- crash safety -------------------------------------------------------------------------
@@ -544,7 +546,7 @@ def test_no_name_before_durable_data_no_answer_before_commit(
     monkeypatch.setattr(
         Index, "commit", lambda self, **kw: (real_commit(self, **kw), log("commit"))[0]
     )
-    with Archive(tmp_path / "root", syncfs=syncfs) as archive:
+    with Archive(tmp_path / "root", syncfs=syncfs, journal=False) as archive:
         batches = Batches(archive)
         ingests = [receive(archive, n, series=f"1.2.3.{n % 2}") for n in range(size + 1)]
         temps = [str(i.temp) for i in ingests]

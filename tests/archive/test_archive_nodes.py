@@ -10,7 +10,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from archive_testlib import EXPLICIT_LE, dataset, dcm_files, digest_of, race, store, stored_dataset
+from archive_testlib import (
+    EXPLICIT_LE,
+    dataset,
+    dcm_files,
+    digest_of,
+    race,
+    settled,
+    store,
+    stored_dataset,
+)
 
 from dicomstore.archive import SUCCESS, WARNING_COERCION, Archive, StoreOutcome, nodes
 from dicomstore.archive.maintenance import run_check, run_reindex
@@ -57,7 +66,7 @@ def test_nodes_storing_one_identical_instance_store_it_once(tmp_path: Path) -> N
             assert {o.status for o in outcomes} == {SUCCESS}
             assert _one_file_one_row(nodes[0], _uid(n)) == data
         assert nodes[1].check() == []
-        assert all(not any(node.tmp_dir.iterdir()) for node in nodes)
+        assert all(settled(node) for node in nodes)
     finally:
         _close(nodes)
 

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from archive_testlib import stored_dataset
+from archive_testlib import settled, stored_dataset
 from pydicom import dcmread
 from pydicom.data import get_testdata_files
 from pydicom.filebase import DicomBytesIO
@@ -99,7 +99,7 @@ def test_pydicom_file_round_trip(path: str, tmp_path: Path) -> None:
             if Path(path).name in MISENCODED:
                 assert outcome.error_comment == MISENCODED[Path(path).name]
             assert outcome.path is None
-            assert not any(archive.tmp_dir.iterdir())
+            assert settled(archive)
             assert archive.instances() == []
             continue
         assert stored_dataset(outcome.path) == data

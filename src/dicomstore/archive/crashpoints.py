@@ -30,6 +30,7 @@ POINTS: tuple[str, ...] = (
     "publish.after-folder-flush",
     "publish.before-commit",
     "publish.after-commit",
+    "publish.after-journal",  # (new instances made durable by the journal)
     "publish.after-old-gone",
     "publish.after-traces-dropped",
     "publish.after-flush",  # (new instances committed before their flush: the flush)

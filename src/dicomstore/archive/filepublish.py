@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from dicomstore.archive import crashpoints, layout
 from dicomstore.archive.commit import CommitStats, Staged
+from dicomstore.archive.journal import Journal
 
 #: Batches at least this large are flushed with syncfs (when available).
 SYNCFS_MIN_BATCH = 2
@@ -41,6 +42,7 @@ class FilePublishing:
     _whole_fs: bool
     _dirs: set[str]
     _links: bool
+    _journal: Journal | None
 
     def start(self, stats: CommitStats, submitted: Callable[[], int]) -> None:
         self.stats = stats
@@ -66,7 +68,11 @@ class FilePublishing:
             self._watch_fd = layout.open_folder(self.root)
 
     def close(self) -> None:
-        """Release the descriptors used for syncfs (call when no batch runs)."""
+        """Release the descriptors used for syncfs and the journal, which goes when
+        nothing in it counts (call when no batch runs)."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
         if self._fs_fd >= 0:
             os.close(self._fs_fd)
             self._fs_fd = -1
@@ -95,7 +101,7 @@ class FilePublishing:
             if self.fsync:
                 self.stats.flushed_before += 1
             for member in batch:
-                _close(member)
+                close_member(member)
             return batch
         if whole_fs:
             try:
@@ -104,7 +110,7 @@ class FilePublishing:
                 pass  # find out whose data was lost: each descriptor reports its own
             else:
                 for member in batch:
-                    _close(member)
+                    close_member(member)
                 return batch
         if len(batch) > 1:
             for member in batch:
@@ -117,7 +123,7 @@ class FilePublishing:
             except OSError as exc:
                 member.failed = exc
             else:
-                _close(member)
+                close_member(member)
                 live.append(member)
         return live
 
@@ -253,7 +259,7 @@ class FilePublishing:
             pass
         else:
             for member in placed:
-                _close(member)
+                close_member(member)
             return True
         folders = set()
         for member in placed:
@@ -269,7 +275,7 @@ class FilePublishing:
             layout.fsync_dir(Path(folder))  # (raising: every descriptor stays open)
         for member in placed:
             if member.failed is None:
-                _close(member)
+                close_member(member)
         return False
 
     def withdraw(self, member: Staged) -> bool:
@@ -287,7 +293,7 @@ class FilePublishing:
         except OSError:
             return False
         finally:
-            _close(member)
+            close_member(member)
         if self.fsync:
             try:
                 layout.fsync_dir(Path(member.final).parent)
@@ -343,7 +349,7 @@ class FilePublishing:
     def undo(self, placed: list[Staged]) -> None:
         """Take back the renames of a batch that cannot be committed (the files go)."""
         for member in reversed(placed):
-            _close(member)  # (one placed before it was flushed is still open)
+            close_member(member)  # (one placed before it was flushed is still open)
             try:
                 if not _same_file(member.final, member.trace or member.temp):
                     pass  # not ours any more (another node's, see publish.py)
@@ -367,7 +373,7 @@ class FilePublishing:
                 _quietly(layout.fsync_dir, Path(folder))
 
     def discard(self, member: Staged) -> None:
-        _close(member)
+        close_member(member)
         layout.remove_quietly(member.temp)
         if member.trace is not None:
             layout.remove_quietly(member.trace)
@@ -437,7 +443,8 @@ def _same_file(path: str, other: str) -> bool:
         return True  # (no trace to tell: the file at ``path`` is taken as ours)
 
 
-def _close(member: Staged) -> None:
+def close_member(member: Staged) -> None:
+    """Close the member's descriptor (if still open)."""
     if member.fd >= 0:
         try:
             os.close(member.fd)

@@ -16,13 +16,15 @@ from typing import BinaryIO
 
 from dicomstore.archive import layout
 from dicomstore.archive.commit import CommitStats
+from dicomstore.archive.filejournal import FileJournaling
 from dicomstore.archive.filepublish import FilePublishing
 from dicomstore.archive.index import Index
+from dicomstore.archive.journal import Journal
 
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
-class FileStorage(FilePublishing):
+class FileStorage(FilePublishing, FileJournaling):
     """The local file system under ``root``: the key is the path relative to it.
 
     :class:`WritableStorage`: a temporary is a file created in ``.tmp`` and
@@ -52,6 +54,7 @@ class FileStorage(FilePublishing):
         self._whole_fs = False  # the batch being published is flushed with syncfs
         self._dirs: set[str] = set()  # folders (relative) known to exist
         self._links = True  # hard links work here
+        self._journal: Journal | None = None  # (use_journal)
 
     def __repr__(self) -> str:
         return f"FileStorage({str(self.root)!r})"

@@ -15,10 +15,10 @@ import errno
 import fcntl
 import logging
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dicomstore.archive import digests, layout, nodes
+from dicomstore.archive import digests, journal, layout, nodes
 from dicomstore.archive.dicomfile import HeaderError
 from dicomstore.archive.filepublish import UNFLUSHED
 from dicomstore.archive.index import Index
@@ -108,6 +108,7 @@ def _settle_folder(root: Path, index: Index, folder: Path, *, fsync: bool) -> in
 
     adopted = 0
     unsettled: set[str] = set()  # traces (and their backups) left for the next start
+    replay(root, index, folder, fsync=fsync)  # (its traces then settled as any)
     for entry in os.scandir(folder):
         if entry.name.endswith(_TRACES) and entry.is_file(follow_symlinks=False):
             try:
@@ -130,6 +131,85 @@ def _settle_folder(root: Path, index: Index, folder: Path, *, fsync: bool) -> in
             continue  # a node's lock file (nodes.py)
         layout.remove_quietly(Path(entry.path))
     return adopted
+
+
+def replay(root: Path, index: Index, folder: Path, *, fsync: bool) -> int:
+    """Put back what a node's journal (``journal.py``) holds and the disk may have
+    lost: its records still count when its last flush may not have covered them.
+    Each is an instance answered Success (a record is written after its COMMIT
+    and only a durable one is answered), in order; the number put back.
+
+    - Its row is there, with the record's key and digest: the file at its key is
+      written again from the record if it does not have that digest (a power cut
+      before the flush).
+    - No row, and its batch still listed ``unflushed``: its COMMIT is durable, so
+      the row went since (a ``delete``; a batch is struck off only after the
+      checkpoint that made its records obsolete): nothing comes back.
+    - No row, batch not listed: the COMMIT was lost with the power (SQLite's WAL
+      is durable in order: nothing after it is either). The file is written
+      again if needed and its ``.new`` trace linked to it: the settling of the
+      traces that follows adopts it (its digest matches).
+    - A row with another key or digest: stored again since; the record is stale.
+
+    Done under the index write lock (a live node storing the same instance waits).
+    """
+    records = journal.read(folder / journal.NAME)
+    if not records:
+        return 0
+    restored = 0
+    with index.lock:
+        index.begin()
+        try:
+            listed = {batch for batch, _ in index.unflushed_batches()}
+            for record in records:
+                meta = record.meta
+                rel, digest = meta["key"], meta["digest"]
+                row = index.find(meta["uid"])
+                if row is not None and (row["path"], row["digest"]) != (rel, digest):
+                    continue
+                if row is None and meta["batch"] in listed:
+                    continue
+                final = layout.resolve(root, rel)
+                if _whole(final, record.data, digest):
+                    if row is not None:
+                        continue
+                else:
+                    _write_again(root, final, record.data, folder / f"{meta['trace']}.tmp")
+                    log.warning("%s: written again from the journal", rel)
+                    restored += 1
+                if row is None:
+                    trace = folder / meta["trace"]
+                    layout.remove_quietly(trace)
+                    os.link(final, trace)
+            if fsync:
+                layout.fsync_dir(folder)
+        finally:
+            index.rollback()
+    return restored
+
+
+def _whole(path: Path, data: bytes, digest: str) -> bool:
+    """Whether the file at ``path`` has the bytes a journal record keeps."""
+    try:
+        return path.stat().st_size == len(data) and digests.matches(digest, path)
+    except (OSError, HeaderError, ValueError):
+        return False
+
+
+def _write_again(root: Path, final: Path, data: bytes, temp: Path) -> None:
+    """Write ``data`` to ``final`` durably: a temporary flushed, renamed there, the
+    folders flushed."""
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    layout.make_dirs(root, PurePosixPath(final.parent.relative_to(root)), durable=True)
+    os.rename(temp, final)
+    layout.fsync_dir(final.parent)
 
 
 def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool) -> int:

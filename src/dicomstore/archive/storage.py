@@ -212,6 +212,31 @@ class WritableStorage(Storage, Protocol):
         the index (the file ``index_file``, or ``None`` for a server's) durable."""
         ...
 
+    def use_journal(self, path: Path) -> None:
+        """Make batches committed before their flush durable through a journal at
+        ``path`` (``journal.py``) where they fit."""
+        ...
+
+    def journal(self, placed: list[Staged], batch: str) -> bool:
+        """After an unflushed COMMIT: make the placed members durable through the
+        journal (each closed); False, nothing done, when they cannot go there."""
+        ...
+
+    def checkpoint(self) -> bool:
+        """Flush what the journal stands for, then mark its records obsolete; False
+        when that failed (nothing changed)."""
+        ...
+
+    def covered(self) -> None:
+        """A flush since every journal record was written succeeded: mark them
+        obsolete (``OSError`` when that cannot be said)."""
+        ...
+
+    @property
+    def journaled(self) -> int:
+        """Records in the journal since its last checkpoint."""
+        ...
+
     def stage(self, batch: list[Staged]) -> list[Staged]:
         """Make the bytes of the batch's temporaries durable (each closed); the members
         whose bytes are, ``batch`` itself when all are (the others have ``failed``

@@ -57,6 +57,7 @@ from dicomstore.archive.engine import engine_for
 from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.index import Index
 from dicomstore.archive.ingest import Ingest
+from dicomstore.archive.journal import NAME as JOURNAL
 from dicomstore.archive.maintenance import check_archive, reindex_archive
 from dicomstore.archive.nodes import Node
 from dicomstore.archive.publish import Publisher
@@ -90,7 +91,9 @@ class Archive:
     An index of an older schema is rebuilt from the files at start-up
     (:attr:`reindexed`). ``index``: where the index is, when not the SQLite file
     in ``root``: a ``postgresql://user@host:port/db`` URL (``engine.py``); the
-    files stay under ``root``.
+    files stay under ``root``. ``journal``: where new instances are committed
+    before their flush, make them durable by one write to this node's journal
+    instead of a syncfs each (``journal.py``; ``False``: a syncfs each).
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class Archive:
         syncfs: bool | None = None,
         on_relational_mismatch: str = "reject",
         index: str | None = None,
+        journal: bool = True,
     ) -> None:
         if on_duplicate not in POLICIES:
             raise ValueError(f"on_duplicate must be one of {POLICIES}, not {on_duplicate!r}")
@@ -157,6 +161,7 @@ class Archive:
                 on_duplicate=on_duplicate,
                 on_relational_mismatch=on_relational_mismatch,
                 submitted=lambda: self._committer.submitted,
+                journal=self.tmp_dir / JOURNAL if journal else None,
             )
         except BaseException:
             self._node.close()

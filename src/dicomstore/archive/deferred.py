@@ -1,0 +1,142 @@
+"""The flush of a batch committed before it (``publish.py``, "New instances
+committed before their flush"): one write to the journal (``journal.py``) or one
+syncfs, the journal's checkpoint, and the withdrawal of members whose files could
+not be flushed; and the flush of a stored copy another writer committed so.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from dicomstore.archive import crashpoints
+from dicomstore.archive.commit import CommitStats, Staged
+from dicomstore.archive.engine import DatabaseOrOSError
+from dicomstore.archive.index import Index
+from dicomstore.archive.storage import WritableStorage
+
+#: The longest a batch made durable by the journal waits before it is flushed
+#: where it belongs (seconds; checked when a batch is published, and at close).
+CHECKPOINT_AFTER = 0.5
+
+
+class DeferredFlushes:
+    """The flushing part of :class:`~dicomstore.archive.publish.Publisher` (which
+    sets the attributes below)."""
+
+    storage: WritableStorage
+    index: Index
+    stats: CommitStats
+    flush_time: float
+    _journaled: list[tuple[list[Staged], str]]
+    _due: float
+    _flushed: list[str]
+
+    def _journal(self, placed: list[Staged], batch_name: str) -> bool:
+        """After a COMMIT not yet flushed: make the batch durable by one write to the
+        journal (``storage.journal``); False when it cannot go there (then
+        :meth:`_flush`)."""
+        started = time.perf_counter()
+        done = self.storage.journal(placed, batch_name)
+        self.flush_time += time.perf_counter() - started
+        if done:
+            if not self._journaled:
+                self._due = time.monotonic() + CHECKPOINT_AFTER
+            self._journaled.append((placed, batch_name))
+            if crashpoints.ENABLED:
+                crashpoints.reached("publish.after-journal")
+        return done
+
+    def _checkpoint(self) -> None:
+        """Flush the journaled batches where they belong (one syncfs), then retire
+        them; when that fails they stay journaled, and it is tried again later."""
+        if self.storage.checkpoint():
+            self._retire()
+        else:
+            self._due = time.monotonic() + CHECKPOINT_AFTER
+
+    def _retire(self) -> None:
+        """The journaled batches are durable where they belong and their records
+        obsolete: their traces go, and they are struck off at the next COMMIT."""
+        if crashpoints.ENABLED:
+            crashpoints.reached("publish.after-flush")
+        for placed, batch_name in self._journaled:
+            self.storage.finish(placed)
+            self._flushed.append(batch_name)
+        self._journaled = []
+        if crashpoints.ENABLED:
+            crashpoints.reached("publish.after-traces-dropped")
+
+    def _flush(self, placed: list[Staged], batch_name: str) -> None:
+        """After a COMMIT not yet flushed: flush the files, names and COMMIT of the
+        batch (``storage.flush_placed``; when that cannot use one flush, the index
+        after the files). A member whose file could not be flushed is withdrawn
+        (its file, then its row: A700); its batch stays ``unflushed``, for the next
+        start to verify what a crash may leave of it (``recovery.verify_unflushed``)."""
+        started = time.perf_counter()
+        whole = False
+        try:
+            whole = self.storage.flush_placed(placed)  # (one syncfs: everything before)
+            if not whole:
+                self.index.flush()
+        except OSError as exc:  # (nothing of the batch known durable)
+            for member in placed:
+                member.failed = member.failed or exc
+        self.flush_time += time.perf_counter() - started
+        failed = [member for member in placed if member.failed is not None]
+        if failed:
+            self._withdraw(failed)
+        else:
+            self._flushed.append(batch_name)
+        if whole and self._journaled:  # (a full journal: the flush covered it)
+            try:
+                self.storage.covered()
+            except OSError:
+                pass  # (they stay journaled: the next checkpoint)
+            else:
+                self._retire()
+        if crashpoints.ENABLED:
+            crashpoints.reached("publish.after-flush")
+
+    def _withdraw(self, failed: list[Staged]) -> None:
+        """Take back committed members whose files could not be flushed, under the
+        index lock: each file that is still theirs at its key goes, then its row
+        (best effort: what is left, the next start verifies)."""
+        index = self.index
+        with index.lock:
+            try:
+                index.begin()
+                for member in failed:
+                    row = member.row
+                    if self.storage.withdraw(member):  # (else another node's by now)
+                        index.remove(row["sop_instance_uid"])
+                        index.prune(
+                            row["series_uid"], row["study_uid"], row.get("patient_id") or ""
+                        )
+                index.commit()
+            except DatabaseOrOSError:
+                _quietly(index.rollback)
+            finally:
+                for member in failed:
+                    self.storage.discard(member)  # (closed, if withdraw did not get to it)
+
+    def _flush_found(self, found: dict[str, dict[str, Any]]) -> OSError | None:
+        """Make the stored copies of the instances a batch found durable before any
+        answer rests on them: one may be committed and not yet flushed (another
+        node's batch, ``unflushed``); the error when that failed."""
+        keys = self.index.unflushed_keys(list(found))
+        if not keys:
+            return None
+        try:
+            if not self.storage.flush_keys(keys, self.index.engine.local_file()):
+                self.index.flush()
+        except OSError as exc:
+            return exc
+        return None
+
+
+def _quietly(action: Any, *args: Any) -> None:
+    try:
+        action(*args)
+    except DatabaseOrOSError:
+        pass

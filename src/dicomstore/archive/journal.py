@@ -1,0 +1,232 @@
+"""A node's journal: new instances made durable by one small write (PS3.4 B.1.2).
+
+A batch of new instances committed before its flush (``publish.py``) is made
+durable here instead of by a syncfs: each member's file, whole, with its key,
+digest and batch, is appended to ``<node folder>/journal`` in one ``pwritev``
+with ``RWF_DSYNC``. The file is made of zeros written (not allocated) and
+flushed before its first use, so such a write changes no metadata of the file
+system: it costs the data and one device flush (~0.2 ms here), where a syncfs
+waits for a commit of the file system's journal (~1 ms, more with many dirty
+files). The files, their names and the COMMIT reach the disk later, in one
+syncfs for many batches (:meth:`Journal.checkpoint`, by ``publish.py``), after
+which their records are no longer needed.
+
+Format (little-endian). Two superblock slots at 0 and 4096, each
+``"DSJS", version, checkpoint`` and the xxh3-128 of those 16 bytes: the
+records up to ``checkpoint`` (a sequence number) are obsolete; the valid slot
+with the larger one counts (a torn write of one slot leaves the other). Records
+from :data:`START` on, each at a multiple of 4096: ``"DSJR", version, seq,
+len(meta), len(data)``, the xxh3-128 of all of that, the meta (JSON) and the
+data, then zeros to the next 4096. After a checkpoint the next record goes to
+:data:`START` again, so the records that count are the run of valid ones from
+there with sequence numbers past the checkpoint, in order: a record torn by a
+crash (never answered) ends the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from dicomstore.archive import layout
+
+#: The journal's name in a node's folder (``nodes.py``).
+NAME = "journal"
+ALIGN = 4096
+START = 2 * ALIGN
+#: The size a journal starts with; a checkpoint forced by a full journal doubles
+#: it, up to :data:`MAX_SIZE`.
+INITIAL_SIZE = 1 << 20
+MAX_SIZE = 64 << 20
+_SUPER = struct.Struct("<4sIQ")
+_HEAD = struct.Struct("<4sIQII")
+_SUM = 16
+_VERSION = 1
+_ZEROS = bytes(ALIGN)
+
+
+@dataclass(slots=True)
+class Record:
+    """One journaled instance: its file's bytes (``data``) and what ``meta`` says
+    of them (the key, the digest, the batch, the trace's name)."""
+
+    seq: int
+    meta: dict[str, Any]
+    data: bytes
+
+
+def record_size(data_size: int, meta: bytes) -> int:
+    """The bytes a record takes in the journal (aligned)."""
+    return -(-(_HEAD.size + _SUM + len(meta) + data_size) // ALIGN) * ALIGN
+
+
+class Journal:
+    """The writer of one node's journal (one thread at a time: the publishing leader).
+
+    Created on first use; :meth:`append` makes records durable; :meth:`checkpoint`
+    makes them obsolete (the caller has made what they stand for durable first).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = 0
+        self._fd = -1
+        self._head = START
+        self._seq = 0
+        self._slot = 0
+        #: a checkpoint was forced by a full journal: the next one grows it
+        self._full = False
+        self._dsync = hasattr(os, "RWF_DSYNC")
+        #: records appended since the last checkpoint
+        self.pending = 0
+
+    def fits(self, sizes: list[int]) -> bool:
+        """Whether records of these sizes (``record_size``) fit in the journal at
+        its largest (else the batch is flushed the usual way)."""
+        return START + sum(sizes) <= MAX_SIZE
+
+    def room(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` of records fit before the next checkpoint (False
+        also marks the journal to grow at that checkpoint)."""
+        if self._fd < 0:
+            self._open()
+        if self._head + nbytes <= self.size:
+            return True
+        self._full = True
+        return False
+
+    def append(self, entries: list[tuple[bytes, bytes]]) -> None:
+        """Write the records (meta as JSON bytes, data) in one durable write;
+        ``OSError`` when that failed (then none of them counts as written).
+        :meth:`room` said they fit."""
+        buffers: list[bytes] = []
+        for meta, data in entries:
+            self._seq += 1
+            head = _HEAD.pack(b"DSJR", _VERSION, self._seq, len(meta), len(data))
+            digest = xxhash.xxh3_128(head)
+            digest.update(meta)
+            digest.update(data)
+            buffers += (head, digest.digest(), meta, data)
+            pad = -(_HEAD.size + _SUM + len(meta) + len(data)) % ALIGN
+            if pad:
+                buffers.append(_ZEROS[:pad])
+        if len(buffers) > 512:  # (IOV_MAX is 1024)
+            buffers = [b"".join(buffers)]
+        nbytes = sum(len(b) for b in buffers)
+        self._write(buffers, self._head)
+        self._head += nbytes
+        self.pending += len(entries)
+
+    def checkpoint(self) -> None:
+        """Make every record written so far obsolete: the caller has made durable
+        everything they stand for (one syncfs that began after they were
+        written). The superblock says so, durably, before the next record may
+        overwrite them; a journal found too small grows now."""
+        if self._fd < 0 or not self.pending:
+            return
+        block = _SUPER.pack(b"DSJS", _VERSION, self._seq)
+        block += xxhash.xxh3_128(block).digest()
+        self._slot ^= 1
+        self._write([block], self._slot * ALIGN)
+        self._head = START
+        self.pending = 0
+        if self._full and self.size < MAX_SIZE:
+            self._grow(min(self.size * 2, MAX_SIZE))
+        self._full = False
+
+    def close(self) -> None:
+        """Let go of the file; it goes too when nothing in it counts any more."""
+        if self._fd < 0:
+            return
+        os.close(self._fd)
+        self._fd = -1
+        if not self.pending:
+            layout.remove_quietly(self.path)
+
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self._fd = fd
+        try:
+            self._grow(INITIAL_SIZE)  # (its name: below)
+            layout.fsync_dir(self.path.parent)
+            layout.fsync_dir(self.path.parent.parent)  # (a node's folder is new)
+        except BaseException:
+            os.close(fd)
+            self._fd = -1
+            layout.remove_quietly(self.path)
+            raise
+
+    def _grow(self, size: int) -> None:
+        """Zeros written up to ``size`` and flushed (data and size): from then on a
+        record written in it changes no metadata."""
+        chunk = bytes(1 << 20)
+        offset = self.size
+        while offset < size:
+            offset += os.pwrite(self._fd, chunk[: size - offset], offset)
+        os.fsync(self._fd)
+        self.size = size
+
+    def _write(self, buffers: list[bytes], offset: int) -> None:
+        if self._dsync:
+            try:
+                written = os.pwritev(self._fd, buffers, offset, os.RWF_DSYNC)
+            except OSError as exc:
+                if exc.errno not in (95, 22):  # EOPNOTSUPP, EINVAL: flushed below
+                    raise
+                self._dsync = False
+            else:
+                if written != sum(len(b) for b in buffers):
+                    raise OSError(28, "short write to the journal", str(self.path))
+                return
+        data = b"".join(buffers)
+        if os.pwrite(self._fd, data, offset) != len(data):
+            raise OSError(28, "short write to the journal", str(self.path))
+        os.fdatasync(self._fd)
+
+
+def read(path: Path) -> list[Record]:
+    """The records of the journal at ``path`` that still count, in order (none when
+    there is no journal)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return []
+    try:
+        size = os.fstat(fd).st_size
+        checkpoint = 0
+        for slot in (0, 1):
+            block = os.pread(fd, _SUPER.size + _SUM, slot * ALIGN)
+            if len(block) < _SUPER.size + _SUM:
+                continue
+            magic, _version, seq = _SUPER.unpack_from(block)
+            if magic == b"DSJS" and xxhash.xxh3_128(block[: _SUPER.size]).digest() == block[-_SUM:]:
+                checkpoint = max(checkpoint, seq)
+        records: list[Record] = []
+        offset, last = START, checkpoint
+        while offset + _HEAD.size + _SUM <= size:
+            head = os.pread(fd, _HEAD.size + _SUM, offset)
+            magic, _version, seq, meta_len, data_len = _HEAD.unpack_from(head)
+            end = offset + _HEAD.size + _SUM + meta_len + data_len
+            if magic != b"DSJR" or seq <= last or end > size:
+                break
+            body = os.pread(fd, meta_len + data_len, offset + _HEAD.size + _SUM)
+            digest = xxhash.xxh3_128(head[: _HEAD.size])
+            digest.update(body)
+            if digest.digest() != head[_HEAD.size :]:
+                break  # (torn by a crash: never answered)
+            try:
+                meta = json.loads(body[:meta_len])
+            except ValueError:
+                break
+            records.append(Record(seq, meta, body[meta_len:]))
+            last = seq
+            offset = -(-end // ALIGN) * ALIGN
+        return records
+    finally:
+        os.close(fd)

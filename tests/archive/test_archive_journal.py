@@ -1,0 +1,280 @@
+"""New instances made durable by one write to the node's journal (``journal.py``,
+``publish.py``): answered after that write and no flush of the file system,
+flushed where they belong at the checkpoint; what a power cut can take of them
+before it (the file's data, the COMMIT) comes back from the journal at the next
+start (``recovery.replay``), and nothing deleted since does."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from archive_testlib import dataset, die, settled, store, stored_dataset
+
+from dicomstore.archive import SUCCESS, Archive, Index, deferred, filejournal, journal, layout
+from dicomstore.archive.removal import remove
+
+pytestmark = [
+    pytest.mark.skipif(not layout.SYNCFS_AVAILABLE, reason="needs syncfs (Linux 5.8+)"),
+    pytest.mark.sqlite_index,  # (the journal serves a SQLite index in the root)
+]
+
+FINAL = "1.2.3.4/1.2.3.4.5/{}.dcm"
+
+
+def uid(n: int) -> str:
+    return f"1.2.3.4.5.6.{100 + n}"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return (tmp_path / "root").resolve()
+
+
+@pytest.fixture
+def archive(root: Path) -> Iterator[Archive]:
+    with Archive(root) as archive:
+        assert archive._publisher.defers and archive.storage._journal is not None
+        yield archive
+
+
+def _unflushed(root: Path) -> list[str]:
+    db = sqlite3.connect(root / layout.INDEX_FILE)
+    try:
+        return sorted(u for (u,) in db.execute("SELECT sop_instance_uid FROM unflushed"))
+    finally:
+        db.close()
+
+
+def _journal_of(archive: Archive) -> Path:
+    return archive.tmp_dir / journal.NAME
+
+
+def test_an_instance_is_answered_after_one_write_to_the_journal_and_no_syncfs(
+    archive: Archive, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert store(archive, dataset(uid(0)), sop_uid=uid(0)).status == SUCCESS
+    calls: list[str] = []
+    real_pwritev, real_syncfs, real_commit = os.pwritev, layout.syncfs, Index.commit
+
+    def pwritev(fd: int, buffers: list[bytes], offset: int, flags: int = 0) -> int:
+        calls.append("pwritev RWF_DSYNC" if flags & os.RWF_DSYNC else "pwritev")
+        return real_pwritev(fd, buffers, offset, flags)
+
+    def commit(self: Index, *, flush: bool = True) -> None:
+        calls.append("COMMIT" if flush else "COMMIT (not flushed)")
+        real_commit(self, flush=flush)
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    monkeypatch.setattr(os, "rename", lambda a, b: (calls.append("rename"), os.replace(a, b))[1])
+    monkeypatch.setattr(layout, "syncfs", lambda fd: (calls.append("syncfs"), real_syncfs(fd))[1])
+    monkeypatch.setattr(Index, "commit", commit)
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync"))
+    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append("fdatasync"))
+    outcome = store(archive, dataset(uid(1)), sop_uid=uid(1))
+    assert outcome.status == SUCCESS
+    # named, committed (WAL not flushed), then the one durable write: answered
+    assert calls == ["rename", "COMMIT (not flushed)", "pwritev RWF_DSYNC"]
+    records = journal.read(_journal_of(archive))
+    assert [r.meta["uid"] for r in records] == [uid(0), uid(1)]
+    assert records[1].data == outcome.path.read_bytes()  # type: ignore[union-attr]
+    assert records[1].meta["key"] == FINAL.format(uid(1))
+    monkeypatch.undo()
+    assert archive.check() == []
+    # the checkpoint: one syncfs, the records obsolete, the traces gone, struck off
+    assert _unflushed(root) == [uid(0), uid(1)]
+    assert settled(archive)
+    assert journal.read(_journal_of(archive)) == []
+    assert store(archive, dataset(uid(2)), sop_uid=uid(2)).status == SUCCESS
+    assert _unflushed(root) == [uid(2)]
+
+
+def test_a_member_is_answered_only_after_its_record_is_written(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[object] = []
+    real = journal.Journal.append
+
+    def append(self: journal.Journal, entries: list[tuple[bytes, bytes]]) -> None:
+        seen.append(archive.get_instance(uid(1)))  # (committed, not yet answered)
+        real(self, entries)
+
+    monkeypatch.setattr(journal.Journal, "append", append)
+    assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
+    assert seen and seen[0] is not None
+
+
+def test_the_checkpoint_comes_with_a_batch_once_the_oldest_record_waited(
+    archive: Archive, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deferred, "CHECKPOINT_AFTER", 0.0)
+    assert store(archive, dataset(uid(0)), sop_uid=uid(0)).status == SUCCESS
+    assert any(p.name.endswith(".new") for p in archive.tmp_dir.iterdir())
+    assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS  # (0 retired)
+    assert len([p for p in archive.tmp_dir.iterdir() if p.name.endswith(".new")]) == 1
+    assert store(archive, dataset(uid(2)), sop_uid=uid(2)).status == SUCCESS
+    assert [r.meta["uid"] for r in journal.read(_journal_of(archive))] == [uid(2)]
+    assert _unflushed(root) == [uid(2)]  # (1 and 2 struck off by the later COMMITs)
+
+
+def test_a_close_flushes_what_the_journal_holds_and_removes_it(root: Path) -> None:
+    with Archive(root) as archive:
+        for n in range(3):
+            assert store(archive, dataset(uid(n)), sop_uid=uid(n)).status == SUCCESS
+        folder = archive.tmp_dir
+    assert not folder.exists() and _unflushed(root) == []
+    with Archive(root) as again:
+        assert again.recovered == 0 and again.check() == []
+        assert len(list(again.instances())) == 3
+
+
+def test_a_full_journal_is_flushed_with_the_batch_that_does_not_fit_and_grows(
+    archive: Archive, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "INITIAL_SIZE", journal.START + 2 * journal.ALIGN)
+    for n in range(2):
+        assert store(archive, dataset(uid(n)), sop_uid=uid(n)).status == SUCCESS
+    assert archive.storage.journaled == 2
+    syncfs: list[int] = []
+    real = layout.syncfs
+    monkeypatch.setattr(layout, "syncfs", lambda fd: (syncfs.append(fd), real(fd))[1])
+    assert store(archive, dataset(uid(2)), sop_uid=uid(2)).status == SUCCESS
+    assert len(syncfs) == 1  # its own flush, which covered the two journaled
+    assert archive.storage.journaled == 0 and settled(archive)
+    assert archive.storage._journal.size == 2 * journal.INITIAL_SIZE  # type: ignore[union-attr]
+    assert store(archive, dataset(uid(3)), sop_uid=uid(3)).status == SUCCESS
+    assert len(syncfs) == 1 and archive.storage.journaled == 1
+    assert archive.check() == []
+
+
+def test_a_file_over_the_journal_limit_is_flushed_with_a_syncfs(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(filejournal, "JOURNAL_MAX", 100)
+    assert store(archive, dataset(uid(0)), sop_uid=uid(0)).status == SUCCESS
+    assert archive.storage.journaled == 0
+    assert not [p for p in archive.tmp_dir.iterdir() if p.name != journal.NAME]
+
+
+def test_a_journal_that_cannot_be_made_leaves_the_batch_to_its_syncfs(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: journal.Journal, size: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal.Journal, "_grow", refuse)
+    assert store(archive, dataset(uid(0)), sop_uid=uid(0)).status == SUCCESS
+    assert archive.storage.journaled == 0 and not _journal_of(archive).exists()
+    assert archive.check() == [] and settled(archive)
+
+
+# -- a power cut before the checkpoint: what the journal puts back ----------------
+
+
+def _lose_data(path: Path) -> None:
+    """The file's blocks never reached the disk (delayed allocation)."""
+    size = path.stat().st_size
+    with open(path, "r+b") as fp:
+        fp.truncate(0)
+        fp.truncate(size)
+
+
+def test_a_file_whose_data_was_lost_is_written_again_from_the_journal(
+    archive: Archive, root: Path
+) -> None:
+    stored = store(archive, dataset(uid(1)), sop_uid=uid(1))
+    data = stored.path.read_bytes()  # type: ignore[union-attr]
+    die(archive)
+    _lose_data(stored.path)  # type: ignore[arg-type]
+    with Archive(root) as again:
+        assert [r["sop_instance_uid"] for r in again.instances()] == [uid(1)]
+        assert (root / FINAL.format(uid(1))).read_bytes() == data
+        assert again.check() == [] and _unflushed(root) == []
+        assert stored_dataset(root / FINAL.format(uid(1))) == dataset(uid(1))
+
+
+def test_an_instance_whose_commit_was_lost_comes_back_from_the_journal(
+    archive: Archive, root: Path
+) -> None:
+    """The WAL's COMMIT, the file and its trace all lost: the record alone brings
+    the instance back, indexed."""
+    assert store(archive, dataset(uid(0)), sop_uid=uid(0)).status == SUCCESS
+    assert settled(archive)  # (uid 0 flushed where it belongs)
+    stored = store(archive, dataset(uid(1)), sop_uid=uid(1))
+    data = stored.path.read_bytes()  # type: ignore[union-attr]
+    die(archive)
+    db = sqlite3.connect(root / layout.INDEX_FILE)
+    with db:  # (as if its COMMIT never reached the disk)
+        db.execute("DELETE FROM instance WHERE sop_instance_uid = ?", (uid(1),))
+        db.execute("DELETE FROM unflushed WHERE sop_instance_uid = ?", (uid(1),))
+    db.close()
+    stored.path.unlink()  # type: ignore[union-attr]
+    for trace in archive.tmp_dir.glob("*.new"):
+        trace.unlink()
+    with Archive(root) as again:
+        assert again.recovered == 1
+        assert sorted(r["sop_instance_uid"] for r in again.instances()) == [uid(0), uid(1)]
+        assert (root / FINAL.format(uid(1))).read_bytes() == data
+        assert again.check() == [] and settled(again)
+
+
+def test_an_instance_deleted_after_its_answer_does_not_come_back(
+    archive: Archive, root: Path
+) -> None:
+    for n in range(2):
+        assert store(archive, dataset(uid(n)), sop_uid=uid(n)).status == SUCCESS
+    assert remove(root, uid(1)).instances == 1
+    die(archive)
+    with Archive(root) as again:
+        assert [r["sop_instance_uid"] for r in again.instances()] == [uid(0)]
+        assert not (root / FINAL.format(uid(1))).exists()
+        assert again.check() == []
+
+
+def test_a_torn_record_was_never_answered_and_is_not_replayed(archive: Archive, root: Path) -> None:
+    """A crash during the write: the record fails its checksum and the run of
+    records ends there; its instance's row, listed, is verified as without the
+    journal (its file lost: dropped)."""
+    for n in range(2):
+        assert store(archive, dataset(uid(n)), sop_uid=uid(n)).status == SUCCESS
+    path = _journal_of(archive)
+    die(archive)
+    second = journal.read(path)[1]
+    with open(path, "r+b") as fp:  # (a byte of the second record's data lost)
+        data = fp.read()
+        at = data.index(second.data)
+        fp.seek(at + 200)
+        fp.write(b"\xff")
+    assert [r.meta["uid"] for r in journal.read(path)] == [uid(0)]
+    _lose_data(root / FINAL.format(uid(1)))
+    with Archive(root) as again:
+        assert [r["sop_instance_uid"] for r in again.instances()] == [uid(0)]
+        assert again.check() == []
+
+
+def test_records_past_a_checkpoint_only_count(tmp_path: Path) -> None:
+    """The superblock's checkpoint makes older records obsolete, also those a
+    shorter run after it leaves behind; its two slots alternate."""
+    path = tmp_path / journal.NAME
+    writer = journal.Journal(path)
+    assert writer.room(3 * journal.ALIGN)
+    writer.append([(b'{"n": 1}', b"a" * 10), (b'{"n": 2}', b"b" * 5000)])
+    assert [(r.seq, r.meta, len(r.data)) for r in journal.read(path)] == [
+        (1, {"n": 1}, 10),
+        (2, {"n": 2}, 5000),
+    ]
+    writer.checkpoint()
+    assert journal.read(path) == []
+    writer.append([(b'{"n": 3}', b"c")])
+    assert [r.meta for r in journal.read(path)] == [{"n": 3}]  # (not 2 behind it)
+    writer.checkpoint()
+    writer.append([(b'{"n": 4}', b"d")])
+    with open(path, "r+b") as fp:  # the last slot written torn: the other counts
+        fp.seek(0)
+        fp.write(b"\0" * 16)
+    assert [r.meta for r in journal.read(path)] == [{"n": 4}]
+    writer.close()
+    assert path.exists()  # (a record still counts)
