@@ -255,26 +255,67 @@ def test_a_torn_record_was_never_answered_and_is_not_replayed(archive: Archive, 
         assert again.check() == []
 
 
+def _appended(writer: journal.Journal, tmp_path: Path, *records: tuple[bytes, bytes]) -> None:
+    entries = []
+    for n, (meta, data) in enumerate(records):
+        source = tmp_path / f"source-{writer.pending}-{n}"
+        source.write_bytes(data)
+        entries.append((meta, os.open(source, os.O_RDONLY), len(data)))
+    try:
+        writer.append(entries)
+    finally:
+        for _, fd, _ in entries:
+            os.close(fd)
+
+
 def test_records_past_a_checkpoint_only_count(tmp_path: Path) -> None:
     """The superblock's checkpoint makes older records obsolete, also those a
     shorter run after it leaves behind; its two slots alternate."""
     path = tmp_path / journal.NAME
     writer = journal.Journal(path)
     assert writer.room(3 * journal.ALIGN)
-    writer.append([(b'{"n": 1}', b"a" * 10), (b'{"n": 2}', b"b" * 5000)])
+    _appended(writer, tmp_path, (b'{"n": 1}', b"a" * 10), (b'{"n": 2}', b"b" * 5000))
     assert [(r.seq, r.meta, len(r.data)) for r in journal.read(path)] == [
         (1, {"n": 1}, 10),
         (2, {"n": 2}, 5000),
     ]
     writer.checkpoint()
     assert journal.read(path) == []
-    writer.append([(b'{"n": 3}', b"c")])
+    _appended(writer, tmp_path, (b'{"n": 3}', b"c"))
     assert [r.meta for r in journal.read(path)] == [{"n": 3}]  # (not 2 behind it)
     writer.checkpoint()
-    writer.append([(b'{"n": 4}', b"d")])
+    _appended(writer, tmp_path, (b'{"n": 4}', b"d"))
     with open(path, "r+b") as fp:  # the last slot written torn: the other counts
         fp.seek(0)
         fp.write(b"\0" * 16)
     assert [r.meta for r in journal.read(path)] == [{"n": 4}]
     writer.close()
     assert path.exists()  # (a record still counts)
+
+
+def test_a_batch_larger_than_a_group_is_written_a_group_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most GROUP bytes of records are held at once (a file read a CHUNK at a
+    time); the heads of records written early follow, then one fdatasync."""
+    monkeypatch.setattr(journal, "GROUP", 3000)
+    monkeypatch.setattr(journal, "CHUNK", 1000)
+    calls: list[str] = []
+    real_pwritev, real_fdatasync = os.pwritev, os.fdatasync
+    monkeypatch.setattr(
+        os, "pwritev", lambda *a: (calls.append(f"pwritev {len(a) > 3}"), real_pwritev(*a))[1]
+    )
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append("fdatasync"), real_fdatasync(fd)))
+    path = tmp_path / journal.NAME
+    writer = journal.Journal(path)
+    assert writer.room(8 * journal.ALIGN)
+    datas = [bytes([n]) * size for n, size in enumerate((100, 7000, 50, 2500))]
+    calls.clear()
+    _appended(writer, tmp_path, *[(b'{"n": %d}' % n, d) for n, d in enumerate(datas)])
+    assert calls[-1] == "fdatasync" and "pwritev True" not in calls
+    assert calls.count("pwritev False") >= 3
+    assert [r.data for r in journal.read(path)] == datas
+    calls.clear()
+    _appended(writer, tmp_path, (b"{}", b"small"))  # (one group: one write, flushed)
+    assert calls == ["pwritev True"]
+    assert [r.data for r in journal.read(path)] == [*datas, b"small"]

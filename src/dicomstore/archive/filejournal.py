@@ -8,7 +8,6 @@ before its flush made durable by one write of its files to the node's journal
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,15 +66,13 @@ class FileJournaling:
         try:
             if not journal.fits(sizes) or not journal.room(sum(sizes)):
                 return False
-            entries: list[tuple[bytes, bytes]] = []
-            for member, meta in zip(placed, metas, strict=True):
-                size = member.row["file_size"]
-                data = os.pread(member.fd, size, 0)
-                if len(data) != size:
-                    return False
-                entries.append((meta, data))
             self.stats.flushes += 1
-            journal.append(entries)
+            journal.append(
+                [
+                    (meta, member.fd, member.row["file_size"])
+                    for member, meta in zip(placed, metas, strict=True)
+                ]
+            )
         except OSError:
             return False
         for member in placed:
