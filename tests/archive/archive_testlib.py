@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 from pathlib import Path
@@ -182,7 +183,10 @@ def die(archive: Archive) -> None:
     """The process of ``archive`` is gone: nothing of it is cleaned up."""
     archive.index._db.close()  # the open transaction is lost
     archive._node.close()  # its lock goes with the process (its folder stays)
-    archive.storage.close()  # (its descriptors; no checkpoint of its journal)
+    journal, archive.storage._journal = archive.storage._journal, None
+    if journal is not None and journal._fd >= 0:
+        os.close(journal._fd)  # (its file stays as it is: no checkpoint, not removed)
+    archive.storage.close()
 
 
 def settled(archive: Archive) -> bool:

@@ -319,3 +319,100 @@ def test_a_batch_larger_than_a_group_is_written_a_group_at_a_time(
     _appended(writer, tmp_path, (b"{}", b"small"))  # (one group: one write, flushed)
     assert calls == ["pwritev True"]
     assert [r.data for r in journal.read(path)] == [*datas, b"small"]
+
+
+# -- what no checkpoint covers: left for the next start --------------------------------
+
+
+def test_another_nodes_start_leaves_a_live_nodes_batches_listed(root: Path) -> None:
+    """A worker starting beside a serving node verifies only dead nodes' batches:
+    the live one's stay listed until its own checkpoint, so after a delete and a
+    crash its replay tells the delete from a lost COMMIT."""
+    first = Archive(root)
+    for n in range(2):
+        assert store(first, dataset(uid(n)), sop_uid=uid(n)).status == SUCCESS
+    with Archive(root) as worker:
+        assert worker.recovered == 0
+    assert _unflushed(root) == [uid(0), uid(1)]
+    assert remove(root, uid(1)).instances == 1
+    die(first)
+    with Archive(root) as again:
+        assert [r["sop_instance_uid"] for r in again.instances()] == [uid(0)]
+        assert again.check() == []
+
+
+def _eio(*args: object) -> None:
+    raise OSError(5, "Input/output error")
+
+
+def test_a_failed_syncfs_leaves_the_journal_to_the_next_start(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux reports a writeback error once per descriptor: after a failed syncfs
+    the next one would succeed without the lost data. So the journal's records
+    are never made obsolete by this process any more (nothing struck off, the
+    journal and traces kept at its close), and the next start writes back what
+    the disk lost."""
+    archive = Archive(root)
+    stored = store(archive, dataset(uid(1)), sop_uid=uid(1))
+    data = stored.path.read_bytes()  # type: ignore[union-attr]
+    with monkeypatch.context() as patch:
+        patch.setattr(layout, "syncfs", _eio)
+        assert not archive.storage.checkpoint()
+    assert not archive.storage.checkpoint() and not archive.storage.journal_sound
+    # later batches: flushed without the journal, answered, but not struck off
+    assert store(archive, dataset(uid(2)), sop_uid=uid(2)).status == SUCCESS
+    assert store(archive, dataset(uid(3)), sop_uid=uid(3)).status == SUCCESS
+    folder = archive.tmp_dir
+    archive.close()
+    assert (folder / journal.NAME).exists() and _unflushed(root) == [uid(n) for n in (1, 2, 3)]
+    _lose_data(root / FINAL.format(uid(1)))  # (what the failed writeback lost)
+    with Archive(root) as again:
+        assert (root / FINAL.format(uid(1))).read_bytes() == data
+        assert len(list(again.instances())) == 3 and again.check() == []
+        assert not folder.exists() and _unflushed(root) == []
+
+
+def test_a_failed_record_write_breaks_the_journal_and_nothing_is_struck_off(
+    archive: Archive, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed write may still leave valid records: the batch is flushed with a
+    syncfs and answered, but no batch is struck off any more (a delete since must
+    not look like a lost COMMIT to the next start)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(journal.Journal, "_write", _eio)
+        assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
+    assert not archive.storage.journal_sound and archive.storage.journaled == 0
+    assert store(archive, dataset(uid(2)), sop_uid=uid(2)).status == SUCCESS
+    assert archive.storage.journaled == 0  # (no more records)
+    assert _unflushed(root) == [uid(1), uid(2)]
+
+
+def test_a_failed_superblock_write_breaks_the_journal(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The block may have landed: no record may follow it at the old place."""
+    assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
+    with monkeypatch.context() as patch:
+        patch.setattr(journal.Journal, "_write", _eio)
+        assert not archive.storage.checkpoint()
+    assert not archive.storage.journal_sound
+    assert store(archive, dataset(uid(2)), sop_uid=uid(2)).status == SUCCESS
+    assert archive.storage.journaled == 1  # (only the first: the second flushed)
+
+
+def test_a_replay_whose_flush_fails_keeps_the_journal(
+    archive: Archive, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a SIGKILL the files replay finds whole may be whole in memory only:
+    the journal goes only after one syncfs made them durable."""
+    assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
+    folder = archive.tmp_dir
+    die(archive)
+    with monkeypatch.context() as patch:
+        patch.setattr(layout, "syncfs", _eio)
+        Archive(root, journal=False).close()
+    assert (folder / journal.NAME).exists()
+    with Archive(root) as again:
+        assert [r["sop_instance_uid"] for r in again.instances()] == [uid(1)]
+        assert not folder.exists() and again.check() == []

@@ -83,9 +83,11 @@ class FileJournaling:
         """Make what the journal holds durable where it belongs: one syncfs (the
         files, their names, the COMMITs: all written before it began), then the
         journal's records obsolete (``Journal.checkpoint``); False, nothing
-        changed, when either failed."""
+        changed, when either failed or failed before (``Journal.broken``)."""
         journal = self._journal
-        if journal is None or not journal.pending:
+        if journal is None or journal.broken:
+            return False
+        if not journal.pending:
             return True
         try:
             self._syncfs()
@@ -107,3 +109,10 @@ class FileJournaling:
     def journaled(self) -> int:
         """Records in the journal since its last checkpoint."""
         return 0 if self._journal is None else self._journal.pending
+
+    @property
+    def journal_sound(self) -> bool:
+        """Whether no record of the journal can count but those of batches still
+        to be checkpointed: else (``Journal.broken``) no batch is struck off, for
+        the next start to tell a lost COMMIT from a delete (``recovery.replay``)."""
+        return self._journal is None or not self._journal.broken

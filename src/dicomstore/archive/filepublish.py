@@ -422,7 +422,15 @@ class FilePublishing:
     def _syncfs(self) -> None:
         self.stats.flushes += 1
         upto = self.submitted()  # written before this syncfs begins: durable after it
-        layout.syncfs(self._fs_fd)
+        try:
+            layout.syncfs(self._fs_fd)
+        except OSError:
+            # (Linux reports a writeback error once per descriptor: a later syncfs
+            # through it succeeds without the lost data. What the journal holds it
+            # no longer makes obsolete: the next start replays it)
+            if self._journal is not None:
+                self._journal.broken = True
+            raise
         self.durable_seq = max(self.durable_seq, upto)
 
     def _remove_file(self, key: str) -> None:

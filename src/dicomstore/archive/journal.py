@@ -90,11 +90,16 @@ class Journal:
         self._dsync = hasattr(os, "RWF_DSYNC")
         #: records appended since the last checkpoint
         self.pending = 0
+        #: a write failed (a record, the superblock), or a flush of what the records
+        #: stand for did: records may count that no checkpoint will make obsolete in
+        #: this process's life (the next start replays them); nothing more is written
+        self.broken = False
 
     def fits(self, sizes: list[int]) -> bool:
         """Whether records of these sizes (``record_size``) fit in the journal at
-        its largest (else the batch is flushed the usual way)."""
-        return START + sum(sizes) <= MAX_SIZE
+        its largest, and it is not :attr:`broken` (else the batch is flushed the
+        usual way)."""
+        return not self.broken and START + sum(sizes) <= MAX_SIZE
 
     def room(self, nbytes: int) -> bool:
         """Whether ``nbytes`` of records fit before the next checkpoint (False
@@ -113,6 +118,14 @@ class Journal:
         ``pwritev(RWF_DSYNC)`` when the batch fits in one group (the common case),
         else the groups, the headers, one ``fdatasync``. ``OSError`` when that
         failed (then none of them counts as written). :meth:`room` said they fit."""
+        try:
+            self._append(entries)
+        except BaseException:
+            self.broken = True
+            raise
+        self.pending += len(entries)
+
+    def _append(self, entries: list[tuple[bytes, int, int]]) -> None:
         group: list[bytes] = []  # (a record's head and sum: a placeholder until known)
         held = 0
         start = offset = self._head
@@ -162,7 +175,6 @@ class Journal:
                 os.pwrite(self._fd, known, record)
             os.fdatasync(self._fd)
         self._head = offset
-        self.pending += len(entries)
 
     def _write_group(self, group: list[bytes], offset: int, *, dsync: bool) -> None:
         if len(group) > 512:  # (IOV_MAX is 1024)
@@ -181,10 +193,16 @@ class Journal:
         overwrite them; a journal found too small grows now."""
         if self._fd < 0 or not self.pending:
             return
+        if self.broken:
+            raise OSError(5, "the journal is broken: left for the next start", str(self.path))
         block = _SUPER.pack(b"DSJS", _VERSION, self._seq)
         block += xxhash.xxh3_128(block).digest()
         self._slot ^= 1
-        self._write([block], self._slot * ALIGN)
+        try:
+            self._write([block], self._slot * ALIGN)
+        except BaseException:
+            self.broken = True  # (the block may have landed: no record after it)
+            raise
         self._head = START
         self.pending = 0
         if self._full and self.size < MAX_SIZE:
@@ -197,7 +215,7 @@ class Journal:
             return
         os.close(self._fd)
         self._fd = -1
-        if not self.pending:
+        if not self.pending and not self.broken:
             layout.remove_quietly(self.path)
 
     def _open(self) -> None:

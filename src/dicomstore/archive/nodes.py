@@ -212,6 +212,12 @@ def alive(root: Path | str) -> Iterator[str]:
             os.close(fd)  # (and our probe's lock with it)
 
 
+def live(root: Path) -> set[str]:
+    """The names of the nodes with a lock file in ``.tmp``: live ones (after
+    :func:`dead` settled the dead, a node that died since, until the next start)."""
+    return {name.removesuffix(LOCK) for name in _lock_names(root / layout.TMP_DIR)}
+
+
 def _lock_names(tmp: Path) -> list[str]:
     with os.scandir(tmp) as entries:
         return [

@@ -98,6 +98,13 @@ superblock is durable before the traces go and before a batch is struck off
 written over. The journal's file is zeros written and flushed before its first
 use, so a record's write changes no metadata: one device flush (~0.2 ms) where
 a syncfs waits for the file system's own journal (~1 ms for a lone instance).
+A failed write (a record, the superblock) or a failed syncfs (Linux reports a
+writeback error once per descriptor: the next syncfs would succeed without the
+lost data) breaks the journal (``Journal.broken``): nothing more is written to
+it or marked obsolete, no batch is struck off, and it stays at the close, for
+the next start to replay. Batch names carry the node's name, and a start
+leaves a live node's batches listed (``recovery.verify_unflushed``): only its
+own checkpoint strikes them off.
 
 Why it holds: nothing is answered before the one flush, which makes durable
 everything written before it began (data, names, WAL); so after a crash every
@@ -221,6 +228,7 @@ class Publisher(DeferredFlushes):
         on_relational_mismatch: str = "reject",
         submitted: Callable[[], int] = lambda: 0,
         journal: Path | None = None,
+        owner: str = "",
     ) -> None:
         self.storage = storage
         self.index = index
@@ -246,7 +254,9 @@ class Publisher(DeferredFlushes):
         self._journaled: list[tuple[list[Staged], str]] = []
         self._due = 0.0
         self._batches = itertools.count(1)
-        self._owner = secrets.token_hex(6)  # (batch names unique among the writers)
+        #: batch names are unique among the writers, and name the node
+        #: (``recovery.verify_unflushed`` leaves a live node's batches to it)
+        self._owner = owner or secrets.token_hex(6)
         #: batches flushed since their COMMIT, to strike off ``unflushed`` in the next
         self._flushed: list[str] = []
 
@@ -256,7 +266,7 @@ class Publisher(DeferredFlushes):
         let go of the storage's publishing resources (call when no batch runs)."""
         if self._journaled:
             self._checkpoint()
-        if self._flushed:
+        if self._flushed and self.storage.journal_sound:
             index = self.index
             with index.lock:
                 try:
@@ -370,7 +380,7 @@ class Publisher(DeferredFlushes):
                 if deferred:
                     batch_name = f"{self._owner}.{next(self._batches)}"
                     index.unflushed(batch_name, [m.row["sop_instance_uid"] for m in placed])
-                if self._flushed:
+                if self._flushed and storage.journal_sound:
                     index.flushed(self._flushed)
                 if crashpoints.ENABLED:
                     crashpoints.reached("publish.before-commit")

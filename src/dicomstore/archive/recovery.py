@@ -108,7 +108,8 @@ def _settle_folder(root: Path, index: Index, folder: Path, *, fsync: bool) -> in
 
     adopted = 0
     unsettled: set[str] = set()  # traces (and their backups) left for the next start
-    replay(root, index, folder, fsync=fsync)  # (its traces then settled as any)
+    if not replay(root, index, folder, fsync=fsync):  # (its traces then settled as any)
+        unsettled.add(journal.NAME)  # (what it stands for not known durable: kept)
     for entry in os.scandir(folder):
         if entry.name.endswith(_TRACES) and entry.is_file(follow_symlinks=False):
             try:
@@ -133,11 +134,11 @@ def _settle_folder(root: Path, index: Index, folder: Path, *, fsync: bool) -> in
     return adopted
 
 
-def replay(root: Path, index: Index, folder: Path, *, fsync: bool) -> int:
+def replay(root: Path, index: Index, folder: Path, *, fsync: bool) -> bool:
     """Put back what a node's journal (``journal.py``) holds and the disk may have
     lost: its records still count when its last flush may not have covered them.
     Each is an instance answered Success (a record is written after its COMMIT
-    and only a durable one is answered), in order; the number put back.
+    and only a durable one is answered), in order.
 
     - Its row is there, with the record's key and digest: the file at its key is
       written again from the record if it does not have that digest (a power cut
@@ -152,10 +153,13 @@ def replay(root: Path, index: Index, folder: Path, *, fsync: bool) -> int:
     - A row with another key or digest: stored again since; the record is stale.
 
     Done under the index write lock (a live node storing the same instance waits).
+    Then one syncfs makes what the records stand for durable (after a SIGKILL the
+    files checked above may be whole in memory only), before the journal may go:
+    False when that failed (the journal stays, for the next start).
     """
     records = journal.read(folder / journal.NAME)
     if not records:
-        return 0
+        return True
     restored = 0
     with index.lock:
         index.begin()
@@ -181,11 +185,22 @@ def replay(root: Path, index: Index, folder: Path, *, fsync: bool) -> int:
                     trace = folder / meta["trace"]
                     layout.remove_quietly(trace)
                     os.link(final, trace)
-            if fsync:
-                layout.fsync_dir(folder)
         finally:
             index.rollback()
-    return restored
+    if restored:
+        log.warning("%s: %d instances written again from its journal", folder, restored)
+    if not fsync:
+        return True
+    try:
+        fd = layout.open_folder(folder)
+        try:
+            layout.syncfs(fd)  # (a journal is only written where syncfs is trusted)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        log.warning("%s: its journal is kept, flushing failed: %s", folder, exc)
+        return False
+    return True
 
 
 def _whole(path: Path, data: bytes, digest: str) -> bool:
@@ -276,14 +291,18 @@ def verify_unflushed(root: Path, index: Index, *, fsync: bool) -> int:
     durable, and that flush strikes its batch off in the next COMMIT; so a row
     whose file is missing or does not match its digest (a power cut before the
     flush) was never acknowledged: it goes, with its file. The others are made
-    durable (they may be a live node's, between its COMMIT and its flush) before
-    their batches are struck off. The files are read outside the index write
-    lock (a large batch must not hold other nodes past their lock timeout); one
-    is dropped under it only if its row and its file are still those read."""
+    durable before their batches are struck off. A live node's batches (its
+    name in theirs, its lock file in ``.tmp``: ``nodes.live``) are left to it:
+    made durable by its journal, they are struck off only after its checkpoint,
+    which tells its next start's replay a lost COMMIT from a delete since. The
+    files are read outside the index write lock (a large batch must not hold
+    other nodes past their lock timeout); one is dropped under it only if its row
+    and its file are still those read."""
     with index.lock:
         index.begin()
         try:
-            listed = index.unflushed_batches()
+            live = nodes.live(root)  # (their batches are theirs: see the docstring)
+            listed = [p for p in index.unflushed_batches() if _owner(p[0]) not in live]
             rows = {uid: index.find(uid) for uid in {uid for _, uid in listed}}
         finally:
             index.rollback()
@@ -338,6 +357,11 @@ def verify_unflushed(root: Path, index: Index, *, fsync: bool) -> int:
         finally:
             index.rollback()  # (nothing left to roll back after the COMMIT)
     return dropped
+
+
+def _owner(batch: str) -> str:
+    """The writer that named a batch (``publish.Publisher``: a node's name)."""
+    return batch.rpartition(".")[0]
 
 
 def _inode(path: Path) -> int:

@@ -237,6 +237,12 @@ class WritableStorage(Storage, Protocol):
         """Records in the journal since its last checkpoint."""
         ...
 
+    @property
+    def journal_sound(self) -> bool:
+        """Whether batches flushed may be struck off (no journal record of theirs
+        can count)."""
+        ...
+
     def stage(self, batch: list[Staged]) -> list[Staged]:
         """Make the bytes of the batch's temporaries durable (each closed); the members
         whose bytes are, ``batch`` itself when all are (the others have ``failed``

@@ -162,6 +162,7 @@ class Archive:
                 on_relational_mismatch=on_relational_mismatch,
                 submitted=lambda: self._committer.submitted,
                 journal=self.tmp_dir / JOURNAL if journal else None,
+                owner=self._node.name,
             )
         except BaseException:
             self._node.close()
