@@ -182,6 +182,7 @@ def crash_at_commit(monkeypatch: pytest.MonkeyPatch, number: int = 2) -> type[Ba
 def die(archive: Archive) -> None:
     """The process of ``archive`` is gone: nothing of it is cleaned up."""
     archive.index._db.close()  # the open transaction is lost
+    archive._idle.close()  # (no checkpoint after its death)
     archive._node.close()  # its lock goes with the process (its folder stays)
     journal, archive.storage._journal = archive.storage._journal, None
     if journal is not None and journal._fd >= 0:
@@ -192,6 +193,6 @@ def die(archive: Archive) -> None:
 def settled(archive: Archive) -> bool:
     """Whether nothing of the archive's publishing is left in its folder of
     temporaries, once what its journal holds is flushed where it belongs (as
-    the next batch after ``deferred.CHECKPOINT_AFTER``, or its close, would)."""
-    archive._publisher._checkpoint()
+    the idle checkpoint after ``deferred.CHECKPOINT_AFTER``, or its close, would)."""
+    archive._committer.when_idle(archive._publisher._checkpoint)
     return not [p for p in archive.tmp_dir.iterdir() if p.name != JOURNAL]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,6 +119,26 @@ def test_the_checkpoint_comes_with_a_batch_once_the_oldest_record_waited(
     assert store(archive, dataset(uid(2)), sop_uid=uid(2)).status == SUCCESS
     assert [r.meta["uid"] for r in journal.read(_journal_of(archive))] == [uid(2)]
     assert _unflushed(root) == [uid(2)]  # (1 and 2 struck off by the later COMMITs)
+
+
+def test_a_node_that_stops_receiving_is_checkpointed_by_its_timer(
+    archive: Archive, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deferred, "CHECKPOINT_AFTER", 0.01)
+    retired = threading.Event()
+    real = archive._publisher._retire
+
+    def retire() -> None:
+        real()
+        retired.set()
+
+    monkeypatch.setattr(archive._publisher, "_retire", retire)
+    assert store(archive, dataset(uid(0)), sop_uid=uid(0)).status == SUCCESS
+    assert retired.wait(10)
+    assert archive.storage.journaled == 0
+    assert not [p for p in archive.tmp_dir.iterdir() if p.name != journal.NAME]
+    assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
+    assert _unflushed(root) == [uid(1)]  # (0 struck off by this COMMIT)
 
 
 def test_a_close_flushes_what_the_journal_holds_and_removes_it(root: Path) -> None:
@@ -416,3 +437,34 @@ def test_a_replay_whose_flush_fails_keeps_the_journal(
     with Archive(root) as again:
         assert [r["sop_instance_uid"] for r in again.instances()] == [uid(1)]
         assert not folder.exists() and again.check() == []
+
+
+def test_an_instance_arriving_during_the_idle_checkpoint_waits_then_leads(
+    archive: Archive,
+) -> None:
+    started, go = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def checkpoint() -> None:
+        started.set()
+        assert go.wait(10)
+        order.append("checkpoint")
+
+    runner = threading.Thread(target=archive._committer.when_idle, args=(checkpoint,))
+    runner.start()
+    assert started.wait(10)
+    assert archive._committer.when_idle(lambda: None) == (False, None)  # (one lead)
+    storing = threading.Thread(
+        target=lambda: order.append(str(store(archive, dataset(uid(1)), sop_uid=uid(1)).status))
+    )
+    storing.start()
+    queued = threading.Event()
+    for _ in range(10_000):  # (until the store waits in the queue for the lead)
+        if archive._committer._queue:
+            break
+        queued.wait(0.001)
+    assert archive._committer._queue and order == []
+    go.set()
+    runner.join(10)
+    storing.join(10)
+    assert order == ["checkpoint", str(SUCCESS)]

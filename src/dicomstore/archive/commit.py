@@ -217,6 +217,25 @@ class GroupCommit:
             finally:
                 self._gathering = False
 
+    def when_idle(self, action: Callable[[], Any]) -> tuple[bool, Any]:
+        """Run ``action`` as the leader if no batch is being published (nor the
+        archive closed): (True, its result); else (False, None). Instances
+        submitted meanwhile wait for it, then the first of them leads."""
+        with self._lock:
+            if self._busy or self._closed:
+                return False, None
+            self._busy = True
+        try:
+            return True, action()
+        finally:
+            with self._lock:
+                if self._queue:
+                    self._queue[0].wake.release()  # the lead passes on; still busy
+                else:
+                    self._busy = False
+                    if self._closed:
+                        self._idle.notify_all()
+
     def close(self) -> None:
         """Refuse new instances and wait for the batch being published."""
         with self._lock:

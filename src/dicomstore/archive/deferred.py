@@ -6,7 +6,10 @@ not be flushed; and the flush of a stored copy another writer committed so.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dicomstore.archive import crashpoints
@@ -14,6 +17,8 @@ from dicomstore.archive.commit import CommitStats, Staged
 from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.index import Index
 from dicomstore.archive.storage import WritableStorage
+
+log = logging.getLogger("dicomstore.archive")
 
 #: The longest a batch made durable by the journal waits before it is flushed
 #: where it belongs (seconds; checked when a batch is published, and at close).
@@ -31,6 +36,8 @@ class DeferredFlushes:
     _journaled: list[tuple[list[Staged], str]]
     _due: float
     _flushed: list[str]
+    #: called when a batch is journaled while none waited (``IdleCheckpoint.arm``)
+    on_journaled: Callable[[], None] | None = None
 
     def _journal(self, placed: list[Staged], batch_name: str) -> bool:
         """After a COMMIT not yet flushed: make the batch durable by one write to the
@@ -40,12 +47,23 @@ class DeferredFlushes:
         done = self.storage.journal(placed, batch_name)
         self.flush_time += time.perf_counter() - started
         if done:
-            if not self._journaled:
+            first = not self._journaled
+            if first:
                 self._due = time.monotonic() + CHECKPOINT_AFTER
             self._journaled.append((placed, batch_name))
+            if first and self.on_journaled is not None:
+                self.on_journaled()
             if crashpoints.ENABLED:
                 crashpoints.reached("publish.after-journal")
         return done
+
+    def checkpoint_due(self) -> float | None:
+        """(When no batch is being published: ``GroupCommit.when_idle``.) Flush
+        the journaled batches where they belong if the oldest has waited long
+        enough; the seconds until the next is due, ``None`` when none waits."""
+        if self._journaled and time.monotonic() >= self._due:
+            self._checkpoint()
+        return max(0.0, self._due - time.monotonic()) if self._journaled else None
 
     def _checkpoint(self) -> None:
         """Flush the journaled batches where they belong (one syncfs), then retire
@@ -133,6 +151,56 @@ class DeferredFlushes:
         except OSError as exc:
             return exc
         return None
+
+
+class IdleCheckpoint:
+    """The checkpoint of a node that stopped receiving: ``CHECKPOINT_AFTER`` after
+    a batch was journaled while none waited, a timer thread runs
+    ``checkpoint_due`` as the group commit's leader (``GroupCommit.when_idle``;
+    while a batch is being published, a little later), and again while batches
+    wait. :meth:`close` before the archive's publisher closes."""
+
+    def __init__(
+        self,
+        when_idle: Callable[[Callable[[], float | None]], tuple[bool, Any]],
+        checkpoint_due: Callable[[], float | None],
+    ) -> None:
+        self._when_idle = when_idle
+        self._checkpoint_due = checkpoint_due
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._closed = False
+
+    def arm(self, delay: float | None = None) -> None:
+        """Run the checkpoint after ``delay`` (``CHECKPOINT_AFTER``), unless armed."""
+        with self._lock:
+            if self._timer is not None or self._closed:
+                return
+            wait = CHECKPOINT_AFTER if delay is None else delay
+            timer = threading.Timer(wait + 0.005, self._run)
+            timer.daemon = True
+            self._timer = timer
+        timer.start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _run(self) -> None:
+        with self._lock:
+            self._timer = None
+        try:
+            ran, wait = self._when_idle(self._checkpoint_due)
+        except Exception:  # noqa: BLE001 - a bug, or the archive gone: said, not raised
+            log.exception("the journal's checkpoint failed")
+            return
+        if not ran:
+            wait = CHECKPOINT_AFTER / 10  # (a batch is being published: soon again)
+        if wait is not None:
+            self.arm(wait)
 
 
 def _quietly(action: Any, *args: Any) -> None:

@@ -77,8 +77,9 @@ instance's file, and every batch takes the steps above). Then::
   journal: the members' files, keys, digests and batch: one pwritev(RWF_DSYNC)
                                           [publish.after-journal]
   Success (the traces stay)
-  ... later, the checkpoint (a batch published ``CHECKPOINT_AFTER`` after the oldest
-  record, a batch that does not fit, or the close):
+  ... later, the checkpoint (``CHECKPOINT_AFTER`` after the oldest record: with a
+  batch, or from a timer as the leader when none comes: ``deferred.IdleCheckpoint``;
+  a batch that does not fit; the close):
   flush: one syncfs — everything journaled: data, names, COMMITs  [publish.after-flush]
   the journal's superblock: its records obsolete (pwritev(RWF_DSYNC))
   finish: the traces go                   [publish.after-traces-dropped]

@@ -52,6 +52,7 @@ from typing import Any, Literal
 
 from dicomstore.archive import layout
 from dicomstore.archive.commit import CommitStats, GroupCommit
+from dicomstore.archive.deferred import IdleCheckpoint
 from dicomstore.archive.dicomfile import MetaTemplates
 from dicomstore.archive.engine import engine_for
 from dicomstore.archive.filestorage import FileStorage
@@ -171,6 +172,9 @@ class Archive:
             raise
         flush_time = (lambda: self._publisher.flush_time) if fsync else None
         self._committer = GroupCommit(self._publisher.publish, gather=flush_time)
+        #: the journal's checkpoint when no batch comes (``deferred.py``)
+        self._idle = IdleCheckpoint(self._committer.when_idle, self._publisher.checkpoint_due)
+        self._publisher.on_journaled = self._idle.arm
         self._announce = (self._committer.arriving, self._committer.left)
         self._templates = MetaTemplates()
         self._names = itertools.count()
@@ -191,6 +195,7 @@ class Archive:
 
     def close(self) -> None:
         """Wait for the batch being published, then close the index writer connection."""
+        self._idle.close()
         self._committer.close()
         self._publisher.close()
         self.index.close()
