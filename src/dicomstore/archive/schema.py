@@ -267,6 +267,9 @@ def create_or_migrate(engine: Any, db: Any, where: str, *, migrate: bool) -> boo
                 f"{where}: index schema {version} is older than {SCHEMA_VERSION}:"
                 " run `dicomstore reindex` (or start `dicomstore serve` once)"
             )
+        # (a node's journal left by a crash is replayed after this, at start-up:
+        # its replay tells a lost COMMIT from a delete by the rows and ``unflushed``,
+        # both dropped here. The next schema change must replay first, or keep them)
         drop = "".join(f"DROP TABLE IF EXISTS {t};" for t in ("unflushed", *reversed(TABLES)))
     engine.create(db, drop + engine.ddl(SCHEMA + INDEXES + UNFLUSHED), SCHEMA_VERSION)
     return bool(version)
