@@ -6,6 +6,7 @@ start (``recovery.replay``), and nothing deleted since does."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
@@ -16,6 +17,7 @@ import pytest
 from archive_testlib import dataset, die, settled, store, stored_dataset
 
 from dicomstore.archive import SUCCESS, Archive, Index, deferred, filejournal, journal, layout
+from dicomstore.archive.recovery import RECOVERY_LOCK
 from dicomstore.archive.removal import remove
 
 pytestmark = [
@@ -371,9 +373,9 @@ def test_a_failed_syncfs_leaves_the_journal_to_the_next_start(
 ) -> None:
     """Linux reports a writeback error once per descriptor: after a failed syncfs
     the next one would succeed without the lost data. So the journal's records
-    are never made obsolete by this process any more (nothing struck off, the
-    journal and traces kept at its close), and the next start writes back what
-    the disk lost."""
+    are never made obsolete by this process any more (their batches never struck
+    off, the journal and traces kept at its close), and the next start writes back
+    what the disk lost."""
     archive = Archive(root)
     stored = store(archive, dataset(uid(1)), sop_uid=uid(1))
     data = stored.path.read_bytes()  # type: ignore[union-attr]
@@ -381,12 +383,13 @@ def test_a_failed_syncfs_leaves_the_journal_to_the_next_start(
         patch.setattr(layout, "syncfs", _eio)
         assert not archive.storage.checkpoint()
     assert not archive.storage.checkpoint() and not archive.storage.journal_sound
-    # later batches: flushed without the journal, answered, but not struck off
+    # later batches: flushed without the journal (a syncfs each), struck off
     assert store(archive, dataset(uid(2)), sop_uid=uid(2)).status == SUCCESS
     assert store(archive, dataset(uid(3)), sop_uid=uid(3)).status == SUCCESS
+    assert archive.storage.journaled == 1
     folder = archive.tmp_dir
     archive.close()
-    assert (folder / journal.NAME).exists() and _unflushed(root) == [uid(n) for n in (1, 2, 3)]
+    assert (folder / journal.NAME).exists() and _unflushed(root) == [uid(1)]
     _lose_data(root / FINAL.format(uid(1)))  # (what the failed writeback lost)
     with Archive(root) as again:
         assert (root / FINAL.format(uid(1))).read_bytes() == data
@@ -398,15 +401,17 @@ def test_a_failed_record_write_breaks_the_journal_and_nothing_is_struck_off(
     archive: Archive, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failed write may still leave valid records: the batch is flushed with a
-    syncfs and answered, but no batch is struck off any more (a delete since must
-    not look like a lost COMMIT to the next start)."""
+    syncfs and answered, but never struck off (a delete since must not look like
+    a lost COMMIT to the next start); later batches are flushed with a syncfs
+    each, and struck off as usual."""
     with monkeypatch.context() as patch:
         patch.setattr(journal.Journal, "_write", _eio)
         assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
     assert not archive.storage.journal_sound and archive.storage.journaled == 0
-    assert store(archive, dataset(uid(2)), sop_uid=uid(2)).status == SUCCESS
+    for n in (2, 3):
+        assert store(archive, dataset(uid(n)), sop_uid=uid(n)).status == SUCCESS
     assert archive.storage.journaled == 0  # (no more records)
-    assert _unflushed(root) == [uid(1), uid(2)]
+    assert _unflushed(root) == [uid(1), uid(3)]  # (2 struck off by 3's COMMIT)
 
 
 def test_a_failed_superblock_write_breaks_the_journal(
@@ -422,17 +427,19 @@ def test_a_failed_superblock_write_breaks_the_journal(
     assert archive.storage.journaled == 1  # (only the first: the second flushed)
 
 
-def test_a_replay_whose_flush_fails_keeps_the_journal(
+def test_a_replay_whose_flush_fails_stops_the_start_and_keeps_the_journal(
     archive: Archive, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a SIGKILL the files replay finds whole may be whole in memory only:
-    the journal goes only after one syncfs made them durable."""
+    the journal goes only after one syncfs made them durable; when that fails the
+    start stops there, adopting nothing."""
     assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
     folder = archive.tmp_dir
     die(archive)
     with monkeypatch.context() as patch:
         patch.setattr(layout, "syncfs", _eio)
-        Archive(root, journal=False).close()
+        with pytest.raises(OSError, match="Input/output"):
+            Archive(root, journal=False)
     assert (folder / journal.NAME).exists()
     with Archive(root) as again:
         assert [r["sop_instance_uid"] for r in again.instances()] == [uid(1)]
@@ -468,3 +475,50 @@ def test_an_instance_arriving_during_the_idle_checkpoint_waits_then_leads(
     runner.join(10)
     storing.join(10)
     assert order == ["checkpoint", str(SUCCESS)]
+
+
+def test_replay_writes_every_file_again_whole_or_not(archive: Archive, root: Path) -> None:
+    """A file that reads whole may be whole in memory only (a failed writeback,
+    reported once, to the node that is gone): replay writes it again from the
+    record all the same, then flushes."""
+    stored = store(archive, dataset(uid(1)), sop_uid=uid(1))
+    before = os.stat(stored.path).st_ino  # type: ignore[arg-type]
+    die(archive)
+    with Archive(root) as again:
+        path = root / FINAL.format(uid(1))
+        assert os.stat(path).st_ino != before  # (written again: a new file renamed there)
+        assert stored_dataset(path) == dataset(uid(1)) and again.check() == []
+
+
+def test_starts_take_turns_at_recovery(root: Path) -> None:
+    """A node another start is settling still holds its lock and would pass for
+    live: a start waits while another recovers (``recovery.RECOVERY_LOCK``)."""
+    Archive(root).close()
+    fd = os.open(root / RECOVERY_LOCK, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    opened = threading.Event()
+    starting = threading.Thread(target=lambda: (Archive(root).close(), opened.set()))
+    starting.start()
+    assert not opened.wait(0.2)  # (held: the start waits)
+    os.close(fd)
+    assert opened.wait(10)
+    starting.join(10)
+
+
+def test_a_failed_syncfs_stops_later_ones_from_standing_for_the_files(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error reported once, a later syncfs through the same descriptor says
+    nothing of the files written before it: ``durable_seq`` stays, and each file
+    of a later batch is fsynced through its own descriptor."""
+    with Archive(root, on_duplicate="replace") as archive:  # (flushed before the COMMIT)
+        assert store(archive, dataset(uid(0)), sop_uid=uid(0)).status == SUCCESS
+        storage = archive.storage
+        with monkeypatch.context() as patch:
+            patch.setattr(layout, "syncfs", _eio)
+            with pytest.raises(OSError):
+                storage._syncfs()
+        seq = storage.durable_seq
+        monkeypatch.setattr(archive._committer, "submitted", seq + 5)
+        storage._syncfs()  # (succeeds)
+        assert storage.durable_seq == seq

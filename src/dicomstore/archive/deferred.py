@@ -36,6 +36,7 @@ class DeferredFlushes:
     _journaled: list[tuple[list[Staged], str]]
     _due: float
     _flushed: list[str]
+    _unstruck: set[str]
     #: called when a batch is journaled while none waited (``IdleCheckpoint.arm``)
     on_journaled: Callable[[], None] | None = None
 
@@ -44,8 +45,11 @@ class DeferredFlushes:
         journal (``storage.journal``); False when it cannot go there (then
         :meth:`_flush`)."""
         started = time.perf_counter()
+        sound = self.storage.journal_sound
         done = self.storage.journal(placed, batch_name)
         self.flush_time += time.perf_counter() - started
+        if not done and sound and not self.storage.journal_sound:
+            self._unstruck.add(batch_name)  # (its records' write failed: they may count)
         if done:
             first = not self._journaled
             if first:
@@ -63,7 +67,9 @@ class DeferredFlushes:
         enough; the seconds until the next is due, ``None`` when none waits."""
         if self._journaled and time.monotonic() >= self._due:
             self._checkpoint()
-        return max(0.0, self._due - time.monotonic()) if self._journaled else None
+        if not self._journaled or not self.storage.journal_sound:
+            return None  # (a broken journal: left for the next start)
+        return max(0.0, self._due - time.monotonic())
 
     def _checkpoint(self) -> None:
         """Flush the journaled batches where they belong (one syncfs), then retire
@@ -104,7 +110,7 @@ class DeferredFlushes:
         failed = [member for member in placed if member.failed is not None]
         if failed:
             self._withdraw(failed)
-        else:
+        elif batch_name not in self._unstruck:
             self._flushed.append(batch_name)
         if whole and self._journaled:  # (a full journal: the flush covered it)
             try:
@@ -196,7 +202,7 @@ class IdleCheckpoint:
             ran, wait = self._when_idle(self._checkpoint_due)
         except Exception:  # noqa: BLE001 - a bug, or the archive gone: said, not raised
             log.exception("the journal's checkpoint failed")
-            return
+            ran, wait = True, CHECKPOINT_AFTER
         if not ran:
             wait = CHECKPOINT_AFTER / 10  # (a batch is being published: soon again)
         if wait is not None:

@@ -112,7 +112,6 @@ class FileJournaling:
 
     @property
     def journal_sound(self) -> bool:
-        """Whether no record of the journal can count but those of batches still
-        to be checkpointed: else (``Journal.broken``) no batch is struck off, for
-        the next start to tell a lost COMMIT from a delete (``recovery.replay``)."""
+        """Whether the journal is not ``broken`` (a write or a flush failed: its
+        records are left for the next start)."""
         return self._journal is None or not self._journal.broken

@@ -43,6 +43,8 @@ class FilePublishing:
     _dirs: set[str]
     _links: bool
     _journal: Journal | None
+    #: a syncfs through ``_fs_fd`` failed once (see ``_syncfs``)
+    _tainted: bool
 
     def start(self, stats: CommitStats, submitted: Callable[[], int]) -> None:
         self.stats = stats
@@ -424,14 +426,18 @@ class FilePublishing:
         upto = self.submitted()  # written before this syncfs begins: durable after it
         try:
             layout.syncfs(self._fs_fd)
-        except OSError:
-            # (Linux reports a writeback error once per descriptor: a later syncfs
-            # through it succeeds without the lost data. What the journal holds it
-            # no longer makes obsolete: the next start replays it)
+        except OSError as exc:
+            # Linux reports a writeback error once per descriptor: a later syncfs
+            # through it succeeds without the lost data. So none says any more that
+            # what was written before it is durable (``durable_seq``: each file is
+            # fsynced, through its own descriptor), and what the journal holds it no
+            # longer makes obsolete: the next start replays it
+            self._tainted = True
             if self._journal is not None:
-                self._journal.broken = True
+                self._journal.fail(f"a flush of the file system failed: {exc}")
             raise
-        self.durable_seq = max(self.durable_seq, upto)
+        if not self._tainted:
+            self.durable_seq = max(self.durable_seq, upto)
 
     def _remove_file(self, key: str) -> None:
         """Remove a file the index no longer points to (after a replace moved it)."""

@@ -55,6 +55,7 @@ class FileStorage(FilePublishing, FileJournaling):
         self._dirs: set[str] = set()  # folders (relative) known to exist
         self._links = True  # hard links work here
         self._journal: Journal | None = None  # (use_journal)
+        self._tainted = False  # (a syncfs failed: FilePublishing._syncfs)
 
     def __repr__(self) -> str:
         return f"FileStorage({str(self.root)!r})"

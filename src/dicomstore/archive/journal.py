@@ -26,6 +26,7 @@ crash (never answered) ends the run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from typing import Any
 import xxhash
 
 from dicomstore.archive import layout
+
+log = logging.getLogger("dicomstore.archive")
 
 #: The journal's name in a node's folder (``nodes.py``).
 NAME = "journal"
@@ -120,8 +123,8 @@ class Journal:
         failed (then none of them counts as written). :meth:`room` said they fit."""
         try:
             self._append(entries)
-        except BaseException:
-            self.broken = True
+        except BaseException as exc:
+            self.fail(f"writing records failed: {exc}")
             raise
         self.pending += len(entries)
 
@@ -200,14 +203,25 @@ class Journal:
         self._slot ^= 1
         try:
             self._write([block], self._slot * ALIGN)
-        except BaseException:
-            self.broken = True  # (the block may have landed: no record after it)
+        except BaseException as exc:  # (the block may have landed: no record after it)
+            self.fail(f"writing its superblock failed: {exc}")
             raise
         self._head = START
         self.pending = 0
         if self._full and self.size < MAX_SIZE:
             self._grow(min(self.size * 2, MAX_SIZE))
         self._full = False
+
+    def fail(self, why: str) -> None:
+        """Mark the journal :attr:`broken` (said once, in the log)."""
+        if not self.broken:
+            log.error(
+                "%s: %s; its records are left for the next start, and instances are"
+                " flushed one syncfs each until then",
+                self.path,
+                why,
+            )
+        self.broken = True
 
     def close(self) -> None:
         """Let go of the file; it goes too when nothing in it counts any more."""

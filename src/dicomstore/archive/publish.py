@@ -102,10 +102,12 @@ a syncfs waits for the file system's own journal (~1 ms for a lone instance).
 A failed write (a record, the superblock) or a failed syncfs (Linux reports a
 writeback error once per descriptor: the next syncfs would succeed without the
 lost data) breaks the journal (``Journal.broken``): nothing more is written to
-it or marked obsolete, no batch is struck off, and it stays at the close, for
-the next start to replay. Batch names carry the node's name, and a start
-leaves a live node's batches listed (``recovery.verify_unflushed``): only its
-own checkpoint strikes them off.
+it or marked obsolete, and it stays at the close, for the next start to replay;
+its batches are never struck off, nor the batch whose records' write failed
+(they may count), so that start still tells a delete from a lost COMMIT. Batch
+names carry the node's name, and a start leaves a live node's batches listed
+(``recovery.verify_unflushed``; starts take turns: ``recovery.recover``): only
+its own checkpoint strikes them off.
 
 Why it holds: nothing is answered before the one flush, which makes durable
 everything written before it began (data, names, WAL); so after a crash every
@@ -254,6 +256,8 @@ class Publisher(DeferredFlushes):
         #: (their traces stay until then); the time the oldest may wait
         self._journaled: list[tuple[list[Staged], str]] = []
         self._due = 0.0
+        #: a batch whose records may count though their write failed: never struck off
+        self._unstruck: set[str] = set()
         self._batches = itertools.count(1)
         #: batch names are unique among the writers, and name the node
         #: (``recovery.verify_unflushed`` leaves a live node's batches to it)
@@ -267,7 +271,7 @@ class Publisher(DeferredFlushes):
         let go of the storage's publishing resources (call when no batch runs)."""
         if self._journaled:
             self._checkpoint()
-        if self._flushed and self.storage.journal_sound:
+        if self._flushed:
             index = self.index
             with index.lock:
                 try:
@@ -381,7 +385,7 @@ class Publisher(DeferredFlushes):
                 if deferred:
                     batch_name = f"{self._owner}.{next(self._batches)}"
                     index.unflushed(batch_name, [m.row["sop_instance_uid"] for m in placed])
-                if self._flushed and storage.journal_sound:
+                if self._flushed:
                     index.flushed(self._flushed)
                 if crashpoints.ENABLED:
                     crashpoints.reached("publish.before-commit")

@@ -27,6 +27,9 @@ from dicomstore.archive.removal import settle_intents
 
 log = logging.getLogger("dicomstore.archive")
 
+#: Held (flock) by a start while it recovers: one start at a time (:func:`recover`).
+RECOVERY_LOCK = ".recovery.lock"
+
 
 class ArchiveBusyError(OSError):
     """``.tmp`` is held by another process in a way that excludes this one."""
@@ -94,11 +97,18 @@ def recover(root: Path, index: Index, *, fsync: bool) -> int:
     is, for ``check`` to report (and a dead node's folder for the next start).
     """
     tmp = root / layout.TMP_DIR
-    adopted = _settle_folder(root, index, tmp, fsync=fsync)
-    with nodes.dead(root) as folders:
-        for folder in folders:
-            adopted += _settle_folder(root, index, folder, fsync=fsync)
-    verify_unflushed(root, index, fsync=fsync)  # (after a replace undone: its old file back)
+    # one start at a time (a blocking flock): a node another start is settling
+    # still holds its lock, and would pass for live (``verify_unflushed``)
+    lock = os.open(root / RECOVERY_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        adopted = _settle_folder(root, index, tmp, fsync=fsync)
+        with nodes.dead(root) as folders:
+            for folder in folders:
+                adopted += _settle_folder(root, index, folder, fsync=fsync)
+        verify_unflushed(root, index, fsync=fsync)  # (after a replace undone: its old file)
+    finally:
+        os.close(lock)
     return adopted
 
 
@@ -108,8 +118,7 @@ def _settle_folder(root: Path, index: Index, folder: Path, *, fsync: bool) -> in
 
     adopted = 0
     unsettled: set[str] = set()  # traces (and their backups) left for the next start
-    if not replay(root, index, folder, fsync=fsync):  # (its traces then settled as any)
-        unsettled.add(journal.NAME)  # (what it stands for not known durable: kept)
+    replay(root, index, folder)  # (its traces then settled as any)
     for entry in os.scandir(folder):
         if entry.name.endswith(_TRACES) and entry.is_file(follow_symlinks=False):
             try:
@@ -134,73 +143,64 @@ def _settle_folder(root: Path, index: Index, folder: Path, *, fsync: bool) -> in
     return adopted
 
 
-def replay(root: Path, index: Index, folder: Path, *, fsync: bool) -> bool:
+def replay(root: Path, index: Index, folder: Path) -> None:
     """Put back what a node's journal (``journal.py``) holds and the disk may have
     lost: its records still count when its last flush may not have covered them.
     Each is an instance answered Success (a record is written after its COMMIT
     and only a durable one is answered), in order.
 
-    - Its row is there, with the record's key and digest: the file at its key is
-      written again from the record if it does not have that digest (a power cut
-      before the flush).
+    - Its row is there, with the record's key and digest: its file is written
+      again from the record (what is read of it now may be in memory only: after
+      a failed writeback, Linux keeps the pages and reports the error once, to
+      the node that is gone).
     - No row, and its batch still listed ``unflushed``: its COMMIT is durable, so
       the row went since (a ``delete``; a batch is struck off only after the
       checkpoint that made its records obsolete): nothing comes back.
     - No row, batch not listed: the COMMIT was lost with the power (SQLite's WAL
       is durable in order: nothing after it is either). The file is written
-      again if needed and its ``.new`` trace linked to it: the settling of the
-      traces that follows adopts it (its digest matches).
+      again and its ``.new`` trace linked to it: the settling of the traces that
+      follows adopts it (its digest matches).
     - A row with another key or digest: stored again since; the record is stale.
 
-    Done under the index write lock (a live node storing the same instance waits).
-    Then one syncfs makes what the records stand for durable (after a SIGKILL the
-    files checked above may be whole in memory only), before the journal may go:
-    False when that failed (the journal stays, for the next start).
+    Done under the index write lock (a live node storing the same instance waits),
+    then one syncfs through a descriptor opened before the writes (so it reports
+    their errors) makes it all durable before the journal may go. ``OSError``
+    when that failed: the start stops there (the journal stays, and nothing of it
+    is adopted).
     """
     records = journal.read(folder / journal.NAME)
     if not records:
-        return True
-    restored = 0
-    with index.lock:
-        index.begin()
-        try:
-            listed = {batch for batch, _ in index.unflushed_batches()}
-            for record in records:
-                meta = record.meta
-                rel, digest = meta["key"], meta["digest"]
-                row = index.find(meta["uid"])
-                if row is not None and (row["path"], row["digest"]) != (rel, digest):
-                    continue
-                if row is None and meta["batch"] in listed:
-                    continue
-                final = layout.resolve(root, rel)
-                if _whole(final, record.data, digest):
-                    if row is not None:
-                        continue
-                else:
-                    _write_again(root, final, record.data, folder / f"{meta['trace']}.tmp")
-                    log.warning("%s: written again from the journal", rel)
-                    restored += 1
-                if row is None:
-                    trace = folder / meta["trace"]
-                    layout.remove_quietly(trace)
-                    os.link(final, trace)
-        finally:
-            index.rollback()
-    if restored:
-        log.warning("%s: %d instances written again from its journal", folder, restored)
-    if not fsync:
-        return True
+        return
+    fd = layout.open_folder(folder)
     try:
-        fd = layout.open_folder(folder)
-        try:
-            layout.syncfs(fd)  # (a journal is only written where syncfs is trusted)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        log.warning("%s: its journal is kept, flushing failed: %s", folder, exc)
-        return False
-    return True
+        with index.lock:
+            index.begin()
+            try:
+                listed = {batch for batch, _ in index.unflushed_batches()}
+                written = 0
+                for record in records:
+                    meta = record.meta
+                    rel, digest = meta["key"], meta["digest"]
+                    row = index.find(meta["uid"])
+                    if row is not None and (row["path"], row["digest"]) != (rel, digest):
+                        continue
+                    if row is None and meta["batch"] in listed:
+                        continue
+                    final = layout.resolve(root, rel)
+                    if not _whole(final, record.data, digest):
+                        log.warning("%s: written again from the journal", rel)
+                    _write_again(root, final, record.data, folder / f"{meta['trace']}.tmp")
+                    written += 1
+                    if row is None:
+                        trace = folder / meta["trace"]
+                        layout.remove_quietly(trace)
+                        os.link(final, trace)
+            finally:
+                index.rollback()
+        layout.syncfs(fd)  # (a journal is only written where syncfs is trusted)
+    finally:
+        os.close(fd)
+    log.info("%s: %d instances of its journal made durable", folder, written)
 
 
 def _whole(path: Path, data: bytes, digest: str) -> bool:
@@ -212,19 +212,17 @@ def _whole(path: Path, data: bytes, digest: str) -> bool:
 
 
 def _write_again(root: Path, final: Path, data: bytes, temp: Path) -> None:
-    """Write ``data`` to ``final`` durably: a temporary flushed, renamed there, the
-    folders flushed."""
+    """Write ``data`` to ``final``: a temporary renamed there (flushed by the
+    caller's syncfs)."""
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
     finally:
         os.close(fd)
-    layout.make_dirs(root, PurePosixPath(final.parent.relative_to(root)), durable=True)
+    layout.make_dirs(root, PurePosixPath(final.parent.relative_to(root)), durable=False)
     os.rename(temp, final)
-    layout.fsync_dir(final.parent)
 
 
 def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool) -> int:

@@ -239,8 +239,7 @@ class WritableStorage(Storage, Protocol):
 
     @property
     def journal_sound(self) -> bool:
-        """Whether batches flushed may be struck off (no journal record of theirs
-        can count)."""
+        """Whether the journal is still written (no write or flush of it failed)."""
         ...
 
     def stage(self, batch: list[Staged]) -> list[Staged]:
