@@ -22,6 +22,7 @@ from tests.test_hostile import SC, dataset
 from dicomstore import uids
 from dicomstore.aio.client import associate
 from dicomstore.archive import Archive
+from dicomstore.archive.recovery import RECOVERY_LOCK
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
 from dicomstore.services.server import Server, ServerConfig
 
@@ -38,8 +39,13 @@ def _bomb(uid: str, zero_mib: int = BOMB_MIB) -> bytes:
 
 
 def _stored_files(storage: Path) -> list[Path]:
-    """Files other than the (empty) index: instances, and temporary files left behind."""
-    return [p for p in storage.rglob("*") if p.is_file() and not p.name.startswith("index.")]
+    """Files other than the (empty) index and the starts' lock: instances, and
+    temporary files left behind."""
+    return [
+        p
+        for p in storage.rglob("*")
+        if p.is_file() and not p.name.startswith("index.") and p.name != RECOVERY_LOCK
+    ]
 
 
 async def _c_store(port: int, uid: str, data: bytes, contexts=((SC, [DEFLATED]),)) -> object:

@@ -56,7 +56,10 @@ class DeferredFlushes:
                 self._due = time.monotonic() + CHECKPOINT_AFTER
             self._journaled.append((placed, batch_name))
             if first and self.on_journaled is not None:
-                self.on_journaled()
+                try:  # (answered Success whatever: the next batch or the close checkpoints)
+                    self.on_journaled()
+                except Exception:  # noqa: BLE001 - e.g. no thread could start
+                    log.exception("the journal's idle checkpoint could not be armed")
             if crashpoints.ENABLED:
                 crashpoints.reached("publish.after-journal")
         return done
@@ -186,7 +189,12 @@ class IdleCheckpoint:
             timer = threading.Timer(wait + 0.005, self._run)
             timer.daemon = True
             self._timer = timer
-        timer.start()
+        try:
+            timer.start()
+        except BaseException:
+            with self._lock:
+                self._timer = None
+            raise
 
     def close(self) -> None:
         with self._lock:
