@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,10 +277,15 @@ class Journal:
 def read(path: Path) -> list[Record]:
     """The records of the journal at ``path`` that still count, in order (none when
     there is no journal)."""
+    return list(records(path))
+
+
+def records(path: Path) -> Iterator[Record]:
+    """:func:`read`, one record at a time (at most one in memory)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return []
+        return
     try:
         size = os.fstat(fd).st_size
         checkpoint = 0
@@ -290,7 +296,6 @@ def read(path: Path) -> list[Record]:
             magic, _version, seq = _SUPER.unpack_from(block)
             if magic == b"DSJS" and xxhash.xxh3_128(block[: _SUPER.size]).digest() == block[-_SUM:]:
                 checkpoint = max(checkpoint, seq)
-        records: list[Record] = []
         offset, last = START, checkpoint
         while offset + _HEAD.size + _SUM <= size:
             head = os.pread(fd, _HEAD.size + _SUM, offset)
@@ -307,9 +312,8 @@ def read(path: Path) -> list[Record]:
                 meta = json.loads(body[:meta_len])
             except ValueError:
                 break
-            records.append(Record(seq, meta, body[meta_len:]))
+            yield Record(seq, meta, body[meta_len:])
             last = seq
             offset = -(-end // ALIGN) * ALIGN
-        return records
     finally:
         os.close(fd)

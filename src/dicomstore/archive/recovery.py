@@ -168,8 +168,8 @@ def replay(root: Path, index: Index, folder: Path) -> None:
     when that failed: the start stops there (the journal stays, and nothing of it
     is adopted).
     """
-    records = journal.read(folder / journal.NAME)
-    if not records:
+    path = folder / journal.NAME
+    if not path.exists():
         return
     fd = layout.open_folder(folder)
     try:
@@ -178,7 +178,7 @@ def replay(root: Path, index: Index, folder: Path) -> None:
             try:
                 listed = {batch for batch, _ in index.unflushed_batches()}
                 written = 0
-                for record in records:
+                for record in journal.records(path):  # (one at a time in memory)
                     meta = record.meta
                     rel, digest = meta["key"], meta["digest"]
                     row = index.find(meta["uid"])
