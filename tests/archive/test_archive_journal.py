@@ -494,7 +494,7 @@ def test_starts_take_turns_at_recovery(root: Path) -> None:
     """A node another start is settling still holds its lock and would pass for
     live: a start waits while another recovers (``recovery.RECOVERY_LOCK``)."""
     Archive(root).close()
-    fd = os.open(root / RECOVERY_LOCK, os.O_RDWR)
+    fd = os.open(root / RECOVERY_LOCK, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
     opened = threading.Event()
     starting = threading.Thread(target=lambda: (Archive(root).close(), opened.set()))
@@ -522,3 +522,22 @@ def test_a_failed_syncfs_stops_later_ones_from_standing_for_the_files(
         monkeypatch.setattr(archive._committer, "submitted", seq + 5)
         storage._syncfs()  # (succeeds)
         assert storage.durable_seq == seq
+
+
+def test_after_a_failed_syncfs_each_file_is_fsynced_through_its_own_descriptor(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later syncfs through the writer's descriptor would succeed without the
+    data whose error it reported: from then on each file is fsynced on its own."""
+    assert store(archive, dataset(uid(0)), sop_uid=uid(0)).status == SUCCESS
+    with monkeypatch.context() as patch:
+        patch.setattr(layout, "syncfs", _eio)
+        with pytest.raises(OSError):
+            archive.storage._syncfs()
+    calls: list[str] = []
+    real_fsync, real_syncfs = os.fsync, layout.syncfs
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(layout, "syncfs", lambda fd: (calls.append("syncfs"), real_syncfs(fd))[1])
+    assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
+    assert "fsync" in calls and "syncfs" not in calls
+    assert not archive.storage.flush_placed([])  # (not one syncfs for all)

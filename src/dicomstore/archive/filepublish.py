@@ -95,7 +95,9 @@ class FilePublishing:
         """Make the data of the files durable: one syncfs for a batch, else an fsync
         each. (Each file's name in ``.tmp`` is its trace once it is placed: see
         :meth:`place`.)"""
-        self._whole_fs = whole_fs = self._fs_fd >= 0 and len(batch) >= SYNCFS_MIN_BATCH
+        # (tainted: a syncfs stands for the files no more, see _syncfs)
+        whole_fs = self._fs_fd >= 0 and not self._tainted and len(batch) >= SYNCFS_MIN_BATCH
+        self._whole_fs = whole_fs
         if self._links and crashpoints.ENABLED:
             crashpoints.reached("publish.after-trace")
         if not self.fsync or all(0 < m.seq <= self.durable_seq for m in batch):
@@ -252,10 +254,13 @@ class FilePublishing:
     def flush_placed(self, placed: list[Staged]) -> bool:
         """After a COMMIT not yet durable (``publish.py``: members ``unflushed``): one
         syncfs makes the files, their names and the COMMIT durable; True. When it
-        fails, each file (a failure sets its ``failed``) and each folder is fsynced
-        on its own, and False says the index is still to be flushed (``OSError``
-        from a folder: none of them is known durable)."""
+        fails (or one failed before: see ``_syncfs``), each file (a failure sets its
+        ``failed``) and each folder is fsynced on its own, and False says the index
+        is still to be flushed (``OSError`` from a folder: none of them is known
+        durable)."""
         try:
+            if self._tainted:
+                raise OSError(5, "a syncfs failed before: each file is flushed")
             self._syncfs()
         except OSError:
             pass
@@ -428,10 +433,11 @@ class FilePublishing:
             layout.syncfs(self._fs_fd)
         except OSError as exc:
             # Linux reports a writeback error once per descriptor: a later syncfs
-            # through it succeeds without the lost data. So none says any more that
-            # what was written before it is durable (``durable_seq``: each file is
-            # fsynced, through its own descriptor), and what the journal holds it no
-            # longer makes obsolete: the next start replays it
+            # through it succeeds without the lost data. So from now on no syncfs
+            # stands for the files (``durable_seq``, ``stage``, ``flush_placed``:
+            # each file is fsynced through its own descriptor, which reports it),
+            # and what the journal holds no checkpoint makes obsolete: the next
+            # start replays it
             self._tainted = True
             if self._journal is not None:
                 self._journal.fail(f"a flush of the file system failed: {exc}")

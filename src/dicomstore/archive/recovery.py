@@ -99,7 +99,8 @@ def recover(root: Path, index: Index, *, fsync: bool) -> int:
     tmp = root / layout.TMP_DIR
     # one start at a time (a blocking flock): a node another start is settling
     # still holds its lock, and would pass for live (``verify_unflushed``)
-    lock = os.open(root / RECOVERY_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # (read-only: a flock needs no more, and another user's service may start here)
+    lock = os.open(root / RECOVERY_LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         adopted = _settle_folder(root, index, tmp, fsync=fsync)
