@@ -7,6 +7,7 @@ start (``recovery.replay``), and nothing deleted since does."""
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -490,16 +491,18 @@ def test_replay_writes_every_file_again_whole_or_not(archive: Archive, root: Pat
         assert stored_dataset(path) == dataset(uid(1)) and again.check() == []
 
 
-def test_starts_take_turns_at_recovery(root: Path) -> None:
+def test_starts_take_turns_at_recovery(root: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A node another start is settling still holds its lock and would pass for
     live: a start waits while another recovers (``recovery.RECOVERY_LOCK``)."""
     Archive(root).close()
+    caplog.set_level(logging.INFO, "dicomstore.archive")
     fd = os.open(root / RECOVERY_LOCK, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
     opened = threading.Event()
     starting = threading.Thread(target=lambda: (Archive(root).close(), opened.set()))
     starting.start()
-    assert not opened.wait(0.2)  # (held: the start waits)
+    assert not opened.wait(0.2)  # (held: the start waits, and says so)
+    assert "waiting for another start's recovery" in caplog.text
     os.close(fd)
     assert opened.wait(10)
     starting.join(10)

@@ -102,7 +102,11 @@ def recover(root: Path, index: Index, *, fsync: bool) -> int:
     # (read-only: a flock needs no more, and another user's service may start here)
     lock = os.open(root / RECOVERY_LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: waiting for another start's recovery to end", root)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         adopted = _settle_folder(root, index, tmp, fsync=fsync)
         with nodes.dead(root) as folders:
             for folder in folders:
