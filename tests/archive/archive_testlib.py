@@ -196,3 +196,12 @@ def settled(archive: Archive) -> bool:
     the idle checkpoint after ``deferred.CHECKPOINT_AFTER``, or its close, would)."""
     archive._committer.when_idle(archive._publisher._checkpoint)
     return not [p for p in archive.tmp_dir.iterdir() if p.name != JOURNAL]
+
+
+#: Where ``dataset(uid)``'s instance is filed (its study and series).
+FINAL = "1.2.3.4/1.2.3.4.5/{}.dcm"
+
+
+def uid(n: int) -> str:
+    """The ``n``-th SOP Instance UID of a test."""
+    return f"1.2.3.4.5.6.{100 + n}"

@@ -8,9 +8,17 @@ would look for the SQLite file)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
 @pytest.fixture(autouse=True)
 def _on_both_engines(index_engine: str) -> None:
     """Every archive test on both engines."""
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A storage root (not made yet), by its resolved path."""
+    return (tmp_path / "root").resolve()

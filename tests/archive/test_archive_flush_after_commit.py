@@ -18,7 +18,17 @@ from pathlib import Path
 from threading import Event, Thread
 
 import pytest
-from archive_testlib import CT, crash_at_commit, dataset, dcm_files, die, store, stored_dataset
+from archive_testlib import (
+    CT,
+    FINAL,
+    crash_at_commit,
+    dataset,
+    dcm_files,
+    die,
+    store,
+    stored_dataset,
+    uid,
+)
 
 from dicomstore.archive import OUT_OF_RESOURCES, SUCCESS, Archive, Index, digests, layout
 from dicomstore.archive.commit import Staged
@@ -31,17 +41,6 @@ pytestmark = [
     pytest.mark.skipif(not layout.SYNCFS_AVAILABLE, reason="needs syncfs (Linux 5.8+)"),
     pytest.mark.sqlite_index,  # (a server's COMMIT is durable on its own: flushed first)
 ]
-
-FINAL = "1.2.3.4/1.2.3.4.5/{}.dcm"
-
-
-def uid(n: int) -> str:
-    return f"1.2.3.4.5.6.{100 + n}"
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return (tmp_path / "root").resolve()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from archive_testlib import dataset, die, settled, store, stored_dataset
+from archive_testlib import FINAL, dataset, die, settled, store, stored_dataset, uid
 
 from dicomstore.archive import SUCCESS, Archive, Index, deferred, filejournal, journal, layout
 from dicomstore.archive.recovery import RECOVERY_LOCK
@@ -25,17 +25,6 @@ pytestmark = [
     pytest.mark.skipif(not layout.SYNCFS_AVAILABLE, reason="needs syncfs (Linux 5.8+)"),
     pytest.mark.sqlite_index,  # (the journal serves a SQLite index in the root)
 ]
-
-FINAL = "1.2.3.4/1.2.3.4.5/{}.dcm"
-
-
-def uid(n: int) -> str:
-    return f"1.2.3.4.5.6.{100 + n}"
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return (tmp_path / "root").resolve()
 
 
 @pytest.fixture

@@ -91,8 +91,7 @@ class FileJournaling:
             return True
         try:
             self._syncfs()
-            self.stats.flushes += 1
-            journal.checkpoint()
+            self.covered()
         except OSError:
             return False
         return True
