@@ -169,65 +169,110 @@ def replay(root: Path, index: Index, folder: Path) -> None:
 
     Done under the index write lock (a live node storing the same instance waits),
     then one syncfs through a descriptor opened before the writes (so it reports
-    their errors) makes it all durable before the journal may go. ``OSError``
-    when that failed: the start stops there (the journal stays, and nothing of it
-    is adopted).
+    their errors) makes it all durable before the journal may go; where syncfs
+    cannot be trusted (``layout.SYNCFS_AVAILABLE``: a journal carried to an older
+    kernel), each file and folder is fsynced instead. ``OSError``, naming the
+    journal, when that failed: the start stops there (the journal stays, and
+    nothing of it is adopted).
     """
     path = folder / journal.NAME
     if not path.exists():
         return
-    fd = layout.open_folder(folder)
+    each = not layout.SYNCFS_AVAILABLE  # (then an fsync of each file and folder)
     try:
-        with index.lock:
-            index.begin()
-            try:
-                listed = {batch for batch, _ in index.unflushed_batches()}
-                written = 0
-                for record in journal.records(path):  # (one at a time in memory)
-                    meta = record.meta
-                    rel, digest = meta["key"], meta["digest"]
-                    row = index.find(meta["uid"])
-                    if row is not None and (row["path"], row["digest"]) != (rel, digest):
-                        continue
-                    if row is None and meta["batch"] in listed:
-                        continue
-                    final = layout.resolve(root, rel)
-                    if not _whole(final, record.data, digest):
-                        log.warning("%s: written again from the journal", rel)
-                    _write_again(root, final, record.data, folder / f"{meta['trace']}.tmp")
-                    written += 1
-                    if row is None:
-                        trace = folder / meta["trace"]
-                        layout.remove_quietly(trace)
-                        os.link(final, trace)
-            finally:
-                index.rollback()
-        layout.syncfs(fd)  # (a journal is only written where syncfs is trusted)
-    finally:
-        os.close(fd)
+        fd = layout.open_folder(folder)
+        try:
+            with index.lock:
+                index.begin()
+                try:
+                    written = _replay_records(root, index, folder, each=each)
+                finally:
+                    index.rollback()
+            if each:
+                layout.fsync_dir(folder)  # (the traces linked)
+            else:
+                layout.syncfs(fd)  # (the one flush of it all)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise OSError(
+            exc.errno,
+            f"{exc.strerror or exc}, while making what this journal holds durable (it is "
+            "kept and this start stops: try again, after freeing space if the disk is full)",
+            str(path),
+        ) from exc
     log.info("%s: %d instances of its journal made durable", folder, written)
 
 
-def _whole(path: Path, data: bytes, digest: str) -> bool:
-    """Whether the file at ``path`` has the bytes a journal record keeps."""
-    try:
-        return path.stat().st_size == len(data) and digests.matches(digest, path)
-    except (OSError, HeaderError, ValueError):
-        return False
+def _replay_records(root: Path, index: Index, folder: Path, *, each: bool) -> int:
+    """(Under the index write lock.) :func:`replay`'s writes: each record that
+    still counts, written again; how many."""
+    listed = {batch for batch, _ in index.unflushed_batches()}
+    written = 0
+    for record in journal.records(folder / journal.NAME):  # (one at a time in memory)
+        meta = record.meta
+        rel, digest = meta["key"], meta["digest"]
+        row = index.find(meta["uid"])
+        if row is not None and (row["path"], row["digest"]) != (rel, digest):
+            continue
+        if row is None and meta["batch"] in listed:
+            continue
+        final = layout.resolve(root, rel)
+        _write_again(root, final, record.data, folder / f"{meta['trace']}.tmp", each=each)
+        written += 1
+        if row is None:
+            trace = folder / meta["trace"]
+            layout.remove_quietly(trace)
+            os.link(final, trace)
+    return written
 
 
-def _write_again(root: Path, final: Path, data: bytes, temp: Path) -> None:
-    """Write ``data`` to ``final``: a temporary renamed there (flushed by the
-    caller's syncfs)."""
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+#: A new copy cannot be written: the record goes over the file in place instead.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _write_again(root: Path, final: Path, data: bytes, temp: Path, *, each: bool) -> None:
+    """Write ``data`` to ``final``: a temporary renamed there (so the data and the
+    name are written again even where the cache holds them, clean, after a failed
+    writeback), flushed by the caller's syncfs, or here when ``each``. Where there
+    is no room for the temporary, over the file in place (weaker: its name is not
+    written again, and the log says so)."""
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-    layout.make_dirs(root, PurePosixPath(final.parent.relative_to(root)), durable=False)
-    os.rename(temp, final)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, data, each)
+        finally:
+            os.close(fd)
+        parent = final.parent.relative_to(root)
+        layout.make_dirs(root, PurePosixPath(parent), durable=each)
+        os.rename(temp, final)
+    except OSError as exc:
+        layout.remove_quietly(temp)
+        if exc.errno not in _NO_ROOM or not final.is_file():
+            raise
+        log.warning(
+            "%s: no room to write it again from the journal (%s): written over in place",
+            final,
+            exc.strerror,
+        )
+        fd = os.open(final, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            _write_all(fd, data, each)
+        finally:
+            os.close(fd)
+    if each:
+        layout.fsync_dir(final.parent)
+
+
+def _write_all(fd: int, data: bytes, each: bool) -> None:
+    """Write ``data`` from the start of the file ``fd`` and cut it there; fsync
+    when ``each``."""
+    view, offset = memoryview(data), 0
+    while offset < len(data):
+        offset += os.pwrite(fd, view[offset:], offset)
+    os.ftruncate(fd, len(data))
+    if each:
+        os.fsync(fd)
 
 
 def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool) -> int:
