@@ -23,6 +23,8 @@ log = logging.getLogger("dicomstore.archive")
 #: The longest a batch made durable by the journal waits before it is flushed
 #: where it belongs (seconds; checked when a batch is published, and at close).
 CHECKPOINT_AFTER = 0.5
+#: The longest the idle checkpoint waits before it tries again after failing (s).
+RETRY_MAX = 60.0
 
 
 class DeferredFlushes:
@@ -179,6 +181,7 @@ class IdleCheckpoint:
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
         self._closed = False
+        self._failures = 0  # (in a row: each waits twice as long, up to RETRY_MAX)
 
     def arm(self, delay: float | None = None) -> None:
         """Run the checkpoint after ``delay`` (``CHECKPOINT_AFTER``), unless armed."""
@@ -208,9 +211,18 @@ class IdleCheckpoint:
             self._timer = None
         try:
             ran, wait = self._when_idle(self._checkpoint_due)
-        except Exception:  # noqa: BLE001 - a bug, or the archive gone: said, not raised
-            log.exception("the journal's checkpoint failed")
-            ran, wait = True, CHECKPOINT_AFTER
+        except Exception as exc:  # noqa: BLE001 - a bug, or the archive gone: said, not raised
+            self._failures += 1
+            wait = min(CHECKPOINT_AFTER * 2 ** (self._failures - 1), RETRY_MAX)
+            if self._failures == 1:
+                log.exception("the journal's checkpoint failed")
+            else:  # (once a minute at most: not a traceback every half second)
+                log.error(
+                    "the journal's checkpoint failed again (%d times): %s", self._failures, exc
+                )
+            self.arm(wait)
+            return
+        self._failures = 0
         if not ran:
             wait = CHECKPOINT_AFTER / 10  # (a batch is being published: soon again)
         if wait is not None:
