@@ -170,6 +170,30 @@ def test_wildcard_names_and_modalities_in_study_use_their_indexes(archive) -> No
 
 
 @pytest.mark.sqlite_index
+@pytest.mark.parametrize("rare_series", [0, 1000])
+def test_modalities_in_study_rare_are_listed_first_common_asked_per_study(
+    archive, monkeypatch: pytest.MonkeyPatch, rare_series: int
+) -> None:
+    """A modality fewer than ``RARE_SERIES`` series have: the studies that have it
+    are listed first (a modality absent from 111,111 studies: no walk through
+    them all); a common one is asked of each study walked. Same answers."""
+    monkeypatch.setattr(q, "RARE_SERIES", rare_series)
+    statements: list[str] = []
+    with closing(reader_of(archive).connect()) as db:
+        db.set_trace_callback(statements.append)
+        found = {
+            value: keys(q.search(db, "study", {"ModalitiesInStudy": value}), "study_uid")
+            for value in ("US\\MR", "CT", "NM", "C*")
+        }
+        assert q.count(db, "study", {0x00080061: "MR"}) == 1  # (by tag, counted)
+    assert found == {"US\\MR": ["1.1", "2.1"], "CT": ["1.1", "1.2"], "NM": [], "C*": ["1.1", "1.2"]}
+    searches = [s for s in statements if s.startswith("SELECT") and "FROM patient" in s]
+    per_study = "EXISTS (SELECT 1 FROM series b WHERE b.study_pk = st.study_pk"
+    walked = [per_study in s for s in searches]
+    assert len(walked) == 5 and all(walked) == (rare_series == 0) and any(walked) == all(walked)
+
+
+@pytest.mark.sqlite_index
 def test_an_index_of_the_same_schema_gets_the_search_indexes_it_lacks(archive) -> None:
     import sqlite3
 

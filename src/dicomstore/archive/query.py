@@ -89,6 +89,15 @@ _IN_STUDY = {
     "SOPClassesInStudy": "st.study_pk IN (SELECT b.study_pk FROM series b JOIN instance c"
     " ON c.series_pk = b.series_pk WHERE {})",
 }
+#: ... unless the values are rare (:func:`_rare_in_study`): then the studies that
+#: have them, listed first, are all there is to look at (a modality absent from
+#: 111,111 studies: 0.01 ms instead of a 110 ms walk through all of them).
+_FEW_IN_STUDY = {
+    "ModalitiesInStudy": "st.study_pk IN (SELECT b.study_pk FROM series b WHERE {})",
+}
+#: Fewer series than this with the values: they are rare (at 1M instances the
+#: crossover with a limit of 100 is near 1,500; without a limit, listing wins).
+RARE_SERIES = 1000
 
 _DATE_RE = re.compile(r"[0-9]{8}")
 _TIME_RE = re.compile(r"[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?")
@@ -180,6 +189,15 @@ def condition(attr: Attribute, value: str, dialect: str = "sqlite") -> tuple[str
     return f"{col} = ?", [value]
 
 
+def _match(attr: Attribute, raw: Any, dialect: str) -> tuple[str, list[Any]] | None:
+    """:func:`condition` of a filter's value, or of an :class:`Exact` one."""
+    if not isinstance(raw, Exact):
+        return condition(attr, str(raw), dialect)
+    if attr.sql is None:
+        raise QueryError(f"{attr.keyword} can be returned but not matched")
+    return f"{attr.sql} = ?", [str(raw)]
+
+
 def _chain(top: str, bottom: str) -> str:
     """FROM clause of the levels ``top`` .. ``bottom`` joined downward."""
     levels = LEVELS[_DEPTH[top] : _DEPTH[bottom] + 1]
@@ -189,8 +207,11 @@ def _chain(top: str, bottom: str) -> str:
     return sql
 
 
-def where(level: str, filters: Filters, dialect: str = "sqlite") -> tuple[list[str], list[Any]]:
-    """WHERE clauses and parameters for ``filters`` when searching ``level``."""
+def where(
+    level: str, filters: Filters, dialect: str = "sqlite", few: Collection[str] = ()
+) -> tuple[list[str], list[Any]]:
+    """WHERE clauses and parameters for ``filters`` when searching ``level``
+    (``few``: the keywords of ``_FEW_IN_STUDY`` whose values are rare)."""
     if level not in _DEPTH:
         raise QueryError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
     here: list[str] = []
@@ -202,16 +223,12 @@ def where(level: str, filters: Filters, dialect: str = "sqlite") -> tuple[list[s
             raise QueryError(f"unknown or unsupported attribute {name!r}")
         if raw is None:
             continue
-        if isinstance(raw, Exact):
-            if attr.sql is None:
-                raise QueryError(f"{attr.keyword} can be returned but not matched")
-            cond: tuple[str, list[Any]] | None = (f"{attr.sql} = ?", [str(raw)])
-        else:
-            cond = condition(attr, str(raw), dialect)
+        cond = _match(attr, raw, dialect)
         if cond is None:
             continue
         if attr.keyword in _IN_STUDY:
-            cond = (_IN_STUDY[attr.keyword].format(cond[0]), cond[1])
+            forms = _FEW_IN_STUDY if attr.keyword in few else _IN_STUDY
+            cond = (forms[attr.keyword].format(cond[0]), cond[1])
         owner = attr.level
         if _DEPTH[owner] <= _DEPTH[level]:
             here.append(cond[0])
@@ -328,13 +345,14 @@ def build(
     dialect: str = "sqlite",
     also: Sequence[str] = (),
     also_params: Sequence[Any] = (),
+    few: Collection[str] = (),
 ) -> tuple[str, list[Any], list[str]]:
     """SQL, parameters and row keys of a search at ``level`` (``computed``: the
     counts and lists wanted, by row key, default all; ``sample``: see
     :func:`iter_search`; ``dialect``: ``sqlite`` or ``postgresql``; ``also``: more
     conditions, SQL over the aliases of the levels, whose ``?`` take ``also_params``
-    in order)."""
-    clauses, params = where(level, filters, dialect)
+    in order; ``few``: see :func:`where`)."""
+    clauses, params = where(level, filters, dialect, few)
     clauses, params = [*clauses, *also], [*params, *also_params]
     columns, keys = _select(level, computed, sample, dialect)
     sql = f"SELECT {columns} FROM {_chain('patient', level)}"
@@ -346,6 +364,24 @@ def build(
         unlimited = -1 if dialect == "sqlite" else None  # (PostgreSQL: LIMIT NULL)
         params = [*params, unlimited if limit is None else max(limit, 0), max(offset, 0)]
     return sql, params, keys
+
+
+def _rare_in_study(db: Connection, filters: Filters, dialect: str) -> set[str]:
+    """The keywords of ``_FEW_IN_STUDY`` in ``filters`` whose values fewer than
+    ``RARE_SERIES`` series have (counted up to there on the series' index: a
+    tenth of a millisecond). SQLite only: PostgreSQL's planner has statistics."""
+    rare: set[str] = set()
+    for name, raw in filters.items() if dialect == "sqlite" else ():
+        attr = attribute(name)
+        if attr is None or attr.keyword not in _FEW_IN_STUDY or raw is None:
+            continue
+        cond = _match(attr, raw, dialect)
+        if cond is None:
+            continue
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM series b WHERE {cond[0]} LIMIT ?)"
+        if db.execute(sql, [*cond[1], RARE_SERIES]).fetchone()[0] < RARE_SERIES:
+            rare.add(attr.keyword)
+    return rare
 
 
 def _row(keys: list[str], values: tuple[Any, ...]) -> dict[str, Any]:
@@ -384,6 +420,7 @@ def iter_search(
         dialect=dialect,
         also=also,
         also_params=also_params,
+        few=_rare_in_study(db, filters or {}, dialect),
     )
     rows = db.execute(sql, params) if dialect == "sqlite" else db.stream(sql, params)  # type: ignore[attr-defined]
     for values in rows:
@@ -439,7 +476,9 @@ def newest_arrivals(db: Connection, study_uids: Collection[str]) -> dict[str, st
 
 def count(db: Connection, level: str, filters: Filters | None = None) -> int:
     """How many entities of ``level`` match ``filters``."""
-    clauses, params = where(level, filters or {}, dialect_of(db))
+    dialect = dialect_of(db)
+    few = _rare_in_study(db, filters or {}, dialect)
+    clauses, params = where(level, filters or {}, dialect, few)
     sql = f"SELECT COUNT(*) FROM {_chain('patient', level)}"
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)
