@@ -25,6 +25,7 @@ from dicomstore.archive.layout import resolve
 from dicomstore.archive.metacache import CACHE_FILE, MetadataCache
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.removal import remove
+from dicomstore.http import metadata
 from dicomstore.http.common import url_of
 from dicomstore.http.limits import DEFAULT
 
@@ -250,3 +251,25 @@ def test_past_its_bound_the_cache_drops_the_least_recently_used_and_answers_alik
 def test_an_entry_bound_below_one_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least one"):
         MetadataCache(tmp_path, max_entries=0)
+
+
+@pytest.mark.parametrize("chunk", [1, metadata.CHUNK])
+def test_the_answer_is_sent_in_chunks_of_whole_instances(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """Instances are gathered into chunks of about ``CHUNK`` bytes (each chunk of a
+    sync body is a hop to a thread): the same answer in few chunks or many."""
+    archive = Archive(tmp_path / "archive", fsync=False)
+    for n in range(1, 6):
+        store(archive, generated(n))
+    reader = ArchiveReader(archive.root)
+    rows = reader.instances(SeriesInstanceUID=SERIES)
+    monkeypatch.setattr(metadata, "CHUNK", chunk)
+    cache = MetadataCache(archive.root)
+    for _ in range(2):  # cold, then from the cache
+        chunks = list(metadata.stream_metadata(rows, reader.storage, "http://h/", 50, cache))
+        assert len(chunks) == (6 if chunk == 1 else 1)  # (each instance, then "]"; or all)
+        items = json.loads(b"".join(chunks))
+        assert [i["00080018"]["Value"][0] for i in items] == [r["sop_instance_uid"] for r in rows]
+    cache.close()
+    archive.close()

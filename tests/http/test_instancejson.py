@@ -26,7 +26,7 @@ from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.layout import resolve
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.http import jsonvalues
-from dicomstore.http.instancejson import read_metadata
+from dicomstore.http.instancejson import read_metadata, read_metadata_text
 
 STUDY = "1.2.826.0.1.3680043.10.11"
 
@@ -46,13 +46,15 @@ def assert_same(archive: Archive, depth: int = 50, uid: str | None = None) -> in
         ts = row["transfer_syntax_uid"]
         want_cut: list[int] = []
         want = reference(path, ts, _bulk, max_depth=depth, cut=want_cut)
+        text = json.dumps(want, ensure_ascii=False)
         for _ in range(2):  # the second time from the memo
             cut: list[int] = []
             got = read_metadata(storage, key, ts, _bulk, max_depth=depth, cut=cut)
-            assert json.dumps(got, ensure_ascii=False) == json.dumps(want, ensure_ascii=False), (
-                path.name,
-                row["sop_instance_uid"],
-            )
+            assert json.dumps(got, ensure_ascii=False) == text, (path.name, row["sop_instance_uid"])
+            assert bool(cut) == bool(want_cut)
+            cut = []  # the text the metadata cache keeps, made without the object
+            got_text = read_metadata_text(storage, key, ts, _bulk, max_depth=depth, cut=cut)
+            assert got_text == text, (path.name, row["sop_instance_uid"])
             assert bool(cut) == bool(want_cut)
         tags = sorted(int(k, 16) for k in list(want)[::3])
         subset = read_metadata(storage, key, ts, _bulk, tags, max_depth=depth)
@@ -182,9 +184,13 @@ def test_the_depth_cut_and_its_warning(
 def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jsonvalues, "MEMO_LIMIT", 3)
     jsonvalues._MEMO.clear()
+    jsonvalues.TEXT_MEMO.clear()
     for n in range(10):
         assert jsonvalues.value_json("IS", str(n).encode(), True, ("iso8859",)) == {
             "vr": "IS",
             "Value": [n],
         }
         assert len(jsonvalues._MEMO) <= 3
+        text = jsonvalues.attribute_text(0x00200013, "IS", str(n).encode(), True, ("iso8859",))
+        assert text == f'"00200013": {{"vr": "IS", "Value": [{n}]}}'
+        assert len(jsonvalues.TEXT_MEMO) <= 3

@@ -19,6 +19,7 @@ pydicom does, is made by pydicom from the data set it reads (:func:`_pydicom_jso
 from __future__ import annotations
 
 import io
+import json
 import mmap
 import struct
 from collections.abc import Callable, Iterable
@@ -34,7 +35,7 @@ from dicomstore.archive.rawheader import Element, Unsure, Walker
 from dicomstore.archive.storage import Storage
 from dicomstore.archive.stored import Stored, inflated, read_stored
 from dicomstore.http.dicomjson import BULK_THRESHOLD, log_cut, tag_key
-from dicomstore.http.jsonvalues import value_json
+from dicomstore.http.jsonvalues import TEXT_MEMO, attribute_text, value_json
 from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflateError, TooLarge
 
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
@@ -122,10 +123,10 @@ class _Encoder:
             inner = self.encodings(item, encodings)
             made = {}
             for each in item:
-                json = self.element(each, depth + 1, inner, cut)
-                if json is None:
+                value = self.element(each, depth + 1, inner, cut)
+                if value is None:
                     return None
-                made[_key(each[0])] = json
+                made[_key(each[0])] = value
             out.append(dict(sorted(made.items())))
         return {"vr": "SQ", "Value": out} if out else {"vr": "SQ"}
 
@@ -148,6 +149,45 @@ def read_metadata(
     copy (``stored.inflated``, up to ``inflated_limit`` bytes: beyond,
     ``inflation.TooLarge``). Raises OSError or ValueError for a file that cannot
     be read."""
+    made = _read(
+        storage, key, transfer_syntax_uid, bulk_uri, tags, max_depth, cut, inflated_limit, False
+    )
+    assert isinstance(made, dict)
+    return made
+
+
+def read_metadata_text(
+    storage: Storage,
+    key: str,
+    transfer_syntax_uid: str,
+    bulk_uri: Callable[[int], str],
+    *,
+    max_depth: int,
+    cut: list[int] | None = None,
+    inflated_limit: int = DEFAULT_MAX_INFLATED,
+) -> str:
+    """:func:`read_metadata` as the text ``json.dumps(..., ensure_ascii=False)``
+    gives of it, made without the object: each attribute's text is memoised with
+    its value (``jsonvalues.attribute_text``), as the instances of a series repeat
+    most of them."""
+    made = _read(
+        storage, key, transfer_syntax_uid, bulk_uri, None, max_depth, cut, inflated_limit, True
+    )
+    assert isinstance(made, str)
+    return made
+
+
+def _read(
+    storage: Storage,
+    key: str,
+    transfer_syntax_uid: str,
+    bulk_uri: Callable[[int], str],
+    tags: Iterable[int] | None,
+    max_depth: int,
+    cut: list[int] | None,
+    inflated_limit: int,
+    as_text: bool,
+) -> dict[str, Any] | str:
     implicit, little, deflated = encoding_of(transfer_syntax_uid)
     wanted = None if tags is None else set(tags)
     cut = [] if cut is None else cut
@@ -174,29 +214,46 @@ def read_metadata(
             stored = read_stored(
                 storage, key, transfer_syntax_uid, defer_size=_DEFER, inflated_limit=inflated_limit
             )
-            return _all_by_pydicom(stored, key, bulk_uri, wanted, max_depth, cut)
+            made = _all_by_pydicom(stored, key, bulk_uri, wanted, max_depth, cut)
+            return json.dumps(made, ensure_ascii=False) if as_text else made
         encoder = _Encoder(buf, implicit, little, max_depth)
         encodings = encoder.encodings(elements, _DEFAULT_ENCODINGS)
         out: dict[str, Any] = {}
+        texts: dict[int, str] = {}  # (as_text: "key": value, by tag)
+
+        def put(tag: int, value: dict[str, Any]) -> None:
+            if as_text:
+                texts[tag] = f'"{_key(tag)}": {json.dumps(value, ensure_ascii=False)}'
+            else:
+                out[_key(tag)] = value
+
         fallback: Dataset | None = None
-        keys = _KEYS
-        for element in elements:
+        keys, memo = _KEYS, TEXT_MEMO
+
+        def one(element: Element) -> None:
+            """An element's attribute: a BulkDataURI, a value, a sequence, pydicom's."""
+            nonlocal fallback
             tag, vr, begin, length, items = element
-            if wanted is not None and tag not in wanted:
-                continue
             if length > BULK_THRESHOLD and length != 0xFFFFFFFF and tag != _CHARSET:
                 bulk_vr = vr if vr is not None else _dictionary_vr(tag)
                 if bulk_vr in _BULK_VRS:  # never read: sent as a URI
-                    out[_key(tag)] = {"vr": bulk_vr, "BulkDataURI": bulk_uri(tag)}
-                    continue
+                    put(tag, {"vr": bulk_vr, "BulkDataURI": bulk_uri(tag)})
+                    return
             if vr is not None and items is None and tag in keys:  # the common case, inline
-                json = value_json(vr, buf[begin : begin + length], little, encodings)
-                if json is not None:
-                    out[keys[tag]] = json
-                    continue
+                raw = buf[begin : begin + length]
+                if as_text:
+                    text = attribute_text(tag, vr, raw, little, encodings)
+                    if text is not None:
+                        texts[tag] = text
+                        return
+                else:
+                    value = value_json(vr, raw, little, encodings)
+                    if value is not None:
+                        out[keys[tag]] = value
+                        return
             mine: list[int] = []
-            json = encoder.element(element, 0, encodings, mine)
-            if json is None:
+            attr = encoder.element(element, 0, encodings, mine)
+            if attr is None:
                 if fallback is None:
                     fallback = read_stored(
                         storage,
@@ -206,14 +263,32 @@ def read_metadata(
                         inflated_limit=inflated_limit,
                     ).dataset
                 mine = []
-                json = _pydicom_json(fallback, tag, bulk_uri, max_depth, mine)
+                attr = _pydicom_json(fallback, tag, bulk_uri, max_depth, mine)
             cut.extend(mine)
-            out[_key(tag)] = json
+            put(tag, attr)
+
+        if as_text and wanted is None:  # (the metadata cache's: the hot loop inline)
+            inline = BULK_THRESHOLD
+            for element in elements:
+                tag, vr, begin, length, items = element
+                if vr is not None and items is None and length <= inline:
+                    raw = buf[begin : begin + length]
+                    text = memo.get((tag, vr, raw, little, encodings))
+                    if text is not None:  # (else not made yet, or pydicom's to make)
+                        texts[tag] = text
+                        continue
+                one(element)
+        else:
+            for element in elements:
+                if wanted is None or element[0] in wanted:
+                    one(element)
         if cut:
             log_cut(key, max_depth)
         pixel = _pixel_data(buf, stop, implicit, little)
         if pixel is not None and (wanted is None or pixel[0] in wanted):
-            out[_key(pixel[0])] = {"vr": pixel[1], "BulkDataURI": bulk_uri(pixel[0])}
+            put(pixel[0], {"vr": pixel[1], "BulkDataURI": bulk_uri(pixel[0])})
+        if as_text:  # (keys of eight upper-case hex digits sort as their tags)
+            return "{" + ", ".join(texts[tag] for tag in sorted(texts)) + "}"
         return dict(sorted(out.items()))
     finally:
         if isinstance(buf, mmap.mmap):

@@ -16,6 +16,7 @@ series repeat most of their values.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import struct
 from collections.abc import Sequence
@@ -58,6 +59,30 @@ def value_json(
         _MEMO.clear()
     _MEMO[key] = out
     return out
+
+
+#: :func:`attribute_text` by ``(tag, vr, raw, little, encodings)`` (a hot loop may
+#: look it up itself first: a value found is the function's answer).
+TEXT_MEMO: dict[tuple[int, str, bytes, bool, tuple[str, ...]], str | None] = {}
+
+
+def attribute_text(
+    tag: int, vr: str, raw: bytes, little: bool, encodings: tuple[str, ...]
+) -> str | None:
+    """``"key": `` and the JSON text of :func:`value_json`'s object, as ``json.dumps``
+    writes it in an object (``ensure_ascii=False``); None when pydicom must make it.
+    Memoised as :func:`value_json` (the text of a series' repeated values is made once)."""
+    memo = (tag, vr, raw, little, encodings)
+    try:
+        return TEXT_MEMO[memo]
+    except KeyError:
+        pass
+    value = _make(vr, raw, little, encodings)
+    text = None if value is None else f'"{tag:08X}": {json.dumps(value, ensure_ascii=False)}'
+    if len(TEXT_MEMO) >= MEMO_LIMIT:
+        TEXT_MEMO.clear()
+    TEXT_MEMO[memo] = text
+    return text
 
 
 def _strings(vr: str, values: Sequence[str] | str) -> dict[str, Any]:
