@@ -95,16 +95,22 @@ def element(attr: Attribute, value: Any) -> dict[str, Any]:
     return {"vr": attr.vr, "Value": out}
 
 
+#: Per level, each attribute's row key, JSON key and attribute (made once).
+_FIELDS = {
+    level: [(ATTRIBUTES[k].key, tag_key(ATTRIBUTES[k].tag), ATTRIBUTES[k]) for k in keywords]
+    for level, keywords in KEYWORDS.items()
+}
+
+
 def row_to_json(
     row: Mapping[str, Any], levels: Iterable[str], retrieve_url: str | None
 ) -> dict[str, Any]:
     """The search result of one row: the attributes of ``levels`` plus Retrieve URL."""
     out: dict[str, Any] = {}
     for level in levels:
-        for keyword in KEYWORDS[level]:
-            attr = ATTRIBUTES[keyword]
-            if attr.key in row:
-                out[tag_key(attr.tag)] = element(attr, row[attr.key])
+        for key, json_key, attr in _FIELDS[level]:
+            if key in row:
+                out[json_key] = element(attr, row[key])
     out[INSTANCE_AVAILABILITY] = {"vr": "CS", "Value": ["ONLINE"]}
     if retrieve_url is not None:
         out[RETRIEVE_URL] = {"vr": "UR", "Value": [retrieve_url]}
