@@ -67,3 +67,42 @@ def test_the_timer_runs_the_checkpoint_when_idle_and_stops_at_close() -> None:
     idle.close()
     idle.arm(0.0)
     assert idle._timer is None
+
+
+def test_after_ever_so_many_failures_the_wait_stays_a_minute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """(No overflow of the doubling after a day of failures.)"""
+    idle = deferred.IdleCheckpoint(_failing([OSError(5, "Input/output error")]), lambda: None)
+    waits: list[float | None] = []
+    monkeypatch.setattr(idle, "arm", waits.append)
+    idle._failures = 5000
+    idle._run()
+    assert waits == [deferred.RETRY_MAX]
+
+
+def test_a_new_batch_brings_a_checkpoint_put_off_by_failures_sooner() -> None:
+    """After failures the checkpoint waits up to a minute; a batch journaled then
+    (``arm()``) has it run after ``CHECKPOINT_AFTER`` again, the count started
+    over; a later deadline never puts off a sooner one."""
+    ran = threading.Event()
+
+    def when_idle(action: Callable[[], float | None]) -> tuple[bool, Any]:
+        return True, action()
+
+    def due() -> float | None:
+        ran.set()
+        return None
+
+    idle = deferred.IdleCheckpoint(when_idle, due)
+    idle.arm(60.0)  # (as after eight failures in a row)
+    idle._failures = 8
+    backoff = idle._timer
+    assert backoff is not None
+    idle.arm(120.0)  # (later: changes nothing)
+    assert idle._timer is backoff
+    idle.arm()  # a new batch
+    assert backoff.finished.is_set() and idle._timer is not backoff  # (cancelled)
+    assert idle._failures == 0
+    assert ran.wait(10)
+    idle.close()

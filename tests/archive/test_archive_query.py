@@ -160,10 +160,15 @@ def test_selective_keys_use_indexes(archive) -> None:
 
 
 @pytest.mark.sqlite_index
-def test_wildcard_names_and_modalities_in_study_use_their_indexes(archive) -> None:
+def test_wildcard_names_and_modalities_in_study_use_their_indexes(
+    archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = reader_of(archive).connect()
     plan = " ".join(q.explain(db, "study", {"PatientName": "doe^j*"}, limit=100))
     assert "patient_name_nocase_idx (patient_name>? AND patient_name<?)" in plan
+    plan = " ".join(q.explain(db, "study", {"ModalitiesInStudy": "MR"}, limit=100))
+    assert "series_modality_idx (modality=?)" in plan  # (rare: its series listed first)
+    monkeypatch.setattr(q, "RARE_SERIES", 0)  # (common: asked of each study walked)
     plan = " ".join(q.explain(db, "study", {"ModalitiesInStudy": "MR"}, limit=100))
     assert "series_study_modality_idx (study_pk=? AND modality=?)" in plan
     db.close()

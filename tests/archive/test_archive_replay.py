@@ -89,7 +89,8 @@ def test_with_no_room_and_no_file_the_start_stops_and_keeps_the_journal(
         with pytest.raises(OSError, match="No space left") as raised:
             Archive(root, journal=False)
         assert open_archive(root, journal=False) is None  # (serve's: one line, exit)
-    assert str(folder / journal.NAME) in str(raised.value) and "try again" in str(raised.value)
+    said = str(raised.value)
+    assert str(folder / journal.NAME) in said and "start again, after freeing space" in said
     assert raised.value.errno == errno.ENOSPC
     said = capsys.readouterr().err.splitlines()
     assert len(said) == 1 and str(folder / journal.NAME) in said[0] and "No space" in said[0]

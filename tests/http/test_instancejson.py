@@ -194,3 +194,12 @@ def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         text = jsonvalues.attribute_text(0x00200013, "IS", str(n).encode(), True, ("iso8859",))
         assert text == f'"00200013": {{"vr": "IS", "Value": [{n}]}}'
         assert len(jsonvalues.TEXT_MEMO) <= 3
+    long = b"x" * (jsonvalues.MEMO_MAX_VALUE + 2)  # (a long value is made, not kept)
+    jsonvalues._MEMO.clear()
+    jsonvalues.TEXT_MEMO.clear()
+    assert jsonvalues.value_json("LT", long, True, ("iso8859",)) == {
+        "vr": "LT",
+        "Value": [long.decode()],
+    }
+    assert jsonvalues.attribute_text(0x00204000, "LT", long, True, ("iso8859",))
+    assert not jsonvalues._MEMO and not jsonvalues.TEXT_MEMO

@@ -180,18 +180,26 @@ class IdleCheckpoint:
         self._checkpoint_due = checkpoint_due
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
+        self._at = 0.0  # (when the armed timer fires: monotonic)
         self._closed = False
         self._failures = 0  # (in a row: each waits twice as long, up to RETRY_MAX)
 
     def arm(self, delay: float | None = None) -> None:
-        """Run the checkpoint after ``delay`` (``CHECKPOINT_AFTER``), unless armed."""
+        """Run the checkpoint after ``delay`` (``CHECKPOINT_AFTER``), unless armed to
+        run sooner (a new batch after failures: their backoff gives way, the count
+        starts again)."""
+        wait = CHECKPOINT_AFTER if delay is None else delay
         with self._lock:
-            if self._timer is not None or self._closed:
+            at = time.monotonic() + wait
+            if self._closed or (self._timer is not None and self._at <= at):
                 return
-            wait = CHECKPOINT_AFTER if delay is None else delay
+            if self._timer is not None:
+                self._timer.cancel()
+            if delay is None:
+                self._failures = 0
             timer = threading.Timer(wait + 0.005, self._run)
             timer.daemon = True
-            self._timer = timer
+            self._timer, self._at = timer, at
         try:
             timer.start()
         except BaseException:
@@ -208,12 +216,14 @@ class IdleCheckpoint:
 
     def _run(self) -> None:
         with self._lock:
+            if self._timer is not None and self._timer is not threading.current_thread():
+                return  # (replaced by a sooner one meanwhile)
             self._timer = None
         try:
             ran, wait = self._when_idle(self._checkpoint_due)
         except Exception as exc:  # noqa: BLE001 - a bug, or the archive gone: said, not raised
             self._failures += 1
-            wait = min(CHECKPOINT_AFTER * 2 ** (self._failures - 1), RETRY_MAX)
+            wait = min(CHECKPOINT_AFTER * 2 ** min(self._failures - 1, 8), RETRY_MAX)
             if self._failures == 1:
                 log.exception("the journal's checkpoint failed")
             else:  # (once a minute at most: not a traceback every half second)

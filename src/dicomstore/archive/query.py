@@ -494,5 +494,6 @@ def explain(
     offset: int = 0,
 ) -> list[str]:
     """SQLite's EXPLAIN QUERY PLAN of a search, one line per step."""
-    sql, params, _ = build(level, filters or {}, limit=limit, offset=offset)
+    few = _rare_in_study(db, filters or {}, "sqlite")  # (the plan that runs)
+    sql, params, _ = build(level, filters or {}, limit=limit, offset=offset, few=few)
     return [row[-1] for row in db.execute("EXPLAIN QUERY PLAN " + sql, params)]

@@ -195,10 +195,12 @@ def replay(root: Path, index: Index, folder: Path) -> None:
         finally:
             os.close(fd)
     except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        room = ", after freeing space" if exc.errno in _NO_ROOM else ""
         raise OSError(
             exc.errno,
-            f"{exc.strerror or exc}, while making what this journal holds durable (it is "
-            "kept and this start stops: try again, after freeing space if the disk is full)",
+            f"{exc.strerror or exc}{where}, while making what this journal holds durable"
+            f" (it is kept and this start stops: start again{room})",
             str(path),
         ) from exc
     log.info("%s: %d instances of its journal made durable", folder, written)
@@ -208,7 +210,7 @@ def _replay_records(root: Path, index: Index, folder: Path, *, each: bool) -> in
     """(Under the index write lock.) :func:`replay`'s writes: each record that
     still counts, written again; how many."""
     listed = {batch for batch, _ in index.unflushed_batches()}
-    written = 0
+    written, in_place = 0, []
     for record in journal.records(folder / journal.NAME):  # (one at a time in memory)
         meta = record.meta
         rel, digest = meta["key"], meta["digest"]
@@ -218,12 +220,20 @@ def _replay_records(root: Path, index: Index, folder: Path, *, each: bool) -> in
         if row is None and meta["batch"] in listed:
             continue
         final = layout.resolve(root, rel)
-        _write_again(root, final, record.data, folder / f"{meta['trace']}.tmp", each=each)
+        if not _write_again(root, final, record.data, folder / f"{meta['trace']}.tmp", each=each):
+            in_place.append(final)
         written += 1
         if row is None:
             trace = folder / meta["trace"]
             layout.remove_quietly(trace)
             os.link(final, trace)
+    if in_place:  # (one line, however many)
+        log.warning(
+            "no room to write %d files again from the journal: written over in place (%s%s)",
+            len(in_place),
+            in_place[0],
+            ", ..." if len(in_place) > 1 else "",
+        )
     return written
 
 
@@ -231,12 +241,13 @@ def _replay_records(root: Path, index: Index, folder: Path, *, each: bool) -> in
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _write_again(root: Path, final: Path, data: bytes, temp: Path, *, each: bool) -> None:
+def _write_again(root: Path, final: Path, data: bytes, temp: Path, *, each: bool) -> bool:
     """Write ``data`` to ``final``: a temporary renamed there (so the data and the
     name are written again even where the cache holds them, clean, after a failed
     writeback), flushed by the caller's syncfs, or here when ``each``. Where there
     is no room for the temporary, over the file in place (weaker: its name is not
-    written again, and the log says so)."""
+    written again; it needs room too where the file's blocks were lost): False."""
+    renamed = True
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
@@ -250,11 +261,7 @@ def _write_again(root: Path, final: Path, data: bytes, temp: Path, *, each: bool
         layout.remove_quietly(temp)
         if exc.errno not in _NO_ROOM or not final.is_file():
             raise
-        log.warning(
-            "%s: no room to write it again from the journal (%s): written over in place",
-            final,
-            exc.strerror,
-        )
+        renamed = False
         fd = os.open(final, os.O_WRONLY | os.O_CLOEXEC)
         try:
             _write_all(fd, data, each)
@@ -262,6 +269,7 @@ def _write_again(root: Path, final: Path, data: bytes, temp: Path, *, each: bool
             os.close(fd)
     if each:
         layout.fsync_dir(final.parent)
+    return renamed
 
 
 def _write_all(fd: int, data: bytes, each: bool) -> None:

@@ -40,8 +40,12 @@ _IS = re.compile(r" *[+-]?[0-9]+ *")
 _DS = re.compile(r" *[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)? *")
 
 _MEMO: dict[tuple[str, bytes, bool, tuple[str, ...]], dict[str, Any] | None] = {}
-#: Entries kept at most (about 100 MiB in the worst case of 1 KiB values).
-MEMO_LIMIT = 100_000
+#: Entries each memo keeps at most (cleared when full) ...
+MEMO_LIMIT = 20_000
+#: ... of values of at most this many bytes (longer ones rarely repeat: made each
+#: time). So a memo holds at most ~40 MiB (values whose JSON text is six times
+#: their bytes: ``\u`` escapes), a few MiB for the values of real series.
+MEMO_MAX_VALUE = 256
 
 
 def value_json(
@@ -55,9 +59,10 @@ def value_json(
     except KeyError:
         pass
     out = _make(vr, raw, little, encodings)
-    if len(_MEMO) >= MEMO_LIMIT:
-        _MEMO.clear()
-    _MEMO[key] = out
+    if len(raw) <= MEMO_MAX_VALUE:
+        if len(_MEMO) >= MEMO_LIMIT:
+            _MEMO.clear()
+        _MEMO[key] = out
     return out
 
 
@@ -79,9 +84,10 @@ def attribute_text(
         pass
     value = _make(vr, raw, little, encodings)
     text = None if value is None else f'"{tag:08X}": {json.dumps(value, ensure_ascii=False)}'
-    if len(TEXT_MEMO) >= MEMO_LIMIT:
-        TEXT_MEMO.clear()
-    TEXT_MEMO[memo] = text
+    if len(raw) <= MEMO_MAX_VALUE:
+        if len(TEXT_MEMO) >= MEMO_LIMIT:
+            TEXT_MEMO.clear()
+        TEXT_MEMO[memo] = text
     return text
 
 
