@@ -49,9 +49,8 @@ def test_a_failing_checkpoint_is_tried_again_ever_less_often_and_said_briefly(
     assert waits[-1] == deferred.CHECKPOINT_AFTER and len(waits) == 11
 
 
-def test_the_timer_runs_the_checkpoint_when_idle_and_stops_at_close() -> None:
-    """Armed, the timer thread runs ``checkpoint_due`` through ``when_idle``; a
-    closed checkpoint arms no more."""
+def _idle() -> tuple[deferred.IdleCheckpoint, threading.Event]:
+    """An idle checkpoint whose every run succeeds, and the event its run sets."""
     ran = threading.Event()
 
     def when_idle(action: Callable[[], float | None]) -> tuple[bool, Any]:
@@ -61,7 +60,13 @@ def test_the_timer_runs_the_checkpoint_when_idle_and_stops_at_close() -> None:
         ran.set()
         return None
 
-    idle = deferred.IdleCheckpoint(when_idle, due)
+    return deferred.IdleCheckpoint(when_idle, due), ran
+
+
+def test_the_timer_runs_the_checkpoint_when_idle_and_stops_at_close() -> None:
+    """Armed, the timer thread runs ``checkpoint_due`` through ``when_idle``; a
+    closed checkpoint arms no more."""
+    idle, ran = _idle()
     idle.arm(0.0)
     assert ran.wait(10)
     idle.close()
@@ -85,16 +90,7 @@ def test_a_new_batch_brings_a_checkpoint_put_off_by_failures_sooner() -> None:
     """After failures the checkpoint waits up to a minute; a batch journaled then
     (``arm()``) has it run after ``CHECKPOINT_AFTER`` again, the count started
     over; a later deadline never puts off a sooner one."""
-    ran = threading.Event()
-
-    def when_idle(action: Callable[[], float | None]) -> tuple[bool, Any]:
-        return True, action()
-
-    def due() -> float | None:
-        ran.set()
-        return None
-
-    idle = deferred.IdleCheckpoint(when_idle, due)
+    idle, ran = _idle()
     idle.arm(60.0)  # (as after eight failures in a row)
     idle._failures = 8
     backoff = idle._timer
