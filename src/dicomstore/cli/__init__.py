@@ -14,6 +14,7 @@ import sys
 
 from dicomstore.aio import loops
 from dicomstore.cli import blas  # noqa: F401 - before numpy is imported (see there)
+from dicomstore.cli.allocator import keep_freed_memory
 from dicomstore.cli.logs import setup_logging
 from dicomstore.cli.options import (
     EXIT_FAILED,
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dicomstore` console script."""
     from dicomstore.cli import settings
 
+    if argv is None:  # (the process is the console script's: see allocator.py)
+        keep_freed_memory()
     parser = build_parser(sys.argv[1:] if argv is None else argv)
     try:
         args = settings.parse(parser, argv)

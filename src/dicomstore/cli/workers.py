@@ -111,8 +111,10 @@ def _worker(
     values: dict[str, Any], number: int, channel: socket.socket, metrics: socket.socket | None
 ) -> None:
     from dicomstore.cli import _run
+    from dicomstore.cli.allocator import keep_freed_memory
     from dicomstore.cli.logs import setup_logging
 
+    keep_freed_memory()  # (as the first process: C-MOVE and C-GET send from here too)
     args = argparse.Namespace(**values, channel=channel, metrics_channel=metrics)
     setup_logging(args.log_level, args.log_format)
     logging.getLogger().handlers[0].addFilter(_Tagged(number))
