@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from dicomstore.aio import loops
+from dicomstore.cli.allocator import keep_freed_memory
 from dicomstore.cli.logs import LEVELS, add_log_format, setup_logging
 from dicomstore.cli.options import (
     EXIT_ABORTED,
@@ -427,6 +428,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m dicomstore.cli.send HOST PORT PATH...`` (the same as `dicomstore send`)."""
+    if argv is None:  # (the process is ours, as the console script's: allocator.py)
+        keep_freed_memory()
     parser = argparse.ArgumentParser(prog="dicomstore")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["send", *(sys.argv[1:] if argv is None else argv)])
