@@ -4,17 +4,18 @@ A data set sent from a file (``send``; C-MOVE, C-GET and forwarding from ``serve
 is read in chunks of up to 1 MiB, a new buffer each, freed once sent. glibc serves an
 allocation above its mmap threshold (128 KiB at first) with fresh pages from the
 kernel and gives them back when it is freed, so every chunk faults its pages in
-again: 100 page faults per 0.5 MB instance, a third of ``send``'s time on a CT
-series and half of it on 100 MB instances. With the thresholds below, chunks come
+again: 100 page faults per 0.5 MB instance, a quarter of ``send``'s CPU on a CT
+series and 40% of its time on 100 MB instances. With the thresholds below, chunks come
 from the heap and a freed one serves the next read: at most :data:`TRIM_THRESHOLD`
 bytes are kept free per arena. (glibc's own thresholds rise with use: after a 1 MiB
 buffer is freed, up to 32 MiB and 64 MiB in a process that lives long; these fixed
 ones are lower, so a long-running ``serve`` keeps no more than before.)
 
-Only the command line does this (:func:`keep_freed_memory`, from ``cli.main`` of
-the console script): the library, ``import dicomstore``, leaves its host's allocator
-alone. Settings the environment gives glibc
-(``GLIBC_TUNABLES`` with ``glibc.malloc``, ``MALLOC_*``) are left as they are.
+Only the command line does this (:func:`keep_freed_memory`: the console script's
+``cli.main``, ``python -m dicomstore.cli.send``, the processes of ``serve --workers``):
+the library, ``import dicomstore``, leaves its host's allocator alone. Settings the
+environment gives glibc (``GLIBC_TUNABLES`` with ``glibc.malloc``, ``MALLOC_*``) are
+left as they are.
 """
 
 from __future__ import annotations
