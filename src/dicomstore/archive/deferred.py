@@ -144,7 +144,7 @@ class DeferredFlushes:
                         )
                 index.commit()
             except DatabaseOrOSError:
-                _quietly(index.rollback)
+                rollback_quietly(index)
             finally:
                 for member in failed:
                     self.storage.discard(member)  # (closed, if withdraw did not get to it)
@@ -239,8 +239,10 @@ class IdleCheckpoint:
             self.arm(wait)
 
 
-def _quietly(action: Any, *args: Any) -> None:
+def rollback_quietly(index: Index) -> None:
+    """Abandon ``index``'s transaction, whatever the error (best effort: an answer
+    is already decided)."""
     try:
-        action(*args)
+        index.rollback()
     except DatabaseOrOSError:
         pass

@@ -186,9 +186,7 @@ class Journal:
         if dsync:
             self._write(group, offset)
             return
-        written = os.pwritev(self._fd, group, offset)
-        if written != sum(len(b) for b in group):
-            raise OSError(28, "short write to the journal", str(self.path))
+        self._wrote(os.pwritev(self._fd, group, offset), group)
 
     def checkpoint(self) -> None:
         """Make every record written so far obsolete: the caller has made durable
@@ -265,13 +263,17 @@ class Journal:
                     raise
                 self._dsync = False
             else:
-                if written != sum(len(b) for b in buffers):
-                    raise OSError(28, "short write to the journal", str(self.path))
+                self._wrote(written, buffers)
                 return
         data = b"".join(buffers)
-        if os.pwrite(self._fd, data, offset) != len(data):
-            raise OSError(28, "short write to the journal", str(self.path))
+        self._wrote(os.pwrite(self._fd, data, offset), [data])
         os.fdatasync(self._fd)
+
+    def _wrote(self, written: int, buffers: list[bytes]) -> None:
+        """``OSError`` when fewer bytes than ``buffers`` hold were written (a file
+        of zeros written ahead: only a failing device writes short)."""
+        if written != sum(len(b) for b in buffers):
+            raise OSError(28, "short write to the journal", str(self.path))
 
 
 def read(path: Path) -> list[Record]:

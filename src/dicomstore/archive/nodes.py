@@ -218,6 +218,17 @@ def live(root: Path) -> set[str]:
     return {name.removesuffix(LOCK) for name in _lock_names(root / layout.TMP_DIR)}
 
 
+def batch_name(node: str, number: int) -> str:
+    """The name of a node's ``number``-th batch committed before its flush
+    (``publish.py``): it says whose it is (:func:`batch_node`)."""
+    return f"{node}.{number}"
+
+
+def batch_node(batch: str) -> str:
+    """The node that named ``batch`` (:func:`batch_name`)."""
+    return batch.rpartition(".")[0]
+
+
 def _lock_names(tmp: Path) -> list[str]:
     with os.scandir(tmp) as entries:
         return [

@@ -198,10 +198,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dicomstore.archive import crashpoints, digests
+from dicomstore.archive import crashpoints, digests, nodes
 from dicomstore.archive import outcome as st
 from dicomstore.archive.commit import CommitStats, Staged
-from dicomstore.archive.deferred import DeferredFlushes
+from dicomstore.archive.deferred import DeferredFlushes, rollback_quietly
 from dicomstore.archive.dicomfile import HeaderError
 from dicomstore.archive.engine import DatabaseError, DatabaseOrOSError, IntegrityError
 from dicomstore.archive.index import Index
@@ -280,7 +280,7 @@ class Publisher(DeferredFlushes):
                     index.commit()
                     self._flushed = []
                 except DatabaseOrOSError:
-                    _quietly(index.rollback)
+                    rollback_quietly(index)
         self.storage.close()
 
     def publish(self, batch: list[Staged]) -> None:
@@ -383,7 +383,7 @@ class Publisher(DeferredFlushes):
                     if old is not None and old["path"] != member.rel:
                         index.prune(old["series_uid"], old["study_uid"], old["patient_id"])
                 if deferred:
-                    batch_name = f"{self._owner}.{next(self._batches)}"
+                    batch_name = nodes.batch_name(self._owner, next(self._batches))
                     index.unflushed(batch_name, [m.row["sop_instance_uid"] for m in placed])
                 if self._flushed:
                     index.flushed(self._flushed)
@@ -396,7 +396,7 @@ class Publisher(DeferredFlushes):
                 if crashpoints.ENABLED:
                     crashpoints.reached("publish.after-commit")
             except BaseException as exc:
-                _quietly(index.rollback)
+                rollback_quietly(index)
                 self._undo(placed)
                 if isinstance(exc, DatabaseError):
                     comment = f"out of resources: index error: {exc}"
@@ -408,9 +408,8 @@ class Publisher(DeferredFlushes):
                     if member.outcome is None:
                         self._answer(member, failure(st.OUT_OF_RESOURCES, comment))
                 return
-        if batch_name and self._journal(placed, batch_name):
-            pass  # (durable; its traces stay until the checkpoint)
-        else:
+        journaled = bool(batch_name) and self._journal(placed, batch_name)
+        if not journaled:  # (journaled: its traces stay until the checkpoint)
             if batch_name:  # (the traces stay until it is done: see the module docstring)
                 self._flush(placed, batch_name)
             storage.finish(placed)  # the old versions, the intents, the traces go
@@ -460,13 +459,6 @@ class Publisher(DeferredFlushes):
         """Answer ``outcome`` for a member that will not be placed: its temporary goes."""
         member.outcome = outcome
         self.storage.discard(member)
-
-
-def _quietly(action: Any, *args: Any) -> None:
-    try:
-        action(*args)
-    except DatabaseOrOSError:
-        pass
 
 
 def _identical(existing: dict[str, Any], member: Staged) -> bool:

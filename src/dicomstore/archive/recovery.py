@@ -358,7 +358,7 @@ def verify_unflushed(root: Path, index: Index, *, fsync: bool) -> int:
         index.begin()
         try:
             live = nodes.live(root)  # (their batches are theirs: see the docstring)
-            listed = [p for p in index.unflushed_batches() if _owner(p[0]) not in live]
+            listed = [p for p in index.unflushed_batches() if nodes.batch_node(p[0]) not in live]
             rows = {uid: index.find(uid) for uid in {uid for _, uid in listed}}
         finally:
             index.rollback()
@@ -413,11 +413,6 @@ def verify_unflushed(root: Path, index: Index, *, fsync: bool) -> int:
         finally:
             index.rollback()  # (nothing left to roll back after the COMMIT)
     return dropped
-
-
-def _owner(batch: str) -> str:
-    """The writer that named a batch (``publish.Publisher``: a node's name)."""
-    return batch.rpartition(".")[0]
 
 
 def _inode(path: Path) -> int:

@@ -59,10 +59,7 @@ def value_json(
     except KeyError:
         pass
     out = _make(vr, raw, little, encodings)
-    if len(raw) <= MEMO_MAX_VALUE:
-        if len(_MEMO) >= MEMO_LIMIT:
-            _MEMO.clear()
-        _MEMO[key] = out
+    _remember(_MEMO, key, out, raw)
     return out
 
 
@@ -84,11 +81,17 @@ def attribute_text(
         pass
     value = _make(vr, raw, little, encodings)
     text = None if value is None else f'"{tag:08X}": {json.dumps(value, ensure_ascii=False)}'
-    if len(raw) <= MEMO_MAX_VALUE:
-        if len(TEXT_MEMO) >= MEMO_LIMIT:
-            TEXT_MEMO.clear()
-        TEXT_MEMO[memo] = text
+    _remember(TEXT_MEMO, memo, text, raw)
     return text
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any, raw: bytes) -> None:
+    """Keep ``value`` in ``memo`` when its ``raw`` bytes are short enough; a full
+    memo is emptied first (:data:`MEMO_LIMIT`, :data:`MEMO_MAX_VALUE`)."""
+    if len(raw) <= MEMO_MAX_VALUE:
+        if len(memo) >= MEMO_LIMIT:
+            memo.clear()
+        memo[key] = value
 
 
 def _strings(vr: str, values: Sequence[str] | str) -> dict[str, Any]:
