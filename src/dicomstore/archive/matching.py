@@ -1,0 +1,121 @@
+"""Attribute matching (PS3.4 C.2.2.2, PS3.18 8.3.4): a filter's value on one
+attribute as SQL and its parameters, in SQLite's or PostgreSQL's words. The
+kinds of matching are listed in ``query.py``'s docstring; ``query.py`` puts the
+conditions of a search together."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from dicomstore.archive.attributes import Attribute
+from dicomstore.archive.layout import normalize_uid
+
+
+class QueryError(ValueError):
+    """A filter names no known attribute or has a value that cannot be matched."""
+
+
+class Exact(str):
+    """A filter value matched literally, the empty value included: ``Exact("")``
+    matches only an empty attribute, never everything (universal matching is for
+    queries, not for naming one entity, e.g. the patient of a browse page link)."""
+
+
+_DATE_RE = re.compile(r"[0-9]{8}")
+_TIME_RE = re.compile(r"[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?")
+
+
+def _split_list(value: str) -> list[str]:
+    return [v.strip() for v in re.split(r"[,\\]", value) if v.strip()]
+
+
+def glob_pattern(value: str) -> str:
+    """DICOM wildcards (``*``, ``?``) as a SQLite GLOB pattern (``[`` made literal)."""
+    return value.replace("[", "[[]")
+
+
+def like_pattern(value: str) -> str:
+    """DICOM wildcards as a LIKE pattern with ``\\`` as escape."""
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _range(value: str, check: re.Pattern[str], what: str) -> tuple[str, str]:
+    low, _, high = value.partition("-")
+    for part in (low, high):
+        if part and not check.fullmatch(part):
+            raise QueryError(f"not a {what} or {what} range: {value!r}")
+    if not low and not high:
+        raise QueryError(f"empty {what} range: {value!r}")
+    return low, high
+
+
+#: ASCII letters to lower case (SQLite's LIKE folds no other case).
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _wildcards(col: str, value: str, dialect: str) -> tuple[str, list[Any]]:
+    """Case-sensitive matching of DICOM wildcards: SQLite's GLOB, PostgreSQL's LIKE."""
+    if dialect == "sqlite":
+        return f"{col} GLOB ?", [glob_pattern(value)]
+    return f"{col} LIKE ? ESCAPE '\\'", [like_pattern(value)]
+
+
+def condition(attr: Attribute, value: str, dialect: str = "sqlite") -> tuple[str, list[Any]] | None:
+    """SQL and parameters matching ``value`` on ``attr``; ``None`` for universal matching."""
+    value = value.strip()
+    if value in ("", "*"):
+        return None
+    if attr.sql is None:
+        raise QueryError(f"{attr.keyword} can be returned but not matched")
+    col = attr.sql
+    if attr.vr == "UI" or attr.keyword == "ModalitiesInStudy":
+        values = [normalize_uid(v) if attr.vr == "UI" else v for v in _split_list(value)]
+        if len(values) == 1 and any(c in values[0] for c in "*?") and attr.vr != "UI":
+            return _wildcards(col, values[0], dialect)
+        return f"{col} IN ({', '.join('?' for _ in values)})", values
+    if attr.vr == "DA":
+        if "-" not in value:
+            if not _DATE_RE.fullmatch(value):
+                raise QueryError(f"not a date (YYYYMMDD): {value!r}")
+            return f"{col} = ?", [value]
+        low, high = _range(value, _DATE_RE, "date")
+        parts = ([f"{col} >= ?"] if low else []) + ([f"{col} <= ?"] if high else [])
+        return " AND ".join(parts), [v for v in (low, high) if v]
+    if attr.vr == "TM":
+        value = value.replace(":", "")
+        if "-" not in value:
+            if not _TIME_RE.fullmatch(value):
+                raise QueryError(f"not a time (HHMMSS): {value!r}")
+            return f"{col} = ?", [value]
+        low, high = _range(value, _TIME_RE, "time")
+        parts, params = [], []
+        if low:
+            parts.append(f"{col} >= ?")
+            params.append(low)
+        if high:
+            parts.append(f"substr({col}, 1, {len(high)}) <= ?")
+            params.append(high)
+        return " AND ".join(parts), params
+    if attr.vr == "IS":
+        try:
+            return f"{col} = ?", [int(value)]
+        except ValueError:
+            raise QueryError(f"not an integer for {attr.keyword}: {value!r}") from None
+    if attr.vr == "PN":
+        if dialect == "sqlite":
+            return f"{col} LIKE ? ESCAPE '\\'", [like_pattern(value)]
+        return f"lower({col}) LIKE ? ESCAPE '\\'", [like_pattern(value).translate(_ASCII_LOWER)]
+    if "*" in value or "?" in value:
+        return _wildcards(col, value, dialect)
+    return f"{col} = ?", [value]
+
+
+def match(attr: Attribute, raw: Any, dialect: str) -> tuple[str, list[Any]] | None:
+    """:func:`condition` of a filter's value, or of an :class:`Exact` one."""
+    if not isinstance(raw, Exact):
+        return condition(attr, str(raw), dialect)
+    if attr.sql is None:
+        raise QueryError(f"{attr.keyword} can be returned but not matched")
+    return f"{attr.sql} = ?", [str(raw)]
