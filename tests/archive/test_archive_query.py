@@ -124,6 +124,24 @@ def test_only_the_computed_values_asked_for(archive) -> None:
     assert not (computed - {"n_series"}) & set(study) and computed <= set(everything)
 
 
+def test_one_walk_of_a_studys_instances(archive) -> None:
+    """A study's instance count, size and SOP Classes come from one subquery when all
+    three are wanted (a search's rows): the values and the order of keys are those of
+    each on its own (what C-FIND's return keys ask for)."""
+    wanted = ("n_series", "n_instances", "size", "modalities", "sop_classes")
+    with closing(reader_of(archive).connect()) as db:
+        (walked,) = q.iter_search(db, "study", {"StudyInstanceUID": "1.1"})
+        alone = {}
+        for key in wanted:
+            (row,) = q.iter_search(db, "study", {"StudyInstanceUID": "1.1"}, computed={key})
+            alone[key] = row[key]
+    assert q.build("study", {})[2].count("_walk") == 1
+    assert "_walk" not in q.build("study", {}, computed={"size", "n_instances"})[2]
+    assert len(alone["sop_classes"]) == 2 and alone["n_instances"] == 3
+    assert {key: walked[key] for key in wanted} == alone
+    assert list(walked)[-len(wanted) :] == list(wanted)
+
+
 def test_limit_offset_and_order(archive) -> None:
     reader = reader_of(archive)
     everything = [r["sop_instance_uid"] for r in reader.instances()]

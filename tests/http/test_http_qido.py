@@ -147,6 +147,26 @@ def test_instance_searches(client) -> None:
     assert everything[0]["00100020"]["vr"] == "LO"
 
 
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/studies", {}),
+        ("/series", {}),
+        ("/instances", {}),
+        (f"/studies/{STUDY_A}/instances", {}),
+        ("/studies", {"includefield": "StudyInstanceUID,00081030,Rows"}),
+        (f"/studies/{STUDY_A}/series/{SERIES_CT}/instances", {"includefield": "all"}),
+    ],
+)
+def test_each_result_is_in_the_order_of_its_tags(client, path, params) -> None:
+    """F.2.1: a DICOM JSON object's attributes are in tag order (made in that order,
+    or sorted when include fields add some)."""
+    results = search(client, path, **params)
+    assert results
+    for result in results:
+        assert list(result) == sorted(result)
+
+
 def test_includefield_reads_instance_headers(client) -> None:
     path = f"/studies/{STUDY_A}/series/{SERIES_CT}/instances"
     (multi,) = search(client, path, SOPInstanceUID="1.2.9.1.1", includefield="all")

@@ -29,6 +29,7 @@ are ``string_agg`` instead of ``group_concat`` and NULLs sort first, as in SQLit
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -177,14 +178,30 @@ _COUNTS = {
     "instance": {},
 }
 _LISTS = ("modalities", "sop_classes")
+#: A study's counts over its instances, in one subquery when all three are wanted
+#: (a search's rows): one walk of the instances' rows where each count took its own
+#: (at 1,000,000 instances, 300 studies: 12.5 -> 9.9 ms; 968: 33 -> 30 ms, the
+#: rest mostly reading the rows' pages). Its text, ``"count size classes"``, is
+#: taken apart by :func:`_row`.
+_WALK = ("n_instances", "size", "sop_classes")
+_WALK_KEY = "_walk"
+_WALK_SQL = (
+    f"SELECT COUNT(*) || ' ' || {_SIZE} || ' ' || COALESCE(group_concat(DISTINCT"
+    " c.sop_class_uid), '') FROM series b JOIN instance c ON c.series_pk = b.series_pk"
+    " WHERE b.study_pk = st.study_pk"
+)
+
+
+def _pg(sql: str) -> str:
+    """``sql`` in PostgreSQL's words: ``string_agg`` for SQLite's ``group_concat``."""
+    return re.sub(r"group_concat\(DISTINCT ([\w.]+)\)", r"string_agg(DISTINCT \1, ',')", sql)
+
+
 #: The same in PostgreSQL's words.
 _COUNTS_PG = {
-    level: {
-        key: re.sub(r"group_concat\(DISTINCT ([\w.]+)\)", r"string_agg(DISTINCT \1, ',')", sql)
-        for key, sql in counts.items()
-    }
-    for level, counts in _COUNTS.items()
+    level: {k: _pg(sql) for k, sql in counts.items()} for level, counts in _COUNTS.items()
 }
+_WALK_SQL_PG = _pg(_WALK_SQL)
 
 
 #: One stored instance of an entity (``sample_path``): where attributes the index
@@ -217,8 +234,14 @@ def _select(
     if level == "patient":  # the one study a patient without Patient ID is of
         exprs.append("p.scope")
         keys.append("scope")
+    walk = level == "study" and (computed is None or all(k in computed for k in _WALK))
     for key, sub in (_COUNTS if dialect == "sqlite" else _COUNTS_PG)[level].items():
         if computed is not None and key not in computed:
+            continue
+        if walk and key in _WALK:
+            if key == _WALK[0]:
+                exprs.append(f"({_WALK_SQL if dialect == 'sqlite' else _WALK_SQL_PG})")
+                keys.append(_WALK_KEY)
             continue
         exprs.append(f"({sub})")
         keys.append(key)
@@ -280,10 +303,24 @@ def _rare_in_study(db: Connection, filters: Filters, dialect: str) -> set[str]:
 
 def _row(keys: list[str], values: tuple[Any, ...]) -> dict[str, Any]:
     row = dict(zip(keys, values, strict=True))
+    if _WALK_KEY in row:
+        count, size, classes = row.pop(_WALK_KEY).split(" ", 2)
+        row.update(n_instances=int(count), size=int(size), sop_classes=classes)
+        row = {key: row[key] for key in _walk_order(tuple(keys))}
     for key in _LISTS:
         if key in row:
             row[key] = sorted(v for v in (row[key] or "").split(",") if v)
     return row
+
+
+@functools.cache
+def _walk_order(keys: tuple[str, ...]) -> list[str]:
+    """The row keys of a search whose SQL keys are ``keys`` (with the walk's), in
+    the order they have without it (that of ``_COUNTS``)."""
+    at = keys.index(_WALK_KEY)
+    out = [*keys[:at], *_WALK[:2], *keys[at + 1 :]]
+    out.insert(out.index("modalities") + 1 if "modalities" in out else at + 2, _WALK[2])
+    return out
 
 
 def iter_search(

@@ -8,8 +8,9 @@ Stored files become WADO-RS metadata (10.4.1.1.2) in
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,26 +96,59 @@ def element(attr: Attribute, value: Any) -> dict[str, Any]:
     return {"vr": attr.vr, "Value": out}
 
 
-#: Per level, each attribute's row key, JSON key and attribute (made once).
+def _encoder(attr: Attribute) -> Callable[[Any], dict[str, Any]]:
+    """:func:`element` of ``attr`` as a function of the value alone (for rows)."""
+    vr = attr.vr
+    if vr == "PN":
+        return lambda value: element(attr, value)
+
+    def integers(value: Any) -> dict[str, Any]:
+        if value is None or value == "" or value == []:
+            return {"vr": vr}
+        values = value if isinstance(value, list) else [value]
+        return {"vr": vr, "Value": [int(v) for v in values]}
+
+    def text(value: Any) -> dict[str, Any]:
+        if value is None or value == "" or value == []:
+            return {"vr": vr}
+        if isinstance(value, list):
+            return {"vr": vr, "Value": [str(v) for v in value]}
+        return {"vr": vr, "Value": str(value).split("\\")}
+
+    return integers if vr == "IS" else text
+
+
+#: Per level, each attribute's row key, JSON key and encoder (made once).
 _FIELDS = {
-    level: [(ATTRIBUTES[k].key, tag_key(ATTRIBUTES[k].tag), ATTRIBUTES[k]) for k in keywords]
-    for level, keywords in KEYWORDS.items()
+    level: [(ATTRIBUTES[k].key, tag_key(ATTRIBUTES[k].tag), _encoder(ATTRIBUTES[k])) for k in keys]
+    for level, keys in KEYWORDS.items()
 }
+
+
+@functools.cache
+def _fields_of(levels: tuple[str, ...]) -> list[tuple[str, str, Callable[[Any], Any] | None]]:
+    """The fields of ``levels`` and the two every row has (encoder None), in the
+    order of their JSON keys: a row's object is made in order, never sorted."""
+    fields = [field for level in levels for field in _FIELDS[level]]
+    fields += [("", INSTANCE_AVAILABILITY, None), ("", RETRIEVE_URL, None)]
+    return sorted(fields, key=lambda field: field[1])
 
 
 def row_to_json(
     row: Mapping[str, Any], levels: Iterable[str], retrieve_url: str | None
 ) -> dict[str, Any]:
-    """The search result of one row: the attributes of ``levels`` plus Retrieve URL."""
+    """The search result of one row: the attributes of ``levels`` plus Retrieve URL,
+    in the order of their tags (F.2.1)."""
     out: dict[str, Any] = {}
-    for level in levels:
-        for key, json_key, attr in _FIELDS[level]:
+    for key, json_key, encode in _fields_of(tuple(levels)):
+        if encode is not None:
             if key in row:
-                out[json_key] = element(attr, row[key])
-    out[INSTANCE_AVAILABILITY] = {"vr": "CS", "Value": ["ONLINE"]}
-    if retrieve_url is not None:
-        out[RETRIEVE_URL] = {"vr": "UR", "Value": [retrieve_url]}
-    return dict(sorted(out.items()))
+                out[json_key] = encode(row[key])
+        elif json_key == INSTANCE_AVAILABILITY:
+            out[json_key] = {"vr": "CS", "Value": ["ONLINE"]}
+        elif retrieve_url is not None:
+            out[json_key] = {"vr": "UR", "Value": [retrieve_url]}
+    return out
 
 
 def stable_elements(stable_at: str | None) -> dict[str, Any]:
