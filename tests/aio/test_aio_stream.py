@@ -207,3 +207,41 @@ def test_a_server_awaiting_a_commit_stops_reading() -> None:
 
     assert asyncio.run(main()) == [0, 0]
     assert handler.stored == {"1.2.3.1": pattern(size, 1), "1.2.3.2": pattern(size, 2)}
+
+
+def test_an_idle_association_gives_back_its_buffer(monkeypatch) -> None:
+    """A buffer that grew for a large PDU goes back to a few KiB once the association
+    has been quiet for ``SHRINK_AFTER`` seconds, and grows again for the next one."""
+    from dicomstore.aio import stream as streams
+
+    monkeypatch.setattr(streams, "SHRINK_AFTER", 0.05)
+    handler = Collecting()
+
+    async def main():
+        server = Server(ServerConfig(port=0, max_pdu=0), handler)
+        await server.start()
+        try:
+            assoc = await associate(
+                "127.0.0.1", server.port, contexts=[(CT, [uids.EXPLICIT_VR_LE])]
+            )
+            ctx = assoc.context_for(CT)
+            sizes = []
+            for n in (1, 2):
+                rsp = await assoc.store_stream(ctx, CT, f"1.2.3.{n}", [pattern(3 * MiB, n)])
+                assert rsp.status == 0
+                (acceptor,) = server.associations
+                sizes.append(len(acceptor.t.stream.buf))
+                for _ in range(1000):  # until the server's receive loop has shrunk it
+                    if len(acceptor.t.stream.buf) == streams.RECV_INITIAL:
+                        break
+                    await asyncio.sleep(0.01)
+                sizes.append(len(acceptor.t.stream.buf))
+            await assoc.release()
+            return sizes
+        finally:
+            await server.close(grace=5)
+
+    grown, shrunk, grown_again, shrunk_again = asyncio.run(main())
+    assert grown > MiB and grown_again > MiB
+    assert shrunk == shrunk_again == streams.RECV_INITIAL
+    assert handler.stored == {f"1.2.3.{n}": pattern(3 * MiB, n) for n in (1, 2)}

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from dicomstore.aio import stream as streams
 from dicomstore.aio.stream import RECV_BUFFER, RECV_INITIAL, Stream  # noqa: F401 - re-exported
 from dicomstore.dimse import DimseAssembler, command_pdvs, dataset_pdvs
 from dicomstore.errors import LocalProtocolError, RemoteProtocolError
@@ -190,6 +191,10 @@ class Transport:
                     stalled = s.pdu_began + per_pdu
                     if when is None or stalled < when:
                         kind, when = "pdu", stalled
+                if s.start == s.end and len(s.buf) > RECV_INITIAL:
+                    shrink = max(called, s.last_received) + streams.SHRINK_AFTER
+                    if when is None or shrink < when:
+                        kind, when = "shrink", shrink
             if not await s.wait(when):
                 continue
             if kind == "artim":
@@ -202,6 +207,9 @@ class Transport:
                 events = self.conn.artim_expired()
                 await self.flush()
                 return events
+            if kind == "shrink":  # idle: a few KiB, not the largest PDU's room
+                s.shrink()
+                continue
             if kind == "pdu":
                 if s.end - s.start >= s.need:
                     continue  # it just completed

@@ -22,6 +22,10 @@ RECV_INITIAL = 4 * 1024
 #: then read many PDUs per system call), or to the largest PDU the peer sends
 #: (bounded by the maximum we advertise, PS3.8 D.1).
 RECV_BUFFER = 512 * 1024
+#: A buffer that grew goes back to RECV_INITIAL bytes once it has held nothing
+#: for this many seconds: an idle association keeps a few KiB, not room for the
+#: largest PDU it was sent (``Transport.receive``).
+SHRINK_AFTER = 2.0
 #: Reading pauses when less than 1/MIN_FREE_SHARE of the buffer is free at its
 #: end (until the association has consumed what it holds): backpressure.
 MIN_FREE_SHARE = 8
@@ -248,6 +252,16 @@ class Stream(asyncio.BufferedProtocol):
         if self.full and len(self.buf) - self.end >= self.min_free:
             self.full = False
             self._update_reading()
+
+    def shrink(self) -> None:
+        """Back to :data:`RECV_INITIAL` bytes, when the buffer holds nothing (not while
+        held; views into the old buffer stay valid: it is replaced, not resized)."""
+        if self.held or self.start != self.end or len(self.buf) <= RECV_INITIAL:
+            return
+        self.buf = bytearray(RECV_INITIAL)
+        self.view = memoryview(self.buf)
+        self.min_free = RECV_INITIAL // MIN_FREE_SHARE
+        self.start = self.end = 0
 
     # -- the writing side (what StreamWriter offers) ---------------------------
 
