@@ -125,11 +125,14 @@ _FIELDS = {
 }
 
 
+_Field = tuple[str, str, Callable[[Any], dict[str, Any]] | None]
+
+
 @functools.cache
-def _fields_of(levels: tuple[str, ...]) -> list[tuple[str, str, Callable[[Any], Any] | None]]:
+def _fields_of(levels: tuple[str, ...]) -> list[_Field]:
     """The fields of ``levels`` and the two every row has (encoder None), in the
     order of their JSON keys: a row's object is made in order, never sorted."""
-    fields = [field for level in levels for field in _FIELDS[level]]
+    fields: list[_Field] = [field for level in levels for field in _FIELDS[level]]
     fields += [("", INSTANCE_AVAILABILITY, None), ("", RETRIEVE_URL, None)]
     return sorted(fields, key=lambda field: field[1])
 
