@@ -42,6 +42,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from dicomstore.archive import layout
+from dicomstore.archive.turns import Turns
 
 
 class PostgresError(Exception):
@@ -201,6 +202,14 @@ class Engine:
         db.execute("COMMIT")
         return token
 
+    def take_turn(self, timeout: float) -> None:
+        """Before :meth:`begin`: wait (up to ``timeout``) for the writer's turn among
+        the writers of this index (SQLite: ``turns.py``; PostgreSQL's lock row wakes
+        a waiting writer itself)."""
+
+    def give_turn(self) -> None:
+        """After the COMMIT or ROLLBACK: the next writer's turn."""
+
     def defer_flushes(self, db: Any) -> bool:
         """Make ``db``'s COMMITs durable only when :meth:`flush` is called; False
         when this engine cannot (its COMMITs stay durable)."""
@@ -240,6 +249,7 @@ class SqliteEngine(Engine):
     def __init__(self, path: Path) -> None:
         self.path = path.resolve()
         self.where = str(self.path)
+        self._turns = Turns(self.where)
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -309,3 +319,12 @@ class SqliteEngine(Engine):
 
     def in_transaction(self, db: Any) -> bool:
         return bool(db.in_transaction)
+
+    def take_turn(self, timeout: float) -> None:
+        self._turns.take(timeout)
+
+    def give_turn(self) -> None:
+        self._turns.give()
+
+    def close(self) -> None:
+        self._turns.close()

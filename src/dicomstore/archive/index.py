@@ -177,14 +177,19 @@ class Index:
         PostgreSQL: in the same round trip)."""
         query = _find_query(find) if find else None
         then = query[:2] if query else None
+        self.engine.take_turn(self.timeout)
         try:
-            version, cursor = self.engine.begin(self._db, then)
-        except OperationalError:
-            if not self.engine.lost(self._db):
-                raise
-            # (nothing of this transaction was done on a session that is gone)
-            self._reconnect()
-            version, cursor = self.engine.begin(self._db, then)
+            try:
+                version, cursor = self.engine.begin(self._db, then)
+            except OperationalError:
+                if not self.engine.lost(self._db):
+                    raise
+                # (nothing of this transaction was done on a session that is gone)
+                self._reconnect()
+                version, cursor = self.engine.begin(self._db, then)
+        except BaseException:
+            self.engine.give_turn()
+            raise
         for added in self._added.values():
             added.clear()
         if version != self._data_version:  # another connection committed: forget
@@ -195,7 +200,13 @@ class Index:
     def commit(self, *, flush: bool = True) -> None:
         """Make the transaction durable (one WAL fsync with synchronous=FULL); after
         :meth:`defer_flushes`, ``flush=False`` leaves that to :meth:`flush`."""
-        self._data_version = self.engine.commit(self._db, self._data_version)
+        try:
+            self._data_version = self.engine.commit(self._db, self._data_version)
+        except BaseException:
+            if not self.engine.in_transaction(self._db):
+                self.engine.give_turn()
+            raise
+        self.engine.give_turn()
         if flush and self._deferring:
             self.engine.flush(self._db)
         for table, added in self._added.items():
@@ -236,8 +247,11 @@ class Index:
         """Abandon the transaction, if one is open."""
         for added in self._added.values():
             added.clear()
-        if self.engine.in_transaction(self._db):
-            self._db.execute("ROLLBACK")
+        try:
+            if self.engine.in_transaction(self._db):
+                self._db.execute("ROLLBACK")
+        finally:
+            self.engine.give_turn()
 
     def forget(self) -> None:
         """Empty the cache of parent rows (they are looked up again when needed)."""
