@@ -65,3 +65,45 @@ def test_a_client_whose_writes_back_up_stops_reading() -> None:
         return backed_up, paused, resumed
 
     assert asyncio.run(main()) == (True, True, True)
+
+
+def test_a_peer_that_reads_nothing_is_closed_after_the_idle_timeout() -> None:
+    """A drain waits at most ``Timeouts.network``: a peer that reads none of what we
+    send is silent, as an idle one is (the Q/R SCPs' answers, a C-STORE's data set:
+    review34a found an association held beyond its window waiting on one for ever).
+    The connection is closed at once, what waits to be sent dropped."""
+    import socket
+
+    from dicomstore.aio.association import Timeouts, Transport
+    from dicomstore.aio.stream import Stream
+    from dicomstore.ul.connection import Connection, Role
+
+    async def main():
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        loop = asyncio.get_running_loop()
+        port = listener.getsockname()[1]
+        peer = socket.socket()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        peer.setblocking(False)
+        connecting = loop.sock_connect(peer, ("127.0.0.1", port))
+        accepted, _ = await asyncio.gather(loop.sock_accept(listener), connecting)
+        sock = accepted[0]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        _transport, stream = await loop.connect_accepted_socket(Stream, sock)
+        t = Transport(stream, Connection(Role.ACCEPTOR), Timeouts(network=0.2))
+        stream.write(bytes(8 * MiB))  # far beyond the socket buffers: writes back up
+        assert await _until(lambda: stream._write_paused)
+        started = loop.time()
+        try:
+            await t.drain()
+        except ConnectionResetError as exc:
+            waited, error = loop.time() - started, str(exc)
+        assert await _until(lambda: stream.lost)
+        peer.close()
+        listener.close()
+        return waited, error, stream.transport.get_write_buffer_size()
+
+    waited, error, unsent = asyncio.run(main())
+    assert waited >= 0.15 and "read nothing" in error
+    assert unsent == 0  # dropped: an A-ABORT could not reach it either

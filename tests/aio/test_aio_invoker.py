@@ -39,7 +39,7 @@ class FakeStream:
         for part in parts:
             self.written += part
 
-    async def drain(self) -> None:
+    async def drain(self, timeout: float | None = None) -> None:
         while self.on_drain:
             self.on_drain.pop(0)()
 

@@ -124,8 +124,7 @@ class Transport:
     async def flush(self) -> None:
         """Write whatever the connection queued; close the socket if it asks."""
         if self._send_queued() and (self._unflushed >= DRAIN_EVERY or self.conn.close_requested):
-            self._unflushed = 0
-            await self.writer.drain()
+            await self.drain()
         if self.conn.close_requested:
             await self.close()
 
@@ -134,9 +133,26 @@ class Transport:
         self._send_queued()
 
     async def drain(self) -> None:
-        """Wait until the socket buffer is below its high-water mark."""
+        """Wait until the socket buffer is below its high-water mark. A peer that
+        reads nothing of it for ``Timeouts.network`` seconds is silent as an idle
+        one is: the connection is closed at once, what waits to be sent dropped
+        (no A-ABORT could reach it), and ``ConnectionResetError`` raised."""
         self._unflushed = 0
-        await self.writer.drain()
+        try:
+            await self.writer.drain(self.timeouts.network)
+        except TimeoutError:
+            log.warning(
+                "%s: nothing of what we sent was read for %gs; closing",
+                self.peer,
+                self.timeouts.network,
+            )
+            try:
+                self.conn.abort()  # (the state machine ends the association)
+            except Exception:  # noqa: BLE001 - not in a state where abort is defined
+                pass
+            self.conn.parts_to_send()  # (dropped: nothing more reaches it)
+            self.stream.abort()
+            raise ConnectionResetError("the peer read nothing we sent") from None
 
     async def receive(self, idle: float | None = None, until: float | None = None) -> list[ULEvent]:
         """Wait for complete PDUs and return their upper layer events.

@@ -298,8 +298,9 @@ class Stream(asyncio.BufferedProtocol):
     def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> None:
         self.write_parts(list(data))
 
-    async def drain(self) -> None:
-        """Wait until the transport's buffer is below its high-water mark."""
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until the transport's buffer is below its high-water mark
+        (``TimeoutError`` when it is not within ``timeout`` seconds)."""
         if self.lost:
             raise ConnectionResetError("Connection lost")
         if self.transport.is_closing():  # type: ignore[union-attr]
@@ -310,11 +311,17 @@ class Stream(asyncio.BufferedProtocol):
             return
         waiter = asyncio.get_running_loop().create_future()
         self._drain_waiters.append(waiter)
-        await waiter
+        async with asyncio.timeout(timeout):
+            await waiter
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping what waits to be sent (a peer that reads nothing)."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def is_closing(self) -> bool:
         return self.transport is None or self.transport.is_closing()
