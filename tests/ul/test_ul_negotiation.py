@@ -12,12 +12,14 @@ from dicomstore.ul import items as I
 from dicomstore.ul import pdu as P
 from dicomstore.ul.negotiation import (
     DEFAULT_MAX_PDU,
+    LEAST_MAX_LENGTH,
     AcceptedContext,
     AcceptorPolicy,
     Negotiated,
     describe_refused,
     negotiate,
     requested,
+    too_short,
 )
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -149,6 +151,19 @@ def test_wrong_application_context_is_rejected_permanently_by_the_user():
     answer, negotiated = negotiate(rq(application_context="1.2.3.4"), policy())
     assert answer == P.AssociateRJ(1, 1, 2)
     assert negotiated is None
+
+
+@pytest.mark.parametrize("length", [1, 6, 7])
+def test_a_maximum_length_no_pdv_fits_in_is_rejected(length):
+    """review34a #3: was accepted, and the first answer failed as an internal error."""
+    request = rq()
+    request.user_info.max_length = length
+    answer, negotiated = negotiate(request, policy())
+    assert answer == P.AssociateRJ(P.REJECT_PERMANENT, P.REJECT_SOURCE_ACSE, P.REJECT_NO_REASON)
+    assert negotiated is None
+    assert f"Maximum Length Received, {length}," in (too_short(request) or "")
+    request.user_info.max_length = LEAST_MAX_LENGTH
+    assert negotiate(request, policy())[1] is not None
 
 
 def test_called_ae_mismatch_is_reason_7_when_required():

@@ -64,10 +64,7 @@ from dicomstore.ul.events import (
     ReleaseIndication,
 )
 from dicomstore.ul.fsm import State
-from dicomstore.ul.negotiation import (
-    describe_refused,
-    negotiate,
-)
+from dicomstore.ul.negotiation import describe_refused, negotiate, too_short
 
 _QR_REQUESTS = (CFindRQ, CMoveRQ, CGetRQ, NActionRQ)
 
@@ -271,6 +268,9 @@ class AcceptorAssociation:
         elif isinstance(event, ReleaseIndication):
             if self.inflight:  # every answer goes out before A-RELEASE-RP
                 await asyncio.wait(list(self.inflight.values()))
+            if t.conn.state is not State.STA8:  # a PDU read with it ended it: not ours
+                log.info("%s: A-RELEASE-RQ, then the association ended", t.peer)
+                return
             t.conn.release_response()
             self.outcome = "released"
         elif isinstance(event, AbortIndication):
@@ -314,7 +314,7 @@ class AcceptorAssociation:
         self.holds_slot = True  # before any await: requests arriving meanwhile count it
         answer, negotiated = negotiate(rq, self.server.policy)
         if isinstance(answer, P.AssociateRJ):
-            why = P.describe_reject(answer.result, answer.source, answer.reason)
+            why = too_short(rq) or P.describe_reject(answer.result, answer.source, answer.reason)
             self._reject(rq, answer, why)
             return
         assert negotiated is not None

@@ -129,6 +129,21 @@ def check_request(rq: P.AssociateRQ, policy: AcceptorPolicy) -> P.AssociateRJ | 
         return P.AssociateRJ(
             P.REJECT_PERMANENT, P.REJECT_SOURCE_USER, P.REJECT_CALLING_AE_NOT_RECOGNIZED
         )
+    if too_short(rq):
+        return P.AssociateRJ(P.REJECT_PERMANENT, P.REJECT_SOURCE_ACSE, P.REJECT_NO_REASON)
+    return None
+
+
+#: The least Maximum Length Received that carries a PDV with data (PS3.8 D.1, E.1:
+#: the PDV item's 6 bytes of header, then an even length of at least 2).
+LEAST_MAX_LENGTH = 8
+
+
+def too_short(rq: P.AssociateRQ) -> str | None:
+    """Why the requestor's Maximum Length Received cannot be honoured, if it cannot."""
+    length = rq.user_info.max_length or 0
+    if 0 < length < LEAST_MAX_LENGTH:
+        return f"its Maximum Length Received, {length}, leaves no room for a PDV (PS3.8 D.1)"
     return None
 
 
