@@ -186,3 +186,20 @@ def test_ctrl_c_cancels_the_find_and_exits_130() -> None:
     assert scp.cancelled.is_set()
     assert proc.returncode == 130
     assert err == "dicomstore: cancelled after 1 match(es)\n"
+
+
+def test_a_reader_that_goes_away_is_not_a_connection_failure(served) -> None:
+    """`dicomstore find ... | head -1` (review34b F4): the closed pipe was reported as
+    "cannot connect: Broken pipe", exit 3; now nothing is said, exit 1 (as `ls`)."""
+    command = [
+        sys.executable,
+        "-m",
+        "dicomstore.cli",
+        *find(served, "-k", "PatientName=*", "--json"),
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # gone before the first line
+    err = proc.stderr.read()
+    assert proc.wait(60) == 1, err
+    assert err == b""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from typing import Any
 
 from dicomstore import uids
 from dicomstore.cli.logs import LEVELS, add_log_format
-from dicomstore.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_index
+from dicomstore.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_index, silence_stdout
 from dicomstore.cli.tables import table
 
 COMMANDS = ("ls", "show", "export", "stats", "delete")
@@ -126,18 +125,10 @@ def run(args: argparse.Namespace) -> int:
     except NotStoredError as exc:
         return _error(str(exc), EXIT_FAILED)
     except BrokenPipeError:  # `... | head`: the reader is gone, nothing to say
-        _silence_stdout()
+        silence_stdout()
         return EXIT_FAILED
     except DatabaseOrOSError as exc:
         return _error(f"{getattr(exc, 'strerror', None) or exc}", EXIT_FAILED)
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so that the interpreter's final flush of what is
-    still buffered for a closed pipe does not complain either."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
 
 
 def _reader(args: argparse.Namespace) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -363,12 +364,22 @@ def open_archive(storage: Path, **options: Any) -> Any:
         return None
 
 
+def silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush of what is
+    still buffered for a closed pipe does not complain either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def run_client(coro) -> int:
     """Run a client coroutine; turn network failures into one line and an exit code."""
     from dicomstore.tls import TLSFileError
 
     try:
-        return asyncio.run(coro)
+        code = asyncio.run(coro)
+        sys.stdout.flush()  # (a closed pipe shows here, not at the interpreter's exit)
+        return code
     except TLSFileError as exc:
         return tls_failed(exc)
     except AssociationRejected as exc:
@@ -390,6 +401,9 @@ def run_client(coro) -> int:
     except ConnectionRefusedError:
         print("dicomstore: connection refused (is the server running?)", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except BrokenPipeError:  # `... | head`: the reader of our output is gone, not the peer
+        silence_stdout()
+        return EXIT_FAILED
     except OSError as exc:
         print(f"dicomstore: cannot connect: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
