@@ -4,6 +4,7 @@ crash-safe removal and the "instance stored" pub/sub of the Python API."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from contextlib import closing
 from pathlib import Path
 
@@ -140,6 +141,20 @@ def test_one_walk_of_a_studys_instances(archive) -> None:
     assert len(alone["sop_classes"]) == 2 and alone["n_instances"] == 3
     assert {key: walked[key] for key in wanted} == alone
     assert list(walked)[-len(wanted) :] == list(wanted)
+
+
+def test_a_list_of_more_values_than_sql_takes_parameters(archive) -> None:
+    """A UID list of more values than a statement takes parameters (SQLite's limit as
+    built here, PostgreSQL's 65,535; review34a #5: a C-FIND Identifier within its
+    1 MiB was answered C000 "too many SQL variables") is one parameter."""
+    limit = sqlite3.connect(":memory:").getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    many = [f"9.{n}" for n in range(max(limit, 65_535) + 1)]
+    reader = reader_of(archive)
+    rows = reader.studies(StudyInstanceUID="\\".join([*many, "1.1"]))
+    assert [r["study_uid"] for r in rows] == ["1.1"]
+    few = reader.studies(StudyInstanceUID="\\".join([*many[:10], "1.1"]))
+    assert [r["study_uid"] for r in few] == ["1.1"]
+    assert reader.count("study", {"StudyInstanceUID": ",".join(many)}) == 0
 
 
 def test_limit_offset_and_order(archive) -> None:

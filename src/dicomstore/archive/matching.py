@@ -5,6 +5,7 @@ conditions of a search together."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -21,6 +22,9 @@ class Exact(str):
     matches only an empty attribute, never everything (universal matching is for
     queries, not for naming one entity, e.g. the patient of a browse page link)."""
 
+
+#: A list of more values than this is one parameter (a JSON or PostgreSQL array).
+MANY_VALUES = 500
 
 _DATE_RE = re.compile(r"[0-9]{8}")
 _TIME_RE = re.compile(r"[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?")
@@ -74,6 +78,10 @@ def condition(attr: Attribute, value: str, dialect: str = "sqlite") -> tuple[str
         values = [normalize_uid(v) if attr.vr == "UI" else v for v in _split_list(value)]
         if len(values) == 1 and any(c in values[0] for c in "*?") and attr.vr != "UI":
             return _wildcards(col, values[0], dialect)
+        if len(values) > MANY_VALUES:  # one parameter: SQLite takes at most 32,766
+            if dialect == "sqlite":
+                return f"{col} IN (SELECT value FROM json_each(?))", [json.dumps(values)]
+            return f"{col} IN (SELECT unnest(CAST(? AS text[])))", [values]
         return f"{col} IN ({', '.join('?' for _ in values)})", values
     if attr.vr == "DA":
         if "-" not in value:
