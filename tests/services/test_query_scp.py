@@ -244,10 +244,10 @@ def test_each_find_is_audited_as_a_query(server) -> None:
     assert (bad["status"], bad["matches"], bad["level"]) == ("A900", 0, None)
 
 
-async def _find_with(port: int, cancel: bool) -> list[tuple[int, bool]]:
+async def _find_with(port: int, cancel: bool, release: bool = False) -> list[tuple[int, bool]]:
     """C-FIND-RQ, its Identifier and (``cancel``) a C-CANCEL-RQ for it, written at
-    once (one write: the SCP reads the cancel before it answers); (status, has
-    identifier) of each response."""
+    once (one write: the SCP reads the cancel before it answers), (``release``) then
+    an A-RELEASE-RQ at once; (status, has identifier) of each response."""
     assoc = await associate("127.0.0.1", port, contexts=[(STUDY_ROOT, (uids.EXPLICIT_VR_LE,))])
     responses: list[tuple[int, bool]] = []
     done = asyncio.Event()
@@ -273,6 +273,9 @@ async def _find_with(port: int, cancel: bool) -> list[tuple[int, bool]]:
     if cancel:
         conn.send_each(command_pdvs(ctx.id, CCancelRQ(7).encode(), max_pdu))
     assoc.t.write_now()
+    if release:  # (the responses come before the A-RELEASE-RP, or not at all)
+        await asyncio.wait_for(assoc.release(), 30)
+        return responses
     await asyncio.wait_for(done.wait(), 30)
     await assoc.release()
     return responses
@@ -283,6 +286,14 @@ def test_c_cancel_stops_the_matches_with_fe00(server) -> None:
     assert asyncio.run(_find_with(srv.port, cancel=False)) == [(0xFF00, True)] * 3 + [(0, False)]
     assert asyncio.run(_find_with(srv.port, cancel=True)) == [(0xFE00, False)]
     assert audit.records[-1]["status"] == "FE00" and audit.records[-1]["matches"] == 0
+
+
+def test_a_release_right_after_a_find_waits_for_its_answers(server) -> None:
+    """review34a #4: the A-RELEASE-RP came at once and the C-FIND was never answered."""
+    srv, _audit = server
+    assert asyncio.run(_find_with(srv.port, cancel=False, release=True)) == [(0xFF00, True)] * 3 + [
+        (0, False)
+    ]
 
 
 def test_no_find_contexts_without_an_archive() -> None:

@@ -268,6 +268,9 @@ class AcceptorAssociation:
         elif isinstance(event, ReleaseIndication):
             if self.inflight:  # every answer goes out before A-RELEASE-RP
                 await asyncio.wait(list(self.inflight.values()))
+            for scp in self._qr_scps:  # (Q/R and commitment answers too: AR-7)
+                if scp is not None:
+                    await scp.finished()
             if t.conn.state is not State.STA8:  # a PDU read with it ended it: not ours
                 log.info("%s: A-RELEASE-RQ, then the association ended", t.peer)
                 return

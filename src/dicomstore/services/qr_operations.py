@@ -255,6 +255,11 @@ class QROperations:
         """Answer one request whose Identifier is complete (subclasses)."""
         raise NotImplementedError
 
+    async def finished(self) -> None:
+        """Until every operation started is answered (the peer asked to release)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
     async def close(self) -> None:
         """The association ended: stop every operation still running."""
         for task in list(self._tasks):
