@@ -166,3 +166,20 @@ def test_ctrl_c_is_one_line_exit_130_and_a_flushed_report(tmp_path: Path) -> Non
     rows = [json.loads(line) for line in report.read_text().splitlines()]
     assert [(r["sop_instance_uid"], r["outcome"]) for r in rows] == [(uid_of(files[0]), "stored")]
     assert pydicom.dcmread(files[0]).SOPInstanceUID in handler.stored
+
+
+def test_pydicom_records_stay_out_but_critical_ones() -> None:
+    """review34b F5: a decoder that fails logs an ERROR with two tracebacks, where the
+    result line says "cannot convert ...: why"; dropped unless --log-level debug."""
+    import logging
+
+    from dicomstore.cli.logs import _quiet_pydicom
+
+    def record(name: str, level: int) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, "message", None, None)
+
+    assert not _quiet_pydicom(record("pydicom.pixels.decoders.base", logging.ERROR))
+    assert not _quiet_pydicom(record("pydicom", logging.WARNING))
+    assert _quiet_pydicom(record("pydicom", logging.CRITICAL))
+    assert _quiet_pydicom(record("dicomstore.send", logging.ERROR))
+    assert _quiet_pydicom(record("pydicomish", logging.INFO))

@@ -11,8 +11,10 @@ after a failure, ``"exception"`` (the traceback as one string).
 
 Warnings from libraries (pydicom's ``UserWarning`` about a value it reads, for
 example) are not printed: they go to the ``py.warnings`` logger at DEBUG, and
-pydicom's own logger is quiet below ERROR, unless ``--log-level debug``; what
-matters to the user is said by our own lines (a result line, a summary).
+pydicom's own records are dropped (but CRITICAL ones), unless ``--log-level debug``:
+what matters to the user is said by our own lines (a result line, a summary; a
+decoder that fails logs an ERROR with its traceback, where ours says "cannot
+convert ...: why" in one line).
 """
 
 from __future__ import annotations
@@ -98,9 +100,9 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
 
 
 def _quiet_pydicom(record: logging.LogRecord) -> bool:
-    """Drop pydicom's own records below ERROR. A filter on the handler, not the
+    """Drop pydicom's own records below CRITICAL. A filter on the handler, not the
     logger's level: pydicom sets that level when it is first imported, which may
     be after the CLI has configured logging (it is imported lazily)."""
-    return record.levelno >= logging.ERROR or not (
+    return record.levelno >= logging.CRITICAL or not (
         record.name == "pydicom" or record.name.startswith("pydicom.")
     )

@@ -336,8 +336,6 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"dicomstore: cannot write {args.report}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
-    if args.log_level != "debug":  # decoder tracebacks: the result line says it shorter
-        logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     enabled = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
     progress = Progress(sys.stderr, enabled, args.verbose)
 
