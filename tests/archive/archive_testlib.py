@@ -182,6 +182,7 @@ def crash_at_commit(monkeypatch: pytest.MonkeyPatch, number: int = 2) -> type[Ba
 def die(archive: Archive) -> None:
     """The process of ``archive`` is gone: nothing of it is cleaned up."""
     archive.index._db.close()  # the open transaction is lost
+    archive.index.engine.close()  # and its writer's turn (turns.py)
     archive._idle.close()  # (no checkpoint after its death)
     archive._node.close()  # its lock goes with the process (its folder stays)
     journal, archive.storage._journal = archive.storage._journal, None

@@ -108,3 +108,35 @@ def test_no_turns_where_the_file_cannot_be_made(tmp_path) -> None:
     assert not turns.take(1.0) and not turns.held
     turns.give()
     turns.close()
+
+
+def test_a_turn_not_given_in_time_leaves_only_sqlites_lock(tmp_path) -> None:
+    """A turn held past the index's timeout (a writer that never gives it): the begin
+    goes on to SQLite's lock without its busy handler (the timeout is spent), so a
+    free index is written and a locked one fails at once, not a timeout later."""
+    path = tmp_path / "index.sqlite"
+    index = Index(path, durable=False, timeout=0.05)
+    stuck = Turns(str(path))
+    assert stuck.take(1.0)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        with index.lock:
+            index.begin([])  # (SQLite's lock is free)
+            index.commit()
+        other.execute("BEGIN IMMEDIATE")
+        with index.lock, pytest.raises(sqlite3.OperationalError, match="locked"):
+            index.begin([])
+        other.execute("ROLLBACK")
+        assert index._db.execute("PRAGMA busy_timeout").fetchone()[0] == 50
+    finally:
+        other.close()
+        stuck.close()
+        index.close()
+
+
+def test_a_writer_dropped_unclosed_gives_its_turn_back(tmp_path) -> None:
+    path = tmp_path / "index.sqlite"
+    dropped = Turns(str(path))
+    assert dropped.take(1.0)
+    del dropped  # (collected: its file closed)
+    assert other_writer_gets_a_turn(path)

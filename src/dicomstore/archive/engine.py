@@ -250,6 +250,7 @@ class SqliteEngine(Engine):
         self.path = path.resolve()
         self.where = str(self.path)
         self._turns = Turns(self.where)
+        self._late = False  # (take_turn: the turn was not given within the timeout)
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -309,7 +310,16 @@ class SqliteEngine(Engine):
         db.executescript(f"BEGIN; {script} {stamp} COMMIT;")
 
     def begin(self, db: Any, then: Statement | None = None) -> tuple[Any, Any]:
-        db.execute("BEGIN IMMEDIATE")
+        if self._late:  # the turn's wait took the timeout: SQLite's lock, free or not
+            self._late = False
+            (waits,) = db.execute("PRAGMA busy_timeout").fetchone()
+            db.execute("PRAGMA busy_timeout = 0")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            finally:
+                db.execute(f"PRAGMA busy_timeout = {int(waits)}")
+        else:
+            db.execute("BEGIN IMMEDIATE")
         try:
             token = db.execute("PRAGMA data_version").fetchone()[0]
             return token, None if then is None else db.execute(*then)
@@ -321,7 +331,7 @@ class SqliteEngine(Engine):
         return bool(db.in_transaction)
 
     def take_turn(self, timeout: float) -> None:
-        self._turns.take(timeout)
+        self._late = not self._turns.take(timeout) and self._turns.usable
 
     def give_turn(self) -> None:
         self._turns.give()

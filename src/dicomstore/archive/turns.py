@@ -14,7 +14,8 @@ ROLLBACK). Only an order, never the guarantee: SQLite's own lock still excludes
 every other writer, so a writer that does not take a turn (an older dicomstore,
 the ``sqlite3`` shell), a folder where the file cannot be made, or a turn not
 given within the index's timeout (a stopped process holding it) leaves the
-waiting to SQLite's busy handler, as before. ``flock`` locks belong to the open
+waiting to SQLite's lock (without its busy handler after a turn not given: the
+timeout is spent), as before. ``flock`` locks belong to the open
 file, so two indexes of one process take turns too, and closing one leaves the
 other's turn alone; the kernel ends a dead process's turn.
 """
@@ -36,7 +37,9 @@ class Turns:
     def __init__(self, path: str) -> None:
         self.path = f"{path}-writer"
         self._fd = -1
-        self._unusable = False
+        #: turns can be taken here (False: a folder where the file cannot be made,
+        #: a file system without flock)
+        self.usable = True
         #: this writer has the turn
         self.held = False
 
@@ -45,13 +48,13 @@ class Turns:
         SQLite's lock decides) when it was not given, or cannot be had here."""
         if self.held:
             return True
-        if self._unusable:
+        if not self.usable:
             return False
         if self._fd < 0:
             try:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError:
-                self._unusable = True  # (a read-only folder: SQLite's lock alone)
+                self.usable = False  # (a read-only folder: SQLite's lock alone)
                 return False
         pause, deadline = FIRST_PAUSE, 0.0
         while True:
@@ -60,7 +63,7 @@ class Turns:
             except BlockingIOError:
                 pass
             except OSError:  # (no flock on this file system)
-                self._unusable = True
+                self.usable = False
                 return False
             else:
                 self.held = True
@@ -85,3 +88,7 @@ class Turns:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+    def __del__(self) -> None:  # (a writer dropped unclosed must not keep its turn)
+        if self._fd >= 0:
+            os.close(self._fd)
