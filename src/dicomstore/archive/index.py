@@ -203,7 +203,11 @@ class Index:
         try:
             self._data_version = self.engine.commit(self._db, self._data_version)
         except BaseException:
-            if not self.engine.in_transaction(self._db):
+            try:
+                ended = not self.engine.in_transaction(self._db)
+            except Exception:  # noqa: BLE001 - (a connection gone: its transaction too)
+                ended = True
+            if ended:  # (else the ROLLBACK that follows gives it)
                 self.engine.give_turn()
             raise
         self.engine.give_turn()
