@@ -142,6 +142,8 @@ def test_frames_of_explicit_and_implicit_instances(setup) -> None:
         ("/frames/4", 404, "frame 4"),
         ("/frames/0", 400, "frame list"),
         ("/frames/a", 400, "frame list"),
+        ("/frames/1,2,1", 400, "frame 1 more than once"),  # (PS3.18: non duplicate)
+        ("/frames/" + ",".join(["1"] * 2000), 400, "more than once"),
         ("/bulkdata/00100010", 404, "no bulk data"),
         ("/bulkdata/zz", 400, "hex tag"),
     ],

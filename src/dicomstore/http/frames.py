@@ -87,13 +87,18 @@ def choose(request: Request, frames: pixels.Frames) -> Choice:
 
 
 def frame_numbers(text: str) -> list[int]:
-    """The frame list of the URL (1-based, comma separated, PS3.18 10.4.1.1.4)."""
+    """The frame list of the URL (1-based, comma separated, in any order, none twice:
+    PS3.18 10.4.1.1.4; a list that repeats one frame would have a short URL send
+    an instance's pixels many times over)."""
     try:
         numbers = [int(v) for v in text.replace("%2C", ",").split(",") if v.strip()]
     except ValueError:
         numbers = []
     if not numbers or min(numbers) < 1:
         raise HttpError(400, f"frame list must be numbers from 1, separated by commas: {text!r}")
+    if len(set(numbers)) < len(numbers):
+        twice = next(n for n in numbers if numbers.count(n) > 1)
+        raise HttpError(400, f"frame list names frame {twice} more than once: {text[:80]!r}")
     return numbers
 
 
