@@ -107,3 +107,32 @@ def test_a_peer_that_reads_nothing_is_closed_after_the_idle_timeout() -> None:
     waited, error, unsent = asyncio.run(main())
     assert waited >= 0.15 and "read nothing" in error
     assert unsent == 0  # dropped: an A-ABORT could not reach it either
+
+
+def test_an_scp_whose_maximum_length_holds_no_pdv_is_left_at_once() -> None:
+    """An A-ASSOCIATE-AC whose Maximum Length Received (1-7) no PDV fits in (PS3.8 D.1):
+    the client aborts and says why, where its first request failed as a local error."""
+    import pytest
+
+    from dicomstore.errors import AssociationError
+
+    async def main() -> str:
+        async def scp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            header = await reader.readexactly(6)
+            body = await reader.readexactly(int.from_bytes(header[2:], "big"))
+            rq = P.decode_pdu(header[0], body)
+            policy = AcceptorPolicy("ANY-SCP", {SC: (uids.EXPLICIT_VR_LE,)}, max_pdu=6)
+            writer.write(P.encode(negotiate(rq, policy)[0]))
+            await reader.read()  # (until the client goes)
+            writer.close()
+
+        server = await asyncio.start_server(scp, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(AssociationError) as failed:
+                await associate("127.0.0.1", port, contexts=[(SC, [uids.EXPLICIT_VR_LE])])
+            return str(failed.value)
+        finally:
+            server.close()
+
+    assert "Maximum Length Received, 6," in asyncio.run(main())

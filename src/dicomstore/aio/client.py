@@ -53,6 +53,7 @@ from dicomstore.ul.negotiation import (
     Negotiated,
     our_user_information,
     requested,
+    too_short,
 )
 
 if TYPE_CHECKING:
@@ -109,6 +110,10 @@ class ClientAssociation:
                     events = await t.receive(None)
                     for event in events:
                         if isinstance(event, AssociateAccepted):
+                            problem = too_short(event.accept)
+                            if problem is not None:  # (nothing could be sent on it)
+                                t.abort_now()
+                                raise AssociationError(f"the SCP's A-ASSOCIATE-AC: {problem}")
                             self.negotiated = requested(self.request, event.accept)
                             t.negotiated = self.negotiated
                             self.invoker.open(self.negotiated.max_ops_invoked)

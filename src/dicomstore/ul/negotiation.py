@@ -139,9 +139,9 @@ def check_request(rq: P.AssociateRQ, policy: AcceptorPolicy) -> P.AssociateRJ | 
 LEAST_MAX_LENGTH = 8
 
 
-def too_short(rq: P.AssociateRQ) -> str | None:
-    """Why the requestor's Maximum Length Received cannot be honoured, if it cannot."""
-    length = rq.user_info.max_length or 0
+def too_short(pdu: P.AssociateRQ | P.AssociateAC) -> str | None:
+    """Why the peer's Maximum Length Received cannot be honoured, if it cannot."""
+    length = pdu.user_info.max_length or 0
     if 0 < length < LEAST_MAX_LENGTH:
         return f"its Maximum Length Received, {length}, leaves no room for a PDV (PS3.8 D.1)"
     return None
