@@ -202,13 +202,10 @@ class Engine:
         db.execute("COMMIT")
         return token
 
-    def take_turn(self, timeout: float) -> None:
-        """Before :meth:`begin`: wait (up to ``timeout``) for the writer's turn among
-        the writers of this index (SQLite: ``turns.py``; PostgreSQL's lock row wakes
-        a waiting writer itself)."""
-
-    def give_turn(self) -> None:
-        """After the COMMIT or ROLLBACK: the next writer's turn."""
+    def rollback(self, db: Any) -> None:
+        """ROLLBACK the write transaction, if one is open."""
+        if self.in_transaction(db):
+            db.execute("ROLLBACK")
 
     def defer_flushes(self, db: Any) -> bool:
         """Make ``db``'s COMMITs durable only when :meth:`flush` is called; False
@@ -250,12 +247,13 @@ class SqliteEngine(Engine):
         self.path = path.resolve()
         self.where = str(self.path)
         self._turns = Turns(self.where)
-        self._late = False  # (take_turn: the turn was not given within the timeout)
+        self._timeout = 5.0
 
     def exists(self) -> bool:
         return self.path.is_file()
 
     def writer(self, *, durable: bool, timeout: float) -> sqlite3.Connection:
+        self._timeout = timeout  # (the turn's wait: begin)
         db = sqlite3.connect(
             self.path, timeout=timeout, isolation_level=None, check_same_thread=False
         )
@@ -310,31 +308,44 @@ class SqliteEngine(Engine):
         db.executescript(f"BEGIN; {script} {stamp} COMMIT;")
 
     def begin(self, db: Any, then: Statement | None = None) -> tuple[Any, Any]:
-        if self._late:  # the turn's wait took the timeout: SQLite's lock, free or not
-            self._late = False
-            (waits,) = db.execute("PRAGMA busy_timeout").fetchone()
-            db.execute("PRAGMA busy_timeout = 0")
-            try:
+        # the writer's turn first (turns.py), held until the COMMIT or ROLLBACK
+        late = not self._turns.take(self._timeout) and self._turns.usable
+        try:
+            if late:  # the turn's wait took the timeout: SQLite's lock, free or not
+                (waits,) = db.execute("PRAGMA busy_timeout").fetchone()
+                db.execute("PRAGMA busy_timeout = 0")
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                finally:
+                    db.execute(f"PRAGMA busy_timeout = {int(waits)}")
+            else:
                 db.execute("BEGIN IMMEDIATE")
-            finally:
-                db.execute(f"PRAGMA busy_timeout = {int(waits)}")
-        else:
-            db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._turns.give()
+            raise
         try:
             token = db.execute("PRAGMA data_version").fetchone()[0]
             return token, None if then is None else db.execute(*then)
         except BaseException:
-            db.execute("ROLLBACK")
+            self.rollback(db)
             raise
+
+    def commit(self, db: Any, token: Any) -> Any:
+        try:
+            db.execute("COMMIT")
+        finally:
+            if not db.in_transaction:  # (else the ROLLBACK that follows gives it)
+                self._turns.give()
+        return token
+
+    def rollback(self, db: Any) -> None:
+        try:
+            super().rollback(db)
+        finally:
+            self._turns.give()
 
     def in_transaction(self, db: Any) -> bool:
         return bool(db.in_transaction)
-
-    def take_turn(self, timeout: float) -> None:
-        self._late = not self._turns.take(timeout) and self._turns.usable
-
-    def give_turn(self) -> None:
-        self._turns.give()
 
     def close(self) -> None:
         self._turns.close()

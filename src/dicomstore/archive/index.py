@@ -177,19 +177,14 @@ class Index:
         PostgreSQL: in the same round trip)."""
         query = _find_query(find) if find else None
         then = query[:2] if query else None
-        self.engine.take_turn(self.timeout)
         try:
-            try:
-                version, cursor = self.engine.begin(self._db, then)
-            except OperationalError:
-                if not self.engine.lost(self._db):
-                    raise
-                # (nothing of this transaction was done on a session that is gone)
-                self._reconnect()
-                version, cursor = self.engine.begin(self._db, then)
-        except BaseException:
-            self.engine.give_turn()
-            raise
+            version, cursor = self.engine.begin(self._db, then)
+        except OperationalError:
+            if not self.engine.lost(self._db):
+                raise
+            # (nothing of this transaction was done on a session that is gone)
+            self._reconnect()
+            version, cursor = self.engine.begin(self._db, then)
         for added in self._added.values():
             added.clear()
         if version != self._data_version:  # another connection committed: forget
@@ -200,17 +195,7 @@ class Index:
     def commit(self, *, flush: bool = True) -> None:
         """Make the transaction durable (one WAL fsync with synchronous=FULL); after
         :meth:`defer_flushes`, ``flush=False`` leaves that to :meth:`flush`."""
-        try:
-            self._data_version = self.engine.commit(self._db, self._data_version)
-        except BaseException:
-            try:
-                ended = not self.engine.in_transaction(self._db)
-            except Exception:  # noqa: BLE001 - (a connection gone: its transaction too)
-                ended = True
-            if ended:  # (else the ROLLBACK that follows gives it)
-                self.engine.give_turn()
-            raise
-        self.engine.give_turn()
+        self._data_version = self.engine.commit(self._db, self._data_version)
         if flush and self._deferring:
             self.engine.flush(self._db)
         for table, added in self._added.items():
@@ -251,11 +236,7 @@ class Index:
         """Abandon the transaction, if one is open."""
         for added in self._added.values():
             added.clear()
-        try:
-            if self.engine.in_transaction(self._db):
-                self._db.execute("ROLLBACK")
-        finally:
-            self.engine.give_turn()
+        self.engine.rollback(self._db)
 
     def forget(self) -> None:
         """Empty the cache of parent rows (they are looked up again when needed)."""
