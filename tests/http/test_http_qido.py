@@ -197,6 +197,8 @@ def test_unsupported_attribute_is_ignored_with_a_warning(client) -> None:
         ({"limit": "-1"}, {}, 400, "limit"),
         ({"includefield": "Bogus"}, {}, 400, "Bogus"),
         ({"SeriesNumber": "x"}, {}, 400, "integer"),
+        ([("limit", "1"), ("limit", "5")], {}, 400, "limit is given more than once"),
+        ([("stable", "true"), ("stable", "false")], {}, 400, "more than once"),
         ({}, {"accept": "application/dicom+xml"}, 406, "media type"),
     ],
 )

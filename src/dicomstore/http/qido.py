@@ -75,6 +75,10 @@ def _tag_of(name: str) -> int | None:
     return int(found) if found is not None else None
 
 
+#: Parameters that take one value.
+_ONCE = frozenset({"limit", "offset", "fuzzymatching", STABLE})
+
+
 def _count(request: Request, name: str, value: str, limit: int) -> int:
     """A ``limit`` or ``offset`` value: an integer from 0 to ``limit`` (else 400)."""
     try:
@@ -92,7 +96,12 @@ def parse_search(request: Request, fixed: dict[str, str]) -> Search:
     """Filters and options of a search; ``fixed`` are the UIDs of the path."""
     bounds = limits(request)
     search = Search(filters=dict(fixed))
+    seen: set[str] = set()
     for key, value in request.query_params.multi_items():
+        if key in _ONCE:
+            if key in seen:  # (as a matching key given twice: which would win?)
+                raise HttpError(400, f"{key} is given more than once")
+            seen.add(key)
         if key == "limit":
             search.limit = _count(request, key, value, bounds.max_offset)
         elif key == "offset":
