@@ -10,6 +10,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from dicomstore.services.admission import Admission, AdmissionRequest
+from dicomstore.tls import peer_subject
 from dicomstore.ul import pdu as P
 from dicomstore.ul.items import UserIdentityAC
 
@@ -95,3 +96,28 @@ async def admit(
     if server.gatekeeper is not None:
         throttle.admitted(address)
     return admission, None
+
+
+def audit_association(assoc: AcceptorAssociation) -> None:
+    """The audit record of an association that ended (with ``--audit-log``): who
+    asked, what was accepted, how it ended, what it stored."""
+    audit = assoc.server.audit
+    if audit is None or assoc.request is None:
+        return
+    rq, negotiated = assoc.request, assoc.t.negotiated
+    audit.association(
+        {
+            "event": "association",
+            "peer": assoc.address,
+            "calling_ae": rq.calling_ae,
+            "called_ae": rq.called_ae,
+            "tls_subject": peer_subject(assoc.t.writer.get_extra_info("peercert")),
+            "user": assoc.admission.user if assoc.admission else None,
+            "contexts_accepted": sorted({c.abstract_syntax for c in negotiated.contexts.values()})
+            if negotiated
+            else [],
+            "outcome": assoc.outcome,
+            "stored": assoc.stored,
+            "failed": assoc.failed,
+        }
+    )

@@ -47,7 +47,7 @@ from dicomstore.dimse import (
 )
 from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationAborted, RemoteProtocolError
-from dicomstore.services.acceptance import admit, over_limits
+from dicomstore.services.acceptance import admit, audit_association, over_limits
 from dicomstore.services.admission import Admission
 from dicomstore.services.same_association import SameAssociationStore, acceptor_invoker
 from dicomstore.services.storage_scp import (
@@ -224,31 +224,7 @@ class AcceptorAssociation:
             if self.inflight:  # the peer left: commits finish, answers go nowhere
                 await asyncio.wait(list(self.inflight.values()))
             await t.close()
-            self._audit_association()
-
-    def _audit_association(self) -> None:
-        audit = self.server.audit
-        if audit is None or self.request is None:
-            return
-        rq, negotiated = self.request, self.t.negotiated
-        audit.association(
-            {
-                "event": "association",
-                "peer": self.address,
-                "calling_ae": rq.calling_ae,
-                "called_ae": rq.called_ae,
-                "tls_subject": peer_subject(self.t.writer.get_extra_info("peercert")),
-                "user": self.admission.user if self.admission else None,
-                "contexts_accepted": sorted(
-                    {c.abstract_syntax for c in negotiated.contexts.values()}
-                )
-                if negotiated
-                else [],
-                "outcome": self.outcome,
-                "stored": self.stored,
-                "failed": self.failed,
-            }
-        )
+            audit_association(self)
 
     def _drop_receiving(self) -> None:
         """Whatever was being received is abandoned: no file, no row."""
@@ -268,9 +244,7 @@ class AcceptorAssociation:
         elif isinstance(event, ReleaseIndication):
             if self.inflight:  # every answer goes out before A-RELEASE-RP
                 await asyncio.wait(list(self.inflight.values()))
-            for scp in self._qr_scps:  # (Q/R and commitment answers too: AR-7)
-                if scp is not None:
-                    await scp.finished()
+            await self._settle_operations()
             if t.conn.state is not State.STA8:  # a PDU read with it ended it: not ours
                 log.info("%s: A-RELEASE-RQ, then the association ended", t.peer)
                 return
@@ -279,6 +253,27 @@ class AcceptorAssociation:
         elif isinstance(event, AbortIndication):
             log.info("%s: %s", t.peer, event.message)
             self.outcome = f"aborted: {event.message}"
+
+    async def _settle_operations(self) -> None:
+        """Before the A-RELEASE-RP, the Q/R and commitment operations received are
+        answered (AR-7). The requestor awaits the RP (Sta7) and sends no more
+        responses: what we await from it on this association fails now (a C-GET's
+        sub-operations; a commitment report then goes on a new association), and an
+        operation not done within the idle timeout (a C-MOVE) is stopped."""
+        if self.invoker is not None:
+            self.invoker.end(AssociationAborted("the peer asked to release the association"))
+        scps = [scp for scp in self._qr_scps if scp is not None and scp.busy]
+        limit = self.server.config.timeouts.network
+        try:
+            async with asyncio.timeout(limit):
+                for scp in scps:
+                    await scp.finished()
+        except TimeoutError:
+            log.warning(
+                "%s: operations still running %gs after A-RELEASE-RQ: stopped", self.t.peer, limit
+            )
+            for scp in scps:
+                await scp.close()
 
     def _check_context(self, context_id: int) -> None:
         """A PDV may only travel on an accepted presentation context (PS3.8 7.1.1.13,
