@@ -334,7 +334,11 @@ class SqliteEngine(Engine):
         try:
             db.execute("COMMIT")
         finally:
-            if not db.in_transaction:  # (else the ROLLBACK that follows gives it)
+            try:
+                ended = not db.in_transaction  # (else the ROLLBACK that follows gives it)
+            except sqlite3.Error:  # (a closed connection: its transaction is gone)
+                ended = True
+            if ended:
                 self._turns.give()
         return token
 

@@ -52,7 +52,8 @@ class Turns:
             return False
         if self._fd < 0:
             try:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                # (read-only: flock needs no more, and a file another user made serves)
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError:
                 self.usable = False  # (a read-only folder: SQLite's lock alone)
                 return False

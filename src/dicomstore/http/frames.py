@@ -96,9 +96,11 @@ def frame_numbers(text: str) -> list[int]:
         numbers = []
     if not numbers or min(numbers) < 1:
         raise HttpError(400, f"frame list must be numbers from 1, separated by commas: {text!r}")
-    if len(set(numbers)) < len(numbers):
-        twice = next(n for n in numbers if numbers.count(n) > 1)
-        raise HttpError(400, f"frame list names frame {twice} more than once: {text[:80]!r}")
+    seen: set[int] = set()
+    for number in numbers:
+        if number in seen:
+            raise HttpError(400, f"frame list names frame {number} more than once: {text[:80]!r}")
+        seen.add(number)
     return numbers
 
 

@@ -211,6 +211,10 @@ class AcceptorAssociation:
         except asyncio.CancelledError:
             t.abort_now()
             raise
+        except ConnectionError as exc:  # (a reset; a peer that read nothing: drain)
+            log.info("%s: connection lost: %s", t.peer, exc)
+            self.outcome = "aborted: connection lost"
+            t.abort_now()
         except Exception:  # noqa: BLE001 - one association must not kill the server
             log.exception("%s: internal error, aborting", t.peer)
             t.abort_now()
