@@ -1,5 +1,5 @@
-"""DICOM JSON of index rows (PS3.18 F.2): the per-attribute encoders that QIDO-RS
-rows use give what :func:`dicomjson.element` gives, for every indexed attribute."""
+"""DICOM JSON of index rows (PS3.18 F.2): each indexed attribute's element, by its VR,
+for every form a row's value takes (absent, empty, one, several, a list)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,34 @@ import pytest
 from dicomstore.archive.attributes import ATTRIBUTES
 from dicomstore.http import dicomjson
 
-VALUES = [None, "", [], "A", "A\\B", ["x", "y"], 3, "7", [1, 2], "DOE^J=D^J", 0, "0", "x"]
+#: (value, the element's Value by kind of VR: text, PN, IS); None: no Value at all.
+CASES = [
+    (None, None, None, None),
+    ("", None, None, None),
+    ([], None, None, None),
+    ("A", ["A"], [{"Alphabetic": "A"}], ValueError),
+    ("A\\B", ["A", "B"], [{"Alphabetic": "A"}, {"Alphabetic": "B"}], ValueError),
+    (["x", "y"], ["x", "y"], [{"Alphabetic": "x"}, {"Alphabetic": "y"}], ValueError),
+    ("DOE^J=D^J", ["DOE^J=D^J"], [{"Alphabetic": "DOE^J", "Ideographic": "D^J"}], ValueError),
+    (3, ["3"], [{"Alphabetic": "3"}], [3]),
+    ("7", ["7"], [{"Alphabetic": "7"}], [7]),
+    ([1, 2], ["1", "2"], AttributeError, [1, 2]),
+    (0, ["0"], [{"Alphabetic": "0"}], [0]),
+]
 
 
 @pytest.mark.parametrize("keyword", sorted(ATTRIBUTES))
-def test_a_rows_encoder_is_element(keyword) -> None:
+def test_each_attribute_as_its_vr_wants(keyword) -> None:
     attr = ATTRIBUTES[keyword]
-    encode = dicomjson._encoder(attr)
-    for value in VALUES:
-        try:
-            want: object = dicomjson.element(attr, value)
-        except (ValueError, TypeError, AttributeError) as exc:
-            want = type(exc)
-        try:
-            got: object = encode(value)
-        except (ValueError, TypeError, AttributeError) as exc:
-            got = type(exc)
-        assert got == want, value
+    column = {"PN": 2, "IS": 3}.get(attr.vr, 1)
+    for case in CASES:
+        value, want = case[0], case[column]
+        if isinstance(want, type):
+            with pytest.raises(want):
+                dicomjson.element(attr, value)
+            continue
+        expected = {"vr": attr.vr} if want is None else {"vr": attr.vr, "Value": want}
+        assert dicomjson.element(attr, value) == expected, value
 
 
 def test_a_row_has_its_levels_attributes_in_tag_order() -> None:

@@ -28,7 +28,6 @@ from dicomstore.dimse.decoding import (
 )
 from dicomstore.dimse.fragments import (
     DEFAULT_FRAGMENT,
-    PDV_OVERHEAD,
     command_pdvs,
     dataset_pdvs,
     max_pdv_data,
@@ -47,6 +46,7 @@ from dicomstore.dimse.messages import (
     CStoreRQ,
     CStoreRSP,
 )
+from dicomstore.ul.pdu import PDV_OVERHEAD
 
 if TYPE_CHECKING:
     from dicomstore.dimse.normalized_messages import (

@@ -14,10 +14,8 @@ Slices are memoryviews over the caller's buffer: no data is copied here.
 from __future__ import annotations
 
 from dicomstore.errors import LocalProtocolError
-from dicomstore.ul.pdu import PDV
+from dicomstore.ul.pdu import PDV, PDV_OVERHEAD
 
-#: Bytes of a PDV item besides its data: item length (4), context ID, control header.
-PDV_OVERHEAD = 6
 #: PDV data size used when the peer sets no limit (max PDU length 0).
 DEFAULT_FRAGMENT = 1 << 20
 

@@ -80,27 +80,21 @@ def _person_name(text: str) -> dict[str, str]:
 
 def element(attr: Attribute, value: Any) -> dict[str, Any]:
     """One DICOM JSON attribute object; an absent or empty value gives only its VR."""
-    if value is None or value == "" or value == []:
-        return {"vr": attr.vr}
-    if isinstance(value, list):
-        values = value
-    else:
-        values = [value] if attr.vr == "IS" else str(value).split("\\")
-    out: list[dict[str, str]] | list[int] | list[str]
-    if attr.vr == "PN":
-        out = [_person_name(v) for v in values]
-    elif attr.vr == "IS":
-        out = [int(v) for v in values]
-    else:
-        out = [str(v) for v in values]
-    return {"vr": attr.vr, "Value": out}
+    return _encoder(attr)(value)
 
 
+@functools.cache
 def _encoder(attr: Attribute) -> Callable[[Any], dict[str, Any]]:
-    """:func:`element` of ``attr`` as a function of the value alone (for rows)."""
+    """:func:`element` of ``attr`` as a function of the value alone (made once per
+    attribute: rows call it for each of their attributes). A list is the values; a
+    text, its values separated by ``\\``; an IS, one integer."""
     vr = attr.vr
-    if vr == "PN":
-        return lambda value: element(attr, value)
+
+    def person_names(value: Any) -> dict[str, Any]:
+        if value is None or value == "" or value == []:
+            return {"vr": vr}
+        values = value if isinstance(value, list) else str(value).split("\\")
+        return {"vr": vr, "Value": [_person_name(v) for v in values]}
 
     def integers(value: Any) -> dict[str, Any]:
         if value is None or value == "" or value == []:
@@ -115,7 +109,7 @@ def _encoder(attr: Attribute) -> Callable[[Any], dict[str, Any]]:
             return {"vr": vr, "Value": [str(v) for v in value]}
         return {"vr": vr, "Value": str(value).split("\\")}
 
-    return integers if vr == "IS" else text
+    return {"PN": person_names, "IS": integers}.get(vr, text)
 
 
 #: Per level, each attribute's row key, JSON key and encoder (made once).

@@ -187,13 +187,13 @@ def _row_json(
     else:
         url = url_of(base, row["study_uid"], row["series_uid"], row["sop_instance_uid"])
     out = row_to_json(row, levels, url)
-    more = len(out)
+    made = len(out)  # (in tag order: sorted again only if more are added)
     for keyword in extra:
         attr = attributes.ATTRIBUTES[keyword]
         if attr.key in row:
             out[tag_key(attr.tag)] = element(attr, row[attr.key])
     out.update(stable_elements(stable_at))
-    return dict(sorted(out.items())) if len(out) > more else out
+    return dict(sorted(out.items())) if len(out) > made else out
 
 
 def run_search(request: Request, level: str, levels: tuple[str, ...], fixed: dict[str, str]):

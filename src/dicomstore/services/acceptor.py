@@ -316,7 +316,9 @@ class AcceptorAssociation:
         self.holds_slot = True  # before any await: requests arriving meanwhile count it
         answer, negotiated = negotiate(rq, self.server.policy)
         if isinstance(answer, P.AssociateRJ):
-            why = too_short(rq) or P.describe_reject(answer.result, answer.source, answer.reason)
+            why = P.describe_reject(answer.result, answer.source, answer.reason)
+            if answer.source == P.REJECT_SOURCE_ACSE:  # (no reason the PDU can give)
+                why = too_short(rq) or why
             self._reject(rq, answer, why)
             return
         assert negotiated is not None

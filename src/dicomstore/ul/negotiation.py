@@ -135,8 +135,8 @@ def check_request(rq: P.AssociateRQ, policy: AcceptorPolicy) -> P.AssociateRJ | 
 
 
 #: The least Maximum Length Received that carries a PDV with data (PS3.8 D.1, E.1:
-#: the PDV item's 6 bytes of header, then an even length of at least 2).
-LEAST_MAX_LENGTH = 8
+#: the PDV item's header, then an even length of at least 2).
+LEAST_MAX_LENGTH = P.PDV_OVERHEAD + 2
 
 
 def too_short(pdu: P.AssociateRQ | P.AssociateAC) -> str | None:

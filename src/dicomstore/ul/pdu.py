@@ -171,6 +171,9 @@ _HEADER = struct.Struct(">BBL")
 _ASSOC_FIXED = struct.Struct(">HH16s16s32s")
 _FOUR = struct.Struct(">BBBB")
 _PDV_HEADER = struct.Struct(">LBB")
+#: Bytes of a PDV item besides its data: item length (4), context ID, control header
+#: (PS3.8 9.3.5.1).
+PDV_OVERHEAD = _PDV_HEADER.size
 _PDU_PDV_HEADER = struct.Struct(">BBLLBB")  # a P-DATA-TF header and its one PDV's
 #: PDV data shorter than this is copied next to its header rather than kept apart.
 _INLINE = 4096
