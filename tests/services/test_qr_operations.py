@@ -67,8 +67,9 @@ def oversized(size: int, level: str = "STUDY", **keys: Any) -> Dataset:
 async def _oversized_then_find(port: int, service: str) -> tuple[int | None, str | None, list]:
     """An oversized C-FIND, C-MOVE or C-GET, then a C-FIND on the same association:
     (status, Error Comment) of the first, the matches of the second."""
-    get_specs, roles = get_contexts()
-    contexts = [*find_contexts(), *move_contexts(), *get_specs]
+    others = [*find_contexts(), *move_contexts()]
+    get_specs, roles = get_contexts(most=128 - len(others))
+    contexts = [*others, *get_specs]
     ds = oversized(MAX_IDENTIFIER, StudyInstanceUID="1.2.9.1")
     async with dicomstore.connect(
         "127.0.0.1", port, called_ae="DICOMSTORE", contexts=contexts, roles=roles

@@ -48,35 +48,36 @@ MOVE_MODELS = {"patient": uids.PATIENT_ROOT_QR_MOVE, "study": uids.STUDY_ROOT_QR
 GET_MODELS = {"patient": uids.PATIENT_ROOT_QR_GET, "study": uids.STUDY_ROOT_QR_GET}
 #: Failed SOP Instance UID List (0008,0058) of a final response's Identifier.
 FAILED_UIDS = 0x00080058
-#: Storage SOP Classes a C-GET proposes by default (127 contexts at most with the GET
-#: model's): the common image, structured report, presentation state and RT ones.
+#: Storage SOP Classes a C-GET proposes by default: the common image, structured report,
+#: presentation state and RT ones; those most often stored compressed first (they get
+#: the contexts of one compressed syntax each, :func:`get_contexts`, before the others).
 GET_STORAGE_CLASSES: tuple[str, ...] = tuple(
     str(getattr(pu, name))
     for name in [
         "CTImageStorage",
+        "MRImageStorage",
+        "ComputedRadiographyImageStorage",
+        "DigitalXRayImageStorageForPresentation",
+        "DigitalMammographyXRayImageStorageForPresentation",
+        "UltrasoundImageStorage",
+        "UltrasoundMultiFrameImageStorage",
+        "SecondaryCaptureImageStorage",
+        "XRayAngiographicImageStorage",
         "EnhancedCTImageStorage",
         "LegacyConvertedEnhancedCTImageStorage",
-        "MRImageStorage",
         "EnhancedMRImageStorage",
         "LegacyConvertedEnhancedMRImageStorage",
         "MRSpectroscopyStorage",
-        "ComputedRadiographyImageStorage",
-        "DigitalXRayImageStorageForPresentation",
         "DigitalXRayImageStorageForProcessing",
-        "DigitalMammographyXRayImageStorageForPresentation",
         "DigitalMammographyXRayImageStorageForProcessing",
         "BreastTomosynthesisImageStorage",
-        "UltrasoundImageStorage",
-        "UltrasoundMultiFrameImageStorage",
         "EnhancedUSVolumeStorage",
-        "SecondaryCaptureImageStorage",
         "MultiFrameGrayscaleByteSecondaryCaptureImageStorage",
         "MultiFrameGrayscaleWordSecondaryCaptureImageStorage",
         "MultiFrameTrueColorSecondaryCaptureImageStorage",
         "NuclearMedicineImageStorage",
         "PositronEmissionTomographyImageStorage",
         "EnhancedPETImageStorage",
-        "XRayAngiographicImageStorage",
         "EnhancedXAImageStorage",
         "XRayRadiofluoroscopicImageStorage",
         "XRay3DAngiographicImageStorage",
@@ -104,26 +105,33 @@ GET_STORAGE_CLASSES: tuple[str, ...] = tuple(
 )
 
 
-#: Transfer syntaxes a C-GET proposes for each Storage SOP Class: uncompressed first,
-#: then the common compressed ones (DCMTK refuses a context of more than 25 or so).
+#: Compressed transfer syntaxes a C-GET proposes, each in a context of its own per
+#: Storage SOP Class as far as the 128 contexts go (:func:`get_contexts`), the most
+#: used first.
+GET_COMPRESSED_SYNTAXES: tuple[str, ...] = tuple(
+    str(getattr(pu, name))
+    for name in (
+        "JPEGLosslessSV1",
+        "JPEGBaseline8Bit",
+        "JPEG2000Lossless",
+        "JPEG2000",
+        "JPEGLSLossless",
+        "RLELossless",
+        "JPEGExtended12Bit",
+        "JPEGLossless",
+        "JPEGLSNearLossless",
+    )
+)
+#: Transfer syntaxes a C-GET proposes in the first context of each Storage SOP Class:
+#: uncompressed first, then Deflated and the compressed ones (DCMTK refuses a context
+#: of more than 25 or so).
 GET_TRANSFER_SYNTAXES: tuple[str, ...] = (
     *uids.UNCOMPRESSED,
-    *(
-        str(getattr(pu, name))
-        for name in (
-            "DeflatedExplicitVRLittleEndian",
-            "JPEGBaseline8Bit",
-            "JPEGExtended12Bit",
-            "JPEGLosslessSV1",
-            "JPEGLossless",
-            "JPEGLSLossless",
-            "JPEGLSNearLossless",
-            "JPEG2000Lossless",
-            "JPEG2000",
-            "RLELossless",
-        )
-    ),
+    str(pu.DeflatedExplicitVRLittleEndian),
+    *GET_COMPRESSED_SYNTAXES,
 )
+#: Presentation contexts one association may propose (PS3.8 9.3.2.2: odd IDs 1-255).
+MAX_CONTEXTS = 128
 
 
 @dataclass
@@ -188,16 +196,26 @@ def move_contexts(*models: str) -> list[ContextSpec]:
 
 
 def get_contexts(
-    *models: str, sop_classes: Iterable[str] = GET_STORAGE_CLASSES
+    *models: str, sop_classes: Iterable[str] = GET_STORAGE_CLASSES, most: int = MAX_CONTEXTS
 ) -> tuple[list[ContextSpec], list[I.RoleSelection]]:
     """Presentation contexts for C-GET in these models (default: Study Root) and for
-    the Storage SOP Classes to receive (:data:`GET_TRANSFER_SYNTAXES`), with the
-    SCP role for those (PS3.7 D.3.3.4): for ``associate(contexts=,
-    roles=)``."""
+    the Storage SOP Classes to receive, with the SCP role for those (PS3.7 D.3.3.4):
+    for ``associate(contexts=, roles=)``, ``most`` of them (less than 128 leaves room
+    for others on the association).
+
+    The acceptor picks one transfer syntax per context (PS3.8 9.3.2.2), most often an
+    uncompressed one, and an SCP that does not transcode can send an instance only on
+    a context of its stored syntax. So each class has one context of
+    :data:`GET_TRANSFER_SYNTAXES` (uncompressed first), then, as far as the 128
+    contexts go, one context per :data:`GET_COMPRESSED_SYNTAXES` for the classes in
+    their order (every class of a short ``--sop-class`` list; the first nine of the
+    default ones)."""
     specs: list[ContextSpec] = [(_model(GET_MODELS, m), SYNTAXES) for m in (models or ("study",))]
-    syntaxes = GET_TRANSFER_SYNTAXES
-    classes = list(dict.fromkeys(sop_classes))[: 128 - len(specs)]
-    specs += [(sop_class, syntaxes) for sop_class in classes]
+    classes = list(dict.fromkeys(sop_classes))[: most - len(specs)]
+    specs += [(sop_class, GET_TRANSFER_SYNTAXES) for sop_class in classes]
+    for sop_class in classes:
+        room = most - len(specs)
+        specs += [(sop_class, (ts,)) for ts in GET_COMPRESSED_SYNTAXES[:room]]
     roles = [I.RoleSelection(sop_class, scu_role=False, scp_role=True) for sop_class in classes]
     return specs, roles
 
