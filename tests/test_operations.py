@@ -131,6 +131,8 @@ def test_with_a_policy_health_is_open_and_metrics_need_read(tmp_path: Path, arch
     ):
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 200
+        for method in ("FOO", "BAR1", "X" * 40):  # counted as one "other", not three
+            assert client.request(method, "/studies").status_code == 401
         refused = client.get("/metrics")
         assert refused.status_code == 401 and "WWW-Authenticate" in refused.headers
         reply = client.get("/metrics", headers=basic("reader", "reader-pw"))
@@ -138,6 +140,8 @@ def test_with_a_policy_health_is_open_and_metrics_need_read(tmp_path: Path, arch
         counted = reply.text
     assert 'dicomstore_http_requests_total{method="GET",status="401"} 1.0' in counted
     assert 'dicomstore_http_requests_total{method="GET",status="200"} 2.0' in counted
+    assert 'dicomstore_http_requests_total{method="other",status="401"} 3.0' in counted
+    assert "FOO" not in counted
 
 
 def test_readyz_names_what_is_not_ready(tmp_path: Path, archive) -> None:

@@ -9,6 +9,11 @@ and library warnings kept out of the output.
 with the extra fields a call passed (``log.info(..., extra={"peer": ...})``) and,
 after a failure, ``"exception"`` (the traceback as one string).
 
+A text record is one line: control characters in its message (a CR or LF that a
+client put in a percent-encoded URL path, an AE title, a file name) are written as
+``\\n``, ``\\x1b`` ..., so nobody can forge a line (CWE-117); a traceback follows on
+lines of its own.
+
 Warnings from libraries (pydicom's ``UserWarning`` about a value it reads, for
 example) are not printed: they go to the ``py.warnings`` logger at DEBUG, and
 pydicom's own records are dropped (but CRITICAL ones), unless ``--log-level debug``:
@@ -47,6 +52,28 @@ def add_log_format(p: argparse.ArgumentParser) -> None:
         default="text",
         help="text lines (default) or one JSON object per line (time, level, logger, message)",
     )
+
+
+#: C0 and C1 control characters, DEL and the Unicode line and paragraph separators,
+#: as escapes (a tab stays).
+_ESCAPES = {
+    c: ascii(chr(c))[1:-1]
+    for c in (*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)
+    if c != 0x09
+}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\x1b`` ...)."""
+    return text.translate(_ESCAPES)
+
+
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT``, the message on one line (:func:`one_line`)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's)
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -92,7 +119,7 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
     Like :func:`logging.basicConfig`, it leaves a root logger that already has
     handlers alone (an application embedding the CLI, or pytest)."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     warnings.showwarning = _warning_to_debug
     if level != "debug":  # pydicom logs each warning it issues too

@@ -66,6 +66,9 @@ log = logging.getLogger("dicomstore.server")
 #: seconds: a small instance on a fast disk to a large one over a slow link
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 OUTCOMES = ("released", "aborted", "rejected", "closed")
+#: The HTTP methods counted by name; any other is counted as ``other`` (a client chooses
+#: the method: one label value per made-up method would grow without bound).
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
 
 class _Served(Protocol):
@@ -192,8 +195,9 @@ class ServerMetrics:
         self.associations.labels(word if word in OUTCOMES else "closed").inc()
 
     def request(self, method: str, status: int) -> None:
-        """One HTTP request answered (0: the client left before an answer)."""
-        self.http.labels(method, str(status)).inc()
+        """One HTTP request answered (0: the client left before an answer); a method
+        not in :data:`HTTP_METHODS` as ``other``."""
+        self.http.labels(method if method in HTTP_METHODS else "other", str(status)).inc()
 
     def exposition(self) -> bytes:
         """The text format (``CONTENT_TYPE``) of every metric now (this process's)."""
