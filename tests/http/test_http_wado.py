@@ -187,6 +187,28 @@ def test_unknown_targets_are_404(setup, path) -> None:
     assert r.status_code == 404 and "not in the archive" in r.text
 
 
+@pytest.mark.parametrize("uid", ["*", "%2A", f"{STUDY},9.9", f"{STUDY}%5C9.9", "%20", "1.2?"])
+@pytest.mark.parametrize(
+    "form",
+    [
+        "/studies/{}",
+        "/studies/{}/metadata",
+        "/studies/{}/series",
+        "/studies/{}/rendered",
+        f"/studies/{STUDY}/series/{{}}",
+        f"/studies/{{}}/series/{SERIES}/instances/{{}}/metadata",
+        f"/studies/{STUDY}/series/{SERIES}/instances/{{}}/frames/1",
+        "/browse/study?uid={}",
+    ],
+)
+def test_a_path_names_one_uid_not_a_match(setup, form, uid) -> None:
+    """review35a F3: a UID in the path is one UID (PS3.18 10.4.1); a wildcard or a
+    list there matched like a QIDO key (/studies/* was every study)."""
+    client, _, _ = setup
+    r = client.get(form.format(uid, uid))
+    assert r.status_code == 404, r.text[:200]
+
+
 def test_stream_is_read_in_chunks_never_whole(setup, monkeypatch) -> None:
     """The multipart generator hands on at most one chunk of a file at a time."""
     _, archive, _ = setup

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.convertors import register_url_convertor
 from starlette.routing import Route
 
 from dicomstore.archive import Archive
@@ -24,7 +25,7 @@ from dicomstore.archive.metacache import DEFAULT_MAX_ENTRIES, MetadataCache
 from dicomstore.archive.query import QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
 from dicomstore.http import browse, browse_search, frames, operations, qido, render, stow, wado
-from dicomstore.http.common import HttpError, error_response
+from dicomstore.http.common import HttpError, UidConvertor, error_response
 from dicomstore.http.limits import HttpLimits, refuse
 from dicomstore.http.openapi import openapi
 from dicomstore.http.security import HttpSecurity
@@ -32,9 +33,10 @@ from dicomstore.inflation import TooLarge
 from dicomstore.services.metrics import ServerMetrics
 from dicomstore.services.storage import StoreService
 
-_STUDY = "/studies/{study}"
-_SERIES = _STUDY + "/series/{series}"
-_INSTANCE = _SERIES + "/instances/{sop}"
+register_url_convertor("uid", UidConvertor())
+_STUDY = "/studies/{study:uid}"
+_SERIES = _STUDY + "/series/{series:uid}"
+_INSTANCE = _SERIES + "/instances/{sop:uid}"
 
 
 def _routes() -> list[Route]:

@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, StreamingResponse
 
 from dicomstore import __version__, uids
 from dicomstore.archive.query import Exact
-from dicomstore.http.common import HttpError, reader
+from dicomstore.http.common import HttpError, one_uid, reader
 from dicomstore.http.header_text import header_text
 from dicomstore.http.limits import inflated_limit, limits, refuse
 from dicomstore.http.zipstream import instance_files, zip_files
@@ -272,7 +272,7 @@ def patient_zip(request: Request) -> StreamingResponse:
 
 def _one(request: Request, level: str, keyword: str) -> dict[str, Any]:
     uid = request.query_params.get("uid", "")
-    rows = reader(request).search(level, {keyword: uid}, limit=1) if uid else []
+    rows = reader(request).search(level, {keyword: uid}, limit=1) if one_uid(uid) else []
     if not rows:
         raise HttpError(404, f"{level} {uid!r} is not in the archive")
     return rows[0]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import quote
 
+from starlette.convertors import StringConvertor
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
@@ -22,6 +23,24 @@ from dicomstore.archive.reader import ArchiveReader
 from dicomstore.http.multipart import parse_media_type
 
 DICOM_JSON = "application/dicom+json"
+#: One UID as a URL names it (PS3.18 10.4.1: ``{study}``, ``{series}``, ``{instance}``
+#: are single UIDs): none of the matching keys' universal value, wildcards or list
+#: separators (``*``, ``?``, ``,``, ``\\``), no space. A stored UID that PS3.5 9.1
+#: would not allow (letters, say) is still reachable.
+ONE_UID = r"[^/*?,\\\s]+"
+_ONE_UID = re.compile(ONE_UID)
+
+
+def one_uid(value: str) -> bool:
+    """``value`` names one UID (:data:`ONE_UID`): a search by it is an exact match."""
+    return _ONE_UID.fullmatch(value) is not None
+
+
+class UidConvertor(StringConvertor):
+    """The ``{name:uid}`` path parameter: one UID (:data:`ONE_UID`); any other path
+    value matches no route (404), so ``/studies/*`` is not the whole archive."""
+
+    regex = ONE_UID
 log = logging.getLogger("dicomstore.http")
 
 

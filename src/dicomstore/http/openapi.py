@@ -116,7 +116,10 @@ def _search(summary: str, level: str, path: list[str], limits: HttpLimits) -> di
             "summary": summary + " (QIDO-RS, PS3.18 10.6)",
             "parameters": [_path(p) for p in path] + _search_params(level, limits),
             "responses": _responses(
-                {"description": "matching results", "content": {_JSON: {}}}, 400, 406
+                {"description": "matching results", "content": {_JSON: {}}},
+                400,
+                *((404,) if path else ()),  # (a path that names no single UID)
+                406,
             ),
         }
     }
@@ -151,6 +154,8 @@ def _stow(path: list[str]) -> dict[str, Any]:
     )
     responses["202"] = {"description": "some stored; failures or warnings listed"}
     responses["409"]["content"] = {_JSON: {}}
+    if path:
+        responses["404"] = {"description": "the path names no single UID", "content": _TEXT}
     return {
         "summary": "Store instances (STOW-RS, PS3.18 10.5)",
         "parameters": [_path(p) for p in path],
