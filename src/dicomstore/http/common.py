@@ -41,6 +41,8 @@ class UidConvertor(StringConvertor):
     value matches no route (404), so ``/studies/*`` is not the whole archive."""
 
     regex = ONE_UID
+
+
 log = logging.getLogger("dicomstore.http")
 
 
