@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomstore.archive.metacache import DEFAULT_MAX_ENTRIES
-from dicomstore.cli.options import _int, _port, _size, log
+from dicomstore.cli.options import _int, _port, _positive, _size, log
 
 
 def _origin(value: str) -> str:
@@ -59,6 +59,21 @@ def add_http_options(s: Any) -> None:
         help="largest STOW-RS request body, counted as it arrives; larger: 413 (default 4G)",
     )
     h.add_argument(
+        "--http-max-connections",
+        type=_int(1),
+        default=256,
+        metavar="N",
+        help="HTTP connections open at once; one more is answered 503 and closed (default 256)",
+    )
+    h.add_argument(
+        "--http-timeout",
+        type=_positive,
+        default=30.0,
+        metavar="SECONDS",
+        help="a client that sends nothing of a request it has not finished (its head, its"
+        " body; or nothing at all) for this long gets 408 and is closed (default 30)",
+    )
+    h.add_argument(
         "--metadata-cache-entries",
         type=_int(1),
         default=DEFAULT_MAX_ENTRIES,
@@ -85,6 +100,17 @@ def add_http_options(s: Any) -> None:
         action="store_true",
         help="build those URLs from X-Forwarded-Proto/Host/Prefix: only behind a proxy "
         "that sets them (any client could send them)",
+    )
+
+
+def http_limits(args: argparse.Namespace) -> Any:
+    """The :class:`~dicomstore.http.limits.HttpLimits` of the options."""
+    from dicomstore.http.limits import HttpLimits
+
+    return HttpLimits(
+        max_body_bytes=args.http_max_body,
+        max_connections=args.http_max_connections,
+        request_timeout=args.http_timeout,
     )
 
 

@@ -13,6 +13,7 @@ from dicomstore.aio import loops
 from dicomstore.cli import workers
 from dicomstore.cli.http_options import (
     announce,
+    http_limits,
     http_security,
     https_context,
 )
@@ -214,7 +215,6 @@ async def _serve(
             if args.http_port is not None:
                 assert metrics is not None
                 from dicomstore.http import HttpServer, build_app
-                from dicomstore.http.limits import HttpLimits
 
                 security = http_security(args, gatekeeper, audit)
                 app = build_app(
@@ -225,7 +225,7 @@ async def _serve(
                     trust_forwarded=args.http_trust_forwarded,
                     store=server.store,  # STOW-RS: the same authorization, limits, audit, events
                     security=security,
-                    limits=HttpLimits(max_body_bytes=args.http_max_body),
+                    limits=http_limits(args),
                     metadata_cache_entries=args.metadata_cache_entries,
                     metrics=metrics,
                     ready=lambda: [] if server.listener.started else ["DICOM is not listening"],

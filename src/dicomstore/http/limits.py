@@ -48,6 +48,11 @@ class HttpLimits:
     max_rendered_elements: int = 20_000
     #: one frame once decoded (WADO-RS frames, rendered, thumbnails): larger, 413
     max_frame_bytes: int = 512 * MiB
+    #: HTTP connections open at once; one more: 503 and closed (``http/guard.py``)
+    max_connections: int = 256
+    #: seconds a client may send nothing of a request it owes (its head, the rest of
+    #: its body); then 408 and closed (``http/guard.py``)
+    request_timeout: float = 30.0
 
 
 DEFAULT = HttpLimits()

@@ -29,6 +29,8 @@ import uvicorn
 
 from dicomstore.archive import Archive
 from dicomstore.http.app import build_app
+from dicomstore.http.guard import guarded
+from dicomstore.http.limits import DEFAULT, HttpLimits
 
 
 class _Uvicorn(uvicorn.Server):
@@ -89,8 +91,11 @@ class HttpServer:
         """Bind, start serving, return once listening (raises ``OSError`` if bind fails)."""
         self._socket = _listen(self.host, self.requested_port)
         context = self.ssl_context
+        limits = getattr(getattr(self.app, "state", None), "limits", DEFAULT)
         config = uvicorn.Config(
             self.app,
+            # connections at most, and requests not left half sent (http/guard.py)
+            http=guarded(limits if isinstance(limits, HttpLimits) else DEFAULT),
             lifespan="on",
             log_config=None,
             access_log=self.access_log,

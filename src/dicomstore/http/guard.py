@@ -1,0 +1,130 @@
+"""The HTTP connection's own bounds (RFC 9112 9.3, RFC 9110 15.5.9 and 15.6.4): how
+many connections at once, and how long a client may leave a request half sent.
+
+uvicorn bounds neither: a connection that sends part of a request head, or a
+body slower than it promised, is held for ever, and enough of them take every
+file descriptor, the DICOM port's included (review35a F1). :class:`GuardedH11`
+is uvicorn's h11 protocol with two checks, as the DICOM door has its ARTIM timer
+and its association limit:
+
+- beyond :attr:`HttpLimits.max_connections` open connections a new one is
+  answered ``503 Service Unavailable`` with ``Retry-After`` and closed before
+  anything of it is read;
+- a connection that owes us bytes (a request head begun or not yet sent, or a
+  body not yet complete) and sends none for :attr:`HttpLimits.request_timeout`
+  seconds is answered ``408 Request Timeout`` and closed. While we are the ones
+  not reading (flow control: the app has not taken what arrived) the clock does
+  not run, nor while a response is being sent (a long download).
+
+Each refusal is a log line naming the client (``dicomstore.http.limits``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from dicomstore.http.limits import HttpLimits
+
+log = logging.getLogger("dicomstore.http.limits")
+
+#: The whole answer to a connection refused or timed out (it has read nothing).
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 33\r\n\r\n"
+    b"503 Service Unavailable: too busy"
+)
+_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 36\r\n\r\n"
+    b"408 Request Timeout: request too slow"
+)
+
+
+def guarded(limits: HttpLimits) -> type[H11Protocol]:
+    """uvicorn's ``http`` protocol class held to ``limits``."""
+    return type("GuardedH11", (GuardedH11,), {"limits": limits})
+
+
+class GuardedH11(H11Protocol):
+    """See the module notes; :func:`guarded` sets :attr:`limits`."""
+
+    limits: HttpLimits = HttpLimits()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._idle_since = self.loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self._answered = False  # (a request on it answered: see _owed)
+        if len(self.connections) > self.limits.max_connections:
+            log.warning(
+                "HTTP connection from %s refused (503): %d connections open, the most"
+                " --http-max-connections allows",
+                _client(self),
+                self.limits.max_connections,
+            )
+            self.transport.write(_BUSY)
+            self.transport.close()
+            return
+        self._arm(self.limits.request_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self._idle_since = self.loop.time()
+        super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        self._answered = True
+        self._idle_since = self.loop.time()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().connection_lost(exc)
+
+    def _arm(self, delay: float) -> None:
+        self._timer = self.loop.call_later(delay, self._check)
+
+    def _owed(self) -> bool:
+        """The client owes us bytes (a request head, or the rest of a body) and we
+        are ready to read them."""
+        if self.flow.read_paused:  # (we are not reading: not the client's delay)
+            return False
+        conn = self.conn
+        if conn.their_state is h11.SEND_BODY:
+            return True
+        if conn.their_state is not h11.IDLE or conn.our_state is not h11.IDLE:
+            return False
+        # Between requests: the first is owed; after one, only a next one begun (an
+        # idle keep-alive connection is uvicorn's to close, --timeout-keep-alive).
+        return not self._answered or bool(conn.trailing_data[0])
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        now, limit = self.loop.time(), self.limits.request_timeout
+        if not self._owed():
+            self._idle_since = now  # (the clock starts again when they owe us)
+        elif now - self._idle_since >= limit:
+            log.warning(
+                "HTTP connection from %s dropped (408): no bytes of its request for %gs"
+                " (--http-timeout)",
+                _client(self),
+                limit,
+            )
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # (no answer begun)
+                self.transport.write(_TIMEOUT)
+            self.transport.close()  # (a body half read: the app's receive says disconnect)
+            return
+        self._arm(max(0.05, limit - (now - self._idle_since)))
+
+
+def _client(protocol: Any) -> str:
+    client = protocol.client
+    return f"{client[0]}:{client[1]}" if client else "?"

@@ -1,0 +1,140 @@
+"""The HTTP connection's bounds (http/guard.py, review35a F1): a request left half sent
+is answered 408 and closed, a connection beyond the most is answered 503, a response
+the client is slow to read is not cut, and the DICOM door is not starved."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from http_testlib import HttpThread, make_dataset, store
+from tests.conftest import free_port, serve_command, wait_listening
+
+from dicomstore.archive import Archive
+from dicomstore.http.limits import HttpLimits
+
+STUDY = "1.2.826.0.1.3680043.10.35"
+#: the deadline of these tests' servers: short, so that waiting for it is quick
+TIMEOUT = 0.5
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[HttpThread, Archive]]:
+    archive = Archive(tmp_path / "archive", fsync=False)
+    limits = HttpLimits(max_connections=3, request_timeout=TIMEOUT)
+    with HttpThread(archive, limits=limits) as web:
+        yield web, archive
+    archive.close()
+
+
+def _connect(web: HttpThread) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", web.server.port), timeout=30)
+    return sock
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"",  # nothing at all
+        b"GET /studies HTTP/1.1\r\nHost: x\r\n",  # half a head
+        b"POST /studies HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+        b'Content-Type: multipart/related; type="application/dicom"; boundary=B\r\n\r\n--B\r\n',
+    ],
+    ids=["nothing", "half-a-head", "half-a-body"],
+)
+def test_a_request_left_half_sent_is_408_and_closed(served, sent, caplog) -> None:
+    web, archive = served
+    with _connect(web) as sock:
+        sock.sendall(sent)
+        answer = _answer(sock)  # (the server closes it: no wait of ours)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert "dropped (408): no bytes of its request for 0.5s" in caplog.text
+    assert not list(archive.instances())
+
+
+def test_a_connection_beyond_the_most_is_503(served, caplog) -> None:
+    web, _ = served
+    held = [_connect(web) for _ in range(3)]
+    try:
+        for sock in held:  # (each seen by the server: it answers a whole request)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        with _connect(web) as fourth:
+            assert _answer(fourth).startswith(b"HTTP/1.1 503 Service Unavailable")
+        assert "refused (503): 3 connections open, the most" in caplog.text
+    finally:
+        for sock in held:
+            sock.close()
+    for _ in range(200):  # once the server has seen them close, it serves again
+        with _connect(web) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if _answer(sock).startswith(b"HTTP/1.1 200 "):
+                break
+    else:
+        pytest.fail("no connection served after the others closed")
+
+
+def test_a_response_read_slowly_is_not_cut(served) -> None:
+    """A client reading a large answer sends nothing meanwhile: it owes us nothing."""
+    web, archive = served
+    for n in range(1, 9):
+        ds = make_dataset(f"{STUDY}.1.{n}", study=STUDY, series=STUDY + ".1", rows=512)
+        store(archive, ds)
+    expected = httpx.get(f"{web.url}/studies/{STUDY}", timeout=30).content
+    slow = http.client.HTTPConnection("127.0.0.1", web.server.port, timeout=30)
+    try:
+        slow.request("GET", f"/studies/{STUDY}")
+        reply = slow.getresponse()
+        first = reply.read(100)
+        # Two deadlines pass while `slow` reads nothing: an idle connection's 408 shows each.
+        for _ in range(2):
+            with _connect(web) as idle:
+                assert _answer(idle).startswith(b"HTTP/1.1 408 ")
+        body = first + reply.read()  # (IncompleteRead if it were cut)
+    finally:
+        slow.close()
+    assert reply.status == 200 and len(body) == len(expected)  # (boundaries differ)
+
+
+def test_serve_options_set_the_bounds(tmp_path: Path) -> None:
+    """--http-timeout and --http-max-connections reach the HTTP door; the DICOM door
+    still answers while a client leaves a request half sent."""
+    port, http_port = free_port(), free_port()
+    command = serve_command(
+        port,
+        tmp_path / "store",
+        *("--http-port", str(http_port), "--http-timeout", "0.5"),
+        *("--http-max-connections", "1"),
+    )
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(http_port, proc)
+        with socket.create_connection(("127.0.0.1", http_port), timeout=30) as half:
+            half.sendall(b"GET /studies HTTP/1.1\r\n")
+            with socket.create_connection(("127.0.0.1", http_port), timeout=30) as second:
+                assert _answer(second).startswith(b"HTTP/1.1 503 ")
+            echo = subprocess.run(
+                [*serve_command(port, tmp_path)[:3], "echo", "127.0.0.1", str(port)],
+                capture_output=True,
+                timeout=60,
+            )
+            assert echo.returncode == 0, echo.stderr
+            assert _answer(half).startswith(b"HTTP/1.1 408 ")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "refused (503)" in err and "dropped (408)" in err
