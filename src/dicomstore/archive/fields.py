@@ -79,9 +79,11 @@ _NUMBERS = [(c, k, ATTRIBUTES[k].tag, ATTRIBUTES[k].vr) for c, k in NUMBER_FIELD
 def validating() -> bool:
     """pydicom is set to raise on a value it cannot read (``reading_validation_mode``
     RAISE): then every value goes through pydicom. (Not when pydicom is not loaded
+    yet, or still being loaded by another thread, its module without ``settings``
     yet: then nobody has set it.)"""
     config = sys.modules.get("pydicom.config")
-    return config is not None and config.settings.reading_validation_mode == config.RAISE
+    settings = getattr(config, "settings", None)
+    return settings is not None and settings.reading_validation_mode == getattr(config, "RAISE")
 
 
 def _multi(value: Any) -> bool:

@@ -49,9 +49,10 @@ if TYPE_CHECKING:  # pydicom is imported only when a file needs it (it is slow t
 
 
 def is_dataset(item: object) -> TypeGuard[Dataset]:
-    """True for a pydicom Dataset, without importing pydicom when nobody did."""
-    module = sys.modules.get("pydicom.dataset")
-    return module is not None and isinstance(item, module.Dataset)
+    """True for a pydicom Dataset, without importing pydicom when nobody did (nor
+    reading a module another thread is still loading: no ``Dataset`` in it yet)."""
+    dataset = getattr(sys.modules.get("pydicom.dataset"), "Dataset", None)
+    return dataset is not None and isinstance(item, dataset)
 
 
 #: Bytes read from the start of a file to find the meta and the SOP UIDs.
