@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pydicom
 from pydicom.data import get_testdata_file
+from tests.conftest import free_port, serve_command, wait_listening
 
 from dicomstore.archive import fields
 from dicomstore.services import sources
-from tests.conftest import free_port, serve_command, wait_listening
 
 
 def test_a_module_still_being_imported_is_read_as_not_loaded(monkeypatch) -> None:

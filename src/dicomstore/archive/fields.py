@@ -83,7 +83,7 @@ def validating() -> bool:
     yet: then nobody has set it.)"""
     config = sys.modules.get("pydicom.config")
     settings = getattr(config, "settings", None)
-    return settings is not None and settings.reading_validation_mode == getattr(config, "RAISE")
+    return settings is not None and settings.reading_validation_mode == config.RAISE
 
 
 def _multi(value: Any) -> bool:
