@@ -83,7 +83,9 @@ def validating() -> bool:
     yet: then nobody has set it.)"""
     config = sys.modules.get("pydicom.config")
     settings = getattr(config, "settings", None)
-    return settings is not None and settings.reading_validation_mode == config.RAISE
+    if config is None or settings is None:
+        return False
+    return bool(settings.reading_validation_mode == config.RAISE)
 
 
 def _multi(value: Any) -> bool:
