@@ -94,12 +94,19 @@ def part10(ds: Dataset) -> bytes:
     return out.getvalue()
 
 
-def store(archive: Archive, ds: Dataset, *, calling_ae: str = "MODALITY") -> Any:
-    """Store ``ds`` through the archive's ingest, as C-STORE does."""
+def store(
+    archive: Archive,
+    ds: Dataset,
+    *,
+    calling_ae: str = "MODALITY",
+    transfer_syntax: str = EXPLICIT_LE,
+) -> Any:
+    """Store ``ds`` through the archive's ingest, as C-STORE does (its data set in
+    Explicit VR Little Endian, as ``transfer_syntax``'s: an encapsulated one's too)."""
     ingest = archive.begin(
         sop_class_uid=ds.SOPClassUID,
         sop_instance_uid=ds.SOPInstanceUID,
-        transfer_syntax_uid=EXPLICIT_LE,
+        transfer_syntax_uid=transfer_syntax,
         calling_ae=calling_ae,
         called_ae="DICOMSTORE",
     )

@@ -10,10 +10,34 @@ request that raised before any status counts as 500).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("dicomstore.http.answer")
+
+
+class AnswerBroken(Exception):
+    """A body cannot go on once its status is sent (a frame that cannot be read, say):
+    raised by the body, after its log line, it ends the answer without its last
+    chunk (:class:`EndsBroken`): the client sees it cut, the watchers see it not
+    complete, and nothing logs a traceback."""
+
+
+class EndsBroken:
+    """The outermost middleware: an :class:`AnswerBroken` ends the request quietly
+    (uvicorn then closes the connection, the answer being incomplete)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except AnswerBroken:
+            pass
 
 
 @dataclass

@@ -25,6 +25,7 @@ from dicomstore.archive.metacache import DEFAULT_MAX_ENTRIES, MetadataCache
 from dicomstore.archive.query import QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
 from dicomstore.http import browse, browse_search, frames, operations, qido, render, stow, wado
+from dicomstore.http.answer import EndsBroken
 from dicomstore.http.common import HttpError, UidConvertor, error_response
 from dicomstore.http.limits import HttpLimits, refuse
 from dicomstore.http.openapi import openapi
@@ -179,6 +180,7 @@ def build_app(
         routes=_routes(),
         lifespan=lifespan,
         middleware=[
+            Middleware(EndsBroken),
             *([Middleware(operations.RequestMetrics, metrics=metrics)] if metrics else []),
             *(security or HttpSecurity()).middleware(),
         ],

@@ -22,7 +22,8 @@ Endian's native frames.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +34,13 @@ from starlette.responses import Response, StreamingResponse
 from dicomstore import uids
 from dicomstore.archive.stored import opened, read_chunks, read_range
 from dicomstore.http import pixels
+from dicomstore.http.answer import AnswerBroken
 from dicomstore.http.common import HttpError, accepted, negotiate, reader
 from dicomstore.http.limits import inflated_limit, limits
 from dicomstore.http.multipart import closing, new_boundary, part_header
 from dicomstore.http.wado import CHUNK, instance_row
+
+log = logging.getLogger("dicomstore.http.frames")
 
 OCTET = "application/octet-stream"
 
@@ -111,9 +115,9 @@ def open_frames(request: Request, row: dict[str, Any]) -> pixels.Frames:
 
 
 def _frame_parts(
-    frames: pixels.Frames, choice: Choice, numbers: list[int], boundary: str
+    frames: pixels.Frames, choice: Choice, numbers: Sequence[int], boundary: str
 ) -> Iterator[bytes]:
-    with frames:
+    with frames, _broken_off(frames):
         for n, number in enumerate(numbers):
             yield part_header(boundary, choice.content_type, first=n == 0)
             if choice.decode:
@@ -121,6 +125,17 @@ def _frame_parts(
             else:
                 yield from frames.stored(number, CHUNK)
         yield closing(boundary)
+
+
+@contextmanager
+def _broken_off(frames: pixels.Frames) -> Iterator[None]:
+    """A frame that cannot be read once the answer has begun (its status sent) cuts
+    the answer off (:class:`AnswerBroken`), after a log line (the frame's own)."""
+    try:
+        yield
+    except HttpError as exc:
+        log.warning("answer with frames of %s cut off: %s", frames.key, exc.message)
+        raise AnswerBroken(exc.message) from None
 
 
 def _multipart(body: Iterator[bytes], part_type: str, boundary: str) -> Response:
@@ -205,14 +220,14 @@ def _encapsulated_bulkdata(request: Request, row: dict[str, Any], boundary: str)
     found = open_frames(request, row)
     with _closed_on_error(found):
         choice = choose(request, found)
-        numbers = list(range(1, found.count + 1))
+        numbers = range(1, found.count + 1)
         if not choice.decode:
             body = _frame_parts(found, choice, numbers, boundary)
             return _multipart(body, choice.part_type, boundary)
         _first_decodes(found, 1)
 
     def whole() -> Iterator[bytes]:
-        with found:
+        with found, _broken_off(found):
             yield part_header(boundary, choice.content_type, first=True)
             for number in numbers:
                 yield found.decoded_bytes(number)

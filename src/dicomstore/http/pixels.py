@@ -53,6 +53,8 @@ MEDIA_TYPES = {
     "1.2.840.10008.1.2.4.202": "image/jphc",
     "1.2.840.10008.1.2.4.203": "image/jphc",
 }
+#: An Item's tag (FFFE,E000), little endian: each fragment's header begins with it.
+_ITEM = b"\xfe\xff\x00\xe0"
 #: Names clients still send for some of them (the media types before registration).
 ALIASES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
 
@@ -123,7 +125,45 @@ class Frames:
             held.close()
             raise
         found.source, found._held = source, held
+        if found.encapsulated:
+            try:
+                held_frames = found._held_frames()
+            except OSError as exc:
+                found.close()
+                raise HttpError(406, f"the Pixel Data cannot be read: {exc}") from None
+            if held_frames < found.count:  # (a header that says more than the data holds)
+                log.warning(
+                    "%s says %d frames, its Pixel Data holds %d", key, found.count, held_frames
+                )
+                found.count = held_frames
+            if not found.count:
+                found.close()
+                raise HttpError(404, "the instance's Pixel Data holds no frame")
         return found
+
+    def _held_frames(self) -> int:
+        """How many of the :attr:`count` frames encapsulated Pixel Data can hold (PS3.5
+        A.4): its Extended or Basic Offset Table's entries, else its fragments (one
+        frame is one or more), counted up to :attr:`count`, their headers only."""
+        ds = self.dataset
+        if "ExtendedOffsetTable" in ds:
+            return min(self.count, len(ds.ExtendedOffsetTable or b"") // 8)
+        with self.storage.open(self.key) as fp:
+            fp.seek(self.pixels.offset)
+            head = fp.read(8)
+            if len(head) < 8 or head[:4] != _ITEM:
+                return 0
+            table = int.from_bytes(head[4:], "little")
+            if table:  # a Basic Offset Table: one entry per frame
+                return min(self.count, table // 4)
+            held = 0
+            while held < self.count:
+                head = fp.read(8)
+                if len(head) < 8 or head[:4] != _ITEM:
+                    break
+                held += 1
+                fp.seek(int.from_bytes(head[4:], "little"), 1)
+            return held
 
     @classmethod
     def _checked(

@@ -1,0 +1,97 @@
+"""NumberOfFrames is not trusted beyond the encapsulated Pixel Data (review35a F5): the
+frames an instance's fragments cannot hold are 404 before any status is sent, bulk data
+gives the frames there are (a header saying 40 million frames built a list of them:
+1.5 GiB), and a frame that fails once the answer has begun cuts the answer off with a
+log line, not a traceback."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import struct
+from collections.abc import Iterator
+
+import pytest
+from http_testlib import HttpThread, make_dataset, store
+from pydicom.encaps import encapsulate
+
+from dicomstore.archive import Archive
+
+RLE = "1.2.840.10008.1.2.5"
+STUDY, SERIES = "1.2.826.0.1.3680043.10.37", "1.2.826.0.1.3680043.10.37.1"
+MULTIPART_OCTET = 'multipart/related; type="application/octet-stream"'
+
+
+def _segment(value: int) -> bytes:
+    """One 2x2 8-bit frame in RLE (PS3.5 G.3): four bytes of ``value``."""
+    data = struct.pack("<16L", 1, 64, *([0] * 14)) + bytes([257 - 4, value])
+    return data + b"\x00" * (len(data) % 2)
+
+
+def _rle(sop: str, fragments: list[bytes], frames: int) -> object:
+    ds = make_dataset(sop, study=STUDY, series=SERIES)
+    ds.Rows = ds.Columns = 2
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.NumberOfFrames = frames
+    ds.PixelData = encapsulate(fragments)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return ds
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory) -> Iterator[HttpThread]:
+    archive = Archive(tmp_path_factory.mktemp("frames") / "archive", fsync=False)
+    store(archive, _rle("1.2.37.1", [_segment(16)], 40_000_000), transfer_syntax=RLE)
+    store(archive, _rle("1.2.37.2", [_segment(16), b"\x00" * 8], 2), transfer_syntax=RLE)
+    with HttpThread(archive) as srv:
+        yield srv
+    archive.close()
+
+
+def _get(web: HttpThread, sop: str, tail: str, accept: str) -> tuple[int, bytes | None]:
+    """(status, body) of a GET; body None when the answer was cut off."""
+    conn = http.client.HTTPConnection("127.0.0.1", web.server.port, timeout=30)
+    try:
+        path = f"/studies/{STUDY}/series/{SERIES}/instances/{sop}{tail}"
+        conn.request("GET", path, headers={"Accept": accept})
+        reply = conn.getresponse()
+        try:
+            return reply.status, reply.read()
+        except http.client.IncompleteRead:
+            return reply.status, None
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("tail", "accept"),
+    [
+        ("/frames/2", 'multipart/related; type="image/dicom-rle"'),
+        ("/frames/1,2", MULTIPART_OCTET),
+        ("/frames/39999999/rendered", "image/png"),
+    ],
+)
+def test_frames_the_fragments_cannot_hold_are_404(web, tail, accept) -> None:
+    status, body = _get(web, "1.2.37.1", tail, accept)
+    assert status == 404 and body is not None and b"does not exist (the instance has 1)" in body
+
+
+@pytest.mark.parametrize("accept", [MULTIPART_OCTET, MULTIPART_OCTET + "; transfer-syntax=*"])
+def test_bulk_data_gives_the_frames_there_are(web, accept) -> None:
+    status, body = _get(web, "1.2.37.1", "/bulkdata/7FE00010", accept)
+    assert status == 200 and body is not None and body.rstrip().endswith(b"--")
+
+
+def test_a_frame_that_fails_once_the_answer_has_begun_cuts_it_off(web, caplog) -> None:
+    """Frame 2's fragment is not RLE: the answer of frames 1 and 2 decoded is cut
+    after frame 1 (status 200 sent), with a log line and no traceback."""
+    with caplog.at_level(logging.WARNING):
+        status, body = _get(web, "1.2.37.2", "/frames/1,2", MULTIPART_OCTET)
+    assert status == 200 and body is None
+    assert "cut off: frame 2 cannot be decoded" in caplog.text
+    ours = [r for r in caplog.records if not r.name.startswith("pydicom")]  # (serve drops those)
+    assert not any(r.exc_info for r in ours)
+    assert "Exception in ASGI application" not in caplog.text
