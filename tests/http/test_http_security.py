@@ -206,6 +206,16 @@ def test_repeated_failures_are_throttled(site: Site) -> None:
     assert int(reply.headers["retry-after"]) > 0
 
 
+@pytest.mark.parametrize("site", [{"max_failed": 3}], indirect=True)
+def test_a_login_of_ones_own_does_not_reset_the_count(site: Site) -> None:
+    """review35a F4: two guesses, a login, again: throttled at the third guess."""
+    wrong, mine = basic("writer", "guess"), basic("reader", "reader-pw")
+    answers = []
+    for _ in range(3):
+        answers += [site.client.get("/studies", headers=h).status_code for h in (wrong, mine)]
+    assert answers == [401, 200, 401, 200, 401, 429]
+
+
 # --------------------------------------------------------------------------- audit, log
 
 

@@ -29,35 +29,47 @@ def test_blocked_after_the_limit_until_the_oldest_refusal_expires() -> None:
     clock = Clock()
     throttle = FailedAdmissions(3, 60, clock=clock)
     for _ in range(2):
-        throttle.refused("10.0.0.1")
+        assert None is throttle.attempt("10.0.0.1")
         clock.now += 10
     assert throttle.blocked("10.0.0.1") is None  # 2 of 3
-    throttle.refused("10.0.0.1")
+    assert None is throttle.attempt("10.0.0.1")
     assert throttle.blocked("10.0.0.1") == pytest.approx(40)  # the first was 20 s ago
     assert throttle.blocked("10.0.0.2") is None  # other addresses are not concerned
     clock.now += 40
     assert throttle.blocked("10.0.0.1") is None  # the first refusal left the window
-    throttle.refused("10.0.0.1")
+    assert None is throttle.attempt("10.0.0.1")
     assert throttle.blocked("10.0.0.1") == pytest.approx(10)
 
 
-def test_an_admission_forgets_the_refusals() -> None:
-    throttle = FailedAdmissions(2, 60, clock=Clock())
-    throttle.refused("a")
-    throttle.admitted("a")
-    throttle.refused("a")
-    assert throttle.blocked("a") is None
+def test_an_admission_takes_back_its_own_attempt_only() -> None:
+    """review35a F4: nine guesses, one login of the guesser's own, again: the login
+    does not clear the guesses (it cleared them all: guessing was unlimited)."""
+    throttle = FailedAdmissions(10, 60, clock=Clock())
+    checked = 0
+    for _ in range(6):
+        for _ in range(9):
+            if throttle.attempt("a") is None:
+                checked += 1  # a wrong passcode: stays counted
+        if throttle.attempt("a") is None:
+            throttle.admitted("a")  # the caller's own passcode
+    assert checked == 10 and throttle.blocked("a") is not None
+
+
+def test_checks_at_once_get_no_more_than_the_limit() -> None:
+    """Each check counts as it begins: 200 at once, 10 checked (were 44-51)."""
+    throttle = FailedAdmissions(10, 60, clock=Clock())
+    assert sum(throttle.attempt("a") is None for _ in range(200)) == 10
 
 
 def test_zero_disables_and_memory_is_bounded() -> None:
     off = FailedAdmissions(0, 60)
     for _ in range(100):
-        off.refused("a")
+        assert off.attempt("a") is None
     assert off.blocked("a") is None
     clock = Clock()
     throttle = FailedAdmissions(1, 60, max_addresses=3, clock=clock)
     for n in range(10):
-        throttle.refused(f"10.0.0.{n}")
+        assert None is throttle.attempt(f"10.0.0.{n}")
     assert len(throttle._refused) == 3
     assert throttle.blocked("10.0.0.9") is not None
     assert throttle.blocked("10.0.0.0") is None  # forgotten first

@@ -169,23 +169,23 @@ class AuthMiddleware:
         if path in OPEN_PATHS:  # health checks: no credentials (http/operations.py)
             await self.app(scope, receive, send)
             return
-        failed = self.auth.failed
-        wait = failed.blocked(address)
+        failed, authorization = self.auth.failed, _authorization(scope)
+        # credentials are counted as refused as their check begins, unless admitted
+        wait = failed.blocked(address) if authorization is None else failed.attempt(address)
         if wait is not None:
             log.warning("HTTP %s %s from %s: too many failed credentials", method, path, address)
             retry = {"Retry-After": str(math.ceil(wait))}
             await _answer(scope, receive, send, 429, "too many failed credentials", retry)
             return
         try:
-            identity = await self.auth.identify(_authorization(scope))
+            identity = await self.auth.identify(authorization)
         except Unauthorized as exc:
-            failed.refused(address)
             log.warning("HTTP %s %s from %s: credentials refused: %s", method, path, address, exc)
             message = "the token is not accepted" if exc.bearer else "credentials not accepted"
             challenges = self.auth.challenges(exc.bearer)
             await _answer(scope, receive, send, 401, message, challenges=challenges)
             return
-        if identity.user is not None:
+        if authorization is not None:
             failed.admitted(address)
         scope.setdefault("state", {})["identity"] = identity
         action = action_of(method)

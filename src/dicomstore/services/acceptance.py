@@ -67,7 +67,7 @@ async def admit(
     admission = Admission()
     throttle = server.failed_admissions
     if server.gatekeeper is not None:
-        wait = throttle.blocked(address)
+        wait = throttle.attempt(address)  # (counted as refused unless admitted)
         if wait is not None:  # refused without asking the gatekeeper again
             why = (
                 f"{throttle.limit} refused admissions from {address} within "
@@ -82,7 +82,6 @@ async def admit(
             ),
         )
     if admission.reject is not None:
-        throttle.refused(address)
         rj = admission.reject
         return admission, (rj, P.describe_reject(rj.result, rj.source, rj.reason))
     identity = rq.user_info.identity_rq

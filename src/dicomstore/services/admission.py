@@ -80,7 +80,10 @@ class FailedAdmissions:
     after ``limit`` refusals from one address within ``window`` seconds, that
     address is :meth:`blocked` — refused at once, without asking the gatekeeper
     (no scrypt, no token check) — until its oldest refusal in the window
-    expires. An admission that succeeds clears the address. At most
+    expires. Each check is counted as it begins (:meth:`attempt`), so checks
+    running at once get no more than ``limit`` between them; one that admits
+    is taken back (:meth:`admitted`), and does not clear the others (a caller's
+    own login between guesses must not reset their count: review35a F4). At most
     ``max_addresses`` addresses are remembered (the one refused longest ago is
     forgotten first), so memory stays bounded whatever the number of callers.
     ``limit`` 0 disables the throttle.
@@ -123,10 +126,15 @@ class FailedAdmissions:
             return None
         return times[-self.limit] + self.window - now
 
-    def refused(self, address: str) -> None:
-        """Count one refusal of ``address``."""
+    def attempt(self, address: str) -> float | None:
+        """A check of ``address``'s credentials begins: the seconds until it may
+        try again (not counted), or ``None``: go on, counted as refused until
+        :meth:`admitted` takes it back."""
         if not self.limit:
-            return
+            return None
+        wait = self.blocked(address)
+        if wait is not None:
+            return wait
         now = self._clock()
         times = self._recent(address, now)
         if times is None:
@@ -136,7 +144,12 @@ class FailedAdmissions:
         else:
             self._refused.move_to_end(address)
         times.append(now)
+        return None
 
     def admitted(self, address: str) -> None:
-        """``address`` was admitted: its refusals are forgotten."""
-        self._refused.pop(address, None)
+        """``address``'s check (its last :meth:`attempt`) admitted it: not a refusal."""
+        times = self._refused.get(address)
+        if times:
+            times.pop()
+            if not times:
+                del self._refused[address]
