@@ -83,6 +83,9 @@ def test_echo_timed_out(capsys) -> None:
         ["echo", "127.0.0.1", "104", "--aet", "THIS-AE-TITLE-IS-TOO-LONG"],
         ["serve", "--max-pdu", "100"],
         ["serve", "--transfer-syntax", "1.2.3.4.5"],
+        ["serve", "--max-associations", "0"],  # (review35b F3, F4, F13: took, then failed)
+        ["serve", "--max-ops", "-1"],
+        ["echo", "127.0.0.1", "104", "--repeat", "0"],
     ],
 )
 def test_bad_options_are_usage_errors(argv, capsys) -> None:

@@ -100,7 +100,10 @@ def test_environment_for_the_access_commands(tmp_path: Path) -> None:
     [
         ("max_associations = 3\n", "'max_associations' (did you mean max-associations?)"),
         ("colour = 3\n", "unknown key 'colour'"),
-        ('max-associations = "x"\n', "max-associations: invalid int value: 'x'"),
+        ('max-associations = "x"\n', "max-associations: not a number: 'x'"),
+        ("max-associations = 0\n", "max-associations: must be at least 1"),
+        ("max-ops = -1\n", "max-ops: must be at least 0"),
+        ('server-config = "x.toml"\n', "server-config names this file: it cannot be set in it"),
         ("port = 70000\n", "port: port out of range 0-65535: 70000"),
         ("fsync = true\n", "fsync: expected a string or a number"),
         ('fsync = "maybe"\n', "fsync: must be one of on, off"),
@@ -139,7 +142,7 @@ def test_main_answers_a_bad_setting_in_one_line(tmp_path: Path, capsys, monkeypa
     monkeypatch.setenv(env_name("max-associations"), "many")
     assert main(["serve", "--storage", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err == "dicomstore: DICOMSTORE_MAX_ASSOCIATIONS='many': invalid int value: 'many'\n"
+    assert err == "dicomstore: DICOMSTORE_MAX_ASSOCIATIONS='many': not a number: 'many'\n"
 
 
 def test_unknown_variable_is_a_warning_not_an_error(caplog) -> None:

@@ -48,6 +48,14 @@ def test_nothing_to_send_is_a_usage_error(tmp_path: Path, capsys) -> None:
     assert "no DICOM instance" in capsys.readouterr().err
 
 
+def test_a_path_that_does_not_exist_sends_nothing(tmp_path: Path, capsys) -> None:
+    """review35b F7: a typo in a path was "skipped (not DICOM)", the rest sent, exit 0."""
+    files = sendable(compressed=False)[:1]
+    typo = str(tmp_path / "stduy-typo")
+    assert _main("127.0.0.1", str(free_port()), *map(str, files), typo) == 2
+    assert capsys.readouterr().err == f"dicomstore: no such file or folder: {typo}\n"
+
+
 def test_report_warnings_failures_and_exit_codes(tmp_path: Path, capsys) -> None:
     files = sendable(compressed=False)[:4]
     uids_ = [uid_of(p) for p in files]

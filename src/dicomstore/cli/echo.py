@@ -10,6 +10,7 @@ from dicomstore.cli.options import (
     EXIT_FAILED,
     EXIT_OK,
     _add_common,
+    _int,
     add_scu_parser,
     add_tls_client_options,
     open_association,
@@ -19,7 +20,7 @@ from dicomstore.cli.options import (
 def add_parser(sub: Any) -> None:
     """The ``echo`` subcommand."""
     e = add_scu_parser(sub, "echo", "C-ECHO a DICOM peer (Verification SCU)", __doc__.strip())
-    e.add_argument("--repeat", type=int, default=1, help="number of C-ECHOs (default 1)")
+    e.add_argument("--repeat", type=_int(1), default=1, help="number of C-ECHOs (default 1)")
     add_tls_client_options(e)
     _add_common(e)
 

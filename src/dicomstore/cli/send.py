@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -323,6 +324,11 @@ def _commitment_line(r: Result) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Run `dicomstore send` with parsed arguments; returns the exit code."""
+    missing = [p for p in args.paths if p != "-" and not os.path.lexists(p)]
+    if missing:  # (as storescu: a typo in a path sends nothing, not the rest)
+        for path in missing:
+            print(f"dicomstore: no such file or folder: {path}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         skip = load_resume(args.resume) if args.resume else set()
     except OSError as exc:

@@ -83,7 +83,7 @@ def add_parser(sub: Any) -> None:
     add_loop(s)
     s.add_argument(
         "--max-associations",
-        type=int,
+        type=_int(1),
         default=_D.max_associations,
         help="simultaneous associations; beyond, reject as transient "
         f"(default {_D.max_associations})",
@@ -197,9 +197,10 @@ def add_parser(sub: Any) -> None:
     )
     s.add_argument(
         "--max-ops",
-        type=int,
+        type=_int(0),
         default=_D.max_ops,
-        help=f"asynchronous operations window granted to senders (default {_D.max_ops})",
+        help="asynchronous operations window granted to senders, at most 65535; 0: any"
+        f" number (PS3.7 D.3.3.3) (default {_D.max_ops})",
     )
     t = s.add_argument_group("TLS")
     t.add_argument("--tls-cert", type=Path, metavar="PEM", help="our certificate: enables TLS")

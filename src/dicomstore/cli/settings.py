@@ -187,7 +187,9 @@ def _read_file(path: Path, options: Mapping[str, argparse.Action]) -> dict[str, 
     for key, value in data.items():
         if isinstance(value, dict):
             raise SettingsError(f"{path}: [{key}]: no sections; write each option as key = value")
-        if key == FILE_OPTION or key not in options:
+        if key == FILE_OPTION:
+            raise SettingsError(f"{path}: {key} names this file: it cannot be set in it")
+        if key not in options:
             hint = ""
             if key.replace("_", "-") in options:
                 hint = f" (did you mean {key.replace('_', '-')}?)"
