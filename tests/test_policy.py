@@ -403,6 +403,20 @@ def test_check_command(tmp_path, capsys) -> None:
     assert "allow_unknown must be a bool" in capsys.readouterr().err
 
 
+def test_check_command_as_a_module_names_the_problem_in_one_line(tmp_path) -> None:
+    """review35b F8: run as ``-m``, an unknown key was a traceback (the module's
+    __main__ copy caught its own PolicyError, not the one raised)."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("bogus_key = 1\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "dicomstore.policy", "check", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"dicomstore.policy: {bad}: unknown key 'bogus_key'")
+
+
 # --------------------------------------------------------------------------- JWT
 
 

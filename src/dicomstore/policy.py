@@ -484,5 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # (through the package's module: its PolicyError is the one raised)
+    from dicomstore.policy import main as _main
+
+    sys.exit(_main())

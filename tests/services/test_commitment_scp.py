@@ -6,6 +6,7 @@ by policy; the journal and the audit records."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -282,7 +283,7 @@ def test_bad_requests_are_refused(root: Path, server, ds, kwargs, status) -> Non
 
 
 def test_limits_and_a_transaction_uid_still_pending(
-    root: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     gate = threading.Event()
     real_verify = commitment_reports.verify
@@ -303,6 +304,8 @@ def test_limits_and_a_transaction_uid_still_pending(
     srv.archive.close()  # type: ignore[attr-defined]
     # no address for MODALITY, and its association is gone: it waits in the journal
     assert [r.transaction_uid for r in CommitmentJournal(root).pending()] == ["1.2.8.121"]
+    # said in one line (review35b F5: a KeyError traceback and a retry came first)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 def test_policy_without_the_commit_right_is_refused(root: Path) -> None:

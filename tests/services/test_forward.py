@@ -100,6 +100,17 @@ def test_rules_from_flags_environment_and_file(tmp_path: Path) -> None:
         parse(build_parser(), ["serve"], {"DICOMSTORE_FORWARD": "A=h:1;x=y"})
 
 
+def test_the_queue_of_a_relative_storage_is_read(tmp_path: Path, monkeypatch) -> None:
+    """review35b F2: `dicomstore stats` with a relative --storage (the default) raised
+    "relative path can't be expressed as a file URI"."""
+    from dicomstore.services.forward_queue import ForwardQueue, queue_status
+
+    (tmp_path / "data").mkdir()
+    ForwardQueue(tmp_path / "data").close()
+    monkeypatch.chdir(tmp_path)
+    assert queue_status("data") == []
+
+
 def test_backoff_doubles_up_to_the_cap_with_jitter(tmp_path: Path) -> None:
     root = tmp_path / "archive"
     Archive(root, fsync=False).close()

@@ -247,8 +247,8 @@ class CommitmentService:
                     rsp.status,
                 )
                 rsp = None
-            if rsp is None and request.calling_ae not in self.scus:
-                raise _NoAddress(f"no address configured for {request.calling_ae!r}")
+        if rsp is None and request.calling_ae not in self.scus:  # (the channel closed since)
+            raise _NoAddress(f"no address configured for {request.calling_ae!r}")
         if rsp is None:
             how = "on a new association"
             rsp = await self._send_new(self.scus[request.calling_ae], event_type, info)

@@ -351,7 +351,7 @@ def queue_status(root: Path | str, *, timeout: float = 5.0) -> list[dict[str, An
     path = queue_path(root)
     if not path.is_file():
         return None
-    uri = f"{path.as_uri()}?mode=ro"
+    uri = f"{path.resolve().as_uri()}?mode=ro"  # (a relative --storage: review35b F2)
     with closing(sqlite3.connect(uri, uri=True, timeout=timeout)) as db:
         found: dict[str, dict[str, Any]] = {}
 
