@@ -25,7 +25,7 @@ from dicomstore.http.common import DICOM_JSON, HttpError, base_url, negotiate, r
 from dicomstore.http.limits import inflated_limit, limits
 from dicomstore.http.metadata import stream_metadata
 from dicomstore.http.multipart import closing, new_boundary, part_header
-from dicomstore.http.zipstream import instance_files, zip_files
+from dicomstore.http.zipstream import instance_files, open_stored, zip_files
 
 CHUNK = 1 << 20
 
@@ -68,8 +68,8 @@ def stream_parts(request: Request, rows: list[dict[str, Any]], boundary: str) ->
     first = True
     for row in rows:
         try:
-            f = archive.open(row)
-        except (OSError, ValueError):
+            f = open_stored(archive, row)
+        except OSError:
             continue  # deleted since the query: skip it rather than break the stream
         with f:
             content_type = f"application/dicom; transfer-syntax={row['transfer_syntax_uid']}"

@@ -8,12 +8,15 @@ so memory stays at one chunk whatever the study's size.
 from __future__ import annotations
 
 import functools
+import logging
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, BinaryIO
 
-from dicomstore.archive.reader import ArchiveReader
+from dicomstore.archive.reader import ArchiveReader, NotStoredError
+from dicomstore.http.answer import AnswerBroken
 
+log = logging.getLogger("dicomstore.http.wado")
 CHUNK = 1 << 20
 
 
@@ -42,8 +45,25 @@ def instance_files(
     reader: ArchiveReader, rows: Iterable[Mapping[str, Any]]
 ) -> list[tuple[str, Callable[[], BinaryIO]]]:
     """:func:`zip_files`'s entries for instance ``rows``: named by their key, opened
-    through the archive (its storage) when their turn comes."""
-    return [(row["path"], functools.partial(reader.open, row)) for row in rows]
+    through the archive (its storage) when their turn comes (:func:`open_stored`)."""
+    return [(row["path"], functools.partial(open_stored, reader, row)) for row in rows]
+
+
+def open_stored(reader: ArchiveReader, row: Mapping[str, Any]) -> BinaryIO:
+    """The stored file of ``row``; ``OSError`` when it was deleted since the query
+    (then it is left out), :class:`AnswerBroken` when it is still indexed but cannot
+    be read (a damaged archive: the answer is cut off, with a WARNING naming it, not
+    given without it as if whole: review35b F10)."""
+    try:
+        return reader.open(row)
+    except (OSError, ValueError) as exc:
+        uid = row["sop_instance_uid"]
+        try:
+            reader.instance(uid)
+        except NotStoredError:
+            raise OSError(f"{uid} was deleted") from None
+        log.warning("instance %s is indexed but its file cannot be read: %s", uid, exc)
+        raise AnswerBroken(f"cannot read instance {uid}") from None
 
 
 def zip_files(files: Iterable[tuple[str, Callable[[], BinaryIO]]]) -> Iterator[bytes]:

@@ -1,0 +1,52 @@
+"""A damaged archive over WADO-RS (review35b F10): an instance still indexed whose file
+is gone cuts the answer off, with a WARNING naming it, instead of a 200 without it
+that the client and the audit take for the whole study. One deleted since the
+query is left out, as before."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from http_testlib import HttpThread, make_dataset, store
+
+from dicomstore.archive import Archive
+
+STUDY, SERIES = "1.2.826.0.1.3680043.10.38", "1.2.826.0.1.3680043.10.38.1"
+
+
+@pytest.fixture
+def damaged(tmp_path: Path) -> Iterator[HttpThread]:
+    archive = Archive(tmp_path / "archive", fsync=False)
+    for n in (1, 2, 3):
+        store(archive, make_dataset(f"1.2.38.{n}", study=STUDY, series=SERIES, number=n))
+    path = archive.path_of("1.2.38.2")
+    assert path is not None
+    path.unlink()
+    with HttpThread(archive) as web:
+        yield web
+    archive.close()
+
+
+def _get(web: HttpThread, target: str) -> tuple[int, bytes | None]:
+    conn = http.client.HTTPConnection("127.0.0.1", web.server.port, timeout=30)
+    try:
+        conn.request("GET", target)
+        reply = conn.getresponse()
+        try:
+            return reply.status, reply.read()
+        except http.client.IncompleteRead:
+            return reply.status, None
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("suffix", ["", "?accept=application/zip"])
+def test_a_missing_file_cuts_the_answer_off(damaged, suffix, caplog) -> None:
+    with caplog.at_level(logging.WARNING, "dicomstore.http"):
+        status, body = _get(damaged, f"/studies/{STUDY}{suffix}")
+    assert status == 200 and body is None  # (cut: not a whole answer without it)
+    assert "instance 1.2.38.2 is indexed but its file cannot be read" in caplog.text
