@@ -219,7 +219,8 @@ def test_stream_is_read_in_chunks_never_whole(setup, monkeypatch) -> None:
     blocks = list(wado.stream_parts(request, rows, "B"))
     assert max(len(b) for b in blocks) <= 64 * 1024
     assert len(blocks) > sum(r["file_size"] for r in rows) // (64 * 1024)
-    missing = [*rows, {**rows[0], "path": "gone/gone/gone.dcm"}]  # deleted meanwhile: skipped
+    gone = {**rows[0], "path": "gone/gone/gone.dcm", "sop_instance_uid": "1.2.7.999"}
+    missing = [*rows, gone]  # deleted meanwhile (no longer indexed): skipped
     assert b"".join(wado.stream_parts(request, missing, "B")).count(b"--B\r\n") == 2
 
 
