@@ -112,7 +112,7 @@ _MATCHING = {
     "UI": "single value, list of UIDs",
     "DA": "single value, range",
     "TM": "single value, range",
-    "PN": "single value, wildcard (case-insensitive)",
+    "PN": "single value, wildcard (case-insensitive for ASCII letters)",
     "IS": "single value",
 }
 
