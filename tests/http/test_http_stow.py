@@ -132,6 +132,17 @@ def test_request_errors(server, content_type, body, status) -> None:
     assert archive.instances() == []
 
 
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "x-unknown"])
+def test_a_coded_body_is_415(server, coding) -> None:
+    """review35a F10: gzip was "the multipart body ended early", x-unknown stored."""
+    client, archive = server
+    body, content_type = multipart_body([instance("1.2.5.40")])
+    headers = {"content-type": content_type, "content-encoding": coding}
+    r = client.post("/studies", content=body, headers=headers)
+    assert r.status_code == 415 and f"content coding '{coding}' is not accepted" in r.text
+    assert archive.instances() == []
+
+
 def test_duplicate_policy_reject_is_shared(tmp_path: Path) -> None:
     archive = Archive(tmp_path / "archive", fsync=False, on_duplicate="reject")
     with HttpThread(archive) as srv, httpx.Client(base_url=srv.url) as client:

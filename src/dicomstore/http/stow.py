@@ -212,6 +212,9 @@ async def store(request: Request) -> Response:
         raise HttpError(415, 'send multipart/related; type="application/dicom"')
     if "boundary" not in params:
         raise HttpError(400, "the Content-Type has no boundary")
+    coding = request.headers.get("content-encoding", "identity").strip().lower()
+    if coding not in ("", "identity"):  # RFC 9110 8.4, 15.5.16: not decoded here
+        raise HttpError(415, f"content coding {coding[:40]!r} is not accepted: send it uncoded")
     bounds = limits(request)
     _check_length(request, bounds.max_body_bytes)
     try:
