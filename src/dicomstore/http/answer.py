@@ -28,16 +28,35 @@ class AnswerBroken(Exception):
 
 class EndsBroken:
     """The outermost middleware: an :class:`AnswerBroken` ends the request quietly
-    (uvicorn then closes the connection, the answer being incomplete)."""
+    (uvicorn then closes the connection, the answer being incomplete). A HEAD
+    request's answer ends with its status and headers: the body the app begins
+    (a study's files, read for nothing) is stopped at its first chunk."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            send = _headers_only(send)
         try:
             await self.app(scope, receive, send)
         except AnswerBroken:
             pass
+
+
+def _headers_only(send: Send) -> Send:
+    """``send`` for a HEAD request: the first body message ends the answer, and the
+    app is stopped there (:class:`AnswerBroken`) if it has more."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] != "http.response.body":
+            await send(message)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if message.get("more_body", False):
+            raise AnswerBroken("HEAD: no body")
+
+    return sending
 
 
 @dataclass
@@ -58,6 +77,7 @@ async def watch(
     """Run ``app`` for an HTTP request, calling ``done(answer, complete)`` once."""
     answer = Answer()
     called = False
+    head = scope.get("method") == "HEAD"
 
     def finish(complete: bool) -> None:
         nonlocal called
@@ -69,7 +89,8 @@ async def watch(
         if message["type"] == "http.response.start":
             answer.status = message["status"]
         elif message["type"] == "http.response.body":
-            answer.nbytes += len(message.get("body", b""))
+            if not head:  # (a HEAD answer's body is never sent: EndsBroken)
+                answer.nbytes += len(message.get("body", b""))
             if not message.get("more_body", False):
                 finish(True)
         await send(message)

@@ -94,7 +94,7 @@ class ReadAuditMiddleware:
         self.audit = audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+        if scope["type"] != "http" or scope["method"] != "GET":  # (HEAD sends no instance)
             await self.app(scope, receive, send)
             return
 
