@@ -211,6 +211,21 @@ def test_errors_one_line_and_exit_codes(storage: Path, args, code, words) -> Non
         assert r.stderr.count("\n") == 1 and r.stderr.startswith("dicomstore: ")
 
 
+def test_errors_name_the_path(storage: Path, tmp_path: Path) -> None:
+    """review35b F9: "dicomstore: Not a directory", "file is not a database": which?"""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    r = cli("export", "1.2.4.1", str(afile), storage=storage)
+    assert r.returncode == 1 and r.stderr.startswith(f"dicomstore: {afile}/")
+    assert r.stderr.endswith(": Not a directory\n")
+    for name in os.listdir(storage):
+        if name.startswith("index.sqlite"):
+            (storage / name).write_bytes(b"not a database" * 100)
+    r = cli("ls", storage=storage)
+    assert r.returncode == 1
+    assert r.stderr == f"dicomstore: {storage}/index.sqlite: file is not a database\n"
+
+
 def test_no_archive(tmp_path: Path) -> None:
     r = cli("ls", storage=tmp_path / "none")
     assert r.returncode == 1 and "no archive at" in r.stderr

@@ -136,6 +136,20 @@ def test_reindex_without_an_index_keeps_the_latest_written(tmp_path: Path, capsy
 
 
 @pytest.mark.sqlite_index
+def test_reindex_sets_a_damaged_index_aside_and_builds_one(tmp_path: Path, caplog) -> None:
+    """review35b F9: reindex refused a damaged index.sqlite ("file is not a database")."""
+    root = tmp_path / "root"
+    v1, v2, old, new = _leftover_of_a_replace(root)
+    (root / "index.sqlite").write_bytes(b"not a database" * 100)
+    assert main(["reindex", "--storage", str(root)]) == 0
+    kept = [p.name for p in root.iterdir() if p.name.startswith("index.sqlite.damaged-")]
+    assert kept and (root / kept[0]).read_bytes() == b"not a database" * 100
+    assert "index.sqlite is damaged (file is not a database)" in caplog.text
+    with Archive(root, fsync=False) as archive:
+        assert archive.path_of(UID) is not None
+
+
+@pytest.mark.sqlite_index
 def test_check_beside_a_server_leaves_its_temporaries_and_reindex_waits_for_it(
     tmp_path: Path, capsys
 ) -> None:

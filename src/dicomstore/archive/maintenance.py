@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ from dicomstore.archive.engine import engine_for
 from dicomstore.archive.fields import index_fields
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import dicom_files
+
+log = logging.getLogger("dicomstore.archive")
 
 
 def check_archive(root: Path, index: Index, *, digests: bool = True) -> list[str]:
@@ -219,6 +223,19 @@ def run_check(root: Path, *, fsync: bool = True, index: str | None = None) -> li
         db.close()
 
 
+def _set_aside(path: Path, exc: BaseException) -> None:
+    """A damaged SQLite index (and its WAL) renamed beside itself, kept, so that
+    reindex builds a new one from the files (README: "rebuilds the index")."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for suffix in ("", "-wal", "-shm"):
+        old = path.with_name(path.name + suffix)
+        if old.exists():
+            old.rename(path.with_name(f"{path.name}.damaged-{stamp}{suffix}"))
+    log.warning(
+        "%s is damaged (%s): kept as %s.damaged-%s; a new one is built", path, exc, path.name, stamp
+    )
+
+
 def run_reindex(
     root: Path, left_out: list[str], *, fsync: bool = True, index: str | None = None
 ) -> int:
@@ -231,7 +248,13 @@ def run_reindex(
     (root / layout.TMP_DIR).mkdir(parents=True, exist_ok=True)
     fd = hold(root, exclusive=True)
     try:
-        db = Index(engine_for(root, index), durable=fsync, migrate=True)
+        try:
+            db = Index(engine_for(root, index), durable=fsync, migrate=True)
+        except sqlite3.DatabaseError as exc:
+            if index is not None or isinstance(exc, sqlite3.OperationalError):
+                raise  # (not a damaged SQLite file: locked, full, another engine ...)
+            _set_aside(root / "index.sqlite", exc)
+            db = Index(engine_for(root, index), durable=fsync, migrate=True)
         try:
             if not db.hold(exclusive=True):  # a node on another host (PostgreSQL)
                 raise ArchiveBusyError(errno.EBUSY, "in use by a server or another archive")

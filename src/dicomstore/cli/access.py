@@ -127,8 +127,16 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `... | head`: the reader is gone, nothing to say
         silence_stdout()
         return EXIT_FAILED
-    except DatabaseOrOSError as exc:
-        return _error(f"{getattr(exc, 'strerror', None) or exc}", EXIT_FAILED)
+    except DatabaseOrOSError as exc:  # named: what, where (review35b F9)
+        where = getattr(exc, "filename", None)
+        what = getattr(exc, "strerror", None) or exc
+        if where is None and not isinstance(exc, OSError):  # (the index's own errors)
+            storage = getattr(args, "storage", None)
+            if getattr(args, "index", None):
+                where = "the index"  # (a URL may hold a password: not printed)
+            elif storage is not None:
+                where = Path(storage) / "index.sqlite"
+        return _error(f"{where}: {what}" if where else f"{what}", EXIT_FAILED)
 
 
 def _reader(args: argparse.Namespace) -> Any:
