@@ -143,3 +143,12 @@ def test_get_needs_somewhere_to_store(peers, capsys) -> None:
     port, _, _ = peers
     assert main(command("get", port, "-k", "StudyInstanceUID=1.2.9.1")) == 2
     assert "-od DIR or --storage DIR" in capsys.readouterr().err
+
+
+def test_get_into_a_file_says_so(peers, capsys, tmp_path) -> None:
+    """review35b F13: "cannot open the archive afile": -od is a folder of files."""
+    port, _, _ = peers
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(command("get", port, "-od", str(afile), "-k", "StudyInstanceUID=1.2.9.1")) == 1
+    assert capsys.readouterr().err == f"dicomstore: cannot store into {afile}: File exists\n"

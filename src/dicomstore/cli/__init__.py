@@ -138,7 +138,8 @@ def _run(args: argparse.Namespace) -> int:
         local = args.command == "check" and not args.index  # (else a database's)
         needed = args.storage / INDEX_FILE if local else args.storage
         if not needed.exists():
-            print(f"dicomstore: no archive at {args.storage} (no {needed.name})", file=sys.stderr)
+            missing = f" (no {needed.name})" if needed != args.storage else ""
+            print(f"dicomstore: no archive at {args.storage}{missing}", file=sys.stderr)
             return EXIT_FAILED
         from dicomstore.cli.admin import check_or_reindex
 

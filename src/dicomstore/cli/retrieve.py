@@ -29,7 +29,6 @@ from dicomstore.cli.options import (
     CancelOnInterrupt,
     _add_common,
     _ae_title,
-    _cannot_open,
     _size,
     add_index,
     add_scu_parser,
@@ -162,8 +161,9 @@ def _store(args: argparse.Namespace) -> tuple[Any, Any]:
 
         try:
             return FolderStore(args.output_dir), None
-        except OSError as exc:
-            _cannot_open(args.output_dir, exc)
+        except OSError as exc:  # (a folder of files, not an archive)
+            why = exc.strerror or exc
+            print(f"dicomstore: cannot store into {args.output_dir}: {why}", file=sys.stderr)
             return None, None
     archive = open_archive(args.storage, index=args.index)
     return archive, archive

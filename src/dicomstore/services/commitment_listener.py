@@ -95,7 +95,7 @@ class ReportListener:
                 return
             t.negotiated = negotiated
             t.conn.accept(answer)
-            log.info("%s: %s opened an association for reports", t.peer, event.request.calling_ae)
+            log.debug("%s: %s opened an association for reports", t.peer, event.request.calling_ae)
         elif isinstance(event, DataIndication):
             for pdv in event.pdvs:
                 if t.negotiated is None or pdv.context_id not in t.negotiated.contexts:

@@ -182,7 +182,7 @@ async def request_commitment(
             commitment.reason = f"N-ACTION {rsp.status:04X} {rsp.error_comment or ''}".strip()
             waiting.forget(commitment.transaction_uid)
             return commitment
-        log.info(
+        log.debug(
             "storage commitment %s of %d instance(s) requested",
             commitment.transaction_uid,
             len(commitment.references),

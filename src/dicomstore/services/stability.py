@@ -464,10 +464,12 @@ async def run_command(template: Sequence[str], event: StableStudy) -> int | None
         proc = await asyncio.create_subprocess_exec(*argv, env=env)
         code = await proc.wait()
     except OSError as exc:
-        log.error("--on-stable-exec %s: cannot run: %s", argv[0], exc)
+        log.error("the study-stable command %s cannot run: %s", argv[0], exc)
         return None
     if code != 0:
-        log.warning("--on-stable-exec for study %s exited %d", event.study_uid, code)
+        log.warning(
+            "the study-stable command %s for study %s exited %d", argv[0], event.study_uid, code
+        )
     return code
 
 
