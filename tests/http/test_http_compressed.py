@@ -211,6 +211,8 @@ def test_rendered_series_and_study_and_thumbnails(site) -> None:
         ({"viewport": "99999,10"}, 400, "viewport"),
         ({"window": "40"}, 400, "window"),
         ({"window": "40,80,sigmoid"}, 400, "window"),
+        ({"window": "nan,nan"}, 400, "window"),  # (review35a: rendered as if not given)
+        ({"window": "inf,1"}, 400, "window"),
         ({"quality": "0"}, 400, "quality"),
         ({"accept": "image/gif"}, 406, "image/jpeg"),
     ],

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import threading
 from typing import Any
 
@@ -247,7 +248,8 @@ def _window(text: str | None) -> tuple[float, float] | None:
     except (ValueError, IndexError):
         raise HttpError(400, f"window is center,width[,function]: {text!r}") from None
     function = parts[2].lower() if len(parts) > 2 else "linear"
-    if len(parts) > 3 or function not in ("linear", "linear-exact") or width <= 0:
+    finite = math.isfinite(center) and math.isfinite(width)  # (nan, inf: float() takes them)
+    if len(parts) > 3 or function not in ("linear", "linear-exact") or not finite or width <= 0:
         raise HttpError(400, f"window is center,width>0[,linear|linear-exact]: {text!r}")
     return center, width
 
