@@ -102,7 +102,10 @@ def test_four_senders_into_two_workers(tmp_path: Path) -> None:
         for _ in range(ECHOES):
             assert main(["echo", "127.0.0.1", str(port)]) == 0
         (worker,) = _workers(log)
-        # /metrics, served by the first process, counts what both stored
+        # /metrics, served by the first process, counts what both stored (an echo's
+        # association is counted just after its A-RELEASE-RP went: wait for the last)
+        released = ("dicomstore_associations_total", (("outcome", "released"),))
+        _until(lambda: _scrape(http).get(released) == SENDERS + ECHOES, "all counted")
         samples = _scrape(http)
         assert samples[("dicomstore_instances_stored_total", (("service", "C-STORE"),))] == (
             SENDERS * EACH
