@@ -138,3 +138,23 @@ def test_serve_options_set_the_bounds(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "refused (503)" in err and "dropped (408)" in err
+
+
+@pytest.mark.parametrize(
+    ("sent", "answer"),
+    [
+        (b"GET /studies?PatientName=" + b"a" * 200_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431),
+        (b"GET /studies HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 1_000_000 + b"\r\n\r\n", 431),
+        (b"NOT HTTP AT ALL\r\n\r\n", 400),
+    ],
+    ids=["long-url", "long-header", "garbage"],
+)
+def test_a_head_too_long_or_not_http_is_answered_readably(served, sent, answer, caplog) -> None:
+    """review35a F9: the connection was reset (the answer lost), the log said nothing
+    of the client or the limit."""
+    web, _ = served
+    with _connect(web) as sock:
+        sock.sendall(sent)  # (never shut down: the server lingers, reading, before closing)
+        reply = _answer(sock)
+    assert reply.startswith(f"HTTP/1.1 {answer} ".encode())
+    assert f"refused ({answer})" in caplog.text

@@ -45,6 +45,10 @@ _TIMEOUT = (
 )
 
 
+#: Seconds a refused connection is read (and dropped) before it is closed.
+LINGER = 2.0
+
+
 def guarded(limits: HttpLimits) -> type[H11Protocol]:
     """uvicorn's ``http`` protocol class held to ``limits``."""
     return type("GuardedH11", (GuardedH11,), {"limits": limits})
@@ -60,6 +64,7 @@ class GuardedH11(H11Protocol):
         self._idle_since = self.loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._answered = False  # (a request on it answered: see _owed)
+        self._lingering = False
         if len(self.connections) > self.limits.max_connections:
             log.warning(
                 "HTTP connection from %s refused (503): %d connections open, the most"
@@ -73,6 +78,8 @@ class GuardedH11(H11Protocol):
         self._arm(self.limits.request_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:  # (answered and closing: what still comes is dropped)
+            return
         self._idle_since = self.loop.time()
         super().data_received(data)
 
@@ -80,6 +87,35 @@ class GuardedH11(H11Protocol):
         self._answered = True
         self._idle_since = self.loop.time()
         super().on_response_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse: 431 when its head outgrew the buffer (RFC 6585
+        5), else 400; logged naming the client, and closed after a lingering wait
+        (closing at once with its bytes unread would reset the connection, the
+        answer lost with it)."""
+        limit = self.limits.max_head_bytes
+        if len(self.conn.trailing_data[0]) > limit:
+            why = f"request line and headers over {limit} bytes"
+            status, phrase = 431, "Request Header Fields Too Large"
+        else:
+            why, status, phrase = "not a valid HTTP/1.1 request", 400, "Bad Request"
+        log.warning("HTTP connection from %s refused (%d): %s", _client(self), status, why)
+        body = f"{status} {phrase}: {why}".encode()
+        self.transport.write(
+            f"HTTP/1.1 {status} {phrase}\r\nConnection: close\r\nContent-Type: text/plain;"
+            f" charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        self._linger()
+
+    def _linger(self) -> None:
+        """Stop sending, read and drop what still comes for a moment, then close."""
+        self._lingering = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._timer = self.loop.call_later(LINGER, self.transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:

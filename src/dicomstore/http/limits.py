@@ -48,6 +48,9 @@ class HttpLimits:
     max_rendered_elements: int = 20_000
     #: one frame once decoded (WADO-RS frames, rendered, thumbnails): larger, 413
     max_frame_bytes: int = 512 * MiB
+    #: a request's line and headers while they arrive (h11's buffer); more: 431
+    #: (``http/guard.py``; a head that arrives in one read may be a little longer)
+    max_head_bytes: int = 64 * KiB
     #: HTTP connections open at once; one more: 503 and closed (``http/guard.py``)
     max_connections: int = 256
     #: seconds a client may send nothing of a request it owes (its head, the rest of

@@ -91,11 +91,13 @@ class HttpServer:
         """Bind, start serving, return once listening (raises ``OSError`` if bind fails)."""
         self._socket = _listen(self.host, self.requested_port)
         context = self.ssl_context
-        limits = getattr(getattr(self.app, "state", None), "limits", DEFAULT)
+        found = getattr(getattr(self.app, "state", None), "limits", DEFAULT)
+        limits = found if isinstance(found, HttpLimits) else DEFAULT
         config = uvicorn.Config(
             self.app,
             # connections at most, and requests not left half sent (http/guard.py)
-            http=guarded(limits if isinstance(limits, HttpLimits) else DEFAULT),
+            http=guarded(limits),
+            h11_max_incomplete_event_size=limits.max_head_bytes,
             lifespan="on",
             log_config=None,
             access_log=self.access_log,
