@@ -194,6 +194,9 @@ def test_unsupported_attribute_is_ignored_with_a_warning(client) -> None:
     [
         ({"NoSuchKeyword": "1"}, {}, 400, "NoSuchKeyword"),
         ({"StudyDate": "2024-13"}, {}, 400, "date"),
+        ({"StudyDate": "99999999"}, {}, 400, "not a date"),  # (review35a: 200 [])
+        ({"StudyDate": "20241301-20241302"}, {}, 400, "date"),
+        ({"StudyTime": "250000"}, {}, 400, "not a time"),
         ({"limit": "-1"}, {}, 400, "limit"),
         ({"includefield": "Bogus"}, {}, 400, "Bogus"),
         ({"SeriesNumber": "x"}, {}, 400, "integer"),

@@ -26,8 +26,10 @@ class Exact(str):
 #: A list of more values than this is one parameter (a JSON or PostgreSQL array).
 MANY_VALUES = 500
 
-_DATE_RE = re.compile(r"[0-9]{8}")
-_TIME_RE = re.compile(r"[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?")
+#: PS3.5 6.2 DA and TM: a month 01-12 and a day 01-31; hours 00-23, minutes 00-59,
+#: seconds 00-60 (a leap second)
+_DATE_RE = re.compile(r"[0-9]{4}(0[1-9]|1[0-2])(0[1-9]|[12][0-9]|3[01])")
+_TIME_RE = re.compile(r"([01][0-9]|2[0-3])([0-5][0-9](([0-5][0-9]|60)(\.[0-9]{1,6})?)?)?")
 
 
 def _split_list(value: str) -> list[str]:
