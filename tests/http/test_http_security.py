@@ -206,6 +206,18 @@ def test_repeated_failures_are_throttled(site: Site) -> None:
     assert int(reply.headers["retry-after"]) > 0
 
 
+def test_good_credentials_at_once_all_get_in(site: Site) -> None:
+    """review35c: checks running counted as refusals: of 20 at once, 10 were 429."""
+    import concurrent.futures
+
+    good = basic("reader", "reader-pw")
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        codes = list(
+            pool.map(lambda _: site.client.get("/studies", headers=good).status_code, range(20))
+        )
+    assert codes == [200] * 20
+
+
 @pytest.mark.parametrize("site", [{"max_failed": 3}], indirect=True)
 def test_a_login_of_ones_own_does_not_reset_the_count(site: Site) -> None:
     """review35a F4: two guesses, a login, again: throttled at the third guess."""

@@ -25,51 +25,89 @@ class Clock:
         return self.now
 
 
+def _refused(throttle: FailedAdmissions, address: str) -> bool:
+    """One check of ``address`` that fails; whether it was let begin."""
+
+    async def run() -> bool:
+        if await throttle.attempt(address) is not None:
+            return False
+        throttle.done(address, admitted=False)
+        return True
+
+    return asyncio.run(run())
+
+
 def test_blocked_after_the_limit_until_the_oldest_refusal_expires() -> None:
     clock = Clock()
     throttle = FailedAdmissions(3, 60, clock=clock)
     for _ in range(2):
-        assert None is throttle.attempt("10.0.0.1")
+        assert _refused(throttle, "10.0.0.1")
         clock.now += 10
     assert throttle.blocked("10.0.0.1") is None  # 2 of 3
-    assert None is throttle.attempt("10.0.0.1")
+    assert _refused(throttle, "10.0.0.1")
     assert throttle.blocked("10.0.0.1") == pytest.approx(40)  # the first was 20 s ago
     assert throttle.blocked("10.0.0.2") is None  # other addresses are not concerned
+    assert not _refused(throttle, "10.0.0.1")  # blocked: not checked
     clock.now += 40
     assert throttle.blocked("10.0.0.1") is None  # the first refusal left the window
-    assert None is throttle.attempt("10.0.0.1")
+    assert _refused(throttle, "10.0.0.1")
     assert throttle.blocked("10.0.0.1") == pytest.approx(10)
 
 
-def test_an_admission_takes_back_its_own_attempt_only() -> None:
+def test_an_admission_does_not_clear_the_refusals() -> None:
     """review35a F4: nine guesses, one login of the guesser's own, again: the login
     does not clear the guesses (it cleared them all: guessing was unlimited)."""
     throttle = FailedAdmissions(10, 60, clock=Clock())
-    checked = 0
-    for _ in range(6):
-        for _ in range(9):
-            if throttle.attempt("a") is None:
-                checked += 1  # a wrong passcode: stays counted
-        if throttle.attempt("a") is None:
-            throttle.admitted("a")  # the caller's own passcode
-    assert checked == 10 and throttle.blocked("a") is not None
+
+    async def run() -> int:
+        checked = 0
+        for _ in range(6):
+            for _ in range(9):
+                if await throttle.attempt("a") is None:
+                    checked += 1
+                    throttle.done("a", admitted=False)  # a wrong passcode
+            if await throttle.attempt("a") is None:
+                throttle.done("a", admitted=True)  # the caller's own passcode
+        return checked
+
+    assert asyncio.run(run()) == 10 and throttle.blocked("a") is not None
+
+
+async def _burst(throttle: FailedAdmissions, n: int, good: bool) -> list[bool]:
+    """``n`` checks at once, each taking a turn of the loop; which were let begin."""
+
+    async def one() -> bool:
+        if await throttle.attempt("a") is not None:
+            return False
+        await asyncio.sleep(0)  # (a turn of the loop, not a timed wait: the check)
+        throttle.done("a", admitted=good)
+        return True
+
+    return await asyncio.gather(*(one() for _ in range(n)))
 
 
 def test_checks_at_once_get_no_more_than_the_limit() -> None:
-    """Each check counts as it begins: 200 at once, 10 checked (were 44-51)."""
+    """200 wrong passcodes at once: 10 checked (were 44-51), the others refused."""
     throttle = FailedAdmissions(10, 60, clock=Clock())
-    assert sum(throttle.attempt("a") is None for _ in range(200)) == 10
+    assert sum(asyncio.run(_burst(throttle, 200, good=False))) == 10
+
+
+def test_good_credentials_at_once_all_get_in() -> None:
+    """review35c: 20 good ones at once, 10 were refused while the others were checked."""
+    throttle = FailedAdmissions(10, 60, clock=Clock())
+    assert all(asyncio.run(_burst(throttle, 20, good=True)))
+    assert throttle.blocked("a") is None
 
 
 def test_zero_disables_and_memory_is_bounded() -> None:
     off = FailedAdmissions(0, 60)
     for _ in range(100):
-        assert off.attempt("a") is None
+        assert _refused(off, "a")
     assert off.blocked("a") is None
     clock = Clock()
     throttle = FailedAdmissions(1, 60, max_addresses=3, clock=clock)
     for n in range(10):
-        assert None is throttle.attempt(f"10.0.0.{n}")
+        assert _refused(throttle, f"10.0.0.{n}")
     assert len(throttle._refused) == 3
     assert throttle.blocked("10.0.0.9") is not None
     assert throttle.blocked("10.0.0.0") is None  # forgotten first

@@ -170,23 +170,30 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         failed, authorization = self.auth.failed, _authorization(scope)
-        # credentials are counted as refused as their check begins, unless admitted
-        wait = failed.blocked(address) if authorization is None else failed.attempt(address)
+        # credentials are checked in turns (FailedAdmissions): refusals counted, bounded
+        wait = failed.blocked(address) if authorization is None else await failed.attempt(address)
         if wait is not None:
             log.warning("HTTP %s %s from %s: too many failed credentials", method, path, address)
             retry = {"Retry-After": str(math.ceil(wait))}
             await _answer(scope, receive, send, 429, "too many failed credentials", retry)
             return
+        refused: Unauthorized | None = None
         try:
             identity = await self.auth.identify(authorization)
-        except Unauthorized as exc:
-            log.warning("HTTP %s %s from %s: credentials refused: %s", method, path, address, exc)
-            message = "the token is not accepted" if exc.bearer else "credentials not accepted"
-            challenges = self.auth.challenges(exc.bearer)
+        except Unauthorized as error:
+            refused = error
+        finally:
+            if authorization is not None:  # (its turn ends: FailedAdmissions.attempt)
+                failed.done(address, admitted=refused is None)
+        if refused is not None:
+            log.warning(
+                "HTTP %s %s from %s: credentials refused: %s", method, path, address, refused
+            )
+            message = "the token is not accepted" if refused.bearer else "credentials not accepted"
+            challenges = self.auth.challenges(refused.bearer)
             await _answer(scope, receive, send, 401, message, challenges=challenges)
             return
-        if authorization is not None:
-            failed.admitted(address)
+
         scope.setdefault("state", {})["identity"] = identity
         action = action_of(method)
         if action in identity.rights:

@@ -67,7 +67,7 @@ async def admit(
     admission = Admission()
     throttle = server.failed_admissions
     if server.gatekeeper is not None:
-        wait = throttle.attempt(address)  # (counted as refused unless admitted)
+        wait = await throttle.attempt(address)  # (its turn: FailedAdmissions)
         if wait is not None:  # refused without asking the gatekeeper again
             why = (
                 f"{throttle.limit} refused admissions from {address} within "
@@ -75,12 +75,17 @@ async def admit(
             )
             return None, (_LOCAL_LIMIT, why)
         # in a thread: verifying a passcode (scrypt) or a token takes milliseconds
-        admission = await asyncio.to_thread(
-            server.gatekeeper.admit,
-            AdmissionRequest(
-                rq.calling_ae, rq.called_ae, address, subject, rq.user_info.identity_rq
-            ),
-        )
+        admitted = False
+        try:
+            admission = await asyncio.to_thread(
+                server.gatekeeper.admit,
+                AdmissionRequest(
+                    rq.calling_ae, rq.called_ae, address, subject, rq.user_info.identity_rq
+                ),
+            )
+            admitted = admission.reject is None
+        finally:
+            throttle.done(address, admitted=admitted)
     if admission.reject is not None:
         rj = admission.reject
         return admission, (rj, P.describe_reject(rj.result, rj.source, rj.reason))
@@ -92,8 +97,6 @@ async def admit(
         and admission.identity_response is not None
     ):
         answer.user_info.identity_ac = UserIdentityAC(admission.identity_response)
-    if server.gatekeeper is not None:
-        throttle.admitted(address)
     return admission, None
 
 

@@ -9,6 +9,7 @@ admitted, nothing is audited); :mod:`dicomstore.policy` and
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -80,13 +81,15 @@ class FailedAdmissions:
     after ``limit`` refusals from one address within ``window`` seconds, that
     address is :meth:`blocked` — refused at once, without asking the gatekeeper
     (no scrypt, no token check) — until its oldest refusal in the window
-    expires. Each check is counted as it begins (:meth:`attempt`), so checks
-    running at once get no more than ``limit`` between them; one that admits
-    is taken back (:meth:`admitted`), and does not clear the others (a caller's
-    own login between guesses must not reset their count: review35a F4). At most
-    ``max_addresses`` addresses are remembered (the one refused longest ago is
-    forgotten first), so memory stays bounded whatever the number of callers.
-    ``limit`` 0 disables the throttle.
+    expires. A check begins with :meth:`attempt` and ends with :meth:`done`:
+    checks of one address at once are at most as many as refusals it has left,
+    the others wait their turn (so a burst of guesses gets no more than
+    ``limit`` checks, and a burst of good credentials all get in, one batch
+    after another); an admission does not clear the address's refusals (a
+    caller's own login between guesses must not reset their count: review35a
+    F4). At most ``max_addresses`` addresses are remembered (the one refused
+    longest ago is forgotten first), so memory stays bounded whatever the
+    number of callers. ``limit`` 0 disables the throttle. On the event loop.
     """
 
     def __init__(
@@ -104,6 +107,41 @@ class FailedAdmissions:
         self.max_addresses = max_addresses
         self._clock = clock
         self._refused: OrderedDict[str, deque[float]] = OrderedDict()
+        #: checks running, and those waiting for their turn, per address
+        self._checking: dict[str, int] = {}
+        self._waiting: dict[str, list[asyncio.Future[None]]] = {}
+
+    async def attempt(self, address: str) -> float | None:
+        """A check of ``address``'s credentials may begin (``None``; then call
+        :meth:`done`), perhaps after others of it have ended; or the seconds until
+        it may try again."""
+        if not self.limit:
+            return None
+        while True:
+            wait = self.blocked(address)
+            if wait is not None:
+                return wait
+            left = self.limit - len(self._recent(address, self._clock()) or ())
+            running = self._checking.get(address, 0)
+            if running < left:
+                self._checking[address] = running + 1
+                return None
+            turn = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(address, []).append(turn)
+            await turn
+
+    def done(self, address: str, *, admitted: bool) -> None:
+        """A check that :meth:`attempt` let begin has ended (``admitted`` or refused)."""
+        if not self.limit:
+            return
+        running = self._checking.pop(address, 0) - 1
+        if running > 0:
+            self._checking[address] = running
+        if not admitted:
+            self._refuse(address)
+        for turn in self._waiting.pop(address, ()):
+            if not turn.done():
+                turn.set_result(None)
 
     def _recent(self, address: str, now: float) -> deque[float] | None:
         times = self._refused.get(address)
@@ -126,15 +164,7 @@ class FailedAdmissions:
             return None
         return times[-self.limit] + self.window - now
 
-    def attempt(self, address: str) -> float | None:
-        """A check of ``address``'s credentials begins: the seconds until it may
-        try again (not counted), or ``None``: go on, counted as refused until
-        :meth:`admitted` takes it back."""
-        if not self.limit:
-            return None
-        wait = self.blocked(address)
-        if wait is not None:
-            return wait
+    def _refuse(self, address: str) -> None:
         now = self._clock()
         times = self._recent(address, now)
         if times is None:
@@ -144,12 +174,3 @@ class FailedAdmissions:
         else:
             self._refused.move_to_end(address)
         times.append(now)
-        return None
-
-    def admitted(self, address: str) -> None:
-        """``address``'s check (its last :meth:`attempt`) admitted it: not a refusal."""
-        times = self._refused.get(address)
-        if times:
-            times.pop()
-            if not times:
-                del self._refused[address]
