@@ -50,3 +50,20 @@ def test_a_missing_file_cuts_the_answer_off(damaged, suffix, caplog) -> None:
         status, body = _get(damaged, f"/studies/{STUDY}{suffix}")
     assert status == 200 and body is None  # (cut: not a whole answer without it)
     assert "instance 1.2.38.2 is indexed but its file cannot be read" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "tail", ["/metadata", "/series/" + SERIES + "/metadata"], ids=["study", "series"]
+)
+def test_metadata_with_a_missing_file_is_cut_off(damaged, tail, caplog) -> None:
+    """review35c: the metadata answered a whole-looking 200 of two of three."""
+    with caplog.at_level(logging.WARNING, "dicomstore.http"):
+        status, body = _get(damaged, f"/studies/{STUDY}{tail}")
+    assert status == 200 and body is None
+    assert "instance 1.2.38.2 is indexed but its file cannot be read" in caplog.text
+
+
+@pytest.mark.parametrize("tail", ["", "/metadata"])
+def test_the_missing_instance_alone_is_500_before_any_body(damaged, tail) -> None:
+    status, body = _get(damaged, f"/studies/{STUDY}/series/{SERIES}/instances/1.2.38.2{tail}")
+    assert status == 500 and body is not None and b"missing or unreadable" in body

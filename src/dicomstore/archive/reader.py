@@ -167,6 +167,11 @@ class ArchiveReader:
                     return level, rows[0]
         raise NotStoredError(f"{uid} is not a study, series or instance in the archive")
 
+    def indexed(self, sop_instance_uid: str) -> bool:
+        """The instance is in the index (now)."""
+        uid = layout.normalize_uid(sop_instance_uid.strip())
+        return bool(self.search("instance", {"SOPInstanceUID": uid}, limit=1))
+
     def instance(self, sop_instance_uid: str) -> dict[str, Any]:
         """The row of one instance."""
         uid = layout.normalize_uid(sop_instance_uid.strip())

@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from dicomstore.archive.metacache import MetadataCache
 from dicomstore.archive.storage import Storage
+from dicomstore.http.answer import AnswerBroken
 from dicomstore.http.common import url_of
 from dicomstore.http.dicomjson import log_cut
 from dicomstore.http.instancejson import read_metadata_text
@@ -89,12 +90,20 @@ def stream_metadata(
     inflated_limit: int = DEFAULT_MAX_INFLATED,
     *,
     strict: bool = False,
+    indexed: Callable[[str], bool] | None = None,
 ) -> Iterator[bytes]:
     """The JSON array of the instances of ``rows``, in chunks of about ``CHUNK``
-    bytes (whole instances); those deleted or unreadable since the query are left
-    out (as the encoder does), and a deflated one that inflates to over
-    ``inflated_limit`` bytes too, unless ``strict`` (then ``inflation.TooLarge`` is
-    raised)."""
+    bytes (whole instances); those deleted since the query are left out, one still
+    ``indexed`` whose file cannot be read cuts the answer off (:class:`AnswerBroken`,
+    after a WARNING: review35c), one that cannot be encoded is left out (as the
+    encoder does), and a deflated one that inflates to over ``inflated_limit``
+    bytes too, unless ``strict`` (then ``inflation.TooLarge`` is raised)."""
+
+    def missing(uid: str, exc: BaseException) -> None:
+        if indexed is not None and indexed(uid):
+            log.warning("instance %s is indexed but its file cannot be read: %s", uid, exc)
+            raise AnswerBroken(f"cannot read instance {uid}")
+
     pending, size = [b"["], 1
     first = True
     for start in range(0, len(rows), BATCH):
@@ -102,7 +111,8 @@ def stream_metadata(
         for row in rows[start : start + BATCH]:
             try:
                 batch.append((row, _key(row, storage, max_depth)))
-            except (OSError, ValueError):
+            except (OSError, ValueError) as exc:
+                missing(row["sop_instance_uid"], exc)
                 continue  # deleted since the query
         cached = cache.get_many({row["sop_instance_uid"]: key for row, key in batch})
         made: list[tuple[str, str, bytes]] = []
@@ -116,6 +126,8 @@ def stream_metadata(
                 except (OSError, ValueError, RecursionError) as exc:
                     if strict and isinstance(exc, TooLarge):
                         raise
+                    if isinstance(exc, OSError):
+                        missing(uid, exc)
                     log.warning("metadata of %s left out: %s", uid, exc)
                     continue
                 made.append((uid, key, value))

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomstore.archive.stored import read_range
+from dicomstore.http.answer import AnswerBroken
 from dicomstore.http.common import DICOM_JSON, HttpError, base_url, negotiate, reader
 from dicomstore.http.limits import inflated_limit, limits
 from dicomstore.http.metadata import stream_metadata
@@ -87,6 +88,13 @@ def retrieve(request: Request) -> Response:
     if "sop" in request.path_params:
         offers.append(("application/dicom", None))
     choice, accept = negotiate(request, offers)
+    if len(rows) == 1:  # (one instance: a file it cannot read is said before any status)
+        try:
+            open_stored(reader(request), rows[0]).close()
+        except AnswerBroken as exc:
+            raise HttpError(500, f"{exc}: its file is missing or unreadable") from None
+        except OSError:
+            raise HttpError(404, "deleted since the search") from None
     syntax = accept.params.get("transfer-syntax", "*")
     if syntax != "*":
         others = sorted({r["transfer_syntax_uid"] for r in rows} - {syntax})
@@ -138,7 +146,11 @@ def metadata(request: Request) -> Response:
         request.app.state.metadata_cache,
         inflated_limit(request),
         strict=alone,
+        indexed=reader(request).indexed,
     )
     if alone:
-        body = iter([b"".join(body)])
+        try:
+            body = iter([b"".join(body)])
+        except AnswerBroken as exc:  # (nothing sent yet: say it)
+            raise HttpError(500, f"{exc}: its file is missing or unreadable") from None
     return StreamingResponse(body, media_type=DICOM_JSON)

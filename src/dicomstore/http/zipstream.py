@@ -13,7 +13,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, BinaryIO
 
-from dicomstore.archive.reader import ArchiveReader, NotStoredError
+from dicomstore.archive.reader import ArchiveReader
 from dicomstore.http.answer import AnswerBroken
 
 log = logging.getLogger("dicomstore.http.wado")
@@ -58,9 +58,7 @@ def open_stored(reader: ArchiveReader, row: Mapping[str, Any]) -> BinaryIO:
         return reader.open(row)
     except (OSError, ValueError) as exc:
         uid = row["sop_instance_uid"]
-        try:
-            reader.instance(uid)
-        except NotStoredError:
+        if not reader.indexed(uid):
             raise OSError(f"{uid} was deleted") from None
         log.warning("instance %s is indexed but its file cannot be read: %s", uid, exc)
         raise AnswerBroken(f"cannot read instance {uid}") from None
