@@ -72,7 +72,8 @@ def test_a_connection_beyond_the_most_is_503(served, caplog) -> None:
         for sock in held:  # (each seen by the server: it answers a whole request)
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
-        with _connect(web) as fourth:
+        with _connect(web) as fourth:  # (its request unread: answered, not reset)
+            fourth.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             assert _answer(fourth).startswith(b"HTTP/1.1 503 Service Unavailable")
         assert "refused (503): 3 connections open, the most" in caplog.text
     finally:

@@ -72,3 +72,29 @@ def test_rendering_a_large_frame_is_bounded(tmp_path) -> None:
     # (before the change: +26 frames for the thumbnail, +100 for the four rendered)
     assert after_thumbnail - before < 4 * FRAME_MIB, f"+{after_thumbnail - before:.0f} MiB"
     assert after_rendered - before < 12 * FRAME_MIB, f"+{after_rendered - before:.0f} MiB"
+
+
+def test_a_thumbnail_is_windowed_as_the_whole_frame(tmp_path) -> None:
+    """review35c: the automatic window came from every n-th pixel of a thumbnail, so
+    one bright pixel the view missed changed its contrast from the full image's."""
+    import io
+
+    import numpy as np
+    from http_testlib import HttpThread, store
+    from PIL import Image
+
+    from dicomstore.archive import Archive
+
+    pixels = np.full((512, 512), 10, dtype=np.uint16)
+    pixels[1, 1] = 1000  # (an odd row and column: every 2nd pixel misses it)
+    ds = make_dataset("1.2.36.9", study=STUDY, series=SERIES, frames=1, rows=512, columns=512)
+    ds.PixelData = pixels.tobytes()
+    archive = Archive(tmp_path / "archive", fsync=False)
+    store(archive, ds)
+    path = f"/studies/{STUDY}/series/{SERIES}/instances/1.2.36.9"
+    with HttpThread(archive) as web:
+        whole = httpx.get(f"{web.url}{path}/rendered", headers={"accept": "image/png"})
+        small = httpx.get(f"{web.url}{path}/thumbnail", headers={"accept": "image/png"})
+    archive.close()
+    grey = [np.asarray(Image.open(io.BytesIO(r.content))).mean() for r in (whole, small)]
+    assert grey[0] < 10 and grey[1] < 10  # (from the view alone: 127)

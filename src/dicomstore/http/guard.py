@@ -73,7 +73,7 @@ class GuardedH11(H11Protocol):
                 self.limits.max_connections,
             )
             self.transport.write(_BUSY)
-            self.transport.close()
+            self._linger()  # (closing with its request unread would reset it: 503 lost)
             return
         self._arm(self.limits.request_timeout)
 
@@ -109,8 +109,14 @@ class GuardedH11(H11Protocol):
         self._linger()
 
     def _linger(self) -> None:
-        """Stop sending, read and drop what still comes for a moment, then close."""
+        """Stop sending, read and drop what still comes for a moment, then close (a
+        request the app is reading ends for it now: its receive says disconnect, what
+        it sends is dropped)."""
         self._lingering = True
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
         if self._timer is not None:
             self._timer.cancel()
         if self.transport.can_write_eof():
@@ -156,7 +162,9 @@ class GuardedH11(H11Protocol):
             )
             if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # (no answer begun)
                 self.transport.write(_TIMEOUT)
-            self.transport.close()  # (a body half read: the app's receive says disconnect)
+                self._linger()  # (a body half read: the app's receive says disconnect)
+            else:
+                self.transport.close()
             return
         self._arm(max(0.05, limit - (now - self._idle_since)))
 

@@ -77,6 +77,8 @@ def _render(request: Request, box: int | None) -> Response:
     with _RENDERING, _representative(request, frame) as found:
         array = found.decoded(frame)
         if viewport is not None:  # fewer pixels to window: a view, every n-th
+            if window is None and array.ndim == 2:  # (the whole frame's, not the view's)
+                window = grey_window(array, found.dataset)
             array = shrunk(array, viewport)
         image = pil.fromarray(to_8bit(array, found.dataset, window))
         del array
@@ -171,12 +173,7 @@ def to_8bit(array: Any, ds: Any, window: tuple[float, float] | None) -> Any:
         except Exception as exc:  # an incomplete palette: show it grey
             log.info("palette of %s not applied: %s", ds.get("SOPInstanceUID"), exc)
     slope, intercept = _number(ds, "RescaleSlope", 1.0), _number(ds, "RescaleIntercept", 0.0)
-    if window is None:
-        window = _stored_window(ds)
-    if window is None:  # the rescaled frame's min..max
-        ends = [float(array.min()) * slope + intercept, float(array.max()) * slope + intercept]
-        window = _min_max(min(ends), max(ends))
-    center, width = window
+    center, width = window or grey_window(array, ds)
     width = max(width, 1.0)
 
     def windowed(v: Any) -> Any:  # ((v * slope + intercept - (c - 0.5)) / (w - 1) + 0.5) * 255
@@ -192,6 +189,17 @@ def to_8bit(array: Any, ds: Any, window: tuple[float, float] | None) -> Any:
     if photometric == "MONOCHROME1":
         np.subtract(255, grey, out=grey)
     return grey
+
+
+def grey_window(array: Any, ds: Any) -> tuple[float, float]:
+    """The window a grey frame is shown with when none is asked for: the instance's
+    Window Center/Width, else the rescaled frame's min..max (PS3.3 C.11.2.1.2)."""
+    stored = _stored_window(ds)
+    if stored is not None:
+        return stored
+    slope, intercept = _number(ds, "RescaleSlope", 1.0), _number(ds, "RescaleIntercept", 0.0)
+    ends = [float(array.min()) * slope + intercept, float(array.max()) * slope + intercept]
+    return _min_max(min(ends), max(ends))
 
 
 #: Pixels worked on at once in float64 (8 MiB).
