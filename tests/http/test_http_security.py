@@ -388,6 +388,27 @@ def test_https_end_to_end(tmp_path: Path, certificate) -> None:
         archive.close()
 
 
+def test_a_tls_handshake_left_half_done_is_closed(tmp_path: Path, certificate) -> None:
+    """review35c: a connection that never finished its TLS handshake was held for
+    asyncio's 60 s, outside the connection guard; now --http-timeout's."""
+    import socket
+
+    from dicomstore.http.limits import HttpLimits
+
+    cert, key = certificate
+    security = HttpSecurity(tls_cert=cert, tls_key=key)
+    archive = Archive(tmp_path / "archive", fsync=False)
+    limits = HttpLimits(request_timeout=0.5)
+    srv = HttpThread(archive, security=security, limits=limits)
+    srv.server = HttpServer(srv.app, "127.0.0.1", 0, ssl_context=security.ssl_context())
+    try:
+        with srv, socket.create_connection(("127.0.0.1", srv.server.port), timeout=30) as s:
+            s.sendall(b"\x16\x03\x01")  # (the start of a ClientHello, and no more)
+            assert s.recv(1024) == b""  # closed by the server (not our 30 s timeout)
+    finally:
+        archive.close()
+
+
 def test_https_files_that_cannot_be_used_are_one_line(tmp_path: Path, certificate) -> None:
     cert, _ = certificate
     missing = HttpSecurity(tls_cert=cert, tls_key=tmp_path / "nope.pem")

@@ -34,18 +34,34 @@ from dicomstore.http.limits import DEFAULT, HttpLimits
 
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn's server, told when it listens and keeping its hands off signals."""
+    """uvicorn's server, told when it listens and keeping its hands off signals; a
+    TLS handshake is bounded by ``handshake_timeout`` seconds (asyncio's default is
+    60, and uvicorn passes none: the connection is ours, and ``http/guard.py``'s,
+    only once it is done)."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, handshake_timeout: float = 60.0) -> None:
         super().__init__(config)
         self.listening = asyncio.Event()
+        self.handshake_timeout = handshake_timeout
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
+        loop = asyncio.get_running_loop()
+        create_server = loop.create_server
+
+        async def bounded(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("ssl") is not None:
+                kwargs.setdefault("ssl_handshake_timeout", self.handshake_timeout)
+            return await create_server(*args, **kwargs)
+
+        loop.create_server = bounded  # type: ignore[method-assign]
+        try:
+            await super().startup(sockets)
+        finally:
+            del loop.create_server  # (the loop's own again)
         if self.started:
             self.listening.set()
 
@@ -107,7 +123,7 @@ class HttpServer:
             proxy_headers=False,
             ssl_context_factory=None if context is None else lambda config, default: context,
         )
-        self._server = _Uvicorn(config)
+        self._server = _Uvicorn(config, handshake_timeout=limits.request_timeout)
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
         listening = asyncio.create_task(self._server.listening.wait())
         await asyncio.wait({self._task, listening}, return_when=asyncio.FIRST_COMPLETED)
