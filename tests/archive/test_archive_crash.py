@@ -136,15 +136,28 @@ def test_reindex_without_an_index_keeps_the_latest_written(tmp_path: Path, capsy
 
 
 @pytest.mark.sqlite_index
-def test_reindex_sets_a_damaged_index_aside_and_builds_one(tmp_path: Path, caplog) -> None:
-    """review35b F9: reindex refused a damaged index.sqlite ("file is not a database")."""
+@pytest.mark.parametrize(
+    ("first", "why"),
+    [(0, "file is not a database"), (4096, "database disk image is malformed")],
+    ids=["header", "past-the-schema"],
+)
+def test_reindex_sets_a_damaged_index_aside_and_builds_one(
+    tmp_path: Path, caplog, first: int, why: str
+) -> None:
+    """review35b F9, review35c 4: reindex refused a damaged index.sqlite, whether the
+    damage showed on opening it or when it was read."""
     root = tmp_path / "root"
     v1, v2, old, new = _leftover_of_a_replace(root)
-    (root / "index.sqlite").write_bytes(b"not a database" * 100)
+    index = root / "index.sqlite"
+    size = max(index.stat().st_size, first + 4096)
+    with open(index, "r+b") as f:
+        f.seek(first)
+        f.write(b"not a database" * ((size - first) // 14))
+    damaged = index.read_bytes()
     assert main(["reindex", "--storage", str(root)]) == 0
-    kept = [p.name for p in root.iterdir() if p.name.startswith("index.sqlite.damaged-")]
-    assert kept and (root / kept[0]).read_bytes() == b"not a database" * 100
-    assert "index.sqlite is damaged (file is not a database)" in caplog.text
+    (kept,) = [p for p in root.iterdir() if p.name.startswith("index.sqlite.damaged-")]
+    assert kept.read_bytes() == damaged
+    assert f"index.sqlite is damaged ({why})" in caplog.text
     with Archive(root, fsync=False) as archive:
         assert archive.path_of(UID) is not None
 

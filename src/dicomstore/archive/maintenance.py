@@ -247,14 +247,9 @@ def run_reindex(
 
     (root / layout.TMP_DIR).mkdir(parents=True, exist_ok=True)
     fd = hold(root, exclusive=True)
-    try:
-        try:
-            db = Index(engine_for(root, index), durable=fsync, migrate=True)
-        except sqlite3.DatabaseError as exc:
-            if index is not None or isinstance(exc, sqlite3.OperationalError):
-                raise  # (not a damaged SQLite file: locked, full, another engine ...)
-            _set_aside(root / "index.sqlite", exc)
-            db = Index(engine_for(root, index), durable=fsync, migrate=True)
+
+    def rebuild() -> int:
+        db = Index(engine_for(root, index), durable=fsync, migrate=True)
         try:
             if not db.hold(exclusive=True):  # a node on another host (PostgreSQL)
                 raise ArchiveBusyError(errno.EBUSY, "in use by a server or another archive")
@@ -262,5 +257,15 @@ def run_reindex(
             return reindex_archive(root, db, left_out)
         finally:
             db.close()
+
+    try:
+        try:
+            return rebuild()
+        except sqlite3.DatabaseError as exc:
+            if index is not None or isinstance(exc, sqlite3.OperationalError):
+                raise  # (not a damaged SQLite file: locked, full, another engine ...)
+            _set_aside(root / "index.sqlite", exc)  # damaged, wherever it showed
+            left_out.clear()
+            return rebuild()
     finally:
         os.close(fd)
