@@ -335,6 +335,8 @@ def test_a_failure_status_is_given_up_not_retried(tmp_path: Path) -> None:
                 server.forwarding.observers.append(reports.append)
                 await store(server.port, [instance("1.2.77.5.1"), instance("1.2.77.5.2")])
                 await until(lambda: status(root, "REFUSER")["failed"] == 2)
+                # (the batch's report, and the counters, follow the queue's update)
+                await until(lambda: sum(r.failed for r in reports) == 2)
                 return metrics.exposition()
 
     exposition = asyncio.run(main()).decode()

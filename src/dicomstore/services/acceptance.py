@@ -75,7 +75,7 @@ async def admit(
             )
             return None, (_LOCAL_LIMIT, why)
         # in a thread: verifying a passcode (scrypt) or a token takes milliseconds
-        admitted = False
+        refused = False  # (a check that raised or was cancelled refused nothing)
         try:
             admission = await asyncio.to_thread(
                 server.gatekeeper.admit,
@@ -83,9 +83,9 @@ async def admit(
                     rq.calling_ae, rq.called_ae, address, subject, rq.user_info.identity_rq
                 ),
             )
-            admitted = admission.reject is None
+            refused = admission.reject is not None
         finally:
-            throttle.done(address, admitted=admitted)
+            throttle.done(address, admitted=not refused)
     if admission.reject is not None:
         rj = admission.reject
         return admission, (rj, P.describe_reject(rj.result, rj.source, rj.reason))
