@@ -159,3 +159,51 @@ def test_a_head_too_long_or_not_http_is_answered_readably(served, sent, answer, 
         reply = _answer(sock)
     assert reply.startswith(f"HTTP/1.1 {answer} ".encode())
     assert f"refused ({answer})" in caplog.text
+
+
+def test_refused_connections_linger_a_bounded_few(served, monkeypatch) -> None:
+    """review35d D1: each 503 lingered 2 s outside the cap, so a flood of them took
+    every descriptor (and the DICOM port); at most MAX_LINGERING linger, the others
+    are closed at once, and none counts toward the cap."""
+    from dicomstore.http import guard
+
+    monkeypatch.setattr(guard, "MAX_LINGERING", 2)
+    web, _ = served
+    protocol = web.server._server.config.http_protocol_class
+    held = [_connect(web) for _ in range(3)]
+    refused = []
+    try:
+        for sock in held:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        for _ in range(10):
+            sock = _connect(web)
+            refused.append(sock)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 503 ")
+            assert protocol.lingering <= 2
+    finally:
+        for sock in held + refused:
+            sock.close()
+
+
+def test_two_servers_start_at_once_on_one_loop(tmp_path) -> None:
+    """review35d D3: the second's start failed ('no attribute create_server') when both
+    patched the loop's create_server for their TLS handshake timeout."""
+    import asyncio
+
+    from dicomstore.http import HttpServer, build_app
+
+    archive = Archive(tmp_path / "archive", fsync=False)
+
+    async def run() -> bool:
+        servers = [HttpServer(build_app(archive), "127.0.0.1", 0) for _ in range(2)]
+        await asyncio.gather(*(s.start() for s in servers))
+        for s in servers:
+            await s.close()
+        return "create_server" in vars(asyncio.get_running_loop())
+
+    try:
+        assert asyncio.run(run()) is False  # (both started; the loop's own method again)
+    finally:
+        archive.close()

@@ -220,7 +220,8 @@ def test_stream_is_read_in_chunks_never_whole(setup, monkeypatch) -> None:
     assert max(len(b) for b in blocks) <= 64 * 1024
     assert len(blocks) > sum(r["file_size"] for r in rows) // (64 * 1024)
     gone = {**rows[0], "path": "gone/gone/gone.dcm", "sop_instance_uid": "1.2.7.999"}
-    missing = [*rows, gone]  # deleted meanwhile (no longer indexed): skipped
+    moved = {**rows[0], "path": "old/series/1.2.7.1.dcm"}  # (review35d D2: replaced elsewhere)
+    missing = [*rows, gone, moved]  # deleted or moved meanwhile: skipped
     assert b"".join(wado.stream_parts(request, missing, "B")).count(b"--B\r\n") == 2
 
 

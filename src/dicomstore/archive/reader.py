@@ -167,10 +167,12 @@ class ArchiveReader:
                     return level, rows[0]
         raise NotStoredError(f"{uid} is not a study, series or instance in the archive")
 
-    def indexed(self, sop_instance_uid: str) -> bool:
-        """The instance is in the index (now)."""
+    def indexed(self, sop_instance_uid: str, path: str) -> bool:
+        """The instance is in the index now, filed at ``path`` (not deleted since, nor
+        replaced by a copy filed elsewhere)."""
         uid = layout.normalize_uid(sop_instance_uid.strip())
-        return bool(self.search("instance", {"SOPInstanceUID": uid}, limit=1))
+        rows = self.search("instance", {"SOPInstanceUID": uid}, limit=1)
+        return bool(rows) and rows[0]["path"] == path
 
     def instance(self, sop_instance_uid: str) -> dict[str, Any]:
         """The row of one instance."""

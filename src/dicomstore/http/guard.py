@@ -45,19 +45,24 @@ _TIMEOUT = (
 )
 
 
-#: Seconds a refused connection is read (and dropped) before it is closed.
+#: Seconds a refused connection is read (and dropped) before it is closed, and how
+#: many may linger at once (beyond: closed at once, their answer perhaps lost to a
+#: reset; so that a flood of refused connections holds no more descriptors).
 LINGER = 2.0
+MAX_LINGERING = 64
 
 
 def guarded(limits: HttpLimits) -> type[H11Protocol]:
     """uvicorn's ``http`` protocol class held to ``limits``."""
-    return type("GuardedH11", (GuardedH11,), {"limits": limits})
+    return type("GuardedH11", (GuardedH11,), {"limits": limits, "lingering": 0})
 
 
 class GuardedH11(H11Protocol):
     """See the module notes; :func:`guarded` sets :attr:`limits`."""
 
     limits: HttpLimits = HttpLimits()
+    #: connections of this server lingering now (:meth:`_linger`)
+    lingering: int = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -119,6 +124,14 @@ class GuardedH11(H11Protocol):
             cycle.message_event.set()
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
+        self.connections.discard(self)  # (answered: no longer counted toward the most)
+        server = type(self)
+        if server.lingering >= MAX_LINGERING:  # (a flood: close at once, fds bounded)
+            self.transport.close()
+            return
+        server.lingering += 1
+        self._counted = True
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self._timer = self.loop.call_later(LINGER, self.transport.close)
@@ -127,6 +140,9 @@ class GuardedH11(H11Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if getattr(self, "_counted", False):
+            type(self).lingering -= 1
+            self._counted = False
         super().connection_lost(exc)
 
     def _arm(self, delay: float) -> None:

@@ -90,7 +90,7 @@ def stream_metadata(
     inflated_limit: int = DEFAULT_MAX_INFLATED,
     *,
     strict: bool = False,
-    indexed: Callable[[str], bool] | None = None,
+    indexed: Callable[[str, str], bool] | None = None,
 ) -> Iterator[bytes]:
     """The JSON array of the instances of ``rows``, in chunks of about ``CHUNK``
     bytes (whole instances); those deleted since the query are left out, one still
@@ -99,8 +99,9 @@ def stream_metadata(
     encoder does), and a deflated one that inflates to over ``inflated_limit``
     bytes too, unless ``strict`` (then ``inflation.TooLarge`` is raised)."""
 
-    def missing(uid: str, exc: BaseException) -> None:
-        if indexed is not None and indexed(uid):
+    def missing(row: dict[str, Any], exc: BaseException) -> None:
+        uid = row["sop_instance_uid"]
+        if indexed is not None and indexed(uid, row["path"]):
             log.warning("instance %s is indexed but its file cannot be read: %s", uid, exc)
             raise AnswerBroken(f"cannot read instance {uid}")
 
@@ -112,7 +113,7 @@ def stream_metadata(
             try:
                 batch.append((row, _key(row, storage, max_depth)))
             except (OSError, ValueError) as exc:
-                missing(row["sop_instance_uid"], exc)
+                missing(row, exc)
                 continue  # deleted since the query
         cached = cache.get_many({row["sop_instance_uid"]: key for row, key in batch})
         made: list[tuple[str, str, bytes]] = []
@@ -127,7 +128,7 @@ def stream_metadata(
                     if strict and isinstance(exc, TooLarge):
                         raise
                     if isinstance(exc, OSError):
-                        missing(uid, exc)
+                        missing(row, exc)
                     log.warning("metadata of %s left out: %s", uid, exc)
                     continue
                 made.append((uid, key, value))

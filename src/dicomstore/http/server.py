@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import socket
 import ssl
 from collections.abc import Iterator
@@ -50,20 +51,43 @@ class _Uvicorn(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
-        create_server = loop.create_server
-
-        async def bounded(*args: Any, **kwargs: Any) -> Any:
-            if kwargs.get("ssl") is not None:
-                kwargs.setdefault("ssl_handshake_timeout", self.handshake_timeout)
-            return await create_server(*args, **kwargs)
-
-        loop.create_server = bounded  # type: ignore[method-assign]
+        token = _HANDSHAKE.set(self.handshake_timeout)  # (this task's: its create_server)
+        _bound_handshakes(loop, +1)
         try:
             await super().startup(sockets)
         finally:
-            del loop.create_server  # (the loop's own again)
+            _bound_handshakes(loop, -1)
+            _HANDSHAKE.reset(token)
         if self.started:
             self.listening.set()
+
+
+#: The TLS handshake timeout of the server starting in this task (:class:`_Uvicorn`).
+_HANDSHAKE: contextvars.ContextVar[float | None] = contextvars.ContextVar("handshake", default=None)
+#: Servers starting on each loop whose create_server passes it (:func:`_bound_handshakes`).
+_STARTING: dict[asyncio.AbstractEventLoop, int] = {}
+
+
+def _bound_handshakes(loop: asyncio.AbstractEventLoop, change: int) -> None:
+    """While servers start on ``loop`` (``change`` +1 / -1), its ``create_server``
+    passes the starting task's :data:`_HANDSHAKE` as ``ssl_handshake_timeout``
+    (uvicorn passes none); the loop's own again when the last has started."""
+    starting = _STARTING.get(loop, 0) + change
+    if starting and change > 0 and starting == 1:
+        create_server = loop.create_server
+
+        async def bounded(*args: Any, **kwargs: Any) -> Any:
+            timeout = _HANDSHAKE.get()
+            if kwargs.get("ssl") is not None and timeout is not None:
+                kwargs.setdefault("ssl_handshake_timeout", timeout)
+            return await create_server(*args, **kwargs)
+
+        loop.create_server = bounded  # type: ignore[method-assign]
+    if starting:
+        _STARTING[loop] = starting
+    else:
+        _STARTING.pop(loop, None)
+        del loop.create_server  # (the loop's own again)
 
 
 class HttpServer:

@@ -58,7 +58,7 @@ def open_stored(reader: ArchiveReader, row: Mapping[str, Any]) -> BinaryIO:
         return reader.open(row)
     except (OSError, ValueError) as exc:
         uid = row["sop_instance_uid"]
-        if not reader.indexed(uid):
+        if not reader.indexed(uid, row["path"]):  # (deleted, or replaced elsewhere)
             raise OSError(f"{uid} was deleted") from None
         log.warning("instance %s is indexed but its file cannot be read: %s", uid, exc)
         raise AnswerBroken(f"cannot read instance {uid}") from None
