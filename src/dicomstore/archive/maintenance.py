@@ -262,8 +262,9 @@ def run_reindex(
         try:
             return rebuild()
         except sqlite3.DatabaseError as exc:
-            if index is not None or isinstance(exc, sqlite3.OperationalError):
-                raise  # (not a damaged SQLite file: locked, full, another engine ...)
+            code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+            if index is not None or code not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                raise  # (not a damaged SQLite file: locked, full, a constraint, PostgreSQL)
             _set_aside(root / "index.sqlite", exc)  # damaged, wherever it showed
             left_out.clear()
             return rebuild()
