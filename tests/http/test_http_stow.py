@@ -122,6 +122,8 @@ def test_unsupported_transfer_syntax_is_c122(server) -> None:
         ('multipart/related; type="application/dicom"', b"--B--", 400),
         ('multipart/related; type="application/dicom"; boundary=B', b"--B--\r\n", 400),
         ('multipart/related; type="application/dicom"; boundary=B', b"--B\r\n\r\nabc", 400),
+        # (review35a: the last boundary won; a proxy may read the first)
+        ('multipart/related; type="application/dicom"; boundary=A; boundary=B', b"--B--", 400),
     ],
 )
 def test_request_errors(server, content_type, body, status) -> None:

@@ -62,6 +62,13 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     return main.strip().lower(), params
 
 
+def repeated_parameters(value: str) -> list[str]:
+    """The parameter names a media type gives more than once (lower-case): RFC 2045
+    5.1 allows each once, and which one wins is ambiguous (a proxy may take the other)."""
+    names = [name.lower() for name, _ in _PARAM.findall(";" + value.partition(";")[2])]
+    return sorted({name for name in names if names.count(name) > 1})
+
+
 def new_boundary() -> str:
     """A boundary that does not occur in DICOM data in practice (random, 32 hex)."""
     return "dicomstore-" + secrets.token_hex(16)

@@ -55,6 +55,7 @@ from dicomstore.http.multipart import (
     PartEnd,
     PartStart,
     parse_media_type,
+    repeated_parameters,
 )
 from dicomstore.services.storage import Caller, StoreService, Storing
 
@@ -212,6 +213,9 @@ async def store(request: Request) -> Response:
         raise HttpError(415, 'send multipart/related; type="application/dicom"')
     if "boundary" not in params:
         raise HttpError(400, "the Content-Type has no boundary")
+    repeated = repeated_parameters(request.headers.get("content-type", ""))
+    if repeated:
+        raise HttpError(400, f"the Content-Type gives {', '.join(repeated)} more than once")
     coding = request.headers.get("content-encoding", "identity").strip().lower()
     if coding not in ("", "identity"):  # RFC 9110 8.4, 15.5.16: not decoded here
         raise HttpError(415, f"content coding {coding[:40]!r} is not accepted: send it uncoded")
