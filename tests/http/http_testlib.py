@@ -4,6 +4,7 @@ stored through the archive's own ingest (begin → write → commit)."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import io
 import threading
 from pathlib import Path
@@ -196,3 +197,18 @@ def store_file(archive: Archive, path: Path | str, *, calling_ae: str = "MODALIT
     outcome = ingest.commit()
     assert not outcome.is_failure, outcome
     return outcome
+
+
+def get_or_cut(port: int, target: str, headers: dict[str, str] | None = None):
+    """(status, body) of a GET on 127.0.0.1:``port``; body None when the answer was
+    cut off after its status (a damaged archive, a frame that fails midway)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", target, headers=headers or {})
+        reply = conn.getresponse()
+        try:
+            return reply.status, reply.read()
+        except http.client.IncompleteRead:
+            return reply.status, None
+    finally:
+        conn.close()

@@ -5,13 +5,12 @@ query is left out, as before."""
 
 from __future__ import annotations
 
-import http.client
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from http_testlib import HttpThread, make_dataset, store
+from http_testlib import HttpThread, get_or_cut, make_dataset, store
 
 from dicomstore.archive import Archive
 
@@ -32,16 +31,7 @@ def damaged(tmp_path: Path) -> Iterator[HttpThread]:
 
 
 def _get(web: HttpThread, target: str) -> tuple[int, bytes | None]:
-    conn = http.client.HTTPConnection("127.0.0.1", web.server.port, timeout=30)
-    try:
-        conn.request("GET", target)
-        reply = conn.getresponse()
-        try:
-            return reply.status, reply.read()
-        except http.client.IncompleteRead:
-            return reply.status, None
-    finally:
-        conn.close()
+    return get_or_cut(web.server.port, target)
 
 
 @pytest.mark.parametrize("suffix", ["", "?accept=application/zip"])

@@ -6,13 +6,12 @@ log line, not a traceback."""
 
 from __future__ import annotations
 
-import http.client
 import logging
 import struct
 from collections.abc import Iterator
 
 import pytest
-from http_testlib import HttpThread, make_dataset, store
+from http_testlib import HttpThread, get_or_cut, make_dataset, store
 from pydicom.encaps import encapsulate
 
 from dicomstore.archive import Archive
@@ -52,18 +51,8 @@ def web(tmp_path_factory) -> Iterator[HttpThread]:
 
 
 def _get(web: HttpThread, sop: str, tail: str, accept: str) -> tuple[int, bytes | None]:
-    """(status, body) of a GET; body None when the answer was cut off."""
-    conn = http.client.HTTPConnection("127.0.0.1", web.server.port, timeout=30)
-    try:
-        path = f"/studies/{STUDY}/series/{SERIES}/instances/{sop}{tail}"
-        conn.request("GET", path, headers={"Accept": accept})
-        reply = conn.getresponse()
-        try:
-            return reply.status, reply.read()
-        except http.client.IncompleteRead:
-            return reply.status, None
-    finally:
-        conn.close()
+    path = f"/studies/{STUDY}/series/{SERIES}/instances/{sop}{tail}"
+    return get_or_cut(web.server.port, path, {"Accept": accept})
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,9 @@ request that raised before any status counts as 500).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,6 +25,19 @@ class AnswerBroken(Exception):
     raised by the body, after its log line, it ends the answer without its last
     chunk (:class:`EndsBroken`): the client sees it cut, the watchers see it not
     complete, and nothing logs a traceback."""
+
+
+def unless_gone(
+    indexed: Callable[[str, str], bool], row: Mapping[str, Any], exc: BaseException
+) -> None:
+    """An instance's file could not be read for an answer: if it is still indexed at
+    that path (a damaged archive, not a delete or a replace since the search), a
+    WARNING naming it and :class:`AnswerBroken` (the answer cut off, not given whole
+    without it: review35b F10); else nothing (the caller leaves it out)."""
+    uid = row["sop_instance_uid"]
+    if indexed(uid, row["path"]):
+        log.warning("instance %s is indexed but its file cannot be read: %s", uid, exc)
+        raise AnswerBroken(f"cannot read instance {uid}")
 
 
 class EndsBroken:

@@ -24,7 +24,7 @@ from typing import Any
 
 from dicomstore.archive.metacache import MetadataCache
 from dicomstore.archive.storage import Storage
-from dicomstore.http.answer import AnswerBroken
+from dicomstore.http.answer import unless_gone
 from dicomstore.http.common import url_of
 from dicomstore.http.dicomjson import log_cut
 from dicomstore.http.instancejson import read_metadata_text
@@ -100,10 +100,8 @@ def stream_metadata(
     bytes too, unless ``strict`` (then ``inflation.TooLarge`` is raised)."""
 
     def missing(row: dict[str, Any], exc: BaseException) -> None:
-        uid = row["sop_instance_uid"]
-        if indexed is not None and indexed(uid, row["path"]):
-            log.warning("instance %s is indexed but its file cannot be read: %s", uid, exc)
-            raise AnswerBroken(f"cannot read instance {uid}")
+        if indexed is not None:
+            unless_gone(indexed, row, exc)
 
     pending, size = [b"["], 1
     first = True

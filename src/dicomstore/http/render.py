@@ -39,9 +39,9 @@ log = logging.getLogger("dicomstore.http.render")
 
 THUMBNAIL = 128
 MAX_VIEWPORT = 8192
-#: Frames rendered at once (each holds its decoded frame and a float32 copy of it:
-#: about 3 times the frame; more at once would not be faster on a few cores); the
-#: others wait their turn.
+#: Frames rendered at once (each holds its decoded frame, its 8-bit image and a
+#: block's float64 copy: about twice the frame; more at once would not be faster on
+#: a few cores); the others wait their turn.
 RENDERS_AT_ONCE = 2
 _RENDERING = threading.BoundedSemaphore(RENDERS_AT_ONCE)
 #: instances tried for a series or study before giving up (not images, say)

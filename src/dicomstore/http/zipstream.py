@@ -8,15 +8,13 @@ so memory stays at one chunk whatever the study's size.
 from __future__ import annotations
 
 import functools
-import logging
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, BinaryIO
 
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.http.answer import AnswerBroken
+from dicomstore.http.answer import unless_gone
 
-log = logging.getLogger("dicomstore.http.wado")
 CHUNK = 1 << 20
 
 
@@ -57,11 +55,8 @@ def open_stored(reader: ArchiveReader, row: Mapping[str, Any]) -> BinaryIO:
     try:
         return reader.open(row)
     except (OSError, ValueError) as exc:
-        uid = row["sop_instance_uid"]
-        if not reader.indexed(uid, row["path"]):  # (deleted, or replaced elsewhere)
-            raise OSError(f"{uid} was deleted") from None
-        log.warning("instance %s is indexed but its file cannot be read: %s", uid, exc)
-        raise AnswerBroken(f"cannot read instance {uid}") from None
+        unless_gone(reader.indexed, row, exc)
+        raise OSError(f"{row['sop_instance_uid']} was deleted or replaced") from None
 
 
 def zip_files(files: Iterable[tuple[str, Callable[[], BinaryIO]]]) -> Iterator[bytes]:
