@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("dicomstore.http.answer")
+
+#: Set in a request's task when its answer was cut off on purpose (:class:`EndsBroken`):
+#: uvicorn's ERROR "returned without completing response" that follows is not said
+#: (``http/guard.py``; the WARNING before it said why).
+CUT_OFF: ContextVar[bool] = ContextVar("cut_off", default=False)
 
 
 class AnswerBroken(Exception):
@@ -55,7 +61,7 @@ class EndsBroken:
         try:
             await self.app(scope, receive, send)
         except AnswerBroken:
-            pass
+            CUT_OFF.set(True)
 
 
 def _headers_only(send: Send) -> Send:

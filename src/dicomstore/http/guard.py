@@ -28,9 +28,29 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from dicomstore.http.answer import CUT_OFF
 from dicomstore.http.limits import HttpLimits
 
 log = logging.getLogger("dicomstore.http.limits")
+
+#: uvicorn's messages that repeat, in worse words, what this module or the app has
+#: logged already: a request h11 cannot parse (:meth:`GuardedH11.send_400_response`
+#: logs the answer and the client), an answer cut off on purpose (``answer.py``).
+_SAID_ALREADY = "Invalid HTTP request received."
+_CUT_OFF = "ASGI callable returned without completing response."
+
+
+class _Unrepeated(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == _SAID_ALREADY:
+            return False
+        return not (record.msg == _CUT_OFF and CUT_OFF.get())
+
+
+#: uvicorn's error logger as the guarded protocol uses it (a child: its records
+#: reach whatever handles ``uvicorn.error``), without the repeats above.
+_UVICORN = logging.getLogger("uvicorn.error.guarded")
+_UVICORN.addFilter(_Unrepeated())
 
 #: The whole answer to a connection refused or timed out (it has read nothing).
 _BUSY = (
@@ -63,6 +83,10 @@ class GuardedH11(H11Protocol):
     limits: HttpLimits = HttpLimits()
     #: connections of this server lingering now (:meth:`_linger`)
     lingering: int = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.logger = _UVICORN
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
