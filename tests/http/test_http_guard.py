@@ -88,6 +88,43 @@ def test_a_connection_beyond_the_most_is_503(served, caplog) -> None:
         pytest.fail("no connection served after the others closed")
 
 
+def test_a_connection_beyond_the_most_from_its_address_is_503(tmp_path: Path, caplog) -> None:
+    """--http-max-per-address: one client cannot hold every connection; another
+    address is still served (as the DICOM door's --max-per-address)."""
+    archive = Archive(tmp_path / "archive", fsync=False)
+    limits = HttpLimits(max_connections=10, max_per_address=2, request_timeout=30)
+    with HttpThread(archive, limits=limits) as web:
+        held = [_connect(web) for _ in range(2)]
+        try:
+            for sock in held:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+            with _connect(web) as third:
+                third.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert _answer(third).startswith(b"HTTP/1.1 503 Service Unavailable")
+            other = socket.create_connection(
+                ("127.0.0.1", web.server.port), timeout=30, source_address=("127.0.0.2", 0)
+            )
+            with other:
+                other.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert _answer(other).startswith(b"HTTP/1.1 200 ")
+        finally:
+            for sock in held:
+                sock.close()
+    archive.close()
+    assert "refused (503): 2 connections from 127.0.0.1 open, the most" in caplog.text
+
+
+def test_the_per_address_option_reaches_the_limits() -> None:
+    from dicomstore.cli import build_parser
+    from dicomstore.cli.http_options import http_limits
+
+    argv = ["serve", "--storage", "s", "--http-port", "0"]
+    assert http_limits(build_parser(argv).parse_args(argv)).max_per_address == 0
+    argv += ["--http-max-per-address", "4"]
+    assert http_limits(build_parser(argv).parse_args(argv)).max_per_address == 4
+
+
 def test_a_response_read_slowly_is_not_cut(served) -> None:
     """A client reading a large answer sends nothing meanwhile: it owes us nothing."""
     web, archive = served

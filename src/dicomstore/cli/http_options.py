@@ -66,6 +66,14 @@ def add_http_options(s: Any) -> None:
         help="HTTP connections open at once; one more is answered 503 and closed (default 256)",
     )
     h.add_argument(
+        "--http-max-per-address",
+        type=_int(0),
+        default=0,
+        metavar="N",
+        help="of those, from one client address; one more is answered 503 and closed"
+        " (default 0: no limit of its own; behind a proxy all share its address)",
+    )
+    h.add_argument(
         "--http-timeout",
         type=_positive,
         default=30.0,
@@ -110,6 +118,7 @@ def http_limits(args: argparse.Namespace) -> Any:
     return HttpLimits(
         max_body_bytes=args.http_max_body,
         max_connections=args.http_max_connections,
+        max_per_address=args.http_max_per_address,
         request_timeout=args.http_timeout,
     )
 

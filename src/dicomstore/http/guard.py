@@ -7,9 +7,10 @@ file descriptor, the DICOM port's included (review35a F1). :class:`GuardedH11`
 is uvicorn's h11 protocol with two checks, as the DICOM door has its ARTIM timer
 and its association limit:
 
-- beyond :attr:`HttpLimits.max_connections` open connections a new one is
-  answered ``503 Service Unavailable`` with ``Retry-After`` and closed before
-  anything of it is read;
+- beyond :attr:`HttpLimits.max_connections` open connections (or
+  :attr:`HttpLimits.max_per_address` from its client's address, as the DICOM
+  door's ``--max-per-address``) a new one is answered ``503 Service
+  Unavailable`` with ``Retry-After`` and closed before anything of it is read;
 - a connection that owes us bytes (a request head begun or not yet sent, or a
   body not yet complete) and sends none for :attr:`HttpLimits.request_timeout`
   seconds is answered ``408 Request Timeout`` and closed. While we are the ones
@@ -94,17 +95,30 @@ class GuardedH11(H11Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._answered = False  # (a request on it answered: see _owed)
         self._lingering = False
-        if len(self.connections) > self.limits.max_connections:
-            log.warning(
-                "HTTP connection from %s refused (503): %d connections open, the most"
-                " --http-max-connections allows",
-                _client(self),
-                self.limits.max_connections,
-            )
+        why = self._over_limit()
+        if why:
+            log.warning("HTTP connection from %s refused (503): %s", _client(self), why)
             self.transport.write(_BUSY)
             self._linger()  # (closing with its request unread would reset it: 503 lost)
             return
         self._arm(self.limits.request_timeout)
+
+    def _over_limit(self) -> str:
+        """Why this new connection is one too many (it is counted), or ''."""
+        limits = self.limits
+        if len(self.connections) > limits.max_connections:
+            return (
+                f"{limits.max_connections} connections open, the most --http-max-connections allows"
+            )
+        most = limits.max_per_address
+        if most and self.client:
+            host = self.client[0]
+            same = [c for c in self.connections if (getattr(c, "client", None) or ("",))[0] == host]
+            if len(same) > most:
+                return (
+                    f"{most} connections from {host} open, the most --http-max-per-address allows"
+                )
+        return ""
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:  # (answered and closing: what still comes is dropped)

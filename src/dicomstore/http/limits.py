@@ -53,6 +53,9 @@ class HttpLimits:
     max_head_bytes: int = 64 * KiB
     #: HTTP connections open at once; one more: 503 and closed (``http/guard.py``)
     max_connections: int = 256
+    #: of those, from one client address (0: no limit of its own; behind a proxy
+    #: every client has the proxy's address); one more: 503 and closed
+    max_per_address: int = 0
     #: seconds a client may send nothing of a request it owes (its head, the rest of
     #: its body); then 408 and closed (``http/guard.py``)
     request_timeout: float = 30.0
