@@ -159,3 +159,55 @@ def test_a_writer_whose_session_ended_connects_anew(tmp_path, index_engine, capl
         assert new != pid and held == 1  # the archive's shared lock taken again
         assert {r["sop_instance_uid"] for r in archive.instances()} == {"1.2.71.1", "1.2.71.2"}
     assert "the writer's session was lost; connected again" in caplog.text
+
+
+def test_a_lock_timeout_at_a_statements_sixth_use_leaves_the_writer_working(
+    tmp_path, index_engine
+) -> None:
+    """review36b #4: psycopg prepared a statement at its 6th use inside the pipeline a
+    lock timeout aborted, and named it ever after: every store A700 until a restart."""
+    if index_engine != "postgresql":
+        pytest.skip("PostgreSQL's sessions")
+    import psycopg
+    from tests.archive.archive_testlib import dataset, store
+
+    from dicomstore.archive import Archive
+
+    with Archive(tmp_path / "a", fsync=False, lock_timeout=0.3) as archive:
+        for n in range(1, 6):
+            assert store(archive, dataset(f"1.2.72.{n}"), sop_uid=f"1.2.72.{n}").status == 0
+        with psycopg.connect(archive.index.engine.url) as other:  # (holds the write lock)
+            other.execute("UPDATE dicomstore_index SET generation = generation")
+            assert store(archive, dataset("1.2.72.6"), sop_uid="1.2.72.6").status == 0xA700
+            other.rollback()
+        for n in range(7, 12):
+            assert store(archive, dataset(f"1.2.72.{n}"), sop_uid=f"1.2.72.{n}").status == 0
+
+
+def test_postgresql_sessions_notice_a_silent_peer_and_a_stopped_writer(postgres) -> None:
+    """review36b #5: a server or network gone silent was waited for TCP's hours, and
+    a writer stopped in a transaction held the index's lock as long."""
+    engine = PostgresEngine(postgres.new_url())
+    db = engine.writer(durable=False, timeout=5.0)
+    try:
+        info = db.conn.info
+        params = info.get_parameters()
+        assert params["keepalives_idle"] == "10" and params["tcp_user_timeout"] == "30000"
+        (idle,) = db.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+        assert idle == "1min"
+    finally:
+        db.close()
+
+
+def test_an_index_error_comment_names_the_cause_not_the_url() -> None:
+    """review36b #6: the Error Comment was the first 64 characters of 'index
+    postgresql://user@host:port/db: ...', the cause cut off."""
+    from dicomstore.archive.engine import PostgresOperationalError, error_cause
+
+    exc = PostgresOperationalError(
+        "index postgresql://ds@db:5432/archive: sorry, too many clients already",
+        "sorry, too many clients already",
+    )
+    assert error_cause(exc) == "sorry, too many clients already"
+    assert error_cause(OSError(28, "No space left on device")) == "No space left on device"
+    assert error_cause(ValueError("first\nCONTEXT: second")) == "first"

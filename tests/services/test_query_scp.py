@@ -305,3 +305,21 @@ def test_no_find_contexts_without_an_archive() -> None:
     assert server.reader is None
     assert STUDY_ROOT not in server.policy.abstract_syntaxes
     assert STUDY_ROOT in ServerConfig().policy().abstract_syntaxes
+
+
+def test_an_index_unavailable_is_a700_naming_the_cause_not_the_url(server, monkeypatch) -> None:
+    """review36b #6: C000 with the first 64 characters of the index's URL for comment."""
+    from dicomstore.archive.engine import PostgresOperationalError
+    from dicomstore.services import query_scp
+
+    def unavailable(*_args: Any, **_kwargs: Any) -> Any:
+        raise PostgresOperationalError(
+            "index postgresql://ds@db:5432/archive: sorry, too many clients already",
+            "sorry, too many clients already",
+        )
+
+    monkeypatch.setattr(query_scp.q, "iter_search", unavailable)
+    srv, _audit = server
+    found = pynetdicom_find(srv.port, STUDY_ROOT, identifier("STUDY", StudyInstanceUID=""))
+    assert [s for s, *_ in found] == [0xA700]
+    assert found[0][1].ErrorComment == "index unavailable: sorry, too many clients already"

@@ -239,3 +239,22 @@ def test_c_cancel_mid_move_is_fe00_with_counts(root: Path) -> None:
     final = responses[-1].sub_operations
     assert (final.remaining, final.completed, final.failed, final.warning) == (4, 1, 0, 0)
     assert len(dest.received) == 1  # nothing sent after the cancel
+
+
+def test_an_index_unavailable_is_a701_naming_the_cause_not_the_url(root, monkeypatch) -> None:
+    """review36b #6: the Error Comment was the first 64 characters of the index's URL."""
+    from dicomstore.archive.engine import PostgresOperationalError
+    from dicomstore.services import retrieve_scp
+
+    def unavailable(*_args: Any, **_kwargs: Any) -> Any:
+        raise PostgresOperationalError(
+            "index postgresql://ds@db:5432/archive: sorry, too many clients already",
+            "sorry, too many clients already",
+        )
+
+    monkeypatch.setattr(retrieve_scp, "select_instances", unavailable)
+    with serving(root, f"DEST=127.0.0.1:{free_port()}") as srv:
+        (found,) = pynetdicom_move(srv.port, STUDY_ROOT_MOVE, study(), "DEST")
+    status, rsp, _ = found
+    assert status == 0xA701
+    assert rsp.ErrorComment == "index unavailable: sorry, too many clients already"

@@ -47,7 +47,12 @@ from dicomstore.archive.turns import Turns
 
 class PostgresError(Exception):
     """An error of a PostgreSQL index (psycopg's error is its ``__cause__``; psycopg
-    is imported only when a PostgreSQL index is opened: it loads asyncio)."""
+    is imported only when a PostgreSQL index is opened: it loads asyncio);
+    :attr:`cause`: what went wrong in a few words, without where (the URL)."""
+
+    def __init__(self, message: str, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause or message
 
 
 class PostgresIntegrityError(PostgresError):
@@ -56,6 +61,18 @@ class PostgresIntegrityError(PostgresError):
 
 class PostgresOperationalError(PostgresError):
     """A PostgreSQL index is unreachable, busy or locked."""
+
+
+def error_cause(exc: BaseException) -> str:
+    """What an index or file error says went wrong, for an Error Comment or an HTTP
+    reason: its first line, without the index's URL (a peer is not told where the
+    index is: review36b #6; the log line has the whole message)."""
+    if isinstance(exc, PostgresError):
+        return exc.cause
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 #: Exceptions of any index engine (``except DatabaseError``).

@@ -22,6 +22,7 @@ from dicomstore.archive.engine import (
     PostgresIntegrityError,
     PostgresOperationalError,
     Statement,
+    error_cause,
 )
 
 #: PostgreSQL readers kept open for the next (a few: the HTTP server's threads),
@@ -84,6 +85,12 @@ class PostgresEngine(Engine):
         db = self._connect(timeout)
         try:
             db.execute("SELECT set_config('lock_timeout', ?, false)", (f"{int(timeout * 1000)}",))
+            # a writer that stops in a transaction (its host gone, frozen) holds the
+            # index's lock: the server ends its session after this (review36b #5)
+            db.execute(
+                "SELECT set_config('idle_in_transaction_session_timeout', ?, false)",
+                (f"{IDLE_IN_TRANSACTION_MS}",),
+            )
             if not durable:
                 db.execute("SET synchronous_commit = off")
         except BaseException:
@@ -281,6 +288,11 @@ class PgConnection:
         self.conn.close()
 
 
+#: How long a writer's session may sit in an open transaction sending nothing
+#: (ours send their statements back to back; reindex's batches too).
+IDLE_IN_TRANSACTION_MS = 60_000
+
+
 def _connect(url: str, where: str, options: str, timeout: float) -> PgConnection:
     """A new autocommit session (``options`` after the URL's own, e.g. its search_path)."""
     import psycopg
@@ -289,11 +301,30 @@ def _connect(url: str, where: str, options: str, timeout: float) -> PgConnection
     if options:
         params["options"] = f"{params.get('options') or ''} {options}".strip()
     params.setdefault("connect_timeout", max(1, round(timeout)))
+    # A server host or network that goes silent (no reset) is noticed within
+    # seconds, not TCP's hours: its session's locks are freed, our calls fail
+    # (review36b #5)
+    for key, value in KEEPALIVES.items():
+        params.setdefault(key, value)
     try:
-        return PgConnection(psycopg.connect(autocommit=True, **params))
+        # prepare_threshold=None: no server-side prepared statements; psycopg would
+        # count as prepared one whose PREPARE a failed pipeline dropped, and name it
+        # for ever after (every store A700 until a restart: review36b #4)
+        return PgConnection(psycopg.connect(autocommit=True, prepare_threshold=None, **params))
     except psycopg.Error as exc:  # (libpq's message has several lines)
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        raise PostgresOperationalError(f"index {where}: {lines[0]}") from exc
+        cause = error_cause(exc)
+        raise PostgresOperationalError(f"index {where}: {cause}", cause) from exc
+
+
+#: libpq's TCP settings of every session (a URL's own win): keepalive probes after
+#: 10 s idle, every 5 s, 3 unanswered = gone; data unacknowledged for 30 s = gone.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
 
 
 class _Readers:
@@ -344,11 +375,12 @@ def _translated(exc: Exception) -> PostgresError:
     """psycopg's error as one of :data:`DatabaseError`."""
     import psycopg
 
+    text = error_cause(exc)  # (libpq's CONTEXT and hint lines are for a DBA)
     if isinstance(exc, psycopg.IntegrityError):
-        return PostgresIntegrityError(str(exc))
+        return PostgresIntegrityError(text)
     if isinstance(exc, psycopg.OperationalError):
-        return PostgresOperationalError(str(exc))
-    return PostgresError(str(exc))
+        return PostgresOperationalError(text)
+    return PostgresError(text)
 
 
 @functools.lru_cache(maxsize=4096)

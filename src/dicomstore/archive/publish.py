@@ -203,7 +203,7 @@ from dicomstore.archive import outcome as st
 from dicomstore.archive.commit import CommitStats, Staged
 from dicomstore.archive.deferred import DeferredFlushes, rollback_quietly
 from dicomstore.archive.dicomfile import HeaderError
-from dicomstore.archive.engine import DatabaseError, DatabaseOrOSError, IntegrityError
+from dicomstore.archive.engine import DatabaseError, DatabaseOrOSError, IntegrityError, error_cause
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import instance_relstr
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, duplicate, failure
@@ -326,7 +326,7 @@ class Publisher(DeferredFlushes):
             try:  # (and the lookup: PostgreSQL sends both at once)
                 found = index.begin([m.row["sop_instance_uid"] for m in live])
             except DatabaseError as exc:
-                comment = f"out of resources: index unavailable: {exc}"
+                comment = f"out of resources: index unavailable: {error_cause(exc)}"
                 for member in live:
                     self._answer(member, failure(st.OUT_OF_RESOURCES, comment))
                 return
@@ -399,7 +399,7 @@ class Publisher(DeferredFlushes):
                 rollback_quietly(index)
                 self._undo(placed)
                 if isinstance(exc, DatabaseError):
-                    comment = f"out of resources: index error: {exc}"
+                    comment = f"out of resources: index error: {error_cause(exc)}"
                 elif isinstance(exc, OSError):
                     comment = describe_os_error(exc, "storing the file")
                 else:

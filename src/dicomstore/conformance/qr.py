@@ -33,12 +33,12 @@ FIND_STATUSES: tuple[tuple[int, str], ...] = (
     (
         st.CANNOT_UNDERSTAND,
         "an unreadable Identifier, a value that cannot be matched "
-        "(a malformed date, time or integer), the index unavailable",
+        "(a malformed date, time or integer)",
     ),
     (
         st.OUT_OF_RESOURCES,
-        f"an Identifier over {IDENTIFIER_BOUND}: the rest is discarded as it arrives (the "
-        "association goes on)",
+        f"the index unavailable; an Identifier over {IDENTIFIER_BOUND}: the rest is discarded"
+        " as it arrives (the association goes on)",
     ),
     (st.SOP_CLASS_NOT_SUPPORTED, "a C-FIND on a context that is not a FIND model"),
     (st.NOT_AUTHORIZED, "the caller lacks the `find` right (policy file)"),

@@ -30,7 +30,7 @@ from pydicom.filereader import dcmread
 
 from dicomstore.aio.association import Transport
 from dicomstore.archive import query as q
-from dicomstore.archive.engine import DatabaseOrOSError
+from dicomstore.archive.engine import DatabaseOrOSError, error_cause
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import CFindRQ, CFindRSP
 from dicomstore.dimse import status as st
@@ -134,7 +134,10 @@ class QuerySCP(QROperations):
             self._final(find, rsp, query)
         except DatabaseOrOSError as exc:
             log.error("%s: C-FIND failed: %s", self.t.peer, exc)
-            self._final(find, rq.response(st.CANNOT_UNDERSTAND, str(exc)[:64]), query)
+            # Refused: Out of resources (PS3.4 C.4.1.1.4): the index is unavailable, a
+            # transient state; the cause in a few words, not where the index is
+            comment = f"index unavailable: {error_cause(exc)}"[:64]
+            self._final(find, rq.response(st.OUT_OF_RESOURCES, comment), query)
 
     async def _matches(self, find: _Find, query: FindQuery, ts: str) -> int:
         """Send one pending response per match; the final status."""
