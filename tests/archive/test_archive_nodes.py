@@ -233,3 +233,40 @@ def test_a_node_forgets_its_cache_when_another_node_committed_only(tmp_path: Pat
         assert forgot == [1]  # a rollback changes nothing
     finally:
         _close([one, two])
+
+
+def test_an_instance_moved_back_by_another_node_after_a_replace_keeps_its_file(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """review36b #3: a replace that moved an instance to another series unlinked the
+    old path by name after its COMMIT: a node that stored it back there in that
+    moment (Success) lost its file."""
+    from dicomstore.archive import crashpoints
+
+    root = tmp_path / "archive"
+    a = Archive(root, fsync=False, on_duplicate="replace")
+    b = Archive(root, fsync=False, on_duplicate="replace")
+    uid, old, new = _uid(70), "1.2.3.4.5", "1.2.3.4.6"
+    back = dataset(uid, series=old, patient_name="Back^")
+    outcomes: list[StoreOutcome] = []
+    armed = {"publish.after-commit"}
+
+    def reached(point: str) -> None:
+        if point in armed:  # (b stores it back now)
+            armed.clear()
+            outcomes.append(store(b, back, sop_uid=uid))
+
+    try:
+        assert store(a, dataset(uid, series=old), sop_uid=uid).status == SUCCESS
+        monkeypatch.setattr(crashpoints, "ENABLED", True)
+        monkeypatch.setattr(crashpoints, "reached", reached)
+        assert store(a, dataset(uid, series=new), sop_uid=uid).status == SUCCESS
+        monkeypatch.setattr(crashpoints, "ENABLED", False)
+        assert [o.status for o in outcomes] == [SUCCESS]
+        (row,) = a.instances()
+        assert row["series_uid"] == old and a.path_of(uid).exists()
+        assert _one_file_one_row(a, uid) == back
+        assert a.check() == [] and b.check() == []
+    finally:
+        a.close()
+        b.close()

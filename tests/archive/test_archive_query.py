@@ -322,6 +322,24 @@ def test_remove_finishes_an_interrupted_delete(archive) -> None:
     assert not any(p.exists() for p in files)
 
 
+def test_a_store_after_the_deletes_commit_keeps_its_file(archive, monkeypatch) -> None:
+    """review36b #1: the delete unlinked its files by name after its COMMIT, so an
+    instance stored again in that moment (answered Success) lost its file."""
+    from dicomstore.archive import crashpoints
+
+    def reached(point: str) -> None:
+        if point == "delete.after-commit":  # (another node stores it again now)
+            put(archive, "1.1.1.2", study="1.1", series="1.1.1", patient_name="Again^")
+
+    monkeypatch.setattr(crashpoints, "ENABLED", True)
+    monkeypatch.setattr(crashpoints, "reached", reached)
+    result = remove(archive.root, "1.1.1")
+    assert (result.instances, result.files_removed) == (2, 1)
+    (row,) = archive.instances(series_uid="1.1.1")
+    assert row["sop_instance_uid"] == "1.1.1.2" and archive.path_of("1.1.1.2").exists()
+    assert archive.check() == []
+
+
 def test_stored_events_fan_out() -> None:
     async def scenario() -> None:
         events = StoredEvents()

@@ -334,16 +334,19 @@ class FilePublishing:
             layout.fsync_dir(folder)
         return False
 
-    def finish(self, placed: list[Staged]) -> None:
+    def finish(self, placed: list[Staged], kept: frozenset[str] = frozenset()) -> None:
         """The final names are committed: the replaced version's names go, its
-        removal intent only once it is gone, the trace last (see recovery.recover)."""
+        removal intent only once it is gone, the trace last (see recovery.recover).
+        A version moved away goes only while it is still the file its intent names
+        and its key is not in ``kept`` (review36b #3: another node that stored the
+        instance back there meanwhile lost its file)."""
         if len(self._dirs) > DIRS_LIMIT:
             self._dirs.clear()
         for member in placed:
             self._dirs.add(member.rel.rpartition("/")[0])
             old = member.existing
-            if old is not None and old["path"] != member.rel:
-                self._remove_file(old["path"])
+            if old is not None and old["path"] != member.rel and old["path"] not in kept:
+                self._remove_file(old["path"], member.intent)
             if member.backup is not None:
                 layout.remove_quietly(member.backup)
             if old is not None and crashpoints.ENABLED:
@@ -445,10 +448,13 @@ class FilePublishing:
         if not self._tainted:
             self.durable_seq = max(self.durable_seq, upto)
 
-    def _remove_file(self, key: str) -> None:
-        """Remove a file the index no longer points to (after a replace moved it)."""
+    def _remove_file(self, key: str, intent: str | None) -> None:
+        """Remove a file the index no longer points to (after a replace moved it),
+        if it is still the one ``intent`` names (when there is one)."""
         try:
             path = layout.resolve(self.root, key)
+            if intent is not None and not os.path.samefile(path, intent):
+                return  # another file there now (the intent goes: it names no file)
             os.unlink(path)
             if self.fsync:
                 layout.fsync_dir(path.parent)

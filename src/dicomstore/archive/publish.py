@@ -192,6 +192,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -209,6 +210,8 @@ from dicomstore.archive.layout import instance_relstr
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, duplicate, failure
 from dicomstore.archive.relations import Relations
 from dicomstore.archive.storage import WritableStorage
+
+log = logging.getLogger("dicomstore.archive")
 
 
 class Publisher(DeferredFlushes):
@@ -412,7 +415,7 @@ class Publisher(DeferredFlushes):
         if not journaled:  # (journaled: its traces stay until the checkpoint)
             if batch_name:  # (the traces stay until it is done: see the module docstring)
                 self._flush(placed, batch_name)
-            storage.finish(placed)  # the old versions, the intents, the traces go
+            self._finish(placed)  # the old versions, the intents, the traces go
             if crashpoints.ENABLED:
                 crashpoints.reached("publish.after-traces-dropped")
         for member, row in zip(placed, rows, strict=True):
@@ -426,6 +429,29 @@ class Publisher(DeferredFlushes):
                 )
             else:
                 member.outcome = StoreOutcome(st.SUCCESS, path=Path(member.final), instance=row)
+
+    def _finish(self, placed: list[Staged]) -> None:
+        """``storage.finish``; a batch that moved instances to other keys does it under
+        the index's write lock, the old keys indexed again since (another node stored
+        an instance back there after our COMMIT) kept (review36b #3)."""
+        moved = [m for m in placed if m.existing and m.existing["path"] != m.rel]
+        if not moved:
+            self.storage.finish(placed)
+            return
+        index = self.index
+        with index.lock:
+            try:
+                index.begin()
+            except DatabaseError as exc:  # (their intents stay: the next start settles them)
+                log.warning("index unavailable (%s): replaced files left for now", exc)
+                self.storage.finish([m for m in placed if all(m is not n for n in moved)])
+                return
+            try:
+                old = [m.existing["path"] for m in moved if m.existing]
+                kept = frozenset(key for key in old if index.query({"path": key}))
+                self.storage.finish(placed, kept)
+            finally:
+                rollback_quietly(index)
 
     def _place(self, member: Staged) -> bool:
         """Give one member its key (the storage renames it there); False (and A700)

@@ -278,8 +278,10 @@ class WritableStorage(Storage, Protocol):
         one) durable too, or nothing needs flushing: no index flush is then due."""
         ...
 
-    def finish(self, placed: list[Staged]) -> None:
-        """After the COMMIT: the replaced versions and what kept them go."""
+    def finish(self, placed: list[Staged], kept: frozenset[str] = frozenset()) -> None:
+        """After the COMMIT: the replaced versions and what kept them go; but not a
+        version moved from a key in ``kept`` (indexed there again since: another
+        node stored the instance back; the caller holds the index's write lock)."""
         ...
 
     def undo(self, placed: list[Staged]) -> None:
