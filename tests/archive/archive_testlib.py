@@ -175,7 +175,7 @@ def crash_at_commit(monkeypatch: pytest.MonkeyPatch, number: int = 2) -> type[Ba
 
     monkeypatch.setattr(Index, "commit", commit)
     monkeypatch.setattr(Index, "rollback", lambda self: None)
-    monkeypatch.setattr(Publisher, "_undo", lambda self, placed: None)
+    monkeypatch.setattr(Publisher, "_undo", lambda self, placed, **kw: None)
     return Crash
 
 

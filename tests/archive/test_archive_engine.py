@@ -7,6 +7,7 @@ import pytest
 from dicomstore.archive.engine import (
     IntegrityError,
     OperationalError,
+    PostgresOperationalError,
     SqliteEngine,
     engine_for,
     order_by,
@@ -211,3 +212,75 @@ def test_an_index_error_comment_names_the_cause_not_the_url() -> None:
     assert error_cause(exc) == "sorry, too many clients already"
     assert error_cause(OSError(28, "No space left on device")) == "No space left on device"
     assert error_cause(ValueError("first\nCONTEXT: second")) == "first"
+
+
+def _failing_commit(archive, monkeypatch, *, commits: bool, then_unreadable: bool = False):
+    """The index's next COMMIT raises, done (``commits``) or not; with
+    ``then_unreadable`` the next BEGIN raises too (the index gone meanwhile)."""
+    import sqlite3
+
+    engine = archive.index.engine
+    error = (
+        PostgresOperationalError if isinstance(engine, PostgresEngine) else sqlite3.OperationalError
+    )
+    real_commit, real_begin = engine.commit, engine.begin
+
+    def commit(db, token):
+        monkeypatch.setattr(engine, "commit", real_commit)
+        if commits:
+            real_commit(db, token)
+        else:
+            engine.rollback(db)
+        if then_unreadable:
+
+            def begin(db, then=None):
+                monkeypatch.setattr(engine, "begin", real_begin)
+                raise error("the index is unreachable")
+
+            monkeypatch.setattr(engine, "begin", begin)
+        raise error("the connection was lost")
+
+    monkeypatch.setattr(engine, "commit", commit)
+
+
+def test_a_commit_whose_answer_is_lost_is_stored(tmp_path, index_engine, monkeypatch) -> None:
+    """review36b #2: its files were taken back under its committed rows; a resend was
+    then answered Success (a duplicate by digest) with no file on disk."""
+    from tests.archive.archive_testlib import dataset, store
+
+    from dicomstore.archive import Archive
+
+    with Archive(tmp_path / "a", fsync=False) as archive:
+        _failing_commit(archive, monkeypatch, commits=True)
+        assert store(archive, dataset("1.2.73.1"), sop_uid="1.2.73.1").status == 0
+        assert archive.path_of("1.2.73.1").exists() and archive.check() == []
+
+
+def test_a_commit_that_failed_takes_its_files_back(tmp_path, index_engine, monkeypatch) -> None:
+    from tests.archive.archive_testlib import dataset, store
+
+    from dicomstore.archive import Archive
+
+    with Archive(tmp_path / "a", fsync=False) as archive:
+        _failing_commit(archive, monkeypatch, commits=False)
+        outcome = store(archive, dataset("1.2.73.2"), sop_uid="1.2.73.2")
+        assert outcome.status == 0xA700 and "connection was lost" in outcome.error_comment
+        assert not list(archive.instances()) and archive.check() == []
+
+
+def test_a_commit_in_doubt_leaves_its_files(tmp_path, index_engine, monkeypatch) -> None:
+    """Neither done nor undone can be told: nothing is removed (the rows may be there);
+    the file, not indexed, is what check reports and reindex adopts."""
+    from tests.archive.archive_testlib import dataset, dcm_files, store
+
+    from dicomstore.archive import Archive
+
+    with Archive(tmp_path / "a", fsync=False) as archive:
+        _failing_commit(archive, monkeypatch, commits=False, then_unreadable=True)
+        outcome = store(archive, dataset("1.2.73.3"), sop_uid="1.2.73.3")
+        assert outcome.status == 0xA700
+        (placed,) = [p for p in dcm_files(archive.root) if ".tmp" not in p.parts]
+        assert archive.check() == [f"{placed.relative_to(archive.root)}: not indexed"]
+        archive.reindex()
+        assert [r["sop_instance_uid"] for r in archive.instances()] == ["1.2.73.3"]
+        assert archive.check() == []

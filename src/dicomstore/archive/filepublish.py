@@ -356,10 +356,13 @@ class FilePublishing:
             if member.trace is not None:
                 layout.remove_quietly(member.trace)
 
-    def undo(self, placed: list[Staged]) -> None:
-        """Take back the renames of a batch that cannot be committed (the files go)."""
+    def undo(self, placed: list[Staged], *, in_doubt: bool = False) -> None:
+        """Take back the renames of a batch that cannot be committed (the files go);
+        ``in_doubt``: only close them (see ``storage.WritableStorage.undo``)."""
         for member in reversed(placed):
             close_member(member)  # (one placed before it was flushed is still open)
+            if in_doubt:
+                continue
             try:
                 if not _same_file(member.final, member.trace or member.temp):
                     pass  # not ours any more (another node's, see publish.py)

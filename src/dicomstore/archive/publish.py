@@ -44,7 +44,10 @@ file system (``filestorage.FileStorage``) does what is described. With
 So a file is at its final name only once its data is durable, its name is
 durable before its row is committed, and Success is answered only after the
 COMMIT. A failure after the renames (a folder flush, the index) undoes every
-rename of the batch before answering A700. A crash after the renames and
+rename of the batch before answering A700; but a COMMIT that failed is read
+back first (``aftercommit.committed_after_all``: its answer may be what was
+lost, the rows committed): done, the batch is stored; not readable either, the
+files stay as a crash there leaves them (A700). A crash after the renames and
 before the COMMIT leaves files without rows, and their traces: the next start
 adopts them into the index (``recovery.recover``), or puts back what a replace
 replaced (after a power cut a new instance's trace may be gone: its file is then
@@ -192,7 +195,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -201,6 +203,7 @@ from typing import Any
 
 from dicomstore.archive import crashpoints, digests, nodes
 from dicomstore.archive import outcome as st
+from dicomstore.archive.aftercommit import committed_after_all, finish
 from dicomstore.archive.commit import CommitStats, Staged
 from dicomstore.archive.deferred import DeferredFlushes, rollback_quietly
 from dicomstore.archive.dicomfile import HeaderError
@@ -210,8 +213,6 @@ from dicomstore.archive.layout import instance_relstr
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, duplicate, failure
 from dicomstore.archive.relations import Relations
 from dicomstore.archive.storage import WritableStorage
-
-log = logging.getLogger("dicomstore.archive")
 
 
 class Publisher(DeferredFlushes):
@@ -325,6 +326,7 @@ class Publisher(DeferredFlushes):
         storage = self.storage
         placed: list[Staged] = []
         batch_name = ""
+        committed: bool | None = False  # (of a failed COMMIT; None: unknown)
         with index.lock:
             try:  # (and the lookup: PostgreSQL sends both at once)
                 found = index.begin([m.row["sop_instance_uid"] for m in live])
@@ -393,14 +395,19 @@ class Publisher(DeferredFlushes):
                 if crashpoints.ENABLED:
                     crashpoints.reached("publish.before-commit")
                 started = time.perf_counter()
-                index.commit(flush=not deferred)
+                try:
+                    index.commit(flush=not deferred)
+                except DatabaseError:
+                    committed = committed_after_all(index, placed)
+                    if not committed:
+                        raise
                 self.flush_time += time.perf_counter() - started
                 self._flushed = []
                 if crashpoints.ENABLED:
                     crashpoints.reached("publish.after-commit")
             except BaseException as exc:
                 rollback_quietly(index)
-                self._undo(placed)
+                self._undo(placed, in_doubt=committed is None)
                 if isinstance(exc, DatabaseError):
                     comment = f"out of resources: index error: {error_cause(exc)}"
                 elif isinstance(exc, OSError):
@@ -415,7 +422,7 @@ class Publisher(DeferredFlushes):
         if not journaled:  # (journaled: its traces stay until the checkpoint)
             if batch_name:  # (the traces stay until it is done: see the module docstring)
                 self._flush(placed, batch_name)
-            self._finish(placed)  # the old versions, the intents, the traces go
+            finish(index, self.storage, placed)  # the old versions, intents, traces go
             if crashpoints.ENABLED:
                 crashpoints.reached("publish.after-traces-dropped")
         for member, row in zip(placed, rows, strict=True):
@@ -429,29 +436,6 @@ class Publisher(DeferredFlushes):
                 )
             else:
                 member.outcome = StoreOutcome(st.SUCCESS, path=Path(member.final), instance=row)
-
-    def _finish(self, placed: list[Staged]) -> None:
-        """``storage.finish``; a batch that moved instances to other keys does it under
-        the index's write lock, the old keys indexed again since (another node stored
-        an instance back there after our COMMIT) kept (review36b #3)."""
-        moved = [m for m in placed if m.existing and m.existing["path"] != m.rel]
-        if not moved:
-            self.storage.finish(placed)
-            return
-        index = self.index
-        with index.lock:
-            try:
-                index.begin()
-            except DatabaseError as exc:  # (their intents stay: the next start settles them)
-                log.warning("index unavailable (%s): replaced files left for now", exc)
-                self.storage.finish([m for m in placed if all(m is not n for n in moved)])
-                return
-            try:
-                old = [m.existing["path"] for m in moved if m.existing]
-                kept = frozenset(key for key in old if index.query({"path": key}))
-                self.storage.finish(placed, kept)
-            finally:
-                rollback_quietly(index)
 
     def _place(self, member: Staged) -> bool:
         """Give one member its key (the storage renames it there); False (and A700)
@@ -477,9 +461,10 @@ class Publisher(DeferredFlushes):
             self.index.forget()  # a parent row the cache believed in is gone: look again
             return self.index.put_many(rows)
 
-    def _undo(self, placed: list[Staged]) -> None:
-        """Take back the placements of a batch that cannot be committed (the files go)."""
-        self.storage.undo(placed)
+    def _undo(self, placed: list[Staged], *, in_doubt: bool = False) -> None:
+        """Take back the placements of a batch that cannot be committed (the files go;
+        ``in_doubt``: they stay, see ``storage.WritableStorage.undo``)."""
+        self.storage.undo(placed, in_doubt=in_doubt)
 
     def _answer(self, member: Staged, outcome: StoreOutcome) -> None:
         """Answer ``outcome`` for a member that will not be placed: its temporary goes."""

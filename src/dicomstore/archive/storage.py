@@ -284,8 +284,10 @@ class WritableStorage(Storage, Protocol):
         node stored the instance back; the caller holds the index's write lock)."""
         ...
 
-    def undo(self, placed: list[Staged]) -> None:
-        """Take back the placements of a batch that cannot be committed (best effort)."""
+    def undo(self, placed: list[Staged], *, in_doubt: bool = False) -> None:
+        """Take back the placements of a batch that cannot be committed (best effort);
+        ``in_doubt``: its COMMIT may have been done: all stays as a crash there would
+        leave it (start-up recovery settles it), the files are only closed."""
         ...
 
     def discard(self, member: Staged) -> None:
