@@ -258,3 +258,41 @@ def test_an_index_unavailable_is_a701_naming_the_cause_not_the_url(root, monkeyp
     status, rsp, _ = found
     assert status == 0xA701
     assert rsp.ErrorComment == "index unavailable: sorry, too many clients already"
+
+
+def test_a_move_longer_than_the_idle_timeout_is_not_aborted(root: Path, monkeypatch) -> None:
+    """review36a #2: the requestor waits for C-MOVE-RSPs in silence (PS3.7 9.1.4); the
+    idle timer aborted a C-MOVE longer than --idle-timeout mid-way."""
+    from dicomstore.aio.association import Timeouts
+    from dicomstore.services.acceptor import AcceptorAssociation
+
+    waited = threading.Event()  # (the idle timer ran out while we were answering)
+    answering = AcceptorAssociation._answering
+
+    def observed(self: AcceptorAssociation) -> bool:
+        busy = answering.fget(self)  # type: ignore[attr-defined]
+        if busy:
+            waited.set()
+        return busy
+
+    monkeypatch.setattr(AcceptorAssociation, "_answering", property(observed))
+    release = threading.Event()
+    with destination(release=release) as dest:
+        config = ServerConfig(
+            port=0,
+            move_destinations=(parse_destination(f"DEST=127.0.0.1:{dest.port}"),),
+            timeouts=Timeouts(network=0.2),
+        )
+        with ServerThread(config, Archive(root, fsync=False)) as srv:
+            moving = threading.Thread(
+                target=lambda: answers.extend(
+                    pynetdicom_move(srv.port, STUDY_ROOT_MOVE, study(), "DEST")
+                )
+            )
+            answers: list[tuple[int, Dataset, Dataset | None]] = []
+            moving.start()
+            assert waited.wait(30)  # (the destination holds the first C-STORE meanwhile)
+            release.set()
+            moving.join(60)
+    assert [s for s, *_ in answers] == [0xFF00] * 4 + [0x0000]
+    assert len(dest.received) == 5

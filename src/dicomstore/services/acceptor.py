@@ -135,6 +135,15 @@ class AcceptorAssociation:
         return self.receiving is not None or self.committing or bool(self.inflight) or qr
 
     @property
+    def _answering(self) -> bool:
+        """We are working on the peer's requests (a C-MOVE sending, commits): its
+        silence meanwhile is waiting, not idleness (PS3.7 9.1.4; review36a #2: a
+        C-MOVE longer than --idle-timeout was aborted mid-way)."""
+        return self.committing or bool(self.inflight) or any(
+            scp is not None and scp.busy for scp in self._qr_scps
+        )
+
+    @property
     def _qr_scps(self) -> tuple[QuerySCP | RetrieveSCP | GetSCP | CommitmentSCP | None, ...]:
         return (self.query, self.retrieve, self.get, self.commitment)
 
@@ -186,6 +195,10 @@ class AcceptorAssociation:
                     break
                 except DeadlinePassed:
                     raise OperationTooSlow from None
+                except TimeoutError:
+                    if self._answering:  # (the peer waits for us: it is not idle)
+                        continue
+                    raise
                 try:
                     for event in events:
                         await self._on_event(event)
