@@ -139,8 +139,10 @@ class AcceptorAssociation:
         """We are working on the peer's requests (a C-MOVE sending, commits): its
         silence meanwhile is waiting, not idleness (PS3.7 9.1.4; review36a #2: a
         C-MOVE longer than --idle-timeout was aborted mid-way)."""
-        return self.committing or bool(self.inflight) or any(
-            scp is not None and scp.busy for scp in self._qr_scps
+        return (
+            self.committing
+            or bool(self.inflight)
+            or any(scp is not None and scp.busy for scp in self._qr_scps)
         )
 
     @property
