@@ -323,3 +323,16 @@ def test_an_index_unavailable_is_a700_naming_the_cause_not_the_url(server, monke
     found = pynetdicom_find(srv.port, STUDY_ROOT, identifier("STUDY", StudyInstanceUID=""))
     assert [s for s, *_ in found] == [0xA700]
     assert found[0][1].ErrorComment == "index unavailable: sorry, too many clients already"
+
+
+def test_a_sequence_key_with_a_value_is_ff01_and_an_empty_one_ff00(server) -> None:
+    """review36a #7: a sequence key asking for sequence matching (PS3.4 C.2.2.2.6, not
+    done) was answered FF00, "every key matched"."""
+    srv, _audit = server
+    asked, returned = Dataset(), Dataset()
+    asked.CodeValue, returned.CodeValue = "NO-SUCH-CODE", ""
+    for item, expected in ((asked, 0xFF01), (returned, 0xFF00)):
+        ds = identifier("STUDY", StudyInstanceUID="1.2.9.3")
+        ds.ProcedureCodeSequence = [item]
+        found = pynetdicom_find(srv.port, STUDY_ROOT, ds)
+        assert [s for s, *_ in found] == [expected, 0x0000]

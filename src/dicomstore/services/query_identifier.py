@@ -213,6 +213,19 @@ def _tag_name(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+def _asks_matching(sequence: Any) -> bool:
+    """Whether a sequence key's item gives a value to match (PS3.4 C.2.2.2.6), not
+    only keys to return (universal matching); review36a #7: FF00 said it was done."""
+    for item in sequence.value or ():
+        for element in item:
+            if element.VR == "SQ":
+                if _asks_matching(element):
+                    return True
+            elif element.value not in (None, "", b"") and text_value(element.value):
+                return True
+    return False
+
+
 def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
     """The query an Identifier asks for, or :class:`FindFailure` (A900 / C000)."""
     levels = FIND_MODEL_LEVELS[sop_class]
@@ -235,7 +248,10 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
         tag = int(element.tag)
         if tag in (SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL) or tag < 0x00080000:
             continue
-        value = "" if element.VR == "SQ" else text_value(element.value)
+        if element.VR == "SQ":  # (sequence matching, C.2.2.2.6: not done; FF01 if asked)
+            value = "(sequence)" if _asks_matching(element) else ""
+        else:
+            value = text_value(element.value)
         if tag in (RETRIEVE_AE_TITLE, INSTANCE_AVAILABILITY):
             found.keys.append((tag, element.VR))
             continue
