@@ -308,6 +308,27 @@ def test_limits_and_a_transaction_uid_still_pending(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
+def test_requests_that_cannot_be_reported_hold_no_slot(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review36a #1: requests from an AE without an address whose association ended
+    held a pending slot for ever (restarts too): max_pending of them refused everyone
+    0213. They wait in the journal, at most max_pending of them, oldest dropped first."""
+    srv = serving(root, max_pending_commitments=2)
+    with srv:
+        for n in range(3):  # (each released at once: no way to report it)
+            assert n_action(srv.port, action_information(f"1.2.8.13{n}", *HELD)) == 0x0000
+            assert settled(srv)
+        reports = Reports()
+        ds = action_information("1.2.8.139", *HELD)
+        assert n_action(srv.port, ds, reports=reports, calling="OTHER") == 0x0000
+        assert [r.info.TransactionUID for r in reports.received] == ["1.2.8.139"]
+    srv.archive.close()  # type: ignore[attr-defined]
+    waiting = sorted(r.transaction_uid for r in CommitmentJournal(root).pending())
+    assert waiting == ["1.2.8.131", "1.2.8.132"]
+    assert "1.2.8.130: dropped, never reported: over 2 requests wait" in caplog.text
+
+
 def test_policy_without_the_commit_right_is_refused(root: Path) -> None:
     policy = Policy(
         peers=[Peer("MODALITY", may=ACTIONS - {"commit"}), Peer("TRUSTED")],

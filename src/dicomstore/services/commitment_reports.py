@@ -132,6 +132,10 @@ class CommitmentService:
         self.audit = audit
         #: transaction UIDs accepted and not yet reported
         self.pending: set[str] = set()
+        #: those that cannot be reported (their association gone, their AE title with
+        #: no address), oldest first: kept in the journal for a start with the address
+        #: configured, at most ``max_pending`` of them, and not counted as pending
+        self.stranded: dict[str, None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -193,11 +197,7 @@ class CommitmentService:
             try:
                 how = await self._attempt(request, channel)
             except _NoAddress as exc:
-                log.warning(
-                    "storage commitment %s: %s; it waits in the journal for a restart",
-                    request.transaction_uid,
-                    exc,
-                )
+                await self._strand(request.transaction_uid, str(exc))
                 return
             except asyncio.CancelledError:
                 raise
@@ -221,6 +221,30 @@ class CommitmentService:
             self.pending.discard(request.transaction_uid)
             log.info("storage commitment %s reported %s", request.transaction_uid, how)
             return
+
+    async def _strand(self, transaction_uid: str, why: str) -> None:
+        """A request that cannot be reported no longer holds a pending slot (review36a
+        #1: requests whose association ended took every slot, for everyone, across
+        restarts); kept in the journal for a start with the address configured, the
+        oldest dropped beyond ``max_pending`` of them."""
+        self.pending.discard(transaction_uid)
+        self.stranded[transaction_uid] = None
+        log.warning(
+            "storage commitment %s: %s (--commitment-scu); it waits in the journal for a"
+            " start with one",
+            transaction_uid,
+            why,
+        )
+        while len(self.stranded) > self.max_pending:
+            oldest = next(iter(self.stranded))
+            del self.stranded[oldest]
+            await asyncio.to_thread(self.journal.done, oldest)
+            log.warning(
+                "storage commitment %s: dropped, never reported: over %d requests wait"
+                " for an address",
+                oldest,
+                self.max_pending,
+            )
 
     async def _attempt(self, request: CommitmentRequest, channel: Channel | None) -> str:
         """One report: verify now, send on ``channel`` if open, else on a new
