@@ -296,3 +296,20 @@ def test_a_move_longer_than_the_idle_timeout_is_not_aborted(root: Path, monkeypa
             moving.join(60)
     assert [s for s, *_ in answers] == [0xFF00] * 4 + [0x0000]
     assert len(dest.received) == 5
+
+
+def test_c_cancel_then_the_destination_gone_is_fe00_with_the_rest_remaining(
+    root: Path,
+) -> None:
+    """review36a #3: a C-CANCEL read while the destination held a C-STORE, then the
+    destination gone: B000 with every instance failed; it is FE00, the one in flight
+    failed, the rest Remaining (PS3.4 C.4.2.1.6)."""
+    release = threading.Event()
+    with (
+        destination(release=release, abort_after=1) as dest,
+        serving(root, f"DEST=127.0.0.1:{dest.port}") as srv,
+    ):
+        responses = asyncio.run(_move_then_cancel(srv.port, dest.arrived, release))
+    assert [r.status for r in responses] == [0xFE00]
+    final = responses[-1].sub_operations
+    assert (final.remaining, final.completed, final.failed, final.warning) == (4, 0, 1, 0)

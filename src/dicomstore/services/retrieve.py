@@ -221,7 +221,12 @@ class Retrieval:
         except SubOperationsEnded as exc:
             self.ended = str(exc)
             done = self.completed + self.failed + self.warning
-            for item in self.selected[done:]:
+            # cancelled meanwhile (a C-CANCEL read while the destination held a
+            # C-STORE): the one in flight failed, the rest is Remaining, FE00
+            # (PS3.4 C.4.2.1.6; review36a #3: all counted failed, B000)
+            self.cancelled = is_cancelled()
+            rest = self.selected[done : done + 1] if self.cancelled else self.selected[done:]
+            for item in rest:
                 self._count(item, st.SUBOPERATIONS_FAILED)
         finally:
             await sender.stop()
