@@ -6,6 +6,7 @@ Move Originator, A801, A900, 0124 by policy, a destination that refuses or abort
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -313,3 +314,39 @@ def test_c_cancel_then_the_destination_gone_is_fe00_with_the_rest_remaining(
     assert [r.status for r in responses] == [0xFE00]
     final = responses[-1].sub_operations
     assert (final.remaining, final.completed, final.failed, final.warning) == (4, 0, 1, 0)
+
+
+def test_a_move_whose_requester_left_is_audited_as_aborted(root: Path, caplog) -> None:
+    """review36a #4: a C-MOVE cut short by its requester's leaving wrote no audit record
+    (PS3.15 A.5.3.7: every transfer is one) and no last log line."""
+    from pynetdicom import AE
+
+    audited = threading.Event()
+
+    class Recording(Audit):
+        def retrieve(self, record: dict[str, Any]) -> None:
+            super().retrieve(record)
+            audited.set()
+
+    audit, release = Recording(), threading.Event()
+    with (
+        destination(release=release) as dest,
+        serving(root, f"DEST=127.0.0.1:{dest.port}", audit=audit) as srv,
+    ):
+        ae = AE(ae_title="MOVER")
+        ae.add_requested_context(STUDY_ROOT_MOVE)
+        assoc = ae.associate("127.0.0.1", srv.port, ae_title="DICOMSTORE")
+        moving = threading.Thread(
+            target=lambda: list(assoc.send_c_move(study(), "DEST", STUDY_ROOT_MOVE)),
+            daemon=True,  # (pynetdicom's generator notices the abort only at its timeout)
+        )
+        moving.start()
+        assert dest.arrived.wait(30)  # (the destination holds the first C-STORE)
+        with caplog.at_level(logging.INFO, "dicomstore"):
+            assoc.abort()
+            release.set()
+            assert audited.wait(30)
+    (record,) = audit.records
+    assert record["status"] == "aborted" and record["instances"] == 5
+    assert record["calling_ae"] == "MOVER" and record["destination"] == "DEST"
+    assert "C-MOVE ended aborted" in caplog.text

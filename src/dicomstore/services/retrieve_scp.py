@@ -183,9 +183,13 @@ class RetrieveSCP(QROperations):
             self.send(op, rq.response(st.PENDING, counts))
             await self.drain()
 
-        status = await retrieval.run(
-            sender, is_cancelled=lambda: op.cancelled or not self.is_open, pending=pending
-        )
+        try:
+            status = await retrieval.run(
+                sender, is_cancelled=lambda: op.cancelled or not self.is_open, pending=pending
+            )
+        except asyncio.CancelledError:  # (the association ended: no one to answer)
+            self._close_out(op, "aborted")
+            raise
         data = retrieval.failed_identifier(ts)
         comment = retrieval.ended[:64] if retrieval.ended else None
         rsp = rq.response(
@@ -195,21 +199,30 @@ class RetrieveSCP(QROperations):
 
     def _final(self, op: _Retrieve, rsp: RetrieveRSP, data: bytes | None = None) -> None:
         self.send(op, rsp, data)
+        self._close_out(op, f"{rsp.status:04X}")
+
+    def _close_out(self, op: _Retrieve, status: str) -> None:
+        """The operation's last log line and its audit record (a retrieval cut short by
+        its association's end too, status ``aborted``: review36a #4, none was written
+        though instances had been sent)."""
         r = op.retrieval
         if r is not None:
             log.info(
-                "%s: %s ended %04X: %d completed, %d failed, %d warning%s",
+                "%s: %s ended %s: %d completed, %d failed, %d warning%s",
                 self.t.peer,
                 self.service,
-                rsp.status,
+                status,
                 r.completed,
                 r.failed,
                 r.warning,
-                f", {r.remaining} not sent (cancelled)" if r.cancelled else "",
+                f", {r.remaining} not sent"
+                + (" (cancelled)" if r.cancelled else " (the association ended)")
+                if r.cancelled or status == "aborted"
+                else "",
             )
-        self._audit(op, rsp)
+        self._audit(op, status)
 
-    def _audit(self, op: _Retrieve, rsp: RetrieveRSP) -> None:
+    def _audit(self, op: _Retrieve, status: str) -> None:
         if self.audit is None:
             return
         r = op.retrieval
@@ -224,7 +237,7 @@ class RetrieveSCP(QROperations):
                 "sop_class_uid": op.rq.affected_sop_class_uid,
                 "level": op.query.level if op.query else None,
                 "query": op.query.described() if op.query else None,
-                "status": f"{rsp.status:04X}",
+                "status": status,
                 "instances": len(r.selected) if r else 0,
                 "completed": r.completed if r else 0,
                 "failed": r.failed if r else 0,
