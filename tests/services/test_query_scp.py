@@ -336,3 +336,30 @@ def test_a_sequence_key_with_a_value_is_ff01_and_an_empty_one_ff00(server) -> No
         ds.ProcedureCodeSequence = [item]
         found = pynetdicom_find(srv.port, STUDY_ROOT, ds)
         assert [s for s, *_ in found] == [expected, 0x0000]
+
+
+def test_identifiers_are_decoded_and_parsed_off_the_event_loop(server, monkeypatch) -> None:
+    """review36a #5: a 1 MiB Identifier (or an N-ACTION naming 65535 instances) was
+    decoded and parsed on the event loop, every association stalled for seconds."""
+    from dicomstore.services import qr_operations, query_scp
+
+    on_loop: list[str] = []
+
+    def off_loop(real: Any) -> Any:
+        def call(*args: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+                on_loop.append(real.__name__)
+            except RuntimeError:  # (no loop in this thread: a worker's)
+                pass
+            return real(*args)
+
+        return call
+
+    monkeypatch.setattr(
+        qr_operations, "decode_identifier", off_loop(qr_operations.decode_identifier)
+    )
+    monkeypatch.setattr(query_scp, "parse_identifier", off_loop(query_scp.parse_identifier))
+    srv, _audit = server
+    found = pynetdicom_find(srv.port, STUDY_ROOT, identifier("STUDY", StudyInstanceUID="1.2.9.3"))
+    assert [s for s, *_ in found] == [0xFF00, 0x0000] and on_loop == []

@@ -102,11 +102,13 @@ class CommitmentSCP(QROperations):
         assert self.commitments is not None  # else refused (0122)
         try:
             try:
-                ds = self.decoded(op)
+                ds = await self.decoded(op)
             except Exception as exc:  # noqa: BLE001 - pydicom raises anything on bad bytes
                 why = f"unreadable Action Information: {exc}"
                 raise Refused(st.INVALID_ARGUMENT_VALUE, why) from None
-            transaction, refs = parse_action_information(ds, self.commitments.max_references)
+            transaction, refs = await asyncio.to_thread(
+                parse_action_information, ds, self.commitments.max_references
+            )
             caller = str(self.who.get("calling_ae") or "")
             request = CommitmentRequest(transaction, refs, caller, self.who.get("address") or "")
             # the journal write must finish, and the report follow, even if the

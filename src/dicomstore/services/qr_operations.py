@@ -274,12 +274,13 @@ class QROperations:
         assert self.t.negotiated is not None
         return self.t.negotiated.contexts[op.context_id].transfer_syntax
 
-    def decoded(self, op: Operation) -> Dataset:
+    async def decoded(self, op: Operation) -> Dataset:
         """The request's data set, decoded (:func:`decode_identifier`: raises what
-        pydicom raises on bad bytes); its bytes are not kept meanwhile (an operation
-        may run long)."""
+        pydicom raises on bad bytes) in a worker thread (a large one took the event
+        loop, every association, for seconds: review36a #5); its bytes are not kept
+        meanwhile (an operation may run long)."""
         data, op.identifier = op.identifier, bytearray()
-        return decode_identifier(data, self.transfer_syntax(op))
+        return await asyncio.to_thread(decode_identifier, data, self.transfer_syntax(op))
 
     @property
     def is_open(self) -> bool:

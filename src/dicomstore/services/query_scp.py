@@ -116,10 +116,10 @@ class QuerySCP(QROperations):
         try:
             ts = self.transfer_syntax(find)
             try:
-                identifier = self.decoded(find)
+                identifier = await self.decoded(find)
             except Exception as exc:  # noqa: BLE001 - pydicom raises anything on bad bytes
                 raise FindFailure(st.CANNOT_UNDERSTAND, f"unreadable Identifier: {exc}") from None
-            query = parse_identifier(identifier, rq.affected_sop_class_uid)
+            query = await asyncio.to_thread(parse_identifier, identifier, rq.affected_sop_class_uid)
             log.info(
                 "%s: C-FIND %s %s",
                 self.t.peer,

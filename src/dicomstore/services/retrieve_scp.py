@@ -143,10 +143,12 @@ class RetrieveSCP(QROperations):
         try:
             sender = self.sender_for(op)
             try:
-                identifier = self.decoded(op)
+                identifier = await self.decoded(op)
             except Exception as exc:  # noqa: BLE001 - pydicom raises anything on bad bytes
                 raise FindFailure(st.CANNOT_UNDERSTAND, f"unreadable Identifier: {exc}") from None
-            op.query = parse_retrieve_identifier(identifier, self.levels(rq))
+            op.query = await asyncio.to_thread(
+                parse_retrieve_identifier, identifier, self.levels(rq)
+            )
             assert self.reader is not None  # else refused (0122)
             selected = await asyncio.to_thread(select_instances, self.reader, op.query)
         except FindFailure as failure:
