@@ -284,3 +284,32 @@ def test_a_commit_in_doubt_leaves_its_files(tmp_path, index_engine, monkeypatch)
         archive.reindex()
         assert [r["sop_instance_uid"] for r in archive.instances()] == ["1.2.73.3"]
         assert archive.check() == []
+
+
+def test_an_unknown_value_matches_a_required_key_on_both_engines(tmp_path, index_engine) -> None:
+    """review36a #6 (PS3.4 C.2.2.1.1): C-FIND's Required Keys match an entity whose value
+    is empty (text: NULL or ''; integers: NULL); plain filters (QIDO-RS) do not."""
+    from tests.archive.archive_testlib import dataset, store
+
+    from dicomstore.archive import Archive
+    from dicomstore.archive.matching import OrUnknown
+    from dicomstore.archive.reader import ArchiveReader
+
+    empty = {0x00080020: ("DA", ""), 0x00200011: ("IS", "")}
+    with Archive(tmp_path / "a", fsync=False) as archive:
+        assert store(archive, dataset("1.2.74.1"), sop_uid="1.2.74.1").status == 0
+        other = dataset("1.2.74.2", study="1.2.74", series="1.2.74.9", extra=empty)
+        assert store(archive, other, sop_uid="1.2.74.2").status == 0
+        reader = ArchiveReader(archive.root)
+        for filters, expected in (
+            ({"StudyDate": OrUnknown("20240101-")}, {"1.2.3.4", "1.2.74"}),
+            ({"StudyDate": "20240101-"}, {"1.2.3.4"}),
+        ):
+            found = {r["study_uid"] for r in reader.search("study", filters)}
+            assert found == expected, filters
+        for filters, series in (
+            ({"SeriesNumber": OrUnknown("3")}, {"1.2.3.4.5", "1.2.74.9"}),
+            ({"SeriesNumber": "3"}, {"1.2.3.4.5"}),
+        ):
+            found = {r["series_uid"] for r in reader.search("series", filters)}
+            assert found == series, filters

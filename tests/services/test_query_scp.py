@@ -179,10 +179,11 @@ def test_keys_not_in_the_index_come_from_a_stored_header(server) -> None:
         ({"StudyDate": "20230101-20231231"}, {"1.2.9.2"}),
         ({"StudyDate": "20240101-"}, {"1.2.9.1", "1.2.9.3"}),
         ({"StudyDate": "-20221231"}, {"1.2.9.4"}),
-        # time ranges: closed, open; a study without a time matches no range
-        ({"StudyTime": "0900-1000"}, {"1.2.9.1"}),
-        ({"StudyTime": "1400-"}, {"1.2.9.2", "1.2.9.3"}),
-        ({"StudyTime": "-1500"}, {"1.2.9.1", "1.2.9.2"}),
+        # time ranges: closed, open; a study without a time (a Required Key of zero
+        # length: unknown, C.2.2.1.1) matches every one (review36a #6)
+        ({"StudyTime": "0900-1000"}, {"1.2.9.1", "1.2.9.4"}),
+        ({"StudyTime": "1400-"}, {"1.2.9.2", "1.2.9.3", "1.2.9.4"}),
+        ({"StudyTime": "-1500"}, {"1.2.9.1", "1.2.9.2", "1.2.9.4"}),
         # universal matching (C.2.2.2.3): zero-length, or only "*"
         ({"StudyDate": "", "PatientName": ""}, {"1.2.9.1", "1.2.9.2", "1.2.9.3", "1.2.9.4"}),
         ({"PatientName": "*"}, {"1.2.9.1", "1.2.9.2", "1.2.9.3", "1.2.9.4"}),

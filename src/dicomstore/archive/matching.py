@@ -23,6 +23,13 @@ class Exact(str):
     queries, not for naming one entity, e.g. the patient of a browse page link)."""
 
 
+class OrUnknown(str):
+    """A filter value that also matches an entity whose attribute is empty: a C-FIND
+    Required Key, whose zero-length value "is considered unknown and all matching
+    against [it] a successful match" (PS3.4 C.2.2.1.1; review36a #6: studies without
+    a Study Date left out of every date range). QIDO-RS keeps plain matching."""
+
+
 #: A list of more values than this is one parameter (a JSON or PostgreSQL array).
 MANY_VALUES = 500
 
@@ -123,7 +130,15 @@ def condition(attr: Attribute, value: str, dialect: str = "sqlite") -> tuple[str
 
 
 def match(attr: Attribute, raw: Any, dialect: str) -> tuple[str, list[Any]] | None:
-    """:func:`condition` of a filter's value, or of an :class:`Exact` one."""
+    """:func:`condition` of a filter's value, or of an :class:`Exact` or an
+    :class:`OrUnknown` one."""
+    if isinstance(raw, OrUnknown):
+        cond = condition(attr, str(raw), dialect)
+        if cond is None:
+            return None
+        col = attr.sql
+        empty = f" OR {col} = ''" if attr.vr not in ("IS", "US", "UL", "SL", "FD") else ""
+        return f"({cond[0]} OR {col} IS NULL{empty})", cond[1]
     if not isinstance(raw, Exact):
         return condition(attr, str(raw), dialect)
     if attr.sql is None:

@@ -50,10 +50,7 @@ from dicomstore.errors import AssociationAborted, RemoteProtocolError
 from dicomstore.services.acceptance import admit, audit_association, over_limits
 from dicomstore.services.admission import Admission
 from dicomstore.services.same_association import SameAssociationStore, acceptor_invoker
-from dicomstore.services.storage_scp import (
-    Receiving,
-    StorageSCP,
-)
+from dicomstore.services.storage_scp import Receiving, StorageSCP
 from dicomstore.services.verification import echo_refusal, echo_response
 from dicomstore.tls import peer_subject
 from dicomstore.ul import pdu as P
@@ -131,19 +128,14 @@ class AcceptorAssociation:
     @property
     def busy(self) -> bool:
         """An operation is in progress (graceful shutdown lets it finish)."""
-        qr = any(scp is not None and scp.busy for scp in self._qr_scps)
-        return self.receiving is not None or self.committing or bool(self.inflight) or qr
+        return self.receiving is not None or self._answering
 
     @property
     def _answering(self) -> bool:
-        """We are working on the peer's requests (a C-MOVE sending, commits): its
-        silence meanwhile is waiting, not idleness (PS3.7 9.1.4; review36a #2: a
-        C-MOVE longer than --idle-timeout was aborted mid-way)."""
-        return (
-            self.committing
-            or bool(self.inflight)
-            or any(scp is not None and scp.busy for scp in self._qr_scps)
-        )
+        """We work on its requests (a C-MOVE sending, commits): the peer's silence is
+        waiting, not idleness (PS3.7 9.1.4; review36a #2: C-MOVEs were aborted)."""
+        qr = any(scp is not None and scp.busy for scp in self._qr_scps)
+        return self.committing or bool(self.inflight) or qr
 
     @property
     def _qr_scps(self) -> tuple[QuerySCP | RetrieveSCP | GetSCP | CommitmentSCP | None, ...]:

@@ -43,7 +43,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from dicomstore import uids
-from dicomstore.archive import attributes
+from dicomstore.archive import attributes, matching
 from dicomstore.archive import query as q
 from dicomstore.dimse import status as st
 from dicomstore.framing.headers import encode_header
@@ -213,6 +213,22 @@ def _tag_name(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+#: The Required Keys (PS3.4 C.6.1.1, C.6.2.1) that are not unique keys: an entity
+#: whose value is empty matches any value asked (``matching.OrUnknown``).
+REQUIRED_KEYS = frozenset(
+    {
+        "PatientName",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "StudyID",
+        "Modality",
+        "SeriesNumber",
+        "InstanceNumber",
+    }
+)
+
+
 def _asks_matching(sequence: Any) -> bool:
     """Whether a sequence key's item gives a value to match (PS3.4 C.2.2.2.6), not
     only keys to return (universal matching); review36a #7: FF00 said it was done."""
@@ -274,7 +290,8 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
             if attr.sql is None:
                 found.unmatched.append(tag)
             else:
-                found.filters[tag] = value
+                unknown = attr.keyword in REQUIRED_KEYS
+                found.filters[tag] = matching.OrUnknown(value) if unknown else value
     for upper in levels[: levels.index(level)]:
         key = UNIQUE_KEY[upper]
         value = found.filters.get(key, "")
