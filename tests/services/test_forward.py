@@ -318,6 +318,36 @@ def test_out_of_resources_is_tried_again(tmp_path: Path) -> None:
         assert db.execute("SELECT state, attempts FROM entry").fetchall() == [("sent", 3)]
 
 
+def test_out_of_resources_holds_the_batch_back_together(tmp_path: Path) -> None:
+    """review36a #8: after an A700 each instance came back on its own association
+    (their jittered delays came due one by one), the destination never backed off:
+    the rest of the batch waits with it, due at one time, and goes on one association."""
+    root, port = tmp_path / "archive", free_port()
+    cfg = config(f"DEST=127.0.0.1:{port}")
+    uids = [f"1.2.77.8.{n}" for n in range(1, 4)]
+
+    async def queued() -> None:  # (the destination down: all three pending)
+        async with serving(root, cfg) as server:
+            await store(server.port, [instance(uid) for uid in uids])
+            await until(lambda: status(root, "DEST")["pending"] == 3)
+
+    asyncio.run(queued())
+    reports: list[BatchReport] = []
+    with destination("DEST", port=port, answers=[0xA700]) as dest:
+
+        async def main() -> None:
+            async with serving(root, cfg) as server:
+                assert server.forwarding is not None
+                server.forwarding.observers.append(reports.append)
+                await until(lambda: status(root, "DEST")["sent"] == 3)
+                await until(lambda: sum(r.sent for r in reports) == 3)
+
+        asyncio.run(main())
+    assert sorted(uid for uid, *_ in dest.received) == uids
+    assert [(r.retry, r.sent) for r in reports] == [(3, 0), (0, 3)]
+    assert reports[0].error is not None and reports[0].error.startswith("A700")
+
+
 def test_a_failure_status_is_given_up_not_retried(tmp_path: Path) -> None:
     """The destination (our own server, --store-aet NOBODY) answers 0124 Not
     Authorized: each entry is failed after one attempt, counted, never tried again."""

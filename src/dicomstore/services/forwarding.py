@@ -373,8 +373,12 @@ class Forwarding:
                     outcomes.append(Settled(entry.id, "sent", attempts, status=rsp.status))
                     report.sent += 1
                 elif transient_status(rsp.status):
-                    outcomes.append(self._later(entry, rsp.status, rsp.error_comment))
-                    report.retry += 1
+                    # the destination is in trouble (full, busy): the rest of the batch
+                    # waits with this one, and the destination backs off (review36a #8:
+                    # each instance came back on its own association, ~30 per second)
+                    why = f"{rsp.status:04X} {rsp.error_comment or st.describe(rsp.status)}"
+                    report.error = self._retry_all(todo[n:], why, outcomes, report, rsp.status)
+                    break
                 else:
                     why = f"{st.describe(rsp.status)}: {rsp.error_comment or ''}".rstrip(": ")
                     log.warning(
@@ -403,22 +407,24 @@ class Forwarding:
             observe(report)
         return report
 
-    def _later(self, entry: Entry, status: int | None, why: str | None) -> Settled:
-        attempts = entry.attempts + 1
-        when = self.clock() + self.backoff(attempts)
-        return Settled(entry.id, "pending", attempts, when, status, why)
-
     def _retry_all(
         self,
         todo: Sequence[tuple[Entry, Selected]],
-        exc: BaseException,
+        failure: BaseException | str,
         outcomes: list[Settled],
         report: BatchReport,
+        status: int | None = None,
     ) -> str:
-        kind = classify(exc)
-        why = f"{kind[0] if kind else 'failed'}: {exc or type(exc).__name__}"
+        """Every entry of ``todo`` pending again, all due at one time (so that they
+        go on one association, not one each as their jittered delays came due)."""
+        if isinstance(failure, str):
+            why = failure
+        else:
+            kind = classify(failure)
+            why = f"{kind[0] if kind else 'failed'}: {failure or type(failure).__name__}"
+        when = self.clock() + self.backoff(todo[0][0].attempts + 1) if todo else 0.0
         for entry, _item in todo:
-            outcomes.append(self._later(entry, None, why))
+            outcomes.append(Settled(entry.id, "pending", entry.attempts + 1, when, status, why))
             report.retry += 1
         return why
 
