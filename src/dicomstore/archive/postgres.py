@@ -85,10 +85,15 @@ class PostgresEngine(Engine):
         db = self._connect(timeout)
         try:
             db.execute("SELECT set_config('lock_timeout', ?, false)", (f"{int(timeout * 1000)}",))
-            # a writer that stops in a transaction (its host gone, frozen) holds the
-            # index's lock: the server ends its session after this (review36b #5)
+            # a writer whose host is gone holds the index's lock until the server
+            # notices: its own keepalives on this session's socket (about 30 s); one
+            # frozen in a transaction, until this timeout ends it (review36b #5)
             db.execute(
-                "SELECT set_config('idle_in_transaction_session_timeout', ?, false)",
+                "SELECT set_config('idle_in_transaction_session_timeout', ?, false),"
+                " set_config('tcp_keepalives_idle', '10', false),"
+                " set_config('tcp_keepalives_interval', '5', false),"
+                " set_config('tcp_keepalives_count', '3', false),"
+                " set_config('tcp_user_timeout', '30000', false)",
                 (f"{IDLE_IN_TRANSACTION_MS}",),
             )
             if not durable:
@@ -288,9 +293,10 @@ class PgConnection:
         self.conn.close()
 
 
-#: How long a writer's session may sit in an open transaction sending nothing
-#: (ours send their statements back to back; reindex's batches too).
-IDLE_IN_TRANSACTION_MS = 60_000
+#: How long a writer's session may sit in an open transaction sending nothing (ours
+#: send their statements back to back, but for ``check``'s look again under the lock,
+#: which reads files between them).
+IDLE_IN_TRANSACTION_MS = 600_000
 
 
 def _connect(url: str, where: str, options: str, timeout: float) -> PgConnection:
