@@ -78,3 +78,19 @@ def test_without_a_header_its_keys_are_zero_length() -> None:
     values = {tag: value for tag, _vr, value in elements}
     assert values[0x00080008] == b"" and values[0x00082218] == b""  # (sequence: empty)
     assert 0x00080005 not in values
+
+
+def test_a_patient_id_with_a_comma_is_one_value_not_a_list() -> None:
+    """review36a #11: a Patient ID (LO) may hold a comma; the hierarchical check took it
+    for a list (A900 'relational: not supported'). A backslash still makes a list."""
+    from dicomstore.services.query_identifier import FindFailure, parse_identifier
+
+    def query(patient_id: str) -> Dataset:
+        ds = Dataset()
+        ds.QueryRetrieveLevel, ds.PatientID, ds.StudyInstanceUID = "STUDY", patient_id, ""
+        return ds
+
+    model = uids.PATIENT_ROOT_QR_FIND
+    assert parse_identifier(query("MRN,0042"), model).filters[0x00100020] == "MRN,0042"
+    with pytest.raises(FindFailure, match="relational"):
+        parse_identifier(query("MRN\\0042"), model)

@@ -295,7 +295,9 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
     for upper in levels[: levels.index(level)]:
         key = UNIQUE_KEY[upper]
         value = found.filters.get(key, "")
-        if not value or any(c in value for c in "*?\\,"):
+        # (a comma is a list only between UIDs: a Patient ID, LO, may hold one: review36a #11)
+        listed = "*?\\," if upper != "PATIENT" else "*?\\"
+        if not value or any(c in value for c in listed):
             raise FindFailure(
                 st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                 f"{level} query without a single {_tag_name(key)} (relational: not supported)",
