@@ -217,6 +217,24 @@ def test_a_failed_report_is_retried_and_kept_until_acknowledged(
     srv.archive.close()  # type: ignore[attr-defined]
 
 
+def test_a_report_answered_0110_is_sent_again_a_few_times(root: Path) -> None:
+    """review36a #10: a report the requester answered 0110 (it could not process it)
+    was taken as delivered at once; it is sent again, PROCESSING_FAILURE_TRIES in all."""
+    tries = commitment_reports.PROCESSING_FAILURE_TRIES
+    with report_listener("MODALITY") as (port, reports):
+        reports.status = 0x0110
+        srv = serving(root, commitment_scus=(Destination("MODALITY", "127.0.0.1", port),))
+        with srv:
+            commitments = srv.server.commitments
+            assert commitments is not None
+            commitments.retry_delay = 0.05
+            assert n_action(srv.port, action_information("1.2.8.140", *HELD)) == 0x0000
+            reports.wait(tries)
+            assert settled(srv) and journal_empty(root, srv)
+        srv.archive.close()  # type: ignore[attr-defined]
+    assert len(reports.received) == tries
+
+
 def test_a_pending_request_is_reported_after_a_restart(root: Path) -> None:
     """Accepted before a crash (in the journal, never reported): reported at start."""
     CommitmentJournal(root).add(

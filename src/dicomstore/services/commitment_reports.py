@@ -80,6 +80,9 @@ log = logging.getLogger("dicomstore.server")
 #: N-EVENT-REPORT-RSP statuses after which the report is sent again (elsewhere,
 #: or later): the requester did not take it (0211) or could not now (0213).
 NOT_TAKEN = frozenset({st.UNRECOGNIZED_OPERATION, st.RESOURCE_LIMITATION})
+#: Reports the requester answered 0110 (it could not process it) are sent again this
+#: many times in all, then taken as answered (review36a #10: dropped at the first).
+PROCESSING_FAILURE_TRIES = 3
 
 
 @dataclass
@@ -195,7 +198,7 @@ class CommitmentService:
         failures = 0
         while not self._closed:
             try:
-                how = await self._attempt(request, channel)
+                how = await self._attempt(request, channel, failures + 1)
             except _NoAddress as exc:
                 await self._strand(request.transaction_uid, str(exc))
                 return
@@ -246,9 +249,11 @@ class CommitmentService:
                 self.max_pending,
             )
 
-    async def _attempt(self, request: CommitmentRequest, channel: Channel | None) -> str:
-        """One report: verify now, send on ``channel`` if open, else on a new
-        association; returns how it went. Raises when it must be retried."""
+    async def _attempt(
+        self, request: CommitmentRequest, channel: Channel | None, attempt: int = 1
+    ) -> str:
+        """One report (the ``attempt``-th): verify now, send on ``channel`` if open,
+        else on a new association; returns how it went. Raises when it must be retried."""
         if (channel is None or not channel.is_open) and request.calling_ae not in self.scus:
             raise _NoAddress(f"no address configured for {request.calling_ae!r}")
         verdicts = await asyncio.to_thread(verify, self.reader, request.references)
@@ -278,6 +283,8 @@ class CommitmentService:
             rsp = await self._send_new(self.scus[request.calling_ae], event_type, info)
             if rsp.status in NOT_TAKEN:
                 raise AssociationError(f"N-EVENT-REPORT-RSP {rsp.status:04X}: try again later")
+        if rsp.status == st.PROCESSING_FAILURE and attempt < PROCESSING_FAILURE_TRIES:
+            raise AssociationError("N-EVENT-REPORT-RSP 0110: not processed; try again later")
         if rsp.status != st.SUCCESS:
             log.warning(
                 "storage commitment %s: N-EVENT-REPORT-RSP %04X %s",
