@@ -270,3 +270,28 @@ def test_an_instance_moved_back_by_another_node_after_a_replace_keeps_its_file(
     finally:
         a.close()
         b.close()
+
+
+def test_a_moved_replace_whose_old_file_cannot_be_looked_up_is_still_stored(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """review36c M2: after the COMMIT, a database error looking up the old key made
+    every member of the batch fail (a RuntimeError) though their rows were committed."""
+    from dicomstore.archive.engine import OperationalError
+    from dicomstore.archive.index import Index
+
+    root = tmp_path / "archive"
+    uid = _uid(71)
+    with Archive(root, fsync=False, on_duplicate="replace") as a:
+        assert store(a, dataset(uid, series="1.2.3.4.5"), sop_uid=uid).status == SUCCESS
+
+        def unavailable(self: Index, filters: dict) -> list:
+            raise OperationalError[0]("the index is unreachable")
+
+        monkeypatch.setattr(Index, "query", unavailable)
+        assert store(a, dataset(uid, series="1.2.3.4.6"), sop_uid=uid).status == SUCCESS
+        monkeypatch.undo()
+        (row,) = a.instances()
+        assert row["series_uid"] == "1.2.3.4.6" and a.path_of(uid).exists()
+    with Archive(root, fsync=False) as a:  # (the next start removes the old file)
+        assert a.check() == []

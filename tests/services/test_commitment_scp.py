@@ -217,6 +217,21 @@ def test_a_failed_report_is_retried_and_kept_until_acknowledged(
     srv.archive.close()  # type: ignore[attr-defined]
 
 
+def test_a_stranded_request_sent_again_holds_no_slot(root: Path) -> None:
+    """review36c H1: the same Transaction UID sent again was 0115, but it took a
+    pending slot for good: max-pending of them refused everyone 0213 again."""
+    srv = serving(root, max_pending_commitments=1)
+    with srv:
+        ds = action_information("1.2.8.150", *HELD)
+        assert n_action(srv.port, ds) == 0x0000  # (released at once: stranded)
+        assert settled(srv)
+        assert n_action(srv.port, ds) == 0x0115  # (still waiting in the journal)
+        reports = Reports()
+        other = action_information("1.2.8.151", *HELD)
+        assert n_action(srv.port, other, reports=reports, calling="OTHER") == 0x0000
+    srv.archive.close()  # type: ignore[attr-defined]
+
+
 def test_a_report_answered_0110_is_sent_again_a_few_times(root: Path) -> None:
     """review36a #10: a report the requester answered 0110 (it could not process it)
     was taken as delivered at once; it is sent again, PROCESSING_FAILURE_TRIES in all."""

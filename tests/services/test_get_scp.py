@@ -306,3 +306,42 @@ def test_no_c_store_to_us_on_a_context_where_the_requestor_is_only_scp(server) -
     assert srv.server.reader is not None
     with pytest.raises(NotStoredError):
         srv.server.reader.instance("1.2.9.9.9")
+
+
+def test_a_get_requester_that_stops_answering_is_aborted_as_idle(root: Path) -> None:
+    """review36c M1: the idle timer does not run while we answer a request (review36a
+    #2), but a C-GET requester silent while it owes us a C-STORE-RSP is idle."""
+    import logging
+
+    from dicomstore.aio.association import Timeouts
+
+    idle, release = threading.Event(), threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "no activity for" in record.getMessage():
+                idle.set()
+
+    def hang(_uid: str) -> int:  # (the requester's Storage SCP does not answer)
+        release.wait(30)
+        return 0x0000
+
+    seen, logger = Seen(), logging.getLogger("dicomstore.server")
+    logger.addHandler(seen)
+    level, _ = logger.level, logger.setLevel(logging.INFO)
+    archive = Archive(root, fsync=False)
+    try:
+        config = ServerConfig(port=0, timeouts=Timeouts(network=0.3))
+        with ServerThread(config, archive) as srv:
+            ds = identifier("STUDY", StudyInstanceUID="1.2.9.1")
+            getting = threading.Thread(
+                target=lambda: pynetdicom_get(srv.port, ds, status_for=hang), daemon=True
+            )
+            getting.start()
+            assert idle.wait(30)  # (aborted while the requester owed a C-STORE-RSP)
+            release.set()
+            getting.join(30)
+    finally:
+        logger.removeHandler(seen)
+        logger.setLevel(level)
+        archive.close()

@@ -48,13 +48,13 @@ def finish(index: Index, storage: WritableStorage, placed: list[Staged]) -> None
     with index.lock:
         try:
             index.begin()
-        except DatabaseError as exc:  # (their intents stay: the next start settles them)
-            log.warning("index unavailable (%s): replaced files left for now", exc)
-            storage.finish([m for m in placed if all(m is not n for n in moved)])
-            return
-        try:
-            old = [m.existing["path"] for m in moved if m.existing]
-            kept = frozenset(key for key in old if index.query({"path": key}))
-            storage.finish(placed, kept)
-        finally:
-            rollback_quietly(index)
+            try:
+                old = [m.existing["path"] for m in moved if m.existing]
+                kept = frozenset(key for key in old if index.query({"path": key}))
+                storage.finish(placed, kept)
+            finally:
+                rollback_quietly(index)
+        except DatabaseError as exc:  # (committed all the same: their answer stands,
+            # review36c M2): the old files go if still their intents' (inode) files
+            log.warning("index unavailable (%s): old files removed unchecked", exc)
+            storage.finish(placed)

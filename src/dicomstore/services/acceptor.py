@@ -132,10 +132,11 @@ class AcceptorAssociation:
 
     @property
     def _answering(self) -> bool:
-        """We work on its requests (a C-MOVE sending, commits): the peer's silence is
-        waiting, not idleness (PS3.7 9.1.4; review36a #2: C-MOVEs were aborted)."""
+        """We work on its requests (a C-MOVE sending, commits), it owes us no answer (a
+        C-GET's C-STORE-RSP): its silence is waiting, not idleness (PS3.7 9.1.4)."""
         qr = any(scp is not None and scp.busy for scp in self._qr_scps)
-        return self.committing or bool(self.inflight) or qr
+        owed = self.invoker is not None and bool(self.invoker.waiting)
+        return (self.committing or bool(self.inflight) or qr) and not owed
 
     @property
     def _qr_scps(self) -> tuple[QuerySCP | RetrieveSCP | GetSCP | CommitmentSCP | None, ...]:

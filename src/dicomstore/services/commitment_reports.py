@@ -183,7 +183,8 @@ class CommitmentService:
         self.pending.add(request.transaction_uid)
         try:
             await asyncio.to_thread(self.journal.add, request)
-        except DuplicateTransaction:
+        except DuplicateTransaction:  # (in the journal, not pending: one stranded)
+            self.pending.discard(request.transaction_uid)  # (review36c H1: held for ever)
             raise Refused(st.INVALID_ARGUMENT_VALUE, "Transaction UID already pending") from None
         except (OSError, ValueError) as exc:
             self.pending.discard(request.transaction_uid)
