@@ -88,14 +88,11 @@ class PostgresEngine(Engine):
             # a writer whose host is gone holds the index's lock until the server
             # notices: its own keepalives on this session's socket (about 30 s); one
             # frozen in a transaction, until this timeout ends it (review36b #5)
-            db.execute(
-                "SELECT set_config('idle_in_transaction_session_timeout', ?, false),"
-                " set_config('tcp_keepalives_idle', '10', false),"
-                " set_config('tcp_keepalives_interval', '5', false),"
-                " set_config('tcp_keepalives_count', '3', false),"
-                " set_config('tcp_user_timeout', '30000', false)",
-                (f"{IDLE_IN_TRANSACTION_MS}",),
-            )
+            settings = dict(SERVER_KEEPALIVES, idle_in_transaction_session_timeout=IDLE_MS)
+            if db.conn.info.server_version < 120000:  # (no tcp_user_timeout before 12)
+                del settings["tcp_user_timeout"]
+            calls = ", ".join("set_config(?, ?, false)" for _ in settings)
+            db.execute(f"SELECT {calls}", [v for kv in settings.items() for v in kv])
             if not durable:
                 db.execute("SET synchronous_commit = off")
         except BaseException:
@@ -295,8 +292,15 @@ class PgConnection:
 
 #: How long a writer's session may sit in an open transaction sending nothing (ours
 #: send their statements back to back, but for ``check``'s look again under the lock,
-#: which reads files between them).
-IDLE_IN_TRANSACTION_MS = 600_000
+#: which reads files between them), in milliseconds.
+IDLE_MS = "600000"
+#: The server's side of a writer session's socket: a node gone is noticed in ~30 s.
+SERVER_KEEPALIVES = {
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
 
 
 def _connect(url: str, where: str, options: str, timeout: float) -> PgConnection:
