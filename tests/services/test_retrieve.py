@@ -246,6 +246,14 @@ def test_cancel_stops_before_the_next_sub_operation() -> None:
     assert retrieval.counts() == SubOperations(2, 2, 0, 0)  # Remaining kept on cancel
 
 
+def test_cancel_then_the_destination_refused_counts_nothing_failed() -> None:
+    """review36c L6: a cancel that met the destination's refusal counted one failure,
+    though nothing was sent: all are Remaining, FE00."""
+    retrieval = Retrieval(items(3))
+    status, _pending = run(retrieval, FakeSender(refuse=True), cancel_after=0)
+    assert status == 0xFE00 and retrieval.counts() == SubOperations(3, 0, 0, 0)
+
+
 def test_nothing_selected_is_success_without_an_association() -> None:
     retrieval = Retrieval([])
     sender = FakeSender(refuse=True)

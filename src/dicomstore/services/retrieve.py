@@ -209,13 +209,16 @@ class Retrieval:
         final status. ``is_cancelled`` is asked before each sub-operation."""
         if not self.selected:
             return st.SUCCESS
+        sending = False  # (a sub-operation in flight: see SubOperationsEnded below)
         try:
             await sender.start(self.selected)
             for n, item in enumerate(self.selected):
                 if is_cancelled():
                     self.cancelled = True
                     break
+                sending = True
                 self._count(item, await sender.send(item))
+                sending = False
                 if n + 1 < len(self.selected):
                     await pending(self.counts(pending=True))
         except SubOperationsEnded as exc:
@@ -225,7 +228,8 @@ class Retrieval:
             # C-STORE): the one in flight failed, the rest is Remaining, FE00
             # (PS3.4 C.4.2.1.6; review36a #3: all counted failed, B000)
             self.cancelled = is_cancelled()
-            rest = self.selected[done : done + 1] if self.cancelled else self.selected[done:]
+            in_flight = self.selected[done : done + 1] if sending else []
+            rest = in_flight if self.cancelled else self.selected[done:]
             for item in rest:
                 self._count(item, st.SUBOPERATIONS_FAILED)
         finally:

@@ -189,8 +189,10 @@ class RetrieveSCP(QROperations):
             status = await retrieval.run(
                 sender, is_cancelled=lambda: op.cancelled or not self.is_open, pending=pending
             )
-        except asyncio.CancelledError:  # (the association ended: no one to answer)
-            self._close_out(op, "aborted")
+        except asyncio.CancelledError:  # (the association ended: no one to answer;
+            # every one sent already, the status they came to: review36c L6)
+            done = retrieval.remaining == 0
+            self._close_out(op, f"{retrieval.status:04X}" if done else "aborted")
             raise
         data = retrieval.failed_identifier(ts)
         comment = retrieval.ended[:64] if retrieval.ended else None
