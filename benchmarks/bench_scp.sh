@@ -22,6 +22,14 @@ export RECEIVERS_A="${RECEIVERS_A:-dcmtk dcmtk-bp pynetdicom orthanc-sync}"
 export RECEIVERS_B="${RECEIVERS_B:-dcmtk-fork dcmtk-bp-fork pynetdicom orthanc-sync}"
 export RECEIVERS_D="${RECEIVERS_D:-dcmtk dcmtk-bp pynetdicom orthanc-sync}"
 [ $# -gt 0 ] || set -- A B D
+# The harness's receivers listen on 11112 (DICOM) and 11113 (HTTP): something else
+# there would take the senders' instances while every receiver "stores 0" unnoticed.
+for port in 11112 11113; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "bench_scp: 127.0.0.1:$port is taken by another process; end it first" >&2
+    exit 2
+  fi
+done
 export RESULTS="${RESULTS:-$BENCH_SCRATCH/results/peers-$(date +%Y%m%d-%H%M%S).jsonl}"
 mkdir -p "$(dirname "$RESULTS")"
 bash "$SHARED/run_peers.sh" "$@"
