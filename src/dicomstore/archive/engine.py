@@ -75,6 +75,12 @@ def error_cause(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def unavailable(exc: BaseException) -> str:
+    """The Error Comment of an answer the index could not give (its cause, never
+    where it is), cut to an LO's 64 characters."""
+    return f"index unavailable: {error_cause(exc)}"[:64]
+
+
 #: Exceptions of any index engine (``except DatabaseError``).
 DatabaseError: tuple[type[Exception], ...] = (sqlite3.Error, PostgresError)
 #: The database is unavailable, busy or locked (a transient condition).

@@ -294,13 +294,6 @@ class PgConnection:
 #: send their statements back to back, but for ``check``'s look again under the lock,
 #: which reads files between them), in milliseconds.
 IDLE_MS = "600000"
-#: The server's side of a writer session's socket: a node gone is noticed in ~30 s.
-SERVER_KEEPALIVES = {
-    "tcp_keepalives_idle": "10",
-    "tcp_keepalives_interval": "5",
-    "tcp_keepalives_count": "3",
-    "tcp_user_timeout": "30000",
-}
 
 
 def _connect(url: str, where: str, options: str, timeout: float) -> PgConnection:
@@ -334,6 +327,13 @@ KEEPALIVES = {
     "keepalives_interval": 5,
     "keepalives_count": 3,
     "tcp_user_timeout": 30_000,
+}
+#: The same on the server's side of a writer session's socket (its settings' names):
+#: a node gone is noticed in ~30 s.
+SERVER_KEEPALIVES = {
+    (key if key == "tcp_user_timeout" else f"tcp_{key}"): str(value)
+    for key, value in KEEPALIVES.items()
+    if key != "keepalives"
 }
 
 

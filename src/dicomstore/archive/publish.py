@@ -207,7 +207,13 @@ from dicomstore.archive.aftercommit import committed_after_all, finish
 from dicomstore.archive.commit import CommitStats, Staged
 from dicomstore.archive.deferred import DeferredFlushes, rollback_quietly
 from dicomstore.archive.dicomfile import HeaderError
-from dicomstore.archive.engine import DatabaseError, DatabaseOrOSError, IntegrityError, error_cause
+from dicomstore.archive.engine import (
+    DatabaseError,
+    DatabaseOrOSError,
+    IntegrityError,
+    error_cause,
+    unavailable,
+)
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import instance_relstr
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, duplicate, failure
@@ -331,7 +337,7 @@ class Publisher(DeferredFlushes):
             try:  # (and the lookup: PostgreSQL sends both at once)
                 found = index.begin([m.row["sop_instance_uid"] for m in live])
             except DatabaseError as exc:
-                comment = f"out of resources: index unavailable: {error_cause(exc)}"
+                comment = f"out of resources: {unavailable(exc)}"
                 for member in live:
                     self._answer(member, failure(st.OUT_OF_RESOURCES, comment))
                 return

@@ -353,7 +353,7 @@ class Forwarding:
             try:
                 await sender.open([item for _entry, item in todo])
             except (DicomstoreError, OSError) as exc:
-                report.error = self._retry_all(todo, exc, outcomes, report)
+                report.error = self._retry_all(todo, _failed(exc), outcomes, report)
                 todo = []
         try:
             for n, (entry, item) in enumerate(todo):
@@ -363,7 +363,8 @@ class Forwarding:
                 try:
                     rsp = await sender.store(item)
                 except (DicomstoreError, ConnectionError, OSError) as exc:  # (SourceReadError too)
-                    report.error = self._retry_all(todo[n : n + 1], exc, outcomes, report)
+                    why = _failed(exc)
+                    report.error = self._retry_all(todo[n : n + 1], why, outcomes, report)
                     break
                 if rsp is None:
                     why = "not sent: unreadable, or no context accepted for it (see the log)"
@@ -410,18 +411,13 @@ class Forwarding:
     def _retry_all(
         self,
         todo: Sequence[tuple[Entry, Selected]],
-        failure: BaseException | str,
+        why: str,
         outcomes: list[Settled],
         report: BatchReport,
         status: int | None = None,
     ) -> str:
         """Every entry of ``todo`` pending again, all due at one time (so that they
-        go on one association, not one each as their jittered delays came due)."""
-        if isinstance(failure, str):
-            why = failure
-        else:
-            kind = classify(failure)
-            why = f"{kind[0] if kind else 'failed'}: {failure or type(failure).__name__}"
+        go on one association, not one each as their jittered delays came due); ``why``."""
         when = self.clock() + self.backoff(todo[0][0].attempts + 1) if todo else 0.0
         for entry, _item in todo:
             outcomes.append(Settled(entry.id, "pending", entry.attempts + 1, when, status, why))
@@ -463,3 +459,9 @@ class Forwarding:
                 continue
             found.append((entry, Selected(row[0], row[1], row[2], row[3], storage=storage)))
         return found, gone
+
+
+def _failed(exc: BaseException) -> str:
+    """Why a batch's association failed, in the queue's words (:func:`classify`)."""
+    kind = classify(exc)
+    return f"{kind[0] if kind else 'failed'}: {exc or type(exc).__name__}"

@@ -30,7 +30,7 @@ from pydicom.filereader import dcmread
 
 from dicomstore.aio.association import Transport
 from dicomstore.archive import query as q
-from dicomstore.archive.engine import DatabaseOrOSError, error_cause
+from dicomstore.archive.engine import DatabaseOrOSError, unavailable
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import CFindRQ, CFindRSP
 from dicomstore.dimse import status as st
@@ -136,8 +136,7 @@ class QuerySCP(QROperations):
             log.error("%s: C-FIND failed: %s", self.t.peer, exc)
             # Refused: Out of resources (PS3.4 C.4.1.1.4): the index is unavailable, a
             # transient state; the cause in a few words, not where the index is
-            comment = f"index unavailable: {error_cause(exc)}"[:64]
-            self._final(find, rq.response(st.OUT_OF_RESOURCES, comment), query)
+            self._final(find, rq.response(st.OUT_OF_RESOURCES, unavailable(exc)), query)
 
     async def _matches(self, find: _Find, query: FindQuery, ts: str) -> int:
         """Send one pending response per match; the final status."""

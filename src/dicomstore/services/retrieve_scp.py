@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dicomstore.aio.association import Timeouts, Transport
-from dicomstore.archive.engine import DatabaseOrOSError, error_cause
+from dicomstore.archive.engine import DatabaseOrOSError, unavailable
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import CMoveRQ, RetrieveRQ, RetrieveRSP, SubOperations
 from dicomstore.dimse import status as st
@@ -162,13 +162,8 @@ class RetrieveSCP(QROperations):
             return
         except DatabaseOrOSError as exc:
             log.error("%s: %s failed: %s", self.t.peer, self.service, exc)
-            self._final(
-                op,
-                rq.response(
-                    st.UNABLE_TO_CALCULATE_MATCHES,
-                    error_comment=f"index unavailable: {error_cause(exc)}"[:64],
-                ),
-            )
+            rsp = rq.response(st.UNABLE_TO_CALCULATE_MATCHES, error_comment=unavailable(exc))
+            self._final(op, rsp)
             return
         log.info(
             "%s: %s %s %s to %s: %d instances",
