@@ -332,6 +332,8 @@ def test_out_of_resources_holds_the_batch_back_together(tmp_path: Path) -> None:
             await until(lambda: status(root, "DEST")["pending"] == 3)
 
     asyncio.run(queued())
+    with closing(sqlite3.connect(queue_path(root))) as db, db:  # (all due at once: their
+        db.execute("UPDATE entry SET next_attempt = 0")  # failed tries' delays differ)
     reports: list[BatchReport] = []
     with destination("DEST", port=port, answers=[0xA700]) as dest:
 

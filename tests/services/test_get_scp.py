@@ -136,7 +136,8 @@ def pynetdicom_get(
     assert assoc.is_established
     try:
         for rsp, ident in assoc.send_c_get(ds, model):
-            got.responses.append((rsp.Status, rsp, ident))
+            # (an empty rsp: pynetdicom's way of saying the association was aborted)
+            got.responses.append((rsp.get("Status"), rsp, ident))
             if on_response is not None:
                 on_response(assoc, len(got.responses))
     finally:
