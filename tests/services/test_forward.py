@@ -380,3 +380,51 @@ def test_a_failure_status_is_given_up_not_retried(tmp_path: Path) -> None:
     assert sum(r.failed for r in reports) == 2 and not any(r.retry for r in reports)
     assert 'dicomstore_forwarded_total{destination="REFUSER",outcome="failed"} 2.0' in exposition
     assert 'dicomstore_forward_pending{destination="REFUSER"} 0.0' in exposition
+
+
+def test_requeue_sends_failed_entries_again(tmp_path: Path, capsys) -> None:
+    """review36a #9: a destination's C000 (its own transient trouble, called permanent)
+    failed the entries for good, with no remedy: `dicomstore requeue` makes them pending
+    again while the server runs, and they are sent."""
+    from dicomstore.cli import main as cli_main
+
+    root = tmp_path / "archive"
+    uids = ["1.2.77.9.1", "1.2.77.9.2"]
+    with destination("DEST", answers=[0xC000, 0xC000]) as dest:
+
+        async def main() -> None:
+            async with serving(root, config(f"DEST=127.0.0.1:{dest.port}")) as server:
+                assert server.forwarding is not None
+                server.forwarding.idle_look = 0.05  # (else within IDLE_LOOK, 30 s)
+                await store(server.port, [instance(uid) for uid in uids])
+                await until(lambda: status(root, "DEST")["failed"] == 2)
+                assert status(root, "DEST")["sent"] == 0 and not dest.received
+                argv = ["requeue", "--storage", str(root), "--destination", "DEST"]
+                assert await asyncio.to_thread(cli_main, argv) == 0
+                await until(lambda: status(root, "DEST")["sent"] == 2)
+
+        asyncio.run(main())
+    assert "DEST: 2 failed entries pending again" in capsys.readouterr().out
+    assert sorted(uid for uid, *_ in dest.received) == uids
+    assert (status(root, "DEST")["failed"], status(root, "DEST")["pending"]) == (0, 0)
+
+
+def test_requeue_takes_only_the_destinations_named(tmp_path: Path, capsys) -> None:
+    from dicomstore.cli import main as cli_main
+    from dicomstore.services.forward_queue import ForwardQueue, Queued, Settled, requeue_failed
+
+    assert requeue_failed(tmp_path) is None
+    assert cli_main(["requeue", "--storage", str(tmp_path)]) == 1
+    assert "has no forwarding queue" in capsys.readouterr().err
+    queue = ForwardQueue(tmp_path)
+    queue.add([Queued(dest, "1.2.3", "2026-01-01T00:00:00") for dest in ("A", "B")])
+    for entry in queue.due("A", time.time(), 10) + queue.due("B", time.time(), 10):
+        queue.settle(entry.destination, [Settled(entry.id, "failed", 1, status=0xC000)])
+    queue.close()
+    assert requeue_failed(tmp_path, ["A"]) == {"A": 1}
+    assert (status(tmp_path, "A")["pending"], status(tmp_path, "A")["failed"]) == (1, 0)
+    assert (status(tmp_path, "B")["pending"], status(tmp_path, "B")["failed"]) == (0, 1)
+    assert cli_main(["requeue", "--storage", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "B: 1 failed entries pending again\n"
+    assert cli_main(["requeue", "--storage", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "no failed entries\n"

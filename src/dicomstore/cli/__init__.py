@@ -42,6 +42,7 @@ PARSERS: dict[str, str] = {
     "delete": "access",
     "check": "admin",
     "reindex": "admin",
+    "requeue": "admin",
     "conformance": "admin",
     "events": "events",
 }
@@ -122,6 +123,10 @@ def _run(args: argparse.Namespace) -> int:
         from dicomstore.cli import events
 
         return events.run(args)
+    if args.command == "requeue":
+        from dicomstore.cli.admin import requeue
+
+        return requeue(args)
     if args.command == "conformance":
         from dicomstore.conformance.document import statement
 

@@ -1,4 +1,4 @@
-"""``dicomstore check``, ``reindex`` and ``conformance``."""
+"""``dicomstore check``, ``reindex``, ``requeue`` and ``conformance``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dicomstore.cli.options import (
 
 
 def add_parsers(sub: Any) -> None:
-    """The ``check``, ``reindex`` and ``conformance`` subcommands."""
+    """The ``check``, ``reindex``, ``requeue`` and ``conformance`` subcommands."""
     c = sub.add_parser("check", help="verify the archive's files against its index")
     c.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
     add_index(c)
@@ -27,6 +27,20 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
     add_index(r)
     _add_common(r)
+    q = sub.add_parser(
+        "requeue",
+        help="put the forwarding queue's failed entries back in line: the server sends"
+        " them again within 30 s",
+    )
+    q.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
+    q.add_argument(
+        "--destination",
+        action="append",
+        default=[],
+        metavar="AET",
+        help="only this destination's (repeatable; default every destination's)",
+    )
+    _add_common(q)
     cs = sub.add_parser(
         "conformance", help="print the DICOM Conformance Statement (PS3.2, Markdown)"
     )
@@ -73,3 +87,25 @@ def check_or_reindex(args: argparse.Namespace) -> int:
         print(problem)
     print(f"{len(problems)} problem(s)")
     return EXIT_FAILED if problems else EXIT_OK
+
+
+def requeue(args: argparse.Namespace) -> int:
+    """``requeue``: ``services.forward_queue.requeue_failed``; one line per destination."""
+    import sqlite3
+
+    from dicomstore.services.forward_queue import requeue_failed
+
+    try:
+        counts = requeue_failed(args.storage, args.destination)
+    except (sqlite3.Error, OSError) as exc:
+        where = f"the forwarding queue of {args.storage}"
+        print(f"dicomstore: requeue: {where}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if counts is None:
+        print(f"dicomstore: requeue: {args.storage} has no forwarding queue", file=sys.stderr)
+        return EXIT_FAILED
+    for dest in args.destination or sorted(counts):
+        print(f"{dest}: {counts.get(dest, 0)} failed entries pending again")
+    if not counts and not args.destination:
+        print("no failed entries")
+    return EXIT_OK

@@ -383,3 +383,42 @@ def queue_status(root: Path | str, *, timeout: float = 5.0) -> list[dict[str, An
         ):
             of(dest).update(pending=count, oldest_pending=oldest)
     return [found[dest] for dest in sorted(found)]
+
+
+def requeue_failed(
+    root: Path | str,
+    destinations: Sequence[str] = (),
+    *,
+    timeout: float = 5.0,
+    clock: Any = time.time,
+) -> dict[str, int] | None:
+    """The *failed* entries of ``destinations`` (all when empty) pending again, due now,
+    their attempts counted from 0 (``dicomstore requeue``: a destination's trouble that
+    its status called permanent, review36a #9); how many per destination, None when
+    there is no queue. Safe while the server runs (one transaction; the sender looks
+    for due entries at least every ``forwarding.IDLE_LOOK`` seconds)."""
+    path = queue_path(root)
+    if not path.is_file():
+        return None
+    where, args = "state = 'failed'", list(destinations)
+    if destinations:
+        where += f" AND destination IN ({', '.join('?' * len(destinations))})"
+    db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    with closing(db), _Transaction(db):
+        counts = dict(
+            db.execute(
+                f"SELECT destination, COUNT(*) FROM entry WHERE {where} GROUP BY destination",
+                args,
+            ).fetchall()
+        )
+        db.execute(
+            "UPDATE entry SET state = 'pending', attempts = 0, next_attempt = ?,"
+            f" done_at = NULL WHERE {where}",
+            [clock(), *args],
+        )
+        for dest, n in counts.items():
+            db.execute(
+                "UPDATE total SET n = MAX(n - ?, 0) WHERE destination = ? AND state = 'failed'",
+                (n, dest),
+            )
+    return counts

@@ -69,6 +69,9 @@ BATCH = 100
 KEEP_DONE = 3600.0
 #: A DIMSE response later than this (seconds) aborts the association: transient.
 DIMSE_TIMEOUT = 300.0
+#: The longest a destination's sender waits before looking for due entries again
+#: (entries another process made pending: ``dicomstore requeue``).
+IDLE_LOOK = 30.0
 _SENDABLE = (
     "SELECT sop_instance_uid, sop_class_uid, transfer_syntax_uid, path, received_at"
     " FROM instance WHERE sop_instance_uid IN ({})"
@@ -147,6 +150,7 @@ class Forwarding:
         self.keep_done = keep_done
         self.clock = clock
         self.jitter = jitter
+        self.idle_look = IDLE_LOOK
         self.queue: ForwardQueue | None = None
         #: (destination, trigger) -> since when the rule has been configured (ISO)
         self.since: dict[tuple[str, str], str] = {}
@@ -308,7 +312,8 @@ class Forwarding:
                 entries = await asyncio.to_thread(queue.due, ae, self.clock(), self.batch)
                 if not entries:
                     when = await asyncio.to_thread(queue.next_due, ae)
-                    timeout = None if when is None else max(0.0, when - self.clock())
+                    wait = IDLE_LOOK if when is None else max(0.0, when - self.clock())
+                    timeout = min(wait, self.idle_look)
                     try:
                         await asyncio.wait_for(peer.wake.wait(), timeout)
                     except TimeoutError:
