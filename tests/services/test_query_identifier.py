@@ -94,3 +94,18 @@ def test_a_patient_id_with_a_comma_is_one_value_not_a_list() -> None:
     assert parse_identifier(query("MRN,0042"), model).filters[0x00100020] == "MRN,0042"
     with pytest.raises(FindFailure, match="relational"):
         parse_identifier(query("MRN\\0042"), model)
+
+
+def test_a_uid_key_with_a_comma_is_refused() -> None:
+    """review36a #11: ',' separates lists in QIDO-RS, not in DIMSE (PS3.5 6.4: '\\'); a
+    C-FIND naming "<uid>,<uid>" matched both. A backslash list still matches."""
+    from dicomstore.services.query_identifier import FindFailure
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel, ds.StudyInstanceUID = "STUDY", "1.2.3,1.2.4"
+    with pytest.raises(FindFailure) as failure:
+        parse_identifier(ds, STUDY_ROOT_FIND)
+    assert failure.value.status == 0xA900 and failure.value.offending == (0x0020000D,)
+    assert "holds a ','" in failure.value.comment and len(failure.value.comment) <= 64
+    ds.StudyInstanceUID = ["1.2.3", "1.2.4"]
+    assert parse_identifier(ds, STUDY_ROOT_FIND).filters[0x0020000D] == "1.2.3\\1.2.4"

@@ -95,6 +95,8 @@ def test_identifier_names_the_unique_keys(levels, ds, filters) -> None:
         (STUDY, ident("PATIENT", PatientID="PID1"), 0x00080052, "not in STUDY/SERIES/IMAGE"),
         (STUDY, ident("STUDY"), 0x0020000D, "no (0020,000D)"),
         (STUDY, ident("STUDY", StudyInstanceUID="1.2.*"), 0x0020000D, "no wildcards"),
+        # (review36a #11: QIDO-RS's list syntax in DIMSE moved both studies)
+        (STUDY, ident("STUDY", StudyInstanceUID="1.2.9.1,1.2.9.2"), 0x0020000D, "holds a ','"),
         (
             STUDY,
             ident("SERIES", StudyInstanceUID=["1.2.9.1", "1.2.9.2"], SeriesInstanceUID="1.2"),

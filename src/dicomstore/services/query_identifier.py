@@ -287,6 +287,8 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
             )
         found.keys.append((tag, attr.vr))
         if value:
+            if attr.vr == "UI":
+                check_uid_key(tag, value)
             if attr.sql is None:
                 found.unmatched.append(tag)
             else:
@@ -308,6 +310,18 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
     except q.QueryError as exc:
         raise FindFailure(st.CANNOT_UNDERSTAND, str(exc)) from None
     return found
+
+
+def check_uid_key(tag: int, value: str) -> None:
+    """:class:`FindFailure` (A900) for a UI key holding a ``,``: QIDO-RS's list
+    separator, not DIMSE's, ``\\`` (PS3.5 6.4; review36a #11: a C-MOVE of
+    ``"<study>,<study>"`` moved both)."""
+    if "," in value:
+        raise FindFailure(
+            st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"{_tag_name(tag)} holds a ',' (UID lists are '\\'-separated)",
+            tag,
+        )
 
 
 def _of_level_or_above(keyword: str, levels: tuple[str, ...], level: str) -> bool:

@@ -54,6 +54,7 @@ from dicomstore.services.query_identifier import (
     QUERY_RETRIEVE_LEVEL,
     UNIQUE_KEY,
     FindFailure,
+    check_uid_key,
     text_value,
 )
 from dicomstore.services.sources import NotDicom
@@ -108,6 +109,8 @@ def parse_retrieve_identifier(identifier: Dataset, levels: Sequence[str]) -> Ret
             raise _refuse(f"no {tag_str(tag)} (unique key of the {key_level} level)", tag)
         if any(c in value for c in "*?"):
             raise _refuse(f"{tag_str(tag)}: no wildcards in a retrieval", tag)
+        if key_level != "PATIENT":
+            check_uid_key(tag, value)
         if len(values) > 1 and (key_level != level or level == "PATIENT"):
             raise _refuse(f"{tag_str(tag)}: one value only (hierarchical retrieval)", tag)
         found.filters[tag] = "\\".join(values)
