@@ -210,7 +210,7 @@ def test_final_status_and_counts(statuses, final, counts, failed) -> None:
     status, pending = run(retrieval, FakeSender(statuses))
     assert status == final and retrieval.counts() == counts and retrieval.failed_uids == failed
     assert [p.remaining for p in pending] == [2, 1]  # after each sub-operation but the last
-    assert (retrieval.failed_identifier("1.2.840.10008.1.2.1") is None) == (not failed)
+    assert (retrieval.failed_identifier("1.2.840.10008.1.2.1")[0] is None) == (not failed)
 
 
 def test_failed_sop_instance_uid_list_identifier() -> None:
@@ -219,10 +219,29 @@ def test_failed_sop_instance_uid_list_identifier() -> None:
     from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import read_dataset
 
-    data = retrieval.failed_identifier("1.2.840.10008.1.2.1")
-    assert data is not None
+    data, listed = retrieval.failed_identifier("1.2.840.10008.1.2.1")
+    assert data is not None and listed == 1
     ds = read_dataset(DicomBytesIO(data), False, True)
     assert ds.FailedSOPInstanceUIDList == "1.2.1"
+
+
+def test_a_failed_list_too_long_for_explicit_vr_lists_what_fits() -> None:
+    """review36a #12: over 64 KiB the list went as UN (bytes to DCMTK and pynetdicom):
+    in explicit VR it lists what a UI value holds; implicit VR (32-bit lengths) all."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    retrieval = Retrieval(items(1))
+    retrieval.failed_uids = [f"1.2.826.0.1.3680043.8.498.1{n:04d}" for n in range(3000)]
+    data, listed = retrieval.failed_identifier("1.2.840.10008.1.2.1")
+    assert data is not None and 2000 < listed < 3000
+    assert data[4:6] == b"UI" and int.from_bytes(data[6:8], "little") <= 0xFFFE
+    ds = read_dataset(DicomBytesIO(data), False, True)
+    assert list(ds.FailedSOPInstanceUIDList) == retrieval.failed_uids[:listed]
+    data, listed = retrieval.failed_identifier("1.2.840.10008.1.2")
+    assert data is not None and listed == 3000
+    ds = read_dataset(DicomBytesIO(data), True, True)
+    assert list(ds.FailedSOPInstanceUIDList) == retrieval.failed_uids
 
 
 def test_refused_association_fails_every_sub_operation() -> None:

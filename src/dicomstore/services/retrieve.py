@@ -40,6 +40,7 @@ from typing import Protocol
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
+from dicomstore import uids
 from dicomstore.archive import attributes
 from dicomstore.archive import query as q
 from dicomstore.archive.reader import ArchiveReader
@@ -65,6 +66,8 @@ log = logging.getLogger("dicomstore.server")
 #: The counts are US (PS3.7 9.3.4.2): a retrieval of more instances is refused (A701).
 MAX_SUBOPERATIONS = 0xFFFF
 FAILED_SOP_INSTANCE_UID_LIST = 0x00080058
+#: The longest value an explicit VR element with a 16-bit length holds (even)
+MAX_EXPLICIT_LENGTH = 0xFFFE
 #: Depth of each wire level (PATIENT 0 ... IMAGE 3).
 _DEPTH = {level: n for n, level in enumerate(("PATIENT", "STUDY", "SERIES", "IMAGE"))}
 _KEY_LEVEL = {tag: level for level, tag in UNIQUE_KEY.items()}
@@ -266,13 +269,23 @@ class Retrieval:
         remaining = self.remaining if pending or self.cancelled else None
         return SubOperations(remaining, self.completed, self.failed, self.warning)
 
-    def failed_identifier(self, transfer_syntax: str) -> bytes | None:
-        """The final Identifier: the Failed SOP Instance UID List (None if none failed)."""
+    def failed_identifier(self, transfer_syntax: str) -> tuple[bytes | None, int]:
+        """The final Identifier: the Failed SOP Instance UID List (None if none failed),
+        and how many UIDs it lists. In an explicit VR syntax, as many as a UI value
+        holds (its length is 16 bits: PS3.5 7.1.2; review36a #12: a longer one went as
+        UN, which DCMTK and pynetdicom show as bytes); the audit record has them all."""
         if not self.failed_uids:
-            return None
+            return None, 0
+        listed = self.failed_uids
+        if transfer_syntax != uids.IMPLICIT_VR_LE:
+            n, size = 0, -1  # (size: the UIDs and the backslashes between them)
+            while n < len(listed) and size + len(listed[n]) + 1 <= MAX_EXPLICIT_LENGTH:
+                size += len(listed[n]) + 1
+                n += 1
+            listed = listed[:n]
         ds = Dataset()
-        ds.add(DataElement(FAILED_SOP_INSTANCE_UID_LIST, "UI", list(self.failed_uids)))
-        return encode_dataset(ds, transfer_syntax)
+        ds.add(DataElement(FAILED_SOP_INSTANCE_UID_LIST, "UI", list(listed)))
+        return encode_dataset(ds, transfer_syntax), len(listed)
 
 
 def scan_selected(item: Selected) -> sources.Instance:

@@ -189,8 +189,19 @@ class RetrieveSCP(QROperations):
             done = retrieval.remaining == 0
             self._close_out(op, f"{retrieval.status:04X}" if done else "aborted")
             raise
-        data = retrieval.failed_identifier(ts)
+        data, listed = retrieval.failed_identifier(ts)
         comment = retrieval.ended[:64] if retrieval.ended else None
+        if listed < len(retrieval.failed_uids):
+            log.warning(
+                "%s: %s: %d failed SOP Instance UIDs, the first %d listed (a UI value's"
+                " limit in %s; the audit record has them all)",
+                self.t.peer,
+                self.service,
+                len(retrieval.failed_uids),
+                listed,
+                ts,
+            )
+            comment = comment or f"{listed} of {len(retrieval.failed_uids)} failed UIDs listed"
         rsp = rq.response(
             status, retrieval.counts(), error_comment=comment, has_dataset=data is not None
         )
