@@ -350,3 +350,26 @@ def test_a_move_whose_requester_left_is_audited_as_aborted(root: Path, caplog) -
     assert record["status"] == "aborted" and record["instances"] == 5
     assert record["calling_ae"] == "MOVER" and record["destination"] == "DEST"
     assert "C-MOVE ended aborted" in caplog.text
+
+
+def test_a_destination_silent_past_the_dimse_timeout_fails_the_move(root: Path) -> None:
+    """review36a #3: a destination that never answered a C-STORE held the C-MOVE (its
+    slot, both associations) until the idle timeout, 600 s: the server's DIMSE timeout
+    (`serve --dimse-timeout`, 300 s by default) aborts it, and the move ends."""
+    from dataclasses import replace
+
+    release = threading.Event()
+    with destination(release=release) as dest:
+        config = ServerConfig(
+            port=0, move_destinations=(parse_destination(f"DEST=127.0.0.1:{dest.port}"),)
+        )
+        assert config.timeouts.dimse == 300.0
+        config = replace(config, timeouts=replace(config.timeouts, dimse=0.5))
+        with ServerThread(config, Archive(root, fsync=False)) as srv:
+            answers = pynetdicom_move(srv.port, STUDY_ROOT_MOVE, study(), "DEST")
+        release.set()
+    status, rsp, identifier = answers[-1]
+    assert status == 0xA702
+    assert (rsp.NumberOfCompletedSuboperations, rsp.NumberOfFailedSuboperations) == (0, 5)
+    assert sorted(failed_list(identifier)) == sorted(STUDY_1)
+    assert "no response to message 1 within 0.5s" in rsp.ErrorComment

@@ -30,7 +30,7 @@ from dicomstore.cli.options import (
     add_index,
     add_loop,
 )
-from dicomstore.services.server_config import ServerConfig
+from dicomstore.services.server_config import DIMSE_TIMEOUT, ServerConfig
 
 #: The server's defaults have one home, :class:`ServerConfig`; the options show them
 #: (its plain defaults, read without making one: a transfer syntax list needs pydicom,
@@ -353,6 +353,14 @@ def add_parser(sub: Any) -> None:
         "--artim-timeout",
         type=_positive,
         help="seconds to wait for an association request or a close (default 30)",
+    )
+    s.add_argument(
+        "--dimse-timeout",
+        type=_positive,
+        default=DIMSE_TIMEOUT,
+        help="seconds a response to what the server sends may take (a C-MOVE's or C-GET's"
+        " C-STORE, a commitment report, a forwarded instance); later: the association is"
+        f" aborted (default {DIMSE_TIMEOUT:g})",
     )
     s.add_argument(
         "--idle-timeout",

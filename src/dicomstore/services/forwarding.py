@@ -55,6 +55,7 @@ from dicomstore.services.forward_recovery import COLUMNS, SLACK, add_study, reco
 from dicomstore.services.forward_rules import ForwardRule, destinations_of, entries_for
 from dicomstore.services.move_sender import DestinationSender, contexts_for
 from dicomstore.services.retrieve import Selected
+from dicomstore.services.server_config import DIMSE_TIMEOUT
 from dicomstore.services.stability import StableStudy, iso
 from dicomstore.services.storage import Home, on_loop
 from dicomstore.services.storage_scu import classify
@@ -67,8 +68,6 @@ BATCH = 100
 #: How long sent and skipped entries are kept (a store queued again by recovery or
 #: by a stable rule within this time is still recognised).
 KEEP_DONE = 3600.0
-#: A DIMSE response later than this (seconds) aborts the association: transient.
-DIMSE_TIMEOUT = 300.0
 #: The longest a destination's sender waits before looking for due entries again
 #: (entries another process made pending: ``dicomstore requeue``).
 IDLE_LOOK = 30.0

@@ -18,6 +18,11 @@ from dicomstore.services.destinations import Destination
 from dicomstore.services.forward_rules import ForwardRule
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy
 
+#: The server's default DIMSE timeout (seconds; ``serve --dimse-timeout``): a peer
+#: silent after our request is given up (review36a #3: a C-MOVE destination that never
+#: answered held the operation and its slot until the idle timeout).
+DIMSE_TIMEOUT = 300.0
+
 __all__ = ["ServerConfig"]
 
 
@@ -41,7 +46,9 @@ class ServerConfig:
     accept_unknown: bool = False
     #: Asynchronous Operations Window granted (PS3.7 D.3.3.3): operations invoked.
     max_ops: int = 16
-    timeouts: Timeouts = field(default_factory=Timeouts)
+    #: ``dimse``: how long a response to what we send may take (a C-MOVE's or C-GET's
+    #: C-STORE sub-operation, a commitment report, a forwarded instance; DCMTK's -td)
+    timeouts: Timeouts = field(default_factory=lambda: Timeouts(dimse=DIMSE_TIMEOUT))
     shutdown_grace: float = 10.0
     #: TLS (PS3.15 B.9): a server context from :func:`dicomstore.tls.server_context`.
     ssl: ssl.SSLContext | None = None
