@@ -305,6 +305,29 @@ def test_remove_study_series_instance_keeps_archive_consistent(archive) -> None:
     assert archive.check() == []
 
 
+def test_a_delete_longer_than_a_turn_of_the_lock_unlinks_every_file(archive, monkeypatch) -> None:
+    """A delete unlinks in turns of the write lock (UNLINKS_PER_TURN), each its own."""
+    from dicomstore.archive import removal
+    from dicomstore.archive.index import Index
+
+    turns: list[int] = []  # (the transactions that name instances: the unlink turns)
+    begin = Index.begin
+
+    def counted(self, find=None):
+        if find:
+            turns.append(len(find))
+        return begin(self, find)
+
+    monkeypatch.setattr(removal, "UNLINKS_PER_TURN", 2)
+    monkeypatch.setattr(Index, "begin", counted)
+    for n in range(3, 6):
+        put(archive, f"1.1.1.{n}", study="1.1", series="1.1.1")
+    turns.clear()
+    result = remove(archive.root, "1.1")
+    assert result.instances == result.files_removed == 6 and turns[-3:] == [2, 2, 2]
+    assert not (archive.root / "1.1").exists() and archive.check() == []
+
+
 def test_remove_finishes_an_interrupted_delete(archive) -> None:
     """Rows committed, crash before the unlinks: check lists the files, delete again
     removes them."""
