@@ -692,6 +692,49 @@ def test_a_replace_moving_the_last_instance_of_a_series(tmp_path: Path) -> None:
         assert_clean(archive)
 
 
+def test_a_batch_of_moved_replaces_flushes_their_old_folder_once_before_the_intents_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review36c L2: under the index's write lock, a batch of replaces moved to another
+    series flushed the old folder once per member. The order stays: every old file
+    unlinked, then its folder flushed (once), then the removal intents go."""
+    root = tmp_path / "root"
+    with Archive(root, on_duplicate="replace", journal=False, syncfs=False) as archive:
+        for n in range(1, 4):
+            assert store(archive, dataset(uid_of(n)), sop_uid=uid_of(n)).status == SUCCESS
+        old = {archive.path_of(uid_of(n)) for n in range(2, 4)}
+        events: list[tuple[str, Path]] = []
+        unlink, fsync_dir, remove = os.unlink, layout.fsync_dir, layout.remove_quietly
+
+        def unlinking(path, *args, **kw):
+            if Path(path) in old:
+                events.append(("unlink", Path(path)))
+            return unlink(path, *args, **kw)
+
+        def flushing(path: Path) -> None:
+            events.append(("fsync", path))
+            fsync_dir(path)
+
+        def removing(path) -> None:
+            if str(path).endswith(layout.INTENT):
+                events.append(("intent", Path(path)))
+            remove(path)
+
+        monkeypatch.setattr(os, "unlink", unlinking)
+        monkeypatch.setattr(layout, "fsync_dir", flushing)
+        monkeypatch.setattr(layout, "remove_quietly", removing)
+        batches = Batches(archive)
+        moved = [receive(archive, n, series="1.2.3.4.6") for n in range(2, 4)]
+        outcomes = batches.run(receive(archive, 4), moved)
+        monkeypatch.undo()
+        assert batches.seen == [1, 2] and [o.status for o in outcomes] == [SUCCESS] * 3
+        after = events[[kind for kind, _ in events].index("unlink") :]  # (the folders made
+        # and the trace folder flushed before the COMMIT come first)
+        assert [kind for kind, _ in after] == ["unlink", "unlink", "fsync", "intent", "intent"]
+        assert after[2][1] == next(iter(old)).parent
+        assert_clean(archive)
+
+
 def test_a_duplicate_with_a_uid_that_is_not_utf8_is_found(tmp_path: Path) -> None:
     uid = "1.2.\udce4"  # a byte that was not UTF-8, kept by surrogateescape
     data = dataset(uid.encode("latin-1", "surrogateescape"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path, PurePosixPath
 
 from dicomstore.archive import crashpoints, layout
@@ -342,19 +343,23 @@ class FilePublishing:
         instance back there meanwhile lost its file)."""
         if len(self._dirs) > DIRS_LIMIT:
             self._dirs.clear()
-        for member in placed:
+        emptied: set[Path] = set()  # (flushed once each before any intent goes:
+        for member in placed:  # review36c L2, one fsync per member under the lock)
             self._dirs.add(member.rel.rpartition("/")[0])
             old = member.existing
             if old is not None and old["path"] != member.rel and old["path"] not in kept:
-                self._remove_file(old["path"], member.intent)
+                self._remove_file(old["path"], member.intent, emptied)
+        for folder in emptied:
+            with suppress(OSError):  # (as a crash would leave it: check() reports it)
+                layout.fsync_dir(folder)
+        for member in placed:
             if member.backup is not None:
                 layout.remove_quietly(member.backup)
-            if old is not None and crashpoints.ENABLED:
+            if member.existing is not None and crashpoints.ENABLED:
                 crashpoints.reached("publish.after-old-gone")
-            if member.intent is not None:
-                layout.remove_quietly(member.intent)
-            if member.trace is not None:
-                layout.remove_quietly(member.trace)
+            for name in (member.intent, member.trace):
+                if name is not None:
+                    layout.remove_quietly(name)
 
     def undo(self, placed: list[Staged], *, in_doubt: bool = False) -> None:
         """Take back the renames of a batch that cannot be committed (the files go);
@@ -451,16 +456,17 @@ class FilePublishing:
         if not self._tainted:
             self.durable_seq = max(self.durable_seq, upto)
 
-    def _remove_file(self, key: str, intent: str | None) -> None:
+    def _remove_file(self, key: str, intent: str | None, emptied: set[Path]) -> None:
         """Remove a file the index no longer points to (after a replace moved it),
-        if it is still the one ``intent`` names (when there is one)."""
+        if it is still the one ``intent`` names (when there is one); its folder into
+        ``emptied`` (to flush) when durable."""
         try:
             path = layout.resolve(self.root, key)
             if intent is not None and not os.path.samefile(path, intent):
                 return  # another file there now (the intent goes: it names no file)
             os.unlink(path)
             if self.fsync:
-                layout.fsync_dir(path.parent)
+                emptied.add(path.parent)
         except (OSError, ValueError):
             pass  # check() reports it as unindexed
 
@@ -475,18 +481,14 @@ def _same_file(path: str, other: str) -> bool:
 def close_member(member: Staged) -> None:
     """Close the member's descriptor (if still open)."""
     if member.fd >= 0:
-        try:
+        with suppress(OSError):
             os.close(member.fd)
-        except OSError:
-            pass
         member.fd = -1
 
 
 def _quietly(action: Callable[..., object], *args: object) -> None:
-    try:
+    with suppress(OSError):
         action(*args)
-    except OSError:
-        pass
 
 
 def _same_fs(path: Path, fd: int) -> bool:
