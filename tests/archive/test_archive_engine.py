@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
 from dicomstore.archive.engine import (
@@ -314,3 +319,82 @@ def test_an_unknown_value_matches_a_required_key_on_both_engines(tmp_path, index
         ):
             found = {r["series_uid"] for r in reader.search("series", filters)}
             assert found == series, filters
+
+
+@contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """The backend ``pid`` (of the tests' own PostgreSQL server) stopped meanwhile: its
+    kernel still acknowledges our packets, but it answers nothing."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_a_statement_the_server_does_not_answer_fails_at_its_deadline(
+    postgres, monkeypatch, caplog
+) -> None:
+    """review36b #5: a stopped backend (or one whose disk hangs) left the statement
+    waiting without end (keepalives do not notice: the kernel answers them)."""
+    from dicomstore.archive import pg_deadline
+
+    monkeypatch.setattr(pg_deadline, "ANSWER_TIMEOUT", 0.3)
+    monkeypatch.setattr(pg_deadline, "LOOK_EVERY", 0.05)
+    engine = PostgresEngine(postgres.new_url())
+    db = engine.writer(durable=False, timeout=0.2)
+    reader = engine.reader(5.0)
+    try:
+        assert db.deadline == pytest.approx(0.5) and reader.deadline == pytest.approx(0.3)
+        with stopped(_pid(db)), pytest.raises(OperationalError):
+            db.execute("SELECT 1")
+        assert db.lost and "no answer within 0.5 s" in caplog.text
+        with stopped(_pid(reader)), pytest.raises(OperationalError):
+            reader.execute("SELECT 1")
+        for _ in range(3):  # a statement answered in time is left alone
+            assert _pid(engine.reader(5.0)) > 0
+    finally:
+        db.discard()
+        reader.discard()
+
+
+def test_a_store_the_index_stops_answering_is_a700_and_the_next_stores(
+    tmp_path, index_engine, monkeypatch
+) -> None:
+    """The writer's backend stops: between transactions, the store goes on a new
+    session; at its COMMIT (holding the index's lock), the store is A700 at the
+    deadline, its file kept (the COMMIT in doubt: it is read back under the lock the
+    stopped backend holds); resumed, that backend commits it: rows and files agree."""
+    if index_engine != "postgresql":
+        pytest.skip("SQLite: no server to stop")
+    import time
+
+    from tests.archive.archive_testlib import dataset, store
+
+    from dicomstore.archive import Archive, pg_deadline
+
+    monkeypatch.setattr(pg_deadline, "ANSWER_TIMEOUT", 0.3)
+    monkeypatch.setattr(pg_deadline, "LOOK_EVERY", 0.05)
+    with Archive(tmp_path / "a", fsync=False, lock_timeout=0.5) as archive:
+        assert store(archive, dataset("1.2.72.1"), sop_uid="1.2.72.1").status == 0
+        with stopped(_pid(archive.index._db)):  # (idle: its session is replaced)
+            assert store(archive, dataset("1.2.72.2"), sop_uid="1.2.72.2").status == 0
+        pid, commit = _pid(archive.index._db), PostgresEngine.commit
+
+        def stopping(self, db, token):
+            os.kill(pid, signal.SIGSTOP)  # (resumed below)
+            return commit(self, db, token)
+
+        monkeypatch.setattr(PostgresEngine, "commit", stopping)
+        try:
+            late = store(archive, dataset("1.2.72.3"), sop_uid="1.2.72.3")
+        finally:
+            monkeypatch.setattr(PostgresEngine, "commit", commit)
+            os.kill(pid, signal.SIGCONT)
+        assert late.status == 0xA700 and "index" in (late.error_comment or "")
+        deadline = time.monotonic() + 10  # (the resumed backend commits what it got)
+        while len(archive.instances()) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert store(archive, dataset("1.2.72.4"), sop_uid="1.2.72.4").status == 0
+        assert len(archive.instances()) == 4 and archive.check() == []

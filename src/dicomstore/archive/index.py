@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from dicomstore.archive.engine import (
     dialect_of,
     order_by,
 )
+from dicomstore.archive.pg_deadline import without_deadline
 from dicomstore.archive.schema import (
     ATTRS,
     FROM_JOIN,
@@ -393,6 +395,10 @@ class Index:
             " (SELECT 1 FROM study WHERE study.patient_pk = patient.patient_pk)",
             (patient_id or "",),
         )
+
+    def without_deadline(self) -> AbstractContextManager[None]:
+        """The writer's statements may take long meanwhile (``pg_deadline``)."""
+        return without_deadline(self._db)
 
     def clear(self) -> None:
         """Delete every row (for a rebuild)."""

@@ -167,7 +167,7 @@ def reindex_archive(root: Path, index: Index, left_out: list[str] | None = None)
         told.append(
             f"{drop['path']}: left out: SOP Instance {uid} is also in {keep['path']} ({why})"
         )
-    with index.lock:
+    with index.lock, index.without_deadline():  # (a COMMIT of every row: long)
         index.begin()
         try:
             index.clear()

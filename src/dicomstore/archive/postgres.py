@@ -16,6 +16,7 @@ from contextlib import closing
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from dicomstore.archive import pg_deadline
 from dicomstore.archive.engine import (
     Engine,
     PostgresError,
@@ -24,6 +25,7 @@ from dicomstore.archive.engine import (
     Statement,
     error_cause,
 )
+from dicomstore.archive.pg_deadline import WATCH
 
 #: PostgreSQL readers kept open for the next (a few: the HTTP server's threads),
 #: and for how long.
@@ -98,6 +100,7 @@ class PostgresEngine(Engine):
         except BaseException:
             db.close()
             raise
+        db.deadline = pg_deadline.ANSWER_TIMEOUT + timeout  # (after its lock timeout)
         return db
 
     def lost(self, db: Any) -> bool:
@@ -128,6 +131,10 @@ class PostgresEngine(Engine):
         return out
 
     def create(self, db: Any, script: str, version: int | None) -> None:
+        with pg_deadline.without_deadline(db):  # (an index built on many rows: long)
+            self._create(db, script, version)
+
+    def _create(self, db: Any, script: str, version: int | None) -> None:
         db.execute("BEGIN")
         try:
             db.execute(_META)
@@ -196,10 +203,13 @@ class PgConnection:
 
     dialect = "postgresql"
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, where: str = "") -> None:
         import psycopg
 
         self.conn = conn
+        self.where = where
+        #: seconds a statement may wait for its answer (``pg_deadline``; None: no end)
+        self.deadline: float | None = None
         self._errors = psycopg.Error  # (translated into DatabaseError)
         #: statements whose results nobody reads, sent with the next one
         #: (``PostgresEngine.later``); a ROLLBACK drops them
@@ -215,20 +225,28 @@ class PgConnection:
                 self.pending.clear()
             else:
                 return self.pipelined([(sql, parameters)])[-1]
+        self._sent()
         try:
             cursor = self.conn.execute(_placeholders(sql), parameters)
         except self._errors as exc:
             if self._reconnected():
                 return self.execute(sql, parameters)
             raise _translated(exc) from exc
+        finally:
+            WATCH.end(id(self))
         self.reconnect = None
         return cursor
+
+    def _sent(self) -> None:
+        if self.deadline is not None:
+            WATCH.begin(id(self), self.conn, self.deadline, self.where)
 
     def pipelined(self, statements: list[Statement]) -> list[Any]:
         """The pending statements and then ``statements``, sent together and
         answered together (libpq's pipeline mode: one round trip); the cursors
         of ``statements``."""
         pending, self.pending = self.pending, []
+        self._sent()
         try:
             with self.conn.pipeline():
                 for sql, parameters in pending:
@@ -237,13 +255,18 @@ class PgConnection:
             return cursors
         except self._errors as exc:
             raise _translated(exc) from exc
+        finally:
+            WATCH.end(id(self))
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._sent()
         try:
             with self.conn.cursor() as cursor:
                 cursor.executemany(_placeholders(sql), rows)
         except self._errors as exc:
             raise _translated(exc) from exc
+        finally:
+            WATCH.end(id(self))
 
     def stream(self, sql: str, parameters: Sequence[Any] = ()) -> Iterator[Any]:
         """Rows one by one from the server (not all held in memory)."""
@@ -313,7 +336,8 @@ def _connect(url: str, where: str, options: str, timeout: float) -> PgConnection
         # prepare_threshold=None: no server-side prepared statements; psycopg would
         # count as prepared one whose PREPARE a failed pipeline dropped, and name it
         # for ever after (every store A700 until a restart: review36b #4)
-        return PgConnection(psycopg.connect(autocommit=True, prepare_threshold=None, **params))
+        conn = psycopg.connect(autocommit=True, prepare_threshold=None, **params)
+        return PgConnection(conn, where)
     except psycopg.Error as exc:  # (libpq's message has several lines)
         cause = error_cause(exc)
         raise PostgresOperationalError(f"index {where}: {cause}", cause) from exc
@@ -360,6 +384,7 @@ class _Readers:
                 db.discard()
         db = self._connect(timeout)
         db.give_back = self._give_back
+        db.deadline = pg_deadline.ANSWER_TIMEOUT
         return db
 
     def _give_back(self, db: PgConnection) -> None:

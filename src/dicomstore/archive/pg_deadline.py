@@ -1,0 +1,101 @@
+"""A deadline on PostgreSQL's answers (review36b #5).
+
+A backend that is stopped (SIGSTOP, a paused VM) or whose disk hangs still has its
+kernel acknowledge our packets: neither libpq's keepalives nor ``tcp_user_timeout``
+notice, and a statement sent to it waits without end, with the C-STORE, the C-FIND
+or the HTTP request behind it. So one watch thread cuts (shuts down the socket of)
+a session whose statement has waited past its deadline: the call then fails at once
+as a lost session does (the writer connects anew for its next transaction), and a
+store is answered A700. Safe for a COMMIT among them: ``aftercommit`` reads it back
+under the index's write lock, which the stopped backend still holds, so the read
+fails too and the files stay as a crash would leave them (no rows lost or files
+taken from under committed rows if the backend resumes and commits).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+log = logging.getLogger("dicomstore.archive")
+
+#: Seconds a statement (or a pipeline of them) may wait for PostgreSQL's answer; a
+#: writer's session adds its lock timeout (the server ends a lock wait by itself).
+ANSWER_TIMEOUT = 60.0
+#: How often the watch looks at the sessions waiting (seconds).
+LOOK_EVERY = 1.0
+
+
+class _Watch:
+    """The sessions waiting for an answer, and the thread that cuts the late ones."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: id of the caller's object -> (deadline, psycopg connection, where, seconds)
+        self._waiting: dict[int, tuple[float, Any, str, float]] = {}
+        self._thread: threading.Thread | None = None
+
+    def begin(self, key: int, conn: Any, seconds: float, where: str) -> None:
+        """A statement is sent on ``conn``: its answer is due within ``seconds``."""
+        with self._lock:
+            self._waiting[key] = (time.monotonic() + seconds, conn, where, seconds)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="dicomstore-pg-deadline", daemon=True
+                )
+                self._thread.start()
+
+    def end(self, key: int) -> None:
+        """The answer came (or the call failed)."""
+        with self._lock:
+            self._waiting.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(LOOK_EVERY)
+            now = time.monotonic()
+            with self._lock:  # (cut under the lock: an answer that came meanwhile
+                # has ended its wait, and its session is left alone)
+                late = [key for key, (due, *_rest) in self._waiting.items() if due <= now]
+                for key in late:
+                    _due, conn, where, seconds = self._waiting.pop(key)
+                    _cut(conn)
+                    log.warning(
+                        "index %s: no answer within %g s (the server stopped, or its"
+                        " disk hangs?): the session is cut, its statement fails",
+                        where,
+                        seconds,
+                    )
+
+
+def _cut(conn: Any) -> None:
+    """Shut the session's socket down: libpq's wait for the answer ends (end of file)."""
+    try:
+        fd = conn.pgconn.socket
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except Exception:  # noqa: BLE001 - closed meanwhile: nothing to cut
+        pass
+
+
+WATCH = _Watch()
+
+
+@contextmanager
+def without_deadline(db: Any) -> Iterator[None]:
+    """No deadline on ``db``'s statements meanwhile (a connection of either engine):
+    work that may rightly take long (an index built or a rebuild's COMMIT on many rows)."""
+    deadline = getattr(db, "deadline", None)
+    if deadline is not None:
+        db.deadline = None
+    try:
+        yield
+    finally:
+        if deadline is not None:
+            db.deadline = deadline
