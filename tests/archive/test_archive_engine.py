@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -351,6 +352,15 @@ def test_a_statement_the_server_does_not_answer_fails_at_its_deadline(
         assert db.lost and "no answer within 0.5 s" in caplog.text
         with stopped(_pid(reader)), pytest.raises(OperationalError):
             reader.execute("SELECT 1")
+        reader.discard()
+        reader = engine.reader(5.0)
+        rows = reader.stream("SELECT generate_series(1, 3)")
+        assert next(rows) == (1,)
+        time.sleep(0.5)  # (the caller slow between rows: not the server's delay, not cut)
+        assert list(rows) == [(2,), (3,)]
+        rows = reader.stream("SELECT pg_sleep(5)")
+        with pytest.raises(OperationalError):  # (the wait for a row: cut)
+            next(rows)
         for _ in range(3):  # a statement answered in time is left alone
             assert _pid(engine.reader(5.0)) > 0
     finally:

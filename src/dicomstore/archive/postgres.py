@@ -272,14 +272,19 @@ class PgConnection:
         """Rows one by one from the server (not all held in memory)."""
         try:
             with self.conn.cursor() as cursor:
+                self._sent()  # (the deadline runs while we wait for a row, not the caller)
                 for row in cursor.stream(_placeholders(sql), parameters):
+                    WATCH.end(id(self))
                     self.reconnect = None
                     yield row
+                    self._sent()
         except self._errors as exc:
             if self._reconnected():
                 yield from self.stream(sql, parameters)
                 return
             raise _translated(exc) from exc
+        finally:
+            WATCH.end(id(self))
 
     def _reconnected(self) -> bool:
         """A reader kept idle whose session is gone (the server restarted, or ended
