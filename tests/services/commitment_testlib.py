@@ -85,10 +85,13 @@ class Reports:
     received: list[Report] = field(default_factory=list)
     arrived: threading.Event = field(default_factory=threading.Event)
     status: int = 0x0000
+    #: pynetdicom's threads answering them (each sends its N-EVENT-REPORT-RSP, then ends)
+    answering: list[threading.Thread] = field(default_factory=list)
 
     def on_report(self, event: Any) -> tuple[int, None]:
         rq = event.request
         new = event.assoc.is_acceptor
+        self.answering.append(threading.current_thread())
         self.received.append(Report(int(rq.EventTypeID), event.event_information, new))
         self.arrived.set()
         return self.status, None
@@ -101,6 +104,14 @@ class Reports:
             self.arrived.clear()
         assert len(self.received) >= count, f"{len(self.received)} of {count} reports"
         return self.received
+
+    def answered(self, timeout: float = 30) -> None:
+        """Until every N-EVENT-REPORT-RSP is on its way: the handler returns before
+        pynetdicom sends it (an A-RELEASE-RQ queued before it, the archive never
+        hears the answer)."""
+        for thread in self.answering:
+            thread.join(timeout)
+            assert not thread.is_alive(), "an N-EVENT-REPORT-RSP was never sent"
 
 
 @contextmanager

@@ -93,6 +93,7 @@ def n_action(
         status, _reply = assoc.send_n_action(ds, action_type, SC, instance)
         if reports is not None and status.Status == 0:
             reports.wait()
+            reports.answered()  # (released before its RSP went out, the report is lost)
     finally:
         assoc.release()
         if release_first is not None:
@@ -103,6 +104,25 @@ def n_action(
 def journal_empty(root: Path, srv: ServerThread) -> bool:
     """Every accepted request reported, and none left in the journal."""
     return settled(srv) and not list(CommitmentJournal(root).pending())
+
+
+def report_after_release(srv: ServerThread, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Reports wait (verify is held) until no association is open: a request
+    "released at once" is then never reported on its own association (else, if the
+    report beat the A-RELEASE-RQ, pynetdicom answered it 0110 or died sending its RSP
+    in Sta7, and the release waited 30 s). Clear the returned flag before a request
+    whose report should go on its association."""
+    real_verify = commitment_reports.verify
+    gated = [True]
+
+    def verify_once_released(reader, refs):
+        deadline = time.monotonic() + 20
+        while gated[0] and srv.server.associations and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return real_verify(reader, refs)
+
+    monkeypatch.setattr(commitment_reports, "verify", verify_once_released)
+    return gated
 
 
 def test_report_on_the_same_association(root: Path, server) -> None:
@@ -217,25 +237,39 @@ def test_a_failed_report_is_retried_and_kept_until_acknowledged(
     srv.archive.close()  # type: ignore[attr-defined]
 
 
-def test_a_stranded_request_sent_again_holds_no_slot(root: Path) -> None:
+def test_a_stranded_request_sent_again_holds_no_slot(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """review36c H1: the same Transaction UID sent again was 0115, but it took a
     pending slot for good: max-pending of them refused everyone 0213 again."""
     srv = serving(root, max_pending_commitments=1)
+    gated = report_after_release(srv, monkeypatch)
     with srv:
         ds = action_information("1.2.8.150", *HELD)
         assert n_action(srv.port, ds) == 0x0000  # (released at once: stranded)
         assert settled(srv)
         assert n_action(srv.port, ds) == 0x0115  # (still waiting in the journal)
+        gated[0] = False
         reports = Reports()
         other = action_information("1.2.8.151", *HELD)
         assert n_action(srv.port, other, reports=reports, calling="OTHER") == 0x0000
     srv.archive.close()  # type: ignore[attr-defined]
 
 
-def test_a_report_answered_0110_is_sent_again_a_few_times(root: Path) -> None:
+def test_a_report_answered_0110_is_sent_again_a_few_times(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """review36a #10: a report the requester answered 0110 (it could not process it)
     was taken as delivered at once; it is sent again, PROCESSING_FAILURE_TRIES in all."""
     tries = commitment_reports.PROCESSING_FAILURE_TRIES
+    released = threading.Event()
+    real_verify = commitment_reports.verify
+
+    def verify_after_release(reader, refs):  # every try goes to the listener (not one
+        assert released.wait(30)  # on the requesting association, answered 0110 there)
+        return real_verify(reader, refs)
+
+    monkeypatch.setattr(commitment_reports, "verify", verify_after_release)
     with report_listener("MODALITY") as (port, reports):
         reports.status = 0x0110
         srv = serving(root, commitment_scus=(Destination("MODALITY", "127.0.0.1", port),))
@@ -243,7 +277,8 @@ def test_a_report_answered_0110_is_sent_again_a_few_times(root: Path) -> None:
             commitments = srv.server.commitments
             assert commitments is not None
             commitments.retry_delay = 0.05
-            assert n_action(srv.port, action_information("1.2.8.140", *HELD)) == 0x0000
+            ds = action_information("1.2.8.140", *HELD)
+            assert n_action(srv.port, ds, release_first=released) == 0x0000
             reports.wait(tries)
             assert settled(srv) and journal_empty(root, srv)
         srv.archive.close()  # type: ignore[attr-defined]
@@ -342,16 +377,18 @@ def test_limits_and_a_transaction_uid_still_pending(
 
 
 def test_requests_that_cannot_be_reported_hold_no_slot(
-    root: Path, caplog: pytest.LogCaptureFixture
+    root: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """review36a #1: requests from an AE without an address whose association ended
     held a pending slot for ever (restarts too): max_pending of them refused everyone
     0213. They wait in the journal, at most max_pending of them, oldest dropped first."""
     srv = serving(root, max_pending_commitments=2)
+    gated = report_after_release(srv, monkeypatch)
     with srv:
         for n in range(3):  # (each released at once: no way to report it)
             assert n_action(srv.port, action_information(f"1.2.8.13{n}", *HELD)) == 0x0000
             assert settled(srv)
+        gated[0] = False
         reports = Reports()
         ds = action_information("1.2.8.139", *HELD)
         assert n_action(srv.port, ds, reports=reports, calling="OTHER") == 0x0000

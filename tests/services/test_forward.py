@@ -275,7 +275,9 @@ def test_when_stable_forwards_the_study_once_it_is_stable(tmp_path: Path) -> Non
         rule = f"DEST=127.0.0.1:{dest.port};when=stable;modality=CT"
 
         async def main() -> None:
-            async with serving(root, config(rule, stable_age=0.2)) as server:
+            # (a study stable 1 s after its last instance: not between two of them,
+            # even on a loaded machine)
+            async with serving(root, config(rule, stable_age=1.0)) as server:
                 await store(server.port, [*cts, sr])
                 await until(lambda: status(root, "DEST")["sent"] == 2)
 

@@ -282,7 +282,9 @@ def test_a_move_longer_than_the_idle_timeout_is_not_aborted(root: Path, monkeypa
         config = ServerConfig(
             port=0,
             move_destinations=(parse_destination(f"DEST=127.0.0.1:{dest.port}"),),
-            timeouts=Timeouts(network=0.2),
+            # (idle from the A-ASSOCIATE-AC until the C-MOVE-RQ too: long enough for a
+            # requester slowed by a loaded machine, shorter than the held C-STORE)
+            timeouts=Timeouts(network=1.0),
         )
         with ServerThread(config, Archive(root, fsync=False)) as srv:
             moving = threading.Thread(
