@@ -409,54 +409,6 @@ def test_a_tls_handshake_left_half_done_is_closed(tmp_path: Path, certificate) -
         archive.close()
 
 
-def test_connections_in_their_tls_handshake_count_toward_the_most(
-    tmp_path: Path, certificate, caplog
-) -> None:
-    """Connections that never finish their TLS handshake were not counted toward
-    --http-max-connections (uvicorn counts a connection once its handshake is done),
-    each holding a descriptor and asyncio's 256 KiB buffer: beyond the most, a new one
-    is closed before its handshake; a handshake that finishes is served as before."""
-    import socket
-    import ssl
-
-    from dicomstore.http.limits import HttpLimits
-
-    cert, key = certificate
-    security = HttpSecurity(tls_cert=cert, tls_key=key)
-    archive = Archive(tmp_path / "archive", fsync=False)
-    limits = HttpLimits(max_connections=2, request_timeout=30)
-    srv = HttpThread(archive, security=security, limits=limits)
-    srv.server = HttpServer(srv.app, "127.0.0.1", 0, ssl_context=security.ssl_context())
-    client = ssl.create_default_context(cafile=str(cert))
-    client.check_hostname = False
-    try:
-        with srv:
-            address = ("127.0.0.1", srv.server.port)
-            stalled = [socket.create_connection(address, timeout=30) for _ in range(2)]
-            for sock in stalled:
-                sock.sendall(b"\x16\x03\x01")  # (a ClientHello begun, and no more)
-            with socket.create_connection(address, timeout=30) as third:
-                assert third.recv(1024) == b""  # closed at once (not after 30 s)
-            assert "2 connections open or in their TLS handshake" in caplog.text
-            for sock in stalled:
-                sock.close()
-            for _ in range(500):  # (once the server has seen them go, it serves again)
-                try:
-                    with (
-                        socket.create_connection(address, timeout=30) as raw,
-                        client.wrap_socket(raw) as tls,
-                    ):
-                        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-                        assert tls.recv(1024).startswith(b"HTTP/1.1 200 ")
-                        break
-                except (ssl.SSLError, ConnectionError):
-                    continue
-            else:
-                pytest.fail("no HTTPS connection served after the stalled ones closed")
-    finally:
-        archive.close()
-
-
 def test_https_files_that_cannot_be_used_are_one_line(tmp_path: Path, certificate) -> None:
     cert, _ = certificate
     missing = HttpSecurity(tls_cert=cert, tls_key=tmp_path / "nope.pem")

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import weakref
 from typing import Any
 
 import h11
@@ -77,36 +75,7 @@ MAX_LINGERING = 64
 
 def guarded(limits: HttpLimits) -> type[H11Protocol]:
     """uvicorn's ``http`` protocol class held to ``limits``."""
-    return type(
-        "GuardedH11",
-        (GuardedH11,),
-        {"limits": limits, "lingering": 0, "handshakes": Handshakes(limits.request_timeout)},
-    )
-
-
-class Handshakes:
-    """The connections accepted whose TLS handshake is not done: uvicorn counts a
-    connection only once it is (its protocol's ``connection_made``), and asyncio keeps
-    256 KiB for each meanwhile, for up to ``timeout`` seconds (review35c: a flood of
-    handshakes never finished was bounded in time only). Each counts from its
-    protocol's creation until its ``connection_made``, or until the handshake timeout
-    has surely ended it (asyncio tells the protocol nothing of a failed handshake)."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self._started: dict[int, tuple[float, weakref.ref[Any]]] = {}
-
-    def start(self, protocol: Any) -> int:
-        """``protocol``'s handshake begins: how many are under way, it included."""
-        now = time.monotonic()
-        for key, (since, ref) in list(self._started.items()):
-            if now - since > self.timeout + 1 or ref() is None:
-                del self._started[key]
-        self._started[id(protocol)] = (now, weakref.ref(protocol))
-        return len(self._started)
-
-    def done(self, protocol: Any) -> None:
-        self._started.pop(id(protocol), None)
+    return type("GuardedH11", (GuardedH11,), {"limits": limits, "lingering": 0})
 
 
 class GuardedH11(H11Protocol):
@@ -116,22 +85,11 @@ class GuardedH11(H11Protocol):
     #: connections of this server lingering now (:meth:`_linger`)
     lingering: int = 0
 
-    handshakes: Handshakes = Handshakes(0.0)
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.logger = _UVICORN
-        if self.config.is_ssl:  # (before its TLS handshake: no transport to answer on)
-            under_way = self.handshakes.start(self)
-            most = self.limits.max_connections
-            if len(self.connections) + under_way > most:
-                self.handshakes.done(self)
-                why = f"{most} connections open or in their TLS handshake"
-                log.warning("HTTPS connection refused (closed): %s, the most allowed", why)
-                raise ConnectionRefusedError(why)  # (asyncio closes it, reading nothing)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self.handshakes.done(self)
         super().connection_made(transport)
         self._idle_since = self.loop.time()
         self._timer: asyncio.TimerHandle | None = None
@@ -217,7 +175,6 @@ class GuardedH11(H11Protocol):
         self._timer = self.loop.call_later(LINGER, self.transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.handshakes.done(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
