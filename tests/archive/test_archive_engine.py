@@ -368,6 +368,50 @@ def test_a_statement_the_server_does_not_answer_fails_at_its_deadline(
         reader.discard()
 
 
+def test_a_cut_statement_is_cancelled_not_run_again(postgres, monkeypatch) -> None:
+    """review37 F1: a reader from the idle pool took the cut for a stale session and
+    ran the statement again on a new one (twice the load, twice the wait), and the
+    server went on with the first: now it fails at once, cancelled on the server."""
+    import psycopg
+
+    from dicomstore.archive import pg_deadline
+
+    monkeypatch.setattr(pg_deadline, "ANSWER_TIMEOUT", 0.3)
+    monkeypatch.setattr(pg_deadline, "LOOK_EVERY", 0.05)
+    engine = PostgresEngine(postgres.new_url())
+    engine.reader(5.0).close()
+    db = engine.reader(5.0)  # (from the idle pool: a stale session would be retried)
+    assert db.reconnect is not None
+    started = time.monotonic()
+    with pytest.raises(OperationalError):
+        db.execute("SELECT pg_sleep(20)")
+    assert time.monotonic() - started < 10  # (not cut twice, not waited out)
+    db.discard()
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        deadline = time.monotonic() + 10
+        query = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(20)'"
+        while admin.execute(query).fetchone()[0]:  # (cancelled on the server)
+            assert time.monotonic() < deadline, "the statement went on on the server"
+            time.sleep(0.05)
+
+
+def test_a_stream_dropped_while_its_backend_is_stopped_ends(postgres, monkeypatch) -> None:
+    """review37 F2: a caller dropping a stream made psycopg drain its rows, with no
+    deadline: a stopped backend held the caller for ever."""
+    from dicomstore.archive import pg_deadline
+
+    monkeypatch.setattr(pg_deadline, "ANSWER_TIMEOUT", 0.3)
+    monkeypatch.setattr(pg_deadline, "LOOK_EVERY", 0.05)
+    engine = PostgresEngine(postgres.new_url())
+    db = engine.reader(5.0)
+    pid = _pid(db)
+    rows = db.stream("SELECT generate_series(1, 1000000)")
+    assert next(rows) == (1,)
+    with stopped(pid):
+        rows.close()  # (returns: the drain cut at its deadline, the session discarded)
+    db.discard()
+
+
 def test_a_store_the_index_stops_answering_is_a700_and_the_next_stores(
     tmp_path, index_engine, monkeypatch
 ) -> None:

@@ -428,8 +428,10 @@ def test_requeue_takes_only_the_destinations_named(tmp_path: Path, capsys) -> No
     for entry in queue.due("A", time.time(), 10) + queue.due("B", time.time(), 10):
         queue.settle(entry.destination, [Settled(entry.id, "failed", 1, status=0xC000)])
     queue.close()
+    before = time.time()
     assert requeue_failed(tmp_path, ["A"]) == {"A": 1}
     assert (status(tmp_path, "A")["pending"], status(tmp_path, "A")["failed"]) == (1, 0)
+    assert status(tmp_path, "A")["oldest_pending"] >= before  # (queued again now)
     assert (status(tmp_path, "B")["pending"], status(tmp_path, "B")["failed"]) == (0, 1)
     assert cli_main(["requeue", "--storage", str(tmp_path)]) == 0
     assert capsys.readouterr().out == "B: 1 failed entries pending again\n"

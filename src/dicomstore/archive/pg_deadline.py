@@ -25,9 +25,11 @@ from typing import Any
 
 log = logging.getLogger("dicomstore.archive")
 
-#: Seconds a statement (or a pipeline of them) may wait for PostgreSQL's answer; a
-#: writer's session adds its lock timeout (the server ends a lock wait by itself).
-ANSWER_TIMEOUT = 60.0
+#: Seconds a statement (or a pipeline of them) may wait for PostgreSQL's answer in
+#: ``dicomstore serve`` (``--index-answer-timeout``; None: no deadline, as for the
+#: commands a user can interrupt); a writer's session adds its lock timeout (the
+#: server ends a lock wait by itself).
+ANSWER_TIMEOUT: float | None = None
 #: How often the watch looks at the sessions waiting (seconds).
 LOOK_EVERY = 1.0
 
@@ -37,50 +39,76 @@ class _Watch:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        #: id of the caller's object -> (deadline, psycopg connection, where, seconds)
-        self._waiting: dict[int, tuple[float, Any, str, float]] = {}
+        #: id of the owner -> (deadline, owner: a PgConnection, seconds)
+        self._waiting: dict[int, tuple[float, Any, float]] = {}
         self._thread: threading.Thread | None = None
 
-    def begin(self, key: int, conn: Any, seconds: float, where: str) -> None:
-        """A statement is sent on ``conn``: its answer is due within ``seconds``."""
+    def begin(self, owner: Any, seconds: float) -> None:
+        """A statement is sent on ``owner.conn``: its answer is due within ``seconds``."""
         with self._lock:
-            self._waiting[key] = (time.monotonic() + seconds, conn, where, seconds)
+            self._waiting[id(owner)] = (time.monotonic() + seconds, owner, seconds)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="dicomstore-pg-deadline", daemon=True
                 )
                 self._thread.start()
 
-    def end(self, key: int) -> None:
+    def end(self, owner: Any) -> None:
         """The answer came (or the call failed)."""
         with self._lock:
-            self._waiting.pop(key, None)
+            self._waiting.pop(id(owner), None)
 
     def _run(self) -> None:
         while True:
             time.sleep(LOOK_EVERY)
             now = time.monotonic()
+            cut = []
             with self._lock:  # (cut under the lock: an answer that came meanwhile
                 # has ended its wait, and its session is left alone)
                 late = [key for key, (due, *_rest) in self._waiting.items() if due <= now]
                 for key in late:
-                    _due, conn, where, seconds = self._waiting.pop(key)
-                    _cut(conn)
-                    log.warning(
-                        "index %s: no answer within %g s (the server stopped, or its"
-                        " disk hangs?): the session is cut, its statement fails",
-                        where,
-                        seconds,
-                    )
+                    _due, owner, seconds = self._waiting.pop(key)
+                    owner.cut = True  # (a failure to report, not a stale session to retry)
+                    cut.append((owner, seconds, _canceller(owner.conn)))
+                    _shut(owner.conn)
+            for owner, seconds, canceller in cut:
+                log.warning(
+                    "index %s: no answer within %g s: the session is cut, its statement"
+                    " fails (and is cancelled on the server)",
+                    owner.where,
+                    seconds,
+                )
+                # a slow backend would go on (holding the index's lock): cancelled, from
+                # a thread of its own (the cancel request is a connection of its own)
+                if canceller is not None:
+                    threading.Thread(target=_cancel, args=(canceller,), daemon=True).start()
 
 
-def _cut(conn: Any) -> None:
+def _shut(conn: Any) -> None:
     """Shut the session's socket down: libpq's wait for the answer ends (end of file)."""
     try:
         fd = conn.pgconn.socket
         with socket.socket(fileno=os.dup(fd)) as sock:
             sock.shutdown(socket.SHUT_RDWR)
     except Exception:  # noqa: BLE001 - closed meanwhile: nothing to cut
+        pass
+
+
+def _canceller(conn: Any) -> Any:
+    """What cancels the session's statement (libpq's PGcancel: the backend's key, taken
+    before its socket is shut), or None."""
+    try:
+        return conn.pgconn.get_cancel()
+    except Exception:  # noqa: BLE001 - closed meanwhile: nothing to cancel
+        return None
+
+
+def _cancel(canceller: Any) -> None:
+    """Ask the server to cancel the statement (a stopped backend does once it runs
+    again; then it finds its client gone and ends, its locks freed)."""
+    try:
+        canceller.cancel()
+    except Exception:  # noqa: BLE001 - the server unreachable too: nothing more to do
         pass
 
 

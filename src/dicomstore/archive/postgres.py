@@ -100,7 +100,8 @@ class PostgresEngine(Engine):
         except BaseException:
             db.close()
             raise
-        db.deadline = pg_deadline.ANSWER_TIMEOUT + timeout  # (after its lock timeout)
+        answer = pg_deadline.ANSWER_TIMEOUT
+        db.deadline = None if answer is None else answer + timeout  # (after its lock's)
         return db
 
     def lost(self, db: Any) -> bool:
@@ -210,6 +211,8 @@ class PgConnection:
         self.where = where
         #: seconds a statement may wait for its answer (``pg_deadline``; None: no end)
         self.deadline: float | None = None
+        #: the deadline passed and the session was cut: its failure is the caller's
+        self.cut = False
         self._errors = psycopg.Error  # (translated into DatabaseError)
         #: statements whose results nobody reads, sent with the next one
         #: (``PostgresEngine.later``); a ROLLBACK drops them
@@ -233,13 +236,13 @@ class PgConnection:
                 return self.execute(sql, parameters)
             raise _translated(exc) from exc
         finally:
-            WATCH.end(id(self))
+            WATCH.end(self)
         self.reconnect = None
         return cursor
 
     def _sent(self) -> None:
         if self.deadline is not None:
-            WATCH.begin(id(self), self.conn, self.deadline, self.where)
+            WATCH.begin(self, self.deadline)
 
     def pipelined(self, statements: list[Statement]) -> list[Any]:
         """The pending statements and then ``statements``, sent together and
@@ -256,7 +259,7 @@ class PgConnection:
         except self._errors as exc:
             raise _translated(exc) from exc
         finally:
-            WATCH.end(id(self))
+            WATCH.end(self)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._sent()
@@ -266,30 +269,38 @@ class PgConnection:
         except self._errors as exc:
             raise _translated(exc) from exc
         finally:
-            WATCH.end(id(self))
+            WATCH.end(self)
 
     def stream(self, sql: str, parameters: Sequence[Any] = ()) -> Iterator[Any]:
         """Rows one by one from the server (not all held in memory)."""
+        dropped = False  # (by the caller, before the last row)
         try:
             with self.conn.cursor() as cursor:
                 self._sent()  # (the deadline runs while we wait for a row, not the caller)
                 for row in cursor.stream(_placeholders(sql), parameters):
-                    WATCH.end(id(self))
+                    WATCH.end(self)
                     self.reconnect = None
-                    yield row
+                    try:
+                        yield row
+                    except GeneratorExit:  # (the rest drained as the cursor closes:
+                        dropped = True  # within the deadline too, review37 F2)
+                        self._sent()
+                        raise
                     self._sent()
         except self._errors as exc:
+            if dropped:  # (the caller wants no more: the session cut is discarded)
+                return
             if self._reconnected():
                 yield from self.stream(sql, parameters)
                 return
             raise _translated(exc) from exc
         finally:
-            WATCH.end(id(self))
+            WATCH.end(self)
 
     def _reconnected(self) -> bool:
         """A reader kept idle whose session is gone (the server restarted, or ended
         it) before its first answer: connected anew, once."""
-        if self.reconnect is None or not self.lost:
+        if self.reconnect is None or not self.lost or self.cut:
             return False
         connect, self.reconnect = self.reconnect, None
         self.conn.close()

@@ -144,6 +144,9 @@ async def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"dicomstore: cannot open {args.audit_log}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
+    from dicomstore.archive import pg_deadline
+
+    pg_deadline.ANSWER_TIMEOUT = args.index_answer_timeout or None  # (before any session)
     archive = open_archive(
         args.storage,
         fsync=fsync,

@@ -363,6 +363,15 @@ def add_parser(sub: Any) -> None:
         f" aborted (default {DIMSE_TIMEOUT:g})",
     )
     s.add_argument(
+        "--index-answer-timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="seconds a PostgreSQL index may take to answer one statement (a writer's:"
+        " plus its lock timeout); later, the session is cut and the statement fails"
+        " (a store: A700); 0: no limit (default 60)",
+    )
+    s.add_argument(
         "--idle-timeout",
         type=_positive,
         help="seconds an association may stay silent (default 600)",

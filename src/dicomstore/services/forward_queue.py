@@ -413,8 +413,8 @@ def requeue_failed(
         )
         db.execute(
             "UPDATE entry SET state = 'pending', attempts = 0, next_attempt = ?,"
-            f" done_at = NULL WHERE {where}",
-            [clock(), *args],
+            f" queued_at = ?, done_at = NULL WHERE {where}",  # (queued now: review37 F4)
+            [now := clock(), now, *args],
         )
         for dest, n in counts.items():
             db.execute(
