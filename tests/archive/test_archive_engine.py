@@ -452,3 +452,52 @@ def test_a_store_the_index_stops_answering_is_a700_and_the_next_stores(
             time.sleep(0.02)
         assert store(archive, dataset("1.2.72.4"), sop_uid="1.2.72.4").status == 0
         assert len(archive.instances()) == 4 and archive.check() == []
+
+
+def test_a_delete_whose_commit_is_cut_keeps_its_intents(
+    tmp_path, index_engine, monkeypatch
+) -> None:
+    """review37 F5: a delete's COMMIT cut at its deadline reported the failing ROLLBACK
+    ("the connection is closed"), and its removal intents stayed only by that accident:
+    now the cause is told and the intents stay on purpose (the COMMIT may be done); once
+    the backend resumes and commits, the next delete settles them: the files go."""
+    if index_engine != "postgresql":
+        pytest.skip("SQLite: no server to stop")
+    from tests.archive.archive_testlib import dataset, store
+
+    from dicomstore.archive import Archive, pg_deadline
+    from dicomstore.archive.engine import DatabaseError
+    from dicomstore.archive.reader import NotStoredError
+    from dicomstore.archive.removal import remove
+
+    monkeypatch.setattr(pg_deadline, "ANSWER_TIMEOUT", 0.3)
+    monkeypatch.setattr(pg_deadline, "LOOK_EVERY", 0.05)
+    root = tmp_path / "a"
+    with Archive(root, fsync=False) as archive:
+        assert store(archive, dataset("1.2.73.1"), sop_uid="1.2.73.1").status == 0
+        path = archive.path_of("1.2.73.1")
+    commit, stopped_pids = PostgresEngine.commit, []
+
+    def stopping(self, db, token):
+        stopped_pids.append(pid := _pid(db))
+        os.kill(pid, signal.SIGSTOP)
+        return commit(self, db, token)
+
+    monkeypatch.setattr(PostgresEngine, "commit", stopping)
+    try:
+        with pytest.raises(DatabaseError) as raised:
+            remove(root, "1.2.73.1", fsync=False, lock_timeout=0.5)
+    finally:
+        monkeypatch.setattr(PostgresEngine, "commit", commit)
+        for pid in stopped_pids:
+            os.kill(pid, signal.SIGCONT)
+    assert "connection is closed" not in str(raised.value)
+    assert path.exists() and list((root / ".tmp").rglob("*.rm"))  # (the intent stayed)
+    with Archive(root, fsync=False) as archive:  # (the resumed backend committed)
+        deadline = time.monotonic() + 10
+        while archive.instances():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    with pytest.raises(NotStoredError):  # (nothing indexed; the leftover file settled)
+        remove(root, "1.2.73.1", fsync=False)
+    assert not path.exists() and not list((root / ".tmp").rglob("*.rm"))

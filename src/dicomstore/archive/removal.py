@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomstore.archive import crashpoints, layout, metacache
+from dicomstore.archive.deferred import rollback_quietly
 from dicomstore.archive.engine import DatabaseError, engine_for
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import intent_target, link_intent
@@ -278,6 +279,7 @@ def _delete_rows(
     """Delete the rows under the write lock; the rows that were deleted, and the
     removal intents of their files (made and flushed before the COMMIT)."""
     intents: dict[Path, str] = {}
+    committing = False
     with index.lock:
         index.begin()
         try:
@@ -292,11 +294,15 @@ def _delete_rows(
                 (r["series_uid"], r["study_uid"], r["patient_id"]) for r in rows
             }:
                 index.prune(series_uid, study_uid, patient_id)
+            committing = True
             index.commit()
         except BaseException:
-            index.rollback()
-            for link in intents.values():
-                layout.remove_quietly(link)
+            rollback_quietly(index)  # (the error told is the cause, not the rollback's)
+            if not committing:  # (a COMMIT that failed may be done all the same, its
+                # answer lost: the intents stay; the next delete or start keeps the files
+                # still indexed and removes the others: review37 F5)
+                for link in intents.values():
+                    layout.remove_quietly(link)
             raise
     if crashpoints.ENABLED:
         crashpoints.reached("delete.after-commit")
