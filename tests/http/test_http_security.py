@@ -409,6 +409,60 @@ def test_a_tls_handshake_left_half_done_is_closed(tmp_path: Path, certificate) -
         archive.close()
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_connections_in_their_tls_handshake_count_toward_the_most(
+    tmp_path: Path, certificate, caplog, loop: str
+) -> None:
+    """Connections that never finish their TLS handshake were not counted toward
+    --http-max-connections (the loop told uvicorn of a connection once its handshake
+    was done), each holding a descriptor and 256 KiB of TLS buffers: now one beyond the
+    most is closed at once (http/tls_accept.py), on uvloop too; once the others have
+    gone, a handshake that finishes is served as before."""
+    import socket
+    import threading
+
+    from dicomstore.http.limits import HttpLimits
+
+    cert, key = certificate
+    security = HttpSecurity(tls_cert=cert, tls_key=key)
+    archive = Archive(tmp_path / "archive", fsync=False)
+    limits = HttpLimits(max_connections=2, request_timeout=30)
+    srv = HttpThread(archive, security=security, limits=limits)
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        srv.loop.close()
+        srv.loop = uvloop.new_event_loop()
+        srv._thread = threading.Thread(target=srv.loop.run_forever, daemon=True)
+    srv.server = HttpServer(srv.app, "127.0.0.1", 0, ssl_context=security.ssl_context())
+    client = ssl.create_default_context(cafile=str(cert))
+    client.check_hostname = False
+    try:
+        with srv:
+            address = ("127.0.0.1", srv.server.port)
+            stalled = [socket.create_connection(address, timeout=30) for _ in range(2)]
+            for sock in stalled:
+                sock.sendall(b"\x16\x03\x01")  # (a ClientHello begun, and no more)
+            with socket.create_connection(address, timeout=30) as third:
+                assert third.recv(1024) == b""  # closed at once (not after 30 s)
+            assert "refused (closed): 2 connections open, the most" in caplog.text
+            for sock in stalled:
+                sock.close()
+            for _ in range(500):  # (once the server has seen them go, it serves again)
+                with socket.create_connection(address, timeout=30) as raw:
+                    try:
+                        with client.wrap_socket(raw) as tls:
+                            tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                            answer = tls.recv(1024)
+                    except (ssl.SSLError, ConnectionError):
+                        continue
+                assert answer.startswith(b"HTTP/1.1 200 ")
+                break
+            else:
+                pytest.fail("no HTTPS connection served after the stalled ones closed")
+    finally:
+        archive.close()
+
+
 def test_https_files_that_cannot_be_used_are_one_line(tmp_path: Path, certificate) -> None:
     cert, _ = certificate
     missing = HttpSecurity(tls_cert=cert, tls_key=tmp_path / "nope.pem")

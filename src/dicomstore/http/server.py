@@ -32,6 +32,7 @@ from dicomstore.archive import Archive
 from dicomstore.http.app import build_app
 from dicomstore.http.guard import guarded
 from dicomstore.http.limits import DEFAULT, HttpLimits
+from dicomstore.http.tls_accept import accepting
 
 
 class _Uvicorn(uvicorn.Server):
@@ -40,10 +41,10 @@ class _Uvicorn(uvicorn.Server):
     60, and uvicorn passes none: the connection is ours, and ``http/guard.py``'s,
     only once it is done)."""
 
-    def __init__(self, config: uvicorn.Config, handshake_timeout: float = 60.0) -> None:
+    def __init__(self, config: uvicorn.Config, limits: HttpLimits = DEFAULT) -> None:
         super().__init__(config)
         self.listening = asyncio.Event()
-        self.handshake_timeout = handshake_timeout
+        self.limits = limits
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -51,7 +52,7 @@ class _Uvicorn(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
-        token = _HANDSHAKE.set(self.handshake_timeout)  # (this task's: its create_server)
+        token = _HANDSHAKE.set(self.limits)  # (this task's: its create_server)
         _bound_handshakes(loop, +1)
         try:
             await super().startup(sockets)
@@ -62,27 +63,32 @@ class _Uvicorn(uvicorn.Server):
             self.listening.set()
 
 
-#: The TLS handshake timeout of the server starting in this task (:class:`_Uvicorn`).
-_HANDSHAKE: contextvars.ContextVar[float | None] = contextvars.ContextVar("handshake", default=None)
+#: The limits of the server starting in this task (:class:`_Uvicorn`).
+_HANDSHAKE: contextvars.ContextVar[HttpLimits | None] = contextvars.ContextVar(
+    "handshake", default=None
+)
 #: Servers starting on each loop whose create_server passes it (:func:`_bound_handshakes`).
 _STARTING: dict[asyncio.AbstractEventLoop, int] = {}
 
 
 def _bound_handshakes(loop: asyncio.AbstractEventLoop, change: int) -> None:
     """While servers start on ``loop`` (``change`` +1 / -1), its ``create_server``
-    passes the starting task's :data:`_HANDSHAKE` as ``ssl_handshake_timeout``
-    (uvicorn passes none); the loop's own again when the last has started."""
+    given ``ssl`` and a socket by the starting task (:data:`_HANDSHAKE`) accepts with
+    ``http/tls_accept.py`` (each connection counted from its accept, its handshake
+    within the request timeout: uvicorn passes none, asyncio's is 60 s); the loop's
+    own again when the last has started."""
     starting = _STARTING.get(loop, 0) + change
     if starting and change > 0 and starting == 1:
         create_server = loop.create_server
 
-        async def bounded(*args: Any, **kwargs: Any) -> Any:
-            timeout = _HANDSHAKE.get()
-            if kwargs.get("ssl") is not None and timeout is not None:
-                kwargs.setdefault("ssl_handshake_timeout", timeout)
-            return await create_server(*args, **kwargs)
+        async def bounded(factory: Any, *args: Any, **kwargs: Any) -> Any:
+            limits = _HANDSHAKE.get()
+            context, sock = kwargs.get("ssl"), kwargs.get("sock")
+            if context is not None and sock is not None and limits is not None:
+                return accepting(factory, sock, context, limits)
+            return await create_server(factory, *args, **kwargs)
 
-        loop.create_server = bounded  # type: ignore[method-assign]
+        loop.create_server = bounded  # type: ignore[method-assign,assignment]
     if starting:
         _STARTING[loop] = starting
     else:
@@ -147,7 +153,7 @@ class HttpServer:
             proxy_headers=False,
             ssl_context_factory=None if context is None else lambda config, default: context,
         )
-        self._server = _Uvicorn(config, handshake_timeout=limits.request_timeout)
+        self._server = _Uvicorn(config, limits)
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
         listening = asyncio.create_task(self._server.listening.wait())
         await asyncio.wait({self._task, listening}, return_when=asyncio.FIRST_COMPLETED)
