@@ -32,7 +32,12 @@ def add_parsers(sub: Any) -> None:
         help="put the forwarding queue's failed entries back in line: the server sends"
         " them again within 30 s",
     )
-    q.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
+    q.add_argument(
+        "--storage",
+        type=Path,
+        default=Path("dicomstore-data"),
+        help="archive root, whose .forward/queue.sqlite is the queue (default ./dicomstore-data)",
+    )
     q.add_argument(
         "--destination",
         action="append",
