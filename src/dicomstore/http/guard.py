@@ -105,20 +105,9 @@ class GuardedH11(H11Protocol):
 
     def _over_limit(self) -> str:
         """Why this new connection is one too many (it is counted), or ''."""
-        limits = self.limits
-        if len(self.connections) > limits.max_connections:
-            return (
-                f"{limits.max_connections} connections open, the most --http-max-connections allows"
-            )
-        most = limits.max_per_address
-        if most and self.client:
-            host = self.client[0]
-            same = [c for c in self.connections if (getattr(c, "client", None) or ("",))[0] == host]
-            if len(same) > most:
-                return (
-                    f"{most} connections from {host} open, the most --http-max-per-address allows"
-                )
-        return ""
+        host = self.client[0] if self.client else None
+        same = sum((getattr(c, "client", None) or ("",))[0] == host for c in self.connections)
+        return self.limits.too_many(len(self.connections) - 1, host, same - 1)
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:  # (answered and closing: what still comes is dropped)

@@ -60,6 +60,18 @@ class HttpLimits:
     #: its body); then 408 and closed (``http/guard.py``)
     request_timeout: float = 30.0
 
+    def too_many(self, others: int, host: str | None, from_host: int) -> str:
+        """Why one more connection is one too many, with ``others`` open already,
+        ``from_host`` of them from its address ``host``; '' when it is not (the HTTP
+        door and its HTTPS accept both ask here: ``guard.py``, ``tls_accept.py``)."""
+        if others >= self.max_connections:
+            most = self.max_connections
+            return f"{most} connections open, the most --http-max-connections allows"
+        per = self.max_per_address
+        if per and host is not None and from_host >= per:
+            return f"{per} connections from {host} open, the most --http-max-per-address allows"
+        return ""
+
 
 DEFAULT = HttpLimits()
 

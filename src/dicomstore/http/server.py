@@ -32,14 +32,13 @@ from dicomstore.archive import Archive
 from dicomstore.http.app import build_app
 from dicomstore.http.guard import guarded
 from dicomstore.http.limits import DEFAULT, HttpLimits
-from dicomstore.http.tls_accept import accepting
+from dicomstore.http.tls_accept import TlsAcceptor
 
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn's server, told when it listens and keeping its hands off signals; a
-    TLS handshake is bounded by ``handshake_timeout`` seconds (asyncio's default is
-    60, and uvicorn passes none: the connection is ours, and ``http/guard.py``'s,
-    only once it is done)."""
+    """uvicorn's server, told when it listens and keeping its hands off signals; over
+    HTTPS its connections are accepted by ``http/tls_accept.py``, held to ``limits``
+    from their accept (:func:`_bound_handshakes`)."""
 
     def __init__(self, config: uvicorn.Config, limits: HttpLimits = DEFAULT) -> None:
         super().__init__(config)
@@ -52,28 +51,26 @@ class _Uvicorn(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
-        token = _HANDSHAKE.set(self.limits)  # (this task's: its create_server)
+        token = _LIMITS.set(self.limits)  # (this task's: its create_server)
         _bound_handshakes(loop, +1)
         try:
             await super().startup(sockets)
         finally:
             _bound_handshakes(loop, -1)
-            _HANDSHAKE.reset(token)
+            _LIMITS.reset(token)
         if self.started:
             self.listening.set()
 
 
 #: The limits of the server starting in this task (:class:`_Uvicorn`).
-_HANDSHAKE: contextvars.ContextVar[HttpLimits | None] = contextvars.ContextVar(
-    "handshake", default=None
-)
+_LIMITS: contextvars.ContextVar[HttpLimits | None] = contextvars.ContextVar("limits", default=None)
 #: Servers starting on each loop whose create_server passes it (:func:`_bound_handshakes`).
 _STARTING: dict[asyncio.AbstractEventLoop, int] = {}
 
 
 def _bound_handshakes(loop: asyncio.AbstractEventLoop, change: int) -> None:
     """While servers start on ``loop`` (``change`` +1 / -1), its ``create_server``
-    given ``ssl`` and a socket by the starting task (:data:`_HANDSHAKE`) accepts with
+    given ``ssl`` and a socket by the starting task (:data:`_LIMITS`) accepts with
     ``http/tls_accept.py`` (each connection counted from its accept, its handshake
     within the request timeout: uvicorn passes none, asyncio's is 60 s); the loop's
     own again when the last has started."""
@@ -82,10 +79,10 @@ def _bound_handshakes(loop: asyncio.AbstractEventLoop, change: int) -> None:
         create_server = loop.create_server
 
         async def bounded(factory: Any, *args: Any, **kwargs: Any) -> Any:
-            limits = _HANDSHAKE.get()
+            limits = _LIMITS.get()
             context, sock = kwargs.get("ssl"), kwargs.get("sock")
             if context is not None and sock is not None and limits is not None:
-                return accepting(factory, sock, context, limits)
+                return TlsAcceptor(factory, sock, context, limits)
             return await create_server(factory, *args, **kwargs)
 
         loop.create_server = bounded  # type: ignore[method-assign,assignment]

@@ -22,7 +22,6 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
 
 from dicomstore.http.limits import HttpLimits
 
@@ -49,16 +48,6 @@ class TlsAcceptor:
         sock.setblocking(False)
         self._accepting = asyncio.get_running_loop().create_task(self._accept())
 
-    def refusal(self, host: str) -> str:
-        """Why one more connection from ``host`` is one too many, or ''."""
-        most = self.limits.max_connections
-        if sum(self.open.values()) >= most:
-            return f"{most} connections open, the most --http-max-connections allows"
-        per = self.limits.max_per_address
-        if per and self.open.get(host, 0) >= per:
-            return f"{per} connections from {host} open, the most --http-max-per-address allows"
-        return ""
-
     async def _accept(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -69,7 +58,7 @@ class TlsAcceptor:
                 await asyncio.sleep(0.1)
                 continue
             host = str(peer[0]) if peer else "?"
-            why = self.refusal(host)
+            why = self.limits.too_many(sum(self.open.values()), host, self.open.get(host, 0))
             if why:
                 log.warning("HTTPS connection from %s refused (closed): %s", host, why)
                 conn.close()
@@ -120,8 +109,3 @@ class TlsAcceptor:
 
     def __repr__(self) -> str:
         return f"<TlsAcceptor {self.sock!r} open={sum(self.open.values())}>"
-
-
-def accepting(factory: Any, sock: socket.socket, context: Any, limits: HttpLimits) -> Any:
-    """A :class:`TlsAcceptor` (typed loosely, as ``loop.create_server``'s result)."""
-    return TlsAcceptor(factory, sock, context, limits)

@@ -311,8 +311,9 @@ class Forwarding:
                 entries = await asyncio.to_thread(queue.due, ae, self.clock(), self.batch)
                 if not entries:
                     when = await asyncio.to_thread(queue.next_due, ae)
-                    wait = IDLE_LOOK if when is None else max(0.0, when - self.clock())
-                    timeout = min(wait, self.idle_look)
+                    timeout = self.idle_look  # (at the latest: entries requeued elsewhere)
+                    if when is not None:
+                        timeout = min(timeout, max(0.0, when - self.clock()))
                     try:
                         await asyncio.wait_for(peer.wake.wait(), timeout)
                     except TimeoutError:
