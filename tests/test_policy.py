@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import math
 import re
 import ssl
 import subprocess
@@ -461,6 +462,12 @@ def test_jwt_audience_may_be_a_list(jwt_policy) -> None:
         (lambda k: sign(claims(**GOOD) | {"exp": time.time() - 3600}), "expired"),
         (lambda k: sign(claims(**GOOD) | {"nbf": time.time() + 3600}), "not valid yet"),
         (lambda k: sign({"sub": "carol", **GOOD}), 'no "exp"'),
+        # NumericDates that compare as never expired (review38web #4)
+        (lambda k: sign(claims(**GOOD) | {"exp": math.nan}), "not JSON"),
+        (lambda k: sign(claims(**GOOD) | {"exp": math.inf}), "not JSON"),
+        (lambda k: sign(claims(**GOOD) | {"nbf": math.nan}), "not JSON"),
+        (lambda k: sign(claims(**GOOD) | {"exp": 10**400}), '"exp" is not a finite number'),
+        (lambda k: sign(claims(**GOOD) | {"exp": 1e308 * 10}), "not JSON"),
         (lambda k: sign({"exp": time.time() + 60, **GOOD}), 'no "sub"'),
         (lambda k: sign(claims(**GOOD), key=b"x" * 40), "bad signature"),
         (lambda k: sign(claims(**GOOD), "none", header={"alg": "none"}), "'none' is not allowed"),

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -38,9 +39,13 @@ def b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
+    try:  # (NaN and Infinity are Python's, not JSON's: RFC 8259 6)
+        value = json.loads(raw, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError):
         raise InvalidToken(f"{what} is not JSON") from None
     if not isinstance(value, dict):
@@ -54,7 +59,13 @@ def _number(claims: dict[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidToken(f'"{name}" is not a number')
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # (an integer of 400 digits)
+        number = math.inf
+    if not math.isfinite(number):  # (1e999: a NumericDate is finite, RFC 7519 2)
+        raise InvalidToken(f'"{name}" is not a finite number')
+    return number
 
 
 class JWTVerifier:

@@ -49,8 +49,8 @@ def _answer(sock: socket.socket) -> bytes:
     "sent",
     [
         b"",  # nothing at all
-        b"GET /studies HTTP/1.1\r\nHost: x\r\n",  # half a head
-        b"POST /studies HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+        b"GET /studies HTTP/1.1\r\nHost: localhost\r\n",  # half a head
+        b"POST /studies HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n"
         b'Content-Type: multipart/related; type="application/dicom"; boundary=B\r\n\r\n--B\r\n',
     ],
     ids=["nothing", "half-a-head", "half-a-body"],
@@ -70,10 +70,10 @@ def test_a_connection_beyond_the_most_is_503(served, caplog) -> None:
     held = [_connect(web) for _ in range(3)]
     try:
         for sock in held:  # (each seen by the server: it answers a whole request)
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
         with _connect(web) as fourth:  # (its request unread: answered, not reset)
-            fourth.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            fourth.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert _answer(fourth).startswith(b"HTTP/1.1 503 Service Unavailable")
         assert "refused (503): 3 connections open, the most" in caplog.text
     finally:
@@ -81,7 +81,7 @@ def test_a_connection_beyond_the_most_is_503(served, caplog) -> None:
             sock.close()
     for _ in range(200):  # once the server has seen them close, it serves again
         with _connect(web) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             if _answer(sock).startswith(b"HTTP/1.1 200 "):
                 break
     else:
@@ -97,16 +97,18 @@ def test_a_connection_beyond_the_most_from_its_address_is_503(tmp_path: Path, ca
         held = [_connect(web) for _ in range(2)]
         try:
             for sock in held:
-                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
             with _connect(web) as third:
-                third.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                third.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 assert _answer(third).startswith(b"HTTP/1.1 503 Service Unavailable")
             other = socket.create_connection(
                 ("127.0.0.1", web.server.port), timeout=30, source_address=("127.0.0.2", 0)
             )
             with other:
-                other.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                other.sendall(
+                    b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                )
                 assert _answer(other).startswith(b"HTTP/1.1 200 ")
         finally:
             for sock in held:
@@ -181,8 +183,11 @@ def test_serve_options_set_the_bounds(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("sent", "answer"),
     [
-        (b"GET /studies?PatientName=" + b"a" * 200_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431),
-        (b"GET /studies HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 1_000_000 + b"\r\n\r\n", 431),
+        (
+            b"GET /studies?PatientName=" + b"a" * 200_000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            431,
+        ),
+        (b"GET /studies HTTP/1.1\r\nHost: localhost\r\nX: " + b"a" * 1_000_000 + b"\r\n\r\n", 431),
         (b"NOT HTTP AT ALL\r\n\r\n", 400),
     ],
     ids=["long-url", "long-header", "garbage"],
@@ -212,12 +217,12 @@ def test_refused_connections_linger_a_bounded_few(served, monkeypatch) -> None:
     refused = []
     try:
         for sock in held:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
         for _ in range(10):
             sock = _connect(web)
             refused.append(sock)
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert sock.recv(100).startswith(b"HTTP/1.1 503 ")
             assert protocol.lingering <= 2
     finally:

@@ -123,3 +123,29 @@ def test_browse_and_zip_with_an_empty_patient_id(web) -> None:
     zipped = client.get("/browse/patient.zip", params={"id": "A", "issuer": ""})
     assert len(zipfile.ZipFile(io.BytesIO(zipped.content)).namelist()) == 1
     assert client.get("/browse/patient", params={"id": "A*"}).status_code == 404
+
+
+def test_downloads_named_in_letters_a_header_cannot_hold(web) -> None:
+    """review38web #5: a Patient ID in Japanese made the patient zip answer 500."""
+    client, archive = web
+    ds = make_dataset("1.2.8.30.1.1", study="1.2.8.30", series="1.2.8.30.1", patient_id="患者1")
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    store(archive, ds)
+    r = client.get("/browse/patient.zip", params={"id": "患者1", "issuer": ""})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-disposition"] == (
+        "attachment; filename=\"__1.zip\"; filename*=UTF-8''%E6%82%A3%E8%80%851.zip"
+    )
+    assert len(zipfile.ZipFile(io.BytesIO(r.content)).namelist()) == 1
+    r = client.get("/studies/1.2.8.30", params={"accept": "application/zip"})
+    assert r.headers["content-disposition"] == 'attachment; filename="1.2.8.30.zip"'
+
+
+def test_a_query_parameter_named_path_is_kept_in_the_pager(web) -> None:
+    """review38web #6: ``?path=x&offset=1`` answered 500 (a keyword of the URL maker)."""
+    client, archive = web
+    store(archive, alpha())
+    for page in ("/", "/browse/search"):
+        r = client.get(page, params={"path": "x", "offset": "1"})
+        assert r.status_code == 200, r.text
+        assert f'href="{page}?path=x&amp;offset=0"' in r.text

@@ -28,6 +28,7 @@ from dicomstore.archive.removal import remove
 from dicomstore.http import metadata
 from dicomstore.http.common import url_of
 from dicomstore.http.limits import DEFAULT
+from dicomstore.http.security import HttpSecurity
 
 STUDY = "1.2.826.0.1.3680043.10.9"
 SERIES = STUDY + ".1"
@@ -93,7 +94,11 @@ def generated(n: int) -> object:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[httpx.Client, Archive]]:
     archive = Archive(tmp_path / "archive", fsync=False, on_duplicate="replace")
-    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
+    security = HttpSecurity(allowed_hosts=("first.example", "other.example"))
+    with (
+        HttpThread(archive, security=security) as srv,
+        httpx.Client(base_url=srv.url, timeout=60) as client,
+    ):
         yield client, archive
     archive.close()
 

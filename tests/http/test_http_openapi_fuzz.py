@@ -21,6 +21,7 @@ from schemathesis.checks import (
 
 from dicomstore.archive import Archive
 from dicomstore.http import build_app
+from dicomstore.http.security import HttpSecurity
 
 STUDY = "1.2.826.0.1.3680043.10.9"
 STORED = {
@@ -43,7 +44,9 @@ CHECKS = [
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     archive = Archive(tmp_path_factory.mktemp("fuzz") / "archive", fsync=False)
     store(archive, make_dataset("1.2.9.1", study=STUDY, series=STUDY + ".1", frames=2))
-    app = build_app(archive, stow_ae="FUZZ")
+    # (schemathesis's client says Host: testserver)
+    security = HttpSecurity(allowed_hosts=("testserver",))
+    app = build_app(archive, stow_ae="FUZZ", security=security)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
     @schema.hook

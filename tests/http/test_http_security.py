@@ -25,16 +25,19 @@ from dicomstore.http import HttpServer
 from dicomstore.http.security import HttpSecurity
 from dicomstore.passcodes import hash_passcode
 from dicomstore.policy import Policy, PolicyError
+from dicomstore.services.admission import FailedAdmissions
 from dicomstore.services.storage import StoreService
 
 STUDY = "1.2.826.0.1.3680043.10.77"
 SERIES = STUDY + ".1"
 KEPT = STUDY + ".1.1"  # stored before each test, to read
+ANONYMOUS_READ = 'http_anonymous_may = ["read"]'
 
 
 def policy_text(anonymous: str = "") -> str:
     reader = hash_passcode("reader-pw", **FAST)
     writer = hash_passcode("writer-pw", **FAST)
+    uploader = hash_passcode("uploader-pw", **FAST)
     return f"""
 allow_unknown = false
 {anonymous}
@@ -45,6 +48,9 @@ may = ["read"]
 [users.writer]
 passcode = "{writer}"
 may = ["read", "store"]
+[users.uploader]
+passcode = "{uploader}"
+may = ["store"]
 [users.nopass]
 [jwt]
 secret = "{SECRET.decode()}"
@@ -80,6 +86,7 @@ class Site:
     client: httpx.Client
     archive: Archive
     audit: AuditLog
+    anonymous_read: bool = False
 
     def records(self, event: str) -> list[dict]:
         assert self.audit.flush(10)
@@ -90,7 +97,8 @@ class Site:
 @pytest.fixture
 def site(tmp_path: Path, request) -> Iterator[Site]:
     options = dict(getattr(request, "param", {}))
-    policy = load_policy(tmp_path, policy_text(options.pop("anonymous", "")))
+    anonymous = options.pop("anonymous", "")
+    policy = load_policy(tmp_path, policy_text(anonymous))
     archive = Archive(tmp_path / "archive", fsync=False)
     store(archive, make_dataset(KEPT, study=STUDY, series=SERIES))
     audit = AuditLog(tmp_path / "audit.jsonl")
@@ -100,7 +108,7 @@ def site(tmp_path: Path, request) -> Iterator[Site]:
         HttpThread(archive, store=service, security=security) as srv,
         httpx.Client(base_url=srv.url, timeout=30) as client,
     ):
-        yield Site(client, archive, audit)
+        yield Site(client, archive, audit, anonymous == ANONYMOUS_READ)
     audit.close()
     archive.close()
 
@@ -189,7 +197,25 @@ def test_stow_by_a_store_user_is_stored_logged_and_audited_naming_the_user(
     assert "(user writer)" in caplog.text
 
 
-@pytest.mark.parametrize("site", [{"anonymous": 'http_anonymous_may = ["read"]'}], indirect=True)
+def test_a_store_only_user_learns_no_retrieve_url(site: Site) -> None:
+    """review38web #7: the Retrieve URL of a duplicate kept from before named the study
+    and series it is filed under, which a user without ``read`` may not see."""
+    uploader, writer = basic("uploader", "uploader-pw"), basic("writer", "writer-pw")
+    ds = make_dataset(KEPT, study="1.2.3.999", series="1.2.3.999.1", patient_id="OTHER")
+    body, content_type = multipart_body([part10(ds)])
+    headers = {"content-type": content_type}
+    for who, sees in ((uploader, False), (writer, True)):
+        reply = site.client.post("/studies", content=body, headers=headers | who)
+        assert reply.status_code in (200, 202), reply.text
+        assert (f"/studies/{STUDY}/series/{SERIES}/" in reply.text) is sees, reply.text
+    reply = stow(site.client, STUDY + ".1.6", uploader)
+    assert reply.status_code == 200
+    (item,) = reply.json()["00081199"]["Value"]
+    assert item["00081190"] == {"vr": "UR"} and reply.json()["00081190"] == {"vr": "UR"}
+    assert site.archive.path_of(STUDY + ".1.6") is not None
+
+
+@pytest.mark.parametrize("site", [{"anonymous": ANONYMOUS_READ}], indirect=True)
 def test_anonymous_gets_what_the_file_grants_and_no_more(site: Site) -> None:
     assert site.client.get("/studies").status_code == 200
     assert stow(site.client, STUDY + ".1.6").status_code == 401
@@ -197,13 +223,59 @@ def test_anonymous_gets_what_the_file_grants_and_no_more(site: Site) -> None:
     assert site.client.get("/studies", headers=basic("reader", "wrong")).status_code == 401
 
 
-@pytest.mark.parametrize("site", [{"max_failed": 3}], indirect=True)
+@pytest.mark.parametrize(
+    "site", [{"max_failed": 3}, {"max_failed": 3, "anonymous": ANONYMOUS_READ}], indirect=True
+)
 def test_repeated_failures_are_throttled(site: Site) -> None:
     wrong = basic("reader", "wrong")
     assert [site.client.get("/studies", headers=wrong).status_code for _ in range(3)] == [401] * 3
     reply = site.client.get("/studies", headers=basic("reader", "reader-pw"))
     assert reply.status_code == 429
     assert int(reply.headers["retry-after"]) > 0
+    # a request without credentials checks none: not held back (review38web #2)
+    anonymous = site.client.get("/studies").status_code
+    assert anonymous == (200 if site.anonymous_read else 401)
+
+
+def test_one_count_of_failures_for_both_doors(tmp_path: Path) -> None:
+    """review38web #2: serve gives HTTP the DICOM door's count (10 + 10 guesses before)."""
+    shared = FailedAdmissions(3, 60)
+    policy = load_policy(tmp_path, policy_text())
+    archive = Archive(tmp_path / "archive", fsync=False)
+    security = HttpSecurity(policy=policy, failed=shared)
+    with (
+        HttpThread(archive, security=security) as srv,
+        httpx.Client(base_url=srv.url, timeout=30) as client,
+    ):
+        for _ in range(3):
+            assert client.get("/studies", headers=basic("reader", "x")).status_code == 401
+        assert shared.blocked("127.0.0.1") is not None  # what the DICOM door asks
+    archive.close()
+
+
+def test_behind_a_trusted_proxy_the_forwarded_client_is_counted(tmp_path: Path, caplog) -> None:
+    """review38web #2: behind a proxy one guesser's failures were every user's."""
+    policy = load_policy(tmp_path, policy_text())
+    archive = Archive(tmp_path / "archive", fsync=False)
+    security = HttpSecurity(policy=policy, max_failed=3)
+    guesser = {"x-forwarded-for": "198.51.100.7, 10.0.0.1"}  # (the first: the client's own)
+    user = {"x-forwarded-for": "10.0.0.2"}
+    with (
+        HttpThread(archive, security=security, trust_forwarded=True) as srv,
+        httpx.Client(base_url=srv.url, timeout=30) as client,
+        caplog.at_level(logging.INFO),
+    ):
+        for _ in range(3):
+            assert client.get("/studies", headers=basic("x", "y") | guesser).status_code == 401
+        good = basic("reader", "reader-pw")
+        assert client.get("/studies", headers=good | user).status_code == 200
+        assert client.get("/studies", headers=good | guesser).status_code == 429
+        bad = {"x-forwarded-for": "not-an-address"}
+        assert client.get("/studies", headers=good | bad).status_code == 200
+    assert "from 10.0.0.1: credentials refused" in caplog.text
+    assert '10.0.0.2 reader "GET /studies" 200' in caplog.text
+    assert "ignored the proxy's malformed X-Forwarded-For: 'not-an-address'" in caplog.text
+    archive.close()
 
 
 def test_good_credentials_at_once_all_get_in(site: Site) -> None:
@@ -451,7 +523,7 @@ def test_connections_in_their_tls_handshake_count_toward_the_most(
                 with socket.create_connection(address, timeout=30) as raw:
                     try:
                         with client.wrap_socket(raw) as tls:
-                            tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                            tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
                             answer = tls.recv(1024)
                     except (ssl.SSLError, ConnectionError):
                         continue

@@ -13,7 +13,7 @@ from dicomstore.cli import build_parser
 from dicomstore.errors import AssociationRejected
 from dicomstore.passcodes import hash_passcode
 from dicomstore.policy import Policy
-from dicomstore.services.admission import FailedAdmissions
+from dicomstore.services.admission import FailedAdmissions, counted_as
 from dicomstore.services.server import Server, ServerConfig
 
 
@@ -52,6 +52,18 @@ def test_blocked_after_the_limit_until_the_oldest_refusal_expires() -> None:
     assert throttle.blocked("10.0.0.1") is None  # the first refusal left the window
     assert _refused(throttle, "10.0.0.1")
     assert throttle.blocked("10.0.0.1") == pytest.approx(10)
+
+
+def test_an_ipv6_host_counts_as_its_64() -> None:
+    """review38web #2: a host given a /64 had 10 guesses per address in it."""
+    throttle = FailedAdmissions(3, 60, clock=Clock())
+    for n in range(3):
+        assert _refused(throttle, f"2001:db8:1:2::{n + 1}")
+    assert throttle.blocked("2001:db8:1:2:ffff::9") is not None
+    assert not _refused(throttle, "2001:db8:1:2::77")
+    assert throttle.blocked("2001:db8:1:3::1") is None  # another /64
+    assert _refused(throttle, "::ffff:10.0.0.1") and throttle.blocked("10.0.0.1") is None
+    assert counted_as("::ffff:10.0.0.1") == "10.0.0.1" and counted_as("10.0.0.1") == "10.0.0.1"
 
 
 def test_an_admission_does_not_clear_the_refusals() -> None:

@@ -4,8 +4,10 @@ where HTTP listens, HTTPS, CORS, and the one :class:`HttpSecurity` they make."""
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dicomstore.archive.metacache import DEFAULT_MAX_ENTRIES
 from dicomstore.cli.options import _int, _port, _positive, _size, log
@@ -13,8 +15,6 @@ from dicomstore.cli.options import _int, _port, _positive, _size, log
 
 def _origin(value: str) -> str:
     """A web origin (RFC 6454): ``scheme://host[:port]``, no path."""
-    from urllib.parse import urlsplit
-
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
         raise argparse.ArgumentTypeError(
@@ -25,10 +25,20 @@ def _origin(value: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
+_HOST_NAME = re.compile(r"\*|\.?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?", re.ASCII)
+
+
+def _host_name(value: str) -> str:
+    """A DNS name (``.example.org``: those under it; ``*``: any), without port."""
+    if not _HOST_NAME.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"not a host name (e.g. pacs.example.org, .example.org or *): {value!r}"
+        )
+    return value
+
+
 def _base_url(value: str) -> str:
     """The public URL of the service: ``scheme://host[:port][/prefix]``."""
-    from urllib.parse import urlsplit
-
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise argparse.ArgumentTypeError(
@@ -104,6 +114,15 @@ def add_http_options(s: Any) -> None:
         "(default: from each request's Host, with our port when it names none)",
     )
     h.add_argument(
+        "--http-allowed-host",
+        type=_host_name,
+        action="append",
+        metavar="NAME",
+        help="a name clients reach HTTP by, besides IP addresses, localhost, this machine's "
+        "name and --http-base-url's host (repeatable; .example.org: every name under it; "
+        "*: any); checked while requests without credentials have rights (DNS rebinding)",
+    )
+    h.add_argument(
         "--http-trust-forwarded",
         action="store_true",
         help="build those URLs from X-Forwarded-Proto/Host/Prefix: only behind a proxy "
@@ -123,9 +142,9 @@ def http_limits(args: argparse.Namespace) -> Any:
     )
 
 
-def http_security(args: argparse.Namespace, policy: Any, audit: Any) -> Any:
+def http_security(args: argparse.Namespace, policy: Any, audit: Any, failed: Any = None) -> Any:
     """The :class:`~dicomstore.http.security.HttpSecurity` of the options, the
-    policy file and the audit log."""
+    policy file, the audit log and the DICOM door's count of refusals."""
     from dicomstore.http.security import HttpSecurity
 
     return HttpSecurity(
@@ -136,7 +155,17 @@ def http_security(args: argparse.Namespace, policy: Any, audit: Any) -> Any:
         tls_key=args.http_tls_key,
         max_failed=args.max_failed_admissions,
         failed_window=args.failed_admission_window,
+        allowed_hosts=allowed_hosts(args),
+        failed=failed,
     )
+
+
+def allowed_hosts(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--http-allowed-host`` and the host of ``--http-base-url``."""
+    names = list(args.http_allowed_host or ())
+    if args.http_base_url:
+        names.append(urlsplit(args.http_base_url).hostname or "")
+    return tuple(names)
 
 
 def https_context(args: argparse.Namespace) -> Any:

@@ -219,7 +219,7 @@ async def _serve(
                 assert metrics is not None
                 from dicomstore.http import HttpServer, build_app
 
-                security = http_security(args, gatekeeper, audit)
+                security = http_security(args, gatekeeper, audit, server.failed_admissions)
                 app = build_app(
                     archive,
                     ae_title=args.aet,

@@ -27,6 +27,7 @@ from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotSt
 from dicomstore.http import browse, browse_search, frames, operations, qido, render, stow, wado
 from dicomstore.http.answer import EndsBroken
 from dicomstore.http.common import HttpError, UidConvertor, error_response
+from dicomstore.http.forwarded import ForwardedClient
 from dicomstore.http.limits import HttpLimits, refuse
 from dicomstore.http.openapi import openapi
 from dicomstore.http.security import HttpSecurity
@@ -181,6 +182,7 @@ def build_app(
         lifespan=lifespan,
         middleware=[
             Middleware(EndsBroken),
+            *([Middleware(ForwardedClient)] if trust_forwarded else []),
             *([Middleware(operations.RequestMetrics, metrics=metrics)] if metrics else []),
             *(security or HttpSecurity()).middleware(),
         ],

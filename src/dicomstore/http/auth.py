@@ -170,8 +170,10 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         failed, authorization = self.auth.failed, _authorization(scope)
-        # credentials are checked in turns (FailedAdmissions): refusals counted, bounded
-        wait = failed.blocked(address) if authorization is None else await failed.attempt(address)
+        # credentials are checked in turns (FailedAdmissions): refusals counted, bounded;
+        # a request without them checks nothing: not held back (review38web #2: behind
+        # a proxy, one guesser's address is every user's)
+        wait = None if authorization is None else await failed.attempt(address)
         if wait is not None:
             log.warning("HTTP %s %s from %s: too many failed credentials", method, path, address)
             retry = {"Retry-After": str(math.ceil(wait))}

@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, StreamingResponse
 
 from dicomstore import __version__, uids
 from dicomstore.archive.query import Exact
-from dicomstore.http.common import HttpError, one_uid, reader
+from dicomstore.http.common import HttpError, attachment, one_uid, reader
 from dicomstore.http.header_text import header_text
 from dicomstore.http.limits import inflated_limit, limits, refuse
 from dicomstore.http.zipstream import instance_files, zip_files
@@ -77,7 +77,8 @@ def _image(src: str, alt: str, css: str) -> str:
     return f'<img src="{_h(src)}" alt="{_h(alt)}" class="{css}" loading="lazy">'
 
 
-def _page_url(path: str, **params: Any) -> str:
+def _page_url(path: str, /, **params: Any) -> str:
+    # (positional: a query parameter named "path" is one of ``params``: review38web #6)
     return f"{path}?{urlencode(params)}"
 
 
@@ -265,8 +266,7 @@ def patient_zip(request: Request) -> StreamingResponse:
     if not rows:
         raise HttpError(404, f"patient {patient_id!r} is not in the archive")
     files = instance_files(reader(request), rows)
-    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in patient_id)[:60] or "patient"
-    headers = {"Content-Disposition": f'attachment; filename="{name}.zip"'}
+    headers = {"Content-Disposition": attachment(patient_id, ".zip", "patient", 60)}
     return StreamingResponse(zip_files(files), media_type="application/zip", headers=headers)
 
 

@@ -6,7 +6,8 @@
 ``GET /readyz``
     200 ``ready`` when the archive index can be read and the DICOM listener is
     up (the ``ready`` check ``serve`` gives), else 503 with one line per problem.
-    Open like ``/healthz``.
+    Open like ``/healthz``: the index's error is logged, not answered (it can
+    name the PostgreSQL host, user and database: review38web #9).
 ``GET /metrics``
     the server's counters in the Prometheus text format
     (:mod:`dicomstore.services.metrics`); 404 when the app was built without
@@ -19,6 +20,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import closing
 
@@ -31,6 +33,8 @@ from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.http.answer import watch
 from dicomstore.http.common import HttpError
 from dicomstore.services.metrics import CONTENT_TYPE, ServerMetrics
+
+log = logging.getLogger("dicomstore.http.operations")
 
 #: paths answered without credentials (:class:`~dicomstore.http.auth.AuthMiddleware`)
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -45,11 +49,16 @@ async def healthz(request: Request) -> Response:
 
 
 def _index_problem(request: Request) -> str | None:
+    state = request.app.state  # (its last error logged: once while it lasts)
     try:
-        with closing(request.app.state.reader.connect()) as db:
+        with closing(state.reader.connect()) as db:
             db.execute("SELECT 1 FROM instance LIMIT 1").fetchall()
     except DatabaseOrOSError as exc:
-        return f"the archive index is not readable: {exc}"
+        if str(exc) != getattr(state, "readyz_logged", None):
+            state.readyz_logged = str(exc)
+            log.warning("/readyz: the archive index is not readable: %s", exc)
+        return "the archive index is not readable (the server's log says why)"
+    state.readyz_logged = None
     return None
 
 

@@ -6,18 +6,21 @@ cross-origin requests (CORS, Fetch standard: none by default, so a web page
 from elsewhere cannot read answers in a browser), and the HTTPS certificate
 and key (:func:`dicomstore.tls.server_context`: TLS 1.2+, BCP 195 suites).
 :func:`~dicomstore.http.app.build_app` turns it into middleware, outermost
-first: access log, CORS, authentication, read audit.
+first: access log, the headers of every answer (:mod:`dicomstore.http.headers`),
+the Host guard, CORS, authentication, read audit.
 
 Without a policy file HTTP is open: anyone who reaches the port may read and
 store. That is why it binds to 127.0.0.1 unless ``--http-host`` says otherwise,
-and :meth:`HttpSecurity.warnings` names the exposure when it is wider.
+and :meth:`HttpSecurity.warnings` names the exposure when it is wider. While
+requests without credentials may do anything, a web page elsewhere could reach
+that through DNS rebinding: the Host guard (:mod:`dicomstore.http.hosts`) is on.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from starlette.middleware import Middleware
@@ -25,6 +28,8 @@ from starlette.middleware.cors import CORSMiddleware
 
 from dicomstore.http.access_log import AccessLogMiddleware
 from dicomstore.http.auth import AuthMiddleware, HttpAuth
+from dicomstore.http.headers import SecurityHeaders
+from dicomstore.http.hosts import AllowedHosts, HostGuard
 from dicomstore.http.read_audit import AuditWriter, ReadAuditMiddleware
 from dicomstore.policy import HTTP_ACTIONS, Policy
 from dicomstore.services.admission import FailedAdmissions
@@ -45,6 +50,12 @@ class HttpSecurity:
     #: failed credentials per client address before 429 (0: never), and their window
     max_failed: int = 10
     failed_window: float = 60.0
+    #: the refusals counted (``serve``: the DICOM door's, so that an address has
+    #: one count for both doors); None: one of its own
+    failed: FailedAdmissions | None = field(default=None, compare=False)
+    #: names a request's Host may give besides the ones always allowed
+    #: (``--http-allowed-host`` and the base URL's host; ``*``: any)
+    allowed_hosts: tuple[str, ...] = ()
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The HTTPS context, or None for plain HTTP; ``TLSFileError`` or
@@ -82,7 +93,12 @@ class HttpSecurity:
 
     def middleware(self) -> list[Middleware]:
         """The middleware stack, outermost first."""
-        stack = [Middleware(AccessLogMiddleware)]
+        stack = [
+            Middleware(AccessLogMiddleware),
+            Middleware(SecurityHeaders, cross_origin=bool(self.cors_origins)),
+        ]
+        if self.anonymous_rights:  # (what a rebound page could do: hosts.py)
+            stack.append(Middleware(HostGuard, allowed=AllowedHosts.of(self.allowed_hosts)))
         if self.cors_origins:
             stack.append(
                 Middleware(
@@ -95,7 +111,9 @@ class HttpSecurity:
                 )
             )
         if self.policy is not None:
-            failed = FailedAdmissions(self.max_failed, self.failed_window)
+            failed = self.failed
+            if failed is None:
+                failed = FailedAdmissions(self.max_failed, self.failed_window)
             stack.append(Middleware(AuthMiddleware, auth=HttpAuth(self.policy, failed=failed)))
         if self.audit is not None:
             stack.append(Middleware(ReadAuditMiddleware, audit=self.audit))

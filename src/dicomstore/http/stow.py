@@ -57,6 +57,7 @@ from dicomstore.http.multipart import (
     parse_media_type,
     repeated_parameters,
 )
+from dicomstore.policy import READ
 from dicomstore.services.storage import Caller, StoreService, Storing
 
 log = logging.getLogger("dicomstore.http.stow")
@@ -312,7 +313,7 @@ def _limit_reason(reason: str, results: list[PartResult]) -> str:
     return f"{reason}; not stored; stored before it: {shown}"
 
 
-def _item(r: PartResult, base: str) -> dict[str, Any]:
+def _item(r: PartResult, base: str | None) -> dict[str, Any]:
     item: dict[str, Any] = {}
     if r.sop_class_uid:
         item["00081150"] = {"vr": "UI", "Value": [r.sop_class_uid]}
@@ -320,7 +321,7 @@ def _item(r: PartResult, base: str) -> dict[str, Any]:
         item["00081155"] = {"vr": "UI", "Value": [r.sop_instance_uid]}
     if r.stored:
         row = r.instance or {}
-        if row.get("study_uid") and row.get("series_uid"):
+        if base is not None and row.get("study_uid") and row.get("series_uid"):
             url = url_of(base, row["study_uid"], row["series_uid"], row["sop_instance_uid"])
             item["00081190"] = {"vr": "UR", "Value": [url]}
         else:
@@ -341,13 +342,16 @@ def client_address(request: Request) -> str:
 def _response(request: Request, results: list[PartResult], *, unread: bool = False) -> Response:
     """The Store Instances Response Module (Annex I) and its status (Table 10.5.3-1);
     ``unread``: answered at a data set over the limit, the rest of the body unread."""
-    base = base_url(request)
+    identity = identity_of(request.scope)
+    # a caller who may not read gets no Retrieve URL: of an instance kept from
+    # before (a duplicate), it would tell where that is filed (review38web #7)
+    base = base_url(request) if identity is None or READ in identity.rights else None
     stored = [r for r in results if r.stored]
     failed = [r for r in results if not r.stored]
     body: dict[str, Any] = {}
     studies = {(r.instance or {}).get("study_uid") for r in stored}
     study = studies.pop() if len(studies) == 1 else None
-    if study:
+    if study and base is not None:
         body["00081190"] = {"vr": "UR", "Value": [url_of(base, study)]}
     else:
         body["00081190"] = {"vr": "UR"}

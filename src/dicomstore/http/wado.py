@@ -22,7 +22,14 @@ from starlette.responses import Response, StreamingResponse
 
 from dicomstore.archive.stored import read_range
 from dicomstore.http.answer import AnswerBroken
-from dicomstore.http.common import DICOM_JSON, HttpError, base_url, negotiate, reader
+from dicomstore.http.common import (
+    DICOM_JSON,
+    HttpError,
+    attachment,
+    base_url,
+    negotiate,
+    reader,
+)
 from dicomstore.http.limits import inflated_limit, limits
 from dicomstore.http.metadata import stream_metadata
 from dicomstore.http.multipart import closing, new_boundary, part_header
@@ -104,7 +111,7 @@ def retrieve(request: Request) -> Response:
             )
     if choice == 1:
         name = rows[0]["sop_instance_uid" if "sop" in request.path_params else "study_uid"]
-        headers = {"Content-Disposition": f'attachment; filename="{_safe(name)}.zip"'}
+        headers = {"Content-Disposition": attachment(name, ".zip", "dicom")}
         files = instance_files(reader(request), rows)
         return StreamingResponse(zip_files(files), media_type="application/zip", headers=headers)
     if choice == 2:
@@ -114,16 +121,11 @@ def retrieve(request: Request) -> Response:
     return StreamingResponse(stream_parts(request, rows, boundary), media_type=media_type)
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in name)[:80] or "dicom"
-
-
 def _single_file(request: Request, row: dict[str, Any]) -> Response:
-    name = _safe(row["sop_instance_uid"])
     size = row["file_size"]
     media = f"application/dicom; transfer-syntax={row['transfer_syntax_uid']}"
     headers = {
-        "Content-Disposition": f'attachment; filename="{name}.dcm"',
+        "Content-Disposition": attachment(row["sop_instance_uid"], ".dcm", "dicom"),
         "Content-Length": str(size),
     }
     body = read_range(reader(request).storage, row["path"], 0, size, CHUNK)

@@ -10,6 +10,7 @@ admitted, nothing is audited); :mod:`dicomstore.policy` and
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -87,9 +88,10 @@ class FailedAdmissions:
     ``limit`` checks, and a burst of good credentials all get in, one batch
     after another); an admission does not clear the address's refusals (a
     caller's own login between guesses must not reset their count: review35a
-    F4). At most ``max_addresses`` addresses are remembered (the one refused
-    longest ago is forgotten first), so memory stays bounded whatever the
-    number of callers. ``limit`` 0 disables the throttle. On the event loop.
+    F4). An IPv6 address counts as its /64 (a host is given a /64 and may use any
+    address in it: review38web #2). At most ``max_addresses`` addresses are
+    remembered (the one refused longest ago is forgotten first), so memory stays
+    bounded whatever the number of callers. ``limit`` 0 disables the throttle. On the event loop.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class FailedAdmissions:
         it may try again."""
         if not self.limit:
             return None
+        address = counted_as(address)
         while True:
             wait = self.blocked(address)
             if wait is not None:
@@ -134,6 +137,7 @@ class FailedAdmissions:
         """A check that :meth:`attempt` let begin has ended (``admitted`` or refused)."""
         if not self.limit:
             return
+        address = counted_as(address)
         running = self._checking.pop(address, 0) - 1
         if running > 0:
             self._checking[address] = running
@@ -159,7 +163,7 @@ class FailedAdmissions:
         if not self.limit:
             return None
         now = self._clock()
-        times = self._recent(address, now)
+        times = self._recent(counted_as(address), now)
         if times is None or len(times) < self.limit:
             return None
         return times[-self.limit] + self.window - now
@@ -174,3 +178,16 @@ class FailedAdmissions:
         else:
             self._refused.move_to_end(address)
         times.append(now)
+
+
+def counted_as(address: str) -> str:
+    """The key refusals of ``address`` count under: an IPv6 address's /64."""
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.split("%")[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))

@@ -1,0 +1,50 @@
+"""The client's address behind a trusted proxy (``--http-trust-forwarded``).
+
+A reverse proxy connects for every client: the address the connection comes
+from is the proxy's. With ``--http-trust-forwarded`` the client is the last
+address of ``X-Forwarded-For`` instead, the one the proxy appended (those
+before it are what the client itself sent, and any client can send them): the
+access log, the audit trail and the count of failed credentials
+(:class:`~dicomstore.services.admission.FailedAdmissions`) name it. Before,
+one guesser's ten failures behind a proxy were every user's (review38web #2).
+A malformed value is ignored with a WARNING, and the connection's address kept.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+log = logging.getLogger("dicomstore.http")
+
+
+def forwarded_for(value: str) -> str | None:
+    """The last address of an ``X-Forwarded-For`` value, or None if it is not one."""
+    last = value.rsplit(",", 1)[-1].strip()
+    if last.startswith("[") and last.endswith("]"):
+        last = last[1:-1]
+    try:
+        return str(ipaddress.ip_address(last))
+    except ValueError:
+        return None
+
+
+class ForwardedClient:
+    """ASGI middleware: ``scope["client"]`` from the trusted proxy's ``X-Forwarded-For``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            values = [v for k, v in scope["headers"] if k == b"x-forwarded-for"]
+            if values:
+                text = values[-1].decode("latin-1")
+                address = forwarded_for(text)
+                if address is None:
+                    log.warning("ignored the proxy's malformed X-Forwarded-For: %r", text[:100])
+                else:
+                    scope = dict(scope, client=(address, 0))
+        await self.app(scope, receive, send)
