@@ -102,21 +102,24 @@ def test_get_stores_through_the_store_service_policy(
 
     port = served[0]
 
-    async def run() -> tuple[int, int]:
+    async def run() -> tuple[int, int, int, int, bool]:
         archive = Archive(tmp_path / "archive", fsync=False)
         try:
             contexts, roles = dicomstore.get_contexts("study")
             async with dicomstore.connect(
                 "127.0.0.1", port, called_ae="DICOMSTORE", contexts=contexts, roles=roles
             ) as assoc:
-                dicomstore.receive_into(
+                received = dicomstore.receive_into(
                     assoc, StoreService(archive, store_aets=frozenset(store_aets))
                 )
                 result = await dicomstore.get(
-                    assoc, {"StudyInstanceUID": "1.2.9.1"}, level="STUDY"
+                    assoc, {"StudyInstanceUID": "1.2.9.1"}, level="STUDY", received=received
                 ).run()
-            return result.completed, result.failed
+            assert result.received is received
+            return result.completed, result.failed, received.completed, received.failed, result.ok
         finally:
             archive.close()
 
-    assert asyncio.run(run()) == (completed, 5 - completed)
+    # the SCP's counts and ours (review38scu #1) agree
+    ok = completed == 5
+    assert asyncio.run(run()) == (completed, 5 - completed, completed, 5 - completed, ok)

@@ -92,9 +92,34 @@ def _print(args: argparse.Namespace, result: Any, what: str) -> int:
         print(f"completed {result.completed}, failed {result.failed}, warning {result.warning}")
         for uid in result.failed_uids:
             print(f"  failed: {uid}")
+        here = result.received
+        if here is not None and (here.failed or here.warning or result.contradicted):
+            print(
+                f"received here: stored {here.completed}, failed {here.failed},"
+                f" warning {here.warning}"
+            )
+            for uid in here.failed_uids:
+                print(f"  not stored here: {uid}")
+    if result.contradicted:
+        print(
+            f"dicomstore: the SCP said 0000 (no failures), but {_failures(result)}:"
+            " not every sub-operation completed",
+            file=sys.stderr,
+        )
     if result.ok:
         return EXIT_OK
     return EXIT_FAILED
+
+
+def _failures(result: Any) -> str:
+    """What contradicts a final 0000: the SCP's counts, our own answers."""
+    said = []
+    if result.failed or result.warning:
+        said.append(f"it counted {result.failed} failed and {result.warning} warning")
+    here = result.received
+    if here is not None and (here.failed or here.warning):
+        said.append(f"we answered {here.failed} with a failure and {here.warning} with a warning")
+    return " and ".join(said)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -125,12 +150,12 @@ async def run(args: argparse.Namespace) -> int:
         contexts, roles = r.get_contexts(model, sop_classes=classes)
         try:
             assoc = await open_association(args, contexts, roles=roles)
-            r.receive_into(assoc, _service(handler, args))
+            received = r.receive_into(assoc, _service(handler, args))
         except BaseException:
             if archive is not None:
                 archive.close()
             raise
-        retrieve = r.get(assoc, keys, model=model, priority=priority)
+        retrieve = r.get(assoc, keys, model=model, priority=priority, received=received)
         what = "C-GET"
     try:
         async with CancelOnInterrupt(retrieve.cancel, assoc.abort) as ctrl_c:

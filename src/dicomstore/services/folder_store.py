@@ -1,9 +1,12 @@
 """A folder of PS3.10 files as a store handler (``dicomstore get -od DIR``).
 
-Each instance becomes ``DIR/<SOP Instance UID>.dcm``: the File Meta Information
-the archive writes (PS3.10 7.1: the command's SOP Class and Instance, the
-context's transfer syntax, the AE titles), then the data set as received,
-fragment by fragment (never held whole); written as ``.part``, flushed, then
+Each instance becomes ``DIR/<SOP Instance UID>.dcm`` (a UID that is not one, as
+the archive names it: ``x-`` and a digest, so two never share a file and none
+climbs out or hides: review38scu #14): the File Meta Information the archive
+writes (PS3.10 7.1: the command's SOP Class and Instance, the context's transfer
+syntax, the AE titles), then the data set as received, fragment by fragment (never
+held whole); written into a new file of a random ``.part`` name (created, never
+opened through a link someone else left there: review38scu #2), flushed, then
 renamed, so a file of that name is always complete. An instance received again
 replaces the file. No index, no checks: an archive (``--storage``) has those.
 """
@@ -11,14 +14,13 @@ replaces the file. No index, no checks: an archive (``--storage``) has those.
 from __future__ import annotations
 
 import os
-import re
+import secrets
 from pathlib import Path
 from typing import BinaryIO
 
 from dicomstore import status as st
 from dicomstore.archive.dicomfile import file_header
-
-_UNSAFE = re.compile(r"[^0-9A-Za-z.\-]")
+from dicomstore.archive.layout import normalize_uid, safe_component
 
 
 class FolderSink:
@@ -26,9 +28,10 @@ class FolderSink:
 
     def __init__(self, path: Path, header: bytes, fsync: bool) -> None:
         self.path = path
-        self.part = path.with_name(path.name + ".part")
+        self.part = path.with_name(f".{path.name}.{secrets.token_hex(8)}.part")
         self.fsync = fsync
-        self.file: BinaryIO = open(self.part, "wb")  # noqa: SIM115 - closed by commit/abort
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.file: BinaryIO = os.fdopen(os.open(self.part, flags, 0o666), "wb")
         self.file.write(header)
 
     def write(self, fragment: bytes | bytearray | memoryview) -> None:
@@ -64,7 +67,7 @@ class FolderStore:
         calling_ae: str = "",
         called_ae: str = "",
     ) -> FolderSink:
-        name = _UNSAFE.sub("_", sop_instance_uid.strip("\0 ")) or "unnamed"
+        name = safe_component(normalize_uid(sop_instance_uid), "unnamed")
         header = file_header(
             sop_class_uid=sop_class_uid,
             sop_instance_uid=sop_instance_uid,

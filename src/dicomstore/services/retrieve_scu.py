@@ -34,9 +34,11 @@ from pydicom.dataset import Dataset
 
 from dicomstore import uids
 from dicomstore.aio.client import ClientAssociation, ContextSpec
-from dicomstore.aio.performer import Incoming, Refused
+from dicomstore.aio.performer import Incoming, Refused, refusal
 from dicomstore.dimse import CGetRQ, CMoveRQ, CStoreRQ, RetrieveRSP
 from dicomstore.dimse import status as st
+from dicomstore.dimse.commands import AFFECTED_SOP_INSTANCE_UID
+from dicomstore.dimse.decoding import InvalidRequest
 from dicomstore.errors import AssociationAborted, AssociationError
 from dicomstore.services.qr_operations import decode_identifier
 from dicomstore.services.query_scu import SYNTAXES, Key, encode_query, identifier_keys
@@ -135,6 +137,35 @@ MAX_CONTEXTS = 128
 
 
 @dataclass
+class Received:
+    """How we answered a C-GET's C-STORE sub-operations (PS3.4 C.4.3.3): our own count,
+    beside the one the SCP reports."""
+
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+
+    def count(self, status: int, sop_instance_uid: str) -> None:
+        category = st.category(status)
+        if category == "success":
+            self.completed += 1
+        elif category == "warning":
+            self.warning += 1
+        else:
+            self.failed += 1
+            self.failed_uids.append(sop_instance_uid)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "completed": self.completed,
+            "failed": self.failed,
+            "warning": self.warning,
+            "failed_sop_instance_uids": self.failed_uids,
+        }
+
+
+@dataclass
 class RetrieveResult:
     """How a C-MOVE or C-GET ended (PS3.4 C.4.2.1.5, C.4.3.1.4)."""
 
@@ -147,15 +178,25 @@ class RetrieveResult:
     #: Failed SOP Instance UID List (0008,0058) of the final response
     failed_uids: list[str] = field(default_factory=list)
     offending_element: tuple[int, ...] | None = None
+    #: a C-GET's: how we answered its sub-operations (:func:`receive_into`)
+    received: Received | None = None
+
+    @property
+    def contradicted(self) -> bool:
+        """A final 0000 that its own counts, or our answers, say is not (review38scu #1)."""
+        here = self.received
+        ours = here is not None and bool(here.failed or here.warning)
+        return self.status == st.SUCCESS and bool(self.failed or self.warning or ours)
 
     @property
     def ok(self) -> bool:
-        """Every sub-operation completed (0000)."""
-        return self.status == st.SUCCESS
+        """Every sub-operation completed: 0000, and no failure or warning counted by the
+        SCP or, for a C-GET, answered by us."""
+        return self.status == st.SUCCESS and not self.contradicted
 
     def to_json(self) -> dict[str, Any]:
         """The result as one JSON object (``--json``)."""
-        return {
+        found: dict[str, Any] = {
             "status": None if self.status is None else f"{self.status:04X}",
             "status_text": None if self.status is None else describe(self.status),
             "error_comment": self.error_comment,
@@ -164,7 +205,11 @@ class RetrieveResult:
             "warning": self.warning,
             "remaining": self.remaining,
             "failed_sop_instance_uids": self.failed_uids,
+            "ok": self.ok,
         }
+        if self.received is not None:
+            found["received"] = self.received.to_json()
+        return found
 
 
 def describe(status: int) -> str:
@@ -223,34 +268,45 @@ def get_contexts(
 class _Storing:
     """One C-STORE sub-operation of a C-GET, through the Storage SCP."""
 
-    def __init__(self, scp: StorageSCP, context_id: int, rq: CStoreRQ) -> None:
+    def __init__(self, scp: StorageSCP, context_id: int, rq: CStoreRQ, received: Received) -> None:
         self.scp = scp
+        self.rq = rq
+        self.received = received
         self.receiving = scp.begin(context_id, rq)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.receiving.write(data)
 
     async def finish(self) -> Any:
-        return await self.scp.finish(self.receiving)
+        rsp = await self.scp.finish(self.receiving)
+        self.received.count(rsp.status, self.rq.affected_sop_instance_uid)
+        return rsp
 
     def abort(self) -> None:
         self.receiving.abort()
 
 
-def receive_into(assoc: ClientAssociation, service: StoreService) -> None:
+def receive_into(assoc: ClientAssociation, service: StoreService) -> Received:
     """Store every C-STORE-RQ the peer sends on ``assoc`` (a C-GET's sub-operations)
     through ``service``, as the peer's AE title (whom ``service``'s ``store_aets``
-    must name, as for every door); answer anything else 0211."""
+    must name, as for every door); answer anything else 0211. How we answered them
+    (give it to :func:`get`: its result then counts them too)."""
     assert assoc.negotiated is not None
     address = str(assoc.t.peer[0]) if assoc.t.peer else ""
     scp = StorageSCP(service, assoc.negotiated, address=address, we_requested=True)
+    received = Received()
 
     def on_request(context_id: int, message: Any) -> Incoming:
         if isinstance(message, CStoreRQ):
-            return _Storing(scp, context_id, message)
+            return _Storing(scp, context_id, message, received)
+        if isinstance(message, InvalidRequest) and message.command_field == CStoreRQ.command_field:
+            # a sub-operation too, answered 0212 (one declaring no data set ...)
+            uid = message.fields.get(AFFECTED_SOP_INSTANCE_UID)
+            received.count(refusal(message).status, uid if isinstance(uid, str) else "")
         return Refused(message)
 
     assoc.performer.on_request = on_request
+    return received
 
 
 class Retrieve:
@@ -357,8 +413,12 @@ def get(
     level: str | None = None,
     model: str = "study",
     priority: int = 0,
+    received: Received | None = None,
 ) -> Retrieve:
     """A C-GET of what ``query`` names (PS3.4 C.4.3.2), received on ``assoc`` by what
-    :func:`receive_into` set up; propose :func:`get_contexts`."""
+    :func:`receive_into` set up (``received``: what it returned); propose
+    :func:`get_contexts`."""
     rq = CGetRQ(assoc.next_message_id(), _model(GET_MODELS, model), priority)
-    return Retrieve(assoc, rq, _keys(query, level))
+    retrieve = Retrieve(assoc, rq, _keys(query, level))
+    retrieve.result.received = received
+    return retrieve
