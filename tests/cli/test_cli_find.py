@@ -10,11 +10,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset
 from tests.conftest import ServerThread, free_port
 from tests.services.dcmqrscp_testlib import AET, dcmqrscp, layout_files
-from tests.services.query_testlib import WaitingSCP, serving_layout
+from tests.services.query_testlib import WaitingSCP, _FindSCP, serving_layout
 
 from dicomstore.archive import Archive
 from dicomstore.cli import main
@@ -203,3 +205,31 @@ def test_a_reader_that_goes_away_is_not_a_connection_failure(served) -> None:
     err = proc.stderr.read()
     assert proc.wait(60) == 1, err
     assert err == b""
+
+
+class _RudeSCP(_FindSCP):
+    """One match whose Patient's Name holds terminal escapes and a forged row, then an
+    A-ABORT (review38scu #5, #6)."""
+
+    def __init__(self) -> None:
+        super().__init__("RUDE")
+
+    def handle(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.StudyInstanceUID = "1.2.3.4"
+        ds.PatientName = "\x1b]0;PWNED\x07\x1b[31mRED\r\nFAKE ROW"
+        yield 0xFF00, ds
+        event.assoc.abort()
+
+
+def test_what_arrived_before_an_abort_is_printed_on_one_line_each(capsys) -> None:
+    with _RudeSCP() as port:
+        argv = ["find", "127.0.0.1", str(port), "--aec", "RUDE", "-k", "PatientName"]
+        assert main(argv) == 5
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        "StudyInstanceUID  PatientName",
+        "1.2.3.4           \\x1b]0;PWNED\\x07\\x1b[31mRED\\r\\nFAKE ROW",
+    ]
+    assert err == "dicomstore: association aborted by the peer (service user)\n"

@@ -67,3 +67,18 @@ def test_a_contradicted_success_is_printed_and_exits_1(capsys) -> None:
     good = RetrieveResult(0x0000, completed=2, received=received(0, 0))
     assert _print(argparse.Namespace(json=False), good, "C-GET") == EXIT_OK
     assert "received here" not in capsys.readouterr().out
+
+
+def test_the_peers_text_is_printed_on_one_line(capsys) -> None:
+    """review38scu #6: an Error Comment or a failed UID with escapes or a line break."""
+    result = RetrieveResult(
+        0xB000,
+        error_comment="bad \x1b[31m thing\nsecond line",
+        completed=1,
+        failed=1,
+        failed_uids=["1.2.3\x1b[31mRED\nfailed: 9.9.9"],
+    )
+    _print(argparse.Namespace(json=False), result, "C-MOVE to WS")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith(": bad \\x1b[31m thing\\nsecond line")
+    assert out[2] == "  failed: 1.2.3\\x1b[31mRED\\nfailed: 9.9.9" and len(out) == 3

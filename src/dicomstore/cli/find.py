@@ -16,6 +16,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from dicomstore.cli.logs import one_line
 from dicomstore.cli.options import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -122,8 +123,8 @@ def _cell(ds: Dataset, tag: int) -> str:
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
     if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value)
+        return one_line("\\".join(str(v) for v in value))
+    return one_line(str(value))  # (the peer's text: no escape sequence, no forged row)
 
 
 class Printer:
@@ -199,15 +200,18 @@ async def run(args: argparse.Namespace) -> int:
                 printer.match(match)
         except FindFailed as exc:
             printer.close(summary=False)
-            print(f"dicomstore: {exc}", file=sys.stderr)
+            print(f"dicomstore: {one_line(str(exc))}", file=sys.stderr)
             await assoc.release()
             return EXIT_INTERRUPTED if ctrl_c.interrupted else EXIT_FAILED
         except AssociationAborted:
+            printer.close(summary=False)  # (what arrived before: review38scu #5)
             if not ctrl_c.interrupted:
                 raise
-            printer.close(summary=False)
             print(f"dicomstore: aborted after {printer.count} match(es)", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except BaseException:  # (a timeout ...: what arrived before is printed)
+            printer.close(summary=False)
+            raise
     printer.close()
     await assoc.release()
     if query.warnings:

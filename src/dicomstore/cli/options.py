@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from dicomstore import uids
 from dicomstore.aio import loops
 from dicomstore.aio.association import Timeouts
-from dicomstore.cli.logs import LEVELS, add_log_format
+from dicomstore.cli.logs import LEVELS, add_log_format, one_line
 from dicomstore.errors import (
     AssociationAborted,
     AssociationError,
@@ -383,17 +383,17 @@ def run_client(coro) -> int:
     except TLSFileError as exc:
         return tls_failed(exc)
     except AssociationRejected as exc:
-        print(f"dicomstore: {exc}", file=sys.stderr)
+        print(f"dicomstore: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_REJECTED
     except AssociationAborted as exc:
-        print(f"dicomstore: {exc}", file=sys.stderr)
+        print(f"dicomstore: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_ABORTED
     except DimseTimeout as exc:
-        print(f"dicomstore: timed out: {exc}", file=sys.stderr)
+        print(f"dicomstore: timed out: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_TIMEOUT
     except AssociationError as exc:
         text = str(exc)
-        print(f"dicomstore: {text}", file=sys.stderr)
+        print(f"dicomstore: {one_line(text)}", file=sys.stderr)
         return EXIT_TIMEOUT if "timed out" in text or "within" in text else EXIT_FAILED
     except ssl.SSLError as exc:
         print(f"dicomstore: TLS failed: {exc.reason or exc}", file=sys.stderr)

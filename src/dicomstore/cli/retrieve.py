@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomstore.cli.find import add_query_options, query_keys
+from dicomstore.cli.logs import one_line
 from dicomstore.cli.options import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -87,11 +88,12 @@ def _print(args: argparse.Namespace, result: Any, what: str) -> int:
     if args.json:
         print(json.dumps(result.to_json()))
     elif result.status is not None:
-        comment = f": {result.error_comment}" if result.error_comment else ""
+        # (the peer's text on one line each: review38scu #6)
+        comment = f": {one_line(result.error_comment)}" if result.error_comment else ""
         print(f"{what}: {result.status:04X} {describe(result.status)}{comment}")
         print(f"completed {result.completed}, failed {result.failed}, warning {result.warning}")
         for uid in result.failed_uids:
-            print(f"  failed: {uid}")
+            print(f"  failed: {one_line(uid)}")
         here = result.received
         if here is not None and (here.failed or here.warning or result.contradicted):
             print(
@@ -99,7 +101,7 @@ def _print(args: argparse.Namespace, result: Any, what: str) -> int:
                 f" warning {here.warning}"
             )
             for uid in here.failed_uids:
-                print(f"  not stored here: {uid}")
+                print(f"  not stored here: {one_line(uid)}")
     if result.contradicted:
         print(
             f"dicomstore: the SCP said 0000 (no failures), but {_failures(result)}:"

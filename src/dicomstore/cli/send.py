@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from dicomstore.aio import loops
 from dicomstore.cli.allocator import keep_freed_memory
-from dicomstore.cli.logs import LEVELS, add_log_format, setup_logging
+from dicomstore.cli.logs import LEVELS, add_log_format, one_line, setup_logging
 from dicomstore.cli.options import (
     EXIT_ABORTED,
     EXIT_ALL_FAILED,
@@ -423,7 +423,7 @@ def run(args: argparse.Namespace) -> int:
         if report is not None:
             report.close()
     for line in summary(results, time.monotonic() - start):
-        print(line)
+        print(one_line(line))  # (the peer's Error Comments among them: review38scu #6)
     code = exit_code(results)
     if code == EXIT_USAGE:
         print("dicomstore: no DICOM instance to send in the given paths", file=sys.stderr)
