@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from dicomstore.aio.association import Timeouts
 from dicomstore.aio.client import ClientAssociation, ContextSpec, associate
 from dicomstore.dimse import status as st
+from dicomstore.errors import AssociationAborted
 from dicomstore.services import sources
 from dicomstore.services.sources import CorruptFile, Instance, NotDicom, SourceReadError
 from dicomstore.services.storage_scu import (
@@ -304,13 +305,14 @@ class _Run:
                     await assoc.abort()
                     self.finish(self.result(job, "failed", reason=str(exc)))
                     return
-                except Exception as exc:
-                    if classify(exc) is None:
+                except Exception as raised:
+                    if classify(raised) is None:
                         raise
-                    broken = broken or exc
+                    lost = _once_established(assoc, raised)
+                    broken = broken or lost
                     if job.attempts > self.opts.retries:
-                        kind = (classify(exc) or ("aborted", True))[0]
-                        self.finish(self.result(job, "failed", reason=_text(exc), error_kind=kind))
+                        kind = (classify(lost) or ("aborted", True))[0]
+                        self.finish(self.result(job, "failed", reason=_text(lost), error_kind=kind))
                     else:
                         queue.append(job)  # at the end: one poisonous instance must not block
                     return
@@ -456,3 +458,15 @@ async def send(
     if opts.commit:
         await run.commit_rest()
     return sorted(run.results, key=lambda r: r.index)
+
+
+def _once_established(assoc: ClientAssociation, exc: BaseException) -> BaseException:
+    """A connection lost on an established association is its abort (PS3.8 7.4: an
+    A-P-ABORT), not an unreachable peer (review38scu #3: exit 3, not 5): the abort the
+    peer sent when it came first, else the connection's loss as one."""
+    if not isinstance(exc, OSError):
+        return exc
+    ended = assoc.invoker.ended
+    if isinstance(ended, AssociationAborted):
+        return ended
+    return AssociationAborted(f"the connection was lost: {exc.strerror or exc}")
