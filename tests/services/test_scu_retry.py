@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from tests.conftest import ServerThread, dcmtk_storescp, free_port
+from tests.services.fake_scp import FakeSCP, answer_for, walk_out
 from tests.services.test_scu_support import (
     dataset_bytes,
     received_by_uid,
@@ -175,41 +176,6 @@ def test_a_connection_cut_mid_transfer_resends_what_was_in_flight(tmp_path: Path
         assert dataset_bytes(got[uid_of(path)]) == dataset_bytes(path)
 
 
-class Walkout:
-    """An SCP that accepts every context, reads the first P-DATA-TF, then sends an
-    A-ABORT and closes without reading on: the sender is inside a data set, its writes
-    held back (on its own loop, in a thread)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    async def _scp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from dicomstore.ul import pdu as P
-        from dicomstore.ul.negotiation import AcceptorPolicy, negotiate
-
-        header = await reader.readexactly(6)
-        rq = P.decode_pdu(header[0], await reader.readexactly(int.from_bytes(header[2:])))
-        policy = AcceptorPolicy("ANY-SCP", accept_unknown=True, max_pdu=16384)
-        writer.write(P.encode(negotiate(rq, policy)[0]))
-        while (await reader.readexactly(6))[0] != P.P_DATA_TF:
-            pass
-        writer.write(P.encode(P.Abort(P.ABORT_SOURCE_USER, 0)))
-        await writer.drain()
-        writer.close()
-
-    def __enter__(self) -> int:
-        self._thread.start()
-        start = asyncio.start_server(self._scp, "127.0.0.1", 0)
-        self.server = asyncio.run_coroutine_threadsafe(start, self.loop).result(10)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-
-
 def test_a_connection_lost_inside_a_data_set_is_an_abort_exit_5(tmp_path: Path) -> None:
     """review38scu #3: the association was established, so its loss is an abort (PS3.8
     7.4), not an unreachable peer (it was exit 3)."""
@@ -220,11 +186,24 @@ def test_a_connection_lost_inside_a_data_set_is_an_abort_exit_5(tmp_path: Path) 
     ds.add_new(0x00091010, "LO", "BIG")
     ds.add_new(0x00091011, "OB", b"\0" * 32_000_000)  # (more than the sockets hold)
     ds.save_as(big)
-    with Walkout() as port:
+    with FakeSCP(walk_out) as port:
         results = _send(port, [big], retries=0)
         code = _main("127.0.0.1", str(port), str(big), "--retries", "0")
     assert [(r.outcome, r.error_kind) for r in results] == [("failed", "aborted")]
     assert code == 5
+
+
+def test_an_answer_to_a_request_never_sent_aborts_at_once(tmp_path: Path, caplog) -> None:
+    """review38scu #4: a C-STORE-RSP for message 101 (we sent 1) was ignored, and the
+    send waited for the timeouts (600 s by default)."""
+    files = sendable(compressed=False)[:2]
+    with FakeSCP(answer_for(100)) as port:
+        results = _send(port, files, retries=0)
+    assert {(r.outcome, r.error_kind) for r in results} == {("failed", "aborted")}
+    assert "CStoreRSP for message 101, which no request of ours awaits" in results[0].reason
+    with FakeSCP(answer_for(0)) as port:  # (the right one: stored, then the next)
+        results = _send(port, files[:1], retries=0)
+    assert [r.outcome for r in results] == ["stored"]
 
 
 class FlakyHandler:

@@ -184,7 +184,19 @@ class ClientAssociation:
         message = event.message
         dataset_follows = self.t.assembler.dataset_in_progress
         if not self.invoker.deliver(message, dataset_follows=dataset_follows):
-            log.warning("unexpected DIMSE message %r ignored", message)
+            # no request of ours awaits it (PS3.7 9.3.1.2: a response answers the
+            # request's Message ID): a peer that lost track; waiting on would be a hang
+            # until the timeouts (review38scu #4); DCMTK aborts too
+            answered = getattr(message, "message_id_being_responded_to", None)
+            if answered is None:
+                answered = getattr(message, "message_id", "?")
+            why = (
+                f"the peer sent a {type(message).__name__} for message {answered},"
+                " which no request of ours awaits"
+            )
+            log.warning("%s: %s; aborting", self.t.peer, why)
+            self.t.abort_now()
+            self._end(AssociationAborted(why))
 
     async def answered(self) -> None:
         """Wait until every request of the peer received so far is answered."""
