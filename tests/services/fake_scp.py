@@ -29,9 +29,10 @@ async def walk_out(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
     writer.write(P.encode(P.Abort(P.ABORT_SOURCE_USER, 0)))
 
 
-def answer_for(other: int) -> Script:
-    """Answer the first C-STORE-RQ (once its data set is in) as if it had the Message ID
-    of the request plus ``other``, then wait for the requestor to leave."""
+def answer_for(other: int, context: int | None = None) -> Script:
+    """Answer each C-STORE-RQ (once its data set is in) as if it had the Message ID of
+    the request plus ``other`` (on presentation context ``context``, if given), until
+    the requestor leaves."""
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         rq, context_id = None, 0
@@ -49,7 +50,8 @@ def answer_for(other: int) -> Script:
                         rq.affected_sop_class_uid,
                         rq.affected_sop_instance_uid,
                     )
-                    pdata = P.PDataTF([P.PDV(context_id, True, True, rsp.encode())])
+                    on = context_id if context is None else context
+                    pdata = P.PDataTF([P.PDV(on, True, True, rsp.encode())])
                     writer.write(P.encode(pdata))
 
     return script

@@ -206,6 +206,14 @@ def test_an_answer_to_a_request_never_sent_aborts_at_once(tmp_path: Path, caplog
     assert [r.outcome for r in results] == ["stored"]
 
 
+def test_an_answer_on_a_context_never_accepted_aborts(tmp_path: Path) -> None:
+    """review38scu #10: PS3.8 9.3.5, a PDV on a context that was not accepted."""
+    with FakeSCP(answer_for(0, context=201)) as port:
+        results = _send(port, sendable(compressed=False)[:1], retries=0)
+    assert [(r.outcome, r.error_kind) for r in results] == [("failed", "aborted")]
+    assert "a response on presentation context 201, which was not accepted" in results[0].reason
+
+
 class FlakyHandler:
     """A store handler answering ``statuses[uid]`` (a list, first use first), else 0000."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -357,6 +359,22 @@ def test_private_class_refused_by_default():
 
 
 # -- the requestor's view ----------------------------------------------------
+
+
+def test_a_context_accepted_with_a_syntax_not_proposed_is_left_out():
+    """review38scu #9: PS3.8 9.3.3.2, the transfer syntax is one of those proposed
+    (send re-encoded into Big Endian; get wrote a File Meta naming 1.2.3.4.5.6)."""
+    request = rq((1, CT, [EXPLICIT, IMPLICIT]), (3, MR, [IMPLICIT]))
+    ac, _ = accept(request)
+    ac.presentation_contexts = [
+        dataclasses.replace(r, transfer_syntax="1.2.840.10008.1.2.2") if r.id == 1 else r
+        for r in ac.presentation_contexts
+    ]
+    view = requested(request, ac)
+    assert set(view.contexts) == {3}
+    assert view.ignored == [
+        f"context 1 ({CT}) accepted with '1.2.840.10008.1.2.2', which we did not propose for it"
+    ]
 
 
 def test_requested_builds_the_requestor_view():

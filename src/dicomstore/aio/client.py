@@ -115,6 +115,8 @@ class ClientAssociation:
                                 t.abort_now()
                                 raise AssociationError(f"the SCP's A-ASSOCIATE-AC: {problem}")
                             self.negotiated = requested(self.request, event.accept)
+                            for why in self.negotiated.ignored:
+                                log.warning("%s: %s: left out", t.peer, why)
                             t.negotiated = self.negotiated
                             self.invoker.open(self.negotiated.max_ops_invoked)
                             self._reader = asyncio.create_task(self._read_loop())
@@ -174,9 +176,14 @@ class ClientAssociation:
             self._end(AssociationAborted(event.message, event.source, event.reason))
 
     def _on_dimse(self, event: Any) -> None:
-        if self.performer.handles(event):
+        if self.performer.handles(event):  # (a request on a context not accepted: 0122)
             self.performer.receive(event)
             return
+        if self.negotiated is not None and event.context_id not in self.negotiated.contexts:
+            raise RemoteProtocolError(  # a response there (review38scu #10)
+                f"a response on presentation context {event.context_id}, which was not accepted",
+                P.ABORT_INVALID_PDU_PARAMETER_VALUE,
+            )
         if isinstance(event, DatasetFragment):
             self.invoker.deliver_fragment(event)
             return

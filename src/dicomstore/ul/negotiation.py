@@ -44,6 +44,9 @@ class Negotiated:
     max_ops_performed: int = 1
     extended: dict[str, bytes] = field(default_factory=dict)
     identity: I.UserIdentityRQ | None = None
+    #: the requestor's: contexts the acceptor answered "accepted" with a transfer
+    #: syntax not proposed for them, left out (PS3.8 9.3.3.2), each said in words
+    ignored: list[str] = field(default_factory=list)
 
     def context_for(
         self, abstract_syntax: str, transfer_syntax: str | None = None
@@ -273,9 +276,16 @@ def requested(rq: P.AssociateRQ, ac: P.AssociateAC) -> Negotiated:
     roles = {r.sop_class_uid: r for r in ac.user_info.roles}
     proposed_roles = {r.sop_class_uid: r for r in rq.user_info.roles}
     contexts: dict[int, AcceptedContext] = {}
+    ignored = []
     for result in ac.presentation_contexts:
         pc = proposed.get(result.id)
         if pc is None or result.result != I.ACCEPTANCE:
+            continue
+        if result.transfer_syntax not in pc.transfer_syntaxes:  # (review38scu #9)
+            ignored.append(
+                f"context {pc.id} ({pc.abstract_syntax}) accepted with"
+                f" {result.transfer_syntax!r}, which we did not propose for it"
+            )
             continue
         role, asked = roles.get(pc.abstract_syntax), proposed_roles.get(pc.abstract_syntax)
         scu, scp = True, False
@@ -295,6 +305,7 @@ def requested(rq: P.AssociateRQ, ac: P.AssociateAC) -> Negotiated:
         max_ops_invoked=window[0],
         max_ops_performed=window[1],
         extended={e.sop_class_uid: e.info for e in ac.user_info.extended},
+        ignored=ignored,
     )
 
 
