@@ -29,6 +29,12 @@ async def walk_out(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
     writer.write(P.encode(P.Abort(P.ABORT_SOURCE_USER, 0)))
 
 
+async def say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read everything, answer nothing, until the requestor leaves."""
+    while await reader.read(65536):
+        pass
+
+
 def answer_for(other: int, context: int | None = None) -> Script:
     """Answer each C-STORE-RQ (once its data set is in) as if it had the Message ID of
     the request plus ``other`` (on presentation context ``context``, if given), until

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from tests.conftest import ServerThread, dcmtk_storescp, free_port
-from tests.services.fake_scp import FakeSCP, answer_for, walk_out
+from tests.services.fake_scp import FakeSCP, answer_for, say_nothing, walk_out
 from tests.services.test_scu_support import (
     dataset_bytes,
     received_by_uid,
@@ -212,6 +212,18 @@ def test_an_answer_on_a_context_never_accepted_aborts(tmp_path: Path) -> None:
         results = _send(port, sendable(compressed=False)[:1], retries=0)
     assert [(r.outcome, r.error_kind) for r in results] == [("failed", "aborted")]
     assert "a response on presentation context 201, which was not accepted" in results[0].reason
+
+
+def test_an_association_silent_past_the_idle_timeout_is_a_timeout(tmp_path: Path) -> None:
+    """review38scu #12: it ended as an abort (exit 5), the CLI's timed out is 6."""
+    from dicomstore.aio.association import Timeouts
+
+    with FakeSCP(say_nothing) as port:
+        results = _send(
+            port, sendable(compressed=False)[:1], retries=0, timeouts=Timeouts(network=0.3)
+        )
+    assert [(r.outcome, r.error_kind) for r in results] == [("failed", "timeout")]
+    assert "sent nothing for 0.3 s (idle timeout)" in results[0].reason
 
 
 class FlakyHandler:

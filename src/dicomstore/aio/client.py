@@ -34,6 +34,7 @@ from dicomstore.errors import (
     AssociationAborted,
     AssociationError,
     AssociationRejected,
+    DimseTimeout,
     RemoteProtocolError,
 )
 from dicomstore.ul import items as I
@@ -153,7 +154,9 @@ class ClientAssociation:
             self._end(AssociationAborted(f"protocol error from the peer: {exc}"))
         except TimeoutError:
             t.abort_now()
-            self._end(AssociationAborted("the peer was silent for too long"))
+            # (a timeout, exit 6 in the SCUs: review38scu #12; it was an abort, 5)
+            silent = t.timeouts.network
+            self._end(DimseTimeout(f"the peer sent nothing for {silent:g} s (idle timeout)"))
         except asyncio.CancelledError:
             self._end(AssociationAborted("the association was closed"))
             raise

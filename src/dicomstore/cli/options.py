@@ -194,8 +194,17 @@ def add_association_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aet", type=_ae_title, default="DICOMSTORE", help="our (calling) AE title")
     p.add_argument("--aec", type=_ae_title, default="ANY-SCP", help="the peer's (called) AE title")
     p.add_argument("--max-pdu", type=_pdu, default=1024 * 1024, help="largest PDU we receive")
-    p.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")
-    p.add_argument("--dimse-timeout", type=_positive, help="seconds (default unlimited)")
+    p.add_argument(
+        "--acse-timeout",
+        type=_positive,
+        help="seconds for the TCP connection and the association's answer (default 30)",
+    )
+    p.add_argument(
+        "--dimse-timeout",
+        type=_positive,
+        help="seconds for each response (default unlimited; an association silent for"
+        " 600 s ends all the same)",
+    )
 
 
 def add_tls_client_options(p: argparse.ArgumentParser) -> None:
@@ -330,7 +339,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _timeouts(args: argparse.Namespace) -> Timeouts:
     t = Timeouts()
     if getattr(args, "acse_timeout", None):
-        t.acse = args.acse_timeout
+        t.acse = args.acse_timeout  # (the TCP connect's too: review38scu #12, was 30 s)
+        t.connect = min(t.connect, args.acse_timeout)
     if getattr(args, "artim_timeout", None):
         t.artim = args.artim_timeout
     if getattr(args, "dimse_timeout", None):
