@@ -45,6 +45,8 @@ def web(tmp_path_factory) -> Iterator[HttpThread]:
     archive = Archive(tmp_path_factory.mktemp("frames") / "archive", fsync=False)
     store(archive, _rle("1.2.37.1", [_segment(16)], 40_000_000), transfer_syntax=RLE)
     store(archive, _rle("1.2.37.2", [_segment(16), b"\x00" * 8], 2), transfer_syntax=RLE)
+    # a 2x2 frame whose one fragment is 3 MB (review38mem D7: 400 MiB held 969 MiB)
+    store(archive, _rle("1.2.37.3", [b"\x00" * 3_000_000], 1), transfer_syntax=RLE)
     with HttpThread(archive) as srv:
         yield srv
     archive.close()
@@ -84,3 +86,18 @@ def test_a_frame_that_fails_once_the_answer_has_begun_cuts_it_off(web, caplog) -
     ours = [r for r in caplog.records if not r.name.startswith("pydicom")]  # (serve drops those)
     assert not any(r.exc_info for r in ours)
     assert "Exception in ASGI application" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("tail", "accept"),
+    [
+        ("/frames/1", 'multipart/related; type="image/dicom-rle"'),
+        ("/frames/1", MULTIPART_OCTET),
+        ("/rendered", "image/png"),
+        ("/thumbnail", "image/jpeg"),
+    ],
+)
+def test_a_codestream_far_larger_than_its_frame_is_not_read(web, tail, accept) -> None:
+    status, body = _get(web, "1.2.37.3", tail, accept)
+    assert status == 413 and body is not None, (status, body)
+    assert b"is larger than twice its 1 frame(s) decoded (4 bytes): not read" in body

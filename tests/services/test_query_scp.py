@@ -364,3 +364,26 @@ def test_identifiers_are_decoded_and_parsed_off_the_event_loop(server, monkeypat
     srv, _audit = server
     found = pynetdicom_find(srv.port, STUDY_ROOT, identifier("STUDY", StudyInstanceUID="1.2.9.3"))
     assert [s for s, *_ in found] == [0xFF00, 0x0000] and on_loop == []
+
+
+class _Panic(BaseException):
+    """As pyo3's PanicException (a Rust decoder's panic): not an Exception."""
+
+
+def test_an_operation_that_dies_still_gets_its_final_response(server, monkeypatch, caplog):
+    """review38mem D7/D8: a task that raised (a RecursionError reading a stored sequence
+    3,000 deep, a decoder's panic) sent no response; the SCU waited for its timeout."""
+    from dicomstore.services import query_scp
+
+    srv, _audit = server
+
+    async def dies(self, op) -> None:
+        raise _Panic("index out of bounds")
+
+    monkeypatch.setattr(query_scp.QuerySCP, "answer", dies)
+    with caplog.at_level("ERROR", logger="dicomstore.server"):
+        found = pynetdicom_find(srv.port, STUDY_ROOT, identifier("STUDY", StudyInstanceUID=""))
+    assert [(status, rsp.ErrorComment) for status, rsp, _ in found] == [
+        (0xC000, "internal error: _Panic")
+    ]
+    assert "C-FIND message 1 failed" in caplog.text

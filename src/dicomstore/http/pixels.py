@@ -55,6 +55,9 @@ MEDIA_TYPES = {
 }
 #: An Item's tag (FFFE,E000), little endian: each fragment's header begins with it.
 _ITEM = b"\xfe\xff\x00\xe0"
+#: what encapsulated Pixel Data may hold beyond twice its frames decoded (item
+#: headers, offset tables, small frames' codestream overhead)
+ENCAPSULATED_SLACK = 1 << 20
 #: Names clients still send for some of them (the media types before registration).
 ALIASES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
 
@@ -126,6 +129,19 @@ class Frames:
             raise
         found.source, found._held = source, held
         if found.encapsulated:
+            # a codestream is read whole to decode or send a frame: one larger than twice
+            # what it decodes to is no compression, but a file made to exhaust memory
+            # (review38mem D7: 64x64 RLE, one fragment of 400 MiB; 969 MiB held)
+            held_bytes = int(row.get("file_size") or 0) - found.pixels.offset
+            most = 2 * found.count * found.frame_size + ENCAPSULATED_SLACK
+            if held_bytes > most:
+                found.close()
+                raise HttpError(
+                    413,
+                    f"the encapsulated Pixel Data ({held_bytes} bytes) is larger than twice its"
+                    f" {found.count} frame(s) decoded ({found.count * found.frame_size} bytes):"
+                    " not read",
+                )
             try:
                 held_frames = found._held_frames()
             except OSError as exc:
@@ -271,7 +287,10 @@ class Frames:
             fp.seek(self.pixels.offset)
             try:
                 array, _ = get_decoder(self.syntax).as_array(fp, index=number - 1, **options)
-            except Exception as exc:  # the decoders raise anything on bad data
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the decoders raise anything on
+                # bad data, a Rust one a PanicException (a BaseException: review38mem D7)
                 log.warning("frame %d of %s cannot be decoded: %s", number, self.key, exc)
                 raise HttpError(406, f"frame {number} cannot be decoded: {exc}") from None
         return array

@@ -50,6 +50,7 @@ class Operation:
     identifier: bytearray = field(default_factory=bytearray)
     refusal: Any = None  # the response decided before the Identifier arrived
     cancelled: bool = False
+    ended: bool = False  # its final response is sent
 
 
 def decode_identifier(
@@ -242,6 +243,20 @@ class QROperations:
     async def _run(self, op: Operation) -> None:
         try:
             await self.answer(op)
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a decoder's panic is a BaseException
+            # the requestor still gets its final response, C000 Unable to process
+            # (review38mem D7/D8: a task that died sent none; the SCU waited for its timeout)
+            log.exception("%s: %s message %d failed", self.t.peer, self.service, op.rq.message_id)
+            if not op.ended:
+                comment = f"internal error: {type(exc).__name__}"
+                counts = getattr(getattr(op, "retrieval", None), "counts", None)
+                if callable(counts):
+                    rsp = op.rq.response(st.CANNOT_UNDERSTAND, counts(), error_comment=comment)
+                else:
+                    rsp = op.rq.response(st.CANNOT_UNDERSTAND, error_comment=comment)
+                self.send(op, rsp)
         finally:
             self._running.pop(op.rq.message_id, None)
             self._ended.set()
@@ -289,6 +304,8 @@ class QROperations:
 
     def send(self, op: Operation, rsp: Any, data: bytes | None = None) -> None:
         """Queue one response (with its Identifier) if the association is still open."""
+        if rsp.status not in (st.PENDING, st.PENDING_WARNING):
+            op.ended = True
         if self.is_open:
             self.t.queue_message(op.context_id, rsp.encode(), data)
 
