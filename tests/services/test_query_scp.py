@@ -387,3 +387,30 @@ def test_an_operation_that_dies_still_gets_its_final_response(server, monkeypatc
         (0xC000, "internal error: _Panic")
     ]
     assert "C-FIND message 1 failed" in caplog.text
+
+
+def test_a_stored_value_too_long_for_an_answer_is_returned_zero_length(tmp_path, caplog):
+    """review38mem D3: a key whose stored value was 400 MiB was read whole (1.3 GiB)
+    and sent back in every pending response."""
+    from tests.archive.archive_testlib import dataset, store
+
+    from dicomstore.services.query_scp import MAX_RETURNED_VALUE
+
+    root = tmp_path / "archive"
+    archive = Archive(root, fsync=False)
+    long_text = "x" * (MAX_RETURNED_VALUE + 2)
+    extra = {0x0040A160: ("UT", long_text), 0x00081030: ("LO", "kept")}
+    data = dataset("1.2.9.77.1.1", study="1.2.9.77", series="1.2.9.77.1", extra=extra)
+    assert store(archive, data, sop_uid="1.2.9.77.1.1").status == 0
+    archive.close()
+    query = identifier(
+        "IMAGE", StudyInstanceUID="1.2.9.77", SeriesInstanceUID="1.2.9.77.1", SOPInstanceUID=""
+    )
+    query.TextValue = ""
+    query.StudyDescription = ""
+    with audited_server(root) as (srv, _audit), caplog.at_level("WARNING"):
+        found = pynetdicom_find(srv.port, STUDY_ROOT, query)
+    (status, _rsp, match), (final, _, _) = found
+    assert (status, final) == (0xFF00, 0x0000)
+    assert match.TextValue == "" and match.StudyDescription == "kept"
+    assert f"({MAX_RETURNED_VALUE + 2} bytes) is returned zero-length" in caplog.text

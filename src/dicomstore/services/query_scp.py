@@ -49,6 +49,9 @@ log = logging.getLogger("dicomstore.server")
 
 #: Rows fetched from the index per trip to the worker thread.
 BATCH = 256
+#: The longest value of a stored header a pending response returns (a longer one is
+#: returned zero-length, as a key the SCP does not support: PS3.4 C.4.1.1.3.2)
+MAX_RETURNED_VALUE = 64 * 1024
 
 QUERY_EVENT = ("Query", "110112")  # PS3.15 A.5.3.10
 
@@ -68,12 +71,29 @@ def _header(reader: ArchiveReader, row: dict[str, Any], tags: list[int]) -> Data
         return None
     try:
         with reader.open({"path": relpath}) as fp:
-            return dcmread(
-                fp, stop_before_pixels=True, specific_tags=[SPECIFIC_CHARACTER_SET, *tags]
+            ds = dcmread(
+                fp,
+                stop_before_pixels=True,
+                specific_tags=[SPECIFIC_CHARACTER_SET, *tags],
+                defer_size=MAX_RETURNED_VALUE,
             )
     except Exception as exc:  # noqa: BLE001 - pydicom raises anything on a bad file
         log.warning("C-FIND: return keys not read from %s: %s", relpath, exc)
         return None
+    # a value too long for a query's answer is left unread and returned zero-length
+    # (review38mem D3: a 400 MiB UT key was read whole, 1.3 GiB, and sent back)
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag, keep_deferred=True)
+        if getattr(raw, "value", b"") is None:  # (deferred: pydicom did not read it)
+            log.warning(
+                "C-FIND: %s of %s (%d bytes) is returned zero-length: over %d bytes",
+                raw.tag,
+                relpath,
+                getattr(raw, "length", 0),
+                MAX_RETURNED_VALUE,
+            )
+            del ds[tag]
+    return ds
 
 
 class QuerySCP(QROperations):
