@@ -112,3 +112,30 @@ def test_undecodable_compressed_file_is_not_sent_with_the_decoder_error(tmp_path
     (r,) = results
     assert r.outcome == "not-sent"
     assert r.reason.startswith("cannot convert to Explicit VR Little Endian")
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_RLE.dcm"])
+def test_a_conversion_goes_through_a_file_and_stops_at_its_limit(name: str) -> None:
+    """review38mem D1: the data set re-encoded was held as bytes beside pydicom's copy
+    (3x the instance: a 1 GiB one took 3.1 GiB) with no limit; now written into a
+    temporary file, and refused past the limit (a compressed one counted decoded)."""
+    import io
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filereader import read_dataset
+
+    from dicomstore.services import conversion, sources
+
+    instance = sources.scan_file(TESTFILES / name)
+    out, size = conversion.converted(instance, uids.IMPLICIT_VR_LE, 64 << 20)
+    with out:
+        data = out.read()
+    assert len(data) == size and size % 2 == 0
+    got = read_dataset(io.BytesIO(data), True, True)
+    got.file_meta = FileMetaDataset()
+    got.file_meta.TransferSyntaxUID = uids.IMPLICIT_VR_LE
+    assert np.array_equal(got.pixel_array, _pixels(TESTFILES / name))
+    stored = pydicom.dcmread(TESTFILES / name)
+    decoded = stored.Rows * stored.Columns * stored.BitsAllocated // 8
+    with pytest.raises(sources.NotDicom, match="over the limit of .*: not converted"):
+        conversion.converted(instance, uids.IMPLICIT_VR_LE, min(decoded, instance.size) // 2)

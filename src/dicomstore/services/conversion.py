@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import copy
+import tempfile
 import zlib
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -62,19 +63,26 @@ def inflated(instance: Instance, limit: int = DEFAULT_MAX_INFLATED) -> tuple[Bin
             raise NotDicom(str(exc)) from None
 
 
-def converted(instance: Instance, ts: str, inflated_limit: int = DEFAULT_MAX_INFLATED) -> bytes:
-    """The instance decoded with pydicom and encoded in the uncompressed ``ts``.
+def converted(
+    instance: Instance, ts: str, inflated_limit: int = DEFAULT_MAX_INFLATED
+) -> tuple[BinaryIO, int]:
+    """The instance decoded with pydicom and encoded in the uncompressed ``ts``, written
+    into an unnamed temporary file (rewound; the caller closes it), and its size.
 
     Decompresses encapsulated pixel data (pydicom's RLE decoder; JPEG and
     JPEG 2000 need the pylibjpeg plugins); a deflated data set is read from its
     :func:`inflated` copy (up to ``inflated_limit`` bytes).  The SOP Instance
     UID is kept: only the transfer syntax changes.  Raises :class:`NotDicom`
-    when the data set cannot be decoded.
+    when the data set cannot be decoded, or when it would take more than
+    ``inflated_limit`` bytes: pydicom holds it whole (review38mem D1: a 1 GiB
+    instance moved to an Implicit-only SCP took 3.1 GiB; now written out as it is
+    encoded, and refused past the limit, as what it inflates to).
     """
     from pydicom import dcmread
     from pydicom.filereader import read_dataset
 
     try:
+        _check_size(instance, ts, inflated_limit)
         if instance.dataset is not None:
             ds = copy.deepcopy(instance.dataset)
         elif instance.transfer_syntax == uids.DEFLATED_EXPLICIT_VR_LE:
@@ -98,11 +106,64 @@ def converted(instance: Instance, ts: str, inflated_limit: int = DEFAULT_MAX_INF
             pass
         if (instance.transfer_syntax == uids.EXPLICIT_VR_BE) != (ts == uids.EXPLICIT_VR_BE):
             ds.walk(_swap_words)
-        return encode_dataset(ds, ts)
+        return encode_to_file(ds, ts)
     except NotDicom:
         raise
-    except Exception as exc:  # noqa: BLE001 - decoders raise anything
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - decoders raise anything (a panic too)
         raise NotDicom(f"cannot convert to {uids.uid_name(ts)}: {one_line(exc)}") from None
+
+
+def _check_size(instance: Instance, ts: str, limit: int) -> None:
+    """NotDicom when converting ``instance`` would hold more than ``limit`` bytes: its
+    data set, or, compressed, its frames decoded (read from its header alone)."""
+    if instance.dataset is not None or instance.transfer_syntax == uids.DEFLATED_EXPLICIT_VR_LE:
+        return  # (in memory already; inflated within the limit)
+    size = instance.size
+    if uids.as_uid(instance.transfer_syntax).is_encapsulated:
+        from pydicom import dcmread
+
+        if instance.opener is not None:
+            with instance.opener() as opened:
+                header = dcmread(opened, stop_before_pixels=True, force=True)
+        elif instance.path is not None:
+            header = dcmread(instance.path, stop_before_pixels=True, force=True)
+        else:
+            return
+        frames = int(header.get("NumberOfFrames", 1) or 1)
+        samples = int(header.get("SamplesPerPixel", 1) or 1)
+        bits = int(header.get("BitsAllocated", 8) or 8)
+        rows, columns = int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)
+        size += frames * rows * columns * samples * max(bits, 8) // 8
+    if size > limit:
+        raise NotDicom(
+            f"converting it to {uids.uid_name(ts)} would hold {size} bytes, over the limit"
+            f" of {limit}: not converted"
+        )
+
+
+def encode_to_file(ds: Dataset, ts: str) -> tuple[BinaryIO, int]:
+    """:func:`encode_dataset` into an unnamed temporary file (rewound) and its size."""
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_dataset
+
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+    try:
+        body = ds[0x00030000:] if len(ds.group_dataset(0x0002)) else ds
+        if ts == uids.DEFLATED_EXPLICIT_VR_LE:  # PS3.5 A.5: raw deflate, no zlib header
+            out.write(encode_dataset(body, ts))
+        else:
+            fp = DicomFileLike(out)
+            fp.is_little_endian = ts != uids.EXPLICIT_VR_BE
+            fp.is_implicit_VR = ts == uids.IMPLICIT_VR_LE
+            write_dataset(fp, body)
+        size = out.tell()
+        out.seek(0)
+    except BaseException:
+        out.close()
+        raise
+    return out, size
 
 
 #: Word size of the VRs whose value pydicom keeps as raw bytes (PS3.5 Table 6.2-1).

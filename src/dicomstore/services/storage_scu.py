@@ -25,6 +25,7 @@ import asyncio
 import logging
 import os
 import socket
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
@@ -208,6 +209,23 @@ def read_size(peer_max_pdu: int, target: int = READ_SIZE) -> int:
     return pdv * max(1, target // pdv)
 
 
+#: one conversion at a time per event loop (:func:`converting`)
+_CONVERTING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def converting() -> asyncio.Semaphore:
+    """This loop's turn for a conversion: pydicom holds each data set whole while it
+    re-encodes it (up to the limit), so a process converts one at a time, whatever
+    the C-MOVEs, C-GETs and forwards asking (review38mem D1)."""
+    loop = asyncio.get_running_loop()
+    turn = _CONVERTING.get(loop)
+    if turn is None:
+        turn = _CONVERTING[loop] = asyncio.Semaphore(1)
+    return turn
+
+
 def file_chunks(f: IO[bytes], peer_max_pdu: int, alive: Callable[[], None]) -> Iterator[bytes]:
     """The rest of ``f`` in reads of whole PDVs, growing from FIRST_READ to READ_SIZE."""
     first = read_size(peer_max_pdu, FIRST_READ)
@@ -265,12 +283,16 @@ async def store_instance(
         chunks = file_chunks(spool, assoc.negotiated.peer_max_pdu, alive)
     elif convert_it:
         try:
-            data = await asyncio.to_thread(
-                conversion.converted, instance, ctx.transfer_syntax, inflated_limit
-            )
+            async with converting():  # (one at a time: each holds its data set whole)
+                out, nbytes = await asyncio.to_thread(
+                    conversion.converted, instance, ctx.transfer_syntax, inflated_limit
+                )
         except NotDicom as exc:
             raise NotSendable(str(exc)) from None
-        chunks, nbytes = (data,), len(data)
+        except OSError as exc:
+            raise NotSendable(f"cannot convert: {exc.strerror or exc}") from None
+        f = out
+        chunks = file_chunks(out, assoc.negotiated.peer_max_pdu, alive)
     elif instance.dataset is not None:
         data = conversion.encode_dataset(instance.dataset, ctx.transfer_syntax)
         chunks, nbytes = (data,), len(data)
