@@ -20,6 +20,31 @@ log = logging.getLogger("dicomstore.http.dicomjson")
 
 #: Binary values above this many bytes are sent as a BulkDataURI.
 BULK_THRESHOLD = 1024
+#: No value above this many bytes is inlined (review38mem D2: a 400 MiB UT took
+#: 1.7 GiB per /metadata): as a BulkDataURI where DICOM JSON allows one for its VR
+#: (:data:`BULK_DATA_VRS`), else the attribute's VR alone, logged.
+MAX_INLINE = 64 * 1024
+#: The VRs a BulkDataURI may stand for (PS3.18 F.2.7; also UN).
+BULK_DATA_VRS = frozenset(
+    ("DS", "FL", "FD", "IS", "LT", "OB", "OD", "OF", "OL", "OV", "OW")
+    + ("SL", "SS", "ST", "SV", "UC", "UL", "UN", "UR", "US", "UT", "UV")
+)
+
+
+def too_long(key: str, tag: int, vr: str, length: int) -> dict[str, Any]:
+    """The attribute of a value over :data:`MAX_INLINE` that no BulkDataURI may stand for
+    (a Patient's Name of 200 MiB in Implicit VR, say): its VR alone, logged."""
+    log.warning(
+        "%s: (%04X,%04X) %s of %d bytes is given by its VR alone (over %d bytes)",
+        key,
+        tag >> 16,
+        tag & 0xFFFF,
+        vr,
+        length,
+        MAX_INLINE,
+    )
+    return {"vr": vr}
+
 
 #: Return attributes per level (PS3.18 Tables 10.6.3-3, -4, -5) present in the index,
 #: plus the ones the index also keeps.

@@ -34,7 +34,14 @@ from dicomstore.archive.dicomfile import dataset_offset, encoding_of
 from dicomstore.archive.rawheader import Element, Unsure, Walker
 from dicomstore.archive.storage import Storage
 from dicomstore.archive.stored import Stored, inflated, read_stored
-from dicomstore.http.dicomjson import BULK_THRESHOLD, log_cut, tag_key
+from dicomstore.http.dicomjson import (
+    BULK_DATA_VRS,
+    BULK_THRESHOLD,
+    MAX_INLINE,
+    log_cut,
+    tag_key,
+    too_long,
+)
 from dicomstore.http.jsonvalues import TEXT_MEMO, attribute_text, value_json
 from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflateError, TooLarge
 
@@ -236,8 +243,12 @@ def _read(
             tag, vr, begin, length, items = element
             if length > BULK_THRESHOLD and length != 0xFFFFFFFF and tag != _CHARSET:
                 bulk_vr = vr if vr is not None else _dictionary_vr(tag)
-                if bulk_vr in _BULK_VRS:  # never read: sent as a URI
-                    put(tag, {"vr": bulk_vr, "BulkDataURI": bulk_uri(tag)})
+                long_value = length > MAX_INLINE
+                if bulk_vr in _BULK_VRS or (long_value and bulk_vr in BULK_DATA_VRS):
+                    put(tag, {"vr": bulk_vr, "BulkDataURI": bulk_uri(tag)})  # never read
+                    return
+                if long_value and items is None:
+                    put(tag, too_long(key, tag, bulk_vr, length))
                     return
             if vr is not None and items is None and tag in keys:  # the common case, inline
                 raw = buf[begin : begin + length]
@@ -349,8 +360,11 @@ def _pydicom_json(
     raw = ds.get_item(tag, keep_deferred=True)
     if isinstance(raw, RawDataElement) and raw.value is None and raw.length > BULK_THRESHOLD:
         vr = str(raw.VR) if raw.VR is not None else _dictionary_vr(tag)
-        if vr in _BULK_VRS:
+        long_value = raw.length > MAX_INLINE
+        if vr in _BULK_VRS or (long_value and vr in BULK_DATA_VRS):
             return {"vr": vr, "BulkDataURI": bulk_uri(tag)}
+        if long_value and vr != "SQ":
+            return too_long(str(getattr(ds, "filename", "") or "?"), tag, vr, raw.length)
     try:
         elem = ds[tag]
         if elem.VR in _BULK_VRS and len(elem.value or b"") > BULK_THRESHOLD:

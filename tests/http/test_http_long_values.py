@@ -1,0 +1,76 @@
+"""Values too long to inline in DICOM JSON, and their bulk data (review38mem D2, D4):
+a value over 64 KiB is a BulkDataURI where PS3.18 F.2.7 allows one for its VR, else
+its VR alone (logged); the bulk data of any such value is streamed from the file."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from http_testlib import HttpThread, make_dataset, store
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+
+from dicomstore.archive import Archive
+from dicomstore.http.dicomjson import MAX_INLINE
+
+STUDY, SERIES = "1.2.826.0.1.3680043.10.81", "1.2.826.0.1.3680043.10.81.1"
+IMPLICIT = "1.2.840.10008.1.2"
+TEXT = ("report " * 20_000)[: MAX_INLINE + 10]  # (even: UT pads nothing)
+DOCUMENT = bytes(range(256)) * 1024  # 256 KiB
+
+
+def _store_implicit(archive: Archive, ds) -> None:
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, ds)
+    ingest = archive.begin(
+        sop_class_uid=ds.SOPClassUID,
+        sop_instance_uid=ds.SOPInstanceUID,
+        transfer_syntax_uid=IMPLICIT,
+        calling_ae="MODALITY",
+        called_ae="DICOMSTORE",
+    )
+    ingest.write(fp.getvalue())
+    assert not ingest.commit().is_failure
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory) -> Iterator[tuple[httpx.Client, str]]:
+    archive = Archive(tmp_path_factory.mktemp("long") / "archive", fsync=False)
+    ds = make_dataset(SERIES + ".1", study=STUDY, series=SERIES)
+    ds.add_new(0x0040A160, "UT", TEXT)
+    ds.add_new(0x00420011, "OB", DOCUMENT)
+    store(archive, ds)
+    named = make_dataset(SERIES + ".2", study=STUDY, series=SERIES)
+    named.PatientName = "N" * (MAX_INLINE + 2)  # (a PN no BulkDataURI may stand for)
+    _store_implicit(archive, named)
+    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        yield client, srv.url
+    archive.close()
+
+
+def test_a_long_text_is_a_bulk_data_uri_served_from_the_file(web) -> None:
+    client, url = web
+    base = f"/studies/{STUDY}/series/{SERIES}/instances/{SERIES}.1"
+    (item,) = client.get(base + "/metadata").json()
+    assert item["0040A160"] == {"vr": "UT", "BulkDataURI": f"{url}{base}/bulkdata/0040A160"}
+    assert item["00420011"] == {"vr": "OB", "BulkDataURI": f"{url}{base}/bulkdata/00420011"}
+    for tag, value in (("0040A160", TEXT.encode()), ("00420011", DOCUMENT)):
+        r = client.get(f"{base}/bulkdata/{tag}")
+        assert r.status_code == 200
+        boundary = r.headers["content-type"].split("boundary=")[1].strip('"')
+        part = r.content.split(b"--" + boundary.encode())[1]
+        assert part.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n") == value
+    assert client.get(f"{base}/bulkdata/00100010").status_code == 404  # (a PN: none)
+
+
+def test_a_long_value_no_uri_may_stand_for_is_given_by_its_vr(web, caplog) -> None:
+    client, _url = web
+    with caplog.at_level(logging.WARNING, logger="dicomstore.http.dicomjson"):
+        r = client.get(f"/studies/{STUDY}/series/{SERIES}/instances/{SERIES}.2/metadata")
+    (item,) = r.json()
+    assert item["00100010"] == {"vr": "PN"}
+    assert f"PN of {MAX_INLINE + 2} bytes is given by its VR alone" in caplog.text
