@@ -74,3 +74,12 @@ def test_a_long_value_no_uri_may_stand_for_is_given_by_its_vr(web, caplog) -> No
     (item,) = r.json()
     assert item["00100010"] == {"vr": "PN"}
     assert f"PN of {MAX_INLINE + 2} bytes is given by its VR alone" in caplog.text
+
+
+def test_the_browse_page_shows_a_long_value_by_its_length(web) -> None:
+    """review38mem D5: the page read every value whole (917 MiB for a 400 MiB UT)."""
+    client, _url = web
+    page = client.get("/browse/instance", params={"uid": SERIES + ".1"}).text
+    assert f"(0040,A160) TextValue  UT: ({len(TEXT)} bytes, not shown)" in page
+    assert f"(0042,0011) EncapsulatedDocument  OB: ({len(DOCUMENT)} bytes, not shown)" in page
+    assert "report report" not in page

@@ -250,11 +250,13 @@ class ArchiveReader:
         *,
         stop_before_pixels: bool = False,
         inflated_limit: int = DEFAULT_MAX_INFLATED,
+        defer_size: int | None = None,
     ) -> Dataset:
         """The stored instance as a pydicom ``FileDataset``. ``stop_before_pixels``: its
         header, read without the pixels (a deflated data set from a bounded temporary
         copy rather than inflated whole by pydicom, ``stored.read_file_header``:
-        ``inflation.TooLarge`` beyond ``inflated_limit`` bytes)."""
+        ``inflation.TooLarge`` beyond ``inflated_limit`` bytes). ``defer_size``: values
+        longer left unread (pydicom's), from a local file."""
         from pydicom import dcmread
 
         from dicomstore.archive.stored import read_file_header
@@ -265,7 +267,7 @@ class ArchiveReader:
             return read_file_header(self.storage, key, inflated_limit=inflated_limit)
         path = self.storage.local_path(key)
         if path is not None:
-            return dcmread(path, stop_before_pixels=stop_before_pixels)
+            return dcmread(path, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
         with self.storage.open(key) as fp:
             return dcmread(fp, stop_before_pixels=stop_before_pixels)
 

@@ -26,7 +26,7 @@ from starlette.responses import HTMLResponse, StreamingResponse
 from dicomstore import __version__, uids
 from dicomstore.archive.query import Exact
 from dicomstore.http.common import HttpError, attachment, one_uid, reader
-from dicomstore.http.header_text import header_text
+from dicomstore.http.header_text import SHOWN_VALUE, header_text
 from dicomstore.http.limits import inflated_limit, limits, refuse
 from dicomstore.http.zipstream import instance_files, zip_files
 from dicomstore.inflation import TooLarge
@@ -384,8 +384,11 @@ def instance(request: Request) -> HTMLResponse:
     row = _one(request, "instance", "SOPInstanceUID")
     bounds = limits(request)
     try:
-        ds = reader(request).dataset(
-            row, stop_before_pixels=True, inflated_limit=inflated_limit(request)
+        ds = reader(request).dataset(  # (a long value is not read: review38mem D5)
+            row,
+            stop_before_pixels=True,
+            inflated_limit=inflated_limit(request),
+            defer_size=SHOWN_VALUE,
         )
         parts = [getattr(ds, "file_meta", None), ds]
         header = "\n\n".join(
