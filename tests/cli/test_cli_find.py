@@ -233,3 +233,22 @@ def test_what_arrived_before_an_abort_is_printed_on_one_line_each(capsys) -> Non
         "1.2.3.4           \\x1b]0;PWNED\\x07\\x1b[31mRED\\r\\nFAKE ROW",
     ]
     assert err == "dicomstore: association aborted by the peer (service user)\n"
+
+
+def test_a_match_whose_identifier_is_no_data_set_is_skipped_and_exits_1(capsys) -> None:
+    """review38scu #7: a Study Instance UID cut short printed as '1.2', exit 0."""
+    from tests.services.fake_scp import FakeSCP, find_answers
+
+    from dicomstore.services.conversion import encode_dataset
+
+    good = Dataset()
+    good.QueryRetrieveLevel = "STUDY"
+    good.StudyInstanceUID = "1.2.3.4.5"
+    data = encode_dataset(good, "1.2.840.10008.1.2.1")  # (the syntax the fake accepts)
+    with FakeSCP(find_answers([data, data[:-5], b"\xff" * 37])) as port:
+        assert main(["find", "127.0.0.1", str(port), "-k", "StudyInstanceUID"]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["StudyInstanceUID", "1.2.3.4.5", "(1 match)"]
+    assert err.splitlines()[-1] == (
+        "dicomstore: 2 match(es) skipped: their Identifier is not a data set (the log says why)"
+    )

@@ -8,7 +8,7 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 
-from dicomstore.dimse import CStoreRSP
+from dicomstore.dimse import CFindRSP, CStoreRSP
 from dicomstore.dimse.decoding import decode_message
 from dicomstore.ul import pdu as P
 from dicomstore.ul.negotiation import AcceptorPolicy, negotiate
@@ -59,6 +59,32 @@ def answer_for(other: int, context: int | None = None) -> Script:
                     on = context_id if context is None else context
                     pdata = P.PDataTF([P.PDV(on, True, True, rsp.encode())])
                     writer.write(P.encode(pdata))
+
+    return script
+
+
+def find_answers(identifiers: list[bytes]) -> Script:
+    """Answer the first C-FIND-RQ (once its Identifier is in) with one pending response
+    per Identifier given, as given, then 0000."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        rq, context_id = None, 0
+        while True:
+            kind, body = await read_pdu(reader)
+            if kind != P.P_DATA_TF:
+                return
+            for pdv in P.decode_pdata(body).pdvs:
+                if pdv.is_command:
+                    rq, context_id = decode_message(bytes(pdv.data)), pdv.context_id
+                elif pdv.is_last and rq is not None:
+                    cls, msg_id = rq.affected_sop_class_uid, rq.message_id
+                    for data in identifiers:
+                        rsp = CFindRSP(msg_id, 0xFF00, cls, dataset_present=True)
+                        pdvs = [P.PDV(context_id, True, True, rsp.encode())]
+                        pdvs.append(P.PDV(context_id, False, True, data))
+                        writer.write(P.encode(P.PDataTF(pdvs)))
+                    done = CFindRSP(msg_id, 0x0000, cls).encode()
+                    writer.write(P.encode(P.PDataTF([P.PDV(context_id, True, True, done)])))
 
     return script
 

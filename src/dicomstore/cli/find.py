@@ -5,8 +5,8 @@ One C-FIND-RQ whose Identifier holds the keys (``-k``: a keyword or a tag
 match printed as it comes: a table (default) or one DICOM JSON object per line
 (``--json``, PS3.18 F.2). Ctrl-C sends a C-CANCEL-RQ and waits for the final
 response (a second Ctrl-C aborts). Exit codes: 0 the C-FIND completed (with or
-without matches); 1 a failure status (its Error Comment printed), or the peer
-accepted no FIND context; 2 usage (a bad key); 3-6 as for echo; 130 interrupted.
+without matches); 1 a failure status (its Error Comment printed), the peer
+accepted no FIND context, or a match's Identifier was no data set (skipped); 2 usage (a bad key); 3-6 as for echo; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -224,4 +224,11 @@ async def run(args: argparse.Namespace) -> int:
         how = "cancelled" if query.cancelled else "interrupted"
         print(f"dicomstore: {how} after {printer.count} match(es)", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if query.malformed:
+        print(
+            f"dicomstore: {query.malformed} match(es) skipped: their Identifier is not a"
+            " data set (the log says why)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return EXIT_OK

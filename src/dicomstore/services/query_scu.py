@@ -25,6 +25,8 @@ fails to (it crashes, 3.6.7) when asked for the default repertoire.
 
 from __future__ import annotations
 
+import io
+import logging
 import struct
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -32,7 +34,7 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 
-from dicomstore import uids
+from dicomstore import framing, uids
 from dicomstore.aio.client import ClientAssociation, ContextSpec
 from dicomstore.aio.invoker import Responses
 from dicomstore.archive.attributes import parse_tag
@@ -61,6 +63,8 @@ _STRUCTURED = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "UN", "SV", "UV", "
 
 #: A key of a request Identifier: tag, VR, value bytes.
 Key = Element
+
+log = logging.getLogger("dicomstore.client")
 
 
 def describe(status: int) -> str:
@@ -186,7 +190,10 @@ class Find:
     """One C-FIND (see the module notes): ``async for match in find``; once.
 
     After the iteration: :attr:`status` (0000 or FE00), :attr:`matches`,
-    :attr:`warnings` (matches answered FF01: optional keys not matched).
+    :attr:`warnings` (matches answered FF01: optional keys not matched),
+    :attr:`malformed` (pending responses whose Identifier does not frame as a data
+    set in the context's syntax, PS3.5 7.1: skipped and logged, never given as a
+    match: a value cut short read as a shorter UID; review38scu #7).
     """
 
     def __init__(
@@ -204,6 +211,7 @@ class Find:
         self.error_comment: str | None = None
         self.matches = 0
         self.warnings = 0
+        self.malformed = 0
         self._responses: Responses | None = None
         self._cancel_sent = False
         self._started = False
@@ -245,6 +253,11 @@ class Find:
                 if rsp.status in (st.PENDING, st.PENDING_WARNING):
                     if identifier is None:  # PS3.7 9.1.2.1.6: a pending response has one
                         continue
+                    why = _malformed(identifier, ts)
+                    if why is not None:
+                        self.malformed += 1
+                        log.warning("a C-FIND match skipped: its Identifier %s", why)
+                        continue
                     self.matches += 1
                     self.warnings += rsp.status == st.PENDING_WARNING
                     yield decode_identifier(identifier, ts, check=False)
@@ -272,3 +285,16 @@ def find(
     if isinstance(query, Dataset | list):
         return Find(assoc, query, model, priority)
     return Find(assoc, identifier_keys(query, level), model, priority)
+
+
+def _malformed(identifier: bytes, ts: str) -> str | None:
+    """Why ``identifier`` is not one data set in ``ts`` (None if it is): its elements
+    walked to its last byte (:func:`dicomstore.framing.walk`)."""
+    try:
+        src = framing.FileSource(framing.stream_pread(io.BytesIO(identifier)), len(identifier))
+        walked = framing.walk(src, 0, ts == uids.IMPLICIT_VR_LE, ts != uids.EXPLICIT_VR_BE)
+    except framing.FramingError as exc:
+        return f"does not frame: {exc}"
+    if walked.end != len(identifier):
+        return f"ends at byte {walked.end} of {len(identifier)}"
+    return None
