@@ -229,3 +229,15 @@ def test_a_small_file_checked_is_kept_for_its_send_once(tmp_path: Path) -> None:
     assert inst.checked
     big = sources.scan_file(large[0], check=False)
     assert sources.check_file(big) is None and big.checked
+
+
+def test_a_fifo_socket_or_device_is_skipped_unread(tmp_path: Path) -> None:
+    """review38scu #8: a FIFO in a folder hung send (its open waits for a writer), and
+    Ctrl-C could not stop it."""
+    import os
+
+    fifo = tmp_path / "fifo.dcm"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(sources.NotDicom, match="not a regular file"):
+            sources.scan_file(path)

@@ -6,7 +6,8 @@ match printed as it comes: a table (default) or one DICOM JSON object per line
 (``--json``, PS3.18 F.2). Ctrl-C sends a C-CANCEL-RQ and waits for the final
 response (a second Ctrl-C aborts). Exit codes: 0 the C-FIND completed (with or
 without matches); 1 a failure status (its Error Comment printed), the peer
-accepted no FIND context, or a match's Identifier was no data set (skipped); 2 usage (a bad key); 3-6 as for echo; 130 interrupted.
+accepted no FIND context, or a match's Identifier was no data set (skipped);
+2 usage (a bad key); 3-6 as for echo; 130 interrupted.
 """
 
 from __future__ import annotations

@@ -238,10 +238,15 @@ def check_file(instance: Instance) -> bytes | None:
 @contextmanager
 def _opened(path: Path) -> Iterator[int]:
     """A read-only descriptor of ``path``, closed after; an ``OSError`` (opening,
-    reading) is :class:`NotDicom` ("cannot read"). (No FileIO: one fstat, not two.)"""
+    reading) is :class:`NotDicom` ("cannot read"), and so is a FIFO, socket or device
+    (opened without waiting for a writer: a FIFO in a folder hung ``send``, Ctrl-C
+    too; review38scu #8). (No FileIO: one fstat, not two.)"""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise NotDicom("not a regular file (a FIFO, socket or device): not read")
             yield fd
         finally:
             os.close(fd)
