@@ -209,3 +209,27 @@ def test_send_commit_listen_takes_the_report_on_a_new_association(
     report = audit.records[-1]
     assert (report["phase"], report["reported"]) == ("report", "on a new association")
     assert report["status"] == "0000"  # our listener acknowledged it
+
+
+def test_a_report_is_taken_for_the_pairs_asked_only() -> None:
+    """review38scu #13: an instance reported committed under another SOP Class, or in
+    both sequences, counted as committed."""
+    from dicomstore.archive.commitment import Reference
+    from dicomstore.services.commitment_scu import Commitment, settled
+
+    ct, mr, vl = (
+        "1.2.840.10008.5.1.4.1.1.2",
+        "1.2.840.10008.5.1.4.1.1.4",
+        "1.2.840.10008.5.1.4.1.1.77.1.1",
+    )
+    asked = Commitment("1.2.3", [Reference(ct, "1.1"), Reference(mr, "1.2"), Reference(ct, "1.3")])
+    committed = {"1.1": ct, "1.2": vl, "1.3": ct, "9.9": ct}
+    asked.committed, asked.failed = settled(asked, committed, {"1.3": 0x0110})
+    assert asked.committed == {"1.1"}
+    assert asked.failed == {"1.2": 0x0119, "1.3": 0x0110}
+    assert [asked.outcome(uid) for uid in ("1.1", "1.2", "1.3")] == [
+        ("committed", None),
+        ("failed", 0x0119),
+        ("failed", 0x0110),
+    ]
+    assert not asked.all_committed

@@ -97,16 +97,47 @@ def action_information(transaction_uid: str, references: Iterable[Reference]) ->
     return ds
 
 
-def read_report(data: bytes, transfer_syntax: str) -> tuple[str, set[str], dict[str, int]]:
-    """Transaction UID, committed SOP Instance UIDs and failed ones with their
-    Failure Reason, from the Event Information of a report (PS3.4 Table J.3-2)."""
+def read_report(
+    data: bytes, transfer_syntax: str
+) -> tuple[str, dict[str, str | None], dict[str, int]]:
+    """Transaction UID, committed SOP Instance UIDs (with the SOP Class UID each is
+    reported under) and failed ones with their Failure Reason, from the Event
+    Information of a report (PS3.4 Table J.3-2)."""
     ds = decode_identifier(data, transfer_syntax)
-    committed = {str(i.ReferencedSOPInstanceUID) for i in ds.get("ReferencedSOPSequence", [])}
+    committed: dict[str, str | None] = {
+        str(i.ReferencedSOPInstanceUID): str(i.get("ReferencedSOPClassUID") or "") or None
+        for i in ds.get("ReferencedSOPSequence", [])
+    }
     failed = {
         str(i.ReferencedSOPInstanceUID): int(i.get("FailureReason", st.PROCESSING_FAILURE))
         for i in ds.get("FailedSOPSequence", [])
     }
     return str(ds.TransactionUID), committed, failed
+
+
+def settled(
+    commitment: Commitment, committed: dict[str, str | None], failed: dict[str, int]
+) -> tuple[set[str], dict[str, int]]:
+    """The instances committed and failed, as the report says, of the (class, instance)
+    pairs asked (review38scu #13): one reported committed under another SOP Class is
+    failed 0119 (Class / Instance conflict); one listed both committed and failed is
+    failed; one the request did not name is ignored."""
+    asked = {ref.sop_instance_uid: ref.sop_class_uid for ref in commitment.references}
+    found, refused = set(), dict(failed)
+    for uid, cls in committed.items():
+        if uid not in asked or uid in refused:
+            continue
+        if cls is not None and cls != asked[uid]:
+            log.warning(
+                "storage commitment report: %s committed as %s, asked as %s: taken as failed",
+                uid,
+                cls,
+                asked[uid],
+            )
+            refused[uid] = st.CLASS_INSTANCE_CONFLICT
+            continue
+        found.add(uid)
+    return found, refused
 
 
 class Waiting:
@@ -142,7 +173,7 @@ class Waiting:
             log.warning("storage commitment report of unknown transaction %s", transaction)
             return message.response(st.INVALID_ARGUMENT_VALUE, "unknown Transaction UID")
         commitment.event_type = message.event_type_id
-        commitment.committed, commitment.failed = committed, failed
+        commitment.committed, commitment.failed = settled(commitment, committed, failed)
         commitment.reported_on = reported_on
         if not future.done():
             future.set_result(commitment)
