@@ -83,3 +83,13 @@ def test_the_browse_page_shows_a_long_value_by_its_length(web) -> None:
     assert f"(0040,A160) TextValue  UT: ({len(TEXT)} bytes, not shown)" in page
     assert f"(0042,0011) EncapsulatedDocument  OB: ({len(DOCUMENT)} bytes, not shown)" in page
     assert "report report" not in page
+
+
+def test_a_pattern_longer_than_any_name_is_400_not_503(web) -> None:
+    """review38mem N1: a 60 KiB wildcard passed to SQLite, which refused it as an error
+    of the index: 503 'index unavailable'."""
+    client, _url = web
+    r = client.get("/studies", params={"PatientName": "A" * 60_000 + "*"})
+    assert r.status_code == 400
+    assert "at most 1024 characters: PatientName has 60001" in r.text
+    assert client.get("/studies", params={"PatientName": "DOE*"}).status_code == 200

@@ -75,6 +75,11 @@ def _wildcards(col: str, value: str, dialect: str) -> tuple[str, list[Any]]:
     return f"{col} LIKE ? ESCAPE '\\'", [like_pattern(value)]
 
 
+#: The longest value matched as a pattern (wildcards; every Person Name): a PN
+#: component group is at most 64 characters (PS3.5 6.2).
+MAX_PATTERN = 1024
+
+
 def condition(attr: Attribute, value: str, dialect: str = "sqlite") -> tuple[str, list[Any]] | None:
     """SQL and parameters matching ``value`` on ``attr``; ``None`` for universal matching."""
     value = value.strip()
@@ -82,6 +87,13 @@ def condition(attr: Attribute, value: str, dialect: str = "sqlite") -> tuple[str
         return None
     if attr.sql is None:
         raise QueryError(f"{attr.keyword} can be returned but not matched")
+    if len(value) > MAX_PATTERN and (attr.vr == "PN" or "*" in value or "?" in value):
+        # (SQLite refuses a LIKE pattern over 50,000 bytes as an error of the index,
+        # a 503: review38mem N1)
+        raise QueryError(
+            f"a value matched by pattern is at most {MAX_PATTERN} characters:"
+            f" {attr.keyword} has {len(value)}"
+        )
     col = attr.sql
     if attr.vr == "UI" or attr.keyword == "ModalitiesInStudy":
         values = [normalize_uid(v) if attr.vr == "UI" else v for v in _split_list(value)]
