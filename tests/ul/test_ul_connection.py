@@ -900,3 +900,14 @@ def test_local_misuse_leaves_no_trace():
     receive(conn, wire(make_rq()))
     conn.accept(make_ac())
     assert sent(conn) == [make_ac()]  # the earlier misuse did not leak
+
+
+def test_an_unexpected_pdu_is_named_in_words() -> None:
+    """review38scu #15: 'unexpected PDataTF in STA5'."""
+    from dicomstore.ul.connection import unexpected
+    from dicomstore.ul.fsm import State
+
+    assert unexpected("PDataTF", State.STA5) == (
+        "the peer sent a P-DATA-TF instead of answering our association request"
+    )
+    assert unexpected("ReleaseRQ", State.STA10).endswith("in state STA10 (PS3.8 Table 9-1)")

@@ -1148,3 +1148,18 @@ def mutated_streams(draw: st.DrawFn) -> bytes:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_fuzz_mutated_pdus(stream: bytes, cuts: set[int], max_pdata: int) -> None:
     feed_expecting_only_protocol_errors(stream, cuts, max_pdata)
+
+
+def test_bytes_of_another_protocol_are_named() -> None:
+    """review38scu #15: an HTTP server on the port was 'unrecognized PDU type 0x48'."""
+    import pytest
+
+    from dicomstore.errors import RemoteProtocolError
+    from dicomstore.ul.pdu import PDUReader
+
+    for data, words in (
+        (b"HTTP/1.1 400 Bad Request\\r\\n", "it begins like 'HTTP'"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01", "a TLS handshake: the peer speaks TLS"),
+    ):
+        with pytest.raises(RemoteProtocolError, match=words):
+            PDUReader().parse(memoryview(data))

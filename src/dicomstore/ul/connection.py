@@ -305,7 +305,7 @@ class Connection:
                 source=P.ABORT_SOURCE_PROVIDER,
                 reason=P.ABORT_UNEXPECTED_PDU,
                 provider=True,
-                message=f"unexpected {type(self._received).__name__} in {self.state.name}",
+                message=unexpected(type(self._received).__name__, self.state),
             )
         return AbortIndication(
             source=P.ABORT_SOURCE_PROVIDER,
@@ -318,3 +318,29 @@ class Connection:
 _SEND_PENDING = frozenset(
     {Effect.SEND_ASSOCIATE_RQ, Effect.SEND_ASSOCIATE_AC, Effect.SEND_ASSOCIATE_RJ}
 )
+
+
+#: PDUs by the names PS3.8 9.3 gives them, for messages
+PDU_NAMES = {
+    "AssociateRQ": "an A-ASSOCIATE-RQ",
+    "AssociateAC": "an A-ASSOCIATE-AC",
+    "AssociateRJ": "an A-ASSOCIATE-RJ",
+    "PDataTF": "a P-DATA-TF",
+    "ReleaseRQ": "an A-RELEASE-RQ",
+    "ReleaseRP": "an A-RELEASE-RP",
+    "Abort": "an A-ABORT",
+}
+#: what a state waits for, in words (PS3.8 Table 9-1)
+STATE_WORDS = {
+    State.STA2: "before the association request",
+    State.STA5: "instead of answering our association request",
+    State.STA6: "on the established association",
+    State.STA7: "instead of answering our release request",
+    State.STA13: "as the connection was closing",
+}
+
+
+def unexpected(pdu: str, state: State) -> str:
+    """An unexpected PDU, in words (review38scu #15: 'unexpected PDataTF in STA5')."""
+    where = STATE_WORDS.get(state, f"in state {state.name} (PS3.8 Table 9-1)")
+    return f"the peer sent {PDU_NAMES.get(pdu, pdu)} {where}"

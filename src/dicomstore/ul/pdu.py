@@ -375,6 +375,14 @@ def pdu_size(data: bytes | bytearray | memoryview) -> int:
     return 6 + length
 
 
+#: first bytes of what other protocols send, for the message (review38scu #15)
+_NOT_DICOM = {
+    ord("H"): " (it begins like 'HTTP': the peer is not a DICOM application entity)",
+    0x16: " (a TLS handshake: the peer speaks TLS)",
+    0x15: " (a TLS alert: the peer speaks TLS)",
+}
+
+
 class PDUReader:
     """Cut inbound bytes into PDUs, in a buffer the caller owns (PS3.8 9.3.1).
 
@@ -420,7 +428,10 @@ class PDUReader:
 
     def _check_header(self, kind: int, length: int) -> None:
         if not ASSOCIATE_RQ <= kind <= ABORT:
-            raise RemoteProtocolError(f"unrecognized PDU type {kind:#04x}", ABORT_UNRECOGNIZED_PDU)
+            hint = _NOT_DICOM.get(kind, "")
+            raise RemoteProtocolError(
+                f"unrecognized PDU type {kind:#04x}{hint}", ABORT_UNRECOGNIZED_PDU
+            )
         if kind == P_DATA_TF:
             if self.max_pdata and length > self.max_pdata:
                 raise RemoteProtocolError(
