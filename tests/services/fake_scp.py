@@ -35,10 +35,10 @@ async def say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         pass
 
 
-def answer_for(other: int, context: int | None = None) -> Script:
+def answer_for(other: int, context: int | None = None, uid: str | None = None) -> Script:
     """Answer each C-STORE-RQ (once its data set is in) as if it had the Message ID of
-    the request plus ``other`` (on presentation context ``context``, if given), until
-    the requestor leaves."""
+    the request plus ``other`` (on presentation context ``context``, for SOP Instance
+    ``uid``, if given), until the requestor leaves."""
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         rq, context_id = None, 0
@@ -54,7 +54,7 @@ def answer_for(other: int, context: int | None = None) -> Script:
                         rq.message_id + other,
                         0,
                         rq.affected_sop_class_uid,
-                        rq.affected_sop_instance_uid,
+                        uid or rq.affected_sop_instance_uid,
                     )
                     on = context_id if context is None else context
                     pdata = P.PDataTF([P.PDV(on, True, True, rsp.encode())])

@@ -226,6 +226,15 @@ def test_an_association_silent_past_the_idle_timeout_is_a_timeout(tmp_path: Path
     assert "sent nothing for 0.3 s (idle timeout)" in results[0].reason
 
 
+def test_an_answer_for_another_instance_is_a_failure(tmp_path: Path) -> None:
+    """review38scu #11: PS3.7 9.3.1.2, the response's Affected SOP Instance UID is the
+    request's; one for another counted as stored."""
+    with FakeSCP(answer_for(0, uid="1.2.3.999")) as port:
+        results = _send(port, sendable(compressed=False)[:1], retries=0)
+    assert [(r.outcome, r.status) for r in results] == [("failed", 0)]
+    assert "the SCP answered for SOP Instance UID '1.2.3.999'" in results[0].reason
+
+
 class FlakyHandler:
     """A store handler answering ``statuses[uid]`` (a list, first use first), else 0000."""
 

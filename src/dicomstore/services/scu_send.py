@@ -317,6 +317,13 @@ class _Run:
                         queue.append(job)  # at the end: one poisonous instance must not block
                     return
                 seconds = time.perf_counter() - start
+                other = _answered_for_another(rsp, job.instance)
+                if other is not None:  # (its status is not this instance's: review38scu #11)
+                    log.warning("%s: %s", job.instance.label, other)
+                    res = self.result(job, "failed", status=rsp.status, seconds=seconds)
+                    res.reason = other
+                    self.finish(res)
+                    continue
                 status = rsp.status
                 if _retriable_status(status) and job.attempts <= self.opts.retries:
                     log.warning(
@@ -470,3 +477,16 @@ def _once_established(assoc: ClientAssociation, exc: BaseException) -> BaseExcep
     if isinstance(ended, AssociationAborted):
         return ended
     return AssociationAborted(f"the connection was lost: {exc.strerror or exc}")
+
+
+def _answered_for_another(rsp: Any, instance: Instance) -> str | None:
+    """Why a C-STORE-RSP is not the answer for ``instance``: its Affected SOP Class or
+    Instance UID, when given, is another (PS3.7 9.3.1.2: equal to the request's)."""
+    for name, sent in (
+        ("Instance", instance.sop_instance_uid),
+        ("Class", instance.sop_class_uid),
+    ):
+        said = getattr(rsp, f"affected_sop_{name.lower()}_uid", None)
+        if said and said.rstrip("\0 ") != sent.rstrip("\0 "):
+            return f"the SCP answered for SOP {name} UID {said!r}, not {sent!r}"
+    return None
