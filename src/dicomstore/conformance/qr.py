@@ -33,7 +33,8 @@ FIND_STATUSES: tuple[tuple[int, str], ...] = (
     (
         st.CANNOT_UNDERSTAND,
         "an unreadable Identifier, a value that cannot be matched "
-        "(a malformed date, time or integer)",
+        "(a malformed date, time or integer; a pattern over 1024 characters), "
+        "or an internal error (logged: the operation is answered all the same)",
     ),
     (
         st.OUT_OF_RESOURCES,
@@ -72,7 +73,10 @@ MOVE_STATUSES: tuple[tuple[int, str], ...] = (
         "no (0008,0052), a level not in the model, a unique key missing, with a wildcard, "
         "a list where one value is due, or a key of a lower level with a value",
     ),
-    (st.CANNOT_UNDERSTAND, "an unreadable Identifier"),
+    (
+        st.CANNOT_UNDERSTAND,
+        "an unreadable Identifier, or an internal error (logged; with the counts so far)",
+    ),
     (st.SOP_CLASS_NOT_SUPPORTED, "a C-MOVE on a context that is not a MOVE model"),
     (
         st.NOT_AUTHORIZED,
