@@ -47,6 +47,11 @@ def web(tmp_path_factory) -> Iterator[HttpThread]:
     store(archive, _rle("1.2.37.2", [_segment(16), b"\x00" * 8], 2), transfer_syntax=RLE)
     # a 2x2 frame whose one fragment is 3 MB (review38mem D7: 400 MiB held 969 MiB)
     store(archive, _rle("1.2.37.3", [b"\x00" * 3_000_000], 1), transfer_syntax=RLE)
+    # a small frame with 3 MB after its Pixel Data: not counted (review39 #7)
+    trailing = _rle("1.2.37.4", [_segment(16)], 1)
+    trailing.add_new(0x7FE10010, "LO", "TRAILER")
+    trailing.add_new(0x7FE11010, "OB", b"\x00" * 3_000_000)
+    store(archive, trailing, transfer_syntax=RLE)
     with HttpThread(archive) as srv:
         yield srv
     archive.close()
@@ -101,3 +106,10 @@ def test_a_codestream_far_larger_than_its_frame_is_not_read(web, tail, accept) -
     status, body = _get(web, "1.2.37.3", tail, accept)
     assert status == 413 and body is not None, (status, body)
     assert b"is larger than twice its 1 frame(s) decoded (4 bytes): not read" in body
+
+
+def test_what_follows_the_pixel_data_is_not_counted_as_its_codestream(web) -> None:
+    status, body = _get(web, "1.2.37.4", "/frames/1", 'multipart/related; type="image/dicom-rle"')
+    assert status == 200, body
+    status, _body = _get(web, "1.2.37.4", "/rendered", "image/png")
+    assert status == 200

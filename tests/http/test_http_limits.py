@@ -124,7 +124,7 @@ def test_too_many_parts_is_413(bounded) -> None:
     with httpx.Client(base_url=srv.url) as client:
         r = client.post("/studies", content=body, headers={"content-type": content_type})
     assert r.status_code == 413
-    assert r.headers["connection"] == "close"  # (the rest is not read on: review38mem N2)
+    assert "close" not in r.headers.get("connection", "")  # (review39 #1: a reset, no answer)
     assert "more than the limit of 3 parts" in r.text
     assert len(archive.instances()) == 3  # the three before it, named in the reason
     assert "1.2.7.10, 1.2.7.11, 1.2.7.12" in r.text
@@ -136,7 +136,6 @@ def test_part_headers_over_the_limit_are_413(bounded) -> None:
     with httpx.Client(base_url=srv.url) as client:
         r = client.post("/studies", content=body.encode(), headers={"content-type": CONTENT_TYPE})
     assert r.status_code == 413
-    assert r.headers["connection"] == "close"
     assert "part headers larger than the limit of 1000 bytes" in r.text
     assert archive.instances() == []
 

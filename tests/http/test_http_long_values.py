@@ -10,11 +10,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from http_testlib import HttpThread, make_dataset, store
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from dicomstore.archive import Archive
-from dicomstore.http.dicomjson import MAX_INLINE
+from dicomstore.http.dicomjson import MAX_INLINE, MAX_INLINE_IN_ITEM
 
 STUDY, SERIES = "1.2.826.0.1.3680043.10.81", "1.2.826.0.1.3680043.10.81.1"
 IMPLICIT = "1.2.840.10008.1.2"
@@ -43,9 +44,18 @@ def web(tmp_path_factory) -> Iterator[tuple[httpx.Client, str]]:
     ds = make_dataset(SERIES + ".1", study=STUDY, series=SERIES)
     ds.add_new(0x0040A160, "UT", TEXT)
     ds.add_new(0x00420011, "OB", DOCUMENT)
+    nested = Dataset()
+    nested.add_new(0x0040A160, "UT", "t" * (MAX_INLINE_IN_ITEM + 2))  # (review39 #4)
+    ds.ContentSequence = [nested]
     store(archive, ds)
     named = make_dataset(SERIES + ".2", study=STUDY, series=SERIES)
     named.PatientName = "N" * (MAX_INLINE + 2)  # (a PN no BulkDataURI may stand for)
+    items = []
+    for n in range(300):  # (a sequence over 8 KiB: read to be shown, review39 #6)
+        item = Dataset()
+        item.ReferencedSOPInstanceUID = f"1.2.826.0.1.3680043.10.81.9.{n}"
+        items.append(item)
+    named.ReferencedImageSequence = items
     _store_implicit(archive, named)
     with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
         yield client, srv.url
@@ -58,6 +68,7 @@ def test_a_long_text_is_a_bulk_data_uri_served_from_the_file(web) -> None:
     (item,) = client.get(base + "/metadata").json()
     assert item["0040A160"] == {"vr": "UT", "BulkDataURI": f"{url}{base}/bulkdata/0040A160"}
     assert item["00420011"] == {"vr": "OB", "BulkDataURI": f"{url}{base}/bulkdata/00420011"}
+    assert item["0040A730"]["Value"] == [{"0040A160": {"vr": "UT"}}]  # (VR alone in an item)
     for tag, value in (("0040A160", TEXT.encode()), ("00420011", DOCUMENT)):
         r = client.get(f"{base}/bulkdata/{tag}")
         assert r.status_code == 200
@@ -80,8 +91,8 @@ def test_the_browse_page_shows_a_long_value_by_its_length(web) -> None:
     """review38mem D5: the page read every value whole (917 MiB for a 400 MiB UT)."""
     client, _url = web
     page = client.get("/browse/instance", params={"uid": SERIES + ".1"}).text
-    assert f"(0040,A160) TextValue  UT: ({len(TEXT)} bytes, not shown)" in page
-    assert f"(0042,0011) EncapsulatedDocument  OB: ({len(DOCUMENT)} bytes, not shown)" in page
+    assert f"(0040,A160) Text Value  UT: ({len(TEXT)} bytes, not shown)" in page
+    assert f"(0042,0011) Encapsulated Document  OB: ({len(DOCUMENT)} bytes, not shown)" in page
     assert "report report" not in page
 
 
@@ -93,3 +104,14 @@ def test_a_pattern_longer_than_any_name_is_400_not_503(web) -> None:
     assert r.status_code == 400
     assert "at most 1024 characters: PatientName has 60001" in r.text
     assert client.get("/studies", params={"PatientName": "DOE*"}).status_code == 200
+
+
+def test_in_implicit_vr_the_dictionary_tells_a_sequence_and_a_bulk_vr(web) -> None:
+    """review39 #6, #11: without an encoded VR a long sequence was hidden as '??', and
+    /bulkdata served any attribute (a Patient's Name)."""
+    client, _url = web
+    page = client.get("/browse/instance", params={"uid": SERIES + ".2"}).text
+    assert "Referenced Image Sequence  SQ: 300 item(s)" in page
+    assert f"(0010,0010) Patient&#x27;s Name  PN: ({MAX_INLINE + 2} bytes, not shown)" in page
+    base = f"/studies/{STUDY}/series/{SERIES}/instances/{SERIES}.2"
+    assert client.get(f"{base}/bulkdata/00100010").status_code == 404

@@ -41,6 +41,8 @@ def test_uids_that_are_not_uids_get_names_of_their_own(tmp_path: Path) -> None:
     assert all(n.startswith("x-") and n.endswith(".dcm") for n in names)
     receive(store, "1.2.3.4 ")  # a valid one (its padding dropped) keeps its name
     assert (tmp_path / "1.2.3.4.dcm").is_file()
+    receive(store, "1.2.03.4")  # and one with a leading zero (review39 #14)
+    assert (tmp_path / "1.2.03.4.dcm").is_file()
 
 
 def test_an_aborted_instance_leaves_no_part_file(tmp_path: Path) -> None:

@@ -253,3 +253,26 @@ def test_matches_waiting_to_be_read_are_bounded_in_bytes(monkeypatch: pytest.Mon
     assert bound <= most[0] <= bound + (2 << 20) + size, most[0]
     assert seen == [f"1.2.3.{n + 1}" for n in range(count)]
     assert (query.status, query.matches) == (0, count)
+
+
+def test_a_find_left_early_drops_its_late_answers_and_the_association_goes_on(server) -> None:
+    """review39 #2: the responses still coming to a C-FIND whose reader stopped aborted
+    the association (taken for answers to a message never sent)."""
+
+    async def run() -> tuple[list[str], int, int]:
+        contexts = [*find_contexts(), (uids.VERIFICATION, [uids.IMPLICIT_VR_LE])]
+        async with dicomstore.connect(
+            "127.0.0.1", server.port, called_ae="DICOMSTORE", contexts=contexts
+        ) as assoc:
+            seen = []
+            async for match in dicomstore.find(assoc, {"PatientName": "*"}, level="STUDY"):
+                seen.append(str(match.StudyInstanceUID))
+                break  # (more matches and the final response are on their way)
+            echoed = (await assoc.echo()).status
+            again = [
+                ds async for ds in dicomstore.find(assoc, {"PatientID": "PID1"}, level="STUDY")
+            ]
+            return seen, echoed, len(again)
+
+    seen, echoed, again = asyncio.run(run())
+    assert len(seen) == 1 and (echoed, again) == (0x0000, 2)

@@ -115,7 +115,7 @@ def test_undecodable_compressed_file_is_not_sent_with_the_decoder_error(tmp_path
 
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_RLE.dcm"])
-def test_a_conversion_goes_through_a_file_and_stops_at_its_limit(name: str) -> None:
+def test_a_conversion_goes_through_a_file_and_stops_at_its_limit(name: str, monkeypatch) -> None:
     """review38mem D1: the data set re-encoded was held as bytes beside pydicom's copy
     (3x the instance: a 1 GiB one took 3.1 GiB) with no limit; now written into a
     temporary file, and refused past the limit (a compressed one counted decoded)."""
@@ -137,5 +137,8 @@ def test_a_conversion_goes_through_a_file_and_stops_at_its_limit(name: str) -> N
     assert np.array_equal(got.pixel_array, _pixels(TESTFILES / name))
     stored = pydicom.dcmread(TESTFILES / name)
     decoded = stored.Rows * stored.Columns * stored.BitsAllocated // 8
+    limit = min(decoded, instance.size) // 2
+    conversion.converted(instance, uids.IMPLICIT_VR_LE, limit)[0].close()  # (1 GiB at least)
+    monkeypatch.setattr(conversion, "MAX_CONVERTED", 0)
     with pytest.raises(sources.NotDicom, match="over the limit of .*: not converted"):
-        conversion.converted(instance, uids.IMPLICIT_VR_LE, min(decoded, instance.size) // 2)
+        conversion.converted(instance, uids.IMPLICIT_VR_LE, limit)

@@ -152,11 +152,14 @@ class ClientAssociation:
             t.conn.protocol_error(exc)
             await t.flush()
             self._end(AssociationAborted(f"protocol error from the peer: {exc}"))
-        except TimeoutError:
+        except TimeoutError as exc:
             t.abort_now()
             # (a timeout, exit 6 in the SCUs: review38scu #12; it was an abort, 5)
             silent = t.timeouts.network
-            self._end(DimseTimeout(f"the peer sent nothing for {silent:g} s (idle timeout)"))
+            if exc.errno or silent is None:  # (the kernel's: ETIMEDOUT; review39 #8)
+                self._end(DimseTimeout(f"the connection timed out: {exc.strerror or exc}"))
+            else:
+                self._end(DimseTimeout(f"the peer sent nothing for {silent:g} s (idle timeout)"))
         except asyncio.CancelledError:
             self._end(AssociationAborted("the association was closed"))
             raise

@@ -143,10 +143,19 @@ class Responses:
         return rsp, data
 
     def close(self) -> None:
-        """Stop listening (what is buffered stays readable)."""
-        if self.invoker.streams.get(self.message_id) is self:
-            del self.invoker.streams[self.message_id]
+        """Stop listening (what is buffered stays readable); later responses to the
+        request, up to its final one, are dropped (not a peer that lost track:
+        :meth:`Invoker.deliver`)."""
+        streams = self.invoker.streams
+        if streams.get(self.message_id) is self:
+            del streams[self.message_id]
+            if not self._final_seen:
+                self.invoker.draining(self)
         self._room.set()
+
+
+#: streams closed early whose late responses are still expected (Invoker.draining)
+MAX_DRAINING = 64
 
 
 def _pending(rsp: Any) -> bool:
@@ -174,6 +183,9 @@ class Invoker:
         self.send_lock = asyncio.Lock()
         #: Requests answered by several responses, by Message ID.
         self.streams: dict[int, Responses] = {}
+        #: streams closed before their final response, whose responses are dropped
+        self._draining: dict[int, Responses] = {}
+        self._dropped = Responses(self, 0, 0)  # (collects what is dropped: never listed)
         #: The response whose data set is arriving, and its bytes so far.
         self._collecting: tuple[Responses, Any, bytearray] | None = None
 
@@ -185,8 +197,18 @@ class Invoker:
         """A Message ID (PS3.7 9.3.1.1: unique among those outstanding), 1 to 65535."""
         while True:
             msg_id = next(self._ids) & 0xFFFF
-            if msg_id and msg_id not in self.waiting and msg_id not in self.streams:
+            if msg_id and not (
+                msg_id in self.waiting or msg_id in self.streams or msg_id in self._draining
+            ):
                 return msg_id
+
+    def draining(self, stream: Responses) -> None:
+        """``stream`` was closed before its final response (its reader stopped): the
+        responses still coming to it are dropped, up to the final one (the last
+        :data:`MAX_DRAINING` such streams are remembered)."""
+        self._draining[stream.message_id] = stream
+        while len(self._draining) > MAX_DRAINING:
+            del self._draining[next(iter(self._draining))]
 
     def check_usable(self) -> None:
         if self.ended is not None:
@@ -204,6 +226,12 @@ class Invoker:
         if msg_id is None and isinstance(rsp, UnknownCommand) and rsp.is_response:
             msg_id = rsp.message_id  # a response type we do not model (e.g. N-ACTION-RSP)
         stream = self.streams.get(msg_id) if msg_id is not None else None
+        if stream is None and msg_id in self._draining:  # (closed early: dropped)
+            if not _pending(rsp):
+                del self._draining[msg_id]
+            if dataset_follows:  # (its fragments are read and let go: deliver_fragment)
+                self._collecting = (self._dropped, rsp, bytearray())
+            return True
         if stream is not None:
             if dataset_follows:
                 self._collecting = (stream, rsp, bytearray())

@@ -339,8 +339,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _timeouts(args: argparse.Namespace) -> Timeouts:
     t = Timeouts()
     if getattr(args, "acse_timeout", None):
-        t.acse = args.acse_timeout  # (the TCP connect's too: review38scu #12, was 30 s)
-        t.connect = min(t.connect, args.acse_timeout)
+        t.acse = t.connect = args.acse_timeout  # (the TCP connect's too: review38scu #12)
     if getattr(args, "artim_timeout", None):
         t.artim = args.artim_timeout
     if getattr(args, "dimse_timeout", None):

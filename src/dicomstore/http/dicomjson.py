@@ -24,6 +24,9 @@ BULK_THRESHOLD = 1024
 #: 1.7 GiB per /metadata): as a BulkDataURI where DICOM JSON allows one for its VR
 #: (:data:`BULK_DATA_VRS`), else the attribute's VR alone, logged.
 MAX_INLINE = 64 * 1024
+#: In a sequence's items, where no BulkDataURI of ours reaches, a value is inlined up
+#: to this many bytes (waveform samples, say), else given by its VR alone, logged.
+MAX_INLINE_IN_ITEM = 16 << 20
 #: The VRs a BulkDataURI may stand for (PS3.18 F.2.7; also UN).
 BULK_DATA_VRS = frozenset(
     ("DS", "FL", "FD", "IS", "LT", "OB", "OD", "OF", "OL", "OV", "OW")
@@ -31,17 +34,26 @@ BULK_DATA_VRS = frozenset(
 )
 
 
+def dictionary_vr(tag: int) -> str:
+    """The first VR the dictionary gives a tag (UN if none), as for a deferred value."""
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return str(dictionary_VR(tag)).split(" or ")[0]
+    except KeyError:
+        return "UN"
+
+
 def too_long(key: str, tag: int, vr: str, length: int) -> dict[str, Any]:
     """The attribute of a value over :data:`MAX_INLINE` that no BulkDataURI may stand for
     (a Patient's Name of 200 MiB in Implicit VR, say): its VR alone, logged."""
     log.warning(
-        "%s: (%04X,%04X) %s of %d bytes is given by its VR alone (over %d bytes)",
+        "%s: (%04X,%04X) %s of %d bytes is given by its VR alone (too long to inline)",
         key,
         tag >> 16,
         tag & 0xFFFF,
         vr,
         length,
-        MAX_INLINE,
     )
     return {"vr": vr}
 

@@ -38,6 +38,7 @@ from dicomstore.http import pixels
 from dicomstore.http.answer import AnswerBroken
 from dicomstore.http.common import HttpError, accepted, negotiate, reader
 from dicomstore.http.dicomjson import BULK_DATA_VRS
+from dicomstore.http.header_text import vr_of
 from dicomstore.http.limits import inflated_limit, limits
 from dicomstore.http.multipart import closing, new_boundary, part_header
 from dicomstore.http.wado import CHUNK, instance_row
@@ -227,8 +228,8 @@ def _value_chunks(
     if tag not in stored.dataset:
         return None
     raw = stored.dataset.get_item(tag, keep_deferred=True)
-    vr = str(raw.VR) if raw.VR else "UN"
-    if vr not in BULK_DATA_VRS:
+    vr = vr_of(raw) if isinstance(raw, RawDataElement) else str(raw.VR)
+    if vr not in BULK_DATA_VRS:  # (Implicit VR: the dictionary's; review39 #11)
         return None
     if isinstance(raw, RawDataElement):
         if raw.value is None:  # (deferred: where it is in the file)

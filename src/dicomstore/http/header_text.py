@@ -12,10 +12,12 @@ length, never read (review38mem D5: a 400 MiB UT took 917 MiB for a page of 3 KB
 
 from __future__ import annotations
 
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import dictionary_description
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
+
+from dicomstore.http.dicomjson import dictionary_vr
 
 #: A line's value beyond this many characters is cut.
 MAX_LINE = 240
@@ -49,8 +51,8 @@ def _render(ds: Dataset, depth: int, max_depth: int, budget: _Budget, lines: lis
         raw = ds.get_item(tag, keep_deferred=True)
         if _left_unread(raw):
             assert isinstance(raw, RawDataElement)
-            name = keyword_for_tag(tag) or "Unknown"
-            vr, size = raw.VR or "??", raw.length
+            name = _name(tag)
+            vr, size = vr_of(raw), raw.length
             lines.append(f"{indent}{Tag(tag)} {name}  {vr}: ({size} bytes, not shown)")
             continue
         elem = ds[tag]
@@ -74,7 +76,21 @@ def _render(ds: Dataset, depth: int, max_depth: int, budget: _Budget, lines: lis
 
 def _left_unread(raw: object) -> bool:
     """A value its reader left unread (long), to show by its length: any but a sequence
-    up to :data:`SHOWN_SEQUENCE` bytes (whose items are read to show them)."""
+    up to :data:`SHOWN_SEQUENCE` bytes (whose items are read to show them; in Implicit
+    VR the dictionary tells a sequence: review39 #6)."""
     if not isinstance(raw, RawDataElement) or raw.value is not None:
         return False
-    return raw.VR != "SQ" or raw.length > SHOWN_SEQUENCE
+    return vr_of(raw) != "SQ" or raw.length > SHOWN_SEQUENCE
+
+
+def vr_of(raw: RawDataElement) -> str:
+    """A raw element's VR: as encoded, else (Implicit VR) the dictionary's first, else UN."""
+    return str(raw.VR) if raw.VR else dictionary_vr(raw.tag)
+
+
+def _name(tag: int) -> str:
+    """The attribute's name as pydicom prints it beside its tag."""
+    try:
+        return str(dictionary_description(tag))
+    except KeyError:
+        return "Private tag data" if tag >> 16 & 1 else "Unknown"

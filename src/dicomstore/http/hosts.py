@@ -91,7 +91,7 @@ def hostname(host: str) -> str | None:
             return None
         return host[1:end] or None
     name, colon, port = host.partition(":")
-    if colon and not port.isdigit():
+    if colon and port and not port.isdigit():  # (an empty port is allowed: RFC 3986 3.2.3)
         return None
     return name.rstrip(".") or None
 

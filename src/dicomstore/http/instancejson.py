@@ -38,6 +38,8 @@ from dicomstore.http.dicomjson import (
     BULK_DATA_VRS,
     BULK_THRESHOLD,
     MAX_INLINE,
+    MAX_INLINE_IN_ITEM,
+    dictionary_vr,
     log_cut,
     tag_key,
     too_long,
@@ -59,14 +61,6 @@ def _key(tag: int) -> str:
     if key is None:
         key = _KEYS[tag] = tag_key(tag)
     return key
-
-
-def _dictionary_vr(tag: int) -> str:
-    """The first VR the dictionary gives a tag (UN if none), as for a deferred value."""
-    try:
-        return str(dictionary_VR(tag)).split(" or ")[0]
-    except KeyError:
-        return "UN"
 
 
 def _implicit_vr(tag: int) -> str | None:
@@ -121,6 +115,8 @@ class _Encoder:
             if vr is None:
                 return None
         if vr != "SQ":
+            if length > MAX_INLINE_IN_ITEM and depth:  # (in an item: review39 #4)
+                return too_long("an item", tag, vr, length)
             return value_json(vr, self.buf[start : start + length], self.little, encodings)
         if depth + 1 >= self.max_depth:
             cut.append(tag)
@@ -242,7 +238,7 @@ def _read(
             nonlocal fallback
             tag, vr, begin, length, items = element
             if length > BULK_THRESHOLD and length != 0xFFFFFFFF and tag != _CHARSET:
-                bulk_vr = vr if vr is not None else _dictionary_vr(tag)
+                bulk_vr = vr if vr is not None else dictionary_vr(tag)
                 long_value = length > MAX_INLINE
                 if bulk_vr in _BULK_VRS or (long_value and bulk_vr in BULK_DATA_VRS):
                     put(tag, {"vr": bulk_vr, "BulkDataURI": bulk_uri(tag)})  # never read
@@ -359,7 +355,7 @@ def _pydicom_json(
     """One top-level attribute as pydicom converts it (a value it cannot decode: VR only)."""
     raw = ds.get_item(tag, keep_deferred=True)
     if isinstance(raw, RawDataElement) and raw.value is None and raw.length > BULK_THRESHOLD:
-        vr = str(raw.VR) if raw.VR is not None else _dictionary_vr(tag)
+        vr = str(raw.VR) if raw.VR is not None else dictionary_vr(tag)
         long_value = raw.length > MAX_INLINE
         if vr in _BULK_VRS or (long_value and vr in BULK_DATA_VRS):
             return {"vr": vr, "BulkDataURI": bulk_uri(tag)}
@@ -371,7 +367,7 @@ def _pydicom_json(
             return {"vr": elem.VR, "BulkDataURI": bulk_uri(tag)}
         return _element_json(elem, 0, max_depth, cut)
     except Exception:  # noqa: BLE001 - a value pydicom cannot decode: VR only
-        return {"vr": str(raw.VR or _dictionary_vr(tag))}
+        return {"vr": str(raw.VR or dictionary_vr(tag))}
 
 
 def _element_json(elem: DataElement, depth: int, max_depth: int, cut: list[int]) -> dict[str, Any]:

@@ -58,6 +58,8 @@ _ITEM = b"\xfe\xff\x00\xe0"
 #: what encapsulated Pixel Data may hold beyond twice its frames decoded (item
 #: headers, offset tables, small frames' codestream overhead)
 ENCAPSULATED_SLACK = 1 << 20
+#: items of encapsulated Pixel Data counted beyond one per frame (fragments)
+MAX_EXTRA_ITEMS = 1 << 16
 #: Names clients still send for some of them (the media types before registration).
 ALIASES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
 
@@ -132,8 +134,12 @@ class Frames:
             # a codestream is read whole to decode or send a frame: one larger than twice
             # what it decodes to is no compression, but a file made to exhaust memory
             # (review38mem D7: 64x64 RLE, one fragment of 400 MiB; 969 MiB held)
-            held_bytes = int(row.get("file_size") or 0) - found.pixels.offset
             most = 2 * found.count * found.frame_size + ENCAPSULATED_SLACK
+            try:
+                held_bytes = found._encapsulated_bytes(most)
+            except OSError as exc:
+                found.close()
+                raise HttpError(406, f"the Pixel Data cannot be read: {exc}") from None
             if held_bytes > most:
                 found.close()
                 raise HttpError(
@@ -156,6 +162,23 @@ class Frames:
                 found.close()
                 raise HttpError(404, "the instance's Pixel Data holds no frame")
         return found
+
+    def _encapsulated_bytes(self, most: int) -> int:
+        """The bytes of encapsulated Pixel Data's items (PS3.5 A.4), their headers only
+        read up to its Sequence Delimitation Item, stopping once past ``most`` (what
+        follows the Pixel Data is not counted: review39 #7)."""
+        total, items = 0, 0
+        with self.storage.open(self.key) as fp:
+            fp.seek(self.pixels.offset)
+            while total <= most and items <= self.count + MAX_EXTRA_ITEMS:
+                head = fp.read(8)
+                if len(head) < 8 or head[:4] != _ITEM:  # (the delimiter, or the end)
+                    break
+                length = int.from_bytes(head[4:], "little")
+                total += 8 + length
+                items += 1
+                fp.seek(length, 1)
+        return total
 
     def _held_frames(self) -> int:
         """How many of the :attr:`count` frames encapsulated Pixel Data can hold (PS3.5

@@ -367,9 +367,7 @@ def _response(request: Request, results: list[PartResult], *, unread: bool = Fal
     notes = notes[:20]
     if unread:
         notes.append('299 dicomstore "the parts after the last one listed were not read"')
-    headers = {"Warning": ", ".join(notes)} if notes else {}
-    if unread:  # (the rest of the body is not read on: the connection closes)
-        headers["Connection"] = "close"
+    headers = {"Warning": ", ".join(notes)} if notes else None
     if not stored:
         status = 409
     elif failed or any(r.status for r in stored):

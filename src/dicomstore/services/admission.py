@@ -88,10 +88,11 @@ class FailedAdmissions:
     ``limit`` checks, and a burst of good credentials all get in, one batch
     after another); an admission does not clear the address's refusals (a
     caller's own login between guesses must not reset their count: review35a
-    F4). An IPv6 address counts as its /64 (a host is given a /64 and may use any
-    address in it: review38web #2). At most ``max_addresses`` addresses are
-    remembered (the one refused longest ago is forgotten first), so memory stays
-    bounded whatever the number of callers. ``limit`` 0 disables the throttle. On the event loop.
+    F4). An IPv4-mapped IPv6 address counts as its IPv4 one (not a /64 for each IPv6
+    address: one host's refusals would lock out its whole LAN, review39 #5). At most
+    ``max_addresses`` addresses are remembered (the one refused longest ago is
+    forgotten first), so memory stays bounded whatever the number of callers.
+    ``limit`` 0 disables the throttle. On the event loop.
     """
 
     def __init__(
@@ -181,13 +182,12 @@ class FailedAdmissions:
 
 
 def counted_as(address: str) -> str:
-    """The key refusals of ``address`` count under: an IPv6 address's /64."""
+    """The key refusals of ``address`` count under: itself, an IPv4-mapped IPv6
+    address as its IPv4 address (a dual-stack listener sees both forms)."""
     if ":" not in address:
         return address
     try:
-        ip = ipaddress.IPv6Address(address.split("%")[0])
+        mapped = ipaddress.IPv6Address(address.split("%")[0]).ipv4_mapped
     except ValueError:
         return address
-    if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(mapped) if mapped is not None else address

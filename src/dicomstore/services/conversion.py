@@ -63,6 +63,11 @@ def inflated(instance: Instance, limit: int = DEFAULT_MAX_INFLATED) -> tuple[Bin
             raise NotDicom(str(exc)) from None
 
 
+#: The most a conversion holds (its data set, compressed frames counted decoded) unless
+#: the caller's limit is higher (``serve --max-instance-size``).
+MAX_CONVERTED = 1 << 30
+
+
 def converted(
     instance: Instance, ts: str, inflated_limit: int = DEFAULT_MAX_INFLATED
 ) -> tuple[BinaryIO, int]:
@@ -74,15 +79,16 @@ def converted(
     :func:`inflated` copy (up to ``inflated_limit`` bytes).  The SOP Instance
     UID is kept: only the transfer syntax changes.  Raises :class:`NotDicom`
     when the data set cannot be decoded, or when it would take more than
-    ``inflated_limit`` bytes: pydicom holds it whole (review38mem D1: a 1 GiB
-    instance moved to an Implicit-only SCP took 3.1 GiB; now written out as it is
-    encoded, and refused past the limit, as what it inflates to).
+    ``inflated_limit`` bytes or :data:`MAX_CONVERTED`, whichever is more: pydicom
+    holds it whole (review38mem D1: a 1 GiB instance moved to an Implicit-only SCP
+    took 3.1 GiB; now written out as it is encoded, and refused past the limit;
+    review39 #3: not below 1 GiB, or a 300 MiB tomosynthesis decoded could not go).
     """
     from pydicom import dcmread
     from pydicom.filereader import read_dataset
 
     try:
-        _check_size(instance, ts, inflated_limit)
+        _check_size(instance, ts, max(inflated_limit, MAX_CONVERTED))
         if instance.dataset is not None:
             ds = copy.deepcopy(instance.dataset)
         elif instance.transfer_syntax == uids.DEFLATED_EXPLICIT_VR_LE:

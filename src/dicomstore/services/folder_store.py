@@ -1,8 +1,8 @@
 """A folder of PS3.10 files as a store handler (``dicomstore get -od DIR``).
 
-Each instance becomes ``DIR/<SOP Instance UID>.dcm`` (a UID that is not one, as
-the archive names it: ``x-`` and a digest, so two never share a file and none
-climbs out or hides: review38scu #14): the File Meta Information the archive
+Each instance becomes ``DIR/<SOP Instance UID>.dcm`` (a UID of other characters
+than digits and dots as the archive names it: ``x-`` and a digest, so two never
+share a file and none climbs out or hides: review38scu #14): the File Meta Information the archive
 writes (PS3.10 7.1: the command's SOP Class and Instance, the context's transfer
 syntax, the AE titles), then the data set as received, fragment by fragment (never
 held whole); written into a new file of a random ``.part`` name (created, never
@@ -14,6 +14,7 @@ replaces the file. No index, no checks: an archive (``--storage``) has those.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import BinaryIO
@@ -21,6 +22,8 @@ from typing import BinaryIO
 from dicomstore import status as st
 from dicomstore.archive.dicomfile import file_header
 from dicomstore.archive.layout import normalize_uid, safe_component
+
+_DIGITS = re.compile(r"[0-9][0-9.]{0,63}", re.ASCII)
 
 
 class FolderSink:
@@ -67,7 +70,10 @@ class FolderStore:
         calling_ae: str = "",
         called_ae: str = "",
     ) -> FolderSink:
-        name = safe_component(normalize_uid(sop_instance_uid), "unnamed")
+        uid = normalize_uid(sop_instance_uid)
+        # digits and dots keep their name, leading zeros too (common, if not conformant:
+        # review39 #14); anything else is named as the archive names it
+        name = uid if _DIGITS.fullmatch(uid) else safe_component(uid, "unnamed")
         header = file_header(
             sop_class_uid=sop_class_uid,
             sop_instance_uid=sop_instance_uid,
