@@ -209,8 +209,7 @@ def scan_file(path: str | os.PathLike, *, check: bool = True) -> Instance:
     cut short.
     """
     path = path if isinstance(path, Path) else Path(path)
-    with _opened(path) as fd:
-        info = os.fstat(fd)
+    with _opened(path) as (fd, info):
         if stat.S_ISDIR(info.st_mode):
             raise IsADirectoryError(errno.EISDIR, "Is a directory")
         head = os.pread(fd, HEAD_SIZE, 0)
@@ -227,7 +226,7 @@ def check_file(instance: Instance) -> bytes | None:
     errors); the data set's bytes when it lies within the first :data:`HEAD_SIZE`
     bytes of its file (read whole: to be sent as they are), else None."""
     assert instance.path is not None
-    with _opened(instance.path) as fd:
+    with _opened(instance.path) as (fd, _info):
         head = os.pread(fd, HEAD_SIZE, 0)
         check_data_set(fd, instance, head)
     instance.checked = True
@@ -236,18 +235,18 @@ def check_file(instance: Instance) -> bytes | None:
 
 
 @contextmanager
-def _opened(path: Path) -> Iterator[int]:
-    """A read-only descriptor of ``path``, closed after; an ``OSError`` (opening,
-    reading) is :class:`NotDicom` ("cannot read"), and so is a FIFO, socket or device
-    (opened without waiting for a writer: a FIFO in a folder hung ``send``, Ctrl-C
-    too; review38scu #8). (No FileIO: one fstat, not two.)"""
+def _opened(path: Path) -> Iterator[tuple[int, os.stat_result]]:
+    """A read-only descriptor of ``path`` and its fstat, closed after; an ``OSError``
+    (opening, reading) is :class:`NotDicom` ("cannot read"), and so is a FIFO, socket
+    or device (opened without waiting for a writer: one in a folder hung ``send``,
+    Ctrl-C too; review38scu #8). (No FileIO: one fstat, not two.)"""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
-            mode = os.fstat(fd).st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            info = os.fstat(fd)
+            if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
                 raise NotDicom("not a regular file (a FIFO, socket or device): not read")
-            yield fd
+            yield fd, info
         finally:
             os.close(fd)
     except OSError as exc:
