@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import warnings
 from pathlib import Path
 
@@ -115,7 +116,9 @@ def test_undecodable_compressed_file_is_not_sent_with_the_decoder_error(tmp_path
 
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_RLE.dcm"])
-def test_a_conversion_goes_through_a_file_and_stops_at_its_limit(name: str, monkeypatch) -> None:
+def test_a_conversion_goes_through_a_file_and_stops_at_its_limit(
+    name: str, monkeypatch, tmp_path: Path
+) -> None:
     """review38mem D1: the data set re-encoded was held as bytes beside pydicom's copy
     (3x the instance: a 1 GiB one took 3.1 GiB) with no limit; now written into a
     temporary file, and refused past the limit (a compressed one counted decoded)."""
@@ -127,8 +130,9 @@ def test_a_conversion_goes_through_a_file_and_stops_at_its_limit(name: str, monk
     from dicomstore.services import conversion, sources
 
     instance = sources.scan_file(TESTFILES / name)
-    out, size = conversion.converted(instance, uids.IMPLICIT_VR_LE, 64 << 20)
-    with out:
+    out, size = conversion.converted(instance, uids.IMPLICIT_VR_LE, 64 << 20, str(tmp_path))
+    with out:  # (in the folder given: an archive's .tmp, not a tmpfs /tmp; review39 #12)
+        assert os.readlink(f"/proc/self/fd/{out.fileno()}").startswith(str(tmp_path))
         data = out.read()
     assert len(data) == size and size % 2 == 0
     got = read_dataset(io.BytesIO(data), True, True)

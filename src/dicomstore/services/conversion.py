@@ -51,14 +51,16 @@ def streams_inflated(instance: Instance, ts: str) -> bool:
     return deflated and instance.dataset is None and ts == uids.EXPLICIT_VR_LE
 
 
-def inflated(instance: Instance, limit: int = DEFAULT_MAX_INFLATED) -> tuple[BinaryIO, int]:
+def inflated(
+    instance: Instance, limit: int = DEFAULT_MAX_INFLATED, where: str | None = None
+) -> tuple[BinaryIO, int]:
     """(the deflated data set of ``instance``'s file inflated into an unnamed temporary
     file, rewound; its size): Explicit VR Little Endian (PS3.5 A.5), the caller closes
     it. Raises :class:`NotDicom` when it does not inflate or inflates to over
     ``limit`` bytes, ``OSError``."""
     with open_dataset(instance) as f:
         try:
-            return inflate_to_temporary(f, limit)  # type: ignore[arg-type]
+            return inflate_to_temporary(f, limit, where)  # type: ignore[arg-type]
         except InflateError as exc:
             raise NotDicom(str(exc)) from None
 
@@ -69,7 +71,10 @@ MAX_CONVERTED = 1 << 30
 
 
 def converted(
-    instance: Instance, ts: str, inflated_limit: int = DEFAULT_MAX_INFLATED
+    instance: Instance,
+    ts: str,
+    inflated_limit: int = DEFAULT_MAX_INFLATED,
+    where: str | None = None,
 ) -> tuple[BinaryIO, int]:
     """The instance decoded with pydicom and encoded in the uncompressed ``ts``, written
     into an unnamed temporary file (rewound; the caller closes it), and its size.
@@ -77,7 +82,8 @@ def converted(
     Decompresses encapsulated pixel data (pydicom's RLE decoder; JPEG and
     JPEG 2000 need the pylibjpeg plugins); a deflated data set is read from its
     :func:`inflated` copy (up to ``inflated_limit`` bytes).  The SOP Instance
-    UID is kept: only the transfer syntax changes.  Raises :class:`NotDicom`
+    UID is kept: only the transfer syntax changes (temporary files in ``where``,
+    else the system's folder).  Raises :class:`NotDicom`
     when the data set cannot be decoded, or when it would take more than
     ``inflated_limit`` bytes or :data:`MAX_CONVERTED`, whichever is more: pydicom
     holds it whole (review38mem D1: a 1 GiB instance moved to an Implicit-only SCP
@@ -92,7 +98,7 @@ def converted(
         if instance.dataset is not None:
             ds = copy.deepcopy(instance.dataset)
         elif instance.transfer_syntax == uids.DEFLATED_EXPLICIT_VR_LE:
-            spool, _size = inflated(instance, inflated_limit)
+            spool, _size = inflated(instance, inflated_limit, where)
             with spool:
                 ds = read_dataset(spool, False, True)
         elif instance.path is not None:
@@ -112,7 +118,7 @@ def converted(
             pass
         if (instance.transfer_syntax == uids.EXPLICIT_VR_BE) != (ts == uids.EXPLICIT_VR_BE):
             ds.walk(_swap_words)
-        return encode_to_file(ds, ts)
+        return encode_to_file(ds, ts, where)
     except NotDicom:
         raise
     except (KeyboardInterrupt, SystemExit):
@@ -149,12 +155,18 @@ def _check_size(instance: Instance, ts: str, limit: int) -> None:
         )
 
 
-def encode_to_file(ds: Dataset, ts: str) -> tuple[BinaryIO, int]:
-    """:func:`encode_dataset` into an unnamed temporary file (rewound) and its size."""
+def encode_to_file(ds: Dataset, ts: str, where: str | None = None) -> tuple[BinaryIO, int]:
+    """:func:`encode_dataset` into an unnamed temporary file (rewound) in folder
+    ``where`` (None, or one that cannot take it: the system's) and its size."""
     from pydicom.filebase import DicomFileLike
     from pydicom.filewriter import write_dataset
 
-    out = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+    try:
+        out = tempfile.TemporaryFile(dir=where)  # noqa: SIM115 - the caller closes it
+    except OSError:
+        if where is None:
+            raise
+        out = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
     try:
         body = ds[0x00030000:] if len(ds.group_dataset(0x0002)) else ds
         if ts == uids.DEFLATED_EXPLICIT_VR_LE:  # PS3.5 A.5: raw deflate, no zlib header

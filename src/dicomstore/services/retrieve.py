@@ -330,6 +330,7 @@ async def store_selected(
             priority=priority,
             move_originator=move_originator,
             inflated_limit=inflated_limit,
+            scratch=item.storage.scratch() if item.storage is not None else None,
         )
     except (NotSendable, NotDicom) as exc:
         log.warning("%s: %s not sent: %s", service, item.sop_instance_uid, exc)

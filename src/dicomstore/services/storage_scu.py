@@ -254,13 +254,17 @@ async def store_instance(
     move_originator: tuple[str, int] | None = None,
     inflated_limit: int = DEFAULT_MAX_INFLATED,
     data: bytes | None = None,
+    scratch: Any = None,
 ) -> tuple[Any, AcceptedContext, bool, int]:
     """C-STORE one instance: (C-STORE-RSP, context used, converted?, bytes sent). A
-    deflated data set converted is inflated to at most ``inflated_limit`` bytes.
+    deflated data set converted is inflated to at most ``inflated_limit`` bytes. A
+    conversion's temporary files go into the folder ``scratch`` (an archive's
+    ``.tmp``: not a tmpfs /tmp, RAM again; review39 #12), else the system's.
     ``data``: the data set's bytes already read (``sources.check_file``), sent as they
     are when no conversion is needed, instead of reading the file again."""
     ctx, convert_it = choose_context(assoc, instance, convert=convert)
     assert assoc.negotiated is not None
+    where = str(scratch) if scratch is not None else None
     chunks: Iterable[bytes]
     f: IO[bytes] | None = None
     conn = assoc.t.conn
@@ -271,7 +275,9 @@ async def store_instance(
 
     if convert_it and conversion.streams_inflated(instance, ctx.transfer_syntax):
         try:  # PS3.5 A.5: the inflated data set is Explicit VR LE, sent from its file
-            spool, nbytes = await asyncio.to_thread(conversion.inflated, instance, inflated_limit)
+            spool, nbytes = await asyncio.to_thread(
+                conversion.inflated, instance, inflated_limit, where
+            )
         except NotDicom as exc:
             raise NotSendable(str(exc)) from None
         except OSError as exc:
@@ -285,7 +291,7 @@ async def store_instance(
         try:
             async with converting():  # (one at a time: each holds its data set whole)
                 out, nbytes = await asyncio.to_thread(
-                    conversion.converted, instance, ctx.transfer_syntax, inflated_limit
+                    conversion.converted, instance, ctx.transfer_syntax, inflated_limit, where
                 )
         except NotDicom as exc:
             raise NotSendable(str(exc)) from None
