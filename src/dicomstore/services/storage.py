@@ -178,6 +178,18 @@ class StoreResult:
         return getattr(self.outcome, "instance", None)
 
 
+#: Bytes of one data set between two checks of the free space (``min_free_bytes``).
+FREE_CHECK_EVERY = 64 << 20
+
+
+def _free_bytes(root: Any) -> int:
+    """Free bytes where the archive is (0 if that cannot be told)."""
+    try:
+        return shutil.disk_usage(root).free
+    except OSError:
+        return 0
+
+
 @dataclass(slots=True)
 class Storing:
     """One instance on its way in: fragments go to the sink, or are discarded once
@@ -195,6 +207,10 @@ class Storing:
     started: float = field(default_factory=time.monotonic, repr=False)
     #: for a deflated data set: what it inflates to, counted as it arrives
     inflated: InflatedSize | None = field(default=None, repr=False)
+    #: (the archive's folder, ``min_free_bytes``): free space checked again every
+    #: :data:`FREE_CHECK_EVERY` bytes received (review38mem N3)
+    free_floor: tuple[Any, int] | None = field(default=None, repr=False)
+    next_free_check: int = FREE_CHECK_EVERY
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append one fragment; an I/O error or a size limit fails the store."""
@@ -205,6 +221,14 @@ class Storing:
         if self.limit and self.nbytes > self.limit:
             self._too_large(f"data set larger than the limit of {self.limit} bytes")
             return
+        if self.free_floor is not None and self.nbytes >= self.next_free_check:
+            self.next_free_check += FREE_CHECK_EVERY
+            free = _free_bytes(self.free_floor[0])
+            if free < self.free_floor[1]:
+                self._too_large(
+                    f"out of resources: only {free} bytes free ({self.nbytes} bytes received)"
+                )
+                return
         inflated = self.inflated
         if inflated is not None and not inflated.feed(data):
             self._too_large(
@@ -311,15 +335,13 @@ class StoreService:
             return storing
         root = getattr(self.handler, "root", None)
         if self.limits.min_free_bytes and root is not None:
-            try:
-                free = shutil.disk_usage(root).free
-            except OSError:
-                free = 0
+            free = _free_bytes(root)
             if free < self.limits.min_free_bytes:
                 storing.result = StoreResult(
                     st.OUT_OF_RESOURCES, f"out of resources: only {free} bytes free"
                 )
                 return storing
+            storing.free_floor = (root, self.limits.min_free_bytes)
         try:
             storing.sink = self.handler.begin(
                 sop_class_uid=sop_class_uid,
