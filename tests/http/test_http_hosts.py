@@ -28,6 +28,7 @@ STUDY = "1.2.826.0.1.3680043.10.78"
         ("[::1]:80", "::1"),
         ("[::1]", "::1"),
         ("localhost:", "localhost"),
+        ("[::1]:", "::1"),
         ("PACS.Example.org.:8042", "pacs.example.org"),
         ("[::1]x", None),
         ("a:b", None),

@@ -149,13 +149,14 @@ class Responses:
         streams = self.invoker.streams
         if streams.get(self.message_id) is self:
             del streams[self.message_id]
-            if not self._final_seen:
+            final_in = any(not _pending(rsp) for rsp, _data in self._items)
+            if not (self._final_seen or final_in):  # (its final one still to come)
                 self.invoker.draining(self)
         self._room.set()
 
 
 #: streams closed early whose late responses are still expected (Invoker.draining)
-MAX_DRAINING = 64
+MAX_DRAINING = 1024
 
 
 def _pending(rsp: Any) -> bool:
@@ -184,7 +185,7 @@ class Invoker:
         #: Requests answered by several responses, by Message ID.
         self.streams: dict[int, Responses] = {}
         #: streams closed before their final response, whose responses are dropped
-        self._draining: dict[int, Responses] = {}
+        self._draining: dict[int, None] = {}  # (Message IDs only: review40 #3)
         self._dropped = Responses(self, 0, 0)  # (collects what is dropped: never listed)
         #: The response whose data set is arriving, and its bytes so far.
         self._collecting: tuple[Responses, Any, bytearray] | None = None
@@ -206,7 +207,7 @@ class Invoker:
         """``stream`` was closed before its final response (its reader stopped): the
         responses still coming to it are dropped, up to the final one (the last
         :data:`MAX_DRAINING` such streams are remembered)."""
-        self._draining[stream.message_id] = stream
+        self._draining[stream.message_id] = None
         while len(self._draining) > MAX_DRAINING:
             del self._draining[next(iter(self._draining))]
 
@@ -251,6 +252,10 @@ class Invoker:
         if self._collecting is None:
             return False
         stream, rsp, data = self._collecting
+        if stream is self._dropped:  # (a response to a stream closed early: let go)
+            if event.is_last:
+                self._collecting = None
+            return True
         if len(data) + len(event.data) > MAX_RESPONSE_DATASET:
             raise RemoteProtocolError(
                 f"the data set of a response to message {stream.message_id} is over "

@@ -87,7 +87,7 @@ def hostname(host: str) -> str | None:
     if host.startswith("["):
         end = host.find("]")
         rest = host[end + 1 :]
-        if end < 0 or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+        if end < 0 or (rest and not (rest[0] == ":" and (rest[1:].isdigit() or rest == ":"))):
             return None
         return host[1:end] or None
     name, colon, port = host.partition(":")

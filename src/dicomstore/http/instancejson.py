@@ -22,7 +22,7 @@ import io
 import json
 import mmap
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, BinaryIO
 
 from pydicom.charset import convert_encodings
@@ -372,6 +372,8 @@ def _pydicom_json(
 
 def _element_json(elem: DataElement, depth: int, max_depth: int, cut: list[int]) -> dict[str, Any]:
     if elem.VR != "SQ":
+        if depth and _size(elem.value) > MAX_INLINE_IN_ITEM:  # (as _Encoder: review40 #7)
+            return too_long("an item", int(elem.tag), str(elem.VR), _size(elem.value))
         return elem.to_json_dict(None, 1 << 62)
     if depth + 1 >= max_depth:
         cut.append(int(elem.tag))
@@ -381,3 +383,12 @@ def _element_json(elem: DataElement, depth: int, max_depth: int, cut: list[int])
         for item in elem.value
     ]
     return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+
+
+def _size(value: Any) -> int:
+    """About the bytes a decoded value took (its length; of a list, its items')."""
+    if isinstance(value, bytes | bytearray | str):
+        return len(value)
+    if isinstance(value, Sequence):  # (a list, pydicom's MultiValue)
+        return sum(len(str(v)) + 1 for v in value)
+    return 0

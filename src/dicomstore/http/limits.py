@@ -95,8 +95,8 @@ def inflated_limit(request: Request) -> int:
 def refuse(request: Request, status: int, reason: str) -> HttpError:
     """The error to raise for a request outside a limit, after its log line. (The
     connection is not closed at once: a client still sending its body would get a
-    reset, not the answer: review39 #1; uvicorn reads the rest within
-    ``--http-max-body`` and ``--http-timeout``.)"""
+    reset, not the answer: review39 #1. uvicorn then reads and discards the rest of
+    the body, in bounded memory but with no limit of ours on its size: review40 #8.)"""
     client = request.client.host if request.client is not None else "?"
     log.warning(
         "%s %s from %s refused (%d): %s", request.method, request.url.path, client, status, reason

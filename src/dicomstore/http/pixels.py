@@ -166,17 +166,21 @@ class Frames:
     def _encapsulated_bytes(self, most: int) -> int:
         """The bytes of encapsulated Pixel Data's items (PS3.5 A.4), their headers only
         read up to its Sequence Delimitation Item, stopping once past ``most`` (what
-        follows the Pixel Data is not counted: review39 #7)."""
+        follows the Pixel Data is not counted: review39 #7). More items than
+        :data:`MAX_EXTRA_ITEMS` beyond one per frame count as past ``most``
+        (review40 #1: 65,537 empty fragments hid a large one)."""
         total, items = 0, 0
         with self.storage.open(self.key) as fp:
             fp.seek(self.pixels.offset)
-            while total <= most and items <= self.count + MAX_EXTRA_ITEMS:
+            while total <= most:
                 head = fp.read(8)
                 if len(head) < 8 or head[:4] != _ITEM:  # (the delimiter, or the end)
                     break
+                items += 1
+                if items > self.count + MAX_EXTRA_ITEMS:
+                    return most + 1
                 length = int.from_bytes(head[4:], "little")
                 total += 8 + length
-                items += 1
                 fp.seek(length, 1)
         return total
 
