@@ -276,3 +276,23 @@ def test_a_find_left_early_drops_its_late_answers_and_the_association_goes_on(se
 
     seen, echoed, again = asyncio.run(run())
     assert len(seen) == 1 and (echoed, again) == (0x0000, 2)
+
+
+def test_a_find_left_early_is_cancelled() -> None:
+    """review40 #2: the SCP went on with the find its reader left (a next request on
+    the association waited for it): a C-CANCEL-RQ goes out when the stream closes."""
+    scp = WaitingSCP()  # (one match, then up to 10 s for a C-CANCEL-RQ)
+
+    async def run() -> None:
+        with scp as port:
+            async with dicomstore.connect(
+                "127.0.0.1", port, called_ae="WAITING", contexts=find_contexts()
+            ) as assoc:
+                found = dicomstore.find(assoc, {"StudyInstanceUID": ""}, level="STUDY")
+                iterator = aiter(found)
+                await anext(iterator)
+                await iterator.aclose()  # (what `break` leads to)
+                await asyncio.to_thread(scp.cancelled.wait, 5)
+
+    asyncio.run(run())
+    assert scp.cancelled.is_set()

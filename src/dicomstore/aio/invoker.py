@@ -35,6 +35,7 @@ from dicomstore.dimse import status as st
 from dicomstore.errors import (
     AssociationAborted,
     AssociationError,
+    DicomstoreError,
     DimseTimeout,
     RemoteProtocolError,
 )
@@ -187,6 +188,7 @@ class Invoker:
         #: streams closed before their final response, whose responses are dropped
         self._draining: dict[int, None] = {}  # (Message IDs only: review40 #3)
         self._dropped = Responses(self, 0, 0)  # (collects what is dropped: never listed)
+        self._cancels: set[asyncio.Task[None]] = set()
         #: The response whose data set is arriving, and its bytes so far.
         self._collecting: tuple[Responses, Any, bytearray] | None = None
 
@@ -210,6 +212,20 @@ class Invoker:
         self._draining[stream.message_id] = None
         while len(self._draining) > MAX_DRAINING:
             del self._draining[next(iter(self._draining))]
+        # and the peer is asked to stop (PS3.7 9.3.2.3; review40 #2: it went on, and a
+        # next request on the association waited for it)
+        try:
+            task = asyncio.get_running_loop().create_task(self._cancel_quietly(stream))
+        except RuntimeError:  # (closed outside the loop: nothing to send with)
+            return
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+    async def _cancel_quietly(self, stream: Responses) -> None:
+        try:
+            await self.cancel(stream)
+        except (OSError, DicomstoreError):  # (the association ended meanwhile)
+            pass
 
     def check_usable(self) -> None:
         if self.ended is not None:
