@@ -61,6 +61,10 @@ def test_each_ipv6_address_counts_alone_and_a_mapped_one_as_its_ipv4() -> None:
         assert _refused(throttle, "2001:db8:1:2::1")
     assert throttle.blocked("2001:db8:1:2::1") is not None
     assert throttle.blocked("2001:db8:1:2::2") is None  # its neighbour on the LAN
+    for n in range(3, 30):  # (rotating through its /64: 10 times the limit, then blocked)
+        assert _refused(throttle, f"2001:db8:1:2::{n}"), n
+    assert throttle.blocked("2001:db8:1:2::99") is not None  # (review40 #10)
+    assert throttle.blocked("2001:db8:1:3::1") is None  # another /64
     for _ in range(3):
         assert _refused(throttle, "::ffff:10.0.0.1")
     assert throttle.blocked("10.0.0.1") is not None

@@ -88,8 +88,10 @@ class FailedAdmissions:
     ``limit`` checks, and a burst of good credentials all get in, one batch
     after another); an admission does not clear the address's refusals (a
     caller's own login between guesses must not reset their count: review35a
-    F4). An IPv4-mapped IPv6 address counts as its IPv4 one (not a /64 for each IPv6
-    address: one host's refusals would lock out its whole LAN, review39 #5). At most
+    F4). An IPv4-mapped IPv6 address counts as its IPv4 one; an IPv6 address counts
+    alone (one host's refusals must not lock out its LAN: review39 #5) and in its /64,
+    which is blocked at :data:`NETWORK_FACTOR` times the limit (a host may use any
+    address of its /64: review40 #10). At most
     ``max_addresses`` addresses are remembered (the one refused longest ago is
     forgotten first), so memory stays bounded whatever the number of callers.
     ``limit`` 0 disables the throttle. On the event loop.
@@ -160,24 +162,38 @@ class FailedAdmissions:
         return times
 
     def blocked(self, address: str) -> float | None:
-        """Seconds until ``address`` may try again, or ``None`` when it may now."""
+        """Seconds until ``address`` may try again, or ``None`` when it may now: its own
+        refusals, or its IPv6 /64's, :data:`NETWORK_FACTOR` times as many (a host may
+        use any address of its /64: review40 #10; one host must not lock out its LAN)."""
         if not self.limit:
             return None
-        now = self._clock()
-        times = self._recent(counted_as(address), now)
-        if times is None or len(times) < self.limit:
-            return None
-        return times[-self.limit] + self.window - now
+        now, address = self._clock(), counted_as(address)
+        waits = []
+        for key, most in ((address, self.limit), (_network(address), self._network_limit)):
+            times = self._recent(key, now) if key is not None else None
+            if times is not None and len(times) >= most:
+                waits.append(times[-most] + self.window - now)
+        return max(waits) if waits else None
+
+    @property
+    def _network_limit(self) -> int:
+        return self.limit * NETWORK_FACTOR
 
     def _refuse(self, address: str) -> None:
         now = self._clock()
-        times = self._recent(address, now)
+        self._record(address, now, self.limit)
+        network = _network(address)
+        if network is not None:
+            self._record(network, now, self._network_limit)
+
+    def _record(self, key: str, now: float, most: int) -> None:
+        times = self._recent(key, now)
         if times is None:
-            times = self._refused[address] = deque(maxlen=self.limit)
+            times = self._refused[key] = deque(maxlen=most)
             while len(self._refused) > self.max_addresses:
                 self._refused.popitem(last=False)
         else:
-            self._refused.move_to_end(address)
+            self._refused.move_to_end(key)
         times.append(now)
 
 
@@ -191,3 +207,18 @@ def counted_as(address: str) -> str:
     except ValueError:
         return address
     return str(mapped) if mapped is not None else address
+
+
+#: An IPv6 /64 may be refused this many times the limit of one address.
+NETWORK_FACTOR = 10
+
+
+def _network(address: str) -> str | None:
+    """The /64 of an IPv6 address (None for IPv4 or what is no address)."""
+    if ":" not in address:
+        return None
+    try:
+        ip = ipaddress.IPv6Address(address.split("%")[0])
+    except ValueError:
+        return None
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
