@@ -7,6 +7,7 @@ log line, not a traceback."""
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections.abc import Iterator
 
@@ -55,6 +56,10 @@ def web(tmp_path_factory) -> Iterator[HttpThread]:
     # 65,537 tiny fragments before a 3 MB one: not a way past the count (review40 #1)
     hidden = _rle("1.2.37.5", [b"\x00\x00"] * 65_537 + [b"\x00" * 3_000_000], 1)
     store(archive, hidden, transfer_syntax=RLE)
+    # a file cut inside its fragment: unreadable, not too large (review40 #12)
+    store(archive, _rle("1.2.37.6", [b"\x00" * 2_000], 1), transfer_syntax=RLE)
+    cut = archive.path_of("1.2.37.6")
+    os.truncate(cut, cut.stat().st_size - 1_000)
     with HttpThread(archive) as srv:
         yield srv
     archive.close()
@@ -117,3 +122,9 @@ def test_what_follows_the_pixel_data_is_not_counted_as_its_codestream(web) -> No
     assert status == 200, body
     status, _body = _get(web, "1.2.37.4", "/rendered", "image/png")
     assert status == 200
+
+
+def test_a_file_cut_inside_a_fragment_is_unreadable_not_too_large(web) -> None:
+    status, body = _get(web, "1.2.37.6", "/frames/1", MULTIPART_OCTET)
+    assert status == 406 and body is not None, (status, body)
+    assert b"the Pixel Data cannot be read: a fragment runs" in body

@@ -171,7 +171,8 @@ class Frames:
         (review40 #1: 65,537 empty fragments hid a large one)."""
         total, items = 0, 0
         with self.storage.open(self.key) as fp:
-            fp.seek(self.pixels.offset)
+            end = fp.seek(0, 2)
+            at = fp.seek(self.pixels.offset)
             while total <= most:
                 head = fp.read(8)
                 if len(head) < 8 or head[:4] != _ITEM:  # (the delimiter, or the end)
@@ -180,8 +181,11 @@ class Frames:
                 if items > self.count + MAX_EXTRA_ITEMS:
                     return most + 1
                 length = int.from_bytes(head[4:], "little")
+                at += 8 + length
+                if at > end:  # (cut short: unreadable, not too large; review40 #12)
+                    raise OSError(f"a fragment runs {at - end} bytes past the end of the file")
                 total += 8 + length
-                fp.seek(length, 1)
+                fp.seek(at)
         return total
 
     def _held_frames(self) -> int:
