@@ -249,7 +249,9 @@ class Find:
             async for rsp, identifier in responses:
                 if not isinstance(rsp, CFindRSP):
                     await self.assoc.abort()
-                    raise AssociationAborted(f"the peer answered a C-FIND with {rsp!r}")
+                    raise AssociationAborted(
+                        f"the peer answered a C-FIND with a {type(rsp).__name__}"
+                    )
                 if rsp.status in (st.PENDING, st.PENDING_WARNING):
                     if identifier is None:  # PS3.7 9.1.2.1.6: a pending response has one
                         continue

@@ -351,7 +351,11 @@ class Retrieve:
                     self.rq.response_type.command_field
                 ):
                     await self.assoc.abort()
-                    raise AssociationAborted(f"the peer answered a retrieve with {rsp!r}")
+                    field = getattr(rsp, "command_field", 0)
+                    raise AssociationAborted(  # (its name, not a repr: review38scu #15)
+                        f"the peer answered a retrieve with a {type(rsp).__name__}"
+                        f" (command field {field:#06x})"
+                    )
                 counts = rsp.sub_operations
                 result.remaining = counts.remaining
                 result.completed = counts.completed if counts.completed is not None else 0
