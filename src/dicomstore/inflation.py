@@ -129,6 +129,17 @@ def inflate_into(source: BinaryIO, target: _Target, limit: int | None = None) ->
     return size
 
 
+def temporary_file(where: str | None = None) -> BinaryIO:
+    """An unnamed temporary file in folder ``where`` (None, or one that cannot take
+    it: the system's); the caller closes it, and it is gone."""
+    try:
+        return tempfile.TemporaryFile(dir=where)  # noqa: SIM115 - the caller closes it
+    except OSError:
+        if where is None:
+            raise
+        return tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+
+
 def inflate_to_temporary(
     source: BinaryIO, limit: int, where: str | None = None
 ) -> tuple[BinaryIO, int]:
@@ -139,12 +150,7 @@ def inflate_to_temporary(
     Memory stays :data:`CHUNK` bytes whatever the size; beyond ``limit``
     inflated bytes :class:`TooLarge` is raised (nothing more is written), a
     stream that does not inflate :class:`InflateError`."""
-    try:
-        spool = tempfile.TemporaryFile(dir=where)  # noqa: SIM115 - the caller closes it
-    except OSError:
-        if where is None:
-            raise
-        spool = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+    spool = temporary_file(where)
     try:
         size = inflate_into(source, spool, limit)
         spool.seek(0)

@@ -11,31 +11,14 @@ import httpx
 import pytest
 from http_testlib import HttpThread, make_dataset, store
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
+from test_instancejson import store_implicit
 
 from dicomstore.archive import Archive
 from dicomstore.http.dicomjson import MAX_INLINE, MAX_INLINE_IN_ITEM
 
 STUDY, SERIES = "1.2.826.0.1.3680043.10.81", "1.2.826.0.1.3680043.10.81.1"
-IMPLICIT = "1.2.840.10008.1.2"
 TEXT = ("report " * 20_000)[: MAX_INLINE + 10]  # (even: UT pads nothing)
 DOCUMENT = bytes(range(256)) * 1024  # 256 KiB
-
-
-def _store_implicit(archive: Archive, ds) -> None:
-    fp = DicomBytesIO()
-    fp.is_little_endian, fp.is_implicit_VR = True, True
-    write_dataset(fp, ds)
-    ingest = archive.begin(
-        sop_class_uid=ds.SOPClassUID,
-        sop_instance_uid=ds.SOPInstanceUID,
-        transfer_syntax_uid=IMPLICIT,
-        calling_ae="MODALITY",
-        called_ae="DICOMSTORE",
-    )
-    ingest.write(fp.getvalue())
-    assert not ingest.commit().is_failure
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +39,7 @@ def web(tmp_path_factory) -> Iterator[tuple[httpx.Client, str]]:
         item.ReferencedSOPInstanceUID = f"1.2.826.0.1.3680043.10.81.9.{n}"
         items.append(item)
     named.ReferencedImageSequence = items
-    _store_implicit(archive, named)
+    store_implicit(archive, named)
     with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
         yield client, srv.url
     archive.close()

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from dicomstore.dimse import CFindRSP, CStoreRSP
 from dicomstore.dimse.decoding import decode_message
@@ -35,56 +36,54 @@ async def say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         pass
 
 
+async def requests(reader: asyncio.StreamReader) -> AsyncIterator[tuple[int, Any]]:
+    """(context ID, request) for each request whose data set is in, until the
+    requestor sends another PDU than P-DATA-TF or leaves."""
+    rq, context_id = None, 0
+    while True:
+        kind, body = await read_pdu(reader)
+        if kind != P.P_DATA_TF:
+            return
+        for pdv in P.decode_pdata(body).pdvs:
+            if pdv.is_command:
+                rq, context_id = decode_message(bytes(pdv.data)), pdv.context_id
+            elif pdv.is_last and rq is not None:
+                yield context_id, rq
+
+
 def answer_for(other: int, context: int | None = None, uid: str | None = None) -> Script:
     """Answer each C-STORE-RQ (once its data set is in) as if it had the Message ID of
     the request plus ``other`` (on presentation context ``context``, for SOP Instance
     ``uid``, if given), until the requestor leaves."""
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        rq, context_id = None, 0
-        while True:
-            kind, body = await read_pdu(reader)
-            if kind != P.P_DATA_TF:
-                return
-            for pdv in P.decode_pdata(body).pdvs:
-                if pdv.is_command:
-                    rq, context_id = decode_message(bytes(pdv.data)), pdv.context_id
-                elif pdv.is_last and rq is not None:
-                    rsp = CStoreRSP(
-                        rq.message_id + other,
-                        0,
-                        rq.affected_sop_class_uid,
-                        uid or rq.affected_sop_instance_uid,
-                    )
-                    on = context_id if context is None else context
-                    pdata = P.PDataTF([P.PDV(on, True, True, rsp.encode())])
-                    writer.write(P.encode(pdata))
+        async for context_id, rq in requests(reader):
+            rsp = CStoreRSP(
+                rq.message_id + other,
+                0,
+                rq.affected_sop_class_uid,
+                uid or rq.affected_sop_instance_uid,
+            )
+            on = context_id if context is None else context
+            writer.write(P.encode(P.PDataTF([P.PDV(on, True, True, rsp.encode())])))
 
     return script
 
 
 def find_answers(identifiers: list[bytes]) -> Script:
-    """Answer the first C-FIND-RQ (once its Identifier is in) with one pending response
-    per Identifier given, as given, then 0000."""
+    """Answer each C-FIND-RQ (once its Identifier is in) with one pending response per
+    Identifier given, as given, then 0000."""
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        rq, context_id = None, 0
-        while True:
-            kind, body = await read_pdu(reader)
-            if kind != P.P_DATA_TF:
-                return
-            for pdv in P.decode_pdata(body).pdvs:
-                if pdv.is_command:
-                    rq, context_id = decode_message(bytes(pdv.data)), pdv.context_id
-                elif pdv.is_last and rq is not None:
-                    cls, msg_id = rq.affected_sop_class_uid, rq.message_id
-                    for data in identifiers:
-                        rsp = CFindRSP(msg_id, 0xFF00, cls, dataset_present=True)
-                        pdvs = [P.PDV(context_id, True, True, rsp.encode())]
-                        pdvs.append(P.PDV(context_id, False, True, data))
-                        writer.write(P.encode(P.PDataTF(pdvs)))
-                    done = CFindRSP(msg_id, 0x0000, cls).encode()
-                    writer.write(P.encode(P.PDataTF([P.PDV(context_id, True, True, done)])))
+        async for context_id, rq in requests(reader):
+            cls, msg_id = rq.affected_sop_class_uid, rq.message_id
+            for data in identifiers:
+                rsp = CFindRSP(msg_id, 0xFF00, cls, dataset_present=True)
+                pdvs = [P.PDV(context_id, True, True, rsp.encode())]
+                pdvs.append(P.PDV(context_id, False, True, data))
+                writer.write(P.encode(P.PDataTF(pdvs)))
+            done = CFindRSP(msg_id, 0x0000, cls).encode()
+            writer.write(P.encode(P.PDataTF([P.PDV(context_id, True, True, done)])))
 
     return script
 

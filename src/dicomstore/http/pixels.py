@@ -136,7 +136,7 @@ class Frames:
             # (review38mem D7: 64x64 RLE, one fragment of 400 MiB; 969 MiB held)
             most = 2 * found.count * found.frame_size + ENCAPSULATED_SLACK
             try:
-                held_bytes = found._encapsulated_bytes(most)
+                held_bytes, table, fragments = found._items(most)
             except OSError as exc:
                 found.close()
                 raise HttpError(406, f"the Pixel Data cannot be read: {exc}") from None
@@ -148,11 +148,7 @@ class Frames:
                     f" {found.count} frame(s) decoded ({found.count * found.frame_size} bytes):"
                     " not read",
                 )
-            try:
-                held_frames = found._held_frames()
-            except OSError as exc:
-                found.close()
-                raise HttpError(406, f"the Pixel Data cannot be read: {exc}") from None
+            held_frames = found._held_frames(table, fragments)
             if held_frames < found.count:  # (a header that says more than the data holds)
                 log.warning(
                     "%s says %d frames, its Pixel Data holds %d", key, found.count, held_frames
@@ -163,13 +159,15 @@ class Frames:
                 raise HttpError(404, "the instance's Pixel Data holds no frame")
         return found
 
-    def _encapsulated_bytes(self, most: int) -> int:
-        """The bytes of encapsulated Pixel Data's items (PS3.5 A.4), their headers only
-        read up to its Sequence Delimitation Item, stopping once past ``most`` (what
-        follows the Pixel Data is not counted: review39 #7). More items than
-        :data:`MAX_EXTRA_ITEMS` beyond one per frame count as past ``most``
-        (review40 #1: 65,537 empty fragments hid a large one)."""
-        total, items = 0, 0
+    def _items(self, most: int) -> tuple[int, int | None, int]:
+        """Encapsulated Pixel Data's items (PS3.5 A.4), their headers only read up to
+        its Sequence Delimitation Item: (their bytes, stopping once past ``most``; the
+        first item's length, its Basic Offset Table's, None without an item; how many
+        fragments follow it). What follows the Pixel Data is not counted (review39 #7);
+        more items than :data:`MAX_EXTRA_ITEMS` beyond one per frame count as past
+        ``most`` (review40 #1: 65,537 tiny fragments hid a large one); an item past the
+        file's end is an ``OSError`` (review40 #12)."""
+        total, items, table = 0, 0, None
         with self.storage.open(self.key) as fp:
             end = fp.seek(0, 2)
             at = fp.seek(self.pixels.offset)
@@ -179,38 +177,28 @@ class Frames:
                     break
                 items += 1
                 if items > self.count + MAX_EXTRA_ITEMS:
-                    return most + 1
+                    return most + 1, table, items - 1
                 length = int.from_bytes(head[4:], "little")
+                table = length if table is None else table
                 at += 8 + length
-                if at > end:  # (cut short: unreadable, not too large; review40 #12)
+                if at > end:  # (cut short: unreadable, not too large)
                     raise OSError(f"a fragment runs {at - end} bytes past the end of the file")
                 total += 8 + length
                 fp.seek(at)
-        return total
+        return total, table, max(0, items - 1)
 
-    def _held_frames(self) -> int:
+    def _held_frames(self, table: int | None, fragments: int) -> int:
         """How many of the :attr:`count` frames encapsulated Pixel Data can hold (PS3.5
-        A.4): its Extended or Basic Offset Table's entries, else its fragments (one
-        frame is one or more), counted up to :attr:`count`, their headers only."""
+        A.4), from :meth:`_items`: its Extended or Basic Offset Table's entries, else
+        its fragments (one frame is one or more)."""
         ds = self.dataset
         if "ExtendedOffsetTable" in ds:
             return min(self.count, len(ds.ExtendedOffsetTable or b"") // 8)
-        with self.storage.open(self.key) as fp:
-            fp.seek(self.pixels.offset)
-            head = fp.read(8)
-            if len(head) < 8 or head[:4] != _ITEM:
-                return 0
-            table = int.from_bytes(head[4:], "little")
-            if table:  # a Basic Offset Table: one entry per frame
-                return min(self.count, table // 4)
-            held = 0
-            while held < self.count:
-                head = fp.read(8)
-                if len(head) < 8 or head[:4] != _ITEM:
-                    break
-                held += 1
-                fp.seek(int.from_bytes(head[4:], "little"), 1)
-            return held
+        if table is None:
+            return 0
+        if table:  # a Basic Offset Table: one entry per frame
+            return min(self.count, table // 4)
+        return min(self.count, fragments)
 
     @classmethod
     def _checked(

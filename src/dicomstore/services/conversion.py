@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import array
 import copy
-import tempfile
 import zlib
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dicomstore import uids
-from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflateError, inflate_to_temporary
+from dicomstore.inflation import (
+    DEFAULT_MAX_INFLATED,
+    InflateError,
+    inflate_to_temporary,
+    temporary_file,
+)
 from dicomstore.services.sources import Instance, NotDicom, one_line, open_dataset
 
 if TYPE_CHECKING:
@@ -161,12 +165,7 @@ def encode_to_file(ds: Dataset, ts: str, where: str | None = None) -> tuple[Bina
     from pydicom.filebase import DicomFileLike
     from pydicom.filewriter import write_dataset
 
-    try:
-        out = tempfile.TemporaryFile(dir=where)  # noqa: SIM115 - the caller closes it
-    except OSError:
-        if where is None:
-            raise
-        out = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+    out = temporary_file(where)
     try:
         body = ds[0x00030000:] if len(ds.group_dataset(0x0002)) else ds
         if ts == uids.DEFLATED_EXPLICIT_VR_LE:  # PS3.5 A.5: raw deflate, no zlib header

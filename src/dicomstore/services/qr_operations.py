@@ -53,6 +53,28 @@ class Operation:
     ended: bool = False  # its final response is sent
 
 
+@dataclass(kw_only=True)
+class Tally:
+    """C-STORE sub-operations of a C-MOVE or C-GET counted by their status's category
+    (PS3.4 C.4.2.1.5: Completed, Failed, Warning), and the failed SOP Instance UIDs:
+    the SCP's own (``retrieve.Retrieval``) and a C-GET SCU's answers (``Received``)."""
+
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+
+    def count(self, status: int, sop_instance_uid: str) -> None:
+        category = st.category(status)
+        if category == "success":
+            self.completed += 1
+        elif category == "warning":
+            self.warning += 1
+        else:
+            self.failed += 1
+            self.failed_uids.append(sop_instance_uid)
+
+
 def decode_identifier(
     data: bytes | bytearray, transfer_syntax: str, *, check: bool = True
 ) -> Dataset:

@@ -51,6 +51,7 @@ from dicomstore.dimse.commands import tag_str
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
 from dicomstore.services import sources
 from dicomstore.services.conversion import encode_dataset
+from dicomstore.services.qr_operations import Tally
 from dicomstore.services.query_identifier import (
     QUERY_RETRIEVE_LEVEL,
     UNIQUE_KEY,
@@ -188,14 +189,10 @@ class SubOperationSender(Protocol):
 
 
 @dataclass
-class Retrieval:
+class Retrieval(Tally):
     """The sub-operations of one C-MOVE or C-GET and their counts (see the module notes)."""
 
     selected: Sequence[Selected]
-    completed: int = 0
-    failed: int = 0
-    warning: int = 0
-    failed_uids: list[str] = field(default_factory=list)
     cancelled: bool = False
     #: why the sub-operations stopped early (SubOperationsEnded), for the Error Comment
     ended: str | None = None
@@ -223,7 +220,7 @@ class Retrieval:
                     self.cancelled = True
                     break
                 sending = True
-                self._count(item, await sender.send(item))
+                self.count(await sender.send(item), item.sop_instance_uid)
                 sending = False
                 if n + 1 < len(self.selected):
                     await pending(self.counts(pending=True))
@@ -237,20 +234,10 @@ class Retrieval:
             in_flight = self.selected[done : done + 1] if sending else []
             rest = in_flight if self.cancelled else self.selected[done:]
             for item in rest:
-                self._count(item, st.SUBOPERATIONS_FAILED)
+                self.count(st.SUBOPERATIONS_FAILED, item.sop_instance_uid)
         finally:
             await sender.stop()
         return self.status
-
-    def _count(self, item: Selected, status: int) -> None:
-        category = st.category(status)
-        if category == "success":
-            self.completed += 1
-        elif category == "warning":
-            self.warning += 1
-        else:
-            self.failed += 1
-            self.failed_uids.append(item.sop_instance_uid)
 
     @property
     def status(self) -> int:

@@ -40,7 +40,7 @@ from dicomstore.dimse import status as st
 from dicomstore.dimse.commands import AFFECTED_SOP_INSTANCE_UID
 from dicomstore.dimse.decoding import InvalidRequest
 from dicomstore.errors import AssociationAborted, AssociationError
-from dicomstore.services.qr_operations import decode_identifier
+from dicomstore.services.qr_operations import Tally, decode_identifier
 from dicomstore.services.query_scu import SYNTAXES, Key, encode_query, identifier_keys
 from dicomstore.services.storage import StoreService
 from dicomstore.services.storage_scp import StorageSCP
@@ -137,24 +137,9 @@ MAX_CONTEXTS = 128
 
 
 @dataclass
-class Received:
+class Received(Tally):
     """How we answered a C-GET's C-STORE sub-operations (PS3.4 C.4.3.3): our own count,
     beside the one the SCP reports."""
-
-    completed: int = 0
-    failed: int = 0
-    warning: int = 0
-    failed_uids: list[str] = field(default_factory=list)
-
-    def count(self, status: int, sop_instance_uid: str) -> None:
-        category = st.category(status)
-        if category == "success":
-            self.completed += 1
-        elif category == "warning":
-            self.warning += 1
-        else:
-            self.failed += 1
-            self.failed_uids.append(sop_instance_uid)
 
     def to_json(self) -> dict[str, Any]:
         return {

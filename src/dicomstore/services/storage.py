@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import shutil
 import threading
 import time
@@ -208,9 +209,10 @@ class Storing:
     #: for a deflated data set: what it inflates to, counted as it arrives
     inflated: InflatedSize | None = field(default=None, repr=False)
     #: (the archive's folder, ``min_free_bytes``): free space checked again every
-    #: :data:`FREE_CHECK_EVERY` bytes received (review38mem N3)
+    #: :data:`FREE_CHECK_EVERY` bytes received (review38mem N3), from the byte count
+    #: ``next_free_check`` (never without a floor: one comparison per fragment)
     free_floor: tuple[Any, int] | None = field(default=None, repr=False)
-    next_free_check: int = FREE_CHECK_EVERY
+    next_free_check: float = math.inf
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append one fragment; an I/O error or a size limit fails the store."""
@@ -221,7 +223,8 @@ class Storing:
         if self.limit and self.nbytes > self.limit:
             self._too_large(f"data set larger than the limit of {self.limit} bytes")
             return
-        if self.free_floor is not None and self.nbytes >= self.next_free_check:
+        if self.nbytes >= self.next_free_check:
+            assert self.free_floor is not None
             self.next_free_check += FREE_CHECK_EVERY
             free = _free_bytes(self.free_floor[0])
             if free < self.free_floor[1]:
@@ -342,6 +345,7 @@ class StoreService:
                 )
                 return storing
             storing.free_floor = (root, self.limits.min_free_bytes)
+            storing.next_free_check = FREE_CHECK_EVERY
         try:
             storing.sink = self.handler.begin(
                 sop_class_uid=sop_class_uid,
