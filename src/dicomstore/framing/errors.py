@@ -31,6 +31,18 @@ class Truncated(Corrupt):
         self.missing = missing
 
 
+def value_cut(what: str, tag: int, pos: int, length: int, have: int) -> Truncated:
+    """The element ``what`` (named) at ``pos``, whose value of ``length`` bytes has only
+    ``have`` of them before the data set ends."""
+    return Truncated(
+        f"{what} at offset {pos}: its value of {length} bytes runs past the end of the data"
+        f" set, {length - have} bytes missing",
+        tag,
+        pos,
+        length - have,
+    )
+
+
 class NotPart10(FramingError):
     """The bytes do not start with a preamble and ``DICM`` (PS3.10 7.1)."""
 

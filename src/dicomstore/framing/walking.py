@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from dicomstore.framing.errors import FramingError, Truncated, tag_name
+from dicomstore.framing.errors import FramingError, Truncated, tag_name, value_cut
 from dicomstore.framing.headers import ITEM as _ITEM
 from dicomstore.framing.headers import ITEM_DELIMITER as _ITEM_DELIMITER
 from dicomstore.framing.headers import SEQUENCE_DELIMITER as _SEQUENCE_DELIMITER
@@ -234,11 +234,5 @@ def walk(src: Source, start: int, implicit: bool, little: bool) -> Walked:
             continue
         have = src.has(value, length)
         if have < length:
-            raise Truncated(
-                f"{_element_label(stack, tag)} at offset {pos}: its value of {length} bytes"
-                f" runs past the end of the data set, {length - have} bytes missing",
-                tag,
-                pos,
-                length - have,
-            )
+            raise value_cut(_element_label(stack, tag), tag, pos, length, have)
         pos = value + length

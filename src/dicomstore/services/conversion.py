@@ -1,20 +1,26 @@
 """Re-encoding what the SCU sends when the SCP accepts none of its transfer syntaxes
 (``send --convert``): a data set encoded in another uncompressed syntax (PS3.5
-A.1-A.5), decompressing encapsulated Pixel Data first (pydicom's decoders).
+A.1-A.5).
 
-A deflated data set (PS3.5 A.5) is inflated into a temporary file first
-(``inflation.inflate_to_temporary``, up to a limit): to Explicit VR Little
-Endian that copy is the converted data set, sent as it is in bounded memory
-(:func:`inflated`); to another syntax pydicom reads it from there."""
+An uncompressed data set is re-encoded element by element (:func:`reencoded`,
+``framing.reencoding``), in bounded memory whatever its size. A deflated one (PS3.5
+A.5) is inflated into a temporary file first (``inflation.inflate_to_temporary``, up
+to a limit): to Explicit VR Little Endian that copy is the converted data set
+(:func:`inflated`), to another syntax it is re-encoded from there. Only encapsulated
+Pixel Data, which has to be decoded, and a pydicom Dataset given as such go through
+pydicom, which holds the data set whole (:func:`converted`: up to a limit)."""
 
 from __future__ import annotations
 
 import array
 import copy
+import io
 import zlib
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from dicomstore import uids
+from dicomstore.framing import FileSource, FramingError, Pread, preader, stream_pread
+from dicomstore.framing.reencoding import Encoding, reencode
 from dicomstore.inflation import (
     DEFAULT_MAX_INFLATED,
     InflateError,
@@ -80,20 +86,21 @@ def converted(
     inflated_limit: int = DEFAULT_MAX_INFLATED,
     where: str | None = None,
 ) -> tuple[BinaryIO, int]:
-    """The instance decoded with pydicom and encoded in the uncompressed ``ts``, written
-    into an unnamed temporary file (rewound; the caller closes it), and its size.
+    """The instance encoded in the uncompressed ``ts``, written into an unnamed temporary
+    file (rewound; the caller closes it), and its size.
 
-    Decompresses encapsulated pixel data (pydicom's RLE decoder; JPEG and
-    JPEG 2000 need the pylibjpeg plugins); a deflated data set is read from its
-    :func:`inflated` copy (up to ``inflated_limit`` bytes).  The SOP Instance
-    UID is kept: only the transfer syntax changes (temporary files in ``where``,
-    else the system's folder).  Raises :class:`NotDicom`
-    when the data set cannot be decoded, or when it would take more than
-    ``inflated_limit`` bytes or :data:`MAX_CONVERTED`, whichever is more: pydicom
-    holds it whole (review38mem D1: a 1 GiB instance moved to an Implicit-only SCP
-    took 3.1 GiB; now written out as it is encoded, and refused past the limit;
-    review39 #3: not below 1 GiB, or a 300 MiB tomosynthesis decoded could not go).
+    Re-encoded streaming from an uncompressed or deflated file (:func:`reencoded`).
+    Else (:func:`holds_whole`) decoded with pydicom: it decompresses encapsulated
+    pixel data (pydicom's RLE decoder; JPEG and JPEG 2000 need the pylibjpeg plugins).
+    The SOP Instance UID is kept: only the transfer syntax changes (temporary files in
+    ``where``, else the system's folder). Raises :class:`NotDicom` when the data set
+    cannot be decoded or does not frame, or when pydicom would hold more than
+    ``inflated_limit`` bytes or :data:`MAX_CONVERTED`, whichever is more (review38mem
+    D1: a 1 GiB instance moved to an Implicit-only SCP took 3.1 GiB; review39 #3: not
+    below 1 GiB, or a 300 MiB tomosynthesis decoded could not go).
     """
+    if not holds_whole(instance, ts):
+        return reencoded(instance, ts, inflated_limit, where)
     from pydicom import dcmread
     from pydicom.filereader import read_dataset
 
@@ -129,6 +136,69 @@ def converted(
         raise
     except BaseException as exc:  # noqa: BLE001 - decoders raise anything (a panic too)
         raise NotDicom(f"cannot convert to {uids.uid_name(ts)}: {one_line(exc)}") from None
+
+
+#: (implicit VR?, little endian?) of the uncompressed transfer syntaxes (PS3.5 A.1-A.3).
+NATIVE: dict[str, Encoding] = {
+    uids.IMPLICIT_VR_LE: (True, True),
+    uids.EXPLICIT_VR_LE: (False, True),
+    uids.EXPLICIT_VR_BE: (False, False),
+}
+#: What :func:`reencoded` converts from: the uncompressed, and the deflated once inflated.
+_REENCODED = {*NATIVE, uids.DEFLATED_EXPLICIT_VR_LE}
+
+
+def holds_whole(instance: Instance, ts: str) -> bool:
+    """Whether converting ``instance`` to ``ts`` goes through pydicom, which holds the data
+    set whole: a Dataset, encapsulated Pixel Data, or a target that is not native."""
+    native = instance.transfer_syntax in _REENCODED and ts in NATIVE
+    return instance.dataset is not None or not native
+
+
+def reencoded(
+    instance: Instance,
+    ts: str,
+    inflated_limit: int = DEFAULT_MAX_INFLATED,
+    where: str | None = None,
+) -> tuple[BinaryIO, int]:
+    """The data set of ``instance``'s file, uncompressed (or deflated: inflated first,
+    up to ``inflated_limit`` bytes), re-encoded in the uncompressed ``ts`` element by
+    element (``framing.reencoding``: bounded memory, whatever its size) into an unnamed
+    temporary file in ``where`` (rewound; the caller closes it), and its size. Raises
+    :class:`NotDicom` when it does not frame, ``OSError``."""
+    out = temporary_file(where)
+    try:
+        if instance.transfer_syntax == uids.DEFLATED_EXPLICIT_VR_LE:
+            spool, size = inflated(instance, inflated_limit, where)
+            with spool:
+                source = FileSource(stream_pread(spool), size)
+                nbytes = reencode(source, 0, (False, True), NATIVE[ts], out)
+        else:
+            with open_dataset(instance) as f:
+                end = instance.offset + instance.size
+                nbytes = reencode(
+                    FileSource(_pread(f), end),
+                    instance.offset,
+                    NATIVE[instance.transfer_syntax],
+                    NATIVE[ts],
+                    out,
+                )
+        out.seek(0)
+    except FramingError as exc:
+        out.close()
+        raise NotDicom(f"cannot convert to {uids.uid_name(ts)}: {exc}") from None
+    except BaseException:
+        out.close()
+        raise
+    return out, nbytes
+
+
+def _pread(f: IO[bytes]) -> Pread:
+    """``pread`` of an opened data set: its file descriptor's, else by seeking."""
+    try:
+        return preader(f.fileno())
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return stream_pread(f)
 
 
 def _check_size(instance: Instance, ts: str, limit: int) -> None:

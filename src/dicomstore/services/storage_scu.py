@@ -22,6 +22,7 @@ associations, with retries: :mod:`dicomstore.services.scu_send`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -216,9 +217,10 @@ _CONVERTING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaph
 
 
 def converting() -> asyncio.Semaphore:
-    """This loop's turn for a conversion: pydicom holds each data set whole while it
-    re-encodes it (up to the limit), so a process converts one at a time, whatever
-    the C-MOVEs, C-GETs and forwards asking (review38mem D1)."""
+    """This loop's turn for a conversion by pydicom, which holds each data set whole
+    while it decodes and re-encodes it (up to the limit, ``conversion.holds_whole``): a
+    process converts one at a time, whatever the C-MOVEs, C-GETs and forwards asking
+    (review38mem D1). A streaming re-encoding needs no turn."""
     loop = asyncio.get_running_loop()
     turn = _CONVERTING.get(loop)
     if turn is None:
@@ -288,8 +290,9 @@ async def store_instance(
             raise NotSendable(f"the inflated data set has an odd length ({nbytes} bytes)")
         chunks = file_chunks(spool, assoc.negotiated.peer_max_pdu, alive)
     elif convert_it:
-        try:
-            async with converting():  # (one at a time: each holds its data set whole)
+        whole = conversion.holds_whole(instance, ctx.transfer_syntax)
+        try:  # (pydicom's, one at a time: each holds its data set whole)
+            async with converting() if whole else contextlib.nullcontext():
                 out, nbytes = await asyncio.to_thread(
                     conversion.converted, instance, ctx.transfer_syntax, inflated_limit, where
                 )

@@ -1,0 +1,382 @@
+"""A data set re-encoded in another uncompressed transfer syntax, streaming (PS3.5 A.1
+Implicit VR Little Endian, A.2 Explicit VR Little Endian, A.3 Explicit VR Big Endian).
+
+Element by element, through the window of a :class:`~dicomstore.framing.Source`,
+written out as it goes: memory stays bounded whatever the instance's size (a 2 GiB
+Pixel Data is copied, or byte-swapped, a slice of :data:`SLICE` bytes at a time).
+What changes (PS3.5 7.1, 7.3, 7.5):
+
+- the element headers: their byte order, and the VR there (Explicit) or not
+  (Implicit). From Implicit, an element's VR is the data dictionary's (PS3.6; a
+  private element's by its Private Creator, else UN; a Private Creator is LO, a group
+  length UL), an ambiguous one resolved by its data set or the ones around it (US or
+  SS by Pixel Representation; OB or OW, as Pixel, Overlay and Waveform Data, is OW
+  in Implicit VR, PS3.5 A.1);
+  a value too long for its VR's 16-bit length becomes UN (PS3.5 6.2.2);
+- between byte orders, the values of the binary VRs (PS3.5 7.3: AT, US, SS, UL, SL,
+  FL, FD, OW, OF, OL, OD, OV, SV, UV); OB, UN and the text VRs stay as they are.
+  Native Pixel Data of 32 or 64 Bits Allocated is swapped by its pixels, not by the
+  16-bit words of its OW (as pydicom reads it);
+- the defined lengths of sequences and items, which headers of another size make
+  wrong: written again once their content is (the output is a file: the length field
+  is patched); undefined lengths stay undefined;
+- group lengths (gggg,0000): retired (PS3.5 7.2) and wrong once headers change size,
+  left out between Implicit and Explicit (swapped between byte orders); elements of
+  groups 0000-0002 at the top level are no part of a data set and are left out.
+
+The value of a UN of undefined length stays Implicit VR Little Endian whatever the
+syntax (PS3.5 6.2.2), as does that of an Implicit element of undefined length the
+dictionary does not know (written as such a UN). Encapsulated Pixel Data has no
+native encoding: the caller decodes it first. A data set that does not frame raises
+:class:`FramingError` (:class:`Truncated` when it is cut short).
+"""
+
+from __future__ import annotations
+
+import array
+import functools
+import struct
+from typing import BinaryIO
+
+from dicomstore.framing.errors import FramingError, Truncated, tag_name, value_cut
+from dicomstore.framing.headers import (
+    ITEM,
+    ITEM_DELIMITER,
+    SEQUENCE_DELIMITER,
+    U16,
+    UNDEFINED,
+    UNKNOWN_VR,
+    element_header,
+    encode_header,
+)
+from dicomstore.framing.sources import Source
+from dicomstore.framing.walking import MAX_DEPTH
+
+#: (implicit VR?, little endian?) of a transfer syntax (PS3.5 A.1-A.3).
+Encoding = tuple[bool, bool]
+
+#: The most bytes of a value read (and written) at a time.
+SLICE = 1 << 20
+#: The output is written to the file in blocks of about this much.
+BLOCK = 256 << 10
+
+#: Bytes per number of the VRs whose values change with the byte order (PS3.5 7.3).
+_SWAP = {"AT": 2, "US": 2, "SS": 2, "OW": 2, "UL": 4, "SL": 4, "FL": 4, "OF": 4, "OL": 4}
+_SWAP.update({"FD": 8, "OD": 8, "OV": 8, "SV": 8, "UV": 8})
+_ARRAY_CODE = {2: "H", 4: "I", 8: "Q"}
+#: LUT descriptors, "US or SS" in PS3.6, whose first and third values are US
+#: whatever the Pixel Representation (PS3.3 C.11.1.1.1): read as US.
+_LUT_DESCRIPTORS = frozenset({0x00281100, 0x00281101, 0x00281102, 0x00281103, 0x00283002})
+_LUT_DESCRIPTORS |= {0x00281111, 0x00281112, 0x00281113}
+#: Elements whose value decides an ambiguous VR or how Pixel Data is byte-swapped.
+_PIXEL_REPRESENTATION, _BITS_ALLOCATED = 0x00280103, 0x00280100
+_PIXEL_DATA = 0x7FE00010
+_U32 = {True: struct.Struct("<L").pack, False: struct.Struct(">L").pack}
+
+
+class _Out:
+    """The output file through a buffer; a length written earlier can be patched."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.buf, self.flushed = f, bytearray(), 0
+        self.origin = f.tell()
+
+    @property
+    def pos(self) -> int:
+        return self.flushed + len(self.buf)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.buf += data
+        if len(self.buf) >= BLOCK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            self.f.write(self.buf)
+            self.flushed += len(self.buf)
+            self.buf.clear()
+
+    def patch(self, at: int, data: bytes) -> None:
+        if at >= self.flushed:
+            self.buf[at - self.flushed : at - self.flushed + len(data)] = data
+            return
+        self.flush()
+        self.f.seek(self.origin + at)
+        self.f.write(data)
+        self.f.seek(self.origin + self.flushed)
+
+
+class _Level:
+    """A data set (the top level or an item's) or a sequence being re-encoded."""
+
+    __slots__ = (
+        "content_at",
+        "context",
+        "creators",
+        "dst",
+        "end",
+        "offset",
+        "outer",
+        "seq",
+        "src",
+        "tag",
+    )
+
+    def __init__(
+        self, seq: bool, src: Encoding, dst: Encoding, tag: int, offset: int, end: int | None
+    ) -> None:
+        self.seq, self.src, self.dst, self.end = seq, src, dst, end
+        self.tag, self.offset = tag, offset
+        self.content_at = 0  # where its content starts in the output
+        self.context: dict[int, int] = {}  # Pixel Representation, Bits Allocated ...
+        self.creators: dict[tuple[int, int], str] = {}  # (group, block) -> Private Creator
+        self.outer: _Level | None = None  # the data set around this one
+
+    def lookup(self, tag: int) -> int | None:
+        """The value of ``tag`` in this data set or the nearest one around it."""
+        level: _Level | None = self
+        while level is not None:
+            if tag in level.context:
+                return level.context[tag]
+            level = level.outer
+        return None
+
+
+def reencode(src: Source, start: int, source: Encoding, target: Encoding, out: BinaryIO) -> int:
+    """Write the data set of ``src`` from ``start`` to its end, encoded in ``source``,
+    to ``out`` encoded in ``target``; return the bytes written. Raises
+    :class:`FramingError` (see the module docstring)."""
+    w = _Out(out)
+    stack = [_Level(False, source, target, 0, start, None)]
+    pos = start
+    while True:
+        level = stack[-1]
+        if level.end is not None and pos >= level.end:
+            if pos > level.end:
+                raise FramingError(
+                    f"{_what(level)} from offset {level.offset} ends at offset {level.end},"
+                    f" inside an element that runs to offset {pos}",
+                    level.tag,
+                    level.offset,
+                )
+            w.patch(_length_at(level), _U32[level.dst[1]](w.pos - level.content_at))
+            stack.pop()
+            continue
+        head = src.read(pos, 12)
+        if not head:
+            if len(stack) > 1:
+                raise Truncated(
+                    f"the data set ends at offset {pos} inside {_what(level)} from offset"
+                    f" {level.offset}",
+                    level.tag,
+                    level.offset,
+                    8,
+                )
+            w.flush()
+            return w.pos
+        implicit, little = level.src
+        parsed = element_header(head, 0, implicit, little)
+        if parsed is None:
+            raise Truncated(
+                f"the data set ends inside an element header at offset {pos}", None, pos, 8
+            )
+        tag, raw_vr, length, skip = parsed
+        value = pos + skip
+        if length == UNKNOWN_VR:
+            raise FramingError(
+                f"{tag_name(tag)} at offset {pos} has a VR that is no VR: {raw_vr!r}", tag, pos
+            )
+        if level.seq:
+            pos = _in_sequence(w, stack, level, tag, length, pos, value)
+            continue
+        if tag >> 16 == 0xFFFE:
+            if tag != ITEM_DELIMITER or level.end is not None or len(stack) == 1:
+                raise FramingError(
+                    f"{tag_name(tag)} where an element goes, at offset {pos}", tag, pos
+                )
+            w.write(encode_header(ITEM_DELIMITER, None, 0, level.dst[1]))
+            stack.pop()
+            pos = value
+            continue
+        pos = _element(src, w, stack, level, tag, raw_vr, length, pos, value)
+
+
+def _in_sequence(
+    w: _Out, stack: list[_Level], seq: _Level, tag: int, length: int, pos: int, value: int
+) -> int:
+    """An item of ``seq`` opened, or ``seq`` closed by its delimiter: where to go on."""
+    little = seq.dst[1]
+    if tag == SEQUENCE_DELIMITER and seq.end is None:
+        w.write(encode_header(SEQUENCE_DELIMITER, None, 0, little))
+        stack.pop()
+        return value
+    if tag != ITEM:
+        raise FramingError(
+            f"{tag_name(tag)} where an item of {tag_name(seq.tag)} goes, at offset {pos}", tag, pos
+        )
+    item = _open(stack, False, seq.src, seq.dst, seq.tag, pos, value, length, seq.end)
+    item.outer = next(lv for lv in reversed(stack[:-1]) if not lv.seq)
+    w.write(encode_header(ITEM, None, UNDEFINED if item.end is None else 0, little))
+    item.content_at = w.pos
+    return value
+
+
+def _open(
+    stack: list[_Level],
+    seq: bool,
+    src: Encoding,
+    dst: Encoding,
+    tag: int,
+    pos: int,
+    value: int,
+    length: int,
+    bound: int | None,
+) -> _Level:
+    """Push a sequence or item whose value starts at ``value``, inside one ending at ``bound``."""
+    end = None if length == UNDEFINED else value + length
+    if end is not None and bound is not None and end > bound:
+        raise FramingError(
+            f"{tag_name(tag)} at offset {pos} runs {end - bound} bytes past the end of the"
+            " sequence or item that holds it",
+            tag,
+            pos,
+        )
+    level = _Level(seq, src, dst, tag, pos, end)
+    stack.append(level)
+    if len(stack) > MAX_DEPTH:
+        raise FramingError(f"more than {MAX_DEPTH} nested sequences", tag, pos)
+    return level
+
+
+def _element(
+    src: Source,
+    w: _Out,
+    stack: list[_Level],
+    level: _Level,
+    tag: int,
+    raw_vr: bytes | None,
+    length: int,
+    pos: int,
+    value: int,
+) -> int:
+    """One element of the data set ``level`` re-encoded: where the next one starts."""
+    (implicit, little), (to_implicit, to_little) = level.src, level.dst
+    group = tag >> 16
+    if raw_vr is not None:
+        vr = raw_vr.decode("ascii")
+    else:
+        vr = _implicit_vr(tag, level)
+        if length == UNDEFINED and vr != "SQ" and (group % 2 or vr == "UN"):
+            vr = "UN"  # an Implicit VR Little Endian sequence the dictionary does not know
+    if length != UNDEFINED:
+        dropped = (group <= 0x0002 and len(stack) == 1) or (
+            tag & 0xFFFF == 0 and implicit != to_implicit
+        )
+        if dropped:
+            return _past(src, tag, pos, value, length)
+        if tag in (_PIXEL_REPRESENTATION, _BITS_ALLOCATED) and length == 2:
+            level.context[tag] = U16[little](src.read(value, 2))[0]
+        elif group % 2 and 0x10 <= tag & 0xFFFF <= 0xFF and length <= 64:
+            text = src.read(value, length).decode("ascii", "replace").strip(" \0")
+            level.creators[(group, tag & 0xFF)] = text
+    if vr == "SQ" or length == UNDEFINED:
+        if vr not in ("SQ", "UN"):
+            raise FramingError(
+                f"{tag_name(tag)} at offset {pos} has an undefined length, which a {vr}"
+                " cannot have in a native transfer syntax (encapsulated Pixel Data?)",
+                tag,
+                pos,
+            )
+        # a UN of undefined length holds an Implicit VR Little Endian sequence (PS3.5 6.2.2)
+        inner = (level.src, level.dst) if vr == "SQ" else ((True, True), (True, True))
+        seq = _open(stack, True, *inner, tag, pos, value, length, level.end)
+        out_vr = None if to_implicit else vr.encode("ascii")
+        w.write(encode_header(tag, out_vr, UNDEFINED if seq.end is None else 0, to_little))
+        seq.content_at = w.pos
+        return value
+    end = _past(src, tag, pos, value, length)
+    w.write(encode_header(tag, None if to_implicit else vr.encode("ascii"), length, to_little))
+    size = 0
+    if little != to_little:
+        size = _SWAP.get(vr, 0)
+        bits = level.lookup(_BITS_ALLOCATED) if tag == _PIXEL_DATA else None
+        if bits in (32, 64):  # its pixels, not its VR's words (as pydicom reads them)
+            size = bits // 8
+    if size and length % size:
+        raise FramingError(
+            f"{tag_name(tag)} at offset {pos}: a {vr} of {length} bytes is no whole number of"
+            f" {size}-byte values, which cannot be byte-swapped",
+            tag,
+            pos,
+        )
+    at = value
+    while at < end:
+        data = src.read(at, min(SLICE, end - at))
+        if size:
+            numbers = array.array(_ARRAY_CODE[size])
+            numbers.frombytes(data)
+            numbers.byteswap()
+            w.write(memoryview(numbers).cast("B"))
+        else:
+            w.write(data)
+        at += len(data)
+    return end
+
+
+def _past(src: Source, tag: int, pos: int, value: int, length: int) -> int:
+    """Where the element left out ends (Truncated when its value is cut short)."""
+    have = src.has(value, length)
+    if have < length:
+        raise value_cut(tag_name(tag), tag, pos, length, have)
+    return value + length
+
+
+def _length_at(level: _Level) -> int:
+    """Where the closing ``level``'s defined length goes: the 4 bytes before its content
+    (the last of its header in every encoding, PS3.5 7.1.2, 7.5)."""
+    return level.content_at - 4
+
+
+def _what(level: _Level) -> str:
+    return f"{'the sequence' if level.seq else 'an item of'} {tag_name(level.tag)}"
+
+
+def _implicit_vr(tag: int, level: _Level) -> str:
+    """The VR of an Implicit VR element: the dictionary's, resolved in its data set."""
+    group, element = tag >> 16, tag & 0xFFFF
+    if element == 0:
+        return "UL"  # a group length (PS3.5 7.2)
+    if group % 2:
+        if 0x10 <= element <= 0xFF:
+            return "LO"  # a Private Creator (PS3.5 7.8.1)
+        creator = level.creators.get((group, element >> 8))
+        return _private_vr(tag, creator) if creator else "UN"
+    vr = _public_vr(tag)
+    if " or " not in vr:
+        return vr
+    if vr == "US or SS":
+        if tag in _LUT_DESCRIPTORS:
+            return "US"
+        return "SS" if level.lookup(_PIXEL_REPRESENTATION) == 1 else "US"
+    return "OW"  # OB or OW (PS3.5 A.1: OW in Implicit VR), US or OW and US or SS or OW
+
+
+@functools.cache
+def _public_vr(tag: int) -> str:
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+@functools.lru_cache(maxsize=4096)
+def _private_vr(tag: int, creator: str) -> str:
+    from pydicom.datadict import private_dictionary_VR
+
+    try:
+        vr = str(private_dictionary_VR(tag, creator))
+    except KeyError:
+        return "UN"
+    return vr if " or " not in vr and len(vr) == 2 else "UN"
