@@ -33,6 +33,7 @@ from dicomstore.framing.sources import (
     InflatedSource,
     Pread,
     Source,
+    file_pread,
     preader,
     stream_pread,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "Walked",
     "element_header",
     "file_meta",
+    "file_pread",
     "tag_name",
     "preader",
     "stream_pread",

@@ -34,8 +34,9 @@ native encoding: the caller decodes it first. A data set that does not frame rai
 from __future__ import annotations
 
 import array
-import functools
 import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from dicomstore.framing.errors import FramingError, Truncated, tag_name, value_cut
@@ -49,6 +50,7 @@ from dicomstore.framing.headers import (
     element_header,
     encode_header,
 )
+from dicomstore.framing.implicit_vr import implicit_vr
 from dicomstore.framing.sources import Source
 from dicomstore.framing.walking import MAX_DEPTH
 
@@ -64,14 +66,11 @@ BLOCK = 256 << 10
 _SWAP = {"AT": 2, "US": 2, "SS": 2, "OW": 2, "UL": 4, "SL": 4, "FL": 4, "OF": 4, "OL": 4}
 _SWAP.update({"FD": 8, "OD": 8, "OV": 8, "SV": 8, "UV": 8})
 _ARRAY_CODE = {2: "H", 4: "I", 8: "Q"}
-#: LUT descriptors, "US or SS" in PS3.6, whose first and third values are US
-#: whatever the Pixel Representation (PS3.3 C.11.1.1.1): read as US.
-_LUT_DESCRIPTORS = frozenset({0x00281100, 0x00281101, 0x00281102, 0x00281103, 0x00283002})
-_LUT_DESCRIPTORS |= {0x00281111, 0x00281112, 0x00281113}
 #: Elements whose value decides an ambiguous VR or how Pixel Data is byte-swapped.
 _PIXEL_REPRESENTATION, _BITS_ALLOCATED = 0x00280103, 0x00280100
 _PIXEL_DATA = 0x7FE00010
 _U32 = {True: struct.Struct("<L").pack, False: struct.Struct(">L").pack}
+_ITEM_HEADER = struct.Struct("<HHL").unpack_from
 
 
 class _Out:
@@ -80,12 +79,20 @@ class _Out:
     def __init__(self, f: BinaryIO) -> None:
         self.f, self.buf, self.flushed = f, bytearray(), 0
         self.origin = f.tell()
+        self.silent = 0  # levels open that are left out: nothing is written
 
     @property
     def pos(self) -> int:
         return self.flushed + len(self.buf)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.silent:
+            return
+        if len(data) >= BLOCK:  # (a slice, a frame: not copied into the buffer)
+            self.flush()
+            self.f.write(data)
+            self.flushed += len(data)
+            return
         self.buf += data
         if len(self.buf) >= BLOCK:
             self.flush()
@@ -97,6 +104,8 @@ class _Out:
             self.buf.clear()
 
     def patch(self, at: int, data: bytes) -> None:
+        if self.silent:
+            return
         if at >= self.flushed:
             self.buf[at - self.flushed : at - self.flushed + len(data)] = data
             return
@@ -115,6 +124,7 @@ class _Level:
         "creators",
         "dst",
         "end",
+        "muted",
         "offset",
         "outer",
         "seq",
@@ -128,6 +138,7 @@ class _Level:
         self.seq, self.src, self.dst, self.end = seq, src, dst, end
         self.tag, self.offset = tag, offset
         self.content_at = 0  # where its content starts in the output
+        self.muted = False  # left out (``Edits.replace``), with all it holds
         self.context: dict[int, int] = {}  # Pixel Representation, Bits Allocated ...
         self.creators: dict[tuple[int, int], str] = {}  # (group, block) -> Private Creator
         self.outer: _Level | None = None  # the data set around this one
@@ -142,12 +153,35 @@ class _Level:
         return None
 
 
-def reencode(src: Source, start: int, source: Encoding, target: Encoding, out: BinaryIO) -> int:
+@dataclass
+class Edits:
+    """Changes to the top level of a data set being re-encoded (a decompression's).
+
+    ``replace``: elements by tag, each written (VR, value already encoded in the
+    target's byte order) in place of the one there or inserted in tag order; None
+    leaves the element out, with all it holds. ``pixels``: called for an encapsulated
+    Pixel Data at the top level, which is left out: the native one to write instead,
+    as (VR, value length, the value's chunks in the target's byte order).
+    """
+
+    replace: dict[int, tuple[bytes, bytes] | None] = field(default_factory=dict)
+    pixels: Callable[[], tuple[bytes, int, Iterable[bytes]]] | None = None
+
+
+def reencode(
+    src: Source,
+    start: int,
+    source: Encoding,
+    target: Encoding,
+    out: BinaryIO,
+    edits: Edits | None = None,
+) -> int:
     """Write the data set of ``src`` from ``start`` to its end, encoded in ``source``,
-    to ``out`` encoded in ``target``; return the bytes written. Raises
-    :class:`FramingError` (see the module docstring)."""
+    to ``out`` encoded in ``target``, with ``edits`` made; return the bytes written.
+    Raises :class:`FramingError` (see the module docstring)."""
     w = _Out(out)
     stack = [_Level(False, source, target, 0, start, None)]
+    pending = sorted(edits.replace) if edits is not None else []
     pos = start
     while True:
         level = stack[-1]
@@ -160,7 +194,7 @@ def reencode(src: Source, start: int, source: Encoding, target: Encoding, out: B
                     level.offset,
                 )
             w.patch(_length_at(level), _U32[level.dst[1]](w.pos - level.content_at))
-            stack.pop()
+            _close(w, stack)
             continue
         head = src.read(pos, 12)
         if not head:
@@ -172,6 +206,8 @@ def reencode(src: Source, start: int, source: Encoding, target: Encoding, out: B
                     level.offset,
                     8,
                 )
+            if edits is not None:
+                _insert(w, edits, pending, 0xFFFFFFFF, target)
             w.flush()
             return w.pos
         implicit, little = level.src
@@ -195,10 +231,87 @@ def reencode(src: Source, start: int, source: Encoding, target: Encoding, out: B
                     f"{tag_name(tag)} where an element goes, at offset {pos}", tag, pos
                 )
             w.write(encode_header(ITEM_DELIMITER, None, 0, level.dst[1]))
-            stack.pop()
+            _close(w, stack)
             pos = value
             continue
+        if edits is not None and len(stack) == 1:
+            edited = _edit(src, w, stack, edits, pending, tag, raw_vr, length, pos, value)
+            if edited is not None:
+                pos = edited
+                continue
         pos = _element(src, w, stack, level, tag, raw_vr, length, pos, value)
+
+
+def _close(w: _Out, stack: list[_Level]) -> None:
+    """The innermost sequence or item is complete."""
+    if stack.pop().muted:
+        w.silent -= 1
+
+
+def _edit(
+    src: Source,
+    w: _Out,
+    stack: list[_Level],
+    edits: Edits,
+    pending: list[int],
+    tag: int,
+    raw_vr: bytes | None,
+    length: int,
+    pos: int,
+    value: int,
+) -> int | None:
+    """The top-level element ``tag`` as ``edits`` have it, what they insert before it:
+    where to go on; None when it is as it is."""
+    little = stack[0].dst[1]
+    _insert(w, edits, pending, tag, stack[0].dst)
+    if tag == _PIXEL_DATA and length == UNDEFINED and edits.pixels is not None:
+        vr, size, chunks = edits.pixels()
+        w.write(encode_header(tag, None if stack[0].dst[0] else vr, size, little))
+        for chunk in chunks:
+            w.write(chunk)
+        return _past_fragments(src, value)
+    if tag not in edits.replace:
+        return None
+    if pending and pending[0] == tag:
+        pending.pop(0)
+    new = edits.replace[tag]
+    if new is not None:
+        w.write(encode_header(tag, None if stack[0].dst[0] else new[0], len(new[1]), little))
+        w.write(new[1])
+    if length != UNDEFINED:
+        return _past(src, tag, pos, value, length)
+    w.silent += 1  # (an undefined length: walked to its end, and left out)
+    _element(src, w, stack, stack[0], tag, raw_vr, length, pos, value)
+    stack[-1].muted = True
+    return value
+
+
+def _insert(w: _Out, edits: Edits, pending: list[int], before: int, target: Encoding) -> None:
+    """Write the elements ``edits`` insert before tag ``before``."""
+    while pending and pending[0] < before:
+        tag = pending.pop(0)
+        new = edits.replace[tag]
+        if new is not None:
+            w.write(encode_header(tag, None if target[0] else new[0], len(new[1]), target[1]))
+            w.write(new[1])
+
+
+def _past_fragments(src: Source, pos: int) -> int:
+    """Where encapsulated Pixel Data whose items start at ``pos`` ends (PS3.5 A.4)."""
+    while True:
+        head = src.read(pos, 8)
+        if len(head) < 8:
+            where = f"the data set ends inside encapsulated Pixel Data, at offset {pos}"
+            raise Truncated(where, _PIXEL_DATA, pos, 8 - len(head))
+        group, element, length = _ITEM_HEADER(head)
+        tag = group << 16 | element
+        if tag == SEQUENCE_DELIMITER:
+            return pos + 8
+        if tag != ITEM or length == UNDEFINED:
+            raise FramingError(
+                f"{tag_name(tag)} where a fragment of Pixel Data goes, at offset {pos}", tag, pos
+            )
+        pos = _past(src, tag, pos, pos + 8, length)
 
 
 def _in_sequence(
@@ -208,7 +321,7 @@ def _in_sequence(
     little = seq.dst[1]
     if tag == SEQUENCE_DELIMITER and seq.end is None:
         w.write(encode_header(SEQUENCE_DELIMITER, None, 0, little))
-        stack.pop()
+        _close(w, stack)
         return value
     if tag != ITEM:
         raise FramingError(
@@ -265,7 +378,8 @@ def _element(
     if raw_vr is not None:
         vr = raw_vr.decode("ascii")
     else:
-        vr = _implicit_vr(tag, level)
+        creator = level.creators.get((group, tag >> 8 & 0xFF)) if group % 2 else None
+        vr = implicit_vr(tag, creator, level.lookup(_PIXEL_REPRESENTATION))
         if length == UNDEFINED and vr != "SQ" and (group % 2 or vr == "UN"):
             vr = "UN"  # an Implicit VR Little Endian sequence the dictionary does not know
     if length != UNDEFINED:
@@ -339,44 +453,3 @@ def _length_at(level: _Level) -> int:
 
 def _what(level: _Level) -> str:
     return f"{'the sequence' if level.seq else 'an item of'} {tag_name(level.tag)}"
-
-
-def _implicit_vr(tag: int, level: _Level) -> str:
-    """The VR of an Implicit VR element: the dictionary's, resolved in its data set."""
-    group, element = tag >> 16, tag & 0xFFFF
-    if element == 0:
-        return "UL"  # a group length (PS3.5 7.2)
-    if group % 2:
-        if 0x10 <= element <= 0xFF:
-            return "LO"  # a Private Creator (PS3.5 7.8.1)
-        creator = level.creators.get((group, element >> 8))
-        return _private_vr(tag, creator) if creator else "UN"
-    vr = _public_vr(tag)
-    if " or " not in vr:
-        return vr
-    if vr == "US or SS":
-        if tag in _LUT_DESCRIPTORS:
-            return "US"
-        return "SS" if level.lookup(_PIXEL_REPRESENTATION) == 1 else "US"
-    return "OW"  # OB or OW (PS3.5 A.1: OW in Implicit VR), US or OW and US or SS or OW
-
-
-@functools.cache
-def _public_vr(tag: int) -> str:
-    from pydicom.datadict import dictionary_VR
-
-    try:
-        return str(dictionary_VR(tag))
-    except KeyError:
-        return "UN"
-
-
-@functools.lru_cache(maxsize=4096)
-def _private_vr(tag: int, creator: str) -> str:
-    from pydicom.datadict import private_dictionary_VR
-
-    try:
-        vr = str(private_dictionary_VR(tag, creator))
-    except KeyError:
-        return "UN"
-    return vr if " or " not in vr and len(vr) == 2 else "UN"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import os
 import zlib
 from collections.abc import Callable
@@ -31,6 +32,15 @@ def stream_pread(f: Any) -> Pread:
         return bytes(f.read(size))
 
     return pread
+
+
+def file_pread(f: Any) -> Pread:
+    """``pread`` of an opened file: its file descriptor's (``os.pread``: its position
+    stays where it is), else by seeking (a stream that has no descriptor)."""
+    try:
+        return preader(f.fileno())
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return stream_pread(f)
 
 
 class Source(Protocol):

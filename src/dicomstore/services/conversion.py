@@ -6,20 +6,20 @@ An uncompressed data set is re-encoded element by element (:func:`reencoded`,
 ``framing.reencoding``), in bounded memory whatever its size. A deflated one (PS3.5
 A.5) is inflated into a temporary file first (``inflation.inflate_to_temporary``, up
 to a limit): to Explicit VR Little Endian that copy is the converted data set
-(:func:`inflated`), to another syntax it is re-encoded from there. Only encapsulated
-Pixel Data, which has to be decoded, and a pydicom Dataset given as such go through
-pydicom, which holds the data set whole (:func:`converted`: up to a limit)."""
+(:func:`inflated`), to another syntax it is re-encoded from there. A compressed one
+is decoded a frame at a time (``decompression.py``). Only a pydicom Dataset given as
+such, and the odd file ``decompression`` leaves, go through pydicom, which holds the
+data set whole (:func:`converted`: up to a limit)."""
 
 from __future__ import annotations
 
 import array
 import copy
-import io
 import zlib
-from typing import IO, TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dicomstore import uids
-from dicomstore.framing import FileSource, FramingError, Pread, preader, stream_pread
+from dicomstore.framing import FileSource, file_pread
 from dicomstore.framing.reencoding import Encoding, reencode
 from dicomstore.inflation import (
     DEFAULT_MAX_INFLATED,
@@ -27,6 +27,7 @@ from dicomstore.inflation import (
     inflate_to_temporary,
     temporary_file,
 )
+from dicomstore.services.decompression import EXPLICIT, decompressed, written
 from dicomstore.services.sources import Instance, NotDicom, one_line, open_dataset
 
 if TYPE_CHECKING:
@@ -89,18 +90,25 @@ def converted(
     """The instance encoded in the uncompressed ``ts``, written into an unnamed temporary
     file (rewound; the caller closes it), and its size.
 
-    Re-encoded streaming from an uncompressed or deflated file (:func:`reencoded`).
-    Else (:func:`holds_whole`) decoded with pydicom: it decompresses encapsulated
-    pixel data (pydicom's RLE decoder; JPEG and JPEG 2000 need the pylibjpeg plugins).
+    Re-encoded streaming from an uncompressed or deflated file (:func:`reencoded`),
+    a compressed file decoded a frame at a time (``decompression.decompressed``; RLE
+    by pydicom, JPEG and JPEG 2000 with the pylibjpeg plugins). Else decoded whole
+    by pydicom (a Dataset; 1 bit allocated; Pixel Data not as PS3.5 A.4 says).
     The SOP Instance UID is kept: only the transfer syntax changes (temporary files in
     ``where``, else the system's folder). Raises :class:`NotDicom` when the data set
-    cannot be decoded or does not frame, or when pydicom would hold more than
-    ``inflated_limit`` bytes or :data:`MAX_CONVERTED`, whichever is more (review38mem
+    cannot be decoded or does not frame, or when it would hold (a frame decoded;
+    through pydicom, the data set, frames decoded) more than ``inflated_limit`` bytes
+    or :data:`MAX_CONVERTED`, whichever is more (review38mem
     D1: a 1 GiB instance moved to an Implicit-only SCP took 3.1 GiB; review39 #3: not
     below 1 GiB, or a 300 MiB tomosynthesis decoded could not go).
     """
-    if not holds_whole(instance, ts):
-        return reencoded(instance, ts, inflated_limit, where)
+    if instance.dataset is None and ts in NATIVE:
+        if instance.transfer_syntax in _REENCODED:
+            return reencoded(instance, ts, inflated_limit, where)
+        limit = max(inflated_limit, MAX_CONVERTED)
+        done = decompressed(instance, ts, NATIVE[ts], limit, where)
+        if done is not None:
+            return done
     from pydicom import dcmread
     from pydicom.filereader import read_dataset
 
@@ -148,11 +156,12 @@ NATIVE: dict[str, Encoding] = {
 _REENCODED = {*NATIVE, uids.DEFLATED_EXPLICIT_VR_LE}
 
 
-def holds_whole(instance: Instance, ts: str) -> bool:
-    """Whether converting ``instance`` to ``ts`` goes through pydicom, which holds the data
-    set whole: a Dataset, encapsulated Pixel Data, or a target that is not native."""
-    native = instance.transfer_syntax in _REENCODED and ts in NATIVE
-    return instance.dataset is not None or not native
+def decodes(instance: Instance, ts: str) -> bool:
+    """Whether converting ``instance`` to ``ts`` holds decoded pixels: a frame of its
+    compressed Pixel Data (``decompression.py``), or, through pydicom, the whole data
+    set (a Dataset, a target that is not native). A file re-encoded holds neither."""
+    streams = instance.dataset is None and ts in NATIVE
+    return not streams or instance.transfer_syntax not in _REENCODED
 
 
 def reencoded(
@@ -166,39 +175,18 @@ def reencoded(
     element (``framing.reencoding``: bounded memory, whatever its size) into an unnamed
     temporary file in ``where`` (rewound; the caller closes it), and its size. Raises
     :class:`NotDicom` when it does not frame, ``OSError``."""
-    out = temporary_file(where)
-    try:
+
+    def write(out: BinaryIO) -> int:
         if instance.transfer_syntax == uids.DEFLATED_EXPLICIT_VR_LE:
             spool, size = inflated(instance, inflated_limit, where)
             with spool:
-                source = FileSource(stream_pread(spool), size)
-                nbytes = reencode(source, 0, (False, True), NATIVE[ts], out)
-        else:
-            with open_dataset(instance) as f:
-                end = instance.offset + instance.size
-                nbytes = reencode(
-                    FileSource(_pread(f), end),
-                    instance.offset,
-                    NATIVE[instance.transfer_syntax],
-                    NATIVE[ts],
-                    out,
-                )
-        out.seek(0)
-    except FramingError as exc:
-        out.close()
-        raise NotDicom(f"cannot convert to {uids.uid_name(ts)}: {exc}") from None
-    except BaseException:
-        out.close()
-        raise
-    return out, nbytes
+                return reencode(FileSource(file_pread(spool), size), 0, EXPLICIT, target, out)
+        with open_dataset(instance) as f:
+            source = FileSource(file_pread(f), instance.offset + instance.size)
+            return reencode(source, instance.offset, NATIVE[instance.transfer_syntax], target, out)
 
-
-def _pread(f: IO[bytes]) -> Pread:
-    """``pread`` of an opened data set: its file descriptor's, else by seeking."""
-    try:
-        return preader(f.fileno())
-    except (AttributeError, OSError, io.UnsupportedOperation):
-        return stream_pread(f)
+    target = NATIVE[ts]
+    return written(where, ts, write)
 
 
 def _check_size(instance: Instance, ts: str, limit: int) -> None:

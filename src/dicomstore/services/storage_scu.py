@@ -217,10 +217,10 @@ _CONVERTING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaph
 
 
 def converting() -> asyncio.Semaphore:
-    """This loop's turn for a conversion by pydicom, which holds each data set whole
-    while it decodes and re-encodes it (up to the limit, ``conversion.holds_whole``): a
-    process converts one at a time, whatever the C-MOVEs, C-GETs and forwards asking
-    (review38mem D1). A streaming re-encoding needs no turn."""
+    """This loop's turn for a conversion that decodes pixels (``conversion.decodes``:
+    a frame at a time, or through pydicom the data set whole, up to the limit): a
+    process decodes one at a time, whatever the C-MOVEs, C-GETs and forwards asking
+    (review38mem D1). Re-encoding an uncompressed file needs no turn."""
     loop = asyncio.get_running_loop()
     turn = _CONVERTING.get(loop)
     if turn is None:
@@ -290,9 +290,9 @@ async def store_instance(
             raise NotSendable(f"the inflated data set has an odd length ({nbytes} bytes)")
         chunks = file_chunks(spool, assoc.negotiated.peer_max_pdu, alive)
     elif convert_it:
-        whole = conversion.holds_whole(instance, ctx.transfer_syntax)
-        try:  # (pydicom's, one at a time: each holds its data set whole)
-            async with converting() if whole else contextlib.nullcontext():
+        decodes = conversion.decodes(instance, ctx.transfer_syntax)
+        try:  # (one decoding at a time: each holds a frame, or its data set, whole)
+            async with converting() if decodes else contextlib.nullcontext():
                 out, nbytes = await asyncio.to_thread(
                     conversion.converted, instance, ctx.transfer_syntax, inflated_limit, where
                 )

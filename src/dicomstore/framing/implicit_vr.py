@@ -1,0 +1,58 @@
+"""The VR of an element in Implicit VR (PS3.5 A.1), for writing it in Explicit VR.
+
+The data dictionary's (PS3.6, pydicom's): a private element's by its Private Creator
+(else UN), a Private Creator LO, a group length UL (PS3.5 7.2, 7.8.1); an ambiguous VR
+resolved as PS3.5 says or its data set tells: US or SS by Pixel Representation (but
+the LUT descriptors, US: PS3.3 C.11.1.1.1), OB or OW as OW (Pixel, Overlay and
+Waveform Data are OW in Implicit VR, PS3.5 A.1), US or OW as OW.
+"""
+
+from __future__ import annotations
+
+import functools
+
+#: LUT descriptors, "US or SS" in PS3.6, whose first and third values are US
+#: whatever the Pixel Representation (PS3.3 C.11.1.1.1): read as US.
+_LUT_DESCRIPTORS = frozenset({0x00281100, 0x00281101, 0x00281102, 0x00281103, 0x00283002})
+_LUT_DESCRIPTORS |= {0x00281111, 0x00281112, 0x00281113}
+
+
+def implicit_vr(tag: int, creator: str | None, pixel_representation: int | None) -> str:
+    """The VR of ``tag``, of the private block of ``creator`` if private, in a data set
+    whose Pixel Representation (0028,0103) is ``pixel_representation``."""
+    group, element = tag >> 16, tag & 0xFFFF
+    if element == 0:
+        return "UL"  # a group length (PS3.5 7.2)
+    if group % 2:
+        if 0x10 <= element <= 0xFF:
+            return "LO"  # a Private Creator (PS3.5 7.8.1)
+        return _private_vr(tag, creator) if creator else "UN"
+    vr = _public_vr(tag)
+    if " or " not in vr:
+        return vr
+    if vr == "US or SS":
+        if tag in _LUT_DESCRIPTORS:
+            return "US"
+        return "SS" if pixel_representation == 1 else "US"
+    return "OW"  # OB or OW (PS3.5 A.1: OW in Implicit VR), US or OW and US or SS or OW
+
+
+@functools.cache
+def _public_vr(tag: int) -> str:
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+@functools.lru_cache(maxsize=4096)
+def _private_vr(tag: int, creator: str) -> str:
+    from pydicom.datadict import private_dictionary_VR
+
+    try:
+        vr = str(private_dictionary_VR(tag, creator))
+    except KeyError:
+        return "UN"
+    return vr if " or " not in vr and len(vr) == 2 else "UN"
