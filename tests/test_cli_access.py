@@ -125,6 +125,38 @@ def test_show_instance_header_and_summaries(storage: Path) -> None:
     assert [i["sop_instance_uid"] for i in series["instance"]] == ["1.2.4.1", "1.2.4.2"]
 
 
+def test_show_leaves_long_values_unread(tmp_path: Path, capsys) -> None:
+    """``show`` read every value before the pixels: long ones are now given by their
+    length (text) or a BulkDataURI (JSON), as the browse page and WADO-RS give them."""
+    ds = pydicom.dcmread(
+        pydicom.filebase.DicomBytesIO(_dataset("1.2.9.1", "1.2.9.2", "OT", 1, study="1.2.9")),
+        force=True,
+    )
+    ds.add_new(0x00090010, "LO", "ACME")
+    ds.add_new(0x00091010, "OB", b"\x7f" * 300_000)
+    buffer = pydicom.filebase.DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    pydicom.filewriter.write_dataset(buffer, ds)
+    root = tmp_path / "archive"
+    with Archive(root, fsync=False) as archive:
+        ingest = archive.begin(
+            sop_class_uid=CT, sop_instance_uid="1.2.9.1", transfer_syntax_uid="1.2.840.10008.1.2.1"
+        )
+        ingest.write(buffer.getvalue())
+        assert ingest.commit().is_success
+    assert main(["show", "1.2.9.1", "--storage", str(root)]) == 0
+    text = capsys.readouterr().out
+    assert "(0009,1010) Private tag data  OB: (300000 bytes, not shown)" in text
+    assert "\\x7f" not in text and "(0010,0010) Patient's Name" in text
+    assert main(["show", "1.2.9.1", "--json", "--storage", str(root)]) == 0
+    header = json.loads(capsys.readouterr().out)["header"]
+    assert header["00091010"] == {
+        "vr": "OB",
+        "BulkDataURI": "studies/1.2.9/series/1.2.9.2/instances/1.2.9.1/bulkdata/00091010",
+    }
+    assert header["00100010"]["Value"] == [{"Alphabetic": "Doe^Jane"}]
+
+
 def test_export_copies_ps310_files(storage: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = cli("export", STUDY, str(out), storage=storage)

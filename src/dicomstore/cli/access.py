@@ -247,16 +247,7 @@ def _show(args: argparse.Namespace) -> int:
     reader = _reader(args)
     level, row = reader.locate(args.uid)
     if level == "instance":
-        ds = reader.dataset(row, stop_before_pixels=True)
-        if args.json:
-            header = ds.to_json_dict(bulk_data_threshold=1 << 62)
-            print(json.dumps({"level": level, "row": row, "header": header}, indent=1))
-            return EXIT_OK
-        size, sender = human_size(row["file_size"]), row["calling_ae"] or "-"
-        print(f"# {reader.where(row)}  ({size}, received {row['received_at']} from {sender})")
-        print(f"# transfer syntax {uids.uid_name(row['transfer_syntax_uid'])}")
-        print(str(ds))  # the File Meta Information, then the data set
-        return EXIT_OK
+        return _show_instance(reader, row, as_json=args.json)
     below = "series" if level == "study" else "instance"
     key = "StudyInstanceUID" if level == "study" else "SeriesInstanceUID"
     summary = reader.search(level, {key: row[f"{level}_uid"]}, limit=1)[0]
@@ -272,6 +263,46 @@ def _show(args: argparse.Namespace) -> int:
         print(f"{'modalities:':22} {', '.join(summary['modalities'])}")
     print()
     _print_rows(below, children)
+    return EXIT_OK
+
+
+#: How deep nested sequences are shown, and how many elements at most (as the browse
+#: page's bounds: a hostile instance's header stays bounded in time and memory).
+SHOW_DEPTH, SHOW_ELEMENTS = 32, 100_000
+
+
+def _show_instance(reader: Any, row: dict[str, Any], *, as_json: bool) -> int:
+    """An instance's header, its long values left unread (review38mem: ``show`` read
+    every value before the pixels, a 2 GiB Encapsulated Document included): in text,
+    shown by their length as on the browse page; in DICOM JSON, Pixel Data and binary
+    values over 64 KiB as a BulkDataURI relative to a DICOMweb base (PS3.18 F.2.6), as
+    WADO-RS metadata gives them."""
+    from dicomstore.http.header_text import SHOWN_VALUE, header_text
+
+    if as_json:
+        from dicomstore.http.instancejson import read_metadata
+
+        url = (
+            f"studies/{row['study_uid']}/series/{row['series_uid']}"
+            f"/instances/{row['sop_instance_uid']}/bulkdata/"
+        )
+        header = read_metadata(
+            reader.storage,
+            str(row["path"]),
+            str(row["transfer_syntax_uid"]),
+            lambda tag: f"{url}{tag:08X}",
+            max_depth=SHOW_DEPTH,
+        )
+        print(json.dumps({"level": "instance", "row": row, "header": header}, indent=1))
+        return EXIT_OK
+    ds = reader.dataset(row, stop_before_pixels=True, defer_size=SHOWN_VALUE)
+    size, sender = human_size(row["file_size"]), row["calling_ae"] or "-"
+    print(f"# {reader.where(row)}  ({size}, received {row['received_at']} from {sender})")
+    print(f"# transfer syntax {uids.uid_name(row['transfer_syntax_uid'])}")
+    for part in (getattr(ds, "file_meta", None), ds):  # the File Meta Information first
+        if part is not None:
+            print(header_text(part, max_depth=SHOW_DEPTH, max_elements=SHOW_ELEMENTS))
+            print()
     return EXIT_OK
 
 
