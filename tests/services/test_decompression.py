@@ -13,6 +13,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate_extended, generate_frames
 from pydicom.filereader import read_dataset
 from pydicom.uid import RLELossless, generate_uid
 
@@ -66,6 +67,11 @@ def _rle_file(tmp_path: Path, frames: int, icon: bool = False) -> Path:
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.compress(RLELossless, pixels, encoding_plugin="pydicom")
+    if icon:  # (and an Extended Offset Table, of encapsulated frames only)
+        fragments = list(generate_frames(ds.PixelData, number_of_frames=frames))
+        ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(
+            fragments
+        )
     path = tmp_path / f"rle{frames}.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
@@ -83,11 +89,14 @@ def test_one_frame_at_a_time_in_memory(tmp_path: Path) -> None:
     assert peak < 2 << 20, peak  # (pydicom's decompress: the 6 MiB, and more)
 
 
-def test_the_icon_image_sequence_is_left_out(tmp_path: Path) -> None:
+def test_the_icon_image_sequence_and_the_extended_offset_table_are_left_out(
+    tmp_path: Path,
+) -> None:
     path = _rle_file(tmp_path, 2, icon=True)
-    assert "IconImageSequence" in pydicom.dcmread(path)
+    assert {"IconImageSequence", "ExtendedOffsetTable"} <= set(pydicom.dcmread(path).dir())
     got = _converted(path, uids.IMPLICIT_VR_LE)
     assert "IconImageSequence" not in got and got.NumberOfFrames == 2
+    assert "ExtendedOffsetTable" not in got and "ExtendedOffsetTableLengths" not in got
     assert got.pixel_array.shape == (2, 256, 256)
 
 

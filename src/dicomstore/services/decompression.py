@@ -7,8 +7,8 @@ frame decoded by pydicom's decoders (pydicom's RLE; JPEG and JPEG 2000 with the
 pylibjpeg plugins) and written before the next is decoded. What decoding changes is
 changed as pydicom's ``decompress`` does: Photometric Interpretation (YBR to RGB),
 Planar Configuration, Number of Frames; Pixel Data is OB for 8 bits allocated or
-less, else OW. The Icon Image Sequence (0088,0200), whose Pixel Data may be
-encapsulated too, is left out (Type 3, PS3.3 C.7.6.1). Memory: one decoded frame,
+less, else OW. The Extended Offset Table, and the Icon Image Sequence (0088,0200),
+whose Pixel Data may be encapsulated too, are left out. Memory: one decoded frame,
 which must be at most a limit (its size read from the header first).
 """
 
@@ -28,7 +28,10 @@ if TYPE_CHECKING:
     import numpy as np
     from pydicom.dataset import Dataset
 
-_ICON_IMAGE_SEQUENCE = 0x00880200
+#: What decoding leaves out: the Extended Offset Table and its lengths (of encapsulated
+#: frames only, PS3.3 C.7.6.3.1.8), the Icon Image Sequence (its Pixel Data may be
+#: encapsulated too; Type 3, PS3.3 C.7.6.1).
+_LEFT_OUT = (0x7FE00001, 0x7FE00002, 0x00880200)
 _PHOTOMETRIC, _PLANAR, _FRAMES = 0x00280004, 0x00280006, 0x00280008
 _UNDEFINED = b"\xff\xff\xff\xff"
 #: Every compressed transfer syntax encodes Explicit VR Little Endian (PS3.5 A.4).
@@ -128,7 +131,7 @@ def _changes(
     header: Dataset, image: dict[str, Any], frames: int, little: bool
 ) -> dict[int, tuple[bytes, bytes] | None]:
     """The top-level elements decoding changes (as pydicom's ``decompress``)."""
-    changes: dict[int, tuple[bytes, bytes] | None] = {_ICON_IMAGE_SEQUENCE: None}
+    changes: dict[int, tuple[bytes, bytes] | None] = dict.fromkeys(_LEFT_OUT)
     changes[_PHOTOMETRIC] = (b"CS", _text(str(image["photometric_interpretation"])))
     if int(image.get("samples_per_pixel", 1)) > 1:
         order = "<H" if little else ">H"
