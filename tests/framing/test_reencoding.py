@@ -154,6 +154,17 @@ def test_implicit_vrs_come_from_the_data_set_private_creators_and_pixel_represen
     assert big.PixelData == struct.pack(">4h", 1, -2, 3, -4)  # OW: by 16-bit words
 
 
+def test_a_value_too_long_for_its_vr_becomes_un_and_is_not_swapped() -> None:
+    """PS3.5 6.2.2: a value over 65534 bytes of a VR with a 16-bit length is UN in
+    Explicit VR, whose bytes are never byte-swapped (Little Endian, as in Implicit)."""
+    values = struct.pack("<40000H", *range(40000))  # (0018,1310) US: 80,000 bytes
+    data = _implicit(0x00181310, values)
+    for target in (EXPLICIT, BIG):
+        out = _reencode(data, IMPLICIT, target)
+        order = "<" if target[1] else ">"
+        assert out == struct.pack(order + "HH2sHL", 0x0018, 0x1310, b"UN", 0, 80000) + values
+
+
 def _explicit(tag: int, vr: bytes, value: bytes) -> bytes:
     return encode_header(tag, vr, len(value)) + value
 

@@ -53,6 +53,7 @@ from dicomstore.framing.headers import (
 from dicomstore.framing.implicit_vr import implicit_vr
 from dicomstore.framing.sources import Source
 from dicomstore.framing.walking import MAX_DEPTH
+from dicomstore.vr import LONG_VRS
 
 #: (implicit VR?, little endian?) of a transfer syntax (PS3.5 A.1-A.3).
 Encoding = tuple[bool, bool]
@@ -409,6 +410,8 @@ def _element(
         seq.content_at = w.pos
         return value
     end = _past(src, tag, pos, value, length)
+    if length > 0xFFFF and vr.encode("ascii") not in LONG_VRS:
+        vr = "UN"  # too long for its VR's 16-bit length (PS3.5 6.2.2): as it is, unswapped
     w.write(encode_header(tag, None if to_implicit else vr.encode("ascii"), length, to_little))
     size = 0
     if little != to_little:
