@@ -19,6 +19,11 @@ LONG_VRS: frozenset[bytes] = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV"
 SHORT_VRS: frozenset[bytes] = frozenset(
     b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split()
 )
+#: VRs of character strings, padded to an even length with a space (UI: a NUL; the
+#: binary VRs: a NUL byte), PS3.5 6.2.
+PADDED_WITH_SPACE: frozenset[str] = frozenset(
+    "AE AS CS DA DS DT IS LO LT PN SH ST TM UC UR UT".split()  # noqa: SIM905 - a table
+)
 #: Every explicit VR, as its two bytes -> (the VR, has a 4-byte length).
 VRS: dict[bytes, tuple[str, bool]] = {
     vr: (vr.decode("ascii"), vr in LONG_VRS) for vr in sorted(LONG_VRS | SHORT_VRS)

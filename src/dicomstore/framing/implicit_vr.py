@@ -4,7 +4,9 @@ The data dictionary's (PS3.6, pydicom's): a private element's by its Private Cre
 (else UN), a Private Creator LO, a group length UL (PS3.5 7.2, 7.8.1); an ambiguous VR
 resolved as PS3.5 says or its data set tells: US or SS by Pixel Representation (but
 the LUT descriptors, US: PS3.3 C.11.1.1.1), OB or OW as OW (Pixel, Overlay and
-Waveform Data are OW in Implicit VR, PS3.5 A.1), US or OW as OW.
+Waveform Data are OW in Implicit VR, PS3.5 A.1; but Waveform Data of 8 Waveform Bits
+Allocated is OB, PS3.5 8.3), US or OW as OW. An element before the Pixel
+Representation that decides it is taken as US (as DCMTK does).
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ _LUT_DESCRIPTORS = frozenset({0x00281100, 0x00281101, 0x00281102, 0x00281103, 0x
 _LUT_DESCRIPTORS |= {0x00281111, 0x00281112, 0x00281113}
 
 
-def implicit_vr(tag: int, creator: str | None, pixel_representation: int | None) -> str:
+def implicit_vr(
+    tag: int, creator: str | None, pixel_representation: int | None, waveform_bits: int | None
+) -> str:
     """The VR of ``tag``, of the private block of ``creator`` if private, in a data set
-    whose Pixel Representation (0028,0103) is ``pixel_representation``."""
+    whose Pixel Representation (0028,0103) is ``pixel_representation`` and Waveform Bits
+    Allocated (5400,1004) ``waveform_bits``."""
     group, element = tag >> 16, tag & 0xFFFF
     if element == 0:
         return "UL"  # a group length (PS3.5 7.2)
@@ -34,10 +39,12 @@ def implicit_vr(tag: int, creator: str | None, pixel_representation: int | None)
         if tag in _LUT_DESCRIPTORS:
             return "US"
         return "SS" if pixel_representation == 1 else "US"
+    if vr == "OB or OW" and group == 0x5400 and waveform_bits == 8:
+        return "OB"  # Waveform Data, its padding and channel values of 8 bits (PS3.5 8.3)
     return "OW"  # OB or OW (PS3.5 A.1: OW in Implicit VR), US or OW and US or SS or OW
 
 
-@functools.cache
+@functools.lru_cache(maxsize=4096)
 def _public_vr(tag: int) -> str:
     from pydicom.datadict import dictionary_VR
 

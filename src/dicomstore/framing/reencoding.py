@@ -15,8 +15,10 @@ What changes (PS3.5 7.1, 7.3, 7.5):
   a value too long for its VR's 16-bit length becomes UN (PS3.5 6.2.2);
 - between byte orders, the values of the binary VRs (PS3.5 7.3: AT, US, SS, UL, SL,
   FL, FD, OW, OF, OL, OD, OV, SV, UV); OB, UN and the text VRs stay as they are.
-  Native Pixel Data of 32 or 64 Bits Allocated is swapped by its pixels, not by the
-  16-bit words of its OW (as pydicom reads it);
+  OW is swapped by its 16-bit words whatever Bits Allocated says (PS3.5 6.2, 8.1.1:
+  a 32-bit pixel cell is two words, as DCMTK swaps it; pydicom reads it otherwise);
+- a value of odd length (PS3.5 7.1.1 wants even ones) gets a pad byte, a space in
+  the text VRs, else a NUL, as DCMTK writes it;
 - the defined lengths of sequences and items, which headers of another size make
   wrong: written again once their content is (the output is a file: the length field
   is patched); undefined lengths stay undefined;
@@ -53,7 +55,7 @@ from dicomstore.framing.headers import (
 from dicomstore.framing.implicit_vr import implicit_vr
 from dicomstore.framing.sources import Source
 from dicomstore.framing.walking import MAX_DEPTH
-from dicomstore.vr import LONG_VRS
+from dicomstore.vr import LONG_VRS, PADDED_WITH_SPACE
 
 #: (implicit VR?, little endian?) of a transfer syntax (PS3.5 A.1-A.3).
 Encoding = tuple[bool, bool]
@@ -67,8 +69,11 @@ BLOCK = 256 << 10
 _SWAP = {"AT": 2, "US": 2, "SS": 2, "OW": 2, "UL": 4, "SL": 4, "FL": 4, "OF": 4, "OL": 4}
 _SWAP.update({"FD": 8, "OD": 8, "OV": 8, "SV": 8, "UV": 8})
 _ARRAY_CODE = {2: "H", 4: "I", 8: "Q"}
-#: Elements whose value decides an ambiguous VR or how Pixel Data is byte-swapped.
-_PIXEL_REPRESENTATION, _BITS_ALLOCATED = 0x00280103, 0x00280100
+#: Elements whose value decides an ambiguous VR (PS3.5 A.1, 8.3).
+_PIXEL_REPRESENTATION, _WAVEFORM_BITS = 0x00280103, 0x54001004
+_CONTEXT = (_PIXEL_REPRESENTATION, _WAVEFORM_BITS)
+#: Private Creators remembered per data set (PS3.5 7.8.1); beyond, their blocks are UN.
+MAX_CREATORS = 1024
 _PIXEL_DATA = 0x7FE00010
 _U32 = {True: struct.Struct("<L").pack, False: struct.Struct(">L").pack}
 _ITEM_HEADER = struct.Struct("<HHL").unpack_from
@@ -380,20 +385,24 @@ def _element(
         vr = raw_vr.decode("ascii")
     else:
         creator = level.creators.get((group, tag >> 8 & 0xFF)) if group % 2 else None
-        vr = implicit_vr(tag, creator, level.lookup(_PIXEL_REPRESENTATION))
+        vr = implicit_vr(
+            tag, creator, level.lookup(_PIXEL_REPRESENTATION), level.lookup(_WAVEFORM_BITS)
+        )
         if length == UNDEFINED and vr != "SQ" and (group % 2 or vr == "UN"):
             vr = "UN"  # an Implicit VR Little Endian sequence the dictionary does not know
     if length != UNDEFINED:
+        end = _past(src, tag, pos, value, length)
         dropped = (group <= 0x0002 and len(stack) == 1) or (
             tag & 0xFFFF == 0 and implicit != to_implicit
         )
         if dropped:
-            return _past(src, tag, pos, value, length)
-        if tag in (_PIXEL_REPRESENTATION, _BITS_ALLOCATED) and length == 2:
-            level.context[tag] = U16[little](src.read(value, 2))[0]
-        elif group % 2 and 0x10 <= tag & 0xFFFF <= 0xFF and length <= 64:
-            text = src.read(value, length).decode("ascii", "replace").strip(" \0")
-            level.creators[(group, tag & 0xFF)] = text
+            return end
+        if tag in _CONTEXT and length == 2:
+            level.context[tag] = U16[little](_value(src, tag, value, 2))[0]
+        elif group % 2 and 0x10 <= tag & 0xFFFF <= 0xFF and length <= 64:  # noqa: SIM102
+            if len(level.creators) < MAX_CREATORS:  # (bounded, whatever the data set)
+                text = _value(src, tag, value, length).decode("ascii", "replace")
+                level.creators[(group, tag & 0xFF)] = text.strip(" \0")
     if vr == "SQ" or length == UNDEFINED:
         if vr not in ("SQ", "UN"):
             raise FramingError(
@@ -409,16 +418,9 @@ def _element(
         w.write(encode_header(tag, out_vr, UNDEFINED if seq.end is None else 0, to_little))
         seq.content_at = w.pos
         return value
-    end = _past(src, tag, pos, value, length)
     if length > 0xFFFF and vr.encode("ascii") not in LONG_VRS:
         vr = "UN"  # too long for its VR's 16-bit length (PS3.5 6.2.2): as it is, unswapped
-    w.write(encode_header(tag, None if to_implicit else vr.encode("ascii"), length, to_little))
-    size = 0
-    if little != to_little:
-        size = _SWAP.get(vr, 0)
-        bits = level.lookup(_BITS_ALLOCATED) if tag == _PIXEL_DATA else None
-        if bits in (32, 64):  # its pixels, not its VR's words (as pydicom reads them)
-            size = bits // 8
+    size = _SWAP.get(vr, 0) if little != to_little else 0  # (OW: by 16-bit words, PS3.5 6.2)
     if size and length % size:
         raise FramingError(
             f"{tag_name(tag)} at offset {pos}: a {vr} of {length} bytes is no whole number of"
@@ -426,9 +428,12 @@ def _element(
             tag,
             pos,
         )
+    pad = length % 2  # (an odd length made even, PS3.5 7.1.1: as DCMTK writes it)
+    out_vr = None if to_implicit else vr.encode("ascii")
+    w.write(encode_header(tag, out_vr, length + pad, to_little))
     at = value
     while at < end:
-        data = src.read(at, min(SLICE, end - at))
+        data = _value(src, tag, at, min(SLICE, end - at))
         if size:
             numbers = array.array(_ARRAY_CODE[size])
             numbers.frombytes(data)
@@ -437,7 +442,24 @@ def _element(
         else:
             w.write(data)
         at += len(data)
+    if pad:
+        w.write(b" " if vr in PADDED_WITH_SPACE else b"\0")
     return end
+
+
+def _value(src: Source, tag: int, at: int, size: int) -> bytes:
+    """``size`` bytes of a value at ``at``; Truncated when the file has fewer (it was cut
+    short since it was measured)."""
+    data = src.read(at, size)
+    if len(data) < size:
+        raise Truncated(
+            f"{tag_name(tag)}: the file ends at offset {at + len(data)}, inside its value"
+            f" ({size - len(data)} bytes missing: cut short while being read)",
+            tag,
+            at,
+            size - len(data),
+        )
+    return data
 
 
 def _past(src: Source, tag: int, pos: int, value: int, length: int) -> int:

@@ -14,6 +14,7 @@ which must be at most a limit (its size read from the header first).
 
 from __future__ import annotations
 
+import array
 import struct
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
@@ -59,7 +60,8 @@ def decompressed(
         if length >= 0xFFFFFFFE:
             raise NotDicom(f"its Pixel Data decoded is {length} bytes, too long for one element")
         edits = Edits(replace=_changes(header, image, frames, little))
-        edits.pixels = lambda: (vr, length + length % 2, _frames(first, decoded, frames, little))
+        chunks = _frames(first, decoded, frames, little, vr == b"OW")
+        edits.pixels = lambda: (vr, length + length % 2, chunks)
         data_set = FileSource(file_pread(g), instance.offset + instance.size)
         return written(
             where, ts, lambda out: reencode(data_set, instance.offset, EXPLICIT, target, out, edits)
@@ -147,18 +149,27 @@ def _text(value: str) -> bytes:
 
 
 def _frames(
-    first: np.ndarray, rest: Iterator[tuple[np.ndarray, Any]], count: int, little: bool
+    first: np.ndarray,
+    rest: Iterator[tuple[np.ndarray, Any]],
+    count: int,
+    little: bool,
+    words: bool,
 ) -> Iterator[bytes]:
-    """Each frame's bytes in the target's byte order, the first one given; a pad byte
-    after an odd length (PS3.5 7.1.1)."""
+    """Each frame's bytes in the target's byte order (``words``: OW, swapped by its 16-bit
+    words whatever the bits allocated, PS3.5 6.2), the first one given; a pad byte after
+    an odd length (PS3.5 7.1.1)."""
     shape, dtype = first.shape, first.dtype
-    order = dtype.newbyteorder("<" if little else ">")
     frame: np.ndarray | None = first
     n = 0
     while frame is not None:
         if frame.shape != shape or frame.dtype != dtype:
             raise FramingError(f"frame {n + 1} decodes to {frame.shape}, not {shape} as frame 1")
-        yield frame.astype(order, copy=False).tobytes()
+        data = frame.astype(dtype.newbyteorder("<"), copy=False).tobytes()
+        if words and not little:
+            swapped = array.array("H", data)
+            swapped.byteswap()
+            data = swapped.tobytes()
+        yield data
         n += 1
         frame = None
         if n < count:
