@@ -117,12 +117,16 @@ def test_a_deflated_instance_is_served_as_the_same_instance_explicit(two) -> Non
             assert _parts(a) == _parts(b), path
     (item,) = deflated.get(f"{INSTANCE}/metadata").json()
     assert item["7FE00010"]["BulkDataURI"].endswith("/bulkdata/7FE00010")
-    # the instance itself: the stored file, deflated, byte for byte
-    got = deflated.get(INSTANCE, headers={"Accept": "application/dicom"})
+    # the instance itself as stored (transfer-syntax=*): deflated, byte for byte
+    got = deflated.get(INSTANCE, headers={"Accept": "application/dicom; transfer-syntax=*"})
     assert got.status_code == 200
     assert uids.DEFLATED_EXPLICIT_VR_LE in got.headers["content-type"]
     data = got.content[got.content.index(b"DICM") :]
     assert data.endswith(_deflate(iter([dataset_bytes(_image())])))
+    # by default (PS3.18 8.7.8.2): inflated, Explicit VR Little Endian, the same data set
+    got = deflated.get(INSTANCE, headers={"Accept": "application/dicom"})
+    assert got.headers["content-type"].endswith(f"={uids.EXPLICIT_VR_LE}")
+    assert got.content.endswith(dataset_bytes(_image()))
 
 
 def _parts(r: httpx.Response) -> bytes:

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.usefixtures("index_engine")
 STUDY = "1.2.826.0.1.3680043.10.7"
 SERIES = STUDY + ".1"
 IMPLICIT = "1.2.840.10008.1.2"
+EXPLICIT = "1.2.840.10008.1.2.1"
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +68,58 @@ def test_series_and_instance_retrieve(setup) -> None:
     (series_part,) = split_multipart(*_body(client.get(f"/studies/{STUDY}/series/{SERIES}")))[:1]
     assert series_part[1][128:132] == b"DICM"
     row = ids["rtdose.dcm"]
-    (part,) = split_multipart(*_body(client.get(url(row))))
+    stored = {"accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    (part,) = split_multipart(*_body(client.get(url(row), headers=stored)))
     assert part[0]["content-type"].endswith(f"transfer-syntax={IMPLICIT}")
     assert part[1] == (archive.root / row["path"]).read_bytes()
-    single = client.get(url(row), params={"accept": "application/dicom"})
-    assert single.headers["content-type"].startswith("application/dicom")
+    single = client.get(url(row), params={"accept": "application/dicom; transfer-syntax=*"})
+    assert single.headers["content-type"] == f"application/dicom; transfer-syntax={IMPLICIT}"
     assert single.content == part[1]
+
+
+@pytest.mark.parametrize("name", ["rtdose.dcm", "JPEG2000.dcm"])
+def test_by_default_an_instance_is_explicit_vr_little_endian(setup, name: str) -> None:
+    """PS3.18 8.7.8.2, Table 8.7.3-2: without a transfer-syntax parameter the Selected
+    Transfer Syntax is Explicit VR Little Endian (as Orthanc and dcm4chee answer): one
+    stored as Implicit VR or compressed is transcoded (``http/transcoding.py``)."""
+    client, _, ids = setup
+    original = pydicom.dcmread(get_testdata_file(name))
+    want = original.pixel_array
+    for accept in ('multipart/related; type="application/dicom"', "application/dicom"):
+        r = client.get(url(ids[name]), headers={"accept": accept})
+        assert r.status_code == 200, r.text
+        if accept == "application/dicom":
+            data = r.content
+            assert int(r.headers["content-length"]) == len(data)
+        else:
+            ((headers, data),) = split_multipart(r.content, r.headers["content-type"])
+            r = SimpleNamespace(headers=headers)
+        assert r.headers["content-type"] == f"application/dicom; transfer-syntax={EXPLICIT}"
+        got = pydicom.dcmread(io.BytesIO(data))
+        assert got.file_meta.TransferSyntaxUID == EXPLICIT
+        assert got.SOPInstanceUID == original.SOPInstanceUID
+        assert got.PatientName == original.PatientName
+        assert (got.pixel_array == want).all()
+
+
+def test_a_series_is_transcoded_instance_by_instance(setup, tmp_path, caplog) -> None:
+    """Several instances: each transcoded as the answer streams; one that cannot be
+    (its fragment does not decode) is left out, logged, the others sent."""
+    client, archive, _ = setup
+    study, series = STUDY + ".9", STUDY + ".9.1"
+    for n in (1, 2, 3):
+        ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = f"{series}.{n}"
+        if n == 3:  # (a fragment that decodes to nothing)
+            ds.PixelData = pydicom.encaps.encapsulate([b"\xff\x4f" + b"\0" * 30])
+        ds.save_as(tmp_path / f"{n}.dcm")
+        store_file(archive, tmp_path / f"{n}.dcm")
+    parts = split_multipart(*_body(client.get(f"/studies/{study}/series/{series}")))
+    got = [pydicom.dcmread(io.BytesIO(data)) for _, data in parts]
+    assert sorted(ds.SOPInstanceUID for ds in got) == [f"{series}.1", f"{series}.2"]
+    assert all(h["content-type"].endswith(f"={EXPLICIT}") for h, _ in parts)
+    assert f"{series}.3 left out: not transcoded to {EXPLICIT}" in caplog.text
 
 
 def _body(r: httpx.Response) -> tuple[bytes, str]:
@@ -86,8 +133,10 @@ def test_transfer_syntax_negotiation(setup) -> None:
     anything = 'multipart/related; type="application/dicom"; transfer-syntax=*'
     assert client.get(jpeg, headers={"accept": anything}).status_code == 200
     explicit = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
-    r = client.get(jpeg, headers={"accept": explicit})
-    assert r.status_code == 406 and "not transcoded" in r.text
+    assert client.get(jpeg, headers={"accept": explicit}).status_code == 200  # (decoded)
+    rle = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.5'
+    r = client.get(jpeg, headers={"accept": rle})
+    assert r.status_code == 406 and "transcoded to 1.2.840.10008.1.2.1" in r.text
     assert client.get(jpeg, headers={"accept": "image/png"}).status_code == 406
 
 

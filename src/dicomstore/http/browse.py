@@ -361,7 +361,7 @@ def series(request: Request) -> HTMLResponse:
                 _h(r["calling_ae"]),
                 _link(
                     _dicomweb(r["study_uid"], r["series_uid"], r["sop_instance_uid"])
-                    + "?accept=application/dicom",
+                    + "?accept=application/dicom%3B%20transfer-syntax%3D*",  # (as stored)
                     "download .dcm",
                 ),
             ]

@@ -137,9 +137,14 @@ def _retrieve(summary: str, path: list[str], *, post: bool = False) -> dict[str,
             "summary": summary + " (WADO-RS, PS3.18 10.4); ?accept=application/zip for a zip",
             "parameters": [_path(p) for p in path] + [_ACCEPT],
             "responses": _responses(
-                {"description": "the stored PS3.10 files, streamed", "content": content},
+                {
+                    "description": "the PS3.10 files: as stored with transfer-syntax=*,"
+                    " else in Explicit VR Little Endian (transcoded)",
+                    "content": content,
+                },
                 404,
                 406,
+                413,
             ),
         }
     }

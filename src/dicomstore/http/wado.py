@@ -2,10 +2,12 @@
 
 - Instances of a study, series or instance (10.4.1.1.1) as
   ``multipart/related; type="application/dicom"``, each part one stored
-  PS3.10 file **exactly as stored**, streamed in 1 MiB chunks from disk; the
-  part's ``transfer-syntax`` parameter names what it is. No transcoding: an
-  Accept naming another transfer syntax gets 406. ``application/zip``
-  (8.7.3.5) gives the same files in a zip stream.
+  PS3.10 file in the Selected Transfer Syntax (8.7.8.2): with ``transfer-syntax=*``
+  exactly as stored, streamed in 1 MiB chunks from disk; else (the default is
+  Explicit VR Little Endian) transcoded when stored otherwise
+  (:mod:`dicomstore.http.transcoding`; to another syntax: 406). The part's
+  ``transfer-syntax`` parameter names what it is. ``application/zip`` (8.7.3.5)
+  gives the files as stored in a zip stream.
 - Metadata (10.4.1.1.2) as ``application/dicom+json``, Pixel Data and large
   binary values as BulkDataURI (``.../bulkdata/{tag}``, 10.4.1.1.3).
 - Frames and bulk data (10.4.1.1.3-4): :mod:`dicomstore.http.frames`;
@@ -14,6 +16,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,9 +36,19 @@ from dicomstore.http.common import (
 from dicomstore.http.limits import inflated_limit, limits
 from dicomstore.http.metadata import stream_metadata
 from dicomstore.http.multipart import closing, new_boundary, part_header
+from dicomstore.http.transcoding import (
+    TARGET,
+    Transcoded,
+    as_sent,
+    selected_syntax,
+    transcode,
+    transcode_or_refuse,
+)
 from dicomstore.http.zipstream import instance_files, open_stored, zip_files
+from dicomstore.services.sources import NotDicom, one_line
 
 CHUNK = 1 << 20
+log = logging.getLogger("dicomstore.http")
 
 
 def _target(request: Request) -> tuple[dict[str, str], str]:
@@ -70,17 +83,46 @@ def instance_row(request: Request) -> dict[str, Any]:
     return _rows(request)[0]
 
 
-def stream_parts(request: Request, rows: list[dict[str, Any]], boundary: str) -> Iterator[bytes]:
-    """The multipart body: for each instance its part header, then its file in chunks."""
+def stream_parts(
+    request: Request,
+    rows: list[dict[str, Any]],
+    boundary: str,
+    syntax: str = "*",
+    ready: Transcoded | None = None,
+) -> Iterator[bytes]:
+    """The multipart body: for each instance its part header, then its file in chunks,
+    as stored or transcoded to the selected ``syntax`` (``transcoding.py``; ``ready``:
+    the first one's, made before answering). An instance that cannot be transcoded is
+    left out, logged (the answer has begun: no status can say it)."""
     archive = reader(request)
     first = True
     for row in rows:
+        sent_as = as_sent(row, syntax)
+        if sent_as != row["transfer_syntax_uid"]:
+            done, ready = ready, None
+            if done is None:
+                try:
+                    done = transcode(archive, row, inflated_limit(request))
+                except (NotDicom, OSError) as exc:
+                    log.warning(
+                        "WADO-RS: %s left out: not transcoded to %s: %s",
+                        row["sop_instance_uid"],
+                        sent_as,
+                        one_line(exc),
+                    )
+                    continue
+            yield part_header(
+                boundary, f"application/dicom; transfer-syntax={sent_as}", first=first
+            )
+            first = False
+            yield from done.chunks(CHUNK)
+            continue
         try:
             f = open_stored(archive, row)
         except OSError:
             continue  # deleted since the query: skip it rather than break the stream
         with f:
-            content_type = f"application/dicom; transfer-syntax={row['transfer_syntax_uid']}"
+            content_type = f"application/dicom; transfer-syntax={sent_as}"
             yield part_header(boundary, content_type, first=first)
             first = False
             while block := f.read(CHUNK):
@@ -102,33 +144,39 @@ def retrieve(request: Request) -> Response:
             raise HttpError(500, f"{exc}: its file is missing or unreadable") from None
         except OSError:
             raise HttpError(404, "deleted since the search") from None
-    syntax = accept.params.get("transfer-syntax", "*")
-    if syntax != "*":
-        others = sorted({r["transfer_syntax_uid"] for r in rows} - {syntax})
-        if others:
-            raise HttpError(
-                406, f"stored as {', '.join(others)}; not transcoded to transfer syntax {syntax}"
-            )
+    syntax = "*"  # (a zip holds the files as stored)
+    if choice != 1:
+        syntax = selected_syntax(accept.params, {r["transfer_syntax_uid"] for r in rows})
+    ready = None  # (one instance transcoded before answering: its failure has a status)
+    if (
+        choice != 1
+        and len(rows) == 1
+        and as_sent(rows[0], syntax) != rows[0]["transfer_syntax_uid"]
+    ):
+        ready = transcode_or_refuse(reader(request), rows[0], inflated_limit(request))
     if choice == 1:
         name = rows[0]["sop_instance_uid" if "sop" in request.path_params else "study_uid"]
         headers = {"Content-Disposition": attachment(name, ".zip", "dicom")}
         files = instance_files(reader(request), rows)
         return StreamingResponse(zip_files(files), media_type="application/zip", headers=headers)
     if choice == 2:
-        return _single_file(request, rows[0])
+        return _single_file(request, rows[0], ready)
     boundary = new_boundary()
     media_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    return StreamingResponse(stream_parts(request, rows, boundary), media_type=media_type)
+    body = stream_parts(request, rows, boundary, syntax, ready)
+    return StreamingResponse(body, media_type=media_type)
 
 
-def _single_file(request: Request, row: dict[str, Any]) -> Response:
-    size = row["file_size"]
-    media = f"application/dicom; transfer-syntax={row['transfer_syntax_uid']}"
+def _single_file(request: Request, row: dict[str, Any], ready: Transcoded | None) -> Response:
+    syntax = TARGET if ready is not None else row["transfer_syntax_uid"]
     headers = {
         "Content-Disposition": attachment(row["sop_instance_uid"], ".dcm", "dicom"),
-        "Content-Length": str(size),
+        "Content-Length": str(ready.length if ready is not None else row["file_size"]),
     }
-    body = read_range(reader(request).storage, row["path"], 0, size, CHUNK)
+    media = f"application/dicom; transfer-syntax={syntax}"
+    if ready is not None:
+        return StreamingResponse(ready.chunks(CHUNK), media_type=media, headers=headers)
+    body = read_range(reader(request).storage, row["path"], 0, row["file_size"], CHUNK)
     return StreamingResponse(body, media_type=media, headers=headers)
 
 

@@ -28,6 +28,7 @@ from dicomstore.inflation import (
     temporary_file,
 )
 from dicomstore.services.decompression import EXPLICIT, decompressed, written
+from dicomstore.services.decompression import TooLargeToConvert as TooLargeToConvert
 from dicomstore.services.sources import Instance, NotDicom, one_line, open_dataset
 
 if TYPE_CHECKING:
@@ -211,7 +212,7 @@ def _check_size(instance: Instance, ts: str, limit: int) -> None:
         rows, columns = int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)
         size += frames * rows * columns * samples * max(bits, 8) // 8
     if size > limit:
-        raise NotDicom(
+        raise TooLargeToConvert(
             f"converting it to {uids.uid_name(ts)} would hold {size} bytes, over the limit"
             f" of {limit}: not converted"
         )

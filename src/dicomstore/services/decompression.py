@@ -29,6 +29,12 @@ if TYPE_CHECKING:
     import numpy as np
     from pydicom.dataset import Dataset
 
+
+class TooLargeToConvert(NotDicom):
+    """Converting the instance would hold more than the limit (a frame decoded, or
+    through pydicom the data set)."""
+
+
 #: What decoding leaves out: the Extended Offset Table and its lengths (of encapsulated
 #: frames only, PS3.3 C.7.6.3.1.8), the Icon Image Sequence (its Pixel Data may be
 #: encapsulated too; Type 3, PS3.3 C.7.6.1).
@@ -110,7 +116,7 @@ def _decoder(
         return None
     frame_size = rows * columns * samples * max(bits, 8) // 8
     if frame_size > limit:
-        raise NotDicom(
+        raise TooLargeToConvert(
             f"converting it to {uids.uid_name(ts)} would hold a frame of {frame_size} bytes,"
             f" over the limit of {limit}: not converted"
         )

@@ -1,0 +1,112 @@
+"""WADO-RS instances in the transfer syntax asked for (PS3.18 8.7.3, 8.7.8.2).
+
+The Selected Transfer Syntax of an ``application/dicom`` part is the media range's
+``transfer-syntax`` parameter, else the default of ``application/dicom``: Explicit VR
+Little Endian (PS3.18 Table 8.7.3-2; as Orthanc and dcm4chee answer); ``*`` lets the
+origin server choose: each instance as it is stored, byte for byte. An instance
+stored in another syntax is transcoded to Explicit VR Little Endian as the Storage
+SCU converts for a peer (``services.conversion``: re-encoded element by element,
+compressed Pixel Data decoded a frame at a time) into a temporary file in the
+archive's ``.tmp``, then sent as a PS3.10 file with its File Meta Information made
+anew. Other syntaxes are not made (no compression): 406. At most
+:data:`AT_ONCE` transcodings run at once (each holds a decoded frame; CPU-bound).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any, BinaryIO
+
+from dicomstore import uids
+from dicomstore.archive.dicomfile import file_header
+from dicomstore.archive.reader import ArchiveReader
+from dicomstore.http.common import HttpError
+from dicomstore.services import conversion, sources
+
+#: The one syntax instances are transcoded to (PS3.18 Table 8.7.3-2's default).
+TARGET = uids.EXPLICIT_VR_LE
+#: Transcodings at once in this process (the others wait their turn).
+AT_ONCE = 2
+_TURNS = threading.BoundedSemaphore(AT_ONCE)
+
+
+def selected_syntax(params: Mapping[str, str], stored: set[str]) -> str:
+    """The Selected Transfer Syntax for the instances stored in ``stored`` syntaxes
+    (PS3.18 8.7.8.2): ``*`` or a UID; 406 when one would need a transcoding not made."""
+    syntax = params.get("transfer-syntax", TARGET)
+    if syntax not in ("*", TARGET) and stored - {syntax}:
+        raise HttpError(
+            406,
+            f"stored as {', '.join(sorted(stored - {syntax}))}; transcoded to"
+            f" {TARGET} ({uids.uid_name(TARGET)}) only, not to {syntax}",
+        )
+    return syntax
+
+
+def as_sent(row: Mapping[str, Any], syntax: str) -> str:
+    """The transfer syntax ``row``'s instance is sent in for the selected ``syntax``."""
+    stored = str(row["transfer_syntax_uid"])
+    return stored if syntax in ("*", stored) else TARGET
+
+
+class Transcoded:
+    """An instance transcoded to :data:`TARGET`: its PS3.10 header (File Meta
+    Information made anew), then its data set from a temporary file; :meth:`close`."""
+
+    def __init__(self, header: bytes, data_set: BinaryIO, size: int) -> None:
+        self.header, self.data_set, self.size = header, data_set, size
+
+    @property
+    def length(self) -> int:
+        return len(self.header) + self.size
+
+    def chunks(self, chunk: int) -> Iterator[bytes]:
+        """The whole file, the temporary closed at the end."""
+        with self.data_set:
+            yield self.header
+            while block := self.data_set.read(chunk):
+                yield block
+
+    def close(self) -> None:
+        self.data_set.close()
+
+
+def transcode(archive: ArchiveReader, row: Mapping[str, Any], inflated_limit: int) -> Transcoded:
+    """``row``'s instance in :data:`TARGET` (blocking: in a worker thread). Raises
+    :class:`sources.NotDicom` when it cannot be (undecodable; over a limit:
+    ``conversion.TooLargeToConvert``), ``OSError`` when its file is gone."""
+    key = str(row["path"])
+    path = archive.storage.local_path(key)
+    with _TURNS:
+        if path is not None:
+            instance = sources.scan_file(path, check=False)
+        else:
+            instance = sources.scan_stream(functools.partial(archive.storage.open, key))
+        scratch = archive.storage.scratch()
+        where = str(scratch) if scratch is not None else None
+        data_set, size = conversion.converted(instance, TARGET, inflated_limit, where)
+    header = file_header(
+        sop_class_uid=str(row["sop_class_uid"]),
+        sop_instance_uid=str(row["sop_instance_uid"]),
+        transfer_syntax_uid=TARGET,
+        calling_ae=str(row.get("calling_ae") or ""),
+        called_ae=str(row.get("called_ae") or ""),
+    )
+    return Transcoded(header, data_set, size)
+
+
+def transcode_or_refuse(
+    archive: ArchiveReader, row: Mapping[str, Any], inflated_limit: int
+) -> Transcoded:
+    """:func:`transcode`, its failures answered: 413 over a limit, 406 when it cannot be
+    decoded, 404 when its file is gone."""
+    try:
+        return transcode(archive, row, inflated_limit)
+    except conversion.TooLargeToConvert as exc:
+        raise HttpError(413, f"not transcoded to {TARGET}: {exc}") from None
+    except sources.NotDicom as exc:
+        raise HttpError(406, f"cannot be transcoded to {TARGET}: {exc}") from None
+    except OSError:
+        raise HttpError(404, "deleted since the search") from None
