@@ -288,3 +288,17 @@ def test_openapi_is_served(setup) -> None:
     frames = "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}"
     assert {"/studies", frames} <= set(spec["paths"])
     assert "post" in spec["paths"]["/studies"]
+
+
+def test_a_frame_over_the_limit_is_413_not_transcoded(tmp_path) -> None:
+    from dicomstore.http.limits import HttpLimits
+
+    archive = Archive(tmp_path / "archive", fsync=False)
+    row = store_file(archive, get_testdata_file("JPEG2000.dcm")).instance
+    limits = HttpLimits(max_frame_bytes=1000)
+    with HttpThread(archive, limits=limits) as srv, httpx.Client(base_url=srv.url) as client:
+        r = client.get(url(row), headers={"accept": "application/dicom"})
+        assert r.status_code == 413 and "over the limit of 1000" in r.text
+        stored = client.get(url(row), headers={"accept": "application/dicom; transfer-syntax=*"})
+        assert stored.status_code == 200
+    archive.close()

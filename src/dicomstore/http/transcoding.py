@@ -73,8 +73,12 @@ class Transcoded:
         self.data_set.close()
 
 
-def transcode(archive: ArchiveReader, row: Mapping[str, Any], inflated_limit: int) -> Transcoded:
-    """``row``'s instance in :data:`TARGET` (blocking: in a worker thread). Raises
+def transcode(
+    archive: ArchiveReader, row: Mapping[str, Any], inflated_limit: int, frame_limit: int
+) -> Transcoded:
+    """``row``'s instance in :data:`TARGET` (blocking: in a worker thread), a frame
+    decoded at most ``frame_limit`` bytes, a deflated data set inflated at most
+    ``inflated_limit``. Raises
     :class:`sources.NotDicom` when it cannot be (undecodable; over a limit:
     ``conversion.TooLargeToConvert``), ``OSError`` when its file is gone."""
     key = str(row["path"])
@@ -86,7 +90,9 @@ def transcode(archive: ArchiveReader, row: Mapping[str, Any], inflated_limit: in
             instance = sources.scan_stream(functools.partial(archive.storage.open, key))
         scratch = archive.storage.scratch()
         where = str(scratch) if scratch is not None else None
-        data_set, size = conversion.converted(instance, TARGET, inflated_limit, where)
+        data_set, size = conversion.converted(
+            instance, TARGET, inflated_limit, where, frame_limit=frame_limit
+        )
     header = file_header(
         sop_class_uid=str(row["sop_class_uid"]),
         sop_instance_uid=str(row["sop_instance_uid"]),
@@ -98,12 +104,12 @@ def transcode(archive: ArchiveReader, row: Mapping[str, Any], inflated_limit: in
 
 
 def transcode_or_refuse(
-    archive: ArchiveReader, row: Mapping[str, Any], inflated_limit: int
+    archive: ArchiveReader, row: Mapping[str, Any], inflated_limit: int, frame_limit: int
 ) -> Transcoded:
     """:func:`transcode`, its failures answered: 413 over a limit, 406 when it cannot be
     decoded, 404 when its file is gone."""
     try:
-        return transcode(archive, row, inflated_limit)
+        return transcode(archive, row, inflated_limit, frame_limit)
     except conversion.TooLargeToConvert as exc:
         raise HttpError(413, f"not transcoded to {TARGET}: {exc}") from None
     except sources.NotDicom as exc:

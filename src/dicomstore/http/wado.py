@@ -102,7 +102,8 @@ def stream_parts(
             done, ready = ready, None
             if done is None:
                 try:
-                    done = transcode(archive, row, inflated_limit(request))
+                    bounds = inflated_limit(request), limits(request).max_frame_bytes
+                    done = transcode(archive, row, *bounds)
                 except (NotDicom, OSError) as exc:
                     log.warning(
                         "WADO-RS: %s left out: not transcoded to %s: %s",
@@ -153,7 +154,8 @@ def retrieve(request: Request) -> Response:
         and len(rows) == 1
         and as_sent(rows[0], syntax) != rows[0]["transfer_syntax_uid"]
     ):
-        ready = transcode_or_refuse(reader(request), rows[0], inflated_limit(request))
+        bounds = inflated_limit(request), limits(request).max_frame_bytes
+        ready = transcode_or_refuse(reader(request), rows[0], *bounds)
     if choice == 1:
         name = rows[0]["sop_instance_uid" if "sop" in request.path_params else "study_uid"]
         headers = {"Content-Disposition": attachment(name, ".zip", "dicom")}

@@ -87,6 +87,7 @@ def converted(
     ts: str,
     inflated_limit: int = DEFAULT_MAX_INFLATED,
     where: str | None = None,
+    frame_limit: int | None = None,
 ) -> tuple[BinaryIO, int]:
     """The instance encoded in the uncompressed ``ts``, written into an unnamed temporary
     file (rewound; the caller closes it), and its size.
@@ -101,12 +102,13 @@ def converted(
     through pydicom, the data set, frames decoded) more than ``inflated_limit`` bytes
     or :data:`MAX_CONVERTED`, whichever is more (review38mem
     D1: a 1 GiB instance moved to an Implicit-only SCP took 3.1 GiB; review39 #3: not
-    below 1 GiB, or a 300 MiB tomosynthesis decoded could not go).
+    below 1 GiB, or a 300 MiB tomosynthesis decoded could not go); ``frame_limit``, if
+    given, is the most a frame decoded a frame at a time may hold instead.
     """
     if instance.dataset is None and ts in NATIVE:
         if instance.transfer_syntax in _REENCODED:
             return reencoded(instance, ts, inflated_limit, where)
-        limit = max(inflated_limit, MAX_CONVERTED)
+        limit = max(inflated_limit, MAX_CONVERTED) if frame_limit is None else frame_limit
         done = decompressed(instance, ts, NATIVE[ts], limit, where)
         if done is not None:
             return done
