@@ -24,6 +24,20 @@ IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
 EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+#: Compressed transfer syntaxes that are lossless (PS3.5 A.4.2 RLE, A.4.1 JPEG Lossless
+#: 14 and 14 SV1, A.4.3 JPEG-LS Lossless, A.4.4 JPEG 2000 Lossless Only, A.4.11 HTJ2K
+#: Lossless and Lossless RPCL): decoding them changes no value.
+LOSSLESS_COMPRESSED = frozenset(
+    {
+        "1.2.840.10008.1.2.5",
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+    }
+)
 #: Query/Retrieve Information Models - FIND (PS3.4 C.6.1.1.2, C.6.2.1.2).
 PATIENT_ROOT_QR_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 STUDY_ROOT_QR_FIND = "1.2.840.10008.5.1.4.1.2.2.1"

@@ -302,3 +302,32 @@ def test_a_frame_over_the_limit_is_413_not_transcoded(tmp_path) -> None:
         stored = client.get(url(row), headers={"accept": "application/dicom; transfer-syntax=*"})
         assert stored.status_code == 200
     archive.close()
+
+
+def test_a_frame_whose_codestream_lies_is_not_decoded(tmp_path, caplog) -> None:
+    """review42 #1 at the frames door: a JPEG whose SOF claims 40000 x 40000 pixels is
+    refused before a decoder allocates them (frames decoded, rendered, transcoded)."""
+    import struct
+
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    at = frame.index(b"\xff\xc0")
+    frame[at + 5 : at + 9] = struct.pack(">HH", 40000, 40000)
+    ds.PixelData = encapsulate([bytes(frame)])
+    ds.save_as(tmp_path / "sof.dcm")
+    archive = Archive(tmp_path / "archive", fsync=False)
+    row = store_file(archive, tmp_path / "sof.dcm").instance
+    decoded = {
+        "accept": f'multipart/related; type="application/octet-stream"; transfer-syntax={EXPLICIT}'
+    }
+    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url) as client:
+        for path, headers in (
+            (url(row) + "/frames/1", decoded),
+            (url(row) + "/rendered", {"accept": "image/png"}),
+            (url(row), {"accept": "application/dicom"}),
+        ):
+            r = client.get(path, headers=headers)
+            assert r.status_code == 406 and "declares 40000 x 40000" in r.text, (path, r.text)
+    archive.close()

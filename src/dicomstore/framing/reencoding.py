@@ -171,7 +171,7 @@ class Edits:
     """
 
     replace: dict[int, tuple[bytes, bytes] | None] = field(default_factory=dict)
-    pixels: Callable[[], tuple[bytes, int, Iterable[bytes]]] | None = None
+    pixels: Callable[[], tuple[bytes, int, Iterable[bytes | memoryview]]] | None = None
 
 
 def reencode(

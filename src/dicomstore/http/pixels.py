@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 from dicomstore import uids
 from dicomstore.archive.storage import Storage
 from dicomstore.archive.stored import PixelValue, opened, read_chunks
+from dicomstore.codestreams import CodestreamMismatch, check
 from dicomstore.http.common import HttpError
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
 
@@ -286,11 +287,10 @@ class Frames:
                 raise HttpError(406, f"frame {number} cannot be read from its fragments") from None
 
     def _offsets(self) -> dict[str, Any]:
-        found: dict[str, Any] = {"number_of_frames": self.count}
-        ds = self.dataset
-        if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
-            found["extended_offsets"] = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
-        return found
+        """How pydicom finds the frames: by the items, not by an Extended Offset Table,
+        which nothing checks against them (one that lies gave another frame: review42
+        #2); the decoder's options carry none either."""
+        return {"number_of_frames": self.count}
 
     def decoded(self, number: int) -> Any:
         """Frame ``number`` (from 1) as a numpy array, colour as RGB (planar configuration 0)."""
@@ -300,7 +300,20 @@ class Frames:
         from pydicom.pixels import get_decoder
         from pydicom.pixels.utils import as_pixel_options
 
+        if self.encapsulated:  # what its codestream declares, before a decoder allocates it
+            frame = b"".join(self.stored(number))
+            ds = self.dataset
+            rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+            samples = int(ds.get("SamplesPerPixel", 1) or 1)
+            try:
+                check(lambda at, n: frame[at : at + n], len(frame), rows, columns, samples,
+                      f"frame {number}")  # fmt: skip
+            except CodestreamMismatch as exc:
+                log.warning("frame %d of %s not decoded: %s", number, self.key, exc)
+                raise HttpError(406, f"frame {number} cannot be decoded: {exc}") from None
+            del frame
         options = as_pixel_options(self.dataset, **self._offsets())
+        options.pop("extended_offsets", None)  # (see _offsets)
         options.setdefault("pixel_keyword", "PixelData")
         with self._bytes() as fp:
             fp.seek(self.pixels.offset)

@@ -3,24 +3,30 @@ frame at a time (PS3.5 8.2, A.4), never the whole instance in memory.
 
 The data set is re-encoded element by element (``framing.reencoding``) into the
 uncompressed syntax; its encapsulated Pixel Data is replaced by the native one, each
-frame decoded by pydicom's decoders (pydicom's RLE; JPEG and JPEG 2000 with the
-pylibjpeg plugins) and written before the next is decoded. What decoding changes is
-changed as pydicom's ``decompress`` does: Photometric Interpretation (YBR to RGB),
-Planar Configuration, Number of Frames; Pixel Data is OB for 8 bits allocated or
-less, else OW. The Extended Offset Table, and the Icon Image Sequence (0088,0200),
-whose Pixel Data may be encapsulated too, are left out. Memory: one decoded frame,
-which must be at most a limit (its size read from the header first).
+frame decoded by pydicom's decoders (pydicom's RLE; JPEG, JPEG-LS and JPEG 2000 with
+the pylibjpeg plugins) and written before the next is decoded. Frames are found by
+their items (an Extended Offset Table is not believed, and left out: PS3.3
+C.7.6.3.1.8); each codestream's own dimensions are checked against the header before
+a decoder allocates them (``codestreams.py``). What decoding changes is changed as
+pydicom's ``decompress`` does (Photometric Interpretation, Planar Configuration,
+Number of Frames; Pixel Data OB for 8 bits allocated or less, else OW), but a
+lossless syntax is decoded as it is (YBR_FULL stays YBR_FULL: as DCMTK, no value
+changes) and a lossy one gets Lossy Image Compression 01 where it is missing (PS3.3
+C.7.6.1.1.5). An Icon Image Sequence whose Pixel Data is encapsulated too is left
+out. Memory: about :data:`HELD_FRAMES` decoded frames (twice as many for a lossy
+colour one, converted to RGB), which must be at most a limit (read from the header
+first), whatever the number of frames (review42).
 """
 
 from __future__ import annotations
 
-import array
 import struct
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 from dicomstore import uids
-from dicomstore.framing import FileSource, FramingError, file_pread
+from dicomstore.codestreams import CodestreamMismatch, check
+from dicomstore.framing import FileSource, FramingError, Pread, file_pread
 from dicomstore.framing.reencoding import Edits, reencode
 from dicomstore.inflation import temporary_file
 from dicomstore.services.sources import Instance, NotDicom, one_line
@@ -36,11 +42,17 @@ class TooLargeToConvert(NotDicom):
 
 
 #: What decoding leaves out: the Extended Offset Table and its lengths (of encapsulated
-#: frames only, PS3.3 C.7.6.3.1.8), the Icon Image Sequence (its Pixel Data may be
-#: encapsulated too; Type 3, PS3.3 C.7.6.1).
-_LEFT_OUT = (0x7FE00001, 0x7FE00002, 0x00880200)
-_PHOTOMETRIC, _PLANAR, _FRAMES = 0x00280004, 0x00280006, 0x00280008
+#: frames only, PS3.3 C.7.6.3.1.8).
+_LEFT_OUT = (0x7FE00001, 0x7FE00002)
+#: The Icon Image Sequence, left out when its Pixel Data is encapsulated too (Type 3,
+#: PS3.3 C.7.6.1: no native form of it is made).
+_ICON = 0x00880200
+_PHOTOMETRIC, _PLANAR, _FRAMES, _LOSSY = 0x00280004, 0x00280006, 0x00280008, 0x00282110
+#: What decoding a frame holds, in decoded frames (pydicom's decoders, its conversion of
+#: colour to RGB in floating point, the bytes written; review42 #3): the limit bounds it.
+HELD_FRAMES, HELD_COLOUR_FRAMES = 6, 12
 _UNDEFINED = b"\xff\xff\xff\xff"
+_ITEM_HEADER = struct.Struct("<HHL").unpack_from
 #: Every compressed transfer syntax encodes Explicit VR Little Endian (PS3.5 A.4).
 EXPLICIT = (False, True)
 
@@ -65,8 +77,10 @@ def decompressed(
         length = frames * first.nbytes
         if length >= 0xFFFFFFFE:
             raise NotDicom(f"its Pixel Data decoded is {length} bytes, too long for one element")
-        edits = Edits(replace=_changes(header, image, frames, little))
-        chunks = _frames(first, decoded, frames, little, vr == b"OW")
+        lossy = instance.transfer_syntax not in uids.LOSSLESS_COMPRESSED
+        edits = Edits(replace=_changes(header, image, frames, little, lossy))
+        chunks = _frames([first], decoded, frames, little, vr == b"OW")
+        del first, found  # (the generator holds the first frame until it is written)
         edits.pixels = lambda: (vr, length + length % 2, chunks)
         data_set = FileSource(file_pread(g), instance.offset + instance.size)
         return written(
@@ -115,17 +129,35 @@ def _decoder(
     if bits == 1:
         return None
     frame_size = rows * columns * samples * max(bits, 8) // 8
-    if frame_size > limit:
+    lossless = instance.transfer_syntax in uids.LOSSLESS_COMPRESSED
+    held = frame_size * (HELD_COLOUR_FRAMES if samples > 1 and not lossless else HELD_FRAMES)
+    if held > limit:
         raise TooLargeToConvert(
-            f"converting it to {uids.uid_name(ts)} would hold a frame of {frame_size} bytes,"
-            f" over the limit of {limit}: not converted"
+            f"converting it to {uids.uid_name(ts)} would hold about {held} bytes decoding"
+            f" a frame of {frame_size} bytes, over the limit of {limit}: not converted"
         )
+    frames = header.get("NumberOfFrames", 1)
+    if frames is None or str(frames).strip() == "":
+        frames = 1
+    if not str(frames).strip().isdigit() or int(frames) < 1:
+        raise NotDicom(f"its Number of Frames is {frames!r}, no whole number of 1 or more")
     head = f.read(12)  # (pydicom stopped at the Pixel Data's tag)
     if head[:6] not in (b"\xe0\x7f\x10\x00OB", b"\xe0\x7f\x10\x00OW") or head[8:] != _UNDEFINED:
         return None  # (not Explicit VR, encapsulated, PS3.5 A.4: pydicom's lenience)
+    value_at = f.tell()
+    try:
+        _check_codestreams(file_pread(f), value_at, rows, columns, samples)
+    except CodestreamMismatch as exc:
+        raise NotDicom(str(exc)) from None
+    f.seek(value_at)
+    for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+        if keyword in header:  # (its frames found by the items themselves: review42 #2)
+            del header[keyword]
     source = uids.as_uid(instance.transfer_syntax)
     try:
         opts = as_pixel_options(header, transfer_syntax_uid=source)
+        # a lossless syntax is decoded as it is (YBR_FULL stays: review42 #4)
+        opts["as_rgb"] = source not in uids.LOSSLESS_COMPRESSED
         decoded = get_decoder(source).iter_array(cast(BinaryIO, f), **opts)
         first, image = next(decoded)
     except (KeyboardInterrupt, SystemExit):
@@ -135,11 +167,43 @@ def _decoder(
     return header, first, image, decoded
 
 
+def _check_codestreams(pread: Pread, pos: int, rows: int, columns: int, samples: int) -> None:
+    """Each fragment that starts a JPEG or JPEG 2000 codestream declares the data set's
+    dimensions (``codestreams.check``: before any decoder allocates what it declares,
+    review42 #1); the items from ``pos`` to the Sequence Delimitation Item (PS3.5 A.4)."""
+    n = 0
+    while True:
+        head = pread(8, pos)
+        if len(head) < 8:
+            raise NotDicom(f"its encapsulated Pixel Data is cut short at offset {pos}")
+        group, element, length = _ITEM_HEADER(head)
+        tag = group << 16 | element
+        if tag == 0xFFFEE0DD:
+            return
+        if tag != 0xFFFEE000 or length == 0xFFFFFFFF:
+            raise NotDicom(f"no fragment item at offset {pos} of its encapsulated Pixel Data")
+        if n and length:  # (item 0: the Basic Offset Table)
+            start = pos + 8
+
+            def read(at: int, size: int, start: int = start, length: int = length) -> bytes:
+                return pread(max(0, min(size, length - at)), start + at)
+
+            check(read, length, rows, columns, samples, f"fragment {n}")
+        n += 1
+        pos += 8 + length
+
+
 def _changes(
-    header: Dataset, image: dict[str, Any], frames: int, little: bool
+    header: Dataset, image: dict[str, Any], frames: int, little: bool, lossy: bool
 ) -> dict[int, tuple[bytes, bytes] | None]:
-    """The top-level elements decoding changes (as pydicom's ``decompress``)."""
+    """The top-level elements decoding changes (as pydicom's ``decompress``; and, from a
+    lossy syntax, Lossy Image Compression 01 where it is missing, as DCMTK sets it:
+    PS3.3 C.7.6.1.1.5, review42 #6)."""
     changes: dict[int, tuple[bytes, bytes] | None] = dict.fromkeys(_LEFT_OUT)
+    if _icon_encapsulated(header):
+        changes[_ICON] = None
+    if lossy and "LossyImageCompression" not in header:
+        changes[_LOSSY] = (b"CS", b"01")
     changes[_PHOTOMETRIC] = (b"CS", _text(str(image["photometric_interpretation"])))
     if int(image.get("samples_per_pixel", 1)) > 1:
         order = "<H" if little else ">H"
@@ -149,35 +213,47 @@ def _changes(
     return changes
 
 
+def _icon_encapsulated(header: Dataset) -> bool:
+    """Whether an item of the Icon Image Sequence holds encapsulated Pixel Data."""
+    for item in header.get("IconImageSequence") or ():
+        raw = item.get_item(0x7FE00010, keep_deferred=True)
+        undefined = getattr(raw, "is_undefined_length", False)
+        if raw is not None and (raw.length == 0xFFFFFFFF or undefined):
+            return True
+    return False
+
+
 def _text(value: str) -> bytes:
     data = value.encode("ascii")
     return data + b" " * (len(data) % 2)
 
 
 def _frames(
-    first: np.ndarray,
+    given: list[np.ndarray],
     rest: Iterator[tuple[np.ndarray, Any]],
     count: int,
     little: bool,
     words: bool,
-) -> Iterator[bytes]:
+) -> Iterator[bytes | memoryview]:
     """Each frame's bytes in the target's byte order (``words``: OW, swapped by its 16-bit
-    words whatever the bits allocated, PS3.5 6.2), the first one given; a pad byte after
-    an odd length (PS3.5 7.1.1)."""
-    shape, dtype = first.shape, first.dtype
-    frame: np.ndarray | None = first
+    words whatever the bits allocated, PS3.5 6.2), the first one ``given`` (and let go
+    once written); a pad byte after an odd length (PS3.5 7.1.1)."""
+    import numpy
+
+    frame: np.ndarray | None = given.pop()
+    assert frame is not None
+    shape, dtype, odd = frame.shape, frame.dtype, frame.nbytes * count % 2
     n = 0
     while frame is not None:
         if frame.shape != shape or frame.dtype != dtype:
             raise FramingError(f"frame {n + 1} decodes to {frame.shape}, not {shape} as frame 1")
-        data = frame.astype(dtype.newbyteorder("<"), copy=False).tobytes()
+        data = numpy.ascontiguousarray(frame.astype(dtype.newbyteorder("<"), copy=False))
+        frame = None  # (no copy kept: the frame goes once written)
         if words and not little:
-            swapped = array.array("H", data)
-            swapped.byteswap()
-            data = swapped.tobytes()
-        yield data
+            data = data.view("<u2").byteswap()  # (a copy, its 16-bit words swapped)
+        yield data.data.cast("B")
+        del data
         n += 1
-        frame = None
         if n < count:
             try:
                 frame = next(rest)[0]
@@ -187,5 +263,5 @@ def _frames(
                 raise
             except BaseException as exc:  # noqa: BLE001 - decoders raise anything
                 raise FramingError(f"frame {n + 1} does not decode: {one_line(exc)}") from None
-    if first.nbytes * count % 2:
+    if odd:
         yield b"\0"
