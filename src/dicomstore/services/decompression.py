@@ -148,7 +148,7 @@ def _decoder(
     try:
         _check_codestreams(file_pread(f), value_at, rows, columns, samples)
     except CodestreamMismatch as exc:
-        raise NotDicom(str(exc)) from None
+        raise NotDicom(f"cannot convert to {uids.uid_name(ts)}: {exc}") from None
     f.seek(value_at)
     for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
         if keyword in header:  # (its frames found by the items themselves: review42 #2)
