@@ -331,3 +331,30 @@ def test_a_frame_whose_codestream_lies_is_not_decoded(tmp_path, caplog) -> None:
             r = client.get(path, headers=headers)
             assert r.status_code == 406 and "declares 40000 x 40000" in r.text, (path, r.text)
     archive.close()
+
+
+def test_transcoding_answers_at_once_are_bounded(setup, monkeypatch) -> None:
+    """Each transcoding response holds a worker thread: beyond MAX_RESPONSES, 503 with
+    Retry-After (the files as stored are always served); a place is let go as its
+    answer ends."""
+    import threading
+
+    from dicomstore.http import transcoding
+
+    client, _, ids = setup
+    jpeg = url(ids["JPEG2000.dcm"])
+    monkeypatch.setattr(transcoding, "_RESPONSES", threading.BoundedSemaphore(1))
+    for _ in range(3):  # (one place, let go each time)
+        assert client.get(jpeg).status_code == 200
+    held = transcoding.Slot()  # (the one place, taken as an answer being sent holds it)
+    busy = client.get(jpeg)
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
+    assert "transfer-syntax=*" in busy.text
+    star = {"accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    assert client.get(jpeg, headers=star).status_code == 200
+    held.release()
+    assert client.get(jpeg).status_code == 200
+    refused = {"accept": "application/dicom"}  # (refused after its place is taken: let go)
+    monkeypatch.setattr(transcoding, "transcode", lambda *a: (_ for _ in ()).throw(OSError()))
+    for _ in range(2):
+        assert client.get(jpeg, headers=refused).status_code == 404

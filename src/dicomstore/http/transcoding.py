@@ -9,7 +9,8 @@ SCU converts for a peer (``services.conversion``: re-encoded element by element,
 compressed Pixel Data decoded a frame at a time) into a temporary file in the
 archive's ``.tmp``, then sent as a PS3.10 file with its File Meta Information made
 anew. Other syntaxes are not made (no compression): 406. At most
-:data:`AT_ONCE` transcodings run at once (each holds a decoded frame; CPU-bound).
+:data:`AT_ONCE` transcodings run at once (each holds a decoded frame; CPU-bound), for at
+most :data:`MAX_RESPONSES` responses (beyond: 503).
 """
 
 from __future__ import annotations
@@ -30,6 +31,37 @@ TARGET = uids.EXPLICIT_VR_LE
 #: Transcodings at once in this process (the others wait their turn).
 AT_ONCE = 2
 _TURNS = threading.BoundedSemaphore(AT_ONCE)
+#: Responses that transcode at once, running or waiting for a turn: each holds a worker
+#: thread of the HTTP server meanwhile, so that more would starve every other request
+#: answered from a thread; beyond, 503 with ``Retry-After`` (``*`` is always served).
+MAX_RESPONSES = 8
+_RESPONSES = threading.BoundedSemaphore(MAX_RESPONSES)
+
+
+class Slot:
+    """A response's place among the :data:`MAX_RESPONSES` that transcode; 503 if none."""
+
+    def __init__(self) -> None:
+        if not _RESPONSES.acquire(blocking=False):
+            raise HttpError(
+                503,
+                f"{MAX_RESPONSES} answers are being transcoded already: ask again, or for"
+                " transfer-syntax=* (the files as stored)",
+                {"Retry-After": "5"},
+            )
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            _RESPONSES.release()
+
+    def held_while(self, body: Iterator[bytes]) -> Iterator[bytes]:
+        """``body``, the place let go when it ends (or is closed: the client went)."""
+        try:
+            yield from body
+        finally:
+            self.release()
 
 
 def selected_syntax(params: Mapping[str, str], stored: set[str]) -> str:

@@ -38,6 +38,7 @@ from dicomstore.http.metadata import stream_metadata
 from dicomstore.http.multipart import closing, new_boundary, part_header
 from dicomstore.http.transcoding import (
     TARGET,
+    Slot,
     Transcoded,
     as_sent,
     selected_syntax,
@@ -148,28 +149,37 @@ def retrieve(request: Request) -> Response:
     syntax = "*"  # (a zip holds the files as stored)
     if choice != 1:
         syntax = selected_syntax(accept.params, {r["transfer_syntax_uid"] for r in rows})
-    ready = None  # (one instance transcoded before answering: its failure has a status)
-    if (
-        choice != 1
-        and len(rows) == 1
-        and as_sent(rows[0], syntax) != rows[0]["transfer_syntax_uid"]
-    ):
-        bounds = inflated_limit(request), limits(request).max_frame_bytes
-        ready = transcode_or_refuse(reader(request), rows[0], *bounds)
     if choice == 1:
         name = rows[0]["sop_instance_uid" if "sop" in request.path_params else "study_uid"]
         headers = {"Content-Disposition": attachment(name, ".zip", "dicom")}
         files = instance_files(reader(request), rows)
         return StreamingResponse(zip_files(files), media_type="application/zip", headers=headers)
-    if choice == 2:
-        return _single_file(request, rows[0], ready)
-    boundary = new_boundary()
-    media_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    body = stream_parts(request, rows, boundary, syntax, ready)
-    return StreamingResponse(body, media_type=media_type)
+    transcoding = any(as_sent(r, syntax) != r["transfer_syntax_uid"] for r in rows)
+    slot = Slot() if transcoding else None  # (503 when too many responses transcode)
+    try:
+        ready = None  # (one instance transcoded before answering: its failure has a status)
+        if transcoding and len(rows) == 1:
+            bounds = inflated_limit(request), limits(request).max_frame_bytes
+            ready = transcode_or_refuse(reader(request), rows[0], *bounds)
+        if choice == 2:
+            media, headers, body = _single_file(request, rows[0], ready)
+        else:
+            boundary = new_boundary()
+            media = f'multipart/related; type="application/dicom"; boundary={boundary}'
+            headers, body = {}, stream_parts(request, rows, boundary, syntax, ready)
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
+    if slot is not None:
+        body = slot.held_while(body)
+    return StreamingResponse(body, media_type=media, headers=headers)
 
 
-def _single_file(request: Request, row: dict[str, Any], ready: Transcoded | None) -> Response:
+def _single_file(
+    request: Request, row: dict[str, Any], ready: Transcoded | None
+) -> tuple[str, dict[str, str], Iterator[bytes]]:
+    """(media type, headers, body) of one instance as ``application/dicom``."""
     syntax = TARGET if ready is not None else row["transfer_syntax_uid"]
     headers = {
         "Content-Disposition": attachment(row["sop_instance_uid"], ".dcm", "dicom"),
@@ -177,9 +187,9 @@ def _single_file(request: Request, row: dict[str, Any], ready: Transcoded | None
     }
     media = f"application/dicom; transfer-syntax={syntax}"
     if ready is not None:
-        return StreamingResponse(ready.chunks(CHUNK), media_type=media, headers=headers)
+        return media, headers, ready.chunks(CHUNK)
     body = read_range(reader(request).storage, row["path"], 0, row["file_size"], CHUNK)
-    return StreamingResponse(body, media_type=media, headers=headers)
+    return media, headers, body
 
 
 def metadata(request: Request) -> Response:
