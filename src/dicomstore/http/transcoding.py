@@ -57,11 +57,36 @@ class Slot:
             _RESPONSES.release()
 
     def held_while(self, body: Iterator[bytes]) -> Iterator[bytes]:
-        """``body``, the place let go when it ends (or is closed: the client went)."""
+        """``body``, the place let go when it ends, fails, is closed, or is dropped
+        unread (a client gone before the answer began: a generator never started would
+        never run its ``finally``, and the place would be lost for good)."""
+        return _Held(body, self)
+
+
+class _Held:
+    """An answer's body holding a :class:`Slot` until it ends (see ``held_while``)."""
+
+    def __init__(self, body: Iterator[bytes], slot: Slot) -> None:
+        self.body, self.slot = iter(body), slot
+
+    def __iter__(self) -> _Held:
+        return self
+
+    def __next__(self) -> bytes:
         try:
-            yield from body
-        finally:
-            self.release()
+            return next(self.body)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self.slot.release()
+        close = getattr(self.body, "close", None)
+        if close is not None:
+            close()
+
+    def __del__(self) -> None:
+        self.slot.release()
 
 
 def selected_syntax(params: Mapping[str, str], stored: set[str]) -> str:
