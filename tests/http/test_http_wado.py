@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import zipfile
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -104,7 +106,8 @@ def test_by_default_an_instance_is_explicit_vr_little_endian(setup, name: str) -
 
 def test_a_series_is_transcoded_instance_by_instance(setup, tmp_path, caplog) -> None:
     """Several instances: each transcoded as the answer streams; one that cannot be
-    (its fragment does not decode) is left out, logged, the others sent."""
+    (its fragment does not decode) cuts the answer off, logged (review43 #5: left out,
+    the answer looked whole), as a file that cannot be read does."""
     client, archive, _ = setup
     study, series = STUDY + ".9", STUDY + ".9.1"
     for n in (1, 2, 3):
@@ -115,11 +118,12 @@ def test_a_series_is_transcoded_instance_by_instance(setup, tmp_path, caplog) ->
             ds.PixelData = pydicom.encaps.encapsulate([b"\xff\x4f" + b"\0" * 30])
         ds.save_as(tmp_path / f"{n}.dcm")
         store_file(archive, tmp_path / f"{n}.dcm")
-    parts = split_multipart(*_body(client.get(f"/studies/{study}/series/{series}")))
-    got = [pydicom.dcmread(io.BytesIO(data)) for _, data in parts]
-    assert sorted(ds.SOPInstanceUID for ds in got) == [f"{series}.1", f"{series}.2"]
-    assert all(h["content-type"].endswith(f"={EXPLICIT}") for h, _ in parts)
-    assert f"{series}.3 left out: not transcoded to {EXPLICIT}" in caplog.text
+    with pytest.raises(httpx.RemoteProtocolError):  # (cut: it must not look whole)
+        client.get(f"/studies/{study}/series/{series}")
+    assert f"answer cut at {series}.3: not transcoded to {EXPLICIT}" in caplog.text
+    star = {"accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    parts = split_multipart(*_body(client.get(f"/studies/{study}/series/{series}", headers=star)))
+    assert len(parts) == 3  # (as stored, all of them)
 
 
 def _body(r: httpx.Response) -> tuple[bytes, str]:
@@ -346,7 +350,7 @@ def test_transcoding_answers_at_once_are_bounded(setup, monkeypatch) -> None:
     monkeypatch.setattr(transcoding, "_RESPONSES", threading.BoundedSemaphore(1))
     for _ in range(3):  # (one place, let go each time)
         assert client.get(jpeg).status_code == 200
-    held = transcoding.Slot()  # (the one place, taken as an answer being sent holds it)
+    held = transcoding.Slot("127.0.0.1")  # (the one place, taken as an answer being sent holds it)
     busy = client.get(jpeg)
     assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
     assert "transfer-syntax=*" in busy.text
@@ -354,10 +358,54 @@ def test_transcoding_answers_at_once_are_bounded(setup, monkeypatch) -> None:
     assert client.get(jpeg, headers=star).status_code == 200
     held.release()
     assert client.get(jpeg).status_code == 200
-    body = transcoding.Slot().held_while(iter([b"never read"]))
+    body = transcoding.Slot("127.0.0.1").held_while(iter([b"never read"]))
     del body  # (an answer whose client went before it began: its place let go)
     assert client.get(jpeg).status_code == 200
     refused = {"accept": "application/dicom"}  # (refused after its place is taken: let go)
-    monkeypatch.setattr(transcoding, "transcode", lambda *a: (_ for _ in ()).throw(OSError()))
-    for _ in range(2):
-        assert client.get(jpeg, headers=refused).status_code == 404
+    for code, status in ((errno.ENOENT, 404), (errno.ENOSPC, 500)):  # (review43 #6)
+        failing = OSError(code, os.strerror(code))
+        monkeypatch.setattr(transcoding, "transcode", lambda *a, e=failing: _raise(e))
+        for _ in range(2):
+            assert client.get(jpeg, headers=refused).status_code == status
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def test_media_ranges_offer_a_choice_of_syntaxes(setup, monkeypatch) -> None:
+    """review43 #4, #7, #8: the best range that can be made is taken (PS3.18 8.7.3.5.2
+    Note); a transfer-syntax that is no UID is 400; application/* on one instance is
+    application/dicom; HEAD transcodes nothing."""
+    from dicomstore.http import transcoding
+
+    client, archive, ids = setup
+    dose = url(ids["rtdose.dcm"])
+    part = 'multipart/related; type="application/dicom"'
+    choice = f"{part}; transfer-syntax=1.2.840.10008.1.2.4.50, {part}; transfer-syntax=*;q=0.5"
+    r = client.get(dose, headers={"accept": choice})
+    assert r.status_code == 200 and r.content.count(IMPLICIT.encode()) >= 1
+    ((headers, _),) = split_multipart(r.content, r.headers["content-type"])
+    assert headers["content-type"] == f"application/dicom; transfer-syntax={IMPLICIT}"
+    only = client.get(dose, headers={"accept": f"{part}; transfer-syntax=1.2.840.10008.1.2.4.50"})
+    assert only.status_code == 406 and "(Explicit VR Little Endian) only" in only.text
+    bad = client.get(dose, headers={"accept": f"{part}; transfer-syntax=JPEG"})
+    assert bad.status_code == 400 and "neither * nor a UID" in bad.text
+    wild = client.get(dose, headers={"accept": "application/*"})
+    assert wild.headers["content-type"] == f"application/dicom; transfer-syntax={EXPLICIT}"
+    monkeypatch.setattr(transcoding, "transcode", lambda *a: _raise(AssertionError("work")))
+    head = client.head(dose)
+    assert head.status_code == 200 and head.content == b""
+
+
+def test_one_address_holds_at_most_two_transcoding_answers() -> None:
+    from dicomstore.http import transcoding
+    from dicomstore.http.common import HttpError
+
+    first, second = transcoding.Slot("192.0.2.1"), transcoding.Slot("192.0.2.1")
+    with pytest.raises(HttpError, match="2 answers to 192.0.2.1"):
+        transcoding.Slot("192.0.2.1")
+    other = transcoding.Slot("192.0.2.2")  # (another client still served)
+    for slot in (first, second, other, first):  # (released once, whatever the calls)
+        slot.release()
+    transcoding.Slot("192.0.2.1").release()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import quote
@@ -171,14 +171,26 @@ def _matches(accept: Accepted, media_type: str, part_type: str | None) -> bool:
     return wanted == part_type or wanted == f"{part_type.partition('/')[0]}/*" or wanted == "*/*"
 
 
-def negotiate(request: Request, offers: Sequence[tuple[str, str | None]]) -> tuple[int, Accepted]:
+def negotiate(
+    request: Request,
+    offers: Sequence[tuple[str, str | None]],
+    producible: Callable[[int, Accepted], str | None] | None = None,
+) -> tuple[int, Accepted]:
     """Index of the first offer (media type, multipart ``type``) the client accepts,
-    and the media range that accepted it; 406 when none is acceptable."""
+    and the media range that accepted it, best range first; ``producible(n, range)``
+    says why offer ``n`` cannot be made as the range asks (its transfer syntax), and
+    the next range is tried (PS3.18 8.7.3.5.2 Note: ranges offer a choice of
+    syntaxes). 406 when none is acceptable, with the last reason."""
     ranges = accepted(request)
+    why = None
     for accept in ranges:
         for n, (media_type, part_type) in enumerate(offers):
             if _matches(accept, media_type, part_type):
-                return n, accept
+                why = producible(n, accept) if producible is not None else None
+                if why is None:
+                    return n, accept
+    if why is not None:
+        raise HttpError(406, why)
     names = ", ".join(m if t is None else f'{m}; type="{t}"' for m, t in offers)
     raise HttpError(406, f"none of the accepted media types can be produced; offered: {names}")
 

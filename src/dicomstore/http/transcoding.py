@@ -9,16 +9,22 @@ SCU converts for a peer (``services.conversion``: re-encoded element by element,
 compressed Pixel Data decoded a frame at a time) into a temporary file in the
 archive's ``.tmp``, then sent as a PS3.10 file with its File Meta Information made
 anew. Other syntaxes are not made (no compression): 406. At most
-:data:`AT_ONCE` transcodings run at once (each holds a decoded frame; CPU-bound), for at
-most :data:`MAX_RESPONSES` responses (beyond: 503).
+:data:`AT_ONCE` transcodings run at once (each holds decoded frames; CPU-bound), for at
+most :data:`MAX_RESPONSES` answers, :data:`MAX_PER_ADDRESS` per client (beyond: 503),
+each holding its place until it has ended (:class:`HeldResponse`).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
+import logging
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from dicomstore import uids
 from dicomstore.archive.dicomfile import file_header
@@ -26,6 +32,7 @@ from dicomstore.archive.reader import ArchiveReader
 from dicomstore.http.common import HttpError
 from dicomstore.services import conversion, sources
 
+log = logging.getLogger("dicomstore.http")
 #: The one syntax instances are transcoded to (PS3.18 Table 8.7.3-2's default).
 TARGET = uids.EXPLICIT_VR_LE
 #: Transcodings at once in this process (the others wait their turn).
@@ -38,29 +45,63 @@ MAX_RESPONSES = 8
 _RESPONSES = threading.BoundedSemaphore(MAX_RESPONSES)
 
 
-class Slot:
-    """A response's place among the :data:`MAX_RESPONSES` that transcode; 503 if none."""
+#: Of those, from one client address (a host holding its answers unread holds no more).
+MAX_PER_ADDRESS = 2
+_PER_ADDRESS: dict[str, int] = {}
+_LOCK = threading.Lock()
 
-    def __init__(self) -> None:
-        if not _RESPONSES.acquire(blocking=False):
-            raise HttpError(
-                503,
-                f"{MAX_RESPONSES} answers are being transcoded already: ask again, or for"
-                " transfer-syntax=* (the files as stored)",
-                {"Retry-After": "5"},
-            )
-        self._held = True
+
+class Slot:
+    """A response's place among the :data:`MAX_RESPONSES` that transcode (at most
+    :data:`MAX_PER_ADDRESS` of them for one ``address``); 503 if none."""
+
+    def __init__(self, address: str) -> None:
+        with _LOCK:
+            if _PER_ADDRESS.get(address, 0) >= MAX_PER_ADDRESS:
+                raise _busy(f"{MAX_PER_ADDRESS} answers to {address} are being transcoded")
+            if not _RESPONSES.acquire(blocking=False):
+                raise _busy(f"{MAX_RESPONSES} answers are being transcoded")
+            _PER_ADDRESS[address] = _PER_ADDRESS.get(address, 0) + 1
+        self.address, self._held = address, True
 
     def release(self) -> None:
-        if self._held:
+        with _LOCK:
+            if not self._held:
+                return
             self._held = False
-            _RESPONSES.release()
+            left = _PER_ADDRESS.pop(self.address, 1) - 1
+            if left:
+                _PER_ADDRESS[self.address] = left
+        _RESPONSES.release()
 
     def held_while(self, body: Iterator[bytes]) -> Iterator[bytes]:
         """``body``, the place let go when it ends, fails, is closed, or is dropped
-        unread (a client gone before the answer began: a generator never started would
-        never run its ``finally``, and the place would be lost for good)."""
+        unread (:class:`HeldResponse` lets it go when the answer ends, whatever the
+        body did: a generator never started runs no ``finally``)."""
         return _Held(body, self)
+
+
+def _busy(why: str) -> HttpError:
+    return HttpError(
+        503, f"{why} already: ask again, or for transfer-syntax=* (the files as stored)",
+        {"Retry-After": "5"},
+    )  # fmt: skip
+
+
+class HeldResponse(StreamingResponse):
+    """A streamed answer that holds a :class:`Slot` until it has ended: sent whole,
+    cut, or its client gone (review43 #1, #2: the body's own ``finally`` may never run,
+    and a dropped body waits for the cycle collector)."""
+
+    def __init__(self, content: Iterator[bytes], slot: Slot, **kwargs: Any) -> None:
+        super().__init__(slot.held_while(content), **kwargs)
+        self.slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slot.release()
 
 
 class _Held:
@@ -89,17 +130,24 @@ class _Held:
         self.slot.release()
 
 
-def selected_syntax(params: Mapping[str, str], stored: set[str]) -> str:
-    """The Selected Transfer Syntax for the instances stored in ``stored`` syntaxes
-    (PS3.18 8.7.8.2): ``*`` or a UID; 406 when one would need a transcoding not made."""
+def selected_syntax(params: Mapping[str, str]) -> str:
+    """The Selected Transfer Syntax a media range asks for (PS3.18 8.7.8.2): ``*`` or a
+    UID (400 for a value that is neither)."""
     syntax = params.get("transfer-syntax", TARGET)
-    if syntax not in ("*", TARGET) and stored - {syntax}:
-        raise HttpError(
-            406,
-            f"stored as {', '.join(sorted(stored - {syntax}))}; transcoded to"
-            f" {TARGET} ({uids.uid_name(TARGET)}) only, not to {syntax}",
-        )
+    if syntax != "*" and not uids.is_valid_uid(syntax):
+        raise HttpError(400, f"transfer-syntax={syntax!r} is neither * nor a UID (PS3.5 9.1)")
     return syntax
+
+
+def unproducible(syntax: str, stored: set[str]) -> str | None:
+    """Why instances stored in ``stored`` syntaxes cannot all be sent in ``syntax``
+    (only :data:`TARGET` is made), or None."""
+    if syntax in ("*", TARGET) or not stored - {syntax}:
+        return None
+    return (
+        f"stored as {', '.join(sorted(stored - {syntax}))}; transcoded to"
+        f" {TARGET} ({uids.uid_name(TARGET)}) only, not to {syntax}"
+    )
 
 
 def as_sent(row: Mapping[str, Any], syntax: str) -> str:
@@ -171,5 +219,8 @@ def transcode_or_refuse(
         raise HttpError(413, f"not transcoded to {TARGET}: {exc}") from None
     except sources.NotDicom as exc:
         raise HttpError(406, f"cannot be transcoded to {TARGET}: {exc}") from None
-    except OSError:
-        raise HttpError(404, "deleted since the search") from None
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise HttpError(404, "deleted since the search") from None
+        log.error("WADO-RS: %s not transcoded: %s", row["sop_instance_uid"], exc)
+        raise HttpError(500, f"cannot be transcoded: {exc.strerror or exc}") from None

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,7 @@ from starlette.responses import Response, StreamingResponse
 
 from dicomstore.archive.stored import read_range
 from dicomstore.http.answer import AnswerBroken
+from dicomstore.http.auth import client_of
 from dicomstore.http.common import (
     DICOM_JSON,
     HttpError,
@@ -38,12 +40,14 @@ from dicomstore.http.metadata import stream_metadata
 from dicomstore.http.multipart import closing, new_boundary, part_header
 from dicomstore.http.transcoding import (
     TARGET,
+    HeldResponse,
     Slot,
     Transcoded,
     as_sent,
     selected_syntax,
     transcode,
     transcode_or_refuse,
+    unproducible,
 )
 from dicomstore.http.zipstream import instance_files, open_stored, zip_files
 from dicomstore.services.sources import NotDicom, one_line
@@ -105,17 +109,14 @@ def stream_parts(
                 try:
                     bounds = inflated_limit(request), limits(request).max_frame_bytes
                     done = transcode(archive, row, *bounds)
-                except (NotDicom, OSError) as exc:
-                    log.warning(
-                        "WADO-RS: %s left out: not transcoded to %s: %s",
-                        row["sop_instance_uid"],
-                        sent_as,
-                        one_line(exc),
-                    )
-                    continue
-            yield part_header(
-                boundary, f"application/dicom; transfer-syntax={sent_as}", first=first
-            )
+                except OSError as exc:
+                    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                        continue  # deleted since the query: skip it, as a file as stored
+                    raise _cut(row, sent_as, exc) from None
+                except NotDicom as exc:  # (an answer without it would look whole)
+                    raise _cut(row, sent_as, exc) from None
+            media = f"application/dicom; transfer-syntax={sent_as}"
+            yield part_header(boundary, media, first=first)
             first = False
             yield from done.chunks(CHUNK)
             continue
@@ -132,13 +133,35 @@ def stream_parts(
     yield closing(boundary, empty=first)
 
 
+def _cut(row: dict[str, Any], syntax: str, exc: BaseException) -> AnswerBroken:
+    """An instance of a study or series that cannot be transcoded: the answer is cut off
+    (its client sees it incomplete, the audit record says so, as for a file that cannot
+    be read), logged naming it (review43 #5: left out, the answer looked whole)."""
+    log.warning(
+        "WADO-RS: answer cut at %s: not transcoded to %s: %s (transfer-syntax=* gives it as"
+        " stored)",
+        row["sop_instance_uid"],
+        syntax,
+        one_line(exc),
+    )
+    return AnswerBroken(f"{row['sop_instance_uid']} cannot be transcoded to {syntax}")
+
+
 def retrieve(request: Request) -> Response:
     """GET /studies/{study}[/series/{series}[/instances/{sop}]] (10.4.1.1.1)."""
     rows = _rows(request)
-    offers = [("multipart/related", "application/dicom"), ("application/zip", None)]
-    if "sop" in request.path_params:
+    offers: list[tuple[str, str | None]] = [("multipart/related", "application/dicom")]
+    if "sop" in request.path_params:  # (before zip: application/* asks for it)
         offers.append(("application/dicom", None))
-    choice, accept = negotiate(request, offers)
+    offers.append(("application/zip", None))
+    stored = {r["transfer_syntax_uid"] for r in rows}
+
+    def producible(n: int, accept: Any) -> str | None:
+        zipped = offers[n][0] == "application/zip"
+        return None if zipped else unproducible(selected_syntax(accept.params), stored)
+
+    choice, accept = negotiate(request, offers, producible)
+    kind = offers[choice][0]
     if len(rows) == 1:  # (one instance: a file it cannot read is said before any status)
         try:
             open_stored(reader(request), rows[0]).close()
@@ -146,34 +169,38 @@ def retrieve(request: Request) -> Response:
             raise HttpError(500, f"{exc}: its file is missing or unreadable") from None
         except OSError:
             raise HttpError(404, "deleted since the search") from None
-    syntax = "*"  # (a zip holds the files as stored)
-    if choice != 1:
-        syntax = selected_syntax(accept.params, {r["transfer_syntax_uid"] for r in rows})
-    if choice == 1:
+    if kind == "application/zip":  # (the files as stored)
         name = rows[0]["sop_instance_uid" if "sop" in request.path_params else "study_uid"]
         headers = {"Content-Disposition": attachment(name, ".zip", "dicom")}
         files = instance_files(reader(request), rows)
         return StreamingResponse(zip_files(files), media_type="application/zip", headers=headers)
+    syntax = selected_syntax(accept.params)
     transcoding = any(as_sent(r, syntax) != r["transfer_syntax_uid"] for r in rows)
-    slot = Slot() if transcoding else None  # (503 when too many responses transcode)
+    boundary = new_boundary()
+    multipart = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    if transcoding and request.method == "HEAD":  # (its headers: nothing transcoded)
+        single = f"application/dicom; transfer-syntax={TARGET}"
+        return Response(media_type=single if kind == "application/dicom" else multipart)
+    if not transcoding:
+        if kind == "application/dicom":
+            media, headers, body = _single_file(request, rows[0], None)
+            return StreamingResponse(body, media_type=media, headers=headers)
+        return StreamingResponse(stream_parts(request, rows, boundary), media_type=multipart)
+    slot = Slot(client_of(request.scope))  # (503 when too many answers transcode)
     try:
         ready = None  # (one instance transcoded before answering: its failure has a status)
-        if transcoding and len(rows) == 1:
+        if len(rows) == 1:
             bounds = inflated_limit(request), limits(request).max_frame_bytes
             ready = transcode_or_refuse(reader(request), rows[0], *bounds)
-        if choice == 2:
+        if kind == "application/dicom":
             media, headers, body = _single_file(request, rows[0], ready)
         else:
-            boundary = new_boundary()
-            media = f'multipart/related; type="application/dicom"; boundary={boundary}'
-            headers, body = {}, stream_parts(request, rows, boundary, syntax, ready)
+            media, headers = multipart, {}
+            body = stream_parts(request, rows, boundary, syntax, ready)
     except BaseException:
-        if slot is not None:
-            slot.release()
+        slot.release()
         raise
-    if slot is not None:
-        body = slot.held_while(body)
-    return StreamingResponse(body, media_type=media, headers=headers)
+    return HeldResponse(body, slot, media_type=media, headers=headers)
 
 
 def _single_file(

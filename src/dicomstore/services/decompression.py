@@ -14,8 +14,8 @@ lossless syntax is decoded as it is (YBR_FULL stays YBR_FULL: as DCMTK, no value
 changes) and a lossy one gets Lossy Image Compression 01 where it is missing (PS3.3
 C.7.6.1.1.5). An Icon Image Sequence whose Pixel Data is encapsulated too is left
 out. Memory: about :data:`HELD_FRAMES` decoded frames (twice as many for a lossy
-colour one, converted to RGB), which must be at most a limit (read from the header
-first), whatever the number of frames (review42).
+colour one, converted to RGB), whatever the number of frames; one frame must be at
+most a limit (read from the header first).
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ _LEFT_OUT = (0x7FE00001, 0x7FE00002)
 _ICON = 0x00880200
 _PHOTOMETRIC, _PLANAR, _FRAMES, _LOSSY = 0x00280004, 0x00280006, 0x00280008, 0x00282110
 #: What decoding a frame holds, in decoded frames (pydicom's decoders, its conversion of
-#: colour to RGB in floating point, the bytes written; review42 #3): the limit bounds it.
+#: lossy colour to RGB in floating point; review42 #3): the limit is on one frame, as
+#: for WADO-RS frames and rendered images (review43 #3: 12 times made a 48 MiB colour
+#: photograph 413 where /frames served it), so memory is up to this many times it.
 HELD_FRAMES, HELD_COLOUR_FRAMES = 6, 12
 _UNDEFINED = b"\xff\xff\xff\xff"
 _ITEM_HEADER = struct.Struct("<HHL").unpack_from
@@ -129,12 +131,10 @@ def _decoder(
     if bits == 1:
         return None
     frame_size = rows * columns * samples * max(bits, 8) // 8
-    lossless = instance.transfer_syntax in uids.LOSSLESS_COMPRESSED
-    held = frame_size * (HELD_COLOUR_FRAMES if samples > 1 and not lossless else HELD_FRAMES)
-    if held > limit:
+    if frame_size > limit:
         raise TooLargeToConvert(
-            f"converting it to {uids.uid_name(ts)} would hold about {held} bytes decoding"
-            f" a frame of {frame_size} bytes, over the limit of {limit}: not converted"
+            f"converting it to {uids.uid_name(ts)} would decode frames of {frame_size} bytes,"
+            f" over the limit of {limit}: not converted"
         )
     frames = header.get("NumberOfFrames", 1)
     if frames is None or str(frames).strip() == "":
