@@ -69,15 +69,16 @@ class _Watch:
                 for key in late:
                     _due, owner, seconds = self._waiting.pop(key)
                     owner.cut = True  # (a failure to report, not a stale session to retry)
-                    cut.append((owner, seconds, _canceller(owner.conn)))
+                    cut.append(_canceller(owner.conn))
+                    # said before the cut, so that the failure it causes comes after it
+                    log.warning(
+                        "index %s: no answer within %g s: the session is cut, its statement"
+                        " fails (and is cancelled on the server)",
+                        owner.where,
+                        seconds,
+                    )
                     _shut(owner.conn)
-            for owner, seconds, canceller in cut:
-                log.warning(
-                    "index %s: no answer within %g s: the session is cut, its statement"
-                    " fails (and is cancelled on the server)",
-                    owner.where,
-                    seconds,
-                )
+            for canceller in cut:
                 # a slow backend would go on (holding the index's lock): cancelled, from
                 # a thread of its own (the cancel request is a connection of its own)
                 if canceller is not None:
