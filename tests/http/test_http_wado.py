@@ -391,6 +391,9 @@ def test_media_ranges_offer_a_choice_of_syntaxes(setup, monkeypatch) -> None:
     assert only.status_code == 406 and "(Explicit VR Little Endian) only" in only.text
     bad = client.get(dose, headers={"accept": f"{part}; transfer-syntax=JPEG"})
     assert bad.status_code == 400 and "neither * nor a UID" in bad.text
+    twice = f"{part}; transfer-syntax=*; transfer-syntax={EXPLICIT}"
+    bad = client.get(dose, headers={"accept": twice})
+    assert bad.status_code == 400 and "gives transfer-syntax twice" in bad.text
     wild = client.get(dose, headers={"accept": "application/*"})
     assert wild.headers["content-type"] == f"application/dicom; transfer-syntax={EXPLICIT}"
     monkeypatch.setattr(transcoding, "transcode", lambda *a: _raise(AssertionError("work")))

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.http.multipart import parse_media_type
+from dicomstore.http.multipart import parse_media_type, repeated_parameters
 
 DICOM_JSON = "application/dicom+json"
 #: One UID as a URL names it (PS3.18 10.4.1: ``{study}``, ``{series}``, ``{instance}``
@@ -149,6 +149,9 @@ def accepted(request: Request) -> list[Accepted]:
         for item in value.split(","):
             if not item.strip():
                 continue
+            twice = repeated_parameters(item)
+            if twice:  # (which one counts is ambiguous: RFC 9110 5.6.6, review43 #8)
+                raise HttpError(400, f"the media range {item.strip()!r} gives {twice[0]} twice")
             media_type, params = parse_media_type(item)
             try:
                 quality = float(params.pop("q", "1"))
