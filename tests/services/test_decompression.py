@@ -214,3 +214,15 @@ def test_a_number_of_frames_that_is_no_count_is_refused(tmp_path: Path, frames: 
     with warnings.catch_warnings(), pytest.raises(sources.NotDicom, match="Number of Frames"):
         warnings.simplefilter("ignore")
         conversion.converted(sources.scan_file(path), uids.EXPLICIT_VR_LE)
+
+
+def test_rle_fragments_other_than_one_per_frame_are_refused(tmp_path: Path) -> None:
+    """review42 #8: PS3.5 A.4.2 wants one fragment per RLE frame; three for two frames
+    were decoded as two, the third dropped, silently."""
+    path = _rle_file(tmp_path, 2)
+    ds = pydicom.dcmread(path)
+    fragments = list(generate_frames(ds.PixelData, number_of_frames=2))
+    ds.PixelData = encapsulate([*fragments, fragments[1]])
+    ds.save_as(path)
+    with pytest.raises(sources.NotDicom, match="3 RLE fragments for 2 frames"):
+        conversion.converted(sources.scan_file(path), uids.EXPLICIT_VR_LE)

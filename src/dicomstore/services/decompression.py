@@ -54,6 +54,7 @@ _PHOTOMETRIC, _PLANAR, _FRAMES, _LOSSY = 0x00280004, 0x00280006, 0x00280008, 0x0
 #: photograph 413 where /frames served it), so memory is up to this many times it.
 HELD_FRAMES, HELD_COLOUR_FRAMES = 6, 12
 _UNDEFINED = b"\xff\xff\xff\xff"
+_RLE = "1.2.840.10008.1.2.5"
 _ITEM_HEADER = struct.Struct("<HHL").unpack_from
 #: Every compressed transfer syntax encodes Explicit VR Little Endian (PS3.5 A.4).
 EXPLICIT = (False, True)
@@ -146,7 +147,8 @@ def _decoder(
         return None  # (not Explicit VR, encapsulated, PS3.5 A.4: pydicom's lenience)
     value_at = f.tell()
     try:
-        _check_codestreams(file_pread(f), value_at, rows, columns, samples)
+        rle = int(frames) if instance.transfer_syntax == _RLE else 0
+        _check_codestreams(file_pread(f), value_at, rows, columns, samples, rle)
     except CodestreamMismatch as exc:
         raise NotDicom(f"cannot convert to {uids.uid_name(ts)}: {exc}") from None
     f.seek(value_at)
@@ -167,10 +169,14 @@ def _decoder(
     return header, first, image, decoded
 
 
-def _check_codestreams(pread: Pread, pos: int, rows: int, columns: int, samples: int) -> None:
+def _check_codestreams(
+    pread: Pread, pos: int, rows: int, columns: int, samples: int, rle_frames: int = 0
+) -> None:
     """Each fragment that starts a JPEG or JPEG 2000 codestream declares the data set's
     dimensions (``codestreams.check``: before any decoder allocates what it declares,
-    review42 #1); the items from ``pos`` to the Sequence Delimitation Item (PS3.5 A.4)."""
+    review42 #1); the items from ``pos`` to the Sequence Delimitation Item (PS3.5 A.4).
+    RLE (``rle_frames``: its Number of Frames) has one fragment per frame (PS3.5 A.4.2:
+    more were decoded as fewer frames, silently)."""
     n = 0
     while True:
         head = pread(8, pos)
@@ -179,6 +185,11 @@ def _check_codestreams(pread: Pread, pos: int, rows: int, columns: int, samples:
         group, element, length = _ITEM_HEADER(head)
         tag = group << 16 | element
         if tag == 0xFFFEE0DD:
+            if rle_frames and n - 1 != rle_frames:
+                raise CodestreamMismatch(
+                    f"{n - 1} RLE fragments for {rle_frames} frames: PS3.5 A.4.2 wants one"
+                    " fragment per frame"
+                )
             return
         if tag != 0xFFFEE000 or length == 0xFFFFFFFF:
             raise NotDicom(f"no fragment item at offset {pos} of its encapsulated Pixel Data")
