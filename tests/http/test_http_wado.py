@@ -399,6 +399,7 @@ def test_media_ranges_offer_a_choice_of_syntaxes(setup, monkeypatch) -> None:
     monkeypatch.setattr(transcoding, "transcode", lambda *a: _raise(AssertionError("work")))
     head = client.head(dose)
     assert head.status_code == 200 and head.content == b""
+    assert "content-length" not in head.headers  # (unknown until transcoded)
 
 
 def test_one_address_holds_at_most_two_transcoding_answers() -> None:

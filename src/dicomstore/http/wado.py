@@ -180,7 +180,9 @@ def retrieve(request: Request) -> Response:
     multipart = f'multipart/related; type="application/dicom"; boundary={boundary}'
     if transcoding and request.method == "HEAD":  # (its headers: nothing transcoded)
         single = f"application/dicom; transfer-syntax={TARGET}"
-        return Response(media_type=single if kind == "application/dicom" else multipart)
+        head = Response(media_type=single if kind == "application/dicom" else multipart)
+        del head.headers["content-length"]  # (unknown until transcoded: not 0)
+        return head
     if not transcoding:
         if kind == "application/dicom":
             media, headers, body = _single_file(request, rows[0], None)
