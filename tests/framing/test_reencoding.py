@@ -351,3 +351,29 @@ def test_a_large_pixel_data_is_swapped_in_bounded_memory(tmp_path: Path) -> None
 def test_what_does_not_frame_is_named(data: bytes, source, error, message: str) -> None:
     with pytest.raises(error, match=message):
         _reencode(data, source, BIG)
+
+
+def test_an_element_edits_replace_is_written_once() -> None:
+    """review44 #6: a replaced element out of tag order, or repeated, was written twice."""
+    from dicomstore.framing.reencoding import Edits
+
+    data = (
+        _explicit(0x00280004, b"CS", b"YBR_FULL")
+        + _explicit(0x00280010, b"US", b"\x02\x00")
+        + _explicit(0x00280004, b"CS", b"RGB ")  # (out of order: again)
+    )
+    out = io.BytesIO()
+    edits = Edits(replace={0x00280004: (b"CS", b"RGB "), 0x00280002: (b"US", b"\x03\x00")})
+    reencode(
+        FileSource(lambda n, at: data[at : at + n], len(data)), 0, EXPLICIT, IMPLICIT, out, edits
+    )
+    assert out.getvalue() == (
+        _implicit(0x00280002, b"\x03\x00") + _implicit(0x00280004, b"RGB ")
+        + _implicit(0x00280010, b"\x02\x00")
+    )  # fmt: skip
+
+
+def test_a_value_padded_past_its_16_bit_length_is_un() -> None:
+    data = encode_header(0x00081030, b"LO", 0xFFFF) + b"x" * 0xFFFF
+    out = _reencode(data, EXPLICIT, BIG)
+    assert out[:12] == struct.pack(">HH2sHL", 0x0008, 0x1030, b"UN", 0, 0x10000)

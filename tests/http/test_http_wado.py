@@ -413,3 +413,14 @@ def test_one_address_holds_at_most_two_transcoding_answers() -> None:
     for slot in (first, second, other, first):  # (released once, whatever the calls)
         slot.release()
     transcoding.Slot("192.0.2.1").release()
+
+
+def test_a_place_let_go_while_the_lock_is_held_does_not_deadlock() -> None:
+    """review44 #3: a body let go by the garbage collector inside Slot() (which holds
+    the lock) released its place from within: a plain lock waited on itself."""
+    from dicomstore.http import transcoding
+
+    slot = transcoding.Slot("192.0.2.9")
+    with transcoding._LOCK:
+        slot.release()
+    transcoding.Slot("192.0.2.9").release()

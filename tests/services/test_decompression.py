@@ -226,3 +226,36 @@ def test_rle_fragments_other_than_one_per_frame_are_refused(tmp_path: Path) -> N
     ds.save_as(path)
     with pytest.raises(sources.NotDicom, match="3 RLE fragments for 2 frames"):
         conversion.converted(sources.scan_file(path), uids.EXPLICIT_VR_LE)
+
+
+def test_an_image_pixel_value_that_is_no_one_number_is_refused(tmp_path: Path) -> None:
+    """review44 #1: Rows of two values (a 4-byte US frames fine) raised TypeError, which
+    no caller catches: `send` ended whole. Now NotDicom: that one is not sent."""
+    path = _rle_file(tmp_path, 2)
+    ds = pydicom.dcmread(path)
+    ds.Rows = [256, 256]
+    ds.save_as(path)
+    with pytest.raises(sources.NotDicom, match="its Rows is .*256, 256.*not one number"):
+        conversion.converted(sources.scan_file(path), uids.EXPLICIT_VR_LE)
+
+
+def test_a_stored_instance_read_from_a_stream_with_an_icon(tmp_path: Path) -> None:
+    """review44 #2: from a storage stream (no file name), pydicom read the deferred icon
+    from the stream the decoder was taking frames from: frame 2 did not decode."""
+    path = _rle_file(tmp_path, 2)
+    ds = pydicom.dcmread(path)
+    icon = Dataset()
+    icon.Rows = icon.Columns = 64
+    icon.BitsAllocated = 8
+    icon.add_new(0x7FE00010, "OB", bytes(range(256)) * 16)  # (4 KiB: deferred)
+    ds.IconImageSequence = [icon]
+    ds.save_as(path)
+    data = path.read_bytes()
+    instance = sources.scan_stream(lambda: io.BytesIO(data))
+    out, _size = conversion.converted(instance, uids.EXPLICIT_VR_LE)
+    with out:
+        got = read_dataset(io.BytesIO(out.read()), False, True)
+    got.file_meta = FileMetaDataset()
+    got.file_meta.TransferSyntaxUID = uids.EXPLICIT_VR_LE
+    want = (np.arange(2 * 256 * 256, dtype="<u2") % 997).reshape(2, 256, 256)
+    assert np.array_equal(got.pixel_array, want) and len(got.IconImageSequence) == 1

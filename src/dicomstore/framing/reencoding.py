@@ -278,9 +278,11 @@ def _edit(
         return _past_fragments(src, value)
     if tag not in edits.replace:
         return None
+    new = edits.replace[tag]
     if pending and pending[0] == tag:
         pending.pop(0)
-    new = edits.replace[tag]
+    elif new is not None and tag not in pending:
+        new = None  # (written already: this one is out of tag order or a repeat, review44)
     if new is not None:
         w.write(encode_header(tag, None if stack[0].dst[0] else new[0], len(new[1]), little))
         w.write(new[1])
@@ -418,7 +420,7 @@ def _element(
         w.write(encode_header(tag, out_vr, UNDEFINED if seq.end is None else 0, to_little))
         seq.content_at = w.pos
         return value
-    if length > 0xFFFF and vr.encode("ascii") not in LONG_VRS:
+    if length + length % 2 > 0xFFFF and vr.encode("ascii") not in LONG_VRS:
         vr = "UN"  # too long for its VR's 16-bit length (PS3.5 6.2.2): as it is, unswapped
     size = _SWAP.get(vr, 0) if little != to_little else 0  # (OW: by 16-bit words, PS3.5 6.2)
     if size and length % size:

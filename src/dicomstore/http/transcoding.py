@@ -48,7 +48,9 @@ _RESPONSES = threading.BoundedSemaphore(MAX_RESPONSES)
 #: Of those, from one client address (a host holding its answers unread holds no more).
 MAX_PER_ADDRESS = 2
 _PER_ADDRESS: dict[str, int] = {}
-_LOCK = threading.Lock()
+#: (re-entrant: a body let go by the garbage collector while this thread holds the lock
+#: releases its place from within it: review44 #3, a plain lock deadlocked)
+_LOCK = threading.RLock()
 
 
 class Slot:
@@ -93,15 +95,23 @@ class HeldResponse(StreamingResponse):
     cut, or its client gone (review43 #1, #2: the body's own ``finally`` may never run,
     and a dropped body waits for the cycle collector)."""
 
-    def __init__(self, content: Iterator[bytes], slot: Slot, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        content: Iterator[bytes],
+        slot: Slot,
+        ready: Transcoded | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(slot.held_while(content), **kwargs)
-        self.slot = slot
+        self.slot, self.ready = slot, ready
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             self.slot.release()
+            if self.ready is not None:  # (its temporary file, even if never read)
+                self.ready.close()
 
 
 class _Held:

@@ -202,7 +202,7 @@ def retrieve(request: Request) -> Response:
     except BaseException:
         slot.release()
         raise
-    return HeldResponse(body, slot, media_type=media, headers=headers)
+    return HeldResponse(body, slot, ready, media_type=media, headers=headers)
 
 
 def _single_file(

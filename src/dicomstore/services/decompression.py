@@ -69,14 +69,16 @@ def decompressed(
     Data not as PS3.5 A.4 says: the caller decodes it whole). Raises
     :class:`NotDicom` when a frame would be over ``limit`` bytes or does not decode, or
     the data set does not frame; ``OSError``."""
-    with _opened(instance) as f, _opened(instance) as g:
-        found = _decoder(instance, ts, f, limit)
+    # three readers of the file: the header's (pydicom reads a deferred value from it,
+    # review44 #2: not from the decoder's), the decoder's, the re-encoding's
+    with _opened(instance) as h, _opened(instance) as f, _opened(instance) as g:
+        found = _decoder(instance, ts, h, f, limit)
         if found is None:
             return None
         header, first, image, decoded = found
-        frames = int(header.get("NumberOfFrames", 1) or 1)
+        frames = _number(header, "NumberOfFrames", 1, ts)
         little = target[1]
-        vr = b"OB" if int(header.get("BitsAllocated", 8) or 8) <= 8 else b"OW"
+        vr = b"OB" if _number(header, "BitsAllocated", 8, ts) <= 8 else b"OW"
         length = frames * first.nbytes
         if length >= 0xFFFFFFFE:
             raise NotDicom(f"its Pixel Data decoded is {length} bytes, too long for one element")
@@ -116,19 +118,35 @@ def _opened(instance: Instance) -> IO[bytes]:
     return instance.opener()
 
 
+def _number(header: Dataset, keyword: str, default: int, ts: str) -> int:
+    """The one whole number ``keyword`` says (``default`` when absent or empty);
+    NotDicom for two values or a text that is none (review44 #1: a TypeError ended
+    ``send`` whole)."""
+    value = header.get(keyword, default)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise NotDicom(
+            f"cannot convert to {uids.uid_name(ts)}: its {keyword} is {value!r}, not one number"
+        ) from None
+
+
 def _decoder(
-    instance: Instance, ts: str, f: IO[bytes], limit: int
+    instance: Instance, ts: str, h: IO[bytes], f: IO[bytes], limit: int
 ) -> tuple[Dataset, np.ndarray, dict[str, Any], Iterator[tuple[np.ndarray, Any]]] | None:
     """(its header, its first frame decoded, what decoding makes of the Image Pixel
-    module, the frames that follow) of the Part-10 file ``f``; None for 1 bit, or a
-    Pixel Data that is not encapsulated as PS3.5 A.4 says."""
+    module, the frames that follow) of the Part-10 file, its header read from ``h``, its
+    frames from ``f``; None for 1 bit, or a Pixel Data that is not encapsulated as PS3.5
+    A.4 says."""
     from pydicom import dcmread
     from pydicom.pixels import as_pixel_options, get_decoder
 
-    header = dcmread(f, stop_before_pixels=True, force=True, defer_size=1024)
-    rows, columns = int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)
-    samples = int(header.get("SamplesPerPixel", 1) or 1)
-    bits = int(header.get("BitsAllocated", 8) or 8)
+    header = dcmread(h, stop_before_pixels=True, force=True, defer_size=1024)
+    rows, columns = _number(header, "Rows", 0, ts), _number(header, "Columns", 0, ts)
+    samples = _number(header, "SamplesPerPixel", 1, ts)
+    bits = _number(header, "BitsAllocated", 8, ts)
     if bits == 1:
         return None
     frame_size = rows * columns * samples * max(bits, 8) // 8
@@ -142,10 +160,10 @@ def _decoder(
         frames = 1
     if not str(frames).strip().isdigit() or int(frames) < 1:
         raise NotDicom(f"its Number of Frames is {frames!r}, no whole number of 1 or more")
-    head = f.read(12)  # (pydicom stopped at the Pixel Data's tag)
+    head = h.read(12)  # (pydicom stopped at the Pixel Data's tag)
     if head[:6] not in (b"\xe0\x7f\x10\x00OB", b"\xe0\x7f\x10\x00OW") or head[8:] != _UNDEFINED:
         return None  # (not Explicit VR, encapsulated, PS3.5 A.4: pydicom's lenience)
-    value_at = f.tell()
+    value_at = h.tell()
     try:
         rle = int(frames) if instance.transfer_syntax == _RLE else 0
         _check_codestreams(file_pread(f), value_at, rows, columns, samples, rle)
