@@ -13,11 +13,7 @@ and its association limit:
   Unavailable`` with ``Retry-After`` and closed before anything of it is read;
 - a connection that owes us bytes (a request head begun or not yet sent, or a
   body not yet complete) and sends none for :attr:`HttpLimits.request_timeout`
-  seconds is answered ``408 Request Timeout`` and closed;
-- a request answered before its body ended (413 on its declared length) is not
-  read on: the connection stops sending, drops what still comes for
-  :data:`LINGER` seconds and closes (a client sending a body of 100 GB at full
-  speed held it, and our CPU, for as long as it took). While we are the ones
+  seconds is answered ``408 Request Timeout`` and closed. While we are the ones
   not reading (flow control: the app has not taken what arrived) the clock does
   not run, nor while a response is being sent (a long download).
 
@@ -123,11 +119,6 @@ class GuardedH11(H11Protocol):
         self._answered = True
         self._idle_since = self.loop.time()
         super().on_response_complete()
-        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
-            # answered before its body ended (a 413 on its declared length, a refusal):
-            # what still comes is not read on, for as long as the client would send it
-            # (review40 #8); the connection lingers, then closes (RFC 9112 9.6)
-            self._linger()
 
     def send_400_response(self, msg: str) -> None:
         """A request h11 cannot parse: 431 when its head outgrew the buffer (RFC 6585
