@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import array
 import struct
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -306,6 +307,15 @@ def _insert(w: _Out, edits: Edits, pending: list[int], before: int, target: Enco
 
 def _past_fragments(src: Source, pos: int) -> int:
     """Where encapsulated Pixel Data whose items start at ``pos`` ends (PS3.5 A.4)."""
+    ((end, _delimiter),) = deque(fragments(src, pos), maxlen=1)  # (the last: its end)
+    return end
+
+
+def fragments(src: Source, pos: int) -> Iterator[tuple[int, int]]:
+    """(where its value starts, its length) of each item of encapsulated Pixel Data whose
+    items start at ``pos`` (PS3.5 A.4: the Basic Offset Table first), then, for its
+    Sequence Delimitation Item, (where the Pixel Data ends, -1). Raises
+    :class:`Truncated`, or :class:`FramingError` for what is no item."""
     while True:
         head = src.read(pos, 8)
         if len(head) < 8:
@@ -314,11 +324,13 @@ def _past_fragments(src: Source, pos: int) -> int:
         group, element, length = _ITEM_HEADER(head)
         tag = group << 16 | element
         if tag == SEQUENCE_DELIMITER:
-            return pos + 8
+            yield pos + 8, -1
+            return
         if tag != ITEM or length == UNDEFINED:
             raise FramingError(
                 f"{tag_name(tag)} where a fragment of Pixel Data goes, at offset {pos}", tag, pos
             )
+        yield pos + 8, length
         pos = _past(src, tag, pos, pos + 8, length)
 
 

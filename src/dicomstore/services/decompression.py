@@ -26,10 +26,10 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 from dicomstore import uids
 from dicomstore.codestreams import CodestreamMismatch, check
-from dicomstore.framing import FileSource, FramingError, Pread, file_pread
-from dicomstore.framing.reencoding import Edits, reencode
+from dicomstore.framing import FileSource, FramingError, file_pread
+from dicomstore.framing.reencoding import Edits, fragments, reencode
 from dicomstore.inflation import temporary_file
-from dicomstore.services.sources import Instance, NotDicom, one_line
+from dicomstore.services.sources import Instance, NotDicom, one_line, open_dataset
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,7 +55,6 @@ _PHOTOMETRIC, _PLANAR, _FRAMES, _LOSSY = 0x00280004, 0x00280006, 0x00280008, 0x0
 HELD_FRAMES, HELD_COLOUR_FRAMES = 6, 12
 _UNDEFINED = b"\xff\xff\xff\xff"
 _RLE = "1.2.840.10008.1.2.5"
-_ITEM_HEADER = struct.Struct("<HHL").unpack_from
 #: Every compressed transfer syntax encodes Explicit VR Little Endian (PS3.5 A.4).
 EXPLICIT = (False, True)
 
@@ -112,10 +111,9 @@ def written(where: str | None, ts: str, write: Callable[[BinaryIO], int]) -> tup
 
 def _opened(instance: Instance) -> IO[bytes]:
     """The instance's file (or stream) from its start."""
-    if instance.path is not None:
-        return open(instance.path, "rb")  # noqa: SIM115 - the caller's with
-    assert instance.opener is not None
-    return instance.opener()
+    f = open_dataset(instance)
+    f.seek(0)
+    return f
 
 
 def _number(header: Dataset, keyword: str, default: int, ts: str) -> int:
@@ -166,8 +164,9 @@ def _decoder(
     value_at = h.tell()
     try:
         rle = int(frames) if instance.transfer_syntax == _RLE else 0
-        _check_codestreams(file_pread(f), value_at, rows, columns, samples, rle)
-    except CodestreamMismatch as exc:
+        source = FileSource(file_pread(f), instance.offset + instance.size)
+        _check_codestreams(source, value_at, rows, columns, samples, rle)
+    except (CodestreamMismatch, FramingError) as exc:
         raise NotDicom(f"cannot convert to {uids.uid_name(ts)}: {exc}") from None
     f.seek(value_at)
     for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
@@ -188,7 +187,7 @@ def _decoder(
 
 
 def _check_codestreams(
-    pread: Pread, pos: int, rows: int, columns: int, samples: int, rle_frames: int = 0
+    source: FileSource, pos: int, rows: int, columns: int, samples: int, rle_frames: int = 0
 ) -> None:
     """Each fragment that starts a JPEG or JPEG 2000 codestream declares the data set's
     dimensions (``codestreams.check``: before any decoder allocates what it declares,
@@ -196,30 +195,21 @@ def _check_codestreams(
     RLE (``rle_frames``: its Number of Frames) has one fragment per frame (PS3.5 A.4.2:
     more were decoded as fewer frames, silently)."""
     n = 0
-    while True:
-        head = pread(8, pos)
-        if len(head) < 8:
-            raise NotDicom(f"its encapsulated Pixel Data is cut short at offset {pos}")
-        group, element, length = _ITEM_HEADER(head)
-        tag = group << 16 | element
-        if tag == 0xFFFEE0DD:
-            if rle_frames and n - 1 != rle_frames:
-                raise CodestreamMismatch(
-                    f"{n - 1} RLE fragments for {rle_frames} frames: PS3.5 A.4.2 wants one"
-                    " fragment per frame"
-                )
-            return
-        if tag != 0xFFFEE000 or length == 0xFFFFFFFF:
-            raise NotDicom(f"no fragment item at offset {pos} of its encapsulated Pixel Data")
+    for start, length in fragments(source, pos):
+        if length < 0:
+            break
         if n and length:  # (item 0: the Basic Offset Table)
-            start = pos + 8
 
             def read(at: int, size: int, start: int = start, length: int = length) -> bytes:
-                return pread(max(0, min(size, length - at)), start + at)
+                return source.read(start + at, max(0, min(size, length - at)))
 
             check(read, length, rows, columns, samples, f"fragment {n}")
         n += 1
-        pos += 8 + length
+    if rle_frames and n - 1 != rle_frames:
+        raise CodestreamMismatch(
+            f"{n - 1} RLE fragments for {rle_frames} frames: PS3.5 A.4.2 wants one"
+            " fragment per frame"
+        )
 
 
 def _changes(
