@@ -79,6 +79,56 @@ def test_declared_length_over_the_cap_is_413_before_the_body(bounded, caplog) ->
     assert archive.instances() == []
 
 
+def _answer_and_end(sock: socket.socket, keep_sending: bool) -> bytes:
+    """Everything the server sends until its side ends (a FIN, or a reset once it has
+    closed with our bytes unread), sending more body meanwhile if ``keep_sending``."""
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+            if keep_sending:
+                sock.sendall(b"x" * 65536)
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    return answer
+
+
+def test_a_body_answered_before_its_end_is_not_read_on(bounded, monkeypatch) -> None:
+    """review40 #8: after an early 413 the server read the rest of a body for as long as
+    the client sent it (10 GiB declared, at full speed); now the answer says Connection:
+    close, and the connection lingers, then closes, however fast the body still comes."""
+    from dicomstore.http import guard
+
+    monkeypatch.setattr(guard, "LINGER_MAX", 0.5)
+    srv, archive = bounded
+    with socket.create_connection(("127.0.0.1", srv.server.port), timeout=20) as sock:
+        sock.sendall(stow_head(Content_Length=str(10 << 30)).encode() + b"\r\n")
+        answer = _answer_and_end(sock, keep_sending=True)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"\r\nconnection: close\r\n" in answer.lower()
+    assert archive.instances() == []
+
+
+def test_an_answer_before_a_small_body_closes_the_connection_said_so(bounded) -> None:
+    """The revert of the first try at review40 #8 (ec4ff88): a keep-alive connection
+    whose body was unread when the answer went out was closed without a word, and the
+    client's next request on it failed. An early answer says Connection: close; one
+    given after the whole body keeps the connection."""
+    srv, _ = bounded
+    with socket.create_connection(("127.0.0.1", srv.server.port), timeout=20) as sock:
+        sock.sendall(stow_head(Content_Length="64001").encode() + b"\r\n" + b"x" * 1000)
+        answer = _answer_and_end(sock, keep_sending=False)  # (it closes: said so)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"\r\nconnection: close\r\n" in answer.lower()
+    with httpx.Client(base_url=f"http://127.0.0.1:{srv.server.port}") as client:
+        for _ in range(2):  # (after a whole body: the same connection serves the next)
+            reply = client.post(
+                "/studies", content=b"--x--", headers={"Content-Type": CONTENT_TYPE}
+            )
+            assert reply.status_code in (400, 409), reply.text
+            assert reply.headers.get("connection") != "close"
+
+
 def test_chunked_body_over_the_cap_is_413_as_it_streams(bounded) -> None:
     """A body of small instances, chunked: counted as it arrives; the instance being
     received when the cap is crossed is not stored, the reason names those before it."""

@@ -15,7 +15,19 @@ and its association limit:
   body not yet complete) and sends none for :attr:`HttpLimits.request_timeout`
   seconds is answered ``408 Request Timeout`` and closed. While we are the ones
   not reading (flow control: the app has not taken what arrived) the clock does
-  not run, nor while a response is being sent (a long download).
+  not run, nor while a response is being sent (a long download);
+- a request answered before its body ended (an early 401, 413, 503, a STOW-RS data
+  set refused while it arrives) is answered with ``Connection: close`` (RFC 9112
+  9.6), decided when the answer starts (:class:`_Connection`), and the connection
+  lingers instead of reading the rest of the body for as long as the client
+  sends it (review40 #8: a body declared 10 GiB was read to its end at full
+  speed).
+
+Every connection closed while its client may still be sending (a refusal, a
+timeout, an early answer) lingers (:meth:`GuardedH11._linger`, RFC 9112 9.6):
+it stops sending, drops what still comes, and closes once the client has been
+quiet for :data:`LINGER` seconds or after :data:`LINGER_MAX` in all. Closing at
+once with bytes unread would reset the connection, the answer lost with it.
 
 Each refusal is a log line naming the client (``dicomstore.http.limits``).
 """
@@ -66,11 +78,51 @@ _TIMEOUT = (
 )
 
 
-#: Seconds a refused connection is read (and dropped) before it is closed, and how
-#: many may linger at once (beyond: closed at once, their answer perhaps lost to a
-#: reset; so that a flood of refused connections holds no more descriptors).
+#: A lingering connection closes when its client has sent nothing for LINGER seconds,
+#: or LINGER_MAX seconds after it began to linger (nginx's lingering_timeout and
+#: lingering_time); at most MAX_LINGERING linger at once (beyond: closed at once, their
+#: answer perhaps lost to a reset; so that a flood of refusals holds no more descriptors).
 LINGER = 2.0
+LINGER_MAX = 30.0
 MAX_LINGERING = 64
+
+
+class _Connection(h11.Connection):
+    """h11's server side, which says ``Connection: close`` in an answer begun before
+    the request's body ended (RFC 9112 9.6, 9.3): the client then opens a new
+    connection for its next request rather than send it on one that is closing."""
+
+    def send(self, event: h11.Event) -> bytes | None:  # type: ignore[override]
+        if (
+            isinstance(event, h11.Response)
+            and self.their_state is h11.SEND_BODY
+            and (b"connection", b"close") not in event.headers
+        ):
+            event = h11.Response(
+                status_code=event.status_code,
+                headers=[*event.headers, (b"connection", b"close")],
+                reason=event.reason,
+                http_version=event.http_version,
+            )
+        return super().send(event)
+
+
+class _Transport:
+    """A connection's transport as uvicorn holds it, but for :meth:`close`: while the
+    client may still be sending, the connection lingers (:meth:`GuardedH11._close`)."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedH11) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def close(self) -> None:
+        self._protocol._close()
+
+    def is_closing(self) -> bool:
+        return self._protocol._lingering or self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def guarded(limits: HttpLimits) -> type[H11Protocol]:
@@ -88,13 +140,16 @@ class GuardedH11(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.logger = _UVICORN
+        self.conn = _Connection(h11.SERVER, self.conn._max_incomplete_event_size)  # (uvicorn's)
+        self._lingering = False
+        self._lost = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self._raw = transport
+        super().connection_made(_Transport(transport, self))  # type: ignore[arg-type]
         self._idle_since = self.loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._answered = False  # (a request on it answered: see _owed)
-        self._lingering = False
         why = self._over_limit()
         if why:
             log.warning("HTTP connection from %s refused (503): %s", _client(self), why)
@@ -111,6 +166,7 @@ class GuardedH11(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:  # (answered and closing: what still comes is dropped)
+            self._heard = self.loop.time()
             return
         self._idle_since = self.loop.time()
         super().data_received(data)
@@ -140,10 +196,22 @@ class GuardedH11(H11Protocol):
         )
         self._linger()
 
+    def _close(self) -> None:
+        """uvicorn closing the connection: it lingers if the client may still be sending
+        a request's body (answered early: ``Connection: close`` said so), else closes."""
+        if self._lingering:
+            return  # (the linger closes it)
+        if not self._lost and self.conn.their_state is h11.SEND_BODY:
+            self._linger()
+        else:
+            self._raw.close()
+
     def _linger(self) -> None:
-        """Stop sending, read and drop what still comes for a moment, then close (a
-        request the app is reading ends for it now: its receive says disconnect, what
-        it sends is dropped)."""
+        """Stop sending, read and drop what still comes until the client is quiet, then
+        close (a request the app is reading ends for it now: its receive says
+        disconnect, what it sends is dropped)."""
+        if self._lingering:
+            return
         self._lingering = True
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
@@ -155,15 +223,28 @@ class GuardedH11(H11Protocol):
         self.connections.discard(self)  # (answered: no longer counted toward the most)
         server = type(self)
         if server.lingering >= MAX_LINGERING:  # (a flood: close at once, fds bounded)
-            self.transport.close()
+            self._raw.close()
             return
         server.lingering += 1
         self._counted = True
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self._timer = self.loop.call_later(LINGER, self.transport.close)
+        if self._raw.can_write_eof():
+            self._raw.write_eof()
+        self._heard = self._since = self.loop.time()
+        self._timer = self.loop.call_later(LINGER, self._linger_on)
+
+    def _linger_on(self) -> None:
+        """Close once the client has been quiet for :data:`LINGER` seconds, or
+        :data:`LINGER_MAX` after the linger began."""
+        now = self.loop.time()
+        end = min(self._heard + LINGER, self._since + LINGER_MAX)
+        if now >= end:
+            self._timer = None
+            self._raw.close()
+        else:
+            self._timer = self.loop.call_later(end - now, self._linger_on)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
