@@ -237,6 +237,21 @@ def test_repeated_failures_are_throttled(site: Site) -> None:
     assert anonymous == (200 if site.anonymous_read else 401)
 
 
+@pytest.mark.parametrize("site", [{"max_failed_per_user": 2}], indirect=True)
+def test_a_user_guessed_from_many_addresses_is_locked_out_for_the_window(
+    site: Site, caplog
+) -> None:
+    """--max-failed-logins-per-user: the refusals of one user name count whatever the
+    address (a botnet guessing one password); past them the right passcode is 429 too,
+    other users are not concerned."""
+    wrong = basic("reader", "wrong")
+    assert [site.client.get("/studies", headers=wrong).status_code for _ in range(2)] == [401] * 2
+    reply = site.client.get("/studies", headers=basic("reader", "reader-pw"))
+    assert reply.status_code == 429 and int(reply.headers["retry-after"]) > 0
+    assert site.client.get("/studies", headers=basic("writer", "writer-pw")).status_code != 429
+    assert "too many failed credentials (2 refused logins of user 'reader'" in caplog.text
+
+
 def test_one_count_of_failures_for_both_doors(tmp_path: Path) -> None:
     """review38web #2: serve gives HTTP the DICOM door's count (10 + 10 guesses before)."""
     shared = FailedAdmissions(3, 60)

@@ -230,3 +230,101 @@ def test_bad_serve_options(argv, capsys) -> None:
     assert err.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "error:" in last and "must be" in last
+
+
+def test_a_user_guessed_from_many_addresses_is_refused_for_the_window() -> None:
+    """--max-failed-logins-per-user: refusals of one user name count from every
+    address; past the limit that user is refused at once (its right passcode too),
+    others are not, and the address's turn is given back."""
+    clock = Clock()
+    throttle = FailedAdmissions(10, 60, clock=clock, user_limit=3)
+
+    async def run() -> list[float | None]:
+        for n in range(3):  # (three addresses: none near its own limit)
+            assert await throttle.attempt(f"10.0.0.{n}", "alice") is None
+            throttle.done(f"10.0.0.{n}", admitted=False, user="alice")
+        waits = [
+            await throttle.attempt("10.0.0.9", "alice"),  # blocked: not checked
+            await throttle.attempt("10.0.0.9", "bob"),  # another user: checked
+        ]
+        throttle.done("10.0.0.9", admitted=True, user="bob")
+        return waits
+
+    alice, bob = asyncio.run(run())
+    assert alice == pytest.approx(60) and bob is None
+    assert throttle.why("10.0.0.9", "alice") == "3 refused logins of user 'alice' within 60 s"
+    assert throttle.blocked("10.0.0.9") is None and not throttle._checking  # (given back)
+    clock.now += 61
+    assert asyncio.run(throttle.attempt("10.0.0.9", "alice")) is None  # the window passed
+
+
+def test_without_a_user_limit_a_user_name_counts_for_nothing() -> None:
+    throttle = FailedAdmissions(10, 60, clock=Clock())
+    assert throttle.users is None
+    for n in range(20):
+        assert _refused(throttle, f"10.0.0.{n}")  # (no user: as before)
+
+    async def run() -> float | None:
+        for n in range(20):
+            assert await throttle.attempt(f"10.1.0.{n}", "alice") is None
+            throttle.done(f"10.1.0.{n}", admitted=False, user="alice")
+        return await throttle.attempt("10.2.0.1", "alice")
+
+    assert asyncio.run(run()) is None
+
+
+def test_cancelled_waiting_for_the_users_turn_gives_the_address_its_turn_back() -> None:
+    throttle = FailedAdmissions(10, 60, clock=Clock(), user_limit=1)
+
+    async def run() -> None:
+        assert await throttle.attempt("10.0.0.1", "alice") is None  # (running: holds the turn)
+        waiting = asyncio.ensure_future(throttle.attempt("10.0.0.2", "alice"))
+        await asyncio.sleep(0)
+        assert throttle._checking == {"10.0.0.1": 1, "10.0.0.2": 1}
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert throttle._checking == {"10.0.0.1": 1}
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"), [([], 0), (["--max-failed-logins-per-user", "5"], 5)]
+)
+def test_the_per_user_limit_option(argv, expected) -> None:
+    args = build_parser().parse_args(["serve", *argv])
+    assert args.max_failed_logins_per_user == expected
+
+
+def test_the_server_refuses_a_guessed_user_at_once(tmp_path) -> None:
+    """The DICOM door: user identity type 2 counts toward the user's refusals."""
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY.format(alice=hash_passcode("correct horse", **FAST)))
+    gatekeeper = Counting(Policy.load(path))
+
+    async def main() -> list:
+        archive = Archive(tmp_path / "archive", fsync=False)
+        config = ServerConfig(port=0, max_failed_logins_per_user=1)
+        server = Server(config, archive, commit_in_thread=False, gatekeeper=gatekeeper)
+        await server.start()
+        seen = []
+        try:
+            for passcode in ("guess", "correct horse"):
+                try:
+                    async with await associate(
+                        "127.0.0.1",
+                        server.port,
+                        calling_ae="STORER",
+                        contexts=CONTEXTS,
+                        identity=user("alice", passcode),
+                    ):
+                        seen.append("admitted")
+                except AssociationRejected as err:
+                    seen.append(((err.result, err.source, err.reason), gatekeeper.calls))
+        finally:
+            await server.close(grace=2)
+            archive.close()
+        return seen
+
+    assert asyncio.run(main()) == [((1, 1, 1), 1), ((2, 3, 2), 1)]  # (not asked again)

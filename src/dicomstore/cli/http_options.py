@@ -155,6 +155,7 @@ def http_security(args: argparse.Namespace, policy: Any, audit: Any, failed: Any
         tls_key=args.http_tls_key,
         max_failed=args.max_failed_admissions,
         failed_window=args.failed_admission_window,
+        max_failed_per_user=args.max_failed_logins_per_user,
         allowed_hosts=allowed_hosts(args),
         failed=failed,
     )

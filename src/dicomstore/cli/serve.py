@@ -80,6 +80,7 @@ async def run(args: argparse.Namespace) -> int:
         max_pending_connections=args.max_pending_connections,
         max_failed_admissions=args.max_failed_admissions,
         failed_admission_window=args.failed_admission_window,
+        max_failed_logins_per_user=args.max_failed_logins_per_user,
         max_instance_bytes=args.max_instance_size,
         min_free_bytes=args.min_free,
         prefer_proposed_transfer_syntax=args.transfer_syntax_order == "proposed",

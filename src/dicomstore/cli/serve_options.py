@@ -312,6 +312,17 @@ def add_parser(sub: Any) -> None:
         help=f"the window of --max-failed-admissions (default {_D.failed_admission_window:g})",
     )
     lim.add_argument(
+        "--max-failed-logins-per-user",
+        type=_count,
+        default=_D.max_failed_logins_per_user,
+        metavar="N",
+        help="after N refused passcodes of one user name within --failed-admission-window, "
+        "from any address (DICOM user identity, HTTP Basic), refuse that user at once, right "
+        "passcodes too, until the oldest refusal leaves the window: a temporary lockout "
+        "that anyone knowing the name can trigger "
+        f"(default {_D.max_failed_logins_per_user}: never)",
+    )
+    lim.add_argument(
         "--max-instance-size",
         type=_size,
         default=_D.max_instance_bytes,

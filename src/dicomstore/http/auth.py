@@ -142,6 +142,20 @@ class HttpAuth:
         return self.policy.check_passcode(name, passcode, passcode_required=True)
 
 
+def _basic_user(authorization: str | None) -> str | None:
+    """The user Basic credentials name (their refusals count toward
+    ``--max-failed-logins-per-user``); ``None`` for other schemes or malformed ones."""
+    if authorization is None or len(authorization) > MAX_AUTHORIZATION:
+        return None
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        return _basic(credentials.strip())[0]
+    except IdentityRefused:
+        return None
+
+
 def _basic(credentials: str) -> tuple[str, bytes]:
     """User and passcode of Basic credentials (RFC 7617 2: base64 of ``user:pass``)."""
     try:
@@ -173,9 +187,13 @@ class AuthMiddleware:
         # credentials are checked in turns (FailedAdmissions): refusals counted, bounded;
         # a request without them checks nothing: not held back (review38web #2: behind
         # a proxy, one guesser's address is every user's)
-        wait = None if authorization is None else await failed.attempt(address)
+        user = _basic_user(authorization)
+        wait = None if authorization is None else await failed.attempt(address, user)
         if wait is not None:
-            log.warning("HTTP %s %s from %s: too many failed credentials", method, path, address)
+            log.warning(
+                "HTTP %s %s from %s: too many failed credentials (%s)",
+                method, path, address, failed.why(address, user),
+            )  # fmt: skip
             retry = {"Retry-After": str(math.ceil(wait))}
             await _answer(scope, receive, send, 429, "too many failed credentials", retry)
             return
@@ -186,7 +204,7 @@ class AuthMiddleware:
             refused = error
         finally:
             if authorization is not None:  # (its turn ends: FailedAdmissions.attempt)
-                failed.done(address, admitted=refused is None)
+                failed.done(address, admitted=refused is None, user=user)
         if refused is not None:
             log.warning(
                 "HTTP %s %s from %s: credentials refused: %s", method, path, address, refused

@@ -50,6 +50,8 @@ class HttpSecurity:
     #: failed credentials per client address before 429 (0: never), and their window
     max_failed: int = 10
     failed_window: float = 60.0
+    #: failed passcodes of one user name (Basic, from any address) before 429 (0: never)
+    max_failed_per_user: int = 0
     #: the refusals counted (``serve``: the DICOM door's, so that an address has
     #: one count for both doors); None: one of its own
     failed: FailedAdmissions | None = field(default=None, compare=False)
@@ -113,7 +115,9 @@ class HttpSecurity:
         if self.policy is not None:
             failed = self.failed
             if failed is None:
-                failed = FailedAdmissions(self.max_failed, self.failed_window)
+                failed = FailedAdmissions(
+                    self.max_failed, self.failed_window, user_limit=self.max_failed_per_user
+                )
             stack.append(Middleware(AuthMiddleware, auth=HttpAuth(self.policy, failed=failed)))
         if self.audit is not None:
             stack.append(Middleware(ReadAuditMiddleware, audit=self.audit))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from dicomstore.services.admission import Admission, AdmissionRequest
 from dicomstore.tls import peer_subject
 from dicomstore.ul import pdu as P
-from dicomstore.ul.items import UserIdentityAC
+from dicomstore.ul.items import UserIdentityAC, UserIdentityRQ
 
 if TYPE_CHECKING:
     from dicomstore.services.acceptor import AcceptorAssociation
@@ -67,12 +67,10 @@ async def admit(
     admission = Admission()
     throttle = server.failed_admissions
     if server.gatekeeper is not None:
-        wait = await throttle.attempt(address)  # (its turn: FailedAdmissions)
+        user = _user_named(rq.user_info.identity_rq)
+        wait = await throttle.attempt(address, user)  # (its turn: FailedAdmissions)
         if wait is not None:  # refused without asking the gatekeeper again
-            why = (
-                f"{throttle.limit} refused admissions from {address} within "
-                f"{throttle.window:g} s; next try in {wait:.0f} s"
-            )
+            why = f"{throttle.why(address, user)}; next try in {wait:.0f} s"
             return None, (_LOCAL_LIMIT, why)
         # in a thread: verifying a passcode (scrypt) or a token takes milliseconds
         refused = False  # (a check that raised or was cancelled refused nothing)
@@ -85,7 +83,7 @@ async def admit(
             )
             refused = admission.reject is not None
         finally:
-            throttle.done(address, admitted=not refused)
+            throttle.done(address, admitted=not refused, user=user)
     if admission.reject is not None:
         rj = admission.reject
         return admission, (rj, P.describe_reject(rj.result, rj.source, rj.reason))
@@ -123,3 +121,11 @@ def audit_association(assoc: AcceptorAssociation) -> None:
             "failed": assoc.failed,
         }
     )
+
+
+def _user_named(identity: UserIdentityRQ | None) -> str | None:
+    """The user a username-and-passcode identity names (PS3.7 D.3.3.7.1 type 2), whose
+    refusals count toward ``--max-failed-logins-per-user``; else ``None``."""
+    if identity is None or identity.identity_type != 2:
+        return None
+    return identity.primary.decode("utf-8", "replace")

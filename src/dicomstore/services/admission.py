@@ -94,7 +94,14 @@ class FailedAdmissions:
     address of its /64: review40 #10). At most
     ``max_addresses`` addresses are remembered (the one refused longest ago is
     forgotten first), so memory stays bounded whatever the number of callers.
-    ``limit`` 0 disables the throttle. On the event loop.
+    ``limit`` 0 disables the throttle.
+
+    ``user_limit`` (0: off; ``--max-failed-logins-per-user``) counts refusals per user
+    name too, from every address (:attr:`users`, the same rules): past it that
+    user's credentials are refused at once, good ones too, until the oldest refusal
+    leaves the window — a temporary lockout (Keycloak's), against guessers with
+    many addresses, which lets anyone who knows a user name lock that user out for
+    the window: hence off unless asked for. On the event loop.
     """
 
     def __init__(
@@ -104,22 +111,44 @@ class FailedAdmissions:
         *,
         max_addresses: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        user_limit: int = 0,
     ) -> None:
-        if limit < 0 or window <= 0:
-            raise ValueError("limit must be >= 0 and window > 0")
+        if limit < 0 or window <= 0 or user_limit < 0:
+            raise ValueError("limits must be >= 0 and window > 0")
         self.limit = limit
         self.window = window
         self.max_addresses = max_addresses
         self._clock = clock
+        #: the refusals of each user name, from any address (``user_limit``; 0: none)
+        self.users: FailedAdmissions | None = None
+        if user_limit:
+            self.users = FailedAdmissions(
+                user_limit, window, max_addresses=max_addresses, clock=clock
+            )
         self._refused: OrderedDict[str, deque[float]] = OrderedDict()
         #: checks running, and those waiting for their turn, per address
         self._checking: dict[str, int] = {}
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}
 
-    async def attempt(self, address: str) -> float | None:
-        """A check of ``address``'s credentials may begin (``None``; then call
-        :meth:`done`), perhaps after others of it have ended; or the seconds until
-        it may try again."""
+    async def attempt(self, address: str, user: str | None = None) -> float | None:
+        """A check of ``address``'s credentials (for ``user``, when named) may begin
+        (``None``; then call :meth:`done` with the same arguments), perhaps after others
+        of it (of the user's) have ended; or the seconds until it may try again: the
+        address's, or the user's (:meth:`blocked`)."""
+        wait = await self._attempt(address)
+        users = self.users
+        if wait is not None or user is None or users is None:
+            return wait
+        try:
+            wait = await users._attempt(_user_key(user))
+        except BaseException:  # (cancelled waiting its turn: the address's given back)
+            self.done(address, admitted=True)
+            raise
+        if wait is not None:  # (its turn given back: nothing was checked)
+            self.done(address, admitted=True)
+        return wait
+
+    async def _attempt(self, address: str) -> float | None:
         if not self.limit:
             return None
         address = counted_as(address)
@@ -136,8 +165,10 @@ class FailedAdmissions:
             self._waiting.setdefault(address, []).append(turn)
             await turn
 
-    def done(self, address: str, *, admitted: bool) -> None:
+    def done(self, address: str, *, admitted: bool, user: str | None = None) -> None:
         """A check that :meth:`attempt` let begin has ended (``admitted`` or refused)."""
+        if user is not None and self.users is not None:
+            self.users.done(_user_key(user), admitted=admitted)
         if not self.limit:
             return
         address = counted_as(address)
@@ -175,6 +206,14 @@ class FailedAdmissions:
                 waits.append(times[-most] + self.window - now)
         return max(waits) if waits else None
 
+    def why(self, address: str, user: str | None = None) -> str:
+        """What :meth:`attempt` refused for: ``user``'s refusals (any address), or
+        ``address``'s."""
+        users = self.users
+        if user is not None and users is not None and users.blocked(_user_key(user)):
+            return f"{users.limit} refused logins of user {user!r} within {self.window:g} s"
+        return f"{self.limit} refused admissions from {address} within {self.window:g} s"
+
     @property
     def _network_limit(self) -> int:
         return self.limit * NETWORK_FACTOR
@@ -195,6 +234,11 @@ class FailedAdmissions:
         else:
             self._refused.move_to_end(key)
         times.append(now)
+
+
+def _user_key(user: str) -> str:
+    """A user name's key among the refusals (never an address: ``counted_as``)."""
+    return "user:" + user
 
 
 def counted_as(address: str) -> str:

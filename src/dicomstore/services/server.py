@@ -125,7 +125,9 @@ class Server:
                 audit=getattr(audit, "commitment", None),
             )
         self.failed_admissions = FailedAdmissions(
-            config.max_failed_admissions, config.failed_admission_window
+            config.max_failed_admissions,
+            config.failed_admission_window,
+            user_limit=config.max_failed_logins_per_user,
         )
         self.associations: set[AcceptorAssociation] = set()
         #: study-complete events (set by ``serving.running`` on an archive)

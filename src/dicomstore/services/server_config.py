@@ -67,6 +67,9 @@ class ServerConfig:
     #: ``failed_admission_window`` seconds, that address is refused at once (0: never).
     max_failed_admissions: int = 10
     failed_admission_window: float = 60.0
+    #: after this many refused logins of one user name (a passcode refused, from any
+    #: address) within the window, that user is refused at once (0: never)
+    max_failed_logins_per_user: int = 0
     #: A study is stable (study-complete event) after this many seconds without a
     #: new instance (0: no events); run this command and POST to this URL then.
     stable_age: float = 60.0
