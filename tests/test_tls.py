@@ -113,6 +113,59 @@ def test_client_refuses_a_server_it_cannot_verify(pki) -> None:
         asyncio.run(_echo(srv.port, client_context(pki / "otherca.pem")))
 
 
+def _named_server(pki: Path, names: str) -> ServerThread:
+    """A server whose certificate (signed by ``ca``) names ``names`` (subjectAltName)."""
+    stem = "named-" + names.replace(":", "_").replace(",", "+")
+    if not (pki / f"{stem}.pem").exists():
+        _openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{stem}.key",
+            "-out", f"{stem}.csr", "-subj", "/CN=pacs", "-addext", f"subjectAltName={names}",
+            cwd=pki,
+        )  # fmt: skip
+        _openssl(
+            "x509", "-req", "-in", f"{stem}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-copy_extensions", "copy", "-out", f"{stem}.pem", "-days", "2",
+            cwd=pki,
+        )  # fmt: skip
+    ctx = server_context(pki / f"{stem}.pem", pki / f"{stem}.key")
+    return ServerThread(ServerConfig(port=0, ssl=ctx), NullHandler())
+
+
+def test_trusting_the_system_store_the_server_must_bear_the_hosts_name(pki, monkeypatch) -> None:
+    """review45 H1: --tls without --tls-ca trusted every public CA and checked no name:
+    any site's certificate would do. The system store (here: our CA through
+    SSL_CERT_FILE, which OpenSSL's default paths read) now checks the host's name."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki / "ca.pem"))
+    with (
+        _named_server(pki, "DNS:pacs.example.org") as srv,
+        pytest.raises(ssl.SSLCertVerificationError, match="IP address mismatch"),
+    ):
+        asyncio.run(_echo(srv.port, client_context()))
+    with _named_server(pki, "IP:127.0.0.1") as srv:
+        assert asyncio.run(_echo(srv.port, client_context())) == 0x0000
+
+
+def test_a_server_name_given_is_checked_whatever_the_host(pki) -> None:
+    """--tls-server-name: with our own CA the chain alone is checked (as DCMTK), unless
+    a name is given; then the certificate must bear it (and SNI asks for it)."""
+    with _named_server(pki, "DNS:pacs.example.org") as srv:
+        assert asyncio.run(_echo(srv.port, client_context(pki / "ca.pem"))) == 0x0000
+        named = client_context(pki / "ca.pem", server_name="pacs.example.org")
+        assert asyncio.run(_echo(srv.port, named)) == 0x0000
+        other = client_context(pki / "ca.pem", server_name="other.example.org")
+        with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
+            asyncio.run(_echo(srv.port, other))
+
+
+def test_cli_tls_server_name_on_uvloop(pki, capsys) -> None:
+    """The CLI's loop (uvloop when installed) asks for and checks the name given."""
+    with _named_server(pki, "DNS:pacs.example.org") as srv:
+        base = ["echo", "127.0.0.1", str(srv.port), "--tls-ca", str(pki / "ca.pem")]
+        assert main([*base, "--tls-server-name", "pacs.example.org"]) == 0
+        assert main([*base, "--tls-server-name", "other.example.org"]) != 0
+    assert "other.example.org" in capsys.readouterr().err
+
+
 def test_tls_1_1_is_refused(pki) -> None:
     with _server(pki) as srv:
         ctx = client_context(pki / "ca.pem")

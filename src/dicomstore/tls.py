@@ -73,13 +73,22 @@ def client_context(
     key: Path | str | None = None,
     *,
     verify: bool = True,
+    server_name: str | None = None,
 ) -> ssl.SSLContext:
     """The requestor's context: verify the server against ``ca`` (or the system
-    store), present our certificate when one is given.  DICOM peers are named by
-    AE title, not host name, so the certificate's chain is checked, not its name."""
+    store), present our certificate when one is given.
+
+    Whose name the certificate must bear (RFC 9525; BCP 195): ``server_name`` when
+    given; else, trusting the system store, the host connected to (a public CA vouches
+    for names: without the check any certificate of any site would do); else, with
+    our own ``ca``, none: DICOM peers are named by AE title, and a private CA's
+    certificates often name no host (DCMTK's ``+tls`` checks the chain alone)."""
     _readable(ca=ca if verify else None, cert=cert, key=key)
-    ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
-    ctx.check_hostname = False
+    kind = _Named if server_name is not None else ssl.SSLContext
+    ctx = _harden(kind(ssl.PROTOCOL_TLS_CLIENT))
+    if isinstance(ctx, _Named):
+        ctx.server_name = server_name
+    ctx.check_hostname = verify and (ca is None or server_name is not None)
     if verify:
         ctx.verify_mode = ssl.CERT_REQUIRED
         if ca is not None:
@@ -92,6 +101,37 @@ def client_context(
         keyfile = str(key) if key is not None else None
         _load(f"--tls-cert {cert}", ctx.load_cert_chain, str(cert), keyfile)
     return ctx
+
+
+class _Named(ssl.SSLContext):
+    """A client context that asks for (SNI) and checks :attr:`server_name`, whatever
+    host it connects to (``--tls-server-name``: a server reached by its address)."""
+
+    server_name: str | None = None
+
+    def wrap_bio(  # type: ignore[override]
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        return super().wrap_bio(incoming, outgoing, server_side, self.server_name, session)
+
+    def wrap_socket(  # type: ignore[override]
+        self,
+        sock: Any,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        return super().wrap_socket(
+            sock, server_side, do_handshake_on_connect, suppress_ragged_eofs,
+            self.server_name, session,
+        )  # fmt: skip
 
 
 def peer_subject(peercert: dict | None) -> str | None:

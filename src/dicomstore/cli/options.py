@@ -220,6 +220,12 @@ def add_tls_client_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tls-cert", type=Path, metavar="PEM", help="our client certificate")
     g.add_argument("--tls-key", type=Path, metavar="PEM", help="our client private key")
     g.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="the name the server's certificate must bear (default: the host connected to "
+        "when trusting the system store; none, the chain alone, with --tls-ca)",
+    )
+    g.add_argument(
         "--tls-no-verify",
         action="store_true",
         help="do not verify the server's certificate (testing only)",
@@ -297,11 +303,17 @@ def tls_failed(exc: Exception) -> int:
 
 def tls_client_context(args: argparse.Namespace):
     """The SSL context the SCU options ask for, or None without --tls."""
-    if not (args.tls or args.tls_ca or args.tls_cert):
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_server_name):
         return None
     from dicomstore.tls import client_context
 
-    return client_context(args.tls_ca, args.tls_cert, args.tls_key, verify=not args.tls_no_verify)
+    return client_context(
+        args.tls_ca,
+        args.tls_cert,
+        args.tls_key,
+        verify=not args.tls_no_verify,
+        server_name=args.tls_server_name,
+    )
 
 
 def add_index(p: argparse.ArgumentParser) -> None:
@@ -405,7 +417,8 @@ def run_client(coro) -> int:
         print(f"dicomstore: {one_line(text)}", file=sys.stderr)
         return EXIT_TIMEOUT if "timed out" in text or "within" in text else EXIT_FAILED
     except ssl.SSLError as exc:
-        print(f"dicomstore: TLS failed: {exc.reason or exc}", file=sys.stderr)
+        why = getattr(exc, "verify_message", None) or exc.reason or exc  # (the name, the CA)
+        print(f"dicomstore: TLS failed: {one_line(str(why))}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except ConnectionRefusedError:
         print("dicomstore: connection refused (is the server running?)", file=sys.stderr)
