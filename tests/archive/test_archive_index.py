@@ -141,3 +141,50 @@ def test_store_after_reindex(archive: Archive) -> None:
     archive.reindex()
     assert store(archive, dataset("1.2.3.4.5.7"), sop_uid="1.2.3.4.5.7").status == SUCCESS
     assert len(archive.instances()) == 4
+
+
+def test_reindex_keeps_the_recorded_digest_of_a_file_damaged_since(archive: Archive) -> None:
+    """review45 H2: reindex took the damaged bytes' digest as the record, and check was
+    clean afterwards: what was acknowledged was forgotten, silently."""
+    path = archive.path_of("1.2.3.4.5.2")
+    recorded = archive.get_instance("1.2.3.4.5.2")["digest"]
+    data = path.read_bytes()
+    assert data.count(b"MR") == 1
+    path.write_bytes(data.replace(b"MR", b"MG"))  # (a value changed: same size, framing)
+    relpath = path.relative_to(archive.root).as_posix()
+    problem = f"{relpath}: content differs from the indexed digest"
+    assert archive.check() == [problem]
+    left_out: list[str] = []
+    damaged: list[str] = []
+    assert archive.reindex(left_out, damaged) == 3
+    assert left_out == [] and len(damaged) == 1
+    assert damaged[0].startswith(f"{relpath}: damaged: ")
+    assert archive.get_instance("1.2.3.4.5.2")["digest"] == recorded
+    assert archive.check() == [problem]  # (still reported)
+
+
+def test_reindex_leaves_out_a_file_not_where_its_instance_is_filed(archive: Archive) -> None:
+    """review45 H2: a file put at the archive's root was indexed there, and the next
+    check reported the index ('indexed under study ...') with no word of what to do."""
+    stray = archive.root / "stray.dcm"
+    stray.write_bytes(archive.path_of("1.2.3.4.5.2").read_bytes())
+    archive.path_of("1.2.3.4.5.2").unlink()
+    left_out: list[str] = []
+    assert archive.reindex(left_out) == 2
+    assert left_out == [
+        "stray.dcm: left out: not where the archive files its instance"
+        " (1.2.3.5/1.2.3.5.1/1.2.3.4.5.2.dcm): move it there, or store it with `dicomstore send`"
+    ]
+    assert archive.check() == ["stray.dcm: not indexed"]
+
+
+def test_the_reindex_command_says_a_damaged_file_and_fails(archive: Archive, capsys) -> None:
+    from dicomstore.cli import main
+
+    path = archive.path_of("1.2.3.4.5.2")
+    path.write_bytes(path.read_bytes().replace(b"MR", b"MG"))
+    archive.close()
+    assert main(["reindex", "--storage", str(archive.root)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("1.2.3.5/1.2.3.5.1/1.2.3.4.5.2.dcm: damaged: ")
+    assert out[-1] == "reindexed 3 instances, 1 damaged"

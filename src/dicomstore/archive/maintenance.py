@@ -137,7 +137,12 @@ def read_row(root: Path, path: Path) -> dict[str, Any]:
     return row
 
 
-def reindex_archive(root: Path, index: Index, left_out: list[str] | None = None) -> int:
+def reindex_archive(
+    root: Path,
+    index: Index,
+    left_out: list[str] | None = None,
+    damaged: list[str] | None = None,
+) -> int:
     """Replace the index by what the files say; the number of instances indexed.
 
     Received-at becomes the file's modification time. Two files with one SOP
@@ -145,28 +150,53 @@ def reindex_archive(root: Path, index: Index, left_out: list[str] | None = None)
     settled it, or a copy put in by hand): the one the index names now wins
     if it is among them, else the most recently written (modification time,
     then the later path); a replaced version is never brought back. The
-    others, and unreadable files, are left out (``check`` then lists them as
-    not indexed) and told in ``left_out``, one line each.
+    others, unreadable files, and files not where the archive files their
+    instance (``layout.instance_relstr`` of their own UIDs: put in by hand) are
+    left out (``check`` then lists them as not indexed) and told in
+    ``left_out``, one line each. A file the index held whose data set no longer
+    matches the size and digest recorded when it was stored (damaged since) keeps
+    the recorded ones, so that ``check`` goes on reporting it (review45 H2: the
+    record of what was acknowledged was replaced by the damaged bytes' digest,
+    silently), and is told in ``damaged``.
     """
     told = left_out if left_out is not None else []
-    indexed = {uid: path for uid, path, _, _ in index.paths()}
+    recorded = {uid: (path, size, digest) for uid, path, size, digest in index.paths()}
     chosen: dict[str, dict[str, Any]] = {}
     for path in dicom_files(root):
+        relpath = path.relative_to(root).as_posix()
         try:
             row = read_row(root, path)
         except Exception as exc:  # reported by check() as not indexed
-            told.append(f"{path.relative_to(root).as_posix()}: left out: cannot be read: {exc}")
+            told.append(f"{relpath}: left out: cannot be read: {exc}")
             continue
         uid = row["sop_instance_uid"]
+        place = layout.instance_relstr(row["study_uid"], row["series_uid"], uid)
+        if relpath != place:
+            told.append(
+                f"{relpath}: left out: not where the archive files its instance ({place}):"
+                " move it there, or store it with `dicomstore send`"
+            )
+            continue
         other = chosen.setdefault(uid, row)
         if other is row:
             continue
-        keep, drop = (other, row) if _wins(other, row, indexed.get(uid)) else (row, other)
+        indexed = recorded.get(uid, (None,))[0]
+        keep, drop = (other, row) if _wins(other, row, indexed) else (row, other)
         chosen[uid] = keep
-        why = "the indexed one" if indexed.get(uid) == keep["path"] else "the latest written"
+        why = "the indexed one" if indexed == keep["path"] else "the latest written"
         told.append(
             f"{drop['path']}: left out: SOP Instance {uid} is also in {keep['path']} ({why})"
         )
+    for uid, row in chosen.items():
+        was = recorded.get(uid)
+        if was is not None and was[0] == row["path"] and not _as_recorded(root, row, *was[1:]):
+            row.update(file_size=was[1], digest=was[2])
+            if damaged is not None:
+                damaged.append(
+                    f"{row['path']}: damaged: it differs from the size and digest recorded"
+                    " when it was stored; those are kept (check reports it): restore the file"
+                    " from a copy, or delete the instance"
+                )
     with index.lock, index.without_deadline():  # (a COMMIT of every row: long)
         index.begin()
         try:
@@ -178,6 +208,17 @@ def reindex_archive(root: Path, index: Index, left_out: list[str] | None = None)
             index.rollback()
             raise
     return len(chosen)
+
+
+def _as_recorded(root: Path, row: dict[str, Any], size: int, digest: str) -> bool:
+    """Whether the file ``row`` was read from still has the ``size`` and ``digest`` the
+    index recorded (a digest of another algorithm: the file is read again with it)."""
+    if row["file_size"] != size:
+        return False
+    try:
+        return data_digests.same(digest, row["digest"], layout.resolve(root, row["path"]))
+    except Exception:  # (unreadable since: not as recorded)
+        return False
 
 
 def _wins(a: dict[str, Any], b: dict[str, Any], indexed: str | None) -> bool:
@@ -237,7 +278,12 @@ def _set_aside(path: Path, exc: BaseException) -> None:
 
 
 def run_reindex(
-    root: Path, left_out: list[str], *, fsync: bool = True, index: str | None = None
+    root: Path,
+    left_out: list[str],
+    *,
+    fsync: bool = True,
+    index: str | None = None,
+    damaged: list[str] | None = None,
 ) -> int:
     """``dicomstore reindex``: refused (:class:`~dicomstore.archive.recovery.ArchiveBusyError`)
     while an archive is open on ``root`` elsewhere (a server, a node on any host:
@@ -254,7 +300,7 @@ def run_reindex(
             if not db.hold(exclusive=True):  # a node on another host (PostgreSQL)
                 raise ArchiveBusyError(errno.EBUSY, "in use by a server or another archive")
             recover(root, db, fsync=fsync)
-            return reindex_archive(root, db, left_out)
+            return reindex_archive(root, db, left_out, damaged)
         finally:
             db.close()
 

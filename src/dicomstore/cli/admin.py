@@ -62,9 +62,10 @@ def check_or_reindex(args: argparse.Namespace) -> int:
 
     root = args.storage.resolve()
     left_out: list[str] = []
+    damaged: list[str] = []
     try:
         if args.command == "reindex":
-            count = maintenance.run_reindex(root, left_out, index=args.index)
+            count = maintenance.run_reindex(root, left_out, index=args.index, damaged=damaged)
         else:
             problems = maintenance.run_check(root, index=args.index)
     except ArchiveBusyError as exc:
@@ -81,13 +82,14 @@ def check_or_reindex(args: argparse.Namespace) -> int:
         _cannot_open(args.storage, exc)
         return EXIT_USAGE
     if args.command == "reindex":
-        for line in left_out:
+        for line in left_out + damaged:
             print(line)
         print(
             f"reindexed {count} instances"
             + (f", {len(left_out)} file(s) left out" if left_out else "")
+            + (f", {len(damaged)} damaged" if damaged else "")
         )
-        return EXIT_OK
+        return EXIT_FAILED if damaged else EXIT_OK
     for problem in problems:
         print(problem)
     print(f"{len(problems)} problem(s)")
