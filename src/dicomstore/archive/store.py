@@ -264,9 +264,7 @@ class Archive:
         """Problems found: missing, resized or altered files; files not indexed."""
         return check_archive(self.root, self.index)
 
-    def reindex(
-        self, left_out: list[str] | None = None, damaged: list[str] | None = None
-    ) -> int:
+    def reindex(self, left_out: list[str] | None = None, damaged: list[str] | None = None) -> int:
         """Rebuild the index from the files on disk; the number of instances indexed
         (``left_out``, ``damaged``: a line for each file left out, each file damaged
         since it was stored, see ``reindex_archive``)."""
