@@ -143,7 +143,15 @@ def test_padding_and_stripping() -> None:
 def test_error_comment_cut_to_64_and_made_ascii() -> None:
     data = encode_command({c.ERROR_COMMENT: "é\\\n" + "x" * 100})
     value = decode_command(data)[c.ERROR_COMMENT]
-    assert value == "???" + "x" * 61
+    assert value == "???" + "x" * 58 + "..."  # (one word: the only hard cut)
+    # review45 M1: the Q/R comments were cut inside a word (by hand, at 64)
+    data = encode_command(
+        {c.ERROR_COMMENT: "SERIES query without a single (0020,000D) (relational: not supported)"}
+    )
+    assert (
+        decode_command(data)[c.ERROR_COMMENT]
+        == "SERIES query without a single (0020,000D) (relational: not..."
+    )
 
 
 @pytest.mark.parametrize(

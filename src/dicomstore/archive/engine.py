@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 
 from dicomstore.archive import layout
 from dicomstore.archive.turns import Turns
+from dicomstore.error_comment import error_comment
 
 
 class PostgresError(Exception):
@@ -78,7 +79,7 @@ def error_cause(exc: BaseException) -> str:
 def unavailable(exc: BaseException) -> str:
     """The Error Comment of an answer the index could not give (its cause, never
     where it is), cut to an LO's 64 characters."""
-    return f"index unavailable: {error_cause(exc)}"[:64]
+    return error_comment(f"index unavailable: {error_cause(exc)}") or ""
 
 
 #: Exceptions of any index engine (``except DatabaseError``).

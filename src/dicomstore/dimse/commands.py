@@ -24,6 +24,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from dicomstore.error_comment import error_comment
 from dicomstore.errors import LocalProtocolError, RemoteProtocolError
 from dicomstore.ul.pdu import ABORT_INVALID_PDU_PARAMETER_VALUE
 
@@ -86,7 +87,6 @@ NO_DATA_SET = 0x0101
 #: The value we send when a data set follows.
 DATA_SET_PRESENT = 0x0000
 
-LO_MAX_CHARS = 64
 AE_MAX_CHARS = 16
 
 
@@ -106,8 +106,6 @@ _GROUP_LENGTH = struct.Struct("<HHII")
 _US = struct.Struct("<H")
 _UL = struct.Struct("<I")
 _VR = {element: vr for element, (vr, _) in ELEMENTS.items()}
-# Control characters and the value delimiter are not allowed in an LO (PS3.5 6.2).
-_LO_CLEAN = {c: "?" for c in (*range(32), 0x5C, 0x7F)}
 
 
 def _fail(message: str) -> RemoteProtocolError:
@@ -220,7 +218,7 @@ def _encode_value(element: int, vr: str, value: Value) -> bytes:
                 raise LocalProtocolError(f"AE title longer than 16 characters: {value!r}")
             return raw + b" " if len(raw) % 2 else raw
         if vr == "LO":
-            text = str(value)[:LO_MAX_CHARS].translate(_LO_CLEAN)
+            text = error_comment(str(value)) or ""  # (cut between words: error_comment.py)
             raw = text.encode("ascii", "replace")
             return raw + b" " if len(raw) % 2 else raw
         if vr == "UL":
@@ -240,7 +238,8 @@ def encode_command(fields: Mapping[int, Value | None]) -> bytes:
 
     ``None`` values are left out; (0000,0000) in ``fields`` is ignored and
     recomputed. An element outside Table E.1-1 or a value that does not fit its
-    VR raises LocalProtocolError. An LO is cut to 64 characters and made ASCII.
+    VR raises LocalProtocolError. An LO (Error Comment) is made an LO by
+    ``error_comment``: ASCII, cut between words to 64 characters.
     """
     parts: list[bytes] = []
     total = 0

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from dicomstore import uids
 from dicomstore.archive.commitment import Reference, Verdict
 from dicomstore.dimse import status as st
+from dicomstore.error_comment import error_comment
 
 if TYPE_CHECKING:  # (imported where used: a sender or the CLI loads no pydicom)
     from pydicom.dataset import Dataset
@@ -39,7 +40,7 @@ class Refused(Exception):
     def __init__(self, status: int, comment: str) -> None:
         super().__init__(comment)
         self.status = status
-        self.comment = comment[:64]
+        self.comment = error_comment(comment) or ""
 
 
 def _uid_value(ds: Dataset, tag: int, name: str) -> str:

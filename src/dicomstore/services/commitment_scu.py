@@ -166,7 +166,7 @@ class Waiting:
         try:
             transaction, committed, failed = read_report(data, transfer_syntax)
         except Exception as exc:  # noqa: BLE001 - pydicom raises anything on bad bytes
-            return message.response(st.INVALID_ARGUMENT_VALUE, f"unreadable report: {exc}"[:64])
+            return message.response(st.INVALID_ARGUMENT_VALUE, f"unreadable report: {exc}")
         future = self.futures.pop(transaction, None)
         commitment = self.requests.pop(transaction, None)
         if future is None or commitment is None:

@@ -226,7 +226,7 @@ class QROperations:
         abstract = self.t.negotiated.contexts[context_id].abstract_syntax
         if abstract not in self.sop_classes or self.sop_class_of(rq) != abstract:
             why = f"{self.service} of {self.sop_class_of(rq)} on a {uids.uid_name(abstract)}"
-            return rq.response(st.SOP_CLASS_NOT_SUPPORTED, error_comment=(why + " context")[:64])
+            return rq.response(st.SOP_CLASS_NOT_SUPPORTED, error_comment=why + " context")
         if not self.allowed:
             comment = f"{self.service} is not allowed for this caller"
             return rq.response(st.NOT_AUTHORIZED, error_comment=comment)

@@ -46,6 +46,7 @@ from dicomstore import uids
 from dicomstore.archive import attributes, matching
 from dicomstore.archive import query as q
 from dicomstore.dimse import status as st
+from dicomstore.error_comment import error_comment
 from dicomstore.framing.headers import encode_header
 from dicomstore.services.qr_classes import FIND_MODEL_LEVELS
 
@@ -156,7 +157,7 @@ class FindFailure(Exception):
     def __init__(self, status: int, comment: str, offending: int | None = None) -> None:
         super().__init__(comment)
         self.status = status
-        self.comment = comment[:64]  # Error Comment is an LO (PS3.7 C.4.2)
+        self.comment = error_comment(comment) or ""  # an LO (PS3.7 C.4.2)
         self.offending = (offending,) if offending is not None else None
 
 
@@ -319,7 +320,7 @@ def check_uid_key(tag: int, value: str) -> None:
     if "," in value:
         raise FindFailure(
             st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            f"{_tag_name(tag)} holds a ',' (UID lists are '\\'-separated)",
+            f"{_tag_name(tag)} holds a ',' (UIDs of a list are separated by backslashes)",
             tag,
         )
 

@@ -190,7 +190,7 @@ class RetrieveSCP(QROperations):
             self._close_out(op, f"{retrieval.status:04X}" if done else "aborted")
             raise
         data, listed = retrieval.failed_identifier(ts)
-        comment = retrieval.ended[:64] if retrieval.ended else None
+        comment = retrieval.ended or None
         if listed < len(retrieval.failed_uids):
             log.warning(
                 "%s: %s: %d failed SOP Instance UIDs, the first %d listed (a UI value's"
