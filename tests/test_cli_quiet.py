@@ -38,9 +38,9 @@ def test_send_prints_only_the_summary_unless_verbose(tmp_path: Path) -> None:
     assert quiet.returncode == verbose.returncode == 1
     assert quiet.stderr == ""  # not a terminal: no line per instance
     assert quiet.stdout.splitlines()[1:] == [
-        "  failed: 1 (A900 Error: data set does not match SOP Class x1)",
-        f"    {files[3]}: A900 Error: data set does not match SOP Class",
-    ]
+        "  failed: 1 (A900 Error: data set does not match SOP Class: test A900 x1)",
+        f"    {files[3]}: A900 Error: data set does not match SOP Class: test A900",
+    ]  # (review45 M2: the Error Comment, the peer's reason, was left out)
     assert quiet.stdout.startswith("sent 4 instance(s)")
     lines = verbose.stderr.splitlines()
     assert len(lines) == 5

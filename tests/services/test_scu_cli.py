@@ -65,7 +65,7 @@ def test_report_warnings_failures_and_exit_codes(tmp_path: Path, capsys) -> None
         code = _main("127.0.0.1", str(server.port), *map(str, files), "--report", str(report))
     out = capsys.readouterr().out
     assert code == 1  # partial
-    assert "warnings: 1 (B000 Warning: coercion of data elements x1)" in out
+    assert "warnings: 1 (B000 Warning: coercion of data elements: test B000 x1)" in out
     assert "failed: 2" in out and "A900" in out and "C123" in out
     rows = _report(report)
     assert [r["sop_instance_uid"] for r in rows] == uids_
@@ -168,3 +168,19 @@ def test_a_huge_instance_streams_in_bounded_memory(tmp_path: Path, size_mib: int
     assert "sent 1 instance(s)" in proc.stdout
     peak_mib = int(proc.stdout.split()[-1]) / 1024  # VmHWM in kB
     assert peak_mib < 128, peak_mib
+
+
+def test_the_summary_names_at_most_five_kinds_of_answer() -> None:
+    """review45 M2: with each answer's Error Comment in it, the count lines could be as
+    long as the run; five kinds, then how many others."""
+    from dicomstore.cli.send import summary
+    from dicomstore.services.scu_send import Result
+
+    results = []
+    for n in range(8):
+        r = Result(f"f{n}.dcm", f"1.2.{n}", "failed", status=0xA900)
+        r.error_comment = f"reason {n}"
+        results.append(r)
+    (_, counts, *failed) = summary(results, 1.0)
+    assert counts.endswith("reason 4 x1, and 3 other kind(s))")
+    assert failed[0] == "    f0.dcm: A900 Error: data set does not match SOP Class: reason 0"

@@ -234,9 +234,17 @@ def describe(r: Result) -> str:
 
 
 def _why(r: Result) -> str:
+    """What the peer said of ``r``: the status and its Error Comment (the reason, where a
+    status's own meaning may mislead: an A900 for a study filed under another patient,
+    a B000 for a duplicate kept as it was), else what went wrong here."""
     if r.status is not None:
-        return f"{r.status:04X} {st.describe(r.status)}"
+        said = f"{r.status:04X} {st.describe(r.status)}"
+        return f"{said}: {r.error_comment}" if r.error_comment else said
     return r.error_kind or r.reason or "unknown"
+
+
+#: Kinds of answer the summary's count lines name (the rest: "and N other kinds").
+SUMMARY_KINDS = 5
 
 
 def summary(results: list[Result], seconds: float) -> list[str]:
@@ -252,7 +260,10 @@ def summary(results: list[Result], seconds: float) -> list[str]:
     ]
 
     def counted(rs: Iterable[Result]) -> str:
-        return ", ".join(f"{why} x{n}" for why, n in Counter(map(_why, rs)).most_common())
+        kinds = Counter(map(_why, rs)).most_common()
+        text = ", ".join(f"{why} x{n}" for why, n in kinds[:SUMMARY_KINDS])
+        more = len(kinds) - SUMMARY_KINDS
+        return text + (f", and {more} other kind(s)" if more > 0 else "")
 
     if by.get("warning"):
         lines.append(f"  warnings: {len(by['warning'])} ({counted(by['warning'])})")

@@ -326,8 +326,12 @@ class _Run:
                     continue
                 status = rsp.status
                 if _retriable_status(status) and job.attempts <= self.opts.retries:
-                    log.warning(
-                        "%s: %04X %s, retrying", job.instance.label, status, st.describe(status)
+                    log.info(  # (the summary says how it ended; -v shows each try)
+                        "%s: %04X %s%s, retrying",
+                        job.instance.label,
+                        status,
+                        st.describe(status),
+                        f": {rsp.error_comment}" if rsp.error_comment else "",
                     )
                     await asyncio.sleep(self.backoff(job.attempts))
                     queue.append(job)
