@@ -285,6 +285,28 @@ def test_an_unusable_storage_is_one_line(tmp_path, capsys, command) -> None:
     assert err == [f"dicomstore: cannot open the archive {afile}: {afile}/.tmp: Not a directory"]
 
 
+@pytest.mark.sqlite_index
+@pytest.mark.parametrize("command", ["serve", "check"])
+def test_a_damaged_index_says_reindex_mends_it(tmp_path, capsys, command) -> None:
+    """review45 M7: 'cannot open the archive d: d: database disk image is malformed',
+    the folder said twice and no word of reindex, which mends it."""
+    from dicomstore.archive import Archive
+
+    storage = tmp_path / "d"
+    Archive(storage, fsync=False).close()
+    index = storage / "index.sqlite"
+    with open(index, "r+b") as f:
+        f.write(b"not a database" * 8)
+    port = ["--port", "0"] if command == "serve" else []
+    assert main([command, "--storage", str(storage), *port]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert err == (
+        f"dicomstore: cannot open the archive {storage}: file is not a database (its index is"
+        f" damaged: `dicomstore reindex --storage {storage}` builds a new one from the files,"
+        " the damaged one kept aside)"
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -363,10 +363,24 @@ def _timeouts(args: argparse.Namespace) -> Timeouts:
     return t
 
 
+#: What SQLite says of an index file it cannot read as a database (damaged, or not one).
+_DAMAGED = ("database disk image is malformed", "file is not a database")
+
+
 def _cannot_open(storage: Path, exc: BaseException) -> None:
+    """One line: why the archive at ``storage`` cannot be opened, and, when its index is
+    damaged, what mends it (review45 M7: 'dmg: dmg: database disk image is malformed')."""
     why = getattr(exc, "strerror", None) or str(exc)
-    where = getattr(exc, "filename", None) or storage
-    print(f"dicomstore: cannot open the archive {storage}: {where}: {why}", file=sys.stderr)
+    where = getattr(exc, "filename", None)
+    line = f"dicomstore: cannot open the archive {storage}: " + (
+        f"{where}: {why}" if where and str(where) != str(storage) else why
+    )
+    if any(text in why for text in _DAMAGED):
+        line += (
+            f" (its index is damaged: `dicomstore reindex --storage {storage}` builds a new"
+            " one from the files, the damaged one kept aside)"
+        )
+    print(line, file=sys.stderr)
 
 
 def open_archive(storage: Path, **options: Any) -> Any:
