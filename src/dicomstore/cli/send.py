@@ -38,6 +38,7 @@ from dicomstore.cli.options import (
     EXIT_TIMEOUT,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    IdentityError,
     _int,
     _port,
     _positive,
@@ -47,6 +48,7 @@ from dicomstore.cli.options import (
     add_tls_client_options,
     tls_client_context,
     tls_failed,
+    user_identity,
 )
 from dicomstore.dimse import status as st
 from dicomstore.services.scu_send import SendOptions, send
@@ -378,6 +380,11 @@ def run(args: argparse.Namespace) -> int:
         commit_timeout=args.commit_timeout,
     )
 
+    try:
+        options.identity = user_identity(args)
+    except IdentityError as exc:
+        print(f"dicomstore: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         options.ssl = tls_client_context(args)
     except (OSError, ValueError) as exc:

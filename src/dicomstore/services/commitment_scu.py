@@ -266,6 +266,7 @@ async def commit(
     timeouts: Timeouts | None = None,
     ssl: Any = None,
     listener: Any = None,
+    identity: Any = None,
 ) -> Commitment:
     """:func:`request_commitment` on an association of its own to ``host:port``;
     raises what :func:`~dicomstore.aio.client.associate` raises."""
@@ -277,6 +278,7 @@ async def commit(
         contexts=[CONTEXT],
         timeouts=timeouts,
         ssl=ssl,
+        identity=identity,
     )
     try:
         commitment = await request_commitment(assoc, references, timeout=timeout, listener=listener)

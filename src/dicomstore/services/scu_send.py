@@ -101,6 +101,8 @@ class SendOptions:
     timeouts: Timeouts | None = None
     #: TLS (PS3.15 B.9): a client context from :func:`dicomstore.tls.client_context`.
     ssl: Any = None
+    #: User Identity Negotiation (PS3.7 D.3.3.7): a ``UserIdentityRQ``, or None.
+    identity: Any = None
     #: Ask for Storage Commitment of what was stored (PS3.4 J.3) and wait this
     #: long for each report; reports at this listener (a ``ReportListener``)
     #: instead of on the association of the request.
@@ -175,6 +177,7 @@ class _Run:
                     timeouts=opts.timeouts,
                     ssl=opts.ssl,
                     listener=opts.commit_listener,
+                    identity=opts.identity,
                 )
             except Exception as exc:
                 if classify(exc) is None:
@@ -234,6 +237,7 @@ class _Run:
                     max_ops=opts.max_ops if opts.max_ops != 1 else None,
                     timeouts=opts.timeouts,
                     ssl=opts.ssl,
+                    identity=opts.identity,
                 )
             except Exception as exc:
                 known = classify(exc)

@@ -1,0 +1,67 @@
+"""The SCU commands' user identity options (PS3.7 D.3.3.7): --user, --password,
+--password-file, --jwt-file, against a server whose policy requires an identity
+(review45 M5: our own SCUs could not get in where DCMTK's `storescu --user` did)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.conftest import ServerThread
+from tests.services.test_admission_throttle import POLICY
+from tests.test_policy import FAST
+
+from dicomstore.archive import Archive
+from dicomstore.cli import main
+from dicomstore.passcodes import hash_passcode
+from dicomstore.policy import Policy
+from dicomstore.services.server import ServerConfig
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY.format(alice=hash_passcode("correct horse", **FAST)))
+    config = ServerConfig(port=0, max_failed_admissions=0)
+    archive = Archive(tmp_path / "archive", fsync=False)
+    with ServerThread(config, archive, gatekeeper=Policy.load(path)) as srv:
+        srv.archive = archive
+        yield srv
+    archive.close()
+
+
+def _echo(srv: ServerThread, *extra: str) -> int:
+    return main(["echo", "127.0.0.1", str(srv.port), "--aet", "STORER", *extra])
+
+
+def test_a_user_and_passcode_get_in(served, tmp_path, capsys) -> None:
+    assert _echo(served) == 4  # (no identity: rejected)
+    assert _echo(served, "--user", "alice", "--password", "wrong") == 4
+    assert _echo(served, "--user", "alice", "--password", "correct horse") == 0
+    secret = tmp_path / "secret"
+    secret.write_text("correct horse\n")
+    assert _echo(served, "--user", "alice", "--password-file", str(secret)) == 0
+    assert "C-ECHO to ANY-SCP@127.0.0.1" in capsys.readouterr().out
+
+
+def test_send_takes_the_identity_too(served) -> None:
+    from pydicom.data import get_testdata_file
+
+    ct = str(get_testdata_file("CT_small.dcm"))
+    login = ["--aet", "STORER", "--user", "alice", "--password", "correct horse"]
+    assert main(["send", "127.0.0.1", str(served.port), *login, "--progress", "off", ct]) == 0
+    assert len(served.archive.instances()) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--password", "x"], "a passcode needs --user NAME"),
+        (["--user", "a", "--jwt-file", "/nonexistent"], "/nonexistent: No such file"),
+        (["--user", "a", "--password-file", "/nonexistent"], "/nonexistent: No such file"),
+    ],
+)
+def test_identity_options_that_cannot_be_used_are_one_line(extra, message, capsys) -> None:
+    assert main(["echo", "127.0.0.1", "1", *extra]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("dicomstore: ") and message in line
