@@ -83,6 +83,35 @@ def test_every_door_makes_its_study_stable_once(site: Site, door: str) -> None: 
     assert list(StableLog(site.archive.root).read()) == [event]  # logged before the hook
 
 
+@pytest.mark.parametrize("door", DOORS)
+def test_a_duplicate_kept_as_it_was_is_no_arrival(site: Site, door: str) -> None:  # noqa: F811
+    """review45 M10: an identical resend made the study stable again (its event, hook
+    and command ran twice) though nothing arrived; forwarding did not resend it."""
+
+    async def watch() -> StudyStability:
+        reader = ArchiveReader(site.archive.root)
+        stability = StudyStability(reader, 3600, fsync=False)
+        site.dicom.server.store.observers.append(stability.observe)
+        await stability.start()
+        return stability
+
+    async def pending() -> set[str]:
+        await asyncio.sleep(0)  # (the observer's call onto the loop has run)
+        return set(stability.pending)
+
+    stability = site.dicom.call(watch())
+    try:
+        assert store(site, door, "1.2.11.81") == 0x0000
+        assert site.dicom.call(pending()) == {STUDY}
+        stability.pending.clear()  # (as once its event is made)
+        assert store(site, door, "1.2.11.81") == 0x0000  # (the same again: kept)
+        assert site.dicom.call(pending()) == set()
+        assert store(site, door, "1.2.11.82") == 0x0000  # (a new one: an arrival)
+        assert site.dicom.call(pending()) == {STUDY}
+    finally:
+        site.dicom.call(stability.close())
+
+
 def _fill(root: Path, studies: dict[str, int]) -> None:
     archive = Archive(root, fsync=False)
     try:

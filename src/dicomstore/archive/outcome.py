@@ -69,6 +69,8 @@ class StoreOutcome:
     offending_element: tuple[int, ...] | None = None
     path: Path | None = None
     instance: dict[str, Any] | None = None
+    #: True: an instance already stored, kept as it was (a duplicate): nothing changed
+    kept: bool = False
 
     @property
     def is_success(self) -> bool:
@@ -130,12 +132,13 @@ def duplicate(
     if identical():
         if warning is not None:
             status_, comment, tags = warning
-            return StoreOutcome(status_, comment, tags, path, existing)
-        return StoreOutcome(SUCCESS, path=path, instance=existing)
+            return StoreOutcome(status_, comment, tags, path, existing, kept=True)
+        return StoreOutcome(SUCCESS, path=path, instance=existing, kept=True)
     return StoreOutcome(
         WARNING_COERCION,
         "Duplicate with different content: kept the copy already stored",
         None,
         path,
         existing,
+        kept=True,
     )

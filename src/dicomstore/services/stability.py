@@ -252,9 +252,10 @@ class StudyStability:
     # -- arrivals --------------------------------------------------------------------
 
     def observe(self, storing: Any, result: Any) -> None:
-        """A store-service observer: note the arrival of each stored instance."""
+        """A store-service observer: note the arrival of each stored instance (not of a
+        duplicate kept as it was: nothing arrived, review45 M10)."""
         row = result.row
-        if not result.stored or not row or not row.get("study_uid") or not row.get("path"):
+        if not result.changed or not row or not row.get("study_uid") or not row.get("path"):
             return
         arrival = (row["study_uid"], row.get("patient_id"), row["path"], self.clock())
         on_loop(self._home, self.arrived, *arrival)

@@ -173,6 +173,11 @@ class StoreResult:
         return not st.is_failure(self.status)
 
     @property
+    def changed(self) -> bool:
+        """Stored, and the archive changed: not a duplicate kept as it was."""
+        return self.stored and not getattr(self.outcome, "kept", False)
+
+    @property
     def row(self) -> dict[str, Any] | None:
         """The index row of the instance, when the handler's outcome names one (the
         archive's does: for a duplicate it kept, the row of the earlier store)."""
