@@ -76,3 +76,45 @@ def test_pynetdicom_reads_our_answer() -> None:
             assert assoc.acceptor.sop_class_extended == {CT: FULL}
         finally:
             assoc.release()
+
+
+def test_query_retrieve_and_commitment_classes_get_no_storage_answer(tmp_path) -> None:
+    """review46 #1: the FIND/MOVE/GET models got the storage answer (02 00 03 00 00 00),
+    which a Q/R SCU reads as relational queries and fuzzy matching supported (PS3.4
+    C.5.1.1, C.5.2.1): dcm4che then sent relational queries, answered A900. No answer:
+    every option off (PS3.7 D.3.3.5)."""
+    from dicomstore.archive import Archive
+
+    qr = [
+        uids.STUDY_ROOT_QR_FIND,
+        uids.PATIENT_ROOT_QR_FIND,
+        uids.STUDY_ROOT_QR_MOVE,
+        uids.STUDY_ROOT_QR_GET,
+        uids.STORAGE_COMMITMENT_PUSH,
+    ]
+    archive = Archive(tmp_path / "archive", fsync=False)
+
+    async def main():
+        server = Server(ServerConfig(port=0), archive, commit_in_thread=False)
+        await server.start()
+        try:
+            assoc = await associate(
+                "127.0.0.1",
+                server.port,
+                contexts=[(uid, [uids.IMPLICIT_VR_LE]) for uid in [CT, *qr]],
+                extended=[I.SOPClassExtended(uid, b"\x01\x01\x01") for uid in qr]
+                + [I.SOPClassExtended(CT, SCU_ONLY)],
+            )
+            accepted = {c.abstract_syntax for c in assoc.negotiated.contexts.values()}
+            answered = dict(assoc.negotiated.extended)
+            await assoc.release()
+            return accepted, answered
+        finally:
+            await server.close(grace=2)
+
+    try:
+        accepted, answered = asyncio.run(main())
+    finally:
+        archive.close()
+    assert set(qr) - {uids.STORAGE_COMMITMENT_PUSH} <= accepted
+    assert answered == {CT: FULL}

@@ -198,7 +198,10 @@ def statement() -> str:
         f"Level of Support {level} (Full: every element, private ones too, is kept), "
         f"Level of Digital Signature Support {signatures} (data sets are stored "
         "bit-preserving; Data Set Trailing Padding, the only thing a policy may "
-        f"remove, is outside every signature), Element Coercion {coercion} (none).",
+        f"remove, is outside every signature), Element Coercion {coercion} (none). "
+        "For the Q/R models and Storage Commitment it is not answered: none of their "
+        "extended options (relational queries and retrieval, fuzzy semantic matching, "
+        "timezone adjustment) is supported (PS3.7 D.3.3.5).",
         "",
         "C-STORE: the data set is stored exactly as received, behind File Meta "
         "Information naming the command's SOP Class and Instance, the context's "

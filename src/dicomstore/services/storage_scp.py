@@ -45,10 +45,29 @@ STORAGE_EXTENDED_ANSWER = bytes((2, 0, 3, 0, 0, 0))
 
 def storage_extended_negotiation(sop_class_uid: str, info: bytes) -> bytes | None:
     """The answer to a SOP Class Extended Negotiation sub-item (PS3.4 B.3.1, PS3.7
-    D.3.3.5) for an accepted SOP Class: ours for storage, none for Verification."""
-    if sop_class_uid == uids.VERIFICATION:
+    D.3.3.5) for an accepted SOP Class: ours for a storage class (one accepted as
+    storage without being known, ``--accept-unknown-sop-classes``, too); none for the
+    others, whose options are then all off (PS3.7 D.3.3.5: Verification; Q/R, whose
+    relational queries, fuzzy matching and relational retrieval read this answer as
+    supported, review46 #1; Storage Commitment)."""
+    if sop_class_uid in _NOT_STORAGE_SERVICES:
         return None
     return STORAGE_EXTENDED_ANSWER
+
+
+#: The SOP Classes served here that are not storage (their own extended negotiation).
+_NOT_STORAGE_SERVICES = frozenset(
+    {
+        uids.VERIFICATION,
+        uids.PATIENT_ROOT_QR_FIND,
+        uids.STUDY_ROOT_QR_FIND,
+        uids.PATIENT_ROOT_QR_MOVE,
+        uids.STUDY_ROOT_QR_MOVE,
+        uids.PATIENT_ROOT_QR_GET,
+        uids.STUDY_ROOT_QR_GET,
+        uids.STORAGE_COMMITMENT_PUSH,
+    }
+)
 
 
 #: The handler protocol has one home, beside the archive that satisfies it.
