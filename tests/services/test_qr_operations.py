@@ -247,3 +247,48 @@ def test_a_c_get_beyond_the_window_is_refused(server, window_probe) -> None:
     (ran,) = [r for r in results if r != refusal]
     assert ran[2] == 5  # its five sub-operations went out (no Storage SCP here: failed)
     assert most[0] == 1
+
+
+def _explicit(
+    group: int, element: int, vr: bytes, value: bytes, length: int | None = None
+) -> bytes:
+    import struct
+
+    return (
+        struct.pack("<HH2sH", group, element, vr, len(value) if length is None else length) + value
+    )
+
+
+GOOD = _explicit(0x0008, 0x0052, b"CS", b"STUDY ") + _explicit(0x0020, 0x000D, b"UI", b"1.2.3.4\0")
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (GOOD[:-3], "runs past the end"),  # (the last value cut)
+        (GOOD + _explicit(0x0010, 0x0010, b"PN", b"AB", length=200), "runs past the end"),
+        (GOOD + b"\x10\x00\x10", "3 bytes at its end are no element"),  # (a header cut)
+        (b"\x01\x02\x03", "3 bytes at its end are no element"),
+    ],
+    ids=["value-cut", "length-past-end", "header-cut", "garbage"],
+)
+def test_an_identifier_cut_short_is_unreadable(data: bytes, why: str) -> None:
+    """review46 #4: pydicom reads what there is: a value cut short was matched as sent
+    (C-FIND 0000 with no match; a C-MOVE moved the whole study), a cut header dropped."""
+    from dicomstore.services.qr_operations import decode_identifier
+
+    with pytest.raises(ValueError, match=why):
+        decode_identifier(data, uids.EXPLICIT_VR_LE)
+    assert decode_identifier(GOOD, uids.EXPLICIT_VR_LE).StudyInstanceUID == "1.2.3.4"
+
+
+def test_an_item_value_cut_short_is_unreadable() -> None:
+    import struct
+
+    from dicomstore.services.qr_operations import decode_identifier
+
+    item = _explicit(0x0008, 0x0100, b"SH", b"ABCD", length=40)  # (past its item's end)
+    seq = struct.pack("<HH2sHI", 0x0008, 0x1032, b"SQ", 0, 8 + len(item))
+    seq += struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item
+    with pytest.raises(ValueError):
+        decode_identifier(GOOD + seq, uids.EXPLICIT_VR_LE)

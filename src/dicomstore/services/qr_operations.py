@@ -89,9 +89,39 @@ def decode_identifier(
         transfer_syntax != uids.EXPLICIT_VR_BE,
     )
     if check:
-        for _elem in ds:
-            pass
+        _whole(ds, len(data))
     return ds
+
+
+def _whole(ds: Dataset, size: int | None) -> None:
+    """Decode every value of ``ds`` (of ``size`` bytes, when known); ``ValueError`` for an
+    element whose value is shorter than its length says, or a data set that does not
+    end where its last element does (pydicom reads what there is: a cut value was
+    matched as if it had been sent whole, a cut header was dropped: review46 #4)."""
+    from pydicom.dataelem import RawDataElement
+
+    end: int | None = 0
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag, keep_deferred=True)
+        if not isinstance(raw, RawDataElement):
+            end = None  # (a sequence pydicom read as it went: its end is its own)
+            continue
+        length = raw.length
+        if length == _UNDEFINED or not isinstance(raw.value, bytes | None):
+            end = None
+            continue
+        if len(raw.value or b"") != length:
+            raise ValueError(f"element {tag} of {length} bytes runs past the end of the data set")
+        end = raw.value_tell + length
+    if size is not None and end is not None and end != size:
+        raise ValueError(f"{size - end} bytes at its end are no element")
+    for elem in ds:  # (converts each value; a sequence's items are checked in turn)
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                _whole(item, None)
+
+
+_UNDEFINED = 0xFFFFFFFF
 
 
 #: The most operations one SCP runs at once on an association: the asynchronous
