@@ -18,6 +18,7 @@ from dicomstore.services.query_identifier import (
 )
 
 SYNTAXES = [uids.IMPLICIT_VR_LE, uids.EXPLICIT_VR_LE, uids.EXPLICIT_VR_BE]
+EXPLICIT = uids.EXPLICIT_VR_LE
 
 
 def header(name: str) -> Dataset:
@@ -109,3 +110,22 @@ def test_a_uid_key_with_a_comma_is_refused() -> None:
     assert "holds a ','" in failure.value.comment and len(failure.value.comment) <= 64
     ds.StudyInstanceUID = ["1.2.3", "1.2.4"]
     assert parse_identifier(ds, STUDY_ROOT_FIND).filters[0x0020000D] == "1.2.3\\1.2.4"
+
+
+@pytest.mark.parametrize("level", ["STUDY", "SERIES"])
+def test_study_root_returns_the_patients_header_keys(level: str) -> None:
+    """review46 #3: in the Study Root model the patient's attributes are the study's
+    (PS3.4 Table C.6-5); read from the header they came back zero-length at STUDY and
+    SERIES level, where Patient Root gave them."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    ds.StudyInstanceUID = "1.2.3" if level == "SERIES" else ""
+    ds.PatientComments = ""
+    ds.PatientBirthTime = ""
+    stored = Dataset()
+    stored.PatientComments = "allergic to iodine"
+    stored.PatientBirthTime = "101500"
+    query = parse_identifier(ds, STUDY_ROOT_FIND)
+    row = {"study_uid": "1.2.3", "series_uid": "1.2.3.4"}
+    data = encode_elements(response_elements(query, row, "DICOMSTORE", stored), EXPLICIT)
+    assert b"allergic to iodine" in data and b"101500" in data

@@ -326,7 +326,14 @@ def check_uid_key(tag: int, value: str) -> None:
 
 
 def _of_level_or_above(keyword: str, levels: tuple[str, ...], level: str) -> bool:
-    return any(keyword in HEADER_KEYS.get(upper, ()) for upper in levels[: levels.index(level) + 1])
+    """Whether ``keyword`` is an attribute of ``level`` or above in the model of
+    ``levels``; in the Study Root model, whose STUDY level holds the patient's
+    attributes (PS3.4 C.6.2.1.2, Table C.6-5), the PATIENT level's too (they came
+    back zero-length there: review46 #3)."""
+    above = levels[: levels.index(level) + 1]
+    if "PATIENT" not in above:
+        above = ("PATIENT", *above)
+    return any(keyword in HEADER_KEYS.get(upper, ()) for upper in above)
 
 
 def _value(query: FindQuery, tag: int, row: dict[str, Any], ae_title: str) -> Any:
