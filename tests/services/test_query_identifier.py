@@ -129,3 +129,37 @@ def test_study_root_returns_the_patients_header_keys(level: str) -> None:
     row = {"study_uid": "1.2.3", "series_uid": "1.2.3.4"}
     data = encode_elements(response_elements(query, row, "DICOMSTORE", stored), EXPLICIT)
     assert b"allergic to iodine" in data and b"101500" in data
+
+
+def test_a_sequence_after_a_non_ascii_value_is_sent_in_utf8() -> None:
+    """review46 #2: a stored Latin-1 header: once a value before it was found not ASCII,
+    a sequence's items were never decoded, and pydicom wrote their Latin-1 bytes into
+    a response that says ISO_IR 192."""
+    import io
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+    from pydicom.filewriter import write_dataset
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.InstitutionName = "Klinik Süd"
+    item = Dataset()
+    item.CodeMeaning = "Prozedur ä"
+    ds.ProcedureCodeSequence = [item, item]
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    stored = read_dataset(io.BytesIO(fp.getvalue()), False, True)  # (raw: converted when used)
+    assert "Prozedur ä".encode("latin-1") in fp.getvalue()
+
+    request = Dataset()
+    request.QueryRetrieveLevel = "STUDY"
+    request.StudyInstanceUID = ""
+    request.InstitutionName = ""
+    request.ProcedureCodeSequence = []
+    query = parse_identifier(request, STUDY_ROOT_FIND)
+    elements = response_elements(query, {"study_uid": "1.2.3"}, "DICOMSTORE", stored)
+    data = encode_elements(elements, EXPLICIT)
+    assert b"ISO_IR 192" in data
+    assert data.count("Prozedur ä".encode()) == 2 and "ä".encode("latin-1") not in data
