@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import subprocess
 from pathlib import Path
@@ -106,6 +107,34 @@ def test_server_refuses_a_client_without_a_trusted_certificate(pki) -> None:
         # and keeps serving the good ones
         good = client_context(pki / "ca.pem", pki / "client.pem", pki / "client.key")
         assert asyncio.run(_echo(srv.port, good)) == 0
+
+
+def test_a_refused_handshake_is_logged_with_its_reason(pki, caplog) -> None:
+    """review45 M4: a client without a certificate, or speaking plain DICOM to the TLS
+    port, left no line in the server's log (asyncio's server drops it silently)."""
+    import logging
+    import socket
+
+    with caplog.at_level(logging.INFO), _server(pki, require=True) as srv:
+        bare = client_context(pki / "ca.pem")
+        with pytest.raises((ssl.SSLError, ConnectionError, AssociationAborted)):
+            asyncio.run(_echo(srv.port, bare))
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as plain:
+            plain.sendall(b"\x01\x00\x00\x00\x00\xcd" + bytes(205))  # (an A-ASSOCIATE-RQ)
+            with contextlib.suppress(ConnectionError):
+                while plain.recv(100):  # (until the server closes it)
+                    pass
+        srv.call(_handshakes_done(srv))
+    lines = [r.getMessage() for r in caplog.records if "TLS connection from" in r.getMessage()]
+    assert any("no client certificate" in line or "certificate" in line for line in lines), lines
+    assert any("not TLS" in line for line in lines), lines
+
+
+async def _handshakes_done(srv: ServerThread) -> None:
+    """(On the server's loop.) Every connection's handshake has ended (and been logged)."""
+    adopting = set(srv.server.listener._adopting)
+    if adopting:
+        await asyncio.wait(adopting)
 
 
 def test_client_refuses_a_server_it_cannot_verify(pki) -> None:

@@ -85,12 +85,17 @@ class Listener:
                 self.share.setblocking(False)
                 loop.add_reader(self.share.fileno(), self._passed)
             return
+        if self.ssl_context is not None:
+            # TLS: accepted here, each handshake awaited (``_connect``) so that a failed
+            # one is logged; asyncio's server drops it without a word (review45 M4: a
+            # modality whose certificate was refused left no line in the log)
+            self._closed = asyncio.Event()
+            self._sockets = _bind(self.host, self.requested_port)
+            for sock in self._sockets:
+                loop.add_reader(sock.fileno(), self._accept_ready, sock)
+            return
         self._server = await loop.create_server(
-            lambda: Stream(self._serve),
-            self.host,
-            self.requested_port,
-            ssl=self.ssl_context,
-            ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
+            lambda: Stream(self._serve), self.host, self.requested_port
         )
 
     async def serve_forever(self) -> None:
@@ -107,9 +112,9 @@ class Listener:
             pass
 
     def _accept_ready(self, listening: socket.socket) -> None:
-        """(The first process of several.) Take what is waiting: each connection is
-        passed to a worker or served here (``handoff.Dispatcher``)."""
-        assert isinstance(self.share, handoff.Dispatcher)
+        """Take what is waiting: (the first process of several) each connection is
+        passed to a worker or served here (``handoff.Dispatcher``); (TLS) served here."""
+        share = self.share
         for _ in range(100):
             try:
                 conn, _address = listening.accept()
@@ -126,7 +131,8 @@ class Listener:
                 loop.remove_reader(listening.fileno())
                 loop.call_later(1.0, self._resume_accepting, listening)
                 return
-            if not self.share.pass_on(conn, len(self._tasks) + len(self._adopting)):
+            busy = len(self._tasks) + len(self._adopting)
+            if not isinstance(share, handoff.Dispatcher) or not share.pass_on(conn, busy):
                 self._adopt(conn)
 
     def _resume_accepting(self, listening: socket.socket) -> None:
@@ -165,7 +171,10 @@ class Listener:
                 ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
             )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
-            log.info("connection dropped before it was served: %s", exc)
+            if self.ssl_context is not None:
+                log.warning("TLS connection from %s refused: %s", _peer(conn), _tls_failure(exc))
+            else:
+                log.info("connection from %s dropped before it was served: %s", _peer(conn), exc)
             conn.close()
             self._ended()
         except asyncio.CancelledError:  # (closing: loads no longer matter, and the
@@ -243,6 +252,31 @@ class Listener:
         elif self.share is not None and self.share.fileno() >= 0:
             loop.remove_reader(self.share.fileno())
         self._closed.set()
+
+
+def _peer(conn: socket.socket) -> str:
+    try:
+        host, port = conn.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
+
+
+def _tls_failure(exc: BaseException) -> str:
+    """Why a TLS handshake failed, in words (a certificate refused and why, a client
+    speaking plain DICOM to the TLS port, a handshake not done in time)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"its certificate: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
+        if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL"):
+            return f"not TLS ({reason}): a client without TLS on the TLS port?"
+        if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+            return "no client certificate (--tls-require-client-cert)"
+        return reason
+    if isinstance(exc, TimeoutError):
+        return "handshake not done in time"
+    return str(exc) or type(exc).__name__
 
 
 def _bind(host: str, port: int) -> list[socket.socket]:

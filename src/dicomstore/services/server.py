@@ -154,7 +154,13 @@ class Server:
         await self.listener.start()
         if self.commitments is not None:
             await self.commitments.start()
-        log.info("listening on %s:%d as %s", self.config.host, self.port, self.config.ae_title)
+        log.info(
+            "listening on %s:%d as %s%s",
+            self.config.host,
+            self.port,
+            self.config.ae_title,
+            " (TLS)" if self.config.ssl is not None else "",
+        )
 
     async def serve_forever(self) -> None:
         """Start (if needed) and serve until cancelled or closed."""
