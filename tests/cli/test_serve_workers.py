@@ -70,7 +70,7 @@ def _scrape(http_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
 
 
 def _workers(log: Path) -> list[int]:
-    found = re.search(r"worker processes started: ([\d, ]+)", log.read_text())
+    found = re.search(r"worker process\(es\) started beside this one: ([\d, ]+)", log.read_text())
     return [int(pid) for pid in found.group(1).split(", ")] if found else []
 
 

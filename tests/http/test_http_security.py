@@ -649,7 +649,7 @@ def test_open_http_beyond_loopback_is_a_warning(caplog) -> None:
     with caplog.at_level(logging.INFO, "dicomstore"):
         announce(HttpSecurity(), "0.0.0.0", "http://0.0.0.0:8080/")
     (info, warning) = caplog.records
-    assert info.levelname == "INFO" and "open (no --config)" in info.getMessage()
+    assert info.levelname == "INFO" and "open: no --config" in info.getMessage()
     assert warning.levelname == "WARNING"
     assert "HTTP on 0.0.0.0 requires no credentials" in warning.getMessage()
 

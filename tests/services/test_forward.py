@@ -437,3 +437,7 @@ def test_requeue_takes_only_the_destinations_named(tmp_path: Path, capsys) -> No
     assert capsys.readouterr().out == "B: 1 failed entries pending again\n"
     assert cli_main(["requeue", "--storage", str(tmp_path)]) == 0
     assert capsys.readouterr().out == "no failed entries\n"
+    # review45 L14: a destination that is none said '0 ... pending again', exit 0
+    assert cli_main(["requeue", "--storage", str(tmp_path), "--destination", "NOPE"]) == 1
+    assert "no forwarding destination NOPE in the queue" in capsys.readouterr().err
+    assert cli_main(["requeue", "--storage", str(tmp_path), "--destination", "A"]) == 0

@@ -167,7 +167,7 @@ def reindex_archive(
         try:
             row = read_row(root, path)
         except Exception as exc:  # reported by check() as not indexed
-            told.append(f"{relpath}: left out: cannot be read: {exc}")
+            told.append(f"{relpath}: left out: cannot be read: {_unreadable(exc)}")
             continue
         uid = row["sop_instance_uid"]
         place = layout.instance_relstr(row["study_uid"], row["series_uid"], uid)
@@ -208,6 +208,15 @@ def reindex_archive(
             index.rollback()
             raise
     return len(chosen)
+
+
+def _unreadable(exc: Exception) -> str:
+    """Why a file could not be read, in our words (not pydicom's 'Use force=True')."""
+    from pydicom.errors import InvalidDicomError
+
+    if isinstance(exc, InvalidDicomError):
+        return "not a PS3.10 file (no 'DICM' prefix and File Meta Information)"
+    return str(exc)
 
 
 def _as_recorded(root: Path, row: dict[str, Any], size: int, digest: str) -> bool:

@@ -83,7 +83,7 @@ def start(args: argparse.Namespace, port: int) -> list[BaseProcess]:
                 mine.close()
         workers.append(worker)
     pids = ", ".join(str(worker.pid) for worker in workers)
-    log.info("%d worker processes started: %s", len(workers), pids)
+    log.info("%d worker process(es) started beside this one: %s", len(workers), pids)
     return workers
 
 

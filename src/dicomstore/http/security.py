@@ -136,6 +136,6 @@ def _loopback(host: str) -> bool:
 def describe(security: HttpSecurity | None) -> str:
     """One line for the start-up log: what HTTP asks of its clients."""
     if security is None or security.policy is None:
-        return "open (no --config)"
+        return "open: no --config"
     rights = ", ".join(sorted(security.anonymous_rights)) or "nothing"
     return f"credentials from the policy file; anonymous may: {rights}"

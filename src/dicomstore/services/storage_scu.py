@@ -197,8 +197,10 @@ def choose_context(
     ts_name = uids.uid_name(instance.transfer_syntax)
     hint = "" if convert else " (--no-convert)"
     if not accepted:
-        either = " nor uncompressed" if convert else ""
-        raise NotSendable(f"the SCP accepted {name} neither as {ts_name}{either}{hint}")
+        also = " or uncompressed" if convert else ""
+        raise NotSendable(
+            f"the SCP accepted {name} in no transfer syntax: not as {ts_name}{also}{hint}"
+        )
     raise NotSendable(
         f"the SCP accepts {name} only as {', '.join(accepted)}, not as {ts_name}{hint}"
     )
