@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from dicomstore import uids
 from dicomstore.aio import loops
 from dicomstore.aio.association import Timeouts
+from dicomstore.cli.identity import IdentityError, add_identity_options, user_identity
 from dicomstore.cli.logs import LEVELS, add_log_format, one_line
 from dicomstore.errors import (
     AssociationAborted,
@@ -205,24 +206,7 @@ def add_association_options(p: argparse.ArgumentParser) -> None:
         help="seconds for each response (default unlimited; an association silent for"
         " 600 s ends all the same)",
     )
-    who = p.add_argument_group("user identity (PS3.7 D.3.3.7)")
-    who.add_argument("--user", metavar="NAME", help="identify as NAME (with a passcode: type 2)")
-    secret = who.add_mutually_exclusive_group()
-    secret.add_argument(
-        "--password", metavar="PASSCODE", help="NAME's passcode (seen by `ps`: see --password-file)"
-    )
-    secret.add_argument(
-        "--password-file",
-        type=Path,
-        metavar="FILE",
-        help="read NAME's passcode from FILE's first line",
-    )
-    secret.add_argument(
-        "--jwt-file",
-        type=Path,
-        metavar="FILE",
-        help="identify by the JSON Web Token in FILE (type 5)",
-    )
+    add_identity_options(p)
 
 
 def add_tls_client_options(p: argparse.ArgumentParser) -> None:
@@ -268,41 +252,6 @@ async def open_association(args: argparse.Namespace, contexts: Any = None, **mor
         identity=user_identity(args),
         **more,
     )
-
-
-class IdentityError(ValueError):
-    """User identity options that cannot be used (the message says which)."""
-
-
-def user_identity(args: argparse.Namespace) -> Any:
-    """The User Identity sub-item the options ask for (PS3.7 D.3.3.7.1): type 1 a user
-    name, 2 a user name and passcode, 5 a JWT; ``None`` without them."""
-    from dicomstore.ul.items import UserIdentityRQ
-
-    name, jwt_file = getattr(args, "user", None), getattr(args, "jwt_file", None)
-    passcode = getattr(args, "password", None)
-    path = getattr(args, "password_file", None)
-    try:
-        if path is not None:
-            passcode = (
-                path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
-            )
-        token = jwt_file.read_text(encoding="utf-8").strip() if jwt_file is not None else None
-    except OSError as exc:
-        raise IdentityError(f"{exc.filename}: {exc.strerror or exc}") from None
-    if jwt_file is not None:
-        if name is not None:
-            raise IdentityError("--jwt-file names the user itself: no --user with it")
-        if not token:
-            raise IdentityError(f"--jwt-file {jwt_file}: empty")
-        return UserIdentityRQ(5, False, token.encode("utf-8"))
-    if name is None:
-        if passcode is not None:
-            raise IdentityError("a passcode needs --user NAME")
-        return None
-    if passcode is None:
-        return UserIdentityRQ(1, False, name.encode("utf-8"))
-    return UserIdentityRQ(2, False, name.encode("utf-8"), passcode.encode("utf-8"))
 
 
 class CancelOnInterrupt:

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 from dicomstore.aio import loops
 from dicomstore.cli.allocator import keep_freed_memory
+from dicomstore.cli.identity import IdentityError, user_identity
 from dicomstore.cli.logs import LEVELS, add_log_format, one_line, setup_logging
 from dicomstore.cli.options import (
     EXIT_ABORTED,
@@ -38,7 +39,6 @@ from dicomstore.cli.options import (
     EXIT_TIMEOUT,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
-    IdentityError,
     _int,
     _port,
     _positive,
@@ -48,7 +48,6 @@ from dicomstore.cli.options import (
     add_tls_client_options,
     tls_client_context,
     tls_failed,
-    user_identity,
 )
 from dicomstore.dimse import status as st
 from dicomstore.services.scu_send import SendOptions, send
