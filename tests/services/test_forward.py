@@ -441,3 +441,18 @@ def test_requeue_takes_only_the_destinations_named(tmp_path: Path, capsys) -> No
     assert cli_main(["requeue", "--storage", str(tmp_path), "--destination", "NOPE"]) == 1
     assert "no forwarding destination NOPE in the queue" in capsys.readouterr().err
     assert cli_main(["requeue", "--storage", str(tmp_path), "--destination", "A"]) == 0
+
+
+def test_entries_failed_for_good_are_the_destinations_last_error(tmp_path: Path) -> None:
+    """review45 M9: stats kept showing an old 'Connection refused' after entries had
+    failed for good with 0124 (only the server's log said so)."""
+    from dicomstore.services.forward_queue import ForwardQueue, Queued, Settled
+
+    queue = ForwardQueue(tmp_path)
+    queue.add([Queued("DEAD", "1.2.3", "2026-01-01T00:00:00")])
+    (entry,) = queue.due("DEAD", time.time(), 10)
+    queue.settle("DEAD", [Settled(entry.id, "pending", 1, time.time())], error="unreachable")
+    assert status(tmp_path, "DEAD")["last_error"] == "unreachable"
+    queue.settle("DEAD", [Settled(entry.id, "failed", 2, status=0x0124, reason="not authorized")])
+    queue.close()
+    assert status(tmp_path, "DEAD")["last_error"] == "failed for good: 0124 not authorized"

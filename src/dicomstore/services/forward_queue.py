@@ -126,6 +126,12 @@ class Settled:
     reason: str | None = None
 
 
+def _failed_for_good(o: Settled) -> str:
+    """A destination's last error, from an entry that failed for good (review45 M9)."""
+    said = " ".join(x for x in (None if o.status is None else f"{o.status:04X}", o.reason) if x)
+    return f"failed for good: {said or 'no reason given'}"
+
+
 @dataclass(frozen=True, slots=True)
 class Pending:
     """A destination's pending entries: how many, and when the oldest was queued."""
@@ -289,6 +295,9 @@ class ForwardQueue:
                     (destination, state, n),
                 )
             self._db.execute("INSERT OR IGNORE INTO peer (destination) VALUES (?)", (destination,))
+            failed = [o for o in outcomes if o.state == "failed"]
+            if error is None and failed:  # (the last error is also one that failed entries for
+                error = _failed_for_good(failed[-1])  # good: stats showed an older one)
             if error is not None:
                 self._db.execute(
                     "UPDATE peer SET last_error = ?, last_error_at = ? WHERE destination = ?",
