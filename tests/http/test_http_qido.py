@@ -210,3 +210,21 @@ def test_errors_are_statuses_with_a_readable_line(client, params, headers, statu
     assert r.status_code == status
     assert r.headers["content-type"].startswith("text/plain")
     assert words in r.text and r.text.count("\n") == 1
+
+
+def test_includefield_above_instances_reads_one_instances_header(tmp_path) -> None:
+    """review45 M6: C-FIND returned Patient's Age at STUDY level and Manufacturer at
+    SERIES level from a stored header; QIDO-RS left them out without a word."""
+    archive = Archive(tmp_path / "archive", fsync=False)
+    ds = make_dataset("1.2.9.7.1", study="1.2.9.7", series="1.2.9.7.1", patient_id="PID7")
+    ds.PatientAge, ds.Manufacturer = "054Y", "BenchCo"
+    store(archive, ds)
+    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url) as http:
+        (study,) = search(
+            http, "/studies", PatientID="PID7", includefield="PatientAge,Manufacturer"
+        )
+        (series,) = search(http, "/series", PatientID="PID7", includefield="Manufacturer")
+    archive.close()
+    assert study["00101010"] == {"vr": "AS", "Value": ["054Y"]}
+    assert "00080070" not in study  # (a series attribute: not a study's)
+    assert series["00080070"] == {"vr": "LO", "Value": ["BenchCo"]}

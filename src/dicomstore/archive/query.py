@@ -367,11 +367,19 @@ def search(
     offset: int = 0,
     also: Sequence[str] = (),
     also_params: Sequence[Any] = (),
+    sample: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows matching ``filters`` at ``level`` (see the module docstring; ``also``,
-    ``also_params``: see :func:`build`)."""
+    ``also_params``: see :func:`build`; ``sample``: :func:`iter_search`)."""
     rows = iter_search(
-        db, level, filters, limit=limit, offset=offset, also=also, also_params=also_params
+        db,
+        level,
+        filters,
+        limit=limit,
+        offset=offset,
+        also=also,
+        also_params=also_params,
+        sample=sample,
     )
     return list(rows)
 

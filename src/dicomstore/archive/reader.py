@@ -114,10 +114,12 @@ class ArchiveReader:
         *,
         limit: int | None = None,
         offset: int = 0,
+        sample: bool = False,
     ) -> list[dict[str, Any]]:
-        """Rows of ``level`` (patient, study, series, instance) matching ``filters``."""
+        """Rows of ``level`` (patient, study, series, instance) matching ``filters``
+        (``sample``: each with ``sample_path``, one instance's file, ``q.iter_search``)."""
         with self._db() as db:
-            return q.search(db, level, filters, limit=limit, offset=offset)
+            return q.search(db, level, filters, limit=limit, offset=offset, sample=sample)
 
     def count(self, level: str, filters: q.Filters | None = None) -> int:
         """How many entities of ``level`` match."""

@@ -133,18 +133,24 @@ def header_of(
     return read, pixel_value(fp, implicit, little)
 
 
+def file_meta(storage: Storage, key: str) -> tuple[bytes | None, FileMetaDataset]:
+    """The preamble (None when the file has no 'DICM') and File Meta Information of the
+    stored file at ``key`` (PS3.10 7.1); ValueError for a file meta pydicom cannot read."""
+    with storage.open(key) as fp:
+        offset = dataset_offset(fp)
+        fp.seek(0)
+        head = fp.read(offset)
+    preamble, body = (head[:128], head[132:]) if head[128:132] == b"DICM" else (None, head)
+    return preamble, FileMetaDataset(read_dataset(io.BytesIO(body), False, True))
+
+
 def read_file_header(storage: Storage, key: str, *, inflated_limit: int) -> FileDataset:
     """The stored file at ``key`` up to its Pixel Data as pydicom's ``dcmread(...,
     stop_before_pixels=True)`` gives it (File Meta Information and data set), a
     deflated data set read from its :func:`inflated` copy (up to ``inflated_limit``
     bytes) rather than inflated whole in memory as pydicom does. Raises as
     :func:`read_stored`, and ValueError for a file meta pydicom cannot read."""
-    with storage.open(key) as fp:
-        offset = dataset_offset(fp)
-        fp.seek(0)
-        head = fp.read(offset)
-    preamble, body = (head[:128], head[132:]) if head[128:132] == b"DICM" else (None, head)
-    meta = FileMetaDataset(read_dataset(io.BytesIO(body), False, True))
+    preamble, meta = file_meta(storage, key)
     syntax = str(meta.get("TransferSyntaxUID", ""))
     stored = read_stored(storage, key, syntax, inflated_limit=inflated_limit)
     path = storage.local_path(key)

@@ -12,10 +12,12 @@ comma-separated, or ``all``); ``fuzzymatching`` is accepted and changes
 nothing (Person Names always match insensitive to ASCII case).
 
 Results (10.6.3.3) are built from the index, with the attributes of Tables
-10.6.3-3/4/5 the index keeps, Retrieve URL and Instance Availability. At the
-instance level, ``includefield`` of attributes the index does not keep (and
+10.6.3-3/4/5 the index keeps, Retrieve URL and Instance Availability.
+``includefield`` of attributes the index does not keep (and at the instance level
 ``all``: Rows, Columns, Bits Allocated, Number of Frames) are read from the
-files' headers. Attributes known to DICOM but not kept by the index are
+files' headers: an instance's own; a study's or series' from one of its instances,
+those of that level or above (``query_identifier.read_from_header``, as C-FIND).
+Attributes known to DICOM but not kept by the index are
 ignored as match keys, with a ``Warning: 299`` header naming them (8.3.4.1);
 unknown names are a 400. More results than ``limit`` (or than
 :data:`MAX_RESULTS`) add a Warning that more can be requested.
@@ -33,17 +35,19 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomstore.archive import attributes
 from dicomstore.archive import query as q
+from dicomstore.archive.stored import file_meta
 from dicomstore.http.common import DICOM_JSON, HttpError, base_url, negotiate, reader, url_of
 from dicomstore.http.dicomjson import element, row_to_json, stable_elements, tag_key
 from dicomstore.http.instancejson import read_metadata
 from dicomstore.http.limits import limits, refuse
 from dicomstore.services import stable_search
+from dicomstore.services.query_identifier import read_from_header
 
 #: The most results one response carries (more: a Warning, use offset).
 MAX_RESULTS = 10_000
@@ -154,8 +158,8 @@ def _includes(search: Search, level: str) -> tuple[list[str], list[int]]:
         if attr is not None:
             if q.LEVELS.index(attr.level) <= depth:
                 keywords.append(attr.keyword)
-        elif level == "instance":
-            from_files.append(tag)
+        elif level == "instance" or read_from_header(keyword_for_tag(tag), level.upper()):
+            from_files.append(tag)  # (above instances: from one instance's header, as C-FIND)
     if search.include_all and level == "instance":
         from_files.extend(_ALL_INSTANCE_TAGS)
     return keywords, from_files
@@ -202,6 +206,7 @@ def run_search(request: Request, level: str, levels: tuple[str, ...], fixed: dic
     search = parse_search(request, fixed)
     cap = MAX_RESULTS if search.limit is None else min(search.limit, MAX_RESULTS)
     archive = reader(request)
+    keywords, from_files = _includes(search, level)
     try:
         rows = stable_search.search(
             archive,
@@ -210,6 +215,7 @@ def run_search(request: Request, level: str, levels: tuple[str, ...], fixed: dic
             stable=search.stable,
             limit=cap + 1,
             offset=search.offset,
+            sample=bool(from_files) and level != "instance",
         )
         if search.contradicts_path:
             rows = []
@@ -217,7 +223,6 @@ def run_search(request: Request, level: str, levels: tuple[str, ...], fixed: dic
         raise HttpError(400, str(exc)) from None
     more = len(rows) > cap
     rows = rows[:cap]
-    keywords, from_files = _includes(search, level)
     states: dict[str, str | None] = {}
     if "study" in levels:  # one statement for the page's studies
         states = stable_search.stable_states(archive, {row["study_uid"] for row in rows})
@@ -233,15 +238,26 @@ def run_search(request: Request, level: str, levels: tuple[str, ...], fixed: dic
 
 
 def _header_fields(request: Request, row: dict[str, Any], tags: list[int]) -> dict[str, Any]:
-    """Attributes read from the stored file's header (instance level only)."""
-    url = url_of(base_url(request), row["study_uid"], row["series_uid"], row["sop_instance_uid"])
+    """Attributes read from a stored file's header: an instance's own; a study's or
+    series' from one of its instances (``sample_path``, as C-FIND reads them), but
+    for a value that would be bulk data (no instance URL to give it by)."""
+    storage = reader(request).storage
+    depth = limits(request).max_sequence_depth
     try:
-        ts = row["transfer_syntax_uid"]
-        depth = limits(request).max_sequence_depth
-        storage = reader(request).storage
-        return read_metadata(
-            storage, row["path"], ts, lambda t: f"{url}/bulkdata/{t:08X}", tags, max_depth=depth
-        )
+        if "sample_path" not in row:
+            url = url_of(
+                base_url(request), row["study_uid"], row["series_uid"], row["sop_instance_uid"]
+            )
+            ts = row["transfer_syntax_uid"]
+            return read_metadata(
+                storage, row["path"], ts, lambda t: f"{url}/bulkdata/{t:08X}", tags, max_depth=depth
+            )
+        key = row["sample_path"]
+        if not key:
+            return {}
+        ts = str(file_meta(storage, key)[1].get("TransferSyntaxUID", ""))
+        read = read_metadata(storage, key, ts, lambda t: "", tags, max_depth=depth)
+        return {k: v for k, v in read.items() if "BulkDataURI" not in v}
     except (OSError, ValueError, RecursionError):
         return {}
 

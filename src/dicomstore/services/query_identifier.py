@@ -275,7 +275,7 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
         attr = attributes.attribute(tag)
         if attr is None:  # not in the index: from a header or zero-length, not matched
             found.keys.append((tag, element.VR))
-            if level == "IMAGE" or _of_level_or_above(element.keyword, levels, level):
+            if read_from_header(element.keyword, level):
                 found.from_header.append(tag)
             if value:
                 found.unmatched.append(tag)
@@ -323,6 +323,17 @@ def check_uid_key(tag: int, value: str) -> None:
             f"{_tag_name(tag)} holds a ',' (UIDs of a list are separated by backslashes)",
             tag,
         )
+
+
+def read_from_header(keyword: str, level: str) -> bool:
+    """Whether a key the index does not hold is read from a stored header at ``level``
+    (PATIENT, STUDY, SERIES, IMAGE; one home for C-FIND and QIDO-RS): at IMAGE level
+    any, above it those of that level or higher."""
+    return level == "IMAGE" or _of_level_or_above(keyword, LEVELS, level)
+
+
+#: The levels of the information model, top down (PS3.4 C.6.1.1).
+LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 
 
 def _of_level_or_above(keyword: str, levels: tuple[str, ...], level: str) -> bool:

@@ -58,11 +58,12 @@ def search(
     stable: bool | None = None,
     limit: int | None = None,
     offset: int = 0,
+    sample: bool = False,
 ) -> list[dict[str, Any]]:
     """:meth:`ArchiveReader.search`, of the studies that are stable (``stable``
     True) or not (False) only, when ``stable`` is given."""
     if stable is None:
-        return reader.search(level, filters, limit=limit, offset=offset)
+        return reader.search(level, filters, limit=limit, offset=offset, sample=sample)
     latest = reader_log(reader).latest()
     with closing(reader.connect()) as db:
         if dialect_of(db) == "sqlite":
@@ -70,7 +71,14 @@ def search(
         else:
             also, params = _covered_pg(latest, stable)
         return q.search(
-            db, level, filters, limit=limit, offset=offset, also=[also], also_params=params
+            db,
+            level,
+            filters,
+            limit=limit,
+            offset=offset,
+            also=[also],
+            also_params=params,
+            sample=sample,
         )
 
 
