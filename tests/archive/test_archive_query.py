@@ -182,6 +182,14 @@ def test_bad_filters_raise_query_error(archive, filters) -> None:
         reader_of(archive).studies(**filters)
 
 
+@pytest.mark.parametrize("key", ["StudyDate", "StudyTime", "SeriesNumber"])
+def test_several_values_of_a_date_time_or_number_are_said_so(archive, key) -> None:
+    """review46 #7: 'not a date (YYYYMMDD): '20231231??20240102'' (the backslash repr'd,
+    then made '?' in the Error Comment); PS3.4 C.2.2.2 has no list of these."""
+    with pytest.raises(q.QueryError, match=f"^{key} holds several values"):
+        reader_of(archive).studies(**{key: "20231231\\20240102"})
+
+
 @pytest.mark.sqlite_index
 def test_selective_keys_use_indexes(archive) -> None:
     db = reader_of(archive).connect()

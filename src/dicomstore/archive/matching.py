@@ -95,6 +95,8 @@ def condition(attr: Attribute, value: str, dialect: str = "sqlite") -> tuple[str
             f" {attr.keyword} has {len(value)}"
         )
     col = attr.sql
+    if "\\" in value and attr.vr in ("DA", "TM", "DT", "IS"):  # (PS3.4 C.2.2.2: no list)
+        raise QueryError(f"{attr.keyword} holds several values: one value or a range only")
     if attr.vr == "UI" or attr.keyword == "ModalitiesInStudy":
         values = [normalize_uid(v) if attr.vr == "UI" else v for v in _split_list(value)]
         if len(values) == 1 and any(c in values[0] for c in "*?") and attr.vr != "UI":
