@@ -141,6 +141,14 @@ def test_unknown_pages_are_404(site) -> None:
         assert client.get("/browse/patient.zip", params={"id": "nobody"}).status_code == 404
 
 
+def test_a_wado_uri_request_is_400_not_the_patients_page(site) -> None:
+    """review45 L6: /?requestType=WADO&... got the browse page, 200."""
+    url, _ = site
+    with httpx.Client(base_url=url) as client:
+        reply = client.get("/", params={"requestType": "WADO", "studyUID": "1.2.3"})
+    assert reply.status_code == 400 and "use WADO-RS" in reply.text
+
+
 def test_search_finds_studies_by_name_id_accession_and_date(site) -> None:
     url, _ = site
     with httpx.Client(base_url=url) as client:

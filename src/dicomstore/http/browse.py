@@ -146,7 +146,9 @@ def _search(request: Request, level: str, filters: dict[str | int, Any]) -> tupl
 
 
 def home(request: Request) -> HTMLResponse:
-    """GET / : the patients."""
+    """GET / : the patients (a WADO-URI request, PS3.18 9, is a 400: not served here)."""
+    if "requestType" in request.query_params:  # (it got the patients page, 200)
+        raise HttpError(400, "WADO-URI (requestType=WADO) is not served: use WADO-RS, /studies/...")
     rows, more = _search(request, "patient", {})
     table = _table(
         [
