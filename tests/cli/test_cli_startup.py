@@ -80,3 +80,18 @@ def test_an_error_after_a_command_shows_the_usage_of_the_whole_parser(
         messages.append(capsys.readouterr().err)
     assert messages[0] == messages[1] and "unrecognized arguments: --nope" in messages[0]
     assert "{" + ",".join(PARSERS) + "}" in messages[0]
+
+
+def test_a_mistyped_option_is_one_line_naming_the_command_and_the_option_meant(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """review45 L15: 'serve --prot 1' got the top-level usage, no word of --port."""
+    from dicomstore.cli import main
+
+    with pytest.raises(SystemExit) as ended:
+        main(["serve", "--prot", "1"])
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == (
+        "dicomstore serve: error: unrecognized arguments: --prot 1 (did you mean --port?);"
+        " see dicomstore serve --help\n"
+    )

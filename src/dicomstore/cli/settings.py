@@ -94,6 +94,20 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
+def _unrecognized(extra: Sequence[str], sub: argparse.ArgumentParser) -> str:
+    """argparse's 'unrecognized arguments', with the option a mistyped one may mean
+    (review45 L15: 'serve --prot 1' showed the top-level usage)."""
+    import difflib
+
+    line = f"unrecognized arguments: {' '.join(extra)}"
+    typed = next((a.split("=", 1)[0] for a in extra if a.startswith("--")), None)
+    if typed is not None:
+        close = difflib.get_close_matches(typed, list(sub._option_string_actions), n=1)
+        if close:
+            line += f" (did you mean {close[0]}?)"
+    return line
+
+
 def parse(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None = None,
@@ -112,7 +126,10 @@ def parse(
                 saved.append((action, action.default))
                 action.default = _UNSET
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # (said by the command, with the option meant: not the whole usage)
+            sub = commands[args.command]
+            sub.exit(2, f"{sub.prog}: error: {_unrecognized(extra, sub)}; see {sub.prog} --help\n")
     finally:
         for action, default in saved:
             action.default = default
