@@ -38,7 +38,7 @@ def test_folders_stdin_and_junk_files(tmp_path: Path, monkeypatch, capsys) -> No
     out = capsys.readouterr().out
     assert code == 0
     assert "sent 7 instance(s)" in out
-    assert "skipped (not DICOM): 1" in out and "notes.txt" in out
+    assert "skipped (not an instance to send): 1" in out and "notes.txt" in out
     assert set(received_by_uid(tmp_path / "out")) == {uid_of(p) for p in files + extra}
 
 

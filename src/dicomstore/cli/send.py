@@ -286,7 +286,7 @@ def summary(results: list[Result], seconds: float) -> list[str]:
     for r in warned[:20]:
         lines.append(f"    {r.path}: {r.file_warning}")
     if by.get("skipped"):
-        lines.append(f"  skipped (not DICOM): {len(by['skipped'])}")
+        lines.append(f"  skipped (not an instance to send): {len(by['skipped'])}")
     for r in by.get("skipped", [])[:20]:
         lines.append(f"    {r.path}: {r.reason}")
     if by.get("already-stored"):
