@@ -83,6 +83,15 @@ def test_move_text_output(peers, capsys) -> None:
     ]
 
 
+def test_a_move_of_nothing_says_so(peers, capsys) -> None:
+    """review45 L18: 0000 with nothing moved (standard), exit 0, not a word."""
+    port, _, _ = peers
+    assert main(command("move", port, "--dest", "DEST", "-k", "StudyInstanceUID=9.9.9")) == 0
+    said = capsys.readouterr()
+    assert "completed 0, failed 0, warning 0" in said.out
+    assert said.err == "dicomstore: C-MOVE to DEST: no instance matched the keys\n"
+
+
 def test_move_to_an_unknown_destination_is_a801(peers, capsys) -> None:
     port, _, _ = peers
     argv = command("move", port, "--dest", "NOWHERE", "--json", "-k", "StudyInstanceUID=1.2.9.1")

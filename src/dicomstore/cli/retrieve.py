@@ -108,6 +108,9 @@ def _print(args: argparse.Namespace, result: Any, what: str) -> int:
             " not every sub-operation completed",
             file=sys.stderr,
         )
+    nothing = not (result.completed or result.failed or result.warning)
+    if result.ok and nothing and not args.json:  # (0000: standard, yet worth a word)
+        print(f"dicomstore: {what}: no instance matched the keys", file=sys.stderr)
     if result.ok:
         return EXIT_OK
     return EXIT_FAILED
