@@ -128,6 +128,7 @@ def test_a_refused_handshake_is_logged_with_its_reason(pki, caplog) -> None:
     lines = [r.getMessage() for r in caplog.records if "TLS connection from" in r.getMessage()]
     assert any("no client certificate" in line or "certificate" in line for line in lines), lines
     assert any("not TLS" in line for line in lines), lines
+    assert all("from 127.0.0.1:" in line for line in lines), lines  # (review47 #3: 'from ?')
 
 
 async def _handshakes_done(srv: ServerThread) -> None:

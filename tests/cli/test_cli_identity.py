@@ -65,3 +65,21 @@ def test_identity_options_that_cannot_be_used_are_one_line(extra, message, capsy
     assert main(["echo", "127.0.0.1", "1", *extra]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("dicomstore: ") and message in line
+
+
+def test_a_passcode_from_a_pipe_or_not_utf8(served, tmp_path, capsys) -> None:
+    """review47 #4: a pipe's size is 0, so its passcode was never read (an empty one was
+    sent, refused, counted); a file not UTF-8 ended in a traceback."""
+    import os
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("correct horse\n"))
+    writer.start()
+    assert _echo(served, "--user", "alice", "--password-file", str(fifo)) == 0
+    writer.join()
+    latin = tmp_path / "latin"
+    latin.write_bytes("pässword".encode("latin-1"))
+    assert _echo(served, "--user", "alice", "--password-file", str(latin)) == 2
+    assert f"{latin}: not UTF-8 text" in capsys.readouterr().err

@@ -109,6 +109,22 @@ def test_a_body_answered_before_its_end_is_not_read_on(bounded, monkeypatch) -> 
     assert archive.instances() == []
 
 
+def test_a_client_sending_its_whole_body_first_gets_the_early_answer(bounded, monkeypatch) -> None:
+    """review47 #1: past 64 KiB of body unread uvicorn stops reading; the linger did not
+    read again, took the client (blocked sending) for quiet and closed on its unread
+    bytes: the client (http.client sends all, then reads) got a broken pipe, not 413."""
+    from dicomstore.http import guard
+
+    monkeypatch.setattr(guard, "LINGER", 0.5)
+    srv, archive = bounded
+    body = b"x" * (4 << 20)
+    with socket.create_connection(("127.0.0.1", srv.server.port), timeout=20) as sock:
+        sock.sendall(stow_head(Content_Length=str(len(body))).encode() + b"\r\n" + body)
+        answer = _answer_and_end(sock, keep_sending=False)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert archive.instances() == []
+
+
 def test_an_answer_before_a_small_body_closes_the_connection_said_so(bounded) -> None:
     """The revert of the first try at review40 #8 (ec4ff88): a keep-alive connection
     whose body was unread when the answer went out was closed without a word, and the

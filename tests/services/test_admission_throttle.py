@@ -310,12 +310,16 @@ def test_the_server_refuses_a_guessed_user_at_once(tmp_path) -> None:
         await server.start()
         seen = []
         try:
-            for passcode in ("guess", "correct horse"):
+            for caller, passcode in [
+                ("WRONGAE", "correct horse"),  # (refused for its AE title: no guess)
+                ("STORER", "guess"),
+                ("STORER", "correct horse"),
+            ]:
                 try:
                     async with await associate(
                         "127.0.0.1",
                         server.port,
-                        calling_ae="STORER",
+                        calling_ae=caller,
                         contexts=CONTEXTS,
                         identity=user("alice", passcode),
                     ):
@@ -327,4 +331,7 @@ def test_the_server_refuses_a_guessed_user_at_once(tmp_path) -> None:
             archive.close()
         return seen
 
-    assert asyncio.run(main()) == [((1, 1, 1), 1), ((2, 3, 2), 1)]  # (not asked again)
+    unknown_caller, permanent, transient = (1, 1, 3), (1, 1, 1), (2, 3, 2)
+    # review47 #2: a caller refused for its AE title counted as a guess of alice's
+    # passcode (and locked her out with one); now only the refused passcode counts
+    assert asyncio.run(main()) == [(unknown_caller, 1), (permanent, 2), (transient, 2)]

@@ -163,6 +163,7 @@ class Listener:
 
     async def _connect(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()  # (TCP_NODELAY: association.tune_socket)
+        peer = _peer(conn)  # (now: a failed handshake closes the socket before we hear)
         try:
             await loop.connect_accepted_socket(
                 lambda: Stream(self._serve),
@@ -171,10 +172,11 @@ class Listener:
                 ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
             )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
-            if self.ssl_context is not None:
-                log.warning("TLS connection from %s refused: %s", _peer(conn), _tls_failure(exc))
-            else:
-                log.info("connection from %s dropped before it was served: %s", _peer(conn), exc)
+            if self.ssl_context is not None and isinstance(exc, ssl.SSLError | TimeoutError):
+                log.warning("TLS connection from %s refused: %s", peer, _tls_failure(exc))
+            else:  # (a probe that connects and closes, say: no TLS was tried)
+                why = str(exc) or type(exc).__name__
+                log.info("connection from %s closed before it was served: %s", peer, why)
             conn.close()
             self._ended()
         except asyncio.CancelledError:  # (closing: loads no longer matter, and the

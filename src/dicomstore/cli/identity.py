@@ -42,14 +42,10 @@ def user_identity(args: argparse.Namespace) -> Any:
     name, jwt_file = getattr(args, "user", None), getattr(args, "jwt_file", None)
     passcode = getattr(args, "password", None)
     path = getattr(args, "password_file", None)
-    try:
-        if path is not None:
-            passcode = (
-                path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
-            )
-        token = jwt_file.read_text(encoding="utf-8").strip() if jwt_file is not None else None
-    except OSError as exc:
-        raise IdentityError(f"{exc.filename}: {exc.strerror or exc}") from None
+    if path is not None:  # (read, not measured: a pipe has no size, <(pass show ...))
+        lines = _text(path).splitlines()
+        passcode = lines[0] if lines else ""
+    token = _text(jwt_file).strip() if jwt_file is not None else None
     if jwt_file is not None:
         if name is not None:
             raise IdentityError("--jwt-file names the user itself: no --user with it")
@@ -63,3 +59,13 @@ def user_identity(args: argparse.Namespace) -> Any:
     if passcode is None:
         return UserIdentityRQ(1, False, name.encode("utf-8"))
     return UserIdentityRQ(2, False, name.encode("utf-8"), passcode.encode("utf-8"))
+
+
+def _text(path: Path) -> str:
+    """A secret file's text; :class:`IdentityError` when it cannot be read as UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise IdentityError(f"{exc.filename}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise IdentityError(f"{path}: not UTF-8 text") from None

@@ -229,6 +229,10 @@ class GuardedH11(H11Protocol):
         self._counted = True
         if self._raw.can_write_eof():
             self._raw.write_eof()
+        # read again (uvicorn stops reading past 64 KiB of body the app has not taken):
+        # a client still sending would otherwise seem quiet, be closed on with its bytes
+        # unread, and lose the answer to a reset (review47 #1)
+        self.flow.resume_reading()
         self._heard = self._since = self.loop.time()
         self._timer = self.loop.call_later(LINGER, self._linger_on)
 

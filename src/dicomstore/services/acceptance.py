@@ -73,7 +73,7 @@ async def admit(
             why = f"{throttle.why(address, user)}; next try in {wait:.0f} s"
             return None, (_LOCAL_LIMIT, why)
         # in a thread: verifying a passcode (scrypt) or a token takes milliseconds
-        refused = False  # (a check that raised or was cancelled refused nothing)
+        refused = guessed = False  # (a check that raised or was cancelled refused nothing)
         try:
             admission = await asyncio.to_thread(
                 server.gatekeeper.admit,
@@ -82,8 +82,9 @@ async def admit(
                 ),
             )
             refused = admission.reject is not None
+            guessed = refused and _identity_refused(admission.reject)
         finally:
-            throttle.done(address, admitted=not refused, user=user)
+            throttle.done(address, admitted=not refused, user=user, user_admitted=not guessed)
     if admission.reject is not None:
         rj = admission.reject
         return admission, (rj, P.describe_reject(rj.result, rj.source, rj.reason))
@@ -120,6 +121,16 @@ def audit_association(assoc: AcceptorAssociation) -> None:
             "stored": assoc.stored,
             "failed": assoc.failed,
         }
+    )
+
+
+def _identity_refused(reject: P.AssociateRJ | None) -> bool:
+    """A rejection for the user identity itself (PS3.7 D.3.3.7.3: permanent or
+    transient, service-user, no-reason-given), not for the caller (its AE title,
+    address or certificate: *calling AE title not recognized*)."""
+    return reject is not None and (reject.source, reject.reason) == (
+        P.REJECT_SOURCE_USER,
+        P.REJECT_NO_REASON,
     )
 
 
