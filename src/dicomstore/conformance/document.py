@@ -158,6 +158,11 @@ def statement() -> str:
                     "types 1 (username), 2 (username and passcode, scrypt) and 5 (JWT) "
                     "with a `--config` policy; 3 and 4 refused",
                 ),
+                (
+                    "User Identity Negotiation (SCU)",
+                    "`--user` (type 1), with `--password` or `--password-file` (type 2), "
+                    "`--jwt-file` (type 5); no positive response asked for",
+                ),
             ],
         ),
         "",
