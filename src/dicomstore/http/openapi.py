@@ -304,5 +304,32 @@ def openapi(limits: HttpLimits | None = None) -> dict[str, Any]:
                 "A frame's thumbnail", [*sop_params, frames]
             ),
             **_browse(lim),
+            **_operations(),
         },
+    }
+
+
+def _operations() -> dict[str, Any]:
+    """The operator's endpoints (``http/operations.py``; review45 L6: not described)."""
+
+    def get(summary: str, ok: str, media: str, *errors: int) -> dict[str, Any]:
+        answer = {"description": ok, "content": {media: {}}}
+        return {
+            "get": {"summary": summary, "parameters": [], "responses": _responses(answer, *errors)}
+        }
+
+    return {
+        "/healthz": get("Liveness: the process serves HTTP (no credentials)", "ok", "text/plain"),
+        "/readyz": get(
+            "Readiness: the index answers, the server's parts run (no credentials);"
+            " 503 with one line per problem",
+            "ready",
+            "text/plain",
+        ),
+        "/metrics": get(
+            "The server's counters, Prometheus text exposition",
+            "the counters",
+            "text/plain; version=0.0.4",
+            404,
+        ),
     }
