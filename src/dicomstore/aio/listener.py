@@ -257,11 +257,15 @@ class Listener:
 
 
 def _peer(conn: socket.socket) -> str:
+    """``host:port`` of a connection's peer (``?`` when it has none to tell: gone, or
+    a socket of another family)."""
     try:
-        host, port = conn.getpeername()[:2]
+        name = conn.getpeername()
     except OSError:
         return "?"
-    return f"{host}:{port}"
+    if isinstance(name, tuple) and len(name) >= 2:
+        return f"{name[0]}:{name[1]}"
+    return str(name or "?")
 
 
 def _tls_failure(exc: BaseException) -> str:
