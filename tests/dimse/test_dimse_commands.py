@@ -247,3 +247,47 @@ def test_element_table_has_the_vrs_of_e1() -> None:
 
 def test_tag_str() -> None:
     assert c.tag_str(0x7FE00010) == "(7FE0,0010)"
+
+
+def _other(group: int, elem: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", group, elem, len(value)) + value
+
+
+def test_a_failed_uid_list_in_the_command_set_is_kept_not_an_abort() -> None:
+    """review48 #1: Orthanc puts (0008,0058) in a C-GET-RSP's command set, after group
+    0000 and its group length: 'Command Group Length says 106 bytes but 170 follow',
+    the association aborted, the final status never seen (pynetdicom reads it)."""
+    from dicomstore.dimse.decoding import decode_message
+    from dicomstore.dimse.retrieve_messages import CGetRSP
+
+    rsp = CGetRSP(7, 0xB000, "1.2.840.10008.5.1.4.1.2.2.3").encode()
+    data = rsp + _other(0x0008, 0x0058, b"1.2.3.4\\1.2.3.5\0")
+    message = decode_message(data)
+    assert isinstance(message, CGetRSP) and message.status == 0xB000
+    assert message.failed_in_command == "1.2.3.4\\1.2.3.5"
+    assert decode_command(rsp + _other(0x0009, 0x0010, b"AB"))[c.STATUS] == 0xB000  # (ignored)
+
+
+@pytest.mark.parametrize(
+    ("tail", "words"),
+    [
+        (_other(0x0008, 0x0058, b"1.2") + element(0x0900, b"\0\0"), "out of order"),
+        (_other(0x0008, 0x0058, b"1.2") + _other(0x0008, 0x0010, b"AB"), "out of order"),
+        (_other(0x0008, 0x0058, b"1.2" * 40), "overruns"),
+    ],
+    ids=["group-0000-after", "descending", "overrun"],
+)
+def test_what_follows_group_0000_is_framed_as_the_rest(tail: bytes, words: str) -> None:
+    from dicomstore.dimse.retrieve_messages import CGetRSP
+
+    rsp = CGetRSP(7, 0x0000, "1.2.840.10008.5.1.4.1.2.2.3").encode()
+    cut = tail[: len(tail) - 100] if words == "overruns" else tail
+    with pytest.raises(RemoteProtocolError, match=words):
+        decode_command(rsp + cut)
+
+
+def test_a_group_length_short_of_group_0000_is_still_refused() -> None:
+    body = element(0x0100, struct.pack("<H", 1)) + element(0x0800, struct.pack("<H", 0x101))
+    data = element(0x0000, struct.pack("<I", 10)) + body  # (says 10, 20 follow)
+    with pytest.raises(RemoteProtocolError, match="Command Group Length says 10 bytes"):
+        decode_command(data)

@@ -11,7 +11,10 @@ AE/LO with a space to even length (PS3.5 6.2).  ``decode_command`` never
 raises anything but :class:`~dicomstore.errors.RemoteProtocolError`, and only
 for a broken *structure*: a truncated element, a tag outside group 0000, a
 repeated tag, a group length that is not first or disagrees with the content
-(a missing group length is tolerated).
+(a missing group length is tolerated). Elements of other groups *after* group 0000
+(and after the group length's end) are tolerated, not read, but for the Failed SOP
+Instance UID List (0008,0058), kept under its whole tag: Orthanc puts it there in a
+C-GET/C-MOVE-RSP (not PS3.7 6.3.1; pynetdicom reads it; we aborted the association).
 A well-framed element whose *value* does not fit its VR (a US that is not two
 bytes, a UID that is not ASCII) decodes to a :class:`BadValue`, so that the
 message layer can answer 0212 "mistyped argument" instead of aborting.
@@ -162,6 +165,7 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[int, Value]:
     vrs = _VR
     fields: dict[int, Value] = {}
     seen: set[int] = set()
+    declared: int | None = None
     off = 0
     while off < end:
         if end - off < 8:
@@ -170,7 +174,12 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[int, Value]:
         start = off + 8
         stop = start + length
         if group != 0:
-            raise _fail(f"element ({group:04X},{element:04X}) outside group 0000 in a command set")
+            if not seen or (declared is not None and off != declared + 12):
+                raise _fail(
+                    f"element ({group:04X},{element:04X}) outside group 0000 in a command set"
+                )
+            _trailing(data, off, fields)
+            return fields
         if stop > end:
             raise _fail(f"command element (0000,{element:04X}) of length {length} overruns the set")
         if element in seen:
@@ -180,7 +189,7 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[int, Value]:
             if off != 0 or length != 4:
                 raise _fail("Command Group Length is not the first, 4-byte element")
             declared = _UL.unpack_from(data, 8)[0]
-            if declared != end - 12:
+            if declared > end - 12:
                 raise _fail(
                     f"Command Group Length says {declared} bytes but {end - 12} follow",
                 )
@@ -190,7 +199,31 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[int, Value]:
             if vr is not None:
                 fields[element] = _decode_value(vr, bytes(data[start:stop]))
         off = stop
+    if declared is not None and declared != end - 12:
+        raise _fail(f"Command Group Length says {declared} bytes but {end - 12} follow")
     return fields
+
+
+#: Failed SOP Instance UID List (0008,0058): kept when a peer puts it in the command set.
+FAILED_SOP_INSTANCE_UID_LIST = 0x00080058
+
+
+def _trailing(data: bytes | bytearray, off: int, fields: dict[int, Value]) -> None:
+    """The elements of other groups after group 0000 (see the module notes): framed
+    as the rest, in increasing order, none of group 0000; (0008,0058) kept as text."""
+    end, last = len(data), 0
+    while off < end:
+        if end - off < 8:
+            raise _fail(f"truncated command element header at offset {off}")
+        group, element, length = _HEADER.unpack_from(data, off)
+        tag, stop = group << 16 | element, off + 8 + length
+        if group == 0 or tag <= last:
+            raise _fail(f"element ({group:04X},{element:04X}) out of order in a command set")
+        if stop > end:
+            raise _fail(f"element ({group:04X},{element:04X}) of length {length} overruns the set")
+        if tag == FAILED_SOP_INSTANCE_UID_LIST:
+            fields[tag] = bytes(data[off + 8 : stop]).decode("ascii", "replace").strip(" \0")
+        last, off = tag, stop
 
 
 # --- encoding -------------------------------------------------------------------

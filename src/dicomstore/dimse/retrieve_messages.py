@@ -30,6 +30,7 @@ from dicomstore.dimse.commands import (
     COMMAND_FIELD,
     DATA_SET_PRESENT,
     ERROR_COMMENT,
+    FAILED_SOP_INSTANCE_UID_LIST,
     MESSAGE_ID,
     MESSAGE_ID_BEING_RESPONDED_TO,
     MOVE_DESTINATION,
@@ -80,6 +81,9 @@ class RetrieveRSP:
     dataset_present: bool = False
     error_comment: str | None = None
     offending_element: tuple[int, ...] | None = None
+    #: a Failed SOP Instance UID List a peer put in the command set (Orthanc), not
+    #: in the Identifier (``commands.decode_command``); never encoded
+    failed_in_command: str | None = None
     command_field: ClassVar[int]
 
     @property
@@ -245,6 +249,7 @@ def _decode_rsp(
         has_dataset,
         _f.lenient(fields, ERROR_COMMENT, str),
         _f.lenient(fields, OFFENDING_ELEMENT, tuple),
+        _f.lenient(fields, FAILED_SOP_INSTANCE_UID_LIST, str),
     )
 
 

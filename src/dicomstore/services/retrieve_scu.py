@@ -354,6 +354,8 @@ class Retrieve:
                 result.offending_element = rsp.offending_element
                 if identifier is not None:
                     result.failed_uids = _failed_uids(identifier, ts)
+                elif rsp.failed_in_command:  # (Orthanc: in the command set)
+                    result.failed_uids = rsp.failed_in_command.split("\\")
         finally:
             responses.close()
         await self.assoc.answered()  # (a C-GET: our last C-STORE-RSP is out)
