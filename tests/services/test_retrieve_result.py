@@ -82,3 +82,12 @@ def test_the_peers_text_is_printed_on_one_line(capsys) -> None:
     out = capsys.readouterr().out.splitlines()
     assert out[0].endswith(": bad \\x1b[31m thing\\nsecond line")
     assert out[2] == "  failed: 1.2.3\\x1b[31mRED\\nfailed: 9.9.9" and len(out) == 3
+
+
+def test_a_c_move_or_c_get_failure_is_unable_to_process() -> None:
+    """review48 L1: C000 read 'Error: cannot understand', C-STORE's words (PS3.4
+    Tables C.4-2, C.4-3: Cxxx 'Failed: Unable to process')."""
+    from dicomstore.services.retrieve_scu import describe
+
+    assert describe(0xC000) == describe(0xC123) == "Failed: unable to process"
+    assert describe(0xA801) == "Refused: move destination unknown"

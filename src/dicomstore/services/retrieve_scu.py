@@ -198,7 +198,10 @@ class RetrieveResult:
 
 
 def describe(status: int) -> str:
-    """A C-MOVE / C-GET status in the words of PS3.4 Tables C.4-2 and C.4-3."""
+    """A C-MOVE / C-GET status in the words of PS3.4 Tables C.4-2 and C.4-3 (Cxxx:
+    "Failed: Unable to process", not C-STORE's "cannot understand": review48 L1)."""
+    if status not in _TEXT and status >> 12 == 0xC:
+        return "Failed: unable to process"
     return _TEXT.get(status, st.describe(status))
 
 
