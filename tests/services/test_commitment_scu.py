@@ -161,6 +161,31 @@ def test_send_commit_against_pynetdicom_scp(tmp_path: Path, capsys) -> None:
     assert f"{files[2]}: failed, 0112 no such object instance" in out
 
 
+def test_send_commit_without_a_report_says_why_and_what_to_do(tmp_path: Path, capsys) -> None:
+    """review48 M1: Orthanc reports on an association of its own; without --commit-listen
+    the summary listed each instance 'unknown', the reason only in a stderr warning."""
+    files = sendable(compressed=False)[:2]
+    ae = AE(ae_title="PYSCP")
+    ae.supported_contexts = AllStoragePresentationContexts
+    ae.add_supported_context(SC)
+    handlers = [
+        (evt.EVT_C_STORE, lambda event: 0x0000),
+        (evt.EVT_N_ACTION, lambda event: (0x0000, None)),  # (its report: elsewhere, later)
+    ]
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    try:
+        port = str(server.server_address[1])
+        argv = [*map(str, files), "--commit", "--aec", "PYSCP", "--commit-timeout", "0.5"]
+        code = _main("127.0.0.1", port, *argv)
+    finally:
+        server.shutdown()
+    out = capsys.readouterr().out
+    assert code == 8, out
+    assert "committed 0 of 2 stored instance(s)" in out
+    assert "  unknown: 2 (no report within 0.5 s on this association" in out
+    assert "needs --commit-listen PORT)" in out
+
+
 def test_commit_api_on_an_association_of_its_own(tmp_path: Path) -> None:
     root = tmp_path / "archive"
     fill(root)

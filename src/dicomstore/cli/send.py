@@ -297,6 +297,9 @@ def summary(results: list[Result], seconds: float) -> list[str]:
 
         committed = sum(r.commitment == "committed" for r in asked)
         lines.append(f"committed {committed} of {len(asked)} stored instance(s)")
+        unknown = Counter(r.commitment_reason for r in asked if r.commitment == "unknown")
+        for why, n in unknown.most_common(SUMMARY_KINDS):
+            lines.append(f"  unknown: {n} ({why or 'no report'})")
         for r in [r for r in asked if r.commitment != "committed"][:20]:
             why = f", {failure_reason_text(r.failure_reason)}" if r.commitment == "failed" else ""
             lines.append(f"    {r.path or r.sop_instance_uid}: {r.commitment}{why}")

@@ -224,6 +224,11 @@ async def request_commitment(
             return await asyncio.shield(future)
     except TimeoutError:
         commitment.reason = f"no report within {timeout:g} s"
+        if listener is None:  # (review48 M1: Orthanc reports so; only a warning said why)
+            commitment.reason += (
+                " on this association (an SCP that reports on an association of its own,"
+                " as Orthanc does, needs --commit-listen PORT)"
+            )
     except (AssociationError, ConnectionError, OSError) as exc:
         commitment.reason = f"the association ended before the report: {exc}"
     waiting.forget(commitment.transaction_uid)

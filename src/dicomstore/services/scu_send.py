@@ -142,6 +142,8 @@ class _Run:
             result.commitment, result.failure_reason = commitment.outcome(
                 result.sop_instance_uid or ""
             )
+            if result.commitment == "unknown":
+                result.commitment_reason = commitment.reason
         if commitment.reason is not None:
             log.warning("storage commitment %s: %s", commitment.transaction_uid, commitment.reason)
 

@@ -125,6 +125,8 @@ class Result:
     #: Reason) or unknown (no report); None: commitment not asked
     commitment: CommitOutcome | None = None
     failure_reason: int | None = None
+    #: why the commitment is unknown (no report in time, the association ended ...)
+    commitment_reason: str | None = None
     index: int = field(default=0, repr=False)  # position in the input
 
     @property
