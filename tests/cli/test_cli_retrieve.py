@@ -161,3 +161,38 @@ def test_get_into_a_file_says_so(peers, capsys, tmp_path) -> None:
     afile.write_text("")
     assert main(command("get", port, "-od", str(afile), "-k", "StudyInstanceUID=1.2.9.1")) == 1
     assert capsys.readouterr().err == f"dicomstore: cannot store into {afile}: File exists\n"
+
+
+def test_a_get_the_peer_aborts_gives_the_counts_so_far(peers, capsys, tmp_path) -> None:
+    """review48 M2: a peer's abort in the middle of a C-GET gave one line and no counts
+    (with --json, no object), though instances were stored already."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
+
+    _, _, originals = peers
+    first, second = (pydicom.dcmread(originals[uid]) for uid in STUDY_1[:2])
+
+    def on_get(event):
+        yield 2
+        yield 0xFF00, first
+        event.assoc.abort()
+        yield 0xFF00, second
+
+    ae = AE(ae_title=AET)
+    ae.add_supported_context(GET)
+    for ds in (first, second):
+        ae.add_supported_context(ds.SOPClassUID, scu_role=True, scp_role=True)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_GET, on_get)])
+    try:
+        port = server.server_address[1]
+        argv = command("get", port, "-od", str(tmp_path / "got"), "-k", "StudyInstanceUID=1.2.9.1")
+        assert main(argv) == 5
+    finally:
+        server.shutdown()
+    said = capsys.readouterr()
+    assert said.out == (
+        "C-GET: no final response; so far completed 1, failed 0, warning 0\n"
+        "received here: stored 1, failed 0\n"
+    )
+    assert said.err == "dicomstore: association aborted by the peer (service user)\n"
+    assert [p.name for p in (tmp_path / "got").rglob("*.dcm")] == [f"{first.SOPInstanceUID}.dcm"]

@@ -23,6 +23,7 @@ from typing import Any
 from dicomstore.cli.find import add_query_options, query_keys
 from dicomstore.cli.logs import one_line
 from dicomstore.cli.options import (
+    EXIT_ABORTED,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -102,6 +103,12 @@ def _print(args: argparse.Namespace, result: Any, what: str) -> int:
             )
             for uid in here.failed_uids:
                 print(f"  not stored here: {one_line(uid)}")
+    else:  # (no final response: the association ended first)
+        counts = f"completed {result.completed}, failed {result.failed}, warning {result.warning}"
+        print(f"{what}: no final response; so far {counts}")
+        here = result.received
+        if here is not None:
+            print(f"received here: stored {here.completed}, failed {here.failed}")
     if result.contradicted:
         print(
             f"dicomstore: the SCP said 0000 (no failures), but {_failures(result)}:"
@@ -166,10 +173,11 @@ async def run(args: argparse.Namespace) -> int:
         async with CancelOnInterrupt(retrieve.cancel, assoc.abort) as ctrl_c:
             try:
                 result = await retrieve.run()
-            except AssociationAborted:
+            except AssociationAborted as exc:
+                _print(args, retrieve.result, what)  # (the counts so far: review48 M2)
                 if not ctrl_c.interrupted:
-                    raise
-                _print(args, retrieve.result, what)
+                    print(f"dicomstore: {one_line(str(exc))}", file=sys.stderr)
+                    return EXIT_ABORTED
                 print("dicomstore: aborted", file=sys.stderr)
                 return EXIT_INTERRUPTED
         await assoc.release()
