@@ -165,6 +165,9 @@ def test_identifier_keys_are_encoded_as_given(ts) -> None:
         ({"ReferencedStudySequence": "x"}, "STUDY", "sequence"),
         ({}, "FRAME", "Query/Retrieve Level 'FRAME'"),
         ({"QueryRetrieveLevel": "SERIES"}, "STUDY", "two Query/Retrieve Levels"),
+        # review48 L2: Python's "'ascii' codec can't encode character '\xfc'..."
+        ({"SpecificCharacterSet": "", "PatientName": "Mü*"}, "STUDY", "'ü' is not in the"),
+        ({"SpecificCharacterSet": "ISO_IR 100", "PatientName": "Ω*"}, "STUDY", "'Ω' is not"),
     ],
 )
 def test_bad_keys_are_value_errors(keys, level, message) -> None:

@@ -144,7 +144,14 @@ def _value(tag: int, vr: str, value: Any, encoding: str) -> bytes:
             raise ValueError(f"not a {vr} value for {name}: {value!r}") from None
     if vr in _STRUCTURED:
         raise ValueError(f"{name} ({vr}) cannot be given a value here")
-    return text_bytes(vr, str(value), encoding)
+    try:
+        return text_bytes(vr, str(value), encoding)
+    except UnicodeEncodeError as exc:  # (review48 L2: Python's codec message alone)
+        bad = str(value)[exc.start : exc.end]
+        raise ValueError(
+            f"{name} {str(value)!r}: {bad!r} is not in the Specific Character Set"
+            f" ({encoding}); give another one, or none (UTF-8, ISO_IR 192)"
+        ) from None
 
 
 def identifier_keys(keys: Mapping[str | int, Any], level: str | None = None) -> list[Key]:
