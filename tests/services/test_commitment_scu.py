@@ -258,3 +258,22 @@ def test_a_report_is_taken_for_the_pairs_asked_only() -> None:
         ("failed", 0x0110),
     ]
     assert not asked.all_committed
+
+
+def test_send_commit_listen_on_a_port_in_use_is_exit_3(tmp_path: Path, capsys) -> None:
+    """review48 L7: exit 2 (usage), where the README says 3: the server cannot listen."""
+    import socket
+
+    from tests.services.test_scu_retry import FlakyHandler
+
+    files = sendable(compressed=False)[:1]
+    with (
+        socket.socket() as taken,
+        ServerThread(ServerConfig(port=0), FlakyHandler()) as srv,
+    ):
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        code = _main("127.0.0.1", str(srv.port), *map(str, files), "--commit-listen", busy)
+    assert code == 3
+    assert f"cannot listen on port {busy}" in capsys.readouterr().err

@@ -429,7 +429,7 @@ def run(args: argparse.Namespace) -> int:
         if args.commit_listen is None:
             raise
         print(f"dicomstore: cannot listen on port {args.commit_listen}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_UNREACHABLE  # (README: 3, the server cannot listen; review48 L7)
     except KeyboardInterrupt:  # Ctrl-C: what was answered is in the report, flushed
         progress.close()
         where = f"; each answer so far is in {args.report}" if report is not None else ""
