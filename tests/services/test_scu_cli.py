@@ -178,9 +178,26 @@ def test_the_summary_names_at_most_five_kinds_of_answer() -> None:
 
     results = []
     for n in range(8):
-        r = Result(f"f{n}.dcm", f"1.2.{n}", "failed", status=0xA900)
+        r = Result(f"f{n}.dcm", outcome="failed", status=0xA900)
         r.error_comment = f"reason {n}"
         results.append(r)
     (_, counts, *failed) = summary(results, 1.0)
     assert counts.endswith("reason 4 x1, and 3 other kind(s))")
     assert failed[0] == "    f0.dcm: A900 Error: data set does not match SOP Class: reason 0"
+
+
+def test_the_summary_says_why_an_association_was_rejected_and_what_was_converted() -> None:
+    """review48 L3: 'failed: 2 (rejected x2)', the reason only in a stderr warning; the
+    instances converted (--convert) were not counted."""
+    from dicomstore.cli.send import summary
+    from dicomstore.services.scu_send import Result
+
+    why = "association rejected (permanent) by service user: called AE title not recognized"
+    refused = [
+        Result(f"f{n}.dcm", outcome="failed", reason=why, error_kind="rejected") for n in range(2)
+    ]
+    sent = Result("c.dcm", outcome="stored", bytes=10)
+    sent.converted = True
+    lines = summary([*refused, sent], 1.0)
+    assert lines[0].endswith(", 1 converted (--convert)")
+    assert lines[1] == f"  failed: 2 ({why} x2)"

@@ -241,7 +241,7 @@ def _why(r: Result) -> str:
     if r.status is not None:
         said = f"{r.status:04X} {st.describe(r.status)}"
         return f"{said}: {r.error_comment}" if r.error_comment else said
-    return r.error_kind or r.reason or "unknown"
+    return r.reason or r.error_kind or "unknown"  # (the reason: review48 L3, 'rejected')
 
 
 #: Kinds of answer the summary's count lines name (the rest: "and N other kinds").
@@ -255,9 +255,11 @@ def summary(results: list[Result], seconds: float) -> list[str]:
         by.setdefault(r.outcome, []).append(r)
     stored = by.get("stored", []) + by.get("warning", [])
     nbytes = sum(r.bytes for r in stored)
+    converted = sum(r.converted for r in stored)
     lines = [
         f"sent {len(stored)} instance(s), {nbytes / 1e6:.1f} MB in {seconds:.2f} s "
         f"({nbytes / 1e6 / max(seconds, 1e-6):.1f} MB/s)"
+        + (f", {converted} converted (--convert)" if converted else "")
     ]
 
     def counted(rs: Iterable[Result]) -> str:
