@@ -332,13 +332,9 @@ class _Run:
                     continue
                 status = rsp.status
                 if _retriable_status(status) and job.attempts <= self.opts.retries:
-                    log.info(  # (the summary says how it ended; -v shows each try)
-                        "%s: %04X %s%s, retrying",
-                        job.instance.label,
-                        status,
-                        st.describe(status),
-                        f": {rsp.error_comment}" if rsp.error_comment else "",
-                    )
+                    said = ": " + rsp.error_comment if rsp.error_comment else ""
+                    text = f"{status:04X} {st.describe(status)}{said}"  # (-v: each try)
+                    log.info("%s: %s, retrying", job.instance.label, text)
                     await asyncio.sleep(self.backoff(job.attempts))
                     queue.append(job)
                     continue
