@@ -132,8 +132,10 @@ def test_a_failure_status_is_one_line_with_the_error_comment(served, capsys) -> 
     assert out == ""
     assert err.startswith("dicomstore: C-FIND failed: A900") and "relational" in err
     assert len(err.splitlines()) == 1
-    assert main(find(served, "-k", "StudyDate=2024")) == 1
-    assert "C000" in capsys.readouterr().err
+    # a value its VR cannot hold is refused here, before sending (review48 L6: the SCP's
+    # C000 said it before; README: exit 2)
+    assert main(find(served, "-k", "StudyDate=2024")) == 2
+    assert "StudyDate: not a date (YYYYMMDD) or date range: '2024'" in capsys.readouterr().err
 
 
 def test_ff01_is_reported(served, capsys) -> None:

@@ -108,8 +108,10 @@ def test_failure_statuses_raise_with_the_error_comment(server) -> None:
         matches(server.port, {"SeriesInstanceUID": ""}, level="SERIES")
     assert refused.value.status == 0xA900 and "relational" in refused.value.error_comment
     assert refused.value.offending_element == (0x0020000D,)
+    raw = Dataset()  # (as given: the keys' own checks would refuse it before sending)
+    raw.QueryRetrieveLevel, raw.StudyInstanceUID, raw.StudyDate = "STUDY", "", "2024"
     with pytest.raises(FindFailed) as unreadable:
-        matches(server.port, {"StudyDate": "2024"}, level="STUDY")
+        matches(server.port, raw)
     assert unreadable.value.status == 0xC000 and "2024" in str(unreadable.value)
 
 
@@ -168,11 +170,30 @@ def test_identifier_keys_are_encoded_as_given(ts) -> None:
         # review48 L2: Python's "'ascii' codec can't encode character '\xfc'..."
         ({"SpecificCharacterSet": "", "PatientName": "Mü*"}, "STUDY", "'ü' is not in the"),
         ({"SpecificCharacterSet": "ISO_IR 100", "PatientName": "Ω*"}, "STUDY", "'Ω' is not"),
+        # review48 L6: sent as they were, though the README says refused
+        ({"StudyDate": "bad"}, "STUDY", "not a date"),
+        ({"StudyDate": "20240101-2024"}, "STUDY", "not a date"),
+        ({"StudyTime": "25h"}, "STUDY", "not a time"),
+        ({"PatientID": "x" * 70}, "STUDY", "over 64 characters"),
+        ({"Modality": "CT\\" + "M" * 17}, "SERIES", "over 16 characters"),
     ],
 )
 def test_bad_keys_are_value_errors(keys, level, message) -> None:
     with pytest.raises(ValueError, match=message):
         identifier_keys(keys, level)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"StudyDate": "20240101-20241231", "StudyTime": "1000-"},
+        {"StudyDate": "-20240101", "StudyTime": "10:15:00"},
+        {"PatientName": "DOE^*", "PatientID": "x" * 64, "AccessionNumber": "A?C*"},
+        {"StudyInstanceUID": "1.2.3\\1.2.4", "StudyTime": "101500.123456"},
+    ],
+)
+def test_good_keys_pass_the_checks(keys) -> None:
+    identifier_keys(keys, "STUDY")
 
 
 # -- C-CANCEL (PS3.7 9.3.2.3) ---------------------------------------------------------

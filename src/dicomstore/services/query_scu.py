@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import struct
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -144,6 +145,8 @@ def _value(tag: int, vr: str, value: Any, encoding: str) -> bytes:
             raise ValueError(f"not a {vr} value for {name}: {value!r}") from None
     if vr in _STRUCTURED:
         raise ValueError(f"{name} ({vr}) cannot be given a value here")
+    for one in str(value).split("\\"):
+        _check_text(name, vr, one)
     try:
         return text_bytes(vr, str(value), encoding)
     except UnicodeEncodeError as exc:  # (review48 L2: Python's codec message alone)
@@ -152,6 +155,37 @@ def _value(tag: int, vr: str, value: Any, encoding: str) -> bytes:
             f"{name} {str(value)!r}: {bad!r} is not in the Specific Character Set"
             f" ({encoding}); give another one, or none (UTF-8, ISO_IR 192)"
         ) from None
+
+
+#: The longest value of a text VR (PS3.5 Table 6.2-1; PN: per component group), in
+#: characters; a range of DA, TM, DT: two values and '-'.
+_MAX_CHARS = {"AE": 16, "AS": 4, "CS": 16, "DS": 16, "IS": 12, "LO": 64, "PN": 64, "SH": 16,
+              "UI": 64, "DA": 8, "TM": 14, "DT": 26}  # fmt: skip
+_DA = re.compile(r"[0-9]{8}")
+_TM = re.compile(r"[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?")
+
+
+def _check_text(name: str, vr: str, value: str) -> None:
+    """A query value its VR cannot hold is a ValueError (review48 L6: 'StudyDate=bad' and
+    a 70-character Patient ID were sent as they were): too long, or a date or time
+    (single, or a range PS3.4 C.2.2.2.5) that is none."""
+    most = _MAX_CHARS.get(vr)
+    if most is None or value == "":
+        return
+    if vr in ("DA", "TM", "DT") and "-" in value.strip("-"):
+        parts = value.split("-")
+    else:
+        parts = [value.strip("-")] if vr in ("DA", "TM") else [value]
+    for part in parts:
+        if vr == "PN":
+            if any(len(group) > most for group in part.split("=")):
+                raise ValueError(f"{name}: a name group over {most} characters: {value!r}")
+        elif len(part) > most:
+            raise ValueError(f"{name}: over {most} characters ({vr}): {value[:80]!r}")
+        elif part and vr == "DA" and not _DA.fullmatch(part):
+            raise ValueError(f"{name}: not a date (YYYYMMDD) or date range: {value!r}")
+        elif part and vr == "TM" and not _TM.fullmatch(part.replace(":", "")):
+            raise ValueError(f"{name}: not a time (HHMMSS.ffffff) or time range: {value!r}")
 
 
 def identifier_keys(keys: Mapping[str | int, Any], level: str | None = None) -> list[Key]:
