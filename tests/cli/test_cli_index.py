@@ -78,7 +78,7 @@ def test_store_query_check_delete_reindex_on_each_engine(
         rows = json.loads(cli(capsys, "ls", "studies", *where, "--json"))
         assert {r["study_uid"] for r in rows} == {"1.2.9.1", "1.2.9.2", "1.2.9.3", "1.2.9.4"}
         assert json.loads(cli(capsys, "stats", *where, "--json"))["totals"]["instances"] == 9
-        assert cli(capsys, "check", *where).strip() == "0 problem(s)"
+        assert cli(capsys, "check", *where).strip() == "checked 9 instance(s): 0 problem(s)"
         assert "deleted study 1.2.9.2" in cli(capsys, "delete", "1.2.9.2", "--yes", *where)
         assert not (storage / "1.2.9.2").exists()
         assert studies_found(capsys, port, "PatientID=PID1") == {"1.2.9.1"}

@@ -85,4 +85,5 @@ def test_three_nodes_one_index_one_storage_one_killed(
     assert list((storage / ".tmp").iterdir()) == []  # the killed node's folder settled
     capsys.readouterr()
     assert main(["check", "--storage", str(storage), "--index", url]) == 0
-    assert capsys.readouterr().out == "0 problem(s)\n"
+    expected = SHARED + OWN
+    assert capsys.readouterr().out == f"checked {expected} instance(s): 0 problem(s)\n"

@@ -31,9 +31,12 @@ def check_archive(root: Path, index: Index, *, digests: bool = True) -> list[str
     return [line for _, line in _problems(root, index, digests)]
 
 
-def _problems(root: Path, index: Index, digests: bool) -> list[tuple[str | None, str]]:
+def _problems(
+    root: Path, index: Index, digests: bool, counted: list[int] | None = None
+) -> list[tuple[str | None, str]]:
     """:func:`check_archive`'s lines, each with the path it is about (``None``:
-    about the filing of an instance in the index)."""
+    about the filing of an instance in the index); ``counted`` gets how many indexed
+    instances were examined."""
     problems: list[tuple[str | None, str]] = []
     indexed: set[Path] = set()
     for uid, relpath, size, digest in index.paths():
@@ -46,6 +49,8 @@ def _problems(root: Path, index: Index, digests: bool) -> list[tuple[str | None,
         problem = _examine(path, relpath, uid, size, digest, digests)
         if problem is not None:
             problems.append((relpath, problem))
+    if counted is not None:
+        counted.append(len(indexed))
     for path in dicom_files(root):
         if path not in indexed:
             relpath = path.relative_to(root).as_posix()
@@ -237,7 +242,9 @@ def _wins(a: dict[str, Any], b: dict[str, Any], indexed: str | None) -> bool:
     return bool((a["received_at"], a["path"]) > (b["received_at"], b["path"]))
 
 
-def run_check(root: Path, *, fsync: bool = True, index: str | None = None) -> list[str]:
+def run_check(
+    root: Path, *, fsync: bool = True, index: str | None = None, counted: list[int] | None = None
+) -> list[str]:
     """``dicomstore check``: with no archive open on ``root`` elsewhere, first
     settle what a crash left (``recovery.recover``, as the next start would), so
     that a clean check means a clean start; with servers running (nodes, on this
@@ -265,7 +272,7 @@ def run_check(root: Path, *, fsync: bool = True, index: str | None = None) -> li
                         db.release(exclusive=True)
             finally:
                 os.close(fd)
-        problems = _problems(root, db, True)
+        problems = _problems(root, db, True, counted)
         if alone or not problems:
             return [line for _, line in problems]
         return _recheck(root, db, problems, True)

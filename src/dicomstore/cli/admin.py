@@ -67,7 +67,8 @@ def check_or_reindex(args: argparse.Namespace) -> int:
         if args.command == "reindex":
             count = maintenance.run_reindex(root, left_out, index=args.index, damaged=damaged)
         else:
-            problems = maintenance.run_check(root, index=args.index)
+            checked: list[int] = []
+            problems = maintenance.run_check(root, index=args.index, counted=checked)
     except ArchiveBusyError as exc:
         print(
             f"dicomstore: {args.command}: the archive {args.storage} is {exc.strerror}:"
@@ -92,7 +93,7 @@ def check_or_reindex(args: argparse.Namespace) -> int:
         return EXIT_FAILED if damaged else EXIT_OK
     for problem in problems:
         print(problem)
-    print(f"{len(problems)} problem(s)")
+    print(f"checked {sum(checked)} instance(s): {len(problems)} problem(s)")  # (review45 L17)
     return EXIT_FAILED if problems else EXIT_OK
 
 
