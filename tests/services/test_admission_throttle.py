@@ -297,24 +297,20 @@ def test_the_per_user_limit_option(argv, expected) -> None:
     assert args.max_failed_logins_per_user == expected
 
 
-def test_the_server_refuses_a_guessed_user_at_once(tmp_path) -> None:
-    """The DICOM door: user identity type 2 counts toward the user's refusals."""
+def _admissions(tmp_path, config: ServerConfig, attempts: list[tuple[str, str]]) -> list:
+    """Associations of (calling AE title, alice's passcode) to a server on POLICY: each
+    'admitted', or (its rejection's result, source, reason, the gatekeeper's calls)."""
     path = tmp_path / "policy.toml"
     path.write_text(POLICY.format(alice=hash_passcode("correct horse", **FAST)))
     gatekeeper = Counting(Policy.load(path))
 
     async def main() -> list:
         archive = Archive(tmp_path / "archive", fsync=False)
-        config = ServerConfig(port=0, max_failed_logins_per_user=1)
         server = Server(config, archive, commit_in_thread=False, gatekeeper=gatekeeper)
         await server.start()
-        seen = []
+        seen: list = []
         try:
-            for caller, passcode in [
-                ("WRONGAE", "correct horse"),  # (refused for its AE title: no guess)
-                ("STORER", "guess"),
-                ("STORER", "correct horse"),
-            ]:
+            for caller, passcode in attempts:
                 try:
                     async with await associate(
                         "127.0.0.1",
@@ -331,7 +327,27 @@ def test_the_server_refuses_a_guessed_user_at_once(tmp_path) -> None:
             archive.close()
         return seen
 
-    unknown_caller, permanent, transient = (1, 1, 3), (1, 1, 1), (2, 3, 2)
-    # review47 #2: a caller refused for its AE title counted as a guess of alice's
-    # passcode (and locked her out with one); now only the refused passcode counts
-    assert asyncio.run(main()) == [(unknown_caller, 1), (permanent, 2), (transient, 2)]
+    return asyncio.run(main())
+
+
+UNKNOWN_CALLER, PERMANENT, TRANSIENT = (1, 1, 3), (1, 1, 1), (2, 3, 2)
+
+
+def test_the_server_refuses_a_guessed_user_at_once(tmp_path) -> None:
+    """The DICOM door: user identity type 2 counts toward the user's refusals; review47
+    #2: a caller refused for its AE title counted as a guess of alice's passcode (and
+    locked her out with one); now only the refused passcode counts."""
+    config = ServerConfig(port=0, max_failed_logins_per_user=1)
+    attempts = [("WRONGAE", "correct horse"), ("STORER", "guess"), ("STORER", "correct horse")]
+    seen = _admissions(tmp_path, config, attempts)
+    assert seen == [(UNKNOWN_CALLER, 1), (PERMANENT, 2), (TRANSIENT, 2)]  # (not asked again)
+
+
+def test_callers_refused_for_their_ae_title_do_not_block_their_address(tmp_path) -> None:
+    """review45 M8: a misconfigured modality (an AE title the policy does not know)
+    retrying behind a NAT address blocked that address for every modality behind it:
+    only a refused identity (a guessed secret, PS3.7 D.3.3.7) counts."""
+    config = ServerConfig(port=0, max_failed_admissions=2)
+    attempts = [("WRONGAE", "correct horse")] * 3 + [("STORER", "correct horse")]
+    seen = _admissions(tmp_path, config, attempts)
+    assert seen == [(UNKNOWN_CALLER, n) for n in (1, 2, 3)] + ["admitted"]

@@ -73,7 +73,7 @@ async def admit(
             why = f"{throttle.why(address, user)}; next try in {wait:.0f} s"
             return None, (_LOCAL_LIMIT, why)
         # in a thread: verifying a passcode (scrypt) or a token takes milliseconds
-        refused = guessed = False  # (a check that raised or was cancelled refused nothing)
+        guessed = False  # (a check that raised or was cancelled refused nothing)
         try:
             admission = await asyncio.to_thread(
                 server.gatekeeper.admit,
@@ -81,10 +81,12 @@ async def admit(
                     rq.calling_ae, rq.called_ae, address, subject, rq.user_info.identity_rq
                 ),
             )
-            refused = admission.reject is not None
-            guessed = refused and _identity_refused(admission.reject)
+            guessed = _identity_refused(admission.reject)
         finally:
-            throttle.done(address, admitted=not refused, user=user, user_admitted=not guessed)
+            # only a refused identity counts (a guess, PS3.7 D.3.3.7): a caller refused
+            # for its AE title, address or certificate guessed no secret, and counting it
+            # held back every modality behind the same NAT address (review45 M8)
+            throttle.done(address, admitted=not guessed, user=user)
     if admission.reject is not None:
         rj = admission.reject
         return admission, (rj, P.describe_reject(rj.result, rj.source, rj.reason))

@@ -165,20 +165,11 @@ class FailedAdmissions:
             self._waiting.setdefault(address, []).append(turn)
             await turn
 
-    def done(
-        self,
-        address: str,
-        *,
-        admitted: bool,
-        user: str | None = None,
-        user_admitted: bool | None = None,
-    ) -> None:
-        """A check that :meth:`attempt` let begin has ended (``admitted`` or refused);
-        ``user_admitted`` (default ``admitted``): False only when the user's passcode
-        itself was refused (a caller refused for its AE title is no guess of it)."""
+    def done(self, address: str, *, admitted: bool, user: str | None = None) -> None:
+        """A check that :meth:`attempt` let begin has ended: ``admitted``, or refused (a
+        refusal counts for the address and, when named, the user)."""
         if user is not None and self.users is not None:
-            ok = admitted if user_admitted is None else user_admitted
-            self.users.done(_user_key(user), admitted=ok)
+            self.users.done(_user_key(user), admitted=admitted)
         if not self.limit:
             return
         address = counted_as(address)
