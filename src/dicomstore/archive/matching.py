@@ -54,6 +54,20 @@ def like_pattern(value: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
+def date_time_bounds(vr: str, value: str) -> tuple[str, str] | None:
+    """A DA or TM (its colons removed) query value (PS3.4 C.2.2.2.1, C.2.2.2.5): None
+    for one value, else the range's (low, high), either of them empty; QueryError for
+    what is neither (the one check: the index's matching, and the SCUs' keys)."""
+    check, what, form = (
+        (_DATE_RE, "date", "YYYYMMDD") if vr == "DA" else (_TIME_RE, "time", "HHMMSS")
+    )
+    if "-" in value:
+        return _range(value, check, what)
+    if not check.fullmatch(value):
+        raise QueryError(f"not a {what} ({form}): {value!r}")
+    return None
+
+
 def _range(value: str, check: re.Pattern[str], what: str) -> tuple[str, str]:
     low, _, high = value.partition("-")
     for part in (low, high):
@@ -107,20 +121,18 @@ def condition(attr: Attribute, value: str, dialect: str = "sqlite") -> tuple[str
             return f"{col} IN (SELECT unnest(CAST(? AS text[])))", [values]
         return f"{col} IN ({', '.join('?' for _ in values)})", values
     if attr.vr == "DA":
-        if "-" not in value:
-            if not _DATE_RE.fullmatch(value):
-                raise QueryError(f"not a date (YYYYMMDD): {value!r}")
+        bounds = date_time_bounds("DA", value)
+        if bounds is None:
             return f"{col} = ?", [value]
-        low, high = _range(value, _DATE_RE, "date")
+        low, high = bounds
         parts = ([f"{col} >= ?"] if low else []) + ([f"{col} <= ?"] if high else [])
         return " AND ".join(parts), [v for v in (low, high) if v]
     if attr.vr == "TM":
         value = value.replace(":", "")
-        if "-" not in value:
-            if not _TIME_RE.fullmatch(value):
-                raise QueryError(f"not a time (HHMMSS): {value!r}")
+        bounds = date_time_bounds("TM", value)
+        if bounds is None:
             return f"{col} = ?", [value]
-        low, high = _range(value, _TIME_RE, "time")
+        low, high = bounds
         parts, params = [], []
         if low:
             parts.append(f"{col} >= ?")

@@ -101,7 +101,7 @@ def requeue(args: argparse.Namespace) -> int:
     """``requeue``: ``services.forward_queue.requeue_failed``; one line per destination."""
     import sqlite3
 
-    from dicomstore.services.forward_queue import destinations_in, requeue_failed
+    from dicomstore.services.forward_queue import queue_status, requeue_failed
 
     try:
         counts = requeue_failed(args.storage, args.destination)
@@ -116,7 +116,7 @@ def requeue(args: argparse.Namespace) -> int:
         print(f"{dest}: {counts.get(dest, 0)} failed entries pending again")
     if not counts and not args.destination:
         print("no failed entries")
-    known = set(counts) | destinations_in(args.storage)
+    known = set(counts) | {d["destination"] for d in queue_status(args.storage) or ()}
     unknown = [dest for dest in args.destination or () if dest not in known]
     if unknown:  # (review45 L14: 'NOPE: 0 failed entries pending again', exit 0)
         names = ", ".join(unknown)

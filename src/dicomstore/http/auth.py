@@ -121,8 +121,7 @@ class HttpAuth:
             return HttpIdentity(None, self.policy.http_rights(None))
         if len(authorization) > MAX_AUTHORIZATION:
             raise Unauthorized("Authorization header too long")
-        scheme, _, credentials = authorization.strip().partition(" ")
-        credentials = credentials.strip()
+        scheme, credentials = _scheme(authorization)
         try:
             if scheme.lower() == "basic":
                 name, passcode = _basic(credentials)
@@ -147,13 +146,19 @@ def _basic_user(authorization: str | None) -> str | None:
     ``--max-failed-logins-per-user``); ``None`` for other schemes or malformed ones."""
     if authorization is None or len(authorization) > MAX_AUTHORIZATION:
         return None
-    scheme, _, credentials = authorization.strip().partition(" ")
+    scheme, credentials = _scheme(authorization)
     if scheme.lower() != "basic":
         return None
     try:
-        return _basic(credentials.strip())[0]
+        return _basic(credentials)[0]
     except IdentityRefused:
         return None
+
+
+def _scheme(authorization: str) -> tuple[str, str]:
+    """An ``Authorization`` value's scheme and credentials (RFC 9110 11.6.2)."""
+    scheme, _, credentials = authorization.strip().partition(" ")
+    return scheme, credentials.strip()
 
 
 def _basic(credentials: str) -> tuple[str, bytes]:

@@ -394,17 +394,6 @@ def queue_status(root: Path | str, *, timeout: float = 5.0) -> list[dict[str, An
     return [found[dest] for dest in sorted(found)]
 
 
-def destinations_in(root: Path | str, *, timeout: float = 5.0) -> set[str]:
-    """The destinations the forwarding queue at ``root`` has entries or totals for."""
-    path = queue_path(root)
-    if not path.is_file():
-        return set()
-    db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
-    with closing(db):
-        rows = db.execute("SELECT destination FROM total UNION SELECT destination FROM entry")
-        return {str(name) for (name,) in rows}
-
-
 def requeue_failed(
     root: Path | str,
     destinations: Sequence[str] = (),

@@ -328,23 +328,17 @@ def check_uid_key(tag: int, value: str) -> None:
 def read_from_header(keyword: str, level: str) -> bool:
     """Whether a key the index does not hold is read from a stored header at ``level``
     (PATIENT, STUDY, SERIES, IMAGE; one home for C-FIND and QIDO-RS): at IMAGE level
-    any, above it those of that level or higher."""
-    return level == "IMAGE" or _of_level_or_above(keyword, LEVELS, level)
-
-
-#: The levels of the information model, top down (PS3.4 C.6.1.1).
-LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
-
-
-def _of_level_or_above(keyword: str, levels: tuple[str, ...], level: str) -> bool:
-    """Whether ``keyword`` is an attribute of ``level`` or above in the model of
-    ``levels``; in the Study Root model, whose STUDY level holds the patient's
-    attributes (PS3.4 C.6.2.1.2, Table C.6-5), the PATIENT level's too (they came
-    back zero-length there: review46 #3)."""
-    above = levels[: levels.index(level) + 1]
-    if "PATIENT" not in above:
-        above = ("PATIENT", *above)
+    any, above it those of that level or higher — the PATIENT level's too in the
+    Study Root model, whose STUDY level holds the patient's attributes (PS3.4
+    C.6.2.1.2, Table C.6-5; they came back zero-length there: review46 #3)."""
+    if level == "IMAGE":
+        return True
+    above = _ALL_LEVELS[: _ALL_LEVELS.index(level) + 1]
     return any(keyword in HEADER_KEYS.get(upper, ()) for upper in above)
+
+
+#: The levels of the information model, top down (PS3.4 C.6.1.1: Patient Root's).
+_ALL_LEVELS = FIND_MODEL_LEVELS[PATIENT_ROOT_FIND]
 
 
 def _value(query: FindQuery, tag: int, row: dict[str, Any], ae_title: str) -> Any:

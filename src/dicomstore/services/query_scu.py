@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 import struct
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -39,6 +38,7 @@ from dicomstore import framing, uids
 from dicomstore.aio.client import ClientAssociation, ContextSpec
 from dicomstore.aio.invoker import Responses
 from dicomstore.archive.attributes import parse_tag
+from dicomstore.archive.matching import QueryError, date_time_bounds
 from dicomstore.dimse import CFindRQ, CFindRSP
 from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationAborted, AssociationError, DicomstoreError
@@ -158,34 +158,34 @@ def _value(tag: int, vr: str, value: Any, encoding: str) -> bytes:
 
 
 #: The longest value of a text VR (PS3.5 Table 6.2-1; PN: per component group), in
-#: characters; a range of DA, TM, DT: two values and '-'.
+#: characters (DA and TM: ``matching.date_time_bounds``).
 _MAX_CHARS = {"AE": 16, "AS": 4, "CS": 16, "DS": 16, "IS": 12, "LO": 64, "PN": 64, "SH": 16,
-              "UI": 64, "DA": 8, "TM": 14, "DT": 26}  # fmt: skip
-_DA = re.compile(r"[0-9]{8}")
-_TM = re.compile(r"[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?")
+              "UI": 64, "DT": 26}  # fmt: skip
 
 
 def _check_text(name: str, vr: str, value: str) -> None:
     """A query value its VR cannot hold is a ValueError (review48 L6: 'StudyDate=bad' and
     a 70-character Patient ID were sent as they were): too long, or a date or time
-    (single, or a range PS3.4 C.2.2.2.5) that is none."""
-    most = _MAX_CHARS.get(vr)
-    if most is None or value == "":
+    (single, or a range PS3.4 C.2.2.2.5) that is none, as the index's matching says."""
+    if value == "":
         return
-    if vr in ("DA", "TM", "DT") and "-" in value.strip("-"):
-        parts = value.split("-")
-    else:
-        parts = [value.strip("-")] if vr in ("DA", "TM") else [value]
-    for part in parts:
+    if vr in ("DA", "TM"):
+        what = "a date (YYYYMMDD)" if vr == "DA" else "a time (HHMMSS.ffffff)"
+        try:
+            date_time_bounds(vr, value.replace(":", "") if vr == "TM" else value)
+        except QueryError:
+            range_ = "date range" if vr == "DA" else "time range"
+            raise ValueError(f"{name}: not {what} or {range_}: {value!r}") from None
+        return
+    most = _MAX_CHARS.get(vr)
+    if most is None:
+        return
+    for part in value.split("-") if vr == "DT" else [value]:
         if vr == "PN":
             if any(len(group) > most for group in part.split("=")):
                 raise ValueError(f"{name}: a name group over {most} characters: {value!r}")
         elif len(part) > most:
             raise ValueError(f"{name}: over {most} characters ({vr}): {value[:80]!r}")
-        elif part and vr == "DA" and not _DA.fullmatch(part):
-            raise ValueError(f"{name}: not a date (YYYYMMDD) or date range: {value!r}")
-        elif part and vr == "TM" and not _TM.fullmatch(part.replace(":", "")):
-            raise ValueError(f"{name}: not a time (HHMMSS.ffffff) or time range: {value!r}")
 
 
 def identifier_keys(keys: Mapping[str | int, Any], level: str | None = None) -> list[Key]:

@@ -16,6 +16,12 @@ from dicomstore import uids
 from dicomstore.dimse import CStoreRQ, CStoreRSP
 from dicomstore.error_comment import error_comment
 from dicomstore.handler import StoreSink
+from dicomstore.services.qr_classes import (
+    COMMITMENT_SOP_CLASSES,
+    FIND_SOP_CLASSES,
+    GET_SOP_CLASSES,
+    MOVE_SOP_CLASSES,
+)
 from dicomstore.services.storage import (
     Caller,
     OnStored,
@@ -57,16 +63,8 @@ def storage_extended_negotiation(sop_class_uid: str, info: bytes) -> bytes | Non
 
 #: The SOP Classes served here that are not storage (their own extended negotiation).
 _NOT_STORAGE_SERVICES = frozenset(
-    {
-        uids.VERIFICATION,
-        uids.PATIENT_ROOT_QR_FIND,
-        uids.STUDY_ROOT_QR_FIND,
-        uids.PATIENT_ROOT_QR_MOVE,
-        uids.STUDY_ROOT_QR_MOVE,
-        uids.PATIENT_ROOT_QR_GET,
-        uids.STUDY_ROOT_QR_GET,
-        uids.STORAGE_COMMITMENT_PUSH,
-    }
+    (uids.VERIFICATION, *FIND_SOP_CLASSES, *MOVE_SOP_CLASSES, *GET_SOP_CLASSES)
+    + COMMITMENT_SOP_CLASSES
 )
 
 
