@@ -56,6 +56,25 @@ def test_a_path_that_does_not_exist_sends_nothing(tmp_path: Path, capsys) -> Non
     assert capsys.readouterr().err == f"dicomstore: no such file or folder: {typo}\n"
 
 
+def test_a_listed_path_that_cannot_be_read_is_a_failure(tmp_path: Path, monkeypatch, capsys):
+    """A path on stdin that is gone (or unreadable) was "skipped (not an instance to
+    send)" and the run exited 0: it is not sent, a failure (exit 1), not a skip."""
+    files = sendable(compressed=False)[:1]
+    gone = tmp_path / "gone.dcm"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{files[0]}\n{gone}\n"))
+    port = free_port()
+    report = tmp_path / "r.jsonl"
+    with dcmtk_storescp(port, tmp_path / "out"):
+        code = _main("127.0.0.1", str(port), "-", "--report", str(report))
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "not sent: 1" in out and f"{gone}: cannot read: No such file or directory" in out
+    assert "skipped" not in out
+    assert sorted(r["outcome"] for r in _report(report)) == ["not-sent", "stored"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{gone}\n"))
+    assert _main("127.0.0.1", str(free_port()), "-") == 7  # nothing stored
+
+
 def test_report_warnings_failures_and_exit_codes(tmp_path: Path, capsys) -> None:
     files = sendable(compressed=False)[:4]
     uids_ = [uid_of(p) for p in files]

@@ -8,6 +8,7 @@ when none was stored: 3 unreachable, 4 rejected, 5 aborted, 6 timed out
 with --commit, 8 when every instance was stored but not every one is known
 committed (PS3.4 J.3).
 Non-DICOM files are listed and skipped; they do not change the exit code.
+A file that cannot be read is listed and not sent: it counts as not stored.
 Corrupt files (cut short) are listed and not sent: they count as not stored.
 """
 

@@ -385,11 +385,12 @@ def _check(job: _Job) -> None:
 
 def _unsendable(label: str | None, exc: NotDicom, index: int) -> Result:
     """The result of a file not sent: ``corrupt`` (cut short, never sent nor
-    retried) or ``skipped`` (not DICOM, or unreadable)."""
+    retried), ``not-sent`` (unreadable: a failure) or ``skipped`` (not DICOM)."""
     if isinstance(exc, CorruptFile):
         cls, uid = exc.sop_class_uid, exc.sop_instance_uid
         return Result(label, cls, uid, "corrupt", reason=str(exc), index=index)
-    return Result(label, outcome="skipped", reason=str(exc), index=index)
+    outcome: Outcome = "not-sent" if isinstance(exc, sources.Unreadable) else "skipped"
+    return Result(label, outcome=outcome, reason=str(exc), index=index)
 
 
 def _reference(result: Result) -> Reference:

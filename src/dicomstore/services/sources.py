@@ -10,20 +10,16 @@ bytes unchanged (bit-preserving).  Files without preamble and meta start with
 the data set at offset 0; pydicom tells their encoding.
 
 Before anything is sent, :func:`scan_file` walks the element headers of the
-data set to the end of the file (:mod:`dicomstore.framing`: values are
-skipped by their lengths, never read), so that a file cut short — in its
-Pixel Data, its last element, an element header, an encapsulated fragment —
-is reported as :class:`CorruptFile` and never sent, as a Storage SCP would
-reject it.  A deflated data set (PS3.5 A.5) is inflated on the fly for that
-walk (in bounded memory), which also finds where its deflate stream ends:
-bytes after it are left out and an odd-length stream gets its NUL byte of
-padding, with a warning (:attr:`Instance.warning`).
+data set to the end of the file (:mod:`dicomstore.framing`: values skipped by
+their lengths), so that a file cut short — in its Pixel Data, its last element,
+an element header, a fragment — is a :class:`CorruptFile`, never sent.
+A deflated data set (PS3.5 A.5) is inflated for that walk (bounded memory),
+which finds where its deflate stream ends: bytes after it are left out, an
+odd-length stream gets its NUL pad, with a warning (:attr:`Instance.warning`).
 
-Conversion (decompression, or re-encoding between the uncompressed transfer
-syntaxes of PS3.5 A.1-A.3) decodes the whole instance with pydicom, so only
-the bit-preserving path, and inflating a deflated data set to Explicit VR
-Little Endian (``conversion.inflated``), have memory independent of the
-instance size.
+Conversion (decompression, re-encoding between the syntaxes of PS3.5 A.1-A.3)
+decodes the whole instance with pydicom: only the bit-preserving path and
+inflating (``conversion.inflated``) have memory independent of its size.
 """
 
 from __future__ import annotations
@@ -63,6 +59,10 @@ _SOP_INSTANCE = 0x00080018
 
 class NotDicom(DicomstoreError):
     """A file that is not a storable DICOM instance (the reason is the message)."""
+
+
+class Unreadable(NotDicom):
+    """A path that cannot be opened or read (``OSError``): a failure, not a skip."""
 
 
 class CorruptFile(NotDicom):
@@ -237,7 +237,7 @@ def check_file(instance: Instance) -> bytes | None:
 @contextmanager
 def _opened(path: Path) -> Iterator[tuple[int, os.stat_result]]:
     """A read-only descriptor of ``path`` and its fstat, closed after; an ``OSError``
-    (opening, reading) is :class:`NotDicom` ("cannot read"), and so is a FIFO, socket
+    (opening, reading) is :class:`Unreadable`; a FIFO, socket
     or device (opened without waiting for a writer: one in a folder hung ``send``,
     Ctrl-C too; review38scu #8). (No FileIO: one fstat, not two.)"""
     try:
@@ -250,7 +250,7 @@ def _opened(path: Path) -> Iterator[tuple[int, os.stat_result]]:
         finally:
             os.close(fd)
     except OSError as exc:
-        raise NotDicom(f"cannot read: {exc.strerror or exc}") from None
+        raise Unreadable(f"cannot read: {exc.strerror or exc}") from None
 
 
 def scan_stream(opener: Callable[[], IO[bytes]]) -> Instance:
@@ -266,7 +266,7 @@ def scan_stream(opener: Callable[[], IO[bytes]]) -> Instance:
             instance.opener = opener
             check_data_set(pread, instance, head)
     except OSError as exc:
-        raise NotDicom(f"cannot read: {exc.strerror or exc}") from None
+        raise Unreadable(f"cannot read: {exc.strerror or exc}") from None
     return instance
 
 
