@@ -220,3 +220,21 @@ def test_the_summary_says_why_an_association_was_rejected_and_what_was_converted
     lines = summary([*refused, sent], 1.0)
     assert lines[0].endswith(", 1 converted (--convert)")
     assert lines[1] == f"  failed: 2 ({why} x2)"
+
+
+def test_a_sop_class_the_scp_refuses_is_said_so(tmp_path: Path, capsys) -> None:
+    """A SOP class whose every context was refused "abstract syntax not supported"
+    (storescp's answer to a class it does not know) read "the SCP accepted it in no
+    transfer syntax", as if a conversion could help."""
+    ds = pydicom.dcmread(sendable(compressed=False)[0])
+    private = "1.2.826.0.1.3680043.9.9999.8"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = private
+    path = tmp_path / "private.dcm"
+    ds.save_as(path)
+    port = free_port()
+    with dcmtk_storescp(port, tmp_path / "out"):
+        code = _main("127.0.0.1", str(port), str(path))
+    out = capsys.readouterr().out
+    assert code == 7
+    assert f"the SCP refused {private} (abstract syntax not supported)" in out
+    assert "no transfer syntax" not in out

@@ -547,6 +547,21 @@ def test_describe_refused_names_each_refused_context_and_why() -> None:
     assert describe_refused(everything, negotiate(everything, policy())[0]) is None
 
 
+def test_requested_keeps_why_each_class_without_a_context_was_refused() -> None:
+    request = rq(
+        (1, CT, [EXPLICIT]),
+        (3, CT, [BIG]),  # refused, but CT has a context
+        (5, PRIVATE, [EXPLICIT]),
+        (7, MR, ["1.2.840.10008.1.2.4.50"]),
+        (9, MR, [BIG]),
+    )
+    ac, _ = negotiate(request, policy())
+    assert requested(request, ac).refused == {
+        PRIVATE: I.ABSTRACT_SYNTAX_NOT_SUPPORTED,
+        MR: I.TRANSFER_SYNTAXES_NOT_SUPPORTED,
+    }
+
+
 def test_describe_refused_names_at_most_limit() -> None:
     request = rq(*((2 * n + 1, f"1.2.826.0.1.3680043.9.9999.{n}", [EXPLICIT]) for n in range(12)))
     ac, _ = negotiate(request, policy())

@@ -47,7 +47,8 @@ from dicomstore.errors import (
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
 from dicomstore.services import conversion, sources
 from dicomstore.services.sources import Instance, NotDicom
-from dicomstore.ul.negotiation import AcceptedContext, Negotiated
+from dicomstore.ul import items as I
+from dicomstore.ul.negotiation import REFUSAL, AcceptedContext, Negotiated
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -198,6 +199,10 @@ def choose_context(
     name = uids.uid_name(instance.sop_class_uid)
     ts_name = uids.uid_name(instance.transfer_syntax)
     hint = "" if convert else " (--no-convert)"
+    refusal = assoc.negotiated.refused.get(instance.sop_class_uid)
+    if not accepted and refusal in (I.ABSTRACT_SYNTAX_NOT_SUPPORTED, I.USER_REJECTION):
+        why = REFUSAL[refusal]
+        raise NotSendable(f"the SCP refused {name} ({why}): it does not store this SOP class")
     if not accepted:
         also = " or uncompressed" if convert else ""
         raise NotSendable(

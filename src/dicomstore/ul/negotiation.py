@@ -47,6 +47,9 @@ class Negotiated:
     #: the requestor's: contexts the acceptor answered "accepted" with a transfer
     #: syntax not proposed for them, left out (PS3.8 9.3.3.2), each said in words
     ignored: list[str] = field(default_factory=list)
+    #: the requestor's: abstract syntaxes no context was accepted for, and the result
+    #: the acceptor gave (PS3.8 Table 9-18; "abstract syntax not supported" wins)
+    refused: dict[str, int] = field(default_factory=dict)
 
     def context_for(
         self, abstract_syntax: str, transfer_syntax: str | None = None
@@ -277,9 +280,14 @@ def requested(rq: P.AssociateRQ, ac: P.AssociateAC) -> Negotiated:
     proposed_roles = {r.sop_class_uid: r for r in rq.user_info.roles}
     contexts: dict[int, AcceptedContext] = {}
     ignored = []
+    refused: dict[str, int] = {}
     for result in ac.presentation_contexts:
         pc = proposed.get(result.id)
-        if pc is None or result.result != I.ACCEPTANCE:
+        if pc is None:
+            continue
+        if result.result != I.ACCEPTANCE:
+            if refused.get(pc.abstract_syntax) != I.ABSTRACT_SYNTAX_NOT_SUPPORTED:
+                refused[pc.abstract_syntax] = result.result
             continue
         if result.transfer_syntax not in pc.transfer_syntaxes:  # (review38scu #9)
             ignored.append(
@@ -295,6 +303,7 @@ def requested(rq: P.AssociateRQ, ac: P.AssociateAC) -> Negotiated:
             pc.id, pc.abstract_syntax, result.transfer_syntax, scu, scp
         )
     window = ac.user_info.async_ops or (1, 1)
+    taken = {c.abstract_syntax for c in contexts.values()}
     return Negotiated(
         calling_ae=rq.calling_ae,
         called_ae=rq.called_ae,
@@ -306,10 +315,11 @@ def requested(rq: P.AssociateRQ, ac: P.AssociateAC) -> Negotiated:
         max_ops_performed=window[1],
         extended={e.sop_class_uid: e.info for e in ac.user_info.extended},
         ignored=ignored,
+        refused={a: r for a, r in refused.items() if a not in taken},
     )
 
 
-_REFUSAL = {
+REFUSAL = {
     I.USER_REJECTION: "user rejection",
     I.NO_REASON: "no reason",
     I.ABSTRACT_SYNTAX_NOT_SUPPORTED: "abstract syntax not supported",
@@ -326,7 +336,7 @@ def describe_refused(rq: P.AssociateRQ, ac: P.AssociateAC, limit: int = 8) -> st
         if pc.result == I.ACCEPTANCE or pc.id not in proposed:
             continue
         asked = proposed[pc.id]
-        why = _REFUSAL.get(pc.result, f"result {pc.result}")
+        why = REFUSAL.get(pc.result, f"result {pc.result}")
         if pc.result == I.TRANSFER_SYNTAXES_NOT_SUPPORTED:
             why += ": " + ", ".join(uids.uid_name(ts) for ts in asked.transfer_syntaxes)
         refused.append(f"{uids.uid_name(asked.abstract_syntax)} ({why})")
