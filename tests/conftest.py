@@ -199,6 +199,32 @@ class ServerThread:
         self.loop.close()
 
 
+@contextmanager
+def log_line(logger: str, text: str) -> Iterator[threading.Event]:
+    """An event set once ``logger`` (any thread) logs a message containing ``text``,
+    for the messages a server thread logs after its client saw the effect."""
+    import logging
+
+    seen = threading.Event()
+    messages: list[str] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+            if text in messages[-1]:
+                seen.set()
+
+    handler, log = Seen(), logging.getLogger(logger)
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield seen
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 class NullHandler:
     """A store handler that refuses to store (for Verification-only tests)."""
 

@@ -131,6 +131,20 @@ def test_a_refused_handshake_is_logged_with_its_reason(pki, caplog) -> None:
     assert all("from 127.0.0.1:" in line for line in lines), lines  # (review47 #3: 'from ?')
 
 
+def test_handshake_failures_in_words() -> None:
+    from dicomstore.tls import handshake_failure
+
+    late = ConnectionAbortedError(
+        "SSL handshake is taking longer than 0.5 seconds: aborting the connection"
+    )  # (asyncio's and uvloop's words for --artim-timeout / --http-timeout passed)
+    assert (
+        handshake_failure(late)
+        == handshake_failure(TimeoutError())
+        == ("handshake not done in time")
+    )
+    assert handshake_failure(ConnectionResetError(104, "reset")) is None  # (left untried)
+
+
 async def _handshakes_done(srv: ServerThread) -> None:
     """(On the server's loop.) Every connection's handshake has ended (and been logged)."""
     adopting = set(srv.server.listener._adopting)

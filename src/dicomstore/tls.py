@@ -149,3 +149,24 @@ def peer_subject(peercert: dict | None) -> str | None:
             }.get(key, key)
             parts.append(f"{short}={value}")
     return ",".join(parts)
+
+
+def handshake_failure(exc: BaseException) -> str | None:
+    """Why a server's TLS handshake failed, in words for its WARNING: a certificate
+    refused and why, a client speaking plain DICOM or HTTP to the TLS port, no client
+    certificate, a handshake not done in time (the DICOM and the HTTPS listeners);
+    ``None`` when the client left without trying (connected and closed: a probe)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"its certificate: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
+        if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL"):
+            return f"not TLS ({reason}): a client without TLS on the TLS port?"
+        if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+            return "no client certificate (--tls-require-client-cert)"
+        return reason
+    # (asyncio and uvloop abort a handshake past its timeout with ConnectionAbortedError
+    # "SSL handshake is taking longer than N seconds")
+    if isinstance(exc, TimeoutError) or "taking longer than" in str(exc):
+        return "handshake not done in time"
+    return None

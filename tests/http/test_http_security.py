@@ -17,6 +17,7 @@ import httpx
 import pytest
 from http_testlib import HttpThread, make_dataset, multipart_body, part10, store, store_file
 from pydicom.data import get_testdata_file
+from tests.conftest import log_line
 from tests.test_policy import FAST, SECRET, sign
 
 from dicomstore.archive import Archive
@@ -469,8 +470,11 @@ def test_https_end_to_end(tmp_path: Path, certificate) -> None:
             reply = client.get("/studies", headers=basic("reader", "reader-pw"))
             assert reply.status_code == 200
             assert reply.json()[0]["0020000D"]["Value"] == [STUDY]
-            with pytest.raises(httpx.HTTPError):  # plain HTTP gets no answer
-                httpx.get(srv.server.url.replace("https", "http") + "studies", timeout=10)
+            refused = "HTTPS connection from 127.0.0.1 refused: not TLS (HTTP_REQUEST)"
+            with log_line("dicomstore.http", refused) as logged:
+                with pytest.raises(httpx.HTTPError):  # plain HTTP gets no answer
+                    httpx.get(srv.server.url.replace("https", "http") + "studies", timeout=10)
+                assert logged.wait(30)  # (the operator is told why)
     finally:
         archive.close()
 
@@ -489,9 +493,12 @@ def test_a_tls_handshake_left_half_done_is_closed(tmp_path: Path, certificate) -
     srv = HttpThread(archive, security=security, limits=limits)
     srv.server = HttpServer(srv.app, "127.0.0.1", 0, ssl_context=security.ssl_context())
     try:
-        with srv, socket.create_connection(("127.0.0.1", srv.server.port), timeout=30) as s:
-            s.sendall(b"\x16\x03\x01")  # (the start of a ClientHello, and no more)
-            assert s.recv(1024) == b""  # closed by the server (not our 30 s timeout)
+        late = "refused: handshake not done in time"
+        with srv, log_line("dicomstore.http", late) as logged:
+            with socket.create_connection(("127.0.0.1", srv.server.port), timeout=30) as s:
+                s.sendall(b"\x16\x03\x01")  # (the start of a ClientHello, and no more)
+                assert s.recv(1024) == b""  # closed by the server (not our 30 s timeout)
+            assert logged.wait(30)
     finally:
         archive.close()
 

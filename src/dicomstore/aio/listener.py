@@ -20,6 +20,7 @@ from typing import Any
 
 from dicomstore.aio import handoff
 from dicomstore.aio.stream import Stream
+from dicomstore.tls import handshake_failure
 
 log = logging.getLogger("dicomstore.server")
 
@@ -172,8 +173,9 @@ class Listener:
                 ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
             )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
-            if self.ssl_context is not None and isinstance(exc, ssl.SSLError | TimeoutError):
-                log.warning("TLS connection from %s refused: %s", peer, _tls_failure(exc))
+            why = handshake_failure(exc) if self.ssl_context is not None else None
+            if why is not None:
+                log.warning("TLS connection from %s refused: %s", peer, why)
             else:  # (a probe that connects and closes, say: no TLS was tried)
                 why = str(exc) or type(exc).__name__
                 log.info("connection from %s closed before it was served: %s", peer, why)
@@ -266,23 +268,6 @@ def _peer(conn: socket.socket) -> str:
     if isinstance(name, tuple) and len(name) >= 2:
         return f"{name[0]}:{name[1]}"
     return str(name or "?")
-
-
-def _tls_failure(exc: BaseException) -> str:
-    """Why a TLS handshake failed, in words (a certificate refused and why, a client
-    speaking plain DICOM to the TLS port, a handshake not done in time)."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"its certificate: {exc.verify_message or exc.reason}"
-    if isinstance(exc, ssl.SSLError):
-        reason = exc.reason or str(exc)
-        if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL"):
-            return f"not TLS ({reason}): a client without TLS on the TLS port?"
-        if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
-            return "no client certificate (--tls-require-client-cert)"
-        return reason
-    if isinstance(exc, TimeoutError):
-        return "handshake not done in time"
-    return str(exc) or type(exc).__name__
 
 
 def _bind(host: str, port: int) -> list[socket.socket]:

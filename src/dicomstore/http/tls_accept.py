@@ -11,7 +11,7 @@ of ``asyncio.Server`` uvicorn uses): it counts each connection toward
 ``--http-max-connections`` and ``--http-max-per-address``, closes one too many at once
 (nothing can be answered before TLS; logged), and hands the others to
 ``loop.connect_accepted_socket`` with the TLS context and the handshake timeout; a
-connection leaves the count when its handshake fails or when it ends.
+connection leaves the count when its handshake fails (logged, with why) or when it ends.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import ssl
 from collections.abc import Callable
 
 from dicomstore.http.limits import HttpLimits
+from dicomstore.tls import handshake_failure
 
 log = logging.getLogger("dicomstore.http.limits")
 
@@ -94,7 +95,12 @@ class TlsAcceptor:
             await asyncio.get_running_loop().connect_accepted_socket(
                 protocol, conn, ssl=self.context, ssl_handshake_timeout=self.limits.request_timeout
             )
-        except Exception:  # noqa: BLE001 - however the handshake failed (timeout, alert, reset)
+        except Exception as exc:  # noqa: BLE001 - however it failed (timeout, alert, reset)
+            why = handshake_failure(exc)
+            if why is not None:
+                log.warning("HTTPS connection from %s refused: %s", host, why)
+            else:  # (a probe that connects and closes, say: no TLS was tried)
+                log.info("HTTPS connection from %s closed before its handshake: %s", host, exc)
             leave()
             conn.close()
 
