@@ -122,6 +122,22 @@ def test_get_without_a_context_for_a_class_counts_failures(peers, capsys, tmp_pa
     assert received_uids(tmp_path) == set(sop_uids("1.2.9.1.2"))
 
 
+def test_get_says_why_the_scp_may_not_send_what_it_failed(peers, capsys, tmp_path) -> None:
+    """review48 L4: 'failed: UID' was all: the SCP cannot send a class (or syntax) that
+    has no context here; sub-operations we refused ourselves are no such case."""
+    port, _, _ = peers
+    mr_only = ["--sop-class", "1.2.840.10008.5.1.4.1.1.4"]
+    argv = command("get", port, "-od", str(tmp_path), *mr_only, "-k", "StudyInstanceUID=1.2.9.1")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "the SCP failed 3 sub-operation(s) without sending them" in err
+    assert "--sop-class" in err and "move" in err
+    argv = command("get", port, "-od", str(tmp_path / "small"), "--max-instance-size", "100",
+                   "-k", "StudyInstanceUID=1.2.9.1")  # fmt: skip
+    assert main(argv) == 1  # (each answered A700 by us: sent, refused here)
+    assert "without sending" not in capsys.readouterr().err
+
+
 def test_get_into_an_archive_through_the_store_service(peers, capsys, tmp_path) -> None:
     port, _, originals = peers
     root = tmp_path / "archive"

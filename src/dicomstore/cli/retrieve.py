@@ -115,6 +115,16 @@ def _print(args: argparse.Namespace, result: Any, what: str) -> int:
             " not every sub-operation completed",
             file=sys.stderr,
         )
+    unsent = result.failed - (result.received.failed if result.received is not None else 0)
+    if what == "C-GET" and unsent > 0 and not args.json:  # (review48 L4: no hint)
+        print(
+            f"dicomstore: the SCP failed {unsent} sub-operation(s) without sending them:"
+            " a C-GET SCP sends on this association, only in the SOP classes and transfer"
+            " syntaxes accepted for it; one that does not convert fails an instance stored"
+            " otherwise (Big Endian, a compression or SOP class not proposed: --sop-class),"
+            " and its log says which; move to a Storage SCP has no such limit",
+            file=sys.stderr,
+        )
     nothing = not (result.completed or result.failed or result.warning)
     if result.ok and nothing and not args.json:  # (0000: standard, yet worth a word)
         print(f"dicomstore: {what}: no instance matched the keys", file=sys.stderr)
