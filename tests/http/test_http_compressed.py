@@ -101,6 +101,30 @@ def test_frames_decoded_match_pydicom(site, name) -> None:
     assert frames == [_le(_frame_array(ds, n)) for n in numbers]
 
 
+def test_each_frame_is_decoded_once(site, monkeypatch) -> None:
+    """The first frame was decoded before answering (a 406 rather than a broken stream)
+    and again for the answer: twice the work, for a JPEG 2000 frame."""
+    from dicomstore.http import pixels
+
+    client, rows, _ = site
+    decoded: list[int] = []
+    real = pixels.Frames.decoded
+
+    def counted(self, number: int):
+        decoded.append(number)
+        return real(self, number)
+
+    monkeypatch.setattr(pixels.Frames, "decoded", counted)
+    ids = _ids(rows["examples_ybr_color.dcm"])
+    native = (("application/octet-stream", EXPLICIT),)
+    client.retrieve_instance_frames(*ids, frame_numbers=[1, 30], media_types=native)
+    assert decoded == [1, 30]
+    decoded.clear()
+    uri = client.retrieve_instance_metadata(*ids)["7FE00010"]["BulkDataURI"]
+    client.retrieve_bulkdata(uri, media_types=(("application/octet-stream",),))
+    assert decoded == list(range(1, 31))
+
+
 def test_content_types_name_what_is_sent(site) -> None:
     _, rows, srv = site
     study, series, sop = _ids(rows["JPEG2000.dcm"])

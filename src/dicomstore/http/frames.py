@@ -118,12 +118,20 @@ def open_frames(request: Request, row: dict[str, Any]) -> pixels.Frames:
 
 
 def _frame_parts(
-    frames: pixels.Frames, choice: Choice, numbers: Sequence[int], boundary: str
+    frames: pixels.Frames,
+    choice: Choice,
+    numbers: Sequence[int],
+    boundary: str,
+    first: bytes | None = None,
 ) -> Iterator[bytes]:
+    """The parts of the frames ``numbers``; ``first``: the first one, decoded already."""
     with frames, _broken_off(frames):
         for n, number in enumerate(numbers):
             yield part_header(boundary, choice.content_type, first=n == 0)
-            if choice.decode:
+            if n == 0 and first is not None:
+                yield first
+                first = None  # (its bytes are not held while the others are sent)
+            elif choice.decode:
                 yield frames.decoded_bytes(number)
             else:
                 yield from frames.stored(number, CHUNK)
@@ -154,10 +162,12 @@ def frames(request: Request) -> Response:
     with _closed_on_error(found):
         found.check(numbers)
         choice = choose(request, found)
-        if choice.decode:
-            _first_decodes(found, numbers[0])
+        # (decoded before answering: a frame that cannot be decoded gets a 406, not a
+        # broken stream; and sent as it is, not decoded a second time)
+        first = found.decoded_bytes(numbers[0]) if choice.decode else None
     boundary = new_boundary()
-    return _multipart(_frame_parts(found, choice, numbers, boundary), choice.part_type, boundary)
+    parts = _frame_parts(found, choice, numbers, boundary, first)
+    return _multipart(parts, choice.part_type, boundary)
 
 
 @contextmanager
@@ -168,12 +178,6 @@ def _closed_on_error(found: pixels.Frames | ExitStack) -> Iterator[None]:
     except BaseException:
         found.close()
         raise
-
-
-def _first_decodes(found: pixels.Frames, number: int) -> None:
-    """Decode one frame before answering, so that a frame that cannot be decoded
-    gets a 406 rather than a broken stream."""
-    found.decoded(number)
 
 
 def bulkdata(request: Request) -> Response:
@@ -249,12 +253,15 @@ def _encapsulated_bulkdata(request: Request, row: dict[str, Any], boundary: str)
         if not choice.decode:
             body = _frame_parts(found, choice, numbers, boundary)
             return _multipart(body, choice.part_type, boundary)
-        _first_decodes(found, 1)
+        first: bytes | None = found.decoded_bytes(1)  # (a 406 before answering, if not)
 
     def whole() -> Iterator[bytes]:
+        nonlocal first
         with found, _broken_off(found):
             yield part_header(boundary, choice.content_type, first=True)
-            for number in numbers:
+            yield first or b""
+            first = None
+            for number in numbers[1:]:
                 yield found.decoded_bytes(number)
             yield closing(boundary)
 
