@@ -109,6 +109,15 @@ def test_server_refuses_a_client_without_a_trusted_certificate(pki) -> None:
         assert asyncio.run(_echo(srv.port, good)) == 0
 
 
+def test_a_client_refused_after_its_handshake_is_told_why_it_may_be(pki) -> None:
+    """review45: a client refused for want of a certificate read only "the connection
+    closed unexpectedly" (TLS 1.3: the server refuses after the client's handshake)."""
+    with _server(pki, require=True) as srv, pytest.raises(AssociationAborted) as refused:
+        asyncio.run(_echo(srv.port, client_context(pki / "ca.pem")))
+    assert "requires a client certificate, --tls-cert/--tls-key" in str(refused.value)
+    assert str(refused.value).startswith("the connection closed unexpectedly: over TLS")
+
+
 def test_a_refused_handshake_is_logged_with_its_reason(pki, caplog) -> None:
     """review45 M4: a client without a certificate, or speaking plain DICOM to the TLS
     port, left no line in the server's log (asyncio's server drops it silently)."""
@@ -143,6 +152,23 @@ def test_handshake_failures_in_words() -> None:
         == ("handshake not done in time")
     )
     assert handshake_failure(ConnectionResetError(104, "reset")) is None  # (left untried)
+
+
+def test_alerts_after_the_handshake_in_words() -> None:
+    from dicomstore.tls import alert_words
+
+    def alert(reason: str) -> ssl.SSLError:
+        exc = ssl.SSLError(1, reason)
+        exc.reason = reason
+        return exc
+
+    assert "requires a client certificate" in str(
+        alert_words(alert("TLSV13_ALERT_CERTIFICATE_REQUIRED"))
+    )
+    assert alert_words(alert("TLSV1_ALERT_UNKNOWN_CA")) == (
+        "the server refused our certificate (TLS alert TLSV1_ALERT_UNKNOWN_CA)"
+    )
+    assert alert_words(None) is None and alert_words(ConnectionResetError()) is None
 
 
 async def _handshakes_done(srv: ServerThread) -> None:

@@ -170,3 +170,30 @@ def handshake_failure(exc: BaseException) -> str | None:
     if isinstance(exc, TimeoutError) or "taking longer than" in str(exc):
         return "handshake not done in time"
     return None
+
+
+def alert_words(exc: BaseException | None) -> str | None:
+    """The TLS alert that ended a connection after its handshake, in words for a
+    client (with TLS 1.3 a server refuses a client's certificate, or the want of
+    one, only then: the client saw the handshake succeed); None if it was no alert."""
+    if not isinstance(exc, ssl.SSLError):
+        return None
+    reason = exc.reason or str(exc)
+    if "CERTIFICATE_REQUIRED" in reason:
+        return "the server requires a client certificate (--tls-cert, --tls-key)"
+    if "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason):
+        return f"the server refused our certificate (TLS alert {reason})"
+    return f"TLS: {reason}"
+
+
+def refused_after_handshake(context: ssl.SSLContext | None) -> str | None:
+    """A client's guess at why a TLS connection closed before the association was
+    answered: a TLS 1.3 server refuses a client's certificate (or the want of one)
+    after the client's handshake ended, and asyncio's server closes without the
+    alert; None without TLS."""
+    if context is None:
+        return None
+    return (
+        "over TLS, before any answer (a server that requires a client certificate,"
+        " --tls-cert/--tls-key, or refuses ours closes so; its log says why)"
+    )

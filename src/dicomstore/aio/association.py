@@ -19,8 +19,9 @@ from dicomstore.aio import stream as streams
 from dicomstore.aio.stream import RECV_BUFFER, RECV_INITIAL, Stream  # noqa: F401 - re-exported
 from dicomstore.dimse import DimseAssembler, command_pdvs, dataset_pdvs
 from dicomstore.errors import LocalProtocolError, RemoteProtocolError
+from dicomstore.tls import alert_words, refused_after_handshake
 from dicomstore.ul.connection import Connection
-from dicomstore.ul.events import ULEvent
+from dicomstore.ul.events import AbortIndication, ULEvent
 from dicomstore.ul.fsm import State
 from dicomstore.ul.negotiation import Negotiated
 from dicomstore.ul.pdu import pdu_size
@@ -190,7 +191,14 @@ class Transport:
                     return events
                 s.need = pdu_size(s.view[s.start : s.end])  # its header passed the checks
             if s.lost or s.eof:
+                awaiting_ac = self.conn.state is State.STA5
                 events = self.conn.transport_closed()
+                why = alert_words(s.lost_error)
+                if why is None and awaiting_ac and s.transport is not None:
+                    why = refused_after_handshake(s.transport.get_extra_info("sslcontext"))
+                for event in events if why else ():
+                    if isinstance(event, AbortIndication):
+                        event.message += f": {why}"
                 await self.close()
                 return events
             s.make_room()

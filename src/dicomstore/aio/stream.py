@@ -77,6 +77,9 @@ class Stream(asyncio.BufferedProtocol):
         self.pdu_began: float | None = None
         self.eof = False
         self.lost = False
+        #: Why the transport was lost (None: closed cleanly; an ``ssl.SSLError``: a TLS
+        #: alert, such as a server refusing us for want of a client certificate).
+        self.lost_error: Exception | None = None
         #: The buffer filled up (reading paused until the reader makes room).
         self.full = False
         self._reading = True
@@ -147,6 +150,7 @@ class Stream(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.lost_error = exc
         if self._timer is not None:  # (it would keep the stream and its buffer alive)
             self._timer.cancel()
             self._timer = None
