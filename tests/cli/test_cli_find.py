@@ -143,10 +143,26 @@ def test_ff01_is_reported(served, capsys) -> None:
     assert "answered FF01" in capsys.readouterr().err
 
 
+def test_keys_in_sequence_items_as_findscu_gives_them(served, capsys) -> None:
+    """review48 L5: `-k Seq[0].Keyword=value` (pynetdicom's; DCMTK's with tags) was
+    refused as 'not a DICOM keyword or tag'. The item reaches the SCP: ours says
+    sequence matching is not done (FF01) when the item holds a value, not without."""
+    path = "ReferencedStudySequence[0].ReferencedSOPInstanceUID"
+    assert main(find(served, "-k", "StudyInstanceUID=1.2.9.1", "-k", f"{path}=1.2.3")) == 0
+    assert "answered FF01" in capsys.readouterr().err
+    tags = "(0008,1110)[0].(0008,1150)"
+    assert main(find(served, "-k", "StudyInstanceUID=1.2.9.1", "-k", tags)) == 0
+    out = capsys.readouterr()
+    assert "FF01" not in out.err and "1.2.9.1" in out.out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["-k", "NoSuchKey=1"], "not a DICOM keyword or tag: 'NoSuchKey'"),
+        (["-k", "PatientName[0].PatientID=1"], "PatientName is not a sequence"),
+        (["-k", "ReferencedStudySequence[x].PatientID="], "not a sequence path (Seq[0]"),
+        (["-k", "ProcedureCodeSequence[0].StudyDate=2024"], "StudyDate: not a date"),
         (["-k", "QueryRetrieveLevel=FRAME"], "Query/Retrieve Level 'FRAME'"),
         (["-L", "STUDY", "-k", "QueryRetrieveLevel=SERIES"], "two Query/Retrieve Levels"),
     ],

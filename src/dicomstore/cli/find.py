@@ -108,7 +108,7 @@ def parse_keys(texts: list[str]) -> dict[str | int, str]:
     keys: dict[str | int, str] = {}
     for text in texts:
         name, _, value = text.partition("=")
-        keys[key_tag(name)] = value
+        keys[name.strip() if "[" in name else key_tag(name)] = value  # (a sequence path)
     return keys
 
 
@@ -178,7 +178,7 @@ class Printer:
 async def run(args: argparse.Namespace) -> int:
     from dicomstore.errors import AssociationAborted
     from dicomstore.services.query_identifier import QUERY_RETRIEVE_LEVEL, UNIQUE_KEY
-    from dicomstore.services.query_scu import FindFailed, find, find_contexts
+    from dicomstore.services.query_scu import FindFailed, find, find_contexts, key_tag
     from dicomstore.services.storage_scu import PRIORITIES
 
     model = args.model or "study"
@@ -190,7 +190,8 @@ async def run(args: argparse.Namespace) -> int:
     vrs = {tag: vr for tag, vr, _value in keys}
     level_value = next(v for t, _vr, v in keys if t == QUERY_RETRIEVE_LEVEL)
     unique = UNIQUE_KEY[level_value.decode().strip()]
-    shown = [unique] + [int(t) for t in given if t != unique]
+    tops = [key_tag(t.partition("[")[0]) if isinstance(t, str) else t for t in given]
+    shown = [unique] + [t for t in dict.fromkeys(tops) if t != unique]  # (a path: its sequence)
     printer = Printer([(t, vrs[t]) for t in shown if t in vrs and t not in _NOT_SHOWN], args.json)
 
     assoc = await open_association(args, find_contexts(model))

@@ -188,6 +188,61 @@ def _check_text(name: str, vr: str, value: str) -> None:
             raise ValueError(f"{name}: over {most} characters ({vr}): {value[:80]!r}")
 
 
+def _path_steps(path: str) -> list[tuple[int, int | None]]:
+    """``Seq[0].Inner[1].Leaf`` (keywords or tags, as findscu's and pynetdicom's ``-k``)
+    as (tag, item index) steps, the leaf's index None; ValueError if it is none."""
+    steps: list[tuple[int, int | None]] = []
+    parts = path.split(".")
+    for n, part in enumerate(parts):
+        name, bracket, rest = part.partition("[")
+        last = n == len(parts) - 1
+        if bracket:
+            if last or not rest.endswith("]") or not rest[:-1].isdigit():
+                raise ValueError(f"not a sequence path (Seq[0].Keyword): {path!r}")
+            index: int | None = int(rest[:-1])
+        elif not last:
+            raise ValueError(f"not a sequence path (Seq[0].Keyword): {path!r}")
+        else:
+            index = None
+        tag = key_tag(name)
+        if index is not None and _vr(tag) != "SQ":
+            raise ValueError(f"{keyword_for_tag(tag) or name} is not a sequence: {path!r}")
+        steps.append((tag, index))
+    return steps
+
+
+def _sequence_keys(paths: Mapping[str, Any], encoding: str) -> dict[int, Any]:
+    """Keys inside sequence items (PS3.4 C.2.2.2.6), by their top-level sequence's tag:
+    each a pydicom ``DataElement`` of items holding the keys, items made as the
+    indexes ask; a leaf's value checked as a top-level key's is."""
+    from pydicom.dataelem import DataElement
+    from pydicom.sequence import Sequence
+
+    top: dict[int, Dataset] = {}
+    for path, value in paths.items():
+        steps = _path_steps(path)
+        holder = top.setdefault(steps[0][0], Dataset())
+        for tag, index in steps[:-1]:
+            if tag not in holder:
+                holder.add(DataElement(tag, "SQ", Sequence()))
+            items = holder[tag].value
+            while len(items) <= (index or 0):
+                items.append(Dataset())
+            holder = items[index or 0]
+        tag = steps[-1][0]
+        vr = _vr(tag)
+        _value(tag, vr, value, encoding)  # (a ValueError as for a top-level key)
+        text = "" if value is None else str(value)
+        if vr == "SQ":
+            holder.add(DataElement(tag, vr, Sequence()))
+        elif vr in BINARY_VRS and text:
+            numbers = [float(v) if BINARY_VRS[vr] in "fd" else int(v) for v in text.split("\\")]
+            holder.add(DataElement(tag, vr, numbers if len(numbers) > 1 else numbers[0]))
+        else:
+            holder.add(DataElement(tag, vr, text))
+    return {tag: ds[tag] for tag, ds in top.items()}
+
+
 def identifier_keys(keys: Mapping[str | int, Any], level: str | None = None) -> list[Key]:
     """The elements of a request Identifier: Query/Retrieve Level (``level``, or a
     ``QueryRetrieveLevel`` key), then each key in tag order; a key with no value
@@ -197,8 +252,12 @@ def identifier_keys(keys: Mapping[str | int, Any], level: str | None = None) -> 
     given (an empty one: the default repertoire). Raises ValueError for an
     unknown key or a value its VR cannot hold."""
     tagged: dict[int, Any] = {}
+    paths: dict[str, Any] = {}
     for name, value in keys.items():
-        tagged[key_tag(name)] = value
+        if isinstance(name, str) and "[" in name:
+            paths[name] = value
+        else:
+            tagged[key_tag(name)] = value
     given_level = tagged.pop(QUERY_RETRIEVE_LEVEL, None)
     if level and given_level and str(given_level).upper() != level.upper():
         raise ValueError(f"two Query/Retrieve Levels: {level} and {given_level}")
@@ -209,7 +268,13 @@ def identifier_keys(keys: Mapping[str | int, Any], level: str | None = None) -> 
     tagged.setdefault(UNIQUE_KEY[level], "")
     charset = tagged.setdefault(SPECIFIC_CHARACTER_SET, UTF8)
     encoding = _python_encoding(str(charset or ""))
-    return [(tag, _vr(tag), _value(tag, _vr(tag), tagged[tag], encoding)) for tag in sorted(tagged)]
+    nested = _sequence_keys(paths, encoding)
+    return [
+        (tag, "SQ", nested[tag])
+        if tag in nested
+        else (tag, _vr(tag), _value(tag, _vr(tag), tagged[tag], encoding))
+        for tag in sorted(tagged.keys() | nested.keys())
+    ]
 
 
 def _python_encoding(charset: str) -> str:
