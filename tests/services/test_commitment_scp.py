@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from tests.archive.archive_testlib import CT, MR
 from tests.conftest import ServerThread, free_port
@@ -40,6 +41,7 @@ from dicomstore.archive.commitment import (
     CommitmentRequest,
     Reference,
 )
+from dicomstore.archive.reader import ArchiveReader
 from dicomstore.policy import ACTIONS, Peer, Policy
 from dicomstore.services import commitment_reports
 from dicomstore.services.destinations import Destination
@@ -241,18 +243,42 @@ def test_a_stranded_request_sent_again_holds_no_slot(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """review36c H1: the same Transaction UID sent again was 0115, but it took a
-    pending slot for good: max-pending of them refused everyone 0213 again."""
+    pending slot for good: max-pending of them refused everyone 0213 again. (Since
+    review49 #3 a stranded one asked again replaces it: stranded again here.)"""
     srv = serving(root, max_pending_commitments=1)
     gated = report_after_release(srv, monkeypatch)
     with srv:
         ds = action_information("1.2.8.150", *HELD)
         assert n_action(srv.port, ds) == 0x0000  # (released at once: stranded)
         assert settled(srv)
-        assert n_action(srv.port, ds) == 0x0115  # (still waiting in the journal)
+        assert n_action(srv.port, ds) == 0x0000  # (replaces it; released: stranded)
+        assert settled(srv)
+        assert list(srv.server.commitments.stranded) == ["1.2.8.150"]
         gated[0] = False
         reports = Reports()
         other = action_information("1.2.8.151", *HELD)
         assert n_action(srv.port, other, reports=reports, calling="OTHER") == 0x0000
+    srv.archive.close()  # type: ignore[attr-defined]
+
+
+def test_a_stranded_request_asked_again_is_reported_on_the_new_association(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review49 #3: a requester that released at once (its report stranded: no
+    address) and asks again with the same Transaction UID, now waiting, was refused
+    0115 'already pending' for ever, across restarts; it gets its report."""
+    srv = serving(root)
+    gated = report_after_release(srv, monkeypatch)
+    with srv:
+        ds = action_information("1.2.8.152", *HELD)
+        assert n_action(srv.port, ds) == 0x0000
+        assert settled(srv)
+        gated[0] = False
+        reports = Reports()
+        assert n_action(srv.port, ds, reports=reports) == 0x0000
+        (got,) = reports.received
+        assert got.event_type == 1 and not got.new_association  # all committed, there
+        assert journal_empty(root, srv) and not srv.server.commitments.stranded
     srv.archive.close()  # type: ignore[attr-defined]
 
 
@@ -412,3 +438,135 @@ def test_policy_without_the_commit_right_is_refused(root: Path) -> None:
         assert n_action(srv.port, ds, reports=reports, calling="TRUSTED") == 0x0000
     archive.close()
     assert audit.records[0]["status"] == "0124" and audit.records[0]["calling_ae"] == "MODALITY"
+
+
+def _c_store(port: int, uid: str) -> int:
+    """One C-STORE by pynetdicom (its status)."""
+    from io import BytesIO
+
+    from pydicom.filereader import read_dataset
+    from tests.archive.archive_testlib import dataset
+
+    ds = read_dataset(BytesIO(dataset(uid)), False, True)
+    ds.file_meta = Dataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ae = AE(ae_title="MODALITY")
+    ae.dimse_timeout = 10  # (a modality's: held behind verifications, it gives up)
+    ae.add_requested_context(CT, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMSTORE")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).get("Status", -1))
+    finally:
+        assoc.release()
+
+
+def test_verifications_take_no_thread_a_c_store_needs(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review49 #1: verifications ran in the threads that commit C-STOREs (six by
+    default), unbounded: six large requests held a one-instance C-STORE for 133 s.
+    They have a thread of their own: with more held than the default pool has
+    threads, a C-STORE is stored at once; and a request looks its references up in
+    the index in one connection, not one per reference."""
+    gate = threading.Event()
+    real_verify = commitment_reports.verify
+    connections: list[int] = []
+
+    verifying = threading.local()
+
+    def held(reader, refs):
+        assert gate.wait(60)
+        verifying.now = True
+        try:
+            return real_verify(reader, refs)
+        finally:
+            verifying.now = False
+
+    real_connect = ArchiveReader.connect
+
+    def counted(self):
+        if getattr(verifying, "now", False):
+            connections.append(1)
+        return real_connect(self)
+
+    monkeypatch.setattr(ArchiveReader, "connect", counted)
+    monkeypatch.setattr(commitment_reports, "verify", held)
+    with report_listener("MODALITY") as (port, reports):
+        srv = serving(root, commitment_scus=(Destination("MODALITY", "127.0.0.1", port),))
+        with srv:
+            for n in range(8):  # (the default pool: min(32, cores + 4) threads)
+                ds = action_information(f"1.2.8.16{n}", *HELD, ALTERED, MISSING)
+                assert n_action(srv.port, ds) == 0x0000
+            assert _c_store(srv.port, "1.2.8.77") == 0x0000  # (not behind them)
+            gate.set()
+            reports.wait(8)
+            assert journal_empty(root, srv)
+        srv.archive.close()  # type: ignore[attr-defined]
+    assert 8 <= len(connections) <= 2 * 8  # (rows, then make_durable: per request)
+
+
+def test_pending_references_are_bounded(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pending request holds its references in memory (review49 #1: 25 MiB for
+    65,535, and 1000 may be pending): at most 4 x --max-commitment-references of them."""
+    gate = threading.Event()
+    real_verify = commitment_reports.verify
+    monkeypatch.setattr(
+        commitment_reports, "verify", lambda r, refs: gate.wait(30) and real_verify(r, refs)
+    )
+    with report_listener("MODALITY") as (port, reports):
+        scus = (Destination("MODALITY", "127.0.0.1", port),)
+        srv = serving(root, commitment_scus=scus, max_commitment_references=2)
+        with srv:
+            for n in range(4):
+                assert n_action(srv.port, action_information(f"1.2.8.17{n}", *HELD)) == 0
+            assert n_action(srv.port, action_information("1.2.8.179", *HELD)) == 0x0213
+            gate.set()
+            reports.wait(4)
+            assert settled(srv)
+            assert n_action(srv.port, action_information("1.2.8.179", *HELD)) == 0
+            assert settled(srv)
+        srv.archive.close()  # type: ignore[attr-defined]
+
+
+def test_damage_found_is_logged(root: Path, server, caplog: pytest.LogCaptureFixture) -> None:
+    """review49 #5: a changed or missing file found by a commitment request was told
+    the requester only; the operator sees it in the log."""
+    srv, _audit = server
+    gone = ALTERED  # (its file removed: indexed, missing)
+    with caplog.at_level(logging.WARNING, logger="dicomstore.server"):
+        reports = Reports()
+        ds = action_information("1.2.8.180", *HELD, ALTERED, MISSING)
+        assert n_action(srv.port, ds, reports=reports) == 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("2 of 4 not committed" in line and "0112 not in the archive x1" in line
+               for line in lines), lines  # fmt: skip
+    assert f"archive damage: instance {gone}: file content differs from what was stored" in lines
+    assert not any(f"instance {MISSING}" in line for line in lines)  # (never stored: no damage)
+
+
+def test_a_report_answered_0110_on_an_open_association_is_sent_there_again(
+    root: Path, server
+) -> None:
+    """review49 #4: with no address for the requester, a report it answered 0110 on
+    its association, still open, was stranded at once (the README says: twice more)."""
+    srv, _audit = server
+    srv.server.commitments.retry_delay = 0.05
+    reports = Reports()
+    reports.status = 0x0110
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(SC)
+    handlers = [(evt.EVT_N_EVENT_REPORT, reports.on_report)]
+    assoc = ae.associate("127.0.0.1", srv.port, ae_title="DICOMSTORE", evt_handlers=handlers)
+    assert assoc.is_established
+    try:
+        status, _ = assoc.send_n_action(action_information("1.2.8.181", *HELD), 1, SC, SC_INSTANCE)
+        assert status.Status == 0
+        reports.wait(1)
+        reports.status = 0x0000
+        reports.wait(2)
+        reports.answered()
+    finally:
+        assoc.release()
+    assert [r.new_association for r in reports.received[:2]] == [False, False]
+    assert settled(srv) and not srv.server.commitments.stranded

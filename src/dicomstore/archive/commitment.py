@@ -51,9 +51,11 @@ NO_SUCH_OBJECT_INSTANCE = 0x0112
 CLASS_INSTANCE_CONFLICT = 0x0119
 REFERENCED_SOP_CLASS_NOT_SUPPORTED = 0x0122
 DUPLICATE_TRANSACTION_UID = 0x0131
+#: The verdict's words for an indexed instance whose file is gone.
+MISSING = "its file is missing"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reference:
     """One item of the Referenced SOP Sequence (0008,1199)."""
 
@@ -74,16 +76,13 @@ class Verdict:
         return self.failure_reason is None
 
 
-def verify_one(reader: ArchiveReader, ref: Reference) -> Verdict:
-    """The verdict on one referenced instance (module notes)."""
+def verify_one(reader: ArchiveReader, ref: Reference, row: dict[str, Any] | None) -> Verdict:
+    """The verdict on one referenced instance whose index row is ``row`` (module notes)."""
     # (here, not at the top: a sender making References loads no reader nor pydicom)
     from dicomstore.archive import digests
     from dicomstore.archive.dicomfile import HeaderError
-    from dicomstore.archive.reader import NotStoredError
 
-    try:
-        row = reader.instance(ref.sop_instance_uid)
-    except (NotStoredError, ValueError):
+    if row is None:
         return Verdict(ref, NO_SUCH_OBJECT_INSTANCE, "not in the archive")
     if row["sop_class_uid"] != layout.normalize_uid(ref.sop_class_uid):
         return Verdict(ref, CLASS_INSTANCE_CONFLICT, f"stored as {row['sop_class_uid']}")
@@ -95,7 +94,7 @@ def verify_one(reader: ArchiveReader, ref: Reference) -> Verdict:
         if not digests.matches(row["digest"], path):
             return Verdict(ref, PROCESSING_FAILURE, "file content differs from what was stored")
     except FileNotFoundError:
-        return Verdict(ref, NO_SUCH_OBJECT_INSTANCE, "its file is missing")
+        return Verdict(ref, NO_SUCH_OBJECT_INSTANCE, MISSING)
     except (OSError, ValueError, HeaderError) as exc:  # unreadable, broken meta, bad path
         return Verdict(ref, PROCESSING_FAILURE, f"its file cannot be read: {exc}")
     return Verdict(ref)
@@ -105,7 +104,12 @@ def verify(reader: ArchiveReader, refs: Iterable[Reference]) -> list[Verdict]:
     """The verdicts on every referenced instance, in order; those found committed
     are made durable first (``ArchiveReader.make_durable``: one may be committed
     before its flush), else they are not."""
-    verdicts = [verify_one(reader, ref) for ref in refs]
+    refs = list(refs)
+    rows = reader.instance_rows([ref.sop_instance_uid for ref in refs])
+    verdicts = [
+        verify_one(reader, ref, rows.get(layout.normalize_uid(ref.sop_instance_uid.strip())))
+        for ref in refs
+    ]
     found = [v.reference.sop_instance_uid for v in verdicts if v.committed]
     try:
         reader.make_durable(found)

@@ -184,6 +184,21 @@ class ArchiveReader:
             raise NotStoredError(f"instance {uid} is not in the archive")
         return rows[0]
 
+    def instance_rows(self, sop_instance_uids: list[str], chunk: int = 2000) -> dict[str, Any]:
+        """The rows of those of these instances the index holds, by SOP Instance UID:
+        one connection, a query per ``chunk`` of them (a connection and a query per
+        instance took 20 s for 65,535: review49 #1)."""
+        uids = list(dict.fromkeys(layout.normalize_uid(u.strip()) for u in sop_instance_uids))
+        found: dict[str, Any] = {}
+        with self._db() as db:
+            for at in range(0, len(uids), chunk):
+                some = uids[at : at + chunk]  # (no list separator, nor a lone *: not UIDs)
+                wanted = "\\".join(u for u in some if u and "\\" not in u and u != "*")
+                if wanted:
+                    rows = q.search(db, "instance", {"SOPInstanceUID": wanted})
+                    found.update((row["sop_instance_uid"], row) for row in rows)
+        return found
+
     def make_durable(self, sop_instance_uids: list[str]) -> None:
         """Before saying these instances are stored: flush the files of any that may
         be committed before their flush (``publish.py``: listed ``unflushed``), and

@@ -39,8 +39,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,8 @@ from dicomstore.aio.association import Timeouts, Transport
 from dicomstore.aio.client import associate
 from dicomstore.aio.invoker import Invoker
 from dicomstore.archive.commitment import (
+    MISSING,
+    PROCESSING_FAILURE,
     CommitmentJournal,
     CommitmentRequest,
     DuplicateTransaction,
@@ -103,8 +107,25 @@ class Channel:
         return self.t.negotiated.contexts[self.context_id].transfer_syntax
 
 
+@dataclass
+class _Report:
+    """One request verified: the verdicts and the Event Information telling them,
+    encoded once per transfer syntax it is sent in (a retry sends the same bytes)."""
+
+    verdicts: list[Verdict]
+    event_type: int
+    info: Dataset
+    encoded: dict[str, bytes] = field(default_factory=dict)
+
+
 class CommitmentService:
-    """Accepted requests, durably kept until their report is acknowledged (module notes)."""
+    """Accepted requests, durably kept until their report is acknowledged (module notes).
+
+    Verifying a request (a file read and hashed per reference), building and encoding
+    its report run in a thread of their own, one request at a time: not on the event
+    loop (a report of 65,535 references took it for 5 s), nor in the threads that
+    commit C-STOREs (six requests of 65,535 held a C-STORE for 133 s: review49 #1).
+    """
 
     def __init__(
         self,
@@ -139,8 +160,16 @@ class CommitmentService:
         #: no address), oldest first: kept in the journal for a start with the address
         #: configured, at most ``max_pending`` of them, and not counted as pending
         self.stranded: dict[str, None] = {}
+        #: references of the requests pending: at most 4 x ``max_references`` (their
+        #: memory, ~200 bytes each, is bounded whatever ``max_pending`` says)
+        self.pending_references = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._checks = ThreadPoolExecutor(1, thread_name_prefix="commitment")
+
+    async def in_checks(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the commitment thread (class notes)."""
+        return await asyncio.get_running_loop().run_in_executor(self._checks, fn, *args)
 
     async def start(self) -> None:
         """Report what an earlier run or a dead node accepted and did not report
@@ -156,7 +185,7 @@ class CommitmentService:
                 len(request.references),
                 request.received_at,
             )
-            self.pending.add(request.transaction_uid)
+            self._hold(request)
             self._spawn(self._deliver(request, None))
 
     async def close(self) -> None:
@@ -166,6 +195,7 @@ class CommitmentService:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks))
+        self._checks.shutdown(wait=False, cancel_futures=True)
         self.journal.close()
 
     def _spawn(self, coro: Any) -> None:
@@ -173,21 +203,43 @@ class CommitmentService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _hold(self, request: CommitmentRequest) -> None:
+        self.pending.add(request.transaction_uid)
+        self.pending_references += len(request.references)
+
+    def _release(self, request: CommitmentRequest) -> None:
+        if request.transaction_uid in self.pending:
+            self.pending.discard(request.transaction_uid)
+            self.pending_references -= len(request.references)
+
     async def accept(self, request: CommitmentRequest) -> None:
         """Record ``request`` durably (:class:`Refused`: 0115 its Transaction UID
-        pending, 0213 too many pending, 0110 the journal cannot be written)."""
-        if request.transaction_uid in self.pending:
+        pending, 0213 too many pending, 0110 the journal cannot be written). A request
+        of a Transaction UID stranded here (its report waits for an address) replaces
+        it: the requester asks again, on an association we can report on (review49 #3)."""
+        tx = request.transaction_uid
+        if tx in self.pending:
             raise Refused(st.INVALID_ARGUMENT_VALUE, "Transaction UID already pending")
         if len(self.pending) >= self.max_pending:
             raise Refused(st.RESOURCE_LIMITATION, f"{self.max_pending} requests pending already")
-        self.pending.add(request.transaction_uid)
+        most = 4 * self.max_references
+        if self.pending and self.pending_references + len(request.references) > most:
+            raise Refused(
+                st.RESOURCE_LIMITATION,
+                f"{self.pending_references} references pending already: try again later",
+            )
+        self._hold(request)
         try:
+            if tx in self.stranded:
+                await asyncio.to_thread(self.journal.done, tx)
+                del self.stranded[tx]
+                log.info("storage commitment %s: asked again, replaces the one stranded", tx)
             await asyncio.to_thread(self.journal.add, request)
-        except DuplicateTransaction:  # (in the journal, not pending: one stranded)
-            self.pending.discard(request.transaction_uid)  # (review36c H1: held for ever)
+        except DuplicateTransaction:  # (another node's, pending there)
+            self._release(request)  # (review36c H1: held for ever)
             raise Refused(st.INVALID_ARGUMENT_VALUE, "Transaction UID already pending") from None
         except (OSError, ValueError) as exc:
-            self.pending.discard(request.transaction_uid)
+            self._release(request)
             log.error("storage commitment journal: %s", exc)
             raise Refused(st.PROCESSING_FAILURE, f"cannot record the request: {exc}") from None
 
@@ -201,7 +253,7 @@ class CommitmentService:
             try:
                 how = await self._attempt(request, channel, failures + 1)
             except _NoAddress as exc:
-                await self._strand(request.transaction_uid, str(exc))
+                await self._strand(request, str(exc))
                 return
             except asyncio.CancelledError:
                 raise
@@ -218,20 +270,22 @@ class CommitmentService:
                     exc,
                     delay,
                 )
-                channel = None
+                if channel is not None and not channel.is_open:
+                    channel = None  # (else the retry goes on it again: review49 #4)
                 await asyncio.sleep(delay)
                 continue
             await asyncio.to_thread(self.journal.done, request.transaction_uid)
-            self.pending.discard(request.transaction_uid)
+            self._release(request)
             log.info("storage commitment %s reported %s", request.transaction_uid, how)
             return
 
-    async def _strand(self, transaction_uid: str, why: str) -> None:
+    async def _strand(self, request: CommitmentRequest, why: str) -> None:
         """A request that cannot be reported no longer holds a pending slot (review36a
         #1: requests whose association ended took every slot, for everyone, across
         restarts); kept in the journal for a start with the address configured, the
         oldest dropped beyond ``max_pending`` of them."""
-        self.pending.discard(transaction_uid)
+        transaction_uid = request.transaction_uid
+        self._release(request)
         self.stranded[transaction_uid] = None
         log.warning(
             "storage commitment %s: %s (--commitment-scu); it waits in the journal for a"
@@ -257,13 +311,15 @@ class CommitmentService:
         else on a new association; returns how it went. Raises when it must be retried."""
         if (channel is None or not channel.is_open) and request.calling_ae not in self.scus:
             raise _NoAddress(f"no address configured for {request.calling_ae!r}")
-        verdicts = await asyncio.to_thread(verify, self.reader, request.references)
-        event_type, info = event_information(request.transaction_uid, verdicts, self.ae_title)
+        open_channel = channel is not None and channel.is_open
+        ts = channel.transfer_syntax if channel is not None and open_channel else None
+        report = await self.in_checks(self._prepare, request, ts or uids.EXPLICIT_VR_LE)
+        verdicts = report.verdicts
         how = "on the same association"
         rsp = None
         if channel is not None and channel.is_open:
             try:
-                rsp = await self._send(channel, event_type, info)
+                rsp = await self._send(channel, report)
             except (AssociationError, ConnectionError, OSError) as exc:
                 log.info(
                     "storage commitment %s: the requesting association ended (%s)",
@@ -276,12 +332,15 @@ class CommitmentService:
                     request.transaction_uid,
                     rsp.status,
                 )
+                later = rsp.status == st.RESOURCE_LIMITATION and channel.is_open
+                if later and request.calling_ae not in self.scus:  # (it may, later: there)
+                    raise AssociationError(f"N-EVENT-REPORT-RSP {rsp.status:04X}: try again later")
                 rsp = None
         if rsp is None and request.calling_ae not in self.scus:  # (the channel closed since)
             raise _NoAddress(f"no address configured for {request.calling_ae!r}")
         if rsp is None:
             how = "on a new association"
-            rsp = await self._send_new(self.scus[request.calling_ae], event_type, info)
+            rsp = await self._send_new(self.scus[request.calling_ae], report)
             if rsp.status in NOT_TAKEN:
                 raise AssociationError(f"N-EVENT-REPORT-RSP {rsp.status:04X}: try again later")
         if rsp.status == st.PROCESSING_FAILURE and attempt < PROCESSING_FAILURE_TRIES:
@@ -294,19 +353,33 @@ class CommitmentService:
                 rsp.error_comment or st.describe(rsp.status),
             )
         self._audit(request, verdicts, how, rsp.status)
-        return how
+        committed = sum(v.committed for v in verdicts)
+        return f"{how} ({committed} of {len(verdicts)} committed)"
 
-    async def _send(self, channel: Channel, event_type: int, info: Dataset) -> NEventReportRSP:
-        data = encode_dataset(info, channel.transfer_syntax)
+    def _prepare(self, request: CommitmentRequest, transfer_syntax: str) -> _Report:
+        """(In the commitment thread.) Verify now, say what failed, make the report and
+        encode it in the transfer syntax it most likely goes in."""
+        verdicts = verify(self.reader, request.references)
+        _log_failures(request.transaction_uid, verdicts)
+        event_type, info = event_information(request.transaction_uid, verdicts, self.ae_title)
+        report = _Report(verdicts, event_type, info)
+        report.encoded[transfer_syntax] = encode_dataset(info, transfer_syntax)
+        return report
+
+    async def _send(self, channel: Channel, report: _Report) -> NEventReportRSP:
+        ts = channel.transfer_syntax
+        data = report.encoded.get(ts)
+        if data is None:
+            data = report.encoded[ts] = await self.in_checks(encode_dataset, report.info, ts)
         return await channel.invoker.call(
             channel.context_id,
-            lambda msg_id: NEventReportRQ(msg_id, SOP_CLASS, SOP_INSTANCE, event_type),
+            lambda msg_id: NEventReportRQ(msg_id, SOP_CLASS, SOP_INSTANCE, report.event_type),
             NEventReportRSP,
             data,
             timeout=self.report_timeout,
         )
 
-    async def _send_new(self, scu: Destination, event_type: int, info: Dataset) -> NEventReportRSP:
+    async def _send_new(self, scu: Destination, report: _Report) -> NEventReportRSP:
         """On an association we request, as SCP of the SOP class by role selection."""
         assoc = await associate(
             scu.host,
@@ -323,7 +396,7 @@ class CommitmentService:
                 raise AssociationError(f"{scu} did not accept the Storage Commitment SOP Class")
             if not ctx.scp_role:  # PS3.7 D.3.3.4; many SCUs take the report all the same
                 log.info("%s did not grant us the SCP role by role selection: sending", scu)
-            rsp = await self._send(Channel(assoc.t, assoc.invoker, ctx.id), event_type, info)
+            rsp = await self._send(Channel(assoc.t, assoc.invoker, ctx.id), report)
         except BaseException:
             await assoc.abort()
             raise
@@ -353,6 +426,30 @@ class CommitmentService:
                 "status": f"{status:04X}",
             }
         )
+
+
+#: Damaged instances named one by one in the log, per report.
+NAMED_DAMAGED = 20
+
+
+def _log_failures(transaction_uid: str, verdicts: list[Verdict]) -> None:
+    """A WARNING when references are not committed (their reasons, counted), and one
+    per instance whose file is gone or differs from what was stored: damage to the
+    archive the operator must see (review49 #5: only the requester was told)."""
+    failed = [v for v in verdicts if not v.committed]
+    if not failed:
+        return
+    kinds = Counter(f"{v.failure_reason:04X} {v.why.split(':')[0]}" for v in failed)
+    log.warning(
+        "storage commitment %s: %d of %d not committed: %s",
+        transaction_uid,
+        len(failed),
+        len(verdicts),
+        ", ".join(f"{why} x{n}" for why, n in kinds.most_common(5)),
+    )
+    damaged = [v for v in failed if v.failure_reason == PROCESSING_FAILURE or v.why == MISSING]
+    for v in damaged[:NAMED_DAMAGED]:
+        log.warning("archive damage: instance %s: %s", v.reference.sop_instance_uid, v.why)
 
 
 class _NoAddress(Exception):

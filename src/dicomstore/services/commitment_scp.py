@@ -94,8 +94,11 @@ class CommitmentSCP(QROperations):
         return None
 
     def refused(self, op: Operation) -> None:
-        self.send(op, op.refusal)
-        self._audit(op, op.refusal.status, op.refusal.error_comment)
+        status, comment = op.refusal.status, op.refusal.error_comment
+        why = comment or st.describe(status)
+        log.warning("%s: N-ACTION answered %04X: %s", self.t.peer, status, why)
+        self.send(op, op.refusal)  # (review49 #9: these alone were not logged)
+        self._audit(op, status, comment)
 
     async def answer(self, op: Operation) -> None:
         rq: NActionRQ = op.rq
@@ -106,7 +109,7 @@ class CommitmentSCP(QROperations):
             except Exception as exc:  # noqa: BLE001 - pydicom raises anything on bad bytes
                 why = f"unreadable Action Information: {exc}"
                 raise Refused(st.INVALID_ARGUMENT_VALUE, why) from None
-            transaction, refs = await asyncio.to_thread(
+            transaction, refs = await asyncio.to_thread(  # (not behind a verification)
                 parse_action_information, ds, self.commitments.max_references
             )
             caller = str(self.who.get("calling_ae") or "")
