@@ -56,6 +56,7 @@ __all__ = [
     "category",
     "describe",
     "is_failure",
+    "is_stored",
     "is_success",
     "is_warning",
 ]
@@ -194,6 +195,12 @@ def is_warning(status: int) -> bool:
 def is_failure(status: int) -> bool:
     """True for a Failure status, including codes the standard does not define."""
     return status != 0 and category(status) == "failure"  # (Success: asked per instance)
+
+
+def is_stored(status: int) -> bool:
+    """A C-STORE-RSP status saying the instance is stored: Success or Warning (a C-STORE
+    has no Pending nor Cancel status, PS3.4 B.2.3: either means it was not)."""
+    return category(status) in ("success", "warning")
 
 
 def describe(status: int) -> str:

@@ -51,15 +51,21 @@ class Destination:
 
 @contextmanager
 def destination(
-    ae_title: str = "DEST", *, require_called_aet: bool = False, **knobs
+    ae_title: str = "DEST",
+    *,
+    require_called_aet: bool = False,
+    classes: tuple[str, ...] | None = None,
+    **knobs,
 ) -> Iterator[Destination]:
     """A pynetdicom Storage SCP on the ``port`` knob, else a free port (``knobs``:
     :class:`Destination` fields); ``require_called_aet``: it rejects an
-    association called another AE title."""
+    association called another AE title; ``classes``: the only SOP classes it takes."""
     dest = Destination(**knobs)
     ae = AE(ae_title=ae_title)
     ae.require_called_aet = require_called_aet
-    ae.supported_contexts = AllStoragePresentationContexts
+    ae.supported_contexts = [
+        c for c in AllStoragePresentationContexts if classes is None or c.abstract_syntax in classes
+    ]
     server = ae.start_server(
         ("127.0.0.1", dest.port), block=False, evt_handlers=[(evt.EVT_C_STORE, dest.on_store)]
     )

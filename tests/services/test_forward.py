@@ -389,6 +389,44 @@ def test_a_failure_status_is_given_up_not_retried(tmp_path: Path) -> None:
     assert 'dicomstore_forward_pending{destination="REFUSER"} 0.0' in exposition
 
 
+def test_a_pending_or_cancel_answer_is_no_store(tmp_path: Path, caplog) -> None:
+    """review49 #7: a destination answering FE00 (Cancel) or FF00 (Pending), which a
+    C-STORE does not have (PS3.4 B.2.3), had the instance recorded sent, for good,
+    without a word; it was not stored: failed, logged, with the status."""
+    root = tmp_path / "archive"
+    with destination("DEST", answers=[0xFE00, 0xFF00]) as dest:
+
+        async def main() -> None:
+            async with serving(root, config(f"DEST=127.0.0.1:{dest.port}")) as server:
+                await store(server.port, [instance("1.2.77.8.1"), instance("1.2.77.8.2")])
+                await until(lambda: status(root, "DEST")["failed"] == 2)
+
+        with caplog.at_level("WARNING", logger="dicomstore.server"):
+            asyncio.run(main())
+    with closing(sqlite3.connect(queue_path(root))) as db:
+        rows = db.execute("SELECT state, status FROM entry ORDER BY status").fetchall()
+    assert rows == [("failed", "FE00"), ("failed", "FF00")]
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "DEST answered FE00" in said and "DEST answered FF00" in said and "None" not in said
+
+
+def test_a_class_the_destination_refuses_says_so_in_the_queue(tmp_path: Path) -> None:
+    """review49 #10: 'not sent: unreadable, or no context accepted for it (see the
+    log)': the queue and `stats` say why, as the log does."""
+    root = tmp_path / "archive"
+    with destination("DEST", classes=("1.2.840.10008.5.1.4.1.1.4",)) as dest:  # (MR only)
+
+        async def main() -> None:
+            async with serving(root, config(f"DEST=127.0.0.1:{dest.port}")) as server:
+                await store(server.port, [instance("1.2.77.8.3")])  # (a CT)
+                await until(lambda: status(root, "DEST")["failed"] == 1)
+
+        asyncio.run(main())
+    with closing(sqlite3.connect(queue_path(root))) as db:
+        (reason,) = db.execute("SELECT reason FROM entry").fetchone()
+    assert reason.startswith("not sent: the SCP refused CT Image Storage (abstract syntax")
+
+
 def test_requeue_sends_failed_entries_again(tmp_path: Path, capsys) -> None:
     """review36a #9: a destination's C000 (its own transient trouble, called permanent)
     failed the entries for good, with no remedy: `dicomstore requeue` makes them pending

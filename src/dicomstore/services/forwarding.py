@@ -54,7 +54,7 @@ from dicomstore.services.forward_queue import Entry, ForwardQueue, Pending, Queu
 from dicomstore.services.forward_recovery import COLUMNS, SLACK, add_study, recover
 from dicomstore.services.forward_rules import ForwardRule, destinations_of, entries_for
 from dicomstore.services.move_sender import DestinationSender, contexts_for
-from dicomstore.services.retrieve import Selected
+from dicomstore.services.retrieve import NotSent, Selected
 from dicomstore.services.server_config import DIMSE_TIMEOUT
 from dicomstore.services.stability import StableStudy, iso
 from dicomstore.services.storage import Home, on_loop
@@ -371,11 +371,11 @@ class Forwarding:
                     why = _failed(exc)
                     report.error = self._retry_all(todo[n : n + 1], why, outcomes, report)
                     break
-                if rsp is None:
-                    why = "not sent: unreadable, or no context accepted for it (see the log)"
+                if isinstance(rsp, NotSent):  # (review49 #10: its reason, not a guess)
+                    why = f"not sent: {rsp.reason}"
                     outcomes.append(Settled(entry.id, "failed", attempts, reason=why))
                     report.failed += 1
-                elif not st.is_failure(rsp.status):
+                elif st.is_stored(rsp.status):  # (review49 #7: FF00, FE00 were "sent")
                     outcomes.append(Settled(entry.id, "sent", attempts, status=rsp.status))
                     report.sent += 1
                 elif transient_status(rsp.status):

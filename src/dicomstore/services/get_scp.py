@@ -42,6 +42,7 @@ from dicomstore.inflation import DEFAULT_MAX_INFLATED
 from dicomstore.services import qr_classes, sources
 from dicomstore.services.qr_operations import Operation
 from dicomstore.services.retrieve import (
+    NotSent,
     Selected,
     SubOperationsEnded,
     SubOperationSender,
@@ -88,7 +89,7 @@ class GetSender:
             raise SubOperationsEnded(f"reading {item.sop_instance_uid}: {exc}") from None
         except (AssociationError, ConnectionError, OSError) as exc:
             raise SubOperationsEnded(f"the association ended: {exc}") from None
-        return st.SUBOPERATIONS_FAILED if rsp is None else int(rsp.status)
+        return st.SUBOPERATIONS_FAILED if isinstance(rsp, NotSent) else int(rsp.status)
 
     async def stop(self) -> None:
         """Nothing to release: the association is the requestor's."""

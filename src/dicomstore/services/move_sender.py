@@ -30,7 +30,7 @@ from dicomstore.errors import AssociationError, DicomstoreError
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
 from dicomstore.services import sources
 from dicomstore.services.destinations import Destination
-from dicomstore.services.retrieve import Selected, SubOperationsEnded, store_selected
+from dicomstore.services.retrieve import NotSent, Selected, SubOperationsEnded, store_selected
 from dicomstore.services.sources import Instance
 from dicomstore.services.storage_scu import classify, propose_contexts
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
@@ -46,7 +46,7 @@ class DestinationSender:
     syntaxes of the instances to send (then the uncompressed ones, for
     conversion); it raises what the association raised (classify it with
     ``storage_scu.classify``). :meth:`store` sends one instance
-    (``retrieve.store_selected``): the C-STORE-RSP, or None when it cannot be sent
+    (``retrieve.store_selected``): the C-STORE-RSP, or a NotSent when it cannot be sent
     (unreadable, no accepted context; logged); it raises when the association
     failed (:class:`~dicomstore.services.sources.SourceReadError` when the file
     failed while its data set was going out: the association is aborted then).
@@ -90,7 +90,7 @@ class DestinationSender:
         )
         log.info("%s: association to %s for %d instances", self.service, dest, len(selected))
 
-    async def store(self, item: Selected) -> CStoreRSP | None:
+    async def store(self, item: Selected) -> CStoreRSP | NotSent:
         assoc = self.assoc
         assert assoc is not None
         try:
@@ -175,7 +175,7 @@ class MoveSender(DestinationSender):
             why = f"destination {self.destination.ae_title} left: {exc}"
             log.warning("C-MOVE: %s", why)
             raise SubOperationsEnded(why) from None
-        return st.SUBOPERATIONS_FAILED if rsp is None else int(rsp.status)
+        return st.SUBOPERATIONS_FAILED if isinstance(rsp, NotSent) else int(rsp.status)
 
     async def stop(self) -> None:
         await self.close()

@@ -286,6 +286,13 @@ def scan_selected(item: Selected) -> sources.Instance:
     return sources.scan_stream(functools.partial(item.storage.open, item.key))
 
 
+@dataclass(frozen=True)
+class NotSent:
+    """A sub-operation not sent (unreadable, no accepted context fits), and why."""
+
+    reason: str
+
+
 async def store_selected(
     channel: StoreChannel,
     item: Selected,
@@ -295,20 +302,21 @@ async def store_selected(
     priority: int = 0,
     move_originator: tuple[str, int] | None = None,
     inflated_limit: int = DEFAULT_MAX_INFLATED,
-) -> CStoreRSP | None:
+) -> CStoreRSP | NotSent:
     """One C-STORE sub-operation on ``channel``: the instance scanned from its file and
     sent by :func:`~dicomstore.services.storage_scu.store_instance` (its stored
     transfer syntax, else converted; a deflated one inflated to at most
     ``inflated_limit`` bytes: the server's own limit, as for what it stores);
-    the C-STORE-RSP, or None (logged) when it
+    the C-STORE-RSP, or :class:`NotSent` (logged) when it
     cannot be sent: unreadable, or no accepted context fits. A failure of the
     association, or of the file while its data set was going out
     (:class:`~dicomstore.services.sources.SourceReadError`), is raised."""
     try:
         instance = await asyncio.to_thread(scan_selected, item)
     except (NotDicom, OSError, ValueError) as exc:
-        log.error("%s: cannot send %s: %s", service, item.key, sources.one_line(exc))
-        return None
+        why = f"cannot read {item.key}: {sources.one_line(exc)}"
+        log.error("%s: %s", service, why)
+        return NotSent(why)
     try:
         rsp, _ctx, converted, nbytes = await store_instance(
             channel,
@@ -321,15 +329,15 @@ async def store_selected(
         )
     except (NotSendable, NotDicom) as exc:
         log.warning("%s: %s not sent: %s", service, item.sop_instance_uid, exc)
-        return None
-    if st.is_failure(rsp.status):
+        return NotSent(sources.one_line(exc))
+    if not st.is_stored(rsp.status):
         log.warning(
             "%s: %s answered %04X for %s: %s",
             service,
             peer,
             rsp.status,
             item.sop_instance_uid,
-            rsp.error_comment,
+            rsp.error_comment or st.describe(rsp.status),  # (review49 #11: 'None')
         )
     log.debug(
         "%s: %s sent (%d bytes%s)",
