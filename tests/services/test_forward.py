@@ -78,6 +78,7 @@ def test_a_rule_is_a_destination_and_filters() -> None:
         ("PACS=h:104;sop-class=CT", "not a UID"),
         ("PACS=h:104;calling=" + "A" * 17, "not an AE title"),
         ("PACS=h:104;modality=CT;modality=MR", "given twice"),
+        ("PACS=h:104;modality=ct", "upper case \\(modality=CT\\)"),  # (review49 #13)
     ],
 )
 def test_a_bad_rule_says_why(text: str, why: str) -> None:

@@ -197,6 +197,20 @@ def webhook() -> Iterator[str]:
     httpd.server_close()
 
 
+def test_a_time_without_an_offset_is_utc(monkeypatch) -> None:
+    """review49 #15: `events --since 2026-12-05T20:09:45` was read in the local time
+    zone, while every event time is UTC: 1, 0 or 2 events by TZ."""
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert epoch("2026-12-05T20:09:45") == epoch("2026-12-05T20:09:45+00:00")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_the_clock_is_woken_only_for_an_earlier_deadline(tmp_path: Path) -> None:
     """More instances of a study only defer its deadline, and a new study's comes after
     the ones already waited for: neither wakes the clock task (once per instance it

@@ -24,7 +24,11 @@ def add_parser(sub: Any) -> None:
         "--webhook, run them again as serve would.",
     )
     e.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
-    e.add_argument("--since", metavar="ISO8601", help="only events stable at or after this")
+    e.add_argument(
+        "--since",
+        metavar="ISO8601",
+        help="only events stable at or after this (UTC without an offset)",
+    )
     e.add_argument("--study", metavar="UID", help="only the events of this study")
     e.add_argument("--json", action="store_true", help="one JSON object per line")
     e.add_argument("--exec", metavar="COMMAND", help="run COMMAND for each, as --on-stable-exec")

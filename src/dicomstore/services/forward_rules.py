@@ -109,6 +109,9 @@ def _check(key: str, value: str) -> None:
         raise ValueError(f"sop-class={value}: not a UID")
     elif key == "modality" and (len(value) > 16 or not value.isascii()):
         raise ValueError(f"modality={value}: not a code string")
+    elif key == "modality" and value != value.upper():  # (review49 #13: matched nothing)
+        upper = value.upper()
+        raise ValueError(f"modality={value}: a code string is upper case (modality={upper})")
 
 
 def destinations_of(rules: Iterable[ForwardRule]) -> dict[str, Destination]:

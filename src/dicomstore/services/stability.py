@@ -87,8 +87,10 @@ def iso(when: float) -> str:
 
 
 def epoch(text: str) -> float:
-    """The epoch seconds of such a text."""
-    return datetime.fromisoformat(text).timestamp()
+    """The epoch seconds of such a text; one without an offset is UTC, as every time
+    the events hold and print (review49 #15: it was the local time zone's)."""
+    when = datetime.fromisoformat(text)
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def shifted(text: str, seconds: float) -> str:
