@@ -139,6 +139,8 @@ def test_a_restart_waits_again_for_studies_not_yet_reported(tmp_path: Path) -> N
     _fill(root, {"1.2.31": 3})  # a third instance after its event: waited for again
     later = StudyStability(reader, QUICK, fsync=False)
     assert later.recover() == 2 and sorted(later.pending) == ["1.2.31", "1.2.32"]
+    # (review49 #14: this burst's first arrival, not the study's very first)
+    assert later.pending["1.2.31"].first > last
 
     async def fire() -> list[StableStudy]:
         heard: list[StableStudy] = []

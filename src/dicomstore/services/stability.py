@@ -194,6 +194,17 @@ _PARSED: dict[Path, _Parsed] = {}
 _PARSED_LOCK = threading.Lock()
 
 
+def _first_after(db: Any, study_uid: str, after: str) -> str | None:
+    """The first arrival (``received_at``) of ``study_uid`` after ``after`` (ISO 8601):
+    the start of the burst its last event did not cover."""
+    sql = (
+        "SELECT MIN(i.received_at) FROM instance i JOIN series se ON se.series_pk = i.series_pk"
+        " JOIN study st ON st.study_pk = se.study_pk WHERE st.study_uid = ? AND i.received_at > ?"
+    )
+    row = db.execute(sql, (study_uid, after)).fetchone()
+    return row[0] if row else None
+
+
 def covered(event: StableStudy | None, newest: str | None) -> str | None:
     """``event.stable_at`` when ``event`` covers a study whose newest instance arrived
     at ``newest`` (ISO 8601), else None: the study is stable since then."""
@@ -325,9 +336,12 @@ class StudyStability:
         )
         found = []
         with closing(self.reader.connect()) as db:
-            for study_uid, patient_id, first, last, relpath in db.execute(sql):
+            for study_uid, patient_id, first, last, relpath in db.execute(sql).fetchall():
                 newest = epoch(last)
-                if newest > reported.get(study_uid, float("-inf")):
+                before = reported.get(study_uid)
+                if before is not None and newest > before:  # (review49 #14: this burst's)
+                    first = _first_after(db, study_uid, iso(before + 0.001)) or first
+                if newest > (before if before is not None else float("-inf")):
                     found.append((study_uid, patient_id or None, epoch(first), newest, relpath))
         return found
 
