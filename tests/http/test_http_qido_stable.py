@@ -15,7 +15,7 @@ from http_testlib import HttpThread, make_dataset, store
 
 from dicomstore.archive import Archive
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.services.stability import StableLog, StableStudy
+from dicomstore.services.stable_log import StableLog, StableStudy
 
 #: On both index engines (issue 17).
 pytestmark = pytest.mark.usefixtures("index_engine")

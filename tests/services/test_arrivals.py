@@ -17,7 +17,8 @@ from tests.archive.archive_testlib import store as archive_store
 from dicomstore.archive import Archive, nodes
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.services.arrivals import OtherArrivals, others_alive
-from dicomstore.services.stability import StableLog, StableStudy, StudyStability
+from dicomstore.services.stability import StudyStability
+from dicomstore.services.stable_log import StableLog, StableStudy
 
 #: On both index engines.
 pytestmark = pytest.mark.usefixtures("index_engine")

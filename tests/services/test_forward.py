@@ -40,7 +40,7 @@ from dicomstore.services.forward_rules import ForwardRule, parse_rule
 from dicomstore.services.forwarding import BatchReport, Forwarding
 from dicomstore.services.metrics import ServerMetrics
 from dicomstore.services.server import ServerConfig
-from dicomstore.services.stability import StableLog
+from dicomstore.services.stable_log import StableLog
 from dicomstore.services.storage import StoreResult
 
 #: On both index engines (issue 17).
@@ -290,6 +290,34 @@ def test_when_stable_forwards_the_study_once_it_is_stable(tmp_path: Path) -> Non
         queued = [t for (t,) in db.execute("SELECT queued_at FROM entry")]
     stable_at = datetime.fromisoformat(event.stable_at).timestamp()
     assert len(queued) == 2 and min(queued) >= stable_at  # queued when stable, not before
+
+
+def test_a_late_instance_sends_itself_not_the_study_again(tmp_path: Path) -> None:
+    """review49 #6: a study's next stable event queued every instance of it; once the
+    queue had forgotten the sent ones (after an hour, KEEP_DONE), one late instance
+    had the whole study sent again. Only what the event before did not cover is."""
+    root = tmp_path / "archive"
+    study = "1.2.77.9"
+    with destination("DEST") as dest:
+        rule = f"DEST=127.0.0.1:{dest.port};when=stable"
+
+        async def main() -> None:
+            async with serving(root, config(rule, stable_age=1.0)) as server:
+                assert server.forwarding is not None
+                server.forwarding.keep_done = -60.0  # (forgets what it sent at once)
+                await store(server.port, [instance(f"{study}.1.{n}", study=study) for n in (1, 2)])
+                await until(lambda: status(root, "DEST")["sent"] == 2)
+                await until(lambda: len(list(StableLog(root).read())) == 1)
+                await store(server.port, [instance(f"{study}.1.3", study=study)])
+                await until(lambda: len(list(StableLog(root).read())) == 2)
+                late = list(StableLog(root).read())[1]
+                queue = server.forwarding.queue
+                assert queue is not None
+                await until(lambda: queue.stable_seen(study, late.stable_at))  # (queued)
+                await until(lambda: status(root, "DEST")["pending"] == 0)  # (and sent)
+
+        asyncio.run(main())
+    assert sorted(uid for uid, *_ in dest.received) == [f"{study}.1.{n}" for n in (1, 2, 3)]
 
 
 def test_when_stable_needs_stable_events(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from tests.cli.test_cli_index import qido_studies
 from tests.conftest import dcmtk_storescp, free_port, serve_command, wait_listening
 from tests.services.nodes_testlib import write_instances
 
-from dicomstore.services.stability import StableLog
+from dicomstore.services.stable_log import StableLog
 
 DEADLINE = 60.0
 

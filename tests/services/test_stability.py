@@ -26,16 +26,11 @@ from tests.services.test_store_doors import DOORS, STUDY, Site, site, store  # n
 
 from dicomstore.archive import Archive
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.services import stability
+from dicomstore.services import stability, stable_log
 from dicomstore.services.server import ServerConfig
 from dicomstore.services.serving import running
-from dicomstore.services.stability import (
-    StableLog,
-    StableStudy,
-    StudyStability,
-    command_line,
-    epoch,
-)
+from dicomstore.services.stability import StudyStability, command_line
+from dicomstore.services.stable_log import StableLog, StableStudy, epoch
 from dicomstore.services.stable_search import stable_states
 
 #: On both index engines (issue 17).
@@ -253,12 +248,24 @@ def _event(study: str, stable_at: str) -> StableStudy:
     return StableStudy(study, "PID1", 1, 1, "x", "2026-01-01T00:00:00", stable_at, "f")
 
 
+def test_the_event_before_a_studys_last(tmp_path: Path) -> None:
+    """(What a later event's forwarding leaves out: review49 #6.)"""
+    log = StableLog(tmp_path, fsync=False)
+    one, other, two = _event("1.2.53", "t1"), _event("1.2.54", "t2"), _event("1.2.53", "t3")
+    log.append(one)
+    assert log.before(one) is None
+    log.append(other)
+    log.append(two)
+    assert log.before(two) == one and log.before(other) is None
+    assert StableLog(tmp_path).before(_event("1.2.53", "t9")) == two  # (not logged yet)
+
+
 def test_the_cached_log_reads_only_what_was_appended(tmp_path: Path, monkeypatch) -> None:
     """StableLog.latest parses each line once per process: later calls read the bytes
     appended since; a line not yet ended waits, one cut by a crash is skipped."""
     parsed: list[bytes] = []
-    real = stability._parse
-    monkeypatch.setattr(stability, "_parse", lambda line: parsed.append(line) or real(line))
+    real = stable_log._parse
+    monkeypatch.setattr(stable_log, "_parse", lambda line: parsed.append(line) or real(line))
     log = StableLog(tmp_path, fsync=False)
     assert log.latest() == {}  # no log yet
     log.append(_event("1.2.51", "t1"))

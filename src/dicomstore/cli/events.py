@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     """List or replay; exit 1 when a replayed command or POST failed."""
     from datetime import datetime
 
-    from dicomstore.services.stability import StableLog, post_event, run_command
+    from dicomstore.services.stability import post_event, run_command
+    from dicomstore.services.stable_log import StableLog
 
     if args.since:
         try:

@@ -30,7 +30,7 @@ from typing import Any
 from dicomstore.archive import nodes
 from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.services.stability import iso, shifted
+from dicomstore.services.stable_log import iso, shifted
 
 log = logging.getLogger("dicomstore.server")
 

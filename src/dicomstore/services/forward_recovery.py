@@ -19,7 +19,7 @@ from typing import Any
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.services.forward_queue import ForwardQueue, Queued
 from dicomstore.services.forward_rules import ForwardRule, entries_for
-from dicomstore.services.stability import StableLog, StableStudy, shifted
+from dicomstore.services.stable_log import StableLog, StableStudy, epoch, shifted
 
 log = logging.getLogger("dicomstore.forward")
 
@@ -66,10 +66,13 @@ def _recover_stable(
     floors = [at for (_d, when), at in since.items() if when == "stable"]
     if not floors:
         return 0
-    added = 0
-    for event in StableLog(reader.root).read(since=min(floors)):
-        if not queue.stable_seen(event.study_uid, event.stable_at):
-            added += add_study(reader, queue, rules, since, event)
+    added, floor = 0, min(epoch(at) for at in floors)
+    before: dict[str, StableStudy] = {}  # (per study, its event before)
+    for event in StableLog(reader.root).read():
+        seen = epoch(event.stable_at) < floor or queue.stable_seen(event.study_uid, event.stable_at)
+        if not seen:
+            added += add_study(reader, queue, rules, since, event, before.get(event.study_uid))
+        before[event.study_uid] = event
     return added
 
 
@@ -102,11 +105,19 @@ def add_study(
     rules: Sequence[ForwardRule],
     since: Since,
     event: StableStudy,
+    before: StableStudy | None,
 ) -> int:
-    """Queue the instances of a stable study for the ``when=stable`` rules. Blocking."""
+    """Queue the instances of a stable study for the ``when=stable`` rules: those its
+    event ``before`` (of the same study, if any) did not cover, the instances that
+    arrived after it (review49 #6: every instance was, and a late one after the queue
+    forgot what it sent, an hour on, sent the whole study again). Blocking."""
     items: list[Queued] = []
+    sql, params = f"{_ROW} WHERE st.study_uid = ?", [event.study_uid]
+    if before is not None:  # (covered: arrived by its last one, +1 ms of rounding)
+        sql += " AND i.received_at > ?"
+        params.append(shifted(before.last_received, 0.001))
     with closing(reader.connect()) as db:
-        cursor = db.execute(f"{_ROW} WHERE st.study_uid = ?", (event.study_uid,))
+        cursor = db.execute(sql, tuple(params))
         for row in _rows(cursor):
             items.extend(entries_for(rules, since, row, "stable", event.stable_at))
     added = queue.add(items, stable=(event.study_uid, event.stable_at))

@@ -56,7 +56,7 @@ from dicomstore.services.forward_rules import ForwardRule, destinations_of, entr
 from dicomstore.services.move_sender import DestinationSender, contexts_for
 from dicomstore.services.retrieve import NotSent, Selected
 from dicomstore.services.server_config import DIMSE_TIMEOUT
-from dicomstore.services.stability import StableStudy, iso
+from dicomstore.services.stable_log import StableLog, StableStudy, iso
 from dicomstore.services.storage import Home, on_loop
 from dicomstore.services.storage_scu import classify
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
@@ -218,8 +218,13 @@ class Forwarding:
         """The ``on_study_stable`` hook: queue the study for the ``when=stable`` rules."""
         queue = self.queue
         assert queue is not None
+
+        def queued() -> int:
+            before = StableLog(self.reader.root).before(event)
+            return add_study(self.reader, queue, self.rules, self.since, event, before)
+
         try:
-            await asyncio.to_thread(add_study, self.reader, queue, self.rules, self.since, event)
+            await asyncio.to_thread(queued)
         except DatabaseOrOSError as exc:
             log.error("forwarding: study %s not queued: %s", event.study_uid, exc)
             return  # queued again at the next start (the event is in the log)

@@ -4,7 +4,7 @@
 A study is stable since its last study-complete event (:mod:`.stability`) when
 that event covers its newest instance; a study receiving an instance after its
 event is not, until the next event. The events come from the log as
-:meth:`~dicomstore.services.stability.StableLog.latest` caches it (only the
+:meth:`~dicomstore.services.stable_log.StableLog.latest` caches it (only the
 bytes appended since are read), and the newest instances of the studies of a
 page of results from the index, in one statement for the page. The filter is
 a condition of the search's own SQL, so ``limit`` and ``offset`` count the
@@ -29,7 +29,7 @@ from typing import Any
 from dicomstore.archive import query as q
 from dicomstore.archive.engine import dialect_of
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.services.stability import StableStudy, covered, reader_log
+from dicomstore.services.stable_log import StableStudy, covered, reader_log
 
 _REPORTED = "dicomstore_reported"
 _STABLE_AT = "dicomstore_stable_at"
@@ -101,7 +101,7 @@ def _covered_pg(latest: Mapping[str, StableStudy], stable: bool) -> tuple[str, l
     """The filter on PostgreSQL, which runs no functions of ours: the log's studies
     go as one JSON object (Study Instance UID: the arrival of the last instance its
     event covers), and a study in it is stable when its newest instance arrived no
-    later (as :func:`~dicomstore.services.stability.covered`: compared as times).
+    later (as :func:`~dicomstore.services.stable_log.covered`: compared as times).
     A condition per row, as SQLite's, so a search with a ``limit`` walks the study
     order and stops (the newest instance is looked up for reported studies only)."""
     newest = q.newest_arrival("st.study_uid")
