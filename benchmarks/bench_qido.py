@@ -46,7 +46,7 @@ from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.schema import TABLES
 from dicomstore.http import HttpServer, build_app
 from dicomstore.services import stable_search
-from dicomstore.services.stability import StableLog, StableStudy
+from dicomstore.services.stable_log import StableLog, StableStudy
 
 MODALITIES = ("CT", "MR", "US", "CR", "XA", "MG", "PT")
 NAMES = ("DOE", "ROE", "SMITH", "JONES", "MILLER", "GARCIA", "MARTIN", "LEE")

@@ -29,12 +29,19 @@ class Destination:
     release: threading.Event | None = None
     #: the statuses of the next C-STOREs (then 0000); one that is not 0000 stores nothing
     answers: list[int] = field(default_factory=list)
+    #: once this many are stored, the next C-STORE waits for ``resume`` (set ``holding``)
+    hold_at: int | None = None
+    holding: threading.Event = field(default_factory=threading.Event)
+    resume: threading.Event = field(default_factory=threading.Event)
 
     def on_store(self, event) -> int:
         rq = event.request
         self.arrived.set()
         if self.release is not None:
             self.release.wait(30)
+        if self.hold_at is not None and len(self.received) == self.hold_at:
+            self.holding.set()
+            self.resume.wait(30)
         if self.answers:
             return self.answers.pop(0)
         self.received.append(
@@ -75,6 +82,7 @@ def destination(
     finally:
         if dest.release is not None:
             dest.release.set()
+        dest.resume.set()
         server.shutdown()
 
 

@@ -456,6 +456,25 @@ def test_a_class_the_destination_refuses_says_so_in_the_queue(tmp_path: Path) ->
     assert reason.startswith("not sent: the SCP refused CT Image Storage (abstract syntax")
 
 
+def test_a_batch_records_what_it_sent_as_it_goes(tmp_path: Path) -> None:
+    """review49 #12: a batch's outcomes were recorded when it ended: `stats` showed 0
+    sent while it ran, and a kill sent every delivered instance of it again (up to
+    BATCH). They are recorded every SETTLE_EVERY instances (or SETTLE_AFTER s)."""
+    root = tmp_path / "archive"
+    with destination("DEST", hold_at=12) as dest:
+
+        async def main() -> None:
+            async with serving(root, config(f"DEST=127.0.0.1:{dest.port}")) as server:
+                await store(server.port, [instance(f"1.2.77.10.{n}") for n in range(20)])
+                await until(dest.holding.is_set)  # (12 delivered, the batch under way)
+                await until(lambda: status(root, "DEST")["sent"] >= 10)
+                dest.resume.set()
+                await until(lambda: status(root, "DEST")["sent"] == 20)
+
+        asyncio.run(main())
+    assert len(dest.received) == 20
+
+
 def test_requeue_sends_failed_entries_again(tmp_path: Path, capsys) -> None:
     """review36a #9: a destination's C000 (its own transient trouble, called permanent)
     failed the entries for good, with no remedy: `dicomstore requeue` makes them pending

@@ -65,6 +65,8 @@ log = logging.getLogger("dicomstore.forward")
 
 #: Most instances sent on one association (and held as entries in memory).
 BATCH = 100
+#: A batch records what became of its entries every this many, or this many seconds.
+SETTLE_EVERY, SETTLE_AFTER = 10, 2.0
 #: How long sent and skipped entries are kept (a store queued again by recovery or
 #: by a stable rule within this time is still recognised).
 KEEP_DONE = 3600.0
@@ -365,10 +367,18 @@ class Forwarding:
             except (DicomstoreError, OSError) as exc:
                 report.error = self._retry_all(todo, _failed(exc), outcomes, report)
                 todo = []
+        settled_at = time.monotonic()
         try:
             for n, (entry, item) in enumerate(todo):
                 if self._stop.is_set():
                     break
+                if len(outcomes) >= SETTLE_EVERY or time.monotonic() - settled_at > SETTLE_AFTER:
+                    # (review49 #12: a batch's outcomes were recorded at its end only: a
+                    # kill sent up to BATCH delivered instances again, `stats` showed 0)
+                    peer.pending = await asyncio.to_thread(
+                        queue.settle, dest.ae_title, outcomes, keep_done=self.keep_done
+                    )
+                    outcomes, settled_at = [], time.monotonic()
                 attempts = entry.attempts + 1
                 try:
                     rsp = await sender.store(item)
