@@ -264,6 +264,29 @@ def test_a_new_rule_does_not_send_the_past(tmp_path: Path) -> None:
     assert [uid for uid, *_ in dest.received] == ["1.2.77.3.2"]
 
 
+def test_entries_of_a_destination_no_longer_configured_are_said_so(
+    tmp_path: Path, caplog, capsys
+) -> None:
+    """review49 #8: entries pending for a destination whose rule was removed stayed
+    'pending' in `stats` as if it were still tried, without a word at start."""
+    root = tmp_path / "archive"
+
+    async def main() -> None:
+        gone = f"GONE=127.0.0.1:{free_port()}"  # (nobody there: pending, retried)
+        async with serving(root, config(gone)) as s:
+            await store(s.port, [instance("1.2.77.11.1")])
+            await until(lambda: status(root, "GONE")["pending"] == 1)
+        with caplog.at_level("WARNING", logger="dicomstore.forward"):
+            async with serving(root, config("OTHER=127.0.0.1:9;calling=NOBODY")):
+                pass
+
+    asyncio.run(main())
+    assert "1 instance(s) pending for GONE, which no --forward rule names now" in caplog.text
+    assert access_main(["stats", "--storage", str(root)]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("GONE=")]
+    assert "(not configured)" in line and " 1 " in line  # (its pending entry, kept)
+
+
 # -- when=stable ----------------------------------------------------------------------
 
 

@@ -369,7 +369,8 @@ def forward_table(destinations: Sequence[dict[str, Any]]) -> str:
     """The forwarding queue per destination (``services/forward_queue.queue_status``)."""
     rows = [
         [
-            f"{d['destination']}={d['address']}" if d["address"] else d["destination"],
+            (f"{d['destination']}={d['address']}" if d["address"] else d["destination"])
+            + ("" if d.get("configured", True) else " (not configured)"),
             d["pending"],
             d["sent"],
             d["failed"],

@@ -314,6 +314,18 @@ class ForwardQueue:
             )
             return self._pending(destination)
 
+    def unconfigured(self) -> dict[str, int]:
+        """Pending entries of destinations no rule names now (review49 #8): kept, and
+        sent only if one is configured again."""
+        with self._lock:
+            return dict(
+                self._db.execute(
+                    "SELECT destination, COUNT(*) FROM entry WHERE state = 'pending' AND"
+                    " destination NOT IN (SELECT destination FROM rule_since)"
+                    " GROUP BY destination"
+                )
+            )
+
     def pending(self, destination: str) -> Pending:
         with self._lock:
             return self._pending(destination)
@@ -356,7 +368,7 @@ def queue_status(root: Path | str, *, timeout: float = 5.0) -> list[dict[str, An
     """Per destination of the queue of the archive at ``root`` (read-only; None when
     there is no queue): ``pending``, ``sent``, ``failed``, ``skipped``,
     ``oldest_pending`` (epoch seconds), ``address``, ``last_error``,
-    ``last_error_at``, ``last_sent_at``."""
+    ``last_error_at``, ``last_sent_at``, ``configured`` (a rule named it at start)."""
     path = queue_path(root)
     if not path.is_file():
         return None
@@ -391,6 +403,9 @@ def queue_status(root: Path | str, *, timeout: float = 5.0) -> list[dict[str, An
             " GROUP BY destination"
         ):
             of(dest).update(pending=count, oldest_pending=oldest)
+        configured = {d for (d,) in db.execute("SELECT DISTINCT destination FROM rule_since")}
+        for dest, row in found.items():
+            row["configured"] = dest in configured  # (at the server's last start)
     return [found[dest] for dest in sorted(found)]
 
 

@@ -185,6 +185,13 @@ class Forwarding:
             peer.pending = queue.pending(ae)
         if added:
             log.info("forwarding: %d instance(s) queued again after a restart", added)
+        for ae, n in queue.unconfigured().items():
+            log.warning(
+                "forwarding: %d instance(s) pending for %s, which no --forward rule names"
+                " now: kept, sent if it is configured again",
+                n,
+                ae,
+            )
         return added
 
     # -- arrivals ----------------------------------------------------------------------
