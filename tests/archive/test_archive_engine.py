@@ -32,6 +32,8 @@ def test_a_postgresql_url_names_the_database_without_its_password() -> None:
     engine = engine_for("/nowhere", "postgresql://ds:secret@db:5432/archive")
     assert isinstance(engine, PostgresEngine)
     assert engine.where == "postgresql://ds:***@db:5432/archive"
+    query = engine_for("/nowhere", "postgresql://ds@db/archive?password=pw&sslpassword=k&x=1")
+    assert query.where == "postgresql://ds@db/archive?password=***&sslpassword=***&x=1"
     with pytest.raises(ValueError, match="postgresql://"):
         engine_for("/nowhere", "mysql://db/archive")
 

@@ -228,3 +228,25 @@ def test_includefield_above_instances_reads_one_instances_header(tmp_path) -> No
     assert study["00101010"] == {"vr": "AS", "Value": ["054Y"]}
     assert "00080070" not in study  # (a series attribute: not a study's)
     assert series["00080070"] == {"vr": "LO", "Value": ["BenchCo"]}
+
+
+def test_an_index_that_is_down_is_503_with_its_cause_not_its_url(
+    client, monkeypatch, caplog
+) -> None:
+    """review50 #4: the 503 gave any client the index URL, a password in it included
+    ('index postgresql://pg@host/pacs?password=...: connection failed'); the log has it."""
+    from dicomstore.archive import query as q
+    from dicomstore.archive.engine import PostgresOperationalError
+
+    def down(*_args, **_kwargs):
+        raise PostgresOperationalError(
+            "index postgresql://pg@db:5432/pacs?password=***: connection failed: refused",
+            "connection failed: refused",
+        )
+
+    monkeypatch.setattr(q, "search", down)
+    with caplog.at_level("WARNING", logger="dicomstore.http"):
+        r = client.get("/studies")
+    assert r.status_code == 503
+    assert "connection failed: refused" in r.text and "postgresql" not in r.text
+    assert "index postgresql://pg@db:5432/pacs?password=***" in caplog.text

@@ -463,9 +463,16 @@ def _pg_ddl(script: str) -> str:
     return re.sub(r"\((\w+) COLLATE NOCASE\)", r"((lower(\1)))", script)
 
 
+#: Query parameters of a libpq URL that hold a secret (masked wherever it is shown).
+_SECRETS = re.compile(r"(?i)(^|&)((?:ssl)?password|sslkey|passfile)=[^&]*")
+
+
 def _without_password(url: str) -> str:
+    """``url`` with its password masked: the userinfo's, and a ``password=`` (or
+    ``sslpassword=``) query parameter's (review50 #4: that one was shown whole)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = _SECRETS.sub(lambda m: f"{m.group(1)}{m.group(2)}=***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -7,6 +7,7 @@ it), so both doors share one writer, one lock, one duplicate policy.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dicomstore.archive import Archive
-from dicomstore.archive.engine import OperationalError
+from dicomstore.archive.engine import OperationalError, error_cause
 from dicomstore.archive.metacache import DEFAULT_MAX_ENTRIES, MetadataCache
 from dicomstore.archive.query import QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
@@ -34,6 +35,8 @@ from dicomstore.http.security import HttpSecurity
 from dicomstore.inflation import TooLarge
 from dicomstore.services.metrics import ServerMetrics
 from dicomstore.services.storage import StoreService
+
+log = logging.getLogger("dicomstore.http")
 
 register_url_convertor("uid", UidConvertor())
 _STUDY = "/studies/{study:uid}"
@@ -100,7 +103,13 @@ async def _known_error(request: Request, exc: Exception) -> Response:
         return error_response(400, str(exc))
     if isinstance(exc, NotStoredError):
         return error_response(404, str(exc))
-    return error_response(503, f"the archive index is unavailable: {exc}")
+    if isinstance(exc, ArchiveNotFoundError):
+        return error_response(503, "the archive index is unavailable: no archive")
+    # (its cause, never where the index is: review50 #4 gave its URL, a password in it,
+    # to any client; the log line has it whole)
+    path = request.url.path
+    log.warning("%s %s: the archive index is unavailable: %s", request.method, path, exc)
+    return error_response(503, f"the archive index is unavailable: {error_cause(exc)}")
 
 
 async def _too_large(request: Request, exc: Exception) -> Response:
