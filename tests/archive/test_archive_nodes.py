@@ -168,6 +168,29 @@ def test_reindex_is_refused_while_a_node_on_another_host_runs(
     assert run_reindex(tmp_path / "there", [], fsync=False, index=url) == 0
 
 
+def test_a_storage_without_the_instances_of_its_index_is_refused(
+    tmp_path: Path, index_engine: str, capsys
+) -> None:
+    """review50 #3: a node on an empty --storage (a share not mounted) answered 0000
+    for instances it did not hold, and `reindex` from it emptied the shared index."""
+    if index_engine != "postgresql":
+        pytest.skip("the SQLite index is in the storage root: of that root")
+    from dicomstore.archive.maintenance import StorageMismatchError
+    from dicomstore.cli import main
+
+    with Archive(tmp_path / "here", fsync=False) as node:
+        url = node.index.engine.url
+        assert store(node, dataset(_uid(1)), sop_uid=_uid(1)).status == SUCCESS
+    empty = tmp_path / "unmounted"
+    empty.mkdir()
+    with pytest.raises(StorageMismatchError, match="holds no instance, but the index"):
+        Archive(empty, fsync=False, index=url)
+    assert main(["reindex", "--storage", str(empty), "--index", url]) == 1
+    assert "the wrong --storage, or a share not mounted?" in capsys.readouterr().err
+    with Archive(tmp_path / "here", fsync=False) as node:  # (the index as it was)
+        assert [r["sop_instance_uid"] for r in node.instances()] == [_uid(1)]
+
+
 def test_service_lock_one_holder_named_until_it_lets_go(tmp_path: Path) -> None:
     """The one node of a storage root running a service (forwarding, events)."""
     from dicomstore.archive.nodes import ServiceLock

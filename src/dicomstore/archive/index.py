@@ -436,6 +436,14 @@ class Index:
         finally:
             db.close()
 
+    def holds_instances(self) -> bool:
+        """Whether any instance is indexed."""
+        db = self.reader()
+        try:
+            return db.execute("SELECT 1 FROM instance LIMIT 1").fetchone() is not None
+        finally:
+            db.close()
+
     def paths(self) -> Iterable[tuple[str, str, int, str]]:
         """(sop_instance_uid, path, file_size, digest) of every instance."""
         db = self.reader()

@@ -142,6 +142,28 @@ def read_row(root: Path, path: Path) -> dict[str, Any]:
     return row
 
 
+class StorageMismatchError(ValueError):
+    """A storage root that holds no instance at all beside an index (PostgreSQL) that
+    holds some: the wrong ``--storage``, or a share not mounted (review50 #3)."""
+
+
+def check_storage(root: Path, index: Index) -> None:
+    """Raise :class:`StorageMismatchError` for an index of its own (not the SQLite
+    file in ``root``) holding instances while ``root`` holds none (no study folder):
+    nodes of one index share one storage, and a node on an empty one answered 0000
+    for instances it does not hold (``reindex`` emptied the shared index)."""
+    if index.engine.dialect == "sqlite":  # (the index in the root: of that root)
+        return
+    with os.scandir(root) as entries:
+        if any(e.is_dir() and not e.name.startswith(".") for e in entries):
+            return
+    if index.holds_instances():
+        raise StorageMismatchError(
+            f"{root} holds no instance, but the index {index.engine.where} does: the wrong"
+            " --storage, or a share not mounted? (every node of an index uses its storage)"
+        )
+
+
 def reindex_archive(
     root: Path,
     index: Index,
@@ -315,6 +337,7 @@ def run_reindex(
         try:
             if not db.hold(exclusive=True):  # a node on another host (PostgreSQL)
                 raise ArchiveBusyError(errno.EBUSY, "in use by a server or another archive")
+            check_storage(root, db)  # (else the index is emptied: review50 #3)
             recover(root, db, fsync=fsync)
             return reindex_archive(root, db, left_out, damaged)
         finally:

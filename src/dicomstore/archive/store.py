@@ -59,7 +59,7 @@ from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.index import Index
 from dicomstore.archive.ingest import Ingest
 from dicomstore.archive.journal import NAME as JOURNAL
-from dicomstore.archive.maintenance import check_archive, reindex_archive
+from dicomstore.archive.maintenance import check_archive, check_storage, reindex_archive
 from dicomstore.archive.nodes import Node
 from dicomstore.archive.publish import Publisher
 from dicomstore.archive.recovery import ArchiveBusyError, hold
@@ -144,6 +144,7 @@ class Archive:
         try:
             if not self.index.hold(exclusive=False):  # (the same, for nodes on other hosts)
                 raise ArchiveBusyError(errno.EBUSY, "in use by a reindex or a check", index)
+            check_storage(self.root, self.index)
             #: this node's own folder for temporaries (``nodes.py``)
             self._node = Node(self.root)
         except BaseException:

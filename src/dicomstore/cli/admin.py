@@ -79,6 +79,9 @@ def check_or_reindex(args: argparse.Namespace) -> int:
     except SchemaError as exc:  # check of an index made by another version
         print(f"dicomstore: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except maintenance.StorageMismatchError as exc:  # (review50 #3: it emptied the index)
+        print(f"dicomstore: {args.command}: {exc}: nothing changed", file=sys.stderr)
+        return EXIT_FAILED
     except DatabaseOrOSError as exc:
         _cannot_open(args.storage, exc)
         return EXIT_USAGE
