@@ -503,3 +503,26 @@ def test_a_delete_whose_commit_is_cut_keeps_its_intents(
     with pytest.raises(NotStoredError):  # (nothing indexed; the leftover file settled)
         remove(root, "1.2.73.1", fsync=False)
     assert not path.exists() and not list((root / ".tmp").rglob("*.rm"))
+
+
+def test_an_embedded_nul_fails_only_an_instance_whose_uid_holds_it(tmp_path, index_engine) -> None:
+    """review50 #8: on PostgreSQL one instance with a NUL inside a text value failed
+    (A700 'PostgreSQL text fields cannot contain NUL') with every instance of its
+    batch. A description keeps its bytes in the file and loses the NUL in the index;
+    a UID holding one is refused alone (no index entry can stand for it)."""
+    from tests.archive.archive_testlib import dataset, store
+
+    from dicomstore.archive import Archive
+
+    with Archive(tmp_path / "archive", fsync=False) as archive:
+        described = dataset("1.2.3.81", extra={0x00081030: ("LO", "with NUL\0inside")})
+        assert store(archive, described, sop_uid="1.2.3.81").status == 0
+        (row,) = archive.instances(sop_instance_uid="1.2.3.81")
+        assert row["study_description"] in ("with NULinside", "with NUL\0inside")
+        odd = dataset("1.2.3.82", series="1.2.3.4.5\0x")
+        outcome = store(archive, odd, sop_uid="1.2.3.82")
+        if index_engine == "postgresql":
+            assert outcome.status == 0xA700 and "embedded NUL in series_uid" in str(
+                outcome.error_comment
+            )
+        assert store(archive, dataset("1.2.3.83"), sop_uid="1.2.3.83").status == 0

@@ -194,3 +194,16 @@ def fields_of_elements(
         for column, keyword, number in slow:
             fields[column] = _number(ds, keyword) if number else _text(ds, keyword)
     return fields
+
+
+def nul_free(row: dict[str, Any]) -> str | None:
+    """For an index that cannot hold a NUL in text (PostgreSQL): the row's text values
+    without their embedded NULs (the index's copy: the file keeps its bytes), or the
+    column of a UID holding one, which no index entry can stand for (review50 #8: one
+    such instance failed every instance of its batch, A700)."""
+    for column, value in row.items():
+        if isinstance(value, str) and "\0" in value:
+            if column.endswith("_uid"):
+                return column
+            row[column] = value.replace("\0", "")
+    return None

@@ -214,6 +214,7 @@ from dicomstore.archive.engine import (
     error_cause,
     unavailable,
 )
+from dicomstore.archive.fields import nul_free
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import instance_relstr
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, duplicate, failure
@@ -300,17 +301,27 @@ class Publisher(DeferredFlushes):
         self.flush_time = 0.0
         if self._journaled and time.monotonic() >= self._due:
             self._checkpoint()
+        if self.index.engine.dialect == "postgresql":
+            batch = [m for m in batch if self._holdable(m)]
         if self.defers:  # (never with on_duplicate=replace: see Publisher.defers)
             if crashpoints.ENABLED:
                 crashpoints.reached("publish.after-trace")
                 crashpoints.reached("publish.after-file-flush")
             live = batch
         else:
-            live = self._stage(batch)
+            live = self._stage(batch) if batch else batch
         if live:
             self._publish_staged(live)
 
     # -- steps ----------------------------------------------------------------------
+
+    def _holdable(self, member: Staged) -> bool:
+        """A member PostgreSQL's text can hold (``fields.nul_free``), else answered alone."""
+        column = nul_free(member.row)
+        if column is not None:
+            why = f"out of resources: index error: an embedded NUL in {column} (no index holds it)"
+            self._answer(member, failure(st.OUT_OF_RESOURCES, why))
+        return column is None
 
     def _stage(self, batch: list[Staged]) -> list[Staged]:
         """Flush the files of ``batch`` (``storage.stage``); those flushed (the others
