@@ -139,7 +139,16 @@ def test_a_starting_node_settles_dead_nodes_only(tmp_path: Path) -> None:
         live.close()
 
 
-def test_check_beside_nodes_reports_only_what_stays_wrong(tmp_path: Path) -> None:
+def test_check_beside_nodes_reports_only_what_stays_wrong(tmp_path: Path, monkeypatch) -> None:
+    """(One problem per hold of the index write lock here: review50 #7, the lock held
+    over them all stalled every node's stores, A700.)"""
+    from dicomstore.archive import maintenance
+    from dicomstore.archive.index import Index
+
+    monkeypatch.setattr(maintenance, "RECHECK_HELD", 1)
+    holds = []
+    real_begin = Index.begin
+    monkeypatch.setattr(Index, "begin", lambda self, *a: holds.append(1) or real_begin(self, *a))
     root = tmp_path / "root"
     with Archive(root, fsync=False) as node:
         assert store(node, dataset(_uid(1)), sop_uid=_uid(1)).status == SUCCESS
@@ -150,9 +159,11 @@ def test_check_beside_nodes_reports_only_what_stays_wrong(tmp_path: Path) -> Non
         going.write_bytes(b"deleted, not yet unlinked")
         os.link(going, node.tmp_dir / "x=going.rm")
         index = None if node.index.engine.dialect == "sqlite" else node.index.engine.url
+        holds.clear()
         assert run_check(root, fsync=False, index=index) == [
             "1.2.3.4/1.2.3.4.5/stray.dcm: not indexed"
         ]
+        assert len(holds) == 2  # (stray, going: each looked at again on its own)
 
 
 def test_reindex_is_refused_while_a_node_on_another_host_runs(

@@ -83,37 +83,43 @@ def _recheck(
     root: Path, index: Index, problems: list[tuple[str | None, str]], digests: bool
 ) -> list[str]:
     """The problems found beside running nodes, looked at again under the index
-    write lock: a node publishing, replacing or deleting meanwhile made some of
-    them (a file renamed into place before its COMMIT, a row replaced after the
+    write lock (:data:`RECHECK_HELD` a hold): a node publishing, replacing or
+    deleting meanwhile made some of them (a file renamed into place before its
+    COMMIT, a row replaced after the
     file was read). Under the lock no publish is half done; a file still without
     a row but with a second name (a removal intent: its delete or replace has
     committed and is unlinking it) is on its way out, not a problem."""
     lines = []
-    with index.lock:
-        index.begin()
-        try:
-            for relpath, line in problems:
-                if relpath is None:
-                    lines.append(line)
-                    continue
-                path = layout.resolve(root, relpath)
-                rows = index.query({"path": relpath})
-                if rows:
-                    row = rows[0]
-                    uid, size, digest = row["sop_instance_uid"], row["file_size"], row["digest"]
-                    problem = _examine(path, relpath, uid, size, digest, digests)
-                    if problem is not None:
-                        lines.append(problem)
-                    continue
-                try:
-                    links = path.stat().st_nlink
-                except FileNotFoundError:
-                    continue  # deleted meanwhile
-                if links == 1:
-                    lines.append(f"{relpath}: not indexed")
-        finally:
-            index.rollback()
+    for at in range(0, len(problems), RECHECK_HELD):  # (review50 #7: the lock held over
+        with index.lock:  # them all, every node's stores waited, then got A700)
+            index.begin()
+            try:
+                for relpath, line in problems[at : at + RECHECK_HELD]:
+                    found = _again(root, index, relpath, digests) if relpath else line
+                    if found is not None:
+                        lines.append(found)
+            finally:
+                index.rollback()
     return lines
+
+
+#: Problems looked at again per hold of the index write lock (nodes store between).
+RECHECK_HELD = 20
+
+
+def _again(root: Path, index: Index, relpath: str, digests: bool) -> str | None:
+    """One problem looked at again (:func:`_recheck`): its line, or None if gone."""
+    path = layout.resolve(root, relpath)
+    rows = index.query({"path": relpath})
+    if rows:
+        row = rows[0]
+        uid, size, digest = row["sop_instance_uid"], row["file_size"], row["digest"]
+        return _examine(path, relpath, uid, size, digest, digests)
+    try:
+        links = path.stat().st_nlink
+    except FileNotFoundError:
+        return None  # deleted meanwhile
+    return f"{relpath}: not indexed" if links == 1 else None
 
 
 def read_row(root: Path, path: Path) -> dict[str, Any]:
