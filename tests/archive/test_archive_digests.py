@@ -141,6 +141,9 @@ def test_an_index_of_an_older_version_is_stamped_4_not_rebuilt(
         _stamp(archive, SCHEMA_VERSION + 1)  # as a later dicomstore would
     with pytest.raises(SchemaError, match="newer than this dicomstore"):
         Archive(root, fsync=False)
+    # (review50 #12: a reader, `ls`, said 'run dicomstore reindex', which refuses it)
+    with pytest.raises(SchemaError, match="newer than this dicomstore's .*: use the dicomstore"):
+        ArchiveReader(root)
 
 
 def _uncommitted_replace(tmp_path: Path, new_name: str) -> tuple[Path, Path, bytes]:

@@ -82,6 +82,11 @@ class ArchiveReader:
             )
         with self._db() as db:
             version = self.engine.version(db)
+        if version > SCHEMA_VERSION:  # (review50 #12: 'run reindex', which refuses it)
+            raise SchemaError(
+                f"{self.engine.where}: index schema {version} is newer than this"
+                f" dicomstore's ({SCHEMA_VERSION}): use the dicomstore that made it"
+            )
         if version != SCHEMA_VERSION and version not in SAME_TABLES:
             raise SchemaError(
                 f"{self.engine.where}: index schema {version}, this dicomstore reads"
