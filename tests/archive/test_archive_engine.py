@@ -223,6 +223,21 @@ def test_an_index_error_comment_names_the_cause_not_the_url() -> None:
     assert error_cause(ValueError("first\nCONTEXT: second")) == "first"
 
 
+def test_an_unavailable_index_is_said_whole_to_the_log_cut_for_the_peer() -> None:
+    """review50 #11: the store's log line read 'index unavailable: connection failed:
+    connection to server at...' (cut to 64 characters before it was logged)."""
+    from dicomstore.archive.engine import PostgresOperationalError, unavailable
+    from dicomstore.dimse.commands import decode_command
+    from dicomstore.dimse.messages import CStoreRSP
+
+    cause = 'connection failed: connection to server at "db" (10.0.0.5), port 5432 failed: refused'
+    comment = unavailable(PostgresOperationalError(f"index postgresql://db/x: {cause}", cause))
+    assert comment == f"index unavailable: {cause}"  # (the log line: whole)
+    wire = decode_command(CStoreRSP(1, 0xA700, "1.2", "1.2.3", comment).encode())
+    said = str(wire[0x0902])
+    assert len(said) <= 64 and comment.startswith(said.rstrip(". "))
+
+
 def _failing_commit(archive, monkeypatch, *, commits: bool, then_unreadable: bool = False):
     """The index's next COMMIT raises, done (``commits``) or not; with
     ``then_unreadable`` the next BEGIN raises too (the index gone meanwhile)."""

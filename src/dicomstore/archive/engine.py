@@ -43,7 +43,6 @@ from urllib.parse import urlsplit
 
 from dicomstore.archive import layout
 from dicomstore.archive.turns import Turns
-from dicomstore.error_comment import error_comment
 
 
 class PostgresError(Exception):
@@ -78,8 +77,10 @@ def error_cause(exc: BaseException) -> str:
 
 def unavailable(exc: BaseException) -> str:
     """The Error Comment of an answer the index could not give (its cause, never
-    where it is), cut to an LO's 64 characters."""
-    return error_comment(f"index unavailable: {error_cause(exc)}") or ""
+    where it is), whole: the log line keeps it so (review50 #11: it was cut to 64
+    characters here, 'connection to server at...'), the DIMSE encoder cuts it to
+    an LO's 64 between words for the peer."""
+    return f"index unavailable: {error_cause(exc)}"
 
 
 #: Exceptions of any index engine (``except DatabaseError``).
