@@ -541,3 +541,13 @@ def test_an_embedded_nul_fails_only_an_instance_whose_uid_holds_it(tmp_path, ind
                 outcome.error_comment
             )
         assert store(archive, dataset("1.2.3.83"), sop_uid="1.2.3.83").status == 0
+
+
+def test_a_search_path_of_no_schema_is_said_so(postgres, tmp_path) -> None:
+    """review50 #12: 'no schema has been selected to create in' named no cause."""
+    from dicomstore.archive import Archive
+    from dicomstore.archive.engine import DatabaseError
+
+    url = postgres.new_url().rsplit("%3D", 1)[0] + "%3Dnoschema"
+    with pytest.raises(DatabaseError, match="search_path .* names no schema that exists"):
+        Archive(tmp_path / "archive", fsync=False, index=url)

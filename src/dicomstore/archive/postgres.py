@@ -427,6 +427,8 @@ def _translated(exc: Exception) -> PostgresError:
     import psycopg
 
     text = error_cause(exc)  # (libpq's CONTEXT and hint lines are for a DBA)
+    if getattr(exc, "sqlstate", None) == "3F000":  # invalid schema name (review50 #12)
+        text += ": the URL's search_path (options=-csearch_path=...) names no schema that exists"
     if isinstance(exc, psycopg.IntegrityError):
         return PostgresIntegrityError(text)
     if isinstance(exc, psycopg.OperationalError):
