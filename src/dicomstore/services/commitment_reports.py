@@ -154,15 +154,13 @@ class CommitmentService:
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
         self.audit = audit
-        #: transaction UIDs accepted and not yet reported
-        self.pending: set[str] = set()
+        #: the requests accepted and not yet reported: transaction UID -> references (at
+        #: most 4 x ``max_references`` in all: :meth:`accept`)
+        self.pending: dict[str, int] = {}
         #: those that cannot be reported (their association gone, their AE title with
         #: no address), oldest first: kept in the journal for a start with the address
         #: configured, at most ``max_pending`` of them, and not counted as pending
         self.stranded: dict[str, None] = {}
-        #: references of the requests pending: at most 4 x ``max_references`` (their
-        #: memory, ~200 bytes each, is bounded whatever ``max_pending`` says)
-        self.pending_references = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._checks = ThreadPoolExecutor(1, thread_name_prefix="commitment")
@@ -185,7 +183,7 @@ class CommitmentService:
                 len(request.references),
                 request.received_at,
             )
-            self._hold(request)
+            self.pending[request.transaction_uid] = len(request.references)
             self._spawn(self._deliver(request, None))
 
     async def close(self) -> None:
@@ -203,15 +201,6 @@ class CommitmentService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _hold(self, request: CommitmentRequest) -> None:
-        self.pending.add(request.transaction_uid)
-        self.pending_references += len(request.references)
-
-    def _release(self, request: CommitmentRequest) -> None:
-        if request.transaction_uid in self.pending:
-            self.pending.discard(request.transaction_uid)
-            self.pending_references -= len(request.references)
-
     async def accept(self, request: CommitmentRequest) -> None:
         """Record ``request`` durably (:class:`Refused`: 0115 its Transaction UID
         pending, 0213 too many pending, 0110 the journal cannot be written). A request
@@ -222,13 +211,12 @@ class CommitmentService:
             raise Refused(st.INVALID_ARGUMENT_VALUE, "Transaction UID already pending")
         if len(self.pending) >= self.max_pending:
             raise Refused(st.RESOURCE_LIMITATION, f"{self.max_pending} requests pending already")
-        most = 4 * self.max_references
-        if self.pending and self.pending_references + len(request.references) > most:
-            raise Refused(
-                st.RESOURCE_LIMITATION,
-                f"{self.pending_references} references pending already: try again later",
+        held = sum(self.pending.values())  # (their memory, ~200 bytes each, is bounded
+        if self.pending and held + len(request.references) > 4 * self.max_references:
+            raise Refused(  # whatever max_pending says)
+                st.RESOURCE_LIMITATION, f"{held} references pending already: try again later"
             )
-        self._hold(request)
+        self.pending[tx] = len(request.references)
         try:
             if tx in self.stranded:
                 await asyncio.to_thread(self.journal.done, tx)
@@ -236,10 +224,10 @@ class CommitmentService:
                 log.info("storage commitment %s: asked again, replaces the one stranded", tx)
             await asyncio.to_thread(self.journal.add, request)
         except DuplicateTransaction:  # (another node's, pending there)
-            self._release(request)  # (review36c H1: held for ever)
+            del self.pending[tx]  # (review36c H1: held for ever)
             raise Refused(st.INVALID_ARGUMENT_VALUE, "Transaction UID already pending") from None
         except (OSError, ValueError) as exc:
-            self._release(request)
+            del self.pending[tx]
             log.error("storage commitment journal: %s", exc)
             raise Refused(st.PROCESSING_FAILURE, f"cannot record the request: {exc}") from None
 
@@ -253,7 +241,7 @@ class CommitmentService:
             try:
                 how = await self._attempt(request, channel, failures + 1)
             except _NoAddress as exc:
-                await self._strand(request, str(exc))
+                await self._strand(request.transaction_uid, str(exc))
                 return
             except asyncio.CancelledError:
                 raise
@@ -275,17 +263,16 @@ class CommitmentService:
                 await asyncio.sleep(delay)
                 continue
             await asyncio.to_thread(self.journal.done, request.transaction_uid)
-            self._release(request)
+            self.pending.pop(request.transaction_uid, None)
             log.info("storage commitment %s reported %s", request.transaction_uid, how)
             return
 
-    async def _strand(self, request: CommitmentRequest, why: str) -> None:
+    async def _strand(self, transaction_uid: str, why: str) -> None:
         """A request that cannot be reported no longer holds a pending slot (review36a
         #1: requests whose association ended took every slot, for everyone, across
         restarts); kept in the journal for a start with the address configured, the
         oldest dropped beyond ``max_pending`` of them."""
-        transaction_uid = request.transaction_uid
-        self._release(request)
+        self.pending.pop(transaction_uid, None)
         self.stranded[transaction_uid] = None
         log.warning(
             "storage commitment %s: %s (--commitment-scu); it waits in the journal for a"
@@ -311,8 +298,7 @@ class CommitmentService:
         else on a new association; returns how it went. Raises when it must be retried."""
         if (channel is None or not channel.is_open) and request.calling_ae not in self.scus:
             raise _NoAddress(f"no address configured for {request.calling_ae!r}")
-        open_channel = channel is not None and channel.is_open
-        ts = channel.transfer_syntax if channel is not None and open_channel else None
+        ts = channel.transfer_syntax if channel is not None and channel.is_open else None
         report = await self.in_checks(self._prepare, request, ts or uids.EXPLICIT_VR_LE)
         verdicts = report.verdicts
         how = "on the same association"

@@ -56,7 +56,7 @@ from dicomstore.services.forward_rules import ForwardRule, destinations_of, entr
 from dicomstore.services.move_sender import DestinationSender, contexts_for
 from dicomstore.services.retrieve import NotSent, Selected
 from dicomstore.services.server_config import DIMSE_TIMEOUT
-from dicomstore.services.stable_log import StableLog, StableStudy, iso
+from dicomstore.services.stable_log import StableStudy, iso, reader_log
 from dicomstore.services.storage import Home, on_loop
 from dicomstore.services.storage_scu import classify
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
@@ -229,7 +229,7 @@ class Forwarding:
         assert queue is not None
 
         def queued() -> int:
-            before = StableLog(self.reader.root).before(event)
+            before = reader_log(self.reader).before(event)
             return add_study(self.reader, queue, self.rules, self.since, event, before)
 
         try:

@@ -136,11 +136,7 @@ def _value(tag: int, vr: str, value: Any, encoding: str) -> bytes:
         raise ValueError(f"{name} is a sequence: only universal matching (no value)")
     if vr in BINARY_VRS:
         try:
-            items = [value] if isinstance(value, int | float) else str(value).split("\\")
-            kind = BINARY_VRS[vr]
-            return b"".join(
-                struct.pack("<" + kind, float(v) if kind in "fd" else int(v)) for v in items
-            )
+            return b"".join(struct.pack("<" + BINARY_VRS[vr], v) for v in _numbers(vr, value))
         except (ValueError, struct.error):
             raise ValueError(f"not a {vr} value for {name}: {value!r}") from None
     if vr in _STRUCTURED:
@@ -155,6 +151,12 @@ def _value(tag: int, vr: str, value: Any, encoding: str) -> bytes:
             f"{name} {str(value)!r}: {bad!r} is not in the Specific Character Set"
             f" ({encoding}); give another one, or none (UTF-8, ISO_IR 192)"
         ) from None
+
+
+def _numbers(vr: str, value: Any) -> list[int | float]:
+    """The numbers of a binary VR's key value (a number, or text, ``\\`` between)."""
+    items = [value] if isinstance(value, int | float) else str(value).split("\\")
+    return [float(v) if BINARY_VRS[vr] in "fd" else int(v) for v in items]
 
 
 #: The longest value of a text VR (PS3.5 Table 6.2-1; PN: per component group), in
@@ -236,7 +238,7 @@ def _sequence_keys(paths: Mapping[str, Any], encoding: str) -> dict[int, Any]:
         if vr == "SQ":
             holder.add(DataElement(tag, vr, Sequence()))
         elif vr in BINARY_VRS and text:
-            numbers = [float(v) if BINARY_VRS[vr] in "fd" else int(v) for v in text.split("\\")]
+            numbers = _numbers(vr, text)
             holder.add(DataElement(tag, vr, numbers if len(numbers) > 1 else numbers[0]))
         else:
             holder.add(DataElement(tag, vr, text))

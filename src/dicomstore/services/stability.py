@@ -39,6 +39,7 @@ from typing import Any
 
 from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
+from dicomstore.archive.schema import FROM_JOIN
 from dicomstore.services.stable_log import (
     StableLog,
     StableStudy,
@@ -58,10 +59,7 @@ OnStable = Callable[[StableStudy], Awaitable[None] | None]
 def _first_after(db: Any, study_uid: str, after: str) -> str | None:
     """The first arrival (``received_at``) of ``study_uid`` after ``after`` (ISO 8601):
     the start of the burst its last event did not cover."""
-    sql = (
-        "SELECT MIN(i.received_at) FROM instance i JOIN series se ON se.series_pk = i.series_pk"
-        " JOIN study st ON st.study_pk = se.study_pk WHERE st.study_uid = ? AND i.received_at > ?"
-    )
+    sql = f"SELECT MIN(i.received_at){FROM_JOIN} WHERE st.study_uid = ? AND i.received_at > ?"
     row = db.execute(sql, (study_uid, after)).fetchone()
     return row[0] if row else None
 
