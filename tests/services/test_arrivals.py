@@ -39,7 +39,9 @@ def test_each_instance_once_while_another_node_lives(tmp_path: Path) -> None:
     try:
         arrivals = OtherArrivals(ArchiveReader(root), lambda rows: None)
         _store(here, "1.2.61.1.1")
-        assert not others_alive(root) and arrivals.look() == []  # one node: nothing read
+        assert not others_alive(root)
+        assert len(arrivals.look()) == 1  # (the first look reads: who went before it?)
+        assert arrivals.look() == []  # one node: nothing read
         there = Archive(root, fsync=False)  # a second node
         try:
             assert sorted(nodes.alive(root)) == sorted([here._node.name, there._node.name])
@@ -57,9 +59,12 @@ def test_each_instance_once_while_another_node_lives(tmp_path: Path) -> None:
             arrivals.newest = _later(newest, arrivals.slack - 1)
             late = arrivals.look()
             assert [r["sop_instance_uid"] for r in late] == ["1.2.61.1.4"]
+            _store(there, "1.2.61.1.5")  # its last store, then it stops (review50 #5)
         finally:
             there.close()
         assert not others_alive(root)
+        assert [r["sop_instance_uid"] for r in arrivals.look()] == ["1.2.61.1.5"]
+        assert arrivals.look() == []  # one node again: nothing read
     finally:
         here.close()
 

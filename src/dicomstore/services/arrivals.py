@@ -84,15 +84,21 @@ class OtherArrivals:
         self.newest = iso(clock())
         #: what the last look saw within the slack: SOP Instance UID -> received_at
         self.seen: dict[str, str] = {}
+        #: whether other nodes lived at the last look (at first: unknown, so read)
+        self._others = True
         self._task: asyncio.Task[None] | None = None
 
     def look(self) -> list[dict[str, Any]]:
         """One look (blocking: call it in a worker thread): the arrivals not seen
-        yet, or none while no other node lives."""
-        if not others_alive(self.reader.root):
+        yet, or none while no other node lives (since the last look)."""
+        alive = others_alive(self.reader.root)
+        if not alive and not self._others:
             self.newest = max(self.newest, iso(self.clock()))
             self.seen.clear()
             return []
+        # (the first look after the last other node went reads what it committed
+        # since the look before: review50 #5, its last seconds were never read)
+        self._others = alive
         floor = shifted(self.newest, -self.slack)
         new: list[dict[str, Any]] = []
         seen: dict[str, str] = {}
