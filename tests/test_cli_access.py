@@ -198,28 +198,63 @@ def test_delete_refuses_without_tty_and_then_deletes_consistently(storage: Path)
         assert archive.check() == []
 
 
+def _prompted(storage: Path, uid: str) -> tuple[int, int, bytes]:
+    """`dicomstore delete UID` with a terminal as stdin, at its prompt: its pid, the
+    terminal and what it wrote."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI with a terminal as stdin
+        os.execv(
+            sys.executable,
+            [sys.executable, "-m", "dicomstore.cli.access", "delete", uid,
+             "--storage", str(storage)],
+        )  # fmt: skip
+    output = b""
+    while b"[y/N]" not in output:
+        output += os.read(fd, 1024)
+    return pid, fd, output
+
+
+def _answered(pid: int, fd: int, answer: bytes) -> tuple[bytes, int]:
+    """What the prompted delete wrote after ``answer``, and its exit code."""
+    os.write(fd, answer)
+    output = b""
+    try:
+        while chunk := os.read(fd, 1024):
+            output += chunk
+    except OSError:  # EIO once the child has exited
+        pass
+    _, status = os.waitpid(pid, 0)
+    return output, os.waitstatus_to_exitcode(status)
+
+
 def test_delete_asks_on_a_terminal(storage: Path) -> None:
     for answer, code in ((b"n\n", 1), (b"y\n", 0)):
-        pid, fd = pty.fork()
-        if pid == 0:  # the child: the CLI with a terminal as stdin
-            os.execv(
-                sys.executable,
-                [sys.executable, "-m", "dicomstore.cli.access", "delete", "1.2.5",
-                 "--storage", str(storage)],
-            )  # fmt: skip
-        output = b""
-        while b"[y/N]" not in output:
-            output += os.read(fd, 1024)
+        pid, fd, output = _prompted(storage, "1.2.5")
         assert b"study 1.2.5 of Roe^Rick (PID2): 1 instance(s)" in output
-        os.write(fd, answer)
-        try:
-            while os.read(fd, 1024):
-                pass
-        except OSError:  # EIO once the child has exited
-            pass
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == code
+        assert _answered(pid, fd, answer)[1] == code
     assert not (storage / "1.2.5").exists()
+
+
+def test_delete_removes_what_was_confirmed_not_what_came_since(storage: Path) -> None:
+    """review50 #6: an instance stored while the prompt waited was deleted too, and
+    the count printed was the one confirmed."""
+    pid, fd, output = _prompted(storage, "1.2.5")
+    assert b"study 1.2.5 of Roe^Rick (PID2): 1 instance(s)" in output
+    with Archive(storage, fsync=False) as archive:  # another node stores into the study
+        ingest = archive.begin(
+            sop_class_uid=CT, sop_instance_uid="1.2.4.5", transfer_syntax_uid="1.2.840.10008.1.2.1"
+        )
+        ingest.write(_dataset("1.2.4.5", "1.2.5.2", "US", 2, study="1.2.5", patient_id="PID2"))
+        assert ingest.commit().is_success
+    output, code = _answered(pid, fd, b"y\n")
+    assert code == 0
+    assert b"deleted study 1.2.5 of Roe^Rick (PID2): 1 instance(s)" in output
+    assert b"; 1 instance(s) stored since the count kept" in output
+    rows = json.loads(cli("ls", "instances", "--json", storage=storage).stdout)
+    assert "1.2.4.5" in {row["sop_instance_uid"] for row in rows}
+    assert "1.2.4.4" not in {row["sop_instance_uid"] for row in rows}
+    with Archive(storage) as archive:
+        assert archive.check() == []
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import xxhash
 
 from dicomstore.archive import Archive, Index, StoreOutcome
 from dicomstore.archive.dicomfile import dataset_offset
+from dicomstore.archive.identity import MARK
 from dicomstore.archive.journal import NAME as JOURNAL
 from dicomstore.archive.publish import Publisher
 
@@ -113,12 +114,16 @@ def stored_dataset(path: Path) -> bytes:
 
 
 def dcm_files(root: Path) -> list[Path]:
-    """Every file under ``root`` except the index (and its WAL companions) and the
-    lock files of the nodes (``archive/nodes.py``)."""
+    """Every file under ``root`` except the index (and its WAL companions), the
+    lock files of the nodes (``archive/nodes.py``) and the storage's id
+    (``archive/identity.py``)."""
     return sorted(
         p
         for p in root.rglob("*")
-        if p.is_file() and not p.name.startswith("index.sqlite") and not is_node_lock(root, p)
+        if p.is_file()
+        and not p.name.startswith("index.sqlite")
+        and not is_node_lock(root, p)
+        and p != root / MARK
     )
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from archive_testlib import dataset, digest_of, store, stored_dataset
 
 from dicomstore.archive import SUCCESS, Archive, crashpoints
+from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.removal import remove
 
 UID = "1.2.3.4.5.6.7"
@@ -104,6 +105,10 @@ def publish_round(point: str, n: int, work: Path) -> None:
     crash_child(root, point, replace)
     committed = crashpoints.POINTS.index(point) >= crashpoints.POINTS.index("publish.after-commit")
     version = v2 if committed else v1
+    # before any start settles it, another node serves the committed version
+    # (review50 #2: version 2, never answered, was at version 1's path)
+    (row,) = ArchiveReader(root).instances()
+    expect(stored_dataset(root / row["path"]) == version, "the index's path holds another")
     with Archive(root) as archive:
         rows = assert_recovered(archive)
         expect(list(rows) == [UID], f"rows {list(rows)}")

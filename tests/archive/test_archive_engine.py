@@ -289,7 +289,19 @@ def test_a_commit_that_failed_takes_its_files_back(tmp_path, index_engine, monke
         _failing_commit(archive, monkeypatch, commits=False)
         outcome = store(archive, dataset("1.2.73.2"), sop_uid="1.2.73.2")
         assert outcome.status == 0xA700 and "connection was lost" in outcome.error_comment
+        assert outcome.error_comment.startswith("out of resources: index unavailable: ")
         assert not list(archive.instances()) and archive.check() == []
+
+
+def test_a_session_libpq_lost_is_said_so() -> None:
+    """review50 #11: 'index error: consuming input failed: server closed...' (psycopg's
+    words, classed as an index error, not as the index unavailable)."""
+    psycopg = pytest.importorskip("psycopg")
+    from dicomstore.archive.postgres import _translated
+
+    lost = _translated(psycopg.OperationalError("consuming input failed: server closed"))
+    assert isinstance(lost, PostgresOperationalError)
+    assert lost.cause == "connection lost: consuming input failed: server closed"
 
 
 def test_a_commit_in_doubt_leaves_its_files(tmp_path, index_engine, monkeypatch) -> None:

@@ -125,26 +125,33 @@ def test_members_are_answered_only_after_the_flush(
     assert seen == [None]
 
 
-def test_a_replace_is_flushed_before_it_is_renamed_over_the_old_file(
+def test_a_replace_is_flushed_before_it_is_placed_beside_the_old_file(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The old file is a committed instance's: the new one's data is durable before
-    it takes the old one's name, and the COMMIT is flushed as it happens (an
-    archive replacing duplicates takes the flush-first steps for every batch)."""
+    it is placed at the instance's other place (the old one gets a removal intent),
+    and the COMMIT is flushed as it happens (an archive replacing duplicates takes
+    the flush-first steps for every batch)."""
     with Archive(root, on_duplicate="replace", journal=False) as archive:
         assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
         calls = _log_calls(monkeypatch, root)
         again = dataset(uid(1), patient_name="Doe^John")
         assert store(archive, again, sop_uid=uid(1)).status == SUCCESS
         final = FINAL.format(uid(1))
-        assert calls[:4] == [
+        other = final.removesuffix(".dcm") + ".r.dcm"
+        assert calls[:5] == [
             "fsync",
-            "link .tmp .tmp",
-            f"link {final} .tmp",
-            f"rename .tmp {final}",
+            "link .tmp .tmp",  # the trace
+            f"link {other} .tmp",  # (a backup of a file there: none)
+            f"link {final} .tmp",  # the old file's removal intent
+            f"rename .tmp {other}",
         ]
-        assert calls[-1] == "COMMIT"  # (synchronous=FULL: durable as it returns)
-        assert stored_dataset(archive.path_of(uid(1))) == again  # type: ignore[arg-type]
+        # (synchronous=FULL: durable as it returns; then the old file goes, its folder
+        # flushed)
+        assert calls[-2:] == ["COMMIT", "fsync"]
+        assert archive.path_of(uid(1)) == root / other
+        assert stored_dataset(root / other) == again
+        assert not (root / final).exists()
         assert archive.check() == []
 
 

@@ -270,7 +270,9 @@ def test_how_a_lone_new_instance_is_placed(
 def test_a_durable_replace_makes_its_trace_and_backup_durable_before_the_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Unlike a new instance's: the next start puts the old file back from them."""
+    """Unlike a new instance's: the next start takes the new file away (the trace)
+    or the old one (its removal intent) by the committed row. The new version goes
+    to the instance's other place: the old file is never renamed over."""
     root = tmp_path / "root"
     with Archive(root, on_duplicate="replace", syncfs=False) as archive:
         assert store(archive, dataset(uid_of(1)), sop_uid=uid_of(1)).status == SUCCESS
@@ -278,9 +280,17 @@ def test_a_durable_replace_makes_its_trace_and_backup_durable_before_the_commit(
         again = dataset(uid_of(1), patient_name="Doe^John")
         assert store(archive, again, sop_uid=uid_of(1)).status == SUCCESS
         final = f"1.2.3.4/1.2.3.4.5/{uid_of(1)}.dcm"
-        assert calls[:3] == ["fsync .tmp", "link .tmp .tmp", f"link {final} .tmp"]
-        assert calls[3] == f"rename .tmp {final}"
-        assert sorted(calls[4:]) == ["fsync .tmp", "fsync 1.2.3.4/1.2.3.4.5"]
+        other = f"{final.removesuffix('.dcm')}.r.dcm"
+        assert calls[:4] == [
+            "fsync .tmp",
+            "link .tmp .tmp",  # the trace
+            f"link {other} .tmp",  # (a backup of a file there: none)
+            f"link {final} .tmp",  # the old file's removal intent
+        ]
+        assert calls[4] == f"rename .tmp {other}"
+        # the folders before the COMMIT; after it, the old file's goes (its folder)
+        assert sorted(calls[5:7]) == ["fsync .tmp", "fsync 1.2.3.4/1.2.3.4.5"]
+        assert calls[7:] == ["fsync 1.2.3.4/1.2.3.4.5"]
         assert_clean(archive)
 
 

@@ -166,6 +166,32 @@ def test_check_beside_nodes_reports_only_what_stays_wrong(tmp_path: Path, monkey
         assert len(holds) == 2  # (stray, going: each looked at again on its own)
 
 
+def test_check_beside_nodes_reports_the_file_a_dead_node_left(tmp_path: Path) -> None:
+    """review50 #10: renamed into place, never committed, its trace in the dead node's
+    folder: a second name, taken for a removal intent of a delete in progress."""
+    root = tmp_path / "root"
+    with Archive(root, fsync=False) as node:
+        assert store(node, dataset(_uid(1)), sop_uid=_uid(1)).status == SUCCESS
+        dead = Archive(root, fsync=False)
+        orphan = root / "1.2.3.4" / "1.2.3.4.5" / f"{_uid(2)}.dcm"
+        orphan.write_bytes(b"renamed into place, then the node was killed")
+        os.link(orphan, dead._node.folder / "0a1b2c3d-0.part.pub")
+        live = Archive(root, fsync=False)  # (a node alive, whose folder holds a trace too)
+        placing = root / "1.2.3.4" / "1.2.3.4.5" / "placing.dcm"
+        placing.write_bytes(b"a live node's")
+        os.link(placing, live._node.folder / "9f8e7d6c-0.part.pub")
+        dead._node.close()  # the process died: its lock went, its folder stays
+        index = None if node.index.engine.dialect == "sqlite" else node.index.engine.url
+        try:
+            assert run_check(root, fsync=False, index=index) == [
+                f"1.2.3.4/1.2.3.4.5/{_uid(2)}.dcm: not indexed (a node that died left it:"
+                " the next start settles it)"
+            ]
+        finally:
+            dead.close()
+            live.close()
+
+
 def test_reindex_is_refused_while_a_node_on_another_host_runs(
     tmp_path: Path, index_engine: str
 ) -> None:
@@ -186,7 +212,7 @@ def test_a_storage_without_the_instances_of_its_index_is_refused(
     for instances it did not hold, and `reindex` from it emptied the shared index."""
     if index_engine != "postgresql":
         pytest.skip("the SQLite index is in the storage root: of that root")
-    from dicomstore.archive.maintenance import StorageMismatchError
+    from dicomstore.archive.identity import StorageMismatchError
     from dicomstore.cli import main
 
     with Archive(tmp_path / "here", fsync=False) as node:
@@ -199,6 +225,40 @@ def test_a_storage_without_the_instances_of_its_index_is_refused(
     assert main(["reindex", "--storage", str(empty), "--index", url]) == 1
     assert "the wrong --storage, or a share not mounted?" in capsys.readouterr().err
     with Archive(tmp_path / "here", fsync=False) as node:  # (the index as it was)
+        assert [r["sop_instance_uid"] for r in node.instances()] == [_uid(1)]
+
+
+def test_a_storage_of_another_index_is_refused(tmp_path: Path, index_engine: str, capsys) -> None:
+    """review50 #3, #12: another archive's folder as --storage (a second archive in one
+    schema; the wrong mount) was served, and `reindex` from it replaced the index (or
+    was refused as 'in use by a server' beside the index's own nodes)."""
+    if index_engine != "postgresql":
+        pytest.skip("the SQLite index is in the storage root: of that root")
+    from dicomstore.archive.identity import MARK, StorageMismatchError, _recorded
+    from dicomstore.cli import main
+
+    here, other = tmp_path / "here", tmp_path / "other"
+    with Archive(here, fsync=False) as node:
+        url = node.index.engine.url
+        assert store(node, dataset(_uid(1)), sop_uid=_uid(1)).status == SUCCESS
+        ours = (here / MARK).read_text().strip()
+        assert _recorded(node.index, None) == ours
+        with Archive(other, fsync=False) as elsewhere:  # (an index of its own)
+            assert store(elsewhere, dataset(_uid(2)), sop_uid=_uid(2)).status == SUCCESS
+        theirs = (other / MARK).read_text().strip()
+        assert theirs != ours
+        with pytest.raises(StorageMismatchError, match=f"is the storage {theirs}, but the"):
+            Archive(other, fsync=False, index=url)
+        # beside the index's own node: refused for what it is, not as "in use"
+        assert main(["reindex", "--storage", str(other), "--index", url]) == 1
+        err = capsys.readouterr().err
+        assert f"the index {node.index.engine.where} is of the storage {ours}" in err
+        assert "nothing changed" in err and "in use" not in err
+    (here / MARK).unlink()  # lost (a copy without its hidden files)
+    with pytest.raises(StorageMismatchError, match=f"write {ours} into"):
+        Archive(here, fsync=False, index=url)
+    (here / MARK).write_text(ours + "\n")
+    with Archive(here, fsync=False, index=url) as node:  # (the index as it was)
         assert [r["sop_instance_uid"] for r in node.instances()] == [_uid(1)]
 
 

@@ -525,6 +525,32 @@ def test_requeue_sends_failed_entries_again(tmp_path: Path, capsys) -> None:
     assert (status(root, "DEST")["failed"], status(root, "DEST")["pending"]) == (0, 0)
 
 
+def test_requeue_drop_drops_an_unconfigured_destinations_entries(tmp_path: Path, capsys) -> None:
+    """review49 #8: a destination removed from the rules kept its entries pending for
+    good (and got them if it came back); nothing dropped them."""
+    from dicomstore.cli import main as cli_main
+    from dicomstore.services.forward_queue import ForwardQueue, Queued, Settled
+
+    queue = ForwardQueue(tmp_path)
+    queue.configure([("KEPT", "instance")], "2026-01-01T00:00:00")
+    queue.add(
+        [Queued(d, f"1.2.3.{n}", "2026-01-01T00:00:00") for d in ("GONE", "KEPT") for n in (1, 2)]
+    )
+    (entry, *_) = queue.due("GONE", time.time(), 10)
+    queue.settle("GONE", [Settled(entry.id, "failed", 1, status=0xC000)])
+    queue.close()
+    argv = ["requeue", "--storage", str(tmp_path), "--drop"]
+    assert cli_main(argv) == 2 and "--drop needs --destination" in capsys.readouterr().err
+    assert cli_main([*argv, "--destination", "KEPT"]) == 1
+    assert "KEPT: a --forward rule names it" in capsys.readouterr().err
+    assert status(tmp_path, "KEPT")["pending"] == 2  # (nothing dropped)
+    assert cli_main([*argv, "--destination", "GONE"]) == 0
+    assert capsys.readouterr().out == "GONE: 2 entries dropped, not sent\n"
+    assert [status(tmp_path, "GONE")[s] for s in ("pending", "failed")] == [0, 0]
+    assert cli_main([*argv, "--destination", "NOPE"]) == 1
+    assert "no forwarding destination NOPE" in capsys.readouterr().err
+
+
 def test_requeue_takes_only_the_destinations_named(tmp_path: Path, capsys) -> None:
     from dicomstore.cli import main as cli_main
     from dicomstore.services.forward_queue import ForwardQueue, Queued, Settled, requeue_failed

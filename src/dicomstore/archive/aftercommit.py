@@ -24,7 +24,13 @@ def committed_after_all(index: Index, placed: list[Staged]) -> bool | None:
     rollback_quietly(index)
     try:
         found = index.begin([m.row["sop_instance_uid"] for m in placed])
-    except DatabaseError:
+    except DatabaseError as exc:
+        log.warning(
+            "index: a COMMIT's outcome cannot be read back (%s): its %d files stay as a"
+            " crash there leaves them, for a start to settle",
+            exc,
+            len(placed),
+        )
         return None
     rollback_quietly(index)
     rows = [found.get(m.row["sop_instance_uid"]) for m in placed]

@@ -1,7 +1,93 @@
-"""The flush of a batch committed before it (``publish.py``, "New instances
-committed before their flush"): one write to the journal (``journal.py``) or one
-syncfs, the journal's checkpoint, and the withdrawal of members whose files could
-not be flushed; and the flush of a stored copy another writer committed so.
+"""The flush of a batch committed before it: one write to the journal
+(``journal.py``) or one syncfs, the journal's checkpoint, and the withdrawal of
+members whose files could not be flushed; and the flush of a stored copy another
+writer committed so. The steps of ``publish.py`` become these:
+
+**New instances committed before their flush** (``Publisher.defers``: fsync and
+syncfs on, the index a SQLite file on the archive's file system, and duplicates
+kept or rejected — with ``replace``, a row dropped by the start after a power
+cut, its file lost, would take the version it replaced with it: every batch
+takes the steps above). Then::
+
+  (nothing flushed yet)                           [publish.after-trace, after-file-flush]
+  (the index): BEGIN IMMEDIATE, look them up
+  place (each): a trace ``<temp>.<digest>.new`` (a second name of the temporary, the
+    digest of the data set received in its name), mkdir, rename into place
+                                          [publish.after-rename, after-folder-flush]
+  (the index): the rows, the batch listed in ``unflushed``, the batches flushed
+    since the last COMMIT struck off; COMMIT without the WAL's fdatasync
+                                          [publish.before-commit, after-commit]
+  flush: one syncfs — the files' data, their names and the COMMIT  [publish.after-flush]
+  finish: the traces go                   [publish.after-traces-dropped]
+  Success
+
+**Or through the journal** (``journal.py``: each member's file at most
+``filepublish.JOURNAL_MAX``, the node's journal has room), in place of the flush::
+
+  journal: the members' files, keys, digests and batch: one pwritev(RWF_DSYNC)
+                                          [publish.after-journal]
+  Success (the traces stay)
+  ... later, the checkpoint (``CHECKPOINT_AFTER`` after the oldest record: with a
+  batch, or from a timer as the leader when none comes: ``deferred.IdleCheckpoint``;
+  a batch that does not fit; the close):
+  flush: one syncfs — everything journaled: data, names, COMMITs  [publish.after-flush]
+  the journal's superblock: its records obsolete (pwritev(RWF_DSYNC))
+  finish: the traces go                   [publish.after-traces-dropped]
+  the batches struck off in the next COMMIT
+
+Why the journal's one write is enough: the record is written after the COMMIT
+and before the answer, and holds every byte of the file, so an answered instance
+is durable in the journal whatever the file system kept of its file, name or
+COMMIT. The next start replays the records the superblock does not mark obsolete
+(``recovery.replay``, before the traces are settled): a row with the record's
+digest whose file lost its data gets it written again; a COMMIT lost (no row,
+its batch not listed: SQLite's WAL reaches the disk in order, so nothing after
+it did) gets the file and its trace back, and the trace is adopted as below; a
+row gone while its batch is still listed was deleted since, and stays gone. The
+superblock is durable before the traces go and before a batch is struck off
+(which is what tells a lost COMMIT from a delete), and before any record is
+written over. The journal's file is zeros written and flushed before its first
+use, so a record's write changes no metadata: one device flush (~0.2 ms) where
+a syncfs waits for the file system's own journal (~1 ms for a lone instance).
+A failed write (a record, the superblock) or a failed syncfs (Linux reports a
+writeback error once per descriptor: the next syncfs would succeed without the
+lost data) breaks the journal (``Journal.broken``): nothing more is written to
+it or marked obsolete, and it stays at the close, for the next start to replay;
+its batches are never struck off, nor the batch whose records' write failed
+(they may count), so that start still tells a delete from a lost COMMIT. Batch
+names carry the node's name, and a start leaves a live node's batches listed
+(``recovery.verify_unflushed``; starts take turns: ``recovery.recover``): only
+its own checkpoint strikes them off.
+
+Why it holds: nothing is answered before the one flush, which makes durable
+everything written before it began (data, names, WAL); so after a crash every
+acknowledged instance is whole, at its name, with its row. What a crash can
+leave of the others, the next start settles (``recovery.recover``): a trace
+without a row is adopted only if the file it names still has the digest in
+the trace's name (else it goes, with the file: a power cut took its data); a
+committed row whose batch is still listed in ``unflushed`` is checked against
+its digest and dropped with its file if it does not match (it was never
+answered: its batch would have been struck off after its flush otherwise).
+The traces go only after the flush: until then a rename that reached the disk
+has its trace there too (made before it, on a file system that journals
+names in order: ext4, XFS), so recovery checks the digest of every file the
+flush did not cover. Where names may reach the disk out of order, a file at
+its final name whose data and trace were both lost (a zero-length file after
+a power cut) has no row: ``check`` reports it, and the instance sent again
+(never answered) is renamed over it; one that lost only some blocks with its
+trace, ``check`` reports too, and ``reindex`` would adopt it as it is: delete
+such a file rather than reindex it. A row is seen by others (another
+node's duplicate look-up, a Storage Commitment) between its COMMIT and its
+flush: before an answer rests on it, they flush (``Publisher._flush_found``,
+``ArchiveReader.make_durable``: a row still listed ``unflushed`` is flushed
+again, ``FileStorage.flush_keys``: one syncfs, which covers the WAL). The
+WAL keeps SQLite consistent without its fdatasync (``synchronous=NORMAL``:
+checkpoints still flush), and its commits are durable in order, so a COMMIT
+striking a batch off is never durable without the rows it strikes off. When
+the syncfs fails, each file and folder is fsynced and then the WAL; a file
+that cannot be is withdrawn, under the index lock (its file if its key still
+holds that very file — not another node's replace since — then its row) and
+answered A700.
 """
 
 from __future__ import annotations

@@ -157,8 +157,8 @@ class FilePublishing:
         instance placed by a link (and unlinked from ``.tmp`` after its COMMIT)
         took 15-20% longer than one placed by a rename (cause not established);
         a crash tells no difference between the two.
-        The file of a replaced instance stored at another name gets a removal
-        intent (``removal.py``). Names made in ``.tmp`` here are flushed with the
+        The file of a replaced instance (always at another name: ``publish.py``)
+        gets a removal intent (``removal.py``). Names made in ``.tmp`` here are flushed with the
         folders (:meth:`settle`): after the COMMIT an intent says that file must go.
         """
         # with syncfs, new folders are made durable by the one syncfs of settle
@@ -191,7 +191,7 @@ class FilePublishing:
                     member.backup = backup
                 except FileNotFoundError:
                     pass
-            if replacing is not None and replacing != key and self.fsync and self._links:
+            if replacing is not None and replacing != key and self._links:
                 tmp, _, owner = member.temp.rpartition("/")
                 member.intent = layout.link_intent(self.root, tmp, owner, replacing)
             if replacing is not None and crashpoints.ENABLED:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dicomstore.archive import layout
-from dicomstore.archive.commit import CommitStats
+from dicomstore.archive.commit import CommitStats, Staged
 from dicomstore.archive.filejournal import FileJournaling
 from dicomstore.archive.filepublish import FilePublishing
 from dicomstore.archive.index import Index
@@ -147,6 +147,12 @@ class FileStorage(FilePublishing, FileJournaling):
         from dicomstore.archive.recovery import recover  # (it imports this module)
 
         return recover(self.root, index, fsync=fsync)
+
+    def settle_doubt(self, index: Index, placed: list[Staged]) -> None:
+        """``recovery.settle_placed``."""
+        from dicomstore.archive.recovery import settle_placed  # (it imports this module)
+
+        settle_placed(self.root, index, placed, fsync=self.fsync)
 
 
 def _none_yet() -> int:

@@ -1,6 +1,6 @@
 """A node's journal: new instances made durable by one small write (PS3.4 B.1.2).
 
-A batch of new instances committed before its flush (``publish.py``) is made
+A batch of new instances committed before its flush (``deferred.py``) is made
 durable here instead of by a syncfs: each member's file, whole, with its key,
 digest and batch, is appended to ``<node folder>/journal`` in one ``pwritev``
 with ``RWF_DSYNC``. The file is made of zeros written (not allocated) and

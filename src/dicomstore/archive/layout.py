@@ -5,6 +5,7 @@ Layout (DESIGN.md "Archive layout")::
     <root>/index.sqlite                     the index (index.py)
     <root>/.tmp/                            temporaries, emptied at start-up
     <root>/<study>/<series>/<sop>.dcm       one PS3.10 file per instance
+    <root>/<study>/<series>/<sop>.r.dcm     (or there: a replace alternates)
 
 A UID is attacker-controlled input. It becomes a path component only when it
 follows the UID grammar of PS3.5 9.1 (digits and dots, ≤ 64 characters); any
@@ -26,8 +27,9 @@ import hashlib
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import quote, unquote
 
 from dicomstore.uids import is_valid_uid
@@ -91,6 +93,34 @@ def instance_relstr(study_uid: str | None, series_uid: str | None, sop_uid: str)
     study = _folder(study_uid, NO_STUDY)
     series = _folder(series_uid, NO_SERIES)
     return f"{study}/{series}/{safe_component(sop_uid, 'no-sop-instance-uid')}{SUFFIX}"
+
+
+#: What a replace (``--on-duplicate replace``) puts before :data:`SUFFIX`: the new
+#: version goes to the other of an instance's two places (:func:`other_place`), so
+#: that the file its committed row names is never written over before a COMMIT.
+REPLACED = ".r"
+
+
+def other_place(relpath: str) -> str:
+    """The place a replace of the instance at ``relpath`` puts its new version:
+    ``<sop>.dcm`` and ``<sop>.r.dcm`` take turns (``publish.py``)."""
+    alternate = REPLACED + SUFFIX
+    if relpath.endswith(alternate):
+        return relpath[: -len(alternate)] + SUFFIX
+    return relpath[: -len(SUFFIX)] + alternate
+
+
+def is_place(relpath: str, study_uid: str | None, series_uid: str | None, sop_uid: str) -> bool:
+    """Whether ``relpath`` is where the archive files an instance of these UIDs:
+    :func:`instance_relstr` or its :func:`other_place`."""
+    place = instance_relstr(study_uid, series_uid, sop_uid)
+    return relpath in (place, other_place(place))
+
+
+def copy_name(row: Mapping[str, Any]) -> str:
+    """The name of a stored instance's copy out of the archive (``export``, a ZIP):
+    :func:`instance_relstr` of its row's UIDs, whichever of its places holds it."""
+    return instance_relstr(row.get("study_uid"), row.get("series_uid"), row["sop_instance_uid"])
 
 
 def resolve(root: Path, relpath: str | PurePosixPath) -> Path:

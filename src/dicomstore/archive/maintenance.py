@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from dicomstore.archive import digests as data_digests
-from dicomstore.archive import layout
+from dicomstore.archive import layout, nodes
 from dicomstore.archive.dicomfile import dataset_offset, read_header
 from dicomstore.archive.engine import engine_for
 from dicomstore.archive.fields import index_fields
+from dicomstore.archive.identity import check_storage
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import dicom_files
 
@@ -57,7 +58,7 @@ def _problems(
             problems.append((relpath, f"{relpath}: not indexed"))
     # the file's place comes from its own header: the index must file it there too
     for uid, relpath, study, series in index.filing():
-        if relpath != layout.instance_relstr(study, series, uid):
+        if not layout.is_place(relpath, study, series, uid):
             problems.append((None, f"{relpath}: indexed under study {study}, series {series}"))
     return problems
 
@@ -90,12 +91,13 @@ def _recheck(
     a row but with a second name (a removal intent: its delete or replace has
     committed and is unlinking it) is on its way out, not a problem."""
     lines = []
+    dead: list[set[tuple[int, int]]] = []  # (nodes.dead_files, read once if needed)
     for at in range(0, len(problems), RECHECK_HELD):  # (review50 #7: the lock held over
         with index.lock:  # them all, every node's stores waited, then got A700)
             index.begin()
             try:
                 for relpath, line in problems[at : at + RECHECK_HELD]:
-                    found = _again(root, index, relpath, digests) if relpath else line
+                    found = _again(root, index, relpath, digests, dead) if relpath else line
                     if found is not None:
                         lines.append(found)
             finally:
@@ -107,8 +109,12 @@ def _recheck(
 RECHECK_HELD = 20
 
 
-def _again(root: Path, index: Index, relpath: str, digests: bool) -> str | None:
-    """One problem looked at again (:func:`_recheck`): its line, or None if gone."""
+def _again(
+    root: Path, index: Index, relpath: str, digests: bool, dead: list[set[tuple[int, int]]]
+) -> str | None:
+    """One problem looked at again (:func:`_recheck`): its line, or None if gone. A
+    file without a row with a second name is on its way out, unless that name is
+    in a dead node's folder (``dead``: its trace; the next start settles it)."""
     path = layout.resolve(root, relpath)
     rows = index.query({"path": relpath})
     if rows:
@@ -116,10 +122,16 @@ def _again(root: Path, index: Index, relpath: str, digests: bool) -> str | None:
         uid, size, digest = row["sop_instance_uid"], row["file_size"], row["digest"]
         return _examine(path, relpath, uid, size, digest, digests)
     try:
-        links = path.stat().st_nlink
+        stat = path.stat()
     except FileNotFoundError:
         return None  # deleted meanwhile
-    return f"{relpath}: not indexed" if links == 1 else None
+    if stat.st_nlink == 1:
+        return f"{relpath}: not indexed"
+    if not dead:
+        dead.append(nodes.dead_files(root))
+    if (stat.st_dev, stat.st_ino) in dead[0]:
+        return f"{relpath}: not indexed (a node that died left it: the next start settles it)"
+    return None
 
 
 def read_row(root: Path, path: Path) -> dict[str, Any]:
@@ -148,28 +160,6 @@ def read_row(root: Path, path: Path) -> dict[str, Any]:
     return row
 
 
-class StorageMismatchError(ValueError):
-    """A storage root that holds no instance at all beside an index (PostgreSQL) that
-    holds some: the wrong ``--storage``, or a share not mounted (review50 #3)."""
-
-
-def check_storage(root: Path, index: Index) -> None:
-    """Raise :class:`StorageMismatchError` for an index of its own (not the SQLite
-    file in ``root``) holding instances while ``root`` holds none (no study folder):
-    nodes of one index share one storage, and a node on an empty one answered 0000
-    for instances it does not hold (``reindex`` emptied the shared index)."""
-    if index.engine.dialect == "sqlite":  # (the index in the root: of that root)
-        return
-    with os.scandir(root) as entries:
-        if any(e.is_dir() and not e.name.startswith(".") for e in entries):
-            return
-    if index.holds_instances():
-        raise StorageMismatchError(
-            f"{root} holds no instance, but the index {index.engine.where} does: the wrong"
-            " --storage, or a share not mounted? (every node of an index uses its storage)"
-        )
-
-
 def reindex_archive(
     root: Path,
     index: Index,
@@ -184,7 +174,7 @@ def reindex_archive(
     if it is among them, else the most recently written (modification time,
     then the later path); a replaced version is never brought back. The
     others, unreadable files, and files not where the archive files their
-    instance (``layout.instance_relstr`` of their own UIDs: put in by hand) are
+    instance (``layout.is_place`` of their own UIDs: put in by hand) are
     left out (``check`` then lists them as not indexed) and told in
     ``left_out``, one line each. A file the index held whose data set no longer
     matches the size and digest recorded when it was stored (damaged since) keeps
@@ -203,8 +193,8 @@ def reindex_archive(
             told.append(f"{relpath}: left out: cannot be read: {_unreadable(exc)}")
             continue
         uid = row["sop_instance_uid"]
-        place = layout.instance_relstr(row["study_uid"], row["series_uid"], uid)
-        if relpath != place:
+        if not layout.is_place(relpath, row["study_uid"], row["series_uid"], uid):
+            place = layout.instance_relstr(row["study_uid"], row["series_uid"], uid)
             told.append(
                 f"{relpath}: left out: not where the archive files its instance ({place}):"
                 " move it there, or store it with `dicomstore send`"
@@ -341,9 +331,9 @@ def run_reindex(
     def rebuild() -> int:
         db = Index(engine_for(root, index), durable=fsync, migrate=True)
         try:
+            check_storage(root, db)  # (else the index is emptied: review50 #3)
             if not db.hold(exclusive=True):  # a node on another host (PostgreSQL)
                 raise ArchiveBusyError(errno.EBUSY, "in use by a server or another archive")
-            check_storage(root, db)  # (else the index is emptied: review50 #3)
             recover(root, db, fsync=fsync)
             return reindex_archive(root, db, left_out, damaged)
         finally:

@@ -212,6 +212,29 @@ def alive(root: Path | str) -> Iterator[str]:
             os.close(fd)  # (and our probe's lock with it)
 
 
+def dead_files(root: Path) -> set[tuple[int, int]]:
+    """The files (device, inode) in the folders of the nodes dead now, left as they
+    are (``check`` beside live nodes: a file at its final name that is one of them
+    is no store in progress, review50 #10). The folders are listed before the live
+    nodes are probed: a folder's node that starts meanwhile is found alive."""
+    tmp = root / layout.TMP_DIR
+    with os.scandir(tmp) as entries:
+        folders = [e.path for e in entries if e.name.startswith(PREFIX) and e.is_dir()]
+    living = set(alive(root))
+    found: set[tuple[int, int]] = set()
+    for folder in folders:
+        if os.path.basename(folder) in living:
+            continue
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    stat = entry.stat(follow_symlinks=False)
+                    found.add((stat.st_dev, stat.st_ino))
+        except FileNotFoundError:
+            continue  # (settled meanwhile by a start)
+    return found
+
+
 def live(root: Path) -> set[str]:
     """The names of the nodes with a lock file in ``.tmp``: live ones (after
     :func:`dead` settled the dead, a node that died since, until the next start)."""

@@ -432,6 +432,8 @@ def _translated(exc: Exception) -> PostgresError:
     if isinstance(exc, psycopg.IntegrityError):
         return PostgresIntegrityError(text)
     if isinstance(exc, psycopg.OperationalError):
+        if getattr(exc, "sqlstate", None) is None:  # (libpq's, not the server's: its
+            text = f"connection lost: {text}"  # session broke; review50 #11)
         return PostgresOperationalError(text)
     return PostgresError(text)
 

@@ -16,9 +16,11 @@ file system (``filestorage.FileStorage``) does what is described. With
     look them up         the duplicate policy decides, instance by instance
   place (each):
     old names            a trace (``.pub``, a second name of the temporary); the
-                         file at the final name gets a second name in .tmp
-                         (``.bak``); one at another name (the instance moves to
-                         another series) a removal intent (``removal.py``)
+                         replaced version a removal intent (``removal.py``): a
+                         replace is never renamed over it but put at the
+                         instance's other place (``layout.other_place``) or in
+                         its new series; a file at the final name (no one's: a
+                         crash's leftover) a second name in .tmp (``.bak``)
                                                         [publish.after-old-link]
     mkdir, rename        the file to its final name (a failure fails that one only)
                                                         [publish.after-rename]
@@ -47,100 +49,20 @@ COMMIT. A failure after the renames (a folder flush, the index) undoes every
 rename of the batch before answering A700; but a COMMIT that failed is read
 back first (``aftercommit.committed_after_all``: its answer may be what was
 lost, the rows committed): done, the batch is stored; not readable either, the
-files stay as a crash there leaves them (A700). A crash after the renames and
-before the COMMIT leaves files without rows, and their traces: the next start
-adopts them into the index (``recovery.recover``), or puts back what a replace
-replaced (after a power cut a new instance's trace may be gone: its file is then
-one ``check`` reports and ``reindex`` adopts; it was never acknowledged). A
-crash after the COMMIT and before the old file of a moved instance is gone
-leaves its removal intent: the next start (or ``delete``)
-removes the file, which the index no longer names. Either way the index then
-serves the last committed version and ``check`` is clean.
+files stay as a crash there leaves them, traces and intents too (A700), and are
+settled by the rows before the next batch once the index answers
+(``recovery.settle_placed``). A crash after the renames and before the COMMIT
+leaves files without rows, and their traces: the next start adopts them into
+the index (``recovery.recover``), or removes a replace's new version (after a
+power cut a new instance's trace may be gone: its file is then one ``check``
+reports and ``reindex`` adopts; it was never acknowledged). A crash after the
+COMMIT and before a replaced version is gone leaves its removal intent: the
+next start (or ``delete``) removes the file, which the index no longer names.
+Meanwhile every file a committed row names is the one it describes: other
+nodes serve it, and a duplicate is compared with it (review50 #1, #2).
 
-**New instances committed before their flush** (``Publisher.defers``: fsync and
-syncfs on, the index a SQLite file on the archive's file system, and duplicates
-kept or rejected — with ``replace`` a batch may rename over a committed
-instance's file, and every batch takes the steps above). Then::
-
-  (nothing flushed yet)                           [publish.after-trace, after-file-flush]
-  (the index): BEGIN IMMEDIATE, look them up
-  place (each): a trace ``<temp>.<digest>.new`` (a second name of the temporary, the
-    digest of the data set received in its name), mkdir, rename into place
-                                          [publish.after-rename, after-folder-flush]
-  (the index): the rows, the batch listed in ``unflushed``, the batches flushed
-    since the last COMMIT struck off; COMMIT without the WAL's fdatasync
-                                          [publish.before-commit, after-commit]
-  flush: one syncfs — the files' data, their names and the COMMIT  [publish.after-flush]
-  finish: the traces go                   [publish.after-traces-dropped]
-  Success
-
-**Or through the journal** (``journal.py``: each member's file at most
-``filepublish.JOURNAL_MAX``, the node's journal has room), in place of the flush::
-
-  journal: the members' files, keys, digests and batch: one pwritev(RWF_DSYNC)
-                                          [publish.after-journal]
-  Success (the traces stay)
-  ... later, the checkpoint (``CHECKPOINT_AFTER`` after the oldest record: with a
-  batch, or from a timer as the leader when none comes: ``deferred.IdleCheckpoint``;
-  a batch that does not fit; the close):
-  flush: one syncfs — everything journaled: data, names, COMMITs  [publish.after-flush]
-  the journal's superblock: its records obsolete (pwritev(RWF_DSYNC))
-  finish: the traces go                   [publish.after-traces-dropped]
-  the batches struck off in the next COMMIT
-
-Why the journal's one write is enough: the record is written after the COMMIT
-and before the answer, and holds every byte of the file, so an answered instance
-is durable in the journal whatever the file system kept of its file, name or
-COMMIT. The next start replays the records the superblock does not mark obsolete
-(``recovery.replay``, before the traces are settled): a row with the record's
-digest whose file lost its data gets it written again; a COMMIT lost (no row,
-its batch not listed: SQLite's WAL reaches the disk in order, so nothing after
-it did) gets the file and its trace back, and the trace is adopted as below; a
-row gone while its batch is still listed was deleted since, and stays gone. The
-superblock is durable before the traces go and before a batch is struck off
-(which is what tells a lost COMMIT from a delete), and before any record is
-written over. The journal's file is zeros written and flushed before its first
-use, so a record's write changes no metadata: one device flush (~0.2 ms) where
-a syncfs waits for the file system's own journal (~1 ms for a lone instance).
-A failed write (a record, the superblock) or a failed syncfs (Linux reports a
-writeback error once per descriptor: the next syncfs would succeed without the
-lost data) breaks the journal (``Journal.broken``): nothing more is written to
-it or marked obsolete, and it stays at the close, for the next start to replay;
-its batches are never struck off, nor the batch whose records' write failed
-(they may count), so that start still tells a delete from a lost COMMIT. Batch
-names carry the node's name, and a start leaves a live node's batches listed
-(``recovery.verify_unflushed``; starts take turns: ``recovery.recover``): only
-its own checkpoint strikes them off.
-
-Why it holds: nothing is answered before the one flush, which makes durable
-everything written before it began (data, names, WAL); so after a crash every
-acknowledged instance is whole, at its name, with its row. What a crash can
-leave of the others, the next start settles (``recovery.recover``): a trace
-without a row is adopted only if the file it names still has the digest in
-the trace's name (else it goes, with the file: a power cut took its data); a
-committed row whose batch is still listed in ``unflushed`` is checked against
-its digest and dropped with its file if it does not match (it was never
-answered: its batch would have been struck off after its flush otherwise).
-The traces go only after the flush: until then a rename that reached the disk
-has its trace there too (made before it, on a file system that journals
-names in order: ext4, XFS), so recovery checks the digest of every file the
-flush did not cover. Where names may reach the disk out of order, a file at
-its final name whose data and trace were both lost (a zero-length file after
-a power cut) has no row: ``check`` reports it, and the instance sent again
-(never answered) is renamed over it; one that lost only some blocks with its
-trace, ``check`` reports too, and ``reindex`` would adopt it as it is: delete
-such a file rather than reindex it. A row is seen by others (another
-node's duplicate look-up, a Storage Commitment) between its COMMIT and its
-flush: before an answer rests on it, they flush (``Publisher._flush_found``,
-``ArchiveReader.make_durable``: a row still listed ``unflushed`` is flushed
-again, ``FileStorage.flush_keys``: one syncfs, which covers the WAL). The
-WAL keeps SQLite consistent without its fdatasync (``synchronous=NORMAL``:
-checkpoints still flush), and its commits are durable in order, so a COMMIT
-striking a batch off is never durable without the rows it strikes off. When
-the syncfs fails, each file and folder is fsynced and then the WAL; a file
-that cannot be is withdrawn, under the index lock (its file if its key still
-holds that very file — not another node's replace since — then its row) and
-answered A700.
+**New instances committed before their flush** (``Publisher.defers``), and **through
+the journal**: the steps, and why they hold, are in ``deferred.py``.
 
 Several nodes (processes, on one host or several) sharing one root and one
 PostgreSQL index: what one node decides is never a memory of its own. Each
@@ -153,8 +75,9 @@ statement after the lock sees the commits before it) and nothing uncommitted
 of theirs can be on disk meanwhile. So two nodes storing one SOP Instance UID
 take turns: the second finds the first's row (keep: an identical copy is
 answered 0000 and its temporary goes, another is answered B000; reject: C111)
-or, with replace, renames its file over the first's and commits its own row:
-the file at the final name is always the one the committed row describes. The
+or, with replace, puts its file at the other place, commits its own row and
+then removes the first's file: the file at a committed row's path is always
+the one the row describes. The
 writer's caches are emptied when another node has committed (the generation).
 A node killed between its renames and its COMMIT loses its transaction (the
 server rolls it back when the session ends) and leaves files without rows:
@@ -211,12 +134,13 @@ from dicomstore.archive.engine import (
     DatabaseError,
     DatabaseOrOSError,
     IntegrityError,
+    OperationalError,
     error_cause,
     unavailable,
 )
 from dicomstore.archive.fields import nul_free
 from dicomstore.archive.index import Index
-from dicomstore.archive.layout import instance_relstr
+from dicomstore.archive.layout import instance_relstr, other_place
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, duplicate, failure
 from dicomstore.archive.relations import Relations
 from dicomstore.archive.storage import WritableStorage
@@ -254,8 +178,8 @@ class Publisher(DeferredFlushes):
         self.flush_time = 0.0
         storage.start(self.stats, submitted)
         #: new instances are committed before their files are flushed, then one flush
-        #: makes both durable (the module docstring)
-        #: (never with replace: a batch renaming over a committed instance flushes first)
+        #: makes both durable (``deferred.py``)
+        #: (never with replace: see ``deferred.py``)
         self.defers = (
             on_duplicate != "replace"
             and storage.defers_flush(index.engine.local_file())
@@ -275,6 +199,8 @@ class Publisher(DeferredFlushes):
         self._owner = owner or secrets.token_hex(6)
         #: batches flushed since their COMMIT, to strike off ``unflushed`` in the next
         self._flushed: list[str] = []
+        #: members placed by batches whose COMMIT was in doubt, still to be settled
+        self._doubt: list[Staged] = []
 
     def close(self) -> None:
         """Flush what the journal holds where it belongs, strike off the batches
@@ -282,6 +208,8 @@ class Publisher(DeferredFlushes):
         let go of the storage's publishing resources (call when no batch runs)."""
         if self._journaled:
             self._checkpoint()
+        if self._doubt:
+            self._settle_doubt()
         if self._flushed:
             index = self.index
             with index.lock:
@@ -301,6 +229,8 @@ class Publisher(DeferredFlushes):
         self.flush_time = 0.0
         if self._journaled and time.monotonic() >= self._due:
             self._checkpoint()
+        if self._doubt:
+            self._settle_doubt()
         if self.index.engine.dialect == "postgresql":
             batch = [m for m in batch if self._holdable(m)]
         if self.defers:  # (never with on_duplicate=replace: see Publisher.defers)
@@ -425,19 +355,25 @@ class Publisher(DeferredFlushes):
             except BaseException as exc:
                 rollback_quietly(index)
                 self._undo(placed, in_doubt=committed is None)
-                if isinstance(exc, DatabaseError):
+                if isinstance(exc, OperationalError):  # (unreachable, busy, locked, full)
+                    comment = f"out of resources: {unavailable(exc)}"
+                elif isinstance(exc, DatabaseError):
                     comment = f"out of resources: index error: {error_cause(exc)}"
                 elif isinstance(exc, OSError):
                     comment = describe_os_error(exc, "storing the file")
                 else:
                     raise  # a bug: the members learn of it (commit.GroupCommit)
+                doubt = {id(m) for m in placed} if committed is None else set()
+                self._doubt += placed if doubt else []
                 for member in live:  # (those answered as duplicates keep their answer)
-                    if member.outcome is None:
+                    if id(member) in doubt:  # (its trace stays: recovery settles it)
+                        member.outcome = failure(st.OUT_OF_RESOURCES, comment)
+                    elif member.outcome is None:
                         self._answer(member, failure(st.OUT_OF_RESOURCES, comment))
                 return
         journaled = bool(batch_name) and self._journal(placed, batch_name)
         if not journaled:  # (journaled: its traces stay until the checkpoint)
-            if batch_name:  # (the traces stay until it is done: see the module docstring)
+            if batch_name:  # (the traces stay until it is done: ``deferred.py``)
                 self._flush(placed, batch_name)
             finish(index, self.storage, placed)  # the old versions, intents, traces go
             if crashpoints.ENABLED:
@@ -458,10 +394,11 @@ class Publisher(DeferredFlushes):
         """Give one member its key (the storage renames it there); False (and A700)
         when that failed."""
         row = member.row
-        member.rel = key = instance_relstr(
-            row["study_uid"], row["series_uid"], row["sop_instance_uid"]
-        )
+        key = instance_relstr(row["study_uid"], row["series_uid"], row["sop_instance_uid"])
         old = member.existing
+        if old is not None and old["path"] == key:
+            key = other_place(key)  # (never over the committed file: the module docstring)
+        member.rel = key
         try:
             self.storage.place(member, key, None if old is None else old["path"])
         except OSError as exc:
@@ -482,6 +419,18 @@ class Publisher(DeferredFlushes):
         """Take back the placements of a batch that cannot be committed (the files go;
         ``in_doubt``: they stay, see ``storage.WritableStorage.undo``)."""
         self.storage.undo(placed, in_doubt=in_doubt)
+
+    def _settle_doubt(self) -> None:
+        """The members of batches whose COMMIT was in doubt, settled by the rows now
+        that the index may answer (``storage.settle_doubt``); else kept for the next
+        batch (a start settles what a close leaves)."""
+        try:
+            self.storage.settle_doubt(self.index, self._doubt)
+        except DatabaseOrOSError:
+            return  # (not now)
+        except Exception:  # noqa: BLE001 - a file it cannot read: left for a start
+            pass
+        self._doubt = []
 
     def _answer(self, member: Staged, outcome: StoreOutcome) -> None:
         """Answer ``outcome`` for a member that will not be placed: its temporary goes."""

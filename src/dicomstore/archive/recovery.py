@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dicomstore.archive import digests, journal, layout, nodes
+from dicomstore.archive.commit import Staged
 from dicomstore.archive.dicomfile import HeaderError
 from dicomstore.archive.filepublish import UNFLUSHED
 from dicomstore.archive.index import Index
@@ -78,7 +79,9 @@ def recover(root: Path, index: Index, *, fsync: bool) -> int:
       in the trace's name, else it goes: ``publish.py``);
     - the index holds it with other bytes at the same name (a replace that did
       not commit): the old file, kept as ``<temp>.bak``, is put back;
-    - the index holds it at another name (a replace moving it): the new file goes.
+    - the index holds it at another name (a replace, which puts the new version at
+      the other of the instance's two places or in another series): the new file
+      goes.
 
     All three are decided and done under the index write lock, which every node
     takes from its decision to its COMMIT (``publish.py``): another node storing
@@ -294,14 +297,16 @@ def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool
             trace.unlink()  # (what is at its final name, check reports: see publish.py)
             return 0
         raise
-    rel = layout.instance_relstr(row["study_uid"], row["series_uid"], row["sop_instance_uid"])
-    final = root / rel
+    place = layout.instance_relstr(row["study_uid"], row["series_uid"], row["sop_instance_uid"])
     backup = trace.with_name(_backup_of(trace.name))
     with index.lock:
         index.begin()
-        try:
-            if not final.exists() or not os.path.samefile(final, trace):
+        try:  # (a replace puts it at the other place: layout.other_place)
+            places = (place, layout.other_place(place))
+            rel = next((r for r in places if _holds(root, r, trace)), "")
+            if not rel:
                 return 0  # renamed over since, or never renamed
+            final = root / rel
             existing = index.find(row["sop_instance_uid"])
             if (
                 existing is None
@@ -413,6 +418,36 @@ def verify_unflushed(root: Path, index: Index, *, fsync: bool) -> int:
         finally:
             index.rollback()  # (nothing left to roll back after the COMMIT)
     return dropped
+
+
+def settle_placed(root: Path, index: Index, placed: list[Staged], *, fsync: bool) -> None:
+    """The placements of a batch whose COMMIT was in doubt (``publish.py``), settled
+    by the rows once the index answers, as a start settles a dead node's: each
+    file adopted or, where the index names another (the version it was to
+    replace), gone; then the removal intents (the replaced file goes if the
+    index no longer names it). Raises ``DatabaseError`` or ``OSError`` when that
+    cannot be done now: what is left stays for the next try, or a start."""
+    from dicomstore.archive.maintenance import read_row  # (it imports the index too)
+
+    for member in placed:
+        if member.trace is not None:
+            _settle(root, index, Path(member.trace), read_row, fsync=fsync)
+            for name in (member.trace, member.backup):
+                if name is not None:
+                    layout.remove_quietly(name)
+            member.trace = member.backup = None
+    tmp = root / layout.TMP_DIR
+    intents = [os.path.relpath(m.intent, tmp) for m in placed if m.intent is not None]
+    if intents:
+        settle_intents(root, index, intents, fsync=fsync)
+
+
+def _holds(root: Path, rel: str, trace: Path) -> bool:
+    """Whether the file at ``rel`` is the one ``trace`` is a second name of."""
+    try:
+        return os.path.samefile(root / rel, trace)
+    except FileNotFoundError:
+        return False
 
 
 def _inode(path: Path) -> int:

@@ -155,6 +155,8 @@ class Removal:
     leftovers_removed: int = 0
     #: files of an interrupted delete or replace removed first (``finish_interrupted``)
     settled: int = 0
+    #: instances of ``uid`` not among those confirmed (``remove(only=...)``): kept
+    kept: int = 0
     problems: list[str] = field(default_factory=list)
 
 
@@ -164,7 +166,7 @@ def leftovers(root: Path, reader: ArchiveReader, level: str | None, uid: str) ->
     patterns = {
         "study": [f"{name}/*/*{layout.SUFFIX}"],
         "series": [f"*/{name}/*{layout.SUFFIX}"],
-        "instance": [f"*/*/{name}{layout.SUFFIX}"],
+        "instance": [f"*/*/{name}{layout.SUFFIX}", f"*/*/{name}{layout.REPLACED}{layout.SUFFIX}"],
     }
     wanted = [level] if level else list(patterns)
     found = []
@@ -202,9 +204,12 @@ def remove(
     fsync: bool = True,
     lock_timeout: float = 30.0,
     index: str | None = None,
+    only: frozenset[str] | None = None,
 ) -> Removal:
     """Delete the study, series or instance ``uid`` (rows, then files), after
-    settling what an interrupted delete left (``Removal.settled``).
+    settling what an interrupted delete left (``Removal.settled``); with ``only``,
+    only those of its instances (the SOP Instance UIDs a user confirmed: those
+    stored since are kept, ``Removal.kept``; review50 #6).
 
     Raises :class:`NotStoredError` when nothing of ``uid`` is indexed or on disk.
     """
@@ -222,7 +227,7 @@ def remove(
     result = Removal(level, uid, settled=settled)
     db = Index(engine_for(root, index), durable=fsync, timeout=lock_timeout)
     try:
-        rows, intents = _delete_rows(root, db, reader, level, uid, fsync)
+        rows, intents = _delete_rows(root, db, reader, level, uid, fsync, only, result)
         metacache.forget(root, (row["sop_instance_uid"] for row in rows))
         result.instances = len(rows)
         result.bytes = sum(r["file_size"] or 0 for r in rows)
@@ -274,9 +279,17 @@ def _remove_leftovers(
 
 
 def _delete_rows(
-    root: Path, index: Index, reader: ArchiveReader, level: str, uid: str, fsync: bool
+    root: Path,
+    index: Index,
+    reader: ArchiveReader,
+    level: str,
+    uid: str,
+    fsync: bool,
+    only: frozenset[str] | None,
+    result: Removal,
 ) -> tuple[list[dict[str, Any]], dict[Path, str]]:
-    """Delete the rows under the write lock; the rows that were deleted, and the
+    """Delete the rows under the write lock (those in ``only``, when given: the
+    others are counted in ``result.kept``); the rows that were deleted, and the
     removal intents of their files (made and flushed before the COMMIT)."""
     intents: dict[Path, str] = {}
     committing = False
@@ -285,6 +298,10 @@ def _delete_rows(
         try:
             # We hold the write lock: a new read sees exactly what is committed.
             rows = _rows_of(reader, level, uid)
+            if only is not None:
+                every = len(rows)
+                rows = [row for row in rows if row["sop_instance_uid"] in only]
+                result.kept = every - len(rows)
             intents = _link_intents(root, rows, fsync)
             if crashpoints.ENABLED:
                 crashpoints.reached("delete.after-intent")

@@ -290,6 +290,11 @@ class WritableStorage(Storage, Protocol):
         leave it (start-up recovery settles it), the files are only closed."""
         ...
 
+    def settle_doubt(self, index: Index, placed: list[Staged]) -> None:
+        """Settle the placements :meth:`undo` left ``in_doubt``, by the index's rows,
+        once it answers (raises ``DatabaseError``/``OSError``: not now)."""
+        ...
+
     def discard(self, member: Staged) -> None:
         """Drop a member that will not be placed (its temporary and trace go)."""
         ...

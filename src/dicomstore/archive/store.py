@@ -56,10 +56,11 @@ from dicomstore.archive.deferred import IdleCheckpoint
 from dicomstore.archive.dicomfile import MetaTemplates
 from dicomstore.archive.engine import engine_for
 from dicomstore.archive.filestorage import FileStorage
+from dicomstore.archive.identity import check_storage
 from dicomstore.archive.index import Index
 from dicomstore.archive.ingest import Ingest
 from dicomstore.archive.journal import NAME as JOURNAL
-from dicomstore.archive.maintenance import check_archive, check_storage, reindex_archive
+from dicomstore.archive.maintenance import check_archive, reindex_archive
 from dicomstore.archive.nodes import Node
 from dicomstore.archive.publish import Publisher
 from dicomstore.archive.recovery import ArchiveBusyError, hold

@@ -315,7 +315,7 @@ def _export(args: argparse.Namespace) -> int:
     rows = reader.instances(**{key: layout.normalize_uid(args.uid.strip())})
     count = size = 0
     for row in rows:
-        rel = Path(row["path"])
+        rel = Path(layout.copy_name(row))  # (not its key: a replace's may be .r.dcm)
         target = args.dest / (rel.name if args.flat else rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         _copy(reader, row, target)
@@ -412,32 +412,40 @@ def _delete(args: argparse.Namespace) -> int:
     )  # what an interrupted delete or replace left
     if settled:
         print(f"removed {settled} file(s) an interrupted delete or replace left")
+    only = None
     try:
         level, row = reader.locate(uid)
         key = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}.get(
             level, "SOPInstanceUID"
         )
-        found = reader.search(level, {key: uid}, limit=1)[0]
-        n = found.get("n_instances", 1)
-        size = found.get("size", found.get("file_size"))
+        # what is confirmed is what goes: the instances counted (review50 #6)
+        rows = reader.search("instance", {key: uid})
+        only = frozenset(r["sop_instance_uid"] for r in rows)
+        size = sum(r["file_size"] or 0 for r in rows)
         who = f"{row['patient_name'] or '?'} ({row['patient_id']})"
-        what = f"{level} {uid} of {who}: {n} instance(s), {human_size(size)}"
+        what = f"{level} {uid} of {who}"
+        counted = f"{what}: {len(rows)} instance(s), {human_size(size)}"
     except NotStoredError:
         files = leftovers(reader.root, reader, None, uid)
         if not files:
             raise
-        what = f"{len(files)} file(s) of {uid} left without index rows"
+        what = counted = f"{len(files)} file(s) of {uid} left without index rows"
     if not args.yes:
         if not sys.stdin.isatty():
             raise UsageError("refusing to delete without confirmation: not a terminal (use --yes)")
-        answer = input(f"Delete {what}? [y/N] ").strip().lower()
+        answer = input(f"Delete {counted}? [y/N] ").strip().lower()
         if answer not in ("y", "yes"):
             print("not deleted")
             return EXIT_FAILED
-    result = remove(args.storage, uid, index=args.index)
+    else:
+        only = None  # (--yes: all it holds now)
+    result = remove(args.storage, uid, index=args.index, only=only)
     for problem in result.problems:
         print(f"dicomstore: {problem}", file=sys.stderr)
-    print(f"deleted {what}")
+    if result.level != "files":
+        counted = f"{what}: {result.instances} instance(s), {human_size(result.bytes)}"
+    since = f"; {result.kept} instance(s) stored since the count kept" if result.kept else ""
+    print(f"deleted {counted}{since}")
     return EXIT_FAILED if result.problems else EXIT_OK
 
 

@@ -45,6 +45,12 @@ def add_parsers(sub: Any) -> None:
         metavar="AET",
         help="only this destination's (repeatable; default every destination's)",
     )
+    q.add_argument(
+        "--drop",
+        action="store_true",
+        help="drop the entries still to send (pending, failed) of each --destination"
+        " instead, sending none: a destination no --forward rule names any more",
+    )
     _add_common(q)
     cs = sub.add_parser(
         "conformance", help="print the DICOM Conformance Statement (PS3.2, Markdown)"
@@ -57,6 +63,7 @@ def check_or_reindex(args: argparse.Namespace) -> int:
     one runs): ``archive.maintenance.run_check`` / ``run_reindex``."""
     from dicomstore.archive import maintenance
     from dicomstore.archive.engine import DatabaseOrOSError
+    from dicomstore.archive.identity import StorageMismatchError
     from dicomstore.archive.recovery import ArchiveBusyError
     from dicomstore.archive.schema import SchemaError
 
@@ -79,7 +86,7 @@ def check_or_reindex(args: argparse.Namespace) -> int:
     except SchemaError as exc:  # check of an index made by another version
         print(f"dicomstore: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except maintenance.StorageMismatchError as exc:  # (review50 #3: it emptied the index)
+    except StorageMismatchError as exc:  # (review50 #3: it emptied the index)
         print(f"dicomstore: {args.command}: {exc}: nothing changed", file=sys.stderr)
         return EXIT_FAILED
     except DatabaseOrOSError as exc:
@@ -104,10 +111,24 @@ def requeue(args: argparse.Namespace) -> int:
     """``requeue``: ``services.forward_queue.requeue_failed``; one line per destination."""
     import sqlite3
 
-    from dicomstore.services.forward_queue import queue_status, requeue_failed
+    from dicomstore.services.forward_queue import (
+        Configured,
+        drop_entries,
+        queue_status,
+        requeue_failed,
+    )
 
+    if args.drop and not args.destination:
+        print("dicomstore: requeue: --drop needs --destination AET", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        counts = requeue_failed(args.storage, args.destination)
+        if args.drop:
+            counts = drop_entries(args.storage, args.destination)
+        else:
+            counts = requeue_failed(args.storage, args.destination)
+    except Configured as exc:
+        print(f"dicomstore: requeue: {exc}: nothing dropped", file=sys.stderr)
+        return EXIT_FAILED
     except (sqlite3.Error, OSError) as exc:
         where = f"the forwarding queue of {args.storage}"
         print(f"dicomstore: requeue: {where}: {exc}", file=sys.stderr)
@@ -115,11 +136,13 @@ def requeue(args: argparse.Namespace) -> int:
     if counts is None:
         print(f"dicomstore: requeue: {args.storage} has no forwarding queue", file=sys.stderr)
         return EXIT_FAILED
+    done = "entries dropped, not sent" if args.drop else "failed entries pending again"
     for dest in args.destination or sorted(counts):
-        print(f"{dest}: {counts.get(dest, 0)} failed entries pending again")
+        print(f"{dest}: {counts.get(dest, 0)} {done}")
     if not counts and not args.destination:
         print("no failed entries")
-    known = set(counts) | {d["destination"] for d in queue_status(args.storage) or ()}
+    known = {d["destination"] for d in queue_status(args.storage) or ()}
+    known |= set() if args.drop else set(counts)
     unknown = [dest for dest in args.destination or () if dest not in known]
     if unknown:  # (review45 L14: 'NOPE: 0 failed entries pending again', exit 0)
         names = ", ".join(unknown)

@@ -12,6 +12,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, BinaryIO
 
+from dicomstore.archive.layout import copy_name
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.http.answer import unless_gone
 
@@ -42,9 +43,10 @@ class _Sink:
 def instance_files(
     reader: ArchiveReader, rows: Iterable[Mapping[str, Any]]
 ) -> list[tuple[str, Callable[[], BinaryIO]]]:
-    """:func:`zip_files`'s entries for instance ``rows``: named by their key, opened
-    through the archive (its storage) when their turn comes (:func:`open_stored`)."""
-    return [(row["path"], functools.partial(open_stored, reader, row)) for row in rows]
+    """:func:`zip_files`'s entries for instance ``rows``: named as the archive files
+    them (``layout.copy_name``), opened through the archive (its storage) when their
+    turn comes (:func:`open_stored`)."""
+    return [(copy_name(row), functools.partial(open_stored, reader, row)) for row in rows]
 
 
 def open_stored(reader: ArchiveReader, row: Mapping[str, Any]) -> BinaryIO:

@@ -446,3 +446,44 @@ def requeue_failed(
                 (n, dest),
             )
     return counts
+
+
+class Configured(ValueError):
+    """Entries to drop of a destination a rule configures (:func:`drop_entries`)."""
+
+
+def drop_entries(
+    root: Path | str, destinations: Sequence[str], *, timeout: float = 5.0
+) -> dict[str, int] | None:
+    """The entries still to send (pending, failed) of ``destinations`` dropped, none
+    sent (``dicomstore requeue --drop``: a destination removed from the rules keeps
+    its entries, which it would get if it came back; review49 #8); how many per
+    destination, None when there is no queue. Only destinations no rule configures
+    (at the last start): no sender runs for them, so it is safe while the server
+    runs; :class:`Configured` names the others."""
+    path = queue_path(root)
+    if not path.is_file():
+        return None
+    db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    with closing(db), _Transaction(db):
+        configured = {d for (d,) in db.execute("SELECT DISTINCT destination FROM rule_since")}
+        named = [dest for dest in destinations if dest in configured]
+        if named:
+            raise Configured(
+                f"{', '.join(named)}: a --forward rule names it: start the server without"
+                " it first (or use requeue without --drop)"
+            )
+        counts: dict[str, int] = {}
+        for dest in destinations:
+            failed = db.execute(
+                "DELETE FROM entry WHERE destination = ? AND state = 'failed'", (dest,)
+            ).rowcount
+            pending = db.execute(
+                "DELETE FROM entry WHERE destination = ? AND state = 'pending'", (dest,)
+            ).rowcount
+            db.execute(
+                "UPDATE total SET n = MAX(n - ?, 0) WHERE destination = ? AND state = 'failed'",
+                (failed, dest),
+            )
+            counts[dest] = failed + pending
+    return counts
