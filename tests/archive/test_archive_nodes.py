@@ -262,6 +262,36 @@ def test_a_storage_of_another_index_is_refused(tmp_path: Path, index_engine: str
         assert [r["sop_instance_uid"] for r in node.instances()] == [_uid(1)]
 
 
+def test_an_idle_node_takes_the_archive_lock_again_after_its_session_ended(
+    tmp_path: Path, index_engine: str
+) -> None:
+    """review50 #13: a PostgreSQL restart ended every node's session, and the lock
+    that keeps `reindex` off went with it until the node's next store."""
+    if index_engine != "postgresql":
+        pytest.skip("SQLite's lock is the flock of .tmp")
+    import psycopg
+
+    from dicomstore.archive.engine import engine_for
+    from dicomstore.archive.index import Index
+
+    with Archive(tmp_path / "root", fsync=False) as node:
+        url = node.index.engine.url
+        backend = node.index._db.conn.info.backend_pid
+        with psycopg.connect(url, autocommit=True) as admin:  # (as a restart ends it)
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        other = Index(engine_for(node.root, url))
+        try:
+            assert other.hold(exclusive=True)  # the guard lapsed
+            other.release(exclusive=True)
+            node.keep_held()
+            assert not other.hold(exclusive=True)  # held again
+            node.keep_held()  # (a session alive: nothing to do)
+            assert not other.hold(exclusive=True)
+        finally:
+            other.close()
+        assert store(node, dataset(_uid(1)), sop_uid=_uid(1)).status == SUCCESS
+
+
 def test_service_lock_one_holder_named_until_it_lets_go(tmp_path: Path) -> None:
     """The one node of a storage root running a service (forwarding, events)."""
     from dicomstore.archive.nodes import ServiceLock

@@ -207,3 +207,13 @@ def nul_free(row: dict[str, Any]) -> str | None:
                 return column
             row[column] = value.replace("\0", "")
     return None
+
+
+def clean_text(value: Any) -> Any:
+    """A string SQLite can store (lone surrogates escaped), other values unchanged."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Generator, Iterable
+from contextlib import AbstractContextManager, closing
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from dicomstore.archive.engine import (
     dialect_of,
     order_by,
 )
+from dicomstore.archive.fields import clean_text
 from dicomstore.archive.pg_deadline import without_deadline
 from dicomstore.archive.schema import (
     ATTRS,
@@ -82,16 +83,6 @@ CACHE_LIMIT = 50_000
 
 
 log = logging.getLogger("dicomstore.archive")
-
-
-def clean_text(value: Any) -> Any:
-    """A string SQLite can store (lone surrogates escaped), other values unchanged."""
-    if isinstance(value, str) and not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return value
 
 
 class Index:
@@ -143,17 +134,30 @@ class Index:
 
     def hold(self, *, exclusive: bool) -> bool:
         """Take the archive's lock in the database, without waiting (``Engine.hold``):
-        shared by each node for its life, exclusive for ``reindex``; False when the
-        other kind holds it."""
+        shared by each node for its life, exclusive for ``reindex`` (both let go
+        with the session); False when the other kind holds it."""
         held = self.engine.hold(self._db, exclusive=exclusive)
         if held:
             self._held = exclusive
         return held
 
     def release(self, *, exclusive: bool) -> None:
-        """Let go of what :meth:`hold` took (closing the index does too)."""
+        """Let go of what :meth:`hold` took."""
         self.engine.release(self._db, exclusive=exclusive)
         self._held = None
+
+    def keep_held(self) -> None:
+        """PostgreSQL: a writer's session gone while idle (a server restart) made anew
+        with the archive's lock now, not at the next store (review50 #13)."""
+        if self._held is None or self.engine.dialect == "sqlite":
+            return
+        with self.lock:
+            try:
+                self._db.execute("SELECT 1")
+            except OperationalError:
+                if not self.engine.lost(self._db):
+                    raise
+                self._reconnect()
 
     def _reconnect(self) -> None:
         """A new session for the writer, whose session is gone (a PostgreSQL server
@@ -428,27 +432,24 @@ class Index:
     def filing(self) -> Iterable[tuple[str, str, str, str]]:
         """(sop_instance_uid, path, study_uid, series_uid) of every instance: the
         study and series the index files it under, beside where its file is."""
-        db = self.reader()
-        try:
-            yield from db.execute(
-                "SELECT i.sop_instance_uid, i.path, st.study_uid, se.series_uid" + FROM_JOIN
-            )
-        finally:
-            db.close()
+        return self._every(
+            "SELECT i.sop_instance_uid, i.path, st.study_uid, se.series_uid" + FROM_JOIN
+        )
 
     def holds_instances(self) -> bool:
         """Whether any instance is indexed."""
-        db = self.reader()
-        try:
-            return db.execute("SELECT 1 FROM instance LIMIT 1").fetchone() is not None
-        finally:
-            db.close()
+        with closing(self._every("SELECT 1 FROM instance LIMIT 1")) as rows:
+            return next(rows, None) is not None
 
     def paths(self) -> Iterable[tuple[str, str, int, str]]:
         """(sop_instance_uid, path, file_size, digest) of every instance."""
+        return self._every("SELECT sop_instance_uid, path, file_size, digest FROM instance")
+
+    def _every(self, sql: str) -> Generator[Any, None, None]:
+        """The rows of ``sql``, read through a reader of their own as they are taken."""
         db = self.reader()
         try:
-            yield from db.execute("SELECT sop_instance_uid, path, file_size, digest FROM instance")
+            yield from db.execute(sql)
         finally:
             db.close()
 

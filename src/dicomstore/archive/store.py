@@ -190,6 +190,12 @@ class Archive:
         turns on)."""
         return self.fsync or self.index.engine.dialect != "sqlite"
 
+    def keep_held(self) -> None:
+        """The archive's lock in a PostgreSQL index taken again if a server restart
+        ended the writer's session while idle (``Index.keep_held``; a server calls it
+        every ``serving.KEEP_HELD_EVERY`` seconds)."""
+        self.index.keep_held()
+
     @property
     def stats(self) -> CommitStats:
         """Group commit counters (batches, instances, the archive's own flushes)."""

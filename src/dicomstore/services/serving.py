@@ -73,6 +73,7 @@ async def running(
     forwarding: Forwarding | None = None
     takeover: asyncio.Task[None] | None = None
     elsewhere: OtherArrivals | None = None
+    helpers: list[asyncio.Task[None]] = []
 
     def arrived_elsewhere(rows: list[dict[str, Any]]) -> None:
         if forwarding is not None:
@@ -115,6 +116,9 @@ async def running(
         await start_stability()
 
     async def stop_helpers() -> None:
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
         if elsewhere is not None:
             await elsewhere.close()
         if takeover is not None:
@@ -150,6 +154,9 @@ async def running(
                     events.holder,
                 )
                 takeover = asyncio.create_task(take_over(events), name="events-takeover")
+        keeper = getattr(handler, "keep_held", None)
+        if keeper is not None:
+            helpers.append(asyncio.create_task(_keep_held(keeper), name="keep-held"))
         await server.start()
     except BaseException:
         await stop_helpers()
@@ -160,6 +167,22 @@ async def running(
         log.info("shutting down: finishing in-flight operations")
         await server.close()
         await stop_helpers()
+
+
+#: Seconds between two looks at an archive's index session (``Archive.keep_held``).
+KEEP_HELD_EVERY = 15.0
+
+
+async def _keep_held(keep_held: Callable[[], None]) -> None:
+    """``keep_held`` in a worker thread every :data:`KEEP_HELD_EVERY` seconds: a
+    PostgreSQL restart ends an idle node's session, and with it the archive's lock
+    in the database (review50 #13); a failure is the stores' to say."""
+    while True:
+        await asyncio.sleep(KEEP_HELD_EVERY)
+        try:
+            await asyncio.to_thread(keep_held)
+        except Exception as exc:  # noqa: BLE001 - the index unreachable: tried again
+            log.debug("the index's session not checked: %s", exc)
 
 
 async def _forwarding(
