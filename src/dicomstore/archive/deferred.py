@@ -7,7 +7,7 @@ writer committed so. The steps of ``publish.py`` become these:
 syncfs on, the index a SQLite file on the archive's file system, and duplicates
 kept or rejected — with ``replace``, a row dropped by the start after a power
 cut, its file lost, would take the version it replaced with it: every batch
-takes the steps above). Then::
+takes the steps of ``publish.py``). Then::
 
   (nothing flushed yet)                           [publish.after-trace, after-file-flush]
   (the index): BEGIN IMMEDIATE, look them up
