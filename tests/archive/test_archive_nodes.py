@@ -257,6 +257,9 @@ def test_a_storage_of_another_index_is_refused(tmp_path: Path, index_engine: str
     (here / MARK).unlink()  # lost (a copy without its hidden files)
     with pytest.raises(StorageMismatchError, match=f"write {ours} into"):
         Archive(here, fsync=False, index=url)
+    (here / MARK).write_text("\n")
+    with pytest.raises(StorageMismatchError, match="is empty: write the storage's id in it"):
+        Archive(here, fsync=False, index=url)
     (here / MARK).write_text(ours + "\n")
     with Archive(here, fsync=False, index=url) as node:  # (the index as it was)
         assert [r["sop_instance_uid"] for r in node.instances()] == [_uid(1)]

@@ -121,3 +121,22 @@ def test_copies_out_of_the_archive_are_named_as_it_files_them(tmp_path: Path) ->
     assert _files(tmp_path / "out") == [BASE]
     reader = ArchiveReader(root)
     assert [name for name, _ in instance_files(reader, reader.instances())] == [BASE]
+
+
+def test_an_instance_selected_before_a_replace_is_sent_as_it_is_now(tmp_path: Path) -> None:
+    """review51 #1: C-GET, C-MOVE and forwarding read the key they selected: its file
+    gone with the replace, the sub-operation failed ('cannot read')."""
+    from dicomstore.services.retrieve import Selected, scan_selected
+
+    root = tmp_path / "root"
+    with Archive(root, fsync=False, on_duplicate="replace") as archive:
+        assert store(archive, dataset(UID, patient_name="First"), sop_uid=UID).status == 0
+        reader = ArchiveReader(root)
+        (row,) = reader.instances()
+        keys = ("sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "path", "study_uid")
+        item = Selected(*(row[k] for k in keys), reader.storage, reader)  # type: ignore[arg-type]
+        assert store(archive, dataset(UID, patient_name="Second"), sop_uid=UID).status == 0
+        assert scan_selected(item).path == root / OTHER
+        assert remove(root, UID).instances == 1
+        with pytest.raises(Exception, match="cannot read"):  # (deleted: not sent, as before)
+            scan_selected(item)

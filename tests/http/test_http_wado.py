@@ -274,8 +274,8 @@ def test_stream_is_read_in_chunks_never_whole(setup, monkeypatch) -> None:
     assert len(blocks) > sum(r["file_size"] for r in rows) // (64 * 1024)
     gone = {**rows[0], "path": "gone/gone/gone.dcm", "sop_instance_uid": "1.2.7.999"}
     moved = {**rows[0], "path": "old/series/1.2.7.1.dcm"}  # (review35d D2: replaced elsewhere)
-    missing = [*rows, gone, moved]  # deleted or moved meanwhile: skipped
-    assert b"".join(wado.stream_parts(request, missing, "B")).count(b"--B\r\n") == 2
+    missing = [*rows, gone, moved]  # deleted meanwhile: skipped; moved: sent as it is now
+    assert b"".join(wado.stream_parts(request, missing, "B")).count(b"--B\r\n") == 3
 
 
 def test_head_and_unknown_routes(setup) -> None:
@@ -424,3 +424,35 @@ def test_a_place_let_go_while_the_lock_is_held_does_not_deadlock() -> None:
     with transcoding._LOCK:
         slot.release()
     transcoding.Slot("192.0.2.9").release()
+
+
+@pytest.mark.parametrize("accept", ["multipart", "zip"])
+def test_an_instance_replaced_during_a_retrieve_is_sent_as_it_is_now(
+    tmp_path, monkeypatch, accept: str
+) -> None:
+    """review51 #1: the rows read, then an instance replaced (its new version at its
+    other place, the old file removed): the answer left it out, 200 and nothing
+    said; the instance is sent as the index has it now."""
+    archive = Archive(tmp_path / "archive", fsync=False, on_duplicate="replace")
+    study, series = "1.2.7.80", "1.2.7.80.1"
+    for n in (1, 2):
+        store(archive, make_dataset(f"1.2.7.80.{n}", study=study, series=series, number=n))
+    stale = ArchiveReader(archive.root).instances(StudyInstanceUID=study)
+    store(archive, make_dataset("1.2.7.80.2", study=study, series=series, patient_name="New^Er"))
+    monkeypatch.setattr(wado, "_rows", lambda request: [dict(row) for row in stale])
+    params, headers = {}, {}
+    if accept == "zip":
+        params = {"accept": "application/zip"}
+    try:
+        with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+            r = client.get(f"/studies/{study}", params=params, headers=headers)
+    finally:
+        archive.close()
+    assert r.status_code == 200
+    if accept == "zip":
+        with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+            files = [z.read(name) for name in z.namelist()]
+    else:
+        files = [data for _, data in split_multipart(r.content, r.headers["content-type"])]
+    names = sorted(str(pydicom.dcmread(io.BytesIO(f)).PatientName) for f in files)
+    assert names == ["Doe^Jane", "New^Er"]

@@ -528,6 +528,7 @@ def test_requeue_sends_failed_entries_again(tmp_path: Path, capsys) -> None:
 def test_requeue_drop_drops_an_unconfigured_destinations_entries(tmp_path: Path, capsys) -> None:
     """review49 #8: a destination removed from the rules kept its entries pending for
     good (and got them if it came back); nothing dropped them."""
+    from dicomstore.archive.nodes import ServiceLock
     from dicomstore.cli import main as cli_main
     from dicomstore.services.forward_queue import ForwardQueue, Queued, Settled
 
@@ -541,12 +542,17 @@ def test_requeue_drop_drops_an_unconfigured_destinations_entries(tmp_path: Path,
     queue.close()
     argv = ["requeue", "--storage", str(tmp_path), "--drop"]
     assert cli_main(argv) == 2 and "--drop needs --destination" in capsys.readouterr().err
+    forwarding = ServiceLock(tmp_path, "forward")  # a node forwarding, KEPT's rule its
+    assert forwarding.take()
     assert cli_main([*argv, "--destination", "KEPT"]) == 1
-    assert "KEPT: a --forward rule names it" in capsys.readouterr().err
+    assert "KEPT: the node forwarding now has a --forward rule for it" in capsys.readouterr().err
     assert status(tmp_path, "KEPT")["pending"] == 2  # (nothing dropped)
     assert cli_main([*argv, "--destination", "GONE"]) == 0
     assert capsys.readouterr().out == "GONE: 2 entries dropped, not sent\n"
     assert [status(tmp_path, "GONE")[s] for s in ("pending", "failed")] == [0, 0]
+    forwarding.close()  # (review51 #3: the node restarted without any rule forwards not)
+    assert cli_main([*argv, "--destination", "KEPT"]) == 0
+    assert capsys.readouterr().out == "KEPT: 2 entries dropped, not sent\n"
     assert cli_main([*argv, "--destination", "NOPE"]) == 1
     assert "no forwarding destination NOPE" in capsys.readouterr().err
 

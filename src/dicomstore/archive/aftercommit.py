@@ -27,7 +27,7 @@ def committed_after_all(index: Index, placed: list[Staged]) -> bool | None:
     except DatabaseError as exc:
         log.warning(
             "index: a COMMIT's outcome cannot be read back (%s): its %d files stay as a"
-            " crash there leaves them, for a start to settle",
+            " crash there leaves them, settled by the index's rows once it answers",
             exc,
             len(placed),
         )

@@ -97,9 +97,12 @@ def _holds_files(root: Path) -> bool:
 
 def _read(mark: Path) -> str | None:
     try:
-        return mark.read_text(encoding="ascii").strip() or None
+        text = mark.read_text(encoding="ascii", errors="replace").strip()
     except FileNotFoundError:
         return None
+    if not text:  # (review51: said "has no storage id")
+        raise StorageMismatchError(f"{mark} is empty: write the storage's id in it")
+    return text
 
 
 def _write(root: Path, storage_id: str, *, durable: bool) -> str:
@@ -124,6 +127,5 @@ def _write(root: Path, storage_id: str, *, durable: bool) -> str:
     if durable:
         layout.fsync_dir(root)
     found = _read(root / MARK)
-    if found is None:  # (an empty file put there by hand)
-        raise StorageMismatchError(f"{root / MARK} is empty: remove it, or write the id in it")
+    assert found is not None  # (linked, or there before)
     return found

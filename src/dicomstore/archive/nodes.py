@@ -126,6 +126,23 @@ class ServiceLock:
         self._fd = fd
         return True
 
+    def held_elsewhere(self) -> bool:
+        """Whether a live node holds it now: a probe (a shared lock of our own, let go
+        at once), never taking it from a node about to (``requeue --drop``)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False  # (its holder removes it as it lets go)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return True
+            raise
+        finally:
+            os.close(fd)
+        return False
+
     def close(self) -> None:
         """Let go: the file goes, then the lock (a node that locked the removed file
         meanwhile sees another inode at the path and tries again, :meth:`take`)."""

@@ -181,6 +181,15 @@ class ArchiveReader:
         rows = self.search("instance", {"SOPInstanceUID": uid}, limit=1)
         return bool(rows) and rows[0]["path"] == path
 
+    def follow(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The row of ``row``'s instance now, when the index files it at another key:
+        replaced since ``row`` was read (a replace puts the new version at another
+        key and removes the file at the old one: ``publish.py``), so a reader that
+        found no file at ``row``'s key reads the new version (review51 #1); None
+        when it is deleted, or still at that key."""
+        rows = self.search("instance", {"SOPInstanceUID": row["sop_instance_uid"]}, limit=1)
+        return rows[0] if rows and rows[0]["path"] != row["path"] else None
+
     def instance(self, sop_instance_uid: str) -> dict[str, Any]:
         """The row of one instance."""
         uid = layout.normalize_uid(sop_instance_uid.strip())

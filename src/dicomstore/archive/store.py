@@ -34,8 +34,8 @@ answers (two of them never share a batch):
     Coercion of Data Elements — the stored instance differs from what was sent
     and the SCU is told so; 0000 would claim the new bytes were stored.
 ``"replace"``
-    The new file and row replace the old ones atomically (rename over it, old
-    file kept as a hard link in .tmp until COMMIT); 0000.
+    The new file and row replace the old ones at the COMMIT (the new file at the
+    instance's other place, the old one removed after: ``publish.py``); 0000.
 ``"reject"``
     C111 (Failure, Cannot understand range): see ``outcome.DUPLICATE_REJECTED``
     for why not 0111 or A900.

@@ -122,6 +122,7 @@ def requeue(args: argparse.Namespace) -> int:
         print("dicomstore: requeue: --drop needs --destination AET", file=sys.stderr)
         return EXIT_USAGE
     try:
+        known = {d["destination"] for d in queue_status(args.storage) or ()}  # (before)
         if args.drop:
             counts = drop_entries(args.storage, args.destination)
         else:
@@ -141,7 +142,6 @@ def requeue(args: argparse.Namespace) -> int:
         print(f"{dest}: {counts.get(dest, 0)} {done}")
     if not counts and not args.destination:
         print("no failed entries")
-    known = {d["destination"] for d in queue_status(args.storage) or ()}
     known |= set() if args.drop else set(counts)
     unknown = [dest for dest in args.destination or () if dest not in known]
     if unknown:  # (review45 L14: 'NOPE: 0 failed entries pending again', exit 0)

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.stored import read_range
 from dicomstore.http.answer import AnswerBroken
 from dicomstore.http.auth import client_of
@@ -78,6 +80,15 @@ def _rows(request: Request) -> list[dict[str, Any]]:
     return rows
 
 
+def _follow(archive: ArchiveReader, row: dict[str, Any], todo: deque[dict[str, Any]]) -> None:
+    """An instance whose file was gone: its row now next in ``todo`` if it was
+    replaced since the search (``ArchiveReader.follow``: review51 #1, a study's
+    answer without it looked whole)."""
+    moved = archive.follow(row)
+    if moved is not None:
+        todo.appendleft(moved)
+
+
 def target_rows(request: Request) -> list[dict[str, Any]]:
     """The index rows of the instances the URL names (study, series or instance); 404 if none."""
     return _rows(request)
@@ -101,7 +112,9 @@ def stream_parts(
     left out, logged (the answer has begun: no status can say it)."""
     archive = reader(request)
     first = True
-    for row in rows:
+    todo = deque(rows)
+    while todo:
+        row = todo.popleft()
         sent_as = as_sent(row, syntax)
         if sent_as != row["transfer_syntax_uid"]:
             done, ready = ready, None
@@ -111,7 +124,8 @@ def stream_parts(
                     done = transcode(archive, row, *bounds)
                 except OSError as exc:
                     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                        continue  # deleted since the query: skip it, as a file as stored
+                        _follow(archive, row, todo)  # (deleted since the query: left out)
+                        continue
                     raise _cut(row, sent_as, exc) from None
                 except NotDicom as exc:  # (an answer without it would look whole)
                     raise _cut(row, sent_as, exc) from None
@@ -122,8 +136,9 @@ def stream_parts(
             continue
         try:
             f = open_stored(archive, row)
-        except OSError:
-            continue  # deleted since the query: skip it rather than break the stream
+        except OSError:  # (deleted since the query: left out rather than break the stream)
+            _follow(archive, row, todo)
+            continue
         with f:
             content_type = f"application/dicom; transfer-syntax={sent_as}"
             yield part_header(boundary, content_type, first=first)

@@ -46,7 +46,19 @@ def instance_files(
     """:func:`zip_files`'s entries for instance ``rows``: named as the archive files
     them (``layout.copy_name``), opened through the archive (its storage) when their
     turn comes (:func:`open_stored`)."""
-    return [(copy_name(row), functools.partial(open_stored, reader, row)) for row in rows]
+    return [(copy_name(row), functools.partial(_open_now, reader, row)) for row in rows]
+
+
+def _open_now(reader: ArchiveReader, row: Mapping[str, Any]) -> BinaryIO:
+    """:func:`open_stored`, or of the instance's row now when it was replaced since
+    (``ArchiveReader.follow``: the ZIP left it out, review51 #1)."""
+    try:
+        return open_stored(reader, row)
+    except OSError:
+        moved = reader.follow(row)
+        if moved is None:
+            raise
+        return open_stored(reader, moved)
 
 
 def open_stored(reader: ArchiveReader, row: Mapping[str, Any]) -> BinaryIO:

@@ -96,9 +96,6 @@ class OtherArrivals:
             self.newest = max(self.newest, iso(self.clock()))
             self.seen.clear()
             return []
-        # (the first look after the last other node went reads what it committed
-        # since the look before: review50 #5, its last seconds were never read)
-        self._others = alive
         floor = shifted(self.newest, -self.slack)
         new: list[dict[str, Any]] = []
         seen: dict[str, str] = {}
@@ -110,6 +107,9 @@ class OtherArrivals:
                 if self.seen.get(uid) != at:
                     new.append(row)
         self.seen = seen
+        # (a read after the last other node went: what it committed since the look
+        # before, review50 #5; until one succeeds, review51 #2)
+        self._others = alive
         if new:
             self.newest = max(self.newest, max(row["received_at"] for row in new))
         return new

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dicomstore.archive.nodes import ServiceLock
+
 QUEUE_DIR = ".forward"
 QUEUE_NAME = "queue.sqlite"
 STATES = ("pending", "sent", "failed", "skipped")
@@ -458,20 +460,23 @@ def drop_entries(
     """The entries still to send (pending, failed) of ``destinations`` dropped, none
     sent (``dicomstore requeue --drop``: a destination removed from the rules keeps
     its entries, which it would get if it came back; review49 #8); how many per
-    destination, None when there is no queue. Only destinations no rule configures
-    (at the last start): no sender runs for them, so it is safe while the server
-    runs; :class:`Configured` names the others."""
+    destination, None when there is no queue. While a node forwards, only those of
+    destinations no rule of its names (no sender runs for them: review51 #3, a
+    start without any rule never forwards, nor changes the rules recorded);
+    :class:`Configured` names the others."""
     path = queue_path(root)
     if not path.is_file():
         return None
+    running = ServiceLock(root, "forward").held_elsewhere()
     db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
     with closing(db), _Transaction(db):
-        configured = {d for (d,) in db.execute("SELECT DISTINCT destination FROM rule_since")}
+        rules = db.execute("SELECT DISTINCT destination FROM rule_since") if running else ()
+        configured = {d for (d,) in rules}
         named = [dest for dest in destinations if dest in configured]
         if named:
             raise Configured(
-                f"{', '.join(named)}: a --forward rule names it: start the server without"
-                " it first (or use requeue without --drop)"
+                f"{', '.join(named)}: the node forwarding now has a --forward rule for it:"
+                " restart it without that rule first (or use requeue without --drop)"
             )
         counts: dict[str, int] = {}
         for dest in destinations:

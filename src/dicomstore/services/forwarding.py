@@ -484,7 +484,8 @@ class Forwarding:
             if not stored:
                 gone.append((entry, f"its file {row[3]} is missing"))
                 continue
-            found.append((entry, Selected(row[0], row[1], row[2], row[3], storage=storage)))
+            selected = Selected(row[0], row[1], row[2], row[3], storage=storage, reader=self.reader)
+            found.append((entry, selected))
         return found, gone
 
 

@@ -132,6 +132,9 @@ class Selected:
     key: str
     study_instance_uid: str = ""
     storage: Storage | None = None
+    #: the index it was selected from: a key whose file is gone (a replace since) is
+    #: looked up again there (``ArchiveReader.follow``)
+    reader: ArchiveReader | None = None
 
 
 def select_instances(reader: ArchiveReader, query: RetrieveQuery) -> list[Selected]:
@@ -161,6 +164,7 @@ def select_instances(reader: ArchiveReader, query: RetrieveQuery) -> list[Select
                 row["path"],
                 intern(row["study_uid"]),
                 reader.storage,
+                reader,
             )
             for row in q.iter_search(db, "instance", filters)
         ]
@@ -280,10 +284,20 @@ def scan_selected(item: Selected) -> sources.Instance:
     file where the storage has one (``os.pread``, as the SCU reads files), else from
     a stream the storage opens (and opens again to send it)."""
     assert item.storage is not None, "an instance selected from the archive"
-    path = item.storage.local_path(item.key)
-    if path is not None:
-        return sources.scan_file(path)
-    return sources.scan_stream(functools.partial(item.storage.open, item.key))
+    key = item.key
+    for _ in range(2):  # (once more at its key now, if replaced since it was selected)
+        try:
+            path = item.storage.local_path(key)
+            if path is not None:
+                return sources.scan_file(path)
+            return sources.scan_stream(functools.partial(item.storage.open, key))
+        except (OSError, sources.Unreadable):  # (gone: replaced since? else raised)
+            row = {"sop_instance_uid": item.sop_instance_uid, "path": key}
+            moved = item.reader.follow(row) if item.reader is not None else None
+            if moved is None:
+                raise
+            key = moved["path"]
+    raise FileNotFoundError(f"{item.key}: replaced again and again")
 
 
 @dataclass(frozen=True)
