@@ -426,7 +426,7 @@ def test_a_place_let_go_while_the_lock_is_held_does_not_deadlock() -> None:
     transcoding.Slot("192.0.2.9").release()
 
 
-@pytest.mark.parametrize("accept", ["multipart", "zip"])
+@pytest.mark.parametrize("accept", ["multipart", "zip", "metadata"])
 def test_an_instance_replaced_during_a_retrieve_is_sent_as_it_is_now(
     tmp_path, monkeypatch, accept: str
 ) -> None:
@@ -445,10 +445,15 @@ def test_an_instance_replaced_during_a_retrieve_is_sent_as_it_is_now(
         params = {"accept": "application/zip"}
     try:
         with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
-            r = client.get(f"/studies/{study}", params=params, headers=headers)
+            path = f"/studies/{study}" + ("/metadata" if accept == "metadata" else "")
+            r = client.get(path, params=params, headers=headers)
     finally:
         archive.close()
     assert r.status_code == 200
+    if accept == "metadata":
+        found = [item["00100010"]["Value"][0]["Alphabetic"] for item in r.json()]
+        assert sorted(found) == ["Doe^Jane", "New^Er"]
+        return
     if accept == "zip":
         with zipfile.ZipFile(io.BytesIO(r.content)) as z:
             files = [z.read(name) for name in z.namelist()]

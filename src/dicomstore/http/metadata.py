@@ -81,6 +81,27 @@ def _with_urls(value: bytes, instance_url: str) -> tuple[bytes, bool]:
     return text, cut == b"1"
 
 
+def _keyed(
+    row: dict[str, Any],
+    storage: Storage,
+    max_depth: int,
+    follow: Callable[[dict[str, Any]], dict[str, Any] | None] | None,
+) -> tuple[dict[str, Any], str] | Exception:
+    """``row`` and its cache key; or the row now of an instance replaced since the
+    query, whose file went (``follow``: ``ArchiveReader.follow``, review51 #1: the
+    study's metadata left it out); or what failed."""
+    try:
+        return row, _key(row, storage, max_depth)
+    except (OSError, ValueError) as exc:
+        moved = follow(row) if follow is not None and isinstance(exc, OSError) else None
+        if moved is None:
+            return exc
+    try:
+        return moved, _key(moved, storage, max_depth)
+    except (OSError, ValueError) as exc:
+        return exc
+
+
 def stream_metadata(
     rows: list[dict[str, Any]],
     storage: Storage,
@@ -91,6 +112,7 @@ def stream_metadata(
     *,
     strict: bool = False,
     indexed: Callable[[str, str], bool] | None = None,
+    follow: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
 ) -> Iterator[bytes]:
     """The JSON array of the instances of ``rows``, in chunks of about ``CHUNK``
     bytes (whole instances); those deleted since the query are left out, one still
@@ -108,11 +130,11 @@ def stream_metadata(
     for start in range(0, len(rows), BATCH):
         batch: list[tuple[dict[str, Any], str]] = []
         for row in rows[start : start + BATCH]:
-            try:
-                batch.append((row, _key(row, storage, max_depth)))
-            except (OSError, ValueError) as exc:
-                missing(row, exc)
+            keyed = _keyed(row, storage, max_depth, follow)
+            if isinstance(keyed, Exception):
+                missing(row, keyed)
                 continue  # deleted since the query
+            batch.append(keyed)
         cached = cache.get_many({row["sop_instance_uid"]: key for row, key in batch})
         made: list[tuple[str, str, bytes]] = []
         for row, key in batch:

@@ -253,6 +253,7 @@ def metadata(request: Request) -> Response:
         inflated_limit(request),
         strict=alone,
         indexed=reader(request).indexed,
+        follow=reader(request).follow,
     )
     if alone:
         try:
