@@ -461,3 +461,28 @@ def test_an_instance_replaced_during_a_retrieve_is_sent_as_it_is_now(
         files = [data for _, data in split_multipart(r.content, r.headers["content-type"])]
     names = sorted(str(pydicom.dcmread(io.BytesIO(f)).PatientName) for f in files)
     assert names == ["Doe^Jane", "New^Er"]
+
+
+def test_frames_of_an_instance_replaced_or_deleted_since_it_was_looked_up(
+    tmp_path, monkeypatch
+) -> None:
+    """review51 #1: its file gone with a replace (or a delete) between the look-up and
+    the open, the frames were a 500; now those of the new version (or a 404)."""
+    from dicomstore.archive.removal import remove
+    from dicomstore.http import frames
+
+    archive = Archive(tmp_path / "archive", fsync=False, on_duplicate="replace")
+    study, series, uid = "1.2.7.81", "1.2.7.81.1", "1.2.7.81.1.1"
+    store(archive, make_dataset(uid, study=study, series=series, frames=1))
+    (stale,) = ArchiveReader(archive.root).instances(SOPInstanceUID=uid)
+    store(archive, make_dataset(uid, study=study, series=series, frames=2))
+    monkeypatch.setattr(frames, "instance_row", lambda request: dict(stale))
+    url = f"/studies/{study}/series/{series}/instances/{uid}/frames/2"
+    try:
+        with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+            assert client.get(url).status_code == 200  # (the first version has one frame)
+            remove(archive.root, uid)
+            r = client.get(url)
+            assert (r.status_code, r.reason_phrase) == (404, "Not Found")
+    finally:
+        archive.close()
