@@ -467,7 +467,7 @@ def test_frames_of_an_instance_replaced_or_deleted_since_it_was_looked_up(
     tmp_path, monkeypatch
 ) -> None:
     """review51 #1: its file gone with a replace (or a delete) between the look-up and
-    the open, the frames were a 500; now those of the new version (or a 404)."""
+    the open, frames and bulk data were a 500; now the new version's (or a 404)."""
     from dicomstore.archive.removal import remove
     from dicomstore.http import frames
 
@@ -478,11 +478,14 @@ def test_frames_of_an_instance_replaced_or_deleted_since_it_was_looked_up(
     store(archive, make_dataset(uid, study=study, series=series, frames=2))
     monkeypatch.setattr(frames, "instance_row", lambda request: dict(stale))
     url = f"/studies/{study}/series/{series}/instances/{uid}/frames/2"
+    bulk = f"/studies/{study}/series/{series}/instances/{uid}/bulkdata/7FE00010"
     try:
         with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
             assert client.get(url).status_code == 200  # (the first version has one frame)
+            assert client.get(bulk).status_code == 200
             remove(archive.root, uid)
-            r = client.get(url)
-            assert (r.status_code, r.reason_phrase) == (404, "Not Found")
+            for gone in (url, bulk):
+                r = client.get(gone)
+                assert (r.status_code, r.reason_phrase) == (404, "Not Found")
     finally:
         archive.close()

@@ -192,7 +192,7 @@ def bulkdata(request: Request) -> Response:
     """GET .../instances/{sop}/bulkdata/{tag}: a top-level binary value (10.4.1.1.3).
     Native Pixel Data is read by seeking: in the stored file, or for a deflated data
     set in its inflated copy (PS3.5 A.5), held until the answer is sent."""
-    row = instance_row(request)
+    row = _present(request, instance_row(request))
     try:
         tag = int(request.path_params["tag"], 16)
     except ValueError:
@@ -229,6 +229,18 @@ def bulkdata(request: Request) -> Response:
             yield closing(boundary)
 
     return _multipart(body(), OCTET, boundary)
+
+
+def _present(request: Request, row: dict[str, Any]) -> dict[str, Any]:
+    """``row``, or the instance's row now when its file went with a replace since the
+    look-up (``ArchiveReader.follow``); 404 when it was deleted (a 500 before)."""
+    archive = reader(request)
+    if archive.storage.exists(row["path"]):
+        return row
+    moved = archive.follow(row)
+    if moved is None:
+        raise HttpError(404, "deleted since it was looked up")
+    return moved
 
 
 def _value_chunks(
