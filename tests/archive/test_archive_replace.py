@@ -134,7 +134,7 @@ def test_an_instance_selected_before_a_replace_is_sent_as_it_is_now(tmp_path: Pa
         reader = ArchiveReader(root)
         (row,) = reader.instances()
         keys = ("sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "path", "study_uid")
-        item = Selected(*(row[k] for k in keys), reader.storage, reader)  # type: ignore[arg-type]
+        item = Selected(*(row[k] for k in keys), reader)  # type: ignore[arg-type]
         assert store(archive, dataset(UID, patient_name="Second"), sop_uid=UID).status == 0
         assert scan_selected(item).path == root / OTHER
         assert remove(root, UID).instances == 1

@@ -129,19 +129,7 @@ class ServiceLock:
     def held_elsewhere(self) -> bool:
         """Whether a live node holds it now: a probe (a shared lock of our own, let go
         at once), never taking it from a node about to (``requeue --drop``)."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False  # (its holder removes it as it lets go)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return True
-            raise
-        finally:
-            os.close(fd)
-        return False
+        return _held(self.path)  # (its holder removes it as it lets go: then False)
 
     def close(self) -> None:
         """Let go: the file goes, then the lock (a node that locked the removed file
@@ -214,19 +202,26 @@ def alive(root: Path | str) -> Iterator[str]:
     at once, tells: it fails while the owner holds its exclusive one)."""
     tmp = Path(root) / layout.TMP_DIR
     for name in _lock_names(tmp):
-        try:
-            fd = os.open(tmp / name, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue  # (gone: a node that ended)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                yield name.removesuffix(LOCK)
-                continue
-            raise
-        finally:
-            os.close(fd)  # (and our probe's lock with it)
+        if _held(tmp / name):  # (not held, or gone: a node that ended)
+            yield name.removesuffix(LOCK)
+
+
+def _held(path: Path) -> bool:
+    """Whether another open file holds an exclusive flock of ``path`` (False: none,
+    or no file): a probe with a shared lock of our own, let go at once."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)  # (and our probe's lock with it)
+    return False
 
 
 def dead_files(root: Path) -> set[tuple[int, int]]:

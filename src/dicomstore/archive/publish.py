@@ -364,7 +364,8 @@ class Publisher(DeferredFlushes):
                 else:
                     raise  # a bug: the members learn of it (commit.GroupCommit)
                 doubt = {id(m) for m in placed} if committed is None else set()
-                self._doubt += placed if doubt else []
+                if doubt:
+                    self._doubt += placed
                 for member in live:  # (those answered as duplicates keep their answer)
                     if id(member) in doubt:  # (its trace stays: recovery settles it)
                         member.outcome = failure(st.OUT_OF_RESOURCES, comment)

@@ -177,9 +177,8 @@ class ArchiveReader:
     def indexed(self, sop_instance_uid: str, path: str) -> bool:
         """The instance is in the index now, filed at ``path`` (not deleted since, nor
         replaced by a copy filed elsewhere)."""
-        uid = layout.normalize_uid(sop_instance_uid.strip())
-        rows = self.search("instance", {"SOPInstanceUID": uid}, limit=1)
-        return bool(rows) and rows[0]["path"] == path
+        row = self._now(sop_instance_uid)
+        return row is not None and row["path"] == path
 
     def follow(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
         """The row of ``row``'s instance now, when the index files it at another key:
@@ -187,16 +186,22 @@ class ArchiveReader:
         key and removes the file at the old one: ``publish.py``), so a reader that
         found no file at ``row``'s key reads the new version (review51 #1); None
         when it is deleted, or still at that key."""
-        rows = self.search("instance", {"SOPInstanceUID": row["sop_instance_uid"]}, limit=1)
-        return rows[0] if rows and rows[0]["path"] != row["path"] else None
+        now = self._now(row["sop_instance_uid"])
+        return now if now is not None and now["path"] != row["path"] else None
 
     def instance(self, sop_instance_uid: str) -> dict[str, Any]:
         """The row of one instance."""
+        row = self._now(sop_instance_uid)
+        if row is None:
+            uid = layout.normalize_uid(sop_instance_uid.strip())
+            raise NotStoredError(f"instance {uid} is not in the archive")
+        return row
+
+    def _now(self, sop_instance_uid: str) -> dict[str, Any] | None:
+        """The row of one instance as the index has it now (None: not stored)."""
         uid = layout.normalize_uid(sop_instance_uid.strip())
         rows = self.search("instance", {"SOPInstanceUID": uid}, limit=1)
-        if not rows:
-            raise NotStoredError(f"instance {uid} is not in the archive")
-        return rows[0]
+        return rows[0] if rows else None
 
     def instance_rows(self, sop_instance_uids: list[str], chunk: int = 2000) -> dict[str, Any]:
         """The rows of those of these instances the index holds, by SOP Instance UID:

@@ -412,19 +412,19 @@ def _delete(args: argparse.Namespace) -> int:
     )  # what an interrupted delete or replace left
     if settled:
         print(f"removed {settled} file(s) an interrupted delete or replace left")
-    only = None
+    only = None  # (--yes: all it holds when it is removed)
     try:
         level, row = reader.locate(uid)
-        key = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}.get(
-            level, "SOPInstanceUID"
-        )
-        # what is confirmed is what goes: the instances counted (review50 #6)
-        rows = reader.search("instance", {key: uid})
-        only = frozenset(r["sop_instance_uid"] for r in rows)
-        size = sum(r["file_size"] or 0 for r in rows)
         who = f"{row['patient_name'] or '?'} ({row['patient_id']})"
-        what = f"{level} {uid} of {who}"
-        counted = f"{what}: {len(rows)} instance(s), {human_size(size)}"
+        what = counted = f"{level} {uid} of {who}"
+        if not args.yes:  # what is confirmed is what goes: those counted (review50 #6)
+            key = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}.get(
+                level, "SOPInstanceUID"
+            )
+            rows = reader.search("instance", {key: uid})
+            only = frozenset(r["sop_instance_uid"] for r in rows)
+            size = sum(r["file_size"] or 0 for r in rows)
+            counted = f"{what}: {len(rows)} instance(s), {human_size(size)}"
     except NotStoredError:
         files = leftovers(reader.root, reader, None, uid)
         if not files:
@@ -437,8 +437,6 @@ def _delete(args: argparse.Namespace) -> int:
         if answer not in ("y", "yes"):
             print("not deleted")
             return EXIT_FAILED
-    else:
-        only = None  # (--yes: all it holds now)
     result = remove(args.storage, uid, index=args.index, only=only)
     for problem in result.problems:
         print(f"dicomstore: {problem}", file=sys.stderr)

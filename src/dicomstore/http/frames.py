@@ -112,17 +112,10 @@ def frame_numbers(text: str) -> list[int]:
 
 
 def open_frames(request: Request, row: dict[str, Any]) -> pixels.Frames:
-    """The frames of the instance ``row`` (bounded by the app's limits; close them);
-    of its row now if it was replaced since it was read (``ArchiveReader.follow``),
-    404 if it was deleted (its file gone: a 500 before)."""
-    archive, bound = reader(request), limits(request).max_frame_bytes
-    try:
-        return pixels.Frames.open(archive.storage, row, bound, inflated_limit(request))
-    except FileNotFoundError:
-        moved = archive.follow(row)
-        if moved is None:
-            raise HttpError(404, "deleted since it was looked up") from None
-    return pixels.Frames.open(archive.storage, moved, bound, inflated_limit(request))
+    """The frames of the instance ``row`` (bounded by the app's limits; close them),
+    as it is now (:func:`_present`)."""
+    storage, bound = reader(request).storage, limits(request).max_frame_bytes
+    return pixels.Frames.open(storage, _present(request, row), bound, inflated_limit(request))
 
 
 def _frame_parts(

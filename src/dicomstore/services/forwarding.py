@@ -484,8 +484,7 @@ class Forwarding:
             if not stored:
                 gone.append((entry, f"its file {row[3]} is missing"))
                 continue
-            selected = Selected(row[0], row[1], row[2], row[3], storage=storage, reader=self.reader)
-            found.append((entry, selected))
+            found.append((entry, Selected(row[0], row[1], row[2], row[3], reader=self.reader)))
         return found, gone
 
 

@@ -124,17 +124,20 @@ def parse_retrieve_identifier(identifier: Dataset, levels: Sequence[str]) -> Ret
 @dataclass(frozen=True, slots=True)
 class Selected:
     """One instance to send: its UIDs, the transfer syntax it is stored in, its key
-    in the archive's ``storage`` (read through it, never by a path of our own)."""
+    in the storage of the archive it was selected from (``reader``: read through it,
+    never by a path of our own; a key whose file is gone, a replace since, is looked
+    up again there: ``ArchiveReader.follow``)."""
 
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax: str
     key: str
     study_instance_uid: str = ""
-    storage: Storage | None = None
-    #: the index it was selected from: a key whose file is gone (a replace since) is
-    #: looked up again there (``ArchiveReader.follow``)
     reader: ArchiveReader | None = None
+
+    @property
+    def storage(self) -> Storage | None:
+        return None if self.reader is None else self.reader.storage
 
 
 def select_instances(reader: ArchiveReader, query: RetrieveQuery) -> list[Selected]:
@@ -163,7 +166,6 @@ def select_instances(reader: ArchiveReader, query: RetrieveQuery) -> list[Select
                 intern(row["transfer_syntax_uid"]),
                 row["path"],
                 intern(row["study_uid"]),
-                reader.storage,
                 reader,
             )
             for row in q.iter_search(db, "instance", filters)
