@@ -18,7 +18,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pynetdicom import AE, build_role, evt
-from tests.archive.archive_testlib import CT, MR, dataset, dcm_files, stored_dataset
+from tests.archive.archive_testlib import CT, MR, dataset, dcm_files, store, stored_dataset
 from tests.conftest import ServerThread
 from tests.services.query_testlib import Audit, fill, identifier, sop_uids
 
@@ -27,6 +27,7 @@ from dicomstore.aio.client import connect
 from dicomstore.archive import Archive
 from dicomstore.archive.reader import NotStoredError
 from dicomstore.policy import Peer, Policy
+from dicomstore.services import retrieve
 from dicomstore.services.server import ServerConfig
 from dicomstore.ul.items import RoleSelection
 
@@ -346,3 +347,32 @@ def test_a_get_requester_that_stops_answering_is_aborted_as_idle(root: Path) -> 
         logger.removeHandler(seen)
         logger.setLevel(level)
         archive.close()
+
+
+def test_an_instance_replaced_between_its_scan_and_its_send_goes_as_it_is_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replace that removes the file after the sub-operation scanned it (and before
+    it opened it to send) sends the new version (it failed, 'cannot read'; the other
+    half of review51 #1, the window after ``scan_selected``)."""
+    uid = "1.2.9.7.1"
+    archive = Archive(tmp_path / "archive", fsync=False, on_duplicate="replace")
+    assert store(archive, dataset(uid, patient_name="First"), sop_uid=uid).status == 0
+    scan, replaced = retrieve._scan, []
+
+    def scan_then_replace(item: Any) -> Any:
+        found = scan(item)
+        if not replaced:  # (the first scan only: the one of the old version)
+            replaced.append(store(archive, dataset(uid, patient_name="Second"), sop_uid=uid))
+        return found
+
+    monkeypatch.setattr(retrieve, "_scan", scan_then_replace)
+    try:
+        with ServerThread(ServerConfig(port=0), archive) as srv:
+            got = pynetdicom_get(srv.port, identifier("STUDY", StudyInstanceUID="1.2.3.4"))
+    finally:
+        archive.close()
+    assert [r.status for r in replaced] == [0]
+    assert got.statuses[-1] == 0x0000 and got.counts() == (1, 0, 0, None)
+    received = read_dataset(BytesIO(got.received[uid]), False, True)
+    assert str(received.PatientName) == "Second"

@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import sys
@@ -285,21 +286,34 @@ def scan_selected(item: Selected) -> sources.Instance:
     """The stored instance ``item`` scanned for sending (blocking): from its local
     file where the storage has one (``os.pread``, as the SCU reads files), else from
     a stream the storage opens (and opens again to send it)."""
+    return _scan(item)[0]
+
+
+def _scan(item: Selected) -> tuple[sources.Instance, Selected]:
+    """:func:`scan_selected`, and ``item`` at the key it was scanned at."""
     assert item.storage is not None, "an instance selected from the archive"
-    key = item.key
     for _ in range(2):  # (once more at its key now, if replaced since it was selected)
         try:
-            path = item.storage.local_path(key)
+            path = item.storage.local_path(item.key)
             if path is not None:
-                return sources.scan_file(path)
-            return sources.scan_stream(functools.partial(item.storage.open, key))
+                return sources.scan_file(path), item
+            opener = functools.partial(item.storage.open, item.key)
+            return sources.scan_stream(opener), item
         except (OSError, sources.Unreadable):  # (gone: replaced since? else raised)
-            row = {"sop_instance_uid": item.sop_instance_uid, "path": key}
-            moved = item.reader.follow(row) if item.reader is not None else None
+            moved = _moved(item)
             if moved is None:
                 raise
-            key = moved["path"]
+            item = moved
     raise FileNotFoundError(f"{item.key}: replaced again and again")
+
+
+def _moved(item: Selected) -> Selected | None:
+    """``item`` at its key now, when a replace filed it at another since it was
+    selected (``ArchiveReader.follow``); None: deleted, or still at that key."""
+    if item.reader is None:
+        return None
+    row = item.reader.follow({"sop_instance_uid": item.sop_instance_uid, "path": item.key})
+    return None if row is None else dataclasses.replace(item, key=row["path"])
 
 
 @dataclass(frozen=True)
@@ -327,25 +341,31 @@ async def store_selected(
     cannot be sent: unreadable, or no accepted context fits. A failure of the
     association, or of the file while its data set was going out
     (:class:`~dicomstore.services.sources.SourceReadError`), is raised."""
-    try:
-        instance = await asyncio.to_thread(scan_selected, item)
-    except (NotDicom, OSError, ValueError) as exc:
-        why = f"cannot read {item.key}: {sources.one_line(exc)}"
-        log.error("%s: %s", service, why)
-        return NotSent(why)
-    try:
-        rsp, _ctx, converted, nbytes = await store_instance(
-            channel,
-            instance,
-            convert=True,
-            priority=priority,
-            move_originator=move_originator,
-            inflated_limit=inflated_limit,
-            scratch=item.storage.scratch() if item.storage is not None else None,
-        )
-    except (NotSendable, NotDicom) as exc:
-        log.warning("%s: %s not sent: %s", service, item.sop_instance_uid, exc)
-        return NotSent(sources.one_line(exc))
+    for attempt in range(2):  # (again if its file went between the scan and the send)
+        try:
+            instance, item = await asyncio.to_thread(_scan, item)
+        except (NotDicom, OSError, ValueError) as exc:
+            why = f"cannot read {item.key}: {sources.one_line(exc)}"
+            log.error("%s: %s", service, why)
+            return NotSent(why)
+        try:
+            rsp, _ctx, converted, nbytes = await store_instance(
+                channel,
+                instance,
+                convert=True,
+                priority=priority,
+                move_originator=move_originator,
+                inflated_limit=inflated_limit,
+                scratch=item.storage.scratch() if item.storage is not None else None,
+            )
+            break
+        except (NotSendable, NotDicom) as exc:  # (nothing of it sent yet)
+            gone = instance.path is None or not instance.path.exists()
+            moved = await asyncio.to_thread(_moved, item) if attempt == 0 and gone else None
+            if moved is None:
+                log.warning("%s: %s not sent: %s", service, item.sop_instance_uid, exc)
+                return NotSent(sources.one_line(exc))
+            item = moved  # replaced between its scan and its open: its new version
     if not st.is_stored(rsp.status):
         log.warning(
             "%s: %s answered %04X for %s: %s",
