@@ -265,6 +265,36 @@ def test_a_storage_of_another_index_is_refused(tmp_path: Path, index_engine: str
         assert [r["sop_instance_uid"] for r in node.instances()] == [_uid(1)]
 
 
+def test_check_of_a_storage_not_the_index_s_is_refused_and_writes_no_id(
+    tmp_path: Path, index_engine: str, capsys
+) -> None:
+    """`check` with the wrong --storage (another archive's folder, a share not mounted)
+    listed every file of both as a problem, after running recovery on that folder
+    against this index; and it gave an unmarked folder the index's id."""
+    if index_engine != "postgresql":
+        pytest.skip("the SQLite index is in the storage root: of that root")
+    from dicomstore.archive.identity import MARK
+    from dicomstore.cli import main
+
+    here, other, empty = tmp_path / "here", tmp_path / "other", tmp_path / "unmounted"
+    with Archive(here, fsync=False) as node:
+        url = node.index.engine.url
+        assert store(node, dataset(_uid(1)), sop_uid=_uid(1)).status == SUCCESS
+    with Archive(other, fsync=False) as elsewhere:  # (an index of its own)
+        assert store(elsewhere, dataset(_uid(2)), sop_uid=_uid(2)).status == SUCCESS
+    empty.mkdir()
+    capsys.readouterr()
+    assert main(["check", "--storage", str(other), "--index", url]) == 1
+    err = capsys.readouterr().err
+    assert "but the index" in err and "the wrong --storage or --index?" in err
+    assert main(["check", "--storage", str(empty), "--index", url]) == 1
+    assert "holds no instance, but the index" in capsys.readouterr().err
+    assert sorted(p.name for p in empty.iterdir()) == []  # (no id, no .tmp)
+    assert main(["check", "--storage", str(here), "--index", url]) == 0
+    assert "checked 1 instance(s): 0 problem(s)" in capsys.readouterr().out
+    assert (here / MARK).exists() and not (empty / MARK).exists()
+
+
 def test_an_idle_node_takes_the_archive_lock_again_after_its_session_ended(
     tmp_path: Path, index_engine: str
 ) -> None:

@@ -33,9 +33,10 @@ class StorageMismatchError(ValueError):
     ``--storage``, a share not mounted, or a second archive in one schema."""
 
 
-def check_storage(root: Path, index: Index) -> None:
+def check_storage(root: Path, index: Index, *, give: bool = True) -> None:
     """Raise :class:`StorageMismatchError` unless ``root`` is the storage of
-    ``index`` (module notes); give both their id when neither has one."""
+    ``index`` (module notes); give both their id when neither has one (``give``;
+    else look only: ``dicomstore check`` writes no id)."""
     if index.engine.dialect == "sqlite":  # (the index in the root: of that root)
         return
     where = index.engine.where
@@ -54,9 +55,11 @@ def check_storage(root: Path, index: Index) -> None:
                 f" {recorded}: the wrong --storage? (if it is that storage, its {MARK} was"
                 f" lost: write {recorded} into {root / MARK})"
             )
+        if not give:
+            return
         ours = _write(root, recorded or str(uuid.uuid4()), durable=index.durable)
-    theirs = _recorded(index, ours)
-    if theirs != ours:
+    theirs = _recorded(index, ours if give else None)
+    if theirs != ours and (give or theirs is not None):
         raise StorageMismatchError(
             f"{root} is the storage {ours}, but the index {where} is of the storage"
             f" {theirs}: the wrong --storage or --index? (a second archive needs a"

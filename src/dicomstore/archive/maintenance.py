@@ -263,7 +263,8 @@ def _wins(a: dict[str, Any], b: dict[str, Any], indexed: str | None) -> bool:
 def run_check(
     root: Path, *, fsync: bool = True, index: str | None = None, counted: list[int] | None = None
 ) -> list[str]:
-    """``dicomstore check``: with no archive open on ``root`` elsewhere, first
+    """``dicomstore check``: refused when ``root`` is not the index's storage
+    (``identity.check_storage``, looking only); with no archive open on ``root`` elsewhere, first
     settle what a crash left (``recovery.recover``, as the next start would), so
     that a clean check means a clean start; with servers running (nodes, on this
     host or others: the flock of ``.tmp`` or the database's lock says so) check
@@ -272,9 +273,10 @@ def run_check(
     The digests are read without the lock, so nodes are never held up for long."""
     from dicomstore.archive.recovery import ArchiveBusyError, hold, recover
 
-    (root / layout.TMP_DIR).mkdir(exist_ok=True)
     db = Index(engine_for(root, index), durable=fsync)
-    try:
+    try:  # (another storage's files: every one reported, or recovered, against this index)
+        check_storage(root, db, give=False)
+        (root / layout.TMP_DIR).mkdir(exist_ok=True)
         alone = False
         try:
             fd = hold(root, exclusive=True)
