@@ -40,6 +40,7 @@ __all__ = [
     "NO_SUCH_SOP_CLASS",
     "NO_SUCH_SOP_INSTANCE",
     "OUT_OF_RESOURCES",
+    "OVER_SIZE_LIMIT",
     "PENDING",
     "PENDING_WARNING",
     "PROCESSING_FAILURE",
@@ -58,6 +59,7 @@ __all__ = [
     "is_failure",
     "is_stored",
     "is_success",
+    "is_transient",
     "is_warning",
 ]
 
@@ -201,6 +203,19 @@ def is_stored(status: int) -> bool:
     """A C-STORE-RSP status saying the instance is stored: Success or Warning (a C-STORE
     has no Pending nor Cancel status, PS3.4 B.2.3: either means it was not)."""
     return category(status) in ("success", "warning")
+
+
+#: The Error Comment of our SCPs' A700 for a data set over their size limit (``--max-
+#: dataset-size``, STOW-RS's body limit): the same data set is refused again.
+OVER_SIZE_LIMIT = "larger than the limit"
+
+
+def is_transient(status: int, error_comment: str | None = None) -> bool:
+    """Worth trying again later: A7xx Out of Resources (PS3.4 B.2.3) or 0213 Resource
+    Limitation (PS3.7 C.5), unless the comment says the data set is over a size limit."""
+    if status >> 8 != 0xA7 and status != RESOURCE_LIMITATION:
+        return False
+    return error_comment is None or OVER_SIZE_LIMIT not in error_comment
 
 
 def describe(status: int) -> str:

@@ -441,6 +441,35 @@ def test_a_failure_status_is_given_up_not_retried(tmp_path: Path) -> None:
     assert 'dicomstore_forward_pending{destination="REFUSER"} 0.0' in exposition
 
 
+def test_a_data_set_over_the_destination_s_size_limit_is_given_up_not_retried(
+    tmp_path: Path,
+) -> None:
+    """Our server as destination, with a size limit: its A700 says "larger than the
+    limit", which no later attempt changes; the entry is failed after one attempt (it
+    was retried as any A700, the whole batch held back each time)."""
+    root, other = tmp_path / "archive", tmp_path / "other"
+    reports: list[BatchReport] = []
+
+    async def main() -> None:
+        small = ServerConfig(port=0, ae_title="SMALL", max_instance_bytes=64)
+        async with (
+            serving(other, small) as dest,
+            serving(root, config(f"SMALL=127.0.0.1:{dest.port}")) as server,
+        ):
+            assert server.forwarding is not None
+            server.forwarding.observers.append(reports.append)
+            await store(server.port, [instance("1.2.77.9.1")])
+            await until(lambda: status(root, "SMALL")["failed"] == 1)
+            await until(lambda: sum(r.failed for r in reports) == 1)
+
+    asyncio.run(main())
+    with closing(sqlite3.connect(queue_path(root))) as db:
+        rows = db.execute("SELECT state, attempts, status, reason FROM entry").fetchall()
+    assert [r[:3] for r in rows] == [("failed", 1, "A700")]
+    assert "larger than the limit of 64 bytes" in rows[0][3]
+    assert not any(r.retry for r in reports)
+
+
 def test_a_pending_or_cancel_answer_is_no_store(tmp_path: Path, caplog) -> None:
     """review49 #7: a destination answering FE00 (Cancel) or FF00 (Pending), which a
     C-STORE does not have (PS3.4 B.2.3), had the instance recorded sent, for good,

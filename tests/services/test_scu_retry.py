@@ -418,3 +418,17 @@ def test_a_small_file_goes_from_the_bytes_its_check_read(monkeypatch) -> None:
     assert opened == [large[0].name]
     for path in [*small, *large]:
         assert handler.stored[uid_of(path)] == dataset_bytes(path)
+
+
+def test_a_data_set_over_the_scp_s_size_limit_is_not_sent_again(tmp_path: Path) -> None:
+    """Our SCP's A700 for a data set over its limit says so in its comment: sending it
+    again gets the same answer (it was sent 1 + retries times, whole each time)."""
+    from dicomstore.archive import Archive
+
+    files = sendable(compressed=False)[:1]
+    with Archive(tmp_path / "archive", fsync=False) as archive:
+        config = ServerConfig(port=0, max_instance_bytes=64)
+        with ServerThread(config, archive) as server:
+            (r,) = _send(server.port, files, retries=3)
+    assert (r.outcome, r.status, r.attempts) == ("failed", 0xA700, 1)
+    assert r.error_comment == "data set larger than the limit of 64 bytes"

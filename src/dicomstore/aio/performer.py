@@ -119,7 +119,7 @@ class _Collected:
 
     async def finish(self) -> Any:
         if self.too_large:
-            comment = f"data set larger than {self.owner.max_data} bytes"
+            comment = f"data set {st.OVER_SIZE_LIMIT} of {self.owner.max_data} bytes"
             return self.message.response(st.RESOURCE_LIMITATION, comment)
         rsp = await self.owner.handler(self.context_id, self.message, bytes(self.data))
         return rsp if rsp is not None else refusal(self.message)

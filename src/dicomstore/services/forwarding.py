@@ -79,12 +79,6 @@ _SENDABLE = (
 )
 
 
-def transient_status(status: int) -> bool:
-    """Worth trying again later: A7xx Out of Resources (PS3.4 B.2.3), 0213 Resource
-    Limitation (PS3.7 C.5)."""
-    return status >> 8 == 0xA7 or status == st.RESOURCE_LIMITATION
-
-
 @dataclass
 class BatchReport:
     """What one batch to one destination came to (the log line, the metrics)."""
@@ -400,7 +394,7 @@ class Forwarding:
                 elif st.is_stored(rsp.status):  # (review49 #7: FF00, FE00 were "sent")
                     outcomes.append(Settled(entry.id, "sent", attempts, status=rsp.status))
                     report.sent += 1
-                elif transient_status(rsp.status):
+                elif st.is_transient(rsp.status, rsp.error_comment):
                     # the destination is in trouble (full, busy): the rest of the batch
                     # waits with this one, and the destination backs off (review36a #8:
                     # each instance came back on its own association, ~30 per second)

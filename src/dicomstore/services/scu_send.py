@@ -64,11 +64,6 @@ log = logging.getLogger("dicomstore.send")
 CHECK_IN_LOOP_MAX = 1 << 20
 
 
-def _retriable_status(status: int) -> bool:
-    """Out of resources (A7xx, PS3.4 B.2.3) or resource limitation (0213, PS3.7 C.5)."""
-    return status >> 8 == 0xA7 or status == st.RESOURCE_LIMITATION
-
-
 @dataclass
 class _Job:
     instance: Instance
@@ -331,7 +326,7 @@ class _Run:
                     self.finish(res)
                     continue
                 status = rsp.status
-                if _retriable_status(status) and job.attempts <= self.opts.retries:
+                if st.is_transient(status, rsp.error_comment) and job.attempts <= self.opts.retries:
                     said = ": " + rsp.error_comment if rsp.error_comment else ""
                     text = f"{status:04X} {st.describe(status)}{said}"  # (-v: each try)
                     log.info("%s: %s, retrying", job.instance.label, text)

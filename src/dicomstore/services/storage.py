@@ -226,7 +226,7 @@ class Storing:
         if sink is None:
             return
         if self.limit and self.nbytes > self.limit:
-            self._too_large(f"data set larger than the limit of {self.limit} bytes")
+            self._too_large(f"data set {st.OVER_SIZE_LIMIT} of {self.limit} bytes")
             return
         if self.nbytes >= self.next_free_check:
             assert self.free_floor is not None
@@ -240,8 +240,8 @@ class Storing:
         inflated = self.inflated
         if inflated is not None and not inflated.feed(data):
             self._too_large(
-                f"deflated data set inflates to over {inflated.limit} bytes, the limit"
-                f" ({self.nbytes} bytes received)"
+                f"inflated data set {st.OVER_SIZE_LIMIT} of {inflated.limit} bytes"
+                f" ({self.nbytes} deflated bytes received)"  # (an LO: the first 64 say it)
             )
             return
         try:
