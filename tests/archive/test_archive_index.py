@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -176,6 +177,46 @@ def test_reindex_leaves_out_a_file_not_where_its_instance_is_filed(archive: Arch
         " (1.2.3.5/1.2.3.5.1/1.2.3.4.5.2.dcm): move it there, or store it with `dicomstore send`"
     ]
     assert archive.check() == ["stray.dcm: not indexed"]
+
+
+ACCEPT = ("--on-relational-mismatch", "accept")
+
+
+def test_reindex_leaves_out_a_file_put_in_by_hand_whose_study_is_another_patient_s(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """review54 F7: a file of study 1.2.3.4 for another patient, copied to its place by
+    hand, was indexed: one study under two patients, and check clean. The relational
+    check judges the files the index did not hold (oldest first) as a store would."""
+    with Archive(tmp_path / "elsewhere", fsync=False) as other:
+        data = dataset("1.2.3.4.5.9", study="1.2.3.4", series="1.2.3.4.9", patient_id="P9")
+        out = store(other, data, sop_uid="1.2.3.4.5.9")
+        assert out.path is not None
+        rel = out.path.relative_to(other.root).as_posix()
+        (archive.root / rel).parent.mkdir(parents=True)
+        shutil.copyfile(out.path, archive.root / rel)
+    left_out: list[str] = []
+    assert archive.reindex(left_out) == 3
+    assert left_out == [
+        f"{rel}: left out: Study Instance UID is already filed under another patient (store"
+        " it with `dicomstore send`: the server's --on-relational-mismatch judges it)"
+    ]
+    assert archive.check() == [f"{rel}: not indexed"]
+    assert {r["patient_id"] for r in archive.instances(study_uid="1.2.3.4")} == {"PID1"}
+    if archive.index.engine.dialect != "sqlite":
+        return
+    archive.close()  # the index lost: every file judged, the oldest first
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{archive.root}/index.sqlite{suffix}").unlink(missing_ok=True)
+    with Archive(archive.root) as rebuilt:
+        left_out = []
+        assert rebuilt.reindex(left_out) == 3
+        assert len(left_out) == 1 and left_out[0].startswith(f"{rel}: left out: Study")
+    from dicomstore.cli import main  # the server's policy "accept": every file indexed
+
+    assert main(["reindex", "--storage", str(archive.root), *ACCEPT]) == 0
+    with Archive(archive.root) as rebuilt:
+        assert {r["patient_id"] for r in rebuilt.instances(study_uid="1.2.3.4")} == {"PID1", "P9"}
 
 
 def test_the_reindex_command_says_a_damaged_file_and_fails(archive: Archive, capsys) -> None:

@@ -452,3 +452,34 @@ def test_a_moved_replace_whose_old_file_cannot_be_looked_up_is_still_stored(
         assert row["series_uid"] == "1.2.3.4.6" and a.path_of(uid).exists()
     with Archive(root, fsync=False) as a:  # (the next start removes the old file)
         assert a.check() == []
+
+
+def test_a_dead_node_s_instance_whose_study_another_patient_took_meanwhile_is_dropped(
+    tmp_path: Path, caplog
+) -> None:
+    """review54 F3: a node killed between the rename and the COMMIT left an instance of
+    study S for patient P2 (never answered); a live node then stored S for P1 (0000);
+    the next start adopted the dead node's file without the relational check: S under
+    two patients, and `check` said nothing. It is dropped now (its sender saw no
+    answer: it sends again, and the policy judges it then)."""
+    from crash_driver import crash_child
+
+    root = tmp_path / "root"
+    with Archive(root, fsync=False) as live:
+
+        def conflicting() -> None:
+            with Archive(root, fsync=False) as dying:
+                store(dying, dataset(_uid(2), patient_id="P2"), sop_uid=_uid(2))
+
+        crash_child(root, "publish.after-rename", conflicting)
+        ours = dataset(_uid(1), patient_id="P1", series="1.2.3.4.6")
+        assert store(live, ours, sop_uid=_uid(1)).status == SUCCESS
+        with (
+            caplog.at_level("WARNING", logger="dicomstore.archive"),
+            Archive(root, fsync=False) as starting,
+        ):
+            assert [r["sop_instance_uid"] for r in starting.instances()] == [_uid(1)]
+            assert starting.check() == []
+    assert (
+        "dropped, never committed: Study Instance UID is already filed under another" in caplog.text
+    )

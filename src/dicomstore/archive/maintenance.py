@@ -20,6 +20,7 @@ from dicomstore.archive.fields import index_fields
 from dicomstore.archive.identity import check_storage
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import dicom_files
+from dicomstore.archive.relations import Relations
 
 log = logging.getLogger("dicomstore.archive")
 
@@ -165,6 +166,8 @@ def reindex_archive(
     index: Index,
     left_out: list[str] | None = None,
     damaged: list[str] | None = None,
+    *,
+    on_relational_mismatch: str = "reject",
 ) -> int:
     """Replace the index by what the files say; the number of instances indexed.
 
@@ -180,7 +183,9 @@ def reindex_archive(
     matches the size and digest recorded when it was stored (damaged since) keeps
     the recorded ones, so that ``check`` goes on reporting it (review45 H2: the
     record of what was acknowledged was replaced by the damaged bytes' digest,
-    silently), and is told in ``damaged``.
+    silently), and is told in ``damaged``. With ``on_relational_mismatch`` "reject",
+    a file the index did not hold whose series or study the others file elsewhere is
+    left out (:func:`_put_judged`).
     """
     told = left_out if left_out is not None else []
     recorded = {uid: (path, size, digest) for uid, path, size, digest in index.paths()}
@@ -224,13 +229,48 @@ def reindex_archive(
         index.begin()
         try:
             index.clear()
-            for row in chosen.values():
-                index.put(row)
+            judge = on_relational_mismatch == "reject"
+            count = _put_judged(index, chosen, recorded if judge else None, told)
             index.commit()
         except BaseException:
             index.rollback()
             raise
-    return len(chosen)
+    return count
+
+
+def _put_judged(
+    index: Index,
+    chosen: dict[str, dict[str, Any]],
+    recorded: dict[str, Any] | None,
+    told: list[str],
+) -> int:
+    """Index the rows ``chosen``: those of files the index held as they were (stored
+    under the policy of their time); the others (put in by hand, or all of them when
+    the index was lost) oldest first, each left out when the rows before it file its
+    series under another study or its study under another patient (review54 F7:
+    a study of two patients, and ``check`` clean); ``recorded`` None: none judged."""
+    if recorded is None:
+        for row in chosen.values():
+            index.put(row)
+        return len(chosen)
+    held = [row for uid, row in chosen.items() if recorded.get(uid, (None,))[0] == row["path"]]
+    new = [row for uid, row in chosen.items() if recorded.get(uid, (None,))[0] != row["path"]]
+    for row in held:
+        index.put(row)
+    put = len(held)
+    relations = Relations(index)
+    for row in sorted(new, key=lambda r: (r["received_at"], r["path"])):
+        refused = relations.check(row)
+        if refused is not None:
+            told.append(
+                f"{row['path']}: left out: {refused.error_comment} (store it with `dicomstore"
+                " send`: the server's --on-relational-mismatch judges it)"
+            )
+            continue
+        index.put(row)
+        relations.add(row)
+        put += 1
+    return put
 
 
 def _unreadable(exc: Exception) -> str:
@@ -320,6 +360,7 @@ def run_reindex(
     fsync: bool = True,
     index: str | None = None,
     damaged: list[str] | None = None,
+    on_relational_mismatch: str = "reject",
 ) -> int:
     """``dicomstore reindex``: refused (:class:`~dicomstore.archive.recovery.ArchiveBusyError`)
     while an archive is open on ``root`` elsewhere (a server, a node on any host:
@@ -337,7 +378,8 @@ def run_reindex(
             if not db.hold(exclusive=True):  # a node on another host (PostgreSQL)
                 raise ArchiveBusyError(errno.EBUSY, "in use by a server or another archive")
             recover(root, db, fsync=fsync)
-            return reindex_archive(root, db, left_out, damaged)
+            policy = on_relational_mismatch
+            return reindex_archive(root, db, left_out, damaged, on_relational_mismatch=policy)
         finally:
             db.close()
 

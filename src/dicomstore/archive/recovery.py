@@ -24,6 +24,7 @@ from dicomstore.archive.dicomfile import HeaderError
 from dicomstore.archive.filepublish import UNFLUSHED
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import INTENT, intent_target
+from dicomstore.archive.relations import Relations
 from dicomstore.archive.removal import settle_intents
 
 log = logging.getLogger("dicomstore.archive")
@@ -315,6 +316,16 @@ def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool
             ):
                 log.warning("%s: dropped, its data was lost before it was committed", rel)
                 os.unlink(final)  # (never answered)
+                if fsync:
+                    layout.fsync_dir(final.parent)
+                return 0
+            refused = Relations(index).check(row) if existing is None else None
+            if refused is not None:  # never answered 0000; its study or series is filed
+                # elsewhere since (review54 F3: adopted, one Study UID under two patients):
+                # its sender saw no answer and sends it again, judged by the policy then
+                why = refused.error_comment
+                log.warning("%s: dropped, never committed: %s (relations.py)", rel, why)
+                os.unlink(final)
                 if fsync:
                     layout.fsync_dir(final.parent)
                 return 0

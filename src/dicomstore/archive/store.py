@@ -157,7 +157,13 @@ class Archive:
             #: instances a crash left published but not indexed, adopted at start-up
             self.recovered = self.storage.recover(self.index, fsync=fsync)
             #: instances indexed anew because the index had an older schema
-            self.reindexed = reindex_archive(self.root, self.index) if self.index.rebuild else None
+            self.reindexed = (
+                reindex_archive(
+                    self.root, self.index, on_relational_mismatch=self.on_relational_mismatch
+                )
+                if self.index.rebuild
+                else None
+            )
             self._publisher = Publisher(
                 self.storage,
                 self.index,
@@ -276,4 +282,7 @@ class Archive:
         """Rebuild the index from the files on disk; the number of instances indexed
         (``left_out``, ``damaged``: a line for each file left out, each file damaged
         since it was stored, see ``reindex_archive``)."""
-        return reindex_archive(self.root, self.index, left_out, damaged)
+        policy = self.on_relational_mismatch
+        return reindex_archive(
+            self.root, self.index, left_out, damaged, on_relational_mismatch=policy
+        )

@@ -15,6 +15,7 @@ from dicomstore.cli.options import (
     _cannot_open,
     add_index,
 )
+from dicomstore.cli.serve_options import add_relational_policy
 
 
 def add_parsers(sub: Any) -> None:
@@ -26,6 +27,7 @@ def add_parsers(sub: Any) -> None:
     r = sub.add_parser("reindex", help="rebuild the archive's index from its files")
     r.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
     add_index(r)
+    add_relational_policy(r)  # (the server's: for files the index did not hold)
     _add_common(r)
     q = sub.add_parser(
         "requeue",
@@ -72,7 +74,13 @@ def check_or_reindex(args: argparse.Namespace) -> int:
     damaged: list[str] = []
     try:
         if args.command == "reindex":
-            count = maintenance.run_reindex(root, left_out, index=args.index, damaged=damaged)
+            count = maintenance.run_reindex(
+                root,
+                left_out,
+                index=args.index,
+                damaged=damaged,
+                on_relational_mismatch=args.on_relational_mismatch,
+            )
         else:
             checked: list[int] = []
             problems = maintenance.run_check(root, index=args.index, counted=checked)

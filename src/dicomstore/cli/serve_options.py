@@ -180,14 +180,7 @@ def add_parser(sub: Any) -> None:
         help="the data set's SOP Class UID differs from the command's: refuse (A900, "
         "default) or store as sent and answer B007",
     )
-    s.add_argument(
-        "--on-relational-mismatch",
-        choices=["reject", "accept"],
-        default="reject",
-        help="the data set's Series UID is filed under another study, or its Study UID "
-        "under another patient: refuse (A900, default) or store it under its own study "
-        "and patient",
-    )
+    add_relational_policy(s)
     s.add_argument(
         "--trailing-padding",
         choices=["keep", "discard"],
@@ -388,3 +381,16 @@ def add_parser(sub: Any) -> None:
         help="seconds an association may stay silent (default 600)",
     )
     _add_common(s)
+
+
+def add_relational_policy(parser: Any) -> None:
+    """``--on-relational-mismatch`` (``archive.relations``): ``serve``'s, and
+    ``reindex``'s for the files the index did not hold."""
+    parser.add_argument(
+        "--on-relational-mismatch",
+        choices=["reject", "accept"],
+        default="reject",
+        help="the data set's Series UID is filed under another study, or its Study UID "
+        "under another patient: refuse (A900, default) or store it under its own study "
+        "and patient",
+    )
