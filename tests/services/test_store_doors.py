@@ -20,6 +20,7 @@ from tests.conftest import ServerThread
 sys.path.insert(0, str(Path(__file__).parent.parent / "http"))
 from http_testlib import HttpThread, make_dataset, multipart_body, part10  # noqa: E402
 
+from dicomstore import uids  # noqa: E402
 from dicomstore.archive import Archive  # noqa: E402
 from dicomstore.audit import AuditLog  # noqa: E402
 from dicomstore.policy import ECHO, STORE, Peer, Policy  # noqa: E402
@@ -161,4 +162,30 @@ def test_stow_unknown_caller_is_refused_by_a_closed_policy(tmp_path: Path) -> No
         site = Site(dicom, web.url, archive, tmp_path / "none")
         assert store(site, "STOW-RS", "1.2.11.7") == 0x0124
     assert archive.instances() == []
+    archive.close()
+
+
+@pytest.mark.parametrize("site", [{"transfer_syntaxes": (uids.IMPLICIT_VR_LE,)}], indirect=True)
+def test_stow_stores_only_the_transfer_syntaxes_c_store_accepts(site: Site) -> None:
+    """review54 F4: with the server's syntaxes narrowed (--transfer-syntax), STOW-RS
+    stored any syntax pydicom knows: C122 now (PS3.18 I.2-2), judged by the store
+    service against the list the C-STORE negotiation uses, logged and audited."""
+    assert store(site, "STOW-RS", "1.2.11.8") == 0xC122  # (an Explicit VR LE part)
+    assert site.archive.instances() == []
+    assert [r["status"] for r in site.audit()] == ["C122"]
+
+
+def test_a_stow_door_built_over_a_served_archive_stores_through_the_server(
+    tmp_path: Path,
+) -> None:
+    """review54 F5: `build_app(archive)` beside a `Server` over that archive (no
+    store=) made a bare store service: STOW-RS stored past the server's limits,
+    with no event, audit or metrics. A door over a served archive uses its service."""
+    archive = Archive(tmp_path / "archive", fsync=False)
+    config = ServerConfig(port=0, max_instance_bytes=2000)
+    with ServerThread(config, archive) as dicom, HttpThread(archive) as web:
+        site = Site(dicom, web.url, archive, tmp_path / "none")
+        assert store(site, "STOW-RS", "1.2.11.9", pixels=64) == 0xA700
+        assert store(site, "STOW-RS", "1.2.11.10") == 0x0000
+    assert [r["sop_instance_uid"] for r in archive.instances()] == ["1.2.11.10"]
     archive.close()

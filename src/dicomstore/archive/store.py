@@ -131,6 +131,9 @@ class Archive:
                 f"not {on_relational_mismatch!r}"
             )
         self.on_relational_mismatch = on_relational_mismatch
+        #: the store service of the server serving this archive (``services.server``):
+        #: a door built over the archive alone (``http.build_app``) stores through it
+        self.store_service: Any = None
         #: the index: ``None`` for the SQLite file in the root, or a ``postgresql://`` URL
         self.index_url = index
         (self.root / layout.TMP_DIR).mkdir(parents=True, exist_ok=True)

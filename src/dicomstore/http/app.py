@@ -154,8 +154,10 @@ def build_app(
     ``X-Forwarded-Proto/Host/Prefix`` say (never trusted by default: any client
     could send them; :func:`~dicomstore.http.common.base_url`).
     ``store`` is the store service STOW-RS stores through: the server's, so
-    that its authorization, limits, audit and events hold for STOW-RS too
-    (``Server.store``); without one, a service over the archive with none of them.
+    that its authorization, limits, accepted transfer syntaxes, audit and events
+    hold for STOW-RS too (``Server.store``); without one, that of the server
+    serving ``source`` (``Archive.store_service``), else a service over the
+    archive with none of them.
     ``security`` guards the app (identities and rights from the policy file,
     CORS, the read audit; :mod:`dicomstore.http.security`); without it HTTP is
     open, and STOW-RS callers are judged as the AE title ``stow_ae`` by the
@@ -178,7 +180,7 @@ def build_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if owns_archive:
             app.state.archive = Archive(root, index=index)
-            app.state.store = StoreService(app.state.archive)
+            app.state.store = StoreService(app.state.archive, accept_unknown=accept_unknown)
         try:
             yield
         finally:
@@ -209,13 +211,14 @@ def build_app(
     if owns_archive:
         Archive(root, index=index).close()  # create the index now, so the reader can open it
     app.state.archive = archive
-    app.state.store = store if store is not None or archive is None else StoreService(archive)
+    if store is None and archive is not None:  # (review54 F5: the server's, if one serves it)
+        store = archive.store_service or StoreService(archive, accept_unknown=accept_unknown)
+    app.state.store = store
     storage = archive.storage if archive is not None else None
     app.state.reader = ArchiveReader(root, index=index, storage=storage)
     app.state.metadata_cache = MetadataCache(root, metadata_cache_entries)
     app.state.ae_title = ae_title
     app.state.stow_ae = stow_ae
-    app.state.accept_unknown = accept_unknown
     app.state.limits = limits or HttpLimits()
     app.state.base_url = base_url.rstrip("/") + "/" if base_url else None
     app.state.trust_forwarded = trust_forwarded

@@ -6,8 +6,10 @@ same loop and the same :class:`~dicomstore.archive.Archive`::
     archive = Archive(args.storage, ...)
     server = Server(config, archive, on_stored=...)
     await server.start()
-    http = asyncio.create_task(serve_http(archive, "127.0.0.1", args.http_port))
-    ...
+    http = asyncio.create_task(
+        serve_http(archive, "127.0.0.1", args.http_port, store=server.store)
+    )  # (STOW-RS stores through the server's service; without store=, the one
+    ...  # of the server serving the archive: Archive.store_service)
     http.cancel()            # graceful: in-flight responses get 5 s
 
 The socket is bound here (so a busy port raises ``OSError`` at once, and port

@@ -39,7 +39,7 @@ from pydicom.filereader import read_dataset
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from dicomstore import status, uids
+from dicomstore import status
 from dicomstore.archive.dicomfile import HeaderError, dataset_offset, read_header
 from dicomstore.archive.fields import STUDY_INSTANCE_UID, raw_uid
 from dicomstore.archive.layout import normalize_uid
@@ -135,15 +135,9 @@ class _Part:
             self._fail(status.CANNOT_UNDERSTAND, f"File Meta Information unreadable: {exc}")
             return
         self.sop_class, self.sop_instance = sop_class, sop_instance
-        if syntax not in uids.transfer_syntaxes():
-            self._fail(
-                status.TRANSFER_SYNTAX_NOT_SUPPORTED, f"transfer syntax {syntax} not supported"
-            )
-            return
-        if not self.state.accept_unknown and sop_class not in uids.storage_sop_classes():
-            self._fail(
-                status.SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} is not a storage class"
-            )
+        refused = self.service.refuses(sop_class, syntax)  # (as C-STORE's negotiation)
+        if refused is not None:
+            self._fail(*refused)
             return
         self.storing = self.service.begin(
             self.caller,

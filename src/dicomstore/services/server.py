@@ -102,7 +102,11 @@ class Server:
             gatekeeper=gatekeeper,
             audit=audit,
             on_stored=on_stored,
+            transfer_syntaxes=config.transfer_syntaxes,
+            accept_unknown=config.accept_unknown,
         )
+        if hasattr(handler, "store_service"):  # (an Archive: doors over it store here)
+            handler.store_service = self.store
         if commit_in_thread not in (True, False, WHEN_BUSY):
             raise ValueError(f"commit_in_thread must be True, False or {WHEN_BUSY!r}")
         self.commit_in_thread = commit_in_thread

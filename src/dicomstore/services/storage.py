@@ -279,8 +279,14 @@ class StoreService:
         gatekeeper: Gatekeeper | None = None,
         audit: AuditSink | None = None,
         on_stored: OnStored | None = None,
+        transfer_syntaxes: tuple[str, ...] | None = None,
+        accept_unknown: bool = False,
     ) -> None:
         self.handler = handler
+        #: what a door without a negotiation (STOW-RS) may store: the transfer syntaxes
+        #: (None: any known) and SOP classes the server's C-STORE contexts accept
+        self.transfer_syntaxes = transfer_syntaxes
+        self.accept_unknown = accept_unknown
         self.limits = limits or StoreLimits()
         self.store_aets = store_aets
         self.gatekeeper = gatekeeper
@@ -292,6 +298,18 @@ class StoreService:
         self._callbacks: set[asyncio.Task[None]] = set()
 
     # -- authorization -------------------------------------------------------------
+
+    def refuses(self, sop_class_uid: str, transfer_syntax_uid: str) -> tuple[int, str] | None:
+        """For a door without a presentation context (STOW-RS): the status and comment
+        refusing what an association's negotiation would not accept (review54 F4),
+        else None. C122 (PS3.18 I.2-2) for a transfer syntax, 0122 for a SOP class."""
+        syntaxes = self.transfer_syntaxes
+        if transfer_syntax_uid not in (syntaxes or uids.transfer_syntaxes()):
+            comment = f"transfer syntax {transfer_syntax_uid} not supported"
+            return st.TRANSFER_SYNTAX_NOT_SUPPORTED, comment
+        if not self.accept_unknown and sop_class_uid not in uids.storage_sop_classes():
+            return st.SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class_uid} is not a storage class"
+        return None
 
     def may_store(self, calling_ae: str, admitted: bool) -> bool:
         """Whether a caller the door ``admitted`` to store (its policy verdict) may:
