@@ -164,6 +164,27 @@ def test_get_stores_within_serves_limits(peers, capsys, tmp_path, limit, into) -
     assert not out.exists() or not any(out.rglob("*.dcm"))
 
 
+def test_get_into_an_archive_takes_the_server_s_policies_and_audit_log(
+    peers, capsys, tmp_path, monkeypatch
+) -> None:
+    """review54 F1, F2: `get --storage` opened the archive with the built-in policies
+    (a server on --on-duplicate reject answered C111, get B000) and wrote no audit
+    record. It takes serve's options, from flags or DICOMSTORE_* as serve does."""
+    port, _, _ = peers
+    root, audit = tmp_path / "archive", tmp_path / "audit.jsonl"
+    keys = ["--json", "-k", "StudyInstanceUID=1.2.9.4"]
+    assert main(command("get", port, "--storage", str(root), *keys)) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("DICOMSTORE_ON_DUPLICATE", "reject")
+    argv = command("get", port, "--storage", str(root), "--audit-log", str(audit), *keys)
+    result = result_of(capsys, argv, code=1)
+    assert (result["completed"], result["failed"]) == (0, 1)  # C111 here: a failure
+    (record,) = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert (record["event"], record["status"], record["service"]) == ("instance", "C111", "C-STORE")
+    monkeypatch.setenv("DICOMSTORE_ON_DUPLICATE", "keep")
+    assert result_of(capsys, command("get", port, "--storage", str(root), *keys))["ok"]
+
+
 def test_get_needs_somewhere_to_store(peers, capsys) -> None:
     port, _, _ = peers
     assert main(command("get", port, "-k", "StudyInstanceUID=1.2.9.1")) == 2

@@ -15,8 +15,10 @@ C-CANCEL-RQ).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +33,17 @@ from dicomstore.cli.options import (
     CancelOnInterrupt,
     _add_common,
     _ae_title,
-    _size,
     add_index,
     add_scu_parser,
     add_tls_client_options,
     open_archive,
     open_association,
+)
+from dicomstore.cli.serve_options import (
+    add_archive_policies,
+    add_audit_log,
+    add_store_limits,
+    archive_policies,
 )
 
 COMMANDS = ("move", "get")
@@ -54,22 +61,13 @@ def add_parsers(sub: Any) -> None:
     into.add_argument("-od", "--output-dir", type=Path, metavar="DIR", help="PS3.10 files here")
     into.add_argument("--storage", type=Path, metavar="DIR", help="an archive (as serve's)")
     add_index(get)
-    get.add_argument(
-        "--max-instance-size",
-        type=_size,
-        default=0,
-        metavar="SIZE",
-        help="largest data set stored, e.g. 4G; larger: that sub-operation fails with"
-        " A700, as serve's (default: no limit)",
+    policies = get.add_argument_group(
+        "with --storage: the archive's policies, limits and audit, as serve's (give the"
+        " server's; DICOMSTORE_* set them as for serve)"
     )
-    get.add_argument(
-        "--min-free",
-        type=_size,
-        default=0,
-        metavar="SIZE",
-        help="store nothing when less is free, e.g. 1G: sub-operations fail with A700,"
-        " as serve's (default 0)",
-    )
+    add_archive_policies(policies)
+    add_store_limits(policies)
+    add_audit_log(policies)
     get.add_argument(
         "--sop-class",
         action="append",
@@ -156,7 +154,7 @@ async def run(args: argparse.Namespace) -> int:
         print(f"dicomstore: {exc}", file=sys.stderr)
         return EXIT_USAGE
     model, priority = args.model or "study", PRIORITIES[args.priority]
-    archive = None
+    held = contextlib.ExitStack()  # (get: the archive and the audit log it opened)
     if args.command == "move":
         assoc = await open_association(args, r.move_contexts(model))
         retrieve = r.move(assoc, keys, args.dest, model=model, priority=priority)
@@ -165,17 +163,16 @@ async def run(args: argparse.Namespace) -> int:
         if args.output_dir is None and args.storage is None:
             print("dicomstore: get stores into -od DIR or --storage DIR", file=sys.stderr)
             return EXIT_USAGE
-        handler, archive = _store(args)
+        handler, held, audit = _store(args)
         if handler is None:
             return EXIT_FAILED
         classes = args.sop_class or r.GET_STORAGE_CLASSES
         contexts, roles = r.get_contexts(model, sop_classes=classes)
         try:
             assoc = await open_association(args, contexts, roles=roles)
-            received = r.receive_into(assoc, _service(handler, args))
+            received = r.receive_into(assoc, _service(handler, args, audit))
         except BaseException:
-            if archive is not None:
-                archive.close()
+            held.close()
             raise
         retrieve = r.get(assoc, keys, model=model, priority=priority, received=received)
         what = "C-GET"
@@ -192,8 +189,7 @@ async def run(args: argparse.Namespace) -> int:
                 return EXIT_INTERRUPTED
         await assoc.release()
     finally:
-        if archive is not None:
-            archive.close()
+        held.close()
     code = _print(args, result, what)
     if ctrl_c.interrupted:
         print("dicomstore: cancelled", file=sys.stderr)
@@ -201,23 +197,40 @@ async def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _store(args: argparse.Namespace) -> tuple[Any, Any]:
+def _store(args: argparse.Namespace) -> tuple[Any, contextlib.ExitStack, Any]:
     """The store handler of ``get``: a folder, or an archive opened as ``serve`` opens
-    it (also returned, to close); ``(None, None)`` after one line saying why not."""
+    it, with the policies given (review54 F1); what to close; the audit log
+    (``--audit-log``, None). ``(None, ..., None)`` after one line saying why not."""
+    held = contextlib.ExitStack()
+    audit = None
+    if args.audit_log is not None:  # (the server's file: appends from both, flock'd)
+        from dicomstore.audit import AuditLog
+
+        try:
+            audit = held.enter_context(closing(AuditLog(args.audit_log)))
+        except OSError as exc:
+            print(f"dicomstore: cannot open {args.audit_log}: {exc.strerror}", file=sys.stderr)
+            return None, held, None
     if args.output_dir is not None:
         from dicomstore.services.folder_store import FolderStore
 
         try:
-            return FolderStore(args.output_dir), None
+            return FolderStore(args.output_dir), held, audit
         except OSError as exc:  # (a folder of files, not an archive)
             why = exc.strerror or exc
             print(f"dicomstore: cannot store into {args.output_dir}: {why}", file=sys.stderr)
-            return None, None
-    archive = open_archive(args.storage, index=args.index)
-    return archive, archive
+            held.close()
+            return None, held, None
+    archive = open_archive(args.storage, index=args.index, **archive_policies(args))
+    if archive is None:
+        held.close()
+        return None, held, None
+    held.enter_context(closing(archive))
+    return archive, held, audit
 
 
-def _service(handler: Any, args: argparse.Namespace) -> Any:
+def _service(handler: Any, args: argparse.Namespace, audit: Any) -> Any:
     from dicomstore.services.storage import StoreLimits, StoreService
 
-    return StoreService(handler, limits=StoreLimits(args.max_instance_size, args.min_free))
+    limits = StoreLimits(args.max_instance_size, args.min_free)
+    return StoreService(handler, limits=limits, audit=audit)

@@ -26,6 +26,7 @@ from dicomstore.cli.options import (
     open_archive,
     tls_failed,
 )
+from dicomstore.cli.serve_options import archive_policies
 from dicomstore.services.server import ServerConfig
 
 
@@ -152,11 +153,8 @@ async def run(args: argparse.Namespace) -> int:
         args.storage,
         fsync=fsync,
         syncfs=None if args.syncfs == "auto" else False,
-        on_duplicate=args.on_duplicate,
-        on_class_mismatch=args.on_class_mismatch,
-        trailing_padding=args.trailing_padding,
-        on_relational_mismatch=args.on_relational_mismatch,
         index=args.index,
+        **archive_policies(args),
     )
     if archive is None:
         if audit is not None:

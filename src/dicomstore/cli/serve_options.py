@@ -167,27 +167,7 @@ def add_parser(sub: Any) -> None:
         "data, name and index row in one flush); off: fsync each file and folder (a file "
         "system with heavy unrelated writers, whose data syncfs would flush too)",
     )
-    s.add_argument(
-        "--on-duplicate",
-        choices=["keep", "replace", "reject"],
-        default="keep",
-        help="an already stored SOP Instance UID arrives again (default keep)",
-    )
-    s.add_argument(
-        "--on-class-mismatch",
-        choices=["reject", "tolerate"],
-        default="reject",
-        help="the data set's SOP Class UID differs from the command's: refuse (A900, "
-        "default) or store as sent and answer B007",
-    )
-    add_relational_policy(s)
-    s.add_argument(
-        "--trailing-padding",
-        choices=["keep", "discard"],
-        default="keep",
-        help="a data set ending with Data Set Trailing Padding (FFFC,FFFC): store it as "
-        "sent (default) or without the padding and answer B006",
-    )
+    add_archive_policies(s)
     s.add_argument(
         "--max-ops",
         type=_int(0),
@@ -212,12 +192,7 @@ def add_parser(sub: Any) -> None:
         metavar="FILE",
         help="policy file (TOML): known peers, what they may do, users, JWT keys",
     )
-    s.add_argument(
-        "--audit-log",
-        type=Path,
-        metavar="FILE",
-        help="append one JSON line per association and per stored instance",
-    )
+    add_audit_log(s)
     ev = s.add_argument_group("study-complete events")
     ev.add_argument(
         "--stable-age",
@@ -315,20 +290,7 @@ def add_parser(sub: Any) -> None:
         "that anyone knowing the name can trigger "
         f"(default {_D.max_failed_logins_per_user}: never)",
     )
-    lim.add_argument(
-        "--max-instance-size",
-        type=_size,
-        default=_D.max_instance_bytes,
-        metavar="SIZE",
-        help="largest data set accepted, e.g. 4G; larger: A700 (default: no limit)",
-    )
-    lim.add_argument(
-        "--min-free",
-        type=_size,
-        default=_D.min_free_bytes,
-        metavar="SIZE",
-        help="answer A700 before writing when less is free, e.g. 1G (default 0)",
-    )
+    add_store_limits(lim)
     lim.add_argument(
         "--max-commitment-references",
         type=_int(1),
@@ -393,4 +355,65 @@ def add_relational_policy(parser: Any) -> None:
         help="the data set's Series UID is filed under another study, or its Study UID "
         "under another patient: refuse (A900, default) or store it under its own study "
         "and patient",
+    )
+
+
+def add_archive_policies(parser: Any) -> None:
+    """What the archive does with what arrives (``archive.Archive``'s policies):
+    ``serve``'s, and ``get --storage``'s (a door into the same archive)."""
+    parser.add_argument(
+        "--on-duplicate",
+        choices=["keep", "replace", "reject"],
+        default="keep",
+        help="an already stored SOP Instance UID arrives again (default keep)",
+    )
+    parser.add_argument(
+        "--on-class-mismatch",
+        choices=["reject", "tolerate"],
+        default="reject",
+        help="the data set's SOP Class UID differs from the command's: refuse (A900, "
+        "default) or store as sent and answer B007",
+    )
+    add_relational_policy(parser)
+    parser.add_argument(
+        "--trailing-padding",
+        choices=["keep", "discard"],
+        default="keep",
+        help="a data set ending with Data Set Trailing Padding (FFFC,FFFC): store it as "
+        "sent (default) or without the padding and answer B006",
+    )
+
+
+def archive_policies(args: Any) -> dict[str, str]:
+    """:func:`add_archive_policies`' values as ``Archive``'s keyword arguments."""
+    keys = ("on_duplicate", "on_class_mismatch", "on_relational_mismatch", "trailing_padding")
+    return {key: getattr(args, key) for key in keys}
+
+
+def add_store_limits(parser: Any) -> None:
+    """The store service's limits (``services.storage.StoreLimits``): ``serve``'s and
+    ``get --storage``'s."""
+    parser.add_argument(
+        "--max-instance-size",
+        type=_size,
+        default=_D.max_instance_bytes,
+        metavar="SIZE",
+        help="largest data set accepted, e.g. 4G; larger: A700 (default: no limit)",
+    )
+    parser.add_argument(
+        "--min-free",
+        type=_size,
+        default=_D.min_free_bytes,
+        metavar="SIZE",
+        help="answer A700 before writing when less is free, e.g. 1G (default 0)",
+    )
+
+
+def add_audit_log(parser: Any) -> None:
+    """``--audit-log`` (``dicomstore.audit``): ``serve``'s and ``get --storage``'s."""
+    parser.add_argument(
+        "--audit-log",
+        type=Path,
+        metavar="FILE",
+        help="append one JSON line per association and per stored instance",
     )

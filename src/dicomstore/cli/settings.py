@@ -22,8 +22,9 @@ A flag on the command line wins over the environment, which wins over the
 file, which wins over the built-in default. The other commands read only
 :data:`SHARED` from the environment (``DICOMSTORE_STORAGE`` for ``ls``,
 ``show``, ``export`` ...; ``DICOMSTORE_INDEX`` for those and ``check``,
-``reindex``). Nothing is listed twice: the keys, their types and their checks
-are the argparse definitions themselves. A value that does not
+``reindex``; the archive's policies, limits and audit log for ``get --storage``,
+and ``reindex``'s ``--on-relational-mismatch``). Nothing is listed twice: the
+keys, their types and their checks are the argparse definitions themselves. A value that does not
 fit, an unknown key in the file, or a file that is no TOML is one line naming
 the file or the variable (:class:`SettingsError`, exit 2).
 """
@@ -41,7 +42,20 @@ ENV_PREFIX = "DICOMSTORE_"
 #: the command every option of which may come from the file and the environment
 CONFIGURED = "serve"
 #: what the environment sets for the other commands (those that have the option)
-SHARED = ("storage", "index", "log-level", "log-format")
+SHARED = (
+    "storage",
+    "index",
+    "log-level",
+    "log-format",
+    # the archive's policies, limits and audit: ``get --storage``, ``reindex`` (review54 F1)
+    "on-duplicate",
+    "on-class-mismatch",
+    "on-relational-mismatch",
+    "trailing-padding",
+    "max-instance-size",
+    "min-free",
+    "audit-log",
+)
 #: ``DICOMSTORE_*`` variables that are not options (the archive's crash test points)
 NOT_OPTIONS = frozenset({"DICOMSTORE_CRASH_AT"})
 FILE_OPTION = "server-config"
