@@ -288,7 +288,10 @@ def test_a_well_formed_n_action_on_a_verification_context_is_0122(tmp_path) -> N
     assert echo.status == 0
 
 
-def test_0212_mistyped_argument(tmp_path) -> None:
+def test_0212_mistyped_argument(tmp_path, caplog) -> None:
+    """Answered by the server itself, and recorded by the store service as any refused
+    store (review54 F6: no dicomstore.storage line, audit record or metric)."""
+    caplog.set_level(logging.WARNING, logger="dicomstore.storage")
     ds = make_dataset()
 
     async def scenario(assoc, archive):
@@ -310,6 +313,8 @@ def test_0212_mistyped_argument(tmp_path) -> None:
     assert rsp.offending_element == (0x00001000,)
     assert rows == []
     assert after.status == 0
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "dicomstore.storage"]
+    assert "status 0212" in line and "(0000,1000) is missing" in line, line
 
 
 @pytest.mark.parametrize("policy,status", [("keep", None), ("replace", 0), ("reject", None)])

@@ -202,12 +202,23 @@ class StorageSCP:
 
         Logged, audited and announced by the store service; a request that could
         not be decoded (``rq`` is ``None``) was logged by the server when it
-        answered it.
+        answered it, and a C-STORE-RQ among them is recorded as a refused store
+        too (review54 F6: no storage log line, audit record or metric).
         """
         rq = receiving.rq
         if rq is None:
-            assert receiving.response is not None
-            return receiving.response
+            rsp = receiving.response
+            assert rsp is not None
+            if isinstance(rsp, CStoreRSP):
+                self.service.refused(
+                    self.caller,
+                    rsp.affected_sop_class_uid,
+                    rsp.affected_sop_instance_uid,
+                    rsp.status,
+                    rsp.error_comment or "",
+                    nbytes=receiving.nbytes,
+                )
+            return rsp
         if receiving.response is not None or receiving.storing is None:
             rsp = receiving.response
             assert rsp is not None
