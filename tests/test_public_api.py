@@ -390,16 +390,21 @@ def test_the_readme_own_storage_handler_receives_and_answers(tmp_path: Path) -> 
         stderr=subprocess.PIPE,
         text=True,
     )
+    escaping = pydicom.dcmread(CT_FILE)  # review52 M3: it wrote one folder up
+    escaping.SOPInstanceUID = "../ESCAPED"
     try:
         wait_listening(port, server)
         results = asyncio.run(dicomstore.send("127.0.0.1", port, [CT_FILE], called_ae="ANY"))
+        results += asyncio.run(dicomstore.send("127.0.0.1", port, [escaping], called_ae="ANY"))
     finally:
         server.send_signal(signal.SIGINT)
         _, err = server.communicate(timeout=30)
     assert server.returncode == 0, err
-    assert [r.status for r in results] == [0x0000]
+    assert [r.status for r in results] == [0x0000, 0x0000]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["received"]
     ct = pydicom.dcmread(CT_FILE)
-    (stored,) = (tmp_path / "received").iterdir()
+    stored, other = sorted((tmp_path / "received").iterdir(), key=lambda p: p.name[0] == "x")
+    assert other.name.startswith("x-") and other.name.endswith(ct.file_meta.TransferSyntaxUID)
     assert stored.name == f"{ct.SOPInstanceUID}.{ct.file_meta.TransferSyntaxUID}"
     with open(CT_FILE, "rb") as fp:
         fp.seek(dataset_offset(fp))
