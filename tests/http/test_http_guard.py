@@ -250,3 +250,25 @@ def test_two_servers_start_at_once_on_one_loop(tmp_path) -> None:
         assert asyncio.run(run()) is False  # (both started; the loop's own method again)
     finally:
         archive.close()
+
+
+def test_a_request_head_sent_byte_by_byte_is_408_once_the_timeout_passed(served, caplog) -> None:
+    """review53 #5: each byte within the timeout of the one before kept a head open for
+    ever (a slowloris: 256 such held every connection). The head is whole within the
+    timeout of its first byte, or 408."""
+    web, _ = served
+    head = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + b"X-Pad: " + b"a" * 1000
+    with _connect(web) as sock:
+        sock.settimeout(TIMEOUT / 5)  # (the pace of the trickle: the answer is waited on)
+        answer = b""
+        for byte in head:  # (never whole: the answer comes first)
+            sock.sendall(bytes([byte]))
+            try:
+                answer = sock.recv(65536)
+            except TimeoutError:
+                continue
+            break
+        sock.settimeout(30)
+        answer += _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert "dropped (408): its request head not whole for 0.5s" in caplog.text

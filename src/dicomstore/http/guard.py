@@ -15,7 +15,10 @@ and its association limit:
   body not yet complete) and sends none for :attr:`HttpLimits.request_timeout`
   seconds is answered ``408 Request Timeout`` and closed. While we are the ones
   not reading (flow control: the app has not taken what arrived) the clock does
-  not run, nor while a response is being sent (a long download);
+  not run, nor while a response is being sent (a long download); and a request
+  head (request line and header fields) must be whole within those seconds of its
+  first byte, however it trickles in (review53 #5: one byte a second held a
+  connection for ever; a body is bounded by the gaps alone);
 - a request answered before its body ended (an early 401, 413, 503, a STOW-RS data
   set refused while it arrives) is answered with ``Connection: close`` (RFC 9112
   9.6), decided when the answer starts (:class:`_Connection`), and the connection
@@ -148,6 +151,7 @@ class GuardedH11(H11Protocol):
         self._raw = transport
         super().connection_made(_Transport(transport, self))  # type: ignore[arg-type]
         self._idle_since = self.loop.time()
+        self._head_began: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._answered = False  # (a request on it answered: see _owed)
         why = self._over_limit()
@@ -168,13 +172,20 @@ class GuardedH11(H11Protocol):
         if self._lingering:  # (answered and closing: what still comes is dropped)
             self._heard = self.loop.time()
             return
-        self._idle_since = self.loop.time()
+        now = self.loop.time()
+        self._idle_since = now
+        if self._head_began is None and self.conn.their_state is h11.IDLE:
+            self._head_began = now  # (a request head begins: whole within the timeout)
         super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._head_began = None
 
     def on_response_complete(self) -> None:
         self._answered = True
         self._idle_since = self.loop.time()
         super().on_response_complete()
+        # (a next request's bytes already here: its head began now)
+        self._head_began = self._idle_since if self.conn.trailing_data[0] else None
 
     def send_400_response(self, msg: str) -> None:
         """A request h11 cannot parse: 431 when its head outgrew the buffer (RFC 6585
@@ -279,13 +290,16 @@ class GuardedH11(H11Protocol):
         if self.transport.is_closing():
             return
         now, limit = self.loop.time(), self.limits.request_timeout
+        began = self._head_began if self.conn.their_state is h11.IDLE else None
         if not self._owed():
             self._idle_since = now  # (the clock starts again when they owe us)
-        elif now - self._idle_since >= limit:
+        elif now - self._idle_since >= limit or (began is not None and now - began >= limit):
+            idle = now - self._idle_since >= limit
+            why = "no bytes of its request" if idle else "its request head not whole"
             log.warning(
-                "HTTP connection from %s dropped (408): no bytes of its request for %gs"
-                " (--http-timeout)",
+                "HTTP connection from %s dropped (408): %s for %gs (--http-timeout)",
                 _client(self),
+                why,
                 limit,
             )
             if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # (no answer begun)
@@ -294,7 +308,10 @@ class GuardedH11(H11Protocol):
             else:
                 self.transport.close()
             return
-        self._arm(max(0.05, limit - (now - self._idle_since)))
+        left = limit - (now - self._idle_since)
+        if began is not None:
+            left = min(left, limit - (now - began))
+        self._arm(max(0.05, left))
 
 
 def _client(protocol: Any) -> str:
