@@ -630,12 +630,10 @@ def test_server_with_policy_and_our_client(tmp_path, server_policy, monkeypatch)
 
 
 def _cert(name: str, key, issuer_name: x509.Name, issuer_key, *, ca: bool = False):
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, name),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test Hospital"),
-        ]
-    )
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, name)]
+    if "," not in name:  # (a CN with a comma: that one attribute alone)
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test Hospital"))
+    subject = x509.Name(attributes)
     now = datetime.now(UTC)
     builder = (
         x509.CertificateBuilder()
@@ -650,13 +648,18 @@ def _cert(name: str, key, issuer_name: x509.Name, issuer_key, *, ca: bool = Fals
     return builder.sign(issuer_key, hashes.SHA256())
 
 
+#: review52 M1: one CN, whose text was that of the pinned subject's two attributes.
+FORGED = "modality1,O=Test Hospital"
+
+
 def _pki(d: Path) -> None:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _cert("Test CA", ca_key, None, ca_key, ca=True)
     (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    for name in ("server", "modality1", "modality2"):
+    for name in ("server", "modality1", "modality2", FORGED):
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _cert(name, key, ca.subject, ca_key)
+        name = "forged" if name == FORGED else name
         (d / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         (d / f"{name}.key").write_bytes(
             key.private_bytes(
@@ -689,7 +692,7 @@ def test_server_checks_the_certificate_subject_of_a_known_ae(tmp_path) -> None:
         await server.start()
         outcome = {}
         try:
-            for name in ("modality1", "modality2", None):
+            for name in ("modality1", "modality2", "forged", None):
                 try:
                     assoc = await associate(
                         "127.0.0.1", server.port, calling_ae="MODALITY1", ssl=ctx(name)
@@ -704,7 +707,12 @@ def test_server_checks_the_certificate_subject_of_a_known_ae(tmp_path) -> None:
             server.handler.close()
         return outcome
 
-    assert asyncio.run(main()) == {"modality1": 0, "modality2": (1, 1, 3), None: (1, 1, 3)}
+    assert asyncio.run(main()) == {
+        "modality1": 0,
+        "modality2": (1, 1, 3),
+        "forged": (1, 1, 3),  # (review52 M1: it was admitted as MODALITY1)
+        None: (1, 1, 3),
+    }
 
 
 # -- DCMTK storescu (user, password, JWT) and echoscu (AE titles)

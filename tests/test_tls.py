@@ -9,12 +9,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dicomstore.aio.client import associate
 from dicomstore.cli import main
 from dicomstore.errors import AssociationAborted
 from dicomstore.services.server import ServerConfig
-from dicomstore.tls import client_context, server_context
+from dicomstore.tls import client_context, normalize_subject, peer_subject, server_context
 from tests.conftest import PEER_ENV, NullHandler, ServerThread, dcmtk, free_port, peer_process
 
 
@@ -328,3 +330,73 @@ def test_serve_workers_do_the_handshake_of_the_connections_passed_to_them(pki, t
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     assert served_by_worker(log) == (4, 2)
+
+
+# -- the subject of a peer certificate (RFC 4514), as the policy's tls_subject compares it
+
+
+def _cert(*rdns: tuple[tuple[str, str], ...]) -> dict:
+    """``getpeercert()``'s shape: a subject of RDNs, each of (type, value) pairs."""
+    return {"subject": rdns}
+
+
+def test_a_comma_in_a_value_is_no_second_attribute() -> None:
+    """review52 M1: one CN ``modality1,O=Test Hospital`` was rendered and read back
+    as the two attributes of the peer pinned to ``CN=modality1,O=Test Hospital``."""
+    forged = _cert((("commonName", "modality1,O=Test Hospital"),))
+    real = _cert((("commonName", "modality1"),), (("organizationName", "Test Hospital"),))
+    assert peer_subject(forged) == "CN=modality1\\,O\\=Test Hospital"  # (log, audit)
+    assert peer_subject(real) == "CN=modality1,O=Test Hospital"
+    pinned = normalize_subject("CN=modality1,O=Test Hospital")
+    assert normalize_subject(peer_subject(real) or "") == pinned
+    assert normalize_subject(peer_subject(forged) or "") == (("CN", "modality1,O=Test Hospital"),)
+
+
+@pytest.mark.parametrize(
+    ("written", "pairs"),
+    [  # what policy files say today reads as it did
+        ("CN=modality1,O=Test Hospital", (("CN", "modality1"), ("O", "Test Hospital"))),
+        ("O=Test Hospital, cn = modality1", (("CN", "modality1"), ("O", "Test Hospital"))),
+        ("commonName=a,organizationName=b", (("CN", "a"), ("O", "b"))),
+        ("CN=a,O=Smith, Jones and Co", (("CN", "a"), ("O", "Smith, Jones and Co"))),
+        ("CN=a+b,OU=x", (("CN", "a+b"), ("OU", "x"))),
+        # RFC 4514 escapes: a comma, an equals sign, spaces kept, UTF-8 in hex
+        ("CN=modality1\\,O=Test Hospital", (("CN", "modality1,O=Test Hospital"),)),
+        ("CN=\\ a\\ ,O=\\#1", (("CN", " a "), ("O", "#1"))),
+        ("CN=Caf\\C3\\A9", (("CN", "Café"),)),
+        ("CN=a+OU=b", (("CN", "a"), ("OU", "b"))),  # a multi-valued RDN
+    ],
+)
+def test_policy_subjects(written: str, pairs: tuple) -> None:
+    assert normalize_subject(written) == pairs
+
+
+@pytest.mark.parametrize("bad", ["modality1", "CN=a\\", "CN=\\C3", "=a"])
+def test_bad_policy_subjects(bad: str) -> None:
+    with pytest.raises(ValueError):
+        normalize_subject(bad)
+
+
+@settings(deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["commonName", "organizationName", "OU", "1.2.3.4", "DC"]),
+                st.text(st.characters(codec="utf-8"), max_size=12),
+            ),
+            min_size=1,
+            max_size=2,
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_every_subject_reads_back_as_itself(rdns: list) -> None:
+    """Whatever the values: the rendered text is one line, and reads back as exactly the
+    certificate's attributes (so no value can stand for another subject's)."""
+    text = peer_subject(_cert(*(tuple(rdn) for rdn in rdns)))
+    assert text is not None and text.isprintable()
+    short = {"commonName": "CN", "organizationName": "O"}
+    expected = sorted((short.get(k, k.upper()), v) for rdn in rdns for k, v in rdn)
+    assert normalize_subject(text) == tuple(expected)

@@ -136,7 +136,6 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-import re
 import secrets
 import sys
 import tomllib
@@ -148,6 +147,7 @@ from dicomstore.jwt import InvalidToken, JWTVerifier
 from dicomstore.passcodes import DECOY, SCRYPT_N, SCRYPT_P, SCRYPT_R, PasscodeHash, hash_passcode
 from dicomstore.services.admission import Admission, AdmissionRequest
 from dicomstore.services.destinations import Destination
+from dicomstore.tls import normalize_subject
 from dicomstore.ul import pdu as P
 
 log = logging.getLogger("dicomstore.policy")
@@ -184,32 +184,7 @@ class IdentityRefused(Exception):
     message says why, for the log; the caller learns only that it failed)."""
 
 
-# --------------------------------------------------------------------------- JWT
-
-
-_DN_ALIASES = {
-    "COMMONNAME": "CN",
-    "ORGANIZATIONNAME": "O",
-    "ORGANIZATIONALUNITNAME": "OU",
-    "COUNTRYNAME": "C",
-    "LOCALITYNAME": "L",
-    "STATEORPROVINCENAME": "ST",
-    "DOMAINCOMPONENT": "DC",
-}
-_DN_SPLIT = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9.-]*\s*=)")
-
-
-def normalize_subject(subject: str) -> tuple[tuple[str, str], ...]:
-    """``CN=a,O=b`` as sorted (attribute, value) pairs: order and key case do not
-    matter, ``commonName`` equals ``CN``; values compare exactly."""
-    pairs = []
-    for part in _DN_SPLIT.split(subject):
-        key, sep, value = part.partition("=")
-        key = key.strip().upper()
-        if not sep or not key:
-            raise ValueError(f"{subject!r} is not of the form CN=...,O=...")
-        pairs.append((_DN_ALIASES.get(key, key), value.strip()))
-    return tuple(sorted(pairs))
+# --------------------------------------------------------------------------- addresses
 
 
 def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

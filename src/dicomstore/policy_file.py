@@ -25,9 +25,9 @@ from dicomstore.policy import (
     Policy,
     PolicyError,
     User,
-    normalize_subject,
 )
 from dicomstore.services.destinations import Destination, destination
+from dicomstore.tls import normalize_subject
 from dicomstore.vr import ae_title_problem
 
 log = logging.getLogger("dicomstore.policy")

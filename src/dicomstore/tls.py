@@ -6,6 +6,7 @@ TLS 1.2 or newer only, forward-secret AEAD cipher suites for TLS 1.2 (the TLS
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -134,21 +135,105 @@ class _Named(ssl.SSLContext):
         )  # fmt: skip
 
 
+#: Attribute types by their short names (RFC 4514 3), from Python's long names.
+_DN_SHORT = {
+    "COMMONNAME": "CN",
+    "ORGANIZATIONNAME": "O",
+    "ORGANIZATIONALUNITNAME": "OU",
+    "COUNTRYNAME": "C",
+    "LOCALITYNAME": "L",
+    "STATEORPROVINCENAME": "ST",
+    "DOMAINCOMPONENT": "DC",
+}
+#: Escaped wherever they are in a value (RFC 4514 2.4; ``=`` too, which it allows).
+_DN_SPECIAL = frozenset(',+"\\<>;=')
+#: An attribute type and its ``=``: a name or a dotted OID (RFC 4514 3).
+_DN_TYPE = re.compile(r"\s*([A-Za-z][A-Za-z0-9.-]*|[0-9]+(?:\.[0-9]+)*)\s*=")
+
+
+def escape_dn_value(value: str) -> str:
+    """An attribute value escaped as RFC 4514 2.4 says (and what is not printable as
+    ``\\HH`` of its UTF-8), so that no value reads as another attribute."""
+    out = []
+    last = len(value) - 1
+    for i, ch in enumerate(value):
+        if ch in _DN_SPECIAL or (i == 0 and ch in " #") or (i == last and ch == " "):
+            out.append("\\" + ch)
+        elif not ch.isprintable():
+            out.extend(f"\\{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def peer_subject(peercert: dict | None) -> str | None:
-    """A certificate subject as a one-line string, e.g. ``CN=modality1,O=Hospital``."""
+    """A certificate subject as a one-line string, e.g. ``CN=modality1,O=Hospital``:
+    its RDNs in the certificate's order, values escaped (RFC 4514 2), so that the
+    text tells every subject apart and :func:`normalize_subject` reads it back."""
     if not peercert:
         return None
-    parts = []
+    rdns = []
     for rdn in peercert.get("subject", ()):
+        attributes = []
         for key, value in rdn:
-            short = {
-                "commonName": "CN",
-                "organizationName": "O",
-                "organizationalUnitName": "OU",
-                "countryName": "C",
-            }.get(key, key)
-            parts.append(f"{short}={value}")
-    return ",".join(parts)
+            short = _DN_SHORT.get(key.upper(), key)
+            attributes.append(f"{short}={escape_dn_value(value)}")
+        rdns.append("+".join(attributes))
+    return ",".join(rdns)
+
+
+def normalize_subject(subject: str) -> tuple[tuple[str, str], ...]:
+    """``CN=a,O=b`` as sorted (attribute, value) pairs: order and key case do not
+    matter, ``commonName`` equals ``CN``; values compare exactly, unescaped (RFC 4514
+    2.4: ``\\,`` or ``\\2C`` is a comma of the value). As the policy files written
+    so far, a ``,`` or ``+`` separates attributes only when ``TYPE=`` follows it, and
+    spaces around a value are dropped unless escaped."""
+    pairs = []
+    pos, end = 0, len(subject)
+    while True:
+        match = _DN_TYPE.match(subject, pos)
+        if match is None:
+            raise ValueError(f"{subject!r} is not of the form CN=...,O=...")
+        key, pos = match.group(1).upper(), match.end()
+        value, pos = _dn_value(subject, pos)
+        pairs.append((_DN_SHORT.get(key, key), value))
+        if pos >= end:
+            return tuple(sorted(pairs))
+        pos += 1  # (the separator)
+
+
+def _dn_value(subject: str, pos: int) -> tuple[str, int]:
+    """The value starting at ``pos``, unescaped, and where it ends (a separator or
+    the end); unescaped spaces around it dropped."""
+    chars: list[tuple[str, bool]] = []  # (character, escaped)
+    end = len(subject)
+    while pos < end:
+        ch = subject[pos]
+        if ch == "\\":
+            raw = bytearray()
+            while re.match(r"\\[0-9A-Fa-f]{2}", subject[pos : pos + 3]):
+                raw.append(int(subject[pos + 1 : pos + 3], 16))
+                pos += 3
+            if raw:
+                try:
+                    chars.extend((c, True) for c in raw.decode("utf-8", "surrogatepass"))
+                except UnicodeDecodeError:
+                    raise ValueError(f"{subject!r}: \\HH escapes not UTF-8") from None
+                continue
+            if pos + 1 >= end:
+                raise ValueError(f"{subject!r} ends with a lone backslash")
+            chars.append((subject[pos + 1], True))
+            pos += 2
+            continue
+        if ch in ",+" and _DN_TYPE.match(subject, pos + 1):
+            break
+        chars.append((ch, False))
+        pos += 1
+    while chars and not chars[0][1] and chars[0][0].isspace():
+        chars.pop(0)
+    while chars and not chars[-1][1] and chars[-1][0].isspace():
+        chars.pop()
+    return "".join(c for c, _ in chars), pos
 
 
 def handshake_failure(exc: BaseException) -> str | None:
