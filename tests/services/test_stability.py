@@ -573,3 +573,57 @@ def test_dicomstore_serve_runs_the_command_and_events_replays_it(tmp_path: Path)
     assert bad.returncode == 2 and "not an ISO 8601 time" in bad.stderr
     url = subprocess.run([*events, "--webhook", "ftp://x"], capture_output=True, text=True)
     assert url.returncode == 2 and "not an http:// or https:// URL" in url.stderr
+
+
+def _hostile(study: str, patient: str | None = "PID1") -> StableStudy:
+    return StableStudy(study, patient, 1, 1, "a", "b", "c", "/data/x-5a1e")
+
+
+@pytest.mark.parametrize(
+    ("template", "study", "patient"),
+    [  # review52 M2: the sender's values reached the operator's program as they came
+        (["touch", "/out/sub/{study}.done"], "../../EXEC_ESCAPED", "PID1"),
+        (["notify"], "--reference=/etc/passwd", "PID1"),  # (appended: an option)
+        (["notify", "{study}"], "-o1.2.3", "PID1"),
+        (["notify", "{study}"], "1.2.03", "PID1"),  # (no UID either: PS3.5 9.1)
+        (["notify", "{patient}"], "1.2.3", "-rf"),
+        (["notify", "/out/{patient}/x"], "1.2.3", ".."),
+        (["notify", "/out/{patient}"], "1.2.3", "a/../../b"),
+        (["notify", "{patient}"], "1.2.3", "a\\b"),
+        (["notify", "{patient}"], "1.2.3", "a\x1bb"),
+    ],
+)
+def test_a_senders_value_unsafe_as_an_argument_runs_no_command(
+    tmp_path: Path, template: list[str], study: str, patient: str, caplog
+) -> None:
+    event = _hostile(study, patient)
+    with pytest.raises(stability.UnsafeValue):
+        command_line(template, event)
+    ran = tmp_path / "ran"
+    script = f"open({str(ran)!r}, 'w').close()"
+    command = [sys.executable, "-c", script, *template[1:]]
+    assert asyncio.run(stability.run_command(command, event)) is None
+    assert not ran.exists()
+    assert "the study-stable command is not run" in caplog.text
+
+
+def test_safe_values_pass_and_the_unused_ones_are_not_checked() -> None:
+    event = _hostile("1.2.840.10008.3", "PID 1^Ü.2")
+    assert command_line(["n", "{patient}:{study}"], event) == ["n", "PID 1^Ü.2:1.2.840.10008.3"]
+    assert command_line(["n", "{patient}"], _hostile("1.2.3", None)) == ["n", ""]
+    odd = _hostile("../x", "-p")  # (neither used: both only in the environment)
+    assert command_line(["n", "{folder}"], odd) == ["n", "/data/x-5a1e"]
+    dashed = dataclasses.replace(event, folder="-data/1.2.3")  # (a relative --storage)
+    assert command_line(["n"], dashed) == ["n", "1.2.840.10008.3", "./-data/1.2.3"]
+    # one pass: a value holding a placeholder is not replaced again
+    braces = _hostile("1.2.3", "{study}")
+    assert command_line(["n", "{patient}{study}"], braces) == ["n", "{study}1.2.3"]
+
+
+def test_events_exec_replay_refuses_an_unsafe_value(tmp_path: Path, capsys) -> None:
+    """`dicomstore events --exec` as serve: the event is not run, and counts as failed."""
+    from dicomstore.cli import main
+
+    StableLog(tmp_path, fsync=False).append(_hostile("../../EXEC_ESCAPED"))
+    code = main(["events", "--storage", str(tmp_path), "--exec", "true {study}"])
+    assert code == 1 and "1 replay(s) failed" in capsys.readouterr().out

@@ -12,7 +12,9 @@ keeps the last arrival per study, and when a study has been quiet long enough:
 2. calls the Python hooks (``on_study_stable``, sync or async);
 3. runs ``--on-stable-exec`` (no shell; ``{study}``, ``{folder}``, ``{patient}``
    replaced, else the study UID and folder appended as arguments; the same in
-   ``DICOMSTORE_STUDY_UID``, ``DICOMSTORE_STUDY_FOLDER``, ``DICOMSTORE_PATIENT_ID``);
+   ``DICOMSTORE_STUDY_UID``, ``DICOMSTORE_STUDY_FOLDER``, ``DICOMSTORE_PATIENT_ID``;
+   not run, a WARNING, when a sender's value it would pass as an argument is no
+   UID of PS3.5 9.1, or a Patient ID that could be an option or a path);
 4. POSTs the event as JSON to ``--stable-webhook``.
 
 A restart loses nothing: studies whose newest instance in the index arrived
@@ -29,6 +31,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import shlex
 import time
 import urllib.request
@@ -47,6 +50,7 @@ from dicomstore.services.stable_log import (
     iso,
 )
 from dicomstore.services.storage import Home, on_loop
+from dicomstore.uids import is_valid_uid
 
 log = logging.getLogger("dicomstore.stable")
 
@@ -301,22 +305,58 @@ class StudyStability:
 
 def command_line(template: Sequence[str], event: StableStudy) -> list[str]:
     """``--on-stable-exec`` for ``event``: ``{study}``, ``{folder}``, ``{patient}``
-    replaced, else the study UID and folder appended."""
+    replaced, else the study UID and folder appended. :class:`UnsafeValue` when a
+    sender's value it would pass could be read as an option or a path (review52 M2)."""
     values = {"study": event.study_uid, "folder": event.folder, "patient": event.patient_id}
-    if not any(f"{{{key}}}" in arg for arg in template for key in values):
-        return [*template, event.study_uid, event.folder]
-    out = []
-    for arg in template:
-        for key, value in values.items():
-            arg = arg.replace(f"{{{key}}}", value or "")
-        out.append(arg)
-    return out
+    used = {key for key in values if any(f"{{{key}}}" in arg for arg in template)}
+    folder = event.folder if not event.folder.startswith("-") else "./" + event.folder
+    if "study" in used or not used:
+        _check_study(event.study_uid)
+    if "patient" in used:
+        _check_patient(event.patient_id or "")
+    if not used:
+        return [*template, event.study_uid, folder]
+    values["folder"] = folder
+    return [_PLACEHOLDER.sub(lambda m: values[m.group(1)] or "", arg) for arg in template]
+
+
+_PLACEHOLDER = re.compile(r"\{(study|folder|patient)\}")  # (one pass: no value replaced again)
+
+
+class UnsafeValue(ValueError):
+    """A value of the sender's that the command does not get as an argument."""
+
+
+def _check_study(uid: str) -> None:
+    """Only a UID (PS3.5 9.1: digits and dots, at most 64): never ``-...`` nor ``..``."""
+    if not is_valid_uid(uid):
+        raise UnsafeValue(f"its Study Instance UID {uid!r} is not a UID (PS3.5 9.1)")
+
+
+def _check_patient(patient_id: str) -> None:
+    """A Patient ID (LO: free text) neither an option (``-``), nor ``.``/``..``, nor a
+    path (``/``, ``\\``), nor holding a control character; empty passes."""
+    if (
+        patient_id.startswith(("-", "."))
+        or "/" in patient_id
+        or "\\" in patient_id
+        or not patient_id.isprintable()
+    ):
+        raise UnsafeValue(
+            f"its Patient ID {patient_id!r} could be read as an option or a path"
+            " (it starts with '-' or '.', or holds '/', '\\' or a control character)"
+        )
 
 
 async def run_command(template: Sequence[str], event: StableStudy) -> int | None:
     """Run the command for ``event`` (no shell; the event also in the environment);
-    its exit code, None when it could not be started (logged)."""
-    argv = command_line(template, event)
+    its exit code, None when it was not run: a value unsafe as an argument
+    (:func:`command_line`, a WARNING) or it could not be started (logged)."""
+    try:
+        argv = command_line(template, event)
+    except UnsafeValue as exc:
+        log.warning("study %r: the study-stable command is not run: %s", event.study_uid, exc)
+        return None
     env = {
         **os.environ,
         "DICOMSTORE_STUDY_UID": event.study_uid,
@@ -326,7 +366,7 @@ async def run_command(template: Sequence[str], event: StableStudy) -> int | None
     try:
         proc = await asyncio.create_subprocess_exec(*argv, env=env)
         code = await proc.wait()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # (ValueError: a NUL in an argument or value)
         log.error("the study-stable command %s cannot run: %s", argv[0], exc)
         return None
     if code != 0:
