@@ -136,6 +136,7 @@ POLICY = """
 allow_unknown = false
 [peers.STORER]
 require_user_identity = true
+[peers.MODALITY]
 [users.alice]
 passcode = "{alice}"
 """
@@ -297,9 +298,10 @@ def test_the_per_user_limit_option(argv, expected) -> None:
     assert args.max_failed_logins_per_user == expected
 
 
-def _admissions(tmp_path, config: ServerConfig, attempts: list[tuple[str, str]]) -> list:
-    """Associations of (calling AE title, alice's passcode) to a server on POLICY: each
-    'admitted', or (its rejection's result, source, reason, the gatekeeper's calls)."""
+def _admissions(tmp_path, config: ServerConfig, attempts: list[tuple[str, str | None]]) -> list:
+    """Associations of (calling AE title, alice's passcode; None: no user identity) to a
+    server on POLICY: each 'admitted', or (its rejection's result, source, reason, the
+    gatekeeper's calls)."""
     path = tmp_path / "policy.toml"
     path.write_text(POLICY.format(alice=hash_passcode("correct horse", **FAST)))
     gatekeeper = Counting(Policy.load(path))
@@ -317,7 +319,7 @@ def _admissions(tmp_path, config: ServerConfig, attempts: list[tuple[str, str]])
                         server.port,
                         calling_ae=caller,
                         contexts=CONTEXTS,
-                        identity=user("alice", passcode),
+                        identity=user("alice", passcode) if passcode is not None else None,
                     ):
                         seen.append("admitted")
                 except AssociationRejected as err:
@@ -351,3 +353,22 @@ def test_callers_refused_for_their_ae_title_do_not_block_their_address(tmp_path)
     attempts = [("WRONGAE", "correct horse")] * 3 + [("STORER", "correct horse")]
     seen = _admissions(tmp_path, config, attempts)
     assert seen == [(UNKNOWN_CALLER, n) for n in (1, 2, 3)] + ["admitted"]
+
+
+def test_an_association_without_a_user_identity_is_not_held_back(tmp_path) -> None:
+    """review52 M4: wrong passcodes from an address (HTTP Basic, or type 2) held back
+    every association from it, those of modalities presenting no identity too: it
+    guesses no secret, so it is neither held back nor counted (nor is one refused for
+    the identity it did not present)."""
+    config = ServerConfig(port=0, max_failed_admissions=2)
+    attempts = [("STORER", "guess 1"), ("STORER", "guess 2"), ("MODALITY", None)]
+    attempts += [("STORER", None), ("STORER", "correct horse"), ("MODALITY", None)]
+    seen = _admissions(tmp_path, config, attempts)
+    assert seen == [
+        (PERMANENT, 1),
+        (PERMANENT, 2),
+        "admitted",  # (it was rejected: transient, local limit exceeded)
+        (PERMANENT, 4),  # no identity, one required: refused, not held back
+        (TRANSIENT, 4),  # the address is held back for what presents credentials
+        "admitted",
+    ]

@@ -269,8 +269,9 @@ def add_parser(sub: Any) -> None:
         type=_count,
         default=_D.max_failed_admissions,
         metavar="N",
-        help="after N associations from one address refused by --config's policy within "
-        "--failed-admission-window, refuse that address at once "
+        help="after N user identities (or HTTP credentials) from one address refused by "
+        "--config's policy within --failed-admission-window, refuse that address's "
+        "credentials at once "
         f"(default {_D.max_failed_admissions}; 0: never)",
     )
     lim.add_argument(

@@ -1,7 +1,7 @@
 """Whether an A-ASSOCIATE-RQ is accepted, beyond presentation context negotiation
 (PS3.8 9.3.2, 9.3.4): the association limits (rejected as transient) and the
-gatekeeper's admission (``admission.py``), throttled per address, with the User
-Identity response (PS3.7 D.3.3.7).
+gatekeeper's admission (``admission.py``), throttled per address when it presents a
+user identity, with the User Identity response (PS3.7 D.3.3.7).
 """
 
 from __future__ import annotations
@@ -61,14 +61,19 @@ async def admit(
     subject: str | None,
 ) -> tuple[Admission | None, Rejection | None]:
     """The gatekeeper's :class:`Admission` of the caller (everyone's without one)
-    and the rejection when it is refused, or when ``address`` was refused too
-    often lately (then no admission: the gatekeeper is not asked again). An
+    and the rejection when it is refused, or when it presents a user identity and
+    ``address`` was refused too often lately (then no admission: the gatekeeper is
+    not asked again). An
     admitted identity sets ``answer``'s User Identity response."""
     admission = Admission()
     throttle = server.failed_admissions
+    # only a request presenting a user identity is throttled (and counted): one without
+    # guesses no secret, and holding it back let wrong HTTP passwords from a shared
+    # address stop its modalities (review52 M4); so over HTTP too
+    presents = rq.user_info.identity_rq is not None
     if server.gatekeeper is not None:
         user = _user_named(rq.user_info.identity_rq)
-        wait = await throttle.attempt(address, user)  # (its turn: FailedAdmissions)
+        wait = await throttle.attempt(address, user) if presents else None  # (its turn)
         if wait is not None:  # refused without asking the gatekeeper again
             why = f"{throttle.why(address, user)}; next try in {wait:.0f} s"
             return None, (_LOCAL_LIMIT, why)
@@ -86,7 +91,8 @@ async def admit(
             # only a refused identity counts (a guess, PS3.7 D.3.3.7): a caller refused
             # for its AE title, address or certificate guessed no secret, and counting it
             # held back every modality behind the same NAT address (review45 M8)
-            throttle.done(address, admitted=not guessed, user=user)
+            if presents:
+                throttle.done(address, admitted=not guessed, user=user)
     if admission.reject is not None:
         rj = admission.reject
         return admission, (rj, P.describe_reject(rj.result, rj.source, rj.reason))
