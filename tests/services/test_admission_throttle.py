@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from tests.test_policy import CONTEXTS, FAST, SC, dataset, user
@@ -372,3 +373,16 @@ def test_an_association_without_a_user_identity_is_not_held_back(tmp_path) -> No
         (TRANSIENT, 4),  # the address is held back for what presents credentials
         "admitted",
     ]
+
+
+def test_the_counts_per_process_are_documented(capsys) -> None:
+    """review52 L1: with --workers N each process counts its own refusals (N times the
+    guesses); the README and --help did not say so (only of the association limits)."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    helps = " ".join(capsys.readouterr().out.split())
+    assert helps.count("each process of --workers counts its own") == 2  # (both limits)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (workers,) = [line for line in readme.splitlines() if line.startswith("| `--workers N` |")]
+    assert "so do the counts of refused credentials" in workers
+    assert "N times the limit" in workers

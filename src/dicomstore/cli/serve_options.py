@@ -271,7 +271,7 @@ def add_parser(sub: Any) -> None:
         metavar="N",
         help="after N user identities (or HTTP credentials) from one address refused by "
         "--config's policy within --failed-admission-window, refuse that address's "
-        "credentials at once "
+        "credentials at once; each process of --workers counts its own "
         f"(default {_D.max_failed_admissions}; 0: never)",
     )
     lim.add_argument(
@@ -289,8 +289,8 @@ def add_parser(sub: Any) -> None:
         help="after N refused passcodes of one user name within --failed-admission-window, "
         "from any address (DICOM user identity, HTTP Basic), refuse that user at once, right "
         "passcodes too, until the oldest refusal leaves the window: a temporary lockout "
-        "that anyone knowing the name can trigger "
-        f"(default {_D.max_failed_logins_per_user}: never)",
+        "that anyone knowing the name can trigger; each process of --workers counts "
+        f"its own (default {_D.max_failed_logins_per_user}: never)",
     )
     add_store_limits(lim)
     lim.add_argument(

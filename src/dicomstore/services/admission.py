@@ -101,7 +101,9 @@ class FailedAdmissions:
     user's credentials are refused at once, good ones too, until the oldest refusal
     leaves the window — a temporary lockout (Keycloak's), against guessers with
     many addresses, which lets anyone who knows a user name lock that user out for
-    the window: hence off unless asked for. On the event loop.
+    the window: hence off unless asked for. On the event loop, in memory: each
+    process of ``serve --workers`` counts its own (N processes: up to N times the
+    limit checked; README, review52 L1).
     """
 
     def __init__(
