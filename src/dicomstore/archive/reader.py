@@ -292,7 +292,8 @@ class ArchiveReader:
         header, read without the pixels (a deflated data set from a bounded temporary
         copy rather than inflated whole by pydicom, ``stored.read_file_header``:
         ``inflation.TooLarge`` beyond ``inflated_limit`` bytes). ``defer_size``: values
-        longer left unread (pydicom's), from a local file."""
+        longer left unread (pydicom's), from a local file or a deflated data set's
+        inflated copy (read from them on access)."""
         from pydicom import dcmread
 
         from dicomstore.archive.stored import read_file_header
@@ -300,7 +301,9 @@ class ArchiveReader:
         row = self.instance(row_or_uid) if isinstance(row_or_uid, str) else row_or_uid
         key = str(row["path"])
         if stop_before_pixels and encoding_of(str(row.get("transfer_syntax_uid") or ""))[2]:
-            return read_file_header(self.storage, key, inflated_limit=inflated_limit)
+            return read_file_header(
+                self.storage, key, inflated_limit=inflated_limit, defer_size=defer_size
+            )
         path = self.storage.local_path(key)
         if path is not None:
             return dcmread(path, stop_before_pixels=stop_before_pixels, defer_size=defer_size)

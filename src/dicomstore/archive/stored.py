@@ -9,7 +9,9 @@ in the archive's :class:`~dicomstore.archive.storage.Storage`.
 A deflated data set (PS3.5 A.5) cannot be reached by seeking: :func:`inflated`
 inflates it into a temporary file (``inflation.inflated_temporary``, in the
 storage's scratch folder, up to a limit), which every reader of one goes
-through and then reads as it reads a data set that was never deflated.
+through and then reads as it reads a data set that was never deflated: large
+values left unread there, and read from there on access (review53 #3: they were
+read whole, a 200 MiB value cost 200-400 MiB per request).
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag
 
 from dicomstore.archive.dicomfile import PIXEL_TAGS, dataset_offset, encoding_of
 from dicomstore.archive.storage import Storage
@@ -31,6 +36,8 @@ from dicomstore.inflation import DEFAULT_MAX_INFLATED, inflated_temporary
 from dicomstore.vr import LONG_VRS
 
 _IMPLICIT_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
+#: Values longer than this are left unread by default (read on access, from the file).
+DEFER_SIZE = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,18 +84,45 @@ def inflated(storage: Storage, key: str, limit: int) -> Iterator[tuple[BinaryIO,
 
 @contextmanager
 def opened(
-    storage: Storage, key: str, transfer_syntax_uid: str, *, inflated_limit: int
+    storage: Storage,
+    key: str,
+    transfer_syntax_uid: str,
+    *,
+    inflated_limit: int,
+    defer_size: int = DEFER_SIZE,
+    specific_tags: list[int] | None = None,
 ) -> Iterator[tuple[Stored, BinaryIO | None]]:
     """(:func:`read_stored` of ``key``, the bytes its ``pixels`` offset is in): for a
-    deflated data set its :func:`inflated` copy, open until the block ends; else
+    deflated data set its :func:`inflated` copy, open until the block ends (the values
+    over ``defer_size`` left unread are read from it on access until then); else
     None (the stored file: open it, or :func:`read_range`)."""
     implicit, little, deflated = encoding_of(transfer_syntax_uid)
     if not deflated:
-        yield read_stored(storage, key, transfer_syntax_uid), None
+        found = read_stored(
+            storage, key, transfer_syntax_uid, defer_size=defer_size, specific_tags=specific_tags
+        )
+        yield found, None
         return
     with inflated(storage, key, inflated_limit) as (fp, _size):
-        ds, pixels = header_of(fp, implicit, little)
-        yield Stored(ds, implicit, little, True, pixels), fp
+        yield _read_inflated(fp, implicit, little, defer_size, specific_tags), fp
+
+
+def _read_inflated(
+    fp: BinaryIO,
+    implicit: bool,
+    little: bool,
+    defer_size: int | None,
+    specific_tags: list[int] | None,
+) -> Stored:
+    """:func:`header_of` the inflated copy ``fp`` of a deflated data set: a
+    ``FileDataset`` reading the values it left unread from ``fp`` (while it is open)."""
+    read, pixels = header_of(fp, implicit, little, defer_size, specific_tags)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = FileDataset(fp, read, is_implicit_VR=implicit, is_little_endian=little)
+    # (not the copy's descriptor as a name: pydicom would reopen that once it is closed)
+    ds.filename = None
+    return Stored(ds, implicit, little, True, pixels)
 
 
 def read_stored(
@@ -96,26 +130,40 @@ def read_stored(
     key: str,
     transfer_syntax_uid: str,
     *,
-    defer_size: int = 1024,
+    defer_size: int | None = DEFER_SIZE,
     inflated_limit: int = DEFAULT_MAX_INFLATED,
+    specific_tags: list[int] | None = None,
 ) -> Stored:
     """The data set at ``key`` before the Pixel Data (values over ``defer_size`` left
     unread when the bytes are a local file, which pydicom reopens to read them; from
-    another storage every value before the Pixel Data is read).
+    another storage every value before the Pixel Data is read; ``specific_tags``: only
+    those, as pydicom's ``read_dataset``).
 
     A deflated data set (PS3.5 A.5) is read from its :func:`inflated` copy (up to
-    ``inflated_limit`` bytes), every value before the Pixel Data read; its
-    pixels are located in that copy (read them from another :func:`inflated`).
+    ``inflated_limit`` bytes), values over ``defer_size`` left unread there: the copy
+    stays open while the data set lives (its values are read from it on access), and
+    is closed (gone) with it, or at once when no value was left unread. Its pixels are
+    located in that copy (read them from :func:`opened`'s).
     """
     implicit, little, deflated = encoding_of(transfer_syntax_uid)
     if deflated:
-        with opened(storage, key, transfer_syntax_uid, inflated_limit=inflated_limit) as found:
-            return found[0]
+        held = ExitStack()
+        try:
+            fp, _size = held.enter_context(inflated(storage, key, inflated_limit))
+            found = _read_inflated(fp, implicit, little, defer_size, specific_tags)
+        except BaseException:
+            held.close()
+            raise
+        if any_unread(found.dataset):
+            weakref.finalize(found.dataset, held.close)
+        else:
+            held.close()
+        return found
     path = storage.local_path(key)
     defer = defer_size if path is not None else None
     with storage.open(key) as fp:
         fp.seek(dataset_offset(fp))
-        read, pixels = header_of(fp, implicit, little, defer)
+        read, pixels = header_of(fp, implicit, little, defer, specific_tags)
     # A FileDataset knows its file, so deferred values load on access.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -124,12 +172,30 @@ def read_stored(
     return Stored(ds, implicit, little, False, pixels)
 
 
+def any_unread(ds: Dataset) -> bool:
+    """True when a top-level value of ``ds`` was left unread by its reader."""
+    return any(
+        isinstance(raw := ds.get_item(tag, keep_deferred=True), RawDataElement)
+        and raw.value is None
+        and raw.length
+        for tag in list(ds.keys())
+    )
+
+
 def header_of(
-    fp: BinaryIO, implicit: bool, little: bool, defer_size: int | None = None
+    fp: BinaryIO,
+    implicit: bool,
+    little: bool,
+    defer_size: int | None = None,
+    specific_tags: list[int] | None = None,
 ) -> tuple[Dataset, PixelValue | None]:
     """The data set from ``fp``'s position up to the Pixel Data (values over
-    ``defer_size`` left unread), and where that Pixel Data is."""
-    read = read_dataset(fp, implicit, little, stop_when=_at_pixels, defer_size=defer_size)
+    ``defer_size`` left unread; ``specific_tags``: only those), and where that Pixel
+    Data is."""
+    wanted: list[BaseTag | int] | None = None if specific_tags is None else [*specific_tags]
+    read = read_dataset(
+        fp, implicit, little, stop_when=_at_pixels, defer_size=defer_size, specific_tags=wanted
+    )
     return read, pixel_value(fp, implicit, little)
 
 
@@ -144,27 +210,33 @@ def file_meta(storage: Storage, key: str) -> tuple[bytes | None, FileMetaDataset
     return preamble, FileMetaDataset(read_dataset(io.BytesIO(body), False, True))
 
 
-def read_file_header(storage: Storage, key: str, *, inflated_limit: int) -> FileDataset:
+def read_file_header(
+    storage: Storage,
+    key: str,
+    *,
+    inflated_limit: int,
+    defer_size: int | None = None,
+    specific_tags: list[int] | None = None,
+) -> FileDataset:
     """The stored file at ``key`` up to its Pixel Data as pydicom's ``dcmread(...,
-    stop_before_pixels=True)`` gives it (File Meta Information and data set), a
-    deflated data set read from its :func:`inflated` copy (up to ``inflated_limit``
-    bytes) rather than inflated whole in memory as pydicom does. Raises as
-    :func:`read_stored`, and ValueError for a file meta pydicom cannot read."""
+    stop_before_pixels=True, defer_size=..., specific_tags=...)`` gives it (File Meta
+    Information and data set), a deflated data set read from its :func:`inflated` copy
+    (up to ``inflated_limit`` bytes) rather than inflated whole in memory as pydicom
+    does. Raises as :func:`read_stored`, and ValueError for a file meta pydicom cannot
+    read."""
     preamble, meta = file_meta(storage, key)
     syntax = str(meta.get("TransferSyntaxUID", ""))
-    stored = read_stored(storage, key, syntax, inflated_limit=inflated_limit)
-    path = storage.local_path(key)
-    name = str(path) if path is not None else key
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ds = FileDataset(
-            name,
-            stored.dataset,
-            preamble=preamble,
-            file_meta=meta,
-            is_implicit_VR=stored.implicit,
-            is_little_endian=stored.little,
-        )
+    stored = read_stored(
+        storage,
+        key,
+        syntax,
+        inflated_limit=inflated_limit,
+        defer_size=defer_size,
+        specific_tags=specific_tags,
+    )
+    ds = stored.dataset
+    assert isinstance(ds, FileDataset)  # (read_stored's, knowing where its values are)
+    ds.preamble, ds.file_meta = preamble, meta
     return ds
 
 

@@ -30,10 +30,13 @@ from pydicom.filereader import dcmread
 
 from dicomstore.aio.association import Transport
 from dicomstore.archive import query as q
+from dicomstore.archive.dicomfile import encoding_of
 from dicomstore.archive.engine import DatabaseOrOSError, unavailable
 from dicomstore.archive.reader import ArchiveReader
+from dicomstore.archive.stored import file_meta, opened
 from dicomstore.dimse import CFindRQ, CFindRSP
 from dicomstore.dimse import status as st
+from dicomstore.inflation import DEFAULT_MAX_INFLATED
 from dicomstore.services import qr_classes
 from dicomstore.services.qr_operations import Operation, QROperations
 from dicomstore.services.query_identifier import (
@@ -61,27 +64,48 @@ class _Find(Operation):
     matches: int = 0
 
 
-def _header(reader: ArchiveReader, row: dict[str, Any], tags: list[int]) -> Dataset | None:
+def _header(
+    reader: ArchiveReader,
+    row: dict[str, Any],
+    tags: list[int],
+    inflated_limit: int = DEFAULT_MAX_INFLATED,
+) -> Dataset | None:
     """``tags`` read from the stored file of one instance of the matched entity
     (``sample_path``), without its pixel data or any element not asked for; None
     when none are asked for or the file cannot be read (logged: the keys are then
-    returned zero-length)."""
+    returned zero-length). A deflated data set (PS3.5 A.5) is read from its inflated
+    copy (``stored.opened``, up to ``inflated_limit`` bytes), not inflated in memory
+    by pydicom (review53 #3)."""
     relpath = row.get("sample_path")
     if not tags or not relpath:
         return None
+    wanted = [SPECIFIC_CHARACTER_SET, *tags]
     try:
+        syntax = str(file_meta(reader.storage, relpath)[1].get("TransferSyntaxUID", ""))
+        if encoding_of(syntax)[2]:
+            with opened(
+                reader.storage,
+                relpath,
+                syntax,
+                inflated_limit=inflated_limit,
+                defer_size=MAX_RETURNED_VALUE,
+                specific_tags=wanted,
+            ) as (stored, _copy):
+                return _short_values(stored.dataset, relpath)
         with reader.open({"path": relpath}) as fp:
             ds = dcmread(
-                fp,
-                stop_before_pixels=True,
-                specific_tags=[SPECIFIC_CHARACTER_SET, *tags],
-                defer_size=MAX_RETURNED_VALUE,
+                fp, stop_before_pixels=True, specific_tags=wanted, defer_size=MAX_RETURNED_VALUE
             )
     except Exception as exc:  # noqa: BLE001 - pydicom raises anything on a bad file
         log.warning("C-FIND: return keys not read from %s: %s", relpath, exc)
         return None
-    # a value too long for a query's answer is left unread and returned zero-length
-    # (review38mem D3: a 400 MiB UT key was read whole, 1.3 GiB, and sent back)
+    return _short_values(ds, relpath)
+
+
+def _short_values(ds: Dataset, relpath: str) -> Dataset:
+    """``ds`` without the values its reader left unread: a value too long for a query's
+    answer is returned zero-length (review38mem D3: a 400 MiB UT key was read whole,
+    1.3 GiB, and sent back)."""
     for tag in list(ds.keys()):
         raw = ds.get_item(tag, keep_deferred=True)
         if getattr(raw, "value", b"") is None:  # (deferred: pydicom did not read it)
@@ -112,6 +136,7 @@ class QuerySCP(QROperations):
         may_find: bool = True,
         audit: Callable[[dict[str, Any]], None] | None = None,
         who: dict[str, Any] | None = None,
+        inflated_limit: int = DEFAULT_MAX_INFLATED,
     ) -> None:
         classes = frozenset(qr_classes.FIND_SOP_CLASSES) if reader is not None else frozenset()
         super().__init__(transport, sop_classes=classes, allowed=may_find)
@@ -120,6 +145,8 @@ class QuerySCP(QROperations):
         self.audit = audit
         #: calling/called AE, address, user: for the log and the audit record
         self.who = who or {}
+        #: what a deflated data set read for return keys may inflate to (PS3.5 A.5)
+        self.inflated_limit = inflated_limit
 
     def new_operation(self, context_id: int, rq: Any) -> _Find:
         return _Find(context_id, rq)
@@ -171,7 +198,8 @@ class QuerySCP(QROperations):
 
             def fetch() -> list[tuple[dict[str, Any], Dataset | None]]:
                 batch = list(itertools.islice(rows, BATCH))
-                return [(row, _header(reader, row, query.from_header)) for row in batch]
+                limit = self.inflated_limit
+                return [(row, _header(reader, row, query.from_header, limit)) for row in batch]
 
             while True:
                 batch = await asyncio.to_thread(fetch)

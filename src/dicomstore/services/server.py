@@ -231,6 +231,7 @@ class Server:
             may_find=admission.may_find,
             audit=getattr(self.audit, "query", None),
             who=_who(rq, address, admission),
+            inflated_limit=self.store.limits.inflated_limit,
         )
 
     def retrieve_scp(
