@@ -125,3 +125,32 @@ def test_a_file_whose_meta_is_broken_is_a_processing_failure(stored) -> None:
     (verdict,) = verify(reader, [Reference(CT, UIDS[0])])
     assert verdict.failure_reason == PROCESSING_FAILURE
     assert "cannot be read" in verdict.why
+
+
+def test_each_distinct_instance_is_hashed_once_per_request(stored, monkeypatch) -> None:
+    """review53 #4: 1000 references to one 200 MiB instance hashed its file 1000 times
+    (26 s; 65,535 would take half an hour)."""
+    from dicomstore.archive import digests
+
+    reader, paths = stored
+    hashed: list[Path] = []
+    real = digests.matches
+
+    def counted(digest: str, path: Path) -> bool:
+        hashed.append(Path(path))
+        return real(digest, path)
+
+    monkeypatch.setattr(digests, "matches", counted)
+    flipped = bytearray(paths[UIDS[2]].read_bytes())
+    flipped[-10] ^= 0xFF
+    paths[UIDS[2]].write_bytes(bytes(flipped))
+    refs = [Reference(CT, UIDS[0])] * 1000 + [Reference(CT, UIDS[2])] * 1000
+    refs += [Reference(MR, UIDS[0]), Reference(CT, f" {UIDS[0]} "), Reference(CT, UIDS[1])]
+    verdicts = verify(reader, refs)
+    assert sorted(hashed) == sorted([paths[UIDS[0]], paths[UIDS[2]], paths[UIDS[1]]])
+    assert [v.reference for v in verdicts] == refs
+    assert all(v.committed for v in verdicts[:1000])
+    assert {(v.failure_reason, v.why) for v in verdicts[1000:2000]} == {
+        (PROCESSING_FAILURE, "file content differs from what was stored")
+    }
+    assert [v.failure_reason for v in verdicts[2000:]] == [CLASS_INSTANCE_CONFLICT, None, None]
