@@ -282,6 +282,23 @@ def test_a_stranded_request_asked_again_is_reported_on_the_new_association(
     srv.archive.close()  # type: ignore[attr-defined]
 
 
+def test_a_stranded_request_is_not_replaced_by_another_ae_title(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review52 L2: a request of another calling AE title with a stranded request's
+    Transaction UID replaced it (answered 0000): the first requester's report was lost.
+    Only its own AE title may ask again; another is 0115, as for one pending."""
+    srv = serving(root)
+    report_after_release(srv, monkeypatch)
+    with srv:
+        ds = action_information("1.2.8.153", *HELD)
+        assert n_action(srv.port, ds) == 0x0000  # (released at once: stranded)
+        assert settled(srv)
+        assert n_action(srv.port, ds, calling="INTRUDER") == 0x0115
+        assert srv.server.commitments.stranded == {"1.2.8.153": "MODALITY"}
+    srv.archive.close()  # type: ignore[attr-defined]
+
+
 def test_a_report_answered_0110_is_sent_again_a_few_times(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -159,8 +159,9 @@ class CommitmentService:
         self.pending: dict[str, int] = {}
         #: those that cannot be reported (their association gone, their AE title with
         #: no address), oldest first: kept in the journal for a start with the address
-        #: configured, at most ``max_pending`` of them, and not counted as pending
-        self.stranded: dict[str, None] = {}
+        #: configured, at most ``max_pending`` of them, and not counted as pending;
+        #: the calling AE title of each (only it may ask again: review52 L2)
+        self.stranded: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._checks = ThreadPoolExecutor(1, thread_name_prefix="commitment")
@@ -205,9 +206,11 @@ class CommitmentService:
         """Record ``request`` durably (:class:`Refused`: 0115 its Transaction UID
         pending, 0213 too many pending, 0110 the journal cannot be written). A request
         of a Transaction UID stranded here (its report waits for an address) replaces
-        it: the requester asks again, on an association we can report on (review49 #3)."""
+        it: the requester (its calling AE title) asks again, on an association we can
+        report on (review49 #3)."""
         tx = request.transaction_uid
-        if tx in self.pending:
+        if tx in self.pending or self.stranded.get(tx, request.calling_ae) != request.calling_ae:
+            # (another AE title's stranded request is not replaced: review52 L2)
             raise Refused(st.INVALID_ARGUMENT_VALUE, "Transaction UID already pending")
         if len(self.pending) >= self.max_pending:
             raise Refused(st.RESOURCE_LIMITATION, f"{self.max_pending} requests pending already")
@@ -241,7 +244,7 @@ class CommitmentService:
             try:
                 how = await self._attempt(request, channel, failures + 1)
             except _NoAddress as exc:
-                await self._strand(request.transaction_uid, str(exc))
+                await self._strand(request, str(exc))
                 return
             except asyncio.CancelledError:
                 raise
@@ -267,13 +270,14 @@ class CommitmentService:
             log.info("storage commitment %s reported %s", request.transaction_uid, how)
             return
 
-    async def _strand(self, transaction_uid: str, why: str) -> None:
+    async def _strand(self, request: CommitmentRequest, why: str) -> None:
         """A request that cannot be reported no longer holds a pending slot (review36a
         #1: requests whose association ended took every slot, for everyone, across
         restarts); kept in the journal for a start with the address configured, the
         oldest dropped beyond ``max_pending`` of them."""
+        transaction_uid = request.transaction_uid
         self.pending.pop(transaction_uid, None)
-        self.stranded[transaction_uid] = None
+        self.stranded[transaction_uid] = request.calling_ae
         log.warning(
             "storage commitment %s: %s (--commitment-scu); it waits in the journal for a"
             " start with one",
