@@ -379,6 +379,22 @@ def test_patient_zip_export_is_audited(site: Site) -> None:
     assert record["audit_event"] == "DICOM Instances Transferred"
 
 
+def test_the_browse_search_and_a_patient_s_page_are_audited_as_queries(site: Site) -> None:
+    """review52 L3: they show names, IDs, birth dates and studies, and left no record."""
+    reader = basic("reader", "reader-pw")
+    assert site.client.get("/browse/search?name=Doe*", headers=reader).status_code == 200
+    assert site.client.get("/browse/patient?id=PID1", headers=reader).status_code == 200
+    search, patient = site.records("read")
+    assert (search["audit_event"], search["service"], search["user"]) == (
+        "Query",
+        "browse",
+        "reader",
+    )
+    assert search["query"] == "name=Doe%2A" or search["query"] == "name=Doe*"
+    assert (patient["audit_event"], patient["patient_id"]) == ("Query", "PID1")
+    assert patient["query"] == "id=PID1"
+
+
 def test_one_access_log_line_per_request(site: Site, caplog) -> None:
     with caplog.at_level(logging.INFO, "dicomstore.http.access"):
         site.client.get("/studies?PatientName=Doe", headers=basic("reader", "reader-pw"))

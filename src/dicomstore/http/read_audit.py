@@ -9,7 +9,8 @@ adds one JSON line to the same audit trail as associations and stores
   in the spirit of *DICOM Instances Transferred* (A.5.3.7, EV 110104, action R);
 - WADO-RS metadata and thumbnails, and the browse pages of a study, series or instance,
   in the spirit of *DICOM Instances Accessed* (A.5.3.6, EV 110103, action R);
-- QIDO-RS searches, in the spirit of *Query* (A.5.3.10, EV 110112, action E),
+- QIDO-RS searches, and the browse page's search and a patient's page (its
+  studies), in the spirit of *Query* (A.5.3.10, EV 110112, action E),
   with the query string as sent (``query``): what was searched for.
 
 For example (one line)::
@@ -21,7 +22,7 @@ For example (one line)::
      "status": 200, "bytes": 1048576, "complete": true}
 
 ``complete`` is false when the client went away mid-response. The browse
-page's archive and patient lists are not audited. STOW-RS stores are audited
+page's archive list (its first page, the studies received lately) is not audited. STOW-RS stores are audited
 by the store service (``event: "instance"``, with the user).
 """
 
@@ -33,7 +34,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dicomstore.http import browse, frames, qido, render, wado
+from dicomstore.http import browse, browse_search, frames, qido, render, wado
 from dicomstore.http.answer import Answer, watch
 from dicomstore.http.auth import client_of, identity_of
 
@@ -61,6 +62,10 @@ def _page(key: str) -> Callable[[Scope, dict[str, str]], dict[str, str | None]]:
     return lambda scope, query: {key: query.get("uid")}
 
 
+def _none(scope: Scope, query: dict[str, str]) -> dict[str, str | None]:
+    return {}  # (what was searched for: the query string, ``query``)
+
+
 def _patient(scope: Scope, query: dict[str, str]) -> dict[str, str | None]:
     return {"patient_id": query.get("id"), "issuer_of_patient_id": query.get("issuer") or None}
 
@@ -77,6 +82,8 @@ _AUDITED: dict[Any, tuple[tuple[str, str], str, Any]] = {
     browse.study: (ACCESSED, "browse", _page("study_instance_uid")),
     browse.series: (ACCESSED, "browse", _page("series_instance_uid")),
     browse.instance: (ACCESSED, "browse", _page("sop_instance_uid")),
+    browse.patient: (QUERY, "browse", _patient),  # (review52 L3: a patient's studies,
+    browse_search.search: (QUERY, "browse", _none),  # a search: queries, not audited)
     qido.studies: (QUERY, "QIDO-RS", _wado_target),
     qido.study_series: (QUERY, "QIDO-RS", _wado_target),
     qido.all_series: (QUERY, "QIDO-RS", _wado_target),
