@@ -22,8 +22,9 @@ For example (one line)::
      "status": 200, "bytes": 1048576, "complete": true}
 
 ``complete`` is false when the client went away mid-response. The browse
-page's archive list (its first page, the studies received lately) is not audited. STOW-RS stores are audited
-by the store service (``event: "instance"``, with the user).
+page's archive list (its first page, the studies received lately) is not
+audited. STOW-RS stores are audited by the store service (``event:
+"instance"``, with the user).
 """
 
 from __future__ import annotations
