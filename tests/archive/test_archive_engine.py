@@ -36,6 +36,10 @@ def test_a_postgresql_url_names_the_database_without_its_password() -> None:
     assert query.where == "postgresql://ds@db/archive?password=***&sslpassword=***&x=1"
     with pytest.raises(ValueError, match="postgresql://"):
         engine_for("/nowhere", "mysql://db/archive")
+    with pytest.raises(ValueError) as refused:  # (review52 L7: the password was shown)
+        engine_for("/nowhere", "postgresqlx://ds:secret@db/archive?password=pw")
+    assert "secret" not in str(refused.value) and "pw" not in str(refused.value)
+    assert "'postgresqlx://ds:***@db/archive?password=***'" in str(refused.value)
 
 
 def test_sqlite_sql_in_postgresql_words() -> None:

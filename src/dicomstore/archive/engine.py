@@ -35,11 +35,12 @@ both drivers: callers catch them instead of ``sqlite3.Error``.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from dicomstore.archive import layout
 from dicomstore.archive.turns import Turns
@@ -138,7 +139,8 @@ def engine_for(root: Path | str, index: str | Path | Engine | None = None) -> En
     if text.startswith("sqlite:"):
         text = text.removeprefix("sqlite:").removeprefix("//")
     elif "://" in text:
-        raise ValueError(f"--index: not a postgresql:// URL nor a SQLite file: {text!r}")
+        shown = without_password(text)  # (review52 L7: the password was shown whole)
+        raise ValueError(f"--index: not a postgresql:// URL nor a SQLite file: {shown!r}")
     return SqliteEngine(Path(text))
 
 
@@ -378,3 +380,18 @@ class SqliteEngine(Engine):
 
     def close(self) -> None:
         self._turns.close()
+
+
+#: Query parameters of a libpq URL that hold a secret (masked wherever it is shown).
+_SECRETS = re.compile(r"(?i)(^|&)((?:ssl)?password|sslkey|passfile)=[^&]*")
+
+
+def without_password(url: str) -> str:
+    """``url`` with its password masked: the userinfo's, and a ``password=`` (or
+    ``sslpassword=``) query parameter's (review50 #4: that one was shown whole)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = _SECRETS.sub(lambda m: f"{m.group(1)}{m.group(2)}=***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -14,7 +14,6 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from dicomstore.archive import pg_deadline
 from dicomstore.archive.engine import (
@@ -24,6 +23,7 @@ from dicomstore.archive.engine import (
     PostgresOperationalError,
     Statement,
     error_cause,
+    without_password,
 )
 from dicomstore.archive.pg_deadline import WATCH
 
@@ -67,7 +67,7 @@ class PostgresEngine(Engine):
                 "a PostgreSQL index needs psycopg 3: pip install 'dicomstore[postgresql]'"
             ) from None
         self.url = url
-        self.where = _without_password(url)
+        self.where = without_password(url)
         #: readers given back (see :meth:`reader`)
         self._readers = _Readers(functools.partial(_connect, url, self.where, _READ_ONLY))
         weakref.finalize(self, self._readers.close)
@@ -465,18 +465,3 @@ def _pg_ddl(script: str) -> str:
     script = re.sub(r"\bINTEGER\b", "BIGINT", script)
     script = re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', script)
     return re.sub(r"\((\w+) COLLATE NOCASE\)", r"((lower(\1)))", script)
-
-
-#: Query parameters of a libpq URL that hold a secret (masked wherever it is shown).
-_SECRETS = re.compile(r"(?i)(^|&)((?:ssl)?password|sslkey|passfile)=[^&]*")
-
-
-def _without_password(url: str) -> str:
-    """``url`` with its password masked: the userinfo's, and a ``password=`` (or
-    ``sslpassword=``) query parameter's (review50 #4: that one was shown whole)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-    query = _SECRETS.sub(lambda m: f"{m.group(1)}{m.group(2)}=***", parts.query)
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
