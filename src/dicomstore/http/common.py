@@ -124,12 +124,21 @@ def _forwarded(request: Request, scheme: str, host: str, prefix: str) -> tuple[s
 
 def url_of(base: str, study: str, series: str | None = None, sop: str | None = None) -> str:
     """The Retrieve URL of a study, series or instance (PS3.18 10.4.1)."""
-    url = f"{base}studies/{quote(study, safe='')}"
+    url = f"{base}studies/{_segment(study)}"
     if series is not None:
-        url += f"/series/{quote(series, safe='')}"
+        url += f"/series/{_segment(series)}"
         if sop is not None:
-            url += f"/instances/{quote(sop, safe='')}"
+            url += f"/instances/{_segment(sop)}"
     return url
+
+
+def _segment(uid: str) -> str:
+    """A UID as one path segment: percent-encoded, and one of dots alone (a sender's
+    ``..``) as ``%2E``s, no dot-segment a client would resolve (RFC 3986 5.2.4;
+    review52 L8)."""
+    if uid and not uid.strip("."):
+        return "%2E" * len(uid)
+    return quote(uid, safe="")
 
 
 @dataclass(frozen=True, slots=True)
