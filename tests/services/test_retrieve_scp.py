@@ -139,6 +139,9 @@ def test_policy_move_right_move_to_and_destinations(root: Path) -> None:
             assert [s for s, *_ in refused] == [0x0124]
             limited = pynetdicom_move(srv.port, STUDY_ROOT_MOVE, one, "DEST", "LIMITED")
             assert [s for s, *_ in limited] == [0x0124] and "DEST" in limited[0][1].ErrorComment
+            # (and one not configured: the same 0124, not A801; review52 L7)
+            nowhere = pynetdicom_move(srv.port, STUDY_ROOT_MOVE, one, "NOPE", "LIMITED")
+            assert [s for s, *_ in nowhere] == [0x0124]
             assert dest.received == []
             allowed = pynetdicom_move(srv.port, STUDY_ROOT_MOVE, one, "DEST", "MOVER")
             assert [s for s, *_ in allowed] == [0x0000] and len(dest.received) == 1

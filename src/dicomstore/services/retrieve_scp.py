@@ -114,14 +114,14 @@ class RetrieveSCP(QROperations):
         assert isinstance(rq, CMoveRQ)
         name = rq.move_destination
         op.destination = name
+        if self.move_to is not None and name not in self.move_to:  # (first: a caller
+            raise FindFailure(  # limited to some learns nothing of the others: review52 L7)
+                st.NOT_AUTHORIZED, f"moving to {name!r} is not allowed for this caller"
+            )
         destination = self.destinations.get(name)
         if destination is None:
             raise FindFailure(
                 st.MOVE_DESTINATION_UNKNOWN, f"Move Destination {name!r} unknown", MOVE_DESTINATION
-            )
-        if self.move_to is not None and name not in self.move_to:
-            raise FindFailure(
-                st.NOT_AUTHORIZED, f"moving to {name!r} is not allowed for this caller"
             )
         return MoveSender(
             destination,
