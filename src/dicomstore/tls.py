@@ -6,6 +6,7 @@ TLS 1.2 or newer only, forward-secret AEAD cipher suites for TLS 1.2 (the TLS
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import ssl
 from pathlib import Path
@@ -282,3 +283,14 @@ def refused_after_handshake(context: ssl.SSLContext | None) -> str | None:
         "over TLS, before any answer (a server that requires a client certificate,"
         " --tls-cert/--tls-key, or refuses ours closes so; its log says why)"
     )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listener on ``host`` is reachable from this host only (what travels
+    in clear there stays on it)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

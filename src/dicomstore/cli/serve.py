@@ -137,6 +137,8 @@ async def run(args: argparse.Namespace) -> int:
         except PolicyError as exc:
             print(f"dicomstore: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    for warning in cleartext(config, gatekeeper):
+        log.warning("%s", warning)
     audit = None
     if args.audit_log is not None:
         from dicomstore.audit import AuditLog
@@ -268,6 +270,33 @@ async def _serve(
         )
         return EXIT_UNREACHABLE
     return EXIT_OK
+
+
+def cleartext(config: ServerConfig, gatekeeper: Any) -> list[str]:
+    """What goes over plain TCP though the operator may think otherwise (review52 L4,
+    L5; PS3.15 B.9): user identity secrets to a DICOM port without TLS on a host
+    others reach, and what a TLS server sends (it always sends without)."""
+    from dicomstore.tls import is_loopback
+
+    said = []
+    secrets = gatekeeper is not None and (gatekeeper.users or gatekeeper.jwt is not None)
+    if secrets and config.ssl is None and not is_loopback(config.host):
+        said.append(
+            f"DICOM on {config.host} without --tls-cert: user identity passcodes and tokens"
+            " travel in clear"
+        )
+    sends = [
+        name
+        for name, given in (
+            ("C-MOVE sub-operations", config.move_destinations),
+            ("--forward", config.forward),
+            ("Storage Commitment reports", config.commitment_scus),
+        )
+        if given
+    ]
+    if config.ssl is not None and sends:
+        said.append(f"--tls-cert is for what comes in: {', '.join(sends)} go out without TLS")
+    return said
 
 
 def weakened(args: Any, fsync: bool) -> list[str]:

@@ -18,7 +18,6 @@ that through DNS rebinding: the Host guard (:mod:`dicomstore.http.hosts`) is on.
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from dicomstore.http.hosts import AllowedHosts, HostGuard
 from dicomstore.http.read_audit import AuditWriter, ReadAuditMiddleware
 from dicomstore.policy import HTTP_ACTIONS, Policy
 from dicomstore.services.admission import FailedAdmissions
+from dicomstore.tls import is_loopback
 
 #: Request headers a cross-origin client may send (besides the CORS-safelisted ones).
 CORS_HEADERS = ("Authorization", "Accept", "Content-Type")
@@ -77,7 +77,7 @@ class HttpSecurity:
 
     def warnings(self, host: str) -> list[str]:
         """What the operator should know about serving HTTP on ``host``."""
-        if _loopback(host):
+        if is_loopback(host):
             return []
         found = []
         rights = ", ".join(sorted(self.anonymous_rights))
@@ -122,15 +122,6 @@ class HttpSecurity:
         if self.audit is not None:
             stack.append(Middleware(ReadAuditMiddleware, audit=self.audit))
         return stack
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def describe(security: HttpSecurity | None) -> str:
