@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from dicomstore.aio import stream as streams
 from dicomstore.aio.stream import RECV_BUFFER, RECV_INITIAL, Stream  # noqa: F401 - re-exported
-from dicomstore.dimse import DimseAssembler, command_pdvs, dataset_pdvs
+from dicomstore.dimse import DimseAssembler, command_pdvs, dataset_pdvs, max_pdv_data
 from dicomstore.errors import LocalProtocolError, RemoteProtocolError
 from dicomstore.tls import alert_words, refused_after_handshake
 from dicomstore.ul.connection import Connection
@@ -30,6 +30,7 @@ log = logging.getLogger("dicomstore.association")
 
 __all__ = [
     "DRAIN_EVERY",
+    "PDVS_PER_TURN",
     "RECV_BUFFER",
     "RECV_INITIAL",
     "StalledPDU",
@@ -41,6 +42,10 @@ __all__ = [
 
 #: Drain the writer after this many queued bytes (backpressure on sends).
 DRAIN_EVERY = 1024 * 1024
+#: Yield to the event loop after this many PDVs sent or received, whatever the
+#: socket's state: a peer's tiny Maximum Length Received (PS3.8 D.1) or tiny PDVs
+#: cost as many turns, so the other associations and HTTP are served meanwhile.
+PDVS_PER_TURN = 1024
 
 
 @dataclass
@@ -100,6 +105,8 @@ class Transport:
         self.assembler = DimseAssembler()
         self.peer = stream.get_extra_info("peername")
         self._unflushed = 0
+        #: PDVs sent or received since we last yielded to the loop (:meth:`pace`).
+        self._work = 0
         #: Loop time ARTIM started (PS3.8 9.1.5), while it runs.
         self._artim_since: float | None = None
         #: A data set is being streamed (:meth:`send_dataset_chunks`): messages queued
@@ -154,6 +161,14 @@ class Transport:
             self.conn.parts_to_send()  # (dropped: nothing more reaches it)
             self.stream.abort()
             raise ConnectionResetError("the peer read nothing we sent") from None
+
+    async def pace(self, pdvs: int = 1) -> None:
+        """Count ``pdvs`` handled; every :data:`PDVS_PER_TURN`, yield to the loop
+        (bounded work per turn, however small the PDVs: PS3.8 9.3.5.1, E.1)."""
+        self._work += pdvs
+        if self._work >= PDVS_PER_TURN:
+            self._work = 0
+            await asyncio.sleep(0)
 
     async def receive(self, idle: float | None = None, until: float | None = None) -> list[ULEvent]:
         """Wait for complete PDUs and return their upper layer events.
@@ -312,7 +327,7 @@ class Transport:
                         await self._send_fragment(context_id, chunk, max_pdu)
                 if total != size:
                     raise LocalProtocolError(f"the data set ended at {total} of its {size} bytes")
-            conn.send_each(dataset_pdvs(context_id, previous or b"", max_pdu, True))
+            await self._send_fragment(context_id, previous or b"", max_pdu, True)
         except BaseException:
             self._held.clear()
             raise
@@ -324,12 +339,23 @@ class Transport:
         self.write_now()
         return total
 
-    async def _send_fragment(self, context_id: int, chunk: bytes, max_pdu: int) -> None:
-        """Send a data set chunk that is not the last (waiting when much is unsent)."""
-        self.conn.send_each(dataset_pdvs(context_id, chunk, max_pdu, False))
-        self.write_now()
-        if self._unflushed >= DRAIN_EVERY:
-            await self.drain()
+    async def _send_fragment(
+        self, context_id: int, chunk: bytes, max_pdu: int, last: bool = False
+    ) -> None:
+        """Send a data set chunk (``last``: the data set's end), at most
+        :data:`PDVS_PER_TURN` PDVs per turn of the loop (a peer's tiny Maximum
+        Length Received makes a chunk thousands of PDVs), waiting when much is unsent."""
+        step, size = max_pdv_data(max_pdu) * PDVS_PER_TURN, len(chunk)
+        view = memoryview(chunk) if size > step else None  # (else one part: no slice)
+        for start in range(0, max(size, 1), step):
+            end = start + step
+            part = chunk if view is None else view[start:end]
+            pdvs = dataset_pdvs(context_id, part, max_pdu, last and end >= size)
+            self.conn.send_each(pdvs)
+            self.write_now()
+            if self._unflushed >= DRAIN_EVERY:
+                await self.drain()
+            await self.pace(len(pdvs))
 
     async def close(self) -> None:
         """Close the socket (idempotent)."""
