@@ -50,6 +50,16 @@ def test_store_then_echo_sequence() -> None:
     assert a.idle
 
 
+def test_an_empty_data_set_fragment_gives_nothing_unless_it_is_the_last() -> None:
+    """PS3.8 E.1: a fragment has an even length, none included (review53 #2)."""
+    a = DimseAssembler()
+    feed(a, cmd(STORE))
+    assert a.receive(data(b"")) == [] and a.dataset_in_progress
+    assert a.receive(data(b"ab")) == [DatasetFragment(1, b"ab", False)]
+    assert a.receive(data(b"", last=True)) == [DatasetFragment(1, b"", True)]
+    assert a.idle
+
+
 def test_fragmented_command_is_emitted_on_the_last_fragment() -> None:
     a = DimseAssembler()
     pdvs = cmd(STORE, max_pdu=20)

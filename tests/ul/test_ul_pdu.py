@@ -1163,3 +1163,46 @@ def test_bytes_of_another_protocol_are_named() -> None:
     ):
         with pytest.raises(RemoteProtocolError, match=words):
             PDUReader().parse(memoryview(data))
+
+
+# -- P-DATA-TF of many tiny PDVs: bounded work per step (review53 #2) ----------
+
+
+def _empty_pdvs(n: int, context_id: int = 1) -> bytes:
+    """A P-DATA-TF of ``n`` empty data PDVs (item length 2: PS3.8 9.3.5.1, E.1 allow it)."""
+    body = bytes([0, 0, 0, 2, context_id, 0]) * n
+    return bytes([0x04, 0]) + len(body).to_bytes(4, "big") + body
+
+
+def test_a_pdata_of_many_pdvs_is_decoded_as_it_is_read() -> None:
+    from dicomstore.ul.pdu import PDVS_AT_ONCE, ReceivedPDVs
+
+    n = 10 * PDVS_AT_ONCE + 3
+    (pdu,), used = PDUReader().parse(memoryview(_empty_pdvs(n)))
+    assert used == 6 + 6 * n and isinstance(pdu, PDataTF)
+    pdvs = pdu.pdvs
+    assert isinstance(pdvs, ReceivedPDVs) and pdvs.decoded == PDVS_AT_ONCE  # the rest: later
+    assert len(pdvs) == n and sum(1 for _ in pdvs) == n  # (and again)
+    assert all(p.context_id == 1 and not p.is_command and not p.data for p in pdvs)
+    assert pdvs[n - 1] == PDV(1, False, False, b"")
+
+
+def test_a_bad_pdv_after_the_first_batch_raises_when_its_batch_is_reached() -> None:
+    from dicomstore.ul.pdu import PDVS_AT_ONCE
+
+    data = _empty_pdvs(2 * PDVS_AT_ONCE)[:-2] + bytes([2, 0])  # the last: context 2
+    (pdu,), _ = PDUReader().parse(memoryview(data))
+    seen = 0
+    with pytest.raises(RemoteProtocolError, match="not odd") as raised:
+        for _ in pdu.pdvs:
+            seen += 1
+    assert seen == PDVS_AT_ONCE and raised.value.reason == 6  # (its batch is not delivered)
+
+
+def test_a_parse_stops_after_about_pdvs_at_once() -> None:
+    from dicomstore.ul.pdu import PDVS_AT_ONCE
+
+    stream = _empty_pdvs(PDVS_AT_ONCE // 2) * 5
+    pdus, used = PDUReader().parse(memoryview(stream))
+    assert len(pdus) == 2 and used == 2 * len(stream) // 5  # the rest, next call
+    assert len(read_pdus(stream)) == 5

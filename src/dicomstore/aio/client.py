@@ -143,7 +143,7 @@ class ClientAssociation:
             while not t.conn.is_closed:
                 events = await t.receive(t.timeouts.network)
                 for event in events:
-                    self._on_event(event)
+                    await self._on_event(event)
                 await t.flush()
                 await self.invoker.room()  # a stream's reader is behind: stop reading
             self._end(AssociationAborted("the association ended"))
@@ -168,9 +168,10 @@ class ClientAssociation:
             t.abort_now()
             self._end(AssociationAborted(f"internal error: {exc}"))
 
-    def _on_event(self, event: Any) -> None:
+    async def _on_event(self, event: Any) -> None:
         if isinstance(event, DataIndication):
-            for pdv in event.pdvs:
+            for pdv in event.pdvs:  # (decoded as read: a turn every PDVS_PER_TURN)
+                await self.t.pace()
                 for dimse_event in self.t.assembler.receive(pdv):
                     self._on_dimse(dimse_event)
         elif isinstance(event, ReleaseConfirmation):

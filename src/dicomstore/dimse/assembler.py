@@ -81,6 +81,8 @@ class DimseAssembler:
             if ctx == self._dataset_ctx:  # the hot path: next fragment of the data set
                 if pdv.is_last:
                     self._dataset_ctx = None
+                elif not pdv.data:  # an empty fragment (even, PS3.8 E.1) carries nothing
+                    return []
                 return [DatasetFragment(ctx, pdv.data, pdv.is_last)]
             return self._unexpected_dataset(ctx)
         if self._dataset_ctx is not None:

@@ -247,8 +247,9 @@ class AcceptorAssociation:
     async def _on_event(self, event) -> None:
         t = self.t
         if isinstance(event, DataIndication):
-            for pdv in event.pdvs:
+            for pdv in event.pdvs:  # (decoded as read: a turn every PDVS_PER_TURN)
                 self._check_context(pdv.context_id)
+                await t.pace()
                 for dimse_event in t.assembler.receive(pdv):
                     await self._on_dimse(dimse_event)
         elif isinstance(event, AssociateIndication):
@@ -375,8 +376,7 @@ class AcceptorAssociation:
         if isinstance(event, DatasetFragment):
             receiving = self.receiving
             if receiving is not None:
-                # Receiving.write takes any bytes-like (it only writes it out and takes
-                # its len); its annotation (services/storage_scp.py) says less.
+                # (any bytes-like: Receiving.write only writes it out and takes its len)
                 receiving.write(event.data)
                 if event.is_last:
                     self.receiving = None

@@ -103,6 +103,7 @@ class ReportListener:
                         f"a PDV on context {pdv.context_id}, which was not accepted",
                         P.ABORT_INVALID_PDU_PARAMETER_VALUE,
                     )
+                await t.pace()
                 for dimse_event in t.assembler.receive(pdv):
                     if performer.handles(dimse_event):
                         performer.receive(dimse_event)

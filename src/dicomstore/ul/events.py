@@ -3,6 +3,7 @@ confirmations of the PS3.8 7 service primitives."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dicomstore.ul.pdu import PDV, AssociateAC, AssociateRJ, AssociateRQ
@@ -33,7 +34,7 @@ class AssociateRejected:
 class DataIndication:
     """P-DATA indication: the PDVs of one received P-DATA-TF (PS3.8 7.6)."""
 
-    pdvs: list[PDV]
+    pdvs: Sequence[PDV]
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ Items and sub-items live in :mod:`dicomstore.ul.items`.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from dicomstore.errors import RemoteProtocolError
@@ -144,7 +145,7 @@ class AssociateRJ:
 class PDataTF:
     """P-DATA-TF PDU (PS3.8 9.3.5): one or more PDVs."""
 
-    pdvs: list[PDV]
+    pdvs: Sequence[PDV]
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def _ae_text(raw: bytes, strict: bool = True) -> str:
         ) from None
 
 
-def encode_pdata_parts(pdvs: list[PDV]) -> list[bytes | bytearray | memoryview]:
+def encode_pdata_parts(pdvs: Sequence[PDV]) -> list[bytes | bytearray | memoryview]:
     """A P-DATA-TF PDU as a list of buffers, headers apart from the PDV data.
 
     Nothing is copied: each PDV's data is one of the parts, so a shell can hand
@@ -272,19 +273,69 @@ def encode(pdu: PDU) -> bytes:
     raise TypeError(f"not a PDU: {pdu!r}")
 
 
+#: PDVs decoded in one go: a P-DATA-TF's first ones when it is read (its later ones as
+#: they are iterated), and about as many per :meth:`PDUReader.parse` call.
+PDVS_AT_ONCE = 1024
+
+
 def decode_pdata(body: bytes | bytearray | memoryview) -> PDataTF:
     """Decode the variable field of a P-DATA-TF into PDVs (PS3.8 9.3.5).
 
     Each PDV's data is a slice of ``body``: of a memoryview, a view into the
     same memory, valid as long as the caller leaves that memory alone.
     """
+    return PDataTF(list(ReceivedPDVs(body)))
+
+
+class ReceivedPDVs(Sequence[PDV]):
+    """The PDV items of a received P-DATA-TF: the first :data:`PDVS_AT_ONCE` decoded
+    at once, the others in batches as they are iterated.
+
+    PS3.8 9.3.5.1 and E.1 allow any number of PDVs in a PDU, each fragment of any
+    even length, even none: a 1 MiB PDU may hold 174,761 of them, which a reader
+    of its events can then handle with bounded work per turn of its event loop.
+    A malformed item raises :class:`RemoteProtocolError` (invalid PDU parameter
+    value, PS3.8 9.3.8): in the first batch, when the PDU is read; else when its batch is.
+    """
+
+    __slots__ = ("_body", "_head", "_rest")
+
+    def __init__(self, body: bytes | bytearray | memoryview) -> None:
+        if not len(body):
+            raise RemoteProtocolError(
+                "P-DATA-TF without any PDV", ABORT_INVALID_PDU_PARAMETER_VALUE
+            )
+        self._body = body
+        self._head, self._rest = _pdv_items(body, 0)
+
+    @property
+    def decoded(self) -> int:
+        """How many PDVs were decoded when the PDU was read."""
+        return len(self._head)
+
+    def __iter__(self) -> Iterator[PDV]:
+        yield from self._head
+        body, off = self._body, self._rest
+        while off < len(body):
+            batch, off = _pdv_items(body, off)
+            yield from batch
+
+    def __len__(self) -> int:
+        return len(self._head) if self._rest == len(self._body) else sum(1 for _ in self)
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]  # (Sequence's overloads)
+        return (self._head if self._rest == len(self._body) else list(self))[index]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+
+def _pdv_items(body: bytes | bytearray | memoryview, off: int) -> tuple[list[PDV], int]:
+    """Up to :data:`PDVS_AT_ONCE` PDV items from ``off``, and the offset after them."""
     pdvs: list[PDV] = []
-    off = 0
     end = len(body)
-    if end == 0:
-        raise RemoteProtocolError("P-DATA-TF without any PDV", ABORT_INVALID_PDU_PARAMETER_VALUE)
     unpack = _PDV_HEADER.unpack_from
-    while off < end:
+    while off < end and len(pdvs) < PDVS_AT_ONCE:
         if end - off < 6:
             raise RemoteProtocolError(
                 "truncated PDV item header", ABORT_INVALID_PDU_PARAMETER_VALUE
@@ -301,10 +352,9 @@ def decode_pdata(body: bytes | bytearray | memoryview) -> PDataTF:
             )
         # Bits 2-7 of the message control header are "never checked by the
         # receiver" (PS3.8 E.2).
-        data = body[off + 6 : off + 4 + length]
-        pdvs.append(PDV(ctx, bool(mch & 1), bool(mch & 2), data))
+        pdvs.append(PDV(ctx, bool(mch & 1), bool(mch & 2), body[off + 6 : off + 4 + length]))
         off += 4 + length
-    return PDataTF(pdvs)
+    return pdvs, off
 
 
 def _decode_associate(kind: int, body: memoryview) -> AssociateRQ | AssociateAC:
@@ -406,7 +456,7 @@ class PDUReader:
         be handled, in order).
         """
         out: list[PDU] = []
-        off = 0
+        off = decoded = 0
         size = len(view)
         try:
             while size - off >= 6:
@@ -416,11 +466,15 @@ class PDUReader:
                 if size - start < length:
                     break
                 body = view[start : start + length]
-                if kind == P_DATA_TF:
-                    out.append(decode_pdata(body))
+                if kind == P_DATA_TF:  # (its later PDVs decoded as the user reads them)
+                    pdvs = ReceivedPDVs(body)
+                    out.append(PDataTF(pdvs))
+                    decoded += pdvs.decoded
                 else:  # small, and kept by the user: not views of the buffer
                     out.append(decode_pdu(kind, bytes(body)))
                 off = start + length
+                if decoded >= PDVS_AT_ONCE:  # bounded work per call: the rest, next call
+                    break
         except RemoteProtocolError as exc:
             exc.pdus = out
             raise
