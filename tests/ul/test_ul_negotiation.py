@@ -20,6 +20,7 @@ from dicomstore.ul.negotiation import (
     Negotiated,
     describe_refused,
     negotiate,
+    rejection_words,
     requested,
     too_short,
 )
@@ -321,6 +322,35 @@ def test_extended_negotiation_without_callback_is_not_answered():
     ac, negotiated = accept(request)
     assert ac.user_info.extended == []
     assert negotiated.extended == {}
+
+
+# -- requests that cannot be answered with an AC (review53 #6) ----------------
+
+
+@pytest.mark.parametrize(
+    "field,title",
+    [
+        ("calling_ae", ""),  # 16 spaces or NULs, as decoded (PS3.8 Table 9-11)
+        ("calling_ae", "A\\B"),
+        ("calling_ae", "EVIL\x07X"),
+        ("calling_ae", "EVIL\x1b[31m"),
+        ("calling_ae", "CR\r\nLF"),
+        ("called_ae", ""),
+        ("called_ae", "X\\Y"),
+    ],
+)
+def test_a_title_that_is_no_ae_title_is_rejected(field, title):
+    request = rq(**{field: title})
+    answer, negotiated = negotiate(request, policy())
+    reason = (
+        P.REJECT_CALLING_AE_NOT_RECOGNIZED
+        if field == "calling_ae"
+        else P.REJECT_CALLED_AE_NOT_RECOGNIZED
+    )
+    assert answer == P.AssociateRJ(P.REJECT_PERMANENT, P.REJECT_SOURCE_USER, reason)
+    assert negotiated is None
+    words = rejection_words(request, answer)
+    assert "AE title not recognized" in words and f"{title!r} is no AE title" in words
 
 
 def test_user_identity_is_passed_to_the_acceptor_user():

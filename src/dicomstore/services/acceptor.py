@@ -61,7 +61,7 @@ from dicomstore.ul.events import (
     ReleaseIndication,
 )
 from dicomstore.ul.fsm import State
-from dicomstore.ul.negotiation import describe_refused, negotiate, too_short
+from dicomstore.ul.negotiation import describe_refused, negotiate, rejection_words
 
 _QR_REQUESTS = (CFindRQ, CMoveRQ, CGetRQ, NActionRQ)
 
@@ -324,11 +324,8 @@ class AcceptorAssociation:
             return
         self.holds_slot = True  # before any await: requests arriving meanwhile count it
         answer, negotiated = negotiate(rq, self.server.policy)
-        if isinstance(answer, P.AssociateRJ):
-            why = P.describe_reject(answer.result, answer.source, answer.reason)
-            if answer.source == P.REJECT_SOURCE_ACSE:  # (no reason the PDU can give)
-                why = too_short(rq) or why
-            self._reject(rq, answer, why)
+        if isinstance(answer, P.AssociateRJ):  # (with the detail the RJ cannot give)
+            self._reject(rq, answer, rejection_words(rq, answer))
             return
         assert negotiated is not None
         subject = peer_subject(t.writer.get_extra_info("peercert"))

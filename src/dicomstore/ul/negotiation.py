@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from dicomstore import uids
 from dicomstore.ul import items as I
 from dicomstore.ul import pdu as P
+from dicomstore.vr import ae_title_problem
 
 #: Our default maximum P-DATA-TF length (PS3.8 D.1); large PDUs cost less per byte.
 DEFAULT_MAX_PDU = 1024 * 1024
@@ -127,6 +128,14 @@ def check_request(rq: P.AssociateRQ, policy: AcceptorPolicy) -> P.AssociateRJ | 
         return P.AssociateRJ(
             P.REJECT_PERMANENT, P.REJECT_SOURCE_USER, P.REJECT_APPLICATION_CONTEXT_NOT_SUPPORTED
         )
+    if _title_problem(rq.calling_ae) is not None:  # (none would go back in our AC)
+        return P.AssociateRJ(
+            P.REJECT_PERMANENT, P.REJECT_SOURCE_USER, P.REJECT_CALLING_AE_NOT_RECOGNIZED
+        )
+    if _title_problem(rq.called_ae) is not None:
+        return P.AssociateRJ(
+            P.REJECT_PERMANENT, P.REJECT_SOURCE_USER, P.REJECT_CALLED_AE_NOT_RECOGNIZED
+        )
     if policy.require_called_aet and rq.called_ae != policy.ae_title:
         return P.AssociateRJ(
             P.REJECT_PERMANENT, P.REJECT_SOURCE_USER, P.REJECT_CALLED_AE_NOT_RECOGNIZED
@@ -138,6 +147,28 @@ def check_request(rq: P.AssociateRQ, policy: AcceptorPolicy) -> P.AssociateRJ | 
     if too_short(rq):
         return P.AssociateRJ(P.REJECT_PERMANENT, P.REJECT_SOURCE_ACSE, P.REJECT_NO_REASON)
     return None
+
+
+def _title_problem(title: str) -> str | None:
+    """Why ``title`` is no AE title: PS3.8 Table 9-11 (not 16 spaces), PS3.5 AE."""
+    problem = ae_title_problem(title)
+    return None if problem is None else f"{title!r} is no AE title ({problem}; PS3.8 9.3.2)"
+
+
+def rejection_words(rq: P.AssociateRQ, rj: P.AssociateRJ) -> str:
+    """Why ``rj`` answers ``rq``, for the log: what the RJ says (PS3.8 Table 9-21),
+    and the detail it cannot carry (an AE title that is none, a Maximum Length)."""
+    why = P.describe_reject(rj.result, rj.source, rj.reason)
+    detail = None
+    if rj.source == P.REJECT_SOURCE_ACSE:
+        detail = too_short(rq)
+    elif rj.reason == P.REJECT_CALLING_AE_NOT_RECOGNIZED:
+        detail = _title_problem(rq.calling_ae)
+    elif rj.reason == P.REJECT_CALLED_AE_NOT_RECOGNIZED:
+        detail = _title_problem(rq.called_ae)
+    if detail is None:
+        return why
+    return detail if rj.source == P.REJECT_SOURCE_ACSE else f"{why}: {detail}"
 
 
 #: The least Maximum Length Received that carries a PDV with data (PS3.8 D.1, E.1:
