@@ -1,5 +1,5 @@
-"""A-ASSOCIATE-RQs our A-ASSOCIATE-AC could not answer (review53 #6): each
-gets an A-ASSOCIATE-RJ with the reason PS3.8 Table 9-21 gives,
+"""A-ASSOCIATE-RQs our A-ASSOCIATE-AC could not answer (review53 #6, #7): each
+gets an A-ASSOCIATE-RJ with the reason PS3.8 Table 9-21 gives (or an AC that fits),
 a WARNING saying why, and no traceback; the server serves on."""
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from dicomstore.ul import items as I
 from dicomstore.ul import pdu as P
 
 CALLED, CALLING = slice(10, 26), slice(26, 42)  # (in the PDU: 6-byte header, version)
+ANSWER = bytes((2, 0, 3, 0, 0, 0))  # (an extended negotiation answer as storage's)
 
 
-def request(contexts: list[int] | None = None) -> bytearray:
+def request(contexts: list[int] | None = None, extended: int = 0) -> bytearray:
     user = I.UserInformation(max_length=16384, implementation_class_uid="1.2.3")
+    user.extended = [I.SOPClassExtended(uids.VERIFICATION, b"")] * extended
     rq = P.AssociateRQ(
         "DICOMSTORE",
         "PEER",
@@ -35,6 +37,7 @@ def request(contexts: list[int] | None = None) -> bytearray:
 def answer_to(data: bytes) -> tuple[int, bytes]:
     async def main() -> tuple[int, bytes]:
         server = Server(ServerConfig(port=0), None)
+        server.policy.extended_negotiation = lambda uid, info: ANSWER
         await server.start()
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -75,4 +78,16 @@ def test_a_title_that_is_no_ae_title_gets_an_rj(data, reason, words, caplog) -> 
     assert (kind, body[1:]) == (P.ASSOCIATE_RJ, bytes([P.REJECT_PERMANENT, 1, reason]))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("rejected" in w and "AE title not recognized" in w and words in w for w in warnings)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_repeated_extended_negotiation_items_get_one_answer(caplog) -> None:
+    """2500 items of one class (PS3.7 D.3.3.5) fit in the RQ's user information item;
+    answering each made ours over 65535 bytes: a traceback and an A-ABORT."""
+    caplog.set_level(logging.INFO, logger="dicomstore")
+    kind, body = answer_to(bytes(request(extended=2500)))
+    assert kind == P.ASSOCIATE_AC
+    ac = P.decode_pdu(kind, body)
+    assert isinstance(ac, P.AssociateAC)
+    assert ac.user_info.extended == [I.SOPClassExtended(uids.VERIFICATION, ANSWER)]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

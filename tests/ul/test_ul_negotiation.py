@@ -324,6 +324,35 @@ def test_extended_negotiation_without_callback_is_not_answered():
     assert negotiated.extended == {}
 
 
+def test_a_repeated_extended_negotiation_item_is_answered_once():
+    """review53 #7: 1770 items for one class made an AC user information item over
+    65535 bytes (a traceback, an A-ABORT); one answer per class (PS3.7 D.3.3.5)."""
+    calls = []
+
+    def answer(sop_class: str, info: bytes) -> bytes | None:
+        calls.append(sop_class)
+        return b"\x02\x00\x03\x00\x00\x00"
+
+    request = rq((1, CT, [EXPLICIT]))
+    request.user_info.extended = [I.SOPClassExtended(CT, bytes([n % 256])) for n in range(1770)]
+    ac, negotiated = accept(request, policy(extended_negotiation=answer))
+    assert calls == [CT]
+    assert ac.user_info.extended == [I.SOPClassExtended(CT, b"\x02\x00\x03\x00\x00\x00")]
+    assert negotiated.extended == {CT: b"\x02\x00\x03\x00\x00\x00"}
+    (decoded,) = read_pdus(P.encode(ac))
+    assert decoded.user_info.extended == ac.user_info.extended
+
+
+def test_extended_answers_that_would_not_fit_are_left_out():
+    """Answers over the user information item's 65535 bytes: none given, which the
+    requestor reads as 'not supported' (PS3.7 D.3.3.5), rather than no AC at all."""
+    request = rq((1, CT, [EXPLICIT]), (3, MR, [EXPLICIT]))
+    request.user_info.extended = [I.SOPClassExtended(CT, b""), I.SOPClassExtended(MR, b"")]
+    ac, negotiated = accept(request, policy(extended_negotiation=lambda c, i: bytes(40_000)))
+    assert ac.user_info.extended == [] and negotiated.extended == {}
+    assert read_pdus(P.encode(ac))
+
+
 # -- requests that cannot be answered with an AC (review53 #6) ----------------
 
 

@@ -274,15 +274,12 @@ def negotiate(
         invoked = _min_window(rq.user_info.async_ops[0], policy.max_ops_invoked)
         performed = 1
         user.async_ops = (invoked, performed)
-    extended: dict[str, bytes] = {}
-    if policy.extended_negotiation is not None:
-        accepted_classes = {c.abstract_syntax for c in accepted.values()}
-        for ext in rq.user_info.extended:
-            if ext.sop_class_uid in accepted_classes:
-                answer = policy.extended_negotiation(ext.sop_class_uid, ext.info)
-                if answer is not None:
-                    extended[ext.sop_class_uid] = answer
-                    user.extended.append(I.SOPClassExtended(ext.sop_class_uid, answer))
+    extended = _extended_answers(rq, policy, {c.abstract_syntax for c in accepted.values()})
+    user.extended = [I.SOPClassExtended(uid, answer) for uid, answer in extended.items()]
+    try:
+        I.encode_user_information(user)
+    except ValueError:  # over an item's 65535 bytes: answers left out mean "not supported"
+        user.extended, extended = [], {}
     ac = P.AssociateAC(
         called_ae=rq.called_ae,
         calling_ae=rq.calling_ae,
@@ -302,6 +299,24 @@ def negotiate(
         identity=rq.user_info.identity_rq,
     )
     return ac, negotiated
+
+
+def _extended_answers(
+    rq: P.AssociateRQ, policy: AcceptorPolicy, accepted: set[str]
+) -> dict[str, bytes]:
+    """Our SOP Class Extended Negotiation answers (PS3.7 D.3.3.5): one per accepted
+    class that has one, to its first sub-item (a repeated one is not answered again)."""
+    answers: dict[str, bytes] = {}
+    if policy.extended_negotiation is None:
+        return answers
+    asked: set[str] = set()
+    for ext in rq.user_info.extended:
+        if ext.sop_class_uid in accepted and ext.sop_class_uid not in asked:
+            asked.add(ext.sop_class_uid)
+            answer = policy.extended_negotiation(ext.sop_class_uid, ext.info)
+            if answer is not None:
+                answers[ext.sop_class_uid] = answer
+    return answers
 
 
 def requested(rq: P.AssociateRQ, ac: P.AssociateAC) -> Negotiated:
