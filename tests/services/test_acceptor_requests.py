@@ -1,4 +1,4 @@
-"""A-ASSOCIATE-RQs our A-ASSOCIATE-AC could not answer (review53 #6, #7): each
+"""A-ASSOCIATE-RQs our A-ASSOCIATE-AC could not answer (review53 #6, #7, #9): each
 gets an A-ASSOCIATE-RJ with the reason PS3.8 Table 9-21 gives (or an AC that fits),
 a WARNING saying why, and no traceback; the server serves on."""
 
@@ -78,6 +78,20 @@ def test_a_title_that_is_no_ae_title_gets_an_rj(data, reason, words, caplog) -> 
     assert (kind, body[1:]) == (P.ASSOCIATE_RJ, bytes([P.REJECT_PERMANENT, 1, reason]))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("rejected" in w and "AE title not recognized" in w and words in w for w in warnings)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+@pytest.mark.parametrize(
+    "contexts,words",
+    [([2], "ID 2 is not an odd"), ([1, 1], "ID 1 is proposed more than once"), ([], "no pres")],
+    ids=["even", "duplicate", "none"],
+)
+def test_context_ids_that_break_the_rules_get_an_rj(contexts, words, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="dicomstore")
+    kind, body = answer_to(bytes(request(contexts)))
+    assert (kind, body[1:]) == (P.ASSOCIATE_RJ, bytes([P.REJECT_PERMANENT, 2, 1]))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("rejected" in w and words in w for w in warnings)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 

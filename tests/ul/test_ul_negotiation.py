@@ -353,7 +353,7 @@ def test_extended_answers_that_would_not_fit_are_left_out():
     assert read_pdus(P.encode(ac))
 
 
-# -- requests that cannot be answered with an AC (review53 #6) ----------------
+# -- requests that cannot be answered with an AC (review53 #6, #9) ------------
 
 
 @pytest.mark.parametrize(
@@ -380,6 +380,34 @@ def test_a_title_that_is_no_ae_title_is_rejected(field, title):
     assert negotiated is None
     words = rejection_words(request, answer)
     assert "AE title not recognized" in words and f"{title!r} is no AE title" in words
+
+
+@pytest.mark.parametrize(
+    "ids,why",
+    [
+        ([2], "ID 2 is not an odd integer"),
+        ([1, 0], "ID 0 is not an odd integer"),
+        ([1, 256], "ID 256 is not an odd integer"),
+        ([1, 3, 1], "ID 1 is proposed more than once"),
+        ([], "no presentation context"),
+    ],
+)
+def test_presentation_context_ids_that_break_the_rules_reject_the_request(ids, why):
+    request = rq()
+    request.presentation_contexts = [
+        I.PresentationContextRQ(i, VERIFICATION, [IMPLICIT]) for i in ids
+    ]
+    answer, negotiated = negotiate(request, policy())
+    assert answer == P.AssociateRJ(P.REJECT_PERMANENT, P.REJECT_SOURCE_ACSE, P.REJECT_NO_REASON)
+    assert negotiated is None
+    assert why in rejection_words(request, answer)
+
+
+def test_odd_unique_ids_up_to_255_are_accepted():
+    request = rq(*[(i, VERIFICATION, [IMPLICIT]) for i in range(1, 256, 2)])
+    ac, negotiated = accept(request)
+    assert [pc.id for pc in ac.presentation_contexts] == list(range(1, 256, 2))
+    assert len(negotiated.contexts) == 128
 
 
 def test_user_identity_is_passed_to_the_acceptor_user():

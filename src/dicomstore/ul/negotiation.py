@@ -144,8 +144,26 @@ def check_request(rq: P.AssociateRQ, policy: AcceptorPolicy) -> P.AssociateRJ | 
         return P.AssociateRJ(
             P.REJECT_PERMANENT, P.REJECT_SOURCE_USER, P.REJECT_CALLING_AE_NOT_RECOGNIZED
         )
-    if too_short(rq):
+    if too_short(rq) or contexts_problem(rq):
         return P.AssociateRJ(P.REJECT_PERMANENT, P.REJECT_SOURCE_ACSE, P.REJECT_NO_REASON)
+    return None
+
+
+def contexts_problem(rq: P.AssociateRQ) -> str | None:
+    """Why the presentation context items of ``rq`` cannot be answered, if they cannot:
+    one or more (PS3.8 9.3.2), each ID an odd integer 1-255 (9.3.2.2), unique
+    (7.1.1.13). An AC could answer no such item without repeating the fault."""
+    ids = [pc.id for pc in rq.presentation_contexts]
+    if not ids:
+        return "it proposes no presentation context (PS3.8 9.3.2: one or more)"
+    bad = sorted({i for i in ids if not (1 <= i <= 255 and i & 1)})
+    if bad:
+        return f"presentation context ID {bad[0]} is not an odd integer 1-255 (PS3.8 9.3.2.2)"
+    seen: set[int] = set()
+    for i in ids:
+        if i in seen:
+            return f"presentation context ID {i} is proposed more than once (PS3.8 7.1.1.13)"
+        seen.add(i)
     return None
 
 
@@ -161,7 +179,7 @@ def rejection_words(rq: P.AssociateRQ, rj: P.AssociateRJ) -> str:
     why = P.describe_reject(rj.result, rj.source, rj.reason)
     detail = None
     if rj.source == P.REJECT_SOURCE_ACSE:
-        detail = too_short(rq)
+        detail = too_short(rq) or contexts_problem(rq)
     elif rj.reason == P.REJECT_CALLING_AE_NOT_RECOGNIZED:
         detail = _title_problem(rq.calling_ae)
     elif rj.reason == P.REJECT_CALLED_AE_NOT_RECOGNIZED:
