@@ -292,3 +292,14 @@ def test_an_item_value_cut_short_is_unreadable() -> None:
     seq += struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item
     with pytest.raises(ValueError):
         decode_identifier(GOOD + seq, uids.EXPLICIT_VR_LE)
+
+
+def test_a_key_s_value_is_cut_in_the_log_line() -> None:
+    """review53 #10: a C-FIND listing 40,000 UIDs was one 349 KB log line."""
+    from dicomstore.services.qr_operations import LOGGED_VALUE, keys_line
+
+    many = "\\".join(f"1.2.3.{n}" for n in range(40000))
+    line = keys_line({"StudyInstanceUID": many, "PatientID": "PID1"})
+    assert len(line) < LOGGED_VALUE + 100
+    assert line.endswith(f"... ({len(many)} characters)' PatientID='PID1'")
+    assert keys_line({"PatientID": "PID1"}) == "PatientID='PID1'"

@@ -38,7 +38,7 @@ from dicomstore.dimse import CFindRQ, CFindRSP
 from dicomstore.dimse import status as st
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
 from dicomstore.services import qr_classes
-from dicomstore.services.qr_operations import Operation, QROperations
+from dicomstore.services.qr_operations import Operation, QROperations, keys_line
 from dicomstore.services.query_identifier import (
     SPECIFIC_CHARACTER_SET,
     FindFailure,
@@ -171,7 +171,7 @@ class QuerySCP(QROperations):
                 "%s: C-FIND %s %s",
                 self.t.peer,
                 query.level,
-                " ".join(f"{k}={v!r}" for k, v in query.described().items()) or "(all)",
+                keys_line(query.described()) or "(all)",
             )
             status = await self._matches(find, query, ts)
             self._final(find, rq.response(status), query)

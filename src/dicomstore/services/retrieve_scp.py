@@ -40,7 +40,7 @@ from dicomstore.inflation import DEFAULT_MAX_INFLATED
 from dicomstore.services import qr_classes
 from dicomstore.services.destinations import Destination
 from dicomstore.services.move_sender import MoveSender
-from dicomstore.services.qr_operations import Operation, QROperations
+from dicomstore.services.qr_operations import Operation, QROperations, keys_line
 from dicomstore.services.query_identifier import FindFailure
 from dicomstore.services.retrieve import (
     Retrieval,
@@ -170,7 +170,7 @@ class RetrieveSCP(QROperations):
             self.t.peer,
             self.service,
             op.query.level,
-            " ".join(f"{k}={v!r}" for k, v in op.query.described().items()),
+            keys_line(op.query.described()),
             op.destination or "the caller",
             len(selected),
         )
