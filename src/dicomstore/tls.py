@@ -148,6 +148,8 @@ _DN_SHORT = {
 }
 #: Escaped wherever they are in a value (RFC 4514 2.4; ``=`` too, which it allows).
 _DN_SPECIAL = frozenset(',+"\\<>;=')
+#: What a backslash escapes (RFC 4514 2.4, 3: specials, a space, ``#``).
+_DN_ESCAPABLE = frozenset(',+"\\<>;= #')
 #: An attribute type and its ``=``: a name or a dotted OID (RFC 4514 3).
 _DN_TYPE = re.compile(r"\s*([A-Za-z][A-Za-z0-9.-]*|[0-9]+(?:\.[0-9]+)*)\s*=")
 
@@ -211,20 +213,25 @@ def _dn_value(subject: str, pos: int) -> tuple[str, int]:
     while pos < end:
         ch = subject[pos]
         if ch == "\\":
-            raw = bytearray()
-            while re.match(r"\\[0-9A-Fa-f]{2}", subject[pos : pos + 3]):
-                raw.append(int(subject[pos + 1 : pos + 3], 16))
-                pos += 3
-            if raw:
-                try:
-                    chars.extend((c, True) for c in raw.decode("utf-8", "surrogatepass"))
-                except UnicodeDecodeError:
-                    raise ValueError(f"{subject!r}: \\HH escapes not UTF-8") from None
+            raw, at = bytearray(), pos
+            while re.match(r"\\[0-9A-Fa-f]{2}", subject[at : at + 3]):
+                raw.append(int(subject[at + 1 : at + 3], 16))
+                at += 3
+            try:
+                text = raw.decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError:
+                text = ""  # (not RFC 4514: as written before it, a backslash itself)
+            if text:
+                chars.extend((c, True) for c in text)
+                pos = at
                 continue
-            if pos + 1 >= end:
-                raise ValueError(f"{subject!r} ends with a lone backslash")
-            chars.append((subject[pos + 1], True))
-            pos += 2
+            if pos + 1 < end and subject[pos + 1] in _DN_ESCAPABLE:
+                chars.append((subject[pos + 1], True))
+                pos += 2
+                continue
+            # (no escape of RFC 4514: a policy written before escaping, CN=CORP\host)
+            chars.append(("\\", True))
+            pos += 1
             continue
         if ch in ",+" and _DN_TYPE.match(subject, pos + 1):
             break
