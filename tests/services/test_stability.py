@@ -585,11 +585,10 @@ def _hostile(study: str, patient: str | None = "PID1") -> StableStudy:
         (["touch", "/out/sub/{study}.done"], "../../EXEC_ESCAPED", "PID1"),
         (["notify"], "--reference=/etc/passwd", "PID1"),  # (appended: an option)
         (["notify", "{study}"], "-o1.2.3", "PID1"),
-        (["notify", "{study}"], "1.2.03", "PID1"),  # (no UID either: PS3.5 9.1)
         (["notify", "{patient}"], "1.2.3", "-rf"),
         (["notify", "/out/{patient}/x"], "1.2.3", ".."),
         (["notify", "/out/{patient}"], "1.2.3", "a/../../b"),
-        (["notify", "{patient}"], "1.2.3", "a\\b"),
+        (["notify", "{patient}"], "1.2.3", "a\\..\\b"),
         (["notify", "{patient}"], "1.2.3", "a\x1bb"),
     ],
 )
@@ -618,6 +617,10 @@ def test_safe_values_pass_and_the_unused_ones_are_not_checked() -> None:
     # one pass: a value holding a placeholder is not replaced again
     braces = _hostile("1.2.3", "{study}")
     assert command_line(["n", "{patient}{study}"], braces) == ["n", "{study}1.2.3"]
+    # review55 M1: what real senders send, safe as an argument, was refused
+    real = _hostile("1.2.840.113619.02.55.3." + "1" * 60, "856215/1234")
+    assert command_line(["n", "{study}", "{patient}"], real) == ["n", real.study_uid, "856215/1234"]
+    assert command_line(["n", "{patient}"], _hostile("1.2.3", "A\\B.C")) == ["n", "A\\B.C"]
 
 
 def test_events_exec_replay_refuses_an_unsafe_value(tmp_path: Path, capsys) -> None:

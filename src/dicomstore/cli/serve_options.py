@@ -207,7 +207,7 @@ def add_parser(sub: Any) -> None:
         metavar="COMMAND",
         help="run COMMAND (no shell) when a study is stable: {study}, {folder} and "
         "{patient} replaced, else the study UID and folder appended; not run when the "
-        "sender's Study UID is no UID or its Patient ID could be an option or a path",
+        "sender's Study UID is not digits and dots or its Patient ID could be an option or a path",
     )
     ev.add_argument(
         "--stable-webhook",

@@ -50,7 +50,6 @@ from dicomstore.services.stable_log import (
     iso,
 )
 from dicomstore.services.storage import Home, on_loop
-from dicomstore.uids import is_valid_uid
 
 log = logging.getLogger("dicomstore.stable")
 
@@ -327,24 +326,31 @@ class UnsafeValue(ValueError):
     """A value of the sender's that the command does not get as an argument."""
 
 
+#: A Study Instance UID safe as an argument: digits and dots, a digit first (the
+#: UIDs real modalities send too: a component with a leading zero, over 64 long).
+_SAFE_UID = re.compile(r"[0-9][0-9.]*")
+
+
 def _check_study(uid: str) -> None:
-    """Only a UID (PS3.5 9.1: digits and dots, at most 64): never ``-...`` nor ``..``."""
-    if not is_valid_uid(uid):
-        raise UnsafeValue(f"its Study Instance UID {uid!r} is not a UID (PS3.5 9.1)")
+    """Digits and dots, a digit first (PS3.5 9.1 loosely, as sent): never ``-...``
+    nor ``..`` nor a path (review55 M1: a leading-zero component was refused)."""
+    if _SAFE_UID.fullmatch(uid) is None:
+        raise UnsafeValue(f"its Study Instance UID {uid!r} is not made of digits and dots")
 
 
 def _check_patient(patient_id: str) -> None:
-    """A Patient ID (LO: free text) neither an option (``-``), nor ``.``/``..``, nor a
-    path (``/``, ``\\``), nor holding a control character; empty passes."""
+    """A Patient ID (LO: free text) neither an option (``-``) nor holding a ``.`` or
+    ``..`` path segment (``/`` or ``\\`` around it) nor a control character; a
+    ``856215/1234`` passes (review55 M1), and an empty one."""
+    segments = re.split(r"[/\\]", patient_id)
     if (
-        patient_id.startswith(("-", "."))
-        or "/" in patient_id
-        or "\\" in patient_id
+        patient_id.startswith("-")
+        or any(segment in (".", "..") for segment in segments)
         or not patient_id.isprintable()
     ):
         raise UnsafeValue(
             f"its Patient ID {patient_id!r} could be read as an option or a path"
-            " (it starts with '-' or '.', or holds '/', '\\' or a control character)"
+            " (it starts with '-', has a '.' or '..' segment, or a control character)"
         )
 
 
