@@ -181,8 +181,8 @@ def test_an_index_of_schema_1_is_rebuilt_from_the_files(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(SchemaError, match="dicomstore reindex"):
         ArchiveReader(root)
-    with Archive(root, fsync=False, on_relational_mismatch="accept") as archive:
-        assert archive.reindexed == 2  # (with "reject": the newer left out, judged)
+    with Archive(root, fsync=False) as archive:  # (files of an index of another schema:
+        assert archive.reindexed == 2  # taken in as they were, not judged; review55 M2)
         assert archive.check() == []
     studies = ArchiveReader(root).studies()
     assert sorted((s["study_uid"], s["patient_id"], s["n_instances"]) for s in studies) == [

@@ -245,11 +245,14 @@ def _put_judged(
     told: list[str],
 ) -> int:
     """Index the rows ``chosen``: those of files the index held as they were (stored
-    under the policy of their time); the others (put in by hand, or all of them when
-    the index was lost) oldest first, each left out when the rows before it file its
+    under the policy of their time); the others (put in by hand) oldest first, each
+    left out when the rows before it file its
     series under another study or its study under another patient (review54 F7:
-    a study of two patients, and ``check`` clean); ``recorded`` None: none judged."""
-    if recorded is None:
+    a study of two patients, and ``check`` clean); ``recorded`` None (the policy
+    "accept") or empty (an index lost, or of an older schema: its files were all
+    taken in by the policy of their time, which the files do not say; review55 M2):
+    none judged."""
+    if not recorded:
         for row in chosen.values():
             index.put(row)
         return len(chosen)
