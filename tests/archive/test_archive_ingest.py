@@ -563,3 +563,21 @@ def test_a_large_instance_is_handed_to_the_disk_as_it_arrives(
         assert all(size >= ingest.WRITEBACK_EVERY for size in started)
     else:
         assert started == []
+
+
+def test_sequences_nested_too_deeply_for_the_header_reader_say_so(tmp_path) -> None:
+    """review53 #8: undefined-length sequences some hundred levels deep were C000 with
+    'maximum recursion depth exceeded' as the Error Comment (Python's words)."""
+    import struct
+
+    sq = struct.pack("<HH2sHL", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF)
+    item = struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    ends = struct.pack("<HHL", 0xFFFE, 0xE00D, 0) + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+    data = dataset("1.2.3.4.5.6.7") + (sq + item) * 400 + ends * 400
+    with Archive(tmp_path / "a", fsync=False) as archive:
+        out = store(archive, data)
+        assert out.status == 0xC000
+        assert out.error_comment == (
+            "cannot understand: sequences nested too deeply to be read (some hundred levels)"
+        )
+        assert archive.instances() == []

@@ -238,6 +238,8 @@ def _read_header(stream: BinaryIO, start: int, size: int, implicit: bool, little
 
     try:
         ds = read_dataset(stream, implicit, little, stop_when=_at_pixels, defer_size=DEFER_SIZE)
+    except RecursionError:  # (pydicom reads nested sequences recursively: review53 #8)
+        raise HeaderError("sequences nested too deeply to be read (some hundred levels)") from None
     except Exception as exc:  # pydicom raises many types on malformed input
         raise HeaderError(f"the data set cannot be parsed: {exc}") from exc
     stop = stream.tell()
