@@ -198,7 +198,7 @@ class AcceptorAssociation:
                     for event in events:
                         await self._on_event(event)
                 except RemoteProtocolError as exc:
-                    log.warning("%s: DIMSE protocol error: %s; aborting", t.peer, exc)
+                    log.warning("%s: protocol error: %s; aborting", t.peer, exc)  # (PS3.8 or PS3.7)
                     self._drop_receiving()
                     t.conn.protocol_error(exc)  # AA-8: A-ABORT (provider), ARTIM
                 await t.flush()
