@@ -400,6 +400,7 @@ def test_the_readme_own_storage_handler_receives_and_answers(tmp_path: Path) -> 
         server.send_signal(signal.SIGINT)
         _, err = server.communicate(timeout=30)
     assert server.returncode == 0, err
+    assert "C-FIND not offered" not in err  # (review56 F6: it is no archive)
     assert [r.status for r in results] == [0x0000, 0x0000]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["received"]
     ct = pydicom.dcmread(CT_FILE)

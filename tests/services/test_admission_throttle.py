@@ -386,3 +386,35 @@ def test_the_counts_per_process_are_documented(capsys) -> None:
     (workers,) = [line for line in readme.splitlines() if line.startswith("| `--workers N` |")]
     assert "so do the counts of refused credentials" in workers
     assert "N times the limit" in workers
+
+
+def test_a_store_the_user_may_not_make_names_the_user(tmp_path) -> None:
+    """review56 F4: a peer and a user get what both may; a store the user may not make
+    was refused as 'STORER may not store here', blaming the AE title that may."""
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        POLICY.format(alice=hash_passcode("correct horse", **FAST)) + 'may = ["read"]\n'
+    )
+
+    async def main():
+        archive = Archive(tmp_path / "archive", fsync=False)
+        config = ServerConfig(port=0)
+        server = Server(config, archive, commit_in_thread=False, gatekeeper=Policy.load(path))
+        await server.start()
+        try:
+            async with await associate(
+                "127.0.0.1",
+                server.port,
+                calling_ae="STORER",
+                contexts=CONTEXTS,
+                identity=user("alice", "correct horse"),
+            ) as assoc:
+                uid = "1.2.3.41.1"
+                return await assoc.store_stream(assoc.context_for(SC), SC, uid, [dataset(uid)])
+        finally:
+            await server.close(grace=2)
+            archive.close()
+
+    rsp = asyncio.run(main())
+    assert rsp.status == 0x0124
+    assert rsp.error_comment == "STORER as user 'alice' may not store here"

@@ -322,8 +322,10 @@ def _reader_of(handler: StoreHandler) -> ArchiveReader | None:
         return None
     try:
         return ArchiveReader(root, index=getattr(handler, "index_url", None))
-    except _NO_READER as exc:
-        log.warning("C-FIND not offered: %s", exc)
+    except _NO_READER as exc:  # (an archive's: said; a handler of its own with a
+        # ``root`` folder, as the README's example, is no archive: review56 F6)
+        archive = hasattr(handler, "index_url")
+        log.log(logging.WARNING if archive else logging.DEBUG, "C-FIND not offered: %s", exc)
         return None
 
 

@@ -357,7 +357,8 @@ class StoreService:
             self.limits.max_instance_bytes,
         )
         if not caller.may_store:
-            storing.result = StoreResult(st.NOT_AUTHORIZED, f"{caller.name} may not store here")
+            who = caller.name if caller.user is None else f"{caller.name} as user {caller.user!r}"
+            storing.result = StoreResult(st.NOT_AUTHORIZED, f"{who} may not store here")
             return storing
         root = getattr(self.handler, "root", None)
         if self.limits.min_free_bytes and root is not None:
