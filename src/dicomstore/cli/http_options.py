@@ -125,8 +125,9 @@ def add_http_options(s: Any) -> None:
     h.add_argument(
         "--http-trust-forwarded",
         action="store_true",
-        help="build those URLs from X-Forwarded-Proto/Host/Prefix: only behind a proxy "
-        "that sets them (any client could send them)",
+        help="build those URLs from X-Forwarded-Proto/Host/Prefix, and take the client's "
+        "address (logs, audit, limits) from X-Forwarded-For: only behind a proxy that "
+        "sets them (any client could send them)",
     )
 
 

@@ -346,7 +346,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--log-level",
         default="info",
         choices=list(LEVELS),
-        help="log verbosity",
+        help="log verbosity (default info)",
     )
     add_log_format(p)
 

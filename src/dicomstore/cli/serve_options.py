@@ -149,8 +149,8 @@ def add_parser(sub: Any) -> None:
         choices=["ours", "proposed"],
         default="ours",
         help="of a context's proposed transfer syntaxes that we accept, take the first of "
-        "ours (default: uncompressed first) or the first the sender proposed (keeps "
-        "what a modality sends compressed)",
+        "ours (default ours; our order: uncompressed first) or the first the sender "
+        "proposed (keeps what a modality sends compressed)",
     )
     s.add_argument(
         "--fsync",
@@ -417,5 +417,6 @@ def add_audit_log(parser: Any) -> None:
         "--audit-log",
         type=Path,
         metavar="FILE",
-        help="append one JSON line per association and per stored instance",
+        help="append one JSON line per audited event (associations, stored instances, "
+        "queries, retrievals, commitments, HTTP reads; README: Security)",
     )
