@@ -236,6 +236,25 @@ def test_send_commit_listen_takes_the_report_on_a_new_association(
     assert report["status"] == "0000"  # our listener acknowledged it
 
 
+def test_send_commit_listen_without_a_report_says_the_scp_must_know_where(
+    tmp_path: Path, capsys
+) -> None:
+    """review56 F7: our SCP not told where COMMITTER listens (no --commitment-scu)
+    strands the report; the summary said 'no report within N s', the cause only in
+    the SCP's log."""
+    files = sendable(compressed=False)[:1]
+    archive = Archive(tmp_path / "archive", fsync=False)
+    with ServerThread(ServerConfig(port=0), archive) as srv:
+        args = ["127.0.0.1", str(srv.port), *map(str, files), "--aet", "COMMITTER"]
+        listen = str(free_port())
+        code = _main(*args, "--commit-listen", listen, "--commit-timeout", "0.5")
+    archive.close()
+    out = capsys.readouterr().out
+    assert code == 8, out
+    assert "  unknown: 1 (no report within 0.5 s at --commit-listen (the SCP must" in out
+    assert "--commitment-scu OURAET=HOST:PORT)" in out
+
+
 def test_a_report_is_taken_for_the_pairs_asked_only() -> None:
     """review38scu #13: an instance reported committed under another SOP Class, or in
     both sequences, counted as committed."""

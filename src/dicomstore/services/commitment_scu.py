@@ -229,6 +229,11 @@ async def request_commitment(
                 " on this association (an SCP that reports on an association of its own,"
                 " as Orthanc does, needs --commit-listen PORT)"
             )
+        else:  # (review56 F7: the cause was in the SCP's log only)
+            commitment.reason += (
+                " at --commit-listen (the SCP must know where we listen: a dicomstore SCP"
+                " is told with --commitment-scu OURAET=HOST:PORT)"
+            )
     except (AssociationError, ConnectionError, OSError) as exc:
         commitment.reason = f"the association ended before the report: {exc}"
     waiting.forget(commitment.transaction_uid)
