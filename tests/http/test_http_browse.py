@@ -154,6 +154,7 @@ def test_search_finds_studies_by_name_id_accession_and_date(site) -> None:
     with httpx.Client(base_url=url) as client:
         home = client.get("/").text
         assert 'action="/browse/search"' in home
+        assert "<p>2 patients, 2 studies, " in home  # (and "1 patient": review56)
         by_name = client.get("/browse/search", params={"name": "<script"})
         assert by_name.status_code == 200
         assert STUDY in by_name.text and "1.2.3.8" not in by_name.text
@@ -179,3 +180,13 @@ def test_search_finds_studies_by_name_id_accession_and_date(site) -> None:
         ):
             reply = client.get("/browse/search", params=params)
             assert reply.status_code == 400 and reason in reply.text, params
+
+
+def test_one_of_each_is_said_in_the_singular() -> None:
+    from dicomstore.http.browse import _counted
+
+    assert [_counted(n, "study", "studies") for n in (0, 1, 2)] == [
+        "0 studies",
+        "1 study",
+        "2 studies",
+    ]

@@ -48,6 +48,11 @@ def _h(value: Any) -> str:
     return escape("" if value is None else str(value), quote=True)
 
 
+def _counted(n: int, one: str, many: str) -> str:
+    """``1 study``, ``2 studies`` (review56: "1 patients")."""
+    return f"{_h(n)} {one if n == 1 else many}"
+
+
 def _size(n: int | None) -> str:
     value = float(n or 0)
     for unit in ("B", "KB", "MB", "GB"):
@@ -179,10 +184,15 @@ def home(request: Request) -> HTMLResponse:
         {4, 5, 6, 7},
     )
     total = reader(request).totals()
-    summary = (
-        f"<p>{_h(total['patients'])} patients, {_h(total['studies'])} studies, "
-        f"{_h(total['instances'])} instances, {_h(_size(total['bytes']))}.</p>"
-    )
+    counts = [
+        _counted(total[key], one, many)
+        for key, one, many in (
+            ("patients", "patient", "patients"),
+            ("studies", "study", "studies"),
+            ("instances", "instance", "instances"),
+        )
+    ]
+    summary = f"<p>{', '.join(counts)}, {_h(_size(total['bytes']))}.</p>"
     from dicomstore.http.browse_search import form
 
     body = form() + summary + table + _pager(request, more)
