@@ -51,3 +51,18 @@ def test_every_command_logs_text_on_one_line() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stderr.count("\n") == 1 and done.stderr.endswith("GET /a\\nforged\n")
+
+
+def test_debug_leaves_out_the_plugin_chatter_of_libraries() -> None:
+    """review56: `--log-level debug` began with twenty 'pylibjpeg.utils: Found plugin'
+    lines; their DEBUG records are dropped, their warnings and ours kept."""
+    code = (
+        "import logging; from dicomstore.cli.logs import setup_logging;"
+        " setup_logging('debug');"
+        " logging.getLogger('pylibjpeg.utils').debug('Found plugin x');"
+        " logging.getLogger('pylibjpeg.utils').warning('a warning');"
+        " logging.getLogger('dicomstore.x').debug('ours')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "Found plugin" not in done.stderr
+    assert "a warning" in done.stderr and "ours" in done.stderr

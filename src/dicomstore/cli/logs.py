@@ -124,6 +124,17 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
     warnings.showwarning = _warning_to_debug
     if level != "debug":  # pydicom logs each warning it issues too
         handler.addFilter(_quiet_pydicom)
+    handler.addFilter(_quiet_plugins)
+
+
+#: Libraries whose DEBUG records say nothing about a store, a query or a peer
+#: (pylibjpeg: a line per plugin found; review56: twenty at every start).
+_CHATTY = ("pylibjpeg", "PIL")
+
+
+def _quiet_plugins(record: logging.LogRecord) -> bool:
+    """Drop the DEBUG records of :data:`_CHATTY` libraries (``--log-level debug``)."""
+    return record.levelno > logging.DEBUG or record.name.split(".")[0] not in _CHATTY
 
 
 def _quiet_pydicom(record: logging.LogRecord) -> bool:
