@@ -17,6 +17,7 @@ hands out one frame at a time, never the whole Pixel Data:
 
 from __future__ import annotations
 
+import array
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -36,6 +37,9 @@ log = logging.getLogger("dicomstore.http.pixels")
 
 EXTRA = "dicomstore[codecs]"
 NATIVE_LE = (uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE)
+#: Native Pixel Data: little endian, and Explicit VR Big Endian's (served little
+#: endian, as PS3.18 8.7.3 has octet-stream frames: samples swapped as read).
+NATIVE = (*NATIVE_LE, uids.EXPLICIT_VR_BE)
 
 #: PS3.18 Table 8.7.3-5: the media type of a frame in each compressed transfer syntax.
 MEDIA_TYPES = {
@@ -117,7 +121,7 @@ class Frames:
         syntax = row["transfer_syntax_uid"]
         key = row["path"]
         deflated = syntax == uids.DEFLATED_EXPLICIT_VR_LE
-        if syntax not in NATIVE_LE and syntax not in MEDIA_TYPES and not deflated:
+        if syntax not in NATIVE and syntax not in MEDIA_TYPES and not deflated:
             raise HttpError(406, f"frames of transfer syntax {syntax} are not served")
         held = ExitStack()
         try:
@@ -227,7 +231,7 @@ class Frames:
         if size > max_frame_bytes:
             raise HttpError(413, f"a frame of {size} bytes is over the limit ({max_frame_bytes})")
         encapsulated = pixels.length is None
-        if encapsulated == (syntax in NATIVE_LE):
+        if encapsulated == (syntax in NATIVE):
             raise HttpError(406, f"the Pixel Data does not match its transfer syntax {syntax}")
         if not encapsulated and size * count > (pixels.length or 0):
             raise HttpError(406, "the native Pixel Data is shorter than its frames")
@@ -273,8 +277,16 @@ class Frames:
         """Frame ``number`` (from 1) as stored: native in chunks, encapsulated as one codestream."""
         if not self.encapsulated:
             start = self.pixels.offset + (number - 1) * self.frame_size
+            width = int(self.dataset.BitsAllocated) // 8  # (8, 16, 32: _checked)
+            swap = self.syntax == uids.EXPLICIT_VR_BE and width > 1
+            rest = b""  # (a sample a short read cut in two: swapped with the next read)
             with self._bytes() as fp:
-                yield from read_chunks(fp, start, self.frame_size, chunk, self.key)
+                for data in read_chunks(fp, start, self.frame_size, chunk, self.key):
+                    if swap:
+                        data = rest + data
+                        whole = len(data) - len(data) % width
+                        data, rest = _little_endian(data[:whole], width), data[whole:]
+                    yield data
             return
         from pydicom.encaps import get_frame
 
@@ -331,3 +343,10 @@ class Frames:
         """Frame ``number`` decoded, as Explicit VR Little Endian's native Pixel Data bytes."""
         array = self.decoded(number)
         return bytes(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+
+
+def _little_endian(data: bytes, width: int) -> bytes:
+    """Big endian samples of ``width`` bytes (2 or 4) as little endian ones."""
+    swapped = array.array("H" if width == 2 else "I", data)
+    swapped.byteswap()
+    return swapped.tobytes()
