@@ -237,14 +237,23 @@ def test_send_commit_listen_takes_the_report_on_a_new_association(
 
 
 def test_send_commit_listen_without_a_report_says_the_scp_must_know_where(
-    tmp_path: Path, capsys
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """review56 F7: our SCP not told where COMMITTER listens (no --commitment-scu)
     strands the report; the summary said 'no report within N s', the cause only in
     the SCP's log."""
     files = sendable(compressed=False)[:1]
     archive = Archive(tmp_path / "archive", fsync=False)
+    real_verify = commitment_reports.verify
     with ServerThread(ServerConfig(port=0), archive) as srv:
+
+        def verify_once_released(reader, refs):  # (not on the requesting association,
+            deadline = time.monotonic() + 20  # still open for a moment: it would be
+            while srv.server.associations and time.monotonic() < deadline:  # reported
+                time.sleep(0.01)  # there, as CI once saw)
+            return real_verify(reader, refs)
+
+        monkeypatch.setattr(commitment_reports, "verify", verify_once_released)
         args = ["127.0.0.1", str(srv.port), *map(str, files), "--aet", "COMMITTER"]
         listen = str(free_port())
         code = _main(*args, "--commit-listen", listen, "--commit-timeout", "0.5")
