@@ -28,6 +28,22 @@ async def read_pdu(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return header[0], await reader.readexactly(int.from_bytes(header[2:], "big"))
 
 
+async def associated(
+    port: int, sop_class: str, syntax: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection with an association accepted on context 1 (16 KiB PDUs)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    rq = P.AssociateRQ(
+        "DICOMSTORE",
+        "FLOODER",
+        [I.PresentationContextRQ(1, sop_class, [syntax])],
+        I.UserInformation(max_length=16384, implementation_class_uid="1.2.3"),
+    )
+    writer.write(P.encode(rq))
+    assert (await read_pdu(reader))[0] == P.ASSOCIATE_AC
+    return reader, writer
+
+
 def empty_pdvs(n: int, header: int = 0) -> bytes:
     """Empty fragments (item length 2), of a data set (0) or of a command (1)."""
     body = bytes([0, 0, 0, 2, 1, header]) * n
@@ -53,15 +69,7 @@ def test_empty_pdvs_are_taken_a_turn_of_the_loop_at_a_time(tmp_path: Path, monke
         server = Server(ServerConfig(port=0), archive, commit_in_thread=False)
         await server.start()
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            rq = P.AssociateRQ(
-                "DICOMSTORE",
-                "FLOODER",
-                [I.PresentationContextRQ(1, SC, [uids.EXPLICIT_VR_LE])],
-                I.UserInformation(max_length=16384, implementation_class_uid="1.2.3"),
-            )
-            writer.write(P.encode(rq))
-            assert (await read_pdu(reader))[0] == P.ASSOCIATE_AC
+            reader, writer = await associated(server.port, SC, uids.EXPLICIT_VR_LE)
             command = CStoreRQ(1, SC, uid).encode()
             writer.write(P.encode(P.PDataTF([P.PDV(1, True, True, command)])))
             async with ticker:
@@ -97,15 +105,7 @@ def test_a_bad_pdv_among_many_aborts(where: str) -> None:
         server = Server(ServerConfig(port=0), None)
         await server.start()
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            rq = P.AssociateRQ(
-                "DICOMSTORE",
-                "FLOODER",
-                [I.PresentationContextRQ(1, uids.VERIFICATION, [uids.IMPLICIT_VR_LE])],
-                I.UserInformation(max_length=16384, implementation_class_uid="1.2.3"),
-            )
-            writer.write(P.encode(rq))
-            assert (await read_pdu(reader))[0] == P.ASSOCIATE_AC
+            reader, writer = await associated(server.port, uids.VERIFICATION, uids.IMPLICIT_VR_LE)
             writer.write(bytes(flood))
             answer = await read_pdu(reader)
             writer.close()

@@ -38,6 +38,7 @@ from dicomstore.cli.options import (
     add_tls_client_options,
     open_archive,
     open_association,
+    open_audit_log,
 )
 from dicomstore.cli.serve_options import (
     add_archive_policies,
@@ -163,8 +164,9 @@ async def run(args: argparse.Namespace) -> int:
         if args.output_dir is None and args.storage is None:
             print("dicomstore: get stores into -od DIR or --storage DIR", file=sys.stderr)
             return EXIT_USAGE
-        handler, held, audit = _store(args)
+        handler, audit = _store(args, held)
         if handler is None:
+            held.close()
             return EXIT_FAILED
         classes = args.sop_class or r.GET_STORAGE_CLASSES
         contexts, roles = r.get_contexts(model, sop_classes=classes)
@@ -197,36 +199,30 @@ async def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _store(args: argparse.Namespace) -> tuple[Any, contextlib.ExitStack, Any]:
+def _store(args: argparse.Namespace, held: contextlib.ExitStack) -> tuple[Any, Any]:
     """The store handler of ``get``: a folder, or an archive opened as ``serve`` opens
-    it, with the policies given (review54 F1); what to close; the audit log
-    (``--audit-log``, None). ``(None, ..., None)`` after one line saying why not."""
-    held = contextlib.ExitStack()
+    it, with the policies given (review54 F1), and the audit log (``--audit-log``,
+    None), each closed with ``held``; ``(None, None)`` after one line saying why not."""
     audit = None
     if args.audit_log is not None:  # (the server's file: appends from both, flock'd)
-        from dicomstore.audit import AuditLog
-
-        try:
-            audit = held.enter_context(closing(AuditLog(args.audit_log)))
-        except OSError as exc:
-            print(f"dicomstore: cannot open {args.audit_log}: {exc.strerror}", file=sys.stderr)
-            return None, held, None
+        audit = open_audit_log(args.audit_log)
+        if audit is None:
+            return None, None
+        held.enter_context(closing(audit))
     if args.output_dir is not None:
         from dicomstore.services.folder_store import FolderStore
 
         try:
-            return FolderStore(args.output_dir), held, audit
+            return FolderStore(args.output_dir), audit
         except OSError as exc:  # (a folder of files, not an archive)
             why = exc.strerror or exc
             print(f"dicomstore: cannot store into {args.output_dir}: {why}", file=sys.stderr)
-            held.close()
-            return None, held, None
+            return None, None
     archive = open_archive(args.storage, index=args.index, **archive_policies(args))
     if archive is None:
-        held.close()
-        return None, held, None
+        return None, None
     held.enter_context(closing(archive))
-    return archive, held, audit
+    return archive, audit
 
 
 def _service(handler: Any, args: argparse.Namespace, audit: Any) -> Any:

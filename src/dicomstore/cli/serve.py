@@ -24,6 +24,7 @@ from dicomstore.cli.options import (
     _timeouts,
     log,
     open_archive,
+    open_audit_log,
     tls_failed,
 )
 from dicomstore.cli.serve_options import archive_policies
@@ -141,12 +142,8 @@ async def run(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     audit = None
     if args.audit_log is not None:
-        from dicomstore.audit import AuditLog
-
-        try:
-            audit = AuditLog(args.audit_log)
-        except OSError as exc:
-            print(f"dicomstore: cannot open {args.audit_log}: {exc.strerror}", file=sys.stderr)
+        audit = open_audit_log(args.audit_log)
+        if audit is None:
             return EXIT_USAGE
     from dicomstore.archive import pg_deadline
 
