@@ -246,12 +246,11 @@ def _put_judged(
 ) -> int:
     """Index the rows ``chosen``: those of files the index held as they were (stored
     under the policy of their time); the others (put in by hand) oldest first, each
-    left out when the rows before it file its
-    series under another study or its study under another patient (review54 F7:
-    a study of two patients, and ``check`` clean); ``recorded`` None (the policy
-    "accept") or empty (an index lost, or of an older schema: its files were all
-    taken in by the policy of their time, which the files do not say; review55 M2):
-    none judged."""
+    left out when the rows before it file its series under another study or its
+    study under another patient (review54 F7: a study of two patients, ``check``
+    clean). ``recorded`` None (the policy "accept") or empty (an index lost, or of
+    an older schema: its files were taken in by the policy of their time, which the
+    files do not say; review55 M2): none judged."""
     if not recorded:
         for row in chosen.values():
             index.put(row)
@@ -307,9 +306,9 @@ def run_check(
     root: Path, *, fsync: bool = True, index: str | None = None, counted: list[int] | None = None
 ) -> list[str]:
     """``dicomstore check``: refused when ``root`` is not the index's storage
-    (``identity.check_storage``, looking only); with no archive open on ``root`` elsewhere, first
-    settle what a crash left (``recovery.recover``, as the next start would), so
-    that a clean check means a clean start; with servers running (nodes, on this
+    (``identity.check_storage``, looking only); with no archive open on ``root``
+    elsewhere, first settle what a crash left (``recovery.recover``, as the next
+    start would), so that a clean check means a clean start; with servers running (nodes, on this
     host or others: the flock of ``.tmp`` or the database's lock says so) check
     as is, then look again under the index write lock at what seemed wrong
     (:func:`_recheck`): what a node was doing at that moment is not reported.
