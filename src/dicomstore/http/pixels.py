@@ -101,8 +101,11 @@ class Frames:
     dataset: Dataset
     pixels: PixelValue
     count: int
-    #: bytes of one frame once decoded (native: as stored)
+    #: bytes of one frame once decoded (what a decoder allocates, 1-bit as 8)
     frame_size: int
+    #: bits of one native frame as stored (PS3.5 8.1.1: 1-bit frames are not byte
+    #: aligned; PS3.3 C.7.6.3.1.2: native YBR_FULL_422 holds 2 samples a pixel)
+    native_bits: int
     #: the inflated copy of a deflated data set, where ``pixels`` are
     source: BinaryIO | None = None
     _held: ExitStack = field(default_factory=ExitStack, repr=False)
@@ -225,17 +228,20 @@ class Frames:
             count = int(ds.get("NumberOfFrames", 1) or 1)
         except (AttributeError, TypeError, ValueError):
             raise HttpError(404, "the instance's image pixel attributes are incomplete") from None
-        size = rows * columns * samples * bits // 8
-        if bits % 8 or size <= 0 or count <= 0:
+        size = rows * columns * samples * max(bits, 8) // 8
+        if (bits % 8 and bits != 1) or size <= 0 or count <= 0:
             raise HttpError(406, f"frames of {bits}-bit or empty Pixel Data are not served")
         if size > max_frame_bytes:
             raise HttpError(413, f"a frame of {size} bytes is over the limit ({max_frame_bytes})")
         encapsulated = pixels.length is None
         if encapsulated == (syntax in NATIVE):
             raise HttpError(406, f"the Pixel Data does not match its transfer syntax {syntax}")
-        if not encapsulated and size * count > (pixels.length or 0):
+        native_bits = rows * columns * samples * bits
+        if samples == 3 and ds.get("PhotometricInterpretation") == "YBR_FULL_422":
+            native_bits = rows * columns * 2 * bits  # (a Cb and a Cr for two pixels)
+        if not encapsulated and -(-native_bits * count // 8) > (pixels.length or 0):
             raise HttpError(406, "the native Pixel Data is shorter than its frames")
-        return cls(storage, key, syntax, ds, pixels, count, size)
+        return cls(storage, key, syntax, ds, pixels, count, size, native_bits)
 
     def close(self) -> None:
         """Let go of the inflated copy of a deflated data set (nothing otherwise)."""
@@ -275,13 +281,17 @@ class Frames:
 
     def stored(self, number: int, chunk: int = 1 << 20) -> Iterator[bytes]:
         """Frame ``number`` (from 1) as stored: native in chunks, encapsulated as one codestream."""
+        if not self.encapsulated and self.native_bits % 8:
+            yield self._unaligned(number)
+            return
         if not self.encapsulated:
-            start = self.pixels.offset + (number - 1) * self.frame_size
+            size = self.native_bits // 8
+            start = self.pixels.offset + (number - 1) * size
             width = int(self.dataset.BitsAllocated) // 8  # (8, 16, 32: _checked)
             swap = self.syntax == uids.EXPLICIT_VR_BE and width > 1
             rest = b""  # (a sample a short read cut in two: swapped with the next read)
             with self._bytes() as fp:
-                for data in read_chunks(fp, start, self.frame_size, chunk, self.key):
+                for data in read_chunks(fp, start, size, chunk, self.key):
                     if swap:
                         data = rest + data
                         whole = len(data) - len(data) % width
@@ -297,6 +307,20 @@ class Frames:
             except (ValueError, EOFError, OSError) as exc:
                 log.warning("frame %d of %s cannot be read: %s", number, self.key, exc)
                 raise HttpError(406, f"frame {number} cannot be read from its fragments") from None
+
+    def _unaligned(self, number: int) -> bytes:
+        """1-bit frame ``number`` whose bits do not start on a byte (PS3.5 8.1.1: frames
+        follow each other bit by bit, the first pixel in a byte's lowest bit), moved to
+        start on one, its last byte padded with zero bits."""
+        first = (number - 1) * self.native_bits
+        skip, size = first % 8, -(-self.native_bits // 8)
+        with self._bytes() as fp:
+            data = b"".join(
+                read_chunks(fp, self.pixels.offset + first // 8, -(-(skip + self.native_bits) // 8),
+                            1 << 20, self.key)
+            )  # fmt: skip
+        value = int.from_bytes(data, "little") >> skip
+        return (value & ((1 << self.native_bits) - 1)).to_bytes(size, "little")
 
     def _offsets(self) -> dict[str, Any]:
         """How pydicom finds the frames: by the items, not by an Extended Offset Table,
