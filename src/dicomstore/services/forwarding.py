@@ -53,6 +53,7 @@ from dicomstore.services.destinations import Destination
 from dicomstore.services.forward_queue import Entry, ForwardQueue, Pending, Queued, Settled
 from dicomstore.services.forward_recovery import COLUMNS, SLACK, add_study, recover
 from dicomstore.services.forward_rules import ForwardRule, destinations_of, entries_for
+from dicomstore.services.forward_settling import Settling
 from dicomstore.services.move_sender import DestinationSender, contexts_for
 from dicomstore.services.retrieve import NotSent, Selected
 from dicomstore.services.server_config import DIMSE_TIMEOUT
@@ -65,8 +66,6 @@ log = logging.getLogger("dicomstore.forward")
 
 #: Most instances sent on one association (and held as entries in memory).
 BATCH = 100
-#: A batch records what became of its entries every this many, or this many seconds.
-SETTLE_EVERY, SETTLE_AFTER = 10, 2.0
 #: How long sent and skipped entries are kept (a store queued again by recovery or
 #: by a stable rule within this time is still recognised).
 KEEP_DONE = 3600.0
@@ -347,11 +346,17 @@ class Forwarding:
         assert queue is not None
         dest = peer.destination
         report = BatchReport(dest)
-        outcomes: list[Settled] = []
+
+        async def record(outcomes: list[Settled]) -> None:
+            peer.pending = await asyncio.to_thread(
+                queue.settle, dest.ae_title, outcomes, keep_done=self.keep_done
+            )
+
+        settling = Settling(record)
         found, gone = await asyncio.to_thread(self._sendable, entries)
         for entry, why in gone:
             log.warning("forward to %s: %s skipped: %s", dest, entry.sop_instance_uid, why)
-            outcomes.append(Settled(entry.id, "skipped", entry.attempts, reason=why))
+            settling.outcomes.append(Settled(entry.id, "skipped", entry.attempts, reason=why))
             report.skipped += 1
         todo = self._one_association(found)
         sender = DestinationSender(
@@ -366,40 +371,35 @@ class Forwarding:
             try:
                 await sender.open([item for _entry, item in todo])
             except (DicomstoreError, OSError) as exc:
-                report.error = self._retry_all(todo, _failed(exc), outcomes, report)
+                report.error = self._retry_all(todo, _failed(exc), settling.outcomes, report)
                 todo = []
-        settled_at = time.monotonic()
         try:
             for n, (entry, item) in enumerate(todo):
                 if self._stop.is_set():
                     break
-                if len(outcomes) >= SETTLE_EVERY or time.monotonic() - settled_at > SETTLE_AFTER:
-                    # (review49 #12: a batch's outcomes were recorded at its end only: a
-                    # kill sent up to BATCH delivered instances again, `stats` showed 0)
-                    peer.pending = await asyncio.to_thread(
-                        queue.settle, dest.ae_title, outcomes, keep_done=self.keep_done
-                    )
-                    outcomes, settled_at = [], time.monotonic()
+                await settling.when_due()  # (recorded as it goes: forward_settling)
                 attempts = entry.attempts + 1
                 try:
-                    rsp = await sender.store(item)
+                    rsp = await settling.awaiting(sender.store(item))
                 except (DicomstoreError, ConnectionError, OSError) as exc:  # (SourceReadError too)
                     why = _failed(exc)
-                    report.error = self._retry_all(todo[n : n + 1], why, outcomes, report)
+                    report.error = self._retry_all(todo[n : n + 1], why, settling.outcomes, report)
                     break
                 if isinstance(rsp, NotSent):  # (review49 #10: its reason, not a guess)
                     why = f"not sent: {rsp.reason}"
-                    outcomes.append(Settled(entry.id, "failed", attempts, reason=why))
+                    settling.outcomes.append(Settled(entry.id, "failed", attempts, reason=why))
                     report.failed += 1
                 elif st.is_stored(rsp.status):  # (review49 #7: FF00, FE00 were "sent")
-                    outcomes.append(Settled(entry.id, "sent", attempts, status=rsp.status))
+                    settling.outcomes.append(Settled(entry.id, "sent", attempts, status=rsp.status))
                     report.sent += 1
                 elif st.is_transient(rsp.status, rsp.error_comment):
                     # the destination is in trouble (full, busy): the rest of the batch
                     # waits with this one, and the destination backs off (review36a #8:
                     # each instance came back on its own association, ~30 per second)
                     why = f"{rsp.status:04X} {rsp.error_comment or st.describe(rsp.status)}"
-                    report.error = self._retry_all(todo[n:], why, outcomes, report, rsp.status)
+                    report.error = self._retry_all(
+                        todo[n:], why, settling.outcomes, report, rsp.status
+                    )
                     break
                 else:
                     why = f"{st.describe(rsp.status)}: {rsp.error_comment or ''}".rstrip(": ")
@@ -411,14 +411,14 @@ class Forwarding:
                         why,
                     )
                     failed = Settled(entry.id, "failed", attempts, status=rsp.status, reason=why)
-                    outcomes.append(failed)
+                    settling.outcomes.append(failed)
                     report.failed += 1
         finally:  # what is known is recorded first, even when cancelled
             peer.pending = await asyncio.shield(
                 asyncio.to_thread(
                     queue.settle,
                     dest.ae_title,
-                    outcomes,
+                    settling.outcomes,
                     error=report.error,
                     keep_done=self.keep_done,
                 )
