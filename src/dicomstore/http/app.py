@@ -28,6 +28,7 @@ from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotSt
 from dicomstore.http import browse, browse_search, frames, operations, qido, render, stow, wado
 from dicomstore.http.answer import EndsBroken
 from dicomstore.http.common import HttpError, UidConvertor, error_response
+from dicomstore.http.content_coding import GzipAnswers
 from dicomstore.http.forwarded import ForwardedClient
 from dicomstore.http.limits import HttpLimits, refuse
 from dicomstore.http.openapi import openapi
@@ -139,6 +140,7 @@ def build_app(
     ready: operations.ReadyCheck | None = None,
     index: str | None = None,
     metadata_cache_entries: int = DEFAULT_MAX_ENTRIES,
+    gzip: bool = True,
 ) -> Starlette:
     """The DICOMweb ASGI app over the archive ``source``.
 
@@ -169,6 +171,9 @@ def build_app(
     SQLite file in it (a ``postgresql://`` URL; an :class:`Archive` knows its own).
     ``metadata_cache_entries``: the most instances the WADO-RS metadata cache keeps
     (those used longest ago go first, :mod:`~dicomstore.archive.metacache`).
+    ``gzip``: answers of DICOM JSON, JSON, XML and text gzipped for the clients that
+    accept it (:mod:`~dicomstore.http.content_coding`; innermost, so that the access
+    log, the audit and CORS see the answer as sent).
     """
     archive = source if isinstance(source, Archive) else None
     root = archive.root if archive is not None else Path(source)  # type: ignore[arg-type]
@@ -196,6 +201,7 @@ def build_app(
             *([Middleware(ForwardedClient)] if trust_forwarded else []),
             *([Middleware(operations.RequestMetrics, metrics=metrics)] if metrics else []),
             *(security or HttpSecurity()).middleware(),
+            *([Middleware(GzipAnswers)] if gzip else []),
         ],
         exception_handlers={
             HttpError: _http_error,
