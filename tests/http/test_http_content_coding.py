@@ -19,6 +19,7 @@ from http_testlib import HttpThread, make_dataset, store
 from starlette.types import Message, Receive, Scope, Send
 
 from dicomstore.archive import Archive
+from dicomstore.cli import build_parser
 from dicomstore.http import build_app, metadata
 from dicomstore.http.content_coding import GzipAnswers, accepts_gzip
 from dicomstore.http.security import HttpSecurity
@@ -195,6 +196,13 @@ def test_gzip_can_be_switched_off(archive: Archive) -> None:
         status, headers, body = _request(web, SERIES_PATH + "/metadata", GZIP)
     assert status == 200 and body is not None and len(json.loads(body)) == INSTANCES
     assert headers["content-encoding"] is None and headers["vary"] is None
+
+
+def test_the_serve_option() -> None:
+    serve = ["serve", "--storage", "x", "--http-port", "8042"]
+    assert build_parser(serve).parse_args(serve).http_gzip is True
+    off = build_parser(serve).parse_args([*serve, "--no-http-gzip"])
+    assert off.http_gzip is False
 
 
 def test_a_cut_answer_is_cut_as_without_gzip(tmp_path: Path, caplog) -> None:

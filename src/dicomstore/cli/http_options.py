@@ -107,6 +107,13 @@ def add_http_options(s: Any) -> None:
         help="let web pages from this origin call DICOMweb (repeatable; default: none)",
     )
     h.add_argument(
+        "--http-gzip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="gzip answers of DICOM JSON, JSON and HTML for clients that accept it (default);"
+        " --no-http-gzip: never (a compressing proxy in front, say)",
+    )
+    h.add_argument(
         "--http-base-url",
         type=_base_url,
         metavar="URL",

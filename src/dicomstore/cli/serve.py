@@ -228,6 +228,7 @@ async def _serve(
                     security=security,
                     limits=http_limits(args),
                     metadata_cache_entries=args.metadata_cache_entries,
+                    gzip=args.http_gzip,
                     metrics=metrics,
                     ready=lambda: [] if server.listener.started else ["DICOM is not listening"],
                 )
