@@ -83,3 +83,17 @@ def test_containerfile_command_and_environment_parse() -> None:
     assert f"127.0.0.1:{args.http_port}/healthz" in health[-1]
     # the health check's own command runs (python -c '...'): it compiles
     compile(health[-1], "HEALTHCHECK", "exec")
+
+
+def test_python_dash_m_dicomstore_is_the_command() -> None:
+    """review58 L7: ``python -m dicomstore`` failed (no ``__main__``), as scripts call it."""
+    out = subprocess.run(
+        [sys.executable, "-m", "dicomstore", "--version"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("dicomstore ")
+
+
+def test_the_unit_keeps_stored_files_from_other_users() -> None:
+    """review58 L3: stored files are 0644 less the umask; the unit sets 0027."""
+    assert _unit()["Service"]["UMask"] == "0027"

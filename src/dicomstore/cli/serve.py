@@ -167,6 +167,15 @@ async def run(args: argparse.Namespace) -> int:
         archive.close()
 
 
+def _stopping(sig: signal.Signals, stop: asyncio.Event) -> None:
+    """A graceful stop, said in the log (review58 L2: a SIGHUP, a logrotate habit or a
+    closed terminal, killed the server at once without a word; there is nothing to
+    reload: the audit log follows a rename by itself)."""
+    if not stop.is_set():
+        log.info("%s: stopping gracefully", signal.Signals(sig).name)
+    stop.set()
+
+
 async def _serve(
     args: argparse.Namespace,
     config: Any,
@@ -175,7 +184,7 @@ async def _serve(
     audit: Any,
     https: Any,
 ) -> int:
-    """Serve until SIGINT/SIGTERM through the one lifecycle (``services.serving``),
+    """Serve until SIGINT/SIGTERM/SIGHUP through the one lifecycle (``services.serving``),
     with the HTTP door beside the SCP."""
     from dicomstore.archive.nodes import Held
     from dicomstore.services.server import archive_commit_mode
@@ -186,8 +195,8 @@ async def _serve(
     # before the port opens: a SIGTERM as soon as it listens is a graceful stop too
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, _stopping, sig, stop)
     answering = getattr(args, "metrics_channel", None)  # (a worker: the first asks)
     if args.http_port is not None or answering is not None:  # GET /metrics (Operations)
         from dicomstore.services.metrics import ServerMetrics
