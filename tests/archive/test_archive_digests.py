@@ -115,17 +115,24 @@ def _sha256(path: Path) -> str:
 
 
 def _stamp(archive: Archive, version: int) -> None:
-    """Record ``version`` as the index's schema version (as that dicomstore did)."""
-    archive.index.engine.create(archive.index._db, "", version)
+    """Record ``version`` as the index's schema version (as that dicomstore did), with
+    the tables of that version (before 5: no count of rewrites)."""
+    engine, db = archive.index.engine, archive.index._db
+    if version < 5:
+        engine.create(db, "DROP TABLE IF EXISTS rewrites;", None)
+    engine.create(db, "", version)
 
 
-@pytest.mark.parametrize(("version", "algorithm"), [(2, digests.SHA256), (3, digests.BLAKE3)])
-def test_an_index_of_an_older_version_is_stamped_4_not_rebuilt(
+@pytest.mark.parametrize(
+    ("version", "algorithm"), [(2, digests.SHA256), (3, digests.BLAKE3), (4, digests.XXH3)]
+)
+def test_an_index_of_an_older_version_is_stamped_5_not_rebuilt(
     tmp_path: Path, version: int, algorithm: str
 ) -> None:
-    """Versions 2 (digests SHA-256) and 3 (BLAKE3) have the same tables: opened as they
-    are (readers too), a writer stamps them 4, so that a dicomstore of an older
-    version, which would read 'xxh3:' digests as damage, refuses it from then on."""
+    """Versions 2 (digests SHA-256), 3 (BLAKE3) and 4 (XXH3) have the same tables but
+    the count of rewrites: opened as they are (readers too), a writer adds it and
+    stamps them 5, so that a dicomstore of an older version, which would read 'xxh3:'
+    digests as damage or rewrite rows without counting, refuses it from then on."""
     root = tmp_path / "root"
     with Archive(root, fsync=False) as archive:
         store(archive, DATA)
@@ -135,9 +142,13 @@ def test_an_index_of_an_older_version_is_stamped_4_not_rebuilt(
     assert [row["sop_instance_uid"] for row in ArchiveReader(root).instances()] == [UID]
     with Archive(root, fsync=False) as archive:
         assert archive.reindexed is None  # not rebuilt from the files
-        assert archive.index.engine.version(archive.index._db) == SCHEMA_VERSION == 4
+        db = archive.index._db
+        assert archive.index.engine.version(db) == SCHEMA_VERSION == 5
+        assert db.execute("SELECT one, n FROM rewrites").fetchall() == [(1, 0)]
         assert digests.algorithm_of(archive.get_instance(UID)["digest"]) == algorithm
         assert archive.check() == []
+        second = dataset("1.2.3.4.5.6.8", patient_name="Digest^Test", pixels=4096)
+        assert store(archive, second, sop_uid="1.2.3.4.5.6.8").status == SUCCESS
         _stamp(archive, SCHEMA_VERSION + 1)  # as a later dicomstore would
     with pytest.raises(SchemaError, match="newer than this dicomstore"):
         Archive(root, fsync=False)
@@ -224,7 +235,7 @@ def test_a_duplicate_that_cannot_be_compared_is_a700(
 
 def test_check_restamps_an_index_of_schema_3_before_it_adopts_a_file(tmp_path: Path) -> None:
     """``check`` opens the index without ``migrate`` and may adopt files a crash left
-    (recording ``xxh3:`` digests): the index is stamped 4 first, so that a dicomstore
+    (recording ``xxh3:`` digests): the index is stamped 5 first, so that a dicomstore
     of schema 3 refuses it rather than take those digests for damage."""
     from dicomstore.archive.maintenance import run_check
 
@@ -235,4 +246,4 @@ def test_check_restamps_an_index_of_schema_3_before_it_adopts_a_file(tmp_path: P
     assert run_check(root, fsync=False) == []
     reader = ArchiveReader(root)
     with closing(reader.connect()) as db:
-        assert reader.engine.version(db) == SCHEMA_VERSION == 4
+        assert reader.engine.version(db) == SCHEMA_VERSION == 5

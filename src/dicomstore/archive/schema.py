@@ -1,4 +1,4 @@
-"""The index schema (version 3) and the SQL the writer and readers share.
+"""The index schema (version 5) and the SQL the writer and readers share.
 
 Patient / study / series / instance, linked by surrogate keys (``*_pk``):
 a series row is one Series Instance UID *in one study*, a study row one Study
@@ -15,13 +15,16 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEMA_VERSION = 4
-#: Older versions with the tables of this one, opened as they are (a writer stamps
-#: them :data:`SCHEMA_VERSION`): 2 recorded every digest as SHA-256, 3 also as
-#: ``blake3:``, 4 also as ``xxh3:`` (``digests.py``), which a dicomstore of an
-#: older version would misread (its ``check`` would report every new instance):
+SCHEMA_VERSION = 5
+#: Older versions with the tables of this one, opened as they are (a writer adds
+#: :data:`REWRITES` and stamps them :data:`SCHEMA_VERSION`): 2 recorded every
+#: digest as SHA-256, 3 also as ``blake3:``, 4 also as ``xxh3:`` (``digests.py``),
+#: which a dicomstore of an older version would misread (its ``check`` would report
+#: every new instance); 5 counts the rewrites (``parentcache.py``), which a
+#: dicomstore of an older version would delete and change rows without counting
+#: (another writer's cache would then file instances under rows that are gone):
 #: it refuses a newer schema.
-SAME_TABLES = frozenset({2, 3})
+SAME_TABLES = frozenset({2, 3, 4})
 
 # Surrogate keys (``*_pk``) link the levels, so that one Series Instance UID
 # can be filed under two studies and one Study Instance UID under two patients
@@ -107,6 +110,17 @@ CREATE TABLE IF NOT EXISTS unflushed (
     sop_instance_uid TEXT NOT NULL,
     PRIMARY KEY (batch, sop_instance_uid)
 );
+"""
+#: The count of rewrites (``parentcache.py``): one row, incremented by each transaction
+#: that deletes or changes a patient/study/series/instance row or files a UID under a
+#: second parent, read at each writer transaction's start. Made at every open of the
+#: index by its writer when absent (an index of schema 4), before it is stamped 5.
+REWRITES = """
+CREATE TABLE IF NOT EXISTS rewrites (
+    one INTEGER NOT NULL PRIMARY KEY CHECK (one = 1),
+    n BIGINT NOT NULL
+);
+INSERT INTO rewrites (one, n) VALUES (1, 0) ON CONFLICT (one) DO NOTHING;
 """
 INDEX_NAMES = tuple(line.split()[5] for line in INDEXES.split(";") if "CREATE INDEX" in line)
 
@@ -249,11 +263,15 @@ def create_or_migrate(engine: Any, db: Any, where: str, *, migrate: bool) -> boo
     if version == SCHEMA_VERSION or version in SAME_TABLES:
         if not set(INDEX_NAMES) <= engine.index_names(db):  # indexes added since
             engine.create(db, engine.ddl(INDEXES), None)
-        if "unflushed" not in engine.table_names(db):  # (added since, too)
+        tables = engine.table_names(db)
+        if "unflushed" not in tables:  # (added since, too)
             engine.create(db, engine.ddl(UNFLUSHED), None)
+        if "rewrites" not in tables:  # (schema 5: made before the stamp says it is)
+            engine.create(db, engine.ddl(REWRITES), None)
         if version != SCHEMA_VERSION:  # the same tables: a new stamp, before this
             # writer records a digest an older dicomstore would take for damage (even
-            # `check`'s recovery, which opens without ``migrate``, adopts files)
+            # `check`'s recovery, which opens without ``migrate``, adopts files), or
+            # writes what an older one would rewrite without counting
             engine.create(db, "", SCHEMA_VERSION)
         return False
     if version > SCHEMA_VERSION:
@@ -271,5 +289,5 @@ def create_or_migrate(engine: Any, db: Any, where: str, *, migrate: bool) -> boo
         # its replay tells a lost COMMIT from a delete by the rows and ``unflushed``,
         # both dropped here. The next schema change must replay first, or keep them)
         drop = "".join(f"DROP TABLE IF EXISTS {t};" for t in ("unflushed", *reversed(TABLES)))
-    engine.create(db, drop + engine.ddl(SCHEMA + INDEXES + UNFLUSHED), SCHEMA_VERSION)
+    engine.create(db, drop + engine.ddl(SCHEMA + INDEXES + UNFLUSHED + REWRITES), SCHEMA_VERSION)
     return bool(version)
