@@ -111,15 +111,15 @@ def test_postgresql_statements_put_off_fail_at_the_commit(postgres) -> None:
     db = engine.writer(durable=False, timeout=5.0)
     try:
         engine.create(db, "CREATE TABLE t (a INTEGER PRIMARY KEY)", 1)
-        token, _ = engine.begin(db)
+        engine.begin(db)
         engine.later(db, "INSERT INTO t VALUES (?)", [(1,), (1,)])  # (sent with the next)
         with pytest.raises(IntegrityError):
-            engine.commit(db, token)
+            engine.commit(db)
         db.execute("ROLLBACK")
-        token, found = engine.begin(db, ("SELECT count(*) FROM t", ()))
+        (found,) = engine.begin(db, [("SELECT count(*) FROM t", ())])
         assert found.fetchone()[0] == 0  # nothing of the failed transaction
         engine.later(db, "INSERT INTO t VALUES (?)", [(2,)])
-        assert engine.commit(db, token) == token + 1  # a new generation
+        engine.commit(db)
         assert db.execute("SELECT a FROM t").fetchall() == [(2,)]
     finally:
         db.close()
@@ -253,15 +253,15 @@ def _failing_commit(archive, monkeypatch, *, commits: bool, then_unreadable: boo
     )
     real_commit, real_begin = engine.commit, engine.begin
 
-    def commit(db, token):
+    def commit(db):
         monkeypatch.setattr(engine, "commit", real_commit)
         if commits:
-            real_commit(db, token)
+            real_commit(db)
         else:
             engine.rollback(db)
         if then_unreadable:
 
-            def begin(db, then=None):
+            def begin(db, then=()):
                 monkeypatch.setattr(engine, "begin", real_begin)
                 raise error("the index is unreachable")
 
@@ -468,9 +468,9 @@ def test_a_store_the_index_stops_answering_is_a700_and_the_next_stores(
             assert store(archive, dataset("1.2.72.2"), sop_uid="1.2.72.2").status == 0
         pid, commit = _pid(archive.index._db), PostgresEngine.commit
 
-        def stopping(self, db, token):
+        def stopping(self, db):
             os.kill(pid, signal.SIGSTOP)  # (resumed below)
-            return commit(self, db, token)
+            return commit(self, db)
 
         monkeypatch.setattr(PostgresEngine, "commit", stopping)
         try:
@@ -511,10 +511,10 @@ def test_a_delete_whose_commit_is_cut_keeps_its_intents(
         path = archive.path_of("1.2.73.1")
     commit, stopped_pids = PostgresEngine.commit, []
 
-    def stopping(self, db, token):
+    def stopping(self, db):
         stopped_pids.append(pid := _pid(db))
         os.kill(pid, signal.SIGSTOP)
-        return commit(self, db, token)
+        return commit(self, db)
 
     monkeypatch.setattr(PostgresEngine, "commit", stopping)
     try:

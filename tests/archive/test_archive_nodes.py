@@ -363,15 +363,16 @@ def test_a_service_lock_file_goes_with_its_holder_and_a_stale_one_is_not_taken(
     third.close()
 
 
-def test_a_node_forgets_its_cache_when_another_node_committed_only(tmp_path: Path) -> None:
+def test_a_node_forgets_its_cache_when_another_node_rewrote_only(tmp_path: Path) -> None:
     """The writer's cache of parent rows is emptied at a transaction's start when
-    another connection has committed since its own last one (SQLite's data_version,
-    PostgreSQL's generation), not for its own commits nor another's rollback."""
+    another connection has rewritten rows since (deleted here: ``parentcache.py``),
+    not for its own commits, another's additions, nor another's rollback."""
     one, two = _nodes(tmp_path)[:2]
     try:
         forgot: list[int] = []
-        forget = one.index.forget
-        one.index.forget = lambda: (forgot.append(1), forget())[1]  # type: ignore[method-assign]
+        cache = one.index._cache
+        forget = cache.forget
+        cache.forget = lambda: (forgot.append(1), forget())[1]  # type: ignore[method-assign]
 
         def stored(node: Archive, n: int) -> None:
             assert store(node, dataset(_uid(n)), sop_uid=_uid(n)).status == SUCCESS
@@ -382,12 +383,19 @@ def test_a_node_forgets_its_cache_when_another_node_committed_only(tmp_path: Pat
         assert forgot == []  # its own commit
         stored(two, 3)
         stored(one, 4)
-        assert forgot == [1]  # another node's
+        assert forgot == []  # another node's instance of the same series
         with two.index.lock:
             two.index.begin()
+            two.index.remove(_uid(3))
             two.index.rollback()
         stored(one, 5)
-        assert forgot == [1]  # a rollback changes nothing
+        assert forgot == []  # a rollback changes nothing
+        with two.index.lock:
+            two.index.begin()
+            two.index.remove(_uid(3))
+            two.index.commit()
+        stored(one, 6)
+        assert forgot == [1]  # another node's delete
     finally:
         _close([one, two])
 

@@ -7,22 +7,18 @@ One home for what differs between the two; the SQL itself is shared
     The file ``index.sqlite`` in the archive root (or the file named), WAL,
     one writer connection, read-only reader connections (``mode=ro``). The
     schema version is ``PRAGMA user_version``; ``BEGIN IMMEDIATE`` takes the
-    write lock; ``PRAGMA data_version`` tells the writer's cache that another
-    connection committed.
+    write lock.
 ``postgresql://user@host:port/db`` (psycopg 3, the ``postgresql`` extra; ``postgres.py``)
     The tables in the database's current schema (``search_path``, e.g.
     ``?options=-csearch_path%3Darchive1``), made on first use with the one row
     of ``dicomstore_index`` that holds the schema version and a *generation*.
-    ``begin`` locks that row by stamping a new generation on it (``UPDATE ...
-    RETURNING`` the one before), so writers take turns as SQLite's do (across
-    processes too); others see the new generation with the COMMIT (a ROLLBACK
-    takes it back), so the writer's cache (parent rows, hierarchy checks
-    passed) is emptied whenever another connection has committed since, as
-    SQLite's ``data_version`` tells. Round trips are what a batch waits on,
-    with the lock held (other nodes wait): a batch costs two, in libpq's
-    pipeline mode — BEGIN, the lock and the lookup of its instances
-    (``begin``'s ``then``); then the statements whose results nobody reads
-    (``later``: the instance rows) and the COMMIT (``commit``). ``?``
+    ``begin`` locks that row by stamping a new generation on it (``UPDATE``),
+    so writers take turns as SQLite's do (across processes too). Round trips
+    are what a batch waits on, with the lock held (other nodes wait): a batch
+    costs two, in libpq's pipeline mode — BEGIN, the lock, the count of
+    rewrites and the lookup of its instances (``begin``'s ``then``); then the
+    statements whose results nobody reads (``later``: the instance rows) and
+    the COMMIT (``commit``). ``?``
     placeholders become ``%s`` (once per statement text, cached); ``durable=False`` is
     ``synchronous_commit=off``; readers are autocommit connections with
     ``default_transaction_read_only``, kept open for the next reader when closed
@@ -208,10 +204,10 @@ class Engine:
         recording ``version`` when given."""
         raise NotImplementedError
 
-    def begin(self, db: Any, then: Statement | None = None) -> tuple[Any, Any]:
-        """Open the write transaction, holding the write lock; a token that
-        changes when another connection has committed (see :meth:`Index.begin`),
-        and the cursor of ``then``, the first statement under the lock (None)."""
+    def begin(self, db: Any, then: Sequence[Statement] = ()) -> list[Any]:
+        """Open the write transaction, holding the write lock; the cursors of
+        ``then``, the first statements under the lock (each sees every COMMIT
+        made before the lock was taken: ``parentcache.py`` rests on it)."""
         raise NotImplementedError
 
     def later(self, db: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -223,11 +219,9 @@ class Engine:
         else:
             db.executemany(sql, rows)
 
-    def commit(self, db: Any, token: Any) -> Any:
-        """COMMIT the write transaction ``begin`` returned ``token`` for, recording
-        that this connection wrote; the token it will see next."""
+    def commit(self, db: Any) -> None:
+        """COMMIT the write transaction."""
         db.execute("COMMIT")
-        return token
 
     def rollback(self, db: Any) -> None:
         """ROLLBACK the write transaction, if one is open."""
@@ -334,7 +328,7 @@ class SqliteEngine(Engine):
         stamp = f"PRAGMA user_version={version};" if version is not None else ""
         db.executescript(f"BEGIN; {script} {stamp} COMMIT;")
 
-    def begin(self, db: Any, then: Statement | None = None) -> tuple[Any, Any]:
+    def begin(self, db: Any, then: Sequence[Statement] = ()) -> list[Any]:
         # the writer's turn first (turns.py), held until the COMMIT or ROLLBACK
         late = not self._turns.take(self._timeout) and self._turns.usable
         try:
@@ -350,14 +344,13 @@ class SqliteEngine(Engine):
         except BaseException:
             self._turns.give()
             raise
-        try:
-            token = db.execute("PRAGMA data_version").fetchone()[0]
-            return token, None if then is None else db.execute(*then)
+        try:  # (a write transaction reads the newest COMMIT)
+            return [db.execute(*statement) for statement in then]
         except BaseException:
             self.rollback(db)
             raise
 
-    def commit(self, db: Any, token: Any) -> Any:
+    def commit(self, db: Any) -> None:
         try:
             db.execute("COMMIT")
         finally:
@@ -367,7 +360,6 @@ class SqliteEngine(Engine):
                 ended = True
             if ended:
                 self._turns.give()
-        return token
 
     def rollback(self, db: Any) -> None:
         try:

@@ -25,10 +25,11 @@ WAL lets proceed while the writer writes.
 The writer remembers the patient, study and series rows it knows to be stored
 (as stored, after ``COALESCE``), so storing one more instance of a known
 series costs one ``INSERT`` (:meth:`Index.put_many`, several instances per
-statement). Rows learnt in a transaction count only once it commits. Another
-connection's commit (a ``delete`` from the CLI, a ``reindex``) is seen at the
-next :meth:`Index.begin` (SQLite's ``PRAGMA data_version``, PostgreSQL's
-generation: ``engine.py``) and empties the cache.
+statement). Rows learnt in a transaction count only once it commits. The cache
+outlives other connections' commits that only add instances; one that rewrote
+(a ``delete`` from the CLI, a replace, a patient's values changed, a
+``reindex``) is seen at the next :meth:`Index.begin` and empties it: the count
+of rewrites, ``parentcache.py``, which says why that is safe.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from dicomstore.archive.engine import (
     order_by,
 )
 from dicomstore.archive.fields import clean_text
+from dicomstore.archive.parentcache import READ_REWRITES, ParentCache
 from dicomstore.archive.pg_deadline import without_deadline
 from dicomstore.archive.schema import (
     ATTRS,
@@ -64,22 +66,17 @@ from dicomstore.archive.schema import (
     ROW_COLUMNS,
     ROW_KEYS,
     SELECT_ONE,
-    SELECT_PARENT,
     SELECT_ROWS,
     SERIES_ELSEWHERE,
     STUDY_ELSEWHERE,
     TABLES,
     UPSERT_INSTANCE,
-    UPSERTS,
-    UPSERTS_RETURNING,
     create_or_migrate,
     patient_key,
 )
 
 #: The values :meth:`Index.conflict` compares.
 _CONFLICT_KEYS = (*KEYS, "sop_instance_uid")
-#: Cached parent rows per table before the cache is emptied (memory bound).
-CACHE_LIMIT = 50_000
 
 
 log = logging.getLogger("dicomstore.archive")
@@ -110,7 +107,6 @@ class Index:
         self.lock = threading.RLock()
         #: the tables were made anew from an older schema: fill them from the files
         self.rebuild = False
-        self._returning = self.engine.returning
         self.durable = durable
         self._deferring = False  # (defer_flushes)
         #: the archive lock this writer's session holds (``hold``): None, shared or exclusive
@@ -121,16 +117,8 @@ class Index:
         except BaseException:
             self._db.close()
             raise
-        # parent rows known to be stored, and those written by the open transaction:
-        # natural key -> (surrogate key, values as stored)
-        self._known: dict[str, dict[Any, tuple[Any, tuple[Any, ...]]]] = {t: {} for t in PARENTS}
-        self._added: dict[str, dict[Any, tuple[Any, tuple[Any, ...]]]] = {t: {} for t in PARENTS}
-        self._data_version: Any = None
-        # hierarchy checks passed (see conflict): series UID -> (study UID, patient),
-        # study UID -> patient; true while only this writer writes, and it writes
-        # nothing that contradicts them (put_many forgets them if it does)
-        self._related: dict[str, tuple[str, tuple[str, str, str]]] = {}
-        self._related_studies: dict[str, tuple[str, str, str]] = {}
+        # parent rows known to be stored, hierarchy checks passed (see conflict)
+        self._cache = ParentCache(returning=self.engine.returning)
 
     def hold(self, *, exclusive: bool) -> bool:
         """Take the archive's lock in the database, without waiting (``Engine.hold``):
@@ -173,43 +161,34 @@ class Index:
             )
         log.warning("index %s: the writer's session was lost; connected again", self.where)
         self.forget()
-        self._data_version = None
 
     # -- the writer (hold self.lock) -------------------------------------------------
 
     def begin(self, find: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """Start a write transaction, taking the database write lock now; the rows
         of the instances ``find`` names, read under the lock (:meth:`find_many`;
-        PostgreSQL: in the same round trip)."""
+        PostgreSQL: in the same round trip), with the count of rewrites that says
+        whether the cache still holds (``parentcache.py``)."""
         query = _find_query(find) if find else None
-        then = query[:2] if query else None
+        then = [READ_REWRITES, query[:2]] if query else [READ_REWRITES]
         try:
-            version, cursor = self.engine.begin(self._db, then)
+            cursors = self.engine.begin(self._db, then)
         except OperationalError:
             if not self.engine.lost(self._db):
                 raise
             # (nothing of this transaction was done on a session that is gone)
             self._reconnect()
-            version, cursor = self.engine.begin(self._db, then)
-        for added in self._added.values():
-            added.clear()
-        if version != self._data_version:  # another connection committed: forget
-            self.forget()
-            self._data_version = version
-        return _found(cursor, query[2]) if query else {}
+            cursors = self.engine.begin(self._db, then)
+        self._cache.begin(cursors[0].fetchone()[0])
+        return _found(cursors[1], query[2]) if query else {}
 
     def commit(self, *, flush: bool = True) -> None:
         """Make the transaction durable (one WAL fsync with synchronous=FULL); after
         :meth:`defer_flushes`, ``flush=False`` leaves that to :meth:`flush`."""
-        self._data_version = self.engine.commit(self._db, self._data_version)
+        self.engine.commit(self._db)
+        self._cache.commit()
         if flush and self._deferring:
             self.engine.flush(self._db)
-        for table, added in self._added.items():
-            known = self._known[table]
-            if len(known) + len(added) > CACHE_LIMIT:
-                known.clear()
-            known.update(added)
-            added.clear()
 
     def defer_flushes(self) -> bool:
         """Let ``commit(flush=False)`` leave the COMMIT to :meth:`flush` (False: the
@@ -240,17 +219,12 @@ class Index:
 
     def rollback(self) -> None:
         """Abandon the transaction, if one is open."""
-        for added in self._added.values():
-            added.clear()
+        self._cache.rollback()
         self.engine.rollback(self._db)
 
     def forget(self) -> None:
         """Empty the cache of parent rows (they are looked up again when needed)."""
-        for table in PARENTS:
-            self._known[table].clear()
-            self._added[table].clear()
-        self._related.clear()
-        self._related_studies.clear()
+        self._cache.forget()
 
     def find(self, sop_instance_uid: str) -> dict[str, Any] | None:
         """The row of an instance as the writer sees it (inside its transaction)."""
@@ -273,10 +247,11 @@ class Index:
 
         A check passed is remembered (not for a replace: its answer holds for that
         instance only), so the next instance of the series costs two dict lookups."""
+        related = self._cache.related
         if not replacing:  # the usual case first: a series already checked, as given
             # (a check passed holds values as stored; a value that is not as stored,
             # a lone surrogate, never equals one, and is looked at below)
-            known = self._related.get(row.get("series_uid") or "")
+            known = related.get(row.get("series_uid") or "")
             if known is not None and known == (row.get("study_uid") or "", patient_key(row)):
                 return None
         values = {k: row.get(k) or "" for k in _CONFLICT_KEYS}
@@ -285,7 +260,7 @@ class Index:
         patient = patient_key(values)
         pid, issuer, scope = patient
         series, study = values["series_uid"], values["study_uid"]
-        if not replacing and self._related.get(series) == (study, patient):
+        if not replacing and related.get(series) == (study, patient):
             return None
         sop = values["sop_instance_uid"]
         found = self._db.execute(
@@ -299,11 +274,7 @@ class Index:
         if found is not None:
             return "study", (found[0], found[1])
         if not replacing:
-            if len(self._related) >= CACHE_LIMIT:
-                self._related.clear()
-                self._related_studies.clear()
-            self._related[series] = (study, patient)
-            self._related_studies[study] = patient
+            self._cache.checked(series, study, patient)
         return None
 
     def put(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -315,6 +286,7 @@ class Index:
         """:meth:`put` for several instances: a parent row is written only when it
         is new or gains values, the instance rows with one statement."""
         params, result = [], []
+        cache, db = self._cache, self._db
         for row in rows:
             values = dict(row)
             for key, value in row.items():
@@ -324,19 +296,13 @@ class Index:
                 values[key] = values.get(key) or ""
             patient = patient_key(values)
             values["scope"] = patient[2]
-            if self._related:  # a row against a check passed: forget the checks
-                series, study = values["series_uid"], values["study_uid"]
-                known = self._related.get(series)
-                if (known is not None and known != (study, patient)) or (
-                    self._related_studies.get(study, patient) != patient
-                ):
-                    self._related.clear()
-                    self._related_studies.clear()
+            if cache.related:  # a check passed: backed by this row, or contradicted
+                cache.filing(values["series_uid"], values["study_uid"], patient)
             get = values.get  # (map over it: no frame per comprehension, per instance)
             for table in PARENTS:
                 attrs = ATTRS[table]
                 natural = tuple(map(get, NATURAL_KEY[table]))
-                pk, stored = self._put_parent(table, natural, tuple(map(get, attrs)))
+                pk, stored = cache.file(db, table, natural, tuple(map(get, attrs)))
                 values[PK[table]] = pk
                 values.update(zip(attrs, stored, strict=True))  # (as stored: COALESCE)
             own = list(map(get, INSTANCE_COLUMNS))
@@ -345,45 +311,17 @@ class Index:
         self.engine.later(self._db, UPSERT_INSTANCE, params)
         return result
 
-    def _put_parent(
-        self, table: str, natural: tuple[Any, ...], new: tuple[Any, ...]
-    ) -> tuple[Any, tuple[Any, ...]]:
-        """Upsert one patient/study/series row unless the cache says it is stored
-        already with these values; its surrogate key and values as stored
-        (``COALESCE`` applied)."""
-        known = self._added[table].get(natural)
-        if known is None:
-            known = self._known[table].get(natural)
-        if known is not None and known[1] == new:
-            return known  # (the usual case: one more instance of a known series)
-        if known is None:
-            if self._returning:
-                pk, *stored = self._db.execute(UPSERTS_RETURNING[table], natural + new).fetchall()[
-                    0
-                ]
-            else:
-                self._db.execute(UPSERTS[table], natural + new)
-                pk, *stored = self._db.execute(SELECT_PARENT[table], natural).fetchall()[0]
-            entry = (pk, tuple(stored))
-        elif any(n is not None and n != k for n, k in zip(new, known[1], strict=True)):
-            self._db.execute(UPSERTS[table], natural + new)
-            entry = (
-                known[0],
-                tuple(k if n is None else n for n, k in zip(new, known[1], strict=True)),
-            )
-        else:
-            entry = known
-        self._added[table][natural] = entry
-        return entry
-
     def remove(self, sop_instance_uid: str) -> None:
-        """Delete an instance row (its series/study/patient stay; see :meth:`prune`)."""
+        """Delete an instance row (its series/study/patient stay; see :meth:`prune`):
+        a rewrite (``parentcache.py``)."""
+        self._cache.rewrite(self._db)
         self._db.execute("DELETE FROM instance WHERE sop_instance_uid = ?", (sop_instance_uid,))
 
     def prune(self, series_uid: str, study_uid: str, patient_id: str) -> None:
         """Delete the series, study and patient rows with these UIDs / Patient ID that
-        are left without instances (whichever study or patient they are filed under)."""
-        self.forget()
+        are left without instances (whichever study or patient they are filed under):
+        a rewrite (``parentcache.py``)."""
+        self._cache.rewrite(self._db)
         self._db.execute(
             "DELETE FROM series WHERE series_uid = ? AND NOT EXISTS"
             " (SELECT 1 FROM instance WHERE instance.series_pk = series.series_pk)",
@@ -405,8 +343,8 @@ class Index:
         return without_deadline(self._db)
 
     def clear(self) -> None:
-        """Delete every row (for a rebuild)."""
-        self.forget()
+        """Delete every row (for a rebuild): a rewrite (``parentcache.py``)."""
+        self._cache.rewrite(self._db)
         for table in ("unflushed", *reversed(TABLES)):
             self._db.execute(f"DELETE FROM {table}")
 

@@ -43,11 +43,11 @@ _META = (
 #: A reader's session.
 _READ_ONLY = "-c default_transaction_read_only=on"
 
-#: The index write lock, and the generation under it: the UPDATE locks the row as
-#: ``SELECT ... FOR UPDATE`` would, and stamps this transaction's generation at once
-#: (others see it with the COMMIT; a ROLLBACK takes it back), so that the COMMIT
-#: needs no statement of its own for it.
-_LOCKING = "UPDATE dicomstore_index SET generation = generation + 1 RETURNING generation - 1"
+#: The index write lock: the UPDATE locks the row as ``SELECT ... FOR UPDATE`` would
+#: (and stamps a new generation on it: others see it with the COMMIT). A statement
+#: after it (READ COMMITTED) takes its snapshot once the lock is held, so it sees
+#: the previous holder's COMMIT.
+_LOCKING = "UPDATE dicomstore_index SET generation = generation + 1"
 
 #: The first key of the archive's advisory lock (``"dcst"``), the second is the schema's.
 _LOCK_CLASS = 0x64637374
@@ -161,25 +161,22 @@ class PostgresEngine(Engine):
                 db.execute("ROLLBACK")
             raise
 
-    def begin(self, db: Any, then: Statement | None = None) -> tuple[Any, Any]:
+    def begin(self, db: Any, then: Sequence[Statement] = ()) -> list[Any]:
         statements: list[Statement] = [("BEGIN", ()), (_LOCKING, ())]
         try:  # (one round trip, ``then`` too)
-            cursors = db.pipelined([*statements, *([then] if then else [])])
-            token = cursors[1].fetchone()[0]
+            cursors: list[Any] = db.pipelined([*statements, *then])
         except BaseException:
             if self.in_transaction(db):
                 db.execute("ROLLBACK")
             raise
-        return token, cursors[2] if then else None
+        return cursors[2:]
 
     def later(self, db: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         db.pending.extend((sql, row) for row in rows)
 
-    def commit(self, db: Any, token: Any) -> Any:
-        # the statements put off and the COMMIT (the generation was stamped at begin):
-        # one round trip
+    def commit(self, db: Any) -> None:
+        # the statements put off and the COMMIT: one round trip
         db.pipelined([("COMMIT", ())])
-        return token + 1
 
     def hold(self, db: Any, *, exclusive: bool) -> bool:
         # a session advisory lock, one per schema: nodes on any host share it; the

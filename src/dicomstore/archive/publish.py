@@ -78,7 +78,8 @@ answered 0000 and its temporary goes, another is answered B000; reject: C111)
 or, with replace, puts its file at the other place, commits its own row and
 then removes the first's file: the file at a committed row's path is always
 the one the row describes. The
-writer's caches are emptied when another node has committed (the generation).
+writer's caches are emptied when another node has rewritten rows (deleted,
+changed, filed a UID under a second parent: ``parentcache.py``).
 A node killed between its renames and its COMMIT loses its transaction (the
 server rolls it back when the session ends) and leaves files without rows:
 the next node to store those instances renames over them as over any file; a
