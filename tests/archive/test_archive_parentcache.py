@@ -82,6 +82,14 @@ def _filed(archive: Archive, n: int) -> tuple[str, str, str, str]:
     return row["patient_id"], row["patient_name"], row["study_uid"], row["series_uid"]
 
 
+def _filed_anew(a: Archive, counting: _Counting, n: int) -> None:
+    """``a`` stores instance ``n`` of its series: it looks its rows up again and
+    files it under the patient, study and series it names."""
+    _stored(a, n)
+    assert _lookups(counting) != []
+    assert _filed(a, n) == ("PID1", "Doe^Jane", STUDY, SERIES)
+
+
 def _a_knows_the_series(a: Archive) -> _Counting:
     """``a`` has stored two instances of the series: its rows and its check are
     cached (the second needed no lookup)."""
@@ -121,9 +129,7 @@ def test_a_delete_by_another_connection_is_seen(a: Archive) -> None:
     remove(a.root, STUDY, fsync=False)  # (`dicomstore delete`: a connection of its own)
     with Archive(a.root, fsync=False) as b:
         _stored(b, 3, patient_id="OTHER", study="1.2.3.7", series="1.2.3.7.1")
-    _stored(a, 4)
-    assert _lookups(counting) != []
-    assert _filed(a, 4) == ("PID1", "Doe^Jane", STUDY, SERIES)
+    _filed_anew(a, counting, 4)
     assert _filed(a, 3) == ("OTHER", "Doe^Jane", "1.2.3.7", "1.2.3.7.1")
     assert a.check() == []
 
@@ -131,9 +137,7 @@ def test_a_delete_by_another_connection_is_seen(a: Archive) -> None:
 def test_an_instance_deleted_by_another_connection_is_seen(a: Archive) -> None:
     counting = _a_knows_the_series(a)
     remove(a.root, "1.2.3.9.1", fsync=False)  # (the series keeps an instance)
-    _stored(a, 3)
-    assert _lookups(counting) != []
-    assert _filed(a, 3) == ("PID1", "Doe^Jane", STUDY, SERIES)
+    _filed_anew(a, counting, 3)
 
 
 def test_a_replace_that_moves_an_instance_is_seen(a: Archive) -> None:
@@ -144,9 +148,7 @@ def test_a_replace_that_moves_an_instance_is_seen(a: Archive) -> None:
     with Archive(a.root, fsync=False, on_duplicate="replace") as b:
         for n in (1, 2):
             _stored(b, n, patient_id="P2", study="1.2.3.8", series="1.2.3.8.1")
-    _stored(a, 3)
-    assert _lookups(counting) != []
-    assert _filed(a, 3) == ("PID1", "Doe^Jane", STUDY, SERIES)
+    _filed_anew(a, counting, 3)
     assert _filed(a, 1) == ("P2", "Doe^Jane", "1.2.3.8", "1.2.3.8.1")
     assert a.check() == []
 
@@ -219,9 +221,7 @@ def test_a_rebuild_by_another_connection_is_seen(a: Archive) -> None:
             other.commit()
     finally:
         other.close()
-    _stored(a, 3)
-    assert _lookups(counting) != []
-    assert _filed(a, 3) == ("PID1", "Doe^Jane", STUDY, SERIES)
+    _filed_anew(a, counting, 3)
 
 
 def test_a_writer_s_own_rewrite_counts_once_and_empties_its_cache(a: Archive) -> None:
