@@ -7,6 +7,7 @@ user identity, with the User Identity response (PS3.7 D.3.3.7).
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 from dicomstore.services.admission import Admission, AdmissionRequest
@@ -24,6 +25,8 @@ _CONGESTION = P.AssociateRJ(
 _LOCAL_LIMIT = P.AssociateRJ(
     P.REJECT_TRANSIENT, P.REJECT_SOURCE_PRESENTATION, P.REJECT_LOCAL_LIMIT_EXCEEDED
 )
+
+log = logging.getLogger("dicomstore.server")
 
 #: An A-ASSOCIATE-RJ and why (for the log and the audit).
 Rejection = tuple[P.AssociateRJ, str]
@@ -105,6 +108,20 @@ async def admit(
     ):
         answer.user_info.identity_ac = UserIdentityAC(admission.identity_response)
     return admission, None
+
+
+def association_ended(assoc: AcceptorAssociation) -> None:
+    """An association that was accepted ended: one INFO line of how and what it
+    stored (review58 L7: only its acceptance was logged), and its audit record."""
+    if assoc.t.negotiated is not None:
+        log.info(
+            "%s: association ended (%s): %d stored, %d failed",
+            assoc.t.peer,
+            assoc.outcome,
+            assoc.stored,
+            assoc.failed,
+        )
+    audit_association(assoc)
 
 
 def audit_association(assoc: AcceptorAssociation) -> None:

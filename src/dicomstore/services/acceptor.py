@@ -47,7 +47,7 @@ from dicomstore.dimse import (
 )
 from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationAborted, RemoteProtocolError
-from dicomstore.services.acceptance import admit, audit_association, over_limits
+from dicomstore.services.acceptance import admit, association_ended, over_limits
 from dicomstore.services.admission import Admission
 from dicomstore.services.same_association import SameAssociationStore, acceptor_invoker
 from dicomstore.services.storage_scp import Receiving, StorageSCP
@@ -216,7 +216,8 @@ class AcceptorAssociation:
             )
             self.outcome = "aborted: idle"
             t.abort_now()
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # (the server stopping, its grace over)
+            self.outcome = self.outcome.replace("accepted", "aborted: the server stopped")
             t.abort_now()
             raise
         except ConnectionError as exc:  # (a reset; a peer that read nothing: drain)
@@ -236,7 +237,7 @@ class AcceptorAssociation:
             if self.inflight:  # the peer left: commits finish, answers go nowhere
                 await asyncio.wait(list(self.inflight.values()))
             await t.close()
-            audit_association(self)
+            association_ended(self)
 
     def _drop_receiving(self) -> None:
         """Whatever was being received is abandoned: no file, no row."""

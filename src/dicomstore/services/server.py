@@ -308,6 +308,8 @@ class Server:
         """Associations idle between operations go right away (A-ABORT)."""
         for assoc in list(self.associations):
             if not assoc.busy:
+                if assoc.outcome == "accepted":  # (not released, not aborted yet)
+                    assoc.outcome = "aborted: the server stopped"
                 assoc.t.abort_now()
 
 

@@ -1,0 +1,51 @@
+"""An accepted association's end is one INFO line: how it ended and what it stored
+(review58 L7: only its acceptance was logged); one the server cut at its stop says so
+(L5: it was not logged, and audited as "accepted")."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from dicomstore.aio.client import associate
+from dicomstore.services.server import Server, ServerConfig
+
+
+def _ended(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "association ended" in r.getMessage()]
+
+
+def test_a_released_association_ends_in_one_line(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="dicomstore")
+
+    async def main() -> None:
+        server = Server(ServerConfig(port=0), None)
+        await server.start()
+        try:
+            async with await associate("127.0.0.1", server.port) as assoc:
+                assert (await assoc.echo()).status == 0
+        finally:
+            await server.close(grace=5)
+
+    asyncio.run(main())
+    (line,) = _ended(caplog)
+    assert line.endswith("association ended (released): 0 stored, 0 failed")
+
+
+def test_an_association_the_stop_cuts_says_so(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="dicomstore")
+
+    async def main() -> None:
+        server = Server(ServerConfig(port=0), None)
+        await server.start()
+        assoc = await associate("127.0.0.1", server.port)
+        try:
+            await server.close(grace=0)
+        finally:
+            await assoc.abort()
+
+    asyncio.run(main())
+    (line,) = _ended(caplog)
+    assert "association ended (aborted: the server stopped)" in line
