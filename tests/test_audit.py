@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import logging
 import multiprocessing
 import os
 import re
@@ -192,6 +193,76 @@ def test_a_failed_write_is_retried_and_close_reports_what_is_lost(tmp_path, monk
     stuck.instance({"n": 1})
     with pytest.raises(OSError, match="1 records not written"):
         stuck.close()
+
+
+class _Full:
+    """``os.write`` failing with ENOSPC while ``on``; ``failed`` set at each failure."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.on = True
+        self.failed = threading.Event()
+        real_write = os.write
+
+        def write(fd: int, data) -> int:
+            if self.on:
+                self.failed.set()
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(fd, data)
+
+        monkeypatch.setattr(os, "write", write)
+
+
+def test_a_failed_write_is_retried_on_a_timer_not_at_the_next_record(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """review58 L1: after a failure, the records waited for the next event."""
+    caplog.set_level(logging.INFO, logger="dicomstore.audit")
+    full = _Full(monkeypatch)
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path, retry_seconds=0.01)
+    try:
+        audit.instance({"n": 0})
+        audit.instance({"n": 1})
+        assert full.failed.wait(30)
+        assert not audit.flush(timeout=0)
+        full.on = False  # space again; no record comes
+        assert audit.flush(timeout=30)
+        assert [r["n"] for r in lines(path)] == [0, 1]
+        messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+        assert (logging.ERROR, f"cannot write the audit log {path}: [Errno 28] No space left on"
+                " device") in messages  # fmt: skip
+        assert (logging.INFO, f"audit log {path} writable again: 2 records written") in messages
+        assert audit.error is None
+    finally:
+        audit.close()
+
+
+def test_what_waits_in_memory_is_bounded_and_the_dropped_counted(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    full = _Full(monkeypatch)
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path, retry_seconds=0.01, max_held=1000)
+    try:
+        audit.instance({"n": 0, "pad": "x" * 50})
+        assert full.failed.wait(30)
+        for n in range(1, 100):
+            audit.instance({"n": n, "pad": "x" * 50})  # the caller never waits
+        assert audit.dropped > 80
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert sum("records are dropped until" in e for e in errors) == 1  # once
+        full.on = False
+        assert audit.flush(timeout=30)
+        written = [r["n"] for r in lines(path)]
+        held = list(range(100 - audit.dropped))
+        assert written == held  # the first ones, in order, up to the bound
+        assert len(path.read_bytes()) <= 1000
+        dropped = f"audit log {path}: {audit.dropped} records dropped: more than 1000 bytes"
+        assert any(m.getMessage().startswith(dropped) for m in caplog.records)
+        audit.instance({"n": 100})  # room again
+        assert audit.flush(timeout=30) and lines(path)[-1]["n"] == 100
+    finally:
+        audit.close()
 
 
 def test_a_bad_path_fails_at_construction(tmp_path) -> None:

@@ -21,11 +21,18 @@ to a queue.  A background thread takes everything queued, writes it, then
 flushes and fsyncs once for the whole batch (group commit), and loops.
 :meth:`AuditLog.close` drains the queue, so nothing is lost on a clean stop.
 A crash (or power cut) loses at most the records queued or written since the
-last fsync: the batch in flight, typically a few milliseconds' worth.  If a
-write fails (disk full), the error is logged, the lines stay queued and the
-thread retries every second (the retry rewrites the whole batch, so after a
-failure a record may appear twice, never not at all); :meth:`close` raises
-if they still cannot be written.
+last fsync: the batch in flight, typically a few milliseconds' worth.
+
+When the file cannot be written (disk full).  The error is logged once (ERROR),
+the lines stay in memory and the thread retries every ``retry_seconds`` (1 s)
+whether or not more records come (the retry rewrites the whole batch, so after
+a failure a record may appear twice, never not at all); the first batch written
+again logs ``audit log FILE writable again: N records written`` (INFO).  The
+callers never wait: storing goes on while the audit trail cannot be written.
+What waits in memory is bounded by ``max_held`` bytes of lines (32 MiB): beyond
+it a record is dropped, counted (:attr:`AuditLog.dropped`), logged at ERROR when
+the first is dropped and, with their number, once lines are written again.
+:meth:`close` raises if the lines held still cannot be written.
 
 Rotation.  When the next line would take the file beyond ``max_bytes``, the
 file is fsynced and renamed: ``path`` becomes ``path.1``, ``path.1`` becomes
@@ -56,7 +63,9 @@ log = logging.getLogger("dicomstore.audit")
 
 DEFAULT_MAX_BYTES = 64 * 2**20
 DEFAULT_BACKUPS = 10
-_RETRY_SECONDS = 1.0
+#: bytes of lines waiting to be written, at most, before records are dropped
+DEFAULT_MAX_HELD = 32 * 2**20
+RETRY_SECONDS = 1.0
 
 
 def utc_now() -> str:
@@ -73,12 +82,16 @@ class AuditLog:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         backups: int = DEFAULT_BACKUPS,
+        retry_seconds: float = RETRY_SECONDS,
+        max_held: int = DEFAULT_MAX_HELD,
     ) -> None:
-        if max_bytes <= 0 or backups < 0:
-            raise ValueError("max_bytes must be > 0 and backups >= 0")
+        if max_bytes <= 0 or backups < 0 or not retry_seconds > 0 or max_held <= 0:
+            raise ValueError("max_bytes, retry_seconds and max_held must be > 0, backups >= 0")
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.backups = backups
+        self.retry_seconds = retry_seconds
+        self.max_held = max_held
         self._fd = self._open()  # fails here, in the caller, if the path is wrong
         self._size = os.fstat(self._fd).st_size
         lock = f"{self.path}.lock"  # (the writers of this file take turns on it)
@@ -91,6 +104,9 @@ class AuditLog:
         self._queue: list[bytes] = []
         self._queued = 0  # lines ever queued
         self._durable = 0  # lines ever fsynced
+        self._held = 0  # bytes of lines queued or being written, not yet durable
+        self.dropped = 0  # records ever dropped (more than max_held waited)
+        self._dropping = 0  # records dropped since lines were last written
         self._closing = False
         self._closed = False
         self.error: OSError | None = None  # the last write error, while it lasts
@@ -121,7 +137,8 @@ class AuditLog:
         self.write(record, "commitment")
 
     def write(self, record: dict[str, Any], event: str | None = None) -> None:
-        """Queue one record; ``event`` fills in an ``"event"`` key it lacks."""
+        """Queue one record; ``event`` fills in an ``"event"`` key it lacks. Dropped
+        (counted, logged) while more than ``max_held`` bytes wait to be written."""
         entry: dict[str, Any] = {"time": utc_now()}
         if event is not None and "event" not in record:
             entry["event"] = event
@@ -130,9 +147,24 @@ class AuditLog:
         with self._cond:
             if self._closing:
                 raise ValueError("audit log is closed")
-            self._queue.append(line)
-            self._queued += 1
-            self._cond.notify_all()
+            if self._held and self._held + len(line) > self.max_held:
+                self.dropped += 1
+                self._dropping += 1
+                first, held = self._dropping == 1, self._held
+            else:
+                first = False
+                self._queue.append(line)
+                self._queued += 1
+                self._held += len(line)
+                self._cond.notify_all()
+                return
+        if first:
+            log.error(
+                "audit log %s: %d bytes of records wait to be written: records are dropped"
+                " until they are (their number is logged then)",
+                self.path,
+                held,
+            )
 
     # -- waiting and closing (not on the event loop)
 
@@ -179,31 +211,28 @@ class AuditLog:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
     def _run(self) -> None:
-        pending: list[bytes] = []
+        pending: list[bytes] = []  # taken from the queue, not yet durable
         while True:
             with self._cond:
-                while not self._queue and not self._closing:
+                while not self._queue and not pending and not self._closing:
                     self._cond.wait()
                 pending += self._queue
                 self._queue = []
                 closing = self._closing
-            if pending:
-                try:
-                    self._write_batch(pending)
-                except OSError as exc:
-                    self._failed(exc, closing)
-                    if closing:
-                        break
-                    with self._cond:  # retry later; records keep arriving meanwhile
-                        self._cond.wait_for(lambda: self._closing, timeout=_RETRY_SECONDS)
-                    continue
-                with self._cond:
-                    self._durable += len(pending)
-                    self.error = None
-                    self._cond.notify_all()
-                pending = []
-            elif closing:
-                break
+            if not pending:
+                break  # (closing, and all written)
+            try:
+                self._write_batch(pending)
+            except OSError as exc:
+                self._failed(exc, closing)
+                if closing:
+                    break
+                with self._cond:  # again after retry_seconds (at once when closing),
+                    # new records or not (review58 L1: they waited for the next one)
+                    self._cond.wait_for(lambda: self._closing, timeout=self.retry_seconds)
+                continue
+            self._written(pending)
+            pending = []
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -212,6 +241,27 @@ class AuditLog:
         if self.error is None or closing:
             log.error("cannot write the audit log %s: %s", self.path, exc)
         self.error = exc
+
+    def _written(self, lines: list[bytes]) -> None:
+        """``lines`` are durable: say so if the file was not writable, or records were
+        dropped, until now (before a flush waiting for them returns); count them."""
+        recovered = self.error is not None
+        with self._cond:
+            dropped, self._dropping = self._dropping, 0
+        if recovered:
+            log.info("audit log %s writable again: %d records written", self.path, len(lines))
+        if dropped:
+            log.error(
+                "audit log %s: %d records dropped: more than %d bytes waited to be written",
+                self.path,
+                dropped,
+                self.max_held,
+            )
+        with self._cond:
+            self._durable += len(lines)
+            self._held -= sum(len(line) for line in lines)
+            self.error = None
+            self._cond.notify_all()
 
     def _write_batch(self, lines: list[bytes]) -> None:
         """Write ``lines`` (rotating as needed) and fsync; on error none count as written.
