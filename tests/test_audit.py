@@ -111,25 +111,85 @@ def test_the_caller_never_waits_for_fsync_and_batches_share_one(tmp_path, monkey
     assert len(calls) <= 3  # the first record, then the 1000 others together
 
 
-def test_rotation_by_size_keeps_n_backups(tmp_path) -> None:
+def rotated(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir() if p.name != path.name + ".lock")
+
+
+def test_rotation_keeps_every_file_by_default(tmp_path, caplog) -> None:
+    """review58 M6: the 11th rotation deleted the oldest file, silently."""
     path = tmp_path / "audit.jsonl"
-    with AuditLog(path, max_bytes=400, backups=2) as audit:
+    with AuditLog(path, max_bytes=400) as audit:
+        for n in range(200):
+            audit.instance({"n": n, "pad": "x" * 40})
+    files = rotated(path)
+    assert len(files) > 12  # rotated more than the old 10 backups
+    assert [r["n"] for r in all_records(path, len(files) - 1)] == list(range(200))
+    assert all(0 < (tmp_path / name).stat().st_size <= 400 for name in files)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_rotation_keeps_n_files_and_warns_of_those_deleted(tmp_path, caplog) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, max_bytes=400, keep=2) as audit:
         for n in range(60):
             audit.instance({"n": n, "pad": "x" * 40})
-    files = sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock")
+    files = rotated(path)
     assert files == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]
     for name in files:
         assert 0 < (tmp_path / name).stat().st_size <= 400
     kept = [r["n"] for r in all_records(path, 2)]
     assert kept == list(range(60 - len(kept), 60))  # the newest, in order, no gaps
     per_file = 400 // len((tmp_path / "audit.jsonl.1").read_text().splitlines()[0].encode() + b"\n")
-    assert len(kept) >= 2 * per_file + 1  # two full backups and the current file
+    assert len(kept) >= 2 * per_file + 1  # two full files kept and the current file
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings and all("deleted 1 file(s)" in w and "audit.jsonl.3" in w for w in warnings)
+    assert all("--audit-log-keep" in w for w in warnings)
+
+
+def test_a_smaller_keep_deletes_the_files_beyond_it_in_one_warning(tmp_path, caplog) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, max_bytes=200) as audit:  # one record a file, every file kept
+        for n in range(6):
+            audit.instance({"n": n, "pad": "x" * 60})
+    assert len(rotated(path)) == 6  # path, .1 ... .5
+    with AuditLog(path, max_bytes=200, keep=3) as audit:
+        audit.instance({"n": 6, "pad": "x" * 60})  # rotates: .6, .5 and .4 go
+    assert rotated(path) == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2", "audit.jsonl.3"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "deleted 3 file(s)" in warning
+    assert warning.endswith("beyond the 3 kept (--audit-log-keep): audit.jsonl.6, audit.jsonl.5,"
+                            " audit.jsonl.4")  # fmt: skip
+    assert [r["n"] for r in all_records(path, 3)] == list(range(3, 7))
+
+
+def test_max_bytes_0_never_rotates(tmp_path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, max_bytes=0) as audit:
+        for n in range(100):
+            audit.instance({"n": n, "pad": "x" * 40})
+    assert rotated(path) == ["audit.jsonl"]
+    assert [r["n"] for r in lines(path)] == list(range(100))
+
+
+def test_a_file_renamed_away_is_followed_and_kept_in_order(tmp_path) -> None:
+    """logrotate's ``create``: path renamed to path.1 while open; the next batch
+    opens a new path, and the next rotation of ours moves that path.1 up too."""
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, max_bytes=400) as audit:
+        audit.instance({"n": 0})
+        assert audit.flush(timeout=30)
+        os.rename(path, path.with_name("audit.jsonl.1"))  # (by logrotate)
+        for n in range(1, 40):
+            audit.instance({"n": n, "pad": "x" * 40})
+    files = rotated(path)
+    assert len(files) > 3
+    assert [r["n"] for r in all_records(path, len(files) - 1)] == list(range(40))
 
 
 def _writer(path: str, name: str, count: int, started: Any) -> None:
     """One process's writes (``serve --workers``: each process has its AuditLog)."""
     started.wait()
-    with AuditLog(path, max_bytes=2000, backups=1000) as audit:
+    with AuditLog(path, max_bytes=2000) as audit:
         for n in range(count):
             audit.instance({"writer": name, "n": n, "pad": "z" * (n % 50)})
 
@@ -158,13 +218,17 @@ def test_several_processes_share_one_file_and_its_rotation(tmp_path) -> None:
         assert mine == list(range(400))  # every record once, in its writer's order
 
 
-def test_rotation_without_backups_and_an_oversized_line(tmp_path) -> None:
+def test_an_oversized_line_is_alone_in_its_file(tmp_path) -> None:
     path = tmp_path / "audit.jsonl"
-    with AuditLog(path, max_bytes=100, backups=0) as audit:
+    with AuditLog(path, max_bytes=100) as audit:
         audit.instance({"n": 0})
         audit.instance({"n": 1, "pad": "y" * 300})  # alone in its file, never split
         audit.instance({"n": 2})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.jsonl", "audit.jsonl.lock"]
+    assert rotated(path) == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]
+    assert [[r["n"] for r in lines(path.with_name(f"audit.jsonl.{i}"))] for i in (2, 1)] == [
+        [0],
+        [1],
+    ]
     assert [r["n"] for r in lines(path)] == [2]
 
 
@@ -269,7 +333,9 @@ def test_a_bad_path_fails_at_construction(tmp_path) -> None:
     with pytest.raises(FileNotFoundError):
         AuditLog(tmp_path / "missing-dir" / "audit.jsonl")
     with pytest.raises(ValueError):
-        AuditLog(tmp_path / "a.jsonl", max_bytes=0)
+        AuditLog(tmp_path / "a.jsonl", max_bytes=-1)
+    with pytest.raises(ValueError):
+        AuditLog(tmp_path / "a.jsonl", keep=-1)
 
 
 @pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
@@ -298,7 +364,7 @@ def test_server_audit_trail_with_our_client_and_rotation(tmp_path) -> None:
     (tmp_path / "policy.toml").write_text('[peers.MODALITY1]\n[users.alice]\n[peers."MONITOR"]\n')
     policy = Policy.load(tmp_path / "policy.toml")
     path = tmp_path / "audit.jsonl"
-    audit = AuditLog(path, max_bytes=1000, backups=50)
+    audit = AuditLog(path, max_bytes=1000)
 
     async def main():
         archive = Archive(tmp_path / "archive", fsync=False)

@@ -34,17 +34,23 @@ it a record is dropped, counted (:attr:`AuditLog.dropped`), logged at ERROR when
 the first is dropped and, with their number, once lines are written again.
 :meth:`close` raises if the lines held still cannot be written.
 
-Rotation.  When the next line would take the file beyond ``max_bytes``, the
-file is fsynced and renamed: ``path`` becomes ``path.1``, ``path.1`` becomes
-``path.2`` ... and ``path.<backups>`` is dropped; a fresh ``path`` follows.
-``backups=0`` keeps no old file.
+Rotation.  When the next line would take the file beyond ``max_bytes`` (64 MiB;
+0: never, e.g. for logrotate), the file is fsynced and renamed, and a fresh
+``path`` follows: ``path`` becomes ``path.1``, ``path.1`` becomes ``path.2`` ...
+(every ``path.<n>`` there is moved up one).  No record is ever deleted by default
+(``keep=0``: every rotated file is kept); with ``keep=N`` the files beyond
+``path.<N>`` are deleted, each rotation that does so logging a WARNING that names
+them.  A file renamed away by someone else (logrotate's ``create``) is noticed at
+the next batch, which opens a new ``path`` (see ``_follow``); logrotate's own
+numbered files are moved up with ours at our next rotation.
 
 Several processes.  The processes of ``serve --workers`` each have their own
-AuditLog on the same file.  Each batch is written (one ``write`` of whole lines,
-``O_APPEND``), rotated if need be, and fsynced under an exclusive ``flock(2)``
-on ``<path>.lock``, so lines never interleave, the size a rotation is decided by
-is the file's own (every writer's lines), and one writer rotates at a time; a
-writer whose file was rotated by another opens the new one at its next batch.
+AuditLog on the same file (and ``get --storage`` its own).  Each batch
+is written (one ``write`` of whole lines, ``O_APPEND``), rotated if need be, and
+fsynced under an exclusive ``flock(2)`` on ``<path>.lock``, so lines never
+interleave, the size a rotation is decided by is the file's own (every writer's
+lines), and one writer rotates at a time; a writer whose file was rotated by
+another opens the new one at its next batch.
 """
 
 from __future__ import annotations
@@ -62,7 +68,8 @@ from typing import Any
 log = logging.getLogger("dicomstore.audit")
 
 DEFAULT_MAX_BYTES = 64 * 2**20
-DEFAULT_BACKUPS = 10
+#: rotated files kept: 0 keeps every one (the writer deletes no record)
+DEFAULT_KEEP = 0
 #: bytes of lines waiting to be written, at most, before records are dropped
 DEFAULT_MAX_HELD = 32 * 2**20
 RETRY_SECONDS = 1.0
@@ -81,15 +88,15 @@ class AuditLog:
         path: Path | str,
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
-        backups: int = DEFAULT_BACKUPS,
+        keep: int = DEFAULT_KEEP,
         retry_seconds: float = RETRY_SECONDS,
         max_held: int = DEFAULT_MAX_HELD,
     ) -> None:
-        if max_bytes <= 0 or backups < 0 or not retry_seconds > 0 or max_held <= 0:
-            raise ValueError("max_bytes, retry_seconds and max_held must be > 0, backups >= 0")
+        if max_bytes < 0 or keep < 0 or not retry_seconds > 0 or max_held <= 0:
+            raise ValueError("max_bytes and keep must be >= 0, retry_seconds and max_held > 0")
         self.path = Path(path)
         self.max_bytes = max_bytes
-        self.backups = backups
+        self.keep = keep
         self.retry_seconds = retry_seconds
         self.max_held = max_held
         self._fd = self._open()  # fails here, in the caller, if the path is wrong
@@ -280,7 +287,8 @@ class AuditLog:
 
     def _follow(self) -> None:
         """Write to the file now at ``path`` (another writer may have rotated ours
-        away; a rotation of our own may have failed half-way), at its true size."""
+        away, or logrotate renamed it; a rotation of our own may have failed
+        half-way), at its true size."""
         if self._fd >= 0:
             mine = os.fstat(self._fd)
             try:
@@ -299,7 +307,7 @@ class AuditLog:
         chunk: list[bytes] = []
         size = self._size
         for line in lines:
-            if size > 0 and size + len(line) > self.max_bytes:
+            if self.max_bytes and size > 0 and size + len(line) > self.max_bytes:
                 self._write(chunk)
                 chunk = []
                 self._rotate()
@@ -318,20 +326,54 @@ class AuditLog:
             data = data[written:]
 
     def _rotate(self) -> None:
+        """``path`` becomes ``path.1``, every ``path.<n>`` ``path.<n+1>`` (highest
+        first: a crash half-way leaves a gap, never two files out of order); with
+        ``keep``, those beyond ``path.<keep>`` are deleted, with a WARNING."""
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1  # never write to a stale descriptor number
         name = str(self.path)
-        if self.backups == 0:
-            os.unlink(name)
-        else:
-            for i in range(self.backups - 1, 0, -1):
-                if os.path.exists(f"{name}.{i}"):
-                    os.replace(f"{name}.{i}", f"{name}.{i + 1}")
-            os.replace(name, f"{name}.1")
+        numbers = rotated_numbers(self.path)
+        for n in numbers:
+            os.replace(f"{name}.{n}", f"{name}.{n + 1}")
+        os.replace(name, f"{name}.1")
         self._fd = self._open()
         self._size = 0
+        if self.keep:
+            self._drop_beyond_keep([f"{name}.{n + 1}" for n in numbers if n + 1 > self.keep])
         _fsync_dir(self.path.parent)
+
+    def _drop_beyond_keep(self, beyond: list[str]) -> None:
+        """Delete the rotated files ``beyond`` the ``keep`` newest, saying so (WARNING);
+        one that cannot be is left for the next rotation (the batch goes on)."""
+        deleted = []
+        for old in beyond:  # (the oldest first)
+            try:
+                os.unlink(old)
+                deleted.append(Path(old).name)
+            except OSError as exc:
+                log.warning("audit log: cannot delete %s: %s", old, exc)
+        if deleted:
+            log.warning(
+                "audit log %s rotated: deleted %d file(s) of its oldest records, beyond"
+                " the %d kept (--audit-log-keep): %s",
+                self.path,
+                len(deleted),
+                self.keep,
+                ", ".join(deleted),
+            )
+
+
+def rotated_numbers(path: Path) -> list[int]:
+    """The ``n`` of each ``path.<n>`` there is, highest first."""
+    prefix = f"{path.name}."
+    found = []
+    with os.scandir(path.parent if str(path.parent) else ".") as entries:
+        for entry in entries:
+            suffix = entry.name[len(prefix) :]
+            if entry.name.startswith(prefix) and suffix.isdigit() and suffix.isascii():
+                found.append(int(suffix))
+    return sorted(found, reverse=True)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -386,18 +386,6 @@ def _cannot_open(storage: Path, exc: BaseException) -> None:
     print(line, file=sys.stderr)
 
 
-def open_audit_log(path: Path) -> Any:
-    """The audit log at ``path`` (``dicomstore.audit.AuditLog``), or ``None`` after one
-    line on stderr saying why it cannot be opened: ``serve``'s and ``get``'s."""
-    from dicomstore.audit import AuditLog
-
-    try:
-        return AuditLog(path)
-    except OSError as exc:
-        print(f"dicomstore: cannot open {path}: {exc.strerror}", file=sys.stderr)
-        return None
-
-
 def open_archive(storage: Path, **options: Any) -> Any:
     """The archive at ``storage`` (created if missing; ``options`` such as ``index`` go
     to :class:`~dicomstore.archive.Archive`), or ``None`` after one line on stderr

@@ -22,6 +22,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from dicomstore.cli.audit_options import add_audit_log, open_audit_log
 from dicomstore.cli.find import add_query_options, query_keys
 from dicomstore.cli.logs import one_line
 from dicomstore.cli.options import (
@@ -38,11 +39,9 @@ from dicomstore.cli.options import (
     add_tls_client_options,
     open_archive,
     open_association,
-    open_audit_log,
 )
 from dicomstore.cli.serve_options import (
     add_archive_policies,
-    add_audit_log,
     add_store_limits,
     archive_policies,
 )
@@ -205,7 +204,7 @@ def _store(args: argparse.Namespace, held: contextlib.ExitStack) -> tuple[Any, A
     None), each closed with ``held``; ``(None, None)`` after one line saying why not."""
     audit = None
     if args.audit_log is not None:  # (the server's file: appends from both, flock'd)
-        audit = open_audit_log(args.audit_log)
+        audit = open_audit_log(args)
         if audit is None:
             return None, None
         held.enter_context(closing(audit))

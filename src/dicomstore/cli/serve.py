@@ -11,6 +11,7 @@ from typing import Any
 
 from dicomstore.aio import loops
 from dicomstore.cli import workers
+from dicomstore.cli.audit_options import open_audit_log
 from dicomstore.cli.http_options import (
     announce,
     http_limits,
@@ -24,7 +25,6 @@ from dicomstore.cli.options import (
     _timeouts,
     log,
     open_archive,
-    open_audit_log,
     tls_failed,
 )
 from dicomstore.cli.serve_options import archive_policies
@@ -142,7 +142,7 @@ async def run(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     audit = None
     if args.audit_log is not None:
-        audit = open_audit_log(args.audit_log)
+        audit = open_audit_log(args)
         if audit is None:
             return EXIT_USAGE
     from dicomstore.archive import pg_deadline

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from dicomstore.cli.audit_options import add_audit_log
 from dicomstore.cli.http_options import add_http_options
 from dicomstore.cli.options import (
     _add_common,
@@ -408,15 +409,4 @@ def add_store_limits(parser: Any) -> None:
         default=_D.min_free_bytes,
         metavar="SIZE",
         help="answer A700 before writing when less is free, e.g. 1G (default 0)",
-    )
-
-
-def add_audit_log(parser: Any) -> None:
-    """``--audit-log`` (``dicomstore.audit``): ``serve``'s and ``get --storage``'s."""
-    parser.add_argument(
-        "--audit-log",
-        type=Path,
-        metavar="FILE",
-        help="append one JSON line per audited event (associations, stored instances, "
-        "queries, retrievals, commitments, HTTP reads; README: Security)",
     )

@@ -55,6 +55,8 @@ SHARED = (
     "max-instance-size",
     "min-free",
     "audit-log",
+    "audit-log-max-size",
+    "audit-log-keep",
 )
 #: ``DICOMSTORE_*`` variables that are not options (the archive's crash test points)
 NOT_OPTIONS = frozenset({"DICOMSTORE_CRASH_AT"})

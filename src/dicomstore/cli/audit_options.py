@@ -1,0 +1,50 @@
+"""The audit log's options (``dicomstore.audit``, PS3.15 A.5): ``--audit-log FILE`` and
+how it is rotated, shared by every command that writes audit records (``serve``,
+``get --storage``: the same file, the same rotation), and the log they open."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from dicomstore.audit import DEFAULT_KEEP, DEFAULT_MAX_BYTES, AuditLog
+from dicomstore.cli.options import _count, _size
+
+
+def add_audit_log(parser: Any) -> None:
+    """``--audit-log FILE``, ``--audit-log-max-size SIZE``, ``--audit-log-keep N``."""
+    parser.add_argument(
+        "--audit-log",
+        type=Path,
+        metavar="FILE",
+        help="append one JSON line per audited event (associations, stored instances, "
+        "queries, retrievals, commitments, HTTP reads; README: Security)",
+    )
+    parser.add_argument(
+        "--audit-log-max-size",
+        type=_size,
+        default=DEFAULT_MAX_BYTES,
+        metavar="SIZE",
+        help="rotate the audit log when it would grow beyond SIZE: FILE becomes FILE.1, "
+        "FILE.1 FILE.2 ... (default 64M; 0: never, e.g. for logrotate)",
+    )
+    parser.add_argument(
+        "--audit-log-keep",
+        type=_count,
+        default=DEFAULT_KEEP,
+        metavar="N",
+        help="rotated files of the audit log to keep: older ones are deleted, with a "
+        "WARNING (default 0: keep every one, no record is ever deleted)",
+    )
+
+
+def open_audit_log(args: argparse.Namespace) -> Any:
+    """The audit log at ``args.audit_log`` (``dicomstore.audit.AuditLog``), rotated as
+    ``args`` say, or ``None`` after one line on stderr saying why it cannot be opened."""
+    try:
+        return AuditLog(args.audit_log, max_bytes=args.audit_log_max_size, keep=args.audit_log_keep)
+    except OSError as exc:
+        print(f"dicomstore: cannot open {args.audit_log}: {exc.strerror}", file=sys.stderr)
+        return None
