@@ -31,6 +31,8 @@ def _dataset(sop: str, series: str, modality: str, number: int, **attrs: str) ->
     ds.AccessionNumber = attrs.pop("accession", "ACC1")
     ds.Modality, ds.InstanceNumber, ds.SeriesNumber = modality, number, 1
     ds.StudyDescription = "Head"
+    if "issuer" in attrs:
+        ds.IssuerOfPatientID = attrs.pop("issuer")
     buffer = pydicom.filebase.DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
     pydicom.filewriter.write_dataset(buffer, ds)
@@ -39,7 +41,12 @@ def _dataset(sop: str, series: str, modality: str, number: int, **attrs: str) ->
 
 @pytest.fixture
 def storage(tmp_path: Path) -> Path:
-    root = tmp_path / "archive"
+    return make_archive(tmp_path / "archive")
+
+
+def make_archive(root: Path) -> Path:
+    """Two patients: PID1 (Doe^Jane) with a study of two series (CT 2, MR 1), PID2
+    (Roe^Rick) with one of one US instance."""
     with Archive(root, fsync=False) as archive:
         for sop, series, modality, number, attrs in (
             ("1.2.4.1", STUDY + ".1", "CT", 1, {}),

@@ -1,4 +1,5 @@
-"""The audit trail: one JSON line per association and per C-STORE instance.
+"""The audit trail: one JSON line per audited event (an association, an instance
+stored, a query, a retrieval, a commitment, an HTTP read, a delete: PS3.15 A.5.3).
 
 ``dicomstore serve --audit-log FILE`` gives the server an :class:`AuditLog`
 (:class:`dicomstore.services.admission.AuditSink`).  Each record is the dict
@@ -45,7 +46,7 @@ the next batch, which opens a new ``path`` (see ``_follow``); logrotate's own
 numbered files are moved up with ours at our next rotation.
 
 Several processes.  The processes of ``serve --workers`` each have their own
-AuditLog on the same file (and ``get --storage`` its own).  Each batch
+AuditLog on the same file (and ``get --storage``, ``delete`` theirs).  Each batch
 is written (one ``write`` of whole lines, ``O_APPEND``), rotated if need be, and
 fsynced under an exclusive ``flock(2)`` on ``<path>.lock``, so lines never
 interleave, the size a rotation is decided by is the file's own (every writer's
@@ -142,6 +143,11 @@ class AuditLog:
         """A Storage Commitment request answered, or its report sent
         (``services/commitment_scp.py``, ``commitment_reports.py``, PS3.4 J.3)."""
         self.write(record, "commitment")
+
+    def delete(self, record: dict[str, Any]) -> None:
+        """A study, series or instance deleted (``cli/delete.py``, PS3.15 A.5.3.8
+        *DICOM Study Deleted*, or A.5.3.6 *DICOM Instances Accessed* with action D)."""
+        self.write(record, "delete")
 
     def write(self, record: dict[str, Any], event: str | None = None) -> None:
         """Queue one record; ``event`` fills in an ``"event"`` key it lacks. Dropped

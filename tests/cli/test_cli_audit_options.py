@@ -20,6 +20,7 @@ def _parsed(argv: list[str], environ: dict[str, str] | None = None):
     [
         ["serve"],
         ["get", "127.0.0.1", "104", "--storage", "x", "-k", "StudyInstanceUID=1"],
+        ["delete", "1.2.3"],
     ],
 )
 def test_every_writer_has_the_options_and_keeps_every_file_by_default(argv, tmp_path) -> None:
@@ -41,7 +42,7 @@ def test_the_options_from_the_command_line_and_the_environment(tmp_path: Path) -
     assert (audit.max_bytes, audit.keep) == (2**20, 30)
     environ = {"DICOMSTORE_AUDIT_LOG": path, "DICOMSTORE_AUDIT_LOG_MAX_SIZE": "0",
                "DICOMSTORE_AUDIT_LOG_KEEP": "5"}  # fmt: skip
-    args = _parsed(["get", "h", "104", "--storage", "x"], environ)  # (the server's file)
+    args = _parsed(["delete", "1.2.3"], environ)  # (as the server's: the same file)
     assert (str(args.audit_log), args.audit_log_max_size, args.audit_log_keep) == (path, 0, 5)
     with pytest.raises(settings.SettingsError, match="must be 0 or more"):
-        _parsed(["get", "h", "104", "--storage", "x"], {"DICOMSTORE_AUDIT_LOG_KEEP": "-1"})
+        _parsed(["delete", "1.2.3"], {"DICOMSTORE_AUDIT_LOG_KEEP": "-1"})

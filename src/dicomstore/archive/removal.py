@@ -158,6 +158,11 @@ class Removal:
     #: instances of ``uid`` not among those confirmed (``remove(only=...)``): kept
     kept: int = 0
     problems: list[str] = field(default_factory=list)
+    #: what the deleted rows belonged to (for the audit record): Study and Series
+    #: Instance UIDs, (Patient ID, Issuer of Patient ID)
+    studies: list[str] = field(default_factory=list)
+    series: list[str] = field(default_factory=list)
+    patients: list[tuple[str, str]] = field(default_factory=list)
 
 
 def leftovers(root: Path, reader: ArchiveReader, level: str | None, uid: str) -> list[Path]:
@@ -231,6 +236,9 @@ def remove(
         metacache.forget(root, (row["sop_instance_uid"] for row in rows))
         result.instances = len(rows)
         result.bytes = sum(r["file_size"] or 0 for r in rows)
+        result.studies = sorted({r["study_uid"] for r in rows})
+        result.series = sorted({r["series_uid"] for r in rows})
+        result.patients = sorted({(r["patient_id"], r["issuer"] or "") for r in rows})
         files = []
         for row in rows:
             try:

@@ -3,7 +3,7 @@
 Wired into ``dicomstore`` by ``cli/__init__.py`` (``add_parsers(subparsers)``, then
 ``run(args)``); also runs alone as ``python -m dicomstore.cli.access``.
 Exit codes: 0 success, 1 not found or failed, 2 usage error (bad option or
-filter, or ``delete`` refused without confirmation).
+filter, or ``delete`` refused without confirmation). ``delete`` is ``delete.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ from typing import Any
 
 from dicomstore import uids
 from dicomstore.cli.logs import LEVELS, add_log_format
-from dicomstore.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_index, silence_stdout
+from dicomstore.cli.options import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    add_index,
+    silence_stdout,
+)
 from dicomstore.cli.tables import table
 
 COMMANDS = ("ls", "show", "export", "stats", "delete")
@@ -36,10 +43,6 @@ _FILTERS = {
     "sop_uid": "SOPInstanceUID",
     "sender": "SourceApplicationEntityTitle",
 }
-
-
-class UsageError(Exception):
-    """Bad arguments found after parsing (exit 2)."""
 
 
 def _storage(p: argparse.ArgumentParser) -> None:
@@ -100,10 +103,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _storage(stats)
     stats.add_argument("--json", action="store_true", help="JSON for scripts")
 
-    delete = sub.add_parser("delete", help="delete a study, series or instance (rows and files)")
-    delete.add_argument("uid", help="a Study, Series or SOP Instance UID")
-    _storage(delete)
-    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    from dicomstore.cli import delete  # (its own module: the audit record, --patient-id)
+
+    delete.add_parser(sub)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,9 +115,10 @@ def run(args: argparse.Namespace) -> int:
     from dicomstore.archive.query import QueryError
     from dicomstore.archive.reader import ArchiveNotFoundError, NotStoredError
     from dicomstore.archive.schema import SchemaError
+    from dicomstore.cli import delete
 
     try:
-        return {"ls": _ls, "show": _show, "export": _export, "stats": _stats, "delete": _delete}[
+        return {"ls": _ls, "show": _show, "export": _export, "stats": _stats, "delete": delete.run}[
             args.command
         ](args)
     except (UsageError, QueryError) as exc:
@@ -398,53 +401,6 @@ def _when(epoch: float | None) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
-
-
-def _delete(args: argparse.Namespace) -> int:
-    from dicomstore.archive import layout
-    from dicomstore.archive.reader import NotStoredError
-    from dicomstore.archive.removal import finish_interrupted, leftovers, remove
-
-    reader = _reader(args)
-    uid = layout.normalize_uid(args.uid.strip())
-    settled = finish_interrupted(
-        reader.root, index=args.index
-    )  # what an interrupted delete or replace left
-    if settled:
-        print(f"removed {settled} file(s) an interrupted delete or replace left")
-    only = None  # (--yes: all it holds when it is removed)
-    try:
-        level, row = reader.locate(uid)
-        who = f"{row['patient_name'] or '?'} ({row['patient_id']})"
-        what = counted = f"{level} {uid} of {who}"
-        if not args.yes:  # what is confirmed is what goes: those counted (review50 #6)
-            key = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}.get(
-                level, "SOPInstanceUID"
-            )
-            rows = reader.search("instance", {key: uid})
-            only = frozenset(r["sop_instance_uid"] for r in rows)
-            size = sum(r["file_size"] or 0 for r in rows)
-            counted = f"{what}: {len(rows)} instance(s), {human_size(size)}"
-    except NotStoredError:
-        files = leftovers(reader.root, reader, None, uid)
-        if not files:
-            raise
-        what = counted = f"{len(files)} file(s) of {uid} left without index rows"
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise UsageError("refusing to delete without confirmation: not a terminal (use --yes)")
-        answer = input(f"Delete {counted}? [y/N] ").strip().lower()
-        if answer not in ("y", "yes"):
-            print("not deleted")
-            return EXIT_FAILED
-    result = remove(args.storage, uid, index=args.index, only=only)
-    for problem in result.problems:
-        print(f"dicomstore: {problem}", file=sys.stderr)
-    if result.level != "files":
-        counted = f"{what}: {result.instances} instance(s), {human_size(result.bytes)}"
-    since = f"; {result.kept} instance(s) stored since the count kept" if result.kept else ""
-    print(f"deleted {counted}{since}")
-    return EXIT_FAILED if result.problems else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """The audit log's options (``dicomstore.audit``, PS3.15 A.5): ``--audit-log FILE`` and
 how it is rotated, shared by every command that writes audit records (``serve``,
-``get --storage``: the same file, the same rotation), and the log they open."""
+``get --storage``, ``delete``: the same file, the same rotation), and the log they
+open."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def add_audit_log(parser: Any) -> None:
         type=Path,
         metavar="FILE",
         help="append one JSON line per audited event (associations, stored instances, "
-        "queries, retrievals, commitments, HTTP reads; README: Security)",
+        "queries, retrievals, commitments, HTTP reads, deletes; README: Security)",
     )
     parser.add_argument(
         "--audit-log-max-size",

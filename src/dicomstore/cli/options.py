@@ -49,6 +49,10 @@ EXIT_INTERRUPTED = 130
 log = logging.getLogger("dicomstore")
 
 
+class UsageError(Exception):
+    """Bad arguments found after parsing (exit 2): the access commands'."""
+
+
 def _ae_title(value: str) -> str:
     problem = ae_title_problem(value)
     if problem is not None:

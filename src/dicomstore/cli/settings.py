@@ -23,10 +23,10 @@ file, which wins over the built-in default. The other commands read only
 :data:`SHARED` from the environment (``DICOMSTORE_STORAGE`` for ``ls``,
 ``show``, ``export`` ...; ``DICOMSTORE_INDEX`` for those and ``check``,
 ``reindex``; the archive's policies, limits and audit log for ``get --storage``,
-and ``reindex``'s ``--on-relational-mismatch``). Nothing is listed twice: the
-keys, their types and their checks are the argparse definitions themselves. A value that does not
-fit, an unknown key in the file, or a file that is no TOML is one line naming
-the file or the variable (:class:`SettingsError`, exit 2).
+the audit log for ``delete``, and ``reindex``'s ``--on-relational-mismatch``).
+Nothing is listed twice: the keys, their types and their checks are the argparse
+definitions themselves. A value that does not fit, an unknown key in the file, or
+a file that is no TOML is one line naming the file or the variable (:class:`SettingsError`, exit 2).
 """
 
 from __future__ import annotations
