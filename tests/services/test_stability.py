@@ -559,6 +559,7 @@ def test_dicomstore_serve_runs_the_command_and_events_replays_it(tmp_path: Path)
     assert " yes " in subprocess.run(ls, capture_output=True, text=True).stdout
 
     events = [sys.executable, "-m", "dicomstore.cli", "events", "--storage", str(storage)]
+    events += index_option(storage)  # (a replay asks the index which studies it holds)
     listed = subprocess.run(events, capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0 and f"  {study}  1 instance(s)" in listed.stdout
     assert listed.stdout.endswith("1 event(s)\n")
@@ -623,10 +624,41 @@ def test_safe_values_pass_and_the_unused_ones_are_not_checked() -> None:
     assert command_line(["n", "{patient}"], _hostile("1.2.3", "A\\B.C")) == ["n", "A\\B.C"]
 
 
-def test_events_exec_replay_refuses_an_unsafe_value(tmp_path: Path, capsys) -> None:
+def test_events_exec_replay_refuses_an_unsafe_value(tmp_path: Path, capsys, monkeypatch) -> None:
     """`dicomstore events --exec` as serve: the event is not run, and counts as failed."""
-    from dicomstore.cli import main
+    from dicomstore.cli import events, main
 
+    monkeypatch.setattr(events, "_present", lambda args: lambda study: True)  # (no index here)
     StableLog(tmp_path, fsync=False).append(_hostile("../../EXEC_ESCAPED"))
     code = main(["events", "--storage", str(tmp_path), "--exec", "true {study}"])
     assert code == 1 and "1 replay(s) failed" in capsys.readouterr().out
+
+
+def test_events_replay_skips_the_studies_deleted_since(tmp_path: Path, capsys) -> None:
+    """review58 M5: the log keeps a deleted study's event, and a replay ran its command."""
+    from dicomstore.archive.removal import remove
+    from dicomstore.cli import main
+
+    root, out = tmp_path / "archive", tmp_path / "ran"
+    _fill(root, {"1.2.61": 1, "1.2.62": 1})
+    log = StableLog(root, fsync=False)
+    for study in ("1.2.61", "1.2.62"):
+        log.append(StableStudy(study, "PID1", 1, 1, "a", "b", "c", str(root / study)))
+    assert remove(root, "1.2.61", fsync=False).instances == 1
+    script = f"import sys; open({str(out)!r}, 'a').write(sys.argv[1] + chr(10))"
+    command = f"{sys.executable} -c {json.dumps(script)} {{study}}"
+    assert main(["events", "--storage", str(root), "--exec", command]) == 0
+    assert out.read_text() == "1.2.62\n"
+    text = capsys.readouterr().out
+    assert "not replayed: study 1.2.61 is no longer in the archive (deleted)" in text
+    assert text.endswith("2 event(s), 1 not replayed (studies deleted)\n")
+    assert main(["events", "--storage", str(root)]) == 0  # listed: the log as it is
+    assert capsys.readouterr().out.endswith("2 event(s)\n")
+
+
+def test_events_replay_refuses_without_an_index(tmp_path: Path, capsys) -> None:
+    from dicomstore.cli import main
+
+    StableLog(tmp_path, fsync=False).append(_hostile("1.2.3"))
+    assert main(["events", "--storage", str(tmp_path), "--exec", "true"]) == 1
+    assert "cannot replay: no index to tell deleted studies" in capsys.readouterr().err

@@ -11,7 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dicomstore.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _add_common, _http_url
+from dicomstore.cli.options import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    _add_common,
+    _http_url,
+    add_index,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -24,6 +31,7 @@ def add_parser(sub: Any) -> None:
         "--webhook, run them again as serve would.",
     )
     e.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
+    add_index(e)  # (a replay skips the studies the index no longer holds: deleted)
     e.add_argument(
         "--since",
         metavar="ISO8601",
@@ -57,7 +65,14 @@ def run(args: argparse.Namespace) -> int:
         for e in StableLog(args.storage).read(args.since)
         if args.study is None or e.study_uid == args.study
     ]
-    failed = 0
+    try:
+        present = _present(args) if args.exec or args.webhook else None
+    except _unreadable() as exc:
+        print(
+            f"dicomstore: cannot replay: no index to tell deleted studies: {exc}", file=sys.stderr
+        )
+        return EXIT_FAILED
+    failed = skipped = 0
     for event in events:
         if args.json:
             print(json.dumps(event.as_dict(), ensure_ascii=False))
@@ -66,6 +81,14 @@ def run(args: argparse.Namespace) -> int:
                 f"{event.stable_at}  {event.study_uid}  {event.instances} instance(s)"
                 f"  {event.series} series  {event.folder}"
             )
+        if present is not None and not present(event.study_uid):
+            skipped += 1
+            print(
+                f"dicomstore: not replayed: study {event.study_uid} is no longer in the archive"
+                " (deleted)",
+                file=sys.stderr if args.json else sys.stdout,
+            )
+            continue
         if args.exec:
             code = asyncio.run(run_command(shlex.split(args.exec), event))
             failed += code != 0
@@ -73,5 +96,32 @@ def run(args: argparse.Namespace) -> int:
             status = asyncio.run(post_event(args.webhook, event))
             failed += status is None or status >= 300
     if not args.json:
-        print(f"{len(events)} event(s)" + (f", {failed} replay(s) failed" if failed else ""))
+        print(
+            f"{len(events)} event(s)"
+            + (f", {skipped} not replayed (studies deleted)" if skipped else "")
+            + (f", {failed} replay(s) failed" if failed else "")
+        )
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _unreadable() -> tuple[type[Exception], ...]:
+    from dicomstore.archive.engine import DatabaseOrOSError
+    from dicomstore.archive.schema import SchemaError
+
+    return (SchemaError, *DatabaseOrOSError)
+
+
+def _present(args: argparse.Namespace) -> Any:
+    """Whether the archive's index holds a study now (review58 M5: a replay ran the
+    command of a deleted study), asked once per study."""
+    from dicomstore.archive.reader import ArchiveReader
+
+    reader = ArchiveReader(args.storage, index=args.index)
+    known: dict[str, bool] = {}
+
+    def present(study_uid: str) -> bool:
+        if study_uid not in known:
+            known[study_uid] = reader.count("study", {"StudyInstanceUID": study_uid}) > 0
+        return known[study_uid]
+
+    return present
