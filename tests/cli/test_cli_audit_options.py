@@ -3,12 +3,15 @@ rotated files kept, the same for every command that writes the audit log."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
 
+from dicomstore.audit import AuditLog
 from dicomstore.cli import build_parser, settings
-from dicomstore.cli.audit_options import open_audit_log
+from dicomstore.cli.audit_options import close_audit_log, open_audit_log
 
 
 def _parsed(argv: list[str], environ: dict[str, str] | None = None):
@@ -46,3 +49,19 @@ def test_the_options_from_the_command_line_and_the_environment(tmp_path: Path) -
     assert (str(args.audit_log), args.audit_log_max_size, args.audit_log_keep) == (path, 0, 5)
     with pytest.raises(settings.SettingsError, match="must be 0 or more"):
         _parsed(["delete", "1.2.3"], {"DICOMSTORE_AUDIT_LOG_KEEP": "-1"})
+
+
+def test_a_stop_while_it_cannot_be_written_is_one_error_line(tmp_path, monkeypatch, caplog) -> None:
+    """(serve's stop printed a traceback: the records lost said in one line)."""
+    path = tmp_path / "a.jsonl"
+    audit = AuditLog(path, retry_seconds=0.01)
+
+    def full(fd: int, data) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    audit.instance({"n": 1})
+    assert close_audit_log(audit) is False
+    assert caplog.messages[-1] == (
+        f"audit log {path}: 1 records not written: [Errno 28] No space left on device"
+    )

@@ -6,6 +6,7 @@ open."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,3 +50,14 @@ def open_audit_log(args: argparse.Namespace) -> Any:
     except OSError as exc:
         print(f"dicomstore: cannot open {args.audit_log}: {exc.strerror}", file=sys.stderr)
         return None
+
+
+def close_audit_log(audit: AuditLog) -> bool:
+    """Close ``audit`` (every record written); False after an ERROR line saying how
+    many records could not be written (its disk still full), not a traceback."""
+    try:
+        audit.close()
+        return True
+    except OSError as exc:
+        logging.getLogger("dicomstore.audit").error("%s", exc.strerror or exc)
+        return False

@@ -33,7 +33,7 @@ import sys
 from typing import Any
 
 from dicomstore.cli.access import _reader, _storage, human_size
-from dicomstore.cli.audit_options import add_audit_log, open_audit_log
+from dicomstore.cli.audit_options import add_audit_log, close_audit_log, open_audit_log
 from dicomstore.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 
 STUDY_DELETED = ("DICOM Study Deleted", "110105")  # PS3.15 A.5.3.8
@@ -92,19 +92,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             code = _delete_uid(args, reader, audit)
     finally:
-        if audit is not None and not _closed(audit):
+        if audit is not None and not close_audit_log(audit):
             code = EXIT_FAILED
     return code
-
-
-def _closed(audit: Any) -> bool:
-    """Close ``audit`` (its records on disk); False after one line when it could not."""
-    try:
-        audit.close()
-        return True
-    except OSError as exc:
-        print(f"dicomstore: {exc.strerror or exc}", file=sys.stderr)
-        return False
 
 
 def _confirmed(args: argparse.Namespace, counted: str) -> bool:

@@ -22,7 +22,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from dicomstore.cli.audit_options import add_audit_log, open_audit_log
+from dicomstore.cli.audit_options import add_audit_log, close_audit_log, open_audit_log
 from dicomstore.cli.find import add_query_options, query_keys
 from dicomstore.cli.logs import one_line
 from dicomstore.cli.options import (
@@ -207,7 +207,7 @@ def _store(args: argparse.Namespace, held: contextlib.ExitStack) -> tuple[Any, A
         audit = open_audit_log(args)
         if audit is None:
             return None, None
-        held.enter_context(closing(audit))
+        held.callback(close_audit_log, audit)
     if args.output_dir is not None:
         from dicomstore.services.folder_store import FolderStore
 

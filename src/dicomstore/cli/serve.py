@@ -11,7 +11,7 @@ from typing import Any
 
 from dicomstore.aio import loops
 from dicomstore.cli import workers
-from dicomstore.cli.audit_options import open_audit_log
+from dicomstore.cli.audit_options import close_audit_log, open_audit_log
 from dicomstore.cli.http_options import (
     announce,
     http_limits,
@@ -163,7 +163,7 @@ async def run(args: argparse.Namespace) -> int:
         return await _serve(args, config, archive, gatekeeper, audit, https)
     finally:
         if audit is not None:
-            audit.close()  # drains: every record of this run is on disk
+            close_audit_log(audit)  # drains: every record of this run is on disk
         archive.close()
 
 
