@@ -162,6 +162,18 @@ def test_a_smaller_keep_deletes_the_files_beyond_it_in_one_warning(tmp_path, cap
     assert [r["n"] for r in all_records(path, 3)] == list(range(3, 7))
 
 
+def test_files_named_like_rotated_ones_but_not_ours_are_left_alone(tmp_path) -> None:
+    path = tmp_path / "audit.jsonl"
+    for name in ("audit.jsonl.0", "audit.jsonl.01", "audit.jsonl.2.gz", "audit.jsonl.x"):
+        (tmp_path / name).write_text(name)
+    with AuditLog(path, max_bytes=100) as audit:
+        for n in range(3):
+            audit.instance({"n": n, "pad": "x" * 60})
+    for name in ("audit.jsonl.0", "audit.jsonl.01", "audit.jsonl.2.gz", "audit.jsonl.x"):
+        assert (tmp_path / name).read_text() == name
+    assert [r["n"] for r in all_records(path, 2)] == [0, 1, 2]
+
+
 def test_max_bytes_0_never_rotates(tmp_path) -> None:
     path = tmp_path / "audit.jsonl"
     with AuditLog(path, max_bytes=0) as audit:

@@ -27,8 +27,8 @@ last fsync: the batch in flight, typically a few milliseconds' worth.
 When the file cannot be written (disk full).  The error is logged once (ERROR),
 the lines stay in memory and the thread retries every ``retry_seconds`` (1 s)
 whether or not more records come (the retry rewrites the whole batch, so after
-a failure a record may appear twice, never not at all); the first batch written
-again logs ``audit log FILE writable again: N records written`` (INFO).  The
+a failure a record may appear more than once, never not at all); the first batch
+written again logs ``audit log FILE writable again: N records written`` (INFO).  The
 callers never wait: storing goes on while the audit trail cannot be written.
 What waits in memory is bounded by ``max_held`` bytes of lines (32 MiB): beyond
 it a record is dropped, counted (:attr:`AuditLog.dropped`), logged at ERROR when
@@ -280,7 +280,7 @@ class AuditLog:
         """Write ``lines`` (rotating as needed) and fsync; on error none count as written.
 
         A partial batch may have reached the file before an error; the retry
-        writes it again, so a record can appear twice but is never missing.
+        writes it again, so a record can appear more than once but is never missing.
         Under the writers' lock (module docstring: several processes).
         """
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
@@ -377,7 +377,8 @@ def rotated_numbers(path: Path) -> list[int]:
     with os.scandir(path.parent if str(path.parent) else ".") as entries:
         for entry in entries:
             suffix = entry.name[len(prefix) :]
-            if entry.name.startswith(prefix) and suffix.isdigit() and suffix.isascii():
+            ours = suffix.isascii() and suffix.isdigit() and suffix[0] != "0"  # (not FILE.01)
+            if entry.name.startswith(prefix) and ours:
                 found.append(int(suffix))
     return sorted(found, reverse=True)
 
