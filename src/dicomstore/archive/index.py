@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Sequence
 from contextlib import AbstractContextManager, closing
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ from dicomstore.archive.schema import (
     STUDY_ELSEWHERE,
     TABLES,
     UPSERT_INSTANCE,
+    Arrivals,
     create_or_migrate,
     patient_key,
 )
@@ -106,7 +107,8 @@ class Index:
         self.timeout = timeout
         self.lock = threading.RLock()
         #: the tables were made anew from an older schema: fill them from the files
-        self.rebuild = False
+        #: (what its rows said of each instance's arrival, ``schema.create_or_migrate``)
+        self.rebuild: Arrivals | None = None
         self.durable = durable
         self._deferring = False  # (defer_flushes)
         #: the archive lock this writer's session holds (``hold``): None, shared or exclusive
@@ -347,6 +349,13 @@ class Index:
         self._cache.rewrite(self._db)
         for table in ("unflushed", *reversed(TABLES)):
             self._db.execute(f"DELETE FROM {table}")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """(In the open transaction.) A statement of another archive module, on a
+        table of its own (``rebuild.mark``); never on patient, study, series or
+        instance, whose rows only the methods above write, counting each rewrite
+        (``parentcache.py``)."""
+        self._db.execute(sql, params)
 
     def close(self) -> None:
         """Close the writer connection (and the readers kept)."""

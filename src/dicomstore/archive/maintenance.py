@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomstore.archive import digests as data_digests
-from dicomstore.archive import layout, nodes
+from dicomstore.archive import layout, nodes, rebuild
 from dicomstore.archive.dicomfile import dataset_offset, read_header
 from dicomstore.archive.engine import engine_for
 from dicomstore.archive.fields import index_fields
@@ -21,6 +21,7 @@ from dicomstore.archive.identity import check_storage
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import dicom_files
 from dicomstore.archive.relations import Relations
+from dicomstore.archive.schema import Arrivals
 
 log = logging.getLogger("dicomstore.archive")
 
@@ -168,10 +169,18 @@ def reindex_archive(
     damaged: list[str] | None = None,
     *,
     on_relational_mismatch: str = "reject",
+    arrivals: Arrivals | None = None,
 ) -> int:
     """Replace the index by what the files say; the number of instances indexed.
 
-    Received-at becomes the file's modification time. Two files with one SOP
+    Each instance keeps the arrival (``received_at``) the index had, and each
+    patient, study and series the attributes (``rebuild.Kept``); the others'
+    arrival is their file's modification time, and they are put in the order of
+    arrival, so that the latest received gives its parents' attributes (review58
+    H2); the latest arrival so made up is the mark that tells them from arrivals
+    (review58 H1: ``rebuild.py``). ``arrivals``: the index's tables were made
+    anew from an older schema, whose rows said that of each instance
+    (``schema.create_or_migrate``). Two files with one SOP
     Instance UID (a replace or delete a crash interrupted, where nothing
     settled it, or a copy put in by hand): the one the index names now wins
     if it is among them, else the most recently written (modification time,
@@ -189,6 +198,7 @@ def reindex_archive(
     """
     told = left_out if left_out is not None else []
     recorded = {uid: (path, size, digest) for uid, path, size, digest in index.paths()}
+    kept = rebuild.kept(index) if arrivals is None else rebuild.Kept(arrivals)
     chosen: dict[str, dict[str, Any]] = {}
     for path in dicom_files(root):
         relpath = path.relative_to(root).as_posix()
@@ -225,12 +235,14 @@ def reindex_archive(
                     " when it was stored; those are kept (check reports it): restore the file"
                     " from a copy, or delete the instance"
                 )
+    through = kept.apply(chosen.values(), datetime.now(UTC).isoformat(timespec="microseconds"))
     with index.lock, index.without_deadline():  # (a COMMIT of every row: long)
         index.begin()
         try:
             index.clear()
             judge = on_relational_mismatch == "reject"
             count = _put_judged(index, chosen, recorded if judge else None, told)
+            rebuild.mark(index, through)
             index.commit()
         except BaseException:
             index.rollback()
@@ -244,24 +256,25 @@ def _put_judged(
     recorded: dict[str, Any] | None,
     told: list[str],
 ) -> int:
-    """Index the rows ``chosen``: those of files the index held as they were (stored
-    under the policy of their time); the others (put in by hand) oldest first, each
+    """Index the rows ``chosen``, in order of arrival (:func:`_arrival`): those of
+    files the index held first, as they were (stored under the policy of their
+    time); then the others (put in by hand), each
     left out when the rows before it file its series under another study or its
     study under another patient (review54 F7: a study of two patients, ``check``
     clean). ``recorded`` None (the policy "accept") or empty (an index lost, or of
     an older schema: its files were taken in by the policy of their time, which the
     files do not say; review55 M2): none judged."""
     if not recorded:
-        for row in chosen.values():
+        for row in sorted(chosen.values(), key=_arrival):
             index.put(row)
         return len(chosen)
     held = [row for uid, row in chosen.items() if recorded.get(uid, (None,))[0] == row["path"]]
     new = [row for uid, row in chosen.items() if recorded.get(uid, (None,))[0] != row["path"]]
-    for row in held:
+    for row in sorted(held, key=_arrival):
         index.put(row)
     put = len(held)
     relations = Relations(index)
-    for row in sorted(new, key=lambda r: (r["received_at"], r["path"])):
+    for row in sorted(new, key=_arrival):
         refused = relations.check(row)
         if refused is not None:
             told.append(
@@ -273,6 +286,12 @@ def _put_judged(
         relations.add(row)
         put += 1
     return put
+
+
+def _arrival(row: dict[str, Any]) -> tuple[str, str]:
+    """The order rows are put in: of arrival, then of path (review58 H2: the order of
+    the folders gave each patient the attributes of the file whose study sorted last)."""
+    return row["received_at"], row["path"]
 
 
 def _unreadable(exc: Exception) -> str:

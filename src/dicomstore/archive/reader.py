@@ -30,6 +30,7 @@ from dicomstore.archive.engine import (
 )
 from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.index import unflushed_keys
+from dicomstore.archive.rebuild import rebuilt_through
 from dicomstore.archive.schema import SAME_TABLES, SCHEMA_VERSION, SchemaError
 from dicomstore.archive.storage import Storage
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
@@ -104,6 +105,12 @@ class ArchiveReader:
     def connect(self) -> Connection:
         """A new read-only connection to the index (close it when done)."""
         return self.engine.reader(self.timeout)  # type: ignore[no-any-return]
+
+    def rebuilt_through(self) -> str:
+        """The mark of the last rebuild of the index from the files (``rebuild.py``):
+        an instance received at or before it is no arrival ('': none was made)."""
+        with self._db() as db:
+            return rebuilt_through(self.engine, db)
 
     @contextmanager
     def _db(self) -> Iterator[Connection]:

@@ -122,6 +122,15 @@ CREATE TABLE IF NOT EXISTS rewrites (
 );
 INSERT INTO rewrites (one, n) VALUES (1, 0) ON CONFLICT (one) DO NOTHING;
 """
+#: The rebuild watermark (``rebuild.py``): one row, the latest arrival a rebuild of
+#: the index from the files took from a file's modification time. Made at every open
+#: of the index by its writer, as ``unflushed`` (an older dicomstore ignores it).
+REBUILT = """
+CREATE TABLE IF NOT EXISTS rebuilt (received_at TEXT NOT NULL);
+"""
+#: (Of an index of an older schema, dropped:) SOP Instance UID -> (path, received_at)
+#: as its rows had them, for :func:`create_or_migrate`'s rebuild from the files.
+Arrivals = dict[str, tuple[str, str]]
 INDEX_NAMES = tuple(line.split()[5] for line in INDEXES.split(";") if "CREATE INDEX" in line)
 
 #: Columns of each table, in insertion order (the first one is the key).
@@ -253,11 +262,12 @@ class SchemaError(RuntimeError):
     """The index was made by another version of dicomstore."""
 
 
-def create_or_migrate(engine: Any, db: Any, where: str, *, migrate: bool) -> bool:
+def create_or_migrate(engine: Any, db: Any, where: str, *, migrate: bool) -> Arrivals | None:
     """Make the tables and indexes of this version in the index ``db`` of ``engine``
-    (``engine.Engine``; ``where`` names it in messages); True when the tables of an
-    older schema were dropped and made anew (``migrate``), to be filled from the
-    files. Raises :class:`SchemaError` for a newer schema, or an older one without
+    (``engine.Engine``; ``where`` names it in messages). When the tables of an older
+    schema were dropped and made anew (``migrate``), to be filled from the files:
+    what its instance rows said of their arrival (:func:`_arrivals`), else None.
+    Raises :class:`SchemaError` for a newer schema, or an older one without
     ``migrate``."""
     version = engine.version(db)
     if version == SCHEMA_VERSION or version in SAME_TABLES:
@@ -268,26 +278,45 @@ def create_or_migrate(engine: Any, db: Any, where: str, *, migrate: bool) -> boo
             engine.create(db, engine.ddl(UNFLUSHED), None)
         if "rewrites" not in tables:  # (schema 5: made before the stamp says it is)
             engine.create(db, engine.ddl(REWRITES), None)
+        if "rebuilt" not in tables:  # (added since, as unflushed)
+            engine.create(db, engine.ddl(REBUILT), None)
         if version != SCHEMA_VERSION:  # the same tables: a new stamp, before this
             # writer records a digest an older dicomstore would take for damage (even
             # `check`'s recovery, which opens without ``migrate``, adopts files), or
             # writes what an older one would rewrite without counting
             engine.create(db, "", SCHEMA_VERSION)
-        return False
+        return None
     if version > SCHEMA_VERSION:
         raise SchemaError(
             f"{where}: index schema {version} is newer than this dicomstore's ({SCHEMA_VERSION})"
         )
-    drop = ""
+    drop, arrivals = "", None
     if version:  # an older schema: the files are the truth, the index is rebuilt
         if not migrate:
             raise SchemaError(
                 f"{where}: index schema {version} is older than {SCHEMA_VERSION}:"
                 " run `dicomstore reindex` (or start `dicomstore serve` once)"
             )
+        arrivals = _arrivals(engine, db)
         # (a node's journal left by a crash is replayed after this, at start-up:
         # its replay tells a lost COMMIT from a delete by the rows and ``unflushed``,
         # both dropped here. The next schema change must replay first, or keep them)
         drop = "".join(f"DROP TABLE IF EXISTS {t};" for t in ("unflushed", *reversed(TABLES)))
-    engine.create(db, drop + engine.ddl(SCHEMA + INDEXES + UNFLUSHED + REWRITES), SCHEMA_VERSION)
-    return bool(version)
+    engine.create(
+        db, drop + engine.ddl(SCHEMA + INDEXES + UNFLUSHED + REWRITES + REBUILT), SCHEMA_VERSION
+    )
+    return arrivals
+
+
+def _arrivals(engine: Any, db: Any) -> Arrivals:
+    """What the instance rows of an index of an older schema say of each instance's
+    arrival (schema 1's have ``path`` and ``received_at``; none if they do not): the
+    receive order its rebuild keeps (review58 H2: the file whose study sorted last gave
+    each patient's name, a correction undone)."""
+    if "instance" not in engine.table_names(db):
+        return {}
+    columns = {d[0] for d in db.execute("SELECT * FROM instance LIMIT 0").description}
+    if not {"sop_instance_uid", "path", "received_at"} <= columns:
+        return {}
+    sql = "SELECT sop_instance_uid, path, received_at FROM instance"
+    return {uid: (path, at) for uid, path, at in db.execute(sql)}

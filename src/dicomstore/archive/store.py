@@ -162,9 +162,12 @@ class Archive:
             #: instances indexed anew because the index had an older schema
             self.reindexed = (
                 reindex_archive(
-                    self.root, self.index, on_relational_mismatch=self.on_relational_mismatch
+                    self.root,
+                    self.index,
+                    on_relational_mismatch=self.on_relational_mismatch,
+                    arrivals=self.index.rebuild,
                 )
-                if self.index.rebuild
+                if self.index.rebuild is not None
                 else None
             )
             self._publisher = Publisher(
