@@ -116,23 +116,29 @@ def _sha256(path: Path) -> str:
 
 def _stamp(archive: Archive, version: int) -> None:
     """Record ``version`` as the index's schema version (as that dicomstore did), with
-    the tables of that version (before 5: no count of rewrites)."""
+    the tables of that version (before 5: no count of rewrites; before 6: no mark of
+    the last rebuild)."""
     engine, db = archive.index.engine, archive.index._db
     if version < 5:
         engine.create(db, "DROP TABLE IF EXISTS rewrites;", None)
+    if version < 6:
+        engine.create(db, "DROP TABLE IF EXISTS rebuilt;", None)
     engine.create(db, "", version)
 
 
 @pytest.mark.parametrize(
-    ("version", "algorithm"), [(2, digests.SHA256), (3, digests.BLAKE3), (4, digests.XXH3)]
+    ("version", "algorithm"),
+    [(2, digests.SHA256), (3, digests.BLAKE3), (4, digests.XXH3), (5, digests.XXH3)],
 )
-def test_an_index_of_an_older_version_is_stamped_5_not_rebuilt(
+def test_an_index_of_an_older_version_is_stamped_6_not_rebuilt(
     tmp_path: Path, version: int, algorithm: str
 ) -> None:
-    """Versions 2 (digests SHA-256), 3 (BLAKE3) and 4 (XXH3) have the same tables but
-    the count of rewrites: opened as they are (readers too), a writer adds it and
-    stamps them 5, so that a dicomstore of an older version, which would read 'xxh3:'
-    digests as damage or rewrite rows without counting, refuses it from then on."""
+    """Versions 2 (digests SHA-256), 3 (BLAKE3), 4 (XXH3) and 5 (the count of rewrites)
+    have the same tables but the count of rewrites (before 5) and the mark of the last
+    rebuild: opened as they are (readers too: no mark), a writer adds them and stamps
+    them 6, so that a dicomstore of an older version, which would read 'xxh3:' digests
+    as damage, rewrite rows without counting or take rebuilt rows for new arrivals,
+    refuses it from then on."""
     root = tmp_path / "root"
     with Archive(root, fsync=False) as archive:
         store(archive, DATA)
@@ -140,11 +146,13 @@ def test_an_index_of_an_older_version_is_stamped_5_not_rebuilt(
         _stamp(archive, version)
         assert archive.index.engine.version(archive.index._db) == version
     assert [row["sop_instance_uid"] for row in ArchiveReader(root).instances()] == [UID]
+    assert ArchiveReader(root).rebuilt_through() == ""
     with Archive(root, fsync=False) as archive:
         assert archive.reindexed is None  # not rebuilt from the files
         db = archive.index._db
-        assert archive.index.engine.version(db) == SCHEMA_VERSION == 5
+        assert archive.index.engine.version(db) == SCHEMA_VERSION == 6
         assert db.execute("SELECT one, n FROM rewrites").fetchall() == [(1, 0)]
+        assert db.execute("SELECT received_at FROM rebuilt").fetchall() == []
         assert digests.algorithm_of(archive.get_instance(UID)["digest"]) == algorithm
         assert archive.check() == []
         second = dataset("1.2.3.4.5.6.8", patient_name="Digest^Test", pixels=4096)
@@ -235,7 +243,7 @@ def test_a_duplicate_that_cannot_be_compared_is_a700(
 
 def test_check_restamps_an_index_of_schema_3_before_it_adopts_a_file(tmp_path: Path) -> None:
     """``check`` opens the index without ``migrate`` and may adopt files a crash left
-    (recording ``xxh3:`` digests): the index is stamped 5 first, so that a dicomstore
+    (recording ``xxh3:`` digests): the index is stamped 6 first, so that a dicomstore
     of schema 3 refuses it rather than take those digests for damage."""
     from dicomstore.archive.maintenance import run_check
 
@@ -246,4 +254,4 @@ def test_check_restamps_an_index_of_schema_3_before_it_adopts_a_file(tmp_path: P
     assert run_check(root, fsync=False) == []
     reader = ArchiveReader(root)
     with closing(reader.connect()) as db:
-        assert reader.engine.version(db) == SCHEMA_VERSION == 5
+        assert reader.engine.version(db) == SCHEMA_VERSION == 6

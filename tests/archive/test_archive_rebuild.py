@@ -17,6 +17,7 @@ from archive_testlib import dataset, store
 
 from dicomstore.archive import SUCCESS, Archive
 from dicomstore.archive.reader import ArchiveReader
+from dicomstore.archive.schema import SCHEMA_VERSION
 
 A_STUDY, B_STUDY = "1.2.9.1", "1.2.1.1"  # (the study first received sorts last)
 #: (SOP Instance UID, study, series, Patient's Name, Sex, Study Description,
@@ -170,6 +171,9 @@ def test_an_index_of_schema_1_is_rebuilt_in_the_order_it_received(tmp_path: Path
     db.close()
     with Archive(root, fsync=False) as archive:
         assert archive.reindexed == 3
+        db = archive.index._db  # (made anew: schema 6, the rebuild counted once)
+        assert archive.index.engine.version(db) == SCHEMA_VERSION == 6
+        assert db.execute("SELECT one, n FROM rewrites").fetchall() == [(1, 1)]
         assert _shown(archive) == SHOWN
         assert _arrivals(archive) == {uid: at for uid, _series, at, _path in rows}
         assert ArchiveReader(root).rebuilt_through() == ""

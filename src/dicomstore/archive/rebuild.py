@@ -64,7 +64,7 @@ _PARENT_ROWS = {
 def rebuilt_through(engine: Any, db: Any) -> str:
     """The mark in the index ``db`` of ``engine`` (module notes): '' when no rebuild
     left one (it compares below every ``received_at``, ISO 8601 text)."""
-    if "rebuilt" not in engine.table_names(db):  # (an index no writer of ours opened yet)
+    if "rebuilt" not in engine.table_names(db):  # (schema 5 or older, no writer opened yet)
         return ""
     row = db.execute("SELECT MAX(received_at) FROM rebuilt").fetchone()
     return str(row[0]) if row and row[0] else ""

@@ -1,4 +1,4 @@
-"""The index schema (version 5) and the SQL the writer and readers share.
+"""The index schema (version 6) and the SQL the writer and readers share.
 
 Patient / study / series / instance, linked by surrogate keys (``*_pk``):
 a series row is one Series Instance UID *in one study*, a study row one Study
@@ -15,16 +15,19 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: Older versions with the tables of this one, opened as they are (a writer adds
-#: :data:`REWRITES` and stamps them :data:`SCHEMA_VERSION`): 2 recorded every
-#: digest as SHA-256, 3 also as ``blake3:``, 4 also as ``xxh3:`` (``digests.py``),
-#: which a dicomstore of an older version would misread (its ``check`` would report
-#: every new instance); 5 counts the rewrites (``parentcache.py``), which a
-#: dicomstore of an older version would delete and change rows without counting
-#: (another writer's cache would then file instances under rows that are gone):
-#: it refuses a newer schema.
-SAME_TABLES = frozenset({2, 3, 4})
+#: :data:`REWRITES` and :data:`REBUILT` and stamps them :data:`SCHEMA_VERSION`): 2
+#: recorded every digest as SHA-256, 3 also as ``blake3:``, 4 also as ``xxh3:``
+#: (``digests.py``), which a dicomstore of an older version would misread (its
+#: ``check`` would report every new instance); 5 counts the rewrites
+#: (``parentcache.py``), which a dicomstore of an older version would delete and
+#: change rows without counting (another writer's cache would then file instances
+#: under rows that are gone); 6 keeps the mark of the last rebuild from the files
+#: (``rebuild.py``), which a dicomstore of an older version would ignore (its
+#: ``reindex`` would keep no arrival, its forwarding and study-complete events would
+#: take the rebuilt instances for new arrivals): it refuses a newer schema.
+SAME_TABLES = frozenset({2, 3, 4, 5})
 
 # Surrogate keys (``*_pk``) link the levels, so that one Series Instance UID
 # can be filed under two studies and one Study Instance UID under two patients
@@ -114,7 +117,7 @@ CREATE TABLE IF NOT EXISTS unflushed (
 #: The count of rewrites (``parentcache.py``): one row, incremented by each transaction
 #: that deletes or changes a patient/study/series/instance row or files a UID under a
 #: second parent, read at each writer transaction's start. Made at every open of the
-#: index by its writer when absent (an index of schema 4), before it is stamped 5.
+#: index by its writer when absent (an index of schema 2 to 4), before it is stamped.
 REWRITES = """
 CREATE TABLE IF NOT EXISTS rewrites (
     one INTEGER NOT NULL PRIMARY KEY CHECK (one = 1),
@@ -124,7 +127,8 @@ INSERT INTO rewrites (one, n) VALUES (1, 0) ON CONFLICT (one) DO NOTHING;
 """
 #: The rebuild watermark (``rebuild.py``): one row, the latest arrival a rebuild of
 #: the index from the files took from a file's modification time. Made at every open
-#: of the index by its writer, as ``unflushed`` (an older dicomstore ignores it).
+#: of the index by its writer when absent (an index of schema 2 to 5), before it is
+#: stamped 6.
 REBUILT = """
 CREATE TABLE IF NOT EXISTS rebuilt (received_at TEXT NOT NULL);
 """
@@ -278,12 +282,13 @@ def create_or_migrate(engine: Any, db: Any, where: str, *, migrate: bool) -> Arr
             engine.create(db, engine.ddl(UNFLUSHED), None)
         if "rewrites" not in tables:  # (schema 5: made before the stamp says it is)
             engine.create(db, engine.ddl(REWRITES), None)
-        if "rebuilt" not in tables:  # (added since, as unflushed)
+        if "rebuilt" not in tables:  # (schema 6: made before the stamp says it is)
             engine.create(db, engine.ddl(REBUILT), None)
         if version != SCHEMA_VERSION:  # the same tables: a new stamp, before this
             # writer records a digest an older dicomstore would take for damage (even
             # `check`'s recovery, which opens without ``migrate``, adopts files), or
-            # writes what an older one would rewrite without counting
+            # writes what an older one would rewrite without counting, or leaves a
+            # rebuild's mark an older one would ignore
             engine.create(db, "", SCHEMA_VERSION)
         return None
     if version > SCHEMA_VERSION:
