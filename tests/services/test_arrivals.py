@@ -104,3 +104,27 @@ def test_the_events_leave_out_what_a_last_event_covered(tmp_path: Path) -> None:
         assert asyncio.run(run()) == ["1.2.63"]
     finally:
         archive.close()
+
+
+def test_what_a_rebuild_took_from_the_files_is_no_arrival(tmp_path: Path) -> None:
+    """review58 H1: the first look (the slack back) handed the instances a reindex had
+    just taken in from the files (their times a restore's) to forwarding and the
+    events as new; the rebuild's mark (archive/rebuild.py) leaves them out."""
+    root = tmp_path / "archive"
+    here = Archive(root, fsync=False)
+    try:
+        _store(here, "1.2.64.1.1", study="1.2.64")
+        with here.index.lock:  # (the index lost: a restore of the files)
+            here.index.begin()
+            here.index.clear()
+            here.index.commit()
+        assert here.reindex() == 1
+        arrivals = OtherArrivals(ArchiveReader(root), lambda rows: None)
+        there = Archive(root, fsync=False)  # a second node stores
+        try:
+            _store(there, "1.2.64.1.2", study="1.2.64")
+            assert [r["sop_instance_uid"] for r in arrivals.look()] == ["1.2.64.1.2"]
+        finally:
+            there.close()
+    finally:
+        here.close()

@@ -6,7 +6,10 @@ queue has not seen, are queued again (an entry already there is kept), so that
 an instance acknowledged just before a crash is forwarded all the same. A rule
 applies to what is stored while it is configured: one added to the
 configuration does not send the archive's past. A study that becomes stable is
-queued from the index the same way (:func:`add_study`).
+queued from the index the same way (:func:`add_study`). An instance received by
+the mark of the index's last rebuild from the files (``archive/rebuild.py``: a
+restore, an index lost) is never queued again (review58 H1: its arrival time was
+the file's, the whole archive went again, to a rule added since too).
 """
 
 from __future__ import annotations
@@ -53,9 +56,10 @@ def recover(
     if observed is None:  # a new queue: nothing stored before it is forwarded
         queue.set_watermark("observed", now)
     elif any(rule.when == "instance" for rule in rules):
-        floor = shifted(observed, -SLACK)
+        floor, rebuilt = shifted(observed, -SLACK), reader.rebuilt_through()
         with closing(reader.connect()) as db:
-            cursor = db.execute(f"{_ROW} WHERE i.received_at >= ?", (floor,))
+            sql = f"{_ROW} WHERE i.received_at >= ? AND i.received_at > ?"
+            cursor = db.execute(sql, (floor, rebuilt))
             added = _add_rows(queue, rules, since, _rows(cursor), "instance", batch)
     return added + _recover_stable(reader, queue, rules, since)
 
@@ -110,14 +114,15 @@ def add_study(
     """Queue the instances of a stable study for the ``when=stable`` rules: those its
     event ``before`` (of the same study, if any) did not cover, the instances that
     arrived after it (review49 #6: every instance was, and a late one after the queue
-    forgot what it sent, an hour on, sent the whole study again). Blocking."""
+    forgot what it sent, an hour on, sent the whole study again); never those the
+    index was rebuilt with (module notes). Blocking."""
     items: list[Queued] = []
-    sql, params = f"{_ROW} WHERE st.study_uid = ?", [event.study_uid]
+    floor = reader.rebuilt_through()
     if before is not None:  # (covered: arrived by its last one, +1 ms of rounding)
-        sql += " AND i.received_at > ?"
-        params.append(shifted(before.last_received, 0.001))
+        floor = max(floor, shifted(before.last_received, 0.001))
+    sql = f"{_ROW} WHERE st.study_uid = ? AND i.received_at > ?"
     with closing(reader.connect()) as db:
-        cursor = db.execute(sql, tuple(params))
+        cursor = db.execute(sql, (event.study_uid, floor))
         for row in _rows(cursor):
             items.extend(entries_for(rules, since, row, "stable", event.stable_at))
     added = queue.add(items, stable=(event.study_uid, event.stable_at))

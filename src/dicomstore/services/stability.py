@@ -20,8 +20,11 @@ keeps the last arrival per study, and when a study has been quiet long enough:
 A restart loses nothing: studies whose newest instance in the index arrived
 after their last logged event (or that have none) are waited for again, from
 that instance's arrival time (:meth:`StudyStability.recover`; a server reads the
-index for them while it already serves, :meth:`StudyStability.catch_up`). A failing hook,
-command or webhook is logged; the event stays in the log.
+index for them while it already serves, :meth:`StudyStability.catch_up`). The
+instances received by the mark of the index's last rebuild from the files
+(``archive/rebuild.py``: a restore, an index lost) are no arrivals (review58 H1:
+every study of a restored archive was stable again, its command run again). A
+failing hook, command or webhook is logged; the event stays in the log.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from typing import Any
 
 from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
+from dicomstore.archive.rebuild import rebuilt_through
 from dicomstore.archive.schema import FROM_JOIN
 from dicomstore.services.stable_log import (
     StableLog,
@@ -181,15 +185,19 @@ class StudyStability:
             "SELECT st.study_uid, p.patient_id, MIN(i.received_at), MAX(i.received_at),"
             " MIN(i.path) FROM instance i JOIN series se ON se.series_pk = i.series_pk"
             " JOIN study st ON st.study_pk = se.study_pk"
-            " JOIN patient p ON p.patient_pk = st.patient_pk GROUP BY st.study_pk, p.patient_pk"
+            " JOIN patient p ON p.patient_pk = st.patient_pk WHERE i.received_at > ?"
+            " GROUP BY st.study_pk, p.patient_pk"
         )
         found = []
         with closing(self.reader.connect()) as db:
-            for study_uid, patient_id, first, last, relpath in db.execute(sql).fetchall():
+            rebuilt = rebuilt_through(self.reader.engine, db)  # (module notes)
+            rows = db.execute(sql, (rebuilt,)).fetchall()
+            for study_uid, patient_id, first, last, relpath in rows:
                 newest = epoch(last)
                 before = reported.get(study_uid)
                 if before is not None and newest > before:  # (review49 #14: this burst's)
-                    first = _first_after(db, study_uid, iso(before + 0.001)) or first
+                    after = max(iso(before + 0.001), rebuilt)
+                    first = _first_after(db, study_uid, after) or first
                 if newest > (before if before is not None else float("-inf")):
                     found.append((study_uid, patient_id or None, epoch(first), newest, relpath))
         return found

@@ -29,7 +29,8 @@ from typing import Any
 from dicomstore.archive import query as q
 from dicomstore.archive.engine import dialect_of
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.services.stable_log import StableStudy, covered, reader_log
+from dicomstore.archive.rebuild import rebuilt_through
+from dicomstore.services.stable_log import StableStudy, covered, covers, reader_log
 
 _REPORTED = "dicomstore_reported"
 _STABLE_AT = "dicomstore_stable_at"
@@ -45,8 +46,9 @@ def stable_states(reader: ArchiveReader, study_uids: Collection[str]) -> dict[st
     if reported:
         with closing(reader.connect()) as db:
             newest = q.newest_arrivals(db, reported)
+            rebuilt = rebuilt_through(reader.engine, db)
         for uid in reported:
-            states[uid] = covered(latest[uid], newest.get(uid))
+            states[uid] = covered(latest[uid], newest.get(uid), rebuilt)
     return states
 
 
@@ -66,10 +68,11 @@ def search(
         return reader.search(level, filters, limit=limit, offset=offset, sample=sample)
     latest = reader_log(reader).latest()
     with closing(reader.connect()) as db:
+        rebuilt = rebuilt_through(reader.engine, db)
         if dialect_of(db) == "sqlite":
-            also, params = _covered_sqlite(db, latest, stable)
+            also, params = _covered_sqlite(db, latest, stable, rebuilt)
         else:
-            also, params = _covered_pg(latest, stable)
+            also, params = _covered_pg(latest, stable, rebuilt)
         return q.search(
             db,
             level,
@@ -83,25 +86,30 @@ def search(
 
 
 def _covered_sqlite(
-    db: Any, latest: Mapping[str, StableStudy], stable: bool
+    db: Any, latest: Mapping[str, StableStudy], stable: bool, rebuilt: str
 ) -> tuple[str, list[Any]]:
     """The filter on SQLite: two SQL functions of ours on the connection, is a study
     in the log (cheap: the newest instance is looked up only for those), and its
-    ``stable_at`` or NULL."""
+    ``stable_at`` or NULL (``rebuilt``: the mark of the index's last rebuild)."""
+
+    def stable_at(uid: str, newest: str | None) -> str | None:
+        return covered(latest.get(uid), newest, rebuilt)
+
     db.create_function(_REPORTED, 1, lambda uid: uid in latest, deterministic=True)
-    db.create_function(
-        _STABLE_AT, 2, lambda uid, newest: covered(latest.get(uid), newest), deterministic=True
-    )
+    db.create_function(_STABLE_AT, 2, stable_at, deterministic=True)
     newest = q.newest_arrival("st.study_uid")
     state = f"CASE WHEN {_REPORTED}(st.study_uid) THEN {_STABLE_AT}(st.study_uid, ({newest})) END"
     return f"({state}) IS {'NOT NULL' if stable else 'NULL'}", []
 
 
-def _covered_pg(latest: Mapping[str, StableStudy], stable: bool) -> tuple[str, list[Any]]:
+def _covered_pg(
+    latest: Mapping[str, StableStudy], stable: bool, rebuilt: str
+) -> tuple[str, list[Any]]:
     """The filter on PostgreSQL, which runs no functions of ours: the log's studies
-    go as one JSON object (Study Instance UID: the arrival of the last instance its
-    event covers), and a study in it is stable when its newest instance arrived no
-    later (as :func:`~dicomstore.services.stable_log.covered`: compared as times).
+    go as one JSON object (Study Instance UID: the latest arrival its event covers,
+    :func:`~dicomstore.services.stable_log.covers`), and a study in it is stable
+    when its newest instance arrived no later (as
+    :func:`~dicomstore.services.stable_log.covered`: compared as times).
     A condition per row, as SQLite's, so a search with a ``limit`` walks the study
     order and stops (the newest instance is looked up for reported studies only)."""
     newest = q.newest_arrival("st.study_uid")
@@ -110,5 +118,5 @@ def _covered_pg(latest: Mapping[str, StableStudy], stable: bool) -> tuple[str, l
         f" THEN CAST(({newest}) AS timestamptz)"
         " <= CAST(CAST(? AS jsonb) ->> st.study_uid AS timestamptz) END"
     )
-    reported = json.dumps({uid: event.last_received for uid, event in latest.items()})
+    reported = json.dumps({uid: covers(event, rebuilt) for uid, event in latest.items()})
     return f"({state}) IS {'TRUE' if stable else 'NOT TRUE'}", [reported, reported]
