@@ -331,12 +331,18 @@ def run_check(
     host or others: the flock of ``.tmp`` or the database's lock says so) check
     as is, then look again under the index write lock at what seemed wrong
     (:func:`_recheck`): what a node was doing at that moment is not reported.
-    The digests are read without the lock, so nodes are never held up for long."""
+    The digests are read without the lock, so nodes are never held up for long.
+    A SQLite index SQLite finds damaged (``index_health.quick_check``) is the first
+    problem, with its remedy; nothing is settled into it then (review58 M3)."""
+    from dicomstore.archive.index_health import quick_check, reindex_command
     from dicomstore.archive.recovery import ArchiveBusyError, hold, recover
 
     db = Index(engine_for(root, index), durable=fsync)
     try:  # (another storage's files: every one reported, or recovered, against this index)
         check_storage(root, db, give=False)
+        damage = quick_check(db, most=5)
+        if damage:
+            return _damaged(root, db, damage, reindex_command(root, index), counted)
         (root / layout.TMP_DIR).mkdir(exist_ok=True)
         alone = False
         try:
@@ -359,6 +365,21 @@ def run_check(
         return _recheck(root, db, problems, True)
     finally:
         db.close()
+
+
+def _damaged(
+    root: Path, index: Index, damage: list[str], mend: str, counted: list[int] | None
+) -> list[str]:
+    """:func:`run_check` of a damaged index: the damage and its remedy, then the
+    problems found in what can still be read of it (none when nothing can)."""
+    line = (
+        f"{index.where}: damaged (SQLite's quick_check: {'; '.join(damage)}): {mend} builds"
+        " a new index from the files, the damaged one kept aside"
+    )
+    try:
+        return [line] + [text for _, text in _problems(root, index, True, counted)]
+    except sqlite3.DatabaseError:
+        return [line]
 
 
 def _set_aside(path: Path, exc: BaseException) -> None:

@@ -12,7 +12,9 @@ file system (``filestorage.FileStorage``) does what is described. With
     flush the files      fsync of each file; a batch: one syncfs of the file system
                                                         [publish.after-file-flush]
   (the index):
-    BEGIN IMMEDIATE      the index write lock (after ``lock_timeout``: A700 for all)
+    BEGIN IMMEDIATE      the index write lock (after ``lock_timeout``: A700 for all;
+                         its file removed since it was opened, looked at once a
+                         second: A700 for all, ``index_health.py``)
     look them up         the duplicate policy decides, instance by instance
   place (each):
     old names            a trace (``.pub``, a second name of the temporary); the
@@ -141,6 +143,7 @@ from dicomstore.archive.engine import (
 )
 from dicomstore.archive.fields import nul_free
 from dicomstore.archive.index import Index
+from dicomstore.archive.index_health import IndexHealth
 from dicomstore.archive.layout import instance_relstr, other_place
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, duplicate, failure
 from dicomstore.archive.relations import Relations
@@ -168,9 +171,12 @@ class Publisher(DeferredFlushes):
         submitted: Callable[[], int] = lambda: 0,
         journal: Path | None = None,
         owner: str = "",
+        health: IndexHealth,
     ) -> None:
         self.storage = storage
         self.index = index
+        #: the index lost or damaged while it serves (``index_health.py``)
+        self.health = health
         self.on_duplicate = on_duplicate
         #: ``relations.py``: refuse (A900) or accept a series/study filed elsewhere
         self.on_relational_mismatch = on_relational_mismatch
@@ -277,8 +283,10 @@ class Publisher(DeferredFlushes):
         committed: bool | None = False  # (of a failed COMMIT; None: unknown)
         with index.lock:
             try:  # (and the lookup: PostgreSQL sends both at once)
+                self.health.watch()  # (its file removed: review58 M4)
                 found = index.begin([m.row["sop_instance_uid"] for m in live])
             except DatabaseError as exc:
+                self.health.failed(exc)
                 comment = f"out of resources: {unavailable(exc)}"
                 for member in live:
                     self._answer(member, failure(st.OUT_OF_RESOURCES, comment))
@@ -359,6 +367,7 @@ class Publisher(DeferredFlushes):
                 if isinstance(exc, OperationalError):  # (unreachable, busy, locked, full)
                     comment = f"out of resources: {unavailable(exc)}"
                 elif isinstance(exc, DatabaseError):
+                    self.health.failed(exc)  # (damaged: said once, with the remedy)
                     comment = f"out of resources: index error: {error_cause(exc)}"
                 elif isinstance(exc, OSError):
                     comment = describe_os_error(exc, "storing the file")

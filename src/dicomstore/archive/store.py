@@ -58,6 +58,7 @@ from dicomstore.archive.engine import engine_for
 from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.identity import check_storage
 from dicomstore.archive.index import Index
+from dicomstore.archive.index_health import IndexHealth, reindex_command
 from dicomstore.archive.ingest import Ingest
 from dicomstore.archive.journal import NAME as JOURNAL
 from dicomstore.archive.maintenance import check_archive, reindex_archive
@@ -170,6 +171,8 @@ class Archive:
                 if self.index.rebuild is not None
                 else None
             )
+            #: whether the index is lost or damaged while it serves (``index_health.py``)
+            self.health = IndexHealth(self.index.engine, reindex_command(self.root, index))
             self._publisher = Publisher(
                 self.storage,
                 self.index,
@@ -178,6 +181,7 @@ class Archive:
                 submitted=lambda: self._committer.submitted,
                 journal=self.tmp_dir / JOURNAL if journal else None,
                 owner=self._node.name,
+                health=self.health,
             )
         except BaseException:
             self._node.close()
