@@ -88,8 +88,9 @@ class Index:
     created (schema and indexes) when absent.
 
     An index of an older schema raises :class:`SchemaError` unless ``migrate``:
-    then its tables are dropped and made anew, and :attr:`rebuild` tells the
-    owner (``Archive``) to fill them from the files (``reindex``); one whose
+    then its tables are dropped and made anew, and :attr:`rebuild` (not None; its
+    version :attr:`rebuilt_from`) tells the owner (``Archive``) to fill them from the
+    files (``reindex``); one whose
     tables are the current ones (``schema.SAME_TABLES``) is only stamped current.
     """
 
@@ -109,13 +110,17 @@ class Index:
         #: the tables were made anew from an older schema: fill them from the files
         #: (what its rows said of each instance's arrival, ``schema.create_or_migrate``)
         self.rebuild: Arrivals | None = None
+        #: the older schema version those tables were made anew from (0: none)
+        self.rebuilt_from = 0
         self.durable = durable
         self._deferring = False  # (defer_flushes)
         #: the archive lock this writer's session holds (``hold``): None, shared or exclusive
         self._held: bool | None = None
         self._db: Any = self.engine.writer(durable=durable, timeout=timeout)
         try:
+            older = self.engine.version(self._db)
             self.rebuild = create_or_migrate(self.engine, self._db, self.where, migrate=migrate)
+            self.rebuilt_from = older if self.rebuild is not None else 0
         except BaseException:
             self._db.close()
             raise

@@ -50,7 +50,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-from dicomstore.archive import layout
+from dicomstore.archive import layout, startup
 from dicomstore.archive.commit import CommitStats, GroupCommit
 from dicomstore.archive.deferred import IdleCheckpoint
 from dicomstore.archive.dicomfile import MetaTemplates
@@ -92,7 +92,10 @@ class Archive:
     UID under another patient is refused with A900 (``"reject"``) or indexed
     under its own study and patient (``"accept"``), see ``relations.py``.
     An index of an older schema is rebuilt from the files at start-up
-    (:attr:`reindexed`). ``index``: where the index is, when not the SQLite file
+    (:attr:`reindexed`; told in the log, ``startup.py``). ``require_index``: refuse
+    (``startup.UnindexedStorageError``) a storage holding stored instances whose
+    index holds none (lost, or new: a server's start; else a WARNING); a new
+    archive is said in the log. ``index``: where the index is, when not the SQLite file
     in ``root``: a ``postgresql://user@host:port/db`` URL (``engine.py``); the
     files stay under ``root``. ``journal``: where new instances are committed
     before their flush, make them durable by one write to this node's journal
@@ -112,6 +115,7 @@ class Archive:
         on_relational_mismatch: str = "reject",
         index: str | None = None,
         journal: bool = True,
+        require_index: bool = False,
     ) -> None:
         if on_duplicate not in POLICIES:
             raise ValueError(f"on_duplicate must be one of {POLICIES}, not {on_duplicate!r}")
@@ -137,12 +141,12 @@ class Archive:
         self.store_service: Any = None
         #: the index: ``None`` for the SQLite file in the root, or a ``postgresql://`` URL
         self.index_url = index
+        engine = engine_for(self.root, index)
+        new = startup.is_new(self.root, engine)
         (self.root / layout.TMP_DIR).mkdir(parents=True, exist_ok=True)
         self._hold = hold(self.root, exclusive=False)  # (refused during a reindex)
         try:
-            self.index = Index(
-                engine_for(self.root, index), durable=fsync, timeout=lock_timeout, migrate=True
-            )
+            self.index = Index(engine, durable=fsync, timeout=lock_timeout, migrate=True)
         except BaseException:
             os.close(self._hold)
             raise
@@ -160,19 +164,18 @@ class Archive:
         try:
             #: instances a crash left published but not indexed, adopted at start-up
             self.recovered = self.storage.recover(self.index, fsync=fsync)
+            hint = reindex_command(self.root, index)
+            startup.opened(self.root, self.index, new=new, refuse=require_index, hint=hint)
             #: instances indexed anew because the index had an older schema
             self.reindexed = (
-                reindex_archive(
-                    self.root,
-                    self.index,
-                    on_relational_mismatch=self.on_relational_mismatch,
-                    arrivals=self.index.rebuild,
+                startup.rebuild_older(
+                    self.root, self.index, on_relational_mismatch=self.on_relational_mismatch
                 )
                 if self.index.rebuild is not None
                 else None
             )
             #: whether the index is lost or damaged while it serves (``index_health.py``)
-            self.health = IndexHealth(self.index.engine, reindex_command(self.root, index))
+            self.health = IndexHealth(self.index.engine, hint)
             self._publisher = Publisher(
                 self.storage,
                 self.index,

@@ -393,14 +393,15 @@ def _cannot_open(storage: Path, exc: BaseException) -> None:
 def open_archive(storage: Path, **options: Any) -> Any:
     """The archive at ``storage`` (created if missing; ``options`` such as ``index`` go
     to :class:`~dicomstore.archive.Archive`), or ``None`` after one line on stderr
-    saying why it cannot be opened: ``serve``'s and ``get --storage``'s."""
+    saying why it cannot be opened: ``serve``'s and ``get --storage``'s, which store
+    into it (so refused when its index is lost: ``require_index``, review58 M4)."""
     from dicomstore.archive import Archive
     from dicomstore.archive.engine import DatabaseOrOSError
     from dicomstore.archive.schema import SchemaError
 
     unusable: tuple[type[Exception], ...] = (SchemaError, ValueError, *DatabaseOrOSError)
     try:
-        return Archive(storage, **options)
+        return Archive(storage, require_index=True, **options)
     except unusable as exc:
         _cannot_open(storage, exc)
         return None

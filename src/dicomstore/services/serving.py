@@ -239,8 +239,9 @@ async def serve(
     """Run a Verification and Storage SCP (PS3.4 A, B.2) until the task is cancelled.
 
     ``storage`` is an archive root (opened, created if missing, and closed at
-    the end; ``archive_options`` such as ``fsync`` or ``on_duplicate`` go to
-    :class:`~dicomstore.archive.Archive`) or a :class:`~dicomstore.StoreHandler`
+    the end; refused when it holds stored instances and its index none, the index
+    lost: ``require_index``; ``archive_options`` such as ``fsync`` or ``on_duplicate``
+    go to :class:`~dicomstore.archive.Archive`) or a :class:`~dicomstore.StoreHandler`
     (left open).  ``port``, ``host`` and ``ae_title`` override ``config``
     (default :class:`ServerConfig`: 127.0.0.1:11112, ``DICOMSTORE``).
     ``on_stored`` is called after each acknowledged instance (e.g.
@@ -265,6 +266,7 @@ async def serve(
         from dicomstore.archive import Archive
 
         try:
+            archive_options.setdefault("require_index", True)
             archive = Archive(os.fspath(storage), **archive_options)
         except Exception as exc:
             log.error("cannot open the archive %s: %s", storage, exc)

@@ -1,0 +1,122 @@
+"""What an archive's start-up tells the operator, and what it refuses (review58 M4, M7).
+
+a new archive
+    a storage path that does not exist yet, or a SQLite index that does not: one
+    INFO, ``creating a new archive at PATH`` (a stale unit's ``--storage``, or a
+    share not mounted, is seen in the log rather than as an empty archive).
+an index lost
+    the storage holds stored instances (a ``.dcm`` file in a series folder of a
+    study folder: a few ``scandir`` calls, made only when the index holds no
+    instance) and the index none: the index was lost, or a new one was made (an
+    ``--index`` to another file or database). A server refuses to start
+    (:class:`UnindexedStorageError`, one line naming ``dicomstore reindex``) rather
+    than serve an empty archive; the Python API that opens an archive to rebuild
+    its index (``Archive(root).reindex()``) is told by a WARNING.
+an older schema
+    :func:`rebuild_older`: the index rebuilt from the files, an INFO before (it
+    reads every file's header: hours for a large archive) and after (how many, how
+    long), and a WARNING for each file left out, as ``dicomstore reindex`` prints
+    them (``check`` reports them as not indexed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from dicomstore.archive import layout
+from dicomstore.archive.engine import Engine
+from dicomstore.archive.index import Index
+from dicomstore.archive.maintenance import reindex_archive
+from dicomstore.archive.schema import SCHEMA_VERSION
+
+log = logging.getLogger("dicomstore.archive")
+
+
+class UnindexedStorageError(ValueError):
+    """The storage holds stored instances and its index none: refused by a server."""
+
+
+def is_new(root: Path, engine: Engine) -> bool:
+    """(Before the archive is opened.) Whether opening it creates it: no storage
+    folder, or no SQLite index file."""
+    index = engine.local_file()
+    return not root.is_dir() or (index is not None and not index.exists())
+
+
+def opened(root: Path, index: Index, *, new: bool, refuse: bool, hint: str) -> None:
+    """Say what was opened (module notes): raise :class:`UnindexedStorageError` when
+    ``refuse`` and the index lost (else a WARNING), or say a ``new`` archive is made.
+    ``hint``: the command that indexes the files again."""
+    if index.rebuild is not None or index.holds_instances():
+        return
+    stored = stored_file(root)
+    if stored is None:
+        if new:
+            log.info("creating a new archive at %s", root)
+        return
+    said = (
+        f"{root} holds stored instances ({stored.relative_to(root).parts[0]}/...) but its index"
+        f" {index.where} holds none (lost, or a new one): {hint} indexes them again"
+    )
+    if refuse:
+        raise UnindexedStorageError(said)
+    log.warning("%s", said)
+
+
+def stored_file(root: Path) -> Path | None:
+    """A ``.dcm`` file where the archive files instances (``<study>/<series>/``), if
+    there is one; the first found (study folders: not hidden, ``.tmp``)."""
+    for study in _folders(root, hidden=False):
+        for series in _folders(study, hidden=True):
+            with os.scandir(series) as entries:
+                for entry in entries:
+                    if entry.name.endswith(layout.SUFFIX) and entry.is_file():
+                        return Path(entry.path)
+    return None
+
+
+def _folders(folder: Path, *, hidden: bool) -> list[Path]:
+    try:
+        with os.scandir(folder) as entries:
+            return [
+                Path(e.path)
+                for e in entries
+                if (hidden or not e.name.startswith(".")) and e.is_dir(follow_symlinks=False)
+            ]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def rebuild_older(root: Path, index: Index, *, on_relational_mismatch: str) -> int:
+    """Fill the tables an older schema's index was made anew with (``Index.rebuild``)
+    from the files, told in the log (module notes); the number of instances indexed."""
+    log.info(
+        "index %s: schema %d is older than %d: rebuilding it from the files (every"
+        " file's header is read before the archive opens)",
+        index.where,
+        index.rebuilt_from,
+        SCHEMA_VERSION,
+    )
+    started = time.monotonic()
+    left_out: list[str] = []
+    count = reindex_archive(
+        root,
+        index,
+        left_out,
+        on_relational_mismatch=on_relational_mismatch,
+        arrivals=index.rebuild,
+    )
+    for line in left_out:
+        log.warning("index rebuild: %s", line)
+    log.info(
+        "index rebuilt from the files: %d instance(s) in %.1f s%s",
+        count,
+        time.monotonic() - started,
+        f", {len(left_out)} file(s) left out (`dicomstore check` lists them as not indexed)"
+        if left_out
+        else "",
+    )
+    return count
