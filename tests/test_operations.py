@@ -4,10 +4,15 @@ and what the policy file asks of each endpoint."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
 import os
+import re
+import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -25,8 +30,10 @@ from dicomstore.archive import Archive  # noqa: E402
 from dicomstore.http.security import HttpSecurity  # noqa: E402
 from dicomstore.policy import Policy  # noqa: E402
 from dicomstore.services.metrics import ServerMetrics  # noqa: E402
+from dicomstore.services.storage import StoreLimits, StoreService  # noqa: E402
 
 STUDY = "1.2.826.0.1.3680043.10.91"
+CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def scrape(url: str, **kw) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -76,6 +83,8 @@ log-format = "json"
         before = scrape(url)
         assert sample(before, "dicomstore_instances_stored_total", service="C-STORE") == 0
         assert sample(before, "dicomstore_associations_open") == 0
+        assert sample(before, "dicomstore_ready") == 1  # (judged at the scrape)
+        assert sample(before, "dicomstore_archive_free_bytes") > 0
 
         ct = get_testdata_file("CT_small.dcm")
         assert storescu(port, "STORESCU", ct).returncode == 0
@@ -163,6 +172,7 @@ def test_readyz_names_what_is_not_ready(tmp_path: Path, archive, caplog) -> None
                 # open to anyone: the cause is the log's (review38web #9), once while it lasts
                 assert reply.text == (
                     "the archive index is not readable (the server's log says why)\n"
+                    "the archive index file was removed while the server ran (see the log)\n"
                 )
         logged = [r.getMessage() for r in caplog.records if r.name == "dicomstore.http.operations"]
         assert len(logged) == 1, logged
@@ -209,3 +219,131 @@ def test_the_archives_flushes_per_instance_are_counted(tmp_path: Path) -> None:
     assert samples["dicomstore_archive_instances_total"] == stats["instances"] == 2
     assert samples["dicomstore_archive_flushes_total"] == stats["flushes"] >= 1
     assert samples["dicomstore_archive_batches_total"] == stats["batches"] == 2
+
+
+def test_readyz_is_503_below_min_free_and_the_gauges_say_it(tmp_path: Path, archive) -> None:
+    """review58 M2: C-STORE got A700 below --min-free while /readyz said ready; no
+    metric told the free space or the readiness."""
+    floor = 1 << 62  # (more than any disk has)
+    metrics = ServerMetrics()
+    store = StoreService(archive, limits=StoreLimits(0, floor))
+    with (
+        HttpThread(archive, store=store, metrics=metrics) as web,
+        httpx.Client(base_url=web.url, timeout=30) as client,
+    ):
+        reply = client.get("/readyz")
+        assert reply.status_code == 503
+        assert re.fullmatch(
+            rf"out of resources: only \d+ bytes free \(below the {floor} of --min-free\)\n",
+            reply.text,
+        ), reply.text
+        samples = scrape(web.url)
+        assert sample(samples, "dicomstore_ready") == 0
+        assert 0 < sample(samples, "dicomstore_archive_free_bytes") < floor
+        # the same judgement as a store's (StoreService.short_of_space): refused too
+        storing = store.begin(
+            store.admit("C-STORE", "SCU", "DICOMSTORE", "127.0.0.1"),
+            sop_class_uid=CT,
+            sop_instance_uid="1.2.3",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+        )
+        assert storing.result is not None and storing.result.status == 0xA700
+        assert re.fullmatch(r"out of resources: only \d+ bytes free", storing.result.comment or "")
+    with (
+        HttpThread(archive, store=StoreService(archive), metrics=ServerMetrics()) as web,
+        httpx.Client(base_url=web.url, timeout=30) as client,
+    ):
+        assert client.get("/readyz").text == "ready\n"
+        assert sample(scrape(web.url), "dicomstore_ready") == 1
+
+
+def test_readyz_is_503_when_the_archive_cannot_store(tmp_path: Path, archive, monkeypatch) -> None:
+    """A read-only (or full) file system fails the probe of the temporary folder; an
+    index a store found damaged stays not ready (``Archive.cannot_store``)."""
+    from dicomstore.archive import layout
+
+    def read_only(folder: Path) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    with (
+        HttpThread(archive) as web,
+        httpx.Client(base_url=web.url, timeout=30) as client,
+    ):
+        assert client.get("/readyz").status_code == 200
+        with monkeypatch.context() as patch:
+            patch.setattr(layout, "probe_writable", read_only)
+            reply = client.get("/readyz")
+            assert (reply.status_code, reply.text) == (
+                503,
+                "the archive's temporary folder cannot be written: Read-only file system\n",
+            )
+        assert client.get("/readyz").status_code == 200
+        archive.health.failed(sqlite3.DatabaseError("database disk image is malformed"))
+        assert client.get("/readyz").status_code == 200  # (not SQLite's damage code)
+        damaged = sqlite3.DatabaseError("database disk image is malformed")
+        damaged.sqlite_errorcode = sqlite3.SQLITE_CORRUPT  # (as a store meets it)
+        archive.health.failed(damaged)
+        reply = client.get("/readyz")
+        assert (reply.status_code, reply.text) == (
+            503,
+            "the archive index is damaged (see the log)\n",
+        )
+
+
+def test_readiness_is_bounded_in_time_and_runs_one_check_at_a_time() -> None:
+    """A hung file system (or index) answers "not ready" within the timeout, and
+    polls meanwhile start no other check (one thread stuck, not one per poll)."""
+    from dicomstore.services.readiness import STILL, Readiness
+
+    release, calls = threading.Event(), []
+
+    def hangs() -> list[str]:
+        calls.append(1)
+        release.wait(30)
+        return []
+
+    readiness = Readiness([hangs], timeout=0.01)
+    seen: list[list[str]] = []
+    readiness.observers.append(seen.append)
+
+    async def polls() -> None:
+        assert await readiness.problems() == [STILL]
+        assert await readiness.problems() == [STILL]
+        assert calls == [1]
+        release.set()
+        await asyncio.to_thread(readiness._running.acquire, timeout=30)  # (the check ends)
+        readiness._running.release()
+        readiness.timeout = 30
+        assert await readiness.problems() == []
+
+    asyncio.run(polls())
+    assert calls == [1, 1]
+    assert seen == [[STILL], [STILL], []]
+
+
+def test_failed_writes_of_the_audit_log_are_counted(tmp_path: Path, monkeypatch) -> None:
+    from dicomstore import audit as audit_module
+    from dicomstore.audit import AuditLog
+
+    monkeypatch.setattr(audit_module, "_RETRY_SECONDS", 0.0)
+    log = AuditLog(tmp_path / "audit.jsonl")
+    real, failures = log._write_batch, [OSError(errno.ENOSPC, "No space left on device")]
+
+    failed = threading.Event()
+
+    def write_batch(lines: list[bytes]) -> None:
+        if failures:
+            failed.set()
+            raise failures.pop()
+        real(lines)
+
+    log._write_batch = write_batch  # type: ignore[method-assign]
+    metrics = ServerMetrics()
+    sink = metrics.audit(log)
+    sink.association({"outcome": "released"})
+    assert failed.wait(30)
+    sink.association({"outcome": "released"})  # (the retry: review58 L1, not "every second")
+    assert log.flush(timeout=30)
+    log.close()
+    text = metrics.exposition().decode()
+    assert "dicomstore_audit_write_errors_total 1.0" in text

@@ -118,6 +118,8 @@ class AuditLog:
         self._closing = False
         self._closed = False
         self.error: OSError | None = None  # the last write error, while it lasts
+        #: batches whose write failed (each retried): ``dicomstore_audit_write_errors_total``
+        self.write_errors = 0
         self._thread = threading.Thread(target=self._run, name="dicomstore-audit", daemon=True)
         self._thread.start()
         atexit.register(self.close)
@@ -251,6 +253,7 @@ class AuditLog:
             self._cond.notify_all()
 
     def _failed(self, exc: OSError, closing: bool) -> None:
+        self.write_errors += 1
         if self.error is None or closing:
             log.error("cannot write the audit log %s: %s", self.path, exc)
         self.error = exc

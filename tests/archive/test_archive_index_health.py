@@ -1,16 +1,17 @@
 """The index's health while an archive serves (``index_health.py``, review58 M2-M4):
 its file removed (stores were answered Success into the unlinked inode), damage a
 store meets (said once, with the remedy), ``check`` of a damaged index (it said
-"0 problem(s)")."""
+"0 problem(s)"), and what ``Archive.cannot_store`` tells readiness."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
 from archive_testlib import dataset, store
 
-from dicomstore.archive import OUT_OF_RESOURCES, SUCCESS, Archive, index_health
+from dicomstore.archive import OUT_OF_RESOURCES, SUCCESS, Archive, index_health, layout
 from dicomstore.cli import main
 
 
@@ -127,3 +128,19 @@ def test_a_sound_index_passes_the_quick_check(root: Path) -> None:
     with Archive(root, fsync=False) as archive:
         fill(archive, 3)
         assert index_health.quick_check(archive.index) == []
+
+
+def test_cannot_store_probes_the_temporary_folder(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Archive(root, fsync=False) as archive:
+        assert archive.cannot_store() == []
+        assert list(archive.tmp_dir.iterdir()) == []  # (the probe removed)
+
+        def read_only(folder: Path) -> None:
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        monkeypatch.setattr(layout, "probe_writable", read_only)
+        assert archive.cannot_store() == [
+            "the archive's temporary folder cannot be written: Read-only file system"
+        ]

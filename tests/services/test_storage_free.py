@@ -26,7 +26,7 @@ def test_a_data_set_arriving_past_the_free_space_floor_is_a700(tmp_path: Path, m
     storing.next_free_check = 100
     storing.write(b"\0" * 60)
     assert storing.result is None
-    monkeypatch.setattr(storage, "_free_bytes", lambda _root: 0)  # (the disk filled up)
+    monkeypatch.setattr(storage, "free_bytes", lambda _root: 0)  # (the disk filled up)
     storing.write(b"\0" * 60)
     assert storing.result is not None and storing.result.status == 0xA700
     assert "only 0 bytes free (120 bytes received)" in (storing.result.comment or "")

@@ -232,6 +232,22 @@ def remove_quietly(path: Path | str) -> None:
         pass
 
 
+#: The file :func:`probe_writable` makes and removes (a start removes a leftover).
+PROBE = "writable.probe"
+
+
+def probe_writable(folder: Path) -> None:
+    """Create a file in ``folder``, write a byte, remove it: ``OSError`` (read-only,
+    no space, no inode) when a store there would fail as it began (readiness)."""
+    path = folder / PROBE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, b"\0")
+    finally:
+        os.close(fd)
+        remove_quietly(path)
+
+
 def remove_empty_dirs(dirs: list[Path]) -> None:
     """Best-effort removal of folders we created for a store that failed."""
     for folder in reversed(dirs):

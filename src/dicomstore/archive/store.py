@@ -215,6 +215,19 @@ class Archive:
         every ``serving.KEEP_HELD_EVERY`` seconds)."""
         self.index.keep_held()
 
+    def cannot_store(self) -> list[str]:
+        """Why a store would fail now, one line each, none when it would not (readiness:
+        ``services.readiness``): the index lost or damaged (:attr:`health`), and a
+        file created, written and removed in this node's temporary folder (a
+        read-only or full file system fails it). A few system calls."""
+        problems = self.health.problems()
+        try:
+            layout.probe_writable(self.tmp_dir)
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            problems.append(f"the archive's temporary folder cannot be written: {why}")
+        return problems
+
     @property
     def stats(self) -> CommitStats:
         """Group commit counters (batches, instances, the archive's own flushes)."""

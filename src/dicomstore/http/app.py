@@ -166,7 +166,8 @@ def build_app(
     store service's gatekeeper. Every request gets an access log line.
     ``limits`` bound every request (:class:`~dicomstore.http.limits.HttpLimits`).
     ``metrics`` are served at ``/metrics`` and count each request; ``ready`` is
-    asked by ``/readyz`` besides the index (:mod:`dicomstore.http.operations`).
+    asked by ``/readyz`` besides the index and the store service
+    (:mod:`dicomstore.http.operations`).
     ``index``: the index of an archive root given as ``source``, when not the
     SQLite file in it (a ``postgresql://`` URL; an :class:`Archive` knows its own).
     ``metadata_cache_entries``: the most instances the WADO-RS metadata cache keeps
@@ -229,5 +230,7 @@ def build_app(
     app.state.base_url = base_url.rstrip("/") + "/" if base_url else None
     app.state.trust_forwarded = trust_forwarded
     app.state.metrics = metrics
-    app.state.ready = ready
+    app.state.readiness = operations.readiness(app.state, ready)
+    if metrics is not None:  # (the gauges of readiness and free space: review58 M2)
+        metrics.watch_readiness(app.state.readiness, root)
     return app

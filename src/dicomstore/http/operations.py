@@ -4,8 +4,11 @@
     200 ``ok``: the process answers (liveness). Open: no credentials asked,
     even with a policy file (:data:`OPEN_PATHS`); it tells nothing stored.
 ``GET /readyz``
-    200 ``ready`` when the archive index can be read and the DICOM listener is
-    up (the ``ready`` check ``serve`` gives), else 503 with one line per problem.
+    200 ``ready`` when this node can store (:mod:`dicomstore.services.readiness`:
+    the archive index can be read, and, with a store service, free space above
+    ``--min-free``, its temporary folder writable, its index file neither removed
+    nor found damaged) and the DICOM listener is up (the ``ready`` check
+    ``serve`` gives), else 503 with one line per problem; bounded in time.
     Open like ``/healthz``: the index's error is logged, not answered (it can
     name the PostgreSQL host, user and database: review38web #9).
 ``GET /metrics``
@@ -20,11 +23,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from contextlib import closing
+from typing import Any
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -33,6 +37,7 @@ from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.http.answer import watch
 from dicomstore.http.common import HttpError
 from dicomstore.services.metrics import CONTENT_TYPE, ServerMetrics
+from dicomstore.services.readiness import Readiness, cannot_store
 
 log = logging.getLogger("dicomstore.http.operations")
 
@@ -48,29 +53,34 @@ async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok\n")
 
 
-def _index_problem(request: Request) -> str | None:
-    state = request.app.state  # (its last error logged: once while it lasts)
-    try:
+def readiness(state: Any, ready: ReadyCheck | None) -> Readiness:
+    """The checks of ``/readyz`` for the app whose state is ``state``: the index read,
+    the store service's (when the app has one), ``ready``."""
+    checks = [functools.partial(_index_problems, state), functools.partial(_store_problems, state)]
+    return Readiness(checks + ([ready] if ready is not None else []))
+
+
+def _index_problems(state: Any) -> list[str]:
+    try:  # (its last error logged: once while it lasts)
         with closing(state.reader.connect()) as db:
             db.execute("SELECT 1 FROM instance LIMIT 1").fetchall()
     except DatabaseOrOSError as exc:
         if str(exc) != getattr(state, "readyz_logged", None):
             state.readyz_logged = str(exc)
             log.warning("/readyz: the archive index is not readable: %s", exc)
-        return "the archive index is not readable (the server's log says why)"
+        return ["the archive index is not readable (the server's log says why)"]
     state.readyz_logged = None
-    return None
+    return []
+
+
+def _store_problems(state: Any) -> list[str]:
+    store = state.store
+    return [] if store is None else cannot_store(store)
 
 
 async def readyz(request: Request) -> Response:
-    """Readiness: the archive index answers a query, and ``serve``'s own check."""
-    problems = []
-    index = await anyio.to_thread.run_sync(_index_problem, request)
-    if index is not None:
-        problems.append(index)
-    ready: ReadyCheck | None = request.app.state.ready
-    if ready is not None:
-        problems.extend(ready())
+    """Readiness: whether this node can store (:func:`readiness`)."""
+    problems = await request.app.state.readiness.problems()
     if problems:
         return PlainTextResponse("".join(f"{p}\n" for p in problems), status_code=503)
     return PlainTextResponse("ready\n")

@@ -36,7 +36,14 @@ from the server when scraped; HTTP requests from a middleware
     batches cut short by a transient failure (refused connection, rejected or
     aborted association, timeout);
 ``dicomstore_archive_{instances,batches,flushes,flushed_before}_total``
-    the archive's group commit (``commit.CommitStats``, read when scraped).
+    the archive's group commit (``commit.CommitStats``, read when scraped);
+``dicomstore_archive_free_bytes``
+    free bytes of the archive's file system (read when scraped: ``statvfs``);
+``dicomstore_ready``
+    1 when this node can store (``/readyz`` answers ``ready``), else 0: judged at
+    each ``/readyz`` and each scrape (``readiness.py``; review58 M2);
+``dicomstore_audit_write_errors_total``
+    failed writes of the audit log (each batch that failed, retried later).
 
 With ``serve --workers``, the first process's /metrics adds up every process's
 (:meth:`ServerMetrics.gathered`, :func:`merge`).
@@ -54,7 +61,8 @@ from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from dicomstore.services.admission import AuditSink
-from dicomstore.services.storage import StoreResult, Storing
+from dicomstore.services.readiness import Readiness
+from dicomstore.services.storage import StoreResult, Storing, free_bytes
 
 if TYPE_CHECKING:
     from dicomstore.services.forwarding import BatchReport
@@ -143,6 +151,8 @@ class ServerMetrics:
             ["destination"],
             registry=r,
         )
+        #: readiness, judged again before each scrape (:meth:`watch_readiness`)
+        self.readiness: Readiness | None = None
         #: the other processes of ``serve --workers``: each gives its exposition,
         #: or None when it cannot now (:meth:`gathered` adds them up)
         self.others: list[Callable[[], Awaitable[bytes | None]]] = []
@@ -165,9 +175,28 @@ class ServerMetrics:
         their ratio to instances is the flushes per instance), batches flushed before."""
         self.registry.register(_ArchiveCollector(archive))
 
+    def watch_readiness(self, readiness: Readiness, root: Any) -> None:
+        """``dicomstore_ready`` from each of ``readiness``'s judgements (one made before
+        each scrape too), and the free bytes of the archive at ``root``, read when
+        scraped. Only in the process serving HTTP (``--workers``' others would add
+        theirs up: :func:`merge`)."""
+        r = self.registry
+        free = Gauge(
+            "dicomstore_archive_free_bytes", "Free bytes of the archive's file system", registry=r
+        )
+        free.set_function(lambda: float(free_bytes(root)))
+        ready = Gauge(
+            "dicomstore_ready", "1 when this node can store (/readyz), else 0", registry=r
+        )
+        readiness.observers.append(lambda problems: ready.set(0 if problems else 1))
+        self.readiness = readiness
+
     def audit(self, inner: AuditSink | None) -> AuditSink:
         """An audit sink that counts each association's outcome, then hands every
-        record to ``inner`` (the real audit log; None: none)."""
+        record to ``inner`` (the real audit log; None: none); the audit log's failed
+        writes counted (``AuditLog.write_errors``) when it has them."""
+        if inner is not None and hasattr(inner, "write_errors"):
+            self.registry.register(_AuditErrors(inner))
         return _CountingAudit(self, inner)
 
     def stored(self, storing: Storing, result: StoreResult) -> None:
@@ -206,6 +235,8 @@ class ServerMetrics:
     async def gathered(self) -> bytes:
         """:meth:`exposition` with the :attr:`others`' added up (:func:`merge`): the
         whole server's counts, whichever process served what."""
+        if self.readiness is not None:
+            await self.readiness.problems()  # (dicomstore_ready: judged now)
         if not self.others:
             return self.exposition()
         texts = [self.exposition()]
@@ -312,3 +343,19 @@ class _ArchiveCollector:
             family = CounterMetricFamily(f"dicomstore_archive_{key}", text)
             family.add_metric([], counts[key])
             yield family
+
+
+class _AuditErrors:
+    """The audit log's failed writes (``AuditLog.write_errors``), read when scraped."""
+
+    def __init__(self, audit: Any) -> None:
+        self.audit = audit
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(
+            "dicomstore_audit_write_errors", "Failed writes of the audit log (retried)"
+        )
+        family.add_metric([], self.audit.write_errors)
+        yield family

@@ -188,7 +188,7 @@ class StoreResult:
 FREE_CHECK_EVERY = 64 << 20
 
 
-def _free_bytes(root: Any) -> int:
+def free_bytes(root: Any) -> int:
     """Free bytes where the archive is (0 if that cannot be told)."""
     try:
         return shutil.disk_usage(root).free
@@ -231,7 +231,7 @@ class Storing:
         if self.nbytes >= self.next_free_check:
             assert self.free_floor is not None
             self.next_free_check += FREE_CHECK_EVERY
-            free = _free_bytes(self.free_floor[0])
+            free = free_bytes(self.free_floor[0])
             if free < self.free_floor[1]:
                 self._too_large(
                     f"out of resources: only {free} bytes free ({self.nbytes} bytes received)"
@@ -362,11 +362,9 @@ class StoreService:
             return storing
         root = getattr(self.handler, "root", None)
         if self.limits.min_free_bytes and root is not None:
-            free = _free_bytes(root)
-            if free < self.limits.min_free_bytes:
-                storing.result = StoreResult(
-                    st.OUT_OF_RESOURCES, f"out of resources: only {free} bytes free"
-                )
+            short = self.short_of_space(root)
+            if short is not None:
+                storing.result = StoreResult(st.OUT_OF_RESOURCES, short)
                 return storing
             storing.free_floor = (root, self.limits.min_free_bytes)
             storing.next_free_check = FREE_CHECK_EVERY
@@ -387,6 +385,15 @@ class StoreService:
         if uids.is_deflated(transfer_syntax_uid.strip()):
             storing.inflated = InflatedSize(self.limits.inflated_limit)
         return storing
+
+    def short_of_space(self, root: Any) -> str | None:
+        """The Error Comment refusing a store for want of space where the archive
+        is (``root``): free bytes below ``min_free_bytes``; None when there is room
+        (:meth:`begin`'s judgement, and readiness's: ``readiness.py``)."""
+        free = free_bytes(root)
+        if free < self.limits.min_free_bytes:
+            return f"out of resources: only {free} bytes free"
+        return None
 
     async def finish(self, storing: Storing, *, in_thread: bool = True) -> StoreResult:
         """The data set is complete: commit durably (``in_thread``: in a worker
