@@ -135,7 +135,8 @@ def test_good_files_go_and_corrupt_ones_do_not(tmp_path: Path) -> None:
     outcomes = {Path(r["path"]).name: r["outcome"] for r in _report(report)}
     assert outcomes == {"MR_small.dcm": "stored", "bad.dcm": "corrupt", "JPEG2000.dcm": "stored"}
     assert set(_archived(tmp_path)) == {_uid(p) for p in good}
-    assert server["log"].count(" association ") == 1
+    assert server["log"].count(" contexts accepted") == 1  # (one association)
+    assert server["log"].count(" association ended (released)") == 1
 
 
 def test_all_corrupt_opens_no_association_with_dcmtk_either(tmp_path: Path) -> None:
