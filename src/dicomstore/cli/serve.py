@@ -167,6 +167,22 @@ async def run(args: argparse.Namespace) -> int:
         archive.close()
 
 
+def _say_other_nodes(archive: Any) -> None:
+    """The other live nodes of this archive, if any, in one INFO line (review58 L4: a
+    second server started by mistake on one storage runs as a node beside the first,
+    which is supported, and nothing said so)."""
+    from dicomstore.archive import nodes
+
+    mine = archive.tmp_dir.name
+    others = sorted(name for name in nodes.alive(archive.root) if name != mine)
+    if others:
+        log.info(
+            "%d other node(s) serve this archive now (node-<host>-<pid>-...): %s",
+            len(others),
+            ", ".join(others),
+        )
+
+
 def _stopping(sig: signal.Signals, stop: asyncio.Event) -> None:
     """A graceful stop, said in the log (review58 L2: a SIGHUP, a logrotate habit or a
     closed terminal, killed the server at once without a word; there is nothing to
@@ -254,8 +270,10 @@ async def _serve(
                     return EXIT_UNREACHABLE
                 announce(security, args.http_host, http.url)
             log.info("storing into %s (%s)", args.storage.resolve(), loops.kind(loop))
-            started = workers.start(args, server.port) if args.workers > 1 else []
             parent = workers.parent_gone()
+            if parent is None:  # (a worker's siblings are no news)
+                _say_other_nodes(archive)
+            started = workers.start(args, server.port) if args.workers > 1 else []
             if parent is not None:  # (a worker: it ends with the first process)
                 loop.add_reader(parent, stop.set)
             try:
