@@ -5,11 +5,19 @@ graceful stop (in-flight operations finish), exit 0, the signal named in the log
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 from tests.conftest import free_port, serve_command, wait_listening
+
+from dicomstore import uids
+from dicomstore.dimse import CStoreRQ
+from dicomstore.ul import items as I
+from dicomstore.ul import pdu as P
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
@@ -27,4 +35,38 @@ def test_a_signal_stops_the_server_gracefully(tmp_path: Path, sig: signal.Signal
             proc.wait()
     text = log.read_text()
     assert f"{sig.name}: stopping gracefully" in text
-    assert "shutting down: finishing in-flight operations" in text
+    assert "shutting down: finishing in-flight operations (10s at most)" in text
+
+
+def test_a_transfer_past_the_shutdown_grace_is_cut_and_said(tmp_path: Path) -> None:
+    """``--shutdown-grace`` (review58 L5: 10 s, fixed); the association it cuts, in the
+    middle of a C-STORE's data set, says so (it was not logged)."""
+    port, log = free_port(), tmp_path / "serve.log"
+    grace = ["--shutdown-grace", "0.2"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            serve_command(port, tmp_path / "archive", *grace), stdout=out, stderr=out
+        )
+    try:
+        wait_listening(port, proc)
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            rq = P.AssociateRQ(
+                "DICOMSTORE",
+                "SLOW",
+                [I.PresentationContextRQ(1, CT, [uids.EXPLICIT_VR_LE])],
+                I.UserInformation(max_length=16384, implementation_class_uid="1.2.3"),
+            )
+            sock.sendall(P.encode(rq))
+            assert sock.recv(1)[0] == P.ASSOCIATE_AC
+            command = CStoreRQ(1, CT, "1.2.3.4").encode()
+            sock.sendall(P.encode(P.PDataTF([P.PDV(1, True, True, command)])))
+            sock.sendall(P.encode(P.PDataTF([P.PDV(1, False, False, b"\x08\x00" * 8)])))
+            proc.send_signal(signal.SIGTERM)  # (a data set begun, never ended)
+            assert proc.wait(30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "shutting down: finishing in-flight operations (0.2s at most)" in text
+    assert "association ended (aborted: the server stopped): 0 stored, 0 failed" in text

@@ -90,6 +90,7 @@ async def run(args: argparse.Namespace) -> int:
         commitment_scus=tuple(args.commitment_scu or ()),
         max_commitment_references=args.max_commitment_references,
         max_pending_commitments=args.max_pending_commitments,
+        shutdown_grace=args.shutdown_grace,
         stable_age=args.stable_age,
         on_stable_exec=args.on_stable_exec,
         stable_webhook=args.stable_webhook,

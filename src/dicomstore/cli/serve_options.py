@@ -332,6 +332,14 @@ def add_parser(sub: Any) -> None:
         f" aborted (default {DIMSE_TIMEOUT:g})",
     )
     s.add_argument(
+        "--shutdown-grace",
+        type=_seconds,
+        default=_D.shutdown_grace,
+        metavar="S",
+        help="seconds in-flight operations may take to finish once SIGINT, SIGTERM or SIGHUP"
+        f" asked the server to stop; then they are aborted (default {_D.shutdown_grace:g})",
+    )
+    s.add_argument(
         "--index-answer-timeout",
         type=_seconds,
         default=60.0,

@@ -164,7 +164,10 @@ async def running(
     try:
         yield server
     finally:
-        log.info("shutting down: finishing in-flight operations")
+        log.info(
+            "shutting down: finishing in-flight operations (%gs at most)",
+            server.config.shutdown_grace,
+        )
         await server.close()
         await stop_helpers()
 
