@@ -7,6 +7,8 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,19 +22,27 @@ from dicomstore.ul import pdu as P
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_a_signal_stops_the_server_gracefully(tmp_path: Path, sig: signal.Signals) -> None:
+@contextmanager
+def serving(tmp_path: Path, *options: str) -> Iterator[tuple[int, subprocess.Popen, Path]]:
+    """`dicomstore serve` listening: its port, process and log (killed if still alive)."""
     port, log = free_port(), tmp_path / "serve.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(serve_command(port, tmp_path / "archive"), stdout=out, stderr=out)
+        command = serve_command(port, tmp_path / "archive", *options)
+        proc = subprocess.Popen(command, stdout=out, stderr=out)
     try:
         wait_listening(port, proc)
-        proc.send_signal(sig)
-        assert proc.wait(30) == 0, log.read_text()
+        yield port, proc, log
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_stops_the_server_gracefully(tmp_path: Path, sig: signal.Signals) -> None:
+    with serving(tmp_path) as (_port, proc, log):
+        proc.send_signal(sig)
+        assert proc.wait(30) == 0, log.read_text()
     text = log.read_text()
     assert f"{sig.name}: stopping gracefully" in text
     assert "shutting down: finishing in-flight operations (10s at most)" in text
@@ -41,32 +51,23 @@ def test_a_signal_stops_the_server_gracefully(tmp_path: Path, sig: signal.Signal
 def test_a_transfer_past_the_shutdown_grace_is_cut_and_said(tmp_path: Path) -> None:
     """``--shutdown-grace`` (review58 L5: 10 s, fixed); the association it cuts, in the
     middle of a C-STORE's data set, says so (it was not logged)."""
-    port, log = free_port(), tmp_path / "serve.log"
-    grace = ["--shutdown-grace", "0.2"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            serve_command(port, tmp_path / "archive", *grace), stdout=out, stderr=out
+    with (
+        serving(tmp_path, "--shutdown-grace", "0.2") as (port, proc, log),
+        socket.create_connection(("127.0.0.1", port)) as sock,
+    ):
+        rq = P.AssociateRQ(
+            "DICOMSTORE",
+            "SLOW",
+            [I.PresentationContextRQ(1, CT, [uids.EXPLICIT_VR_LE])],
+            I.UserInformation(max_length=16384, implementation_class_uid="1.2.3"),
         )
-    try:
-        wait_listening(port, proc)
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            rq = P.AssociateRQ(
-                "DICOMSTORE",
-                "SLOW",
-                [I.PresentationContextRQ(1, CT, [uids.EXPLICIT_VR_LE])],
-                I.UserInformation(max_length=16384, implementation_class_uid="1.2.3"),
-            )
-            sock.sendall(P.encode(rq))
-            assert sock.recv(1)[0] == P.ASSOCIATE_AC
-            command = CStoreRQ(1, CT, "1.2.3.4").encode()
-            sock.sendall(P.encode(P.PDataTF([P.PDV(1, True, True, command)])))
-            sock.sendall(P.encode(P.PDataTF([P.PDV(1, False, False, b"\x08\x00" * 8)])))
-            proc.send_signal(signal.SIGTERM)  # (a data set begun, never ended)
-            assert proc.wait(30) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        sock.sendall(P.encode(rq))
+        assert sock.recv(1)[0] == P.ASSOCIATE_AC
+        command = CStoreRQ(1, CT, "1.2.3.4").encode()
+        sock.sendall(P.encode(P.PDataTF([P.PDV(1, True, True, command)])))
+        sock.sendall(P.encode(P.PDataTF([P.PDV(1, False, False, b"\x08\x00" * 8)])))
+        proc.send_signal(signal.SIGTERM)  # (a data set begun, never ended)
+        assert proc.wait(30) == 0, log.read_text()
     text = log.read_text()
     assert "shutting down: finishing in-flight operations (0.2s at most)" in text
     assert "association ended (aborted: the server stopped): 0 stored, 0 failed" in text
