@@ -22,8 +22,8 @@ def storage(tmp_path: Path) -> Path:
     return make_archive(tmp_path / "archive")
 
 
-def _store(root: Path, sop: str, study: str, **attrs: str) -> None:
-    with Archive(root, fsync=False) as archive:
+def _store(root: Path, sop: str, study: str, mismatch: str = "reject", **attrs: str) -> None:
+    with Archive(root, fsync=False, on_relational_mismatch=mismatch) as archive:
         ingest = archive.begin(
             sop_class_uid=CT, sop_instance_uid=sop, transfer_syntax_uid="1.2.840.10008.1.2.1"
         )
@@ -130,6 +130,28 @@ def test_a_patients_studies_all_go_and_only_that_patients(storage: Path, tmp_pat
     assert _studies(storage) == ["1.2.5", "1.2.9"]
 
 
+def test_a_patient_delete_leaves_another_patients_instances_of_one_study_uid(
+    storage: Path, tmp_path: Path
+) -> None:
+    """review59 H1: with ``accept``, one Study Instance UID holds two patients'
+    instances; deleting one patient deleted the other's too, unnamed in the audit."""
+    _store(storage, "1.2.4.7", "1.2.7", patient_id="PID7")
+    _store(storage, "1.2.4.8", "1.2.7", "accept", patient_id="PID8", patient_name="Roe^Rick")
+    audit = tmp_path / "audit.jsonl"
+    r = cli("delete", "--patient-id", "PID7", "--yes", "--audit-log", str(audit), storage=storage)
+    assert r.returncode == 0, r.stderr
+    assert "deleted study 1.2.7: 1 instance(s)" in r.stdout
+    assert "1 instance(s) kept (another patient's under this Study UID" in r.stdout
+    rows = json.loads(
+        cli("ls", "instances", "--json", "--study-uid", "1.2.7", storage=storage).stdout
+    )
+    assert [(row["sop_instance_uid"], row["patient_id"]) for row in rows] == [("1.2.4.8", "PID8")]
+    (record,) = _records(audit)
+    assert record["patient_id"] == "PID7" and record["uid"] == "1.2.7"
+    with Archive(storage) as archive:
+        assert archive.check() == []
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -167,7 +189,7 @@ def test_a_patient_delete_asks_and_keeps_what_came_since(storage: Path) -> None:
     _store(storage, "1.2.4.11", "1.2.11", **rick)  # a new study
     output, code = _answered(pid, fd, b"y\n")
     assert code == 0, output
-    assert b"deleted study 1.2.5: 1 instance(s), 512 B; 1 instance(s) stored since" in output
+    assert b"deleted study 1.2.5: 1 instance(s), 512 B; 1 instance(s) kept (another" in output
     kept = b"kept 2 study(ies) of the patient holding instances stored since the count: "
     assert kept + b"1.2.11, 1.2.5" in output
     assert _studies(storage) == ["1.2.11", "1.2.5", STUDY]
