@@ -34,11 +34,16 @@ class Settling:
         return SETTLE_AFTER - (time.monotonic() - self._at)
 
     async def flush(self) -> None:
-        """Record the outcomes now."""
+        """Record the outcomes now; if that fails, they stay to be recorded (with the
+        batch's last record: review59 L2, they were lost, and sent again)."""
         outcomes, self.outcomes = self.outcomes, []
         self._at = time.monotonic()
         if outcomes:
-            await self._record(outcomes)
+            try:
+                await self._record(outcomes)
+            except Exception:  # (not a cancel: its thread records them all the same)
+                self.outcomes[:0] = outcomes
+                raise
 
     async def when_due(self) -> None:
         """Record the outcomes if there are enough of them or they waited long enough."""
