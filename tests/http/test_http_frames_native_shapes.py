@@ -8,6 +8,7 @@ import importlib.util
 from pathlib import Path
 
 import httpx
+import pytest
 from http_testlib import HttpThread, make_dataset, split_multipart, store
 
 from dicomstore.archive import Archive
@@ -30,13 +31,15 @@ def _frames(archive: Archive, sop: str, numbers: str) -> tuple[httpx.Response, l
     return reply, [body for _, body in parts]
 
 
-def test_native_ybr_full_422_frames_are_two_samples_a_pixel(tmp_path: Path) -> None:
+@pytest.mark.parametrize("photometric", ["YBR_FULL_422", "YBR_PARTIAL_422"])
+def test_native_ybr_422_frames_are_two_samples_a_pixel(tmp_path: Path, photometric: str) -> None:
     """review57: every frame, rendered and thumbnail request of a native YBR_FULL_422
-    instance was 406 'the native Pixel Data is shorter than its frames' (a black viewport)."""
+    instance was 406 'the native Pixel Data is shorter than its frames' (a black viewport);
+    the retired YBR_PARTIAL_422 too (review59 L3)."""
     ds = make_dataset(f"{STUDY}.1.1", study=STUDY, series=f"{STUDY}.1", frames=2, rows=4,
                       columns=6)  # fmt: skip
     ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
-    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.PhotometricInterpretation = photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     frame = 4 * 6 * 2  # Y0 Y1 Cb Cr for each pair of pixels
     ds.PixelData = bytes(range(1, frame + 1)) + bytes(range(101, frame + 101))

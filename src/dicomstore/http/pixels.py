@@ -90,6 +90,11 @@ def decoder_missing(syntax: str) -> str | None:
     return None
 
 
+#: Photometric Interpretations whose native frames hold a Cb and a Cr for every two
+#: pixels (PS3.3 C.7.6.3.1.2; YBR_PARTIAL_422 retired, the same layout)
+_SUBSAMPLED = ("YBR_FULL_422", "YBR_PARTIAL_422")
+
+
 @dataclass
 class Frames:
     """One stored instance's frames: where they are and how they are encoded (a
@@ -104,7 +109,8 @@ class Frames:
     #: bytes of one frame once decoded (what a decoder allocates, 1-bit as 8)
     frame_size: int
     #: bits of one native frame as stored (PS3.5 8.1.1: 1-bit frames are not byte
-    #: aligned; PS3.3 C.7.6.3.1.2: native YBR_FULL_422 holds 2 samples a pixel)
+    #: aligned; PS3.3 C.7.6.3.1.2: native YBR_FULL_422 (and the retired
+    #: YBR_PARTIAL_422) holds 2 samples a pixel)
     native_bits: int
     #: the inflated copy of a deflated data set, where ``pixels`` are
     source: BinaryIO | None = None
@@ -237,7 +243,7 @@ class Frames:
         if encapsulated == (syntax in NATIVE):
             raise HttpError(406, f"the Pixel Data does not match its transfer syntax {syntax}")
         native_bits = rows * columns * samples * bits
-        if samples == 3 and ds.get("PhotometricInterpretation") == "YBR_FULL_422":
+        if samples == 3 and ds.get("PhotometricInterpretation") in _SUBSAMPLED:
             native_bits = rows * columns * 2 * bits  # (a Cb and a Cr for two pixels)
         if not encapsulated and -(-native_bits * count // 8) > (pixels.length or 0):
             raise HttpError(406, "the native Pixel Data is shorter than its frames")
@@ -351,6 +357,10 @@ class Frames:
         options = as_pixel_options(self.dataset, **self._offsets())
         options.pop("extended_offsets", None)  # (see _offsets)
         options.setdefault("pixel_keyword", "PixelData")
+        if not self.encapsulated and options.get("photometric_interpretation") in _SUBSAMPLED:
+            # (pydicom unpacks only YBR_FULL_422's layout: the retired YBR_PARTIAL_422
+            # has it too, its colours then a little off: a preview's, not a diagnosis)
+            options["photometric_interpretation"] = "YBR_FULL_422"
         with self._bytes() as fp:
             fp.seek(self.pixels.offset)
             try:
