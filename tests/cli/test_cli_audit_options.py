@@ -18,22 +18,37 @@ def _parsed(argv: list[str], environ: dict[str, str] | None = None):
     return settings.parse(build_parser(argv), argv, environ or {})
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["serve"],
-        ["get", "127.0.0.1", "104", "--storage", "x", "-k", "StudyInstanceUID=1"],
-        ["delete", "1.2.3"],
-    ],
-)
-def test_every_writer_has_the_options_and_keeps_every_file_by_default(argv, tmp_path) -> None:
-    args = _parsed([*argv, "--audit-log", str(tmp_path / "a.jsonl")])
+def test_the_server_keeps_every_file_by_default(tmp_path) -> None:
+    args = _parsed(["serve", "--audit-log", str(tmp_path / "a.jsonl")])
     assert (args.audit_log_max_size, args.audit_log_keep) == (64 * 2**20, 0)
     audit = open_audit_log(args)
     try:
         assert (audit.max_bytes, audit.keep) == (64 * 2**20, 0)
     finally:
         audit.close()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["get", "127.0.0.1", "104", "--storage", "x", "-k", "StudyInstanceUID=1"],
+        ["delete", "1.2.3"],
+    ],
+)
+def test_a_command_adding_to_the_servers_file_never_rotates_it(argv, tmp_path) -> None:
+    """review59 L1: by its own defaults (64M) `delete` rotated the server's file, which
+    the server left to logrotate (`--audit-log-max-size 0`)."""
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b"{}\n" * 100)
+    args = _parsed([*argv, "--audit-log", str(path)])
+    assert not hasattr(args, "audit_log_max_size")
+    audit = open_audit_log(args)
+    try:
+        assert (audit.max_bytes, audit.keep) == (0, 0)
+    finally:
+        audit.close()
+    with pytest.raises(SystemExit):
+        _parsed([*argv, "--audit-log-max-size", "1M"])
 
 
 def test_the_options_from_the_command_line_and_the_environment(tmp_path: Path) -> None:
@@ -45,10 +60,12 @@ def test_the_options_from_the_command_line_and_the_environment(tmp_path: Path) -
     assert (audit.max_bytes, audit.keep) == (2**20, 30)
     environ = {"DICOMSTORE_AUDIT_LOG": path, "DICOMSTORE_AUDIT_LOG_MAX_SIZE": "0",
                "DICOMSTORE_AUDIT_LOG_KEEP": "5"}  # fmt: skip
-    args = _parsed(["delete", "1.2.3"], environ)  # (as the server's: the same file)
+    args = _parsed(["serve"], environ)
     assert (str(args.audit_log), args.audit_log_max_size, args.audit_log_keep) == (path, 0, 5)
+    args = _parsed(["delete", "1.2.3"], environ)  # (as the server's: the same file)
+    assert str(args.audit_log) == path
     with pytest.raises(settings.SettingsError, match="must be 0 or more"):
-        _parsed(["delete", "1.2.3"], {"DICOMSTORE_AUDIT_LOG_KEEP": "-1"})
+        _parsed(["serve"], {"DICOMSTORE_AUDIT_LOG_KEEP": "-1"})
 
 
 def test_a_stop_while_it_cannot_be_written_is_one_error_line(tmp_path, monkeypatch, caplog) -> None:

@@ -15,15 +15,21 @@ from dicomstore.audit import DEFAULT_KEEP, DEFAULT_MAX_BYTES, AuditLog
 from dicomstore.cli.options import _count, _size
 
 
-def add_audit_log(parser: Any) -> None:
-    """``--audit-log FILE``, ``--audit-log-max-size SIZE``, ``--audit-log-keep N``."""
+def add_audit_log(parser: Any, *, rotates: bool = True) -> None:
+    """``--audit-log FILE``, and for the server (``rotates``) ``--audit-log-max-size
+    SIZE``, ``--audit-log-keep N``: a command that adds records to the server's file
+    (``get --storage``, ``delete``) never rotates it (review59 L1: by its own defaults
+    it rotated a file the server leaves to logrotate); the server's next write does."""
     parser.add_argument(
         "--audit-log",
         type=Path,
         metavar="FILE",
         help="append one JSON line per audited event (associations, stored instances, "
-        "queries, retrievals, commitments, HTTP reads, deletes; README: Security)",
+        "queries, retrievals, commitments, HTTP reads, deletes; README: Security)"
+        + ("" if rotates else "; the server's file: never rotated by this command"),
     )
+    if not rotates:
+        return
     parser.add_argument(
         "--audit-log-max-size",
         type=_size,
@@ -46,7 +52,10 @@ def open_audit_log(args: argparse.Namespace) -> Any:
     """The audit log at ``args.audit_log`` (``dicomstore.audit.AuditLog``), rotated as
     ``args`` say, or ``None`` after one line on stderr saying why it cannot be opened."""
     try:
-        return AuditLog(args.audit_log, max_bytes=args.audit_log_max_size, keep=args.audit_log_keep)
+        max_bytes = getattr(args, "audit_log_max_size", 0)  # (0: never rotated here)
+        return AuditLog(
+            args.audit_log, max_bytes=max_bytes, keep=getattr(args, "audit_log_keep", 0)
+        )
     except OSError as exc:
         print(f"dicomstore: cannot open {args.audit_log}: {exc.strerror}", file=sys.stderr)
         return None

@@ -62,7 +62,7 @@ def add_parser(sub: Any) -> None:
         " when patients of several issuers have the ID",
     )
     _storage(delete)
-    add_audit_log(delete)
+    add_audit_log(delete, rotates=False)
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     delete.set_defaults(log_level="info")  # (each removal is an INFO line)
 

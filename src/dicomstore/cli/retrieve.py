@@ -67,7 +67,7 @@ def add_parsers(sub: Any) -> None:
     )
     add_archive_policies(policies)
     add_store_limits(policies)
-    add_audit_log(policies)
+    add_audit_log(policies, rotates=False)
     get.add_argument(
         "--sop-class",
         action="append",
