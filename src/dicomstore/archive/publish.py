@@ -363,6 +363,8 @@ class Publisher(DeferredFlushes):
                     crashpoints.reached("publish.after-commit")
             except BaseException as exc:
                 rollback_quietly(index)
+                if isinstance(exc, IntegrityError):  # (PostgreSQL's, at COMMIT: a cache
+                    index.forget()  # gone stale without a count, review59 L4: not again)
                 self._undo(placed, in_doubt=committed is None)
                 if isinstance(exc, OperationalError):  # (unreachable, busy, locked, full)
                     comment = f"out of resources: {unavailable(exc)}"
