@@ -308,11 +308,11 @@ def test_readiness_is_bounded_in_time_and_runs_one_check_at_a_time() -> None:
 
     async def polls() -> None:
         assert await readiness.problems() == [STILL]
-        assert await readiness.problems() == [STILL]
+        job = readiness._job
+        assert await readiness.problems() == [STILL]  # (past its timeout: at once)
         assert calls == [1]
         release.set()
-        await asyncio.to_thread(readiness._running.acquire, timeout=30)  # (the check ends)
-        readiness._running.release()
+        assert job is not None and await asyncio.wrap_future(job) == []  # (the check ends)
         readiness.timeout = 30
         assert await readiness.problems() == []
 
@@ -344,3 +344,69 @@ def test_failed_writes_of_the_audit_log_are_counted(tmp_path: Path, monkeypatch)
     log.close()
     text = metrics.exposition().decode()
     assert "dicomstore_audit_write_errors_total 1.0" in text
+
+
+def test_overlapping_polls_share_the_running_check() -> None:
+    """review59 M1: a poll that came while a check ran answered "did not answer" at
+    once (503, ``dicomstore_ready`` 0) on a healthy node; it waits for that check."""
+    from dicomstore.services.readiness import Readiness
+
+    entered, go, calls = threading.Event(), threading.Event(), []
+
+    def slow() -> list[str]:
+        calls.append(1)
+        entered.set()
+        go.wait(30)
+        return []
+
+    readiness = Readiness([slow], timeout=30)
+
+    async def polls() -> list[list[str]]:
+        first = asyncio.create_task(readiness.problems())
+        await asyncio.to_thread(entered.wait, 30)  # (the check runs)
+        second = asyncio.create_task(readiness.problems())
+        await asyncio.sleep(0)  # (the second has joined it: it waits, or it answered)
+        go.set()
+        return [await first, await second]
+
+    assert asyncio.run(polls()) == [[], []]
+    assert calls == [1]
+
+
+def test_a_scrape_overlapping_a_probe_is_ready_too(tmp_path: Path, archive, monkeypatch) -> None:
+    """review59 M1 over HTTP: ``/readyz`` and a ``/metrics`` scrape at once both say
+    ready, judged by one run of the checks."""
+    go, calls = threading.Event(), []
+
+    def door() -> list[str]:
+        calls.append(1)
+        go.wait(30)  # (until both have joined this run)
+        return []
+
+    with HttpThread(archive, ready=door, metrics=ServerMetrics()) as web:
+        readiness = web.app.state.readiness
+        readiness.timeout = 30
+        join, joined = readiness._join, []
+
+        def counted() -> object:
+            found = join()
+            joined.append(1)
+            if len(joined) == 2:
+                go.set()
+            return found
+
+        monkeypatch.setattr(readiness, "_join", counted)
+        answers: dict[str, httpx.Response] = {}
+
+        def get(path: str) -> None:
+            answers[path] = httpx.get(f"{web.url}{path}", timeout=60)
+
+        threads = [threading.Thread(target=get, args=(p,)) for p in ("/readyz", "/metrics")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert (answers["/readyz"].status_code, answers["/readyz"].text) == (200, "ready\n")
+    assert answers["/metrics"].status_code == 200
+    assert "\ndicomstore_ready 1.0\n" in answers["/metrics"].text
+    assert calls == [1]

@@ -17,16 +17,22 @@ the checks of the door
     listener (``serve``).
 
 Cheap and bounded: a few system calls and one indexed SELECT, in a worker thread.
-An answer waits at most :data:`TIMEOUT` seconds (a hung file system or index: "did
-not answer"), and while one check hangs no other is started: one stuck thread, not
-one per poll of the load balancer.
+An answer waits at most :data:`TIMEOUT` seconds from the start of the check it
+waits for (a hung file system or index: "did not answer"), and while one check
+runs no other is started: a poll or scrape that comes meanwhile waits for the
+running check's result (review59 M1: it answered "did not answer" at once, so a
+scrape overlapping a probe made a healthy node not ready), and one that comes
+after that check ran past its timeout answers so at once (one stuck thread, not
+one per poll of the load balancer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 #: Seconds an answer waits for the checks.
@@ -55,36 +61,56 @@ def cannot_store(store: Any) -> list[str]:
 
 class Readiness:
     """The problems of ``checks`` (each blocking, returning a line per problem), run
-    together in a worker thread, bounded (module notes); each result is handed to
-    the :attr:`observers` (the ``dicomstore_ready`` gauge)."""
+    together in a worker thread, one run at a time shared by every caller meanwhile,
+    bounded (module notes); each answer is handed to the :attr:`observers` (the
+    ``dicomstore_ready`` gauge)."""
 
     def __init__(self, checks: list[Check], *, timeout: float = TIMEOUT) -> None:
         self.checks = checks
         self.timeout = timeout
         self.observers: list[Callable[[list[str]], None]] = []
-        self._running = threading.Lock()  # (held by the thread that checks)
+        self._lock = threading.Lock()  # (guards the two below)
+        self._job: Future[list[str]] | None = None  # the run under way, if one is
+        self._started = 0.0  # when it began (time.monotonic)
 
     async def problems(self) -> list[str]:
         """Why this node is not ready, one line each (none: ready)."""
-        if not self._running.acquire(blocking=False):
-            found = [STILL]
-        else:
-            loop = asyncio.get_running_loop()
-            try:
-                job = loop.run_in_executor(None, self._run)
-            except BaseException:
-                self._running.release()
-                raise
-            try:  # (shielded: the thread runs on and lets go when done, whatever comes)
-                found = await asyncio.wait_for(asyncio.shield(job), self.timeout)
+        job, deadline = self._join()
+        left = deadline - time.monotonic()
+        found = [STILL]
+        if left > 0:
+            try:  # (shielded: the run goes on for the others, whatever comes to this one)
+                shared = asyncio.wrap_future(job)
+                found = list(await asyncio.wait_for(asyncio.shield(shared), left))  # (a copy)
             except TimeoutError:
-                found = [STILL]
+                pass
         for observe in self.observers:
             observe(found)
         return found
 
-    def _run(self) -> list[str]:
+    def _join(self) -> tuple[Future[list[str]], float]:
+        """The run under way, else a new one started; and when its answer is late."""
+        with self._lock:
+            if self._job is None:
+                job: Future[list[str]] = Future()
+                job.set_running_or_notify_cancel()  # (no waiter can cancel it)
+                worker = threading.Thread(
+                    target=self._run, args=(job,), name="dicomstore-readiness", daemon=True
+                )
+                worker.start()
+                self._job, self._started = job, time.monotonic()
+            return self._job, self._started + self.timeout
+
+    def _run(self, job: Future[list[str]]) -> None:
         try:
-            return [line for check in self.checks for line in check()]
-        finally:
-            self._running.release()
+            found = [line for check in self.checks for line in check()]
+        except BaseException as exc:
+            self._done()
+            job.set_exception(exc)
+        else:
+            self._done()
+            job.set_result(found)
+
+    def _done(self) -> None:
+        with self._lock:
+            self._job = None
