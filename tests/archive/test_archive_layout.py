@@ -9,7 +9,14 @@ import pytest
 from archive_testlib import dataset, dcm_files, store
 
 from dicomstore.archive import DATASET_MISMATCH, OUT_OF_RESOURCES, SUCCESS, Archive
-from dicomstore.archive.layout import instance_relpath, resolve, safe_component
+from dicomstore.archive.layout import (
+    instance_relpath,
+    instance_relstr,
+    named_as_filed,
+    other_place,
+    resolve,
+    safe_component,
+)
 
 SAFE_NAME = re.compile(r"[0-9.]{1,64}|x-[0-9a-f]{32}|no-(study|series|sop-instance)-uid")
 HOSTILE = [
@@ -115,3 +122,29 @@ def test_missing_study_and_series_are_refused_and_would_have_named_folders(
         assert outcome.status == DATASET_MISMATCH
         assert dcm_files(archive.root) == []
     assert instance_relpath("", "", "1.2.3").parts[:2] == ("no-study-uid", "no-series-uid")
+
+
+@pytest.mark.parametrize(
+    ("study", "series", "sop"),
+    [("1.2", "1.2.3", "1.2.3.4"), (None, "../x", "\u00e9"), ("a", None, "b")],
+)
+def test_every_place_the_archive_files_is_named_as_filed(study, series, sop) -> None:
+    """review59 M4: start-up's look for stored instances takes these names only."""
+    place = instance_relstr(study, series, sop)
+    assert named_as_filed(place) and named_as_filed(other_place(place))
+
+
+@pytest.mark.parametrize(
+    "relpath",
+    [
+        "exports/2024/IMG0001.dcm",
+        "lost+found/#1234/x.dcm",
+        "1.2/1.2.3/IMG.dcm",
+        "1.2/1.2.3/1.2.3.4.r.r.dcm",
+        "1.2/1.2.3/4/5.dcm",
+        "1.2/x-00/1.2.3.dcm",
+        "1.2/1.2.3/1.2.3.4.txt",
+    ],
+)
+def test_other_names_are_not(relpath: str) -> None:
+    assert not named_as_filed(relpath)

@@ -49,7 +49,8 @@ def test_a_server_refuses_a_storage_whose_index_holds_none_of_its_files(
     with pytest.raises(UnindexedStorageError) as refused:
         Archive(restored, fsync=False, require_index=True)
     said = str(refused.value)
-    assert said.startswith(f"{restored} holds stored instances (1.2.3.4/...) but its index ")
+    first = sorted(restored.glob("1.2.3.4/*/*.dcm"))[0].relative_to(restored).as_posix()
+    assert said.startswith(f"{restored} holds stored instances ({first} ...) but its index ")
     assert said.endswith(
         f"holds none (lost, or a new one): `dicomstore reindex --storage {restored}`"
         " indexes them again"
@@ -61,6 +62,42 @@ def test_a_server_refuses_a_storage_whose_index_holds_none_of_its_files(
     assert run_reindex(restored, [], fsync=False) == len(UIDS)
     with Archive(restored, fsync=False, require_index=True) as archive:
         assert sorted(r["sop_instance_uid"] for r in archive.instances()) == list(UIDS)
+
+
+def test_files_reindex_leaves_out_do_not_refuse_a_start(
+    restored: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review59 M4: any ``<dir>/<dir>/*.dcm`` refused every start, with no index file
+    too, and the ``reindex`` named left it out: only files the archive filed (named
+    by their own UIDs) are stored instances."""
+    stored = sorted(restored.glob("1.2.3.4/*/*.dcm"))
+    for stray in ("exports/2024/IMG0001.dcm", "lost+found/#1234/x.dcm", "1.2.3.4/9.9/9.9.9.dcm"):
+        (restored / stray).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(stored[0], restored / stray)  # (an instance filed elsewhere)
+    shutil.move(stored[0].parent, restored / "1.2.3.4" / "1.2.3.4.5.6.7")  # (its series: not)
+    left_out: list[str] = []
+    with Archive(restored, fsync=False, require_index=True) as archive:  # (no refusal)
+        assert archive.instances() == []
+    assert messages(caplog, "WARNING") == []
+    assert run_reindex(restored, left_out, fsync=False) == 0  # (what reindex says of them)
+    assert len(left_out) == 5 and all(": left out: not where" in line for line in left_out)
+
+
+def test_an_archive_filed_instance_refuses_and_is_named(restored: Path) -> None:
+    """One file filed as the archive files it, beside stray ones, is enough, and the
+    refusal names it (an index removed between runs: no ``index.sqlite``)."""
+    (restored / "exports").mkdir()
+    shutil.copyfile(next(restored.glob("1.2.3.4/*/*.dcm")), restored / "exports" / "a.dcm")
+    kept = sorted(restored.glob("1.2.3.4/*/*.dcm"))[-1]
+    for other in restored.glob("1.2.3.4/*/*.dcm"):
+        if other != kept:
+            other.unlink()
+    assert not (restored / "index.sqlite").exists()
+    with pytest.raises(UnindexedStorageError) as refused:
+        Archive(restored, fsync=False, require_index=True)
+    assert f"holds stored instances ({kept.relative_to(restored).as_posix()} ...)" in str(
+        refused.value
+    )
 
 
 def test_the_command_line_start_says_it_in_one_line(

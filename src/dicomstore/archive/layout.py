@@ -39,6 +39,7 @@ INDEX_FILE = "index.sqlite"
 SUFFIX = ".dcm"
 NO_STUDY = "no-study-uid"
 NO_SERIES = "no-series-uid"
+NO_SOP = "no-sop-instance-uid"
 
 # Second guard next to is_valid_uid: a full match on ASCII digits and dots only
 # (a ``$`` in a pattern also matches before a trailing newline).
@@ -92,7 +93,7 @@ def instance_relstr(study_uid: str | None, series_uid: str | None, sop_uid: str)
     """:func:`instance_relpath` as a string (the index's ``path``)."""
     study = _folder(study_uid, NO_STUDY)
     series = _folder(series_uid, NO_SERIES)
-    return f"{study}/{series}/{safe_component(sop_uid, 'no-sop-instance-uid')}{SUFFIX}"
+    return f"{study}/{series}/{safe_component(sop_uid, NO_SOP)}{SUFFIX}"
 
 
 #: What a replace (``--on-duplicate replace``) puts before :data:`SUFFIX`: the new
@@ -115,6 +116,27 @@ def is_place(relpath: str, study_uid: str | None, series_uid: str | None, sop_ui
     :func:`instance_relstr` or its :func:`other_place`."""
     place = instance_relstr(study_uid, series_uid, sop_uid)
     return relpath in (place, other_place(place))
+
+
+#: The name :func:`safe_component` derives from a value that is not a UID.
+_DERIVED = re.compile(r"x-[0-9a-f]{32}", re.ASCII)
+
+
+def named_as_filed(relpath: str) -> bool:
+    """Whether ``relpath`` has the shape of a place :func:`is_place` can accept:
+    ``<study>/<series>/<sop>.dcm`` or ``<sop>.r.dcm``, each name one
+    :func:`safe_component` gives (a UID, ``x-`` and 32 hex digits, or the name of a
+    UID missing). Names only, no file read (start-up's look for stored instances,
+    review59 M4: an export folder's or ``lost+found``'s file is not one)."""
+    parts = relpath.split("/")
+    if len(parts) != 3 or not parts[2].endswith(SUFFIX):
+        return False
+    sop = parts[2][: -len(SUFFIX)]
+    sop = sop[: -len(REPLACED)] if sop.endswith(REPLACED) else sop
+    return all(
+        name == missing or _DERIVED.fullmatch(name) is not None or safe_component(name, "") == name
+        for name, missing in ((parts[0], NO_STUDY), (parts[1], NO_SERIES), (sop, NO_SOP))
+    )
 
 
 def copy_name(row: Mapping[str, Any]) -> str:

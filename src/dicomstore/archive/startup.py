@@ -1,17 +1,24 @@
 """What an archive's start-up tells the operator, and what it refuses (review58 M4, M7).
 
 a new archive
-    a storage path that does not exist yet, or a SQLite index that does not: one
-    INFO, ``creating a new archive at PATH`` (a stale unit's ``--storage``, or a
-    share not mounted, is seen in the log rather than as an empty archive).
+    a storage path that does not exist yet, or a SQLite index that does not, and
+    no stored instance: one INFO, ``creating a new archive at PATH`` (a stale
+    unit's ``--storage``, or a share not mounted, is seen in the log rather than as
+    an empty archive).
 an index lost
-    the storage holds stored instances (a ``.dcm`` file in a series folder of a
-    study folder: a few ``scandir`` calls, made only when the index holds no
-    instance) and the index none: the index was lost, or a new one was made (an
-    ``--index`` to another file or database). A server refuses to start
-    (:class:`UnindexedStorageError`, one line naming ``dicomstore reindex``) rather
-    than serve an empty archive; the Python API that opens an archive to rebuild
-    its index (``Archive(root).reindex()``) is told by a WARNING.
+    the storage holds stored instances and the index none: the index was lost
+    (its file too: removed between runs), or a new one was made (an ``--index`` to
+    another file or database). A stored instance is a file ``reindex`` indexes
+    (:func:`~dicomstore.archive.maintenance.filed_by_archive`: named and filed where
+    the archive files the instance its own UIDs name; looked for only when the
+    index holds no instance, with a few ``scandir`` calls and the header of a file
+    so named); another ``.dcm`` file (an export folder, ``lost+found``) is not one,
+    since ``reindex`` leaves it out (review59 M4: it refused every start, the
+    remedy named doing nothing). A server refuses to start
+    (:class:`UnindexedStorageError`, one line naming the file found and
+    ``dicomstore reindex``) rather than serve an empty archive; the Python API that
+    opens an archive to rebuild its index (``Archive(root).reindex()``) is told by a
+    WARNING.
 an older schema
     :func:`rebuild_older`: the index rebuilt from the files, an INFO before (it
     reads every file's header: hours for a large archive) and after (how many, how
@@ -29,7 +36,7 @@ from pathlib import Path
 from dicomstore.archive import layout
 from dicomstore.archive.engine import Engine
 from dicomstore.archive.index import Index
-from dicomstore.archive.maintenance import reindex_archive
+from dicomstore.archive.maintenance import filed_by_archive, reindex_archive
 from dicomstore.archive.schema import SCHEMA_VERSION
 
 log = logging.getLogger("dicomstore.archive")
@@ -58,7 +65,7 @@ def opened(root: Path, index: Index, *, new: bool, refuse: bool, hint: str) -> N
             log.info("creating a new archive at %s", root)
         return
     said = (
-        f"{root} holds stored instances ({stored.relative_to(root).parts[0]}/...) but its index"
+        f"{root} holds stored instances ({stored.relative_to(root).as_posix()} ...) but its index"
         f" {index.where} holds none (lost, or a new one): {hint} indexes them again"
     )
     if refuse:
@@ -67,14 +74,20 @@ def opened(root: Path, index: Index, *, new: bool, refuse: bool, hint: str) -> N
 
 
 def stored_file(root: Path) -> Path | None:
-    """A ``.dcm`` file where the archive files instances (``<study>/<series>/``), if
-    there is one; the first found (study folders: not hidden, ``.tmp``)."""
+    """A stored instance (:func:`filed_by_archive`) where the archive files them
+    (``<study>/<series>/``), if there is one; the first found (study folders: not
+    hidden, ``.tmp``)."""
     for study in _folders(root, hidden=False):
         for series in _folders(study, hidden=True):
             with os.scandir(series) as entries:
                 for entry in entries:
-                    if entry.name.endswith(layout.SUFFIX) and entry.is_file():
-                        return Path(entry.path)
+                    found = Path(entry.path)
+                    if (
+                        entry.name.endswith(layout.SUFFIX)
+                        and entry.is_file()
+                        and filed_by_archive(root, found)
+                    ):
+                        return found
     return None
 
 
