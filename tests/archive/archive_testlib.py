@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import struct
 import threading
@@ -211,3 +212,12 @@ FINAL = "1.2.3.4/1.2.3.4.5/{}.dcm"
 def uid(n: int) -> str:
     """The ``n``-th SOP Instance UID of a test."""
     return f"1.2.3.4.5.6.{100 + n}"
+
+
+class Behind(dt.datetime):
+    """The clock of a node 30 s behind the host that ran a ``reindex`` (patched as
+    ``ingest.datetime``: review59 M2)."""
+
+    @classmethod
+    def now(cls, tz: dt.tzinfo | None = None) -> Behind:
+        return super().now(tz) - dt.timedelta(seconds=30)  # type: ignore[return-value]

@@ -114,31 +114,42 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(stored_dataset(path)).hexdigest()
 
 
-def _stamp(archive: Archive, version: int) -> None:
+def _stamp(archive: Archive, version: int, mark: str = "") -> None:
     """Record ``version`` as the index's schema version (as that dicomstore did), with
-    the tables of that version (before 5: no count of rewrites; before 6: no mark of
-    the last rebuild)."""
+    the tables of that version (before 5: no count of rewrites; before 7: no flag of
+    the rows a rebuild made; 6: its mark, a time, ``mark``)."""
     engine, db = archive.index.engine, archive.index._db
     if version < 5:
         engine.create(db, "DROP TABLE IF EXISTS rewrites;", None)
-    if version < 6:
-        engine.create(db, "DROP TABLE IF EXISTS rebuilt;", None)
+    if version < 7:
+        engine.create(db, "ALTER TABLE instance DROP COLUMN rebuilt;", None)
+    if version == 6:
+        engine.create(db, engine.ddl("CREATE TABLE rebuilt (received_at TEXT NOT NULL);"), None)
+        if mark:
+            engine.create(db, f"INSERT INTO rebuilt (received_at) VALUES ('{mark}');", None)
     engine.create(db, "", version)
 
 
 @pytest.mark.parametrize(
     ("version", "algorithm"),
-    [(2, digests.SHA256), (3, digests.BLAKE3), (4, digests.XXH3), (5, digests.XXH3)],
+    [
+        (2, digests.SHA256),
+        (3, digests.BLAKE3),
+        (4, digests.XXH3),
+        (5, digests.XXH3),
+        (6, digests.XXH3),
+    ],
 )
-def test_an_index_of_an_older_version_is_stamped_6_not_rebuilt(
+def test_an_index_of_an_older_version_is_stamped_7_not_rebuilt(
     tmp_path: Path, version: int, algorithm: str
 ) -> None:
-    """Versions 2 (digests SHA-256), 3 (BLAKE3), 4 (XXH3) and 5 (the count of rewrites)
-    have the same tables but the count of rewrites (before 5) and the mark of the last
-    rebuild: opened as they are (readers too: no mark), a writer adds them and stamps
-    them 6, so that a dicomstore of an older version, which would read 'xxh3:' digests
-    as damage, rewrite rows without counting or take rebuilt rows for new arrivals,
-    refuses it from then on."""
+    """Versions 2 (digests SHA-256), 3 (BLAKE3), 4 (XXH3), 5 (the count of rewrites)
+    and 6 (the mark of the last rebuild, a time) have the same tables but the count of
+    rewrites (before 5) and the flag of the rows a rebuild made: opened as they are
+    (readers too: none flagged), a writer adds them and stamps them 7, so that a
+    dicomstore of an older version, which would read 'xxh3:' digests as damage,
+    rewrite rows without counting or take rebuilt rows for new arrivals (or new ones
+    for rebuilt: review59 M2), refuses it from then on."""
     root = tmp_path / "root"
     with Archive(root, fsync=False) as archive:
         store(archive, DATA)
@@ -146,13 +157,14 @@ def test_an_index_of_an_older_version_is_stamped_6_not_rebuilt(
         _stamp(archive, version)
         assert archive.index.engine.version(archive.index._db) == version
     assert [row["sop_instance_uid"] for row in ArchiveReader(root).instances()] == [UID]
-    assert ArchiveReader(root).rebuilt_through() == ""
+    assert ArchiveReader(root).rebuilt() == set()
     with Archive(root, fsync=False) as archive:
         assert archive.reindexed is None  # not rebuilt from the files
         db = archive.index._db
-        assert archive.index.engine.version(db) == SCHEMA_VERSION == 6
+        assert archive.index.engine.version(db) == SCHEMA_VERSION == 7
         assert db.execute("SELECT one, n FROM rewrites").fetchall() == [(1, 0)]
-        assert db.execute("SELECT received_at FROM rebuilt").fetchall() == []
+        assert "rebuilt" not in archive.index.engine.table_names(db)
+        assert db.execute("SELECT rebuilt FROM instance").fetchall() == [(None,)]
         assert digests.algorithm_of(archive.get_instance(UID)["digest"]) == algorithm
         assert archive.check() == []
         second = dataset("1.2.3.4.5.6.8", patient_name="Digest^Test", pixels=4096)
@@ -163,6 +175,24 @@ def test_an_index_of_an_older_version_is_stamped_6_not_rebuilt(
     # (review50 #12: a reader, `ls`, said 'run dicomstore reindex', which refuses it)
     with pytest.raises(SchemaError, match="newer than this dicomstore's .*: use the dicomstore"):
         ArchiveReader(root)
+
+
+def test_the_mark_of_schema_6_flags_the_rows_received_by_it(tmp_path: Path) -> None:
+    """review59 M2: schema 6 kept the mark of its last rebuild as a time; the writer
+    that stamps it 7 flags the instances received by it (as schema 6 took them), and
+    a reader before it reads the mark as that dicomstore did."""
+    root = tmp_path / "root"
+    with Archive(root, fsync=False) as archive:
+        store(archive, DATA)
+        second = dataset("1.2.3.4.5.6.8", patient_name="Digest^Test", pixels=4096)
+        assert store(archive, second, sop_uid="1.2.3.4.5.6.8").status == SUCCESS
+        mark = archive.get_instance(UID)["received_at"]
+        _stamp(archive, 6, mark)
+    assert ArchiveReader(root).rebuilt() == {UID}
+    with Archive(root, fsync=False) as archive:
+        assert archive.index.engine.version(archive.index._db) == SCHEMA_VERSION
+        assert "rebuilt" not in archive.index.engine.table_names(archive.index._db)
+    assert ArchiveReader(root).rebuilt() == {UID}
 
 
 def _uncommitted_replace(tmp_path: Path, new_name: str) -> tuple[Path, Path, bytes]:
@@ -243,7 +273,7 @@ def test_a_duplicate_that_cannot_be_compared_is_a700(
 
 def test_check_restamps_an_index_of_schema_3_before_it_adopts_a_file(tmp_path: Path) -> None:
     """``check`` opens the index without ``migrate`` and may adopt files a crash left
-    (recording ``xxh3:`` digests): the index is stamped 6 first, so that a dicomstore
+    (recording ``xxh3:`` digests): the index is stamped 7 first, so that a dicomstore
     of schema 3 refuses it rather than take those digests for damage."""
     from dicomstore.archive.maintenance import run_check
 
@@ -254,4 +284,4 @@ def test_check_restamps_an_index_of_schema_3_before_it_adopts_a_file(tmp_path: P
     assert run_check(root, fsync=False) == []
     reader = ArchiveReader(root)
     with closing(reader.connect()) as db:
-        assert reader.engine.version(db) == SCHEMA_VERSION == 6
+        assert reader.engine.version(db) == SCHEMA_VERSION == 7

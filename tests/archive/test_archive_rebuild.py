@@ -1,21 +1,24 @@
 """A rebuild of the index from the files (archive/rebuild.py, review58 H1 and H2):
 ``reindex`` in place keeps each instance's arrival and each patient's, study's and
-series' attributes; files the index did not hold go in by their times, whose latest
-is the mark that tells them from arrivals; an index of an older schema is rebuilt
-in the order its rows say the instances were received."""
+series' attributes (to the files it did not hold received no later than those it
+held: review59 M3); files the index did not hold go in by their times, flagged
+(no arrivals), and what is stored after is no rebuilt row whatever the clock of its
+node (review59 M2); an index of an older schema is rebuilt in the order its rows
+say the instances were received."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from archive_testlib import dataset, store
+from archive_testlib import Behind, dataset, store
 
-from dicomstore.archive import SUCCESS, Archive
+from dicomstore.archive import SUCCESS, Archive, ingest
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.schema import SCHEMA_VERSION
 
@@ -89,16 +92,16 @@ def test_an_in_place_reindex_keeps_arrivals_and_a_renamed_patient(tmp_path: Path
         assert archive.reindex() == 3
         assert _shown(archive) == SHOWN
         assert _arrivals(archive) == arrived
-        assert ArchiveReader(archive.root).rebuilt_through() == ""  # (nothing made up)
+        assert ArchiveReader(archive.root).rebuilt() == set()  # (nothing made up)
 
 
 def test_files_the_index_lost_go_in_by_their_times_which_mark_the_rebuild(
     tmp_path: Path,
 ) -> None:
     """With the index lost, each file's time is its arrival: the latest gives its
-    patient's values (a restore that kept the times: the receive order); the latest
-    is the mark of the rebuild, a time in the future is the rebuild's; an in-place
-    reindex after it keeps them all, and the mark."""
+    patient's values (a restore that kept the times: the receive order); the rows are
+    flagged made by the rebuild, a time in the future is the rebuild's; an in-place
+    reindex after it keeps them all, and the flags."""
     with Archive(tmp_path / "root", fsync=False) as archive:
         _store_renamed(archive)
         start = time.time() - 100
@@ -109,22 +112,43 @@ def test_files_the_index_lost_go_in_by_their_times_which_mark_the_rebuild(
         assert _shown(archive) == SHOWN
         assert _arrivals(archive) == {uid: _iso(when) for uid, when in times.items()}
         reader = ArchiveReader(archive.root)
-        assert reader.rebuilt_through() == _iso(start + 2)
+        assert reader.rebuilt() == set(times)
 
         data = dataset("1.2.1.1.1.2", study=B_STUDY, series="1.2.1.1.1", patient_id="P1")
         assert store(archive, data, sop_uid="1.2.1.1.1.2").status == SUCCESS
-        new = archive.get_instance("1.2.1.1.1.2")
-        assert new is not None and new["received_at"] > reader.rebuilt_through()
+        assert reader.rebuilt() == set(times)
         arrived = _arrivals(archive)
         assert archive.reindex() == 4
-        assert _arrivals(archive) == arrived and reader.rebuilt_through() == _iso(start + 2)
+        assert _arrivals(archive) == arrived and reader.rebuilt() == set(times)
 
         _set_times(archive, {"1.2.1.1.1.2": time.time() + 86400})  # (a clock ahead)
         _lose_index(archive)
         assert archive.reindex() == 4
         after = _iso(time.time())
         arrival = _arrivals(archive)["1.2.1.1.1.2"]
-        assert arrival <= after and reader.rebuilt_through() == arrival
+        assert arrival <= after and reader.rebuilt() == {*times, "1.2.1.1.1.2"}
+
+
+def test_a_store_after_a_rebuild_by_a_node_whose_clock_is_behind_is_no_rebuilt_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review59 M2: the rebuild's mark was a time (the latest file's); a node whose
+    clock was behind stored instances at or before it, taken for rebuilt ones for
+    good. The flag tells the rows: a store after is none, a rebuild's rows stay."""
+    with Archive(tmp_path / "root", fsync=False) as archive:
+        _store_renamed(archive)
+        _lose_index(archive)
+        assert archive.reindex() == 3
+        reader = ArchiveReader(archive.root)
+        made = reader.rebuilt()
+        assert made == {sop for sop, *_ in RECEIVED}
+        latest = max(_arrivals(archive).values())
+        monkeypatch.setattr(ingest, "datetime", Behind)
+        data = dataset("1.2.1.1.2.1", study="1.2.1.2", series="1.2.1.1.2", patient_id="P2")
+        assert store(archive, data, sop_uid="1.2.1.1.2.1").status == SUCCESS
+        new = archive.get_instance("1.2.1.1.2.1")
+        assert new is not None and new["received_at"] <= latest  # (behind the files)
+        assert reader.rebuilt() == made
 
 
 def test_with_the_index_lost_and_the_times_reset_the_latest_file_wins(tmp_path: Path) -> None:
@@ -171,9 +195,44 @@ def test_an_index_of_schema_1_is_rebuilt_in_the_order_it_received(tmp_path: Path
     db.close()
     with Archive(root, fsync=False) as archive:
         assert archive.reindexed == 3
-        db = archive.index._db  # (made anew: schema 6, the rebuild counted once)
-        assert archive.index.engine.version(db) == SCHEMA_VERSION == 6
+        db = archive.index._db  # (made anew: schema 7, the rebuild counted once)
+        assert archive.index.engine.version(db) == SCHEMA_VERSION == 7
         assert db.execute("SELECT one, n FROM rewrites").fetchall() == [(1, 1)]
         assert _shown(archive) == SHOWN
         assert _arrivals(archive) == {uid: at for uid, _series, at, _path in rows}
-        assert ArchiveReader(root).rebuilt_through() == ""
+        assert ArchiveReader(root).rebuilt() == set()
+
+
+def test_a_file_received_after_the_index_copy_gives_its_patient_name(tmp_path: Path) -> None:
+    """review59 M3: a live copy restored (the index copied before a file received
+    later, whose patient's name was corrected) and reindexed gave the index's older
+    name to the newer file too: the correction undone. The index's values go to the
+    files it held and to those received no earlier than the latest it held; a file
+    it did not hold received before them does not change them."""
+    root, other = tmp_path / "root", tmp_path / "other"
+    later = {"1.2.5.2": ("P1", "NEW^NAME", +60.0), "1.2.5.4": ("P2", "STALE^NAME", -60.0)}
+    with Archive(other, fsync=False) as elsewhere:  # (the files the index copy lacks)
+        for sop, (patient, name, _) in later.items():
+            data = dataset(
+                sop, study=f"{sop}.0", series=f"{sop}.0.1", patient_id=patient, patient_name=name
+            )
+            assert store(elsewhere, data, sop_uid=sop).status == SUCCESS
+        files = {sop: elsewhere.path_of(sop) for sop in later}
+    with Archive(root, fsync=False) as archive:
+        for sop, patient, name in (("1.2.5.1", "P1", "OLD^NAME"), ("1.2.5.3", "P2", "KEPT^NAME")):
+            data = dataset(
+                sop, study=f"{sop}.0", series=f"{sop}.0.1", patient_id=patient, patient_name=name
+            )
+            assert store(archive, data, sop_uid=sop).status == SUCCESS
+        held = max(_arrivals(archive).values())
+        for sop, (_, _, shift) in later.items():
+            source = files[sop]
+            assert source is not None
+            target = archive.root / source.relative_to(other)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            when = datetime.fromisoformat(held).timestamp() + shift
+            os.utime(target, (when, when))
+        assert archive.reindex() == 4
+        names = {row["patient_id"]: row["patient_name"] for row in archive.instances()}
+        assert names == {"P1": "NEW^NAME", "P2": "KEPT^NAME"}

@@ -2,7 +2,8 @@
 ``reindex`` in place, or a restore of the files (their times reset, the index lost)
 and a ``reindex``, a start forwards nothing again, to a rule configured before or
 added after, and makes no study stable again (nor unstable); what arrives after
-is forwarded and reported as ever."""
+is forwarded and reported as ever, by a node whose clock is behind too (review59
+M2)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,17 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.archive.archive_testlib import Behind, dataset
+from tests.archive.archive_testlib import store as store_in
 from tests.services.forward_testlib import config, instance, serving, status, store, until
 from tests.services.retrieve_testlib import destination
 
+from dicomstore.archive import SUCCESS, Archive, ingest
 from dicomstore.archive.maintenance import run_reindex
 from dicomstore.archive.reader import ArchiveReader
+from dicomstore.services.arrivals import OtherArrivals
 from dicomstore.services.server import Server
+from dicomstore.services.stability import StudyStability
 from dicomstore.services.stable_log import StableLog
 from dicomstore.services.stable_search import stable_states
 
@@ -130,3 +136,31 @@ def test_a_restore_and_a_reindex_send_nothing_to_rules_old_or_new_nor_make_studi
     sent = {ae: status(restored, ae)["sent"] for ae in every}
     assert sent == {"DEST": 3, "STABLE": 3, "RESEARCH": 1, "LATER": 1}
     assert len(dest.received) == 8
+
+
+def test_a_store_after_a_reindex_by_a_node_whose_clock_is_behind_is_an_arrival(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review59 M2: the mark of the rebuild was a time, the latest file's: a node whose
+    clock was behind the host that ran ``reindex`` (a shared index) stored instances
+    at or before it, never forwarded by recovery or the other nodes' arrivals nor
+    waited for to be stable. Now they are arrivals; the rebuilt ones are not."""
+    root = tmp_path / "archive"
+    with Archive(root, fsync=False) as archive:
+        old = dataset(f"{STUDY}.1.1", study=STUDY, series=f"{STUDY}.1")
+        assert store_in(archive, old, sop_uid=f"{STUDY}.1.1").status == SUCCESS
+        with archive.index.lock:  # (the index lost: on either engine)
+            archive.index.begin()
+            archive.index.clear()
+            archive.index.commit()
+    _touch(root)
+    assert run_reindex(root, [], fsync=False) == 1
+    monkeypatch.setattr(ingest, "datetime", Behind)
+    with Archive(root, fsync=False) as node:
+        new = dataset("1.2.78.2.1.1", study="1.2.78.2", series="1.2.78.2.1")
+        assert store_in(node, new, sop_uid="1.2.78.2.1.1").status == SUCCESS
+    reader = ArchiveReader(root)
+    stability = StudyStability(reader, 5, fsync=False)
+    assert [found[0] for found in stability._unreported()] == ["1.2.78.2"]
+    arrivals = OtherArrivals(reader, lambda rows: None, clock=lambda: time.time() - 60)
+    assert [row["sop_instance_uid"] for row in arrivals.look()] == ["1.2.78.2.1.1"]

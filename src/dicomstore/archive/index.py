@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable
 from contextlib import AbstractContextManager, closing
 from pathlib import Path
 from typing import Any
@@ -354,13 +354,6 @@ class Index:
         self._cache.rewrite(self._db)
         for table in ("unflushed", *reversed(TABLES)):
             self._db.execute(f"DELETE FROM {table}")
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        """(In the open transaction.) A statement of another archive module, on a
-        table of its own (``rebuild.mark``); never on patient, study, series or
-        instance, whose rows only the methods above write, counting each rewrite
-        (``parentcache.py``)."""
-        self._db.execute(sql, params)
 
     def close(self) -> None:
         """Close the writer connection (and the readers kept)."""

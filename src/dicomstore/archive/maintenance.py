@@ -202,8 +202,8 @@ def reindex_archive(
     patient, study and series the attributes (``rebuild.Kept``); the others'
     arrival is their file's modification time, and they are put in the order of
     arrival, so that the latest received gives its parents' attributes (review58
-    H2); the latest arrival so made up is the mark that tells them from arrivals
-    (review58 H1: ``rebuild.py``). ``arrivals``: the index's tables were made
+    H2); the rows so made up are flagged, no arrivals (review58 H1, review59 M2:
+    ``rebuild.py``). ``arrivals``: the index's tables were made
     anew from an older schema, whose rows said that of each instance
     (``schema.create_or_migrate``). Two files with one SOP
     Instance UID (a replace or delete a crash interrupted, where nothing
@@ -260,14 +260,13 @@ def reindex_archive(
                     " when it was stored; those are kept (check reports it): restore the file"
                     " from a copy, or delete the instance"
                 )
-    through = kept.apply(chosen.values(), datetime.now(UTC).isoformat(timespec="microseconds"))
+    kept.apply(chosen.values(), datetime.now(UTC).isoformat(timespec="microseconds"))
     with index.lock, index.without_deadline():  # (a COMMIT of every row: long)
         index.begin()
         try:
             index.clear()
             judge = on_relational_mismatch == "reject"
             count = _put_judged(index, chosen, recorded if judge else None, told)
-            rebuild.mark(index, through)
             index.commit()
         except BaseException:
             index.rollback()

@@ -391,15 +391,18 @@ _STUDY_INSTANCES = (
 )
 
 
-def newest_arrival(study_uid_sql: str) -> str:
-    """SQL of the arrival (``received_at``) of the newest instance of the study whose
-    Study Instance UID is the SQL expression ``study_uid_sql`` (a correlated subquery)."""
-    return f"SELECT MAX(c.received_at) {_STUDY_INSTANCES} WHERE a.study_uid = {study_uid_sql}"
+def newest_arrival(study_uid_sql: str, received: str = "c.received_at") -> str:
+    """SQL of the arrival (``received_at``, or the SQL expression ``received`` of the
+    instance row ``c``) of the newest instance of the study whose Study Instance UID is
+    the SQL expression ``study_uid_sql`` (a correlated subquery)."""
+    return f"SELECT MAX({received}) {_STUDY_INSTANCES} WHERE a.study_uid = {study_uid_sql}"
 
 
-def newest_arrivals(db: Connection, study_uids: Collection[str]) -> dict[str, str]:
-    """Per study of ``study_uids``, the arrival of its newest instance: one statement
-    (studies without instances are left out)."""
+def newest_arrivals(
+    db: Connection, study_uids: Collection[str], received: str = "c.received_at"
+) -> dict[str, str]:
+    """Per study of ``study_uids``, the arrival of its newest instance (as
+    :func:`newest_arrival`): one statement (studies without instances are left out)."""
     if not study_uids:
         return {}
     if dialect_of(db) == "sqlite":
@@ -407,7 +410,7 @@ def newest_arrivals(db: Connection, study_uids: Collection[str]) -> dict[str, st
     else:
         listed, param = "SELECT unnest(CAST(? AS text[]))", list(study_uids)  # type: ignore[assignment]
     sql = (
-        f"SELECT a.study_uid, MAX(c.received_at) {_STUDY_INSTANCES}"
+        f"SELECT a.study_uid, MAX({received}) {_STUDY_INSTANCES}"
         f" WHERE a.study_uid IN ({listed}) GROUP BY a.study_uid"
     )
     return dict(db.execute(sql, (param,)).fetchall())

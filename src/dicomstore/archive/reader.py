@@ -30,7 +30,7 @@ from dicomstore.archive.engine import (
 )
 from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.index import unflushed_keys
-from dicomstore.archive.rebuild import rebuilt_through
+from dicomstore.archive.rebuild import rebuilt_uids
 from dicomstore.archive.schema import SAME_TABLES, SCHEMA_VERSION, SchemaError
 from dicomstore.archive.storage import Storage
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
@@ -106,11 +106,11 @@ class ArchiveReader:
         """A new read-only connection to the index (close it when done)."""
         return self.engine.reader(self.timeout)  # type: ignore[no-any-return]
 
-    def rebuilt_through(self) -> str:
-        """The mark of the last rebuild of the index from the files (``rebuild.py``):
-        an instance received at or before it is no arrival ('': none was made)."""
+    def rebuilt(self) -> set[str]:
+        """The SOP Instance UIDs of the instances a rebuild of the index from the files
+        made (``rebuild.py``): no arrivals."""
         with self._db() as db:
-            return rebuilt_through(self.engine, db)
+            return rebuilt_uids(self.engine, db)
 
     @contextmanager
     def _db(self) -> Iterator[Connection]:

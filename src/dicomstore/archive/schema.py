@@ -1,4 +1,4 @@
-"""The index schema (version 6) and the SQL the writer and readers share.
+"""The index schema (version 7) and the SQL the writer and readers share.
 
 Patient / study / series / instance, linked by surrogate keys (``*_pk``):
 a series row is one Series Instance UID *in one study*, a study row one Study
@@ -15,19 +15,22 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: Older versions with the tables of this one, opened as they are (a writer adds
-#: :data:`REWRITES` and :data:`REBUILT` and stamps them :data:`SCHEMA_VERSION`): 2
+#: :data:`REWRITES` and the column ``instance.rebuilt`` and stamps them :data:`SCHEMA_VERSION`): 2
 #: recorded every digest as SHA-256, 3 also as ``blake3:``, 4 also as ``xxh3:``
 #: (``digests.py``), which a dicomstore of an older version would misread (its
 #: ``check`` would report every new instance); 5 counts the rewrites
 #: (``parentcache.py``), which a dicomstore of an older version would delete and
 #: change rows without counting (another writer's cache would then file instances
-#: under rows that are gone); 6 keeps the mark of the last rebuild from the files
-#: (``rebuild.py``), which a dicomstore of an older version would ignore (its
-#: ``reindex`` would keep no arrival, its forwarding and study-complete events would
-#: take the rebuilt instances for new arrivals): it refuses a newer schema.
-SAME_TABLES = frozenset({2, 3, 4, 5})
+#: under rows that are gone); 6 kept the mark of the last rebuild from the files as
+#: a time (the table ``rebuilt``), 7 flags the instance rows a rebuild made
+#: (``instance.rebuilt``, ``rebuild.py``; review59 M2: a node whose clock was behind
+#: stored instances under the time), which a dicomstore of an older version would
+#: ignore (its ``reindex`` would keep no arrival or leave a time, its forwarding and
+#: study-complete events would take the rebuilt instances for new arrivals, or new
+#: ones for rebuilt): it refuses a newer schema.
+SAME_TABLES = frozenset({2, 3, 4, 5, 6})
 
 # Surrogate keys (``*_pk``) link the levels, so that one Series Instance UID
 # can be filed under two studies and one Study Instance UID under two patients
@@ -80,7 +83,8 @@ CREATE TABLE IF NOT EXISTS instance (
     received_at TEXT NOT NULL,
     calling_ae TEXT,
     called_ae TEXT,
-    path TEXT NOT NULL UNIQUE
+    path TEXT NOT NULL UNIQUE,
+    rebuilt INTEGER
 );
 """
 #: The indexes searches use, made with the tables and again at every open of the
@@ -125,12 +129,15 @@ CREATE TABLE IF NOT EXISTS rewrites (
 );
 INSERT INTO rewrites (one, n) VALUES (1, 0) ON CONFLICT (one) DO NOTHING;
 """
-#: The rebuild watermark (``rebuild.py``): one row, the latest arrival a rebuild of
-#: the index from the files took from a file's modification time. Made at every open
-#: of the index by its writer when absent (an index of schema 2 to 5), before it is
-#: stamped 6.
+#: The flag of the instance rows a rebuild of the index from the files made, no
+#: arrivals (``rebuild.py``; NULL: an arrival, so that every store, a replace too,
+#: clears it: ``UPSERT_INSTANCE``). Added by the writer that opens an index of schema
+#: 2 to 6, before it is stamped 7; schema 6's mark (a time, the table ``rebuilt``)
+#: flags the rows received by it, as that dicomstore took them, and is dropped.
 REBUILT = """
-CREATE TABLE IF NOT EXISTS rebuilt (received_at TEXT NOT NULL);
+ALTER TABLE instance ADD COLUMN rebuilt INTEGER;
+UPDATE instance SET rebuilt = 1 WHERE received_at <= (SELECT MAX(received_at) FROM rebuilt);
+DROP TABLE rebuilt;
 """
 #: (Of an index of an older schema, dropped:) SOP Instance UID -> (path, received_at)
 #: as its rows had them, for :func:`create_or_migrate`'s rebuild from the files.
@@ -172,6 +179,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "calling_ae",
         "called_ae",
         "path",
+        "rebuilt",
     ),
 }
 #: The tables above ``instance``, whose rows the writer caches.
@@ -187,7 +195,7 @@ NATURAL_KEY = {
 #: The values each parent table keeps beside its keys.
 ATTRS = {t: tuple(c for c in TABLES[t][1:] if c not in NATURAL_KEY[t]) for t in PARENTS}
 #: Internal columns, never part of a row returned to a reader.
-HIDDEN = frozenset((*PK.values(), "scope"))
+HIDDEN = frozenset((*PK.values(), "scope", "rebuilt"))
 ALIAS = {"patient": "p", "study": "st", "series": "se", "instance": "i"}
 #: Every key of a row as returned by queries -> its qualified column.
 ROW_COLUMNS: dict[str, str] = {}
@@ -282,14 +290,12 @@ def create_or_migrate(engine: Any, db: Any, where: str, *, migrate: bool) -> Arr
             engine.create(db, engine.ddl(UNFLUSHED), None)
         if "rewrites" not in tables:  # (schema 5: made before the stamp says it is)
             engine.create(db, engine.ddl(REWRITES), None)
-        if "rebuilt" not in tables:  # (schema 6: made before the stamp says it is)
-            engine.create(db, engine.ddl(REBUILT), None)
         if version != SCHEMA_VERSION:  # the same tables: a new stamp, before this
             # writer records a digest an older dicomstore would take for damage (even
             # `check`'s recovery, which opens without ``migrate``, adopts files), or
-            # writes what an older one would rewrite without counting, or leaves a
-            # rebuild's mark an older one would ignore
-            engine.create(db, "", SCHEMA_VERSION)
+            # writes what an older one would rewrite without counting, or flags rows
+            # an older one would ignore
+            _add_rebuilt(engine, db, tables)
         return None
     if version > SCHEMA_VERSION:
         raise SchemaError(
@@ -307,10 +313,31 @@ def create_or_migrate(engine: Any, db: Any, where: str, *, migrate: bool) -> Arr
         # its replay tells a lost COMMIT from a delete by the rows and ``unflushed``,
         # both dropped here. The next schema change must replay first, or keep them)
         drop = "".join(f"DROP TABLE IF EXISTS {t};" for t in ("unflushed", *reversed(TABLES)))
-    engine.create(
-        db, drop + engine.ddl(SCHEMA + INDEXES + UNFLUSHED + REWRITES + REBUILT), SCHEMA_VERSION
-    )
+    engine.create(db, drop + engine.ddl(SCHEMA + INDEXES + UNFLUSHED + REWRITES), SCHEMA_VERSION)
     return arrivals
+
+
+def _add_rebuilt(engine: Any, db: Any, tables: set[str]) -> None:
+    """The column ``instance.rebuilt`` added to an index of schema 2 to 6 (schema 6's
+    mark turned into flags: :data:`REBUILT`), stamped :data:`SCHEMA_VERSION`; one
+    transaction (a writer opening it meanwhile: already done, or stamped after)."""
+    if "rebuilt" in instance_columns(db):  # (a writer stopped before its stamp)
+        engine.create(db, "", SCHEMA_VERSION)
+        return
+    script = REBUILT if "rebuilt" in tables else REBUILT.split(";")[0] + ";"
+    try:
+        engine.create(db, engine.ddl(script), SCHEMA_VERSION)
+    except Exception:
+        if engine.in_transaction(db):  # (SQLite's script stopped at its failed ALTER)
+            db.execute("ROLLBACK")
+        if "rebuilt" not in instance_columns(db):  # (not another writer's, just before)
+            raise
+        engine.create(db, "", SCHEMA_VERSION)
+
+
+def instance_columns(db: Any) -> set[str]:
+    """The columns the index's instance table has (an index of an older schema: fewer)."""
+    return {d[0] for d in db.execute("SELECT * FROM instance LIMIT 0").description}
 
 
 def _arrivals(engine: Any, db: Any) -> Arrivals:
@@ -320,8 +347,7 @@ def _arrivals(engine: Any, db: Any) -> Arrivals:
     each patient's name, a correction undone)."""
     if "instance" not in engine.table_names(db):
         return {}
-    columns = {d[0] for d in db.execute("SELECT * FROM instance LIMIT 0").description}
-    if not {"sop_instance_uid", "path", "received_at"} <= columns:
+    if not {"sop_instance_uid", "path", "received_at"} <= instance_columns(db):
         return {}
     sql = "SELECT sop_instance_uid, path, received_at FROM instance"
     return {uid: (path, at) for uid, path, at in db.execute(sql)}

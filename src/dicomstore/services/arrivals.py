@@ -8,8 +8,9 @@ after its ``received_at`` is set: a group commit, a turn on the index write
 lock — ``--lock-timeout`` at most — and the flushes; the slack covers them),
 those not seen yet handed to the consumers: forwarding queues them for its
 ``when=instance`` rules, the events count them as arrivals of their study.
-Those received by the mark of the index's last rebuild from the files
-(``archive/rebuild.py``) are none: their time was their file's (review58 H1).
+Those a rebuild of the index from the files made (``archive/rebuild.py``) are
+none: their time was their file's (review58 H1); whatever is stored after it is
+one, whatever the clock of the node that stored it (review59 M2).
 
 Both take an instance twice without harm (the queue keeps an entry already
 there; a study's quiet time runs from its newest arrival; an arrival its
@@ -32,7 +33,7 @@ from typing import Any
 from dicomstore.archive import nodes
 from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.archive.rebuild import rebuilt_through
+from dicomstore.archive.rebuild import arrivals_only
 from dicomstore.services.stable_log import iso, shifted
 
 log = logging.getLogger("dicomstore.server")
@@ -59,7 +60,7 @@ _SELECT = (
     " JOIN series se ON se.series_pk = i.series_pk"
     " JOIN study st ON st.study_pk = se.study_pk"
     " JOIN patient p ON p.patient_pk = st.patient_pk"
-    " WHERE i.received_at >= ? AND i.received_at > ?"
+    " WHERE i.received_at >= ? AND {}"
 )
 
 Consumer = Callable[[list[dict[str, Any]]], object]
@@ -103,8 +104,8 @@ class OtherArrivals:
         new: list[dict[str, Any]] = []
         seen: dict[str, str] = {}
         with closing(self.reader.connect()) as db:
-            rebuilt = rebuilt_through(self.reader.engine, db)  # (module notes)
-            for values in db.execute(_SELECT, (floor, rebuilt)):
+            arrival = arrivals_only(self.reader.engine, db)  # (module notes)
+            for values in db.execute(_SELECT.format(arrival), (floor,)):
                 row = dict(zip(COLUMNS, values, strict=True))
                 uid, at = row["sop_instance_uid"], row["received_at"]
                 seen[uid] = at

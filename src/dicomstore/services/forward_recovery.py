@@ -6,10 +6,11 @@ queue has not seen, are queued again (an entry already there is kept), so that
 an instance acknowledged just before a crash is forwarded all the same. A rule
 applies to what is stored while it is configured: one added to the
 configuration does not send the archive's past. A study that becomes stable is
-queued from the index the same way (:func:`add_study`). An instance received by
-the mark of the index's last rebuild from the files (``archive/rebuild.py``: a
-restore, an index lost) is never queued again (review58 H1: its arrival time was
-the file's, the whole archive went again, to a rule added since too).
+queued from the index the same way (:func:`add_study`). An instance a rebuild of
+the index from the files made (``archive/rebuild.py``: a restore, an index lost)
+is never queued again (review58 H1: its arrival time was the file's, the whole
+archive went again, to a rule added since too); one stored after it is, whatever
+the clock of the node that stored it (review59 M2).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from contextlib import closing
 from typing import Any
 
 from dicomstore.archive.reader import ArchiveReader
+from dicomstore.archive.rebuild import arrivals_only
 from dicomstore.services.forward_queue import ForwardQueue, Queued
 from dicomstore.services.forward_rules import ForwardRule, entries_for
 from dicomstore.services.stable_log import StableLog, StableStudy, epoch, shifted
@@ -56,10 +58,10 @@ def recover(
     if observed is None:  # a new queue: nothing stored before it is forwarded
         queue.set_watermark("observed", now)
     elif any(rule.when == "instance" for rule in rules):
-        floor, rebuilt = shifted(observed, -SLACK), reader.rebuilt_through()
         with closing(reader.connect()) as db:
-            sql = f"{_ROW} WHERE i.received_at >= ? AND i.received_at > ?"
-            cursor = db.execute(sql, (floor, rebuilt))
+            arrival = arrivals_only(reader.engine, db)
+            sql = f"{_ROW} WHERE i.received_at >= ? AND {arrival}"
+            cursor = db.execute(sql, (shifted(observed, -SLACK),))
             added = _add_rows(queue, rules, since, _rows(cursor), "instance", batch)
     return added + _recover_stable(reader, queue, rules, since)
 
@@ -117,11 +119,12 @@ def add_study(
     forgot what it sent, an hour on, sent the whole study again); never those the
     index was rebuilt with (module notes). Blocking."""
     items: list[Queued] = []
-    floor = reader.rebuilt_through()
+    floor = ""
     if before is not None:  # (covered: arrived by its last one, +1 ms of rounding)
-        floor = max(floor, shifted(before.last_received, 0.001))
-    sql = f"{_ROW} WHERE st.study_uid = ? AND i.received_at > ?"
+        floor = shifted(before.last_received, 0.001)
     with closing(reader.connect()) as db:
+        arrival = arrivals_only(reader.engine, db)
+        sql = f"{_ROW} WHERE st.study_uid = ? AND i.received_at > ? AND {arrival}"
         cursor = db.execute(sql, (event.study_uid, floor))
         for row in _rows(cursor):
             items.extend(entries_for(rules, since, row, "stable", event.stable_at))

@@ -21,9 +21,10 @@ A restart loses nothing: studies whose newest instance in the index arrived
 after their last logged event (or that have none) are waited for again, from
 that instance's arrival time (:meth:`StudyStability.recover`; a server reads the
 index for them while it already serves, :meth:`StudyStability.catch_up`). The
-instances received by the mark of the index's last rebuild from the files
-(``archive/rebuild.py``: a restore, an index lost) are no arrivals (review58 H1:
-every study of a restored archive was stable again, its command run again). A
+instances a rebuild of the index from the files made (``archive/rebuild.py``: a
+restore, an index lost) are no arrivals (review58 H1: every study of a restored
+archive was stable again, its command run again); those stored after it are,
+whatever the clock of the node that stored them (review59 M2). A
 failing hook, command or webhook is logged; the event stays in the log.
 """
 
@@ -45,7 +46,7 @@ from typing import Any
 
 from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.archive.rebuild import rebuilt_through
+from dicomstore.archive.rebuild import arrivals_only
 from dicomstore.archive.schema import FROM_JOIN
 from dicomstore.services.stable_log import (
     StableLog,
@@ -63,10 +64,14 @@ WEBHOOK_TIMEOUT = 10.0
 OnStable = Callable[[StableStudy], Awaitable[None] | None]
 
 
-def _first_after(db: Any, study_uid: str, after: str) -> str | None:
+def _first_after(db: Any, study_uid: str, after: str, arrival: str) -> str | None:
     """The first arrival (``received_at``) of ``study_uid`` after ``after`` (ISO 8601):
-    the start of the burst its last event did not cover."""
-    sql = f"SELECT MIN(i.received_at){FROM_JOIN} WHERE st.study_uid = ? AND i.received_at > ?"
+    the start of the burst its last event did not cover (``arrival``: the SQL
+    condition of an arrival, ``rebuild.arrivals_only``)."""
+    sql = (
+        f"SELECT MIN(i.received_at){FROM_JOIN}"
+        f" WHERE st.study_uid = ? AND i.received_at > ? AND {arrival}"
+    )
     row = db.execute(sql, (study_uid, after)).fetchone()
     return row[0] if row else None
 
@@ -185,19 +190,19 @@ class StudyStability:
             "SELECT st.study_uid, p.patient_id, MIN(i.received_at), MAX(i.received_at),"
             " MIN(i.path) FROM instance i JOIN series se ON se.series_pk = i.series_pk"
             " JOIN study st ON st.study_pk = se.study_pk"
-            " JOIN patient p ON p.patient_pk = st.patient_pk WHERE i.received_at > ?"
+            " JOIN patient p ON p.patient_pk = st.patient_pk WHERE {}"
             " GROUP BY st.study_pk, p.patient_pk"
         )
         found = []
         with closing(self.reader.connect()) as db:
-            rebuilt = rebuilt_through(self.reader.engine, db)  # (module notes)
-            rows = db.execute(sql, (rebuilt,)).fetchall()
+            arrival = arrivals_only(self.reader.engine, db)  # (module notes)
+            rows = db.execute(sql.format(arrival)).fetchall()
             for study_uid, patient_id, first, last, relpath in rows:
                 newest = epoch(last)
                 before = reported.get(study_uid)
                 if before is not None and newest > before:  # (review49 #14: this burst's)
-                    after = max(iso(before + 0.001), rebuilt)
-                    first = _first_after(db, study_uid, after) or first
+                    after = iso(before + 0.001)
+                    first = _first_after(db, study_uid, after, arrival) or first
                 if newest > (before if before is not None else float("-inf")):
                     found.append((study_uid, patient_id or None, epoch(first), newest, relpath))
         return found

@@ -181,21 +181,14 @@ _PARSED: dict[Path, _Parsed] = {}
 _PARSED_LOCK = threading.Lock()
 
 
-def covered(event: StableStudy | None, newest: str | None, rebuilt: str = "") -> str | None:
+def covered(event: StableStudy | None, newest: str | None) -> str | None:
     """``event.stable_at`` when ``event`` covers a study whose newest instance arrived
-    at ``newest`` (ISO 8601), else None: the study is stable since then."""
-    if event is None or not newest or epoch(newest) > epoch(covers(event, rebuilt)):
+    at ``newest`` (ISO 8601; ``rebuild.BEFORE_ALL`` when a rebuild of the index made
+    every instance it has: no arrival, review58 H1), else None: the study is stable
+    since then."""
+    if event is None or not newest or epoch(newest) > epoch(event.last_received):
         return None
     return event.stable_at
-
-
-def covers(event: StableStudy, rebuilt: str) -> str:
-    """The latest arrival ``event`` covers: its last instance's, or ``rebuilt`` if
-    later (the mark of the index's last rebuild from the files, ``archive/rebuild.py``:
-    what was received by it is no arrival; review58 H1)."""
-    if rebuilt and epoch(rebuilt) > epoch(event.last_received):
-        return rebuilt
-    return event.last_received
 
 
 def reader_log(reader: ArchiveReader) -> StableLog:

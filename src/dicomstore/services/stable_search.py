@@ -29,8 +29,8 @@ from typing import Any
 from dicomstore.archive import query as q
 from dicomstore.archive.engine import dialect_of
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.archive.rebuild import rebuilt_through
-from dicomstore.services.stable_log import StableStudy, covered, covers, reader_log
+from dicomstore.archive.rebuild import newest_received
+from dicomstore.services.stable_log import StableStudy, covered, reader_log
 
 _REPORTED = "dicomstore_reported"
 _STABLE_AT = "dicomstore_stable_at"
@@ -45,10 +45,10 @@ def stable_states(reader: ArchiveReader, study_uids: Collection[str]) -> dict[st
     reported = [uid for uid in states if uid in latest]
     if reported:
         with closing(reader.connect()) as db:
-            newest = q.newest_arrivals(db, reported)
-            rebuilt = rebuilt_through(reader.engine, db)
+            received = newest_received(reader.engine, db, "c")
+            newest = q.newest_arrivals(db, reported, received)
         for uid in reported:
-            states[uid] = covered(latest[uid], newest.get(uid), rebuilt)
+            states[uid] = covered(latest[uid], newest.get(uid))
     return states
 
 
@@ -68,11 +68,11 @@ def search(
         return reader.search(level, filters, limit=limit, offset=offset, sample=sample)
     latest = reader_log(reader).latest()
     with closing(reader.connect()) as db:
-        rebuilt = rebuilt_through(reader.engine, db)
+        received = newest_received(reader.engine, db, "c")
         if dialect_of(db) == "sqlite":
-            also, params = _covered_sqlite(db, latest, stable, rebuilt)
+            also, params = _covered_sqlite(db, latest, stable, received)
         else:
-            also, params = _covered_pg(latest, stable, rebuilt)
+            also, params = _covered_pg(latest, stable, received)
         return q.search(
             db,
             level,
@@ -86,37 +86,38 @@ def search(
 
 
 def _covered_sqlite(
-    db: Any, latest: Mapping[str, StableStudy], stable: bool, rebuilt: str
+    db: Any, latest: Mapping[str, StableStudy], stable: bool, received: str
 ) -> tuple[str, list[Any]]:
     """The filter on SQLite: two SQL functions of ours on the connection, is a study
     in the log (cheap: the newest instance is looked up only for those), and its
-    ``stable_at`` or NULL (``rebuilt``: the mark of the index's last rebuild)."""
+    ``stable_at`` or NULL (``received``: an instance row's arrival, the rows a rebuild
+    made none, ``rebuild.newest_received``)."""
 
     def stable_at(uid: str, newest: str | None) -> str | None:
-        return covered(latest.get(uid), newest, rebuilt)
+        return covered(latest.get(uid), newest)
 
     db.create_function(_REPORTED, 1, lambda uid: uid in latest, deterministic=True)
     db.create_function(_STABLE_AT, 2, stable_at, deterministic=True)
-    newest = q.newest_arrival("st.study_uid")
+    newest = q.newest_arrival("st.study_uid", received)
     state = f"CASE WHEN {_REPORTED}(st.study_uid) THEN {_STABLE_AT}(st.study_uid, ({newest})) END"
     return f"({state}) IS {'NOT NULL' if stable else 'NULL'}", []
 
 
 def _covered_pg(
-    latest: Mapping[str, StableStudy], stable: bool, rebuilt: str
+    latest: Mapping[str, StableStudy], stable: bool, received: str
 ) -> tuple[str, list[Any]]:
     """The filter on PostgreSQL, which runs no functions of ours: the log's studies
-    go as one JSON object (Study Instance UID: the latest arrival its event covers,
-    :func:`~dicomstore.services.stable_log.covers`), and a study in it is stable
+    go as one JSON object (Study Instance UID: the latest arrival its event covers),
+    and a study in it is stable
     when its newest instance arrived no later (as
     :func:`~dicomstore.services.stable_log.covered`: compared as times).
     A condition per row, as SQLite's, so a search with a ``limit`` walks the study
     order and stops (the newest instance is looked up for reported studies only)."""
-    newest = q.newest_arrival("st.study_uid")
+    newest = q.newest_arrival("st.study_uid", received)
     state = (
         "CASE WHEN CAST(? AS jsonb) ->> st.study_uid IS NOT NULL"
         f" THEN CAST(({newest}) AS timestamptz)"
         " <= CAST(CAST(? AS jsonb) ->> st.study_uid AS timestamptz) END"
     )
-    reported = json.dumps({uid: covers(event, rebuilt) for uid, event in latest.items()})
+    reported = json.dumps({uid: event.last_received for uid, event in latest.items()})
     return f"({state}) IS {'TRUE' if stable else 'NOT TRUE'}", [reported, reported]
