@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from contextlib import AbstractContextManager, closing
 from pathlib import Path
 from typing import Any
@@ -377,26 +377,33 @@ class Index:
     def filing(self) -> Iterable[tuple[str, str, str, str]]:
         """(sop_instance_uid, path, study_uid, series_uid) of every instance: the
         study and series the index files it under, beside where its file is."""
-        return self._every(
-            "SELECT i.sop_instance_uid, i.path, st.study_uid, se.series_uid" + FROM_JOIN
-        )
+        return every(self.reader, FILING)
 
     def holds_instances(self) -> bool:
         """Whether any instance is indexed."""
-        with closing(self._every("SELECT 1 FROM instance LIMIT 1")) as rows:
+        with closing(every(self.reader, "SELECT 1 FROM instance LIMIT 1")) as rows:
             return next(rows, None) is not None
 
     def paths(self) -> Iterable[tuple[str, str, int, str]]:
         """(sop_instance_uid, path, file_size, digest) of every instance."""
-        return self._every("SELECT sop_instance_uid, path, file_size, digest FROM instance")
+        return every(self.reader, PATHS)
 
-    def _every(self, sql: str) -> Generator[Any, None, None]:
-        """The rows of ``sql``, read through a reader of their own as they are taken."""
-        db = self.reader()
-        try:
-            yield from db.execute(sql)
-        finally:
-            db.close()
+
+#: (sop_instance_uid, path, file_size, digest) of every instance (``Index.paths``).
+PATHS = "SELECT sop_instance_uid, path, file_size, digest FROM instance"
+#: (sop_instance_uid, path, study_uid, series_uid) of every instance (``Index.filing``).
+FILING = "SELECT i.sop_instance_uid, i.path, st.study_uid, se.series_uid" + FROM_JOIN
+
+
+def every(connect: Callable[[], Connection], sql: str) -> Generator[Any, None, None]:
+    """The rows of ``sql``, read through a connection of their own (``connect``: a
+    read-only one, the writer's :meth:`Index.reader` or ``ArchiveReader.connect``)
+    as they are taken."""
+    db = connect()
+    try:
+        yield from db.execute(sql)
+    finally:
+        db.close()
 
 
 def _select(db: Connection, filters: dict[str, Any]) -> list[dict[str, Any]]:

@@ -35,9 +35,13 @@ import sqlite3
 import threading
 from pathlib import Path
 from time import monotonic
+from typing import TYPE_CHECKING
 
 from dicomstore.archive.engine import Engine, is_postgresql, without_password
 from dicomstore.archive.index import Index
+
+if TYPE_CHECKING:
+    from dicomstore.archive.reader import ArchiveReader
 
 log = logging.getLogger("dicomstore.archive")
 
@@ -68,14 +72,15 @@ def is_damage(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.DatabaseError) and code is not None and code & 0xFF in _DAMAGE
 
 
-def quick_check(index: Index, most: int = 10) -> list[str]:
+def quick_check(index: Index | ArchiveReader, most: int = 10) -> list[str]:
     """What ``PRAGMA quick_check`` finds wrong with a SQLite index (at most ``most``
-    lines; none: sound, or a PostgreSQL index, see the module notes). A file SQLite
-    cannot read at all is damage too."""
+    lines; none: sound, or a PostgreSQL index, see the module notes), read through
+    the writer's ``Index`` or an ``ArchiveReader`` (``check`` read-only). A file
+    SQLite cannot read at all is damage too."""
     if index.engine.dialect != "sqlite":
         return []
     try:
-        db = index.reader()
+        db = index.reader() if isinstance(index, Index) else index.connect()
         try:
             rows = db.execute(f"PRAGMA quick_check({int(most)})").fetchall()
         finally:

@@ -29,7 +29,7 @@ from dicomstore.archive.engine import (
     size_sum,
 )
 from dicomstore.archive.filestorage import FileStorage
-from dicomstore.archive.index import unflushed_keys
+from dicomstore.archive.index import FILING, PATHS, every, unflushed_keys
 from dicomstore.archive.rebuild import rebuilt_uids
 from dicomstore.archive.schema import SAME_TABLES, SCHEMA_VERSION, SchemaError
 from dicomstore.archive.storage import Storage
@@ -116,6 +116,16 @@ class ArchiveReader:
     def _db(self) -> Iterator[Connection]:
         with closing(self.connect()) as db:
             yield db
+
+    def paths(self) -> Iterator[tuple[str, str, int, str]]:
+        """(sop_instance_uid, path, file_size, digest) of every instance, as
+        ``Index.paths`` (``check`` through a reader: ``maintenance.run_check``)."""
+        return every(self.connect, PATHS)
+
+    def filing(self) -> Iterator[tuple[str, str, str, str]]:
+        """(sop_instance_uid, path, study_uid, series_uid) of every instance, as
+        ``Index.filing``."""
+        return every(self.connect, FILING)
 
     # -- queries ----------------------------------------------------------------------
 

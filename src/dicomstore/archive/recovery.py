@@ -60,7 +60,7 @@ def hold(root: Path, *, exclusive: bool) -> int:
 #: The names a trace can have (``FileStorage.place``): a temporary placed by a
 #: hard link, the second name of one placed by a rename, or of one placed before
 #: its data was flushed (``<temp>.<digest>.new``).
-_TRACES = (".part", ".pub", UNFLUSHED)
+TRACES = (".part", ".pub", UNFLUSHED)
 
 
 def recover(root: Path, index: Index, *, fsync: bool) -> int:
@@ -129,7 +129,7 @@ def _settle_folder(root: Path, index: Index, folder: Path, *, fsync: bool) -> in
     unsettled: set[str] = set()  # traces (and their backups) left for the next start
     replay(root, index, folder)  # (its traces then settled as any)
     for entry in os.scandir(folder):
-        if entry.name.endswith(_TRACES) and entry.is_file(follow_symlinks=False):
+        if entry.name.endswith(TRACES) and entry.is_file(follow_symlinks=False):
             try:
                 if entry.stat(follow_symlinks=False).st_nlink > 1:
                     adopted += _settle(root, index, Path(entry.path), read_row, fsync=fsync)
