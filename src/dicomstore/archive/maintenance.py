@@ -8,9 +8,10 @@ import errno
 import logging
 import os
 import sqlite3
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dicomstore.archive import digests as data_digests
 from dicomstore.archive import layout, nodes, rebuild
@@ -34,12 +35,22 @@ def check_archive(root: Path, index: Index, *, digests: bool = True) -> list[str
     return [line for _, line in _problems(root, index, digests)]
 
 
+class Listing(Protocol):
+    """What :func:`_problems` reads of an index: the writer's ``Index``, or an
+    ``ArchiveReader`` (``check`` of an archive it cannot write: ``readonly_check.py``)."""
+
+    def paths(self) -> Iterable[tuple[str, str, int, str]]: ...
+
+    def filing(self) -> Iterable[tuple[str, str, str, str]]: ...
+
+
 def _problems(
-    root: Path, index: Index, digests: bool, counted: list[int] | None = None
+    root: Path, index: Listing, digests: bool, counted: list[int] | None = None
 ) -> list[tuple[str | None, str]]:
     """:func:`check_archive`'s lines, each with the path it is about (``None``:
     about the filing of an instance in the index); ``counted`` gets how many indexed
-    instances were examined."""
+    instances were examined. The one home of what ``check`` finds, whether it may
+    write (:func:`run_check`) or not (``readonly_check.run_read_only``)."""
     problems: list[tuple[str | None, str]] = []
     indexed: set[Path] = set()
     for uid, relpath, size, digest in index.paths():
@@ -346,27 +357,44 @@ def _wins(a: dict[str, Any], b: dict[str, Any], indexed: str | None) -> bool:
 
 
 def run_check(
-    root: Path, *, fsync: bool = True, index: str | None = None, counted: list[int] | None = None
+    root: Path,
+    *,
+    fsync: bool = True,
+    index: str | None = None,
+    counted: list[int] | None = None,
+    read_only: bool | None = None,
+    pending: list[str] | None = None,
 ) -> list[str]:
-    """``dicomstore check``: refused when ``root`` is not the index's storage
-    (``identity.check_storage``, looking only); with no archive open on ``root``
-    elsewhere, first settle what a crash left (``recovery.recover``, as the next
-    start would), so that a clean check means a clean start; with servers running (nodes, on this
-    host or others: the flock of ``.tmp`` or the database's lock says so) check
-    as is, then look again under the index write lock at what seemed wrong
-    (:func:`_recheck`): what a node was doing at that moment is not reported.
-    The digests are read without the lock, so nodes are never held up for long.
-    A SQLite index SQLite finds damaged (``index_health.quick_check``) is the first
-    problem, with its remedy; nothing is settled into it then (review58 M3)."""
+    """``dicomstore check``. ``read_only`` (``None``: when ``frozen.unwritable`` says
+    the archive cannot be written: a snapshot, backup media): nothing is written,
+    nothing settled; what a start would settle goes to ``pending``, one line each
+    (``readonly_check.run_read_only``, review58 L6). Otherwise: refused when ``root`` is
+    not the index's storage (``identity.check_storage``, looking only); with no archive
+    open on ``root`` elsewhere, first settle what a crash left (``recovery.recover``, as
+    the next start would), so that a clean check means a clean start; with servers
+    running (nodes, on this host or others: the flock of ``.tmp`` or the database's lock
+    says so) check as is, then look again under the index write lock at what seemed
+    wrong (:func:`_recheck`): what a node was doing at that moment is not reported. The
+    digests are read without the lock, so nodes are never held up for long. A SQLite
+    index SQLite finds damaged (``index_health.quick_check``) is the first problem, with
+    its remedy; nothing is settled into it then (review58 M3)."""
     from dicomstore.archive.index_health import quick_check, reindex_command
     from dicomstore.archive.recovery import ArchiveBusyError, hold, recover
 
+    if read_only is None:
+        from dicomstore.archive.frozen import unwritable
+
+        read_only = unwritable(root, index) is not None
+    if read_only:
+        from dicomstore.archive.readonly_check import run_read_only
+
+        return run_read_only(root, index=index, counted=counted, pending=pending)
     db = Index(engine_for(root, index), durable=fsync)
     try:  # (another storage's files: every one reported, or recovered, against this index)
         check_storage(root, db, give=False)
         damage = quick_check(db, most=5)
         if damage:
-            return _damaged(root, db, damage, reindex_command(root, index), counted)
+            return damaged_lines(root, db, db.where, damage, reindex_command(root, index), counted)
         (root / layout.TMP_DIR).mkdir(exist_ok=True)
         alone = False
         try:
@@ -391,13 +419,13 @@ def run_check(
         db.close()
 
 
-def _damaged(
-    root: Path, index: Index, damage: list[str], mend: str, counted: list[int] | None
+def damaged_lines(
+    root: Path, index: Listing, where: str, damage: list[str], mend: str, counted: list[int] | None
 ) -> list[str]:
-    """:func:`run_check` of a damaged index: the damage and its remedy, then the
-    problems found in what can still be read of it (none when nothing can)."""
+    """:func:`run_check` of a damaged index (at ``where``): the damage and its remedy,
+    then the problems found in what can still be read of it (none when nothing can)."""
     line = (
-        f"{index.where}: damaged (SQLite's quick_check: {'; '.join(damage)}): {mend} builds"
+        f"{where}: damaged (SQLite's quick_check: {'; '.join(damage)}): {mend} builds"
         " a new index from the files, the damaged one kept aside"
     )
     try:

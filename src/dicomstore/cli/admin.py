@@ -22,6 +22,12 @@ def add_parsers(sub: Any) -> None:
     """The ``check``, ``reindex``, ``requeue`` and ``conformance`` subcommands."""
     c = sub.add_parser("check", help="verify the archive's files against its index")
     c.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
+    c.add_argument(
+        "--read-only",
+        action="store_true",
+        help="write nothing (no lock, no settling of what a crash left: listed instead),"
+        " as on a read-only copy, a snapshot or backup media, which is detected",
+    )
     add_index(c)
     _add_common(c)
     r = sub.add_parser("reindex", help="rebuild the archive's index from its files")
@@ -82,8 +88,16 @@ def check_or_reindex(args: argparse.Namespace) -> int:
                 on_relational_mismatch=args.on_relational_mismatch,
             )
         else:
+            from dicomstore.archive.frozen import unwritable
+
             checked: list[int] = []
-            problems = maintenance.run_check(root, index=args.index, counted=checked)
+            pending: list[str] = []
+            why = "--read-only" if args.read_only else unwritable(root, args.index)
+            if why is not None:
+                print(f"read-only check ({why}): nothing is written, nothing settled")
+            problems = maintenance.run_check(
+                root, index=args.index, counted=checked, read_only=why is not None, pending=pending
+            )
     except ArchiveBusyError as exc:
         print(
             f"dicomstore: {args.command}: the archive {args.storage} is {exc.strerror}:"
@@ -109,9 +123,10 @@ def check_or_reindex(args: argparse.Namespace) -> int:
             + (f", {len(damaged)} damaged" if damaged else "")
         )
         return EXIT_FAILED if damaged else EXIT_OK
-    for problem in problems:
-        print(problem)
-    print(f"checked {sum(checked)} instance(s): {len(problems)} problem(s)")  # (review45 L17)
+    for line in problems + pending:
+        print(line)
+    how = " read-only" if why is not None else ""
+    print(f"checked {sum(checked)} instance(s){how}: {len(problems)} problem(s)")  # (review45 L17)
     return EXIT_FAILED if problems else EXIT_OK
 
 
