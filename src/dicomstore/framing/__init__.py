@@ -14,9 +14,9 @@ complete, before the end of a value, or before the delimiter of an open
 sequence or item: the data set is cut short, whatever else it holds (a
 deflate stream that cannot be inflated raises its base :class:`Corrupt`). What
 the walk does not understand (an explicit VR it does not know, an item where
-an element goes, nesting deeper than :data:`MAX_DEPTH`) raises the base
-:class:`FramingError`: such a data set may still be read by a lenient reader,
-and the caller decides.
+an element goes) raises the base :class:`FramingError`: such a data set may still
+be read by a lenient reader, and the caller decides. Sequences nested deeper than
+:data:`MAX_DEPTH` (PS3.5 7.5), the one limit of nesting, raise :class:`TooDeep`.
 
 The bytes come from a :class:`Source`: :class:`FileSource` reads a file with
 ``os.pread``; :class:`InflatedSource` inflates a Deflated Explicit VR Little
@@ -24,7 +24,14 @@ Endian data set (PS3.5 A.5) on the fly, keeping only the window in memory,
 and then tells where the deflate stream ended.
 """
 
-from dicomstore.framing.errors import Corrupt, FramingError, NotPart10, Truncated, tag_name
+from dicomstore.framing.errors import (
+    Corrupt,
+    FramingError,
+    NotPart10,
+    TooDeep,
+    Truncated,
+    tag_name,
+)
 from dicomstore.framing.headers import element_header
 from dicomstore.framing.meta import file_meta
 from dicomstore.framing.sources import (
@@ -37,9 +44,10 @@ from dicomstore.framing.sources import (
     preader,
     stream_pread,
 )
-from dicomstore.framing.walking import MAX_DEPTH, Walked, walk
+from dicomstore.framing.walking import DEEP_SIZE, MAX_DEPTH, Walked, walk, walk_element
 
 __all__ = [
+    "DEEP_SIZE",
     "MAX_DEPTH",
     "Pread",
     "WINDOW",
@@ -49,6 +57,7 @@ __all__ = [
     "InflatedSource",
     "NotPart10",
     "Source",
+    "TooDeep",
     "Truncated",
     "Walked",
     "element_header",
@@ -58,4 +67,5 @@ __all__ = [
     "preader",
     "stream_pread",
     "walk",
+    "walk_element",
 ]

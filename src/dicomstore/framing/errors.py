@@ -43,6 +43,11 @@ def value_cut(what: str, tag: int, pos: int, length: int, have: int) -> Truncate
     )
 
 
+class TooDeep(FramingError):
+    """Sequences nested deeper than ``walking.MAX_DEPTH`` (PS3.5 7.5): what no walk nor
+    re-encoding of ours follows (the archive refuses such a data set, C000)."""
+
+
 class NotPart10(FramingError):
     """The bytes do not start with a preamble and ``DICM`` (PS3.10 7.1)."""
 

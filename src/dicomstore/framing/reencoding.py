@@ -55,7 +55,7 @@ from dicomstore.framing.headers import (
 )
 from dicomstore.framing.implicit_vr import implicit_vr
 from dicomstore.framing.sources import Source
-from dicomstore.framing.walking import MAX_DEPTH
+from dicomstore.framing.walking import MAX_DEPTH, too_deep
 from dicomstore.vr import LONG_VRS, PADDED_WITH_SPACE
 
 #: (implicit VR?, little endian?) of a transfer syntax (PS3.5 A.1-A.3).
@@ -376,8 +376,10 @@ def _open(
         )
     level = _Level(seq, src, dst, tag, pos, end)
     stack.append(level)
-    if len(stack) > MAX_DEPTH:
-        raise FramingError(f"more than {MAX_DEPTH} nested sequences", tag, pos)
+    # (the data set, then sequences and their items alternate: a sequence is number n
+    # at 2n; walking.MAX_DEPTH, the one limit, counts sequences, PS3.5 7.5)
+    if seq and len(stack) > 2 * MAX_DEPTH:
+        raise too_deep(tag, pos)
     return level
 
 

@@ -1,6 +1,8 @@
 """Walking a whole data set's element headers: does it frame, where does it end.
 
 See :mod:`dicomstore.framing` for what is checked and what is raised.
+:func:`walk_element` walks one element, into its sequences of defined length too
+(PS3.5 7.5), to see that they nest no deeper than :data:`MAX_DEPTH`.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from dicomstore.framing.errors import FramingError, Truncated, tag_name, value_cut
+from dicomstore.framing.errors import FramingError, TooDeep, Truncated, tag_name, value_cut
 from dicomstore.framing.headers import ITEM as _ITEM
 from dicomstore.framing.headers import ITEM_DELIMITER as _ITEM_DELIMITER
 from dicomstore.framing.headers import SEQUENCE_DELIMITER as _SEQUENCE_DELIMITER
@@ -16,12 +18,24 @@ from dicomstore.framing.headers import TAG as _TAG
 from dicomstore.framing.headers import U16 as _U16
 from dicomstore.framing.headers import U32 as _U32
 from dicomstore.framing.headers import UNDEFINED as _UNDEFINED
+from dicomstore.framing.implicit_vr import implicit_vr
 from dicomstore.framing.sources import FileSource, Source
 from dicomstore.vr import VRS
 
-#: Sequences and items open at once beyond which the walk gives up (FramingError):
-#: memory stays bounded whatever the nesting of hostile input.
+#: The one limit on nesting: sequences (PS3.5 7.5) nested deeper than this, of
+#: either length, are :class:`TooDeep` for the walks and the re-encoding (memory
+#: stays bounded whatever the input), and the archive refuses them when received.
 MAX_DEPTH = 1000
+#: A sequence value (or undefined-length sequence) shorter than this cannot nest
+#: :data:`MAX_DEPTH` deep: every level takes an item header (8 bytes) and a sequence
+#: header (8 bytes in Implicit VR, 12 in Explicit VR), PS3.5 7.5.
+DEEP_SIZE = 16 * MAX_DEPTH
+
+
+def too_deep(tag: int | None, pos: int) -> TooDeep:
+    """The :class:`TooDeep` of the sequence ``tag`` opened at ``pos``."""
+    return TooDeep(f"sequences nested deeper than {MAX_DEPTH} (PS3.5 7.5)", tag, pos)
+
 
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 
@@ -110,13 +124,16 @@ def _header(
 
 
 class _Open:
-    """An undefined-length value being walked: a sequence (items follow) or an item."""
+    """A value being walked: a sequence (items follow) or an item; ``end`` where a
+    defined-length one ends (None: at its delimiter)."""
 
-    __slots__ = ("count", "implicit", "in_item", "little", "offset", "tag")
+    __slots__ = ("count", "end", "implicit", "in_item", "little", "offset", "tag")
 
-    def __init__(self, in_item: bool, implicit: bool, little: bool, tag: int, offset: int) -> None:
+    def __init__(
+        self, in_item: bool, implicit: bool, little: bool, tag: int, offset: int, end: int | None
+    ) -> None:
         self.in_item, self.implicit, self.little = in_item, implicit, little
-        self.tag, self.offset = tag, offset
+        self.tag, self.offset, self.end = tag, offset, end
         self.count = 0  # items seen (in a sequence)
 
 
@@ -160,11 +177,49 @@ def walk(src: Source, start: int, implicit: bool, little: bool) -> Walked:
     Raises :class:`Truncated` or :class:`FramingError` (see the module docstring).
     Messages name the elements (nothing is named while all goes well: it is slow).
     """
+    return _walk(src, start, implicit, little, False)
+
+
+def walk_element(src: Source, start: int, implicit: bool, little: bool) -> int:
+    """Where the one element whose header starts at ``start`` ends, having walked its
+    sequences of either length (PS3.5 7.5) and their items, nested ones too.
+
+    A sequence of defined length is one with VR SQ (Explicit VR); in Implicit VR one
+    whose value starts with an item and is a sequence for the data dictionary or
+    private (as pydicom reads it). Raises :class:`TooDeep` beyond :data:`MAX_DEPTH`
+    nested sequences, else as :func:`walk`."""
+    return _walk(src, start, implicit, little, True).end
+
+
+def _is_sequence(src: Source, tag: int, vr: str | None, value: int, length: int) -> bool:
+    """Whether the defined-length element ``tag`` holds items (:func:`walk_element`)."""
+    if vr is not None:
+        return vr == "SQ"
+    if length < 8 or src.read(value, 4) != b"\xfe\xff\x00\xe0":
+        return False
+    return tag >> 16 & 1 == 1 or implicit_vr(tag, None, None, None) == "SQ"
+
+
+def _walk(src: Source, start: int, implicit: bool, little: bool, nested: bool) -> Walked:
+    """:func:`walk`, or with ``nested`` :func:`walk_element`."""
     stack: list[_Open] = []
     pos, last_tag, last_offset = start, None, start
-    fast = src if isinstance(src, FileSource) and little else None
+    fast = src if isinstance(src, FileSource) and little and not nested else None
     while True:
+        bound = stack[-1].end if stack else None
+        if bound is not None and pos >= bound:  # a defined-length one walked to its end
+            if pos > bound:
+                raise FramingError(
+                    f"{_label(stack, len(stack))} from offset {stack[-1].offset} ends at"
+                    f" offset {bound}, inside an element that runs to offset {pos}",
+                    stack[-1].tag,
+                    stack[-1].offset,
+                )
+            stack.pop()
+            continue
         if not stack:  # the next top-level element, or the end
+            if nested and pos != start:
+                return Walked(pos, last_tag, last_offset)
             if fast is not None:
                 fast.read(pos, 12)  # the window from here
                 pos, tag_seen, offset_seen = _top_level_run(fast, pos, implicit)
@@ -220,19 +275,38 @@ def walk(src: Source, start: int, implicit: bool, little: bool) -> Walked:
                     )
                 top.count += 1
                 if length == _UNDEFINED:
-                    stack.append(_Open(True, top.implicit, top.little, tag, pos))
+                    stack.append(_Open(True, top.implicit, top.little, tag, pos, None))
+                    pos = value
+                    continue
+                if nested and not (len(stack) == 1 and top.tag in _PIXEL_TAGS):
+                    _check_value(src, stack, tag, pos, value, length)
+                    stack.append(_Open(True, top.implicit, top.little, tag, pos, value + length))
                     pos = value
                     continue
             enc = (top.implicit, top.little)
-        if length == _UNDEFINED:
+        if length == _UNDEFINED or (nested and _is_sequence(src, tag, vr, value, length)):
             if vr == "UN":  # PS3.5 6.2.2: its value stays Implicit VR Little Endian
                 enc = (True, True)
-            stack.append(_Open(False, *enc, tag, pos))
-            if len(stack) > MAX_DEPTH:
-                raise FramingError(f"more than {MAX_DEPTH} nested sequences", tag, pos)
+            end = None
+            if length != _UNDEFINED:
+                _check_value(src, stack, tag, pos, value, length)
+                end = value + length
+            stack.append(_Open(False, *enc, tag, pos, end))
+            # (sequences and their items alternate on the stack: this is sequence n)
+            if len(stack) > 2 * MAX_DEPTH - 1:
+                raise too_deep(tag, pos)
             pos = value
             continue
         have = src.has(value, length)
         if have < length:
             raise value_cut(_element_label(stack, tag), tag, pos, length, have)
         pos = value + length
+
+
+def _check_value(
+    src: Source, stack: list[_Open], tag: int, pos: int, value: int, length: int
+) -> None:
+    """Truncated when the value of ``length`` bytes at ``value`` runs past the end."""
+    have = src.has(value, length)
+    if have < length:
+        raise value_cut(_element_label(stack, tag), tag, pos, length, have)
