@@ -128,8 +128,31 @@ def test_deeply_nested_sequences_do_not_crash(tmp_path) -> None:
         return await store(assoc, uid, dataset(uid, tail=nested))
 
     rsp, rows = run(tmp_path, scenario)
-    assert rsp.status in (0x0000,) or rsp.status & 0xF000 == 0xC000
-    assert len(rows) == (1 if rsp.status == 0 else 0)
+    assert rsp.status == 0xC000  # the one limit (review53 #8), not the header reader's
+    assert rsp.error_comment == "cannot understand: sequences nested deeper than 1000 (PS3.5 7.5)"
+    assert rows == []
+
+
+@pytest.mark.parametrize("depth", [1000, 1001])
+def test_defined_length_nesting_beyond_the_limit_is_c000(tmp_path, depth) -> None:
+    """review53 #8: 10,000 levels were stored, then never delivered converted."""
+    uid = generate_uid()
+    nested = b""
+    for _ in range(depth):  # SQ of defined length, one item of defined length, nested
+        item = struct.pack("<HHI", 0xFFFE, 0xE000, len(nested)) + nested
+        nested = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, len(item)) + item
+
+    async def scenario(assoc):
+        return await store(assoc, uid, dataset(uid, tail=nested))
+
+    rsp, rows = run(tmp_path, scenario)
+    if depth == 1000:
+        assert rsp.status == 0 and len(rows) == 1
+    else:
+        assert rsp.status == 0xC000 and rows == []
+        assert rsp.error_comment == (
+            "cannot understand: sequences nested deeper than 1000 (PS3.5 7.5)"
+        )
 
 
 def test_invalid_vr_is_c000_or_stored_as_sent(tmp_path) -> None:

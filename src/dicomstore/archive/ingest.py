@@ -11,7 +11,8 @@ one ``storage.write`` (for files one ``os.write``, no buffer), feeds the
 digest of the data set (``digests``) and keeps a copy of its first ``scan.PREFIX_SIZE``
 bytes; :meth:`Ingest.commit` reads the header (up to the
 Pixel Data) from those bytes — or, when they do not settle it, from the file
-with pydicom — checks it against the command and hands the still open file to
+with pydicom — and that its sequences nest no deeper than the one limit
+(``nesting.py``), checks it against the command and hands the still open file to
 the archive, which flushes it, renames it into place and indexes it, together
 with whatever other commits are under way (``commit.GroupCommit``);
 :meth:`Ingest.abort` drops it.
@@ -38,6 +39,7 @@ from dicomstore.archive.encoding import encoding_mismatch
 from dicomstore.archive.fields import fields_of_elements, index_fields
 from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.layout import normalize_uid
+from dicomstore.archive.nesting import too_deep
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, failure
 from dicomstore.archive.padding import discard_trailing_padding, merge_warning
 from dicomstore.archive.scan import PREFIX_SIZE, scan_header
@@ -211,16 +213,28 @@ class Ingest:
         whole (every element header a known VR, each value ending where the next
         header starts, up to the Pixel Data or the end) is encoded as its context
         says; the check would read the same first headers the same way."""
-        implicit, little, deflated = encoding_of(self.transfer_syntax_uid)
+        encoding = implicit, little, deflated = encoding_of(self.transfer_syntax_uid)
         elements = None
+        deep: list[int] = []  # where the scan saw elements big enough to nest deep
         if little and not deflated:
-            elements = scan_header(self._prefix, self._size, implicit)
+            elements = scan_header(self._prefix, self._size, implicit, deep)
         if elements is None or implicit:
             wrong = encoding_mismatch(
                 self._prefix, self._size, self.transfer_syntax_uid, self.sop_instance_uid
             )
             if wrong is not None:  # the stored meta would lie about it (encoding.py)
                 return failure(st.CANNOT_UNDERSTAND, wrong)
+        if elements is None or deep:  # (nesting.py: almost never with the scan's header)
+            try:
+                where = deep if elements is not None else None
+                nested = too_deep(
+                    self._temp, self._header_size, self._size, encoding, self._prefix, where
+                )
+            except OSError as exc:
+                return failure(st.OUT_OF_RESOURCES, describe_os_error(exc, "reading the data set"))
+            if nested is not None:  # C-GET, C-MOVE, WADO-RS could never convert it
+                tags = (nested.tag,) if nested.tag is not None else ()
+                return failure(st.CANNOT_UNDERSTAND, f"cannot understand: {nested}", *tags)
         if elements is not None:
             row = fields_of_elements(elements, implicit)
         else:

@@ -33,6 +33,7 @@ from dicomstore.archive.dicomfile import (
 )
 from dicomstore.archive.fields import SPECIFIC_CHARACTER_SET, WANTED
 from dicomstore.archive.rawheader import TooDeep, Unsure, Walker
+from dicomstore.framing import DEEP_SIZE
 from dicomstore.vr import VRS, dictionary_sq
 
 #: Data set bytes an Ingest keeps in memory for this scan.
@@ -69,9 +70,16 @@ CHARSETS = frozenset(
 assert {0x0000, 0x0002, 0xFFFE, 0xFFFF} == FORBIDDEN_GROUPS  # tested as ranges below
 
 
-def scan_header(buf: bytes | bytearray, size: int, implicit: bool) -> dict[int, Element] | None:
+def scan_header(
+    buf: bytes | bytearray, size: int, implicit: bool, deep: list[int] | None = None
+) -> dict[int, Element] | None:
     """The wanted top-level elements of a little-endian data set of ``size`` bytes
     whose first ``len(buf)`` bytes are ``buf``; ``None``: read the file instead.
+
+    ``deep`` gets where the header of each top-level element starts that may hold
+    sequences nested deeper than ``framing.MAX_DEPTH``: a value (or undefined-length
+    one) of ``framing.DEEP_SIZE`` bytes or more, and the Pixel Data when that many
+    bytes or more may follow it (``nesting.py`` walks them).
 
     The hot loop of every C-STORE: module globals it reads per element are bound
     to locals first (a local is an array slot, a global a dictionary lookup)."""
@@ -83,6 +91,7 @@ def scan_header(buf: bytes | bytearray, size: int, implicit: bool) -> dict[int, 
     wanted, vrs, u32 = WANTED, VRS, _U32
     header = _IMPLICIT if implicit else _EXPLICIT
     first_pixel, undefined, charset = _FIRST_PIXEL_TAG, _UNDEFINED, SPECIFIC_CHARACTER_SET
+    deep_size, big = DEEP_SIZE, [] if deep is None else deep
     found: dict[int, Element] = {}
     pos = 0
     last = 0x0002FFFF  # groups 0000-0002 are not allowed (nor FFFE/FFFF, below)
@@ -111,7 +120,11 @@ def scan_header(buf: bytes | bytearray, size: int, implicit: bool) -> dict[int, 
         if tag <= last or group >= 0xFFFE:
             return None  # out of order or duplicated (pydicom keeps one), or forbidden
         if tag >= first_pixel and tag in PIXEL_TAGS:
-            return found if _pixel_header_ok(buf, pos, size, implicit) else None
+            if not _pixel_header_ok(buf, pos, size, implicit):
+                return None
+            if length == undefined or value + length + deep_size <= size:
+                big.append(pos)
+            return found
         last = tag
         if length == undefined:
             if tag in wanted:
@@ -119,8 +132,12 @@ def scan_header(buf: bytes | bytearray, size: int, implicit: bool) -> dict[int, 
             end = _skip_sequence(buf, size, tag, vr, value, implicit)
             if end is None:
                 return None
+            if end - value >= deep_size:
+                big.append(pos)
             pos = end
             continue
+        if length >= deep_size:
+            big.append(pos)
         pos = value + length
         if tag in wanted:
             if pos > have or pos > size:
