@@ -216,24 +216,15 @@ def read_file_header(
     *,
     inflated_limit: int,
     defer_size: int | None = None,
-    specific_tags: list[int] | None = None,
 ) -> FileDataset:
     """The stored file at ``key`` up to its Pixel Data as pydicom's ``dcmread(...,
-    stop_before_pixels=True, defer_size=..., specific_tags=...)`` gives it (File Meta
-    Information and data set), a deflated data set read from its :func:`inflated` copy
-    (up to ``inflated_limit`` bytes) rather than inflated whole in memory as pydicom
-    does. Raises as :func:`read_stored`, and ValueError for a file meta pydicom cannot
-    read."""
+    stop_before_pixels=True, defer_size=...)`` gives it (File Meta Information and
+    data set), a deflated data set read from its :func:`inflated` copy (up to
+    ``inflated_limit`` bytes) rather than inflated whole in memory as pydicom does.
+    Raises as :func:`read_stored`, and ValueError for a file meta pydicom cannot read."""
     preamble, meta = file_meta(storage, key)
     syntax = str(meta.get("TransferSyntaxUID", ""))
-    stored = read_stored(
-        storage,
-        key,
-        syntax,
-        inflated_limit=inflated_limit,
-        defer_size=defer_size,
-        specific_tags=specific_tags,
-    )
+    stored = read_stored(storage, key, syntax, inflated_limit=inflated_limit, defer_size=defer_size)
     ds = stored.dataset
     assert isinstance(ds, FileDataset)  # (read_stored's, knowing where its values are)
     ds.preamble, ds.file_meta = preamble, meta
