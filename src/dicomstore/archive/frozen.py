@@ -42,11 +42,10 @@ def unwritable(root: Path, index: str | None = None) -> str | None:
             places += [local.parent, local]
     for place in places:
         try:
-            flags = os.statvfs(place).f_flag
+            if read_only_medium(place):
+                return f"{place} is on a read-only file system"
         except FileNotFoundError:
             continue
-        if flags & os.ST_RDONLY:
-            return f"{place} is on a read-only file system"
         if not os.access(place, os.W_OK):
             return f"{place} is not writable"
     return None
