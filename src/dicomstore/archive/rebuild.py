@@ -171,7 +171,7 @@ def kept(index: Index) -> Kept:
             found.received[uid] = (path, at)
             if flag is not None:
                 found.rebuilt.add(uid)
-            for table, n in (("patient", 3), ("study", 4), ("series", 5)):
+            for table, (n, _) in _PARENT_ROWS.items():
                 latest = found.latest.setdefault(table, {})
                 key = tuple(keys[:n])
                 latest[key] = max(latest.get(key, ""), at)
