@@ -217,8 +217,7 @@ class AcceptorAssociation:
             self.outcome = "aborted: idle"
             t.abort_now()
         except asyncio.CancelledError:  # (the server stopping, its grace over)
-            self.outcome = self.outcome.replace("accepted", "aborted: the server stopped")
-            t.abort_now()
+            self.stop_now()
             raise
         except ConnectionError as exc:  # (a reset; a peer that read nothing: drain)
             log.info("%s: connection lost: %s", t.peer, exc)
@@ -238,6 +237,13 @@ class AcceptorAssociation:
                 await asyncio.wait(list(self.inflight.values()))
             await t.close()
             association_ended(self)
+
+    def stop_now(self) -> None:
+        """The server stops: A-ABORT now, an accepted association's outcome saying so
+        (not one already released, aborted or rejected)."""
+        if self.outcome == "accepted":
+            self.outcome = "aborted: the server stopped"
+        self.t.abort_now()
 
     def _drop_receiving(self) -> None:
         """Whatever was being received is abandoned: no file, no row."""

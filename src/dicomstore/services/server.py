@@ -308,9 +308,7 @@ class Server:
         """Associations idle between operations go right away (A-ABORT)."""
         for assoc in list(self.associations):
             if not assoc.busy:
-                if assoc.outcome == "accepted":  # (not released, not aborted yet)
-                    assoc.outcome = "aborted: the server stopped"
-                assoc.t.abort_now()
+                assoc.stop_now()
 
 
 #: Why an archive cannot be read (ArchiveNotFoundError is an OSError).
