@@ -126,8 +126,7 @@ def _delete_uid(args: argparse.Namespace, reader: Any, audit: Any) -> int:
         what = counted = f"{level} {uid} of {who}"
         if not args.yes:  # what is confirmed is what goes: those counted (review50 #6)
             rows = reader.search("instance", {_KEYWORDS.get(level, "SOPInstanceUID"): uid})
-            only = frozenset(r["sop_instance_uid"] for r in rows)
-            size = sum(r["file_size"] or 0 for r in rows)
+            only, size = _counted(rows)
             counted = f"{what}: {len(rows)} instance(s), {human_size(size)}"
     except NotStoredError:
         files = leftovers(reader.root, reader, None, uid)
@@ -161,8 +160,8 @@ def _delete_patient(args: argparse.Namespace, reader: Any, audit: Any) -> int:
         size = 0
         for study in studies:
             rows = _patients_own(reader, study["study_uid"], patient_id, issuer)
-            confirmed[study["study_uid"]] = frozenset(r["sop_instance_uid"] for r in rows)
-            size += sum(r["file_size"] or 0 for r in rows)
+            confirmed[study["study_uid"]], study_size = _counted(rows)
+            size += study_size
         n = sum(len(sops) for sops in confirmed.values())
         counted += f", {n} instance(s), {human_size(size)}"
     if not _confirmed(args, counted):
@@ -172,8 +171,7 @@ def _delete_patient(args: argparse.Namespace, reader: Any, audit: Any) -> int:
         uid = study["study_uid"]
         only = confirmed.get(uid)
         if only is None:  # (--yes: the patient's own instances of it now)
-            own = _patients_own(reader, uid, patient_id, issuer)
-            only = frozenset(r["sop_instance_uid"] for r in own)
+            only, _size = _counted(_patients_own(reader, uid, patient_id, issuer))
         try:
             result = _remove(args, uid, {**study, "level": "study"}, only, audit, "patient")
         except NotStoredError:
@@ -206,6 +204,12 @@ def _delete_patient(args: argparse.Namespace, reader: Any, audit: Any) -> int:
             " count: " + ", ".join(s["study_uid"] for s in later)
         )
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _counted(rows: list[dict[str, Any]]) -> tuple[frozenset[str], int]:
+    """The SOP Instance UIDs of instance ``rows`` (what a removal is limited to: those
+    confirmed) and their bytes."""
+    return frozenset(r["sop_instance_uid"] for r in rows), sum(r["file_size"] or 0 for r in rows)
 
 
 def _patients_own(
