@@ -24,6 +24,7 @@ from dicomstore.archive import query as q
 from dicomstore.archive.dicomfile import encoding_of
 from dicomstore.archive.engine import (
     Connection,
+    DatabaseOrOSError,
     Engine,
     engine_for,
     size_sum,
@@ -43,6 +44,11 @@ _SUM = size_sum("file_size")
 
 class ArchiveNotFoundError(FileNotFoundError):
     """There is no archive (no index) at the given root."""
+
+
+#: Why an archive's index cannot be read: made by another version, missing, damaged,
+#: unreachable (``ArchiveNotFoundError`` is an ``OSError``).
+UNREADABLE: tuple[type[Exception], ...] = (SchemaError, *DatabaseOrOSError)
 
 
 class NotStoredError(LookupError):

@@ -105,10 +105,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _unreadable() -> tuple[type[Exception], ...]:
-    from dicomstore.archive.engine import DatabaseOrOSError
-    from dicomstore.archive.schema import SchemaError
+    from dicomstore.archive.reader import UNREADABLE
 
-    return (SchemaError, *DatabaseOrOSError)
+    return UNREADABLE
 
 
 def _present(args: argparse.Namespace) -> Any:

@@ -26,9 +26,7 @@ from typing import TYPE_CHECKING
 from dicomstore.aio.association import Transport
 from dicomstore.aio.listener import Listener
 from dicomstore.aio.stream import Stream
-from dicomstore.archive.engine import DatabaseOrOSError
-from dicomstore.archive.reader import ArchiveReader
-from dicomstore.archive.schema import SchemaError
+from dicomstore.archive.reader import UNREADABLE, ArchiveReader
 from dicomstore.handler import StoreHandler
 from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
 from dicomstore.services.admission import Admission, AuditSink, FailedAdmissions, Gatekeeper
@@ -311,10 +309,6 @@ class Server:
                 assoc.stop_now()
 
 
-#: Why an archive cannot be read (ArchiveNotFoundError is an OSError).
-_NO_READER: tuple[type[Exception], ...] = (SchemaError, *DatabaseOrOSError)
-
-
 def _reader_of(handler: StoreHandler) -> ArchiveReader | None:
     """A read-only view of the handler's index, if it is an archive."""
     root = getattr(handler, "root", None)
@@ -322,7 +316,7 @@ def _reader_of(handler: StoreHandler) -> ArchiveReader | None:
         return None
     try:
         return ArchiveReader(root, index=getattr(handler, "index_url", None))
-    except _NO_READER as exc:  # (an archive's: said; a handler of its own with a
+    except UNREADABLE as exc:  # (an archive's: said; a handler of its own with a
         # ``root`` folder, as the README's example, is no archive: review56 F6)
         archive = hasattr(handler, "index_url")
         log.log(logging.WARNING if archive else logging.DEBUG, "C-FIND not offered: %s", exc)
