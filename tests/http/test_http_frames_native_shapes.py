@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from http_testlib import HttpThread, make_dataset, split_multipart, store
+from pydicom.dataset import Dataset
 
 from dicomstore.archive import Archive
 
@@ -29,6 +30,15 @@ def _frames(archive: Archive, sop: str, numbers: str) -> tuple[httpx.Response, l
     assert reply.status_code == 200, reply.text
     parts = split_multipart(reply.content, reply.headers["content-type"])
     return reply, [body for _, body in parts]
+
+
+def _one_bit(number: int, frames: int, rows: int, columns: int, pixels: bytes) -> Dataset:
+    """Instance ``{STUDY}.1.<number>``: ``frames`` 1-bit frames of ``rows`` x ``columns``."""
+    ds = make_dataset(f"{STUDY}.1.{number}", study=STUDY, series=f"{STUDY}.1", frames=frames,
+                      rows=rows, columns=columns)  # fmt: skip
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0
+    ds.PixelData = pixels
+    return ds
 
 
 @pytest.mark.parametrize("photometric", ["YBR_FULL_422", "YBR_PARTIAL_422"])
@@ -52,12 +62,9 @@ def test_native_ybr_422_frames_are_two_samples_a_pixel(tmp_path: Path, photometr
 def test_one_bit_frames_are_cut_on_bits_and_start_on_a_byte(tmp_path: Path) -> None:
     """A 1-bit multi-frame (a SEG's) of 3x3 frames: frame 2 starts at bit 9 of the Pixel
     Data; it is served from its first bit, padded to a whole byte (it was 406)."""
-    ds = make_dataset(f"{STUDY}.1.2", study=STUDY, series=f"{STUDY}.1", frames=3, rows=3,
-                      columns=3)  # fmt: skip
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0
     bits = "101010101" + "110000011" + "011111110"  # frames 1, 2, 3, pixel by pixel
     packed = int(bits[::-1], 2).to_bytes(4, "little")  # (the first pixel in the lowest bit)
-    ds.PixelData = packed
+    ds = _one_bit(2, frames=3, rows=3, columns=3, pixels=packed)
     with Archive(tmp_path / "archive", fsync=False) as archive:
         store(archive, ds)
         _, parts = _frames(archive, f"{STUDY}.1.2", "1,2,3")
@@ -67,10 +74,7 @@ def test_one_bit_frames_are_cut_on_bits_and_start_on_a_byte(tmp_path: Path) -> N
 
 def test_one_bit_frames_on_byte_boundaries_are_sliced(tmp_path: Path) -> None:
     """A 1-bit 4x4 multi-frame: each frame is 2 whole bytes, sliced as stored."""
-    ds = make_dataset(f"{STUDY}.1.3", study=STUDY, series=f"{STUDY}.1", frames=2, rows=4,
-                      columns=4)  # fmt: skip
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0
-    ds.PixelData = b"\x0f\xf0\x81\x18"
+    ds = _one_bit(3, frames=2, rows=4, columns=4, pixels=b"\x0f\xf0\x81\x18")
     with Archive(tmp_path / "archive", fsync=False) as archive:
         store(archive, ds)
         _, parts = _frames(archive, f"{STUDY}.1.3", "2,1")
@@ -79,10 +83,7 @@ def test_one_bit_frames_on_byte_boundaries_are_sliced(tmp_path: Path) -> None:
 
 def test_one_bit_pixel_data_shorter_than_its_frames_is_refused(tmp_path: Path) -> None:
     """3 frames of 3x3 need 27 bits (4 bytes); 2 bytes are refused, not padded."""
-    ds = make_dataset(f"{STUDY}.1.4", study=STUDY, series=f"{STUDY}.1", frames=3, rows=3,
-                      columns=3)  # fmt: skip
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0
-    ds.PixelData = b"\xff\xff"
+    ds = _one_bit(4, frames=3, rows=3, columns=3, pixels=b"\xff\xff")
     with Archive(tmp_path / "archive", fsync=False) as archive:
         store(archive, ds)
         with HttpThread(archive) as web:
