@@ -129,9 +129,8 @@ class _Coding:
         elif kind == "http.response.body" and self._coding:
             await self._body(message)
             return
-        elif self.start is not None:  # (anything else: the start as it is, first)
-            start, self.start = self.start, None
-            await self._send(start)
+        else:  # (anything else: the start held, if any, as it is, first)
+            await self.unhold()
         await self._send(message)
 
     @property
