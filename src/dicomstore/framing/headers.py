@@ -8,6 +8,7 @@ Items and delimiters (group FFFE) have no VR in any encoding (PS3.5 7.5).
 
 from __future__ import annotations
 
+import array
 import struct
 
 from dicomstore.vr import LONG_VRS, VRS
@@ -22,6 +23,17 @@ U32 = {True: struct.Struct("<L").unpack_from, False: struct.Struct(">L").unpack_
 
 #: ``element_header`` for a VR it does not know: the length layout is a guess.
 UNKNOWN_VR = -1
+#: The array codes of unsigned numbers of 2, 4 and 8 bytes.
+_ARRAY_CODE = {2: "H", 4: "I", 8: "Q"}
+
+
+def byteswapped(data: bytes | bytearray | memoryview, width: int) -> array.array:
+    """``data``'s numbers of ``width`` bytes (2, 4 or 8; ``data`` a whole number of them)
+    in the other byte order (PS3.5 7.3), a copy."""
+    numbers = array.array(_ARRAY_CODE[width])
+    numbers.frombytes(data)
+    numbers.byteswap()
+    return numbers
 
 
 def element_header(

@@ -35,7 +35,6 @@ native encoding: the caller decodes it first. A data set that does not frame rai
 
 from __future__ import annotations
 
-import array
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -50,6 +49,7 @@ from dicomstore.framing.headers import (
     U16,
     UNDEFINED,
     UNKNOWN_VR,
+    byteswapped,
     element_header,
     encode_header,
 )
@@ -69,7 +69,6 @@ BLOCK = 256 << 10
 #: Bytes per number of the VRs whose values change with the byte order (PS3.5 7.3).
 _SWAP = {"AT": 2, "US": 2, "SS": 2, "OW": 2, "UL": 4, "SL": 4, "FL": 4, "OF": 4, "OL": 4}
 _SWAP.update({"FD": 8, "OD": 8, "OV": 8, "SV": 8, "UV": 8})
-_ARRAY_CODE = {2: "H", 4: "I", 8: "Q"}
 #: Elements whose value decides an ambiguous VR (PS3.5 A.1, 8.3).
 _PIXEL_REPRESENTATION, _WAVEFORM_BITS = 0x00280103, 0x54001004
 _CONTEXT = (_PIXEL_REPRESENTATION, _WAVEFORM_BITS)
@@ -451,10 +450,7 @@ def _element(
     while at < end:
         data = _value(src, tag, at, min(SLICE, end - at))
         if size:
-            numbers = array.array(_ARRAY_CODE[size])
-            numbers.frombytes(data)
-            numbers.byteswap()
-            w.write(memoryview(numbers).cast("B"))
+            w.write(memoryview(byteswapped(data, size)).cast("B"))
         else:
             w.write(data)
         at += len(data)

@@ -17,7 +17,6 @@ hands out one frame at a time, never the whole Pixel Data:
 
 from __future__ import annotations
 
-import array
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -30,6 +29,7 @@ from dicomstore import uids
 from dicomstore.archive.storage import Storage
 from dicomstore.archive.stored import PixelValue, opened, read_chunks
 from dicomstore.codestreams import CodestreamMismatch, check
+from dicomstore.framing.headers import byteswapped
 from dicomstore.http.common import HttpError
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
 
@@ -301,7 +301,7 @@ class Frames:
                     if swap:
                         data = rest + data
                         whole = len(data) - len(data) % width
-                        data, rest = _little_endian(data[:whole], width), data[whole:]
+                        data, rest = byteswapped(data[:whole], width).tobytes(), data[whole:]
                     yield data
             return
         from pydicom.encaps import get_frame
@@ -377,10 +377,3 @@ class Frames:
         """Frame ``number`` decoded, as Explicit VR Little Endian's native Pixel Data bytes."""
         array = self.decoded(number)
         return bytes(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
-
-
-def _little_endian(data: bytes, width: int) -> bytes:
-    """Big endian samples of ``width`` bytes (2 or 4) as little endian ones."""
-    swapped = array.array("H" if width == 2 else "I", data)
-    swapped.byteswap()
-    return swapped.tobytes()

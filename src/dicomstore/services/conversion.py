@@ -13,13 +13,13 @@ data set whole (:func:`converted`: up to a limit)."""
 
 from __future__ import annotations
 
-import array
 import copy
 import zlib
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dicomstore import uids
 from dicomstore.framing import FileSource, file_pread
+from dicomstore.framing.headers import byteswapped
 from dicomstore.framing.reencoding import Encoding, reencode
 from dicomstore.inflation import (
     DEFAULT_MAX_INFLATED,
@@ -245,16 +245,12 @@ def encode_to_file(ds: Dataset, ts: str, where: str | None = None) -> tuple[Bina
 
 
 #: Word size of the VRs whose value pydicom keeps as raw bytes (PS3.5 Table 6.2-1).
-_WORD_SIZE = {"OW": "H", "OF": "I", "OL": "I", "OD": "Q", "OV": "Q"}
+_WORD_SIZE = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 
 def _swap_words(_ds: Dataset, elem: Any) -> None:
     """Swap byte order of OW/OF/OL/OD/OV values: pydicom writes their bytes as is."""
-    code = _WORD_SIZE.get(str(elem.VR))
+    width = _WORD_SIZE.get(str(elem.VR))
     value = elem.value
-    if code is not None and isinstance(value, bytes | bytearray):
-        words = array.array(code)
-        if len(value) % words.itemsize == 0:
-            words.frombytes(value)
-            words.byteswap()
-            elem.value = words.tobytes()
+    if width is not None and isinstance(value, bytes | bytearray) and len(value) % width == 0:
+        elem.value = byteswapped(value, width).tobytes()
