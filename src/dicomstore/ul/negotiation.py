@@ -156,9 +156,9 @@ def contexts_problem(rq: P.AssociateRQ) -> str | None:
     ids = [pc.id for pc in rq.presentation_contexts]
     if not ids:
         return "it proposes no presentation context (PS3.8 9.3.2: one or more)"
-    bad = sorted({i for i in ids if not (1 <= i <= 255 and i & 1)})
+    bad = [i for i in ids if not (1 <= i <= 255 and i & 1)]
     if bad:
-        return f"presentation context ID {bad[0]} is not an odd integer 1-255 (PS3.8 9.3.2.2)"
+        return f"presentation context ID {min(bad)} is not an odd integer 1-255 (PS3.8 9.3.2.2)"
     seen: set[int] = set()
     for i in ids:
         if i in seen:
