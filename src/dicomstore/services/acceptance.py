@@ -110,6 +110,14 @@ async def admit(
     return admission, None
 
 
+def stop_now(assoc: AcceptorAssociation) -> None:
+    """The server stops: A-ABORT now, an accepted association's outcome saying so
+    (not one already released, aborted or rejected)."""
+    if assoc.outcome == "accepted":
+        assoc.outcome = "aborted: the server stopped"
+    assoc.t.abort_now()
+
+
 def association_ended(assoc: AcceptorAssociation) -> None:
     """An association that was accepted ended: one INFO line of how and what it
     stored (review58 L7: only its acceptance was logged), and its audit record."""

@@ -47,7 +47,7 @@ from dicomstore.dimse import (
 )
 from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationAborted, RemoteProtocolError
-from dicomstore.services.acceptance import admit, association_ended, over_limits
+from dicomstore.services.acceptance import admit, association_ended, over_limits, stop_now
 from dicomstore.services.admission import Admission
 from dicomstore.services.same_association import SameAssociationStore, acceptor_invoker
 from dicomstore.services.storage_scp import Receiving, StorageSCP
@@ -217,7 +217,7 @@ class AcceptorAssociation:
             self.outcome = "aborted: idle"
             t.abort_now()
         except asyncio.CancelledError:  # (the server stopping, its grace over)
-            self.stop_now()
+            stop_now(self)
             raise
         except ConnectionError as exc:  # (a reset; a peer that read nothing: drain)
             log.info("%s: connection lost: %s", t.peer, exc)
@@ -237,13 +237,6 @@ class AcceptorAssociation:
                 await asyncio.wait(list(self.inflight.values()))
             await t.close()
             association_ended(self)
-
-    def stop_now(self) -> None:
-        """The server stops: A-ABORT now, an accepted association's outcome saying so
-        (not one already released, aborted or rejected)."""
-        if self.outcome == "accepted":
-            self.outcome = "aborted: the server stopped"
-        self.t.abort_now()
 
     def _drop_receiving(self) -> None:
         """Whatever was being received is abandoned: no file, no row."""

@@ -28,6 +28,7 @@ from dicomstore.aio.listener import Listener
 from dicomstore.aio.stream import Stream
 from dicomstore.archive.reader import UNREADABLE, ArchiveReader
 from dicomstore.handler import StoreHandler
+from dicomstore.services.acceptance import stop_now
 from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
 from dicomstore.services.admission import Admission, AuditSink, FailedAdmissions, Gatekeeper
 from dicomstore.services.commitment_reports import CommitmentService
@@ -306,7 +307,7 @@ class Server:
         """Associations idle between operations go right away (A-ABORT)."""
         for assoc in list(self.associations):
             if not assoc.busy:
-                assoc.stop_now()
+                stop_now(assoc)
 
 
 def _reader_of(handler: StoreHandler) -> ArchiveReader | None:
