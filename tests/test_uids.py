@@ -75,3 +75,12 @@ def test_new_uid_is_a_uuid_derived_uid() -> None:
     made = {uids.new_uid() for _ in range(100)}
     assert len(made) == 100
     assert all(u.startswith("2.25.") and uids.is_valid_uid(u) for u in made)
+
+
+def test_is_encapsulated_is_pydicoms_answer_for_every_transfer_syntax() -> None:
+    from pydicom.uid import UID
+
+    for ts in uids.transfer_syntaxes():
+        assert uids.is_encapsulated(ts) is bool(UID(ts).is_encapsulated), ts
+    assert uids.is_encapsulated(uids.EXPLICIT_VR_LE) is False
+    assert uids.is_encapsulated("1.2.840.10008.1.2.4.50") is True

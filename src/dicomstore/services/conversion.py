@@ -198,7 +198,7 @@ def _check_size(instance: Instance, ts: str, limit: int) -> None:
     if instance.dataset is not None or instance.transfer_syntax == uids.DEFLATED_EXPLICIT_VR_LE:
         return  # (in memory already; inflated within the limit)
     size = instance.size
-    if uids.as_uid(instance.transfer_syntax).is_encapsulated:
+    if uids.is_encapsulated(instance.transfer_syntax):
         from pydicom import dcmread
 
         if instance.opener is not None:
