@@ -147,7 +147,7 @@ class AuditLog:
         self.write(record, "commitment")
 
     def delete(self, record: dict[str, Any]) -> None:
-        """A study, series or instance deleted (``cli/delete.py``, PS3.15 A.5.3.8
+        """A study, series or instance deleted (``services/deletion.py``, PS3.15 A.5.3.8
         *DICOM Study Deleted*, or A.5.3.6 *DICOM Instances Accessed* with action D)."""
         self.write(record, "delete")
 

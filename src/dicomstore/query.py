@@ -1,4 +1,5 @@
-"""The Python door to what was stored (PS3.4 B.1.2 Note 1): query, read, subscribe.
+"""The Python door to what was stored (PS3.4 B.1.2 Note 1): query, read, subscribe,
+and remove (audited and logged as ``dicomstore delete``: ``services/deletion.py``).
 
 Query and read, in any thread or process, next to a running server::
 
@@ -43,7 +44,8 @@ from typing import Any
 from dicomstore.archive.attributes import ATTRIBUTES
 from dicomstore.archive.query import LEVELS, QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
-from dicomstore.archive.removal import Removal, remove
+from dicomstore.archive.removal import Removal
+from dicomstore.services.deletion import AuditLogUnavailableError, remove
 
 log = logging.getLogger("dicomstore.events")
 
@@ -52,6 +54,7 @@ __all__ = [
     "LEVELS",
     "ArchiveNotFoundError",
     "ArchiveReader",
+    "AuditLogUnavailableError",
     "NotStoredError",
     "QueryError",
     "Removal",

@@ -3,32 +3,16 @@ removed (rows and files: ``archive/removal.py``) after confirmation, each remova
 audited and logged.
 
 With ``--audit-log FILE`` (or ``DICOMSTORE_AUDIT_LOG``: the server's file, appended
-to under its lock) each removal is one record, ``"event": "delete"``, after PS3.15
-A.5.3.8 *DICOM Study Deleted* (EV 110105, action D) for a study, and A.5.3.6 *DICOM
-Instances Accessed* with action D (EV 110103) for a series or an instance: who (the
-OS user running the command, and the user sudo was run by), what (the UIDs, the
-patient, the counts), the outcome. For example (one line)::
-
-    {"time": "...", "event": "delete", "audit_event": "DICOM Study Deleted",
-     "event_id": "110105", "event_action": "D", "service": "dicomstore delete",
-     "user": "alice", "sudo_user": null, "host": "pacs1", "pid": 4242,
-     "storage": "/data/archive", "selected_by": "uid", "level": "study", "uid": "1.2.3",
-     "patient_id": "PID1", "issuer_of_patient_id": null,
-     "study_instance_uids": ["1.2.3"], "series_instance_uids": ["1.2.3.1", "1.2.3.2"],
-     "sop_instance_uid": null, "instances": 120, "bytes": 63963136, "kept": 0,
-     "outcome": "deleted", "problems": []}
-
-``outcome`` is ``deleted``, ``incomplete`` (rows deleted, some files not: see
-``problems``) or ``failed`` (nothing deleted, or not all: the error in ``problems``).
-Every removal is also one INFO line on the ``dicomstore.delete`` logger.
+to under its lock) each removal is one record, ``"event": "delete"``, ``"service":
+"dicomstore delete"``, and every removal one INFO line on the ``dicomstore.delete``
+logger: both made by the audited removal every door goes through
+(``services/deletion.py``, where the record is described), as the Python API's
+``dicomstore.query.remove`` does.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import socket
 import sys
 from typing import Any
 
@@ -36,11 +20,8 @@ from dicomstore.cli.access import _reader, _storage, human_size
 from dicomstore.cli.audit_options import add_audit_log, close_audit_log, open_audit_log
 from dicomstore.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 
-STUDY_DELETED = ("DICOM Study Deleted", "110105")  # PS3.15 A.5.3.8
-INSTANCES_ACCESSED = ("DICOM Instances Accessed", "110103")  # PS3.15 A.5.3.6, action D
+SERVICE = "dicomstore delete"  # (the audit records' ``service``)
 _KEYWORDS = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}
-
-log = logging.getLogger("dicomstore.delete")
 
 
 def add_parser(sub: Any) -> None:
@@ -258,96 +239,10 @@ def _remove(
     audit: Any,
     selected_by: str,
 ) -> Any:
-    """``removal.remove`` of ``uid`` (``target``: its index row and level), audited and
-    logged, failed or not (a ``NotStoredError``: nothing was there, nothing to record)."""
-    from dicomstore.archive.reader import NotStoredError
-    from dicomstore.archive.removal import remove
+    """The audited removal of ``uid`` (``services/deletion.py``: ``target`` its index
+    row and level), recorded in ``audit`` and logged, failed or not."""
+    from dicomstore.services.deletion import audited_removal
 
-    try:
-        result = remove(args.storage, uid, index=args.index, only=only)
-    except NotStoredError:
-        raise
-    except Exception as exc:
-        record = deletion_record(args, uid, target, None, selected_by, error=str(exc))
-        if audit is not None:
-            audit.delete(record)
-        log.error("delete of %s %s failed: %s (user %s)", target["level"], uid, exc, record["user"])
-        raise
-    record = deletion_record(args, uid, target, result, selected_by)
-    if audit is not None:
-        audit.delete(record)
-    log.info(
-        "deleted %s %s of patient %s: %d instance(s), %d bytes (user %s)%s",
-        result.level,
-        uid,
-        record["patient_id"] or "-",
-        result.instances,
-        result.bytes,
-        record["user"],
-        f"; {len(result.problems)} problem(s)" if result.problems else "",
+    return audited_removal(
+        args.storage, uid, target, audit, selected_by, service=SERVICE, index=args.index, only=only
     )
-    return result
-
-
-def deletion_record(
-    args: argparse.Namespace,
-    uid: str,
-    target: dict[str, Any],
-    result: Any,
-    selected_by: str,
-    *,
-    error: str | None = None,
-) -> dict[str, Any]:
-    """The audit record of one removal (module docstring); ``result`` a
-    ``removal.Removal``, or None when it failed with ``error``."""
-    level = result.level if result is not None else target["level"]
-    name, event_id = STUDY_DELETED if level == "study" else INSTANCES_ACCESSED
-    if result is not None and len(result.patients) == 1:
-        patient_id, issuer = result.patients[0]
-    else:
-        patient_id, issuer = target.get("patient_id"), target.get("issuer")
-    if result is not None and result.studies:
-        studies, series = result.studies, result.series
-    else:
-        studies = [target["study_uid"]] if target.get("study_uid") else []
-        series = [target["series_uid"]] if target.get("series_uid") else []
-    if error is not None:
-        outcome, problems = "failed", [error]
-    else:
-        problems = list(result.problems)
-        outcome = "incomplete" if problems else "deleted"
-    return {
-        "event": "delete",
-        "audit_event": name,
-        "event_id": event_id,
-        "event_action": "D",
-        "service": "dicomstore delete",
-        "user": os_user(),
-        "sudo_user": os.environ.get("SUDO_USER") or None,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "storage": str(args.storage.resolve()),
-        "selected_by": selected_by,
-        "level": level,
-        "uid": uid,
-        "patient_id": patient_id or None,
-        "issuer_of_patient_id": issuer or None,
-        "study_instance_uids": studies,
-        "series_instance_uids": series,
-        "sop_instance_uid": uid if level == "instance" else None,
-        "instances": result.instances if result is not None else 0,
-        "bytes": result.bytes if result is not None else 0,
-        "kept": result.kept if result is not None else 0,
-        "outcome": outcome,
-        "problems": problems,
-    }
-
-
-def os_user() -> str:
-    """The name of the user this process runs as (its real uid's, not ``$USER``)."""
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())

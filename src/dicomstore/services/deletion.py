@@ -1,0 +1,231 @@
+"""The audited removal: the one home of "every deletion is recorded", which every
+door goes through (``dicomstore delete``, ``cli/delete.py``; the Python API,
+``dicomstore.query.remove`` = :func:`remove`).
+
+Each removal (rows and files: ``archive/removal.py``) is one INFO line on the
+``dicomstore.delete`` logger and, given an audit log, one record, ``"event":
+"delete"``, after PS3.15 A.5.3.8 *DICOM Study Deleted* (EV 110105, action D) for a
+study, and A.5.3.6 *DICOM Instances Accessed* with action D (EV 110103) for a series
+or an instance: who (the OS user running the process, and the user sudo was run
+by), what (the UIDs, the patient, the counts), the outcome, and the door
+(``service``: ``dicomstore delete`` or ``dicomstore.query.remove``). For example
+(one line)::
+
+    {"time": "...", "event": "delete", "audit_event": "DICOM Study Deleted",
+     "event_id": "110105", "event_action": "D", "service": "dicomstore delete",
+     "user": "alice", "sudo_user": null, "host": "pacs1", "pid": 4242,
+     "storage": "/data/archive", "selected_by": "uid", "level": "study", "uid": "1.2.3",
+     "patient_id": "PID1", "issuer_of_patient_id": null,
+     "study_instance_uids": ["1.2.3"], "series_instance_uids": ["1.2.3.1", "1.2.3.2"],
+     "sop_instance_uid": null, "instances": 120, "bytes": 63963136, "kept": 0,
+     "outcome": "deleted", "problems": []}
+
+``outcome`` is ``deleted``, ``incomplete`` (rows deleted, some files not: see
+``problems``) or ``failed`` (nothing deleted, or not all: the error in ``problems``).
+The audit log is opened before anything is deleted: one that cannot be opened
+deletes nothing (:class:`AuditLogUnavailableError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from dicomstore.archive import removal
+from dicomstore.audit import AuditLog
+
+STUDY_DELETED = ("DICOM Study Deleted", "110105")  # PS3.15 A.5.3.8
+INSTANCES_ACCESSED = ("DICOM Instances Accessed", "110103")  # PS3.15 A.5.3.6, action D
+#: the audit log of a removal not given one (the server's file), as for the CLI
+AUDIT_LOG_ENV = "DICOMSTORE_AUDIT_LOG"
+#: ``service`` of the records of the Python API's removals
+API_SERVICE = "dicomstore.query.remove"
+
+log = logging.getLogger("dicomstore.delete")
+
+
+class AuditLogUnavailableError(OSError):
+    """The audit log of a removal cannot be opened: nothing was deleted."""
+
+
+def remove(
+    root: Path | str,
+    uid: str,
+    *,
+    audit_log: AuditLog | Path | str | None = None,
+    fsync: bool = True,
+    lock_timeout: float = 30.0,
+    index: str | None = None,
+    only: frozenset[str] | None = None,
+) -> removal.Removal:
+    """Delete the study, series or instance ``uid`` of the archive at ``root``
+    (``archive.removal.remove``: rows, then files), audited and logged (module
+    docstring). ``audit_log``: an open :class:`~dicomstore.audit.AuditLog` (left
+    open), or the path of one (default ``$DICOMSTORE_AUDIT_LOG``; none: the INFO
+    line only), opened first and never rotated here (the server rotates it).
+
+    Raises :class:`AuditLogUnavailableError` (nothing deleted) when the audit log
+    cannot be opened, ``NotStoredError`` when nothing of ``uid`` is there, and
+    ``OSError`` when the record could not be written (the removal was done).
+    """
+    from dicomstore.archive import layout
+    from dicomstore.archive.reader import ArchiveReader, NotStoredError
+
+    if audit_log is None:
+        audit_log = os.environ.get(AUDIT_LOG_ENV) or None
+    owned = audit_log is not None and not isinstance(audit_log, AuditLog)
+    if isinstance(audit_log, AuditLog) or audit_log is None:
+        audit = audit_log
+    else:
+        audit = _open(Path(audit_log))  # (first: nothing deleted that it could not record)
+    try:
+        uid = layout.normalize_uid(uid.strip())
+        target: dict[str, Any] = {"level": "files"}
+        try:
+            level, row = ArchiveReader(root, index=index).locate(uid)
+            target = {**row, "level": level}
+        except NotStoredError:
+            pass  # (files left without rows, or nothing: removal.remove says)
+        result = audited_removal(
+            root, uid, target, audit, "uid", service=API_SERVICE,
+            fsync=fsync, lock_timeout=lock_timeout, index=index, only=only,
+        )  # fmt: skip
+    except BaseException:
+        if owned and audit is not None:
+            _close_quietly(audit)
+        raise
+    if owned and audit is not None:
+        audit.close()  # (raises when the record could not be written)
+    return result
+
+
+def _open(path: Path) -> AuditLog:
+    try:
+        return AuditLog(path, max_bytes=0, keep=0)
+    except OSError as exc:
+        raise AuditLogUnavailableError(
+            exc.errno, f"cannot open the audit log {path}: {exc.strerror}; nothing deleted"
+        ) from exc
+
+
+def _close_quietly(audit: AuditLog) -> None:
+    try:
+        audit.close()
+    except OSError as exc:  # (the error told is the removal's)
+        log.error("audit log %s: %s", audit.path, exc.strerror or exc)
+
+
+def audited_removal(
+    root: Path | str,
+    uid: str,
+    target: dict[str, Any],
+    audit: AuditLog | None,
+    selected_by: str,
+    *,
+    service: str,
+    fsync: bool = True,
+    lock_timeout: float = 30.0,
+    index: str | None = None,
+    only: frozenset[str] | None = None,
+) -> removal.Removal:
+    """``removal.remove`` of ``uid`` (``target``: its index row and level, or just
+    ``{"level": "files"}``), recorded in ``audit`` (if any) and logged, failed or not
+    (a ``NotStoredError``: nothing was there, nothing to record)."""
+    from dicomstore.archive.reader import NotStoredError
+
+    try:
+        result = removal.remove(
+            root, uid, fsync=fsync, lock_timeout=lock_timeout, index=index, only=only
+        )
+    except NotStoredError:
+        raise
+    except Exception as exc:
+        record = deletion_record(root, uid, target, None, selected_by, service, error=str(exc))
+        if audit is not None:
+            audit.delete(record)
+        log.error("delete of %s %s failed: %s (user %s)", target["level"], uid, exc, record["user"])
+        raise
+    record = deletion_record(root, uid, target, result, selected_by, service)
+    if audit is not None:
+        audit.delete(record)
+    log.info(
+        "deleted %s %s of patient %s: %d instance(s), %d bytes (user %s)%s",
+        result.level,
+        uid,
+        record["patient_id"] or "-",
+        result.instances,
+        result.bytes,
+        record["user"],
+        f"; {len(result.problems)} problem(s)" if result.problems else "",
+    )
+    return result
+
+
+def deletion_record(
+    root: Path | str,
+    uid: str,
+    target: dict[str, Any],
+    result: removal.Removal | None,
+    selected_by: str,
+    service: str,
+    *,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """The audit record of one removal (module docstring); ``result`` None when it
+    failed with ``error``."""
+    level = result.level if result is not None else target["level"]
+    name, event_id = STUDY_DELETED if level == "study" else INSTANCES_ACCESSED
+    patient_id: str | None
+    issuer: str | None
+    if result is not None and len(result.patients) == 1:
+        patient_id, issuer = result.patients[0]
+    else:
+        patient_id, issuer = target.get("patient_id"), target.get("issuer")
+    if result is not None and result.studies:
+        studies, series = result.studies, result.series
+    else:
+        studies = [target["study_uid"]] if target.get("study_uid") else []
+        series = [target["series_uid"]] if target.get("series_uid") else []
+    if error is not None or result is None:
+        outcome, problems = "failed", [error or "failed"]
+    else:
+        problems = list(result.problems)
+        outcome = "incomplete" if problems else "deleted"
+    return {
+        "event": "delete",
+        "audit_event": name,
+        "event_id": event_id,
+        "event_action": "D",
+        "service": service,
+        "user": os_user(),
+        "sudo_user": os.environ.get("SUDO_USER") or None,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "storage": str(Path(root).resolve()),
+        "selected_by": selected_by,
+        "level": level,
+        "uid": uid,
+        "patient_id": patient_id or None,
+        "issuer_of_patient_id": issuer or None,
+        "study_instance_uids": studies,
+        "series_instance_uids": series,
+        "sop_instance_uid": uid if level == "instance" else None,
+        "instances": result.instances if result is not None else 0,
+        "bytes": result.bytes if result is not None else 0,
+        "kept": result.kept if result is not None else 0,
+        "outcome": outcome,
+        "problems": problems,
+    }
+
+
+def os_user() -> str:
+    """The name of the user this process runs as (its real uid's, not ``$USER``)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
