@@ -90,9 +90,17 @@ def remove(
         except NotStoredError:
             pass  # (files left without rows, or nothing: removal.remove says)
         result = audited_removal(
-            root, uid, target, audit, "uid", service=API_SERVICE,
-            fsync=fsync, lock_timeout=lock_timeout, index=index, only=only,
-        )  # fmt: skip
+            root,
+            uid,
+            target,
+            audit,
+            "uid",
+            service=API_SERVICE,
+            fsync=fsync,
+            lock_timeout=lock_timeout,
+            index=index,
+            only=only,
+        )
     except BaseException:
         if owned and audit is not None:
             _close_quietly(audit)
