@@ -1,0 +1,140 @@
+"""The audited removal (services/deletion.py), through the Python API's door
+(``dicomstore.query.remove``): each removal an audit record and an INFO line, as
+``dicomstore delete`` (tests/cli/test_cli_delete.py), and no removal without its
+record when the audit log cannot be opened."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+from pathlib import Path
+
+import pytest
+from tests.test_cli_access import STUDY, make_archive
+
+from dicomstore.query import open_archive, remove
+
+
+@pytest.fixture
+def storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("DICOMSTORE_AUDIT_LOG", raising=False)
+    return make_archive(tmp_path / "archive")
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _files(storage: Path) -> list[Path]:
+    return sorted(p for p in storage.rglob("*.dcm") if ".tmp" not in p.parts)
+
+
+def test_the_api_removal_writes_the_audit_record(storage: Path, tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    series = remove(storage, STUDY + ".2", audit_log=audit, fsync=False)
+    study = remove(storage, "1.2.5", audit_log=str(audit), fsync=False)
+    assert (series.instances, study.instances) == (1, 1)
+    first, second = _records(audit)
+    assert first["event"] == "delete" and first["event_action"] == "D"
+    assert (first["audit_event"], first["event_id"]) == ("DICOM Instances Accessed", "110103")
+    assert (first["level"], first["uid"], first["selected_by"]) == ("series", STUDY + ".2", "uid")
+    assert first["study_instance_uids"] == [STUDY]
+    assert first["series_instance_uids"] == [STUDY + ".2"]
+    assert first["patient_id"] == "PID1" and first["issuer_of_patient_id"] is None
+    assert (first["instances"], first["bytes"], first["kept"]) == (1, series.bytes, 0)
+    assert (first["outcome"], first["problems"]) == ("deleted", [])
+    assert first["user"] == pwd.getpwuid(os.getuid()).pw_name and first["pid"] == os.getpid()
+    assert first["service"] == "dicomstore.query.remove"
+    assert first["storage"] == str(storage.resolve()) and first["sop_instance_uid"] is None
+    assert (second["audit_event"], second["event_id"]) == ("DICOM Study Deleted", "110105")
+    assert (second["level"], second["patient_id"], second["instances"]) == ("study", "PID2", 1)
+    assert second["study_instance_uids"] == ["1.2.5"]
+
+
+def test_the_audit_log_from_the_environment(
+    storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As ``dicomstore delete``: ``DICOMSTORE_AUDIT_LOG`` (the server's file)."""
+    audit = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("DICOMSTORE_AUDIT_LOG", str(audit))
+    remove(storage, "1.2.4.1", fsync=False)
+    (record,) = _records(audit)
+    assert record["level"] == "instance" and record["sop_instance_uid"] == "1.2.4.1"
+    assert record["series_instance_uids"] == [STUDY + ".1"] and record["instances"] == 1
+
+
+def test_an_open_audit_log_is_written_to_and_left_open(storage: Path, tmp_path: Path) -> None:
+    from dicomstore.audit import AuditLog
+
+    with AuditLog(tmp_path / "audit.jsonl") as audit:
+        remove(storage, "1.2.4.1", audit_log=audit, fsync=False)
+        remove(storage, "1.2.4.2", audit_log=audit, fsync=False)  # (still open)
+    assert [r["uid"] for r in _records(tmp_path / "audit.jsonl")] == ["1.2.4.1", "1.2.4.2"]
+
+
+def test_the_api_removal_logs_the_info_line(
+    storage: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dicomstore.delete")
+    result = remove(storage, "1.2.5", fsync=False)  # (no audit log: the line all the same)
+    (line,) = [r for r in caplog.records if r.name == "dicomstore.delete"]
+    assert line.levelno == logging.INFO
+    user = pwd.getpwuid(os.getuid()).pw_name
+    assert line.getMessage() == (
+        f"deleted study 1.2.5 of patient PID2: 1 instance(s), {result.bytes} bytes (user {user})"
+    )
+
+
+def _missing_folder(tmp_path: Path) -> Path:
+    return tmp_path / "missing" / "audit.jsonl"
+
+
+def _under_a_file(tmp_path: Path) -> Path:
+    (tmp_path / "a-file").write_text("")
+    return tmp_path / "a-file" / "audit.jsonl"
+
+
+def _read_only_folder(tmp_path: Path) -> Path:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a read-only folder")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder / "audit.jsonl"
+
+
+@pytest.mark.parametrize("where", [_missing_folder, _under_a_file, _read_only_folder])
+def test_an_audit_log_that_cannot_be_opened_deletes_nothing(
+    storage: Path, tmp_path: Path, where, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dicomstore.query import AuditLogUnavailableError
+
+    audit = where(tmp_path)
+    before = _files(storage)
+    caplog.set_level(logging.INFO, logger="dicomstore.delete")
+    with pytest.raises(AuditLogUnavailableError, match="nothing deleted") as raised:
+        remove(storage, "1.2.5", audit_log=audit, fsync=False)
+    assert isinstance(raised.value, OSError) and str(audit) in str(raised.value)
+    assert _files(storage) == before and len(before) == 4
+    assert open_archive(storage).locate("1.2.5")[0] == "study"
+    assert not [r for r in caplog.records if r.name == "dicomstore.delete"]
+
+
+def test_a_failed_api_removal_is_audited_as_failed(
+    storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dicomstore.archive import removal
+
+    def locked(*args, **kwargs):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(removal, "remove", locked)
+    audit = tmp_path / "audit.jsonl"
+    with pytest.raises(OSError, match="Resource temporarily unavailable"):
+        remove(storage, "1.2.5", audit_log=audit, fsync=False)
+    (record,) = _records(audit)
+    assert (record["outcome"], record["instances"], record["uid"]) == ("failed", 0, "1.2.5")
+    assert record["problems"] == ["[Errno 11] Resource temporarily unavailable"]
+    assert record["patient_id"] == "PID2" and record["study_instance_uids"] == ["1.2.5"]
