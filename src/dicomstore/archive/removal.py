@@ -217,6 +217,9 @@ def remove(
     stored since are kept, ``Removal.kept``; review50 #6).
 
     Raises :class:`NotStoredError` when nothing of ``uid`` is indexed or on disk.
+
+    Neither audited nor logged: a door (the CLI's ``delete``, the Python API's
+    ``dicomstore.query.remove``) calls it through ``services/deletion.py``, which is.
     """
     root = Path(root).resolve()
     reader = ArchiveReader(root, index=index)
