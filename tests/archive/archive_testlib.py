@@ -7,7 +7,7 @@ import os
 import struct
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 import xxhash
@@ -221,3 +221,18 @@ class Behind(dt.datetime):
     @classmethod
     def now(cls, tz: dt.tzinfo | None = None) -> Behind:
         return super().now(tz) - dt.timedelta(seconds=30)  # type: ignore[return-value]
+
+
+def count_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The keys ``FileStorage.open`` is called with from now on (the test's end)."""
+    from dicomstore.archive.filestorage import FileStorage
+
+    opens: list[str] = []
+    real = FileStorage.open
+
+    def counting(self: FileStorage, key: str) -> BinaryIO:
+        opens.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(FileStorage, "open", counting)
+    return opens

@@ -21,7 +21,7 @@ import struct
 import warnings
 import weakref
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -73,13 +73,20 @@ def inflated(storage: Storage, key: str, limit: int) -> Iterator[tuple[BinaryIO,
     closed once inflated, the temporary when the block ends. Raises
     ``inflation.TooLarge`` beyond ``limit`` inflated bytes, ``InflateError``
     (a ValueError) for a stream that does not inflate, OSError."""
-    scratch = storage.scratch()
     with ExitStack() as stack:
         with storage.open(key) as fp:
-            fp.seek(dataset_offset(fp))
-            where = str(scratch) if scratch is not None else None
-            found = stack.enter_context(inflated_temporary(fp, limit, where))
+            found = stack.enter_context(inflating(storage, fp, dataset_offset(fp), limit))
         yield found
+
+
+def inflating(
+    storage: Storage, fp: BinaryIO, start: int, limit: int
+) -> AbstractContextManager[tuple[BinaryIO, int]]:
+    """:func:`inflated` of the deflated data set at ``start`` in the open stored file
+    ``fp`` (in ``storage``'s scratch folder)."""
+    scratch = storage.scratch()
+    fp.seek(start)
+    return inflated_temporary(fp, limit, str(scratch) if scratch is not None else None)
 
 
 @contextmanager
@@ -104,25 +111,36 @@ def opened(
         yield found, None
         return
     with inflated(storage, key, inflated_limit) as (fp, _size):
-        yield _read_inflated(fp, implicit, little, defer_size, specific_tags), fp
+        yield _read_header(fp, implicit, little, defer_size, specific_tags), fp
 
 
-def _read_inflated(
+def _read_header(
     fp: BinaryIO,
     implicit: bool,
     little: bool,
     defer_size: int | None,
     specific_tags: list[int] | None,
+    name: str | None = None,
 ) -> Stored:
-    """:func:`header_of` the inflated copy ``fp`` of a deflated data set: a
-    ``FileDataset`` reading the values it left unread from ``fp`` (while it is open)."""
+    """:func:`header_of` ``fp`` as a ``FileDataset`` that reads the values it left
+    unread on access: from the stored file ``name`` (at the data set's start), or
+    with ``name`` None from ``fp``, the inflated copy of a deflated data set (while it
+    is open)."""
     read, pixels = header_of(fp, implicit, little, defer_size, specific_tags)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        ds = FileDataset(fp, read, is_implicit_VR=implicit, is_little_endian=little)
-    # (not the copy's descriptor as a name: pydicom would reopen that once it is closed)
-    ds.filename = None
-    return Stored(ds, implicit, little, True, pixels)
+        ds = FileDataset(name or fp, read, is_implicit_VR=implicit, is_little_endian=little)
+    if name is None:
+        # (not the copy's descriptor as a name: pydicom would reopen that once it is closed)
+        ds.filename = None
+    return Stored(ds, implicit, little, name is None, pixels)
+
+
+def _named(storage: Storage, key: str, defer_size: int | None) -> tuple[str, int | None]:
+    """(the name a ``FileDataset`` of ``key`` reopens for its unread values, the
+    ``defer_size`` to read it with): values are left unread only in a local file."""
+    path = storage.local_path(key)
+    return (str(path), defer_size) if path is not None else (key, None)
 
 
 def read_stored(
@@ -150,26 +168,64 @@ def read_stored(
         held = ExitStack()
         try:
             fp, _size = held.enter_context(inflated(storage, key, inflated_limit))
-            found = _read_inflated(fp, implicit, little, defer_size, specific_tags)
+            found = _read_header(fp, implicit, little, defer_size, specific_tags)
         except BaseException:
             held.close()
             raise
-        if any_unread(found.dataset):
-            weakref.finalize(found.dataset, held.close)
-        else:
-            held.close()
+        _close_once_read(held, found.dataset)
         return found
-    path = storage.local_path(key)
-    defer = defer_size if path is not None else None
+    name, defer = _named(storage, key, defer_size)
     with storage.open(key) as fp:
         fp.seek(dataset_offset(fp))
-        read, pixels = header_of(fp, implicit, little, defer, specific_tags)
-    # A FileDataset knows its file, so deferred values load on access.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        name = str(path) if path is not None else key
-        ds = FileDataset(name, read, is_implicit_VR=implicit, is_little_endian=little)
-    return Stored(ds, implicit, little, False, pixels)
+        return _read_header(fp, implicit, little, defer, specific_tags, name)
+
+
+def _close_once_read(held: ExitStack, ds: Dataset) -> None:
+    """Close ``held`` (an inflated copy) when ``ds`` goes, or now if it left no value
+    unread there."""
+    if any_unread(ds):
+        weakref.finalize(ds, held.close)
+    else:
+        held.close()
+
+
+def _read_once(
+    storage: Storage,
+    key: str,
+    held: ExitStack,
+    inflated_limit: int,
+    defer_size: int | None,
+    specific_tags: list[int] | None,
+) -> tuple[Stored, bytes | None, FileMetaDataset]:
+    """(:func:`read_stored` of ``key``, its preamble, its File Meta Information), the
+    stored file opened once: the transfer syntax is its file meta's; a deflated data
+    set's inflated copy is entered into ``held``."""
+    with storage.open(key) as fp:
+        start, preamble, meta = meta_from(fp)
+        implicit, little, deflated = encoding_of(str(meta.get("TransferSyntaxUID", "")))
+        if deflated:
+            copy, _size = held.enter_context(inflating(storage, fp, start, inflated_limit))
+            return _read_header(copy, implicit, little, defer_size, specific_tags), preamble, meta
+        fp.seek(start)
+        name, defer = _named(storage, key, defer_size)
+        return _read_header(fp, implicit, little, defer, specific_tags, name), preamble, meta
+
+
+@contextmanager
+def opened_header(
+    storage: Storage,
+    key: str,
+    *,
+    inflated_limit: int,
+    defer_size: int = DEFER_SIZE,
+    specific_tags: list[int] | None = None,
+) -> Iterator[tuple[Stored, bytes | None, FileMetaDataset]]:
+    """(:func:`read_stored` of ``key``, its preamble, its File Meta Information) from
+    one opening of the stored file, its transfer syntax the file meta's (a deflated
+    data set's inflated copy open until the block ends); raises as
+    :func:`read_file_header`."""
+    with ExitStack() as held:
+        yield _read_once(storage, key, held, inflated_limit, defer_size, specific_tags)
 
 
 def any_unread(ds: Dataset) -> bool:
@@ -203,11 +259,17 @@ def file_meta(storage: Storage, key: str) -> tuple[bytes | None, FileMetaDataset
     """The preamble (None when the file has no 'DICM') and File Meta Information of the
     stored file at ``key`` (PS3.10 7.1); ValueError for a file meta pydicom cannot read."""
     with storage.open(key) as fp:
-        offset = dataset_offset(fp)
-        fp.seek(0)
-        head = fp.read(offset)
+        return meta_from(fp)[1:]
+
+
+def meta_from(fp: BinaryIO) -> tuple[int, bytes | None, FileMetaDataset]:
+    """(where the data set starts, the preamble, the File Meta Information) of the open
+    stored file ``fp`` (:func:`file_meta`)."""
+    offset = dataset_offset(fp)
+    fp.seek(0)
+    head = fp.read(offset)
     preamble, body = (head[:128], head[132:]) if head[128:132] == b"DICM" else (None, head)
-    return preamble, FileMetaDataset(read_dataset(io.BytesIO(body), False, True))
+    return offset, preamble, FileMetaDataset(read_dataset(io.BytesIO(body), False, True))
 
 
 def read_file_header(
@@ -221,10 +283,15 @@ def read_file_header(
     stop_before_pixels=True, defer_size=...)`` gives it (File Meta Information and
     data set), a deflated data set read from its :func:`inflated` copy (up to
     ``inflated_limit`` bytes) rather than inflated whole in memory as pydicom does.
-    Raises as :func:`read_stored`, and ValueError for a file meta pydicom cannot read."""
-    preamble, meta = file_meta(storage, key)
-    syntax = str(meta.get("TransferSyntaxUID", ""))
-    stored = read_stored(storage, key, syntax, inflated_limit=inflated_limit, defer_size=defer_size)
+    Raises as :func:`read_stored`, and ValueError for a file meta pydicom cannot read.
+    The stored file is opened once (its file meta read from the same opening)."""
+    held = ExitStack()
+    try:
+        stored, preamble, meta = _read_once(storage, key, held, inflated_limit, defer_size, None)
+    except BaseException:
+        held.close()
+        raise
+    _close_once_read(held, stored.dataset)
     ds = stored.dataset
     assert isinstance(ds, FileDataset)  # (read_stored's, knowing where its values are)
     ds.preamble, ds.file_meta = preamble, meta

@@ -33,7 +33,7 @@ from pydicom.dataset import Dataset
 from dicomstore.archive.dicomfile import dataset_offset, encoding_of
 from dicomstore.archive.rawheader import Element, Unsure, Walker
 from dicomstore.archive.storage import Storage
-from dicomstore.archive.stored import Stored, inflated, read_stored
+from dicomstore.archive.stored import Stored, inflating, meta_from, read_stored
 from dicomstore.http.dicomjson import (
     BULK_DATA_VRS,
     BULK_THRESHOLD,
@@ -137,7 +137,7 @@ class _Encoder:
 def read_metadata(
     storage: Storage,
     key: str,
-    transfer_syntax_uid: str,
+    transfer_syntax_uid: str | None,
     bulk_uri: Callable[[int], str],
     tags: Iterable[int] | None = None,
     *,
@@ -150,8 +150,9 @@ def read_metadata(
     nested sequences down to ``max_depth`` levels (the tags of those cut added to
     ``cut``, and a warning logged). A deflated data set is read from its inflated
     copy (``stored.inflated``, up to ``inflated_limit`` bytes: beyond,
-    ``inflation.TooLarge``). Raises OSError or ValueError for a file that cannot
-    be read."""
+    ``inflation.TooLarge``). ``transfer_syntax_uid`` None: the file meta's, read in
+    the same opening of the file. Raises OSError or ValueError for a file that
+    cannot be read."""
     made = _read(
         storage, key, transfer_syntax_uid, bulk_uri, tags, max_depth, cut, inflated_limit, False
     )
@@ -183,7 +184,7 @@ def read_metadata_text(
 def _read(
     storage: Storage,
     key: str,
-    transfer_syntax_uid: str,
+    transfer_syntax_uid: str | None,
     bulk_uri: Callable[[int], str],
     tags: Iterable[int] | None,
     max_depth: int,
@@ -191,23 +192,25 @@ def _read(
     inflated_limit: int,
     as_text: bool,
 ) -> dict[str, Any] | str:
-    implicit, little, deflated = encoding_of(transfer_syntax_uid)
     wanted = None if tags is None else set(tags)
     cut = [] if cut is None else cut
     buf: Any
-    if deflated:  # PS3.5 A.5: a raw deflate stream, inflated to a temporary and mapped
-        try:
-            with inflated(storage, key, inflated_limit) as (fp, size):
-                buf = _mapped(fp) if size else b""
-        except TooLarge:
-            raise
-        except InflateError as exc:
-            name = key.rpartition("/")[2]
-            raise ValueError(f"{name}: deflated data set unreadable: {exc}") from exc
-        start = 0
-    else:
-        with storage.open(key) as fp:
-            start = dataset_offset(fp)
+    with storage.open(key) as fp:  # (once: the transfer syntax, if not given, from there)
+        start = dataset_offset(fp)
+        if transfer_syntax_uid is None:
+            transfer_syntax_uid = str(meta_from(fp)[2].get("TransferSyntaxUID", ""))
+        implicit, little, deflated = encoding_of(transfer_syntax_uid)
+        if deflated:  # PS3.5 A.5: a raw deflate stream, inflated to a temporary and mapped
+            try:
+                with inflating(storage, fp, start, inflated_limit) as (copy, size):
+                    buf = _mapped(copy) if size else b""
+            except TooLarge:
+                raise
+            except InflateError as exc:
+                name = key.rpartition("/")[2]
+                raise ValueError(f"{name}: deflated data set unreadable: {exc}") from exc
+            start = 0
+        else:
             buf = _mapped(fp)
     try:
         try:

@@ -41,7 +41,6 @@ from starlette.responses import Response
 
 from dicomstore.archive import attributes
 from dicomstore.archive import query as q
-from dicomstore.archive.stored import file_meta
 from dicomstore.http.common import DICOM_JSON, HttpError, base_url, negotiate, reader, url_of
 from dicomstore.http.dicomjson import element, row_to_json, stable_elements, tag_key
 from dicomstore.http.instancejson import read_metadata
@@ -255,8 +254,8 @@ def _header_fields(request: Request, row: dict[str, Any], tags: list[int]) -> di
         key = row["sample_path"]
         if not key:
             return {}
-        ts = str(file_meta(storage, key)[1].get("TransferSyntaxUID", ""))
-        read = read_metadata(storage, key, ts, lambda t: "", tags, max_depth=depth)
+        # (its transfer syntax from its file meta, read in the same opening)
+        read = read_metadata(storage, key, None, lambda t: "", tags, max_depth=depth)
         return {k: v for k, v in read.items() if "BulkDataURI" not in v}
     except (OSError, ValueError, RecursionError):
         return {}

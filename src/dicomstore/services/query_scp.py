@@ -26,14 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.filereader import dcmread
 
 from dicomstore.aio.association import Transport
 from dicomstore.archive import query as q
-from dicomstore.archive.dicomfile import encoding_of
 from dicomstore.archive.engine import DatabaseOrOSError, unavailable
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.archive.stored import file_meta, opened
+from dicomstore.archive.stored import opened_header
 from dicomstore.dimse import CFindRQ, CFindRSP
 from dicomstore.dimse import status as st
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
@@ -73,33 +71,26 @@ def _header(
     """``tags`` read from the stored file of one instance of the matched entity
     (``sample_path``), without its pixel data or any element not asked for; None
     when none are asked for or the file cannot be read (logged: the keys are then
-    returned zero-length). A deflated data set (PS3.5 A.5) is read from its inflated
-    copy (``stored.opened``, up to ``inflated_limit`` bytes), not inflated in memory
-    by pydicom (review53 #3)."""
+    returned zero-length). The file is opened once, its transfer syntax taken from
+    the file meta read there (``stored.opened_header``). A deflated data set (PS3.5
+    A.5) is read from its inflated copy (up to ``inflated_limit`` bytes), not inflated
+    in memory by pydicom (review53 #3)."""
     relpath = row.get("sample_path")
     if not tags or not relpath:
         return None
     wanted = [SPECIFIC_CHARACTER_SET, *tags]
     try:
-        syntax = str(file_meta(reader.storage, relpath)[1].get("TransferSyntaxUID", ""))
-        if encoding_of(syntax)[2]:
-            with opened(
-                reader.storage,
-                relpath,
-                syntax,
-                inflated_limit=inflated_limit,
-                defer_size=MAX_RETURNED_VALUE,
-                specific_tags=wanted,
-            ) as (stored, _copy):
-                return _short_values(stored.dataset, relpath)
-        with reader.open({"path": relpath}) as fp:
-            ds = dcmread(
-                fp, stop_before_pixels=True, specific_tags=wanted, defer_size=MAX_RETURNED_VALUE
-            )
+        with opened_header(
+            reader.storage,
+            relpath,
+            inflated_limit=inflated_limit,
+            defer_size=MAX_RETURNED_VALUE,
+            specific_tags=wanted,
+        ) as (stored, _preamble, _meta):
+            return _short_values(stored.dataset, relpath)
     except Exception as exc:  # noqa: BLE001 - pydicom raises anything on a bad file
         log.warning("C-FIND: return keys not read from %s: %s", relpath, exc)
         return None
-    return _short_values(ds, relpath)
 
 
 def _short_values(ds: Dataset, relpath: str) -> Dataset:
