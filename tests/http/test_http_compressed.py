@@ -102,7 +102,7 @@ def test_frames_decoded_match_pydicom(site, name) -> None:
 
 
 def test_each_frame_is_decoded_once(site, monkeypatch) -> None:
-    """The first frame was decoded before answering (a 406 rather than a broken stream)
+    """The first frame was decoded before answering (a 500 rather than a broken stream)
     and again for the answer: twice the work, for a JPEG 2000 frame."""
     from dicomstore.http import pixels
 

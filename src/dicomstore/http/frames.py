@@ -163,7 +163,7 @@ def frames(request: Request) -> Response:
     with _closed_on_error(found):
         found.check(numbers)
         choice = choose(request, found)
-        # (decoded before answering: a frame that cannot be decoded gets a 406, not a
+        # (decoded before answering: a frame that cannot be decoded gets a 500, not a
         # broken stream; and sent as it is, not decoded a second time)
         first = found.decoded_bytes(numbers[0]) if choice.decode else None
     boundary = new_boundary()
@@ -266,7 +266,7 @@ def _encapsulated_bulkdata(request: Request, row: dict[str, Any], boundary: str)
         if not choice.decode:
             body = _frame_parts(found, choice, numbers, boundary)
             return _multipart(body, choice.part_type, boundary)
-        first: bytes | None = found.decoded_bytes(1)  # (a 406 before answering, if not)
+        first: bytes | None = found.decoded_bytes(1)  # (a 500 before answering, if not)
 
     def whole() -> Iterator[bytes]:
         nonlocal first

@@ -40,6 +40,7 @@ _ERRORS = {
     409: "none of the instances was stored; the reasons are listed",
     413: "the body, a part, a data set or a frame is larger than a limit (the reason says which)",
     415: 'the body is not multipart/related; type="application/dicom"',
+    500: "the stored data cannot be decoded (damaged: the reason says which frame)",
     503: "the archive index is unavailable",
 }
 
@@ -229,7 +230,7 @@ def _rendered(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
         "get": {
             "summary": summary + " (WADO-RS, PS3.18 10.4.1.1.5-6)",
             "parameters": [*params, *query, _ACCEPT],
-            "responses": _responses(ok, 400, 404, 406, 413),
+            "responses": _responses(ok, 400, 404, 406, 413, 500),
         }
     }
 
@@ -279,14 +280,14 @@ def openapi(limits: HttpLimits | None = None) -> dict[str, Any]:
                 "get": {
                     "summary": "Frames, uncompressed or as stored (WADO-RS, PS3.18 10.4)",
                     "parameters": [*sop_params, frames, _ACCEPT],
-                    "responses": _responses(per_frame, 400, 404, 406, 413),
+                    "responses": _responses(per_frame, 400, 404, 406, 413, 500),
                 }
             },
             inst + "/bulkdata/{tag}": {
                 "get": {
                     "summary": "A bulk data value named by its tag (BulkDataURI)",
                     "parameters": [*sop_params, tag, _ACCEPT],
-                    "responses": _responses(per_frame, 400, 404, 406, 413),
+                    "responses": _responses(per_frame, 400, 404, 406, 413, 500),
                 }
             },
             "/studies/{study}/rendered": _rendered("A study's key image", [_path("study")]),

@@ -12,7 +12,8 @@ hands out one frame at a time, never the whole Pixel Data:
 - decoded: a numpy array of one frame, through pydicom's decoders and the
   plugins of the ``codecs`` extra (pylibjpeg with its libjpeg, openjpeg and
   RLE plugins, numpy, Pillow). Without them, :func:`decoder_missing` says
-  which extra to install and the callers answer 406.
+  which extra to install and the callers answer 406. A frame whose stored
+  codestream cannot be decoded (damaged) is :data:`UNDECODABLE`, logged.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ from dicomstore.inflation import DEFAULT_MAX_INFLATED
 log = logging.getLogger("dicomstore.http.pixels")
 
 EXTRA = "dicomstore[codecs]"
+#: The status of a frame whose stored codestream cannot be decoded: the server's
+#: failure, not the request's (RFC 9110 15.6.1: an unexpected condition prevented
+#: fulfilling it). Not 406 (15.5.7: no representation the Accept allows: one it
+#: allows is made for sound data, and asking for another would not help), nor 422
+#: (15.5.21: the request's content cannot be processed: a GET has none).
+UNDECODABLE = 500
 NATIVE_LE = (uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE)
 #: Native Pixel Data: little endian, and Explicit VR Big Endian's (served little
 #: endian, as PS3.18 8.7.3 has octet-stream frames: samples swapped as read).
@@ -351,8 +358,7 @@ class Frames:
                 check(lambda at, n: frame[at : at + n], len(frame), rows, columns, samples,
                       f"frame {number}")  # fmt: skip
             except CodestreamMismatch as exc:
-                log.warning("frame %d of %s not decoded: %s", number, self.key, exc)
-                raise HttpError(406, f"frame {number} cannot be decoded: {exc}") from None
+                raise self._undecodable(number, exc) from None
             del frame
         options = as_pixel_options(self.dataset, **self._offsets())
         options.pop("extended_offsets", None)  # (see _offsets)
@@ -369,9 +375,21 @@ class Frames:
                 raise
             except BaseException as exc:  # noqa: BLE001 - the decoders raise anything on
                 # bad data, a Rust one a PanicException (a BaseException: review38mem D7)
-                log.warning("frame %d of %s cannot be decoded: %s", number, self.key, exc)
-                raise HttpError(406, f"frame {number} cannot be decoded: {exc}") from None
+                raise self._undecodable(number, exc) from None
         return array
+
+    def _undecodable(self, number: int, exc: BaseException) -> HttpError:
+        """The answer to frame ``number`` whose stored codestream cannot be decoded (logged
+        for the operator, naming the instance): :data:`UNDECODABLE`."""
+        log.warning(
+            "frame %d of %s cannot be decoded, its stored Pixel Data damaged: %s",
+            number,
+            self.key,
+            exc,
+        )
+        said = " ".join(str(exc).split())  # (one line: a decoder's may be several)
+        why = f"frame {number} cannot be decoded, the stored Pixel Data is damaged: {said}"
+        return HttpError(UNDECODABLE, why)
 
     def decoded_bytes(self, number: int) -> bytes:
         """Frame ``number`` decoded, as Explicit VR Little Endian's native Pixel Data bytes."""

@@ -14,7 +14,8 @@ MONOCHROME1 is inverted; colour is sent as decoded (RGB). ``viewport=vw,vh``
 fits the image into that box keeping its aspect (never enlarged beyond it);
 thumbnails fit 128x128 unless a viewport says otherwise; ``quality`` (1-100)
 sets the JPEG quality. Rendering needs numpy and Pillow (the ``codecs``
-extra): without them, 406 naming it.
+extra): without them, 406 naming it. A frame whose stored codestream cannot be
+decoded (damaged) is 500 (``pixels.UNDECODABLE``), logged naming the instance.
 """
 
 from __future__ import annotations

@@ -1,0 +1,84 @@
+"""review57 Low: a stored instance whose compressed Pixel Data cannot be decoded (a
+damaged JPEG Baseline scan) was 406 on /rendered and /thumbnail, "no acceptable media
+type", though the client asked for one made here for sound data. It is 500 naming
+the damage, logged for the operator naming the instance; 406 stays for an Accept
+that cannot be produced and for a missing codecs extra (naming it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from http_testlib import HttpThread, store_file
+from pydicom.data import get_testdata_file
+
+from dicomstore.archive import Archive
+from dicomstore.http import pixels
+
+pytest.importorskip("numpy")
+pytest.importorskip("PIL")
+
+OCTET = 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1'
+
+
+@pytest.fixture
+def damaged(tmp_path: Path) -> Iterator[tuple[httpx.Client, str, str]]:
+    """A client, the URL of a JPEG Baseline instance whose scan is garbage (its SOF
+    true), and that instance's SOP Instance UID."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    scan = frame.index(b"\xff\xda")  # (Start of Scan: the header up to it kept)
+    ds.PixelData = encapsulate([frame[:scan] + b"\xff\xda\x00\x0c" + b"\x5a" * 4000 + b"\xff\xd9"])
+    ds.SOPInstanceUID = "1.2.9.66.1.1"
+    ds.save_as(tmp_path / "damaged.dcm")
+    archive = Archive(tmp_path / "archive", fsync=False)
+    row = store_file(archive, tmp_path / "damaged.dcm").instance
+    url = f"/studies/{row['study_uid']}/series/{row['series_uid']}/instances/{ds.SOPInstanceUID}"
+    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url) as client:
+        yield client, url, ds.SOPInstanceUID
+    archive.close()
+
+
+@pytest.mark.parametrize("tail", ["/rendered", "/thumbnail", "/frames/1/rendered"])
+@pytest.mark.parametrize("accept", ["image/png", "image/jpeg", "*/*"])
+def test_a_damaged_codestream_is_500_naming_it(damaged, caplog, tail, accept) -> None:
+    client, url, sop = damaged
+    with caplog.at_level("WARNING", logger="dicomstore.http"):
+        r = client.get(url + tail, headers={"accept": accept})
+    assert r.status_code == 500, r.text
+    assert "frame 1 cannot be decoded, the stored Pixel Data is damaged" in r.text
+    assert r.text.count("\n") == 1
+    (line,) = [m for m in caplog.messages if "cannot be decoded" in m]
+    assert sop in line and "stored Pixel Data damaged" in line
+
+
+def test_decoded_frames_of_a_damaged_codestream_are_500(damaged) -> None:
+    client, url, _ = damaged
+    r = client.get(url + "/frames/1", headers={"accept": OCTET})
+    assert r.status_code == 500 and "stored Pixel Data is damaged" in r.text
+    as_stored = client.get(
+        url + "/frames/1", headers={"accept": 'multipart/related; type="image/jpeg"'}
+    )
+    assert as_stored.status_code == 200  # (as stored: nothing to decode)
+
+
+@pytest.mark.parametrize("tail", ["/rendered", "/thumbnail"])
+def test_an_accept_that_cannot_be_made_is_still_406(damaged, tail) -> None:
+    client, url, _ = damaged
+    r = client.get(url + tail, headers={"accept": "image/gif"})
+    assert r.status_code == 406 and "media type" in r.text, r.text
+
+
+@pytest.mark.parametrize("tail", ["/rendered", "/thumbnail"])
+def test_a_missing_codecs_extra_is_still_406_naming_it(damaged, monkeypatch, tail) -> None:
+    client, url, _ = damaged
+    missing = "no decoder for 1.2.840.10008.1.2.4.50 is installed: install dicomstore[codecs]"
+    monkeypatch.setattr(pixels, "decoder_missing", lambda syntax: missing)
+    r = client.get(url + tail, headers={"accept": "image/png"})
+    assert r.status_code == 406 and "install dicomstore[codecs]" in r.text, r.text
