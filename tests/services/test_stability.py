@@ -119,18 +119,21 @@ def _fill(root: Path, studies: dict[str, int]) -> None:
         archive.close()
 
 
-def test_a_restart_waits_again_for_studies_not_yet_reported(tmp_path: Path) -> None:
+def test_a_restart_waits_again_for_studies_not_yet_reported(tmp_path: Path, caplog) -> None:
     root = tmp_path / "archive"
     _fill(root, {"1.2.31": 2, "1.2.32": 1})
     reader = ArchiveReader(root)
     first = StudyStability(reader, QUICK, fsync=False)
+    caplog.set_level("INFO", logger="dicomstore.stable")
     assert first.recover() == 2  # nothing logged yet: both are waited for
+    assert "2 studies not yet reported stable: waiting for them again" in caplog.messages
     last = first.pending["1.2.31"].last
     StableLog(root).append(
         StableStudy("1.2.31", "PID1", 2, 1, "x", _iso(last), _iso(last), str(root / "1.2.31"))
     )
     again = StudyStability(reader, QUICK, fsync=False)
     assert again.recover() == 1 and list(again.pending) == ["1.2.32"]
+    assert "1 study not yet reported stable: waiting for it again" in caplog.messages
     _fill(root, {"1.2.31": 3})  # a third instance after its event: waited for again
     later = StudyStability(reader, QUICK, fsync=False)
     assert later.recover() == 2 and sorted(later.pending) == ["1.2.31", "1.2.32"]

@@ -221,7 +221,8 @@ class StudyStability:
             pending.last = max(pending.last, newest)
             count += 1
         if count:
-            log.info("%d studies not yet reported stable: waiting for them again", count)
+            many = ("study", "it") if count == 1 else ("studies", "them")
+            log.info("%d %s not yet reported stable: waiting for %s again", count, *many)
         return count
 
     # -- the clock -------------------------------------------------------------------
