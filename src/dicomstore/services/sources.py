@@ -158,9 +158,7 @@ def _walk_sop_uids(data: bytes, ts: str) -> tuple[str, str] | None:
         implicit, little = True, True
     elif ts == uids.EXPLICIT_VR_BE:
         implicit, little = False, False
-    elif ts == uids.EXPLICIT_VR_LE or (
-        ts in uids.transfer_syntaxes() and uids.is_encapsulated(ts)
-    ):
+    elif ts == uids.EXPLICIT_VR_LE or (ts in uids.transfer_syntaxes() and uids.is_encapsulated(ts)):
         implicit, little = False, True
     else:
         return None
