@@ -124,7 +124,13 @@ def test_what_follows_the_pixel_data_is_not_counted_as_its_codestream(web) -> No
     assert status == 200
 
 
-def test_a_file_cut_inside_a_fragment_is_unreadable_not_too_large(web) -> None:
-    status, body = _get(web, "1.2.37.6", "/frames/1", MULTIPART_OCTET)
-    assert status == 406 and body is not None, (status, body)
-    assert b"the Pixel Data cannot be read: a fragment runs" in body
+def test_a_file_cut_inside_a_fragment_is_unreadable_not_too_large(web, caplog) -> None:
+    """500, the stored data damaged, logged naming the instance (a 406 before: the
+    Accept was not the matter)."""
+    with caplog.at_level("WARNING", logger="dicomstore.http"):
+        status, body = _get(web, "1.2.37.6", "/frames/1", MULTIPART_OCTET)
+    assert status == 500 and body is not None, (status, body)
+    said = b"the Pixel Data cannot be read, the stored Pixel Data is damaged: a fragment runs"
+    assert said in body and body.count(b"\n") == 1
+    (line,) = [m for m in caplog.messages if "the Pixel Data cannot be read" in m]
+    assert "1.2.37.6" in line and "stored Pixel Data damaged" in line

@@ -36,9 +36,14 @@ def damaged(tmp_path: Path) -> Iterator[tuple[httpx.Client, str, str]]:
     scan = frame.index(b"\xff\xda")  # (Start of Scan: the header up to it kept)
     ds.PixelData = encapsulate([frame[:scan] + b"\xff\xda\x00\x0c" + b"\x5a" * 4000 + b"\xff\xd9"])
     ds.SOPInstanceUID = "1.2.9.66.1.1"
-    ds.save_as(tmp_path / "damaged.dcm")
+    yield from _served(tmp_path, ds)
+
+
+def _served(tmp_path: Path, ds: pydicom.Dataset) -> Iterator[tuple[httpx.Client, str, str]]:
+    """``ds`` stored and served: a client, its URL, its SOP Instance UID."""
+    ds.save_as(tmp_path / "stored.dcm")
     archive = Archive(tmp_path / "archive", fsync=False)
-    row = store_file(archive, tmp_path / "damaged.dcm").instance
+    row = store_file(archive, tmp_path / "stored.dcm").instance
     url = f"/studies/{row['study_uid']}/series/{row['series_uid']}/instances/{ds.SOPInstanceUID}"
     with HttpThread(archive) as srv, httpx.Client(base_url=srv.url) as client:
         yield client, url, ds.SOPInstanceUID
@@ -82,3 +87,37 @@ def test_a_missing_codecs_extra_is_still_406_naming_it(damaged, monkeypatch, tai
     monkeypatch.setattr(pixels, "decoder_missing", lambda syntax: missing)
     r = client.get(url + tail, headers={"accept": "image/png"})
     assert r.status_code == 406 and "install dicomstore[codecs]" in r.text, r.text
+
+
+@pytest.fixture
+def misplaced(tmp_path: Path) -> Iterator[tuple[httpx.Client, str, str]]:
+    """A client, the URL of a 2-frame JPEG Baseline instance whose Basic Offset Table
+    puts frame 2 inside frame 1's item, and its SOP Instance UID."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    data = bytearray(encapsulate([frame, frame], has_bot=True))
+    data[12:16] = (2).to_bytes(4, "little")  # (frame 2's offset: 2, not an item's)
+    ds.PixelData, ds.NumberOfFrames = bytes(data), 2
+    ds.SOPInstanceUID = "1.2.9.66.1.2"
+    yield from _served(tmp_path, ds)
+
+
+@pytest.mark.parametrize(
+    ("tail", "accept"),
+    [
+        ("/frames/2", 'multipart/related; type="image/jpeg"'),  # (before: 200, then cut)
+        ("/frames/2", OCTET),  # (before: 406)
+        ("/frames/2/rendered", "image/png"),  # (before: 406)
+    ],
+)
+def test_a_frame_its_fragments_cannot_give_is_500_naming_it(misplaced, caplog, tail, accept):
+    client, url, sop = misplaced
+    with caplog.at_level("WARNING", logger="dicomstore.http"):
+        r = client.get(url + tail, headers={"accept": accept})
+    assert r.status_code == 500, r.text
+    said = "frame 2 cannot be read from its fragments, the stored Pixel Data is damaged: "
+    assert said in r.text and r.text.count("\n") == 1
+    (line,) = [m for m in caplog.messages if "cannot be read from its fragments" in m]
+    assert sop in line and "stored Pixel Data damaged" in line

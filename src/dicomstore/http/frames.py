@@ -118,6 +118,18 @@ def open_frames(request: Request, row: dict[str, Any]) -> pixels.Frames:
     return pixels.Frames.open(storage, _present(request, row), bound, inflated_limit(request))
 
 
+def _first(found: pixels.Frames, choice: Choice, number: int) -> bytes | None:
+    """Frame ``number`` made before answering when it is held whole anyway (decoded, or
+    an encapsulated codestream): one that cannot be decoded or read from its fragments
+    gets a 500 (``pixels.damaged``), not a broken stream; and it is sent as it is, not
+    made a second time. Native frames as stored are streamed (None: nothing to fail)."""
+    if choice.decode:
+        return found.decoded_bytes(number)
+    if found.encapsulated:
+        return b"".join(found.stored(number))
+    return None
+
+
 def _frame_parts(
     frames: pixels.Frames,
     choice: Choice,
@@ -125,7 +137,8 @@ def _frame_parts(
     boundary: str,
     first: bytes | None = None,
 ) -> Iterator[bytes]:
-    """The parts of the frames ``numbers``; ``first``: the first one, decoded already."""
+    """The parts of the frames ``numbers``; ``first``: the first one, made already
+    (:func:`_first`); a later one that cannot be made cuts the answer off."""
     with frames, _broken_off(frames):
         for n, number in enumerate(numbers):
             yield part_header(boundary, choice.content_type, first=n == 0)
@@ -163,9 +176,7 @@ def frames(request: Request) -> Response:
     with _closed_on_error(found):
         found.check(numbers)
         choice = choose(request, found)
-        # (decoded before answering: a frame that cannot be decoded gets a 500, not a
-        # broken stream; and sent as it is, not decoded a second time)
-        first = found.decoded_bytes(numbers[0]) if choice.decode else None
+        first = _first(found, choice, numbers[0])
     boundary = new_boundary()
     parts = _frame_parts(found, choice, numbers, boundary, first)
     return _multipart(parts, choice.part_type, boundary)
@@ -263,10 +274,10 @@ def _encapsulated_bulkdata(request: Request, row: dict[str, Any], boundary: str)
     with _closed_on_error(found):
         choice = choose(request, found)
         numbers = range(1, found.count + 1)
+        first = _first(found, choice, 1)
         if not choice.decode:
-            body = _frame_parts(found, choice, numbers, boundary)
+            body = _frame_parts(found, choice, numbers, boundary, first)
             return _multipart(body, choice.part_type, boundary)
-        first: bytes | None = found.decoded_bytes(1)  # (a 500 before answering, if not)
 
     def whole() -> Iterator[bytes]:
         nonlocal first

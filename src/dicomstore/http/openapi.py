@@ -40,7 +40,7 @@ _ERRORS = {
     409: "none of the instances was stored; the reasons are listed",
     413: "the body, a part, a data set or a frame is larger than a limit (the reason says which)",
     415: 'the body is not multipart/related; type="application/dicom"',
-    500: "the stored data cannot be decoded (damaged: the reason says which frame)",
+    500: "the stored data cannot be read or decoded (damaged: the reason says which)",
     503: "the archive index is unavailable",
 }
 

@@ -13,7 +13,8 @@ hands out one frame at a time, never the whole Pixel Data:
   plugins of the ``codecs`` extra (pylibjpeg with its libjpeg, openjpeg and
   RLE plugins, numpy, Pillow). Without them, :func:`decoder_missing` says
   which extra to install and the callers answer 406. A frame whose stored
-  codestream cannot be decoded (damaged) is :data:`UNDECODABLE`, logged.
+  codestream cannot be decoded, or whose fragments cannot be read (damaged), is
+  :data:`UNDECODABLE`, logged (:func:`damaged`).
 """
 
 from __future__ import annotations
@@ -79,6 +80,15 @@ ALIASES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
 def media_type_of(syntax: str) -> str:
     """The media type a frame of ``syntax`` is sent as."""
     return MEDIA_TYPES.get(syntax, "application/octet-stream")
+
+
+def damaged(key: str, what: str, exc: BaseException, data: str = "Pixel Data") -> HttpError:
+    """The answer when the stored instance ``key``'s ``data`` cannot be read or decoded
+    (``what``: which, e.g. ``frame 2 cannot be decoded``; ``exc``: why), logged for the
+    operator naming the instance: :data:`UNDECODABLE`, its reason one line."""
+    said = " ".join(str(exc).split())  # (one line: a decoder's may be several)
+    log.warning("%s: %s, its stored %s damaged: %s", key, what, data, said)
+    return HttpError(UNDECODABLE, f"{what}, the stored {data} is damaged: {said}")
 
 
 def decoder_missing(syntax: str) -> str | None:
@@ -160,7 +170,7 @@ class Frames:
                 held_bytes, table, fragments = found._items(most)
             except OSError as exc:
                 found.close()
-                raise HttpError(406, f"the Pixel Data cannot be read: {exc}") from None
+                raise damaged(key, "the Pixel Data cannot be read", exc) from None
             if held_bytes > most:
                 found.close()
                 raise HttpError(
@@ -318,8 +328,8 @@ class Frames:
             try:
                 yield get_frame(fp, number - 1, **self._offsets())
             except (ValueError, EOFError, OSError) as exc:
-                log.warning("frame %d of %s cannot be read: %s", number, self.key, exc)
-                raise HttpError(406, f"frame {number} cannot be read from its fragments") from None
+                what = f"frame {number} cannot be read from its fragments"
+                raise damaged(self.key, what, exc) from None
 
     def _unaligned(self, number: int) -> bytes:
         """1-bit frame ``number`` whose bits do not start on a byte (PS3.5 8.1.1: frames
@@ -358,7 +368,7 @@ class Frames:
                 check(lambda at, n: frame[at : at + n], len(frame), rows, columns, samples,
                       f"frame {number}")  # fmt: skip
             except CodestreamMismatch as exc:
-                raise self._undecodable(number, exc) from None
+                raise damaged(self.key, f"frame {number} cannot be decoded", exc) from None
             del frame
         options = as_pixel_options(self.dataset, **self._offsets())
         options.pop("extended_offsets", None)  # (see _offsets)
@@ -375,21 +385,8 @@ class Frames:
                 raise
             except BaseException as exc:  # noqa: BLE001 - the decoders raise anything on
                 # bad data, a Rust one a PanicException (a BaseException: review38mem D7)
-                raise self._undecodable(number, exc) from None
+                raise damaged(self.key, f"frame {number} cannot be decoded", exc) from None
         return array
-
-    def _undecodable(self, number: int, exc: BaseException) -> HttpError:
-        """The answer to frame ``number`` whose stored codestream cannot be decoded (logged
-        for the operator, naming the instance): :data:`UNDECODABLE`."""
-        log.warning(
-            "frame %d of %s cannot be decoded, its stored Pixel Data damaged: %s",
-            number,
-            self.key,
-            exc,
-        )
-        said = " ".join(str(exc).split())  # (one line: a decoder's may be several)
-        why = f"frame {number} cannot be decoded, the stored Pixel Data is damaged: {said}"
-        return HttpError(UNDECODABLE, why)
 
     def decoded_bytes(self, number: int) -> bytes:
         """Frame ``number`` decoded, as Explicit VR Little Endian's native Pixel Data bytes."""
