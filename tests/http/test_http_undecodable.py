@@ -2,7 +2,9 @@
 damaged JPEG Baseline scan) was 406 on /rendered and /thumbnail, "no acceptable media
 type", though the client asked for one made here for sound data. It is 500 naming
 the damage, logged for the operator naming the instance; 406 stays for an Accept
-that cannot be produced and for a missing codecs extra (naming it)."""
+that cannot be produced and for a missing codecs extra (naming it). The same for an
+instance transcoded to Explicit VR Little Endian and for fragments that cannot be read
+(review57 Low's rest: they were 406)."""
 
 from __future__ import annotations
 
@@ -86,6 +88,33 @@ def test_a_missing_codecs_extra_is_still_406_naming_it(damaged, monkeypatch, tai
     missing = "no decoder for 1.2.840.10008.1.2.4.50 is installed: install dicomstore[codecs]"
     monkeypatch.setattr(pixels, "decoder_missing", lambda syntax: missing)
     r = client.get(url + tail, headers={"accept": "image/png"})
+    assert r.status_code == 406 and "install dicomstore[codecs]" in r.text, r.text
+
+
+DICOM = 'multipart/related; type="application/dicom"'
+
+
+@pytest.mark.parametrize("accept", [DICOM, "application/dicom"])
+def test_transcoding_a_damaged_codestream_is_500_naming_it(damaged, caplog, accept) -> None:
+    """Before: 406 "cannot be transcoded", though Explicit VR Little Endian is made for
+    any sound instance."""
+    client, url, sop = damaged
+    with caplog.at_level("WARNING", logger="dicomstore.http"):
+        r = client.get(url, headers={"accept": accept})
+    assert r.status_code == 500, r.text
+    want = "cannot be transcoded to 1.2.840.10008.1.2.1, the stored data is damaged: "
+    assert want in r.text and r.text.count("\n") == 1
+    (line,) = [m for m in caplog.messages if "cannot be transcoded" in m]
+    assert sop in line and "stored data damaged" in line
+    as_stored = client.get(url, headers={"accept": accept + "; transfer-syntax=*"})
+    assert as_stored.status_code == 200  # (as stored: nothing to decode)
+
+
+def test_transcoding_without_the_codecs_extra_is_still_406_naming_it(damaged, monkeypatch):
+    client, url, _ = damaged
+    missing = "no decoder for 1.2.840.10008.1.2.4.50 is installed: install dicomstore[codecs]"
+    monkeypatch.setattr(pixels, "decoder_missing", lambda syntax: missing)
+    r = client.get(url, headers={"accept": DICOM})
     assert r.status_code == 406 and "install dicomstore[codecs]" in r.text, r.text
 
 

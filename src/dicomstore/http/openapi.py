@@ -146,6 +146,7 @@ def _retrieve(summary: str, path: list[str], *, post: bool = False) -> dict[str,
                 404,
                 406,
                 413,
+                500,
             ),
         }
     }

@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 from dicomstore import uids
 from dicomstore.archive.dicomfile import file_header
 from dicomstore.archive.reader import ArchiveReader
+from dicomstore.http import pixels
 from dicomstore.http.common import HttpError
 from dicomstore.services import conversion, sources
 
@@ -221,16 +222,29 @@ def transcode(
 def transcode_or_refuse(
     archive: ArchiveReader, row: Mapping[str, Any], inflated_limit: int, frame_limit: int
 ) -> Transcoded:
-    """:func:`transcode`, its failures answered: 413 over a limit, 406 when it cannot be
-    decoded, 404 when its file is gone."""
+    """:func:`transcode`, its failures answered: 413 over a limit, 404 when its file is
+    gone; 406 when a decoder is missing (naming the ``codecs`` extra); 500 when the
+    stored data cannot be decoded (damaged: ``pixels.damaged``, logged naming it)."""
     try:
         return transcode(archive, row, inflated_limit, frame_limit)
     except conversion.TooLargeToConvert as exc:
         raise HttpError(413, f"not transcoded to {TARGET}: {exc}") from None
-    except sources.NotDicom as exc:
-        raise HttpError(406, f"cannot be transcoded to {TARGET}: {exc}") from None
+    except sources.Unreadable as exc:  # (its file cannot be read: no damage known)
+        raise _unread(row, str(exc)) from None
+    except sources.NotDicom as exc:  # (stored as sound, made for sound data: damaged)
+        syntax = str(row["transfer_syntax_uid"])
+        missing = pixels.decoder_missing(syntax) if syntax in pixels.MEDIA_TYPES else None
+        if missing is not None:
+            raise HttpError(406, f"cannot be transcoded to {TARGET}: {missing}") from None
+        what = f"cannot be transcoded to {TARGET}"
+        raise pixels.damaged(str(row["path"]), what, exc, "data") from None
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise HttpError(404, "deleted since the search") from None
-        log.error("WADO-RS: %s not transcoded: %s", row["sop_instance_uid"], exc)
-        raise HttpError(500, f"cannot be transcoded: {exc.strerror or exc}") from None
+        raise _unread(row, exc.strerror or str(exc)) from None
+
+
+def _unread(row: Mapping[str, Any], why: str) -> HttpError:
+    """500 for an instance whose file cannot be read to transcode it, logged."""
+    log.error("WADO-RS: %s not transcoded: %s", row["sop_instance_uid"], why)
+    return HttpError(500, f"cannot be transcoded: {why}")
