@@ -138,3 +138,60 @@ def test_a_failed_api_removal_is_audited_as_failed(
     assert (record["outcome"], record["instances"], record["uid"]) == ("failed", 0, "1.2.5")
     assert record["problems"] == ["[Errno 11] Resource temporarily unavailable"]
     assert record["patient_id"] == "PID2" and record["study_instance_uids"] == ["1.2.5"]
+
+
+def _sweep_raising(error: BaseException):
+    def sweep(*args, **kwargs):
+        raise error
+
+    return sweep
+
+
+@pytest.mark.parametrize(
+    ("error", "told"),
+    [
+        (OSError(5, "Input/output error"), "[Errno 5] Input/output error"),
+        (KeyboardInterrupt(), "KeyboardInterrupt"),
+    ],
+)
+def test_a_removal_failing_after_its_commit_is_audited_with_what_it_deleted(
+    storage: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    error: BaseException,
+    told: str,
+) -> None:
+    """Rows deleted and files unlinked, then the empty-folder sweep raises (or Ctrl-C):
+    the record is ``incomplete`` with the real counts, not ``failed``, 0 instances;
+    a BaseException too is recorded and logged, then raised (review61 M1)."""
+    from dicomstore.archive import removal
+
+    monkeypatch.setattr(removal, "_remove_empty_dirs", _sweep_raising(error))
+    caplog.set_level(logging.INFO, logger="dicomstore.delete")
+    audit = tmp_path / "audit.jsonl"
+    with pytest.raises(type(error)):
+        remove(storage, "1.2.5", audit_log=audit, fsync=False)
+    assert len(_files(storage)) == 3  # (its one file is gone)
+    (record,) = _records(audit)
+    assert (record["outcome"], record["instances"], record["uid"]) == ("incomplete", 1, "1.2.5")
+    assert record["bytes"] > 0 and record["problems"] == [told]
+    assert record["patient_id"] == "PID2" and record["study_instance_uids"] == ["1.2.5"]
+    (line,) = [r for r in caplog.records if r.name == "dicomstore.delete"]
+    assert line.levelno == logging.ERROR
+    assert line.getMessage().startswith("delete of study 1.2.5 incomplete: 1 instance(s),")
+    assert told in line.getMessage()
+
+
+def test_a_removal_interrupted_before_its_commit_is_audited_as_failed(
+    storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dicomstore.archive import removal
+
+    monkeypatch.setattr(removal, "remove", _sweep_raising(KeyboardInterrupt()))
+    audit = tmp_path / "audit.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        remove(storage, "1.2.5", audit_log=audit, fsync=False)
+    (record,) = _records(audit)
+    assert (record["outcome"], record["instances"]) == ("failed", 0)
+    assert record["problems"] == ["KeyboardInterrupt"] and len(_files(storage)) == 4

@@ -165,6 +165,15 @@ class Removal:
     patients: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass
+class Progress:
+    """What a :func:`remove` given it had deleted when it raised: ``removal`` is None
+    until rows are deleted (their COMMIT) or files unlinked, then the
+    :class:`Removal` being done (its rows' counts; ``files_removed`` so far)."""
+
+    removal: Removal | None = None
+
+
 def leftovers(root: Path, reader: ArchiveReader, level: str | None, uid: str) -> list[Path]:
     """Files of ``uid`` left on disk without index rows (an interrupted delete)."""
     name = layout.safe_component(uid, "-")
@@ -210,25 +219,28 @@ def remove(
     lock_timeout: float = 30.0,
     index: str | None = None,
     only: frozenset[str] | None = None,
+    progress: Progress | None = None,
 ) -> Removal:
     """Delete the study, series or instance ``uid`` (rows, then files), after
     settling what an interrupted delete left (``Removal.settled``); with ``only``,
     only those of its instances (the SOP Instance UIDs a user confirmed: those
     stored since are kept, ``Removal.kept``; review50 #6).
 
-    Raises :class:`NotStoredError` when nothing of ``uid`` is indexed or on disk.
+    Raises :class:`NotStoredError` when nothing of ``uid`` is indexed or on disk. When
+    it raises anything else, ``progress.removal`` says what was deleted (None: nothing).
 
     Neither audited nor logged: a door (the CLI's ``delete``, the Python API's
     ``dicomstore.query.remove``) calls it through ``services/deletion.py``, which is.
     """
     root = Path(root).resolve()
     reader = ArchiveReader(root, index=index)
+    progress = Progress() if progress is None else progress
     uid = layout.normalize_uid(uid.strip())
     settled = finish_interrupted(root, fsync=fsync, lock_timeout=lock_timeout, index=index)
     try:
         level, _ = reader.locate(uid)
     except NotStoredError as missing:
-        found = _remove_leftovers(root, reader, uid, settled, fsync, index, lock_timeout)
+        found = _remove_leftovers(root, reader, uid, settled, fsync, index, lock_timeout, progress)
         if found is None:
             raise missing from None
         return found
@@ -236,12 +248,13 @@ def remove(
     db = Index(engine_for(root, index), durable=fsync, timeout=lock_timeout)
     try:
         rows, intents = _delete_rows(root, db, reader, level, uid, fsync, only, result)
-        metacache.forget(root, (row["sop_instance_uid"] for row in rows))
         result.instances = len(rows)
         result.bytes = sum(r["file_size"] or 0 for r in rows)
         result.studies = sorted({r["study_uid"] for r in rows})
         result.series = sorted({r["series_uid"] for r in rows})
         result.patients = sorted({(r["patient_id"], r["issuer"] or "") for r in rows})
+        progress.removal = result  # (committed: whatever is raised from here on)
+        metacache.forget(root, (row["sop_instance_uid"] for row in rows))
         files = []
         for row in rows:
             try:
@@ -267,6 +280,7 @@ def _remove_leftovers(
     fsync: bool,
     index: str | None,
     lock_timeout: float,
+    progress: Progress,
 ) -> Removal | None:
     """Files of ``uid`` without rows, found and unlinked under the index write lock:
     a node publishing them (renamed, not yet committed) holds it (``publish.py``)."""
@@ -278,7 +292,7 @@ def _remove_leftovers(
                 files = leftovers(root, reader, None, uid)
                 if not files:
                     return None
-                result = Removal("files", uid, settled=settled)
+                result = progress.removal = Removal("files", uid, settled=settled)
                 _unlink(root, files, {}, result, fsync)
                 result.leftovers_removed = result.files_removed
             finally:

@@ -20,8 +20,11 @@ by), what (the UIDs, the patient, the counts), the outcome, and the door
      "sop_instance_uid": null, "instances": 120, "bytes": 63963136, "kept": 0,
      "outcome": "deleted", "problems": []}
 
-``outcome`` is ``deleted``, ``incomplete`` (rows deleted, some files not: see
-``problems``) or ``failed`` (nothing deleted, or not all: the error in ``problems``).
+``outcome`` is ``deleted``, ``incomplete`` (rows deleted, some files not, or the
+removal raised after deleting rows or files: see ``problems``, the counts are of what
+was deleted) or ``failed`` (it raised having deleted nothing: the error in
+``problems``; a COMMIT whose answer was lost may be done all the same). An interrupted
+removal (a ``BaseException``: Ctrl-C, a cancellation) is recorded and logged too.
 The audit log is opened before anything is deleted: one that cannot be opened
 deletes nothing (:class:`AuditLogUnavailableError`).
 """
@@ -141,24 +144,30 @@ def audited_removal(
 ) -> removal.Removal:
     """``removal.remove`` of ``uid`` (``target``: its index row and level, or just
     ``{"level": "files"}``), recorded in ``audit`` (if any) and logged, failed or not
-    (a ``NotStoredError``: nothing was there, nothing to record)."""
+    (a ``NotStoredError``: nothing was there, nothing to record), interrupted too (a
+    ``BaseException``: recorded, logged, raised). One that raised after deleting rows
+    or files is ``incomplete``, with the counts of what it deleted."""
     from dicomstore.archive.reader import NotStoredError
 
+    progress = removal.Progress()
     try:
         result = removal.remove(
-            root, uid, fsync=fsync, lock_timeout=lock_timeout, index=index, only=only
+            root,
+            uid,
+            fsync=fsync,
+            lock_timeout=lock_timeout,
+            index=index,
+            only=only,
+            progress=progress,
         )
     except NotStoredError:
         raise
-    except Exception as exc:
-        record = deletion_record(root, uid, target, None, selected_by, service, error=str(exc))
-        if audit is not None:
-            audit.delete(record)
-        log.error("delete of %s %s failed: %s (user %s)", target["level"], uid, exc, record["user"])
+    except BaseException as exc:  # (Ctrl-C, a cancellation: recorded all the same)
+        done, error = progress.removal, str(exc) or type(exc).__name__
+        record = deletion_record(root, uid, target, done, selected_by, service, error=error)
+        _record_failure(audit, record, done, error)
         raise
     record = deletion_record(root, uid, target, result, selected_by, service)
-    if audit is not None:
-        audit.delete(record)
     log.info(
         "deleted %s %s of patient %s: %d instance(s), %d bytes (user %s)%s",
         result.level,
@@ -169,7 +178,42 @@ def audited_removal(
         record["user"],
         f"; {len(result.problems)} problem(s)" if result.problems else "",
     )
+    if audit is not None:
+        audit.delete(record)
     return result
+
+
+def _record_failure(
+    audit: AuditLog | None, record: dict[str, Any], done: removal.Removal | None, error: str
+) -> None:
+    """Log and record (``record``) a removal that raised ``error``, having deleted
+    ``done`` (None: nothing); a record that cannot be queued is logged (the error told
+    is the removal's)."""
+    if done is None:
+        log.error(
+            "delete of %s %s failed: %s (user %s)",
+            record["level"],
+            record["uid"],
+            error,
+            record["user"],
+        )
+    else:
+        log.error(
+            "delete of %s %s incomplete: %d instance(s), %d bytes deleted, %d file(s)"
+            " removed: %s (user %s)",
+            done.level,
+            record["uid"],
+            done.instances,
+            done.bytes,
+            done.files_removed,
+            error,
+            record["user"],
+        )
+    if audit is not None:
+        try:
+            audit.delete(record)
+        except ValueError as closed:  # (closed meanwhile, by another thread)
+            log.error("audit log %s: %s: this record not written", audit.path, closed)
 
 
 def deletion_record(
@@ -183,7 +227,8 @@ def deletion_record(
     error: str | None = None,
 ) -> dict[str, Any]:
     """The audit record of one removal (module docstring); ``result`` None when it
-    failed with ``error``."""
+    failed with ``error`` having deleted nothing; ``result`` and ``error`` when it
+    raised ``error`` having deleted ``result`` (``incomplete``)."""
     level = result.level if result is not None else target["level"]
     name, event_id = STUDY_DELETED if level == "study" else INSTANCES_ACCESSED
     patient_id: str | None
@@ -197,10 +242,10 @@ def deletion_record(
     else:
         studies = [target["study_uid"]] if target.get("study_uid") else []
         series = [target["series_uid"]] if target.get("series_uid") else []
-    if error is not None or result is None:
+    if result is None:
         outcome, problems = "failed", [error or "failed"]
     else:
-        problems = list(result.problems)
+        problems = list(result.problems) + ([error] if error is not None else [])
         outcome = "incomplete" if problems else "deleted"
     return {
         "event": "delete",
