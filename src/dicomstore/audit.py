@@ -183,6 +183,12 @@ class AuditLog:
 
     # -- waiting and closing (not on the event loop)
 
+    @property
+    def closed(self) -> bool:
+        """Closed (or closing): :meth:`write` raises ``ValueError``."""
+        with self._cond:
+            return self._closing
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record queued so far is on disk; False on timeout."""
         with self._cond:

@@ -195,3 +195,21 @@ def test_a_removal_interrupted_before_its_commit_is_audited_as_failed(
     (record,) = _records(audit)
     assert (record["outcome"], record["instances"]) == ("failed", 0)
     assert record["problems"] == ["KeyboardInterrupt"] and len(_files(storage)) == 4
+
+
+def test_an_audit_log_already_closed_deletes_nothing(
+    storage: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ``AuditLog`` passed in closed (left over after ``with``, closed by another
+    thread) is refused before anything is deleted (review61 L1)."""
+    from dicomstore.audit import AuditLog
+    from dicomstore.query import AuditLogUnavailableError
+
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.close()
+    caplog.set_level(logging.INFO, logger="dicomstore.delete")
+    with pytest.raises(AuditLogUnavailableError, match="is closed; nothing deleted"):
+        remove(storage, "1.2.5", audit_log=audit, fsync=False)
+    assert len(_files(storage)) == 4 and open_archive(storage).locate("1.2.5")[0] == "study"
+    assert _records(tmp_path / "audit.jsonl") == []
+    assert not [r for r in caplog.records if r.name == "dicomstore.delete"]

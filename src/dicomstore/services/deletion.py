@@ -25,12 +25,13 @@ removal raised after deleting rows or files: see ``problems``, the counts are of
 was deleted) or ``failed`` (it raised having deleted nothing: the error in
 ``problems``; a COMMIT whose answer was lost may be done all the same). An interrupted
 removal (a ``BaseException``: Ctrl-C, a cancellation) is recorded and logged too.
-The audit log is opened before anything is deleted: one that cannot be opened
-deletes nothing (:class:`AuditLogUnavailableError`).
+The audit log is opened before anything is deleted: one that cannot be opened, or an
+``AuditLog`` passed in closed, deletes nothing (:class:`AuditLogUnavailableError`).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -51,7 +52,8 @@ log = logging.getLogger("dicomstore.delete")
 
 
 class AuditLogUnavailableError(OSError):
-    """The audit log of a removal cannot be opened: nothing was deleted."""
+    """The audit log of a removal cannot be opened, or was passed closed: nothing was
+    deleted."""
 
 
 def remove(
@@ -71,7 +73,7 @@ def remove(
     line only), opened first and never rotated here (the server rotates it).
 
     Raises :class:`AuditLogUnavailableError` (nothing deleted) when the audit log
-    cannot be opened, ``NotStoredError`` when nothing of ``uid`` is there, and
+    cannot be opened or is closed, ``NotStoredError`` when nothing of ``uid`` is there, and
     ``OSError`` when the record could not be written (the removal was done).
     """
     from dicomstore.archive import layout
@@ -149,6 +151,10 @@ def audited_removal(
     or files is ``incomplete``, with the counts of what it deleted."""
     from dicomstore.archive.reader import NotStoredError
 
+    if audit is not None and audit.closed:  # (a record it could not take: review61 L1)
+        raise AuditLogUnavailableError(
+            errno.EBADF, f"the audit log {audit.path} is closed; nothing deleted"
+        )
     progress = removal.Progress()
     try:
         result = removal.remove(
