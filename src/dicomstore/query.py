@@ -45,7 +45,11 @@ from dicomstore.archive.attributes import ATTRIBUTES
 from dicomstore.archive.query import LEVELS, QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
 from dicomstore.archive.removal import Removal
-from dicomstore.services.deletion import AuditLogUnavailableError, remove
+from dicomstore.services.deletion import (
+    AuditLogUnavailableError,
+    AuditRecordNotWrittenError,
+    remove,
+)
 
 log = logging.getLogger("dicomstore.events")
 
@@ -55,6 +59,7 @@ __all__ = [
     "ArchiveNotFoundError",
     "ArchiveReader",
     "AuditLogUnavailableError",
+    "AuditRecordNotWrittenError",
     "NotStoredError",
     "QueryError",
     "Removal",

@@ -213,3 +213,31 @@ def test_an_audit_log_already_closed_deletes_nothing(
     assert len(_files(storage)) == 4 and open_archive(storage).locate("1.2.5")[0] == "study"
     assert _records(tmp_path / "audit.jsonl") == []
     assert not [r for r in caplog.records if r.name == "dicomstore.delete"]
+
+
+def test_a_record_not_written_says_the_removal_was_done(storage: Path) -> None:
+    """``/dev/full``: the study is deleted, its record cannot be written at close: the
+    error says so and carries the Removal, told apart from "not deleted" (review61 L3)."""
+    from dicomstore.query import AuditRecordNotWrittenError, Removal
+
+    with pytest.raises(AuditRecordNotWrittenError, match="deleted, but its audit") as raised:
+        remove(storage, "1.2.5", audit_log="/dev/full", fsync=False)
+    assert isinstance(raised.value, OSError) and "/dev/full" in str(raised.value)
+    assert isinstance(raised.value.removal, Removal)
+    assert (raised.value.removal.level, raised.value.removal.instances) == ("study", 1)
+    assert len(_files(storage)) == 3
+
+
+def test_an_audit_log_closed_during_the_removal_says_the_removal_was_done(
+    storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closed by another thread after the check (review61 L1, L3)."""
+    from dicomstore.audit import AuditLog
+    from dicomstore.query import AuditRecordNotWrittenError
+
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.close()
+    monkeypatch.setattr(AuditLog, "closed", property(lambda self: False))  # (the race)
+    with pytest.raises(AuditRecordNotWrittenError, match="is closed") as raised:
+        remove(storage, "1.2.5", audit_log=audit, fsync=False)
+    assert raised.value.removal.instances == 1 and len(_files(storage)) == 3

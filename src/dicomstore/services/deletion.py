@@ -56,6 +56,16 @@ class AuditLogUnavailableError(OSError):
     deleted."""
 
 
+class AuditRecordNotWrittenError(OSError):
+    """The removal was done (``removal``: what it deleted), but its audit record could
+    not be written. Not to be retried as a failed removal: a retry finds nothing
+    (``NotStoredError``)."""
+
+    def __init__(self, code: int | None, message: str, result: removal.Removal) -> None:
+        super().__init__(code, message)
+        self.removal = result
+
+
 def remove(
     root: Path | str,
     uid: str,
@@ -74,7 +84,8 @@ def remove(
 
     Raises :class:`AuditLogUnavailableError` (nothing deleted) when the audit log
     cannot be opened or is closed, ``NotStoredError`` when nothing of ``uid`` is there, and
-    ``OSError`` when the record could not be written (the removal was done).
+    :class:`AuditRecordNotWrittenError` (an ``OSError``; its ``removal``: what was
+    deleted) when the removal was done but its record could not be written.
     """
     from dicomstore.archive import layout
     from dicomstore.archive.reader import ArchiveReader, NotStoredError
@@ -111,8 +122,21 @@ def remove(
             _close_quietly(audit)
         raise
     if owned and audit is not None:
-        audit.close()  # (raises when the record could not be written)
+        try:
+            audit.close()
+        except OSError as exc:  # (the record could not be written)
+            raise _not_recorded(result, exc.errno, exc.strerror or str(exc)) from exc
     return result
+
+
+def _not_recorded(
+    result: removal.Removal, code: int | None, why: str
+) -> AuditRecordNotWrittenError:
+    return AuditRecordNotWrittenError(
+        code,
+        f"{result.level} {result.uid} was deleted, but its audit record not written: {why}",
+        result,
+    )
 
 
 def _open(path: Path) -> AuditLog:
@@ -185,7 +209,10 @@ def audited_removal(
         f"; {len(result.problems)} problem(s)" if result.problems else "",
     )
     if audit is not None:
-        audit.delete(record)
+        try:
+            audit.delete(record)
+        except ValueError as exc:  # (closed meanwhile, by another thread)
+            raise _not_recorded(result, errno.EBADF, f"the audit log {audit.path} {exc}") from exc
     return result
 
 
