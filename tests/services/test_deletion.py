@@ -241,3 +241,39 @@ def test_an_audit_log_closed_during_the_removal_says_the_removal_was_done(
     with pytest.raises(AuditRecordNotWrittenError, match="is closed") as raised:
         remove(storage, "1.2.5", audit_log=audit, fsync=False)
     assert raised.value.removal.instances == 1 and len(_files(storage)) == 3
+
+
+def test_an_empty_audit_log_means_none(
+    storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``audit_log=""`` as ``DICOMSTORE_AUDIT_LOG=""``: no audit log (review61 L4), not
+    the folder ``.``; not the environment's either."""
+    monkeypatch.setenv("DICOMSTORE_AUDIT_LOG", str(tmp_path / "env-audit.jsonl"))
+    monkeypatch.chdir(tmp_path)
+    assert remove(storage, "1.2.5", audit_log="", fsync=False).instances == 1
+    assert not (tmp_path / "env-audit.jsonl").exists()
+    monkeypatch.setenv("DICOMSTORE_AUDIT_LOG", "")
+    assert remove(storage, "1.2.4.1", fsync=False).instances == 1
+    assert len(_files(storage)) == 2
+
+
+def test_a_uid_not_stored_creates_no_audit_log(storage: Path, tmp_path: Path) -> None:
+    from dicomstore.query import NotStoredError
+
+    audit = tmp_path / "audit.jsonl"
+    with pytest.raises(NotStoredError):
+        remove(storage, "9.9.9", audit_log=audit, fsync=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive"]
+
+
+def test_files_left_without_rows_are_removed_and_recorded(storage: Path, tmp_path: Path) -> None:
+    """A UID without rows whose files are on disk (an interrupted delete) still opens
+    the audit log and is recorded (the check before opening it looks on disk too)."""
+    left = storage / "7.7.7" / "7.7.7.1" / "7.7.7.1.1.dcm"
+    left.parent.mkdir(parents=True)
+    left.write_bytes((storage / "1.2.5" / "1.2.5.1" / "1.2.4.4.dcm").read_bytes())
+    audit = tmp_path / "audit.jsonl"
+    result = remove(storage, "7.7.7", audit_log=audit, fsync=False)
+    assert (result.level, result.leftovers_removed) == ("files", 1) and not left.exists()
+    (record,) = _records(audit)
+    assert (record["level"], record["uid"], record["outcome"]) == ("files", "7.7.7", "deleted")

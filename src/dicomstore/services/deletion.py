@@ -79,8 +79,9 @@ def remove(
     """Delete the study, series or instance ``uid`` of the archive at ``root``
     (``archive.removal.remove``: rows, then files), audited and logged (module
     docstring). ``audit_log``: an open :class:`~dicomstore.audit.AuditLog` (left
-    open), or the path of one (default ``$DICOMSTORE_AUDIT_LOG``; none: the INFO
-    line only), opened first and never rotated here (the server rotates it).
+    open), or the path of one (default ``$DICOMSTORE_AUDIT_LOG``; none, or ``""``:
+    no record, the INFO line only), opened before the removal (not when there is
+    nothing to delete) and never rotated here (the server rotates it).
 
     Raises :class:`AuditLogUnavailableError` (nothing deleted) when the audit log
     cannot be opened or is closed, ``NotStoredError`` when nothing of ``uid`` is there, and
@@ -91,20 +92,24 @@ def remove(
     from dicomstore.archive.reader import ArchiveReader, NotStoredError
 
     if audit_log is None:
-        audit_log = os.environ.get(AUDIT_LOG_ENV) or None
+        audit_log = os.environ.get(AUDIT_LOG_ENV)
+    if audit_log == "":
+        audit_log = None  # (as the empty variable: none, review61 L4)
+    uid = layout.normalize_uid(uid.strip())
+    reader = ArchiveReader(root, index=index)
+    target: dict[str, Any] = {"level": "files"}
+    try:
+        level, row = reader.locate(uid)
+        target = {**row, "level": level}
+    except NotStoredError:
+        if not removal.leftovers(reader.root, reader, None, uid):
+            raise  # (nothing to delete: no audit log opened, or created)
     owned = audit_log is not None and not isinstance(audit_log, AuditLog)
     if isinstance(audit_log, AuditLog) or audit_log is None:
         audit = audit_log
     else:
-        audit = _open(Path(audit_log))  # (first: nothing deleted that it could not record)
+        audit = _open(Path(audit_log))  # (before the removal: nothing it could not record)
     try:
-        uid = layout.normalize_uid(uid.strip())
-        target: dict[str, Any] = {"level": "files"}
-        try:
-            level, row = ArchiveReader(root, index=index).locate(uid)
-            target = {**row, "level": level}
-        except NotStoredError:
-            pass  # (files left without rows, or nothing: removal.remove says)
         result = audited_removal(
             root,
             uid,
