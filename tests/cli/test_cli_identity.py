@@ -44,6 +44,11 @@ def test_a_user_and_passcode_get_in(served, tmp_path, capsys) -> None:
     assert "C-ECHO to ANY-SCP@127.0.0.1" in capsys.readouterr().out
 
 
+def test_a_repeated_echo_says_how_many_answered(served, capsys) -> None:
+    assert _echo(served, "--user", "alice", "--password", "correct horse", "--repeat", "3") == 0
+    assert capsys.readouterr().out.endswith(": success (3 C-ECHOs)\n")
+
+
 def test_send_takes_the_identity_too(served) -> None:
     from pydicom.data import get_testdata_file
 

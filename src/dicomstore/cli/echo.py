@@ -40,5 +40,6 @@ async def run(args: argparse.Namespace) -> int:
                 return EXIT_FAILED
     finally:
         await assoc.release()
-    print(f"C-ECHO to {args.aec}@{args.host}:{args.port}: success")
+    times = f" ({args.repeat} C-ECHOs)" if args.repeat > 1 else ""
+    print(f"C-ECHO to {args.aec}@{args.host}:{args.port}: success{times}")
     return EXIT_OK
