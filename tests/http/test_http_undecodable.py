@@ -118,6 +118,22 @@ def test_transcoding_without_the_codecs_extra_is_still_406_naming_it(damaged, mo
     assert r.status_code == 406 and "install dicomstore[codecs]" in r.text, r.text
 
 
+def test_transcoding_a_syntax_no_decoder_reads_is_still_406_naming_it(tmp_path) -> None:
+    """review63 M1: a sound instance in a syntax pydicom has no decoder for (MPEG-2 here;
+    H.264, HEVC ...) was answered 500 "damaged"; nothing is known to be wrong with it."""
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2 Main Profile
+    ds.SOPInstanceUID = "1.2.9.66.1.3"
+    served = _served(tmp_path, ds)
+    try:
+        client, url, _ = next(served)
+        r = client.get(url, headers={"accept": DICOM})
+    finally:
+        served.close()
+    assert r.status_code == 406, r.text
+    assert "no decoder for transfer syntax 1.2.840.10008.1.2.4.100" in r.text, r.text
+
+
 @pytest.fixture
 def misplaced(tmp_path: Path) -> Iterator[tuple[httpx.Client, str, str]]:
     """A client, the URL of a 2-frame JPEG Baseline instance whose Basic Offset Table

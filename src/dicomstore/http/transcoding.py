@@ -223,8 +223,9 @@ def transcode_or_refuse(
     archive: ArchiveReader, row: Mapping[str, Any], inflated_limit: int, frame_limit: int
 ) -> Transcoded:
     """:func:`transcode`, its failures answered: 413 over a limit, 404 when its file is
-    gone; 406 when a decoder is missing (naming the ``codecs`` extra); 500 when the
-    stored data cannot be decoded (damaged: ``pixels.damaged``, logged naming it)."""
+    gone; 406 when no decoder is here for its syntax (the ``codecs`` extra named, or none
+    exists: MPEG-2, H.264 ...); 500 when the stored data cannot be decoded (damaged:
+    ``pixels.damaged``, logged naming it)."""
     try:
         return transcode(archive, row, inflated_limit, frame_limit)
     except conversion.TooLargeToConvert as exc:
@@ -232,9 +233,8 @@ def transcode_or_refuse(
     except sources.Unreadable as exc:  # (its file cannot be read: no damage known)
         raise _unread(row, str(exc)) from None
     except sources.NotDicom as exc:  # (stored as sound, made for sound data: damaged)
-        syntax = str(row["transfer_syntax_uid"])
-        missing = pixels.decoder_missing(syntax) if syntax in pixels.MEDIA_TYPES else None
-        if missing is not None:
+        missing = pixels.decoder_missing(str(row["transfer_syntax_uid"]))
+        if missing is not None:  # (the extra, or no decoder at all: MPEG-2, H.264 ...)
             raise HttpError(406, f"cannot be transcoded to {TARGET}: {missing}") from None
         what = f"cannot be transcoded to {TARGET}"
         raise pixels.damaged(str(row["path"]), what, exc, "data") from None
