@@ -122,7 +122,8 @@ def _first(found: pixels.Frames, choice: Choice, number: int) -> bytes | None:
     """Frame ``number`` made before answering when it is held whole anyway (decoded, or
     an encapsulated codestream): one that cannot be decoded or read from its fragments
     gets a 500 (``pixels.damaged``), not a broken stream; and it is sent as it is, not
-    made a second time. Native frames as stored are streamed (None: nothing to fail)."""
+    made a second time. Native frames as stored are streamed (None: ``Frames.open``
+    found them within the file; one cut short since cuts the answer off)."""
     if choice.decode:
         return found.decoded_bytes(number)
     if found.encapsulated:
@@ -139,7 +140,7 @@ def _frame_parts(
 ) -> Iterator[bytes]:
     """The parts of the frames ``numbers``; ``first``: the first one, made already
     (:func:`_first`); a later one that cannot be made cuts the answer off."""
-    with frames, _broken_off(frames):
+    with frames, _broken_off(frames.key):
         for n, number in enumerate(numbers):
             yield part_header(boundary, choice.content_type, first=n == 0)
             if n == 0 and first is not None:
@@ -153,13 +154,18 @@ def _frame_parts(
 
 
 @contextmanager
-def _broken_off(frames: pixels.Frames) -> Iterator[None]:
-    """A frame that cannot be read once the answer has begun (its status sent) cuts
-    the answer off (:class:`AnswerBroken`), after a log line (the frame's own)."""
+def _broken_off(key: str, data: str = "Pixel Data") -> Iterator[None]:
+    """A frame (or bulk data) of ``key`` that cannot be read once the answer has begun
+    (its status sent) cuts the answer off (:class:`AnswerBroken`), after a log line
+    (the frame's own; a read that comes short, the file cut since: ``pixels.damaged``)."""
     try:
         yield
+    except OSError as exc:
+        said = pixels.damaged(key, f"the {data} cannot be read", exc, data).message
+        log.warning("answer with %s of %s cut off: %s", data, key, said)
+        raise AnswerBroken(said) from None
     except HttpError as exc:
-        log.warning("answer with frames of %s cut off: %s", frames.key, exc.message)
+        log.warning("answer with frames of %s cut off: %s", key, exc.message)
         raise AnswerBroken(exc.message) from None
 
 
@@ -212,6 +218,9 @@ def bulkdata(request: Request) -> Response:
         if pixel is not None and pixel.length is None:
             held.close()
             return _encapsulated_bulkdata(request, row, boundary)
+        if pixel is not None:  # (native: within the file, checked before answering)
+            end = source.seek(0, 2) if source is not None else storage.size(row["path"])
+            pixels.within(row["path"], end, pixel)
         if pixel is not None and pixel.length is not None and source is not None:
             chunks = read_chunks(source, pixel.offset, pixel.length, CHUNK, row["path"])
         elif pixel is not None and pixel.length is not None:
@@ -226,8 +235,10 @@ def bulkdata(request: Request) -> Response:
         if wanted not in ("*", uids.EXPLICIT_VR_LE, row["transfer_syntax_uid"]):
             raise HttpError(406, f"bulk data is sent as stored, uncompressed, not as {wanted}")
 
+    data = "Pixel Data" if pixel is not None else f"bulk data ({tag:08X})"
+
     def body() -> Iterator[bytes]:
-        with held:
+        with held, _broken_off(row["path"], data):
             yield part_header(boundary, OCTET, first=True)
             yield from chunks
             yield closing(boundary)
@@ -281,7 +292,7 @@ def _encapsulated_bulkdata(request: Request, row: dict[str, Any], boundary: str)
 
     def whole() -> Iterator[bytes]:
         nonlocal first
-        with found, _broken_off(found):
+        with found, _broken_off(found.key):
             yield part_header(boundary, choice.content_type, first=True)
             yield first or b""
             first = None

@@ -91,6 +91,18 @@ def damaged(key: str, what: str, exc: BaseException, data: str = "Pixel Data") -
     return HttpError(UNDECODABLE, f"{what}, the stored {data} is damaged: {said}")
 
 
+def within(key: str, end: int, value: PixelValue | None, data: str = "Pixel Data") -> None:
+    """500 (:func:`damaged`) when the native ``value`` (its declared length) runs past
+    ``end``, the end of the bytes it is in (a file cut short after its header): found
+    before an answer's status is sent, not when the read comes short once it has begun."""
+    if value is None or value.length is None:
+        return
+    past = value.offset + value.length - end
+    if past > 0:
+        why = OSError(f"its value runs {past} bytes past the end of the file")
+        raise damaged(key, f"the {data} cannot be read", why, data)
+
+
 def decoder_missing(syntax: str) -> str | None:
     """Why frames of ``syntax`` cannot be decoded here, or None if they can."""
     try:
@@ -141,9 +153,11 @@ class Frames:
         max_frame_bytes: int,
         inflated_limit: int = DEFAULT_MAX_INFLATED,
     ) -> Frames:
-        """The frames of the instance of index ``row``; HttpError 404/406/413 if none.
-        A deflated data set is inflated (up to ``inflated_limit`` bytes: beyond,
-        ``inflation.TooLarge``) and its frames are native Explicit VR Little Endian's."""
+        """The frames of the instance of index ``row``; HttpError 404/406/413 if none,
+        500 (:func:`damaged`) when its Pixel Data runs past the end of the file (native)
+        or its items do. A deflated data set
+        is inflated (up to ``inflated_limit`` bytes: beyond, ``inflation.TooLarge``)
+        and its frames are native Explicit VR Little Endian's."""
         syntax = row["transfer_syntax_uid"]
         key = row["path"]
         deflated = syntax == uids.DEFLATED_EXPLICIT_VR_LE
@@ -161,7 +175,14 @@ class Frames:
             held.close()
             raise
         found.source, found._held = source, held
-        if found.encapsulated:
+        if not found.encapsulated:
+            try:
+                with found._bytes() as fp:
+                    within(key, fp.seek(0, 2), found.pixels)
+            except BaseException:
+                found.close()
+                raise
+        else:
             # a codestream is read whole to decode or send a frame: one larger than twice
             # what it decodes to is no compression, but a file made to exhaust memory
             # (review38mem D7: 64x64 RLE, one fragment of 400 MiB; 969 MiB held)
@@ -313,7 +334,7 @@ class Frames:
             width = int(self.dataset.BitsAllocated) // 8  # (8, 16, 32: _checked)
             swap = self.syntax == uids.EXPLICIT_VR_BE and width > 1
             rest = b""  # (a sample a short read cut in two: swapped with the next read)
-            with self._bytes() as fp:
+            with self._bytes() as fp, self._unread(number):
                 for data in read_chunks(fp, start, size, chunk, self.key):
                     if swap:
                         data = rest + data
@@ -331,13 +352,22 @@ class Frames:
                 what = f"frame {number} cannot be read from its fragments"
                 raise damaged(self.key, what, exc) from None
 
+    @contextmanager
+    def _unread(self, number: int) -> Iterator[None]:
+        """A native frame whose bytes come short (the file cut since it was opened)
+        is :func:`damaged`, not a bare ``OSError``."""
+        try:
+            yield
+        except OSError as exc:
+            raise damaged(self.key, f"frame {number} cannot be read", exc) from None
+
     def _unaligned(self, number: int) -> bytes:
         """1-bit frame ``number`` whose bits do not start on a byte (PS3.5 8.1.1: frames
         follow each other bit by bit, the first pixel in a byte's lowest bit), moved to
         start on one, its last byte padded with zero bits."""
         first = (number - 1) * self.native_bits
         skip, size = first % 8, -(-self.native_bits // 8)
-        with self._bytes() as fp:
+        with self._bytes() as fp, self._unread(number):
             data = b"".join(
                 read_chunks(fp, self.pixels.offset + first // 8, -(-(skip + self.native_bits) // 8),
                             1 << 20, self.key)

@@ -1,0 +1,75 @@
+"""review63 M2: a native instance whose file was cut short after its header (the
+header still declaring the whole Pixel Data) answered /frames and /bulkdata 200, then
+a bare OSError ended the stream (uvicorn's traceback, no WARNING naming the damage),
+while /rendered and /thumbnail answered 500 "damaged". Every path now answers the
+same 500 (``pixels.damaged``) before its status; a file cut once the answer has begun
+cuts the answer off with the damaged WARNING, not a traceback."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from http_testlib import HttpThread, get_or_cut, make_dataset, store
+
+from dicomstore.archive import Archive
+from dicomstore.http import pixels
+
+STUDY, SERIES, SOP = "1.2.826.0.1.3680043.10.63", "1.2.826.0.1.3680043.10.63.1", "1.2.63.2.1"
+URL = f"/studies/{STUDY}/series/{SERIES}/instances/{SOP}"
+OCTET = 'multipart/related; type="application/octet-stream"'
+
+
+@pytest.fixture
+def cut(tmp_path: Path) -> Iterator[HttpThread]:
+    """A 2-frame 64x64 16-bit native instance, its file's last 5000 bytes cut off."""
+    archive = Archive(tmp_path / "archive", fsync=False)
+    ds = make_dataset(SOP, study=STUDY, series=SERIES, frames=2, rows=64, columns=64)
+    store(archive, ds)
+    path = archive.path_of(SOP)
+    assert path is not None
+    os.truncate(path, path.stat().st_size - 5000)
+    with HttpThread(archive) as web:
+        yield web
+    archive.close()
+
+
+CASES = [
+    ("/frames/1", OCTET),  # (before: 200)
+    ("/frames/2", OCTET),  # (before: 200, then a traceback)
+    ("/bulkdata/7FE00010", OCTET),  # (the same)
+    ("/rendered", "image/png"),  # (500 before too)
+    ("/thumbnail", "image/jpeg"),
+    ("/frames/2/rendered", "image/png"),
+]
+
+
+@pytest.mark.parametrize(("tail", "accept"), CASES)
+def test_native_pixel_data_cut_short_is_500_naming_it(cut, caplog, tail, accept) -> None:
+    with caplog.at_level(logging.WARNING):
+        status, body = get_or_cut(cut.server.port, URL + tail, {"accept": accept})
+    assert status == 500 and body is not None, (status, body)
+    text = body.decode()
+    said = "the Pixel Data cannot be read, the stored Pixel Data is damaged: "
+    assert said in text and "5000 bytes past the end of the file" in text, text
+    (line,) = [m for m in caplog.messages if "stored Pixel Data damaged" in m]
+    assert SOP in line
+    assert "Exception in ASGI application" not in caplog.text
+
+
+@pytest.mark.parametrize("tail", ["/frames/1,2", "/bulkdata/7FE00010"])
+def test_a_file_cut_once_the_answer_began_cuts_it_off(cut, caplog, monkeypatch, tail) -> None:
+    """The check before answering passed (the file cut only afterwards): the read that
+    comes short ends the answer cleanly, with the damaged WARNING."""
+    monkeypatch.setattr(pixels, "within", lambda *args, **kwargs: None)
+    with caplog.at_level(logging.WARNING):
+        status, body = get_or_cut(cut.server.port, URL + tail, {"accept": OCTET})
+    assert status == 200 and body is None  # (cut: not a whole answer)
+    damage = [m for m in caplog.messages if "stored Pixel Data damaged" in m]
+    assert damage and SOP in damage[0], caplog.messages
+    assert any("cut off" in m for m in caplog.messages), caplog.messages
+    assert "Exception in ASGI application" not in caplog.text
+    assert "returned without completing" not in caplog.text
