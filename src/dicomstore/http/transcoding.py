@@ -231,6 +231,8 @@ def transcode_or_refuse(
     except conversion.TooLargeToConvert as exc:
         raise HttpError(413, f"not transcoded to {TARGET}: {exc}") from None
     except sources.Unreadable as exc:  # (its file cannot be read: no damage known)
+        if not archive.storage.exists(str(row["path"])):  # (deleted or replaced since)
+            raise HttpError(404, "deleted since the search") from None
         raise _unread(row, str(exc)) from None
     except sources.NotDicom as exc:  # (stored as sound, made for sound data: damaged)
         missing = pixels.decoder_missing(str(row["transfer_syntax_uid"]))
