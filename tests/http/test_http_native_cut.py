@@ -16,7 +16,9 @@ import pytest
 from http_testlib import HttpThread, get_or_cut, make_dataset, store
 
 from dicomstore.archive import Archive
+from dicomstore.archive.stored import PixelValue
 from dicomstore.http import pixels
+from dicomstore.http.common import HttpError
 
 STUDY, SERIES, SOP = "1.2.826.0.1.3680043.10.63", "1.2.826.0.1.3680043.10.63.1", "1.2.63.2.1"
 URL = f"/studies/{STUDY}/series/{SERIES}/instances/{SOP}"
@@ -73,3 +75,14 @@ def test_a_file_cut_once_the_answer_began_cuts_it_off(cut, caplog, monkeypatch, 
     assert any("cut off" in m for m in caplog.messages), caplog.messages
     assert "Exception in ASGI application" not in caplog.text
     assert "returned without completing" not in caplog.text
+
+
+def test_pixel_data_not_matching_its_syntax_is_damaged_not_406() -> None:
+    """review63 L3: the stored data contradicting itself is 500 ``damaged``, not 406."""
+    ds = make_dataset(SOP, frames=1)
+    encapsulated = PixelValue(0x7FE00010, "OB", 1000, None)
+    with pytest.raises(HttpError) as raised:
+        pixels.Frames._checked(None, "k", "1.2.840.10008.1.2.1", ds, encapsulated, 1 << 20)  # type: ignore[arg-type]
+    assert raised.value.status == 500, raised.value.message
+    assert "does not match its transfer syntax" in raised.value.message
+    assert "stored Pixel Data is damaged" in raised.value.message

@@ -154,8 +154,8 @@ class Frames:
         inflated_limit: int = DEFAULT_MAX_INFLATED,
     ) -> Frames:
         """The frames of the instance of index ``row``; HttpError 404/406/413 if none,
-        500 (:func:`damaged`) when its Pixel Data runs past the end of the file (native)
-        or its items do. A deflated data set
+        500 (:func:`damaged`) when its Pixel Data contradicts its header or its syntax,
+        or runs past the end of the file (native) or its items do. A deflated data set
         is inflated (up to ``inflated_limit`` bytes: beyond, ``inflation.TooLarge``)
         and its frames are native Explicit VR Little Endian's."""
         syntax = row["transfer_syntax_uid"]
@@ -279,12 +279,14 @@ class Frames:
             raise HttpError(413, f"a frame of {size} bytes is over the limit ({max_frame_bytes})")
         encapsulated = pixels.length is None
         if encapsulated == (syntax in NATIVE):
-            raise HttpError(406, f"the Pixel Data does not match its transfer syntax {syntax}")
+            why = ValueError(f"it does not match its transfer syntax {syntax}")
+            raise damaged(key, "the Pixel Data cannot be read", why)
         native_bits = rows * columns * samples * bits
         if samples == 3 and ds.get("PhotometricInterpretation") in _SUBSAMPLED:
             native_bits = rows * columns * 2 * bits  # (a Cb and a Cr for two pixels)
         if not encapsulated and -(-native_bits * count // 8) > (pixels.length or 0):
-            raise HttpError(406, "the native Pixel Data is shorter than its frames")
+            why = ValueError(f"it is shorter than its {count} frame(s)")
+            raise damaged(key, "the Pixel Data cannot be read", why)
         return cls(storage, key, syntax, ds, pixels, count, size, native_bits)
 
     def close(self) -> None:
