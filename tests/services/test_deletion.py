@@ -197,6 +197,48 @@ def test_a_removal_interrupted_before_its_commit_is_audited_as_failed(
     assert record["problems"] == ["KeyboardInterrupt"] and len(_files(storage)) == 4
 
 
+def _interrupted_at(point: str, storage: Path, audit: Path, monkeypatch) -> dict:
+    """Remove study 1.2.5, Ctrl-C at crash point ``point``: its audit record."""
+    from dicomstore.archive import crashpoints
+
+    def reached(at: str) -> None:
+        if at == point:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(crashpoints, "ENABLED", True)
+    monkeypatch.setattr(crashpoints, "reached", reached)
+    with pytest.raises(KeyboardInterrupt):
+        remove(storage, "1.2.5", audit_log=audit, fsync=False)
+    (record,) = _records(audit)
+    return record
+
+
+def test_a_removal_interrupted_right_after_its_commit_is_audited_with_its_rows(
+    storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C at the step right after the COMMIT (the ``delete.after-commit`` point, the
+    lock just left): the rows are deleted, so the record is ``incomplete`` with their
+    counts, not ``failed``, 0 instances (review63 L4)."""
+    from dicomstore.query import NotStoredError
+
+    record = _interrupted_at("delete.after-commit", storage, tmp_path / "a.jsonl", monkeypatch)
+    assert (record["outcome"], record["instances"], record["uid"]) == ("incomplete", 1, "1.2.5")
+    assert record["bytes"] > 0 and record["problems"] == ["KeyboardInterrupt"]
+    assert record["study_instance_uids"] == ["1.2.5"]
+    with pytest.raises(NotStoredError):  # (its rows are gone: the record is true)
+        open_archive(storage).locate("1.2.5")
+
+
+def test_a_removal_interrupted_before_its_commit_deletes_nothing_and_says_so(
+    storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C at ``delete.after-intent`` (the rows removed, not committed): rolled back,
+    recorded ``failed``, 0 instances, which is true (review63 L4/L7)."""
+    record = _interrupted_at("delete.after-intent", storage, tmp_path / "a.jsonl", monkeypatch)
+    assert (record["outcome"], record["instances"]) == ("failed", 0)
+    assert len(_files(storage)) == 4 and open_archive(storage).locate("1.2.5")[0] == "study"
+
+
 def test_an_audit_log_already_closed_deletes_nothing(
     storage: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -247,13 +247,7 @@ def remove(
     result = Removal(level, uid, settled=settled)
     db = Index(engine_for(root, index), durable=fsync, timeout=lock_timeout)
     try:
-        rows, intents = _delete_rows(root, db, reader, level, uid, fsync, only, result)
-        result.instances = len(rows)
-        result.bytes = sum(r["file_size"] or 0 for r in rows)
-        result.studies = sorted({r["study_uid"] for r in rows})
-        result.series = sorted({r["series_uid"] for r in rows})
-        result.patients = sorted({(r["patient_id"], r["issuer"] or "") for r in rows})
-        progress.removal = result  # (committed: whatever is raised from here on)
+        rows, intents = _delete_rows(root, db, reader, level, uid, fsync, only, progress, result)
         metacache.forget(root, (row["sop_instance_uid"] for row in rows))
         files = []
         for row in rows:
@@ -311,11 +305,16 @@ def _delete_rows(
     uid: str,
     fsync: bool,
     only: frozenset[str] | None,
+    progress: Progress,
     result: Removal,
 ) -> tuple[list[dict[str, Any]], dict[Path, str]]:
     """Delete the rows under the write lock (those in ``only``, when given: the
     others are counted in ``result.kept``); the rows that were deleted, and the
-    removal intents of their files (made and flushed before the COMMIT)."""
+    removal intents of their files (made and flushed before the COMMIT).
+    ``progress.removal`` is ``result``, its counts those rows', as soon as the COMMIT
+    returns (review63 L4: an interrupt after it, leaving the lock or at the crash point,
+    was recorded ``failed``, 0 instances, the rows deleted); a COMMIT that raises leaves
+    it None (``failed``: its answer lost, it may be done all the same)."""
     intents: dict[Path, str] = {}
     committing = False
     with index.lock:
@@ -327,6 +326,7 @@ def _delete_rows(
                 every = len(rows)
                 rows = [row for row in rows if row["sop_instance_uid"] in only]
                 result.kept = every - len(rows)
+            _count(result, rows)
             intents = _link_intents(root, rows, fsync)
             if crashpoints.ENABLED:
                 crashpoints.reached("delete.after-intent")
@@ -338,6 +338,7 @@ def _delete_rows(
                 index.prune(series_uid, study_uid, patient_id)
             committing = True
             index.commit()
+            progress.removal = result  # (committed: whatever is raised from here on)
         except BaseException:
             rollback_quietly(index)  # (the error told is the cause, not the rollback's)
             if not committing:  # (a COMMIT that failed may be done all the same, its
@@ -349,6 +350,15 @@ def _delete_rows(
     if crashpoints.ENABLED:
         crashpoints.reached("delete.after-commit")
     return rows, intents
+
+
+def _count(result: Removal, rows: list[dict[str, Any]]) -> None:
+    """``result``'s counts and UIDs: those of ``rows``, the rows to delete."""
+    result.instances = len(rows)
+    result.bytes = sum(r["file_size"] or 0 for r in rows)
+    result.studies = sorted({r["study_uid"] for r in rows})
+    result.series = sorted({r["series_uid"] for r in rows})
+    result.patients = sorted({(r["patient_id"], r["issuer"] or "") for r in rows})
 
 
 def _link_intents(root: Path, rows: list[dict[str, Any]], fsync: bool) -> dict[Path, str]:
