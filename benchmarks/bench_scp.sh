@@ -16,9 +16,10 @@ SHARED="${SHARED_BENCH:-$HERE/../../shared/bench}"
 export BENCH_SCRATCH="${BENCH_SCRATCH:-$HOME/.cache/dicombench}"
 # the harness's own venv, or this Python (which has pydicom and pynetdicom)
 [ -x "$BENCH_SCRATCH/venv/bin/python" ] || export BENCH_PYTHON="${BENCH_PYTHON:-$(command -v python3)}"
-# the console script beside this Python's interpreter: not a version manager's shim
-# (pyenv's is a bash script that runs `pyenv exec`: ~0.05 s of CPU and 0.15 s counted
-# as the receiver's at every start; DCMTK and Orthanc run as installed binaries)
+# the console script beside this Python's interpreter, not a version manager's shim
+# (pyenv's is a bash script that runs `pyenv exec`: ~0.15 s more to start; the harness
+# counts the receiver's CPU from "port ready", so the shim's never was), as DCMTK and
+# Orthanc run as installed binaries
 DS="$(python3 -c 'import os, sys; print(os.path.join(os.path.dirname(sys.executable), "dicomstore"))')"
 [ -x "$DS" ] || DS="$(command -v dicomstore)"
 export EXTRA_RECEIVERS="dicomstore=$DS serve --port {port} --storage {out}/ds --log-level warning;;dicomstore-nofsync=$DS serve --port {port} --storage {out}/ds --fsync off --log-level warning"
