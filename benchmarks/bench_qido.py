@@ -94,15 +94,20 @@ def fill(root: Path, instances: int, seed: int = 1, index: str | None = None) ->
                        "Series"))  # fmt: skip
 
     def rows() -> Iterator[tuple[object, ...]]:
+        columns = TABLES["instance"]  # (by name: a column the schema adds is NULL here)
         for i in range(instances):
             se = series[i % n_series]
             uid = f"{se[1]}.{i // n_series + 1}"
             study_uid = studies[se[2] - 1][1]
-            yield (
-                uid, se[0], "1.2.840.10008.5.1.4.1.1.2", i // n_series + 1, "1.2.840.10008.1.2.1",
-                500_000, "0" * 64, "2024-06-01T12:00:00+00:00", "MODALITY", "DICOMSTORE",
-                f"{study_uid}/{se[1]}/{uid}.dcm",
-            )  # fmt: skip
+            row = {
+                "sop_instance_uid": uid, "series_pk": se[0],
+                "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "instance_number": i // n_series + 1,
+                "transfer_syntax_uid": "1.2.840.10008.1.2.1", "file_size": 500_000,
+                "digest": "0" * 64, "received_at": "2024-06-01T12:00:00+00:00",
+                "calling_ae": "MODALITY", "called_ae": "DICOMSTORE",
+                "path": f"{study_uid}/{se[1]}/{uid}.dcm",
+            }  # fmt: skip
+            yield tuple(row.get(column) for column in columns)
 
     def insert(table: str, values: Iterable[tuple[object, ...]]) -> None:
         columns = TABLES[table]
