@@ -44,6 +44,7 @@ def test_the_api_removal_writes_the_audit_record(storage: Path, tmp_path: Path) 
     assert first["series_instance_uids"] == [STUDY + ".2"]
     assert first["patient_id"] == "PID1" and first["issuer_of_patient_id"] is None
     assert (first["instances"], first["bytes"], first["kept"]) == (1, series.bytes, 0)
+    assert first["files_removed"] == 1
     assert (first["outcome"], first["problems"]) == ("deleted", [])
     assert first["user"] == pwd.getpwuid(os.getuid()).pw_name and first["pid"] == os.getpid()
     assert first["service"] == "dicomstore.query.remove"
@@ -225,6 +226,7 @@ def test_a_removal_interrupted_right_after_its_commit_is_audited_with_its_rows(
     assert (record["outcome"], record["instances"], record["uid"]) == ("incomplete", 1, "1.2.5")
     assert record["bytes"] > 0 and record["problems"] == ["KeyboardInterrupt"]
     assert record["study_instance_uids"] == ["1.2.5"]
+    assert record["files_removed"] == 0  # (cut before unlinking: review63 L5)
     with pytest.raises(NotStoredError):  # (its rows are gone: the record is true)
         open_archive(storage).locate("1.2.5")
 
@@ -319,3 +321,4 @@ def test_files_left_without_rows_are_removed_and_recorded(storage: Path, tmp_pat
     assert (result.level, result.leftovers_removed) == ("files", 1) and not left.exists()
     (record,) = _records(audit)
     assert (record["level"], record["uid"], record["outcome"]) == ("files", "7.7.7", "deleted")
+    assert (record["instances"], record["files_removed"]) == (0, 1)  # (no rows; one file)

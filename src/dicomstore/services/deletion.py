@@ -17,7 +17,8 @@ by), what (the UIDs, the patient, the counts), the outcome, and the door
      "storage": "/data/archive", "selected_by": "uid", "level": "study", "uid": "1.2.3",
      "patient_id": "PID1", "issuer_of_patient_id": null,
      "study_instance_uids": ["1.2.3"], "series_instance_uids": ["1.2.3.1", "1.2.3.2"],
-     "sop_instance_uid": null, "instances": 120, "bytes": 63963136, "kept": 0,
+     "sop_instance_uid": null, "instances": 120, "bytes": 63963136,
+     "files_removed": 120, "kept": 0,
      "outcome": "deleted", "problems": []}
 
 ``outcome`` is ``deleted``, ``incomplete`` (rows deleted, some files not, or the
@@ -306,6 +307,7 @@ def deletion_record(
         "sop_instance_uid": uid if level == "instance" else None,
         "instances": result.instances if result is not None else 0,
         "bytes": result.bytes if result is not None else 0,
+        "files_removed": result.files_removed if result is not None else 0,
         "kept": result.kept if result is not None else 0,
         "outcome": outcome,
         "problems": problems,
