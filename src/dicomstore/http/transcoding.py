@@ -231,11 +231,13 @@ def transcode_or_refuse(
     except conversion.TooLargeToConvert as exc:
         raise HttpError(413, f"not transcoded to {TARGET}: {exc}") from None
     except sources.Unreadable as exc:  # (its file cannot be read: no damage known)
-        if not archive.storage.exists(str(row["path"])):  # (deleted or replaced since)
+        if _gone(archive, row, exc.__context__):  # (deleted or replaced since)
             raise HttpError(404, "deleted since the search") from None
         raise _unread(row, str(exc)) from None
     except sources.NotDicom as exc:  # (stored as sound, made for sound data: damaged)
-        missing = pixels.decoder_missing(str(row["transfer_syntax_uid"]))
+        syntax = str(row["transfer_syntax_uid"])
+        native = syntax in (*uids.UNCOMPRESSED, uids.DEFLATED_EXPLICIT_VR_LE)
+        missing = None if native else pixels.decoder_missing(syntax)  # (review64 M1)
         if missing is not None:  # (the extra, or no decoder at all: MPEG-2, H.264 ...)
             raise HttpError(406, f"cannot be transcoded to {TARGET}: {missing}") from None
         what = f"cannot be transcoded to {TARGET}"
@@ -244,6 +246,18 @@ def transcode_or_refuse(
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise HttpError(404, "deleted since the search") from None
         raise _unread(row, exc.strerror or str(exc)) from None
+
+
+def _gone(archive: ArchiveReader, row: Mapping[str, Any], cause: BaseException | None) -> bool:
+    """Whether the file of ``row`` went since the search: the read's own error says so
+    (``sources.Unreadable`` keeps it as its context), else the storage is asked; a
+    storage that cannot tell counts as not gone (review64 L6)."""
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOENT, errno.ENOTDIR):
+        return True
+    try:
+        return not archive.storage.exists(str(row["path"]))
+    except Exception:  # noqa: BLE001 - any storage's failure: the read's 500 stands
+        return False
 
 
 def _unread(row: Mapping[str, Any], why: str) -> HttpError:
