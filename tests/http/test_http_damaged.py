@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from http_testlib import HttpThread, get_or_cut, make_dataset, store
+from http_testlib import HttpThread, get_or_cut, make_dataset, store, store_file
 
 from dicomstore.archive import Archive
 
@@ -59,3 +59,63 @@ def test_metadata_with_a_missing_file_is_cut_off(damaged, tail, caplog) -> None:
 def test_the_missing_instance_alone_is_500_before_any_body(damaged, tail) -> None:
     status, body = _get(damaged, f"/studies/{STUDY}/series/{SERIES}/instances/1.2.38.2{tail}")
     assert status == 500 and body is not None and b"missing or unreadable" in body
+
+
+IMPLICIT_STUDY = "1.2.826.0.1.3680043.10.39"
+TO_EXPLICIT = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
+
+
+@pytest.fixture
+def implicit_gone(tmp_path: Path) -> Iterator[HttpThread]:
+    """Three Implicit VR instances (a study retrieve transcodes them), the second's
+    file gone, its row kept."""
+    from pydicom.dataset import FileMetaDataset
+
+    archive = Archive(tmp_path / "archive", fsync=False)
+    for n in (1, 2, 3):
+        ds = make_dataset(
+            f"1.2.39.{n}", study=IMPLICIT_STUDY, series=IMPLICIT_STUDY + ".1", number=n
+        )
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"
+        ds.save_as(tmp_path / f"{n}.dcm", enforce_file_format=True, implicit_vr=True)
+        store_file(archive, tmp_path / f"{n}.dcm")
+    path = archive.path_of("1.2.39.2")
+    assert path is not None
+    path.unlink()
+    with HttpThread(archive) as web:
+        yield web
+    archive.close()
+
+
+def test_a_missing_file_transcoded_in_a_study_is_told_as_one_sent_as_stored(
+    implicit_gone, caplog
+) -> None:
+    """review64 L1: transcoded, a file gone went to "not transcoded ... cannot read" (the
+    transcoder's read hides the errno); it is told as for a file sent as stored: still
+    indexed, the answer cut off naming it (review35b F10)."""
+    with caplog.at_level(logging.WARNING, "dicomstore.http"):
+        status, body = _get_with(implicit_gone, f"/studies/{IMPLICIT_STUDY}", TO_EXPLICIT)
+    assert status == 200 and body is None
+    assert "instance 1.2.39.2 is indexed but its file cannot be read" in caplog.text
+    assert "not transcoded" not in caplog.text
+
+
+def test_a_file_deleted_since_the_query_is_left_out_when_transcoded(
+    implicit_gone, monkeypatch
+) -> None:
+    """... and deleted since the query (its row gone too), it is left out, the answer
+    whole, as sent as stored (review64 L1: it was cut off)."""
+    from dicomstore.archive.reader import ArchiveReader
+
+    monkeypatch.setattr(ArchiveReader, "indexed", lambda self, uid, path: False)
+    status, body = _get_with(implicit_gone, f"/studies/{IMPLICIT_STUDY}", TO_EXPLICIT)
+    assert status == 200 and body is not None
+    assert body.count(b"1.2.39.1") >= 1 and body.count(b"1.2.39.3") >= 1
+    assert b"1.2.39.2" not in body  # (its part left out, not an empty one)
+
+
+def _get_with(web: HttpThread, target: str, accept: str) -> tuple[int, bytes | None]:
+    return get_or_cut(web.server.port, target, {"accept": accept})

@@ -231,7 +231,7 @@ def transcode_or_refuse(
     except conversion.TooLargeToConvert as exc:
         raise HttpError(413, f"not transcoded to {TARGET}: {exc}") from None
     except sources.Unreadable as exc:  # (its file cannot be read: no damage known)
-        if _gone(archive, row, exc.__context__):  # (deleted or replaced since)
+        if gone(archive, row, exc.__context__):  # (deleted or replaced since)
             raise HttpError(404, "deleted since the search") from None
         raise _unread(row, str(exc)) from None
     except sources.NotDicom as exc:  # (stored as sound, made for sound data: damaged)
@@ -248,7 +248,7 @@ def transcode_or_refuse(
         raise _unread(row, exc.strerror or str(exc)) from None
 
 
-def _gone(archive: ArchiveReader, row: Mapping[str, Any], cause: BaseException | None) -> bool:
+def gone(archive: ArchiveReader, row: Mapping[str, Any], cause: BaseException | None) -> bool:
     """Whether the file of ``row`` went since the search: the read's own error says so
     (``sources.Unreadable`` keeps it as its context), else the storage is asked; a
     storage that cannot tell counts as not gone (review64 L6)."""

@@ -27,7 +27,7 @@ from starlette.responses import Response, StreamingResponse
 
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.stored import read_range
-from dicomstore.http.answer import AnswerBroken
+from dicomstore.http.answer import AnswerBroken, unless_gone
 from dicomstore.http.auth import client_of
 from dicomstore.http.common import (
     DICOM_JSON,
@@ -46,13 +46,14 @@ from dicomstore.http.transcoding import (
     Slot,
     Transcoded,
     as_sent,
+    gone,
     selected_syntax,
     transcode,
     transcode_or_refuse,
     unproducible,
 )
 from dicomstore.http.zipstream import instance_files, open_stored, zip_files
-from dicomstore.services.sources import NotDicom, one_line
+from dicomstore.services.sources import NotDicom, Unreadable, one_line
 
 CHUNK = 1 << 20
 log = logging.getLogger("dicomstore.http")
@@ -87,6 +88,16 @@ def _follow(archive: ArchiveReader, row: dict[str, Any], todo: deque[dict[str, A
     moved = archive.follow(row)
     if moved is not None:
         todo.appendleft(moved)
+
+
+def _left_out(
+    archive: ArchiveReader, row: dict[str, Any], todo: deque[dict[str, Any]], exc: BaseException
+) -> None:
+    """A file gone before it was transcoded, as :func:`open_stored` tells one gone before
+    it was sent as stored: still indexed at its path, the answer is cut off (a damaged
+    archive); deleted since the query, left out; replaced, its new version next."""
+    unless_gone(archive.indexed, row, exc)
+    _follow(archive, row, todo)
 
 
 def target_rows(request: Request) -> list[dict[str, Any]]:
@@ -124,7 +135,12 @@ def stream_parts(
                     done = transcode(archive, row, *bounds)
                 except OSError as exc:
                     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                        _follow(archive, row, todo)  # (deleted since the query: left out)
+                        _left_out(archive, row, todo, exc)
+                        continue
+                    raise _cut(row, sent_as, exc) from None
+                except Unreadable as exc:  # (its read's error: gone since, or not)
+                    if gone(archive, row, exc.__context__):  # (review64 L1)
+                        _left_out(archive, row, todo, exc)
                         continue
                     raise _cut(row, sent_as, exc) from None
                 except NotDicom as exc:  # (an answer without it would look whole)
