@@ -86,3 +86,43 @@ def test_pixel_data_not_matching_its_syntax_is_damaged_not_406() -> None:
     assert raised.value.status == 500, raised.value.message
     assert "does not match its transfer syntax" in raised.value.message
     assert "stored Pixel Data is damaged" in raised.value.message
+
+
+DEFLATED_SOP = "1.2.63.2.9"
+
+
+@pytest.fixture
+def deflated_cut(tmp_path: Path) -> Iterator[HttpThread]:
+    """A deflated instance (PS3.5 A.5) of incompressible pixels, its deflate stream cut
+    short (the file's last 3000 bytes gone)."""
+    from http_testlib import store_file
+    from pydicom.dataset import FileMetaDataset
+
+    archive = Archive(tmp_path / "archive", fsync=False)
+    ds = make_dataset(DEFLATED_SOP, study=STUDY, series=SERIES, frames=2, rows=64, columns=64)
+    ds.PixelData = os.urandom(len(ds.PixelData))
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    ds.save_as(tmp_path / "d.dcm", enforce_file_format=True)
+    store_file(archive, tmp_path / "d.dcm")
+    path = archive.path_of(DEFLATED_SOP)
+    assert path is not None
+    os.truncate(path, path.stat().st_size - 3000)
+    with HttpThread(archive) as web:
+        yield web
+    archive.close()
+
+
+@pytest.mark.parametrize(("tail", "accept"), CASES[:1] + CASES[2:5])
+def test_a_deflate_stream_cut_short_is_500_naming_it(deflated_cut, caplog, tail, accept):
+    """review64 L2: 500 "internal error: InflateError" and a traceback on the four
+    frames paths (a transcoded retrieve said "damaged" already)."""
+    url = f"/studies/{STUDY}/series/{SERIES}/instances/{DEFLATED_SOP}{tail}"
+    with caplog.at_level(logging.WARNING):
+        status, body = get_or_cut(deflated_cut.server.port, url, {"accept": accept})
+    assert status == 500 and body is not None, (status, body)
+    assert "the stored data set is damaged: " in body.decode(), body
+    assert [m for m in caplog.messages if "stored data set damaged" in m]
+    assert "Exception in ASGI application" not in caplog.text

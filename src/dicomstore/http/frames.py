@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomstore import uids
-from dicomstore.archive.stored import opened, read_chunks, read_range
+from dicomstore.archive.stored import read_chunks, read_range
 from dicomstore.http import pixels
 from dicomstore.http.answer import AnswerBroken
 from dicomstore.http.common import HttpError, accepted, negotiate, reader
@@ -211,8 +211,7 @@ def bulkdata(request: Request) -> Response:
     held = ExitStack()
     syntax, limit = row["transfer_syntax_uid"], inflated_limit(request)
     with _closed_on_error(held):
-        header = opened(storage, row["path"], syntax, inflated_limit=limit)
-        stored, source = held.enter_context(header)
+        stored, source = pixels.enter_stored(held, storage, row["path"], syntax, limit)
         boundary = new_boundary()
         pixel = stored.pixels if stored.pixels is not None and stored.pixels.tag == tag else None
         if pixel is not None and pixel.length is None:

@@ -33,7 +33,7 @@ from dicomstore.archive.stored import PixelValue, opened, read_chunks
 from dicomstore.codestreams import CodestreamMismatch, check
 from dicomstore.framing.headers import byteswapped
 from dicomstore.http.common import HttpError
-from dicomstore.inflation import DEFAULT_MAX_INFLATED
+from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflateError, TooLarge
 
 log = logging.getLogger("dicomstore.http.pixels")
 
@@ -89,6 +89,20 @@ def damaged(key: str, what: str, exc: BaseException, data: str = "Pixel Data") -
     said = " ".join(str(exc).split())  # (one line: a decoder's may be several)
     log.warning("%s: %s, its stored %s damaged: %s", key, what, data, said)
     return HttpError(UNDECODABLE, f"{what}, the stored {data} is damaged: {said}")
+
+
+def enter_stored(
+    held: ExitStack, storage: Storage, key: str, syntax: str, inflated_limit: int
+) -> tuple[Any, BinaryIO | None]:
+    """``stored.opened`` of ``key`` entered into ``held``: a deflate stream cut short or
+    garbled is :func:`damaged` (review64 L2: 500 "internal error" and a traceback);
+    one over ``inflated_limit`` stays ``inflation.TooLarge`` (the callers' 413)."""
+    try:
+        return held.enter_context(opened(storage, key, syntax, inflated_limit=inflated_limit))
+    except TooLarge:
+        raise
+    except InflateError as exc:
+        raise damaged(key, "the Pixel Data cannot be read", exc, "data set") from None
 
 
 def within(key: str, end: int, value: PixelValue | None, data: str = "Pixel Data") -> None:
@@ -165,8 +179,7 @@ class Frames:
             raise HttpError(406, f"frames of transfer syntax {syntax} are not served")
         held = ExitStack()
         try:
-            found_header = opened(storage, key, syntax, inflated_limit=inflated_limit)
-            stored, source = held.enter_context(found_header)
+            stored, source = enter_stored(held, storage, key, syntax, inflated_limit)
             if deflated:  # PS3.5 A.5: Explicit VR Little Endian once inflated
                 syntax = uids.EXPLICIT_VR_LE
             ds, pixels = stored.dataset, stored.pixels
