@@ -126,3 +126,30 @@ def test_a_deflate_stream_cut_short_is_500_naming_it(deflated_cut, caplog, tail,
     assert "the stored data set is damaged: " in body.decode(), body
     assert [m for m in caplog.messages if "stored data set damaged" in m]
     assert "Exception in ASGI application" not in caplog.text
+
+
+def test_a_file_deleted_while_its_frames_are_sent_is_not_called_damaged(tmp_path, caplog):
+    """review64 L4: a file deleted (or replaced) while its frames were sent cut the answer
+    off, rightly, but was logged as "the stored Pixel Data is damaged"."""
+    from dicomstore.archive.filestorage import FileStorage
+    from dicomstore.http import frames
+    from dicomstore.http.answer import AnswerBroken
+
+    archive = Archive(tmp_path / "archive", fsync=False)
+    store(archive, make_dataset(SOP, study=STUDY, series=SERIES, frames=2, rows=64, columns=64))
+    path = archive.path_of(SOP)
+    assert path is not None
+    row = {
+        "path": path.relative_to(tmp_path / "archive").as_posix(),
+        "transfer_syntax_uid": "1.2.840.10008.1.2.1",
+    }
+    found = pixels.Frames.open(FileStorage(tmp_path / "archive"), row, 1 << 29)
+    choice = frames.Choice(False, frames.OCTET, "1.2.840.10008.1.2.1")
+    parts = frames._frame_parts(found, choice, [1, 2], "bnd", None)
+    next(parts), next(parts)  # (frame 1's part header and bytes sent)
+    path.unlink()  # (a delete meanwhile)
+    with caplog.at_level(logging.WARNING), pytest.raises(AnswerBroken):
+        list(parts)
+    archive.close()
+    assert "went while it was sent" in caplog.text
+    assert "damaged" not in caplog.text

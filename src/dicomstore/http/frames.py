@@ -22,6 +22,7 @@ Endian's native frames.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -161,7 +162,10 @@ def _broken_off(key: str, data: str = "Pixel Data") -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        said = pixels.damaged(key, f"the {data} cannot be read", exc, data).message
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # (deleted or replaced meanwhile)
+            said = f"the file went while it was sent (deleted or replaced): {exc.strerror}"
+        else:  # (review64 L4: a file gone is no damaged data)
+            said = pixels.damaged(key, f"the {data} cannot be read", exc, data).message
         log.warning("answer with %s of %s cut off: %s", data, key, said)
         raise AnswerBroken(said) from None
     except HttpError as exc:
