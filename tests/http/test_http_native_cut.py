@@ -153,3 +153,24 @@ def test_a_file_deleted_while_its_frames_are_sent_is_not_called_damaged(tmp_path
     archive.close()
     assert "went while it was sent" in caplog.text
     assert "damaged" not in caplog.text
+
+
+def test_other_bulk_data_cut_short_is_500_before_answering(tmp_path, caplog) -> None:
+    """review64 L3: an Encapsulated Document (0042,0011) cut short answered 200, then the
+    answer was cut off, logged as "shorter than its Pixel Data header says"."""
+    archive = Archive(tmp_path / "archive", fsync=False)
+    ds = make_dataset("1.2.63.2.7", study=STUDY, series=SERIES)  # (no Pixel Data)
+    ds.EncapsulatedDocument = bytes(20000)
+    ds["EncapsulatedDocument"].VR = "OB"
+    store(archive, ds)
+    path = archive.path_of("1.2.63.2.7")
+    assert path is not None
+    os.truncate(path, path.stat().st_size - 3000)
+    url = f"/studies/{STUDY}/series/{SERIES}/instances/1.2.63.2.7/bulkdata/00420011"
+    with HttpThread(archive) as web, caplog.at_level(logging.WARNING):
+        status, body = get_or_cut(web.server.port, url, {"accept": OCTET})
+    archive.close()
+    assert status == 500 and body is not None, (status, body)
+    said = "the bulk data (00420011) cannot be read, the stored bulk data (00420011) is damaged"
+    assert said in body.decode() and "3000 bytes past the end" in body.decode(), body
+    assert "Pixel Data" not in caplog.text

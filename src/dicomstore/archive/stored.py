@@ -338,6 +338,6 @@ def read_chunks(
     while left > 0:
         block = fp.read(min(chunk, left))
         if not block:
-            raise OSError(f"{name} is shorter than its Pixel Data header says")
+            raise OSError(f"{name} is shorter than its value's header says")
         left -= len(block)
         yield block

@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomstore import uids
-from dicomstore.archive.stored import read_chunks, read_range
+from dicomstore.archive.stored import PixelValue, read_chunks, read_range
 from dicomstore.http import pixels
 from dicomstore.http.answer import AnswerBroken
 from dicomstore.http.common import HttpError, accepted, negotiate, reader
@@ -275,6 +275,9 @@ def _value_chunks(
         return None
     if isinstance(raw, RawDataElement):
         if raw.value is None:  # (deferred: where it is in the file)
+            end = source.seek(0, 2) if source is not None else storage.size(path)
+            value = PixelValue(tag, vr, raw.value_tell, raw.length)  # (review64 L3)
+            pixels.within(path, end, value, f"bulk data ({tag:08X})")
             if source is not None:
                 return read_chunks(source, raw.value_tell, raw.length, CHUNK, path)
             return read_range(storage, path, raw.value_tell, raw.length, CHUNK)
