@@ -128,10 +128,12 @@ def test_transcoding_a_syntax_no_decoder_reads_is_still_406_naming_it(tmp_path) 
     try:
         client, url, _ = next(served)
         r = client.get(url, headers={"accept": DICOM})
+        head = client.head(url, headers={"accept": DICOM})
     finally:
         served.close()
     assert r.status_code == 406, r.text
     assert "no decoder for transfer syntax 1.2.840.10008.1.2.4.100" in r.text, r.text
+    assert head.status_code == 406  # (review64 L5: HEAD said 200 where GET says 406)
 
 
 @pytest.fixture

@@ -235,17 +235,28 @@ def transcode_or_refuse(
             raise HttpError(404, "deleted since the search") from None
         raise _unread(row, str(exc)) from None
     except sources.NotDicom as exc:  # (stored as sound, made for sound data: damaged)
-        syntax = str(row["transfer_syntax_uid"])
-        native = syntax in (*uids.UNCOMPRESSED, uids.DEFLATED_EXPLICIT_VR_LE)
-        missing = None if native else pixels.decoder_missing(syntax)  # (review64 M1)
-        if missing is not None:  # (the extra, or no decoder at all: MPEG-2, H.264 ...)
-            raise HttpError(406, f"cannot be transcoded to {TARGET}: {missing}") from None
+        refused = no_decoder(row)
+        if refused is not None:  # (the extra, or no decoder at all: MPEG-2, H.264 ...)
+            raise refused from None
         what = f"cannot be transcoded to {TARGET}"
         raise pixels.damaged(str(row["path"]), what, exc, "data") from None
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise HttpError(404, "deleted since the search") from None
         raise _unread(row, exc.strerror or str(exc)) from None
+
+
+def no_decoder(row: Mapping[str, Any]) -> HttpError | None:
+    """406 naming why the instance of ``row`` cannot be decoded here to be transcoded
+    (the ``codecs`` extra, or no decoder exists: MPEG-2, H.264 ...), or None; a native
+    syntax needs no decoder (review64 M1: without numpy it was said for them too)."""
+    syntax = str(row["transfer_syntax_uid"])
+    if syntax in (*uids.UNCOMPRESSED, uids.DEFLATED_EXPLICIT_VR_LE):
+        return None
+    missing = pixels.decoder_missing(syntax)
+    if missing is None:
+        return None
+    return HttpError(406, f"cannot be transcoded to {TARGET}: {missing}")
 
 
 def gone(archive: ArchiveReader, row: Mapping[str, Any], cause: BaseException | None) -> bool:

@@ -47,6 +47,7 @@ from dicomstore.http.transcoding import (
     Transcoded,
     as_sent,
     gone,
+    no_decoder,
     selected_syntax,
     transcode,
     transcode_or_refuse,
@@ -210,6 +211,9 @@ def retrieve(request: Request) -> Response:
     boundary = new_boundary()
     multipart = f'multipart/related; type="application/dicom"; boundary={boundary}'
     if transcoding and request.method == "HEAD":  # (its headers: nothing transcoded)
+        refused = no_decoder(rows[0]) if len(rows) == 1 else None
+        if refused is not None:  # (the status its GET gets: review64 L5)
+            raise refused
         single = f"application/dicom; transfer-syntax={TARGET}"
         head = Response(media_type=single if kind == "application/dicom" else multipart)
         del head.headers["content-length"]  # (unknown until transcoded: not 0)
