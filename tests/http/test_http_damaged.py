@@ -22,7 +22,12 @@ def damaged(tmp_path: Path) -> Iterator[HttpThread]:
     archive = Archive(tmp_path / "archive", fsync=False)
     for n in (1, 2, 3):
         store(archive, make_dataset(f"1.2.38.{n}", study=STUDY, series=SERIES, number=n))
-    path = archive.path_of("1.2.38.2")
+    yield from _served_without(archive, "1.2.38.2")
+
+
+def _served_without(archive: Archive, sop: str) -> Iterator[HttpThread]:
+    """``archive`` served, the file of ``sop`` gone (its row kept)."""
+    path = archive.path_of(sop)
     assert path is not None
     path.unlink()
     with HttpThread(archive) as web:
@@ -82,12 +87,7 @@ def implicit_gone(tmp_path: Path) -> Iterator[HttpThread]:
         ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"
         ds.save_as(tmp_path / f"{n}.dcm", enforce_file_format=True, implicit_vr=True)
         store_file(archive, tmp_path / f"{n}.dcm")
-    path = archive.path_of("1.2.39.2")
-    assert path is not None
-    path.unlink()
-    with HttpThread(archive) as web:
-        yield web
-    archive.close()
+    yield from _served_without(archive, "1.2.39.2")
 
 
 def test_a_missing_file_transcoded_in_a_study_is_told_as_one_sent_as_stored(

@@ -31,9 +31,14 @@ def cut(tmp_path: Path) -> Iterator[HttpThread]:
     archive = Archive(tmp_path / "archive", fsync=False)
     ds = make_dataset(SOP, study=STUDY, series=SERIES, frames=2, rows=64, columns=64)
     store(archive, ds)
-    path = archive.path_of(SOP)
+    yield from _cut_served(archive, SOP, 5000)
+
+
+def _cut_served(archive: Archive, sop: str, cut_off: int) -> Iterator[HttpThread]:
+    """The file of ``sop`` without its last ``cut_off`` bytes, ``archive`` served."""
+    path = archive.path_of(sop)
     assert path is not None
-    os.truncate(path, path.stat().st_size - 5000)
+    os.truncate(path, path.stat().st_size - cut_off)
     with HttpThread(archive) as web:
         yield web
     archive.close()
@@ -107,12 +112,7 @@ def deflated_cut(tmp_path: Path) -> Iterator[HttpThread]:
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
     ds.save_as(tmp_path / "d.dcm", enforce_file_format=True)
     store_file(archive, tmp_path / "d.dcm")
-    path = archive.path_of(DEFLATED_SOP)
-    assert path is not None
-    os.truncate(path, path.stat().st_size - 3000)
-    with HttpThread(archive) as web:
-        yield web
-    archive.close()
+    yield from _cut_served(archive, DEFLATED_SOP, 3000)
 
 
 @pytest.mark.parametrize(("tail", "accept"), CASES[:1] + CASES[2:5])
