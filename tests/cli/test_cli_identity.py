@@ -49,6 +49,25 @@ def test_a_repeated_echo_says_how_many_answered(served, capsys) -> None:
     assert capsys.readouterr().out.endswith(": success (3 C-ECHOs)\n")
 
 
+def test_a_repeated_echo_failing_says_how_many_answered_before(served, capsys, monkeypatch):
+    """review63 I1: the k-th of N failing said nothing of the k-1 before it."""
+    from dicomstore.aio.client import ClientAssociation
+    from dicomstore.dimse.messages import CEchoRSP
+
+    answered = ClientAssociation.echo
+    calls = []
+
+    async def echo(self):
+        calls.append(1)
+        rsp = await answered(self)
+        return rsp if len(calls) < 3 else CEchoRSP(rsp.message_id_being_responded_to, 0x0211)
+
+    monkeypatch.setattr(ClientAssociation, "echo", echo)
+    assert _echo(served, "--user", "alice", "--password", "correct horse", "--repeat", "5") == 1
+    err = capsys.readouterr().err
+    assert "C-ECHO answered 0x0211" in err and "(after 2 of 5 answered Success)" in err, err
+
+
 def test_send_takes_the_identity_too(served) -> None:
     from pydicom.data import get_testdata_file
 

@@ -30,11 +30,13 @@ async def run(args: argparse.Namespace) -> int:
 
     assoc = await open_association(args)
     try:
-        for _ in range(args.repeat):
+        for done in range(args.repeat):
             rsp = await assoc.echo()
             if rsp.status != 0:
+                before = f" (after {done} of {args.repeat} answered Success)" if done else ""
                 print(
-                    f"dicomstore: C-ECHO answered {rsp.status:#06x} ({st.describe(rsp.status)})",
+                    f"dicomstore: C-ECHO answered {rsp.status:#06x} ({st.describe(rsp.status)})"
+                    + before,
                     file=sys.stderr,
                 )
                 return EXIT_FAILED
