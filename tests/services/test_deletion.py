@@ -322,3 +322,35 @@ def test_files_left_without_rows_are_removed_and_recorded(storage: Path, tmp_pat
     (record,) = _records(audit)
     assert (record["level"], record["uid"], record["outcome"]) == ("files", "7.7.7", "deleted")
     assert (record["instances"], record["files_removed"]) == (0, 1)  # (no rows; one file)
+
+
+def test_a_leftovers_removal_interrupted_midway_is_incomplete_with_what_went(
+    storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review63 L7: files left without rows, two of them; Ctrl-C after the first is
+    unlinked: ``incomplete``, one file removed, the other still there."""
+    from dicomstore.archive import crashpoints
+
+    source = (storage / "1.2.5" / "1.2.5.1" / "1.2.4.4.dcm").read_bytes()
+    folder = storage / "7.7.7" / "7.7.7.1"
+    folder.mkdir(parents=True)
+    for name in ("7.7.7.1.1.dcm", "7.7.7.1.2.dcm"):
+        (folder / name).write_bytes(source)
+
+    def reached(at: str) -> None:
+        if at == "delete.after-unlink":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(crashpoints, "ENABLED", True)
+    monkeypatch.setattr(crashpoints, "reached", reached)
+    audit = tmp_path / "audit.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        remove(storage, "7.7.7", audit_log=audit, fsync=False)
+    (record,) = _records(audit)
+    assert (record["level"], record["outcome"], record["files_removed"]) == (
+        "files",
+        "incomplete",
+        1,
+    )
+    assert record["problems"] == ["KeyboardInterrupt"]
+    assert len(list(folder.glob("*.dcm"))) == 1
