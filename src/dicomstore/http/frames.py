@@ -221,15 +221,11 @@ def bulkdata(request: Request) -> Response:
         if pixel is not None and pixel.length is None:
             held.close()
             return _encapsulated_bulkdata(request, row, boundary)
-        if pixel is not None:  # (native: within the file, checked before answering)
-            end = source.seek(0, 2) if source is not None else storage.size(row["path"])
-            pixels.within(row["path"], end, pixel)
-        if pixel is not None and pixel.length is not None and source is not None:
-            chunks = read_chunks(source, pixel.offset, pixel.length, CHUNK, row["path"])
-        elif pixel is not None and pixel.length is not None:
-            chunks = read_range(storage, row["path"], pixel.offset, pixel.length, CHUNK)
+        data = "Pixel Data" if pixel is not None else f"bulk data ({tag:08X})"
+        if pixel is not None:  # (native)
+            chunks = _within_chunks(storage, row["path"], source, pixel, data)
         else:
-            found = _value_chunks(stored, tag, storage, row["path"], source)
+            found = _value_chunks(stored, tag, storage, row["path"], source, data)
             if found is None:
                 raise HttpError(404, f"no bulk data ({tag:08X}) in the instance")
             chunks = found
@@ -237,8 +233,6 @@ def bulkdata(request: Request) -> Response:
         wanted = accept.params.get("transfer-syntax", "*")
         if wanted not in ("*", uids.EXPLICIT_VR_LE, row["transfer_syntax_uid"]):
             raise HttpError(406, f"bulk data is sent as stored, uncompressed, not as {wanted}")
-
-    data = "Pixel Data" if pixel is not None else f"bulk data ({tag:08X})"
 
     def body() -> Iterator[bytes]:
         with held, _broken_off(row["path"], data):
@@ -261,8 +255,22 @@ def _present(request: Request, row: dict[str, Any]) -> dict[str, Any]:
     return moved
 
 
+def _within_chunks(
+    storage: Any, path: str, source: BinaryIO | None, value: PixelValue, data: str
+) -> Iterator[bytes]:
+    """The stored bytes of ``value`` (of length defined) in chunks, from the inflated copy
+    ``source`` or the file; one running past their end is 500 (``pixels.within``) before
+    answering (review63 M2, review64 L3)."""
+    assert value.length is not None
+    end = source.seek(0, 2) if source is not None else storage.size(path)
+    pixels.within(path, end, value, data)
+    if source is not None:
+        return read_chunks(source, value.offset, value.length, CHUNK, path)
+    return read_range(storage, path, value.offset, value.length, CHUNK)
+
+
 def _value_chunks(
-    stored: Any, tag: int, storage: Any, path: str, source: BinaryIO | None
+    stored: Any, tag: int, storage: Any, path: str, source: BinaryIO | None, data: str
 ) -> Iterator[bytes] | None:
     """The bytes of the top-level value ``tag`` as stored, if a BulkDataURI may stand
     for its VR: one left unread by the header's reader (over 1 KiB) streamed from the
@@ -275,12 +283,8 @@ def _value_chunks(
         return None
     if isinstance(raw, RawDataElement):
         if raw.value is None:  # (deferred: where it is in the file)
-            end = source.seek(0, 2) if source is not None else storage.size(path)
-            value = PixelValue(tag, vr, raw.value_tell, raw.length)  # (review64 L3)
-            pixels.within(path, end, value, f"bulk data ({tag:08X})")
-            if source is not None:
-                return read_chunks(source, raw.value_tell, raw.length, CHUNK, path)
-            return read_range(storage, path, raw.value_tell, raw.length, CHUNK)
+            value = PixelValue(tag, vr, raw.value_tell, raw.length)
+            return _within_chunks(storage, path, source, value, data)
         return iter([bytes(raw.value)])
     return iter([raw.value]) if isinstance(raw.value, bytes) else None
 
