@@ -107,7 +107,8 @@ def fill(root: Path, instances: int, seed: int = 1, index: str | None = None) ->
                 "calling_ae": "MODALITY", "called_ae": "DICOMSTORE",
                 "path": f"{study_uid}/{se[1]}/{uid}.dcm",
             }  # fmt: skip
-            assert row.keys() <= set(columns), row.keys() - set(columns)  # (a name gone)
+            if i == 0:  # (a name the schema no longer has: once)
+                assert row.keys() <= set(columns), row.keys() - set(columns)
             yield tuple(row.get(column) for column in columns)
 
     def insert(table: str, values: Iterable[tuple[object, ...]]) -> None:

@@ -105,11 +105,11 @@ def remove(
     except NotStoredError:
         if not removal.leftovers(reader.root, reader, None, uid):
             raise  # (nothing to delete: no audit log opened, or created)
-    owned = audit_log is not None and not isinstance(audit_log, AuditLog)
+    owned: AuditLog | None = None  # (opened here from a path: closed here)
     if isinstance(audit_log, AuditLog) or audit_log is None:
         audit = audit_log
-    else:
-        audit = _open(Path(audit_log))  # (before the removal: nothing it could not record)
+    else:  # (before the removal: nothing it could not record)
+        audit = owned = _open(Path(audit_log))
     try:
         result = audited_removal(
             root,
@@ -124,12 +124,12 @@ def remove(
             only=only,
         )
     except BaseException:
-        if owned and audit is not None:
-            _close_quietly(audit)
+        if owned is not None:
+            _close_quietly(owned)
         raise
-    if owned and audit is not None:
+    if owned is not None:
         try:
-            audit.close()
+            owned.close()
         except OSError as exc:  # (the record could not be written)
             raise _not_recorded(result, exc.errno, exc.strerror or str(exc)) from exc
     return result
