@@ -255,16 +255,10 @@ def header_of(
     return read, pixel_value(fp, implicit, little)
 
 
-def file_meta(storage: Storage, key: str) -> tuple[bytes | None, FileMetaDataset]:
-    """The preamble (None when the file has no 'DICM') and File Meta Information of the
-    stored file at ``key`` (PS3.10 7.1); ValueError for a file meta pydicom cannot read."""
-    with storage.open(key) as fp:
-        return meta_from(fp)[1:]
-
-
 def meta_from(fp: BinaryIO) -> tuple[int, bytes | None, FileMetaDataset]:
-    """(where the data set starts, the preamble, the File Meta Information) of the open
-    stored file ``fp`` (:func:`file_meta`)."""
+    """(where the data set starts, the preamble (None when the file has no 'DICM'), the
+    File Meta Information, PS3.10 7.1) of the open stored file ``fp``; ValueError for a
+    file meta pydicom cannot read."""
     offset = dataset_offset(fp)
     fp.seek(0)
     head = fp.read(offset)

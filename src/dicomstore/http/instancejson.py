@@ -196,9 +196,11 @@ def _read(
     cut = [] if cut is None else cut
     buf: Any
     with storage.open(key) as fp:  # (once: the transfer syntax, if not given, from there)
-        start = dataset_offset(fp)
-        if transfer_syntax_uid is None:
-            transfer_syntax_uid = str(meta_from(fp)[2].get("TransferSyntaxUID", ""))
+        if transfer_syntax_uid is None:  # (the offset comes with the meta)
+            start, _, meta = meta_from(fp)
+            transfer_syntax_uid = str(meta.get("TransferSyntaxUID", ""))
+        else:
+            start = dataset_offset(fp)
         implicit, little, deflated = encoding_of(transfer_syntax_uid)
         if deflated:  # PS3.5 A.5: a raw deflate stream, inflated to a temporary and mapped
             try:
