@@ -262,8 +262,7 @@ def _within_chunks(
     ``source`` or the file; one running past their end is 500 (``pixels.within``) before
     answering (review63 M2, review64 L3)."""
     assert value.length is not None
-    end = source.seek(0, 2) if source is not None else storage.size(path)
-    pixels.within(path, end, value, data)
+    pixels.within(path, pixels.end_of(storage, path, source), value, data)
     if source is not None:
         return read_chunks(source, value.offset, value.length, CHUNK, path)
     return read_range(storage, path, value.offset, value.length, CHUNK)

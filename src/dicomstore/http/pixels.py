@@ -105,6 +105,12 @@ def enter_stored(
         raise damaged(key, "the Pixel Data cannot be read", exc, "data set") from None
 
 
+def end_of(storage: Storage, key: str, source: BinaryIO | None) -> int:
+    """Where the bytes of stored instance ``key`` end: its inflated copy ``source``'s
+    end, else its file's size (a stat, not an opening)."""
+    return source.seek(0, 2) if source is not None else storage.size(key)
+
+
 def within(key: str, end: int, value: PixelValue | None, data: str = "Pixel Data") -> None:
     """500 (:func:`damaged`) when the native ``value`` (its declared length) runs past
     ``end``, the end of the bytes it is in (a file cut short after its header): found
@@ -190,8 +196,7 @@ class Frames:
         found.source, found._held = source, held
         if not found.encapsulated:
             try:
-                with found._bytes() as fp:
-                    within(key, fp.seek(0, 2), found.pixels)
+                within(key, end_of(storage, key, source), found.pixels)
             except BaseException:
                 found.close()
                 raise
