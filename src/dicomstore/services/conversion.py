@@ -130,11 +130,10 @@ def converted(
                 ds = dcmread(f, force=True)
         else:
             raise NotDicom("no data set and no file to read it from")
-        source = uids.as_uid(instance.transfer_syntax)
-        if "PixelData" in ds and source.is_encapsulated:
+        if "PixelData" in ds and uids.is_encapsulated(instance.transfer_syntax):
             if not hasattr(ds, "file_meta"):
                 raise NotDicom("no file meta to tell the compressed transfer syntax")
-            ds.file_meta.TransferSyntaxUID = source
+            ds.file_meta.TransferSyntaxUID = uids.as_uid(instance.transfer_syntax)
             ds.decompress(generate_instance_uid=False)
         for _elem in ds.iterall():  # decode every element: its VR is needed to re-encode
             pass
