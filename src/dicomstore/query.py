@@ -44,10 +44,10 @@ from typing import Any
 from dicomstore.archive.attributes import ATTRIBUTES
 from dicomstore.archive.query import LEVELS, QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
-from dicomstore.archive.removal import Removal
 from dicomstore.services.deletion import (
     AuditLogUnavailableError,
     AuditRecordNotWrittenError,
+    Removal,
     remove,
 )
 

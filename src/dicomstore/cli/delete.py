@@ -50,7 +50,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Delete what ``args`` name, after confirmation; the exit code."""
-    from dicomstore.archive.removal import finish_interrupted
+    from dicomstore.services.deletion import finish_interrupted
 
     if (args.uid is None) == (args.patient_id is None):
         raise UsageError("give the UID to delete or --patient-id, one of them")
@@ -94,26 +94,21 @@ def _confirmed(args: argparse.Namespace, counted: str) -> bool:
 def _delete_uid(args: argparse.Namespace, reader: Any, audit: Any) -> int:
     """A study, series or instance (or the files left of one without rows)."""
     from dicomstore.archive import layout
-    from dicomstore.archive.reader import NotStoredError
-    from dicomstore.archive.removal import leftovers
+    from dicomstore.services.deletion import target_of
 
     uid = layout.normalize_uid(args.uid.strip())
     only = None  # (--yes: all it holds when it is removed)
-    target: dict[str, Any] = {"level": "files"}
-    try:
-        level, row = reader.locate(uid)
-        target = {**row, "level": level}
-        who = f"{row['patient_name'] or '?'} ({row['patient_id']})"
+    target, files = target_of(reader, uid)
+    level = target["level"]
+    if level == "files":
+        what = counted = f"{len(files)} file(s) of {uid} left without index rows"
+    else:
+        who = f"{target['patient_name'] or '?'} ({target['patient_id']})"
         what = counted = f"{level} {uid} of {who}"
         if not args.yes:  # what is confirmed is what goes: those counted (review50 #6)
             rows = reader.search("instance", {_KEYWORDS.get(level, "SOPInstanceUID"): uid})
             only, size = _counted(rows)
             counted = f"{what}: {len(rows)} instance(s), {human_size(size)}"
-    except NotStoredError:
-        files = leftovers(reader.root, reader, None, uid)
-        if not files:
-            raise
-        what = counted = f"{len(files)} file(s) of {uid} left without index rows"
     if not _confirmed(args, counted):
         return EXIT_FAILED
     result = _remove(args, uid, target, only, audit, "uid")

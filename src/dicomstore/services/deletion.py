@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from dicomstore.archive import removal
+from dicomstore.archive.removal import Removal as Removal  # (the doors take these from here:
+from dicomstore.archive.removal import finish_interrupted as finish_interrupted  # pyproject)
 from dicomstore.audit import AuditLog
 
 STUDY_DELETED = ("DICOM Study Deleted", "110105")  # PS3.15 A.5.3.8
@@ -90,21 +92,14 @@ def remove(
     deleted) when the removal was done but its record could not be written.
     """
     from dicomstore.archive import layout
-    from dicomstore.archive.reader import ArchiveReader, NotStoredError
+    from dicomstore.archive.reader import ArchiveReader
 
     if audit_log is None:
         audit_log = os.environ.get(AUDIT_LOG_ENV)
     if audit_log == "":
         audit_log = None  # (as the empty variable: none, review61 L4)
     uid = layout.normalize_uid(uid.strip())
-    reader = ArchiveReader(root, index=index)
-    target: dict[str, Any] = {"level": "files"}
-    try:
-        level, row = reader.locate(uid)
-        target = {**row, "level": level}
-    except NotStoredError:
-        if not removal.leftovers(reader.root, reader, None, uid):
-            raise  # (nothing to delete: no audit log opened, or created)
+    target, _ = target_of(ArchiveReader(root, index=index), uid)  # (before the audit log)
     owned: AuditLog | None = None  # (opened here from a path: closed here)
     if isinstance(audit_log, AuditLog) or audit_log is None:
         audit = audit_log
@@ -133,6 +128,22 @@ def remove(
         except OSError as exc:  # (the record could not be written)
             raise _not_recorded(result, exc.errno, exc.strerror or str(exc)) from exc
     return result
+
+
+def target_of(reader: Any, uid: str) -> tuple[dict[str, Any], list[Path]]:
+    """What a removal of ``uid`` (normalized) takes: its index row with its ``level``, or
+    ``{"level": "files"}`` and the files left of it without rows (an interrupted
+    delete); ``NotStoredError`` when there is neither."""
+    from dicomstore.archive.reader import NotStoredError
+
+    try:
+        level, row = reader.locate(uid)
+    except NotStoredError:
+        files = removal.leftovers(reader.root, reader, None, uid)
+        if not files:
+            raise
+        return {"level": "files"}, files
+    return {**row, "level": level}, []
 
 
 def _not_recorded(
