@@ -230,20 +230,17 @@ def transcode_or_refuse(
         return transcode(archive, row, inflated_limit, frame_limit)
     except conversion.TooLargeToConvert as exc:
         raise HttpError(413, f"not transcoded to {TARGET}: {exc}") from None
-    except sources.Unreadable as exc:  # (its file cannot be read: no damage known)
-        if gone(archive, row, exc.__context__):  # (deleted or replaced since)
+    except (sources.Unreadable, OSError) as exc:  # (its file cannot be read: no damage known)
+        if gone(archive, row, exc):  # (deleted or replaced since)
             raise HttpError(404, "deleted since the search") from None
-        raise _unread(row, str(exc)) from None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise _unread(row, why) from None
     except sources.NotDicom as exc:  # (stored as sound, made for sound data: damaged)
         refused = no_decoder(row)
         if refused is not None:  # (the extra, or no decoder at all: MPEG-2, H.264 ...)
             raise refused from None
         what = f"cannot be transcoded to {TARGET}"
         raise pixels.damaged(str(row["path"]), what, exc, "data") from None
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            raise HttpError(404, "deleted since the search") from None
-        raise _unread(row, exc.strerror or str(exc)) from None
 
 
 def no_decoder(row: Mapping[str, Any]) -> HttpError | None:
@@ -259,10 +256,12 @@ def no_decoder(row: Mapping[str, Any]) -> HttpError | None:
     return HttpError(406, f"cannot be transcoded to {TARGET}: {missing}")
 
 
-def gone(archive: ArchiveReader, row: Mapping[str, Any], cause: BaseException | None) -> bool:
-    """Whether the file of ``row`` went since the search: the read's own error says so
-    (``sources.Unreadable`` keeps it as its context), else the storage is asked; a
-    storage that cannot tell counts as not gone (review64 L6)."""
+def gone(archive: ArchiveReader, row: Mapping[str, Any], exc: BaseException) -> bool:
+    """Whether the file of ``row`` went since the search, ``exc`` its read's failure: an
+    ``OSError``'s errno says so (``sources.Unreadable`` keeps the one it met as its
+    context), else the storage is asked; a storage that cannot tell counts as not gone
+    (review64 L6)."""
+    cause = exc if isinstance(exc, OSError) else exc.__context__
     if isinstance(cause, OSError) and cause.errno in (errno.ENOENT, errno.ENOTDIR):
         return True
     try:

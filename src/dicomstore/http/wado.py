@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections import deque
 from collections.abc import Iterator
@@ -134,13 +133,8 @@ def stream_parts(
                 try:
                     bounds = inflated_limit(request), limits(request).max_frame_bytes
                     done = transcode(archive, row, *bounds)
-                except OSError as exc:
-                    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                        _left_out(archive, row, todo, exc)
-                        continue
-                    raise _cut(row, sent_as, exc) from None
-                except Unreadable as exc:  # (its read's error: gone since, or not)
-                    if gone(archive, row, exc.__context__):  # (review64 L1)
+                except (Unreadable, OSError) as exc:  # (its read's error: gone since, or not)
+                    if gone(archive, row, exc):  # (review64 L1)
                         _left_out(archive, row, todo, exc)
                         continue
                     raise _cut(row, sent_as, exc) from None
