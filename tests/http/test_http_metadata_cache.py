@@ -1,15 +1,17 @@
 """WADO-RS metadata through the metadata cache (``http/metadata.py``, ``archive/metacache.py``):
 byte for byte what the encoder gives, cold and warm, whatever the request's host; never
 an answer of an instance as it was before a replace or a change on disk; deleted
-instances forgotten; a damaged cache made anew."""
+instances forgotten; a damaged cache made anew; the cache written once the answer is sent."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -91,15 +93,46 @@ def generated(n: int) -> object:
     return ds
 
 
+class Settled:
+    """An httpx client whose GET of metadata returns once the metadata cache has
+    written what the answer made (wado.metadata writes it after the answer is sent,
+    on a thread of the server's): each 200 is one write."""
+
+    def __init__(self, client: httpx.Client, srv: HttpThread) -> None:
+        self.client, self.base_url = client, client.base_url
+        self.writes, self.done = 0, threading.Condition()
+        cache = srv.app.state.metadata_cache
+        put = cache.put_many
+
+        def counted(entries: Any) -> None:
+            try:
+                put(entries)
+            finally:
+                with self.done:
+                    self.writes += 1
+                    self.done.notify_all()
+
+        cache.put_many = counted
+
+    def get(self, path: str, **options: Any) -> httpx.Response:
+        with self.done:
+            before = self.writes
+        r = self.client.get(path, **options)
+        if r.status_code == 200:
+            with self.done:
+                assert self.done.wait_for(lambda: self.writes > before, timeout=30)
+        return r
+
+
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[httpx.Client, Archive]]:
+def served(tmp_path: Path) -> Iterator[tuple[Settled, Archive]]:
     archive = Archive(tmp_path / "archive", fsync=False, on_duplicate="replace")
     security = HttpSecurity(allowed_hosts=("first.example", "other.example"))
     with (
         HttpThread(archive, security=security) as srv,
         httpx.Client(base_url=srv.url, timeout=60) as client,
     ):
-        yield client, archive
+        yield Settled(client, srv), archive
     archive.close()
 
 
@@ -206,7 +239,8 @@ def test_the_depth_cut_is_kept_and_logged_when_answered_from_the_cache(
 ) -> None:
     archive = Archive(tmp_path / "archive", fsync=False)
     store_nested(archive, 300)
-    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
+    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=60) as plain:
+        client = Settled(plain, srv)
         path = f"/studies/{DEEP_STUDY}/metadata"
         want = expected(archive, path, f"{srv.url}/")
         for _ in range(2):  # cold, then from the cache
@@ -231,9 +265,9 @@ def test_past_its_bound_the_cache_drops_the_least_recently_used_and_answers_alik
     uid = [f"{SERIES}.{n}" for n in range(1, 7)]
     with (
         HttpThread(archive, metadata_cache_entries=3) as srv,
-        httpx.Client(base_url=srv.url, timeout=60) as client,
+        httpx.Client(base_url=srv.url, timeout=60) as plain,
     ):
-        base = f"{srv.url}/"
+        client, base = Settled(plain, srv), f"{srv.url}/"
 
         def answer(path: str) -> bytes:
             r = client.get(path)
@@ -276,5 +310,57 @@ def test_the_answer_is_sent_in_chunks_of_whole_instances(
         assert len(chunks) == (6 if chunk == 1 else 1)  # (each instance, then "]"; or all)
         items = json.loads(b"".join(chunks))
         assert [i["00080018"]["Value"][0] for i in items] == [r["sop_instance_uid"] for r in rows]
+    cache.close()
+    archive.close()
+
+
+def test_the_cache_is_written_once_the_answer_is_sent(tmp_path: Path) -> None:
+    """A cold answer does not wait for the cache's write (a quarter of a cold
+    400-instance series' time, benchmarks/bench_metadata.py): held until it is sent."""
+    archive = Archive(tmp_path / "archive", fsync=False)
+    for n in range(1, 4):
+        store(archive, generated(n))
+    path = f"/studies/{STUDY}/series/{SERIES}/metadata"
+    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=20) as client:
+        cache = srv.app.state.metadata_cache
+        put, go, written = cache.put_many, threading.Event(), threading.Event()
+
+        def held_back(entries: Any) -> None:
+            go.wait(30)
+            put(entries)
+            written.set()
+
+        cache.put_many = held_back
+        r = client.get(path)  # (written while answering: this waits for go, and times out)
+        assert r.status_code == 200 and len(r.json()) == 3
+        assert not written.is_set()
+        go.set()
+        assert written.wait(30)
+        assert set(cached_rows(archive)) == {f"{SERIES}.{n}" for n in range(1, 4)}
+    archive.close()
+
+
+@pytest.mark.parametrize("hold", [0, metadata.HOLD])
+def test_the_values_held_for_the_cache_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hold: int
+) -> None:
+    """Past ``HOLD`` bytes, the values made are written as the answer goes, not held."""
+    archive = Archive(tmp_path / "archive", fsync=False)
+    for n in range(1, 6):
+        store(archive, generated(n))
+    reader = ArchiveReader(archive.root)
+    rows = reader.instances(SeriesInstanceUID=SERIES)
+    monkeypatch.setattr(metadata, "HOLD", hold)
+    monkeypatch.setattr(metadata, "BATCH", 2)
+    cache = MetadataCache(archive.root)
+    held: list[tuple[str, str, bytes]] = []
+    body = metadata.stream_metadata(rows, reader.storage, "http://h/", 50, cache, held=held)
+    assert len(json.loads(b"".join(body))) == 5
+    if hold:
+        assert [uid for uid, _, _ in held] == [r["sop_instance_uid"] for r in rows]
+        assert cached_rows(archive) == {}
+    else:
+        assert held == []
+        assert len(cached_rows(archive)) == 5
     cache.close()
     archive.close()

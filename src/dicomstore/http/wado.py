@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -254,24 +255,29 @@ def metadata(request: Request) -> Response:
     """GET .../metadata (10.4.1.1.2): DICOM JSON, one object per instance, streamed
     (through the metadata cache: :mod:`dicomstore.http.metadata`). An instance's own
     metadata is made before answering, so that a deflated data set inflating to over
-    the limit is answered 413 (of a series or study, it is left out and logged)."""
+    the limit is answered 413 (of a series or study, it is left out and logged).
+    What is made for the metadata cache is written once the answer is sent."""
     rows = _rows(request)
     negotiate(request, [(DICOM_JSON, None), ("application/json", None)])
     alone = "sop" in request.path_params
+    cache = request.app.state.metadata_cache
+    held: list[tuple[str, str, bytes]] = []
     body = stream_metadata(
         rows,
         reader(request).storage,
         base_url(request),
         limits(request).max_sequence_depth,
-        request.app.state.metadata_cache,
+        cache,
         inflated_limit(request),
         strict=alone,
         indexed=reader(request).indexed,
         follow=reader(request).follow,
+        held=held,
     )
     if alone:
         try:
             body = iter([b"".join(body)])
         except AnswerBroken as exc:  # (nothing sent yet: say it)
             raise HttpError(500, f"{exc}: its file is missing or unreadable") from None
-    return StreamingResponse(body, media_type=DICOM_JSON)
+    written = BackgroundTask(cache.put_many, held)
+    return StreamingResponse(body, media_type=DICOM_JSON, background=written)
