@@ -364,3 +364,22 @@ def test_the_values_held_for_the_cache_are_bounded(
         assert len(cached_rows(archive)) == 5
     cache.close()
     archive.close()
+
+
+def test_what_was_deleted_while_answering_is_not_written(tmp_path: Path) -> None:
+    """``dicomstore delete`` forgets the cache rows of what it deletes; values held
+    for an answer sent meanwhile are not written back for it after."""
+    archive = Archive(tmp_path / "archive", fsync=False)
+    for n in range(1, 4):
+        store(archive, generated(n))
+    reader = ArchiveReader(archive.root)
+    rows = reader.instances(SeriesInstanceUID=SERIES)
+    cache = MetadataCache(archive.root)
+    held: list[tuple[str, str, bytes]] = []
+    body = metadata.stream_metadata(rows, reader.storage, "http://h/", 50, cache, held=held)
+    assert len(json.loads(b"".join(body))) == 3
+    remove(archive.root, f"{SERIES}.2", fsync=False)
+    metadata.write_held(cache, held, reader.instance_rows)
+    assert set(cached_rows(archive)) == {f"{SERIES}.1", f"{SERIES}.3"}
+    cache.close()
+    archive.close()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from typing import Any
 
 from dicomstore.archive.metacache import MetadataCache
@@ -107,6 +107,18 @@ def _keyed(
         return exc
 
 
+def write_held(
+    cache: MetadataCache,
+    held: list[tuple[str, str, bytes]],
+    indexed: Callable[[list[str]], Container[str]],
+) -> None:
+    """Write the values ``held`` for the cache (after the answer), but those of the
+    instances no longer ``indexed`` (``ArchiveReader.instance_rows``): deleted while
+    the answer was sent, whose rows ``dicomstore delete`` has already forgotten."""
+    now = indexed([uid for uid, _, _ in held]) if held else ()
+    cache.put_many([entry for entry in held if entry[0] in now])
+
+
 def stream_metadata(
     rows: list[dict[str, Any]],
     storage: Storage,
@@ -123,7 +135,7 @@ def stream_metadata(
     """The JSON array of the instances of ``rows``, in chunks of about ``CHUNK``
     bytes (whole instances); the values made for the cache are written to it as
     they are made, or (``held`` given) added to ``held`` for the caller to write
-    when the answer is sent (``cache.put_many``), up to :data:`HOLD` bytes (then
+    when the answer is sent (:func:`write_held`), up to :data:`HOLD` bytes (then
     written, and ``held`` emptied). Those deleted since the query are left out, one still
     ``indexed`` whose file cannot be read cuts the answer off (:class:`AnswerBroken`,
     after a WARNING: review35c), one that cannot be encoded is left out (as the

@@ -38,7 +38,7 @@ from dicomstore.http.common import (
     reader,
 )
 from dicomstore.http.limits import inflated_limit, limits
-from dicomstore.http.metadata import stream_metadata
+from dicomstore.http.metadata import stream_metadata, write_held
 from dicomstore.http.multipart import closing, new_boundary, part_header
 from dicomstore.http.transcoding import (
     TARGET,
@@ -279,5 +279,5 @@ def metadata(request: Request) -> Response:
             body = iter([b"".join(body)])
         except AnswerBroken as exc:  # (nothing sent yet: say it)
             raise HttpError(500, f"{exc}: its file is missing or unreadable") from None
-    written = BackgroundTask(cache.put_many, held)
+    written = BackgroundTask(write_held, cache, held, reader(request).instance_rows)
     return StreamingResponse(body, media_type=DICOM_JSON, background=written)
