@@ -189,6 +189,13 @@ class AuditLog:
         with self._cond:
             return self._closing
 
+    @property
+    def complete(self) -> bool:
+        """Every record given so far is on disk: none dropped (more than ``max_held``
+        waited), none still waiting (after :meth:`close`: none left unwritten)."""
+        with self._cond:
+            return self.dropped == 0 and self._durable >= self._queued
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record queued so far is on disk; False on timeout."""
         with self._cond:

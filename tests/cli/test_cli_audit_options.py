@@ -11,7 +11,7 @@ import pytest
 
 from dicomstore.audit import AuditLog
 from dicomstore.cli import build_parser, settings
-from dicomstore.cli.audit_options import close_audit_log, open_audit_log
+from dicomstore.cli.audit_options import audited_exit, close_audit_log, open_audit_log
 
 
 def _parsed(argv: list[str], environ: dict[str, str] | None = None):
@@ -82,3 +82,25 @@ def test_a_stop_while_it_cannot_be_written_is_one_error_line(tmp_path, monkeypat
     assert caplog.messages[-1] == (
         f"audit log {path}: 1 records not written: [Errno 28] No space left on device"
     )
+
+
+def test_a_run_whose_audit_trail_is_not_whole_exits_1(tmp_path, monkeypatch) -> None:
+    """serve and get: records dropped while running (more than ``max_held`` waited)
+    or not written at the close turn a success into 1; a failure keeps its code."""
+    whole = AuditLog(tmp_path / "whole.jsonl")
+    whole.instance({"n": 1})
+    whole.close()
+    assert whole.complete and audited_exit(0, whole) == 0 and audited_exit(0, None) == 0
+    dropping = AuditLog(tmp_path / "dropped.jsonl", retry_seconds=0.01, max_held=10)
+    written = os.write
+
+    def full(fd: int, data) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    dropping.instance({"n": 1})  # (waits: the disk is full)
+    dropping.instance({"n": 2, "long": "x" * 100})  # (past max_held: dropped)
+    monkeypatch.setattr(os, "write", written)
+    dropping.close()  # (nothing left to write: the close itself is fine)
+    assert dropping.dropped == 1 and not dropping.complete
+    assert (audited_exit(0, dropping), audited_exit(4, dropping)) == (1, 4)

@@ -185,6 +185,20 @@ def test_get_into_an_archive_takes_the_server_s_policies_and_audit_log(
     assert result_of(capsys, command("get", port, "--storage", str(root), *keys))["ok"]
 
 
+def test_a_get_that_lost_audit_records_exits_1(peers, capsys, caplog, tmp_path) -> None:
+    """Every instance stored, but the audit log could not be written (/dev/full):
+    an ERROR line with the records lost, and exit 1, not 0 (cli/audit_options.audited_exit)."""
+    port, _, _ = peers
+    root, audit = tmp_path / "archive", tmp_path / "audit.jsonl"
+    audit.symlink_to("/dev/full")
+    keys = ["--json", "-k", "StudyInstanceUID=1.2.9.4"]
+    argv = command("get", port, "--storage", str(root), "--audit-log", str(audit), *keys)
+    assert main(argv) == 1
+    said = capsys.readouterr()
+    assert (json.loads(said.out)["completed"], json.loads(said.out)["failed"]) == (1, 0)
+    assert "1 records not written" in caplog.text
+
+
 def test_get_needs_somewhere_to_store(peers, capsys) -> None:
     port, _, _ = peers
     assert main(command("get", port, "-k", "StudyInstanceUID=1.2.9.1")) == 2

@@ -71,3 +71,24 @@ def test_a_transfer_past_the_shutdown_grace_is_cut_and_said(tmp_path: Path) -> N
     text = log.read_text()
     assert "shutting down: finishing in-flight operations (0.2s at most)" in text
     assert "association ended (aborted: the server stopped): 0 stored, 0 failed" in text
+
+
+def test_a_stop_that_lost_audit_records_exits_1(tmp_path: Path) -> None:
+    """The audit log cannot be written (here /dev/full: ENOSPC): the server goes on,
+    and its stop says how many records were lost and exits 1, not 0, as ``delete``
+    fails when its record cannot be written (cli/audit_options.audited_exit)."""
+    audit = tmp_path / "audit.jsonl"
+    audit.symlink_to("/dev/full")
+    with serving(tmp_path, "--audit-log", str(audit)) as (port, proc, log):
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # (a record: an association)
+            rq = P.AssociateRQ(
+                "DICOMSTORE",
+                "AUDITED",
+                [I.PresentationContextRQ(1, uids.VERIFICATION, [uids.IMPLICIT_VR_LE])],
+                I.UserInformation(max_length=16384, implementation_class_uid="1.2.3"),
+            )
+            sock.sendall(P.encode(rq))
+            assert sock.recv(1)[0] == P.ASSOCIATE_AC
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 1, log.read_text()
+    assert "records not written" in log.read_text()

@@ -216,3 +216,21 @@ def test_workers_on_a_port_the_system_chooses(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     assert served_by_worker(log) == (4, 2)
+
+
+def test_a_worker_that_ended_badly_is_said_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """``workers.stop`` tells whether each worker exited 0: the first process exits 1
+    when one did not (a worker whose audit trail was not whole exits 1 itself)."""
+    import multiprocessing
+    import sys
+
+    from dicomstore.cli import workers
+
+    context = multiprocessing.get_context("spawn")
+    ended = [context.Process(target=sys.exit, args=(code,)) for code in (0, 1)]
+    for process in ended:
+        process.start()
+        process.join(30)  # (ended on their own: stop sends no SIGTERM)
+    assert workers.stop(ended[:1], 30) is True
+    assert workers.stop(ended, 30) is False
+    assert f"worker {ended[1].pid} exited 1" in caplog.text

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomstore.audit import DEFAULT_KEEP, DEFAULT_MAX_BYTES, AuditLog
-from dicomstore.cli.options import _count, _size
+from dicomstore.cli.options import EXIT_FAILED, EXIT_OK, _count, _size
 
 
 def add_audit_log(parser: Any, *, rotates: bool = True) -> None:
@@ -70,3 +70,13 @@ def close_audit_log(audit: AuditLog) -> bool:
     except OSError as exc:
         logging.getLogger("dicomstore.audit").error("%s", exc.strerror or exc)
         return False
+
+
+def audited_exit(code: int, audit: AuditLog | None) -> int:
+    """The exit code of a command that ran with ``audit`` (closed): ``code``, but 1
+    for one that ended well whose audit trail is not whole (records dropped while
+    it ran, or not written at the close: ERROR lines said so then), as ``delete``
+    fails when its record cannot be written."""
+    if code == EXIT_OK and audit is not None and not audit.complete:
+        return EXIT_FAILED
+    return code

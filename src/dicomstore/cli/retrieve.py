@@ -22,7 +22,12 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from dicomstore.cli.audit_options import add_audit_log, close_audit_log, open_audit_log
+from dicomstore.cli.audit_options import (
+    add_audit_log,
+    audited_exit,
+    close_audit_log,
+    open_audit_log,
+)
 from dicomstore.cli.find import add_query_options, query_keys
 from dicomstore.cli.logs import one_line
 from dicomstore.cli.options import (
@@ -155,6 +160,7 @@ async def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     model, priority = args.model or "study", PRIORITIES[args.priority]
     held = contextlib.ExitStack()  # (get: the archive and the audit log it opened)
+    audit = None
     if args.command == "move":
         assoc = await open_association(args, r.move_contexts(model))
         retrieve = r.move(assoc, keys, args.dest, model=model, priority=priority)
@@ -195,7 +201,7 @@ async def run(args: argparse.Namespace) -> int:
     if ctrl_c.interrupted:
         print("dicomstore: cancelled", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return code
+    return audited_exit(code, audit)
 
 
 def _store(args: argparse.Namespace, held: contextlib.ExitStack) -> tuple[Any, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from dicomstore.aio import loops
 from dicomstore.cli import workers
-from dicomstore.cli.audit_options import close_audit_log, open_audit_log
+from dicomstore.cli.audit_options import audited_exit, close_audit_log, open_audit_log
 from dicomstore.cli.http_options import (
     announce,
     http_limits,
@@ -19,6 +19,7 @@ from dicomstore.cli.http_options import (
     https_context,
 )
 from dicomstore.cli.options import (
+    EXIT_FAILED,
     EXIT_OK,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
@@ -161,11 +162,12 @@ async def run(args: argparse.Namespace) -> int:
             audit.close()
         return EXIT_USAGE
     try:
-        return await _serve(args, config, archive, gatekeeper, audit, https)
+        code = await _serve(args, config, archive, gatekeeper, audit, https)
     finally:
         if audit is not None:
             close_audit_log(audit)  # drains: every record of this run is on disk
         archive.close()
+    return audited_exit(code, audit)
 
 
 def _say_other_nodes(archive: Any) -> None:
@@ -207,7 +209,7 @@ async def _serve(
     from dicomstore.services.server import archive_commit_mode
     from dicomstore.services.serving import running
 
-    listening = False
+    listening, workers_ok = False, True
     metrics = None
     # before the port opens: a SIGTERM as soon as it listens is a graceful stop too
     stop = asyncio.Event()
@@ -282,7 +284,8 @@ async def _serve(
             finally:
                 if started:
                     config.share.stopping = True
-                    await asyncio.to_thread(workers.stop, started, config.shutdown_grace + 5)
+                    grace = config.shutdown_grace + 5
+                    workers_ok = await asyncio.to_thread(workers.stop, started, grace)
                 if http is not None:
                     await http.close()
     except Held as exc:  # another node of this storage root runs it (issue 17)
@@ -295,7 +298,7 @@ async def _serve(
             f"dicomstore: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
         )
         return EXIT_UNREACHABLE
-    return EXIT_OK
+    return EXIT_OK if workers_ok else EXIT_FAILED
 
 
 def cleartext(config: ServerConfig, gatekeeper: Any) -> list[str]:

@@ -87,8 +87,10 @@ def start(args: argparse.Namespace, port: int) -> list[BaseProcess]:
     return workers
 
 
-def stop(workers: list[BaseProcess], grace: float) -> None:
-    """Stop the workers gracefully (SIGTERM), within ``grace`` seconds, then kill."""
+def stop(workers: list[BaseProcess], grace: float) -> bool:
+    """Stop the workers gracefully (SIGTERM), within ``grace`` seconds, then kill;
+    whether each ended well (exit 0: else a WARNING with its code, e.g. 1 for a
+    worker whose audit trail is not whole)."""
     for worker in workers:
         if worker.is_alive():
             worker.terminate()
@@ -98,6 +100,10 @@ def stop(workers: list[BaseProcess], grace: float) -> None:
             log.warning("worker %s did not stop within %gs: killed", worker.pid, grace)
             worker.kill()
             worker.join()
+    failed = [worker for worker in workers if worker.exitcode != 0]
+    for worker in failed:
+        log.warning("worker %s exited %s", worker.pid, worker.exitcode)
+    return not failed
 
 
 def parent_gone() -> int | None:
