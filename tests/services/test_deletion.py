@@ -141,6 +141,26 @@ def test_a_failed_api_removal_is_audited_as_failed(
     assert record["patient_id"] == "PID2" and record["study_instance_uids"] == ["1.2.5"]
 
 
+def test_a_failed_removal_whose_record_is_not_written_either_raises_its_own_error(
+    storage: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The removal failed and its audit log (here /dev/full) could not be written at
+    the close: the removal's error is raised, the audit log's is an ERROR line
+    (``deletion._close_quietly``; review63 L7)."""
+    from dicomstore.archive import removal
+
+    def locked(*args, **kwargs):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(removal, "remove", locked)
+    with pytest.raises(OSError, match="Resource temporarily unavailable"):
+        remove(storage, "1.2.5", audit_log="/dev/full", fsync=False)
+    assert caplog.messages[-1] == (
+        "audit log /dev/full: 1 records not written: [Errno 28] No space left on device"
+    )  # (the log's name once: it was said twice)
+    assert len(_files(storage)) == 4  # (nothing deleted)
+
+
 def _sweep_raising(error: BaseException):
     def sweep(*args, **kwargs):
         raise error

@@ -168,8 +168,8 @@ def _open(path: Path) -> AuditLog:
 def _close_quietly(audit: AuditLog) -> None:
     try:
         audit.close()
-    except OSError as exc:  # (the error told is the removal's)
-        log.error("audit log %s: %s", audit.path, exc.strerror or exc)
+    except OSError as exc:  # (the error told is the removal's; this one names the log)
+        log.error("%s", exc.strerror or exc)
 
 
 def audited_removal(
