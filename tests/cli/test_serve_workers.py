@@ -227,10 +227,13 @@ def test_a_worker_that_ended_badly_is_said_and_counted(caplog: pytest.LogCapture
     from dicomstore.cli import workers
 
     context = multiprocessing.get_context("spawn")
-    ended = [context.Process(target=sys.exit, args=(code,)) for code in (0, 1)]
+    ended = [context.Process(target=sys.exit, args=(code,)) for code in (0, 130, 1)]
     for process in ended:
         process.start()
         process.join(30)  # (ended on their own: stop sends no SIGTERM)
-    assert workers.stop(ended[:1], 30) is True
+    stopped = context.Process(target=signal.pause)  # (stopped by stop: -15)
+    stopped.start()
+    assert workers.stop([*ended[:2], stopped], 30) is True
+    assert stopped.exitcode == -signal.SIGTERM
     assert workers.stop(ended, 30) is False
-    assert f"worker {ended[1].pid} exited 1" in caplog.text
+    assert f"worker {ended[2].pid} exited 1" in caplog.text

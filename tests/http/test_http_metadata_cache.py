@@ -29,6 +29,7 @@ from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.removal import remove
 from dicomstore.http import metadata
 from dicomstore.http.common import url_of
+from dicomstore.http.heldvalues import Held
 from dicomstore.http.limits import DEFAULT
 from dicomstore.http.security import HttpSecurity
 
@@ -94,25 +95,24 @@ def generated(n: int) -> object:
 
 
 class Settled:
-    """An httpx client whose GET of metadata returns once the metadata cache has
-    written what the answer made (wado.metadata writes it after the answer is sent,
-    on a thread of the server's): each 200 is one write."""
+    """An httpx client whose GET of metadata returns once what the answer held for the
+    metadata cache is written (wado.metadata: ``Held.write``, after the answer is
+    sent, on a thread of the server's): each 200 is one write."""
 
-    def __init__(self, client: httpx.Client, srv: HttpThread) -> None:
+    def __init__(self, client: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
         self.client, self.base_url = client, client.base_url
         self.writes, self.done = 0, threading.Condition()
-        cache = srv.app.state.metadata_cache
-        put = cache.put_many
+        write = Held.write
 
-        def counted(entries: Any) -> None:
+        def counted(held: Held, *args: Any) -> None:
             try:
-                put(entries)
+                write(held, *args)
             finally:
                 with self.done:
                     self.writes += 1
                     self.done.notify_all()
 
-        cache.put_many = counted
+        monkeypatch.setattr(Held, "write", counted)
 
     def get(self, path: str, **options: Any) -> httpx.Response:
         with self.done:
@@ -125,14 +125,14 @@ class Settled:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Settled, Archive]]:
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Settled, Archive]]:
     archive = Archive(tmp_path / "archive", fsync=False, on_duplicate="replace")
     security = HttpSecurity(allowed_hosts=("first.example", "other.example"))
     with (
         HttpThread(archive, security=security) as srv,
         httpx.Client(base_url=srv.url, timeout=60) as client,
     ):
-        yield Settled(client, srv), archive
+        yield Settled(client, monkeypatch), archive
     archive.close()
 
 
@@ -235,12 +235,12 @@ def test_a_damaged_cache_is_made_anew(tmp_path: Path) -> None:
 
 
 def test_the_depth_cut_is_kept_and_logged_when_answered_from_the_cache(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     archive = Archive(tmp_path / "archive", fsync=False)
     store_nested(archive, 300)
     with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=60) as plain:
-        client = Settled(plain, srv)
+        client = Settled(plain, monkeypatch)
         path = f"/studies/{DEEP_STUDY}/metadata"
         want = expected(archive, path, f"{srv.url}/")
         for _ in range(2):  # cold, then from the cache
@@ -254,7 +254,7 @@ def test_the_depth_cut_is_kept_and_logged_when_answered_from_the_cache(
 
 
 def test_past_its_bound_the_cache_drops_the_least_recently_used_and_answers_alike(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``metadata_cache_entries`` (``serve --metadata-cache-entries``): never more rows
     than that; those used longest ago go first; every answer stays the encoder's."""
@@ -267,7 +267,7 @@ def test_past_its_bound_the_cache_drops_the_least_recently_used_and_answers_alik
         HttpThread(archive, metadata_cache_entries=3) as srv,
         httpx.Client(base_url=srv.url, timeout=60) as plain,
     ):
-        client, base = Settled(plain, srv), f"{srv.url}/"
+        client, base = Settled(plain, monkeypatch), f"{srv.url}/"
 
         def answer(path: str) -> bytes:
             r = client.get(path)
@@ -337,49 +337,4 @@ def test_the_cache_is_written_once_the_answer_is_sent(tmp_path: Path) -> None:
         go.set()
         assert written.wait(30)
         assert set(cached_rows(archive)) == {f"{SERIES}.{n}" for n in range(1, 4)}
-    archive.close()
-
-
-@pytest.mark.parametrize("hold", [0, metadata.HOLD])
-def test_the_values_held_for_the_cache_are_bounded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hold: int
-) -> None:
-    """Past ``HOLD`` bytes, the values made are written as the answer goes, not held."""
-    archive = Archive(tmp_path / "archive", fsync=False)
-    for n in range(1, 6):
-        store(archive, generated(n))
-    reader = ArchiveReader(archive.root)
-    rows = reader.instances(SeriesInstanceUID=SERIES)
-    monkeypatch.setattr(metadata, "HOLD", hold)
-    monkeypatch.setattr(metadata, "BATCH", 2)
-    cache = MetadataCache(archive.root)
-    held: list[tuple[str, str, bytes]] = []
-    body = metadata.stream_metadata(rows, reader.storage, "http://h/", 50, cache, held=held)
-    assert len(json.loads(b"".join(body))) == 5
-    if hold:
-        assert [uid for uid, _, _ in held] == [r["sop_instance_uid"] for r in rows]
-        assert cached_rows(archive) == {}
-    else:
-        assert held == []
-        assert len(cached_rows(archive)) == 5
-    cache.close()
-    archive.close()
-
-
-def test_what_was_deleted_while_answering_is_not_written(tmp_path: Path) -> None:
-    """``dicomstore delete`` forgets the cache rows of what it deletes; values held
-    for an answer sent meanwhile are not written back for it after."""
-    archive = Archive(tmp_path / "archive", fsync=False)
-    for n in range(1, 4):
-        store(archive, generated(n))
-    reader = ArchiveReader(archive.root)
-    rows = reader.instances(SeriesInstanceUID=SERIES)
-    cache = MetadataCache(archive.root)
-    held: list[tuple[str, str, bytes]] = []
-    body = metadata.stream_metadata(rows, reader.storage, "http://h/", 50, cache, held=held)
-    assert len(json.loads(b"".join(body))) == 3
-    remove(archive.root, f"{SERIES}.2", fsync=False)
-    metadata.write_held(cache, held, reader.instance_rows)
-    assert set(cached_rows(archive)) == {f"{SERIES}.1", f"{SERIES}.3"}
-    cache.close()
     archive.close()

@@ -61,9 +61,10 @@ class MetadataCache:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._broken = False
+        self._closed = False  # (a write after close, e.g. an answer's late one: none)
 
     def _connect(self) -> sqlite3.Connection | None:
-        if self._db is None and not self._broken:
+        if self._db is None and not self._broken and not self._closed:
             try:
                 self._db = _open(self.path)
             except (OSError, sqlite3.Error) as exc:
@@ -126,8 +127,22 @@ class MetadataCache:
             except sqlite3.Error as exc:  # busy, read-only, full: these stay uncached
                 log.debug("metadata cache %s not written: %s", self.path, exc)
 
-    def close(self) -> None:
+    def drop(self, sop_instance_uids: list[str]) -> None:
+        """Drop the rows of ``sop_instance_uids`` (deleted instances)."""
         with self._lock:
+            db = self._connect()
+            if db is None:
+                return
+            try:
+                with db:
+                    _delete_rows(db, sop_instance_uids)
+            except sqlite3.Error as exc:  # (never served: not indexed)
+                log.warning("metadata cache %s: deleted instances not dropped: %s", self.path, exc)
+
+    def close(self) -> None:
+        """Close the database; nothing is read or written after."""
+        with self._lock:
+            self._closed = True
             if self._db is not None:
                 self._db.close()
                 self._db = None
@@ -152,14 +167,18 @@ def forget(root: Path, sop_instance_uids: Iterable[str]) -> None:
         return
     try:
         with db:
-            for start in range(0, len(uids), _BATCH):
-                part = uids[start : start + _BATCH]
-                marks = ", ".join("?" for _ in part)
-                db.execute(f"DELETE FROM entry WHERE sop_instance_uid IN ({marks})", part)
+            _delete_rows(db, uids)
     except sqlite3.Error as exc:  # never served (not indexed), but their text stays on disk
         log.warning("metadata cache %s: deleted instances not forgotten: %s", path, exc)
     finally:
         db.close()
+
+
+def _delete_rows(db: sqlite3.Connection, uids: list[str]) -> None:
+    for start in range(0, len(uids), _BATCH):
+        part = uids[start : start + _BATCH]
+        marks = ", ".join("?" for _ in part)
+        db.execute(f"DELETE FROM entry WHERE sop_instance_uid IN ({marks})", part)
 
 
 def _open(path: Path) -> sqlite3.Connection:

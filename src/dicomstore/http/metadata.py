@@ -11,10 +11,9 @@ byte the one the encoder gives. The key of an entry is the encoder version, the
 sequence depth limit, the instance's digest (index) and its stored bytes' version
 (``Storage.version``: a file's size, mtime, inode): a replaced or altered instance
 is made anew. The body is streamed one instance at a time. The values made for the
-cache are ``held`` until the answer is sent and written then (the response's
-background task: writing them cost a cold 400-instance series a quarter of its
-time), unless they pass :data:`HOLD` bytes: then those held are written at once, so
-memory is bounded by :data:`BATCH` instances and ``HOLD`` bytes.
+cache are held until the answer is sent and written then, within a bound for the
+process (:mod:`~dicomstore.http.heldvalues`); past it, and without a holder, a batch
+of :data:`BATCH` is written as the answer goes.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from dicomstore.archive.metacache import MetadataCache
@@ -30,6 +29,7 @@ from dicomstore.archive.storage import Storage
 from dicomstore.http.answer import unless_gone
 from dicomstore.http.common import url_of
 from dicomstore.http.dicomjson import log_cut
+from dicomstore.http.heldvalues import Held, Indexed, store
 from dicomstore.http.instancejson import read_metadata_text
 from dicomstore.inflation import DEFAULT_MAX_INFLATED, TooLarge
 
@@ -43,8 +43,6 @@ BATCH = 100
 #: Bytes of JSON sent as one chunk: each chunk of a sync body is a hop to a thread
 #: (Starlette), which cost a 400-instance series 100 ms when each instance was one.
 CHUNK = 256 * 1024
-#: Bytes of made values held for the cache until the answer is sent.
-HOLD = 16 * 1024 * 1024
 
 
 def _key(row: dict[str, Any], storage: Storage, max_depth: int) -> str:
@@ -107,18 +105,6 @@ def _keyed(
         return exc
 
 
-def write_held(
-    cache: MetadataCache,
-    held: list[tuple[str, str, bytes]],
-    indexed: Callable[[list[str]], Container[str]],
-) -> None:
-    """Write the values ``held`` for the cache (after the answer), but those of the
-    instances no longer ``indexed`` (``ArchiveReader.instance_rows``): deleted while
-    the answer was sent, whose rows ``dicomstore delete`` has already forgotten."""
-    now = indexed([uid for uid, _, _ in held]) if held else ()
-    cache.put_many([entry for entry in held if entry[0] in now])
-
-
 def stream_metadata(
     rows: list[dict[str, Any]],
     storage: Storage,
@@ -130,13 +116,15 @@ def stream_metadata(
     strict: bool = False,
     indexed: Callable[[str, str], bool] | None = None,
     follow: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
-    held: list[tuple[str, str, bytes]] | None = None,
+    held: Held | None = None,
+    still: Indexed | None = None,
 ) -> Iterator[bytes]:
     """The JSON array of the instances of ``rows``, in chunks of about ``CHUNK``
-    bytes (whole instances); the values made for the cache are written to it as
-    they are made, or (``held`` given) added to ``held`` for the caller to write
-    when the answer is sent (:func:`write_held`), up to :data:`HOLD` bytes (then
-    written, and ``held`` emptied). Those deleted since the query are left out, one still
+    bytes (whole instances); the values made for the cache are added to ``held`` for
+    the caller to write when the answer is sent (``Held.write``), else (no holder, or
+    past its bound) written as they are made, each instance looked up again after
+    (``still``: ``heldvalues.store``); an answer that ends early lets go of what it
+    held, unwritten. Those deleted since the query are left out, one still
     ``indexed`` whose file cannot be read cuts the answer off (:class:`AnswerBroken`,
     after a WARNING: review35c), one that cannot be encoded is left out (as the
     encoder does), and a deflated one that inflates to over ``inflated_limit``
@@ -146,9 +134,31 @@ def stream_metadata(
         if indexed is not None:
             unless_gone(indexed, row, exc)
 
+    sent = False  # (the answer ended: what is held is for the caller to write)
+    try:
+        yield from _chunks(rows, storage, base, max_depth, cache, inflated_limit, strict,
+                           missing, follow, held, still)  # fmt: skip
+        sent = True
+    finally:
+        if held is not None and not sent:
+            held.drop()  # (a HEAD, a client gone, an error: unwritten)
+
+
+def _chunks(
+    rows: list[dict[str, Any]],
+    storage: Storage,
+    base: str,
+    max_depth: int,
+    cache: MetadataCache,
+    inflated_limit: int,
+    strict: bool,
+    missing: Callable[[dict[str, Any], BaseException], None],
+    follow: Callable[[dict[str, Any]], dict[str, Any] | None] | None,
+    held: Held | None,
+    still: Indexed | None,
+) -> Iterator[bytes]:
     pending, size = [b"["], 1
     first = True
-    holding = 0  # (bytes of values in held)
     for start in range(0, len(rows), BATCH):
         batch: list[tuple[dict[str, Any], str]] = []
         for row in rows[start : start + BATCH]:
@@ -186,14 +196,7 @@ def stream_metadata(
             if size >= CHUNK:
                 yield b"".join(pending)
                 pending, size = [], 0
-        if held is None:
-            cache.put_many(made)
-            continue
-        held.extend(made)
-        holding += sum(len(value) for _, _, value in made)
-        if holding > HOLD:
-            cache.put_many(held)
-            held.clear()
-            holding = 0
+        if made and (held is None or not held.add(made)):
+            store(cache, made, still)
     pending.append(b"]")
     yield b"".join(pending)

@@ -37,8 +37,9 @@ from dicomstore.http.common import (
     negotiate,
     reader,
 )
+from dicomstore.http.heldvalues import Held
 from dicomstore.http.limits import inflated_limit, limits
-from dicomstore.http.metadata import stream_metadata, write_held
+from dicomstore.http.metadata import stream_metadata
 from dicomstore.http.multipart import closing, new_boundary, part_header
 from dicomstore.http.transcoding import (
     TARGET,
@@ -260,8 +261,7 @@ def metadata(request: Request) -> Response:
     rows = _rows(request)
     negotiate(request, [(DICOM_JSON, None), ("application/json", None)])
     alone = "sop" in request.path_params
-    cache = request.app.state.metadata_cache
-    held: list[tuple[str, str, bytes]] = []
+    cache, held = request.app.state.metadata_cache, Held()
     body = stream_metadata(
         rows,
         reader(request).storage,
@@ -273,11 +273,12 @@ def metadata(request: Request) -> Response:
         indexed=reader(request).indexed,
         follow=reader(request).follow,
         held=held,
+        still=reader(request).instance_rows,
     )
     if alone:
         try:
             body = iter([b"".join(body)])
         except AnswerBroken as exc:  # (nothing sent yet: say it)
             raise HttpError(500, f"{exc}: its file is missing or unreadable") from None
-    written = BackgroundTask(write_held, cache, held, reader(request).instance_rows)
+    written = BackgroundTask(held.write, cache, reader(request).instance_rows)
     return StreamingResponse(body, media_type=DICOM_JSON, background=written)
