@@ -29,7 +29,8 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 log = logging.getLogger("dicomstore.archive.metacache")
@@ -108,36 +109,35 @@ class MetadataCache:
         rows used longest ago beyond ``max_entries``."""
         now = _now()
         rows = [(uid, key, zlib.compress(value, 1), now) for uid, key, value in entries]
-        if not rows:
-            return
-        with self._lock:
-            db = self._connect()
-            if db is None:
-                return
-            try:
-                with db:
-                    db.executemany("INSERT OR REPLACE INTO entry VALUES (?, ?, ?, ?)", rows)
-                    (count,) = db.execute("SELECT COUNT(*) FROM entry").fetchone()
-                    if count > self.max_entries:
-                        db.execute(
-                            "DELETE FROM entry WHERE sop_instance_uid IN (SELECT"
-                            " sop_instance_uid FROM entry ORDER BY used LIMIT ?)",
-                            (count - self.max_entries,),
-                        )
-            except sqlite3.Error as exc:  # busy, read-only, full: these stay uncached
-                log.debug("metadata cache %s not written: %s", self.path, exc)
+        if rows:  # (busy, read-only, full: these stay uncached)
+            self._write(partial(self._insert, rows=rows), "not written", logging.DEBUG)
 
     def drop(self, sop_instance_uids: list[str]) -> None:
         """Drop the rows of ``sop_instance_uids`` (deleted instances)."""
+        work = partial(_delete_rows, uids=sop_instance_uids)
+        self._write(work, "deleted instances not dropped", logging.WARNING)
+
+    def _write(self, work: Callable[[sqlite3.Connection], None], failed: str, level: int) -> None:
+        """``work`` in one transaction; an error logged at ``level``, never raised."""
         with self._lock:
             db = self._connect()
             if db is None:
                 return
             try:
                 with db:
-                    _delete_rows(db, sop_instance_uids)
-            except sqlite3.Error as exc:  # (never served: not indexed)
-                log.warning("metadata cache %s: deleted instances not dropped: %s", self.path, exc)
+                    work(db)
+            except sqlite3.Error as exc:
+                log.log(level, "metadata cache %s: %s: %s", self.path, failed, exc)
+
+    def _insert(self, db: sqlite3.Connection, rows: list[tuple[str, str, bytes, int]]) -> None:
+        db.executemany("INSERT OR REPLACE INTO entry VALUES (?, ?, ?, ?)", rows)
+        (count,) = db.execute("SELECT COUNT(*) FROM entry").fetchone()
+        if count > self.max_entries:
+            db.execute(
+                "DELETE FROM entry WHERE sop_instance_uid IN (SELECT"
+                " sop_instance_uid FROM entry ORDER BY used LIMIT ?)",
+                (count - self.max_entries,),
+            )
 
     def close(self) -> None:
         """Close the database; nothing is read or written after."""
