@@ -338,3 +338,34 @@ def test_the_cache_is_written_once_the_answer_is_sent(tmp_path: Path) -> None:
         assert written.wait(30)
         assert set(cached_rows(archive)) == {f"{SERIES}.{n}" for n in range(1, 4)}
     archive.close()
+
+
+def test_an_instance_deleted_while_answering_is_left_out_without_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its file gone between the stat and the read, its row gone too: expected, an INFO
+    line (stress66: a WARNING per answer in flight), as one gone before the stat."""
+    archive = Archive(tmp_path / "archive", fsync=False)
+    for n in range(1, 4):
+        store(archive, generated(n))
+    reader = ArchiveReader(archive.root)
+    rows = reader.instances(SeriesInstanceUID=SERIES)
+    encode = metadata.encode
+
+    def gone_second(storage, key, *args, **kwargs):
+        if key == rows[1]["path"]:
+            raise FileNotFoundError(2, "No such file or directory")
+        return encode(storage, key, *args, **kwargs)
+
+    monkeypatch.setattr(metadata, "encode", gone_second)
+    cache = MetadataCache(archive.root)
+    body = metadata.stream_metadata(
+        rows, reader.storage, "http://h/", 50, cache, indexed=lambda uid, path: False
+    )
+    with caplog.at_level(logging.INFO, logger="dicomstore.http.metadata"):
+        items = json.loads(b"".join(body))
+    assert [i["00080018"]["Value"][0] for i in items] == [f"{SERIES}.1", f"{SERIES}.3"]
+    assert f"metadata of {SERIES}.2 left out: deleted since the query" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    cache.close()
+    archive.close()

@@ -130,9 +130,13 @@ def stream_metadata(
     encoder does), and a deflated one that inflates to over ``inflated_limit``
     bytes too, unless ``strict`` (then ``inflation.TooLarge`` is raised)."""
 
-    def missing(row: dict[str, Any], exc: BaseException) -> None:
-        if indexed is not None:
-            unless_gone(indexed, row, exc)
+    def missing(row: dict[str, Any], exc: BaseException) -> bool:
+        """Whether ``row``'s instance is deleted since the query (its file unread);
+        still indexed: :class:`AnswerBroken`."""
+        if indexed is None:
+            return False
+        unless_gone(indexed, row, exc)
+        return True
 
     sent = False  # (the answer ended: what is held is for the caller to write)
     try:
@@ -152,7 +156,7 @@ def _chunks(
     cache: MetadataCache,
     inflated_limit: int,
     strict: bool,
-    missing: Callable[[dict[str, Any], BaseException], None],
+    missing: Callable[[dict[str, Any], BaseException], bool],
     follow: Callable[[dict[str, Any]], dict[str, Any] | None] | None,
     held: Held | None,
     still: Indexed | None,
@@ -179,8 +183,9 @@ def _chunks(
                 except (OSError, ValueError, RecursionError) as exc:
                     if strict and isinstance(exc, TooLarge):
                         raise
-                    if isinstance(exc, OSError):
-                        missing(row, exc)
+                    if isinstance(exc, OSError) and missing(row, exc):
+                        log.info("metadata of %s left out: deleted since the query", uid)
+                        continue  # (as one whose file was gone at the stat: expected)
                     log.warning("metadata of %s left out: %s", uid, exc)
                     continue
                 made.append((uid, key, value))
