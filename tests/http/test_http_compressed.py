@@ -292,7 +292,10 @@ def test_retrieve_urls_follow_base_url_host_and_trusted_proxy(tmp_path) -> None:
         port = srv.server.port
         assert uri(srv, {"host": "127.0.0.1"}).startswith(f"http://127.0.0.1:{port}/studies/")
         assert uri(srv, forwarded).startswith(f"http://127.0.0.1:{port}/")  # not trusted
-    with HttpThread(archive, trust_forwarded=True) as srv:
+    from dicomstore.http.security import HttpSecurity
+
+    named = HttpSecurity(allowed_hosts=("pacs.example.org",))  # (the proxy's name: hosts.py)
+    with HttpThread(archive, trust_forwarded=True, security=named) as srv:
         assert uri(srv, forwarded) == expected + "/bulkdata/7FE00010"
         bad = {**forwarded, "x-forwarded-host": "a b"}
         assert uri(srv, bad).startswith("https://127.0.0.1:")  # malformed: ignored

@@ -82,6 +82,27 @@ def test_an_open_server_answers_no_page_whose_name_was_rebound(tmp_path: Path, c
     archive.close()
 
 
+def test_behind_a_trusted_proxy_the_forwarded_host_is_guarded(tmp_path: Path) -> None:
+    """review67 F3: a proxy passes its upstream's address as Host and the browser's
+    name as X-Forwarded-Host (nginx's usual way): the rebound name got through, and
+    the answer's URLs were built on it."""
+    archive = Archive(tmp_path / "a", fsync=False)
+    with (
+        HttpThread(archive, trust_forwarded=True) as srv,
+        httpx.Client(base_url=srv.url, timeout=30) as client,
+    ):
+        proxied = {"host": f"127.0.0.1:{srv.server.port}", "x-forwarded-for": "10.0.0.7"}
+        r = client.get("/studies", headers={**proxied, "x-forwarded-host": "evil.example"})
+        assert r.status_code == 400 and "X-Forwarded-Host 'evil.example'" in r.text
+        r = client.get("/studies", headers={**proxied, "x-forwarded-host": "localhost:8042"})
+        assert r.status_code == 200
+        assert client.get("/studies", headers=proxied).status_code == 200
+    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        forged = {"x-forwarded-host": "evil.example"}  # (not trusted: not a name used)
+        assert client.get("/studies", headers=forged).status_code == 200
+    archive.close()
+
+
 def test_names_the_operator_allows_are_served(tmp_path: Path) -> None:
     archive = Archive(tmp_path / "a", fsync=False)
     security = HttpSecurity(allowed_hosts=("pacs.example.org",))

@@ -321,14 +321,21 @@ def test_a_login_of_ones_own_does_not_reset_the_count(site: Site) -> None:
 
 def test_wado_and_metadata_reads_are_audited(site: Site) -> None:
     reader = basic("reader", "reader-pw")
-    # HEAD sends no instance: not audited as a transfer (review35a F8), and the
-    # connection goes on (the next request on it is answered)
+    # HEAD sends no instance: not a transfer (review35a F8), but it says the study is
+    # there: an access (review67 F1); the connection goes on (the next request on it
+    # is answered)
     head = site.client.head(f"/studies/{STUDY}", headers=reader)
     assert head.status_code == 200 and head.content == b""
     assert site.client.get(f"/studies/{STUDY}", headers=reader).status_code == 200
     assert site.client.get(f"/studies/{STUDY}/metadata", headers=reader).status_code == 200
     assert site.client.get(f"/studies/{STUDY}.404", headers=reader).status_code == 404
-    transferred, accessed = site.records("read")
+    headed, transferred, accessed = site.records("read")
+    assert (headed["method"], headed["audit_event"], headed["bytes"]) == (
+        "HEAD",
+        "DICOM Instances Accessed",
+        0,
+    )
+    assert headed["study_instance_uid"] == STUDY and headed["user"] == "reader"
     assert transferred["audit_event"] == "DICOM Instances Transferred"
     assert transferred["event_id"] == "110104"
     assert transferred["service"] == "WADO-RS"
@@ -393,6 +400,24 @@ def test_the_browse_search_and_a_patient_s_page_are_audited_as_queries(site: Sit
     assert search["query"] == "name=Doe%2A" or search["query"] == "name=Doe*"
     assert (patient["audit_event"], patient["patient_id"]) == ("Query", "PID1")
     assert patient["query"] == "id=PID1"
+
+
+def test_a_head_search_and_the_patient_list_are_audited_as_queries(site: Site) -> None:
+    """review67 F1, F2: a HEAD's status and length say whether a search matched (a
+    name spelt out letter by letter), and the browse home page lists every patient:
+    neither left a record."""
+    reader = basic("reader", "reader-pw")
+    head = site.client.head("/studies?PatientName=D*", headers=reader)
+    assert head.status_code == 200 and head.content == b""
+    assert site.client.get("/?offset=0", headers=reader).status_code == 200
+    searched, listed = site.records("read")
+    assert (searched["method"], searched["audit_event"], searched["query"]) == (
+        "HEAD",
+        "Query",
+        "PatientName=D%2A" if "%2A" in searched["query"] else "PatientName=D*",
+    )
+    assert (listed["path"], listed["service"], listed["audit_event"]) == ("/", "browse", "Query")
+    assert listed["query"] == "offset=0" and listed["user"] == "reader"
 
 
 def test_one_access_log_line_per_request(site: Site, caplog) -> None:

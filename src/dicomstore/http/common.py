@@ -100,6 +100,12 @@ def _port_of(host: str) -> str | None:
     return port if colon and not head.endswith(":") and "]" not in port else None
 
 
+def forwarded_host(value: str) -> str | None:
+    """The host of an ``X-Forwarded-Host`` value (its first), None if malformed."""
+    first = value.split(",")[0].strip()
+    return first if _HOST.fullmatch(first) else None
+
+
 def _forwarded(request: Request, scheme: str, host: str, prefix: str) -> tuple[str, str, str]:
     """The scheme, host and path prefix the trusted proxy says the client used."""
     headers = request.headers
@@ -115,7 +121,7 @@ def _forwarded(request: Request, scheme: str, host: str, prefix: str) -> tuple[s
             log.warning("ignored the proxy's malformed %s: %r", name, value[:100])
     if proto in ("http", "https"):
         scheme = proto
-    if fwd_host and _HOST.fullmatch(fwd_host):
+    if fwd_host and forwarded_host(fwd_host):
         host = fwd_host
     if fwd_prefix and _PREFIX.fullmatch(fwd_prefix):
         prefix = fwd_prefix

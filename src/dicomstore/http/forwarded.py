@@ -8,6 +8,11 @@ access log, the audit trail and the count of failed credentials
 (:class:`~dicomstore.services.admission.FailedAdmissions`) name it. Before,
 one guesser's ten failures behind a proxy were every user's (review38web #2).
 A malformed value is ignored with a WARNING, and the connection's address kept.
+
+The name the client asked for is then the proxy's ``X-Forwarded-Host`` (its first
+value, as :func:`~dicomstore.http.common.base_url` takes it), not ``Host`` (often
+the upstream's address): it is kept in the scope (:data:`FORWARDED_HOST`) for the
+guard against DNS rebinding (:mod:`~dicomstore.http.hosts`, review67 F3).
 """
 
 from __future__ import annotations
@@ -17,7 +22,12 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dicomstore.http.common import forwarded_host
+
 log = logging.getLogger("dicomstore.http")
+
+#: The scope key of the trusted proxy's ``X-Forwarded-Host`` (its first value).
+FORWARDED_HOST = "dicomstore.forwarded_host"
 
 
 def forwarded_for(value: str) -> str | None:
@@ -47,4 +57,8 @@ class ForwardedClient:
                     log.warning("ignored the proxy's malformed X-Forwarded-For: %r", text[:100])
                 else:
                     scope = dict(scope, client=(address, 0))
+            hosts = [v for k, v in scope["headers"] if k == b"x-forwarded-host"]
+            used = forwarded_host(hosts[0].decode("latin-1")) if hosts else None
+            if used is not None:  # (a malformed one is not used: base_url)
+                scope = dict(scope, **{FORWARDED_HOST: used})
         await self.app(scope, receive, send)

@@ -17,7 +17,10 @@ server the way no one else's DNS can (RFC 9110 7.2; review38web #1):
 
 Others are answered 400 naming ``--http-allowed-host``, logged once per name.
 A request without ``Host``, or with an empty one (HTTP/1.0, a request with no
-authority: never a browser's), passes.
+authority: never a browser's), passes. Behind a trusted proxy
+(``--http-trust-forwarded``) the name in its ``X-Forwarded-Host`` is the one the
+browser used, and must be allowed too (review67 F3: a proxy passing its upstream's
+address as ``Host`` let a rebound page through).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomstore.http.common import error_response
+from dicomstore.http.forwarded import FORWARDED_HOST
 
 log = logging.getLogger("dicomstore.http.hosts")
 
@@ -107,12 +111,13 @@ class HostGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             host = next((v for k, v in scope["headers"] if k == b"host"), None)
-            if host:
-                text = host.decode("latin-1")
-                if not self.allowed.allows(text):
+            names = [("Host", host.decode("latin-1") if host else "")]
+            names.append(("X-Forwarded-Host", scope.get(FORWARDED_HOST) or ""))
+            for header, text in names:
+                if text and not self.allowed.allows(text):
                     self._log(text, scope)
                     message = (
-                        f"Host {text!r} is not a name of this server"
+                        f"{header} {text!r} is not a name of this server"
                         " (serve --http-allowed-host NAME admits it)"
                     )
                     await error_response(400, message)(scope, receive, send)

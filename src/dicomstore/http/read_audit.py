@@ -9,9 +9,14 @@ adds one JSON line to the same audit trail as associations and stores
   in the spirit of *DICOM Instances Transferred* (A.5.3.7, EV 110104, action R);
 - WADO-RS metadata and thumbnails, and the browse pages of a study, series or instance,
   in the spirit of *DICOM Instances Accessed* (A.5.3.6, EV 110103, action R);
-- QIDO-RS searches, and the browse page's search and a patient's page (its
-  studies), in the spirit of *Query* (A.5.3.10, EV 110112, action E),
+- QIDO-RS searches, the browse page's patient list, its search and a patient's
+  page (its studies), in the spirit of *Query* (A.5.3.10, EV 110112, action E),
   with the query string as sent (``query``): what was searched for.
+
+A HEAD request is recorded too (``"method": "HEAD"``, ``bytes`` 0): it sends no
+body, but its status and length answer (a search's matches, whether a patient or a
+study exists: review67 F1); one of a transfer's URL is recorded as an access, as
+nothing was transferred.
 
 For example (one line)::
 
@@ -21,10 +26,8 @@ For example (one line)::
      "series_instance_uid": null, "sop_instance_uid": null, "patient_id": null,
      "status": 200, "bytes": 1048576, "complete": true}
 
-``complete`` is false when the client went away mid-response. The browse
-page's archive list (its first page, the studies received lately) is not
-audited. STOW-RS stores are audited by the store service (``event:
-"instance"``, with the user).
+``complete`` is false when the client went away mid-response. STOW-RS stores
+are audited by the store service (``event: "instance"``, with the user).
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ _AUDITED: dict[Any, tuple[tuple[str, str], str, Any]] = {
     browse.series: (ACCESSED, "browse", _page("series_instance_uid")),
     browse.instance: (ACCESSED, "browse", _page("sop_instance_uid")),
     browse.patient: (QUERY, "browse", _patient),  # (review52 L3: a patient's studies,
-    browse_search.search: (QUERY, "browse", _none),  # a search: queries, not audited)
+    browse_search.search: (QUERY, "browse", _none),  # a search: queries, not audited;
+    browse.home: (QUERY, "browse", _none),  # review67 F2: every patient, page by page)
     qido.studies: (QUERY, "QIDO-RS", _wado_target),
     qido.study_series: (QUERY, "QIDO-RS", _wado_target),
     qido.all_series: (QUERY, "QIDO-RS", _wado_target),
@@ -102,19 +106,23 @@ class ReadAuditMiddleware:
         self.audit = audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET":  # (HEAD sends no instance)
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
+        head = scope["method"] == "HEAD"  # (no body, but its status and length answer:
+        # a search's matches, a patient's existence: review67 F1)
 
         def record(answer: Answer, complete: bool) -> None:
             audited = _AUDITED.get(scope.get("endpoint"))
             if audited is not None and 200 <= answer.status < 300:
-                self._record(scope, audited, answer.status, answer.nbytes, complete)
+                self._record(scope, audited, answer.status, answer.nbytes, complete or head)
 
         await watch(self.app, scope, receive, send, record)
 
     def _record(self, scope: Scope, audited: Any, status: int, nbytes: int, complete: bool) -> None:
         (name, event_id), service, target = audited
+        if scope["method"] == "HEAD" and (name, event_id) == TRANSFERRED:
+            name, event_id = ACCESSED  # (nothing transferred)
         query_string = scope.get("query_string", b"").decode("latin-1")
         query = dict(parse_qsl(query_string))
         identity = identity_of(scope)
