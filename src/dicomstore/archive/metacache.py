@@ -29,7 +29,8 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -91,7 +92,7 @@ class MetadataCache:
                             found[uid] = zlib.decompress(value)
                 if found:  # (what was answered is the last to go)
                     hits = list(found)
-                    with db:
+                    with _transaction(db):
                         for start in range(0, len(hits), _BATCH):
                             part = hits[start : start + _BATCH]
                             marks = ", ".join("?" for _ in part)
@@ -124,7 +125,7 @@ class MetadataCache:
             if db is None:
                 return
             try:
-                with db:
+                with _transaction(db):
                     work(db)
             except sqlite3.Error as exc:
                 log.log(level, "metadata cache %s: %s: %s", self.path, failed, exc)
@@ -166,12 +167,25 @@ def forget(root: Path, sop_instance_uids: Iterable[str]) -> None:
         log.warning("metadata cache %s: deleted instances not forgotten: %s", path, exc)
         return
     try:
-        with db:
+        with _transaction(db):
             _delete_rows(db, uids)
     except sqlite3.Error as exc:  # never served (not indexed), but their text stays on disk
         log.warning("metadata cache %s: deleted instances not forgotten: %s", path, exc)
     finally:
         db.close()
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One transaction (the connection is in autocommit mode, where ``with db`` begins
+    none: each statement was its own, a batch of 100 values 100 commits)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _delete_rows(db: sqlite3.Connection, uids: list[str]) -> None:
