@@ -58,7 +58,8 @@ class MetadataCache:
     def __init__(self, root: Path, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         if max_entries < 1:
             raise ValueError("a metadata cache holds at least one entry")
-        self.path = Path(root) / CACHE_FILE
+        self.root = Path(root)
+        self.path = self.root / CACHE_FILE
         self.max_entries = max_entries
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
@@ -114,21 +115,27 @@ class MetadataCache:
             self._write(partial(self._insert, rows=rows), "not written", logging.DEBUG)
 
     def drop(self, sop_instance_uids: list[str]) -> None:
-        """Drop the rows of ``sop_instance_uids`` (deleted instances)."""
+        """Drop the rows of ``sop_instance_uids`` (deleted instances); after
+        :meth:`close` too, as :func:`forget` does (review66 L4: a row written just
+        before the close stayed)."""
         work = partial(_delete_rows, uids=sop_instance_uids)
-        self._write(work, "deleted instances not dropped", logging.WARNING)
+        written = self._write(work, "deleted instances not dropped", logging.WARNING)
+        if not written and self._closed:  # (closed stays closed: no race with close)
+            forget(self.root, sop_instance_uids)
 
-    def _write(self, work: Callable[[sqlite3.Connection], None], failed: str, level: int) -> None:
-        """``work`` in one transaction; an error logged at ``level``, never raised."""
+    def _write(self, work: Callable[[sqlite3.Connection], None], failed: str, level: int) -> bool:
+        """``work`` in one transaction; an error logged at ``level``, never raised;
+        False when the cache is not open (closed, or not usable)."""
         with self._lock:
             db = self._connect()
             if db is None:
-                return
+                return False
             try:
                 with _transaction(db):
                     work(db)
             except sqlite3.Error as exc:
                 log.log(level, "metadata cache %s: %s: %s", self.path, failed, exc)
+            return True
 
     def _insert(self, db: sqlite3.Connection, rows: list[tuple[str, str, bytes, int]]) -> None:
         db.executemany("INSERT OR REPLACE INTO entry VALUES (?, ?, ?, ?)", rows)

@@ -62,18 +62,34 @@ class Held:
 
     def drop(self) -> list[Entry]:
         """Let go of what is held (and return it)."""
-        with Held._lock:
-            entries, self._entries = self._entries, []
-            Held._total -= self._size
-            self._size = 0
+        entries, size = self._take()
+        _release(size)
         return entries
 
     def write(self, cache: MetadataCache, indexed: Indexed | None) -> None:
-        """Write what is held (:func:`store`), once the answer is sent."""
-        store(cache, self.drop(), indexed)
+        """Write what is held (:func:`store`), once the answer is sent; counted in
+        the bound until written (review66 M2: a write waiting on the cache's lock
+        held its values uncounted)."""
+        entries, size = self._take()
+        try:
+            store(cache, entries, indexed)
+        finally:
+            _release(size)
+
+    def _take(self) -> tuple[list[Entry], int]:
+        """What is held and its size, no longer this holder's (still counted)."""
+        with Held._lock:
+            taken = self._entries, self._size
+            self._entries, self._size = [], 0
+        return taken
 
     def __del__(self) -> None:
         self.drop()
+
+
+def _release(size: int) -> None:
+    with Held._lock:
+        Held._total -= size
 
 
 def store(cache: MetadataCache, entries: list[Entry], indexed: Indexed | None) -> None:
