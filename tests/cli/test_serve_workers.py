@@ -6,11 +6,14 @@ workers end with the first process, stopped or killed."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import multiprocessing
 import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -218,22 +221,62 @@ def test_workers_on_a_port_the_system_chooses(tmp_path: Path) -> None:
     assert served_by_worker(log) == (4, 2)
 
 
+def _exiting(code: int) -> None:
+    os.kill(os.getpid(), -code) if code < 0 else sys.exit(code)
+
+
 def test_a_worker_that_ended_badly_is_said_and_counted(caplog: pytest.LogCaptureFixture) -> None:
-    """``workers.stop`` tells whether each worker exited 0: the first process exits 1
-    when one did not (a worker whose audit trail was not whole exits 1 itself)."""
+    """``workers.stop`` tells whether a worker failed: the first process exits 1 then
+    (a worker whose audit trail was not whole exits 1 itself). The SIGTERM of the stop
+    ending one still starting is no failure; a crash (-11), a kill (-9) or Ctrl-C's
+    traceback (1) is (review66 M1)."""
     import multiprocessing
-    import sys
 
     from dicomstore.cli import workers
 
     context = multiprocessing.get_context("spawn")
-    ended = [context.Process(target=sys.exit, args=(code,)) for code in (0, 130, 1)]
+    codes = (0, 1, -signal.SIGSEGV, -signal.SIGKILL, 130)
+    ended = [context.Process(target=_exiting, args=(code,)) for code in codes]
     for process in ended:
         process.start()
         process.join(30)  # (ended on their own: stop sends no SIGTERM)
-    stopped = context.Process(target=signal.pause)  # (stopped by stop: -15)
+    assert [process.exitcode for process in ended] == list(codes)
+    stopped = context.Process(target=signal.pause)  # (the stop's SIGTERM: -15)
     stopped.start()
-    assert workers.stop([*ended[:2], stopped], 30) is True
+    assert workers.stop([ended[0], stopped], 30) is True
     assert stopped.exitcode == -signal.SIGTERM
-    assert workers.stop(ended, 30) is False
-    assert f"worker {ended[2].pid} exited 1" in caplog.text
+    for process in ended[1:]:
+        caplog.clear()
+        assert workers.stop([process], 30) is False
+        assert f"worker {process.pid} exited {process.exitcode}" in caplog.text
+
+
+def test_workers_start_with_the_terminal_s_signals_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C to the process group while a worker starts: the first process's to act
+    on (review66 L3: the worker died of it, exit 1, and the stop said it failed);
+    the first process's own handlers are as they were."""
+    from dicomstore.cli import workers
+
+    seen = {}
+
+    class Spy:
+        def __init__(self, *args, **kwargs) -> None:
+            self.pid = 0
+
+        def start(self) -> None:
+            seen.update({sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP)})
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP)}
+    args = argparse.Namespace(worker_ends=[FakeEnd()], metrics_ends=None)
+    spawning = argparse.Namespace(Process=Spy)
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method: spawning)
+    workers.start(args, 0)
+    assert seen == {signal.SIGINT: signal.SIG_IGN, signal.SIGHUP: signal.SIG_IGN}
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+class FakeEnd:
+    def close(self) -> None:
+        pass

@@ -18,7 +18,10 @@ if the first process ends first). The association limits
 (``--max-associations``, per calling AE and address, pending connections) hold
 per process. A worker ends when the first process does (SIGINT/SIGTERM: it
 stops the workers gracefully and waits for them; a first process killed: each
-worker sees its parent gone and stops).
+worker sees its parent gone and stops). Workers start with SIGINT and SIGHUP
+ignored (kept across exec until their own handlers are set): a Ctrl-C reaching
+the whole process group while a worker starts is the first process's to act on,
+not a worker's traceback and exit 1.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import argparse
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 from multiprocessing.process import BaseProcess
@@ -77,7 +81,12 @@ def start(args: argparse.Namespace, port: int) -> list[BaseProcess]:
         worker = context.Process(
             target=_worker, args=(values, number, end, ask), name=f"dicomstore-worker-{number}"
         )
-        worker.start()
+        kept = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _GROUP_SIGNALS}
+        try:
+            worker.start()  # (ignored in the worker until its loop handles them)
+        finally:
+            for sig, handler in kept.items():
+                signal.signal(sig, handler)
         for mine in (end, ask):  # (the worker has its own descriptors of them now)
             if mine is not None:
                 mine.close()
@@ -89,23 +98,30 @@ def start(args: argparse.Namespace, port: int) -> list[BaseProcess]:
 
 def stop(workers: list[BaseProcess], grace: float) -> bool:
     """Stop the workers gracefully (SIGTERM), within ``grace`` seconds, then kill;
-    whether none failed: exited with a code of its own but 0 and 130 (interrupted),
-    e.g. 1 for a worker whose audit trail is not whole (a WARNING with its code). A
-    worker ended by the signal sent here (stopped while starting: -15; killed: -9,
-    said above) did not fail."""
+    whether none failed. A worker ended well exits 0; one the SIGTERM ended before
+    it set its handler (while starting: nothing of its own yet) did not fail
+    either. Any other end is a failure, with a WARNING: killed here after the
+    grace, dead of a signal (a crash, out of memory), an exit code of its own (1:
+    its audit trail not whole, an error)."""
     for worker in workers:
         if worker.is_alive():
             worker.terminate()
+    killed = []
     for worker in workers:
         worker.join(grace)
         if worker.is_alive():
             log.warning("worker %s did not stop within %gs: killed", worker.pid, grace)
             worker.kill()
             worker.join()
-    failed = [w for w in workers if w.exitcode is not None and w.exitcode > 0 and w.exitcode != 130]
+            killed.append(worker)
+    failed = [w for w in workers if w.exitcode not in (0, -signal.SIGTERM) and w not in killed]
     for worker in failed:
         log.warning("worker %s exited %s", worker.pid, worker.exitcode)
-    return not failed
+    return not (failed or killed)
+
+
+#: Signals a terminal sends the whole process group.
+_GROUP_SIGNALS = (signal.SIGINT, signal.SIGHUP)
 
 
 def parent_gone() -> int | None:
