@@ -388,3 +388,38 @@ def test_a_write_is_one_transaction(tmp_path: Path) -> None:
     assert sum(s.startswith("INSERT") for s in said) == 3
     assert set(cache.get_many({n: "k" for n in "1234"})) == {"1", "4"}
     cache.close()
+
+
+def test_an_instance_replaced_while_answering_is_given_as_it_is_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its file gone between the stat and the read, not indexed there: the row the
+    index has now is read (review66 L5: it was left out, as if deleted)."""
+    archive = Archive(tmp_path / "archive", fsync=False)
+    for n in range(1, 4):
+        store(archive, generated(n))
+    reader = ArchiveReader(archive.root)
+    rows = reader.instances(SeriesInstanceUID=SERIES)
+    encode, gone = metadata.encode, [rows[1]["path"]]
+
+    def gone_once(storage, key, *args, **kwargs):
+        if key in gone:
+            gone.remove(key)  # (the old version's file; the new one is read)
+            raise FileNotFoundError(2, "No such file or directory")
+        return encode(storage, key, *args, **kwargs)
+
+    monkeypatch.setattr(metadata, "encode", gone_once)
+    cache = MetadataCache(archive.root)
+    body = metadata.stream_metadata(
+        rows,
+        reader.storage,
+        "http://h/",
+        50,
+        cache,
+        indexed=lambda uid, path: False,
+        follow=lambda row: dict(row),  # (stands for the new version's row)
+    )
+    items = json.loads(b"".join(body))
+    assert [i["00080018"]["Value"][0] for i in items] == [f"{SERIES}.{n}" for n in (1, 2, 3)]
+    cache.close()
+    archive.close()

@@ -84,6 +84,28 @@ def _with_urls(value: bytes, instance_url: str) -> tuple[bytes, bool]:
     return text, cut == b"1"
 
 
+def _replaced(
+    row: dict[str, Any],
+    storage: Storage,
+    max_depth: int,
+    inflated_limit: int,
+    follow: Callable[[dict[str, Any]], dict[str, Any] | None] | None,
+) -> tuple[dict[str, Any], str, bytes] | None:
+    """The row, key and value of the new version of an instance whose file went
+    between the stat and the read, replaced meanwhile (review66 L5: left out, as
+    deleted); None when it was deleted (or its new version cannot be read now)."""
+    moved = follow(row) if follow is not None else None
+    if moved is None:
+        return None
+    try:
+        key = _key(moved, storage, max_depth)
+        value = encode(storage, moved["path"], moved["transfer_syntax_uid"], max_depth,
+                       inflated_limit)  # fmt: skip
+    except (OSError, ValueError, RecursionError):
+        return None
+    return moved, key, value
+
+
 def _keyed(
     row: dict[str, Any],
     storage: Storage,
@@ -183,11 +205,14 @@ def _chunks(
                 except (OSError, ValueError, RecursionError) as exc:
                     if strict and isinstance(exc, TooLarge):
                         raise
-                    if isinstance(exc, OSError) and missing(row, exc):
+                    if not (isinstance(exc, OSError) and missing(row, exc)):
+                        log.warning("metadata of %s left out: %s", uid, exc)
+                        continue
+                    again = _replaced(row, storage, max_depth, inflated_limit, follow)
+                    if again is None:  # (as one whose file was gone at the stat: expected)
                         log.info("metadata of %s left out: deleted since the query", uid)
-                        continue  # (as one whose file was gone at the stat: expected)
-                    log.warning("metadata of %s left out: %s", uid, exc)
-                    continue
+                        continue
+                    row, key, value = again
                 made.append((uid, key, value))
             url = url_of(base, row["study_uid"], row["series_uid"], uid)
             text, was_cut = _with_urls(value, url)
