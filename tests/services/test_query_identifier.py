@@ -81,6 +81,35 @@ def test_without_a_header_its_keys_are_zero_length() -> None:
     assert 0x00080005 not in values
 
 
+@pytest.mark.parametrize("ts", SYNTAXES)
+def test_keys_of_an_ambiguous_vr_are_well_formed(ts: str) -> None:
+    """review68 #1: Pixel Data ("OB or OW"), LUT Data ("US or OW") as return keys were
+    written "OB"/"US" with a 16-bit length: pynetdicom could not decode the Identifier."""
+    ds = request()
+    ds.PixelData = None
+    ds.LUTData = None
+    query = parse_identifier(ds, STUDY_ROOT_FIND)
+    row = {"study_uid": "1.2.3", "series_uid": "1.2.3.4", "sop_instance_uid": "1.2.3.4.5"}
+    elements = response_elements(query, row, "DICOMSTORE")
+    vrs = {tag: vr for tag, vr, _ in elements}
+    assert (vrs[0x7FE00010], vrs[0x00283006]) == ("OB", "US")
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    data = encode_elements(elements, ts)
+    fp = DicomBytesIO(data)
+    decoded = read_dataset(fp, ts == uids.IMPLICIT_VR_LE, ts != uids.EXPLICIT_VR_BE)
+    assert decoded[0x7FE00010].value in (b"", None) and decoded.SOPInstanceUID == "1.2.3.4.5"
+    assert 0x00283006 in decoded
+
+
+def test_a_vr_that_is_not_two_letters_is_never_written() -> None:
+    from dicomstore.framing.headers import encode_header
+
+    with pytest.raises(ValueError, match="not a VR"):
+        encode_header(0x7FE00010, b"OB or OW", 0)
+
+
 def test_a_patient_id_with_a_comma_is_one_value_not_a_list() -> None:
     """review36a #11: a Patient ID (LO) may hold a comma; the hierarchical check took it
     for a list (A900 'relational: not supported'). A backslash still makes a list."""

@@ -69,6 +69,8 @@ def encode_header(tag: int, vr: bytes | None, length: int, little: bool = True) 
     order = "<" if little else ">"
     if vr is None:
         return struct.pack(order + "HHL", tag >> 16, tag & 0xFFFF, length)
+    if len(vr) != 2:  # (struct would cut it to two letters, with the wrong length's size)
+        raise ValueError(f"not a VR: {vr!r}")
     if vr not in LONG_VRS and length > 0xFFFF:
         vr = b"UN"
     if vr in LONG_VRS:

@@ -389,6 +389,8 @@ def response_elements(
         value = _value(query, tag, row, ae_title)
         if vr in ("UN", "OB", "OW") or not vr:
             vr = dictionary_VR(tag) if _in_dictionary(tag) else "UN"
+        vr = vr.split(" or ")[0]  # ("OB or OW", "US or SS": one, review68 #1: it was
+        # written as "OB" with a 16-bit length, a malformed Identifier)
         if value is None or vr == "SQ":  # (a sequence is returned empty)
             text = ""
         elif isinstance(value, list):
