@@ -4,6 +4,8 @@ refusals (A900, C000, 0124), the audit record (issue 15, PS3.4 C.4.1)."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -287,6 +289,45 @@ def test_c_cancel_stops_the_matches_with_fe00(server) -> None:
     assert asyncio.run(_find_with(srv.port, cancel=False)) == [(0xFF00, True)] * 3 + [(0, False)]
     assert asyncio.run(_find_with(srv.port, cancel=True)) == [(0xFE00, False)]
     assert audit.records[-1]["status"] == "FE00" and audit.records[-1]["matches"] == 0
+
+
+def test_stray_c_cancels_are_counted_not_logged_each(server, caplog) -> None:
+    """review68 #4: 200,000 C-CANCEL-RQs for no operation in progress wrote one log
+    line each (24.6 MB): the first few, then one count when the association ends."""
+    srv, _audit = server
+
+    async def stray(times: int) -> None:
+        contexts = [(STUDY_ROOT, (uids.EXPLICIT_VR_LE,))]
+        assoc = await associate("127.0.0.1", srv.port, contexts=contexts)
+        ctx = assoc.context_for(STUDY_ROOT)
+        assert ctx is not None and assoc.negotiated is not None
+        for _ in range(times):
+            cancel = CCancelRQ(77).encode()
+            assoc.t.conn.send_each(command_pdvs(ctx.id, cancel, assoc.negotiated.peer_max_pdu))
+        assoc.t.write_now()
+        await asyncio.wait_for(assoc.release(), 30)
+
+    ended = threading.Event()
+
+    class Ended(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "association ended" in record.getMessage():
+                ended.set()
+
+    server_log = logging.getLogger("dicomstore.server")
+    server_log.addHandler(watch := Ended())
+    try:
+        with caplog.at_level(logging.INFO, logger="dicomstore.server"):
+            asyncio.run(stray(50))
+            assert ended.wait(30)
+    finally:
+        server_log.removeHandler(watch)
+    said = [m for m in caplog.messages if "C-CANCEL-RQ, message 77 not in progress" in m]
+    assert len(said) == 3
+    assert any(
+        m.endswith(": 47 more C-CANCEL-RQs not in progress, not logged each")
+        for m in caplog.messages
+    )
 
 
 def test_a_release_right_after_a_find_waits_for_its_answers(server) -> None:

@@ -120,7 +120,9 @@ def stop_now(assoc: AcceptorAssociation) -> None:
 
 def association_ended(assoc: AcceptorAssociation) -> None:
     """An association that was accepted ended: one INFO line of how and what it
-    stored (review58 L7: only its acceptance was logged), and its audit record."""
+    stored (review58 L7: only its acceptance was logged), and its audit record; how many
+    more lines its peer had repeated than were logged (``repeated.py``)."""
+    assoc.repeated.summary(assoc.t.peer)
     if assoc.t.negotiated is not None:
         log.info(
             "%s: association ended (%s): %d stored, %d failed",

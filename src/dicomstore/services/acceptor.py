@@ -49,6 +49,7 @@ from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationAborted, RemoteProtocolError
 from dicomstore.services.acceptance import admit, association_ended, over_limits, stop_now
 from dicomstore.services.admission import Admission
+from dicomstore.services.repeated import Repeated
 from dicomstore.services.same_association import SameAssociationStore, acceptor_invoker
 from dicomstore.services.storage_scp import Receiving, StorageSCP
 from dicomstore.services.verification import echo_refusal, echo_response
@@ -117,6 +118,7 @@ class AcceptorAssociation:
         self.request: P.AssociateRQ | None = None
         self.admission: Admission | None = None
         self.outcome = "closed before an association request"
+        self.repeated = Repeated(log)
         self.stored = 0
         self.failed = 0
 
@@ -396,7 +398,8 @@ class AcceptorAssociation:
         if isinstance(event.message, CStoreRSP | NEventReportRSP):
             if self.invoker is None or not self.invoker.deliver(event.message):
                 name = type(event.message).__name__
-                log.warning("%s: %s to no request of ours ignored", t.peer, name)
+                said = f"{name} to no request of ours ignored"
+                self.repeated.say(logging.WARNING, "responses to no request", t.peer, said)
             return
         assert isinstance(event, CommandReceived)
         message = event.message
@@ -415,7 +418,8 @@ class AcceptorAssociation:
             t.queue_message(event.context_id, rsp.encode())
         elif isinstance(message, InvalidRequest | UnknownCommand | NActionRQ | NEventReportRQ):
             if getattr(message, "is_response", False):
-                log.warning("%s: unexpected response %#06x ignored", t.peer, message.command_field)
+                said = f"unexpected response {message.command_field:#06x} ignored"
+                self.repeated.say(logging.WARNING, "unexpected responses", t.peer, said)
                 return
             served = message.command_field not in NOT_SERVED or (
                 message.command_field == N_ACTION_RQ and self.server.commitments is not None
@@ -427,19 +431,18 @@ class AcceptorAssociation:
                     st.UNRECOGNIZED_OPERATION,
                     f"{NOT_SERVED.get(message.command_field)} is not supported here",
                 )
-            log.warning("%s: answering %#06x: %s", t.peer, rsp.status, rsp.error_comment)
+            said = f"answering {rsp.status:#06x}: {rsp.error_comment}"
+            self.repeated.say(logging.WARNING, "requests no service takes", t.peer, said)
             if message.has_dataset:  # answer once the data set, discarded, is complete
                 self.receiving = Receiving(None, None, None, rsp)  # type: ignore[arg-type]
             else:
                 t.queue_message(event.context_id, rsp.encode())
         elif isinstance(message, CCancelRQ):  # PS3.7 9.3.2.3: nothing to answer
-            log.info(
-                "%s: C-CANCEL-RQ for message %d, not in progress: ignored",
-                t.peer,
-                message.message_id_being_responded_to,
-            )
+            said = f"C-CANCEL-RQ, message {message.message_id_being_responded_to} not in progress"
+            self.repeated.say(logging.INFO, "C-CANCEL-RQs not in progress", t.peer, said)
         else:
-            log.warning("%s: unexpected %s ignored", t.peer, type(message).__name__)
+            said = f"unexpected {type(message).__name__} ignored"
+            self.repeated.say(logging.WARNING, "unexpected messages", t.peer, said)
 
     def _begin_store(self, context_id: int, message: CStoreRQ) -> None:
         assert self.storage is not None
