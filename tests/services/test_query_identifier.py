@@ -192,3 +192,19 @@ def test_a_sequence_after_a_non_ascii_value_is_sent_in_utf8() -> None:
     data = encode_elements(elements, EXPLICIT)
     assert b"ISO_IR 192" in data
     assert data.count("Prozedur ä".encode()) == 2 and "ä".encode("latin-1") not in data
+
+
+def test_an_identifier_of_too_many_keys_is_refused_c000() -> None:
+    """review68 #1 (High): 116,000 empty return keys, each looked up in a list of
+    them for every match and written in every pending response, held the server
+    minutes. At most MAX_KEYS keys; the keys read from a header are a set."""
+    from dicomstore.services.query_identifier import MAX_KEYS, FindFailure
+
+    ds = request()
+    query = parse_identifier(ds, STUDY_ROOT_FIND)
+    assert isinstance(query.from_header, set)
+    for n in range(MAX_KEYS):
+        ds.add_new(0x00110000 | (n + 0x1000), "LO", "")
+    with pytest.raises(FindFailure, match=f"at most {MAX_KEYS} keys") as refused:
+        parse_identifier(ds, STUDY_ROOT_FIND)
+    assert refused.value.status == 0xC000

@@ -24,7 +24,9 @@ one with pydicom. Rules (the conformance statement says the same):
   :data:`HEADER_KEYS`), else returned zero-length; a value in such a key is not
   matched: each match then has status FF01 (optional keys not supported for
   matching);
-- a value the engine cannot match (a malformed date, say) is C000.
+- a value the engine cannot match (a malformed date, say) is C000; so is an
+  Identifier of more than :data:`MAX_KEYS` keys (review68 #1: 116,000 empty keys,
+  each in every pending response, held the server minutes).
 """
 
 from __future__ import annotations
@@ -151,6 +153,11 @@ HEADER_KEYS: dict[str, frozenset[str]] = {
 }
 
 
+#: Keys an Identifier may hold (every attribute a C-FIND can return at any level is
+#: a few hundred; each key is in every pending response).
+MAX_KEYS = 2000
+
+
 class FindFailure(Exception):
     """The request cannot be answered with matches: its final status and why."""
 
@@ -172,7 +179,7 @@ class FindQuery:
     #: keys with a value the index cannot match (each match answers FF01)
     unmatched: list[int] = field(default_factory=list)
     #: keys not in the index, read from a stored header (HEADER_KEYS)
-    from_header: list[int] = field(default_factory=list)
+    from_header: set[int] = field(default_factory=set)
 
     @property
     def index_level(self) -> str:
@@ -259,6 +266,10 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
             f"Query/Retrieve Level {level[:12]!r} not in {'/'.join(levels)}",
             QUERY_RETRIEVE_LEVEL,
         )
+    if len(identifier) > MAX_KEYS:
+        raise FindFailure(
+            st.CANNOT_UNDERSTAND, f"an Identifier of at most {MAX_KEYS} keys is answered"
+        )
     found = FindQuery(level)
     depth = _DEPTH[found.index_level]
     for element in identifier:
@@ -276,7 +287,7 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
         if attr is None:  # not in the index: from a header or zero-length, not matched
             found.keys.append((tag, element.VR))
             if read_from_header(element.keyword, level):
-                found.from_header.append(tag)
+                found.from_header.add(tag)
             if value:
                 found.unmatched.append(tag)
             continue

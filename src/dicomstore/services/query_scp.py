@@ -65,7 +65,7 @@ class _Find(Operation):
 def _header(
     reader: ArchiveReader,
     row: dict[str, Any],
-    tags: list[int],
+    tags: set[int],
     inflated_limit: int = DEFAULT_MAX_INFLATED,
 ) -> Dataset | None:
     """``tags`` read from the stored file of one instance of the matched entity
