@@ -196,17 +196,26 @@ def test_a_failed_report_is_retried_and_kept_until_acknowledged(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The SCU's listener is down at first: the request stays in the journal and
-    the report is retried (backoff) until an N-EVENT-REPORT-RSP comes."""
+    the report is retried (backoff) until an N-EVENT-REPORT-RSP comes; its references
+    verified once, not at every try (review68 #2)."""
     released = threading.Event()
     real_verify = commitment_reports.verify
+    verified: list[int] = []
     attempts: list[int] = []
 
     def verify_after_release(reader, refs):
         assert released.wait(30)
-        attempts.append(1)
+        verified.append(1)
         return real_verify(reader, refs)
 
+    send_new = commitment_reports.CommitmentService._send_new
+
+    async def counted(self, scu, report):
+        attempts.append(1)
+        return await send_new(self, scu, report)
+
     monkeypatch.setattr(commitment_reports, "verify", verify_after_release)
+    monkeypatch.setattr(commitment_reports.CommitmentService, "_send_new", counted)
     port = free_port()
     srv = serving(root, commitment_scus=(Destination("MODALITY", "127.0.0.1", port),))
     with srv:
@@ -219,7 +228,7 @@ def test_a_failed_report_is_retried_and_kept_until_acknowledged(
         deadline = time.monotonic() + 20
         while len(attempts) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert len(attempts) >= 2  # refused connection, tried again
+        assert len(attempts) >= 2 and verified == [1]  # refused connection, tried again
         assert [r.transaction_uid for r in CommitmentJournal(root).pending()] == ["1.2.8.104"]
         # the listener comes up on that port: the next attempt is acknowledged
         ae = AE(ae_title="MODALITY")

@@ -22,7 +22,12 @@ SCU 0 / SCP 1 (we are the SCP invoking N-EVENT-REPORT as association
 requestor, PS3.4 J.3.3, PS3.7 D.3.3.4). Only the N-EVENT-REPORT-RSP removes
 the request from the journal (0211 or 0213 on the requesting association: a
 new association is tried; on a new association: again later); until then it is
-retried with backoff, and at the next start.
+retried with backoff, the references verified once (a retry sends the same
+report), and at the next start. A request whose report was refused for good (an
+A-ASSOCIATE-RJ permanent) or not taken in :data:`STRAND_AFTER` tries (about 40
+minutes) is stranded: it waits in the journal for the next start, or for its
+requester to ask again, and holds no pending slot (review68 #2: an SCU that stayed
+unreachable held its requests' slots, re-verified at every try, for ever).
 
 Several nodes on one storage root (issue 17) share the journal: each node
 reports only the requests it holds (``archive/commitment.py``: the flock of
@@ -62,7 +67,7 @@ from dicomstore.archive.commitment import (
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import NEventReportRQ, NEventReportRSP
 from dicomstore.dimse import status as st
-from dicomstore.errors import AssociationError, DicomstoreError
+from dicomstore.errors import AssociationError, AssociationRejected, DicomstoreError
 from dicomstore.services.commitment_info import (
     MAX_PENDING,
     MAX_REFERENCES,
@@ -87,6 +92,9 @@ NOT_TAKEN = frozenset({st.UNRECOGNIZED_OPERATION, st.RESOURCE_LIMITATION})
 #: Reports the requester answered 0110 (it could not process it) are sent again this
 #: many times in all, then taken as answered (review36a #10: dropped at the first).
 PROCESSING_FAILURE_TRIES = 3
+#: Failed tries of a report (with backoff: 5, 10, 20 s ... 600 s, about 40 minutes in
+#: all by default) after which its request is stranded (module notes).
+STRAND_AFTER = 10
 
 
 @dataclass
@@ -240,11 +248,12 @@ class CommitmentService:
 
     async def _deliver(self, request: CommitmentRequest, channel: Channel | None) -> None:
         failures = 0
+        made: list[_Report] = []  # (verified once: every try sends that report)
         while not self._closed:
             try:
-                how = await self._attempt(request, channel, failures + 1)
+                how = await self._attempt(request, channel, failures + 1, made)
             except _NoAddress as exc:
-                await self._strand(request, str(exc))
+                await self._strand(request, f"{exc} (--commitment-scu)")
                 return
             except asyncio.CancelledError:
                 raise
@@ -252,6 +261,12 @@ class CommitmentService:
                 if not isinstance(exc, DicomstoreError | OSError):
                     log.exception("storage commitment %s", request.transaction_uid)
                 failures += 1
+                if isinstance(exc, AssociationRejected) and not exc.transient:
+                    await self._strand(request, f"its report is refused for good: {exc}")
+                    return
+                if failures >= STRAND_AFTER:
+                    await self._strand(request, f"not reported in {failures} tries: {exc}")
+                    return
                 delay = min(self.retry_delay * 2 ** (failures - 1), self.max_retry_delay)
                 delay *= 0.5 + random.random() / 2  # jitter: requesters back at once spread
                 log.warning(
@@ -279,8 +294,8 @@ class CommitmentService:
         self.pending.pop(transaction_uid, None)
         self.stranded[transaction_uid] = request.calling_ae
         log.warning(
-            "storage commitment %s: %s (--commitment-scu); it waits in the journal for a"
-            " start with one",
+            "storage commitment %s: %s; it waits in the journal for the next start, or"
+            " for its requester to ask again",
             transaction_uid,
             why,
         )
@@ -296,14 +311,24 @@ class CommitmentService:
             )
 
     async def _attempt(
-        self, request: CommitmentRequest, channel: Channel | None, attempt: int = 1
+        self,
+        request: CommitmentRequest,
+        channel: Channel | None,
+        attempt: int = 1,
+        made: list[_Report] | None = None,
     ) -> str:
-        """One report (the ``attempt``-th): verify now, send on ``channel`` if open,
-        else on a new association; returns how it went. Raises when it must be retried."""
+        """One report (the ``attempt``-th): verify now (unless ``made`` holds the report
+        of an earlier try), send on ``channel`` if open, else on a new association;
+        returns how it went. Raises when it must be retried."""
         if (channel is None or not channel.is_open) and request.calling_ae not in self.scus:
             raise _NoAddress(f"no address configured for {request.calling_ae!r}")
         ts = channel.transfer_syntax if channel is not None and channel.is_open else None
-        report = await self.in_checks(self._prepare, request, ts or uids.EXPLICIT_VR_LE)
+        if made:
+            report = made[0]
+        else:
+            report = await self.in_checks(self._prepare, request, ts or uids.EXPLICIT_VR_LE)
+            if made is not None:
+                made.append(report)
         verdicts = report.verdicts
         how = "on the same association"
         rsp = None

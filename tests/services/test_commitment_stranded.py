@@ -1,0 +1,73 @@
+"""Storage Commitment reports that cannot be delivered (services/commitment_reports.py,
+review68 #2): refused for good, or not taken in STRAND_AFTER tries, a request is
+stranded (it waits in the journal, holds no pending slot), not retried for ever with
+its references verified again at every try."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from tests.conftest import free_port, wait_listening
+from tests.services.commitment_testlib import HELD, action_information, fill, settled
+from tests.services.test_commitment_scp import n_action, serving
+
+from dicomstore.archive.commitment import CommitmentJournal
+from dicomstore.services import commitment_reports
+from dicomstore.services.destinations import Destination
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "archive"
+    fill(root)
+    return root
+
+
+def test_a_report_refused_for_good_is_stranded_at_once(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DCMTK's ``storescp --refuse`` answers every association A-ASSOCIATE-RJ."""
+    port = free_port()
+    refusing = subprocess.Popen(["/usr/bin/storescp", "--refuse", str(port)])
+    try:
+        wait_listening(port, refusing)
+        scus = (Destination("MODALITY", "127.0.0.1", port),)
+        srv = serving(root, commitment_scus=scus)
+        with srv:
+            assert srv.server.commitments is not None
+            srv.server.commitments.retry_delay = 0.01
+            assert n_action(srv.port, action_information("1.2.8.190", *HELD)) == 0
+            assert settled(srv)
+            assert list(srv.server.commitments.stranded) == ["1.2.8.190"]
+        srv.archive.close()  # type: ignore[attr-defined]
+    finally:
+        refusing.kill()
+        refusing.wait()
+    assert "its report is refused for good" in caplog.text
+    assert [r.transaction_uid for r in CommitmentJournal(root).pending()] == ["1.2.8.190"]
+
+
+def test_a_report_not_taken_in_its_tries_is_stranded_verified_once(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing listens at the requester's address: STRAND_AFTER tries, one verification."""
+    verified: list[int] = []
+    verify = commitment_reports.verify
+    monkeypatch.setattr(
+        commitment_reports, "verify", lambda r, refs: verified.append(1) or verify(r, refs)
+    )
+    monkeypatch.setattr(commitment_reports, "STRAND_AFTER", 3)
+    scus = (Destination("MODALITY", "127.0.0.1", free_port()),)
+    srv = serving(root, commitment_scus=scus)
+    with srv:
+        assert srv.server.commitments is not None
+        srv.server.commitments.retry_delay = 0.01
+        assert n_action(srv.port, action_information("1.2.8.191", *HELD)) == 0
+        assert settled(srv)  # (no pending slot held)
+        assert list(srv.server.commitments.stranded) == ["1.2.8.191"]
+        assert n_action(srv.port, action_information("1.2.8.192", *HELD)) == 0  # (room)
+        assert settled(srv)
+    srv.archive.close()  # type: ignore[attr-defined]
+    assert len(verified) == 2  # (once each)
