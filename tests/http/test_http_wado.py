@@ -199,6 +199,10 @@ def test_frames_of_explicit_and_implicit_instances(setup) -> None:
         ("/frames/" + ",".join(["1"] * 2000), 400, "more than once"),
         ("/bulkdata/00100010", 404, "no bulk data"),
         ("/bulkdata/zz", 400, "hex tag"),
+        ("/frames/\u0661", 400, "frame list"),  # (review67 I1: int() took an Arabic 1)
+        ("/frames/+1", 400, "frame list"),
+        ("/bulkdata/0x7FE00010", 400, "hex tag"),  # (review67 I1: int(.., 16) took 0x)
+        ("/bulkdata/7FE0_0010", 400, "hex tag"),
     ],
 )
 def test_frame_errors(setup, suffix, status, words) -> None:

@@ -98,10 +98,9 @@ def frame_numbers(text: str) -> list[int]:
     """The frame list of the URL (1-based, comma separated, in any order, none twice:
     PS3.18 10.4.1.1.4; a list that repeats one frame would have a short URL send
     an instance's pixels many times over)."""
-    try:
-        numbers = [int(v) for v in text.replace("%2C", ",").split(",") if v.strip()]
-    except ValueError:
-        numbers = []
+    values = [v.strip() for v in text.replace("%2C", ",").split(",") if v.strip()]
+    digits = all(v.isascii() and v.isdigit() for v in values)  # (int() takes '١', '+1')
+    numbers = [int(v) for v in values] if digits else []
     if not numbers or min(numbers) < 1:
         raise HttpError(400, f"frame list must be numbers from 1, separated by commas: {text!r}")
     seen: set[int] = set()
@@ -207,10 +206,10 @@ def bulkdata(request: Request) -> Response:
     Native Pixel Data is read by seeking: in the stored file, or for a deflated data
     set in its inflated copy (PS3.5 A.5), held until the answer is sent."""
     row = _present(request, instance_row(request))
-    try:
-        tag = int(request.path_params["tag"], 16)
-    except ValueError:
-        raise HttpError(400, "bulk data is named by an 8-digit hex tag") from None
+    named = request.path_params["tag"]
+    if len(named) != 8 or any(c not in "0123456789abcdefABCDEF" for c in named):
+        raise HttpError(400, "bulk data is named by an 8-digit hex tag")  # (not '0x1', '١')
+    tag = int(named, 16)
     storage = reader(request).storage
     held = ExitStack()
     syntax, limit = row["transfer_syntax_uid"], inflated_limit(request)
