@@ -15,14 +15,15 @@ def test_the_first_are_logged_the_rest_counted(caplog: pytest.LogCaptureFixture)
     repeated = Repeated(log)
     with caplog.at_level(logging.INFO, logger=log.name):
         for n in range(10):
-            repeated.say(logging.INFO, "stray cancels", "peer", "cancel %d ignored", n)
-        repeated.say(logging.WARNING, "responses to nothing", "peer", "response ignored")
+            repeated.say(logging.INFO, "stray cancels", "peer", f"cancel {n} ignored")
+        repeated.say(logging.WARNING, "responses to nothing", "peer", "a 100%s response")
         repeated.summary("peer")
     assert FIRST == 3
     assert caplog.messages == [
         "peer: cancel 0 ignored",
         "peer: cancel 1 ignored",
         "peer: cancel 2 ignored (more of these: counted, said when the association ends)",
-        "peer: response ignored",
+        "peer: a 100%s response",  # (the text as is: never a format, review69 I1)
         "peer: 7 more stray cancels, not logged each",
     ]
+    assert caplog.records[-1].levelno == logging.INFO  # (the level of its kind)

@@ -406,10 +406,10 @@ class AcceptorAssociation:
         rsp: CStoreRSP | CEchoRSP | GenericRSP | NActionRSP | NEventReportRSP
         if isinstance(message, CEchoRQ):
             assert t.negotiated is not None  # PDVs arrive on accepted contexts only
-            context = t.negotiated.contexts[event.context_id]
-            refusal = echo_refusal(message, context.abstract_syntax)
+            refusal = echo_refusal(message, t.negotiated.contexts[event.context_id].abstract_syntax)
             if refusal is not None:
-                log.warning("%s: answering 0122: %s", t.peer, refusal.error_comment)
+                said = f"answering 0122: {refusal.error_comment}"
+                self.repeated.say(logging.WARNING, "C-ECHOs refused", t.peer, said)
                 rsp = refusal
             elif self.admission is not None and not self.admission.may_echo:
                 rsp = message.response(st.NOT_AUTHORIZED, "C-ECHO is not allowed for this caller")

@@ -1,8 +1,8 @@
 """Log lines a peer can make the server repeat at will (PS3.7 9.3.2.3: a C-CANCEL-RQ
 for an operation not in progress needs no answer; a response to no request of ours;
-a message no service takes): the first :data:`FIRST` of each kind per association,
-the rest counted and said in one line when it ends (review68 #4: 200,000 stray
-C-CANCEL-RQs wrote 24.6 MB of log, one line each)."""
+a message no service takes; a C-ECHO refused): the first :data:`FIRST` of each kind
+per association, the rest counted and said in one line when it ends (review68 #4:
+200,000 stray C-CANCEL-RQs wrote 24.6 MB of log, one line each)."""
 
 from __future__ import annotations
 
@@ -17,20 +17,22 @@ class Repeated:
 
     def __init__(self, log: logging.Logger) -> None:
         self.log = log
-        self._counts: dict[str, int] = {}
+        self._counts: dict[str, list[int]] = {}  # kind -> [count, level]
 
-    def say(self, level: int, kind: str, peer: str, message: str, *args: object) -> None:
-        """Log ``peer: message`` (a line of ``kind``) unless :data:`FIRST` of that kind
-        were logged already; the last one logged says the rest will be counted."""
-        count = self._counts[kind] = self._counts.get(kind, 0) + 1
-        if count < FIRST:
-            self.log.log(level, "%s: " + message, peer, *args)
-        elif count == FIRST:
+    def say(self, level: int, kind: str, peer: str, text: str) -> None:
+        """Log ``peer: text`` (a line of ``kind``; ``text`` as is, never a format)
+        unless :data:`FIRST` of that kind were logged already; the last one logged
+        says the rest will be counted."""
+        counted = self._counts.setdefault(kind, [0, level])
+        counted[0] += 1
+        if counted[0] < FIRST:
+            self.log.log(level, "%s: %s", peer, text)
+        elif counted[0] == FIRST:
             more = " (more of these: counted, said when the association ends)"
-            self.log.log(level, "%s: " + message + more, peer, *args)
+            self.log.log(level, "%s: %s%s", peer, text, more)
 
     def summary(self, peer: str) -> None:
-        """One line per kind of which more were counted than logged."""
-        for kind, count in self._counts.items():
+        """One line per kind of which more were counted than logged (at its level)."""
+        for kind, (count, level) in self._counts.items():
             if count > FIRST:
-                self.log.warning("%s: %d more %s, not logged each", peer, count - FIRST, kind)
+                self.log.log(level, "%s: %d more %s, not logged each", peer, count - FIRST, kind)
