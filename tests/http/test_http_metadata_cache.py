@@ -423,3 +423,35 @@ def test_an_instance_replaced_while_answering_is_given_as_it_is_now(
     assert [i["00080018"]["Value"][0] for i in items] == [f"{SERIES}.{n}" for n in (1, 2, 3)]
     cache.close()
     archive.close()
+
+
+def test_a_commit_that_fails_leaves_the_cache_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review69 L1: a COMMIT answered SQLITE_BUSY left the transaction open, and every
+    later write on that connection failed ("cannot start a transaction within a
+    transaction")."""
+    from dicomstore.archive import metacache
+
+    class Busy:
+        """A connection whose first COMMIT fails, leaving the transaction open."""
+
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db, self.failed = db, False
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql == "COMMIT" and not self.failed:
+                self.failed = True
+                raise sqlite3.OperationalError("database is locked")
+            return self.db.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.db, name)
+
+    opened = metacache._open
+    monkeypatch.setattr(metacache, "_open", lambda path: Busy(opened(path)))
+    cache = MetadataCache(tmp_path)
+    cache.put_many([("1", "k", b"v")])  # (its COMMIT fails: not written)
+    cache.put_many([("2", "k", b"v")])
+    assert set(cache.get_many({"1": "k", "2": "k"})) == {"2"}
+    cache.close()

@@ -189,10 +189,11 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # (a failed COMMIT left it open; SQLite may have ended it)
+            db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
 
 
 def _delete_rows(db: sqlite3.Connection, uids: list[str]) -> None:
