@@ -299,6 +299,8 @@ def test_retrieve_urls_follow_base_url_host_and_trusted_proxy(tmp_path) -> None:
         assert uri(srv, forwarded) == expected + "/bulkdata/7FE00010"
         bad = {**forwarded, "x-forwarded-host": "a b"}
         assert uri(srv, bad).startswith("https://127.0.0.1:")  # malformed: ignored
+        appended = {**forwarded, "x-forwarded-host": "localhost, pacs.example.org"}
+        assert uri(srv, appended) == expected + "/bulkdata/7FE00010"  # (the proxy's: last)
     with HttpThread(archive, base_url="https://pacs.example.org/dicomweb") as srv:
         assert uri(srv, {}) == expected + "/bulkdata/7FE00010"
     archive.close()

@@ -96,6 +96,18 @@ def test_behind_a_trusted_proxy_the_forwarded_host_is_guarded(tmp_path: Path) ->
         assert r.status_code == 400 and "X-Forwarded-Host 'evil.example'" in r.text
         r = client.get("/studies", headers={**proxied, "x-forwarded-host": "localhost:8042"})
         assert r.status_code == 200
+        # every name counts (review69 M2: a page sends the header itself, a proxy that
+        # appends puts its own last; only the first was looked at)
+        listed = {**proxied, "x-forwarded-host": "localhost, evil.example"}
+        assert client.get("/studies", headers=listed).status_code == 400
+        twice = [
+            *proxied.items(),
+            ("x-forwarded-host", "localhost"),
+            ("x-forwarded-host", "evil.example"),
+        ]
+        assert client.get("/studies", headers=twice).status_code == 400
+        both = {**proxied, "x-forwarded-host": "localhost, 127.0.0.1:8042"}
+        assert client.get("/studies", headers=both).status_code == 200
         assert client.get("/studies", headers=proxied).status_code == 200
     with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
         forged = {"x-forwarded-host": "evil.example"}  # (not trusted: not a name used)

@@ -100,17 +100,23 @@ def _port_of(host: str) -> str | None:
     return port if colon and not head.endswith(":") and "]" not in port else None
 
 
-def forwarded_host(value: str) -> str | None:
-    """The host of an ``X-Forwarded-Host`` value (its first), None if malformed."""
-    first = value.split(",")[0].strip()
-    return first if _HOST.fullmatch(first) else None
+def forwarded_hosts(values: list[str]) -> list[str]:
+    """Every name of the ``X-Forwarded-Host`` headers ``values`` (a header may be a
+    comma list: a proxy that appends puts its own last), in order, empty ones left out."""
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def well_formed_host(name: str) -> bool:
+    """``name`` is a host, with or without a port (a malformed one is never used)."""
+    return bool(_HOST.fullmatch(name))
 
 
 def _forwarded(request: Request, scheme: str, host: str, prefix: str) -> tuple[str, str, str]:
     """The scheme, host and path prefix the trusted proxy says the client used."""
     headers = request.headers
     proto = headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-    fwd_host = headers.get("x-forwarded-host", "").split(",")[0].strip()
+    named = forwarded_hosts(headers.getlist("x-forwarded-host"))
+    fwd_host = named[-1] if named else ""
     fwd_prefix = headers.get("x-forwarded-prefix", "").split(",")[0].strip()
     for name, value, ok in (
         ("X-Forwarded-Proto", proto, proto in ("http", "https")),
@@ -121,7 +127,7 @@ def _forwarded(request: Request, scheme: str, host: str, prefix: str) -> tuple[s
             log.warning("ignored the proxy's malformed %s: %r", name, value[:100])
     if proto in ("http", "https"):
         scheme = proto
-    if fwd_host and forwarded_host(fwd_host):
+    if fwd_host and _HOST.fullmatch(fwd_host):
         host = fwd_host
     if fwd_prefix and _PREFIX.fullmatch(fwd_prefix):
         prefix = fwd_prefix

@@ -9,10 +9,12 @@ access log, the audit trail and the count of failed credentials
 one guesser's ten failures behind a proxy were every user's (review38web #2).
 A malformed value is ignored with a WARNING, and the connection's address kept.
 
-The name the client asked for is then the proxy's ``X-Forwarded-Host`` (its first
+The name the client asked for is then the proxy's ``X-Forwarded-Host`` (its last
 value, as :func:`~dicomstore.http.common.base_url` takes it), not ``Host`` (often
-the upstream's address): it is kept in the scope (:data:`FORWARDED_HOST`) for the
-guard against DNS rebinding (:mod:`~dicomstore.http.hosts`, review67 F3).
+the upstream's address): every name of those headers is kept in the scope
+(:data:`FORWARDED_HOST`) for the guard against DNS rebinding
+(:mod:`~dicomstore.http.hosts`, review67 F3: each must be allowed, review69 M2: a
+page can send the header itself, and a proxy that appends keeps it first).
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dicomstore.http.common import forwarded_host
+from dicomstore.http.common import forwarded_hosts, well_formed_host
 
 log = logging.getLogger("dicomstore.http")
 
-#: The scope key of the trusted proxy's ``X-Forwarded-Host`` (its first value).
-FORWARDED_HOST = "dicomstore.forwarded_host"
+#: The scope key of every name of the trusted proxy's ``X-Forwarded-Host`` headers.
+FORWARDED_HOST = "dicomstore.forwarded_hosts"
 
 
 def forwarded_for(value: str) -> str | None:
@@ -57,8 +59,8 @@ class ForwardedClient:
                     log.warning("ignored the proxy's malformed X-Forwarded-For: %r", text[:100])
                 else:
                     scope = dict(scope, client=(address, 0))
-            hosts = [v for k, v in scope["headers"] if k == b"x-forwarded-host"]
-            used = forwarded_host(hosts[0].decode("latin-1")) if hosts else None
-            if used is not None:  # (a malformed one is not used: base_url)
-                scope = dict(scope, **{FORWARDED_HOST: used})
+            hosts = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-host"]
+            if hosts:  # (a malformed name is never used: base_url)
+                named = [n for n in forwarded_hosts(hosts) if well_formed_host(n)]
+                scope = dict(scope, **{FORWARDED_HOST: named})
         await self.app(scope, receive, send)

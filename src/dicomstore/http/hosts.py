@@ -18,9 +18,10 @@ server the way no one else's DNS can (RFC 9110 7.2; review38web #1):
 Others are answered 400 naming ``--http-allowed-host``, logged once per name.
 A request without ``Host``, or with an empty one (HTTP/1.0, a request with no
 authority: never a browser's), passes. Behind a trusted proxy
-(``--http-trust-forwarded``) the name in its ``X-Forwarded-Host`` is the one the
-browser used, and must be allowed too (review67 F3: a proxy passing its upstream's
-address as ``Host`` let a rebound page through).
+(``--http-trust-forwarded``) the names in its ``X-Forwarded-Host`` headers (the one
+the browser used, and any a page sent itself) must each be allowed too (review67
+F3: a proxy passing its upstream's address as ``Host`` let a rebound page through;
+review69 M2: only the first value was looked at).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class HostGuard:
         if scope["type"] == "http":
             host = next((v for k, v in scope["headers"] if k == b"host"), None)
             names = [("Host", host.decode("latin-1") if host else "")]
-            names.append(("X-Forwarded-Host", scope.get(FORWARDED_HOST) or ""))
+            names += [("X-Forwarded-Host", name) for name in scope.get(FORWARDED_HOST, ())]
             for header, text in names:
                 if text and not self.allowed.allows(text):
                     self._log(text, scope)
