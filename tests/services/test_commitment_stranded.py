@@ -1,7 +1,7 @@
 """Storage Commitment reports that cannot be delivered (services/commitment_reports.py,
-review68 #2): refused for good, or not taken in STRAND_AFTER tries, a request is
-stranded (it waits in the journal, holds no pending slot), not retried for ever with
-its references verified again at every try."""
+review68 #2, review69 M1): refused for good, a request is stranded (it waits in the
+journal, holds no pending slot); not taken in STRAND_AFTER tries, it is tried on with
+its slot freed; its references are verified once, not at every try."""
 
 from __future__ import annotations
 
@@ -9,8 +9,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from pynetdicom import AE, evt
 from tests.conftest import free_port, wait_listening
-from tests.services.commitment_testlib import HELD, action_information, fill, settled
+from tests.services.commitment_testlib import (
+    HELD,
+    SC,
+    Reports,
+    action_information,
+    fill,
+    settled,
+)
 from tests.services.test_commitment_scp import n_action, serving
 
 from dicomstore.archive.commitment import CommitmentJournal
@@ -49,25 +57,44 @@ def test_a_report_refused_for_good_is_stranded_at_once(
     assert [r.transaction_uid for r in CommitmentJournal(root).pending()] == ["1.2.8.190"]
 
 
-def test_a_report_not_taken_in_its_tries_is_stranded_verified_once(
+def test_a_report_not_taken_in_its_tries_is_retried_on_without_its_slot(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Nothing listens at the requester's address: STRAND_AFTER tries, one verification."""
+    """Nothing listens at the requester's address (a modality off for the night):
+    after STRAND_AFTER tries its slot is freed (others are not refused 0213 for it),
+    it is tried on (review69 M1: stranded, its report was lost until a restart) and
+    reported once the SCU is back; verified once."""
     verified: list[int] = []
     verify = commitment_reports.verify
     monkeypatch.setattr(
         commitment_reports, "verify", lambda r, refs: verified.append(1) or verify(r, refs)
     )
     monkeypatch.setattr(commitment_reports, "STRAND_AFTER", 3)
-    scus = (Destination("MODALITY", "127.0.0.1", free_port()),)
-    srv = serving(root, commitment_scus=scus)
+    port = free_port()
+    srv = serving(root, commitment_scus=(Destination("MODALITY", "127.0.0.1", port),))
     with srv:
-        assert srv.server.commitments is not None
-        srv.server.commitments.retry_delay = 0.01
+        commitments = srv.server.commitments
+        assert commitments is not None
+        commitments.retry_delay = commitments.max_retry_delay = 0.02
         assert n_action(srv.port, action_information("1.2.8.191", *HELD)) == 0
         assert settled(srv)  # (no pending slot held)
-        assert list(srv.server.commitments.stranded) == ["1.2.8.191"]
-        assert n_action(srv.port, action_information("1.2.8.192", *HELD)) == 0  # (room)
-        assert settled(srv)
+        assert list(commitments.overdue) == ["1.2.8.191"] and not commitments.stranded
+        # the same Transaction UID again: still pending here
+        assert n_action(srv.port, action_information("1.2.8.191", *HELD)) == 0x0115
+        ae = AE(ae_title="MODALITY")
+        ae.add_supported_context(SC, scu_role=False, scp_role=True)
+        reports = Reports()
+        listener = ae.start_server(
+            ("127.0.0.1", port),
+            block=False,
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.on_report)],
+        )
+        try:
+            (report,) = reports.wait()
+            assert report.info.TransactionUID == "1.2.8.191"
+        finally:
+            listener.shutdown()
+        assert not commitments.overdue
     srv.archive.close()  # type: ignore[attr-defined]
-    assert len(verified) == 2  # (once each)
+    assert verified == [1]
+    assert not list(CommitmentJournal(root).pending())

@@ -24,10 +24,13 @@ the request from the journal (0211 or 0213 on the requesting association: a
 new association is tried; on a new association: again later); until then it is
 retried with backoff, the references verified once (a retry sends the same
 report), and at the next start. A request whose report was refused for good (an
-A-ASSOCIATE-RJ permanent) or not taken in :data:`STRAND_AFTER` tries (about 40
-minutes) is stranded: it waits in the journal for the next start, or for its
-requester to ask again, and holds no pending slot (review68 #2: an SCU that stayed
-unreachable held its requests' slots, re-verified at every try, for ever).
+A-ASSOCIATE-RJ permanent) is stranded: it waits in the journal for the next start,
+or for its requester to ask again, and holds no pending slot. One not taken in
+:data:`STRAND_AFTER` tries (about 40 minutes: a modality off for the night) is
+*overdue*: retried on every ``max_retry_delay``, never dropped, its pending slot
+freed while the overdue ones stay within the pending bounds again (review68 #2: an
+SCU that stayed unreachable held its requests' slots, re-verified at every try, for
+ever; review69 M1: stranding them lost the reports of an SCU off overnight).
 
 Several nodes on one storage root (issue 17) share the journal: each node
 reports only the requests it holds (``archive/commitment.py``: the flock of
@@ -93,7 +96,7 @@ NOT_TAKEN = frozenset({st.UNRECOGNIZED_OPERATION, st.RESOURCE_LIMITATION})
 #: many times in all, then taken as answered (review36a #10: dropped at the first).
 PROCESSING_FAILURE_TRIES = 3
 #: Failed tries of a report (with backoff: 5, 10, 20 s ... 600 s, about 40 minutes in
-#: all by default) after which its request is stranded (module notes).
+#: all by default) after which its request is overdue (module notes).
 STRAND_AFTER = 10
 
 
@@ -170,6 +173,9 @@ class CommitmentService:
         #: configured, at most ``max_pending`` of them, and not counted as pending;
         #: the calling AE title of each (only it may ask again: review52 L2)
         self.stranded: dict[str, str] = {}
+        #: requests not reported in STRAND_AFTER tries, retried on with their slot
+        #: freed (module notes): transaction UID -> references, within the pending bounds
+        self.overdue: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._checks = ThreadPoolExecutor(1, thread_name_prefix="commitment")
@@ -183,7 +189,7 @@ class CommitmentService:
         (PS3.4 J.3.3), never what a live node reports (module notes)."""
         requests = await asyncio.to_thread(self.journal.take)
         for request in requests:
-            if request.transaction_uid in self.pending:
+            if request.transaction_uid in self.pending or request.transaction_uid in self.overdue:
                 continue
             log.info(
                 "storage commitment %s of %s (%d references) pending since %s: reporting",
@@ -217,7 +223,9 @@ class CommitmentService:
         it: the requester (its calling AE title) asks again, on an association we can
         report on (review49 #3)."""
         tx = request.transaction_uid
-        if tx in self.pending or self.stranded.get(tx, request.calling_ae) != request.calling_ae:
+        if tx in self.pending or tx in self.overdue:
+            raise Refused(st.INVALID_ARGUMENT_VALUE, "Transaction UID already pending")
+        if self.stranded.get(tx, request.calling_ae) != request.calling_ae:
             # (another AE title's stranded request is not replaced: review52 L2)
             raise Refused(st.INVALID_ARGUMENT_VALUE, "Transaction UID already pending")
         if len(self.pending) >= self.max_pending:
@@ -264,9 +272,8 @@ class CommitmentService:
                 if isinstance(exc, AssociationRejected) and not exc.transient:
                     await self._strand(request, f"its report is refused for good: {exc}")
                     return
-                if failures >= STRAND_AFTER:
-                    await self._strand(request, f"not reported in {failures} tries: {exc}")
-                    return
+                if failures == STRAND_AFTER:
+                    self._overdue(request, failures)
                 delay = min(self.retry_delay * 2 ** (failures - 1), self.max_retry_delay)
                 delay *= 0.5 + random.random() / 2  # jitter: requesters back at once spread
                 log.warning(
@@ -282,8 +289,26 @@ class CommitmentService:
                 continue
             await asyncio.to_thread(self.journal.done, request.transaction_uid)
             self.pending.pop(request.transaction_uid, None)
+            self.overdue.pop(request.transaction_uid, None)
             log.info("storage commitment %s reported %s", request.transaction_uid, how)
             return
+
+    def _overdue(self, request: CommitmentRequest, failures: int) -> None:
+        """Not reported in ``failures`` tries: retried on (never dropped), its pending
+        slot freed while the overdue ones stay within the pending bounds (else it keeps
+        its slot, and new requests are refused 0213 as before)."""
+        tx, size = request.transaction_uid, self.pending.get(request.transaction_uid, 0)
+        held = sum(self.overdue.values())
+        if len(self.overdue) >= self.max_pending or held + size > 4 * self.max_references:
+            return
+        self.overdue[tx] = self.pending.pop(tx, size)
+        log.warning(
+            "storage commitment %s: not reported in %d tries; tried again every %.0f s,"
+            " its pending slot freed",
+            tx,
+            failures,
+            self.max_retry_delay,
+        )
 
     async def _strand(self, request: CommitmentRequest, why: str) -> None:
         """A request that cannot be reported no longer holds a pending slot (review36a
@@ -292,6 +317,7 @@ class CommitmentService:
         oldest dropped beyond ``max_pending`` of them."""
         transaction_uid = request.transaction_uid
         self.pending.pop(transaction_uid, None)
+        self.overdue.pop(transaction_uid, None)
         self.stranded[transaction_uid] = request.calling_ae
         log.warning(
             "storage commitment %s: %s; it waits in the journal for the next start, or"
