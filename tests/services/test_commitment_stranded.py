@@ -98,3 +98,31 @@ def test_a_report_not_taken_in_its_tries_is_retried_on_without_its_slot(
     srv.archive.close()  # type: ignore[attr-defined]
     assert verified == [1]
     assert not list(CommitmentJournal(root).pending())
+
+
+def test_a_report_retried_past_reverify_after_is_verified_again(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review69 I3: verified once, an overdue report sent hours later would say an
+    instance deleted meanwhile is committed. Past REVERIFY_AFTER it is verified again."""
+    import threading
+
+    verified: list[int] = []
+    twice = threading.Event()
+    verify = commitment_reports.verify
+
+    def counted(reader, refs):
+        verified.append(1)
+        if len(verified) >= 2:
+            twice.set()
+        return verify(reader, refs)
+
+    monkeypatch.setattr(commitment_reports, "verify", counted)
+    monkeypatch.setattr(commitment_reports, "REVERIFY_AFTER", 0.0)
+    srv = serving(root, commitment_scus=(Destination("MODALITY", "127.0.0.1", free_port()),))
+    with srv:
+        assert srv.server.commitments is not None
+        srv.server.commitments.retry_delay = 0.01
+        assert n_action(srv.port, action_information("1.2.8.193", *HELD)) == 0
+        assert twice.wait(20)
+    srv.archive.close()  # type: ignore[attr-defined]

@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +99,8 @@ PROCESSING_FAILURE_TRIES = 3
 #: Failed tries of a report (with backoff: 5, 10, 20 s ... 600 s, about 40 minutes in
 #: all by default) after which its request is overdue (module notes).
 STRAND_AFTER = 10
+#: Seconds a verification is sent again for (retries within it send the same report).
+REVERIFY_AFTER = 3600.0
 
 
 @dataclass
@@ -127,6 +130,8 @@ class _Report:
     event_type: int
     info: Dataset
     encoded: dict[str, bytes] = field(default_factory=dict)
+    #: when it was verified (loop time): an older one is verified again before a try
+    made_at: float = field(default_factory=time.monotonic)
 
 
 class CommitmentService:
@@ -302,13 +307,8 @@ class CommitmentService:
         if len(self.overdue) >= self.max_pending or held + size > 4 * self.max_references:
             return
         self.overdue[tx] = self.pending.pop(tx, size)
-        log.warning(
-            "storage commitment %s: not reported in %d tries; tried again every %.0f s,"
-            " its pending slot freed",
-            tx,
-            failures,
-            self.max_retry_delay,
-        )
+        every = f"tried again every {self.max_retry_delay:.0f} s, its pending slot freed"
+        log.warning("storage commitment %s: not reported in %d tries; %s", tx, failures, every)
 
     async def _strand(self, request: CommitmentRequest, why: str) -> None:
         """A request that cannot be reported no longer holds a pending slot (review36a
@@ -349,12 +349,12 @@ class CommitmentService:
         if (channel is None or not channel.is_open) and request.calling_ae not in self.scus:
             raise _NoAddress(f"no address configured for {request.calling_ae!r}")
         ts = channel.transfer_syntax if channel is not None and channel.is_open else None
-        if made:
+        if made and time.monotonic() - made[0].made_at < REVERIFY_AFTER:
             report = made[0]
-        else:
+        else:  # (first, or an hour old: an overdue report says what holds now, review69 I3)
             report = await self.in_checks(self._prepare, request, ts or uids.EXPLICIT_VR_LE)
             if made is not None:
-                made.append(report)
+                made[:] = [report]
         verdicts = report.verdicts
         how = "on the same association"
         rsp = None
