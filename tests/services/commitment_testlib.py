@@ -115,14 +115,17 @@ class Reports:
 
 
 @contextmanager
-def report_listener(ae_title: str = "MODALITY") -> Iterator[tuple[int, Reports]]:
+def report_listener(ae_title: str = "MODALITY", port: int = 0) -> Iterator[tuple[int, Reports]]:
     """pynetdicom accepting the archive's association for a report (SCP role
-    proposed by the archive, accepted): its port and what it received."""
+    proposed by the archive, accepted), on ``port`` (0: one free): its port and
+    what it received."""
     reports = Reports()
     ae = AE(ae_title=ae_title)
     ae.add_supported_context(SC, scu_role=False, scp_role=True)
     server = ae.start_server(
-        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.on_report)]
+        ("127.0.0.1", port),
+        block=False,
+        evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.on_report)],
     )
     try:
         yield server.server_address[1], reports

@@ -231,20 +231,10 @@ def test_a_failed_report_is_retried_and_kept_until_acknowledged(
         assert len(attempts) >= 2 and verified == [1]  # refused connection, tried again
         assert [r.transaction_uid for r in CommitmentJournal(root).pending()] == ["1.2.8.104"]
         # the listener comes up on that port: the next attempt is acknowledged
-        ae = AE(ae_title="MODALITY")
-        ae.add_supported_context(SC, scu_role=False, scp_role=True)
-        reports = Reports()
-        listener = ae.start_server(
-            ("127.0.0.1", port),
-            block=False,
-            evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.on_report)],
-        )
-        try:
+        with report_listener("MODALITY", port) as (_port, reports):
             (report,) = reports.wait()
             assert report.event_type == 1 and report.committed == HELD
             assert journal_empty(root, srv)
-        finally:
-            listener.shutdown()
     srv.archive.close()  # type: ignore[attr-defined]
 
 

@@ -9,14 +9,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pynetdicom import AE, evt
 from tests.conftest import free_port, wait_listening
 from tests.services.commitment_testlib import (
     HELD,
-    SC,
-    Reports,
     action_information,
     fill,
+    report_listener,
     settled,
 )
 from tests.services.test_commitment_scp import n_action, serving
@@ -81,19 +79,9 @@ def test_a_report_not_taken_in_its_tries_is_retried_on_without_its_slot(
         assert list(commitments.overdue) == ["1.2.8.191"] and not commitments.stranded
         # the same Transaction UID again: still pending here
         assert n_action(srv.port, action_information("1.2.8.191", *HELD)) == 0x0115
-        ae = AE(ae_title="MODALITY")
-        ae.add_supported_context(SC, scu_role=False, scp_role=True)
-        reports = Reports()
-        listener = ae.start_server(
-            ("127.0.0.1", port),
-            block=False,
-            evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.on_report)],
-        )
-        try:
+        with report_listener("MODALITY", port) as (_port, reports):
             (report,) = reports.wait()
             assert report.info.TransactionUID == "1.2.8.191"
-        finally:
-            listener.shutdown()
         assert not commitments.overdue
     srv.archive.close()  # type: ignore[attr-defined]
     assert verified == [1]
