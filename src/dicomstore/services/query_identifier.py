@@ -281,11 +281,11 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
         else:
             value = text_value(element.value)
         if tag in (RETRIEVE_AE_TITLE, INSTANCE_AVAILABILITY):
-            found.keys.append((tag, element.VR))
+            found.keys.append((tag, _returned_vr(tag, element.VR)))
             continue
         attr = attributes.attribute(tag)
         if attr is None:  # not in the index: from a header or zero-length, not matched
-            found.keys.append((tag, element.VR))
+            found.keys.append((tag, _returned_vr(tag, element.VR)))
             if read_from_header(element.keyword, level):
                 found.from_header.add(tag)
             if value:
@@ -322,6 +322,16 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
     except q.QueryError as exc:
         raise FindFailure(st.CANNOT_UNDERSTAND, str(exc)) from None
     return found
+
+
+def _returned_vr(tag: int, vr: str) -> str:
+    """The VR a key not in the index is returned with, decided once per query: the
+    request's, else (UN, OB, OW or none: an Implicit VR request's) the dictionary's,
+    an ambiguous one ("OB or OW", "US or SS") its first (review68 #1: written as "OB"
+    with a 16-bit length, a malformed Identifier), else UN."""
+    if vr in ("UN", "OB", "OW") or not vr:
+        vr = dictionary_VR(tag) if _in_dictionary(tag) else "UN"
+    return vr.split(" or ")[0]
 
 
 def check_uid_key(tag: int, value: str) -> None:
@@ -398,10 +408,6 @@ def response_elements(
             stored.append((tag, element.VR, element))
             continue
         value = _value(query, tag, row, ae_title)
-        if vr in ("UN", "OB", "OW") or not vr:
-            vr = dictionary_VR(tag) if _in_dictionary(tag) else "UN"
-        vr = vr.split(" or ")[0]  # ("OB or OW", "US or SS": one, review68 #1: it was
-        # written as "OB" with a 16-bit length, a malformed Identifier)
         if value is None or vr == "SQ":  # (a sequence is returned empty)
             text = ""
         elif isinstance(value, list):
