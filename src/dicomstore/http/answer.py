@@ -10,6 +10,7 @@ request that raised before any status counts as 500).
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -24,6 +25,13 @@ log = logging.getLogger("dicomstore.http.answer")
 #: uvicorn's ERROR "returned without completing response" that follows is not said
 #: (``http/guard.py``; the WARNING before it said why).
 CUT_OFF: ContextVar[bool] = ContextVar("cut_off", default=False)
+
+
+def went(exc: BaseException) -> bool:
+    """``exc`` (an ``OSError``, or one keeping the ``OSError`` it met as its context:
+    ``sources.Unreadable``) says the file is not there: deleted or replaced since."""
+    cause = exc if isinstance(exc, OSError) else exc.__context__
+    return isinstance(cause, OSError) and cause.errno in (errno.ENOENT, errno.ENOTDIR)
 
 
 class AnswerBroken(Exception):

@@ -22,7 +22,6 @@ Endian's native frames.
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -36,7 +35,7 @@ from starlette.responses import Response, StreamingResponse
 from dicomstore import uids
 from dicomstore.archive.stored import PixelValue, read_chunks, read_range
 from dicomstore.http import pixels
-from dicomstore.http.answer import AnswerBroken
+from dicomstore.http.answer import AnswerBroken, went
 from dicomstore.http.common import HttpError, accepted, negotiate, reader
 from dicomstore.http.dicomjson import BULK_DATA_VRS
 from dicomstore.http.header_text import vr_of
@@ -161,7 +160,7 @@ def _broken_off(key: str, data: str = "Pixel Data") -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # (deleted or replaced meanwhile)
+        if went(exc):  # (deleted or replaced meanwhile)
             said = f"the file went while it was sent (deleted or replaced): {exc.strerror}"
         else:  # (review64 L4: a file gone is no damaged data)
             said = pixels.damaged(key, f"the {data} cannot be read", exc, data).message

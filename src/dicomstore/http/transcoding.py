@@ -16,7 +16,6 @@ each holding its place until it has ended (:class:`HeldResponse`).
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import threading
@@ -30,6 +29,7 @@ from dicomstore import uids
 from dicomstore.archive.dicomfile import file_header
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.http import pixels
+from dicomstore.http.answer import went
 from dicomstore.http.common import HttpError
 from dicomstore.services import conversion, sources
 
@@ -261,8 +261,7 @@ def gone(archive: ArchiveReader, row: Mapping[str, Any], exc: BaseException) -> 
     ``OSError``'s errno says so (``sources.Unreadable`` keeps the one it met as its
     context), else the storage is asked; a storage that cannot tell counts as not gone
     (review64 L6)."""
-    cause = exc if isinstance(exc, OSError) else exc.__context__
-    if isinstance(cause, OSError) and cause.errno in (errno.ENOENT, errno.ENOTDIR):
+    if went(exc):
         return True
     try:
         return not archive.storage.exists(str(row["path"]))
