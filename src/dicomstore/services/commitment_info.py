@@ -1,5 +1,5 @@
 """Storage Commitment's data sets (PS3.4 J.3): the Action Information of an
-N-ACTION-RQ read (Table J.3-1, :func:`parse_action_information`, :class:`Refused`
+N-ACTION-RQ read (Table J.3-1, :func:`read_action_information`, :class:`Refused`
 saying what is wrong) and the Event Information of the N-EVENT-REPORT-RQ made
 (Table J.3-2, :func:`event_information`), with the SOP Class, its well-known
 instance and the Action and Event Type IDs both roles use.
@@ -7,12 +7,15 @@ instance and the Action and Event Type IDs both roles use.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from dicomstore import uids
 from dicomstore.archive.commitment import Reference, Verdict
 from dicomstore.dimse import status as st
 from dicomstore.error_comment import error_comment
+from dicomstore.framing import FileSource, FramingError, element_header, walk_element
+from dicomstore.framing.headers import ITEM_DELIMITER, SEQUENCE_DELIMITER, UNDEFINED
 
 if TYPE_CHECKING:  # (imported where used: a sender or the CLI loads no pydicom)
     from pydicom.dataset import Dataset
@@ -43,45 +46,153 @@ class Refused(Exception):
         self.comment = error_comment(comment) or ""
 
 
-def _uid_value(ds: Dataset, tag: int, name: str) -> str:
-    """A required UID attribute (Type 1): 0120 absent, 0121 empty, 0106 not a UID."""
-    if tag not in ds:
-        raise Refused(st.MISSING_ATTRIBUTE, f"{name} missing")
-    value = ds[tag].value
-    if value is None or value == "":
-        raise Refused(st.MISSING_ATTRIBUTE_VALUE, f"{name} empty")
-    text = str(value).rstrip("\0 ")
-    if not isinstance(value, str) or not uids.is_valid_uid(text):
-        raise Refused(st.INVALID_ATTRIBUTE_VALUE, f"{name} is not a UID")
-    return text
-
-
-def parse_action_information(
-    ds: Dataset, max_references: int = MAX_REFERENCES
+def read_action_information(
+    data: bytes | bytearray,
+    implicit: bool,
+    little: bool,
+    max_references: int = MAX_REFERENCES,
 ) -> tuple[str, list[Reference]]:
     """The Transaction UID and the references of a Storage Commitment Request
-    (PS3.4 Table J.3-1); :class:`Refused` says what is wrong."""
-    from pydicom.sequence import Sequence
-
-    transaction = _uid_value(ds, TRANSACTION_UID, "Transaction UID")
-    if REFERENCED_SOP_SEQUENCE not in ds:
+    (PS3.4 Table J.3-1) read from its bytes (PS3.5 7.1, 7.5) with no data set built
+    (pydicom's of 65,535 references took 150 MiB and 9 s, this about 14 MB and 1 s:
+    review68 #3); :class:`Refused` says what is wrong. Every element must frame (its
+    sequences walked first, 0115); other elements are skipped."""
+    buf = bytes(data)
+    src = FileSource(_nothing_more, len(buf), buf)  # (the window: every byte)
+    found: dict[int, tuple[bytes | None, int, int, int]] = {}
+    pos = 0
+    while pos < len(buf):
+        end = _framed(src, pos, implicit, little)
+        header = element_header(buf, pos, implicit, little)
+        assert header is not None  # (it framed)
+        tag, vr, length, value = header
+        if tag in (TRANSACTION_UID, REFERENCED_SOP_SEQUENCE):
+            if tag in found:
+                raise Refused(st.INVALID_ARGUMENT_VALUE, f"{_NAMES[tag]} given twice")
+            found[tag] = (vr, length, value, end)
+        pos = end
+    if TRANSACTION_UID not in found:
+        raise Refused(st.MISSING_ATTRIBUTE, "Transaction UID missing")
+    transaction = _uid(buf, *found[TRANSACTION_UID][:3], "Transaction UID")
+    if REFERENCED_SOP_SEQUENCE not in found:
         raise Refused(st.MISSING_ATTRIBUTE, "Referenced SOP Sequence missing")
-    items = ds[REFERENCED_SOP_SEQUENCE].value
-    if not isinstance(items, Sequence):
+    vr, length, value, end = found[REFERENCED_SOP_SEQUENCE]
+    if vr not in (None, b"SQ") or (
+        length not in (0, UNDEFINED) and not _item_at(buf, value, little)
+    ):
         raise Refused(st.INVALID_ATTRIBUTE_VALUE, "Referenced SOP Sequence is no sequence")
-    if not items:
-        raise Refused(st.MISSING_ATTRIBUTE_VALUE, "Referenced SOP Sequence empty")
-    if len(items) > max_references:
-        raise Refused(st.RESOURCE_LIMITATION, f"more than {max_references} references")
     refs = []
-    for n, item in enumerate(items, 1):
-        refs.append(
-            Reference(
-                _uid_value(item, REFERENCED_SOP_CLASS_UID, f"item {n}: SOP Class UID"),
-                _uid_value(item, REFERENCED_SOP_INSTANCE_UID, f"item {n}: SOP Instance UID"),
-            )
-        )
+    for n, (start, stop) in enumerate(_items(src, value, end, implicit, little), 1):
+        if n > max_references:
+            raise Refused(st.RESOURCE_LIMITATION, f"more than {max_references} references")
+        refs.append(_reference(src, start, stop, implicit, little, n))
+    if not refs:
+        raise Refused(st.MISSING_ATTRIBUTE_VALUE, "Referenced SOP Sequence empty")
     return transaction, refs
+
+
+_NAMES = {
+    TRANSACTION_UID: "Transaction UID",
+    REFERENCED_SOP_SEQUENCE: "Referenced SOP Sequence",
+    REFERENCED_SOP_CLASS_UID: "SOP Class UID",
+    REFERENCED_SOP_INSTANCE_UID: "SOP Instance UID",
+}
+
+
+def _nothing_more(size: int, offset: int) -> bytes:
+    """(The source's window holds every byte: nothing is read past it.)"""
+    return b""
+
+
+def _framed(src: FileSource, pos: int, implicit: bool, little: bool) -> int:
+    """Where the element at ``pos`` ends, its sequences walked (0115 if it does not frame)."""
+    try:
+        return walk_element(src, pos, implicit, little)
+    except FramingError as exc:
+        raise Refused(st.INVALID_ARGUMENT_VALUE, f"unreadable Action Information: {exc}") from None
+
+
+def _item_at(buf: bytes, pos: int, little: bool) -> bool:
+    """Whether an Item's tag (FFFE,E000) is at ``pos`` (PS3.5 7.5)."""
+    return buf[pos : pos + 4] == (b"\xfe\xff\x00\xe0" if little else b"\xff\xfe\xe0\x00")
+
+
+def _items(
+    src: FileSource, pos: int, end: int, implicit: bool, little: bool
+) -> Iterator[tuple[int, int]]:
+    """(start, end) of the data set of each item of the sequence whose value is
+    ``src.data[pos:end]`` (walked already: it frames), PS3.5 7.5."""
+    buf = src.data
+    while pos < end:
+        header = element_header(buf, pos, implicit, little)
+        assert header is not None
+        tag, _vr, length, value = header
+        if tag == SEQUENCE_DELIMITER:
+            return
+        if length != UNDEFINED:
+            yield value, value + length
+            pos = value + length
+            continue
+        start = pos = value  # (its elements up to the Item Delimitation Item)
+        while True:
+            header = element_header(buf, pos, implicit, little)
+            assert header is not None
+            if header[0] == ITEM_DELIMITER:
+                yield start, pos
+                pos = header[3]
+                break
+            pos = _skip(src, pos, header, implicit, little)
+
+
+def _skip(
+    src: FileSource,
+    pos: int,
+    header: tuple[int, bytes | None, int, int],
+    implicit: bool,
+    little: bool,
+) -> int:
+    """Where the element at ``pos`` (walked already) ends."""
+    length, value = header[2], header[3]
+    return value + length if length != UNDEFINED else walk_element(src, pos, implicit, little)
+
+
+def _reference(
+    src: FileSource, pos: int, end: int, implicit: bool, little: bool, n: int
+) -> Reference:
+    """The Reference of item ``n``, whose data set is ``src.data[pos:end]``."""
+    buf = src.data
+    got: dict[int, tuple[bytes | None, int, int]] = {}
+    while pos < end:
+        header = element_header(buf, pos, implicit, little)
+        assert header is not None
+        tag, vr, length, value = header
+        if tag in (REFERENCED_SOP_CLASS_UID, REFERENCED_SOP_INSTANCE_UID):
+            if tag in got:
+                raise Refused(st.INVALID_ARGUMENT_VALUE, f"item {n}: {_NAMES[tag]} given twice")
+            got[tag] = (vr, length, value)
+        pos = _skip(src, pos, header, implicit, little)
+    uids_of = []
+    for tag in (REFERENCED_SOP_CLASS_UID, REFERENCED_SOP_INSTANCE_UID):
+        name = f"item {n}: {_NAMES[tag]}"
+        if tag not in got:
+            raise Refused(st.MISSING_ATTRIBUTE, f"{name} missing")
+        uids_of.append(_uid(buf, *got[tag], name))
+    return Reference(*uids_of)
+
+
+def _uid(buf: bytes, vr: bytes | None, length: int, value: int, name: str) -> str:
+    """A required UID attribute (Type 1): 0121 empty, 0106 not a UID (or not UI)."""
+    if vr not in (None, b"UI") or length == UNDEFINED:
+        raise Refused(st.INVALID_ATTRIBUTE_VALUE, f"{name} is not a UID")
+    try:
+        text = buf[value : value + length].decode("ascii").rstrip("\0 ")
+    except UnicodeDecodeError:
+        raise Refused(st.INVALID_ATTRIBUTE_VALUE, f"{name} is not a UID") from None
+    if not text:
+        raise Refused(st.MISSING_ATTRIBUTE_VALUE, f"{name} empty")
+    if not uids.is_valid_uid(text):
+        raise Refused(st.INVALID_ATTRIBUTE_VALUE, f"{name} is not a UID")
+    return text
 
 
 def event_information(

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from dicomstore import uids
 from dicomstore.aio.association import Transport
 from dicomstore.aio.invoker import Invoker
 from dicomstore.archive.commitment import CommitmentRequest
@@ -38,7 +39,7 @@ from dicomstore.services.commitment_info import (
     REQUEST_COMMITMENT,
     SOP_INSTANCE,
     Refused,
-    parse_action_information,
+    read_action_information,
 )
 from dicomstore.services.commitment_reports import Channel, CommitmentService
 from dicomstore.services.qr_operations import Operation, QROperations
@@ -104,14 +105,16 @@ class CommitmentSCP(QROperations):
         rq: NActionRQ = op.rq
         assert self.commitments is not None  # else refused (0122)
         try:
-            try:
-                ds = await self.decoded(op)
-            except Exception as exc:  # noqa: BLE001 - pydicom raises anything on bad bytes
-                why = f"unreadable Action Information: {exc}"
-                raise Refused(st.INVALID_ARGUMENT_VALUE, why) from None
+            data, op.identifier = op.identifier, bytearray()  # (not kept meanwhile)
+            syntax = self.transfer_syntax(op)
             transaction, refs = await asyncio.to_thread(  # (not behind a verification)
-                parse_action_information, ds, self.commitments.max_references
+                read_action_information,
+                data,
+                syntax == uids.IMPLICIT_VR_LE,
+                syntax != uids.EXPLICIT_VR_BE,
+                self.commitments.max_references,
             )
+            del data
             caller = str(self.who.get("calling_ae") or "")
             request = CommitmentRequest(transaction, refs, caller, self.who.get("address") or "")
             # the journal write must finish, and the report follow, even if the

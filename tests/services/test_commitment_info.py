@@ -1,0 +1,165 @@
+"""The Action Information of a Storage Commitment Request read from its bytes (PS3.4
+Table J.3-1, PS3.5 7.1 and 7.5): in each uncompressed encoding, sequences and items of
+either length, other elements skipped; what is wrong refused with its status; references
+read in memory of their UIDs (review68 #3: pydicom's data set of 65,535 took 150 MiB)."""
+
+from __future__ import annotations
+
+import struct
+import tracemalloc
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from tests.archive.archive_testlib import CT
+
+from dicomstore import uids
+from dicomstore.archive.commitment import Reference
+from dicomstore.services.commitment_info import Refused, read_action_information
+from dicomstore.services.conversion import encode_dataset
+
+ENCODINGS = {"implicit": (True, True), "explicit-le": (False, True), "explicit-be": (False, False)}
+
+
+def request(transaction: str, *sop_uids: str, undefined: bool = False) -> Dataset:
+    ds = Dataset()
+    ds.TransactionUID = transaction
+    items = []
+    for uid in sop_uids:
+        item = Dataset()
+        item.ReferencedSOPClassUID = CT
+        item.ReferencedSOPInstanceUID = uid
+        items.append(item)
+    ds.ReferencedSOPSequence = Sequence(items)
+    if undefined:
+        ds.ReferencedSOPSequence.is_undefined_length = True
+        for item in ds.ReferencedSOPSequence:
+            item.is_undefined_length_sequence_item = True
+    return ds
+
+
+def encode(ds: Dataset, implicit: bool = True, little: bool = True) -> bytes:
+    syntax = uids.IMPLICIT_VR_LE if implicit else uids.EXPLICIT_VR_LE
+    return encode_dataset(ds, syntax if little else uids.EXPLICIT_VR_BE)
+
+
+@pytest.mark.parametrize("undefined", [False, True], ids=["defined", "undefined"])
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+def test_each_encoding_and_length(encoding: str, undefined: bool) -> None:
+    implicit, little = ENCODINGS[encoding]
+    ds = request("1.2.3.4", "1.2.3.5", "1.2.3.6", undefined=undefined)
+    ds.PatientName = "Else^Skipped"  # (0010,0010): after the sequence
+    ds.ReferencedSOPSequence[0].add_new(0x00081160, "IS", "1")  # Referenced Frame Number
+    nested = Dataset()
+    nested.CodeValue = "X"
+    ds.ReferencedSOPSequence[1].PurposeOfReferenceCodeSequence = [nested]
+    data = encode(ds, implicit, little)
+    transaction, refs = read_action_information(data, implicit, little)
+    assert transaction == "1.2.3.4"
+    assert refs == [Reference(CT, "1.2.3.5"), Reference(CT, "1.2.3.6")]
+
+
+def _uid_element(tag: int, value: bytes, vr: bytes = b"UI") -> bytes:
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+def _explicit(transaction: bytes, items: list[bytes], vr: bytes = b"SQ") -> bytes:
+    value = b"".join(struct.pack("<HHL", 0xFFFE, 0xE000, len(i)) + i for i in items)
+    seq = struct.pack("<HH2sHL", 0x0008, 0x1199, vr, 0, len(value)) + value
+    return _uid_element(0x00081195, transaction) + seq
+
+
+def _item(sop_class: bytes = b"1.2.840.10008.5.1.4.1.1.2\0", uid: bytes = b"1.2.3") -> bytes:
+    return _uid_element(0x00081150, sop_class) + _uid_element(0x00081155, uid + b"\0")
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "says"),
+    [
+        (_explicit(b"1.2.3\0", [_item()])[:-3], 0x0115, "unreadable Action Information"),
+        (_explicit(b"1.2.3\0", [_item()]) + b"\x08\x00", 0x0115, "unreadable"),
+        (_uid_element(0x00081195, b"1.2\0") * 2, 0x0115, "Transaction UID given twice"),
+        (_explicit(b"1.2.3\0", [_item() + _uid_element(0x00081155, b"1.4\0")]), 0x0115, "twice"),
+        (_explicit(b"", [_item()]), 0x0121, "Transaction UID empty"),
+        (_explicit(b"\0", [_item()]), 0x0121, "Transaction UID empty"),
+        (_explicit(b"1.2.\xff\0", [_item()]), 0x0106, "Transaction UID is not a UID"),
+        (_explicit(b"1.02\0", [_item()]), 0x0106, "Transaction UID is not a UID"),
+        (_uid_element(0x00081195, b"1.2\0", vr=b"LO"), 0x0106, "Transaction UID is not a UID"),
+        (_explicit(b"1.2\0", [_item()], vr=b"UN"), 0x0106, "is no sequence"),
+        (_explicit(b"1.2\0", []), 0x0121, "Referenced SOP Sequence empty"),
+        (_uid_element(0x00081195, b"1.2\0"), 0x0120, "Referenced SOP Sequence missing"),
+        (_explicit(b"1.2\0", [])[12:], 0x0120, "Transaction UID missing"),
+        (_explicit(b"1.2\0", [_item(), _item(sop_class=b"")]), 0x0121, "item 2: SOP Class"),
+        (_explicit(b"1.2\0", [_uid_element(0x00081150, b"1.2\0")]), 0x0120, "item 1: SOP Inst"),
+        (_explicit(b"1.2\0", [_item(uid=b"1..2")]), 0x0106, "item 1: SOP Instance UID is not"),
+    ],
+    ids=[
+        "cut",
+        "bytes-after",
+        "transaction-twice",
+        "uid-twice-in-item",
+        "empty-transaction",
+        "padding-only",
+        "not-ascii",
+        "leading-zero",
+        "transaction-not-ui",
+        "sequence-not-sq",
+        "empty-sequence",
+        "no-sequence",
+        "no-transaction",
+        "empty-class",
+        "no-instance",
+        "bad-instance",
+    ],
+)
+def test_what_is_wrong_is_refused(data: bytes, status: int, says: str) -> None:
+    with pytest.raises(Refused) as refused:
+        read_action_information(data, False, True)
+    assert refused.value.status == status
+    assert says in refused.value.comment
+
+
+def test_an_implicit_sequence_that_holds_no_items_is_no_sequence() -> None:
+    value = b"\x08\x00\x50\x11\x04\x00\x00\x001.2\0"  # (a UID where an item goes)
+    data = (
+        encode(request("1.2"), True, True)[:12]
+        + b"\x08\x00\x99\x11"
+        + struct.pack("<L", len(value))
+        + value
+    )
+    with pytest.raises(Refused) as refused:
+        read_action_information(data, True, True)
+    assert refused.value.status == 0x0106 and "no sequence" in refused.value.comment
+
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+def test_an_empty_sequence_of_undefined_length_is_0121(encoding: str) -> None:
+    implicit, little = ENCODINGS[encoding]
+    data = encode(request("1.2", undefined=True), implicit, little)
+    with pytest.raises(Refused) as refused:
+        read_action_information(data, implicit, little)
+    assert refused.value.status == 0x0121 and "Sequence empty" in refused.value.comment
+
+
+def test_more_references_than_allowed_is_0213() -> None:
+    data = encode(request("1.2", "1.3", "1.4", "1.5", "1.6"))
+    assert len(read_action_information(data, True, True, max_references=4)[1]) == 4
+    with pytest.raises(Refused) as refused:
+        read_action_information(data, True, True, max_references=3)
+    assert refused.value.status == 0x0213 and "more than 3 references" in refused.value.comment
+
+
+def test_references_are_read_in_memory_of_their_uids() -> None:
+    """pydicom's data set of 65,535 references took 150 MiB, about 2.3 KB each (review68
+    #3); here each takes the two UIDs of its Reference and little more (measured: about
+    210 bytes each)."""
+    uids = [f"1.2.826.0.1.3680043.8.498.{n}" for n in range(8192)]
+    data = encode(request("1.2.3", *uids, undefined=True))
+    tracemalloc.start()
+    try:
+        _, refs = read_action_information(bytearray(data), True, True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [r.sop_instance_uid for r in refs] == uids
+    assert peak < len(data) + 400 * len(uids), peak
