@@ -1,7 +1,8 @@
 """The Action Information of a Storage Commitment Request read from its bytes (PS3.4
 Table J.3-1, PS3.5 7.1 and 7.5): in each uncompressed encoding, sequences and items of
 either length, other elements skipped; what is wrong refused with its status; references
-read in memory of their UIDs (review68 #3: pydicom's data set of 65,535 took 150 MiB)."""
+read in memory of their UIDs (review68 #3: pydicom's data set of 65,535 took 150 MiB); and
+the Event Information of a report (Table J.3-2), written as bytes, read back by pydicom."""
 
 from __future__ import annotations
 
@@ -14,9 +15,19 @@ from pydicom.sequence import Sequence
 from tests.archive.archive_testlib import CT
 
 from dicomstore import uids
-from dicomstore.archive.commitment import Reference
-from dicomstore.services.commitment_info import Refused, read_action_information
+from dicomstore.archive.commitment import (
+    CLASS_INSTANCE_CONFLICT,
+    NO_SUCH_OBJECT_INSTANCE,
+    Reference,
+    Verdict,
+)
+from dicomstore.services.commitment_info import (
+    Refused,
+    event_information,
+    read_action_information,
+)
 from dicomstore.services.conversion import encode_dataset
+from dicomstore.services.qr_operations import decode_identifier
 
 ENCODINGS = {"implicit": (True, True), "explicit-le": (False, True), "explicit-be": (False, False)}
 
@@ -163,3 +174,27 @@ def test_references_are_read_in_memory_of_their_uids() -> None:
         tracemalloc.stop()
     assert [r.sop_instance_uid for r in refs] == uids
     assert peak < len(data) + 400 * len(uids), peak
+
+
+@pytest.mark.parametrize("syntax", [uids.IMPLICIT_VR_LE, uids.EXPLICIT_VR_LE, uids.EXPLICIT_VR_BE])
+def test_the_event_information_reads_back_in_each_encoding(syntax: str) -> None:
+    verdicts = [
+        Verdict(Reference(CT, "1.2.3.5")),
+        Verdict(Reference(CT, "1.2.3.66"), NO_SUCH_OBJECT_INSTANCE),
+        Verdict(Reference(CT, "1.2.3.7")),
+        Verdict(Reference(CT, "1.2.3.8"), CLASS_INSTANCE_CONFLICT),
+    ]
+    event_type, data = event_information("1.2.3.4", verdicts, "ARCHIVE", syntax)
+    assert event_type == 2 and len(data) % 2 == 0
+    ds = decode_identifier(data, syntax)
+    assert ds.TransactionUID == "1.2.3.4" and ds.RetrieveAETitle == "ARCHIVE"
+    committed = [
+        (i.ReferencedSOPClassUID, i.ReferencedSOPInstanceUID) for i in ds.ReferencedSOPSequence
+    ]
+    assert committed == [(CT, "1.2.3.5"), (CT, "1.2.3.7")]
+    failed = [(i.ReferencedSOPInstanceUID, i.FailureReason) for i in ds.FailedSOPSequence]
+    assert failed == [("1.2.3.66", NO_SUCH_OBJECT_INSTANCE), ("1.2.3.8", CLASS_INSTANCE_CONFLICT)]
+    event_type, data = event_information("1.2.3", verdicts[:1], None, syntax)
+    ds = decode_identifier(data, syntax)
+    assert event_type == 1 and "FailedSOPSequence" not in ds and "RetrieveAETitle" not in ds
+    assert [i.ReferencedSOPInstanceUID for i in ds.ReferencedSOPSequence] == ["1.2.3.5"]

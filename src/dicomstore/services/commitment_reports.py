@@ -53,7 +53,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts, Transport
@@ -80,13 +80,9 @@ from dicomstore.services.commitment_info import (
     Refused,
     event_information,
 )
-from dicomstore.services.conversion import encode_dataset
 from dicomstore.services.destinations import Destination
 from dicomstore.ul.fsm import State
 from dicomstore.ul.items import RoleSelection
-
-if TYPE_CHECKING:
-    from pydicom.dataset import Dataset
 
 log = logging.getLogger("dicomstore.server")
 
@@ -126,9 +122,9 @@ class _Report:
     """One request verified: the verdicts and the Event Information telling them,
     encoded once per transfer syntax it is sent in (a retry sends the same bytes)."""
 
+    transaction_uid: str
     verdicts: list[Verdict]
     event_type: int
-    info: Dataset
     encoded: dict[str, bytes] = field(default_factory=dict)
     #: when it was verified (loop time): an older one is verified again before a try
     made_at: float = field(default_factory=time.monotonic)
@@ -402,16 +398,20 @@ class CommitmentService:
         encode it in the transfer syntax it most likely goes in."""
         verdicts = verify(self.reader, request.references)
         _log_failures(request.transaction_uid, verdicts)
-        event_type, info = event_information(request.transaction_uid, verdicts, self.ae_title)
-        report = _Report(verdicts, event_type, info)
-        report.encoded[transfer_syntax] = encode_dataset(info, transfer_syntax)
+        tx = request.transaction_uid
+        event_type, data = event_information(tx, verdicts, self.ae_title, transfer_syntax)
+        report = _Report(tx, verdicts, event_type)
+        report.encoded[transfer_syntax] = data
         return report
 
     async def _send(self, channel: Channel, report: _Report) -> NEventReportRSP:
         ts = channel.transfer_syntax
         data = report.encoded.get(ts)
         if data is None:
-            data = report.encoded[ts] = await self.in_checks(encode_dataset, report.info, ts)
+            _, data = await self.in_checks(
+                event_information, report.transaction_uid, report.verdicts, self.ae_title, ts
+            )
+            report.encoded[ts] = data
         return await channel.invoker.call(
             channel.context_id,
             lambda msg_id: NEventReportRQ(msg_id, SOP_CLASS, SOP_INSTANCE, report.event_type),
