@@ -54,7 +54,7 @@ SCP_STATUSES: tuple[tuple[int, str], ...] = (
     (st.DUPLICATE_REJECTED, "`--on-duplicate reject`: the SOP Instance is stored already"),
     (st.SOP_CLASS_NOT_SUPPORTED, "the command's SOP Class is not its presentation context's"),
     (st.NOT_AUTHORIZED, "the calling AE title may not store (`--store-aet`, policy file)"),
-    (st.DUPLICATE_INVOCATION, "a Message ID still in progress on the association"),
+    (st.DUPLICATE_INVOCATION, "a Message ID still in progress on the association, in any service"),
     (
         st.UNRECOGNIZED_OPERATION,
         "a DIMSE command other than C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET and C-CANCEL",

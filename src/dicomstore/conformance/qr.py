@@ -24,7 +24,7 @@ FIND_STATUSES: tuple[tuple[int, str], ...] = (
     (st.PENDING, "one match, its Identifier attached"),
     (st.PENDING_WARNING, "one match; a key with a value is not held by the index (not matched)"),
     (st.SUCCESS, "every match was sent"),
-    (st.CANCEL, "a C-CANCEL-RQ for it arrived before the last match was sent"),
+    (st.CANCEL, "a C-CANCEL-RQ for it, on its context, arrived before the last match was sent"),
     (
         st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
         "no (0008,0052), a level not in the model, a key of a lower level, or a unique "

@@ -25,8 +25,6 @@ from typing import TYPE_CHECKING
 from dicomstore.aio.association import DeadlinePassed, StalledPDU, Transport
 from dicomstore.aio.invoker import Invoker
 from dicomstore.dimse import (
-    N_ACTION_RQ,
-    N_EVENT_REPORT_RQ,
     CCancelRQ,
     CEchoRQ,
     CEchoRSP,
@@ -52,6 +50,7 @@ from dicomstore.services.admission import Admission
 from dicomstore.services.repeated import Repeated
 from dicomstore.services.same_association import SameAssociationStore, acceptor_invoker
 from dicomstore.services.storage_scp import Receiving, StorageSCP
+from dicomstore.services.unserved import unserved_response
 from dicomstore.services.verification import echo_refusal, echo_response
 from dicomstore.tls import peer_subject
 from dicomstore.ul import pdu as P
@@ -79,9 +78,6 @@ log = logging.getLogger("dicomstore.server")
 #: ``Server(commit_in_thread=WHEN_BUSY)``: commit in a worker thread only while
 #: the loop has others to serve (see ``AcceptorAssociation._commit_in_thread``).
 WHEN_BUSY = "when-busy"
-#: Requests dimse/ decodes that no service here takes (N-ACTION without the Storage
-#: Commitment SCP, N-EVENT-REPORT always): answered 0211 (PS3.7 C.5.6).
-NOT_SERVED = {N_ACTION_RQ: "N-ACTION", N_EVENT_REPORT_RQ: "N-EVENT-REPORT"}
 
 
 class OperationTooSlow(Exception):
@@ -160,6 +156,15 @@ class AcceptorAssociation:
         elif isinstance(message, NActionRQ) and self.commitment is None:
             assert self.invoker is not None  # (made with the association, before this)
             self.commitment = server.commitment_scp(t, rq, at, admission, self.invoker)
+        for scp in self._qr_scps:
+            if scp is not None:
+                scp.in_use = self._in_progress
+
+    def _in_progress(self, message_id: int) -> bool:
+        """An operation of ``message_id`` is in progress on the association (a C-STORE
+        committing, a Q/R or commitment operation): a request of it is 0210 (PS3.7 Annex C)."""
+        scps = self._qr_scps
+        return message_id in self.inflight or any(s and s.in_progress(message_id) for s in scps)
 
     async def run(self) -> None:
         """Serve until the association ends; never raises."""
@@ -421,16 +426,7 @@ class AcceptorAssociation:
                 said = f"unexpected response {message.command_field:#06x} ignored"
                 self.repeated.say(logging.WARNING, "unexpected responses", t.peer, said)
                 return
-            served = message.command_field not in NOT_SERVED or (
-                message.command_field == N_ACTION_RQ and self.server.commitments is not None
-            )
-            if served and isinstance(message, InvalidRequest | UnknownCommand):
-                rsp = message.response()
-            else:  # decoded, but no service takes it
-                rsp = message.response(
-                    st.UNRECOGNIZED_OPERATION,
-                    f"{NOT_SERVED.get(message.command_field)} is not supported here",
-                )
+            rsp = unserved_response(message, self.server.commitments is not None)
             said = f"answering {rsp.status:#06x}: {rsp.error_comment}"
             self.repeated.say(logging.WARNING, "requests no service takes", t.peer, said)
             if message.has_dataset:  # answer once the data set, discarded, is complete
@@ -446,7 +442,7 @@ class AcceptorAssociation:
 
     def _begin_store(self, context_id: int, message: CStoreRQ) -> None:
         assert self.storage is not None
-        if message.message_id in self.inflight:
+        if self._in_progress(message.message_id):
             self.receiving = self.storage.refuse(
                 message,
                 st.DUPLICATE_INVOCATION,

@@ -7,7 +7,9 @@ SCPs (``retrieve_scp.py``) share. The acceptor hands it the requests it
 an operation in progress; once the Identifier is complete the request is
 answered from a task (so that the association keeps reading a C-CANCEL-RQ
 meanwhile), or at once with the refusal decided when the command arrived
-(0122 wrong context, 0124 not allowed, 0210 Message ID in progress).
+(0122 wrong context, 0124 not allowed, 0210 its Message ID that of an operation in
+progress on the association, of this SCP or another: :attr:`QROperations.in_use`).
+A C-CANCEL-RQ cancels the operation it names on its own presentation context.
 
 An Identifier is kept up to :attr:`QROperations.max_data` bytes
 (:data:`MAX_IDENTIFIER`, 1 MiB): a peer cannot make us hold an endless one.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -145,6 +148,10 @@ def keys_line(described: dict[str, str]) -> str:
     return " ".join(shown)
 
 
+def _unused(message_id: int) -> bool:
+    return False
+
+
 class QROperations:
     """Requests of ``request_types`` on the contexts of ``sop_classes``; see the module
     notes. Subclasses give :meth:`start_operation` (the task answering one request)."""
@@ -178,6 +185,9 @@ class QROperations:
         self._held: Operation | None = None
         self._ended = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: whether the association has an operation of this Message ID in progress
+        #: elsewhere too (the acceptor's: a C-STORE, another SCP's operation)
+        self.in_use: Callable[[int], bool] = _unused
 
     @property
     def busy(self) -> bool:
@@ -207,14 +217,21 @@ class QROperations:
             self._ended.clear()
             await self._ended.wait()
 
+    def in_progress(self, message_id: int) -> bool:
+        """One of its operations of ``message_id`` runs or waits for the window."""
+        held = self._held is not None and self._held.rq.message_id == message_id
+        return held or message_id in self._running
+
     def handles(self, event: CommandReceived | DatasetFragment) -> bool:
         """True for what this SCP takes: its requests, their Identifiers, and a
-        C-CANCEL-RQ for one of its operations in progress."""
+        C-CANCEL-RQ for one of its operations in progress, on that operation's
+        presentation context (PS3.7 9.3.2.3, 9.3.3.3, 9.3.4.3)."""
         if isinstance(event, DatasetFragment):
             return self._collecting is not None
         message = event.message
         if isinstance(message, CCancelRQ):
-            return message.message_id_being_responded_to in self._running
+            op = self._running.get(message.message_id_being_responded_to)
+            return op is not None and op.context_id == event.context_id
         return isinstance(message, self.request_types)
 
     def receive(self, event: CommandReceived | DatasetFragment) -> None:
@@ -275,7 +292,7 @@ class QROperations:
         if not self.allowed:
             comment = f"{self.service} is not allowed for this caller"
             return rq.response(st.NOT_AUTHORIZED, error_comment=comment)
-        if rq.message_id in self._running:
+        if self.in_progress(rq.message_id) or self.in_use(rq.message_id):  # (0210)
             comment = f"message ID {rq.message_id} is still in progress"
             return rq.response(st.DUPLICATE_INVOCATION, error_comment=comment)
         return None
