@@ -152,6 +152,20 @@ def test_bad_basic_credentials_get_401(site: Site, headers, caplog) -> None:
     assert "credentials refused" in caplog.text
 
 
+def test_two_authorization_headers_get_400(site: Site, caplog) -> None:
+    """review67 I2: the first of two was used (a proxy in front may have checked the
+    other); a singleton field given twice is refused, good credentials or not."""
+    good = basic("reader", "reader-pw")["Authorization"]
+    for second in (basic("nobody", "x")["Authorization"], good):
+        headers = [("Authorization", good), ("Authorization", second)]
+        with caplog.at_level(logging.WARNING, "dicomstore.http.auth"):
+            reply = site.client.get("/studies", headers=headers)
+        assert reply.status_code == 400
+        assert "more than one Authorization header" in reply.text
+    assert "2 Authorization headers" in caplog.text
+    assert site.client.get("/studies", headers={"Authorization": good}).status_code == 200
+
+
 def test_basic_good_reads(site: Site) -> None:
     reply = site.client.get("/studies", headers=basic("reader", "reader-pw"))
     assert reply.status_code == 200

@@ -188,7 +188,15 @@ class AuthMiddleware:
         if path in OPEN_PATHS:  # health checks: no credentials (http/operations.py)
             await self.app(scope, receive, send)
             return
-        failed, authorization = self.auth.failed, _authorization(scope)
+        given = [v for k, v in scope["headers"] if k == b"authorization"]
+        if len(given) > 1:  # (a singleton field, RFC 9110 11.6.2: which one would count?)
+            log.warning(
+                "HTTP %s %s from %s: %d Authorization headers", method, path, address, len(given)
+            )
+            await _answer(scope, receive, send, 400, "more than one Authorization header")
+            return
+        failed = self.auth.failed
+        authorization = given[0].decode("latin-1") if given else None
         # credentials are checked in turns (FailedAdmissions): refusals counted, bounded;
         # a request without them checks nothing: not held back (review38web #2: behind
         # a proxy, one guesser's address is every user's)
@@ -234,13 +242,6 @@ class AuthMiddleware:
             "HTTP %s %s from %s: user %r may not %s", method, path, address, identity.user, action
         )
         await _answer(scope, receive, send, 403, f"user {identity.user!r} may not {action}")
-
-
-def _authorization(scope: Scope) -> str | None:
-    for key, value in scope["headers"]:
-        if key == b"authorization":
-            return str(value.decode("latin-1"))
-    return None
 
 
 async def _answer(
