@@ -87,8 +87,8 @@ def _item(sop_class: bytes = b"1.2.840.10008.5.1.4.1.1.2\0", uid: bytes = b"1.2.
 @pytest.mark.parametrize(
     ("data", "status", "says"),
     [
-        (_explicit(b"1.2.3\0", [_item()])[:-3], 0x0115, "unreadable Action Information"),
-        (_explicit(b"1.2.3\0", [_item()]) + b"\x08\x00", 0x0115, "unreadable"),
+        (_explicit(b"1.2.3\0", [_item()])[:-3], 0x0115, "cut short at offset 14, (0008,1199)"),
+        (_explicit(b"1.2.3\0", [_item()]) + b"\x08\x00", 0x0115, "cut short at offset 82"),
         (_uid_element(0x00081195, b"1.2\0") * 2, 0x0115, "Transaction UID given twice"),
         (_explicit(b"1.2.3\0", [_item() + _uid_element(0x00081155, b"1.4\0")]), 0x0115, "twice"),
         (_explicit(b"", [_item()]), 0x0121, "Transaction UID empty"),
@@ -128,6 +128,85 @@ def test_what_is_wrong_is_refused(data: bytes, status: int, says: str) -> None:
         read_action_information(data, False, True)
     assert refused.value.status == status
     assert says in refused.value.comment
+
+
+def _implicit(tag: int, value: bytes, length: int | None = None) -> bytes:
+    return (
+        struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value) if length is None else length)
+        + value
+    )
+
+
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
+_REFS = _uid_element(0x00081150, b"1.2.840.10008.5.1.4.1.1.2\0") + _uid_element(
+    0x00081155, b"1.2.3.4\0"
+)
+_DEEP = _uid_element(0x00091010, b"ab")
+for _ in range(450):
+    _DEEP = struct.pack("<HH2sHL", 0x0040, 0x0275, b"SQ", 0, len(_DEEP) + 8) + _implicit(
+        0xFFFEE000, _DEEP
+    )
+_DEEP = _DEEP[:-3]  # (cut 450 levels down)
+
+
+@pytest.mark.parametrize(
+    ("data", "implicit", "says"),
+    [
+        (_implicit(0x00081195, b"1.2\0") + _implicit(0x00081199, _ITEM_TAG), True, "offset 20"),
+        (
+            _implicit(0x00081195, b"1.2\0")
+            + _implicit(0x00081199, _ITEM_TAG)
+            + _implicit(0x003C0000, struct.pack("<L", 4) + b"\0" * 4)
+            + _implicit(0x00081150, b"1.2.840.10008.5.1.4.1.1.2\0")
+            + _implicit(0x00081155, b"6.6.6\0"),
+            True,
+            "offset 20",
+        ),
+        (
+            _explicit(
+                b"1.2\0",
+                [_REFS + _implicit(0xFFFEE00D, b"") + _implicit(0xFFFEE000, _REFS, 0xFFFFFFFF)],
+            ),
+            False,
+            "does not frame",
+        ),
+        (
+            _explicit(
+                b"1.2\0", [_REFS + _implicit(0xFFFEE00D, b"") + _implicit(0xFFFEE000, _REFS)]
+            ),
+            False,
+            "does not frame",
+        ),
+        (_explicit(b"1.2\0", [_REFS + _DEEP]), False, "cut short"),
+        (
+            struct.pack("<HH2sHL", 0x0008, 0x1199, b"SQ", 0, 8 + len(_REFS) + 8 + 12)
+            + _implicit(0xFFFEE000, _REFS)
+            + _implicit(0xFFFEE0DD, b"")
+            + _uid_element(0x00081195, b"1.2\0")
+            + _uid_element(0x00100010, b"X "),
+            False,
+            "does not frame",
+        ),
+    ],
+    ids=[
+        "4-byte-sequence",
+        "4-byte-sequence-then-uids",
+        "item-delimiter-in-defined-item",
+        "item-delimiter-then-an-item",
+        "cut-450-levels-down",
+        "sequence-delimiter-in-defined-sequence",
+    ],
+)
+def test_what_does_not_frame_inside_is_0115(data: bytes, implicit: bool, says: str) -> None:
+    """review70 F1-F3: a value too short to walk as a sequence read as one (past its
+    end: AssertionError, or references the peer never put in it); delimiters inside
+    items and sequences of defined length (a reference dropped, a Transaction UID read
+    from inside the sequence, a FramingError past the refusal); a cut deep down
+    (RecursionError): each 0115."""
+    with pytest.raises(Refused) as refused:
+        read_action_information(data, implicit, True)
+    assert refused.value.status == 0x0115
+    assert says in refused.value.comment and len(refused.value.comment) <= 64
 
 
 def test_an_implicit_sequence_that_holds_no_items_is_no_sequence() -> None:
@@ -194,6 +273,8 @@ def test_the_event_information_reads_back_in_each_encoding(syntax: str) -> None:
     assert committed == [(CT, "1.2.3.5"), (CT, "1.2.3.7")]
     failed = [(i.ReferencedSOPInstanceUID, i.FailureReason) for i in ds.FailedSOPSequence]
     assert failed == [("1.2.3.66", NO_SUCH_OBJECT_INSTANCE), ("1.2.3.8", CLASS_INSTANCE_CONFLICT)]
+    with pytest.raises(ValueError, match="no Event Information in"):
+        event_information("1.2.3", verdicts, None, uids.DEFLATED_EXPLICIT_VR_LE)
     event_type, data = event_information("1.2.3", verdicts[:1], None, syntax)
     ds = decode_identifier(data, syntax)
     assert event_type == 1 and "FailedSOPSequence" not in ds and "RetrieveAETitle" not in ds

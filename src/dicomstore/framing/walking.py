@@ -49,15 +49,31 @@ class Walked:
     last_offset: int  #: where the header of that element starts
 
 
+#: The levels of nesting a message names, innermost first (then how many more).
+_NAMED_LEVELS = 8
+
+
 def _label(stack: list[_Open], depth: int) -> str:
-    """What ``stack[:depth]`` is, for a message: ``item 2 of (0008,1115) ...``."""
-    if depth == 0:
-        return ""
-    here = stack[depth - 1]
-    if not here.in_item:  # a sequence, or encapsulated Pixel Data
-        outer = _label(stack, depth - 1)
-        return tag_name(here.tag) + (f" in {outer}" if outer else "")
-    return _item_label(stack, depth - 1)
+    """What ``stack[:depth]`` is, for a message: ``item 2 of (0008,1115) ...``; the
+    innermost :data:`_NAMED_LEVELS` levels (a loop: hundreds of levels recursed past
+    Python's limit, review70 F3)."""
+    text, d, named = "", depth, 0
+    while d > 0:
+        if named == _NAMED_LEVELS:
+            return f"{text}... ({d} levels more)"
+        here = stack[d - 1]
+        if not here.in_item:  # a sequence, or encapsulated Pixel Data
+            text += tag_name(here.tag) + (" in " if d > 1 else "")
+        else:  # an item (a fragment in Pixel Data): of the sequence below it
+            seq = stack[d - 2]
+            if seq.tag in _PIXEL_TAGS and d == 2:  # PS3.5 A.4
+                n = seq.count - 1
+                text += f"{f'fragment {n}' if n else 'Basic Offset Table'} of "
+            else:
+                text += f"item {seq.count} of "
+        d -= 1
+        named += 1
+    return text
 
 
 def _item_label(stack: list[_Open], depth: int) -> str:
@@ -251,6 +267,7 @@ def _walk(src: Source, start: int, implicit: bool, little: bool, nested: bool) -
             tag, vr, length, value = _header(src, pos, top.implicit, top.little, stack)
             if top.in_item:  # an element of a nested data set, or its end
                 if tag == _ITEM_DELIMITER:
+                    _delimiter_at_end(stack, tag, pos, value)
                     stack.pop()
                     pos = value
                     continue
@@ -263,6 +280,7 @@ def _walk(src: Source, start: int, implicit: bool, little: bool, nested: bool) -
                     )
             else:  # an item of a sequence (or a fragment), or its end
                 if tag == _SEQUENCE_DELIMITER:
+                    _delimiter_at_end(stack, tag, pos, value)
                     stack.pop()
                     pos = value
                     continue
@@ -301,6 +319,20 @@ def _walk(src: Source, start: int, implicit: bool, little: bool, nested: bool) -
         if have < length:
             raise value_cut(_element_label(stack, tag), tag, pos, length, have)
         pos = value + length
+
+
+def _delimiter_at_end(stack: list[_Open], tag: int, pos: int, value: int) -> None:
+    """A delimiter ends a container of undefined length (PS3.5 7.5); in one of defined
+    length only where that ends (tolerated), else :class:`FramingError` (a reader that
+    followed the length would read on past it: review70 F2)."""
+    end = stack[-1].end
+    if end is not None and value != end:
+        raise FramingError(
+            f"{tag_name(tag)} at offset {pos} inside {_label(stack, len(stack))} of defined"
+            f" length, which ends at offset {end}",
+            tag,
+            pos,
+        )
 
 
 def _check_value(

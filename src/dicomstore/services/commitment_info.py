@@ -14,7 +14,7 @@ from dicomstore import uids
 from dicomstore.archive.commitment import Reference, Verdict
 from dicomstore.dimse import status as st
 from dicomstore.error_comment import error_comment
-from dicomstore.framing import FileSource, FramingError, element_header, walk_element
+from dicomstore.framing import FileSource, FramingError, Truncated, element_header, walk_element
 from dicomstore.framing.headers import (
     ITEM,
     ITEM_DELIMITER,
@@ -62,16 +62,15 @@ def read_action_information(
     (PS3.4 Table J.3-1) read from its bytes (PS3.5 7.1, 7.5) with no data set built
     (pydicom's of 65,535 references took 150 MiB and 9 s, this about 14 MB and 1 s:
     review68 #3); :class:`Refused` says what is wrong. Every element must frame (its
-    sequences walked first, 0115); other elements are skipped."""
-    buf = bytes(data)
-    src = FileSource(_nothing_more, len(buf), buf)  # (the window: every byte)
+    sequences walked first, then each header read checked to lie inside its container:
+    0115); other elements are skipped. Either attribute as UN (PS3.5 6.2.2) is refused
+    0106: both are in the data dictionary every SCU has."""
+    reader = _Reader(bytes(data), implicit, little)
     found: dict[int, tuple[bytes | None, int, int, int]] = {}
-    pos = 0
-    while pos < len(buf):
-        end = _framed(src, pos, implicit, little)
-        header = element_header(buf, pos, implicit, little)
-        assert header is not None  # (it framed)
-        tag, vr, length, value = header
+    pos, size = 0, len(reader.buf)
+    while pos < size:
+        end = reader.framed(pos)
+        tag, vr, length, value = reader.header(pos, size)
         if tag in (TRANSACTION_UID, REFERENCED_SOP_SEQUENCE):
             if tag in found:
                 raise Refused(st.INVALID_ARGUMENT_VALUE, f"{_NAMES[tag]} given twice")
@@ -79,19 +78,17 @@ def read_action_information(
         pos = end
     if TRANSACTION_UID not in found:
         raise Refused(st.MISSING_ATTRIBUTE, "Transaction UID missing")
-    transaction = _uid(buf, *found[TRANSACTION_UID][:3], "Transaction UID")
+    transaction = _uid(reader.buf, *found[TRANSACTION_UID][:3], "Transaction UID")
     if REFERENCED_SOP_SEQUENCE not in found:
         raise Refused(st.MISSING_ATTRIBUTE, "Referenced SOP Sequence missing")
     vr, length, value, end = found[REFERENCED_SOP_SEQUENCE]
-    if vr not in (None, b"SQ") or (
-        length not in (0, UNDEFINED) and not _item_at(buf, value, little)
-    ):
+    if vr not in (None, b"SQ") or (length not in (0, UNDEFINED) and not reader.item_at(value)):
         raise Refused(st.INVALID_ATTRIBUTE_VALUE, "Referenced SOP Sequence is no sequence")
     refs = []
-    for n, (start, stop) in enumerate(_items(src, value, end, implicit, little), 1):
+    for n, (start, stop) in enumerate(reader.items(value, end), 1):
         if n > max_references:
             raise Refused(st.RESOURCE_LIMITATION, f"more than {max_references} references")
-        refs.append(_reference(src, start, stop, implicit, little, n))
+        refs.append(reader.reference(start, stop, n))
     if not refs:
         raise Refused(st.MISSING_ATTRIBUTE_VALUE, "Referenced SOP Sequence empty")
     return transaction, refs
@@ -110,80 +107,96 @@ def _nothing_more(size: int, offset: int) -> bytes:
     return b""
 
 
-def _framed(src: FileSource, pos: int, implicit: bool, little: bool) -> int:
-    """Where the element at ``pos`` ends, its sequences walked (0115 if it does not frame)."""
-    try:
-        return walk_element(src, pos, implicit, little)
-    except FramingError as exc:
-        raise Refused(st.INVALID_ARGUMENT_VALUE, f"unreadable Action Information: {exc}") from None
+def _unreadable(exc: FramingError) -> Refused:
+    """0115 for bytes that do not frame: the Error Comment (64 characters) says what and
+    where, the log line (the whole message) why."""
+    what = "cut short" if isinstance(exc, Truncated) else "does not frame"
+    refused = Refused(st.INVALID_ARGUMENT_VALUE, f"Action Information {what}: {exc}")
+    where = f"Action Information {what} at offset {exc.offset}"
+    if exc.tag is not None:
+        where += f", ({exc.tag >> 16:04X},{exc.tag & 0xFFFF:04X})"
+    refused.comment = error_comment(where) or ""
+    return refused
 
 
-def _item_at(buf: bytes, pos: int, little: bool) -> bool:
-    """Whether an Item's tag (FFFE,E000) is at ``pos`` (PS3.5 7.5)."""
-    return buf[pos : pos + 4] == (b"\xfe\xff\x00\xe0" if little else b"\xff\xfe\xe0\x00")
+class _Reader:
+    """The bytes of one Action Information, and how they are encoded."""
 
+    def __init__(self, buf: bytes, implicit: bool, little: bool) -> None:
+        self.buf, self.implicit, self.little = buf, implicit, little
+        self.src = FileSource(_nothing_more, len(buf), buf)  # (the window: every byte)
 
-def _items(
-    src: FileSource, pos: int, end: int, implicit: bool, little: bool
-) -> Iterator[tuple[int, int]]:
-    """(start, end) of the data set of each item of the sequence whose value is
-    ``src.data[pos:end]`` (walked already: it frames), PS3.5 7.5."""
-    buf = src.data
-    while pos < end:
-        header = element_header(buf, pos, implicit, little)
-        assert header is not None
-        tag, _vr, length, value = header
-        if tag == SEQUENCE_DELIMITER:
-            return
-        if length != UNDEFINED:
-            yield value, value + length
-            pos = value + length
-            continue
-        start = pos = value  # (its elements up to the Item Delimitation Item)
-        while True:
-            header = element_header(buf, pos, implicit, little)
-            assert header is not None
-            if header[0] == ITEM_DELIMITER:
-                yield start, pos
-                pos = header[3]
-                break
-            pos = _skip(src, pos, header, implicit, little)
+    def framed(self, pos: int) -> int:
+        """Where the element at ``pos`` ends, its sequences walked (0115 if it does not)."""
+        try:
+            return walk_element(self.src, pos, self.implicit, self.little)
+        except FramingError as exc:
+            raise _unreadable(exc) from None
 
+    def header(self, pos: int, end: int) -> tuple[int, bytes | None, int, int]:
+        """The header at ``pos``, checked to lie, with a value of defined length, before
+        ``end`` (its container's): 0115 if not (review70 F1: a value too short to walk
+        as a sequence was read as one, past its end)."""
+        header = element_header(self.buf, pos, self.implicit, self.little)
+        if (
+            header is None
+            or header[3] > end
+            or (header[2] != UNDEFINED and header[3] + header[2] > end)
+        ):
+            tag = header[0] if header else None
+            raise _unreadable(FramingError("an element runs past its container", tag, pos))
+        return header
 
-def _skip(
-    src: FileSource,
-    pos: int,
-    header: tuple[int, bytes | None, int, int],
-    implicit: bool,
-    little: bool,
-) -> int:
-    """Where the element at ``pos`` (walked already) ends."""
-    length, value = header[2], header[3]
-    return value + length if length != UNDEFINED else walk_element(src, pos, implicit, little)
+    def item_at(self, pos: int) -> bool:
+        """Whether an Item's tag (FFFE,E000) is at ``pos`` (PS3.5 7.5)."""
+        tag = b"\xfe\xff\x00\xe0" if self.little else b"\xff\xfe\xe0\x00"
+        return self.buf[pos : pos + 4] == tag
 
+    def items(self, pos: int, end: int) -> Iterator[tuple[int, int]]:
+        """(start, end) of the data set of each item of the sequence whose value is
+        ``buf[pos:end]`` (walked already), PS3.5 7.5."""
+        while pos < end:
+            tag, _vr, length, value = self.header(pos, end)
+            if tag == SEQUENCE_DELIMITER:
+                return
+            if tag != ITEM:
+                raise _unreadable(FramingError("no item in the sequence", tag, pos))
+            if length != UNDEFINED:
+                yield value, value + length
+                pos = value + length
+                continue
+            start = pos = value  # (its elements up to the Item Delimitation Item)
+            while True:
+                header = self.header(pos, end)
+                if header[0] == ITEM_DELIMITER:
+                    yield start, pos
+                    pos = header[3]
+                    break
+                pos = self.skip(pos, header)
 
-def _reference(
-    src: FileSource, pos: int, end: int, implicit: bool, little: bool, n: int
-) -> Reference:
-    """The Reference of item ``n``, whose data set is ``src.data[pos:end]``."""
-    buf = src.data
-    got: dict[int, tuple[bytes | None, int, int]] = {}
-    while pos < end:
-        header = element_header(buf, pos, implicit, little)
-        assert header is not None
-        tag, vr, length, value = header
-        if tag in (REFERENCED_SOP_CLASS_UID, REFERENCED_SOP_INSTANCE_UID):
-            if tag in got:
-                raise Refused(st.INVALID_ARGUMENT_VALUE, f"item {n}: {_NAMES[tag]} given twice")
-            got[tag] = (vr, length, value)
-        pos = _skip(src, pos, header, implicit, little)
-    uids_of = []
-    for tag in (REFERENCED_SOP_CLASS_UID, REFERENCED_SOP_INSTANCE_UID):
-        name = f"item {n}: {_NAMES[tag]}"
-        if tag not in got:
-            raise Refused(st.MISSING_ATTRIBUTE, f"{name} missing")
-        uids_of.append(_uid(buf, *got[tag], name))
-    return Reference(*uids_of)
+    def skip(self, pos: int, header: tuple[int, bytes | None, int, int]) -> int:
+        """Where the element at ``pos`` (walked already) ends."""
+        length, value = header[2], header[3]
+        return value + length if length != UNDEFINED else self.framed(pos)
+
+    def reference(self, pos: int, end: int, n: int) -> Reference:
+        """The Reference of item ``n``, whose data set is ``buf[pos:end]``."""
+        got: dict[int, tuple[bytes | None, int, int]] = {}
+        while pos < end:
+            header = self.header(pos, end)
+            tag, vr, length, value = header
+            if tag in (REFERENCED_SOP_CLASS_UID, REFERENCED_SOP_INSTANCE_UID):
+                if tag in got:
+                    raise Refused(st.INVALID_ARGUMENT_VALUE, f"item {n}: {_NAMES[tag]} given twice")
+                got[tag] = (vr, length, value)
+            pos = self.skip(pos, header)
+        uids_of = []
+        for tag in (REFERENCED_SOP_CLASS_UID, REFERENCED_SOP_INSTANCE_UID):
+            name = f"item {n}: {_NAMES[tag]}"
+            if tag not in got:
+                raise Refused(st.MISSING_ATTRIBUTE, f"{name} missing")
+            uids_of.append(_uid(self.buf, *got[tag], name))
+        return Reference(*uids_of)
 
 
 def _uid(buf: bytes, vr: bytes | None, length: int, value: int, name: str) -> str:
@@ -213,6 +226,8 @@ def event_information(
     the committed references (with ``retrieve_ae``), and, when any failed, the Failed
     SOP Sequence with each Failure Reason. Written as bytes, no data set built (a
     pydicom data set of 65,535 references took over 100 MiB: review68 #3)."""
+    if transfer_syntax not in uids.UNCOMPRESSED:  # (the only ones its contexts accept)
+        raise ValueError(f"no Event Information in {transfer_syntax}")
     implicit = transfer_syntax == uids.IMPLICIT_VR_LE
     little = transfer_syntax != uids.EXPLICIT_VR_BE
 
