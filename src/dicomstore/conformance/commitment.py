@@ -14,7 +14,11 @@ from dicomstore.services import commitment_info
 #: N-ACTION statuses of the Storage Commitment SCP, and when (PS3.4 J.3.2, PS3.7 C.5).
 COMMITMENT_STATUSES: tuple[tuple[int, str], ...] = (
     (st.SUCCESS, "the request is recorded durably (journal fsynced); the report follows"),
-    (st.INVALID_ATTRIBUTE_VALUE, "the Transaction UID or a referenced UID is not a UID"),
+    (
+        st.INVALID_ATTRIBUTE_VALUE,
+        "the Transaction UID or a referenced UID is not a UID (or not VR UI: UN is refused), "
+        "the Referenced SOP Sequence is no sequence",
+    ),
     (st.NO_SUCH_SOP_INSTANCE, "a Requested SOP Instance other than the well-known one"),
     (
         st.PROCESSING_FAILURE,
@@ -22,14 +26,16 @@ COMMITMENT_STATUSES: tuple[tuple[int, str], ...] = (
     ),
     (
         st.INVALID_ARGUMENT_VALUE,
-        "no Action Information, unreadable, or a Transaction UID already pending",
+        "no Action Information; it does not frame (cut short, an element past its item or "
+        "sequence: the Error Comment gives the offset) or gives an attribute twice; or a "
+        "Transaction UID already pending",
     ),
     (st.MISSING_ATTRIBUTE, "Transaction UID or Referenced SOP Sequence (or an item's UID) absent"),
     (st.MISSING_ATTRIBUTE_VALUE, "one of those present but empty"),
     (st.SOP_CLASS_NOT_SUPPORTED, "an N-ACTION on a context that is not Storage Commitment"),
     (st.NO_SUCH_ACTION_TYPE, "an Action Type ID other than 1"),
     (st.NOT_AUTHORIZED, "the caller lacks the `commit` right (policy file)"),
-    (st.DUPLICATE_INVOCATION, "the Message ID of a request still in progress"),
+    (st.DUPLICATE_INVOCATION, "the Message ID of an operation in progress on the association"),
     (st.MISTYPED_ARGUMENT, "a command with a missing or mistyped field"),
     (
         st.RESOURCE_LIMITATION,
