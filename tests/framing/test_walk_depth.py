@@ -60,7 +60,8 @@ def test_an_error_deep_down_is_said_naming_the_innermost_levels(defined: bool) -
     message = str(error.value)
     assert "VR the walk does not know" in message
     assert "(0009,1010) in item 1 of (0040,A730) ContentSequence in item 1 of" in message
-    assert "... (1990 levels more)" in message and len(message) < 1000
+    assert "... 1989 more levels ... (0040,A730) ContentSequence at offset" in message
+    assert len(message) < 1000
 
 
 @pytest.mark.parametrize("where", ["item", "sequence"])
@@ -81,5 +82,7 @@ def test_a_delimiter_inside_a_defined_length_is_no_end(where: str) -> None:
         if frames:
             assert walk_element(src, 0, False, True) == len(data)
         else:
-            with pytest.raises(FramingError, match="of defined length, which ends at offset"):
+            with pytest.raises(
+                FramingError, match="a delimiter .* before offset .* of defined length ends"
+            ):
                 walk_element(src, 0, False, True)

@@ -55,12 +55,14 @@ _NAMED_LEVELS = 8
 
 def _label(stack: list[_Open], depth: int) -> str:
     """What ``stack[:depth]`` is, for a message: ``item 2 of (0008,1115) ...``; the
-    innermost :data:`_NAMED_LEVELS` levels (a loop: hundreds of levels recursed past
-    Python's limit, review70 F3)."""
+    innermost :data:`_NAMED_LEVELS` levels (sequences and items each count) and the
+    top-level element (a loop: hundreds of levels recursed past Python's limit, review70
+    F3)."""
     text, d, named = "", depth, 0
     while d > 0:
-        if named == _NAMED_LEVELS:
-            return f"{text}... ({d} levels more)"
+        if named == _NAMED_LEVELS and d > 1:  # (and the top-level one, to look up)
+            more = d - 1
+            return f"{text}... {more} more level{'s' * (more > 1)} ... {tag_name(stack[0].tag)}"
         here = stack[d - 1]
         if not here.in_item:  # a sequence, or encapsulated Pixel Data
             text += tag_name(here.tag) + (" in " if d > 1 else "")
@@ -328,8 +330,8 @@ def _delimiter_at_end(stack: list[_Open], tag: int, pos: int, value: int) -> Non
     end = stack[-1].end
     if end is not None and value != end:
         raise FramingError(
-            f"{tag_name(tag)} at offset {pos} inside {_label(stack, len(stack))} of defined"
-            f" length, which ends at offset {end}",
+            f"a delimiter {tag_name(tag)} at offset {pos}, before offset {end} where"
+            f" {_label(stack, len(stack))} of defined length ends",
             tag,
             pos,
         )
