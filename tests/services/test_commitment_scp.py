@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -522,27 +523,61 @@ def test_verifications_take_no_thread_a_c_store_needs(
     assert 8 <= len(connections) <= 2 * 8  # (rows, then make_durable: per request)
 
 
-def test_pending_references_are_bounded(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each pending request holds its references in memory (review49 #1: 25 MiB for
-    65,535, and 1000 may be pending): at most 4 x --max-commitment-references of them."""
+@contextmanager
+def two_requesters(
+    root: Path, monkeypatch: pytest.MonkeyPatch, **config: Any
+) -> Iterator[tuple[ServerThread, threading.Event, Reports, Reports]]:
+    """A server whose reports wait for the yielded event, and the report listeners of
+    MODALITY and OTHER (each with its --commitment-scu address)."""
     gate = threading.Event()
     real_verify = commitment_reports.verify
     monkeypatch.setattr(
         commitment_reports, "verify", lambda r, refs: gate.wait(30) and real_verify(r, refs)
     )
-    with report_listener("MODALITY") as (port, reports):
-        scus = (Destination("MODALITY", "127.0.0.1", port),)
-        srv = serving(root, commitment_scus=scus, max_commitment_references=2)
+    with report_listener("MODALITY") as (port, reports), report_listener("OTHER") as (o, others):
+        scus = (Destination("MODALITY", "127.0.0.1", port), Destination("OTHER", "127.0.0.1", o))
+        srv = serving(root, commitment_scus=scus, **config)
         with srv:
-            for n in range(4):
-                assert n_action(srv.port, action_information(f"1.2.8.17{n}", *HELD)) == 0
-            assert n_action(srv.port, action_information("1.2.8.179", *HELD)) == 0x0213
-            gate.set()
-            reports.wait(4)
-            assert settled(srv)
-            assert n_action(srv.port, action_information("1.2.8.179", *HELD)) == 0
-            assert settled(srv)
+            yield srv, gate, reports, others
         srv.archive.close()  # type: ignore[attr-defined]
+
+
+def test_pending_references_are_bounded(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pending request holds its references in memory (review49 #1: 25 MiB for
+    65,535, and 1000 may be pending): at most 4 x --max-commitment-references of them,
+    and one calling AE title half of that (the others' room)."""
+    with two_requesters(root, monkeypatch, max_commitment_references=2) as served:
+        srv, gate, reports, others = served
+        for n in range(2):
+            assert n_action(srv.port, action_information(f"1.2.8.17{n}", *HELD)) == 0
+        assert n_action(srv.port, action_information("1.2.8.179", *HELD)) == 0x0213
+        for n in range(2, 4):
+            ds = action_information(f"1.2.8.17{n}", *HELD)
+            assert n_action(srv.port, ds, calling="OTHER") == 0
+        ds = action_information("1.2.8.178", *HELD)
+        assert n_action(srv.port, ds, calling="THIRD") == 0x0213  # (8 in all)
+        gate.set()
+        reports.wait(2)
+        others.wait(2)
+        assert settled(srv)
+        assert n_action(srv.port, action_information("1.2.8.179", *HELD)) == 0
+        assert settled(srv)
+
+
+def test_one_requester_holds_half_the_pending_requests(
+    root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with two_requesters(root, monkeypatch, max_pending_commitments=2) as served:
+        srv, gate, reports, others = served
+        assert n_action(srv.port, action_information("1.2.8.190", *HELD)) == 0
+        assert n_action(srv.port, action_information("1.2.8.191", *HELD)) == 0x0213
+        ds = action_information("1.2.8.192", *HELD)
+        assert n_action(srv.port, ds, calling="OTHER") == 0
+        gate.set()
+        reports.wait(1)
+        others.wait(1)
+        assert settled(srv)
+    assert "N-ACTION answered 0213: 1 requests of MODALITY pending already" in caplog.text
 
 
 def test_damage_found_is_logged(root: Path, server, caplog: pytest.LogCaptureFixture) -> None:

@@ -30,8 +30,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -140,6 +142,30 @@ def verify(reader: ArchiveReader, refs: Iterable[Reference]) -> list[Verdict]:
             Verdict(v.reference, PROCESSING_FAILURE, why) if v.committed else v for v in verdicts
         ]
     return verdicts
+
+
+#: Damaged instances named one by one in the log, per report.
+NAMED_DAMAGED = 20
+
+
+def log_failures(log: logging.Logger, transaction_uid: str, verdicts: list[Verdict]) -> None:
+    """A WARNING when references are not committed (their reasons, counted), and one
+    per instance whose file is gone or differs from what was stored: damage to the
+    archive the operator must see (review49 #5: only the requester was told)."""
+    failed = [v for v in verdicts if not v.committed]
+    if not failed:
+        return
+    kinds = Counter(f"{v.failure_reason:04X} {v.why.split(':')[0]}" for v in failed)
+    log.warning(
+        "storage commitment %s: %d of %d not committed: %s",
+        transaction_uid,
+        len(failed),
+        len(verdicts),
+        ", ".join(f"{why} x{n}" for why, n in kinds.most_common(5)),
+    )
+    damaged = [v for v in failed if v.failure_reason == PROCESSING_FAILURE or v.why == MISSING]
+    for v in damaged[:NAMED_DAMAGED]:
+        log.warning("archive damage: instance %s: %s", v.reference.sop_instance_uid, v.why)
 
 
 @dataclass

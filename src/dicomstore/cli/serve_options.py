@@ -307,8 +307,8 @@ def add_parser(sub: Any) -> None:
         type=_int(1),
         default=_D.max_pending_commitments,
         metavar="N",
-        help="most Storage Commitment requests accepted and not yet reported; more: 0213 "
-        f"(default {_D.max_pending_commitments})",
+        help="most Storage Commitment requests accepted and not yet reported (one calling "
+        f"AE title: half); more: 0213 (default {_D.max_pending_commitments})",
     )
     lim.add_argument(
         "--operation-timeout",

@@ -41,7 +41,8 @@ COMMITMENT_STATUSES: tuple[tuple[int, str], ...] = (
         st.RESOURCE_LIMITATION,
         f"more than `--max-commitment-references` ({commitment_info.MAX_REFERENCES}) "
         f"references, or `--max-pending-commitments` ({commitment_info.MAX_PENDING}) "
-        "requests not yet reported",
+        "requests not yet reported (or more than half of either bound for one calling AE "
+        "title)",
     ),
 )
 

@@ -22,15 +22,13 @@ SCU 0 / SCP 1 (we are the SCP invoking N-EVENT-REPORT as association
 requestor, PS3.4 J.3.3, PS3.7 D.3.3.4). Only the N-EVENT-REPORT-RSP removes
 the request from the journal (0211 or 0213 on the requesting association: a
 new association is tried; on a new association: again later); until then it is
-retried with backoff, the references verified once (a retry sends the same
-report), and at the next start. A request whose report was refused for good (an
-A-ASSOCIATE-RJ permanent) is stranded: it waits in the journal for the next start,
-or for its requester to ask again, and holds no pending slot. One not taken in
-:data:`STRAND_AFTER` tries (about 40 minutes: a modality off for the night) is
-*overdue*: retried on every ``max_retry_delay``, never dropped, its pending slot
-freed while the overdue ones stay within the pending bounds again (review68 #2: an
-SCU that stayed unreachable held its requests' slots, re-verified at every try, for
-ever; review69 M1: stranding them lost the reports of an SCU off overnight).
+retried with backoff (the same report), and at the next start. One refused for good
+(A-ASSOCIATE-RJ permanent) is stranded: it waits in the journal for the next start,
+or for its requester to ask again, holding no pending slot. One not taken in
+:data:`STRAND_AFTER` tries (a modality off for the night) is *overdue*: retried on
+every ``max_retry_delay``, never dropped, its pending slot freed while the overdue
+stay within the pending bounds (review68 #2, review69 M1). One calling AE title
+holds half the pending bounds at most (requests, references): the others' room.
 
 Several nodes on one storage root (issue 17) share the journal: each node
 reports only the requests it holds (``archive/commitment.py``: the flock of
@@ -48,7 +46,6 @@ import asyncio
 import logging
 import random
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -60,12 +57,11 @@ from dicomstore.aio.association import Timeouts, Transport
 from dicomstore.aio.client import associate
 from dicomstore.aio.invoker import Invoker
 from dicomstore.archive.commitment import (
-    MISSING,
-    PROCESSING_FAILURE,
     CommitmentJournal,
     CommitmentRequest,
     DuplicateTransaction,
     Verdict,
+    log_failures,
     verify,
 )
 from dicomstore.archive.reader import ArchiveReader
@@ -167,8 +163,8 @@ class CommitmentService:
         self.max_retry_delay = max_retry_delay
         self.audit = audit
         #: the requests accepted and not yet reported: transaction UID -> references (at
-        #: most 4 x ``max_references`` in all: :meth:`accept`)
-        self.pending: dict[str, int] = {}
+        #: most 4 x ``max_references`` in all: :meth:`accept`), calling AE title
+        self.pending: dict[str, tuple[int, str]] = {}
         #: those that cannot be reported (their association gone, their AE title with
         #: no address), oldest first: kept in the journal for a start with the address
         #: configured, at most ``max_pending`` of them, and not counted as pending;
@@ -199,7 +195,7 @@ class CommitmentService:
                 len(request.references),
                 request.received_at,
             )
-            self.pending[request.transaction_uid] = len(request.references)
+            self.pending[request.transaction_uid] = (len(request.references), request.calling_ae)
             self._spawn(self._deliver(request, None))
 
     async def close(self) -> None:
@@ -219,7 +215,8 @@ class CommitmentService:
 
     async def accept(self, request: CommitmentRequest) -> None:
         """Record ``request`` durably (:class:`Refused`: 0115 its Transaction UID
-        pending, 0213 too many pending, 0110 the journal cannot be written). A request
+        pending, 0213 too many pending, of all or of its calling AE title, which holds
+        half the bounds at most; 0110 the journal cannot be written). A request
         of a Transaction UID stranded here (its report waits for an address) replaces
         it: the requester (its calling AE title) asks again, on an association we can
         report on (review49 #3)."""
@@ -231,12 +228,19 @@ class CommitmentService:
             raise Refused(st.INVALID_ARGUMENT_VALUE, "Transaction UID already pending")
         if len(self.pending) >= self.max_pending:
             raise Refused(st.RESOURCE_LIMITATION, f"{self.max_pending} requests pending already")
-        held = sum(self.pending.values())  # (their memory, ~200 bytes each, is bounded
-        if self.pending and held + len(request.references) > 4 * self.max_references:
-            raise Refused(  # whatever max_pending says)
+        size, caller = len(request.references), request.calling_ae
+        held = sum(n for n, _ in self.pending.values())  # (their memory, ~200 bytes each,
+        if self.pending and held + size > 4 * self.max_references:  # is bounded whatever
+            raise Refused(  # max_pending says)
                 st.RESOURCE_LIMITATION, f"{held} references pending already: try again later"
             )
-        self.pending[tx] = len(request.references)
+        mine = [n for n, ae in self.pending.values() if ae == caller]  # (one requester
+        if len(mine) >= max(1, self.max_pending // 2) or (  # leaves room for others)
+            mine and sum(mine) + size > 2 * self.max_references
+        ):
+            why = f"{len(mine)} requests of {caller} pending already: try again later"
+            raise Refused(st.RESOURCE_LIMITATION, why)
+        self.pending[tx] = (size, caller)
         try:
             if tx in self.stranded:
                 await asyncio.to_thread(self.journal.done, tx)
@@ -298,11 +302,12 @@ class CommitmentService:
         """Not reported in ``failures`` tries: retried on (never dropped), its pending
         slot freed while the overdue ones stay within the pending bounds (else it keeps
         its slot, and new requests are refused 0213 as before)."""
-        tx, size = request.transaction_uid, self.pending.get(request.transaction_uid, 0)
+        tx, size = request.transaction_uid, len(request.references)
         held = sum(self.overdue.values())
         if len(self.overdue) >= self.max_pending or held + size > 4 * self.max_references:
             return
-        self.overdue[tx] = self.pending.pop(tx, size)
+        self.pending.pop(tx, None)
+        self.overdue[tx] = size
         every = f"tried again every {self.max_retry_delay:.0f} s, its pending slot freed"
         log.warning("storage commitment %s: not reported in %d tries; %s", tx, failures, every)
 
@@ -397,7 +402,7 @@ class CommitmentService:
         """(In the commitment thread.) Verify now, say what failed, make the report and
         encode it in the transfer syntax it most likely goes in."""
         verdicts = verify(self.reader, request.references)
-        _log_failures(request.transaction_uid, verdicts)
+        log_failures(log, request.transaction_uid, verdicts)
         tx = request.transaction_uid
         event_type, data = event_information(tx, verdicts, self.ae_title, transfer_syntax)
         report = _Report(tx, verdicts, event_type)
@@ -467,30 +472,6 @@ class CommitmentService:
                 "status": f"{status:04X}",
             }
         )
-
-
-#: Damaged instances named one by one in the log, per report.
-NAMED_DAMAGED = 20
-
-
-def _log_failures(transaction_uid: str, verdicts: list[Verdict]) -> None:
-    """A WARNING when references are not committed (their reasons, counted), and one
-    per instance whose file is gone or differs from what was stored: damage to the
-    archive the operator must see (review49 #5: only the requester was told)."""
-    failed = [v for v in verdicts if not v.committed]
-    if not failed:
-        return
-    kinds = Counter(f"{v.failure_reason:04X} {v.why.split(':')[0]}" for v in failed)
-    log.warning(
-        "storage commitment %s: %d of %d not committed: %s",
-        transaction_uid,
-        len(failed),
-        len(verdicts),
-        ", ".join(f"{why} x{n}" for why, n in kinds.most_common(5)),
-    )
-    damaged = [v for v in failed if v.failure_reason == PROCESSING_FAILURE or v.why == MISSING]
-    for v in damaged[:NAMED_DAMAGED]:
-        log.warning("archive damage: instance %s: %s", v.reference.sop_instance_uid, v.why)
 
 
 class _NoAddress(Exception):
