@@ -577,7 +577,10 @@ def test_one_requester_holds_half_the_pending_requests(
         reports.wait(1)
         others.wait(1)
         assert settled(srv)
-    assert "N-ACTION answered 0213: 1 requests of MODALITY pending already" in caplog.text
+    assert (
+        "N-ACTION answered 0213: 1 requests of MODALITY (2 references) pending already"
+        in caplog.text
+    )
 
 
 def test_damage_found_is_logged(root: Path, server, caplog: pytest.LogCaptureFixture) -> None:

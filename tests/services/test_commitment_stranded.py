@@ -6,9 +6,11 @@ its slot freed; its references are verified once, not at every try."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+from tests.archive.archive_testlib import CT
 from tests.conftest import free_port, wait_listening
 from tests.services.commitment_testlib import (
     HELD,
@@ -19,7 +21,7 @@ from tests.services.commitment_testlib import (
 )
 from tests.services.test_commitment_scp import n_action, serving
 
-from dicomstore.archive.commitment import CommitmentJournal
+from dicomstore.archive.commitment import CommitmentJournal, CommitmentRequest, Reference
 from dicomstore.services import commitment_reports
 from dicomstore.services.destinations import Destination
 
@@ -114,3 +116,61 @@ def test_a_report_retried_past_reverify_after_is_verified_again(
         assert n_action(srv.port, action_information("1.2.8.193", *HELD)) == 0
         assert twice.wait(20)
     srv.archive.close()  # type: ignore[attr-defined]
+
+
+def test_a_backlog_found_at_start_leaves_the_others_room(root: Path) -> None:
+    """review72 F2: at a start every journaled request was pending again, beyond the
+    bounds and the requester's half: one modality's backlog had others refused 0213
+    until each of its requests went overdue (tens of minutes)."""
+    journal = CommitmentJournal(root, fsync=False)
+    for n in range(3):
+        refs = [Reference(CT, uid) for uid in HELD]
+        journal.add(CommitmentRequest(f"1.2.8.20{n}", refs, "MODALITY"))
+    journal.close()
+    port = free_port()  # (nothing listens: MODALITY's reports keep failing)
+    scus = (Destination("MODALITY", "127.0.0.1", port),)
+    srv = serving(root, commitment_scus=scus, max_pending_commitments=2)
+    with srv:
+        commitments = srv.server.commitments
+        assert commitments is not None
+        assert len(commitments.pending) == 1 and len(commitments.overdue) == 2
+        ds = action_information("1.2.8.209", *HELD)
+        assert n_action(srv.port, ds, calling="OTHER") == 0
+    srv.archive.close()  # type: ignore[attr-defined]
+
+
+def test_an_overdue_report_takes_the_overdue_room_once_there_is_some(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review72 F3: a request was moved to the overdue only at its STRAND_AFTER-th
+    failure; the overdue full then, it held its pending slot until reported."""
+    monkeypatch.setattr(commitment_reports, "STRAND_AFTER", 2)
+    srv = serving(root, commitment_scus=(Destination("MODALITY", "127.0.0.1", free_port()),))
+    with srv:
+        commitments = srv.server.commitments
+        assert commitments is not None
+        commitments.retry_delay = commitments.max_retry_delay = 0.02
+        commitments.overdue.update({f"9.9.{n}": 1 for n in range(commitments.max_pending)})
+        tries: list[int] = []
+        attempt = commitments._attempt
+
+        async def counted(*args):
+            tries.append(1)
+            return await attempt(*args)
+
+        monkeypatch.setattr(commitments, "_attempt", counted)
+        assert n_action(srv.port, action_information("1.2.8.210", *HELD)) == 0
+        assert polled(lambda: len(tries) > 4)  # (past STRAND_AFTER: the overdue full)
+        assert "1.2.8.210" in commitments.pending
+        commitments.overdue.clear()
+        assert polled(lambda: "1.2.8.210" in commitments.overdue)
+        assert settled(srv)
+    srv.archive.close()  # type: ignore[attr-defined]
+
+
+def polled(done, timeout: float = 20) -> bool:
+    """Until ``done()`` (polled, with a deadline): True if so."""
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(done())

@@ -183,7 +183,9 @@ class CommitmentService:
 
     async def start(self) -> None:
         """Report what an earlier run or a dead node accepted and did not report
-        (PS3.4 J.3.3), never what a live node reports (module notes)."""
+        (PS3.4 J.3.3), never what a live node reports (module notes); those beyond the
+        pending bounds as overdue (review72 F2: one requester's backlog took every slot
+        again at each start)."""
         requests = await asyncio.to_thread(self.journal.take)
         for request in requests:
             if request.transaction_uid in self.pending or request.transaction_uid in self.overdue:
@@ -195,7 +197,11 @@ class CommitmentService:
                 len(request.references),
                 request.received_at,
             )
-            self.pending[request.transaction_uid] = (len(request.references), request.calling_ae)
+            size, caller = len(request.references), request.calling_ae
+            if self._full(size, caller) is None:
+                self.pending[request.transaction_uid] = (size, caller)
+            else:  # (as overdue: the journal is bounded; new requesters keep their room)
+                self.overdue[request.transaction_uid] = size
             self._spawn(self._deliver(request, None))
 
     async def close(self) -> None:
@@ -226,20 +232,10 @@ class CommitmentService:
         if self.stranded.get(tx, request.calling_ae) != request.calling_ae:
             # (another AE title's stranded request is not replaced: review52 L2)
             raise Refused(st.INVALID_ARGUMENT_VALUE, "Transaction UID already pending")
-        if len(self.pending) >= self.max_pending:
-            raise Refused(st.RESOURCE_LIMITATION, f"{self.max_pending} requests pending already")
         size, caller = len(request.references), request.calling_ae
-        held = sum(n for n, _ in self.pending.values())  # (their memory, ~200 bytes each,
-        if self.pending and held + size > 4 * self.max_references:  # is bounded whatever
-            raise Refused(  # max_pending says)
-                st.RESOURCE_LIMITATION, f"{held} references pending already: try again later"
-            )
-        mine = [n for n, ae in self.pending.values() if ae == caller]  # (one requester
-        if len(mine) >= max(1, self.max_pending // 2) or (  # leaves room for others)
-            mine and sum(mine) + size > 2 * self.max_references
-        ):
-            why = f"{len(mine)} requests of {caller} pending already: try again later"
-            raise Refused(st.RESOURCE_LIMITATION, why)
+        full = self._full(size, caller)
+        if full is not None:
+            raise Refused(st.RESOURCE_LIMITATION, full)
         self.pending[tx] = (size, caller)
         try:
             if tx in self.stranded:
@@ -254,6 +250,23 @@ class CommitmentService:
             del self.pending[tx]
             log.error("storage commitment journal: %s", exc)
             raise Refused(st.PROCESSING_FAILURE, f"cannot record the request: {exc}") from None
+
+    def _full(self, size: int, caller: str) -> str | None:
+        """Why one more pending request of ``size`` references from ``caller`` is over
+        the bounds (None: it is not): ``max_pending`` requests, 4 x ``max_references``
+        references (their memory, ~200 bytes each, whatever max_pending says), and half
+        of each for one calling AE title (the others' room)."""
+        if len(self.pending) >= self.max_pending:
+            return f"{self.max_pending} requests pending already"
+        held = sum(n for n, _ in self.pending.values())
+        if self.pending and held + size > 4 * self.max_references:
+            return f"{held} references pending already: try again later"
+        mine = [n for n, ae in self.pending.values() if ae == caller]
+        if len(mine) >= max(1, self.max_pending // 2) or (
+            mine and sum(mine) + size > 2 * self.max_references
+        ):
+            return f"{len(mine)} requests of {caller} ({sum(mine)} references) pending already"
+        return None
 
     def report(self, request: CommitmentRequest, channel: Channel | None) -> None:
         """Verify and report ``request`` (accepted) from a task of the server."""
@@ -277,8 +290,8 @@ class CommitmentService:
                 if isinstance(exc, AssociationRejected) and not exc.transient:
                     await self._strand(request, f"its report is refused for good: {exc}")
                     return
-                if failures == STRAND_AFTER:
-                    self._overdue(request, failures)
+                if failures >= STRAND_AFTER and request.transaction_uid in self.pending:
+                    self._overdue(request, failures)  # (once the overdue have room)
                 delay = min(self.retry_delay * 2 ** (failures - 1), self.max_retry_delay)
                 delay *= 0.5 + random.random() / 2  # jitter: requesters back at once spread
                 log.warning(
