@@ -147,3 +147,56 @@ def test_a_c_cancel_on_another_context_cancels_nothing(held_find, caplog) -> Non
         answered, _ = asyncio.run(_while_a_find_runs(srv.port, gate, "cancel"))
     assert answered[FIND] == [0xFF00] * 4 + [0x0000]  # (cancelled: FE00)
     assert any(f"C-CANCEL-RQ, message {FIND_ID} not in progress" in m for m in caplog.messages)
+
+
+def test_the_id_of_an_operation_answered_is_free_at_once(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review72 F1: an ID was "in progress" until its task ended, a few loop turns after
+    its final response: a peer reusing it at once was answered 0210 (1 in 100)."""
+    gate = threading.Event()
+    real_answer = query_scp.QuerySCP.answer
+
+    async def lingering(self: Any, op: Any) -> None:
+        await real_answer(self, op)
+        await asyncio.to_thread(gate.wait, 30)  # (answered, its task not yet ended)
+
+    monkeypatch.setattr(query_scp.QuerySCP, "answer", lingering)
+
+    async def main(port: int) -> list[str]:
+        contexts = [(STUDY_ROOT, (uids.EXPLICIT_VR_LE,)), (CT, (uids.EXPLICIT_VR_LE,))]
+        assoc = await associate("127.0.0.1", port, contexts=contexts)
+        finals: list[str] = []
+        final = asyncio.Event()
+
+        def on_dimse(event: Any) -> None:
+            if isinstance(event, CommandReceived) and event.message.status != 0xFF00:
+                finals.append(f"{type(event.message).__name__} {event.message.status:04X}")
+                final.set()
+
+        assoc._on_dimse = on_dimse  # type: ignore[method-assign]
+        find_ctx, ct_ctx = (assoc.context_for(c) for c, _ in contexts)
+        assert find_ctx and ct_ctx and assoc.negotiated is not None
+        conn, max_pdu = assoc.t.conn, assoc.negotiated.peer_max_pdu
+        query = encode_dataset(identifier("STUDY", StudyInstanceUID=""), uids.EXPLICIT_VR_LE)
+        store = dataset("1.2.77.3", study="1.2.77", series="1.2.77.1", patient_id="P77")
+        for ctx, command, data in (
+            (find_ctx.id, CFindRQ(FIND_ID, STUDY_ROOT).encode(), query),
+            (ct_ctx.id, CStoreRQ(FIND_ID, CT, "1.2.77.3").encode(), store),
+            (find_ctx.id, CFindRQ(FIND_ID, STUDY_ROOT).encode(), query),
+        ):
+            final.clear()
+            conn.send_each(command_pdvs(ctx, command, max_pdu))
+            conn.send_each(dataset_pdvs(ctx, data, max_pdu, True))
+            assoc.t.write_now()
+            await asyncio.wait_for(final.wait(), 30)
+        gate.set()
+        await asyncio.wait_for(assoc.release(), 30)
+        return finals
+
+    with audited_server(root) as (srv, _audit):
+        try:
+            finals = asyncio.run(main(srv.port))
+        finally:
+            gate.set()
+    assert finals == ["CFindRSP 0000", "CStoreRSP 0000", "CFindRSP 0000"]

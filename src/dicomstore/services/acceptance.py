@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from dicomstore.errors import RemoteProtocolError
 from dicomstore.services.admission import Admission, AdmissionRequest
 from dicomstore.tls import peer_subject
 from dicomstore.ul import pdu as P
@@ -18,6 +19,7 @@ from dicomstore.ul.items import UserIdentityAC, UserIdentityRQ
 if TYPE_CHECKING:
     from dicomstore.services.acceptor import AcceptorAssociation
     from dicomstore.services.server import Server
+    from dicomstore.ul.negotiation import Negotiated
 
 _CONGESTION = P.AssociateRJ(
     P.REJECT_TRANSIENT, P.REJECT_SOURCE_PRESENTATION, P.REJECT_TEMPORARY_CONGESTION
@@ -175,3 +177,14 @@ def _user_named(identity: UserIdentityRQ | None) -> str | None:
     if identity is None or identity.identity_type != 2:
         return None
     return identity.primary.decode("utf-8", "replace")
+
+
+def check_context(negotiated: Negotiated | None, context_id: int) -> None:
+    """A PDV may only travel on an accepted presentation context (PS3.8 7.1.1.13,
+    9.3.5.1): any other is a protocol error, answered by an A-ABORT (invalid PDU
+    parameter value), not by a DIMSE response on a context that does not exist."""
+    if negotiated is None or context_id not in negotiated.contexts:
+        raise RemoteProtocolError(
+            f"a PDV on presentation context {context_id}, which was not accepted",
+            P.ABORT_INVALID_PDU_PARAMETER_VALUE,
+        )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
 from dicomstore.aio.association import DeadlinePassed, StalledPDU, Transport
@@ -45,7 +46,7 @@ from dicomstore.dimse import (
 )
 from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationAborted, RemoteProtocolError
-from dicomstore.services.acceptance import admit, association_ended, over_limits, stop_now
+from dicomstore.services import acceptance
 from dicomstore.services.admission import Admission
 from dicomstore.services.repeated import Repeated
 from dicomstore.services.same_association import SameAssociationStore, acceptor_invoker
@@ -224,7 +225,7 @@ class AcceptorAssociation:
             self.outcome = "aborted: idle"
             t.abort_now()
         except asyncio.CancelledError:  # (the server stopping, its grace over)
-            stop_now(self)
+            acceptance.stop_now(self)
             raise
         except ConnectionError as exc:  # (a reset; a peer that read nothing: drain)
             log.info("%s: connection lost: %s", t.peer, exc)
@@ -243,7 +244,7 @@ class AcceptorAssociation:
             if self.inflight:  # the peer left: commits finish, answers go nowhere
                 await asyncio.wait(list(self.inflight.values()))
             await t.close()
-            association_ended(self)
+            acceptance.association_ended(self)
 
     def _drop_receiving(self) -> None:
         """Whatever was being received is abandoned: no file, no row."""
@@ -255,7 +256,7 @@ class AcceptorAssociation:
         t = self.t
         if isinstance(event, DataIndication):
             for pdv in event.pdvs:  # (decoded as read: a turn every PDVS_PER_TURN)
-                self._check_context(pdv.context_id)
+                acceptance.check_context(self.t.negotiated, pdv.context_id)
                 await t.pace()
                 for dimse_event in t.assembler.receive(pdv):
                     await self._on_dimse(dimse_event)
@@ -295,17 +296,6 @@ class AcceptorAssociation:
             for scp in scps:
                 await scp.close()
 
-    def _check_context(self, context_id: int) -> None:
-        """A PDV may only travel on an accepted presentation context (PS3.8 7.1.1.13,
-        9.3.5.1): any other is a protocol error, answered by an A-ABORT (invalid PDU
-        parameter value), not by a DIMSE response on a context that does not exist."""
-        negotiated = self.t.negotiated
-        if negotiated is None or context_id not in negotiated.contexts:
-            raise RemoteProtocolError(
-                f"a PDV on presentation context {context_id}, which was not accepted",
-                P.ABORT_INVALID_PDU_PARAMETER_VALUE,
-            )
-
     def _commit_in_thread(self) -> bool:
         """Commit in a worker thread, so that the loop serves others meanwhile; with
         :data:`WHEN_BUSY`, not when this association is the only one and awaits each
@@ -325,7 +315,7 @@ class AcceptorAssociation:
     async def _on_request(self, rq: P.AssociateRQ) -> None:
         t = self.t
         self.request = rq
-        limit = over_limits(self.server, self, rq)
+        limit = acceptance.over_limits(self.server, self, rq)
         if limit is not None:
             self._reject(rq, *limit)
             return
@@ -336,7 +326,9 @@ class AcceptorAssociation:
             return
         assert negotiated is not None
         subject = peer_subject(t.writer.get_extra_info("peercert"))
-        admission, rejection = await admit(self.server, rq, answer, self.address, subject)
+        admission, rejection = await acceptance.admit(
+            self.server, rq, answer, self.address, subject
+        )
         self.admission = admission
         if rejection is not None:
             self._reject(rq, *rejection)
@@ -434,7 +426,10 @@ class AcceptorAssociation:
             else:
                 t.queue_message(event.context_id, rsp.encode())
         elif isinstance(message, CCancelRQ):  # PS3.7 9.3.2.3: nothing to answer
-            said = f"C-CANCEL-RQ, message {message.message_id_being_responded_to} not in progress"
+            said = (
+                f"C-CANCEL-RQ, message {message.message_id_being_responded_to} not in progress"
+                f" on context {event.context_id}"
+            )
             self.repeated.say(logging.INFO, "C-CANCEL-RQs not in progress", t.peer, said)
         else:
             said = f"unexpected {type(message).__name__} ignored"
@@ -472,9 +467,14 @@ class AcceptorAssociation:
         msg_id = receiving.rq.message_id
         task = asyncio.create_task(self._finish_later(context_id, receiving))
         self.inflight[msg_id] = task
-        task.add_done_callback(lambda _t: self.inflight.pop(msg_id, None))
+        task.add_done_callback(partial(self._answered, msg_id))
         if window and len(self.inflight) >= window:
             await asyncio.wait(list(self.inflight.values()), return_when=asyncio.FIRST_COMPLETED)
+
+    def _answered(self, message_id: int, task: asyncio.Task | None) -> None:
+        """The C-STORE of ``task`` is answered: its ID free for another (review72 F1)."""
+        if self.inflight.get(message_id) is task:  # (else it is another's already)
+            del self.inflight[message_id]
 
     async def _finish(self, receiving: Receiving):
         assert self.storage is not None
@@ -490,6 +490,7 @@ class AcceptorAssociation:
         t = self.t
         if t.conn.state in (State.STA6, State.STA8):  # DT-1 or AR-7 (PS3.8 Table 9-10)
             t.queue_message(context_id, rsp.encode())
+            self._answered(rsp.message_id_being_responded_to, asyncio.current_task())
             try:
                 await t.drain()
             except (ConnectionError, OSError):

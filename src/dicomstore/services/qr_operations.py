@@ -148,10 +148,6 @@ def keys_line(described: dict[str, str]) -> str:
     return " ".join(shown)
 
 
-def _unused(message_id: int) -> bool:
-    return False
-
-
 class QROperations:
     """Requests of ``request_types`` on the contexts of ``sop_classes``; see the module
     notes. Subclasses give :meth:`start_operation` (the task answering one request)."""
@@ -187,7 +183,7 @@ class QROperations:
         self._tasks: set[asyncio.Task[None]] = set()
         #: whether the association has an operation of this Message ID in progress
         #: elsewhere too (the acceptor's: a C-STORE, another SCP's operation)
-        self.in_use: Callable[[int], bool] = _unused
+        self.in_use: Callable[[int], bool] = self.in_progress
 
     @property
     def busy(self) -> bool:
@@ -210,17 +206,24 @@ class QROperations:
         association reads nothing meanwhile: a peer invoking more operations than
         the window it was granted (PS3.7 D.3.3.3) waits, its requests are not kept."""
         while self._held is not None:
-            if len(self._running) < self.window():
+            if self._outstanding() < self.window():
                 op, self._held = self._held, None
                 self._launch(op)
                 return
             self._ended.clear()
             await self._ended.wait()
 
+    def _outstanding(self) -> int:
+        """Its operations whose final response is not sent (the window's count)."""
+        return sum(not op.ended for op in self._running.values())
+
     def in_progress(self, message_id: int) -> bool:
-        """One of its operations of ``message_id`` runs or waits for the window."""
+        """One of its operations of ``message_id`` runs or waits for the window, its
+        final response not sent (review72 F1: an ID answered was still "in progress" a
+        few loop turns, and the peer reusing it at once was answered 0210)."""
         held = self._held is not None and self._held.rq.message_id == message_id
-        return held or message_id in self._running
+        running = self._running.get(message_id)
+        return held or (running is not None and not running.ended)
 
     def handles(self, event: CommandReceived | DatasetFragment) -> bool:
         """True for what this SCP takes: its requests, their Identifiers, and a
@@ -292,7 +295,7 @@ class QROperations:
         if not self.allowed:
             comment = f"{self.service} is not allowed for this caller"
             return rq.response(st.NOT_AUTHORIZED, error_comment=comment)
-        if self.in_progress(rq.message_id) or self.in_use(rq.message_id):  # (0210)
+        if self.in_use(rq.message_id):  # (0210: ours, or another's of the association)
             comment = f"message ID {rq.message_id} is still in progress"
             return rq.response(st.DUPLICATE_INVOCATION, error_comment=comment)
         return None
@@ -301,7 +304,7 @@ class QROperations:
         if op.refusal is not None:
             self.refused(op)
             return
-        if self.beyond_window != "run" and len(self._running) >= self.window():
+        if self.beyond_window != "run" and self._outstanding() >= self.window():
             if self.beyond_window == "hold":
                 self._held = op  # (the acceptor then awaits room(): one at most)
                 return
@@ -342,7 +345,8 @@ class QROperations:
                     rsp = op.rq.response(st.CANNOT_UNDERSTAND, error_comment=comment)
                 self.send(op, rsp)
         finally:
-            self._running.pop(op.rq.message_id, None)
+            if self._running.get(op.rq.message_id) is op:  # (not a new one of its ID)
+                del self._running[op.rq.message_id]
             self._ended.set()
         await self.drain()
 
@@ -390,6 +394,7 @@ class QROperations:
         """Queue one response (with its Identifier) if the association is still open."""
         if rsp.status not in (st.PENDING, st.PENDING_WARNING):
             op.ended = True
+            self._ended.set()  # (its place in the window is free: room())
         if self.is_open:
             self.t.queue_message(op.context_id, rsp.encode(), data)
 
