@@ -19,8 +19,6 @@ from tests.archive.archive_testlib import CT, dataset, store
 
 from dicomstore import uids
 from dicomstore.archive import Archive
-from dicomstore.archive.commitment import Reference
-from dicomstore.services import commitment_scu
 
 SC = uids.STORAGE_COMMITMENT_PUSH
 SC_INSTANCE = uids.STORAGE_COMMITMENT_PUSH_INSTANCE
@@ -51,10 +49,17 @@ def fill(root: Path) -> dict[str, Path]:
 
 
 def action_information(transaction: str, *sop_uids: str, sop_class: str = CT) -> Dataset:
-    """A Storage Commitment Request (PS3.4 Table J.3-1)."""
-    return commitment_scu.action_information(
-        transaction, [Reference(sop_class, uid) for uid in sop_uids]
-    )
+    """A Storage Commitment Request (PS3.4 Table J.3-1), for pynetdicom to send."""
+    ds = Dataset()
+    ds.TransactionUID = transaction
+    items = []
+    for uid in sop_uids:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = uid
+        items.append(item)
+    ds.ReferencedSOPSequence = items
+    return ds
 
 
 @dataclass
