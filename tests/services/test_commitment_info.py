@@ -339,3 +339,18 @@ def test_a_report_is_read_leniently_and_what_is_wrong_refused() -> None:
         with pytest.raises(Refused) as refused:
             read_event_information(data, False, True)
         assert refused.value.status == status and says in refused.value.comment
+
+
+def test_a_report_takes_the_uids_as_they_come() -> None:
+    """review73 F1, F2: a legacy SOP Instance UID we sent (``send`` checks only the SOP
+    Class UID), echoed back in the report, refused the whole report (0106): every
+    instance of it unknown; an empty SOP Class UID is none. F4: said "Event Information"."""
+    committed = _uid_element(0x00081150, b"") + _uid_element(0x00081155, b"1.2.840.0123.5\0")
+    seq = struct.pack("<HH2sHL", 0x0008, 0x1199, b"SQ", 0, len(committed) + 8)
+    data = _uid_element(0x00081195, b"1.2\0") + seq + _implicit(0xFFFEE000, committed)
+    assert read_event_information(data, False, True) == ("1.2", {"1.2.840.0123.5": None}, {})
+    with pytest.raises(Refused) as refused:
+        read_event_information(data[:-3], False, True)
+    assert refused.value.comment.startswith("Event Information cut short at offset")
+    data = encode_action_information("1.2", [Reference(CT, "1.2.é")], uids.EXPLICIT_VR_LE)
+    assert b"1.2.?" in data  # (review73 F3: UnicodeEncodeError, though it never raises)

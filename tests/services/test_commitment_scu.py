@@ -103,8 +103,9 @@ class PynetdicomSCP:
     """pynetdicom as Storage and Storage Commitment SCP: it reports, from its N-ACTION
     handler, on the same association (``failed``: SOP Instance UIDs it fails, 0112)."""
 
-    def __init__(self, failed: set[str]) -> None:
+    def __init__(self, failed: set[str], transaction: str | None = None) -> None:
         self.failed = failed
+        self.transaction = transaction  # (what it reports as Transaction UID, if not it)
         self.stored: set[str] = set()
         self.requests: list[Dataset] = []
         self.report_status: list[int] = []
@@ -117,7 +118,9 @@ class PynetdicomSCP:
         info = event.action_information
         self.requests.append(info)
         report = Dataset()
-        report.TransactionUID = info.TransactionUID
+        report.TransactionUID = (
+            self.transaction if self.transaction is not None else info.TransactionUID
+        )
         ok, bad = [], []
         for item in info.ReferencedSOPSequence:
             ref = Dataset()
@@ -141,16 +144,8 @@ def test_send_commit_against_pynetdicom_scp(tmp_path: Path, capsys) -> None:
     files = sendable(compressed=False)[:3]
     failed = {uid_of(files[2])}
     peer = PynetdicomSCP(failed)
-    ae = AE(ae_title="PYSCP")
-    ae.supported_contexts = AllStoragePresentationContexts
-    ae.add_supported_context(SC)
     handlers = [(evt.EVT_C_STORE, peer.on_store), (evt.EVT_N_ACTION, peer.on_action)]
-    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-    try:
-        port = server.server_address[1]
-        code = _main("127.0.0.1", str(port), *map(str, files), "--commit", "--aec", "PYSCP")
-    finally:
-        server.shutdown()
+    code = send_commit_to_pynetdicom(handlers, files)
     out = capsys.readouterr().out
     assert code == 8, out
     assert peer.stored == {uid_of(p) for p in files}
@@ -161,24 +156,39 @@ def test_send_commit_against_pynetdicom_scp(tmp_path: Path, capsys) -> None:
     assert f"{files[2]}: failed, 0112 no such object instance" in out
 
 
+def send_commit_to_pynetdicom(handlers: list[Any], files: list[Path], *argv: str) -> int:
+    """``dicomstore send --commit`` of ``files`` to pynetdicom with ``handlers``: its code."""
+    ae = AE(ae_title="PYSCP")
+    ae.supported_contexts = AllStoragePresentationContexts
+    ae.add_supported_context(SC)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    try:
+        port = str(server.server_address[1])
+        return _main("127.0.0.1", port, *map(str, files), "--commit", "--aec", "PYSCP", *argv)
+    finally:
+        server.shutdown()
+
+
+def test_send_commit_with_a_report_it_cannot_read_says_so(tmp_path: Path, capsys) -> None:
+    """review73 F1: a report refused said "no report" and to use --commit-listen."""
+    files = sendable(compressed=False)[:2]
+    peer = PynetdicomSCP(set(), transaction="")
+    handlers = [(evt.EVT_C_STORE, peer.on_store), (evt.EVT_N_ACTION, peer.on_action)]
+    code = send_commit_to_pynetdicom(handlers, files, "--commit-timeout", "0.5")
+    out = capsys.readouterr().out
+    assert code == 8 and peer.report_status == [0x0121], out
+    assert "that could be read (one was refused: 0121 Transaction UID empty)" in out
+
+
 def test_send_commit_without_a_report_says_why_and_what_to_do(tmp_path: Path, capsys) -> None:
     """review48 M1: Orthanc reports on an association of its own; without --commit-listen
     the summary listed each instance 'unknown', the reason only in a stderr warning."""
     files = sendable(compressed=False)[:2]
-    ae = AE(ae_title="PYSCP")
-    ae.supported_contexts = AllStoragePresentationContexts
-    ae.add_supported_context(SC)
     handlers = [
         (evt.EVT_C_STORE, lambda event: 0x0000),
         (evt.EVT_N_ACTION, lambda event: (0x0000, None)),  # (its report: elsewhere, later)
     ]
-    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-    try:
-        port = str(server.server_address[1])
-        argv = [*map(str, files), "--commit", "--aec", "PYSCP", "--commit-timeout", "0.5"]
-        code = _main("127.0.0.1", port, *argv)
-    finally:
-        server.shutdown()
+    code = send_commit_to_pynetdicom(handlers, files, "--commit-timeout", "0.5")
     out = capsys.readouterr().out
     assert code == 8, out
     assert "committed 0 of 2 stored instance(s)" in out

@@ -71,7 +71,7 @@ def read_action_information(
     sequences walked first, then each header read checked to lie inside its container:
     0115); other elements are skipped. Either attribute as UN (PS3.5 6.2.2) is refused
     0106: both are in the data dictionary every SCU has."""
-    reader = _Reader(bytes(data), implicit, little)
+    reader = _Reader(bytes(data), implicit, little, "Action Information")
     found = reader.top_level((TRANSACTION_UID, REFERENCED_SOP_SEQUENCE))
     if TRANSACTION_UID not in found:
         raise Refused(st.MISSING_ATTRIBUTE, "Transaction UID missing")
@@ -104,8 +104,10 @@ def read_event_information(
     is reported under, None if none) and the failed ones with their Failure Reason
     (0110 if none) of a Storage Commitment Result's Event Information (PS3.4 Table
     J.3-2), read from its bytes as :func:`read_action_information` reads a request
-    (:class:`Refused` says what is wrong); either sequence may be absent."""
-    reader = _Reader(bytes(data), implicit, little)
+    (:class:`Refused` says what is wrong); either sequence may be absent. The UIDs are
+    taken as they come (review73 F1: a legacy UID we sent, echoed back, refused the
+    whole report), an empty SOP Class UID as none."""
+    reader = _Reader(bytes(data), implicit, little, "Event Information")
     found = reader.top_level((TRANSACTION_UID, REFERENCED_SOP_SEQUENCE, FAILED_SOP_SEQUENCE))
     if TRANSACTION_UID not in found:
         raise Refused(st.MISSING_ATTRIBUTE, "Transaction UID missing")
@@ -118,10 +120,11 @@ def read_event_information(
             name = f"{_NAMES[seq]} item {n}"
             if REFERENCED_SOP_INSTANCE_UID not in item:
                 raise Refused(st.MISSING_ATTRIBUTE, f"{name}: SOP Instance UID missing")
-            uid = _uid(reader.buf, *item[REFERENCED_SOP_INSTANCE_UID], f"{name}: SOP Instance UID")
+            uid = _text(reader.buf, *item[REFERENCED_SOP_INSTANCE_UID], f"{name}: SOP Instance UID")
             if seq == REFERENCED_SOP_SEQUENCE:
                 got = item.get(REFERENCED_SOP_CLASS_UID)
-                committed[uid] = _uid(reader.buf, *got, f"{name}: SOP Class UID") if got else None
+                cls = _text(reader.buf, *got, f"{name}: SOP Class UID", "") if got else ""
+                committed[uid] = cls or None
             else:
                 failed[uid] = reader.us(item.get(FAILURE_REASON), st.PROCESSING_FAILURE, name)
     return transaction, committed, failed
@@ -141,12 +144,12 @@ def _nothing_more(size: int, offset: int) -> bytes:
     return b""
 
 
-def _unreadable(exc: FramingError) -> Refused:
-    """0115 for bytes that do not frame: the Error Comment (64 characters) says what and
-    where, the log line (the whole message) why."""
+def _unreadable(exc: FramingError, name: str) -> Refused:
+    """0115 for the bytes of ``name`` that do not frame: the Error Comment (64 characters)
+    says what and where, the log line (the whole message) why."""
     what = "cut short" if isinstance(exc, Truncated) else "does not frame"
-    refused = Refused(st.INVALID_ARGUMENT_VALUE, f"Action Information {what}: {exc}")
-    where = f"Action Information {what} at offset {exc.offset}"
+    refused = Refused(st.INVALID_ARGUMENT_VALUE, f"{name} {what}: {exc}")
+    where = f"{name} {what} at offset {exc.offset}"
     if exc.tag is not None:
         where += f", ({exc.tag >> 16:04X},{exc.tag & 0xFFFF:04X})"
     refused.comment = error_comment(where) or ""
@@ -154,10 +157,10 @@ def _unreadable(exc: FramingError) -> Refused:
 
 
 class _Reader:
-    """The bytes of one Action Information, and how they are encoded."""
+    """The bytes of one Action or Event Information (``name``), how they are encoded."""
 
-    def __init__(self, buf: bytes, implicit: bool, little: bool) -> None:
-        self.buf, self.implicit, self.little = buf, implicit, little
+    def __init__(self, buf: bytes, implicit: bool, little: bool, name: str) -> None:
+        self.buf, self.implicit, self.little, self.name = buf, implicit, little, name
         self.src = FileSource(_nothing_more, len(buf), buf)  # (the window: every byte)
 
     def framed(self, pos: int) -> int:
@@ -165,7 +168,7 @@ class _Reader:
         try:
             return walk_element(self.src, pos, self.implicit, self.little)
         except FramingError as exc:
-            raise _unreadable(exc) from None
+            raise _unreadable(exc, self.name) from None
 
     def header(self, pos: int, end: int) -> tuple[int, bytes | None, int, int]:
         """The header at ``pos``, checked to lie, with a value of defined length, before
@@ -178,7 +181,9 @@ class _Reader:
             or (header[2] != UNDEFINED and header[3] + header[2] > end)
         ):
             tag = header[0] if header else None
-            raise _unreadable(FramingError("an element runs past its container", tag, pos))
+            raise _unreadable(
+                FramingError("an element runs past its container", tag, pos), self.name
+            )
         return header
 
     def item_at(self, pos: int) -> bool:
@@ -194,7 +199,7 @@ class _Reader:
             if tag == SEQUENCE_DELIMITER:
                 return
             if tag != ITEM:
-                raise _unreadable(FramingError("no item in the sequence", tag, pos))
+                raise _unreadable(FramingError("no item in the sequence", tag, pos), self.name)
             if length != UNDEFINED:
                 yield value, value + length
                 pos = value + length
@@ -270,16 +275,25 @@ _Value = tuple[bytes | None, int, int]
 
 def _uid(buf: bytes, vr: bytes | None, length: int, value: int, name: str) -> str:
     """A required UID attribute (Type 1): 0121 empty, 0106 not a UID (or not UI)."""
+    text = _text(buf, vr, length, value, name)
+    if not uids.is_valid_uid(text):
+        raise Refused(st.INVALID_ATTRIBUTE_VALUE, f"{name} is not a UID")
+    return text
+
+
+def _text(
+    buf: bytes, vr: bytes | None, length: int, value: int, name: str, empty: str | None = None
+) -> str:
+    """A UI value as it is, its padding stripped: 0106 not UI or not ASCII, 0121 empty
+    (unless ``empty`` is what an empty one is)."""
     if vr not in (None, b"UI") or length == UNDEFINED:
         raise Refused(st.INVALID_ATTRIBUTE_VALUE, f"{name} is not a UID")
     try:
         text = buf[value : value + length].decode("ascii").rstrip("\0 ")
     except UnicodeDecodeError:
         raise Refused(st.INVALID_ATTRIBUTE_VALUE, f"{name} is not a UID") from None
-    if not text:
+    if not text and empty is None:
         raise Refused(st.MISSING_ATTRIBUTE_VALUE, f"{name} empty")
-    if not uids.is_valid_uid(text):
-        raise Refused(st.INVALID_ATTRIBUTE_VALUE, f"{name} is not a UID")
     return text
 
 
@@ -355,6 +369,7 @@ class _Writer:
 
 
 def _ui(uid: str) -> bytes:
-    """A UID's value, padded to even length with a NUL (PS3.5 6.2, 9.1)."""
-    value = uid.encode("ascii")
+    """A UID's value, padded to even length with a NUL (PS3.5 6.2, 9.1); a character
+    that is not ASCII (in no UID) as ``?`` (review73 F3: the SCU raised)."""
+    value = uid.encode("ascii", "replace")
     return value + b"\0" * (len(value) % 2)

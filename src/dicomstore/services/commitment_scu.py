@@ -117,6 +117,9 @@ class Waiting:
     def __init__(self) -> None:
         self.futures: dict[str, asyncio.Future[Commitment]] = {}
         self.requests: dict[str, Commitment] = {}
+        #: why the last report that could not be read was refused (for the reason of
+        #: a request still without its report: review73 F1)
+        self.unreadable: str | None = None
 
     def expect(self, commitment: Commitment) -> asyncio.Future[Commitment]:
         future = asyncio.get_running_loop().create_future()
@@ -141,6 +144,7 @@ class Waiting:
             )
         except Refused as refused:
             log.warning("storage commitment report refused %04X: %s", refused.status, refused)
+            self.unreadable = f"{refused.status:04X} {refused}"
             return message.response(refused.status, refused.comment)
         transaction, committed, failed = read
         future = self.futures.pop(transaction, None)
@@ -200,7 +204,9 @@ async def request_commitment(
             return await asyncio.shield(future)
     except TimeoutError:
         commitment.reason = f"no report within {timeout:g} s"
-        if listener is None:  # (review48 M1: Orthanc reports so; only a warning said why)
+        if waiting.unreadable is not None:
+            commitment.reason += f" that could be read (one was refused: {waiting.unreadable})"
+        elif listener is None:  # (review48 M1: Orthanc reports so; only a warning said why)
             commitment.reason += (
                 " on this association (an SCP that reports on an association of its own,"
                 " as Orthanc does, needs --commit-listen PORT)"
