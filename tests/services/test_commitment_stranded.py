@@ -174,3 +174,30 @@ def polled(done, timeout: float = 20) -> bool:
     while not done() and time.monotonic() < deadline:
         time.sleep(0.01)
     return bool(done())
+
+
+def test_a_backlog_found_at_start_leaves_room_to_go_overdue(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review74 F1: the backlog put overdue at a start counted in the overdue bound: no
+    request could go overdue after it, and once a few requesters were unreachable every
+    new request was refused 0213."""
+    monkeypatch.setattr(commitment_reports, "STRAND_AFTER", 2)
+    journal = CommitmentJournal(root, fsync=False)
+    for n in range(8):
+        journal.add(CommitmentRequest(f"1.2.8.22{n}", [Reference(CT, HELD[0])], "MODALITY"))
+    journal.close()
+    dead = free_port()  # (nothing listens: every report fails)
+    scus = tuple(Destination(ae, "127.0.0.1", dead) for ae in ("MODALITY", "B", "C", "D"))
+    srv = serving(root, commitment_scus=scus, max_pending_commitments=4)
+    with srv:
+        commitments = srv.server.commitments
+        assert commitments is not None
+        commitments.retry_delay = commitments.max_retry_delay = 0.02
+        assert len(commitments.pending) == 2 and len(commitments.overdue) == 6
+        for n, ae in ((1, "B"), (2, "C")):
+            ds = action_information(f"1.2.8.23{n}", *HELD)
+            assert n_action(srv.port, ds, calling=ae) == 0
+        assert polled(lambda: {"1.2.8.231", "1.2.8.232"} <= set(commitments.overdue))
+        assert n_action(srv.port, action_information("1.2.8.233", *HELD), calling="D") == 0
+    srv.archive.close()  # type: ignore[attr-defined]

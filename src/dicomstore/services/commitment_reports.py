@@ -173,6 +173,10 @@ class CommitmentService:
         #: requests not reported in STRAND_AFTER tries, retried on with their slot
         #: freed (module notes): transaction UID -> references, within the pending bounds
         self.overdue: dict[str, int] = {}
+        #: those of them found at a start beyond the pending bounds: not counted in the
+        #: bounds of the overdue (the journal's bound them; review74 F1: counted, they
+        #: left no room for a request to go overdue, and new ones were refused 0213)
+        self.backlog: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._checks = ThreadPoolExecutor(1, thread_name_prefix="commitment")
@@ -202,6 +206,7 @@ class CommitmentService:
                 self.pending[request.transaction_uid] = (size, caller)
             else:  # (as overdue: the journal is bounded; new requesters keep their room)
                 self.overdue[request.transaction_uid] = size
+                self.backlog.add(request.transaction_uid)
             self._spawn(self._deliver(request, None))
 
     async def close(self) -> None:
@@ -308,6 +313,7 @@ class CommitmentService:
             await asyncio.to_thread(self.journal.done, request.transaction_uid)
             self.pending.pop(request.transaction_uid, None)
             self.overdue.pop(request.transaction_uid, None)
+            self.backlog.discard(request.transaction_uid)
             log.info("storage commitment %s reported %s", request.transaction_uid, how)
             return
 
@@ -316,8 +322,8 @@ class CommitmentService:
         slot freed while the overdue ones stay within the pending bounds (else it keeps
         its slot, and new requests are refused 0213 as before)."""
         tx, size = request.transaction_uid, len(request.references)
-        held = sum(self.overdue.values())
-        if len(self.overdue) >= self.max_pending or held + size > 4 * self.max_references:
+        moved = [n for t, n in self.overdue.items() if t not in self.backlog]
+        if len(moved) >= self.max_pending or sum(moved) + size > 4 * self.max_references:
             return
         self.pending.pop(tx, None)
         self.overdue[tx] = size
@@ -332,6 +338,7 @@ class CommitmentService:
         transaction_uid = request.transaction_uid
         self.pending.pop(transaction_uid, None)
         self.overdue.pop(transaction_uid, None)
+        self.backlog.discard(transaction_uid)
         self.stranded[transaction_uid] = request.calling_ae
         log.warning(
             "storage commitment %s: %s; it waits in the journal for the next start, or"
