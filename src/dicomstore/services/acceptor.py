@@ -110,6 +110,7 @@ class AcceptorAssociation:
         self.sender: SameAssociationStore | None = None
         #: C-STOREs whose data set arrived and whose commit runs, by Message ID.
         self.inflight: dict[int, asyncio.Task] = {}
+        self.finishing: set[asyncio.Task] = set()  # (those too, answered, until done)
         #: a commit awaited in line (window 1): an operation in progress too
         self.committing = False
         self.request: P.AssociateRQ | None = None
@@ -135,7 +136,7 @@ class AcceptorAssociation:
         C-GET's C-STORE-RSP): its silence is waiting, not idleness (PS3.7 9.1.4)."""
         qr = any(scp is not None and scp.busy for scp in self._qr_scps)
         owed = self.invoker is not None and bool(self.invoker.waiting)
-        return (self.committing or bool(self.inflight) or qr) and not owed
+        return (self.committing or bool(self.finishing) or qr) and not owed
 
     @property
     def _qr_scps(self) -> tuple[QuerySCP | RetrieveSCP | GetSCP | CommitmentSCP | None, ...]:
@@ -241,8 +242,8 @@ class AcceptorAssociation:
             for scp in self._qr_scps:
                 if scp is not None:
                     await scp.close()
-            if self.inflight:  # the peer left: commits finish, answers go nowhere
-                await asyncio.wait(list(self.inflight.values()))
+            if self.finishing:  # the peer left: commits finish, answers go nowhere
+                await asyncio.wait(list(self.finishing))
             await t.close()
             acceptance.association_ended(self)
 
@@ -263,8 +264,8 @@ class AcceptorAssociation:
         elif isinstance(event, AssociateIndication):
             await self._on_request(event.request)
         elif isinstance(event, ReleaseIndication):
-            if self.inflight:  # every answer goes out before A-RELEASE-RP
-                await asyncio.wait(list(self.inflight.values()))
+            if self.finishing:  # every answer goes out before A-RELEASE-RP
+                await asyncio.wait(list(self.finishing))
             await self._settle_operations()
             if t.conn.state is not State.STA8:  # a PDU read with it ended it: not ours
                 log.info("%s: A-RELEASE-RQ, then the association ended", t.peer)
@@ -467,6 +468,8 @@ class AcceptorAssociation:
         msg_id = receiving.rq.message_id
         task = asyncio.create_task(self._finish_later(context_id, receiving))
         self.inflight[msg_id] = task
+        self.finishing.add(task)
+        task.add_done_callback(self.finishing.discard)
         task.add_done_callback(partial(self._answered, msg_id))
         if window and len(self.inflight) >= window:
             await asyncio.wait(list(self.inflight.values()), return_when=asyncio.FIRST_COMPLETED)
