@@ -120,13 +120,18 @@ class Reports:
 
 
 @contextmanager
-def report_listener(ae_title: str = "MODALITY", port: int = 0) -> Iterator[tuple[int, Reports]]:
+def report_listener(
+    ae_title: str = "MODALITY", port: int = 0, syntaxes: list[str] | None = None
+) -> Iterator[tuple[int, Reports]]:
     """pynetdicom accepting the archive's association for a report (SCP role
-    proposed by the archive, accepted), on ``port`` (0: one free): its port and
-    what it received."""
+    proposed by the archive, accepted; in ``syntaxes``, else pynetdicom's), on ``port``
+    (0: one free): its port and what it received."""
     reports = Reports()
     ae = AE(ae_title=ae_title)
-    ae.add_supported_context(SC, scu_role=False, scp_role=True)
+    if syntaxes:
+        ae.add_supported_context(SC, syntaxes, scu_role=False, scp_role=True)
+    else:
+        ae.add_supported_context(SC, scu_role=False, scp_role=True)
     server = ae.start_server(
         ("127.0.0.1", port),
         block=False,

@@ -33,6 +33,7 @@ from tests.services.commitment_testlib import (
 )
 from tests.services.query_testlib import Audit
 
+from dicomstore import uids
 from dicomstore.archive import Archive
 from dicomstore.archive.commitment import (
     CLASS_INSTANCE_CONFLICT,
@@ -165,9 +166,12 @@ def test_class_instance_conflict(root: Path, server) -> None:
     assert reports.received[0].committed == []
 
 
+@pytest.mark.parametrize("syntax", [None, uids.EXPLICIT_VR_BE], ids=["any", "big-endian-only"])
 def test_report_on_a_new_association_once_the_requester_released(
-    root: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, monkeypatch: pytest.MonkeyPatch, syntax: str | None
 ) -> None:
+    """(review72 F5: an SCU that accepts Explicit VR Big Endian only was never reported to:
+    the archive proposed Little Endian alone.)"""
     released = threading.Event()
     real_verify = commitment_reports.verify
 
@@ -176,7 +180,7 @@ def test_report_on_a_new_association_once_the_requester_released(
         return real_verify(reader, refs)
 
     monkeypatch.setattr(commitment_reports, "verify", verify_after_release)
-    with report_listener("MODALITY") as (port, reports):
+    with report_listener("MODALITY", syntaxes=[syntax] if syntax else None) as (port, reports):
         scu = Destination("MODALITY", "127.0.0.1", port)
         audit = Audit()
         srv = serving(root, audit, commitment_scus=(scu,))

@@ -91,6 +91,8 @@ PROCESSING_FAILURE_TRIES = 3
 #: Failed tries of a report (with backoff: 5, 10, 20 s ... 600 s, about 40 minutes in
 #: all by default) after which its request is overdue (module notes).
 STRAND_AFTER = 10
+#: What a report's association proposes, as DCMTK does (review72 F5: Big Endian was not).
+REPORT_SYNTAXES = (uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE, uids.EXPLICIT_VR_BE)
 #: Seconds a verification is sent again for (retries within it send the same report).
 REVERIFY_AFTER = 3600.0
 
@@ -452,7 +454,7 @@ class CommitmentService:
             scu.port,
             called_ae=scu.ae_title,
             calling_ae=self.ae_title,
-            contexts=[(SOP_CLASS, (uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE))],
+            contexts=[(SOP_CLASS, REPORT_SYNTAXES)],
             roles=[RoleSelection(SOP_CLASS, scu_role=False, scp_role=True)],
             timeouts=self.timeouts,
         )
