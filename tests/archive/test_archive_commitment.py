@@ -3,6 +3,8 @@ each referenced instance and the journal of requests not yet reported."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,11 @@ def test_each_distinct_instance_is_hashed_once_per_request(stored, monkeypatch) 
         (PROCESSING_FAILURE, "file content differs from what was stored")
     }
     assert [v.failure_reason for v in verdicts[2000:]] == [CLASS_INSTANCE_CONFLICT, None, None]
+
+
+def test_the_journal_text_is_that_of_the_dataclass() -> None:
+    """``to_json`` writes what ``dataclasses.asdict`` did (without its deep copy), and
+    ``from_json`` reads it back."""
+    request = CommitmentRequest("1.2.3", [Reference(CT, "1.2.4"), Reference(MR, "1.2.5")], "M")
+    assert request.to_json() == json.dumps(asdict(request), sort_keys=True)
+    assert CommitmentRequest.from_json(request.to_json()) == request

@@ -35,7 +35,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -182,17 +182,10 @@ class CommitmentRequest:
     def to_json(self) -> str:
         """The journal's text: the same as of ``dataclasses.asdict``, a third of its
         time (0.23 s for 65,535 references: it copies deeply)."""
-        fields = {
-            "transaction_uid": self.transaction_uid,
-            "references": [
-                {"sop_class_uid": r.sop_class_uid, "sop_instance_uid": r.sop_instance_uid}
-                for r in self.references
-            ],
-            "calling_ae": self.calling_ae,
-            "address": self.address,
-            "received_at": self.received_at,
-        }
-        return json.dumps(fields, sort_keys=True)
+        names = [f.name for f in fields(Reference)]
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["references"] = [{n: getattr(r, n) for n in names} for r in self.references]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> CommitmentRequest:

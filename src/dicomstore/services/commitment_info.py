@@ -10,7 +10,7 @@ instance and the Action and Event Type IDs both roles use.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from dicomstore import uids
 from dicomstore.archive.commitment import Reference, Verdict
@@ -85,16 +85,12 @@ def read_action_information(
     for n, item in enumerate(reader.sequence(found, REFERENCED_SOP_SEQUENCE), 1):
         if n > max_references:
             raise Refused(st.RESOURCE_LIMITATION, f"more than {max_references} references")
-        class_uid, instance_uid = (
-            _uid(reader.buf, *item[tag], f"item {n}: {_NAMES[tag]}") if tag in item else None
-            for tag in (REFERENCED_SOP_CLASS_UID, REFERENCED_SOP_INSTANCE_UID)
+        refs.append(
+            Reference(
+                _item_uid(reader.buf, item, REFERENCED_SOP_CLASS_UID, f"item {n}", _uid),
+                _item_uid(reader.buf, item, REFERENCED_SOP_INSTANCE_UID, f"item {n}", _uid),
+            )
         )
-        if class_uid is None or instance_uid is None:
-            missing = _NAMES[
-                REFERENCED_SOP_CLASS_UID if class_uid is None else REFERENCED_SOP_INSTANCE_UID
-            ]
-            raise Refused(st.MISSING_ATTRIBUTE, f"item {n}: {missing} missing")
-        refs.append(Reference(class_uid, instance_uid))
     if not refs:
         raise Refused(st.MISSING_ATTRIBUTE_VALUE, "Referenced SOP Sequence empty")
     return transaction, refs
@@ -121,9 +117,7 @@ def read_event_information(
         items = reader.sequence(found, seq) if seq in found else iter(())
         for n, item in enumerate(items, 1):
             name = f"{_NAMES[seq]} item {n}"
-            if REFERENCED_SOP_INSTANCE_UID not in item:
-                raise Refused(st.MISSING_ATTRIBUTE, f"{name}: SOP Instance UID missing")
-            uid = _text(reader.buf, *item[REFERENCED_SOP_INSTANCE_UID], f"{name}: SOP Instance UID")
+            uid = _item_uid(reader.buf, item, REFERENCED_SOP_INSTANCE_UID, name, _text)
             if seq == REFERENCED_SOP_SEQUENCE:
                 got = item.get(REFERENCED_SOP_CLASS_UID)
                 cls = _text(reader.buf, *got, f"{name}: SOP Class UID", "") if got else ""
@@ -274,6 +268,16 @@ class _Reader:
 _Found = tuple[bytes | None, int, int, int]
 #: An element of an item: (VR, length, where its value starts).
 _Value = tuple[bytes | None, int, int]
+
+
+def _item_uid(
+    buf: bytes, item: dict[int, _Value], tag: int, name: str, read: Callable[..., str]
+) -> str:
+    """The UID ``tag`` of the item ``name`` as ``read`` (:func:`_uid` or :func:`_text`)
+    reads it: 0120 if absent."""
+    if tag not in item:
+        raise Refused(st.MISSING_ATTRIBUTE, f"{name}: {_NAMES[tag]} missing")
+    return read(buf, *item[tag], f"{name}: {_NAMES[tag]}")
 
 
 def _uid(buf: bytes, vr: bytes | None, length: int, value: int, name: str) -> str:

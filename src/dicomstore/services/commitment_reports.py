@@ -88,8 +88,7 @@ NOT_TAKEN = frozenset({st.UNRECOGNIZED_OPERATION, st.RESOURCE_LIMITATION})
 #: Reports the requester answered 0110 (it could not process it) are sent again this
 #: many times in all, then taken as answered (review36a #10: dropped at the first).
 PROCESSING_FAILURE_TRIES = 3
-#: Failed tries of a report (with backoff: 5, 10, 20 s ... 600 s, about 40 minutes in
-#: all by default) after which its request is overdue (module notes).
+#: Failed tries of a report (backoff 5 s ... 600 s: ~40 minutes) making it overdue.
 STRAND_AFTER = 10
 #: What a report's association proposes, as DCMTK does (review72 F5: Big Endian was not).
 REPORT_SYNTAXES = (uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE, uids.EXPLICIT_VR_BE)
@@ -175,9 +174,8 @@ class CommitmentService:
         #: requests not reported in STRAND_AFTER tries, retried on with their slot
         #: freed (module notes): transaction UID -> references, within the pending bounds
         self.overdue: dict[str, int] = {}
-        #: those of them found at a start beyond the pending bounds: not counted in the
-        #: bounds of the overdue (the journal's bound them; review74 F1: counted, they
-        #: left no room for a request to go overdue, and new ones were refused 0213)
+        #: those found at a start beyond the pending bounds, not counted in the overdue's
+        #: (the journal's bound them; review74 F1: counted, none could go overdue after)
         self.backlog: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -313,11 +311,15 @@ class CommitmentService:
                 await asyncio.sleep(delay)
                 continue
             await asyncio.to_thread(self.journal.done, request.transaction_uid)
-            self.pending.pop(request.transaction_uid, None)
-            self.overdue.pop(request.transaction_uid, None)
-            self.backlog.discard(request.transaction_uid)
+            self._let_go(request.transaction_uid)
             log.info("storage commitment %s reported %s", request.transaction_uid, how)
             return
+
+    def _let_go(self, tx: str) -> None:
+        """The request is reported or stranded: neither pending nor overdue any more."""
+        self.pending.pop(tx, None)
+        self.overdue.pop(tx, None)
+        self.backlog.discard(tx)
 
     def _overdue(self, request: CommitmentRequest, failures: int) -> None:
         """Not reported in ``failures`` tries: retried on (never dropped), its pending
@@ -338,9 +340,7 @@ class CommitmentService:
         restarts); kept in the journal for a start with the address configured, the
         oldest dropped beyond ``max_pending`` of them."""
         transaction_uid = request.transaction_uid
-        self.pending.pop(transaction_uid, None)
-        self.overdue.pop(transaction_uid, None)
-        self.backlog.discard(transaction_uid)
+        self._let_go(transaction_uid)
         self.stranded[transaction_uid] = request.calling_ae
         log.warning(
             "storage commitment %s: %s; it waits in the journal for the next start, or"
