@@ -20,15 +20,15 @@ requester's AE title (``--commitment-scu AET=HOST:PORT``, the policy file's
 ``[commitment_scus]``), on which we propose the SOP class with role selection
 SCU 0 / SCP 1 (we are the SCP invoking N-EVENT-REPORT as association
 requestor, PS3.4 J.3.3, PS3.7 D.3.3.4). Only the N-EVENT-REPORT-RSP removes
-the request from the journal (0211 or 0213 on the requesting association: a
-new association is tried; on a new association: again later); until then it is
-retried with backoff (the same report), and at the next start. One refused for good
-(A-ASSOCIATE-RJ permanent) is stranded: it waits in the journal for the next start,
-or for its requester to ask again, holding no pending slot. One not taken in
-:data:`STRAND_AFTER` tries (a modality off for the night) is *overdue*: retried on
-every ``max_retry_delay``, never dropped, its pending slot freed while the overdue
-stay within the pending bounds (review68 #2, review69 M1). One calling AE title
-holds half the pending bounds at most (requests, references): the others' room.
+the request from the journal (0211 or 0213 on the requesting association: a new
+association is tried; on a new association: again later); until then it is retried
+with backoff (the same report), and at the next start. One refused for good
+(A-ASSOCIATE-RJ permanent) is stranded: kept for the next start or its requester
+asking again, holding no pending slot. One not taken in :data:`STRAND_AFTER` tries
+(a modality off for the night) is *overdue*: retried on every ``max_retry_delay``,
+never dropped, its pending slot freed while the overdue stay within the pending
+bounds (review68 #2, review69 M1); those a start finds beyond them are overdue at
+once, on the same backoff. One AE title holds half the pending bounds at most.
 
 Several nodes on one storage root (issue 17) share the journal: each node
 reports only the requests it holds (``archive/commitment.py``: the flock of
