@@ -377,3 +377,33 @@ def test_a_value_padded_past_its_16_bit_length_is_un() -> None:
     data = encode_header(0x00081030, b"LO", 0xFFFF) + b"x" * 0xFFFF
     out = _reencode(data, EXPLICIT, BIG)
     assert out[:12] == struct.pack(">HH2sHL", 0x0008, 0x1030, b"UN", 0, 0x10000)
+
+
+@pytest.mark.parametrize("where", ["item", "sequence"])
+def test_a_delimiter_where_a_defined_length_ends_is_left_out(where: str) -> None:
+    """review71 F2: the framing walker tolerates a delimiter exactly at the end of a
+    sequence or item of defined length (a writer's leftover); the re-encoder takes it
+    too, dropping it (the length written ends the container), so such a stored
+    instance can be converted; one before that end is still refused."""
+    inner = _explicit(0x00081150, b"UI", b"1.2.3\0")
+    item_delimiter = encode_header(0xFFFEE00D, None, 0)
+    seq_delimiter = encode_header(0xFFFEE0DD, None, 0)
+    if where == "item":
+        body = encode_header(0xFFFEE000, None, len(inner) + 8) + inner + item_delimiter
+        early = encode_header(0xFFFEE000, None, len(inner) + 8) + item_delimiter + inner
+    else:
+        body = _item(inner) + seq_delimiter
+        early = seq_delimiter + _item(inner)
+    tail = _explicit(0x00100010, b"PN", b"Doe^Jane")
+    data = encode_header(0x00081115, b"SQ", len(body)) + body + tail
+    for target in (IMPLICIT, EXPLICIT, BIG):
+        out = _reencode(data, EXPLICIT, target)
+        ds = _read(out, target)
+        assert ds.PatientName == "Doe^Jane"
+        assert [i.ReferencedSOPClassUID for i in ds[0x00081115].value] == ["1.2.3"]
+        assert not ds[0x00081115].is_undefined_length
+        assert struct.pack("<HH" if target[1] else ">HH", 0xFFFE, 0xE00D) not in out
+        assert struct.pack("<HH" if target[1] else ">HH", 0xFFFE, 0xE0DD) not in out
+    refused = encode_header(0x00081115, b"SQ", len(early)) + early + tail
+    with pytest.raises(FramingError):
+        _reencode(refused, EXPLICIT, IMPLICIT)

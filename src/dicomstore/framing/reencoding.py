@@ -22,6 +22,9 @@ What changes (PS3.5 7.1, 7.3, 7.5):
 - the defined lengths of sequences and items, which headers of another size make
   wrong: written again once their content is (the output is a file: the length field
   is patched); undefined lengths stay undefined;
+- a delimiter exactly where a sequence or item of defined length ends (which the
+  framing walker tolerates: ``walking._delimiter_at_end``) is left out: the length
+  written ends it;
 - group lengths (gggg,0000): retired (PS3.5 7.2) and wrong once headers change size,
   left out between Implicit and Explicit (swapped between byte orders); elements of
   groups 0000-0002 at the top level are no part of a data set and are left out.
@@ -232,6 +235,9 @@ def reencode(
             pos = _in_sequence(w, stack, level, tag, length, pos, value)
             continue
         if tag >> 16 == 0xFFFE:
+            if tag == ITEM_DELIMITER and value == level.end and len(stack) > 1:
+                pos = value  # (where a defined-length item ends: its length ends it)
+                continue
             if tag != ITEM_DELIMITER or level.end is not None or len(stack) == 1:
                 raise FramingError(
                     f"{tag_name(tag)} where an element goes, at offset {pos}", tag, pos
@@ -342,6 +348,8 @@ def _in_sequence(
         w.write(encode_header(SEQUENCE_DELIMITER, None, 0, little))
         _close(w, stack)
         return value
+    if tag == SEQUENCE_DELIMITER and value == seq.end:
+        return value  # (where a defined-length sequence ends: its length ends it)
     if tag != ITEM:
         raise FramingError(
             f"{tag_name(tag)} where an item of {tag_name(seq.tag)} goes, at offset {pos}", tag, pos
