@@ -6,6 +6,7 @@ under another's study, nor select "everything" from an empty Patient ID."""
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,24 @@ def test_stow_refuses_a_study_of_another_patient(web) -> None:
     r = stow(client, beta(study=STUDY_A, series=SERIES + ".2"))
     assert r.status_code == 409, r.text
     assert failures(r) == {"1.2.8.2": 0xA900}
+
+
+def test_stow_refuses_another_patient_and_study_after_the_pixels(web) -> None:
+    """review76 F1: elements after the Pixel Data that repeat the Patient ID and Study
+    Instance UID (a reader keeping the last of two files the stored instance under
+    patient A's study) are refused C000, in the same check as C-STORE's."""
+    client, archive = web
+    assert stow(client, alpha()).status_code == 200
+    tail = b""
+    for tag, vr, value in ((0x00100020, b"LO", b"A "), (0x0020000D, b"UI", STUDY_A.encode())):
+        value += b"\0" * (len(value) % 2)
+        tail += struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+    data = part10(beta(frames=1, series=STUDY_B + ".1")) + tail
+    body, content_type = multipart_body([data])
+    r = client.post("/studies", content=body, headers={"content-type": content_type})
+    assert r.status_code == 409, r.text
+    assert failures(r) == {"1.2.8.2": 0xC000}
+    assert [i["sop_instance_uid"] for i in archive.instances()] == ["1.2.8.1"]
 
 
 @pytest.mark.parametrize("missing", ["StudyInstanceUID", "SeriesInstanceUID"])

@@ -164,6 +164,24 @@ def test_c000_garbage_cannot_be_understood(tmp_path) -> None:
     assert not [p for p in tmp_path.rglob("*.dcm")]
 
 
+def test_c000_another_patient_after_the_pixel_data(tmp_path) -> None:
+    """review76 F1 through C-STORE: an element after the Pixel Data repeating the
+    Patient ID (which pydicom would read over the first) is refused, and named."""
+    ds = make_dataset()
+    ds.BitsAllocated = 8
+    ds.PixelData = bytes(64)
+    data = encode(ds) + b"\x10\x00\x20\x00LO\x06\x00VICTIM"
+
+    async def scenario(assoc, archive):
+        rsp = await store(assoc, ds, data=data)
+        return rsp, archive.instances()
+
+    rsp, rows = run(tmp_path, scenario)
+    assert rsp.status == 0xC000 and rows == []
+    assert rsp.offending_element == (0x00100020,)
+    assert rsp.error_comment.startswith("cannot understand: (0010,0020) PatientID out of order")
+
+
 def test_a700_disk_full(tmp_path, monkeypatch) -> None:
     ds = make_dataset()
     real_write, real_writev = os.write, os.writev

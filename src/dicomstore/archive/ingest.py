@@ -39,7 +39,7 @@ from dicomstore.archive.encoding import encoding_mismatch
 from dicomstore.archive.fields import fields_of_elements, index_fields
 from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.layout import normalize_uid
-from dicomstore.archive.nesting import too_deep
+from dicomstore.archive.nesting import refusal
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, failure
 from dicomstore.archive.padding import discard_trailing_padding, merge_warning
 from dicomstore.archive.scan import PREFIX_SIZE, scan_header
@@ -227,14 +227,14 @@ class Ingest:
         if elements is None or deep:  # (nesting.py: almost never with the scan's header)
             try:
                 where = deep if elements is not None else None
-                nested = too_deep(
+                refused = refusal(
                     self._temp, self._header_size, self._size, encoding, self._prefix, where
                 )
             except OSError as exc:
                 return failure(st.OUT_OF_RESOURCES, describe_os_error(exc, "reading the data set"))
-            if nested is not None:  # C-GET, C-MOVE, WADO-RS could never convert it
-                tags = (nested.tag,) if nested.tag is not None else ()
-                return failure(st.CANNOT_UNDERSTAND, f"cannot understand: {nested}", *tags)
+            if refused is not None:  # too deep to convert, or what follows the Pixel Data
+                tags = (refused.tag,) if refused.tag is not None else ()
+                return failure(st.CANNOT_UNDERSTAND, f"cannot understand: {refused}", *tags)
         if elements is not None:
             row = fields_of_elements(elements, implicit)
         else:

@@ -1,4 +1,5 @@
-"""Received data sets nest their sequences no deeper than ``framing.MAX_DEPTH``.
+"""What the header checks do not read: nesting no deeper than ``framing.MAX_DEPTH``,
+and from the Pixel Data on, elements that frame in ascending order.
 
 Sequences may nest (PS3.5 7.5), of defined length as deep as the bytes allow;
 the re-encoding that C-GET, C-MOVE and WADO-RS use to deliver an instance in
@@ -7,11 +8,19 @@ limit of nesting. An instance nested deeper is refused when received (C000,
 "sequences nested deeper than 1000 (PS3.5 7.5)"), through every door: the
 check is part of ``Ingest.commit``, which C-STORE, STOW-RS and imports share.
 
+The header scan and pydicom's header reader both stop at the Pixel Data; what
+follows it is walked here, and refused (C000) where it does not frame (the
+fragments of encapsulated Pixel Data too) or where a tag is not greater than
+the one before (PS3.5 7.1): an element repeated there, which a reader keeping
+the last of two (pydicom, dcm4che) would take over the one the index holds, could
+file the instance under another patient or study (review76 F1).
+
 Almost every header pays nothing: nesting ``MAX_DEPTH`` deep takes at least
 ``framing.DEEP_SIZE`` bytes of item and sequence headers, so only a top-level
-element of that size or more, of defined or undefined length, can, and only
-what may follow the Pixel Data. ``scan.scan_header`` notes where those
-elements start as it reads the header; :func:`too_deep` walks them alone, with
+element of that size or more, of defined or undefined length, can. The scan
+notes where those elements start as it reads the header, and the Pixel Data
+when anything follows it or it is encapsulated (a native one ending the data
+set, the usual case, is not walked); :func:`refusal` walks them alone, with
 ``framing.walk_element`` (the framing walker, into sequences of defined length
 too), from the bytes in memory and then the file. When the scan did not read
 the header (pydicom does), the whole data set is walked.
@@ -24,37 +33,43 @@ from collections.abc import Sequence
 
 from dicomstore.archive.dicomfile import PIXEL_TAGS
 from dicomstore.framing import (
-    DEEP_SIZE,
     FileSource,
     FramingError,
     InflatedSource,
     Pread,
     Source,
     TooDeep,
+    element_header,
+    tag_name,
     walk_element,
 )
 from dicomstore.framing.headers import TAG as _TAG
+from dicomstore.framing.headers import UNKNOWN_VR
 
-__all__ = ["too_deep"]
+__all__ = ["refusal"]
+
+UNDEFINED = 0xFFFFFFFF
 
 
-def too_deep(
+def refusal(
     path: str,
     start: int,
     size: int,
     encoding: tuple[bool, bool, bool],
     head: bytes | bytearray,
     where: Sequence[int] | None,
-) -> TooDeep | None:
-    """The :class:`~dicomstore.framing.TooDeep` of the data set of ``size`` bytes at
-    ``start`` in the file ``path`` (its first bytes ``head``), else ``None``.
+) -> FramingError | None:
+    """Why the data set of ``size`` bytes at ``start`` in the file ``path`` (its first
+    bytes ``head``) is refused, else ``None``: a :class:`~dicomstore.framing.TooDeep`
+    anywhere; from the Pixel Data on, a :class:`~dicomstore.framing.FramingError`
+    where the elements do not frame or are not in ascending order (PS3.5 7.1).
 
     ``encoding``: (implicit VR, little endian, deflated). ``where``: the data set
     offsets of the top-level elements to walk (``scan.scan_header``'s ``deep``:
     after the Pixel Data, all that follows it too); ``None``: every element. What
-    does not frame is no concern here (the header checks judged it): ``None``.
-    Raises ``OSError``."""
-    if size < DEEP_SIZE or (where is not None and not where):
+    does not frame before the Pixel Data is no concern here (the header checks
+    judged it). Raises ``OSError``."""
+    if where is not None and not where:
         return None
     implicit, little, deflated = encoding
     fd = os.open(path, os.O_RDONLY)
@@ -65,35 +80,81 @@ def too_deep(
             size = 1 << 62  # (the inflated size is known at its end)
         else:
             src = FileSource(_pread(fd, start), size, bytes(head))
-        _walk(src, size, implicit, little, where)
+        return _walk(src, size, implicit, little, where)
     except TooDeep as exc:
         return exc
-    except FramingError:
-        return None
     finally:
         os.close(fd)
-    return None
 
 
 def _walk(
     src: Source, size: int, implicit: bool, little: bool, where: Sequence[int] | None
-) -> None:
-    """Walk the elements at ``where`` (all when ``None``), each into its sequences."""
+) -> FramingError | None:
+    """Walk the elements at ``where`` (all when ``None``), each into its sequences, and
+    from the Pixel Data all that follows (:func:`_from_pixel_data`)."""
     for pos in [0] if where is None else where:
-        if where is None or _is_pixel_data(src, pos, little):
-            while pos < size and src.read(pos, 1):  # (all that follows, in turn)
-                pos = walk_element(src, pos, implicit, little)
-        else:
-            walk_element(src, pos, implicit, little)
+        while pos < size and src.read(pos, 1):
+            if _tag(src, pos, little) in PIXEL_TAGS:
+                return _from_pixel_data(src, pos, size, implicit, little)
+            end = _defined_end(src, pos, implicit, little)  # (before: reads move forward)
+            try:
+                end = walk_element(src, pos, implicit, little)
+            except TooDeep:
+                raise
+            except FramingError:  # (inside it: tolerated; walked on past its length)
+                pass
+            if where is not None or end is None:
+                break
+            pos = end
+    return None
 
 
-def _is_pixel_data(src: Source, pos: int, little: bool) -> bool:
-    """Whether the element at ``pos`` is the Pixel Data (or Float, Double Float)."""
+def _from_pixel_data(
+    src: Source, pos: int, size: int, implicit: bool, little: bool
+) -> FramingError | None:
+    """The Pixel Data at ``pos`` and every element after it frame, each tag greater
+    than the one before (PS3.5 7.1: in ascending order, each at most once): what
+    neither the header scan nor pydicom's header reader (both stop at the Pixel
+    Data) reads, and what a reader that keeps the last of a repeated element
+    (pydicom) would take for the instance's patient or study (review76 F1)."""
+    last = -1
+    try:
+        while pos < size and src.read(pos, 1):
+            tag = _tag(src, pos, little)
+            if tag <= last:
+                return FramingError(
+                    f"{tag_name(tag)} out of order after the Pixel Data, at offset {pos}:"
+                    f" not greater than {tag_name(last)} before it (PS3.5 7.1: data"
+                    " elements are in ascending order, each at most once)",
+                    tag,
+                    pos,
+                )
+            last = tag
+            pos = walk_element(src, pos, implicit, little)
+    except TooDeep:
+        raise
+    except FramingError as exc:
+        return exc
+    return None
+
+
+def _tag(src: Source, pos: int, little: bool) -> int:
+    """The tag of the element at ``pos`` (-1 when the bytes end inside it: the walk
+    then says so)."""
     head = src.read(pos, 4)
     if len(head) < 4:
-        return False
+        return -1
     group, element = _TAG[little](head)
-    return (group << 16 | element) in PIXEL_TAGS
+    return int(group << 16 | element)
+
+
+def _defined_end(src: Source, pos: int, implicit: bool, little: bool) -> int | None:
+    """Where the top-level element at ``pos`` ends by its defined length (None: an
+    undefined one, or no header there)."""
+    parsed = element_header(src.read(pos, 12), 0, implicit, little)
+    if parsed is None or parsed[2] in (UNDEFINED, UNKNOWN_VR):
+        return None
+    return pos + parsed[3] + parsed[2]
 
 
 def _pread(fd: int, start: int) -> Pread:

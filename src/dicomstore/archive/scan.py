@@ -78,8 +78,8 @@ def scan_header(
 
     ``deep`` gets where the header of each top-level element starts that may hold
     sequences nested deeper than ``framing.MAX_DEPTH``: a value (or undefined-length
-    one) of ``framing.DEEP_SIZE`` bytes or more, and the Pixel Data when that many
-    bytes or more may follow it (``nesting.py`` walks them).
+    one) of ``framing.DEEP_SIZE`` bytes or more, and the Pixel Data when it is
+    encapsulated or anything follows it (``nesting.py`` walks them).
 
     The hot loop of every C-STORE: module globals it reads per element are bound
     to locals first (a local is an array slot, a global a dictionary lookup)."""
@@ -122,8 +122,8 @@ def scan_header(
         if tag >= first_pixel and tag in PIXEL_TAGS:
             if not _pixel_header_ok(buf, pos, size, implicit):
                 return None
-            if length == undefined or value + length + deep_size <= size:
-                big.append(pos)
+            if length == undefined or value + length != size:
+                big.append(pos)  # (what follows it, or its fragments: nesting.py)
             return found
         last = tag
         if length == undefined:

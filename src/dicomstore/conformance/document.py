@@ -49,7 +49,9 @@ SCP_STATUSES: tuple[tuple[int, str], ...] = (
     (
         st.CANNOT_UNDERSTAND,
         "the data set cannot be parsed up to the Pixel Data, or is not encoded as the "
-        "context's transfer syntax says (explicit/implicit VR, byte order, deflate stream)",
+        "context's transfer syntax says (explicit/implicit VR, byte order, deflate stream); "
+        "what follows the Pixel Data does not frame or is out of order (PS3.5 7.1); "
+        "sequences nest deeper than 1000 (PS3.5 7.5)",
     ),
     (st.DUPLICATE_REJECTED, "`--on-duplicate reject`: the SOP Instance is stored already"),
     (st.SOP_CLASS_NOT_SUPPORTED, "the command's SOP Class is not its presentation context's"),
