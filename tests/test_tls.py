@@ -332,6 +332,22 @@ def test_serve_workers_do_the_handshake_of_the_connections_passed_to_them(pki, t
     assert served_by_worker(log) == (4, 2)
 
 
+@pytest.mark.parametrize("given", [["--tls-require-client-cert"], ["--tls-ca", "ca.pem"]])
+def test_client_certificate_options_without_ours_are_refused(
+    given: list[str], tmp_path, capsys
+) -> None:
+    """review77 F10: without --tls-cert the server listened in plain TCP, clients
+    unauthenticated, though client certificates were asked for: refused (2), before
+    anything is made."""
+    from dicomstore.cli import main
+
+    storage = tmp_path / "s"
+    assert main(["serve", "--storage", str(storage), "--port", "0", *given]) == 2
+    err = capsys.readouterr().err
+    assert "need --tls-cert and --tls-key: TLS is off without them" in err
+    assert not storage.exists()
+
+
 # -- the subject of a peer certificate (RFC 4514), as the policy's tls_subject compares it
 
 

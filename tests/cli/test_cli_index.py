@@ -129,3 +129,34 @@ def test_get_into_an_archive_opens_its_index_as_serve_does(
     assert code == 1 and err.startswith("dicomstore: cannot open the archive"), err
     assert len(err.strip().splitlines()) == 1
     assert not (storage / "index.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["ls"], ["show", "1.2"], ["export", "1.2", "out"], ["stats"], ["delete", "1.2"], ["check"]]
+    + [["reindex"], ["serve", "--port", "0"]],
+)
+def test_an_index_that_names_nothing_openable_is_a_usage_error(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """review77 F6: the archive commands printed a traceback (exit 1) where serve said
+    one line (exit 2); the URL was shown mangled ('foo:' for 'foo://')."""
+    storage = ["--storage", str(tmp_path / "s")]
+    with pytest.raises(SystemExit) as ended:
+        main([*command, *storage, "--index", "foo://x"])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --index: not a postgresql:// URL nor a SQLite file: 'foo://x'" in err
+    assert "Traceback" not in err
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a)
+    )
+    with pytest.raises(SystemExit) as ended:
+        main([*command, *storage, "--index", "postgresql://u:secret@h/db"])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert "a PostgreSQL index needs psycopg 3" in err and "secret" not in err
+    assert not (tmp_path / "s").exists()

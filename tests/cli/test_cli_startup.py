@@ -95,3 +95,41 @@ def test_a_mistyped_option_is_one_line_naming_the_command_and_the_option_meant(
         "dicomstore serve: error: unrecognized arguments: --prot 1 (did you mean --port?);"
         " see dicomstore serve --help\n"
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--artim-timeout", "nan"],
+        ["serve", "--idle-timeout", "inf"],
+        ["serve", "--acse-timeout", "-1"],
+        ["serve", "--dimse-timeout", "NaN"],
+        ["serve", "--forward-retry-delay", "nan"],
+        ["serve", "--operation-timeout", "infinity"],
+        ["send", "127.0.0.1", "1", "x", "--retry-delay", "nan"],
+        ["echo", "127.0.0.1", "1", "--acse-timeout", "inf"],
+    ],
+)
+def test_durations_not_finite_are_refused(argv: list[str], capsys) -> None:
+    """review77 F7: NaN and infinite durations passed the parser; every association
+    then failed (uvloop: cannot convert float NaN to integer)."""
+    from dicomstore.cli import main
+
+    with pytest.raises(SystemExit) as ended:
+        main(argv)
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {argv[-2]}" in err and "must be" in err
+
+
+def test_a_file_of_the_archive_that_cannot_be_opened_is_not_the_port(tmp_path, capsys) -> None:
+    """review77 F0: the storage's events lock not openable was told as 'cannot listen
+    on 127.0.0.1:PORT' (exit 3): the operator looked at the port."""
+    from dicomstore.cli import main
+
+    storage = tmp_path / "s"
+    (storage / ".events.lock").mkdir(parents=True)  # (EISDIR even as root)
+    assert main(["serve", "--storage", str(storage), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot open the archive {storage}: {storage / '.events.lock'}: Is a directory" in err
+    assert "listen" not in err

@@ -132,12 +132,27 @@ def engine_for(root: Path | str, index: str | Path | Engine | None = None) -> En
         from dicomstore.archive.postgres import PostgresEngine  # (psycopg: only then)
 
         return PostgresEngine(text)
-    if text.startswith("sqlite:"):
-        text = text.removeprefix("sqlite:").removeprefix("//")
-    elif "://" in text:
-        shown = without_password(text)  # (review52 L7: the password was shown whole)
-        raise ValueError(f"--index: not a postgresql:// URL nor a SQLite file: {shown!r}")
-    return SqliteEngine(Path(text))
+    problem = index_problem(text)
+    if problem is not None:
+        raise ValueError(f"--index: {problem}")
+    return SqliteEngine(Path(text.removeprefix("sqlite:").removeprefix("//")))
+
+
+def index_problem(index: str) -> str | None:
+    """Why ``index`` names no index this dicomstore can open (None: it does): neither a
+    ``postgresql://`` URL nor a SQLite file, or a URL without psycopg 3 installed. The
+    command line checks it as it parses (review77 F6: a traceback in the archive
+    commands)."""
+    if is_postgresql(index):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None:
+            return "a PostgreSQL index needs psycopg 3: pip install 'dicomstore[postgresql]'"
+        return None
+    if "://" in index and not index.startswith("sqlite:"):
+        shown = without_password(index)  # (review52 L7: the password was shown whole)
+        return f"not a postgresql:// URL nor a SQLite file: {shown!r}"
+    return None
 
 
 def default_index(root: Path) -> str | None:
@@ -386,4 +401,6 @@ def without_password(url: str) -> str:
     if parts.password is not None:
         netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
     query = _SECRETS.sub(lambda m: f"{m.group(1)}{m.group(2)}=***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # (nothing to mask: as given, not as urlunsplit rewrites it)
     return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -103,8 +103,8 @@ def _positive(value: str) -> float:
         n = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
+    if not 0 < n < float("inf"):  # (nor NaN, nor infinite: review77 F7)
+        raise argparse.ArgumentTypeError("must be a number greater than 0")
     return n
 
 
@@ -328,10 +328,21 @@ def add_index(p: argparse.ArgumentParser) -> None:
     (issue 17; ``archive/engine.py``); the files stay under ``--storage``."""
     p.add_argument(
         "--index",
+        type=_index,
         metavar="URL",
         help="the archive's index: postgresql://user@host:port/db"
         " (default: the SQLite file index.sqlite in --storage)",
     )
+
+
+def _index(value: str) -> str:
+    """An ``--index`` this dicomstore can open (``engine.index_problem``)."""
+    from dicomstore.archive.engine import index_problem
+
+    problem = index_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return value
 
 
 def add_loop(p: argparse.ArgumentParser) -> None:

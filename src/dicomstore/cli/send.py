@@ -43,6 +43,7 @@ from dicomstore.cli.options import (
     _int,
     _port,
     _positive,
+    _seconds,
     _timeouts,
     add_loop,
     add_scu_parser,
@@ -95,7 +96,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--retries", type=_int(0), default=3, help="retries of transient failures (default 3)"
     )
     p.add_argument(
-        "--retry-delay", type=float, default=1.0, help="first retry delay in s, doubling (1)"
+        "--retry-delay", type=_seconds, default=1.0, help="first retry delay in s, doubling (1)"
     )
     p.add_argument("--report", type=Path, help="write one JSON line per instance to FILE")
     p.add_argument("--resume", type=Path, metavar="REPORT", help="skip what REPORT marks as stored")

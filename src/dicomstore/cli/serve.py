@@ -121,6 +121,13 @@ async def run(args: argparse.Namespace) -> int:
             )
         except (OSError, ValueError) as exc:
             return tls_failed(exc)
+    elif args.tls_ca or args.tls_require_client_cert:  # (else plain TCP, unauthenticated)
+        print(
+            "dicomstore: --tls-ca and --tls-require-client-cert need --tls-cert and"
+            " --tls-key: TLS is off without them",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     https = None
     if args.http_port is not None:  # (the HTTP stack is imported only when it serves)
         try:
@@ -294,6 +301,13 @@ async def _serve(
     except OSError as exc:
         if listening:
             raise
+        if exc.filename is not None:  # (a file of the archive's: review77 F0)
+            print(
+                f"dicomstore: cannot open the archive {args.storage}: {exc.filename}:"
+                f" {exc.strerror}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         print(
             f"dicomstore: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
         )

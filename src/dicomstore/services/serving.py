@@ -296,7 +296,7 @@ async def serve(
                 on_ready(server)
             await asyncio.get_running_loop().create_future()  # until cancelled
     except OSError as exc:
-        if not listening:
+        if not listening and exc.filename is None:  # (else a file's: its message says)
             log.error("cannot listen on %s:%s: %s", config.host, config.port, exc)
         raise
     finally:
