@@ -203,3 +203,42 @@ def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     }
     assert jsonvalues.attribute_text(0x00204000, "LT", long, True, ("iso8859",))
     assert not jsonvalues._MEMO and not jsonvalues.TEXT_MEMO
+
+
+def test_numbers_not_finite_are_null(tmp_path: Path) -> None:
+    """review76 F2: an FD or FL of NaN or infinity (IEEE 754), a DS "nan" or "1e999",
+    came out as bare NaN / Infinity: no JSON (RFC 8259 6), and a viewer's JSON.parse
+    failed on the metadata of the whole study. Such a value is null (PS3.18 F.2.5),
+    on the fast path, pydicom's, inside a sequence and in the cached text alike."""
+    archive = Archive(tmp_path / "a", fsync=False)
+    nan, inf = float("nan"), float("inf")
+    ds = make_dataset(f"{STUDY}.7", study=STUDY, series=f"{STUDY}.1", frames=1)
+    ds.add_new(0x00189087, "FD", nan)
+    ds.add_new(0x00189089, "FD", [inf, -inf, 1.0])
+    ds.add_new(0x00181320, "FL", nan)
+    put_raw(ds, 0x00281050, "DS", b"nan ")
+    put_raw(ds, 0x00281051, "DS", b"1e999\\2 ")
+    item = Dataset()
+    item.add_new(0x00189087, "FD", -inf)
+    ds.add_new(0x00400275, "SQ", Sequence([item]))
+    store(archive, ds)
+    storage = FileStorage(archive.root)
+    (row,) = ArchiveReader(archive.root).search("instance", {})
+    key, ts = row["path"], row["transfer_syntax_uid"]
+
+    def strict(text: str) -> dict:
+        def refuse(token: str) -> None:
+            raise AssertionError(f"not JSON: {token}")
+
+        return json.loads(text, parse_constant=refuse)
+
+    for _ in range(2):  # (the second time from the memo)
+        got = strict(json.dumps(read_metadata(storage, key, ts, _bulk, max_depth=50)))
+        assert strict(read_metadata_text(storage, key, ts, _bulk, max_depth=50)) == got
+        assert got["00189087"]["Value"] == [None]
+        assert got["00189089"]["Value"] == [None, None, 1.0]
+        assert got["00181320"]["Value"] == [None]
+        assert got["00281050"]["Value"] == [None]
+        assert got["00281051"]["Value"] == [None, 2]
+        assert got["00400275"]["Value"][0]["00189087"]["Value"] == [None]
+    archive.close()

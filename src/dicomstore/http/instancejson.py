@@ -44,7 +44,7 @@ from dicomstore.http.dicomjson import (
     tag_key,
     too_long,
 )
-from dicomstore.http.jsonvalues import TEXT_MEMO, attribute_text, value_json
+from dicomstore.http.jsonvalues import TEXT_MEMO, attribute_text, finite, value_json
 from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflateError, TooLarge
 
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
@@ -379,7 +379,7 @@ def _element_json(elem: DataElement, depth: int, max_depth: int, cut: list[int])
     if elem.VR != "SQ":
         if depth and _size(elem.value) > MAX_INLINE_IN_ITEM:  # (as _Encoder: review40 #7)
             return too_long("an item", int(elem.tag), str(elem.VR), _size(elem.value))
-        return elem.to_json_dict(None, 1 << 62)
+        return finite(elem.to_json_dict(None, 1 << 62))
     if depth + 1 >= max_depth:
         cut.append(int(elem.tag))
         return {"vr": "SQ"}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import struct
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ _TEXT_SINGLE = frozenset({"LT", "ST", "UT"})
 _BINARY = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
 _NUMBERS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
 _SIZES = {vr: struct.calcsize("<" + code) for vr, code in _NUMBERS.items()}
+_FLOATS = frozenset({"FL", "FD"})
 #: Bytes that decode the same in every character set pydicom knows: printable ASCII,
 #: NUL padding and the text controls (no ESC, SO or SI of ISO 2022).
 _PLAIN = bytes(range(0x20, 0x7F)) + b"\x00\t\n\r\x0c"
@@ -94,6 +96,19 @@ def _remember(memo: dict[Any, Any], key: Any, value: Any, raw: bytes) -> None:
         memo[key] = value
 
 
+def finite(attribute: dict[str, Any]) -> dict[str, Any]:
+    """``attribute`` with each number that is NaN or infinite as ``null``: a value of FL,
+    FD or DS may be (IEEE 754; "nan", "inf" or "1e999"), a JSON number cannot (RFC
+    8259 6), and ``json.dumps`` writes ``NaN``, which no browser parses: one such
+    value made the metadata of its whole study unreadable to a viewer (review76 F2).
+    ``null`` is the value that is not there (PS3.18 F.2.5)."""
+    values = attribute.get("Value")
+    if values and any(v.__class__ is float and not math.isfinite(v) for v in values):
+        fixed = [None if v.__class__ is float and not math.isfinite(v) else v for v in values]
+        return {**attribute, "Value": fixed}
+    return attribute
+
+
 def _strings(vr: str, values: Sequence[str] | str) -> dict[str, Any]:
     """As to_json_dict gives a str or MultiValue: no Value when empty (VM 0)."""
     if isinstance(values, str):
@@ -115,7 +130,7 @@ def _numbers(vr: str, items: list[str] | str, pattern: re.Pattern[str]) -> dict[
         items = [items]
     if not all(pattern.fullmatch(v) for v in items):
         return None  # empty values, signs pydicom reads otherwise, non-numbers
-    return {"vr": vr, "Value": [number(v) for v in items]}
+    return finite({"vr": vr, "Value": [number(v) for v in items]})  # ("1e999": inf)
 
 
 def _names(vr: str, names: Sequence[PersonName] | PersonName) -> dict[str, Any]:
@@ -144,10 +159,8 @@ def _make(vr: str, raw: bytes, little: bool, encodings: tuple[str, ...]) -> dict
         if not raw:
             return {"vr": vr}
         order = "<" if little else ">"
-        return {
-            "vr": vr,
-            "Value": list(struct.unpack(f"{order}{len(raw) // size}{_NUMBERS[vr]}", raw)),
-        }
+        values = list(struct.unpack(f"{order}{len(raw) // size}{_NUMBERS[vr]}", raw))
+        return finite({"vr": vr, "Value": values}) if vr in _FLOATS else {"vr": vr, "Value": values}
     if vr in _BINARY:
         return {"vr": vr, "InlineBinary": base64.b64encode(raw).decode()} if raw else {"vr": vr}
     if vr in _TEXT_MULTI or vr in _TEXT_SINGLE or vr == "PN":

@@ -36,8 +36,9 @@ from dicomstore.inflation import DEFAULT_MAX_INFLATED, TooLarge
 log = logging.getLogger("dicomstore.http.metadata")
 
 #: Bump when the DICOM JSON that read_metadata_text makes changes: older entries are remade.
-#: (2: a deflated data set's Pixel Data is given as a BulkDataURI too.)
-ENCODER = "2"
+#: (2: a deflated data set's Pixel Data is given as a BulkDataURI too; 3: a number that
+#: is NaN or infinite is null, review76 F2.)
+ENCODER = "3"
 #: Instances looked up (and written to the cache) together.
 BATCH = 100
 #: Bytes of JSON sent as one chunk: each chunk of a sync body is a hop to a thread
