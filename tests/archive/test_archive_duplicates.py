@@ -20,6 +20,7 @@ from archive_testlib import (
 
 from dicomstore.archive import (
     DUPLICATE_REJECTED,
+    OUT_OF_RESOURCES,
     SUCCESS,
     WARNING_COERCION,
     Archive,
@@ -64,6 +65,33 @@ def test_keep_different_is_b000_and_keeps_the_first(tmp_path: Path) -> None:
         assert second.path == first.path
         path, row = _one_file_one_row(archive)
         assert stored_dataset(path) == FIRST and row["patient_name"] == "First"
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+@pytest.mark.parametrize("damage", ["gone", "truncated"])
+def test_keep_over_a_stored_copy_gone_or_truncated_is_not_success(
+    tmp_path: Path, fsync: bool, damage: str
+) -> None:
+    """review77 F3b: a resend of an instance whose stored file was truncated (or
+    deleted) was answered Success, the file left as it was: the sender took the
+    archive to hold a copy it cannot serve. A700 says what is wrong and what to do;
+    once deleted (here: its file put back whole), the resend is Success again."""
+    with Archive(tmp_path / "root", fsync=fsync) as archive:
+        first = store(archive, FIRST)
+        assert first.path is not None
+        whole = first.path.read_bytes()
+        if damage == "gone":
+            first.path.unlink()
+            words = "stored copy gone"
+        else:
+            first.path.write_bytes(whole[:300])
+            words = f"stored copy damaged (300 bytes, {len(whole)} indexed)"
+        again = store(archive, FIRST)
+        assert again.status == OUT_OF_RESOURCES, again
+        assert again.error_comment.startswith(words)
+        assert archive.instances() == [first.instance]
+        first.path.write_bytes(whole)
+        assert store(archive, FIRST).status == SUCCESS
 
 
 def test_replace_same_place(tmp_path: Path) -> None:

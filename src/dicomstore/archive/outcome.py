@@ -117,10 +117,14 @@ def duplicate(
     """The outcome for an instance already stored (``existing``, its file at
     ``path``) under the duplicate policy keep or reject: nothing changes.
 
-    reject: C111 naming the SOP Instance. keep: a copy identical to the stored one
-    (``identical()``: the same data set digest) is Success, or keeps the ``warning`` its own checks
-    gave (B006, B007: the stored copy went through the same policy); another copy
-    is B000 (coercion: what is stored is not what was sent).
+    reject: C111 naming the SOP Instance. keep: a stored copy whose file is gone or
+    no longer has the indexed size is no copy to keep: A700 saying so (not Success:
+    the sender would take the archive to hold what it cannot serve; the operator
+    deletes it, as ``check`` lists it, and a resend stores it: review77 F3b). Else a
+    copy identical to the stored one (``identical()``: the same data set digest) is
+    Success, or keeps the ``warning`` its own checks gave (B006, B007: the stored
+    copy went through the same policy); another copy is B000 (coercion: what is
+    stored is not what was sent).
     """
     if policy == "reject":
         # (the response names the SOP Instance: the 64 characters say why)
@@ -128,6 +132,12 @@ def duplicate(
             DUPLICATE_REJECTED,
             "Duplicate SOP Instance refused: already stored",
             SOP_INSTANCE_UID_TAG,
+        )
+    damage = _damage(path, existing)
+    if damage is not None:  # (not a copy the archive holds: review77 F3b)
+        return failure(
+            OUT_OF_RESOURCES,
+            f"stored copy {damage}: delete it, then send it again (dicomstore check)",
         )
     if identical():
         if warning is not None:
@@ -142,3 +152,17 @@ def duplicate(
         existing,
         kept=True,
     )
+
+
+def _damage(path: Path | None, existing: dict[str, Any]) -> str | None:
+    """What is wrong with the stored copy's file at ``path`` that one ``stat`` sees
+    (None: nothing, or not a local file): gone, or not the size the index recorded."""
+    if path is None:
+        return None
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return "gone"
+    if size != existing["file_size"]:
+        return f"damaged ({size} bytes, {existing['file_size']} indexed)"
+    return None
