@@ -130,12 +130,57 @@ def test_reindex_rebuilds_the_index(archive: Archive, tmp_path: Path) -> None:
 
 
 def test_reindex_drops_rows_of_deleted_files_and_skips_broken_ones(archive: Archive) -> None:
-    archive.path_of("1.2.3.4.5.0").unlink()
+    gone = archive.path_of("1.2.3.4.5.0")
+    gone.unlink()
     broken = archive.root / "1.2.3.4" / "broken.dcm"
     broken.write_bytes(b"not dicom")
-    assert archive.reindex() == 2
+    left_out: list[str] = []
+    damaged: list[str] = []
+    assert archive.reindex(left_out, damaged) == 2
     assert archive.get_instance("1.2.3.4.5.0") is None
     assert archive.check() == ["1.2.3.4/broken.dcm: not indexed"]
+    # review77 F2: the instance the index held is told, not forgotten silently
+    rel = gone.relative_to(archive.root).as_posix()
+    assert damaged == [
+        f"{rel}: missing: SOP Instance 1.2.3.4.5.0, indexed, has no file; its record is"
+        " dropped: restore the file from a copy first, and reindex again, to keep it"
+    ]
+    assert left_out == [
+        "1.2.3.4/broken.dcm: left out: cannot be read: not a PS3.10 file"
+        " (no 'DICM' prefix and File Meta Information)"
+    ]
+
+
+def test_reindex_keeps_the_record_of_a_file_truncated_since(archive: Archive) -> None:
+    """review77 F1: a file the index held, truncated (cannot be read any more), was left
+    out and its record dropped, exit 0: acknowledged, then forgotten. Its record is kept,
+    told as damaged (exit 1), and check goes on reporting it."""
+    path = archive.path_of("1.2.3.4.5.2")
+    before = archive.get_instance("1.2.3.4.5.2")
+    path.write_bytes(path.read_bytes()[:200])
+    rel = path.relative_to(archive.root).as_posix()
+    left_out: list[str] = []
+    damaged: list[str] = []
+    assert archive.reindex(left_out, damaged) == 3
+    assert left_out == []
+    (line,) = damaged
+    assert line.startswith(f"{rel}: damaged: it cannot be read (")
+    assert line.endswith(
+        "the index's record is kept (check reports it): restore the file"
+        " from a copy, or delete the instance"
+    )
+    after = archive.get_instance("1.2.3.4.5.2")
+    assert after is not None
+    assert {k: after[k] for k in ("digest", "file_size", "path", "received_at")} == {
+        k: before[k] for k in ("digest", "file_size", "path", "received_at")
+    }
+    assert archive.check() == [f"{rel}: size 200, indexed {before['file_size']}"]
+    if archive.index.engine.dialect != "sqlite":
+        return
+    from dicomstore.cli import main
+
+    archive.close()
+    assert main(["reindex", "--storage", str(archive.root)]) == 1  # (told: damaged)
 
 
 def test_store_after_reindex(archive: Archive) -> None:
@@ -214,7 +259,7 @@ def test_reindex_leaves_out_a_file_put_in_by_hand_whose_study_is_another_patient
     from dicomstore.cli import main  # a file put in by hand again: judged, as the server
 
     (archive.root / rel).unlink()  # would (its policy given: reindex's option)
-    assert main(["reindex", "--storage", str(archive.root)]) == 0
+    assert main(["reindex", "--storage", str(archive.root)]) == 1  # (told missing)
     shutil.copyfile(out.path, archive.root / rel)
     assert main(["reindex", "--storage", str(archive.root)]) == 0
     with Archive(archive.root) as rebuilt:

@@ -21,7 +21,7 @@ from dicomstore.archive.fields import index_fields
 from dicomstore.archive.identity import check_storage
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import dicom_files
-from dicomstore.archive.relations import Relations
+from dicomstore.archive.reindex_rows import keep_records, put_judged
 from dicomstore.archive.schema import Arrivals
 
 log = logging.getLogger("dicomstore.archive")
@@ -230,18 +230,19 @@ def reindex_archive(
     record of what was acknowledged was replaced by the damaged bytes' digest,
     silently), and is told in ``damaged``. With ``on_relational_mismatch`` "reject",
     a file the index did not hold whose series or study the others file elsewhere is
-    left out (:func:`_put_judged`).
+    left out (``reindex_rows.put_judged``).
     """
     told = left_out if left_out is not None else []
     recorded = {uid: (path, size, digest) for uid, path, size, digest in index.paths()}
     kept = rebuild.kept(index) if arrivals is None else rebuild.Kept(arrivals)
     chosen: dict[str, dict[str, Any]] = {}
+    unreadable: dict[str, str] = {}  # path -> why
     for path in dicom_files(root):
         relpath = path.relative_to(root).as_posix()
         try:
             row = read_row(root, path)
-        except Exception as exc:  # reported by check() as not indexed
-            told.append(f"{relpath}: left out: cannot be read: {_unreadable(exc)}")
+        except Exception as exc:  # reported by check() as not indexed (or kept: below)
+            unreadable[relpath] = _unreadable(exc)
             continue
         uid = row["sop_instance_uid"]
         if not layout.is_place(relpath, row["study_uid"], row["series_uid"], uid):
@@ -261,6 +262,7 @@ def reindex_archive(
         told.append(
             f"{drop['path']}: left out: SOP Instance {uid} is also in {keep['path']} ({why})"
         )
+    keep_records(root, index, recorded, chosen, unreadable, told, damaged)
     for uid, row in chosen.items():
         was = recorded.get(uid)
         if was is not None and was[0] == row["path"] and not _as_recorded(root, row, *was[1:]):
@@ -277,56 +279,12 @@ def reindex_archive(
         try:
             index.clear()
             judge = on_relational_mismatch == "reject"
-            count = _put_judged(index, chosen, recorded if judge else None, told)
+            count = put_judged(index, chosen, recorded if judge else None, told)
             index.commit()
         except BaseException:
             index.rollback()
             raise
     return count
-
-
-def _put_judged(
-    index: Index,
-    chosen: dict[str, dict[str, Any]],
-    recorded: dict[str, Any] | None,
-    told: list[str],
-) -> int:
-    """Index the rows ``chosen``, in order of arrival (:func:`_arrival`): those of
-    files the index held first, as they were (stored under the policy of their
-    time); then the others (put in by hand), each
-    left out when the rows before it file its series under another study or its
-    study under another patient (review54 F7: a study of two patients, ``check``
-    clean). ``recorded`` None (the policy "accept") or empty (an index lost, or of
-    an older schema: its files were taken in by the policy of their time, which the
-    files do not say; review55 M2): none judged."""
-    if not recorded:
-        for row in sorted(chosen.values(), key=_arrival):
-            index.put(row)
-        return len(chosen)
-    held = [row for uid, row in chosen.items() if recorded.get(uid, (None,))[0] == row["path"]]
-    new = [row for uid, row in chosen.items() if recorded.get(uid, (None,))[0] != row["path"]]
-    for row in sorted(held, key=_arrival):
-        index.put(row)
-    put = len(held)
-    relations = Relations(index)
-    for row in sorted(new, key=_arrival):
-        refused = relations.check(row)
-        if refused is not None:
-            told.append(
-                f"{row['path']}: left out: {refused.error_comment} (store it with `dicomstore"
-                " send`: the server's --on-relational-mismatch judges it)"
-            )
-            continue
-        index.put(row)
-        relations.add(row)
-        put += 1
-    return put
-
-
-def _arrival(row: dict[str, Any]) -> tuple[str, str]:
-    """The order rows are put in: of arrival, then of path (review58 H2: the order of
-    the folders gave each patient the attributes of the file whose study sorted last)."""
-    return row["received_at"], row["path"]
 
 
 def _unreadable(exc: Exception) -> str:
