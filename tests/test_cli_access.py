@@ -180,6 +180,28 @@ def test_export_copies_ps310_files(storage: Path, tmp_path: Path) -> None:
         assert dataset_offset(fp) > 132
 
 
+def test_export_goes_past_a_file_gone_or_damaged_and_tells_them(
+    storage: Path, tmp_path: Path
+) -> None:
+    """review77 F3, F4: the first file gone ended the export (no count, a partial
+    folder); a truncated one was exported as if whole, its indexed size printed, exit 0.
+    Now every readable instance is exported, the others told, exit 1."""
+    files = sorted(p for p in storage.rglob("*.dcm") if ".tmp" not in p.parts)
+    study_files = [p for p in files if STUDY in p.parts[-3]]
+    assert len(study_files) == 3
+    gone, cut, whole = study_files
+    gone.unlink()
+    cut.write_bytes(cut.read_bytes()[:100])
+    out = tmp_path / "out"
+    r = cli("export", STUDY, str(out), storage=storage)
+    assert r.returncode == 1
+    assert "exported 1 instance(s)" in r.stdout
+    rel = {p: p.relative_to(storage).as_posix() for p in (gone, cut)}
+    assert f"{rel[gone]}: not exported: No such file or directory" in r.stderr
+    assert f"{rel[cut]}: not exported: damaged (100 bytes, " in r.stderr
+    assert [p.name for p in out.rglob("*.dcm")] == [whole.name]
+
+
 def test_stats(storage: Path) -> None:
     r = cli("stats", storage=storage)
     assert r.returncode == 0

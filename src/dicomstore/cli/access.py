@@ -317,26 +317,41 @@ def _export(args: argparse.Namespace) -> int:
     key = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}.get(level, "SOPInstanceUID")
     rows = reader.instances(**{key: layout.normalize_uid(args.uid.strip())})
     count = size = 0
+    problems: list[str] = []
     for row in rows:
         rel = Path(layout.copy_name(row))  # (not its key: a replace's may be .r.dcm)
         target = args.dest / (rel.name if args.flat else rel)
         target.parent.mkdir(parents=True, exist_ok=True)
-        _copy(reader, row, target)
+        try:
+            copied = _copy(reader, row, target)
+        except OSError as exc:  # (gone: the others are exported all the same)
+            problems.append(f"{row['path']}: not exported: {exc.strerror or exc}")
+            continue
+        if copied != row["file_size"]:  # (damaged since: no copy that looks whole)
+            target.unlink()
+            problems.append(
+                f"{row['path']}: not exported: damaged ({copied} bytes, {row['file_size']}"
+                " indexed; `dicomstore check`)"
+            )
+            continue
         count += 1
-        size += row["file_size"]
+        size += copied
     print(f"exported {count} instance(s), {human_size(size)}, of {level} {args.uid} to {args.dest}")
-    return EXIT_OK
+    for line in problems:  # (review77 F3, F4: a cut copy exported silently; the first
+        print(f"dicomstore: {line}", file=sys.stderr)  # file gone ended the export)
+    return EXIT_FAILED if problems else EXIT_OK
 
 
-def _copy(reader: Any, row: dict[str, Any], target: Path) -> None:
+def _copy(reader: Any, row: dict[str, Any], target: Path) -> int:
     """The stored bytes of ``row`` into file ``target``: copied by the kernel from a
-    local file (``copyfile``), else streamed from the archive's storage."""
+    local file (``copyfile``), else streamed from the archive's storage; how many."""
     local = reader.local_path(row)
     if local is not None:
         shutil.copyfile(local, target)
-        return
+        return target.stat().st_size
     with reader.open(row) as source, open(target, "wb") as out:
         shutil.copyfileobj(source, out, 1 << 20)
+        return out.tell()
 
 
 def _stats(args: argparse.Namespace) -> int:
