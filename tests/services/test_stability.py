@@ -517,6 +517,43 @@ def test_a_failed_catch_up_is_logged(tmp_path: Path, monkeypatch, caplog) -> Non
     assert "index unreadable" in caplog.text
 
 
+@pytest.mark.sqlite_index
+def test_a_damaged_index_met_at_start_makes_the_node_not_ready(tmp_path: Path, caplog) -> None:
+    """review77 F8: a server on a damaged index met the damage at start (the read for
+    studies to wait for: a traceback in the log) and said "ready" until a store failed.
+    The damage is told the archive's health: readiness says so from the start."""
+    import sqlite3
+    from contextlib import closing
+
+    root = tmp_path / "archive"
+    _fill(root, {"1.2.93": 1})
+    index = root / "index.sqlite"
+    with closing(sqlite3.connect(index)) as db:  # (the instance table's root page
+        (page,) = db.execute(  # overwritten: as test_archive_index_health damages it)
+            "SELECT rootpage FROM sqlite_master WHERE name = 'instance'"
+        ).fetchone()
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+    with open(index, "r+b") as f:
+        f.seek((page - 1) * size)
+        f.write(b"\xff" * size)
+
+    async def main() -> list[str]:
+        archive = Archive(root, fsync=False)
+        config = dataclasses.replace(ServerConfig(port=0), stable_age=QUICK)
+        try:
+            async with running(archive, config) as server:
+                assert server.stability is not None
+                assert server.stability._catching_up is not None
+                await server.stability._catching_up
+                return archive.cannot_store()
+        finally:
+            archive.close()
+
+    assert asyncio.run(main()) == ["the archive index is damaged (see the log)"]
+    assert "Traceback" not in caplog.text
+    assert "run `dicomstore reindex --storage" in caplog.text
+
+
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
     """Until ``path`` exists (what the command writes last), or the server died."""
     deadline = time.monotonic() + timeout

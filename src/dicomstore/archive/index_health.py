@@ -16,7 +16,8 @@ damaged
     (``PRAGMA quick_check``: every page's structure, O(size of the index)). A
     server does not at start: 0.7 s warm, 7.8 s from a cold cache for an index of
     1 M instances (527 MiB), and ten times that for ten times the archive, before
-    the port opens. It learns of damage when a store meets it
+    the port opens. It learns of damage when a store meets it, or the read of
+    the studies to wait for at start (``services/stability.py``, review77 F8)
     (:meth:`IndexHealth.failed`: one ERROR naming the remedy, and readiness says
     so until a restart). PostgreSQL has no analogue to run: its pages carry
     checksums when the cluster has them (``initdb --data-checksums``) and damage is

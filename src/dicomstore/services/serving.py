@@ -100,6 +100,7 @@ async def running(
             exec_command=config.on_stable_exec,
             webhook=config.stable_webhook,
             fsync=bool(getattr(handler, "fsync", True)),
+            on_damage=getattr(getattr(handler, "health", None), "failed", None),
         )
         server.store.observers.append(stability.observe)
         server.stability = stability

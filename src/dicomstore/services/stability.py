@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dicomstore.archive.engine import DatabaseOrOSError
+from dicomstore.archive.index_health import is_damage
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.rebuild import arrivals_only
 from dicomstore.archive.schema import FROM_JOIN
@@ -97,7 +98,11 @@ class StudyStability:
         webhook: str | None = None,
         fsync: bool = True,
         clock: Callable[[], float] = time.time,
+        on_damage: Callable[[BaseException], None] | None = None,
     ) -> None:
+        #: told when the index read at start meets a damaged index (the archive's
+        #: ``IndexHealth.failed``: readiness says so from the start, review77 F8)
+        self.on_damage = on_damage
         if stable_age <= 0:
             raise ValueError("stable_age must be positive")
         self.reader = reader
@@ -174,8 +179,12 @@ class StudyStability:
         async def run() -> int:
             try:
                 return self._recovered(await asyncio.to_thread(self._unreported))
-            except Exception:  # noqa: BLE001 - said, not lost: the server serves on
-                log.exception("study-complete events: the studies to wait for again not read")
+            except Exception as exc:  # noqa: BLE001 - said, not lost: the server serves on
+                if self.on_damage is not None and is_damage(exc):
+                    self.on_damage(exc)  # (its ERROR names the remedy: no traceback)
+                    log.error("study-complete events: the studies to wait for again not read")
+                else:
+                    log.exception("study-complete events: the studies to wait for again not read")
                 return 0
             finally:
                 self._covered.clear()  # (only needed while the index is read)
