@@ -304,10 +304,12 @@ def test_a_stranded_request_is_not_replaced_by_another_ae_title(
 
 
 def test_a_report_answered_0110_is_sent_again_a_few_times(
-    root: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """review36a #10: a report the requester answered 0110 (it could not process it)
-    was taken as delivered at once; it is sent again, PROCESSING_FAILURE_TRIES in all."""
+    was taken as delivered at once; it is sent again, PROCESSING_FAILURE_TRIES in all.
+    review75 F5: the last line then says it was given up, not as if reported."""
+    caplog.set_level(logging.INFO, "dicomstore")
     tries = commitment_reports.PROCESSING_FAILURE_TRIES
     released = threading.Event()
     real_verify = commitment_reports.verify
@@ -330,6 +332,10 @@ def test_a_report_answered_0110_is_sent_again_a_few_times(
             assert settled(srv) and journal_empty(root, srv)
         srv.archive.close()  # type: ignore[attr-defined]
     assert len(reports.received) == tries
+    assert (
+        "1.2.8.140 reported on a new association (2 of 2 committed, answered 0110:"
+        " given up)" in caplog.text
+    )
 
 
 def test_a_pending_request_is_reported_after_a_restart(root: Path) -> None:

@@ -85,8 +85,7 @@ log = logging.getLogger("dicomstore.server")
 #: N-EVENT-REPORT-RSP statuses after which the report is sent again (elsewhere,
 #: or later): the requester did not take it (0211) or could not now (0213).
 NOT_TAKEN = frozenset({st.UNRECOGNIZED_OPERATION, st.RESOURCE_LIMITATION})
-#: Reports the requester answered 0110 (it could not process it) are sent again this
-#: many times in all, then taken as answered (review36a #10: dropped at the first).
+#: Reports answered 0110 (not processed) are sent this many times, then given up.
 PROCESSING_FAILURE_TRIES = 3
 #: Failed tries of a report (backoff 5 s ... 600 s: ~40 minutes) making it overdue.
 STRAND_AFTER = 10
@@ -418,7 +417,8 @@ class CommitmentService:
             )
         self._audit(request, verdicts, how, rsp.status)
         committed = sum(v.committed for v in verdicts)
-        return f"{how} ({committed} of {len(verdicts)} committed)"
+        took = "" if rsp.status == st.SUCCESS else f", answered {rsp.status:04X}: given up"
+        return f"{how} ({committed} of {len(verdicts)} committed{took})"  # (review75 F5)
 
     def _prepare(self, request: CommitmentRequest, transfer_syntax: str) -> _Report:
         """(In the commitment thread.) Verify now, say what failed, make the report and
