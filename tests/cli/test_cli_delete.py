@@ -70,6 +70,21 @@ def test_each_removal_is_an_audit_record(storage: Path, tmp_path: Path) -> None:
     assert study["study_instance_uids"] == ["1.2.5"]
 
 
+def test_a_file_already_gone_is_told_and_the_delete_succeeds(storage: Path, tmp_path: Path) -> None:
+    """review77 F13: the row deleted and audited, the wanted end reached, yet exit 1
+    (README: not found / failed) for the file that was gone already."""
+    audit = tmp_path / "audit.jsonl"
+    (gone,) = [p for p in storage.rglob("*.dcm") if STUDY + ".2" in p.parts]
+    gone.unlink()
+    r = cli("delete", STUDY + ".2", "--yes", "--audit-log", str(audit), storage=storage)
+    assert r.returncode == 0, r.stderr
+    assert f"{gone.relative_to(storage).as_posix()}: already gone" in r.stderr
+    assert "deleted series" in r.stdout
+    (record,) = _records(audit)
+    assert record["outcome"] == "deleted"
+    assert record["problems"] == [f"{gone.relative_to(storage).as_posix()}: already gone"]
+
+
 def test_the_audit_log_from_the_environment_and_an_info_line(storage: Path, tmp_path: Path) -> None:
     """As `get` and `reindex`, `delete` reads DICOMSTORE_AUDIT_LOG (the server's file)."""
     audit = tmp_path / "audit.jsonl"

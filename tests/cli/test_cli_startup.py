@@ -108,11 +108,14 @@ def test_a_mistyped_option_is_one_line_naming_the_command_and_the_option_meant(
         ["serve", "--operation-timeout", "infinity"],
         ["send", "127.0.0.1", "1", "x", "--retry-delay", "nan"],
         ["echo", "127.0.0.1", "1", "--acse-timeout", "inf"],
+        ["serve", "--max-ops", "70000"],  # (review77 F17: PS3.7 D.3.3.3.1, 16 bits)
+        ["send", "127.0.0.1", "1", "x", "--max-ops", "65536"],
     ],
 )
-def test_durations_not_finite_are_refused(argv: list[str], capsys) -> None:
+def test_values_out_of_range_are_refused(argv: list[str], capsys) -> None:
     """review77 F7: NaN and infinite durations passed the parser; every association
-    then failed (uvloop: cannot convert float NaN to integer)."""
+    then failed (uvloop: cannot convert float NaN to integer). F17: an operations
+    window over 65535."""
     from dicomstore.cli import main
 
     with pytest.raises(SystemExit) as ended:

@@ -158,6 +158,9 @@ class Removal:
     #: instances of ``uid`` not among those confirmed (``remove(only=...)``): kept
     kept: int = 0
     problems: list[str] = field(default_factory=list)
+    #: files of deleted rows that were gone already (the delete is complete all the
+    #: same: review77 F13)
+    gone: list[str] = field(default_factory=list)
     #: what the deleted rows belonged to (for the audit record): Study and Series
     #: Instance UIDs, (Patient ID, Issuer of Patient ID)
     studies: list[str] = field(default_factory=list)
@@ -450,7 +453,7 @@ def _unlink(
             if intent is not None and not os.path.lexists(intent):
                 result.files_removed += 1  # another process settled our intent
                 continue
-            result.problems.append(f"{path.relative_to(root).as_posix()}: already gone")
+            result.gone.append(f"{path.relative_to(root).as_posix()}: already gone")
         except OSError as exc:
             result.problems.append(f"{path}: {exc.strerror or exc}")
     return _flush_folders(folders, fsync)

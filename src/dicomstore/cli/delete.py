@@ -112,7 +112,7 @@ def _delete_uid(args: argparse.Namespace, reader: Any, audit: Any) -> int:
     if not _confirmed(args, counted):
         return EXIT_FAILED
     result = _remove(args, uid, target, only, audit, "uid")
-    for problem in result.problems:
+    for problem in result.problems + result.gone:  # (gone: no failure, review77 F13)
         print(f"dicomstore: {problem}", file=sys.stderr)
     if result.level != "files":
         counted = f"{what}: {result.instances} instance(s), {human_size(result.bytes)}"
@@ -153,7 +153,7 @@ def _delete_patient(args: argparse.Namespace, reader: Any, audit: Any) -> int:
         except NotStoredError:
             print(f"study {uid}: no longer in the archive (deleted meanwhile)")
             continue
-        for problem in result.problems:
+        for problem in result.problems + result.gone:
             print(f"dicomstore: {problem}", file=sys.stderr)
         failed += bool(result.problems)
         deleted += 1

@@ -129,8 +129,8 @@ def _http_url(value: str) -> str:
     return value
 
 
-def _int(low: int):
-    """A parser of whole numbers >= ``low``."""
+def _int(low: int, high: int | None = None):
+    """A parser of whole numbers >= ``low`` (and <= ``high``)."""
 
     def parse(value: str) -> int:
         try:
@@ -139,6 +139,8 @@ def _int(low: int):
             raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
         if n < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}")
+        if high is not None and n > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}")
         return n
 
     return parse

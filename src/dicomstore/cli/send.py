@@ -81,7 +81,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_loop(p)
     p.add_argument(
         "--max-ops",
-        type=_int(1),
+        type=_int(1, 65535),
         default=16,
         help="C-STOREs outstanding per association if the SCP grants a window (default 16)",
     )

@@ -171,7 +171,7 @@ def add_parser(sub: Any) -> None:
     add_archive_policies(s)
     s.add_argument(
         "--max-ops",
-        type=_int(0),
+        type=_int(0, 65535),  # (PS3.7 D.3.3.3.1: a 16-bit number)
         default=_D.max_ops,
         help="asynchronous operations window granted to senders, at most 65535; 0: any"
         f" number (PS3.7 D.3.3.3) (default {_D.max_ops})",

@@ -297,6 +297,7 @@ def deletion_record(
     else:
         problems = list(result.problems) + ([error] if error is not None else [])
         outcome = "incomplete" if problems else "deleted"
+        problems += result.gone  # (told, the delete complete all the same)
     return {
         "event": "delete",
         "audit_event": name,
