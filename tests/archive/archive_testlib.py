@@ -236,3 +236,19 @@ def count_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(FileStorage, "open", counting)
     return opens
+
+
+def damage(index: Path) -> None:
+    """The root page of the instance table overwritten (a bad disk, a bad copy): every
+    store meets it (a page in the middle was missed once tables were added)."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(index)) as db:
+        (page,) = db.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'instance'"
+        ).fetchone()
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+    with open(index, "r+b") as f:
+        f.seek((page - 1) * size)
+        f.write(b"\xff" * size)

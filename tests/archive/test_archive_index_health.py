@@ -6,12 +6,10 @@ store meets (said once, with the remedy), ``check`` of a damaged index (it said
 from __future__ import annotations
 
 import errno
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 
 import pytest
-from archive_testlib import dataset, store
+from archive_testlib import damage, dataset, store
 
 from dicomstore.archive import OUT_OF_RESOURCES, SUCCESS, Archive, index_health, layout
 from dicomstore.cli import main
@@ -22,19 +20,6 @@ def fill(archive: Archive, n: int = 60) -> None:
     for i in range(n):
         data = dataset(f"1.2.3.4.5.{i}", study=f"1.2.3.{i % 7}", series=f"1.2.3.{i % 7}.{i % 3}")
         assert store(archive, data, sop_uid=f"1.2.3.4.5.{i}").status == SUCCESS
-
-
-def damage(index: Path) -> None:
-    """The root page of the instance table overwritten (a bad disk, a bad copy): every
-    store meets it (a page in the middle was missed once tables were added)."""
-    with closing(sqlite3.connect(index)) as db:
-        (page,) = db.execute(
-            "SELECT rootpage FROM sqlite_master WHERE name = 'instance'"
-        ).fetchone()
-        size = db.execute("PRAGMA page_size").fetchone()[0]
-    with open(index, "r+b") as f:
-        f.seek((page - 1) * size)
-        f.write(b"\xff" * size)
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[str]:

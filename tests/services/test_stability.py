@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from tests.archive.archive_testlib import dataset
+from tests.archive.archive_testlib import damage, dataset
 from tests.archive.archive_testlib import store as archive_store
 from tests.conftest import free_port, index_option, serve_command, wait_listening
 from tests.services.test_scu_support import sendable
@@ -522,20 +522,9 @@ def test_a_damaged_index_met_at_start_makes_the_node_not_ready(tmp_path: Path, c
     """review77 F8: a server on a damaged index met the damage at start (the read for
     studies to wait for: a traceback in the log) and said "ready" until a store failed.
     The damage is told the archive's health: readiness says so from the start."""
-    import sqlite3
-    from contextlib import closing
-
     root = tmp_path / "archive"
     _fill(root, {"1.2.93": 1})
-    index = root / "index.sqlite"
-    with closing(sqlite3.connect(index)) as db:  # (the instance table's root page
-        (page,) = db.execute(  # overwritten: as test_archive_index_health damages it)
-            "SELECT rootpage FROM sqlite_master WHERE name = 'instance'"
-        ).fetchone()
-        size = db.execute("PRAGMA page_size").fetchone()[0]
-    with open(index, "r+b") as f:
-        f.seek((page - 1) * size)
-        f.write(b"\xff" * size)
+    damage(root / "index.sqlite")
 
     async def main() -> list[str]:
         archive = Archive(root, fsync=False)
