@@ -114,6 +114,25 @@ def test_unsupported_transfer_syntax_is_c122(server) -> None:
     assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC122]
 
 
+def test_a_broken_file_meta_is_c000_in_our_words(server) -> None:
+    """review76 F6: pydicom's exception text reached the client ("'MultiValue' object
+    has no attribute 'encode'", a KeyError's repr): the File Meta Information's UIDs
+    are read from their bytes, and what is wrong is said."""
+    client, archive = server
+    two = bytearray(instance("1.2.5.31"))
+    at = two.index(b"1.2.5.31", 132)
+    two[at : at + 8] = b"1.2\\5.31"  # (two values: 1.2 and 5.31)
+    lacking = bytearray(instance("1.2.5.32"))
+    at = lacking.index(b"\x02\x00\x02\x00UI", 132)  # (0002,0002) renamed (0002,0001)...
+    lacking[at : at + 4] = b"\x02\x00\x01\x00"  # (... whose VR OB it is not: kept as is)
+    r = post(client, [bytes(two), bytes(lacking)])
+    assert r.status_code == 409, r.text
+    warning = r.headers["warning"]
+    assert "C000 (0002,0003) Media Storage SOP Instance UID holds more than one value" in warning
+    assert "C000 File Meta Information lacks (0002,0002) Media Storage SOP Class UID" in warning
+    assert "object" not in warning and archive.instances() == []
+
+
 @pytest.mark.parametrize(
     ("content_type", "body", "status"),
     [
