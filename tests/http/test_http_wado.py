@@ -244,7 +244,10 @@ def test_unknown_targets_are_404(setup, path) -> None:
     assert r.status_code == 404 and "not in the archive" in r.text
 
 
-@pytest.mark.parametrize("uid", ["*", "%2A", f"{STUDY},9.9", f"{STUDY}%5C9.9", "%20", "1.2?"])
+@pytest.mark.parametrize(
+    "uid",
+    ["*", "%2A", f"{STUDY},9.9", f"{STUDY}%5C9.9", "%20", "1.2?", f"{STUDY}%00", f"{STUDY}%7F"],
+)
 @pytest.mark.parametrize(
     "form",
     [

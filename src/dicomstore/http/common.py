@@ -25,9 +25,10 @@ from dicomstore.http.multipart import parse_media_type, repeated_parameters
 DICOM_JSON = "application/dicom+json"
 #: One UID as a URL names it (PS3.18 10.4.1: ``{study}``, ``{series}``, ``{instance}``
 #: are single UIDs): none of the matching keys' universal value, wildcards or list
-#: separators (``*``, ``?``, ``,``, ``\\``), no space. A stored UID that PS3.5 9.1
+#: separators (``*``, ``?``, ``,``, ``\\``), no space nor control character (review76
+#: F4: a trailing ``%00`` matched the UID without it). A stored UID that PS3.5 9.1
 #: would not allow (letters, say) is still reachable.
-ONE_UID = r"[^/*?,\\\s]+"
+ONE_UID = r"[^/*?,\\\s\x00-\x1f\x7f]+"
 _ONE_UID = re.compile(ONE_UID)
 
 
