@@ -161,12 +161,13 @@ def requeue(args: argparse.Namespace) -> int:
         print(f"dicomstore: requeue: {args.storage} has no forwarding queue", file=sys.stderr)
         return EXIT_FAILED
     done = "entries dropped, not sent" if args.drop else "failed entries pending again"
-    for dest in args.destination or sorted(counts):
-        print(f"{dest}: {counts.get(dest, 0)} {done}")
-    if not counts and not args.destination:
-        print("no failed entries")
     known |= set() if args.drop else set(counts)
     unknown = [dest for dest in args.destination or () if dest not in known]
+    for dest in args.destination or sorted(counts):
+        if dest not in unknown:  # (review77 F14: told done and unknown at once)
+            print(f"{dest}: {counts.get(dest, 0)} {done}")
+    if not counts and not args.destination:
+        print("no failed entries")
     if unknown:  # (review45 L14: 'NOPE: 0 failed entries pending again', exit 0)
         names = ", ".join(unknown)
         print(
