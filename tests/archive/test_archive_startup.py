@@ -161,3 +161,18 @@ def test_an_older_schema_rebuilt_at_start_is_told_with_what_it_left_out(
     (left_out,) = messages(caplog, "WARNING")
     relpath = cut.relative_to(root).as_posix()
     assert left_out.startswith(f"index rebuild: {relpath}: left out: cannot be read: ")
+
+
+@pytest.mark.sqlite_index
+def test_a_refused_start_leaves_no_index_behind(restored: Path, capsys) -> None:
+    """review77 F9: the refused start left a new, empty index.sqlite: `ls` and `stats`
+    then showed an empty archive (exit 0) where they had said "no archive" (exit 1)."""
+    from dicomstore.cli import main
+
+    assert main(["ls", "--storage", str(restored)]) == 1
+    with pytest.raises(UnindexedStorageError):
+        Archive(restored, fsync=False, require_index=True)
+    assert not list(restored.glob("index.sqlite*"))
+    capsys.readouterr()
+    assert main(["ls", "--storage", str(restored)]) == 1
+    assert "no archive at" in capsys.readouterr().err

@@ -73,6 +73,23 @@ def opened(root: Path, index: Index, *, new: bool, refuse: bool, hint: str) -> N
     log.warning("%s", said)
 
 
+def forget_new_index(engine: Engine) -> None:
+    """The SQLite index a refused start made (:class:`UnindexedStorageError`) removed:
+    left, the archive commands took the storage for an empty archive (exit 0) where
+    they said "no archive" before (review77 F9). It holds no instance: it was made
+    by this start, and the start was refused because it holds none."""
+    index = engine.local_file()
+    if index is None:
+        return
+    for suffix in ("", "-wal", "-shm", "-writer"):
+        try:
+            os.unlink(f"{index}{suffix}")
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("the index %s made by a refused start not removed: %s", index, exc)
+
+
 def stored_file(root: Path) -> Path | None:
     """A stored instance (:func:`filed_by_archive`) where the archive files them
     (``<study>/<series>/``), if there is one; the first found (study folders: not

@@ -186,10 +186,12 @@ class Archive:
                 owner=self._node.name,
                 health=self.health,
             )
-        except BaseException:
+        except BaseException as exc:
             self._node.close()
             self.index.close()
             os.close(self._hold)
+            if new and isinstance(exc, startup.UnindexedStorageError):
+                startup.forget_new_index(engine)  # (review77 F9: ls then showed it empty)
             raise
         flush_time = (lambda: self._publisher.flush_time) if fsync else None
         self._committer = GroupCommit(self._publisher.publish, gather=flush_time)
