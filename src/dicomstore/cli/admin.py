@@ -72,6 +72,7 @@ def check_or_reindex(args: argparse.Namespace) -> int:
     from dicomstore.archive import maintenance
     from dicomstore.archive.engine import DatabaseOrOSError
     from dicomstore.archive.identity import StorageMismatchError
+    from dicomstore.archive.index_health import is_damage
     from dicomstore.archive.recovery import ArchiveBusyError
     from dicomstore.archive.schema import SchemaError
 
@@ -112,8 +113,8 @@ def check_or_reindex(args: argparse.Namespace) -> int:
         print(f"dicomstore: {args.command}: {exc}: nothing changed", file=sys.stderr)
         return EXIT_FAILED
     except DatabaseOrOSError as exc:
-        _cannot_open(args.storage, exc)
-        return EXIT_USAGE
+        _cannot_open(args.storage, exc)  # (a damaged index is a problem check found: 1,
+        return EXIT_FAILED if is_damage(exc) else EXIT_USAGE  # review77 F17b; else 2)
     if args.command == "reindex":
         for line in left_out + damaged:
             print(line)

@@ -57,7 +57,10 @@ def open_audit_log(args: argparse.Namespace) -> Any:
             args.audit_log, max_bytes=max_bytes, keep=getattr(args, "audit_log_keep", 0)
         )
     except OSError as exc:
-        print(f"dicomstore: cannot open {args.audit_log}: {exc.strerror}", file=sys.stderr)
+        print(
+            f"dicomstore: cannot open the audit log (--audit-log) {args.audit_log}: {exc.strerror}",
+            file=sys.stderr,
+        )
         return None
 
 
