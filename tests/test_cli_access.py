@@ -132,6 +132,18 @@ def test_show_instance_header_and_summaries(storage: Path) -> None:
     assert [i["sop_instance_uid"] for i in series["instance"]] == ["1.2.4.1", "1.2.4.2"]
 
 
+def test_show_of_an_instance_truncated_since_says_so(storage: Path) -> None:
+    """review77 F11: a cut-off header was shown, the index's size above it, exit 0."""
+    (path,) = [p for p in storage.rglob("1.2.4.3.dcm")]
+    whole = path.stat().st_size
+    path.write_bytes(path.read_bytes()[:300])
+    rel = path.relative_to(storage).as_posix()
+    for json_form in ([], ["--json"]):
+        r = cli("show", "1.2.4.3", *json_form, storage=storage)
+        assert r.returncode == 1
+        assert f"{rel}: damaged (300 bytes, {whole} indexed;" in r.stderr
+
+
 def test_show_leaves_long_values_unread(tmp_path: Path, capsys) -> None:
     """``show`` read every value before the pixels: long ones are now given by their
     length (text) or a BulkDataURI (JSON), as the browse page and WADO-RS give them."""

@@ -282,6 +282,14 @@ def _show_instance(reader: Any, row: dict[str, Any], *, as_json: bool) -> int:
     WADO-RS metadata gives them."""
     from dicomstore.http.header_text import SHOWN_VALUE, header_text
 
+    size = reader.storage.size(str(row["path"]))  # (review77 F11: a cut header shown, 0)
+    damaged = size != row["file_size"]
+    if damaged:
+        print(
+            f"dicomstore: {row['path']}: damaged ({size} bytes, {row['file_size']} indexed;"
+            " `dicomstore check`): what is shown is what is left of it",
+            file=sys.stderr,
+        )
     if as_json:
         from dicomstore.http.instancejson import read_metadata
 
@@ -297,7 +305,7 @@ def _show_instance(reader: Any, row: dict[str, Any], *, as_json: bool) -> int:
             max_depth=SHOW_DEPTH,
         )
         print(json.dumps({"level": "instance", "row": row, "header": header}, indent=1))
-        return EXIT_OK
+        return EXIT_FAILED if damaged else EXIT_OK
     ds = reader.dataset(row, stop_before_pixels=True, defer_size=SHOWN_VALUE)
     size, sender = human_size(row["file_size"]), row["calling_ae"] or "-"
     print(f"# {reader.where(row)}  ({size}, received {row['received_at']} from {sender})")
@@ -306,7 +314,7 @@ def _show_instance(reader: Any, row: dict[str, Any], *, as_json: bool) -> int:
         if part is not None:
             print(header_text(part, max_depth=SHOW_DEPTH, max_elements=SHOW_ELEMENTS))
             print()
-    return EXIT_OK
+    return EXIT_FAILED if damaged else EXIT_OK
 
 
 def _export(args: argparse.Namespace) -> int:
