@@ -121,11 +121,12 @@ def _print(args: argparse.Namespace, result: Any, what: str) -> int:
     unsent = result.failed - (result.received.failed if result.received is not None else 0)
     if what == "C-GET" and unsent > 0 and not args.json:  # (review48 L4: no hint)
         print(
-            f"dicomstore: the SCP failed {unsent} sub-operation(s) without sending them:"
-            " a C-GET SCP sends on this association, only in the SOP classes and transfer"
+            f"dicomstore: the SCP failed {unsent} sub-operation(s) without sending them"
+            " (its log says why: a file it cannot read, say); one cause is ours: a C-GET"
+            " SCP sends on this association, only in the SOP classes and transfer"
             " syntaxes accepted for it; one that does not convert fails an instance stored"
-            " otherwise (Big Endian, a compression or SOP class not proposed: --sop-class),"
-            " and its log says which; move to a Storage SCP has no such limit",
+            " otherwise (Big Endian, a compression or SOP class not proposed: --sop-class);"
+            " move to a Storage SCP has no such limit",
             file=sys.stderr,
         )
     nothing = not (result.completed or result.failed or result.warning)
