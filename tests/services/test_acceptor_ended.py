@@ -49,3 +49,30 @@ def test_an_association_the_stop_cuts_says_so(caplog) -> None:
     asyncio.run(main())
     (line,) = _ended(caplog)
     assert "association ended (aborted: the server stopped)" in line
+
+
+def test_a_protocol_error_ends_as_aborted(caplog) -> None:
+    """review77 F18: an association the server aborted for a protocol error of the
+    DIMSE layer (here a PDV on a presentation context never negotiated, PS3.8 9.3.5.1)
+    ended "(accepted)"."""
+    caplog.set_level(logging.INFO, logger="dicomstore")
+
+    async def main() -> None:
+        server = Server(ServerConfig(port=0), None)
+        await server.start()
+        try:
+            assoc = await associate("127.0.0.1", server.port)
+            pdv = bytes([99, 0x03]) + bytes(8)  # (context 99, a last command fragment)
+            item = len(pdv).to_bytes(4, "big") + pdv
+            assoc.t.stream.transport.write(bytes([4, 0]) + len(item).to_bytes(4, "big") + item)
+            try:
+                await asyncio.wait_for(assoc.answered(), 10)
+            except Exception:  # noqa: BLE001 - the A-ABORT ends it, however it is told
+                pass
+            await assoc.abort()
+        finally:
+            await server.close(grace=5)
+
+    asyncio.run(main())
+    (line,) = _ended(caplog)
+    assert "association ended (aborted: protocol error): 0 stored, 0 failed" in line

@@ -208,6 +208,7 @@ class AcceptorAssociation:
                         await self._on_event(event)
                 except RemoteProtocolError as exc:
                     log.warning("%s: protocol error: %s; aborting", t.peer, exc)  # (PS3.8 or PS3.7)
+                    self.outcome = "aborted: protocol error"  # (review77 F18: "accepted")
                     self._drop_receiving()
                     t.conn.protocol_error(exc)  # AA-8: A-ABORT (provider), ARTIM
                 await t.flush()
@@ -234,6 +235,7 @@ class AcceptorAssociation:
             t.abort_now()
         except Exception:  # noqa: BLE001 - one association must not kill the server
             log.exception("%s: internal error, aborting", t.peer)
+            self.outcome = "aborted: internal error"
             t.abort_now()
         finally:
             self._drop_receiving()
@@ -448,12 +450,9 @@ class AcceptorAssociation:
             self.receiving = self.storage.begin(context_id, message)
 
     async def _complete(self, context_id: int, receiving: Receiving) -> None:
-        """Commit and answer; with a window > 1, overlap commits with receiving.
-
-        Up to the granted asynchronous operations window (PS3.7 D.3.3.3) commits
-        run while the next data sets arrive; at the limit we stop reading the
-        socket until one finishes (backpressure).
-        """
+        """Commit and answer; up to the granted asynchronous operations window (PS3.7
+        D.3.3.3) commits run while the next data sets arrive; at the limit we stop
+        reading the socket until one finishes (backpressure)."""
         assert self.storage is not None
         window = self.t.negotiated.max_ops_invoked if self.t.negotiated else 1
         inline = not self.server.commit_in_thread
