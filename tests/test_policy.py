@@ -451,6 +451,37 @@ def test_jwt_hs256_and_rs256(jwt_policy, keys) -> None:
         assert admission.may_store and not admission.may_echo  # carol's own rights
 
 
+@pytest.mark.parametrize("unknown_may", [None, '["read"]', '["echo", "find", "read"]'])
+def test_a_token_sub_not_under_users_has_jwt_unknown_may(tmp_path, unknown_may) -> None:
+    """review76 F7: a token of any ``sub`` the issuer signs got every right but delete,
+    ``store`` too, whatever the operator listed: ``[jwt] unknown_may`` says what such a
+    sub may (default, as before: a user's default rights), over DIMSE and HTTP."""
+    line = "" if unknown_may is None else f"unknown_may = {unknown_may}\n"
+    policy = load(
+        tmp_path,
+        f'allow_unknown = true\n[jwt]\nsecret_file = "s.bin"\n{line}'
+        '[users.carol]\nmay = ["store"]\n',
+        **{"s.bin": SECRET},
+    )
+    mallory = sign({"sub": "mallory", "exp": time.time() + 300})
+    admission = policy.admit(rq(identity=jwt_identity(mallory)))
+    assert admission.reject is None and admission.user == "mallory"
+    http = policy.http_rights("mallory")
+    if unknown_may is None:
+        assert admission.may_store and admission.may_echo and admission.may_get
+        assert http == {"read", "store"}
+    else:
+        assert not admission.may_store and not admission.may_get and http == {"read"}
+        assert admission.may_echo == admission.may_find == ("echo" in unknown_may)
+    carol = policy.admit(rq(identity=jwt_identity(sign(claims()))))  # (a listed one: hers)
+    assert carol.may_store and not carol.may_echo and policy.http_rights("carol") == {"store"}
+
+
+def test_jwt_unknown_may_is_checked(tmp_path) -> None:
+    with pytest.raises(PolicyError, match="jwt: unknown_may"):
+        load(tmp_path, '[jwt]\nsecret_file = "s.bin"\nunknown_may = ["fly"]\n', **{"s.bin": SECRET})
+
+
 def test_jwt_audience_may_be_a_list(jwt_policy) -> None:
     token = sign(claims(iss=GOOD["iss"], aud=["pacs", "dicomstore"]))
     assert jwt_policy.admit(rq(identity=jwt_identity(token))).reject is None

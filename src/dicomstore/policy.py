@@ -55,8 +55,8 @@ Bearer`` tokens as the ``[jwt]`` section says.  A user's ``may`` also holds
 its HTTP rights: ``read`` (QIDO-RS, WADO-RS, metadata, browse pages, zip),
 ``store`` (STOW-RS, as well as C-STORE) and ``delete`` (reserved: no HTTP
 endpoint deletes yet).  A token whose ``sub`` is not under ``[users]`` has
-the default rights.  Requests without credentials get ``http_anonymous_may``
-(default: nothing).
+``[jwt] unknown_may`` (default: the default rights).  Requests without
+credentials get ``http_anonymous_may`` (default: nothing).
 
 The file format, every key shown (only ``allow_unknown`` is needed)::
 
@@ -116,6 +116,8 @@ The file format, every key shown (only ``allow_unknown`` is needed)::
     issuer = "https://idp.example.org"  # optional: required "iss"
     audience = "dicomstore"             # optional: required in "aud"
     leeway = 30                         # seconds of clock skew for exp/nbf
+    unknown_may = ["read"]              # a "sub" not under [users] (default: every
+                                        #   right but delete, as a user's)
 
 Relative file names are relative to the policy file.  Make a passcode hash
 with ``python -m dicomstore.policy hash-passcode`` (reads the passcode from
@@ -240,6 +242,7 @@ class Policy:
         unknown_may: frozenset[str] = ACTIONS,
         require_user_identity: bool = False,
         jwt: JWTVerifier | None = None,
+        jwt_unknown_may: frozenset[str] = USER_DEFAULT,
         http_anonymous_may: frozenset[str] = frozenset(),
         destinations: Iterable[Destination] = (),
         commitment_scus: Iterable[Destination] = (),
@@ -254,6 +257,8 @@ class Policy:
         self.unknown_may = unknown_may
         self.require_user_identity = require_user_identity
         self.jwt = jwt
+        #: what a token whose ``sub`` is not under ``[users]`` may (``[jwt] unknown_may``)
+        self.jwt_unknown_may = jwt_unknown_may
         self.http_anonymous_may = http_anonymous_may
         self._cache_key = secrets.token_bytes(32)
         self._verified: set[tuple[str, bytes]] = set()
@@ -288,6 +293,8 @@ class Policy:
             return Admission(reject=refused.reject)
         if user is not None and user in self.users:
             may = may & self.users[user].may
+        elif user is not None and request.identity and request.identity.identity_type == JWT:
+            may = may & self.jwt_unknown_may  # (a sub not under [users]: review76 F7)
         return Admission(
             may_echo=ECHO in may,
             may_store=STORE in may,
@@ -400,7 +407,7 @@ class Policy:
         if user is None:
             return self.http_anonymous_may
         entry = self.users.get(user)
-        return (entry.may if entry is not None else USER_DEFAULT) & HTTP_ACTIONS
+        return (entry.may if entry is not None else self.jwt_unknown_may) & HTTP_ACTIONS
 
 
 # --------------------------------------------------------------------------- command line

@@ -176,7 +176,7 @@ def _jwt(table: Any, base: Path) -> JWTVerifier:
     if not isinstance(table, dict):
         raise PolicyError("jwt must be a table")
     keys = {"algorithms", "secret", "secret_file", "public_key_file", "issuer", "audience"}
-    _check_keys(table, keys | {"leeway"}, where)
+    _check_keys(table, keys | {"leeway", "unknown_may"}, where)
     secret: bytes | None = None
     inline = _typed(table, "secret", str, where)
     secret_file = _typed(table, "secret_file", str, where)
@@ -245,6 +245,9 @@ def build(data: dict[str, Any], base: Path) -> Policy:
         unknown_may=_may(data, "unknown_may", ""),
         require_user_identity=_typed(data, "require_user_identity", bool, "", False),
         jwt=_jwt(data["jwt"], base) if "jwt" in data else None,
+        jwt_unknown_may=_may(
+            data.get("jwt", {}), "unknown_may", "jwt: ", USER_ACTIONS, USER_DEFAULT
+        ),
         http_anonymous_may=_may(data, "http_anonymous_may", "", HTTP_ACTIONS, frozenset()),
         destinations=[_destination(t, table) for t, table in destinations_table.items()],
         commitment_scus=[
