@@ -125,7 +125,11 @@ def peer_process(args: list[str], port: int, **kwargs) -> Iterator[subprocess.Po
         args, env=PEER_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs
     )
     try:
-        wait_listening(port, proc)
+        try:
+            wait_listening(port, proc)
+        except RuntimeError as exc:  # (exited: what it said, e.g. its port taken meanwhile)
+            said = proc.stdout.read().decode(errors="replace")[-2000:] if proc.stdout else ""
+            raise RuntimeError(f"{exc}; it said: {said.strip()}") from None
         yield proc
     finally:
         proc.terminate()
