@@ -183,6 +183,22 @@ def test_reindex_keeps_the_record_of_a_file_truncated_since(archive: Archive) ->
     assert main(["reindex", "--storage", str(archive.root)]) == 1  # (told: damaged)
 
 
+def test_reindex_keeps_the_records_of_many_unreadable_files(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index's rows of the files it cannot read are looked up a bounded number at a
+    time (a query's parameters are bounded: thousands after a bad restore)."""
+    from dicomstore.archive import reindex_rows
+
+    monkeypatch.setattr(reindex_rows, "FIND_AT_ONCE", 2)
+    for uid in ("1.2.3.4.5.0", "1.2.3.4.5.1", "1.2.3.4.5.2"):
+        path = archive.path_of(uid)
+        path.write_bytes(path.read_bytes()[:200])
+    damaged: list[str] = []
+    assert archive.reindex([], damaged) == 3 and len(damaged) == 3
+    assert all(archive.get_instance(f"1.2.3.4.5.{i}") is not None for i in range(3))
+
+
 def test_store_after_reindex(archive: Archive) -> None:
     archive.reindex()
     assert store(archive, dataset("1.2.3.4.5.7"), sop_uid="1.2.3.4.5.7").status == SUCCESS

@@ -44,11 +44,9 @@ from dicomstore.framing import (
     walk_element,
 )
 from dicomstore.framing.headers import TAG as _TAG
-from dicomstore.framing.headers import UNKNOWN_VR
+from dicomstore.framing.headers import UNDEFINED, UNKNOWN_VR
 
 __all__ = ["refusal"]
-
-UNDEFINED = 0xFFFFFFFF
 
 
 def refusal(
@@ -96,7 +94,9 @@ def _walk(
         while pos < size and src.read(pos, 1):
             if _tag(src, pos, little) in PIXEL_TAGS:
                 return _from_pixel_data(src, pos, size, implicit, little)
-            end = _defined_end(src, pos, implicit, little)  # (before: reads move forward)
+            # (walking all: where it ends by its length, read before its walk, as reads
+            # move forward, in case the walk meets what it cannot frame inside it)
+            end = _defined_end(src, pos, implicit, little) if where is None else None
             try:
                 end = walk_element(src, pos, implicit, little)
             except TooDeep:

@@ -11,6 +11,10 @@ from typing import Any
 from dicomstore.archive.index import Index
 from dicomstore.archive.relations import Relations
 
+#: Instances looked up in one query (a parameter each: SQLite's bound is 32,766, an
+#: older one's 999; thousands of files may be unreadable after a bad restore).
+FIND_AT_ONCE = 500
+
 
 def keep_records(
     root: Path,
@@ -28,15 +32,14 @@ def keep_records(
     where the file is gone, the row dropped (the index is what the files hold). Both
     told in ``damaged`` (the command exits 1). Other unreadable files (``unreadable``:
     path -> why) are left out, told in ``told``."""
-    lost = sorted(uid for uid in recorded if uid not in chosen)
-    rows = index.find_many(lost)
-    for uid in lost:
-        path, row = recorded[uid][0], rows.get(uid)
+    kept: list[str] = []
+    for uid in sorted(uid for uid in recorded if uid not in chosen):
+        path = recorded[uid][0]
         why = unreadable.pop(path, None)
-        if row is None or (why is None and (root / path).exists()):
+        if why is None and (root / path).exists():
             continue  # (its file is there, left out for another reason: told)
         if why is not None:
-            chosen[uid] = row
+            kept.append(uid)
             line = f"{path}: damaged: it cannot be read ({why}); the index's record is kept"
             line += " (check reports it): restore the file from a copy, or delete the instance"
         else:
@@ -44,6 +47,8 @@ def keep_records(
             line += " dropped: restore the file from a copy first, and reindex again, to keep it"
         if damaged is not None:
             damaged.append(line)
+    for first in range(0, len(kept), FIND_AT_ONCE):  # (the rows of those kept only)
+        chosen.update(index.find_many(kept[first : first + FIND_AT_ONCE]))
     for path, why in unreadable.items():
         told.append(f"{path}: left out: cannot be read: {why}")
 
