@@ -291,10 +291,8 @@ class Policy:
         except _Refused as refused:
             log.warning("refusing %r from %s: %s", request.calling_ae, request.address, refused)
             return Admission(reject=refused.reject)
-        if user is not None and user in self.users:
-            may = may & self.users[user].may
-        elif user is not None and request.identity and request.identity.identity_type == JWT:
-            may = may & self.jwt_unknown_may  # (a sub not under [users]: review76 F7)
+        if user is not None:
+            may = may & self.user_may(user)
         return Admission(
             may_echo=ECHO in may,
             may_store=STORE in may,
@@ -406,8 +404,14 @@ class Policy:
         ``http_anonymous_may`` without one."""
         if user is None:
             return self.http_anonymous_may
+        return self.user_may(user) & HTTP_ACTIONS
+
+    def user_may(self, user: str) -> frozenset[str]:
+        """What an authenticated ``user`` may, at every door: its ``may`` under
+        ``[users]``; else ``[jwt] unknown_may`` (only a token's ``sub`` can name a user
+        not listed: a passcode is checked against a listed one; review76 F7)."""
         entry = self.users.get(user)
-        return (entry.may if entry is not None else self.jwt_unknown_may) & HTTP_ACTIONS
+        return entry.may if entry is not None else self.jwt_unknown_may
 
 
 # --------------------------------------------------------------------------- command line
