@@ -477,6 +477,78 @@ def test_a_token_sub_not_under_users_has_jwt_unknown_may(tmp_path, unknown_may) 
     assert carol.may_store and not carol.may_echo and policy.http_rights("carol") == {"store"}
 
 
+def rights_policy(tmp_path, jwt: str) -> Policy:
+    return load(
+        tmp_path,
+        f'allow_unknown = true\n[jwt]\nsecret_file = "s.bin"\n{jwt}\n'
+        '[users.carol]\nmay = ["store"]\n',
+        **{"s.bin": SECRET},
+    )
+
+
+@pytest.mark.parametrize(
+    ("jwt", "extra", "may"),
+    [
+        ('rights_claim = "scope"', {"scope": "openid find echo read"}, {"find", "echo", "read"}),
+        ('rights_claim = "roles"', {"roles": ["store", "admin"]}, {"store"}),
+        ('rights_claim = "realm_access.roles"', {"realm_access": {"roles": ["get"]}}, {"get"}),
+        ('rights_claim = "https://x.org/roles"', {"https://x.org/roles": ["echo"]}, {"echo"}),
+        (
+            'rights_claim = "scope"\nrights_prefix = "dicomstore:"',
+            {"scope": "read dicomstore:echo dicomstore:store"},
+            {"echo", "store"},
+        ),
+        ('rights_claim = "scope"', {}, set()),  # no claim: no rights
+        ('rights_claim = "scope"', {"scope": "delete read"}, {"read"}),  # within unknown_may
+    ],
+)
+def test_rights_claim_bounds_what_a_token_may(tmp_path, jwt, extra, may) -> None:
+    """``[jwt] rights_claim``: an identity provider's scopes or roles say what a token of
+    a ``sub`` not under ``[users]`` may (within ``unknown_may``), over DIMSE and HTTP."""
+    policy = rights_policy(tmp_path, jwt)
+    token = sign({"sub": "idp-user", "exp": time.time() + 300, **extra})
+    admission = policy.admit(rq(identity=jwt_identity(token)))
+    assert admission.reject is None and admission.user == "idp-user"
+    got = {
+        name
+        for name in ("echo", "store", "find", "move", "get", "commit")
+        if getattr(admission, f"may_{name}")
+    }
+    user, token_may = policy.check_token(token)
+    assert got == may - {"read"} and token_may == may
+    assert policy.http_rights(user, token_may) == may & {"read", "store", "delete"}
+
+
+def test_rights_claim_never_exceeds_a_listed_users_may(tmp_path) -> None:
+    policy = rights_policy(tmp_path, 'rights_claim = "scope"')
+    token = sign({"sub": "carol", "exp": time.time() + 300, "scope": "echo store find"})
+    admission = policy.admit(rq(identity=jwt_identity(token)))
+    assert admission.may_store and not admission.may_echo and not admission.may_find
+
+
+@pytest.mark.parametrize("value", [42, ["read", 7], {"read": True}, None])
+def test_a_rights_claim_of_another_type_refuses_the_token(tmp_path, value) -> None:
+    policy = rights_policy(tmp_path, 'rights_claim = "scope"')
+    token = sign({"sub": "idp-user", "exp": time.time() + 300, "scope": value})
+    admission = policy.admit(rq(identity=jwt_identity(token)))
+    assert admission.reject == REJECT_IDENTITY
+    with pytest.raises(policy_module.IdentityRefused, match='claim "scope" is neither'):
+        policy.check_token(token)
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ('rights_claim = ""', "rights_claim must name a claim"),
+        ("rights_claim = 3", "rights_claim"),
+        ("rights_prefix = []", "rights_prefix"),
+    ],
+)
+def test_rights_claim_options_are_checked(tmp_path, line, why) -> None:
+    with pytest.raises(PolicyError, match=why):
+        rights_policy(tmp_path, line)
+
+
 def test_jwt_unknown_may_is_checked(tmp_path) -> None:
     with pytest.raises(PolicyError, match="jwt: unknown_may"):
         load(tmp_path, '[jwt]\nsecret_file = "s.bin"\nunknown_may = ["fly"]\n', **{"s.bin": SECRET})

@@ -179,6 +179,25 @@ class JWTVerifier:
             raise InvalidToken('no "sub" claim naming the user')
 
 
+def claim_strings(claims: dict[str, Any], name: str) -> list[str] | None:
+    """The strings of claim ``name`` (None when absent): a JSON array of strings, or
+    one string of space-separated names (RFC 8693 4.2 ``scope``). A dotted ``name`` not
+    present as such is looked up nested (``realm_access.roles``); :class:`InvalidToken`
+    for another type."""
+    value: Any = claims.get(name)
+    if name not in claims:
+        value = claims
+        for part in name.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return None
+            value = value[part]
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise InvalidToken(f'claim "{name}" is neither a string nor a list of strings')
+
+
 def _key_problem(alg: str, secret: bytes | None, public_key: Any) -> str | None:
     """Why ``alg`` cannot be used with these keys, or None."""
     if alg == "none":

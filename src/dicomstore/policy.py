@@ -55,8 +55,9 @@ Bearer`` tokens as the ``[jwt]`` section says.  A user's ``may`` also holds
 its HTTP rights: ``read`` (QIDO-RS, WADO-RS, metadata, browse pages, zip),
 ``store`` (STOW-RS, as well as C-STORE) and ``delete`` (reserved: no HTTP
 endpoint deletes yet).  A token whose ``sub`` is not under ``[users]`` has
-``[jwt] unknown_may`` (default: the default rights).  Requests without
-credentials get ``http_anonymous_may`` (default: nothing).
+``[jwt] unknown_may`` (default: the default rights).  With ``[jwt] rights_claim``
+a token may at most what its claim names (an identity provider's scopes or roles).
+Requests without credentials get ``http_anonymous_may`` (default: nothing).
 
 The file format, every key shown (only ``allow_unknown`` is needed)::
 
@@ -118,6 +119,10 @@ The file format, every key shown (only ``allow_unknown`` is needed)::
     leeway = 30                         # seconds of clock skew for exp/nbf
     unknown_may = ["read"]              # a "sub" not under [users] (default: every
                                         #   right but delete, as a user's)
+    rights_claim = "scope"              # optional: a token may at most the rights this
+                                        #   claim names ("a b" or ["a", "b"]; a dotted
+                                        #   name is nested: "realm_access.roles")
+    rights_prefix = "dicomstore:"       # optional: only names with it count ("dicomstore:read")
 
 Relative file names are relative to the policy file.  Make a passcode hash
 with ``python -m dicomstore.policy hash-passcode`` (reads the passcode from
@@ -145,7 +150,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicomstore.jwt import InvalidToken, JWTVerifier
+from dicomstore.jwt import InvalidToken, JWTVerifier, claim_strings
 from dicomstore.passcodes import DECOY, SCRYPT_N, SCRYPT_P, SCRYPT_R, PasscodeHash, hash_passcode
 from dicomstore.services.admission import Admission, AdmissionRequest
 from dicomstore.services.destinations import Destination
@@ -243,6 +248,8 @@ class Policy:
         require_user_identity: bool = False,
         jwt: JWTVerifier | None = None,
         jwt_unknown_may: frozenset[str] = USER_DEFAULT,
+        jwt_rights_claim: str | None = None,
+        jwt_rights_prefix: str = "",
         http_anonymous_may: frozenset[str] = frozenset(),
         destinations: Iterable[Destination] = (),
         commitment_scus: Iterable[Destination] = (),
@@ -259,6 +266,8 @@ class Policy:
         self.jwt = jwt
         #: what a token whose ``sub`` is not under ``[users]`` may (``[jwt] unknown_may``)
         self.jwt_unknown_may = jwt_unknown_may
+        #: the claim naming a token's rights (``[jwt] rights_claim``) and their prefix
+        self.jwt_rights_claim, self.jwt_rights_prefix = jwt_rights_claim, jwt_rights_prefix
         self.http_anonymous_may = http_anonymous_may
         self._cache_key = secrets.token_bytes(32)
         self._verified: set[tuple[str, bytes]] = set()
@@ -287,12 +296,11 @@ class Policy:
         """Decide one A-ASSOCIATE-RQ (PS3.8 7.1.1, PS3.7 D.3.3.7)."""
         try:
             peer, may = self._caller(request)
-            user, response = self._identity(request, peer)
+            user, user_may, response = self._identity(request, peer)
         except _Refused as refused:
             log.warning("refusing %r from %s: %s", request.calling_ae, request.address, refused)
             return Admission(reject=refused.reject)
-        if user is not None:
-            may = may & self.user_may(user)
+        may = may & user_may
         return Admission(
             may_echo=ECHO in may,
             may_store=STORE in may,
@@ -330,8 +338,9 @@ class Policy:
 
     def _identity(
         self, request: AdmissionRequest, peer: Peer | None
-    ) -> tuple[str | None, bytes | None]:
-        """The authenticated user and the server response (None: no positive response)."""
+    ) -> tuple[str | None, frozenset[str], bytes | None]:
+        """The authenticated user, what it may, and the server response (None: no
+        positive response)."""
         required = self.require_user_identity
         if peer is not None and peer.require_user_identity is not None:
             required = peer.require_user_identity
@@ -339,7 +348,7 @@ class Policy:
         if ident is None:
             if required:
                 raise _Refused(REJECT_IDENTITY, "no user identity, and one is required")
-            return None, None
+            return None, USER_ACTIONS, None
         kind = ident.identity_type
         try:
             if kind in (USERNAME, USERNAME_PASSCODE):
@@ -348,15 +357,16 @@ class Policy:
                 except UnicodeDecodeError:
                     raise IdentityRefused("username is not UTF-8") from None
                 passcode = ident.secondary if kind == USERNAME_PASSCODE else None
-                return self.check_passcode(name, passcode), b""
+                user = self.check_passcode(name, passcode)
+                return user, self.user_may(user), b""
             if kind == JWT:
-                return self.check_token(ident.primary), b""
+                return *self.check_token(ident.primary), b""
         except IdentityRefused as exc:
             raise _Refused(REJECT_IDENTITY, str(exc)) from None
         if required:
             raise _Refused(REJECT_IDENTITY, f"user identity type {kind} is not supported")
         log.info("%s: ignoring user identity of unsupported type %d", request.address, kind)
-        return None, None
+        return None, USER_ACTIONS, None
 
     # -- identities, for every door (user identity negotiation, HTTP)
 
@@ -387,24 +397,31 @@ class Policy:
         self._verified.add(key)
         return name
 
-    def check_token(self, token: str | bytes) -> str:
-        """The user (``sub``) of a JSON Web Token verified as ``[jwt]`` says; else
+    def check_token(self, token: str | bytes) -> tuple[str, frozenset[str]]:
+        """The user (``sub``) of a JSON Web Token verified as ``[jwt]`` says and what it
+        may (:meth:`user_may`, within what ``[jwt] rights_claim`` names); else
         :class:`IdentityRefused`."""
         if self.jwt is None:
             raise IdentityRefused("JSON Web Token given but [jwt] not configured")
         try:
             claims = self.jwt.verify(token)
+            user = str(claims["sub"])
+            if self.jwt_rights_claim is None:
+                return user, self.user_may(user)
+            names = claim_strings(claims, self.jwt_rights_claim) or []
         except InvalidToken as exc:
             raise IdentityRefused(f"JSON Web Token refused: {exc}") from None
-        return str(claims["sub"])
+        size = len(self.jwt_rights_prefix)
+        named = {n[size:] for n in names if n.startswith(self.jwt_rights_prefix)}
+        return user, self.user_may(user) & named
 
-    def http_rights(self, user: str | None) -> frozenset[str]:
+    def http_rights(self, user: str | None, may: frozenset[str] | None = None) -> frozenset[str]:
         """What an HTTP request may do (:data:`HTTP_ACTIONS`): an authenticated
-        ``user``'s ``may`` (the default for a token ``sub`` not under ``[users]``),
+        ``user``'s ``may`` (or what its token may, from :meth:`check_token`),
         ``http_anonymous_may`` without one."""
         if user is None:
             return self.http_anonymous_may
-        return self.user_may(user) & HTTP_ACTIONS
+        return (self.user_may(user) if may is None else may) & HTTP_ACTIONS
 
     def user_may(self, user: str) -> frozenset[str]:
         """What an authenticated ``user`` may, at every door: its ``may`` under

@@ -176,7 +176,7 @@ def _jwt(table: Any, base: Path) -> JWTVerifier:
     if not isinstance(table, dict):
         raise PolicyError("jwt must be a table")
     keys = {"algorithms", "secret", "secret_file", "public_key_file", "issuer", "audience"}
-    _check_keys(table, keys | {"leeway", "unknown_may"}, where)
+    _check_keys(table, keys | {"leeway", "unknown_may", "rights_claim", "rights_prefix"}, where)
     secret: bytes | None = None
     inline = _typed(table, "secret", str, where)
     secret_file = _typed(table, "secret_file", str, where)
@@ -224,6 +224,14 @@ def _jwt(table: Any, base: Path) -> JWTVerifier:
         raise PolicyError(f"{where}algorithms: {exc}") from None
 
 
+def _rights_claim(table: dict[str, Any]) -> str | None:
+    """``[jwt] rights_claim``: the claim whose names bound a token's rights."""
+    claim = _typed(table, "rights_claim", str, "jwt: ")
+    if claim is not None and not claim.strip():
+        raise PolicyError('jwt: rights_claim must name a claim (e.g. "scope" or "roles")')
+    return claim
+
+
 def build(data: dict[str, Any], base: Path) -> Policy:
     top = {"allow_unknown", "unknown_may", "require_user_identity", "peers", "users", "jwt"}
     top |= {"http_anonymous_may", "destinations", "commitment_scus"}
@@ -248,6 +256,8 @@ def build(data: dict[str, Any], base: Path) -> Policy:
         jwt_unknown_may=_may(
             data.get("jwt", {}), "unknown_may", "jwt: ", USER_ACTIONS, USER_DEFAULT
         ),
+        jwt_rights_claim=_rights_claim(data.get("jwt", {})),
+        jwt_rights_prefix=_typed(data.get("jwt", {}), "rights_prefix", str, "jwt: ", ""),
         http_anonymous_may=_may(data, "http_anonymous_may", "", HTTP_ACTIONS, frozenset()),
         destinations=[_destination(t, table) for t, table in destinations_table.items()],
         commitment_scus=[

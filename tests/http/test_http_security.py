@@ -35,7 +35,7 @@ KEPT = STUDY + ".1.1"  # stored before each test, to read
 ANONYMOUS_READ = 'http_anonymous_may = ["read"]'
 
 
-def policy_text(anonymous: str = "") -> str:
+def policy_text(anonymous: str = "", jwt: str = "") -> str:
     reader = hash_passcode("reader-pw", **FAST)
     writer = hash_passcode("writer-pw", **FAST)
     uploader = hash_passcode("uploader-pw", **FAST)
@@ -55,6 +55,7 @@ may = ["store"]
 [users.nopass]
 [jwt]
 secret = "{SECRET.decode()}"
+{jwt}
 """
 
 
@@ -99,7 +100,7 @@ class Site:
 def site(tmp_path: Path, request) -> Iterator[Site]:
     options = dict(getattr(request, "param", {}))
     anonymous = options.pop("anonymous", "")
-    policy = load_policy(tmp_path, policy_text(anonymous))
+    policy = load_policy(tmp_path, policy_text(anonymous, options.pop("jwt", "")))
     archive = Archive(tmp_path / "archive", fsync=False)
     store(archive, make_dataset(KEPT, study=STUDY, series=SERIES))
     audit = AuditLog(tmp_path / "audit.jsonl")
@@ -184,6 +185,26 @@ def test_bearer_good_reads_and_bad_or_expired_get_401(site: Site) -> None:
 def test_a_token_names_the_user_whose_rights_apply(site: Site) -> None:
     assert stow(site.client, STUDY + ".1.2", bearer("reader")).status_code == 403
     assert stow(site.client, STUDY + ".1.3", bearer("writer")).status_code == 200
+
+
+def scoped(sub: str, scope: str) -> dict[str, str]:
+    token = sign({"sub": sub, "exp": time.time() + 300, "scope": scope})
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize("site", [{"jwt": 'rights_claim = "scope"'}], indirect=True)
+def test_with_rights_claim_a_token_may_only_what_its_scope_names(site: Site) -> None:
+    """An identity provider's accounts need not be listed: with ``[jwt] rights_claim`` a
+    token may what its claim names, within its user's ``may`` (review76 F7)."""
+    assert site.client.get("/studies", headers=scoped("idp-user", "openid read")).status_code == 200
+    reply = stow(site.client, STUDY + ".1.5", scoped("idp-user", "openid read"))
+    assert reply.status_code == 403 and "may not store" in reply.text
+    assert site.archive.path_of(STUDY + ".1.5") is None
+    assert stow(site.client, STUDY + ".1.6", scoped("idp-user", "store read")).status_code == 200
+    assert site.client.get("/studies", headers=scoped("idp-user", "")).status_code == 403
+    assert site.client.get("/studies", headers=bearer("writer")).status_code == 403  # no claim
+    # a listed user: no more than its own may, whatever the token names
+    assert stow(site.client, STUDY + ".1.7", scoped("reader", "read store")).status_code == 403
 
 
 def test_read_only_user_gets_403_on_stow_and_200_on_qido(site: Site, caplog) -> None:

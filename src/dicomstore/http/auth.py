@@ -129,10 +129,10 @@ class HttpAuth:
                 return HttpIdentity(user, self.policy.http_rights(user), "Basic")
             if scheme.lower() == "bearer":
                 try:
-                    user = self.policy.check_token(credentials)
+                    user, may = self.policy.check_token(credentials)
                 except IdentityRefused as exc:
                     raise Unauthorized(str(exc), bearer=True) from None
-                return HttpIdentity(user, self.policy.http_rights(user), "Bearer")
+                return HttpIdentity(user, self.policy.http_rights(user, may), "Bearer")
         except IdentityRefused as exc:
             raise Unauthorized(str(exc)) from None
         raise Unauthorized(f"unsupported authorization scheme {scheme[:20]!r}")
