@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from http_testlib import HttpThread, make_dataset, store
+from http_testlib import HttpThread, make_dataset, multipart_body, part10, store
 from tests.conftest import free_port, serve_command, wait_listening
 
 from dicomstore.archive import Archive
@@ -272,3 +272,68 @@ def test_a_request_head_sent_byte_by_byte_is_408_once_the_timeout_passed(served,
         answer += _answer(sock)
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert "dropped (408): its request head not whole for 0.5s" in caplog.text
+
+
+def _trickle(sock: socket.socket, body: bytes, chunk: int, pace: float) -> bytes:
+    """Send ``body`` ``chunk`` bytes at a time, one each ``pace`` seconds (the pace is a
+    wait on the answer); what the server answered."""
+    sock.settimeout(pace)
+    answer = b""
+    for at in range(0, len(body), chunk):
+        try:
+            sock.sendall(body[at : at + chunk])
+            answer = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        break
+    sock.settimeout(30)
+    return answer + _answer(sock)
+
+
+def _stow_request(sop: str) -> tuple[bytes, bytes]:
+    ds = make_dataset(sop, study=STUDY, frames=1, rows=40, columns=40)  # (about 4 KB)
+    body, content_type = multipart_body([part10(ds)])
+    head = (
+        f"POST /studies HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    return head, body
+
+
+def test_a_body_trickled_under_the_least_rate_is_408(served, caplog) -> None:
+    """review76 F8: each byte of a body within the timeout of the one before held its
+    connection (and a STOW-RS) for ever. Under --http-min-body-rate over a span of
+    --http-timeout: 408 and closed, nothing stored."""
+    web, archive = served
+    head, body = _stow_request(STUDY + ".1.81")
+    with _connect(web) as sock:
+        sock.sendall(head)
+        answer = _trickle(sock, body, 1, TIMEOUT / 10)  # (about 10 bytes/s: under 500)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert "dropped (408): its body at " in caplog.text
+    assert "under --http-min-body-rate 500" in caplog.text
+    assert archive.path_of(STUDY + ".1.81") is None
+
+
+def test_a_body_over_the_least_rate_is_stored_however_long_it_takes(served) -> None:
+    """A slow link is not a slowloris: a body sent above the rate over several spans."""
+    web, archive = served
+    head, body = _stow_request(STUDY + ".1.82")
+    chunk = len(body) // 15  # (15 chunks, TIMEOUT/5 apart: three spans or more, ~2 KB/s)
+    with _connect(web) as sock:
+        sock.sendall(head)
+        answer = _trickle(sock, body, chunk, TIMEOUT / 5)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert archive.path_of(STUDY + ".1.82") is not None
+
+
+def test_the_least_body_rate_option_reaches_the_limits() -> None:
+    from dicomstore.cli import build_parser
+    from dicomstore.cli.http_options import http_limits
+
+    argv = ["serve", "--storage", "s", "--http-port", "0"]
+    assert http_limits(build_parser(argv).parse_args(argv)).min_body_rate == 500
+    argv += ["--http-min-body-rate", "0"]
+    assert http_limits(build_parser(argv).parse_args(argv)).min_body_rate == 0

@@ -92,6 +92,14 @@ def add_http_options(s: Any) -> None:
         " body; or nothing at all) for this long gets 408 and is closed (default 30)",
     )
     h.add_argument(
+        "--http-min-body-rate",
+        type=_int(0),
+        default=500,
+        metavar="BYTES",
+        help="bytes a second a request body (STOW-RS) must arrive at, over each"
+        " --http-timeout seconds; slower gets 408 and is closed (default 500; 0: no minimum)",
+    )
+    h.add_argument(
         "--metadata-cache-entries",
         type=_int(1),
         default=DEFAULT_MAX_ENTRIES,
@@ -147,6 +155,7 @@ def http_limits(args: argparse.Namespace) -> Any:
         max_connections=args.http_max_connections,
         max_per_address=args.http_max_per_address,
         request_timeout=args.http_timeout,
+        min_body_rate=args.http_min_body_rate,
     )
 
 

@@ -18,7 +18,10 @@ and its association limit:
   not run, nor while a response is being sent (a long download); and a request
   head (request line and header fields) must be whole within those seconds of its
   first byte, however it trickles in (review53 #5: one byte a second held a
-  connection for ever; a body is bounded by the gaps alone);
+  connection for ever), and a body must arrive at :attr:`HttpLimits.min_body_rate`
+  bytes a second or more over each such span we read it (review76 F8: a STOW-RS
+  body trickled at a byte a second held its connection for ever; Apache's
+  mod_reqtimeout ``MinRate``);
 - a request answered before its body ended (an early 401, 413, 503, a STOW-RS data
   set refused while it arrives) is answered with ``Connection: close`` (RFC 9112
   9.6), decided when the answer starts (:class:`_Connection`), and the connection
@@ -121,6 +124,14 @@ class _Transport:
     def close(self) -> None:
         self._protocol._close()
 
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+        self._protocol._new_span()  # (not the client's pace while we do not read)
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+        self._protocol._new_span()
+
     def is_closing(self) -> bool:
         return self._protocol._lingering or self._transport.is_closing()
 
@@ -154,6 +165,8 @@ class GuardedH11(H11Protocol):
         self._head_began: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._answered = False  # (a request on it answered: see _owed)
+        self._received = 0  # (bytes read; and at the start of the body's span: _new_span)
+        self._new_span()
         why = self._over_limit()
         if why:
             log.warning("HTTP connection from %s refused (503): %s", _client(self), why)
@@ -174,11 +187,15 @@ class GuardedH11(H11Protocol):
             return
         now = self.loop.time()
         self._idle_since = now
+        self._received += len(data)
         if self._head_began is None and self.conn.their_state is h11.IDLE:
             self._head_began = now  # (a request head begins: whole within the timeout)
+        body = self.conn.their_state is h11.SEND_BODY
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:
             self._head_began = None
+        if not body and self.conn.their_state is h11.SEND_BODY:
+            self._new_span()  # (a body begins: its rate from now)
 
     def on_response_complete(self) -> None:
         self._answered = True
@@ -285,23 +302,42 @@ class GuardedH11(H11Protocol):
         # idle keep-alive connection is uvicorn's to close, --timeout-keep-alive).
         return not self._answered or bool(conn.trailing_data[0])
 
+    def _new_span(self) -> None:
+        """Begin a span over which a body's rate is measured (at its start, and when
+        we stop or start reading)."""
+        self._span = (self.loop.time(), self._received)
+
+    def _too_slow(self, now: float, limit: float) -> str:
+        """Why the request is dropped now (408), or ''."""
+        if now - self._idle_since >= limit:
+            return f"no bytes of its request for {limit:g}s (--http-timeout)"
+        began = self._head_began if self.conn.their_state is h11.IDLE else None
+        if began is not None and now - began >= limit:
+            return f"its request head not whole for {limit:g}s (--http-timeout)"
+        since, received = self._span
+        least = self.limits.min_body_rate
+        if self.conn.their_state is not h11.SEND_BODY or not least or now - since < limit:
+            return ""
+        rate = (self._received - received) / (now - since)
+        if rate < least:
+            span = f"{rate:.0f} bytes/s for {now - since:.3g}s"
+            return f"its body at {span}, under --http-min-body-rate {least}"
+        self._span = (now, self._received)
+        return ""
+
     def _check(self) -> None:
         self._timer = None
         if self.transport.is_closing():
             return
         now, limit = self.loop.time(), self.limits.request_timeout
         began = self._head_began if self.conn.their_state is h11.IDLE else None
-        if not self._owed():
+        owed = self._owed()
+        why = self._too_slow(now, limit) if owed else ""
+        if not owed:
             self._idle_since = now  # (the clock starts again when they owe us)
-        elif now - self._idle_since >= limit or (began is not None and now - began >= limit):
-            idle = now - self._idle_since >= limit
-            why = "no bytes of its request" if idle else "its request head not whole"
-            log.warning(
-                "HTTP connection from %s dropped (408): %s for %gs (--http-timeout)",
-                _client(self),
-                why,
-                limit,
-            )
+            self._new_span()
+        elif why:
+            log.warning("HTTP connection from %s dropped (408): %s", _client(self), why)
             if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # (no answer begun)
                 self.transport.write(_TIMEOUT)
                 self._linger()  # (a body half read: the app's receive says disconnect)
@@ -311,6 +347,8 @@ class GuardedH11(H11Protocol):
         left = limit - (now - self._idle_since)
         if began is not None:
             left = min(left, limit - (now - began))
+        if self.conn.their_state is h11.SEND_BODY and self.limits.min_body_rate:
+            left = min(left, limit - (now - self._span[0]))
         self._arm(max(0.05, left))
 
 

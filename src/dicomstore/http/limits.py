@@ -59,6 +59,9 @@ class HttpLimits:
     #: seconds a client may send nothing of a request it owes (its head, the rest of
     #: its body); then 408 and closed (``http/guard.py``)
     request_timeout: float = 30.0
+    #: bytes a second a request body must arrive at, over each ``request_timeout``
+    #: seconds we read it; slower: 408 and closed (0: no minimum; ``http/guard.py``)
+    min_body_rate: int = 500
 
     def too_many(self, others: int, host: str | None, from_host: int) -> str:
         """Why one more connection is one too many, with ``others`` open already,
