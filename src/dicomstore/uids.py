@@ -61,6 +61,20 @@ def is_valid_uid(value: str) -> bool:
     return 0 < len(value) <= 64 and _UID_RE.fullmatch(value) is not None
 
 
+#: What no instance, series or study is named by (though PS3.5 9.1 allows only digits
+#: and dots, legacy data that breaks its grammar otherwise is kept, as every peer
+#: does): a "/" (its Retrieve URL could not be served: review76 F3), a "\\" (a
+#: second value), a control character (no URL names it either).
+_NOT_IN_UID_RE = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def uid_unaddressable(value: str) -> str | None:
+    """The character that keeps ``value`` from naming an instance, series or study
+    (:data:`_NOT_IN_UID_RE`), or None."""
+    found = _NOT_IN_UID_RE.search(value)
+    return found.group() if found is not None else None
+
+
 def new_uid() -> str:
     """A new UID derived from a random UUID: ``2.25.`` and the UUID as one integer
     (PS3.5 B.2), unique without a registered root."""

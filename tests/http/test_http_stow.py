@@ -94,6 +94,25 @@ def test_duplicate_with_other_content_is_a_warning(server) -> None:
     assert item["00081196"]["Value"] == [0xB000]
 
 
+@pytest.mark.parametrize(
+    ("sop", "series"),
+    [("1.2/../5.11", SERIES), ("../x", SERIES), ("1.2.5.12", "1.2\\3"), ("1.2.5.15", "1.2\x013")],
+)
+def test_a_uid_no_url_can_name_is_a900(server, sop, series) -> None:
+    """review76 F3: a SOP Instance UID holding "/" was stored, its Retrieve URL 404
+    (the router decodes %2F): not a UID (PS3.5 9.1), refused as C-STORE refuses it."""
+    client, archive = server
+    r = post(client, [instance("1.2.5.14"), part10(make_dataset(sop, study=STUDY, series=series))])
+    assert r.status_code == 202, r.text
+    body = r.json()
+    (failed,) = body["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xA900]
+    assert "not a UID (PS3.5 9.1)" in r.headers["warning"]
+    assert [row["sop_instance_uid"] for row in archive.instances()] == ["1.2.5.14"]
+    (stored,) = body["00081199"]["Value"]
+    assert client.get(stored["00081190"]["Value"][0]).status_code == 200  # (retrievable)
+
+
 def test_study_in_path_must_match(server) -> None:
     client, archive = server
     r = post(client, [part10(make_dataset("1.2.5.10", study="1.2.999"))], f"/studies/{STUDY}")

@@ -45,6 +45,7 @@ from dicomstore.archive.padding import discard_trailing_padding, merge_warning
 from dicomstore.archive.scan import PREFIX_SIZE, scan_header
 from dicomstore.archive.storage import WritableStorage
 from dicomstore.errors import LocalProtocolError
+from dicomstore.uids import uid_unaddressable
 
 __all__ = ["Ingest", "Publish", "Staged", "describe_os_error"]
 
@@ -302,6 +303,10 @@ class Ingest:
                 tags.append(tag)
             elif theirs is not None and ours != theirs:
                 problems.append(f"{name} {ours!r} differs from the command's {theirs!r}")
+                tags.append(tag)
+            elif tag != st.SOP_CLASS_UID_TAG and uid_unaddressable(ours) is not None:
+                held = uid_unaddressable(ours)
+                problems.append(f"{name} {ours!r} holds {held!r}: not a UID (PS3.5 9.1)")
                 tags.append(tag)
         if not problems:
             return None
