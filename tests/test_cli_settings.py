@@ -148,10 +148,13 @@ def test_main_answers_a_bad_setting_in_one_line(tmp_path: Path, capsys, monkeypa
 def test_unknown_variable_is_a_warning_not_an_error(caplog) -> None:
     parser = build_parser()
     env = {"DICOMSTORE_MAX_ASOCIATIONS": "3", "DICOMSTORE_CRASH_AT": "x", "DICOMSTORE_PORT": "1"}
+    env["DICOMSTORE_ZZZZZZZZ"] = "1"
     with caplog.at_level(logging.WARNING, "dicomstore.settings"):
         warn_unknown_variables(parser, "serve", env)
-    assert [r.getMessage() for r in caplog.records] == [
+    assert [r.getMessage() for r in caplog.records] == [  # (review77 F18: a typo's hint)
         "DICOMSTORE_MAX_ASOCIATIONS is set but names no option of dicomstore serve: ignored"
+        " (did you mean DICOMSTORE_MAX_ASSOCIATIONS?)",
+        "DICOMSTORE_ZZZZZZZZ is set but names no option of dicomstore serve: ignored",
     ]
 
 

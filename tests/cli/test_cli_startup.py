@@ -136,3 +136,14 @@ def test_a_file_of_the_archive_that_cannot_be_opened_is_not_the_port(tmp_path, c
     err = capsys.readouterr().err
     assert f"cannot open the archive {storage}: {storage / '.events.lock'}: Is a directory" in err
     assert "listen" not in err
+
+
+def test_an_http_address_not_of_this_machine_is_named(tmp_path, capsys) -> None:
+    """review77 F18: 'cannot listen for HTTP on port N' named the port, not the host
+    that was wrong."""
+    from dicomstore.cli import main
+
+    argv = ["serve", "--storage", str(tmp_path / "s"), "--port", "0", "--http-port", "0"]
+    assert main([*argv, "--http-host", "192.0.2.1"]) == 3  # (TEST-NET-1: no one's)
+    err = capsys.readouterr().err
+    assert "cannot listen for HTTP on 192.0.2.1:0: Cannot assign requested address" in err

@@ -272,8 +272,8 @@ async def _serve(
                     await http.start()
                 except OSError as exc:
                     print(
-                        f"dicomstore: cannot listen for HTTP on port {args.http_port}: "
-                        f"{exc.strerror}",
+                        f"dicomstore: cannot listen for HTTP on {args.http_host}:{args.http_port}: "
+                        f"{exc.strerror or exc}",
                         file=sys.stderr,
                     )
                     await server.close(grace=0)

@@ -204,7 +204,13 @@ def warn_unknown_variables(
     known = {env_name(key) for key in options_of(subcommands(parser)[command])} | NOT_OPTIONS
     for name in sorted(environ):
         if name.startswith(ENV_PREFIX) and name not in known:
-            log.warning("%s is set but names no option of dicomstore serve: ignored", name)
+            import difflib  # (a typo only: lazily)
+
+            size = len(ENV_PREFIX)  # (compared without it: every name shares it)
+            names = sorted(k[size:] for k in known if k.startswith(ENV_PREFIX))
+            close = difflib.get_close_matches(name[size:], names, n=1)
+            hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+            log.warning("%s is set but names no option of dicomstore serve: ignored%s", name, hint)
 
 
 def _read_file(path: Path, options: Mapping[str, argparse.Action]) -> dict[str, Any]:
