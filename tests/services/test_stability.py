@@ -263,7 +263,7 @@ def test_the_event_before_a_studys_last(tmp_path: Path) -> None:
     assert StableLog(tmp_path).before(_event("1.2.53", "t9")) == two  # (not logged yet)
 
 
-def test_the_cached_log_reads_only_what_was_appended(tmp_path: Path, monkeypatch) -> None:
+def test_the_cached_log_reads_only_what_was_appended(tmp_path: Path, monkeypatch, caplog) -> None:
     """StableLog.latest parses each line once per process: later calls read the bytes
     appended since; a line not yet ended waits, one cut by a crash is skipped."""
     parsed: list[bytes] = []
@@ -291,8 +291,11 @@ def test_the_cached_log_reads_only_what_was_appended(tmp_path: Path, monkeypatch
     with open(log.path, "ab") as fp:
         fp.write(b'{"study_uid": "1.2.5')  # cut by a crash
     log.append(_event("1.2.54", "t4"))  # starts a line of its own
+    assert "not a study event" not in caplog.text
     assert sorted(log.latest()) == ["1.2.51", "1.2.52", "1.2.53", "1.2.54"]
     assert log.latest()["1.2.51"].stable_at == "t2"
+    # (review77 F18: skipped without a word) said once, where
+    assert caplog.text.count("1 line(s) not a study event, skipped (after byte ") == 1
 
 
 def test_a_rewritten_log_is_read_anew(tmp_path: Path) -> None:

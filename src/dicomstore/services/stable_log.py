@@ -8,6 +8,7 @@ themselves are made by :mod:`dicomstore.services.stability`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from dicomstore.archive.reader import ArchiveReader
+
+log = logging.getLogger("dicomstore.stable")
 
 LOG_DIR = ".events"
 LOG_NAME = "study-stable.jsonl"
@@ -140,14 +143,23 @@ class StableLog:
         lines = appended[: appended.rfind(b"\n") + 1]
         latest = dict(parsed.latest)  # copied: the mapping handed out stays as it was
         previous = parsed.previous
+        unreadable = 0
         for line in lines.splitlines():
             event = _parse(line)
+            unreadable += event is None
             if event:
                 if event.study_uid in latest:
                     if previous is parsed.previous:
                         previous = dict(previous)  # (copied once, when it changes)
                     previous[event.study_uid] = latest[event.study_uid]
                 latest[event.study_uid] = event
+        if unreadable:  # (review77 F18: skipped without a word)
+            log.warning(
+                "%s: %d line(s) not a study event, skipped (after byte %d)",
+                self.path,
+                unreadable,
+                parsed.end,
+            )
         found = _Parsed(stamp, parsed.end + len(lines), latest, previous)
         _PARSED[self.path] = found
         return found
