@@ -139,3 +139,28 @@ def test_deflated_the_same(archive: Archive) -> None:
         archive, deflate(data + element(0x00100020, "LO", "VICTIM")), "(0010,0020)", ts=DEFLATED
     )
     assert store(archive, deflate(data), ts=DEFLATED).status == 0
+
+
+def undefined_ob(*items: bytes) -> bytes:
+    """A private OB element of undefined length (what the framing walker does not frame,
+    but pydicom reads to its delimiter)."""
+    out = struct.pack("<HH2sHL", 0x0029, 0x1010, b"OB", 0, 0xFFFFFFFF)
+    for item in items:
+        out += struct.pack("<HHL", 0xFFFE, 0xE000, len(item)) + item
+    return out + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+
+
+@pytest.mark.parametrize("odd", [undefined_ob(b"abcd"), undefined_ob()], ids=["item", "empty"])
+def test_after_an_element_the_walk_cannot_frame_the_pixels_tail_is_still_read(
+    archive: Archive, odd: bytes
+) -> None:
+    """Stop 46's Left: the walk of every element (the header pydicom reads) stopped at an
+    undefined-length element it could not frame, so what followed the Pixel Data went
+    unread: indexed as PID1, read by pydicom as VICTIM. Walked from where pydicom
+    stopped, it is refused; without it, stored byte for byte."""
+    pixels = struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, 8) + bytes(8)
+    victim = element(0x00100020, "LO", "VICTIM")
+    refused(archive, dataset() + odd + pixels + victim, "(0010,0020) PatientID out of order")
+    data = dataset() + odd + pixels
+    out = store(archive, data)
+    assert out.status == 0 and stored_dataset(out.path) == data
