@@ -18,10 +18,13 @@ and its association limit:
   not run, nor while a response is being sent (a long download); and a request
   head (request line and header fields) must be whole within those seconds of its
   first byte, however it trickles in (review53 #5: one byte a second held a
-  connection for ever), and a body must arrive at :attr:`HttpLimits.min_body_rate`
-  bytes a second or more over each such span we read it (review76 F8: a STOW-RS
-  body trickled at a byte a second held its connection for ever; Apache's
-  mod_reqtimeout ``MinRate``);
+  connection for ever), and a body must keep up :attr:`HttpLimits.min_body_rate`
+  bytes a second while we read it (review76 F8: a STOW-RS body trickled at a byte a
+  second held its connection for ever): it has those seconds from its start (or
+  since we last paused or resumed reading), and each byte adds ``1 / min_body_rate``
+  seconds, never to more than those seconds ahead (as Apache's mod_reqtimeout
+  ``MinRate`` extends its timeout; credit carries over, so bursts are not cut
+  while their average keeps up);
 - a request answered before its body ended (an early 401, 413, 503, a STOW-RS data
   set refused while it arrives) is answered with ``Connection: close`` (RFC 9112
   9.6), decided when the answer starts (:class:`_Connection`), and the connection
@@ -166,7 +169,7 @@ class GuardedH11(H11Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._answered = False  # (a request on it answered: see _owed)
         self._received = 0  # (bytes read; and at the start of the body's span: _new_span)
-        self._new_span()
+        self._new_span(self._idle_since)
         why = self._over_limit()
         if why:
             log.warning("HTTP connection from %s refused (503): %s", _client(self), why)
@@ -188,6 +191,9 @@ class GuardedH11(H11Protocol):
         now = self.loop.time()
         self._idle_since = now
         self._received += len(data)
+        limit, least = self.limits.request_timeout, self.limits.min_body_rate
+        if least:  # (the body's deadline moves on with what came: see the module notes)
+            self._deadline = min(self._deadline + len(data) / least, now + limit)
         if self._head_began is None and self.conn.their_state is h11.IDLE:
             self._head_began = now  # (a request head begins: whole within the timeout)
         body = self.conn.their_state is h11.SEND_BODY
@@ -195,7 +201,7 @@ class GuardedH11(H11Protocol):
         if self.conn.their_state is not h11.IDLE:
             self._head_began = None
         if not body and self.conn.their_state is h11.SEND_BODY:
-            self._new_span()  # (a body begins: its rate from now)
+            self._new_span(now, len(data))  # (a body begins: its rate from this read)
 
     def on_response_complete(self) -> None:
         self._answered = True
@@ -302,10 +308,13 @@ class GuardedH11(H11Protocol):
         # idle keep-alive connection is uvicorn's to close, --timeout-keep-alive).
         return not self._answered or bool(conn.trailing_data[0])
 
-    def _new_span(self) -> None:
-        """Begin a span over which a body's rate is measured (at its start, and when
-        we stop or start reading)."""
-        self._span = (self.loop.time(), self._received)
+    def _new_span(self, now: float | None = None, read: int = 0) -> None:
+        """Begin a span over which a body's rate is measured (at its start, with the
+        ``read`` bytes of the read that began it, and when we stop or start reading)."""
+        now = self.loop.time() if now is None else now
+        least = self.limits.min_body_rate
+        self._span = (now, self._received - read)
+        self._deadline = now + self.limits.request_timeout + (read / least if least else 0)
 
     def _too_slow(self, now: float, limit: float) -> str:
         """Why the request is dropped now (408), or ''."""
@@ -314,16 +323,12 @@ class GuardedH11(H11Protocol):
         began = self._head_began if self.conn.their_state is h11.IDLE else None
         if began is not None and now - began >= limit:
             return f"its request head not whole for {limit:g}s (--http-timeout)"
-        since, received = self._span
         least = self.limits.min_body_rate
-        if self.conn.their_state is not h11.SEND_BODY or not least or now - since < limit:
+        if self.conn.their_state is not h11.SEND_BODY or not least or now < self._deadline:
             return ""
-        rate = (self._received - received) / (now - since)
-        if rate < least:
-            span = f"{rate:.0f} bytes/s for {now - since:.3g}s"
-            return f"its body at {span}, under --http-min-body-rate {least}"
-        self._span = (now, self._received)
-        return ""
+        since, received = self._span
+        span = f"{self._received - received} bytes in {now - since:.3g}s"
+        return f"its body slower than --http-min-body-rate {least} bytes/s ({span})"
 
     def _check(self) -> None:
         self._timer = None
@@ -348,7 +353,7 @@ class GuardedH11(H11Protocol):
         if began is not None:
             left = min(left, limit - (now - began))
         if self.conn.their_state is h11.SEND_BODY and self.limits.min_body_rate:
-            left = min(left, limit - (now - self._span[0]))
+            left = min(left, self._deadline - now)
         self._arm(max(0.05, left))
 
 
