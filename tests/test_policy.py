@@ -500,6 +500,7 @@ def rights_policy(tmp_path, jwt: str) -> Policy:
         ),
         ('rights_claim = "scope"', {}, set()),  # no claim: no rights
         ('rights_claim = "scope"', {"scope": "delete read"}, {"read"}),  # within unknown_may
+        ('rights_claim = "scope"', {"scope": "read\u00a0store  echo"}, {"echo"}),  # only SP
     ],
 )
 def test_rights_claim_bounds_what_a_token_may(tmp_path, jwt, extra, may) -> None:
@@ -541,7 +542,9 @@ def test_a_rights_claim_of_another_type_refuses_the_token(tmp_path, value) -> No
     [
         ('rights_claim = ""', "rights_claim must name a claim"),
         ("rights_claim = 3", "rights_claim"),
-        ("rights_prefix = []", "rights_prefix"),
+        ('rights_claim = "scope"\nrights_prefix = []', "rights_prefix"),
+        ('rights_claim = " scope"', "without spaces"),
+        ('rights_prefix = "dicomstore:"', "rights_prefix needs rights_claim"),  # review79 F1
     ],
 )
 def test_rights_claim_options_are_checked(tmp_path, line, why) -> None:

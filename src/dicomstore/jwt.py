@@ -191,8 +191,8 @@ def claim_strings(claims: dict[str, Any], name: str) -> list[str] | None:
             if not isinstance(value, dict) or part not in value:
                 return None
             value = value[part]
-    if isinstance(value, str):
-        return value.split()
+    if isinstance(value, str):  # (RFC 6749 3.3: scope-tokens separated by a space)
+        return [name for name in value.split(" ") if name]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value
     raise InvalidToken(f'claim "{name}" is neither a string nor a list of strings')

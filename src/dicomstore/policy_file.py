@@ -227,8 +227,10 @@ def _jwt(table: Any, base: Path) -> JWTVerifier:
 def _rights_claim(table: dict[str, Any]) -> str | None:
     """``[jwt] rights_claim``: the claim whose names bound a token's rights."""
     claim = _typed(table, "rights_claim", str, "jwt: ")
-    if claim is not None and not claim.strip():
-        raise PolicyError('jwt: rights_claim must name a claim (e.g. "scope" or "roles")')
+    if claim is not None and (not claim.strip() or claim != claim.strip()):
+        raise PolicyError('jwt: rights_claim must name a claim, without spaces (e.g. "scope")')
+    if claim is None and "rights_prefix" in table:  # (review79 F1: else no bound at all)
+        raise PolicyError("jwt: rights_prefix needs rights_claim (the claim it applies to)")
     return claim
 
 

@@ -238,10 +238,13 @@ class AuthMiddleware:
             challenges = self.auth.challenges()
             await _answer(scope, receive, send, 401, message, challenges=challenges)
             return
-        log.warning(
-            "HTTP %s %s from %s: user %r may not %s", method, path, address, identity.user, action
-        )
-        await _answer(scope, receive, send, 403, f"user {identity.user!r} may not {action}")
+        why, challenges = f"user {identity.user!r} may not {action}", []
+        claim = self.auth.policy.jwt_rights_claim if identity.scheme == "Bearer" else None
+        if claim is not None and action in self.auth.policy.user_may(identity.user):
+            why += f" (the token's {claim!r} claim does not grant it)"  # (review79 F5)
+            challenges = [f'Bearer realm="{self.auth.realm}", error="insufficient_scope"']
+        log.warning("HTTP %s %s from %s: %s", method, path, address, why)
+        await _answer(scope, receive, send, 403, why, challenges=challenges)
 
 
 async def _answer(

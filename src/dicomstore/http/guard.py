@@ -160,6 +160,8 @@ class GuardedH11(H11Protocol):
         self.conn = _Connection(h11.SERVER, self.conn._max_incomplete_event_size)  # (uvicorn's)
         self._lingering = False
         self._lost = False
+        #: when a body not keeping up the least rate is dropped (:meth:`_new_span`)
+        self._deadline = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._raw = transport
