@@ -4,11 +4,15 @@ the client is slow to read is not cut, and the DICOM door is not starved."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +20,7 @@ from http_testlib import HttpThread, make_dataset, multipart_body, part10, store
 from tests.conftest import free_port, serve_command, wait_listening
 
 from dicomstore.archive import Archive
+from dicomstore.http import HttpServer
 from dicomstore.http.limits import HttpLimits
 
 STUDY = "1.2.826.0.1.3680043.10.35"
@@ -349,3 +354,61 @@ def test_the_least_body_rate_option_reaches_the_limits() -> None:
     assert http_limits(build_parser(argv).parse_args(argv)).min_body_rate == 500
     argv += ["--http-min-body-rate", "0"]
     assert http_limits(build_parser(argv).parse_args(argv)).min_body_rate == 0
+
+
+class _SlowReader:
+    """An app that reads a request's body only once the test lets it."""
+
+    def __init__(self, limits: HttpLimits) -> None:
+        self.state = SimpleNamespace(limits=limits)
+        self.go = asyncio.Event()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await self.go.wait()
+        size = 0
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(size).encode()})
+
+
+def test_a_client_waiting_for_100_continue_owes_nothing_meanwhile(caplog) -> None:
+    """review79 F8: a client that waits for 100 Continue (RFC 9110 10.1.1) while the app
+    is slow to start reading was dropped (408) and blamed for the server's delay."""
+    app = _SlowReader(HttpLimits(request_timeout=TIMEOUT))
+    loop = asyncio.new_event_loop()
+    server = HttpServer(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            sock.settimeout(TIMEOUT * 3)  # (three timeouts: nothing comes meanwhile)
+            with pytest.raises(TimeoutError):
+                sock.recv(65536)
+            sock.settimeout(30)
+            loop.call_soon_threadsafe(app.go.set)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 100 ")
+            sock.sendall(b"x" * 1000)
+            answer = b""
+            while not answer.endswith(b"0\r\n\r\n"):  # (the chunked answer's end)
+                answer += sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\n1000\r\n" in answer
+        assert "dropped (408)" not in caplog.text
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

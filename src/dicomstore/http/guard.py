@@ -99,9 +99,14 @@ MAX_LINGERING = 64
 class _Connection(h11.Connection):
     """h11's server side, which says ``Connection: close`` in an answer begun before
     the request's body ended (RFC 9112 9.6, 9.3): the client then opens a new
-    connection for its next request rather than send it on one that is closing."""
+    connection for its next request rather than send it on one that is closing; and
+    tells :attr:`on_continue` when it sends ``100 Continue``."""
+
+    on_continue: Any = None
 
     def send(self, event: h11.Event) -> bytes | None:  # type: ignore[override]
+        if isinstance(event, h11.InformationalResponse) and self.on_continue is not None:
+            self.on_continue()  # (the client waiting for it owes us its body from now)
         if (
             isinstance(event, h11.Response)
             and self.their_state is h11.SEND_BODY
@@ -158,6 +163,7 @@ class GuardedH11(H11Protocol):
         super().__init__(*args, **kwargs)
         self.logger = _UVICORN
         self.conn = _Connection(h11.SERVER, self.conn._max_incomplete_event_size)  # (uvicorn's)
+        self.conn.on_continue = self._continued
         self._lingering = False
         self._lost = False
         #: when a body not keeping up the least rate is dropped (:meth:`_new_span`)
@@ -302,13 +308,19 @@ class GuardedH11(H11Protocol):
         if self.flow.read_paused:  # (we are not reading: not the client's delay)
             return False
         conn = self.conn
-        if conn.their_state is h11.SEND_BODY:
-            return True
+        if conn.their_state is h11.SEND_BODY:  # (unless it waits for our 100 Continue)
+            return not conn.they_are_waiting_for_100_continue
         if conn.their_state is not h11.IDLE or conn.our_state is not h11.IDLE:
             return False
         # Between requests: the first is owed; after one, only a next one begun (an
         # idle keep-alive connection is uvicorn's to close, --timeout-keep-alive).
         return not self._answered or bool(conn.trailing_data[0])
+
+    def _continued(self) -> None:
+        """``100 Continue`` is being sent (RFC 9110 10.1.1): a client that waited for it
+        owes its body from now, not from its head (review79 F8)."""
+        self._idle_since = self.loop.time()
+        self._new_span(self._idle_since)
 
     def _new_span(self, now: float | None = None, read: int = 0) -> None:
         """Begin a span over which a body's rate is measured (at its start, with the
