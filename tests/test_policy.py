@@ -398,6 +398,10 @@ def test_check_command(tmp_path, capsys) -> None:
     good.write_text("allow_unknown = true\n[peers.A]\n")
     assert policy_module.main(["check", str(good)]) == 0
     assert "1 peers" in capsys.readouterr().out
+    jwt = tmp_path / "jwt.toml"
+    jwt.write_text(f'[jwt]\nsecret = "{"s" * 32}"\nrights_claim = "roles"\n')
+    assert policy_module.main(["check", str(jwt)]) == 0  # (review79 F9: says the claim)
+    assert "JWT on: HS256 (rights within claim 'roles', prefix '')" in (capsys.readouterr().out)
     bad = tmp_path / "bad.toml"
     bad.write_text("allow_unknown = 1\n")
     assert policy_module.main(["check", str(bad)]) == 2

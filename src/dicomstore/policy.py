@@ -474,11 +474,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise PolicyError(f"bad scrypt parameters: {exc}") from None
         else:
             policy = Policy.load(args.file)
+            jwt = "off" if policy.jwt is None else "on: " + ",".join(sorted(policy.jwt.algorithms))
+            if policy.jwt is not None and policy.jwt_rights_claim is not None:  # (review79 F9)
+                claim, prefix = policy.jwt_rights_claim, policy.jwt_rights_prefix
+                jwt += f" (rights within claim {claim!r}, prefix {prefix!r})"
             print(
                 f"{args.file}: {len(policy.peers)} peers, {len(policy.users)} users, "
                 f"unknown callers {'allowed' if policy.allow_unknown else 'refused'}, "
                 f"user identity {'required' if policy.require_user_identity else 'optional'}, "
-                f"JWT {'on: ' + ','.join(sorted(policy.jwt.algorithms)) if policy.jwt else 'off'}, "
+                f"JWT {jwt}, "
                 f"anonymous HTTP may: {','.join(sorted(policy.http_anonymous_may)) or 'nothing'}"
             )
     except PolicyError as exc:
