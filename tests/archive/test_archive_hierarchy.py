@@ -234,3 +234,56 @@ def test_non_ascii_patient_ids_are_compared_as_stored(
     assert outcome.status == DATASET_MISMATCH
     assert outcome.offending_element == (STUDY_TAG, PATIENT_TAG)
     assert archive.get_instance("1.2.3.3")["patient_id"] == ours
+
+
+CHARSET_TAG = 0x00080005
+
+
+@pytest.mark.parametrize(
+    ("theirs", "charset"),
+    [
+        ("A\t", None),  # a TAB: str.strip() took it for padding
+        ("A\x1f", None),
+        ("A\xa0", "ISO_IR 100"),  # NBSP
+        ("A\x85", "ISO_IR 100"),  # NEL
+    ],
+    ids=["tab", "unit-separator", "nbsp", "nel"],
+)
+def test_patient_ids_that_differ_only_past_spaces_are_other_patients(
+    archive: Archive, theirs: str, charset: str | None
+) -> None:
+    """review80 F3: the index stripped any whitespace, so "A" and "A<TAB>" (another
+    patient for pydicom and DCMTK) were one: a patient-level C-MOVE or delete took
+    both. Only spaces are padding (PS3.5 6.2)."""
+    extra = {CHARSET_TAG: ("CS", charset)} if charset else None
+    assert store(archive, alpha(series=SERIES), sop_uid="1.2.3.1").status == SUCCESS
+    other = dataset("1.2.3.2", patient_id=theirs, study=A_STUDY, series=SERIES, extra=extra)
+    assert store(archive, other, sop_uid="1.2.3.2").status == DATASET_MISMATCH
+    elsewhere = dataset("1.2.3.3", patient_id=theirs, study=B_STUDY, extra=extra)
+    assert store(archive, elsewhere, sop_uid="1.2.3.3").status == SUCCESS
+    assert len(ArchiveReader(archive.root).patients()) == 2
+    spaced = dataset("1.2.3.4", patient_id=" A ", study=A_STUDY, series=SERIES)
+    assert store(archive, spaced, sop_uid="1.2.3.4").status == SUCCESS  # (spaces: padding)
+
+
+def test_undecodable_patient_ids_are_not_made_one(archive: Archive) -> None:
+    """review80 F3: two Patient IDs whose bytes are not UTF-8 under ISO_IR 192 were both
+    decoded to "Y\ufffd", one patient; their bytes are kept apart (escaped)."""
+    utf8 = {CHARSET_TAG: ("CS", "ISO_IR 192")}
+    first = dataset("1.2.3.1", patient_id="Y\xff", study=A_STUDY, series=SERIES, extra=utf8)
+    assert store(archive, first, sop_uid="1.2.3.1").status == SUCCESS
+    other = dataset("1.2.3.2", patient_id="Y\xfe", study=A_STUDY, series=SERIES, extra=utf8)
+    assert store(archive, other, sop_uid="1.2.3.2").status == DATASET_MISMATCH
+    assert archive.get_instance("1.2.3.1")["patient_id"] == "Y\\xff"
+
+
+def test_a_uid_with_a_leading_space_is_the_uid_readers_see(archive: Archive) -> None:
+    """review80 F4: pydicom and DCMTK read " 1.2" as "1.2"; the index kept the space, so
+    another patient's instance of the same study passed the relational check."""
+    assert store(archive, alpha(series=SERIES), sop_uid="1.2.3.1").status == SUCCESS
+    spaced = beta(study=" " + A_STUDY, series=SERIES + ".2")
+    outcome = store(archive, spaced, sop_uid="1.2.3.2")
+    assert outcome.status == DATASET_MISMATCH and "another patient" in outcome.error_comment
+    same = alpha("1.2.3.3", series=" " + SERIES)
+    assert store(archive, same, sop_uid=" 1.2.3.3").status == SUCCESS
+    assert archive.get_instance("1.2.3.3")["series_uid"] == SERIES

@@ -112,7 +112,12 @@ def raw_uid(ds: Dataset, tag: int) -> str | None:
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
+    """The value of ``keyword`` as the index keeps it: without the leading and trailing
+    spaces PS3.5 6.2 calls insignificant (spaces only: a TAB or a NBSP is a character
+    of its own, review80 F3), and where pydicom had to replace bytes it could not
+    decode (U+FFFD, which would make two patients one), those bytes escaped instead."""
     try:
+        raw = getattr(ds.get_item(keyword), "value", None)  # (bytes, before pydicom's)
         value = ds.get(keyword)
     except Exception:  # undecodable or deferred value
         return None
@@ -120,8 +125,10 @@ def _text(ds: Dataset, keyword: str) -> str | None:
         return None
     if _multi(value):
         value = "\\".join(str(v) for v in value)
-    text = str(value).strip()
-    return text or None
+    text = str(value)
+    if "\ufffd" in text and isinstance(raw, bytes) and b"\xef\xbf\xbd" not in raw:
+        text = raw.decode("utf-8", "backslashreplace")  # (no real U+FFFD in the bytes)
+    return text.strip(" ") or None
 
 
 def _number(ds: Dataset, keyword: str) -> int | None:
@@ -165,7 +172,7 @@ def fields_of_elements(
         if element is None:
             fields[column] = None
         elif fast and element[0] in (None, vr) and plain.fullmatch(element[1]):
-            fields[column] = element[1].decode("ascii").strip() or None
+            fields[column] = element[1].decode("ascii").strip(" ") or None
         else:
             fields[column] = None  # (keeps the order of the keys)
             slow.append((column, keyword, False))

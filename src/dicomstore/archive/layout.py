@@ -59,9 +59,11 @@ def uid_bytes(value: str) -> bytes:
 
 
 def normalize_uid(value: str | bytes) -> str:
-    """A UID as pydicom reads it: latin-1 text without its NUL/space padding."""
+    """A UID as pydicom and DCMTK read it: latin-1 text without its NUL/space padding,
+    nor leading spaces (review80 F4: ' 1.2' was another study than '1.2' for the
+    index only)."""
     raw = value if isinstance(value, bytes) else uid_bytes(value)
-    return raw.rstrip(b"\0 ").decode("latin-1")
+    return raw.rstrip(b"\0 ").lstrip(b" ").decode("latin-1")
 
 
 def safe_component(uid: str | None, missing: str) -> str:
