@@ -151,16 +151,27 @@ def undefined_ob(*items: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("odd", [undefined_ob(b"abcd"), undefined_ob()], ids=["item", "empty"])
-def test_after_an_element_the_walk_cannot_frame_the_pixels_tail_is_still_read(
-    archive: Archive, odd: bytes
-) -> None:
-    """Stop 46's Left: the walk of every element (the header pydicom reads) stopped at an
-    undefined-length element it could not frame, so what followed the Pixel Data went
-    unread: indexed as PID1, read by pydicom as VICTIM. Walked from where pydicom
-    stopped, it is refused; without it, stored byte for byte."""
+def test_an_undefined_length_ob_before_the_pixels_is_refused(archive: Archive, odd: bytes) -> None:
+    """Stop 46's Left: the walk of every element stopped at an undefined-length element
+    it could not frame, so what followed the Pixel Data went unread (indexed as PID1,
+    read by pydicom as VICTIM). Such an OB is refused itself now (review80 F5: DCMTK
+    cannot read it); with or without a tail."""
     pixels = struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, 8) + bytes(8)
     victim = element(0x00100020, "LO", "VICTIM")
-    refused(archive, dataset() + odd + pixels + victim, "(0010,0020) PatientID out of order")
-    data = dataset() + odd + pixels
-    out = store(archive, data)
-    assert out.status == 0 and stored_dataset(out.path) == data
+    for data in (dataset() + odd + pixels + victim, dataset() + odd + pixels):
+        refused(archive, data, "(0029,1010) at offset", "OB of undefined length")
+
+
+def test_pydicoms_header_read_tells_where_the_pixel_data_is(tmp_path: Path) -> None:
+    """(The after-Pixel-Data walk of the pydicom path starts where pydicom stopped.)"""
+    from dicomstore.archive.dicomfile import read_header
+
+    pixels = struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, 8) + bytes(8)
+    head = dataset()
+    path = tmp_path / "ds"
+    for tail, found in ((b"", [len(head)]), (element(0x7FE10010, "OB", b"ab"), [len(head)])):
+        path.write_bytes(b"x" * 10 + head + pixels + tail)
+        at: list[int] = []
+        with open(path, "rb") as fp:
+            read_header(fp, 10, path.stat().st_size, EXPLICIT_LE, at)
+        assert at == found

@@ -37,8 +37,10 @@ from dicomstore.framing import (
     FramingError,
     InflatedSource,
     Pread,
+    ReadersDisagree,
     Source,
     TooDeep,
+    Truncated,
     element_header,
     tag_name,
     walk_element,
@@ -98,11 +100,22 @@ def _walk(
             # move forward, in case the walk meets what it cannot frame inside it)
             end = _defined_end(src, pos, implicit, little) if where is None else None
             try:
-                end = walk_element(src, pos, implicit, little)
+                end = walk_element(src, pos, implicit, little, strict=True)
             except TooDeep:
                 raise
-            except FramingError:  # (inside it: tolerated; walked on past its length)
+            except ReadersDisagree as exc:  # (what follows is another data set for each)
+                return exc
+            except Truncated:  # (cut short: every reader ends it where the bytes end)
                 pass
+            except FramingError as exc:  # (inside it: tolerated; walked on past its length)
+                if _undefined(src, pos, implicit, little):  # (no length to walk on by)
+                    return ReadersDisagree(
+                        f"{tag_name(_tag(src, pos, little))} of undefined length at offset"
+                        f" {pos} does not frame as a sequence ({exc}): readers disagree on"
+                        " where it ends (PS3.5 7.5)",
+                        _tag(src, pos, little),
+                        pos,
+                    )
             if where is not None or end is None:
                 break
             pos = end
@@ -130,7 +143,7 @@ def _from_pixel_data(
                     pos,
                 )
             last = tag
-            pos = walk_element(src, pos, implicit, little)
+            pos = walk_element(src, pos, implicit, little, strict=True)
     except TooDeep:
         raise
     except FramingError as exc:
@@ -155,6 +168,12 @@ def _defined_end(src: Source, pos: int, implicit: bool, little: bool) -> int | N
     if parsed is None or parsed[2] in (UNDEFINED, UNKNOWN_VR):
         return None
     return pos + parsed[3] + parsed[2]
+
+
+def _undefined(src: Source, pos: int, implicit: bool, little: bool) -> bool:
+    """Whether the element at ``pos`` has an undefined length."""
+    parsed = element_header(src.read(pos, 12), 0, implicit, little)
+    return parsed is not None and parsed[2] == UNDEFINED
 
 
 def _pread(fd: int, start: int) -> Pread:

@@ -48,6 +48,14 @@ class TooDeep(FramingError):
     re-encoding of ours follows (the archive refuses such a data set, C000)."""
 
 
+class ReadersDisagree(FramingError):
+    """An element readers frame differently (pydicom, DCMTK and dcm4che each by its own
+    rule): an explicit VR not in PS3.5 Table 6.2-1 (whose length has 2 bytes for one,
+    4 for another, or which pydicom reads as Implicit VR), or an undefined length where
+    PS3.5 7.1 allows none (only SQ, UN and the Pixel Data). Whatever follows it is
+    another data set for each of them: the archive refuses it (C000, review80 F1, F2, F5)."""
+
+
 class NotPart10(FramingError):
     """The bytes do not start with a preamble and ``DICM`` (PS3.10 7.1)."""
 

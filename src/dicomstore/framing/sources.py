@@ -108,7 +108,11 @@ class InflatedSource:
             if z.unconsumed_tail:
                 data = z.decompress(z.unconsumed_tail, limit)
             elif self.next_in >= self.end:
-                return b""
+                # what zlib held back for an earlier limit, its input all consumed (else
+                # the last bytes were lost: a walk starting past 0 found the data short)
+                data = z.decompress(b"", limit)
+                if not data:
+                    return b""
             else:
                 chunk = self.pread(min(WINDOW, self.end - self.next_in), self.next_in)
                 if not chunk:

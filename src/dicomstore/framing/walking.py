@@ -10,7 +10,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from dicomstore.framing.errors import FramingError, TooDeep, Truncated, tag_name, value_cut
+from dicomstore.framing.errors import (
+    FramingError,
+    ReadersDisagree,
+    TooDeep,
+    Truncated,
+    tag_name,
+    value_cut,
+)
 from dicomstore.framing.headers import ITEM as _ITEM
 from dicomstore.framing.headers import ITEM_DELIMITER as _ITEM_DELIMITER
 from dicomstore.framing.headers import SEQUENCE_DELIMITER as _SEQUENCE_DELIMITER
@@ -120,9 +127,9 @@ def _header(
         return tag, None, _U32[little](head, 4)[0], pos + 8
     known = VRS.get(head[4:6])
     if known is None:
-        raise FramingError(
-            f"{_element_label(stack, tag)} at offset {pos} has a VR the walk does not know:"
-            f" {bytes(head[4:6])!r}",
+        raise ReadersDisagree(
+            f"{_element_label(stack, tag)} at offset {pos} has a VR not in PS3.5 6.2:"
+            f" {bytes(head[4:6])!r} (readers disagree on its length)",
             tag,
             pos,
         )
@@ -198,15 +205,28 @@ def walk(src: Source, start: int, implicit: bool, little: bool) -> Walked:
     return _walk(src, start, implicit, little, False)
 
 
-def walk_element(src: Source, start: int, implicit: bool, little: bool) -> int:
+def walk_element(
+    src: Source, start: int, implicit: bool, little: bool, strict: bool = False
+) -> int:
     """Where the one element whose header starts at ``start`` ends, having walked its
-    sequences of either length (PS3.5 7.5) and their items, nested ones too.
+    sequences of either length (PS3.5 7.5) and their items, nested ones too. With
+    ``strict``, an undefined length where PS3.5 7.1 allows none raises
+    :class:`ReadersDisagree` (as an unknown VR always does).
 
     A sequence of defined length is one with VR SQ (Explicit VR); in Implicit VR one
     whose value starts with an item and is a sequence for the data dictionary or
     private (as pydicom reads it). Raises :class:`TooDeep` beyond :data:`MAX_DEPTH`
     nested sequences, else as :func:`walk`."""
-    return _walk(src, start, implicit, little, True).end
+    return _walk(src, start, implicit, little, True, strict).end
+
+
+def _may_be_undefined(tag: int, vr: str | None) -> bool:
+    """Whether element ``tag`` (``vr``: None in Implicit VR) may have an undefined length
+    (PS3.5 7.1.2, 7.1.3): a sequence (in Implicit VR one for the dictionary, or a
+    private or unknown element: read as one, PS3.5 6.2.2), UN, or the Pixel Data."""
+    if tag in _PIXEL_TAGS:
+        return True
+    return (vr if vr is not None else implicit_vr(tag, None, None, None)) in ("SQ", "UN")
 
 
 def _is_sequence(src: Source, tag: int, vr: str | None, value: int, length: int) -> bool:
@@ -218,7 +238,9 @@ def _is_sequence(src: Source, tag: int, vr: str | None, value: int, length: int)
     return tag >> 16 & 1 == 1 or implicit_vr(tag, None, None, None) == "SQ"
 
 
-def _walk(src: Source, start: int, implicit: bool, little: bool, nested: bool) -> Walked:
+def _walk(
+    src: Source, start: int, implicit: bool, little: bool, nested: bool, strict: bool = False
+) -> Walked:
     """:func:`walk`, or with ``nested`` :func:`walk_element`."""
     stack: list[_Open] = []
     pos, last_tag, last_offset = start, None, start
@@ -304,6 +326,14 @@ def _walk(src: Source, start: int, implicit: bool, little: bool, nested: bool) -
                     pos = value
                     continue
             enc = (top.implicit, top.little)
+        if strict and length == _UNDEFINED and not _may_be_undefined(tag, vr):
+            raise ReadersDisagree(
+                f"{_element_label(stack, tag)} at offset {pos} is {vr or 'an element'} of"
+                " undefined length, which only SQ, UN and the Pixel Data may have"
+                " (PS3.5 7.1; readers disagree on where it ends)",
+                tag,
+                pos,
+            )
         if length == _UNDEFINED or (nested and _is_sequence(src, tag, vr, value, length)):
             if vr == "UN":  # PS3.5 6.2.2: its value stays Implicit VR Little Endian
                 enc = (True, True)
