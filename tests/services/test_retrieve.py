@@ -280,3 +280,42 @@ def test_nothing_selected_is_success_without_an_association() -> None:
     sender = FakeSender(refuse=True)
     status, pending = run(retrieval, sender)
     assert status == 0 and retrieval.counts() == SubOperations(None, 0, 0, 0) and not sender.stopped
+
+
+def test_a_patient_is_its_id_and_issuer(tmp_path) -> None:
+    """review81 F1: a PATIENT-level C-GET/C-MOVE of Patient ID DUP with Issuer HOSP_A
+    sent HOSP_B's patient DUP as well (C-FIND kept them apart). The issuer qualifies the
+    retrieval; without one, an ID held under several issuers is C000."""
+    from tests.archive.archive_testlib import dataset, store
+
+    from dicomstore.archive import Archive
+
+    with Archive(tmp_path / "a", fsync=False) as archive:
+        for n, issuer in enumerate(("HOSP_A", "HOSP_B")):
+            uid = f"1.2.9.8.{n}"
+            extra = {0x00100021: ("LO", issuer)}
+            data = dataset(
+                uid + ".1.1", patient_id="DUP", study=uid, series=uid + ".1", extra=extra
+            )
+            assert store(archive, data, sop_uid=uid + ".1.1").status == 0
+        one = dataset("1.2.9.8.2.1.1", patient_id="ONE", study="1.2.9.8.2", series="1.2.9.8.2.1")
+        assert store(archive, one, sop_uid="1.2.9.8.2.1.1").status == 0
+    reader = ArchiveReader(tmp_path / "a")
+    query = parse_retrieve_identifier(
+        ident("PATIENT", PatientID="DUP", IssuerOfPatientID="HOSP_A"), PATIENT
+    )
+    assert query.described() == {"PatientID": "DUP", "IssuerOfPatientID": "HOSP_A"}  # (audit)
+    assert [s.sop_instance_uid for s in select_instances(reader, query)] == ["1.2.9.8.0.1.1"]
+    with pytest.raises(FindFailure) as refused:
+        select_instances(
+            reader, parse_retrieve_identifier(ident("PATIENT", PatientID="DUP"), PATIENT)
+        )
+    assert refused.value.status == 0xC000 and refused.value.offending == (0x00100021,)
+    assert "held under 2 issuers" in refused.value.comment
+    alone = parse_retrieve_identifier(ident("PATIENT", PatientID="ONE"), PATIENT)
+    assert [s.sop_instance_uid for s in select_instances(reader, alone)] == ["1.2.9.8.2.1.1"]
+    for bad in ("HOSP*", "A\\B"):
+        with pytest.raises(FindFailure, match="no wildcards"):
+            parse_retrieve_identifier(
+                ident("PATIENT", PatientID="DUP", IssuerOfPatientID=bad), PATIENT
+            )

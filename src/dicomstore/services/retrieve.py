@@ -7,7 +7,12 @@
    at it, one Patient ID at PATIENT level, one UID or a list of UIDs at
    STUDY, SERIES and IMAGE levels. A missing or wildcard key, a list where one
    value is due, or a unique key of a level below with a value is A900 with
-   an Error Comment and the Offending Element; other attributes are ignored.
+   an Error Comment and the Offending Element. Issuer of Patient ID (0010,0021)
+   qualifies a Patient ID (PS3.3 C.7.1.1): the archive's patient is the pair, so
+   a retrieval naming a patient keeps to its issuer, and one that names none is
+   C000 where the Patient ID is held under several (review81 F1: another
+   hospital's patient of the same ID was sent with it); other attributes are
+   ignored.
 2. :func:`select_instances`: the instances below what the Identifier names,
    from the archive index (SOP Class and Instance UIDs, the transfer syntax
    each is stored in, its file), at most :data:`MAX_SUBOPERATIONS` (the counts
@@ -73,6 +78,7 @@ MAX_EXPLICIT_LENGTH = 0xFFFE
 #: Depth of each wire level (PATIENT 0 ... IMAGE 3).
 _DEPTH = {level: n for n, level in enumerate(("PATIENT", "STUDY", "SERIES", "IMAGE"))}
 _KEY_LEVEL = {tag: level for level, tag in UNIQUE_KEY.items()}
+PATIENT_ID, ISSUER = UNIQUE_KEY["PATIENT"], 0x00100021
 
 
 @dataclass
@@ -119,6 +125,11 @@ def parse_retrieve_identifier(identifier: Dataset, levels: Sequence[str]) -> Ret
         if len(values) > 1 and (key_level != level or level == "PATIENT"):
             raise _refuse(f"{tag_str(tag)}: one value only (hierarchical retrieval)", tag)
         found.filters[tag] = "\\".join(values)
+    issuer = text_value(identifier[ISSUER].value).strip() if ISSUER in identifier else ""
+    if issuer and PATIENT_ID in found.filters:
+        if any(c in issuer for c in "*?\\"):
+            raise _refuse(f"{tag_str(ISSUER)}: one value, no wildcards in a retrieval", ISSUER)
+        found.filters[ISSUER] = issuer
     return found
 
 
@@ -153,6 +164,14 @@ def select_instances(reader: ArchiveReader, query: RetrieveQuery) -> list[Select
     except q.QueryError as exc:
         raise FindFailure(st.CANNOT_UNDERSTAND, str(exc)) from None
     with closing(reader.connect()) as db:
+        if query.level == "PATIENT" and ISSUER not in filters:
+            held = q.count(db, "patient", {PATIENT_ID: filters[PATIENT_ID]})
+            if held > 1:
+                raise FindFailure(
+                    st.CANNOT_UNDERSTAND,
+                    f"Patient ID held under {held} issuers: name one in {tag_str(ISSUER)}",
+                    ISSUER,
+                )
         total = q.count(db, "instance", filters)
         if total > MAX_SUBOPERATIONS:
             raise FindFailure(
