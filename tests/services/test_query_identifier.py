@@ -208,3 +208,28 @@ def test_an_identifier_of_too_many_keys_is_refused_c000() -> None:
     with pytest.raises(FindFailure, match=f"at most {MAX_KEYS} keys") as refused:
         parse_identifier(ds, STUDY_ROOT_FIND)
     assert refused.value.status == 0xC000
+
+
+def test_content_is_not_returned_by_c_find() -> None:
+    """review81 F4: a caller with only the find right read an encapsulated PDF and an
+    SR's report text as IMAGE-level return keys. Content comes back zero-length (a key
+    not supported, PS3.4 C.4.1.1.3.2); attributes to find by are read as before."""
+    ds = request()
+    ds.Manufacturer = ""
+    ds.add_new(0x00420011, "OB", b"")  # Encapsulated Document
+    ds.add_new(0x0040A730, "SQ", [])  # Content Sequence
+    ds.add_new(0x54000100, "SQ", [])  # Waveform Sequence
+    ds.add_new(0x60003000, "OW", b"")  # Overlay Data
+    ds.add_new(0x00291010, "LO", "")  # private
+    query = parse_identifier(ds, STUDY_ROOT_FIND)
+    assert 0x00080070 in query.from_header
+    assert not query.from_header & {0x00420011, 0x0040A730, 0x54000100, 0x60003000, 0x00291010}
+    stored = header("Smith^Jo")
+    stored.Manufacturer = "ACME"
+    stored.add_new(0x00420011, "OB", b"%PDF-1.4 CONFIDENTIAL")
+    item = Dataset()
+    item.TextValue = "Impression: malignant"
+    stored.add_new(0x0040A730, "SQ", [item])
+    elements = response_elements(query, {"study_uid": "1.2.3"}, "DICOMSTORE", stored)
+    data = encode_elements(elements, EXPLICIT)
+    assert b"ACME" in data and b"CONFIDENTIAL" not in data and b"malignant" not in data
