@@ -261,7 +261,7 @@ def test_c_cancel_after_the_first_pending_response_is_fe00(server) -> None:
     assert len(got.received) == 2 and audit.records[-1]["status"] == "FE00"
 
 
-def test_policy_without_get_is_0124(root: Path) -> None:
+def test_policy_without_get_is_0124(root: Path, caplog) -> None:
     archive = Archive(root, fsync=False)
     policy = Policy(peers=[Peer("FINDER", may=frozenset({"echo", "find"})), Peer("GETTER")])
     try:
@@ -270,6 +270,10 @@ def test_policy_without_get_is_0124(root: Path) -> None:
             refused = pynetdicom_get(srv.port, ds, calling="FINDER")
             assert refused.statuses == [0x0124] and refused.received == {}
             assert "C-GET is not allowed" in refused.final.ErrorComment
+            # (review81 F5: the refusal is the operator's to see too)
+            assert "C-GET message 1 refused 0124: C-GET is not allowed for this caller" in (
+                caplog.text
+            )
             allowed = pynetdicom_get(srv.port, ds, calling="GETTER")
             assert allowed.statuses == [0x0000] and len(allowed.received) == 1
     finally:

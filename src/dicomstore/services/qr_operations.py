@@ -291,14 +291,24 @@ class QROperations:
         abstract = self.t.negotiated.contexts[context_id].abstract_syntax
         if abstract not in self.sop_classes or self.sop_class_of(rq) != abstract:
             why = f"{self.service} of {self.sop_class_of(rq)} on a {uids.uid_name(abstract)}"
-            return rq.response(st.SOP_CLASS_NOT_SUPPORTED, error_comment=why + " context")
-        if not self.allowed:
-            comment = f"{self.service} is not allowed for this caller"
-            return rq.response(st.NOT_AUTHORIZED, error_comment=comment)
-        if self.in_use(rq.message_id):  # (0210: ours, or another's of the association)
+            status, comment = st.SOP_CLASS_NOT_SUPPORTED, why + " context"
+        elif not self.allowed:
+            status, comment = st.NOT_AUTHORIZED, f"{self.service} is not allowed for this caller"
+        elif self.in_use(rq.message_id):  # (0210: ours, or another's of the association)
+            status = st.DUPLICATE_INVOCATION
             comment = f"message ID {rq.message_id} is still in progress"
-            return rq.response(st.DUPLICATE_INVOCATION, error_comment=comment)
-        return None
+        else:
+            return None
+        log.warning(  # (review81 F5: the operator saw no refusal in the log)
+            "%s: %s message %d refused %04X: %s%s",
+            self.t.peer,
+            self.service,
+            rq.message_id,
+            status,
+            comment,
+            " (the policy file grants it no such right)" if status == st.NOT_AUTHORIZED else "",
+        )
+        return rq.response(status, error_comment=comment)
 
     def _start(self, op: Operation) -> None:
         if op.refusal is not None:
