@@ -380,3 +380,36 @@ def test_an_instance_replaced_between_its_scan_and_its_send_goes_as_it_is_now(
     assert got.statuses[-1] == 0x0000 and got.counts() == (1, 0, 0, None)
     received = read_dataset(BytesIO(got.received[uid]), False, True)
     assert str(received.PatientName) == "Second"
+
+
+def test_a_scu_that_never_answers_is_no_cancel(root: Path, caplog) -> None:
+    """review81 F6: a C-GET SCU that never answered a C-STORE sub-operation was aborted
+    at the DIMSE timeout (bounded), but logged and audited FE00 "(cancelled)", no
+    WARNING naming the timeout. Now: a WARNING, and the audit's status "aborted"."""
+    from dicomstore.aio.association import Timeouts
+
+    release = threading.Event()
+
+    class Told(Audit):  # (the SCU's handler answers once the server has given up)
+        def retrieve(self, record: dict[str, Any]) -> None:
+            super().retrieve(record)
+            release.set()
+
+    audit = Told()
+    archive = Archive(root, fsync=False)
+    config = ServerConfig(port=0, timeouts=Timeouts(dimse=0.5))
+    try:
+        with ServerThread(config, archive, audit=audit) as srv:
+            got = pynetdicom_get(
+                srv.port,
+                identifier("STUDY", StudyInstanceUID="1.2.9.1"),
+                status_for=lambda uid: release.wait(30) and 0x0000,  # (never in time)
+            )
+            release.set()
+        assert got.received and not any(s == 0xFE00 for s in got.statuses)
+        assert "C-GET stopped: the association ended: no response to message" in caplog.text
+        assert "(cancelled)" not in caplog.text
+        assert audit.records[-1]["status"] == "aborted"
+    finally:
+        release.set()
+        archive.close()

@@ -189,6 +189,13 @@ class RetrieveSCP(QROperations):
             done = retrieval.remaining == 0
             self._close_out(op, f"{retrieval.status:04X}" if done else "aborted")
             raise
+        if not self.is_open and not op.cancelled:  # (the association ended, not a cancel:
+            # no one to answer; review81 F6: told and audited FE00 "cancelled")
+            retrieval.cancelled = False
+            why = retrieval.ended or "the association ended"
+            log.warning("%s: %s stopped: %s", self.t.peer, self.service, why)
+            self._close_out(op, "aborted")
+            return
         data, listed = retrieval.failed_identifier(ts)
         comment = retrieval.ended or None
         if listed < len(retrieval.failed_uids):
