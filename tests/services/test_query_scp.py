@@ -455,3 +455,38 @@ def test_a_stored_value_too_long_for_an_answer_is_returned_zero_length(tmp_path,
     assert (status, final) == (0xFF00, 0x0000)
     assert match.TextValue == "" and match.StudyDescription == "kept"
     assert f"({MAX_RETURNED_VALUE + 2} bytes) is returned zero-length" in caplog.text
+
+
+def test_a_find_whose_association_ends_under_it_is_audited_aborted(root, monkeypatch) -> None:
+    """review81 F3: a C-FIND cut off while the server waited to send (a slow reader gone)
+    left no audit record though matches had gone out. Now "aborted", with the matches."""
+    from dicomstore.services import query_scp
+
+    sent, told = threading.Event(), threading.Event()
+    real = query_scp.QuerySCP.drain
+
+    async def held(self) -> None:  # (the first match is sent; then as for a slow reader)
+        await real(self)
+        sent.set()
+        await asyncio.Event().wait()
+
+    class Told(Audit):
+        def query(self, record: dict[str, Any]) -> None:
+            super().query(record)
+            told.set()
+
+    monkeypatch.setattr(query_scp.QuerySCP, "drain", held)
+    audit, archive = Told(), Archive(root, fsync=False)
+    try:
+        with ServerThread(ServerConfig(port=0), archive, audit=audit) as srv:
+            ae = AE(ae_title="PYNETDICOM")
+            ae.add_requested_context(STUDY_ROOT)
+            assoc = ae.associate("127.0.0.1", srv.port)
+            assert assoc.is_established
+            next(assoc.send_c_find(identifier("STUDY", StudyInstanceUID=""), STUDY_ROOT))
+            assert sent.wait(30)
+            assoc.abort()
+            assert told.wait(30), "no audit record"
+        assert audit.records[-1]["status"] == "aborted" and audit.records[-1]["matches"] == 1
+    finally:
+        archive.close()

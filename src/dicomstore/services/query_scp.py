@@ -164,7 +164,15 @@ class QuerySCP(QROperations):
                 query.level,
                 keys_line(query.described()) or "(all)",
             )
-            status = await self._matches(find, query, ts)
+            try:
+                status = await self._matches(find, query, ts)
+            except asyncio.CancelledError:  # (the association ended while we waited to
+                # send: no one to answer, but matches went out; review81 F3)
+                self._aborted(find, query)
+                raise
+            if status == st.CANCEL and not find.cancelled:  # (it ended, not a C-CANCEL)
+                self._aborted(find, query)
+                return
             self._final(find, rq.response(status), query)
         except FindFailure as failure:
             log.warning("%s: C-FIND answered %04X: %s", self.t.peer, failure.status, failure)
@@ -212,7 +220,17 @@ class QuerySCP(QROperations):
             log.info("%s: C-FIND cancelled after %d matches", self.t.peer, find.matches)
         self._audit(find, rsp, query)
 
-    def _audit(self, find: _Find, rsp: CFindRSP, query: FindQuery | None) -> None:
+    def _aborted(self, find: _Find, query: FindQuery) -> None:
+        """The end of a C-FIND whose association ended under it: logged and audited
+        ``aborted`` (with the matches sent), not FE00 as if cancelled."""
+        log.info(
+            "%s: C-FIND aborted after %d matches: the association ended", self.t.peer, find.matches
+        )
+        self._audit(find, None, query, "aborted")
+
+    def _audit(
+        self, find: _Find, rsp: CFindRSP | None, query: FindQuery | None, status: str = ""
+    ) -> None:
         if self.audit is None:
             return
         self.audit(
@@ -225,7 +243,7 @@ class QuerySCP(QROperations):
                 "sop_class_uid": find.rq.affected_sop_class_uid,
                 "level": query.level if query else None,
                 "query": query.described() if query else None,
-                "status": f"{rsp.status:04X}",
+                "status": status or f"{rsp.status if rsp else 0:04X}",
                 "matches": find.matches,
             }
         )
