@@ -7,6 +7,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -488,5 +489,45 @@ def test_a_find_whose_association_ends_under_it_is_audited_aborted(root, monkeyp
             assoc.abort()
             assert told.wait(30), "no audit record"
         assert audit.records[-1]["status"] == "aborted" and audit.records[-1]["matches"] == 1
+    finally:
+        archive.close()
+
+
+def test_a_slowly_read_find_lets_the_index_checkpoint(tmp_path, monkeypatch) -> None:
+    """review81 F2: a client reading a C-FIND's answers slowly kept its cursor, and so a
+    read of the index, open: SQLite's WAL could not be checkpointed past it (it grew
+    by 270 MB). Past HOLD_READ seconds the rest is read into a file, the read over."""
+    import sqlite3
+
+    from dicomstore.services import query_scp
+
+    root = tmp_path / "archive"
+    fill(root)
+    sent = threading.Event()
+    real = query_scp.QuerySCP.drain
+
+    async def held(self) -> None:  # (the first match sent, then as for a slow reader)
+        await real(self)
+        sent.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(query_scp.QuerySCP, "drain", held)
+    monkeypatch.setattr(query_scp, "BATCH", 1)
+    monkeypatch.setattr(query_scp, "HOLD_READ", 0.0, raising=False)
+    archive = Archive(root, fsync=False)
+    try:
+        with ServerThread(ServerConfig(port=0), archive) as srv:
+            ae = AE(ae_title="PYNETDICOM")
+            ae.add_requested_context(STUDY_ROOT)
+            assoc = ae.associate("127.0.0.1", srv.port)
+            assert assoc.is_established
+            next(assoc.send_c_find(identifier("STUDY", StudyInstanceUID=""), STUDY_ROOT))
+            assert sent.wait(30)
+            with closing(sqlite3.connect(root / "index.sqlite", timeout=0.2)) as con:
+                con.execute("CREATE TABLE probe(x)")  # (frames in the WAL)
+                con.commit()
+                busy, _log, _done = con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            assoc.abort()
+        assert busy == 0, (busy, _log, _done)  # (no reader held the WAL)
     finally:
         archive.close()

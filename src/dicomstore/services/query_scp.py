@@ -8,7 +8,12 @@ against the archive index, through the engine QIDO-RS uses
 reading meanwhile: one pending response (FF00, or FF01 when a key could not be
 matched) per match, streamed as rows come from the cursor, then 0000; a
 C-CANCEL-RQ for it stops the matches and the final status is FE00 (PS3.4
-C.4.1.3.1). Refusals: 0124 (the policy does not grant ``find``), A900 and C000
+C.4.1.3.1). A cursor open that long holds a read of the index (SQLite's
+write-ahead log cannot be checkpointed past it, PostgreSQL keeps its snapshot):
+once a query has read for :data:`HOLD_READ` seconds with matches left (a
+client reading its answers slowly), the rest is read at once into a temporary
+file and answered from there (review81 F2: the WAL grew by 270 MB under a
+client at 2 KB/s). Refusals: 0124 (the policy does not grant ``find``), A900 and C000
 (the Identifier, see ``query_identifier.py``), A700 (an Identifier over
 ``MAX_IDENTIFIER`` bytes, not kept: ``qr_operations.py``), 0210 (its Message ID is still in
 progress), 0122 (a C-FIND on a context that is not a FIND model). Each C-FIND
@@ -20,8 +25,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
-from contextlib import closing
+import pickle
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +58,8 @@ log = logging.getLogger("dicomstore.server")
 
 #: Rows fetched from the index per trip to the worker thread.
 BATCH = 256
+#: Seconds a query may keep its cursor open before the rest is read into a file.
+HOLD_READ = 5.0
 #: The longest value of a stored header a pending response returns (a longer one is
 #: returned zero-length, as a key the SCP does not support: PS3.4 C.4.1.1.3.2)
 MAX_RETURNED_VALUE = 64 * 1024
@@ -91,6 +101,18 @@ def _header(
     except Exception as exc:  # noqa: BLE001 - pydicom raises anything on a bad file
         log.warning("C-FIND: return keys not read from %s: %s", relpath, exc)
         return None
+
+
+def _spilled(rows: Iterator[dict[str, Any]], held: ExitStack) -> Iterator[dict[str, Any]]:
+    """The rest of ``rows``, read now into a temporary file (closed with ``held``) and
+    given back from it: the cursor is done, its read of the index over."""
+    spill = held.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 - (held closes it)
+    count = 0
+    for row in rows:
+        pickle.dump(row, spill, pickle.HIGHEST_PROTOCOL)
+        count += 1
+    spill.seek(0)
+    return (pickle.load(spill) for _ in range(count))
 
 
 def _short_values(ds: Dataset, relpath: str) -> Dataset:
@@ -189,14 +211,19 @@ class QuerySCP(QROperations):
         rsp = find.rq.response(query.pending_status, has_dataset=True).encode()
         assert self.reader is not None  # else refused (0122)
         reader = self.reader
-        with closing(reader.connect()) as db:
+        with ExitStack() as held:
+            db = held.enter_context(closing(reader.connect()))
             sample = bool(query.from_header)
             rows = q.iter_search(
                 db, query.index_level, query.filters, computed=query.row_keys, sample=sample
             )
+            reading = time.monotonic()  # (0: the cursor is done)
 
             def fetch() -> list[tuple[dict[str, Any], Dataset | None]]:
+                nonlocal rows, reading
                 batch = list(itertools.islice(rows, BATCH))
+                if reading and len(batch) == BATCH and time.monotonic() - reading >= HOLD_READ:
+                    rows, reading = _spilled(rows, held), 0  # (the index's read ends here)
                 limit = self.inflated_limit
                 return [(row, _header(reader, row, query.from_header, limit)) for row in batch]
 
