@@ -419,3 +419,24 @@ def test_stored_events_fan_out() -> None:
         await events.publish("still fine")  # logged, not raised
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked"),
+    [
+        ("ROE^JANE^^^", "ROE^JANE"),
+        ("ROE^JANE", "ROE^JANE^^^"),
+        ("DOE^JOHN", "DOE^JOHN^"),
+        ("DOE^JOHN=", "DOE^JOHN"),
+        ("ROE^JANE^^^", "roe^jane"),
+    ],
+)
+def test_person_names_match_without_trailing_empty_components(tmp_path, stored, asked) -> None:
+    """review81 F8: PS3.5 6.2.1.1 lets a writer leave out trailing empty components and
+    groups: "ROE^JANE^^^" (as modalities write it) is "ROE^JANE", and was not found."""
+    with Archive(tmp_path / "a", fsync=False) as archive:
+        assert store(archive, dataset(patient_name=stored)).status == 0
+        (row,) = ArchiveReader(archive.root).patients()
+        assert row["patient_name"] == stored.rstrip("^=")
+        found = ArchiveReader(archive.root).search("study", {0x00100010: asked})
+        assert len(found) == 1, (stored, asked)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from dicomstore.archive.attributes import ATTRIBUTES
 from dicomstore.archive.layout import normalize_uid
+from dicomstore.archive.matching import person_name
 
 if TYPE_CHECKING:  # (pydicom loads for what is not plain, not for every instance)
     from pydicom.dataset import Dataset
@@ -73,6 +74,8 @@ _TEXT = [
     for c, k in TEXT_FIELDS.items()
     for a in [ATTRIBUTES[k]]
 ]
+#: The index columns of Person Names (kept without trailing empty components).
+_PN_COLUMNS = frozenset(c for c, k in TEXT_FIELDS.items() if ATTRIBUTES[k].vr == "PN")
 _NUMBERS = [(c, k, ATTRIBUTES[k].tag, ATTRIBUTES[k].vr) for c, k in NUMBER_FIELDS.items()]
 
 
@@ -151,6 +154,8 @@ def index_fields(ds: Dataset) -> dict[str, Any]:
     }
     for column, keyword in TEXT_FIELDS.items():
         fields[column] = _text(ds, keyword)
+        if column in _PN_COLUMNS and fields[column]:
+            fields[column] = person_name(fields[column]) or None
     for column, keyword in NUMBER_FIELDS.items():
         fields[column] = _number(ds, keyword)
     return fields
@@ -172,7 +177,8 @@ def fields_of_elements(
         if element is None:
             fields[column] = None
         elif fast and element[0] in (None, vr) and plain.fullmatch(element[1]):
-            fields[column] = element[1].decode("ascii").strip(" ") or None
+            text = element[1].decode("ascii").strip(" ")
+            fields[column] = (person_name(text) if vr == "PN" else text) or None
         else:
             fields[column] = None  # (keeps the order of the keys)
             slow.append((column, keyword, False))
@@ -200,6 +206,8 @@ def fields_of_elements(
         )
         for column, keyword, number in slow:
             fields[column] = _number(ds, keyword) if number else _text(ds, keyword)
+            if column in _PN_COLUMNS and fields[column]:
+                fields[column] = person_name(fields[column]) or None
     return fields
 
 

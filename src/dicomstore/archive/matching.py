@@ -147,12 +147,27 @@ def condition(attr: Attribute, value: str, dialect: str = "sqlite") -> tuple[str
         except ValueError:
             raise QueryError(f"not an integer for {attr.keyword}: {value!r}") from None
     if attr.vr == "PN":
+        value = person_name(value)
         if dialect == "sqlite":
             return f"{col} LIKE ? ESCAPE '\\'", [like_pattern(value)]
         return f"lower({col}) LIKE ? ESCAPE '\\'", [like_pattern(value).translate(_ASCII_LOWER)]
     if "*" in value or "?" in value:
         return _wildcards(col, value, dialect)
     return f"{col} = ?", [value]
+
+
+def person_name(value: str) -> str:
+    """A Person Name without the trailing empty components and groups PS3.5 6.2.1.1 lets
+    a writer leave out (``ROE^JANE^^^`` is ``ROE^JANE``; review81 F8: one did not find
+    the other), each value of a multi-valued one; as the index keeps it and a query
+    matches it."""
+    values = []
+    for one in value.split("\\"):
+        groups = [group.rstrip("^ ") for group in one.split("=")]
+        while len(groups) > 1 and not groups[-1]:
+            groups.pop()
+        values.append("=".join(groups))
+    return "\\".join(values)
 
 
 def match(attr: Attribute, raw: Any, dialect: str) -> tuple[str, list[Any]] | None:
