@@ -440,3 +440,25 @@ def test_person_names_match_without_trailing_empty_components(tmp_path, stored, 
         assert row["patient_name"] == stored.rstrip("^=")
         found = ArchiveReader(archive.root).search("study", {0x00100010: asked})
         assert len(found) == 1, (stored, asked)
+
+
+@pytest.mark.parametrize(
+    ("asked", "found"),
+    [
+        ("101000-101100", True),
+        ("101030-", True),  # (10:10 spans 10:10:00 to 10:10:59)
+        ("101100-", False),
+        ("-100959", False),
+        ("-101000", True),
+        ("1010-1011", True),
+        ("0900-1009", False),
+    ],
+)
+def test_a_time_of_less_precision_is_in_the_ranges_it_spans(tmp_path, asked, found) -> None:
+    """review81 F7: a Study Time of 1010 (HHMM, 10:10) was not in 101000-101100: TM was
+    compared as text, the shorter value before every longer one."""
+    with Archive(tmp_path / "a", fsync=False) as archive:
+        data = dataset(extra={0x00080030: ("TM", "1010")})
+        assert store(archive, data).status == 0
+        rows = ArchiveReader(archive.root).search("study", {0x00080030: asked})
+        assert bool(rows) == found, asked

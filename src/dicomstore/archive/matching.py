@@ -134,8 +134,11 @@ def condition(attr: Attribute, value: str, dialect: str = "sqlite") -> tuple[str
             return f"{col} = ?", [value]
         low, high = bounds
         parts, params = [], []
-        if low:
-            parts.append(f"{col} >= ?")
+        if low:  # (a stored time of less precision is the span it names: HHMM is HHMM00
+            # to HHMM59, and is in a range from HHMMSS on; review81 F7: 1010 was not)
+            padded = f"{col} || substr('595959', length({col}) + 1)"
+            spanned = f"CASE WHEN length({col}) < 6 THEN {padded} ELSE {col} END"
+            parts.append(f"{spanned} >= ?")
             params.append(low)
         if high:
             parts.append(f"substr({col}, 1, {len(high)}) <= ?")
