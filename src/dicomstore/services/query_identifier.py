@@ -50,6 +50,7 @@ from dicomstore.archive import query as q
 from dicomstore.dimse import status as st
 from dicomstore.error_comment import error_comment
 from dicomstore.framing.headers import encode_header
+from dicomstore.services.find_content import is_content
 from dicomstore.services.qr_classes import FIND_MODEL_LEVELS
 
 PATIENT_ROOT_FIND = uids.PATIENT_ROOT_QR_FIND
@@ -344,28 +345,6 @@ def check_uid_key(tag: int, value: str) -> None:
             f"{_tag_name(tag)} holds a ',' (UIDs of a list are separated by backslashes)",
             tag,
         )
-
-
-#: Attributes that are an instance's content, not attributes to find it by: a document,
-#: a report's content tree, waveforms, an icon image.
-_CONTENT_TAGS = frozenset({0x00420011, 0x0040A730, 0x54000100, 0x00880200})
-_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-
-
-def is_content(tag: int) -> bool:
-    """Whether C-FIND returns the return key ``tag`` zero-length rather than read it
-    from a stored header (review81 F4: a caller with only the find right read a whole
-    encapsulated PDF and an SR's report text): the content of :data:`_CONTENT_TAGS`,
-    a value of a binary VR (pixels, overlays, waveform data), a private or unknown
-    element. Content is for C-GET, C-MOVE and WADO-RS, which need their own right;
-    PS3.4 C.4.1.1.3.2 lets an SCP return a key it does not support zero-length."""
-    if tag in _CONTENT_TAGS or tag >> 16 & 1:
-        return True
-    try:
-        vrs = dictionary_VR(tag).split(" or ")  # ("OB or OW" for the Pixel Data)
-    except KeyError:
-        return True
-    return not vrs[0] or any(vr in _BINARY_VRS for vr in vrs)
 
 
 def read_from_header(keyword: str, level: str) -> bool:
