@@ -462,3 +462,18 @@ def test_a_time_of_less_precision_is_in_the_ranges_it_spans(tmp_path, asked, fou
         assert store(archive, data).status == 0
         rows = ArchiveReader(archive.root).search("study", {0x00080030: asked})
         assert bool(rows) == found, asked
+
+
+def test_a_name_indexed_with_its_trailing_components_is_still_found(tmp_path, index_engine) -> None:
+    """review82 F7: a name indexed before (as ``ROE^JANE^^^``) was found by neither form
+    until a reindex; the match also looks past the trailing "^"s the row kept."""
+    if index_engine != "sqlite":
+        pytest.skip("the row is edited with SQLite (PostgreSQL's form: the tests above)")
+    with Archive(tmp_path / "a", fsync=False) as archive:
+        assert store(archive, dataset(patient_name="ROE^JANE")).status == 0
+    with closing(sqlite3.connect(tmp_path / "a" / "index.sqlite")) as con:
+        con.execute("UPDATE patient SET patient_name = 'ROE^JANE^^^'")  # (as indexed before)
+        con.commit()
+    reader = ArchiveReader(tmp_path / "a")
+    for asked, found in (("ROE^JANE", 1), ("roe^jane^^^", 1), ("ROE^JAN", 0), ("ROE^J*", 1)):
+        assert len(reader.search("study", {0x00100010: asked})) == found, asked

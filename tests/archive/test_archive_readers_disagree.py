@@ -93,3 +93,41 @@ def test_sequences_un_and_encapsulated_pixels_of_undefined_length_stay_stored(ar
     data = implicit_dataset(private + DELIMITER, sop=b"1.2.3.4.5.6.8\0")
     out = store(archive, data, ts=IMPLICIT_LE, sop_uid="1.2.3.4.5.6.8")
     assert out.status == 0 and stored_dataset(out.path) == data
+
+
+def _item(length: int, body: bytes) -> bytes:
+    return struct.pack("<HHL", 0xFFFE, 0xE000, length) + body
+
+
+@pytest.mark.parametrize(
+    "sequence",
+    [
+        _item(10, element(0x00081150, "UI", "1.2.840.10008.5.1.4.1.1.7")),  # item overrun
+        element(0x00081150, "UI", "1.2.840.10008.5.1.4.1.1.7"),  # an element, no item
+    ],
+    ids=["item-overrun", "no-item"],
+)
+@pytest.mark.parametrize("deflated", [False, True], ids=["plain", "deflated"])
+def test_an_undefined_length_sequence_that_does_not_frame_is_refused_in_any_syntax(
+    archive: Archive, sequence: bytes, deflated: bool
+) -> None:
+    """review82 F5: the verdict depended on the syntax and the size: a small such SQ was
+    never walked when plain (stored, a file DCMTK cannot read), and deflated its header
+    was read again behind the walk (an inflated source reads forward only), naming a
+    tag made of the UID's bytes."""
+    import zlib
+
+    sq = struct.pack("<HH2sHL", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF) + sequence + DELIMITER
+    data = dataset(extra={0x00081030: ("LO", "x" * 60)})
+    at = data.index(struct.pack("<HH", 0x0008, 0x1030)) + 8 + 60
+    data = data[:at] + sq + data[at:]
+    ts = None
+    if deflated:
+        z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = z.compress(data) + z.flush()
+        data += b"\0" * (len(data) % 2)
+        ts = "1.2.840.10008.1.2.1.99"
+    out = store(archive, data, **({"ts": ts} if ts else {}))
+    assert out.status == 0xC000, out
+    assert out.offending_element == (0x00081140,), out
+    assert archive.instances() == []

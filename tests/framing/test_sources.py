@@ -35,3 +35,24 @@ def test_every_inflated_byte_is_there_wherever_the_reads_begin(tmp_path: Path, f
         assert src.size == len(data) and src.crc32 == zlib.crc32(data)
     finally:
         os.close(fd)
+
+
+def test_a_read_behind_gives_its_bytes_or_refuses(tmp_path: Path) -> None:
+    """review82 F5: a walk that looked back (an item's end after an element that overran
+    it) read other bytes of a deflated data set (``del buf[:negative]``), and took them
+    for a tag. Within WINDOW bytes behind: the right bytes; further: Corrupt."""
+    from dicomstore.framing import WINDOW, Corrupt
+
+    data = bytes(range(256)) * (3 * WINDOW // 256)
+    path = tmp_path / "d"
+    path.write_bytes(_deflated(data))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        src = InflatedSource(fd, 0, path.stat().st_size)
+        assert src.read(5000, 4) == data[5000:5004]
+        assert src.read(100, 4) == data[100:104]  # (behind, within the window)
+        assert src.has(2 * WINDOW, 100) == 100
+        with pytest.raises(Corrupt, match="behind"):
+            src.read(100, 4)
+    finally:
+        os.close(fd)

@@ -493,10 +493,12 @@ def test_a_find_whose_association_ends_under_it_is_audited_aborted(root, monkeyp
         archive.close()
 
 
-def test_a_slowly_read_find_lets_the_index_checkpoint(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("when", ["at-a-fetch", "mid-batch"])
+def test_a_slowly_read_find_lets_the_index_checkpoint(tmp_path, monkeypatch, when) -> None:
     """review81 F2: a client reading a C-FIND's answers slowly kept its cursor, and so a
     read of the index, open: SQLite's WAL could not be checkpointed past it (it grew
-    by 270 MB). Past HOLD_READ seconds the rest is read into a file, the read over."""
+    by 270 MB). Past HOLD_READ seconds the rest is read into a file, the read over:
+    when the next batch is fetched, or while one is sent (review82 F1)."""
     import sqlite3
 
     from dicomstore.services import query_scp
@@ -506,14 +508,21 @@ def test_a_slowly_read_find_lets_the_index_checkpoint(tmp_path, monkeypatch) -> 
     sent = threading.Event()
     real = query_scp.QuerySCP.drain
 
-    async def held(self) -> None:  # (the first match sent, then as for a slow reader)
+    drains = []
+
+    async def held(self) -> None:  # (the matches sent, then as for a slow reader)
         await real(self)
+        drains.append(1)
+        if when == "mid-batch" and len(drains) == 1:
+            monkeypatch.setattr(query_scp, "HOLD_READ", 0.0)  # (overdue from now)
+            return
         sent.set()
         await asyncio.Event().wait()
 
     monkeypatch.setattr(query_scp.QuerySCP, "drain", held)
-    monkeypatch.setattr(query_scp, "BATCH", 1)
-    monkeypatch.setattr(query_scp, "HOLD_READ", 0.0, raising=False)
+    monkeypatch.setattr(query_scp, "BATCH", 1 if when == "at-a-fetch" else 2)
+    hold = 0.0 if when == "at-a-fetch" else 99.0
+    monkeypatch.setattr(query_scp, "HOLD_READ", hold, raising=False)
     archive = Archive(root, fsync=False)
     try:
         with ServerThread(ServerConfig(port=0), archive) as srv:

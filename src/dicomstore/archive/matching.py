@@ -150,10 +150,17 @@ def condition(attr: Attribute, value: str, dialect: str = "sqlite") -> tuple[str
         except ValueError:
             raise QueryError(f"not an integer for {attr.keyword}: {value!r}") from None
     if attr.vr == "PN":
-        value = person_name(value)
-        if dialect == "sqlite":
-            return f"{col} LIKE ? ESCAPE '\\'", [like_pattern(value)]
-        return f"lower({col}) LIKE ? ESCAPE '\\'", [like_pattern(value).translate(_ASCII_LOWER)]
+        pattern = like_pattern(person_name(value))
+        low = f"{col}" if dialect == "sqlite" else f"lower({col})"
+        trimmed = f"rtrim({col}, '^= ')" if dialect == "sqlite" else f"lower(rtrim({col}, '^= '))"
+        if dialect != "sqlite":
+            pattern = pattern.translate(_ASCII_LOWER)
+        if pattern.endswith("%"):
+            return f"{low} LIKE ? ESCAPE '\\'", [pattern]
+        # (a name indexed before person_name kept its trailing "^"s: a prefix the
+        # index serves, then the name without them: review82 F7)
+        sql = f"{low} LIKE ? ESCAPE '\\' AND {trimmed} LIKE ? ESCAPE '\\'"
+        return sql, [pattern + "%", pattern]
     if "*" in value or "?" in value:
         return _wildcards(col, value, dialect)
     return f"{col} = ?", [value]

@@ -15,10 +15,11 @@ the one before (PS3.5 7.1): an element repeated there, which a reader keeping
 the last of two (pydicom, dcm4che) would take over the one the index holds, could
 file the instance under another patient or study (review76 F1).
 
-Almost every header pays nothing: nesting ``MAX_DEPTH`` deep takes at least
+Most headers pay nothing: nesting ``MAX_DEPTH`` deep takes at least
 ``framing.DEEP_SIZE`` bytes of item and sequence headers, so only a top-level
-element of that size or more, of defined or undefined length, can. The scan
-notes where those elements start as it reads the header, and the Pixel Data
+element of that size or more, of defined or undefined length, can; and only an
+element of undefined length can hide where it ends (``framing.ReadersDisagree``).
+The scan notes where those elements start as it reads the header, and the Pixel Data
 when anything follows it or it is encapsulated (a native one ending the data
 set, the usual case, is not walked); :func:`refusal` walks them alone, with
 ``framing.walk_element`` (the framing walker, into sequences of defined length
@@ -61,14 +62,19 @@ def refusal(
 ) -> FramingError | None:
     """Why the data set of ``size`` bytes at ``start`` in the file ``path`` (its first
     bytes ``head``) is refused, else ``None``: a :class:`~dicomstore.framing.TooDeep`
-    anywhere; from the Pixel Data on, a :class:`~dicomstore.framing.FramingError`
-    where the elements do not frame or are not in ascending order (PS3.5 7.1).
+    anywhere; a :class:`~dicomstore.framing.ReadersDisagree` anywhere (an unknown VR,
+    an undefined length where none may be, an undefined-length element that does not
+    frame as a sequence: readers would each read another data set after it); from the
+    Pixel Data on, a :class:`~dicomstore.framing.FramingError` where the elements do
+    not frame or are not in ascending order (PS3.5 7.1).
 
     ``encoding``: (implicit VR, little endian, deflated). ``where``: the data set
-    offsets of the top-level elements to walk (``scan.scan_header``'s ``deep``:
-    after the Pixel Data, all that follows it too); ``None``: every element. What
-    does not frame before the Pixel Data is no concern here (the header checks
-    judged it). Raises ``OSError``."""
+    offsets of the top-level elements to walk (``scan.scan_header``'s ``deep``: those
+    big enough to nest deep, every one of undefined length, and after the Pixel Data
+    all that follows it); ``None``: every element. What else does not frame inside an
+    element of defined length before the Pixel Data is no concern here (its length
+    says where it ends for every reader; the header checks judged it). Raises
+    ``OSError``."""
     if where is not None and not where:
         return None
     implicit, little, deflated = encoding
@@ -94,11 +100,12 @@ def _walk(
     from the Pixel Data all that follows (:func:`_from_pixel_data`)."""
     for pos in [0] if where is None else where:
         while pos < size and src.read(pos, 1):
-            if _tag(src, pos, little) in PIXEL_TAGS:
+            tag = _tag(src, pos, little)
+            if tag in PIXEL_TAGS:
                 return _from_pixel_data(src, pos, size, implicit, little)
-            # (walking all: where it ends by its length, read before its walk, as reads
-            # move forward, in case the walk meets what it cannot frame inside it)
-            end = _defined_end(src, pos, implicit, little) if where is None else None
+            # (where it ends by its length, read before its walk, as reads move forward,
+            # in case the walk meets what it cannot frame inside it)
+            end, undefined = _defined_end(src, pos, implicit, little)
             try:
                 end = walk_element(src, pos, implicit, little, strict=True)
             except TooDeep:
@@ -108,12 +115,11 @@ def _walk(
             except Truncated:  # (cut short: every reader ends it where the bytes end)
                 pass
             except FramingError as exc:  # (inside it: tolerated; walked on past its length)
-                if _undefined(src, pos, implicit, little):  # (no length to walk on by)
+                if undefined:  # (no length to walk on by: review82 F5, as plain or deflated)
                     return ReadersDisagree(
-                        f"{tag_name(_tag(src, pos, little))} of undefined length at offset"
-                        f" {pos} does not frame as a sequence ({exc}): readers disagree on"
-                        " where it ends (PS3.5 7.5)",
-                        _tag(src, pos, little),
+                        f"{tag_name(tag)} of undefined length at offset {pos} does not frame"
+                        f" as a sequence ({exc}): readers disagree on where it ends (PS3.5 7.5)",
+                        tag,
                         pos,
                     )
             if where is not None or end is None:
@@ -161,19 +167,13 @@ def _tag(src: Source, pos: int, little: bool) -> int:
     return int(group << 16 | element)
 
 
-def _defined_end(src: Source, pos: int, implicit: bool, little: bool) -> int | None:
+def _defined_end(src: Source, pos: int, implicit: bool, little: bool) -> tuple[int | None, bool]:
     """Where the top-level element at ``pos`` ends by its defined length (None: an
-    undefined one, or no header there)."""
+    undefined one, or no header there), and whether its length is undefined."""
     parsed = element_header(src.read(pos, 12), 0, implicit, little)
     if parsed is None or parsed[2] in (UNDEFINED, UNKNOWN_VR):
-        return None
-    return pos + parsed[3] + parsed[2]
-
-
-def _undefined(src: Source, pos: int, implicit: bool, little: bool) -> bool:
-    """Whether the element at ``pos`` has an undefined length."""
-    parsed = element_header(src.read(pos, 12), 0, implicit, little)
-    return parsed is not None and parsed[2] == UNDEFINED
+        return None, parsed is not None and parsed[2] == UNDEFINED
+    return pos + parsed[3] + parsed[2], False
 
 
 def _pread(fd: int, start: int) -> Pread:

@@ -132,8 +132,7 @@ def scan_header(
             end = _skip_sequence(buf, size, tag, vr, value, implicit)
             if end is None:
                 return None
-            if end - value >= deep_size:
-                big.append(pos)
+            big.append(pos)  # (walked strictly too: nesting.py; review82 F5)
             pos = end
             continue
         if length >= deep_size:

@@ -132,29 +132,40 @@ class InflatedSource:
                 return data
 
     def _advance(self, pos: int) -> None:
-        """Drop what is before ``pos`` (inflating up to it): buf then starts at ``pos``,
-        or is empty at the end of the stream if that comes first."""
+        """Inflate up to ``pos`` and keep at most :data:`WINDOW` bytes before it (a walk
+        may look back that far: an item's end after an element that overran it, review82
+        F5); :class:`Corrupt` for a read further behind, never other bytes."""
+        if pos < self.buf_at:
+            raise Corrupt(
+                f"the inflated data set was read at offset {pos}, more than {WINDOW} bytes"
+                f" behind offset {self.buf_at + WINDOW}"
+            )
         known = self.buf_at + len(self.buf)
-        if pos <= known:
-            del self.buf[: pos - self.buf_at]
-            self.buf_at = pos
-            return
-        self.buf.clear()
-        self.buf_at = known
-        while self.buf_at < pos:
-            data = self._produce(min(pos - self.buf_at, WINDOW))
+        while known < pos:
+            data = self._produce(min(pos - known, WINDOW))
             if not data:
-                return
-            self.buf_at += len(data)
+                break
+            self.buf += data
+            known += len(data)
+            self._trim(min(pos, known))
+        self._trim(pos)
+
+    def _trim(self, pos: int) -> None:
+        """Drop what is more than :data:`WINDOW` bytes before ``pos``."""
+        drop = pos - WINDOW - self.buf_at
+        if drop > 0:
+            del self.buf[:drop]
+            self.buf_at += drop
 
     def read(self, pos: int, size: int) -> bytes:
         self._advance(pos)
-        while len(self.buf) < size:
+        at = pos - self.buf_at
+        while len(self.buf) - at < size:
             data = self._produce(WINDOW)
             if not data:
                 break
             self.buf += data
-        return bytes(self.buf[:size])
+        return bytes(self.buf[at : at + size])
 
     def has(self, pos: int, size: int) -> int:
         self._advance(pos + size)

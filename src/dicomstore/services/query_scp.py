@@ -217,13 +217,22 @@ class QuerySCP(QROperations):
             rows = q.iter_search(
                 db, query.index_level, query.filters, computed=query.row_keys, sample=sample
             )
-            reading = time.monotonic()  # (0: the cursor is done)
+            reading = time.monotonic()  # (0.0: the cursor is done)
+
+            def spill() -> None:  # (the rest into a file: the index's read ends here)
+                nonlocal rows, reading
+                rows, reading = _spilled(rows, held), 0.0
+
+            def overdue() -> bool:
+                return bool(reading) and time.monotonic() - reading >= HOLD_READ
 
             def fetch() -> list[tuple[dict[str, Any], Dataset | None]]:
-                nonlocal rows, reading
+                nonlocal reading
                 batch = list(itertools.islice(rows, BATCH))
-                if reading and len(batch) == BATCH and time.monotonic() - reading >= HOLD_READ:
-                    rows, reading = _spilled(rows, held), 0  # (the index's read ends here)
+                if len(batch) < BATCH:
+                    reading = 0.0  # (its last rows read: the cursor is done)
+                elif overdue():
+                    spill()
                 limit = self.inflated_limit
                 return [(row, _header(reader, row, query.from_header, limit)) for row in batch]
 
@@ -237,6 +246,8 @@ class QuerySCP(QROperations):
                     self.t.queue_message(find.context_id, rsp, data)
                     find.matches += 1
                     await self.drain()
+                    if overdue():  # (a batch sent slowly: review82 F1)
+                        await asyncio.to_thread(spill)
                     await asyncio.sleep(0)  # let the association read a C-CANCEL-RQ
                 if len(batch) < BATCH:
                     return st.CANCEL if find.cancelled else st.SUCCESS
