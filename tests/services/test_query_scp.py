@@ -458,6 +458,18 @@ def test_a_stored_value_too_long_for_an_answer_is_returned_zero_length(tmp_path,
     assert f"({MAX_RETURNED_VALUE + 2} bytes) is returned zero-length" in caplog.text
 
 
+def _find_held(port: int, sent: threading.Event) -> Any:
+    """An association whose C-FIND of every study has had a match sent (``sent``), the
+    server then holding the rest as for a slow reader."""
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(STUDY_ROOT)
+    assoc = ae.associate("127.0.0.1", port)
+    assert assoc.is_established
+    next(assoc.send_c_find(identifier("STUDY", StudyInstanceUID=""), STUDY_ROOT))
+    assert sent.wait(30)
+    return assoc
+
+
 def test_a_find_whose_association_ends_under_it_is_audited_aborted(root, monkeypatch) -> None:
     """review81 F3: a C-FIND cut off while the server waited to send (a slow reader gone)
     left no audit record though matches had gone out. Now "aborted", with the matches."""
@@ -480,12 +492,7 @@ def test_a_find_whose_association_ends_under_it_is_audited_aborted(root, monkeyp
     audit, archive = Told(), Archive(root, fsync=False)
     try:
         with ServerThread(ServerConfig(port=0), archive, audit=audit) as srv:
-            ae = AE(ae_title="PYNETDICOM")
-            ae.add_requested_context(STUDY_ROOT)
-            assoc = ae.associate("127.0.0.1", srv.port)
-            assert assoc.is_established
-            next(assoc.send_c_find(identifier("STUDY", StudyInstanceUID=""), STUDY_ROOT))
-            assert sent.wait(30)
+            assoc = _find_held(srv.port, sent)
             assoc.abort()
             assert told.wait(30), "no audit record"
         assert audit.records[-1]["status"] == "aborted" and audit.records[-1]["matches"] == 1
@@ -526,12 +533,7 @@ def test_a_slowly_read_find_lets_the_index_checkpoint(tmp_path, monkeypatch, whe
     archive = Archive(root, fsync=False)
     try:
         with ServerThread(ServerConfig(port=0), archive) as srv:
-            ae = AE(ae_title="PYNETDICOM")
-            ae.add_requested_context(STUDY_ROOT)
-            assoc = ae.associate("127.0.0.1", srv.port)
-            assert assoc.is_established
-            next(assoc.send_c_find(identifier("STUDY", StudyInstanceUID=""), STUDY_ROOT))
-            assert sent.wait(30)
+            assoc = _find_held(srv.port, sent)
             with closing(sqlite3.connect(root / "index.sqlite", timeout=0.2)) as con:
                 con.execute("CREATE TABLE probe(x)")  # (frames in the WAL)
                 con.commit()
