@@ -27,7 +27,7 @@ from dicomstore.framing.headers import U32 as _U32
 from dicomstore.framing.headers import UNDEFINED as _UNDEFINED
 from dicomstore.framing.implicit_vr import implicit_vr
 from dicomstore.framing.sources import FileSource, Source
-from dicomstore.vr import VRS
+from dicomstore.vr import VRS, dictionary_sq
 
 #: The one limit on nesting: sequences (PS3.5 7.5) nested deeper than this, of
 #: either length, are :class:`TooDeep` for the walks and the re-encoding (memory
@@ -226,7 +226,9 @@ def _may_be_undefined(tag: int, vr: str | None) -> bool:
     private or unknown element: read as one, PS3.5 6.2.2), UN, or the Pixel Data."""
     if tag in _PIXEL_TAGS:
         return True
-    return (vr if vr is not None else implicit_vr(tag, None, None, None)) in ("SQ", "UN")
+    if vr is not None:
+        return vr in ("SQ", "UN")
+    return dictionary_sq(tag) is not False  # (from the dictionary's file: no pydicom)
 
 
 def _is_sequence(src: Source, tag: int, vr: str | None, value: int, length: int) -> bool:
