@@ -24,6 +24,9 @@ SHORT_VRS: frozenset[bytes] = frozenset(
 PADDED_WITH_SPACE: frozenset[str] = frozenset(
     "AE AS CS DA DS DT IS LO LT PN SH ST TM UC UR UT".split()  # noqa: SIM905 - a table
 )
+#: VRs whose values are bytes, not text or numbers (PS3.5 6.2): bulk data for
+#: DICOMweb, an instance's content for C-FIND.
+BINARY_VRS: frozenset[str] = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 #: Every explicit VR, as its two bytes -> (the VR, has a 4-byte length).
 VRS: dict[bytes, tuple[str, bool]] = {
     vr: (vr.decode("ascii"), vr in LONG_VRS) for vr in sorted(LONG_VRS | SHORT_VRS)

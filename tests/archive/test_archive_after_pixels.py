@@ -160,18 +160,3 @@ def test_an_undefined_length_ob_before_the_pixels_is_refused(archive: Archive, o
     victim = element(0x00100020, "LO", "VICTIM")
     for data in (dataset() + odd + pixels + victim, dataset() + odd + pixels):
         refused(archive, data, "(0029,1010) at offset", "OB of undefined length")
-
-
-def test_pydicoms_header_read_tells_where_the_pixel_data_is(tmp_path: Path) -> None:
-    """(The after-Pixel-Data walk of the pydicom path starts where pydicom stopped.)"""
-    from dicomstore.archive.dicomfile import read_header
-
-    pixels = struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, 8) + bytes(8)
-    head = dataset()
-    path = tmp_path / "ds"
-    for tail, found in ((b"", [len(head)]), (element(0x7FE10010, "OB", b"ab"), [len(head)])):
-        path.write_bytes(b"x" * 10 + head + pixels + tail)
-        at: list[int] = []
-        with open(path, "rb") as fp:
-            read_header(fp, 10, path.stat().st_size, EXPLICIT_LE, at)
-        assert at == found

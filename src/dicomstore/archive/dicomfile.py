@@ -209,16 +209,8 @@ def _at_pixels(tag: int, vr: str | None, length: int) -> bool:
     return tag in PIXEL_TAGS
 
 
-def read_header(
-    fp: BinaryIO,
-    start: int,
-    size: int,
-    transfer_syntax_uid: str,
-    pixels_at: list[int] | None = None,
-) -> Dataset:
-    """The data set in ``fp[start:size]`` up to (not including) the Pixel Data; where
-    that is (its data set offset, inflated) is appended to ``pixels_at`` when anything
-    is there.
+def read_header(fp: BinaryIO, start: int, size: int, transfer_syntax_uid: str) -> Dataset:
+    """The data set in ``fp[start:size]`` up to (not including) the Pixel Data.
 
     Elements longer than :data:`DEFER_SIZE` are left unread. A deflated data set
     (PS3.5 A.5) is inflated first, as a stream, into a temporary file beside
@@ -227,7 +219,7 @@ def read_header(
     implicit, little, deflated = encoding_of(transfer_syntax_uid)
     fp.seek(start)
     if not deflated:
-        return _read_header(fp, start, size, implicit, little, pixels_at)
+        return _read_header(fp, start, size, implicit, little)
     name = getattr(fp, "name", None)
     where = os.path.dirname(name) if isinstance(name, str) else None
     with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=where) as spool:
@@ -236,17 +228,10 @@ def read_header(
         except InflateError as exc:
             raise HeaderError(str(exc)) from None
         spool.seek(0)
-        return _read_header(spool, 0, size, implicit, little, pixels_at)  # type: ignore[arg-type]
+        return _read_header(spool, 0, size, implicit, little)  # type: ignore[arg-type]
 
 
-def _read_header(
-    stream: BinaryIO,
-    start: int,
-    size: int,
-    implicit: bool,
-    little: bool,
-    pixels_at: list[int] | None = None,
-) -> Dataset:
+def _read_header(stream: BinaryIO, start: int, size: int, implicit: bool, little: bool) -> Dataset:
     if size <= start:
         raise HeaderError("the data set is empty")
     from pydicom.filereader import read_dataset
@@ -261,8 +246,6 @@ def _read_header(
     _check_framing(stream, ds, start, min(stop, size), implicit)
     if stop < size:
         _check_pixel_header(stream, stop, size, implicit, little)
-        if pixels_at is not None:
-            pixels_at.append(stop - start)
     return ds
 
 

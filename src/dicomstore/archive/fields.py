@@ -154,11 +154,9 @@ def index_fields(ds: Dataset) -> dict[str, Any]:
     }
     for column, keyword in TEXT_FIELDS.items():
         fields[column] = _text(ds, keyword)
-        if column in _PN_COLUMNS and fields[column]:
-            fields[column] = person_name(fields[column]) or None
     for column, keyword in NUMBER_FIELDS.items():
         fields[column] = _number(ds, keyword)
-    return fields
+    return _person_names(fields)
 
 
 def fields_of_elements(
@@ -177,8 +175,7 @@ def fields_of_elements(
         if element is None:
             fields[column] = None
         elif fast and element[0] in (None, vr) and plain.fullmatch(element[1]):
-            text = element[1].decode("ascii").strip(" ")
-            fields[column] = (person_name(text) if vr == "PN" else text) or None
+            fields[column] = element[1].decode("ascii").strip(" ") or None
         else:
             fields[column] = None  # (keeps the order of the keys)
             slow.append((column, keyword, False))
@@ -206,8 +203,14 @@ def fields_of_elements(
         )
         for column, keyword, number in slow:
             fields[column] = _number(ds, keyword) if number else _text(ds, keyword)
-            if column in _PN_COLUMNS and fields[column]:
-                fields[column] = person_name(fields[column]) or None
+    return _person_names(fields)
+
+
+def _person_names(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` with each Person Name as the index keeps it (``matching.person_name``)."""
+    for column in _PN_COLUMNS:
+        if fields[column]:
+            fields[column] = person_name(fields[column]) or None
     return fields
 
 

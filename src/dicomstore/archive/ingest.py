@@ -225,30 +225,29 @@ class Ingest:
             )
             if wrong is not None:  # the stored meta would lie about it (encoding.py)
                 return failure(st.CANNOT_UNDERSTAND, wrong)
-        if elements is None or deep:  # (nesting.py: almost never with the scan's header)
-            refused = self._refusal(encoding, deep if elements is not None else None)
-            if refused is not None:
-                return refused
+        if elements is None or deep:  # (nesting.py: big or undefined-length elements only)
+            try:
+                where = deep if elements is not None else None
+                refused = refusal(
+                    self._temp, self._header_size, self._size, encoding, self._prefix, where
+                )
+            except OSError as exc:
+                return failure(st.OUT_OF_RESOURCES, describe_os_error(exc, "reading the data set"))
+            if refused is not None:  # too deep, readers disagree, or after the Pixel Data
+                tags = (refused.tag,) if refused.tag is not None else ()
+                return failure(st.CANNOT_UNDERSTAND, f"cannot understand: {refused}", *tags)
         if elements is not None:
             row = fields_of_elements(elements, implicit)
         else:
             size = self._header_size + self._size
-            pixels_at: list[int] = []
             try:
                 with open(self._temp, "rb") as fp:
-                    ds = read_header(
-                        fp, self._header_size, size, self.transfer_syntax_uid, pixels_at
-                    )
+                    ds = read_header(fp, self._header_size, size, self.transfer_syntax_uid)
             except HeaderError as exc:
                 tags = (exc.tag,) if exc.tag is not None else ()
                 return failure(st.CANNOT_UNDERSTAND, f"cannot understand: {exc}", *tags)
             except OSError as exc:
                 return failure(st.OUT_OF_RESOURCES, describe_os_error(exc, "reading the header"))
-            # (the walk of every element stops where it cannot frame one that pydicom
-            # read: from where pydicom stopped, what follows the Pixel Data is walked)
-            refused = self._refusal(encoding, pixels_at) if pixels_at else None
-            if refused is not None:
-                return refused
             row = index_fields(ds)
         mismatch = self._check_identity(row)
         if mismatch is not None:
@@ -276,22 +275,6 @@ class Ingest:
         staged = Staged(self._temp, self._fd, row)
         staged.warning = self._warning
         return staged
-
-    def _refusal(
-        self, encoding: tuple[bool, bool, bool], where: list[int] | None
-    ) -> StoreOutcome | None:
-        """C000 when ``nesting.refusal`` refuses the data set (nested too deep, or what
-        follows the Pixel Data), walking the elements at ``where`` (None: all)."""
-        try:
-            refused = refusal(
-                self._temp, self._header_size, self._size, encoding, self._prefix, where
-            )
-        except OSError as exc:
-            return failure(st.OUT_OF_RESOURCES, describe_os_error(exc, "reading the data set"))
-        if refused is None:
-            return None
-        tags = (refused.tag,) if refused.tag is not None else ()
-        return failure(st.CANNOT_UNDERSTAND, f"cannot understand: {refused}", *tags)
 
     def _check_identity(self, row: dict[str, Any]) -> StoreOutcome | None:
         """A900 when the data set lacks its identity or contradicts the command.
@@ -321,8 +304,7 @@ class Ingest:
             elif theirs is not None and ours != theirs:
                 problems.append(f"{name} {ours!r} differs from the command's {theirs!r}")
                 tags.append(tag)
-            elif tag != st.SOP_CLASS_UID_TAG and uid_unaddressable(ours) is not None:
-                held = uid_unaddressable(ours)
+            elif tag != st.SOP_CLASS_UID_TAG and (held := uid_unaddressable(ours)):
                 problems.append(f"{name} {ours!r} holds {held!r}: not a UID (PS3.5 9.1)")
                 tags.append(tag)
         if not problems:

@@ -151,7 +151,7 @@ def condition(attr: Attribute, value: str, dialect: str = "sqlite") -> tuple[str
             raise QueryError(f"not an integer for {attr.keyword}: {value!r}") from None
     if attr.vr == "PN":
         pattern = like_pattern(person_name(value))
-        low = f"{col}" if dialect == "sqlite" else f"lower({col})"
+        low = col if dialect == "sqlite" else f"lower({col})"
         trimmed = f"rtrim({col}, '^= ')" if dialect == "sqlite" else f"lower(rtrim({col}, '^= '))"
         if dialect != "sqlite":
             pattern = pattern.translate(_ASCII_LOWER)

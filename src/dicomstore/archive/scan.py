@@ -76,10 +76,11 @@ def scan_header(
     """The wanted top-level elements of a little-endian data set of ``size`` bytes
     whose first ``len(buf)`` bytes are ``buf``; ``None``: read the file instead.
 
-    ``deep`` gets where the header of each top-level element starts that may hold
-    sequences nested deeper than ``framing.MAX_DEPTH``: a value (or undefined-length
-    one) of ``framing.DEEP_SIZE`` bytes or more, and the Pixel Data when it is
-    encapsulated or anything follows it (``nesting.py`` walks them).
+    ``deep`` gets where the header of each top-level element starts that
+    ``nesting.py`` walks: one that may hold sequences nested deeper than
+    ``framing.MAX_DEPTH`` (a value of ``framing.DEEP_SIZE`` bytes or more), every one
+    of undefined length (its end is the walk's to judge), and the Pixel Data when it
+    is encapsulated or anything follows it.
 
     The hot loop of every C-STORE: module globals it reads per element are bound
     to locals first (a local is an array slot, a global a dictionary lookup)."""

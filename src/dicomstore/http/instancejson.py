@@ -46,8 +46,8 @@ from dicomstore.http.dicomjson import (
 )
 from dicomstore.http.jsonvalues import TEXT_MEMO, attribute_text, finite, value_json
 from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflateError, TooLarge
+from dicomstore.vr import BINARY_VRS
 
-_BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _IMPLICIT_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
 _CHARSET = 0x00080005
 _DEFAULT_ENCODINGS = ("iso8859",)
@@ -245,7 +245,7 @@ def _read(
             if length > BULK_THRESHOLD and length != 0xFFFFFFFF and tag != _CHARSET:
                 bulk_vr = vr if vr is not None else dictionary_vr(tag)
                 long_value = length > MAX_INLINE
-                if bulk_vr in _BULK_VRS or (long_value and bulk_vr in BULK_DATA_VRS):
+                if bulk_vr in BINARY_VRS or (long_value and bulk_vr in BULK_DATA_VRS):
                     put(tag, {"vr": bulk_vr, "BulkDataURI": bulk_uri(tag)})  # never read
                     return
                 if long_value and items is None:
@@ -362,13 +362,13 @@ def _pydicom_json(
     if isinstance(raw, RawDataElement) and raw.value is None and raw.length > BULK_THRESHOLD:
         vr = str(raw.VR) if raw.VR is not None else dictionary_vr(tag)
         long_value = raw.length > MAX_INLINE
-        if vr in _BULK_VRS or (long_value and vr in BULK_DATA_VRS):
+        if vr in BINARY_VRS or (long_value and vr in BULK_DATA_VRS):
             return {"vr": vr, "BulkDataURI": bulk_uri(tag)}
         if long_value and vr != "SQ":
             return too_long(str(getattr(ds, "filename", "") or "?"), tag, vr, raw.length)
     try:
         elem = ds[tag]
-        if elem.VR in _BULK_VRS and len(elem.value or b"") > BULK_THRESHOLD:
+        if elem.VR in BINARY_VRS and len(elem.value or b"") > BULK_THRESHOLD:
             return {"vr": elem.VR, "BulkDataURI": bulk_uri(tag)}
         return _element_json(elem, 0, max_depth, cut)
     except Exception:  # noqa: BLE001 - a value pydicom cannot decode: VR only

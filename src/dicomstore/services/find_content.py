@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pydicom.datadict import dictionary_VR
 
+from dicomstore.vr import BINARY_VRS
+
 #: Attributes that are an instance's content, not attributes to find it by: a document,
 #: a report's content tree, waveforms, an icon image.
 _CONTENT_TAGS = frozenset({0x00420011, 0x0040A730, 0x54000100, 0x00880200})
-_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
 
 def is_content(tag: int) -> bool:
@@ -27,4 +28,4 @@ def is_content(tag: int) -> bool:
         vrs = dictionary_VR(tag).split(" or ")  # ("OB or OW" for the Pixel Data)
     except KeyError:
         return True
-    return not vrs[0] or any(vr in _BINARY_VRS for vr in vrs)
+    return not vrs[0] or any(vr in BINARY_VRS for vr in vrs)

@@ -78,7 +78,7 @@ MAX_EXPLICIT_LENGTH = 0xFFFE
 #: Depth of each wire level (PATIENT 0 ... IMAGE 3).
 _DEPTH = {level: n for n, level in enumerate(("PATIENT", "STUDY", "SERIES", "IMAGE"))}
 _KEY_LEVEL = {tag: level for level, tag in UNIQUE_KEY.items()}
-PATIENT_ID, ISSUER = UNIQUE_KEY["PATIENT"], 0x00100021
+PATIENT_ID, ISSUER = UNIQUE_KEY["PATIENT"], attributes.ATTRIBUTES["IssuerOfPatientID"].tag
 
 
 @dataclass
@@ -234,9 +234,11 @@ class Retrieval(Tally):
         *,
         is_cancelled: Callable[[], bool],
         pending: Callable[[SubOperations], Awaitable[None]],
+        is_gone: Callable[[], bool] = lambda: False,
     ) -> int:
         """Send every instance; ``pending`` after each sub-operation but the last; the
-        final status. ``is_cancelled`` is asked before each sub-operation."""
+        final status. ``is_cancelled`` (a C-CANCEL) and ``is_gone`` (the requester's
+        association ended: no cancel, review81 F6) are asked before each one."""
         if not self.selected:
             return st.SUCCESS
         sending = False  # (a sub-operation in flight: see SubOperationsEnded below)
@@ -245,6 +247,8 @@ class Retrieval(Tally):
             for n, item in enumerate(self.selected):
                 if is_cancelled():
                     self.cancelled = True
+                    break
+                if is_gone():
                     break
                 sending = True
                 self.count(await sender.send(item), item.sop_instance_uid)

@@ -182,7 +182,10 @@ class RetrieveSCP(QROperations):
 
         try:
             status = await retrieval.run(
-                sender, is_cancelled=lambda: op.cancelled or not self.is_open, pending=pending
+                sender,
+                is_cancelled=lambda: op.cancelled,
+                pending=pending,
+                is_gone=lambda: not self.is_open,
             )
         except asyncio.CancelledError:  # (the association ended: no one to answer;
             # every one sent already, the status they came to: review36c L6)
@@ -191,7 +194,6 @@ class RetrieveSCP(QROperations):
             raise
         if not self.is_open and not op.cancelled:  # (the association ended, not a cancel:
             # no one to answer; review81 F6: told and audited FE00 "cancelled")
-            retrieval.cancelled = False
             why = retrieval.ended or "the association ended"
             log.warning("%s: %s stopped: %s", self.t.peer, self.service, why)
             self._close_out(op, "aborted")
