@@ -131,3 +131,33 @@ def test_an_undefined_length_sequence_that_does_not_frame_is_refused_in_any_synt
     assert out.status == 0xC000, out
     assert out.offending_element == (0x00081140,), out
     assert archive.instances() == []
+
+
+@pytest.mark.parametrize("deflated", [False, True], ids=["plain", "deflated"])
+def test_check_names_a_file_stored_before_it_was_refused(
+    archive: Archive, monkeypatch, deflated: bool
+) -> None:
+    """An archive may hold files stored before they were refused (review80: an
+    undefined-length OB, which pydicom reads to a delimiter and DCMTK refuses):
+    ``check`` names them, plain or deflated; a file that frames one way it does not."""
+    import zlib
+
+    from dicomstore.archive import ingest
+
+    out = store(archive, dataset(sop_uid="1.2.3.4.5.6.9"), sop_uid="1.2.3.4.5.6.9")
+    assert out.status == 0 and archive.check() == []
+    odd = struct.pack("<HH2sHL", 0x0009, 0x1001, b"OB", 0, 0xFFFFFFFF) + DELIMITER
+    data = dataset(extra={0x00091000: ("LO", "x")})
+    at = data.index(struct.pack("<HH", 0x0009, 0x1000)) + 10
+    data, ts = data[:at] + odd + data[at:], None
+    if deflated:
+        z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = z.compress(data) + z.flush()
+        data, ts = data + b"\0" * (len(data) % 2), "1.2.840.10008.1.2.1.99"
+    monkeypatch.setattr(ingest, "refusal", lambda *args: None)  # (as before review80)
+    out = store(archive, data, **({"ts": ts} if ts else {}))
+    assert out.status == 0, out
+    monkeypatch.undo()
+    [line] = archive.check()
+    assert line.startswith(f"{out.path.relative_to(archive.root).as_posix()}: refused if")
+    assert "(0009,1001)" in line and "of undefined length, which only SQ" in line

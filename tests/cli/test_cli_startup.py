@@ -147,3 +147,30 @@ def test_an_http_address_not_of_this_machine_is_named(tmp_path, capsys) -> None:
     assert main([*argv, "--http-host", "192.0.2.1"]) == 3  # (TEST-NET-1: no one's)
     err = capsys.readouterr().err
     assert "cannot listen for HTTP on 192.0.2.1:0: Cannot assign requested address" in err
+
+
+@pytest.mark.parametrize(
+    "extra, why",
+    [
+        (["--http-port", "0", "--http-host", "192.0.2.1"], "cannot listen for HTTP on 192.0.2.1"),
+        (["--tls-ca", "ca.pem"], "--tls-ca and --tls-require-client-cert need --tls-cert"),
+    ],
+    ids=["http-address", "tls-ca-alone"],
+)
+def test_under_json_logs_a_start_refusal_is_a_json_line_too(tmp_path, extra, why) -> None:
+    """A refused start was a plain line among JSON ones (`--log-format json`): a log
+    collector reading each line as an object lost why the server did not start."""
+    import json
+
+    argv = ["serve", "--storage", str(tmp_path / "s"), "--port", "0", "--log-format", "json"]
+    done = subprocess.run(
+        [sys.executable, "-m", "dicomstore.cli", *argv, *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode in (2, 3), done.stderr
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    [error] = [r for r in records if r["level"] == "ERROR"]
+    assert error["logger"] == "dicomstore" and error["message"].startswith(why), error

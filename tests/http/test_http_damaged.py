@@ -39,23 +39,31 @@ def _get(web: HttpThread, target: str) -> tuple[int, bytes | None]:
     return get_or_cut(web.server.port, target)
 
 
-@pytest.mark.parametrize("suffix", ["", "?accept=application/zip"])
-def test_a_missing_file_cuts_the_answer_off(damaged, suffix, caplog) -> None:
+@pytest.mark.parametrize(
+    "tail", ["", "?accept=application/zip", "/metadata", "/series/" + SERIES + "/metadata"]
+)
+def test_a_missing_file_is_500_before_any_body(damaged, tail, caplog) -> None:
+    """review77 F5: a study with a missing file was a 200 cut off (a ZIP no client
+    opens); every file is opened before the status."""
+    with caplog.at_level(logging.WARNING, "dicomstore.http"):
+        status, body = _get(damaged, f"/studies/{STUDY}{tail}")
+    assert status == 500 and body is not None
+    assert b"cannot read instance 1.2.38.2: its file is missing or unreadable" in body
+    assert "instance 1.2.38.2 is indexed but its file cannot be read" in caplog.text
+
+
+@pytest.mark.parametrize("suffix", ["", "?accept=application/zip", "/metadata"])
+def test_a_file_missing_after_the_status_cuts_the_answer_off(
+    damaged, suffix, caplog, monkeypatch
+) -> None:
+    """... and one that goes after the status is sent cuts the answer off (review35b
+    F10), not a whole-looking 200 without it."""
+    from dicomstore.http import wado
+
+    monkeypatch.setattr(wado, "_readable", lambda request, rows: None)
     with caplog.at_level(logging.WARNING, "dicomstore.http"):
         status, body = _get(damaged, f"/studies/{STUDY}{suffix}")
     assert status == 200 and body is None  # (cut: not a whole answer without it)
-    assert "instance 1.2.38.2 is indexed but its file cannot be read" in caplog.text
-    assert "returned without completing" not in caplog.text  # (uvicorn's ERROR: said once)
-
-
-@pytest.mark.parametrize(
-    "tail", ["/metadata", "/series/" + SERIES + "/metadata"], ids=["study", "series"]
-)
-def test_metadata_with_a_missing_file_is_cut_off(damaged, tail, caplog) -> None:
-    """review35c: the metadata answered a whole-looking 200 of two of three."""
-    with caplog.at_level(logging.WARNING, "dicomstore.http"):
-        status, body = _get(damaged, f"/studies/{STUDY}{tail}")
-    assert status == 200 and body is None
     assert "instance 1.2.38.2 is indexed but its file cannot be read" in caplog.text
     assert "returned without completing" not in caplog.text  # (uvicorn's ERROR: said once)
 
@@ -91,11 +99,14 @@ def implicit_gone(tmp_path: Path) -> Iterator[HttpThread]:
 
 
 def test_a_missing_file_transcoded_in_a_study_is_told_as_one_sent_as_stored(
-    implicit_gone, caplog
+    implicit_gone, caplog, monkeypatch
 ) -> None:
-    """review64 L1: transcoded, a file gone went to "not transcoded ... cannot read" (the
-    transcoder's read hides the errno); it is told as for a file sent as stored: still
-    indexed, the answer cut off naming it (review35b F10)."""
+    """review64 L1: transcoded, a file gone (after the status) went to "not transcoded
+    ... cannot read" (the transcoder's read hides the errno); it is told as for a file
+    sent as stored: still indexed, the answer cut off naming it (review35b F10)."""
+    from dicomstore.http import wado
+
+    monkeypatch.setattr(wado, "_readable", lambda request, rows: None)
     with caplog.at_level(logging.WARNING, "dicomstore.http"):
         status, body = _get_with(implicit_gone, f"/studies/{IMPLICIT_STUDY}", TO_EXPLICIT)
     assert status == 200 and body is None

@@ -15,14 +15,16 @@ from typing import Any, Protocol
 
 from dicomstore.archive import digests as data_digests
 from dicomstore.archive import layout, nodes, rebuild
-from dicomstore.archive.dicomfile import dataset_offset, read_header
+from dicomstore.archive.dicomfile import dataset_offset, encoding_of, read_header
 from dicomstore.archive.engine import engine_for
 from dicomstore.archive.fields import index_fields
 from dicomstore.archive.identity import check_storage
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import dicom_files
+from dicomstore.archive.nesting import refusal
 from dicomstore.archive.reindex_rows import keep_records, put_judged
 from dicomstore.archive.schema import Arrivals
+from dicomstore.framing import file_meta
 
 log = logging.getLogger("dicomstore.archive")
 
@@ -86,11 +88,38 @@ def _examine(
             return f"{relpath}: size {actual}, indexed {size}"
         if digests and not data_digests.matches(digest, path):
             return f"{relpath}: content differs from the indexed digest"
+        refused = misframed(path) if digests else None
+        if refused is not None:
+            return f"{relpath}: refused if received now: {refused}"
     except FileNotFoundError:
         return f"{relpath}: missing (SOP Instance {uid})"
     except Exception as exc:  # unreadable file, broken meta
         return f"{relpath}: cannot be read: {exc}"
     return None
+
+
+def misframed(path: Path) -> str | None:
+    """Why a stored file would be refused if it were received now (C000, every door:
+    ``nesting.refusal``, the whole data set walked): an element readers frame each
+    their own way (an unknown VR, an undefined length where none may be: review80),
+    nesting too deep, elements after the Pixel Data out of order. An archive may
+    hold such files from before they were refused, indexed as one reader read them;
+    ``check`` (with digests: it reads every file anyway) names them. ``None``: it
+    frames one way for every reader."""
+    with open(path, "rb") as fp:
+        start = dataset_offset(fp)
+        fp.seek(0)
+        head = fp.read(start + _HEAD)
+    found = file_meta(head[:start])
+    meta = found[1] if found is not None else {}
+    syntax = meta.get(0x0010, b"").rstrip(b"\0 ").decode("ascii", "replace")
+    size = path.stat().st_size - start
+    refused = refusal(str(path), start, size, encoding_of(syntax), head[start:], None)
+    return None if refused is None else str(refused)
+
+
+#: The first data set bytes :func:`misframed` reads at once (the walk reads on by itself).
+_HEAD = 1 << 16
 
 
 def _recheck(

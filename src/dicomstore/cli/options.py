@@ -19,7 +19,7 @@ from dicomstore import uids
 from dicomstore.aio import loops
 from dicomstore.aio.association import Timeouts
 from dicomstore.cli.identity import IdentityError, add_identity_options, user_identity
-from dicomstore.cli.logs import LEVELS, add_log_format, one_line
+from dicomstore.cli.logs import LEVELS, add_log_format, one_line, refuse
 from dicomstore.errors import (
     AssociationAborted,
     AssociationError,
@@ -306,7 +306,7 @@ class CancelOnInterrupt:
 def tls_failed(exc: Exception) -> int:
     """One line for TLS options that cannot be used (a file missing or not usable);
     the usage exit code."""
-    print(f"dicomstore: cannot set up TLS: {exc}", file=sys.stderr)
+    refuse(f"cannot set up TLS: {exc}")
     return EXIT_USAGE
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import sys
 from typing import Any
 
 from dicomstore.aio import loops
@@ -18,6 +17,7 @@ from dicomstore.cli.http_options import (
     http_security,
     https_context,
 )
+from dicomstore.cli.logs import refuse
 from dicomstore.cli.options import (
     EXIT_FAILED,
     EXIT_OK,
@@ -101,7 +101,7 @@ async def run(args: argparse.Namespace) -> int:
     )
     problem = _forward_problem(config)
     if problem is not None:
-        print(f"dicomstore: {problem}", file=sys.stderr)
+        refuse(problem)
         return EXIT_USAGE
     config.share = workers.share(args)
     if args.transfer_syntax:
@@ -110,7 +110,7 @@ async def run(args: argparse.Namespace) -> int:
         from dicomstore.tls import server_context
 
         if not (args.tls_cert and args.tls_key):
-            print("dicomstore: --tls-cert and --tls-key go together", file=sys.stderr)
+            refuse("--tls-cert and --tls-key go together")
             return EXIT_USAGE
         try:
             config.ssl = server_context(
@@ -122,10 +122,9 @@ async def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             return tls_failed(exc)
     elif args.tls_ca or args.tls_require_client_cert:  # (else plain TCP, unauthenticated)
-        print(
-            "dicomstore: --tls-ca and --tls-require-client-cert need --tls-cert and"
-            " --tls-key: TLS is off without them",
-            file=sys.stderr,
+        refuse(
+            "--tls-ca and --tls-require-client-cert need --tls-cert and"
+            " --tls-key: TLS is off without them"
         )
         return EXIT_USAGE
     https = None
@@ -145,7 +144,7 @@ async def run(args: argparse.Namespace) -> int:
         try:
             gatekeeper = Policy.load(args.config)
         except PolicyError as exc:
-            print(f"dicomstore: {exc}", file=sys.stderr)
+            refuse(str(exc))
             return EXIT_USAGE
     for warning in cleartext(config, gatekeeper):
         log.warning("%s", warning)
@@ -271,10 +270,9 @@ async def _serve(
                 try:
                     await http.start()
                 except OSError as exc:
-                    print(
-                        f"dicomstore: cannot listen for HTTP on {args.http_host}:{args.http_port}: "
-                        f"{exc.strerror or exc}",
-                        file=sys.stderr,
+                    refuse(
+                        f"cannot listen for HTTP on {args.http_host}:{args.http_port}: "
+                        f"{exc.strerror or exc}"
                     )
                     await server.close(grace=0)
                     return EXIT_UNREACHABLE
@@ -296,21 +294,15 @@ async def _serve(
                 if http is not None:
                     await http.close()
     except Held as exc:  # another node of this storage root runs it (issue 17)
-        print(f"dicomstore: {exc}", file=sys.stderr)
+        refuse(str(exc))
         return EXIT_USAGE
     except OSError as exc:
         if listening:
             raise
         if exc.filename is not None:  # (a file of the archive's: review77 F0)
-            print(
-                f"dicomstore: cannot open the archive {args.storage}: {exc.filename}:"
-                f" {exc.strerror}",
-                file=sys.stderr,
-            )
+            refuse(f"cannot open the archive {args.storage}: {exc.filename}: {exc.strerror}")
             return EXIT_USAGE
-        print(
-            f"dicomstore: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
-        )
+        refuse(f"cannot listen on {args.host}:{args.port}: {exc.strerror}")
         return EXIT_UNREACHABLE
     return EXIT_OK if workers_ok else EXIT_FAILED
 
