@@ -165,6 +165,43 @@ def test_a_restart_waits_again_for_studies_not_yet_reported(tmp_path: Path, capl
     assert stable_states(reader, ["1.2.32"]) == {"1.2.32": None}
 
 
+def test_a_study_deleted_before_it_is_stable_has_no_event(tmp_path: Path, caplog) -> None:
+    """review83 F1: a study deleted while it waited was reported stable with 0 instances,
+    its command run on a folder that was gone (a replay skipped it)."""
+    from dicomstore.archive.removal import remove
+
+    root = tmp_path / "archive"
+    _fill(root, {"1.2.33": 1, "1.2.34": 1})
+    stability = StudyStability(ArchiveReader(root), QUICK, fsync=False)
+    assert stability.recover() == 2
+    assert remove(root, "1.2.33", fsync=False).instances == 1
+    caplog.set_level("INFO", logger="dicomstore.stable")
+
+    async def fire() -> list[StableStudy]:
+        heard: list[StableStudy] = []
+        judged: list[str] = []
+        done = asyncio.Event()
+        stable = stability._stable
+
+        async def judge(study_uid: str, pending) -> None:  # (each study's turn, then)
+            await stable(study_uid, pending)
+            judged.append(study_uid)
+            if len(judged) == 2:
+                done.set()
+
+        stability._stable = judge  # type: ignore[method-assign]
+        stability.on_stable.append(heard.append)
+        await stability.start()
+        await asyncio.wait_for(done.wait(), 30)
+        await stability.close()
+        return heard
+
+    heard = asyncio.run(fire())
+    assert [e.study_uid for e in heard] == ["1.2.34"]
+    assert [e.study_uid for e in StableLog(root).read()] == ["1.2.34"]
+    assert "study 1.2.33: deleted before it was stable, no event" in caplog.messages
+
+
 def _iso(when: float) -> str:
     from datetime import UTC, datetime
 

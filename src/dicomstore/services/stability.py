@@ -274,6 +274,9 @@ class StudyStability:
             self._covered[study_uid] = pending.last  # (now: catch_up leaves it to this event)
         try:
             counts = await asyncio.to_thread(self._counts, study_uid)
+            if counts[0] == 0:  # (deleted while it waited: as a replay skips it, review83 F1)
+                log.info("study %s: deleted before it was stable, no event", study_uid)
+                return
             event = StableStudy(
                 study_uid,
                 pending.patient_id,
