@@ -234,7 +234,7 @@ def test_readyz_is_503_below_min_free_and_the_gauges_say_it(tmp_path: Path, arch
         reply = client.get("/readyz")
         assert reply.status_code == 503
         assert re.fullmatch(
-            rf"out of resources: only \d+ bytes free \(below the {floor} of --min-free\)\n",
+            rf"only \d+ bytes free \(below the {floor} of --min-free\)\n",
             reply.text,
         ), reply.text
         samples = scrape(web.url)
@@ -248,7 +248,7 @@ def test_readyz_is_503_below_min_free_and_the_gauges_say_it(tmp_path: Path, arch
             transfer_syntax_uid="1.2.840.10008.1.2.1",
         )
         assert storing.result is not None and storing.result.status == 0xA700
-        assert re.fullmatch(r"out of resources: only \d+ bytes free", storing.result.comment or "")
+        assert re.fullmatch(r"only \d+ bytes free", storing.result.comment or "")
     with (
         HttpThread(archive, store=StoreService(archive), metrics=ServerMetrics()) as web,
         httpx.Client(base_url=web.url, timeout=30) as client,

@@ -415,7 +415,7 @@ def test_a_file_that_cannot_be_flushed_fails_alone(
     outcomes = batches.run(first, others)
     monkeypatch.undo()
     assert [o.status for o in outcomes] == [SUCCESS, SUCCESS, OUT_OF_RESOURCES] + [SUCCESS] * 2
-    assert outcomes[2].error_comment.startswith("out of resources")
+    assert outcomes[2].error_comment.startswith(os.strerror(errno.EIO))
     assert "flushing the file" in outcomes[2].error_comment
     assert archive.get_instance(uid_of(3)) is None and len(archive.instances()) == 4
     assert_clean(archive)

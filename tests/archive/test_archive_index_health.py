@@ -39,7 +39,7 @@ def test_a_store_after_the_index_file_was_removed_is_refused(
             outcome = store(archive, dataset(uid), sop_uid=uid)
             assert outcome.status == OUT_OF_RESOURCES
             assert outcome.error_comment == (
-                "out of resources: index unavailable: its file was removed or replaced:"
+                "index unavailable: its file was removed or replaced:"
                 " restart after a reindex"
             )
             assert not list(root.glob(f"*/*/{uid}.dcm"))  # (nothing left behind)
@@ -84,7 +84,7 @@ def test_a_store_meeting_a_damaged_index_says_the_remedy_once(
             outcome = store(archive, dataset(uid, study="1.2.3.1", series="1.2.3.1.1"), sop_uid=uid)
             assert outcome.status == OUT_OF_RESOURCES
             assert outcome.error_comment == (
-                "out of resources: index error: database disk image is malformed"
+                "index error: database disk image is malformed"
             )
         assert archive.health.problems() == ["the archive index is damaged (see the log)"]
     (said,) = errors(caplog)

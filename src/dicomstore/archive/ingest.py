@@ -204,7 +204,7 @@ class Ingest:
             return self._publish(staged)
         except ArchiveClosedError as exc:
             self._storage.abort(staged.fd, self._temp)
-            return failure(st.OUT_OF_RESOURCES, f"out of resources: {exc}")
+            return failure(st.OUT_OF_RESOURCES, f"{exc}")
 
     def _check(self) -> Staged | StoreOutcome:
         """The index row of a data set that passes the checks, or the failure.

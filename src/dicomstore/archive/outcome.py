@@ -103,8 +103,8 @@ def failure(status: int, comment: str, *tags: int) -> StoreOutcome:
 def describe_os_error(exc: OSError, doing: str) -> str:
     """An Error Comment for an I/O failure (A700)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"out of resources: {os.strerror(exc.errno)} while {doing}"
-    return f"out of resources: {exc.strerror or exc} while {doing}"
+        return f"{os.strerror(exc.errno)} while {doing}"
+    return f"{exc.strerror or exc} while {doing}"
 
 
 def duplicate(

@@ -256,7 +256,7 @@ class Publisher(DeferredFlushes):
         """A member PostgreSQL's text can hold (``fields.nul_free``), else answered alone."""
         column = nul_free(member.row)
         if column is not None:
-            why = f"out of resources: index error: an embedded NUL in {column} (no index holds it)"
+            why = f"index error: an embedded NUL in {column} (no index holds it)"
             self._answer(member, failure(st.OUT_OF_RESOURCES, why))
         return column is None
 
@@ -287,7 +287,7 @@ class Publisher(DeferredFlushes):
                 found = index.begin([m.row["sop_instance_uid"] for m in live])
             except DatabaseError as exc:
                 self.health.failed(exc)
-                comment = f"out of resources: {unavailable(exc)}"
+                comment = f"{unavailable(exc)}"
                 for member in live:
                     self._answer(member, failure(st.OUT_OF_RESOURCES, comment))
                 return
@@ -367,10 +367,10 @@ class Publisher(DeferredFlushes):
                     index.forget()  # gone stale without a count, review59 L4: not again)
                 self._undo(placed, in_doubt=committed is None)
                 if isinstance(exc, OperationalError):  # (unreachable, busy, locked, full)
-                    comment = f"out of resources: {unavailable(exc)}"
+                    comment = f"{unavailable(exc)}"
                 elif isinstance(exc, DatabaseError):
                     self.health.failed(exc)  # (damaged: said once, with the remedy)
-                    comment = f"out of resources: index error: {error_cause(exc)}"
+                    comment = f"index error: {error_cause(exc)}"
                 elif isinstance(exc, OSError):
                     comment = describe_os_error(exc, "storing the file")
                 else:

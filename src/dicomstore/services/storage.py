@@ -234,7 +234,7 @@ class Storing:
             free = free_bytes(self.free_floor[0])
             if free < self.free_floor[1]:
                 self._too_large(
-                    f"out of resources: only {free} bytes free ({self.nbytes} bytes received)"
+                    f"only {free} bytes free ({self.nbytes} bytes received)"
                 )
                 return
         inflated = self.inflated
@@ -392,7 +392,7 @@ class StoreService:
         (:meth:`begin`'s judgement, and readiness's: ``readiness.py``)."""
         free = free_bytes(root)
         if free < self.limits.min_free_bytes:
-            return f"out of resources: only {free} bytes free"
+            return f"only {free} bytes free"
         return None
 
     async def finish(self, storing: Storing, *, in_thread: bool = True) -> StoreResult:
