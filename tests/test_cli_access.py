@@ -94,6 +94,26 @@ def test_ls_levels_as_tables(storage: Path) -> None:
     assert "1.2.4.4" in instances and "CT Image Storage" in instances
 
 
+def test_ls_shows_the_issuer_when_one_is_held(storage: Path, capsys) -> None:
+    """review83 F5: patients of one Patient ID under two issuers were two like rows,
+    which `delete --patient-id` then asked to tell apart by `--issuer`."""
+    assert "ISSUER" not in cli("ls", "patients", storage=storage).stdout  # (none held)
+    with Archive(storage, fsync=False) as archive:
+        ingest = archive.begin(
+            sop_class_uid=CT, sop_instance_uid="1.2.4.9", transfer_syntax_uid="1.2.840.10008.1.2.1"
+        )
+        ingest.write(_dataset("1.2.4.9", "1.2.9.1", "CT", 1, study="1.2.9", issuer="HOSP_B"))
+        assert ingest.commit().is_success
+    for level in ("patients", "studies"):
+        lines = cli("ls", level, "--patient-id", "PID1", storage=storage).stdout.splitlines()
+        header = lines[0].split()
+        assert header[header.index("ID") + 1] == "ISSUER", lines
+        assert sorted(line[lines[0].index("ISSUER") :].split()[0] for line in lines[1:]) == [
+            "Doe^Jane",
+            "HOSP_B",
+        ]
+
+
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
@@ -129,7 +149,7 @@ def test_show_instance_header_and_summaries(storage: Path) -> None:
     assert "n_instances:" in study and "modalities:            CT, MR" in study
     assert STUDY + ".2" in study  # the table of its series
     series = json.loads(cli("show", STUDY + ".1", "--json", storage=storage).stdout)
-    assert [i["sop_instance_uid"] for i in series["instance"]] == ["1.2.4.1", "1.2.4.2"]
+    assert [i["sop_instance_uid"] for i in series["instances"]] == ["1.2.4.1", "1.2.4.2"]
 
 
 def test_show_of_an_instance_truncated_since_says_so(storage: Path) -> None:

@@ -402,6 +402,12 @@ def test_check_command(tmp_path, capsys) -> None:
     jwt.write_text(f'[jwt]\nsecret = "{"s" * 32}"\nrights_claim = "roles"\n')
     assert policy_module.main(["check", str(jwt)]) == 0  # (review79 F9: says the claim)
     assert "JWT on: HS256 (rights within claim 'roles', prefix '')" in (capsys.readouterr().out)
+    users = tmp_path / "users.toml"  # (review83 F8: a name alone identifies a user without)
+    users.write_text('[users.ops]\n[users.web]\nmay = ["read"]\n[users.alice]\npasscode = "x"\n')
+    users.write_text(users.read_text().replace('"x"', f'"{hash_passcode("pw", **FAST)}"'))
+    assert policy_module.main(["check", str(users)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("note: user(s) ops have no passcode: over DICOM their name alone")
     bad = tmp_path / "bad.toml"
     bad.write_text("allow_unknown = 1\n")
     assert policy_module.main(["check", str(bad)]) == 2

@@ -78,7 +78,7 @@ The file format, every key shown (only ``allow_unknown`` is needed)::
     [peers.MODALITY1]
     hosts = ["10.1.2.3", "192.168.7.0/24"]     # optional; IP addresses or CIDR
     tls_subject = "CN=modality1,O=Test Hospital"  # optional; or a list
-    may = ["echo", "store"]                     # default: echo, store, find, move
+    may = ["echo", "store"]                     # default: every DIMSE right
 
     [peers.WORKSTATION]
     may = ["echo", "find", "move"]
@@ -137,8 +137,6 @@ again and again pays once.
 
 from __future__ import annotations
 
-import argparse
-import getpass
 import hashlib
 import hmac
 import ipaddress
@@ -151,7 +149,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomstore.jwt import InvalidToken, JWTVerifier, claim_strings
-from dicomstore.passcodes import DECOY, SCRYPT_N, SCRYPT_P, SCRYPT_R, PasscodeHash, hash_passcode
+from dicomstore.passcodes import DECOY, PasscodeHash
 from dicomstore.services.admission import Admission, AdmissionRequest
 from dicomstore.services.destinations import Destination
 from dicomstore.tls import normalize_subject
@@ -434,61 +432,11 @@ class Policy:
 # --------------------------------------------------------------------------- command line
 
 
-def _read_passcode() -> bytes:
-    if sys.stdin.isatty():
-        first = getpass.getpass("passcode: ")
-        if getpass.getpass("again: ") != first:
-            raise PolicyError("the two passcodes differ")
-        raw = first.encode("utf-8")
-    else:
-        raw = sys.stdin.buffer.read()
-        if raw.endswith(b"\n"):
-            raw = raw[:-1].removesuffix(b"\r")
-        if b"\n" in raw:
-            raise PolicyError("give one passcode on one line")
-    if not raw:
-        raise PolicyError("empty passcode")
-    return raw
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m dicomstore.policy", description="dicomstore policy file tools"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    h = sub.add_parser(
-        "hash-passcode", help="read a passcode from stdin, print its scrypt hash for [users]"
-    )
-    h.add_argument("--n", type=int, default=SCRYPT_N, help=f"scrypt cost (default {SCRYPT_N})")
-    h.add_argument("--r", type=int, default=SCRYPT_R, help=f"block size (default {SCRYPT_R})")
-    h.add_argument("--p", type=int, default=SCRYPT_P, help=f"parallelism (default {SCRYPT_P})")
-    c = sub.add_parser("check", help="load a policy file and summarize it")
-    c.add_argument("file", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "hash-passcode":
-            passcode = _read_passcode()
-            try:
-                print(hash_passcode(passcode, n=args.n, r=args.r, p=args.p))
-            except ValueError as exc:
-                raise PolicyError(f"bad scrypt parameters: {exc}") from None
-        else:
-            policy = Policy.load(args.file)
-            jwt = "off" if policy.jwt is None else "on: " + ",".join(sorted(policy.jwt.algorithms))
-            if policy.jwt is not None and policy.jwt_rights_claim is not None:  # (review79 F9)
-                claim, prefix = policy.jwt_rights_claim, policy.jwt_rights_prefix
-                jwt += f" (rights within claim {claim!r}, prefix {prefix!r})"
-            print(
-                f"{args.file}: {len(policy.peers)} peers, {len(policy.users)} users, "
-                f"unknown callers {'allowed' if policy.allow_unknown else 'refused'}, "
-                f"user identity {'required' if policy.require_user_identity else 'optional'}, "
-                f"JWT {jwt}, "
-                f"anonymous HTTP may: {','.join(sorted(policy.http_anonymous_may)) or 'nothing'}"
-            )
-    except PolicyError as exc:
-        print(f"dicomstore.policy: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    """``python -m dicomstore.policy`` (``policy_tools.py``)."""
+    from dicomstore.policy_tools import main as run
+
+    return run(argv)
 
 
 if __name__ == "__main__":  # (through the package's module: its PolicyError is the one raised)

@@ -39,8 +39,7 @@ def test_a_store_after_the_index_file_was_removed_is_refused(
             outcome = store(archive, dataset(uid), sop_uid=uid)
             assert outcome.status == OUT_OF_RESOURCES
             assert outcome.error_comment == (
-                "index unavailable: its file was removed or replaced:"
-                " restart after a reindex"
+                "index unavailable: its file was removed or replaced: restart after a reindex"
             )
             assert not list(root.glob(f"*/*/{uid}.dcm"))  # (nothing left behind)
         assert archive.health.problems() == [
@@ -83,9 +82,7 @@ def test_a_store_meeting_a_damaged_index_says_the_remedy_once(
         for uid in ("1.2.3.4.5.998", "1.2.3.4.5.999"):
             outcome = store(archive, dataset(uid, study="1.2.3.1", series="1.2.3.1.1"), sop_uid=uid)
             assert outcome.status == OUT_OF_RESOURCES
-            assert outcome.error_comment == (
-                "index error: database disk image is malformed"
-            )
+            assert outcome.error_comment == ("index error: database disk image is malformed")
         assert archive.health.problems() == ["the archive index is damaged (see the log)"]
     (said,) = errors(caplog)
     assert said.startswith(f"the index {root / 'index.sqlite'} is damaged (database disk image")

@@ -226,7 +226,7 @@ def test_padding_of_command_uids_is_not_a_mismatch(archive: Archive) -> None:
 def test_garbage_is_c000(archive: Archive, data: bytes) -> None:
     outcome = store(archive, data, chunk=50)
     assert outcome.status == CANNOT_UNDERSTAND, outcome
-    assert outcome.error_comment.startswith("cannot understand")
+    assert outcome.error_comment and not outcome.error_comment.startswith("cannot understand")
     assert_nothing_stored(archive)
     assert settled(archive)
 
@@ -577,7 +577,5 @@ def test_sequences_nested_too_deeply_for_the_header_reader_say_so(tmp_path) -> N
     with Archive(tmp_path / "a", fsync=False) as archive:
         out = store(archive, data)
         assert out.status == 0xC000
-        assert out.error_comment == (
-            "cannot understand: sequences nested too deeply to be read (some hundred levels)"
-        )
+        assert out.error_comment == ("sequences nested too deeply to be read (some hundred levels)")
         assert archive.instances() == []

@@ -17,7 +17,7 @@ from dicomstore.framing import DEEP_SIZE, MAX_DEPTH, FileSource, walk_element
 from dicomstore.framing.reencoding import reencode
 
 CONTENT = 0x0040A730  # Content Sequence
-COMMENT = "cannot understand: sequences nested deeper than 1000 (PS3.5 7.5)"
+COMMENT = "sequences nested deeper than 1000 (PS3.5 7.5)"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

@@ -179,7 +179,7 @@ def test_c000_another_patient_after_the_pixel_data(tmp_path) -> None:
     rsp, rows = run(tmp_path, scenario)
     assert rsp.status == 0xC000 and rows == []
     assert rsp.offending_element == (0x00100020,)
-    assert rsp.error_comment.startswith("cannot understand: (0010,0020) PatientID out of order")
+    assert rsp.error_comment.startswith("(0010,0020) PatientID out of order")
 
 
 def test_a700_disk_full(tmp_path, monkeypatch) -> None:

@@ -235,7 +235,7 @@ class Ingest:
                 return failure(st.OUT_OF_RESOURCES, describe_os_error(exc, "reading the data set"))
             if refused is not None:  # too deep, readers disagree, or after the Pixel Data
                 tags = (refused.tag,) if refused.tag is not None else ()
-                return failure(st.CANNOT_UNDERSTAND, f"cannot understand: {refused}", *tags)
+                return failure(st.CANNOT_UNDERSTAND, str(refused), *tags)
         if elements is not None:
             row = fields_of_elements(elements, implicit)
         else:
@@ -245,7 +245,7 @@ class Ingest:
                     ds = read_header(fp, self._header_size, size, self.transfer_syntax_uid)
             except HeaderError as exc:
                 tags = (exc.tag,) if exc.tag is not None else ()
-                return failure(st.CANNOT_UNDERSTAND, f"cannot understand: {exc}", *tags)
+                return failure(st.CANNOT_UNDERSTAND, str(exc), *tags)
             except OSError as exc:
                 return failure(st.OUT_OF_RESOURCES, describe_os_error(exc, "reading the header"))
             row = index_fields(ds)

@@ -211,6 +211,10 @@ _RIGHT = {"STUDIES", "SERIES", "INSTANCES", "SIZE", "NUMBER"}
 
 def _print_rows(level: str, rows: list[dict[str, Any]]) -> None:
     columns = _COLUMNS[level]
+    names = [name for name, _ in columns]
+    if "PATIENT ID" in names and any(r.get("issuer") for r in rows):  # (review83 F5: a
+        at = names.index("PATIENT ID") + 1  # patient is its ID and issuer)
+        columns = [*columns[:at], ("ISSUER", lambda r: r.get("issuer") or ""), *columns[at:]]
     values = [[(get(r) if callable(get) else r[get]) for _, get in columns] for r in rows]
     headers = [name for name, _ in columns]
     right = {n for n, name in enumerate(headers) if name in _RIGHT}
@@ -256,7 +260,8 @@ def _show(args: argparse.Namespace) -> int:
     summary = reader.search(level, {key: row[f"{level}_uid"]}, limit=1)[0]
     children = reader.search(below, {key: row[f"{level}_uid"]})
     if args.json:
-        print(json.dumps({"level": level, "row": summary, below: children}, indent=1))
+        many = "series" if below == "series" else "instances"  # (review83 F6: "instance")
+        print(json.dumps({"level": level, "row": summary, many: children}, indent=1))
         return EXIT_OK
     skip = {"modalities", "sop_classes"}
     for name, value in summary.items():

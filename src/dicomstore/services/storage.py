@@ -233,9 +233,7 @@ class Storing:
             self.next_free_check += FREE_CHECK_EVERY
             free = free_bytes(self.free_floor[0])
             if free < self.free_floor[1]:
-                self._too_large(
-                    f"only {free} bytes free ({self.nbytes} bytes received)"
-                )
+                self._too_large(f"only {free} bytes free ({self.nbytes} bytes received)")
                 return
         inflated = self.inflated
         if inflated is not None and not inflated.feed(data):

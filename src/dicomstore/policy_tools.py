@@ -1,0 +1,85 @@
+"""``python -m dicomstore.policy``: hash a passcode for ``[users]``, check a policy
+file and summarize it (what it lets in, and the users whose name alone identifies
+them over DICOM: PS3.7 D.3.3.7 type 1)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+
+from dicomstore.passcodes import SCRYPT_N, SCRYPT_P, SCRYPT_R, hash_passcode
+from dicomstore.policy import ACTIONS, Policy, PolicyError
+
+
+def _read_passcode() -> bytes:
+    if sys.stdin.isatty():
+        first = getpass.getpass("passcode: ")
+        if getpass.getpass("again: ") != first:
+            raise PolicyError("the two passcodes differ")
+        raw = first.encode("utf-8")
+    else:
+        raw = sys.stdin.buffer.read()
+        if raw.endswith(b"\n"):
+            raw = raw[:-1].removesuffix(b"\r")
+        if b"\n" in raw:
+            raise PolicyError("give one passcode on one line")
+    if not raw:
+        raise PolicyError("empty passcode")
+    return raw
+
+
+def summary(name: Path, policy: Policy) -> list[str]:
+    """What ``check`` says of a loaded policy: one line of what it lets in, then a
+    note naming the users without a passcode that hold a DIMSE right (anyone who
+    sends their name over DICOM is them: review83 F8)."""
+    jwt = "off" if policy.jwt is None else "on: " + ",".join(sorted(policy.jwt.algorithms))
+    if policy.jwt is not None and policy.jwt_rights_claim is not None:  # (review79 F9)
+        claim, prefix = policy.jwt_rights_claim, policy.jwt_rights_prefix
+        jwt += f" (rights within claim {claim!r}, prefix {prefix!r})"
+    lines = [
+        f"{name}: {len(policy.peers)} peers, {len(policy.users)} users, "
+        f"unknown callers {'allowed' if policy.allow_unknown else 'refused'}, "
+        f"user identity {'required' if policy.require_user_identity else 'optional'}, "
+        f"JWT {jwt}, "
+        f"anonymous HTTP may: {','.join(sorted(policy.http_anonymous_may)) or 'nothing'}"
+    ]
+    open_users = sorted(
+        u.name for u in policy.users.values() if u.passcode is None and u.may & ACTIONS
+    )
+    if open_users:
+        lines.append(
+            f"note: user(s) {', '.join(open_users)} have no passcode: over DICOM their name"
+            " alone identifies them (type 1), with their DIMSE rights"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dicomstore.policy", description="dicomstore policy file tools"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    h = sub.add_parser(
+        "hash-passcode", help="read a passcode from stdin, print its scrypt hash for [users]"
+    )
+    h.add_argument("--n", type=int, default=SCRYPT_N, help=f"scrypt cost (default {SCRYPT_N})")
+    h.add_argument("--r", type=int, default=SCRYPT_R, help=f"block size (default {SCRYPT_R})")
+    h.add_argument("--p", type=int, default=SCRYPT_P, help=f"parallelism (default {SCRYPT_P})")
+    c = sub.add_parser("check", help="load a policy file and summarize it")
+    c.add_argument("file", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "hash-passcode":
+            passcode = _read_passcode()
+            try:
+                print(hash_passcode(passcode, n=args.n, r=args.r, p=args.p))
+            except ValueError as exc:
+                raise PolicyError(f"bad scrypt parameters: {exc}") from None
+        else:
+            print("\n".join(summary(args.file, Policy.load(args.file))))
+    except PolicyError as exc:
+        print(f"dicomstore.policy: {exc}", file=sys.stderr)
+        return 2
+    return 0
