@@ -21,7 +21,12 @@ from dicomstore.cli.serve_options import add_relational_policy
 def add_parsers(sub: Any) -> None:
     """The ``check``, ``reindex``, ``requeue`` and ``conformance`` subcommands."""
     c = sub.add_parser("check", help="verify the archive's files against its index")
-    c.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
+    c.add_argument(
+        "--storage",
+        type=Path,
+        default=Path("dicomstore-data"),
+        help="archive root (default ./dicomstore-data)",
+    )
     c.add_argument(
         "--read-only",
         action="store_true",
@@ -31,7 +36,12 @@ def add_parsers(sub: Any) -> None:
     add_index(c)
     _add_common(c)
     r = sub.add_parser("reindex", help="rebuild the archive's index from its files")
-    r.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
+    r.add_argument(
+        "--storage",
+        type=Path,
+        default=Path("dicomstore-data"),
+        help="archive root (default ./dicomstore-data)",
+    )
     add_index(r)
     add_relational_policy(r)  # (the server's: for files the index did not hold)
     _add_common(r)

@@ -30,7 +30,12 @@ def add_parser(sub: Any) -> None:
         "(<storage>/.events/study-stable.jsonl), oldest first; with --exec or "
         "--webhook, run them again as serve would.",
     )
-    e.add_argument("--storage", type=Path, default=Path("dicomstore-data"))
+    e.add_argument(
+        "--storage",
+        type=Path,
+        default=Path("dicomstore-data"),
+        help="archive root (default ./dicomstore-data)",
+    )
     add_index(e)  # (a replay skips the studies the index no longer holds: deleted)
     e.add_argument(
         "--since",
