@@ -79,7 +79,11 @@ def test_partial_failure_is_202_with_failure_reasons(server) -> None:
     reasons = [i["00081197"]["Value"][0] for i in body["00081198"]["Value"]]
     assert reasons == [0xC000, 0xA900, 0x0122]
     assert body["00081198"]["Value"][1]["00081155"]["Value"] == ["1.2.5.7"]
-    assert "A900" in r.headers["warning"]
+    assert "A900" in r.headers["warning"]  # (review80 F8: no command over STOW-RS)
+    assert (
+        "SOP Instance UID '1.2.5.6' differs from the '1.2.5.7' it was sent as"
+        in (r.headers["warning"])
+    )
     assert [row["sop_instance_uid"] for row in archive.instances()] == ["1.2.5.5"]
     assert archive.check() == []
 

@@ -280,8 +280,9 @@ class Ingest:
         """A900 when the data set lacks its identity or contradicts the command.
 
         (0008,0016)/(0008,0018) are Type 1 in the SOP Common Module (PS3.3 C.12.1)
-        and must equal the command's; (0020,000D) and (0020,000E) are Type 1 in
-        the General Study and General Series Modules: an instance carries at
+        and must equal those it was sent as (the command's; a file's meta);
+        (0020,000D) and (0020,000E) are Type 1 in the General Study and General
+        Series Modules: an instance carries at
         least the Patient, Study and Series IEs (PS3.4 B.1.1), and one without
         them cannot be filed under a study (PS3.4 B.2.3: Data Set does not
         match SOP Class). Missing and empty are the same here.
@@ -302,7 +303,8 @@ class Ingest:
                 problems.append(f"{name} missing from the data set")
                 tags.append(tag)
             elif theirs is not None and ours != theirs:
-                problems.append(f"{name} {ours!r} differs from the command's {theirs!r}")
+                # (the command's, or over STOW-RS and imports the file meta's: review80 F8)
+                problems.append(f"{name} {ours!r} differs from the {theirs!r} it was sent as")
                 tags.append(tag)
             elif tag != st.SOP_CLASS_UID_TAG and (held := uid_unaddressable(ours)):
                 problems.append(f"{name} {ours!r} holds {held!r}: not a UID (PS3.5 9.1)")
