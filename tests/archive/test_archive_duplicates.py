@@ -199,3 +199,47 @@ def test_concurrent_distinct_instances_all_stored(tmp_path: Path) -> None:
         assert len(archive.instances()) == THREADS
         assert len(archive.instances(series_uid="1.2.3.4.0")) == THREADS // 2
         assert archive.check() == []
+
+
+def _encoded(syntax: str, name: str = "Doe^Jane") -> bytes:
+    """One data set (a sequence, a binary and text values, an odd-length value padded)
+    in ``syntax``, written by pydicom."""
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = pydicom.Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5.6.7"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.4", "1.2.3.4.5"
+    ds.PatientID, ds.PatientName, ds.Rows, ds.Columns = "PID1", name, 2, 2
+    item = pydicom.Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = "1.2.840.10008.1.3.10", "1.2.9"
+    ds.ReferencedImageSequence = [item]
+    ds.PixelRepresentation, ds.BitsAllocated = 0, 16
+    ds.PixelData = b"\x01\x01\x02\x02\x03\x03\x04\x04"  # (as OW: the same words either way)
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = syntax != EXPLICIT_BE
+    buffer.is_implicit_VR = syntax == IMPLICIT_LE
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+IMPLICIT_LE, EXPLICIT_BE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"
+
+
+@pytest.mark.parametrize(
+    ("first", "again"),
+    [(EXPLICIT_LE, IMPLICIT_LE), (IMPLICIT_LE, EXPLICIT_LE), (EXPLICIT_LE, EXPLICIT_BE)],
+)
+def test_keep_the_same_data_set_in_another_syntax_is_success(tmp_path, first, again) -> None:
+    """review75 F1: sent again in another transfer syntax (storescu -xi after -xe), the
+    same data set was B000 "different content"; another one still is."""
+    with Archive(tmp_path / "root", fsync=False) as archive:
+        stored = store(archive, _encoded(first), ts=first)
+        assert stored.status == SUCCESS
+        same = store(archive, _encoded(again), ts=again)
+        assert (same.status, same.error_comment, same.path) == (SUCCESS, None, stored.path)
+        other = store(archive, _encoded(again, name="Roe^Rick"), ts=again)
+        assert other.status == WARNING_COERCION and other.path == stored.path
+        path, row = _one_file_one_row(archive)
+        assert row["transfer_syntax_uid"] == first and stored_dataset(path) == _encoded(first)

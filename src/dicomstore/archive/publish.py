@@ -141,6 +141,7 @@ from dicomstore.archive.engine import (
     error_cause,
     unavailable,
 )
+from dicomstore.archive.equivalence import same_reencoded
 from dicomstore.archive.fields import nul_free
 from dicomstore.archive.index import Index
 from dicomstore.archive.index_health import IndexHealth
@@ -454,8 +455,12 @@ class Publisher(DeferredFlushes):
 def _identical(existing: dict[str, Any], member: Staged) -> bool:
     """Whether ``member`` has the data set stored for ``existing`` (its digest; a
     row of an older algorithm has the member's file read again with that one, under
-    the index lock: once per such duplicate). ``OSError`` propagates (A700)."""
+    the index lock: once per such duplicate; sent in another transfer syntax,
+    re-encoded into the stored one's: ``equivalence.py``). ``OSError`` propagates
+    (A700)."""
     try:
-        return digests.same(existing["digest"], member.row["digest"], member.temp)
+        if digests.same(existing["digest"], member.row["digest"], member.temp):
+            return True
+        return same_reencoded(existing, member.row, member.temp)  # (another syntax)
     except (HeaderError, ValueError):  # our own file not PS3.10, an unknown algorithm
         return False

@@ -22,8 +22,8 @@ SCP_STATUSES: tuple[tuple[int, str], ...] = (
     (st.SUCCESS, "stored durably (file flushed, renamed into place, index committed)"),
     (
         st.COERCION_OF_DATA_ELEMENTS,
-        "`--on-duplicate keep`: the SOP Instance was stored before with other bytes; "
-        "the stored copy is kept",
+        "`--on-duplicate keep`: the SOP Instance was stored before as another data set "
+        "(the same one in another native transfer syntax is 0000); the stored copy is kept",
     ),
     (
         st.ELEMENTS_DISCARDED,
