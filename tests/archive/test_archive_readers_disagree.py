@@ -154,10 +154,25 @@ def test_check_names_a_file_stored_before_it_was_refused(
         z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
         data = z.compress(data) + z.flush()
         data, ts = data + b"\0" * (len(data) % 2), "1.2.840.10008.1.2.1.99"
-    monkeypatch.setattr(ingest, "refusal", lambda *args: None)  # (as before review80)
+    monkeypatch.setattr(ingest, "judged", lambda *args: None)  # (as before review80)
     out = store(archive, data, **({"ts": ts} if ts else {}))
     assert out.status == 0, out
     monkeypatch.undo()
     [line] = archive.check()
     assert line.startswith(f"{out.path.relative_to(archive.root).as_posix()}: refused if")
     assert "(0009,1001)" in line and "of undefined length, which only SQ" in line
+
+
+def test_check_judges_a_stored_file_as_the_ingest_judged_it(archive: Archive) -> None:
+    """review85 F1: `check` walked every element strictly, where the ingest walks what
+    the scan saw to walk: an odd element inside a small sequence of defined length
+    (its length ends it for every reader), stored today, was 'refused if received now'."""
+    inner = struct.pack("<HH2sHL", 0x0009, 0x1001, b"OB", 0, 0xFFFFFFFF) + DELIMITER
+    item = element(0x00090010, "LO", "ACME") + inner
+    body = struct.pack("<HHL", 0xFFFE, 0xE000, len(item)) + item
+    sq = struct.pack("<HH2sHL", 0x0009, 0x1010, b"SQ", 0, len(body)) + body
+    data = dataset(extra={0x00090010: ("LO", "ACME")})
+    at = data.index(struct.pack("<HH", 0x0010, 0x0010))
+    out = store(archive, data[:at] + sq + data[at:])
+    assert out.status == 0, out
+    assert archive.check() == []

@@ -39,10 +39,10 @@ from dicomstore.archive.encoding import encoding_mismatch
 from dicomstore.archive.fields import fields_of_elements, index_fields
 from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.layout import normalize_uid
-from dicomstore.archive.nesting import refusal
+from dicomstore.archive.nesting import judged, scanned
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, failure
 from dicomstore.archive.padding import discard_trailing_padding, merge_warning
-from dicomstore.archive.scan import PREFIX_SIZE, scan_header
+from dicomstore.archive.scan import PREFIX_SIZE
 from dicomstore.archive.storage import WritableStorage
 from dicomstore.errors import LocalProtocolError
 from dicomstore.uids import uid_unaddressable
@@ -214,28 +214,22 @@ class Ingest:
         whole (every element header a known VR, each value ending where the next
         header starts, up to the Pixel Data or the end) is encoded as its context
         says; the check would read the same first headers the same way."""
-        encoding = implicit, little, deflated = encoding_of(self.transfer_syntax_uid)
-        elements = None
-        deep: list[int] = []  # where the scan saw elements big enough to nest deep
-        if little and not deflated:
-            elements = scan_header(self._prefix, self._size, implicit, deep)
+        encoding = implicit, _, _ = encoding_of(self.transfer_syntax_uid)
+        scan = elements, _ = scanned(self._prefix, self._size, encoding)
         if elements is None or implicit:
             wrong = encoding_mismatch(
                 self._prefix, self._size, self.transfer_syntax_uid, self.sop_instance_uid
             )
             if wrong is not None:  # the stored meta would lie about it (encoding.py)
                 return failure(st.CANNOT_UNDERSTAND, wrong)
-        if elements is None or deep:  # (nesting.py: big or undefined-length elements only)
-            try:
-                where = deep if elements is not None else None
-                refused = refusal(
-                    self._temp, self._header_size, self._size, encoding, self._prefix, where
-                )
-            except OSError as exc:
-                return failure(st.OUT_OF_RESOURCES, describe_os_error(exc, "reading the data set"))
-            if refused is not None:  # too deep, readers disagree, or after the Pixel Data
-                tags = (refused.tag,) if refused.tag is not None else ()
-                return failure(st.CANNOT_UNDERSTAND, str(refused), *tags)
+        try:  # (nesting.py: big or undefined-length elements only, where the scan read)
+            head = self._prefix
+            refused = judged(self._temp, self._header_size, self._size, encoding, head, scan)
+        except OSError as exc:
+            return failure(st.OUT_OF_RESOURCES, describe_os_error(exc, "reading the data set"))
+        if refused is not None:  # too deep, readers disagree, or after the Pixel Data
+            tags = (refused.tag,) if refused.tag is not None else ()
+            return failure(st.CANNOT_UNDERSTAND, str(refused), *tags)
         if elements is not None:
             row = fields_of_elements(elements, implicit)
         else:

@@ -21,8 +21,9 @@ from dicomstore.archive.fields import index_fields
 from dicomstore.archive.identity import check_storage
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import dicom_files
-from dicomstore.archive.nesting import refusal
+from dicomstore.archive.nesting import judged, scanned
 from dicomstore.archive.reindex_rows import keep_records, put_judged
+from dicomstore.archive.scan import PREFIX_SIZE
 from dicomstore.archive.schema import Arrivals
 from dicomstore.framing import file_meta
 
@@ -113,13 +114,14 @@ def misframed(path: Path) -> str | None:
     found = file_meta(head[:start])
     meta = found[1] if found is not None else {}
     syntax = meta.get(0x0010, b"").rstrip(b"\0 ").decode("ascii", "replace")
-    size = path.stat().st_size - start
-    refused = refusal(str(path), start, size, encoding_of(syntax), head[start:], None)
+    size, encoding = path.stat().st_size - start, encoding_of(syntax)
+    scan = scanned(head[start:], size, encoding)  # (as the ingest judges it: review85 F1)
+    refused = judged(str(path), start, size, encoding, head[start:], scan)
     return None if refused is None else str(refused)
 
 
 #: The first data set bytes :func:`misframed` reads at once (the walk reads on by itself).
-_HEAD = 1 << 16
+_HEAD = PREFIX_SIZE
 
 
 def _recheck(

@@ -33,6 +33,7 @@ import os
 from collections.abc import Sequence
 
 from dicomstore.archive.dicomfile import PIXEL_TAGS
+from dicomstore.archive.scan import Element, scan_header
 from dicomstore.framing import (
     FileSource,
     FramingError,
@@ -49,7 +50,37 @@ from dicomstore.framing import (
 from dicomstore.framing.headers import TAG as _TAG
 from dicomstore.framing.headers import UNDEFINED, UNKNOWN_VR
 
-__all__ = ["refusal"]
+__all__ = ["judged", "refusal", "scanned"]
+
+
+def scanned(
+    head: bytes | bytearray, size: int, encoding: tuple[bool, bool, bool]
+) -> tuple[dict[int, Element] | None, list[int]]:
+    """The header scan of a data set of ``size`` bytes whose first bytes are ``head``
+    (``scan.scan_header``: little endian, not deflated; else not scanned, ``None``),
+    and where it saw elements to walk (its ``deep``): what :func:`judged` walks."""
+    implicit, little, deflated = encoding
+    deep: list[int] = []
+    elements = scan_header(head, size, implicit, deep) if little and not deflated else None
+    return elements, deep
+
+
+def judged(
+    path: str,
+    start: int,
+    size: int,
+    encoding: tuple[bool, bool, bool],
+    head: bytes | bytearray,
+    scan: tuple[dict[int, Element] | None, list[int]],
+) -> FramingError | None:
+    """:func:`refusal` as every door judges a data set (``Ingest._check``) and
+    ``check`` judges a stored one (``maintenance.misframed``), alike: of the elements
+    the scan (:func:`scanned`) saw to walk, else, when it did not read the header,
+    of every element. Raises ``OSError``."""
+    elements, deep = scan
+    if elements is not None and not deep:
+        return None
+    return refusal(path, start, size, encoding, head, deep if elements is not None else None)
 
 
 def refusal(
