@@ -154,8 +154,10 @@ def test_an_http_address_not_of_this_machine_is_named(tmp_path, capsys) -> None:
     [
         (["--http-port", "0", "--http-host", "192.0.2.1"], "cannot listen for HTTP on 192.0.2.1"),
         (["--tls-ca", "ca.pem"], "--tls-ca and --tls-require-client-cert need --tls-cert"),
+        (["--storage", "afile"], "cannot open the archive afile: not a folder"),
+        (["--audit-log", "nodir/a.jsonl"], "cannot open the audit log (--audit-log) nodir"),
     ],
-    ids=["http-address", "tls-ca-alone"],
+    ids=["http-address", "tls-ca-alone", "archive", "audit-log"],
 )
 def test_under_json_logs_a_start_refusal_is_a_json_line_too(tmp_path, extra, why) -> None:
     """A refused start was a plain line among JSON ones (`--log-format json`): a log
@@ -163,6 +165,7 @@ def test_under_json_logs_a_start_refusal_is_a_json_line_too(tmp_path, extra, why
     import json
 
     argv = ["serve", "--storage", str(tmp_path / "s"), "--port", "0", "--log-format", "json"]
+    (tmp_path / "afile").touch()
     done = subprocess.run(
         [sys.executable, "-m", "dicomstore.cli", *argv, *extra],
         capture_output=True,

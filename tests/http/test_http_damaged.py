@@ -130,3 +130,25 @@ def test_a_file_deleted_since_the_query_is_left_out_when_transcoded(
 
 def _get_with(web: HttpThread, target: str, accept: str) -> tuple[int, bytes | None]:
     return get_or_cut(web.server.port, target, {"accept": accept})
+
+
+@pytest.mark.parametrize(
+    "tail", ["/series/" + SERIES + "/instances/1.2.38.7/metadata", "/metadata", ""]
+)
+def test_an_instance_replaced_since_the_search_is_answered_as_it_is_now(
+    tmp_path: Path, monkeypatch, tail
+) -> None:
+    """review85 F3: the check before the status took an instance replaced since the
+    search (--on-duplicate replace: its file is another now) for one deleted: 404."""
+    from dicomstore.archive.reader import ArchiveReader
+    from dicomstore.http import wado
+
+    archive = Archive(tmp_path / "archive", fsync=False, on_duplicate="replace")
+    store(archive, make_dataset("1.2.38.7", study=STUDY, series=SERIES, number=1))
+    stale = ArchiveReader(archive.root).search("instance", {"SOPInstanceUID": "1.2.38.7"})
+    store(archive, make_dataset("1.2.38.7", study=STUDY, series=SERIES, number=2))
+    monkeypatch.setattr(wado, "_rows", lambda request: [dict(r) for r in stale])
+    with HttpThread(archive) as web:
+        status, body = _get(web, f"/studies/{STUDY}{tail}")
+    archive.close()
+    assert status == 200 and body is not None and b"1.2.38.7" in body

@@ -15,7 +15,7 @@ import sys
 from dicomstore.aio import loops
 from dicomstore.cli import blas  # noqa: F401 - before numpy is imported (see there)
 from dicomstore.cli.allocator import keep_freed_memory
-from dicomstore.cli.logs import setup_logging
+from dicomstore.cli.logs import refuse, setup_logging
 from dicomstore.cli.options import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -88,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except loops.LoopUnavailable as exc:
-        print(f"dicomstore: {exc}", file=sys.stderr)
+        refuse(str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C outside a command's own handling: no traceback
-        print("dicomstore: interrupted", file=sys.stderr)
+        refuse("interrupted")
         return EXIT_INTERRUPTED
 
 

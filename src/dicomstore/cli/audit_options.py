@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from dicomstore.audit import DEFAULT_KEEP, DEFAULT_MAX_BYTES, AuditLog
+from dicomstore.cli.logs import refuse
 from dicomstore.cli.options import EXIT_FAILED, EXIT_OK, _count, _size
 
 
@@ -57,10 +57,7 @@ def open_audit_log(args: argparse.Namespace) -> Any:
             args.audit_log, max_bytes=max_bytes, keep=getattr(args, "audit_log_keep", 0)
         )
     except OSError as exc:
-        print(
-            f"dicomstore: cannot open the audit log (--audit-log) {args.audit_log}: {exc.strerror}",
-            file=sys.stderr,
-        )
+        refuse(f"cannot open the audit log (--audit-log) {args.audit_log}: {exc.strerror}")
         return None
 
 

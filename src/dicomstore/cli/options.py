@@ -394,7 +394,7 @@ def _cannot_open(storage: Path, exc: BaseException) -> None:
     where = getattr(exc, "filename", None)
     if storage.exists() and not storage.is_dir():  # (review77 F16: '<it>/.tmp: Not a ...')
         why, where = "not a folder", None
-    line = f"dicomstore: cannot open the archive {storage}: " + (
+    line = f"cannot open the archive {storage}: " + (
         f"{where}: {why}" if where and str(where) != str(storage) else why
     )
     if any(text in why for text in _DAMAGED):
@@ -402,7 +402,7 @@ def _cannot_open(storage: Path, exc: BaseException) -> None:
             f" (its index is damaged: `dicomstore reindex --storage {storage}` builds a new"
             " one from the files, the damaged one kept aside)"
         )
-    print(line, file=sys.stderr)
+    refuse(line)
 
 
 def open_archive(storage: Path, **options: Any) -> Any:
