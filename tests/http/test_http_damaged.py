@@ -152,3 +152,25 @@ def test_an_instance_replaced_since_the_search_is_answered_as_it_is_now(
         status, body = _get(web, f"/studies/{STUDY}{tail}")
     archive.close()
     assert status == 200 and body is not None and b"1.2.38.7" in body
+
+
+@pytest.mark.parametrize("tail", ["", "?accept=application/zip", "/metadata"])
+def test_a_study_deleted_since_the_search_is_404(tmp_path: Path, monkeypatch, tail) -> None:
+    """review85 F5: every instance deleted since the search gave a 200 of nothing (an
+    empty multipart, ZIP or JSON array)."""
+    from dicomstore.archive.reader import ArchiveReader
+    from dicomstore.archive.removal import remove
+    from dicomstore.http import wado
+
+    archive = Archive(tmp_path / "archive", fsync=False)
+    for n in (1, 2):
+        store(archive, make_dataset(f"1.2.38.8{n}", study=STUDY, series=SERIES, number=n))
+    stale = ArchiveReader(archive.root).search("instance", {"StudyInstanceUID": STUDY})
+    monkeypatch.setattr(wado, "_rows", lambda request: [dict(r) for r in stale])
+    archive.close()
+    assert remove(archive.root, STUDY, fsync=False).instances == 2
+    archive = Archive(tmp_path / "archive", fsync=False)
+    with HttpThread(archive) as web:
+        status, body = _get(web, f"/studies/{STUDY}{tail}")
+    archive.close()
+    assert status == 404 and body is not None and b"deleted since the search" in body

@@ -86,17 +86,19 @@ def _rows(request: Request) -> list[dict[str, Any]]:
 def _readable(request: Request, rows: list[dict[str, Any]]) -> None:
     """Every file of ``rows`` opens before a status is sent (review77 F5: a study with
     one missing was a 200 cut off, a ZIP no client opens): one still indexed that
-    cannot be read is a 500 naming it; one deleted since the search is a 404 alone,
-    else left out of the body (one replaced since is answered as it is now). A file
-    that breaks after the status still cuts the answer off (review35b F10)."""
+    cannot be read is a 500 naming it; one deleted since the search is left out of
+    the body (404 when every one was), one replaced since is answered as it is now.
+    A file that breaks after the status still cuts the answer off (review35b F10)."""
+    gone = 0
     for row in rows:
         try:
             open_stored(reader(request), row).close()
         except AnswerBroken as exc:
             raise HttpError(500, f"{exc}: its file is missing or unreadable") from None
         except OSError:  # (replaced since: its answer follows it, review85 F3)
-            if len(rows) == 1 and reader(request).follow(row) is None:
-                raise HttpError(404, "deleted since the search") from None
+            gone += reader(request).follow(row) is None
+    if gone == len(rows):  # (every one: not a 200 of nothing, review85 F5)
+        raise HttpError(404, "deleted since the search")
 
 
 def _follow(archive: ArchiveReader, row: dict[str, Any], todo: deque[dict[str, Any]]) -> None:
