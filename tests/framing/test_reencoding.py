@@ -407,3 +407,49 @@ def test_a_delimiter_where_a_defined_length_ends_is_left_out(where: str) -> None
     refused = encode_header(0x00081115, b"SQ", len(early)) + early + tail
     with pytest.raises(FramingError):
         _reencode(refused, EXPLICIT, IMPLICIT)
+
+
+def test_a_un_of_a_known_tag_is_written_with_its_vr_between_little_endian_syntaxes() -> None:
+    """review75 F4 (PS3.5 6.2.2): a file of UN elements (a gdcmconv output) re-encoded
+    as it was kept them UN, and a DCMTK peer found no SOP Class in it (C000). A UN the
+    dictionary knows, whose length fits its VR, is written with that VR; a sequence, a
+    private element of no known creator and a length its VR cannot have stay UN, as
+    does every UN to Big Endian (its bytes would need the VR to be swapped)."""
+
+    def un(tag: int, value: bytes) -> bytes:
+        return encode_header(tag, b"UN", len(value)) + value
+
+    data = (
+        un(0x00080016, b"1.2.840.10008.5.1.4.1.1.2\0")
+        + un(0x00100020, b"PID1")
+        + un(0x00280010, struct.pack("<H", 512))
+        + un(0x00280011, b"\x00\x02\x00")  # (3 bytes: no US)
+        + un(0x00291010, b"\x01\x02")  # (no creator: unknown)
+    )
+    out = _reencode(data, EXPLICIT, EXPLICIT)
+    assert _written_vrs(out, "<") == {
+        0x00080016: "UI",
+        0x00100020: "LO",
+        0x00280010: "US",
+        0x00280011: "UN",
+        0x00291010: "UN",
+    }
+    ds = read_dataset(io.BytesIO(out), False, True)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2" and ds.Rows == 512
+    assert ds.PatientID == "PID1"
+    assert set(_written_vrs(_reencode(data, EXPLICIT, BIG), ">").values()) == {"UN"}
+
+
+def _written_vrs(data: bytes, order: str) -> dict[int, str]:
+    """The VR of each top-level element as written (pydicom reads a UN it knows as its
+    dictionary VR: config.replace_un_with_known_vr)."""
+    vrs, pos = {}, 0
+    while pos < len(data):
+        group, element, vr = struct.unpack_from(order + "HH2s", data, pos)
+        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR", b"OF", b"OD", b"OL", b"OV"):
+            (length,), skip = struct.unpack_from(order + "L", data, pos + 8), 12
+        else:
+            (length,), skip = struct.unpack_from(order + "H", data, pos + 6), 8
+        vrs[group << 16 | element] = vr.decode()
+        pos += skip + length
+    return vrs

@@ -19,6 +19,38 @@ _LUT_DESCRIPTORS = frozenset({0x00281100, 0x00281101, 0x00281102, 0x00281103, 0x
 _LUT_DESCRIPTORS |= {0x00281111, 0x00281112, 0x00281113}
 
 
+#: Bytes per number of the binary VRs (PS3.5 7.3: those whose values change with the
+#: byte order): a value of another length is none of them.
+WIDTH = {"AT": 2, "US": 2, "SS": 2, "OW": 2, "UL": 4, "SL": 4, "FL": 4, "OF": 4, "OL": 4}
+WIDTH.update({"FD": 8, "OD": 8, "OV": 8, "SV": 8, "UV": 8})
+
+
+def written_vr(
+    tag: int,
+    raw_vr: bytes | None,
+    length: int | None,
+    creator: str | None,
+    context: tuple[int | None, int | None],
+    resolve_un: bool,
+) -> str:
+    """The VR an element is written with in Explicit VR: the one it was read with
+    (``raw_vr``, from Explicit VR), else :func:`implicit_vr` (``context``: the Pixel
+    Representation and Waveform Bits Allocated of its data set); one of undefined
+    length (``length`` ``None``) the dictionary does not know as a sequence is UN.
+    With ``resolve_un`` (little endian both ways: a UN's value is then as its VR
+    encodes it), a UN of defined length whose tag the dictionary knows (a public
+    one, or private of a known creator) is written with that VR when its length
+    fits it (PS3.5 6.2.2; review75 F4: a DCMTK peer found no SOP Class in a file
+    of UN elements re-encoded as they were, and refused it)."""
+    known = implicit_vr(tag, creator, *context) if raw_vr in (None, b"UN") else ""
+    if raw_vr is None:
+        undefined_unknown = length is None and known != "SQ"
+        return "UN" if undefined_unknown and (tag >> 16 & 1 or known == "UN") else known
+    if raw_vr != b"UN" or length is None or not resolve_un or known in ("UN", "SQ"):
+        return raw_vr.decode("ascii")
+    return known if length % WIDTH.get(known, 1) == 0 else "UN"
+
+
 def implicit_vr(
     tag: int, creator: str | None, pixel_representation: int | None, waveform_bits: int | None
 ) -> str:

@@ -56,7 +56,7 @@ from dicomstore.framing.headers import (
     element_header,
     encode_header,
 )
-from dicomstore.framing.implicit_vr import implicit_vr
+from dicomstore.framing.implicit_vr import WIDTH, written_vr
 from dicomstore.framing.sources import Source
 from dicomstore.framing.walking import MAX_DEPTH, too_deep
 from dicomstore.vr import LONG_VRS, PADDED_WITH_SPACE
@@ -69,9 +69,6 @@ SLICE = 1 << 20
 #: The output is written to the file in blocks of about this much.
 BLOCK = 256 << 10
 
-#: Bytes per number of the VRs whose values change with the byte order (PS3.5 7.3).
-_SWAP = {"AT": 2, "US": 2, "SS": 2, "OW": 2, "UL": 4, "SL": 4, "FL": 4, "OF": 4, "OL": 4}
-_SWAP.update({"FD": 8, "OD": 8, "OV": 8, "SV": 8, "UV": 8})
 #: Elements whose value decides an ambiguous VR (PS3.5 A.1, 8.3).
 _PIXEL_REPRESENTATION, _WAVEFORM_BITS = 0x00280103, 0x54001004
 _CONTEXT = (_PIXEL_REPRESENTATION, _WAVEFORM_BITS)
@@ -404,15 +401,10 @@ def _element(
     """One element of the data set ``level`` re-encoded: where the next one starts."""
     (implicit, little), (to_implicit, to_little) = level.src, level.dst
     group = tag >> 16
-    if raw_vr is not None:
-        vr = raw_vr.decode("ascii")
-    else:
-        creator = level.creators.get((group, tag >> 8 & 0xFF)) if group % 2 else None
-        vr = implicit_vr(
-            tag, creator, level.lookup(_PIXEL_REPRESENTATION), level.lookup(_WAVEFORM_BITS)
-        )
-        if length == UNDEFINED and vr != "SQ" and (group % 2 or vr == "UN"):
-            vr = "UN"  # an Implicit VR Little Endian sequence the dictionary does not know
+    creator = level.creators.get((group, tag >> 8 & 0xFF)) if group % 2 else None
+    context = level.lookup(_PIXEL_REPRESENTATION), level.lookup(_WAVEFORM_BITS)
+    size_or_none = None if length == UNDEFINED else length
+    vr = written_vr(tag, raw_vr, size_or_none, creator, context, little and to_little)
     if length != UNDEFINED:
         end = _past(src, tag, pos, value, length)
         dropped = (group <= 0x0002 and len(stack) == 1) or (
@@ -443,7 +435,7 @@ def _element(
         return value
     if length + length % 2 > 0xFFFF and vr.encode("ascii") not in LONG_VRS:
         vr = "UN"  # too long for its VR's 16-bit length (PS3.5 6.2.2): as it is, unswapped
-    size = _SWAP.get(vr, 0) if little != to_little else 0  # (OW: by 16-bit words, PS3.5 6.2)
+    size = WIDTH.get(vr, 0) if little != to_little else 0  # (OW: by 16-bit words, PS3.5 6.2)
     if size and length % size:
         raise FramingError(
             f"{tag_name(tag)} at offset {pos}: a {vr} of {length} bytes is no whole number of"
