@@ -12,7 +12,9 @@ What changes (PS3.5 7.1, 7.3, 7.5):
   length UL), an ambiguous one resolved by its data set or the ones around it (US or
   SS by Pixel Representation; OB or OW, as Pixel, Overlay and Waveform Data, is OW
   in Implicit VR, PS3.5 A.1);
-  a value too long for its VR's 16-bit length becomes UN (PS3.5 6.2.2);
+  a value too long for its VR's 16-bit length becomes UN (PS3.5 6.2.2); between
+  little endian syntaxes a UN of defined length the dictionary knows gets its VR
+  when its length fits it (``implicit_vr.written_vr``);
 - between byte orders, the values of the binary VRs (PS3.5 7.3: AT, US, SS, UL, SL,
   FL, FD, OW, OF, OL, OD, OV, SV, UV); OB, UN and the text VRs stay as they are.
   OW is swapped by its 16-bit words whatever Bits Allocated says (PS3.5 6.2, 8.1.1:
