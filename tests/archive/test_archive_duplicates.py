@@ -243,3 +243,60 @@ def test_keep_the_same_data_set_in_another_syntax_is_success(tmp_path, first, ag
         assert other.status == WARNING_COERCION and other.path == stored.path
         path, row = _one_file_one_row(archive)
         assert row["transfer_syntax_uid"] == first and stored_dataset(path) == _encoded(first)
+
+
+def _with(syntax: str, tag: int, vr: str, value: bytes) -> bytes:
+    """:func:`_encoded` with one more element before the Pixel Data, its value as given."""
+    import struct as s
+
+    data = _encoded(syntax)
+    group, element = tag >> 16, tag & 0xFFFF
+    if syntax == IMPLICIT_LE:
+        header = s.pack("<HHL", group, element, len(value))
+    elif vr in ("OB", "OW", "UN"):
+        header = s.pack("<HH2sHL", group, element, vr.encode(), 0, len(value))
+    else:
+        header = s.pack("<HH2sH", group, element, vr.encode(), len(value))
+    at = data.index(s.pack("<HH", 0x7FE0, 0x0010))
+    return data[:at] + header + value + data[at:]
+
+
+@pytest.mark.parametrize(
+    ("stored", "again", "element"),
+    [
+        # (0028,0106) "US or SS": Implicit reads US (Pixel Representation 0), the resend SS
+        (
+            IMPLICIT_LE,
+            EXPLICIT_LE,
+            ((0x00280106, "US", b"\xff\xff"), (0x00280106, "SS", b"\xff\xff")),
+        ),
+        # an odd-length OB against its padded form
+        (
+            EXPLICIT_LE,
+            IMPLICIT_LE,
+            ((0x00420011, "OB", b"%PDF\0\0"), (0x00420011, "OB", b"%PDF\0")),
+        ),
+    ],
+    ids=["us-or-ss", "odd-ob"],
+)
+def test_what_the_re_encoding_writes_its_own_way_is_no_same_data_set(
+    tmp_path, stored, again, element
+) -> None:
+    """review86 F3: one way (the resend into the stored copy's syntax) took a VR or a
+    pad the re-encoding gives for the same data set; both ways, they differ: B000."""
+    with Archive(tmp_path / "root", fsync=False) as archive:
+        assert store(archive, _with(stored, *element[0]), ts=stored).status == SUCCESS
+        other = store(archive, _with(again, *element[1]), ts=again)
+        assert other.status == WARNING_COERCION, other
+
+
+def test_a_duplicate_judged_past_its_time_is_b000(tmp_path, monkeypatch) -> None:
+    """review86 F1: judged under the index lock, a data set of a million empty elements
+    held every store for seconds: past equivalence.BUDGET the copy is B000."""
+    from dicomstore.archive import equivalence
+
+    monkeypatch.setattr(equivalence, "BUDGET", -1.0)
+    with Archive(tmp_path / "root", fsync=False) as archive:
+        assert store(archive, _encoded(EXPLICIT_LE), ts=EXPLICIT_LE).status == SUCCESS
+        again = store(archive, _encoded(IMPLICIT_LE), ts=IMPLICIT_LE)
+        assert again.status == WARNING_COERCION

@@ -422,6 +422,8 @@ def test_a_un_of_a_known_tag_is_written_with_its_vr_between_little_endian_syntax
     data = (
         un(0x00080016, b"1.2.840.10008.5.1.4.1.1.2\0")
         + un(0x00100020, b"PID1")
+        + un(0x00209165, struct.pack("<HH", 0x0020, 0x9113))
+        + un(0x00209167, b"\x20\x00")  # (an AT of 2 bytes: review86 F4)
         + un(0x00280010, struct.pack("<H", 512))
         + un(0x00280011, b"\x00\x02\x00")  # (3 bytes: no US)
         + un(0x00291010, b"\x01\x02")  # (no creator: unknown)
@@ -430,6 +432,8 @@ def test_a_un_of_a_known_tag_is_written_with_its_vr_between_little_endian_syntax
     assert _written_vrs(out, "<") == {
         0x00080016: "UI",
         0x00100020: "LO",
+        0x00209165: "AT",
+        0x00209167: "UN",
         0x00280010: "US",
         0x00280011: "UN",
         0x00291010: "UN",
@@ -453,3 +457,14 @@ def _written_vrs(data: bytes, order: str) -> dict[int, str]:
         vrs[group << 16 | element] = vr.decode()
         pos += skip + length
     return vrs
+
+
+def test_a_top_level_element_of_group_0001_is_kept() -> None:
+    """review86 F2: groups 0000-0002 were left out at the top level, 0001 with them
+    (a duplicate differing there only was the same data set); 0001 and 0003 alike are
+    groups no one may use (PS3.5 7.8.1), kept as the archive stored them."""
+    data = encode_header(0x00010010, b"LO", 4) + b"ACME" + encode_header(0x00031000, b"LO", 2)
+    data += b"AB"
+    for target in (EXPLICIT, IMPLICIT):
+        out = _reencode(data, EXPLICIT, target)
+        assert b"ACME" in out and b"AB" in out

@@ -311,7 +311,7 @@ class Publisher(DeferredFlushes):
                                 self.on_duplicate,
                                 existing,
                                 path,
-                                functools.partial(_identical, existing, member),
+                                functools.partial(_identical, existing, path, member),
                                 member.warning,
                             )
                         except OSError as exc:  # (reading its file again: another algorithm)
@@ -452,15 +452,15 @@ class Publisher(DeferredFlushes):
         self.storage.discard(member)
 
 
-def _identical(existing: dict[str, Any], member: Staged) -> bool:
+def _identical(existing: dict[str, Any], stored: Path | None, member: Staged) -> bool:
     """Whether ``member`` has the data set stored for ``existing`` (its digest; a
     row of an older algorithm has the member's file read again with that one, under
-    the index lock: once per such duplicate; sent in another transfer syntax,
-    re-encoded into the stored one's: ``equivalence.py``). ``OSError`` propagates
-    (A700)."""
+    the index lock: once per such duplicate; sent in another transfer syntax, each
+    re-encoded into the other's, the stored copy at ``stored``: ``equivalence.py``).
+    ``OSError`` propagates (A700)."""
     try:
         if digests.same(existing["digest"], member.row["digest"], member.temp):
             return True
-        return same_reencoded(existing, member.row, member.temp)  # (another syntax)
+        return same_reencoded(existing, stored, member.row, member.temp)  # (another syntax)
     except (HeaderError, ValueError):  # our own file not PS3.10, an unknown algorithm
         return False

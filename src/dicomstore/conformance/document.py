@@ -23,7 +23,8 @@ SCP_STATUSES: tuple[tuple[int, str], ...] = (
     (
         st.COERCION_OF_DATA_ELEMENTS,
         "`--on-duplicate keep`: the SOP Instance was stored before as another data set "
-        "(the same one in another native transfer syntax is 0000); the stored copy is kept",
+        "(the same one in another native transfer syntax, up to 16 MiB, is 0000); the stored "
+        "copy is kept",
     ),
     (
         st.ELEMENTS_DISCARDED,

@@ -48,7 +48,8 @@ def written_vr(
         return "UN" if undefined_unknown and (tag >> 16 & 1 or known == "UN") else known
     if raw_vr != b"UN" or length is None or not resolve_un or known in ("UN", "SQ"):
         return raw_vr.decode("ascii")
-    return known if length % WIDTH.get(known, 1) == 0 else "UN"
+    width = 4 if known == "AT" else WIDTH.get(known, 1)  # (AT: swapped by halves)
+    return known if length % width == 0 else "UN"
 
 
 def implicit_vr(

@@ -29,7 +29,8 @@ What changes (PS3.5 7.1, 7.3, 7.5):
   written ends it;
 - group lengths (gggg,0000): retired (PS3.5 7.2) and wrong once headers change size,
   left out between Implicit and Explicit (swapped between byte orders); elements of
-  groups 0000-0002 at the top level are no part of a data set and are left out.
+  groups 0000 and 0002 at the top level are no part of a data set and are left out
+  (group 0001, which no one may use, PS3.5 7.8.1, is kept: review86 F2).
 
 The value of a UN of undefined length stays Implicit VR Little Endian whatever the
 syntax (PS3.5 6.2.2), as does that of an Implicit element of undefined length the
@@ -409,7 +410,7 @@ def _element(
     vr = written_vr(tag, raw_vr, size_or_none, creator, context, little and to_little)
     if length != UNDEFINED:
         end = _past(src, tag, pos, value, length)
-        dropped = (group <= 0x0002 and len(stack) == 1) or (
+        dropped = (group in (0x0000, 0x0002) and len(stack) == 1) or (
             tag & 0xFFFF == 0 and implicit != to_implicit
         )
         if dropped:
