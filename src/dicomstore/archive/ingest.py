@@ -204,7 +204,7 @@ class Ingest:
             return self._publish(staged)
         except ArchiveClosedError as exc:
             self._storage.abort(staged.fd, self._temp)
-            return failure(st.OUT_OF_RESOURCES, f"{exc}")
+            return failure(st.OUT_OF_RESOURCES, str(exc))
 
     def _check(self) -> Staged | StoreOutcome:
         """The index row of a data set that passes the checks, or the failure.
@@ -276,10 +276,10 @@ class Ingest:
         (0008,0016)/(0008,0018) are Type 1 in the SOP Common Module (PS3.3 C.12.1)
         and must equal those it was sent as (the command's; a file's meta);
         (0020,000D) and (0020,000E) are Type 1 in the General Study and General
-        Series Modules: an instance carries at
-        least the Patient, Study and Series IEs (PS3.4 B.1.1), and one without
-        them cannot be filed under a study (PS3.4 B.2.3: Data Set does not
-        match SOP Class). Missing and empty are the same here.
+        Series Modules: an instance carries at least the Patient, Study and Series
+        IEs (PS3.4 B.1.1), and one without them cannot be filed under a study
+        (PS3.4 B.2.3: Data Set does not match SOP Class). Missing and empty are the
+        same here.
         """
         problems, tags = [], []
         for name, tag, ours, theirs in (
