@@ -401,7 +401,14 @@ def test_check_command(tmp_path, capsys) -> None:
     jwt = tmp_path / "jwt.toml"
     jwt.write_text(f'[jwt]\nsecret = "{"s" * 32}"\nrights_claim = "roles"\n')
     assert policy_module.main(["check", str(jwt)]) == 0  # (review79 F9: says the claim)
-    assert "JWT on: HS256 (rights within claim 'roles', prefix '')" in (capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert "JWT on: HS256 (rights within claim 'roles', prefix '')" in out
+    assert "note: any token" not in out  # (the claim decides)
+    jwt.write_text(f'[jwt]\nsecret = "{"s" * 32}"\n')  # (every token may store: said)
+    assert policy_module.main(["check", str(jwt)]) == 0
+    note = capsys.readouterr().out.splitlines()[-1]
+    assert note.startswith("note: any token the [jwt] issuer signs for this audience"), note
+    assert "may commit, echo, find, get, move, read, store" in note
     users = tmp_path / "users.toml"  # (review83 F8: a name alone identifies a user without)
     users.write_text('[users.ops]\n[users.web]\nmay = ["read"]\n[users.alice]\npasscode = "x"\n')
     users.write_text(users.read_text().replace('"x"', f'"{hash_passcode("pw", **FAST)}"'))

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from dicomstore.passcodes import SCRYPT_N, SCRYPT_P, SCRYPT_R, hash_passcode
-from dicomstore.policy import ACTIONS, Policy, PolicyError
+from dicomstore.policy import ACTIONS, STORE, Policy, PolicyError
 
 
 def _read_passcode() -> bytes:
@@ -33,7 +33,9 @@ def _read_passcode() -> bytes:
 def summary(name: Path, policy: Policy) -> list[str]:
     """What ``check`` says of a loaded policy: one line of what it lets in, then a
     note naming the users without a passcode that hold a DIMSE right (anyone who
-    sends their name over DICOM is them: review83 F8)."""
+    sends their name over DICOM is them: review83 F8), and one when every token of
+    the identity provider may store (``[jwt] unknown_may`` by default, no
+    ``rights_claim``: the fail-open default, said where it is configured)."""
     jwt = "off" if policy.jwt is None else "on: " + ",".join(sorted(policy.jwt.algorithms))
     if policy.jwt is not None and policy.jwt_rights_claim is not None:  # (review79 F9)
         claim, prefix = policy.jwt_rights_claim, policy.jwt_rights_prefix
@@ -52,6 +54,13 @@ def summary(name: Path, policy: Policy) -> list[str]:
         lines.append(
             f"note: user(s) {', '.join(open_users)} have no passcode: over DICOM their name"
             " alone identifies them (type 1), with their DIMSE rights"
+        )
+    open_jwt = policy.jwt is not None and policy.jwt_rights_claim is None
+    if open_jwt and STORE in policy.jwt_unknown_may:
+        lines.append(
+            "note: any token the [jwt] issuer signs for this audience whose sub is not under"
+            f" [users] may {', '.join(sorted(policy.jwt_unknown_may))}: narrow it with [jwt]"
+            " unknown_may or rights_claim"
         )
     return lines
 
