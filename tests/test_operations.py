@@ -248,7 +248,15 @@ def test_readyz_is_503_below_min_free_and_the_gauges_say_it(tmp_path: Path, arch
             transfer_syntax_uid="1.2.840.10008.1.2.1",
         )
         assert storing.result is not None and storing.result.status == 0xA700
-        assert re.fullmatch(r"only \d+ bytes free", storing.result.comment or "")
+        assert re.fullmatch(  # (review87 F3: the limit named)
+            rf"only \d+ bytes free \(below the {floor} of --min-free\)",
+            storing.result.comment or "",
+        )
+        # STOW-RS: 503 with Retry-After (a full disk is transient: review87 F2), not 409
+        body, content_type = multipart_body([part10(make_dataset(STUDY + ".9.1", study=STUDY))])
+        reply = client.post("/studies", content=body, headers={"content-type": content_type})
+        assert reply.status_code == 503 and reply.headers["retry-after"] == "60", reply.text
+        assert "A700" in reply.headers["warning"] and "--min-free" in reply.headers["warning"]
     with (
         HttpThread(archive, store=StoreService(archive), metrics=ServerMetrics()) as web,
         httpx.Client(base_url=web.url, timeout=30) as client,

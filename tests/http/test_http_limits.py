@@ -270,3 +270,15 @@ def test_includefield_list_is_bounded(client) -> None:
     assert "includefield names more than the limit of 100 attributes" in r.text
     r = client.get("/studies", params=[("includefield", "PatientName")] * 101)
     assert r.status_code == 400
+
+
+def test_a_data_set_too_large_alone_is_409_not_a_retry(bounded) -> None:
+    """review87 F2: STOW-RS with no part stored for want of space is 503 with
+    Retry-After (test_operations); one too large for --max-instance-size stays 409:
+    sending it again will not help."""
+    srv, _ = bounded
+    big = instance("1.2.7.5", frames=2)[:-20] + b"\0" * 8000  # (past 4,000 bytes)
+    body, content_type = multipart_body([big])
+    r = httpx.post(f"{srv.url}/studies", content=body, headers={"content-type": content_type})
+    assert r.status_code == 409 and "retry-after" not in r.headers, r.text
+    assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA700]

@@ -21,8 +21,9 @@ others in Failed SOP Sequence with the C-STORE status as Failure Reason
 (Table I.2-2: A7xx, A900, Cxxx, C122 transfer syntax, 0122 SOP class,
 0110; and 0124 for a caller that may not store); the Error Comment of each
 failure or warning goes in a ``Warning: 299`` header. Status (Table
-10.5.3-1): 200 all stored, 202 some failed or warned, 409 none stored, 400
-malformed body, 415 not ``application/dicom`` parts.
+10.5.3-1): 200 all stored, 202 some failed or warned, 409 none stored (503 with
+``Retry-After`` when every one was A7xx and the archive has no room now: a full
+disk, below ``--min-free``), 400 malformed body, 415 not ``application/dicom`` parts.
 With ``/studies/{study}`` an instance of another study fails with A900.
 """
 
@@ -57,12 +58,15 @@ from dicomstore.http.multipart import (
     repeated_parameters,
 )
 from dicomstore.policy import READ
+from dicomstore.services.readiness import cannot_store
 from dicomstore.services.storage import Caller, StoreService, Storing
 
 log = logging.getLogger("dicomstore.http.stow")
 
 #: File Meta Information larger than this is refused (it is a few hundred bytes).
 MAX_META = 64 * 1024
+#: Seconds a client is asked to wait when no part could be stored for want of space.
+RETRY_AFTER = 60
 #: The File Meta Information's UIDs a part is stored by (PS3.10 7.1).
 _META_UIDS = (
     (0x0002, "(0002,0002) Media Storage SOP Class UID"),
@@ -341,6 +345,13 @@ def client_address(request: Request) -> str:
     return client.host if client is not None else ""
 
 
+def _no_room(request: Request) -> bool:
+    """Whether the archive cannot store now (a full disk, below ``--min-free``: what
+    ``/readyz`` says, ``readiness.cannot_store``): a transient A7xx, not a data set over
+    ``--max-instance-size``."""
+    return bool(cannot_store(request.app.state.store))
+
+
 def _response(request: Request, results: list[PartResult], *, unread: bool = False) -> Response:
     """The Store Instances Response Module (Annex I) and its status (Table 10.5.3-1);
     ``unread``: answered at a data set over the limit, the rest of the body unread."""
@@ -370,7 +381,10 @@ def _response(request: Request, results: list[PartResult], *, unread: bool = Fal
     if unread:
         notes.append('299 dicomstore "the parts after the last one listed were not read"')
     headers = {"Warning": ", ".join(notes)} if notes else None
-    if not stored:
+    if not stored and failed and all(r.status >> 8 == 0xA7 for r in failed) and _no_room(request):
+        status = 503  # (out of space, every part: transient, review87 F2; too large stays 409)
+        headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER)}
+    elif not stored:
         status = 409
     elif failed or any(r.status for r in stored):
         status = 202

@@ -52,7 +52,7 @@ def cannot_store(store: Any) -> list[str]:
     if floor and root is not None:
         short = store.short_of_space(root)
         if short is not None:
-            problems.append(f"{short} (below the {floor} of --min-free)")
+            problems.append(short)
     own = getattr(store.handler, "cannot_store", None)
     if own is not None:
         problems.extend(own())

@@ -388,9 +388,9 @@ class StoreService:
         """The Error Comment refusing a store for want of space where the archive
         is (``root``): free bytes below ``min_free_bytes``; None when there is room
         (:meth:`begin`'s judgement, and readiness's: ``readiness.py``)."""
-        free = free_bytes(root)
-        if free < self.limits.min_free_bytes:
-            return f"only {free} bytes free"
+        free, floor = free_bytes(root), self.limits.min_free_bytes
+        if free < floor:  # (the limit named: review87 F3)
+            return f"only {free} bytes free (below the {floor} of --min-free)"
         return None
 
     async def finish(self, storing: Storing, *, in_thread: bool = True) -> StoreResult:
