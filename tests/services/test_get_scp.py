@@ -388,6 +388,7 @@ def test_a_scu_that_never_answers_is_no_cancel(root: Path, caplog) -> None:
     WARNING naming the timeout. Now: a WARNING, and the audit's status "aborted"."""
     from dicomstore.aio.association import Timeouts
 
+    caplog.set_level("INFO", logger="dicomstore.server")
     release = threading.Event()
 
     class Told(Audit):  # (the SCU's handler answers once the server has given up)
@@ -410,6 +411,8 @@ def test_a_scu_that_never_answers_is_no_cancel(root: Path, caplog) -> None:
         assert "C-GET stopped: the association ended: no response to message" in caplog.text
         assert "(cancelled)" not in caplog.text
         assert audit.records[-1]["status"] == "aborted"
+        # (review87 F8: the association's outcome said "accepted")
+        assert "association ended (aborted: a response late or of another type)" in caplog.text
     finally:
         release.set()
         archive.close()

@@ -346,7 +346,7 @@ class AcceptorAssociation:
             address=self.address,
             user=admission.user,
         )
-        self.invoker = acceptor_invoker(t)
+        self.invoker = acceptor_invoker(t, partial(setattr, self, "outcome"))
         sender = SameAssociationStore(t, self.invoker)
         self.sender = sender if sender.usable else None
         self._qr_made = (rq, admission)  # (each Q/R SCP is made at its first request)

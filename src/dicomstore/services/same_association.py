@@ -16,18 +16,26 @@ syntax, else converted to an accepted uncompressed one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dicomstore.aio.association import Transport
 from dicomstore.aio.invoker import Invoker
 from dicomstore.errors import AssociationAborted
 from dicomstore.ul.negotiation import AcceptedContext, Negotiated
 
+#: The outcome of an association we abort for a response of the peer's (late, mistyped).
+ABORTED = "aborted: a response late or of another type"
 
-def acceptor_invoker(transport: Transport) -> Invoker:
+
+def acceptor_invoker(transport: Transport, outcome: Callable[[str], None] | None = None) -> Invoker:
     """The invoking side of an association we accepted: its window is the
     operations the requestor performs (PS3.7 D.3.3.3); a late or mistyped
-    response aborts the association."""
+    response aborts the association, told first to ``outcome`` (the association's
+    log line and audit record: review87 F8, they said "accepted")."""
 
     async def abort() -> None:
+        if outcome is not None:
+            outcome(ABORTED)
         transport.abort_now()
         invoker.end(AssociationAborted("aborted by us"))
 
