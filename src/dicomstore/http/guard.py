@@ -103,6 +103,18 @@ class _Connection(h11.Connection):
     tells :attr:`on_continue` when it sends ``100 Continue``."""
 
     on_continue: Any = None
+    #: the last request's line and headers were over the limit (then 431, not 400)
+    head_too_big = False
+
+    def next_event(self) -> Any:
+        """h11's, but a request whose head came whole in one read and is over the
+        limit (h11 bounds only a head still incomplete after a read: up to about
+        twice the limit passed, review87 F5) is a protocol error too."""
+        event = super().next_event()
+        if isinstance(event, h11.Request) and _head_size(event) > self._max_incomplete_event_size:
+            self.head_too_big = True
+            raise h11.RemoteProtocolError("request line and headers over the limit")
+        return event
 
     def send(self, event: h11.Event) -> bytes | None:  # type: ignore[override]
         if isinstance(event, h11.InformationalResponse) and self.on_continue is not None:
@@ -119,6 +131,12 @@ class _Connection(h11.Connection):
                 http_version=event.http_version,
             )
         return super().send(event)
+
+
+def _head_size(request: h11.Request) -> int:
+    """About the bytes of ``request``'s line and headers as sent (h11 keeps no count)."""
+    line = len(request.method) + len(request.target) + 12  # (spaces, HTTP/1.1, CRLF)
+    return line + sum(len(name) + len(value) + 4 for name, value in request.headers) + 2
 
 
 class _Transport:
@@ -224,7 +242,7 @@ class GuardedH11(H11Protocol):
         (closing at once with its bytes unread would reset the connection, the
         answer lost with it)."""
         limit = self.limits.max_head_bytes
-        if len(self.conn.trailing_data[0]) > limit:
+        if getattr(self.conn, "head_too_big", False) or len(self.conn.trailing_data[0]) > limit:
             why = f"request line and headers over {limit} bytes"
             status, phrase = 431, "Request Header Fields Too Large"
         else:
