@@ -247,3 +247,16 @@ def test_failing_part_is_logged_at_warning_with_the_client(server, caplog) -> No
     ), message
     comment = r.headers["warning"].split("1.2.5.18: A900 ", 1)[1].rstrip('"')
     assert message.endswith(": " + comment)  # the Error Comment the client got
+
+
+def test_many_refused_parts_are_logged_a_few_then_counted(server, caplog) -> None:
+    """review87 F4: each of 10,000 junk parts wrote a WARNING line (2.4 MB of log from
+    two requests in under a second): the first few, then one line counting the rest
+    when the request ends. The answer still lists every part."""
+    client, _ = server
+    with caplog.at_level(logging.WARNING, "dicomstore.storage"):
+        r = post(client, [b"not dicom %d" % n for n in range(10)])
+    assert r.status_code == 409 and len(r.json()["00081198"]["Value"]) == 10
+    lines = [m for m in caplog.messages if "of an unidentified instance" in m]
+    assert len(lines) == 3 and lines[-1].endswith("said when the request ends)")
+    assert any(m.endswith(": 7 more refused parts, not logged each") for m in caplog.messages)

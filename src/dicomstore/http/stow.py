@@ -29,6 +29,7 @@ With ``/studies/{study}`` an instance of another study fails with A900.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -58,7 +59,9 @@ from dicomstore.http.multipart import (
     repeated_parameters,
 )
 from dicomstore.policy import READ
+from dicomstore.services import store_log
 from dicomstore.services.readiness import cannot_store
+from dicomstore.services.repeated import Repeated
 from dicomstore.services.storage import Caller, StoreService, Storing
 
 log = logging.getLogger("dicomstore.http.stow")
@@ -247,6 +250,22 @@ async def store(request: Request) -> Response:
         caller = await anyio.to_thread.run_sync(
             state.store.admit, "STOW-RS", state.stow_ae, state.ae_title, client_address(request)
         )
+    caller = dataclasses.replace(caller, repeated=Repeated(store_log.log, "request"))
+    try:
+        return await _parts(request, state, caller, parser, bounds, study)
+    finally:  # (the parts' failures past the first few: one line, review87 F4)
+        caller.repeated.summary(f"STOW-RS from {caller.who}")
+
+
+async def _parts(
+    request: Request,
+    state: Any,
+    caller: Caller,
+    parser: MultipartParser,
+    bounds: Any,
+    study: str | None,
+) -> Response:
+    """The parts of a STOW-RS body stored, each as it comes; the answer."""
     results: list[PartResult] = []
     part: _Part | None = None
     received = 0

@@ -13,10 +13,10 @@ FIRST = 3
 
 
 class Repeated:
-    """The repeatable lines of one association's peer."""
+    """The repeatable lines of one association's peer (or of one request's)."""
 
-    def __init__(self, log: logging.Logger) -> None:
-        self.log = log
+    def __init__(self, log: logging.Logger, unit: str = "association") -> None:
+        self.log, self.unit = log, unit  # (unit: what ends, e.g. a STOW-RS request)
         self._counts: dict[str, list[int]] = {}  # kind -> [count, level]
 
     def say(self, level: int, kind: str, peer: str, text: str) -> None:
@@ -25,11 +25,12 @@ class Repeated:
         says the rest will be counted."""
         counted = self._counts.setdefault(kind, [0, level])
         counted[0] += 1
+        said = f"{peer}: {text}" if peer else text  # (no peer: the text names it)
         if counted[0] < FIRST:
-            self.log.log(level, "%s: %s", peer, text)
+            self.log.log(level, "%s", said)
         elif counted[0] == FIRST:
-            more = " (more of these: counted, said when the association ends)"
-            self.log.log(level, "%s: %s%s", peer, text, more)
+            more = f" (more of these: counted, said when the {self.unit} ends)"
+            self.log.log(level, "%s%s", said, more)
 
     def summary(self, peer: str) -> None:
         """One line per kind of which more were counted than logged (at its level)."""

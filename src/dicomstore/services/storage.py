@@ -46,7 +46,7 @@ from dicomstore import uids
 from dicomstore.handler import StoreHandler, StoreSink
 from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflatedSize
 from dicomstore.services.admission import AdmissionRequest, AuditSink, Gatekeeper
-from dicomstore.services.store_log import log_store
+from dicomstore.services.store_log import log_store, store_line
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -129,6 +129,9 @@ class Caller:
     called_ae: str = ""
     may_store: bool = True
     user: str | None = None
+    #: the failures of one request's many parts, told but the first few (STOW-RS:
+    #: ``services/repeated.py``; review87 F4: 10,000 junk parts, 10,000 lines)
+    repeated: Any = field(default=None, compare=False)
 
     @property
     def who(self) -> str:
@@ -456,9 +459,15 @@ class StoreService:
     def _record(self, storing: Storing, result: StoreResult) -> None:
         """The operator's log line and the audit record of one store."""
         caller = storing.caller
-        log_store(
-            caller.service, caller.who, storing.sop_instance_uid, result.status, result.comment
-        )
+        if result.status and caller.repeated is not None:
+            line = store_line(
+                caller.service, caller.who, storing.sop_instance_uid, result.status, result.comment
+            )
+            caller.repeated.say(logging.WARNING, "refused parts", "", line)
+        else:
+            log_store(
+                caller.service, caller.who, storing.sop_instance_uid, result.status, result.comment
+            )
         for observe in self.observers:
             observe(storing, result)
         if self.audit is None:

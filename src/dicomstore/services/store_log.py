@@ -30,13 +30,14 @@ def log_store(
     level = logging.DEBUG if status == st.SUCCESS else logging.WARNING
     if not log.isEnabledFor(level):
         return
-    log.log(
-        level,
-        "%s of %s from %s: status %04X (%s)%s",
-        service,
-        sop_instance_uid or "an unidentified instance",
-        caller or "an unknown caller",
-        status,
-        st.category(status),
-        f": {comment}" if comment else "",
-    )
+    log.log(level, "%s", store_line(service, caller, sop_instance_uid, status, comment))
+
+
+def store_line(
+    service: str, caller: str, sop_instance_uid: str | None, status: int, comment: str | None
+) -> str:
+    """:func:`log_store`'s line."""
+    uid = sop_instance_uid or "an unidentified instance"
+    said = f": {comment}" if comment else ""
+    who = caller or "an unknown caller"
+    return f"{service} of {uid} from {who}: status {status:04X} ({st.category(status)}){said}"
