@@ -22,9 +22,8 @@ from pydicom.filereader import read_dataset
 
 from dicomstore import uids
 from dicomstore.framing import FileSource, FramingError, TooDeep, Truncated
-from dicomstore.framing.headers import encode_header
+from dicomstore.framing.headers import NATIVE, encode_header
 from dicomstore.framing.reencoding import reencode
-from dicomstore.services.conversion import NATIVE
 
 IMPLICIT, EXPLICIT, BIG = (True, True), (False, True), (False, False)
 NAMES = {IMPLICIT: uids.IMPLICIT_VR_LE, EXPLICIT: uids.EXPLICIT_VR_LE, BIG: uids.EXPLICIT_VR_BE}

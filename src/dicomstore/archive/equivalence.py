@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from dicomstore import uids
 from dicomstore.archive import digests
-from dicomstore.archive.dicomfile import dataset_offset, encoding_of
+from dicomstore.archive.dicomfile import dataset_offset
 from dicomstore.framing import FileSource, FramingError
+from dicomstore.framing.headers import NATIVE
 from dicomstore.framing.reencoding import reencode
 
 #: The largest data set re-encoded to be compared (bytes).
@@ -54,7 +54,7 @@ def same_reencoded(
     or not a local file, over :data:`MAX_SIZE`, does not frame, or the judging is
     over :data:`BUDGET`. ``OSError`` propagates."""
     ours, theirs = str(existing["transfer_syntax_uid"]), str(member["transfer_syntax_uid"])
-    if stored is None or ours == theirs or not (_native(ours) and _native(theirs)):
+    if stored is None or ours == theirs or ours not in NATIVE or theirs not in NATIVE:
         return False
     deadline = time.monotonic() + BUDGET
     try:
@@ -74,8 +74,7 @@ def _maps(path: str, source: str, target: str, digest: str, deadline: float) -> 
             return False
         with tempfile.TemporaryFile(dir=os.path.dirname(path)) as out:
             budgeted = cast(BinaryIO, _Budgeted(out, deadline))
-            encoding = encoding_of(source)[:2], encoding_of(target)[:2]
-            reencode(FileSource(fp.fileno(), end), start, *encoding, budgeted)
+            reencode(FileSource(fp.fileno(), end), start, NATIVE[source], NATIVE[target], budgeted)
             out.seek(0)
             hasher = digests.new(digests.algorithm_of(digest))
             while block := out.read(_CHUNK):
@@ -100,8 +99,3 @@ class _Budgeted:
 
     def tell(self) -> int:
         return self.f.tell()
-
-
-def _native(transfer_syntax: str) -> bool:
-    """Implicit VR Little Endian, Explicit VR Little or Big Endian (PS3.5 A.1-A.3)."""
-    return not uids.is_deflated(transfer_syntax) and not uids.is_encapsulated(transfer_syntax)

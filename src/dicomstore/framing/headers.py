@@ -11,7 +11,18 @@ from __future__ import annotations
 import array
 import struct
 
+from dicomstore import uids
 from dicomstore.vr import LONG_VRS, VRS
+
+#: (implicit VR?, little endian?) of a transfer syntax (PS3.5 A.1-A.3).
+Encoding = tuple[bool, bool]
+#: The uncompressed transfer syntaxes (PS3.5 A.1-A.3): what ``reencoding.reencode``
+#: reads and writes.
+NATIVE: dict[str, Encoding] = {
+    uids.IMPLICIT_VR_LE: (True, True),
+    uids.EXPLICIT_VR_LE: (False, True),
+    uids.EXPLICIT_VR_BE: (False, False),
+}
 
 UNDEFINED = 0xFFFFFFFF
 #: Item, Item Delimitation Item and Sequence Delimitation Item (PS3.5 7.5): group

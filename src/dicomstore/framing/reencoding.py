@@ -55,6 +55,7 @@ from dicomstore.framing.headers import (
     U16,
     UNDEFINED,
     UNKNOWN_VR,
+    Encoding,
     byteswapped,
     element_header,
     encode_header,
@@ -63,9 +64,6 @@ from dicomstore.framing.implicit_vr import WIDTH, written_vr
 from dicomstore.framing.sources import Source
 from dicomstore.framing.walking import MAX_DEPTH, too_deep
 from dicomstore.vr import LONG_VRS, PADDED_WITH_SPACE
-
-#: (implicit VR?, little endian?) of a transfer syntax (PS3.5 A.1-A.3).
-Encoding = tuple[bool, bool]
 
 #: The most bytes of a value read (and written) at a time.
 SLICE = 1 << 20

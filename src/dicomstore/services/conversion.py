@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dicomstore import uids
 from dicomstore.framing import FileSource, file_pread
-from dicomstore.framing.headers import byteswapped
-from dicomstore.framing.reencoding import Encoding, reencode
+from dicomstore.framing.headers import NATIVE, byteswapped
+from dicomstore.framing.reencoding import reencode
 from dicomstore.inflation import (
     DEFAULT_MAX_INFLATED,
     InflateError,
@@ -148,12 +148,6 @@ def converted(
         raise NotDicom(f"cannot convert to {uids.uid_name(ts)}: {one_line(exc)}") from None
 
 
-#: (implicit VR?, little endian?) of the uncompressed transfer syntaxes (PS3.5 A.1-A.3).
-NATIVE: dict[str, Encoding] = {
-    uids.IMPLICIT_VR_LE: (True, True),
-    uids.EXPLICIT_VR_LE: (False, True),
-    uids.EXPLICIT_VR_BE: (False, False),
-}
 #: What :func:`reencoded` converts from: the uncompressed, and the deflated once inflated.
 _REENCODED = {*NATIVE, uids.DEFLATED_EXPLICIT_VR_LE}
 
