@@ -118,27 +118,21 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
     ``json``) on ``stream`` (stderr); library warnings to DEBUG (module docstring).
     Like :func:`logging.basicConfig`, it leaves a root logger that already has
     handlers alone (an application embedding the CLI, or pytest)."""
-    global _json
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
-    _json = fmt == "json" and handler in logging.getLogger().handlers
     warnings.showwarning = _warning_to_debug
     if level != "debug":  # pydicom logs each warning it issues too
         handler.addFilter(_quiet_pydicom)
     handler.addFilter(_quiet_plugins)
 
 
-#: Whether :func:`setup_logging` writes JSON lines (then :func:`refuse` does too).
-_json = False
-
-
 def refuse(message: str) -> None:
     """A command's one-line refusal on stderr (why it cannot start or go on):
     ``dicomstore: message``; under ``--log-format json`` a JSON object of level
     ERROR like every other line then, for a log collector that reads each line as
-    one (logger ``dicomstore``)."""
-    if _json:
+    one (logger ``dicomstore``): when :func:`setup_logging` set JSON lines."""
+    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
         logging.getLogger("dicomstore").error("%s", message)
     else:
         print(f"dicomstore: {message}", file=sys.stderr)

@@ -46,7 +46,7 @@ from dicomstore import uids
 from dicomstore.handler import StoreHandler, StoreSink
 from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflatedSize
 from dicomstore.services.admission import AdmissionRequest, AuditSink, Gatekeeper
-from dicomstore.services.store_log import log_store, store_line
+from dicomstore.services.store_log import log_store
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -459,15 +459,8 @@ class StoreService:
     def _record(self, storing: Storing, result: StoreResult) -> None:
         """The operator's log line and the audit record of one store."""
         caller = storing.caller
-        if result.status and caller.repeated is not None:
-            line = store_line(
-                caller.service, caller.who, storing.sop_instance_uid, result.status, result.comment
-            )
-            caller.repeated.say(logging.WARNING, "refused parts", "", line)
-        else:
-            log_store(
-                caller.service, caller.who, storing.sop_instance_uid, result.status, result.comment
-            )
+        uid = storing.sop_instance_uid
+        log_store(caller.service, caller.who, uid, result.status, result.comment, caller.repeated)
         for observe in self.observers:
             observe(storing, result)
         if self.audit is None:

@@ -13,6 +13,7 @@ format for both services, on the ``dicomstore.storage`` logger, e.g.::
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from dicomstore import status as st
 
@@ -20,7 +21,12 @@ log = logging.getLogger("dicomstore.storage")
 
 
 def log_store(
-    service: str, caller: str, sop_instance_uid: str | None, status: int, comment: str | None
+    service: str,
+    caller: str,
+    sop_instance_uid: str | None,
+    status: int,
+    comment: str | None,
+    repeated: Any = None,
 ) -> None:
     """Log the outcome of storing one instance (WARNING unless ``status`` is 0000).
 
@@ -30,7 +36,11 @@ def log_store(
     level = logging.DEBUG if status == st.SUCCESS else logging.WARNING
     if not log.isEnabledFor(level):
         return
-    log.log(level, "%s", store_line(service, caller, sop_instance_uid, status, comment))
+    line = store_line(service, caller, sop_instance_uid, status, comment)
+    if status and repeated is not None:  # (a request's many parts: the first few, review87 F4)
+        repeated.say(level, "refused parts", "", line)
+    else:
+        log.log(level, "%s", line)
 
 
 def store_line(
