@@ -284,7 +284,7 @@ async def _parts(
                         results.append(await part.finish(study))
                         part = None
                         log.warning("STOW-RS: answered before the end of the body (A700)")
-                        return _response(request, results, unread=True)
+                        return await _response(request, results, unread=True)
                 elif isinstance(event, PartEnd) and part is not None:
                     results.append(await part.finish(study))
                     part = None
@@ -310,7 +310,7 @@ async def _parts(
         results.append(PartResult(None, None, status.CANNOT_UNDERSTAND, comment))
     if not results:
         raise HttpError(400, "the request holds no instances")
-    return _response(request, results)
+    return await _response(request, results)
 
 
 class _Over(Exception):
@@ -364,14 +364,16 @@ def client_address(request: Request) -> str:
     return client.host if client is not None else ""
 
 
-def _no_room(request: Request) -> bool:
+async def _no_room(request: Request) -> bool:
     """Whether the archive cannot store now (a full disk, below ``--min-free``: what
-    ``/readyz`` says, ``readiness.cannot_store``): a transient A7xx, not a data set over
-    ``--max-instance-size``."""
-    return bool(cannot_store(request.app.state.store))
+    ``/readyz`` says, ``readiness.cannot_store``, blocking: in a thread): a transient
+    A7xx, not a data set over ``--max-instance-size``."""
+    return bool(await anyio.to_thread.run_sync(cannot_store, request.app.state.store))
 
 
-def _response(request: Request, results: list[PartResult], *, unread: bool = False) -> Response:
+async def _response(
+    request: Request, results: list[PartResult], *, unread: bool = False
+) -> Response:
     """The Store Instances Response Module (Annex I) and its status (Table 10.5.3-1);
     ``unread``: answered at a data set over the limit, the rest of the body unread."""
     identity = identity_of(request.scope)
@@ -400,7 +402,8 @@ def _response(request: Request, results: list[PartResult], *, unread: bool = Fal
     if unread:
         notes.append('299 dicomstore "the parts after the last one listed were not read"')
     headers = {"Warning": ", ".join(notes)} if notes else None
-    if not stored and failed and all(r.status >> 8 == 0xA7 for r in failed) and _no_room(request):
+    out_of_room = failed and all(r.status >> 8 == 0xA7 for r in failed)
+    if not stored and out_of_room and await _no_room(request):
         status = 503  # (out of space, every part: transient, review87 F2; too large stays 409)
         headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER)}
     elif not stored:
