@@ -101,7 +101,7 @@ def _examine(
 
 def misframed(path: Path) -> str | None:
     """Why a stored file would be refused if it were received now (C000, every door:
-    ``nesting.refusal``, the whole data set walked): an element readers frame each
+    ``nesting.judged``, as ``Ingest._check`` judges it): an element readers frame each
     their own way (an unknown VR, an undefined length where none may be: review80),
     nesting too deep, elements after the Pixel Data out of order. An archive may
     hold such files from before they were refused, indexed as one reader read them;
