@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests.services.query_testlib import Audit, fill, sop_uids
 from tests.services.retrieve_testlib import dataset_bytes, destination, pynetdicom_move
 
 from dicomstore import uids
+from dicomstore.aio.association import Timeouts
 from dicomstore.aio.client import associate
 from dicomstore.archive import Archive
 from dicomstore.archive.reader import ArchiveReader
@@ -319,6 +321,41 @@ def test_c_cancel_then_the_destination_gone_is_fe00_with_the_rest_remaining(
     assert [r.status for r in responses] == [0xFE00]
     final = responses[-1].sub_operations
     assert (final.remaining, final.completed, final.failed, final.warning) == (4, 0, 1, 0)
+
+
+def test_c_cancel_while_the_destination_has_not_answered_the_association_is_fe00(
+    root: Path,
+) -> None:
+    """review87 F7: a C-CANCEL-RQ while the destination held the A-ASSOCIATE-RQ
+    unanswered was acted on only when ``--acse-timeout`` ran out; now the attempt is
+    aborted (an A-ABORT to the destination) and the answer is FE00 at once, every
+    instance Remaining."""
+    accepted, received = threading.Event(), bytearray()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def hold() -> None:  # accepts, reads, never answers
+            peer, _ = listener.accept()
+            with peer:
+                accepted.set()
+                while chunk := peer.recv(65536):
+                    received.extend(chunk)
+
+        holding = threading.Thread(target=hold, daemon=True)
+        holding.start()
+        config = ServerConfig(
+            port=0,
+            move_destinations=(parse_destination(f"DEST=127.0.0.1:{listener.getsockname()[1]}"),),
+            timeouts=Timeouts(acse=3600),
+        )
+        with ServerThread(config, Archive(root, fsync=False)) as srv:
+            responses = asyncio.run(_move_then_cancel(srv.port, accepted, threading.Event()))
+            holding.join(30)
+    assert [r.status for r in responses] == [0xFE00]
+    final = responses[-1].sub_operations
+    assert (final.remaining, final.completed, final.failed, final.warning) == (5, 0, 0, 0)
+    assert not holding.is_alive()  # the connection was closed
+    assert received[:1] == b"\x01"  # A-ASSOCIATE-RQ ...
+    assert received[-10:-8] == b"\x07\x00"  # ... then A-ABORT (PS3.8 9.3.8: 10 bytes)
 
 
 def test_a_move_whose_requester_left_is_audited_as_aborted(root: Path, caplog) -> None:

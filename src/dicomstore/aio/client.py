@@ -400,7 +400,8 @@ async def associate(
     assoc = ClientAssociation(Transport(stream, conn, timeouts), rq)
     try:
         await assoc._establish()
-    except BaseException:
+    except BaseException:  # (cancelled while waiting for the answer: A-ABORT, PS3.8 AA-1)
+        assoc.t.abort_now()
         await assoc.t.close()
         raise
     return assoc

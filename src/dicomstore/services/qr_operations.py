@@ -52,8 +52,12 @@ class Operation:
     rq: Any  # CFindRQ, CMoveRQ, CGetRQ: has message_id, affected_sop_class_uid, response()
     identifier: bytearray = field(default_factory=bytearray)
     refusal: Any = None  # the response decided before the Identifier arrived
-    cancelled: bool = False
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)  # set by a C-CANCEL-RQ
     ended: bool = False  # its final response is sent
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel.is_set()
 
 
 @dataclass(kw_only=True)
@@ -253,7 +257,7 @@ class QROperations:
             return
         message = event.message
         if isinstance(message, CCancelRQ):
-            self._running[message.message_id_being_responded_to].cancelled = True
+            self._running[message.message_id_being_responded_to].cancel.set()
             return
         op = self.new_operation(event.context_id, message)
         op.refusal = self._refusal(event.context_id, message)

@@ -215,6 +215,29 @@ class SubOperationSender(Protocol):
         """The retrieval is over (release what :meth:`start` opened); never raises."""
 
 
+async def _started(
+    sender: SubOperationSender, selected: Sequence[Selected], cancel: asyncio.Event | None
+) -> bool:
+    """``sender.start``; False if ``cancel`` was set first (the start is cancelled:
+    a C-MOVE's association attempt is aborted, ``aio.client.associate``)."""
+    if cancel is None:
+        await sender.start(selected)
+        return True
+    starting = asyncio.ensure_future(sender.start(selected))
+    waiting = asyncio.ensure_future(cancel.wait())
+    try:
+        await asyncio.wait((starting, waiting), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+    if starting.cancelled():
+        return False
+    starting.result()  # (SubOperationsEnded: none can be sent)
+    return True
+
+
 @dataclass
 class Retrieval(Tally):
     """The sub-operations of one C-MOVE or C-GET and their counts (see the module notes)."""
@@ -235,15 +258,21 @@ class Retrieval(Tally):
         is_cancelled: Callable[[], bool],
         pending: Callable[[SubOperations], Awaitable[None]],
         is_gone: Callable[[], bool] = lambda: False,
+        cancel: asyncio.Event | None = None,
     ) -> int:
         """Send every instance; ``pending`` after each sub-operation but the last; the
         final status. ``is_cancelled`` (a C-CANCEL) and ``is_gone`` (the requester's
-        association ended: no cancel, review81 F6) are asked before each one."""
+        association ended: no cancel, review81 F6) are asked before each one;
+        ``cancel``, set by the C-CANCEL, also ends the sender's start (review87 F7:
+        a destination slow to answer the A-ASSOCIATE-RQ held a cancel until
+        ``--acse-timeout``)."""
         if not self.selected:
             return st.SUCCESS
         sending = False  # (a sub-operation in flight: see SubOperationsEnded below)
         try:
-            await sender.start(self.selected)
+            if not await _started(sender, self.selected, cancel):
+                self.cancelled = True
+                return self.status
             for n, item in enumerate(self.selected):
                 if is_cancelled():
                     self.cancelled = True

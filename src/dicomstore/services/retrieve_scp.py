@@ -186,6 +186,7 @@ class RetrieveSCP(QROperations):
                 is_cancelled=lambda: op.cancelled,
                 pending=pending,
                 is_gone=lambda: not self.is_open,
+                cancel=op.cancel,
             )
         except asyncio.CancelledError:  # (the association ended: no one to answer;
             # every one sent already, the status they came to: review36c L6)
