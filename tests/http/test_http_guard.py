@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import logging
 import socket
 import subprocess
 import threading
@@ -68,6 +69,36 @@ def test_a_request_left_half_sent_is_408_and_closed(served, sent, caplog) -> Non
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert "dropped (408): no bytes of its request for 0.5s" in caplog.text
     assert not list(archive.instances())
+
+
+def test_a_request_dropped_408_is_logged_408(served) -> None:
+    """review87 F6: the access log said 400 (the app's answer to the disconnect it
+    read, which never went out) for a request the guard answered 408."""
+    web, _ = served
+    logged, lines = threading.Event(), []
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+            logged.set()
+
+    access, handler = logging.getLogger("dicomstore.http.access"), Lines()
+    level = access.level
+    access.setLevel(logging.INFO)
+    access.addHandler(handler)
+    try:
+        with _connect(web) as sock:
+            sock.sendall(
+                b"POST /studies HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n"
+                b'Content-Type: multipart/related; type="application/dicom"; boundary=B\r\n'
+                b"\r\n--B\r\n"
+            )
+            assert _answer(sock).startswith(b"HTTP/1.1 408 ")
+        assert logged.wait(30)
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+    assert lines[0].startswith('127.0.0.1 - "POST /studies" 408 0B ')
 
 
 def test_a_connection_beyond_the_most_is_503(served, caplog) -> None:

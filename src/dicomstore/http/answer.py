@@ -27,6 +27,12 @@ log = logging.getLogger("dicomstore.http.answer")
 CUT_OFF: ContextVar[bool] = ContextVar("cut_off", default=False)
 
 
+#: The scope key of a status the connection's guard sent on the wire in the app's
+#: stead (``http/guard.py``: 408 for a body too slow): the app's own answer, if any,
+#: went nowhere, and the watchers log, audit and count this one (review87 F6).
+SENT_BY_GUARD = "dicomstore.sent_by_guard"
+
+
 def went(exc: BaseException) -> bool:
     """``exc`` (an ``OSError``, or one keeping the ``OSError`` it met as its context:
     ``sources.Unreadable``) says the file is not there: deleted or replaced since."""
@@ -111,6 +117,9 @@ async def watch(
         nonlocal called
         if not called:
             called = True
+            sent = scope.get(SENT_BY_GUARD)
+            if sent is not None:
+                answer.status, answer.nbytes, complete = sent, 0, False
             done(answer, complete)
 
     async def sending(message: Message) -> None:

@@ -50,7 +50,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from dicomstore.http.answer import CUT_OFF
+from dicomstore.http.answer import CUT_OFF, SENT_BY_GUARD
 from dicomstore.http.limits import HttpLimits
 
 log = logging.getLogger("dicomstore.http.limits")
@@ -376,6 +376,8 @@ class GuardedH11(H11Protocol):
         elif why:
             log.warning("HTTP connection from %s dropped (408): %s", _client(self), why)
             if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # (no answer begun)
+                if self.conn.their_state is h11.SEND_BODY and self.cycle is not None:
+                    self.cycle.scope[SENT_BY_GUARD] = 408  # type: ignore[literal-required]
                 self.transport.write(_TIMEOUT)
                 self._linger()  # (a body half read: the app's receive says disconnect)
             else:
