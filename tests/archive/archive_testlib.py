@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 import pytest
 import xxhash
 
-from dicomstore.archive import Archive, Index, StoreOutcome
+from dicomstore.archive import Archive, Index, StoreOutcome, reserve
 from dicomstore.archive.dicomfile import dataset_offset
 from dicomstore.archive.identity import MARK
 from dicomstore.archive.journal import NAME as JOURNAL
@@ -116,8 +116,8 @@ def stored_dataset(path: Path) -> bytes:
 
 def dcm_files(root: Path) -> list[Path]:
     """Every file under ``root`` except the index (and its WAL companions), the
-    lock files of the nodes (``archive/nodes.py``) and the storage's id
-    (``archive/identity.py``)."""
+    lock files of the nodes (``archive/nodes.py``), the storage's id
+    (``archive/identity.py``) and the reserve file (``archive/reserve.py``)."""
     return sorted(
         p
         for p in root.rglob("*")
@@ -125,6 +125,7 @@ def dcm_files(root: Path) -> list[Path]:
         and not p.name.startswith("index.sqlite")
         and not is_node_lock(root, p)
         and p != root / MARK
+        and p != root / reserve.NAME
     )
 
 

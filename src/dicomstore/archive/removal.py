@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dicomstore.archive import crashpoints, layout, metacache
+from dicomstore.archive import crashpoints, layout, metacache, reserve
 from dicomstore.archive.deferred import rollback_quietly
 from dicomstore.archive.engine import DatabaseError, engine_for
 from dicomstore.archive.index import Index
@@ -229,6 +229,9 @@ def remove(
     only those of its instances (the SOP Instance UIDs a user confirmed: those
     stored since are kept, ``Removal.kept``; review50 #6).
 
+    On a disk with less than ``reserve.SIZE`` free, the archive's reserve file is
+    freed first (``reserve.py``), and made again after if there is room.
+
     Raises :class:`NotStoredError` when nothing of ``uid`` is indexed or on disk. When
     it raises anything else, ``progress.removal`` says what was deleted (None: nothing).
 
@@ -236,6 +239,22 @@ def remove(
     ``dicomstore.query.remove``) calls it through ``services/deletion.py``, which is.
     """
     root = Path(root).resolve()
+    reserve.release(root)  # (a disk full to the last byte: room for the index's log)
+    try:
+        return _remove(root, uid, fsync, lock_timeout, index, only, progress)
+    finally:
+        reserve.keep(root)
+
+
+def _remove(
+    root: Path,
+    uid: str,
+    fsync: bool,
+    lock_timeout: float,
+    index: str | None,
+    only: frozenset[str] | None,
+    progress: Progress | None,
+) -> Removal:
     reader = ArchiveReader(root, index=index)
     progress = Progress() if progress is None else progress
     uid = layout.normalize_uid(uid.strip())

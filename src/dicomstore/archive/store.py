@@ -50,7 +50,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-from dicomstore.archive import layout, startup
+from dicomstore.archive import layout, reserve, startup
 from dicomstore.archive.commit import CommitStats, GroupCommit
 from dicomstore.archive.deferred import IdleCheckpoint
 from dicomstore.archive.dicomfile import MetaTemplates
@@ -198,6 +198,7 @@ class Archive:
         #: the journal's checkpoint when no batch comes (``deferred.py``)
         self._idle = IdleCheckpoint(self._committer.when_idle, self._publisher.checkpoint_due)
         self._publisher.on_journaled = self._idle.arm
+        reserve.keep(self.root)  # (room for a delete on a full disk: ``reserve.py``)
         self._announce = (self._committer.arriving, self._committer.left)
         self._templates = MetaTemplates()
         self._names = itertools.count()

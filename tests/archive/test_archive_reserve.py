@@ -1,0 +1,96 @@
+"""The reserve file (archive/reserve.py, review87 F1): an archive keeps room for a
+delete, and a delete on a disk filled to the last byte uses it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from archive_testlib import dataset, store
+from tests.test_cli_access import cli
+
+from dicomstore.archive import Archive, reserve
+from dicomstore.archive.outcome import SUCCESS
+
+
+def test_an_archive_keeps_the_reserve_file(tmp_path: Path) -> None:
+    with Archive(tmp_path / "root", fsync=False):
+        pass
+    path = tmp_path / "root" / reserve.NAME
+    assert path.stat().st_size == reserve.SIZE
+    assert path.stat().st_blocks * 512 >= reserve.SIZE  # allocated, not a hole
+    assert [p.name for p in (tmp_path / "root").iterdir() if p.name.startswith(".reserve.")] == []
+
+
+def test_no_reserve_file_takes_the_last_free_space(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(reserve, "free", lambda root: 2 * reserve.SIZE - 1)
+    with Archive(tmp_path / "root", fsync=False):
+        pass
+    assert not (tmp_path / "root" / reserve.NAME).exists()
+
+
+def test_the_reserve_is_freed_only_when_the_disk_is_nearly_full(tmp_path: Path, monkeypatch):
+    tmp_path.joinpath(reserve.NAME).write_bytes(b"x")
+    monkeypatch.setattr(reserve, "free", lambda root: reserve.SIZE)
+    assert not reserve.release(tmp_path)
+    monkeypatch.setattr(reserve, "free", lambda root: reserve.SIZE - 1)
+    assert reserve.release(tmp_path)
+    assert not tmp_path.joinpath(reserve.NAME).exists()
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 48 MiB tmpfs (needs root and mount permission; skipped otherwise)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting needs root")
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {result.stderr.decode(errors='replace')}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(path: Path) -> None:
+    """Write ``path`` until the file system has not one byte left."""
+    with open(path, "wb", buffering=0) as out:
+        for size in (1 << 20, 4096, 1):
+            block = b"\0" * size
+            while True:
+                try:
+                    out.write(block)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+                    break
+
+
+@pytest.mark.sqlite_index  # (the index's log on the full disk; the delete in another process)
+def test_a_delete_on_a_disk_full_to_the_last_byte_frees_space(small_fs: Path) -> None:
+    root = small_fs / "archive"
+    series = "1.2.3.4.5"
+    with Archive(root) as archive:  # (as a server: open while the delete runs)
+        for n in range(3):
+            sop = f"1.2.3.4.5.6.{n}"
+            outcome = store(archive, dataset(sop, pixels=1 << 20), sop_uid=sop)
+            assert outcome.status == SUCCESS
+        assert (root / reserve.NAME).exists()
+        _fill(small_fs / "filler")
+        assert shutil.disk_usage(small_fs).free == 0
+        r = cli("delete", series, "--yes", storage=root)
+        assert r.returncode == 0, r.stderr
+        assert "the reserve file is freed for the delete" in r.stderr
+        assert list(archive.instances()) == []
+        assert not list(root.rglob("*.dcm"))
+        assert not (root / reserve.NAME).exists()  # (not made again: too little room)
+        assert archive.check() == []
+        assert store(archive, dataset(pixels=1000)).status == SUCCESS  # storing resumes
