@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import sqlite3
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from archive_testlib import (
     dcm_files,
     digest_of,
     element,
+    mounted_tmpfs,
     settled,
     store,
 )
@@ -485,21 +485,10 @@ def test_no_fsync_when_disabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.fixture
-def tiny_fs(tmp_path: Path) -> Path:
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs (needs root and mount permission; skipped otherwise)."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting needs root")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {result.stderr.decode(errors='replace')}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with mounted_tmpfs(tmp_path / "tiny", "1m") as mount:
+        yield mount
 
 
 def test_real_disk_full_is_a700(tiny_fs: Path) -> None:

@@ -4,14 +4,12 @@ delete, and a delete on a disk filled to the last byte uses it."""
 from __future__ import annotations
 
 import errno
-import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from archive_testlib import dataset, store
+from archive_testlib import dataset, mounted_tmpfs, store
 from tests.test_cli_access import cli
 
 from dicomstore.archive import Archive, reserve
@@ -46,19 +44,8 @@ def test_the_reserve_is_freed_only_when_the_disk_is_nearly_full(tmp_path: Path, 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 48 MiB tmpfs (needs root and mount permission; skipped otherwise)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting needs root")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {result.stderr.decode(errors='replace')}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with mounted_tmpfs(tmp_path / "small", "48m") as mount:
+        yield mount
 
 
 def _fill(path: Path) -> None:
