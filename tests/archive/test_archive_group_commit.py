@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -604,8 +605,13 @@ def test_a_crash_before_commit_leaves_files_the_next_start_adopts(
     files = [p for p in dcm_files(root) if ".tmp" not in p.parts]
     assert len(files) == 2 + size  # the crashed ones are named, not indexed
     assert len(archive.instances()) == 2
+    for path in files:  # (written long before the start that adopts them)
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    before = datetime.now(UTC).isoformat(timespec="microseconds")
     with Archive(root) as again:
         assert again.recovered == size
+        for n in range(2, size + 2):  # review88 F7: an arrival at its adoption, not before
+            assert again.get_instance(uid_of(n))["received_at"] >= before
         assert {r["sop_instance_uid"] for r in again.instances()} == {
             uid_of(n) for n in range(size + 2)
         }

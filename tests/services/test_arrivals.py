@@ -78,6 +78,38 @@ def test_each_instance_once_while_another_node_lives(tmp_path: Path) -> None:
         here.close()
 
 
+def test_a_node_whose_clock_is_ahead_hides_no_other_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """review88 F10: one instance stamped 60 s ahead (a node's clock) moved the newest
+    seen there, and every other node's arrivals were left out for as long."""
+    from dicomstore.archive import ingest
+    from dicomstore.services import arrivals as arrivals_module
+
+    monkeypatch.setattr(arrivals_module, "_ahead_told", [])  # (told once in a while)
+
+    class Ahead(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
+            return datetime.now(tz) + timedelta(seconds=60)
+
+    root = tmp_path / "archive"
+    here, there = Archive(root, fsync=False), Archive(root, fsync=False)
+    try:
+        arrivals = OtherArrivals(ArchiveReader(root), lambda rows: None)
+        with monkeypatch.context() as ahead:
+            ahead.setattr(ingest, "datetime", Ahead)
+            _store(there, "1.2.61.3.1")
+        assert [r["sop_instance_uid"] for r in arrivals.look()] == ["1.2.61.3.1"]
+        _store(here, "1.2.61.3.2")  # (this node's clock)
+        assert [r["sop_instance_uid"] for r in arrivals.look()] == ["1.2.61.3.2"]
+        assert arrivals.look() == []  # (the one ahead, seen, is not taken again)
+        assert "the clock of a node storing into this archive is ahead" in caplog.text
+    finally:
+        there.close()
+        here.close()
+
+
 def test_the_events_leave_out_what_a_last_event_covered(tmp_path: Path) -> None:
     root = tmp_path / "archive"
     archive = Archive(root, fsync=False)

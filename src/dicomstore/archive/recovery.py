@@ -15,6 +15,7 @@ import errno
 import fcntl
 import logging
 import os
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -77,7 +78,11 @@ def recover(root: Path, index: Index, *, fsync: bool) -> int:
     - the index does not know the instance: it is adopted, indexed as
       ``reindex`` would (its data was durable before it was renamed; a ``.new``
       trace's file, placed before its flush, only if it still has the digest
-      in the trace's name, else it goes: ``publish.py``);
+      in the trace's name, else it goes: ``publish.py``), an arrival now: its
+      ``received_at`` the time of the adoption, not of its file (review88 F7: the
+      forwarding and events node, which reads other nodes' arrivals by that
+      time, ``services/arrivals.py``, missed one adopted by a node down longer
+      than its slack, and the sender's resend, a duplicate, was no arrival);
     - the index holds it with other bytes at the same name (a replace that did
       not commit): the old file, kept as ``<temp>.bak``, is put back;
     - the index holds it at another name (a replace, which puts the new version at
@@ -336,7 +341,8 @@ def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool
                     up = layout.folders_up_to(root, final) if unflushed else [final.parent]
                     for folder in up:
                         layout.fsync_dir(folder)
-                index.put({**row, "path": rel})
+                arrived = datetime.now(UTC).isoformat(timespec="microseconds")
+                index.put({**row, "path": rel, "received_at": arrived})
                 index.commit()
                 return 1
             if existing["path"] != rel:

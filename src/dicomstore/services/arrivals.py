@@ -10,7 +10,9 @@ those not seen yet handed to the consumers: forwarding queues them for its
 ``when=instance`` rules, the events count them as arrivals of their study.
 Those a rebuild of the index from the files made (``archive/rebuild.py``) are
 none: their time was their file's (review58 H1); whatever is stored after it is
-one, whatever the clock of the node that stored it (review59 M2).
+one, whatever the clock of the node that stored it (review59 M2). The newest seen is never
+taken past this node's own clock (:func:`newest_of`): one node's clock ahead
+hid every other node's arrivals for as long (review88 F10).
 
 Both take an instance twice without harm (the queue keeps an entry already
 there; a study's quiet time runs from its newest arrival; an arrival its
@@ -65,6 +67,34 @@ _SELECT = (
 
 Consumer = Callable[[list[dict[str, Any]]], object]
 
+#: When a node's clock ahead was last told (time.monotonic), so as to tell it once in
+#: :data:`AHEAD_TOLD_EVERY` seconds.
+_ahead_told: list[float] = []
+AHEAD_TOLD_EVERY = 600.0
+
+
+def newest_of(rows: list[dict[str, Any]], now: float, slack: float) -> str:
+    """The newest ``received_at`` of ``rows``, but never after ``now`` (this node's
+    clock): a node whose clock is ahead stamps its arrivals in the future, and a
+    mark there (the arrivals' floor, the forward queue's ``observed``) hid every
+    other node's arrivals for as long (review88 F10). One more than ``slack``
+    seconds ahead is a WARNING (at most once in :data:`AHEAD_TOLD_EVERY` seconds)."""
+    newest, cap = max(row["received_at"] for row in rows), iso(now)
+    if newest <= cap:
+        return newest
+    if newest > iso(now + slack) and (
+        not _ahead_told or time.monotonic() - _ahead_told[-1] >= AHEAD_TOLD_EVERY
+    ):
+        _ahead_told[:] = [time.monotonic()]
+        log.warning(
+            "an instance stored at %s by this node's clock (%s) is received %s: the clock"
+            " of a node storing into this archive is ahead (keep the nodes' clocks in step)",
+            cap,
+            next(r["sop_instance_uid"] for r in rows if r["received_at"] == newest),
+            newest,
+        )
+    return cap
+
 
 class OtherArrivals:
     """Hands the instances the index received (other nodes' among them) to
@@ -116,7 +146,7 @@ class OtherArrivals:
         # before, review50 #5; until one succeeds, review51 #2)
         self._others = alive
         if new:
-            self.newest = max(self.newest, max(row["received_at"] for row in new))
+            self.newest = max(self.newest, newest_of(new, self.clock(), self.slack))
         return new
 
     async def start(self) -> None:

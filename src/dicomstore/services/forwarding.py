@@ -49,6 +49,7 @@ from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import status as st
 from dicomstore.errors import DicomstoreError
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
+from dicomstore.services.arrivals import newest_of
 from dicomstore.services.destinations import Destination
 from dicomstore.services.forward_queue import Entry, ForwardQueue, Pending, Queued, Settled
 from dicomstore.services.forward_recovery import COLUMNS, SLACK, add_study, recover
@@ -243,7 +244,7 @@ class Forwarding:
             if not rows:
                 continue
             items = self._arrival_entries(rows)
-            observed = max(row["received_at"] for row in rows)
+            observed = newest_of(rows, time.time(), SLACK)  # (never ahead: review88 F10)
             try:
                 added = await asyncio.to_thread(queue.add, items, observed=observed)
             except DatabaseOrOSError as exc:
@@ -293,7 +294,7 @@ class Forwarding:
         if self._arrivals:
             rows, self._arrivals = self._arrivals, []
             items = self._arrival_entries(rows)
-            observed = max(row["received_at"] for row in rows)
+            observed = newest_of(rows, time.time(), SLACK)  # (never ahead: review88 F10)
             try:
                 await asyncio.to_thread(queue.add, items, observed=observed)
             except DatabaseOrOSError as exc:
