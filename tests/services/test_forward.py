@@ -595,6 +595,8 @@ def test_requeue_takes_only_the_destinations_named(tmp_path: Path, capsys) -> No
 
     assert requeue_failed(tmp_path) is None
     assert cli_main(["requeue", "--storage", str(tmp_path)]) == 1
+    # review88 F8: --index as every archive command takes it (the queue is in --storage)
+    assert cli_main(["requeue", "--storage", str(tmp_path), "--index", "postgresql://u@h/d"]) == 1
     assert "has no forwarding queue" in capsys.readouterr().err
     queue = ForwardQueue(tmp_path)
     queue.add([Queued(dest, "1.2.3", "2026-01-01T00:00:00") for dest in ("A", "B")])

@@ -69,6 +69,7 @@ def add_parsers(sub: Any) -> None:
         help="drop the entries still to send (pending, failed) of each --destination"
         " instead, sending none: a destination no --forward rule names any more",
     )
+    add_index(q)  # (the queue is in --storage: taken as every archive command takes it)
     _add_common(q)
     cs = sub.add_parser(
         "conformance", help="print the DICOM Conformance Statement (PS3.2, Markdown)"
