@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tests.archive.archive_testlib import CT, MR, dataset, store
 
-from dicomstore.archive import Archive
+from dicomstore.archive import Archive, removal
 from dicomstore.archive.commitment import (
     CLASS_INSTANCE_CONFLICT,
     NO_SUCH_OBJECT_INSTANCE,
@@ -70,6 +70,32 @@ def test_verdicts_for_each_failure_reason(stored) -> None:
     assert verdicts[0].committed and not any(v.committed for v in verdicts[1:])
     assert "differs" in verdicts[2].why and "missing" in verdicts[3].why
     assert "size" in verdicts[4].why
+
+
+def test_an_instance_replaced_while_judged_is_committed(tmp_path: Path, monkeypatch) -> None:
+    """review88 F6: the rows were read, then a replace committed (its old file gone),
+    then the files were hashed: 0112 and "archive damage" for an instance stored all
+    along. A failure of a row changed since is judged again on the row now."""
+    root, uid = tmp_path / "archive", UIDS[0]
+    with Archive(root, fsync=False, on_duplicate="replace") as archive:
+        assert store(archive, dataset(uid, pixels=512), sop_uid=uid).status == 0
+        reader = ArchiveReader(root)
+        before = reader.instance_rows([uid])  # (read, then the replace commits)
+        assert store(archive, dataset(uid, pixels=514), sop_uid=uid).status == 0
+        assert not (root / before[uid]["path"]).exists()
+        read = reader.instance_rows
+        reads = iter([before])
+        monkeypatch.setattr(reader, "instance_rows", lambda uids: next(reads, None) or read(uids))
+        (verdict,) = verify(reader, [Reference(CT, uid)])
+        assert verdict.committed, verdict.why
+        before = read([uid])
+        removal.remove(root, uid, fsync=False)  # deleted since: not in the archive, not damage
+        reads = iter([before])
+        (verdict,) = verify(reader, [Reference(CT, uid)])
+        assert (verdict.failure_reason, verdict.why) == (
+            NO_SUCH_OBJECT_INSTANCE,
+            "not in the archive",
+        )
 
 
 def test_journal_keeps_requests_until_done_across_restarts(tmp_path: Path) -> None:

@@ -129,10 +129,8 @@ def verify(reader: ArchiveReader, refs: Iterable[Reference]) -> list[Verdict]:
     refs = list(refs)
     rows = reader.instance_rows(list(dict.fromkeys(ref.sop_instance_uid for ref in refs)))
     files: dict[str, tuple[int, str] | None] = {}
-    verdicts = [
-        verify_one(reader, ref, rows.get(layout.normalize_uid(ref.sop_instance_uid.strip())), files)
-        for ref in refs
-    ]
+    verdicts = [verify_one(reader, ref, rows.get(_key(ref)), files) for ref in refs]
+    verdicts = _looked_again(reader, verdicts, rows)
     found = list(dict.fromkeys(v.reference.sop_instance_uid for v in verdicts if v.committed))
     try:
         reader.make_durable(found)
@@ -142,6 +140,40 @@ def verify(reader: ArchiveReader, refs: Iterable[Reference]) -> list[Verdict]:
             Verdict(v.reference, PROCESSING_FAILURE, why) if v.committed else v for v in verdicts
         ]
     return verdicts
+
+
+def _key(ref: Reference) -> str:
+    return layout.normalize_uid(ref.sop_instance_uid.strip())
+
+
+def _looked_again(
+    reader: ArchiveReader, verdicts: list[Verdict], rows: dict[str, dict[str, Any]]
+) -> list[Verdict]:
+    """The verdicts on files gone or unlike their row judged again on the rows now,
+    where those changed since they were read (review88 F6: a replace committed
+    meanwhile removes the file the row read before named; it was 0112 and "archive
+    damage" for an instance stored all along). Unchanged rows keep their verdict, as
+    ``check`` judges under the index lock."""
+    doubt = [
+        _key(v.reference)
+        for v in verdicts
+        if v.why == MISSING or v.failure_reason == PROCESSING_FAILURE
+    ]
+    if not doubt:
+        return verdicts
+    now = reader.instance_rows(list(dict.fromkeys(doubt)))
+    moved = {uid for uid in doubt if _place(rows.get(uid)) != _place(now.get(uid))}
+    files: dict[str, tuple[int, str] | None] = {}
+    return [
+        verify_one(reader, v.reference, now.get(_key(v.reference)), files)
+        if _key(v.reference) in moved
+        else v
+        for v in verdicts
+    ]
+
+
+def _place(row: dict[str, Any] | None) -> tuple[Any, Any] | None:
+    return None if row is None else (row["path"], row["digest"])
 
 
 #: Damaged instances named one by one in the log, per report.
