@@ -530,7 +530,9 @@ def test_verifications_take_no_thread_a_c_store_needs(
             reports.wait(8)
             assert journal_empty(root, srv)
         srv.archive.close()  # type: ignore[attr-defined]
-    assert 8 <= len(connections) <= 2 * 8  # (rows, then make_durable: per request)
+    # (per request: the rows, those of the files that failed again (review88 F6), then
+    # make_durable)
+    assert 8 <= len(connections) <= 3 * 8
 
 
 @contextmanager
