@@ -165,3 +165,37 @@ def test_what_another_node_stores_is_forwarded_and_reported(tmp_path: Path) -> N
         until(lambda: len(list(events.read())) >= 2, "their study-complete events")
     assert sorted(e.study_uid for e in events.read()) == ["1.2.17.4.0", "1.2.17.4.1"]
     assert len(list(out.iterdir())) == 2  # (each once)
+
+
+def test_the_events_go_to_the_node_forwarding_when_stable(tmp_path: Path) -> None:
+    """review88 F5: a node forwarding when=stable refused to start while another node
+    held the study-complete events (after a failover, for good: none hands them back).
+    It asks for them; the node running them for no rule hands them over, and takes
+    them back once that node ends."""
+    storage, out = tmp_path / "archive", tmp_path / "out"
+    out.mkdir()
+    (file,) = write_instances(tmp_path / "in", "1.2.17.5", 1)
+    port = free_port()
+    logs = {name: tmp_path / f"{name}.log" for name in ("plain", "forwarding")}
+    stable = ("--stable-age", "0.5")
+    with (
+        dcmtk_storescp(port, out),
+        node(storage, logs["plain"], *stable) as (plain_port, plain),
+    ):
+        until(lambda: (storage / ".events.lock").exists(), "the plain node taking the events")
+        forward = ("--forward", f"DEST=127.0.0.1:{port};when=stable", *stable)
+        with node(storage, logs["forwarding"], *forward) as (_, forwarding):
+            until(
+                lambda: "run in this node now" in logs["forwarding"].read_text(),
+                "the forwarding node taking the events",
+            )
+            assert "handed to the node forwarding when=stable" in logs["plain"].read_text()
+            send(plain_port, file)  # (stored by the other node, stable, then forwarded)
+            until(lambda: len(list(out.iterdir())) == 1, "the study forwarded when stable")
+            assert forwarding.poll() is None
+        until(
+            lambda: logs["plain"].read_text().count("run in this node now") == 1,
+            "the plain node taking the events back",
+        )
+        assert plain.poll() is None
+    assert [e.study_uid for e in StableLog(storage).read()] == ["1.2.17.5.0"]

@@ -63,12 +63,14 @@ def recover(
             sql = f"{_ROW} WHERE i.received_at >= ? AND {arrival}"
             cursor = db.execute(sql, (shifted(observed, -SLACK),))
             added = _add_rows(queue, rules, since, _rows(cursor), "instance", batch)
-    return added + _recover_stable(reader, queue, rules, since)
+    return added + recover_stable(reader, queue, rules, since)
 
 
-def _recover_stable(
+def recover_stable(
     reader: ArchiveReader, queue: ForwardQueue, rules: Sequence[ForwardRule], since: Since
 ) -> int:
+    """Queue the studies of the stable events logged that the queue has not seen, for
+    the ``when=stable`` rules configured then; the number of entries added."""
     floors = [at for (_d, when), at in since.items() if when == "stable"]
     if not floors:
         return 0

@@ -49,6 +49,7 @@ from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import status as st
 from dicomstore.errors import DicomstoreError
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
+from dicomstore.services import forward_recovery as recovery
 from dicomstore.services.arrivals import newest_of
 from dicomstore.services.destinations import Destination
 from dicomstore.services.forward_queue import Entry, ForwardQueue, Pending, Queued, Settled
@@ -187,6 +188,14 @@ class Forwarding:
                 ae,
             )
         return added
+
+    async def events_taken(self) -> None:
+        """The study-complete events run in this node from now (``serving.py``): the
+        stable events logged by the node that ran them meanwhile, queued."""
+        assert self.queue is not None
+        args = (self.reader, self.queue, self.rules, self.since)
+        if await asyncio.to_thread(recovery.recover_stable, *args):
+            await self._refresh(self.peers)
 
     # -- arrivals ----------------------------------------------------------------------
 

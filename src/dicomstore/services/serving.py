@@ -57,7 +57,10 @@ async def running(
     node holding their lock (``archive/nodes.py``). Forwarding where another
     live node forwards raises :class:`~dicomstore.archive.nodes.Held`; without
     the events lock this node logs it, watches no study and takes the events
-    over (tried every stable age) once their node ends.
+    over (tried every stable age) once their node ends, or, forwarding
+    when=stable, once their node hands them over: it asks by holding the
+    :data:`WANTED` lock, and a node running them for no when=stable rule hands
+    them over when it sees it (review88 F5).
 
     Raises :class:`OSError` when the port cannot be bound.
     """
@@ -108,13 +111,44 @@ async def running(
         stability.catch_up()  # (a scan of the index: not before the port opens)
         await watch_elsewhere()
 
-    async def take_over(lock: ServiceLock) -> None:
-        """The events, once the node running them ends (tried every stable age)."""
-        while not lock.take():
+    def wants_events() -> bool:
+        return forwarding is not None and bool(forwarding.stable_rules)
+
+    async def take_over(lock: ServiceLock, wanted: ServiceLock | None = None) -> None:
+        """The events, once the node running them ends or hands them over (tried every
+        stable age; ``wanted``: this node forwards when=stable and asks for them by
+        holding it; without it, a node leaves them to a node that asks)."""
+        while (wanted is None and _asked(lock)) or not lock.take():
             await asyncio.sleep(config.stable_age)
         locks.append(lock)
         log.info("study-complete events of %s run in this node now", lock.path.parent)
         await start_stability()
+        if wanted is not None:
+            locks.remove(wanted)
+            wanted.close()
+            assert forwarding is not None
+            await forwarding.events_taken()
+        else:
+            helpers.append(asyncio.create_task(hand_over(lock), name="events-hand-over"))
+
+    async def hand_over(lock: ServiceLock) -> None:
+        """review88 F5: the events, run here for no when=stable rule, handed to the
+        node forwarding when=stable once it asks (it could not start while another
+        node held them, and none hands them back); taken over again after it ends."""
+        nonlocal takeover
+        while not _asked(lock):
+            await asyncio.sleep(config.stable_age)
+        stability, server.stability = server.stability, None
+        if stability is not None:
+            server.store.observers.remove(stability.observe)
+            await stability.close()
+        locks.remove(lock)
+        lock.close()
+        log.info(
+            "study-complete events of %s handed to the node forwarding when=stable",
+            lock.path.parent,
+        )
+        takeover = asyncio.create_task(take_over(lock), name="events-takeover")
 
     async def stop_helpers() -> None:
         for task in helpers:
@@ -142,11 +176,21 @@ async def running(
             if events.take():
                 locks.append(events)
                 await start_stability()
-            elif forwarding is not None and forwarding.stable_rules:
-                raise Held(
-                    f"a when=stable forward rule needs the study-complete events of "
-                    f"{server.reader.root}, which run in another node ({events.holder})"
+                if not wants_events():
+                    helpers.append(asyncio.create_task(hand_over(events), name="events-hand-over"))
+            elif wants_events():  # (asked for: the node running them hands them over)
+                wanted = ServiceLock(server.reader.root, WANTED)
+                if not wanted.take():
+                    raise Held(f"the study-complete events are asked for by {wanted.holder}")
+                locks.append(wanted)
+                log.warning(
+                    "study-complete events of %s run in another node (%s): asked for, the"
+                    " when=stable forward rules wait for them (within --stable-age %gs)",
+                    server.reader.root,
+                    events.holder,
+                    config.stable_age,
                 )
+                takeover = asyncio.create_task(take_over(events, wanted), name="events-takeover")
             else:  # (expected in the workers of `serve --workers`: the first runs them)
                 log.log(
                     logging.INFO if config.share is not None else logging.WARNING,
@@ -171,6 +215,15 @@ async def running(
         )
         await server.close()
         await stop_helpers()
+
+
+#: The lock a node forwarding when=stable holds to ask for the study-complete events.
+WANTED = "events-wanted"
+
+
+def _asked(events: ServiceLock) -> bool:
+    """Whether a node forwarding when=stable asks for the events (``running``)."""
+    return ServiceLock(events.path.parent, WANTED).held_elsewhere()
 
 
 #: Seconds between two looks at an archive's index session (``Archive.keep_held``).
