@@ -144,6 +144,24 @@ def test_a_node_takes_only_the_requests_no_live_node_holds(tmp_path: Path) -> No
     assert [r.transaction_uid for r in CommitmentJournal(tmp_path).pending()] == ["1.2.17.2"]
 
 
+def test_a_request_no_live_node_holds_may_be_asked_again_on_another_node(
+    tmp_path: Path,
+) -> None:
+    """review88 F3: asked again on another node, a request whose node died was 0115
+    for good; one a live node holds still is."""
+    first = CommitmentJournal(tmp_path, fsync=False, node=True)
+    first.add(CommitmentRequest("1.2.17.3", [], "MODALITY"))
+    second = CommitmentJournal(tmp_path, fsync=False, node=True)
+    with pytest.raises(DuplicateTransaction):  # (its node lives: it reports it)
+        second.add(CommitmentRequest("1.2.17.3", [], "MODALITY"))
+    first.close()  # (its node died: the kernel lets go of its locks)
+    again = CommitmentRequest("1.2.17.3", [Reference(CT, UIDS[0])], "MODALITY")
+    second.add(again)  # asked again: replaces it, held by this node now
+    assert list(CommitmentJournal(tmp_path).pending()) == [again]
+    assert CommitmentJournal(tmp_path, fsync=False, node=True).take() == []
+    second.close()
+
+
 def test_a_file_whose_meta_is_broken_is_a_processing_failure(stored) -> None:
     """Same size, its File Meta Information unreadable: 0110, not an exception."""
     reader, paths = stored

@@ -201,3 +201,41 @@ def test_a_backlog_found_at_start_leaves_room_to_go_overdue(
         assert polled(lambda: {"1.2.8.231", "1.2.8.232"} <= set(commitments.overdue))
         assert n_action(srv.port, action_information("1.2.8.233", *HELD), calling="D") == 0
     srv.archive.close()  # type: ignore[attr-defined]
+
+
+def test_a_dead_nodes_requests_are_reported_by_a_live_node(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review88 F3: the requests a node accepted and did not report before it died
+    were reported only by a node's start; a live node takes them over once it sees
+    that node gone."""
+    import asyncio
+
+    from dicomstore.archive import Archive
+    from dicomstore.services import serving as serving_module
+    from dicomstore.services.server import ServerConfig
+
+    monkeypatch.setattr(serving_module, "NODES_LOOK_EVERY", 0.05)
+    with report_listener("MODALITY") as (port, reports):
+        other = Archive(root, fsync=False)  # another node, alive when this one starts
+        journal = CommitmentJournal(root, fsync=False, node=True)  # its requests
+        refs = [Reference(CT, uid) for uid in HELD]
+        journal.add(CommitmentRequest("1.2.8.230", refs, "MODALITY"))
+        scus = (Destination("MODALITY", "127.0.0.1", port),)
+
+        async def main() -> None:
+            archive = Archive(root, fsync=False)
+            try:
+                async with serving_module.running(
+                    archive, ServerConfig(port=0, commitment_scus=scus)
+                ):
+                    assert not reports.received  # (held by the other node)
+                    journal.close()
+                    other.close()  # (the other node dies: its locks go)
+                    await asyncio.to_thread(reports.wait, 1)
+            finally:
+                archive.close()
+
+        asyncio.run(main())
+    (report,) = reports.received
+    assert report.event_type == 1 and sorted(report.committed) == sorted(HELD)

@@ -229,6 +229,23 @@ class CommitmentRequest:
 _TRANSACTION = re.compile(r"[0-9.]{1,64}", re.ASCII)
 
 
+def _orphaned(path: Path) -> bool:
+    """Whether no live node holds the request at ``path`` (its flock is free)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    finally:
+        os.close(fd)
+    return True
+
+
 class DuplicateTransaction(Exception):
     """A request with this Transaction UID is already pending (J.3.3.1.1: 0131)."""
 
@@ -249,9 +266,12 @@ class CommitmentJournal:
         return self.folder / f"{transaction_uid}.json"
 
     def add(self, request: CommitmentRequest) -> None:
-        """Record ``request`` durably; :class:`DuplicateTransaction` if pending."""
+        """Record ``request`` durably; :class:`DuplicateTransaction` if pending: held
+        by a node, or, outside a node, at all. One no live node holds (its node
+        died) is replaced (review88 F3: the requester asking again on another node
+        got 0115 for good)."""
         final = self._path(request.transaction_uid)
-        if final.exists():
+        if final.exists() and not (self.node and _orphaned(final)):
             raise DuplicateTransaction(request.transaction_uid)
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = final.with_suffix(".tmp")

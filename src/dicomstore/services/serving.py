@@ -16,10 +16,12 @@ import asyncio
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dicomstore.archive import nodes
 from dicomstore.archive.nodes import Held, ServiceLock
 from dicomstore.handler import StoreHandler
 from dicomstore.services.admission import AuditSink, Gatekeeper
@@ -202,6 +204,10 @@ async def running(
         keeper = getattr(handler, "keep_held", None)
         if keeper is not None:
             helpers.append(asyncio.create_task(_keep_held(keeper), name="keep-held"))
+        if server.commitments is not None and server.reader is not None:
+            root = server.reader.root
+            reports = server.commitments.start  # (once the server has started, below)
+            helpers.append(asyncio.create_task(_after_nodes_end(root, reports), name="orphans"))
         await server.start()
     except BaseException:
         await stop_helpers()
@@ -224,6 +230,26 @@ WANTED = "events-wanted"
 def _asked(events: ServiceLock) -> bool:
     """Whether a node forwarding when=stable asks for the events (``running``)."""
     return ServiceLock(events.path.parent, WANTED).held_elsewhere()
+
+
+#: Seconds between two looks at which nodes live (``_after_nodes_end``).
+NODES_LOOK_EVERY = 30.0
+
+
+async def _after_nodes_end(root: Path, then: Callable[[], Awaitable[None]]) -> None:
+    """``then`` each time a node of ``root`` has ended since the look before (every
+    :data:`NODES_LOOK_EVERY` seconds): the Storage Commitment requests a dead node
+    accepted are reported by a live one (review88 F3: only by a node's start)."""
+    before = set(nodes.alive(root))
+    while True:
+        await asyncio.sleep(NODES_LOOK_EVERY)
+        try:
+            now = await asyncio.to_thread(lambda: set(nodes.alive(root)))
+            if before - now:
+                await then()
+            before = now
+        except Exception as exc:  # noqa: BLE001 - tried again at the next look
+            log.warning("the requests of nodes that ended not taken over: %s", exc)
 
 
 #: Seconds between two looks at an archive's index session (``Archive.keep_held``).
