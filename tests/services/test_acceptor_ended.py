@@ -76,3 +76,35 @@ def test_a_protocol_error_ends_as_aborted(caplog) -> None:
     asyncio.run(main())
     (line,) = _ended(caplog)
     assert "association ended (aborted: protocol error): 0 stored, 0 failed" in line
+
+
+def test_duplicates_kept_are_not_counted_stored(tmp_path, caplog) -> None:
+    """review88 F2: an association of 30 instances, 20 of them duplicates the archive
+    kept as stored before (B000: another patient's copy dropped), ended "30 stored"."""
+    from tests.services.forward_testlib import instance
+
+    from dicomstore.archive import Archive
+    from dicomstore.services.scu_send import send
+
+    caplog.set_level(logging.INFO, logger="dicomstore")
+    first, again = instance("1.2.58.1"), instance("1.2.58.1")
+    again.PatientID = "ANOTHER"  # (the same SOP Instance UID, another patient: B000)
+    archive = Archive(tmp_path / "archive", fsync=False)
+
+    async def main() -> list[int]:
+        server = Server(ServerConfig(port=0), archive)
+        await server.start()
+        try:
+            results = await send("127.0.0.1", server.port, [first, first, again])
+        finally:
+            await server.close(grace=5)
+        return [r.status for r in results]
+
+    try:
+        assert asyncio.run(main()) == [0x0000, 0x0000, 0xB000]
+    finally:
+        archive.close()
+    (line,) = _ended(caplog)
+    assert line.endswith(
+        "association ended (released): 1 stored, 0 failed, 2 duplicate(s) kept as stored before"
+    )

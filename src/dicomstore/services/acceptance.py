@@ -127,11 +127,12 @@ def association_ended(assoc: AcceptorAssociation) -> None:
     assoc.repeated.summary(assoc.t.peer)
     if assoc.t.negotiated is not None:
         log.info(
-            "%s: association ended (%s): %d stored, %d failed",
+            "%s: association ended (%s): %d stored, %d failed%s",
             assoc.t.peer,
             assoc.outcome,
             assoc.stored,
             assoc.failed,
+            f", {assoc.kept} duplicate(s) kept as stored before" if assoc.kept else "",
         )
     audit_association(assoc)
 
@@ -157,6 +158,7 @@ def audit_association(assoc: AcceptorAssociation) -> None:
             "outcome": assoc.outcome,
             "stored": assoc.stored,
             "failed": assoc.failed,
+            "kept": assoc.kept,
         }
     )
 

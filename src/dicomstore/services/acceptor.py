@@ -117,8 +117,7 @@ class AcceptorAssociation:
         self.admission: Admission | None = None
         self.outcome = "closed before an association request"
         self.repeated = Repeated(log)
-        self.stored = 0
-        self.failed = 0
+        self.stored = self.failed = self.kept = 0  # (kept: duplicates kept as they were)
 
     @property
     def address(self) -> str:
@@ -481,10 +480,9 @@ class AcceptorAssociation:
     async def _finish(self, receiving: Receiving):
         assert self.storage is not None
         rsp = await self.storage.finish(receiving)
-        if st.is_failure(rsp.status):
-            self.failed += 1
-        else:
-            self.stored += 1
+        failed = st.is_failure(rsp.status)
+        self.failed, self.kept = self.failed + failed, self.kept + receiving.kept
+        self.stored += not failed and not receiving.kept
         return rsp
 
     async def _finish_later(self, context_id: int, receiving: Receiving) -> None:

@@ -76,7 +76,7 @@ class Receiving:
     """One C-STORE in progress: fragments go to the store service's :class:`Storing`,
     or are discarded when the answer is known before the data set (``response``)."""
 
-    __slots__ = ("rq", "context", "storing", "response", "comment", "nbytes")
+    __slots__ = ("rq", "context", "storing", "response", "comment", "nbytes", "kept")
 
     def __init__(
         self,
@@ -91,6 +91,7 @@ class Receiving:
         self.response = response  # set when the answer is known before the data set
         self.comment: str | None = None  # the Error Comment of ``response`` before the cut
         self.nbytes = 0  # data set bytes discarded (a refused one)
+        self.kept = False  # answered as a duplicate kept as it was: nothing stored
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append one fragment (to the store, or nowhere once refused)."""
@@ -235,5 +236,6 @@ class StorageSCP:
         if callable(in_thread):
             in_thread = in_thread()
         result = await self.service.finish(receiving.storing, in_thread=in_thread)
+        receiving.kept = result.stored and not result.changed
         comment = error_comment(result.comment) if result.comment else None  # (Success: none)
         return rq.response(result.status, comment, result.offending)
