@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dicomstore.archive import layout
+from dicomstore.archive import layout, nodes
 
 if TYPE_CHECKING:
     from dicomstore.archive.reader import ArchiveReader
@@ -229,23 +229,6 @@ class CommitmentRequest:
 _TRANSACTION = re.compile(r"[0-9.]{1,64}", re.ASCII)
 
 
-def _orphaned(path: Path) -> bool:
-    """Whether no live node holds the request at ``path`` (its flock is free)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return False
-        raise
-    finally:
-        os.close(fd)
-    return True
-
-
 class DuplicateTransaction(Exception):
     """A request with this Transaction UID is already pending (J.3.3.1.1: 0131)."""
 
@@ -271,7 +254,7 @@ class CommitmentJournal:
         died) is replaced (review88 F3: the requester asking again on another node
         got 0115 for good)."""
         final = self._path(request.transaction_uid)
-        if final.exists() and not (self.node and _orphaned(final)):
+        if final.exists() and (not self.node or nodes.locked_by_another(final)):
             raise DuplicateTransaction(request.transaction_uid)
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = final.with_suffix(".tmp")

@@ -129,7 +129,7 @@ class ServiceLock:
     def held_elsewhere(self) -> bool:
         """Whether a live node holds it now: a probe (a shared lock of our own, let go
         at once), never taking it from a node about to (``requeue --drop``)."""
-        return _held(self.path)  # (its holder removes it as it lets go: then False)
+        return locked_by_another(self.path)  # (its holder removes it as it lets go: then False)
 
     def close(self) -> None:
         """Let go: the file goes, then the lock (a node that locked the removed file
@@ -202,11 +202,11 @@ def alive(root: Path | str) -> Iterator[str]:
     at once, tells: it fails while the owner holds its exclusive one)."""
     tmp = Path(root) / layout.TMP_DIR
     for name in _lock_names(tmp):
-        if _held(tmp / name):  # (not held, or gone: a node that ended)
+        if locked_by_another(tmp / name):  # (not held, or gone: a node that ended)
             yield name.removesuffix(LOCK)
 
 
-def _held(path: Path) -> bool:
+def locked_by_another(path: Path) -> bool:
     """Whether another open file holds an exclusive flock of ``path`` (False: none,
     or no file): a probe with a shared lock of our own, let go at once."""
     try:
