@@ -50,6 +50,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Delete what ``args`` name, after confirmation; the exit code."""
+    from dicomstore.archive import reserve
     from dicomstore.services.deletion import finish_interrupted
 
     if (args.uid is None) == (args.patient_id is None):
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--issuer goes with --patient-id")
     if args.patient_id is not None and not args.patient_id.strip():
         raise UsageError("--patient-id: an empty Patient ID names no one patient")
+    reserve.release(args.storage.resolve())  # (a full disk: before the index opens)
     reader = _reader(args)
     settled = finish_interrupted(reader.root, index=args.index)  # (an interrupted delete's)
     if settled:

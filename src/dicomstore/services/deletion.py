@@ -91,7 +91,7 @@ def remove(
     :class:`AuditRecordNotWrittenError` (an ``OSError``; its ``removal``: what was
     deleted) when the removal was done but its record could not be written.
     """
-    from dicomstore.archive import layout
+    from dicomstore.archive import layout, reserve
     from dicomstore.archive.reader import ArchiveReader
 
     if audit_log is None:
@@ -99,6 +99,7 @@ def remove(
     if audit_log == "":
         audit_log = None  # (as the empty variable: none, review61 L4)
     uid = layout.normalize_uid(uid.strip())
+    reserve.release(Path(root))  # (before the index is opened: review89 N1)
     target, _ = target_of(ArchiveReader(root, index=index), uid)  # (before the audit log)
     owned: AuditLog | None = None  # (opened here from a path: closed here)
     if isinstance(audit_log, AuditLog) or audit_log is None:
