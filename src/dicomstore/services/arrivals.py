@@ -36,7 +36,7 @@ from dicomstore.archive import nodes
 from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.rebuild import arrivals_only
-from dicomstore.services.stable_log import iso, shifted
+from dicomstore.services.stable_log import epoch, iso, shifted
 
 log = logging.getLogger("dicomstore.server")
 
@@ -87,11 +87,13 @@ def newest_of(rows: list[dict[str, Any]], now: float, slack: float) -> str:
     ):
         _ahead_told[:] = [time.monotonic()]
         log.warning(
-            "an instance stored at %s by this node's clock (%s) is received %s: the clock"
-            " of a node storing into this archive is ahead (keep the nodes' clocks in step)",
-            cap,
+            "instance %s is stamped received %s, %.0f s after this node's clock (%s):"
+            " the clock of a node storing into this archive is ahead (keep the nodes'"
+            " clocks in step)",
             next(r["sop_instance_uid"] for r in rows if r["received_at"] == newest),
             newest,
+            epoch(newest) - now,
+            cap,
         )
     return cap
 
