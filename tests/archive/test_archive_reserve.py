@@ -22,7 +22,32 @@ def test_an_archive_keeps_the_reserve_file(tmp_path: Path) -> None:
     path = tmp_path / "root" / reserve.NAME
     assert path.stat().st_size == reserve.SIZE
     assert path.stat().st_blocks * 512 >= reserve.SIZE  # allocated, not a hole
-    assert [p.name for p in (tmp_path / "root").iterdir() if p.name.startswith(".reserve.")] == []
+    leftovers = [p.name for p in (tmp_path / "root").rglob("*") if "reserve." in p.name]
+    assert leftovers == []
+
+
+def test_a_reserve_file_cut_short_by_a_crash_goes_at_the_next_start(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """review89 N3: made beside it, a reserve file a crash cut short stayed for good;
+    it is made in .tmp, which a start empties."""
+    root = tmp_path / "root"
+    with Archive(root, fsync=False):
+        pass
+    (root / reserve.NAME).unlink()
+
+    def crash(*args: object) -> None:
+        raise SystemExit("killed")  # (before the rename: the temporary is left)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(reserve.os, "replace", crash)
+        with pytest.raises(SystemExit):
+            reserve.keep(root)
+    (left,) = [p for p in root.rglob("*") if "reserve." in p.name]
+    assert left.parent == root / ".tmp"
+    with Archive(root, fsync=False):
+        assert not left.exists()
+    assert (root / reserve.NAME).stat().st_size == reserve.SIZE
 
 
 def test_no_reserve_file_takes_the_last_free_space(tmp_path: Path, monkeypatch) -> None:

@@ -25,6 +25,8 @@ import os
 import shutil
 from pathlib import Path
 
+from dicomstore.archive import layout
+
 log = logging.getLogger("dicomstore.archive")
 
 #: The reserve file's name in the archive's folder.
@@ -50,7 +52,9 @@ def keep(root: Path) -> bool:
     room = free(root)
     if room is None or room < 2 * SIZE:
         return False
-    temp = root / f"{NAME}.{os.getpid()}"
+    # (made in .tmp, which a start empties: a crash meanwhile leaves no 8 MiB behind)
+    tmp = root / layout.TMP_DIR
+    temp = (tmp if tmp.is_dir() else root) / f"{NAME.lstrip('.')}.{os.getpid()}"
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
@@ -59,7 +63,7 @@ def keep(root: Path) -> bool:
             os.close(fd)
         os.replace(temp, path)
     except OSError as exc:
-        log.debug("%s: no reserve file for a delete on a full disk: %s", root, exc)
+        log.info("%s: no reserve file for a delete on a full disk: %s", root, exc)
         _unlink(temp)
         return False
     return True
