@@ -21,7 +21,7 @@ from tests.test_hostile import SC, dataset
 
 from dicomstore import uids
 from dicomstore.aio.client import associate
-from dicomstore.archive import Archive
+from dicomstore.archive import Archive, reserve
 from dicomstore.archive.recovery import RECOVERY_LOCK
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
 from dicomstore.services.server import Server, ServerConfig
@@ -39,12 +39,14 @@ def _bomb(uid: str, zero_mib: int = BOMB_MIB) -> bytes:
 
 
 def _stored_files(storage: Path) -> list[Path]:
-    """Files other than the (empty) index and the starts' lock: instances, and
-    temporary files left behind."""
+    """Files other than the (empty) index, the starts' lock and the reserve file
+    (``archive/reserve.py``): instances, and temporary files left behind."""
     return [
         p
         for p in storage.rglob("*")
-        if p.is_file() and not p.name.startswith("index.") and p.name != RECOVERY_LOCK
+        if p.is_file()
+        and not p.name.startswith("index.")
+        and p.name not in (RECOVERY_LOCK, reserve.NAME)
     ]
 
 
