@@ -393,6 +393,7 @@ def test_out_of_resources_holds_the_batch_back_together(tmp_path: Path) -> None:
     asyncio.run(queued())
     with closing(sqlite3.connect(queue_path(root))) as db, db:  # (all due at once: their
         db.execute("UPDATE entry SET next_attempt = 0")  # failed tries' delays differ)
+        before = dict(db.execute("SELECT sop_instance_uid, attempts FROM entry"))
     reports: list[BatchReport] = []
     with destination("DEST", port=port, answers=[0xA700]) as dest:
 
@@ -404,7 +405,14 @@ def test_out_of_resources_holds_the_batch_back_together(tmp_path: Path) -> None:
                 await until(lambda: sum(r.sent for r in reports) == 3)
 
         asyncio.run(main())
-    assert sorted(uid for uid, *_ in dest.received) == uids
+    # review88 F1: the one refused goes after the others, which were not tried (one
+    # instance a destination kept refusing, first of every batch, held back every other)
+    received = [uid for uid, *_ in dest.received]
+    with closing(sqlite3.connect(queue_path(root))) as db:
+        attempts = dict(db.execute("SELECT sop_instance_uid, attempts FROM entry"))
+    (refused,) = [uid for uid in uids if attempts[uid] == before[uid] + 2]  # (tried twice)
+    assert all(attempts[uid] == before[uid] + 1 for uid in uids if uid != refused)
+    assert sorted(received) == uids and received[-1] == refused
     assert [(r.retry, r.sent) for r in reports] == [(3, 0), (0, 3)]
     assert reports[0].error is not None and reports[0].error.startswith("A700")
 

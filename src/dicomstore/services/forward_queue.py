@@ -247,12 +247,13 @@ class ForwardQueue:
 
     def due(self, destination: str, now: float, limit: int) -> list[Entry]:
         """At most ``limit`` pending entries of ``destination`` due by ``now``, the
-        longest due first."""
+        longest due first, then those tried fewer times (review88 F1: an instance the
+        destination keeps refusing, first of each batch, held back every later one)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, destination, sop_instance_uid, received_at, attempts FROM entry"
                 " WHERE destination = ? AND state = 'pending' AND next_attempt <= ?"
-                " ORDER BY next_attempt, id LIMIT ?",
+                " ORDER BY next_attempt, attempts, id LIMIT ?",
                 (destination, now, limit),
             ).fetchall()
         return [Entry(*row) for row in rows]

@@ -49,11 +49,10 @@ from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import status as st
 from dicomstore.errors import DicomstoreError
 from dicomstore.inflation import DEFAULT_MAX_INFLATED
-from dicomstore.services import forward_recovery as recovery
 from dicomstore.services.arrivals import newest_of
 from dicomstore.services.destinations import Destination
 from dicomstore.services.forward_queue import Entry, ForwardQueue, Pending, Queued, Settled
-from dicomstore.services.forward_recovery import COLUMNS, SLACK, add_study, recover
+from dicomstore.services.forward_recovery import COLUMNS, SLACK, add_study, recover, recover_stable
 from dicomstore.services.forward_rules import ForwardRule, destinations_of, entries_for
 from dicomstore.services.forward_settling import Settling
 from dicomstore.services.move_sender import DestinationSender, contexts_for
@@ -190,11 +189,10 @@ class Forwarding:
         return added
 
     async def events_taken(self) -> None:
-        """The study-complete events run in this node from now (``serving.py``): the
-        stable events logged by the node that ran them meanwhile, queued."""
+        """The events run here from now (``serving.py``): what their node logged, queued."""
         assert self.queue is not None
         args = (self.reader, self.queue, self.rules, self.since)
-        if await asyncio.to_thread(recovery.recover_stable, *args):
+        if await asyncio.to_thread(recover_stable, *args):
             await self._refresh(self.peers)
 
     # -- arrivals ----------------------------------------------------------------------
@@ -408,7 +406,7 @@ class Forwarding:
                     # each instance came back on its own association, ~30 per second)
                     why = f"{rsp.status:04X} {rsp.error_comment or st.describe(rsp.status)}"
                     report.error = self._retry_all(
-                        todo[n:], why, settling.outcomes, report, rsp.status
+                        todo[n:], why, settling.outcomes, report, rsp.status, tried=1
                     )
                     break
                 else:
@@ -446,12 +444,15 @@ class Forwarding:
         outcomes: list[Settled],
         report: BatchReport,
         status: int | None = None,
+        tried: int | None = None,
     ) -> str:
-        """Every entry of ``todo`` pending again, all due at one time (so that they
-        go on one association, not one each as their jittered delays came due); ``why``."""
+        """Every entry of ``todo`` pending again, due at one time (one association, not
+        one each as jittered delays came due); ``why``. Only the first ``tried`` were tried:
+        an attempt more each (of entries due at once, those of fewer attempts go first)."""
         when = self.clock() + self.backoff(todo[0][0].attempts + 1) if todo else 0.0
-        for entry, _item in todo:
-            outcomes.append(Settled(entry.id, "pending", entry.attempts + 1, when, status, why))
+        for n, (entry, _item) in enumerate(todo):
+            more = tried is None or n < tried
+            outcomes.append(Settled(entry.id, "pending", entry.attempts + more, when, status, why))
             report.retry += 1
         return why
 
