@@ -16,7 +16,7 @@ SAID = "other node(s) serve this archive now"
 
 
 def _started(log: Path) -> str:
-    """The log once its start is told (the line after the port opens), within 20 s."""
+    """The log once its start is told (its last line: "storing into"), within 20 s."""
     deadline = time.monotonic() + 20
     while "storing into" not in (text := log.read_text()):
         assert time.monotonic() < deadline, text

@@ -277,10 +277,10 @@ async def _serve(
                     await server.close(grace=0)
                     return EXIT_UNREACHABLE
                 announce(security, args.http_host, http.url)
-            log.info("storing into %s (%s)", args.storage.resolve(), loops.kind(loop))
             parent = workers.parent_gone()
             if parent is None:  # (a worker's siblings are no news)
-                _say_other_nodes(archive)
+                _say_other_nodes(archive)  # (before the line that ends the start's telling)
+            log.info("storing into %s (%s)", args.storage.resolve(), loops.kind(loop))
             started = workers.start(args, server.port) if args.workers > 1 else []
             if parent is not None:  # (a worker: it ends with the first process)
                 loop.add_reader(parent, stop.set)
