@@ -4,6 +4,7 @@ each referenced instance and the journal of requests not yet reported."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -160,6 +161,41 @@ def test_a_request_no_live_node_holds_may_be_asked_again_on_another_node(
     assert list(CommitmentJournal(tmp_path).pending()) == [again]
     assert CommitmentJournal(tmp_path, fsync=False, node=True).take() == []
     second.close()
+
+
+def test_a_re_ask_and_a_takeover_at_once_leave_one_node_reporting(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """review90 N2: a node taking over a dead node's request while another node wrote
+    the request asked again: both reported it, and the first done removed the other's
+    file. The re-ask holds the old file's lock until it is replaced; a done removes
+    only the file it holds."""
+    from dicomstore.archive import commitment
+
+    dead = CommitmentJournal(tmp_path, fsync=True, node=True)
+    dead.add(CommitmentRequest("1.2.17.4", [], "MODALITY"))
+    dead.close()  # (its node died)
+    asking = CommitmentJournal(tmp_path, fsync=True, node=True)
+    taking = CommitmentJournal(tmp_path, fsync=False, node=True)
+    taken: list[list[CommitmentRequest]] = []
+    fsync = os.fsync
+
+    def meanwhile(fd: int) -> None:  # (the takeover runs while the re-ask is written)
+        if not taken:
+            taken.append(taking.take())
+        fsync(fd)
+
+    monkeypatch.setattr(commitment.os, "fsync", meanwhile)
+    asking.add(CommitmentRequest("1.2.17.4", [Reference(CT, UIDS[0])], "MODALITY"))
+    monkeypatch.undo()
+    assert taken == [[]]  # (the re-ask held it)
+    path = tmp_path / ".commitments" / "1.2.17.4.json"
+    replaced = path.with_name("other")
+    replaced.write_text(path.read_text())
+    os.replace(replaced, path)  # (as if another node's since)
+    asking.done("1.2.17.4")
+    assert path.exists()  # (not the file it held: left)
+    taking.close()
 
 
 def test_a_file_whose_meta_is_broken_is_a_processing_failure(stored) -> None:

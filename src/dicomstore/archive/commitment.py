@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dicomstore.archive import layout, nodes
+from dicomstore.archive import layout
 
 if TYPE_CHECKING:
     from dicomstore.archive.reader import ArchiveReader
@@ -252,12 +252,12 @@ class CommitmentJournal:
         """Record ``request`` durably; :class:`DuplicateTransaction` if pending: held
         by a node, or, outside a node, at all. One no live node holds (its node
         died) is replaced (review88 F3: the requester asking again on another node
-        got 0115 for good)."""
+        got 0115 for good), its lock taken meanwhile (review90 N2: a node taking it
+        over at that moment reported it too)."""
         final = self._path(request.transaction_uid)
-        if final.exists() and (not self.node or nodes.locked_by_another(final)):
-            raise DuplicateTransaction(request.transaction_uid)
+        old = self._claim(final)
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_suffix(".tmp")
+        tmp = final.with_name(f"{final.stem}.{os.getpid()}.tmp")  # (two nodes at once)
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             if self.node:
@@ -270,7 +270,11 @@ class CommitmentJournal:
             os.replace(tmp, final)
         except BaseException:
             os.close(fd)
+            layout.remove_quietly(tmp)
             raise
+        finally:
+            if old is not None:
+                os.close(old)
         if self.node:
             self._held[request.transaction_uid] = fd
         else:
@@ -278,12 +282,41 @@ class CommitmentJournal:
         if self.fsync:
             layout.fsync_dir(self.folder)
 
-    def done(self, transaction_uid: str) -> None:
-        """Forget a request once its report was acknowledged."""
-        self._path(transaction_uid).unlink(missing_ok=True)
-        fd = self._held.pop(transaction_uid, None)
-        if fd is not None:
+    def _claim(self, path: Path) -> int | None:
+        """The lock of the request at ``path`` (its descriptor, to close once it is
+        replaced), None when there is none; :class:`DuplicateTransaction` when a live
+        node holds it, or, outside a node, when there is one."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            if not self.node:
+                raise DuplicateTransaction(path.stem)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
             os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise DuplicateTransaction(path.stem) from None
+            raise
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def done(self, transaction_uid: str) -> None:
+        """Forget a request once its report was acknowledged (its file, unless another
+        node replaced it since: review90 N2)."""
+        path = self._path(transaction_uid)
+        fd = self._held.pop(transaction_uid, None)
+        try:
+            if fd is None or os.fstat(fd).st_ino == os.stat(path).st_ino:
+                path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        finally:
+            if fd is not None:
+                os.close(fd)
         if self.fsync and self.folder.is_dir():
             layout.fsync_dir(self.folder)
 
