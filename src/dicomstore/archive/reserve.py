@@ -7,9 +7,12 @@ are links in ``.tmp``): on a file system filled to the last byte it failed with
 shut (review87 F1). So an archive opened writable keeps :data:`NAME` in its
 folder, :data:`SIZE` bytes allocated (``posix_fallocate``: blocks the file
 system counts as used), made only while there is room for it and as much again
-besides (:func:`keep`: never the last free space). ``removal.remove`` lets it go
-(:func:`release`) before it deletes when less than :data:`SIZE` is free, and
-makes it again (:func:`keep`) once the files it deleted are gone.
+besides (:func:`keep`: never the last free space). A delete lets it go
+(:func:`release`) when less than :data:`SIZE` is free, before it opens the index
+(the CLI's ``delete`` and ``services/deletion.remove``, and ``removal.remove``,
+where every delete goes: after a clean stop SQLite must create the index's -wal
+and -shm files first, review89 N1), and ``removal.remove`` makes it again
+(:func:`keep`) once the files it deleted are gone.
 
 The stores of a server cannot take it: it is freed only for a delete, and a
 sender still storing may fill what the delete frees before it runs (stop the
@@ -47,8 +50,11 @@ def keep(root: Path) -> bool:
     """Make the reserve file when it is missing and :data:`SIZE` twice over is free;
     whether it is there now. Never raises."""
     path = root / NAME
-    if path.exists():
-        return True
+    try:
+        if path.exists():
+            return True
+    except OSError:  # (a folder we may not look into: nothing made)
+        return False
     room = free(root)
     if room is None or room < 2 * SIZE:
         return False
