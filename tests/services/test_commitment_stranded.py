@@ -203,24 +203,31 @@ def test_a_backlog_found_at_start_leaves_room_to_go_overdue(
     srv.archive.close()  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("seen", [True, False], ids=["seen-alive", "never-seen"])
 def test_a_dead_nodes_requests_are_reported_by_a_live_node(
-    root: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, monkeypatch: pytest.MonkeyPatch, seen: bool
 ) -> None:
     """review88 F3: the requests a node accepted and did not report before it died
-    were reported only by a node's start; a live node takes them over once it sees
-    that node gone."""
+    were reported only by a node's start; a live node takes over those no live node
+    holds (review90 N4: whether or not it saw that node alive)."""
     import asyncio
 
     from dicomstore.archive import Archive
     from dicomstore.services import serving as serving_module
     from dicomstore.services.server import ServerConfig
 
-    monkeypatch.setattr(serving_module, "NODES_LOOK_EVERY", 0.05)
-    with report_listener("MODALITY") as (port, reports):
-        other = Archive(root, fsync=False)  # another node, alive when this one starts
+    monkeypatch.setattr(serving_module, "ORPHANS_LOOK_EVERY", 0.05)
+    refs = [Reference(CT, uid) for uid in HELD]
+
+    def another_node() -> tuple[Archive, CommitmentJournal]:
+        other = Archive(root, fsync=False)
         journal = CommitmentJournal(root, fsync=False, node=True)  # its requests
-        refs = [Reference(CT, uid) for uid in HELD]
         journal.add(CommitmentRequest("1.2.8.230", refs, "MODALITY"))
+        return other, journal
+
+    with report_listener("MODALITY") as (port, reports):
+        before = another_node() if seen else None  # (alive when this one starts, else
+        # it lives between two looks)
         scus = (Destination("MODALITY", "127.0.0.1", port),)
 
         async def main() -> None:
@@ -229,6 +236,7 @@ def test_a_dead_nodes_requests_are_reported_by_a_live_node(
                 async with serving_module.running(
                     archive, ServerConfig(port=0, commitment_scus=scus)
                 ):
+                    other, journal = before or another_node()
                     assert not reports.received  # (held by the other node)
                     journal.close()
                     other.close()  # (the other node dies: its locks go)

@@ -641,3 +641,30 @@ def test_entries_failed_for_good_are_the_destinations_last_error(tmp_path: Path)
     queue.settle("DEAD", [Settled(entry.id, "failed", 2, status=0x0124, reason="not authorized")])
     queue.close()
     assert status(tmp_path, "DEAD")["last_error"] == "failed for good: 0124 not authorized"
+
+
+def test_the_events_handed_over_whose_queueing_fails_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """review90 N3: the node forwarding when=stable took the events over from another
+    node; the queueing of the studies that became stable meanwhile failed unsaid."""
+    import logging
+
+    from dicomstore.services.forwarding import Forwarding
+
+    async def failing(self: Forwarding) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Forwarding, "events_taken", failing)
+    caplog.set_level(logging.INFO, logger="dicomstore")
+    root = tmp_path / "archive"
+
+    async def main() -> None:
+        plain = config(stable_age=0.2)
+        async with serving(root, plain):  # (takes the events first)
+            rule = config(f"DEST=127.0.0.1:{free_port()};when=stable", stable_age=0.2)
+            async with serving(root, rule):
+                await until(lambda: "the studies stable meanwhile not queued" in caplog.text)
+
+    asyncio.run(main())
+    assert "handed to the node forwarding when=stable" in caplog.text

@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dicomstore.archive import layout
+from dicomstore.archive import layout, nodes
 
 if TYPE_CHECKING:
     from dicomstore.archive.reader import ArchiveReader
@@ -319,6 +319,13 @@ class CommitmentJournal:
                 os.close(fd)
         if self.fsync and self.folder.is_dir():
             layout.fsync_dir(self.folder)
+
+    def unheld(self) -> bool:
+        """Whether a request waits that no live node holds (its node died: this one's
+        own are held), without reading any (``serving.py`` looks every 30 s)."""
+        if not self.folder.is_dir():
+            return False
+        return any(not nodes.locked_by_another(p) for p in self.folder.glob("*.json"))
 
     def take(self) -> list[CommitmentRequest]:
         """The pending requests no live node holds, oldest first, held from now on

@@ -16,12 +16,10 @@ import asyncio
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dicomstore.archive import nodes
 from dicomstore.archive.nodes import Held, ServiceLock
 from dicomstore.handler import StoreHandler
 from dicomstore.services.admission import AuditSink, Gatekeeper
@@ -31,6 +29,7 @@ from dicomstore.services.stability import OnStable, StudyStability
 from dicomstore.services.storage_scp import OnStored
 
 if TYPE_CHECKING:  # (forwarding, and pydicom with it, loads with --forward)
+    from dicomstore.services.commitment_reports import CommitmentService
     from dicomstore.services.forwarding import Forwarding
 
 log = logging.getLogger("dicomstore.server")
@@ -129,7 +128,10 @@ async def running(
             locks.remove(wanted)
             wanted.close()
             assert forwarding is not None
-            await forwarding.events_taken()
+            try:
+                await forwarding.events_taken()
+            except Exception as exc:  # noqa: BLE001 - (review90 N3: it went unsaid)
+                log.error("forwarding: the studies stable meanwhile not queued: %s", exc)
         else:
             helpers.append(asyncio.create_task(hand_over(lock), name="events-hand-over"))
 
@@ -182,7 +184,11 @@ async def running(
                     helpers.append(asyncio.create_task(hand_over(events), name="events-hand-over"))
             elif wants_events():  # (asked for: the node running them hands them over)
                 wanted = ServiceLock(server.reader.root, WANTED)
-                if not wanted.take():
+                for _ in range(50):  # (a node's probe holds it for a moment: review90 N5)
+                    if wanted.take():
+                        break
+                    await asyncio.sleep(0.1)
+                else:
                     raise Held(f"the study-complete events are asked for by {wanted.holder}")
                 locks.append(wanted)
                 log.warning(
@@ -204,10 +210,9 @@ async def running(
         keeper = getattr(handler, "keep_held", None)
         if keeper is not None:
             helpers.append(asyncio.create_task(_keep_held(keeper), name="keep-held"))
-        if server.commitments is not None and server.reader is not None:
-            root = server.reader.root
-            reports = server.commitments.start  # (once the server has started, below)
-            helpers.append(asyncio.create_task(_after_nodes_end(root, reports), name="orphans"))
+        if server.commitments is not None:  # (looks once the server has started, below)
+            orphans = _report_orphans(server.commitments)
+            helpers.append(asyncio.create_task(orphans, name="commitment-orphans"))
         await server.start()
     except BaseException:
         await stop_helpers()
@@ -232,24 +237,21 @@ def _asked(events: ServiceLock) -> bool:
     return ServiceLock(events.path.parent, WANTED).held_elsewhere()
 
 
-#: Seconds between two looks at which nodes live (``_after_nodes_end``).
-NODES_LOOK_EVERY = 30.0
+#: Seconds between two looks for Storage Commitment requests no live node holds.
+ORPHANS_LOOK_EVERY = 30.0
 
 
-async def _after_nodes_end(root: Path, then: Callable[[], Awaitable[None]]) -> None:
-    """``then`` each time a node of ``root`` has ended since the look before (every
-    :data:`NODES_LOOK_EVERY` seconds): the Storage Commitment requests a dead node
-    accepted are reported by a live one (review88 F3: only by a node's start)."""
-    before = set(nodes.alive(root))
+async def _report_orphans(commitments: CommitmentService) -> None:
+    """Every :data:`ORPHANS_LOOK_EVERY` seconds, the Storage Commitment requests no live
+    node holds (their node died) taken over and reported (review88 F3: only a node's
+    start did; review90 N4: a node seen neither alive nor dead between two looks)."""
     while True:
-        await asyncio.sleep(NODES_LOOK_EVERY)
+        await asyncio.sleep(ORPHANS_LOOK_EVERY)
         try:
-            now = await asyncio.to_thread(lambda: set(nodes.alive(root)))
-            if before - now:
-                await then()
-            before = now
+            if await asyncio.to_thread(commitments.journal.unheld):
+                await commitments.start()
         except Exception as exc:  # noqa: BLE001 - tried again at the next look
-            log.warning("the requests of nodes that ended not taken over: %s", exc)
+            log.warning("storage commitment requests of nodes that ended not taken: %s", exc)
 
 
 #: Seconds between two looks at an archive's index session (``Archive.keep_held``).
