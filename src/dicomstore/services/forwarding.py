@@ -251,7 +251,7 @@ class Forwarding:
             if not rows:
                 continue
             items = self._arrival_entries(rows)
-            observed = newest_of(rows, time.time(), SLACK)  # (never ahead: review88 F10)
+            observed = newest_of(rows, self.clock(), SLACK)  # (never ahead: review88 F10)
             try:
                 added = await asyncio.to_thread(queue.add, items, observed=observed)
             except DatabaseOrOSError as exc:
@@ -301,7 +301,7 @@ class Forwarding:
         if self._arrivals:
             rows, self._arrivals = self._arrivals, []
             items = self._arrival_entries(rows)
-            observed = newest_of(rows, time.time(), SLACK)  # (never ahead: review88 F10)
+            observed = newest_of(rows, self.clock(), SLACK)  # (never ahead: review88 F10)
             try:
                 await asyncio.to_thread(queue.add, items, observed=observed)
             except DatabaseOrOSError as exc:
