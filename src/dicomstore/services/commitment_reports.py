@@ -32,10 +32,10 @@ once, on the same backoff. One AE title holds half the pending bounds at most.
 
 Several nodes on one storage root (issue 17) share the journal: each node
 reports only the requests it holds (``archive/commitment.py``: the flock of
-each request's file), those it accepted and, at its start, those no live node
-holds (an earlier run's, a dead node's). So a starting node never reports,
-again, what a live node is reporting, and what a dead node accepted is reported
-by the next node to start. No node-wide commitments lock is needed: one would
+each request's file), those it accepted and, at its start and every 30 s, those
+no live node holds (an earlier run's, a dead node's: ``serving._report_orphans``).
+So no node reports again what a live node is reporting, and what a dead node
+accepted is reported by a live one. No node-wide commitments lock is needed: one would
 either leave a dead node's requests waiting for the lock holder's restart, or
 have its holder report at start what live nodes are reporting.
 """
