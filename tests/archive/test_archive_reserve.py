@@ -51,7 +51,7 @@ def test_a_reserve_file_cut_short_by_a_crash_goes_at_the_next_start(
 
 
 def test_no_reserve_file_takes_the_last_free_space(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(reserve, "free", lambda root: 2 * reserve.SIZE - 1)
+    monkeypatch.setattr(reserve.layout, "free_bytes", lambda root: 2 * reserve.SIZE - 1)
     with Archive(tmp_path / "root", fsync=False):
         pass
     assert not (tmp_path / "root" / reserve.NAME).exists()
@@ -59,9 +59,9 @@ def test_no_reserve_file_takes_the_last_free_space(tmp_path: Path, monkeypatch) 
 
 def test_the_reserve_is_freed_only_when_the_disk_is_nearly_full(tmp_path: Path, monkeypatch):
     tmp_path.joinpath(reserve.NAME).write_bytes(b"x")
-    monkeypatch.setattr(reserve, "free", lambda root: reserve.SIZE)
+    monkeypatch.setattr(reserve.layout, "free_bytes", lambda root: reserve.SIZE)
     assert not reserve.release(tmp_path)
-    monkeypatch.setattr(reserve, "free", lambda root: reserve.SIZE - 1)
+    monkeypatch.setattr(reserve.layout, "free_bytes", lambda root: reserve.SIZE - 1)
     assert reserve.release(tmp_path)
     assert not tmp_path.joinpath(reserve.NAME).exists()
 

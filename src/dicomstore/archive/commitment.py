@@ -229,6 +229,20 @@ class CommitmentRequest:
 _TRANSACTION = re.compile(r"[0-9.]{1,64}", re.ASCII)
 
 
+def _locked(path: Path) -> int | None:
+    """A descriptor of the request at ``path`` holding its lock (a node reports what
+    it holds), or None when a live node holds it; ``FileNotFoundError`` when it went."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None
+        raise
+    return fd
+
+
 class DuplicateTransaction(Exception):
     """A request with this Transaction UID is already pending (J.3.3.1.1: 0131)."""
 
@@ -286,22 +300,16 @@ class CommitmentJournal:
         """The lock of the request at ``path`` (its descriptor, to close once it is
         replaced), None when there is none; :class:`DuplicateTransaction` when a live
         node holds it, or, outside a node, when there is one."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        if not self.node:
+            if path.exists():
+                raise DuplicateTransaction(path.stem)
             return None
         try:
-            if not self.node:
-                raise DuplicateTransaction(path.stem)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise DuplicateTransaction(path.stem) from None
-            raise
-        except BaseException:
-            os.close(fd)
-            raise
+            fd = _locked(path)
+        except FileNotFoundError:
+            return None
+        if fd is None:
+            raise DuplicateTransaction(path.stem)
         return fd
 
     def done(self, transaction_uid: str) -> None:
@@ -336,20 +344,15 @@ class CommitmentJournal:
             if tx in self._held:
                 continue
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                fd = _locked(path)
             except FileNotFoundError:
                 continue  # reported meanwhile
+            if fd is None:
+                continue  # a live node reports it
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 same = os.fstat(fd).st_ino == os.stat(path).st_ino  # (not reported meanwhile)
-            except OSError as exc:
-                os.close(fd)
-                if isinstance(exc, FileNotFoundError) or exc.errno in (
-                    errno.EWOULDBLOCK,
-                    errno.EAGAIN,
-                ):
-                    continue  # a live node reports it
-                raise
+            except FileNotFoundError:
+                same = False
             if not same:
                 os.close(fd)
                 continue

@@ -9,7 +9,6 @@ the path under the root.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -102,7 +101,7 @@ class FileStorage(FilePublishing, FileJournaling):
         return True
 
     def free_space(self) -> int | None:
-        return shutil.disk_usage(self.root).free
+        return layout.free_bytes(self.root)
 
     def scratch(self) -> Path | None:
         folder = self.root / layout.TMP_DIR

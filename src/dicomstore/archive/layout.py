@@ -26,6 +26,7 @@ import functools
 import hashlib
 import os
 import re
+import shutil
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
@@ -246,6 +247,16 @@ def make_dirs(root: Path, rel_dir: PurePosixPath, *, durable: bool) -> list[Path
         if durable:
             fsync_dir(parent)
     return created
+
+
+def free_bytes(path: Path | str) -> int | None:
+    """Bytes free for an unprivileged user on the file system of ``path`` (``statvfs``;
+    ``None``: it cannot be told): the one reading of it (``reserve.py``, the store
+    service's ``--min-free``, the metrics)."""
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
 
 
 def remove_quietly(path: Path | str) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from dicomstore.archive import layout
@@ -38,14 +37,6 @@ NAME = ".reserve"
 SIZE = 8 << 20
 
 
-def free(root: Path) -> int | None:
-    """Bytes free for an unprivileged user where the archive is (``None``: unknown)."""
-    try:
-        return shutil.disk_usage(root).free
-    except OSError:
-        return None
-
-
 def keep(root: Path) -> bool:
     """Make the reserve file when it is missing and :data:`SIZE` twice over is free;
     whether it is there now. Never raises."""
@@ -55,7 +46,7 @@ def keep(root: Path) -> bool:
             return True
     except OSError:  # (a folder we may not look into: nothing made)
         return False
-    room = free(root)
+    room = layout.free_bytes(root)
     if room is None or room < 2 * SIZE:
         return False
     # (made in .tmp, which a start empties: a crash meanwhile leaves no 8 MiB behind)
@@ -78,7 +69,7 @@ def keep(root: Path) -> bool:
 def release(root: Path) -> bool:
     """Remove the reserve file when less than :data:`SIZE` is free (a delete is about
     to run); whether it was removed."""
-    room = free(root)
+    room = layout.free_bytes(root)
     if room is None or room >= SIZE or not _unlink(root / NAME):
         return False
     log.warning("%s: the disk is nearly full: the reserve file is freed for the delete", root)

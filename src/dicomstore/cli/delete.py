@@ -16,7 +16,7 @@ import argparse
 import sys
 from typing import Any
 
-from dicomstore.cli.access import _reader, _storage, human_size
+from dicomstore.cli.access import _storage, human_size
 from dicomstore.cli.audit_options import add_audit_log, close_audit_log, open_audit_log
 from dicomstore.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 
@@ -50,8 +50,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Delete what ``args`` name, after confirmation; the exit code."""
-    from dicomstore.archive import reserve
-    from dicomstore.services.deletion import finish_interrupted
+    from dicomstore.services.deletion import finish_interrupted, reader_for_delete
 
     if (args.uid is None) == (args.patient_id is None):
         raise UsageError("give the UID to delete or --patient-id, one of them")
@@ -59,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--issuer goes with --patient-id")
     if args.patient_id is not None and not args.patient_id.strip():
         raise UsageError("--patient-id: an empty Patient ID names no one patient")
-    reserve.release(args.storage.resolve())  # (a full disk: before the index opens)
-    reader = _reader(args)
+    reader = reader_for_delete(args.storage, args.index)
     settled = finish_interrupted(reader.root, index=args.index)  # (an interrupted delete's)
     if settled:
         print(f"removed {settled} file(s) an interrupted delete or replace left")

@@ -37,12 +37,15 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicomstore.archive import removal
 from dicomstore.archive.removal import Removal as Removal  # (the doors take these from here:
 from dicomstore.archive.removal import finish_interrupted as finish_interrupted  # pyproject)
 from dicomstore.audit import AuditLog
+
+if TYPE_CHECKING:
+    from dicomstore.archive.reader import ArchiveReader
 
 STUDY_DELETED = ("DICOM Study Deleted", "110105")  # PS3.15 A.5.3.8
 INSTANCES_ACCESSED = ("DICOM Instances Accessed", "110103")  # PS3.15 A.5.3.6, action D
@@ -91,16 +94,14 @@ def remove(
     :class:`AuditRecordNotWrittenError` (an ``OSError``; its ``removal``: what was
     deleted) when the removal was done but its record could not be written.
     """
-    from dicomstore.archive import layout, reserve
-    from dicomstore.archive.reader import ArchiveReader
+    from dicomstore.archive import layout
 
     if audit_log is None:
         audit_log = os.environ.get(AUDIT_LOG_ENV)
     if audit_log == "":
         audit_log = None  # (as the empty variable: none, review61 L4)
     uid = layout.normalize_uid(uid.strip())
-    reserve.release(Path(root))  # (before the index is opened: review89 N1)
-    target, _ = target_of(ArchiveReader(root, index=index), uid)  # (before the audit log)
+    target, _ = target_of(reader_for_delete(root, index), uid)  # (before the audit log)
     owned: AuditLog | None = None  # (opened here from a path: closed here)
     if isinstance(audit_log, AuditLog) or audit_log is None:
         audit = audit_log
@@ -129,6 +130,17 @@ def remove(
         except OSError as exc:  # (the record could not be written)
             raise _not_recorded(result, exc.errno, exc.strerror or str(exc)) from exc
     return result
+
+
+def reader_for_delete(root: Path | str, index: str | None) -> ArchiveReader:
+    """The archive's reader for a delete (the CLI's, :func:`remove`): on a nearly full
+    disk the reserve file is freed first (``archive/reserve.py``), before the index is
+    opened (after a clean stop SQLite must create its -wal and -shm: review89 N1)."""
+    from dicomstore.archive import reserve
+    from dicomstore.archive.reader import ArchiveReader
+
+    reserve.release(Path(root).resolve())
+    return ArchiveReader(root, index=index)
 
 
 def target_of(reader: Any, uid: str) -> tuple[dict[str, Any], list[Path]]:

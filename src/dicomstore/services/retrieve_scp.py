@@ -183,7 +183,7 @@ class RetrieveSCP(QROperations):
         try:
             status = await retrieval.run(
                 sender,
-                is_cancelled=lambda: op.cancelled,
+                is_cancelled=op.cancel.is_set,
                 pending=pending,
                 is_gone=lambda: not self.is_open,
                 cancel=op.cancel,

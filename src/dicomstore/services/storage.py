@@ -33,7 +33,6 @@ import asyncio
 import functools
 import logging
 import math
-import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dicomstore import status as st
 from dicomstore import uids
+from dicomstore.archive import layout
 from dicomstore.handler import StoreHandler, StoreSink
 from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflatedSize
 from dicomstore.services.admission import AdmissionRequest, AuditSink, Gatekeeper
@@ -192,11 +192,8 @@ FREE_CHECK_EVERY = 64 << 20
 
 
 def free_bytes(root: Any) -> int:
-    """Free bytes where the archive is (0 if that cannot be told)."""
-    try:
-        return shutil.disk_usage(root).free
-    except OSError:
-        return 0
+    """Free bytes where the archive is (0 if that cannot be told: ``layout.free_bytes``)."""
+    return layout.free_bytes(root) or 0
 
 
 @dataclass(slots=True)
