@@ -9,7 +9,7 @@ folder, :data:`SIZE` bytes allocated (``posix_fallocate``: blocks the file
 system counts as used), made only while there is room for it and as much again
 besides (:func:`keep`: never the last free space). A delete lets it go
 (:func:`release`) when less than :data:`SIZE` is free, before it opens the index
-(the CLI's ``delete`` and ``services/deletion.remove``, and ``removal.remove``,
+(``services/deletion.reader_for_delete``: the CLI's and the API's, and ``removal.remove``,
 where every delete goes: after a clean stop SQLite must create the index's -wal
 and -shm files first, review89 N1), and ``removal.remove`` makes it again
 (:func:`keep`) once the files it deleted are gone.
