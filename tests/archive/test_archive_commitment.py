@@ -16,11 +16,13 @@ from dicomstore.archive.commitment import (
     CLASS_INSTANCE_CONFLICT,
     NO_SUCH_OBJECT_INSTANCE,
     PROCESSING_FAILURE,
+    Reference,
+    verify,
+)
+from dicomstore.archive.commitment_journal import (
     CommitmentJournal,
     CommitmentRequest,
     DuplicateTransaction,
-    Reference,
-    verify,
 )
 from dicomstore.archive.reader import ArchiveReader
 
@@ -170,7 +172,7 @@ def test_a_re_ask_and_a_takeover_at_once_leave_one_node_reporting(
     the request asked again: both reported it, and the first done removed the other's
     file. The re-ask holds the old file's lock until it is replaced; a done removes
     only the file it holds."""
-    from dicomstore.archive import commitment
+    from dicomstore.archive import commitment_journal as commitment
 
     dead = CommitmentJournal(tmp_path, fsync=True, node=True)
     dead.add(CommitmentRequest("1.2.17.4", [], "MODALITY"))

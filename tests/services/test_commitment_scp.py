@@ -39,10 +39,9 @@ from dicomstore.archive.commitment import (
     CLASS_INSTANCE_CONFLICT,
     NO_SUCH_OBJECT_INSTANCE,
     PROCESSING_FAILURE,
-    CommitmentJournal,
-    CommitmentRequest,
     Reference,
 )
+from dicomstore.archive.commitment_journal import CommitmentJournal, CommitmentRequest
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.policy import ACTIONS, Peer, Policy
 from dicomstore.services import commitment_reports
@@ -299,7 +298,7 @@ def test_a_stranded_request_is_not_replaced_by_another_ae_title(
         assert n_action(srv.port, ds) == 0x0000  # (released at once: stranded)
         assert settled(srv)
         assert n_action(srv.port, ds, calling="INTRUDER") == 0x0115
-        assert srv.server.commitments.stranded == {"1.2.8.153": "MODALITY"}
+        assert list(srv.server.commitments.stranded) == ["1.2.8.153"]
     srv.archive.close()  # type: ignore[attr-defined]
 
 

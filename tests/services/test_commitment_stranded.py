@@ -21,7 +21,8 @@ from tests.services.commitment_testlib import (
 )
 from tests.services.test_commitment_scp import n_action, serving
 
-from dicomstore.archive.commitment import CommitmentJournal, CommitmentRequest, Reference
+from dicomstore.archive.commitment import Reference
+from dicomstore.archive.commitment_journal import CommitmentJournal, CommitmentRequest
 from dicomstore.services import commitment_reports
 from dicomstore.services.destinations import Destination
 
@@ -247,3 +248,31 @@ def test_a_dead_nodes_requests_are_reported_by_a_live_node(
         asyncio.run(main())
     (report,) = reports.received
     assert report.event_type == 1 and sorted(report.committed) == sorted(HELD)
+
+
+@pytest.mark.usefixtures("index_engine")  # (several nodes: on both index engines)
+def test_a_request_stranded_on_a_live_node_is_replaced_asked_again_on_another(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review90 N1: two nodes on one storage; a request stranded on the first (its
+    requester released at once and has no address) was 0115 on the second for the
+    first node's life (behind a load balancer, a retry landing on any other node). The
+    requester asking again on the second gets its report there."""
+    from tests.services.commitment_testlib import Reports
+    from tests.services.test_commitment_scp import journal_empty, report_after_release
+
+    first, second = serving(root), serving(root)
+    gated = report_after_release(first, monkeypatch)
+    with first, second:
+        ds = action_information("1.2.8.240", *HELD)
+        assert n_action(first.port, ds) == 0  # (released at once: stranded)
+        assert settled(first) and list(first.server.commitments.stranded) == ["1.2.8.240"]
+        assert n_action(second.port, ds, calling="INTRUDER") == 0x0115
+        gated[0] = False
+        reports = Reports()
+        assert n_action(second.port, ds, reports=reports) == 0
+        (got,) = reports.received
+        assert got.event_type == 1 and not got.new_association
+        assert journal_empty(root, second)
+    for srv in (first, second):
+        srv.archive.close()  # type: ignore[attr-defined]

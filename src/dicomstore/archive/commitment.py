@@ -1,5 +1,5 @@
 """Storage Commitment, the archive's side (PS3.4 J.3): does the archive hold each
-referenced instance, and a durable record of each request until it is reported.
+referenced instance.
 
 :func:`verify` answers one request: an instance is committed when the index
 holds it under the same SOP Class, its file is present with the indexed size
@@ -11,41 +11,21 @@ C-STORE). Otherwise it fails with a Failure Reason of PS3.4 J.3.3.1.1:
 - 0110 *Processing failure*: its file differs from what was stored (size or
   digest), or cannot be read.
 
-:class:`CommitmentJournal` keeps each accepted request on disk
-(``<root>/.commitments/<transaction>.json``, written atomically and flushed
-before the N-ACTION is answered) until its N-EVENT-REPORT has been
-acknowledged, so that a restart reports what it had promised to (J.3.3: the
-SCP "shall" send the report, on a later association if need be).
-
-Several nodes on one storage root (issue 17): a node's journal (``node=True``)
-holds an exclusive flock(2) on the file of each request it accepted, taken
-before the file has its name, until the report is acknowledged or the node
-ends. At start a node takes (:meth:`~CommitmentJournal.take`) the requests whose
-lock it can get: those of an earlier run or of a node that died (the kernel
-lets go of a dead process's locks), never those a live node is reporting.
+The journal of requests not yet reported: ``commitment_journal.py``.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import json
 import logging
-import os
-import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dicomstore.archive import layout, nodes
+from dicomstore.archive import layout
 
 if TYPE_CHECKING:
     from dicomstore.archive.reader import ArchiveReader
-
-JOURNAL_DIR = ".commitments"
 
 #: Failure Reasons (0008,1197), PS3.4 J.3.3.1.1
 PROCESSING_FAILURE = 0x0110
@@ -198,188 +178,3 @@ def log_failures(log: logging.Logger, transaction_uid: str, verdicts: list[Verdi
     damaged = [v for v in failed if v.failure_reason == PROCESSING_FAILURE or v.why == MISSING]
     for v in damaged[:NAMED_DAMAGED]:
         log.warning("archive damage: instance %s: %s", v.reference.sop_instance_uid, v.why)
-
-
-@dataclass
-class CommitmentRequest:
-    """One accepted N-ACTION (Request Storage Commitment), kept until reported."""
-
-    transaction_uid: str
-    references: list[Reference]
-    #: who asked: calling AE title, address (for a report on a new association)
-    calling_ae: str
-    address: str = ""
-    received_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
-
-    def to_json(self) -> str:
-        """The journal's text: the same as of ``dataclasses.asdict``, a third of its
-        time (0.23 s for 65,535 references: it copies deeply)."""
-        names = [f.name for f in fields(Reference)]
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["references"] = [{n: getattr(r, n) for n in names} for r in self.references]
-        return json.dumps(data, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> CommitmentRequest:
-        data: dict[str, Any] = json.loads(text)
-        data["references"] = [Reference(**r) for r in data["references"]]
-        return cls(**data)
-
-
-_TRANSACTION = re.compile(r"[0-9.]{1,64}", re.ASCII)
-
-
-def _locked(path: Path) -> int | None:
-    """A descriptor of the request at ``path`` holding its lock (a node reports what
-    it holds), or None when a live node holds it; ``FileNotFoundError`` when it went."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return None
-        raise
-    return fd
-
-
-class DuplicateTransaction(Exception):
-    """A request with this Transaction UID is already pending (J.3.3.1.1: 0131)."""
-
-
-class CommitmentJournal:
-    """Pending commitment requests of one archive (module notes)."""
-
-    def __init__(self, root: Path | str, *, fsync: bool = True, node: bool = False) -> None:
-        self.folder = Path(root) / JOURNAL_DIR
-        self.fsync = fsync
-        #: a node's journal holds the lock of each request it reports (module notes)
-        self.node = node
-        self._held: dict[str, int] = {}
-
-    def _path(self, transaction_uid: str) -> Path:
-        if not _TRANSACTION.fullmatch(transaction_uid):
-            raise ValueError(f"not a Transaction UID: {transaction_uid[:70]!r}")
-        return self.folder / f"{transaction_uid}.json"
-
-    def add(self, request: CommitmentRequest) -> None:
-        """Record ``request`` durably; :class:`DuplicateTransaction` if pending: held
-        by a node, or, outside a node, at all. One no live node holds (its node
-        died) is replaced (review88 F3: the requester asking again on another node
-        got 0115 for good), its lock taken meanwhile (review90 N2: a node taking it
-        over at that moment reported it too)."""
-        final = self._path(request.transaction_uid)
-        old = self._claim(final)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f"{final.stem}.{os.getpid()}.tmp")  # (two nodes at once)
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            if self.node:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (before anyone can see it)
-            data = memoryview(request.to_json().encode("utf-8"))
-            while data:
-                data = data[os.write(fd, data) :]
-            if self.fsync:
-                os.fsync(fd)
-            os.replace(tmp, final)
-        except BaseException:
-            os.close(fd)
-            layout.remove_quietly(tmp)
-            raise
-        finally:
-            if old is not None:
-                os.close(old)
-        if self.node:
-            self._held[request.transaction_uid] = fd
-        else:
-            os.close(fd)
-        if self.fsync:
-            layout.fsync_dir(self.folder)
-
-    def _claim(self, path: Path) -> int | None:
-        """The lock of the request at ``path`` (its descriptor, to close once it is
-        replaced), None when there is none; :class:`DuplicateTransaction` when a live
-        node holds it, or, outside a node, when there is one."""
-        if not self.node:
-            if path.exists():
-                raise DuplicateTransaction(path.stem)
-            return None
-        try:
-            fd = _locked(path)
-        except FileNotFoundError:
-            return None
-        if fd is None:
-            raise DuplicateTransaction(path.stem)
-        return fd
-
-    def done(self, transaction_uid: str) -> None:
-        """Forget a request once its report was acknowledged (its file, unless another
-        node replaced it since: review90 N2)."""
-        path = self._path(transaction_uid)
-        fd = self._held.pop(transaction_uid, None)
-        try:
-            if fd is None or os.fstat(fd).st_ino == os.stat(path).st_ino:
-                path.unlink(missing_ok=True)
-        except FileNotFoundError:
-            pass
-        finally:
-            if fd is not None:
-                os.close(fd)
-        if self.fsync and self.folder.is_dir():
-            layout.fsync_dir(self.folder)
-
-    def unheld(self) -> bool:
-        """Whether a request waits that no live node holds (its node died: this one's
-        own are held), without reading any (``serving.py`` looks every 30 s)."""
-        if not self.folder.is_dir():
-            return False
-        return any(not nodes.locked_by_another(p) for p in self.folder.glob("*.json"))
-
-    def take(self) -> list[CommitmentRequest]:
-        """The pending requests no live node holds, oldest first, held from now on
-        by this (node's) journal (module notes)."""
-        taken = []
-        for path, request in self._read():
-            tx = request.transaction_uid
-            if tx in self._held:
-                continue
-            try:
-                fd = _locked(path)
-            except FileNotFoundError:
-                continue  # reported meanwhile
-            if fd is None:
-                continue  # a live node reports it
-            try:
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino  # (not reported meanwhile)
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-            self._held[tx] = fd
-            taken.append(request)
-        return taken
-
-    def close(self) -> None:
-        """Let go of the requests held (they stay pending, for the next start)."""
-        held, self._held = self._held, {}
-        for fd in held.values():
-            os.close(fd)
-
-    def pending(self) -> Iterator[CommitmentRequest]:
-        """Requests not yet reported, oldest first (unreadable files skipped)."""
-        for _path, request in self._read():
-            yield request
-
-    def _read(self) -> list[tuple[Path, CommitmentRequest]]:
-        if not self.folder.is_dir():
-            return []
-        read: list[tuple[int, Path, CommitmentRequest]] = []
-        for path in self.folder.glob("*.json"):
-            try:
-                when = path.stat().st_mtime_ns
-                read.append((when, path, CommitmentRequest.from_json(path.read_text("utf-8"))))
-            except (OSError, ValueError, TypeError, KeyError):
-                continue  # reported and removed meanwhile, or not ours
-        read.sort(key=lambda entry: entry[0])
-        return [(path, request) for _when, path, request in read]

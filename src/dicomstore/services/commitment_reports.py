@@ -3,7 +3,7 @@ requests, their verification, and the N-EVENT-REPORT that answers each.
 
 :class:`CommitmentService` (one per server) records each request the SCP
 (``commitment_scp.py``) accepts durably in the archive's journal
-(``archive/commitment.py``) *before* the N-ACTION-RSP 0000 goes out, so that
+(``archive/commitment_journal.py``) *before* the N-ACTION-RSP 0000 goes out, so that
 no accepted request is forgotten.
 
 Then, from a task of the server (not of the association): the referenced
@@ -31,7 +31,7 @@ bounds (review68 #2, review69 M1); those a start finds beyond them are overdue a
 once, on the same backoff. One AE title holds half the pending bounds at most.
 
 Several nodes on one storage root (issue 17) share the journal: each node
-reports only the requests it holds (``archive/commitment.py``: the flock of
+reports only the requests it holds (``archive/commitment_journal.py``: the flock of
 each request's file), those it accepted and, at its start and every 30 s, those
 no live node holds (an earlier run's, a dead node's: ``serving._report_orphans``).
 So no node reports again what a live node is reporting, and what a dead node
@@ -56,13 +56,11 @@ from dicomstore import uids
 from dicomstore.aio.association import Timeouts, Transport
 from dicomstore.aio.client import associate
 from dicomstore.aio.invoker import Invoker
-from dicomstore.archive.commitment import (
+from dicomstore.archive.commitment import Verdict, log_failures, verify
+from dicomstore.archive.commitment_journal import (
     CommitmentJournal,
     CommitmentRequest,
     DuplicateTransaction,
-    Verdict,
-    log_failures,
-    verify,
 )
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import NEventReportRQ, NEventReportRSP
@@ -165,11 +163,12 @@ class CommitmentService:
         #: the requests accepted and not yet reported: transaction UID -> references (at
         #: most 4 x ``max_references`` in all: :meth:`accept`), calling AE title
         self.pending: dict[str, tuple[int, str]] = {}
-        #: those that cannot be reported (their association gone, their AE title with
-        #: no address), oldest first: kept in the journal for a start with the address
-        #: configured, at most ``max_pending`` of them, and not counted as pending;
-        #: the calling AE title of each (only it may ask again: review52 L2)
-        self.stranded: dict[str, str] = {}
+        #: those this node could not report (their association gone, their AE title
+        #: with no address), oldest first: kept in the journal (stranded, held by no
+        #: node) for a start with the address configured or their requester asking
+        #: again, at most ``max_pending`` of them, not counted as pending; the inode
+        #: of each one's file (``CommitmentJournal.drop``)
+        self.stranded: dict[str, int] = {}
         #: requests not reported in STRAND_AFTER tries, retried on with their slot
         #: freed (module notes): transaction UID -> references, within the pending bounds
         self.overdue: dict[str, int] = {}
@@ -184,12 +183,12 @@ class CommitmentService:
         """``fn(*args)`` in the commitment thread (class notes)."""
         return await asyncio.get_running_loop().run_in_executor(self._checks, fn, *args)
 
-    async def start(self) -> None:
+    async def start(self, *, stranded: bool = True) -> None:
         """Report what an earlier run or a dead node accepted and did not report
-        (PS3.4 J.3.3), never what a live node reports (module notes); those beyond the
-        pending bounds as overdue (review72 F2: one requester's backlog took every slot
-        again at each start)."""
-        requests = await asyncio.to_thread(self.journal.take)
+        (PS3.4 J.3.3), never what a live node reports (module notes), and the
+        ``stranded`` requests; those beyond the pending bounds as overdue (review72 F2:
+        one requester's backlog took every slot again at each start)."""
+        requests = await asyncio.to_thread(self.journal.take, stranded=stranded)
         for request in requests:
             if request.transaction_uid in self.pending or request.transaction_uid in self.overdue:
                 continue
@@ -227,14 +226,11 @@ class CommitmentService:
         """Record ``request`` durably (:class:`Refused`: 0115 its Transaction UID
         pending, 0213 too many pending, of all or of its calling AE title, which holds
         half the bounds at most; 0110 the journal cannot be written). A request
-        of a Transaction UID stranded here (its report waits for an address) replaces
-        it: the requester (its calling AE title) asks again, on an association we can
-        report on (review49 #3)."""
+        of a Transaction UID stranded on any node (its report waits for an address)
+        replaces it: the requester (its calling AE title, not another: review52 L2)
+        asks again, on an association we can report on (review49 #3, review90 N1)."""
         tx = request.transaction_uid
         if tx in self.pending or tx in self.overdue:
-            raise Refused(st.INVALID_ARGUMENT_VALUE, "Transaction UID already pending")
-        if self.stranded.get(tx, request.calling_ae) != request.calling_ae:
-            # (another AE title's stranded request is not replaced: review52 L2)
             raise Refused(st.INVALID_ARGUMENT_VALUE, "Transaction UID already pending")
         size, caller = len(request.references), request.calling_ae
         full = self._full(size, caller)
@@ -242,12 +238,10 @@ class CommitmentService:
             raise Refused(st.RESOURCE_LIMITATION, full)
         self.pending[tx] = (size, caller)
         try:
-            if tx in self.stranded:
-                await asyncio.to_thread(self.journal.done, tx)
-                del self.stranded[tx]
+            if await asyncio.to_thread(self.journal.add, request):
+                self.stranded.pop(tx, None)
                 log.info("storage commitment %s: asked again, replaces the one stranded", tx)
-            await asyncio.to_thread(self.journal.add, request)
-        except DuplicateTransaction:  # (another node's, pending there)
+        except DuplicateTransaction:  # (pending on another node, another AE title's)
             del self.pending[tx]  # (review36c H1: held for ever)
             raise Refused(st.INVALID_ARGUMENT_VALUE, "Transaction UID already pending") from None
         except (OSError, ValueError) as exc:
@@ -337,10 +331,12 @@ class CommitmentService:
         """A request that cannot be reported no longer holds a pending slot (review36a
         #1: requests whose association ended took every slot, for everyone, across
         restarts); kept in the journal for a start with the address configured, the
-        oldest dropped beyond ``max_pending`` of them."""
+        oldest dropped beyond ``max_pending`` of them; its lock let go (review90 N1)."""
         transaction_uid = request.transaction_uid
-        self._let_go(transaction_uid)
-        self.stranded[transaction_uid] = request.calling_ae
+        inode = await asyncio.to_thread(self.journal.strand, transaction_uid)
+        self._let_go(transaction_uid)  # (once it is stranded: what it holds is let go)
+        if inode is not None:
+            self.stranded[transaction_uid] = inode
         log.warning(
             "storage commitment %s: %s; it waits in the journal for the next start, or"
             " for its requester to ask again",
@@ -349,8 +345,8 @@ class CommitmentService:
         )
         while len(self.stranded) > self.max_pending:
             oldest = next(iter(self.stranded))
-            del self.stranded[oldest]
-            await asyncio.to_thread(self.journal.done, oldest)
+            inode = self.stranded.pop(oldest)
+            await asyncio.to_thread(self.journal.drop, oldest, inode)
             log.warning(
                 "storage commitment %s: dropped, never reported: over %d requests wait"
                 " for an address",

@@ -31,7 +31,7 @@ from typing import Any
 from dicomstore import uids
 from dicomstore.aio.association import Transport
 from dicomstore.aio.invoker import Invoker
-from dicomstore.archive.commitment import CommitmentRequest
+from dicomstore.archive.commitment_journal import CommitmentRequest
 from dicomstore.dimse import NActionRQ
 from dicomstore.dimse import status as st
 from dicomstore.services import qr_classes

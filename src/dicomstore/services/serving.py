@@ -249,7 +249,7 @@ async def _report_orphans(commitments: CommitmentService) -> None:
         await asyncio.sleep(ORPHANS_LOOK_EVERY)
         try:
             if await asyncio.to_thread(commitments.journal.unheld):
-                await commitments.start()
+                await commitments.start(stranded=False)  # (module notes)
         except Exception as exc:  # noqa: BLE001 - tried again at the next look
             log.warning("storage commitment requests of nodes that ended not taken: %s", exc)
 

@@ -1,0 +1,112 @@
+"""Stranded Storage Commitment requests in the journal of several nodes
+(archive/commitment_journal.py, review90 N1): let go by the node that could not report
+them, replaced by their requester asking again on any node, taken back at a start."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from tests.archive.archive_testlib import CT
+
+from dicomstore.archive.commitment import Reference
+from dicomstore.archive.commitment_journal import (
+    CommitmentJournal,
+    CommitmentRequest,
+    DuplicateTransaction,
+)
+
+TX = "1.2.17.10"
+
+
+def node(root: Path) -> CommitmentJournal:
+    return CommitmentJournal(root, fsync=False, node=True)
+
+
+def stranded(root: Path) -> tuple[CommitmentJournal, int]:
+    """A live node holding TX, which it could not report: stranded."""
+    first = node(root)
+    first.add(CommitmentRequest(TX, [], "MODALITY"))
+    inode = first.strand(TX)
+    assert inode is not None
+    return first, inode
+
+
+def files(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / ".commitments").iterdir())
+
+
+def test_a_request_stranded_on_a_live_node_is_replaced_asked_again_on_another(
+    tmp_path: Path,
+) -> None:
+    """review90 N1: the node that stranded a request kept its lock: asked again on
+    any other node it was 0115 for that node's life."""
+    first, _inode = stranded(tmp_path)
+    assert files(tmp_path) == [f"{TX}.stranded"]
+    second = node(tmp_path)
+    again = CommitmentRequest(TX, [Reference(CT, "1.2.17.11")], "MODALITY")
+    assert second.add(again) is True  # (it replaced a stranded one)
+    assert files(tmp_path) == [f"{TX}.json"] and list(CommitmentJournal(tmp_path).pending()) == [
+        again
+    ]
+    with pytest.raises(DuplicateTransaction):  # (the second reports it now)
+        first.add(CommitmentRequest(TX, [], "MODALITY"))
+    second.done(TX)
+    assert files(tmp_path) == []
+    first.close()
+
+
+def test_another_ae_title_does_not_replace_a_stranded_request(tmp_path: Path) -> None:
+    """review52 L2, on every node: only the requester's AE title asks again."""
+    first, _inode = stranded(tmp_path)
+    with pytest.raises(DuplicateTransaction):
+        node(tmp_path).add(CommitmentRequest(TX, [], "INTRUDER"))
+    assert files(tmp_path) == [f"{TX}.stranded"]
+    first.close()
+
+
+def test_a_stranded_request_is_taken_at_a_start_not_by_a_look_for_dead_nodes(
+    tmp_path: Path,
+) -> None:
+    """A live node's look every 30 s takes what dead nodes held, not what is stranded
+    (it would be tried and stranded again, every 30 s, on every node); a start does."""
+    first, _inode = stranded(tmp_path)
+    looking = node(tmp_path)
+    assert not looking.unheld() and looking.take() == []
+    starting = node(tmp_path)
+    (taken,) = starting.take(stranded=True)
+    assert taken.transaction_uid == TX and files(tmp_path) == [f"{TX}.json"]
+    with pytest.raises(DuplicateTransaction):  # (held by the node reporting it)
+        looking.add(CommitmentRequest(TX, [], "MODALITY"))
+    assert node(tmp_path).take(stranded=True) == []
+    starting.done(TX)
+    for journal in (first, looking, starting):
+        journal.close()
+
+
+def test_a_stranded_request_asked_again_since_is_not_dropped_nor_taken_back(
+    tmp_path: Path,
+) -> None:
+    """The oldest stranded request beyond the bound is dropped only if it is still the
+    one the node stranded; a start finding both a request asked again and a stranded
+    leftover (a node died between the two) keeps the newer."""
+    first, inode = stranded(tmp_path)
+    second = node(tmp_path)
+    second.add(CommitmentRequest(TX, [], "MODALITY"))
+    second.strand(TX)  # (asked again, stranded again: another file)
+    first.drop(TX, inode)
+    assert files(tmp_path) == [f"{TX}.stranded"]
+    folder = tmp_path / ".commitments"
+    newer = CommitmentRequest(TX, [Reference(CT, "1.2.17.12")], "MODALITY")
+    for mtime in (1, 2**31):  # (the leftover read before or after the request)
+        (folder / f"{TX}.json").write_text(newer.to_json())
+        os.utime(folder / f"{TX}.json", (mtime, mtime))
+        if not (folder / f"{TX}.stranded").exists():
+            (folder / f"{TX}.stranded").write_text(CommitmentRequest(TX, [], "M").to_json())
+        starting = node(tmp_path)
+        assert starting.take(stranded=True) == [newer]
+        assert files(tmp_path) == [f"{TX}.json"]
+        starting.close()
+    for journal in (first, second):
+        journal.close()
