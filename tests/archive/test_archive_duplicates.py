@@ -19,6 +19,7 @@ from archive_testlib import (
 )
 
 from dicomstore.archive import (
+    DATASET_MISMATCH,
     DUPLICATE_REJECTED,
     OUT_OF_RESOURCES,
     SUCCESS,
@@ -65,6 +66,38 @@ def test_keep_different_is_b000_and_keeps_the_first(tmp_path: Path) -> None:
         assert second.path == first.path
         path, row = _one_file_one_row(archive)
         assert stored_dataset(path) == FIRST and row["patient_name"] == "First"
+
+
+@pytest.mark.parametrize(
+    ("moved", "tags", "what"),
+    [
+        ({"patient_id": "PID2"}, [0x00100020], "patient"),
+        ({"extra": {0x00100021: ("LO", "H2")}}, [0x00100021], "patient"),
+        ({"study": "1.2.3.9", "series": "1.2.3.9.5"}, [0x0020000D, 0x0020000E], "study"),
+        ({"series": "1.2.3.4.9"}, [0x0020000E], "series"),
+    ],
+    ids=["patient", "issuer", "study", "series"],
+)
+def test_keep_a_copy_filed_elsewhere_is_refused_not_b000(
+    tmp_path: Path, moved: dict, tags: list[int], what: str
+) -> None:
+    """review88 F2: the same SOP Instance UID sent again under another patient (a
+    demographics correction), study or series was B000 "kept the copy already
+    stored": the sender took its image as stored (a Storage Commitment then said
+    committed) while the archive holds another patient's only. A900, naming the
+    elements; the stored copy stays. ``--on-relational-mismatch accept``: B000."""
+    with Archive(tmp_path / "root") as archive:
+        store(archive, FIRST)
+        again = store(archive, dataset(patient_name="Second", **moved))
+        assert again.status == DATASET_MISMATCH and again.is_failure
+        assert again.error_comment == f"SOP Instance UID is already stored under another {what}"
+        assert again.offending_element == (0x00080018, *tags)
+        path, row = _one_file_one_row(archive)
+        assert stored_dataset(path) == FIRST and row["patient_id"] == "PID1"
+    with Archive(tmp_path / "accepting", on_relational_mismatch="accept") as archive:
+        store(archive, FIRST)
+        assert store(archive, dataset(**moved)).status == WARNING_COERCION
+        _one_file_one_row(archive)
 
 
 @pytest.mark.parametrize("fsync", [True, False])

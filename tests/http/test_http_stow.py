@@ -98,6 +98,19 @@ def test_duplicate_with_other_content_is_a_warning(server) -> None:
     assert item["00081196"]["Value"] == [0xB000]
 
 
+def test_duplicate_of_another_patient_is_a900(server) -> None:
+    """review88 F2, the same rule as C-STORE's: a copy of a stored SOP Instance under
+    another patient is refused (A900), not B000; the stored copy stays."""
+    client, archive = server
+    assert post(client, [instance("1.2.5.19")]).status_code == 200
+    r = post(client, [instance("1.2.5.19", patient_id="PID2")])
+    assert r.status_code == 409, r.text
+    (failed,) = r.json()["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xA900]
+    assert "already stored under another patient" in r.headers["warning"]
+    assert [row["patient_id"] for row in archive.instances()] == ["PID1"]
+
+
 @pytest.mark.parametrize(
     ("sop", "series"),
     [("1.2/../5.11", SERIES), ("../x", SERIES), ("1.2.5.12", "1.2\\3"), ("1.2.5.15", "1.2\x013")],

@@ -80,7 +80,7 @@ def test_a_protocol_error_ends_as_aborted(caplog) -> None:
 
 def test_duplicates_kept_are_not_counted_stored(tmp_path, caplog) -> None:
     """review88 F2: an association of 30 instances, 20 of them duplicates the archive
-    kept as stored before (B000: another patient's copy dropped), ended "30 stored"."""
+    kept as stored before (B000: another copy dropped), ended "30 stored"."""
     from tests.services.forward_testlib import instance
 
     from dicomstore.archive import Archive
@@ -88,7 +88,7 @@ def test_duplicates_kept_are_not_counted_stored(tmp_path, caplog) -> None:
 
     caplog.set_level(logging.INFO, logger="dicomstore")
     first, again = instance("1.2.58.1"), instance("1.2.58.1")
-    again.PatientID = "ANOTHER"  # (the same SOP Instance UID, another patient: B000)
+    again.ImageComments = "changed"  # (the same SOP Instance UID, other content: B000)
     archive = Archive(tmp_path / "archive", fsync=False)
 
     async def main() -> list[int]:

@@ -115,6 +115,25 @@ def test_study_of_another_patient_is_a900(tmp_path: Path, server) -> None:
     assert [r["patient_id"] for r in archive.instances()] == ["A"]
 
 
+def test_an_instance_stored_again_under_another_patient_is_a900(tmp_path: Path, server) -> None:
+    """review88 F2: DCMTK storescu sends a corrected copy (another Patient ID, the same
+    SOP Instance UID): A900 naming the elements, not B000 "kept the copy stored"."""
+    import pydicom
+
+    srv, archive = server
+    first = alpha(tmp_path / "in")
+    ds = pydicom.dcmread(first)
+    ds.PatientID, ds.PatientName = "A2", "ALPHA^CORRECTED"
+    second = tmp_path / "in" / "2-corrected.dcm"
+    ds.save_as(second, enforce_file_format=True)
+    result = storescu(srv.port, first, second)
+    lines = responses(result)
+    assert lines[0].startswith("0x0000") and lines[1].startswith("0xa900"), lines
+    assert "SOP Instance UID is already stored under another patient" in result.stderr
+    assert "(0008,0018)" in result.stderr and "(0010,0020)" in result.stderr
+    assert [r["patient_id"] for r in archive.instances()] == ["A"]
+
+
 @pytest.mark.parametrize("missing", ["StudyInstanceUID", "SeriesInstanceUID"])
 def test_no_study_or_series_uid_is_a900(tmp_path: Path, server, missing: str) -> None:
     srv, archive = server

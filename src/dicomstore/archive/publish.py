@@ -76,7 +76,8 @@ the same lock) see every other node's committed rows (READ COMMITTED: each
 statement after the lock sees the commits before it) and nothing uncommitted
 of theirs can be on disk meanwhile. So two nodes storing one SOP Instance UID
 take turns: the second finds the first's row (keep: an identical copy is
-answered 0000 and its temporary goes, another is answered B000; reject: C111)
+answered 0000 and its temporary goes, another is answered B000, or A900 filed
+under another patient, study or series: ``relations.py``; reject: C111)
 or, with replace, puts its file at the other place, commits its own row and
 then removes the first's file: the file at a committed row's path is always
 the one the row describes. The
@@ -147,7 +148,7 @@ from dicomstore.archive.index import Index
 from dicomstore.archive.index_health import IndexHealth
 from dicomstore.archive.layout import instance_relstr, other_place
 from dicomstore.archive.outcome import StoreOutcome, describe_os_error, duplicate, failure
-from dicomstore.archive.relations import Relations
+from dicomstore.archive.relations import Relations, instance_elsewhere
 from dicomstore.archive.storage import WritableStorage
 
 
@@ -306,8 +307,10 @@ class Publisher(DeferredFlushes):
                         continue
                     if existing is not None and self.on_duplicate != "replace":
                         path = storage.local_path(existing["path"])
+                        keep = relations is not None and self.on_duplicate == "keep"
                         try:
-                            verdict = duplicate(
+                            elsewhere = instance_elsewhere(existing, member.row) if keep else None
+                            verdict = elsewhere or duplicate(
                                 self.on_duplicate,
                                 existing,
                                 path,

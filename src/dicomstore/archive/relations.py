@@ -11,9 +11,11 @@ patient's image under another's study. ``on_relational_mismatch``:
     Elements, when the index (or an instance earlier in the same batch) files
     the Series Instance UID under another Study Instance UID, or the Study
     Instance UID under another patient (Patient ID + Issuer of Patient ID; an
-    empty Patient ID is a patient of its own study). The Error Comment names
-    the conflict but not the other patient (the sender is not told another
-    patient's identity).
+    empty Patient ID is a patient of its own study); and when a SOP Instance UID
+    stored under another patient, study or series comes again and the stored
+    copy is kept (``on_duplicate="keep"``: :func:`instance_elsewhere`). The Error
+    Comment names the conflict but not the other patient (the sender is not told
+    another patient's identity).
 ``"accept"``
     Stored, and indexed under its own study and patient (the index keys are
     surrogate, ``index.py``): nothing is ever listed under a study or patient
@@ -85,4 +87,35 @@ def study_elsewhere(issuer_differs: bool) -> StoreOutcome:
         tags.append(st.ISSUER_OF_PATIENT_ID_TAG)
     return failure(
         st.DATASET_MISMATCH, "Study Instance UID is already filed under another patient", *tags
+    )
+
+
+#: The keys that file an instance, with the element each is sent in.
+_FILED_UNDER = (
+    ("patient_id", st.PATIENT_ID_TAG),
+    ("issuer", st.ISSUER_OF_PATIENT_ID_TAG),
+    ("study_uid", st.STUDY_INSTANCE_UID_TAG),
+    ("series_uid", st.SERIES_INSTANCE_UID_TAG),
+)
+
+
+def instance_elsewhere(stored: dict[str, Any], row: dict[str, Any]) -> StoreOutcome | None:
+    """A900 when ``row``, a copy of the instance ``stored`` that is kept, is filed
+    under another patient, study or series; ``None`` when it is not (review88 F2:
+    B000 "kept the copy stored" told the sender its image was stored, coerced, and a
+    Storage Commitment then confirmed it, while the archive held another patient's
+    data set only: a demographics correction sent again with the same UIDs)."""
+    tags = [tag for key, tag in _FILED_UNDER if (stored.get(key) or "") != (row.get(key) or "")]
+    if not tags:
+        return None
+    what = (
+        "patient"
+        if tags[0] in (st.PATIENT_ID_TAG, st.ISSUER_OF_PATIENT_ID_TAG)
+        else ("study" if tags[0] == st.STUDY_INSTANCE_UID_TAG else "series")
+    )
+    return failure(
+        st.DATASET_MISMATCH,
+        f"SOP Instance UID is already stored under another {what}",
+        st.SOP_INSTANCE_UID_TAG,
+        *tags,
     )
