@@ -668,3 +668,35 @@ def test_the_events_handed_over_whose_queueing_fails_say_so(
 
     asyncio.run(main())
     assert "handed to the node forwarding when=stable" in caplog.text
+
+
+def test_a_plain_node_starting_while_the_events_are_asked_for_leaves_them(
+    tmp_path: Path, caplog
+) -> None:
+    """review90 I1: a node without when=stable rules starting while the node forwarding
+    when=stable asks for the events took them (a catch-up of the index, an
+    --on-stable-exec run perhaps), then handed them over: it leaves them."""
+    import logging
+
+    from dicomstore.archive.nodes import ServiceLock
+    from dicomstore.services.serving import WANTED
+
+    caplog.set_level(logging.INFO, logger="dicomstore")
+    root = tmp_path / "archive"
+    Archive(root, fsync=False).close()
+    asking = ServiceLock(root, WANTED)  # (the node forwarding when=stable, asking)
+    assert asking.take()
+
+    async def main() -> None:
+        async with serving(root, config(stable_age=0.2)) as server:
+            assert server.stability is None
+            assert "asked for by the node forwarding when=stable; not here" in caplog.text
+            events = ServiceLock(root, "events")  # (free: the asker takes them)
+            assert events.take()
+            events.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        asking.close()
+    assert "handed to the node forwarding" not in caplog.text

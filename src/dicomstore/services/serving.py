@@ -177,7 +177,14 @@ async def running(
             await watch_elsewhere()
         if server.reader is not None and config.stable_age > 0:
             events = ServiceLock(server.reader.root, "events")
-            if events.take():
+            if not wants_events() and _asked(events):  # (review90 I1: taken, then handed)
+                log.info(
+                    "study-complete events of %s asked for by the node forwarding"
+                    " when=stable; not here",
+                    server.reader.root,
+                )
+                takeover = asyncio.create_task(take_over(events), name="events-takeover")
+            elif events.take():
                 locks.append(events)
                 await start_stability()
                 if not wants_events():
