@@ -110,3 +110,48 @@ def test_a_stranded_request_asked_again_since_is_not_dropped_nor_taken_back(
         starting.close()
     for journal in (first, second):
         journal.close()
+
+
+def test_a_re_ask_while_a_start_takes_the_request_back_leaves_one_node_reporting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review91 C1: the re-ask claimed the request's name, then the stranded one; a
+    start taking it back between the two moved it to the first name, and the re-ask
+    replaced the file the start held: both nodes reported it."""
+    first, _inode = stranded(tmp_path)
+    asking, starting = node(tmp_path), node(tmp_path)
+    claim = CommitmentJournal._claim
+    taken: list[list[CommitmentRequest]] = []
+
+    def meanwhile(self: CommitmentJournal, path: Path, calling_ae: str) -> int | None:
+        fd = claim(self, path, calling_ae)
+        if self is asking and not taken:
+            taken.append(starting.take(stranded=True))  # (between the two claims)
+        return fd
+
+    monkeypatch.setattr(CommitmentJournal, "_claim", meanwhile)
+    again = CommitmentRequest(TX, [Reference(CT, "1.2.17.13")], "MODALITY")
+    asking.add(again)
+    monkeypatch.undo()
+    assert taken == [[]] and TX not in starting._held and TX in asking._held
+    assert files(tmp_path) == [f"{TX}.json"]
+    for journal in (first, asking, starting):
+        journal.close()
+
+
+@pytest.mark.parametrize("left", ["taking it back", "replacing it"])
+def test_a_stranded_copy_a_killed_node_left_goes_with_the_report(tmp_path: Path, left: str) -> None:
+    """review91 C2, C3: a node killed between the link and the unlink of a take-back
+    (the same file under both names), or between the replace and the unlink of a
+    re-ask (the older request under the stranded name), left a stranded copy that a
+    later start reported again."""
+    folder = tmp_path / ".commitments"
+    holder = node(tmp_path)
+    holder.add(CommitmentRequest(TX, [Reference(CT, "1.2.17.14")], "MODALITY"))
+    if left == "taking it back":
+        os.link(folder / f"{TX}.json", folder / f"{TX}.stranded")
+    else:
+        (folder / f"{TX}.stranded").write_text(CommitmentRequest(TX, [], "MODALITY").to_json())
+    holder.done(TX)  # (reported by the node holding it)
+    assert files(tmp_path) == []
+    assert node(tmp_path).take(stranded=True) == []

@@ -100,6 +100,20 @@ def test_keep_a_copy_filed_elsewhere_is_refused_not_b000(
         _one_file_one_row(archive)
 
 
+@pytest.mark.sqlite_index
+def test_keep_identical_is_success_whatever_the_row_says(tmp_path: Path) -> None:
+    """review91 D4: a row indexed by an older normalization of its Patient ID (no
+    schema change came with it) made a copy identical to the stored one A900."""
+    import sqlite3
+
+    with Archive(tmp_path / "root") as archive:
+        store(archive, FIRST)
+    with sqlite3.connect(tmp_path / "root" / "index.sqlite") as db:
+        db.execute("UPDATE patient SET patient_id = 'PID1 '")
+    with Archive(tmp_path / "root") as archive:
+        assert store(archive, FIRST).status == SUCCESS
+
+
 @pytest.mark.parametrize("fsync", [True, False])
 @pytest.mark.parametrize("damage", ["gone", "truncated"])
 def test_keep_over_a_stored_copy_gone_or_truncated_is_not_success(

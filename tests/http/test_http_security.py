@@ -238,9 +238,10 @@ def test_stow_by_a_store_user_is_stored_logged_and_audited_naming_the_user(
 
 def test_a_store_only_user_learns_no_retrieve_url(site: Site) -> None:
     """review38web #7: the Retrieve URL of a duplicate kept from before named the study
-    and series it is filed under, which a user without ``read`` may not see."""
+    and series it is filed under, which a user without ``read`` may not see. (A copy
+    filed elsewhere is refused A900 since review88 F2: here another content, B000.)"""
     uploader, writer = basic("uploader", "uploader-pw"), basic("writer", "writer-pw")
-    ds = make_dataset(KEPT, study="1.2.3.999", series="1.2.3.999.1", patient_id="OTHER")
+    ds = make_dataset(KEPT, study=STUDY, series=SERIES, patient_name="Other^Name")
     body, content_type = multipart_body([part10(ds)])
     headers = {"content-type": content_type}
     for who, sees in ((uploader, False), (writer, True)):

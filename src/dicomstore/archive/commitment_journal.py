@@ -126,10 +126,13 @@ class CommitmentJournal:
         reported it too). True when it replaced a stranded request."""
         final = self._path(request.transaction_uid)
         stranded = final.with_suffix(STRANDED)
-        old = self._claim(final, request.calling_ae)
-        gone = None
+        # (the stranded name first: a start taking it back moves it to the other name
+        # under its lock, which the second claim then finds; review91 C1: claimed the
+        # other way round, a take-back between the two was replaced, both reported)
+        gone = self._claim(stranded, request.calling_ae)
+        old = None
         try:
-            gone = self._claim(stranded, request.calling_ae)
+            old = self._claim(final, request.calling_ae)
             self.folder.mkdir(parents=True, exist_ok=True)
             tmp = final.with_name(f"{final.stem}.{os.getpid()}.tmp")  # (two nodes at once)
             fd = self._written(tmp, request)
@@ -235,11 +238,14 @@ class CommitmentJournal:
 
     def done(self, transaction_uid: str) -> None:
         """Forget a request once its report was acknowledged (its file, unless another
-        node replaced it since: review90 N2)."""
+        node replaced it since: review90 N2; and a stranded copy a node left, killed
+        while it took it back or replaced it: review91 C2, C3, it was reported again)."""
         path = self._path(transaction_uid)
         fd = self._held.pop(transaction_uid, None)
         try:
             if fd is None or os.fstat(fd).st_ino == os.stat(path).st_ino:
+                if fd is not None:  # (none is stranded while this one is held: older)
+                    path.with_suffix(STRANDED).unlink(missing_ok=True)
                 path.unlink(missing_ok=True)
         except FileNotFoundError:
             pass

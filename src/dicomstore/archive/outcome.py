@@ -113,6 +113,7 @@ def duplicate(
     path: Path | None,
     identical: Callable[[], bool],
     warning: tuple[int, str, tuple[int, ...]] | None,
+    elsewhere: StoreOutcome | None = None,
 ) -> StoreOutcome:
     """The outcome for an instance already stored (``existing``, its file at
     ``path``) under the duplicate policy keep or reject: nothing changes.
@@ -124,7 +125,10 @@ def duplicate(
     copy identical to the stored one (``identical()``: the same data set digest) is
     Success, or keeps the ``warning`` its own checks gave (B006, B007: the stored
     copy went through the same policy); another copy is B000 (coercion: what is
-    stored is not what was sent).
+    stored is not what was sent), or ``elsewhere`` when given (filed under another
+    patient, study or series: ``relations.instance_elsewhere``; judged after the
+    identity, review91 D4: a row indexed by an older normalization refused a copy
+    identical to the stored one).
     """
     if policy == "reject":
         # (the response names the SOP Instance: the 64 characters say why)
@@ -144,6 +148,8 @@ def duplicate(
             status_, comment, tags = warning
             return StoreOutcome(status_, comment, tags, path, existing, kept=True)
         return StoreOutcome(SUCCESS, path=path, instance=existing, kept=True)
+    if elsewhere is not None:
+        return elsewhere
     return StoreOutcome(
         WARNING_COERCION,
         "Duplicate with different content: kept the copy already stored",

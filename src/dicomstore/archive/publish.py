@@ -309,13 +309,13 @@ class Publisher(DeferredFlushes):
                         path = storage.local_path(existing["path"])
                         keep = relations is not None and self.on_duplicate == "keep"
                         try:
-                            elsewhere = instance_elsewhere(existing, member.row) if keep else None
-                            verdict = elsewhere or duplicate(
+                            verdict = duplicate(
                                 self.on_duplicate,
                                 existing,
                                 path,
                                 functools.partial(_identical, existing, path, member),
                                 member.warning,
+                                instance_elsewhere(existing, member.row) if keep else None,
                             )
                         except OSError as exc:  # (reading its file again: another algorithm)
                             doing = "comparing it with the stored copy"
