@@ -450,10 +450,12 @@ def test_server_audit_trail_with_dcmtk(tmp_path) -> None:
 
 def test_instance_records_name_the_stored_study(tmp_path) -> None:
     """study_instance_uid comes from the index row: the stored copy's study, also for a
-    kept duplicate (B000); a refused instance was not stored, so it has none."""
+    kept duplicate (B000); a refused instance was not stored, so it has none (one
+    sent again under another study too: review88 F2)."""
     path = tmp_path / "audit.jsonl"
     audit = AuditLog(path)
     study, other = "1.2.826.0.1.3680043.10.7", "1.2.826.0.1.3680043.10.8"
+    series = study + ".1"
 
     async def main() -> None:
         archive = Archive(tmp_path / "archive", fsync=False)
@@ -464,10 +466,12 @@ def test_instance_records_name_the_stored_study(tmp_path) -> None:
                 "127.0.0.1", server.port, calling_ae="MODALITY1", contexts=CONTEXTS
             ) as assoc:
                 ctx = assoc.context_for(SC)
+                comment = b"\x20\x40\x00\x00\x4c\x54\x02\x00ok"  # (0020,4000) LT
                 sent = [
-                    ("1.2.3.1", dataset("1.2.3.1", study)),
-                    ("1.2.3.1", dataset("1.2.3.1", other)),  # differs: the first is kept
+                    ("1.2.3.1", dataset("1.2.3.1", study, series=series)),
+                    ("1.2.3.1", dataset("1.2.3.1", study, comment, series)),  # differs: kept
                     ("1.2.3.2", dataset("1.2.3.3", study)),  # not the instance announced
+                    ("1.2.3.1", dataset("1.2.3.1", other)),  # under another study: refused
                 ]
                 for uid, data in sent:
                     await assoc.store_stream(ctx, SC, uid, [data])
@@ -477,8 +481,10 @@ def test_instance_records_name_the_stored_study(tmp_path) -> None:
 
     asyncio.run(main())
     audit.close()
-    stored, kept, refused = (r for r in lines(path) if r["event"] == "instance")
+    stored, kept, refused, elsewhere = (r for r in lines(path) if r["event"] == "instance")
     assert (stored["status"], stored["study_instance_uid"]) == ("0000", study)
     assert (kept["status"], kept["study_instance_uid"]) == ("B000", study)
     assert kept["error_comment"] == "Duplicate with different content: kept the copy already stored"
     assert refused["status"] == "A900" and refused["study_instance_uid"] is None
+    assert elsewhere["status"] == "A900" and elsewhere["study_instance_uid"] is None
+    assert elsewhere["error_comment"] == "SOP Instance UID is already stored under another study"

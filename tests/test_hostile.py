@@ -33,12 +33,14 @@ def uid_bytes(uid: str) -> bytes:
     return raw + b"\0" * (len(raw) % 2)
 
 
-def dataset(sop_instance: str, study: str | None = None, tail: bytes = b"") -> bytes:
+def dataset(
+    sop_instance: str, study: str | None = None, tail: bytes = b"", series: str | None = None
+) -> bytes:
     return (
         element(0x0008, 0x0016, b"UI", uid_bytes(SC))
         + element(0x0008, 0x0018, b"UI", uid_bytes(sop_instance))
         + element(0x0020, 0x000D, b"UI", uid_bytes(study or generate_uid()))
-        + element(0x0020, 0x000E, b"UI", uid_bytes(generate_uid()))
+        + element(0x0020, 0x000E, b"UI", uid_bytes(series or generate_uid()))
         + tail
     )
 
