@@ -219,6 +219,11 @@ class Engine:
         recording ``version`` when given."""
         raise NotImplementedError
 
+    def build_index(self, db: Any, statement: str) -> None:
+        """Make one index (``CREATE INDEX IF NOT EXISTS``, a connection of its own)
+        while other connections write: here in one transaction (writers wait)."""
+        self.create(db, self.ddl(statement), None)
+
     def begin(self, db: Any, then: Sequence[Statement] = ()) -> list[Any]:
         """Open the write transaction, holding the write lock; the cursors of
         ``then``, the first statements under the lock (each sees every COMMIT

@@ -131,6 +131,18 @@ class PostgresEngine(Engine):
             out += _PG_STUDY_ORDER
         return out
 
+    def build_index(self, db: Any, statement: str) -> None:
+        """CONCURRENTLY: writers go on meanwhile; one an interrupted build left
+        invalid is dropped and built again."""
+        name = statement.split()[5]
+        with pg_deadline.without_deadline(db):
+            sql = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(?)"
+            row = db.execute(sql, (name,)).fetchone()
+            if row is not None and not row[0]:
+                db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+            ddl = self.ddl(statement).strip().rstrip(";")
+            db.execute(ddl.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY", 1))
+
     def create(self, db: Any, script: str, version: int | None) -> None:
         with pg_deadline.without_deadline(db):  # (an index built on many rows: long)
             self._create(db, script, version)

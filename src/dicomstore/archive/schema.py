@@ -107,6 +107,28 @@ CREATE INDEX IF NOT EXISTS series_study_modality_idx ON series (study_pk, modali
 CREATE INDEX IF NOT EXISTS instance_series_idx ON instance (series_pk);
 CREATE INDEX IF NOT EXISTS instance_class_idx ON instance (sop_class_uid);
 """
+#: The index of the instances' arrival times, which the node watching the other
+#: nodes' stores reads every 2 s (``services/arrivals.py``): made by that node once
+#: another node lives (:func:`arrivals_indexed`), not with the tables, since every
+#: C-STORE updates it (within the noise to ~5% of the archive's own CPU per instance
+#: at 1,000,000 rows), which one node alone never needs. Without it a look reads the
+#: whole instance table (0.14 s at 1,000,000 instances), with it 0.3 ms.
+ARRIVALS_INDEX = "CREATE INDEX IF NOT EXISTS instance_received_idx ON instance (received_at);"
+
+
+def arrivals_indexed(engine: Any, timeout: float) -> bool:
+    """Make :data:`ARRIVALS_INDEX` unless the index of ``engine`` has it, on a writer
+    connection of its own (a node's writer belongs to its stores); True when made now."""
+    db = engine.writer(durable=True, timeout=timeout)
+    try:
+        if ARRIVALS_INDEX.split()[5] in engine.index_names(db):
+            return False
+        engine.build_index(db, ARRIVALS_INDEX)
+        return True
+    finally:
+        db.close()
+
+
 #: The instances committed before their files were flushed, by batch (``publish.py``:
 #: the flush after the COMMIT): a start verifies those still listed against their
 #: digests (``recovery.verify_unflushed``). Made at every open of the index by its

@@ -36,6 +36,7 @@ from dicomstore.archive import nodes
 from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.rebuild import arrivals_only
+from dicomstore.archive.schema import arrivals_indexed
 from dicomstore.services.stable_log import epoch, iso, shifted
 
 log = logging.getLogger("dicomstore.server")
@@ -122,7 +123,25 @@ class OtherArrivals:
         self.seen: dict[str, str] = {}
         #: whether other nodes lived at the last look (at first: unknown, so read)
         self._others = True
+        #: whether the index of arrival times was looked for (``schema.ARRIVALS_INDEX``)
+        self._indexed = False
         self._task: asyncio.Task[None] | None = None
+
+    def _index(self) -> None:
+        """The index of arrival times made, once another node lives (a look without it
+        reads the whole instance table: ``schema.ARRIVALS_INDEX``)."""
+        self._indexed = True
+        try:
+            made = arrivals_indexed(self.reader.engine, self.reader.timeout)
+        except DatabaseOrOSError as exc:
+            log.warning(
+                "the index of arrival times not made (%s): each look at the other nodes'"
+                " stores reads the whole instance table",
+                exc,
+            )
+            return
+        if made:
+            log.info("another node lives: the index of arrival times made (instance_received_idx)")
 
     def look(self) -> list[dict[str, Any]]:
         """One look (blocking: call it in a worker thread): the arrivals not seen
@@ -132,6 +151,8 @@ class OtherArrivals:
             self.newest = max(self.newest, iso(self.clock()))
             self.seen.clear()
             return []
+        if alive and not self._indexed:
+            self._index()
         floor = shifted(self.newest, -self.slack)
         new: list[dict[str, Any]] = []
         seen: dict[str, str] = {}
