@@ -5,6 +5,7 @@ its slot freed; its references are verified once, not at every try."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -276,3 +277,25 @@ def test_a_request_stranded_on_a_live_node_is_replaced_asked_again_on_another(
         assert journal_empty(root, second)
     for srv in (first, second):
         srv.archive.close()  # type: ignore[attr-defined]
+
+
+def test_a_request_that_cannot_be_stranded_is_let_go_and_said(
+    root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its journal file cannot be renamed (the disk): the request does not stay
+    pending for ever in this node; it stays in the journal, unheld, for a node's look."""
+    from tests.services.test_commitment_scp import report_after_release
+
+    def broken(self: CommitmentJournal, transaction_uid: str) -> int | None:
+        os.close(self._held.pop(transaction_uid))  # (as strand's finally does)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(CommitmentJournal, "strand", broken)
+    srv = serving(root)
+    report_after_release(srv, monkeypatch)
+    with srv:
+        assert n_action(srv.port, action_information("1.2.8.241", *HELD)) == 0
+        assert settled(srv) and not srv.server.commitments.stranded
+    srv.archive.close()  # type: ignore[attr-defined]
+    assert "storage commitment journal: [Errno 5] Input/output error" in caplog.text
+    assert [r.transaction_uid for r in CommitmentJournal(root).pending()] == ["1.2.8.241"]

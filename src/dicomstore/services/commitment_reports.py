@@ -333,7 +333,11 @@ class CommitmentService:
         restarts); kept in the journal for a start with the address configured, the
         oldest dropped beyond ``max_pending`` of them; its lock let go (review90 N1)."""
         transaction_uid = request.transaction_uid
-        inode = await asyncio.to_thread(self.journal.strand, transaction_uid)
+        try:
+            inode = await asyncio.to_thread(self.journal.strand, transaction_uid)
+        except OSError as exc:  # (left unheld: a node's look takes it, strands it again)
+            log.error("storage commitment journal: %s", exc)
+            inode = None
         self._let_go(transaction_uid)  # (once it is stranded: what it holds is let go)
         if inode is not None:
             self.stranded[transaction_uid] = inode
