@@ -202,3 +202,86 @@ def test_the_index_of_arrival_times_is_made_once_another_node_lives(
             there.close()
     finally:
         here.close()
+
+
+def test_an_index_of_arrival_times_left_invalid_is_made_again(tmp_path: Path) -> None:
+    """review92 A1: on PostgreSQL a failed concurrent build (its wait for a backup's
+    transaction cut short) leaves the index invalid: every write updates it, no search
+    uses it; it was taken as made."""
+    from contextlib import closing
+
+    from dicomstore.archive import schema
+
+    root = tmp_path / "archive"
+    here = Archive(root, fsync=False)
+    reader = ArchiveReader(root)
+    try:
+        _store(here, "1.2.63.1.1")
+        assert schema.arrivals_indexed(reader.engine, 5.0)
+        assert not schema.arrivals_indexed(reader.engine, 5.0)  # (there, usable)
+        if reader.engine.local_file() is not None:
+            return  # (SQLite: built in one transaction, never half)
+        db = reader.engine.writer(durable=True, timeout=5.0)
+        with closing(db):
+            db.execute(
+                "UPDATE pg_index SET indisvalid = false"
+                " WHERE indexrelid = to_regclass('instance_received_idx')"
+            )
+        assert schema.arrivals_indexed(reader.engine, 5.0)  # (dropped, made again)
+        with closing(reader.connect()) as db:
+            sql = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(?)"
+            assert db.execute(sql, ("instance_received_idx",)).fetchone()[0] is True
+    finally:
+        here.close()
+
+
+def test_the_index_of_arrival_times_is_tried_again_or_said_how_to_make_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review92 A3: a failed build was never tried again in the node's life. A2: on
+    SQLite a build holds the write lock about 1 s per 1,000,000 instances, and other
+    nodes' stores failed A700 past their 5-s wait: beyond a size it is not made, the
+    log says how to make it while no node runs."""
+    import logging
+
+    from dicomstore.archive import engine as engine_module
+    from dicomstore.services import arrivals as arrivals_module
+
+    caplog.set_level(logging.INFO, logger="dicomstore")
+    root = tmp_path / "archive"
+    here, there = Archive(root, fsync=False), Archive(root, fsync=False)
+    calls: list[int] = []
+    real = arrivals_module.arrivals_indexed
+
+    def failing_once(engine, timeout):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        return real(engine, timeout)
+
+    try:
+        _store(there, "1.2.64.1.1")
+        _store(there, "1.2.64.1.2")
+        arrivals = OtherArrivals(ArchiveReader(root), lambda rows: None)
+        monkeypatch.setattr(arrivals_module, "arrivals_indexed", failing_once)
+        arrivals.look()
+        arrivals.look()
+        assert len(calls) == 1  # (not at every look)
+        monkeypatch.setattr(arrivals_module, "INDEX_AGAIN", 0.0)
+        arrivals._index_due = 0.0  # (its time has come)
+        arrivals.look()
+        assert len(calls) == 2 and "index of arrival times made" in caplog.text
+        if arrivals.reader.engine.local_file() is None:
+            return  # (PostgreSQL builds it concurrently, whatever its size)
+        monkeypatch.setattr(engine_module, "SQLITE_BUILD_MAX_ROWS", 1)
+        db = arrivals.reader.engine.writer(durable=True, timeout=5.0)
+        db.execute("DROP INDEX instance_received_idx")
+        db.close()
+        fresh = OtherArrivals(ArchiveReader(root), lambda rows: None)
+        fresh.look()
+        assert "instance_received_idx not made: 2 rows" in caplog.text
+        assert "make it while no node runs: sqlite3 " in caplog.text
+        assert fresh._index_due == float("inf")  # (too large stays too large)
+    finally:
+        here.close()
+        there.close()

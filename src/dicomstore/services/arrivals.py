@@ -33,7 +33,7 @@ from contextlib import closing
 from typing import Any
 
 from dicomstore.archive import nodes
-from dicomstore.archive.engine import DatabaseOrOSError
+from dicomstore.archive.engine import DatabaseOrOSError, IndexNotBuilt
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.rebuild import arrivals_only
 from dicomstore.archive.schema import arrivals_indexed
@@ -45,6 +45,11 @@ log = logging.getLogger("dicomstore.server")
 INTERVAL = 2.0
 #: Seconds before the newest arrival seen that each look reads again.
 SLACK = 15.0
+#: Seconds the making of the index of arrival times waits for the write lock (SQLite),
+#: and before it is tried again when it failed.
+INDEX_WAIT = 30.0
+INDEX_AGAIN = 600.0
+_NOT_MADE: tuple[type[Exception], ...] = (IndexNotBuilt, *DatabaseOrOSError)
 
 #: The columns of an arrival (forwarding's and the events' needs).
 COLUMNS = (
@@ -123,17 +128,21 @@ class OtherArrivals:
         self.seen: dict[str, str] = {}
         #: whether other nodes lived at the last look (at first: unknown, so read)
         self._others = True
-        #: whether the index of arrival times was looked for (``schema.ARRIVALS_INDEX``)
-        self._indexed = False
+        #: when (time.monotonic) to look for the index of arrival times (once made:
+        #: never; ``schema.ARRIVALS_INDEX``)
+        self._index_due = 0.0
         self._task: asyncio.Task[None] | None = None
 
     def _index(self) -> None:
         """The index of arrival times made, once another node lives (a look without it
-        reads the whole instance table: ``schema.ARRIVALS_INDEX``)."""
-        self._indexed = True
+        reads the whole instance table: ``schema.ARRIVALS_INDEX``); tried again in
+        :data:`INDEX_AGAIN` seconds when it fails (review92 A3)."""
+        self._index_due = float("inf")
         try:
-            made = arrivals_indexed(self.reader.engine, self.reader.timeout)
-        except DatabaseOrOSError as exc:
+            made = arrivals_indexed(self.reader.engine, INDEX_WAIT)
+        except _NOT_MADE as exc:
+            if not isinstance(exc, IndexNotBuilt):
+                self._index_due = time.monotonic() + INDEX_AGAIN
             log.warning(
                 "the index of arrival times not made (%s): each look at the other nodes'"
                 " stores reads the whole instance table",
@@ -151,7 +160,7 @@ class OtherArrivals:
             self.newest = max(self.newest, iso(self.clock()))
             self.seen.clear()
             return []
-        if alive and not self._indexed:
+        if alive and time.monotonic() >= self._index_due:
             self._index()
         floor = shifted(self.newest, -self.slack)
         new: list[dict[str, Any]] = []
