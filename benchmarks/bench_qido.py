@@ -120,6 +120,12 @@ def fill(root: Path, instances: int, seed: int = 1, index: str | None = None) ->
             ):
                 for row in values:
                     cp.write_row(row)
+            if table != "instance":  # (explicit keys: a server storing into it next)
+                key = f"{table}_pk"
+                db.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', '{key}'),"
+                    f" (SELECT max({key}) FROM {table}))"
+                )
             return
         marks = ", ".join("?" for _ in columns)
         db.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", values)
