@@ -4,6 +4,7 @@ them, replaced by their requester asking again on any node, taken back at a star
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def stranded(root: Path) -> tuple[CommitmentJournal, int]:
 
 
 def files(root: Path) -> list[str]:
-    return sorted(p.name for p in (root / ".commitments").iterdir())
+    return sorted(p.name for p in (root / ".commitments").iterdir() if p.name != ".lock")
 
 
 def test_a_request_stranded_on_a_live_node_is_replaced_asked_again_on_another(
@@ -120,6 +121,7 @@ def test_a_re_ask_while_a_start_takes_the_request_back_leaves_one_node_reporting
     replaced the file the start held: both nodes reported it."""
     first, _inode = stranded(tmp_path)
     asking, starting = node(tmp_path), node(tmp_path)
+    monkeypatch.setattr(starting, "_turn", contextlib.nullcontext)  # (the locks alone)
     claim = CommitmentJournal._claim
     taken: list[list[CommitmentRequest]] = []
 
@@ -155,3 +157,40 @@ def test_a_stranded_copy_a_killed_node_left_goes_with_the_report(tmp_path: Path,
     holder.done(TX)  # (reported by the node holding it)
     assert files(tmp_path) == []
     assert node(tmp_path).take(stranded=True) == []
+
+
+def test_no_change_of_the_journal_runs_within_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review92 C4: between a re-ask's two claims its node stranded the request, and a
+    start took it back before the re-ask's replace: two nodes reported it (the old
+    request and the new). The journal's changes take turns across nodes."""
+    from dicomstore.archive import commitment_journal
+
+    monkeypatch.setattr(commitment_journal, "TURN_WAIT", 0.05)
+    holding = node(tmp_path)  # (it holds the request and cannot report it)
+    holding.add(CommitmentRequest(TX, [], "MODALITY"))
+    asking, starting = node(tmp_path), node(tmp_path)
+    claim = CommitmentJournal._claim
+
+    def meanwhile(self: CommitmentJournal, path: Path, calling_ae: str) -> int | None:
+        fd = claim(self, path, calling_ae)
+        if self is asking:
+            try:
+                if path.suffix == ".stranded":
+                    holding.strand(TX)
+                else:
+                    starting.take(stranded=True)
+            except OSError as exc:
+                assert "the journal is busy" in str(exc)
+        return fd
+
+    monkeypatch.setattr(CommitmentJournal, "_claim", meanwhile)
+    try:
+        asking.add(CommitmentRequest(TX, [Reference(CT, "1.2.17.15")], "MODALITY"))
+    except DuplicateTransaction:
+        pass  # (held by its node: 0115, asked again a moment later it replaces it)
+    monkeypatch.undo()
+    assert not (TX in asking._held and TX in starting._held)
+    for journal in (holding, asking, starting):
+        journal.close()

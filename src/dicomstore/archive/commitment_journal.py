@@ -20,7 +20,9 @@ good) is *stranded* (:meth:`~CommitmentJournal.strand`): renamed
 replaces it on any node (review90 N1: the node that held it refused it 0115 on
 every other node for its life), while no node's look for a dead node's requests
 (``unheld``) takes it; a node's start takes it back (``take(stranded=True)``). Only
-the requester's own calling AE title replaces a request (review52 L2).
+the requester's own calling AE title replaces a request (review52 L2). The
+journal's changes (add, strand, take, done, drop: a few renames each) take turns
+across nodes (an flock of ``.commitments/.lock``), so that none runs within another.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ import fcntl
 import json
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from dicomstore.archive import layout, nodes
 from dicomstore.archive.commitment import Reference
@@ -98,6 +102,25 @@ def _locked(path: Path) -> int | None:
     return fd
 
 
+#: Seconds a change of the journal waits for another node's change at most.
+TURN_WAIT = 5.0
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _in_turn(
+    change: Callable[Concatenate[CommitmentJournal, _P], _R],
+) -> Callable[Concatenate[CommitmentJournal, _P], _R]:
+    """``change`` of the journal, one at a time across nodes (:meth:`CommitmentJournal._turn`)."""
+
+    def in_turn(journal: CommitmentJournal, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with journal._turn():
+            return change(journal, *args, **kwargs)
+
+    in_turn.__name__, in_turn.__doc__ = change.__name__, change.__doc__
+    return in_turn
+
+
 class DuplicateTransaction(Exception):
     """A request with this Transaction UID is already pending (J.3.3.1.1: 0131)."""
 
@@ -112,11 +135,37 @@ class CommitmentJournal:
         self.node = node
         self._held: dict[str, int] = {}
 
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """The journal's turn (an flock of ``.commitments/.lock``), so that its changes,
+        each a few renames under the requests' locks, never interleave across nodes
+        (review92 C4: a re-ask, the stranding of the old request and a start's
+        take-back at once: two nodes reported it). A node holding it for over
+        :data:`TURN_WAIT` s (stopped): OSError, the N-ACTION answered 0110."""
+        if not self.folder.is_dir():
+            self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            deadline = time.monotonic() + TURN_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        busy = "the journal is busy (another node)"
+                        raise OSError(errno.EWOULDBLOCK, busy) from None
+                    time.sleep(0.005)
+            yield
+        finally:
+            os.close(fd)
+
     def _path(self, transaction_uid: str) -> Path:
         if not _TRANSACTION.fullmatch(transaction_uid):
             raise ValueError(f"not a Transaction UID: {transaction_uid[:70]!r}")
         return self.folder / f"{transaction_uid}.json"
 
+    @_in_turn
     def add(self, request: CommitmentRequest) -> bool:
         """Record ``request`` durably; :class:`DuplicateTransaction` if pending: held
         by a node, or, outside a node, at all, or another calling AE title's. One no
@@ -198,6 +247,7 @@ class CommitmentJournal:
             raise DuplicateTransaction(path.stem)
         return fd
 
+    @_in_turn
     def strand(self, transaction_uid: str) -> int | None:
         """Let go of a request this node holds and cannot report (module notes): its
         file renamed ``.stranded``, its lock released; the file's inode (for
@@ -218,6 +268,7 @@ class CommitmentJournal:
         finally:
             os.close(fd)
 
+    @_in_turn
     def drop(self, transaction_uid: str, inode: int) -> None:
         """Forget a stranded request (the oldest beyond the bound), unless it was
         asked again or stranded again since (another inode)."""
@@ -236,6 +287,7 @@ class CommitmentJournal:
         if self.fsync:
             layout.fsync_dir(self.folder)
 
+    @_in_turn
     def done(self, transaction_uid: str) -> None:
         """Forget a request once its report was acknowledged (its file, unless another
         node replaced it since: review90 N2; and a stranded copy a node left, killed
@@ -262,6 +314,7 @@ class CommitmentJournal:
             return False
         return any(not nodes.locked_by_another(p) for p in self.folder.glob("*.json"))
 
+    @_in_turn
     def take(self, *, stranded: bool = False) -> list[CommitmentRequest]:
         """The pending requests no live node holds, oldest first, held from now on
         by this (node's) journal; the stranded ones too at a start (module notes)."""
