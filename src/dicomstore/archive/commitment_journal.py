@@ -314,12 +314,16 @@ class CommitmentJournal:
             return False
         return any(not nodes.locked_by_another(p) for p in self.folder.glob("*.json"))
 
-    @_in_turn
     def take(self, *, stranded: bool = False) -> list[CommitmentRequest]:
         """The pending requests no live node holds, oldest first, held from now on
-        by this (node's) journal; the stranded ones too at a start (module notes)."""
+        by this (node's) journal; the stranded ones too at a start (module notes).
+        Read before the journal's turn (a large journal: others' changes wait less)."""
+        return self._take(self._read("*.json", "*" + STRANDED if stranded else ""))
+
+    @_in_turn
+    def _take(self, read: list[tuple[Path, CommitmentRequest]]) -> list[CommitmentRequest]:
         taken = []
-        for path, request in self._read("*.json", "*" + STRANDED if stranded else ""):
+        for path, request in read:
             tx = request.transaction_uid
             if path.suffix == STRANDED:
                 fd = self._take_back(path)  # (a leftover beside the request it goes)
