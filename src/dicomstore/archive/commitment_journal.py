@@ -142,8 +142,9 @@ class CommitmentJournal:
         (review92 C4: a re-ask, the stranding of the old request and a start's
         take-back at once: two nodes reported it). A node holding it for over
         :data:`TURN_WAIT` s (stopped): OSError, the N-ACTION answered 0110."""
-        if not self.folder.is_dir():
-            self.folder.mkdir(parents=True, exist_ok=True)
+        if not self.folder.is_dir():  # (no request: nothing to change; ``add`` makes it)
+            yield
+            return
         fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             deadline = time.monotonic() + TURN_WAIT
@@ -165,7 +166,6 @@ class CommitmentJournal:
             raise ValueError(f"not a Transaction UID: {transaction_uid[:70]!r}")
         return self.folder / f"{transaction_uid}.json"
 
-    @_in_turn
     def add(self, request: CommitmentRequest) -> bool:
         """Record ``request`` durably; :class:`DuplicateTransaction` if pending: held
         by a node, or, outside a node, at all, or another calling AE title's. One no
@@ -173,6 +173,12 @@ class CommitmentJournal:
         (review88 F3: the requester asking again on another node got 0115 for good),
         its lock taken meanwhile (review90 N2: a node taking it over at that moment
         reported it too). True when it replaced a stranded request."""
+        self._path(request.transaction_uid)  # (ValueError before any folder is made)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self._add(request)
+
+    @_in_turn
+    def _add(self, request: CommitmentRequest) -> bool:
         final = self._path(request.transaction_uid)
         stranded = final.with_suffix(STRANDED)
         # (the stranded name first: a start taking it back moves it to the other name
@@ -182,7 +188,6 @@ class CommitmentJournal:
         old = None
         try:
             old = self._claim(final, request.calling_ae)
-            self.folder.mkdir(parents=True, exist_ok=True)
             tmp = final.with_name(f"{final.stem}.{os.getpid()}.tmp")  # (two nodes at once)
             fd = self._written(tmp, request)
             try:
