@@ -25,6 +25,20 @@ DCMTK = Path(os.environ.get("DCMTK_BIN", "/usr/bin"))
 PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
+#: The reserve file of each archive a test opens in this process (archive/reserve.py
+#: makes 8 MiB): thousands of archives in one session took over 20 GB of /tmp.
+TEST_RESERVE = 64 << 10
+
+
+@pytest.fixture(autouse=True)
+def small_reserve(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Archives keep a :data:`TEST_RESERVE` reserve, but in the reserve's own tests."""
+    if not request.module.__name__.endswith("test_archive_reserve"):
+        from dicomstore.archive import reserve
+
+        monkeypatch.setattr(reserve, "SIZE", TEST_RESERVE)
+
+
 def dcmtk(tool: str) -> str:
     """Absolute path of a DCMTK tool; the test suite installs the dcmtk package."""
     path = DCMTK / tool
