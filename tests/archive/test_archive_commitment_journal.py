@@ -194,3 +194,28 @@ def test_no_change_of_the_journal_runs_within_another(
     assert not (TX in asking._held and TX in starting._held)
     for journal in (holding, asking, starting):
         journal.close()
+
+
+def test_a_re_ask_recorded_is_held_whatever_befalls_the_old_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review91 C6: the stranded copy could not be removed once the new request was in
+    place: the re-ask was answered 0110 while the request stayed recorded, held by no
+    node (a look reported it to a requester told it failed). It is held; its report
+    removes the old copy."""
+    from dicomstore.archive import commitment_journal
+
+    first, _inode = stranded(tmp_path)
+
+    def failing(path: Path, fd: int) -> bool:
+        raise OSError(5, "Input/output error")
+
+    asking = node(tmp_path)
+    monkeypatch.setattr(commitment_journal, "_unlink_if", failing)
+    assert asking.add(CommitmentRequest(TX, [Reference(CT, "1.2.17.16")], "MODALITY"))
+    monkeypatch.undo()
+    assert TX in asking._held
+    assert files(tmp_path) == [f"{TX}.json", f"{TX}.stranded"]
+    asking.done(TX)
+    assert files(tmp_path) == []
+    first.close()

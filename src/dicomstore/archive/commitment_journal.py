@@ -192,11 +192,14 @@ class CommitmentJournal:
             fd = self._written(tmp, request)
             try:
                 os.replace(tmp, final)
-                replaced = gone is not None and _unlink_if(stranded, gone)
             except BaseException:
                 os.close(fd)
                 layout.remove_quietly(tmp)
                 raise
+            try:  # (recorded: the old copy left is removed by its report, ``done``)
+                replaced = gone is not None and _unlink_if(stranded, gone)
+            except OSError:  # (review91 C6: answered 0110, the request recorded)
+                replaced = True
         finally:
             for held in (old, gone):
                 if held is not None:
