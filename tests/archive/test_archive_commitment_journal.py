@@ -35,7 +35,7 @@ def stranded(root: Path) -> tuple[CommitmentJournal, int]:
 
 
 def files(root: Path) -> list[str]:
-    return sorted(p.name for p in (root / ".commitments").iterdir() if p.name != ".lock")
+    return sorted(p.name for p in (root / ".commitments").iterdir() if p.name != ".lock-writer")
 
 
 def test_a_request_stranded_on_a_live_node_is_replaced_asked_again_on_another(

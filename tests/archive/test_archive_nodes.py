@@ -354,7 +354,7 @@ def test_a_service_lock_file_goes_with_its_holder_and_a_stale_one_is_not_taken(
     first.close()
     assert not first.path.exists()
     fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the removed file's lock is free...
-    assert not nodes._same_inode(stale, first.path)  # ...but it is not the lock any more
+    assert not nodes.same_inode(stale, first.path)  # ...but it is not the lock any more
     second, third = nodes.ServiceLock(tmp_path, "events"), nodes.ServiceLock(tmp_path, "events")
     assert second.take() and not third.take() and f"pid {os.getpid()}" in third.holder
     os.close(stale)

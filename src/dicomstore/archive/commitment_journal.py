@@ -22,7 +22,8 @@ every other node for its life), while no node's look for a dead node's requests
 (``unheld``) takes it; a node's start takes it back (``take(stranded=True)``). Only
 the requester's own calling AE title replaces a request (review52 L2). The
 journal's changes (add, strand, take, done, drop: a few renames each) take turns
-across nodes (an flock of ``.commitments/.lock``), so that none runs within another.
+across nodes (``turns.Turns``, a file ``.commitments/.lock-writer``), so that none
+runs within another.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import fcntl
 import json
 import os
 import re
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -42,6 +42,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from dicomstore.archive import layout, nodes
 from dicomstore.archive.commitment import Reference
+from dicomstore.archive.turns import Turns
 
 JOURNAL_DIR = ".commitments"
 
@@ -79,9 +80,9 @@ STRANDED = ".stranded"
 
 def _unlink_if(path: Path, fd: int) -> bool:
     """Remove ``path`` if it is still the file ``fd`` has open (not replaced since)."""
+    if not nodes.same_inode(fd, path):
+        return False
     try:
-        if os.fstat(fd).st_ino != os.stat(path).st_ino:
-            return False
         path.unlink()
     except FileNotFoundError:
         return False
@@ -137,29 +138,21 @@ class CommitmentJournal:
 
     @contextmanager
     def _turn(self) -> Iterator[None]:
-        """The journal's turn (an flock of ``.commitments/.lock``), so that its changes,
-        each a few renames under the requests' locks, never interleave across nodes
-        (review92 C4: a re-ask, the stranding of the old request and a start's
-        take-back at once: two nodes reported it). A node holding it for over
-        :data:`TURN_WAIT` s (stopped): OSError, the N-ACTION answered 0110."""
+        """The journal's turn (``turns.Turns``: an flock of ``.commitments/.lock-writer``),
+        so that its changes, each a few renames under the requests' locks, never
+        interleave across nodes (review92 C4: a re-ask, the stranding of the old request
+        and a start's take-back at once: two nodes reported it). A node holding it for
+        over :data:`TURN_WAIT` s (stopped): OSError, the N-ACTION answered 0110."""
         if not self.folder.is_dir():  # (no request: nothing to change; ``add`` makes it)
             yield
             return
-        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        turn = Turns(str(self.folder / ".lock"))  # (one per change: threads take turns too)
         try:
-            deadline = time.monotonic() + TURN_WAIT
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        busy = "the journal is busy (another node)"
-                        raise OSError(errno.EWOULDBLOCK, busy) from None
-                    time.sleep(0.005)
+            if not turn.take(TURN_WAIT):
+                raise OSError(errno.EWOULDBLOCK, "the journal is busy (another node)")
             yield
         finally:
-            os.close(fd)
+            turn.close()
 
     def _path(self, transaction_uid: str) -> Path:
         if not _TRANSACTION.fullmatch(transaction_uid):
@@ -265,7 +258,7 @@ class CommitmentJournal:
             return None
         try:
             path = self._path(transaction_uid)
-            if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            if not nodes.same_inode(fd, path):
                 return None  # (replaced since: not ours)
             os.replace(path, path.with_suffix(STRANDED))  # (before the lock goes)
             if self.fsync:
@@ -303,12 +296,10 @@ class CommitmentJournal:
         path = self._path(transaction_uid)
         fd = self._held.pop(transaction_uid, None)
         try:
-            if fd is None or os.fstat(fd).st_ino == os.stat(path).st_ino:
+            if fd is None or nodes.same_inode(fd, path):
                 if fd is not None:  # (none is stranded while this one is held: older)
                     path.with_suffix(STRANDED).unlink(missing_ok=True)
                 path.unlink(missing_ok=True)
-        except FileNotFoundError:
-            pass
         finally:
             if fd is not None:
                 os.close(fd)
@@ -347,11 +338,7 @@ class CommitmentJournal:
                 continue  # reported meanwhile
             if fd is None:
                 continue  # a live node reports it
-            try:
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino  # (not reported meanwhile)
-            except FileNotFoundError:
-                same = False
-            if not same:
+            if not nodes.same_inode(fd, path):  # (reported meanwhile)
                 os.close(fd)
                 continue
             self._held[tx] = fd
@@ -368,7 +355,7 @@ class CommitmentJournal:
         if fd is None:
             return None
         try:
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            if nodes.same_inode(fd, path):
                 os.link(path, path.with_suffix(".json"))  # (EEXIST: asked again since)
                 path.unlink()
                 if self.fsync:

@@ -114,7 +114,7 @@ class ServiceLock:
                 os.close(fd)
                 self.holder = text or "host ?, pid ?"  # (it has not written it yet)
                 return False
-            if _same_inode(fd, self.path):
+            if same_inode(fd, self.path):
                 break
             os.close(fd)  # locked a file its holder removed on closing: the path's again
         try:
@@ -141,8 +141,8 @@ class ServiceLock:
         self._fd = -1
 
 
-def _same_inode(fd: int, path: Path) -> bool:
-    """Whether ``fd`` is still the file at ``path``."""
+def same_inode(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (False: gone, or replaced)."""
     try:
         here, there = os.fstat(fd), os.stat(path)
     except OSError:
