@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import time
 from contextlib import closing
@@ -375,6 +376,34 @@ def test_out_of_resources_is_tried_again(tmp_path: Path) -> None:
     assert [(r.retry, r.sent) for r in reports] == [(1, 0), (1, 0), (0, 1)]
     with closing(sqlite3.connect(queue_path(root))) as db:
         assert db.execute("SELECT state, attempts FROM entry").fetchall() == [("sent", 3)]
+
+
+def test_max_attempts_fails_an_entry_tried_that_often(tmp_path: Path, caplog) -> None:
+    """review88 F4: --forward-max-attempts N: after N transient failures (here A700 twice)
+    the entry fails for good, says why, and is not sent again (a destination that keeps
+    answering late would otherwise get it at every retry, without bound)."""
+    caplog.set_level(logging.INFO, logger="dicomstore")
+    root = tmp_path / "archive"
+    reports: list[BatchReport] = []
+    with destination("DEST", answers=[0xA700, 0xA700]) as dest:
+
+        async def main() -> None:
+            cfg = config(f"DEST=127.0.0.1:{dest.port}", forward_max_attempts=2)
+            async with serving(root, cfg) as server:
+                assert server.forwarding is not None
+                server.forwarding.observers.append(reports.append)
+                await store(server.port, [instance("1.2.77.6.2")])
+                await until(lambda: status(root, "DEST")["failed"] == 1)
+                await until(lambda: sum(r.failed for r in reports) == 1)
+
+        asyncio.run(main())
+    assert dest.received == []  # (A700: pynetdicom's handler answered, stored nothing)
+    assert [(r.retry, r.failed) for r in reports] == [(1, 0), (0, 1)]
+    with closing(sqlite3.connect(queue_path(root))) as db:
+        (row,) = db.execute("SELECT state, attempts, status, reason FROM entry").fetchall()
+    assert row[:3] == ("failed", 2, "A700")
+    assert row[3].endswith("(tried 2 times: --forward-max-attempts)")
+    assert "1.2.77.6.2 failed: A700" in caplog.text
 
 
 def test_out_of_resources_holds_the_batch_back_together(tmp_path: Path) -> None:

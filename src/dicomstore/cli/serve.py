@@ -98,6 +98,7 @@ async def run(args: argparse.Namespace) -> int:
         forward=tuple(args.forward or ()),
         forward_retry_delay=args.forward_retry_delay,
         forward_retry_max=args.forward_retry_max,
+        forward_max_attempts=args.forward_max_attempts,
     )
     problem = _forward_problem(config)
     if problem is not None:

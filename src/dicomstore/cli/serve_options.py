@@ -241,6 +241,14 @@ def add_parser(sub: Any) -> None:
         metavar="SECONDS",
         help=f"longest wait between attempts (default {_D.forward_retry_max:g})",
     )
+    fw.add_argument(
+        "--forward-max-attempts",
+        type=_count,
+        default=_D.forward_max_attempts,
+        metavar="N",
+        help="after N attempts that failed for a transient reason, the entry fails for "
+        "good (`dicomstore requeue` sends it again; default 0: tried until it is stored)",
+    )
     lim = s.add_argument_group("limits")
     lim.add_argument(
         "--max-per-calling-aet",

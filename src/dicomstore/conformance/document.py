@@ -256,8 +256,9 @@ def statement() -> str:
         "Little Endian (converted only when its own syntax is refused). Transient "
         "failures (refused connection, rejection, A-ABORT, no response within 300 s, "
         "A7xx, 0213) are retried with exponential backoff (`--forward-retry-delay`, "
-        "`--forward-retry-max`, jitter); any other Failure status, or no accepted "
-        "context, fails the instance for good. Delivery is at least once.",
+        "`--forward-retry-max`, jitter), without limit unless `--forward-max-attempts`; "
+        "any other Failure status, or no accepted context, fails the instance for good. "
+        "Delivery is at least once.",
         "",
         *query_section(),
         *commitment_section(),

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from dicomstore.services.destinations import Destination
 from dicomstore.services.forward_queue import Settled
 
 #: A batch records what became of its entries every this many, or this many seconds.
@@ -66,3 +68,22 @@ class Settling:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+
+@dataclass
+class BatchReport:
+    """What one batch to one destination came to (the log line, the metrics)."""
+
+    destination: Destination
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    retry: int = 0
+    error: str | None = None
+
+    def __str__(self) -> str:
+        text = (
+            f"forward to {self.destination}: {self.sent} sent, {self.failed} failed,"
+            f" {self.skipped} skipped, {self.retry} to retry"
+        )
+        return f"{text} ({self.error})" if self.error else text

@@ -27,7 +27,8 @@ retrying
     A7xx/0213 status (out of resources, PS3.4 B.2.3; resource limitation, PS3.7
     C.5) are tried again after an exponential backoff (``retry_delay`` doubled
     per attempt up to ``retry_max``, times a random factor in [0.5, 1): the
-    jitter); any other failure status (0124 not authorized, A9xx, Cxxx ...)
+    jitter), without limit unless ``max_attempts`` (``--forward-max-attempts``: the
+    entry is then ``failed``); any other failure status (0124 not authorized, A9xx, Cxxx ...)
     and an instance the destination accepts no context for are permanent: the
     entry is ``failed``, logged and counted, never tried again.
 """
@@ -54,7 +55,7 @@ from dicomstore.services.destinations import Destination
 from dicomstore.services.forward_queue import Entry, ForwardQueue, Pending, Queued, Settled
 from dicomstore.services.forward_recovery import COLUMNS, SLACK, add_study, recover, recover_stable
 from dicomstore.services.forward_rules import ForwardRule, destinations_of, entries_for
-from dicomstore.services.forward_settling import Settling
+from dicomstore.services.forward_settling import BatchReport, Settling
 from dicomstore.services.move_sender import DestinationSender, contexts_for
 from dicomstore.services.retrieve import NotSent, Selected
 from dicomstore.services.server_config import DIMSE_TIMEOUT
@@ -77,25 +78,6 @@ _SENDABLE = (
     "SELECT sop_instance_uid, sop_class_uid, transfer_syntax_uid, path, received_at"
     " FROM instance WHERE sop_instance_uid IN ({})"
 )
-
-
-@dataclass
-class BatchReport:
-    """What one batch to one destination came to (the log line, the metrics)."""
-
-    destination: Destination
-    sent: int = 0
-    failed: int = 0
-    skipped: int = 0
-    retry: int = 0
-    error: str | None = None
-
-    def __str__(self) -> str:
-        text = (
-            f"forward to {self.destination}: {self.sent} sent, {self.failed} failed,"
-            f" {self.skipped} skipped, {self.retry} to retry"
-        )
-        return f"{text} ({self.error})" if self.error else text
 
 
 @dataclass
@@ -127,6 +109,7 @@ class Forwarding:
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
         inflated_limit: int = DEFAULT_MAX_INFLATED,
+        max_attempts: int = 0,
     ) -> None:
         if retry_delay <= 0 or retry_max < retry_delay:
             raise ValueError("forwarding needs 0 < retry_delay <= retry_max")
@@ -141,6 +124,8 @@ class Forwarding:
         self.max_pdu = max_pdu
         self.retry_delay = retry_delay
         self.retry_max = retry_max
+        #: attempts after which a transient failure fails the entry for good (0: never)
+        self.max_attempts = max_attempts
         self.batch = batch
         self.keep_done = keep_done
         self.clock = clock
@@ -451,8 +436,15 @@ class Forwarding:
         an attempt more each (of entries due at once, those of fewer attempts go first)."""
         when = self.clock() + self.backoff(todo[0][0].attempts + 1) if todo else 0.0
         for n, (entry, _item) in enumerate(todo):
-            more = tried is None or n < tried
-            outcomes.append(Settled(entry.id, "pending", entry.attempts + more, when, status, why))
+            attempts = entry.attempts + (tried is None or n < tried)
+            if self.max_attempts and attempts >= self.max_attempts:  # (review88 F4)
+                gave_up = f"{why} (tried {attempts} times: --forward-max-attempts)"
+                log.warning("forward to %s: %s failed: %s", report.destination,
+                            entry.sop_instance_uid, gave_up)  # fmt: skip
+                outcomes.append(Settled(entry.id, "failed", attempts, 0.0, status, gave_up))
+                report.failed += 1
+                continue
+            outcomes.append(Settled(entry.id, "pending", attempts, when, status, why))
             report.retry += 1
         return why
 

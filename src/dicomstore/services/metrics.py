@@ -65,7 +65,7 @@ from dicomstore.services.readiness import Readiness
 from dicomstore.services.storage import StoreResult, Storing, free_bytes
 
 if TYPE_CHECKING:
-    from dicomstore.services.forwarding import BatchReport
+    from dicomstore.services.forward_settling import BatchReport
 
 __all__ = ["CONTENT_TYPE", "ServerMetrics", "merge"]
 

@@ -83,6 +83,8 @@ class ServerConfig:
     forward: tuple[ForwardRule, ...] = ()
     forward_retry_delay: float = 5.0
     forward_retry_max: float = 600.0
+    #: attempts after which a transient failure fails an entry for good (0: never)
+    forward_max_attempts: int = 0
     #: Where Storage Commitment SCUs take a report on a new association, by AE
     #: title (``--commitment-scu AET=HOST:PORT``).
     commitment_scus: tuple[Destination, ...] = ()

@@ -307,6 +307,7 @@ async def _forwarding(
         max_pdu=config.max_pdu,
         retry_delay=config.forward_retry_delay,
         retry_max=config.forward_retry_max,
+        max_attempts=config.forward_max_attempts,
         inflated_limit=server.store.limits.inflated_limit,
     )
     await asyncio.to_thread(forwarding.open)
