@@ -17,7 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
-from http_testlib import HttpThread, make_dataset, multipart_body, part10, store
+from http_testlib import HttpThread, make_dataset, multipart_body, part10, store, store_file
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ImplicitVRLittleEndian
 from tests.conftest import free_port, serve_command, wait_listening
 
 from dicomstore.archive import Archive
@@ -32,7 +34,7 @@ TIMEOUT = 0.5
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[HttpThread, Archive]]:
     archive = Archive(tmp_path / "archive", fsync=False)
-    limits = HttpLimits(max_connections=3, request_timeout=TIMEOUT)
+    limits = HttpLimits(max_connections=3, request_timeout=TIMEOUT, answer_timeout=30)
     with HttpThread(archive, limits=limits) as web:
         yield web, archive
     archive.close()
@@ -446,3 +448,70 @@ def test_a_client_waiting_for_100_continue_owes_nothing_meanwhile(caplog) -> Non
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+class _Said(logging.Handler):
+    """Set :attr:`event` when a record of ``dicomstore.http.limits`` says ``words``."""
+
+    def __init__(self, words: str) -> None:
+        super().__init__()
+        self.words, self.event = words, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.words in record.getMessage():
+            self.event.set()
+
+
+def test_an_answer_left_unread_is_cut_off_and_its_transcoding_place_let_go(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """review94 F1: a client that takes none of its answer held the connection, and a
+    transcoded answer's place (8 in all), for ever: after --http-timeout seconds of
+    nothing taken it is cut off and logged, and the place is free again; review94 F2:
+    the 503 of a place asked for while all are taken is a WARNING naming the client."""
+    from dicomstore.http import transcoding
+
+    monkeypatch.setattr(transcoding, "_RESPONSES", threading.BoundedSemaphore(1))
+    let_go, release = threading.Event(), transcoding.Slot.release
+
+    def released(slot: Any) -> None:
+        release(slot)
+        let_go.set()
+
+    monkeypatch.setattr(transcoding.Slot, "release", released)
+    archive = Archive(tmp_path / "archive", fsync=False)
+    # (16 MiB: more than the system's send buffer and the transport's hold)
+    ds = make_dataset(f"{STUDY}.9.1", study=STUDY, series=STUDY + ".9", frames=1, rows=4096)
+    ds.Columns = 2048
+    ds.PixelData = bytes(4096 * 2048 * 2)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    path = tmp_path / "implicit.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    store_file(archive, path)  # (stored Implicit VR: application/dicom transcodes it)
+    target = f"/studies/{STUDY}/series/{STUDY}.9/instances/{STUDY}.9.1"
+    request = f"GET {target} HTTP/1.1\r\nHost: localhost\r\nAccept: application/dicom\r\n\r\n"
+    limits = HttpLimits(request_timeout=30, answer_timeout=TIMEOUT)
+    said = _Said("took none of its answer")
+    logger = logging.getLogger("dicomstore.http.limits")
+    logger.addHandler(said)
+    caplog.set_level(logging.INFO, logger="dicomstore")
+    try:
+        with HttpThread(archive, limits=limits) as web, socket.socket() as stalled:
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled.connect(("127.0.0.1", web.server.port))
+            stalled.sendall(request.encode())
+            assert stalled.recv(12) == b"HTTP/1.1 200"  # (its place is taken: reads no more)
+            busy = httpx.get(web.url + target, headers={"accept": "application/dicom"})
+            assert busy.status_code == 503
+            assert said.event.wait(30)  # (cut off: its place let go)
+            assert let_go.wait(30)
+            fine = httpx.get(web.url + target, headers={"accept": "application/dicom"})
+            assert fine.status_code == 200 and len(fine.content) > 16 * 1024 * 1024
+    finally:
+        logger.removeHandler(said)
+        archive.close()
+    assert "cut off: it took none of its answer for 0.5s (--http-timeout)" in caplog.text
+    said = [r.getMessage() for r in caplog.records if r.name == "dicomstore.http.limits"]
+    refused = [m for m in said if "(503)" in m]
+    assert refused and "answers are being transcoded already" in refused[0]

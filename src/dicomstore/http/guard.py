@@ -25,6 +25,12 @@ and its association limit:
   seconds, never to more than those seconds ahead (as Apache's mod_reqtimeout
   ``MinRate`` extends its timeout; credit carries over, so bursts are not cut
   while their average keeps up);
+- a client that takes none of its answer for :attr:`HttpLimits.unread_limit`
+  seconds (``--http-timeout``: our writing paused by flow control, and not a byte
+  of what waits taken meanwhile) is cut off and logged (review94 F1: eight
+  connections left unread held every place of the transcoded answers, and their
+  worker threads, for ever), as the DICOM door aborts a peer that reads none of
+  its answers;
 - a request answered before its body ended (an early 401, 413, 503, a STOW-RS data
   set refused while it arrives) is answered with ``Connection: close`` (RFC 9112
   9.6), decided when the answer starts (:class:`_Connection`), and the connection
@@ -186,6 +192,8 @@ class GuardedH11(H11Protocol):
         self._lost = False
         #: when a body not keeping up the least rate is dropped (:meth:`_new_span`)
         self._deadline = 0.0
+        #: since when our writing is paused, and how much waited then (:meth:`_unread`)
+        self._stuck: tuple[float, int] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._raw = transport
@@ -228,6 +236,36 @@ class GuardedH11(H11Protocol):
             self._head_began = None
         if not body and self.conn.their_state is h11.SEND_BODY:
             self._new_span(now, len(data))  # (a body begins: its rate from this read)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        now, limit = self.loop.time(), self.limits.unread_limit
+        self._stuck = (now, self._raw.get_write_buffer_size())
+        timer = self._timer
+        if timer is not None and timer.when() > now + limit:  # (checked in time)
+            timer.cancel()
+            self._arm(limit)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stuck = None
+
+    def _unread(self, now: float) -> float:
+        """Seconds left before a client that takes none of our answer is cut off (0:
+        it is now, logged). Taking some of what waits starts the time again."""
+        stuck, limit = self._stuck, self.limits.unread_limit
+        if stuck is None or not self.flow.write_paused:
+            return limit
+        waiting = self._raw.get_write_buffer_size()
+        if waiting < stuck[1]:
+            self._stuck = stuck = (now, waiting)
+        left = stuck[0] + limit - now
+        if left > 0:
+            return left
+        why = f"it took none of its answer for {limit:g}s (--http-timeout)"
+        log.warning("HTTP connection from %s cut off: %s", _client(self), why)
+        self._raw.abort()  # (its request ends: the app's receive says disconnect)
+        return 0.0
 
     def on_response_complete(self) -> None:
         self._answered = True
@@ -367,6 +405,9 @@ class GuardedH11(H11Protocol):
         if self.transport.is_closing():
             return
         now, limit = self.loop.time(), self.limits.request_timeout
+        unread = self._unread(now)
+        if not unread:
+            return
         began = self._head_began if self.conn.their_state is h11.IDLE else None
         owed = self._owed()
         why = self._too_slow(now, limit) if owed else ""
@@ -388,7 +429,7 @@ class GuardedH11(H11Protocol):
             left = min(left, limit - (now - began))
         if self.conn.their_state is h11.SEND_BODY and self.limits.min_body_rate:
             left = min(left, self._deadline - now)
-        self._arm(max(0.05, left))
+        self._arm(max(0.05, min(left, unread)))
 
 
 def _client(protocol: Any) -> str:

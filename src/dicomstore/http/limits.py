@@ -62,6 +62,14 @@ class HttpLimits:
     #: bytes a second a request body must arrive at, over each ``request_timeout``
     #: seconds we read it; slower: 408 and closed (0: no minimum; ``http/guard.py``)
     min_body_rate: int = 500
+    #: seconds a client may take none of an answer waiting for it; then cut off
+    #: (``http/guard.py``; None: ``request_timeout``, as ``--http-timeout`` sets both)
+    answer_timeout: float | None = None
+
+    @property
+    def unread_limit(self) -> float:
+        """How long an answer may wait untaken (:attr:`answer_timeout`)."""
+        return self.request_timeout if self.answer_timeout is None else self.answer_timeout
 
     def too_many(self, others: int, host: str | None, from_host: int) -> str:
         """Why one more connection is one too many, with ``others`` open already,
@@ -95,7 +103,9 @@ def inflated_limit(request: Request) -> int:
     return DEFAULT_MAX_INFLATED
 
 
-def refuse(request: Request, status: int, reason: str) -> HttpError:
+def refuse(
+    request: Request, status: int, reason: str, headers: dict[str, str] | None = None
+) -> HttpError:
     """The error to raise for a request outside a limit, after its log line. (The
     connection is not closed at once: a client still sending its body would get a
     reset, not the answer: review39 #1. uvicorn then reads and discards the rest of
@@ -104,4 +114,4 @@ def refuse(request: Request, status: int, reason: str) -> HttpError:
     log.warning(
         "%s %s from %s refused (%d): %s", request.method, request.url.path, client, status, reason
     )
-    return HttpError(status, reason)
+    return HttpError(status, reason, headers)

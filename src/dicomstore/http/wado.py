@@ -38,7 +38,7 @@ from dicomstore.http.common import (
     reader,
 )
 from dicomstore.http.heldvalues import Held
-from dicomstore.http.limits import inflated_limit, limits
+from dicomstore.http.limits import inflated_limit, limits, refuse
 from dicomstore.http.metadata import stream_metadata
 from dicomstore.http.multipart import closing, new_boundary, part_header
 from dicomstore.http.transcoding import (
@@ -231,7 +231,10 @@ def retrieve(request: Request) -> Response:
             media, headers, body = _single_file(request, rows[0], None)
             return StreamingResponse(body, media_type=media, headers=headers)
         return StreamingResponse(stream_parts(request, rows, boundary), media_type=multipart)
-    slot = Slot(client_of(request.scope))  # (503 when too many answers transcode)
+    try:
+        slot = Slot(client_of(request.scope))
+    except HttpError as busy:  # (503: too many answers transcode; review94 F2: logged)
+        raise refuse(request, busy.status, busy.message, busy.headers) from None
     try:
         ready = None  # (one instance transcoded before answering: its failure has a status)
         if len(rows) == 1:
