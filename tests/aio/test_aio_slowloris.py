@@ -192,3 +192,113 @@ def test_associations_are_not_pending_connections() -> None:
             await server.close(grace=1)
 
     assert asyncio.run(main())
+
+
+async def _associated(server: Server) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(_rq_bytes())
+    header = await reader.readexactly(6)
+    assert header[0] == 0x02  # A-ASSOCIATE-AC
+    await reader.readexactly(int.from_bytes(header[2:], "big"))
+    return reader, writer
+
+
+async def _trickle_pdus(writer, reader, pdus: list[bytes]):
+    """Send each of ``pdus`` after waiting TIMER/4 for the server to answer; returns
+    (PDUs sent, what the server sent back, None if nothing)."""
+    for sent, pdu in enumerate(pdus):
+        writer.write(pdu)
+        await writer.drain()
+        try:
+            first = await asyncio.wait_for(reader.read(64), TIMER / 4)
+        except TimeoutError:
+            continue
+        return sent + 1, first + await reader.read()
+    return len(pdus), None
+
+
+#: The least rate under test: TIMER seconds of credit, 500 bytes a second after.
+SLOW = Timeouts(min_rate=500, rate_credit=TIMER)
+
+
+def test_a_pdu_slower_than_the_least_rate_is_aborted_long_before_the_operation_timeout(
+    caplog,
+) -> None:
+    """review93 F1: a byte every few seconds held each association slot for the
+    --operation-timeout (3600 s; 50 such peers took every slot): a PDU must keep up
+    --min-receive-rate, with a few seconds of credit."""
+    caplog.set_level(logging.INFO, "dicomstore")
+    echo = P.encode(P.PDataTF([P.PDV(1, True, True, bytes(200))]))
+
+    async def main():
+        server = await _start(timeouts=SLOW)  # (operation: 3600 s)
+        try:
+            reader, writer = await _associated(server)
+            outcome = await _trickle(writer, reader, echo)
+            writer.close()
+            return outcome
+        finally:
+            await server.close(grace=1)
+
+    sent, answer = asyncio.run(main())
+    assert sent < len(echo) // 2
+    assert answer == bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0])  # (A-ABORT, provider)
+    assert "a PDU arriving slower than --min-receive-rate 500 bytes/s" in caplog.text
+
+
+def test_a_message_of_whole_pdus_slower_than_the_least_rate_is_aborted(caplog) -> None:
+    """Each PDU whole (a one-byte fragment of a command each), the message they make
+    slower than the least rate: aborted too (a PDU's own bound never ran out)."""
+    caplog.set_level(logging.INFO, "dicomstore")
+    pdus = [P.encode(P.PDataTF([P.PDV(1, True, False, b"x")])) for _ in range(200)]
+
+    async def main():
+        server = await _start(timeouts=SLOW)
+        try:
+            reader, writer = await _associated(server)
+            outcome = await _trickle_pdus(writer, reader, pdus)
+            writer.close()
+            return outcome
+        finally:
+            await server.close(grace=1)
+
+    sent, answer = asyncio.run(main())
+    assert sent < len(pdus) // 2
+    assert answer == bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0])
+    assert "a message arriving slower than --min-receive-rate 500 bytes/s" in caplog.text
+
+
+def test_a_peer_keeping_up_the_least_rate_is_served(caplog) -> None:
+    """A message that takes longer than the credit but keeps up the least rate is not
+    cut: a C-ECHO-RQ in 8 fragments, TIMER/4 apart (2 x TIMER in all), at about 80
+    bytes a second against a least rate of 40; then answered."""
+    from dicomstore.dimse.messages import CEchoRQ
+
+    caplog.set_level(logging.INFO, "dicomstore")
+    command = CEchoRQ(message_id=1).encode()
+    size = -(-len(command) // 8)
+    parts = [command[n : n + size] for n in range(0, len(command), size)]
+    last = len(parts) - 1
+    pdus = [P.encode(P.PDataTF([P.PDV(1, True, n == last, p)])) for n, p in enumerate(parts)]
+
+    async def main():
+        server = await _start(timeouts=Timeouts(min_rate=40, rate_credit=TIMER))
+        try:
+            reader, writer = await _associated(server)
+            for pdu in pdus[:-1]:
+                writer.write(pdu)
+                await writer.drain()
+                try:
+                    early = await asyncio.wait_for(reader.read(64), TIMER / 4)
+                except TimeoutError:
+                    continue
+                return early  # (answered before the message was whole: cut)
+            writer.write(pdus[-1])
+            header = await asyncio.wait_for(reader.readexactly(6), 10)
+            writer.close()
+            return header
+        finally:
+            await server.close(grace=1)
+
+    assert asyncio.run(main())[0] == 0x04  # P-DATA-TF: the C-ECHO-RSP
+    assert "slower than" not in caplog.text

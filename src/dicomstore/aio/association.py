@@ -58,6 +58,8 @@ class Timeouts:
     ``network``: how long an established association may stay silent.
     ``operation``: how long one incoming DIMSE message, and each PDU from its
     first byte, may take to arrive.
+    ``min_rate``: bytes a second a message or PDU being received must keep up (0:
+    no minimum; see :meth:`Transport.receive`).
     """
 
     artim: float = 30.0
@@ -68,6 +70,13 @@ class Timeouts:
     #: How long one DIMSE message (command and data set) may take to arrive,
     #: so that a peer trickling bytes cannot hold a slot forever.
     operation: float | None = 3600.0
+    #: The least rate of a message or PDU being received (a server's: ``serve
+    #: --min-receive-rate``), so that a peer trickling bytes holds a slot for
+    #: ``rate_credit`` seconds, not ``operation``'s (review93 F1).
+    min_rate: int = 0
+    #: Seconds of credit of the least rate: a message or PDU has these from its start,
+    #: and each byte adds ``1 / min_rate``, never to more than these ahead.
+    rate_credit: float = 30.0
 
 
 class DeadlinePassed(TimeoutError):
@@ -109,6 +118,10 @@ class Transport:
         self._work = 0
         #: Loop time ARTIM started (PS3.8 9.1.5), while it runs.
         self._artim_since: float | None = None
+        #: While a message or PDU is being received at the least rate: its deadline,
+        #: the bytes counted then, and when and at what count it began (:meth:`_keep_up`)
+        self._span: tuple[float, int, float, int] | None = None
+        self._left = 0.0  # (loop time the last receive returned)
         #: A data set is being streamed (:meth:`send_dataset_chunks`): messages queued
         #: meanwhile wait here, for the fragments of two messages never interleave
         #: (PS3.7 8.2, PS3.8 E.1).
@@ -179,10 +192,22 @@ class Transport:
         request must be complete within ARTIM of the connection; running out
         yields Evt18.  Otherwise ``idle`` bounds the wait, restarting whenever
         bytes arrive (TimeoutError); each PDU must be complete within
-        ``Timeouts.operation`` of its first byte (:class:`StalledPDU`); and
+        ``Timeouts.operation`` of its first byte (:class:`StalledPDU`), and keep
+        up ``Timeouts.min_rate`` (:meth:`_keep_up`), as must a DIMSE message whose
+        fragments have begun (the clock stops while we are not reading); and
         ``until`` (loop time) ends the wait regardless: an empty list if bytes
         came meanwhile, else :class:`DeadlinePassed` (a TimeoutError).
         """
+        span = self._span
+        if span is not None:  # (the rate's clock stood while we did not wait for bytes)
+            shift = self.stream.loop.time() - self._left
+            self._span = (span[0] + shift, span[1], span[2] + shift, span[3])
+        try:
+            return await self._receive(idle, until)
+        finally:
+            self._left = self.stream.loop.time()
+
+    async def _receive(self, idle: float | None, until: float | None) -> list[ULEvent]:
         s = self.stream
         s.held = False
         loop = s.loop
@@ -230,6 +255,13 @@ class Transport:
                     stalled = s.pdu_began + per_pdu
                     if when is None or stalled < when:
                         kind, when = "pdu", stalled
+                rate = self.timeouts.min_rate
+                if rate and not s.full and (s.pdu_began is not None or not self.assembler.idle):
+                    slow = self._keep_up(loop.time(), rate)
+                    if when is None or slow < when:
+                        kind, when = "rate", slow
+                else:
+                    self._span = None
                 if s.start == s.end and len(s.buf) > RECV_INITIAL:
                     shrink = max(called, s.last_received) + streams.SHRINK_AFTER
                     if when is None or shrink < when:
@@ -249,6 +281,15 @@ class Transport:
             if kind == "shrink":  # idle: a few KiB, not the largest PDU's room
                 s.shrink()
                 continue
+            if kind == "rate":
+                if s.end - s.start >= s.need or self._span is None:
+                    continue  # a PDU just completed: the next turn judges what follows
+                _deadline, _seen, began, count = self._span
+                what = "a PDU" if self.assembler.idle else "a message"
+                raise StalledPDU(
+                    f"{what} arriving slower than --min-receive-rate {self.timeouts.min_rate}"
+                    f" bytes/s ({s.total - count} bytes in {loop.time() - began:.3g}s)"
+                )
             if kind == "pdu":
                 if s.end - s.start >= s.need:
                     continue  # it just completed
@@ -263,6 +304,19 @@ class Transport:
             if kind == "idle" and s.last_received + (idle or 0) > loop.time():
                 continue  # bytes came: the idle timer restarts from them
             raise TimeoutError
+
+    def _keep_up(self, now: float, rate: int) -> float:
+        """When the message or PDU being received falls behind ``rate`` bytes a second:
+        ``Timeouts.rate_credit`` seconds from its start (or since we read again), each
+        byte adding ``1 / rate`` seconds, never to more than those seconds ahead (the
+        HTTP door's ``--http-min-body-rate``: bursts whose average keeps up are not cut)."""
+        total, span, credit = self.stream.total, self._span, self.timeouts.rate_credit
+        if span is None:
+            self._span = span = (now + credit, total, now, total)
+        elif total != span[1]:
+            deadline = min(span[0] + (total - span[1]) / rate, now + credit)
+            self._span = span = (deadline, total, span[2], span[3])
+        return span[0]
 
     def queue_message(
         self,

@@ -75,6 +75,8 @@ class Stream(asyncio.BufferedProtocol):
         self.last_received = -1.0
         #: Loop time the first byte of the PDU at ``start`` arrived (None: no byte yet).
         self.pdu_began: float | None = None
+        #: Bytes received in all (the least receive rate: ``Transport.receive``).
+        self.total = 0
         self.eof = False
         self.lost = False
         #: Why the transport was lost (None: closed cleanly; an ``ssl.SSLError``: a TLS
@@ -134,6 +136,7 @@ class Stream(asyncio.BufferedProtocol):
         if began:  # the first byte of a PDU: its timer starts (Transport.receive)
             self.pdu_began = now
         self.end += nbytes
+        self.total += nbytes
         self.last_received = now
         if len(self.buf) - self.end < self.min_free:
             self.full = True

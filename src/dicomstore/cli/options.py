@@ -380,6 +380,8 @@ def _timeouts(args: argparse.Namespace) -> Timeouts:
         t.network = args.idle_timeout
     if getattr(args, "operation_timeout", None):
         t.operation = args.operation_timeout
+    if getattr(args, "min_receive_rate", None) is not None:
+        t.min_rate = args.min_receive_rate
     return t
 
 

@@ -31,7 +31,7 @@ from dicomstore.cli.options import (
     add_index,
     add_loop,
 )
-from dicomstore.services.server_config import DIMSE_TIMEOUT, ServerConfig
+from dicomstore.services.server_config import DIMSE_TIMEOUT, MIN_RECEIVE_RATE, ServerConfig
 
 #: The server's defaults have one home, :class:`ServerConfig`; the options show them
 #: (its plain defaults, read without making one: a transfer syntax list needs pydicom,
@@ -323,6 +323,14 @@ def add_parser(sub: Any) -> None:
         type=_positive,
         metavar="S",
         help="seconds one incoming message may take (default 3600)",
+    )
+    lim.add_argument(
+        "--min-receive-rate",
+        type=_count,
+        default=MIN_RECEIVE_RATE,
+        metavar="BYTES",
+        help="bytes a second a message (or PDU) being received must keep up, with 30 s "
+        f"of credit; slower: A-ABORT (0: no minimum; default {MIN_RECEIVE_RATE})",
     )
     add_http_options(s)
     s.add_argument("--acse-timeout", type=_positive, help="seconds (default 30)")

@@ -22,6 +22,8 @@ from dicomstore.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy
 #: silent after our request is given up (review36a #3: a C-MOVE destination that never
 #: answered held the operation and its slot until the idle timeout).
 DIMSE_TIMEOUT = 300.0
+#: Bytes a second a message being received must keep up (``--min-receive-rate``).
+MIN_RECEIVE_RATE = 500
 
 __all__ = ["ServerConfig"]
 
@@ -48,7 +50,9 @@ class ServerConfig:
     max_ops: int = 16
     #: ``dimse``: how long a response to what we send may take (a C-MOVE's or C-GET's
     #: C-STORE sub-operation, a commitment report, a forwarded instance; DCMTK's -td)
-    timeouts: Timeouts = field(default_factory=lambda: Timeouts(dimse=DIMSE_TIMEOUT))
+    timeouts: Timeouts = field(
+        default_factory=lambda: Timeouts(dimse=DIMSE_TIMEOUT, min_rate=MIN_RECEIVE_RATE)
+    )
     shutdown_grace: float = 10.0
     #: TLS (PS3.15 B.9): a server context from :func:`dicomstore.tls.server_context`.
     ssl: ssl.SSLContext | None = None
