@@ -190,3 +190,47 @@ def test_command_set_that_lies_about_its_length_is_aborted(tmp_path) -> None:
     aborted, rows = run(tmp_path, scenario)
     assert aborted.source == P.ABORT_SOURCE_PROVIDER
     assert rows == []
+
+
+@pytest.mark.parametrize(
+    ("sent", "answer", "said"),
+    [
+        (b"\x0a\x00" + struct.pack(">I", 4) + b"abcd", b"\x02\x01", "0x0a"),
+        (P.encode(P.PDataTF([P.PDV(1, True, True, b"x")])), b"\x00\x00", "PDataTF PDU before"),
+    ],
+    ids=["unknown-type", "p-data-first"],
+)
+def test_a_bad_pdu_before_an_association_is_aborted_and_logged(
+    tmp_path, caplog, sent: bytes, answer: bytes, said: str
+) -> None:
+    """review93 F4: answered with the A-ABORT of AA-1 (PS3.8 9.2: source 2 and its
+    reason for an invalid PDU, source 0 for one not expected in Sta2), but no line at
+    all in the log: now one, naming the peer and why; and the audit's outcome says it."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="dicomstore")
+
+    async def main() -> bytes:
+        server = Server(ServerConfig(port=0), Archive(tmp_path / "a", fsync=False))
+        await server.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(sent)
+            got = await asyncio.wait_for(reader.readexactly(10), 10)
+            writer.close()
+            await asyncio.wait_for(_ended(server), 10)
+            return got
+        finally:
+            await server.close(grace=1)
+
+    got = asyncio.run(main())
+    assert got == b"\x07\x00\x00\x00\x00\x04\x00\x00" + answer
+    lines = [r.getMessage() for r in caplog.records if "before an association" in r.getMessage()]
+    assert lines and "aborted before an association (A-ABORT sent)" in lines[0]
+    assert said in lines[0]
+
+
+async def _ended(server: Server) -> None:
+    """Until the server holds no association (the connection's end logged)."""
+    while server.associations:
+        await asyncio.sleep(0)  # (a turn of the loop, not a timed wait)

@@ -125,6 +125,10 @@ def association_ended(assoc: AcceptorAssociation) -> None:
     stored (review58 L7: only its acceptance was logged), and its audit record; how many
     more lines its peer had repeated than were logged (``repeated.py``)."""
     assoc.repeated.summary(assoc.t.peer)
+    early = assoc.t.conn.refused_early
+    if assoc.t.negotiated is None and early is not None:  # (review93 F4: no line at all)
+        log.info("%s: aborted before an association (A-ABORT sent): %s", assoc.t.peer, early)
+        assoc.outcome = f"aborted: {early}"
     if assoc.t.negotiated is not None:
         log.info(
             "%s: association ended (%s): %d stored, %d failed%s",

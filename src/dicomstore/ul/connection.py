@@ -71,6 +71,9 @@ class Connection:
         self._received: P.PDU | None = None  # the PDU being handled
         self._error: RemoteProtocolError | None = None
         self._discard_input = False
+        #: Why the peer's PDU before an association made us send an A-ABORT (AA-1 in
+        #: Sta2: an invalid PDU, or one not expected there); None if it did not.
+        self.refused_early: str | None = None
 
     # -- the shell's side -------------------------------------------------
 
@@ -256,8 +259,11 @@ class Connection:
             if self._error is not None and self.role is Role.ACCEPTOR:
                 # AA-1 reached by a bad PDU in Sta2: the provider is the source.
                 self._send(P.Abort(P.ABORT_SOURCE_PROVIDER, self._error.reason))
+                self.refused_early = str(self._error)
             else:
                 self._send(P.Abort(P.ABORT_SOURCE_USER, 0))
+                if self.state is State.STA2 and received is not None:
+                    self.refused_early = f"{type(received).__name__} PDU before an association"
         elif effect is Effect.SEND_ABORT_PROVIDER:
             # The same reason as the A-P-ABORT indication: "unexpected PDU" only
             # when a PDU caused it (not, e.g., a timer firing in the wrong state).
