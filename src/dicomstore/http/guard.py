@@ -50,7 +50,10 @@ Each refusal is a log line naming the client (``dicomstore.http.limits``).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import sys
+import termios
 from typing import Any
 
 import h11
@@ -240,7 +243,7 @@ class GuardedH11(H11Protocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         now, limit = self.loop.time(), self.limits.unread_limit
-        self._stuck = (now, self._raw.get_write_buffer_size())
+        self._stuck = (now, self._waiting())
         timer = self._timer
         if timer is not None and timer.when() > now + limit:  # (checked in time)
             timer.cancel()
@@ -250,13 +253,25 @@ class GuardedH11(H11Protocol):
         super().resume_writing()
         self._stuck = None
 
+    def _waiting(self) -> int:
+        """Bytes of our answers not yet taken by the client: in the transport's buffer,
+        and in the socket's send queue not yet acknowledged (Linux ``SIOCOUTQ``): a
+        slow client takes some of the latter long before the former moves."""
+        waiting = self._raw.get_write_buffer_size()
+        sock = self._raw.get_extra_info("socket")
+        try:
+            queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except (AttributeError, OSError, ValueError):  # (no socket, or not Linux)
+            return waiting
+        return waiting + int.from_bytes(queued, sys.byteorder, signed=True)
+
     def _unread(self, now: float) -> float:
         """Seconds left before a client that takes none of our answer is cut off (0:
         it is now, logged). Taking some of what waits starts the time again."""
         stuck, limit = self._stuck, self.limits.unread_limit
         if stuck is None or not self.flow.write_paused:
             return limit
-        waiting = self._raw.get_write_buffer_size()
+        waiting = self._waiting()
         if waiting < stuck[1]:
             self._stuck = stuck = (now, waiting)
         left = stuck[0] + limit - now
