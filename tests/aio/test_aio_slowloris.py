@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
+
 from dicomstore import uids
 from dicomstore.aio.association import Timeouts
 from dicomstore.aio.client import associate, build_contexts, our_user_information
@@ -204,8 +206,8 @@ async def _associated(server: Server) -> tuple[asyncio.StreamReader, asyncio.Str
 
 
 async def _trickle_pdus(writer, reader, pdus: list[bytes]):
-    """Send each of ``pdus`` after waiting TIMER/4 for the server to answer; returns
-    (PDUs sent, what the server sent back, None if nothing)."""
+    """Send each of ``pdus`` (PDUs, or bytes of one) after waiting TIMER/4 for the
+    server to answer; returns (parts sent, what the server sent back, None if nothing)."""
     for sent, pdu in enumerate(pdus):
         writer.write(pdu)
         await writer.drain()
@@ -221,51 +223,40 @@ async def _trickle_pdus(writer, reader, pdus: list[bytes]):
 SLOW = Timeouts(min_rate=500, rate_credit=TIMER)
 
 
-def test_a_pdu_slower_than_the_least_rate_is_aborted_long_before_the_operation_timeout(
-    caplog,
+_ECHO = P.encode(P.PDataTF([P.PDV(1, True, True, bytes(200))]))
+
+
+@pytest.mark.parametrize(
+    ("parts", "what"),
+    [
+        ([_ECHO[n : n + 1] for n in range(len(_ECHO))], "a PDU"),  # (one PDU, a byte at a time)
+        ([P.encode(P.PDataTF([P.PDV(1, True, False, b"x")]))] * 200, "a message"),  # (whole PDUs)
+    ],
+    ids=["bytes-of-a-pdu", "whole-pdus-of-a-message"],
+)
+def test_a_trickle_slower_than_the_least_rate_is_aborted_long_before_the_operation_timeout(
+    caplog, parts: list[bytes], what: str
 ) -> None:
     """review93 F1: a byte every few seconds held each association slot for the
-    --operation-timeout (3600 s; 50 such peers took every slot): a PDU must keep up
-    --min-receive-rate, with a few seconds of credit."""
+    --operation-timeout (3600 s; 50 such peers took every slot): a PDU, and a message
+    of whole PDUs (each a one-byte fragment of a command: no PDU's own bound runs out),
+    must keep up --min-receive-rate, with a few seconds of credit."""
     caplog.set_level(logging.INFO, "dicomstore")
-    echo = P.encode(P.PDataTF([P.PDV(1, True, True, bytes(200))]))
 
     async def main():
         server = await _start(timeouts=SLOW)  # (operation: 3600 s)
         try:
             reader, writer = await _associated(server)
-            outcome = await _trickle(writer, reader, echo)
+            outcome = await _trickle_pdus(writer, reader, parts)
             writer.close()
             return outcome
         finally:
             await server.close(grace=1)
 
     sent, answer = asyncio.run(main())
-    assert sent < len(echo) // 2
+    assert sent < len(parts) // 2
     assert answer == bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0])  # (A-ABORT, provider)
-    assert "a PDU arriving slower than --min-receive-rate 500 bytes/s" in caplog.text
-
-
-def test_a_message_of_whole_pdus_slower_than_the_least_rate_is_aborted(caplog) -> None:
-    """Each PDU whole (a one-byte fragment of a command each), the message they make
-    slower than the least rate: aborted too (a PDU's own bound never ran out)."""
-    caplog.set_level(logging.INFO, "dicomstore")
-    pdus = [P.encode(P.PDataTF([P.PDV(1, True, False, b"x")])) for _ in range(200)]
-
-    async def main():
-        server = await _start(timeouts=SLOW)
-        try:
-            reader, writer = await _associated(server)
-            outcome = await _trickle_pdus(writer, reader, pdus)
-            writer.close()
-            return outcome
-        finally:
-            await server.close(grace=1)
-
-    sent, answer = asyncio.run(main())
-    assert sent < len(pdus) // 2
-    assert answer == bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0])
-    assert "a message arriving slower than --min-receive-rate 500 bytes/s" in caplog.text
+    assert f"{what} arriving slower than --min-receive-rate 500 bytes/s" in caplog.text
 
 
 def test_a_peer_keeping_up_the_least_rate_is_served(caplog) -> None:
