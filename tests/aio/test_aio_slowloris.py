@@ -25,8 +25,14 @@ from tests.conftest import NullHandler
 TIMER = 1.0
 
 
+#: Secondary Capture, proposed beside Verification (context 3)
+SC = "1.2.840.10008.5.1.4.1.1.7"
+
+
 def _rq_bytes(calling_ae: str = "SLOW") -> bytes:
-    contexts = build_contexts([(uids.VERIFICATION, (uids.IMPLICIT_VR_LE,))])
+    contexts = build_contexts(
+        [(uids.VERIFICATION, (uids.IMPLICIT_VR_LE,)), (SC, (uids.EXPLICIT_VR_LE,))]
+    )
     rq = P.AssociateRQ("ANY-SCP", calling_ae, contexts, our_user_information(16384))
     return P.encode(rq)
 
@@ -292,4 +298,76 @@ def test_a_peer_keeping_up_the_least_rate_is_served(caplog) -> None:
             await server.close(grace=1)
 
     assert asyncio.run(main())[0] == 0x04  # P-DATA-TF: the C-ECHO-RSP
+    assert "slower than" not in caplog.text
+
+
+def _store_pdvs(size: int) -> tuple[P.PDV, P.PDV]:
+    """A C-STORE-RQ's command and a data set of about ``size`` bytes (Explicit VR LE,
+    context 3), as one PDV each."""
+    from dicomstore.dimse.messages import CStoreRQ
+    from tests.test_hostile import dataset, element
+
+    data = dataset("1.2.3.4.5", tail=element(0x0009, 0x0010, b"OB", bytes(size)))
+    command = CStoreRQ(1, SC, "1.2.3.4.5").encode()
+    return P.PDV(3, True, True, command), P.PDV(3, False, True, data)
+
+
+async def _answer_or_none(reader: asyncio.StreamReader, wait: float) -> bytes | None:
+    """The first bytes the server sends within ``wait`` seconds, or None."""
+    try:
+        return await asyncio.wait_for(reader.read(64), wait)
+    except TimeoutError:
+        return None
+
+
+def test_a_pdu_over_the_least_rate_is_not_cut_however_long_it_takes(caplog) -> None:
+    """review95 F1: the reader wakes when a PDU is whole, not per read, so bytes that
+    came meanwhile were never credited: a PDU taking longer than the credit was aborted
+    at any rate (pynetdicom at 20 kB/s). A C-STORE of 4 KB in one PDU at 1 kB/s, 4 x the
+    credit: answered."""
+    caplog.set_level(logging.INFO, "dicomstore")
+    pdu = P.encode(P.PDataTF(list(_store_pdvs(4000))))
+
+    async def main():
+        server = await _start(timeouts=SLOW)
+        try:
+            reader, writer = await _associated(server)
+            for n in range(0, len(pdu), 250):  # (TIMER/4 apart: 1 kB/s)
+                writer.write(pdu[n : n + 250])
+                await writer.drain()
+                early = await _answer_or_none(reader, TIMER / 4)
+                if early is not None:
+                    return early
+            answer = await asyncio.wait_for(reader.read(64), 10)
+            writer.close()
+            return answer
+        finally:
+            await server.close(grace=1)
+
+    assert asyncio.run(main())[:1] == b"\x04"  # P-DATA-TF: the C-STORE-RSP, not an A-ABORT
+    assert "slower than" not in caplog.text
+
+
+def test_a_pause_between_a_command_and_its_data_set_is_not_the_rate_s(caplog) -> None:
+    """review95 F2: a C-STORE's command, then a pause longer than the credit before its
+    data set (PS3.7, PS3.8 set no bound there: a relay fetching it), was aborted "0 bytes
+    in 30s"; that gap, as the one between messages, is the idle timeout's."""
+    caplog.set_level(logging.INFO, "dicomstore")
+    command, data = _store_pdvs(100)
+
+    async def main():
+        server = await _start(timeouts=SLOW)
+        try:
+            reader, writer = await _associated(server)
+            writer.write(P.encode(P.PDataTF([command])))
+            early = await _answer_or_none(reader, 2 * TIMER)  # (twice the credit)
+            writer.write(P.encode(P.PDataTF([data])))
+            answer = await asyncio.wait_for(reader.read(64), 10)
+            writer.close()
+            return early, answer
+        finally:
+            await server.close(grace=1)
+
+    early, answer = asyncio.run(main())
+    assert early is None and answer[:1] == b"\x04"
     assert "slower than" not in caplog.text

@@ -94,6 +94,10 @@ class StalledPDU(RemoteProtocolError):
         super().__init__(message, 0)
 
 
+class BelowRate(StalledPDU):
+    """A PDU, command set or data set arriving slower than ``Timeouts.min_rate``."""
+
+
 def tune_socket(writer: Stream | asyncio.StreamWriter) -> None:
     """TCP_NODELAY on every socket: DIMSE messages are small and latency-bound."""
     sock = writer.get_extra_info("socket")
@@ -202,10 +206,12 @@ class Transport:
         if span is not None:  # (the rate's clock stood while we did not wait for bytes)
             shift = self.stream.loop.time() - self._left
             self._span = (span[0] + shift, span[1], span[2] + shift, span[3])
+        self._left = -1.0
         try:
             return await self._receive(idle, until)
         finally:
-            self._left = self.stream.loop.time()
+            if self._left < 0:  # (else stamped before a flush: nor is that the peer's time)
+                self._left = self.stream.loop.time()
 
     async def _receive(self, idle: float | None, until: float | None) -> list[ULEvent]:
         s = self.stream
@@ -227,6 +233,7 @@ class Transport:
                     # the header of what follows is checked (PDUReader) as soon as it is in
                     s.need = 6
                     s.pdu_began = s.last_received if s.end > s.start else None
+                    self._left = loop.time()
                     await self.flush()
                     return events
                 s.need = pdu_size(s.view[s.start : s.end])  # its header passed the checks
@@ -256,7 +263,11 @@ class Transport:
                     if when is None or stalled < when:
                         kind, when = "pdu", stalled
                 rate = self.timeouts.min_rate
-                if rate and not s.full and (s.pdu_began is not None or not self.assembler.idle):
+                if (
+                    rate
+                    and not s.reading_paused
+                    and (s.pdu_began is not None or self.assembler.part_in_progress)
+                ):
                     slow = self._keep_up(loop.time(), rate)
                     if when is None or slow < when:
                         kind, when = "rate", slow
@@ -284,9 +295,12 @@ class Transport:
             if kind == "rate":
                 if s.end - s.start >= s.need or self._span is None:
                     continue  # a PDU just completed: the next turn judges what follows
+                now = loop.time()
+                if self._keep_up(now, self.timeouts.min_rate) > now:
+                    continue  # bytes came meanwhile (the reader wakes per PDU, not per read)
                 _deadline, _seen, began, count = self._span
-                what = "a PDU" if self.assembler.idle else "a message"
-                raise StalledPDU(
+                what = "a PDU" if not self.assembler.part_in_progress else "a message"
+                raise BelowRate(
                     f"{what} arriving slower than --min-receive-rate {self.timeouts.min_rate}"
                     f" bytes/s ({s.total - count} bytes in {loop.time() - began:.3g}s)"
                 )

@@ -50,13 +50,21 @@ def _unexpected(message: str) -> RemoteProtocolError:
 class DimseAssembler:
     """Feed PDVs with :meth:`receive`; get :class:`CommandReceived` / :class:`DatasetFragment`."""
 
-    __slots__ = ("_max_command", "_command", "_command_ctx", "_dataset_ctx", "_last_no_dataset")
+    __slots__ = (
+        "_max_command",
+        "_command",
+        "_command_ctx",
+        "_dataset_ctx",
+        "_dataset_begun",
+        "_last_no_dataset",
+    )
 
     def __init__(self, max_command_length: int = MAX_COMMAND_LENGTH) -> None:
         self._max_command = max_command_length
         self._command: bytearray | None = None  # command fragments so far
         self._command_ctx = 0
         self._dataset_ctx: int | None = None  # context of the awaited data set
+        self._dataset_begun = False  # a fragment of it came
         self._last_no_dataset = False  # last command declared no data set (for messages)
 
     @property
@@ -70,6 +78,12 @@ class DimseAssembler:
         return self._command is not None
 
     @property
+    def part_in_progress(self) -> bool:
+        """True while a command set, or a data set whose first fragment came, is partly
+        received (not between a command and its data set's first fragment)."""
+        return self._command is not None or (self._dataset_ctx is not None and self._dataset_begun)
+
+    @property
     def idle(self) -> bool:
         """True between messages (nothing partly received)."""
         return self._dataset_ctx is None and self._command is None
@@ -79,6 +93,7 @@ class DimseAssembler:
         ctx = pdv.context_id
         if not pdv.is_command:
             if ctx == self._dataset_ctx:  # the hot path: next fragment of the data set
+                self._dataset_begun = True
                 if pdv.is_last:
                     self._dataset_ctx = None
                 elif not pdv.data:  # an empty fragment (even, PS3.8 E.1) carries nothing
@@ -115,6 +130,7 @@ class DimseAssembler:
         message = decode_message(data)
         if message.has_dataset:
             self._dataset_ctx = ctx
+            self._dataset_begun = False
             self._last_no_dataset = False
         else:
             self._last_no_dataset = True

@@ -23,7 +23,7 @@ import logging
 from functools import partial
 from typing import TYPE_CHECKING
 
-from dicomstore.aio.association import DeadlinePassed, StalledPDU, Transport
+from dicomstore.aio.association import BelowRate, DeadlinePassed, StalledPDU, Transport
 from dicomstore.aio.invoker import Invoker
 from dicomstore.dimse import (
     CCancelRQ,
@@ -190,7 +190,8 @@ class AcceptorAssociation:
                     events = await t.receive(idle, until)
                 except StalledPDU as exc:
                     log.warning("%s: %s; aborting (A-ABORT, service-provider)", t.peer, exc)
-                    self.outcome = "aborted: PDU too slow"
+                    slow = "too slow" if isinstance(exc, BelowRate) else "PDU too slow"
+                    self.outcome = f"aborted: {slow}"
                     self._drop_receiving()
                     t.conn.protocol_error(exc)  # AA-8: A-ABORT, source 2, reason 0
                     await t.flush()
