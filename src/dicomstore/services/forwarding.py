@@ -436,8 +436,9 @@ class Forwarding:
         an attempt more each (of entries due at once, those of fewer attempts go first)."""
         when = self.clock() + self.backoff(todo[0][0].attempts + 1) if todo else 0.0
         for n, (entry, _item) in enumerate(todo):
-            attempts = entry.attempts + (tried is None or n < tried)
-            if self.max_attempts and attempts >= self.max_attempts:  # (review88 F4)
+            more = tried is None or n < tried
+            attempts = entry.attempts + more
+            if more and self.max_attempts and attempts >= self.max_attempts:  # (review88 F4)
                 gave_up = f"{why} (tried {attempts} times: --forward-max-attempts)"
                 log.warning("forward to %s: %s failed: %s", report.destination,
                             entry.sop_instance_uid, gave_up)  # fmt: skip
