@@ -186,3 +186,42 @@ def test_gatekeeper_identity_and_audit(tmp_path) -> None:
     [record] = audit.instances
     assert record["sop_instance_uid"] == "1.2.3.7" and record["status"] == "0000"
     assert record["digest"] and record["bytes"] > 0
+
+
+def test_an_idle_association_gives_its_slot_up_when_all_are_taken(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """review96 G1: a peer sending a tiny message once per --idle-timeout held its slot
+    for ever, and a few such took every slot. When all are taken, the one idle longest
+    (between messages, nothing of it in progress, idle EVICT_IDLE or more) is aborted and
+    the new one accepted; one with a message half received is not, and a new one is then
+    rejected as before."""
+    import logging
+
+    from dicomstore.services import acceptance
+    from dicomstore.ul.pdu import PDV, PDataTF
+
+    monkeypatch.setattr(acceptance, "EVICT_IDLE", 0.0)
+    caplog.set_level(logging.INFO, logger="dicomstore")
+
+    async def scenario(port, archive):
+        idle = await associate("127.0.0.1", port, calling_ae="IDLE", contexts=CONTEXTS)
+        assert (await idle.echo()).status == 0
+        new = await associate("127.0.0.1", port, calling_ae="NEW", contexts=CONTEXTS)
+        status = (await new.echo()).status
+        with pytest.raises((AssociationAborted, ConnectionError)):
+            await idle.echo()
+        # a message half received holds its slot: the next one is rejected
+        half = PDataTF([PDV(new.context_for(uids.VERIFICATION).id, True, False, b"\0" * 4)])
+        new.t.conn._send(half)  # (one fragment of a command, its last never sent)
+        new.t.write_now()
+        await asyncio.sleep(0)  # (a turn: the server reads it)
+        with pytest.raises(AssociationRejected) as full:
+            await associate("127.0.0.1", port, calling_ae="LATE", contexts=CONTEXTS)
+        new.t.abort_now()
+        return status, full.value
+
+    status, full = run(tmp_path, scenario, max_associations=1)
+    assert status == 0 and full.transient and full.reason == 1  # (temporary congestion)
+    assert "idle for 0s, aborted: all 1 association slots (--max-associations)" in caplog.text
+    assert "aborted: idle, its slot given to a new association" in caplog.text

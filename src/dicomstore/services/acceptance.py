@@ -30,6 +30,11 @@ _LOCAL_LIMIT = P.AssociateRJ(
 
 log = logging.getLogger("dicomstore.server")
 
+#: An association idle this long (between messages, no operation of it in progress,
+#: nothing owed to us) gives its slot up to a new one when every slot is taken: a peer
+#: sending a tiny message once per --idle-timeout held its slot for ever (review96 G1).
+EVICT_IDLE = 10.0
+
 #: An A-ASSOCIATE-RJ and why (for the log and the audit).
 Rejection = tuple[P.AssociateRJ, str]
 
@@ -43,7 +48,11 @@ def over_limits(
     address = association.address
     others = [a for a in server.associations if a is not association and a.holds_slot]
     if len(others) >= config.max_associations:
-        return _CONGESTION, f"{config.max_associations} associations already"
+        idlest = _idlest(others)
+        if idlest is None:
+            return _CONGESTION, f"{config.max_associations} associations already"
+        _give_up_slot(idlest, association, config.max_associations)
+        others.remove(idlest)
     if config.max_per_calling_ae and (
         sum(a.request.calling_ae == rq.calling_ae for a in others if a.request is not None)
         >= config.max_per_calling_ae
@@ -56,6 +65,40 @@ def over_limits(
         why = f"{config.max_per_address} associations from {address} already"
         return _LOCAL_LIMIT, why
     return None
+
+
+def _idlest(others: list[AcceptorAssociation]) -> AcceptorAssociation | None:
+    """Of the established associations idle for :data:`EVICT_IDLE` seconds or more, the
+    one whose peer sent nothing for longest; None if none is."""
+    best, since = None, asyncio.get_running_loop().time() - EVICT_IDLE
+    for other in others:
+        t = other.t
+        if other.outcome != "accepted" or other.busy or not t.assembler.idle:
+            continue
+        if t.stream.end != t.stream.start:
+            continue  # (bytes of it not yet read: a message may have begun)
+        if other.invoker is not None and other.invoker.waiting:
+            continue  # (it owes us an answer: its silence is work)
+        heard = t.stream.last_received
+        if heard <= since:
+            best, since = other, heard
+    return best
+
+
+def _give_up_slot(idle: AcceptorAssociation, new: AcceptorAssociation, most: int) -> None:
+    """A-ABORT ``idle`` (nothing of it in progress) for ``new``'s sake, logged."""
+    quiet = asyncio.get_running_loop().time() - idle.t.stream.last_received
+    log.warning(
+        "%s: idle for %.0fs, aborted: all %d association slots (--max-associations) are"
+        " taken and %s asks for one",
+        idle.t.peer,
+        quiet,
+        most,
+        new.t.peer,
+    )
+    idle.outcome = "aborted: idle, its slot given to a new association"
+    idle.holds_slot = False  # (no longer counted: it ends as soon as it reads the abort)
+    idle.t.abort_now()
 
 
 async def admit(
