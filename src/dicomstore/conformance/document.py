@@ -154,7 +154,9 @@ def statement() -> str:
                 ),
                 (
                     "Simultaneous associations (SCP)",
-                    "`--max-associations` (50); beyond: rejected transient, temporary congestion",
+                    "`--max-associations` (50); beyond: the association idle longest (10 s "
+                    "or more, nothing in progress) is aborted to make room, else rejected "
+                    "transient, temporary congestion",
                 ),
                 (
                     "User Identity Negotiation (SCP)",
@@ -179,7 +181,9 @@ def statement() -> str:
         "exceeded* (transient). Only associations whose request was complete count "
         "against the limits; a request must be complete within ARTIM of the connection "
         "(`--artim-timeout`, not restarted by bytes), each PDU within `--operation-timeout` "
-        "of its first byte (else A-ABORT, service-provider source, reason not specified). "
+        "of its first byte, and a PDU, command set or data set being received at "
+        "`--min-receive-rate` (500 bytes/s, 30 s of credit) (else A-ABORT, service-provider "
+        "source, reason not specified). "
         "Connections that have not sent their request are at most "
         "`--max-pending-connections` (a quarter of them per address): beyond, a new "
         "connection is closed before any PDU is read.",
@@ -307,7 +311,8 @@ def statement() -> str:
         "",
         "Resource bounds: a connection holds an association slot only once its "
         "request is complete, within ARTIM of connecting; each PDU must arrive "
-        "within `--operation-timeout` of its first byte; the server stops reading "
+        "within `--operation-timeout` of its first byte, and keep up "
+        "`--min-receive-rate`; the server stops reading "
         "from a peer that does not read its answers; receive buffers start at 4 "
         "KiB; a deflated data set is counted as it inflates (A700 beyond "
         "`--max-instance-size`, or 256 MiB), and a stored one is read (WADO-RS, "
