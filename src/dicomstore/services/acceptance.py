@@ -73,7 +73,7 @@ def _idlest(others: list[AcceptorAssociation]) -> AcceptorAssociation | None:
     best, since = None, asyncio.get_running_loop().time() - EVICT_IDLE
     for other in others:
         t = other.t
-        if other.outcome != "accepted" or other.busy or not t.assembler.idle:
+        if not t.conn.is_established or other.busy or not t.assembler.idle:
             continue
         if t.stream.end != t.stream.start:
             continue  # (bytes of it not yet read: a message may have begun)
@@ -96,9 +96,8 @@ def _give_up_slot(idle: AcceptorAssociation, new: AcceptorAssociation, most: int
         most,
         new.t.peer,
     )
-    idle.outcome = "aborted: idle, its slot given to a new association"
     idle.holds_slot = False  # (no longer counted: it ends as soon as it reads the abort)
-    idle.t.abort_now()
+    stop_now(idle, "idle, its slot given to a new association")
 
 
 async def admit(
@@ -155,11 +154,11 @@ async def admit(
     return admission, None
 
 
-def stop_now(assoc: AcceptorAssociation) -> None:
-    """The server stops: A-ABORT now, an accepted association's outcome saying so
-    (not one already released, aborted or rejected)."""
+def stop_now(assoc: AcceptorAssociation, why: str = "the server stopped") -> None:
+    """A-ABORT now (the server stops, or ``why``), an accepted association's outcome
+    saying so (not one already released, aborted or rejected)."""
     if assoc.outcome == "accepted":
-        assoc.outcome = "aborted: the server stopped"
+        assoc.outcome = f"aborted: {why}"
     assoc.t.abort_now()
 
 
