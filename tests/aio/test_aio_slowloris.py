@@ -37,18 +37,33 @@ def _rq_bytes(calling_ae: str = "SLOW") -> bytes:
     return P.encode(rq)
 
 
-async def _trickle(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, data: bytes):
-    """Send ``data`` a byte at a time, each after waiting TIMER/4 for the server to
-    answer; returns (bytes sent, what the server sent back, None if nothing)."""
-    for sent in range(len(data)):
-        writer.write(data[sent : sent + 1])
+async def _answer_or_none(reader: asyncio.StreamReader, wait: float) -> bytes | None:
+    """The first bytes the server sends within ``wait`` seconds, or None (read(n): a
+    timeout loses nothing read; read() would lose what it had)."""
+    try:
+        return await asyncio.wait_for(reader.read(64), wait)
+    except TimeoutError:
+        return None
+
+
+async def _paced(writer, reader, parts: bytes | list[bytes]) -> tuple[int, bytes | None]:
+    """Send each of ``parts`` (of bytes: a byte at a time), each after waiting TIMER/4
+    for the server to answer: (parts sent, the first bytes it sent back, None if none)."""
+    if isinstance(parts, bytes):
+        parts = [parts[n : n + 1] for n in range(len(parts))]
+    for sent, part in enumerate(parts, 1):
+        writer.write(part)
         await writer.drain()
-        try:  # (read(n): a timeout loses nothing read; read() would lose what it had)
-            first = await asyncio.wait_for(reader.read(64), TIMER / 4)
-        except TimeoutError:
-            continue
-        return sent + 1, first + await reader.read()  # (the rest, to the server's close)
-    return len(data), None
+        first = await _answer_or_none(reader, TIMER / 4)
+        if first is not None:
+            return sent, first
+    return len(parts), None
+
+
+async def _trickle(writer, reader, parts: bytes | list[bytes]) -> tuple[int, bytes | None]:
+    """:func:`_paced`, an answer read to the server's close."""
+    sent, first = await _paced(writer, reader, parts)
+    return sent, None if first is None else first + await reader.read()
 
 
 async def _start(**kwargs) -> Server:
@@ -82,21 +97,7 @@ def test_a_pdu_trickled_inside_an_association_is_aborted_by_the_provider(caplog)
     caplog.set_level(logging.INFO, "dicomstore")
     echo = P.encode(P.PDataTF([P.PDV(1, True, True, bytes(200))]))
 
-    async def main():
-        server = await _start(timeouts=Timeouts(operation=TIMER))
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(_rq_bytes())
-            header = await reader.readexactly(6)
-            assert header[0] == 0x02  # A-ASSOCIATE-AC
-            await reader.readexactly(int.from_bytes(header[2:], "big"))
-            outcome = await _trickle(writer, reader, echo)
-            writer.close()
-            return outcome
-        finally:
-            await server.close(grace=1)
-
-    sent, answer = asyncio.run(main())
+    sent, answer = _on_association(Timeouts(operation=TIMER), lambda r, w: _trickle(w, r, echo))
     assert sent < len(echo) // 2
     # A-ABORT (PS3.8 9.3.8): source 2, the service-provider; reason 0, not specified
     assert answer == bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0])
@@ -211,18 +212,21 @@ async def _associated(server: Server) -> tuple[asyncio.StreamReader, asyncio.Str
     return reader, writer
 
 
-async def _trickle_pdus(writer, reader, pdus: list[bytes]):
-    """Send each of ``pdus`` (PDUs, or bytes of one) after waiting TIMER/4 for the
-    server to answer; returns (parts sent, what the server sent back, None if nothing)."""
-    for sent, pdu in enumerate(pdus):
-        writer.write(pdu)
-        await writer.drain()
+def _on_association(timeouts: Timeouts, body):
+    """``await body(reader, writer)`` on an association with a server of ``timeouts``."""
+
+    async def main():
+        server = await _start(timeouts=timeouts)
         try:
-            first = await asyncio.wait_for(reader.read(64), TIMER / 4)
-        except TimeoutError:
-            continue
-        return sent + 1, first + await reader.read()
-    return len(pdus), None
+            reader, writer = await _associated(server)
+            try:
+                return await body(reader, writer)
+            finally:
+                writer.close()
+        finally:
+            await server.close(grace=1)
+
+    return asyncio.run(main())
 
 
 #: The least rate under test: TIMER seconds of credit, 500 bytes a second after.
@@ -249,17 +253,7 @@ def test_a_trickle_slower_than_the_least_rate_is_aborted_long_before_the_operati
     must keep up --min-receive-rate, with a few seconds of credit."""
     caplog.set_level(logging.INFO, "dicomstore")
 
-    async def main():
-        server = await _start(timeouts=SLOW)  # (operation: 3600 s)
-        try:
-            reader, writer = await _associated(server)
-            outcome = await _trickle_pdus(writer, reader, parts)
-            writer.close()
-            return outcome
-        finally:
-            await server.close(grace=1)
-
-    sent, answer = asyncio.run(main())
+    sent, answer = _on_association(SLOW, lambda r, w: _trickle(w, r, parts))  # (operation 3600)
     assert sent < len(parts) // 2
     assert answer == bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0])  # (A-ABORT, provider)
     assert f"{what} arriving slower than --min-receive-rate 500 bytes/s" in caplog.text
@@ -278,26 +272,15 @@ def test_a_peer_keeping_up_the_least_rate_is_served(caplog) -> None:
     last = len(parts) - 1
     pdus = [P.encode(P.PDataTF([P.PDV(1, True, n == last, p)])) for n, p in enumerate(parts)]
 
-    async def main():
-        server = await _start(timeouts=Timeouts(min_rate=40, rate_credit=TIMER))
-        try:
-            reader, writer = await _associated(server)
-            for pdu in pdus[:-1]:
-                writer.write(pdu)
-                await writer.drain()
-                try:
-                    early = await asyncio.wait_for(reader.read(64), TIMER / 4)
-                except TimeoutError:
-                    continue
-                return early  # (answered before the message was whole: cut)
-            writer.write(pdus[-1])
-            header = await asyncio.wait_for(reader.readexactly(6), 10)
-            writer.close()
-            return header
-        finally:
-            await server.close(grace=1)
+    async def body(reader, writer):
+        _sent, early = await _paced(writer, reader, pdus[:-1])
+        if early is not None:
+            return early  # (answered before the message was whole: cut)
+        writer.write(pdus[-1])
+        return await asyncio.wait_for(reader.read(64), 10)
 
-    assert asyncio.run(main())[0] == 0x04  # P-DATA-TF: the C-ECHO-RSP
+    answer = _on_association(Timeouts(min_rate=40, rate_credit=TIMER), body)
+    assert answer[:1] == b"\x04"  # P-DATA-TF: the C-ECHO-RSP
     assert "slower than" not in caplog.text
 
 
@@ -312,14 +295,6 @@ def _store_pdvs(size: int) -> tuple[P.PDV, P.PDV]:
     return P.PDV(3, True, True, command), P.PDV(3, False, True, data)
 
 
-async def _answer_or_none(reader: asyncio.StreamReader, wait: float) -> bytes | None:
-    """The first bytes the server sends within ``wait`` seconds, or None."""
-    try:
-        return await asyncio.wait_for(reader.read(64), wait)
-    except TimeoutError:
-        return None
-
-
 def test_a_pdu_over_the_least_rate_is_not_cut_however_long_it_takes(caplog) -> None:
     """review95 F1: the reader wakes when a PDU is whole, not per read, so bytes that
     came meanwhile were never credited: a PDU taking longer than the credit was aborted
@@ -328,23 +303,12 @@ def test_a_pdu_over_the_least_rate_is_not_cut_however_long_it_takes(caplog) -> N
     caplog.set_level(logging.INFO, "dicomstore")
     pdu = P.encode(P.PDataTF(list(_store_pdvs(4000))))
 
-    async def main():
-        server = await _start(timeouts=SLOW)
-        try:
-            reader, writer = await _associated(server)
-            for n in range(0, len(pdu), 250):  # (TIMER/4 apart: 1 kB/s)
-                writer.write(pdu[n : n + 250])
-                await writer.drain()
-                early = await _answer_or_none(reader, TIMER / 4)
-                if early is not None:
-                    return early
-            answer = await asyncio.wait_for(reader.read(64), 10)
-            writer.close()
-            return answer
-        finally:
-            await server.close(grace=1)
+    async def body(reader, writer):
+        chunks = [pdu[n : n + 250] for n in range(0, len(pdu), 250)]  # (TIMER/4 apart: 1 kB/s)
+        _sent, early = await _paced(writer, reader, chunks)
+        return early or await asyncio.wait_for(reader.read(64), 10)
 
-    assert asyncio.run(main())[:1] == b"\x04"  # P-DATA-TF: the C-STORE-RSP, not an A-ABORT
+    assert _on_association(SLOW, body)[:1] == b"\x04"  # P-DATA-TF: the C-STORE-RSP, not an A-ABORT
     assert "slower than" not in caplog.text
 
 
@@ -355,19 +319,12 @@ def test_a_pause_between_a_command_and_its_data_set_is_not_the_rate_s(caplog) ->
     caplog.set_level(logging.INFO, "dicomstore")
     command, data = _store_pdvs(100)
 
-    async def main():
-        server = await _start(timeouts=SLOW)
-        try:
-            reader, writer = await _associated(server)
-            writer.write(P.encode(P.PDataTF([command])))
-            early = await _answer_or_none(reader, 2 * TIMER)  # (twice the credit)
-            writer.write(P.encode(P.PDataTF([data])))
-            answer = await asyncio.wait_for(reader.read(64), 10)
-            writer.close()
-            return early, answer
-        finally:
-            await server.close(grace=1)
+    async def body(reader, writer):
+        writer.write(P.encode(P.PDataTF([command])))
+        early = await _answer_or_none(reader, 2 * TIMER)  # (twice the credit)
+        writer.write(P.encode(P.PDataTF([data])))
+        return early, await asyncio.wait_for(reader.read(64), 10)
 
-    early, answer = asyncio.run(main())
+    early, answer = _on_association(SLOW, body)
     assert early is None and answer[:1] == b"\x04"
     assert "slower than" not in caplog.text

@@ -15,6 +15,7 @@ from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from tests.archive.archive_testlib import dataset
@@ -378,6 +379,18 @@ def test_out_of_resources_is_tried_again(tmp_path: Path) -> None:
         assert db.execute("SELECT state, attempts FROM entry").fetchall() == [("sent", 3)]
 
 
+async def _failed_for_good(
+    server: Any, root: Path, ae: str, uids: list[str], reports: list[BatchReport]
+) -> None:
+    """Store ``uids`` and wait until each failed for good at ``ae`` and the batch
+    reports (in ``reports``) say so (the counters follow the queue's update)."""
+    assert server.forwarding is not None
+    server.forwarding.observers.append(reports.append)
+    await store(server.port, [instance(uid) for uid in uids])
+    await until(lambda: status(root, ae)["failed"] == len(uids))
+    await until(lambda: sum(r.failed for r in reports) == len(uids))
+
+
 def test_max_attempts_fails_an_entry_tried_that_often(tmp_path: Path, caplog) -> None:
     """review88 F4: --forward-max-attempts N: after N transient failures (here A700 twice)
     the entry fails for good, says why, and is not sent again (a destination that keeps
@@ -390,11 +403,7 @@ def test_max_attempts_fails_an_entry_tried_that_often(tmp_path: Path, caplog) ->
         async def main() -> None:
             cfg = config(f"DEST=127.0.0.1:{dest.port}", forward_max_attempts=2)
             async with serving(root, cfg) as server:
-                assert server.forwarding is not None
-                server.forwarding.observers.append(reports.append)
-                await store(server.port, [instance("1.2.77.6.2")])
-                await until(lambda: status(root, "DEST")["failed"] == 1)
-                await until(lambda: sum(r.failed for r in reports) == 1)
+                await _failed_for_good(server, root, "DEST", ["1.2.77.6.2"], reports)
 
         asyncio.run(main())
     assert dest.received == []  # (A700: pynetdicom's handler answered, stored nothing)
@@ -493,11 +502,7 @@ def test_a_data_set_over_the_destination_s_size_limit_is_given_up_not_retried(
             serving(other, small) as dest,
             serving(root, config(f"SMALL=127.0.0.1:{dest.port}")) as server,
         ):
-            assert server.forwarding is not None
-            server.forwarding.observers.append(reports.append)
-            await store(server.port, [instance("1.2.77.9.1")])
-            await until(lambda: status(root, "SMALL")["failed"] == 1)
-            await until(lambda: sum(r.failed for r in reports) == 1)
+            await _failed_for_good(server, root, "SMALL", ["1.2.77.9.1"], reports)
 
     asyncio.run(main())
     with closing(sqlite3.connect(queue_path(root))) as db:
