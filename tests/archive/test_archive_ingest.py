@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from archive_testlib import (
     CT,
     EXPLICIT_LE,
+    IMPLICIT_LE,
     MR,
     dataset,
     dcm_files,
@@ -197,6 +199,45 @@ def test_identity_mismatch_is_a900(
     assert outcome.status == DATASET_MISMATCH
     assert outcome.offending_element == tags
     assert "SOP" in outcome.error_comment
+    assert_nothing_stored(archive)
+
+
+def _implicit(elements: dict[int, bytes]) -> bytes:
+    """An Implicit VR Little Endian data set (PS3.5 7.1.3): lengths of 32 bits."""
+    out = b""
+    for tag, value in sorted(elements.items()):
+        value += b"\0" if len(value) % 2 else b""
+        out += struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("tag", "name"),
+    [
+        (0x0020000D, "Study Instance UID"),
+        (0x0020000E, "Series Instance UID"),
+        (0x00100020, "Patient ID"),
+        (0x00100021, "Issuer of Patient ID"),
+    ],
+)
+def test_a_key_too_long_to_be_read_is_a900_not_one_placeholder(
+    archive: Archive, tag: int, name: str
+) -> None:
+    # review98 R4: two different values over 1 MiB were both indexed as one placeholder:
+    # two studies (series, patients) filed as one, each answered 0000
+    for n, fill in enumerate((b"1", b"2")):
+        elements = {
+            0x00080016: CT.encode(),
+            0x00080018: f"1.2.3.{n}".encode(),
+            0x00100020: b"PID1",
+            0x0020000D: b"1.2.3",
+            0x0020000E: b"1.2.3.4",
+        }
+        elements[tag] = (b"1." if tag >> 16 == 0x20 else b"X") + fill * (1 << 20)
+        outcome = store(archive, _implicit(elements), sop_uid=f"1.2.3.{n}", ts=IMPLICIT_LE)
+        assert outcome.status == DATASET_MISMATCH, outcome
+        assert outcome.offending_element == (tag,)
+        assert f"{name} longer than 1048576 bytes" in outcome.error_comment
     assert_nothing_stored(archive)
 
 

@@ -97,8 +97,28 @@ def _multi(value: Any) -> bool:
     return isinstance(value, MultiValue | list)
 
 
+#: What a key value too long to have been read (over ``dicomfile.DEFER_SIZE``) is
+#: indexed as: no key can stand for it, and ``ingest`` refuses the instance (A900), as
+#: two such values would otherwise file two studies, series or patients as one
+#: (review98 R4).
+UNREAD = "<value too long>"
+
+#: The keys that say who the patient is (``schema.patient_key``): UNREAD when unread.
+_PATIENT_KEYS = {"patient_id": "PatientID", "issuer": "IssuerOfPatientID"}
+
+
+def _unread(ds: Dataset, tag: int | str) -> bool:
+    """Whether the element ``tag`` is present with a value left unread (deferred)."""
+    try:
+        elem = ds.get_item(tag, keep_deferred=True)
+    except (KeyError, ValueError):
+        return False
+    return elem is not None and elem.value is None and bool(getattr(elem, "length", 0))
+
+
 def raw_uid(ds: Dataset, tag: int) -> str | None:
-    """A UI value as text without padding; ``None`` when absent or empty."""
+    """A UI value as text without padding; ``None`` when absent or empty, :data:`UNREAD`
+    when too long to have been read."""
     if tag not in ds:
         return None
     elem = ds.get_item(tag, keep_deferred=True)
@@ -106,7 +126,7 @@ def raw_uid(ds: Dataset, tag: int) -> str | None:
     if isinstance(value, bytes):
         text = normalize_uid(value)
     elif value is None:  # empty, or deferred because longer than any UID
-        text = "<value too long>" if getattr(elem, "length", 0) else ""
+        text = UNREAD if getattr(elem, "length", 0) else ""
     elif _multi(value):
         text = "\\".join(str(v) for v in value)
     else:
@@ -156,6 +176,9 @@ def index_fields(ds: Dataset) -> dict[str, Any]:
         fields[column] = _text(ds, keyword)
     for column, keyword in NUMBER_FIELDS.items():
         fields[column] = _number(ds, keyword)
+    for column, keyword in _PATIENT_KEYS.items():
+        if _unread(ds, keyword):
+            fields[column] = UNREAD
     return _person_names(fields)
 
 

@@ -34,9 +34,15 @@ from typing import Any
 from dicomstore.archive import digests
 from dicomstore.archive import outcome as st
 from dicomstore.archive.commit import ArchiveClosedError, Staged
-from dicomstore.archive.dicomfile import HeaderError, MetaTemplates, encoding_of, read_header
+from dicomstore.archive.dicomfile import (
+    DEFER_SIZE,
+    HeaderError,
+    MetaTemplates,
+    encoding_of,
+    read_header,
+)
 from dicomstore.archive.encoding import encoding_mismatch
-from dicomstore.archive.fields import fields_of_elements, index_fields
+from dicomstore.archive.fields import UNREAD, fields_of_elements, index_fields
 from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.layout import normalize_uid
 from dicomstore.archive.nesting import judged, scanned
@@ -296,12 +302,22 @@ class Ingest:
             if ours is None:
                 problems.append(f"{name} missing from the data set")
                 tags.append(tag)
+            elif ours == UNREAD:
+                problems.append(f"{name} longer than {DEFER_SIZE} bytes: not a UID (PS3.5 9.1)")
+                tags.append(tag)
             elif theirs is not None and ours != theirs:
                 # (the command's, or over STOW-RS and imports the file meta's: review80 F8)
                 problems.append(f"{name} {ours!r} differs from the {theirs!r} it was sent as")
                 tags.append(tag)
             elif tag != st.SOP_CLASS_UID_TAG and (held := uid_unaddressable(ours)):
                 problems.append(f"{name} {ours!r} holds {held!r}: not a UID (PS3.5 9.1)")
+                tags.append(tag)
+        for name, tag, key in (
+            ("Patient ID", st.PATIENT_ID_TAG, "patient_id"),
+            ("Issuer of Patient ID", st.ISSUER_OF_PATIENT_ID_TAG, "issuer"),
+        ):
+            if row.get(key) == UNREAD:  # (two such would be one patient: review98 R4)
+                problems.append(f"{name} longer than {DEFER_SIZE} bytes (LO: 64 characters)")
                 tags.append(tag)
         if not problems:
             return None
