@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from archive_testlib import (
+    CT,
     EXPLICIT_LE,
+    MR,
     dataset,
     dcm_files,
     digest_of,
@@ -75,8 +77,9 @@ def test_keep_different_is_b000_and_keeps_the_first(tmp_path: Path) -> None:
         ({"extra": {0x00100021: ("LO", "H2")}}, [0x00100021], "patient"),
         ({"study": "1.2.3.9", "series": "1.2.3.9.5"}, [0x0020000D, 0x0020000E], "study"),
         ({"series": "1.2.3.4.9"}, [0x0020000E], "series"),
+        ({"sop_class": MR}, [0x00080016], "SOP Class"),
     ],
-    ids=["patient", "issuer", "study", "series"],
+    ids=["patient", "issuer", "study", "series", "class"],
 )
 def test_keep_a_copy_filed_elsewhere_is_refused_not_b000(
     tmp_path: Path, moved: dict, tags: list[int], what: str
@@ -85,19 +88,20 @@ def test_keep_a_copy_filed_elsewhere_is_refused_not_b000(
     demographics correction), study or series was B000 "kept the copy already
     stored": the sender took its image as stored (a Storage Commitment then said
     committed) while the archive holds another patient's only. A900, naming the
-    elements; the stored copy stays. ``--on-relational-mismatch accept``: B000."""
-    with Archive(tmp_path / "root") as archive:
-        store(archive, FIRST)
-        again = store(archive, dataset(patient_name="Second", **moved))
-        assert again.status == DATASET_MISMATCH and again.is_failure
-        assert again.error_comment == f"SOP Instance UID is already stored under another {what}"
-        assert again.offending_element == (0x00080018, *tags)
-        path, row = _one_file_one_row(archive)
-        assert stored_dataset(path) == FIRST and row["patient_id"] == "PID1"
-    with Archive(tmp_path / "accepting", on_relational_mismatch="accept") as archive:
-        store(archive, FIRST)
-        assert store(archive, dataset(**moved)).status == WARNING_COERCION
-        _one_file_one_row(archive)
+    elements; the stored copy stays. review98 R1: another SOP Class too (a Storage
+    Commitment failed it, 0119, after the B000); R5: ``--on-relational-mismatch
+    accept`` as well (it was B000, then committed)."""
+    for policy in ("reject", "accept"):
+        with Archive(tmp_path / policy, on_relational_mismatch=policy) as archive:
+            store(archive, FIRST)
+            sop_class = moved.get("sop_class", CT)
+            again = store(archive, dataset(patient_name="Second", **moved), sop_class=sop_class)
+            assert again.status == DATASET_MISMATCH and again.is_failure, (policy, again)
+            assert again.error_comment == f"SOP Instance UID is already stored under another {what}"
+            assert again.offending_element == (0x00080018, *tags)
+            path, row = _one_file_one_row(archive)
+            assert stored_dataset(path) == FIRST and row["patient_id"] == "PID1"
+            assert row["sop_class_uid"] == CT
 
 
 @pytest.mark.sqlite_index
@@ -115,12 +119,12 @@ def test_keep_identical_is_success_whatever_the_row_says(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("fsync", [True, False])
-@pytest.mark.parametrize("damage", ["gone", "truncated"])
+@pytest.mark.parametrize("damage", ["gone", "truncated", "changed"])
 def test_keep_over_a_stored_copy_gone_or_truncated_is_not_success(
     tmp_path: Path, fsync: bool, damage: str
 ) -> None:
     """review77 F3b: a resend of an instance whose stored file was truncated (or
-    deleted) was answered Success, the file left as it was: the sender took the
+    deleted, or changed in place) was answered Success, the file left as it was: the sender took the
     archive to hold a copy it cannot serve. A700 says what is wrong and what to do;
     once deleted (here: its file put back whole), the resend is Success again."""
     with Archive(tmp_path / "root", fsync=fsync) as archive:
@@ -130,9 +134,12 @@ def test_keep_over_a_stored_copy_gone_or_truncated_is_not_success(
         if damage == "gone":
             first.path.unlink()
             words = "stored copy gone"
-        else:
+        elif damage == "truncated":
             first.path.write_bytes(whole[:300])
             words = f"stored copy damaged (300 bytes, {len(whole)} indexed)"
+        else:  # (review98 R2: the same size, a byte of the data set changed: was 0000)
+            first.path.write_bytes(whole.replace(b"PID1", b"PID9"))
+            words = "stored copy damaged (its data set is not the one indexed)"
         again = store(archive, FIRST)
         assert again.status == OUT_OF_RESOURCES, again
         assert again.error_comment.startswith(words)

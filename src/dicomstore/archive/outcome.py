@@ -114,6 +114,7 @@ def duplicate(
     identical: Callable[[], bool],
     warning: tuple[int, str, tuple[int, ...]] | None,
     elsewhere: StoreOutcome | None = None,
+    intact: Callable[[], bool] | None = None,
 ) -> StoreOutcome:
     """The outcome for an instance already stored (``existing``, its file at
     ``path``) under the duplicate policy keep or reject: nothing changes.
@@ -128,7 +129,10 @@ def duplicate(
     stored is not what was sent), or ``elsewhere`` when given (filed under another
     patient, study or series: ``relations.instance_elsewhere``; judged after the
     identity, review91 D4: a row indexed by an older normalization refused a copy
-    identical to the stored one).
+    identical to the stored one). A copy identical to the indexed one is Success only
+    when the stored file still holds it (``intact()``: its data set has the indexed
+    digest; review98 R2: a file damaged in place kept answering 0000 to the resends of
+    the good copy, and Storage Commitment failing it); else A700 as for damage.
     """
     if policy == "reject":
         # (the response names the SOP Instance: the 64 characters say why)
@@ -138,12 +142,15 @@ def duplicate(
             SOP_INSTANCE_UID_TAG,
         )
     damage = _damage(path, existing)
+    same = damage is None and identical()
+    if same and intact is not None and not intact():
+        damage = "damaged (its data set is not the one indexed)"
     if damage is not None:  # (not a copy the archive holds: review77 F3b)
         return failure(
             OUT_OF_RESOURCES,
             f"stored copy {damage}: delete it, then send it again (dicomstore check)",
         )
-    if identical():
+    if same:
         if warning is not None:
             status_, comment, tags = warning
             return StoreOutcome(status_, comment, tags, path, existing, kept=True)

@@ -307,7 +307,7 @@ class Publisher(DeferredFlushes):
                         continue
                     if existing is not None and self.on_duplicate != "replace":
                         path = storage.local_path(existing["path"])
-                        keep = relations is not None and self.on_duplicate == "keep"
+                        keep = self.on_duplicate == "keep"
                         try:
                             verdict = duplicate(
                                 self.on_duplicate,
@@ -316,6 +316,7 @@ class Publisher(DeferredFlushes):
                                 functools.partial(_identical, existing, path, member),
                                 member.warning,
                                 instance_elsewhere(existing, member.row) if keep else None,
+                                functools.partial(_intact, existing, path),
                             )
                         except OSError as exc:  # (reading its file again: another algorithm)
                             doing = "comparing it with the stored copy"
@@ -453,6 +454,16 @@ class Publisher(DeferredFlushes):
         """Answer ``outcome`` for a member that will not be placed: its temporary goes."""
         member.outcome = outcome
         self.storage.discard(member)
+
+
+def _intact(existing: dict[str, Any], stored: Path | None) -> bool:
+    """Whether the stored copy's file holds the data set indexed for it (read whole
+    once per duplicate identical to it: ``outcome.duplicate``); True when it is no
+    local file. ``OSError`` propagates (A700)."""
+    try:
+        return stored is None or digests.matches(existing["digest"], stored)
+    except (HeaderError, ValueError):  # (no PS3.10 file any more: damaged)
+        return False
 
 
 def _identical(existing: dict[str, Any], stored: Path | None, member: Staged) -> bool:

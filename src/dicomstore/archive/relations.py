@@ -96,23 +96,31 @@ _FILED_UNDER = (
     ("issuer", st.ISSUER_OF_PATIENT_ID_TAG),
     ("study_uid", st.STUDY_INSTANCE_UID_TAG),
     ("series_uid", st.SERIES_INSTANCE_UID_TAG),
+    ("sop_class_uid", st.SOP_CLASS_UID_TAG),
 )
+
+
+#: What the first key that differs says the copy is under.
+_WHAT = {
+    st.STUDY_INSTANCE_UID_TAG: "study",
+    st.SERIES_INSTANCE_UID_TAG: "series",
+    st.SOP_CLASS_UID_TAG: "SOP Class",
+}
 
 
 def instance_elsewhere(stored: dict[str, Any], row: dict[str, Any]) -> StoreOutcome | None:
     """A900 when ``row``, a copy of the instance ``stored`` that is kept, is filed
-    under another patient, study or series; ``None`` when it is not (review88 F2:
-    B000 "kept the copy stored" told the sender its image was stored, coerced, and a
-    Storage Commitment then confirmed it, while the archive held another patient's
-    data set only: a demographics correction sent again with the same UIDs)."""
+    under another patient, study or series, or is of another SOP Class; ``None`` when
+    it is not (review88 F2: B000 "kept the copy stored" told the sender its image was
+    stored, coerced, and a Storage Commitment then confirmed it, while the archive held
+    another patient's data set only: a demographics correction sent again with the
+    same UIDs; review98 R1: another SOP Class, which commitment then failed, 0119).
+    Whatever ``--on-relational-mismatch`` says: that policy lets new instances into
+    a study filed otherwise, never one copy stand for another (review98 R5)."""
     tags = [tag for key, tag in _FILED_UNDER if (stored.get(key) or "") != (row.get(key) or "")]
     if not tags:
         return None
-    what = (
-        "patient"
-        if tags[0] in (st.PATIENT_ID_TAG, st.ISSUER_OF_PATIENT_ID_TAG)
-        else ("study" if tags[0] == st.STUDY_INSTANCE_UID_TAG else "series")
-    )
+    what = _WHAT.get(tags[0], "patient")
     return failure(
         st.DATASET_MISMATCH,
         f"SOP Instance UID is already stored under another {what}",

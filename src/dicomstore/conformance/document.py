@@ -231,7 +231,9 @@ def statement() -> str:
         "is aborted (A-ABORT, service provider, invalid PDU parameter value).",
         "",
         "Duplicates (`--on-duplicate`): `keep` (default; 0000 if identical, B000 if "
-        "not), `replace` (0000) or `reject` (C111).",
+        "not; A900 if stored under another patient, study, series or SOP Class; A700 "
+        "if the stored file no longer holds the copy indexed), `replace` (0000) or "
+        "`reject` (C111).",
         "",
         "Hierarchy (PS3.4 B.1.1; `--on-relational-mismatch`): an instance without "
         "Study or Series Instance UID is refused (A900). `reject` (default): an "
