@@ -225,6 +225,41 @@ def test_reindex_keeps_the_recorded_digest_of_a_file_damaged_since(archive: Arch
     assert archive.check() == [problem]  # (still reported)
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [(b"\x02\x00P2", b"\x02\x00P9"), (b"1.2.3.5.1\0", b"1.2.3.5.9\0")],
+    ids=["patient", "series"],
+)
+def test_reindex_keeps_the_whole_record_of_a_file_damaged_in_its_keys(
+    archive: Archive, old: bytes, new: bytes
+) -> None:
+    """review98 R3: a file damaged in place in its Patient ID moved the instance to
+    that other patient; in its Series Instance UID, it was left out as put in by hand
+    ('move it there') and its record dropped, exit 0. The record of what was
+    acknowledged is kept whole, told as damaged."""
+    uid = "1.2.3.4.5.2"
+    path = archive.path_of(uid)
+    before = archive.get_instance(uid)
+    data = path.read_bytes()
+    assert data.count(old) == 1
+    path.write_bytes(data.replace(old, new))
+    relpath = path.relative_to(archive.root).as_posix()
+    left_out: list[str] = []
+    damaged: list[str] = []
+    assert archive.reindex(left_out, damaged) == 3
+    assert left_out == []
+    assert damaged == [
+        f"{relpath}: damaged: it differs from the size and digest recorded when it was"
+        " stored; the index's record is kept (check reports it): restore the file from a"
+        " copy, or delete the instance"
+    ]
+    after = archive.get_instance(uid)
+    assert {k: after[k] for k in ROW_COLUMNS if k != "received_at"} == {
+        k: before[k] for k in ROW_COLUMNS if k != "received_at"
+    }
+    assert archive.check() == [f"{relpath}: content differs from the indexed digest"]
+
+
 def test_reindex_leaves_out_a_file_not_where_its_instance_is_filed(archive: Archive) -> None:
     """review45 H2: a file put at the archive's root was indexed there, and the next
     check reported the index ('indexed under study ...') with no word of what to do."""

@@ -22,7 +22,7 @@ from dicomstore.archive.identity import check_storage
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import dicom_files
 from dicomstore.archive.nesting import judged, scanned
-from dicomstore.archive.reindex_rows import keep_records, put_judged
+from dicomstore.archive.reindex_rows import DAMAGED, keep_records, put_judged
 from dicomstore.archive.scan import PREFIX_SIZE
 from dicomstore.archive.schema import Arrivals
 from dicomstore.framing import file_meta
@@ -257,14 +257,16 @@ def reindex_archive(
     left out (``check`` then lists them as not indexed) and told in
     ``left_out``, one line each. A file the index held whose data set no longer
     matches the size and digest recorded when it was stored (damaged since) keeps
-    the recorded ones, so that ``check`` goes on reporting it (review45 H2: the
+    the index's whole record, so that ``check`` goes on reporting it (review45 H2: the
     record of what was acknowledged was replaced by the damaged bytes' digest,
-    silently), and is told in ``damaged``. With ``on_relational_mismatch`` "reject",
+    silently; review98 R3: by the damaged header's patient, or dropped when it named
+    another series), and is told in ``damaged``. With ``on_relational_mismatch`` "reject",
     a file the index did not hold whose series or study the others file elsewhere is
     left out (``reindex_rows.put_judged``).
     """
     told = left_out if left_out is not None else []
     recorded = {uid: (path, size, digest) for uid, path, size, digest in index.paths()}
+    at_path = {path: uid for uid, (path, _size, _digest) in recorded.items()}
     kept = rebuild.kept(index) if arrivals is None else rebuild.Kept(arrivals)
     chosen: dict[str, dict[str, Any]] = {}
     unreadable: dict[str, str] = {}  # path -> why
@@ -274,6 +276,13 @@ def reindex_archive(
             row = read_row(root, path)
         except Exception as exc:  # reported by check() as not indexed (or kept: below)
             unreadable[relpath] = _unreadable(exc)
+            continue
+        held = at_path.get(relpath)
+        if held is not None and not _as_recorded(root, row, *recorded[held][1:]):
+            # damaged since it was stored: its header may say another patient, study,
+            # series or instance; the index's record of what was acknowledged is kept
+            # whole (keep_records: review98 R3, it was moved, or dropped as misplaced)
+            unreadable[relpath] = DAMAGED
             continue
         uid = row["sop_instance_uid"]
         if not layout.is_place(relpath, row["study_uid"], row["series_uid"], uid):
@@ -293,17 +302,15 @@ def reindex_archive(
         told.append(
             f"{drop['path']}: left out: SOP Instance {uid} is also in {keep['path']} ({why})"
         )
+    for relpath, why in unreadable.items():  # (its record wins over another copy)
+        uid = at_path.get(relpath, "")
+        copy = chosen.pop(uid, None) if why == DAMAGED else None
+        if copy is not None:
+            told.append(
+                f"{copy['path']}: left out: SOP Instance {uid} is indexed in {relpath}"
+                " (damaged: its record is kept)"
+            )
     keep_records(root, index, recorded, chosen, unreadable, told, damaged)
-    for uid, row in chosen.items():
-        was = recorded.get(uid)
-        if was is not None and was[0] == row["path"] and not _as_recorded(root, row, *was[1:]):
-            row.update(file_size=was[1], digest=was[2])
-            if damaged is not None:
-                damaged.append(
-                    f"{row['path']}: damaged: it differs from the size and digest recorded"
-                    " when it was stored; those are kept (check reports it): restore the file"
-                    " from a copy, or delete the instance"
-                )
     kept.apply(chosen.values(), datetime.now(UTC).isoformat(timespec="microseconds"))
     with index.lock, index.without_deadline():  # (a COMMIT of every row: long)
         index.begin()

@@ -16,6 +16,11 @@ from dicomstore.archive.relations import Relations
 FIND_AT_ONCE = 500
 
 
+#: Why a file the index held is not read (``unreadable``): it was, but it is no longer
+#: the data set recorded when it was stored.
+DAMAGED = "not as recorded"
+
+
 def keep_records(
     root: Path,
     index: Index,
@@ -40,7 +45,11 @@ def keep_records(
             continue  # (its file is there, left out for another reason: told)
         if why is not None:
             kept.append(uid)
-            line = f"{path}: damaged: it cannot be read ({why}); the index's record is kept"
+            if why == DAMAGED:
+                line = f"{path}: damaged: it differs from the size and digest recorded when it"
+                line += " was stored; the index's record is kept"
+            else:
+                line = f"{path}: damaged: it cannot be read ({why}); the index's record is kept"
             line += " (check reports it): restore the file from a copy, or delete the instance"
         else:
             line = f"{path}: missing: SOP Instance {uid}, indexed, has no file; its record is"
