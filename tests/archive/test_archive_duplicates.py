@@ -255,9 +255,9 @@ def test_concurrent_distinct_instances_all_stored(tmp_path: Path) -> None:
         assert archive.check() == []
 
 
-def _encoded(syntax: str, name: str = "Doe^Jane") -> bytes:
+def _encoded(syntax: str, name: str = "Doe^Jane", bits: int = 16) -> bytes:
     """One data set (a sequence, a binary and text values, an odd-length value padded)
-    in ``syntax``, written by pydicom."""
+    in ``syntax``, written by pydicom (8 ``bits``: Pixel Data OB in Explicit VR)."""
     import pydicom
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
@@ -269,7 +269,7 @@ def _encoded(syntax: str, name: str = "Doe^Jane") -> bytes:
     item = pydicom.Dataset()
     item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = "1.2.840.10008.1.3.10", "1.2.9"
     ds.ReferencedImageSequence = [item]
-    ds.PixelRepresentation, ds.BitsAllocated = 0, 16
+    ds.PixelRepresentation, ds.BitsAllocated = 0, bits
     ds.PixelData = b"\x01\x01\x02\x02\x03\x03\x04\x04"  # (as OW: the same words either way)
     buffer = DicomBytesIO()
     buffer.is_little_endian = syntax != EXPLICIT_BE
@@ -281,22 +281,27 @@ def _encoded(syntax: str, name: str = "Doe^Jane") -> bytes:
 IMPLICIT_LE, EXPLICIT_BE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"
 
 
+@pytest.mark.parametrize("bits", [16, 8])
 @pytest.mark.parametrize(
     ("first", "again"),
     [(EXPLICIT_LE, IMPLICIT_LE), (IMPLICIT_LE, EXPLICIT_LE), (EXPLICIT_LE, EXPLICIT_BE)],
 )
-def test_keep_the_same_data_set_in_another_syntax_is_success(tmp_path, first, again) -> None:
+def test_keep_the_same_data_set_in_another_syntax_is_success(tmp_path, first, again, bits) -> None:
     """review75 F1: sent again in another transfer syntax (storescu -xi after -xe), the
-    same data set was B000 "different content"; another one still is."""
+    same data set was B000 "different content"; another one still is. review98 R6: an
+    8-bit image (Pixel Data OB in Explicit VR, OW in Implicit VR) too."""
+    if bits == 8:
+        assert b"OB" in _encoded(EXPLICIT_LE, bits=8) and b"OW" not in _encoded(EXPLICIT_LE, bits=8)
     with Archive(tmp_path / "root", fsync=False) as archive:
-        stored = store(archive, _encoded(first), ts=first)
+        stored = store(archive, _encoded(first, bits=bits), ts=first)
         assert stored.status == SUCCESS
-        same = store(archive, _encoded(again), ts=again)
+        same = store(archive, _encoded(again, bits=bits), ts=again)
         assert (same.status, same.error_comment, same.path) == (SUCCESS, None, stored.path)
-        other = store(archive, _encoded(again, name="Roe^Rick"), ts=again)
+        other = store(archive, _encoded(again, name="Roe^Rick", bits=bits), ts=again)
         assert other.status == WARNING_COERCION and other.path == stored.path
         path, row = _one_file_one_row(archive)
-        assert row["transfer_syntax_uid"] == first and stored_dataset(path) == _encoded(first)
+        assert row["transfer_syntax_uid"] == first
+        assert stored_dataset(path) == _encoded(first, bits=bits)
 
 
 def _with(syntax: str, tag: int, vr: str, value: bytes) -> bytes:
@@ -354,3 +359,49 @@ def test_a_duplicate_judged_past_its_time_is_b000(tmp_path, monkeypatch) -> None
         assert store(archive, _encoded(EXPLICIT_LE), ts=EXPLICIT_LE).status == SUCCESS
         again = store(archive, _encoded(IMPLICIT_LE), ts=IMPLICIT_LE)
         assert again.status == WARNING_COERCION
+
+
+@pytest.mark.sqlite_index
+def test_a_fresh_server_takes_dcmtks_8_bit_resend_in_implicit_vr_as_the_same(
+    tmp_path: Path,
+) -> None:
+    """review98 R6: DCMTK storescu -xe, then -xi, of one 8-bit image (Pixel Data OB in
+    Explicit VR, OW in Implicit VR) was B000: the re-encoding gave OW, and in a server
+    that had not loaded pydicom, its import took the judging over its budget."""
+    import os
+    import subprocess
+
+    import pydicom
+    from tests.conftest import dcmtk, free_port, serve_command, wait_listening
+
+    path = tmp_path / "img8.dcm"
+    ds = pydicom.Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4.5.6.7"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.PatientID = "1.2.3.4", "1.2.3.4.5", "PID1"
+    ds.Rows = ds.Columns = 2
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = b"\x01\x02\x03\x04"
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = EXPLICIT_LE
+    ds.save_as(path, enforce_file_format=True)
+    assert pydicom.dcmread(path)["PixelData"].VR == "OB"
+    port = free_port()
+    proc = subprocess.Popen(serve_command(port, tmp_path / "store"), stderr=subprocess.PIPE)
+    try:
+        wait_listening(port, proc)
+        env = {**os.environ, "TCP_NODELAY": "1"}
+        answers = []
+        for option in ("-xe", "-xi"):
+            sent = subprocess.run(
+                [dcmtk("storescu"), "-v", option, "127.0.0.1", str(port), str(path)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+            )
+            answers += [line for line in sent.stderr.splitlines() if "Store Response" in line]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert answers == ["I: Received Store Response (Success)"] * 2

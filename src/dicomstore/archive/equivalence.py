@@ -31,10 +31,11 @@ from dicomstore.archive import digests
 from dicomstore.archive.dicomfile import dataset_offset
 from dicomstore.framing import FileSource, FramingError
 from dicomstore.framing.headers import NATIVE
-from dicomstore.framing.reencoding import reencode
+from dicomstore.framing.reencoding import Edits, reencode
 
 #: The largest data set re-encoded to be compared (bytes).
 MAX_SIZE = 16 << 20
+_PIXEL_DATA = 0x7FE00010
 #: The longest both re-encodings may take together (seconds, under the index lock).
 BUDGET = 0.05
 _CHUNK = 1 << 20
@@ -56,25 +57,49 @@ def same_reencoded(
     ours, theirs = str(existing["transfer_syntax_uid"]), str(member["transfer_syntax_uid"])
     if stored is None or ours == theirs or ours not in NATIVE or theirs not in NATIVE:
         return False
+    import pydicom.datadict  # noqa: F401  (the dictionary's VRs: its import, ~0.2 s the
+    # first time in a server that had no need of pydicom, is not the judging's: it made
+    # the first such duplicate over BUDGET, B000)
+
     deadline = time.monotonic() + BUDGET
     try:
-        return _maps(temp, theirs, ours, str(existing["digest"]), deadline) and _maps(
-            str(stored), ours, theirs, str(member["digest"]), deadline
+        return _maps_either(temp, theirs, ours, str(existing["digest"]), deadline) and (
+            _maps_either(str(stored), ours, theirs, str(member["digest"]), deadline)
         )
     except (FramingError, _OverBudget):
         return False
 
 
-def _maps(path: str, source: str, target: str, digest: str, deadline: float) -> bool:
+def _maps_either(path: str, source: str, target: str, digest: str, deadline: float) -> bool:
+    """:func:`_maps`; from Implicit into Explicit VR, with Pixel Data OW (the
+    dictionary's choice, PS3.5 A.1) or else OB, which 8-bit Pixel Data may be in
+    Explicit VR (PS3.5 A.2; DCMTK, pydicom write it so): the same bytes (review98 R6,
+    interop97 I1: every 8-bit image sent again in Implicit VR was B000)."""
+    if _maps(path, source, target, digest, deadline):
+        return True
+    if not NATIVE[source][0] or NATIVE[target][0]:
+        return False
+    return _maps(path, source, target, digest, deadline, Edits(vrs={_PIXEL_DATA: b"OB"}))
+
+
+def _maps(
+    path: str,
+    source: str,
+    target: str,
+    digest: str,
+    deadline: float,
+    edits: Edits | None = None,
+) -> bool:
     """Whether the data set of the file ``path``, in ``source``, re-encoded in ``target``
-    hashes to ``digest`` (with its algorithm)."""
+    (with ``edits``) hashes to ``digest`` (with its algorithm)."""
     with open(path, "rb") as fp:
         start, end = dataset_offset(fp), os.fstat(fp.fileno()).st_size
         if end - start > MAX_SIZE:
             return False
         with tempfile.TemporaryFile(dir=os.path.dirname(path)) as out:
             budgeted = cast(BinaryIO, _Budgeted(out, deadline))
-            reencode(FileSource(fp.fileno(), end), start, NATIVE[source], NATIVE[target], budgeted)
+            source_file = FileSource(fp.fileno(), end)
+            reencode(source_file, start, NATIVE[source], NATIVE[target], budgeted, edits)
             out.seek(0)
             hasher = digests.new(digests.algorithm_of(digest))
             while block := out.read(_CHUNK):

@@ -173,6 +173,10 @@ class Edits:
 
     replace: dict[int, tuple[bytes, bytes] | None] = field(default_factory=dict)
     pixels: Callable[[], tuple[bytes, int, Iterable[bytes | memoryview]]] | None = None
+    #: The VR a top-level element read from Implicit VR is written with, instead of the
+    #: dictionary's choice of an ambiguous one (Pixel Data OB, not OW: PS3.5 A.2 lets
+    #: 8-bit Pixel Data be either in Explicit VR; ``equivalence.py``).
+    vrs: dict[int, bytes] = field(default_factory=dict)
 
 
 def reencode(
@@ -249,6 +253,8 @@ def reencode(
             if edited is not None:
                 pos = edited
                 continue
+            if raw_vr is None:
+                raw_vr = edits.vrs.get(tag)
         pos = _element(src, w, stack, level, tag, raw_vr, length, pos, value)
 
 
