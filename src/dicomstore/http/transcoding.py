@@ -41,7 +41,8 @@ AT_ONCE = 2
 _TURNS = threading.BoundedSemaphore(AT_ONCE)
 #: Responses that transcode at once, running or waiting for a turn: each holds a worker
 #: thread of the HTTP server meanwhile, so that more would starve every other request
-#: answered from a thread; beyond, 503 with ``Retry-After`` (``*`` is always served).
+#: answered from a thread; beyond, 503 with ``Retry-After`` (``*`` is always served,
+#: but an instance stored in a syntax :data:`NOT_ON_THE_WEB`).
 MAX_RESPONSES = 8
 _RESPONSES = threading.BoundedSemaphore(MAX_RESPONSES)
 
@@ -150,9 +151,18 @@ def selected_syntax(params: Mapping[str, str]) -> str:
     return syntax
 
 
+#: Not used with web services (PS3.18 8.7.3): an instance stored in one is sent
+#: transcoded to :data:`TARGET` even for ``transfer-syntax=*``, and asking for one is
+#: 406 (interop97 I2).
+NOT_ON_THE_WEB = frozenset({uids.IMPLICIT_VR_LE, uids.EXPLICIT_VR_BE})
+
+
 def unproducible(syntax: str, stored: set[str]) -> str | None:
     """Why instances stored in ``stored`` syntaxes cannot all be sent in ``syntax``
     (only :data:`TARGET` is made), or None."""
+    if syntax in NOT_ON_THE_WEB:
+        name = uids.uid_name(syntax)
+        return f"{syntax} ({name}) is not used with web services (PS3.18 8.7.3)"
     if syntax in ("*", TARGET) or not stored - {syntax}:
         return None
     return (
@@ -164,7 +174,7 @@ def unproducible(syntax: str, stored: set[str]) -> str | None:
 def as_sent(row: Mapping[str, Any], syntax: str) -> str:
     """The transfer syntax ``row``'s instance is sent in for the selected ``syntax``."""
     stored = str(row["transfer_syntax_uid"])
-    return stored if syntax in ("*", stored) else TARGET
+    return stored if syntax in ("*", stored) and stored not in NOT_ON_THE_WEB else TARGET
 
 
 class Transcoded:
