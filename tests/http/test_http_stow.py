@@ -88,6 +88,36 @@ def test_partial_failure_is_202_with_failure_reasons(server) -> None:
     assert archive.check() == []
 
 
+def test_the_answer_is_in_the_media_type_accepted(server) -> None:
+    """interop97 I3: the Store Instances Response was JSON whatever the Accept header
+    said. dcm4che's stowrs asks for application/dicom+xml: the Native DICOM Model
+    (PS3.19 A.1, PS3.18 10.5.3); what is neither JSON nor XML is 406, nothing stored."""
+    import xml.etree.ElementTree as ET
+
+    client, archive = server
+    body, content_type = multipart_body([instance("1.2.5.40"), b"not dicom at all"])
+    xml = {"content-type": content_type, "accept": "application/dicom+xml"}
+    r = client.post("/studies", content=body, headers=xml)
+    assert r.status_code == 202 and r.headers["content-type"] == "application/dicom+xml"
+    ns = {"d": "http://dicom.nema.org/PS3.19/models/NativeDICOM"}
+    root = ET.fromstring(r.content)
+    assert root.tag == f"{{{ns['d']}}}NativeDicomModel"
+    stored = root.find("d:DicomAttribute[@tag='00081199']", ns)
+    assert stored is not None and stored.get("keyword") == "ReferencedSOPSequence"
+    uid = stored.find("d:Item/d:DicomAttribute[@tag='00081155']/d:Value", ns)
+    assert uid is not None and uid.text == "1.2.5.40" and uid.get("number") == "1"
+    reason = root.find("d:DicomAttribute[@tag='00081198']/d:Item/d:DicomAttribute/d:Value", ns)
+    assert reason is not None and reason.text == str(0xC000)
+    url = root.find("d:DicomAttribute[@tag='00081190']/d:Value", ns)
+    assert url is not None and url.text == f"{client.base_url}/studies/{STUDY}"
+    png = {"content-type": content_type, "accept": "image/png"}
+    refused = client.post("/studies", content=instance("1.2.5.41"), headers=png)
+    assert refused.status_code == 406
+    either = {"content-type": content_type, "accept": "application/json"}
+    assert client.post("/studies", content=body, headers=either).json()["00081199"]
+    assert archive.get_instance("1.2.5.41") is None
+
+
 def test_duplicate_with_other_content_is_a_warning(server) -> None:
     client, archive = server
     assert post(client, [instance("1.2.5.9")]).status_code == 200

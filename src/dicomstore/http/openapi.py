@@ -156,11 +156,12 @@ def _retrieve(summary: str, path: list[str], *, post: bool = False) -> dict[str,
 
 
 def _stow(path: list[str]) -> dict[str, Any]:
+    answer = {_JSON: {}, "application/dicom+xml": {}}  # (by the Accept header)
     responses = _responses(
-        {"description": "all stored", "content": {_JSON: {}}}, 400, 405, 409, 413, 415
+        {"description": "all stored", "content": answer}, 400, 405, 406, 409, 413, 415
     )
     responses["202"] = {"description": "some stored; failures or warnings listed"}
-    responses["409"]["content"] = {_JSON: {}}
+    responses["409"]["content"] = answer
     if path:
         responses["404"] = {"description": "the path names no single UID", "content": _TEXT}
     return {

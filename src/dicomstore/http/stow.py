@@ -46,7 +46,7 @@ from dicomstore.archive.fields import STUDY_INSTANCE_UID, raw_uid
 from dicomstore.archive.layout import normalize_uid
 from dicomstore.framing import FramingError, file_meta
 from dicomstore.http.auth import identity_of
-from dicomstore.http.common import DICOM_JSON, HttpError, base_url, url_of
+from dicomstore.http.common import DICOM_JSON, HttpError, base_url, negotiate, url_of
 from dicomstore.http.limits import limits, refuse
 from dicomstore.http.multipart import (
     MultipartError,
@@ -58,6 +58,7 @@ from dicomstore.http.multipart import (
     parse_media_type,
     repeated_parameters,
 )
+from dicomstore.http.nativexml import DICOM_XML, native_xml
 from dicomstore.policy import READ
 from dicomstore.services import store_log
 from dicomstore.services.readiness import cannot_store
@@ -229,6 +230,10 @@ async def store(request: Request) -> Response:
     coding = request.headers.get("content-encoding", "identity").strip().lower()
     if coding not in ("", "identity"):  # RFC 9110 8.4, 15.5.16: not decoded here
         raise HttpError(415, f"content coding {coding[:40]!r} is not accepted: send it uncoded")
+    # the Store Instances Response in a media type the client accepts (PS3.18 10.5.3:
+    # DICOM JSON or XML; dcm4che's stowrs asks for XML): else 406, before anything is
+    # read or stored (interop97 I3: JSON was answered whatever was asked)
+    answer_type = _ANSWER_TYPES[negotiate(request, [(t, None) for t in _ANSWER_TYPES])[0]]
     bounds = limits(request)
     _check_length(request, bounds.max_body_bytes)
     try:
@@ -252,7 +257,7 @@ async def store(request: Request) -> Response:
         )
     caller = dataclasses.replace(caller, repeated=Repeated(store_log.log, "request"))
     try:
-        return await _parts(request, state, caller, parser, bounds, study)
+        return await _parts(request, state, caller, parser, bounds, study, answer_type)
     finally:  # (the parts' failures past the first few: one line, review87 F4)
         caller.repeated.summary(f"STOW-RS from {caller.who}")
 
@@ -264,6 +269,7 @@ async def _parts(
     parser: MultipartParser,
     bounds: Any,
     study: str | None,
+    answer_type: str,
 ) -> Response:
     """The parts of a STOW-RS body stored, each as it comes; the answer."""
     results: list[PartResult] = []
@@ -284,7 +290,7 @@ async def _parts(
                         results.append(await part.finish(study))
                         part = None
                         log.warning("STOW-RS: answered before the end of the body (A700)")
-                        return await _response(request, results, unread=True)
+                        return await _response(request, results, answer_type, unread=True)
                 elif isinstance(event, PartEnd) and part is not None:
                     results.append(await part.finish(study))
                     part = None
@@ -310,7 +316,7 @@ async def _parts(
         results.append(PartResult(None, None, status.CANNOT_UNDERSTAND, comment))
     if not results:
         raise HttpError(400, "the request holds no instances")
-    return await _response(request, results)
+    return await _response(request, results, answer_type)
 
 
 class _Over(Exception):
@@ -371,11 +377,16 @@ async def _no_room(request: Request) -> bool:
     return bool(await anyio.to_thread.run_sync(cannot_store, request.app.state.store))
 
 
+#: The media types the Store Instances Response is written in, the default first.
+_ANSWER_TYPES = (DICOM_JSON, "application/json", DICOM_XML)
+
+
 async def _response(
-    request: Request, results: list[PartResult], *, unread: bool = False
+    request: Request, results: list[PartResult], answer_type: str, *, unread: bool = False
 ) -> Response:
-    """The Store Instances Response Module (Annex I) and its status (Table 10.5.3-1);
-    ``unread``: answered at a data set over the limit, the rest of the body unread."""
+    """The Store Instances Response Module (Annex I) in ``answer_type`` and its status
+    (Table 10.5.3-1); ``unread``: answered at a data set over the limit, the rest of the
+    body unread."""
     identity = identity_of(request.scope)
     # a caller who may not read gets no Retrieve URL: of an instance kept from
     # before (a duplicate), it would tell where that is filed (review38web #7)
@@ -412,4 +423,5 @@ async def _response(
         status = 202
     else:
         status = 200
-    return Response(json.dumps(body), status_code=status, media_type=DICOM_JSON, headers=headers)
+    text = native_xml(body) if answer_type == DICOM_XML else json.dumps(body)
+    return Response(text, status_code=status, media_type=answer_type, headers=headers)
