@@ -156,7 +156,7 @@ def _retrieve(summary: str, path: list[str], *, post: bool = False) -> dict[str,
 
 
 def _stow(path: list[str]) -> dict[str, Any]:
-    answer = {_JSON: {}, "application/dicom+xml": {}}  # (by the Accept header)
+    answer: dict[str, Any] = {_JSON: {}, "application/dicom+xml": {}}  # (by the Accept header)
     responses = _responses(
         {"description": "all stored", "content": answer}, 400, 405, 406, 409, 413, 415
     )
