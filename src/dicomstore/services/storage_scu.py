@@ -203,6 +203,8 @@ def choose_context(
     if not accepted and refusal in (I.ABSTRACT_SYNTAX_NOT_SUPPORTED, I.USER_REJECTION):
         why = REFUSAL[refusal]
         raise NotSendable(f"the SCP refused {name} ({why}): it does not store this SOP class")
+    if not accepted and refusal is None:  # (a C-GET SCU's own proposal: interop97 I6)
+        raise NotSendable(f"no presentation context of {name} was proposed")
     if not accepted:
         also = " or uncompressed" if convert else ""
         raise NotSendable(
