@@ -154,6 +154,25 @@ def test_findscu_patient_counts_and_character_set(served, tmp_path) -> None:
     assert (ds.NumberOfPatientRelatedStudies, ds.NumberOfPatientRelatedInstances) == (1, 1)
 
 
+def test_findscu_in_latin_1_is_answered_in_latin_1(served, tmp_path) -> None:
+    """interop97 I7: a request in ISO_IR 100 was answered in UTF-8, which a Latin-1
+    workstation shows as mojibake; now in the request's character set where every
+    value fits it (as dcmqrscp converts), else in UTF-8."""
+    responses, _log = findscu(
+        served,
+        tmp_path / "out",
+        "-P",
+        "QueryRetrieveLevel=PATIENT",
+        "SpecificCharacterSet=ISO_IR 100",
+        "PatientID=PID3",
+        "PatientName",
+    )
+    (ds,) = responses
+    assert ds.SpecificCharacterSet == "ISO_IR 100"
+    assert str(ds.PatientName) == "Müller^Hans"
+    assert ds["PatientName"].value.original_string == "Müller^Hans".encode("latin-1")
+
+
 def test_findscu_wrong_level_and_relational_query_are_a900(served, tmp_path) -> None:
     responses, log = findscu(
         served, tmp_path / "a", "-S", "QueryRetrieveLevel=PATIENT", "PatientID"

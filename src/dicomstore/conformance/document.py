@@ -286,7 +286,8 @@ def statement() -> str:
         "Every Specific Character Set is accepted and stored unchanged; the index "
         "decodes names with it (pydicom). C-FIND Identifiers are decoded with theirs; "
         "a response whose values are not all ASCII has Specific Character Set "
-        "ISO_IR 192 (UTF-8), else none.",
+        "ISO_IR 192 (UTF-8), or the request's single-byte one (ISO_IR 100 ...) when "
+        "every value fits it, else none.",
         "",
         "## 5 Security",
         "",

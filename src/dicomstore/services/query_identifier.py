@@ -50,6 +50,7 @@ from dicomstore.archive import query as q
 from dicomstore.dimse import status as st
 from dicomstore.error_comment import error_comment
 from dicomstore.framing.headers import encode_header
+from dicomstore.services.answer_charset import SINGLE_BYTE, UTF8, answer_charset
 from dicomstore.services.find_content import is_content
 from dicomstore.services.qr_classes import FIND_MODEL_LEVELS
 
@@ -70,8 +71,6 @@ QUERY_RETRIEVE_LEVEL = 0x00080052
 RETRIEVE_AE_TITLE = 0x00080054
 INSTANCE_AVAILABILITY = 0x00080056
 _DEPTH = {level: n for n, level in enumerate(q.LEVELS)}
-#: Specific Character Set of values that are not all ASCII (PS3.5 6.1.2.5: UTF-8).
-UTF8 = "ISO_IR 192"
 #: Binary VRs of an Identifier and their struct codes (little endian when held).
 BINARY_VRS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
 
@@ -181,6 +180,9 @@ class FindQuery:
     unmatched: list[int] = field(default_factory=list)
     #: keys not in the index, read from a stored header (HEADER_KEYS)
     from_header: set[int] = field(default_factory=set)
+    #: the request's Specific Character Set when it is one single-byte repertoire
+    #: (``answer_charset.SINGLE_BYTE``): the answer's too where its values fit (interop97 I7)
+    charset: str | None = None
 
     @property
     def index_level(self) -> str:
@@ -272,6 +274,9 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
             st.CANNOT_UNDERSTAND, f"an Identifier of at most {MAX_KEYS} keys is answered"
         )
     found = FindQuery(level)
+    if SPECIFIC_CHARACTER_SET in identifier:
+        term = text_value(identifier[SPECIFIC_CHARACTER_SET].value).strip()
+        found.charset = term if term in SINGLE_BYTE else None
     depth = _DEPTH[found.index_level]
     for element in identifier:
         tag = int(element.tag)
@@ -397,7 +402,8 @@ def response_elements(
     ``row`` (and those of ``query.from_header`` from ``header``, a stored instance's
     data set decoded by pydicom: any VR, sequences too), Query/Retrieve Level, and
     Specific Character Set ``ISO_IR 192`` when a value is not ASCII (strings are
-    held as Unicode in the index, and pydicom decodes a header's)."""
+    held as Unicode in the index, and pydicom decodes a header's), or the request's
+    single-byte one when every value fits it (none read from a header)."""
     values: list[tuple[int, str, str]] = [(QUERY_RETRIEVE_LEVEL, "CS", query.level)]
     stored: list[Element] = []
     non_ascii = False
@@ -418,8 +424,8 @@ def response_elements(
         values.append((tag, vr, text))
     encoding = "ascii"
     if non_ascii or not all(text.isascii() for _tag, _vr, text in values):
-        values.append((SPECIFIC_CHARACTER_SET, "CS", UTF8))
-        encoding = "utf-8"
+        term, encoding = answer_charset(query.charset, [text for _t, _v, text in values], stored)
+        values.append((SPECIFIC_CHARACTER_SET, "CS", term))
     values.sort()
     elements: list[Element] = [
         (tag, vr, text_bytes(vr, text, encoding)) for tag, vr, text in values
