@@ -405,3 +405,19 @@ def test_a_fresh_server_takes_dcmtks_8_bit_resend_in_implicit_vr_as_the_same(
         proc.terminate()
         proc.communicate(timeout=30)
     assert answers == ["I: Received Store Response (Success)"] * 2
+
+
+def test_a_large_stored_copy_is_not_read_under_the_index_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored copy is read whole (under the index lock every store waits for) only
+    up to equivalence.MAX_SIZE: a larger one changed in place is told by check."""
+    from dicomstore.archive import publish
+
+    monkeypatch.setattr(publish, "MAX_SIZE", 100)
+    with Archive(tmp_path / "root", fsync=False) as archive:
+        first = store(archive, FIRST)
+        assert first.path is not None
+        first.path.write_bytes(first.path.read_bytes().replace(b"PID1", b"PID9"))
+        assert store(archive, FIRST).status == SUCCESS
+        assert archive.check()  # (content differs from the indexed digest)

@@ -142,7 +142,7 @@ from dicomstore.archive.engine import (
     error_cause,
     unavailable,
 )
-from dicomstore.archive.equivalence import same_reencoded
+from dicomstore.archive.equivalence import MAX_SIZE, same_reencoded
 from dicomstore.archive.fields import nul_free
 from dicomstore.archive.index import Index
 from dicomstore.archive.index_health import IndexHealth
@@ -459,9 +459,13 @@ class Publisher(DeferredFlushes):
 def _intact(existing: dict[str, Any], stored: Path | None) -> bool:
     """Whether the stored copy's file holds the data set indexed for it (read whole
     once per duplicate identical to it: ``outcome.duplicate``); True when it is no
-    local file. ``OSError`` propagates (A700)."""
+    local file, or larger than ``equivalence.MAX_SIZE`` (read under the index lock,
+    which every store waits for: its size was checked; ``check`` reads the rest).
+    ``OSError`` propagates (A700)."""
+    if stored is None or int(existing["file_size"]) > MAX_SIZE:
+        return True
     try:
-        return stored is None or digests.matches(existing["digest"], stored)
+        return digests.matches(existing["digest"], stored)
     except (HeaderError, ValueError):  # (no PS3.10 file any more: damaged)
         return False
 
