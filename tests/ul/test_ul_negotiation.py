@@ -666,32 +666,6 @@ def test_prefer_proposed_takes_the_requesters_first_that_we_accept() -> None:
     assert [c.transfer_syntax for c in theirs.contexts.values()] == [EXPLICIT, IMPLICIT]
 
 
-def test_ours_takes_a_compressed_syntax_the_requester_lists_first() -> None:
-    """interop97 I4: DCMTK storescu +C, pynetdicom's one context [JPEG-LS, Explicit]:
-    given Explicit VR, a sender that cannot decode what it holds could not send it.
-    Its first, compressed, is taken; among native ones, ours decides; where it asks
-    to be SCP (C-GET sub-operations: we send), ours decides."""
-    request = rq(
-        (1, CT, [JPEG_LOSSLESS, EXPLICIT]),
-        (3, CT, [IMPLICIT, EXPLICIT, JPEG_LOSSLESS]),
-        (5, CT, [BIG, JPEG_LOSSLESS, IMPLICIT]),
-    )
-    native_first = policy(abstract_syntaxes={CT: (EXPLICIT, IMPLICIT, JPEG_LOSSLESS)})
-    _, ours = negotiate(request, native_first)
-    assert [c.transfer_syntax for c in ours.contexts.values()] == [
-        JPEG_LOSSLESS,
-        EXPLICIT,
-        JPEG_LOSSLESS,  # (BIG is not ours: the first proposed we accept is JPEG)
-    ]
-    request.user_info.roles.append(I.RoleSelection(CT, True, True))
-    _, roles = negotiate(request, native_first)
-    assert [c.transfer_syntax for c in roles.contexts.values()] == [
-        EXPLICIT,
-        EXPLICIT,
-        IMPLICIT,
-    ]
-
-
 # -- the SCP role for C-GET sub-operations (PS3.7 D.3.3.4, PS3.4 C.4.3) ------
 
 GET = uids.STUDY_ROOT_QR_GET

@@ -150,9 +150,8 @@ def add_parser(sub: Any) -> None:
         choices=["ours", "proposed"],
         default="ours",
         help="of a context's proposed transfer syntaxes that we accept, take the first of "
-        "ours (default ours; our order: uncompressed first; a compressed one the sender "
-        "lists first is taken all the same) or the first the sender proposed (keeps what "
-        "a modality sends compressed)",
+        "ours (default ours; our order: uncompressed first) or the first the sender "
+        "proposed (keeps what a modality sends compressed)",
     )
     s.add_argument(
         "--fsync",

@@ -238,22 +238,6 @@ def _granted(
     return asked.scu_role, asked.scp_role and we_are_scu
 
 
-def _held_compressed(
-    theirs: str | None, roles: Mapping[str, I.RoleSelection], pc: I.PresentationContextRQ
-) -> bool:
-    """Whether ``theirs``, the first transfer syntax the requestor proposes that we
-    accept, is a compressed one (not native, PS3.5 A.1-A.3) that it will send in: what
-    it holds, listed first for that (DCMTK ``storescu +C``, pynetdicom's one context of
-    several syntaxes, a modality's JPEG). Taken even when our order prefers another:
-    one that cannot decode (or only into a lossy copy several times larger) could not
-    send at all on an uncompressed context (interop97 I4). Not where the requestor
-    proposes the SCP role (a C-GET's Storage sub-operations: we send, in our order)."""
-    if theirs is None or theirs in uids.UNCOMPRESSED:
-        return False
-    asked = roles.get(pc.abstract_syntax)
-    return asked is None or not asked.scp_role
-
-
 def negotiate(
     rq: P.AssociateRQ, policy: AcceptorPolicy
 ) -> tuple[P.AssociateAC | P.AssociateRJ, Negotiated | None]:
@@ -269,9 +253,8 @@ def negotiate(
         if offered is None:
             refused[pc.id] = I.ABSTRACT_SYNTAX_NOT_SUPPORTED
             continue
-        theirs = next((ts for ts in pc.transfer_syntaxes if ts in offered), None)
-        if policy.prefer_proposed or _held_compressed(theirs, requested_roles, pc):
-            ts = theirs
+        if policy.prefer_proposed:
+            ts = next((ts for ts in pc.transfer_syntaxes if ts in offered), None)
         else:
             ts = next((ts for ts in offered if ts in pc.transfer_syntaxes), None)
         if ts is None:
