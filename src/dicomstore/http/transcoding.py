@@ -41,8 +41,7 @@ AT_ONCE = 2
 _TURNS = threading.BoundedSemaphore(AT_ONCE)
 #: Responses that transcode at once, running or waiting for a turn: each holds a worker
 #: thread of the HTTP server meanwhile, so that more would starve every other request
-#: answered from a thread; beyond, 503 with ``Retry-After`` (``*`` is always served,
-#: but an instance stored in a syntax :data:`NOT_ON_THE_WEB`).
+#: answered from a thread; beyond, 503 with ``Retry-After`` (``*`` is always served).
 MAX_RESPONSES = 8
 _RESPONSES = threading.BoundedSemaphore(MAX_RESPONSES)
 
@@ -151,9 +150,10 @@ def selected_syntax(params: Mapping[str, str]) -> str:
     return syntax
 
 
-#: Not used with web services (PS3.18 8.7.3): an instance stored in one is sent
-#: transcoded to :data:`TARGET` even for ``transfer-syntax=*``, and asking for one is
-#: 406 (interop97 I2).
+#: Not used with web services (PS3.18 8.7.3): asking for one is 406 (interop97 I2).
+#: An instance stored in one is still sent as stored for ``transfer-syntax=*`` (byte
+#: for byte, streamed; transcoded, each would take a place of the transcoding limits
+#: and a temporary file, and a viewer's parallel fetches got 503: review99 V1).
 NOT_ON_THE_WEB = frozenset({uids.IMPLICIT_VR_LE, uids.EXPLICIT_VR_BE})
 
 
@@ -174,7 +174,7 @@ def unproducible(syntax: str, stored: set[str]) -> str | None:
 def as_sent(row: Mapping[str, Any], syntax: str) -> str:
     """The transfer syntax ``row``'s instance is sent in for the selected ``syntax``."""
     stored = str(row["transfer_syntax_uid"])
-    return stored if syntax in ("*", stored) and stored not in NOT_ON_THE_WEB else TARGET
+    return stored if syntax in ("*", stored) else TARGET
 
 
 class Transcoded:
