@@ -143,6 +143,8 @@ def test_keep_over_a_stored_copy_gone_or_truncated_is_not_success(
         again = store(archive, FIRST)
         assert again.status == OUT_OF_RESOURCES, again
         assert again.error_comment.startswith(words)
+        other = store(archive, SECOND)  # (review99 V3: B000, 'kept', over the damage)
+        assert other.status == OUT_OF_RESOURCES and other.error_comment.startswith(words)
         assert archive.instances() == [first.instance]
         first.path.write_bytes(whole)
         assert store(archive, FIRST).status == SUCCESS

@@ -129,10 +129,10 @@ def duplicate(
     stored is not what was sent), or ``elsewhere`` when given (filed under another
     patient, study or series: ``relations.instance_elsewhere``; judged after the
     identity, review91 D4: a row indexed by an older normalization refused a copy
-    identical to the stored one). A copy identical to the indexed one is Success only
-    when the stored file still holds it (``intact()``: its data set has the indexed
-    digest; review98 R2: a file damaged in place kept answering 0000 to the resends of
-    the good copy, and Storage Commitment failing it); else A700 as for damage.
+    identical to the stored one). A copy is Success or B000 only when the stored file
+    still holds the copy indexed (``intact()``: its data set has the indexed digest;
+    review98 R2: a file damaged in place kept answering 0000 to the resends of the
+    good copy, and Storage Commitment failing it); else A700 as for damage.
     """
     if policy == "reject":
         # (the response names the SOP Instance: the 64 characters say why)
@@ -143,7 +143,8 @@ def duplicate(
         )
     damage = _damage(path, existing)
     same = damage is None and identical()
-    if same and intact is not None and not intact():
+    # (B000 too says the archive holds a copy: review99 V3; A900 refuses either way)
+    if damage is None and (same or elsewhere is None) and intact is not None and not intact():
         damage = "damaged (its data set is not the one indexed)"
     if damage is not None:  # (not a copy the archive holds: review77 F3b)
         return failure(
