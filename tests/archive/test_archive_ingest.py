@@ -241,6 +241,14 @@ def test_a_key_too_long_to_be_read_is_a900_not_one_placeholder(
     assert_nothing_stored(archive)
 
 
+def test_a_value_that_reads_like_the_placeholder_is_stored(archive: Archive) -> None:
+    """review99 V6: a Patient ID whose characters are those of the placeholder of a
+    value too long to be read was refused as one."""
+    outcome = store(archive, dataset(patient_id="<value too long>"))
+    assert outcome.status == SUCCESS, outcome
+    assert archive.instances()[0]["patient_id"] == "<value too long>"
+
+
 def test_padding_of_command_uids_is_not_a_mismatch(archive: Archive) -> None:
     outcome = store(archive, dataset(), sop_uid="1.2.3.4.5.6.7\0", sop_class=CT + "\0")
     assert outcome.status == SUCCESS

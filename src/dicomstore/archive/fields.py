@@ -101,7 +101,11 @@ def _multi(value: Any) -> bool:
 #: indexed as: no key can stand for it, and ``ingest`` refuses the instance (A900), as
 #: two such values would otherwise file two studies, series or patients as one
 #: (review98 R4).
-UNREAD = "<value too long>"
+class _Unread(str):
+    """The one :data:`UNREAD` (told by identity: a value may hold these characters)."""
+
+
+UNREAD: str = _Unread("<value too long>")
 
 #: The keys that say who the patient is (``schema.patient_key``): UNREAD when unread.
 _PATIENT_KEYS = {"patient_id": "PatientID", "issuer": "IssuerOfPatientID"}

@@ -302,7 +302,7 @@ class Ingest:
             if ours is None:
                 problems.append(f"{name} missing from the data set")
                 tags.append(tag)
-            elif ours == UNREAD:
+            elif ours is UNREAD:
                 problems.append(f"{name} longer than {DEFER_SIZE} bytes: not a UID (PS3.5 9.1)")
                 tags.append(tag)
             elif theirs is not None and ours != theirs:
@@ -316,7 +316,7 @@ class Ingest:
             ("Patient ID", st.PATIENT_ID_TAG, "patient_id"),
             ("Issuer of Patient ID", st.ISSUER_OF_PATIENT_ID_TAG, "issuer"),
         ):
-            if row.get(key) == UNREAD:  # (two such would be one patient: review98 R4)
+            if row.get(key) is UNREAD:  # (two such would be one patient: review98 R4)
                 problems.append(f"{name} longer than {DEFER_SIZE} bytes (LO: 64 characters)")
                 tags.append(tag)
         if not problems:
