@@ -115,6 +115,10 @@ def test_the_answer_is_in_the_media_type_accepted(server) -> None:
     assert refused.status_code == 406
     either = {"content-type": content_type, "accept": "application/json"}
     assert client.post("/studies", content=body, headers=either).json()["00081199"]
+    # what older clients ask (review99 V7): XML, not 406
+    for older in ("application/xml", "text/xml", 'multipart/related; type="application/dicom+xml"'):
+        r = client.post("/studies", content=body, headers={**png, "accept": older})
+        assert r.status_code == 202 and ET.fromstring(r.content).tag.endswith("NativeDicomModel")
     assert archive.get_instance("1.2.5.41") is None
 
 

@@ -8,6 +8,7 @@ Values are text, numbers, or nested items (SQ); bulk data is not written here.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -25,6 +26,16 @@ KEYWORDS = {
     "00081199": "ReferencedSOPSequence",
     "0008119A": "OtherFailuresSequence",
 }
+
+
+#: What XML 1.0 cannot hold, even as a character reference (its 2.2 Char): written "?",
+#: as the Warning header writes it (review99 V4: a refused UID holding a control
+#: character made the whole answer no XML).
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _text(value: Any) -> str:
+    return escape(_NOT_XML.sub("?", str(value)))
 
 
 def native_xml(data_set: dict[str, Any]) -> str:
@@ -48,5 +59,5 @@ def _attributes(data_set: dict[str, Any], out: list[str]) -> None:
                 _attributes(value, out)
                 out.append("</Item>")
             else:
-                out.append(f'<Value number="{number}">{escape(str(value))}</Value>')
+                out.append(f'<Value number="{number}">{_text(value)}</Value>')
         out.append("</DicomAttribute>")

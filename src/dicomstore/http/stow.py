@@ -233,7 +233,8 @@ async def store(request: Request) -> Response:
     # the Store Instances Response in a media type the client accepts (PS3.18 10.5.3:
     # DICOM JSON or XML; dcm4che's stowrs asks for XML): else 406, before anything is
     # read or stored (interop97 I3: JSON was answered whatever was asked)
-    answer_type = _ANSWER_TYPES[negotiate(request, [(t, None) for t in _ANSWER_TYPES])[0]]
+    offers = list(_ANSWER_TYPES)
+    answer_type = _ANSWER_TYPES[offers[negotiate(request, offers)[0]]]
     bounds = limits(request)
     _check_length(request, bounds.max_body_bytes)
     try:
@@ -377,8 +378,17 @@ async def _no_room(request: Request) -> bool:
     return bool(await anyio.to_thread.run_sync(cannot_store, request.app.state.store))
 
 
-#: The media types the Store Instances Response is written in, the default first.
-_ANSWER_TYPES = (DICOM_JSON, "application/json", DICOM_XML)
+#: The media ranges offered for the Store Instances Response (the default first), each
+#: with the media type answered.
+_ANSWER_TYPES = {
+    (DICOM_JSON, None): DICOM_JSON,
+    ("application/json", None): "application/json",
+    (DICOM_XML, None): DICOM_XML,
+    # (what older clients ask: XML; review99 V7, each was 406 where JSON had answered)
+    ("application/xml", None): "application/xml",
+    ("text/xml", None): "text/xml",
+    ("multipart/related", DICOM_XML): DICOM_XML,  # (Supplement 163's answer, unsplit)
+}
 
 
 async def _response(
@@ -423,5 +433,5 @@ async def _response(
         status = 202
     else:
         status = 200
-    text = native_xml(body) if answer_type == DICOM_XML else json.dumps(body)
+    text = json.dumps(body) if answer_type.endswith("json") else native_xml(body)
     return Response(text, status_code=status, media_type=answer_type, headers=headers)
