@@ -234,6 +234,53 @@ def test_export_goes_past_a_file_gone_or_damaged_and_tells_them(
     assert [p.name for p in out.rglob("*.dcm")] == [whole.name]
 
 
+def test_export_into_a_full_folder_stops_and_leaves_no_cut_file(
+    storage: Path, tmp_path: Path
+) -> None:
+    """review100 W1: a full destination got an empty or cut file under each final name
+    (pydicom read one without error) and one stderr line per instance. Copies go to a
+    .part file renamed once whole; the first 'no space' stops the export."""
+    from tests.archive.archive_testlib import mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "small", "4k") as small:
+        r = cli("export", STUDY, str(small), storage=storage)
+        assert r.returncode == 1, r.stderr
+        assert "exported 1 instance(s)" in r.stdout
+        assert r.stderr.strip().splitlines() == [
+            f"dicomstore: stopped: {small}: No space left on device"
+        ]
+        files = [p for p in small.rglob("*") if p.is_file()]
+        assert [p.suffix for p in files] == [".dcm"]  # (no .part, no cut copy)
+        assert pydicom.dcmread(files[0]).StudyInstanceUID == STUDY
+
+
+def test_an_interrupted_export_leaves_only_whole_files(
+    storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """review100 W1: Ctrl-C left the copy under way cut, under its final name."""
+    import shutil
+
+    from dicomstore.cli import access
+
+    copies = []
+    copy = shutil.copyfile
+
+    def interrupted(source, target):
+        copies.append(target)
+        if len(copies) == 2:  # (the second: half written, then Ctrl-C)
+            Path(target).write_bytes(Path(source).read_bytes()[:100])
+            raise KeyboardInterrupt
+        return copy(source, target)
+
+    monkeypatch.setattr(access.shutil, "copyfile", interrupted)
+    out = tmp_path / "out"
+    assert main(["export", STUDY, str(out), "--storage", str(storage)]) == 130
+    assert "interrupted: 1 of 3 instance(s) exported" in capsys.readouterr().err
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) == 1 and files[0].suffix == ".dcm" and not files[0].name.startswith(".")
+    assert pydicom.dcmread(files[0]).StudyInstanceUID == STUDY
+
+
 def test_stats(storage: Path) -> None:
     r = cli("stats", storage=storage)
     assert r.returncode == 0

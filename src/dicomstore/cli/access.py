@@ -9,7 +9,10 @@ filter, or ``delete`` refused without confirmation). ``delete`` is ``delete.py``
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
+import secrets
 import shutil
 import sys
 from collections.abc import Sequence
@@ -20,6 +23,7 @@ from dicomstore import uids
 from dicomstore.cli.logs import LEVELS, add_log_format
 from dicomstore.cli.options import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
@@ -331,40 +335,66 @@ def _export(args: argparse.Namespace) -> int:
     rows = reader.instances(**{key: layout.normalize_uid(args.uid.strip())})
     count = size = 0
     problems: list[str] = []
-    for row in rows:
-        rel = Path(layout.copy_name(row))  # (not its key: a replace's may be .r.dcm)
-        target = args.dest / (rel.name if args.flat else rel)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            copied = _copy(reader, row, target)
-        except OSError as exc:  # (gone: the others are exported all the same)
-            problems.append(f"{row['path']}: not exported: {exc.strerror or exc}")
-            continue
-        if copied != row["file_size"]:  # (damaged since: no copy that looks whole)
-            target.unlink()
-            problems.append(
-                f"{row['path']}: not exported: damaged ({copied} bytes, {row['file_size']}"
-                " indexed; `dicomstore check`)"
-            )
-            continue
-        count += 1
-        size += copied
+    try:
+        for row in rows:
+            rel = Path(layout.copy_name(row))  # (not its key: a replace's may be .r.dcm)
+            target = args.dest / (rel.name if args.flat else rel)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                copied = _copy(reader, row, target)
+            except OSError as exc:  # (gone: the others are exported all the same)
+                if exc.errno in _DEST_FULL:
+                    problems.append(f"stopped: {args.dest}: {exc.strerror}")
+                    break  # (review100 W1: one line each for every other instance)
+                problems.append(f"{row['path']}: not exported: {exc.strerror or exc}")
+                continue
+            if copied != row["file_size"]:  # (damaged since: no copy that looks whole)
+                problems.append(
+                    f"{row['path']}: not exported: damaged ({copied} bytes, {row['file_size']}"
+                    " indexed; `dicomstore check`)"
+                )
+                continue
+            count += 1
+            size += copied
+    except KeyboardInterrupt:  # (the copy under way is removed: _copy)
+        print(
+            f"dicomstore: interrupted: {count} of {len(rows)} instance(s) exported to"
+            f" {args.dest}, each whole",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     print(f"exported {count} instance(s), {human_size(size)}, of {level} {args.uid} to {args.dest}")
     for line in problems:  # (review77 F3, F4: a cut copy exported silently; the first
         print(f"dicomstore: {line}", file=sys.stderr)  # file gone ended the export)
     return EXIT_FAILED if problems else EXIT_OK
 
 
+#: A destination out of room or read-only: the export stops (every other copy would
+#: fail alike).
+_DEST_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 def _copy(reader: Any, row: dict[str, Any], target: Path) -> int:
     """The stored bytes of ``row`` into file ``target``: copied by the kernel from a
-    local file (``copyfile``), else streamed from the archive's storage; how many."""
-    local = reader.local_path(row)
-    if local is not None:
-        shutil.copyfile(local, target)
-        return target.stat().st_size
-    with reader.open(row) as source, open(target, "wb") as out:
-        shutil.copyfileobj(source, out, 1 << 20)
-        return out.tell()
+    local file (``copyfile``), else streamed from the archive's storage; how many. Into
+    a ``.part`` file named ``target`` only once whole and of the indexed size (review100
+    W1: a disk full or a Ctrl-C left empty and cut files under their final names, which
+    pydicom read without error); the part removed on any failure."""
+    part = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+    try:
+        local = reader.local_path(row)
+        if local is not None:
+            shutil.copyfile(local, part)
+            copied = part.stat().st_size
+        else:
+            with reader.open(row) as source, open(part, "wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+                copied = out.tell()
+        if copied == row["file_size"]:
+            os.replace(part, target)
+        return copied
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def _stats(args: argparse.Namespace) -> int:
