@@ -234,7 +234,7 @@ def test_readyz_is_503_below_min_free_and_the_gauges_say_it(tmp_path: Path, arch
         reply = client.get("/readyz")
         assert reply.status_code == 503
         assert re.fullmatch(
-            rf"only \d+ bytes free \(below the {floor} of --min-free\)\n",
+            r"--min-free 4194304 TiB: only [0-9.]+ [KMGT]?i?B free\n",
             reply.text,
         ), reply.text
         samples = scrape(web.url)
@@ -249,7 +249,7 @@ def test_readyz_is_503_below_min_free_and_the_gauges_say_it(tmp_path: Path, arch
         )
         assert storing.result is not None and storing.result.status == 0xA700
         assert re.fullmatch(  # (review87 F3: the limit named)
-            rf"only \d+ bytes free \(below the {floor} of --min-free\)",
+            r"--min-free 4194304 TiB: only [0-9.]+ [KMGT]?i?B free",
             storing.result.comment or "",
         )
         # STOW-RS: 503 with Retry-After (a full disk is transient: review87 F2), not 409

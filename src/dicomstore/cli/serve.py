@@ -281,6 +281,9 @@ async def _serve(
             parent = workers.parent_gone()
             if parent is None:  # (a worker's siblings are no news)
                 _say_other_nodes(archive)  # (before the line that ends the start's telling)
+            short = server.store.short_of_space(archive.root) if args.min_free else None
+            if short is not None:  # (a unit mistyped refuses every store: review100 W3)
+                log.warning("%s: every store is refused A700 until space is freed", short)
             log.info("storing into %s (%s)", args.storage.resolve(), loops.kind(loop))
             started = workers.start(args, server.port) if args.workers > 1 else []
             if parent is not None:  # (a worker: it ends with the first process)

@@ -47,6 +47,7 @@ from dicomstore.handler import StoreHandler, StoreSink
 from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflatedSize
 from dicomstore.services.admission import AdmissionRequest, AuditSink, Gatekeeper
 from dicomstore.services.store_log import log_store
+from dicomstore.sizes import binary_size
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -389,8 +390,8 @@ class StoreService:
         is (``root``): free bytes below ``min_free_bytes``; None when there is room
         (:meth:`begin`'s judgement, and readiness's: ``readiness.py``)."""
         free, floor = free_bytes(root), self.limits.min_free_bytes
-        if free < floor:  # (the limit named: review87 F3)
-            return f"only {free} bytes free (below the {floor} of --min-free)"
+        if free < floor:  # (the limit named first, within 64 characters: review100 W2)
+            return f"--min-free {binary_size(floor)}: only {binary_size(free)} free"
         return None
 
     async def finish(self, storing: Storing, *, in_thread: bool = True) -> StoreResult:
