@@ -43,6 +43,24 @@ def fake_peer(reply: bytes | None) -> Iterator[int]:
         listener.close()
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["serve", "--port", "99999"], "dicomstore serve: error: argument --port: port out of"),
+        (["send", "--parallel", "x"], "dicomstore send: error: argument --parallel"),
+        (["sned"], "dicomstore: error: argument {serve,"),
+    ],
+)
+def test_an_option_mistaken_is_one_line(capsys, argv: list[str], says: str) -> None:
+    """review100 W4: ~50 lines of usage came before the one line that said what was
+    wrong (the config file's and the environment's forms were one line)."""
+    with pytest.raises(SystemExit) as ended:
+        main(argv)
+    assert ended.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(says) and line.endswith("--help)")
+
+
 def test_echo_success(capsys) -> None:
     with ServerThread(ServerConfig(port=0), NullHandler()) as srv:
         assert main(["echo", "127.0.0.1", str(srv.port), "--repeat", "2"]) == 0
