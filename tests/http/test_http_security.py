@@ -656,7 +656,7 @@ def test_exposure_warnings(tmp_path: Path, certificate) -> None:
     assert HttpSecurity().warnings("127.0.0.1") == []
     assert HttpSecurity().warnings("localhost") == []
     (open_,) = HttpSecurity().warnings("0.0.0.0")
-    assert "requires no credentials to delete, read, store (no --config)" in open_
+    assert "requires no credentials to read, store (no --config)" in open_
     (clear,) = HttpSecurity(policy=policy).warnings("192.0.2.7")
     assert "passcodes and tokens travel in clear" in clear
     cert, key = certificate

@@ -80,7 +80,8 @@ class HttpSecurity:
         if is_loopback(host):
             return []
         found = []
-        rights = ", ".join(sorted(self.anonymous_rights))
+        # (delete: accepted, reserved; no HTTP endpoint deletes: review100 W10)
+        rights = ", ".join(sorted(set(self.anonymous_rights) - {"delete"}))
         if rights:
             why = "no --config" if self.policy is None else "http_anonymous_may"
             found.append(
