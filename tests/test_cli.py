@@ -79,7 +79,31 @@ def test_echo_rejected_says_why(capsys) -> None:
         assert main(["echo", "127.0.0.1", str(srv.port), "--aec", "WRONG"]) == 4
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
-    assert "called AE title not recognized" in err
+    # (review100 W7: what of ours it points at)
+    assert "called AE title not recognized (we called 'WRONG': --aec sets it)" in err
+
+
+def test_a_peer_closing_before_any_answer_may_be_a_tls_port(capsys) -> None:
+    """review100 W7: a plain client on the TLS port was told only that the connection
+    closed (the server's log said why)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def close_after_reading() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+
+    thread = threading.Thread(target=close_after_reading, daemon=True)
+    thread.start()
+    try:
+        assert main(["echo", "127.0.0.1", str(listener.getsockname()[1])]) == 5
+    finally:
+        thread.join(10)
+        listener.close()
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("closed unexpectedly: before any answer (a TLS port? then --tls)"), err
 
 
 def test_echo_aborted(capsys) -> None:

@@ -283,9 +283,10 @@ def refused_after_handshake(context: ssl.SSLContext | None) -> str | None:
     """A client's guess at why a TLS connection closed before the association was
     answered: a TLS 1.3 server refuses a client's certificate (or the want of one)
     after the client's handshake ended, and asyncio's server closes without the
-    alert; None without TLS."""
+    alert; without TLS, that the port may be a TLS one (review100 W7: a plain client
+    on the TLS port was told only that the connection closed)."""
     if context is None:
-        return None
+        return "before any answer (a TLS port? then --tls)"
     return (
         "over TLS, before any answer (a server that requires a client certificate,"
         " --tls-cert/--tls-key, or refuses ours closes so; its log says why)"

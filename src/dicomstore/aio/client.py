@@ -76,6 +76,22 @@ def build_contexts(specs: Iterable[ContextSpec]) -> list[I.PresentationContextRQ
     return contexts
 
 
+def _rejected(request: P.AssociateRQ, rj: P.AssociateRJ) -> AssociationRejected:
+    """The A-ASSOCIATE-RJ as an error, with what of our request it may point at
+    (review100 W7: the AE title we called, we are, or the identity we sent)."""
+    error = AssociationRejected(rj.result, rj.source, rj.reason)
+    hint = None
+    if rj.source == P.REJECT_SOURCE_USER and rj.reason == 7:
+        hint = f"we called {request.called_ae.strip()!r}: --aec sets it"
+    elif rj.source == P.REJECT_SOURCE_USER and rj.reason == 3:
+        hint = f"we are {request.calling_ae.strip()!r}: --aet sets it"
+    elif rj.source == P.REJECT_SOURCE_USER and request.user_info.identity_rq is not None:
+        hint = "the user identity sent (--user, --password, --jwt-file) may be what is refused"
+    if hint is not None:
+        error.args = (f"{error} ({hint})",)
+    return error
+
+
 class ClientAssociation:
     """An association we requested, ready for DIMSE operations."""
 
@@ -123,8 +139,7 @@ class ClientAssociation:
                             self._reader = asyncio.create_task(self._read_loop())
                             return
                         if isinstance(event, AssociateRejected):
-                            rj = event.reject
-                            raise AssociationRejected(rj.result, rj.source, rj.reason)
+                            raise _rejected(self.request, event.reject)
                         if isinstance(event, AbortIndication):
                             raise AssociationAborted(event.message, event.source, event.reason)
                     if t.conn.is_closed:
