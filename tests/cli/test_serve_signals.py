@@ -46,6 +46,44 @@ def test_a_signal_stops_the_server_gracefully(tmp_path: Path, sig: signal.Signal
     text = log.read_text()
     assert f"{sig.name}: stopping gracefully" in text
     assert "shutting down: finishing in-flight operations (10s at most)" in text
+    assert text.splitlines()[-1].endswith("INFO dicomstore: stopped")  # (review100 W9)
+
+
+def test_a_second_signal_while_stopping_is_said(tmp_path: Path) -> None:
+    """review100 W9: a second Ctrl-C during the grace went unsaid."""
+    with (
+        serving(tmp_path, "--shutdown-grace", "60") as (port, proc, log),
+        socket.create_connection(("127.0.0.1", port)) as sock,
+    ):
+        rq = P.AssociateRQ(
+            "DICOMSTORE",
+            "SLOW",
+            [I.PresentationContextRQ(1, CT, [uids.EXPLICIT_VR_LE])],
+            I.UserInformation(max_length=16384, implementation_class_uid="1.2.3"),
+        )
+        sock.sendall(P.encode(rq))
+        assert sock.recv(1)[0] == P.ASSOCIATE_AC
+        command = CStoreRQ(1, CT, "1.2.3.4").encode()
+        sock.sendall(P.encode(P.PDataTF([P.PDV(1, True, True, command)])))
+        sock.sendall(P.encode(P.PDataTF([P.PDV(1, False, False, b"\x08\x00" * 8)])))
+        proc.send_signal(signal.SIGTERM)  # (a data set begun: the stop waits for it)
+        _said(log, "shutting down")
+        proc.send_signal(signal.SIGINT)
+        _said(log, "SIGINT again: already stopping")
+        sock.close()  # (the association ends: the stop ends)
+        assert proc.wait(30) == 0, log.read_text()
+    assert log.read_text().splitlines()[-1].endswith("INFO dicomstore: stopped")
+
+
+def _said(log: Path, words: str) -> None:
+    """Wait (20 s at most) for ``words`` in the log."""
+    import threading
+    import time
+
+    deadline = time.monotonic() + 20
+    while words not in (text := log.read_text()):
+        assert time.monotonic() < deadline, text
+        threading.Event().wait(0.02)
 
 
 def test_a_transfer_past_the_shutdown_grace_is_cut_and_said(tmp_path: Path) -> None:

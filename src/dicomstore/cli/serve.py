@@ -174,7 +174,10 @@ async def run(args: argparse.Namespace) -> int:
         if audit is not None:
             close_audit_log(audit)  # drains: every record of this run is on disk
         archive.close()
-    return audited_exit(code, audit)
+    code = audited_exit(code, audit)
+    if code == EXIT_OK:  # (the log's last line: review100 W9)
+        log.info("stopped")
+    return code
 
 
 def _say_other_nodes(archive: Any) -> None:
@@ -197,8 +200,11 @@ def _stopping(sig: signal.Signals, stop: asyncio.Event) -> None:
     """A graceful stop, said in the log (review58 L2: a SIGHUP, a logrotate habit or a
     closed terminal, killed the server at once without a word; there is nothing to
     reload: the audit log follows a rename by itself)."""
-    if not stop.is_set():
-        log.info("%s: stopping gracefully", signal.Signals(sig).name)
+    name = signal.Signals(sig).name
+    if stop.is_set():  # (review100 W9: a second Ctrl-C went unsaid)
+        log.info("%s again: already stopping (in-flight operations: --shutdown-grace)", name)
+    else:
+        log.info("%s: stopping gracefully", name)
     stop.set()
 
 
