@@ -200,7 +200,9 @@ def test_a_removal_failing_after_its_commit_is_audited_with_what_it_deleted(
     assert record["patient_id"] == "PID2" and record["study_instance_uids"] == ["1.2.5"]
     (line,) = [r for r in caplog.records if r.name == "dicomstore.delete"]
     assert line.levelno == logging.ERROR
-    assert line.getMessage().startswith("delete of study 1.2.5 incomplete: 1 instance(s),")
+    assert line.getMessage().startswith("delete of study 1.2.5 interrupted (")
+    # (review100 W8: its file removed, it was called incomplete as one still to do)
+    assert "), every file removed: 1 instance(s)," in line.getMessage()
     assert told in line.getMessage()
 
 

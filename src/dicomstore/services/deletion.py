@@ -260,16 +260,18 @@ def _record_failure(
             error,
             record["user"],
         )
-    else:
+    else:  # (review100 W8: one whose every file was removed was called incomplete)
+        whole = done.files_removed + len(done.gone) >= done.instances
         log.error(
-            "delete of %s %s incomplete: %d instance(s), %d bytes deleted, %d file(s)"
-            " removed: %s (user %s)",
+            "delete of %s %s interrupted (%s), %s: %d instance(s), %d bytes deleted,"
+            " %d file(s) removed (user %s)",
             done.level,
             record["uid"],
+            error,
+            "every file removed" if whole else "incomplete: the next delete or start ends it",
             done.instances,
             done.bytes,
             done.files_removed,
-            error,
             record["user"],
         )
     if audit is not None:
