@@ -238,3 +238,38 @@ def test_a_sop_class_the_scp_refuses_is_said_so(tmp_path: Path, capsys) -> None:
     assert code == 7
     assert f"the SCP refused {private} (abstract syntax not supported)" in out
     assert "no transfer syntax" not in out
+
+
+def test_a_peer_that_speaks_another_protocol_is_not_tried_again(tmp_path: Path) -> None:
+    """review100 W12: a peer answering HTTP ('the peer is not a DICOM application
+    entity') was tried 3 times more (about 7 s) before exit 5: no retry helps."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted, done = [], threading.Event()
+
+    def answer_http() -> None:
+        while True:
+            conn, _ = listener.accept()
+            if done.is_set():  # (the test's own connection, which ends this thread)
+                return conn.close()
+            accepted.append(conn)
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    thread = threading.Thread(target=answer_http, daemon=True)
+    thread.start()
+    try:
+        code = _main(
+            "127.0.0.1", str(listener.getsockname()[1]), str(sendable(compressed=False)[0])
+        )
+    finally:
+        done.set()
+        socket.create_connection(listener.getsockname()).close()
+        thread.join(10)
+        listener.close()
+    assert code == 5 and len(accepted) == 1

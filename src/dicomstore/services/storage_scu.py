@@ -49,6 +49,7 @@ from dicomstore.services import conversion, sources
 from dicomstore.services.sources import Instance, NotDicom
 from dicomstore.ul import items as I
 from dicomstore.ul.negotiation import REFUSAL, AcceptedContext, Negotiated
+from dicomstore.ul.pdu import NOT_A_DICOM_PEER
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -377,7 +378,7 @@ def classify(exc: BaseException) -> tuple[ErrorKind, bool] | None:
     if isinstance(exc, DimseTimeout):
         return "timeout", True
     if isinstance(exc, AssociationAborted):
-        return "aborted", True
+        return "aborted", not any(words in str(exc) for words in NOT_A_DICOM_PEER)
     if isinstance(exc, AssociationError):
         text = str(exc)
         return ("timeout", True) if "timed out" in text or "within" in text else ("aborted", True)

@@ -425,11 +425,14 @@ def pdu_size(data: bytes | bytearray | memoryview) -> int:
     return 6 + length
 
 
+#: What an abort's message says when the peer speaks another protocol: no retry can
+#: help (``storage_scu.classify``; review100 W12: send retried it 3 times, 7 s).
+NOT_A_DICOM_PEER = ("the peer is not a DICOM application entity", "the peer speaks TLS")
 #: first bytes of what other protocols send, for the message (review38scu #15)
 _NOT_DICOM = {
-    ord("H"): " (it begins like 'HTTP': the peer is not a DICOM application entity)",
-    0x16: " (a TLS handshake: the peer speaks TLS)",
-    0x15: " (a TLS alert: the peer speaks TLS)",
+    ord("H"): f" (it begins like 'HTTP': {NOT_A_DICOM_PEER[0]})",
+    0x16: f" (a TLS handshake: {NOT_A_DICOM_PEER[1]})",
+    0x15: f" (a TLS alert: {NOT_A_DICOM_PEER[1]})",
 }
 
 
