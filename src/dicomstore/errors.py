@@ -37,6 +37,11 @@ class AssociationError(DicomstoreError):
     """An association could not be used (base of the user-facing failures)."""
 
 
+#: What an abort says of a peer of another protocol (``ul.pdu``): no retry helps
+#: (``storage_scu.classify``; review100 W12: send retried it 3 times, ~7 s).
+NOT_A_DICOM_PEER = ("the peer is not a DICOM application entity", "the peer speaks TLS")
+
+
 class AssociationRejected(AssociationError):
     """The peer answered A-ASSOCIATE-RJ (PS3.8 9.3.4)."""
 

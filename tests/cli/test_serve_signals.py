@@ -55,17 +55,7 @@ def test_a_second_signal_while_stopping_is_said(tmp_path: Path) -> None:
         serving(tmp_path, "--shutdown-grace", "60") as (port, proc, log),
         socket.create_connection(("127.0.0.1", port)) as sock,
     ):
-        rq = P.AssociateRQ(
-            "DICOMSTORE",
-            "SLOW",
-            [I.PresentationContextRQ(1, CT, [uids.EXPLICIT_VR_LE])],
-            I.UserInformation(max_length=16384, implementation_class_uid="1.2.3"),
-        )
-        sock.sendall(P.encode(rq))
-        assert sock.recv(1)[0] == P.ASSOCIATE_AC
-        command = CStoreRQ(1, CT, "1.2.3.4").encode()
-        sock.sendall(P.encode(P.PDataTF([P.PDV(1, True, True, command)])))
-        sock.sendall(P.encode(P.PDataTF([P.PDV(1, False, False, b"\x08\x00" * 8)])))
+        _a_data_set_begun(sock)
         proc.send_signal(signal.SIGTERM)  # (a data set begun: the stop waits for it)
         _said(log, "shutting down")
         proc.send_signal(signal.SIGINT)
@@ -73,6 +63,21 @@ def test_a_second_signal_while_stopping_is_said(tmp_path: Path) -> None:
         sock.close()  # (the association ends: the stop ends)
         assert proc.wait(30) == 0, log.read_text()
     assert log.read_text().splitlines()[-1].endswith("INFO dicomstore: stopped")
+
+
+def _a_data_set_begun(sock: socket.socket) -> None:
+    """On ``sock``: an association, and a C-STORE whose data set begins, never ends."""
+    rq = P.AssociateRQ(
+        "DICOMSTORE",
+        "SLOW",
+        [I.PresentationContextRQ(1, CT, [uids.EXPLICIT_VR_LE])],
+        I.UserInformation(max_length=16384, implementation_class_uid="1.2.3"),
+    )
+    sock.sendall(P.encode(rq))
+    assert sock.recv(1)[0] == P.ASSOCIATE_AC
+    command = CStoreRQ(1, CT, "1.2.3.4").encode()
+    sock.sendall(P.encode(P.PDataTF([P.PDV(1, True, True, command)])))
+    sock.sendall(P.encode(P.PDataTF([P.PDV(1, False, False, b"\x08\x00" * 8)])))
 
 
 def _said(log: Path, words: str) -> None:
@@ -93,17 +98,7 @@ def test_a_transfer_past_the_shutdown_grace_is_cut_and_said(tmp_path: Path) -> N
         serving(tmp_path, "--shutdown-grace", "0.2") as (port, proc, log),
         socket.create_connection(("127.0.0.1", port)) as sock,
     ):
-        rq = P.AssociateRQ(
-            "DICOMSTORE",
-            "SLOW",
-            [I.PresentationContextRQ(1, CT, [uids.EXPLICIT_VR_LE])],
-            I.UserInformation(max_length=16384, implementation_class_uid="1.2.3"),
-        )
-        sock.sendall(P.encode(rq))
-        assert sock.recv(1)[0] == P.ASSOCIATE_AC
-        command = CStoreRQ(1, CT, "1.2.3.4").encode()
-        sock.sendall(P.encode(P.PDataTF([P.PDV(1, True, True, command)])))
-        sock.sendall(P.encode(P.PDataTF([P.PDV(1, False, False, b"\x08\x00" * 8)])))
+        _a_data_set_begun(sock)
         proc.send_signal(signal.SIGTERM)  # (a data set begun, never ended)
         assert proc.wait(30) == 0, log.read_text()
     text = log.read_text()

@@ -38,6 +38,7 @@ from dicomstore.aio.invoker import Invoker
 from dicomstore.dimse.fragments import max_pdv_data
 from dicomstore.dimse.messages import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_MEDIUM
 from dicomstore.errors import (
+    NOT_A_DICOM_PEER,
     AssociationAborted,
     AssociationError,
     AssociationRejected,
@@ -49,7 +50,6 @@ from dicomstore.services import conversion, sources
 from dicomstore.services.sources import Instance, NotDicom
 from dicomstore.ul import items as I
 from dicomstore.ul.negotiation import REFUSAL, AcceptedContext, Negotiated
-from dicomstore.ul.pdu import NOT_A_DICOM_PEER
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset

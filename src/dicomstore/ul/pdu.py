@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from dicomstore.errors import RemoteProtocolError
+from dicomstore.errors import NOT_A_DICOM_PEER, RemoteProtocolError
 from dicomstore.ul.items import PresentationContextAC as PresentationContextAC
 from dicomstore.ul.items import PresentationContextRQ as PresentationContextRQ
 from dicomstore.ul.items import (
@@ -425,9 +425,6 @@ def pdu_size(data: bytes | bytearray | memoryview) -> int:
     return 6 + length
 
 
-#: What an abort's message says when the peer speaks another protocol: no retry can
-#: help (``storage_scu.classify``; review100 W12: send retried it 3 times, 7 s).
-NOT_A_DICOM_PEER = ("the peer is not a DICOM application entity", "the peer speaks TLS")
 #: first bytes of what other protocols send, for the message (review38scu #15)
 _NOT_DICOM = {
     ord("H"): f" (it begins like 'HTTP': {NOT_A_DICOM_PEER[0]})",
