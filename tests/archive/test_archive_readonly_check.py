@@ -135,3 +135,27 @@ def test_a_read_only_file_system_is_checked_read_only(
         " nothing settled"
     )
     assert code == 0 and lines[-1] == "checked 3 instance(s) read-only: 0 problem(s)", lines
+
+
+def test_ls_show_and_stats_read_a_read_only_archive_writing_nothing(
+    died: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review100 W5: on a read-only copy, ``check`` looked (above) but ``ls`` failed:
+    'attempt to write a readonly database'. The reading commands read it as check does."""
+    real = os.statvfs
+
+    class ReadOnly:
+        def __init__(self, path: Any) -> None:
+            self.f_flag = real(path).f_flag | os.ST_RDONLY
+
+    def statvfs(path: Any) -> Any:
+        return ReadOnly(path) if str(path).startswith(str(died)) else real(path)
+
+    monkeypatch.setattr(frozen.os, "statvfs", statvfs)
+    before = snapshot(died)
+    assert main(["ls", "instances", "--storage", str(died)]) == 0
+    out = capsys.readouterr().out
+    assert sum(uid(n) in out for n in range(3)) == 3, out
+    assert main(["stats", "--storage", str(died)]) == 0
+    assert main(["show", uid(1), "--storage", str(died)]) == 0
+    assert snapshot(died) == before

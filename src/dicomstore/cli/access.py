@@ -9,6 +9,7 @@ filter, or ``delete`` refused without confirmation). ``delete`` is ``delete.py``
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import json
 import os
@@ -147,8 +148,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _reader(args: argparse.Namespace) -> Any:
+    """The archive read; one that cannot be written (a read-only snapshot, backup
+    media, another user's) read as ``check`` reads it, writing nothing beside its
+    SQLite index (review100 W5: 'attempt to write a readonly database')."""
+    from dicomstore.archive import frozen
+    from dicomstore.archive.engine import SqliteEngine, engine_for
     from dicomstore.archive.reader import ArchiveReader
 
+    engine = engine_for(args.storage, args.index)
+    if isinstance(engine, SqliteEngine) and frozen.unwritable(args.storage, args.index):
+        engine = frozen.FrozenSqliteEngine(engine.path)
+        atexit.register(engine.close)  # (a copy it may have made of the index: removed)
+        return ArchiveReader(args.storage, index=engine)
     return ArchiveReader(args.storage, index=args.index)
 
 
