@@ -89,12 +89,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if argv is None:  # (the process is the console script's: see allocator.py)
         keep_freed_memory()
-    parser = build_parser(sys.argv[1:] if argv is None else argv)
     try:
+        parser = build_parser(sys.argv[1:] if argv is None else argv)  # (imports)
         args = settings.parse(parser, argv)
     except settings.SettingsError as exc:
         print(f"dicomstore: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # (review100 W12: a traceback, while the modules load)
+        print("dicomstore: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     setup_logging(args.log_level, args.log_format)
     settings.warn_unknown_variables(parser, args.command)
     try:
