@@ -122,8 +122,10 @@ def test_a_patient_id_with_a_comma_is_one_value_not_a_list() -> None:
 
     model = uids.PATIENT_ROOT_QR_FIND
     assert parse_identifier(query("MRN,0042"), model).filters[0x00100020] == "MRN,0042"
-    with pytest.raises(FindFailure, match="relational"):
+    with pytest.raises(FindFailure, match="relational") as refused:
         parse_identifier(query("MRN\\0042"), model)
+    # (review100 W2: cut at 64 characters where it said what was missing)
+    assert refused.value.comment == "STUDY query needs one PatientID (no relational query)"
 
 
 def test_a_uid_key_with_a_comma_is_refused() -> None:

@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -318,9 +318,10 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
         # (a comma is a list only between UIDs: a Patient ID, LO, may hold one: review36a #11)
         listed = "*?\\," if upper != "PATIENT" else "*?\\"
         if not value or any(c in value for c in listed):
+            name = keyword_for_tag(key)  # (within the 64 characters of an LO: review100 W2)
             raise FindFailure(
                 st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                f"{level} query without a single {_tag_name(key)} (relational: not supported)",
+                f"{level} query needs one {name} (no relational query)",
                 key,
             )
     try:
