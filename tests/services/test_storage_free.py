@@ -29,5 +29,5 @@ def test_a_data_set_arriving_past_the_free_space_floor_is_a700(tmp_path: Path, m
     monkeypatch.setattr(storage, "free_bytes", lambda _root: 0)  # (the disk filled up)
     storing.write(b"\0" * 60)
     assert storing.result is not None and storing.result.status == 0xA700
-    assert "only 0 bytes free (120 bytes received)" in (storing.result.comment or "")
+    assert ": only 0 B free (120 B in)" in (storing.result.comment or "")
     assert storing.sink is None  # (what follows is discarded)

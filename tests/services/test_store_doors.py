@@ -112,7 +112,7 @@ def test_max_instance_size(site: Site, door: str) -> None:
 def test_min_free(site: Site, door: str) -> None:
     assert store(site, door, "1.2.11.3") == 0xA700
     assert site.archive.instances() == []
-    assert "bytes free" in site.audit()[0]["error_comment"]
+    assert "--min-free " in site.audit()[0]["error_comment"]
 
 
 @pytest.mark.parametrize("door", DOORS)

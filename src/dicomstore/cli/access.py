@@ -350,8 +350,8 @@ def _export(args: argparse.Namespace) -> int:
         for row in rows:
             rel = Path(layout.copy_name(row))  # (not its key: a replace's may be .r.dcm)
             target = args.dest / (rel.name if args.flat else rel)
+            target.parent.mkdir(parents=True, exist_ok=True)  # (fails naming DIR: review35b F9)
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
                 copied = _copy(reader, row, target)
             except OSError as exc:  # (gone: the others are exported all the same)
                 if exc.errno in _DEST_FULL:

@@ -234,7 +234,8 @@ class Storing:
             self.next_free_check += FREE_CHECK_EVERY
             free = free_bytes(self.free_floor[0])
             if free < self.free_floor[1]:
-                self._too_large(f"only {free} bytes free ({self.nbytes} bytes received)")
+                floor, got = binary_size(self.free_floor[1]), binary_size(self.nbytes)
+                self._too_large(f"--min-free {floor}: only {binary_size(free)} free ({got} in)")
                 return
         inflated = self.inflated
         if inflated is not None and not inflated.feed(data):
