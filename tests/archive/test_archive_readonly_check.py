@@ -113,10 +113,8 @@ def test_a_snapshot_of_a_running_server_is_read_from_its_wal(
     assert code == 0 and lines[-1] == "checked 2 instance(s) read-only: 0 problem(s)", lines
 
 
-def test_a_read_only_file_system_is_checked_read_only(
-    died: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Detected without the flag (statvfs says ``ST_RDONLY``, which stops root too)."""
+def _on_a_read_only_medium(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """statvfs says ``ST_RDONLY`` under ``root`` (which stops root too)."""
     real = os.statvfs
 
     class ReadOnly:
@@ -124,9 +122,16 @@ def test_a_read_only_file_system_is_checked_read_only(
             self.f_flag = real(path).f_flag | os.ST_RDONLY
 
     def statvfs(path: Any) -> Any:
-        return ReadOnly(path) if str(path).startswith(str(died)) else real(path)
+        return ReadOnly(path) if str(path).startswith(str(root)) else real(path)
 
     monkeypatch.setattr(frozen.os, "statvfs", statvfs)
+
+
+def test_a_read_only_file_system_is_checked_read_only(
+    died: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Detected without the flag (statvfs says ``ST_RDONLY``, which stops root too)."""
+    _on_a_read_only_medium(died, monkeypatch)
     before = snapshot(died)
     code, lines = run(capsys, "--storage", str(died))
     assert snapshot(died) == before
@@ -142,16 +147,7 @@ def test_ls_show_and_stats_read_a_read_only_archive_writing_nothing(
 ) -> None:
     """review100 W5: on a read-only copy, ``check`` looked (above) but ``ls`` failed:
     'attempt to write a readonly database'. The reading commands read it as check does."""
-    real = os.statvfs
-
-    class ReadOnly:
-        def __init__(self, path: Any) -> None:
-            self.f_flag = real(path).f_flag | os.ST_RDONLY
-
-    def statvfs(path: Any) -> Any:
-        return ReadOnly(path) if str(path).startswith(str(died)) else real(path)
-
-    monkeypatch.setattr(frozen.os, "statvfs", statvfs)
+    _on_a_read_only_medium(died, monkeypatch)
     before = snapshot(died)
     assert main(["ls", "instances", "--storage", str(died)]) == 0
     out = capsys.readouterr().out
