@@ -85,7 +85,7 @@ def _rejected(request: P.AssociateRQ, rj: P.AssociateRJ) -> AssociationRejected:
         hint = f"we called {request.called_ae.strip()!r}: --aec sets it"
     elif rj.source == P.REJECT_SOURCE_USER and rj.reason == 3:
         hint = f"we are {request.calling_ae.strip()!r}: --aet sets it"
-    elif rj.source == P.REJECT_SOURCE_USER and request.user_info.identity_rq is not None:
+    elif rj.source == P.REJECT_SOURCE_USER and rj.reason == 1 and request.user_info.identity_rq:
         hint = "the user identity sent (--user, --password, --jwt-file) may be what is refused"
     if hint is not None:
         error.args = (f"{error} ({hint})",)
