@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from dicomstore.archive import layout
-from dicomstore.archive.engine import SqliteEngine, engine_for, is_postgresql
+from dicomstore.archive.engine import Engine, SqliteEngine, engine_for, is_postgresql
 
 
 def unwritable(root: Path, index: str | None = None) -> str | None:
@@ -54,6 +54,14 @@ def unwritable(root: Path, index: str | None = None) -> str | None:
 def read_only_medium(path: Path) -> bool:
     """Whether ``path`` is on a file system mounted read-only."""
     return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
+def frozen_engine(root: Path, index: str | None = None) -> Engine:
+    """The index of the archive at ``root`` read without writing: a SQLite one through
+    :class:`FrozenSqliteEngine`, a PostgreSQL one as it is (a server of its own);
+    ``close()`` it after."""
+    engine = engine_for(root, index)
+    return FrozenSqliteEngine(engine.path) if isinstance(engine, SqliteEngine) else engine
 
 
 class FrozenSqliteEngine(SqliteEngine):

@@ -18,8 +18,7 @@ import os
 from pathlib import Path
 
 from dicomstore.archive import journal, layout, nodes
-from dicomstore.archive.engine import Engine, SqliteEngine, engine_for
-from dicomstore.archive.frozen import FrozenSqliteEngine
+from dicomstore.archive.frozen import frozen_engine
 from dicomstore.archive.index_health import quick_check, reindex_command
 from dicomstore.archive.maintenance import _problems, damaged_lines
 from dicomstore.archive.reader import ArchiveReader
@@ -38,9 +37,7 @@ def run_read_only(
 ) -> list[str]:
     """The problems ``check`` finds in the archive at ``root``, found without
     writing anything (module notes); ``pending`` gets what a start would settle."""
-    engine: Engine = engine_for(root, index)
-    if isinstance(engine, SqliteEngine):
-        engine = FrozenSqliteEngine(engine.path)
+    engine = frozen_engine(root, index)
     try:
         reader = ArchiveReader(root, index=engine)
         damage = quick_check(reader, most=5)

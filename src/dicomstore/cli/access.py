@@ -32,6 +32,7 @@ from dicomstore.cli.options import (
     silence_stdout,
 )
 from dicomstore.cli.tables import table
+from dicomstore.sizes import human_size
 
 COMMANDS = ("ls", "show", "export", "stats", "delete")
 _LEVEL_NAMES = {"patients": "patient", "studies": "study", "series": "series"}
@@ -152,30 +153,19 @@ def _reader(args: argparse.Namespace) -> Any:
     media, another user's) read as ``check`` reads it, writing nothing beside its
     SQLite index (review100 W5: 'attempt to write a readonly database')."""
     from dicomstore.archive import frozen
-    from dicomstore.archive.engine import SqliteEngine, engine_for
+    from dicomstore.archive.engine import is_postgresql
     from dicomstore.archive.reader import ArchiveReader
 
-    engine = engine_for(args.storage, args.index)
-    if isinstance(engine, SqliteEngine) and frozen.unwritable(args.storage, args.index):
-        engine = frozen.FrozenSqliteEngine(engine.path)
-        atexit.register(engine.close)  # (a copy it may have made of the index: removed)
-        return ArchiveReader(args.storage, index=engine)
-    return ArchiveReader(args.storage, index=args.index)
+    if is_postgresql(args.index) or not frozen.unwritable(args.storage, args.index):
+        return ArchiveReader(args.storage, index=args.index)
+    engine = frozen.frozen_engine(args.storage, args.index)
+    atexit.register(engine.close)  # (a copy it may have made of the index: removed)
+    return ArchiveReader(args.storage, index=engine)
 
 
 def _error(message: str, code: int) -> int:
     print(f"dicomstore: {message}", file=sys.stderr)
     return code
-
-
-def human_size(n: int | None) -> str:
-    """Bytes as B, KB, MB, GB, TB (powers of 1000)."""
-    value = float(n or 0)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return ""
 
 
 _COLUMNS: dict[str, list[tuple[str, Any]]] = {

@@ -16,9 +16,10 @@ import argparse
 import sys
 from typing import Any
 
-from dicomstore.cli.access import _storage, human_size
+from dicomstore.cli.access import _storage
 from dicomstore.cli.audit_options import add_audit_log, close_audit_log, open_audit_log
 from dicomstore.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from dicomstore.sizes import human_size
 
 SERVICE = "dicomstore delete"  # (the audit records' ``service``)
 _KEYWORDS = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}

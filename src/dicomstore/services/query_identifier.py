@@ -50,7 +50,7 @@ from dicomstore.archive import query as q
 from dicomstore.dimse import status as st
 from dicomstore.error_comment import error_comment
 from dicomstore.framing.headers import encode_header
-from dicomstore.services.answer_charset import SINGLE_BYTE, UTF8, answer_charset
+from dicomstore.services.answer_charset import UTF8, answer_charset
 from dicomstore.services.find_content import is_content
 from dicomstore.services.qr_classes import FIND_MODEL_LEVELS
 
@@ -180,8 +180,8 @@ class FindQuery:
     unmatched: list[int] = field(default_factory=list)
     #: keys not in the index, read from a stored header (HEADER_KEYS)
     from_header: set[int] = field(default_factory=set)
-    #: the request's Specific Character Set when it is one single-byte repertoire
-    #: (``answer_charset.SINGLE_BYTE``): the answer's too where its values fit (interop97 I7)
+    #: the request's Specific Character Set: the answer's too where it is a single-byte
+    #: one and its values fit (``answer_charset``; interop97 I7)
     charset: str | None = None
 
     @property
@@ -276,7 +276,7 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
     found = FindQuery(level)
     if SPECIFIC_CHARACTER_SET in identifier:
         term = text_value(identifier[SPECIFIC_CHARACTER_SET].value).strip()
-        found.charset = term if term in SINGLE_BYTE else None
+        found.charset = term or None
     depth = _DEPTH[found.index_level]
     for element in identifier:
         tag = int(element.tag)
