@@ -178,3 +178,26 @@ def test_under_json_logs_a_start_refusal_is_a_json_line_too(tmp_path, extra, why
     records = [json.loads(line) for line in done.stderr.splitlines()]
     [error] = [r for r in records if r["level"] == "ERROR"]
     assert error["logger"] == "dicomstore" and error["message"].startswith(why), error
+
+
+@pytest.mark.parametrize("which", ["--port", "--http-port"])
+def test_a_port_in_use_is_told_before_anything_is_created(tmp_path, capsys, which) -> None:
+    """review100 W12: a port in use made a new archive folder (and its index), then
+    failed: the operator's mistyped port left an archive behind."""
+    import socket
+
+    from dicomstore.cli import main
+
+    storage = tmp_path / "new"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        argv = ["serve", "--storage", str(storage), "--host", "127.0.0.1", "--port", "0"]
+        argv += ["--http-host", "127.0.0.1", "--audit-log", str(tmp_path / "audit.jsonl")]
+        argv += [which, str(busy)] if which == "--port" else ["--http-port", str(busy)]
+        assert main(argv) == 3
+    for_http = " for HTTP" if which == "--http-port" else ""
+    err = capsys.readouterr().err
+    assert f"cannot listen{for_http} on 127.0.0.1:{busy}: Address already in use" in err
+    assert not storage.exists() and not (tmp_path / "audit.jsonl").exists()

@@ -270,6 +270,14 @@ def _peer(conn: socket.socket) -> str:
     return str(name or "?")
 
 
+def probe(host: str, port: int) -> None:
+    """Raise the OSError listening on ``host``:``port`` would (in use, an address not
+    of this machine ...): bound as :func:`_bind` binds, then closed at once. A start
+    asks before it creates anything (review100 W12: a port in use left a new archive)."""
+    for sock in _bind(host, port):
+        sock.close()
+
+
 def _bind(host: str, port: int) -> list[socket.socket]:
     """Listening sockets on every address of ``host`` (all interfaces, IPv4 and IPv6,
     for an empty one), non-blocking, as ``loop.create_server`` binds them."""

@@ -149,6 +149,10 @@ async def run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     for warning in cleartext(config, gatekeeper):
         log.warning("%s", warning)
+    busy = _ports_taken(args)
+    if busy is not None:
+        refuse(busy)
+        return EXIT_UNREACHABLE
     audit = None
     if args.audit_log is not None:
         audit = open_audit_log(args)
@@ -178,6 +182,25 @@ async def run(args: argparse.Namespace) -> int:
     if code == EXIT_OK:  # (the log's last line: review100 W9)
         log.info("stopped")
     return code
+
+
+def _ports_taken(args: argparse.Namespace) -> str | None:
+    """Why the DICOM or the HTTP port cannot be listened on, before the archive, the
+    audit log or anything else is created (review100 W12); None when both can (a
+    worker listens on neither: the first process hands it the connections)."""
+    if getattr(args, "channel", None) is not None:
+        return None
+    from dicomstore.aio.listener import probe
+
+    ports = [("", args.host, args.port)]
+    if args.http_port is not None:
+        ports.append((" for HTTP", args.http_host, args.http_port))
+    for what, host, port in ports:
+        try:
+            probe(host, port)
+        except OSError as exc:
+            return f"cannot listen{what} on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def _say_other_nodes(archive: Any) -> None:
