@@ -327,6 +327,17 @@ def test_an_unusable_storage_is_one_line(tmp_path, capsys, command) -> None:
     assert err == [f"dicomstore: cannot open the archive {afile}: not a folder"]
 
 
+def test_a_storage_under_a_file_names_the_file(tmp_path, capsys) -> None:
+    """review100: `--storage /dev/null/x` said '/dev/null/x/.tmp: Not a directory',
+    naming a folder the operator never typed instead of the file in the way."""
+    afile = tmp_path / "a-file"
+    afile.write_text("not a folder")
+    storage = afile / "x" / "y"
+    assert main(["serve", "--storage", str(storage)]) == 2  # (reindex: "no archive at")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"dicomstore: cannot open the archive {storage}: {afile}: not a folder"]
+
+
 @pytest.mark.sqlite_index
 @pytest.mark.parametrize("command", ["serve", "check"])
 def test_a_damaged_index_says_reindex_mends_it(tmp_path, capsys, command) -> None:

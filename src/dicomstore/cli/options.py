@@ -394,8 +394,11 @@ def _cannot_open(storage: Path, exc: BaseException) -> None:
     damaged, what mends it (review45 M7: 'dmg: dmg: database disk image is malformed')."""
     why = getattr(exc, "strerror", None) or str(exc)
     where = getattr(exc, "filename", None)
-    if storage.exists() and not storage.is_dir():  # (review77 F16: '<it>/.tmp: Not a ...')
-        why, where = "not a folder", None
+    for folder in (storage, *storage.parents):  # (review77 F16: '<it>/.tmp: Not a ...')
+        if folder.exists():
+            if not folder.is_dir():  # (review100: '/dev/null/x/.tmp: Not a directory')
+                why, where = "not a folder", None if folder == storage else folder
+            break
     line = f"cannot open the archive {storage}: " + (
         f"{where}: {why}" if where and str(where) != str(storage) else why
     )
