@@ -322,7 +322,8 @@ def test_serve_trailing_padding_discard_end_to_end(tmp_path) -> None:
 def test_an_unusable_storage_is_one_line(tmp_path, capsys, command) -> None:
     afile = tmp_path / "a-file"
     afile.write_text("not a folder")
-    assert main([command, "--storage", str(afile)]) == 2
+    port = ["--port", "0"] if command == "serve" else []  # (its port is tried first)
+    assert main([command, "--storage", str(afile), *port]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"dicomstore: cannot open the archive {afile}: not a folder"]
 
@@ -333,7 +334,9 @@ def test_a_storage_under_a_file_names_the_file(tmp_path, capsys) -> None:
     afile = tmp_path / "a-file"
     afile.write_text("not a folder")
     storage = afile / "x" / "y"
-    assert main(["serve", "--storage", str(storage)]) == 2  # (reindex: "no archive at")
+    assert (
+        main(["serve", "--storage", str(storage), "--port", "0"]) == 2
+    )  # (reindex: "no archive at")
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"dicomstore: cannot open the archive {storage}: {afile}: not a folder"]
 
