@@ -83,7 +83,8 @@ CANNOT_UNDERSTAND = 0xC000  # Cxxx
 #: Cxxx sub-code for a duplicate SOP Instance refused by policy ("reject"):
 #: PS3.7 C.5 Duplicate SOP Instance (0111) is a general status of N-CREATE, not
 #: among those C-STORE may return; a Cxxx is a Failure to every SCU, and 111
-#: echoes 0111 for a human reading logs.
+#: echoes 0111 for a human reading logs. Its Error Comment says why (an SCU's
+#: :func:`describe` does not: another SCP's C111 may mean anything of Cxxx).
 DUPLICATE_REJECTED = 0xC111
 #: STOW-RS Failure Reason: Referenced Transfer Syntax not supported (PS3.18 I.2).
 TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
@@ -153,7 +154,6 @@ _TEXT: dict[int, str] = {
     UNRECOGNIZED_OPERATION: "Failure: unrecognized operation",
     MISTYPED_ARGUMENT: "Failure: mistyped argument",
     RESOURCE_LIMITATION: "Failure: resource limitation",
-    DUPLICATE_REJECTED: "Error: cannot understand (duplicate SOP Instance refused)",
     TRANSFER_SYNTAX_NOT_SUPPORTED: "Error: transfer syntax not supported",
     UNABLE_TO_CALCULATE_MATCHES: "Refused: unable to calculate number of matches",
     SUBOPERATIONS_FAILED: "Refused: unable to perform sub-operations",

@@ -62,6 +62,7 @@ def test_predicates() -> None:
         (0xA912, "Error: data set does not match SOP Class"),
         (0xC000, "Error: cannot understand"),
         (0xC123, "Error: cannot understand"),
+        (0xC111, "Error: cannot understand"),  # (its Error Comment says why: not twice)
         (0x0122, "Refused: SOP Class not supported"),
         (0x0124, "Refused: not authorized"),
         (0x0210, "Failure: duplicate invocation"),
