@@ -30,6 +30,7 @@ from dicomstore.http.header_text import SHOWN_VALUE, header_text
 from dicomstore.http.limits import inflated_limit, limits, refuse
 from dicomstore.http.zipstream import instance_files, zip_files
 from dicomstore.inflation import TooLarge
+from dicomstore.sizes import human_size
 
 log = logging.getLogger("dicomstore.http.browse")
 
@@ -51,15 +52,6 @@ def _h(value: Any) -> str:
 def _counted(n: int, one: str, many: str) -> str:
     """``1 study``, ``2 studies`` (review56: "1 patients")."""
     return f"{_h(n)} {one if n == 1 else many}"
-
-
-def _size(n: int | None) -> str:
-    value = float(n or 0)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
 
 
 def _date(value: str | None) -> str:
@@ -176,7 +168,7 @@ def home(request: Request) -> HTMLResponse:
                 _h(r["n_studies"]),
                 _h(r["n_series"]),
                 _h(r["n_instances"]),
-                _h(_size(r["size"])),
+                _h(human_size(r["size"])),
                 _link(_patient_zip_url(r), "download zip"),
             ]
             for r in rows
@@ -192,7 +184,7 @@ def home(request: Request) -> HTMLResponse:
             ("instances", "instance", "instances"),
         )
     ]
-    summary = f"<p>{', '.join(counts)}, {_h(_size(total['bytes']))}.</p>"
+    summary = f"<p>{', '.join(counts)}, {_h(human_size(total['bytes']))}.</p>"
     from dicomstore.http.browse_search import form
 
     body = form() + summary + table + _pager(request, more)
@@ -261,7 +253,7 @@ def studies_table(rows: Iterable[dict[str, Any]], *, with_patient: bool = False)
             _h(", ".join(r["modalities"])),
             _h(r["n_series"]),
             _h(r["n_instances"]),
-            _h(_size(r["size"])),
+            _h(human_size(r["size"])),
             _link(_dicomweb(r["study_uid"]) + "?accept=application/zip", "download zip"),
         ]
 
@@ -326,7 +318,7 @@ def study(request: Request) -> HTMLResponse:
                 _h(r["series_description"]),
                 _h(r["body_part"]),
                 _h(r["n_instances"]),
-                _h(_size(r["size"])),
+                _h(human_size(r["size"])),
                 _link(
                     _dicomweb(r["study_uid"], r["series_uid"]) + "?accept=application/zip",
                     "download zip",
@@ -338,7 +330,7 @@ def study(request: Request) -> HTMLResponse:
     )
     info = (
         f"<p>Study Instance UID {_h(st['study_uid'])} · accession {_h(st['accession_number'])}"
-        f" · {_h(st['n_instances'])} instances, {_h(_size(st['size']))} · "
+        f" · {_h(st['n_instances'])} instances, {_h(human_size(st['size']))} · "
         f"{_link(_dicomweb(st['study_uid']) + '?accept=application/zip', 'download zip')} · "
         f"{_link(_dicomweb(st['study_uid']) + '/metadata', 'metadata (JSON)')}</p>"
     )
@@ -368,7 +360,7 @@ def series(request: Request) -> HTMLResponse:
                 ),
                 _h(uids.uid_name(r["sop_class_uid"])),
                 _h(uids.uid_name(r["transfer_syntax_uid"])),
-                _h(_size(r["file_size"])),
+                _h(human_size(r["file_size"])),
                 _h((r["received_at"] or "")[:19].replace("T", " ")),
                 _h(r["calling_ae"]),
                 _link(
@@ -384,7 +376,7 @@ def series(request: Request) -> HTMLResponse:
     zip_url = _dicomweb(se["study_uid"], se["series_uid"]) + "?accept=application/zip"
     info = (
         f"<p>Series Instance UID {_h(se['series_uid'])} · {_h(se['modality'])} · "
-        f"{_h(se['n_instances'])} instances, {_h(_size(se['size']))} · "
+        f"{_h(se['n_instances'])} instances, {_h(human_size(se['size']))} · "
         f"{_link(zip_url, 'download zip')}</p>"
     )
     title = f"Series {se['series_number'] or ''} {se['series_description'] or ''}".strip()
@@ -421,7 +413,7 @@ def instance(request: Request) -> HTMLResponse:
     info = (
         f"<p>SOP Instance UID {_h(row['sop_instance_uid'])} · "
         f"{_h(uids.uid_name(row['sop_class_uid']))}"
-        f" · {_h(_size(row['file_size']))} · received {_h(row['received_at'])} from "
+        f" · {_h(human_size(row['file_size']))} · received {_h(row['received_at'])} from "
         f"{_h(row['calling_ae'] or '(unknown)')} · "
         f"{_link(url + '?accept=application/dicom', 'download .dcm')} · "
         f"{_link(url + '/metadata', 'metadata (JSON)')}</p>"
