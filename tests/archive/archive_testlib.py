@@ -221,7 +221,7 @@ def uid(n: int) -> str:
 
 class Behind(dt.datetime):
     """The clock of a node 30 s behind the host that ran a ``reindex`` (patched as
-    ``ingest.datetime``: review59 M2)."""
+    ``fields.datetime``, where ``received_now`` reads the clock: review59 M2)."""
 
     @classmethod
     def now(cls, tz: dt.tzinfo | None = None) -> Behind:

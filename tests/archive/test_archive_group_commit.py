@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -841,3 +841,30 @@ def test_a_leader_waits_for_as_many_as_last_time_but_not_longer_than_it_saves(
         first.join(30)
         assert [o.status for o in outcomes] == [SUCCESS, SUCCESS]
         assert committer._last == 2 and archive.stats.batches == 2
+
+
+def test_a_row_is_stamped_received_when_it_is_written(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review101 H1: ``received_at`` was taken when the data set was whole, before the
+    wait for the group commit: a store whose commit took over a minute had a row older
+    than the forward queue's and the arrivals' watermarks look back, and no restart
+    queued it. It is stamped again in the index's write transaction."""
+    from dicomstore.archive import fields
+
+    stamps: list[datetime] = []
+
+    class Stepping(datetime):
+        """A clock 100 s further at each reading (a slow commit between two)."""
+
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[no-untyped-def]
+            stamps.append(datetime(2030, 1, 1, tzinfo=UTC) + timedelta(seconds=100 * len(stamps)))
+            return stamps[-1]
+
+    monkeypatch.setattr(fields, "datetime", Stepping)
+    outcome = store(archive, dataset(uid_of(1)), sop_uid=uid_of(1))
+    assert outcome.status == SUCCESS and len(stamps) >= 2
+    row = archive.get_instance(uid_of(1))
+    assert row is not None and row["received_at"] == stamps[-1].isoformat(timespec="microseconds")
+    assert outcome.instance is not None and outcome.instance["received_at"] == row["received_at"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from archive_testlib import Behind, dataset, store
 
-from dicomstore.archive import SUCCESS, Archive, ingest
+from dicomstore.archive import SUCCESS, Archive, fields
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.schema import SCHEMA_VERSION
 
@@ -143,7 +143,7 @@ def test_a_store_after_a_rebuild_by_a_node_whose_clock_is_behind_is_no_rebuilt_r
         made = reader.rebuilt()
         assert made == {sop for sop, *_ in RECEIVED}
         latest = max(_arrivals(archive).values())
-        monkeypatch.setattr(ingest, "datetime", Behind)
+        monkeypatch.setattr(fields, "datetime", Behind)
         data = dataset("1.2.1.1.2.1", study="1.2.1.2", series="1.2.1.1.2", patient_id="P2")
         assert store(archive, data, sop_uid="1.2.1.1.2.1").status == SUCCESS
         new = archive.get_instance("1.2.1.1.2.1")

@@ -83,7 +83,7 @@ def test_a_node_whose_clock_is_ahead_hides_no_other_node(
 ) -> None:
     """review88 F10: one instance stamped 60 s ahead (a node's clock) moved the newest
     seen there, and every other node's arrivals were left out for as long."""
-    from dicomstore.archive import ingest
+    from dicomstore.archive import fields
     from dicomstore.services import arrivals as arrivals_module
 
     monkeypatch.setattr(arrivals_module, "_ahead_told", [])  # (told once in a while)
@@ -98,7 +98,7 @@ def test_a_node_whose_clock_is_ahead_hides_no_other_node(
     try:
         arrivals = OtherArrivals(ArchiveReader(root), lambda rows: None)
         with monkeypatch.context() as ahead:
-            ahead.setattr(ingest, "datetime", Ahead)
+            ahead.setattr(fields, "datetime", Ahead)
             _store(there, "1.2.61.3.1")
         assert [r["sop_instance_uid"] for r in arrivals.look()] == ["1.2.61.3.1"]
         _store(here, "1.2.61.3.2")  # (this node's clock)

@@ -130,8 +130,10 @@ def test_backoff_doubles_up_to_the_cap_with_jitter(tmp_path: Path) -> None:
 
 
 def test_a_kept_duplicate_is_not_a_new_store(tmp_path: Path) -> None:
-    """The archive answers a duplicate it keeps with the row of the earlier store: the
-    observer queues only rows just committed."""
+    """The archive answers a duplicate it keeps with the row of the earlier store: not
+    queued again. A new store is queued however long its commit took (review101 H1:
+    one whose row was stamped more than a minute before the observer saw it was taken
+    for a kept duplicate, never forwarded, and no restart queued it)."""
     root = tmp_path / "archive"
     Archive(root, fsync=False).close()
     from dicomstore.archive.reader import ArchiveReader
@@ -139,15 +141,17 @@ def test_a_kept_duplicate_is_not_a_new_store(tmp_path: Path) -> None:
     now = time.time()
     fw = Forwarding(ArchiveReader(root), [parse_rule("A=h:1")], calling_ae="X", clock=lambda: now)
 
-    def stored(seconds_ago: float) -> StoreResult:
+    def stored(uid: str, seconds_ago: float, kept: bool) -> StoreResult:
         when = datetime.fromtimestamp(now - seconds_ago, UTC).isoformat(timespec="microseconds")
-        row = {"sop_instance_uid": "1.2.3", "received_at": when}
-        return StoreResult(0x0000, outcome=SimpleNamespace(instance=row))
+        row = {"sop_instance_uid": uid, "received_at": when}
+        return StoreResult(0x0000, outcome=SimpleNamespace(instance=row, kept=kept))
 
-    fw.observe(None, stored(120))
+    fw.observe(None, stored("1.2.3", 0.01, kept=True))
+    fw.observe(None, stored("1.2.4", 120, kept=True))
     assert fw._arrivals == []
-    fw.observe(None, stored(0.01))
-    assert [row["sop_instance_uid"] for row in fw._arrivals] == ["1.2.3"]
+    fw.observe(None, stored("1.2.5", 0.01, kept=False))
+    fw.observe(None, stored("1.2.6", 120, kept=False))  # (a slow commit)
+    assert [row["sop_instance_uid"] for row in fw._arrivals] == ["1.2.5", "1.2.6"]
 
 
 # -- filters --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from tests.archive.archive_testlib import store as store_in
 from tests.services.forward_testlib import config, instance, serving, status, store, until
 from tests.services.retrieve_testlib import destination
 
-from dicomstore.archive import SUCCESS, Archive, ingest
+from dicomstore.archive import SUCCESS, Archive, fields
 from dicomstore.archive.maintenance import run_reindex
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.services.arrivals import OtherArrivals
@@ -155,7 +155,7 @@ def test_a_store_after_a_reindex_by_a_node_whose_clock_is_behind_is_an_arrival(
             archive.index.commit()
     _touch(root)
     assert run_reindex(root, [], fsync=False) == 1
-    monkeypatch.setattr(ingest, "datetime", Behind)
+    monkeypatch.setattr(fields, "datetime", Behind)
     with Archive(root, fsync=False) as node:
         new = dataset("1.2.78.2.1.1", study="1.2.78.2", series="1.2.78.2.1")
         assert store_in(node, new, sop_uid="1.2.78.2.1.1").status == SUCCESS

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import sys
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from dicomstore.archive.attributes import ATTRIBUTES
@@ -239,6 +240,15 @@ def _person_names(fields: dict[str, Any]) -> dict[str, Any]:
         if fields[column]:
             fields[column] = person_name(fields[column]) or None
     return fields
+
+
+def received_now() -> str:
+    """A row's ``received_at``: now, UTC, to the microsecond (ISO 8601). Stamped when
+    the data set is whole (``ingest.py``) and again when its row is written, in the
+    index's write transaction (``publish.py``): a row is visible within moments of its
+    stamp, however long it waited for its turn, as the forward queue's recovery and
+    the other nodes' arrivals (``services/arrivals.py``) read it (review101 H1)."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def nul_free(row: dict[str, Any]) -> str | None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from dicomstore.archive.dicomfile import (
     read_header,
 )
 from dicomstore.archive.encoding import encoding_mismatch
-from dicomstore.archive.fields import UNREAD, fields_of_elements, index_fields
+from dicomstore.archive.fields import UNREAD, fields_of_elements, index_fields, received_now
 from dicomstore.archive.filestorage import FileStorage
 from dicomstore.archive.layout import normalize_uid
 from dicomstore.archive.nesting import judged, scanned
@@ -255,7 +254,7 @@ class Ingest:
         row["transfer_syntax_uid"] = self.transfer_syntax_uid
         row["file_size"] = self._header_size + self._size
         row["digest"] = digests.text(self._digest)
-        row["received_at"] = datetime.now(UTC).isoformat(timespec="microseconds")
+        row["received_at"] = received_now()
         row["calling_ae"] = self.calling_ae or None
         row["called_ae"] = self.called_ae or None
         if self.discard_trailing_padding:  # policy "discard" (padding.py): B006

@@ -143,7 +143,7 @@ from dicomstore.archive.engine import (
     unavailable,
 )
 from dicomstore.archive.equivalence import MAX_SIZE, same_reencoded
-from dicomstore.archive.fields import nul_free
+from dicomstore.archive.fields import nul_free, received_now
 from dicomstore.archive.index import Index
 from dicomstore.archive.index_health import IndexHealth
 from dicomstore.archive.layout import instance_relstr, other_place
@@ -293,6 +293,9 @@ class Publisher(DeferredFlushes):
                 for member in live:
                     self._answer(member, failure(st.OUT_OF_RESOURCES, comment))
                 return
+            stamp = received_now()  # (in the transaction: fields.received_now)
+            for member in live:
+                member.row["received_at"] = stamp
             try:
                 deferred = self.defers
                 unsure = self._flush_found(found) if deferred and found else None

@@ -183,12 +183,13 @@ class Forwarding:
     # -- arrivals ----------------------------------------------------------------------
 
     def observe(self, storing: Any, result: Any) -> None:
-        """A store-service observer: each stored instance, for the instance rules."""
+        """A store-service observer: each instance stored, for the instance rules; not
+        a duplicate the archive kept (its row is the earlier store's: nothing arrived).
+        Told by the store's result, never by the row's age (review101 H1: a store whose
+        commit took over a minute was taken for a kept duplicate and never forwarded)."""
         row = result.row
-        if not result.stored or not row or not row.get("received_at"):
+        if not result.changed or not row or not row.get("received_at"):
             return
-        if row["received_at"] < iso(self.clock() - SLACK):
-            return  # a duplicate the archive kept: the row of an earlier store, not new
         on_loop(self._home, self._arrive, row)
 
     def arrived_elsewhere(self, rows: list[dict[str, Any]]) -> None:
