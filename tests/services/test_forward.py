@@ -202,6 +202,52 @@ def test_filters_by_calling_ae_modality_and_sop_class(tmp_path: Path) -> None:
 # -- durability ----------------------------------------------------------------------
 
 
+def test_a_stored_file_gone_is_a_failure_requeue_sends_once_restored(tmp_path: Path) -> None:
+    """review101 M2: an indexed instance whose file was gone when its turn came was
+    *skipped* (for an instance deleted: final), so a file restored after a moment
+    (a share remounting, a backup) was never forwarded and `requeue` saw nothing.
+    It is archive damage: failed, logged, and `requeue` sends it once restored."""
+    from dicomstore.services.forward_queue import requeue_failed
+
+    root, port = tmp_path / "archive", free_port()
+    cfg = config(f"DEST=127.0.0.1:{port}")
+    uids = ["1.2.77.4.1", "1.2.77.4.2"]
+
+    async def stored_while_down() -> None:
+        async with serving(root, cfg) as server:
+            await store(server.port, [instance(uid) for uid in uids])
+            await until(
+                lambda: (
+                    status(root, "DEST")["last_error"] is not None
+                    and status(root, "DEST")["pending"] == 2
+                )
+            )
+
+    async def sending() -> None:
+        async with serving(root, cfg):
+            await until(lambda: status(root, "DEST")["pending"] == 0)
+
+    asyncio.run(stored_while_down())
+    archive = Archive(root, fsync=False)
+    try:
+        stored_path = archive.path_of(uids[1])
+    finally:
+        archive.close()
+    assert stored_path is not None
+    aside = tmp_path / "aside.dcm"
+    stored_path.rename(aside)  # (gone, its row kept)
+    with destination("DEST", port=port) as dest:
+        asyncio.run(sending())
+        assert [uid for uid, *_ in dest.received] == [uids[0]]
+        row = status(root, "DEST")
+        assert (row["sent"], row["skipped"], row["failed"]) == (1, 0, 1)
+        assert "archive damage" in row["last_error"] and "is missing" in row["last_error"]
+        aside.rename(stored_path)
+        assert requeue_failed(root) == {"DEST": 1}
+        asyncio.run(sending())
+    assert sorted(uid for uid, *_ in dest.received) == uids
+
+
 def test_a_restart_sends_what_was_pending_and_what_was_not_yet_queued(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

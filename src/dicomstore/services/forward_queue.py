@@ -13,8 +13,8 @@ queued twice (by the store observer and again by recovery, by an instance rule
 and a ``when=stable`` rule to the same destination) is one entry, while the same
 instance stored again later is a new one. States: ``pending`` (with
 ``attempts`` and ``next_attempt``), then ``sent``, ``failed`` (a permanent
-failure: the destination's status and Error Comment are kept) or ``skipped``
-(not in the index or not on disk any more when its turn came). Sent and skipped
+failure: the destination's status and Error Comment are kept; or its file gone
+from the archive) or ``skipped`` (not in the index any more when its turn came). Sent and skipped
 entries are pruned after a while (``keep_done`` seconds); the counts of each
 state per destination stay in ``total``.
 

@@ -17,7 +17,8 @@ recovery
 sending
     one task per destination takes the due entries a batch at a time (at most
     :data:`BATCH` instances), checks each against the index and the disk (an
-    instance deleted since is ``skipped``, logged), and sends them with our
+    instance deleted since is ``skipped``, one whose file is gone ``failed``:
+    archive damage; logged), and sends them with our
     Storage SCU on one association (``move_sender.DestinationSender``: each
     instance's stored transfer syntax proposed first, converted when only an
     uncompressed one is accepted, streamed from its file), then records the
@@ -347,11 +348,15 @@ class Forwarding:
             )
 
         settling = Settling(record)
-        found, gone = await asyncio.to_thread(self._sendable, entries)
+        found, gone, damaged = await asyncio.to_thread(self._sendable, entries)
         for entry, why in gone:
             log.warning("forward to %s: %s skipped: %s", dest, entry.sop_instance_uid, why)
             settling.outcomes.append(Settled(entry.id, "skipped", entry.attempts, reason=why))
             report.skipped += 1
+        for entry, why in damaged:  # (failed: `requeue` sends it once restored, review101 M2)
+            log.warning("forward to %s: %s failed: %s", dest, entry.sop_instance_uid, why)
+            settling.outcomes.append(Settled(entry.id, "failed", entry.attempts, reason=why))
+            report.failed += 1
         todo = self._one_association(found)
         sender = DestinationSender(
             dest,
@@ -459,9 +464,10 @@ class Forwarding:
 
     def _sendable(
         self, entries: list[Entry]
-    ) -> tuple[list[tuple[Entry, Selected]], list[tuple[Entry, str]]]:
-        """The entries whose instance is in the index and on disk, as what to send;
-        the others with why not. Blocking."""
+    ) -> tuple[list[tuple[Entry, Selected]], list[tuple[Entry, str]], list[tuple[Entry, str]]]:
+        """The entries whose instance is in the index and on disk, as what to send; those
+        the index no longer holds (deleted: skipped); those it holds whose file is gone
+        (archive damage: failed), with why. Blocking."""
         rows: dict[str, tuple[Any, ...]] = {}
         uids = [e.sop_instance_uid for e in entries]
         with closing(self.reader.connect()) as db:
@@ -470,6 +476,7 @@ class Forwarding:
                 rows[row[0]] = row
         found: list[tuple[Entry, Selected]] = []
         gone: list[tuple[Entry, str]] = []
+        damaged: list[tuple[Entry, str]] = []
         for entry in entries:
             row = rows.get(entry.sop_instance_uid)
             if row is None:
@@ -481,10 +488,11 @@ class Forwarding:
             except ValueError:
                 stored = False
             if not stored:
-                gone.append((entry, f"its file {row[3]} is missing"))
+                why = f"archive damage: its file {row[3]} is missing (once restored: requeue)"
+                damaged.append((entry, why))
                 continue
             found.append((entry, Selected(row[0], row[1], row[2], row[3], reader=self.reader)))
-        return found, gone
+        return found, gone, damaged
 
 
 def _failed(exc: BaseException) -> str:
