@@ -202,11 +202,16 @@ def test_filters_by_calling_ae_modality_and_sop_class(tmp_path: Path) -> None:
 # -- durability ----------------------------------------------------------------------
 
 
-def test_a_stored_file_gone_is_a_failure_requeue_sends_once_restored(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["gone", "changed"])
+def test_a_damaged_stored_file_is_a_failure_requeue_sends_once_restored(
+    tmp_path: Path, damage: str
+) -> None:
     """review101 M2: an indexed instance whose file was gone when its turn came was
     *skipped* (for an instance deleted: final), so a file restored after a moment
     (a share remounting, a backup) was never forwarded and `requeue` saw nothing.
-    It is archive damage: failed, logged, and `requeue` sends it once restored."""
+    M1: a file whose bytes are no longer those stored (the indexed digest) was sent,
+    and counted sent. Both are archive damage: failed, logged, not sent, and
+    `requeue` sends it once restored."""
     from dicomstore.services.forward_queue import requeue_failed
 
     root, port = tmp_path / "archive", free_port()
@@ -234,15 +239,19 @@ def test_a_stored_file_gone_is_a_failure_requeue_sends_once_restored(tmp_path: P
     finally:
         archive.close()
     assert stored_path is not None
-    aside = tmp_path / "aside.dcm"
-    stored_path.rename(aside)  # (gone, its row kept)
+    original = stored_path.read_bytes()
+    if damage == "gone":
+        stored_path.unlink()  # (its row kept)
+    else:  # (a flipped bit: the same size)
+        stored_path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
     with destination("DEST", port=port) as dest:
         asyncio.run(sending())
         assert [uid for uid, *_ in dest.received] == [uids[0]]
         row = status(root, "DEST")
         assert (row["sent"], row["skipped"], row["failed"]) == (1, 0, 1)
-        assert "archive damage" in row["last_error"] and "is missing" in row["last_error"]
-        aside.rename(stored_path)
+        said = "is missing" if damage == "gone" else "content differs from what was stored"
+        assert "archive damage" in row["last_error"] and said in row["last_error"]
+        stored_path.write_bytes(original)
         assert requeue_failed(root) == {"DEST": 1}
         asyncio.run(sending())
     assert sorted(uid for uid, *_ in dest.received) == uids

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -74,14 +74,16 @@ def verify_one(
     files = {} if files is None else files
     key = str(row["path"])
     if key not in files:
-        files[key] = _file_failure(reader, row)
+        files[key] = file_failure(reader, row)
     failure = files[key]
     return Verdict(ref) if failure is None else Verdict(ref, *failure)
 
 
-def _file_failure(reader: ArchiveReader, row: dict[str, Any]) -> tuple[int, str] | None:
+def file_failure(reader: ArchiveReader, row: Mapping[str, Any]) -> tuple[int, str] | None:
     """Why the file of the instance ``row`` is not what was stored (Failure Reason, in
-    words), or None: present, with the indexed size and digest."""
+    words), or None: present, with the indexed size and digest (``path``, ``file_size``
+    and ``digest`` of the row are read). Storage Commitment's check, and forwarding's
+    before it sends (review101 M1). ``LookupError``: the storage keeps no local file."""
     # (here, not at the top: a sender making References loads no reader nor pydicom)
     from dicomstore.archive import digests
     from dicomstore.archive.dicomfile import HeaderError
