@@ -3,8 +3,10 @@ referenced instance.
 
 :func:`verify` answers one request: an instance is committed when the index
 holds it under the same SOP Class, its file is present with the indexed size
-and its data set hashes to the indexed digest (the bytes acknowledged at
-C-STORE). Otherwise it fails with a Failure Reason of PS3.4 J.3.3.1.1:
+and its data set hashes to the indexed digest (the copy the archive holds under
+that SOP Instance UID: after a duplicate with different content answered B000,
+``--on-duplicate keep``, the copy stored first; review101 H2). Otherwise it fails
+with a Failure Reason of PS3.4 J.3.3.1.1:
 
 - 0112 *No such object instance*: not in the index, or its file is gone;
 - 0119 *Class / Instance conflict*: held under another SOP Class;

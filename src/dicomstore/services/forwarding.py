@@ -42,12 +42,10 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dicomstore.aio.association import Timeouts
-from dicomstore.archive.commitment import file_failure
 from dicomstore.archive.engine import DatabaseOrOSError
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import status as st
@@ -58,6 +56,7 @@ from dicomstore.services.destinations import Destination
 from dicomstore.services.forward_queue import Entry, ForwardQueue, Pending, Queued, Settled
 from dicomstore.services.forward_recovery import COLUMNS, SLACK, add_study, recover, recover_stable
 from dicomstore.services.forward_rules import ForwardRule, destinations_of, entries_for
+from dicomstore.services.forward_sendable import sendable
 from dicomstore.services.forward_settling import BatchReport, Settling
 from dicomstore.services.move_sender import DestinationSender, contexts_for
 from dicomstore.services.retrieve import NotSent, Selected
@@ -77,16 +76,6 @@ KEEP_DONE = 3600.0
 #: The longest a destination's sender waits before looking for due entries again
 #: (entries another process made pending: ``dicomstore requeue``).
 IDLE_LOOK = 30.0
-_SENDABLE_KEYS = (
-    "sop_instance_uid",
-    "sop_class_uid",
-    "transfer_syntax_uid",
-    "path",
-    "received_at",
-    "file_size",
-    "digest",
-)
-_SENDABLE = f"SELECT {', '.join(_SENDABLE_KEYS)} FROM instance WHERE sop_instance_uid IN ({{}})"
 
 
 @dataclass
@@ -356,7 +345,7 @@ class Forwarding:
             )
 
         settling = Settling(record)
-        found, gone, damaged = await asyncio.to_thread(self._sendable, entries)
+        found, gone, damaged = await asyncio.to_thread(sendable, self.reader, entries)
         for entry, why in gone:
             log.warning("forward to %s: %s skipped: %s", dest, entry.sop_instance_uid, why)
             settling.outcomes.append(Settled(entry.id, "skipped", entry.attempts, reason=why))
@@ -469,46 +458,6 @@ class Forwarding:
         first = contexts_for([item for _e, item in found])[0]
         classes = {abstract for abstract, _ts in first}
         return [(e, item) for e, item in found if item.sop_class_uid in classes]
-
-    def _sendable(
-        self, entries: list[Entry]
-    ) -> tuple[list[tuple[Entry, Selected]], list[tuple[Entry, str]], list[tuple[Entry, str]]]:
-        """The entries whose instance is in the index and on disk, as what to send; those
-        the index no longer holds (deleted: skipped); those it holds whose file is gone
-        (archive damage: failed), with why. Blocking."""
-        rows: dict[str, tuple[Any, ...]] = {}
-        uids = [e.sop_instance_uid for e in entries]
-        with closing(self.reader.connect()) as db:
-            sql = _SENDABLE.format(", ".join("?" for _ in uids))
-            for row in db.execute(sql, uids):
-                rows[row[0]] = row
-        found: list[tuple[Entry, Selected]] = []
-        gone: list[tuple[Entry, str]] = []
-        damaged: list[tuple[Entry, str]] = []
-        for entry in entries:
-            row = rows.get(entry.sop_instance_uid)
-            if row is None:
-                gone.append((entry, "not in the archive any more"))
-                continue
-            storage = self.reader.storage
-            try:
-                stored = storage.exists(row[3])
-            except ValueError:
-                stored = False
-            if not stored:
-                why = f"archive damage: its file {row[3]} is missing (once restored: requeue)"
-                damaged.append((entry, why))
-                continue
-            try:  # (never a copy whose bytes are not those stored: review101 M1)
-                failure = file_failure(self.reader, dict(zip(_SENDABLE_KEYS, row, strict=True)))
-            except LookupError:  # (a storage without local files: sent as it reads)
-                failure = None
-            if failure is not None:
-                why = f"archive damage: its file {row[3]}: {failure[1]}"
-                damaged.append((entry, why))
-                continue
-            found.append((entry, Selected(row[0], row[1], row[2], row[3], reader=self.reader)))
-        return found, gone, damaged
 
 
 def _failed(exc: BaseException) -> str:
