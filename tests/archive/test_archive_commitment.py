@@ -76,6 +76,40 @@ def test_verdicts_for_each_failure_reason(stored) -> None:
     assert "size" in verdicts[4].why
 
 
+@pytest.mark.parametrize("then", ["as-is", "replaced", "deleted-and-sent-again"])
+def test_an_instance_sent_again_different_and_kept_is_not_committed(
+    tmp_path: Path, then: str
+) -> None:
+    """review101 H2: a data set sent again under a stored SOP Instance UID, different,
+    is answered B000 and the copy stored first kept (``--on-duplicate keep``); it was
+    then committed, so a modality deleted the one copy of what it sent. It is not
+    committed (0110, saying why) until the UID is stored again."""
+    root = tmp_path / "archive"
+    uid = UIDS[0]
+    first, other = dataset(uid, pixels=512), dataset(uid, pixels=514)
+    with Archive(root, fsync=False) as archive:
+        assert store(archive, first, sop_uid=uid).status == 0
+        assert verify(ArchiveReader(root), [Reference(CT, uid)])[0].committed
+        assert store(archive, first, sop_uid=uid).status == 0  # (identical: no conflict)
+        assert verify(ArchiveReader(root), [Reference(CT, uid)])[0].committed
+        kept = store(archive, other, sop_uid=uid, calling_ae="MODALITY")
+        assert kept.status == 0xB000 and kept.kept
+    (verdict,) = verify(ArchiveReader(root), [Reference(CT, uid)])
+    assert verdict.failure_reason == PROCESSING_FAILURE
+    assert "another data set was sent under this SOP Instance UID" in verdict.why
+    assert "from MODALITY" in verdict.why
+    if then == "as-is":
+        return
+    if then == "replaced":
+        with Archive(root, fsync=False, on_duplicate="replace") as archive:
+            assert store(archive, other, sop_uid=uid).status == 0
+    else:
+        assert not removal.remove(root, uid).problems
+        with Archive(root, fsync=False) as archive:
+            assert store(archive, first, sop_uid=uid).status == 0
+    assert verify(ArchiveReader(root), [Reference(CT, uid)])[0].committed
+
+
 def test_an_instance_replaced_while_judged_is_committed(tmp_path: Path, monkeypatch) -> None:
     """review88 F6: the rows were read, then a replace committed (its old file gone),
     then the files were hashed: 0112 and "archive damage" for an instance stored all
@@ -89,7 +123,9 @@ def test_an_instance_replaced_while_judged_is_committed(tmp_path: Path, monkeypa
         assert not (root / before[uid]["path"]).exists()
         read = reader.instance_rows
         reads = iter([before])
-        monkeypatch.setattr(reader, "instance_rows", lambda uids: next(reads, None) or read(uids))
+        monkeypatch.setattr(
+            reader, "instance_rows", lambda uids, **kw: next(reads, None) or read(uids, **kw)
+        )
         (verdict,) = verify(reader, [Reference(CT, uid)])
         assert verdict.committed, verdict.why
         before = read([uid])

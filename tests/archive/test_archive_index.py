@@ -34,7 +34,7 @@ def test_index_is_wal_with_the_four_tables(archive: Archive) -> None:
     db = sqlite3.connect(archive.root / "index.sqlite")
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert tables == {"patient", "study", "series", "instance", "unflushed", "rewrites"}
+    assert tables == {"patient", "study", "series", "instance", "unflushed", "conflict", "rewrites"}
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"patient_name_idx", "study_date_idx", "study_accession_idx"} <= indexes
     assert {"series_modality_idx"} <= indexes

@@ -3,15 +3,15 @@ referenced instance.
 
 :func:`verify` answers one request: an instance is committed when the index
 holds it under the same SOP Class, its file is present with the indexed size
-and its data set hashes to the indexed digest (the copy the archive holds under
-that SOP Instance UID: after a duplicate with different content answered B000,
-``--on-duplicate keep``, the copy stored first; review101 H2). Otherwise it fails
-with a Failure Reason of PS3.4 J.3.3.1.1:
+and its data set hashes to the indexed digest. Otherwise it fails with a Failure
+Reason of PS3.4 J.3.3.1.1:
 
 - 0112 *No such object instance*: not in the index, or its file is gone;
 - 0119 *Class / Instance conflict*: held under another SOP Class;
 - 0110 *Processing failure*: its file differs from what was stored (size or
-  digest), or cannot be read.
+  digest), or cannot be read; or another data set was sent under its UID since it
+  was stored, answered B000 with the stored copy kept (``schema.CONFLICTS``,
+  review101 H2: the sender may hold the only copy of it).
 
 The journal of requests not yet reported: ``commitment_journal.py``.
 """
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from dicomstore.archive import layout
 
 if TYPE_CHECKING:
-    from dicomstore.archive.reader import ArchiveReader
+    from dicomstore.archive.reader import ArchiveReader, Conflicts
 
 #: Failure Reasons (0008,1197), PS3.4 J.3.3.1.1
 PROCESSING_FAILURE = 0x0110
@@ -37,6 +37,8 @@ REFERENCED_SOP_CLASS_NOT_SUPPORTED = 0x0122
 DUPLICATE_TRANSACTION_UID = 0x0131
 #: The verdict's words for an indexed instance whose file is gone.
 MISSING = "its file is missing"
+#: Why an instance another data set was sent under since it was stored is not committed.
+CONFLICT = "another data set was sent under this SOP Instance UID"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +113,13 @@ def verify(reader: ArchiveReader, refs: Iterable[Reference]) -> list[Verdict]:
     per request, however many references name it (review53 #4: 1000 references to
     one 200 MiB instance read it 1000 times, 26 s)."""
     refs = list(refs)
-    rows = reader.instance_rows(list(dict.fromkeys(ref.sop_instance_uid for ref in refs)))
+    conflicts: Conflicts = {}
+    uids = list(dict.fromkeys(ref.sop_instance_uid for ref in refs))
+    rows = reader.instance_rows(uids, conflicts=conflicts)
     files: dict[str, tuple[int, str] | None] = {}
     verdicts = [verify_one(reader, ref, rows.get(_key(ref)), files) for ref in refs]
     verdicts = _looked_again(reader, verdicts, rows)
+    verdicts = _conflicted(verdicts, rows, conflicts)
     found = list(dict.fromkeys(v.reference.sop_instance_uid for v in verdicts if v.committed))
     try:
         reader.make_durable(found)
@@ -156,6 +161,27 @@ def _looked_again(
     ]
 
 
+def _conflicted(
+    verdicts: list[Verdict], rows: dict[str, dict[str, Any]], conflicts: Conflicts
+) -> list[Verdict]:
+    """The committed verdicts on instances another data set was sent under since they
+    were stored, answered B000 and not stored (``schema.CONFLICTS``), as 0110: the
+    sender may hold the only copy of what it sent (review101 H2)."""
+    out = []
+    for v in verdicts:
+        uid = _key(v.reference)
+        sent = conflicts.get(uid)
+        row = rows.get(uid)
+        if v.committed and sent is not None and row and sent[0] >= row["received_at"]:
+            why = (
+                f"{CONFLICT} and not stored (B000, the copy stored first kept): not"
+                f" committed; sent {sent[0]}{' from ' + sent[1] if sent[1] else ''}"
+            )
+            v = Verdict(v.reference, PROCESSING_FAILURE, why)
+        out.append(v)
+    return out
+
+
 def _place(row: dict[str, Any] | None) -> tuple[Any, Any] | None:
     return None if row is None else (row["path"], row["digest"])
 
@@ -179,6 +205,11 @@ def log_failures(log: logging.Logger, transaction_uid: str, verdicts: list[Verdi
         len(verdicts),
         ", ".join(f"{why} x{n}" for why, n in kinds.most_common(5)),
     )
-    damaged = [v for v in failed if v.failure_reason == PROCESSING_FAILURE or v.why == MISSING]
+    damaged = [
+        v
+        for v in failed
+        if (v.failure_reason == PROCESSING_FAILURE and not v.why.startswith(CONFLICT))
+        or v.why == MISSING
+    ]
     for v in damaged[:NAMED_DAMAGED]:
         log.warning("archive damage: instance %s: %s", v.reference.sop_instance_uid, v.why)

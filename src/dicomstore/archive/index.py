@@ -212,6 +212,17 @@ class Index:
         sql = "INSERT INTO unflushed (batch, sop_instance_uid) VALUES (?, ?)"
         self._db.executemany(sql, [(batch, uid) for uid in uids])
 
+    def conflicted(self, rows: list[dict[str, Any]]) -> None:
+        """Record (in the open transaction) that another data set was sent under each
+        of these instances' UIDs, the stored copy kept (``schema.CONFLICTS``)."""
+        sql = (
+            "INSERT INTO conflict (sop_instance_uid, sent_at, calling_ae) VALUES (?, ?, ?)"
+            " ON CONFLICT (sop_instance_uid) DO UPDATE SET sent_at = excluded.sent_at,"
+            " calling_ae = excluded.calling_ae"
+        )
+        values = [(r["sop_instance_uid"], r["received_at"], r.get("calling_ae")) for r in rows]
+        self._db.executemany(sql, values)
+
     def flushed(self, batches: list[str]) -> None:
         """Strike ``batches`` off :meth:`unflushed` (in the open transaction)."""
         self._db.executemany("DELETE FROM unflushed WHERE batch = ?", [(b,) for b in batches])

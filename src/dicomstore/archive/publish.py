@@ -281,6 +281,7 @@ class Publisher(DeferredFlushes):
         index = self.index
         storage = self.storage
         placed: list[Staged] = []
+        conflicts: list[tuple[Staged, StoreOutcome]] = []  # (B000 once recorded: H2)
         batch_name = ""
         committed: bool | None = False  # (of a failed COMMIT; None: unknown)
         with index.lock:
@@ -324,7 +325,10 @@ class Publisher(DeferredFlushes):
                         except OSError as exc:  # (reading its file again: another algorithm)
                             doing = "comparing it with the stored copy"
                             verdict = failure(st.OUT_OF_RESOURCES, describe_os_error(exc, doing))
-                        self._answer(member, verdict)
+                        if verdict.kept and verdict.status == st.WARNING_COERCION:
+                            conflicts.append((member, verdict))  # (schema.CONFLICTS)
+                        else:
+                            self._answer(member, verdict)
                         continue
                     if relations is not None:
                         mismatch = relations.check(member.row, replacing=existing is not None)
@@ -337,8 +341,15 @@ class Publisher(DeferredFlushes):
                         placed.append(member)
                         if relations is not None:
                             relations.add(member.row)
+                if conflicts:  # (their B000 only once the index says it: H2)
+                    index.conflicted([member.row for member, _verdict in conflicts])
                 if not placed:
-                    index.rollback()
+                    if conflicts:
+                        index.commit()
+                        for member, verdict in conflicts:
+                            self._answer(member, verdict)
+                    else:
+                        index.rollback()
                     return
                 if not deferred:
                     started = time.perf_counter()
@@ -392,6 +403,8 @@ class Publisher(DeferredFlushes):
                     elif member.outcome is None:
                         self._answer(member, failure(st.OUT_OF_RESOURCES, comment))
                 return
+        for member, verdict in conflicts:
+            self._answer(member, verdict)
         journaled = bool(batch_name) and self._journal(placed, batch_name)
         if not journaled:  # (journaled: its traces stay until the checkpoint)
             if batch_name:  # (the traces stay until it is done: ``deferred.py``)

@@ -24,6 +24,7 @@ from dicomstore.archive import query as q
 from dicomstore.archive.dicomfile import encoding_of
 from dicomstore.archive.engine import (
     Connection,
+    DatabaseError,
     DatabaseOrOSError,
     Engine,
     engine_for,
@@ -226,10 +227,13 @@ class ArchiveReader:
         rows = self.search("instance", {"SOPInstanceUID": uid}, limit=1)
         return rows[0] if rows else None
 
-    def instance_rows(self, sop_instance_uids: list[str], chunk: int = 2000) -> dict[str, Any]:
+    def instance_rows(
+        self, sop_instance_uids: list[str], chunk: int = 2000, conflicts: Conflicts | None = None
+    ) -> dict[str, Any]:
         """The rows of those of these instances the index holds, by SOP Instance UID:
         one connection, a query per ``chunk`` of them (a connection and a query per
-        instance took 20 s for 65,535: review49 #1)."""
+        instance took 20 s for 65,535: review49 #1); into ``conflicts``, read in the
+        same connection, those another data set was last sent under (:meth:`conflicts`)."""
         uids = list(dict.fromkeys(layout.normalize_uid(u.strip()) for u in sop_instance_uids))
         found: dict[str, Any] = {}
         with self._db() as db:
@@ -239,6 +243,8 @@ class ArchiveReader:
                 if wanted:
                     rows = q.search(db, "instance", {"SOPInstanceUID": wanted})
                     found.update((row["sop_instance_uid"], row) for row in rows)
+            if conflicts is not None and found:
+                conflicts.update(_conflicts(db, list(found)))
         return found
 
     def make_durable(self, sop_instance_uids: list[str]) -> None:
@@ -377,3 +383,23 @@ class ArchiveReader:
                     " GROUP BY 1 ORDER BY 1"
                 ),
             }
+
+
+#: (sent_at, calling_ae) by SOP Instance UID (``schema.CONFLICTS``).
+Conflicts = dict[str, tuple[str, str | None]]
+
+
+def _conflicts(db: Connection, uids: list[str]) -> Conflicts:
+    """Those of ``uids`` another data set was last sent under, the stored copy kept
+    (``schema.CONFLICTS``); none from an index a writer of this version has not opened
+    yet (no such table)."""
+    found: Conflicts = {}
+    for at in range(0, len(uids), 500):
+        some = uids[at : at + 500]
+        sql = "SELECT sop_instance_uid, sent_at, calling_ae FROM conflict"
+        sql += f" WHERE sop_instance_uid IN ({', '.join('?' for _ in some)})"
+        try:
+            found.update((uid, (sent, ae)) for uid, sent, ae in db.execute(sql, some))
+        except DatabaseError:  # (no such table)
+            return found
+    return found

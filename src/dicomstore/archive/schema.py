@@ -139,6 +139,19 @@ CREATE TABLE IF NOT EXISTS unflushed (
     PRIMARY KEY (batch, sop_instance_uid)
 );
 """
+#: The SOP Instance UIDs a data set other than the stored copy was last sent under,
+#: answered B000 with that copy kept (``--on-duplicate keep``: ``publish.py``), and
+#: when: Storage Commitment commits none of them (``commitment.py``, review101 H2: the
+#: sender would delete the data set the archive never stored) unless the instance was
+#: stored since (replaced, or deleted and sent again: its ``received_at`` is later).
+#: Made at every open of the index by its writer (an older dicomstore ignores it).
+CONFLICTS = """
+CREATE TABLE IF NOT EXISTS conflict (
+    sop_instance_uid TEXT NOT NULL PRIMARY KEY,
+    sent_at TEXT NOT NULL,
+    calling_ae TEXT
+);
+"""
 #: The count of rewrites (``parentcache.py``): one row, incremented by each transaction
 #: that deletes or changes a patient/study/series/instance row or files a UID under a
 #: second parent, read at each writer transaction's start. Made at every open of the
@@ -309,6 +322,8 @@ def create_or_migrate(engine: Any, db: Any, where: str, *, migrate: bool) -> Arr
         tables = engine.table_names(db)
         if "unflushed" not in tables:  # (added since, too)
             engine.create(db, engine.ddl(UNFLUSHED), None)
+        if "conflict" not in tables:  # (added since, too)
+            engine.create(db, engine.ddl(CONFLICTS), None)
         if "rewrites" not in tables:  # (schema 5: made before the stamp says it is)
             engine.create(db, engine.ddl(REWRITES), None)
         if version != SCHEMA_VERSION:  # the same tables: a new stamp, before this
@@ -334,7 +349,8 @@ def create_or_migrate(engine: Any, db: Any, where: str, *, migrate: bool) -> Arr
         # its replay tells a lost COMMIT from a delete by the rows and ``unflushed``,
         # both dropped here. The next schema change must replay first, or keep them)
         drop = "".join(f"DROP TABLE IF EXISTS {t};" for t in ("unflushed", *reversed(TABLES)))
-    engine.create(db, drop + engine.ddl(SCHEMA + INDEXES + UNFLUSHED + REWRITES), SCHEMA_VERSION)
+    tables = SCHEMA + INDEXES + UNFLUSHED + CONFLICTS + REWRITES
+    engine.create(db, drop + engine.ddl(tables), SCHEMA_VERSION)
     return arrivals
 
 
