@@ -110,6 +110,27 @@ def test_an_instance_sent_again_different_and_kept_is_not_committed(
     assert verify(ArchiveReader(root), [Reference(CT, uid)])[0].committed
 
 
+def test_a_conflict_is_told_whatever_the_clocks_say(tmp_path: Path, monkeypatch) -> None:
+    """review102 H1: the conflict was judged by comparing times (the resend's against
+    the row's arrival): a node whose clock was behind the one that stored the copy
+    recorded a conflict that commitment then ignored. It is struck off when the UID is
+    stored again, never judged by a clock."""
+    from tests.archive.archive_testlib import Behind
+
+    from dicomstore.archive import fields
+
+    root, uid = tmp_path / "archive", UIDS[0]
+    with Archive(root, fsync=False) as archive:
+        assert store(archive, dataset(uid, pixels=512), sop_uid=uid).status == 0
+        monkeypatch.setattr(fields, "datetime", Behind)  # (the resend's node: 30 s behind)
+        assert store(archive, dataset(uid, pixels=514), sop_uid=uid).status == 0xB000
+    (verdict,) = verify(ArchiveReader(root), [Reference(CT, uid)])
+    assert verdict.failure_reason == PROCESSING_FAILURE, verdict.why
+    with Archive(root, fsync=False, on_duplicate="replace") as archive:  # (still behind)
+        assert store(archive, dataset(uid, pixels=514), sop_uid=uid).status == 0
+    assert verify(ArchiveReader(root), [Reference(CT, uid)])[0].committed
+
+
 def test_an_instance_replaced_while_judged_is_committed(tmp_path: Path, monkeypatch) -> None:
     """review88 F6: the rows were read, then a replace committed (its old file gone),
     then the files were hashed: 0112 and "archive damage" for an instance stored all

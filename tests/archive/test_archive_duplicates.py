@@ -423,3 +423,21 @@ def test_a_large_stored_copy_is_not_read_under_the_index_lock(
         first.path.write_bytes(first.path.read_bytes().replace(b"PID1", b"PID9"))
         assert store(archive, FIRST).status == SUCCESS
         assert archive.check()  # (content differs from the indexed digest)
+
+
+def test_a_conflict_is_another_data_set_told_by_its_digest() -> None:
+    """review102 M2: a copy sent again in another transfer syntax that the re-encoding
+    could not judge (over 16 MiB, over its time) is B000 too; were it a conflict, the
+    UID could never be committed though the archive may hold that very data set. Only
+    a B000 for a copy in the stored copy's syntax (the digests differ) is one."""
+    from dicomstore.archive.outcome import StoreOutcome, conflicting
+
+    b000 = StoreOutcome(WARNING_COERCION, "Duplicate with different content", kept=True)
+    explicit, implicit = (
+        {"transfer_syntax_uid": "1.2.840.10008.1.2.1"},
+        {"transfer_syntax_uid": "1.2.840.10008.1.2"},
+    )
+    assert conflicting(b000, explicit, explicit)
+    assert not conflicting(b000, explicit, implicit)
+    assert not conflicting(StoreOutcome(SUCCESS, kept=True), explicit, explicit)
+    assert not conflicting(StoreOutcome(WARNING_COERCION, "coerced"), explicit, explicit)

@@ -868,3 +868,32 @@ def test_a_row_is_stamped_received_when_it_is_written(
     row = archive.get_instance(uid_of(1))
     assert row is not None and row["received_at"] == stamps[-1].isoformat(timespec="microseconds")
     assert outcome.instance is not None and outcome.instance["received_at"] == row["received_at"]
+
+
+def test_a_batch_with_a_conflict_flushes_its_commit(tmp_path: Path, monkeypatch) -> None:
+    """review102 H2: with the files' flush deferred (durable, the default), a batch of
+    a new instance and a duplicate answered B000 (a conflict: Storage Commitment fails
+    its UID) committed the conflict unflushed, and only the new instance went into the
+    node's journal: a power cut lost the conflict, and the UID was committed after
+    all. The B000 goes out once a flushed COMMIT holds it."""
+    flushes: list[bool] = []
+    real = Index.commit
+
+    def commit(self: Index, *, flush: bool = True) -> None:
+        flushes.append(flush)
+        real(self, flush=flush)
+
+    archive = Archive(tmp_path / "durable")
+    try:
+        if not archive._publisher.defers:
+            pytest.skip("this index flushes every COMMIT")
+        assert store(archive, dataset(uid_of(0), pixels=512), sop_uid=uid_of(0)).status == SUCCESS
+        monkeypatch.setattr(Index, "commit", commit)
+        batches = Batches(archive)
+        again = receive(archive, 0, pixels=514)  # (another data set, the same UID)
+        outcomes = batches.run(receive(archive, 1), [receive(archive, 2), again])
+        assert batches.seen == [1, 2]
+        assert [o.status for o in outcomes] == [SUCCESS, SUCCESS, WARNING_COERCION]
+        assert flushes == [False, True]  # (new instances alone: deferred)
+    finally:
+        archive.close()

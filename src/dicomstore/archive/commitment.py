@@ -83,11 +83,15 @@ def verify_one(
     return Verdict(ref) if failure is None else Verdict(ref, *failure)
 
 
-def file_failure(reader: ArchiveReader, row: Mapping[str, Any]) -> tuple[int, str] | None:
+def file_failure(
+    reader: ArchiveReader, row: Mapping[str, Any], *, unreadable_raises: bool = False
+) -> tuple[int, str] | None:
     """Why the file of the instance ``row`` is not what was stored (Failure Reason, in
     words), or None: present, with the indexed size and digest (``path``, ``file_size``
     and ``digest`` of the row are read). Storage Commitment's check, and forwarding's
-    before it sends (review101 M1). ``LookupError``: the storage keeps no local file."""
+    before it sends (review101 M1). ``LookupError``: the storage keeps no local file;
+    ``unreadable_raises``: an ``OSError`` reading it (but its absence) propagates (a
+    cause that may pass: review102 M3)."""
     # (here, not at the top: a sender making References loads no reader nor pydicom)
     from dicomstore.archive import digests
     from dicomstore.archive.dicomfile import HeaderError
@@ -102,6 +106,8 @@ def file_failure(reader: ArchiveReader, row: Mapping[str, Any]) -> tuple[int, st
     except FileNotFoundError:
         return NO_SUCH_OBJECT_INSTANCE, MISSING
     except (OSError, ValueError, HeaderError) as exc:  # unreadable, broken meta, bad path
+        if unreadable_raises and isinstance(exc, OSError):
+            raise
         return PROCESSING_FAILURE, f"its file cannot be read: {exc}"
     return None
 
@@ -119,7 +125,7 @@ def verify(reader: ArchiveReader, refs: Iterable[Reference]) -> list[Verdict]:
     files: dict[str, tuple[int, str] | None] = {}
     verdicts = [verify_one(reader, ref, rows.get(_key(ref)), files) for ref in refs]
     verdicts = _looked_again(reader, verdicts, rows)
-    verdicts = _conflicted(verdicts, rows, conflicts)
+    verdicts = _conflicted(verdicts, conflicts)
     found = list(dict.fromkeys(v.reference.sop_instance_uid for v in verdicts if v.committed))
     try:
         reader.make_durable(found)
@@ -161,9 +167,7 @@ def _looked_again(
     ]
 
 
-def _conflicted(
-    verdicts: list[Verdict], rows: dict[str, dict[str, Any]], conflicts: Conflicts
-) -> list[Verdict]:
+def _conflicted(verdicts: list[Verdict], conflicts: Conflicts) -> list[Verdict]:
     """The committed verdicts on instances another data set was sent under since they
     were stored, answered B000 and not stored (``schema.CONFLICTS``), as 0110: the
     sender may hold the only copy of what it sent (review101 H2)."""
@@ -171,8 +175,7 @@ def _conflicted(
     for v in verdicts:
         uid = _key(v.reference)
         sent = conflicts.get(uid)
-        row = rows.get(uid)
-        if v.committed and sent is not None and row and sent[0] >= row["received_at"]:
+        if v.committed and sent is not None:
             why = (
                 f"{CONFLICT} and not stored (B000, the copy stored first kept): not"
                 f" committed; sent {sent[0]}{' from ' + sent[1] if sent[1] else ''}"

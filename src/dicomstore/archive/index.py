@@ -212,16 +212,22 @@ class Index:
         sql = "INSERT INTO unflushed (batch, sop_instance_uid) VALUES (?, ?)"
         self._db.executemany(sql, [(batch, uid) for uid in uids])
 
-    def conflicted(self, rows: list[dict[str, Any]]) -> None:
+    def conflicted(self, rows: list[dict[str, Any]], at: str) -> None:
         """Record (in the open transaction) that another data set was sent under each
-        of these instances' UIDs, the stored copy kept (``schema.CONFLICTS``)."""
+        of these instances' UIDs at ``at``, the stored copy kept (``schema.CONFLICTS``)."""
         sql = (
             "INSERT INTO conflict (sop_instance_uid, sent_at, calling_ae) VALUES (?, ?, ?)"
             " ON CONFLICT (sop_instance_uid) DO UPDATE SET sent_at = excluded.sent_at,"
             " calling_ae = excluded.calling_ae"
         )
-        values = [(r["sop_instance_uid"], r["received_at"], r.get("calling_ae")) for r in rows]
+        values = [(r["sop_instance_uid"], at, r.get("calling_ae")) for r in rows]
         self._db.executemany(sql, values)
+
+    def resolved(self, uids: list[str]) -> None:
+        """Strike these instances, stored anew (in the open transaction), off
+        :meth:`conflicted`: no clock compared (review102 H1)."""
+        marks = ", ".join("?" for _ in uids)
+        self._db.execute(f"DELETE FROM conflict WHERE sop_instance_uid IN ({marks})", uids)
 
     def flushed(self, batches: list[str]) -> None:
         """Strike ``batches`` off :meth:`unflushed` (in the open transaction)."""

@@ -168,6 +168,16 @@ def duplicate(
     )
 
 
+def conflicting(verdict: StoreOutcome, existing: dict[str, Any], row: dict[str, Any]) -> bool:
+    """Whether ``verdict`` on the copy ``row`` of the stored ``existing`` is a B000 for
+    another data set, the stored copy kept, told by the digest in one transfer syntax
+    (a copy in another that the re-encoding could not judge may be the same, review102
+    M2): then no Storage Commitment of the UID until it is stored again
+    (``schema.CONFLICTS``)."""
+    same_syntax = existing["transfer_syntax_uid"] == row["transfer_syntax_uid"]
+    return verdict.kept and verdict.status == WARNING_COERCION and same_syntax
+
+
 def _damage(path: Path | None, existing: dict[str, Any]) -> str | None:
     """What is wrong with the stored copy's file at ``path`` that one ``stat`` sees
     (None: nothing, or not a local file): gone, or not the size the index recorded."""

@@ -187,8 +187,7 @@ class Publisher(DeferredFlushes):
         self.flush_time = 0.0
         storage.start(self.stats, submitted)
         #: new instances are committed before their files are flushed, then one flush
-        #: makes both durable (``deferred.py``)
-        #: (never with replace: see ``deferred.py``)
+        #: makes both durable (``deferred.py``; never with replace: see there)
         self.defers = (
             on_duplicate != "replace"
             and storage.defers_flush(index.engine.local_file())
@@ -294,9 +293,6 @@ class Publisher(DeferredFlushes):
                 for member in live:
                     self._answer(member, failure(st.OUT_OF_RESOURCES, comment))
                 return
-            stamp = received_now()  # (in the transaction: fields.received_now)
-            for member in live:
-                member.row["received_at"] = stamp
             try:
                 deferred = self.defers
                 unsure = self._flush_found(found) if deferred and found else None
@@ -325,7 +321,7 @@ class Publisher(DeferredFlushes):
                         except OSError as exc:  # (reading its file again: another algorithm)
                             doing = "comparing it with the stored copy"
                             verdict = failure(st.OUT_OF_RESOURCES, describe_os_error(exc, doing))
-                        if verdict.kept and verdict.status == st.WARNING_COERCION:
+                        if st.conflicting(verdict, existing, member.row):
                             conflicts.append((member, verdict))  # (schema.CONFLICTS)
                         else:
                             self._answer(member, verdict)
@@ -341,8 +337,8 @@ class Publisher(DeferredFlushes):
                         placed.append(member)
                         if relations is not None:
                             relations.add(member.row)
-                if conflicts:  # (their B000 only once the index says it: H2)
-                    index.conflicted([member.row for member, _verdict in conflicts])
+                if conflicts:  # (their B000 only once the index says it, flushed: H2)
+                    index.conflicted([member.row for member, _verdict in conflicts], received_now())
                 if not placed:
                     if conflicts:
                         index.commit()
@@ -357,7 +353,11 @@ class Publisher(DeferredFlushes):
                     self.flush_time += time.perf_counter() - started
                 if crashpoints.ENABLED:
                     crashpoints.reached("publish.after-folder-flush")
+                stamp = received_now()  # (late in the transaction: fields.received_now)
+                for member in placed:
+                    member.row["received_at"] = stamp
                 rows = self._put(placed)
+                index.resolved([member.row["sop_instance_uid"] for member in placed])
                 for member in placed:
                     old = member.existing
                     if old is not None and old["path"] != member.rel:
@@ -371,7 +371,7 @@ class Publisher(DeferredFlushes):
                     crashpoints.reached("publish.before-commit")
                 started = time.perf_counter()
                 try:
-                    index.commit(flush=not deferred)
+                    index.commit(flush=not deferred or bool(conflicts))
                 except DatabaseError:
                     committed = committed_after_all(index, placed)
                     if not committed:
