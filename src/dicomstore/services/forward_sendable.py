@@ -36,12 +36,39 @@ Why = list[tuple[Entry, str]]
 def sendable(reader: ArchiveReader, entries: list[Entry]) -> tuple[Found, Why, Why]:
     """The entries whose instance is in the index and on disk, intact, as what to
     send; those the index no longer holds (skipped); those whose file is gone or
-    differs (failed), with why. Blocking."""
-    rows: dict[str, tuple[Any, ...]] = {}
-    uids = [e.sop_instance_uid for e in entries]
+    differs (failed), with why. A file that cannot be read now (descriptors, I/O) is
+    sent as before: its read fails the batch, tried again later (review102 M3). One
+    judged damaged is judged again on its row read anew: a replace or a delete
+    committed meanwhile is no damage (review102 L1). Blocking."""
+    rows = _rows(reader, [e.sop_instance_uid for e in entries])
+    found, gone, damaged = _judge(reader, entries, rows)
+    if damaged:
+        again = _rows(reader, [e.sop_instance_uid for e, _why in damaged])
+        changed = [
+            e
+            for e, _why in damaged
+            if _place(again.get(e.sop_instance_uid)) != _place(rows.get(e.sop_instance_uid))
+        ]
+        if changed:
+            more_found, more_gone, still = _judge(reader, changed, again)
+            damaged = [(e, why) for e, why in damaged if e not in changed] + still
+            found, gone = found + more_found, gone + more_gone
+    return found, gone, damaged
+
+
+def _rows(reader: ArchiveReader, uids: list[str]) -> dict[str, tuple[Any, ...]]:
     with closing(reader.connect()) as db:
-        for row in db.execute(_SQL.format(", ".join("?" for _ in uids)), uids):
-            rows[row[0]] = row
+        sql = _SQL.format(", ".join("?" for _ in uids))
+        return {row[0]: row for row in db.execute(sql, uids)}
+
+
+def _place(row: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    return None if row is None else (row[3], row[6])  # (path, digest)
+
+
+def _judge(
+    reader: ArchiveReader, entries: list[Entry], rows: dict[str, tuple[Any, ...]]
+) -> tuple[Found, Why, Why]:
     found: Found = []
     gone: Why = []
     damaged: Why = []
@@ -59,8 +86,10 @@ def sendable(reader: ArchiveReader, entries: list[Entry]) -> tuple[Found, Why, W
             damaged.append((entry, why))
             continue
         try:
-            failure = file_failure(reader, dict(zip(_KEYS, row, strict=True)))
-        except LookupError:  # (a storage without local files: sent as it reads)
+            failure = file_failure(
+                reader, dict(zip(_KEYS, row, strict=True)), unreadable_raises=True
+            )
+        except (LookupError, OSError):  # (no local file: sent as it reads; unreadable now)
             failure = None
         if failure is not None:
             damaged.append((entry, f"archive damage: its file {row[3]}: {failure[1]}"))
