@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from tests.conftest import free_port
 
 from dicomstore.cli import PARSERS, build_parser
 from dicomstore.cli.settings import subcommands
@@ -201,3 +202,17 @@ def test_a_port_in_use_is_told_before_anything_is_created(tmp_path, capsys, whic
     err = capsys.readouterr().err
     assert f"cannot listen{for_http} on 127.0.0.1:{busy}: Address already in use" in err
     assert not storage.exists() and not (tmp_path / "audit.jsonl").exists()
+
+
+def test_an_http_port_that_is_the_dicom_port_is_told_before_anything(tmp_path, capsys) -> None:
+    """review102 L3: each port was tried alone, so --http-port equal to --port passed
+    both tries, and the start made the archive before it failed."""
+    from dicomstore.cli import main
+
+    storage = tmp_path / "new"
+    port = str(free_port())
+    argv = ["serve", "--storage", str(storage), "--host", "127.0.0.1", "--port", port]
+    assert main([*argv, "--http-host", "127.0.0.1", "--http-port", port]) == 3
+    err = capsys.readouterr().err
+    assert f"cannot listen for HTTP on 127.0.0.1:{port}: Address already in use" in err
+    assert not storage.exists()

@@ -270,12 +270,11 @@ def _peer(conn: socket.socket) -> str:
     return str(name or "?")
 
 
-def probe(host: str, port: int) -> None:
-    """Raise the OSError listening on ``host``:``port`` would (in use, an address not
-    of this machine ...): bound as :func:`_bind` binds, then closed at once. A start
-    asks before it creates anything (review100 W12: a port in use left a new archive)."""
-    for sock in _bind(host, port):
-        sock.close()
+def bound(host: str, port: int) -> list[socket.socket]:
+    """The listening sockets of ``host``:``port`` as :class:`Listener` binds them (the
+    OSError it would raise: in use, an address not of this machine ...), for a start
+    to try its ports before it creates anything and close them (review100 W12)."""
+    return _bind(host, port)
 
 
 def _bind(host: str, port: int) -> list[socket.socket]:

@@ -190,17 +190,25 @@ def _ports_taken(args: argparse.Namespace) -> str | None:
     worker listens on neither: the first process hands it the connections)."""
     if getattr(args, "channel", None) is not None:
         return None
-    from dicomstore.aio.listener import probe
+    from dicomstore.aio.listener import bound
 
-    ports = [("", args.host, args.port)]
-    if args.http_port is not None:
-        ports.append((" for HTTP", args.http_host, args.http_port))
-    for what, host, port in ports:
-        try:
-            probe(host, port)
-        except OSError as exc:
-            return f"cannot listen{what} on {host}:{port}: {exc.strerror or exc}"
-    return None
+    try:
+        held = bound(args.host, args.port)
+    except OSError as exc:
+        return f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+    try:  # (held meanwhile: --http-port the DICOM port is in use too, review102 L3)
+        if args.http_port is not None:
+            from dicomstore.http.server import listening_socket  # (as HTTP binds: L2)
+
+            try:
+                listening_socket(args.http_host, args.http_port).close()
+            except OSError as exc:
+                where = f"{args.http_host}:{args.http_port}"
+                return f"cannot listen for HTTP on {where}: {exc.strerror or exc}"
+        return None
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def _say_other_nodes(archive: Any) -> None:

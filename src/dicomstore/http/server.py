@@ -134,7 +134,7 @@ class HttpServer:
 
     async def start(self) -> None:
         """Bind, start serving, return once listening (raises ``OSError`` if bind fails)."""
-        self._socket = _listen(self.host, self.requested_port)
+        self._socket = listening_socket(self.host, self.requested_port)
         context = self.ssl_context
         found = getattr(getattr(self.app, "state", None), "limits", DEFAULT)
         limits = found if isinstance(found, HttpLimits) else DEFAULT
@@ -180,7 +180,7 @@ class HttpServer:
             self._socket.close()
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def listening_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket. Made with ``IPPROTO_TCP`` explicitly: asyncio sets
     TCP_NODELAY only on connections whose socket says so, and without it every small
     response waits for the client's delayed ACK (40 ms) behind Nagle's algorithm."""
