@@ -170,6 +170,34 @@ def test_an_overdue_report_takes_the_overdue_room_once_there_is_some(
     srv.archive.close()  # type: ignore[attr-defined]
 
 
+def test_a_report_retried_past_a_thousand_times_is_still_retried(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI, stop 53: the back-off was retry_delay * 2 ** failures, a float overflow past
+    1024 failures (a week of a requester unreachable, at the default 10 min cap; a
+    second under a loaded test's 0.02 s): the delivery task died of it, its request
+    neither reported nor overdue for good."""
+    monkeypatch.setattr(commitment_reports, "STRAND_AFTER", 10**9)
+    srv = serving(root, commitment_scus=(Destination("MODALITY", "127.0.0.1", free_port()),))
+    with srv:
+        commitments = srv.server.commitments
+        assert commitments is not None
+        commitments.retry_delay = commitments.max_retry_delay = 0.0
+        tries: list[int] = []
+        attempt = commitments._attempt
+
+        async def counted(*args):
+            tries.append(1)
+            return await attempt(*args)
+
+        monkeypatch.setattr(commitments, "_attempt", counted)
+        assert n_action(srv.port, action_information("1.2.8.211", *HELD)) == 0
+        assert polled(lambda: len(tries) > 1100, timeout=60)
+        assert "1.2.8.211" in commitments.pending
+        commitments.overdue.clear()
+    srv.archive.close()  # type: ignore[attr-defined]
+
+
 def polled(done, timeout: float = 20) -> bool:
     """Until ``done()`` (polled, with a deadline): True if so."""
     deadline = time.monotonic() + timeout

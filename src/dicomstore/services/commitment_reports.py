@@ -290,7 +290,7 @@ class CommitmentService:
                     return
                 if failures >= STRAND_AFTER and request.transaction_uid in self.pending:
                     self._overdue(request, failures)  # (once the overdue have room)
-                delay = min(self.retry_delay * 2 ** (failures - 1), self.max_retry_delay)
+                delay = min(self.retry_delay * 2 ** min(failures - 1, 62), self.max_retry_delay)
                 delay *= 0.5 + random.random() / 2  # jitter: requesters back at once spread
                 log.warning(
                     "storage commitment %s: report to %s failed (%s); retrying in %.0f s",

@@ -185,7 +185,7 @@ class _Run:
 
     def backoff(self, failures: int) -> float:
         delay = self.opts.retry_delay
-        return min(delay * 2 ** max(0, failures - 1), max(delay, 30.0))
+        return min(delay * 2 ** min(max(0, failures - 1), 62), max(delay, 30.0))
 
     async def ready(self, job: _Job) -> bool:
         """Whether ``job`` (taken from the queue) is sent: its file was checked whole
