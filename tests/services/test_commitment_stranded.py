@@ -153,14 +153,7 @@ def test_an_overdue_report_takes_the_overdue_room_once_there_is_some(
         assert commitments is not None
         commitments.retry_delay = commitments.max_retry_delay = 0.02
         commitments.overdue.update({f"9.9.{n}": 1 for n in range(commitments.max_pending)})
-        tries: list[int] = []
-        attempt = commitments._attempt
-
-        async def counted(*args):
-            tries.append(1)
-            return await attempt(*args)
-
-        monkeypatch.setattr(commitments, "_attempt", counted)
+        tries = _counted_attempts(commitments, monkeypatch)
         assert n_action(srv.port, action_information("1.2.8.210", *HELD)) == 0
         assert polled(lambda: len(tries) > 4)  # (past STRAND_AFTER: the overdue full)
         assert "1.2.8.210" in commitments.pending
@@ -183,19 +176,25 @@ def test_a_report_retried_past_a_thousand_times_is_still_retried(
         commitments = srv.server.commitments
         assert commitments is not None
         commitments.retry_delay = commitments.max_retry_delay = 0.0
-        tries: list[int] = []
-        attempt = commitments._attempt
-
-        async def counted(*args):
-            tries.append(1)
-            return await attempt(*args)
-
-        monkeypatch.setattr(commitments, "_attempt", counted)
+        tries = _counted_attempts(commitments, monkeypatch)
         assert n_action(srv.port, action_information("1.2.8.211", *HELD)) == 0
         assert polled(lambda: len(tries) > 1100, timeout=60)
         assert "1.2.8.211" in commitments.pending
         commitments.overdue.clear()
     srv.archive.close()  # type: ignore[attr-defined]
+
+
+def _counted_attempts(commitments, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A 1 for each attempt to deliver a report, from now on."""
+    tries: list[int] = []
+    attempt = commitments._attempt
+
+    async def counted(*args):
+        tries.append(1)
+        return await attempt(*args)
+
+    monkeypatch.setattr(commitments, "_attempt", counted)
+    return tries
 
 
 def polled(done, timeout: float = 20) -> bool:
