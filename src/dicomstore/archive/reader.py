@@ -233,7 +233,7 @@ class ArchiveReader:
         """The rows of those of these instances the index holds, by SOP Instance UID:
         one connection, a query per ``chunk`` of them (a connection and a query per
         instance took 20 s for 65,535: review49 #1); into ``conflicts``, read in the
-        same connection, those another data set was last sent under (:meth:`conflicts`)."""
+        same connection, those another data set was last sent under (``schema.CONFLICTS``)."""
         uids = list(dict.fromkeys(layout.normalize_uid(u.strip()) for u in sop_instance_uids))
         found: dict[str, Any] = {}
         with self._db() as db:
