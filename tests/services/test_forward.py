@@ -417,6 +417,41 @@ def test_when_stable_needs_stable_events(tmp_path: Path) -> None:
 # -- failures --------------------------------------------------------------------------
 
 
+def test_an_association_broken_mid_batch_puts_the_rest_back_with_the_one_in_flight(
+    tmp_path: Path,
+) -> None:
+    """review101 L1: a destination aborting mid-batch counted 1 `to retry` (the one in
+    flight) while the rest waited uncounted and came due at once, where a refused
+    connection counted the whole batch. The rest waits the back-off with the one in
+    flight (an attempt more for it alone), each counted, as for a transient status."""
+    root, port = tmp_path / "archive", free_port()
+    cfg = config(f"DEST=127.0.0.1:{port}")
+    uids = [f"1.2.77.7.{n}" for n in range(1, 5)]
+    reports: list[BatchReport] = []
+
+    async def stored_while_down() -> None:
+        async with serving(root, cfg) as server:
+            await store(server.port, [instance(uid) for uid in uids])
+            await until(lambda: status(root, "DEST")["pending"] == 4)
+
+    asyncio.run(stored_while_down())
+    with destination("DEST", port=port, abort_after=2) as dest:
+
+        def seen(report: BatchReport) -> None:
+            reports.append(report)
+            dest.abort_after = None  # (once)
+
+        async def sending() -> None:
+            async with serving(root, cfg) as server:
+                assert server.forwarding is not None
+                server.forwarding.observers.append(seen)
+                await until(lambda: status(root, "DEST")["sent"] == 4)
+
+        asyncio.run(sending())
+    assert (reports[0].sent, reports[0].retry) == (1, 3)
+    assert {uid for uid, *_ in dest.received} == set(uids)
+
+
 def test_out_of_resources_is_tried_again(tmp_path: Path) -> None:
     """A700 (PS3.4 B.2.3) and 0213 (PS3.7 C.5) are transient: the entry waits its
     backoff and is sent at a later attempt."""

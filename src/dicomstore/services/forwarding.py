@@ -378,8 +378,13 @@ class Forwarding:
                 try:
                     rsp = await settling.awaiting(sender.store(item))
                 except (DicomstoreError, ConnectionError, OSError) as exc:  # (SourceReadError too)
+                    # the rest of the batch waits with it, as for a transient status: an
+                    # attempt more for this one alone; each counts `to retry`, as when the
+                    # association failed (review101 L1: 1 here, the whole batch there)
                     why = _failed(exc)
-                    report.error = self._retry_all(todo[n : n + 1], why, settling.outcomes, report)
+                    report.error = self._retry_all(
+                        todo[n:], why, settling.outcomes, report, tried=1
+                    )
                     break
                 if isinstance(rsp, NotSent):  # (review49 #10: its reason, not a guess)
                     why = f"not sent: {rsp.reason}"
