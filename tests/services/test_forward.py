@@ -429,12 +429,18 @@ def test_an_association_broken_mid_batch_puts_the_rest_back_with_the_one_in_flig
     uids = [f"1.2.77.7.{n}" for n in range(1, 5)]
     reports: list[BatchReport] = []
 
-    async def stored_while_down() -> None:
-        async with serving(root, cfg) as server:
-            await store(server.port, [instance(uid) for uid in uids])
-            await until(lambda: status(root, "DEST")["pending"] == 4)
+    async def queue_made() -> None:
+        async with serving(root, cfg):
+            pass
 
-    asyncio.run(stored_while_down())
+    asyncio.run(queue_made())
+    archive = Archive(root, fsync=False)  # (stored between two runs: queued at the next
+    try:  # start, all due at once, one batch; stored while the destination was down,
+        for uid in uids:  # each waited its own jittered back-off: batches of fewer)
+            data = dataset(uid, study="1.2.77.7", series="1.2.77.7.1")
+            assert archive_store(archive, data, sop_uid=uid).status == 0
+    finally:
+        archive.close()
     with destination("DEST", port=port, abort_after=2) as dest:
 
         def seen(report: BatchReport) -> None:
