@@ -15,13 +15,13 @@ import errno
 import fcntl
 import logging
 import os
-from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dicomstore.archive import digests, journal, layout, nodes
 from dicomstore.archive.commit import Staged
 from dicomstore.archive.dicomfile import HeaderError
+from dicomstore.archive.fields import received_now
 from dicomstore.archive.filepublish import UNFLUSHED
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import INTENT, intent_target
@@ -341,8 +341,7 @@ def _settle(root: Path, index: Index, trace: Path, read_row: Any, *, fsync: bool
                     up = layout.folders_up_to(root, final) if unflushed else [final.parent]
                     for folder in up:
                         layout.fsync_dir(folder)
-                arrived = datetime.now(UTC).isoformat(timespec="microseconds")
-                index.put({**row, "path": rel, "received_at": arrived})
+                index.put({**row, "path": rel, "received_at": received_now()})
                 index.commit()
                 return 1
             if existing["path"] != rel:
