@@ -131,6 +131,18 @@ def test_a_conflict_is_told_whatever_the_clocks_say(tmp_path: Path, monkeypatch)
     assert verify(ArchiveReader(root), [Reference(CT, uid)])[0].committed
 
 
+def test_a_reindex_keeps_a_conflict(tmp_path: Path) -> None:
+    """review102 L4: an index made anew from the files has no record of a conflict; an
+    in-place reindex keeps it (README, Storage Commitment)."""
+    root, uid = tmp_path / "archive", UIDS[0]
+    with Archive(root, fsync=False) as archive:
+        assert store(archive, dataset(uid, pixels=512), sop_uid=uid).status == 0
+        assert store(archive, dataset(uid, pixels=514), sop_uid=uid).status == 0xB000
+        assert archive.reindex() == 1
+    (verdict,) = verify(ArchiveReader(root), [Reference(CT, uid)])
+    assert verdict.failure_reason == PROCESSING_FAILURE, verdict.why
+
+
 def test_an_instance_replaced_while_judged_is_committed(tmp_path: Path, monkeypatch) -> None:
     """review88 F6: the rows were read, then a replace committed (its old file gone),
     then the files were hashed: 0112 and "archive damage" for an instance stored all
