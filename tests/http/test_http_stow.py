@@ -130,6 +130,15 @@ def test_duplicate_with_other_content_is_a_warning(server) -> None:
     assert r.status_code == 202
     (item,) = r.json()["00081199"]["Value"]
     assert item["00081196"]["Value"] == [0xB000]
+    # the door's B000 is the archive's: recorded, Storage Commitment fails it (review101 H2)
+    from dicomstore.archive.commitment import PROCESSING_FAILURE, Reference, verify
+    from dicomstore.archive.reader import ArchiveReader
+
+    stored = archive.get_instance("1.2.5.9")
+    assert stored is not None
+    ref = Reference(stored["sop_class_uid"], "1.2.5.9")
+    (verdict,) = verify(ArchiveReader(archive.root), [ref])
+    assert verdict.failure_reason == PROCESSING_FAILURE, verdict.why
 
 
 def test_duplicate_of_another_patient_is_a900(server) -> None:
