@@ -119,9 +119,9 @@ def test_a_full_channel_serves_here_for_now_and_keeps_the_worker(pairs) -> None:
 
 def test_the_first_process_listens_on_every_address_of_its_host() -> None:
     """As ``loop.create_server``: an empty host is every interface, IPv6 too."""
-    from dicomstore.aio.listener import _bind
+    from dicomstore.aio.listener import bound
 
-    sockets = _bind("", 0)
+    sockets = bound("", 0)
     try:
         families = {sock.family for sock in sockets}
         assert socket.AF_INET in families

@@ -78,7 +78,7 @@ class Listener:
         if self.share is not None:
             self._closed = asyncio.Event()
             if isinstance(self.share, handoff.Dispatcher):
-                self._sockets = _bind(self.host, self.requested_port)
+                self._sockets = bound(self.host, self.requested_port)
                 for sock in self._sockets:
                     loop.add_reader(sock.fileno(), self._accept_ready, sock)
                 self.share.attach(loop)
@@ -91,7 +91,7 @@ class Listener:
             # one is logged; asyncio's server drops it without a word (review45 M4: a
             # modality whose certificate was refused left no line in the log)
             self._closed = asyncio.Event()
-            self._sockets = _bind(self.host, self.requested_port)
+            self._sockets = bound(self.host, self.requested_port)
             for sock in self._sockets:
                 loop.add_reader(sock.fileno(), self._accept_ready, sock)
             return
@@ -271,15 +271,10 @@ def _peer(conn: socket.socket) -> str:
 
 
 def bound(host: str, port: int) -> list[socket.socket]:
-    """The listening sockets of ``host``:``port`` as :class:`Listener` binds them (the
-    OSError it would raise: in use, an address not of this machine ...), for a start
-    to try its ports before it creates anything and close them (review100 W12)."""
-    return _bind(host, port)
-
-
-def _bind(host: str, port: int) -> list[socket.socket]:
     """Listening sockets on every address of ``host`` (all interfaces, IPv4 and IPv6,
-    for an empty one), non-blocking, as ``loop.create_server`` binds them."""
+    for an empty one), non-blocking, as ``loop.create_server`` binds them: the
+    :class:`Listener`'s, and a start's try of its port before it creates anything
+    (review100 W12: the OSError of a port in use, an address not of this machine)."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:
