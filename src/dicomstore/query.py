@@ -12,6 +12,8 @@ Query and read, in any thread or process, next to a running server::
         ds = archive.dataset(row, stop_before_pixels=True)   # pydicom Dataset
         with archive.open(row) as f:                          # the stored bytes
             header = f.read(132)
+        with archive.open_checked(row) as f:   # read through the indexed size and
+            f.verify()                         # digest: DamagedCopy if damaged since
 
 Be told of each instance the server acknowledged (after it is durable)::
 

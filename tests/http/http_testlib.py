@@ -199,6 +199,18 @@ def store_file(archive: Archive, path: Path | str, *, calling_ae: str = "MODALIT
     return outcome
 
 
+def store_implicit(archive: Archive, ds: Dataset, folder: Path) -> Any:
+    """Store ``ds`` as a PS3.10 file in Implicit VR Little Endian (written into
+    ``folder`` first): what a retrieve in Explicit VR transcodes."""
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"
+    path = Path(folder) / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True, implicit_vr=True)
+    return store_file(archive, path)
+
+
 def get_or_cut(port: int, target: str, headers: dict[str, str] | None = None):
     """(status, body) of a GET on 127.0.0.1:``port``; body None when the answer was
     cut off after its status (a damaged archive, a frame that fails midway)."""

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from http_testlib import HttpThread, get_or_cut, make_dataset, store, store_file
+from http_testlib import HttpThread, get_or_cut, make_dataset, store, store_implicit
 
 from dicomstore.archive import Archive
 
@@ -82,19 +82,12 @@ TO_EXPLICIT = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.
 def implicit_gone(tmp_path: Path) -> Iterator[HttpThread]:
     """Three Implicit VR instances (a study retrieve transcodes them), the second's
     file gone, its row kept."""
-    from pydicom.dataset import FileMetaDataset
-
     archive = Archive(tmp_path / "archive", fsync=False)
     for n in (1, 2, 3):
         ds = make_dataset(
             f"1.2.39.{n}", study=IMPLICIT_STUDY, series=IMPLICIT_STUDY + ".1", number=n
         )
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"
-        ds.save_as(tmp_path / f"{n}.dcm", enforce_file_format=True, implicit_vr=True)
-        store_file(archive, tmp_path / f"{n}.dcm")
+        store_implicit(archive, ds, tmp_path)
     yield from _served_without(archive, "1.2.39.2")
 
 

@@ -132,14 +132,14 @@ def audited_server(root: Path) -> Iterator[tuple[ServerThread, Audit]]:
 
 
 @contextmanager
-def serving_cli(root: Path, *extra: str) -> Iterator[int]:
+def serving_cli(root: Path, *extra: str, out: Any = subprocess.DEVNULL) -> Iterator[int]:
     """`dicomstore serve --fsync off` (and ``extra`` options) on the archive at
-    ``root``: its port."""
+    ``root``, its output (and log) to ``out``: its port."""
     port = free_port()
     proc = subprocess.Popen(
         serve_command(port, root, "--fsync", "off", *extra),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT if out is not subprocess.DEVNULL else out,
     )
     try:
         wait_listening(port, proc)

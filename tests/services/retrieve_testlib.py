@@ -3,17 +3,27 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from tests.conftest import dcmtk_storescp, free_port
+from tests.services.query_testlib import serving_cli
 from tests.services.test_scu_support import dataset_bytes
 
-__all__ = ["Destination", "dataset_bytes", "destination", "pynetdicom_move"]
+__all__ = [
+    "Destination",
+    "dataset_bytes",
+    "destination",
+    "pynetdicom_move",
+    "serving_to_storescp",
+]
 
 
 @dataclass
@@ -98,6 +108,20 @@ def pynetdicom_move(
         return [(rsp.Status, rsp, ident) for rsp, ident in assoc.send_c_move(ds, move_aet, model)]
     finally:
         assoc.release()
+
+
+@contextmanager
+def serving_to_storescp(
+    root: Path, received: Path, out: Any = subprocess.DEVNULL, *storescp: str
+) -> Iterator[int]:
+    """`dicomstore serve --fsync off` on the archive at ``root`` (its output to
+    ``out``), DCMTK storescp (``storescp`` options) its move destination STORESCP
+    storing into ``received``: its port."""
+    dest_port = free_port()
+    with dcmtk_storescp(dest_port, received, *storescp, "--aetitle", "STORESCP"):
+        destination = f"STORESCP=127.0.0.1:{dest_port}"
+        with serving_cli(root, "--move-destination", destination, out=out) as port:
+            yield port
 
 
 def read_tree(root: Path) -> dict[str, bytes]:

@@ -4,15 +4,14 @@ storescp --bit-preserving: every data set received byte-identical to the stored 
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import PEER_ENV, dcmtk, dcmtk_storescp, free_port, serve_command, wait_listening
+from tests.conftest import PEER_ENV, dcmtk
 from tests.services.query_testlib import fill, sop_uids
-from tests.services.retrieve_testlib import dataset_bytes
+from tests.services.retrieve_testlib import dataset_bytes, serving_to_storescp
 
 from dicomstore.archive.reader import ArchiveReader
 
@@ -27,26 +26,8 @@ def served(tmp_path_factory, index_engine: str) -> Iterator[tuple[int, Path, Pat
     base = tmp_path_factory.mktemp("movescu")
     root, received = base / "archive", base / "received"
     fill(root)
-    port, dest_port = free_port(), free_port()
-    with dcmtk_storescp(dest_port, received, "--bit-preserving", "--aetitle", "STORESCP"):
-        proc = subprocess.Popen(
-            serve_command(
-                port,
-                root,
-                "--fsync",
-                "off",
-                "--move-destination",
-                f"STORESCP=127.0.0.1:{dest_port}",
-            ),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_listening(port, proc)
-            yield port, root, received
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(20)
+    with serving_to_storescp(root, received, subprocess.DEVNULL, "--bit-preserving") as port:
+        yield port, root, received
 
 
 def movescu(port: int, model: str, *keys: str, dest: str = "STORESCP", code: int = 0) -> str:

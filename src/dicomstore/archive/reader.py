@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dicomstore.archive import layout
 from dicomstore.archive import query as q
+from dicomstore.archive.checked import open_checked
 from dicomstore.archive.dicomfile import encoding_of
 from dicomstore.archive.engine import (
     Connection,
@@ -283,6 +284,13 @@ class ArchiveReader:
     def open(self, row_or_uid: Mapping[str, Any] | str) -> BinaryIO:
         """The stored PS3.10 bytes, a readable and seekable stream (close it when done)."""
         return self.storage.open(self.key(row_or_uid))
+
+    def open_checked(self, row: Mapping[str, Any]) -> BinaryIO:
+        """:meth:`open` of the instance of index row ``row``, read through its indexed
+        size and digest (``checked.py``: a copy damaged since it was stored raises
+        ``DamagedCopy`` before its last bytes are read): what is given on whole."""
+        key = self.key(row)
+        return open_checked(self.storage.open(key), row, self.where(row))
 
     def local_path(self, row_or_uid: Mapping[str, Any] | str) -> Path | None:
         """The local file of an instance, for zero-copy readers (``sendfile``, ``mmap``),

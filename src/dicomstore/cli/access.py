@@ -376,21 +376,17 @@ _DEST_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def _copy(reader: Any, row: dict[str, Any], target: Path) -> int:
-    """The stored bytes of ``row`` into file ``target``: copied by the kernel from a
-    local file (``copyfile``), else streamed from the archive's storage; how many. Into
-    a ``.part`` file named ``target`` only once whole and of the indexed size (review100
-    W1: a disk full or a Ctrl-C left empty and cut files under their final names, which
-    pydicom read without error); the part removed on any failure."""
+    """The stored bytes of ``row`` into file ``target``, read through its indexed size
+    and digest (``ArchiveReader.open_checked``: a copy damaged since it was stored is
+    an OSError, ``archive damage``, never exported); how many. Into a ``.part`` file
+    named ``target`` only once whole and of the indexed size (review100 W1: a disk full
+    or a Ctrl-C left empty and cut files under their final names, which pydicom read
+    without error); the part removed on any failure."""
     part = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
     try:
-        local = reader.local_path(row)
-        if local is not None:
-            shutil.copyfile(local, part)
-            copied = part.stat().st_size
-        else:
-            with reader.open(row) as source, open(part, "wb") as out:
-                shutil.copyfileobj(source, out, 1 << 20)
-                copied = out.tell()
+        with reader.open_checked(row) as source, open(part, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+            copied = out.tell()
         if copied == row["file_size"]:
             os.replace(part, target)
         return copied

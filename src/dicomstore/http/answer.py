@@ -19,6 +19,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dicomstore.archive.checked import DamagedCopy
+
 log = logging.getLogger("dicomstore.http.answer")
 
 #: Set in a request's task when its answer was cut off on purpose (:class:`EndsBroken`):
@@ -62,7 +64,9 @@ def unless_gone(
 
 class EndsBroken:
     """The outermost middleware: an :class:`AnswerBroken` ends the request quietly
-    (uvicorn then closes the connection, the answer being incomplete). A HEAD
+    (uvicorn then closes the connection, the answer being incomplete), as does a
+    stored copy found damaged as it was read (``checked.DamagedCopy``: raised instead
+    of its last bytes). A HEAD
     request's answer ends with its status and headers: the body the app begins
     (a study's files, read for nothing) is stopped at its first chunk."""
 
@@ -74,7 +78,7 @@ class EndsBroken:
             send = _headers_only(send)
         try:
             await self.app(scope, receive, send)
-        except AnswerBroken:
+        except (AnswerBroken, DamagedCopy):  # (each logged where it was found)
             CUT_OFF.set(True)
 
 

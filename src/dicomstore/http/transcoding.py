@@ -26,6 +26,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from dicomstore import uids
+from dicomstore.archive.checked import DamagedCopy
 from dicomstore.archive.dicomfile import file_header
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.http import pixels
@@ -206,10 +207,13 @@ def transcode(
     decoded at most ``frame_limit`` bytes, a deflated data set inflated at most
     ``inflated_limit``. Raises
     :class:`sources.NotDicom` when it cannot be (undecodable; over a limit:
-    ``conversion.TooLargeToConvert``), ``OSError`` when its file is gone."""
+    ``conversion.TooLargeToConvert``), ``OSError`` when its file is gone or damaged
+    since it was stored (``checked.DamagedCopy``: read whole through its digest first)."""
     key = str(row["path"])
     path = archive.storage.local_path(key)
     with _TURNS:
+        with archive.open_checked(row) as stored:  # (a damaged copy: DamagedCopy)
+            stored.verify()  # type: ignore[attr-defined]  # (checked.CheckedStream)
         if path is not None:
             instance = sources.scan_file(path, check=False)
         else:
@@ -235,11 +239,14 @@ def transcode_or_refuse(
     """:func:`transcode`, its failures answered: 413 over a limit, 404 when its file is
     gone; 406 when no decoder is here for its syntax (the ``codecs`` extra named, or none
     exists: MPEG-2, H.264 ...); 500 when the stored data cannot be decoded (damaged:
-    ``pixels.damaged``, logged naming it)."""
+    ``pixels.damaged``, logged naming it) or its copy is damaged since it was stored
+    (``checked.DamagedCopy``)."""
     try:
         return transcode(archive, row, inflated_limit, frame_limit)
     except conversion.TooLargeToConvert as exc:
         raise HttpError(413, f"not transcoded to {TARGET}: {exc}") from None
+    except DamagedCopy as exc:  # (its WARNING said: ``checked.py``)
+        raise HttpError(500, f"not transcoded to {TARGET}: {exc}") from None
     except (sources.Unreadable, OSError) as exc:  # (its file cannot be read: no damage known)
         if gone(archive, row, exc):  # (deleted or replaced since)
             raise HttpError(404, "deleted since the search") from None

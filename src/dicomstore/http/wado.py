@@ -26,7 +26,6 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomstore.archive.reader import ArchiveReader
-from dicomstore.archive.stored import read_range
 from dicomstore.http.answer import AnswerBroken, unless_gone
 from dicomstore.http.auth import client_of
 from dicomstore.http.common import (
@@ -263,8 +262,14 @@ def _single_file(
     media = f"application/dicom; transfer-syntax={syntax}"
     if ready is not None:
         return media, headers, ready.chunks(CHUNK)
-    body = read_range(reader(request).storage, row["path"], 0, row["file_size"], CHUNK)
-    return media, headers, body
+    return media, headers, _file_chunks(reader(request), row)
+
+
+def _file_chunks(archive: ArchiveReader, row: dict[str, Any]) -> Iterator[bytes]:
+    """The stored file of ``row`` in chunks, read through its digest (``open_stored``)."""
+    with open_stored(archive, row) as f:
+        while block := f.read(CHUNK):
+            yield block
 
 
 def metadata(request: Request) -> Response:

@@ -62,12 +62,15 @@ def _open_now(reader: ArchiveReader, row: Mapping[str, Any]) -> BinaryIO:
 
 
 def open_stored(reader: ArchiveReader, row: Mapping[str, Any]) -> BinaryIO:
-    """The stored file of ``row``; ``OSError`` when it was deleted since the query
-    (then it is left out), :class:`AnswerBroken` when it is still indexed but cannot
-    be read (a damaged archive: the answer is cut off, with a WARNING naming it, not
-    given without it as if whole: review35b F10)."""
+    """The stored file of ``row``, read through its indexed size and digest
+    (``ArchiveReader.open_checked``: a copy damaged since raises ``DamagedCopy``
+    instead of its last bytes, and the answer is cut off: ``answer.EndsBroken``);
+    ``OSError`` when it was deleted since the query (then it is left out),
+    :class:`AnswerBroken` when it is still indexed but cannot be read or is of
+    another size (a damaged archive: the answer is cut off, with a WARNING naming
+    it, not given without it as if whole: review35b F10)."""
     try:
-        return reader.open(row)
+        return reader.open_checked(row)
     except (OSError, ValueError) as exc:
         unless_gone(reader.indexed, row, exc)
         raise OSError(f"{row['sop_instance_uid']} was deleted or replaced") from None

@@ -94,5 +94,12 @@ def _judge(
         if failure is not None:
             damaged.append((entry, f"archive damage: its file {row[3]}: {failure[1]}"))
             continue
-        found.append((entry, Selected(row[0], row[1], row[2], row[3], reader=reader)))
+        found.append(
+            (
+                entry,
+                Selected(
+                    row[0], row[1], row[2], row[3], reader=reader, digest=row[6], file_size=row[5]
+                ),
+            )
+        )
     return found, gone, damaged

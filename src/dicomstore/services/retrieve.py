@@ -41,7 +41,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -146,10 +146,26 @@ class Selected:
     key: str
     study_instance_uid: str = ""
     reader: ArchiveReader | None = None
+    #: its indexed digest and file size: what is sent is read through them (``checked.py``)
+    digest: str = ""
+    file_size: int = -1
 
     @property
     def storage(self) -> Storage | None:
         return None if self.reader is None else self.reader.storage
+
+    def opener(self) -> Callable[[], BinaryIO] | None:
+        """What opens its file read through its indexed size and digest
+        (``ArchiveReader.open_checked``): None when it has none to check."""
+        if self.reader is None or not self.digest:
+            return None
+        row = {
+            "sop_instance_uid": self.sop_instance_uid,
+            "path": self.key,
+            "digest": self.digest,
+            "file_size": self.file_size,
+        }
+        return functools.partial(self.reader.open_checked, row)
 
 
 def select_instances(reader: ArchiveReader, query: RetrieveQuery) -> list[Selected]:
@@ -188,6 +204,8 @@ def select_instances(reader: ArchiveReader, query: RetrieveQuery) -> list[Select
                 row["path"],
                 intern(row["study_uid"]),
                 reader,
+                row["digest"],
+                row["file_size"],
             )
             for row in q.iter_search(db, "instance", filters)
         ]
@@ -366,7 +384,11 @@ def _moved(item: Selected) -> Selected | None:
     if item.reader is None:
         return None
     row = item.reader.follow({"sop_instance_uid": item.sop_instance_uid, "path": item.key})
-    return None if row is None else dataclasses.replace(item, key=row["path"])
+    if row is None:
+        return None
+    return dataclasses.replace(
+        item, key=row["path"], digest=row["digest"], file_size=row["file_size"]
+    )
 
 
 @dataclass(frozen=True)
@@ -410,6 +432,7 @@ async def store_selected(
                 move_originator=move_originator,
                 inflated_limit=inflated_limit,
                 scratch=item.storage.scratch() if item.storage is not None else None,
+                stored=item.opener(),
             )
             break
         except (NotSendable, NotDicom) as exc:  # (nothing of it sent yet)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -269,14 +270,26 @@ async def store_instance(
     inflated_limit: int = DEFAULT_MAX_INFLATED,
     data: bytes | None = None,
     scratch: Any = None,
+    stored: Callable[[], IO[bytes]] | None = None,
 ) -> tuple[Any, AcceptedContext, bool, int]:
     """C-STORE one instance: (C-STORE-RSP, context used, converted?, bytes sent). A
     deflated data set converted is inflated to at most ``inflated_limit`` bytes. A
     conversion's temporary files go into the folder ``scratch`` (an archive's
     ``.tmp``: not a tmpfs /tmp, RAM again; review39 #12), else the system's.
     ``data``: the data set's bytes already read (``sources.check_file``), sent as they
-    are when no conversion is needed, instead of reading the file again."""
+    are when no conversion is needed, instead of reading the file again.
+
+    ``stored``: an archive's copy, opened through its indexed size and digest
+    (``ArchiveReader.open_checked``): sent as stored, read through it, its last
+    fragment held until the copy is judged intact (a damaged one: SourceReadError
+    before it, the association to be aborted, PS3.8 7.3.1); to be converted, read
+    whole through it first (a damaged one: NotSendable, nothing of it sent)."""
     ctx, convert_it = choose_context(assoc, instance, convert=convert)
+    if convert_it and stored is not None:
+        try:
+            await asyncio.to_thread(_judged, stored)
+        except OSError as exc:
+            raise NotSendable(str(exc)) from None
     assert assoc.negotiated is not None
     where = str(scratch) if scratch is not None else None
     chunks: Iterable[bytes]
@@ -326,11 +339,15 @@ async def store_instance(
         chunks, nbytes = (data,), len(data)
     else:
         try:
+            if stored is not None:  # (read through the stored copy's check)
+                instance = dataclasses.replace(instance, path=None, opener=stored)
             f = sources.open_dataset(instance)
         except OSError as exc:
             raise NotSendable(f"cannot read: {exc.strerror or exc}") from None
         chunks = sources.exactly(file_chunks(f, assoc.negotiated.peer_max_pdu, alive), instance)
         nbytes = instance.size
+        if stored is not None:
+            chunks = _judged_before_last(chunks, nbytes, f)
     try:
         rsp = await assoc.invoker.store_stream(
             ctx,
@@ -345,6 +362,27 @@ async def store_instance(
         if f is not None:
             f.close()  # also when the stream never started
     return rsp, ctx, convert_it, nbytes
+
+
+def _judged(stored: Callable[[], IO[bytes]]) -> None:
+    """Read an archive's copy whole through its digest (``DamagedCopy`` if damaged)."""
+    with stored() as f:
+        f.verify()  # type: ignore[attr-defined]  # (a CheckedStream)
+
+
+def _judged_before_last(chunks: Iterable[bytes], nbytes: int, f: IO[bytes]) -> Iterator[bytes]:
+    """``chunks`` (``nbytes`` in all) read from the checked copy ``f``; the last given
+    only once ``f`` judged it intact: read to its end (bytes after a deflate stream,
+    not sent, hashed all the same). SourceReadError for a damaged copy."""
+    sent = 0
+    for chunk in chunks:
+        sent += len(chunk)
+        if sent >= nbytes:
+            try:
+                f.verify()  # type: ignore[attr-defined]  # (a CheckedStream)
+            except OSError as exc:
+                raise sources.SourceReadError(str(exc)) from None
+        yield chunk
 
 
 async def send_c_store(

@@ -1,0 +1,116 @@
+"""A stored copy read through its indexed size and digest (archive/checked.py): the
+stream of an intact copy gives its bytes unchanged; a damaged one raises DamagedCopy
+on the read that would give its last bytes (or at its open, for a size that differs),
+whatever the sizes of the reads and the seeks."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from tests.archive.archive_testlib import dataset, store
+
+from dicomstore.archive import Archive
+from dicomstore.archive.checked import DamagedCopy
+from dicomstore.archive.reader import ArchiveReader
+
+UID = "1.2.3.4.5.6.7"
+
+
+def _stored(tmp_path: Path) -> tuple[ArchiveReader, dict, bytes]:
+    root = tmp_path / "root"
+    with Archive(root, fsync=False) as archive:
+        store(archive, dataset(patient_name="Checked^Read", pixels=300_000))
+    reader = ArchiveReader(root)
+    row = reader.instance(UID)
+    return reader, row, reader.path(row).read_bytes()
+
+
+def _read_all(stream, size: int) -> bytes:
+    out = []
+    while block := stream.read(size):
+        out.append(block)
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("size", [1, 4096, 65536, 1 << 20, -1])
+def test_an_intact_copy_reads_unchanged(tmp_path: Path, size: int) -> None:
+    reader, row, whole = _stored(tmp_path)
+    with reader.open_checked(row) as f:
+        assert _read_all(f, size) == whole
+        assert f.read(10) == b""  # (judged once: still nothing to say)
+
+
+def test_seeks_and_rereads_keep_the_digest_running(tmp_path: Path) -> None:
+    reader, row, whole = _stored(tmp_path)
+    with reader.open_checked(row) as f:
+        f.seek(200_000)  # (the bytes skipped are hashed)
+        assert f.read(100) == whole[200_000:200_100]
+        f.seek(1000)  # (back: read again, not hashed twice)
+        assert f.read(5000) == whole[1000:6000]
+        f.seek(-10, os.SEEK_END)
+        assert f.read() == whole[-10:]
+    with reader.open_checked(row) as f:
+        f.verify()
+
+
+def _flip(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("size", [4096, 1 << 20, -1])
+def test_a_flipped_bit_is_raised_before_the_last_bytes(
+    tmp_path: Path, size: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader, row, whole = _stored(tmp_path)
+    _flip(reader.path(row), len(whole) // 2)
+    given = []
+    with caplog.at_level(logging.WARNING), reader.open_checked(row) as f:
+        with pytest.raises(DamagedCopy, match="differs from what was stored"):
+            while block := f.read(size):
+                given.append(block)
+        with pytest.raises(DamagedCopy):  # (and again: its verdict is kept)
+            f.read(size)
+    assert len(b"".join(given)) < len(whole)  # the last bytes never given
+    assert f"archive damage: instance {UID}" in caplog.text
+
+
+def test_a_file_of_another_size_is_refused_at_its_open(tmp_path: Path) -> None:
+    reader, row, whole = _stored(tmp_path)
+    reader.path(row).write_bytes(whole[:-2])
+    with pytest.raises(DamagedCopy, match=f"file size {len(whole) - 2}, stored {len(whole)}"):
+        reader.open_checked(row)
+    reader.path(row).write_bytes(whole + b"\0\0")
+    with pytest.raises(DamagedCopy, match="stored"):
+        reader.open_checked(row)
+
+
+def test_a_file_cut_after_its_open_is_raised_at_its_end(tmp_path: Path) -> None:
+    reader, row, whole = _stored(tmp_path)
+    f = reader.open_checked(row)
+    with f, open(reader.path(row), "r+b") as w:
+        w.truncate(len(whole) - 100)  # (after the open's size check)
+        with pytest.raises(DamagedCopy, match=f"ends at byte {len(whole) - 100}"):
+            _read_all(f, 65536)
+
+
+def test_a_damaged_meta_is_damage(tmp_path: Path) -> None:
+    reader, row, whole = _stored(tmp_path)
+    damaged = bytearray(whole)
+    damaged[128:132] = b"XXXX"  # (no DICM prefix: no data set to find)
+    reader.path(row).write_bytes(bytes(damaged))
+    with pytest.raises(DamagedCopy, match="File Meta Information"):
+        reader.open_checked(row)
+
+
+def test_verify_reads_the_rest(tmp_path: Path) -> None:
+    reader, row, whole = _stored(tmp_path)
+    _flip(reader.path(row), len(whole) - 1)
+    with reader.open_checked(row) as f:
+        f.read(10)
+        with pytest.raises(DamagedCopy):
+            f.verify()

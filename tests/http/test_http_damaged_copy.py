@@ -1,0 +1,124 @@
+"""A stored copy damaged since it was stored (a bit flipped, a file of another size)
+over WADO-RS (archive/checked.py): never given whole. Sent as stored, its last bytes
+are held until its digest is checked and the answer is cut off instead (instance,
+study multipart, ZIP); of another size, or to be transcoded alone, it is a 500 before
+any body. The server logs "archive damage" naming it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from http_testlib import HttpThread, get_or_cut, make_dataset, store, store_implicit
+
+from dicomstore.archive import Archive
+
+STUDY, SERIES = "1.2.826.0.1.3680043.10.40", "1.2.826.0.1.3680043.10.40.1"
+DAMAGED = "1.2.40.2"
+INSTANCE = f"/studies/{STUDY}/series/{SERIES}/instances/{DAMAGED}"
+SINGLE = {"accept": "application/dicom"}
+TO_EXPLICIT = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-7] ^= 0x01  # (in its last pixels)
+    path.write_bytes(bytes(data))
+
+
+def _served(archive: Archive, damage=_flip) -> Iterator[HttpThread]:
+    path = archive.path_of(DAMAGED)
+    assert path is not None
+    damage(path)
+    with HttpThread(archive) as web:
+        yield web
+    archive.close()
+
+
+@pytest.fixture
+def flipped(tmp_path: Path) -> Iterator[HttpThread]:
+    archive = Archive(tmp_path / "archive", fsync=False)
+    for n in (1, 2, 3):
+        ds = make_dataset(f"1.2.40.{n}", study=STUDY, series=SERIES, number=n, frames=2)
+        store(archive, ds)
+    yield from _served(archive)
+
+
+@pytest.mark.parametrize(
+    ("target", "headers"),
+    [
+        (f"/studies/{STUDY}", {}),
+        (f"/studies/{STUDY}?accept=application/zip", {}),
+        (INSTANCE, SINGLE),
+        (INSTANCE, {}),
+    ],
+)
+def test_a_flipped_bit_cuts_the_answer_before_its_last_bytes(
+    flipped, target, headers, caplog
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        status, body = get_or_cut(flipped.server.port, target, headers)
+    assert status == 200 and body is None  # (cut off: never a whole answer)
+    assert f"archive damage: instance {DAMAGED}" in caplog.text
+    assert "its data set differs from what was stored" in caplog.text
+    assert "returned without completing" not in caplog.text  # (said once, as WARNING)
+
+
+def test_the_intact_instances_still_go_whole(flipped) -> None:
+    status, body = get_or_cut(flipped.server.port, INSTANCE.replace(DAMAGED, "1.2.40.1"), SINGLE)
+    assert status == 200 and body is not None and b"1.2.40.1" in body
+
+
+def _grown(path: Path) -> None:
+    path.write_bytes(path.read_bytes() + b"\0\0")
+
+
+@pytest.fixture
+def grown(tmp_path: Path) -> Iterator[HttpThread]:
+    archive = Archive(tmp_path / "archive", fsync=False)
+    for n in (1, 2, 3):
+        store(archive, make_dataset(f"1.2.40.{n}", study=STUDY, series=SERIES, number=n))
+    yield from _served(archive, _grown)
+
+
+@pytest.mark.parametrize(
+    ("target", "headers"),
+    [
+        (f"/studies/{STUDY}", {}),
+        (f"/studies/{STUDY}?accept=application/zip", {}),
+        (INSTANCE, SINGLE),
+    ],
+)
+def test_a_file_of_another_size_is_500_before_any_body(grown, target, headers, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        status, body = get_or_cut(grown.server.port, target, headers)
+    assert status == 500 and body is not None and b"missing or unreadable" in body
+    assert f"archive damage: instance {DAMAGED}" in caplog.text
+
+
+@pytest.fixture
+def implicit_flipped(tmp_path: Path) -> Iterator[HttpThread]:
+    """Implicit VR instances (transcoded to Explicit VR when asked), the second flipped."""
+    archive = Archive(tmp_path / "archive", fsync=False)
+    for n in (1, 2, 3):
+        ds = make_dataset(f"1.2.40.{n}", study=STUDY, series=SERIES, number=n, frames=1)
+        store_implicit(archive, ds, tmp_path)
+    yield from _served(archive)
+
+
+def test_transcoded_alone_it_is_500(implicit_flipped, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        status, body = get_or_cut(implicit_flipped.server.port, INSTANCE, {"accept": TO_EXPLICIT})
+    assert status == 500 and body is not None and b"archive damage" in body
+    assert f"archive damage: instance {DAMAGED}" in caplog.text
+
+
+def test_transcoded_in_a_study_it_cuts_the_answer(implicit_flipped, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        status, body = get_or_cut(
+            implicit_flipped.server.port, f"/studies/{STUDY}", {"accept": TO_EXPLICIT}
+        )
+    assert status == 200 and body is None
+    assert f"archive damage: instance {DAMAGED}" in caplog.text
