@@ -471,7 +471,7 @@ def test_an_answer_left_unread_is_cut_off_and_its_transcoding_place_let_go(
     the 503 of a place asked for while all are taken is a WARNING naming the client."""
     from dicomstore.http import transcoding
 
-    monkeypatch.setattr(transcoding, "_RESPONSES", threading.BoundedSemaphore(1))
+    monkeypatch.setattr(transcoding.TRANSCODING, "free", threading.BoundedSemaphore(1))
     let_go, release = threading.Event(), transcoding.Slot.release
 
     def released(slot: Any) -> None:

@@ -365,10 +365,10 @@ def test_transcoding_answers_at_once_are_bounded(setup, monkeypatch) -> None:
 
     client, _, ids = setup
     jpeg = url(ids["JPEG2000.dcm"])
-    monkeypatch.setattr(transcoding, "_RESPONSES", threading.BoundedSemaphore(1))
+    monkeypatch.setattr(transcoding.TRANSCODING, "free", threading.BoundedSemaphore(1))
     for _ in range(3):  # (one place, let go each time)
         assert client.get(jpeg).status_code == 200
-    held = transcoding.Slot("127.0.0.1")  # (the one place, taken as an answer being sent holds it)
+    held = transcoding.TRANSCODING.take("127.0.0.1")  # (the one place: an answer being sent)
     busy = client.get(jpeg)
     assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
     assert "transfer-syntax=*" in busy.text
@@ -376,7 +376,7 @@ def test_transcoding_answers_at_once_are_bounded(setup, monkeypatch) -> None:
     assert client.get(jpeg, headers=star).status_code == 200
     held.release()
     assert client.get(jpeg).status_code == 200
-    body = transcoding.Slot("127.0.0.1").held_while(iter([b"never read"]))
+    body = transcoding.TRANSCODING.take("127.0.0.1").held_while(iter([b"never read"]))
     del body  # (an answer whose client went before it began: its place let go)
     assert client.get(jpeg).status_code == 200
     refused = {"accept": "application/dicom"}  # (refused after its place is taken: let go)
@@ -424,24 +424,25 @@ def test_one_address_holds_at_most_two_transcoding_answers() -> None:
     from dicomstore.http import transcoding
     from dicomstore.http.common import HttpError
 
-    first, second = transcoding.Slot("192.0.2.1"), transcoding.Slot("192.0.2.1")
+    places = transcoding.TRANSCODING
+    first, second = places.take("192.0.2.1"), places.take("192.0.2.1")
     with pytest.raises(HttpError, match="2 answers to 192.0.2.1"):
-        transcoding.Slot("192.0.2.1")
-    other = transcoding.Slot("192.0.2.2")  # (another client still served)
+        transcoding.TRANSCODING.take("192.0.2.1")
+    other = transcoding.TRANSCODING.take("192.0.2.2")  # (another client still served)
     for slot in (first, second, other, first):  # (released once, whatever the calls)
         slot.release()
-    transcoding.Slot("192.0.2.1").release()
+    transcoding.TRANSCODING.take("192.0.2.1").release()
 
 
 def test_a_place_let_go_while_the_lock_is_held_does_not_deadlock() -> None:
     """review44 #3: a body let go by the garbage collector inside Slot() (which holds
     the lock) released its place from within: a plain lock waited on itself."""
-    from dicomstore.http import transcoding
+    from dicomstore.http import places, transcoding
 
-    slot = transcoding.Slot("192.0.2.9")
-    with transcoding._LOCK:
+    slot = transcoding.TRANSCODING.take("192.0.2.9")
+    with places._LOCK:
         slot.release()
-    transcoding.Slot("192.0.2.9").release()
+    transcoding.TRANSCODING.take("192.0.2.9").release()
 
 
 @pytest.mark.parametrize("accept", ["multipart", "zip", "metadata"])

@@ -151,3 +151,38 @@ def test_a_conversion_goes_through_a_file_and_stops_at_its_limit(
         return
     with pytest.raises(sources.NotDicom, match="over the limit of .*: not converted"):
         conversion.converted(instance, uids.IMPLICIT_VR_LE, limit)
+
+
+def test_a_conversion_is_bounded_by_all_its_frames_before_one_is_decoded(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """review103 F3: a few KB of JPEG 2000 whose seven frames decode to 512 MiB each
+    were decoded a frame at a time into 3.5 GiB of temporary file, for each C-MOVE or
+    WADO-RS answer of it (each frame under the limit); its header alone now refuses it."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+
+    from dicomstore.services import conversion, sources
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.41.3"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 16383, 16384, 7
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(60)] * 7)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"  # JPEG 2000 Lossless
+    path = tmp_path / "bomb.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert path.stat().st_size < 2000
+    instance = sources.scan_file(path)
+
+    def decoded(*args: object) -> None:
+        raise AssertionError("a frame decoded")
+
+    monkeypatch.setattr(conversion, "decompressed", decoded)
+    too_large = "would hold 3757867718 bytes, over the limit"
+    with pytest.raises(conversion.TooLargeToConvert, match=too_large):
+        conversion.converted(instance, uids.EXPLICIT_VR_LE, 256 << 20, str(tmp_path))

@@ -31,9 +31,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomstore.http import pixels
+from dicomstore.http.auth import client_of
 from dicomstore.http.common import HttpError, negotiate
 from dicomstore.http.frames import frame_numbers, open_frames
 from dicomstore.http.limits import refuse
+from dicomstore.http.places import Places
 from dicomstore.http.wado import target_rows
 
 log = logging.getLogger("dicomstore.http.render")
@@ -45,6 +47,12 @@ MAX_VIEWPORT = 8192
 #: a few cores); the others wait their turn.
 RENDERS_AT_ONCE = 2
 _RENDERING = threading.BoundedSemaphore(RENDERS_AT_ONCE)
+#: Answers rendering at once, running or waiting for a turn (each holds a worker thread
+#: of the HTTP server: ``places.py``), 6 of them to one client address (a browser's
+#: connections to one host: a browse page's thumbnails); beyond, 503 with
+#: ``Retry-After`` (review103 F1: one client's 48 renders of a large frame held
+#: another's thumbnail 60 s and its QIDO 16 s).
+RENDERING = Places(16, 6, "being rendered")
 #: instances tried for a series or study before giving up (not images, say)
 TRIES = 20
 _OFFERS = [("image/jpeg", None), ("image/png", None)]
@@ -75,14 +83,21 @@ def _render(request: Request, box: int | None) -> Response:
         if len(numbers) != 1:
             raise HttpError(400, "a rendered frame is one frame number")
         frame = numbers[0]
-    with _RENDERING, _representative(request, frame) as found:
-        array = found.decoded(frame)
-        if viewport is not None:  # fewer pixels to window: a view, every n-th
-            if window is None and array.ndim == 2:  # (the whole frame's, not the view's)
-                window = grey_window(array, found.dataset)
-            array = shrunk(array, viewport)
-        image = pil.fromarray(to_8bit(array, found.dataset, window))
-        del array
+    try:
+        slot = RENDERING.take(client_of(request.scope))
+    except HttpError as busy:  # (logged: review94 F2)
+        raise refuse(request, busy.status, busy.message, busy.headers) from None
+    try:
+        with _RENDERING, _representative(request, frame) as found:
+            array = found.decoded(frame)
+            if viewport is not None:  # fewer pixels to window: a view, every n-th
+                if window is None and array.ndim == 2:  # (the whole frame's, not the view's)
+                    window = grey_window(array, found.dataset)
+                array = shrunk(array, viewport)
+            image = pil.fromarray(to_8bit(array, found.dataset, window))
+            del array
+    finally:
+        slot.release()
     if viewport is not None:
         image.thumbnail(viewport)
     out = io.BytesIO()

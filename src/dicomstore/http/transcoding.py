@@ -32,6 +32,7 @@ from dicomstore.archive.reader import ArchiveReader
 from dicomstore.http import pixels
 from dicomstore.http.answer import went
 from dicomstore.http.common import HttpError
+from dicomstore.http.places import Places, Slot
 from dicomstore.services import conversion, sources
 
 log = logging.getLogger("dicomstore.http")
@@ -40,56 +41,18 @@ TARGET = uids.EXPLICIT_VR_LE
 #: Transcodings at once in this process (the others wait their turn).
 AT_ONCE = 2
 _TURNS = threading.BoundedSemaphore(AT_ONCE)
-#: Responses that transcode at once, running or waiting for a turn: each holds a worker
-#: thread of the HTTP server meanwhile, so that more would starve every other request
-#: answered from a thread; beyond, 503 with ``Retry-After`` (``*`` is always served).
+#: Responses that transcode at once, running or waiting for a turn (each holds a worker
+#: thread of the HTTP server meanwhile: ``places.py``), of those :data:`MAX_PER_ADDRESS`
+#: to one client address (a host holding its answers unread holds no more); beyond,
+#: 503 with ``Retry-After`` (``*`` is always served).
 MAX_RESPONSES = 8
-_RESPONSES = threading.BoundedSemaphore(MAX_RESPONSES)
-
-
-#: Of those, from one client address (a host holding its answers unread holds no more).
 MAX_PER_ADDRESS = 2
-_PER_ADDRESS: dict[str, int] = {}
-#: (re-entrant: a body let go by the garbage collector while this thread holds the lock
-#: releases its place from within it: review44 #3, a plain lock deadlocked)
-_LOCK = threading.RLock()
-
-
-class Slot:
-    """A response's place among the :data:`MAX_RESPONSES` that transcode (at most
-    :data:`MAX_PER_ADDRESS` of them for one ``address``); 503 if none."""
-
-    def __init__(self, address: str) -> None:
-        with _LOCK:
-            if _PER_ADDRESS.get(address, 0) >= MAX_PER_ADDRESS:
-                raise _busy(f"{MAX_PER_ADDRESS} answers to {address} are being transcoded")
-            if not _RESPONSES.acquire(blocking=False):
-                raise _busy(f"{MAX_RESPONSES} answers are being transcoded")
-            _PER_ADDRESS[address] = _PER_ADDRESS.get(address, 0) + 1
-        self.address, self._held = address, True
-
-    def release(self) -> None:
-        with _LOCK:
-            if not self._held:
-                return
-            self._held = False
-            left = _PER_ADDRESS.pop(self.address, 1) - 1
-            if left:
-                _PER_ADDRESS[self.address] = left
-        _RESPONSES.release()
-
-    def held_while(self, body: Iterator[bytes]) -> Iterator[bytes]:
-        """``body``, the place let go when it ends, fails, is closed, or is dropped
-        unread (:class:`HeldResponse` lets it go when the answer ends, whatever the
-        body did: a generator never started runs no ``finally``)."""
-        return _Held(body, self)
-
-
-def _busy(why: str) -> HttpError:
-    return HttpError(
-        503, f"{why} already: ask again, or for transfer-syntax=* (the files as stored)",
-        {"Retry-After": "5"},
-    )  # fmt: skip
+TRANSCODING = Places(
+    MAX_RESPONSES,
+    MAX_PER_ADDRESS,
+    "being transcoded",
+    ", or for transfer-syntax=* (the files as stored)",
+)
 
 
 class HeldResponse(StreamingResponse):
@@ -114,32 +77,6 @@ class HeldResponse(StreamingResponse):
             self.slot.release()
             if self.ready is not None:  # (its temporary file, even if never read)
                 self.ready.close()
-
-
-class _Held:
-    """An answer's body holding a :class:`Slot` until it ends (see ``held_while``)."""
-
-    def __init__(self, body: Iterator[bytes], slot: Slot) -> None:
-        self.body, self.slot = iter(body), slot
-
-    def __iter__(self) -> _Held:
-        return self
-
-    def __next__(self) -> bytes:
-        try:
-            return next(self.body)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        self.slot.release()
-        close = getattr(self.body, "close", None)
-        if close is not None:
-            close()
-
-    def __del__(self) -> None:
-        self.slot.release()
 
 
 def selected_syntax(params: Mapping[str, str]) -> str:

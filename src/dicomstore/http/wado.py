@@ -42,8 +42,8 @@ from dicomstore.http.metadata import stream_metadata
 from dicomstore.http.multipart import closing, new_boundary, part_header
 from dicomstore.http.transcoding import (
     TARGET,
+    TRANSCODING,
     HeldResponse,
-    Slot,
     Transcoded,
     as_sent,
     gone,
@@ -231,7 +231,7 @@ def retrieve(request: Request) -> Response:
             return StreamingResponse(body, media_type=media, headers=headers)
         return StreamingResponse(stream_parts(request, rows, boundary), media_type=multipart)
     try:
-        slot = Slot(client_of(request.scope))
+        slot = TRANSCODING.take(client_of(request.scope))
     except HttpError as busy:  # (503: too many answers transcode; review94 F2: logged)
         raise refuse(request, busy.status, busy.message, busy.headers) from None
     try:

@@ -103,12 +103,17 @@ def converted(
     or :data:`MAX_CONVERTED`, whichever is more (review38mem
     D1: a 1 GiB instance moved to an Implicit-only SCP took 3.1 GiB; review39 #3: not
     below 1 GiB, or a 300 MiB tomosynthesis decoded could not go); ``frame_limit``, if
-    given, is the most a frame decoded a frame at a time may hold instead.
+    given, is the most a frame decoded a frame at a time may hold instead. Decoded a
+    frame at a time, all of its frames decoded are bounded so too, by its header, before
+    one is decoded (review103 F3: a 5 KB JPEG 2000 instance of seven 512 MiB frames
+    wrote 3.5 GiB into ``.tmp`` for each C-MOVE or WADO-RS answer of it).
     """
     if instance.dataset is None and ts in NATIVE:
         if instance.transfer_syntax in _REENCODED:
             return reencoded(instance, ts, inflated_limit, where)
-        limit = max(inflated_limit, MAX_CONVERTED) if frame_limit is None else frame_limit
+        whole = max(inflated_limit, MAX_CONVERTED)
+        _check_size(instance, ts, whole)  # (every frame counted, before one is decoded)
+        limit = whole if frame_limit is None else frame_limit
         done = decompressed(instance, ts, NATIVE[ts], limit, where)
         if done is not None:
             return done
