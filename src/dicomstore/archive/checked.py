@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 
 from dicomstore.archive import digests
@@ -43,7 +43,16 @@ class CheckedStream(io.RawIOBase):
     Reads and seeks as ``raw`` does; a seek forward hashes the bytes it skips (the
     digest stays a running hash of the data set from its start)."""
 
-    def __init__(self, raw: BinaryIO, *, recorded: str, size: int, uid: str, name: str) -> None:
+    def __init__(
+        self,
+        raw: BinaryIO,
+        *,
+        recorded: str,
+        size: int,
+        uid: str,
+        name: Callable[[], str],
+        start: int | None = None,
+    ) -> None:
         super().__init__()
         self._raw, self._recorded, self._size = raw, recorded, size
         self._uid, self._name = uid, name
@@ -51,10 +60,12 @@ class CheckedStream(io.RawIOBase):
             actual = raw.seek(0, os.SEEK_END)
             if actual != size:
                 raise self._damaged(f"file size {actual}, stored {size}")
-            try:
-                self._hashed = dataset_offset(raw)  # (the digest's bytes start here)
-            except HeaderError as exc:
-                raise self._damaged(f"its File Meta Information: {exc}") from None
+            if start is None:
+                try:
+                    start = dataset_offset(raw)  # (the digest's bytes start here)
+                except HeaderError as exc:
+                    raise self._damaged(f"its File Meta Information: {exc}") from None
+            self._hashed = start
             raw.seek(0)
         except BaseException:
             raw.close()
@@ -133,19 +144,23 @@ class CheckedStream(io.RawIOBase):
             raise self._verdict
 
     def _damaged(self, why: str) -> DamagedCopy:
-        log.warning("archive damage: instance %s: its file %s: %s", self._uid, self._name, why)
+        log.warning("archive damage: instance %s: its file %s: %s", self._uid, self._name(), why)
         return DamagedCopy(f"archive damage: instance {self._uid}: {why}")
 
 
-def open_checked(raw: BinaryIO, row: Mapping[str, Any], name: str) -> BinaryIO:
+def open_checked(
+    raw: BinaryIO, row: Mapping[str, Any], name: Callable[[], str], start: int | None = None
+) -> BinaryIO:
     """``raw``, the stored file of the index row ``row`` (``digest``, ``file_size``,
-    ``sop_instance_uid``; ``name``: where it is, for the log), read through its
-    digest; :class:`DamagedCopy` now for a size that differs."""
+    ``sop_instance_uid``; ``name()``: where it is, for the log), read through its
+    digest; :class:`DamagedCopy` now for a size that differs. ``start``: where its data
+    set starts, when its File Meta Information was read already (else read here)."""
     stream = CheckedStream(
         raw,
         recorded=str(row["digest"]),
         size=int(row["file_size"]),
         uid=str(row["sop_instance_uid"]),
         name=name,
+        start=start,
     )
     return stream  # type: ignore[return-value]  # (io.RawIOBase: a binary stream)

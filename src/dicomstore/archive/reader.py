@@ -13,6 +13,7 @@ the one server that owns the archive.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
@@ -285,12 +286,14 @@ class ArchiveReader:
         """The stored PS3.10 bytes, a readable and seekable stream (close it when done)."""
         return self.storage.open(self.key(row_or_uid))
 
-    def open_checked(self, row: Mapping[str, Any]) -> BinaryIO:
+    def open_checked(self, row: Mapping[str, Any], start: int | None = None) -> BinaryIO:
         """:meth:`open` of the instance of index row ``row``, read through its indexed
         size and digest (``checked.py``: a copy damaged since it was stored raises
-        ``DamagedCopy`` before its last bytes are read): what is given on whole."""
+        ``DamagedCopy`` before its last bytes are read): what is given on whole.
+        ``start``: where its data set starts, if known (its File Meta Information read)."""
         key = self.key(row)
-        return open_checked(self.storage.open(key), row, self.where(row))
+        name = functools.partial(self.where, row)
+        return open_checked(self.storage.open(key), row, name, start)
 
     def local_path(self, row_or_uid: Mapping[str, Any] | str) -> Path | None:
         """The local file of an instance, for zero-copy readers (``sendfile``, ``mmap``),

@@ -154,9 +154,10 @@ class Selected:
     def storage(self) -> Storage | None:
         return None if self.reader is None else self.reader.storage
 
-    def opener(self) -> Callable[[], BinaryIO] | None:
+    def opener(self, start: int | None = None) -> Callable[[], BinaryIO] | None:
         """What opens its file read through its indexed size and digest
-        (``ArchiveReader.open_checked``): None when it has none to check."""
+        (``ArchiveReader.open_checked``; ``start``: where its data set starts, as its
+        scan found): None when it has none to check."""
         if self.reader is None or not self.digest:
             return None
         row = {
@@ -165,7 +166,7 @@ class Selected:
             "digest": self.digest,
             "file_size": self.file_size,
         }
-        return functools.partial(self.reader.open_checked, row)
+        return functools.partial(self.reader.open_checked, row, start)
 
 
 def select_instances(reader: ArchiveReader, query: RetrieveQuery) -> list[Selected]:
@@ -432,7 +433,7 @@ async def store_selected(
                 move_originator=move_originator,
                 inflated_limit=inflated_limit,
                 scratch=item.storage.scratch() if item.storage is not None else None,
-                stored=item.opener(),
+                stored=item.opener(instance.offset or None),
             )
             break
         except (NotSendable, NotDicom) as exc:  # (nothing of it sent yet)
