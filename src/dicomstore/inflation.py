@@ -16,11 +16,16 @@ or memory-mapped from there as a data set that was never deflated.
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import tempfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO, Protocol
+
+from dicomstore.sizes import binary_size
 
 __all__ = [
     "CHUNK",
@@ -129,9 +134,42 @@ def inflate_into(source: BinaryIO, target: _Target, limit: int | None = None) ->
     return size
 
 
-def temporary_file(where: str | None = None) -> BinaryIO:
+#: Folders whose file system keeps this many bytes free (``serve --min-free``, the
+#: archive's ``.tmp``: :func:`keep_free`).
+_FLOORS: dict[str, int] = {}
+
+
+class NoRoom(OSError):
+    """A temporary file would leave less free than its folder's floor: not made."""
+
+
+def keep_free(folder: object, floor: int) -> None:
+    """Temporary files in ``folder`` (conversions, inflations: each a copy of an
+    instance) are refused while its file system has less than ``floor`` bytes free,
+    as stores are (review103 F3: a few KB of JPEG 2000 made 3.6 GiB of them each
+    time it was converted, and the stores were refused for want of space); 0: none."""
+    key = os.path.realpath(str(folder))
+    if floor > 0:
+        _FLOORS[key] = floor
+    else:
+        _FLOORS.pop(key, None)
+
+
+def temporary_file(where: str | None = None, expected: int = 0) -> BinaryIO:
     """An unnamed temporary file in folder ``where`` (None, or one that cannot take
-    it: the system's); the caller closes it, and it is gone."""
+    it: the system's); the caller closes it, and it is gone. :class:`NoRoom` when
+    ``where`` keeps a floor of free bytes (:func:`keep_free`) that ``expected`` more
+    bytes would go below."""
+    floor = _FLOORS.get(os.path.realpath(where)) if where is not None and _FLOORS else None
+    if floor is not None and where is not None:
+        try:
+            free = shutil.disk_usage(where).free
+        except OSError:
+            free = floor + expected  # (cannot be told: as for stores, not refused)
+        if free - expected < floor:
+            need = f", {binary_size(expected)} needed" if expected else ""
+            why = f"--min-free {binary_size(floor)}: only {binary_size(free)} free{need}"
+            raise NoRoom(errno.ENOSPC, why)
     try:
         return tempfile.TemporaryFile(dir=where)  # noqa: SIM115 - the caller closes it
     except OSError:

@@ -33,6 +33,7 @@ from dicomstore.http import pixels
 from dicomstore.http.answer import went
 from dicomstore.http.common import HttpError
 from dicomstore.http.places import Places, Slot
+from dicomstore.inflation import NoRoom
 from dicomstore.services import conversion, sources
 
 log = logging.getLogger("dicomstore.http")
@@ -184,6 +185,10 @@ def transcode_or_refuse(
         raise HttpError(413, f"not transcoded to {TARGET}: {exc}") from None
     except DamagedCopy as exc:  # (its WARNING said: ``checked.py``)
         raise HttpError(500, f"not transcoded to {TARGET}: {exc}") from None
+    except NoRoom as exc:  # (the archive's --min-free: as a store would be refused)
+        log.warning("WADO-RS: %s not transcoded: %s", row["sop_instance_uid"], exc.strerror)
+        why = f"not transcoded to {TARGET}: {exc.strerror}"
+        raise HttpError(503, why, {"Retry-After": "30"}) from None
     except (sources.Unreadable, OSError) as exc:  # (its file cannot be read: no damage known)
         if gone(archive, row, exc):  # (deleted or replaced since)
             raise HttpError(404, "deleted since the search") from None

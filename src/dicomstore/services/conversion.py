@@ -187,7 +187,7 @@ def reencoded(
             return reencode(source, instance.offset, NATIVE[instance.transfer_syntax], target, out)
 
     target = NATIVE[ts]
-    return written(where, ts, write)
+    return written(where, ts, write, instance.size)
 
 
 def _check_size(instance: Instance, ts: str, limit: int) -> None:

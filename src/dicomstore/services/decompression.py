@@ -88,15 +88,21 @@ def decompressed(
         edits.pixels = lambda: (vr, length + length % 2, chunks)
         data_set = FileSource(file_pread(g), instance.offset + instance.size)
         return written(
-            where, ts, lambda out: reencode(data_set, instance.offset, EXPLICIT, target, out, edits)
+            where,
+            ts,
+            lambda out: reencode(data_set, instance.offset, EXPLICIT, target, out, edits),
+            instance.size + length,
         )
 
 
-def written(where: str | None, ts: str, write: Callable[[BinaryIO], int]) -> tuple[BinaryIO, int]:
+def written(
+    where: str | None, ts: str, write: Callable[[BinaryIO], int], expected: int = 0
+) -> tuple[BinaryIO, int]:
     """(an unnamed temporary file in ``where``, rewound, that ``write`` wrote the data set
-    encoded in ``ts`` into; the size it returned). A data set that does not frame is
-    :class:`NotDicom`; on any error the file goes."""
-    out = temporary_file(where)
+    encoded in ``ts`` into; the size it returned; about ``expected`` bytes: refused,
+    ``inflation.NoRoom``, when they would go below the folder's floor). A data set that
+    does not frame is :class:`NotDicom`; on any error the file goes."""
+    out = temporary_file(where, expected)
     try:
         size = write(out)
         out.seek(0)

@@ -28,6 +28,7 @@ from dicomstore.aio.listener import Listener
 from dicomstore.aio.stream import Stream
 from dicomstore.archive.reader import UNREADABLE, ArchiveReader
 from dicomstore.handler import StoreHandler
+from dicomstore.inflation import keep_free
 from dicomstore.services.acceptance import stop_now
 from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
 from dicomstore.services.admission import Admission, AuditSink, FailedAdmissions, Gatekeeper
@@ -106,6 +107,9 @@ class Server:
         )
         if hasattr(handler, "store_service"):  # (an Archive: doors over it store here)
             handler.store_service = self.store
+        self._scratch = _scratch_of(handler)
+        if self._scratch is not None:  # (its conversions' copies keep --min-free too)
+            keep_free(self._scratch, config.min_free_bytes)
         if commit_in_thread not in (True, False, WHEN_BUSY):
             raise ValueError(f"commit_in_thread must be True, False or {WHEN_BUSY!r}")
         self.commit_in_thread = commit_in_thread
@@ -302,12 +306,21 @@ class Server:
         await self.listener.close(grace, self._abort_idle)
         if self.commitments is not None:  # what is not reported waits in the journal
             await self.commitments.close()
+        if self._scratch is not None:
+            keep_free(self._scratch, 0)
 
     def _abort_idle(self) -> None:
         """Associations idle between operations go right away (A-ABORT)."""
         for assoc in list(self.associations):
             if not assoc.busy:
                 stop_now(assoc)
+
+
+def _scratch_of(handler: StoreHandler) -> object | None:
+    """The folder of an archive's temporary files (conversions'), if it has one."""
+    storage = getattr(handler, "storage", None)
+    scratch = getattr(storage, "scratch", None)
+    return scratch() if callable(scratch) else None
 
 
 def _reader_of(handler: StoreHandler) -> ArchiveReader | None:
