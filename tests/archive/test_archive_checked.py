@@ -56,7 +56,7 @@ def test_seeks_and_rereads_keep_the_digest_running(tmp_path: Path) -> None:
         f.verify()
 
 
-def _flip(path: Path, at: int) -> None:
+def _flip(path: Path, at: int) -> None:  # (at < 0: from the end)
     data = bytearray(path.read_bytes())
     data[at] ^= 0x01
     path.write_bytes(bytes(data))
@@ -114,3 +114,61 @@ def test_verify_reads_the_rest(tmp_path: Path) -> None:
         f.read(10)
         with pytest.raises(DamagedCopy):
             f.verify()
+
+
+def _replaced_twice(tmp_path: Path, second: bytes, third: bytes) -> tuple[ArchiveReader, dict]:
+    """The row of an instance as read before two replaces: the third version is filed
+    at the key the first had (a replace alternates two keys)."""
+    root = tmp_path / "root"
+    with Archive(root, fsync=False, on_duplicate="replace") as archive:
+        store(archive, dataset(patient_name="First^V", pixels=3000))
+        reader = ArchiveReader(root)
+        first = reader.instance(UID)
+        for data in (second, third):
+            assert store(archive, data).status == 0
+    assert reader.instance(UID)["path"] == first["path"]  # (back at the first key)
+    return reader, first
+
+
+@pytest.mark.parametrize("pixels", [3000, 3002])  # (the same size; another)
+def test_a_version_filed_at_the_same_key_since_is_no_damage(
+    tmp_path: Path, pixels: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review104 F1: replaced twice (or deleted and stored again) between a search and
+    its read, the version now at the key is read against the row read before: it was
+    'archive damage', an aborted C-MOVE, a cut WADO-RS answer; it is that version,
+    judged against the row the index has now."""
+    third = dataset(patient_name="Third^V", pixels=pixels)
+    reader, before = _replaced_twice(tmp_path, dataset(patient_name="Second", pixels=3000), third)
+    with caplog.at_level(logging.WARNING), reader.open_checked(before) as f:
+        data = f.read()
+    assert data.endswith(third) and "archive damage" not in caplog.text
+
+
+def test_a_version_filed_since_is_still_judged(tmp_path: Path) -> None:
+    third = dataset(patient_name="Third^V", pixels=3000)
+    reader, before = _replaced_twice(tmp_path, dataset(patient_name="Second", pixels=3000), third)
+    _flip(reader.path(before), -5)
+    with reader.open_checked(before) as f, pytest.raises(DamagedCopy, match="differs"):
+        f.read()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        (b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.2.2\0", "transfer syntax 1.2.840.10008.1.2.2"),
+        (UID.encode(), b"1.2.3.4.5.6.8", "SOP Instance 1.2.3.4.5.6.8"),
+    ],
+)
+def test_a_file_meta_that_names_another_syntax_or_instance_is_damage(
+    tmp_path: Path, old: bytes, new: bytes, said: str
+) -> None:
+    """review104 F2: the digest covers the data set only; a flipped bit in the File Meta
+    Information (a JPEG 2000 lossless relabelled lossy) went out whole."""
+    reader, row, whole = _stored(tmp_path)
+    meta_end = whole.index(b"\x08\x00", 132 + 12)  # (well inside the meta and the data set)
+    assert old in whole[:meta_end]
+    damaged = whole[:meta_end].replace(old, new, 1) + whole[meta_end:]
+    reader.path(row).write_bytes(damaged)
+    with pytest.raises(DamagedCopy, match=f"File Meta Information names {said}; stored"):
+        reader.open_checked(row)

@@ -22,8 +22,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 
-from dicomstore.archive import digests
-from dicomstore.archive.dicomfile import HeaderError, dataset_offset
+from dicomstore.archive import digests, layout
+from dicomstore.archive.dicomfile import HeaderError, meta_of
 
 log = logging.getLogger("dicomstore.archive.checked")
 
@@ -38,41 +38,61 @@ class DamagedCopy(OSError):
 
 
 class CheckedStream(io.RawIOBase):
-    """The stored file ``raw`` of the instance ``uid``, read through ``recorded`` (its
-    indexed digest) and ``size`` (its indexed file size): see the module notes.
-    Reads and seeks as ``raw`` does; a seek forward hashes the bytes it skips (the
-    digest stays a running hash of the data set from its start)."""
+    """The stored file ``raw`` of the index row ``row`` (its ``path``, ``file_size``,
+    ``digest``, ``sop_instance_uid``, ``transfer_syntax_uid``), read through them: see
+    the module notes. ``name()``: where it is, for the log; ``again()``: the row of the
+    instance as the index has it now (None: not stored), asked only when the file
+    differs from ``row``: a replace, or a delete and a store, since ``row`` was read
+    that filed the new version at the same key is no damage (review104 F1). Reads and
+    seeks as ``raw`` does; a seek forward hashes the bytes it skips (the digest stays a
+    running hash of the data set from its start)."""
 
     def __init__(
         self,
         raw: BinaryIO,
+        row: Mapping[str, Any],
         *,
-        recorded: str,
-        size: int,
-        uid: str,
         name: Callable[[], str],
-        start: int | None = None,
+        again: Callable[[], Mapping[str, Any] | None] | None = None,
     ) -> None:
         super().__init__()
-        self._raw, self._recorded, self._size = raw, recorded, size
-        self._uid, self._name = uid, name
+        self._raw, self._row, self._name, self._again = raw, row, name, again
+        self._uid = str(row["sop_instance_uid"])
         try:
             actual = raw.seek(0, os.SEEK_END)
-            if actual != size:
-                raise self._damaged(f"file size {actual}, stored {size}")
-            if start is None:
-                try:
-                    start = dataset_offset(raw)  # (the digest's bytes start here)
-                except HeaderError as exc:
-                    raise self._damaged(f"its File Meta Information: {exc}") from None
-            self._hashed = start
+            if actual != int(row["file_size"]):
+                now = self._changed()
+                if now is None or int(now["file_size"]) != actual:
+                    raise self._damaged(f"file size {actual}, stored {row['file_size']}")
+                self._row = now  # (replaced since: its version now, judged as such)
+            self._hashed = self._meta_checked()  # (the digest's bytes start here)
             raw.seek(0)
         except BaseException:
             raw.close()
             raise
-        self._hasher = digests.new(digests.algorithm_of(recorded))
+        self._size = int(self._row["file_size"])
+        self._hasher = digests.new(digests.algorithm_of(str(self._row["digest"])))
         self._pos = 0
         self._verdict: DamagedCopy | bool | None = None  # (None: not judged yet)
+
+    def _meta_checked(self) -> int:
+        """Where the data set starts, its File Meta Information read and found to name
+        the instance and transfer syntax the index has (a flipped bit there is damage
+        the digest does not cover: review104 F2, a JPEG 2000 lossless relabelled)."""
+        try:
+            start, meta = meta_of(self._raw)
+        except HeaderError as exc:
+            raise self._damaged(f"its File Meta Information: {exc}") from None
+        said = {key: _text(meta[elem]) for key, elem in _NAMED.items() if elem in meta}
+        wrong = [key for key, value in said.items() if value != _text(self._row[key])]
+        if wrong:
+            now = self._changed()
+            if now is None or any(said[key] != _text(now[key]) for key in said):
+                what = ", ".join(f"{_WORDS[key]} {said[key]}" for key in wrong)
+                stored = ", ".join(str(self._row[key]) for key in wrong)
+                raise self._damaged(f"its File Meta Information names {what}; stored {stored}")
+            self._row = now
+        return start
 
     def readable(self) -> bool:
         return True
@@ -136,31 +156,51 @@ class CheckedStream(io.RawIOBase):
             if self._hashed != self._size:
                 why = f"it ends at byte {self._hashed}, stored {self._size}"
                 self._verdict = self._damaged(why)
-            elif digests.text(self._hasher) != self._recorded:
+            elif digests.text(self._hasher) != self._row["digest"] and not self._newer():
                 self._verdict = self._damaged("its data set differs from what was stored")
             else:
                 self._verdict = True
         if isinstance(self._verdict, DamagedCopy):
             raise self._verdict
 
+    def _changed(self) -> Mapping[str, Any] | None:
+        """The instance's row now, when it files another version at this same key."""
+        now = None if self._again is None else self._again()
+        if now is None or now["path"] != self._row["path"]:
+            return None
+        same = (now["digest"], now["file_size"]) == (self._row["digest"], self._row["file_size"])
+        return None if same else now
+
+    def _newer(self) -> bool:
+        """The data set read is, whole, the version the index files here now."""
+        now = self._changed()
+        if now is None or int(now["file_size"]) != self._size:
+            return False
+        return str(now["digest"]) == digests.text(self._hasher)
+
     def _damaged(self, why: str) -> DamagedCopy:
         log.warning("archive damage: instance %s: its file %s: %s", self._uid, self._name(), why)
         return DamagedCopy(f"archive damage: instance {self._uid}: {why}")
 
 
+#: What the File Meta Information must name as the index does: (0002,0003) Media
+#: Storage SOP Instance UID and (0002,0010) Transfer Syntax UID (PS3.10 7.1).
+_NAMED = {"sop_instance_uid": 0x0003, "transfer_syntax_uid": 0x0010}
+_WORDS = {"sop_instance_uid": "SOP Instance", "transfer_syntax_uid": "transfer syntax"}
+
+
+def _text(value: str | bytes) -> str:
+    """A UID as the meta or a row holds it, as the index keeps it (its padding off)."""
+    return layout.normalize_uid(value)
+
+
 def open_checked(
-    raw: BinaryIO, row: Mapping[str, Any], name: Callable[[], str], start: int | None = None
+    raw: BinaryIO,
+    row: Mapping[str, Any],
+    name: Callable[[], str],
+    again: Callable[[], Mapping[str, Any] | None] | None = None,
 ) -> BinaryIO:
-    """``raw``, the stored file of the index row ``row`` (``digest``, ``file_size``,
-    ``sop_instance_uid``; ``name()``: where it is, for the log), read through its
-    digest; :class:`DamagedCopy` now for a size that differs. ``start``: where its data
-    set starts, when its File Meta Information was read already (else read here)."""
-    stream = CheckedStream(
-        raw,
-        recorded=str(row["digest"]),
-        size=int(row["file_size"]),
-        uid=str(row["sop_instance_uid"]),
-        name=name,
-        start=start,
-    )
-    return stream  # type: ignore[return-value]  # (io.RawIOBase: a binary stream)
+    """``raw``, the stored file of the index row ``row``, read through it
+    (:class:`CheckedStream`); :class:`DamagedCopy` now for a size or a File Meta
+    Information that differs."""
+    return CheckedStream(raw, row, name=name, again=again)  # type: ignore[return-value]

@@ -340,6 +340,12 @@ def check_pixel_header(head: bytes, stop: int, size: int, implicit: bool, little
 def dataset_offset(fp: BinaryIO) -> int:
     """Where the data set starts in a PS3.10 file (after preamble, prefix, group 0002;
     ``framing.file_meta``)."""
+    return meta_of(fp)[0]
+
+
+def meta_of(fp: BinaryIO) -> tuple[int, dict[int, bytes]]:
+    """Where the data set starts in a PS3.10 file, and its File Meta Information's
+    values by element number (``framing.file_meta``)."""
     fp.seek(0)
     head = b""
     while True:
@@ -350,7 +356,7 @@ def dataset_offset(fp: BinaryIO) -> int:
         except FramingError as exc:
             raise HeaderError(str(exc)) from None
         if found is not None:
-            return found[0]
+            return found
 
 
 _META_CHUNK = 4096

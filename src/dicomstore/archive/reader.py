@@ -286,14 +286,16 @@ class ArchiveReader:
         """The stored PS3.10 bytes, a readable and seekable stream (close it when done)."""
         return self.storage.open(self.key(row_or_uid))
 
-    def open_checked(self, row: Mapping[str, Any], start: int | None = None) -> BinaryIO:
+    def open_checked(self, row: Mapping[str, Any]) -> BinaryIO:
         """:meth:`open` of the instance of index row ``row``, read through its indexed
-        size and digest (``checked.py``: a copy damaged since it was stored raises
-        ``DamagedCopy`` before its last bytes are read): what is given on whole.
-        ``start``: where its data set starts, if known (its File Meta Information read)."""
+        size, digest and File Meta Information (``checked.py``: a copy damaged since it
+        was stored raises ``DamagedCopy``, before its last bytes are read): what is
+        given on whole. A version filed at the same key since ``row`` was read (a
+        replace, a delete and a store) is read as the index has it now."""
         key = self.key(row)
         name = functools.partial(self.where, row)
-        return open_checked(self.storage.open(key), row, name, start)
+        again = functools.partial(self._now, str(row["sop_instance_uid"]))
+        return open_checked(self.storage.open(key), row, name, again)
 
     def local_path(self, row_or_uid: Mapping[str, Any] | str) -> Path | None:
         """The local file of an instance, for zero-copy readers (``sendfile``, ``mmap``),

@@ -154,19 +154,19 @@ class Selected:
     def storage(self) -> Storage | None:
         return None if self.reader is None else self.reader.storage
 
-    def opener(self, start: int | None = None) -> Callable[[], BinaryIO] | None:
+    def opener(self) -> Callable[[], BinaryIO] | None:
         """What opens its file read through its indexed size and digest
-        (``ArchiveReader.open_checked``; ``start``: where its data set starts, as its
-        scan found): None when it has none to check."""
+        (``ArchiveReader.open_checked``): None when it has none to check."""
         if self.reader is None or not self.digest:
             return None
         row = {
             "sop_instance_uid": self.sop_instance_uid,
+            "transfer_syntax_uid": self.transfer_syntax,
             "path": self.key,
             "digest": self.digest,
             "file_size": self.file_size,
         }
-        return functools.partial(self.reader.open_checked, row, start)
+        return functools.partial(self.reader.open_checked, row)
 
 
 def select_instances(reader: ArchiveReader, query: RetrieveQuery) -> list[Selected]:
@@ -388,7 +388,11 @@ def _moved(item: Selected) -> Selected | None:
     if row is None:
         return None
     return dataclasses.replace(
-        item, key=row["path"], digest=row["digest"], file_size=row["file_size"]
+        item,
+        key=row["path"],
+        transfer_syntax=row["transfer_syntax_uid"],
+        digest=row["digest"],
+        file_size=row["file_size"],
     )
 
 
@@ -433,7 +437,7 @@ async def store_selected(
                 move_originator=move_originator,
                 inflated_limit=inflated_limit,
                 scratch=item.storage.scratch() if item.storage is not None else None,
-                stored=item.opener(instance.offset or None),
+                stored=item.opener(),
             )
             break
         except (NotSendable, NotDicom) as exc:  # (nothing of it sent yet)
