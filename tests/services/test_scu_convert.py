@@ -153,20 +153,16 @@ def test_a_conversion_goes_through_a_file_and_stops_at_its_limit(
         conversion.converted(instance, uids.IMPLICIT_VR_LE, limit)
 
 
-def test_a_conversion_is_bounded_by_all_its_frames_before_one_is_decoded(
-    tmp_path: Path, monkeypatch
-) -> None:
-    """review103 F3: a few KB of JPEG 2000 whose seven frames decode to 512 MiB each
-    were decoded a frame at a time into 3.5 GiB of temporary file, for each C-MOVE or
-    WADO-RS answer of it (each frame under the limit); its header alone now refuses it."""
+def _j2k_claiming(tmp_path: Path, frames: str) -> Path:
+    """A JPEG 2000 Lossless file of a few KB whose header says ``frames`` frames of
+    16383 x 16384 16-bit pixels (512 MiB each decoded)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
 
-    from dicomstore.services import conversion, sources
-
     ds = Dataset()
     ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.41.3"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = 16383, 16384, 7
+    ds.Rows, ds.Columns = 16383, 16384
+    ds.add_new(0x00280008, "IS", frames)  # Number of Frames
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(60)] * 7)
@@ -177,7 +173,18 @@ def test_a_conversion_is_bounded_by_all_its_frames_before_one_is_decoded(
     path = tmp_path / "bomb.dcm"
     ds.save_as(path, enforce_file_format=True)
     assert path.stat().st_size < 2000
-    instance = sources.scan_file(path)
+    return path
+
+
+def test_a_conversion_is_bounded_by_all_its_frames_before_one_is_decoded(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """review103 F3: a few KB of JPEG 2000 whose seven frames decode to 512 MiB each
+    were decoded a frame at a time into 3.5 GiB of temporary file, for each C-MOVE or
+    WADO-RS answer of it (each frame under the limit); its header alone now refuses it."""
+    from dicomstore.services import conversion, sources
+
+    instance = sources.scan_file(_j2k_claiming(tmp_path, "7"))
 
     def decoded(*args: object) -> None:
         raise AssertionError("a frame decoded")
@@ -185,4 +192,20 @@ def test_a_conversion_is_bounded_by_all_its_frames_before_one_is_decoded(
     monkeypatch.setattr(conversion, "decompressed", decoded)
     too_large = "would hold 3757867718 bytes, over the limit"
     with pytest.raises(conversion.TooLargeToConvert, match=too_large):
+        conversion.converted(instance, uids.EXPLICIT_VR_LE, 256 << 20, str(tmp_path))
+
+
+def test_a_header_whose_numbers_are_no_numbers_fails_that_conversion_alone(
+    tmp_path: Path,
+) -> None:
+    """review104 F3: Number of Frames 'ab' raised ValueError out of the new bound: a
+    whole C-MOVE ended C000, WADO-RS a 500 with a traceback; it is NotDicom (that
+    sub-operation fails, the others go on)."""
+    from dicomstore.services import conversion, sources
+
+    path = _j2k_claiming(tmp_path, "7")
+    frames = b"\x28\x00\x08\x00IS\x02\x007 "  # (pydicom writes no 'ab': put in by hand)
+    path.write_bytes(path.read_bytes().replace(frames, frames[:-2] + b"ab"))
+    instance = sources.scan_file(path)
+    with pytest.raises(sources.NotDicom, match="its NumberOfFrames is 'ab', not one number"):
         conversion.converted(instance, uids.EXPLICIT_VR_LE, 256 << 20, str(tmp_path))

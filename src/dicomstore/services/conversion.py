@@ -27,7 +27,7 @@ from dicomstore.inflation import (
     inflate_to_temporary,
     temporary_file,
 )
-from dicomstore.services.decompression import EXPLICIT, decompressed, written
+from dicomstore.services.decompression import EXPLICIT, decompressed, header_number, written
 from dicomstore.services.decompression import TooLargeToConvert as TooLargeToConvert
 from dicomstore.services.sources import Instance, NotDicom, one_line, open_dataset
 
@@ -112,7 +112,13 @@ def converted(
         if instance.transfer_syntax in _REENCODED:
             return reencoded(instance, ts, inflated_limit, where)
         whole = max(inflated_limit, MAX_CONVERTED)
-        _check_size(instance, ts, whole)  # (every frame counted, before one is decoded)
+        try:  # (every frame counted, before one is decoded)
+            _check_size(instance, ts, whole)
+        except NotDicom:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a header pydicom cannot read, values
+            # that are no numbers: its sub-operation alone fails (review104 F3)
+            raise NotDicom(f"cannot convert to {uids.uid_name(ts)}: {one_line(exc)}") from None
         limit = whole if frame_limit is None else frame_limit
         done = decompressed(instance, ts, NATIVE[ts], limit, where)
         if done is not None:
@@ -206,11 +212,12 @@ def _check_size(instance: Instance, ts: str, limit: int) -> None:
             header = dcmread(instance.path, stop_before_pixels=True, force=True)
         else:
             return
-        frames = int(header.get("NumberOfFrames", 1) or 1)
-        samples = int(header.get("SamplesPerPixel", 1) or 1)
-        bits = int(header.get("BitsAllocated", 8) or 8)
-        rows, columns = int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)
-        size += frames * rows * columns * samples * max(bits, 8) // 8
+        frames = max(header_number(header, "NumberOfFrames", 1, ts), 1)
+        samples = max(header_number(header, "SamplesPerPixel", 1, ts), 1)
+        bits = max(header_number(header, "BitsAllocated", 8, ts), 8)
+        rows = max(header_number(header, "Rows", 0, ts), 0)
+        columns = max(header_number(header, "Columns", 0, ts), 0)
+        size += frames * rows * columns * samples * bits // 8
     if size > limit:
         raise TooLargeToConvert(
             f"converting it to {uids.uid_name(ts)} would hold {size} bytes, over the limit"

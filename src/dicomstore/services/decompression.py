@@ -75,9 +75,9 @@ def decompressed(
         if found is None:
             return None
         header, first, image, decoded = found
-        frames = _number(header, "NumberOfFrames", 1, ts)
+        frames = header_number(header, "NumberOfFrames", 1, ts)
         little = target[1]
-        vr = b"OB" if _number(header, "BitsAllocated", 8, ts) <= 8 else b"OW"
+        vr = b"OB" if header_number(header, "BitsAllocated", 8, ts) <= 8 else b"OW"
         length = frames * first.nbytes
         if length >= 0xFFFFFFFE:
             raise NotDicom(f"its Pixel Data decoded is {length} bytes, too long for one element")
@@ -122,16 +122,20 @@ def _opened(instance: Instance) -> IO[bytes]:
     return f
 
 
-def _number(header: Dataset, keyword: str, default: int, ts: str) -> int:
+def header_number(header: Dataset, keyword: str, default: int, ts: str) -> int:
     """The one whole number ``keyword`` says (``default`` when absent or empty);
     NotDicom for two values or a text that is none (review44 #1: a TypeError ended
-    ``send`` whole)."""
-    value = header.get(keyword, default)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
+    ``send`` whole; review104 F3: a ValueError the whole C-MOVE)."""
+    value: object = "?"
+    try:  # (pydicom converts an IS or DS as it is got: 'ab' raises there)
+        value = header.get(keyword, default)
+        if value is None or value == "":
+            return default
+        return int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
+        if value == "?":  # (not even got: its bytes as stored)
+            raw = getattr(header.get_item(keyword), "value", b"")
+            value = raw.decode("latin-1").strip() if isinstance(raw, bytes) else raw
         raise NotDicom(
             f"cannot convert to {uids.uid_name(ts)}: its {keyword} is {value!r}, not one number"
         ) from None
@@ -148,9 +152,9 @@ def _decoder(
     from pydicom.pixels import as_pixel_options, get_decoder
 
     header = dcmread(h, stop_before_pixels=True, force=True, defer_size=1024)
-    rows, columns = _number(header, "Rows", 0, ts), _number(header, "Columns", 0, ts)
-    samples = _number(header, "SamplesPerPixel", 1, ts)
-    bits = _number(header, "BitsAllocated", 8, ts)
+    rows, columns = header_number(header, "Rows", 0, ts), header_number(header, "Columns", 0, ts)
+    samples = header_number(header, "SamplesPerPixel", 1, ts)
+    bits = header_number(header, "BitsAllocated", 8, ts)
     if bits == 1:
         return None
     frame_size = rows * columns * samples * max(bits, 8) // 8
