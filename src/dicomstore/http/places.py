@@ -8,6 +8,8 @@ every other request answered from a thread, nor one client every other client
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 from collections.abc import Iterator
 
@@ -27,10 +29,43 @@ class Places:
         self.doing, self.instead = doing, instead
         self.free = threading.BoundedSemaphore(total)
         self.taken: dict[str, int] = {}
+        #: answers waiting for a place (:meth:`wait_for`): told when one is let go
+        self.waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
 
     def take(self, address: str) -> Slot:
         """A place for an answer to ``address`` (503 if none)."""
         return Slot(address, self)
+
+    async def wait_for(self, address: str, within: float) -> Slot:
+        """:meth:`take`, waiting up to ``within`` seconds for a place to be let go, in
+        the event loop (no thread held meanwhile); 503 after. (Answers whose client
+        left hold their places until they end: a browser's next page would find none,
+        review104 F4.)"""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            waiter = (loop, asyncio.Event())
+            with _LOCK:  # (told before it tries: no place let go unseen)
+                self.waiters.add(waiter)
+            try:
+                try:
+                    return Slot(address, self)
+                except HttpError:
+                    if loop.time() >= deadline:
+                        raise
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter[1].wait(), deadline - loop.time())
+            finally:
+                with _LOCK:
+                    self.waiters.discard(waiter)
+
+    def _let_go(self) -> None:
+        """A place is free: every answer waiting for one tries again."""
+        with _LOCK:
+            waiters = list(self.waiters)
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # (its loop closed meanwhile)
+                loop.call_soon_threadsafe(event.set)
 
     def busy(self, why: str) -> HttpError:
         return HttpError(
@@ -60,6 +95,8 @@ class Slot:
             if left:
                 places.taken[self.address] = left
         places.free.release()
+        if places.waiters:
+            places._let_go()
 
     def held_while(self, body: Iterator[bytes]) -> Iterator[bytes]:
         """``body``, the place let go when it ends, fails, is closed, or is dropped

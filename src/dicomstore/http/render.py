@@ -27,6 +27,7 @@ import threading
 from typing import Any
 
 from pydicom.multival import MultiValue
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -53,22 +54,29 @@ _RENDERING = threading.BoundedSemaphore(RENDERS_AT_ONCE)
 #: ``Retry-After`` (review103 F1: one client's 48 renders of a large frame held
 #: another's thumbnail 60 s and its QIDO 16 s).
 RENDERING = Places(16, 6, "being rendered")
+#: How long an answer waits for a place before its 503 (in the event loop: no thread).
+PLACE_WAIT = 10.0
+#: The status logged for an answer whose client left before it was rendered (nginx's).
+CLIENT_GONE = 499
 #: instances tried for a series or study before giving up (not images, say)
 TRIES = 20
 _OFFERS = [("image/jpeg", None), ("image/png", None)]
 
 
-def rendered(request: Request) -> Response:
+async def rendered(request: Request) -> Response:
     """GET .../rendered (10.4.1.1.5)."""
-    return _render(request, None)
+    return await _render(request, None)
 
 
-def thumbnail(request: Request) -> Response:
+async def thumbnail(request: Request) -> Response:
     """GET .../thumbnail (10.4.1.1.6): a small rendered image."""
-    return _render(request, THUMBNAIL)
+    return await _render(request, THUMBNAIL)
 
 
-def _render(request: Request, box: int | None) -> Response:
+async def _render(request: Request, box: int | None) -> Response:
+    """The answer once it has a place (waited for up to :data:`PLACE_WAIT` seconds in
+    the event loop, 503 after), rendered in a worker thread unless its client left
+    while it waited."""
     choice, _ = negotiate(request, _OFFERS)
     media = _OFFERS[choice][0]
     window = _window(request.query_params.get("window"))
@@ -76,7 +84,6 @@ def _render(request: Request, box: int | None) -> Response:
     quality = _quality(request.query_params.get("quality"))
     if viewport is None and box is not None:
         viewport = (box, box)
-    pil = _pillow()
     frame = 1
     if "frames" in request.path_params:
         numbers = frame_numbers(request.path_params["frames"])
@@ -84,20 +91,34 @@ def _render(request: Request, box: int | None) -> Response:
             raise HttpError(400, "a rendered frame is one frame number")
         frame = numbers[0]
     try:
-        slot = RENDERING.take(client_of(request.scope))
+        slot = await RENDERING.wait_for(client_of(request.scope), PLACE_WAIT)
     except HttpError as busy:  # (logged: review94 F2)
         raise refuse(request, busy.status, busy.message, busy.headers) from None
     try:
-        with _RENDERING, _representative(request, frame) as found:
-            array = found.decoded(frame)
-            if viewport is not None:  # fewer pixels to window: a view, every n-th
-                if window is None and array.ndim == 2:  # (the whole frame's, not the view's)
-                    window = grey_window(array, found.dataset)
-                array = shrunk(array, viewport)
-            image = pil.fromarray(to_8bit(array, found.dataset, window))
-            del array
+        if await request.is_disconnected():  # (gone while it waited: for nobody)
+            return Response(status_code=CLIENT_GONE)
+        image = await run_in_threadpool(_image, request, frame, window, viewport)
     finally:
         slot.release()
+    return await run_in_threadpool(_encoded, image, media, viewport, quality)
+
+
+def _image(request: Request, frame: int, window: tuple[float, float] | None, viewport: Any) -> Any:
+    """The frame rendered as a Pillow image, in its turn (blocking)."""
+    pil = _pillow()
+    with _RENDERING, _representative(request, frame) as found:
+        array = found.decoded(frame)
+        if viewport is not None:  # fewer pixels to window: a view, every n-th
+            if window is None and array.ndim == 2:  # (the whole frame's, not the view's)
+                window = grey_window(array, found.dataset)
+            array = shrunk(array, viewport)
+        image = pil.fromarray(to_8bit(array, found.dataset, window))
+        del array
+    return image
+
+
+def _encoded(image: Any, media: str, viewport: Any, quality: int) -> Response:
+    """The answer of a rendered image: fitted into ``viewport``, as ``media``."""
     if viewport is not None:
         image.thumbnail(viewport)
     out = io.BytesIO()
