@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from tests.archive.archive_testlib import dataset, store, stored_dataset
+from tests.archive.archive_testlib import CT, dataset, store, stored_dataset
 from tests.conftest import (
     PEER_ENV,
     ServerThread,
@@ -110,7 +110,7 @@ def test_a_damaged_copy_to_convert_fails_its_sub_operation_alone(root: Path) -> 
     damaged one checked first: failed, listed; the others sent, the association on."""
     archive = Archive(root, fsync=False)
     with ServerThread(ServerConfig(port=0), archive) as srv:
-        storage = {"1.2.840.10008.5.1.4.1.1.2": [uids.IMPLICIT_VR_LE]}
+        storage = {CT: [uids.IMPLICIT_VR_LE]}
         ident = identifier("STUDY", StudyInstanceUID=STUDY)
         got = pynetdicom_get(srv.port, ident, STUDY_ROOT_GET, storage=storage)
     archive.close()
@@ -118,3 +118,49 @@ def test_a_damaged_copy_to_convert_fails_its_sub_operation_alone(root: Path) -> 
     assert got.final.Status == 0xB000
     assert got.counts() == (2, 1, 0, None)
     assert got.failed_uids() == [DAMAGED]
+
+
+def test_a_file_meta_naming_another_syntax_fails_that_sub_operation(tmp_path: Path) -> None:
+    """review104 F2: the digest does not cover the File Meta Information, whose transfer
+    syntax picks the presentation context: one relabelled (JPEG Baseline as JPEG
+    Extended, one bit: as JPEG 2000 lossless as lossy) is not sent, though the SCU
+    takes both; the others are."""
+    from pynetdicom import AE, build_role, evt
+
+    baseline, extended = "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"
+    root = tmp_path / "archive"
+    with Archive(root, fsync=False) as archive:
+        for uid in UIDS:
+            data = dataset(uid, study=STUDY, series="1.2.77.1.1")
+            assert store(archive, data, sop_uid=uid, ts=baseline).status == 0
+    path = ArchiveReader(root).path(DAMAGED)
+    whole = path.read_bytes()
+    meta_end = whole.index(b"\x08\x00", 144)
+    meta = whole[:meta_end].replace(baseline.encode(), extended.encode(), 1)
+    path.write_bytes(meta + whole[meta_end:])
+    received: dict[str, str] = {}
+
+    def on_store(event) -> int:
+        received[str(event.request.AffectedSOPInstanceUID)] = str(event.context.transfer_syntax)
+        return 0
+
+    ae = AE(ae_title="GETTER")
+    ae.add_requested_context(STUDY_ROOT_GET)
+    for syntax in (baseline, extended):  # (two contexts: each syntax accepted)
+        ae.add_requested_context(CT, syntax)
+    archive = Archive(root, fsync=False)
+    with ServerThread(ServerConfig(port=0), archive) as srv:
+        assoc = ae.associate(
+            "127.0.0.1",
+            srv.port,
+            ae_title="DICOMSTORE",
+            ext_neg=[build_role(CT, scp_role=True)],
+            evt_handlers=[(evt.EVT_C_STORE, on_store)],
+        )
+        assert assoc.is_established
+        ident = identifier("STUDY", StudyInstanceUID=STUDY)
+        final = [rsp for rsp, _ in assoc.send_c_get(ident, STUDY_ROOT_GET)][-1]
+        assoc.release()
+    archive.close()
+    assert received == {UIDS[0]: baseline, UIDS[2]: baseline}
+    assert final.NumberOfFailedSuboperations == 1

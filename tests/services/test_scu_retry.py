@@ -406,9 +406,9 @@ def test_a_small_file_goes_from_the_bytes_its_check_read(monkeypatch) -> None:
     opened: list[str] = []
     open_dataset = sources.open_dataset
 
-    def counting(instance):
+    def counting(instance, opener=None):
         opened.append(instance.path.name)
-        return open_dataset(instance)
+        return open_dataset(instance, opener)
 
     monkeypatch.setattr(sources, "open_dataset", counting)
     handler = FlakyHandler()

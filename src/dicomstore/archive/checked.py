@@ -54,6 +54,7 @@ class CheckedStream(io.RawIOBase):
         *,
         name: Callable[[], str],
         again: Callable[[], Mapping[str, Any] | None] | None = None,
+        meta: tuple[int, dict[int, bytes]] | None = None,
     ) -> None:
         super().__init__()
         self._raw, self._row, self._name, self._again = raw, row, name, again
@@ -65,7 +66,7 @@ class CheckedStream(io.RawIOBase):
                 if now is None or int(now["file_size"]) != actual:
                     raise self._damaged(f"file size {actual}, stored {row['file_size']}")
                 self._row = now  # (replaced since: its version now, judged as such)
-            self._hashed = self._meta_checked()  # (the digest's bytes start here)
+            self._hashed = self._meta_checked(meta)  # (the digest's bytes start here)
             raw.seek(0)
         except BaseException:
             raw.close()
@@ -75,12 +76,13 @@ class CheckedStream(io.RawIOBase):
         self._pos = 0
         self._verdict: DamagedCopy | bool | None = None  # (None: not judged yet)
 
-    def _meta_checked(self) -> int:
-        """Where the data set starts, its File Meta Information read and found to name
+    def _meta_checked(self, read: tuple[int, dict[int, bytes]] | None) -> int:
+        """Where the data set starts, its File Meta Information read (``read``: by the
+        caller already, its start and those of its values it holds) and found to name
         the instance and transfer syntax the index has (a flipped bit there is damage
         the digest does not cover: review104 F2, a JPEG 2000 lossless relabelled)."""
         try:
-            start, meta = meta_of(self._raw)
+            start, meta = meta_of(self._raw) if read is None else read
         except HeaderError as exc:
             raise self._damaged(f"its File Meta Information: {exc}") from None
         said = {key: _text(meta[elem]) for key, elem in _NAMED.items() if elem in meta}
@@ -199,8 +201,10 @@ def open_checked(
     row: Mapping[str, Any],
     name: Callable[[], str],
     again: Callable[[], Mapping[str, Any] | None] | None = None,
+    meta: tuple[int, dict[int, bytes]] | None = None,
 ) -> BinaryIO:
     """``raw``, the stored file of the index row ``row``, read through it
     (:class:`CheckedStream`); :class:`DamagedCopy` now for a size or a File Meta
     Information that differs."""
-    return CheckedStream(raw, row, name=name, again=again)  # type: ignore[return-value]
+    stream = CheckedStream(raw, row, name=name, again=again, meta=meta)
+    return stream  # type: ignore[return-value]  # (io.RawIOBase: a binary stream)

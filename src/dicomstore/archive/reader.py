@@ -286,16 +286,24 @@ class ArchiveReader:
         """The stored PS3.10 bytes, a readable and seekable stream (close it when done)."""
         return self.storage.open(self.key(row_or_uid))
 
-    def open_checked(self, row: Mapping[str, Any]) -> BinaryIO:
+    def open_checked(
+        self,
+        row: Mapping[str, Any],
+        local: Path | None = None,
+        meta: tuple[int, dict[int, bytes]] | None = None,
+    ) -> BinaryIO:
         """:meth:`open` of the instance of index row ``row``, read through its indexed
         size, digest and File Meta Information (``checked.py``: a copy damaged since it
         was stored raises ``DamagedCopy``, before its last bytes are read): what is
         given on whole. A version filed at the same key since ``row`` was read (a
-        replace, a delete and a store) is read as the index has it now."""
+        replace, a delete and a store) is read as the index has it now. ``local``: its
+        local file, found already; ``meta``: its meta read already (``checked.py``)."""
         key = self.key(row)
         name = functools.partial(self.where, row)
         again = functools.partial(self._now, str(row["sop_instance_uid"]))
-        return open_checked(self.storage.open(key), row, name, again)
+        # (a local file unbuffered: its reads are large; the checked stream closes it)
+        raw = self.storage.open(key) if local is None else open(local, "rb", buffering=0)  # noqa: SIM115
+        return open_checked(raw, row, name, again, meta)
 
     def local_path(self, row_or_uid: Mapping[str, Any] | str) -> Path | None:
         """The local file of an instance, for zero-copy readers (``sendfile``, ``mmap``),

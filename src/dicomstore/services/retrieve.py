@@ -154,9 +154,11 @@ class Selected:
     def storage(self) -> Storage | None:
         return None if self.reader is None else self.reader.storage
 
-    def opener(self) -> Callable[[], BinaryIO] | None:
+    def opener(self, scanned: sources.Instance | None = None) -> Callable[[], BinaryIO] | None:
         """What opens its file read through its indexed size and digest
-        (``ArchiveReader.open_checked``): None when it has none to check."""
+        (``ArchiveReader.open_checked``): None when it has none to check. ``scanned``:
+        its scan (its local file, where its data set starts and the transfer syntax its
+        File Meta Information names: not read again; the meta itself is not sent)."""
         if self.reader is None or not self.digest:
             return None
         row = {
@@ -166,7 +168,10 @@ class Selected:
             "digest": self.digest,
             "file_size": self.file_size,
         }
-        return functools.partial(self.reader.open_checked, row)
+        if scanned is None or not scanned.offset:
+            return functools.partial(self.reader.open_checked, row)
+        meta = (scanned.offset, {0x0010: scanned.transfer_syntax.encode()})
+        return functools.partial(self.reader.open_checked, row, scanned.path, meta)
 
 
 def select_instances(reader: ArchiveReader, query: RetrieveQuery) -> list[Selected]:
@@ -437,7 +442,7 @@ async def store_selected(
                 move_originator=move_originator,
                 inflated_limit=inflated_limit,
                 scratch=item.storage.scratch() if item.storage is not None else None,
-                stored=item.opener(),
+                stored=item.opener(instance),
             )
             break
         except (NotSendable, NotDicom) as exc:  # (nothing of it sent yet)

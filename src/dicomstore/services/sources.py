@@ -421,13 +421,14 @@ class SourceReadError(DicomstoreError):
     """A file could not be read while its data set was being sent."""
 
 
-def open_dataset(instance: Instance) -> IO[bytes]:
-    """The instance's file (or stream), positioned where its data set starts (raises
-    OSError)."""
-    if instance.path is None:
-        assert instance.opener is not None
-        f = instance.opener()
+def open_dataset(instance: Instance, opener: Callable[[], IO[bytes]] | None = None) -> IO[bytes]:
+    """The instance's file (or stream; or what ``opener`` opens), positioned where its
+    data set starts (raises OSError)."""
+    opener = opener or (instance.opener if instance.path is None else None)
+    if opener is not None:
+        f = opener()
     else:
+        assert instance.path is not None
         f = open(instance.path, "rb", buffering=0)  # noqa: SIM115 - closed by file_chunks
     try:
         f.seek(instance.offset)

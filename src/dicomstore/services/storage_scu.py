@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import socket
@@ -339,9 +338,7 @@ async def store_instance(
         chunks, nbytes = (data,), len(data)
     else:
         try:
-            if stored is not None:  # (read through the stored copy's check)
-                instance = dataclasses.replace(instance, path=None, opener=stored)
-            f = sources.open_dataset(instance)
+            f = sources.open_dataset(instance, stored)  # (a stored copy: read through it)
         except OSError as exc:
             raise NotSendable(f"cannot read: {exc.strerror or exc}") from None
         chunks = sources.exactly(file_chunks(f, assoc.negotiated.peer_max_pdu, alive), instance)
