@@ -83,11 +83,9 @@ def test_movescu_to_storescp_never_gives_the_damaged_copy(root: Path, served) ->
     port, received, log = served
     said = _dcmtk("movescu", port, "-aem", "STORESCP")
     got = _received(received)
-    assert DAMAGED not in got, said
-    intact = _intact(root)
-    assert got == {uid: intact[uid] for uid in got}  # what arrived, byte-identical
-    assert UIDS[0] in got
+    assert got == _intact(root), said  # the others, byte-identical: not the damaged one
     text = log.read_text()
+    assert "C-MOVE ended B000: 2 completed, 1 failed" in text  # (review104 F5: not 1, 2)
     assert f"archive damage: instance {DAMAGED}" in text
     assert "its data set differs from what was stored" in text
 

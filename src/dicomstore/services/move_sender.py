@@ -10,9 +10,11 @@ each instance streamed from its file (``storage_scu.store_instance``: no whole
 instance in memory unless it must be converted), its C-STORE-RQ carrying the
 Move Originator AE Title and Message ID (PS3.7 9.3.1.1). A destination that
 refuses the association or cannot be reached fails every sub-operation; one
-that aborts midway fails the one in flight and every remaining one, and so does
-a file that fails while its data set goes out (the association is aborted then:
-nothing may follow half a message, PS3.8 E.1). :class:`DestinationSender`, the
+that aborts midway fails the one in flight and every remaining one. A file that
+fails while its data set goes out (unreadable, or damaged since it was stored:
+``archive/checked.py``) fails alone: its association is aborted (nothing may
+follow half a message, PS3.8 E.1) and the others go on a new one (review104 F5:
+one damaged file failed the rest of a study). :class:`DestinationSender`, the
 association part, also forwards (``forwarding.py``).
 """
 
@@ -144,6 +146,8 @@ class MoveSender(DestinationSender):
         max_pdu: int = DEFAULT_MAX_PDU,
         inflated_limit: int = DEFAULT_MAX_INFLATED,
     ) -> None:
+        #: what the C-MOVE sends (the contexts of an association made anew)
+        self.selected: Sequence[Selected] = ()
         super().__init__(
             destination,
             calling_ae=calling_ae,
@@ -156,6 +160,7 @@ class MoveSender(DestinationSender):
         )
 
     async def start(self, selected: Sequence[Selected]) -> None:
+        self.selected = selected
         try:
             await self.open(selected)
         except (AssociationError, OSError) as exc:
@@ -170,7 +175,9 @@ class MoveSender(DestinationSender):
             rsp = await self.store(item)
         except sources.SourceReadError as exc:  # mid-message: aborted (PS3.8 E.1)
             log.warning("C-MOVE: %s not sent: %s", item.sop_instance_uid, exc)
-            raise SubOperationsEnded(f"reading {item.sop_instance_uid}: {exc}") from None
+            self.assoc = None  # (aborted: the others go on a new one, review104 F5)
+            await self.start(self.selected)
+            return st.SUBOPERATIONS_FAILED
         except (AssociationError, ConnectionError, OSError) as exc:
             why = f"destination {self.destination.ae_title} left: {exc}"
             log.warning("C-MOVE: %s", why)
