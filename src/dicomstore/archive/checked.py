@@ -4,14 +4,19 @@ C.4.2/C.4.3, PS3.18 10.4) read it through :class:`CheckedStream`, so that a copy
 damaged since it was stored (a flipped bit, a truncated or swapped file) is never
 given on as if it were the one stored.
 
-The stream knows the indexed file size and the recorded digest of the data set
-(``digests.py``: the bytes after the File Meta Information). A size that differs
-is found when it opens (:class:`DamagedCopy`, before anything is sent); the digest
-as it is read, each byte hashed once: the read that would return the file's last
-bytes hashes them and compares first, raising :class:`DamagedCopy` instead of
-returning them. The receiver never has the whole data set: an association is aborted
-before its last fragment (PS3.8 7.3.1), an HTTP answer cut before its last byte. No
-second read of the file, no extra copy in memory: one hash update per chunk read.
+The stream knows the index row: the file size, the recorded digest of the data set
+(``digests.py``: the bytes after the File Meta Information), the SOP Instance and
+transfer syntax. A size that differs, or a File Meta Information naming another
+instance or syntax (which the digest does not cover), is found when it opens
+(:class:`DamagedCopy`, before anything is sent); the digest as it is read, each byte
+hashed once: the read that would return the file's last bytes hashes them and
+compares first, raising :class:`DamagedCopy` instead of returning them. A version
+filed at the same key since the row was read (replaced twice, deleted and stored
+again) is judged against the row the index has now: no damage.
+
+The receiver never has the whole data set: an association is aborted before its
+last fragment (PS3.8 7.3.1), an HTTP answer cut before its last byte. No second
+read of the file, no extra copy in memory: one hash update per chunk read.
 """
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ _GAP_READ = 1 << 20
 
 
 class DamagedCopy(OSError):
-    """A stored file is not what was stored: its size, or the digest of its data set,
-    differs from what the index recorded (an ``OSError``: the file cannot be read as
-    stored; logged ``archive damage`` once, where it is found)."""
+    """A stored file is not what was stored: its size, the digest of its data set or
+    its File Meta Information differs from what the index recorded (an ``OSError``:
+    the file cannot be read as stored; logged ``archive damage`` once, where it is
+    found)."""
 
 
 class CheckedStream(io.RawIOBase):

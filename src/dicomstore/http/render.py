@@ -98,9 +98,9 @@ async def _render(request: Request, box: int | None) -> Response:
         if await request.is_disconnected():  # (gone while it waited: for nobody)
             return Response(status_code=CLIENT_GONE)
         image = await run_in_threadpool(_image, request, frame, window, viewport)
-    finally:
+        return await run_in_threadpool(_encoded, image, media, viewport, quality)
+    finally:  # (held until encoded: the image of a frame may be large)
         slot.release()
-    return await run_in_threadpool(_encoded, image, media, viewport, quality)
 
 
 def _image(request: Request, frame: int, window: tuple[float, float] | None, viewport: Any) -> Any:
