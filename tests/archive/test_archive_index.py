@@ -110,6 +110,23 @@ def test_check_finds_missing_altered_resized_and_unindexed(archive: Archive) -> 
     assert "9.9.dcm: not indexed" in text
 
 
+def test_check_finds_a_file_meta_naming_another_syntax(archive: Archive) -> None:
+    """review104 F2: the digest does not cover the File Meta Information; retrieval
+    refuses a meta naming another transfer syntax than the index (archive/checked.py),
+    and `check` says it too (it said nothing: the operator saw 'archive damage' in the
+    log and a clean check)."""
+    path = archive.path_of("1.2.3.4.5.1")
+    data = path.read_bytes()
+    explicit, big = b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.2.2\0"
+    meta_end = data.index(b"\x08\x00", 144)
+    path.write_bytes(data[:meta_end].replace(explicit, big, 1) + data[meta_end:])
+    relpath = path.relative_to(archive.root).as_posix()
+    assert archive.check() == [
+        f"{relpath}: its File Meta Information names transfer syntax 1.2.840.10008.1.2.2;"
+        " stored 1.2.840.10008.1.2.1"
+    ]
+
+
 @pytest.mark.sqlite_index
 def test_reindex_rebuilds_the_index(archive: Archive, tmp_path: Path) -> None:
     before = {r["sop_instance_uid"]: r for r in archive.instances()}

@@ -91,14 +91,11 @@ class CheckedStream(io.RawIOBase):
             start, meta = meta_of(self._raw) if read is None else read
         except HeaderError as exc:
             raise self._damaged(f"its File Meta Information: {exc}") from None
-        said = {key: _text(meta[elem]) for key, elem in _NAMED.items() if elem in meta}
-        wrong = [key for key, value in said.items() if value != _text(self._row[key])]
-        if wrong:
+        wrong = meta_differs(meta, self._row)
+        if wrong is not None:
             now = self._changed()
-            if now is None or any(said[key] != _text(now[key]) for key in said):
-                what = ", ".join(f"{_WORDS[key]} {said[key]}" for key in wrong)
-                stored = ", ".join(str(self._row[key]) for key in wrong)
-                raise self._damaged(f"its File Meta Information names {what}; stored {stored}")
+            if now is None or meta_differs(meta, now) is not None:
+                raise self._damaged(wrong)
             self._row = now
         return start
 
@@ -200,6 +197,20 @@ _WORDS = {"sop_instance_uid": "SOP Instance", "transfer_syntax_uid": "transfer s
 def _text(value: str | bytes) -> str:
     """A UID as the meta or a row holds it, as the index keeps it (its padding off)."""
     return layout.normalize_uid(value)
+
+
+def meta_differs(meta: Mapping[int, bytes], row: Mapping[str, Any]) -> str | None:
+    """How the File Meta Information values ``meta`` (by element number) name another
+    SOP Instance or transfer syntax than the index row ``row``, in words; None: they
+    name the same (those of them it holds). The one judgement of it: the checked
+    stream's, and ``check``'s (``maintenance.py``)."""
+    said = {key: _text(meta[elem]) for key, elem in _NAMED.items() if elem in meta}
+    wrong = [key for key, value in said.items() if value != _text(row[key])]
+    if not wrong:
+        return None
+    what = ", ".join(f"{_WORDS[key]} {said[key]}" for key in wrong)
+    stored = ", ".join(str(row[key]) for key in wrong)
+    return f"its File Meta Information names {what}; stored {stored}"
 
 
 def open_checked(

@@ -401,13 +401,15 @@ class Index:
         with closing(every(self.reader, "SELECT 1 FROM instance LIMIT 1")) as rows:
             return next(rows, None) is not None
 
-    def paths(self) -> Iterable[tuple[str, str, int, str]]:
-        """(sop_instance_uid, path, file_size, digest) of every instance."""
+    def paths(self) -> Iterable[tuple[str, str, int, str, str]]:
+        """(sop_instance_uid, path, file_size, digest, transfer_syntax_uid) of every
+        instance."""
         return every(self.reader, PATHS)
 
 
-#: (sop_instance_uid, path, file_size, digest) of every instance (``Index.paths``).
-PATHS = "SELECT sop_instance_uid, path, file_size, digest FROM instance"
+#: (sop_instance_uid, path, file_size, digest, transfer_syntax_uid) of every instance
+#: (``Index.paths``).
+PATHS = "SELECT sop_instance_uid, path, file_size, digest, transfer_syntax_uid FROM instance"
 #: (sop_instance_uid, path, study_uid, series_uid) of every instance (``Index.filing``).
 FILING = "SELECT i.sop_instance_uid, i.path, st.study_uid, se.series_uid" + FROM_JOIN
 

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 from dicomstore.archive import digests as data_digests
 from dicomstore.archive import layout, nodes, rebuild
-from dicomstore.archive.dicomfile import dataset_offset, encoding_of, read_header
+from dicomstore.archive.checked import meta_differs
+from dicomstore.archive.dicomfile import dataset_offset, encoding_of, meta_of, read_header
 from dicomstore.archive.engine import engine_for
 from dicomstore.archive.fields import index_fields
 from dicomstore.archive.identity import check_storage
@@ -42,7 +43,7 @@ class Listing(Protocol):
     """What :func:`_problems` reads of an index: the writer's ``Index``, or an
     ``ArchiveReader`` (``check`` of an archive it cannot write: ``readonly_check.py``)."""
 
-    def paths(self) -> Iterable[tuple[str, str, int, str]]: ...
+    def paths(self) -> Iterable[tuple[str, str, int, str, str]]: ...
 
     def filing(self) -> Iterable[tuple[str, str, str, str]]: ...
 
@@ -56,14 +57,14 @@ def _problems(
     write (:func:`run_check`) or not (``readonly_check.run_read_only``)."""
     problems: list[tuple[str | None, str]] = []
     indexed: set[Path] = set()
-    for uid, relpath, size, digest in index.paths():
+    for uid, relpath, size, digest, syntax in index.paths():
         try:
             path = layout.resolve(root, relpath)
         except ValueError:
             problems.append((None, f"{uid}: indexed path {relpath!r} is outside the archive"))
             continue
         indexed.add(path)
-        problem = _examine(path, relpath, uid, size, digest, digests)
+        problem = _examine(path, relpath, (uid, size, digest, syntax), digests)
         if problem is not None:
             problems.append((relpath, problem))
     if counted is not None:
@@ -80,15 +81,24 @@ def _problems(
 
 
 def _examine(
-    path: Path, relpath: str, uid: str, size: int, digest: str, digests: bool
+    path: Path, relpath: str, indexed: tuple[str, int, str, str], digests: bool
 ) -> str | None:
-    """What is wrong with the file of one indexed instance (``None``: nothing)."""
+    """What is wrong with the file of one indexed instance (``indexed``: its SOP
+    Instance UID, file size, digest and transfer syntax; ``None``: nothing)."""
+    uid, size, digest, syntax = indexed
     try:
         actual = path.stat().st_size
         if actual != size:
             return f"{relpath}: size {actual}, indexed {size}"
         if digests and not data_digests.matches(digest, path):
             return f"{relpath}: content differs from the indexed digest"
+        if digests:  # (the meta, which the digest does not cover: as retrieval judges it)
+            with open(path, "rb") as fp:
+                meta = meta_of(fp)[1]
+            row = {"sop_instance_uid": uid, "transfer_syntax_uid": syntax}
+            wrong = meta_differs(meta, row)
+            if wrong is not None:
+                return f"{relpath}: {wrong}"
         refused = misframed(path) if digests else None
         if refused is not None:
             return f"{relpath}: refused if received now: {refused}"
@@ -163,8 +173,8 @@ def _again(
     rows = index.query({"path": relpath})
     if rows:
         row = rows[0]
-        uid, size, digest = row["sop_instance_uid"], row["file_size"], row["digest"]
-        return _examine(path, relpath, uid, size, digest, digests)
+        indexed = (row["sop_instance_uid"], row["file_size"], row["digest"])
+        return _examine(path, relpath, (*indexed, row["transfer_syntax_uid"]), digests)
     try:
         stat = path.stat()
     except FileNotFoundError:
@@ -265,7 +275,7 @@ def reindex_archive(
     left out (``reindex_rows.put_judged``).
     """
     told = left_out if left_out is not None else []
-    recorded = {uid: (path, size, digest) for uid, path, size, digest in index.paths()}
+    recorded = {uid: (path, size, digest) for uid, path, size, digest, _ts in index.paths()}
     at_path = {path: uid for uid, (path, _size, _digest) in recorded.items()}
     kept = rebuild.kept(index) if arrivals is None else rebuild.Kept(arrivals)
     chosen: dict[str, dict[str, Any]] = {}

@@ -126,8 +126,9 @@ class ArchiveReader:
         with closing(self.connect()) as db:
             yield db
 
-    def paths(self) -> Iterator[tuple[str, str, int, str]]:
-        """(sop_instance_uid, path, file_size, digest) of every instance, as
+    def paths(self) -> Iterator[tuple[str, str, int, str, str]]:
+        """(sop_instance_uid, path, file_size, digest, transfer_syntax_uid) of every
+        instance, as
         ``Index.paths`` (``check`` through a reader: ``maintenance.run_check``)."""
         return every(self.connect, PATHS)
 
