@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import os
 import shutil
 import struct
@@ -116,6 +117,14 @@ def stored_dataset(path: Path) -> bytes:
         offset = dataset_offset(fp)
         fp.seek(offset)
         return fp.read()
+
+
+def in_meta(data: bytes, old: bytes, new: bytes) -> bytes:
+    """A PS3.10 file's bytes with ``old`` put as ``new`` once in its File Meta
+    Information (the digest does not cover it: review104 F2)."""
+    start = dataset_offset(io.BytesIO(data))
+    assert old in data[:start], "not in the meta"
+    return data[:start].replace(old, new, 1) + data[start:]
 
 
 def dcm_files(root: Path) -> list[Path]:

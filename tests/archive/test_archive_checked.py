@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from tests.archive.archive_testlib import dataset, store
+from tests.archive.archive_testlib import dataset, in_meta, store
 
 from dicomstore.archive import Archive
 from dicomstore.archive.checked import DamagedCopy
@@ -166,9 +166,6 @@ def test_a_file_meta_that_names_another_syntax_or_instance_is_damage(
     """review104 F2: the digest covers the data set only; a flipped bit in the File Meta
     Information (a JPEG 2000 lossless relabelled lossy) went out whole."""
     reader, row, whole = _stored(tmp_path)
-    meta_end = whole.index(b"\x08\x00", 132 + 12)  # (well inside the meta and the data set)
-    assert old in whole[:meta_end]
-    damaged = whole[:meta_end].replace(old, new, 1) + whole[meta_end:]
-    reader.path(row).write_bytes(damaged)
+    reader.path(row).write_bytes(in_meta(whole, old, new))
     with pytest.raises(DamagedCopy, match=f"File Meta Information names {said}; stored"):
         reader.open_checked(row)

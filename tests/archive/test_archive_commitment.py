@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from tests.archive.archive_testlib import CT, MR, dataset, store
+from tests.archive.archive_testlib import CT, MR, dataset, in_meta, store
 
 from dicomstore.archive import Archive, removal
 from dicomstore.archive.commitment import (
@@ -309,6 +309,23 @@ def test_each_distinct_instance_is_hashed_once_per_request(stored, monkeypatch) 
         (PROCESSING_FAILURE, "file content differs from what was stored")
     }
     assert [v.failure_reason for v in verdicts[2000:]] == [CLASS_INSTANCE_CONFLICT, None, None]
+
+
+def test_a_file_meta_naming_another_syntax_is_not_committed(stored) -> None:
+    """review104 F2: the digest does not cover the File Meta Information; retrieval
+    refuses a meta naming another transfer syntax than the index, so the archive does
+    not commit to it either (0110, saying why)."""
+    reader, paths = stored
+    data = paths[UIDS[1]].read_bytes()
+    explicit, big = b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.2.2\0"
+    paths[UIDS[1]].write_bytes(in_meta(data, explicit, big))
+    held, relabelled = verify(reader, [Reference(CT, UIDS[0]), Reference(CT, UIDS[1])])
+    assert held.committed
+    assert (relabelled.failure_reason, relabelled.why) == (
+        PROCESSING_FAILURE,
+        "its File Meta Information names transfer syntax 1.2.840.10008.1.2.2;"
+        " stored 1.2.840.10008.1.2.1",
+    )
 
 
 def test_the_journal_text_is_that_of_the_dataclass() -> None:

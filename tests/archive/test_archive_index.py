@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from archive_testlib import dataset, store
+from archive_testlib import dataset, in_meta, store
 
 from dicomstore.archive import SUCCESS, Archive
 from dicomstore.archive.schema import ROW_COLUMNS, SCHEMA
@@ -117,9 +117,7 @@ def test_check_finds_a_file_meta_naming_another_syntax(archive: Archive) -> None
     log and a clean check)."""
     path = archive.path_of("1.2.3.4.5.1")
     data = path.read_bytes()
-    explicit, big = b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.2.2\0"
-    meta_end = data.index(b"\x08\x00", 144)
-    path.write_bytes(data[:meta_end].replace(explicit, big, 1) + data[meta_end:])
+    path.write_bytes(in_meta(data, b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.2.2\0"))
     relpath = path.relative_to(archive.root).as_posix()
     assert archive.check() == [
         f"{relpath}: its File Meta Information names transfer syntax 1.2.840.10008.1.2.2;"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from tests.archive.archive_testlib import CT, dataset, store, stored_dataset
+from tests.archive.archive_testlib import CT, dataset, in_meta, store, stored_dataset
 from tests.conftest import (
     PEER_ENV,
     ServerThread,
@@ -132,10 +132,7 @@ def test_a_file_meta_naming_another_syntax_fails_that_sub_operation(tmp_path: Pa
             data = dataset(uid, study=STUDY, series="1.2.77.1.1")
             assert store(archive, data, sop_uid=uid, ts=baseline).status == 0
     path = ArchiveReader(root).path(DAMAGED)
-    whole = path.read_bytes()
-    meta_end = whole.index(b"\x08\x00", 144)
-    meta = whole[:meta_end].replace(baseline.encode(), extended.encode(), 1)
-    path.write_bytes(meta + whole[meta_end:])
+    path.write_bytes(in_meta(path.read_bytes(), baseline.encode(), extended.encode()))
     received: dict[str, str] = {}
 
     def on_store(event) -> int:

@@ -88,13 +88,16 @@ def file_failure(
 ) -> tuple[int, str] | None:
     """Why the file of the instance ``row`` is not what was stored (Failure Reason, in
     words), or None: present, with the indexed size and digest (``path``, ``file_size``
-    and ``digest`` of the row are read). Storage Commitment's check, and forwarding's
-    before it sends (review101 M1). ``LookupError``: the storage keeps no local file;
+    and ``digest`` of the row are read), its File Meta Information naming the indexed
+    SOP Instance and transfer syntax (``checked.meta_differs``: what retrieval would
+    refuse is not committed). Storage Commitment's check, and forwarding's before it
+    sends (review101 M1). ``LookupError``: the storage keeps no local file;
     ``unreadable_raises``: an ``OSError`` reading it (but its absence) propagates (a
     cause that may pass: review102 M3)."""
     # (here, not at the top: a sender making References loads no reader nor pydicom)
     from dicomstore.archive import digests
-    from dicomstore.archive.dicomfile import HeaderError
+    from dicomstore.archive.checked import meta_differs
+    from dicomstore.archive.dicomfile import HeaderError, meta_of
 
     try:
         path = reader.path(row)
@@ -103,6 +106,10 @@ def file_failure(
             return PROCESSING_FAILURE, f"file size {size}, stored {row['file_size']}"
         if not digests.matches(row["digest"], path):
             return PROCESSING_FAILURE, "file content differs from what was stored"
+        with open(path, "rb") as fp:  # (the meta, which retrieval refuses unlike the index)
+            wrong = meta_differs(meta_of(fp)[1], row)
+        if wrong is not None:
+            return PROCESSING_FAILURE, wrong
     except FileNotFoundError:
         return NO_SUCH_OBJECT_INSTANCE, MISSING
     except (OSError, ValueError, HeaderError) as exc:  # unreadable, broken meta, bad path
