@@ -134,25 +134,32 @@ def inflate_into(source: BinaryIO, target: _Target, limit: int | None = None) ->
     return size
 
 
-#: Folders whose file system keeps this many bytes free (``serve --min-free``, the
-#: archive's ``.tmp``: :func:`keep_free`).
-_FLOORS: dict[str, int] = {}
+#: Folders whose file system keeps bytes free (``serve --min-free``, the archive's
+#: ``.tmp``: :func:`keep_free`): the floor of each server on it, the highest kept.
+_FLOORS: dict[str, list[int]] = {}
 
 
 class NoRoom(OSError):
     """A temporary file would leave less free than its folder's floor: not made."""
 
 
-def keep_free(folder: object, floor: int) -> None:
+def keep_free(folder: object, floor: int, *, keep: bool = True) -> None:
     """Temporary files in ``folder`` (conversions, inflations: each a copy of an
     instance) are refused while its file system has less than ``floor`` bytes free,
     as stores are (review103 F3: a few KB of JPEG 2000 made 3.6 GiB of them each
-    time it was converted, and the stores were refused for want of space); 0: none."""
+    time it was converted, and the stores were refused for want of space);
+    ``keep=False``: that floor is let go (another server's on the folder stays:
+    review105 L2)."""
+    if floor <= 0:
+        return
     key = os.path.realpath(str(folder))
-    if floor > 0:
-        _FLOORS[key] = floor
-    else:
-        _FLOORS.pop(key, None)
+    floors = _FLOORS.setdefault(key, [])
+    if keep:
+        floors.append(floor)
+    elif floor in floors:
+        floors.remove(floor)
+    if not floors:
+        del _FLOORS[key]
 
 
 def temporary_file(where: str | None = None, expected: int = 0) -> BinaryIO:
@@ -160,8 +167,9 @@ def temporary_file(where: str | None = None, expected: int = 0) -> BinaryIO:
     it: the system's); the caller closes it, and it is gone. :class:`NoRoom` when
     ``where`` keeps a floor of free bytes (:func:`keep_free`) that ``expected`` more
     bytes would go below."""
-    floor = _FLOORS.get(os.path.realpath(where)) if where is not None and _FLOORS else None
-    if floor is not None and where is not None:
+    floors = _FLOORS.get(os.path.realpath(where)) if where is not None and _FLOORS else None
+    if floors and where is not None:
+        floor = max(floors)
         try:
             free = shutil.disk_usage(where).free
         except OSError:

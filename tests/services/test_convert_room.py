@@ -38,15 +38,32 @@ def test_a_temporary_file_below_the_floor_is_refused(tmp_path: Path) -> None:
             inflation.temporary_file(str(floored))
         inflation.temporary_file(str(other)).close()  # (another folder: no floor)
     finally:
-        inflation.keep_free(floored, 0)
+        inflation.keep_free(floored, ALWAYS, keep=False)
     inflation.temporary_file(str(floored)).close()
-    inflation.keep_free(floored, max(free - (64 << 30), 1))  # (room for less than 64 GiB)
+    room = max(free - (64 << 30), 1)  # (room for less than 64 GiB)
+    inflation.keep_free(floored, room)
     try:
         inflation.temporary_file(str(floored), 1 << 20).close()
         with pytest.raises(inflation.NoRoom, match="65 GiB needed"):
             inflation.temporary_file(str(floored), 65 << 30)
     finally:
-        inflation.keep_free(floored, 0)
+        inflation.keep_free(floored, room, keep=False)
+    assert inflation._FLOORS == {}
+
+
+def test_two_servers_on_one_folder_keep_each_its_floor(tmp_path: Path) -> None:
+    """review105 L2: the second server's floor replaced the first's, and the first to
+    stop took the floor away from the other."""
+    inflation.keep_free(tmp_path, ALWAYS)
+    inflation.keep_free(tmp_path, 1)
+    try:
+        inflation.keep_free(tmp_path, 1, keep=False)  # (one stops)
+        with pytest.raises(inflation.NoRoom):  # (the other's floor stays)
+            inflation.temporary_file(str(tmp_path))
+    finally:
+        inflation.keep_free(tmp_path, ALWAYS, keep=False)
+    inflation.temporary_file(str(tmp_path)).close()
+    assert inflation._FLOORS == {}
 
 
 def test_c_get_sub_operations_to_convert_fail_below_min_free(tmp_path: Path) -> None:
@@ -91,5 +108,5 @@ def test_wado_rs_transcoding_below_the_floor_is_503(tmp_path: Path) -> None:
             star = {"accept": "application/dicom; transfer-syntax=*"}  # (as stored: served)
             assert get_or_cut(web.server.port, target, star)[0] == 200
     finally:
-        inflation.keep_free(scratch, 0)
+        inflation.keep_free(scratch, ALWAYS, keep=False)
         archive.close()

@@ -8,6 +8,7 @@ server logs "archive damage" naming it."""
 from __future__ import annotations
 
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from tests.services.test_get_scp import STUDY_ROOT_GET, pynetdicom_get
 from dicomstore import uids
 from dicomstore.archive import Archive
 from dicomstore.archive.reader import ArchiveReader
+from dicomstore.services.destinations import parse_destination
 from dicomstore.services.server import ServerConfig
 
 STUDY = "1.2.77.1"
@@ -159,3 +161,111 @@ def test_a_file_meta_naming_another_syntax_fails_that_sub_operation(tmp_path: Pa
     archive.close()
     assert received == {UIDS[0]: baseline, UIDS[2]: baseline}
     assert final.NumberOfFailedSuboperations == 1
+
+
+def _destination(requested: list[int], second: threading.Event, release: threading.Event):
+    """A pynetdicom Storage SCP DEST that holds its second A-ASSOCIATE-AC until
+    ``release`` (``second`` set when it is asked for)."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    ae = AE(ae_title="DEST")
+    ae.supported_contexts = AllStoragePresentationContexts
+
+    def on_requested(event) -> None:
+        requested.append(1)
+        if len(requested) >= 2:
+            second.set()
+            release.wait(60)
+
+    handlers = [(evt.EVT_REQUESTED, on_requested), (evt.EVT_C_STORE, lambda event: 0)]
+    return ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+
+
+def _moving(tmp_path: Path, damaged: str, *, cancel: bool) -> tuple[list, int]:
+    """A C-MOVE to DEST by pynetdicom of a study of three instances, ``damaged``'s file
+    flipped: (its responses, the associations DEST was asked for); ``cancel``: a
+    C-CANCEL as DEST is asked for a second association (which it holds meanwhile)."""
+    from pynetdicom import AE
+
+    root = tmp_path / "moved"
+    with Archive(root, fsync=False) as archive:
+        for uid in UIDS:
+            data = dataset(uid, study=STUDY, series="1.2.77.1.1", pixels=300_000)
+            assert store(archive, data, sop_uid=uid).status == 0
+    path = ArchiveReader(root).path(damaged)
+    data = bytearray(path.read_bytes())
+    data[-1000] ^= 0x10
+    path.write_bytes(bytes(data))
+    requested: list[int] = []
+    second, release = threading.Event(), threading.Event()
+    server = _destination(requested, second, release)
+    dest = parse_destination(f"DEST=127.0.0.1:{server.server_address[1]}")
+    responses: list = []
+    try:
+        with ServerThread(ServerConfig(port=0, move_destinations=(dest,)), Archive(root)) as srv:
+            ae = AE(ae_title="MOVER")
+            ae.add_requested_context(uids.STUDY_ROOT_QR_MOVE)
+            ae.dimse_timeout = 20  # (a cancel not acted on: no answer, the test fails)
+            assoc = ae.associate("127.0.0.1", srv.port, ae_title="DICOMSTORE")
+            assert assoc.is_established
+
+            def cancelling() -> None:
+                if second.wait(30):
+                    context = assoc._get_valid_context(uids.STUDY_ROOT_QR_MOVE, "", "scu")
+                    assoc.send_c_cancel(1, context.context_id)
+
+            if cancel:
+                threading.Thread(target=cancelling, daemon=True).start()
+            ident = identifier("STUDY", StudyInstanceUID=STUDY)
+            for rsp, _ident in assoc.send_c_move(ident, "DEST", uids.STUDY_ROOT_QR_MOVE, msg_id=1):
+                responses.append(rsp)
+            assoc.release()
+    finally:
+        release.set()
+        server.shutdown()
+    return responses, len(requested)
+
+
+def test_no_association_anew_when_the_damaged_file_is_the_last(tmp_path: Path) -> None:
+    """review105 L1: the association was made anew after the last sub-operation too."""
+    responses, asked = _moving(tmp_path, UIDS[2], cancel=False)
+    assert asked == 1
+    final = responses[-1]
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 1)
+
+
+def test_a_c_cancel_while_the_association_is_made_anew_is_acted_on(tmp_path: Path) -> None:
+    """review105 M2: a C-CANCEL read while the destination held the new association's
+    A-ASSOCIATE-AC waited for it (up to --acse-timeout), unlike the first start
+    (review87 F7): it ends the C-MOVE at once, FE00."""
+    responses, asked = _moving(tmp_path, UIDS[1], cancel=True)
+    assert asked == 2
+    final = responses[-1]
+    assert final.Status == 0xFE00, final
+
+
+def test_a_meta_naming_no_syntax_adopted_by_reindex_is_sent(tmp_path: Path, caplog) -> None:
+    """review105 M1: a file whose meta names no transfer syntax (blank), taken in by
+    `reindex` (its row's syntax blank too), passes check, commitment and WADO-RS; C-GET
+    called it damage, taking the scan's guess of its syntax for what its meta names."""
+    root = tmp_path / "archive"
+    with Archive(root, fsync=False) as archive:
+        for uid in UIDS[:2]:
+            data = dataset(uid, study=STUDY, series="1.2.77.1.1")
+            assert store(archive, data, sop_uid=uid).status == 0
+    path = ArchiveReader(root).path(UIDS[1])
+    explicit = b"1.2.840.10008.1.2.1\0"
+    path.write_bytes(in_meta(path.read_bytes(), explicit, b" " * len(explicit)))
+    for index in root.glob("index.sqlite*"):  # (the index lost: reindex takes the files in)
+        index.unlink()
+    with Archive(root, fsync=False) as archive:
+        archive.reindex()
+        assert archive.check() == []
+    archive = Archive(root, fsync=False)
+    with ServerThread(ServerConfig(port=0), archive) as srv:
+        ident = identifier("STUDY", StudyInstanceUID=STUDY)
+        storage = {CT: [uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE]}
+        got = pynetdicom_get(srv.port, ident, STUDY_ROOT_GET, storage=storage)
+    archive.close()
+    assert sorted(got.received) == UIDS[:2]
+    assert "archive damage" not in caplog.text

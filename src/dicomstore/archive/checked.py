@@ -205,6 +205,7 @@ def meta_differs(meta: Mapping[int, bytes], row: Mapping[str, Any]) -> str | Non
     name the same (those of them it holds). The one judgement of it: the checked
     stream's, and ``check``'s (``maintenance.py``)."""
     said = {key: _text(meta[elem]) for key, elem in _NAMED.items() if elem in meta}
+    said = {key: value for key, value in said.items() if value}  # (a blank names none)
     wrong = [key for key, value in said.items() if value != _text(row[key])]
     if not wrong:
         return None

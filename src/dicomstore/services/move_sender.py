@@ -146,8 +146,9 @@ class MoveSender(DestinationSender):
         max_pdu: int = DEFAULT_MAX_PDU,
         inflated_limit: int = DEFAULT_MAX_INFLATED,
     ) -> None:
-        #: what the C-MOVE sends (the contexts of an association made anew)
-        self.selected: Sequence[Selected] = ()
+        #: its association was aborted mid-message: the next sub-operation starts it
+        #: anew (``Retrieval.run``: only when one is left, racing a C-CANCEL)
+        self.lost = False
         super().__init__(
             destination,
             calling_ae=calling_ae,
@@ -160,9 +161,9 @@ class MoveSender(DestinationSender):
         )
 
     async def start(self, selected: Sequence[Selected]) -> None:
-        self.selected = selected
         try:
             await self.open(selected)
+            self.lost = False
         except (AssociationError, OSError) as exc:
             kind = classify(exc)
             what = kind[0] if kind else "failed"
@@ -175,9 +176,8 @@ class MoveSender(DestinationSender):
             rsp = await self.store(item)
         except sources.SourceReadError as exc:  # mid-message: aborted (PS3.8 E.1)
             log.warning("C-MOVE: %s not sent: %s", item.sop_instance_uid, exc)
-            self.assoc = None  # (aborted: the others go on a new one, review104 F5)
-            await self.start(self.selected)
-            return st.SUBOPERATIONS_FAILED
+            self.assoc, self.lost = None, True  # (aborted: the others go on a new one,
+            return st.SUBOPERATIONS_FAILED  # review104 F5; review105 M2, L1)
         except (AssociationError, ConnectionError, OSError) as exc:
             why = f"destination {self.destination.ae_title} left: {exc}"
             log.warning("C-MOVE: %s", why)

@@ -157,8 +157,9 @@ class Selected:
     def opener(self, scanned: sources.Instance | None = None) -> Callable[[], BinaryIO] | None:
         """What opens its file read through its indexed size and digest
         (``ArchiveReader.open_checked``): None when it has none to check. ``scanned``:
-        its scan (its local file, where its data set starts and the transfer syntax its
-        File Meta Information names: not read again; the meta itself is not sent)."""
+        its scan, whose local file is opened (its meta is read again there: the scan
+        guesses a transfer syntax its meta does not name, review105 M1, and keeps not
+        the SOP Instance it names, M3)."""
         if self.reader is None or not self.digest:
             return None
         row = {
@@ -168,10 +169,8 @@ class Selected:
             "digest": self.digest,
             "file_size": self.file_size,
         }
-        if scanned is None or not scanned.offset:
-            return functools.partial(self.reader.open_checked, row)
-        meta = (scanned.offset, {0x0010: scanned.transfer_syntax.encode()})
-        return functools.partial(self.reader.open_checked, row, scanned.path, meta)
+        local = None if scanned is None else scanned.path
+        return functools.partial(self.reader.open_checked, row, local)
 
 
 def select_instances(reader: ArchiveReader, query: RetrieveQuery) -> list[Selected]:
@@ -223,7 +222,9 @@ class SubOperationsEnded(Exception):
 
 
 class SubOperationSender(Protocol):
-    """Runs the C-STORE sub-operations of one retrieval."""
+    """Runs the C-STORE sub-operations of one retrieval. One whose ``lost`` attribute
+    is true (a C-MOVE's association aborted mid-message: ``move_sender.py``) is started
+    again, with the instances left, before its next sub-operation."""
 
     async def start(self, selected: Sequence[Selected]) -> None:
         """Get ready to send these instances (C-MOVE: associate with the destination,
@@ -302,6 +303,10 @@ class Retrieval(Tally):
                     self.cancelled = True
                     break
                 if is_gone():
+                    break
+                lost = getattr(sender, "lost", False)  # (its association aborted: anew)
+                if lost and not await _started(sender, self.selected[n:], cancel):
+                    self.cancelled = True
                     break
                 sending = True
                 self.count(await sender.send(item), item.sop_instance_uid)

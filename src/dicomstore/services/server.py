@@ -307,7 +307,8 @@ class Server:
         if self.commitments is not None:  # what is not reported waits in the journal
             await self.commitments.close()
         if self._scratch is not None:
-            keep_free(self._scratch, 0)
+            keep_free(self._scratch, self.config.min_free_bytes, keep=False)
+            self._scratch = None  # (let go once)
 
     def _abort_idle(self) -> None:
         """Associations idle between operations go right away (A-ABORT)."""
