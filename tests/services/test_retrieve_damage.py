@@ -35,20 +35,24 @@ UIDS = [f"1.2.77.1.1.{n}" for n in (1, 2, 3)]
 DAMAGED = UIDS[1]
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    """An archive of one study of three CT instances, the second damaged since (a bit
-    flipped in its Pixel Data)."""
-    root = tmp_path / "archive"
+def _study(root: Path, damaged: str) -> Path:
+    """An archive at ``root`` of one study of three CT instances, ``damaged`` damaged
+    since (a bit flipped in its Pixel Data)."""
     with Archive(root, fsync=False) as archive:
         for uid in UIDS:
             data = dataset(uid, study=STUDY, series="1.2.77.1.1", pixels=300_000)
             assert store(archive, data, sop_uid=uid).status == 0
-    path = ArchiveReader(root).path(DAMAGED)
+    path = ArchiveReader(root).path(damaged)
     data = bytearray(path.read_bytes())
     data[-1000] ^= 0x10
     path.write_bytes(bytes(data))
     return root
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """The study, its second instance damaged."""
+    return _study(tmp_path / "archive", DAMAGED)
 
 
 def _intact(root: Path) -> dict[str, bytes]:
@@ -187,15 +191,7 @@ def _moving(tmp_path: Path, damaged: str, *, cancel: bool) -> tuple[list, int]:
     C-CANCEL as DEST is asked for a second association (which it holds meanwhile)."""
     from pynetdicom import AE
 
-    root = tmp_path / "moved"
-    with Archive(root, fsync=False) as archive:
-        for uid in UIDS:
-            data = dataset(uid, study=STUDY, series="1.2.77.1.1", pixels=300_000)
-            assert store(archive, data, sop_uid=uid).status == 0
-    path = ArchiveReader(root).path(damaged)
-    data = bytearray(path.read_bytes())
-    data[-1000] ^= 0x10
-    path.write_bytes(bytes(data))
+    root = _study(tmp_path / "moved", damaged)
     requested: list[int] = []
     second, release = threading.Event(), threading.Event()
     server = _destination(requested, second, release)
