@@ -265,3 +265,54 @@ def test_a_meta_naming_no_syntax_adopted_by_reindex_is_sent(tmp_path: Path, capl
     archive.close()
     assert sorted(got.received) == UIDS[:2]
     assert "archive damage" not in caplog.text
+
+
+def test_a_copy_replaced_at_its_key_since_its_scan_goes_as_it_is_now(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """review105 I1: a sub-operation's scan, then two replaces filing a larger version
+    at the same key, then its send: the scan's sizes cut the new data set (sent cut
+    short, judged intact). The checked copy tells it is another version: scanned again,
+    sent whole as it is now."""
+    import asyncio
+
+    from dicomstore.aio.client import associate
+    from dicomstore.services import retrieve
+
+    uid = UIDS[0]
+    root = tmp_path / "archive"
+    with Archive(root, fsync=False, on_duplicate="replace") as archive:
+        assert (
+            store(archive, dataset(uid, patient_name="First", pixels=3000), sop_uid=uid).status == 0
+        )
+        reader = ArchiveReader(root)
+        row = reader.instance(uid)
+        keys = ("sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "path", "study_uid")
+        item = retrieve.Selected(
+            *(row[k] for k in keys), reader, digest=row["digest"], file_size=row["file_size"]
+        )
+        scanned = retrieve.scan_selected(item)  # (the first version's)
+        for name, pixels in (("Second", 4000), ("Third", 5000)):
+            data = dataset(uid, patient_name=name, pixels=pixels)
+            assert store(archive, data, sop_uid=uid).status == 0
+    third = stored_dataset(reader.path(uid))
+    assert reader.instance(uid)["path"] == row["path"]  # (the third at the first's key)
+    scans = [(scanned, item)]
+    real = retrieve._scan
+    monkeypatch.setattr(retrieve, "_scan", lambda it: scans.pop() if scans else real(it))
+    received = Archive(tmp_path / "received", fsync=False)
+
+    async def send() -> object:
+        contexts = [(CT, (uids.EXPLICIT_VR_LE,))]
+        assoc = await associate("127.0.0.1", srv.port, called_ae="DICOMSTORE", contexts=contexts)
+        try:
+            return await retrieve.store_selected(assoc, item, service="test", peer="DICOMSTORE")
+        finally:
+            await assoc.release()
+
+    with ServerThread(ServerConfig(port=0), received) as srv:
+        rsp = asyncio.run(send())
+    assert getattr(rsp, "status", None) == 0, rsp
+    path = received.path_of(uid)
+    assert path is not None and stored_dataset(path) == third
+    received.close()

@@ -64,6 +64,7 @@ class CheckedStream(io.RawIOBase):
     ) -> None:
         super().__init__()
         self._raw, self._row, self._name, self._again = raw, row, name, again
+        self._given = row
         self._uid = str(row["sop_instance_uid"])
         try:
             actual = raw.seek(0, os.SEEK_END)
@@ -98,6 +99,12 @@ class CheckedStream(io.RawIOBase):
                 raise self._damaged(wrong)
             self._row = now
         return start
+
+    @property
+    def replaced(self) -> bool:
+        """Another version than ``row`` is at its key now (of another size or meta, found
+        at the open): what its caller read of it before (a scan's sizes) is stale."""
+        return self._row is not self._given
 
     def readable(self) -> bool:
         return True

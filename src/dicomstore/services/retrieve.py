@@ -41,7 +41,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -49,7 +49,7 @@ from pydicom.dataset import Dataset
 from dicomstore import uids
 from dicomstore.archive import attributes
 from dicomstore.archive import query as q
-from dicomstore.archive.reader import ArchiveReader
+from dicomstore.archive.reader import ArchiveReader, NotStoredError
 from dicomstore.archive.storage import Storage
 from dicomstore.dimse import CStoreRSP, SubOperations
 from dicomstore.dimse import status as st
@@ -66,7 +66,7 @@ from dicomstore.services.query_identifier import (
     text_value,
 )
 from dicomstore.services.sources import NotDicom
-from dicomstore.services.storage_scu import NotSendable, StoreChannel, store_instance
+from dicomstore.services.storage_scu import NotSendable, ScanStale, StoreChannel, store_instance
 
 log = logging.getLogger("dicomstore.server")
 
@@ -389,12 +389,20 @@ def _scan(item: Selected) -> tuple[sources.Instance, Selected]:
     raise FileNotFoundError(f"{item.key}: replaced again and again")
 
 
-def _moved(item: Selected) -> Selected | None:
+def _moved(item: Selected, here_too: bool = False) -> Selected | None:
     """``item`` at its key now, when a replace filed it at another since it was
-    selected (``ArchiveReader.follow``); None: deleted, or still at that key."""
+    selected (``ArchiveReader.follow``); None: deleted, or still at that key (unless
+    ``here_too``: a version filed at the same key since, as the index has it now)."""
     if item.reader is None:
         return None
-    row = item.reader.follow({"sop_instance_uid": item.sop_instance_uid, "path": item.key})
+    uid = item.sop_instance_uid
+    if here_too:
+        try:
+            row: dict[str, Any] | None = item.reader.instance(uid)
+        except NotStoredError:
+            row = None
+    else:
+        row = item.reader.follow({"sop_instance_uid": uid, "path": item.key})
     if row is None:
         return None
     return dataclasses.replace(
@@ -451,8 +459,9 @@ async def store_selected(
             )
             break
         except (NotSendable, NotDicom) as exc:  # (nothing of it sent yet)
-            gone = instance.path is None or not instance.path.exists()
-            moved = await asyncio.to_thread(_moved, item) if attempt == 0 and gone else None
+            stale = isinstance(exc, ScanStale)  # (another version at its key since its scan)
+            gone = stale or instance.path is None or not instance.path.exists()
+            moved = await asyncio.to_thread(_moved, item, stale) if attempt == 0 and gone else None
             if moved is None:
                 log.warning("%s: %s not sent: %s", service, item.sop_instance_uid, exc)
                 return NotSent(sources.one_line(exc))

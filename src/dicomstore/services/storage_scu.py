@@ -341,6 +341,9 @@ async def store_instance(
             f = sources.open_dataset(instance, stored)  # (a stored copy: read through it)
         except OSError as exc:
             raise NotSendable(f"cannot read: {exc.strerror or exc}") from None
+        if getattr(f, "replaced", False):  # (its scan's sizes are another version's)
+            f.close()
+            raise ScanStale("replaced at its key since it was scanned")
         chunks = sources.exactly(file_chunks(f, assoc.negotiated.peer_max_pdu, alive), instance)
         nbytes = instance.size
         if stored is not None:
@@ -359,6 +362,12 @@ async def store_instance(
         if f is not None:
             f.close()  # also when the stream never started
     return rsp, ctx, convert_it, nbytes
+
+
+class ScanStale(NotSendable):
+    """An archive's copy replaced at its key (another size or meta) between its scan
+    and its send: sent from the scan's sizes, another version's data set would be cut
+    or padded wrong (review105 I1); scan it again."""
 
 
 def _judged(stored: Callable[[], IO[bytes]]) -> None:
