@@ -5,9 +5,9 @@ damaged since it was stored (a flipped bit, a truncated or swapped file) is neve
 given on as if it were the one stored.
 
 The stream knows the index row: the file size, the recorded digest of the data set
-(``digests.py``: the bytes after the File Meta Information), the SOP Instance and
-transfer syntax. A size that differs, or a File Meta Information naming another
-instance or syntax (which the digest does not cover), is found when it opens
+(``digests.py``: the bytes after the File Meta Information), the transfer syntax. A
+size that differs, or a File Meta Information naming another transfer syntax (which
+the digest does not cover), is found when it opens
 (:class:`DamagedCopy`, before anything is sent); the digest as it is read, each byte
 hashed once: the read that would return the file's last bytes hashes them and
 compares first, raising :class:`DamagedCopy` instead of returning them. A version
@@ -38,16 +38,18 @@ _GAP_READ = 1 << 20
 
 class DamagedCopy(OSError):
     """A stored file is not what was stored: its size, the digest of its data set or
-    its File Meta Information differs from what the index recorded (an ``OSError``:
+    the transfer syntax its File Meta Information names differs from what the index
+    recorded (an ``OSError``:
     the file cannot be read as stored; logged ``archive damage`` once, where it is
     found)."""
 
 
 class CheckedStream(io.RawIOBase):
     """The stored file ``raw`` of the index row ``row`` (its ``path``, ``file_size``,
-    ``digest``, ``sop_instance_uid``, ``transfer_syntax_uid``), read through them: see
-    the module notes. ``name()``: where it is, for the log; ``again()``: the row of the
-    instance as the index has it now (None: not stored), asked only when the file
+    ``digest``, ``transfer_syntax_uid``; its ``sop_instance_uid`` for the log), read
+    through them: see the module notes. ``name()``: where it is, for the log;
+    ``again()``: the row of the instance as the index has it now (None: not
+    stored), asked only when the file
     differs from ``row``: a replace, or a delete and a store, since ``row`` was read
     that filed the new version at the same key is no damage (review104 F1). Reads and
     seeks as ``raw`` does; a seek forward hashes the bytes it skips (the digest stays a
@@ -86,8 +88,8 @@ class CheckedStream(io.RawIOBase):
     def _meta_checked(self, read: tuple[int, dict[int, bytes]] | None) -> int:
         """Where the data set starts, its File Meta Information read (``read``: by the
         caller already, its start and those of its values it holds) and found to name
-        the instance and transfer syntax the index has (a flipped bit there is damage
-        the digest does not cover: review104 F2, a JPEG 2000 lossless relabelled)."""
+        the transfer syntax the index has (a flipped bit there is damage the digest does
+        not cover: review104 F2, a JPEG 2000 lossless relabelled)."""
         try:
             start, meta = meta_of(self._raw) if read is None else read
         except HeaderError as exc:
@@ -195,10 +197,13 @@ class CheckedStream(io.RawIOBase):
         return DamagedCopy(f"archive damage: instance {self._uid}: {why}")
 
 
-#: What the File Meta Information must name as the index does: (0002,0003) Media
-#: Storage SOP Instance UID and (0002,0010) Transfer Syntax UID (PS3.10 7.1).
-_NAMED = {"sop_instance_uid": 0x0003, "transfer_syntax_uid": 0x0010}
-_WORDS = {"sop_instance_uid": "SOP Instance", "transfer_syntax_uid": "transfer syntax"}
+#: What the File Meta Information must name as the index does: (0002,0010) Transfer
+#: Syntax UID (PS3.10 7.1), what its data set is read in. Not its (0002,0003) Media
+#: Storage SOP Instance UID: a C-STORE whose command names another SOP Instance than
+#: its data set (DCMTK storescu takes it from a file's meta) is filed by its data set's
+#: and its meta keeps the command's (sweep106: taken for damage, intact as stored).
+_NAMED = {"transfer_syntax_uid": 0x0010}
+_WORDS = {"transfer_syntax_uid": "transfer syntax"}
 
 
 def _text(value: str | bytes) -> str:
@@ -208,8 +213,8 @@ def _text(value: str | bytes) -> str:
 
 def meta_differs(meta: Mapping[int, bytes], row: Mapping[str, Any]) -> str | None:
     """How the File Meta Information values ``meta`` (by element number) name another
-    SOP Instance or transfer syntax than the index row ``row``, in words; None: they
-    name the same (those of them it holds). The one judgement of it: the checked
+    transfer syntax than the index row ``row``, in words; None: they name the same
+    (or none). The one judgement of it: the checked
     stream's, and ``check``'s (``maintenance.py``)."""
     said = {key: _text(meta[elem]) for key, elem in _NAMED.items() if elem in meta}
     said = {key: value for key, value in said.items() if value}  # (a blank names none)

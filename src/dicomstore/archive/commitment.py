@@ -89,8 +89,8 @@ def file_failure(
     """Why the file of the instance ``row`` is not what was stored (Failure Reason, in
     words), or None: present, with the indexed size and digest (``path``, ``file_size``
     and ``digest`` of the row are read), its File Meta Information naming the indexed
-    SOP Instance and transfer syntax (``checked.meta_differs``: what retrieval would
-    refuse is not committed). Storage Commitment's check, and forwarding's before it
+    transfer syntax (``checked.meta_differs``: what retrieval would refuse is not
+    committed). Storage Commitment's check, and forwarding's before it
     sends (review101 M1). ``LookupError``: the storage keeps no local file;
     ``unreadable_raises``: an ``OSError`` reading it (but its absence) propagates (a
     cause that may pass: review102 M3)."""
