@@ -122,3 +122,26 @@ def test_transcoded_in_a_study_it_cuts_the_answer(implicit_flipped, caplog) -> N
         )
     assert status == 200 and body is None
     assert f"archive damage: instance {DAMAGED}" in caplog.text
+
+
+def test_transcoded_it_is_the_version_now_after_a_replace_since_the_search(
+    tmp_path: Path,
+) -> None:
+    """sweep106 F2: a row read by the search, then a replace (the file at its key gone
+    with it): transcoded, it was 404 "deleted since the search", where one sent as
+    stored follows the replace; it is the version now, transcoded."""
+    from dicomstore.archive.reader import ArchiveReader
+    from dicomstore.http.transcoding import transcode_or_refuse
+
+    archive = Archive(tmp_path / "archive", fsync=False, on_duplicate="replace")
+    first = make_dataset(DAMAGED, study=STUDY, series=SERIES, frames=1)
+    store_implicit(archive, first, tmp_path)
+    reader = ArchiveReader(archive.root)
+    searched = reader.instance(DAMAGED)
+    second = make_dataset(DAMAGED, study=STUDY, series=SERIES, frames=1)
+    second.PatientName = "Second^Version"
+    store_implicit(archive, second, tmp_path)
+    assert reader.instance(DAMAGED)["path"] != searched["path"]
+    done = transcode_or_refuse(reader, searched, 1 << 30, 1 << 29)
+    assert b"Second^Version" in b"".join(done.chunks(1 << 20))
+    archive.close()

@@ -54,7 +54,7 @@ def _archive(storage: Any) -> Any:
         path = storage.local_path(row["path"])
         return _Intact(open(path, "rb") if path is not None else storage.open(row["path"]))
 
-    return SimpleNamespace(storage=storage, open_checked=open_checked)
+    return SimpleNamespace(storage=storage, open_checked=open_checked, follow=lambda row: None)
 
 
 def _gone(key: str) -> bool:

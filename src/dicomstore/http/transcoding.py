@@ -178,9 +178,17 @@ def transcode_or_refuse(
     gone; 406 when no decoder is here for its syntax (the ``codecs`` extra named, or none
     exists: MPEG-2, H.264 ...); 500 when the stored data cannot be decoded (damaged:
     ``pixels.damaged``, logged naming it) or its copy is damaged since it was stored
-    (``checked.DamagedCopy``)."""
+    (``checked.DamagedCopy``). Replaced since the search (its file gone with it), the
+    version now is transcoded, as one sent as stored is (sweep106 F2: 404)."""
     try:
-        return transcode(archive, row, inflated_limit, frame_limit)
+        try:
+            return transcode(archive, row, inflated_limit, frame_limit)
+        except (sources.Unreadable, OSError) as exc:
+            moved = archive.follow(row) if gone(archive, row, exc) else None
+            if moved is None:
+                raise
+            row = moved
+            return transcode(archive, row, inflated_limit, frame_limit)
     except conversion.TooLargeToConvert as exc:
         raise HttpError(413, f"not transcoded to {TARGET}: {exc}") from None
     except DamagedCopy as exc:  # (its WARNING said: ``checked.py``)
