@@ -25,6 +25,7 @@ import io
 import logging
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from dicomstore.archive import digests, layout
@@ -62,7 +63,6 @@ class CheckedStream(io.RawIOBase):
         *,
         name: Callable[[], str],
         again: Callable[[], Mapping[str, Any] | None] | None = None,
-        meta: tuple[int, dict[int, bytes]] | None = None,
     ) -> None:
         super().__init__()
         self._raw, self._row, self._name, self._again = raw, row, name, again
@@ -75,7 +75,7 @@ class CheckedStream(io.RawIOBase):
                 if now is None or int(now["file_size"]) != actual:
                     raise self._damaged(f"file size {actual}, stored {row['file_size']}")
                 self._row = now  # (replaced since: its version now, judged as such)
-            self._hashed = self._meta_checked(meta)  # (the digest's bytes start here)
+            self._hashed = self._meta_checked()  # (the digest's bytes start here)
             raw.seek(0)
         except BaseException:
             raw.close()
@@ -85,13 +85,12 @@ class CheckedStream(io.RawIOBase):
         self._pos = 0
         self._verdict: DamagedCopy | bool | None = None  # (None: not judged yet)
 
-    def _meta_checked(self, read: tuple[int, dict[int, bytes]] | None) -> int:
-        """Where the data set starts, its File Meta Information read (``read``: by the
-        caller already, its start and those of its values it holds) and found to name
+    def _meta_checked(self) -> int:
+        """Where the data set starts, its File Meta Information read and found to name
         the transfer syntax the index has (a flipped bit there is damage the digest does
         not cover: review104 F2, a JPEG 2000 lossless relabelled)."""
         try:
-            start, meta = meta_of(self._raw) if read is None else read
+            start, meta = meta_of(self._raw)
         except HeaderError as exc:
             raise self._damaged(f"its File Meta Information: {exc}") from None
         wrong = meta_differs(meta, self._row)
@@ -149,8 +148,10 @@ class CheckedStream(io.RawIOBase):
     def verify(self) -> None:
         """Read what is left (hashing it) and judge the copy: :class:`DamagedCopy`, or
         it is the one stored."""
-        self.seek(self._size)
-        self.read(1)  # (at its end: judged)
+        if self._verdict is None:  # (judged already at its last read: nothing to read)
+            self.seek(self._size)
+            self.read(1)  # (at its end: judged)
+        self._judge()
 
     def close(self) -> None:
         if not self.closed:
@@ -197,44 +198,22 @@ class CheckedStream(io.RawIOBase):
         return DamagedCopy(f"archive damage: instance {self._uid}: {why}")
 
 
-#: What the File Meta Information must name as the index does: (0002,0010) Transfer
-#: Syntax UID (PS3.10 7.1), what its data set is read in. Not its (0002,0003) Media
-#: Storage SOP Instance UID: a C-STORE whose command names another SOP Instance than
-#: its data set (DCMTK storescu takes it from a file's meta) is filed by its data set's
-#: and its meta keeps the command's (sweep106: taken for damage, intact as stored).
-_NAMED = {"transfer_syntax_uid": 0x0010}
-_WORDS = {"transfer_syntax_uid": "transfer syntax"}
-
-
-def _text(value: str | bytes) -> str:
-    """A UID as the meta or a row holds it, as the index keeps it (its padding off)."""
-    return layout.normalize_uid(value)
-
-
 def meta_differs(meta: Mapping[int, bytes], row: Mapping[str, Any]) -> str | None:
     """How the File Meta Information values ``meta`` (by element number) name another
-    transfer syntax than the index row ``row``, in words; None: they name the same
-    (or none). The one judgement of it: the checked
-    stream's, and ``check``'s (``maintenance.py``)."""
-    said = {key: _text(meta[elem]) for key, elem in _NAMED.items() if elem in meta}
-    said = {key: value for key, value in said.items() if value}  # (a blank names none)
-    wrong = [key for key, value in said.items() if value != _text(row[key])]
-    if not wrong:
+    transfer syntax, (0002,0010), than the index row ``row``, in words; None: the same,
+    or none (blank). The one judgement of it: the checked stream's, ``check``'s and
+    Storage Commitment's. Not its (0002,0003) Media Storage SOP Instance UID: a
+    C-STORE whose command names another SOP Instance than its data set (DCMTK storescu
+    takes it from a file's meta) is filed by its data set's, its meta keeping the
+    command's (sweep106: taken for damage, intact as stored)."""
+    said = layout.normalize_uid(meta.get(0x0010, b""))
+    if not said or said == layout.normalize_uid(row["transfer_syntax_uid"]):
         return None
-    what = ", ".join(f"{_WORDS[key]} {said[key]}" for key in wrong)
-    stored = ", ".join(str(row[key]) for key in wrong)
-    return f"its File Meta Information names {what}; stored {stored}"
+    stored = row["transfer_syntax_uid"]
+    return f"its File Meta Information names transfer syntax {said}; stored {stored}"
 
 
-def open_checked(
-    raw: BinaryIO,
-    row: Mapping[str, Any],
-    name: Callable[[], str],
-    again: Callable[[], Mapping[str, Any] | None] | None = None,
-    meta: tuple[int, dict[int, bytes]] | None = None,
-) -> BinaryIO:
-    """``raw``, the stored file of the index row ``row``, read through it
-    (:class:`CheckedStream`); :class:`DamagedCopy` now for a size or a File Meta
-    Information that differs."""
-    stream = CheckedStream(raw, row, name=name, again=again, meta=meta)
-    return stream  # type: ignore[return-value]  # (io.RawIOBase: a binary stream)
+def file_meta_differs(path: Path, row: Mapping[str, Any]) -> str | None:
+    """:func:`meta_differs` of the PS3.10 file at ``path`` (``HeaderError``, ``OSError``)."""
+    with open(path, "rb") as fp:
+        return meta_differs(meta_of(fp)[1], row)

@@ -96,8 +96,8 @@ def file_failure(
     cause that may pass: review102 M3)."""
     # (here, not at the top: a sender making References loads no reader nor pydicom)
     from dicomstore.archive import digests
-    from dicomstore.archive.checked import meta_differs
-    from dicomstore.archive.dicomfile import HeaderError, meta_of
+    from dicomstore.archive.checked import file_meta_differs
+    from dicomstore.archive.dicomfile import HeaderError
 
     try:
         path = reader.path(row)
@@ -106,8 +106,7 @@ def file_failure(
             return PROCESSING_FAILURE, f"file size {size}, stored {row['file_size']}"
         if not digests.matches(row["digest"], path):
             return PROCESSING_FAILURE, "file content differs from what was stored"
-        with open(path, "rb") as fp:  # (the meta, which retrieval refuses unlike the index)
-            wrong = meta_differs(meta_of(fp)[1], row)
+        wrong = file_meta_differs(path, row)  # (the meta, which retrieval judges too)
         if wrong is not None:
             return PROCESSING_FAILURE, wrong
     except FileNotFoundError:

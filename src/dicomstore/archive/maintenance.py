@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 from dicomstore.archive import digests as data_digests
 from dicomstore.archive import layout, nodes, rebuild
-from dicomstore.archive.checked import meta_differs
-from dicomstore.archive.dicomfile import dataset_offset, encoding_of, meta_of, read_header
+from dicomstore.archive.checked import file_meta_differs
+from dicomstore.archive.dicomfile import dataset_offset, encoding_of, read_header
 from dicomstore.archive.engine import engine_for
 from dicomstore.archive.fields import index_fields
 from dicomstore.archive.identity import check_storage
@@ -92,13 +92,10 @@ def _examine(
             return f"{relpath}: size {actual}, indexed {size}"
         if digests and not data_digests.matches(digest, path):
             return f"{relpath}: content differs from the indexed digest"
-        if digests:  # (the meta, which the digest does not cover: as retrieval judges it)
-            with open(path, "rb") as fp:
-                meta = meta_of(fp)[1]
-            row = {"sop_instance_uid": uid, "transfer_syntax_uid": syntax}
-            wrong = meta_differs(meta, row)
-            if wrong is not None:
-                return f"{relpath}: {wrong}"
+        # (the meta, which the digest does not cover: as retrieval judges it)
+        wrong = file_meta_differs(path, {"transfer_syntax_uid": syntax}) if digests else None
+        if wrong is not None:
+            return f"{relpath}: {wrong}"
         refused = misframed(path) if digests else None
         if refused is not None:
             return f"{relpath}: refused if received now: {refused}"

@@ -18,11 +18,11 @@ import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from dicomstore.archive import layout
 from dicomstore.archive import query as q
-from dicomstore.archive.checked import open_checked
+from dicomstore.archive.checked import CheckedStream
 from dicomstore.archive.dicomfile import encoding_of
 from dicomstore.archive.engine import (
     Connection,
@@ -287,24 +287,19 @@ class ArchiveReader:
         """The stored PS3.10 bytes, a readable and seekable stream (close it when done)."""
         return self.storage.open(self.key(row_or_uid))
 
-    def open_checked(
-        self,
-        row: Mapping[str, Any],
-        local: Path | None = None,
-        meta: tuple[int, dict[int, bytes]] | None = None,
-    ) -> BinaryIO:
+    def open_checked(self, row: Mapping[str, Any], local: Path | None = None) -> BinaryIO:
         """:meth:`open` of the instance of index row ``row``, read through its indexed
-        size, digest and File Meta Information (``checked.py``: a copy damaged since it
-        was stored raises ``DamagedCopy``, before its last bytes are read): what is
-        given on whole. A version filed at the same key since ``row`` was read (a
-        replace, a delete and a store) is read as the index has it now. ``local``: its
-        local file, found already; ``meta``: its meta read already (``checked.py``)."""
+        size, digest and transfer syntax (``checked.py``: a copy damaged since it was
+        stored raises ``DamagedCopy``, before its last bytes are read): what is given
+        on whole. A version filed at the same key since ``row`` was read (a replace, a
+        delete and a store) is read as the index has it now. ``local``: its local
+        file, found already."""
         key = self.key(row)
         name = functools.partial(self.where, row)
         again = functools.partial(self._now, str(row["sop_instance_uid"]))
         # (a local file unbuffered: its reads are large; the checked stream closes it)
         raw = self.storage.open(key) if local is None else open(local, "rb", buffering=0)  # noqa: SIM115
-        return open_checked(raw, row, name, again, meta)
+        return cast(BinaryIO, CheckedStream(raw, row, name=name, again=again))
 
     def local_path(self, row_or_uid: Mapping[str, Any] | str) -> Path | None:
         """The local file of an instance, for zero-copy readers (``sendfile``, ``mmap``),

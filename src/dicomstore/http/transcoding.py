@@ -181,14 +181,7 @@ def transcode_or_refuse(
     (``checked.DamagedCopy``). Replaced since the search (its file gone with it), the
     version now is transcoded, as one sent as stored is (sweep106 F2: 404)."""
     try:
-        try:
-            return transcode(archive, row, inflated_limit, frame_limit)
-        except (sources.Unreadable, OSError) as exc:
-            moved = archive.follow(row) if gone(archive, row, exc) else None
-            if moved is None:
-                raise
-            row = moved
-            return transcode(archive, row, inflated_limit, frame_limit)
+        return transcode(archive, row, inflated_limit, frame_limit)
     except conversion.TooLargeToConvert as exc:
         raise HttpError(413, f"not transcoded to {TARGET}: {exc}") from None
     except DamagedCopy as exc:  # (its WARNING said: ``checked.py``)
@@ -198,8 +191,11 @@ def transcode_or_refuse(
         why = f"not transcoded to {TARGET}: {exc.strerror}"
         raise HttpError(503, why, {"Retry-After": "30"}) from None
     except (sources.Unreadable, OSError) as exc:  # (its file cannot be read: no damage known)
-        if gone(archive, row, exc):  # (deleted or replaced since)
-            raise HttpError(404, "deleted since the search") from None
+        if gone(archive, row, exc):  # (deleted or replaced since: then the version now)
+            moved = archive.follow(row)
+            if moved is None:
+                raise HttpError(404, "deleted since the search") from None
+            return transcode_or_refuse(archive, moved, inflated_limit, frame_limit)
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise _unread(row, why) from None
     except sources.NotDicom as exc:  # (stored as sound, made for sound data: damaged)
