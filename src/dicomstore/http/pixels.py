@@ -13,8 +13,8 @@ hands out one frame at a time, never the whole Pixel Data:
   plugins of the ``codecs`` extra (pylibjpeg with its libjpeg, openjpeg and
   RLE plugins, numpy, Pillow). Without them, :func:`decoder_missing` says
   which extra to install and the callers answer 406. A frame whose stored
-  codestream cannot be decoded, or whose fragments cannot be read (damaged), is
-  :data:`UNDECODABLE`, logged (:func:`damaged`).
+  codestream cannot be decoded (:func:`undecodable`), or whose fragments cannot be
+  read (damaged, :func:`damaged`), is :data:`UNDECODABLE`, logged.
 """
 
 from __future__ import annotations
@@ -89,6 +89,18 @@ def damaged(key: str, what: str, exc: BaseException, data: str = "Pixel Data") -
     said = " ".join(str(exc).split())  # (one line: a decoder's may be several)
     log.warning("%s: %s, its stored %s damaged: %s", key, what, data, said)
     return HttpError(UNDECODABLE, f"{what}, the stored {data} is damaged: {said}")
+
+
+def undecodable(key: str, what: str, exc: BaseException, data: str = "Pixel Data") -> HttpError:
+    """:func:`damaged` when a decoder refused the stored ``data`` of ``key``: damaged, or
+    sound in a form the installed decoders do not read (its copy may be as received:
+    sweep106 F3, "damaged" alone invites a restore that would not help)."""
+    said = " ".join(str(exc).split())
+    log.warning(
+        "%s: %s, the installed decoders cannot read its stored %s: %s", key, what, data, said
+    )
+    why = f"the installed decoders cannot read the stored {data} (damaged, or a form they"
+    return HttpError(UNDECODABLE, f"{what}, {why} do not support): {said}")
 
 
 def enter_stored(
@@ -435,7 +447,7 @@ class Frames:
                 raise
             except BaseException as exc:  # noqa: BLE001 - the decoders raise anything on
                 # bad data, a Rust one a PanicException (a BaseException: review38mem D7)
-                raise damaged(self.key, f"frame {number} cannot be decoded", exc) from None
+                raise undecodable(self.key, f"frame {number} cannot be decoded", exc) from None
         return array
 
     def decoded_bytes(self, number: int) -> bytes:

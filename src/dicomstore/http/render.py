@@ -15,7 +15,8 @@ fits the image into that box keeping its aspect (never enlarged beyond it);
 thumbnails fit 128x128 unless a viewport says otherwise; ``quality`` (1-100)
 sets the JPEG quality. Rendering needs numpy and Pillow (the ``codecs``
 extra): without them, 406 naming it. A frame whose stored codestream cannot be
-decoded (damaged) is 500 (``pixels.UNDECODABLE``), logged naming the instance.
+decoded (damaged, or a form the decoders do not read) is 500
+(``pixels.UNDECODABLE``), logged naming the instance.
 """
 
 from __future__ import annotations

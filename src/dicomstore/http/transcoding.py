@@ -176,10 +176,11 @@ def transcode_or_refuse(
 ) -> Transcoded:
     """:func:`transcode`, its failures answered: 413 over a limit, 404 when its file is
     gone; 406 when no decoder is here for its syntax (the ``codecs`` extra named, or none
-    exists: MPEG-2, H.264 ...); 500 when the stored data cannot be decoded (damaged:
-    ``pixels.damaged``, logged naming it) or its copy is damaged since it was stored
-    (``checked.DamagedCopy``). Replaced since the search (its file gone with it), the
-    version now is transcoded, as one sent as stored is (sweep106 F2: 404)."""
+    exists: MPEG-2, H.264 ...); 500 when the stored data cannot be decoded (damaged, or a
+    compressed form the decoders do not read: ``pixels.undecodable``; logged naming it)
+    or its copy is damaged since it was stored (``checked.DamagedCopy``). Replaced since
+    the search (its file gone with it), the version now is transcoded, as one sent as
+    stored is (sweep106 F2: 404)."""
     try:
         return transcode(archive, row, inflated_limit, frame_limit)
     except conversion.TooLargeToConvert as exc:
@@ -202,8 +203,14 @@ def transcode_or_refuse(
         refused = no_decoder(row)
         if refused is not None:  # (the extra, or no decoder at all: MPEG-2, H.264 ...)
             raise refused from None
-        what = f"cannot be transcoded to {TARGET}"
-        raise pixels.damaged(str(row["path"]), what, exc, "data") from None
+        what, key = f"cannot be transcoded to {TARGET}", str(row["path"])
+        if str(row["transfer_syntax_uid"]) in NATIVE:  # (no decoder to blame: damaged)
+            raise pixels.damaged(key, what, exc, "data") from None
+        raise pixels.undecodable(key, what, exc, "data") from None
+
+
+#: The syntaxes whose Pixel Data no decoder reads (native, deflated or not).
+NATIVE = (*uids.UNCOMPRESSED, uids.DEFLATED_EXPLICIT_VR_LE)
 
 
 def no_decoder(row: Mapping[str, Any]) -> HttpError | None:
@@ -211,7 +218,7 @@ def no_decoder(row: Mapping[str, Any]) -> HttpError | None:
     (the ``codecs`` extra, or no decoder exists: MPEG-2, H.264 ...), or None; a native
     syntax needs no decoder (review64 M1: without numpy it was said for them too)."""
     syntax = str(row["transfer_syntax_uid"])
-    if syntax in (*uids.UNCOMPRESSED, uids.DEFLATED_EXPLICIT_VR_LE):
+    if syntax in NATIVE:
         return None
     missing = pixels.decoder_missing(syntax)
     if missing is None:
