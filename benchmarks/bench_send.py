@@ -112,13 +112,18 @@ def commands(sender: str, port: int, corpus: Path, parts: list[Path]) -> list[li
     raise ValueError(sender)
 
 
-def receiver_command(receiver: str, port: int, out: Path, parallel: int) -> list[str]:
-    """The receiving process: DCMTK storescp, or dicomstore serve (durable or not)."""
+def receiver_command(
+    receiver: str, port: int, out: Path, parallel: int, workers: int = 1
+) -> list[str]:
+    """The receiving process: DCMTK storescp, or dicomstore serve (durable or not; with
+    ``--workers`` for the parallel rows when ``workers`` > 1)."""
     if receiver == "storescp":
         cmd = [str(DCMTK / "storescp"), "--bit-preserving", "-od", str(out), str(port)]
         return cmd[:1] + ["--fork"] + cmd[1:] if parallel > 1 else cmd
     serve = [sys.executable, "-m", "dicomstore.cli", "serve", "--port", str(port)]
     serve += ["--storage", str(out / "archive"), "--log-level", "warning", "--max-ops", "16"]
+    if workers > 1 and parallel > 1:
+        serve += ["--workers", str(workers)]
     if receiver == "dicomstore-nofsync":
         return serve + ["--fsync", "off"]
     if receiver == "dicomstore":
@@ -127,14 +132,19 @@ def receiver_command(receiver: str, port: int, out: Path, parallel: int) -> list
 
 
 def run_once(
-    sender: str, corpus: Path, parts: list[Path], out: Path, receiver: str = "storescp"
+    sender: str,
+    corpus: Path,
+    parts: list[Path],
+    out: Path,
+    receiver: str = "storescp",
+    workers: int = 1,
 ) -> dict:
     """One run: fresh receiver, sender(s), measurements."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     port = free_port()
     rx = subprocess.Popen(
-        receiver_command(receiver, port, out, len(parts)),
+        receiver_command(receiver, port, out, len(parts), workers),
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -185,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         default="storescp",
         help="what the senders send to (default storescp --bit-preserving)",
     )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="dicomstore serve --workers N for the parallel rows (default 1: one process)",
+    )
     ap.add_argument("--results", type=Path, help="append every run as a JSON line")
     ap.add_argument(
         "--out",
@@ -222,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                         # (ext4 skips inodes freed within the last minute one by one:
                         # `recently_deleted`, a third of the receiver's CPU in `perf`)
                         out = args.out or Path(tmp) / f"out-{name}-{parallel}-{rep}-{sender}"
-                        r = run_once(sender, corpus, parts, out, args.receiver)
+                        r = run_once(sender, corpus, parts, out, args.receiver, args.workers)
                         r.update(
                             set=name,
                             parallel=parallel,
@@ -253,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                 for sender, m in medians.items():
                     ratio = m["inst_s"] / base["inst_s"] if base else float("nan")
                     rows.append((name, parallel, sender, m, ratio))
-    print(f"receiver: {args.receiver}")
+    workers = f", --workers {args.workers} for the parallel rows" if args.workers > 1 else ""
+    print(f"receiver: {args.receiver}{workers}")
     print(
         "| set | assocs | sender | runs | wall s | inst/s | MB/s | sender CPU s "
         "| peak RSS MB | all received | vs DCMTK | vs storescu x1 |"
