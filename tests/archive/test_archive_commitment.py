@@ -110,6 +110,40 @@ def test_an_instance_sent_again_different_and_kept_is_not_committed(
     assert verify(ArchiveReader(root), [Reference(CT, uid)])[0].committed
 
 
+@pytest.mark.parametrize(
+    "moved",
+    [{"patient_id": "PID2"}, {"study": "1.2.3.9", "series": "1.2.3.9.5"}, {"sop_class": MR}],
+    ids=["patient", "study", "class"],
+)
+def test_an_instance_sent_again_filed_elsewhere_and_refused_is_not_committed(
+    tmp_path: Path, moved: dict
+) -> None:
+    """review91 D1: a copy of a stored SOP Instance UID sent again under another
+    patient (a demographics correction), study, series or SOP Class is refused A900, the
+    copy stored first kept; a Storage Commitment of the UID then said committed, so a
+    modality could delete the only copy of the corrected image. As for B000 (review101
+    H2): not committed (0110, saying why) until the UID is stored again."""
+    root = tmp_path / "archive"
+    uid = UIDS[0]
+    sop_class = moved.get("sop_class", CT)
+    with Archive(root, fsync=False) as archive:
+        assert store(archive, dataset(uid, pixels=512), sop_uid=uid).status == 0
+        again = dataset(uid, pixels=512, **moved)
+        refused = store(archive, again, sop_uid=uid, sop_class=sop_class, calling_ae="MODALITY")
+        assert refused.status == 0xA900, refused
+    for ref in (Reference(CT, uid), Reference(sop_class, uid)):
+        (verdict,) = verify(ArchiveReader(root), [ref])
+        assert not verdict.committed, verdict
+        if ref.sop_class_uid == CT:
+            assert verdict.failure_reason == PROCESSING_FAILURE, verdict.why
+            assert "another data set was sent under this SOP Instance UID" in verdict.why
+            assert "from MODALITY" in verdict.why
+    assert not removal.remove(root, uid).problems
+    with Archive(root, fsync=False) as archive:  # (the corrected copy, stored at last)
+        assert store(archive, again, sop_uid=uid, sop_class=sop_class).status == 0
+    assert verify(ArchiveReader(root), [Reference(sop_class, uid)])[0].committed
+
+
 def test_a_conflict_is_told_whatever_the_clocks_say(tmp_path: Path, monkeypatch) -> None:
     """review102 H1: the conflict was judged by comparing times (the resend's against
     the row's arrival): a node whose clock was behind the one that stored the copy

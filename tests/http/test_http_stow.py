@@ -152,6 +152,13 @@ def test_duplicate_of_another_patient_is_a900(server) -> None:
     assert failed["00081197"]["Value"] == [0xA900]
     assert "already stored under another patient" in r.headers["warning"]
     assert [row["patient_id"] for row in archive.instances()] == ["PID1"]
+    # recorded as the B000 is: Storage Commitment fails it (review91 D1)
+    from dicomstore.archive.commitment import PROCESSING_FAILURE, Reference, verify
+    from dicomstore.archive.reader import ArchiveReader
+
+    (row,) = archive.instances()
+    (verdict,) = verify(ArchiveReader(archive.root), [Reference(row["sop_class_uid"], "1.2.5.19")])
+    assert verdict.failure_reason == PROCESSING_FAILURE, verdict.why
 
 
 @pytest.mark.parametrize(

@@ -175,15 +175,15 @@ def _looked_again(
 
 def _conflicted(verdicts: list[Verdict], conflicts: Conflicts) -> list[Verdict]:
     """The committed verdicts on instances another data set was sent under since they
-    were stored, answered B000 and not stored (``schema.CONFLICTS``), as 0110: the
-    sender may hold the only copy of what it sent (review101 H2)."""
+    were stored, answered B000 or A900 and not stored (``schema.CONFLICTS``), as 0110:
+    the sender may hold the only copy of what it sent (review101 H2, review91 D1)."""
     out = []
     for v in verdicts:
         uid = _key(v.reference)
         sent = conflicts.get(uid)
         if v.committed and sent is not None:
             why = (
-                f"{CONFLICT} and not stored (B000, the copy stored first kept): not"
+                f"{CONFLICT} and not stored (the copy stored first kept): not"
                 f" committed; sent {sent[0]}{' from ' + sent[1] if sent[1] else ''}"
             )
             v = Verdict(v.reference, PROCESSING_FAILURE, why)

@@ -169,11 +169,15 @@ def duplicate(
 
 
 def conflicting(verdict: StoreOutcome, existing: dict[str, Any], row: dict[str, Any]) -> bool:
-    """Whether ``verdict`` on the copy ``row`` of the stored ``existing`` is a B000 for
-    another data set, the stored copy kept, told by the digest in one transfer syntax
-    (a copy in another that the re-encoding could not judge may be the same, review102
-    M2): then no Storage Commitment of the UID until it is stored again
-    (``schema.CONFLICTS``)."""
+    """Whether ``verdict`` on the copy ``row`` of the stored ``existing`` (kept, not
+    replaced: :func:`duplicate`) refused another data set: B000, told by the digest in
+    one transfer syntax (a copy in another that the re-encoding could not judge may be
+    the same, review102 M2), or A900, filed under another patient, study, series or
+    SOP Class (``relations.instance_elsewhere``: a demographics correction; review91
+    D1); then no Storage Commitment of the UID until it is stored again
+    (``schema.CONFLICTS``): the sender may hold the only copy of what it sent."""
+    if verdict.status == DATASET_MISMATCH:  # (of a duplicate: only ``elsewhere``)
+        return True
     same_syntax = existing["transfer_syntax_uid"] == row["transfer_syntax_uid"]
     return verdict.kept and verdict.status == WARNING_COERCION and same_syntax
 

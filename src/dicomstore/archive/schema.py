@@ -140,10 +140,11 @@ CREATE TABLE IF NOT EXISTS unflushed (
 );
 """
 #: The SOP Instance UIDs a data set other than the stored copy was last sent under,
-#: answered B000 with that copy kept (``--on-duplicate keep``: ``publish.py``), and
-#: when: Storage Commitment commits none of them (``commitment.py``, review101 H2: the
-#: sender would delete the data set the archive never stored) until the UID is stored
-#: again (replaced, or deleted and sent again), which strikes it off (``Index.resolved``).
+#: answered B000 (or A900: filed elsewhere, review91 D1) with that copy kept
+#: (``--on-duplicate keep``: ``publish.py``), and when: Storage Commitment commits
+#: none of them (``commitment.py``, review101 H2: the sender would delete the data set
+#: the archive never stored) until the UID is stored again (replaced, or deleted and
+#: sent again), which strikes it off (``Index.resolved``).
 #: Made at every open of the index by its writer (an older dicomstore ignores it).
 CONFLICTS = """
 CREATE TABLE IF NOT EXISTS conflict (
