@@ -421,6 +421,64 @@ def test_check_command(tmp_path, capsys) -> None:
     assert "allow_unknown must be a bool" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('allow_unknown = true\n[peers.MOD1]\nhosts = ["10.1.2.3"]\n', "MOD1"),
+        ('allow_unknown = true\n[peers.WS]\nmove_to = ["WS"]\n', "WS"),
+        ('allow_unknown = true\n[peers.MON]\nmay = ["echo"]\n', "MON"),
+        (
+            'allow_unknown = true\nunknown_may = ["echo"]\n[peers.MOD1]\nhosts = ["10.1.2.3"]\n',
+            None,
+        ),
+        ("allow_unknown = true\n[peers.ANY]\n", None),  # (pins nothing: nothing to pass)
+        ('[peers.MOD1]\nhosts = ["10.1.2.3"]\n', None),
+    ],
+    ids=["hosts", "move_to", "may", "unknown_may", "no-pin", "refused"],
+)
+def test_check_says_when_unknown_callers_pass_the_pins(tmp_path, capsys, text, said) -> None:
+    """review108 L1: with allow_unknown = true and no unknown_may, a caller refused as
+    MOD1 from another address calls as MOD2 and gets every right MOD1 is held back
+    from; ``check`` said "unknown callers allowed" only."""
+    from dicomstore.policy_tools import pins_unknown_callers_pass
+
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    assert policy_module.main(["check", str(path)]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "[peers] may" in line]
+    moot = pins_unknown_callers_pass(Policy.load(path))
+    if said is None:
+        assert notes == [] and moot is None
+        return
+    (note,) = notes
+    assert note == f"note: {moot}"
+    assert note.startswith("note: callers not under [peers] may commit, echo, find, get, move")
+    assert f"held back as {said} (hosts, tls_subject, may, move_to)" in note
+    assert "to every Move Destination" in note and "narrow it with unknown_may" in note
+
+
+def test_serve_warns_at_start_when_unknown_callers_pass_the_pins(tmp_path) -> None:
+    from tests.conftest import free_port, serve_command, wait_listening
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text('allow_unknown = true\n[peers.MOD1]\nhosts = ["10.1.2.3"]\n')
+    port = free_port()
+    proc = subprocess.Popen(
+        serve_command(port, tmp_path / "store", "--config", str(policy)),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_listening(port, proc)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    (line,) = [line for line in err.splitlines() if "callers not under [peers]" in line]
+    assert "WARNING" in line and f"{policy}: callers not under [peers] may" in line
+    assert "held back as MOD1" in line
+
+
 def test_check_command_as_a_module_names_the_problem_in_one_line(tmp_path) -> None:
     """review35b F8: run as ``-m``, an unknown key was a traceback (the module's
     __main__ copy caught its own PolicyError, not the one raised)."""

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from dicomstore.passcodes import SCRYPT_N, SCRYPT_P, SCRYPT_R, hash_passcode
-from dicomstore.policy import ACTIONS, STORE, Policy, PolicyError
+from dicomstore.policy import ACTIONS, ECHO, MOVE, STORE, Policy, PolicyError
 
 
 def _read_passcode() -> bytes:
@@ -55,6 +55,9 @@ def summary(name: Path, policy: Policy) -> list[str]:
             f"note: user(s) {', '.join(open_users)} have no passcode: over DICOM their name"
             " alone identifies them (type 1), with their DIMSE rights"
         )
+    moot = pins_unknown_callers_pass(policy)
+    if moot is not None:
+        lines.append(f"note: {moot}")
     open_jwt = policy.jwt is not None and policy.jwt_rights_claim is None
     if open_jwt and STORE in policy.jwt_unknown_may:
         lines.append(
@@ -63,6 +66,33 @@ def summary(name: Path, policy: Policy) -> list[str]:
             " unknown_may or rights_claim"
         )
     return lines
+
+
+def pins_unknown_callers_pass(policy: Policy) -> str | None:
+    """What a caller gets by naming an AE title not under ``[peers]``, when that is more
+    than a peer there may or is held to (``allow_unknown = true`` without a narrow
+    ``unknown_may``: review108 L1; a pinned peer's ``hosts``, ``tls_subject``, ``may``
+    and ``move_to`` then keep out no one), or None. Said by ``check`` and at start."""
+    if not policy.allow_unknown or not policy.unknown_may - {ECHO}:
+        return None
+    pinned = sorted(
+        peer.ae_title
+        for peer in policy.peers.values()
+        if peer.networks
+        or peer.tls_subjects
+        or peer.move_to is not None
+        or not policy.unknown_may <= peer.may
+    )
+    if not pinned:
+        return None
+    named = ", ".join(pinned[:5]) + (f" and {len(pinned) - 5} more" if len(pinned) > 5 else "")
+    anywhere = ", to every Move Destination" if MOVE in policy.unknown_may else ""
+    return (
+        f"callers not under [peers] may {', '.join(sorted(policy.unknown_may))}"
+        f" (allow_unknown = true){anywhere}: a caller held back as {named} (hosts,"
+        " tls_subject, may, move_to) gets that by calling under another AE title; narrow"
+        " it with unknown_may, or set allow_unknown = false"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,12 +141,16 @@ async def run(args: argparse.Namespace) -> int:
     gatekeeper = None
     if args.config is not None:
         from dicomstore.policy import Policy, PolicyError
+        from dicomstore.policy_tools import pins_unknown_callers_pass
 
         try:
             gatekeeper = Policy.load(args.config)
         except PolicyError as exc:
             refuse(str(exc))
             return EXIT_USAGE
+        moot = pins_unknown_callers_pass(gatekeeper)
+        if moot is not None:
+            log.warning("%s: %s", args.config, moot)
     for warning in cleartext(config, gatekeeper):
         log.warning("%s", warning)
     busy = _ports_taken(args)
