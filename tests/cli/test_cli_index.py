@@ -160,3 +160,79 @@ def test_an_index_that_names_nothing_openable_is_a_usage_error(
     err = capsys.readouterr().err
     assert "a PostgreSQL index needs psycopg 3" in err and "secret" not in err
     assert not (tmp_path / "s").exists()
+
+
+def _postgres_processes(data: Path) -> list[int]:
+    """The postmaster of the tests' PostgreSQL server (its data folder ``data``) and
+    every process it started."""
+    postmaster = int((data / "postmaster.pid").read_text().split()[0])
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:
+                children.append(int(entry.name))
+    return [postmaster, *children]
+
+
+def test_a_postgresql_index_that_stops_answering_holds_up_no_other_door(
+    tmp_path: Path, postgres
+) -> None:
+    """review107 M1: with the PostgreSQL server stopped, a lone association's (window 1)
+    store held up every other door: its commit ran on the event loop (waiting for the
+    answer timeout), and the cancel of the statement cut at that timeout (libpq's
+    blocking PQcancel through psycopg's binary module holds the GIL) stopped every
+    thread until the server ran again. A C-ECHO is answered meanwhile: before the cut
+    and after it."""
+    import os
+    import queue
+    import signal
+    import sys
+    import threading
+    import time
+
+    from pydicom import examples
+
+    examples.ct.save_as(tmp_path / "ct.dcm", enforce_file_format=True)
+    port, storage = free_port(), tmp_path / "store"
+    command = [sys.executable, "-m", "dicomstore.cli", "serve", "--port", str(port)]
+    command += ["--storage", str(storage), "--index", postgres.new_url()]
+    command += ["--index-answer-timeout", "5", "--log-level", "warning"]
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    assert server.stderr is not None
+    reader = threading.Thread(
+        target=lambda: [lines.put(line) for line in server.stderr], daemon=True
+    )
+    reader.start()
+    echo = [sys.executable, "-m", "dicomstore.cli", "echo", "127.0.0.1", str(port)]
+    echo += ["--aec", "DICOMSTORE", "--acse-timeout", "3", "--log-level", "error"]
+    stopped: list[int] = []
+    try:
+        wait_listening(port, server)
+        stopped = _postgres_processes(postgres.data)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        storescu = [dcmtk("storescu"), "-aec", "DICOMSTORE", "127.0.0.1", str(port)]
+        sender = subprocess.Popen([*storescu, str(tmp_path / "ct.dcm")], env=PEER_ENV)
+        while not list(storage.glob(".tmp/node-*/*.part")):  # (its commit follows)
+            assert sender.poll() is None
+            time.sleep(0.01)
+        during = subprocess.run(echo, capture_output=True, text=True, timeout=60)
+        assert during.returncode == 0, during.stderr  # (the commit waits in a thread)
+        while "the session is cut" not in (said := lines.get(timeout=60)):
+            assert "Traceback" not in said, said
+        after = subprocess.run(echo, capture_output=True, text=True, timeout=60)
+        assert after.returncode == 0, after.stderr  # (its cancel waits without the GIL)
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        stopped = []
+        assert sender.wait(timeout=120) is not None  # (answered once the server answers)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        server.terminate()
+        server.wait(timeout=60)

@@ -95,10 +95,20 @@ def _shut(conn: Any) -> None:
         pass
 
 
+#: Seconds the cancel request of a cut session is given (a server whose postmaster is
+#: stopped takes its connection and never answers).
+CANCEL_TIMEOUT = 10.0
+
+
 def _canceller(conn: Any) -> Any:
-    """What cancels the session's statement (libpq's PGcancel: the backend's key, taken
-    before its socket is shut), or None."""
+    """What cancels the session's statement (the backend's key, taken before its socket
+    is shut): libpq's cancel connection (PQcancelCreate, libpq 17), else its PGcancel;
+    or None."""
     try:
+        from psycopg import capabilities
+
+        if capabilities.has_cancel_safe():
+            return conn.pgconn.cancel_conn()
         return conn.pgconn.get_cancel()
     except Exception:  # noqa: BLE001 - closed meanwhile: nothing to cancel
         return None
@@ -106,11 +116,41 @@ def _canceller(conn: Any) -> Any:
 
 def _cancel(canceller: Any) -> None:
     """Ask the server to cancel the statement (a stopped backend does once it runs
-    again; then it finds its client gone and ends, its locks freed)."""
+    again; then it finds its client gone and ends, its locks freed): without blocking,
+    within :data:`CANCEL_TIMEOUT` (review107 M1: libpq's blocking PQcancel, called
+    through psycopg's binary module, holds the GIL while it waits for the server's
+    answer; a server whose postmaster was stopped never gave it, and every thread of
+    the process, the event loop among them, stood until it ran again)."""
     try:
-        canceller.cancel()
+        if hasattr(canceller, "poll"):  # (a PGcancelConn)
+            _cancel_within(canceller, CANCEL_TIMEOUT)
+        else:
+            canceller.cancel()  # (libpq before 17: blocking)
     except Exception:  # noqa: BLE001 - the server unreachable too: nothing more to do
         pass
+
+
+def _cancel_within(conn: Any, seconds: float) -> None:
+    """Send a cancel request over the PGcancelConn ``conn`` (PQcancelStart, then
+    PQcancelPoll while its socket waits, each wait in ``select``: the GIL free)."""
+    import select
+
+    from psycopg import pq
+
+    due = time.monotonic() + seconds
+    try:
+        conn.start()
+        while (status := conn.poll()) in (pq.PollingStatus.READING, pq.PollingStatus.WRITING):
+            left = due - time.monotonic()
+            if left <= 0:
+                return
+            fd = conn.socket
+            if status == pq.PollingStatus.READING:
+                select.select([fd], [], [], left)
+            else:
+                select.select([], [fd], [], left)
+    finally:
+        conn.finish()
 
 
 WATCH = _Watch()

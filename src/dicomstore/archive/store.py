@@ -210,7 +210,12 @@ class Archive:
         """Whether a commit waits on something other than this process: fsyncs, or
         a PostgreSQL index (its round trips, and the write lock other nodes take
         turns on)."""
-        return self.fsync or self.index.engine.dialect != "sqlite"
+        return self.fsync or self.index_remote
+
+    @property
+    def index_remote(self) -> bool:
+        """Whether the index is a server's (PostgreSQL): its answers may not come."""
+        return self.index.engine.dialect != "sqlite"
 
     def keep_held(self) -> None:
         """The archive's lock in a PostgreSQL index taken again if a server restart

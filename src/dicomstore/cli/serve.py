@@ -274,7 +274,7 @@ async def _serve(
         async with running(
             archive,
             config,
-            commit_in_thread=archive_commit_mode(archive.commits_wait),
+            commit_in_thread=archive_commit_mode(archive.commits_wait, archive.index_remote),
             gatekeeper=gatekeeper,
             audit=metrics.audit(audit) if metrics is not None else audit,
         ) as server:

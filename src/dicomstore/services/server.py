@@ -60,12 +60,18 @@ QR_MODULES = tuple(
 )
 
 
-def archive_commit_mode(commits_wait: bool) -> bool | str:
+def archive_commit_mode(commits_wait: bool, remote: bool = False) -> bool | str:
     """How to commit into an ``Archive`` (``Server(commit_in_thread=...)``, given
-    ``Archive.commits_wait``): without fsync and with SQLite a commit is a few
-    page-cache writes, cheaper inline than a thread hop; one that waits (fsyncs, a
-    PostgreSQL index's round trips and its write lock, which other nodes take turns
-    on) in a thread while others could be served meanwhile (:data:`WHEN_BUSY`)."""
+    ``Archive.commits_wait`` and ``Archive.index_remote``): without fsync and with
+    SQLite a commit is a few page-cache writes, cheaper inline than a thread hop; one
+    that waits on this machine (fsyncs) in a thread while others could be served
+    meanwhile (:data:`WHEN_BUSY`); one that waits on a PostgreSQL server, always in a
+    thread: a server that stops answering holds a commit up to its answer timeout, then
+    its reconnection up to its connect timeout, and the loop must serve the other
+    associations and HTTP meanwhile (review107 M1: a lone association's commit on the
+    loop held every door until the server answered again)."""
+    if remote:
+        return True
     return WHEN_BUSY if commits_wait else False
 
 

@@ -365,7 +365,8 @@ async def serve(
             log.error("cannot open the archive %s: %s", storage, exc)
             raise
         handler: StoreHandler = archive
-        in_thread: bool | str = archive_commit_mode(archive.commits_wait)  # as `dicomstore serve`
+        remote = archive.index_remote  # (as `dicomstore serve`)
+        in_thread: bool | str = archive_commit_mode(archive.commits_wait, remote)
     elif archive_options:
         raise TypeError(f"archive options {sorted(archive_options)} need an archive path")
     elif isinstance(storage, StoreHandler):
