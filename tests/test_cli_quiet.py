@@ -183,3 +183,7 @@ def test_pydicom_records_stay_out_but_critical_ones() -> None:
     assert _quiet_pydicom(record("pydicom", logging.CRITICAL))
     assert _quiet_pydicom(record("dicomstore.send", logging.ERROR))
     assert _quiet_pydicom(record("pydicomish", logging.INFO))
+    # review107 L3: psycopg's "error ignored terminating <Pipeline [BAD]>" beside ours
+    assert not _quiet_pydicom(record("psycopg", logging.WARNING))
+    assert not _quiet_pydicom(record("psycopg.pool", logging.ERROR))
+    assert _quiet_pydicom(record("psycopgish", logging.WARNING))

@@ -16,7 +16,7 @@ lines of its own.
 
 Warnings from libraries (pydicom's ``UserWarning`` about a value it reads, for
 example) are not printed: they go to the ``py.warnings`` logger at DEBUG, and
-pydicom's own records are dropped (but CRITICAL ones), unless ``--log-level debug``:
+pydicom's and psycopg's own records are dropped (but CRITICAL ones), unless ``--log-level debug``:
 what matters to the user is said by our own lines (a result line, a summary; a
 decoder that fails logs an ERROR with its traceback, where ours says "cannot
 convert ...: why" in one line).
@@ -148,10 +148,14 @@ def _quiet_plugins(record: logging.LogRecord) -> bool:
     return record.levelno > logging.DEBUG or record.name.split(".")[0] not in _CHATTY
 
 
+#: Libraries whose own records below CRITICAL are dropped but under ``--log-level
+#: debug``: pydicom (a warning per value it reads), psycopg (``error ignored
+#: terminating <Pipeline [BAD]>``, beside our own line on the index lost: review107 L3).
+_QUIET = frozenset({"pydicom", "psycopg"})
+
+
 def _quiet_pydicom(record: logging.LogRecord) -> bool:
-    """Drop pydicom's own records below CRITICAL. A filter on the handler, not the
-    logger's level: pydicom sets that level when it is first imported, which may
-    be after the CLI has configured logging (it is imported lazily)."""
-    return record.levelno >= logging.CRITICAL or not (
-        record.name == "pydicom" or record.name.startswith("pydicom.")
-    )
+    """Drop the records below CRITICAL of the :data:`_QUIET` libraries. A filter on the
+    handler, not the logger's level: pydicom sets that level when it is first
+    imported, which may be after the CLI has configured logging (lazily)."""
+    return record.levelno >= logging.CRITICAL or record.name.split(".")[0] not in _QUIET
