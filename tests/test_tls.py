@@ -142,6 +142,51 @@ def test_a_refused_handshake_is_logged_with_its_reason(pki, caplog) -> None:
     assert all("from 127.0.0.1:" in line for line in lines), lines  # (review47 #3: 'from ?')
 
 
+def test_handshakes_count_as_connections_that_sent_no_request(pki, caplog) -> None:
+    """review107 M2: a TLS connection was counted against --max-pending-connections
+    only once its handshake was done: one address held hundreds of handshakes open
+    (each up to ARTIM) and the server ran out of descriptors. Counted from accept:
+    beyond a quarter of the limit from one address, closed at once; others served."""
+    import logging
+
+    from dicomstore.services.server import Server
+    from tests.aio.test_aio_slowloris import _rq_bytes, _until
+
+    caplog.set_level(logging.WARNING, "dicomstore")
+    tls = server_context(pki / "server.pem", pki / "server.key", pki / "ca.pem")
+    client = client_context(pki / "ca.pem")
+
+    async def main() -> tuple[bytes, int, bytes]:
+        config = ServerConfig(port=0, ssl=tls, max_pending_connections=8)
+        server = Server(config, NullHandler())
+        await server.start()
+        opened = []
+        try:
+            for _ in range(2):  # (a quarter of 8, from 127.0.0.1: no ClientHello sent)
+                opened.append(await asyncio.open_connection("127.0.0.1", server.port))
+                await _until(lambda: sum(server.listener.handshaking.values()) == len(opened))
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            opened.append((reader, writer))
+            closed_at_once = await asyncio.wait_for(reader.read(), 10)
+            held = sum(server.listener.handshaking.values())
+            other = await asyncio.open_connection(
+                "127.0.0.1", server.port, ssl=client, local_addr=("127.0.0.2", 0)
+            )
+            opened.append(other)
+            other[1].write(_rq_bytes())
+            served = await asyncio.wait_for(other[0].read(1), 10)  # (A-ASSOCIATE-AC)
+            return closed_at_once, held, served
+        finally:
+            for _, writer in opened:
+                writer.close()
+            await server.close(grace=1)
+
+    closed_at_once, held, served = asyncio.run(main())
+    assert closed_at_once == b"" and held == 2 and served == b"\x02"
+    said = "connection closed at once: 2 connection(s) from 127.0.0.1 have sent no"
+    assert said in caplog.text
+
+
 def test_handshake_failures_in_words() -> None:
     from dicomstore.tls import handshake_failure
 

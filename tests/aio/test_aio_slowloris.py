@@ -328,3 +328,37 @@ def test_a_pause_between_a_command_and_its_data_set_is_not_the_rate_s(caplog) ->
     early, answer = _on_association(SLOW, body)
     assert early is None and answer[:1] == b"\x04"
     assert "slower than" not in caplog.text
+
+
+def test_artim_counts_from_the_connection_not_the_first_read() -> None:
+    """review107 M3: ARTIM started at the first read, after a TLS handshake, so a client
+    that held its ClientHello up to the handshake timeout (ARTIM too) kept its pending
+    place for twice ARTIM. It counts from the connection's acceptance (PS3.8 9.1.5):
+    a stream accepted long ago (a slow handshake, say) is past its ARTIM at the first
+    read."""
+    import socket
+
+    from dicomstore.aio.association import Transport
+    from dicomstore.aio.stream import Stream
+    from dicomstore.ul.connection import Connection, Role
+
+    async def main() -> bool:
+        loop = asyncio.get_running_loop()
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        peer = socket.socket()
+        peer.setblocking(False)
+        connecting = loop.sock_connect(peer, listener.getsockname())
+        (sock, _), _ = await asyncio.gather(loop.sock_accept(listener), connecting)
+        _transport, stream = await loop.connect_accepted_socket(Stream, sock)
+        t = Transport(stream, Connection(Role.ACCEPTOR), Timeouts(artim=30))
+        t.conn.transport_connected()  # (Sta2: ARTIM runs)
+        stream.opened -= 60  # (accepted a minute ago)
+        try:
+            await asyncio.wait_for(t.receive(), 10)
+            return t.conn.is_closed
+        finally:
+            peer.close()
+            listener.close()
+
+    assert asyncio.run(main())

@@ -221,8 +221,9 @@ class Transport:
         artim = self.conn.artim_running
         if not artim:
             self._artim_since = None
-        elif self._artim_since is None:
-            self._artim_since = called
+        elif self._artim_since is None:  # (awaiting the request: from the connection's
+            # acceptance, its TLS handshake included, review107 M3; PS3.8 9.1.5)
+            self._artim_since = s.opened if self.conn.state is State.STA2 else called
         per_pdu = self.timeouts.operation
         while True:
             if s.end - s.start >= s.need:

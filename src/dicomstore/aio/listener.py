@@ -15,6 +15,7 @@ import errno
 import logging
 import socket
 import ssl
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -25,6 +26,9 @@ from dicomstore.tls import handshake_failure
 log = logging.getLogger("dicomstore.server")
 
 OnConnect = Callable[[Stream], Coroutine[Any, Any, None]]
+#: Seconds a TLS peer is given to answer our close_notify before its socket is closed
+#: all the same (review107 M3: asyncio's 30 s held the socket, and a pending slot).
+TLS_SHUTDOWN_TIMEOUT = 5.0
 
 
 class Listener:
@@ -39,6 +43,7 @@ class Listener:
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float | None = None,
         share: handoff.Dispatcher | socket.socket | None = None,
+        admit: Callable[[str], str | None] | None = None,
     ) -> None:
         self.host = host
         #: ``dicomstore serve --workers`` (``handoff.py``): the first process accepts
@@ -49,6 +54,12 @@ class Listener:
         self.on_connect = on_connect
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
+        #: (TLS) asked before a connection's handshake, with its peer's address: why it
+        #: is closed at once (the server's pending-connection limits), or None
+        self.admit = admit
+        #: (TLS) the peer address of each connection in its handshake (counted by the
+        #: server's limits as a connection that has sent no association request yet)
+        self.handshaking: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._adopting: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -157,20 +168,50 @@ class Listener:
                 self._ended()
 
     def _adopt(self, conn: socket.socket) -> None:
-        """Serve a connection accepted here or passed from the first process."""
-        task = asyncio.get_running_loop().create_task(self._connect(conn))
+        """Serve a connection accepted here or passed from the first process; (TLS) one
+        the server's limits take (:attr:`admit`), counted while in its handshake
+        (review107 M2: handshakes held open escaped --max-pending-connections)."""
+        counted: list[str] = []
+        if self.ssl_context is not None:
+            address = _address(conn)
+            why = self.admit(address) if self.admit is not None else None
+            if why is not None:
+                log.warning("%s: connection closed at once: %s", _peer(conn), why)
+                conn.close()
+                self._ended()
+                return
+            self.handshaking[address] += 1
+            counted.append(address)
+        task = asyncio.get_running_loop().create_task(self._connect(conn, counted))
         self._adopting.add(task)
         task.add_done_callback(self._adopting.discard)
 
-    async def _connect(self, conn: socket.socket) -> None:
+    def _uncount(self, counted: list[str]) -> None:
+        """The connection's handshake is over (done or failed): counted no more."""
+        if counted:
+            address = counted.pop()
+            self.handshaking[address] -= 1
+            if self.handshaking[address] <= 0:
+                del self.handshaking[address]
+
+    async def _connect(self, conn: socket.socket, counted: list[str]) -> None:
         loop = asyncio.get_running_loop()  # (TCP_NODELAY: association.tune_socket)
         peer = _peer(conn)  # (now: a failed handshake closes the socket before we hear)
+
+        async def serve(stream: Stream) -> None:
+            self._uncount(counted)  # (before the server counts it as pending itself)
+            await self._serve(stream)
+
+        tls = self.ssl_context is not None
         try:
             await loop.connect_accepted_socket(
-                lambda: Stream(self._serve),
+                lambda: Stream(serve),
                 conn,
                 ssl=self.ssl_context,
-                ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
+                ssl_handshake_timeout=self.handshake_timeout if tls else None,
+                # a peer that does not answer our close_notify holds its socket no
+                # longer than this (asyncio's default: 30 s; review107 M3)
+                ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT if tls else None,
             )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             why = handshake_failure(exc) if self.ssl_context is not None else None
@@ -184,6 +225,8 @@ class Listener:
         except asyncio.CancelledError:  # (closing: loads no longer matter, and the
             conn.close()  # connection may have reached _serve, which says it ended)
             raise
+        finally:
+            self._uncount(counted)
 
     def _ended(self) -> None:
         """(A worker.) Tell the first process a connection it passed has ended; with
@@ -256,6 +299,15 @@ class Listener:
         elif self.share is not None and self.share.fileno() >= 0:
             loop.remove_reader(self.share.fileno())
         self._closed.set()
+
+
+def _address(conn: socket.socket) -> str:
+    """The IP address of a connection's peer (as ``Transport.peer`` gives it), or ``?``."""
+    try:
+        name = conn.getpeername()
+    except OSError:
+        return "?"
+    return str(name[0]) if isinstance(name, tuple) else str(name or "?")
 
 
 def _peer(conn: socket.socket) -> str:

@@ -71,6 +71,8 @@ class Stream(asyncio.BufferedProtocol):
         #: may still be in use: nothing may move.
         self.held = False
         self.loop = asyncio.get_running_loop()
+        #: Loop time the connection was accepted (made: a TLS one before its handshake).
+        self.opened = self.loop.time()
         #: Loop time of the last arrival (any bytes count as activity for timers).
         self.last_received = -1.0
         #: Loop time the first byte of the PDU at ``start`` arrived (None: no byte yet).

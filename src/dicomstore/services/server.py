@@ -155,6 +155,7 @@ class Server:
             ssl_context=config.ssl,
             handshake_timeout=config.timeouts.artim,
             share=config.share,
+            admit=self._pending_crowded,
         )
 
     @property
@@ -201,11 +202,18 @@ class Server:
     def _pending_crowded(self, address: str) -> str | None:
         """Why a new connection from ``address`` is not served: too many connections
         have not sent their association request yet (they could hold every socket
-        and buffer until their ARTIM timeouts); None to serve it."""
+        and buffer until their ARTIM timeouts), TLS ones in their handshake among them
+        (asked by the listener before it: review107 M2), those being closed not; None
+        to serve it."""
         limit = self.config.max_pending_connections
         if not limit:
             return None
-        pending = [a.address for a in self.associations if a.request is None]
+        pending = [
+            a.address
+            for a in self.associations
+            if a.request is None and not a.t.writer.is_closing()
+        ]
+        pending += self.listener.handshaking.elements()
         if len(pending) >= limit:
             return (
                 f"{len(pending)} connection(s) have sent no association request yet"
