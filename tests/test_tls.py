@@ -345,6 +345,17 @@ def test_cli_echo_over_tls_to_dcmtk_storescp(pki, tmp_path) -> None:
     assert code == 0
 
 
+def test_cli_echo_over_tls_to_a_plain_dcmtk_storescp_says_so(pki, tmp_path, capsys) -> None:
+    """review107 L1: `echo --tls` to a port without TLS (DCMTK storescp resets the
+    connection at the ClientHello) said only "Connection reset by peer"."""
+    port = free_port()
+    with peer_process([dcmtk("storescp"), "-od", str(tmp_path), str(port)], port):
+        code = main(["echo", "127.0.0.1", str(port), "--tls-ca", str(pki / "ca.pem")])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "Connection reset" not in err or "(over TLS: does that port speak TLS?)" in err, err
+
+
 def test_serve_workers_do_the_handshake_of_the_connections_passed_to_them(pki, tmp_path) -> None:
     """``serve --workers 2`` with TLS: the first process passes connections on before
     any TLS byte; the worker does the handshake (client certificate required), and

@@ -284,12 +284,14 @@ def refused_after_handshake(context: ssl.SSLContext | None) -> str | None:
     answered: a TLS 1.3 server refuses a client's certificate (or the want of one)
     after the client's handshake ended, and asyncio's server closes without the
     alert; without TLS, that the port may be a TLS one (review100 W7: a plain client
-    on the TLS port was told only that the connection closed)."""
+    on the TLS port was told only that the connection closed); either way, that a
+    server with too many connections pending closes new ones so (review107 L1)."""
+    busy = "or one with too many connections pending from here"
     if context is None:
-        return "before any answer (a TLS port? then --tls)"
+        return f"before any answer (a TLS port? then --tls; {busy}: its log says why)"
     return (
         "over TLS, before any answer (a server that requires a client certificate,"
-        " --tls-cert/--tls-key, or refuses ours closes so; its log says why)"
+        f" --tls-cert/--tls-key, or refuses ours closes so, {busy}; its log says why)"
     )
 
 

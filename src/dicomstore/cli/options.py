@@ -310,9 +310,15 @@ def tls_failed(exc: Exception) -> int:
     return EXIT_USAGE
 
 
+def tls_asked(args: argparse.Namespace) -> bool:
+    """Whether the SCU options ask for TLS (``--tls``, or an option only TLS uses)."""
+    names = ("tls", "tls_ca", "tls_cert", "tls_server_name")
+    return any(getattr(args, name, None) for name in names)
+
+
 def tls_client_context(args: argparse.Namespace):
     """The SSL context the SCU options ask for, or None without --tls."""
-    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_server_name):
+    if not tls_asked(args):
         return None
     from dicomstore.tls import client_context
 
@@ -435,8 +441,9 @@ def silence_stdout() -> None:
     os.close(devnull)
 
 
-def run_client(coro) -> int:
-    """Run a client coroutine; turn network failures into one line and an exit code."""
+def run_client(coro, tls: bool = False) -> int:
+    """Run a client coroutine; turn network failures into one line and an exit code
+    (``tls``: over TLS, a connection reset is likely a peer that does not speak it)."""
     from dicomstore.tls import TLSFileError
 
     try:
@@ -472,5 +479,8 @@ def run_client(coro) -> int:
         silence_stdout()
         return EXIT_FAILED
     except OSError as exc:
-        print(f"dicomstore: cannot connect: {exc.strerror or exc}", file=sys.stderr)
+        hint = ""  # (review107 L1: a plain port answers a ClientHello with a reset)
+        if tls and isinstance(exc, (ConnectionResetError, ConnectionAbortedError)):
+            hint = " (over TLS: does that port speak TLS?)"
+        print(f"dicomstore: cannot connect: {exc.strerror or exc}{hint}", file=sys.stderr)
         return EXIT_UNREACHABLE
