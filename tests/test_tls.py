@@ -187,6 +187,25 @@ def test_handshakes_count_as_connections_that_sent_no_request(pki, caplog) -> No
     assert said in caplog.text
 
 
+def test_a_refused_certificate_is_not_tried_again() -> None:
+    """review107 L2: `send` retried (3 times, ~7 s) a handshake whose certificate was
+    refused: the server's by us, ours by the server (its alert seen, TLS 1.2, or after
+    the handshake). A close without the alert (TLS 1.3) may be the server's pending
+    limit too: tried again."""
+    from dicomstore.services.storage_scu import classify
+
+    unverified = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    assert classify(unverified) == ("unreachable", False)
+    alert = ssl.SSLError(1, "tlsv13 alert certificate required")
+    alert.reason = "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+    assert classify(alert) == ("unreachable", False)
+    said = "the connection closed unexpectedly: the server requires a client certificate"
+    assert classify(AssociationAborted(said)) == ("aborted", False)
+    guessed = "the connection closed unexpectedly: over TLS, before any answer (...)"
+    assert classify(AssociationAborted(guessed)) == ("aborted", True)
+    assert classify(ConnectionResetError()) == ("unreachable", True)
+
+
 def test_handshake_failures_in_words() -> None:
     from dicomstore.tls import handshake_failure
 

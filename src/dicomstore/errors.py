@@ -40,6 +40,12 @@ class AssociationError(DicomstoreError):
 #: What an abort says of a peer of another protocol (``ul.pdu``): no retry helps
 #: (``storage_scu.classify``; review100 W12: send retried it 3 times, ~7 s).
 NOT_A_DICOM_PEER = ("the peer is not a DICOM application entity", "the peer speaks TLS")
+#: What an abort says of a server that refused our TLS client certificate, or the want
+#: of one (``tls.alert_words``): no retry helps either (review107 L2).
+CERTIFICATE_REFUSED = (
+    "the server requires a client certificate",
+    "the server refused our certificate",
+)
 
 
 class AssociationRejected(AssociationError):

@@ -12,6 +12,8 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from dicomstore.errors import CERTIFICATE_REFUSED
+
 #: BCP 195 (RFC 9325) recommended TLS 1.2 suites: ECDHE/DHE with AES-GCM or ChaCha20.
 BCP195_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL"
 
@@ -273,9 +275,9 @@ def alert_words(exc: BaseException | None) -> str | None:
         return None
     reason = exc.reason or str(exc)
     if "CERTIFICATE_REQUIRED" in reason:
-        return "the server requires a client certificate (--tls-cert, --tls-key)"
+        return f"{CERTIFICATE_REFUSED[0]} (--tls-cert, --tls-key)"
     if "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason):
-        return f"the server refused our certificate (TLS alert {reason})"
+        return f"{CERTIFICATE_REFUSED[1]} (TLS alert {reason})"
     return f"TLS: {reason}"
 
 

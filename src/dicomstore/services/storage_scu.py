@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -38,6 +39,7 @@ from dicomstore.aio.invoker import Invoker
 from dicomstore.dimse.fragments import max_pdv_data
 from dicomstore.dimse.messages import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_MEDIUM
 from dicomstore.errors import (
+    CERTIFICATE_REFUSED,
     NOT_A_DICOM_PEER,
     AssociationAborted,
     AssociationError,
@@ -422,12 +424,17 @@ def classify(exc: BaseException) -> tuple[ErrorKind, bool] | None:
     if isinstance(exc, DimseTimeout):
         return "timeout", True
     if isinstance(exc, AssociationAborted):
-        return "aborted", not any(words in str(exc) for words in NOT_A_DICOM_PEER)
+        said = str(exc)  # (no retry helps: not a DICOM peer, our certificate refused)
+        return "aborted", not any(words in said for words in NOT_A_DICOM_PEER + CERTIFICATE_REFUSED)
     if isinstance(exc, AssociationError):
         text = str(exc)
         return ("timeout", True) if "timed out" in text or "within" in text else ("aborted", True)
     if isinstance(exc, ConnectionRefusedError):
         return "unreachable", True
+    if isinstance(exc, ssl.SSLCertVerificationError):  # (the server's: no retry helps)
+        return "unreachable", False
+    if isinstance(exc, ssl.SSLError) and "CERTIFICATE" in str(exc.reason):  # (ours refused)
+        return "unreachable", False
     if isinstance(exc, OSError):
         return "unreachable", not isinstance(exc, socket.gaierror)  # unknown host: permanent
     return None
