@@ -107,6 +107,19 @@ def wait_listening(port: int, proc: subprocess.Popen | None = None, timeout: flo
         time.sleep(0.01)
 
 
+def start_up_log(command: list[str], port: int) -> str:
+    """What a server ``command`` logs (stderr) from its start to listening on ``port``
+    and its stop (SIGTERM, exit 0)."""
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(port, proc)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return err
+
+
 def echoes_held_at_once(port: int, count: int = 4, ssl: object = None) -> list[int]:
     """The C-ECHO statuses of ``count`` associations to ``port`` held open at once (each
     echoes, then waits until all have, before it releases)."""

@@ -14,7 +14,14 @@ import pytest
 from dicomstore.cli import main
 from dicomstore.services.server import ServerConfig
 from dicomstore.ul import pdu as P
-from tests.conftest import NullHandler, ServerThread, free_port, serve_command, wait_listening
+from tests.conftest import (
+    NullHandler,
+    ServerThread,
+    free_port,
+    serve_command,
+    start_up_log,
+    wait_listening,
+)
 
 
 @contextmanager
@@ -161,15 +168,7 @@ def test_serve_without_http_loads_no_http_stack(tmp_path) -> None:
     part of what a receiver costs; they once came in through the HTTPS check)."""
     port = free_port()
     command = serve_command(port, tmp_path / "store")
-    proc = subprocess.Popen(
-        [command[0], "-X", "importtime", *command[1:]], stderr=subprocess.PIPE, text=True
-    )
-    try:
-        wait_listening(port, proc)
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+    err = start_up_log([command[0], "-X", "importtime", *command[1:]], port)
     imported = {line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if "|" in line}
     assert "dicomstore.services.acceptor" in imported  # (the listing is there)
     for module in ("starlette", "uvicorn", "prometheus_client", "dicomstore.http"):

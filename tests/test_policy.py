@@ -458,22 +458,12 @@ def test_check_says_when_unknown_callers_pass_the_pins(tmp_path, capsys, text, s
 
 
 def test_serve_warns_at_start_when_unknown_callers_pass_the_pins(tmp_path) -> None:
-    from tests.conftest import free_port, serve_command, wait_listening
+    from tests.conftest import free_port, serve_command, start_up_log
 
     policy = tmp_path / "policy.toml"
     policy.write_text('allow_unknown = true\n[peers.MOD1]\nhosts = ["10.1.2.3"]\n')
     port = free_port()
-    proc = subprocess.Popen(
-        serve_command(port, tmp_path / "store", "--config", str(policy)),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_listening(port, proc)
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+    err = start_up_log(serve_command(port, tmp_path / "store", "--config", str(policy)), port)
     (line,) = [line for line in err.splitlines() if "callers not under [peers]" in line]
     assert "WARNING" in line and f"{policy}: callers not under [peers] may" in line
     assert "held back as MOD1" in line
