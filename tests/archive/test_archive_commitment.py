@@ -144,6 +144,39 @@ def test_an_instance_sent_again_filed_elsewhere_and_refused_is_not_committed(
     assert verify(ArchiveReader(root), [Reference(sop_class, uid)])[0].committed
 
 
+def test_a_replacing_copy_refused_for_its_filing_is_not_committed(tmp_path: Path) -> None:
+    """review109 M2: with ``--on-duplicate replace``, a corrected copy (another Patient ID)
+    of one instance of a study of two is refused A900 by ``--on-relational-mismatch
+    reject`` (its study is filed under the first patient), the stored copy kept:
+    committed, as review91 D1 was under keep. Not committed until stored again."""
+    root, uid = tmp_path / "archive", UIDS[0]
+    with Archive(root, fsync=False, on_duplicate="replace") as archive:
+        for each in UIDS[:2]:
+            assert store(archive, dataset(each, pixels=64), sop_uid=each).status == 0
+        corrected = dataset(uid, pixels=64, patient_id="PID2")
+        refused = store(archive, corrected, sop_uid=uid, calling_ae="MODALITY")
+        assert refused.status == 0xA900, refused
+        (verdict,) = verify(ArchiveReader(root), [Reference(CT, uid)])
+        assert verdict.failure_reason == PROCESSING_FAILURE, verdict.why
+        assert "from MODALITY" in verdict.why
+        assert verify(ArchiveReader(root), [Reference(CT, UIDS[1])])[0].committed
+        assert store(archive, dataset(uid, pixels=64), sop_uid=uid).status == 0  # (again)
+    assert verify(ArchiveReader(root), [Reference(CT, uid)])[0].committed
+
+
+def test_a_new_instance_refused_for_its_filing_is_no_conflict(tmp_path: Path) -> None:
+    """What was never stored is answered 0112 (no such instance), not as a conflict."""
+    from dicomstore.archive.commitment import NO_SUCH_OBJECT_INSTANCE
+
+    root = tmp_path / "archive"
+    with Archive(root, fsync=False) as archive:
+        assert store(archive, dataset(UIDS[0], pixels=64), sop_uid=UIDS[0]).status == 0
+        other = dataset(UIDS[1], pixels=64, patient_id="PID2")  # (the study: PID1's)
+        assert store(archive, other, sop_uid=UIDS[1]).status == 0xA900
+    (verdict,) = verify(ArchiveReader(root), [Reference(CT, UIDS[1])])
+    assert verdict.failure_reason == NO_SUCH_OBJECT_INSTANCE, verdict.why
+
+
 def test_a_conflict_is_told_whatever_the_clocks_say(tmp_path: Path, monkeypatch) -> None:
     """review102 H1: the conflict was judged by comparing times (the resend's against
     the row's arrival): a node whose clock was behind the one that stored the copy

@@ -300,11 +300,10 @@ class Publisher(DeferredFlushes):
                 for member in live:
                     existing = found.get(member.row["sop_instance_uid"])
                     if existing is not None and unsure is not None:
-                        doing = "making the stored copy durable"
-                        self._answer(
-                            member, failure(st.OUT_OF_RESOURCES, describe_os_error(unsure, doing))
-                        )
+                        why = describe_os_error(unsure, "making the stored copy durable")
+                        self._answer(member, failure(st.OUT_OF_RESOURCES, why))
                         continue
+                    verdict: StoreOutcome | None = None
                     if existing is not None and self.on_duplicate != "replace":
                         path = storage.local_path(existing["path"])
                         keep = self.on_duplicate == "keep"
@@ -321,16 +320,16 @@ class Publisher(DeferredFlushes):
                         except OSError as exc:  # (reading its file again: another algorithm)
                             doing = "comparing it with the stored copy"
                             verdict = failure(st.OUT_OF_RESOURCES, describe_os_error(exc, doing))
-                        if st.conflicting(verdict, existing, member.row):
+                        conflict = st.conflicting(verdict, existing, member.row)
+                    elif relations is not None:  # (refusing a copy of a stored one: a
+                        verdict = relations.check(member.row, replacing=existing is not None)
+                        conflict = existing is not None  # conflict too, review109 M2)
+                    if verdict is not None:
+                        if conflict:
                             conflicts.append((member, verdict))  # (schema.CONFLICTS)
                         else:
                             self._answer(member, verdict)
                         continue
-                    if relations is not None:
-                        mismatch = relations.check(member.row, replacing=existing is not None)
-                        if mismatch is not None:
-                            self._answer(member, mismatch)
-                            continue
                     member.existing = existing
                     member.unflushed = deferred
                     if self._place(member):

@@ -50,7 +50,9 @@ COMMITMENT_STATUSES: tuple[tuple[int, str], ...] = (
 FAILURE_REASONS: tuple[tuple[int, str], ...] = (
     (
         sc.PROCESSING_FAILURE,
-        "the file differs from what was stored (size or data set digest), or cannot be read",
+        "the file differs from what was stored (size or data set digest), or cannot be read;"
+        " another data set was sent under its SOP Instance UID since it was stored and not"
+        " stored (answered B000 or A900, the stored copy kept)",
     ),
     (sc.NO_SUCH_OBJECT_INSTANCE, "not in the index, or its file is gone"),
     (sc.CLASS_INSTANCE_CONFLICT, "held under another SOP Class"),
@@ -83,7 +85,9 @@ def commitment_section() -> list[str]:
         "index under the referenced SOP Class, its file present with the size and the "
         "data set digest recorded when it was stored, and no other data set sent "
         "under its SOP Instance UID since (a duplicate with different content "
-        "answered B000 with the stored copy kept, `--on-duplicate keep`, is 0110 "
+        "answered B000 with the stored copy kept, `--on-duplicate keep`, or a copy "
+        "refused A900 because it is filed under another patient, study, series or SOP "
+        "Class than the stored one, that copy kept, is 0110 "
         "until the UID is stored again); Level 2 storage, kept until deleted by an "
         "operator: `dicomstore "
         "delete`; retrievable with C-MOVE and C-GET, 2.2.5, 2.2.6). The "
