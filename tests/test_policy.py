@@ -424,22 +424,34 @@ def test_check_command(tmp_path, capsys) -> None:
 @pytest.mark.parametrize(
     ("text", "said"),
     [
-        ('allow_unknown = true\n[peers.MOD1]\nhosts = ["10.1.2.3"]\n', "MOD1"),
-        ('allow_unknown = true\n[peers.WS]\nmove_to = ["WS"]\n', "WS"),
-        ('allow_unknown = true\n[peers.MON]\nmay = ["echo"]\n', "MON"),
+        ('allow_unknown = true\n[peers.MOD1]\nhosts = ["10.1.2.3"]\n', "MOD1 (hosts)"),
+        ('allow_unknown = true\n[peers.WS]\nmove_to = ["WS"]\n', "WS (move_to)"),
+        ('allow_unknown = true\n[peers.MON]\nmay = ["echo"]\n', "MON (may)"),
+        ("allow_unknown = true\n[peers.ID]\nrequire_user_identity = true\n", "ID (require_"),
         (
-            'allow_unknown = true\nunknown_may = ["echo"]\n[peers.MOD1]\nhosts = ["10.1.2.3"]\n',
+            'allow_unknown = true\nunknown_may = ["echo"]\n[peers.M]\nhosts = ["10.1.2.3"]\n',
             None,
+        ),
+        (
+            'allow_unknown = true\nunknown_may = ["echo", "store"]\n[peers.WS]\nmove_to = ["WS"]\n',
+            None,  # (unknown callers may not C-MOVE: move_to passes nothing)
+        ),
+        (
+            "allow_unknown = true\nrequire_user_identity = true\n"
+            "[peers.ID]\nrequire_user_identity = true\n",
+            None,  # (unknown callers must identify themselves too)
         ),
         ("allow_unknown = true\n[peers.ANY]\n", None),  # (pins nothing: nothing to pass)
         ('[peers.MOD1]\nhosts = ["10.1.2.3"]\n', None),
     ],
-    ids=["hosts", "move_to", "may", "unknown_may", "no-pin", "refused"],
+    ids=["hosts", "move_to", "may", "identity", "unknown_may", "no-move", "all-id", "no-pin", "no"],
 )
 def test_check_says_when_unknown_callers_pass_the_pins(tmp_path, capsys, text, said) -> None:
     """review108 L1: with allow_unknown = true and no unknown_may, a caller refused as
     MOD1 from another address calls as MOD2 and gets every right MOD1 is held back
-    from; ``check`` said "unknown callers allowed" only."""
+    from; ``check`` said "unknown callers allowed" only. review109 M3/L1: the pins
+    passed are named, require_user_identity among them; a move_to passes nothing
+    when unknown callers may not C-MOVE."""
     from dicomstore.policy_tools import pins_unknown_callers_pass
 
     path = tmp_path / "policy.toml"
@@ -453,8 +465,8 @@ def test_check_says_when_unknown_callers_pass_the_pins(tmp_path, capsys, text, s
     (note,) = notes
     assert note == f"note: {moot}"
     assert note.startswith("note: callers not under [peers] may commit, echo, find, get, move")
-    assert f"held back as {said} (hosts, tls_subject, may, move_to)" in note
-    assert "to every Move Destination" in note and "narrow it with unknown_may" in note
+    assert f"held back as {said}" in note
+    assert "to every Move Destination" in note and "narrow unknown_may" in note
 
 
 def test_serve_warns_at_start_when_unknown_callers_pass_the_pins(tmp_path) -> None:
@@ -466,7 +478,7 @@ def test_serve_warns_at_start_when_unknown_callers_pass_the_pins(tmp_path) -> No
     err = start_up_log(serve_command(port, tmp_path / "store", "--config", str(policy)), port)
     (line,) = [line for line in err.splitlines() if "callers not under [peers]" in line]
     assert "WARNING" in line and f"{policy}: callers not under [peers] may" in line
-    assert "held back as MOD1" in line
+    assert "held back as MOD1 (hosts)" in line
 
 
 def test_check_command_as_a_module_names_the_problem_in_one_line(tmp_path) -> None:

@@ -69,29 +69,40 @@ def summary(name: Path, policy: Policy) -> list[str]:
 
 
 def pins_unknown_callers_pass(policy: Policy) -> str | None:
-    """What a caller gets by naming an AE title not under ``[peers]``, when that is more
-    than a peer there may or is held to (``allow_unknown = true`` without a narrow
-    ``unknown_may``: review108 L1; a pinned peer's ``hosts``, ``tls_subject``, ``may``
-    and ``move_to`` then keep out no one), or None. Said by ``check`` and at start."""
-    if not policy.allow_unknown or not policy.unknown_may - {ECHO}:
+    """What a caller gets by naming an AE title not under ``[peers]``, when that passes
+    what a peer there is held to (``allow_unknown = true`` without a narrow
+    ``unknown_may``: review108 L1; a pinned peer's ``hosts``, ``tls_subject``,
+    ``require_user_identity``, ``may`` and ``move_to`` then keep out no one, review109
+    M3/L1), or None. Said by ``check`` and at start."""
+    unknown = policy.unknown_may
+    if not policy.allow_unknown or not unknown - {ECHO}:
         return None
-    pinned = sorted(
-        peer.ae_title
-        for peer in policy.peers.values()
-        if peer.networks
-        or peer.tls_subjects
-        or peer.move_to is not None
-        or not policy.unknown_may <= peer.may
-    )
-    if not pinned:
+    held = []
+    for peer in sorted(policy.peers.values(), key=lambda peer: peer.ae_title):
+        pins = [
+            name
+            for name, pinned in (
+                ("hosts", peer.networks),
+                ("tls_subject", peer.tls_subjects),
+                (
+                    "require_user_identity",
+                    peer.require_user_identity and not policy.require_user_identity,
+                ),
+                ("may", unknown - peer.may),
+                ("move_to", peer.move_to is not None and MOVE in unknown),
+            )
+            if pinned
+        ]
+        if pins:
+            held.append(f"{peer.ae_title} ({', '.join(pins)})")
+    if not held:
         return None
-    named = ", ".join(pinned[:5]) + (f" and {len(pinned) - 5} more" if len(pinned) > 5 else "")
-    anywhere = ", to every Move Destination" if MOVE in policy.unknown_may else ""
+    named = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+    anywhere = ", to every Move Destination" if MOVE in unknown else ""
     return (
-        f"callers not under [peers] may {', '.join(sorted(policy.unknown_may))}"
-        f" (allow_unknown = true){anywhere}: a caller held back as {named} (hosts,"
-        " tls_subject, may, move_to) gets that by calling under another AE title; narrow"
-        " it with unknown_may, or set allow_unknown = false"
+        f"callers not under [peers] may {', '.join(sorted(unknown))} (allow_unknown ="
+        f" true){anywhere}: a caller held back as {named} gets that by calling under"
+        " another AE title; narrow unknown_may, or set allow_unknown = false"
     )
 
 
