@@ -297,6 +297,16 @@ def refused_after_handshake(context: ssl.SSLContext | None) -> str | None:
     )
 
 
+def closed_in_handshake() -> str:
+    """A client's words for a connection closed (reset) during its TLS handshake: a port
+    without TLS resets a ClientHello; a server with too many connections pending from
+    the client's address closes new ones before their handshake (review109 M1)."""
+    return (
+        "the connection closed during the TLS handshake (a port without TLS, or a server"
+        " with too many connections pending from here: its log says why)"
+    )
+
+
 def is_loopback(host: str) -> bool:
     """Whether a listener on ``host`` is reachable from this host only (what travels
     in clear there stays on it)."""

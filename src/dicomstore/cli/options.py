@@ -444,7 +444,7 @@ def silence_stdout() -> None:
 def run_client(coro, tls: bool = False) -> int:
     """Run a client coroutine; turn network failures into one line and an exit code
     (``tls``: over TLS, a connection reset is likely a peer that does not speak it)."""
-    from dicomstore.tls import TLSFileError
+    from dicomstore.tls import TLSFileError, closed_in_handshake
 
     try:
         code = asyncio.run(coro)
@@ -479,8 +479,10 @@ def run_client(coro, tls: bool = False) -> int:
         silence_stdout()
         return EXIT_FAILED
     except OSError as exc:
-        hint = ""  # (review107 L1: a plain port answers a ClientHello with a reset)
+        why = exc.strerror or str(exc) or type(exc).__name__
         if tls and isinstance(exc, (ConnectionResetError, ConnectionAbortedError)):
-            hint = " (over TLS: does that port speak TLS?)"
-        print(f"dicomstore: cannot connect: {exc.strerror or exc}{hint}", file=sys.stderr)
+            # (review107 L1, review109 M1: a plain port resets a ClientHello; a server
+            # with too many connections pending closes new ones before their handshake)
+            why = closed_in_handshake()
+        print(f"dicomstore: cannot connect: {why}", file=sys.stderr)
         return EXIT_UNREACHABLE

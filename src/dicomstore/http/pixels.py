@@ -48,6 +48,9 @@ NATIVE_LE = (uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE)
 #: Native Pixel Data: little endian, and Explicit VR Big Endian's (served little
 #: endian, as PS3.18 8.7.3 has octet-stream frames: samples swapped as read).
 NATIVE = (*NATIVE_LE, uids.EXPLICIT_VR_BE)
+#: The syntaxes whose Pixel Data no decoder of a compressed form reads (native,
+#: deflated or not): what fails to be read there is damaged, nothing to blame on one.
+NOT_DECODED = (*NATIVE, uids.DEFLATED_EXPLICIT_VR_LE)
 
 #: PS3.18 Table 8.7.3-5: the media type of a frame in each compressed transfer syntax.
 MEDIA_TYPES = {
@@ -447,7 +450,8 @@ class Frames:
                 raise
             except BaseException as exc:  # noqa: BLE001 - the decoders raise anything on
                 # bad data, a Rust one a PanicException (a BaseException: review38mem D7)
-                raise undecodable(self.key, f"frame {number} cannot be decoded", exc) from None
+                said = damaged if self.syntax in NOT_DECODED else undecodable  # (review109 I1)
+                raise said(self.key, f"frame {number} cannot be decoded", exc) from None
         return array
 
     def decoded_bytes(self, number: int) -> bytes:

@@ -204,13 +204,9 @@ def transcode_or_refuse(
         if refused is not None:  # (the extra, or no decoder at all: MPEG-2, H.264 ...)
             raise refused from None
         what, key = f"cannot be transcoded to {TARGET}", str(row["path"])
-        if str(row["transfer_syntax_uid"]) in NATIVE:  # (no decoder to blame: damaged)
+        if str(row["transfer_syntax_uid"]) in pixels.NOT_DECODED:  # (no decoder to blame: damaged)
             raise pixels.damaged(key, what, exc, "data") from None
         raise pixels.undecodable(key, what, exc, "data") from None
-
-
-#: The syntaxes whose Pixel Data no decoder reads (native, deflated or not).
-NATIVE = (*uids.UNCOMPRESSED, uids.DEFLATED_EXPLICIT_VR_LE)
 
 
 def no_decoder(row: Mapping[str, Any]) -> HttpError | None:
@@ -218,7 +214,7 @@ def no_decoder(row: Mapping[str, Any]) -> HttpError | None:
     (the ``codecs`` extra, or no decoder exists: MPEG-2, H.264 ...), or None; a native
     syntax needs no decoder (review64 M1: without numpy it was said for them too)."""
     syntax = str(row["transfer_syntax_uid"])
-    if syntax in NATIVE:
+    if syntax in pixels.NOT_DECODED:
         return None
     missing = pixels.decoder_missing(syntax)
     if missing is None:
