@@ -534,6 +534,45 @@ def test_catching_up_leaves_a_study_whose_event_is_being_made(tmp_path: Path, mo
     assert [e.study_uid for e in StableLog(root).read()] == ["1.2.91"]
 
 
+def test_an_arrival_its_event_being_made_covers_makes_no_second_event(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """review107: after a stall, the look at the other nodes' arrivals gave rows of a
+    study popped for its event whose counts were still being read (not yet logged):
+    pending again, due at once, a second identical event 37 ms later. Arrivals the event
+    being made covers are left to it (the node's own, late, too)."""
+    root = tmp_path / "archive"
+    _fill(root, {"1.2.92": 1})
+    reader = ArchiveReader(root)
+    counting, counted = threading.Event(), threading.Event()
+    counts = StudyStability._counts
+
+    def slow_counts(self: StudyStability, study_uid: str) -> tuple[int, int]:
+        counting.set()
+        assert counted.wait(30)
+        return counts(self, study_uid)
+
+    monkeypatch.setattr(StudyStability, "_counts", slow_counts)
+
+    async def main() -> list[str]:
+        done = asyncio.Event()
+        s = StudyStability(reader, QUICK, fsync=False, on_stable=[lambda event: done.set()])
+        await s.start()
+        (row,) = reader.instances()
+        s.arrived("1.2.92", "PID1", row["path"], epoch(row["received_at"]))  # (due at once)
+        assert await asyncio.to_thread(counting.wait, 30)  # its event is being made
+        s.arrived_elsewhere([row])  # (the look's rows: the same arrival)
+        s._arrived_once("1.2.92", "PID1", row["path"], epoch(row["received_at"]))
+        pending = list(s.pending)
+        counted.set()
+        await asyncio.wait_for(done.wait(), 30)
+        await s.close()
+        return pending
+
+    assert asyncio.run(main()) == []
+    assert [e.study_uid for e in StableLog(root).read()] == ["1.2.92"]
+
+
 def test_a_failed_catch_up_is_logged(tmp_path: Path, monkeypatch, caplog) -> None:
     root = tmp_path / "archive"
     _fill(root, {"1.2.92": 1})

@@ -123,6 +123,8 @@ class StudyStability:
         #: while :meth:`catch_up` reads the index: per study, the newest arrival an
         #: event being made or made meanwhile covers (what it read of the log is older)
         self._covered: dict[str, float] = {}
+        #: per study whose event is being made, the newest arrival it covers
+        self._reporting: dict[str, float] = {}
         self._catching_up: asyncio.Task[int] | None = None
 
     # -- arrivals --------------------------------------------------------------------
@@ -134,7 +136,7 @@ class StudyStability:
         if not result.changed or not row or not row.get("study_uid") or not row.get("path"):
             return
         arrival = (row["study_uid"], row.get("patient_id"), row["path"], self.clock())
-        on_loop(self._home, self.arrived, *arrival)
+        on_loop(self._home, self._arrived_once, *arrival)
 
     def arrived_elsewhere(self, rows: list[dict[str, Any]]) -> None:
         """(On the loop.) Instances the index received, other nodes' among them
@@ -145,7 +147,17 @@ class StudyStability:
             when = epoch(row["received_at"])
             # (1 ms: an event's times went through text and back)
             if when > reported.get(row["study_uid"], float("-inf")) + 0.001:
-                self.arrived(row["study_uid"], row.get("patient_id") or None, row["path"], when)
+                self._arrived_once(
+                    row["study_uid"], row.get("patient_id") or None, row["path"], when
+                )
+
+    def _arrived_once(self, study_uid: str, patient_id: str | None, path: str, when: float) -> None:
+        """:meth:`arrived`, but not when the event of ``study_uid`` being made covers it
+        (review107: after a stall, the other nodes' look gave rows of a study popped for
+        its event, not yet logged; they made it pending again, due at once: two events)."""
+        if when <= self._reporting.get(study_uid, float("-inf")) + 0.001:
+            return
+        self.arrived(study_uid, patient_id, path, when)
 
     def arrived(self, study_uid: str, patient_id: str | None, relpath: str, when: float) -> None:
         """One instance of ``study_uid`` (stored at ``relpath``) arrived at ``when``."""
@@ -270,6 +282,13 @@ class StudyStability:
         return pending.last + self.stable_age <= now
 
     async def _stable(self, study_uid: str, pending: _Pending) -> None:
+        self._reporting[study_uid] = pending.last
+        try:
+            await self._report(study_uid, pending)
+        finally:
+            del self._reporting[study_uid]
+
+    async def _report(self, study_uid: str, pending: _Pending) -> None:
         if self._catching_up is not None and not self._catching_up.done():
             self._covered[study_uid] = pending.last  # (now: catch_up leaves it to this event)
         try:
