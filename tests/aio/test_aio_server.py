@@ -131,3 +131,43 @@ def test_refused_contexts_are_named_in_the_log(caplog) -> None:
         asyncio.run(main())
     lines = [r.getMessage() for r in caplog.records if "contexts refused" in r.getMessage()]
     assert len(lines) == 1 and lines[0].endswith(f"{private} (abstract syntax not supported)")
+
+
+def test_a_peer_gone_while_its_admission_is_judged_is_no_internal_error(
+    caplog, monkeypatch
+) -> None:
+    """review107 L3: after a stall, an association whose peer had left (the connection
+    closed while it was judged) got an ERROR and a traceback (A-ASSOCIATE-RSP "not
+    allowed in Sta1"): an INFO line now, and the server serves on."""
+    import logging
+
+    from dicomstore.services import acceptance
+    from tests.aio.test_aio_slowloris import _rq_bytes
+
+    caplog.set_level(logging.INFO, "dicomstore")
+    admit = acceptance.admit
+
+    async def main() -> int:
+        server = await _start()
+
+        async def leaving(srv, rq, answer, address, subject):  # (the peer leaves now)
+            for assoc in srv.associations:
+                if assoc.request is rq:
+                    assoc.t.conn.transport_closed()
+            return await admit(srv, rq, answer, address, subject)
+
+        try:
+            monkeypatch.setattr(acceptance, "admit", leaving)
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(_rq_bytes())
+            await reader.read()  # (closed, nothing answered)
+            writer.close()
+            monkeypatch.setattr(acceptance, "admit", admit)
+            async with await associate("127.0.0.1", server.port) as assoc:
+                return (await assoc.echo()).status
+        finally:
+            await server.close(grace=1)
+
+    assert asyncio.run(main()) == 0
+    assert "internal error" not in caplog.text
+    assert "the peer left before its association was answered" in caplog.text

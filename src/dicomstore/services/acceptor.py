@@ -1,19 +1,17 @@
 """One inbound association, from TCP accept to close (PS3.8 9.1.2, PS3.7).
 
-:class:`AcceptorAssociation` negotiates with :mod:`dicomstore.ul.negotiation`
-and accepts the request within the association limits, admitting the caller
-(``acceptance.py``: the limits, the gatekeeper of ``admission.py``, throttled
-per address), then dispatches DIMSE messages:
-C-ECHO to Verification, C-STORE to the storage SCP and so to the one store
-service, C-FIND to the query SCP (``query_scp.py``), C-MOVE to the retrieve SCP
-(``retrieve_scp.py``), C-GET to the get SCP (``get_scp.py``, whose C-STOREs go
-out on this association through ``same_association.py``), N-ACTION to the
-Storage Commitment SCP (``commitment_scp.py``, whose N-EVENT-REPORTs may go out
-on it too), the responses to what we sent to the association's invoker, a
-C-CANCEL to whichever runs its operation; 0210/0211/0212
-for what cannot be served, and the asynchronous operations window (PS3.7
-D.3.3.3) for commits that overlap receiving. The asyncio shell below it only
-moves bytes and runs timers (``aio``).
+:class:`AcceptorAssociation` negotiates with :mod:`dicomstore.ul.negotiation` and
+accepts the request within the association limits, admitting the caller
+(``acceptance.py``: the limits, the gatekeeper of ``admission.py``, throttled per
+address), then dispatches DIMSE messages: C-ECHO to Verification, C-STORE to the storage
+SCP and so to the one store service, C-FIND to the query SCP (``query_scp.py``), C-MOVE
+to the retrieve SCP (``retrieve_scp.py``), C-GET to the get SCP (``get_scp.py``, whose
+C-STOREs go out on this association through ``same_association.py``), N-ACTION to the
+Storage Commitment SCP (``commitment_scp.py``, whose N-EVENT-REPORTs may go out on it
+too), the responses to what we sent to the association's invoker, a C-CANCEL to
+whichever runs its operation; 0210/0211/0212 for what cannot be served, and the
+asynchronous operations window (PS3.7 D.3.3.3) for commits that overlap receiving. The
+asyncio shell below it only moves bytes and runs timers (``aio``).
 """
 
 from __future__ import annotations
@@ -333,6 +331,10 @@ class AcceptorAssociation:
             self.server, rq, answer, self.address, subject
         )
         self.admission = admission
+        if t.conn.state is not State.STA3:  # (the peer left meanwhile: review107 L3)
+            log.info("%s: the peer left before its association was answered", t.peer)
+            self.outcome = "closed before its association was answered"
+            return
         if rejection is not None:
             self._reject(rq, *rejection)
             return
