@@ -281,6 +281,10 @@ def alert_words(exc: BaseException | None) -> str | None:
     return f"TLS: {reason}"
 
 
+#: What a client is told of a server that closes new connections at once.
+_CROWDED = "with too many connections pending from here: its log says why"
+
+
 def refused_after_handshake(context: ssl.SSLContext | None) -> str | None:
     """A client's guess at why a TLS connection closed before the association was
     answered: a TLS 1.3 server refuses a client's certificate (or the want of one)
@@ -288,12 +292,11 @@ def refused_after_handshake(context: ssl.SSLContext | None) -> str | None:
     alert; without TLS, that the port may be a TLS one (review100 W7: a plain client
     on the TLS port was told only that the connection closed); either way, that a
     server with too many connections pending closes new ones so (review107 L1)."""
-    busy = "or one with too many connections pending from here"
     if context is None:
-        return f"before any answer (a TLS port? then --tls; {busy}: its log says why)"
+        return f"before any answer (a TLS port? then --tls; or one {_CROWDED})"
     return (
         "over TLS, before any answer (a server that requires a client certificate,"
-        f" --tls-cert/--tls-key, or refuses ours closes so, {busy}; its log says why)"
+        f" --tls-cert/--tls-key, or refuses ours closes so, or one {_CROWDED})"
     )
 
 
@@ -301,10 +304,7 @@ def closed_in_handshake() -> str:
     """A client's words for a connection closed (reset) during its TLS handshake: a port
     without TLS resets a ClientHello; a server with too many connections pending from
     the client's address closes new ones before their handshake (review109 M1)."""
-    return (
-        "the connection closed during the TLS handshake (a port without TLS, or a server"
-        " with too many connections pending from here: its log says why)"
-    )
+    return f"the connection closed during the TLS handshake (a port without TLS, or one {_CROWDED})"
 
 
 def is_loopback(host: str) -> bool:

@@ -17,6 +17,7 @@ N-EVENT-REPORT of a Storage Commitment, J.3.3) go to its
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import ssl as ssl_module
@@ -37,6 +38,7 @@ from dicomstore.errors import (
     DimseTimeout,
     RemoteProtocolError,
 )
+from dicomstore.tls import closed_in_handshake
 from dicomstore.ul import items as I
 from dicomstore.ul import pdu as P
 from dicomstore.ul.connection import Connection, Role
@@ -412,6 +414,12 @@ async def associate(
             )
     except TimeoutError:
         raise AssociationError(f"connecting to {host}:{port} timed out") from None
+    except (ConnectionResetError, ConnectionAbortedError) as exc:
+        if ssl is None:
+            raise
+        # (a port without TLS resets a ClientHello; a server with too many connections
+        # pending closes new ones before their handshake: review107 L1, review109 M1)
+        raise type(exc)(exc.errno or errno.ECONNRESET, closed_in_handshake()) from None
     assoc = ClientAssociation(Transport(stream, conn, timeouts), rq)
     try:
         await assoc._establish()

@@ -303,23 +303,26 @@ class Listener:
 
 def _address(conn: socket.socket) -> str:
     """The IP address of a connection's peer (as ``Transport.peer`` gives it), or ``?``."""
-    try:
-        name = conn.getpeername()
-    except OSError:
-        return "?"
-    return str(name[0]) if isinstance(name, tuple) else str(name or "?")
+    host, _port = _peername(conn)
+    return host
 
 
 def _peer(conn: socket.socket) -> str:
     """``host:port`` of a connection's peer (``?`` when it has none to tell: gone, or
     a socket of another family)."""
+    host, port = _peername(conn)
+    return host if port is None else f"{host}:{port}"
+
+
+def _peername(conn: socket.socket) -> tuple[str, object | None]:
+    """A connection's peer: its host and port (None: not an IP socket); ``?``: gone."""
     try:
         name = conn.getpeername()
     except OSError:
-        return "?"
+        return "?", None
     if isinstance(name, tuple) and len(name) >= 2:
-        return f"{name[0]}:{name[1]}"
-    return str(name or "?")
+        return str(name[0]), name[1]
+    return str(name or "?"), None
 
 
 def bound(host: str, port: int) -> list[socket.socket]:

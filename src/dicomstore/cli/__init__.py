@@ -23,7 +23,6 @@ from dicomstore.cli.options import (
     EXIT_OK,
     EXIT_USAGE,
     run_client,
-    tls_asked,
 )
 
 #: Which module adds each subcommand's parser (``add_parser``/``add_parsers``), in the
@@ -122,15 +121,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "echo":
         from dicomstore.cli.echo import run as run_echo
 
-        return run_client(run_echo(args), tls=tls_asked(args))
+        return run_client(run_echo(args))
     if args.command == "find":
         from dicomstore.cli.find import run as run_find
 
-        return run_client(run_find(args), tls=tls_asked(args))
+        return run_client(run_find(args))
     if args.command in ("move", "get"):
         from dicomstore.cli.retrieve import run as run_retrieve
 
-        return run_client(run_retrieve(args), tls=tls_asked(args))
+        return run_client(run_retrieve(args))
     if args.command == "send":
         from dicomstore.cli import send
 

@@ -310,15 +310,9 @@ def tls_failed(exc: Exception) -> int:
     return EXIT_USAGE
 
 
-def tls_asked(args: argparse.Namespace) -> bool:
-    """Whether the SCU options ask for TLS (``--tls``, or an option only TLS uses)."""
-    names = ("tls", "tls_ca", "tls_cert", "tls_server_name")
-    return any(getattr(args, name, None) for name in names)
-
-
 def tls_client_context(args: argparse.Namespace):
     """The SSL context the SCU options ask for, or None without --tls."""
-    if not tls_asked(args):
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_server_name):
         return None
     from dicomstore.tls import client_context
 
@@ -441,10 +435,9 @@ def silence_stdout() -> None:
     os.close(devnull)
 
 
-def run_client(coro, tls: bool = False) -> int:
-    """Run a client coroutine; turn network failures into one line and an exit code
-    (``tls``: over TLS, a connection reset is likely a peer that does not speak it)."""
-    from dicomstore.tls import TLSFileError, closed_in_handshake
+def run_client(coro) -> int:
+    """Run a client coroutine; turn network failures into one line and an exit code."""
+    from dicomstore.tls import TLSFileError
 
     try:
         code = asyncio.run(coro)
@@ -480,9 +473,5 @@ def run_client(coro, tls: bool = False) -> int:
         return EXIT_FAILED
     except OSError as exc:
         why = exc.strerror or str(exc) or type(exc).__name__
-        if tls and isinstance(exc, (ConnectionResetError, ConnectionAbortedError)):
-            # (review107 L1, review109 M1: a plain port resets a ClientHello; a server
-            # with too many connections pending closes new ones before their handshake)
-            why = closed_in_handshake()
         print(f"dicomstore: cannot connect: {why}", file=sys.stderr)
         return EXIT_UNREACHABLE

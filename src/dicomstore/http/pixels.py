@@ -94,10 +94,16 @@ def damaged(key: str, what: str, exc: BaseException, data: str = "Pixel Data") -
     return HttpError(UNDECODABLE, f"{what}, the stored {data} is damaged: {said}")
 
 
-def undecodable(key: str, what: str, exc: BaseException, data: str = "Pixel Data") -> HttpError:
-    """:func:`damaged` when a decoder refused the stored ``data`` of ``key``: damaged, or
-    sound in a form the installed decoders do not read (its copy may be as received:
-    sweep106 F3, "damaged" alone invites a restore that would not help)."""
+def undecodable(
+    key: str, what: str, exc: BaseException, syntax: str, data: str = "Pixel Data"
+) -> HttpError:
+    """:func:`damaged` when a decoder refused the stored ``data`` of ``key`` in transfer
+    syntax ``syntax``: damaged, or sound in a form the installed decoders do not read
+    (its copy may be as received: sweep106 F3, "damaged" alone invites a restore that
+    would not help); a native syntax has no decoder to blame (:data:`NOT_DECODED`:
+    damaged, review109 I1)."""
+    if syntax in NOT_DECODED:
+        return damaged(key, what, exc, data)
     said = " ".join(str(exc).split())
     log.warning(
         "%s: %s, the installed decoders cannot read its stored %s: %s", key, what, data, said
@@ -450,8 +456,8 @@ class Frames:
                 raise
             except BaseException as exc:  # noqa: BLE001 - the decoders raise anything on
                 # bad data, a Rust one a PanicException (a BaseException: review38mem D7)
-                said = damaged if self.syntax in NOT_DECODED else undecodable  # (review109 I1)
-                raise said(self.key, f"frame {number} cannot be decoded", exc) from None
+                what = f"frame {number} cannot be decoded"
+                raise undecodable(self.key, what, exc, self.syntax) from None
         return array
 
     def decoded_bytes(self, number: int) -> bytes:

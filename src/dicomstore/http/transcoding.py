@@ -203,10 +203,8 @@ def transcode_or_refuse(
         refused = no_decoder(row)
         if refused is not None:  # (the extra, or no decoder at all: MPEG-2, H.264 ...)
             raise refused from None
-        what, key = f"cannot be transcoded to {TARGET}", str(row["path"])
-        if str(row["transfer_syntax_uid"]) in pixels.NOT_DECODED:  # (no decoder to blame: damaged)
-            raise pixels.damaged(key, what, exc, "data") from None
-        raise pixels.undecodable(key, what, exc, "data") from None
+        what, syntax = f"cannot be transcoded to {TARGET}", str(row["transfer_syntax_uid"])
+        raise pixels.undecodable(str(row["path"]), what, exc, syntax, "data") from None
 
 
 def no_decoder(row: Mapping[str, Any]) -> HttpError | None:

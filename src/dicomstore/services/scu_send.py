@@ -47,7 +47,6 @@ from dicomstore.services.storage_scu import (
     propose_contexts,
     store_instance,
 )
-from dicomstore.tls import closed_in_handshake
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
 
 if TYPE_CHECKING:
@@ -241,12 +240,8 @@ class _Run:
                 known = classify(exc)
                 if known is None:
                     raise
-                why = _text(exc)
-                reset = isinstance(exc, (ConnectionResetError, ConnectionAbortedError))
-                if opts.ssl is not None and reset:
-                    why = f"{why}: {closed_in_handshake()}"  # (review109 M1)
-                self.last_error = (known[0], why)
-                log.warning("association with %s:%s failed: %s", self.host, self.port, why)
+                self.last_error = (known[0], _text(exc))
+                log.warning("association with %s:%s failed: %s", self.host, self.port, _text(exc))
                 if not known[1] or failures >= opts.retries:
                     return
                 failures += 1
