@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -360,6 +361,18 @@ def test_an_unknown_value_matches_a_required_key_on_both_engines(tmp_path, index
             assert found == series, filters
 
 
+def cancels_sent() -> None:
+    """Wait for the cancel requests of the sessions cut (``pg_deadline``): sent while
+    the backend is stopped, one that arrives once it runs again could cancel the COMMIT
+    it then carries out (a race of the non-blocking cancel; the blocking one held the
+    GIL, so the test could not resume the backend before it was sent)."""
+    from dicomstore.archive.pg_deadline import CANCEL_THREAD
+
+    for thread in threading.enumerate():
+        if thread.name == CANCEL_THREAD:
+            thread.join(30)
+
+
 @contextmanager
 def stopped(pid: int) -> Iterator[None]:
     """The backend ``pid`` (of the tests' own PostgreSQL server) stopped meanwhile: its
@@ -368,6 +381,7 @@ def stopped(pid: int) -> Iterator[None]:
     try:
         yield
     finally:
+        cancels_sent()
         os.kill(pid, signal.SIGCONT)
 
 
@@ -482,6 +496,7 @@ def test_a_store_the_index_stops_answering_is_a700_and_the_next_stores(
             late = store(archive, dataset("1.2.72.3"), sop_uid="1.2.72.3")
         finally:
             monkeypatch.setattr(PostgresEngine, "commit", commit)
+            cancels_sent()
             os.kill(pid, signal.SIGCONT)
         assert late.status == 0xA700 and "index" in (late.error_comment or "")
         deadline = time.monotonic() + 10  # (the resumed backend commits what it got)
@@ -527,6 +542,7 @@ def test_a_delete_whose_commit_is_cut_keeps_its_intents(
             remove(root, "1.2.73.1", fsync=False, lock_timeout=0.5)
     finally:
         monkeypatch.setattr(PostgresEngine, "commit", commit)
+        cancels_sent()
         for pid in stopped_pids:
             os.kill(pid, signal.SIGCONT)
     assert "connection is closed" not in str(raised.value)

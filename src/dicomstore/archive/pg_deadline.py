@@ -32,6 +32,8 @@ log = logging.getLogger("dicomstore.archive")
 ANSWER_TIMEOUT: float | None = None
 #: How often the watch looks at the sessions waiting (seconds).
 LOOK_EVERY = 1.0
+#: The name of each thread that sends a cut session's cancel request.
+CANCEL_THREAD = "dicomstore-pg-cancel"
 
 
 class _Watch:
@@ -82,7 +84,9 @@ class _Watch:
                 # a slow backend would go on (holding the index's lock): cancelled, from
                 # a thread of its own (the cancel request is a connection of its own)
                 if canceller is not None:
-                    threading.Thread(target=_cancel, args=(canceller,), daemon=True).start()
+                    threading.Thread(
+                        target=_cancel, args=(canceller,), daemon=True, name=CANCEL_THREAD
+                    ).start()
 
 
 def _shut(conn: Any) -> None:
