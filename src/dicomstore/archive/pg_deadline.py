@@ -64,14 +64,22 @@ class _Watch:
         while True:
             time.sleep(LOOK_EVERY)
             now = time.monotonic()
-            cut = []
             with self._lock:  # (cut under the lock: an answer that came meanwhile
                 # has ended its wait, and its session is left alone)
                 late = [key for key, (due, *_rest) in self._waiting.items() if due <= now]
                 for key in late:
                     _due, owner, seconds = self._waiting.pop(key)
                     owner.cut = True  # (a failure to report, not a stale session to retry)
-                    cut.append(_canceller(owner.conn))
+                    # a slow backend would go on (holding the index's lock): cancelled,
+                    # from a thread of its own (the cancel request is a connection of its
+                    # own), started before the cut, so that whoever sees the failure sees
+                    # the cancel under way (the backend's key is taken before its socket
+                    # is shut)
+                    canceller = _canceller(owner.conn)
+                    if canceller is not None:
+                        threading.Thread(
+                            target=_cancel, args=(canceller,), daemon=True, name=CANCEL_THREAD
+                        ).start()
                     # said before the cut, so that the failure it causes comes after it
                     log.warning(
                         "index %s: no answer within %g s: the session is cut, its statement"
@@ -80,13 +88,6 @@ class _Watch:
                         seconds,
                     )
                     _shut(owner.conn)
-            for canceller in cut:
-                # a slow backend would go on (holding the index's lock): cancelled, from
-                # a thread of its own (the cancel request is a connection of its own)
-                if canceller is not None:
-                    threading.Thread(
-                        target=_cancel, args=(canceller,), daemon=True, name=CANCEL_THREAD
-                    ).start()
 
 
 def _shut(conn: Any) -> None:
