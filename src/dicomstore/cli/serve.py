@@ -136,7 +136,9 @@ async def run(args: argparse.Namespace) -> int:
             return tls_failed(exc)
     elif args.http_tls_cert or args.http_tls_key:
         log.warning("--http-tls-cert/--http-tls-key without --http-port: no HTTP is served")
-    for warning in weakened(args, fsync):
+    # (the start-up warnings are the first process's: said once, not once per worker)
+    first = getattr(args, "channel", None) is None
+    for warning in weakened(args, fsync) if first else ():
         log.warning("%s", warning)
     gatekeeper = None
     if args.config is not None:
@@ -149,9 +151,9 @@ async def run(args: argparse.Namespace) -> int:
             refuse(str(exc))
             return EXIT_USAGE
         moot = pins_unknown_callers_pass(gatekeeper)
-        if moot is not None:
+        if moot is not None and first:
             log.warning("%s: %s", args.config, moot)
-    for warning in cleartext(config, gatekeeper):
+    for warning in cleartext(config, gatekeeper) if first else ():
         log.warning("%s", warning)
     busy = _ports_taken(args)
     if busy is not None:
