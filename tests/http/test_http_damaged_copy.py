@@ -145,3 +145,64 @@ def test_transcoded_it_is_the_version_now_after_a_replace_since_the_search(
     done = transcode_or_refuse(reader, searched, 1 << 30, 1 << 29)
     assert b"Second^Version" in b"".join(done.chunks(1 << 20))
     archive.close()
+
+
+PARTS = [
+    "/frames/1",
+    "/frames/2",
+    "/frames/1/rendered",
+    "/rendered",
+    "/thumbnail",
+    "/bulkdata/7FE00010",
+]
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_a_part_of_a_damaged_copy_is_500_not_served(flipped, part, caplog) -> None:
+    """Frames, rendered images, thumbnails and bulk data read parts of a file: a bit
+    flipped in the last frame went out in frame 2 (or a rendered image of it) as it
+    was, and frame 1 as if the copy were intact. The copy is read whole through its
+    digest first (``ArchiveReader.check_once``)."""
+    with caplog.at_level(logging.WARNING):
+        status, body = get_or_cut(flipped.server.port, INSTANCE + part, {"accept": "*/*"})
+    assert status == 500 and body is not None and b"archive damage" in body, (status, body)
+    assert f"archive damage: instance {DAMAGED}" in caplog.text
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_a_part_of_an_intact_copy_is_served(flipped, part) -> None:
+    intact = INSTANCE.replace(DAMAGED, "1.2.40.1")
+    status, body = get_or_cut(flipped.server.port, intact + part, {"accept": "*/*"})
+    assert status == 200 and body, (status, body)
+
+
+def test_a_copy_is_read_whole_once_while_its_file_is_unchanged(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """A viewer asks for frame after frame: the file is read through its digest at the
+    first, not again while its version (inode, size, modification time) is the same;
+    a file changed since is read again, and found damaged."""
+    from dicomstore.archive.reader import ArchiveReader
+
+    opened: list[str] = []
+    whole = ArchiveReader.open_checked
+
+    def counted(self, row, local=None):
+        opened.append(row["sop_instance_uid"])
+        return whole(self, row, local)
+
+    monkeypatch.setattr(ArchiveReader, "open_checked", counted)
+    archive = Archive(tmp_path / "archive", fsync=False)
+    store(archive, make_dataset(DAMAGED, study=STUDY, series=SERIES, frames=2))
+    with HttpThread(archive) as web:
+        for part in PARTS:
+            assert get_or_cut(web.server.port, INSTANCE + part, {"accept": "*/*"})[0] == 200
+        assert opened == [DAMAGED]
+        path = archive.path_of(DAMAGED)
+        assert path is not None
+        _flip(path)
+        with caplog.at_level(logging.WARNING):
+            status, _ = get_or_cut(web.server.port, INSTANCE + "/frames/1", {"accept": "*/*"})
+        assert status == 500 and opened == [DAMAGED, DAMAGED]
+        assert f"archive damage: instance {DAMAGED}" in caplog.text
+    archive.close()

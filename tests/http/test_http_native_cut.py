@@ -24,6 +24,10 @@ STUDY, SERIES, SOP = "1.2.826.0.1.3680043.10.63", "1.2.826.0.1.3680043.10.63.1",
 URL = f"/studies/{STUDY}/series/{SERIES}/instances/{SOP}"
 OCTET = 'multipart/related; type="application/octet-stream"'
 
+#: The frames path's own findings, behind the whole-copy check (which finds these
+#: cut files damaged first: tests/http/test_http_damaged_copy.py).
+pytestmark = pytest.mark.usefixtures("unchecked")
+
 
 @pytest.fixture
 def cut(tmp_path: Path) -> Iterator[HttpThread]:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -217,3 +219,41 @@ def file_meta_differs(path: Path, row: Mapping[str, Any]) -> str | None:
     """:func:`meta_differs` of the PS3.10 file at ``path`` (``HeaderError``, ``OSError``)."""
     with open(path, "rb") as fp:
         return meta_differs(meta_of(fp)[1], row)
+
+
+class CheckedOnce:
+    """The stored files found whole (read through their digest) while unchanged: a door
+    that reads parts of a copy (WADO-RS frames, bulk data, rendered images, PS3.18
+    10.4.1.1.3-6) reads it whole through its record first, once for each version of
+    its file (device, inode, size, modification time) and recorded digest, so that a
+    viewer asking for frame after frame does not read the file each time. The last
+    ``most`` versions are remembered (the oldest forgotten first: read again when
+    asked for). Damage done to a file in place since it was found whole, leaving its
+    size and modification time (a flipped bit on the medium), is found by ``check``
+    and by the doors that give the copy whole, not by these until the next start."""
+
+    def __init__(self, most: int = 65536) -> None:
+        self._most = most
+        self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, row: Mapping[str, Any], local: Path | None, open_checked: Any) -> None:
+        """Raise :class:`DamagedCopy` when the copy of index row ``row`` is damaged
+        since it was stored; ``local``: its file (None: no local file, read whole each
+        time); ``open_checked(row, local)``: the checked stream of it."""
+        stamp: tuple[Any, ...] | None = None
+        if local is not None:
+            info = os.stat(local)
+            version = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+            stamp = (str(row["path"]), str(row["digest"]), *version)
+            with self._lock:
+                if stamp in self._seen:
+                    self._seen.move_to_end(stamp)
+                    return
+        with open_checked(row, local) as stream:
+            stream.verify()
+        if stamp is not None:
+            with self._lock:
+                self._seen[stamp] = None
+                while len(self._seen) > self._most:
+                    self._seen.popitem(last=False)

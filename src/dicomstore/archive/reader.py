@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from dicomstore.archive import layout
 from dicomstore.archive import query as q
-from dicomstore.archive.checked import CheckedStream
+from dicomstore.archive.checked import CheckedOnce, CheckedStream
 from dicomstore.archive.dicomfile import encoding_of
 from dicomstore.archive.engine import (
     Connection,
@@ -84,6 +84,7 @@ class ArchiveReader:
         self.index = index
         self.engine = engine_for(self.root, index)
         self.timeout = timeout
+        self._checked_once = CheckedOnce()
         if not self.engine.exists():
             raise ArchiveNotFoundError(
                 f"no archive at {self.root} (no {layout.INDEX_FILE})"
@@ -300,6 +301,13 @@ class ArchiveReader:
         # (a local file unbuffered: its reads are large; the checked stream closes it)
         raw = self.storage.open(key) if local is None else open(local, "rb", buffering=0)  # noqa: SIM115
         return cast(BinaryIO, CheckedStream(raw, row, name=name, again=again))
+
+    def check_once(self, row: Mapping[str, Any]) -> None:
+        """Raise ``DamagedCopy`` when the copy of index row ``row`` is damaged since it
+        was stored: read whole through its record (:meth:`open_checked`) once while its
+        file is unchanged (``checked.CheckedOnce``), for the doors that read parts of
+        it; ``OSError`` when its file cannot be read (gone)."""
+        self._checked_once.check(row, self.local_path(row), self.open_checked)
 
     def local_path(self, row_or_uid: Mapping[str, Any] | str) -> Path | None:
         """The local file of an instance, for zero-copy readers (``sendfile``, ``mmap``),

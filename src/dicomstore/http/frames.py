@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomstore import uids
+from dicomstore.archive.checked import DamagedCopy
 from dicomstore.archive.stored import PixelValue, read_chunks, read_range
 from dicomstore.http import pixels
 from dicomstore.http.answer import AnswerBroken, went
@@ -243,14 +244,25 @@ def bulkdata(request: Request) -> Response:
 
 def _present(request: Request, row: dict[str, Any]) -> dict[str, Any]:
     """``row``, or the instance's row now when its file went with a replace since the
-    look-up (``ArchiveReader.follow``); 404 when it was deleted (a 500 before)."""
+    look-up (``ArchiveReader.follow``); 404 when it was deleted (a 500 before). Its copy
+    read whole through its digest first, once while its file is unchanged
+    (``ArchiveReader.check_once``): damaged since it was stored, 500 (logged ``archive
+    damage``), not a frame, a rendered image or bulk data of it."""
     archive = reader(request)
-    if archive.storage.exists(row["path"]):
+    for _ in range(2):  # (a replace between the look and the read: the version now)
+        if not archive.storage.exists(row["path"]):
+            moved = archive.follow(row)
+            if moved is None:
+                raise HttpError(404, "deleted since it was looked up")
+            row = moved
+        try:
+            archive.check_once(row)
+        except DamagedCopy as exc:  # (its WARNING said: ``checked.py``)
+            raise HttpError(500, f"not served: {exc}") from None
+        except FileNotFoundError:
+            continue
         return row
-    moved = archive.follow(row)
-    if moved is None:
-        raise HttpError(404, "deleted since it was looked up")
-    return moved
+    raise HttpError(404, "deleted since it was looked up")
 
 
 def _within_chunks(
