@@ -535,3 +535,45 @@ def test_every_subject_reads_back_as_itself(rdns: list) -> None:
     short = {"commonName": "CN", "organizationName": "O"}
     expected = sorted((short.get(k, k.upper()), v) for rdn in rdns for k, v in rdn)
     assert normalize_subject(text) == tuple(expected)
+
+
+def test_tls_no_verify_alone_asks_for_tls(pki, capsys) -> None:
+    """review110 M1: --tls-no-verify alone (unlike --tls-ca, --tls-cert,
+    --tls-server-name) left TLS off: a plain server was sent the data in clear, exit 0."""
+    with ServerThread(ServerConfig(port=0), NullHandler()) as plain:
+        code = main(["echo", "127.0.0.1", str(plain.port), "--tls-no-verify"])
+    err = capsys.readouterr().err
+    assert code == 3 and err.strip() == (
+        "dicomstore: TLS failed: the server answered without TLS (WRONG_VERSION_NUMBER):"
+        " a port without TLS?"
+    )
+    with _server(pki) as srv:
+        assert main(["echo", "127.0.0.1", str(srv.port), "--tls-no-verify"]) == 0
+
+
+def test_a_tls_key_without_its_certificate_is_a_usage_error(pki, capsys) -> None:
+    """review110 M1: --tls-key alone was ignored (plain TCP)."""
+    with ServerThread(ServerConfig(port=0), NullHandler()) as plain:
+        code = main(["echo", "127.0.0.1", str(plain.port), "--tls-key", str(pki / "client.key")])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "dicomstore: cannot set up TLS: --tls-key needs --tls-cert (the certificate of that key)"
+    )
+
+
+def test_send_says_tls_failed_in_the_verifier_s_words(pki, tmp_path, capsys) -> None:
+    """review110 L1: send gave OpenSSL's text with its C source place ('(_ssl.c:1006)'),
+    three times, where echo and find say 'TLS failed: <why>'."""
+    from tests.services.nodes_testlib import write_instances
+
+    (path,) = write_instances(tmp_path / "in", "1.2.110.1", 1)
+    with _server(pki) as srv:
+        code = main(
+            ["send", "127.0.0.1", str(srv.port), str(path), "--tls-ca", str(pki / "otherca.pem")]
+        )
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert code == 3, text
+    assert (
+        "TLS failed: " in text and "_ssl.c" not in text and "CERTIFICATE_VERIFY_FAILED" not in text
+    )

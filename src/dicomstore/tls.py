@@ -267,6 +267,16 @@ def handshake_failure(exc: BaseException) -> str | None:
     return None
 
 
+def failed_words(exc: ssl.SSLError) -> str:
+    """A client's one line for a TLS handshake that failed: the verifier's words (the
+    name, the CA, the dates) or OpenSSL's reason, not its text with its C source place
+    (every SCU: echo, find, move, get and send's results; review110 L1)."""
+    why = getattr(exc, "verify_message", None) or exc.reason or exc
+    if why in ("WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL"):  # (a DICOM PDU, say)
+        return f"TLS failed: the server answered without TLS ({why}): a port without TLS?"
+    return f"TLS failed: {why}"
+
+
 def alert_words(exc: BaseException | None) -> str | None:
     """The TLS alert that ended a connection after its handshake, in words for a
     client (with TLS 1.3 a server refuses a client's certificate, or the want of

@@ -311,10 +311,16 @@ def tls_failed(exc: Exception) -> int:
 
 
 def tls_client_context(args: argparse.Namespace):
-    """The SSL context the SCU options ask for, or None without --tls."""
-    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_server_name):
+    """The SSL context the SCU options ask for, or None without any TLS option: each
+    of them asks for TLS (review110 M1: --tls-no-verify or --tls-key alone left it off,
+    and a plain peer was sent the data in clear, exit 0)."""
+    wanted = (args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    if not (args.tls or args.tls_no_verify or any(given is not None for given in wanted)):
         return None
-    from dicomstore.tls import client_context
+    from dicomstore.tls import TLSFileError, client_context
+
+    if args.tls_key is not None and args.tls_cert is None:
+        raise TLSFileError("--tls-key needs --tls-cert (the certificate of that key)")
 
     return client_context(
         args.tls_ca,
@@ -462,8 +468,9 @@ def run_client(coro) -> int:
         print(f"dicomstore: {one_line(text)}", file=sys.stderr)
         return EXIT_TIMEOUT if "timed out" in text or "within" in text else EXIT_FAILED
     except ssl.SSLError as exc:
-        why = getattr(exc, "verify_message", None) or exc.reason or exc  # (the name, the CA)
-        print(f"dicomstore: TLS failed: {one_line(str(why))}", file=sys.stderr)
+        from dicomstore.tls import failed_words
+
+        print(f"dicomstore: {one_line(failed_words(exc))}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except ConnectionRefusedError:
         print("dicomstore: connection refused (is the server running?)", file=sys.stderr)

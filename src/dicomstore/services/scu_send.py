@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Container, Iterable
@@ -47,6 +48,7 @@ from dicomstore.services.storage_scu import (
     propose_contexts,
     store_instance,
 )
+from dicomstore.tls import failed_words
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
 
 if TYPE_CHECKING:
@@ -395,6 +397,8 @@ def _reference(result: Result) -> Reference:
 
 
 def _text(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return failed_words(exc)
     return str(exc) or type(exc).__name__
 
 
