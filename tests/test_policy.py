@@ -481,6 +481,24 @@ def test_serve_warns_at_start_when_unknown_callers_pass_the_pins(tmp_path) -> No
     assert "held back as MOD1 (hosts)" in line
 
 
+def test_serve_warns_at_start_when_pinned_certificates_are_never_asked_for(tmp_path) -> None:
+    """review110 L2: a peer pinned by tls_subject on a server without --tls-ca (or
+    without TLS) is refused whatever it presents ("no TLS client certificate"), and
+    nothing at start said so."""
+    from tests.conftest import free_port, serve_command, start_up_log
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[peers.MOD1]\ntls_subject = "CN=mod1"\n[peers.MOD2]\n')
+    port = free_port()
+    err = start_up_log(serve_command(port, tmp_path / "store", "--config", str(policy)), port)
+    (line,) = [line for line in err.splitlines() if "pinned by tls_subject" in line]
+    assert "WARNING" in line and f"{policy}: MOD1: pinned by tls_subject, refused" in line
+    assert "without --tls-cert, --tls-key and --tls-ca" in line
+    from dicomstore.policy_tools import certificates_never_asked
+
+    assert certificates_never_asked(Policy.load(policy), asks_certificates=True) is None
+
+
 def test_check_command_as_a_module_names_the_problem_in_one_line(tmp_path) -> None:
     """review35b F8: run as ``-m``, an unknown key was a traceback (the module's
     __main__ copy caught its own PolicyError, not the one raised)."""

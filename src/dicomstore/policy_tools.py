@@ -106,6 +106,22 @@ def pins_unknown_callers_pass(policy: Policy) -> str | None:
     )
 
 
+def certificates_never_asked(policy: Policy, asks_certificates: bool) -> str | None:
+    """The peers pinned by ``tls_subject`` that a server asking no client certificate
+    (no TLS, or TLS without ``--tls-ca``) refuses whatever they present ("no TLS client
+    certificate": review110 L2), in words for its start, or None."""
+    if asks_certificates:
+        return None
+    pinned = sorted(peer.ae_title for peer in policy.peers.values() if peer.tls_subjects)
+    if not pinned:
+        return None
+    named = ", ".join(pinned[:5]) + (f" and {len(pinned) - 5} more" if len(pinned) > 5 else "")
+    return (
+        f"{named}: pinned by tls_subject, refused whatever certificate they present:"
+        " no client certificate is asked for without --tls-cert, --tls-key and --tls-ca"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dicomstore.policy", description="dicomstore policy file tools"

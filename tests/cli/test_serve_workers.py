@@ -187,12 +187,14 @@ def test_connections_held_at_once_are_split_evenly(tmp_path: Path) -> None:
 
 
 def test_the_start_up_warnings_are_said_once_not_once_per_worker(tmp_path: Path) -> None:
-    """review109 I2: each worker ran the start of ``serve`` again and repeated what the
-    options give up (--fsync off) and what the policy lets pass, tagged with its pid."""
+    """review109 I2, review110 L3: each worker ran the start of ``serve`` again and
+    repeated what the options give up (--fsync off) and what the policy lets pass, and
+    that HTTPS served nothing (the first serves it), tagged with its pid."""
     policy = tmp_path / "policy.toml"
     policy.write_text('allow_unknown = true\n[peers.MOD1]\nhosts = ["10.1.2.3"]\n')
     log = tmp_path / "serve.log"
-    proc = _serve(free_port(), tmp_path / "archive", log, "--config", str(policy))
+    https = ("--http-tls-cert", "none.pem", "--http-tls-key", "none.key")  # (no --http-port)
+    proc = _serve(free_port(), tmp_path / "archive", log, "--config", str(policy), *https)
     try:
         text = log.read_text()
     finally:
@@ -200,6 +202,8 @@ def test_the_start_up_warnings_are_said_once_not_once_per_worker(tmp_path: Path)
         assert proc.wait(60) == 0
     assert text.count("--fsync off: acknowledged instances can be lost") == 1, text
     assert text.count("callers not under [peers] may") == 1, text
+    # (review110 L3: a worker, which serves no HTTP, said HTTPS served none)
+    assert text.count("without --http-port: no HTTP is served") == 1, text
 
 
 def test_a_worker_ends_when_the_first_process_is_killed(tmp_path: Path) -> None:

@@ -128,31 +128,35 @@ async def run(args: argparse.Namespace) -> int:
             " --tls-key: TLS is off without them"
         )
         return EXIT_USAGE
+    # (the start-up warnings are the first process's: said once, not once per worker)
+    first = getattr(args, "channel", None) is None
     https = None
     if args.http_port is not None:  # (the HTTP stack is imported only when it serves)
         try:
             https = https_context(args)
         except (OSError, ValueError) as exc:
             return tls_failed(exc)
-    elif args.http_tls_cert or args.http_tls_key:
+    elif (args.http_tls_cert or args.http_tls_key) and first:  # (a worker serves none)
         log.warning("--http-tls-cert/--http-tls-key without --http-port: no HTTP is served")
-    # (the start-up warnings are the first process's: said once, not once per worker)
-    first = getattr(args, "channel", None) is None
     for warning in weakened(args, fsync) if first else ():
         log.warning("%s", warning)
     gatekeeper = None
     if args.config is not None:
         from dicomstore.policy import Policy, PolicyError
-        from dicomstore.policy_tools import pins_unknown_callers_pass
+        from dicomstore.policy_tools import certificates_never_asked, pins_unknown_callers_pass
 
         try:
             gatekeeper = Policy.load(args.config)
         except PolicyError as exc:
             refuse(str(exc))
             return EXIT_USAGE
-        moot = pins_unknown_callers_pass(gatekeeper)
-        if moot is not None and first:
-            log.warning("%s: %s", args.config, moot)
+        asked = config.ssl is not None and args.tls_ca is not None
+        for moot in (
+            pins_unknown_callers_pass(gatekeeper),
+            certificates_never_asked(gatekeeper, asked),
+        ):
+            if moot is not None and first:
+                log.warning("%s: %s", args.config, moot)
     for warning in cleartext(config, gatekeeper) if first else ():
         log.warning("%s", warning)
     busy = _ports_taken(args)
