@@ -180,7 +180,10 @@ def test_refusals_have_their_exit_codes(tmp_path: Path, capsys) -> None:
     try:
         with ServerThread(config, archive) as srv:
             assert main(find(srv.port, "-k", "PatientName")) == 4
-            assert "calling AE title not recognized" in capsys.readouterr().err
+            err = capsys.readouterr().err
+            assert "calling AE title not recognized" in err
+            # (review110 I1: a pin of its address or certificate refuses so too)
+            assert "--aet sets it; or a policy refuses it from this address or with" in err
     finally:
         archive.close()
 
