@@ -577,3 +577,63 @@ def test_send_says_tls_failed_in_the_verifier_s_words(pki, tmp_path, capsys) -> 
     assert (
         "TLS failed: " in text and "_ssl.c" not in text and "CERTIFICATE_VERIFY_FAILED" not in text
     )
+
+
+def _dated_certificate(folder: Path, days_from: int, days_to: int) -> tuple[Path, Path]:
+    """A self-signed certificate valid from ``days_from`` to ``days_to`` days from now."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pacs")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + datetime.timedelta(days=days_from))
+        .not_valid_after(now + datetime.timedelta(days=days_to))
+        .sign(key, hashes.SHA256())
+    )
+    pem, key_pem = folder / f"dated{days_from}_{days_to}.pem", folder / f"dated{days_from}.key"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return pem, key_pem
+
+
+@pytest.mark.parametrize(
+    ("days_from", "days_to", "said"),
+    [
+        (-30, -1, "our certificate expired on "),
+        (2, 30, "our certificate is not valid before "),
+        (-30, 3, "our certificate expires on "),
+        (-30, 300, None),
+    ],
+)
+def test_our_certificate_out_of_date_is_said_at_start(tmp_path, days_from, days_to, said) -> None:
+    """review110 I4: serve started on an expired certificate without a word; every
+    client that verifies it refused it."""
+    from tests.conftest import serve_command, start_up_log
+
+    cert, key = _dated_certificate(tmp_path, days_from, days_to)
+    port = free_port()
+    tls = ("--tls-cert", str(cert), "--tls-key", str(key))
+    err = start_up_log(serve_command(port, tmp_path / "store", *tls), port)
+    lines = [line for line in err.splitlines() if "our certificate" in line]
+    if said is None:
+        assert lines == [], err
+        return
+    (line,) = lines
+    assert "WARNING" in line and f"--tls-cert {cert}: {said}" in line, line

@@ -326,3 +326,33 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+#: How long before its end a certificate of ours is said to expire soon, at start.
+EXPIRES_SOON_DAYS = 14
+
+
+def validity_problem(cert: Path | str, option: str, now: Any = None) -> str | None:
+    """What is wrong with the dates of our own certificate (the first in the PEM file
+    ``cert``, given by ``option``): expired, not valid yet, or ending within
+    :data:`EXPIRES_SOON_DAYS`, in words for a WARNING at start (review110 I4: every
+    verifying client refused it, and the server said nothing); None when in date or
+    unreadable (loading it says why)."""
+    import datetime
+
+    from cryptography import x509
+
+    try:
+        made = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+    except (OSError, ValueError):
+        return None
+    now = now or datetime.datetime.now(datetime.UTC)
+    start, end = made.not_valid_before_utc, made.not_valid_after_utc
+    ours, refused = f"{option} {cert}: our certificate", ": clients that verify it refuse it"
+    if end < now:
+        return f"{ours} expired on {end:%Y-%m-%d %H:%M} UTC{refused}"
+    if start > now:
+        return f"{ours} is not valid before {start:%Y-%m-%d %H:%M} UTC{refused}"
+    if end - now < datetime.timedelta(days=EXPIRES_SOON_DAYS):
+        return f"{ours} expires on {end:%Y-%m-%d %H:%M} UTC"
+    return None

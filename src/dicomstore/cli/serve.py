@@ -157,7 +157,7 @@ async def run(args: argparse.Namespace) -> int:
         ):
             if moot is not None and first:
                 log.warning("%s: %s", args.config, moot)
-    for warning in cleartext(config, gatekeeper) if first else ():
+    for warning in (cleartext(config, gatekeeper) + own_certificates(args)) if first else ():
         log.warning("%s", warning)
     busy = _ports_taken(args)
     if busy is not None:
@@ -383,6 +383,15 @@ def cleartext(config: ServerConfig, gatekeeper: Any) -> list[str]:
     if config.ssl is not None and sends:
         said.append(f"--tls-cert is for what comes in: {', '.join(sends)} go out without TLS")
     return said
+
+
+def own_certificates(args: Any) -> list[str]:
+    """What is wrong with the dates of our certificates (DICOM's, HTTPS'), said at start."""
+    from dicomstore.tls import validity_problem
+
+    given = (("--tls-cert", args.tls_cert), ("--http-tls-cert", args.http_tls_cert))
+    found = [validity_problem(path, option) for option, path in given if path is not None]
+    return [said for said in found if said is not None]
 
 
 def weakened(args: Any, fsync: bool) -> list[str]:
