@@ -142,6 +142,36 @@ def test_a_refused_handshake_is_logged_with_its_reason(pki, caplog) -> None:
     assert all("from 127.0.0.1:" in line for line in lines), lines  # (review47 #3: 'from ?')
 
 
+class _Records:
+    """An audit sink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.associations: list[dict] = []
+
+    def association(self, record: dict) -> None:
+        self.associations.append(record)
+
+    def instance(self, record: dict) -> None:
+        pass
+
+
+def test_a_refused_handshake_is_an_audit_record(pki) -> None:
+    """review110 I5: handshakes refused (no client certificate, one of another CA)
+    were WARNING lines and no audit record (PS3.15 A.5.3.11 Security Alert)."""
+    ctx = server_context(pki / "server.pem", pki / "server.key", pki / "ca.pem")
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    records = _Records()
+    with ServerThread(ServerConfig(port=0, ssl=ctx), NullHandler(), audit=records) as srv:
+        stranger = client_context(pki / "ca.pem", pki / "stranger.pem", pki / "stranger.key")
+        with pytest.raises((ssl.SSLError, ConnectionError, AssociationAborted)):
+            asyncio.run(_echo(srv.port, stranger))
+        srv.call(_handshakes_done(srv))
+    (record,) = records.associations
+    assert record["event"] == "association" and record["peer"] == "127.0.0.1"
+    assert record["calling_ae"] is None and record["contexts_accepted"] == []
+    assert record["outcome"].startswith("refused: TLS handshake: its certificate: "), record
+
+
 def test_handshakes_count_as_connections_that_sent_no_request(pki, caplog) -> None:
     """review107 M2: a TLS connection was counted against --max-pending-connections
     only once its handshake was done: one address held hundreds of handshakes open

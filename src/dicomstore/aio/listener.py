@@ -44,6 +44,7 @@ class Listener:
         handshake_timeout: float | None = None,
         share: handoff.Dispatcher | socket.socket | None = None,
         admit: Callable[[str], str | None] | None = None,
+        refused: Callable[[str, str], None] | None = None,
     ) -> None:
         self.host = host
         #: ``dicomstore serve --workers`` (``handoff.py``): the first process accepts
@@ -57,6 +58,9 @@ class Listener:
         #: (TLS) asked before a connection's handshake, with its peer's address: why it
         #: is closed at once (the server's pending-connection limits), or None
         self.admit = admit
+        #: (TLS) told of each handshake refused, with the peer's address and why (the
+        #: server's audit record)
+        self.refused = refused
         #: (TLS) the peer address of each connection in its handshake (counted by the
         #: server's limits as a connection that has sent no association request yet)
         self.handshaking: Counter[str] = Counter()
@@ -196,7 +200,9 @@ class Listener:
 
     async def _connect(self, conn: socket.socket, counted: list[str]) -> None:
         loop = asyncio.get_running_loop()  # (TCP_NODELAY: association.tune_socket)
-        peer = _peer(conn)  # (now: a failed handshake closes the socket before we hear)
+        # (now: a failed handshake closes the socket before we hear)
+        address, port = _peername(conn)
+        peer = address if port is None else f"{address}:{port}"
 
         async def serve(stream: Stream) -> None:
             self._uncount(counted)  # (before the server counts it as pending itself)
@@ -217,6 +223,8 @@ class Listener:
             why = handshake_failure(exc) if self.ssl_context is not None else None
             if why is not None:
                 log.warning("TLS connection from %s refused: %s", peer, why)
+                if self.refused is not None:
+                    self.refused(address, why)
             else:  # (a probe that connects and closes, say: no TLS was tried)
                 why = str(exc) or type(exc).__name__
                 log.info("connection from %s closed before it was served: %s", peer, why)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dicomstore.errors import RemoteProtocolError
 from dicomstore.services.admission import Admission, AdmissionRequest
@@ -207,6 +207,24 @@ def audit_association(assoc: AcceptorAssociation) -> None:
             "kept": assoc.kept,
         }
     )
+
+
+def refused_handshake(address: str, why: str) -> dict[str, Any]:
+    """The audit record of a connection whose TLS handshake was refused (``why``): the
+    association record, with no request, its outcome saying why."""
+    return {
+        "event": "association",
+        "peer": address,
+        "calling_ae": None,
+        "called_ae": None,
+        "tls_subject": None,
+        "user": None,
+        "contexts_accepted": [],
+        "outcome": f"refused: TLS handshake: {why}",
+        "stored": 0,
+        "failed": 0,
+        "kept": 0,
+    }
 
 
 def _identity_refused(reject: P.AssociateRJ | None) -> bool:

@@ -29,7 +29,7 @@ from dicomstore.aio.stream import Stream
 from dicomstore.archive.reader import UNREADABLE, ArchiveReader
 from dicomstore.handler import StoreHandler
 from dicomstore.inflation import keep_free
-from dicomstore.services.acceptance import stop_now
+from dicomstore.services.acceptance import refused_handshake, stop_now
 from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
 from dicomstore.services.admission import Admission, AuditSink, FailedAdmissions, Gatekeeper
 from dicomstore.services.commitment_reports import CommitmentService
@@ -156,6 +156,7 @@ class Server:
             handshake_timeout=config.timeouts.artim,
             share=config.share,
             admit=self._pending_crowded,
+            refused=self._tls_refused,
         )
 
     @property
@@ -181,6 +182,13 @@ class Server:
         if not self.listener.started:
             await self.start()
         await self.listener.serve_forever()
+
+    def _tls_refused(self, address: str, why: str) -> None:
+        """A TLS handshake refused (no client certificate, one not trusted, not TLS):
+        an association record of the audit log, as a caller refused later is
+        (PS3.15 A.5.3.11 *Security Alert*: a node authentication failure)."""
+        if self.audit is not None:
+            self.audit.association(refused_handshake(address, why))
 
     async def _on_connect(self, stream: Stream) -> None:
         conn = Connection(Role.ACCEPTOR, max_pdata=self.config.max_pdu)
