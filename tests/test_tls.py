@@ -169,7 +169,7 @@ def test_a_refused_handshake_is_an_audit_record(pki) -> None:
     (record,) = records.associations
     assert record["event"] == "association" and record["peer"] == "127.0.0.1"
     assert record["calling_ae"] is None and record["contexts_accepted"] == []
-    assert record["outcome"].startswith("refused: TLS handshake: its certificate: "), record
+    assert record["outcome"].startswith("rejected: TLS handshake: its certificate: "), record
 
 
 def test_handshakes_count_as_connections_that_sent_no_request(pki, caplog) -> None:

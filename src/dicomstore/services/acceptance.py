@@ -220,7 +220,7 @@ def refused_handshake(address: str, why: str) -> dict[str, Any]:
         "tls_subject": None,
         "user": None,
         "contexts_accepted": [],
-        "outcome": f"refused: TLS handshake: {why}",
+        "outcome": f"rejected: TLS handshake: {why}",
         "stored": 0,
         "failed": 0,
         "kept": 0,
