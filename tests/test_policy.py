@@ -283,6 +283,10 @@ def test_refusals_log_the_real_cause(callers, caplog) -> None:
     caplog.set_level("WARNING", "dicomstore.policy")
     callers.admit(rq("MODALITY1", "10.9.9.9"))
     assert "address 10.9.9.9 not allowed" in caplog.text
+    # (review110 I1: the subject as the certificate line and the audit give it, its
+    # escapes once, not doubled by a repr)
+    callers.admit(rq("SECURE", subject="CN=mod\\,ality1,O=Test Hospital"))
+    assert "certificate subject 'CN=mod\\,ality1,O=Test Hospital' not allowed" in caplog.text
 
 
 # --------------------------------------------------------------------------- users

@@ -330,7 +330,7 @@ class Policy:
                 subject = ()
             if subject not in peer.tls_subjects:
                 raise _Refused(
-                    REJECT_CALLER, f"certificate subject {request.tls_subject!r} not allowed"
+                    REJECT_CALLER, f"certificate subject '{request.tls_subject}' not allowed"
                 )
         return peer, peer.may
 
