@@ -250,3 +250,45 @@ def test_an_index_that_is_down_is_503_with_its_cause_not_its_url(
     assert r.status_code == 503
     assert "connection failed: refused" in r.text and "postgresql" not in r.text
     assert "index postgresql://pg@db:5432/pacs?password=***" in caplog.text
+
+
+def _value(result: dict, tag: str):
+    return result[tag]["Value"][0] if tag in result else None
+
+
+def test_the_counts_of_a_result_are_its_own_entity_s(client) -> None:
+    """review111 F1: an All Series result gave its series' instance count as its
+    study's (series of one study saying 2 and 1 of a study of 3), and includefield of
+    a patient's counts gave the study's or series'. A study's and a series' counts
+    are their own (PS3.4 C.3.2), read from their rows; a patient's are left out."""
+    series = search(client, "/series", StudyInstanceUID=STUDY_A)
+    assert uids(series, "0020000E") == [SERIES_CT, SERIES_MR]
+    assert [_value(s, "00201209") for s in series] == [2, 1]  # (each series')
+    assert [_value(s, "00201208") for s in series] == [3, 3]  # (their study's)
+    assert [_value(s, "00201206") for s in series] == [2, 2]
+    assert [s["00080061"]["Value"] for s in series] == [["CT", "MR"], ["CT", "MR"]]
+    asked = search(
+        client,
+        f"/studies/{STUDY_A}/series",
+        includefield="NumberOfStudyRelatedInstances,NumberOfPatientRelatedInstances",
+    )
+    assert [_value(s, "00201208") for s in asked] == [3, 3]
+    assert all("00201204" not in s for s in asked)  # (a patient's: not given)
+    (study,) = search(
+        client, "/studies", StudyInstanceUID=STUDY_A, includefield="NumberOfPatientRelatedInstances"
+    )
+    assert _value(study, "00201208") == 3 and "00201204" not in study
+    instances = search(client, "/instances", StudyInstanceUID=STUDY_A)
+    assert {_value(i, "00201208") for i in instances} == {3}
+    by_series = {i["0020000E"]["Value"][0]: _value(i, "00201209") for i in instances}
+    assert by_series == {SERIES_CT: 2, SERIES_MR: 1}
+
+
+def test_fuzzymatching_true_is_said_not_supported(client) -> None:
+    """review111 F2: PS3.18 8.3.4.1: an origin server without fuzzy semantic
+    matching answers fuzzymatching=true with a Warning saying so."""
+    r = client.get("/studies", params={"PatientName": "doe", "fuzzymatching": "true"})
+    assert r.status_code == 200
+    assert "The fuzzymatching parameter is not supported" in r.headers["Warning"]
+    r = client.get("/studies", params={"PatientName": "doe", "fuzzymatching": "false"})
+    assert "Warning" not in r.headers

@@ -63,6 +63,25 @@ ATTRIBUTES: dict[str, Attribute] = {
 }
 BY_TAG: dict[int, Attribute] = {a.tag: a for a in ATTRIBUTES.values()}
 
+#: Computed per row from the entity's own level (a list, though matchable).
+_LISTS = ("ModalitiesInStudy", "SOPClassesInStudy")
+
+
+def computed(attr: Attribute) -> bool:
+    """A count or list of the entity of ``attr``'s level, made for its row."""
+    return attr.sql is None or attr.keyword in _LISTS
+
+
+def in_row_of(attr: Attribute, level: str) -> bool:
+    """Whether a result row of a search at ``level`` holds ``attr``'s value: every
+    attribute of its level or above but a count or list of another level's entity,
+    which the row has of its own (a series row's ``n_instances`` is the series',
+    not its study's or patient's: PS3.4 C.3.2, C.6.1.1; review111 F1). Such a key
+    is returned empty by C-FIND; QIDO-RS reads a study's and a series' from their
+    own rows."""
+    return not computed(attr) or attr.level == level
+
+
 _TAG_RE = re.compile(r"\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?")
 
 

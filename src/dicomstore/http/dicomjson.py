@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from dicomstore.archive.attributes import ATTRIBUTES, Attribute
+from dicomstore.archive.attributes import ATTRIBUTES, Attribute, in_row_of
 
 log = logging.getLogger("dicomstore.http.dicomjson")
 
@@ -154,6 +154,8 @@ _FIELDS = {
     level: [(ATTRIBUTES[k].key, tag_key(ATTRIBUTES[k].tag), _encoder(ATTRIBUTES[k])) for k in keys]
     for level, keys in KEYWORDS.items()
 }
+#: The attribute of each JSON key.
+_ATTRIBUTE_OF = {tag_key(a.tag): a for a in ATTRIBUTES.values()}
 
 
 _Field = tuple[str, str, Callable[[Any], dict[str, Any]] | None]
@@ -161,9 +163,16 @@ _Field = tuple[str, str, Callable[[Any], dict[str, Any]] | None]
 
 @functools.cache
 def _fields_of(levels: tuple[str, ...]) -> list[_Field]:
-    """The fields of ``levels`` and the two every row has (encoder None), in the
-    order of their JSON keys: a row's object is made in order, never sorted."""
-    fields: list[_Field] = [field for level in levels for field in _FIELDS[level]]
+    """The fields of ``levels`` that a row of a search at the last of them holds
+    (``attributes.in_row_of``: not another level's counts) and the two every row
+    has (encoder None), in the order of their JSON keys: a row's object is made in
+    order, never sorted."""
+    fields: list[_Field] = [
+        field
+        for level in levels
+        for field in _FIELDS[level]
+        if in_row_of(_ATTRIBUTE_OF[field[1]], levels[-1])
+    ]
     fields += [("", INSTANCE_AVAILABILITY, None), ("", RETRIEVE_URL, None)]
     return sorted(fields, key=lambda field: field[1])
 

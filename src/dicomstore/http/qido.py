@@ -8,11 +8,14 @@ Query parameters (10.6.1.2, 8.3.4): ``{attributeID}={value}`` by keyword or
 tag, matched as :mod:`dicomstore.archive.query` describes (single value,
 ``*``/``?`` wildcards, date and time ranges, UID lists separated by ``,``
 or ``\\``); ``limit``, ``offset``; ``includefield`` (repeatable,
-comma-separated, or ``all``); ``fuzzymatching`` is accepted and changes
-nothing (Person Names always match insensitive to ASCII case).
+comma-separated, or ``all``); ``fuzzymatching=true`` is answered with the
+Warning 8.3.4.1 gives for a server without it (Person Names always match
+insensitive to ASCII case).
 
 Results (10.6.3.3) are built from the index, with the attributes of Tables
-10.6.3-3/4/5 the index keeps, Retrieve URL and Instance Availability.
+10.6.3-3/4/5 the index keeps, Retrieve URL and Instance Availability; a result's
+study's and series' counts and lists read from their own rows (a row's are of its
+own level), a patient's not given.
 ``includefield`` of attributes the index does not keep (and at the instance level
 ``all``: Rows, Columns, Bits Allocated, Number of Frames) are read from the
 files' headers: an instance's own; a study's or series' from one of its instances,
@@ -68,6 +71,7 @@ class Search:
     unsupported: list[str] = field(default_factory=list)
     contradicts_path: bool = False  # a UID parameter differs from the path's: no match
     stable: bool | None = None  # only studies reported stable (True) or not (False)
+    fuzzy: bool = False  # fuzzymatching=true: not supported (a Warning says so)
 
 
 def _tag_of(name: str) -> int | None:
@@ -130,6 +134,8 @@ def parse_search(request: Request, fixed: dict[str, str]) -> Search:
                 raise HttpError(400, f"{key} must be true or false, not {value[:40]!r}")
             if key == STABLE:
                 search.stable = value == "true"
+            else:
+                search.fuzzy = value == "true"
         elif key in _RESERVED:
             continue
         else:
@@ -149,13 +155,15 @@ def parse_search(request: Request, fixed: dict[str, str]) -> Search:
 
 
 def _includes(search: Search, level: str) -> tuple[list[str], list[int]]:
-    """Index keywords and file-header tags ``includefield`` adds at ``level``."""
+    """Index keywords and file-header tags ``includefield`` adds at ``level`` (of a
+    patient's counts, none: :func:`_upper_counts` gives a study's and a series')."""
     keywords, from_files = [], []
     depth = q.LEVELS.index(level)
     for tag in search.include_tags:
         attr = attributes.attribute(tag)
         if attr is not None:
-            if q.LEVELS.index(attr.level) <= depth:
+            above = q.LEVELS.index(attr.level) <= depth
+            if above and (attributes.in_row_of(attr, level) or attr.level in _COMPUTED):
                 keywords.append(attr.keyword)
         elif level == "instance" or read_from_header(keyword_for_tag(tag), level.upper()):
             from_files.append(tag)  # (above instances: from one instance's header, as C-FIND)
@@ -171,7 +179,53 @@ def _warnings(search: Search, more: bool) -> dict[str, str]:
         notes.append(f'299 dicomstore "The following Query Parameters are unsupported: {names}"')
     if more:
         notes.append('299 dicomstore "There are additional results that can be requested"')
+    if search.fuzzy:  # (8.3.4.1: Person Names match insensitive to ASCII case alone)
+        notes.append(
+            '299 dicomstore "The fuzzymatching parameter is not supported.'
+            ' Only literal matching has been performed."'
+        )
     return {"Warning": ", ".join(notes)} if notes else {}
+
+
+#: The counts and lists of a study and a series, made for their own rows (PS3.18 Tables
+#: 10.6.3-3, -4): an All Series or All Instances result carries its study's (and
+#: series') too (10.6.3.3.2-3), read by :func:`_upper_counts`.
+_COMPUTED = {
+    level: [
+        a for a in attributes.ATTRIBUTES.values() if a.level == level and attributes.computed(a)
+    ]
+    for level in ("study", "series")
+}
+
+
+def _upper_counts(
+    request: Request,
+    rows: list[dict[str, Any]],
+    level: str,
+    wanted: list[str],
+    levels: tuple[str, ...],
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The rows of the studies and series (above ``level``) that ``rows`` are of, by
+    level and UID, when their counts or lists are wanted (``levels`` shows them, or
+    ``includefield`` asks: ``wanted``): a result row's own are of its own level
+    (review111 F1: a series' instance count was given as its study's)."""
+    uppers = {u for u in levels if u in _COMPUTED and u != level}
+    uppers |= {
+        attributes.ATTRIBUTES[k].level
+        for k in wanted
+        if attributes.ATTRIBUTES[k].level in _COMPUTED
+        and not attributes.in_row_of(attributes.ATTRIBUTES[k], level)
+    }
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for upper in sorted(uppers):
+        uids = sorted({str(row[f"{upper}_uid"]) for row in rows})
+        name = "StudyInstanceUID" if upper == "study" else "SeriesInstanceUID"
+        if uids:
+            found.update(
+                ((upper, str(r[f"{upper}_uid"])), r)
+                for r in reader(request).search(upper, {name: "\\".join(uids)})
+            )
+    return found
 
 
 def _row_json(
@@ -181,6 +235,7 @@ def _row_json(
     levels: tuple[str, ...],
     extra: list[str],
     stable_at: str | None,
+    uppers: dict[tuple[str, str], dict[str, Any]],
 ) -> dict[str, Any]:
     base = base_url(request)
     if level == "study":
@@ -191,10 +246,13 @@ def _row_json(
         url = url_of(base, row["study_uid"], row["series_uid"], row["sop_instance_uid"])
     out = row_to_json(row, levels, url)
     made = len(out)  # (in tag order: sorted again only if more are added)
-    for keyword in extra:
-        attr = attributes.ATTRIBUTES[keyword]
-        if attr.key in row:
-            out[tag_key(attr.tag)] = element(attr, row[attr.key])
+    wanted = [attributes.ATTRIBUTES[keyword] for keyword in extra]
+    wanted += [a for above in levels if above != level for a in _COMPUTED.get(above, ())]
+    for attr in dict.fromkeys(wanted):
+        own = attributes.in_row_of(attr, level)
+        of = row if own else uppers.get((attr.level, str(row[f"{attr.level}_uid"])))
+        if of is not None and attr.key in of:
+            out[tag_key(attr.tag)] = element(attr, of[attr.key])
     out.update(stable_elements(stable_at))
     return dict(sorted(out.items())) if len(out) > made else out
 
@@ -225,9 +283,10 @@ def run_search(request: Request, level: str, levels: tuple[str, ...], fixed: dic
     states: dict[str, str | None] = {}
     if "study" in levels:  # one statement for the page's studies
         states = stable_search.stable_states(archive, {row["study_uid"] for row in rows})
+    uppers = _upper_counts(request, rows, level, keywords, levels)
     results = []
     for row in rows:
-        out = _row_json(request, row, level, levels, keywords, states.get(row["study_uid"]))
+        out = _row_json(request, row, level, levels, keywords, states.get(row["study_uid"]), uppers)
         if from_files:
             out.update(_header_fields(request, row, from_files))
             out = dict(sorted(out.items()))

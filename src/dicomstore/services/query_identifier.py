@@ -377,8 +377,7 @@ def _value(query: FindQuery, tag: int, row: dict[str, Any], ae_title: str) -> An
     attr = attributes.attribute(tag)
     if attr is None:
         return None
-    computed = attr.sql is None or attr.keyword in ("ModalitiesInStudy", "SOPClassesInStudy")
-    if computed and attr.level != query.index_level:
+    if not attributes.in_row_of(attr, query.index_level):
         return None  # a count or list of another level is not in this row
     value = row.get(attr.key)
     if value is None or value == "":
