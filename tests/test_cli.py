@@ -243,7 +243,9 @@ def test_serve_syncfs_option_reaches_the_archive(monkeypatch, tmp_path) -> None:
     opened: list[dict] = []
     monkeypatch.setattr(serve, "open_archive", lambda storage, **kw: opened.append(kw))
     for given, expected in (([], None), (["--syncfs", "off"], False)):
-        args = build_parser().parse_args(["serve", "--storage", str(tmp_path), *given])
+        # (--port 0: the default port may be another server's here, answered 3 first)
+        argv = ["serve", "--storage", str(tmp_path), "--port", "0", *given]
+        args = build_parser().parse_args(argv)
         assert asyncio.run(serve.run(args)) == 2  # (no archive: a usage error)
         assert opened.pop()["syncfs"] is expected
     with pytest.raises(SystemExit):
