@@ -207,6 +207,10 @@ def test_wildcard_names_and_modalities_in_study_use_their_indexes(
     db = reader_of(archive).connect()
     plan = " ".join(q.explain(db, "study", {"PatientName": "doe^j*"}, limit=100))
     assert "patient_name_nocase_idx (patient_name>? AND patient_name<?)" in plan
+    # (a whole name, its alphabetic group too, a Latin one among them: prefixes)
+    for name in ("doe^jane", "müller^jürgen"):
+        plan = " ".join(q.explain(db, "study", {"PatientName": name}, limit=100))
+        assert plan.count("patient_name_nocase_idx (patient_name>? AND patient_name<?)") == 2
     plan = " ".join(q.explain(db, "study", {"ModalitiesInStudy": "MR"}, limit=100))
     assert "series_modality_idx (modality=?)" in plan  # (rare: its series listed first)
     monkeypatch.setattr(q, "RARE_SERIES", 0)  # (common: asked of each study walked)
@@ -477,3 +481,68 @@ def test_a_name_indexed_with_its_trailing_components_is_still_found(tmp_path, in
     reader = ArchiveReader(tmp_path / "a")
     for asked, found in (("ROE^JANE", 1), ("roe^jane^^^", 1), ("ROE^JAN", 0), ("ROE^J*", 1)):
         assert len(reader.search("study", {0x00100010: asked})) == found, asked
+
+
+@pytest.mark.parametrize(
+    ("asked", "found"),
+    [
+        ("0800", ["080000.123"]),  # (08:00 spans 080000.123: as 0800-0800 found it)
+        ("080000", ["080000.123"]),
+        ("080000.123", ["080000.123"]),
+        ("080000.124", []),
+        ("1015", ["101530"]),
+        ("101530", ["101530"]),
+        ("1010", ["1010"]),
+        ("101000", ["1010"]),  # (10:10:00 is in what 1010 names)
+        ("10", ["1010", "101530"]),
+        ("09", []),
+    ],
+)
+def test_one_time_is_the_span_it_names(tmp_path, index_engine, asked, found) -> None:
+    """review111 F3: a single Study Time was compared as text: 0800 and 080000 did not
+    find a study at 080000.123 that the range 0800-0800 found."""
+    with Archive(tmp_path / "a", fsync=False) as archive:
+        for n, time in enumerate(("080000.123", "101530", "1010")):
+            made = dataset(
+                f"1.2.3.{n}",
+                study=f"1.2.4.{n}",
+                series=f"1.2.5.{n}",
+                extra={0x00080030: ("TM", time)},
+            )
+            assert store(archive, made, sop_uid=f"1.2.3.{n}").status == 0
+        rows = ArchiveReader(archive.root).search("study", {0x00080030: asked})
+        assert sorted(row["study_time"] for row in rows) == found, asked
+
+
+NAME_IN_GROUPS = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+
+
+@pytest.mark.parametrize(
+    ("asked", "found"),
+    [
+        ("Yamada^Tarou", True),  # (its alphabetic group)
+        ("yamada^tarou", True),
+        ("山田^太郎", True),  # (its ideographic group)
+        ("やまだ^たろう", True),  # (its phonetic group)
+        ("山田*", True),
+        ("*Tarou", True),
+        (NAME_IN_GROUPS, True),
+        ("Yamada^Tarou=山田^太郎", False),  # (groups named: the whole name, as given)
+        ("Yamada^Tarou=山田^太郎*", True),
+        ("Yamada^T", False),
+        ("Tarou", False),
+        ("太郎", False),
+        ("山田^太郎=やまだ^たろう", False),
+    ],
+)
+def test_a_name_with_several_groups_is_found_by_one_of_them(
+    tmp_path, index_engine, asked, found
+) -> None:
+    """review111 F4 (review98): a name with ideographic and phonetic groups, as Japanese
+    and Korean sites store them, was found by neither its alphabetic group nor another,
+    only by the whole string or a value ending with *."""
+    with Archive(tmp_path / "a", fsync=False) as archive:
+        extra = {0x00080005: ("CS", "ISO_IR 192"), 0x00100010: ("PN", NAME_IN_GROUPS.encode())}
+        assert store(archive, dataset(extra=extra)).status == 0
+        rows = ArchiveReader(archive.root).search("study", {0x00100010: asked})
+        assert bool(rows) == found, asked

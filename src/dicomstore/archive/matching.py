@@ -129,10 +129,9 @@ def condition(attr: Attribute, value: str, dialect: str = "sqlite") -> tuple[str
         return " AND ".join(parts), [v for v in (low, high) if v]
     if attr.vr == "TM":
         value = value.replace(":", "")
-        bounds = date_time_bounds("TM", value)
-        if bounds is None:
-            return f"{col} = ?", [value]
-        low, high = bounds
+        # (one time is the span it names, as a stored one is: 0800 finds 080000.123,
+        # as 0800-0800 does; review111 F3: it was compared as a string)
+        low, high = date_time_bounds("TM", value) or (value, value)
         parts, params = [], []
         if low:  # (a stored time of less precision is the span it names: HHMM is HHMM00
             # to HHMM59, and is in a range from HHMMSS on; review81 F7: 1010 was not)
@@ -150,20 +149,50 @@ def condition(attr: Attribute, value: str, dialect: str = "sqlite") -> tuple[str
         except ValueError:
             raise QueryError(f"not an integer for {attr.keyword}: {value!r}") from None
     if attr.vr == "PN":
-        pattern = like_pattern(person_name(value))
-        low = col if dialect == "sqlite" else f"lower({col})"
-        trimmed = f"rtrim({col}, '^= ')" if dialect == "sqlite" else f"lower(rtrim({col}, '^= '))"
-        if dialect != "sqlite":
-            pattern = pattern.translate(_ASCII_LOWER)
-        if pattern.endswith("%"):
-            return f"{low} LIKE ? ESCAPE '\\'", [pattern]
-        # (a name indexed before person_name kept its trailing "^"s: a prefix the
-        # index serves, then the name without them: review82 F7)
-        sql = f"{low} LIKE ? ESCAPE '\\' AND {trimmed} LIKE ? ESCAPE '\\'"
-        return sql, [pattern + "%", pattern]
+        return _person_name(col, value, dialect)
     if "*" in value or "?" in value:
         return _wildcards(col, value, dialect)
     return f"{col} = ?", [value]
+
+
+#: From here on (Hangul Jamo, CJK, Hiragana, Katakana, Hangul syllables ...) a name's
+#: letters are those of an ideographic or phonetic group (PS3.5 6.2.1.2, H, I, J).
+_IDEOGRAPHIC = 0x1100
+
+
+def _person_name(col: str, value: str, dialect: str) -> tuple[str, list[Any]]:
+    """A Person Name matched insensitive to ASCII case, the whole name or, when the
+    value names one component group, any group of a name with several (PS3.5 6.2.1.2:
+    alphabetic, ideographic, phonetic): ``Yamada^Tarou`` or ``山田^太郎`` finds
+    ``Yamada^Tarou=山田^太郎=やまだ^たろう`` (review111 F4, review98: only the whole
+    string did, or a value with ``*``)."""
+    name = person_name(value)
+    pattern = like_pattern(name)
+    low = col if dialect == "sqlite" else f"lower({col})"
+    trimmed = f"rtrim({col}, '^= ')" if dialect == "sqlite" else f"lower(rtrim({col}, '^= '))"
+    if dialect != "sqlite":
+        pattern = pattern.translate(_ASCII_LOWER)
+    like = "LIKE ? ESCAPE '\\'"
+    wild = pattern.endswith("%")
+    if wild:
+        parts, params = [f"{low} {like}"], [pattern]
+    else:
+        # (a name indexed before person_name kept its trailing "^"s: a prefix the
+        # index serves, then the name without them: review82 F7)
+        parts, params = [f"({low} {like} AND {trimmed} {like})"], [pattern + "%", pattern]
+    if "=" in name or "\\" in name:  # (groups or values named: the whole name)
+        return parts[0], params
+    if not wild:  # the first group, alphabetic (a prefix, as the whole name's)
+        parts.append(f"{low} {like}")
+        params.append(pattern + "=%")
+    if any(ord(c) >= _IDEOGRAPHIC for c in name):  # an ideographic or phonetic group
+        # (a scan of the names: Müller, Ζωή or Иван stay the index's prefix search)
+        parts.append(f"{low} {like}")
+        params.append("%=" + pattern + ("" if wild else "=%"))
+        if not wild:
+            parts.append(f"{trimmed} {like}")
+            params.append("%=" + pattern)
+    return f"({' OR '.join(parts)})", params
 
 
 def person_name(value: str) -> str:

@@ -115,8 +115,9 @@ GET_STATUSES: tuple[tuple[int, str], ...] = (
 _MATCHING = {
     "UI": "single value, list of UIDs",
     "DA": "single value, range",
-    "TM": "single value, range",
-    "PN": "single value, wildcard (case-insensitive for ASCII letters)",
+    "TM": "single value, range (a time is the span it names: 0800 is 080000-080059.999999)",
+    "PN": "single value, wildcard (case-insensitive for ASCII letters; a value of one"
+    " component group matches any group of a name with several)",
     "IS": "single value",
 }
 
