@@ -211,11 +211,21 @@ def test_pynetdicom_refusals(server) -> None:
         (STUDY_ROOT, identifier("STUDY", StudyInstanceUID="", Modality="CT"), 0xA900),
         (STUDY_ROOT, identifier("IMAGE", StudyInstanceUID="1.2.9.1", SOPInstanceUID=""), 0xA900),
         (STUDY_ROOT, identifier("STUDY", StudyInstanceUID="", StudyDate="2024"), 0xC000),
+        # (review111 F6: accepted, matching nothing, or only the studies without a date)
+        (
+            STUDY_ROOT,
+            identifier("STUDY", StudyInstanceUID="", StudyDate="20240115-20240101"),
+            0xC000,
+        ),
+        (STUDY_ROOT, identifier("STUDY", StudyInstanceUID="1.2.9.?"), 0xC000),
     ]
     for model, ds, status in cases:
         found = pynetdicom_find(srv.port, model, ds)
         assert len(found) == 1, found
         assert found[0][0] == status and found[0][1].ErrorComment, found
+    said = [pynetdicom_find(srv.port, model, ds)[0][1].ErrorComment for model, ds, _ in cases[-2:]]
+    assert "a date range ends before it begins" in said[0]
+    assert "a UID is matched whole, without wildcards" in said[1]
     without_level = Dataset()
     without_level.PatientID = ""
     found = pynetdicom_find(srv.port, PATIENT_ROOT, without_level)

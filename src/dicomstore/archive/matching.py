@@ -62,7 +62,10 @@ def date_time_bounds(vr: str, value: str) -> tuple[str, str] | None:
         (_DATE_RE, "date", "YYYYMMDD") if vr == "DA" else (_TIME_RE, "time", "HHMMSS")
     )
     if "-" in value:
-        return _range(value, check, what)
+        low, high = _range(value, check, what)
+        if vr == "DA" and low and high and low > high:  # (review111 F6: matched nothing)
+            raise QueryError(f"a date range ends before it begins: {value!r}")
+        return low, high
     if not check.fullmatch(value):
         raise QueryError(f"not a {what} ({form}): {value!r}")
     return None
@@ -111,6 +114,8 @@ def condition(attr: Attribute, value: str, dialect: str = "sqlite") -> tuple[str
     col = attr.sql
     if "\\" in value and attr.vr in ("DA", "TM", "DT", "IS"):  # (PS3.4 C.2.2.2: no list)
         raise QueryError(f"{attr.keyword} holds several values: one value or a range only")
+    if attr.vr == "UI" and any(c in value for c in "*?"):  # (PS3.4 C.2.2.2.4: not a UID's)
+        raise QueryError(f"{attr.keyword}: a UID is matched whole, without wildcards: {value!r}")
     if attr.vr == "UI" or attr.keyword == "ModalitiesInStudy":
         values = [normalize_uid(v) if attr.vr == "UI" else v for v in _split_list(value)]
         if len(values) == 1 and any(c in values[0] for c in "*?") and attr.vr != "UI":
