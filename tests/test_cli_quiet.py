@@ -50,6 +50,20 @@ def test_send_prints_only_the_summary_unless_verbose(tmp_path: Path) -> None:
     )
 
 
+def test_a_try_again_is_said_with_verbose_only(tmp_path: Path) -> None:
+    """review112 L1: each retry of an instance refused for a while (A700) was an INFO
+    line on stderr without -v, one per file and try."""
+    files = sendable(compressed=False)[:3]
+    busy = uid_of(files[1])
+    with ServerThread(ServerConfig(port=0), FlakyHandler({busy: [0xA700]})) as server:
+        quiet = _send(server.port, *map(str, files), "--retries", "1")
+    with ServerThread(ServerConfig(port=0), FlakyHandler({busy: [0xA700]})) as server:
+        verbose = _send(server.port, *map(str, files), "--retries", "1", "-v")
+    assert quiet.returncode == verbose.returncode == 0, quiet
+    assert quiet.stderr == "" and quiet.stdout.startswith("sent 3 instance(s)")
+    assert sum(", retrying" in line for line in verbose.stderr.splitlines()) == 1
+
+
 def _lying_file(path: Path) -> Path:
     """An instance whose file meta says Explicit VR while the data set is implicit:
     pydicom warns (UserWarning) twice when it reads it."""

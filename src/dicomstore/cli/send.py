@@ -343,6 +343,10 @@ def _commitment_line(r: Result) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Run `dicomstore send` with parsed arguments; returns the exit code."""
+    # (review112 L1: each try of an instance refused for a while, "..., retrying", is
+    # -v's, or a --log-level below info's; without, the summary says how it ended)
+    quiet = not args.verbose and args.log_level == "info"
+    logging.getLogger("dicomstore.send").setLevel(logging.WARNING if quiet else logging.NOTSET)
     missing = [p for p in args.paths if p != "-" and not os.path.lexists(p)]
     if missing:  # (as storescu: a typo in a path sends nothing, not the rest)
         for path in missing:
