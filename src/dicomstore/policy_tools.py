@@ -123,17 +123,22 @@ def certificates_never_asked(policy: Policy, asks_certificates: bool) -> str | N
 
 
 def main(argv: list[str] | None = None) -> int:
+    # (an option given whole, not by a prefix of its name: review112 L3, as the CLI's)
     parser = argparse.ArgumentParser(
-        prog="python -m dicomstore.policy", description="dicomstore policy file tools"
+        prog="python -m dicomstore.policy",
+        description="dicomstore policy file tools",
+        allow_abbrev=False,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     h = sub.add_parser(
-        "hash-passcode", help="read a passcode from stdin, print its scrypt hash for [users]"
+        "hash-passcode",
+        help="read a passcode from stdin, print its scrypt hash for [users]",
+        allow_abbrev=False,
     )
     h.add_argument("--n", type=int, default=SCRYPT_N, help=f"scrypt cost (default {SCRYPT_N})")
     h.add_argument("--r", type=int, default=SCRYPT_R, help=f"block size (default {SCRYPT_R})")
     h.add_argument("--p", type=int, default=SCRYPT_P, help=f"parallelism (default {SCRYPT_P})")
-    c = sub.add_parser("check", help="load a policy file and summarize it")
+    c = sub.add_parser("check", help="load a policy file and summarize it", allow_abbrev=False)
     c.add_argument("file", type=Path)
     args = parser.parse_args(argv)
     try:

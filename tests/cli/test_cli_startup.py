@@ -100,6 +100,33 @@ def test_a_mistyped_option_is_one_line_naming_the_command_and_the_option_meant(
 
 
 @pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["serve", "--storag", "x"], "--storag x (did you mean --storage?)"),
+        (["serve", "--tls-r"], "--tls-r (did you mean --tls-require-client-cert?)"),
+        (["send", "127.0.0.1", "1", "f", "--retr", "0"], "--retr 0 (did you mean --retries?)"),
+        (["echo", "127.0.0.1", "1", "--bogus"], "--bogus"),  # (review112 I4: --user?)
+    ],
+)
+def test_a_prefix_of_an_option_is_no_option(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review112 L3: argparse took a prefix for the option it begins: 'serve --storag x'
+    served a new archive ./x on the default port, '--tls-r' was
+    --tls-require-client-cert; the file and the environment take no prefix either."""
+    from dicomstore.cli import build_parser
+    from dicomstore.cli.settings import parse
+
+    with pytest.raises(SystemExit) as ended:  # (parsed only: a prefix taken ran nothing)
+        parse(build_parser(argv), argv, {})
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == (
+        f"dicomstore {argv[0]}: error: unrecognized arguments: {said};"
+        f" see dicomstore {argv[0]} --help\n"
+    )
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         ["serve", "--artim-timeout", "nan"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from dicomstore.aio import loops
 from dicomstore.cli import blas  # noqa: F401 - before numpy is imported (see there)
@@ -49,9 +49,20 @@ PARSERS: dict[str, str] = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """An option mistaken is one line saying where to look, not the whole usage first
-    (review100 W4: ~50 lines for serve; the file and environment forms were one)."""
+    (review100 W4: ~50 lines for serve; the file and environment forms were one); an
+    option is given whole, not by a prefix of its name (review112 L3: ``--storag x``
+    was ``--storage x``, ``--tls-r`` ``--tls-require-client-cert``: a typo taken for
+    another option), as in the file and the environment; its subcommands' too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        kwargs.setdefault("parser_class", Parser)
+        return super().add_subparsers(**kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -64,7 +75,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     from dicomstore import __version__
 
-    parser = _Parser(prog="dicomstore", description=__doc__.splitlines()[0])
+    parser = Parser(prog="dicomstore", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dicomstore {__version__}")
     # (every command in the usage line, also when only one module's are built: an
     # error such as "unrecognized arguments" then shows the same usage as the whole)
@@ -72,7 +83,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         dest="command",
         required=True,
         metavar="{" + ",".join(PARSERS) + "}",
-        parser_class=_Parser,
+        parser_class=Parser,
     )
     wanted = PARSERS.get(argv[0]) if argv else None
     for name in dict.fromkeys(PARSERS.values()):

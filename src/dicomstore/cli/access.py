@@ -460,7 +460,9 @@ def _when(epoch: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m dicomstore.cli.access COMMAND ...``."""
-    parser = argparse.ArgumentParser(prog="dicomstore", description=__doc__.splitlines()[0])
+    from dicomstore.cli import Parser
+
+    parser = Parser(prog="dicomstore", description=__doc__.splitlines()[0])
     add_parsers(parser.add_subparsers(dest="command", required=True))
     from dicomstore.cli.settings import SettingsError, parse
 

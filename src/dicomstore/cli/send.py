@@ -462,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m dicomstore.cli.send HOST PORT PATH...`` (the same as `dicomstore send`)."""
     if argv is None:  # (the process is ours, as the console script's: allocator.py)
         keep_freed_memory()
-    parser = argparse.ArgumentParser(prog="dicomstore")
+    from dicomstore.cli import Parser
+
+    parser = Parser(prog="dicomstore")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["send", *(sys.argv[1:] if argv is None else argv)])
     setup_logging(args.log_level, args.log_format)

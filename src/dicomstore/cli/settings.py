@@ -118,7 +118,12 @@ def _unrecognized(extra: Sequence[str], sub: argparse.ArgumentParser) -> str:
     line = f"unrecognized arguments: {' '.join(extra)}"
     typed = next((a.split("=", 1)[0] for a in extra if a.startswith("--")), None)
     if typed is not None:
-        close = difflib.get_close_matches(typed, list(sub._option_string_actions), n=1)
+        options = list(sub._option_string_actions)
+        # (a prefix of one option: that one; else a name close enough, not any
+        # (review112 I4: --bogus, "did you mean --user?"))
+        close = [o for o in options if o.startswith(typed)]
+        if len(close) != 1:
+            close = difflib.get_close_matches(typed, options, n=1, cutoff=0.7)
         if close:
             line += f" (did you mean {close[0]}?)"
     return line
