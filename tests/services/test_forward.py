@@ -736,9 +736,12 @@ def test_requeue_takes_only_the_destinations_named(tmp_path: Path, capsys) -> No
     from dicomstore.services.forward_queue import ForwardQueue, Queued, Settled, requeue_failed
 
     assert requeue_failed(tmp_path) is None
-    assert cli_main(["requeue", "--storage", str(tmp_path)]) == 1
+    # (review112 I2: every destination's, of an archive that never forwarded: nothing
+    # to do, no failure; a destination named is unknown)
+    assert cli_main(["requeue", "--storage", str(tmp_path)]) == 0
+    assert cli_main(["requeue", "--storage", str(tmp_path), "--destination", "A"]) == 1
     # review88 F8: --index as every archive command takes it (the queue is in --storage)
-    assert cli_main(["requeue", "--storage", str(tmp_path), "--index", "postgresql://u@h/d"]) == 1
+    assert cli_main(["requeue", "--storage", str(tmp_path), "--index", "postgresql://u@h/d"]) == 0
     assert "has no forwarding queue" in capsys.readouterr().err
     queue = ForwardQueue(tmp_path)
     queue.add([Queued(dest, "1.2.3", "2026-01-01T00:00:00") for dest in ("A", "B")])
@@ -760,6 +763,16 @@ def test_requeue_takes_only_the_destinations_named(tmp_path: Path, capsys) -> No
     assert "no forwarding destination NOPE in the queue" in err
     assert out == ""  # (review77 F14: 'NOPE: 0 failed entries pending again' beside it)
     assert cli_main(["requeue", "--storage", str(tmp_path), "--destination", "A"]) == 0
+    # (review112 L4: named as stats names it, AET=HOST:PORT)
+    queue = ForwardQueue(tmp_path)
+    (entry,) = queue.due("A", time.time(), 10)
+    queue.settle("A", [Settled(entry.id, "failed", 1, status=0xC000)])
+    queue.close()
+    capsys.readouterr()
+    assert (
+        cli_main(["requeue", "--storage", str(tmp_path), "--destination", "A=127.0.0.1:104"]) == 0
+    )
+    assert capsys.readouterr().out == "A: 1 failed entries pending again\n"
 
 
 def test_entries_failed_for_good_are_the_destinations_last_error(tmp_path: Path) -> None:

@@ -61,7 +61,8 @@ def add_parsers(sub: Any) -> None:
         action="append",
         default=[],
         metavar="AET",
-        help="only this destination's (repeatable; default every destination's)",
+        help="only this destination's, by its AE title (or AET=HOST:PORT, as stats names it;"
+        " repeatable; default every destination's)",
     )
     q.add_argument(
         "--drop",
@@ -156,6 +157,8 @@ def requeue(args: argparse.Namespace) -> int:
     if args.drop and not args.destination:
         print("dicomstore: requeue: --drop needs --destination AET", file=sys.stderr)
         return EXIT_USAGE
+    # (review112 L4: stats names a destination AET=HOST:PORT; the queue knows its AET)
+    args.destination = [dest.split("=", 1)[0] for dest in args.destination]
     try:
         known = {d["destination"] for d in queue_status(args.storage) or ()}  # (before)
         if args.drop:
@@ -171,7 +174,8 @@ def requeue(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if counts is None:
         print(f"dicomstore: requeue: {args.storage} has no forwarding queue", file=sys.stderr)
-        return EXIT_FAILED
+        # (review112 I2: every destination's, of none, is nothing to do: no failure)
+        return EXIT_FAILED if args.destination else EXIT_OK
     done = "entries dropped, not sent" if args.drop else "failed entries pending again"
     known |= set() if args.drop else set(counts)
     unknown = [dest for dest in args.destination or () if dest not in known]
