@@ -409,3 +409,23 @@ def test_check_and_reindex_do_not_create_a_missing_archive(tmp_path, capsys, com
         missing.mkdir()
         assert main([command, "--storage", str(missing)]) == 1
         assert list(missing.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["check", "ls"])
+def test_an_archive_whose_index_is_lost_is_named_with_its_remedy(tmp_path, capsys, command) -> None:
+    """review112 I1: check (and ls, show, export) said "no archive at DIR" of a storage
+    full of stored instances whose index was lost; serve named `reindex`."""
+    from dicomstore.archive import Archive
+    from dicomstore.archive.reader import ArchiveReader
+    from tests.archive.archive_testlib import dataset, store
+
+    storage = tmp_path / "archive"
+    with Archive(storage, fsync=False) as archive:
+        assert store(archive, dataset()).status == 0
+    assert ArchiveReader(storage).count("instance") == 1
+    for lost in storage.glob("index.sqlite*"):
+        lost.unlink()
+    assert main([command, "--storage", str(storage)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"dicomstore: no archive at {storage} (no index.sqlite), though it")
+    assert f"`dicomstore reindex --storage {storage}` indexes them again" in err

@@ -86,11 +86,7 @@ class ArchiveReader:
         self.timeout = timeout
         self._checked_once = CheckedOnce()
         if not self.engine.exists():
-            raise ArchiveNotFoundError(
-                f"no archive at {self.root} (no {layout.INDEX_FILE})"
-                if index is None
-                else f"no archive index at {self.engine.where}"
-            )
+            raise ArchiveNotFoundError(self._not_found(index))
         with self._db() as db:
             version = self.engine.version(db)
         if version > SCHEMA_VERSION:  # (review50 #12: 'run reindex', which refuses it)
@@ -111,6 +107,17 @@ class ArchiveReader:
             except OSError:
                 pass  # (then make_durable's flush opens its own descriptor)
             weakref.finalize(self, own.close)
+
+    def _not_found(self, index: str | Engine | None) -> str:
+        """Why there is no archive to read: no index (``startup.lost_index``)."""
+        from dicomstore.archive.startup import lost_index
+
+        said = (
+            f"no archive at {self.root} (no {layout.INDEX_FILE})"
+            if index is None
+            else f"no archive index at {self.engine.where}"
+        )
+        return lost_index(self.root, said, index is not None)
 
     def connect(self) -> Connection:
         """A new read-only connection to the index (close it when done)."""

@@ -90,6 +90,24 @@ def forget_new_index(engine: Engine) -> None:
             log.warning("the index %s made by a refused start not removed: %s", index, exc)
 
 
+def lost_index(root: Path, said: str, other_index: bool = False) -> str:
+    """``said`` (no archive: no index), with the index lost and its remedy when the
+    storage ``root`` holds stored instances (review112 I1: ``check`` and ``ls`` said
+    "no archive" of a storage full of instances, where ``serve`` named ``reindex``);
+    ``other_index``: an ``--index`` given (not named: its URL may hold a password)."""
+    try:
+        stored = stored_file(root) if root.is_dir() else None
+    except OSError:
+        stored = None
+    if stored is None:
+        return said
+    return (
+        f"{said}, though it holds stored instances ({stored.relative_to(root).as_posix()}"
+        f" ...): the index was lost? `dicomstore reindex --storage {root}`"
+        f"{' with its --index' if other_index else ''} indexes them again"
+    )
+
+
 def stored_file(root: Path) -> Path | None:
     """A stored instance (:func:`filed_by_archive`) where the archive files them
     (``<study>/<series>/``), if there is one; the first found (study folders: not

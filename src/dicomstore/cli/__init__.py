@@ -169,8 +169,11 @@ def _run(args: argparse.Namespace) -> int:
         local = args.command == "check" and not args.index  # (else a database's)
         needed = args.storage / INDEX_FILE if local else args.storage
         if not needed.exists():
+            from dicomstore.archive.startup import lost_index
+
             missing = f" (no {needed.name})" if needed != args.storage else ""
-            print(f"dicomstore: no archive at {args.storage}{missing}", file=sys.stderr)
+            said = lost_index(args.storage, f"no archive at {args.storage}{missing}")
+            print(f"dicomstore: {said}", file=sys.stderr)
             return EXIT_FAILED
         from dicomstore.cli.admin import check_or_reindex
 
