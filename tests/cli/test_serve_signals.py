@@ -125,3 +125,40 @@ def test_a_stop_that_lost_audit_records_exits_1(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 1, log.read_text()
     assert "records not written" in log.read_text()
+
+
+def test_a_signal_as_the_stop_ends_is_not_said_after_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review112 L2: two signals at once (`timeout -s INT` signals the process and then
+    its group): the second, handled after the stop's last line, logged 'SIGINT again:
+    already stopping' after 'stopped', the line the README says a clean stop ends with."""
+    import asyncio
+    import logging
+    import os
+    import threading
+
+    from tests.conftest import log_line
+
+    from dicomstore.cli import build_parser, serve
+
+    ending = serve.audited_exit
+
+    def with_a_late_signal(code: int, audit: object) -> int:
+        os.kill(os.getpid(), signal.SIGINT)  # (handled once the loop runs again)
+        return ending(code, audit)
+
+    monkeypatch.setattr(serve, "audited_exit", with_a_late_signal)
+    caplog.set_level(logging.INFO, logger="dicomstore")
+    argv = ["serve", "--storage", str(tmp_path / "a"), "--port", "0", "--fsync", "off"]
+    args = build_parser(argv).parse_args(argv)
+    with log_line("dicomstore", "storing into") as started:
+        stopper = threading.Thread(
+            target=lambda: started.wait(30) and os.kill(os.getpid(), signal.SIGTERM)
+        )
+        stopper.start()
+        assert asyncio.run(serve.run(args)) == 0
+        stopper.join(30)
+    said = [r.getMessage() for r in caplog.records if r.name == "dicomstore"]
+    assert "SIGTERM: stopping gracefully" in said
+    assert said[-1] == "stopped", said

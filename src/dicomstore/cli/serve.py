@@ -189,6 +189,9 @@ async def run(args: argparse.Namespace) -> int:
             close_audit_log(audit)  # drains: every record of this run is on disk
         archive.close()
     code = audited_exit(code, audit)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (stopped: nothing to say
+        loop.add_signal_handler(sig, lambda: None)  # of a signal after it; review112 L2)
     if code == EXIT_OK:  # (the log's last line: review100 W9)
         log.info("stopped")
     return code
