@@ -486,6 +486,9 @@ def test_a_name_indexed_with_its_trailing_components_is_still_found(tmp_path, in
 @pytest.mark.parametrize(
     ("asked", "found"),
     [
+        ("101530.5", ["101530"]),  # (review113 L1: 101530 spans to 101530.999999)
+        ("101030.5", ["1010"]),
+        ("101531", []),
         ("0800", ["080000.123"]),  # (08:00 spans 080000.123: as 0800-0800 found it)
         ("080000", ["080000.123"]),
         ("080000.123", ["080000.123"]),
@@ -525,7 +528,9 @@ NAME_IN_GROUPS = "Yamada^Tarou=山田^太郎=やまだ^たろう"
         ("山田^太郎", True),  # (its ideographic group)
         ("やまだ^たろう", True),  # (its phonetic group)
         ("山田*", True),
-        ("*Tarou", True),
+        ("*Tarou", False),  # (a wildcard not last: the whole name, review113 M1)
+        ("Y*u", False),
+        ("Yamada^Tar?u", False),
         (NAME_IN_GROUPS, True),
         ("Yamada^Tarou=山田^太郎", False),  # (groups named: the whole name, as given)
         ("Yamada^Tarou=山田^太郎*", True),

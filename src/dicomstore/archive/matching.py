@@ -139,9 +139,9 @@ def condition(attr: Attribute, value: str, dialect: str = "sqlite") -> tuple[str
         low, high = date_time_bounds("TM", value) or (value, value)
         parts, params = [], []
         if low:  # (a stored time of less precision is the span it names: HHMM is HHMM00
-            # to HHMM59, and is in a range from HHMMSS on; review81 F7: 1010 was not)
-            padded = f"{col} || substr('595959', length({col}) + 1)"
-            spanned = f"CASE WHEN length({col}) < 6 THEN {padded} ELSE {col} END"
+            # to HHMM59.999999, and is in a range from HHMMSS on; review81 F7: 1010 was
+            # not; HHMMSS is to HHMMSS.999999: review113 L1, 101030 was not in 101030.5)
+            spanned = f"{col} || substr('595959.999999', length({col}) + 1)"
             parts.append(f"{spanned} >= ?")
             params.append(low)
         if high:
@@ -166,11 +166,14 @@ _IDEOGRAPHIC = 0x1100
 
 
 def _person_name(col: str, value: str, dialect: str) -> tuple[str, list[Any]]:
-    """A Person Name matched insensitive to ASCII case, the whole name or, when the
-    value names one component group, any group of a name with several (PS3.5 6.2.1.2:
-    alphabetic, ideographic, phonetic): ``Yamada^Tarou`` or ``山田^太郎`` finds
-    ``Yamada^Tarou=山田^太郎=やまだ^たろう`` (review111 F4, review98: only the whole
-    string did, or a value with ``*``)."""
+    """A Person Name matched insensitive to ASCII case: the whole name; and a value of
+    one component group (no ``=``) whose only wildcard, if any, is a last ``*``, also
+    the alphabetic group of a name with several, or its ideographic or phonetic one
+    when the value has such letters (PS3.5 6.2.1.2: ``Yamada^Tarou`` or ``山田^太郎``
+    find ``Yamada^Tarou=山田^太郎=やまだ^たろう``; review111 F4, review98: only the
+    whole string did, or a value with ``*``). A wildcard elsewhere matches the whole
+    name alone: SQL's ``%`` and ``_`` would match across a group's ``=`` (review113
+    M1: ``Y*u`` found ``Young^Ann=Smith^Lou=Zed``)."""
     name = person_name(value)
     pattern = like_pattern(name)
     low = col if dialect == "sqlite" else f"lower({col})"
@@ -178,25 +181,27 @@ def _person_name(col: str, value: str, dialect: str) -> tuple[str, list[Any]]:
     if dialect != "sqlite":
         pattern = pattern.translate(_ASCII_LOWER)
     like = "LIKE ? ESCAPE '\\'"
-    wild = pattern.endswith("%")
+    wild = name.endswith("*")
     if wild:
         parts, params = [f"{low} {like}"], [pattern]
     else:
         # (a name indexed before person_name kept its trailing "^"s: a prefix the
         # index serves, then the name without them: review82 F7)
         parts, params = [f"({low} {like} AND {trimmed} {like})"], [pattern + "%", pattern]
-    if "=" in name or "\\" in name:  # (groups or values named: the whole name)
+    core = name[:-1] if wild else name
+    if any(c in core for c in "=\\*?"):  # (groups or values named, or wildcards inside)
         return parts[0], params
+    core_pattern = pattern[:-1] if wild else pattern
     if not wild:  # the first group, alphabetic (a prefix, as the whole name's)
         parts.append(f"{low} {like}")
-        params.append(pattern + "=%")
-    if any(ord(c) >= _IDEOGRAPHIC for c in name):  # an ideographic or phonetic group
+        params.append(core_pattern + "=%")
+    if any(ord(c) >= _IDEOGRAPHIC for c in core):  # an ideographic or phonetic group
         # (a scan of the names: Müller, Ζωή or Иван stay the index's prefix search)
         parts.append(f"{low} {like}")
-        params.append("%=" + pattern + ("" if wild else "=%"))
+        params.append("%=" + core_pattern + ("%" if wild else "=%"))
         if not wild:
             parts.append(f"{trimmed} {like}")
-            params.append("%=" + pattern)
+            params.append("%=" + core_pattern)
     return f"({' OR '.join(parts)})", params
 
 

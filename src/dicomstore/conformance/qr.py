@@ -117,7 +117,8 @@ _MATCHING = {
     "DA": "single value, range",
     "TM": "single value, range (a time is the span it names: 0800 is 080000-080059.999999)",
     "PN": "single value, wildcard (case-insensitive for ASCII letters; a value of one"
-    " component group matches any group of a name with several)",
+    " component group, no wildcard but a last *, also matches the alphabetic group of a"
+    " name with several, and its ideographic or phonetic groups when it has such letters)",
     "IS": "single value",
 }
 
