@@ -292,3 +292,23 @@ def test_fuzzymatching_true_is_said_not_supported(client) -> None:
     assert "The fuzzymatching parameter is not supported" in r.headers["Warning"]
     r = client.get("/studies", params={"PatientName": "doe", "fuzzymatching": "false"})
     assert "Warning" not in r.headers
+
+
+def test_the_counts_of_a_study_two_patients_hold_are_each_one_s(tmp_path) -> None:
+    """review113 M2: the study rows were found by UID alone: under
+    --on-relational-mismatch accept two patients hold one Study Instance UID, and a
+    series of one gave the other's study counts (1 instance, MR for 3, CT)."""
+    study = "1.2.826.0.1.3680043.10.992"
+    archive = Archive(tmp_path / "a", fsync=False, on_relational_mismatch="accept")
+    a = {"study": study, "series": study + ".1", "patient_id": "A", "patient_name": "A^A"}
+    for n in range(3):
+        store(archive, make_dataset(f"1.2.992.1.{n}", **a))
+    b = {"study": study, "series": study + ".2", "patient_id": "B", "patient_name": "B^B"}
+    store(archive, make_dataset("1.2.992.2.0", modality="MR", sop_class=MR, **b))
+    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url) as http:
+        series = search(http, "/series", StudyInstanceUID=study)
+    archive.close()
+    found = {
+        s["00100020"]["Value"][0]: (_value(s, "00201208"), s["00080061"]["Value"]) for s in series
+    }
+    assert found == {"A": (3, ["CT"]), "B": (1, ["MR"])}

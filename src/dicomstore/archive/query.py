@@ -368,9 +368,10 @@ def search(
     also: Sequence[str] = (),
     also_params: Sequence[Any] = (),
     sample: bool = False,
+    computed: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows matching ``filters`` at ``level`` (see the module docstring; ``also``,
-    ``also_params``: see :func:`build`; ``sample``: :func:`iter_search`)."""
+    ``also_params``: see :func:`build`; ``sample``, ``computed``: :func:`iter_search`)."""
     rows = iter_search(
         db,
         level,
@@ -380,6 +381,7 @@ def search(
         also=also,
         also_params=also_params,
         sample=sample,
+        computed=computed,
     )
     return list(rows)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -155,11 +155,15 @@ class ArchiveReader:
         limit: int | None = None,
         offset: int = 0,
         sample: bool = False,
+        computed: Collection[str] | None = None,
     ) -> list[dict[str, Any]]:
         """Rows of ``level`` (patient, study, series, instance) matching ``filters``
-        (``sample``: each with ``sample_path``, one instance's file, ``q.iter_search``)."""
+        (``sample``: each with ``sample_path``, one instance's file; ``computed``: the
+        counts and lists made, by row key, default all: ``q.iter_search``)."""
         with self._db() as db:
-            return q.search(db, level, filters, limit=limit, offset=offset, sample=sample)
+            return q.search(
+                db, level, filters, limit=limit, offset=offset, sample=sample, computed=computed
+            )
 
     def count(self, level: str, filters: q.Filters | None = None) -> int:
         """How many entities of ``level`` match."""

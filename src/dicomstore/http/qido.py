@@ -204,11 +204,13 @@ def _upper_counts(
     level: str,
     wanted: list[str],
     levels: tuple[str, ...],
-) -> dict[tuple[str, str], dict[str, Any]]:
+) -> dict[tuple[str, ...], dict[str, Any]]:
     """The rows of the studies and series (above ``level``) that ``rows`` are of, by
-    level and UID, when their counts or lists are wanted (``levels`` shows them, or
-    ``includefield`` asks: ``wanted``): a result row's own are of its own level
-    (review111 F1: a series' instance count was given as its study's)."""
+    :func:`_entity` (their patient's too: two patients may hold one Study Instance UID
+    under ``--on-relational-mismatch accept``, review113 M2), when their counts or
+    lists are wanted (``levels`` shows them, or ``includefield`` asks: ``wanted``): a
+    result row's own are of its own level (review111 F1: a series' instance count was
+    given as its study's). Those counts and lists alone are made (review113 L6)."""
     uppers = {u for u in levels if u in _COMPUTED and u != level}
     uppers |= {
         attributes.ATTRIBUTES[k].level
@@ -216,16 +218,22 @@ def _upper_counts(
         if attributes.ATTRIBUTES[k].level in _COMPUTED
         and not attributes.in_row_of(attributes.ATTRIBUTES[k], level)
     }
-    found: dict[tuple[str, str], dict[str, Any]] = {}
+    found: dict[tuple[str, ...], dict[str, Any]] = {}
     for upper in sorted(uppers):
         uids = sorted({str(row[f"{upper}_uid"]) for row in rows})
         name = "StudyInstanceUID" if upper == "study" else "SeriesInstanceUID"
+        made = [a.key for a in _COMPUTED[upper]]
         if uids:
-            found.update(
-                ((upper, str(r[f"{upper}_uid"])), r)
-                for r in reader(request).search(upper, {name: "\\".join(uids)})
-            )
+            filters = {name: "\\".join(uids)}
+            for r in reader(request).search(upper, filters, computed=made):
+                found[_entity(r, upper)] = r
     return found
+
+
+def _entity(row: dict[str, Any], level: str) -> tuple[str, ...]:
+    """Who a study or series of ``row`` is: its patient (ID, issuer), study and series."""
+    named = (str(row["patient_id"]), str(row.get("issuer") or ""), str(row["study_uid"]))
+    return (level, *named, *((str(row["series_uid"]),) if level == "series" else ()))
 
 
 def _row_json(
@@ -235,7 +243,7 @@ def _row_json(
     levels: tuple[str, ...],
     extra: list[str],
     stable_at: str | None,
-    uppers: dict[tuple[str, str], dict[str, Any]],
+    uppers: dict[tuple[str, ...], dict[str, Any]],
 ) -> dict[str, Any]:
     base = base_url(request)
     if level == "study":
@@ -250,7 +258,7 @@ def _row_json(
     wanted += [a for above in levels if above != level for a in _COMPUTED.get(above, ())]
     for attr in dict.fromkeys(wanted):
         own = attributes.in_row_of(attr, level)
-        of = row if own else uppers.get((attr.level, str(row[f"{attr.level}_uid"])))
+        of = row if own else uppers.get(_entity(row, attr.level))
         if of is not None and attr.key in of:
             out[tag_key(attr.tag)] = element(attr, of[attr.key])
     out.update(stable_elements(stable_at))
