@@ -169,6 +169,25 @@ def test_a_part_of_a_damaged_copy_is_500_not_served(flipped, part, caplog) -> No
     assert f"archive damage: instance {DAMAGED}" in caplog.text
 
 
+@pytest.mark.parametrize("target", ["/rendered", "/thumbnail"])
+@pytest.mark.parametrize("level", ["study", "series"])
+def test_a_study_or_series_shown_by_a_damaged_copy_alone_is_500(
+    tmp_path: Path, level, target, caplog
+) -> None:
+    """review113 L3: a study's or series' rendered image or thumbnail, its copies
+    damaged, was 404 "nothing to render", where an instance's is 500."""
+    archive = Archive(tmp_path / "archive", fsync=False)
+    store(archive, make_dataset(DAMAGED, study=STUDY, series=SERIES, frames=2))
+    path = archive.path_of(DAMAGED)
+    assert path is not None
+    _flip(path)
+    url = f"/studies/{STUDY}" + (f"/series/{SERIES}" if level == "series" else "") + target
+    with HttpThread(archive) as web, caplog.at_level(logging.WARNING):
+        status, body = get_or_cut(web.server.port, url, {"accept": "*/*"})
+    archive.close()
+    assert status == 500 and body is not None and b"archive damage" in body, (status, body)
+
+
 @pytest.mark.parametrize("part", PARTS)
 def test_a_part_of_an_intact_copy_is_served(flipped, part) -> None:
     intact = INSTANCE.replace(DAMAGED, "1.2.40.1")

@@ -150,12 +150,17 @@ def _representative(request: Request, frame: int) -> pixels.Frames:
             raise
         return found
     last: HttpError | None = None
+    damaged: HttpError | None = None
     for row in _in_order(rows)[:TRIES]:
         try:
             return open_frames(request, row)
         except HttpError as exc:
             last = exc
+            if exc.status == 500 and damaged is None:
+                damaged = exc
     assert last is not None
+    if damaged is not None:  # (review113 L3: a damaged copy is 500, as an instance's is)
+        raise HttpError(500, f"nothing to render: {damaged.message}")
     raise HttpError(404 if last.status != 413 else 413, f"nothing to render: {last.message}")
 
 
