@@ -172,3 +172,33 @@ def test_a_file_meta_that_names_another_instance_is_as_stored(tmp_path: Path) ->
     reader.path(row).write_bytes(in_meta(whole, UID.encode(), b"1.2.3.4.5.6.8"))
     with reader.open_checked(row) as f:
         assert f.read() == in_meta(whole, UID.encode(), b"1.2.3.4.5.6.8")
+
+
+def test_requests_for_a_version_being_read_wait_for_that_read(tmp_path: Path) -> None:
+    """review113 L4: a viewer's first requests for frames of one file each read it whole
+    (6 to 8 reads for 16 at once); those that come while it is read wait for that read."""
+    import threading
+
+    from dicomstore.archive.checked import CheckedOnce
+
+    reader, row, _data = _stored(tmp_path)
+    entered, go = threading.Event(), threading.Event()
+    opened: list[int] = []
+
+    def slow_open(row, local):
+        opened.append(1)
+        entered.set()
+        assert go.wait(30)
+        return reader.open_checked(row, local)
+
+    once, local = CheckedOnce(), reader.local_path(row)
+    first = threading.Thread(target=once.check, args=(row, local, slow_open))
+    first.start()
+    assert entered.wait(30)
+    others = [threading.Thread(target=once.check, args=(row, local, slow_open)) for _ in range(7)]
+    for thread in others:
+        thread.start()
+    go.set()
+    for thread in (first, *others):
+        thread.join(30)
+    assert opened == [1]
