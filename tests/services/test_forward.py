@@ -740,6 +740,9 @@ def test_requeue_takes_only_the_destinations_named(tmp_path: Path, capsys) -> No
     # to do, no failure; a destination named is unknown)
     assert cli_main(["requeue", "--storage", str(tmp_path)]) == 0
     assert cli_main(["requeue", "--storage", str(tmp_path), "--destination", "A"]) == 1
+    # (review113 L5: a storage that is none, a typo, is no empty queue)
+    assert cli_main(["requeue", "--storage", str(tmp_path / "typo")]) == 1
+    assert f"no archive at {tmp_path / 'typo'}" in capsys.readouterr().err
     # review88 F8: --index as every archive command takes it (the queue is in --storage)
     assert cli_main(["requeue", "--storage", str(tmp_path), "--index", "postgresql://u@h/d"]) == 0
     assert "has no forwarding queue" in capsys.readouterr().err

@@ -159,6 +159,9 @@ def requeue(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     # (review112 L4: stats names a destination AET=HOST:PORT; the queue knows its AET)
     args.destination = [dest.split("=", 1)[0] for dest in args.destination]
+    if not args.storage.is_dir():  # (review113 L5: a path mistyped is no empty queue)
+        print(f"dicomstore: requeue: no archive at {args.storage}", file=sys.stderr)
+        return EXIT_FAILED
     try:
         known = {d["destination"] for d in queue_status(args.storage) or ()}  # (before)
         if args.drop:
