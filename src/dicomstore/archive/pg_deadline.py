@@ -81,6 +81,7 @@ class _Watch:
                             target=_cancel, args=(canceller,), daemon=True, name=CANCEL_THREAD
                         ).start()
                     # said before the cut, so that the failure it causes comes after it
+                    # (a cancel honoured first fails the statement as well: cut is set)
                     log.warning(
                         "index %s: no answer within %g s: the session is cut, its statement"
                         " fails (and is cancelled on the server)",
