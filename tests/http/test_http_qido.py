@@ -284,14 +284,27 @@ def test_the_counts_of_a_result_are_its_own_entity_s(client) -> None:
     assert by_series == {SERIES_CT: 2, SERIES_MR: 1}
 
 
-def test_fuzzymatching_true_is_said_not_supported(client) -> None:
-    """review111 F2: PS3.18 8.3.4.1: an origin server without fuzzy semantic
-    matching answers fuzzymatching=true with a Warning saying so."""
-    r = client.get("/studies", params={"PatientName": "doe", "fuzzymatching": "true"})
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        ("fuzzymatching", "Only literal matching has been performed."),
+        ("emptyvaluematching", "Empty Value Matching has not been performed."),
+        ("multiplevaluematching", "Multiple Value Matching has not been performed."),
+    ],
+)
+def test_matching_options_not_supported_are_said_so(client, option, said) -> None:
+    """review111 F2, review114: PS3.18 8.3.4.2, 8.3.4.5, 8.3.4.6: a server without
+    fuzzy, empty value or multiple value matching answers the option true with a
+    Warning saying so (emptyvaluematching was taken for no parameter, as 'emptyvalue'),
+    a value neither true nor false with 400."""
+    r = client.get("/studies", params={"PatientName": "doe", option: "true"})
     assert r.status_code == 200
-    assert "The fuzzymatching parameter is not supported" in r.headers["Warning"]
-    r = client.get("/studies", params={"PatientName": "doe", "fuzzymatching": "false"})
+    assert (
+        r.headers["Warning"] == f'299 dicomstore "The {option} parameter is not supported. {said}"'
+    )
+    r = client.get("/studies", params={"PatientName": "doe", option: "false"})
     assert "Warning" not in r.headers
+    assert client.get("/studies", params={option: "bogus"}).status_code == 400
 
 
 def test_the_counts_of_a_study_two_patients_hold_are_each_one_s(tmp_path) -> None:

@@ -8,9 +8,10 @@ Query parameters (10.6.1.2, 8.3.4): ``{attributeID}={value}`` by keyword or
 tag, matched as :mod:`dicomstore.archive.query` describes (single value,
 ``*``/``?`` wildcards, date and time ranges, UID lists separated by ``,``
 or ``\\``); ``limit``, ``offset``; ``includefield`` (repeatable,
-comma-separated, or ``all``); ``fuzzymatching=true`` is answered with the
-Warning 8.3.4.1 gives for a server without it (Person Names always match
-insensitive to ASCII case).
+comma-separated, or ``all``); ``fuzzymatching``, ``emptyvaluematching`` and
+``multiplevaluematching`` ``=true`` are answered with the Warning 8.3.4.2, .5 and .6
+give for a server without them (Person Names always match insensitive to ASCII
+case); ``charset`` is taken and changes nothing (the answer is UTF-8).
 
 Results (10.6.3.3) are built from the index, with the attributes of Tables
 10.6.3-3/4/5 the index keeps, Retrieve URL and Instance Availability; a result's
@@ -53,7 +54,17 @@ from dicomstore.services.query_identifier import read_from_header
 
 #: The most results one response carries (more: a Warning, use offset).
 MAX_RESULTS = 10_000
-_RESERVED = {"limit", "offset", "includefield", "fuzzymatching", "accept", "charset", "emptyvalue"}
+#: PS3.18 8.3.4's matching options this server does not support: true is answered with
+#: the Warning each section gives (8.3.4.2, 8.3.4.5, 8.3.4.6), the search done without.
+_NOT_SUPPORTED = {
+    "fuzzymatching": "The fuzzymatching parameter is not supported."
+    " Only literal matching has been performed.",
+    "emptyvaluematching": "The emptyvaluematching parameter is not supported."
+    " Empty Value Matching has not been performed.",
+    "multiplevaluematching": "The multiplevaluematching parameter is not supported."
+    " Multiple Value Matching has not been performed.",
+}
+_RESERVED = {"limit", "offset", "includefield", "accept", "charset", *_NOT_SUPPORTED}
 #: dicomstore's own query parameter (not PS3.18): stable studies, or the others.
 STABLE = "stable"
 _ALL_INSTANCE_TAGS = (0x00280010, 0x00280011, 0x00280100, 0x00280008)  # Table 10.6.3-5
@@ -71,7 +82,8 @@ class Search:
     unsupported: list[str] = field(default_factory=list)
     contradicts_path: bool = False  # a UID parameter differs from the path's: no match
     stable: bool | None = None  # only studies reported stable (True) or not (False)
-    fuzzy: bool = False  # fuzzymatching=true: not supported (a Warning says so)
+    #: the options of :data:`_NOT_SUPPORTED` asked for (a Warning says so)
+    not_done: list[str] = field(default_factory=list)
 
 
 def _tag_of(name: str) -> int | None:
@@ -83,7 +95,7 @@ def _tag_of(name: str) -> int | None:
 
 
 #: Parameters that take one value.
-_ONCE = frozenset({"limit", "offset", "fuzzymatching", STABLE})
+_ONCE = frozenset({"limit", "offset", STABLE, *_NOT_SUPPORTED})
 
 
 def _count(request: Request, name: str, value: str, limit: int) -> int:
@@ -129,13 +141,13 @@ def parse_search(request: Request, fixed: dict[str, str]) -> Search:
                         f"includefield names more than the limit of "
                         f"{bounds.max_includefields} attributes",
                     )
-        elif key in ("fuzzymatching", STABLE):
+        elif key in (STABLE, *_NOT_SUPPORTED):
             if value not in ("true", "false"):
                 raise HttpError(400, f"{key} must be true or false, not {value[:40]!r}")
             if key == STABLE:
                 search.stable = value == "true"
-            else:
-                search.fuzzy = value == "true"
+            elif value == "true":
+                search.not_done.append(key)
         elif key in _RESERVED:
             continue
         else:
@@ -179,11 +191,8 @@ def _warnings(search: Search, more: bool) -> dict[str, str]:
         notes.append(f'299 dicomstore "The following Query Parameters are unsupported: {names}"')
     if more:
         notes.append('299 dicomstore "There are additional results that can be requested"')
-    if search.fuzzy:  # (8.3.4.1: Person Names match insensitive to ASCII case alone)
-        notes.append(
-            '299 dicomstore "The fuzzymatching parameter is not supported.'
-            ' Only literal matching has been performed."'
-        )
+    for key in search.not_done:  # (Person Names match insensitive to ASCII case alone)
+        notes.append(f'299 dicomstore "{_NOT_SUPPORTED[key]}"')
     return {"Warning": ", ".join(notes)} if notes else {}
 
 
