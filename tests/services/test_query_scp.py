@@ -552,3 +552,22 @@ def test_a_slowly_read_find_lets_the_index_checkpoint(tmp_path, monkeypatch, whe
         assert busy == 0, (busy, _log, _done)  # (no reader held the WAL)
     finally:
         archive.close()
+
+
+def test_a_specific_character_set_asked_for_is_returned(server) -> None:
+    """review114: a return key (0008,0005) was left out of an answer whose values are
+    ASCII; PS3.4 C.2.2.1.3: a key asked for is returned, here zero-length (the
+    default repertoire)."""
+    srv, _audit = server
+    ds = identifier("STUDY", StudyInstanceUID="", PatientID="")
+    ds.SpecificCharacterSet = ""
+    found = pynetdicom_find(srv.port, STUDY_ROOT, ds)
+    pending = [answer for status, _rsp, answer in found if status == 0xFF00]
+    assert pending and all(
+        "SpecificCharacterSet" in answer and not answer.SpecificCharacterSet for answer in pending
+    )
+    ds = identifier("STUDY", StudyInstanceUID="", PatientID="")
+    found = pynetdicom_find(srv.port, STUDY_ROOT, ds)
+    assert all(
+        "SpecificCharacterSet" not in answer for status, _rsp, answer in found if status == 0xFF00
+    )

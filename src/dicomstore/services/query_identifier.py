@@ -22,8 +22,7 @@ one with pydicom. Rules (the conformance statement says the same):
   stored header of one instance of the matching entity (the instance itself at
   IMAGE level; above it only the attributes of that level and the levels above it,
   :data:`HEADER_KEYS`), else returned zero-length; a value in such a key is not
-  matched: each match then has status FF01 (optional keys not supported for
-  matching);
+  matched: each match then has status FF01 (optional keys not matched);
 - a value the engine cannot match (a malformed date, say) is C000; so is an
   Identifier of more than :data:`MAX_KEYS` keys (review68 #1: 116,000 empty keys,
   each in every pending response, held the server minutes).
@@ -181,7 +180,7 @@ class FindQuery:
     #: keys not in the index, read from a stored header (HEADER_KEYS)
     from_header: set[int] = field(default_factory=set)
     #: the request's Specific Character Set: the answer's too where it is a single-byte
-    #: one and its values fit (``answer_charset``; interop97 I7)
+    #: one and its values fit (``answer_charset``; interop97 I7); "": asked, empty
     charset: str | None = None
 
     @property
@@ -276,7 +275,7 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> FindQuery:
     found = FindQuery(level)
     if SPECIFIC_CHARACTER_SET in identifier:
         term = text_value(identifier[SPECIFIC_CHARACTER_SET].value).strip()
-        found.charset = term or None
+        found.charset = term
     depth = _DEPTH[found.index_level]
     for element in identifier:
         tag = int(element.tag)
@@ -426,6 +425,8 @@ def response_elements(
     if non_ascii or not all(text.isascii() for _tag, _vr, text in values):
         term, encoding = answer_charset(query.charset, [text for _t, _v, text in values], stored)
         values.append((SPECIFIC_CHARACTER_SET, "CS", term))
+    elif query.charset is not None:  # (asked: zero-length, the default; review114)
+        values.append((SPECIFIC_CHARACTER_SET, "CS", ""))
     values.sort()
     elements: list[Element] = [
         (tag, vr, text_bytes(vr, text, encoding)) for tag, vr, text in values
