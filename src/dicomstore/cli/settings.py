@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,17 @@ def _unrecognized(extra: Sequence[str], sub: argparse.ArgumentParser) -> str:
     return line
 
 
+def _unknown_option(tokens: Sequence[str], sub: argparse.ArgumentParser) -> str | None:
+    """The first ``--name`` of ``tokens`` (before a ``--``) that names no option of
+    ``sub``, or None."""
+    for token in tokens:
+        if token == "--":
+            return None
+        if token.startswith("--") and token.split("=", 1)[0] not in sub._option_string_actions:
+            return token
+    return None
+
+
 def parse(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None = None,
@@ -146,6 +158,15 @@ def parse(
             if not _accumulates(action):  # (an append starts from None: None is "not given")
                 saved.append((action, action.default))
                 action.default = _UNSET
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    if tokens and tokens[0] in commands:  # (an option unknown, said before argparse takes
+        # its value for a positional: review113 I3, 'ls --stor /tmp/x': invalid level)
+        sub = commands[tokens[0]]
+        unknown = _unknown_option(tokens[1:], sub)
+        if unknown is not None:
+            sub.exit(
+                2, f"{sub.prog}: error: {_unrecognized([unknown], sub)}; see {sub.prog} --help\n"
+            )
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # (said by the command, with the option meant: not the whole usage)
