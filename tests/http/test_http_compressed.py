@@ -200,12 +200,40 @@ def _windowed(array: np.ndarray, center: float, width: float) -> np.ndarray:
     return out.clip(0, 255).astype(np.uint8)
 
 
+def test_each_window_function_as_ps3_3_gives_it() -> None:
+    """review116 M2: linear-exact was drawn as linear, sigmoid refused (PS3.3
+    C.11.2.1.3.2 and C.11.2.1.3.1, computed here independently); a stored VOI LUT
+    Function is the stored window's."""
+    ds = pydicom.Dataset()
+    array = np.array([[0, 30, 40, 50, 100]], dtype=np.int16)
+    values = array.astype(float)
+    exact = ((values - 40) / 20 + 0.5) * 255
+    expected = exact.clip(0, 255).astype(np.uint8)
+    assert render.to_8bit(array, ds, (40, 20, "linear-exact")).tolist() == expected.tolist()
+    sigmoid = 255 / (1 + np.exp(-4 * (values - 40) / 20))
+    expected = sigmoid.clip(0, 255).astype(np.uint8)
+    assert render.to_8bit(array, ds, (40, 20, "sigmoid")).tolist() == expected.tolist()
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = 40, 20, "SIGMOID"
+    assert render.to_8bit(array, ds, None).tolist() == expected.tolist()
+
+
+def test_a_viewport_shows_the_part_asked_for() -> None:
+    """PS3.18 8.3.5.1.3: sx,sy,sw,sh; negative: flipped."""
+    array = np.arange(20).reshape(4, 5)
+    assert render._part(array, (1, 1, 2, 2)).tolist() == [[6, 7], [11, 12]]
+    assert render._part(array, (3, 0, -2, None)).tolist() == [[3, 2], [8, 7], [13, 12], [18, 17]]
+    assert render._part(array, (0, 2, None, None)).tolist() == [
+        [10, 11, 12, 13, 14],
+        [15, 16, 17, 18, 19],
+    ]
+
+
 def test_without_a_window_min_to_max_is_shown() -> None:
     ds = pydicom.Dataset()
     array = np.array([[10, 20, 30]], dtype=np.int16)
     assert render.to_8bit(array, ds, None).tolist() == [[0, 127, 255]]
     ds.RescaleSlope, ds.RescaleIntercept = 2, -1000  # the Modality LUT comes first
-    assert render.to_8bit(array, ds, (-960, 2)).tolist() == [[0, 255, 255]]
+    assert render.to_8bit(array, ds, (-960, 2, "linear")).tolist() == [[0, 255, 255]]
 
 
 def test_rendered_series_and_study_and_thumbnails(site) -> None:
@@ -234,7 +262,19 @@ def test_rendered_series_and_study_and_thumbnails(site) -> None:
         ({"viewport": "0,10"}, 400, "viewport"),
         ({"viewport": "99999,10"}, 400, "viewport"),
         ({"window": "40"}, 400, "window"),
-        ({"window": "40,80,sigmoid"}, 400, "window"),
+        ({"window": "40,80,bogus"}, 400, "window"),
+        ({"window": "40,0.5"}, 400, "a linear window is at least 1 wide"),  # (review116 M2)
+        ({"window": "40,0.5,linear-exact"}, 200, ""),
+        ({"window": "40,80,sigmoid"}, 200, ""),
+        ({"annotation": "bogus"}, 400, "annotation"),  # (review116 L4)
+        ({"annotation": "patient,technique"}, 200, ""),
+        ({"iccprofile": "bogus"}, 400, "iccprofile"),
+        ({"quality": ["50", "60"]}, 400, "quality is given more than once"),
+        ({"viewport": "64,64,0,0,32,32"}, 200, ""),  # (review116 L3)
+        ({"viewport": "64,64,10,10,-8,"}, 200, ""),
+        ({"viewport": "64,64,0,0,0,32"}, 400, "viewport"),
+        ({"viewport": "64,64,99999,0,,"}, 400, "outside the frame"),
+        ({"viewport": "64,64,1"}, 400, "viewport"),
         ({"window": "nan,nan"}, 400, "window"),  # (review35a: rendered as if not given)
         ({"window": "inf,1"}, 400, "window"),
         ({"quality": "0"}, 400, "quality"),
@@ -246,16 +286,16 @@ def test_rendered_parameters_are_checked(site, query, status, words) -> None:
     study, series, sop = _ids(rows["JPEG2000.dcm"])
     url = f"{srv.url}/studies/{study}/series/{series}/instances/{sop}/rendered"
     r = httpx.get(url, params=query)
-    assert (r.status_code, words in r.text) == (status, True), r.text
+    assert (r.status_code, words in r.text) == (status, True), (query, r.text[:200])
 
 
 def test_monochrome1_is_inverted() -> None:
     ds = pydicom.Dataset()
     ds.PhotometricInterpretation = "MONOCHROME1"
     array = np.array([[0, 50, 100]], dtype=np.uint16)
-    assert render.to_8bit(array, ds, (50.5, 101)).tolist() == [[255, 128, 0]]
+    assert render.to_8bit(array, ds, (50.5, 101, "linear")).tolist() == [[255, 128, 0]]
     ds.PhotometricInterpretation = "MONOCHROME2"
-    assert render.to_8bit(array, ds, (50.5, 101)).tolist() == [[0, 127, 255]]
+    assert render.to_8bit(array, ds, (50.5, 101, "linear")).tolist() == [[0, 127, 255]]
 
 
 def test_a_frame_over_the_limit_is_refused(tmp_path) -> None:

@@ -96,7 +96,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _starlette_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     detail = exc.detail if exc.status_code != 404 else f"no resource at {request.url.path}"
-    return error_response(exc.status_code, str(detail), dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # (every route of the path's methods: RFC 9110 15.5.6;
+        # review116 L6: /studies/{study} said HEAD, GET, its first route's, not POST)
+        headers["Allow"] = ", ".join(_allowed(request))
+    return error_response(exc.status_code, str(detail), headers)
+
+
+def _allowed(request: Request) -> list[str]:
+    """The methods the routes of the request's path take."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.path_regex.match(request.url.path):
+            methods |= route.methods or set()
+    return sorted(methods)
 
 
 async def _known_error(request: Request, exc: Exception) -> Response:

@@ -165,7 +165,8 @@ class Accepted:
 
 def accepted(request: Request) -> list[Accepted]:
     """The acceptable media ranges, best first (``accept`` parameter, then header)."""
-    values = request.query_params.getlist("accept") or [request.headers.get("accept", "*/*")]
+    # (every Accept line of the request, as one: RFC 9110 5.3; review116 L1)
+    values = request.query_params.getlist("accept") or request.headers.getlist("accept") or ["*/*"]
     ranges: list[Accepted] = []
     for value in values:
         for item in value.split(","):

@@ -98,7 +98,7 @@ def frame_numbers(text: str) -> list[int]:
     """The frame list of the URL (1-based, comma separated, in any order, none twice:
     PS3.18 10.4.1.1.4; a list that repeats one frame would have a short URL send
     an instance's pixels many times over)."""
-    values = [v.strip() for v in text.replace("%2C", ",").split(",") if v.strip()]
+    values = [v.strip() for v in text.replace("%2C", ",").split(",")]  # ('1,,2': 400)
     digits = all(v.isascii() and v.isdigit() for v in values)  # (int() takes '١', '+1')
     numbers = [int(v) for v in values] if digits else []
     if not numbers or min(numbers) < 1:

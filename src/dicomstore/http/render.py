@@ -8,10 +8,12 @@ instance that can be rendered, trying a few); a multi-frame instance by its
 first frame. One frame is decoded at a time (:mod:`dicomstore.http.pixels`).
 
 Grey images go through the Modality LUT (Rescale Slope/Intercept) and the
-window asked for (``window=center,width[,linear|linear-exact]``), else the
-instance's Window Center/Width, else the frame's min..max (PS3.3 C.11.2.1.2);
+window asked for (``window=center,width[,linear|linear-exact|sigmoid]``, each
+function as PS3.3 C.11.2.1.2-3 gives it), else the instance's Window Center/Width
+(with its VOI LUT Function), else the frame's min..max (PS3.3 C.11.2.1.2);
 MONOCHROME1 is inverted; colour is sent as decoded (RGB). ``viewport=vw,vh``
-fits the image into that box keeping its aspect (never enlarged beyond it);
+fits the image into that box keeping its aspect (never enlarged beyond it), of
+the part ``sx,sy,sw,sh`` of the frame when given;
 thumbnails fit 128x128 unless a viewport says otherwise; ``quality`` (1-100)
 sets the JPEG quality. Rendering needs numpy and Pillow (the ``codecs``
 extra): without them, 406 naming it. A frame whose stored codestream cannot be
@@ -80,9 +82,10 @@ async def _render(request: Request, box: int | None) -> Response:
     while it waited."""
     choice, _ = negotiate(request, _OFFERS)
     media = _OFFERS[choice][0]
-    window = _window(request.query_params.get("window"))
-    viewport = _viewport(request, request.query_params.get("viewport"))
-    quality = _quality(request.query_params.get("quality"))
+    params = _parameters(request)
+    window = _window(params.get("window"))
+    viewport, region = _viewport(request, params.get("viewport"))
+    quality = _quality(params.get("quality"))
     if viewport is None and box is not None:
         viewport = (box, box)
     frame = 1
@@ -98,17 +101,24 @@ async def _render(request: Request, box: int | None) -> Response:
     try:
         if await request.is_disconnected():  # (gone while it waited: for nobody)
             return Response(status_code=CLIENT_GONE)
-        image = await run_in_threadpool(_image, request, frame, window, viewport)
+        image = await run_in_threadpool(_image, request, frame, window, viewport, region)
         return await run_in_threadpool(_encoded, image, media, viewport, quality)
     finally:  # (held until encoded: the image of a frame may be large)
         slot.release()
 
 
-def _image(request: Request, frame: int, window: tuple[float, float] | None, viewport: Any) -> Any:
-    """The frame rendered as a Pillow image, in its turn (blocking)."""
+def _image(
+    request: Request, frame: int, window: Window | None, viewport: Any, region: Any = None
+) -> Any:
+    """The frame rendered as a Pillow image, in its turn (blocking); of ``region`` of
+    it alone when given (:func:`_viewport`)."""
     pil = _pillow()
     with _RENDERING, _representative(request, frame) as found:
         array = found.decoded(frame)
+        if region is not None:
+            if window is None and array.ndim == 2:  # (the whole frame's, not the part's)
+                window = grey_window(array, found.dataset)
+            array = _part(array, region)
         if viewport is not None:  # fewer pixels to window: a view, every n-th
             if window is None and array.ndim == 2:  # (the whole frame's, not the view's)
                 window = grey_window(array, found.dataset)
@@ -196,7 +206,11 @@ def shrunk(array: Any, viewport: tuple[int, int]) -> Any:
     return array[::step, ::step] if step > 1 else array
 
 
-def to_8bit(array: Any, ds: Any, window: tuple[float, float] | None) -> Any:
+#: A VOI window: center, width and function (``linear``, ``linear-exact``, ``sigmoid``).
+Window = tuple[float, float, str]
+
+
+def to_8bit(array: Any, ds: Any, window: Window | None) -> Any:
     """A decoded frame as 8-bit grey or RGB, windowed (PS3.3 C.11.2.1.2) and inverted
     for MONOCHROME1. Worked out a block of rows at a time (:func:`_blocks`): float64
     temporaries of the whole frame took 26 times its size (review35a F2)."""
@@ -216,14 +230,24 @@ def to_8bit(array: Any, ds: Any, window: tuple[float, float] | None) -> Any:
         except Exception as exc:  # an incomplete palette: show it grey
             log.info("palette of %s not applied: %s", ds.get("SOPInstanceUID"), exc)
     slope, intercept = _number(ds, "RescaleSlope", 1.0), _number(ds, "RescaleIntercept", 0.0)
-    center, width = window or grey_window(array, ds)
-    width = max(width, 1.0)
+    center, width, function = window or grey_window(array, ds)
 
-    def windowed(v: Any) -> Any:  # ((v * slope + intercept - (c - 0.5)) / (w - 1) + 0.5) * 255
+    def windowed(v: Any) -> Any:  # PS3.3 C.11.2.1.2 (linear), C.11.2.1.3.1-2
         v *= slope
         v += intercept
-        v -= center - 0.5
-        v /= max(width - 1.0, 1.0)
+        if function == "sigmoid":  # 255 / (1 + exp(-4 (x - c) / w))
+            v -= center
+            v *= -4.0 / width
+            np.exp(v, out=v)
+            v += 1.0
+            np.divide(255.0, v, out=v)
+            return v
+        if function == "linear-exact":  # ((x - c) / w + 0.5) * 255
+            v -= center
+            v /= width
+        else:  # ((x - (c - 0.5)) / (w - 1) + 0.5) * 255
+            v -= center - 0.5
+            v /= max(width - 1.0, 1.0)
         v += 0.5
         v *= 255.0
         return v
@@ -234,7 +258,7 @@ def to_8bit(array: Any, ds: Any, window: tuple[float, float] | None) -> Any:
     return grey
 
 
-def grey_window(array: Any, ds: Any) -> tuple[float, float]:
+def grey_window(array: Any, ds: Any) -> Window:
     """The window a grey frame is shown with when none is asked for: the instance's
     Window Center/Width, else the rescaled frame's min..max (PS3.3 C.11.2.1.2)."""
     stored = _stored_window(ds)
@@ -277,20 +301,28 @@ def _number(ds: Any, keyword: str, default: float) -> float:
         return default
 
 
-def _stored_window(ds: Any) -> tuple[float, float] | None:
+def _stored_window(ds: Any) -> Window | None:
     if "WindowCenter" not in ds or "WindowWidth" not in ds:
         return None
     center, width = _number(ds, "WindowCenter", float("nan")), _number(ds, "WindowWidth", 0.0)
-    return None if center != center or width <= 0 else (center, width)
+    named = str(ds.get("VOILUTFunction", "") or "LINEAR").strip().lower().replace("_", "-")
+    function = named if named in _FUNCTIONS else "linear"
+    return None if center != center or width <= 0 else (center, width, function)
 
 
-def _min_max(low: float, high: float) -> tuple[float, float]:
+def _min_max(low: float, high: float) -> Window:
     """The window showing ``low`` .. ``high``."""
-    return (low + high) / 2 + 0.5, max(high - low + 1.0, 1.0)
+    return (low + high) / 2 + 0.5, max(high - low + 1.0, 1.0), "linear"
 
 
-def _window(text: str | None) -> tuple[float, float] | None:
-    """``window=center,width[,function]`` (PS3.18 8.3.5.1.4)."""
+#: PS3.18 8.3.5.1.4's window functions (PS3.3 C.11.2.1.3.1 VOI LUT Function).
+_FUNCTIONS = ("linear", "linear-exact", "sigmoid")
+
+
+def _window(text: str | None) -> Window | None:
+    """``window=center,width[,function]`` (PS3.18 8.3.5.1.4): width at least 1 for
+    linear, above 0 for linear-exact and sigmoid (review116 M2: sigmoid was 400,
+    linear-exact drawn as linear, a linear width below 1 taken as 1)."""
     if text is None:
         return None
     parts = [p.strip() for p in text.split(",")]
@@ -300,22 +332,80 @@ def _window(text: str | None) -> tuple[float, float] | None:
         raise HttpError(400, f"window is center,width[,function]: {text!r}") from None
     function = parts[2].lower() if len(parts) > 2 else "linear"
     finite = math.isfinite(center) and math.isfinite(width)  # (nan, inf: float() takes them)
-    if len(parts) > 3 or function not in ("linear", "linear-exact") or not finite or width <= 0:
-        raise HttpError(400, f"window is center,width>0[,linear|linear-exact]: {text!r}")
-    return center, width
+    narrow = width < 1 if function == "linear" else width <= 0
+    if len(parts) > 3 or function not in _FUNCTIONS or not finite or narrow:
+        if function == "linear" and finite and 0 < width < 1:
+            raise HttpError(400, f"a linear window is at least 1 wide: {text!r}")
+        raise HttpError(400, f"window is center,width>0[,linear|linear-exact|sigmoid]: {text!r}")
+    return center, width, function
 
 
-def _viewport(request: Request, text: str | None) -> tuple[int, int] | None:
-    """``viewport=vw,vh`` (PS3.18 8.3.5.1.3): the box the image is fitted into."""
+def _viewport(
+    request: Request, text: str | None
+) -> tuple[tuple[int, int] | None, tuple[int, int, int | None, int | None] | None]:
+    """``viewport=vw,vh[,sx,sy,sw,sh]`` (PS3.18 8.3.5.1.3): the box the image is fitted
+    into, and the part of the frame shown (its top left sx,sy, 0 when empty; its width
+    and height sw,sh, to the frame's edge when empty, negative: flipped), or None
+    (review116 L3: a part asked for was 400)."""
     if text is None:
-        return None
+        return None, None
+    values = [v.strip() for v in text.split(",")]
     try:
-        width, height = (int(v) for v in text.split(","))
+        if len(values) not in (2, 6):
+            raise ValueError
+        width, height = int(values[0]), int(values[1])
+        sx, sy = (int(v) if v else 0 for v in values[2:4]) if len(values) == 6 else (0, 0)
+        sw, sh = (int(v) if v else None for v in values[4:6]) if len(values) == 6 else (None, None)
     except ValueError:
-        raise HttpError(400, f"viewport is width,height (pixels): {text!r}") from None
+        raise HttpError(400, f"viewport is vw,vh[,sx,sy,sw,sh] (pixels): {text!r}") from None
     if not (0 < width <= MAX_VIEWPORT and 0 < height <= MAX_VIEWPORT):
         raise refuse(request, 400, f"viewport sides are 1 to {MAX_VIEWPORT} pixels: {text!r}")
-    return width, height
+    if sx < 0 or sy < 0 or sw == 0 or sh == 0:
+        raise HttpError(400, f"viewport: sx, sy from 0, sw and sh not 0: {text!r}")
+    return (width, height), (None if len(values) == 2 else (sx, sy, sw, sh))
+
+
+def _part(array: Any, region: tuple[int, int, int | None, int | None]) -> Any:
+    """The part of a decoded frame a viewport shows (a view, no copy): columns from sx,
+    rows from sy, sw and sh of them (to the edge when None; leftwards, upwards and
+    flipped when negative); 400 when it lies outside the frame."""
+    sx, sy, sw, sh = region
+    rows, columns = array.shape[0], array.shape[1]
+
+    def span(start: int, length: int | None, size: int) -> slice:
+        if start >= size:
+            raise HttpError(400, f"viewport: the part shown starts outside the frame ({size})")
+        if length is None:
+            return slice(start, size)
+        if length > 0:
+            return slice(start, min(start + length, size))
+        return slice(start, max(start + length, -1) if start + length >= 0 else None, -1)
+
+    return array[span(sy, sh, rows), span(sx, sw, columns)]
+
+
+#: PS3.18 8.3.5.1's rendering parameters given once each, and the values of those
+#: taken and not drawn (annotation, 8.3.5.1.1; iccprofile, 8.3.5.1.6).
+_ONCE = ("window", "viewport", "quality", "annotation", "iccprofile", "charset")
+_ANNOTATIONS = ("patient", "technique")
+_ICC_PROFILES = ("no", "yes", "srgb", "adobergb", "rommrgb")
+
+
+def _parameters(request: Request) -> dict[str, str]:
+    """The rendering parameters, each given once (400 twice: which would count?),
+    ``annotation`` and ``iccprofile`` among the values PS3.18 8.3.5.1 gives (taken:
+    not drawn, no profile embedded; review116 L4: any value was taken, silently)."""
+    given = request.query_params
+    for name in _ONCE:
+        if len(given.getlist(name)) > 1:
+            raise HttpError(400, f"{name} is given more than once")
+    annotation = given.get("annotation")
+    if annotation is not None and any(a.strip() not in _ANNOTATIONS for a in annotation.split(",")):
+        raise HttpError(400, f"annotation is patient and/or technique: {annotation[:40]!r}")
+    profile = given.get("iccprofile")
+    if profile is not None and profile.strip().lower() not in _ICC_PROFILES:
+        raise HttpError(400, f"iccprofile is one of {', '.join(_ICC_PROFILES)}: {profile[:40]!r}")
+    return dict(given.items())
 
 
 def _quality(text: str | None) -> int:
