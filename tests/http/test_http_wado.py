@@ -211,6 +211,7 @@ def test_frames_of_explicit_and_implicit_instances(setup) -> None:
         ("/bulkdata/zz", 400, "hex tag"),
         ("/frames/\u0661", 400, "frame list"),  # (review67 I1: int() took an Arabic 1)
         ("/frames/+1", 400, "frame list"),
+        ("/frames/1,,2", 400, "frame list"),  # (review116 L7: served two frames)
         ("/bulkdata/0x7FE00010", 400, "hex tag"),  # (review67 I1: int(.., 16) took 0x)
         ("/bulkdata/7FE0_0010", 400, "hex tag"),
     ],
@@ -219,6 +220,25 @@ def test_frame_errors(setup, suffix, status, words) -> None:
     client, archive, _ = setup
     r = client.get(url(archive.get_instance("1.2.7.1")) + suffix)
     assert (r.status_code, words in r.text) == (status, True), r.text
+
+
+def test_every_accept_line_is_read(setup) -> None:
+    """review116 L1: a second Accept line was not read (RFC 9110 5.3: one list)."""
+    client, archive, _ = setup
+    target = url(archive.get_instance("1.2.7.1"))
+    lines = [("accept", "image/gif"), ("accept", 'multipart/related; type="application/dicom"')]
+    r = client.get(target, headers=httpx.Headers(lines))
+    assert r.status_code == 200, r.text
+
+
+def test_a_method_not_allowed_names_every_method_of_the_path(setup) -> None:
+    """review116 L6: DELETE /studies/{study} said Allow: HEAD, GET (its first route's),
+    not POST, which STOW-RS takes there (RFC 9110 15.5.6)."""
+    client, archive, _ = setup
+    row = archive.get_instance("1.2.7.1")
+    for path in (f"/studies/{row['study_uid']}", "/studies"):
+        r = client.request("DELETE", path)
+        assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD, POST", r.headers
 
 
 def test_frames_of_compressed_instances_refused_as_asked(setup, monkeypatch) -> None:
