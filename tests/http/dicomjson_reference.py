@@ -5,6 +5,7 @@ for byte)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,46 @@ def _element_json(elem: DataElement, depth: int, max_depth: int, cut: list[int])
     return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
 
 
+def _odd_numbers(raw: Any) -> dict[str, Any] | None:
+    """The one departure from pydicom (review116 M1): an IS or DS with a value that is
+    empty amid others, no number, or (IS) not whole, each value as the number it reads
+    as, null when none (pydicom cut an IS "1.5" to 1 and gave nothing of the others);
+    None for every other value (pydicom's)."""
+    vr = str(raw.VR) if isinstance(raw, RawDataElement) and raw.VR else ""
+    if vr not in ("IS", "DS") or not isinstance(raw.value, bytes):
+        return None
+    text = raw.value.decode("ascii", "replace").rstrip("\x00 ")
+    if not text.strip():
+        return None
+    values: list[Any] = []
+    for part in (p.strip() for p in text.split("\\")):
+        try:
+            number = float(part)
+        except ValueError:
+            values.append(None)
+            continue
+        if not math.isfinite(number):
+            values.append(None)
+        elif vr == "IS" and number.is_integer():
+            values.append(int(number))
+        else:
+            values.append(number)
+    lost = any(v is None for v in values) and any(
+        not _plain(p) for p in (p.strip() for p in text.split("\\"))
+    )
+    cut = vr == "IS" and any(isinstance(v, float) for v in values)
+    return {"vr": vr, "Value": values} if lost or cut else None
+
+
+def _plain(part: str) -> bool:
+    """A value pydicom reads as the number it says ("1e999", "nan": not finite)."""
+    try:
+        float(part)
+    except ValueError:
+        return False
+    return True
+
+
 def read_metadata(
     path: Path,
     transfer_syntax_uid: str,
@@ -70,6 +111,10 @@ def read_metadata(
             if vr in _BULK_VRS:  # left unread: never loaded to be sent as a URI
                 out[tag_key(tag)] = {"vr": vr, "BulkDataURI": bulk_uri(int(tag))}
                 continue
+        odd = _odd_numbers(raw)
+        if odd is not None:
+            out[tag_key(tag)] = odd
+            continue
         try:
             elem = ds[tag]
             big = elem.VR in _BULK_VRS and len(elem.value or b"") > BULK_THRESHOLD

@@ -115,6 +115,7 @@ def test_un_and_private_sequences_and_odd_values(tmp_path: Path) -> None:
     put_raw(ds, 0x00200032, "DS", b"-0\\1e3\\ 2.5\\abc ")  # one DS pydicom cannot read
     put_raw(ds, 0x00201041, "DS", b"-0\\1e3\\ 2.5 \\.5")
     put_raw(ds, 0x00200012, "IS", b"1\\\\3 ")  # an empty value
+    put_raw(ds, 0x00200100, "IS", b"1.5 ")  # (no whole number: pydicom cut it to 1)
     put_raw(ds, 0x00200020, "CS", b"A\\B\\\x00")
     put_raw(ds, 0x00080061, "CS", b"\xe9T ")  # not ASCII where it must be
     put_raw(ds, 0x00081115, "SQ", unsorted_item())
@@ -134,6 +135,14 @@ def test_un_and_private_sequences_and_odd_values(tmp_path: Path) -> None:
     implicit.add_new(0x00280120, "US", 0)  # US or SS: by Pixel Representation
     store_implicit(archive, implicit)
     assert assert_same(archive) == 3
+    # review116 M1: an IS or DS that is no plain number, each value as the number it
+    # reads as, null when none (pydicom gave nothing of these, and an IS "1.5" as 1)
+    row = ArchiveReader(archive.root).instance(f"{STUDY}.2")
+    ts = row["transfer_syntax_uid"]
+    got = read_metadata(FileStorage(archive.root), row["path"], ts, _bulk, max_depth=50)
+    assert got["00200032"] == {"vr": "DS", "Value": [-0.0, 1000.0, 2.5, None]}
+    assert got["00200012"] == {"vr": "IS", "Value": [1, None, 3]}
+    assert got["00200100"] == {"vr": "IS", "Value": [1.5]}
     archive.close()
 
 

@@ -122,15 +122,29 @@ def _split(text: str) -> list[str] | str:
     return items[0] if len(items) == 1 else items
 
 
-def _numbers(vr: str, items: list[str] | str, pattern: re.Pattern[str]) -> dict[str, Any] | None:
+def _numbers(vr: str, items: list[str] | str, pattern: re.Pattern[str]) -> dict[str, Any]:
     number = int if vr == "IS" else float
     if isinstance(items, str):
         if not items:
             return {"vr": vr}
         items = [items]
-    if not all(pattern.fullmatch(v) for v in items):
-        return None  # empty values, signs pydicom reads otherwise, non-numbers
+    if not all(pattern.fullmatch(v) for v in items):  # (review116 M1: pydicom gave IS
+        # "1.5" as 1, nothing of a DS with an empty value amid others or "abc")
+        return finite({"vr": vr, "Value": [_lenient(vr, v) for v in items]})
     return finite({"vr": vr, "Value": [number(v) for v in items]})  # ("1e999": inf)
+
+
+def _lenient(vr: str, text: str) -> float | int | None:
+    """A value of an IS or DS that is no plain number, as JSON: the number it reads as
+    (an IS "1.5" is 1.5, not cut to 1; "+5" is 5), null when empty or no number
+    (PS3.18 F.2.5: null is the value that is not there)."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        return None
+    return int(value) if vr == "IS" and value.is_integer() else value
 
 
 def _names(vr: str, names: Sequence[PersonName] | PersonName) -> dict[str, Any]:

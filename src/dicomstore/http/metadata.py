@@ -37,8 +37,9 @@ log = logging.getLogger("dicomstore.http.metadata")
 
 #: Bump when the DICOM JSON that read_metadata_text makes changes: older entries are remade.
 #: (2: a deflated data set's Pixel Data is given as a BulkDataURI too; 3: a number that
-#: is NaN or infinite is null, review76 F2.)
-ENCODER = "3"
+#: is NaN or infinite is null, review76 F2; 4: an IS or DS that is no plain number is
+#: each value as the number it reads as, null when none, review116 M1.)
+ENCODER = "4"
 #: Instances looked up (and written to the cache) together.
 BATCH = 100
 #: Bytes of JSON sent as one chunk: each chunk of a sync body is a hop to a thread
