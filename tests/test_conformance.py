@@ -65,3 +65,27 @@ def test_the_cli_prints_it_and_the_copy_in_docs_is_current() -> None:
     ).stdout
     assert out.startswith("# DICOM Conformance Statement: dicomstore ")
     assert out == DOCS.read_text(), "regenerate: dicomstore conformance > docs/conformance.md"
+
+
+def test_it_lists_the_dicomweb_resources_the_server_routes(tmp_path) -> None:
+    """review116 L8: the statement said nothing of DICOMweb but that it exists. Each
+    resource it names is one the app routes (a study's, a series', an instance's)."""
+    import re
+
+    from dicomstore.archive import Archive
+    from dicomstore.conformance.web import _SERVICES
+    from dicomstore.http import build_app
+
+    text = statement()
+    assert "## 6 DICOMweb (PS3.18)" in text and "Implicit VR Little Endian" in text
+    archive = Archive(tmp_path / "a", fsync=False)
+    routed = {getattr(route, "path", "") for route in build_app(archive).routes}
+    archive.close()
+    named = {
+        path.replace("{study}", "{study:uid}")
+        for _t, resources, _m in _SERVICES
+        for path in re.findall(r"`(?:POST )?(/[^`]*)`", resources)
+    }
+    assert named and all(path.replace("{series}", "{series:uid}") in routed for path in named), (
+        named - routed
+    )

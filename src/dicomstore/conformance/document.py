@@ -13,6 +13,7 @@ from dicomstore import status as st
 from dicomstore.conformance.commitment import commitment_section
 from dicomstore.conformance.qr import IDENTIFIER_BOUND, query_section
 from dicomstore.conformance.tables import table
+from dicomstore.conformance.web import web_section
 from dicomstore.services.storage_scp import STORAGE_EXTENDED_ANSWER
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU
 from dicomstore.ul.pdu import APPLICATION_CONTEXT_NAME
@@ -111,7 +112,7 @@ def statement() -> str:
         ),
         "",
         "No media services. Stored instances are also reachable over DICOMweb "
-        "(PS3.18: QIDO-RS, WADO-RS, STOW-RS) when `serve --http-port` is given.",
+        "(PS3.18: QIDO-RS, WADO-RS, STOW-RS) when `serve --http-port` is given (6).",
         "",
         "## 2 Networking",
         "",
@@ -327,6 +328,7 @@ def statement() -> str:
         "multipart parts, search parameters, rendered sequence depth): 413 or 400 "
         "with the reason, never a 5xx for bad input.",
         "",
+        *web_section(),
         "## Appendix A: Storage SOP Classes (SCP and SCU)",
         "",
         *table(("SOP Class", "UID"), [(uids.uid_name(uid), f"`{uid}`") for uid in classes]),
