@@ -473,34 +473,44 @@ def test_check_says_when_unknown_callers_pass_the_pins(tmp_path, capsys, text, s
     assert "to every Move Destination" in note and "narrow unknown_may" in note
 
 
-def test_serve_warns_at_start_when_unknown_callers_pass_the_pins(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("text", "marker", "said"),
+    [
+        (
+            'allow_unknown = true\n[peers.MOD1]\nhosts = ["10.1.2.3"]\n',
+            "callers not under [peers]",
+            ["callers not under [peers] may", "held back as MOD1 (hosts)"],
+        ),
+        (  # review110 L2: a peer pinned by tls_subject on a server without --tls-ca (or
+            # without TLS) is refused whatever it presents, and nothing at start said so
+            '[peers.MOD1]\ntls_subject = "CN=mod1"\n[peers.MOD2]\n',
+            "pinned by tls_subject",
+            ["MOD1: pinned by tls_subject, refused", "without --tls-cert, --tls-key and --tls-ca"],
+        ),
+    ],
+    ids=["unknown-callers", "certificates-never-asked"],
+)
+def test_serve_warns_at_start_of_what_the_policy_lets_pass_or_refuses(
+    tmp_path, text, marker, said
+) -> None:
     from tests.conftest import free_port, serve_command, start_up_log
 
     policy = tmp_path / "policy.toml"
-    policy.write_text('allow_unknown = true\n[peers.MOD1]\nhosts = ["10.1.2.3"]\n')
+    policy.write_text(text)
     port = free_port()
     err = start_up_log(serve_command(port, tmp_path / "store", "--config", str(policy)), port)
-    (line,) = [line for line in err.splitlines() if "callers not under [peers]" in line]
-    assert "WARNING" in line and f"{policy}: callers not under [peers] may" in line
-    assert "held back as MOD1 (hosts)" in line
+    (line,) = [line for line in err.splitlines() if marker in line]
+    assert "WARNING" in line and f"{policy}: " in line
+    assert all(words in line for words in said), line
 
 
-def test_serve_warns_at_start_when_pinned_certificates_are_never_asked_for(tmp_path) -> None:
-    """review110 L2: a peer pinned by tls_subject on a server without --tls-ca (or
-    without TLS) is refused whatever it presents ("no TLS client certificate"), and
-    nothing at start said so."""
-    from tests.conftest import free_port, serve_command, start_up_log
-
-    policy = tmp_path / "policy.toml"
-    policy.write_text('[peers.MOD1]\ntls_subject = "CN=mod1"\n[peers.MOD2]\n')
-    port = free_port()
-    err = start_up_log(serve_command(port, tmp_path / "store", "--config", str(policy)), port)
-    (line,) = [line for line in err.splitlines() if "pinned by tls_subject" in line]
-    assert "WARNING" in line and f"{policy}: MOD1: pinned by tls_subject, refused" in line
-    assert "without --tls-cert, --tls-key and --tls-ca" in line
+def test_certificates_asked_for_leave_no_pin_unmet(tmp_path) -> None:
     from dicomstore.policy_tools import certificates_never_asked
 
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[peers.MOD1]\ntls_subject = "CN=mod1"\n')
     assert certificates_never_asked(Policy.load(policy), asks_certificates=True) is None
+    assert certificates_never_asked(Policy.load(policy), asks_certificates=False) is not None
 
 
 def test_check_command_as_a_module_names_the_problem_in_one_line(tmp_path) -> None:
