@@ -332,18 +332,49 @@ def test_a_uid_not_stored_creates_no_audit_log(storage: Path, tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["archive"]
 
 
+def _left_without_rows(storage: Path, uid: str) -> list[Path]:
+    """The files of ``uid`` put back after its delete: what a crash between its COMMIT
+    and its unlinks, without removal intents, leaves."""
+    files = [p for p in _files(storage) if uid in p.relative_to(storage).parts[:2]]
+    saved = {path: path.read_bytes() for path in files}
+    remove(storage, uid, fsync=False)
+    for path, data in saved.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return files
+
+
 def test_files_left_without_rows_are_removed_and_recorded(storage: Path, tmp_path: Path) -> None:
     """A UID without rows whose files are on disk (an interrupted delete) still opens
     the audit log and is recorded (the check before opening it looks on disk too)."""
-    left = storage / "7.7.7" / "7.7.7.1" / "7.7.7.1.1.dcm"
-    left.parent.mkdir(parents=True)
-    left.write_bytes((storage / "1.2.5" / "1.2.5.1" / "1.2.4.4.dcm").read_bytes())
+    (left,) = _left_without_rows(storage, "1.2.5")
     audit = tmp_path / "audit.jsonl"
-    result = remove(storage, "7.7.7", audit_log=audit, fsync=False)
+    result = remove(storage, "1.2.5", audit_log=audit, fsync=False)
     assert (result.level, result.leftovers_removed) == ("files", 1) and not left.exists()
     (record,) = _records(audit)
-    assert (record["level"], record["uid"], record["outcome"]) == ("files", "7.7.7", "deleted")
+    assert (record["level"], record["uid"], record["outcome"]) == ("files", "1.2.5", "deleted")
     assert (record["instances"], record["files_removed"]) == (0, 1)  # (no rows; one file)
+
+
+def test_a_file_not_left_by_the_uid_s_delete_is_kept(storage: Path, tmp_path: Path) -> None:
+    """review115 F1: a UID without rows had every .dcm under its folders unlinked unread:
+    the only copy of an instance indexed elsewhere (another patient's, moved there by
+    hand) and a foreign file went, the record naming neither. Only a file of the UID's
+    own instances, filed where the archive files them and indexed nowhere, is its."""
+    from dicomstore.query import NotStoredError
+
+    remove(storage, "1.2.5", fsync=False)
+    folder = storage / "1.2.5" / "1.2.5.1"
+    folder.mkdir(parents=True)
+    moved = folder / "1.2.4.1.dcm"  # (PID1's, indexed in its own study's folder)
+    moved.write_bytes((storage / STUDY / f"{STUDY}.1" / "1.2.4.1.dcm").read_bytes())
+    with pytest.raises(NotStoredError):
+        remove(storage, "1.2.5", fsync=False)
+    assert moved.exists()
+    (storage / STUDY / f"{STUDY}.1" / "1.2.4.1.dcm").unlink()  # (its only copy now)
+    with pytest.raises(NotStoredError):
+        remove(storage, "1.2.5", fsync=False)
+    assert moved.exists()
 
 
 def test_a_leftovers_removal_interrupted_midway_is_incomplete_with_what_went(
@@ -353,11 +384,9 @@ def test_a_leftovers_removal_interrupted_midway_is_incomplete_with_what_went(
     unlinked: ``incomplete``, one file removed, the other still there."""
     from dicomstore.archive import crashpoints
 
-    source = (storage / "1.2.5" / "1.2.5.1" / "1.2.4.4.dcm").read_bytes()
-    folder = storage / "7.7.7" / "7.7.7.1"
-    folder.mkdir(parents=True)
-    for name in ("7.7.7.1.1.dcm", "7.7.7.1.2.dcm"):
-        (folder / name).write_bytes(source)
+    left = _left_without_rows(storage, STUDY + ".1")
+    assert len(left) == 2
+    folder = left[0].parent
 
     def reached(at: str) -> None:
         if at == "delete.after-unlink":
@@ -367,7 +396,7 @@ def test_a_leftovers_removal_interrupted_midway_is_incomplete_with_what_went(
     monkeypatch.setattr(crashpoints, "reached", reached)
     audit = tmp_path / "audit.jsonl"
     with pytest.raises(KeyboardInterrupt):
-        remove(storage, "7.7.7", audit_log=audit, fsync=False)
+        remove(storage, STUDY + ".1", audit_log=audit, fsync=False)
     (record,) = _records(audit)
     assert (record["level"], record["outcome"], record["files_removed"]) == (
         "files",

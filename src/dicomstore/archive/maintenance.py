@@ -16,9 +16,9 @@ from typing import Any, Protocol
 from dicomstore.archive import digests as data_digests
 from dicomstore.archive import layout, nodes, rebuild
 from dicomstore.archive.checked import file_meta_differs
-from dicomstore.archive.dicomfile import dataset_offset, encoding_of, read_header
+from dicomstore.archive.dicomfile import dataset_offset, encoding_of
 from dicomstore.archive.engine import engine_for
-from dicomstore.archive.fields import index_fields
+from dicomstore.archive.filed import header_row
 from dicomstore.archive.identity import check_storage
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import dicom_files
@@ -193,7 +193,7 @@ def read_row(root: Path, path: Path) -> dict[str, Any]:
     transfer_syntax = str(meta.get("TransferSyntaxUID", ""))
     stat = path.stat()
     with open(path, "rb") as fp:
-        row, offset = _header_row(fp, stat.st_size, transfer_syntax)
+        row, offset = header_row(fp, stat.st_size, transfer_syntax)
         digest, _ = data_digests.of_data_set(fp, offset)
     row.update(
         transfer_syntax_uid=layout.normalize_uid(transfer_syntax),
@@ -205,35 +205,6 @@ def read_row(root: Path, path: Path) -> dict[str, Any]:
         path=path.relative_to(root).as_posix(),
     )
     return row
-
-
-def _header_row(fp: Any, size: int, transfer_syntax: str) -> tuple[dict[str, Any], int]:
-    """The index fields of the data set in ``fp`` (its header) and where it begins."""
-    offset = dataset_offset(fp)
-    row = index_fields(read_header(fp, offset, size, transfer_syntax))
-    if row["sop_instance_uid"] is None or row["sop_class_uid"] is None:
-        raise ValueError("no SOP Class/Instance UID in the data set")
-    return row, offset
-
-
-def filed_by_archive(root: Path, path: Path) -> bool:
-    """Whether ``reindex`` takes the file at ``path`` as a stored instance: named as
-    the archive names one (``layout.named_as_filed``), readable, and where the
-    archive files the instance its own UIDs name (``layout.is_place``, the judgement
-    of :func:`reindex_archive`); its header only, no digest (start-up, review59 M4)."""
-    from pydicom.filereader import read_file_meta_info  # (as read_row)
-
-    relpath = path.relative_to(root).as_posix()
-    if not layout.named_as_filed(relpath):
-        return False
-    try:
-        meta = read_file_meta_info(path)
-        with open(path, "rb") as fp:
-            size = os.fstat(fp.fileno()).st_size
-            row, _ = _header_row(fp, size, str(meta.get("TransferSyntaxUID", "")))
-    except Exception:  # (left out by reindex as "cannot be read")
-        return False
-    return layout.is_place(relpath, row["study_uid"], row["series_uid"], row["sop_instance_uid"])
 
 
 def reindex_archive(

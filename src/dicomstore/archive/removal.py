@@ -34,9 +34,8 @@ after its scan belongs to a delete still running, which drops it itself.
 
 A crash between COMMIT and the unlinks without an intent (a file system
 without hard links, a path too long to be named) leaves files the index does
-not know: ``dicomstore check`` lists them as *not indexed*, and running the
-same ``delete`` again removes them (a UID without rows is looked for on disk,
-see :func:`leftovers`).
+not know: ``dicomstore check`` lists them as *not indexed*, and the same
+``delete`` again removes those that are its own (:func:`leftovers`).
 
 Uses the archive's own :class:`~dicomstore.archive.index.Index` writer methods
 (``remove``, ``prune``), never an :class:`~dicomstore.archive.Archive`, whose
@@ -55,6 +54,7 @@ from typing import Any
 from dicomstore.archive import crashpoints, layout, metacache, reserve
 from dicomstore.archive.deferred import rollback_quietly
 from dicomstore.archive.engine import DatabaseError, engine_for
+from dicomstore.archive.filed import abandoned
 from dicomstore.archive.index import Index
 from dicomstore.archive.layout import intent_target, link_intent
 from dicomstore.archive.reader import ArchiveReader, NotStoredError
@@ -178,7 +178,7 @@ class Progress:
 
 
 def leftovers(root: Path, reader: ArchiveReader, level: str | None, uid: str) -> list[Path]:
-    """Files of ``uid`` left on disk without index rows (an interrupted delete)."""
+    """Files of ``uid`` an interrupted delete left on disk, without index rows."""
     name = layout.safe_component(uid, "-")
     patterns = {
         "study": [f"{name}/*/*{layout.SUFFIX}"],
@@ -192,7 +192,7 @@ def leftovers(root: Path, reader: ArchiveReader, level: str | None, uid: str) ->
             for path in sorted(root.glob(pattern)):
                 if path.parts[len(root.parts)] == layout.TMP_DIR or not path.is_file():
                     continue
-                if not reader.has_path(path.relative_to(root).as_posix()):
+                if abandoned(root, path, reader):  # (its own, unindexed: review115 F1)
                     found.append(path)
     return found
 

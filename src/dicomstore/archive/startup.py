@@ -9,7 +9,7 @@ an index lost
     the storage holds stored instances and the index none: the index was lost
     (its file too: removed between runs), or a new one was made (an ``--index`` to
     another file or database). A stored instance is a file ``reindex`` indexes
-    (:func:`~dicomstore.archive.maintenance.filed_by_archive`: named and filed where
+    (:func:`~dicomstore.archive.filed.filed_by_archive`: named and filed where
     the archive files the instance its own UIDs name; looked for only when the
     index holds no instance, with a few ``scandir`` calls and the header of a file
     so named); another ``.dcm`` file (an export folder, ``lost+found``) is not one,
@@ -35,8 +35,9 @@ from pathlib import Path
 
 from dicomstore.archive import layout
 from dicomstore.archive.engine import Engine
+from dicomstore.archive.filed import filed_by_archive
 from dicomstore.archive.index import Index
-from dicomstore.archive.maintenance import filed_by_archive, reindex_archive
+from dicomstore.archive.maintenance import reindex_archive
 from dicomstore.archive.schema import SCHEMA_VERSION
 
 log = logging.getLogger("dicomstore.archive")
