@@ -533,3 +533,41 @@ def test_after_a_failed_syncfs_each_file_is_fsynced_through_its_own_descriptor(
     assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
     assert "fsync" in calls and "syncfs" not in calls
     assert not archive.storage.flush_placed([])  # (not one syncfs for all)
+
+
+def _damage_first_record(path: Path) -> None:
+    """A byte of the journal's first record flipped (its checksum then fails)."""
+    data = bytearray(path.read_bytes())
+    data[journal.START + 64] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_record_before_a_stored_one_stops_the_start(
+    archive: Archive, root: Path, caplog
+) -> None:
+    """review115 F2: a record failing its checksum was taken for the torn end of a
+    crash: a start then read none after it, dropped the answered instance whose data
+    the disk had lost, and check said the archive was clean. A whole record after it
+    of an instance the index holds shows it damaged: the start stops, naming the
+    journal, which stays."""
+    stored = [store(archive, dataset(uid(n)), sop_uid=uid(n)) for n in range(3)]
+    assert all(s.status == SUCCESS for s in stored)
+    die(archive)
+    path = _journal_of(archive)
+    records = journal.read(path)
+    assert len(records) == 3
+    _lose_data(stored[1].path)  # type: ignore[arg-type]
+    _damage_first_record(path)
+    assert journal.read(path) == []  # (alone, the reader cannot tell: the end)
+    with pytest.raises(OSError, match="the journal is damaged"):
+        list(journal.records(path, lambda meta: True))
+    assert list(journal.records(path, lambda meta: False)) == []  # (torn: none stored)
+    from dicomstore.archive.reader import ArchiveReader
+    from dicomstore.archive.readonly_check import would_settle
+
+    said = would_settle(root, ArchiveReader(root))  # (check --read-only said nothing)
+    assert any("the journal is damaged" in line and "a start stops there" in line for line in said)
+    with pytest.raises(OSError, match="the journal is damaged") as stopped:
+        Archive(root)
+    assert "this start stops: move it aside to start without it" in str(stopped.value)
+    assert path.exists()

@@ -25,11 +25,12 @@ crash (never answered) ends the run.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,14 +277,22 @@ class Journal:
             raise OSError(28, "short write to the journal", str(self.path))
 
 
+#: How :func:`records` says a journal is damaged (not torn by a crash).
+DAMAGED = "the journal is damaged"
+
+
 def read(path: Path) -> list[Record]:
     """The records of the journal at ``path`` that still count, in order (none when
     there is no journal)."""
     return list(records(path))
 
 
-def records(path: Path) -> Iterator[Record]:
-    """:func:`read`, one record at a time (at most one in memory)."""
+def records(path: Path, stored: Callable[[dict[str, Any]], bool] | None = None) -> Iterator[Record]:
+    """:func:`read`, one record at a time (at most one in memory). A record that cannot
+    be read ends them (torn by a crash before its answer); but with ``stored`` (whether
+    the index holds the instance of a record's meta), ``OSError`` when a whole record
+    after it is of an instance stored: the bad one was flushed before it, so damaged
+    (review115 F2: its answered instance was dropped, said nowhere)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -300,22 +309,57 @@ def records(path: Path) -> Iterator[Record]:
                 checkpoint = max(checkpoint, seq)
         offset, last = START, checkpoint
         while offset + _HEAD.size + _SUM <= size:
-            head = os.pread(fd, _HEAD.size + _SUM, offset)
-            magic, _version, seq, meta_len, data_len = _HEAD.unpack_from(head)
-            end = offset + _HEAD.size + _SUM + meta_len + data_len
-            if magic != b"DSJR" or seq <= last or end > size:
+            found = _record_at(fd, offset, size, last)
+            if found is None:  # (torn by a crash, never answered: the end; unless a
+                # later record is whole and stored, and this one damaged)
+                if stored is not None and _stored_after(fd, offset, size, last, stored):
+                    raise OSError(
+                        errno.EIO,
+                        f"{DAMAGED}: its record at byte {offset} cannot be read, a later"
+                        " one can (answered instances would be lost)",
+                        str(path),
+                    )
                 break
-            body = os.pread(fd, meta_len + data_len, offset + _HEAD.size + _SUM)
-            digest = xxhash.xxh3_128(head[: _HEAD.size])
-            digest.update(body)
-            if digest.digest() != head[_HEAD.size :]:
-                break  # (torn by a crash: never answered)
-            try:
-                meta = json.loads(body[:meta_len])
-            except ValueError:
-                break
-            yield Record(seq, meta, body[meta_len:])
-            last = seq
+            record, end = found
+            yield record
+            last = record.seq
             offset = -(-end // ALIGN) * ALIGN
     finally:
         os.close(fd)
+
+
+def _record_at(fd: int, offset: int, size: int, last: int) -> tuple[Record, int] | None:
+    """The whole record at ``offset`` after sequence number ``last``, and where it
+    ends; None when there is none (torn, damaged, or of an earlier run)."""
+    head = os.pread(fd, _HEAD.size + _SUM, offset)
+    if len(head) < _HEAD.size + _SUM:
+        return None
+    magic, _version, seq, meta_len, data_len = _HEAD.unpack_from(head)
+    end = offset + _HEAD.size + _SUM + meta_len + data_len
+    if magic != b"DSJR" or seq <= last or end > size:
+        return None
+    body = os.pread(fd, meta_len + data_len, offset + _HEAD.size + _SUM)
+    digest = xxhash.xxh3_128(head[: _HEAD.size])
+    digest.update(body)
+    if digest.digest() != head[_HEAD.size :]:
+        return None
+    try:
+        meta = json.loads(body[:meta_len])
+    except ValueError:
+        return None
+    return Record(seq, meta, body[meta_len:]), end
+
+
+def _stored_after(
+    fd: int, offset: int, size: int, last: int, stored: Callable[[dict[str, Any]], bool]
+) -> bool:
+    """Whether a whole record after ``last``, of an instance ``stored``, begins at an
+    aligned place past ``offset`` (one of the same unflushed write may be whole where
+    the bad one was torn: neither was answered, nor indexed)."""
+    at = (offset // ALIGN + 1) * ALIGN
+    while at + _HEAD.size + _SUM <= size:
+        found = _record_at(fd, at, size, last)
+        if found is not None and stored(found[0].meta):
+            return True
+        at += ALIGN
+    return False

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from dicomstore.archive import journal, layout, nodes
 from dicomstore.archive.frozen import frozen_engine
@@ -62,12 +63,12 @@ def would_settle(root: Path, reader: ArchiveReader) -> list[str]:
     if not tmp.is_dir():
         return []
     living = set(nodes.alive(root))
-    lines = _folder(root, tmp)
+    lines = _folder(root, tmp, reader)
     with os.scandir(tmp) as entries:
         folders = sorted(e.name for e in entries if e.name.startswith(nodes.PREFIX) and e.is_dir())
     for name in folders:
         if name not in living:
-            lines += _folder(root, tmp / name) or [
+            lines += _folder(root, tmp / name, reader) or [
                 f"{SETTLE} {layout.TMP_DIR}/{name}: the empty folder of a node not running: removed"
             ]
     lines += _unflushed(reader, living)
@@ -80,11 +81,20 @@ def would_settle(root: Path, reader: ArchiveReader) -> list[str]:
     return lines
 
 
-def _folder(root: Path, folder: Path) -> list[str]:
+def _folder(root: Path, folder: Path, reader: ArchiveReader) -> list[str]:
     """:func:`would_settle`'s lines of ``.tmp`` itself or of a dead node's folder."""
     where = folder.relative_to(root).as_posix()
     lines = []
-    records = sum(1 for _ in journal.records(folder / journal.NAME))
+
+    def stored(meta: dict[str, Any]) -> bool:  # (the index holds that instance there)
+        rows = reader.search("instance", {"SOPInstanceUID": meta["uid"]}, limit=1)
+        return bool(rows) and (rows[0]["path"], rows[0]["digest"]) == (meta["key"], meta["digest"])
+
+    try:
+        records = sum(1 for _ in journal.records(folder / journal.NAME, stored))
+    except OSError as exc:  # (review115 F2: a damaged journal went unsaid)
+        lines.append(f"{where}/{journal.NAME}: {exc.strerror}: a start stops there")
+        records = 0
     if records:
         lines.append(
             f"{SETTLE} {where}/{journal.NAME}: {records} record(s) of instances answered"

@@ -206,10 +206,13 @@ def replay(root: Path, index: Index, folder: Path) -> None:
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         room = ", after freeing space" if exc.errno in _NO_ROOM else ""
+        again = f"start again{room}"
+        if str(exc.strerror).startswith(journal.DAMAGED):  # (starting again cannot help)
+            again = "move it aside to start without it: what it alone held is dropped, named"
         raise OSError(
             exc.errno,
             f"{exc.strerror or exc}{where}, while making what this journal holds durable"
-            f" (it is kept and this start stops: start again{room})",
+            f" (it is kept and this start stops: {again})",
             str(path),
         ) from exc
     log.info("%s: %d instances of its journal made durable", folder, written)
@@ -220,7 +223,13 @@ def _replay_records(root: Path, index: Index, folder: Path, *, each: bool) -> in
     still counts, written again; how many."""
     listed = {batch for batch, _ in index.unflushed_batches()}
     written, in_place = 0, []
-    for record in journal.records(folder / journal.NAME):  # (one at a time in memory)
+
+    def stored(meta: dict[str, Any]) -> bool:  # (the index holds that instance)
+        row = index.find(meta["uid"])
+        found = row is not None and (row["path"], row["digest"]) == (meta["key"], meta["digest"])
+        return found or meta["batch"] in listed
+
+    for record in journal.records(folder / journal.NAME, stored):  # (one at a time)
         meta = record.meta
         rel, digest = meta["key"], meta["digest"]
         row = index.find(meta["uid"])
