@@ -850,3 +850,31 @@ def test_a_plain_node_starting_while_the_events_are_asked_for_leaves_them(
     finally:
         asking.close()
     assert "handed to the node forwarding" not in caplog.text
+
+
+def test_a_damaged_queue_is_named_not_taken_for_the_index(tmp_path: Path, capsys) -> None:
+    """review115 F3: a damaged .forward/queue.sqlite made `stats` say the (healthy)
+    index.sqlite was malformed, pointing to a needless reindex, and `serve --forward`
+    end in a traceback (exit 1); each now names the queue, serve in one line, exit 2."""
+    import subprocess
+
+    from tests.conftest import serve_command
+
+    from dicomstore.cli import main as cli_main
+
+    root = tmp_path / "archive"
+    with Archive(root, fsync=False) as archive:
+        archive_store(archive, dataset())
+    queue = queue_path(root)
+    queue.parent.mkdir(parents=True)
+    queue.write_bytes(b"SQLite format 3\x00" + b"\xff" * 3000)  # (its header, then junk)
+    assert cli_main(["stats", "--storage", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"dicomstore: {queue}: ") and "(the forwarding queue)" in err, err
+    rule = ["--forward", f"DEST=127.0.0.1:{free_port()}"]
+    done = subprocess.run(
+        serve_command(free_port(), root, *rule), capture_output=True, text=True, timeout=60
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert lines[-1].startswith(f"dicomstore: cannot open the archive {root}: {queue}: ")

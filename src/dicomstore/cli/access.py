@@ -395,10 +395,15 @@ def _copy(reader: Any, row: dict[str, Any], target: Path) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from dicomstore.services.forward_queue import queue_status
+    import sqlite3
+
+    from dicomstore.services.forward_queue import damaged, queue_status
 
     stats = _reader(args).stats()
-    forwarding = queue_status(args.storage)
+    try:
+        forwarding = queue_status(args.storage)
+    except sqlite3.DatabaseError as exc:
+        raise damaged(args.storage, exc) from exc
     if forwarding is not None:
         stats["forwarding"] = forwarding
     if args.json:

@@ -1,11 +1,10 @@
 """The durable forwarding queue: ``<archive>/.forward/queue.sqlite`` (issue 16).
 
-Why SQLite rather than JSON lines and offsets: an entry changes state many
-times (attempts, next attempt, sent, failed), the sender takes the *due* entries
-of one destination a batch at a time (an index, ``LIMIT``: memory independent
-of the queue's length), and ``dicomstore stats`` reads it while the server
-writes (WAL); an append-only log would need its own compaction and an index of
-its own to do as much. SQLite is already how the archive indexes.
+Why SQLite rather than JSON lines and offsets: an entry changes state many times
+(attempts, next attempt, sent, failed), the sender takes the *due* entries of one
+destination a batch at a time (an index, ``LIMIT``: memory independent of the
+queue's length), and ``dicomstore stats`` reads it while the server writes (WAL);
+a log would need its own compaction and index to do as much.
 
 An entry is one instance for one destination, from one store: its key is
 (destination, SOP Instance UID, the index row's ``received_at``), so a store
@@ -14,9 +13,9 @@ and a ``when=stable`` rule to the same destination) is one entry, while the same
 instance stored again later is a new one. States: ``pending`` (with
 ``attempts`` and ``next_attempt``), then ``sent``, ``failed`` (a permanent
 failure: the destination's status and Error Comment are kept; or its file gone
-from the archive) or ``skipped`` (not in the index any more when its turn came). Sent and skipped
-entries are pruned after a while (``keep_done`` seconds); the counts of each
-state per destination stay in ``total``.
+from the archive) or ``skipped`` (not in the index any more when its turn came). Sent
+and skipped entries are pruned after a while (``keep_done`` seconds); the counts of
+each state per destination stay in ``total``. A damaged file is named: :func:`damaged`.
 
 Durability: ``synchronous=NORMAL`` (no fsync per commit). The archive index is
 the record of what was stored, and the queue can be rebuilt from it: the
@@ -30,6 +29,7 @@ sent twice (forwarding is at least once, as every store-and-forward is).
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
 import time
@@ -365,6 +365,11 @@ class _Transaction:
 
     def __exit__(self, kind: object, *rest: object) -> None:
         self.db.execute("ROLLBACK" if kind is not None else "COMMIT")
+
+
+def damaged(root: Path | str, exc: Exception) -> OSError:
+    """sqlite3's ``exc`` as an ``OSError`` naming the queue's file (review115 F3)."""
+    return OSError(errno.EIO, f"{exc} (the forwarding queue)", str(queue_path(root)))
 
 
 def queue_status(root: Path | str, *, timeout: float = 5.0) -> list[dict[str, Any]] | None:

@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -297,6 +298,7 @@ async def _forwarding(
             f"({lock.holder}): enable --forward on one node only"
         )
     locks.append(lock)
+    from dicomstore.services.forward_queue import damaged
     from dicomstore.services.forwarding import Forwarding
 
     forwarding = Forwarding(
@@ -310,7 +312,10 @@ async def _forwarding(
         max_attempts=config.forward_max_attempts,
         inflated_limit=server.store.limits.inflated_limit,
     )
-    await asyncio.to_thread(forwarding.open)
+    try:
+        await asyncio.to_thread(forwarding.open)
+    except sqlite3.DatabaseError as exc:  # (its queue's file: named)
+        raise damaged(server.reader.root, exc) from exc
     if any(rule.when == "instance" for rule in forwarding.rules):  # (stable rules: the hook)
         server.store.observers.append(forwarding.observe)
     await forwarding.start()
