@@ -429,3 +429,25 @@ def test_an_archive_whose_index_is_lost_is_named_with_its_remedy(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith(f"dicomstore: no archive at {storage} (no index.sqlite), though it")
     assert f"`dicomstore reindex --storage {storage}` indexes them again" in err
+
+
+def test_check_of_a_storage_it_may_not_read_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    """review115 F9: check of a storage folder of mode 000 (as a user, not root) ended in
+    a traceback (PermissionError from the look for its index)."""
+    from pathlib import Path
+
+    storage = tmp_path / "s"
+    storage.mkdir()
+    real = Path.exists
+
+    def denied(self: Path, *args, **kwargs) -> bool:
+        if self == storage / "index.sqlite":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", denied)
+    assert main(["check", "--storage", str(storage)]) == 1
+    assert (
+        capsys.readouterr().err
+        == f"dicomstore: cannot read {storage}/index.sqlite: Permission denied\n"
+    )

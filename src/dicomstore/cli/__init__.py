@@ -168,7 +168,12 @@ def _run(args: argparse.Namespace) -> int:
         # check needs an index to check against; reindex needs the files' folder
         local = args.command == "check" and not args.index  # (else a database's)
         needed = args.storage / INDEX_FILE if local else args.storage
-        if not needed.exists():
+        try:
+            there = needed.exists()
+        except OSError as exc:  # (review115 F9: a folder it may not read, a traceback)
+            print(f"dicomstore: cannot read {needed}: {exc.strerror}", file=sys.stderr)
+            return EXIT_FAILED
+        if not there:
             from dicomstore.archive.startup import lost_index
 
             missing = f" (no {needed.name})" if needed != args.storage else ""
