@@ -230,7 +230,9 @@ def test_export_goes_past_a_file_gone_or_damaged_and_tells_them(
     assert r.returncode == 1
     assert "exported 1 instance(s)" in r.stdout
     rel = {p: p.relative_to(storage).as_posix() for p in (gone, cut)}
-    assert f"{rel[gone]}: not exported: No such file or directory" in r.stderr
+    # (review115 F7: "No such file or directory", where the README says archive damage)
+    said = f"{rel[gone]}: not exported: archive damage: instance {gone.stem}: its file is gone"
+    assert said in r.stderr, r.stderr
     assert f"{rel[cut]}: not exported: archive damage: instance " in r.stderr
     assert f": file size 100, stored {size}" in r.stderr
     assert [p.name for p in out.rglob("*.dcm")] == [whole.name]

@@ -347,6 +347,11 @@ def _export(args: argparse.Namespace) -> int:
                 if exc.errno in _DEST_FULL:
                     problems.append(f"stopped: {args.dest}: {exc.strerror}")
                     break  # (review100 W1: one line each for every other instance)
+                if isinstance(exc, FileNotFoundError):  # (review115 F7: as README says)
+                    uid = row["sop_instance_uid"]
+                    gone = f"archive damage: instance {uid}: its file is gone"
+                    problems.append(f"{row['path']}: not exported: {gone}")
+                    continue
                 problems.append(f"{row['path']}: not exported: {exc.strerror or exc}")
                 continue
             if copied != row["file_size"]:  # (damaged since: no copy that looks whole)
