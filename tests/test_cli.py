@@ -451,3 +451,22 @@ def test_check_of_a_storage_it_may_not_read_is_one_line(tmp_path, capsys, monkey
         capsys.readouterr().err
         == f"dicomstore: cannot read {storage}/index.sqlite: Permission denied\n"
     )
+
+
+def test_an_archive_that_cannot_be_opened_on_a_full_disk_says_so(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """review115 F8: on a full disk check, serve and reindex said only 'disk I/O error'
+    (SQLite's words), nothing of the disk."""
+    import shutil
+    import sqlite3
+    from types import SimpleNamespace
+
+    from dicomstore.cli import options
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
+    options._cannot_open(tmp_path, sqlite3.OperationalError("disk I/O error"))
+    assert capsys.readouterr().err == (
+        f"dicomstore: cannot open the archive {tmp_path}: disk I/O error"
+        " (the disk is full: 0 bytes free; free some space)\n"
+    )

@@ -413,7 +413,20 @@ def _cannot_open(storage: Path, exc: BaseException) -> None:
             f" (its index is damaged: `dicomstore reindex --storage {storage}` builds a new"
             " one from the files, the damaged one kept aside)"
         )
+    elif "disk I/O error" in why or "disk is full" in why:  # (review115 F8: SQLite's
+        line += _room(storage)  # words on a full disk named nothing of it)
     refuse(line)
+
+
+def _room(storage: Path) -> str:
+    """What is free where the archive is, when little: why SQLite could not write."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(storage).free
+    except OSError:
+        return ""
+    return f" (the disk is full: {free} bytes free; free some space)" if free < 1 << 20 else ""
 
 
 def open_archive(storage: Path, **options: Any) -> Any:
