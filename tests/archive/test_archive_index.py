@@ -345,3 +345,17 @@ def test_the_reindex_command_says_a_damaged_file_and_fails(archive: Archive, cap
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("1.2.3.5/1.2.3.5.1/1.2.3.4.5.2.dcm: damaged: ")
     assert out[-1] == "reindexed 3 instances, 1 damaged"
+
+
+def test_the_reindex_summary_names_each_kind(archive: Archive, capsys) -> None:
+    """review115 F6: a file gone (its record dropped) and one that cannot be read (left
+    out) were summed up as 'damaged'."""
+    from dicomstore.cli import main
+
+    archive.path_of("1.2.3.4.5.0").unlink()
+    (archive.root / "1.2.3.4" / "broken.dcm").write_bytes(b"not dicom")
+    archive.close()
+    assert main(["reindex", "--storage", str(archive.root)]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "reindexed 2 instances, 1 file(s) left out, 1 missing"
+    )

@@ -130,10 +130,16 @@ def check_or_reindex(args: argparse.Namespace) -> int:
     if args.command == "reindex":
         for line in left_out + damaged:
             print(line)
+        # (each kind by its own name: review115 F6 called the missing and the
+        # unreadable left out "damaged")
+        kinds = [": damaged: ", ": missing: ", ": left out: cannot be read: "]
+        counts = [sum(kind in line for line in damaged) for kind in kinds]
+        out = len(left_out) + counts[2]
         print(
             f"reindexed {count} instances"
-            + (f", {len(left_out)} file(s) left out" if left_out else "")
-            + (f", {len(damaged)} damaged" if damaged else "")
+            + (f", {out} file(s) left out" if out else "")
+            + (f", {counts[0]} damaged" if counts[0] else "")
+            + (f", {counts[1]} missing" if counts[1] else "")
         )
         return EXIT_FAILED if damaged else EXIT_OK
     for line in problems + pending:
