@@ -470,3 +470,21 @@ def test_an_archive_that_cannot_be_opened_on_a_full_disk_says_so(
         f"dicomstore: cannot open the archive {tmp_path}: disk I/O error"
         " (the disk is full: 0 bytes free; free some space)\n"
     )
+
+
+def test_an_empty_index_beside_stored_files_names_reindex(tmp_path, capsys) -> None:
+    """review115 F4: a zero-byte index.sqlite made ls and stats advise "or start
+    dicomstore serve once", which refuses a storage of files its index does not hold."""
+    from dicomstore.archive import Archive
+    from tests.archive.archive_testlib import dataset, store
+
+    storage = tmp_path / "archive"
+    with Archive(storage, fsync=False) as archive:
+        assert store(archive, dataset()).status == 0
+    for name in ("index.sqlite-wal", "index.sqlite-shm"):
+        (storage / name).unlink(missing_ok=True)
+    (storage / "index.sqlite").write_bytes(b"")
+    assert main(["ls", "--storage", str(storage)]) == 1
+    err = capsys.readouterr().err
+    assert "the index is empty (no tables), though it holds stored instances" in err, err
+    assert f"`dicomstore reindex --storage {storage}`" in err and "serve" not in err

@@ -94,6 +94,11 @@ class ArchiveReader:
                 f"{self.engine.where}: index schema {version} is newer than this"
                 f" dicomstore's ({SCHEMA_VERSION}): use the dicomstore that made it"
             )
+        if version == 0:  # (an index with no tables, zero bytes: review115 F4)
+            from dicomstore.archive.startup import lost_index
+
+            said = f"{self.engine.where}: the index is empty (no tables)"
+            raise ArchiveNotFoundError(lost_index(self.root, said, index is not None))
         if version != SCHEMA_VERSION and version not in SAME_TABLES:
             raise SchemaError(
                 f"{self.engine.where}: index schema {version}, this dicomstore reads"
