@@ -359,3 +359,31 @@ def test_the_reindex_summary_names_each_kind(archive: Archive, capsys) -> None:
     assert capsys.readouterr().out.splitlines()[-1] == (
         "reindexed 2 instances, 1 file(s) left out, 1 missing"
     )
+
+
+def test_reindex_keeps_the_record_of_a_file_in_a_folder_it_may_not_read(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review115 F5: a series folder of mode 000 (not root) stopped reindex, exit 2,
+    where the README says such a file is told and its record kept (exit 1)."""
+    from pathlib import Path
+
+    path = archive.path_of("1.2.3.4.5.0")
+    real = Path.exists
+
+    def denied(self: Path, *args, **kwargs) -> bool:
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    path.rename(path.with_suffix(".hidden"))  # (not listed, as in a folder not readable)
+    monkeypatch.setattr(Path, "exists", denied)
+    left_out: list[str] = []
+    damaged: list[str] = []
+    archive.reindex(left_out, damaged)
+    rel = path.relative_to(archive.root).as_posix()
+    assert [line for line in damaged if line.startswith(rel)] == [
+        f"{rel}: damaged: it cannot be read (Permission denied); the index's record is kept"
+        " (check reports it): restore the file from a copy, or delete the instance"
+    ]
+    assert archive.get_instance("1.2.3.4.5.0") is not None

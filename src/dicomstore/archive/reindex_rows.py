@@ -42,8 +42,12 @@ def keep_records(
     for uid in sorted(uid for uid in recorded if uid not in chosen):
         path = recorded[uid][0]
         why = unreadable.pop(path, None)
-        if why is None and (root / path).exists():
-            continue  # (its file is there, left out for another reason: told)
+        if why is None:
+            try:
+                if (root / path).exists():
+                    continue  # (its file is there, left out for another reason: told)
+            except OSError as exc:  # (a folder it may not read: review115 F5, it stopped)
+                why = str(exc.strerror or exc)
         if why is not None:
             kept.append(uid)
             if why == DAMAGED:
