@@ -488,3 +488,18 @@ def test_an_empty_index_beside_stored_files_names_reindex(tmp_path, capsys) -> N
     err = capsys.readouterr().err
     assert "the index is empty (no tables), though it holds stored instances" in err, err
     assert f"`dicomstore reindex --storage {storage}`" in err and "serve" not in err
+
+
+def test_serve_refuses_an_archive_it_may_not_write(tmp_path, capsys, monkeypatch) -> None:
+    """review115 F9: with an index.sqlite it may not write (a user, not root), serve
+    started and answered every store A700; it stops at start now, in one line."""
+    from dicomstore.archive import frozen
+
+    storage = tmp_path / "s"
+    said = f"{storage}/index.sqlite is not writable"
+    monkeypatch.setattr(frozen, "unwritable", lambda root, index=None: said)
+    assert main(["serve", "--storage", str(storage), "--port", "0"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"dicomstore: cannot open the archive {storage}: {said}: nothing could be stored"
+        " (`dicomstore check` reads it)"
+    )

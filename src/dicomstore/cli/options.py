@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import ssl
 import sys
@@ -420,8 +421,6 @@ def _cannot_open(storage: Path, exc: BaseException) -> None:
 
 def _room(storage: Path) -> str:
     """What is free where the archive is, when little: why SQLite could not write."""
-    import shutil
-
     try:
         free = shutil.disk_usage(storage).free
     except OSError:
@@ -436,10 +435,14 @@ def open_archive(storage: Path, **options: Any) -> Any:
     into it (so refused when its index is lost: ``require_index``, review58 M4)."""
     from dicomstore.archive import Archive
     from dicomstore.archive.engine import DatabaseOrOSError
+    from dicomstore.archive.frozen import unwritable
     from dicomstore.archive.schema import SchemaError
 
     unusable: tuple[type[Exception], ...] = (SchemaError, ValueError, *DatabaseOrOSError)
-    try:
+    try:  # (an index it may not write: each store A700 else; review115 F9)
+        cannot = unwritable(storage, options.get("index"))
+        if cannot is not None:
+            raise OSError(30, f"{cannot}: nothing could be stored (`dicomstore check` reads it)")
         return Archive(storage, require_index=True, **options)
     except unusable as exc:
         _cannot_open(storage, exc)
