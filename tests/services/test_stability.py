@@ -284,6 +284,18 @@ def test_an_event_after_a_line_cut_by_a_crash_is_kept(tmp_path: Path) -> None:
     assert log.path.read_bytes().endswith(b"\n")
 
 
+def test_lines_that_are_no_event_are_said_when_read(tmp_path: Path, caplog) -> None:
+    """review115 F10: `dicomstore events` (StableLog.read) skipped them unsaid."""
+    log = StableLog(tmp_path, fsync=False)
+    event = StableStudy("1.2.41", "PID1", 1, 1, "x", "2026-01-01T00:00:00", "t", "f")
+    log.append(event)
+    with open(log.path, "ab") as fp:
+        fp.write(b"garbage\n")
+    with caplog.at_level("WARNING", logger="dicomstore.stable"):
+        assert list(log.read()) == [event]
+    assert f"{log.path}: 1 line(s) not a study event, skipped" in caplog.text
+
+
 def _event(study: str, stable_at: str) -> StableStudy:
     return StableStudy(study, "PID1", 1, 1, "x", "2026-01-01T00:00:00", stable_at, "f")
 

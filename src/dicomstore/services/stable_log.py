@@ -96,11 +96,15 @@ class StableLog:
         if not self.path.is_file():
             return
         floor = epoch(since) if since else None
+        skipped = 0
         with open(self.path, "rb") as fp:
             for line in fp:
                 event = _parse(line)
+                skipped += event is None and bool(line.strip())
                 if event and (floor is None or epoch(event.stable_at) >= floor):
                     yield event
+        if skipped:  # (review115 F10: `dicomstore events` skipped them unsaid)
+            log.warning("%s: %d line(s) not a study event, skipped", self.path, skipped)
 
     def latest(self) -> Mapping[str, StableStudy]:
         """Per study, its last event. Parsed once per process and log: each call
