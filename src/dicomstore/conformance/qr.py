@@ -159,8 +159,11 @@ def query_section() -> list[str]:
         "match then has status FF01. Retrieve AE Title "
         "(0008,0054) is the server's AE title, Instance Availability (0008,0056) "
         "ONLINE. One pending response per match, streamed as the index yields them; "
-        "C-CANCEL-RQ honoured between matches. Each C-FIND is audited (`--audit-log`, "
-        "after PS3.15 A.5.3.10 Query).",
+        "C-CANCEL-RQ honoured between matches (those sent already, up to a fetch of "
+        "rows, go on). A patient is its Patient ID with its Issuer of Patient ID: one ID "
+        "under two issuers is two PATIENT matches, told apart by (0010,0021) when it is "
+        "asked for (a C-MOVE or C-GET of that ID alone is C000). Each C-FIND is audited "
+        "(`--audit-log`, after PS3.15 A.5.3.10 Query).",
         "",
         "Keys matched and returned (PS3.4 C.6.1.1, C.6.2.1):",
         "",
