@@ -55,32 +55,22 @@ def _odd_numbers(raw: Any) -> dict[str, Any] | None:
     if not text.strip():
         return None
     values: list[Any] = []
+    lost = False  # (a value empty or no number: pydicom gave nothing of the attribute)
     for part in (p.strip() for p in text.split("\\")):
         try:
             number = float(part)
         except ValueError:
             values.append(None)
+            lost = True
             continue
-        if not math.isfinite(number):
+        if not math.isfinite(number):  # ("1e999", "nan": null, as pydicom's via finite)
             values.append(None)
         elif vr == "IS" and number.is_integer():
             values.append(int(number))
         else:
             values.append(number)
-    lost = any(v is None for v in values) and any(
-        not _plain(p) for p in (p.strip() for p in text.split("\\"))
-    )
     cut = vr == "IS" and any(isinstance(v, float) for v in values)
     return {"vr": vr, "Value": values} if lost or cut else None
-
-
-def _plain(part: str) -> bool:
-    """A value pydicom reads as the number it says ("1e999", "nan": not finite)."""
-    try:
-        float(part)
-    except ValueError:
-        return False
-    return True
 
 
 def read_metadata(

@@ -63,13 +63,12 @@ ATTRIBUTES: dict[str, Attribute] = {
 }
 BY_TAG: dict[int, Attribute] = {a.tag: a for a in ATTRIBUTES.values()}
 
-#: Computed per row from the entity's own level (a list, though matchable).
-_LISTS = ("ModalitiesInStudy", "SOPClassesInStudy")
-
 
 def computed(attr: Attribute) -> bool:
-    """A count or list of the entity of ``attr``'s level, made for its row."""
-    return attr.sql is None or attr.keyword in _LISTS
+    """A count or list of the entity of ``attr``'s level, made for its row: not matched
+    (no ``sql``), or matched on the rows of a level below (Modalities in Study on the
+    series' Modality)."""
+    return attr.sql is None or not attr.sql.startswith(f"{ALIAS[attr.level]}.")
 
 
 def in_row_of(attr: Attribute, level: str) -> bool:

@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,6 +275,12 @@ class Journal:
         of zeros written ahead: only a failing device writes short)."""
         if written != sum(len(b) for b in buffers):
             raise OSError(28, "short write to the journal", str(self.path))
+
+
+def is_version(row: Mapping[str, Any] | None, meta: Mapping[str, Any]) -> bool:
+    """Whether the index row ``row`` is the version a record's ``meta`` holds (filed at
+    its key with its digest), not one stored or filed elsewhere since."""
+    return row is not None and (row["path"], row["digest"]) == (meta["key"], meta["digest"])
 
 
 #: How :func:`records` says a journal is damaged (not torn by a crash).

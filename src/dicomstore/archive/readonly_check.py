@@ -88,7 +88,7 @@ def _folder(root: Path, folder: Path, reader: ArchiveReader) -> list[str]:
 
     def stored(meta: dict[str, Any]) -> bool:  # (the index holds that instance there)
         rows = reader.search("instance", {"SOPInstanceUID": meta["uid"]}, limit=1)
-        return bool(rows) and (rows[0]["path"], rows[0]["digest"]) == (meta["key"], meta["digest"])
+        return journal.is_version(rows[0] if rows else None, meta)
 
     try:
         records = sum(1 for _ in journal.records(folder / journal.NAME, stored))

@@ -225,15 +225,13 @@ def _replay_records(root: Path, index: Index, folder: Path, *, each: bool) -> in
     written, in_place = 0, []
 
     def stored(meta: dict[str, Any]) -> bool:  # (the index holds that instance)
-        row = index.find(meta["uid"])
-        found = row is not None and (row["path"], row["digest"]) == (meta["key"], meta["digest"])
-        return found or meta["batch"] in listed
+        return journal.is_version(index.find(meta["uid"]), meta) or meta["batch"] in listed
 
     for record in journal.records(folder / journal.NAME, stored):  # (one at a time)
         meta = record.meta
-        rel, digest = meta["key"], meta["digest"]
+        rel = meta["key"]
         row = index.find(meta["uid"])
-        if row is not None and (row["path"], row["digest"]) != (rel, digest):
+        if row is not None and not journal.is_version(row, meta):
             continue
         if row is None and meta["batch"] in listed:
             continue

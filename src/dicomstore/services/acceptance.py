@@ -190,37 +190,34 @@ def audit_association(assoc: AcceptorAssociation) -> None:
     if audit is None or assoc.request is None:
         return
     rq, negotiated = assoc.request, assoc.t.negotiated
-    audit.association(
-        {
-            "event": "association",
-            "peer": assoc.address,
-            "calling_ae": rq.calling_ae,
-            "called_ae": rq.called_ae,
-            "tls_subject": peer_subject(assoc.t.writer.get_extra_info("peercert")),
-            "user": assoc.admission.user if assoc.admission else None,
-            "contexts_accepted": sorted({c.abstract_syntax for c in negotiated.contexts.values()})
-            if negotiated
-            else [],
-            "outcome": assoc.outcome,
-            "stored": assoc.stored,
-            "failed": assoc.failed,
-            "kept": assoc.kept,
-        }
+    contexts = {c.abstract_syntax for c in negotiated.contexts.values()} if negotiated else ()
+    record = association_record(assoc.address, assoc.outcome)
+    record.update(
+        calling_ae=rq.calling_ae,
+        called_ae=rq.called_ae,
+        tls_subject=peer_subject(assoc.t.writer.get_extra_info("peercert")),
+        user=assoc.admission.user if assoc.admission else None,
+        contexts_accepted=sorted(contexts),
+        stored=assoc.stored,
+        failed=assoc.failed,
+        kept=assoc.kept,
     )
+    audit.association(record)
 
 
-def refused_handshake(address: str, why: str) -> dict[str, Any]:
-    """The audit record of a connection whose TLS handshake was refused (``why``): the
-    association record, with no request, its outcome saying why."""
+def association_record(peer: str, outcome: str) -> dict[str, Any]:
+    """An association's audit record, its fields in their order, of one that asked for
+    nothing and stored nothing: what :func:`audit_association` fills in; a TLS
+    handshake refused is one so, ``rejected: TLS handshake: <why>`` (review110 I5)."""
     return {
         "event": "association",
-        "peer": address,
+        "peer": peer,
         "calling_ae": None,
         "called_ae": None,
         "tls_subject": None,
         "user": None,
         "contexts_accepted": [],
-        "outcome": f"rejected: TLS handshake: {why}",
+        "outcome": outcome,
         "stored": 0,
         "failed": 0,
         "kept": 0,

@@ -29,7 +29,7 @@ from dicomstore.aio.stream import Stream
 from dicomstore.archive.reader import UNREADABLE, ArchiveReader
 from dicomstore.handler import StoreHandler
 from dicomstore.inflation import keep_free
-from dicomstore.services.acceptance import refused_handshake, stop_now
+from dicomstore.services.acceptance import association_record, stop_now
 from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
 from dicomstore.services.admission import Admission, AuditSink, FailedAdmissions, Gatekeeper
 from dicomstore.services.commitment_reports import CommitmentService
@@ -188,7 +188,7 @@ class Server:
         an association record of the audit log, as a caller refused later is
         (PS3.15 A.5.3.11 *Security Alert*: a node authentication failure)."""
         if self.audit is not None:
-            self.audit.association(refused_handshake(address, why))
+            self.audit.association(association_record(address, f"rejected: TLS handshake: {why}"))
 
     async def _on_connect(self, stream: Stream) -> None:
         conn = Connection(Role.ACCEPTOR, max_pdata=self.config.max_pdu)
