@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from http_testlib import HttpThread, make_dataset, store
+from http_testlib import HttpThread, make_dataset, split_multipart, store
 from starlette.types import Message, Receive, Scope, Send
 
 from dicomstore.archive import Archive
@@ -88,6 +88,18 @@ def test_series_metadata_is_gzipped_and_the_same_once_gunzipped(web: HttpThread)
     assert "accept-encoding" in _vary(headers) and "accept-encoding" in _vary(plain_headers)
     assert headers["content-length"] is None  # (streamed: chunked, no length known)
     assert gzip.decompress(coded) == plain
+    assert len(coded) * 5 < len(plain)
+
+
+def test_series_metadata_in_xml_is_gzipped(web: HttpThread) -> None:
+    """XML metadata (multipart/related of application/dicom+xml, PS3.18 8.7.3.2) is text
+    as its JSON is: gzipped when asked, its parts whole once gunzipped."""
+    xml = 'multipart/related; type="application/dicom+xml"'
+    status, headers, coded = _request(web, SERIES_PATH + "/metadata", {**GZIP, "Accept": xml})
+    assert status == 200 and coded is not None
+    assert headers["content-encoding"] == "gzip"
+    plain = gzip.decompress(coded)
+    assert len(split_multipart(plain, headers["content-type"])) == INSTANCES
     assert len(coded) * 5 < len(plain)
 
 

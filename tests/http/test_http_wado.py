@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -181,6 +182,83 @@ def test_metadata_with_bulk_data_uris(setup) -> None:
     (part,) = split_multipart(*_body(client.get(private_uri)))
     assert part[1] == bytes(range(256)) * 20
     assert "7FE00010" not in items["1.2.7.2"]
+
+
+XML_PARTS = 'multipart/related; type="application/dicom+xml"'
+NATIVE = "{http://dicom.nema.org/PS3.19/models/NativeDICOM}"
+
+
+def _from_xml(element: ET.Element) -> dict:
+    """A Native DICOM Model data set (PS3.19 A.1) read back as DICOM JSON."""
+    out: dict = {}
+    for attribute in element.findall(f"{NATIVE}DicomAttribute"):
+        vr = attribute.get("vr")
+        got: dict = {"vr": vr}
+        bulk = attribute.find(f"{NATIVE}BulkData")
+        inline = attribute.find(f"{NATIVE}InlineBinary")
+        if bulk is not None:
+            got["BulkDataURI"] = bulk.get("uri")
+        elif inline is not None:
+            got["InlineBinary"] = inline.text
+        elif vr == "SQ":
+            got["Value"] = [_from_xml(item) for item in attribute.findall(f"{NATIVE}Item")]
+        elif vr == "PN":
+            got["Value"] = [
+                {g.tag[len(NATIVE) :]: "^".join(c.text or "" for c in g) for g in name}
+                for name in attribute.findall(f"{NATIVE}PersonName")
+            ]
+        else:
+            got["Value"] = [v.text for v in attribute.findall(f"{NATIVE}Value")]
+        if got.get("Value") == []:
+            del got["Value"]
+        out[attribute.get("tag")] = got
+    return out
+
+
+def _as_text(data_set: dict) -> dict:
+    """DICOM JSON with every plain value as its text (as XML holds it)."""
+    for attribute in data_set.values():
+        values = attribute.get("Value")
+        if values is None:
+            continue
+        if attribute["vr"] == "SQ":
+            attribute["Value"] = [_as_text(item) for item in values]
+        elif attribute["vr"] != "PN":
+            attribute["Value"] = [None if v is None else str(v) for v in values]
+    return data_set
+
+
+def test_metadata_in_xml_holds_what_the_json_holds(setup) -> None:
+    """review116 M3: XML metadata (multipart/related; type="application/dicom+xml",
+    required of an origin server by PS3.18 Table 10.4.4-1) was 406."""
+    client, archive, _ = setup
+    target = f"/studies/{STUDY}/series/{SERIES}/metadata"
+    as_json = {m["00080018"]["Value"][0]: m for m in client.get(target).json()}
+    r = client.get(target, headers={"accept": XML_PARTS})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith(XML_PARTS + "; boundary=")
+    parts = split_multipart(r.content, r.headers["content-type"])
+    assert [h["content-type"] for h, _ in parts] == ["application/dicom+xml"] * 2
+    as_xml = {}
+    for _, body in parts:
+        data_set = _from_xml(ET.fromstring(body))
+        as_xml[data_set["00080018"]["Value"][0]] = data_set
+    assert as_xml == {uid: _as_text(m) for uid, m in as_json.items()}
+    big = ET.fromstring(parts[0][1] if b"1.2.7.1" in parts[0][1] else parts[1][1])
+    name = big.find(f"{NATIVE}DicomAttribute[@keyword='PatientName']/{NATIVE}PersonName")
+    assert name is not None and name.get("number") == "1"
+    family = name.find(f"{NATIVE}Alphabetic/{NATIVE}FamilyName")
+    assert family is not None and family.text == "Doe"
+    # an instance's own: the document alone too (a single part type, 10.4.4)
+    row = archive.get_instance("1.2.7.2")
+    alone = client.get(url(row) + "/metadata", headers={"accept": "application/dicom+xml"})
+    assert alone.headers["content-type"] == "application/dicom+xml", alone.text
+    assert _from_xml(ET.fromstring(alone.content)) == as_xml["1.2.7.2"]
+    one = client.get(target, headers={"accept": "application/dicom+xml"})
+    assert one.status_code == 406  # (a series' metadata is no single item)
+    assert client.get(target, headers={"accept": "*/*"}).headers["content-type"] == (
+        "application/dicom+json"
+    )
 
 
 def test_frames_of_explicit_and_implicit_instances(setup) -> None:

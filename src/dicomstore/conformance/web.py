@@ -24,7 +24,9 @@ _SERVICES: tuple[tuple[str, str, str], ...] = (
     (
         "Retrieve: metadata",
         "`.../metadata` of a study, series or instance",
-        "`application/dicom+json` (the XML form is not offered: 406)",
+        '`application/dicom+json`, `multipart/related; type="application/dicom+xml"` '
+        "(the Native DICOM Model, a part per instance; of an instance, also "
+        "`application/dicom+xml`)",
     ),
     (
         "Retrieve: frames, bulk data",

@@ -29,6 +29,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomstore.http.answer import AnswerBroken
+from dicomstore.http.multipart import parse_media_type
 
 #: Whole bodies shorter than this go as they are (a gzip header and trailer are 18 bytes).
 MIN_SIZE = 1024
@@ -47,7 +48,9 @@ _NOT_CODED = (204, 206, 304)
 
 def compressible(content_type: str) -> bool:
     """Whether an answer of ``content_type`` is gzipped when its client asks."""
-    media = content_type.partition(";")[0].strip().lower()
+    media, params = parse_media_type(content_type)
+    if media == "multipart/related":  # (XML metadata's parts, PS3.18 8.7.3.2)
+        return params.get("type", "").lower() in COMPRESSIBLE
     return media in COMPRESSIBLE or media.startswith("text/")
 
 

@@ -31,6 +31,8 @@ from dicomstore.http.common import url_of
 from dicomstore.http.dicomjson import log_cut
 from dicomstore.http.heldvalues import Held, Indexed, store
 from dicomstore.http.instancejson import read_metadata_text
+from dicomstore.http.multipart import closing, part_header
+from dicomstore.http.nativexml import DICOM_XML, native_xml_of_json
 from dicomstore.inflation import DEFAULT_MAX_INFLATED, TooLarge
 
 log = logging.getLogger("dicomstore.http.metadata")
@@ -142,8 +144,11 @@ def stream_metadata(
     follow: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
     held: Held | None = None,
     still: Indexed | None = None,
+    xml: bool = False,
+    boundary: str | None = None,
 ) -> Iterator[bytes]:
-    """The JSON array of the instances of ``rows``, in chunks of about ``CHUNK``
+    """The JSON array of the instances of ``rows`` (``xml``: their Native DICOM Model
+    documents, :func:`xml_parts`), in chunks of about ``CHUNK``
     bytes (whole instances); the values made for the cache are added to ``held`` for
     the caller to write when the answer is sent (``Held.write``), else (no holder, or
     past its bound) written as they are made, each instance looked up again after
@@ -163,9 +168,10 @@ def stream_metadata(
         return True
 
     sent = False  # (the answer ended: what is held is for the caller to write)
+    texts = _chunks(rows, storage, base, max_depth, cache, inflated_limit, strict, missing,
+                    follow, held, still)  # fmt: skip
     try:
-        yield from _chunks(rows, storage, base, max_depth, cache, inflated_limit, strict,
-                           missing, follow, held, still)  # fmt: skip
+        yield from xml_parts(texts, boundary) if xml else json_array(texts)
         sent = True
     finally:
         if held is not None and not sent:
@@ -185,8 +191,7 @@ def _chunks(
     held: Held | None,
     still: Indexed | None,
 ) -> Iterator[bytes]:
-    pending, size = [b"["], 1
-    first = True
+    """Each instance's DICOM JSON object (its text), in the order of ``rows``."""
     for start in range(0, len(rows), BATCH):
         batch: list[tuple[dict[str, Any], str]] = []
         for row in rows[start : start + BATCH]:
@@ -220,15 +225,46 @@ def _chunks(
             text, was_cut = _with_urls(value, url)
             if was_cut and uid in cached:
                 log_cut(row["path"], max_depth)  # as the encoder logs it when it cuts
-            if not first:
-                pending.append(b",")
-            pending.append(text)
-            size += len(text) + 1
-            first = False
-            if size >= CHUNK:
-                yield b"".join(pending)
-                pending, size = [], 0
+            yield text
         if made and (held is None or not held.add(made)):
             store(cache, made, still)
+
+
+def json_array(texts: Iterator[bytes]) -> Iterator[bytes]:
+    """The JSON objects ``texts`` as one array (F.2.1), in chunks of about ``CHUNK``."""
+    pending, size = [b"["], 1
+    first = True
+    for text in texts:
+        if not first:
+            pending.append(b",")
+        pending.append(text)
+        size += len(text) + 1
+        first = False
+        if size >= CHUNK:
+            yield b"".join(pending)
+            pending, size = [], 0
     pending.append(b"]")
+    yield b"".join(pending)
+
+
+def xml_parts(texts: Iterator[bytes], boundary: str | None) -> Iterator[bytes]:
+    """The JSON objects ``texts`` as Native DICOM Model documents, one part each of a
+    ``multipart/related; type="application/dicom+xml"`` body (PS3.18 8.7.3.2), in
+    chunks of about ``CHUNK``; without a ``boundary``, the document alone (of one
+    instance: the single part type, 10.4.4)."""
+    pending: list[bytes] = []
+    size = 0
+    first = True
+    for text in texts:
+        document = native_xml_of_json(text)
+        if boundary is not None:
+            pending.append(part_header(boundary, DICOM_XML, first=first))
+        pending.append(document)
+        first = False
+        size += len(document)
+        if size >= CHUNK:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if boundary is not None:
+        pending.append(closing(boundary, empty=first))
     yield b"".join(pending)

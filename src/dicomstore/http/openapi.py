@@ -21,6 +21,7 @@ from dicomstore.http.limits import HttpLimits
 _UID = {"type": "string", "pattern": "^[0-9.]{1,64}$"}
 _JSON = "application/dicom+json"
 _MULTIPART = 'multipart/related; type="application/dicom"'
+_XML_PARTS = 'multipart/related; type="application/dicom+xml"'
 _OCTETS = 'multipart/related; type="application/octet-stream"'
 _FRAME_TYPES = (
     "image/jpeg",
@@ -178,9 +179,12 @@ def _stow(path: list[str]) -> dict[str, Any]:
 def _metadata(path: list[str]) -> dict[str, Any]:
     return {
         "get": {
-            "summary": "Metadata as DICOM JSON with BulkDataURI (WADO-RS, PS3.18 10.4)",
+            "summary": "Metadata as DICOM JSON with BulkDataURI, or the Native DICOM Model "
+            "(WADO-RS, PS3.18 10.4)",
             "parameters": [_path(p) for p in path] + [_ACCEPT],
-            "responses": _responses({"description": "metadata", "content": {_JSON: {}}}, 404, 406),
+            "responses": _responses(
+                {"description": "metadata", "content": {_JSON: {}, _XML_PARTS: {}}}, 404, 406
+            ),
         }
     }
 

@@ -8,8 +8,9 @@
   (:mod:`dicomstore.http.transcoding`; to another syntax: 406). The part's
   ``transfer-syntax`` parameter names what it is. ``application/zip`` (8.7.3.5)
   gives the files as stored in a zip stream.
-- Metadata (10.4.1.1.2) as ``application/dicom+json``, Pixel Data and large
-  binary values as BulkDataURI (``.../bulkdata/{tag}``, 10.4.1.1.3).
+- Metadata (10.4.1.1.2) as ``application/dicom+json``, or each instance a part of
+  ``multipart/related; type="application/dicom+xml"`` (the Native DICOM Model);
+  Pixel Data and large binary values as BulkDataURI (``.../bulkdata/{tag}``, 10.4.1.1.3).
 - Frames and bulk data (10.4.1.1.3-4): :mod:`dicomstore.http.frames`;
   rendered and thumbnails (10.4.1.1.5-6): :mod:`dicomstore.http.render`.
 """
@@ -40,6 +41,7 @@ from dicomstore.http.heldvalues import Held
 from dicomstore.http.limits import inflated_limit, limits, refuse
 from dicomstore.http.metadata import stream_metadata
 from dicomstore.http.multipart import closing, new_boundary, part_header
+from dicomstore.http.nativexml import DICOM_XML
 from dicomstore.http.transcoding import (
     TARGET,
     TRANSCODING,
@@ -273,15 +275,23 @@ def _file_chunks(archive: ArchiveReader, row: dict[str, Any]) -> Iterator[bytes]
 
 
 def metadata(request: Request) -> Response:
-    """GET .../metadata (10.4.1.1.2): DICOM JSON, one object per instance, streamed
-    (through the metadata cache: :mod:`dicomstore.http.metadata`). An instance's own
+    """GET .../metadata (10.4.1.1.2): DICOM JSON, one object per instance, or one
+    Native DICOM Model part per instance (``multipart/related;
+    type="application/dicom+xml"``; of an instance, ``application/dicom+xml`` too),
+    streamed (through the metadata cache: :mod:`dicomstore.http.metadata`). An instance's own
     metadata is made before answering, so that a deflated data set inflating to over
     the limit is answered 413 (of a series or study, it is left out and logged).
     What is made for the metadata cache is written once the answer is sent."""
     rows = _rows(request)
-    negotiate(request, [(DICOM_JSON, None), ("application/json", None)])
-    _readable(request, rows)
     alone = "sop" in request.path_params
+    offers: list[tuple[str, str | None]] = [(DICOM_JSON, None), ("application/json", None)]
+    offers.append(("multipart/related", DICOM_XML))  # (required, Table 10.4.4-1)
+    if alone:  # (one item: its single part type too, 10.4.4)
+        offers.append((DICOM_XML, None))
+    kind = offers[negotiate(request, offers)[0]][0]
+    _readable(request, rows)
+    xml = kind in ("multipart/related", DICOM_XML)
+    boundary = new_boundary() if kind == "multipart/related" else None
     cache, held = request.app.state.metadata_cache, Held()
     body = stream_metadata(
         rows,
@@ -295,6 +305,8 @@ def metadata(request: Request) -> Response:
         follow=reader(request).follow,
         held=held,
         still=reader(request).instance_rows,
+        xml=xml,
+        boundary=boundary,
     )
     if alone:
         try:
@@ -302,4 +314,7 @@ def metadata(request: Request) -> Response:
         except AnswerBroken as exc:  # (nothing sent yet: say it)
             raise HttpError(500, f"{exc}: its file is missing or unreadable") from None
     written = BackgroundTask(held.write, cache, reader(request).instance_rows)
-    return StreamingResponse(body, media_type=DICOM_JSON, background=written)
+    media = DICOM_XML if kind == DICOM_XML else DICOM_JSON
+    if boundary is not None:
+        media = f'multipart/related; type="{DICOM_XML}"; boundary={boundary}'
+    return StreamingResponse(body, media_type=media, background=written)
