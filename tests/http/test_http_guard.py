@@ -245,6 +245,24 @@ def test_a_head_too_long_or_not_http_is_answered_readably(served, sent, answer, 
     assert "Invalid HTTP request received" not in caplog.text  # (uvicorn's: said once)
 
 
+def test_a_request_framed_two_ways_is_400_and_the_next_one_is_not_read(served, caplog) -> None:
+    """review118 F1: a request with both Content-Length and Transfer-Encoding was taken
+    (read chunked) and its connection kept, the bytes after it read as a next request:
+    a proxy framing by the length sees other requests (RFC 9112 6.3 rule 3, 11.2)."""
+    web, archive = served
+    with _connect(web) as sock:
+        sock.sendall(
+            b"POST /studies HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n"
+            b'Content-Type: multipart/related; type="application/dicom"; boundary=B\r\n\r\n'
+            b"0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        )
+        reply = _answer(sock)
+    assert reply.startswith(b"HTTP/1.1 400 ") and reply.count(b"HTTP/1.1 ") == 1, reply
+    assert b"Connection: close" in reply and b"Content-Length and Transfer-Encoding" in reply
+    assert "refused (400): framed by both Content-Length and Transfer-Encoding" in caplog.text
+
+
 def test_refused_connections_linger_a_bounded_few(served, monkeypatch) -> None:
     """review35d D1: each 503 lingered 2 s outside the cap, so a flood of them took
     every descriptor (and the DICOM port); at most MAX_LINGERING linger, the others

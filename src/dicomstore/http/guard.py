@@ -116,15 +116,25 @@ class _Connection(h11.Connection):
     on_continue: Any = None
     #: the last request's line and headers were over the limit (then 431, not 400)
     head_too_big = False
+    #: why the last request was refused, when it parsed but may not be taken
+    refused: str | None = None
 
     def next_event(self) -> Any:
         """h11's, but a request whose head came whole in one read and is over the
         limit (h11 bounds only a head still incomplete after a read: up to about
-        twice the limit passed, review87 F5) is a protocol error too."""
+        twice the limit passed, review87 F5) is a protocol error too, and so is one
+        framed both by ``Content-Length`` and ``Transfer-Encoding`` (RFC 9112 6.3
+        rule 3: h11 takes the chunked framing; a proxy in front that takes the
+        length sees another request there, review118 F1: request smuggling)."""
         event = super().next_event()
         if isinstance(event, h11.Request) and _head_size(event) > self._max_incomplete_event_size:
             self.head_too_big = True
             raise h11.RemoteProtocolError("request line and headers over the limit")
+        if isinstance(event, h11.Request):
+            names = {name for name, _ in event.headers}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                self.refused = "framed by both Content-Length and Transfer-Encoding"
+                raise h11.RemoteProtocolError(self.refused)
         return event
 
     def send(self, event: h11.Event) -> bytes | None:  # type: ignore[override]
@@ -307,7 +317,8 @@ class GuardedH11(H11Protocol):
             why = f"request line and headers over {limit} bytes"
             status, phrase = 431, "Request Header Fields Too Large"
         else:
-            why, status, phrase = "not a valid HTTP/1.1 request", 400, "Bad Request"
+            why = getattr(self.conn, "refused", None) or "not a valid HTTP/1.1 request"
+            status, phrase = 400, "Bad Request"
         log.warning("HTTP connection from %s refused (%d): %s", _client(self), status, why)
         body = f"{status} {phrase}: {why}".encode()
         self.transport.write(
