@@ -189,3 +189,20 @@ def test_a_stow_door_built_over_a_served_archive_stores_through_the_server(
         assert store(site, "STOW-RS", "1.2.11.10") == 0x0000
     assert [r["sop_instance_uid"] for r in archive.instances()] == ["1.2.11.10"]
     archive.close()
+
+
+def test_a_part_stow_refuses_itself_is_audited_with_its_data_set_bytes(site: Site) -> None:
+    """review118 F2: a part STOW-RS refused itself (another study than the URL's) was
+    audited with every byte of the part (preamble, File Meta), a stored one with its
+    data set's, as C-STORE counts: one record, one measure, whichever door."""
+    ds = make_dataset("1.2.11.9", study=STUDY, series=STUDY + ".1")
+    body, content_type = multipart_body([part10(ds)])
+    headers = {"content-type": content_type}
+    refused = httpx.post(f"{site.web}/studies/1.2.3.999", content=body, headers=headers)
+    assert refused.status_code == 409
+    assert f"instance of study {STUDY}, not of 1.2.3.999" in refused.headers["warning"]
+    assert store(site, "C-STORE", "1.2.11.9") == 0x0000
+    assert httpx.post(f"{site.web}/studies", content=body, headers=headers).status_code == 200
+    records = site.audit()
+    assert [r["status"] for r in records] == ["A900", "0000", "0000"]
+    assert len({r["bytes"] for r in records}) == 1 and records[0]["bytes"] > 0, records

@@ -106,15 +106,22 @@ class _Part:
         self.result: PartResult | None = None
         self.sop_class: str | None = None
         self.sop_instance: str | None = None
+        #: the part's bytes, and where its data set began in them (after the File Meta)
         self.nbytes = 0
+        self.dataset_start: int | None = None
         media_type, _ = parse_media_type(headers.get("content-type", "application/dicom"))
         if media_type != "application/dicom":
             self._fail(status.CANNOT_UNDERSTAND, f"part is {media_type}")
 
     def _fail(self, status: int, comment: str) -> None:
-        """A part refused by STOW-RS itself (logged and audited by the store service)."""
+        """A part refused by STOW-RS itself (logged and audited by the store service,
+        with the bytes of its data set received, as C-STORE's: review118 F2)."""
+        start = self.dataset_start
+        nbytes = 0 if start is None else self.nbytes - start
+        if self.storing is not None:
+            nbytes = self.storing.nbytes
         self.service.refused(
-            self.caller, self.sop_class, self.sop_instance, status, comment, nbytes=self.nbytes
+            self.caller, self.sop_class, self.sop_instance, status, comment, nbytes=nbytes
         )
         self.result = PartResult(self.sop_class, self.sop_instance, status, comment)
         self.buffer = bytearray()
@@ -139,6 +146,7 @@ class _Part:
         self._begin(*found)
 
     def _begin(self, end: int, meta: dict[int, bytes]) -> None:
+        self.dataset_start = self.nbytes - len(self.buffer) + end
         uids = []
         for element, name in _META_UIDS:  # (from its bytes: review76 F6, pydicom's own
             raw = meta.get(element)  # words reached the client, 'MultiValue' object ...)
@@ -186,7 +194,8 @@ class _Part:
             other = await anyio.to_thread.run_sync(self._study_of, storing.sink)
             if other is not None and other != study:
                 storing.abort()
-                self._fail(status.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"instance of study {other}")
+                of = f"instance of study {other}" if other else "instance of no study"
+                self._fail(status.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{of}, not of {study}")
                 assert self.result is not None
                 return self.result
         result = await self.service.finish(storing)
