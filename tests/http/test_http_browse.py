@@ -137,8 +137,11 @@ def test_unknown_pages_are_404(site) -> None:
     with httpx.Client(base_url=url) as client:
         assert client.get("/browse/study", params={"uid": "9.9"}).status_code == 404
         assert client.get("/browse/patient", params={"id": "nobody"}).status_code == 404
-        assert client.get("/browse/instance").status_code == 404
         assert client.get("/browse/patient.zip", params={"id": "nobody"}).status_code == 404
+        # (review118 F4: no UID at all was 404 "study '' is not in the archive")
+        for level in ("study", "series", "instance"):
+            reply = client.get(f"/browse/{level}")
+            assert reply.status_code == 400 and f"no {level} UID given" in reply.text
 
 
 def test_a_wado_uri_request_is_400_not_the_patients_page(site) -> None:
