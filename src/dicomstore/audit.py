@@ -17,6 +17,11 @@ the server builds (see ``AcceptorAssociation._audit_association`` and
 (each on one line: ``jq`` reads the file as it is, e.g.
 ``jq -r 'select(.event=="instance") | .sop_instance_uid' audit.jsonl``).
 
+Refusals.  Of the associations refused from one address with one outcome, the
+first few of each minute are records, the rest are counted and said in one
+``"suppressed"`` record (:mod:`dicomstore.audit_refusals`): written when the next
+record comes after the minute, by the writer thread when it ends, or at close.
+
 Durability.  The event loop only serializes the record and appends the line
 to a queue.  A background thread takes everything queued, writes it, then
 flushes and fsyncs once for the whole batch (group commit), and loops.
@@ -62,9 +67,12 @@ import json
 import logging
 import os
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from dicomstore.audit_refusals import RefusalDigest
 
 log = logging.getLogger("dicomstore.audit")
 
@@ -117,6 +125,7 @@ class AuditLog:
         self._dropping = 0  # records dropped since lines were last written
         self._closing = False
         self._closed = False
+        self._refusals = RefusalDigest()
         self.error: OSError | None = None  # the last write error, while it lasts
         #: batches whose write failed (each retried): ``dicomstore_audit_write_errors_total``
         self.write_errors = 0
@@ -127,7 +136,13 @@ class AuditLog:
     # -- the AuditSink protocol (called on the event loop: only queue)
 
     def association(self, record: dict[str, Any]) -> None:
-        self.write(record, "association")
+        """An association ended; a refused one past the first few of its peer in a
+        while is counted instead (:mod:`dicomstore.audit_refusals`, review113 I2)."""
+        with self._cond:
+            records = self._refusals.admit(record, time.monotonic(), utc_now())
+            self._cond.notify_all()  # (the writer's wait for the next summary may change)
+        for one in records:
+            self.write(one, "association")
 
     def instance(self, record: dict[str, Any]) -> None:
         self.write(record, "instance")
@@ -154,25 +169,11 @@ class AuditLog:
     def write(self, record: dict[str, Any], event: str | None = None) -> None:
         """Queue one record; ``event`` fills in an ``"event"`` key it lacks. Dropped
         (counted, logged) while more than ``max_held`` bytes wait to be written."""
-        entry: dict[str, Any] = {"time": utc_now()}
-        if event is not None and "event" not in record:
-            entry["event"] = event
-        entry.update((k, v) for k, v in record.items() if k != "time")
-        line = json.dumps(entry, default=str, separators=(",", ":")).encode("ascii") + b"\n"
+        line = _line(record, event)
         with self._cond:
             if self._closing:
                 raise ValueError("audit log is closed")
-            if self._held and self._held + len(line) > self.max_held:
-                self.dropped += 1
-                self._dropping += 1
-                first, held = self._dropping == 1, self._held
-            else:
-                first = False
-                self._queue.append(line)
-                self._queued += 1
-                self._held += len(line)
-                self._cond.notify_all()
-                return
+            first, held = self._enqueue(line), self._held
         if first:
             log.error(
                 "audit log %s: %d bytes of records wait to be written: records are dropped"
@@ -180,6 +181,24 @@ class AuditLog:
                 self.path,
                 held,
             )
+
+    def _enqueue(self, line: bytes) -> bool:
+        """Queue ``line`` (under the lock), or drop it when too much waits: whether it
+        is the first dropped since lines were last written."""
+        if self._held and self._held + len(line) > self.max_held:
+            self.dropped += 1
+            self._dropping += 1
+            return self._dropping == 1
+        self._queue.append(line)
+        self._queued += 1
+        self._held += len(line)
+        self._cond.notify_all()
+        return False
+
+    def _enqueue_summaries(self, every: bool = False) -> None:
+        """Queue the ``suppressed`` records due (under the lock; ``every``: all)."""
+        for record in self._refusals.due(time.monotonic(), every=every):
+            self._enqueue(_line(record, None))
 
     # -- waiting and closing (not on the event loop)
 
@@ -211,6 +230,7 @@ class AuditLog:
                 already = True
             else:
                 already = False
+                self._enqueue_summaries(every=True)  # (the refusals counted so far)
                 self._closing = True
                 self._cond.notify_all()
         self._thread.join()
@@ -243,7 +263,10 @@ class AuditLog:
         while True:
             with self._cond:
                 while not self._queue and not pending and not self._closing:
-                    self._cond.wait()
+                    due = self._refusals.next_due(time.monotonic())
+                    self._cond.wait(due)
+                    if due is not None:
+                        self._enqueue_summaries()
                 pending += self._queue
                 self._queue = []
                 closing = self._closing
@@ -384,6 +407,16 @@ class AuditLog:
                 self.keep,
                 ", ".join(deleted),
             )
+
+
+def _line(record: dict[str, Any], event: str | None) -> bytes:
+    """``record`` as its line: ``"time"`` first, then ``"event"`` (``event`` when it
+    has none), then its own keys."""
+    entry: dict[str, Any] = {"time": utc_now()}
+    if event is not None and "event" not in record:
+        entry["event"] = event
+    entry.update((k, v) for k, v in record.items() if k != "time")
+    return json.dumps(entry, default=str, separators=(",", ":")).encode("ascii") + b"\n"
 
 
 def rotated_numbers(path: Path) -> list[int]:
