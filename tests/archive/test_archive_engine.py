@@ -585,3 +585,58 @@ def test_a_search_path_of_no_schema_is_said_so(postgres, tmp_path) -> None:
     url = postgres.new_url().rsplit("%3D", 1)[0] + "%3Dnoschema"
     with pytest.raises(DatabaseError, match="search_path .* names no schema that exists"):
         Archive(tmp_path / "archive", fsync=False, index=url)
+
+
+def test_two_makers_of_a_new_index_take_turns(postgres) -> None:
+    """review119 L1: two nodes started at once on a new database: the second's
+    CREATE TABLE IF NOT EXISTS, run while the first's was not yet committed, failed on
+    pg_type's unique index and its node did not start. Now the second waits for the
+    first to commit, then finds the tables made."""
+    import threading
+
+    import psycopg
+
+    url = postgres.new_url()
+    first, second = PostgresEngine(url), PostgresEngine(url)
+    a = first.writer(durable=False, timeout=30)
+    b = second.writer(durable=False, timeout=30)
+    paused, go = threading.Event(), threading.Event()
+    execute = a.execute
+
+    def pausing(sql: str, parameters=(), /):
+        result = execute(sql, parameters)
+        if sql.startswith("LOCK TABLE dicomstore_index"):  # (its tables made, uncommitted)
+            paused.set()
+            go.wait(60)
+        return result
+
+    a.execute = pausing
+    failed: list[BaseException] = []
+
+    def make(engine: PostgresEngine, db) -> None:
+        try:
+            engine.create(db, "CREATE TABLE made (x INTEGER)", 1)
+        except BaseException as exc:  # noqa: BLE001 - (said by the test)
+            failed.append(exc)
+
+    one = threading.Thread(target=make, args=(first, a))
+    one.start()
+    assert paused.wait(60)
+    two = threading.Thread(target=make, args=(second, b))
+    two.start()
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        for _ in range(6000):  # (until the second waits on a lock the first holds)
+            waiting = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
+            ).fetchone()[0]
+            if waiting or not two.is_alive():
+                break
+            two.join(0.01)  # (a wait on the second maker, bounded)
+    go.set()
+    one.join(60)
+    two.join(60)
+    assert failed == []
+    assert second.version(b) == 1
+    a.close()
+    b.close()

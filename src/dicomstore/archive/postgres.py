@@ -51,6 +51,8 @@ _LOCKING = "UPDATE dicomstore_index SET generation = generation + 1"
 
 #: The first key of the archive's advisory lock (``"dcst"``), the second is the schema's.
 _LOCK_CLASS = 0x64637374
+#: The key class of the transaction lock the makers of the tables take turns on.
+_MAKER_CLASS = _LOCK_CLASS + 1
 
 
 #: Seconds a concurrent index build waits for older transactions at most.
@@ -161,8 +163,13 @@ class PostgresEngine(Engine):
     def _create(self, db: Any, script: str, version: int | None) -> None:
         db.execute("BEGIN")
         try:
+            # one maker at a time: the others wait here (until this one commits), then
+            # find the tables made; before the first CREATE TABLE IF NOT EXISTS, which
+            # two sessions cannot run at once (review119 L1: the second failed on
+            # pg_type's unique index, and its node did not start)
+            db.execute("SELECT pg_advisory_xact_lock(?, hashtext(current_schema()))",
+                       (_MAKER_CLASS,))  # fmt: skip
             db.execute(_META)
-            # one maker at a time: the others wait here, then find the tables made
             db.execute("LOCK TABLE dicomstore_index IN EXCLUSIVE MODE")
             if version is not None and self.version(db) != version:
                 for statement in script.split(";"):
