@@ -215,6 +215,32 @@ def test_a_worker_ends_when_the_first_process_is_killed(tmp_path: Path) -> None:
     _until(lambda: not _alive(worker), "the worker ending after the first process")
 
 
+def test_a_worker_killed_is_started_again_and_serves(tmp_path: Path) -> None:
+    """review119 F2: a worker killed (SIGKILL) was not replaced: the server ran on with
+    one process fewer, the dead one a zombie until the stop. Now it is reaped and
+    another started in its place, which serves connections and answers /metrics; the
+    first process's exit says a worker failed (1)."""
+    log, port, http = tmp_path / "serve.log", free_port(), free_port()
+    proc = _serve(port, tmp_path / "archive", log, "--log-level", "info", "--http-port", str(http))
+    try:
+        (worker,) = _workers(log)
+        os.kill(worker, signal.SIGKILL)
+        again = r"worker 1 \(pid \d+\) ended unasked \(exit -9\): worker 1 started again, pid (\d+)"
+        _until(lambda: re.search(again, log.read_text()), "the worker started again")
+        new = int(re.search(again, log.read_text()).group(1))
+        assert new != worker and not _alive(worker)  # (reaped: no zombie)
+        _until(lambda: f"[worker 1, pid {new}] listening" in log.read_text(), "it listening")
+        assert echoes_held_at_once(port) == [0, 0, 0, 0]
+        accepted = [line for line in log.read_text().splitlines() if "contexts accepted" in line]
+        assert sum(f"[worker 1, pid {new}]" in line for line in accepted) == 2
+        released = ("dicomstore_associations_total", (("outcome", "released"),))
+        _until(lambda: _scrape(http).get(released) == 4, "both processes' counted")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 1
+    assert not _alive(new)
+
+
 def test_workers_on_a_port_the_system_chooses(tmp_path: Path) -> None:
     """--port 0: the first process binds, the workers serve on the port it got."""
     log = tmp_path / "serve.log"

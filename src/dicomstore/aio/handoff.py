@@ -44,6 +44,8 @@ class Dispatcher:
         self._next = 0  # slot 0 is this process, slot i + 1 worker i
         #: the workers are being stopped: their ending is expected
         self.stopping = False
+        #: called with a worker's number (from 0) when it ended unasked
+        self.on_gone: Callable[[int], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # (attach's)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -81,6 +83,17 @@ class Dispatcher:
             )
             if self._loop is not None:
                 self._loop.remove_reader(self._ends[number].fileno())
+            if not self.stopping and self.on_gone is not None:
+                self.on_gone(number)
+
+    def replace(self, number: int, end: socket.socket) -> None:
+        """Worker ``number`` (from 0), gone, has a successor on ``end``."""
+        old, self._ends[number] = self._ends[number], end
+        old.close()
+        self.loads[number], self._alive[number] = 0, True
+        if self._loop is not None:
+            end.setblocking(False)
+            self._loop.add_reader(end.fileno(), self._ended, number)
 
     def pass_on(self, conn: socket.socket, here: int) -> bool:
         """Pass ``conn`` to a worker if one serves fewer connections than this process
@@ -148,44 +161,56 @@ class Asker:
     text; an answer to an earlier question (one that came too late) is skipped."""
 
     def __init__(self, channel: socket.socket, number: int) -> None:
+        self.number = number
+        self._lock = asyncio.Lock()  # (one question at a time: concurrent scrapes)
+        self.rebind(channel)
+
+    def rebind(self, channel: socket.socket) -> None:
+        """Ask on ``channel`` from now (a worker started again in the place of one
+        gone); the old channel is closed."""
+        old = getattr(self, "channel", None)
+        if old is not None:
+            old.close()
         channel.setblocking(False)
-        self.channel, self.number = channel, number
+        self.channel = channel
         self._asked = 0
         self._midway = False  # (an answer partly read: the stream cannot be followed)
-        self._lock = asyncio.Lock()  # (one question at a time: concurrent scrapes)
 
     async def ask(self) -> bytes | None:
         """The worker's exposition; None when it is gone, or does not answer within
         ASK_TIMEOUT (a worker still starting, or busy)."""
-        if self.channel.fileno() < 0:
-            return None
         loop = asyncio.get_running_loop()
         async with self._lock:
+            channel = self.channel  # (the one asked on, should the worker be replaced)
+            if channel.fileno() < 0:
+                return None
             self._asked += 1
             try:
                 async with asyncio.timeout(ASK_TIMEOUT):
-                    await loop.sock_sendall(self.channel, self._asked.to_bytes(4, "big"))
+                    await loop.sock_sendall(channel, self._asked.to_bytes(4, "big"))
                     while True:
-                        number, text = await self._answer(loop)
+                        number, text = await self._answer(loop, channel)
                         if number == self._asked:
                             return text
             except TimeoutError:
                 log.warning("no metrics from worker %d within %gs", self.number, ASK_TIMEOUT)
                 if self._midway:  # (cut inside an answer: where the next starts is lost)
-                    self.channel.close()
+                    channel.close()
             except (OSError, EOFError) as exc:
                 log.warning("no metrics from worker %d: %s", self.number, exc)
-                self.channel.close()
+                channel.close()
             return None
 
-    async def _answer(self, loop: asyncio.AbstractEventLoop) -> tuple[int, bytes]:
+    async def _answer(
+        self, loop: asyncio.AbstractEventLoop, channel: socket.socket
+    ) -> tuple[int, bytes]:
         """The next answer: (its question's number, the text)."""
-        first = await loop.sock_recv(self.channel, 8)  # (waits for an answer to begin)
+        first = await loop.sock_recv(channel, 8)  # (waits for an answer to begin)
         if not first:
             raise EOFError("the worker is gone")
         self._midway = True
-        head = first + await _exactly(loop, self.channel, 8 - len(first))
-        text = await _exactly(loop, self.channel, int.from_bytes(head[4:], "big"))
+        head = first + await _exactly(loop, channel, 8 - len(first))
+        text = await _exactly(loop, channel, int.from_bytes(head[4:], "big"))
         self._midway = False
         return int.from_bytes(head[:4], "big"), text
 

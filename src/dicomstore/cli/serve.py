@@ -335,16 +335,17 @@ async def _serve(
             if short is not None:  # (a unit mistyped refuses every store: review100 W3)
                 log.warning("%s: every store is refused A700 until space is freed", short)
             log.info("storing into %s (%s)", args.storage.resolve(), loops.kind(loop))
-            started = workers.start(args, server.port) if args.workers > 1 else []
+            pool = workers.start(args, server.port) if args.workers > 1 else None
             if parent is not None:  # (a worker: it ends with the first process)
                 loop.add_reader(parent, stop.set)
             try:
                 await stop.wait()
             finally:
-                if started:
+                if pool is not None:
                     config.share.stopping = True
+                    pool.cancel()
                     grace = config.shutdown_grace + 5
-                    workers_ok = await asyncio.to_thread(workers.stop, started, grace)
+                    workers_ok = await asyncio.to_thread(pool.stop, grace)
                 if http is not None:
                     await http.close()
     except Held as exc:  # another node of this storage root runs it (issue 17)

@@ -16,7 +16,8 @@ each worker for its counts and adds them up: ``handoff.Asker``), forwarding
 ``services/arrivals.py``), the study-complete events (a worker takes them over
 if the first process ends first). The association limits
 (``--max-associations``, per calling AE and address, pending connections) hold
-per process. A worker ends when the first process does (SIGINT/SIGTERM: it
+per process. A worker that ends unasked is started again in its place
+(:class:`Pool`). A worker ends when the first process does (SIGINT/SIGTERM: it
 stops the workers gracefully and waits for them; a first process killed: each
 worker sees its parent gone and stops). Workers start with SIGINT and SIGHUP
 ignored (kept across exec until their own handlers are set): a Ctrl-C reaching
@@ -27,12 +28,14 @@ not a worker's traceback and exit 1.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import multiprocessing
 import os
 import signal
 import socket
 import sys
+import time
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -46,6 +49,7 @@ _FIRST_ONLY = {
     "worker_ends": None,
     "metrics_ends": None,
     "metrics_asks": None,
+    "share_dispatcher": None,
 }
 
 
@@ -66,20 +70,49 @@ def share(args: argparse.Namespace) -> Any:
         asks = handoff.channels(args.workers - 1)
         args.metrics_ends = [worker_end for _, worker_end in asks]
         args.metrics_asks = [handoff.Asker(end, n) for n, (end, _) in enumerate(asks, 1)]
-    return handoff.Dispatcher([first_end for first_end, _ in pairs])
+    args.share_dispatcher = handoff.Dispatcher([first_end for first_end, _ in pairs])
+    return args.share_dispatcher
 
 
-def start(args: argparse.Namespace, port: int) -> list[BaseProcess]:
-    """Start ``args.workers - 1`` workers (the first process is the other one), each
-    given its end of a channel made by :func:`share` and the ``port`` the first
-    process listens on (the one the system chose, for ``--port 0``)."""
-    context = multiprocessing.get_context("spawn")
-    values = {**vars(args), **_FIRST_ONLY, "port": port}
-    workers: list[BaseProcess] = []
-    asks = getattr(args, "metrics_ends", None) or [None] * len(args.worker_ends)
-    for number, (end, ask) in enumerate(zip(args.worker_ends, asks, strict=True), start=1):
+#: A worker that ends unasked is started again, unless it was itself started again
+#: less than this many seconds before: one that cannot run is not restarted in a loop.
+MIN_LIFE = 10.0
+
+
+class Pool:
+    """The workers of the first process: started beside it, stopped with it; one that
+    ends unasked (killed, crashed) is said, reaped and started again in its place
+    (review119 F2: the server ran on with one process fewer, a zombie beside it)."""
+
+    def __init__(self, args: argparse.Namespace, port: int) -> None:
+        self.args, self.port = args, port
+        self.values = {**vars(args), **_FIRST_ONLY, "port": port}
+        self.workers: list[BaseProcess] = []
+        self._born: list[float] = []  # (when each was started)
+        self._again: list[bool] = []  # (each started in the place of one gone)
+        #: a worker ended unasked (or could not be started again): the exit is a failure
+        self.failed = False
+        self.dispatcher: Any = getattr(args, "share_dispatcher", None)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        """Start ``args.workers - 1`` workers, each given its end of a channel made by
+        :func:`share` and the ``port`` the first process listens on."""
+        asks = getattr(self.args, "metrics_ends", None) or [None] * len(self.args.worker_ends)
+        ends = zip(self.args.worker_ends, asks, strict=True)
+        for number, (end, ask) in enumerate(ends, start=1):
+            self.workers.append(self._spawn(number, end, ask))
+            self._born.append(time.monotonic())
+            self._again.append(False)
+        pids = ", ".join(str(worker.pid) for worker in self.workers)
+        log.info("%d worker process(es) started beside this one: %s", len(self.workers), pids)
+        if self.dispatcher is not None:
+            self.dispatcher.on_gone = self._replace
+
+    def _spawn(self, number: int, end: socket.socket, ask: socket.socket | None) -> BaseProcess:
+        context = multiprocessing.get_context("spawn")
         worker = context.Process(
-            target=_worker, args=(values, number, end, ask), name=f"dicomstore-worker-{number}"
+            target=_worker, args=(self.values, number, end, ask), name=f"dicomstore-worker-{number}"
         )
         kept = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _GROUP_SIGNALS}
         try:
@@ -90,10 +123,63 @@ def start(args: argparse.Namespace, port: int) -> list[BaseProcess]:
         for mine in (end, ask):  # (the worker has its own descriptors of them now)
             if mine is not None:
                 mine.close()
-        workers.append(worker)
-    pids = ", ".join(str(worker.pid) for worker in workers)
-    log.info("%d worker process(es) started beside this one: %s", len(workers), pids)
-    return workers
+        return worker
+
+    def _replace(self, index: int) -> None:
+        """(On the loop, the Dispatcher saw worker ``index + 1`` gone.) Reap it and,
+        unless it died young, start another on new channels (:meth:`_replace_later`)."""
+        self.failed = True
+        task = asyncio.get_running_loop().create_task(self._replace_later(index))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _replace_later(self, index: int) -> None:
+        old, number = self.workers[index], index + 1
+        await asyncio.to_thread(old.join, 5)  # (its channel closed as it exited)
+        if self.dispatcher.stopping:
+            return
+        lived = time.monotonic() - self._born[index]
+        if old.is_alive() or (self._again[index] and lived < MIN_LIFE):
+            why = "did not end" if old.is_alive() else f"ended {lived:.1f}s after its start"
+            log.error("worker %d (pid %s) %s: not started again", number, old.pid, why)
+            return
+        first, end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ask = None
+        askers = getattr(self.args, "metrics_asks", None)
+        if askers:
+            mine, ask = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            askers[index].rebind(mine)
+        try:
+            worker = self._spawn(number, end, ask)
+        except OSError as exc:
+            log.error("worker %d could not be started again: %s", number, exc)
+            first.close()
+            return
+        self.dispatcher.replace(index, first)
+        self.workers[index], self._born[index] = worker, time.monotonic()
+        self._again[index] = True
+        log.warning(
+            "worker %d (pid %s) ended unasked (exit %s): worker %d started again, pid %s",
+            number, old.pid, old.exitcode, number, worker.pid,
+        )  # fmt: skip
+
+    def cancel(self) -> None:
+        """(On the loop, before :meth:`stop`.) No worker is started again from now."""
+        if self.dispatcher is not None:
+            self.dispatcher.on_gone = None
+        for task in self._tasks:
+            task.cancel()
+
+    def stop(self, grace: float) -> bool:
+        """Stop the workers (:func:`stop`); whether none failed, before or now."""
+        return stop(self.workers, grace) and not self.failed
+
+
+def start(args: argparse.Namespace, port: int) -> Pool:
+    """The workers of ``args`` started (:class:`Pool`)."""
+    pool = Pool(args, port)
+    pool.start()
+    return pool
 
 
 def stop(workers: list[BaseProcess], grace: float) -> bool:
