@@ -30,7 +30,7 @@ from archive_testlib import (
     uid,
 )
 
-from dicomstore.archive import OUT_OF_RESOURCES, SUCCESS, Archive, Index, digests, layout
+from dicomstore.archive import OUT_OF_RESOURCES, SUCCESS, Archive, Index, deferred, digests, layout
 from dicomstore.archive.commit import Staged
 from dicomstore.archive.commitment import Reference, verify
 from dicomstore.archive.engine import SqliteEngine
@@ -52,6 +52,12 @@ def archive(root: Path) -> Iterator[Archive]:
 
 def _eio(*args: object) -> None:
     raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def timer_now() -> float:
+    import time
+
+    return time.monotonic()
 
 
 def _unflushed(root: Path) -> list[tuple[str, str]]:
@@ -161,6 +167,27 @@ def test_each_batch_is_struck_off_in_the_next_commit(archive: Archive, root: Pat
         assert [u for _, u in _unflushed(root)] == [uid(n)]  # (its flush done, not yet struck)
     archive.close()  # (and the last one when the archive closes)
     assert _unflushed(root) == []
+
+
+def test_a_batch_flushed_is_struck_off_when_no_store_follows(archive: Archive, root: Path) -> None:
+    """review117 F3: a batch flushed and answered stayed listed until the next store's
+    COMMIT; damaged since, a crash then, its instance was dropped at the start as one
+    never answered, with its file (committed, reported so by Storage Commitment). Now
+    an idle timer strikes it off in a COMMIT of its own."""
+    assert store(archive, dataset(uid(1)), sop_uid=uid(1)).status == SUCCESS
+    timer = archive._idle._timer
+    assert timer is not None  # (armed: the strike-off when no store comes)
+    assert archive._idle._at - timer_now() <= deferred.STRIKE_AFTER
+    ran, _ = archive._committer.when_idle(archive._publisher.checkpoint_due)  # (as it fires)
+    assert ran and _unflushed(root) == []
+    damaged = root / FINAL.format(uid(1))
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 1
+    damaged.write_bytes(bytes(data))
+    die(archive)
+    with Archive(root, journal=False) as again:
+        assert [r["sop_instance_uid"] for r in again.instances()] == [uid(1)]  # (kept)
+        assert damaged.exists() and again.check() != []  # (said damaged)
 
 
 def test_a_committed_row_whose_file_never_reached_the_disk_is_dropped_at_start(

@@ -67,7 +67,11 @@ without a row is adopted only if the file it names still has the digest in
 the trace's name (else it goes, with the file: a power cut took its data); a
 committed row whose batch is still listed in ``unflushed`` is checked against
 its digest and dropped with its file if it does not match (it was never
-answered: its batch would have been struck off after its flush otherwise).
+answered: its batch would have been struck off after its flush otherwise, in
+the next COMMIT, or in one of its own :data:`STRIKE_AFTER` seconds after the
+flush when no store comes: review117 F3, an answered instance damaged since
+was dropped when a crash came before the next store; left: damage and a crash
+both within those seconds of its answer).
 The traces go only after the flush: until then a rename that reached the disk
 has its trace there too (made before it, on a file system that journals
 names in order: ext4, XFS), so recovery checks the digest of every file the
@@ -109,6 +113,9 @@ log = logging.getLogger("dicomstore.archive")
 #: The longest a batch made durable by the journal waits before it is flushed
 #: where it belongs (seconds; checked when a batch is published, and at close).
 CHECKPOINT_AFTER = 0.5
+#: Seconds after a batch was flushed with none after it that it is struck off
+#: ``unflushed`` in a COMMIT of its own (a store meanwhile does it in its COMMIT).
+STRIKE_AFTER = 2.0
 #: The longest the idle checkpoint waits before it tries again after failing (s).
 RETRY_MAX = 60.0
 
@@ -125,8 +132,9 @@ class DeferredFlushes:
     _due: float
     _flushed: list[str]
     _unstruck: set[str]
-    #: called when a batch is journaled while none waited (``IdleCheckpoint.arm``)
-    on_journaled: Callable[[], None] | None = None
+    #: called when a batch is journaled, or flushed, while none waited
+    #: (``IdleCheckpoint.arm``: the checkpoint, the strike-off, when no batch comes)
+    on_journaled: Callable[[float | None], None] | None = None
 
     def _journal(self, placed: list[Staged], batch_name: str) -> bool:
         """After a COMMIT not yet flushed: make the batch durable by one write to the
@@ -143,11 +151,8 @@ class DeferredFlushes:
             if first:
                 self._due = time.monotonic() + CHECKPOINT_AFTER
             self._journaled.append((placed, batch_name))
-            if first and self.on_journaled is not None:
-                try:  # (answered Success whatever: the next batch or the close checkpoints)
-                    self.on_journaled()
-                except Exception:  # noqa: BLE001 - e.g. no thread could start
-                    log.exception("the journal's idle checkpoint could not be armed")
+            if first:
+                self._arm_idle()
             if crashpoints.ENABLED:
                 crashpoints.reached("publish.after-journal")
         return done
@@ -155,12 +160,39 @@ class DeferredFlushes:
     def checkpoint_due(self) -> float | None:
         """(When no batch is being published: ``GroupCommit.when_idle``.) Flush
         the journaled batches where they belong if the oldest has waited long
-        enough; the seconds until the next is due, ``None`` when none waits."""
+        enough, and strike off the batches flushed (:meth:`_strike_off`); the
+        seconds until the next is due, ``None`` when none waits."""
         if self._journaled and time.monotonic() >= self._due:
             self._checkpoint()
+        if self._flushed:
+            self._strike_off()
         if not self._journaled or not self.storage.journal_sound:
             return None  # (a broken journal: left for the next start)
         return max(0.0, self._due - time.monotonic())
+
+    def _strike_off(self) -> None:
+        """Strike off ``unflushed`` the batches flushed since the last COMMIT, in a
+        COMMIT of their own: no store came to do it (review117 F3: a batch left
+        listed until the next store was taken at a start after a crash for one never
+        answered, and an answered instance damaged since was dropped with its file).
+        When that fails they stay, for the next COMMIT (or the next start)."""
+        index = self.index
+        with index.lock:
+            try:
+                index.begin()
+                index.flushed(self._flushed)
+                index.commit()
+            except DatabaseOrOSError:
+                rollback_quietly(index)
+                return
+        self._flushed = []
+
+    def _arm_idle(self, delay: float | None = None) -> None:
+        if self.on_journaled is not None:
+            try:  # (answered Success whatever: the next batch or the close does it)
+                self.on_journaled(delay)
+            except Exception:  # noqa: BLE001 - e.g. no thread could start
+                log.exception("the journal's idle checkpoint could not be armed")
 
     def _checkpoint(self) -> None:
         """Flush the journaled batches where they belong (one syncfs), then retire
@@ -203,6 +235,7 @@ class DeferredFlushes:
             self._withdraw(failed)
         elif batch_name not in self._unstruck:
             self._flushed.append(batch_name)
+            self._arm_idle(STRIKE_AFTER)  # (struck off by the next COMMIT, or when none comes)
         if whole and self._journaled:  # (a full journal: the flush covered it)
             try:
                 self.storage.covered()
