@@ -280,6 +280,34 @@ def test_store_takes_a_dataset_and_a_path_and_answers_typed(tmp_path: Path) -> N
     )
 
 
+def test_send_takes_one_path_or_dataset_alone_and_options_or_keywords(tmp_path: Path) -> None:
+    """review120 F1: ``send(host, port, "study/")`` took each character of the string
+    for a path: "/" first, which scanned the whole file system. F3: ``options`` with
+    keyword arguments dropped the keywords unsaid."""
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "ct.dcm").write_bytes(CT_FILE.read_bytes())
+    mr = pydicom.dcmread(MR_FILE)
+
+    async def main() -> tuple[list[dicomstore.Result], list[dicomstore.Result]]:
+        task, port = await _serving(tmp_path / "archive", fsync=False)
+        try:
+            by_folder = await dicomstore.send("127.0.0.1", port, str(folder), retries=0)
+            by_dataset = await dicomstore.send("127.0.0.1", port, mr, retries=0)
+            with pytest.raises(TypeError, match="options or called_ae=, not both"):
+                options = dicomstore.SendOptions()
+                await dicomstore.send("127.0.0.1", port, folder, options=options, called_ae="X")
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        return by_folder, by_dataset
+
+    by_folder, by_dataset = asyncio.run(main())
+    assert [(r.path, r.outcome) for r in by_folder] == [(str(folder / "ct.dcm"), "stored")]
+    assert [r.outcome for r in by_dataset] == ["stored"]
+
+
 def test_a_response_of_the_wrong_type_aborts_instead_of_being_returned(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,22 +1,20 @@
 """Send many instances: scan, negotiate per group, associations in parallel, retries.
 
-The high-level Storage SCU (PS3.4 B.2.1) behind `dicomstore send`.  Input
-files are scanned first (element headers only: a file cut short is
-``corrupt``, never sent, and opens no association), grouped into associations of at most
-128 presentation contexts, and sent by ``parallel`` workers, each running
-as many C-STOREs at once as the granted asynchronous operations window
-allows (PS3.7 D.3.3.3).  Transient failures (refused connection, transient
-rejection, A-ABORT, DIMSE timeout, A7xx/0213 statuses) are retried with
-exponential backoff, a bounded number of times; a worker gives up after
-``retries`` broken associations in a row that stored nothing.
+The high-level Storage SCU (PS3.4 B.2.1) behind `dicomstore send`. Input files are
+scanned first (element headers only: a file cut short is ``corrupt``, never sent, and
+opens no association), grouped into associations of at most 128 presentation
+contexts, and sent by ``parallel`` workers, each running as many C-STOREs at once as
+the granted asynchronous operations window allows (PS3.7 D.3.3.3). Transient failures
+(refused connection, transient rejection, A-ABORT, DIMSE timeout, A7xx/0213 statuses)
+are retried with exponential backoff, a bounded number of times; a worker gives up
+after ``retries`` broken associations in a row that stored nothing.
 
-With ``commit`` each association also proposes Storage Commitment, and once a
-worker has sent all it could, it asks on that association for commitment of
-what was stored so far and not yet asked for (PS3.4 J.3.2,
-``commitment_scu.py``), waiting for the report there (or at the
-``commit_listener``); instances stored on associations that broke are asked
-for on an association of their own at the end. Each stored Result then says
-``commitment`` (committed, failed with its ``failure_reason``, or unknown).
+With ``commit`` each association also proposes Storage Commitment, and once a worker
+has sent all it could, it asks on that association for commitment of what was stored
+so far and not yet asked for (PS3.4 J.3.2, ``commitment_scu.py``), waiting for the
+report there (or at the ``commit_listener``); instances stored on associations that
+broke are asked for on an association of their own at the end. Each stored Result
+then says ``commitment`` (committed, failed with its ``failure_reason``, or unknown).
 """
 
 from __future__ import annotations
@@ -411,6 +409,8 @@ def scan(
     and each check overlaps the wait for the previous response), a deflated one now."""
     found: list[tuple[int, Instance]] = []
     skipped: list[Result] = []
+    if isinstance(items, str | bytes | os.PathLike) or sources.is_dataset(items):
+        items = [items]  # (one path, not its characters: review120 F1 scanned "/")
     expanded = (one for item in items for one in _expand(item))
     for index, item in enumerate(expanded):
         try:
@@ -440,12 +440,14 @@ async def send(
 
     ``options`` or keyword arguments set :class:`SendOptions` (``called_ae``,
     ``parallel``, ``max_ops``, ``convert``, ``retries``, ``retry_delay`` ...).
-    Instances whose SOP Instance UID is in ``skip_uids`` are ``already-stored``.
-    ``on_plan(instances, bytes)`` is called once before sending and
-    ``on_result`` for every result as it is known (with ``commit``, before its
-    commitment is).  Results come back in input order, with their
-    ``commitment``.  Network failures do not raise: they are in the results.
+    One path or Dataset may be given alone. Instances whose SOP Instance UID is in
+    ``skip_uids`` are ``already-stored``. ``on_plan(instances, bytes)`` is called
+    once before sending and ``on_result`` for every result as it is known (with
+    ``commit``, before its commitment is). Results come back in input order, with
+    their ``commitment``. Network failures do not raise: they are in the results.
     """
+    if options is not None and kwargs:  # (review120 F3: the keywords were dropped)
+        raise TypeError(f"send() takes options or {', '.join(kwargs)}=, not both")
     opts = options or SendOptions(**kwargs)
     found, skipped = await asyncio.to_thread(scan, items)
     run = _Run(host, port, opts, on_result)
