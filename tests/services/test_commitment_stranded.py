@@ -120,6 +120,47 @@ def test_a_report_retried_past_reverify_after_is_verified_again(
     srv.archive.close()  # type: ignore[attr-defined]
 
 
+def test_a_report_retried_after_an_instance_changed_is_verified_again(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review117 F1: a report made while its requester could not be reached was sent
+    as made for an hour of retries: an instance deleted or damaged meanwhile was
+    reported committed (its modality may delete its own copy). A retry now looks
+    at what it found committed (rows, file sizes, mtimes), and verifies again when
+    that changed."""
+    import threading
+
+    verified: list[int] = []
+    once = threading.Event()
+    verify = commitment_reports.verify
+
+    def counted(reader, refs):
+        verdicts = verify(reader, refs)
+        verified.append(1)
+        once.set()
+        return verdicts
+
+    monkeypatch.setattr(commitment_reports, "verify", counted)
+    port = free_port()  # (nothing listens there yet: the report is tried again)
+    srv = serving(root, commitment_scus=(Destination("MODALITY", "127.0.0.1", port),))
+    with srv:
+        commitments = srv.server.commitments
+        assert commitments is not None
+        commitments.retry_delay = commitments.max_retry_delay = 0.05
+        assert n_action(srv.port, action_information("1.2.8.194", *HELD)) == 0
+        assert once.wait(20)  # (verified: both committed then)
+        path = srv.archive.path_of(HELD[1])  # type: ignore[attr-defined]
+        data = bytearray(path.read_bytes())
+        data[-5] ^= 0xFF  # (damaged since: the same size)
+        path.write_bytes(bytes(data))
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))
+        with report_listener("MODALITY", port) as (_port, reports):
+            (report,) = reports.wait()
+    srv.archive.close()  # type: ignore[attr-defined]
+    assert report.committed == [HELD[0]] and list(report.failed) == [HELD[1]]
+    assert len(verified) >= 2  # (verified again once it changed)
+
+
 def test_a_backlog_found_at_start_leaves_the_others_room(root: Path) -> None:
     """review72 F2: at a start every journaled request was pending again, beyond the
     bounds and the requester's half: one modality's backlog had others refused 0213

@@ -30,14 +30,13 @@ never dropped, its pending slot freed while the overdue stay within the pending
 bounds (review68 #2, review69 M1); those a start finds beyond them are overdue at
 once, on the same backoff. One AE title holds half the pending bounds at most.
 
-Several nodes on one storage root (issue 17) share the journal: each node
-reports only the requests it holds (``archive/commitment_journal.py``: the flock of
-each request's file), those it accepted and, at its start and every 30 s, those
-no live node holds (an earlier run's, a dead node's: ``serving._report_orphans``).
-So no node reports again what a live node is reporting, and what a dead node
-accepted is reported by a live one. No node-wide commitments lock is needed: one would
-either leave a dead node's requests waiting for the lock holder's restart, or
-have its holder report at start what live nodes are reporting.
+Several nodes on one storage root (issue 17) share the journal: each reports only the
+requests it holds (``commitment_journal.py``: each request file's flock), those it
+accepted and, at its start and every 30 s, those no live node holds (an earlier run's,
+a dead node's: ``serving._report_orphans``): none is reported twice at once, none of a
+dead node's left. (A node-wide lock would leave a dead node's waiting for its restart.)
+A retry sends the report made before unless what it found committed changed since
+(a row, a file's size, mtime or inode: ``commitment.still_held``), or an hour passed.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ from dicomstore import uids
 from dicomstore.aio.association import Timeouts, Transport
 from dicomstore.aio.client import associate
 from dicomstore.aio.invoker import Invoker
-from dicomstore.archive.commitment import Verdict, log_failures, verify
+from dicomstore.archive.commitment import Held, Verdict, held, log_failures, still_held, verify
 from dicomstore.archive.commitment_journal import (
     CommitmentJournal,
     CommitmentRequest,
@@ -119,6 +118,8 @@ class _Report:
     transaction_uid: str
     verdicts: list[Verdict]
     event_type: int
+    #: what it found committed, as it was (verified again before a try when it changed)
+    held: Held = field(default_factory=dict)
     encoded: dict[str, bytes] = field(default_factory=dict)
     #: when it was verified (loop time): an older one is verified again before a try
     made_at: float = field(default_factory=time.monotonic)
@@ -149,17 +150,11 @@ class CommitmentService:
         max_retry_delay: float = 600.0,
         audit: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        self.reader = reader
+        self.reader, self.ae_title, self.scus, self.audit = reader, ae_title, scus, audit
         self.journal = CommitmentJournal(root, fsync=fsync, node=True)
-        self.ae_title = ae_title
-        self.scus = scus
-        self.timeouts = timeouts
-        self.max_references = max_references
-        self.max_pending = max_pending
-        self.report_timeout = report_timeout
-        self.retry_delay = retry_delay
-        self.max_retry_delay = max_retry_delay
-        self.audit = audit
+        self.timeouts, self.report_timeout = timeouts, report_timeout
+        self.max_references, self.max_pending = max_references, max_pending
+        self.retry_delay, self.max_retry_delay = retry_delay, max_retry_delay
         #: the requests accepted and not yet reported: transaction UID -> references (at
         #: most 4 x ``max_references`` in all: :meth:`accept`), calling AE title
         self.pending: dict[str, tuple[int, str]] = {}
@@ -371,9 +366,10 @@ class CommitmentService:
         if (channel is None or not channel.is_open) and request.calling_ae not in self.scus:
             raise _NoAddress(f"no address configured for {request.calling_ae!r}")
         ts = channel.transfer_syntax if channel is not None and channel.is_open else None
-        if made and time.monotonic() - made[0].made_at < REVERIFY_AFTER:
+        fresh = made and time.monotonic() - made[0].made_at < REVERIFY_AFTER
+        if made and fresh and await self.in_checks(self._unchanged, made[0]):
             report = made[0]
-        else:  # (first, or an hour old: an overdue report says what holds now, review69 I3)
+        else:  # (first, an hour old, or what it found committed changed: review69 I3, 117 F1)
             report = await self.in_checks(self._prepare, request, ts or uids.EXPLICIT_VR_LE)
             if made is not None:
                 made[:] = [report]
@@ -427,9 +423,12 @@ class CommitmentService:
         log_failures(log, request.transaction_uid, verdicts)
         tx = request.transaction_uid
         event_type, data = event_information(tx, verdicts, self.ae_title, transfer_syntax)
-        report = _Report(tx, verdicts, event_type)
+        report = _Report(tx, verdicts, event_type, held=held(self.reader, verdicts))
         report.encoded[transfer_syntax] = data
         return report
+
+    def _unchanged(self, report: _Report) -> bool:
+        return still_held(self.reader, report.held, report.verdicts)
 
     async def _send(self, channel: Channel, report: _Report) -> NEventReportRSP:
         ts = channel.transfer_syntax
