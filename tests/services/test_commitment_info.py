@@ -78,6 +78,15 @@ def _item(sop_class: bytes = b"1.2.840.10008.5.1.4.1.1.2\0", uid: bytes = b"1.2.
     return _uid_element(0x00081150, sop_class) + _uid_element(0x00081155, uid + b"\0")
 
 
+def test_an_item_s_uid_is_taken_as_stored_uids_are() -> None:
+    """review117 F2: an item naming an instance stored with a leading zero (C-STORE
+    stores such UIDs) refused the whole request 0106; now a reference, judged by the
+    verification (0112 when nothing is stored under it)."""
+    data = _explicit(b"1.2.3\0", [_item(uid=b"1.02.3"), _item(uid=b"1..2"), _item()])
+    _, refs = read_action_information(data, False, True)
+    assert [ref.sop_instance_uid for ref in refs] == ["1.02.3", "1..2", "1.2.3"]
+
+
 @pytest.mark.parametrize(
     ("data", "status", "says"),
     [
@@ -96,7 +105,7 @@ def _item(sop_class: bytes = b"1.2.840.10008.5.1.4.1.1.2\0", uid: bytes = b"1.2.
         (_explicit(b"1.2\0", [])[12:], 0x0120, "Transaction UID missing"),
         (_explicit(b"1.2\0", [_item(), _item(sop_class=b"")]), 0x0121, "item 2: SOP Class"),
         (_explicit(b"1.2\0", [_uid_element(0x00081150, b"1.2\0")]), 0x0120, "item 1: SOP Inst"),
-        (_explicit(b"1.2\0", [_item(uid=b"1..2")]), 0x0106, "item 1: SOP Instance UID is not"),
+        (_explicit(b"1.2\0", [_item(uid=b"1.\xff")]), 0x0106, "item 1: SOP Instance UID is not"),
     ],
     ids=[
         "cut",

@@ -73,7 +73,10 @@ def read_action_information(
     review68 #3); :class:`Refused` says what is wrong. Every element must frame (its
     sequences walked first, then each header read checked to lie inside its container:
     0115); other elements are skipped. Either attribute as UN (PS3.5 6.2.2) is refused
-    0106: both are in the data dictionary every SCU has."""
+    0106: both are in the data dictionary every SCU has. An item's UIDs are taken as
+    they are (ASCII, not empty): C-STORE stores a UID with a leading zero, and one it
+    could not store is a reference failed 0112, not the whole request refused
+    (review117 F2: one such instance kept every other of its request uncommitted)."""
     reader = _Reader(bytes(data), implicit, little, "Action Information")
     found = reader.top_level((TRANSACTION_UID, REFERENCED_SOP_SEQUENCE))
     if TRANSACTION_UID not in found:
@@ -87,8 +90,8 @@ def read_action_information(
             raise Refused(st.RESOURCE_LIMITATION, f"more than {max_references} references")
         refs.append(
             Reference(
-                _item_uid(reader.buf, item, REFERENCED_SOP_CLASS_UID, f"item {n}", _uid),
-                _item_uid(reader.buf, item, REFERENCED_SOP_INSTANCE_UID, f"item {n}", _uid),
+                _item_uid(reader.buf, item, REFERENCED_SOP_CLASS_UID, f"item {n}", _text),
+                _item_uid(reader.buf, item, REFERENCED_SOP_INSTANCE_UID, f"item {n}", _text),
             )
         )
     if not refs:
