@@ -34,6 +34,7 @@ from tests.services.commitment_testlib import (
 from tests.services.query_testlib import Audit
 
 from dicomstore import uids
+from dicomstore.aio.association import Timeouts
 from dicomstore.archive import Archive
 from dicomstore.archive.commitment import (
     CLASS_INSTANCE_CONFLICT,
@@ -337,6 +338,52 @@ def test_a_report_answered_0110_is_sent_again_a_few_times(
     )
 
 
+def test_a_report_answered_0110_after_failed_tries_is_still_sent_again(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review117 F4: the tries that failed to connect counted as 0110 answers: after
+    two, the first 0110 was final ("twice more" did not hold)."""
+    tries = commitment_reports.PROCESSING_FAILURE_TRIES
+    port = free_port()  # (nothing there at first)
+    srv = serving(root, commitment_scus=(Destination("MODALITY", "127.0.0.1", port),))
+    with srv:
+        commitments = srv.server.commitments
+        assert commitments is not None
+        commitments.retry_delay = commitments.max_retry_delay = 0.05
+        failed = threading.Event()
+        attempt = commitments._attempt
+
+        async def counted(*args):
+            try:
+                return await attempt(*args)
+            except OSError:
+                if len(failed_tries) >= 1:
+                    failed.set()
+                failed_tries.append(1)
+                raise
+
+        failed_tries: list[int] = []
+        monkeypatch.setattr(commitments, "_attempt", counted)
+        assert n_action(srv.port, action_information("1.2.8.141", *HELD)) == 0x0000
+        assert failed.wait(30)  # (two tries failed: nothing listened)
+        with report_listener("MODALITY", port) as (_port, reports):
+            reports.status = 0x0110
+            reports.wait(tries)
+            assert settled(srv)
+    srv.archive.close()  # type: ignore[attr-defined]
+    assert len(reports.received) == tries
+
+
+def test_the_dimse_timeout_bounds_a_report_s_answer(root: Path) -> None:
+    """review117 F5: a report's N-EVENT-REPORT-RSP was waited for 60 s, whatever
+    --dimse-timeout said."""
+    srv = serving(root, timeouts=Timeouts(dimse=7.5))
+    with srv:
+        assert srv.server.commitments is not None
+        assert srv.server.commitments.report_timeout == 7.5
+    srv.archive.close()  # type: ignore[attr-defined]
+
+
 def test_a_pending_request_is_reported_after_a_restart(root: Path) -> None:
     """Accepted before a crash (in the journal, never reported): reported at start."""
     CommitmentJournal(root).add(
@@ -434,7 +481,8 @@ def test_requests_that_cannot_be_reported_hold_no_slot(
     """review36a #1: requests from an AE without an address whose association ended
     held a pending slot for ever (restarts too): max_pending of them refused everyone
     0213. They wait in the journal, at most max_pending of them, oldest dropped first."""
-    srv = serving(root, max_pending_commitments=2)
+    audit = Audit()
+    srv = serving(root, audit, max_pending_commitments=2)
     gated = report_after_release(srv, monkeypatch)
     with srv:
         for n in range(3):  # (each released at once: no way to report it)
@@ -449,6 +497,10 @@ def test_requests_that_cannot_be_reported_hold_no_slot(
     waiting = sorted(r.transaction_uid for r in CommitmentJournal(root).pending())
     assert waiting == ["1.2.8.131", "1.2.8.132"]
     assert "1.2.8.130: dropped, never reported: over 2 requests wait" in caplog.text
+    # (review117 F6: the audit trail's last word on it was its request's 0000)
+    (dropped,) = [r for r in audit.records if r.get("phase") == "dropped"]
+    assert dropped["transaction_uid"] == "1.2.8.130"
+    assert dropped["reported"] == "never: over 2 requests wait for an address"
 
 
 def test_policy_without_the_commit_right_is_refused(root: Path) -> None:

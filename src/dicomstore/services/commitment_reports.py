@@ -65,6 +65,7 @@ from dicomstore.archive.reader import ArchiveReader
 from dicomstore.dimse import NEventReportRQ, NEventReportRSP
 from dicomstore.dimse import status as st
 from dicomstore.errors import AssociationError, AssociationRejected, DicomstoreError
+from dicomstore.services.commitment_audit import dropped_record, report_record
 from dicomstore.services.commitment_info import (
     MAX_PENDING,
     MAX_REFERENCES,
@@ -266,11 +267,11 @@ class CommitmentService:
         self._spawn(self._deliver(request, channel))
 
     async def _deliver(self, request: CommitmentRequest, channel: Channel | None) -> None:
-        failures = 0
+        failures = not_processed = 0  # (tries failed; of them, answered 0110: review117 F4)
         made: list[_Report] = []  # (verified once: every try sends that report)
         while not self._closed:
             try:
-                how = await self._attempt(request, channel, failures + 1, made)
+                how = await self._attempt(request, channel, not_processed + 1, made)
             except _NoAddress as exc:
                 await self._strand(request, f"{exc} (--commitment-scu)")
                 return
@@ -280,6 +281,7 @@ class CommitmentService:
                 if not isinstance(exc, DicomstoreError | OSError):
                     log.exception("storage commitment %s", request.transaction_uid)
                 failures += 1
+                not_processed += isinstance(exc, _NotProcessed)
                 if isinstance(exc, AssociationRejected) and not exc.transient:
                     await self._strand(request, f"its report is refused for good: {exc}")
                     return
@@ -346,12 +348,9 @@ class CommitmentService:
             oldest = next(iter(self.stranded))
             inode = self.stranded.pop(oldest)
             await asyncio.to_thread(self.journal.drop, oldest, inode)
-            log.warning(
-                "storage commitment %s: dropped, never reported: over %d requests wait"
-                " for an address",
-                oldest,
-                self.max_pending,
-            )
+            why = f"over {self.max_pending} requests wait for an address"
+            log.warning("storage commitment %s: dropped, never reported: %s", oldest, why)
+            self._audit(dropped_record(oldest, why))
 
     async def _attempt(
         self,
@@ -403,7 +402,7 @@ class CommitmentService:
             if rsp.status in NOT_TAKEN:
                 raise AssociationError(f"N-EVENT-REPORT-RSP {rsp.status:04X}: try again later")
         if rsp.status == st.PROCESSING_FAILURE and attempt < PROCESSING_FAILURE_TRIES:
-            raise AssociationError("N-EVENT-REPORT-RSP 0110: not processed; try again later")
+            raise _NotProcessed("N-EVENT-REPORT-RSP 0110: not processed; try again later")
         if rsp.status != st.SUCCESS:
             log.warning(
                 "storage commitment %s: N-EVENT-REPORT-RSP %04X %s",
@@ -411,7 +410,7 @@ class CommitmentService:
                 rsp.status,
                 rsp.error_comment or st.describe(rsp.status),
             )
-        self._audit(request, verdicts, how, rsp.status)
+        self._audit(report_record(request, verdicts, how, rsp.status))
         committed = sum(v.committed for v in verdicts)
         took = "" if rsp.status == st.SUCCESS else f", answered {rsp.status:04X}: given up"
         return f"{how} ({committed} of {len(verdicts)} committed{took})"  # (review75 F5)
@@ -470,30 +469,14 @@ class CommitmentService:
         await assoc.release()
         return rsp
 
-    def _audit(
-        self, request: CommitmentRequest, verdicts: list[Verdict], how: str, status: int
-    ) -> None:
-        if self.audit is None:
-            return
-        self.audit(
-            {
-                "event": "commitment",
-                "phase": "report",
-                "transaction_uid": request.transaction_uid,
-                "calling_ae": request.calling_ae,
-                "address": request.address,
-                "references": len(verdicts),
-                "committed": sum(v.committed for v in verdicts),
-                "failed": [
-                    {"sop_instance_uid": v.reference.sop_instance_uid, "reason": v.failure_reason}
-                    for v in verdicts
-                    if not v.committed
-                ],
-                "reported": how,
-                "status": f"{status:04X}",
-            }
-        )
+    def _audit(self, record: dict[str, Any]) -> None:
+        if self.audit is not None:
+            self.audit(record)
 
 
 class _NoAddress(Exception):
     """The requesting association is gone and its AE title has no configured address."""
+
+
+class _NotProcessed(AssociationError):
+    """The report was answered 0110: sent again, PROCESSING_FAILURE_TRIES in all."""

@@ -34,7 +34,7 @@ from dicomstore.services.acceptor import WHEN_BUSY, AcceptorAssociation
 from dicomstore.services.admission import Admission, AuditSink, FailedAdmissions, Gatekeeper
 from dicomstore.services.commitment_reports import CommitmentService
 from dicomstore.services.destinations import Destination
-from dicomstore.services.server_config import ServerConfig
+from dicomstore.services.server_config import DIMSE_TIMEOUT, ServerConfig
 from dicomstore.services.storage import OnStored, StoreLimits, StoreService
 from dicomstore.ul.connection import Connection, Role
 
@@ -132,6 +132,8 @@ class Server:
                 ae_title=config.ae_title,
                 scus=_addresses(config.commitment_scus, gatekeeper, "commitment_scus"),
                 timeouts=config.timeouts,
+                # (--dimse-timeout: review117 F5, the report's answer waited 60 s)
+                report_timeout=config.timeouts.dimse or DIMSE_TIMEOUT,
                 fsync=bool(getattr(handler, "fsync", True)),
                 max_references=config.max_commitment_references,
                 max_pending=config.max_pending_commitments,
