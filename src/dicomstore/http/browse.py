@@ -276,7 +276,7 @@ def patient_zip(request: Request) -> StreamingResponse:
 
 def _one(request: Request, level: str, keyword: str) -> dict[str, Any]:
     uid = request.query_params.get("uid", "")
-    if not uid.strip():  # (as the patient page without an ID: review118 F4)
+    if not uid:  # (as the patient page without an ID: review118 F4)
         raise HttpError(400, f"no {level} UID given (?uid=)")
     rows = reader(request).search(level, {keyword: uid}, limit=1) if one_uid(uid) else []
     if not rows:
