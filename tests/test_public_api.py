@@ -308,6 +308,73 @@ def test_send_takes_one_path_or_dataset_alone_and_options_or_keywords(tmp_path: 
     assert [r.outcome for r in by_dataset] == ["stored"]
 
 
+def test_on_stored_and_on_ready_may_be_plain_or_async(tmp_path: Path, caplog) -> None:
+    """review120 F4: a plain on_stored ran, then an ERROR with a traceback was logged
+    for every instance (its None awaited); F5: an async on_ready was never awaited."""
+    stored: list[str] = []
+    ready_ports: list[int] = []
+
+    async def main() -> None:
+        up = asyncio.Event()
+
+        async def on_ready(server) -> None:
+            ready_ports.append(server.port)
+            up.set()
+
+        task = asyncio.create_task(
+            dicomstore.serve(
+                tmp_path / "archive",
+                port=0,
+                fsync=False,
+                on_ready=on_ready,
+                on_stored=lambda event: stored.append(event.sop_instance_uid),
+            )
+        )
+        try:
+            await asyncio.wait_for(up.wait(), 30)
+            (result,) = await dicomstore.send("127.0.0.1", ready_ports[0], CT_FILE, retries=0)
+            assert result.outcome == "stored"
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+    assert stored == [pydicom.dcmread(CT_FILE).SOPInstanceUID]
+    assert "on_stored callback failed" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "says"),
+    [
+        ({"ae_title": "A" * 17}, ValueError, "ServerConfig.ae_title: not a valid AE title"),
+        ({"ae_title": "A\\B"}, ValueError, "ServerConfig.ae_title"),
+        ({"port": -1}, ValueError, "ServerConfig.port: not 0 .. 65535"),
+        ({"port": "104"}, TypeError, "ServerConfig.port: not an int"),
+        ({"max_pdu": 10}, ValueError, "ServerConfig.max_pdu"),
+        ({"allowed_calling_aets": "STORESCU"}, TypeError, "a set of AE titles, not one"),
+        ({"store_aets": "STORESCU"}, TypeError, "a set of AE titles, not one"),
+        ({"transfer_syntaxes": ("1.2.3",)}, ValueError, "unknown ['1.2.3']"),
+        ({"transfer_syntaxes": "1.2.840.10008.1.2"}, TypeError, "UIDs, not one"),
+        ({"shutdown_grace": -5}, ValueError, "ServerConfig.shutdown_grace: negative"),
+        ({"stable_age": float("nan")}, ValueError, "ServerConfig.stable_age: negative"),
+        ({"max_associations": 0}, ValueError, "ServerConfig.max_associations"),
+    ],
+)
+def test_server_config_refuses_what_the_command_line_refuses(options, error, says) -> None:
+    """review120 F2/F6: a 21-character AE title served, a port of -1 failed at bind
+    (OverflowError), a string of AE titles let in each of its substrings."""
+    with pytest.raises(error) as raised:
+        dicomstore.ServerConfig(**options)
+    assert says in str(raised.value)
+
+
+def test_server_config_takes_any_iterable_of_ae_titles() -> None:
+    config = dicomstore.ServerConfig(allowed_calling_aets=["STORESCU"], store_aets={"A"})
+    assert config.allowed_calling_aets == frozenset({"STORESCU"})
+    assert config.store_aets == frozenset({"A"})
+
+
 def test_a_response_of_the_wrong_type_aborts_instead_of_being_returned(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,6 +17,7 @@ from dicomstore.services.commitment_info import MAX_PENDING, MAX_REFERENCES
 from dicomstore.services.destinations import Destination
 from dicomstore.services.forward_rules import ForwardRule
 from dicomstore.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy
+from dicomstore.vr import ae_title_problem
 
 #: The server's default DIMSE timeout (seconds; ``serve --dimse-timeout``): a peer
 #: silent after our request is given up (review36a #3: a C-MOVE destination that never
@@ -99,6 +100,51 @@ class ServerConfig:
     #: ``--workers`` (``aio/handoff.py``): the first process's Dispatcher (it accepts
     #: every connection and passes some on), or a worker's channel from it.
     share: Dispatcher | socket.socket | None = None
+
+    def __post_init__(self) -> None:
+        """What the command line's options refuse is refused here too, naming the field
+        (review120 F6: a 21-character AE title served, a port of -1 failed at bind);
+        a set of AE titles given as one string is refused (F2: ``"STORESCU"`` let in
+        its substrings ``"S"``, ``"SCU"``), one of another iterable made a frozenset."""
+
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"ServerConfig.{name}: {why}: {getattr(self, name)!r}")
+
+        problem = ae_title_problem(self.ae_title) if isinstance(self.ae_title, str) else "no str"
+        if problem is not None:
+            raise bad("ae_title", f"not a valid AE title ({problem})")
+        if isinstance(self.port, bool) or not isinstance(self.port, int):
+            raise TypeError(f"ServerConfig.port: not an int: {self.port!r}")
+        if not 0 <= self.port <= 65535:
+            raise bad("port", "not 0 .. 65535")
+        if self.max_pdu != 0 and not 4096 <= self.max_pdu <= 2**32 - 1:
+            raise bad("max_pdu", "not 0 (unlimited) or 4096 .. 4294967295")
+        for name in ("allowed_calling_aets", "store_aets"):
+            titles = getattr(self, name)
+            if isinstance(titles, str | bytes):
+                raise TypeError(f"ServerConfig.{name}: a set of AE titles, not one: {titles!r}")
+            if titles is not None:
+                setattr(self, name, frozenset(titles))
+        if isinstance(self.transfer_syntaxes, str):
+            raise TypeError(
+                f"ServerConfig.transfer_syntaxes: UIDs, not one: {self.transfer_syntaxes!r}"
+            )
+        unknown = [ts for ts in self.transfer_syntaxes if ts not in uids.transfer_syntaxes()]
+        if unknown or not self.transfer_syntaxes:
+            raise bad("transfer_syntaxes", f"unknown {unknown}" if unknown else "none")
+        for name in ("max_associations", "max_ops"):
+            if getattr(self, name) < 1:
+                raise bad(name, "not 1 or more")
+        for name in ("shutdown_grace", "stable_age", "max_per_calling_ae", "max_per_address",
+                     "max_pending_connections", "max_instance_bytes", "min_free_bytes",
+                     "max_failed_admissions", "max_failed_logins_per_user",
+                     "forward_max_attempts"):  # fmt: skip
+            if not getattr(self, name) >= 0:  # (nor NaN)
+                raise bad(name, "negative")
+        for name in ("failed_admission_window", "forward_retry_delay", "forward_retry_max",
+                     "max_commitment_references", "max_pending_commitments"):  # fmt: skip
+            if not getattr(self, name) > 0:
+                raise bad(name, "not more than 0")
 
     def policy(self, find: bool = True) -> AcceptorPolicy:
         """The negotiation policy: Verification, every Storage SOP Class and, with

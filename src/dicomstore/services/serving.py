@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import os
 import sqlite3
@@ -389,7 +390,9 @@ async def serve(
         ) as server:
             listening = True
             if on_ready is not None:
-                on_ready(server)
+                ready = on_ready(server)  # (a plain function, or async: review120 F5)
+                if inspect.isawaitable(ready):
+                    await ready
             await asyncio.get_running_loop().create_future()  # until cancelled
     except OSError as exc:
         if not listening and exc.filename is None:  # (else a file's: its message says)

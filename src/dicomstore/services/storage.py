@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import math
 import threading
@@ -86,7 +87,8 @@ class StoredEvent:
         return dcmread(self.path, defer_size=64 * 1024)
 
 
-OnStored = Callable[[StoredEvent], Awaitable[None]]
+#: Called with each instance stored: a coroutine function, or a plain one.
+OnStored = Callable[[StoredEvent], Awaitable[None] | None]
 
 
 class Home(NamedTuple):
@@ -485,6 +487,8 @@ class StoreService:
     async def _call_back(self, event: StoredEvent) -> None:
         assert self.on_stored is not None
         try:
-            await self.on_stored(event)
+            result = self.on_stored(event)  # (async, or a plain function: review120 F4)
+            if inspect.isawaitable(result):
+                await result
         except Exception:  # noqa: BLE001 - a user callback must not kill the server
             log.exception("on_stored callback failed for %s", event.sop_instance_uid)
