@@ -358,7 +358,8 @@ def test_on_stored_and_on_ready_may_be_plain_or_async(tmp_path: Path, caplog) ->
         ({"transfer_syntaxes": "1.2.840.10008.1.2"}, TypeError, "UIDs, not one"),
         ({"shutdown_grace": -5}, ValueError, "ServerConfig.shutdown_grace: negative"),
         ({"stable_age": float("nan")}, ValueError, "ServerConfig.stable_age: negative"),
-        ({"max_associations": 0}, ValueError, "ServerConfig.max_associations"),
+        ({"max_associations": -1}, ValueError, "ServerConfig.max_associations: negative"),
+        ({"max_ops": 65536}, ValueError, "ServerConfig.max_ops: not 0 .. 65535"),
     ],
 )
 def test_server_config_refuses_what_the_command_line_refuses(options, error, says) -> None:

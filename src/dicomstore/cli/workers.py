@@ -144,17 +144,20 @@ class Pool:
             log.error("worker %d (pid %s) %s: not started again", number, old.pid, why)
             return
         first, end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        ask = None
+        mine = ask = None
         askers = getattr(self.args, "metrics_asks", None)
         if askers:
             mine, ask = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            askers[index].rebind(mine)
         try:
             worker = self._spawn(number, end, ask)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # (review121: its channels were left open)
             log.error("worker %d could not be started again: %s", number, exc)
-            first.close()
+            for left in (first, end, mine, ask):
+                if left is not None:
+                    left.close()
             return
+        if askers and mine is not None:
+            askers[index].rebind(mine)  # (only now: a scrape meanwhile waited on no one)
         self.dispatcher.replace(index, first)
         self.workers[index], self._born[index] = worker, time.monotonic()
         self._again[index] = True

@@ -132,10 +132,10 @@ class ServerConfig:
         unknown = [ts for ts in self.transfer_syntaxes if ts not in uids.transfer_syntaxes()]
         if unknown or not self.transfer_syntaxes:
             raise bad("transfer_syntaxes", f"unknown {unknown}" if unknown else "none")
-        for name in ("max_associations", "max_ops"):
-            if getattr(self, name) < 1:
-                raise bad(name, "not 1 or more")
-        for name in ("shutdown_grace", "stable_age", "max_per_calling_ae", "max_per_address",
+        if not 0 <= self.max_ops <= 65535:  # (PS3.7 D.3.3.3.1: 16 bits; 0: any number)
+            raise bad("max_ops", "not 0 .. 65535")
+        for name in ("max_associations", "shutdown_grace", "stable_age", "max_per_calling_ae",
+                     "max_per_address",
                      "max_pending_connections", "max_instance_bytes", "min_free_bytes",
                      "max_failed_admissions", "max_failed_logins_per_user",
                      "forward_max_attempts"):  # fmt: skip
