@@ -527,6 +527,10 @@ def test_commit_after_close_is_a700(tmp_path: Path) -> None:
     outcome = ingest.commit()
     assert outcome.status == OUT_OF_RESOURCES and "closed" in outcome.error_comment
     assert settled(archive)
+    # (review120 F10: a store begun after the close answered A700 "No such file or
+    # directory while creating the file")
+    with pytest.raises(ValueError, match="is closed"):
+        receive(archive, 2)
 
 
 # -- crash safety -------------------------------------------------------------------------

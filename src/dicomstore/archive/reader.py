@@ -111,7 +111,25 @@ class ArchiveReader:
                 own.watch_errors()
             except OSError:
                 pass  # (then make_durable's flush opens its own descriptor)
-            weakref.finalize(self, own.close)
+            self._finalizer: weakref.finalize[Any, Any] | None = weakref.finalize(self, own.close)
+        else:
+            self._finalizer = None
+        self._own_engine = not isinstance(index, Engine)
+
+    def close(self) -> None:
+        """Let go of what the reader holds (its storage's descriptor, the index's kept
+        readers) now, not when it is collected (review120 F11); it may not be used
+        after. Also ``with open_archive(...) as reader:``."""
+        if self._finalizer is not None:
+            self._finalizer()
+        if self._own_engine:  # (one given is its giver's: an Archive's)
+            self.engine.close()
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _not_found(self, index: str | Engine | None) -> str:
         """Why there is no archive to read: no index (``startup.lost_index``)."""

@@ -269,7 +269,11 @@ class Archive:
         calling_ae: str = "",
         called_ae: str = "",
     ) -> Ingest:
-        """Start receiving one instance: the temporary file and its meta are written now."""
+        """Start receiving one instance: the temporary file and its meta are written now;
+        ``ValueError`` once the archive is closed (review120 F10: a store answered A700
+        "No such file or directory while creating the file")."""
+        if self._hold < 0:
+            raise ValueError(f"the archive {self.root} is closed")
         return Ingest(
             self._tmp,
             self._committer.submit,

@@ -378,10 +378,9 @@ class StoreService:
                 calling_ae=caller.name,
                 called_ae=caller.called_ae,
             )
-        except OSError as exc:
-            storing.result = StoreResult(
-                st.OUT_OF_RESOURCES, f"cannot store: {exc.strerror or exc}"
-            )
+        except (OSError, ValueError) as exc:  # (ValueError: an archive closed)
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            storing.result = StoreResult(st.OUT_OF_RESOURCES, f"cannot store: {why}")
             return storing
         # a deflated data set's inflated size is counted as it arrives: a bomb is cut short
         if uids.is_deflated(transfer_syntax_uid.strip()):
