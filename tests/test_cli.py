@@ -87,7 +87,7 @@ def test_echo_rejected_says_why(capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     # (review100 W7: what of ours it points at)
-    assert "called AE title not recognized (we called 'WRONG': --aec sets it)" in err
+    assert "called AE title not recognized (we called 'WRONG': --aec sets it, called_ae=" in err
 
 
 def test_a_peer_closing_before_any_answer_may_be_a_tls_port(capsys) -> None:

@@ -183,7 +183,7 @@ def test_refusals_have_their_exit_codes(tmp_path: Path, capsys) -> None:
             err = capsys.readouterr().err
             assert "calling AE title not recognized" in err
             # (review110 I1: a pin of its address or certificate refuses so too)
-            assert "--aet sets it; or a policy refuses it from this address or with" in err
+            assert "--aet sets it, calling_ae= in Python; or a policy refuses it from" in err
     finally:
         archive.close()
 

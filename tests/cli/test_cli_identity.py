@@ -36,11 +36,12 @@ def _echo(srv: ServerThread, *extra: str) -> int:
 
 def test_a_user_and_passcode_get_in(served, tmp_path, capsys) -> None:
     assert _echo(served) == 4  # (no identity: rejected)
-    assert "may be what is refused" not in capsys.readouterr().err
+    assert "may be refused" not in capsys.readouterr().err
     assert _echo(served, "--user", "alice", "--password", "wrong") == 4
     # (review100 W7: 'no reason given' only; the identity sent is named)
-    assert "(the user identity sent (--user, --password, --jwt-file) may be what is refused)" in (
-        capsys.readouterr().err
+    assert (
+        "(the user identity sent (--user, --password, --jwt-file; identity=) may be refused)"
+        in (capsys.readouterr().err)
     )
     assert _echo(served, "--user", "alice", "--password", "correct horse") == 0
     secret = tmp_path / "secret"

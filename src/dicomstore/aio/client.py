@@ -84,16 +84,16 @@ def _rejected(request: P.AssociateRQ, rj: P.AssociateRJ) -> AssociationRejected:
     error = AssociationRejected(rj.result, rj.source, rj.reason)
     hint = None
     if rj.source == P.REJECT_SOURCE_USER and rj.reason == 7:
-        hint = f"we called {request.called_ae.strip()!r}: --aec sets it"
+        hint = f"we called {request.called_ae.strip()!r}: --aec sets it, called_ae= in Python"
     elif rj.source == P.REJECT_SOURCE_USER and rj.reason == 3:
         # (a server's policy refuses so a caller it knows from another address or
         # certificate too: review110 I1)
         hint = (
-            f"we are {request.calling_ae.strip()!r}: --aet sets it; or a policy refuses"
-            " it from this address or with this certificate"
+            f"we are {request.calling_ae.strip()!r}: --aet sets it, calling_ae= in Python;"
+            " or a policy refuses it from this address or with this certificate"
         )
     elif rj.source == P.REJECT_SOURCE_USER and rj.reason == 1 and request.user_info.identity_rq:
-        hint = "the user identity sent (--user, --password, --jwt-file) may be what is refused"
+        hint = "the user identity sent (--user, --password, --jwt-file; identity=) may be refused"
     if hint is not None:
         error.args = (f"{error} ({hint})",)
     return error
