@@ -37,10 +37,10 @@ import logging
 import os
 import re
 import shlex
+import signal
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,10 +56,27 @@ from dicomstore.services.stable_log import (
     iso,
 )
 from dicomstore.services.storage import Home, on_loop
+from dicomstore.services.webhook import post_json
 
 log = logging.getLogger("dicomstore.stable")
 
+#: Seconds the study-complete webhook's POST may take, answer included.
 WEBHOOK_TIMEOUT = 10.0
+#: Seconds the study-stable command may run; study-stable commands run at once, at most.
+EXEC_TIMEOUT = 600.0
+COMMANDS_AT_ONCE = 4
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    """Kill ``proc`` and what it started (its session's process group), and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:  # (even when cancelled again meanwhile: no zombie left)
+        await asyncio.shield(asyncio.wait_for(proc.wait(), 5))
+    except (TimeoutError, asyncio.CancelledError):
+        pass
 
 
 OnStable = Callable[[StableStudy], Awaitable[None] | None]
@@ -120,6 +137,8 @@ class StudyStability:
         self._home: Home | None = None
         self._task: asyncio.Task[None] | None = None
         self._actions: set[asyncio.Future[object]] = set()
+        #: the study-stable commands running at once, at most COMMANDS_AT_ONCE
+        self._commands = asyncio.Semaphore(COMMANDS_AT_ONCE)
         #: while :meth:`catch_up` reads the index: per study, the newest arrival an
         #: event being made or made meanwhile covers (what it read of the log is older)
         self._covered: dict[str, float] = {}
@@ -254,14 +273,18 @@ class StudyStability:
         self._task = asyncio.create_task(self._run(), name="study-stability")
 
     async def close(self, grace: float = 10.0) -> None:
-        """Stop; commands and webhooks under way get ``grace`` seconds. Studies not
-        yet stable stay so, and are found again by :meth:`recover`."""
+        """Stop; commands and webhooks under way get ``grace`` seconds, then are killed
+        and dropped (each event stays in the log). Studies not yet stable stay so, and
+        are found again by :meth:`recover`."""
         for task in (self._catching_up, self._task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         if self._actions:
             await asyncio.wait(list(self._actions), timeout=grace)
+        for action in list(self._actions):  # (past the grace: commands killed, POSTs dropped)
+            action.cancel()
+        await asyncio.gather(*self._actions, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
@@ -322,7 +345,7 @@ class StudyStability:
         for hook in self.on_stable:
             await self._call(hook, event)
         if self.exec_command:
-            self._spawn(run_command(self.exec_command, event))
+            self._spawn(run_command(self.exec_command, event, self._commands))
         if self.webhook:
             self._spawn(post_event(self.webhook, event))
 
@@ -399,10 +422,15 @@ def _check_patient(patient_id: str) -> None:
         )
 
 
-async def run_command(template: Sequence[str], event: StableStudy) -> int | None:
-    """Run the command for ``event`` (no shell; the event also in the environment);
-    its exit code, None when it was not run: a value unsafe as an argument
-    (:func:`command_line`, a WARNING) or it could not be started (logged)."""
+async def run_command(
+    template: Sequence[str], event: StableStudy, at_once: asyncio.Semaphore | None = None
+) -> int | None:
+    """Run the command for ``event`` (no shell; the event also in the environment),
+    one of ``at_once`` at a time, killed (with what it started) past EXEC_TIMEOUT or
+    when cancelled (review122 F2: a command that never ended was never timed out, and
+    outlived the server); its exit code, None when it was not run: a value unsafe as
+    an argument (:func:`command_line`, a WARNING), it could not be started or was
+    killed (logged)."""
     try:
         argv = command_line(template, event)
     except UnsafeValue as exc:
@@ -414,12 +442,23 @@ async def run_command(template: Sequence[str], event: StableStudy) -> int | None
         "DICOMSTORE_STUDY_FOLDER": event.folder,
         "DICOMSTORE_PATIENT_ID": event.patient_id or "",
     }
-    try:
-        proc = await asyncio.create_subprocess_exec(*argv, env=env)
-        code = await proc.wait()
-    except (OSError, ValueError) as exc:  # (ValueError: a NUL in an argument or value)
-        log.error("the study-stable command %s cannot run: %s", argv[0], exc)
-        return None
+    async with at_once or nullcontext():
+        try:  # (its own session: killed with what it started)
+            proc = await asyncio.create_subprocess_exec(*argv, env=env, start_new_session=True)
+        except (OSError, ValueError) as exc:  # (ValueError: a NUL in an argument or value)
+            log.error("the study-stable command %s cannot run: %s", argv[0], exc)
+            return None
+        try:
+            async with asyncio.timeout(EXEC_TIMEOUT):
+                code = await proc.wait()
+        except TimeoutError:
+            await _kill(proc)
+            log.warning("the study-stable command %s for study %s did not end within %g s:"
+                        " killed", argv[0], event.study_uid, EXEC_TIMEOUT)  # fmt: skip
+            return None
+        except asyncio.CancelledError:  # (the server stops: not left running, orphaned)
+            await _kill(proc)
+            raise
     if code != 0:
         log.warning(
             "the study-stable command %s for study %s exited %d", argv[0], event.study_uid, code
@@ -428,18 +467,16 @@ async def run_command(template: Sequence[str], event: StableStudy) -> int | None
 
 
 async def post_event(url: str, event: StableStudy) -> int | None:
-    """POST ``event`` as JSON to ``url``; the HTTP status, None on failure (logged)."""
+    """POST ``event`` as JSON to ``url`` (within WEBHOOK_TIMEOUT in all: ``webhook.py``);
+    the HTTP status, None on failure or a status of 400 or more (logged)."""
     body = json.dumps(event.as_dict()).encode()
-    request = urllib.request.Request(url, body, {"Content-Type": "application/json"}, method="POST")
-
-    def post() -> int:
-        with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as answer:  # noqa: S310
-            return int(answer.status)
-
     try:
-        status = await asyncio.to_thread(post)
+        status = await post_json(url, body, WEBHOOK_TIMEOUT)
     except (OSError, ValueError) as exc:
         log.warning("--stable-webhook for study %s failed: %s", event.study_uid, exc)
+        return None
+    if status >= 400:
+        log.warning("--stable-webhook for study %s failed: HTTP %d", event.study_uid, status)
         return None
     log.debug("--stable-webhook for study %s: HTTP %d", event.study_uid, status)
     return status

@@ -1,0 +1,75 @@
+"""One JSON POST (RFC 9110 9.3.3, over HTTP/1.1 as RFC 9112 frames it), bounded as a
+whole: the study-complete webhook (``--stable-webhook``).
+
+On the event loop, never a worker thread: urllib's ``urlopen`` ran in asyncio's
+shared threads with a timeout per socket read, and a receiver that answered a header
+line every few seconds held a thread for ever; six such held every thread, and
+forwarding and the event log waited behind them (review122 F1). Here the connection,
+the request and the answer's status line and header fields must all be done within
+``timeout`` seconds, else the connection is dropped; the answer's body is not read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from urllib.parse import urlsplit
+
+#: Bytes of the status line and of each header field read at most.
+MAX_LINE = 8192
+#: Header fields read at most.
+MAX_FIELDS = 100
+
+
+class WebhookError(OSError):
+    """The POST failed: no connection, no HTTP answer in time, or not HTTP."""
+
+
+async def post_json(url: str, body: bytes, timeout: float) -> int:
+    """POST ``body`` (JSON) to ``url`` (``http://`` or ``https://``); the answer's
+    status code. :class:`WebhookError` (an ``OSError``) when it cannot be had within
+    ``timeout`` seconds, or the answer is no HTTP."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http:// or https:// URL: {url!r}")
+    secure = parts.scheme == "https"
+    port = parts.port or (443 if secure else 80)
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    authority = host if parts.port is None else f"{host}:{parts.port}"
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    head = (
+        f"POST {target} HTTP/1.1\r\nHost: {authority}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+        "User-Agent: dicomstore\r\n\r\n"
+    ).encode("ascii", "replace")
+    context = ssl.create_default_context() if secure else None
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(
+                parts.hostname, port, ssl=context, limit=MAX_LINE
+            )
+            writer.write(head + body)
+            await writer.drain()
+            status = _status(await reader.readline())
+            for _ in range(MAX_FIELDS):  # (the fields to their end: a whole answer head)
+                if await reader.readline() in (b"\r\n", b"\n", b""):
+                    return status
+            raise WebhookError(f"over {MAX_FIELDS} header fields in the answer")
+    except TimeoutError:
+        raise WebhookError(f"no whole answer within {timeout:g} s") from None
+    except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        raise WebhookError(f"not an HTTP answer: {exc}") from None
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _status(line: bytes) -> int:
+    """The status code of an HTTP/1.x status line (RFC 9112 4)."""
+    version, _, rest = line.partition(b" ")
+    code = rest[:3]
+    if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
+        raise ValueError(f"status line {line[:80]!r}")
+    return int(code)
