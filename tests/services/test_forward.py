@@ -870,7 +870,8 @@ def test_a_damaged_queue_is_named_not_taken_for_the_index(tmp_path: Path, capsys
     queue.write_bytes(b"SQLite format 3\x00" + b"\xff" * 3000)  # (its header, then junk)
     assert cli_main(["stats", "--storage", str(root)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"dicomstore: {queue}: ") and "(the forwarding queue)" in err, err
+    assert err.startswith(f"dicomstore: {queue}: ") and "(the forwarding queue: " in err, err
+    assert "moved aside, a new one starts; what it still had to send is not sent" in err
     rule = ["--forward", f"DEST=127.0.0.1:{free_port()}"]
     done = subprocess.run(
         serve_command(free_port(), root, *rule), capture_output=True, text=True, timeout=60
@@ -878,3 +879,29 @@ def test_a_damaged_queue_is_named_not_taken_for_the_index(tmp_path: Path, capsys
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert lines[-1].startswith(f"dicomstore: cannot open the archive {root}: {queue}: ")
+
+
+def test_a_new_queue_beside_stored_instances_says_what_is_not_forwarded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review122 F3: a damaged queue moved aside, the new one sent nothing of what the
+    old one still had to send, and nothing said so."""
+    from dicomstore.archive.reader import ArchiveReader
+
+    root = tmp_path / "archive"
+    with Archive(root, fsync=False) as archive:
+        archive_store(archive, dataset())
+    caplog.set_level(logging.WARNING, "dicomstore.forward")
+    rule = parse_rule(f"DEST=127.0.0.1:{free_port()}")
+    forwarding = Forwarding(ArchiveReader(root), (rule,), calling_ae="DICOMSTORE")
+    assert forwarding.open() == 0
+    forwarding.queue.close()
+    assert "a new forwarding queue: what the archive holds already is not forwarded" in (
+        caplog.text
+    )
+    assert "send that with `dicomstore send`" in caplog.text
+    caplog.clear()
+    forwarding = Forwarding(ArchiveReader(root), (rule,), calling_ae="DICOMSTORE")
+    forwarding.open()  # (the queue there now: no word of it)
+    forwarding.queue.close()
+    assert "a new forwarding queue" not in caplog.text

@@ -402,7 +402,8 @@ def _copy(reader: Any, row: dict[str, Any], target: Path) -> int:
 def _stats(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from dicomstore.services.forward_queue import damaged, queue_status
+    from dicomstore.services.forward_queue import queue_status
+    from dicomstore.services.forward_recovery import damaged
 
     stats = _reader(args).stats()
     try:

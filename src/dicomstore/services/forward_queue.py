@@ -1,10 +1,9 @@
 """The durable forwarding queue: ``<archive>/.forward/queue.sqlite`` (issue 16).
 
-Why SQLite rather than JSON lines and offsets: an entry changes state many times
-(attempts, next attempt, sent, failed), the sender takes the *due* entries of one
-destination a batch at a time (an index, ``LIMIT``: memory independent of the
-queue's length), and ``dicomstore stats`` reads it while the server writes (WAL);
-a log would need its own compaction and index to do as much.
+SQLite rather than JSON lines: an entry changes state many times, the sender takes the
+*due* entries of one destination a batch at a time (an index, ``LIMIT``: memory
+independent of the queue's length), ``dicomstore stats`` reads it while the server
+writes (WAL); a log would need its own compaction and index to do as much.
 
 An entry is one instance for one destination, from one store: its key is
 (destination, SOP Instance UID, the index row's ``received_at``), so a store
@@ -15,21 +14,20 @@ instance stored again later is a new one. States: ``pending`` (with
 failure: the destination's status and Error Comment are kept; or its file gone
 from the archive) or ``skipped`` (not in the index any more when its turn came). Sent
 and skipped entries are pruned after a while (``keep_done`` seconds); the counts of
-each state per destination stay in ``total``. A damaged file is named: :func:`damaged`.
+each state per destination stay in ``total``. A damaged file is named:
+``forward_recovery.damaged``.
 
 Durability: ``synchronous=NORMAL`` (no fsync per commit). The archive index is
 the record of what was stored, and the queue can be rebuilt from it: the
 ``observed`` watermark is the newest ``received_at`` the queue has seen, and
-:meth:`ForwardingService.open <dicomstore.services.forwarding.Forwarding.open>`
-queues again, after a restart, what the index holds from shortly before it
-(entries already there are kept by their key). A commit lost to a power cut
+``Forwarding.open`` queues again, after a restart, what the index holds from shortly
+before it (entries already there are kept by their key). A commit lost to a power cut
 rolls the queue back to an earlier, consistent state: at worst an instance is
 sent twice (forwarding is at least once, as every store-and-forward is).
 """
 
 from __future__ import annotations
 
-import errno
 import sqlite3
 import threading
 import time
@@ -365,11 +363,6 @@ class _Transaction:
 
     def __exit__(self, kind: object, *rest: object) -> None:
         self.db.execute("ROLLBACK" if kind is not None else "COMMIT")
-
-
-def damaged(root: Path | str, exc: Exception) -> OSError:
-    """sqlite3's ``exc`` as an ``OSError`` naming the queue's file (review115 F3)."""
-    return OSError(errno.EIO, f"{exc} (the forwarding queue)", str(queue_path(root)))
 
 
 def queue_status(root: Path | str, *, timeout: float = 5.0) -> list[dict[str, Any]] | None:

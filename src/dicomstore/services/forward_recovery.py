@@ -15,14 +15,16 @@ the clock of the node that stored it (review59 M2).
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.rebuild import arrivals_only
-from dicomstore.services.forward_queue import ForwardQueue, Queued
+from dicomstore.services.forward_queue import ForwardQueue, Queued, queue_path
 from dicomstore.services.forward_rules import ForwardRule, entries_for
 from dicomstore.services.stable_log import StableLog, StableStudy, epoch, shifted
 
@@ -31,6 +33,8 @@ log = logging.getLogger("dicomstore.forward")
 #: Seconds before the ``observed`` watermark that recovery looks again: longer than
 #: an index commit takes after its ``received_at`` is set.
 SLACK = 60.0
+#: What a queue lost or moved aside leaves to the operator (review122 F3).
+UNSENT = "what it still had to send is not sent: send that with `dicomstore send`"
 #: The columns of an index row the rules and the queue need.
 _ROW = (
     "SELECT i.sop_instance_uid, i.received_at, i.calling_ae, se.modality, i.sop_class_uid,"
@@ -41,6 +45,13 @@ COLUMNS = ("sop_instance_uid", "received_at", "calling_ae", "modality", "sop_cla
 
 #: (destination, trigger) -> since when the rule has been configured (ISO)
 Since = dict[tuple[str, str], str]
+
+
+def damaged(root: Path | str, exc: Exception) -> OSError:
+    """sqlite3's ``exc`` as an ``OSError`` naming the queue's file (review115 F3), and
+    what moving it aside costs."""
+    why = f"{exc} (the forwarding queue: moved aside, a new one starts; {UNSENT})"
+    return OSError(errno.EIO, why, str(queue_path(root)))
 
 
 def recover(
@@ -57,6 +68,14 @@ def recover(
     observed = queue.watermark("observed")
     if observed is None:  # a new queue: nothing stored before it is forwarded
         queue.set_watermark("observed", now)
+        with closing(reader.connect()) as db:
+            held = db.execute("SELECT 1 FROM instance LIMIT 1").fetchone() is not None
+        if held:  # (review122 F3: a damaged queue moved aside lost its pending unsaid)
+            log.warning(
+                "a new forwarding queue: what the archive holds already is not forwarded"
+                " (if a queue was lost or moved aside, %s)",
+                UNSENT,
+            )
     elif any(rule.when == "instance" for rule in rules):
         with closing(reader.connect()) as db:
             arrival = arrivals_only(reader.engine, db)

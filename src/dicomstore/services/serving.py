@@ -299,7 +299,7 @@ async def _forwarding(
             f"({lock.holder}): enable --forward on one node only"
         )
     locks.append(lock)
-    from dicomstore.services.forward_queue import damaged
+    from dicomstore.services.forward_recovery import damaged
     from dicomstore.services.forwarding import Forwarding
 
     forwarding = Forwarding(
