@@ -62,6 +62,7 @@ _EXPORTS: dict[str, str] = {
     "StoredEvents": "dicomstore.query",
     "Subscription": "dicomstore.query",
     "StoredEvent": "dicomstore.services.storage",
+    "StableStudy": "dicomstore.services.stable_log",
     # errors
     "DicomstoreError": "dicomstore.errors",
     "LocalProtocolError": "dicomstore.errors",
@@ -107,6 +108,7 @@ __all__ = [
     "SendOptions",
     "Server",
     "ServerConfig",
+    "StableStudy",
     "StoreHandler",
     "StoreOutcome",
     "StoreSink",
@@ -165,6 +167,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from dicomstore.services.server import Server, ServerConfig
     from dicomstore.services.serving import serve
     from dicomstore.services.sources import CorruptFile, NotDicom
+    from dicomstore.services.stable_log import StableStudy
     from dicomstore.services.storage import StoredEvent
     from dicomstore.services.storage_scu import NotSendable, Result
 
