@@ -606,3 +606,22 @@ def test_frames_of_an_instance_replaced_or_deleted_since_it_was_looked_up(
                 assert (r.status_code, r.reason_phrase) == (404, "Not Found")
     finally:
         archive.close()
+
+
+def test_an_empty_name_among_others_is_encoded_and_its_study_answered(tmp_path) -> None:
+    """review124 F1: a Patient's Name ``é\\`` (ISO_IR 100, an empty second value) raised
+    IndexError in the encoder (pydicom's too): its study's metadata was 200 with a body
+    cut off, its own 500, a traceback each time."""
+    archive = Archive(tmp_path / "archive", fsync=False)
+    odd = make_dataset("1.2.7.50", study="1.2.7.5", series="1.2.7.5.1")
+    odd.SpecificCharacterSet = "ISO_IR 100"
+    odd.PatientName = "Müller\\"
+    store(archive, odd)
+    store(archive, make_dataset("1.2.7.51", study="1.2.7.5", series="1.2.7.5.1", number=2))
+    with HttpThread(archive) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        r = client.get("/studies/1.2.7.5/metadata")
+        assert r.status_code == 200
+        names = {m["00080018"]["Value"][0]: m["00100010"]["Value"] for m in r.json()}
+        assert names["1.2.7.50"] == [{"Alphabetic": "Müller"}, {"Alphabetic": ""}]
+        assert len(names) == 2
+    archive.close()

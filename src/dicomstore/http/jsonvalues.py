@@ -156,7 +156,10 @@ def _names(vr: str, names: Sequence[PersonName] | PersonName) -> dict[str, Any]:
 
 
 def _groups(components: Sequence[str]) -> dict[str, str]:
-    out = {"Alphabetic": components[0]}
+    """A name's groups (F.2.2); an empty name among others (``é\\``) is an empty
+    alphabetic group, as a plain ASCII one's (review124 F1: it raised IndexError, as
+    pydicom's encoder does, and the metadata of its whole study was cut off)."""
+    out = {"Alphabetic": components[0] if components else ""}
     if len(components) > 1:
         out["Ideographic"] = components[1]
     if len(components) > 2:
