@@ -245,3 +245,61 @@ def test_an_idle_association_gives_back_its_buffer(monkeypatch) -> None:
     assert grown > MiB and grown_again > MiB
     assert shrunk == shrunk_again == streams.RECV_INITIAL
     assert handler.stored == {f"1.2.3.{n}": pattern(3 * MiB, n) for n in (1, 2)}
+
+
+def test_a_close_with_a_peer_that_reads_nothing_is_cut_not_held() -> None:
+    """review123 F1: an association aborted (idle) whose peer had stopped reading kept
+    its socket open for ever, megabytes queued: a graceful close waits for a flush
+    that never comes. The close lets them go for a while, then cuts the connection
+    (at once when the peer reads nothing now)."""
+    import socket
+
+    from dicomstore.aio.stream import Stream
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        peer = socket.create_connection(listener.getsockname())  # (never reads)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn, _ = await loop.sock_accept(listener)
+        _, stream = await loop.connect_accepted_socket(Stream, conn)
+        try:
+            for _ in range(1000):  # (until the socket's buffers are full, and ours)
+                stream.write(bytes(64 * 1024))
+                if stream._write_paused:
+                    break
+            assert stream._write_paused
+            stream.close_bounded(30.0)  # (writing paused: cut at once, not in 30 s)
+            await asyncio.wait_for(stream.wait_closed(), 10)
+        finally:
+            peer.close()
+            listener.close()
+
+    asyncio.run(main())
+
+
+def test_a_close_lets_what_waits_go_for_its_linger_then_cuts() -> None:
+    import socket
+
+    from dicomstore.aio.stream import Stream
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        peer = socket.create_connection(listener.getsockname())
+        conn, _ = await loop.sock_accept(listener)
+        _, stream = await loop.connect_accepted_socket(Stream, conn)
+        try:
+            stream.transport.set_write_buffer_limits(high=1 << 30)  # (never paused)
+            for _ in range(256):  # (16 MiB: more than the socket's buffers hold)
+                stream.write(bytes(64 * 1024))
+            assert not stream._write_paused and stream.transport.get_write_buffer_size()
+            stream.close_bounded(0.2)
+            await asyncio.wait_for(stream.wait_closed(), 10)
+        finally:
+            peer.close()
+            listener.close()
+
+    asyncio.run(main())

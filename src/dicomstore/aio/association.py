@@ -40,6 +40,9 @@ __all__ = [
     "tune_socket",
 ]
 
+#: Seconds an A-ABORT (and what was queued before it) may take to leave at the
+#: close that follows it; past them the connection is cut (review123 F1).
+ABORT_LINGER = 5.0
 #: Drain the writer after this many queued bytes (backpressure on sends).
 DRAIN_EVERY = 1024 * 1024
 #: Yield to the event loop after this many PDVs sent or received, whatever the
@@ -427,10 +430,11 @@ class Transport:
             await self.pace(len(pdvs))
 
     async def close(self) -> None:
-        """Close the socket (idempotent)."""
+        """Close the socket (idempotent): what waits to be sent may take ABORT_LINGER
+        seconds to leave, then the connection is cut."""
         if self.writer.is_closing():
             return
-        self.writer.close()
+        self.writer.close_bounded(ABORT_LINGER)
         try:
             await self.writer.wait_closed()
         except (ConnectionError, OSError):
@@ -445,4 +449,4 @@ class Transport:
         except Exception:  # noqa: BLE001 - not in a state where abort is defined
             pass
         self.write_now()
-        self.writer.close()
+        self.writer.close_bounded(ABORT_LINGER)

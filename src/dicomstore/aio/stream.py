@@ -327,6 +327,22 @@ class Stream(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.close()
 
+    def close_bounded(self, linger: float) -> None:
+        """Close, letting what waits to be sent go for at most ``linger`` seconds; at
+        once when the peer reads nothing now (writing paused): a graceful close of a
+        peer that reads nothing held its socket, and what the kernel buffered for
+        it, for ever (review123 F1)."""
+        transport = self.transport
+        if transport is None:
+            return
+        transport.close()
+        if not transport.get_write_buffer_size():
+            return
+        if self._write_paused:
+            transport.abort()
+        else:
+            asyncio.get_running_loop().call_later(linger, transport.abort)
+
     def abort(self) -> None:
         """Close at once, dropping what waits to be sent (a peer that reads nothing)."""
         if self.transport is not None:
