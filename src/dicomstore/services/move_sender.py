@@ -110,9 +110,14 @@ class DestinationSender:
             raise
 
     async def close(self) -> None:
-        """Release the association (abort it when cancelled); never raises otherwise."""
+        """Release the association (abort it when cancelled, or when a C-STORE is still
+        unanswered: a destination that holds one answers no A-RELEASE-RQ either, and the
+        release waited for it, review123 F3); never raises otherwise."""
         assoc, self.assoc = self.assoc, None
         if assoc is None:
+            return
+        if assoc.invoker.waiting:  # (the requester gone, or a C-CANCEL, mid-sub-operation)
+            await assoc.abort()
             return
         try:
             await assoc.release()
