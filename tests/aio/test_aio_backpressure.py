@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from dicomstore import uids
 from dicomstore.aio.client import associate
 from dicomstore.ul import pdu as P
@@ -67,11 +69,16 @@ def test_a_client_whose_writes_back_up_stops_reading() -> None:
     assert asyncio.run(main()) == (True, True, True)
 
 
-def test_a_peer_that_reads_nothing_is_closed_after_the_idle_timeout() -> None:
+@pytest.mark.parametrize(
+    "timers", [{"network": 0.2}, {"network": 600.0, "dimse": 0.2}], ids=["idle", "dimse"]
+)
+def test_a_peer_that_reads_nothing_is_closed_after_the_idle_timeout(timers) -> None:
     """A drain waits at most ``Timeouts.network``: a peer that reads none of what we
     send is silent, as an idle one is (the Q/R SCPs' answers, a C-STORE's data set:
     review34a found an association held beyond its window waiting on one for ever).
-    The connection is closed at once, what waits to be sent dropped."""
+    The connection is closed at once, what waits to be sent dropped. Or the DIMSE
+    timeout, when shorter (review123 F2: a C-MOVE destination reading nothing was cut
+    after --idle-timeout, 600 s, not --dimse-timeout)."""
     import socket
 
     from dicomstore.aio.association import Timeouts, Transport
@@ -91,7 +98,7 @@ def test_a_peer_that_reads_nothing_is_closed_after_the_idle_timeout() -> None:
         sock = accepted[0]
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         _transport, stream = await loop.connect_accepted_socket(Stream, sock)
-        t = Transport(stream, Connection(Role.ACCEPTOR), Timeouts(network=0.2))
+        t = Transport(stream, Connection(Role.ACCEPTOR), Timeouts(**timers))
         stream.write(bytes(8 * MiB))  # far beyond the socket buffers: writes back up
         assert await _until(lambda: stream._write_paused)
         started = loop.time()

@@ -162,18 +162,18 @@ class Transport:
 
     async def drain(self) -> None:
         """Wait until the socket buffer is below its high-water mark. A peer that
-        reads nothing of it for ``Timeouts.network`` seconds is silent as an idle
-        one is: the connection is closed at once, what waits to be sent dropped
-        (no A-ABORT could reach it), and ``ConnectionResetError`` raised."""
+        reads nothing of it for ``Timeouts.network`` seconds (or ``Timeouts.dimse``,
+        when shorter: it owes us a response to what it does not read, review123 F2)
+        is silent as an idle one is: the connection is closed at once, what waits to
+        be sent dropped (no A-ABORT could reach it), and ``ConnectionResetError``
+        raised."""
         self._unflushed = 0
+        timers = (self.timeouts.network, self.timeouts.dimse)
+        limit = min((t for t in timers if t is not None), default=None)
         try:
-            await self.writer.drain(self.timeouts.network)
+            await self.writer.drain(limit)
         except TimeoutError:
-            log.warning(
-                "%s: nothing of what we sent was read for %gs; closing",
-                self.peer,
-                self.timeouts.network,
-            )
+            log.warning("%s: nothing of what we sent was read for %gs; closing", self.peer, limit)
             try:
                 self.conn.abort()  # (the state machine ends the association)
             except Exception:  # noqa: BLE001 - not in a state where abort is defined
