@@ -219,15 +219,7 @@ class Publisher(DeferredFlushes):
         if self._doubt:
             self._settle_doubt()
         if self._flushed:
-            index = self.index
-            with index.lock:
-                try:
-                    index.begin()
-                    index.flushed(self._flushed)
-                    index.commit()
-                    self._flushed = []
-                except DatabaseOrOSError:
-                    rollback_quietly(index)
+            self._strike_off()
         self.storage.close()
 
     def publish(self, batch: list[Staged]) -> None:
