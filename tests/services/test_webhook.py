@@ -137,3 +137,9 @@ def test_a_command_running_when_cancelled_is_killed(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert not _alive(int(ready.read_text()))  # (killed, reaped)
+
+
+def test_an_interim_answer_is_followed_by_the_final_one() -> None:
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+    with answering(early + b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n") as url:
+        assert asyncio.run(post_json(url, b"{}", 30)) == 201

@@ -52,11 +52,15 @@ async def post_json(url: str, body: bytes, timeout: float) -> int:
             )
             writer.write(head + body)
             await writer.drain()
-            status = _status(await reader.readline())
-            for _ in range(MAX_FIELDS):  # (the fields to their end: a whole answer head)
-                if await reader.readline() in (b"\r\n", b"\n", b""):
+            while True:  # (an interim 1xx answer, RFC 9110 15.2, comes before the final)
+                status = _status(await reader.readline())
+                for _ in range(MAX_FIELDS):  # (the fields to their end: a whole head)
+                    if await reader.readline() in (b"\r\n", b"\n", b""):
+                        break
+                else:
+                    raise WebhookError(f"over {MAX_FIELDS} header fields in the answer")
+                if status >= 200:
                     return status
-            raise WebhookError(f"over {MAX_FIELDS} header fields in the answer")
     except TimeoutError:
         raise WebhookError(f"no whole answer within {timeout:g} s") from None
     except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
