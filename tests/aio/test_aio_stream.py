@@ -303,3 +303,34 @@ def test_a_close_lets_what_waits_go_for_its_linger_then_cuts() -> None:
             listener.close()
 
     asyncio.run(main())
+
+
+def test_a_close_whose_data_left_lets_go_of_its_cut() -> None:
+    """review125: the cut armed by a close fired after a normal end too (an ERROR
+    logged by the default loop, each time)."""
+    import socket
+
+    from dicomstore.aio.stream import Stream
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        peer = socket.create_connection(listener.getsockname())
+        conn, _ = await loop.sock_accept(listener)
+        _, stream = await loop.connect_accepted_socket(Stream, conn)
+        stream.transport.set_write_buffer_limits(high=1 << 30)
+        for _ in range(256):
+            stream.write(bytes(64 * 1024))
+        stream.close_bounded(30.0)
+        assert stream._linger is not None
+        reading = loop.run_in_executor(
+            None, lambda: [None for _ in iter(lambda: peer.recv(1 << 20), b"")]
+        )
+        await asyncio.wait_for(stream.wait_closed(), 30)  # (the peer read it all)
+        await reading
+        assert stream._linger.cancelled()
+        peer.close()
+        listener.close()
+
+    asyncio.run(main())

@@ -22,9 +22,11 @@ EVENT = StableStudy("1.2.3", "PID", 1, 1, "a", "b", "c", "/x/1.2.3")
 
 
 @contextmanager
-def answering(*chunks: bytes, forever: bytes | None = None) -> Iterator[str]:
-    """A server that reads a request's head and sends ``chunks``, then (``forever``)
-    that line again and again until the client goes; its URL."""
+def answering(
+    *chunks: bytes, forever: bytes | None = None, heads: list[bytes] | None = None
+) -> Iterator[str]:
+    """A server that reads a request's head (into ``heads``) and sends ``chunks``, then
+    (``forever``) that line again and again until the client goes; its URL."""
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
@@ -34,6 +36,8 @@ def answering(*chunks: bytes, forever: bytes | None = None) -> Iterator[str]:
             data = b""
             while b"\r\n\r\n" not in data:
                 data += conn.recv(65536)
+            if heads is not None:
+                heads.append(data.partition(b"\r\n\r\n")[0])
             try:
                 for chunk in chunks:
                     conn.sendall(chunk)
@@ -143,3 +147,35 @@ def test_an_interim_answer_is_followed_by_the_final_one() -> None:
     early = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
     with answering(early + b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n") as url:
         assert asyncio.run(post_json(url, b"{}", 30)) == 201
+
+
+def test_a_redirect_is_a_failure_not_followed(caplog: pytest.LogCaptureFixture) -> None:
+    """review125: a 307 (or 1xx then 500) was logged at DEBUG as a success: the events
+    of an http:// URL redirected to https were lost unsaid."""
+    moved = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: https://x/\r\n\r\n"
+    with answering(moved) as url:
+        assert asyncio.run(stability.post_event(url, EVENT)) is None
+    assert "--stable-webhook for study 1.2.3 failed: HTTP 307" in caplog.text
+
+
+def test_the_proxy_the_environment_names_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """review125: urllib took HTTP_PROXY/HTTPS_PROXY/NO_PROXY, the POST on the loop did
+    not: a webhook reachable only through a proxy got nothing."""
+    heads: list[bytes] = []
+    with answering(b"HTTP/1.1 204 No Content\r\n\r\n", heads=heads) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.removesuffix("/hook").replace("//", "//u:p%40@"))
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        assert asyncio.run(post_json("http://hooks.example:8080/a?b=1", b"{}", 30)) == 204
+    line, *fields = heads[0].split(b"\r\n")
+    assert line == b"POST http://hooks.example:8080/a?b=1 HTTP/1.1"  # (the absolute form)
+    assert b"Proxy-Authorization: Basic dTpwQA==" in fields  # (u:p@)
+    with answering(b"HTTP/1.1 403 Forbidden\r\n\r\n", heads=heads) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.removesuffix("/hook"))
+        with pytest.raises(WebhookError, match="the proxy refused the tunnel: HTTP 403"):
+            asyncio.run(post_json("https://hooks.example/a", b"{}", 30))
+    assert heads[1].startswith(b"CONNECT hooks.example:443 HTTP/1.1\r\n")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # (excluded: straight to it)
+    with answering(b"HTTP/1.1 204 No Content\r\n\r\n", heads=heads) as direct:
+        assert asyncio.run(post_json(direct, b"{}", 30)) == 204
+    assert heads[2].startswith(b"POST /hook HTTP/1.1\r\n")

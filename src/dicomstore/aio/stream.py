@@ -99,6 +99,7 @@ class Stream(asyncio.BufferedProtocol):
         self._task: asyncio.Task | None = None
         self._closed: asyncio.Future[None] = self.loop.create_future()
         self._fd = -1  # plain TCP: PDV data go to the socket with writev, uncopied
+        self._linger: asyncio.TimerHandle | None = None  # (close_bounded's cut)
 
     @property
     def reading_paused(self) -> bool:
@@ -156,6 +157,8 @@ class Stream(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.lost_error = exc
+        if self._linger is not None:
+            self._linger.cancel()
         if self._timer is not None:  # (it would keep the stream and its buffer alive)
             self._timer.cancel()
             self._timer = None
@@ -340,8 +343,8 @@ class Stream(asyncio.BufferedProtocol):
             return
         if self._write_paused:
             transport.abort()
-        else:
-            asyncio.get_running_loop().call_later(linger, transport.abort)
+        else:  # (let go when the connection is lost first: review125, an ERROR each time)
+            self._linger = asyncio.get_running_loop().call_later(linger, transport.abort)
 
     def abort(self) -> None:
         """Close at once, dropping what waits to be sent (a peer that reads nothing)."""

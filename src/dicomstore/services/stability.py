@@ -468,14 +468,14 @@ async def run_command(
 
 async def post_event(url: str, event: StableStudy) -> int | None:
     """POST ``event`` as JSON to ``url`` (within WEBHOOK_TIMEOUT in all: ``webhook.py``);
-    the HTTP status, None on failure or a status of 400 or more (logged)."""
+    the HTTP status, None on failure or a status not 2xx (logged)."""
     body = json.dumps(event.as_dict()).encode()
     try:
         status = await post_json(url, body, WEBHOOK_TIMEOUT)
     except (OSError, ValueError) as exc:
         log.warning("--stable-webhook for study %s failed: %s", event.study_uid, exc)
         return None
-    if status >= 400:
+    if not 200 <= status < 300:  # (a redirect is not followed: review125)
         log.warning("--stable-webhook for study %s failed: HTTP %d", event.study_uid, status)
         return None
     log.debug("--stable-webhook for study %s: HTTP %d", event.study_uid, status)

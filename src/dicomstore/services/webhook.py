@@ -12,8 +12,10 @@ the request and the answer's status line and header fields must all be done with
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
-from urllib.parse import urlsplit
+import urllib.request
+from urllib.parse import unquote, urlsplit
 
 #: Bytes of the status line and of each header field read at most.
 MAX_LINE = 8192
@@ -26,9 +28,11 @@ class WebhookError(OSError):
 
 
 async def post_json(url: str, body: bytes, timeout: float) -> int:
-    """POST ``body`` (JSON) to ``url`` (``http://`` or ``https://``); the answer's
-    status code. :class:`WebhookError` (an ``OSError``) when it cannot be had within
-    ``timeout`` seconds, or the answer is no HTTP."""
+    """POST ``body`` (JSON) to ``url`` (``http://`` or ``https://``), through the
+    proxy the environment names for it (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``,
+    as urllib: an ``http://`` proxy, ``CONNECT`` for https); the final answer's status
+    code. :class:`WebhookError` (an ``OSError``) when it cannot be had within
+    ``timeout`` seconds, or the answer is no HTTP; ``ssl.SSLError`` as it is."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http:// or https:// URL: {url!r}")
@@ -37,8 +41,11 @@ async def post_json(url: str, body: bytes, timeout: float) -> int:
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     authority = host if parts.port is None else f"{host}:{parts.port}"
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    proxy, credentials = _proxy_for(parts.scheme, parts.hostname)
+    if proxy is not None and not secure:  # (RFC 9112 3.2.2: the absolute form)
+        target = f"http://{authority}{target}"
     head = (
-        f"POST {target} HTTP/1.1\r\nHost: {authority}\r\n"
+        f"POST {target} HTTP/1.1\r\nHost: {authority}\r\n{credentials}"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n"
         "User-Agent: dicomstore\r\n\r\n"
@@ -47,27 +54,63 @@ async def post_json(url: str, body: bytes, timeout: float) -> int:
     writer = None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(
-                parts.hostname, port, ssl=context, limit=MAX_LINE
-            )
+            if proxy is None:
+                reader, writer = await asyncio.open_connection(
+                    parts.hostname, port, ssl=context, limit=MAX_LINE
+                )
+            else:
+                reader, writer = await asyncio.open_connection(*proxy, limit=MAX_LINE)
+                if context is not None:  # (a tunnel to the host, RFC 9110 9.3.6)
+                    tunnel = f"{host}:{port}"
+                    writer.write(f"CONNECT {tunnel} HTTP/1.1\r\nHost: {tunnel}\r\n"
+                                 f"{credentials}\r\n".encode("ascii", "replace"))  # fmt: skip
+                    status = await _answer(reader)
+                    if not 200 <= status < 300:
+                        raise WebhookError(f"the proxy refused the tunnel: HTTP {status}")
+                    await writer.start_tls(context, server_hostname=parts.hostname)
             writer.write(head + body)
             await writer.drain()
-            while True:  # (an interim 1xx answer, RFC 9110 15.2, comes before the final)
-                status = _status(await reader.readline())
-                for _ in range(MAX_FIELDS):  # (the fields to their end: a whole head)
-                    if await reader.readline() in (b"\r\n", b"\n", b""):
-                        break
-                else:
-                    raise WebhookError(f"over {MAX_FIELDS} header fields in the answer")
-                if status >= 200:
-                    return status
+            return await _answer(reader)
     except TimeoutError:
         raise WebhookError(f"no whole answer within {timeout:g} s") from None
+    except ssl.SSLError:
+        raise  # (a certificate refused, said as such: an OSError)
     except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
         raise WebhookError(f"not an HTTP answer: {exc}") from None
     finally:
         if writer is not None:
             writer.close()
+
+
+async def _answer(reader: asyncio.StreamReader) -> int:
+    """The status of the final answer's head, read to its end (an interim 1xx answer,
+    RFC 9110 15.2, comes before it)."""
+    while True:
+        status = _status(await reader.readline())
+        for _ in range(MAX_FIELDS):
+            if await reader.readline() in (b"\r\n", b"\n", b""):
+                break
+        else:
+            raise WebhookError(f"over {MAX_FIELDS} header fields in the answer")
+        if status >= 200:
+            return status
+
+
+def _proxy_for(scheme: str, hostname: str) -> tuple[tuple[str, int] | None, str]:
+    """The (host, port) of the proxy the environment names for ``scheme`` unless
+    ``hostname`` bypasses it (urllib's reading of it), and the Proxy-Authorization
+    line its URL's credentials make (or "")."""
+    named = urllib.request.getproxies().get(scheme)
+    if not named or urllib.request.proxy_bypass(hostname):
+        return None, ""
+    proxy = urlsplit(named if "://" in named else f"http://{named}")
+    if not proxy.hostname:
+        return None, ""
+    credentials = ""
+    if proxy.username is not None:
+        secret = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()
+        credentials = f"Proxy-Authorization: Basic {base64.b64encode(secret).decode()}\r\n"
+    return (proxy.hostname, proxy.port or 80), credentials
 
 
 def _status(line: bytes) -> int:
