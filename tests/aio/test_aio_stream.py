@@ -5,14 +5,18 @@ compaction), over TLS too, and a server awaiting a commit stops reading."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import socket
 import subprocess
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from dicomstore import uids
 from dicomstore.aio.association import RECV_BUFFER
 from dicomstore.aio.client import associate
+from dicomstore.aio.stream import Stream
 from dicomstore.dimse import commands as C
 from dicomstore.services.server import Server, ServerConfig
 from dicomstore.tls import client_context, server_context
@@ -247,24 +251,33 @@ def test_an_idle_association_gives_back_its_buffer(monkeypatch) -> None:
     assert handler.stored == {f"1.2.3.{n}": pattern(3 * MiB, n) for n in (1, 2)}
 
 
+@contextlib.asynccontextmanager
+async def _connected(rcvbuf: int = 0) -> AsyncIterator[tuple[socket.socket, Stream]]:
+    """A peer's plain socket (its receive buffer ``rcvbuf`` when given) and our
+    Stream of the connection it made."""
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    peer = socket.create_connection(listener.getsockname())
+    if rcvbuf:
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    try:
+        conn, _ = await loop.sock_accept(listener)
+        _, stream = await loop.connect_accepted_socket(Stream, conn)
+        yield peer, stream
+    finally:
+        peer.close()
+        listener.close()
+
+
 def test_a_close_with_a_peer_that_reads_nothing_is_cut_not_held() -> None:
     """review123 F1: an association aborted (idle) whose peer had stopped reading kept
     its socket open for ever, megabytes queued: a graceful close waits for a flush
     that never comes. The close lets them go for a while, then cuts the connection
     (at once when the peer reads nothing now)."""
-    import socket
-
-    from dicomstore.aio.stream import Stream
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        listener = socket.create_server(("127.0.0.1", 0))
-        listener.setblocking(False)
-        peer = socket.create_connection(listener.getsockname())  # (never reads)
-        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        conn, _ = await loop.sock_accept(listener)
-        _, stream = await loop.connect_accepted_socket(Stream, conn)
-        try:
+        async with _connected(rcvbuf=4096) as (_peer, stream):  # (a peer that never reads)
             for _ in range(1000):  # (until the socket's buffers are full, and ours)
                 stream.write(bytes(64 * 1024))
                 if stream._write_paused:
@@ -272,35 +285,19 @@ def test_a_close_with_a_peer_that_reads_nothing_is_cut_not_held() -> None:
             assert stream._write_paused
             stream.close_bounded(30.0)  # (writing paused: cut at once, not in 30 s)
             await asyncio.wait_for(stream.wait_closed(), 10)
-        finally:
-            peer.close()
-            listener.close()
 
     asyncio.run(main())
 
 
 def test_a_close_lets_what_waits_go_for_its_linger_then_cuts() -> None:
-    import socket
-
-    from dicomstore.aio.stream import Stream
-
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        listener = socket.create_server(("127.0.0.1", 0))
-        listener.setblocking(False)
-        peer = socket.create_connection(listener.getsockname())
-        conn, _ = await loop.sock_accept(listener)
-        _, stream = await loop.connect_accepted_socket(Stream, conn)
-        try:
+        async with _connected() as (_peer, stream):
             stream.transport.set_write_buffer_limits(high=1 << 30)  # (never paused)
             for _ in range(256):  # (16 MiB: more than the socket's buffers hold)
                 stream.write(bytes(64 * 1024))
             assert not stream._write_paused and stream.transport.get_write_buffer_size()
             stream.close_bounded(0.2)
             await asyncio.wait_for(stream.wait_closed(), 10)
-        finally:
-            peer.close()
-            listener.close()
 
     asyncio.run(main())
 
@@ -308,29 +305,23 @@ def test_a_close_lets_what_waits_go_for_its_linger_then_cuts() -> None:
 def test_a_close_whose_data_left_lets_go_of_its_cut() -> None:
     """review125: the cut armed by a close fired after a normal end too (an ERROR
     logged by the default loop, each time)."""
-    import socket
-
-    from dicomstore.aio.stream import Stream
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        listener = socket.create_server(("127.0.0.1", 0))
-        listener.setblocking(False)
-        peer = socket.create_connection(listener.getsockname())
-        conn, _ = await loop.sock_accept(listener)
-        _, stream = await loop.connect_accepted_socket(Stream, conn)
-        stream.transport.set_write_buffer_limits(high=1 << 30)
-        for _ in range(256):
-            stream.write(bytes(64 * 1024))
-        stream.close_bounded(30.0)
-        assert stream._linger is not None
-        reading = loop.run_in_executor(
-            None, lambda: [None for _ in iter(lambda: peer.recv(1 << 20), b"")]
-        )
-        await asyncio.wait_for(stream.wait_closed(), 30)  # (the peer read it all)
-        await reading
-        assert stream._linger.cancelled()
-        peer.close()
-        listener.close()
+        async with _connected() as (peer, stream):
+            stream.transport.set_write_buffer_limits(high=1 << 30)
+            for _ in range(256):
+                stream.write(bytes(64 * 1024))
+            stream.close_bounded(30.0)
+            assert stream._linger is not None
+
+            def read_all() -> None:
+                while peer.recv(1 << 20):
+                    pass
+
+            reading = loop.run_in_executor(None, read_all)
+            await asyncio.wait_for(stream.wait_closed(), 30)  # (the peer read it all)
+            await reading
+            assert stream._linger.cancelled()
 
     asyncio.run(main())
