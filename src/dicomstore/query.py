@@ -37,7 +37,6 @@ Callbacks (sync or async) can be added with :meth:`StoredEvents.add_listener`.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -46,6 +45,7 @@ from typing import Any
 from dicomstore.archive.attributes import ATTRIBUTES
 from dicomstore.archive.query import LEVELS, QueryError
 from dicomstore.archive.reader import ArchiveNotFoundError, ArchiveReader, NotStoredError
+from dicomstore.hooks import call_hook
 from dicomstore.services.deletion import (
     AuditLogUnavailableError,
     AuditRecordNotWrittenError,
@@ -145,8 +145,6 @@ class StoredEvents:
             sub._offer(event)
         for callback in list(self._listeners):
             try:
-                result = callback(event)
-                if inspect.isawaitable(result):
-                    await result
+                await call_hook(callback, event)
             except Exception:  # noqa: BLE001 - a listener must not break the server
                 log.exception("stored-event listener %r failed", callback)

@@ -151,7 +151,15 @@ Held = dict[str, tuple[str, str, int, int, int]]
 def held(reader: ArchiveReader, verdicts: Iterable[Verdict]) -> Held:
     """The instances ``verdicts`` found committed, as they are now (:data:`Held`; one
     whose file cannot be looked at is left out)."""
-    return _held(reader, dict.fromkeys(_key(v.reference) for v in verdicts if v.committed))
+    uids = list(dict.fromkeys(_key(v.reference) for v in verdicts if v.committed))
+    out: Held = {}
+    for uid, row in reader.instance_rows(uids).items():
+        try:
+            st = reader.path(row).stat()
+        except (OSError, LookupError, ValueError):
+            continue  # (then not still held: verified again)
+        out[uid] = (str(row["path"]), str(row["digest"]), st.st_size, st.st_mtime_ns, st.st_ino)
+    return out
 
 
 def still_held(reader: ArchiveReader, then: Held, verdicts: Iterable[Verdict]) -> bool:
@@ -159,19 +167,7 @@ def still_held(reader: ArchiveReader, then: Held, verdicts: Iterable[Verdict]) -
     unchanged since ``then`` (:func:`held`): a look (no file read) before a report
     made earlier is sent again (review117 F1: one deleted or damaged while its report
     was tried again was reported committed); False: verify again."""
-    wanted = dict.fromkeys(_key(v.reference) for v in verdicts if v.committed)
-    return wanted.keys() == then.keys() and _held(reader, wanted) == then
-
-
-def _held(reader: ArchiveReader, uids: dict[str, None]) -> Held:
-    out: Held = {}
-    for uid, row in reader.instance_rows(list(uids)).items():
-        try:
-            st = reader.path(row).stat()
-        except (OSError, LookupError, ValueError):
-            continue  # (then not still held: verified again)
-        out[uid] = (str(row["path"]), str(row["digest"]), st.st_size, st.st_mtime_ns, st.st_ino)
-    return out
+    return held(reader, verdicts) == then
 
 
 def _key(ref: Reference) -> str:

@@ -27,6 +27,7 @@ from dicomstore.errors import (
     AssociationRejected,
     DimseTimeout,
 )
+from dicomstore.ul.negotiation import MAX_PDU_RULE, max_pdu_allowed
 from dicomstore.vr import ae_title_problem
 
 if TYPE_CHECKING:
@@ -94,8 +95,8 @@ def _pdu(value: str) -> int:
         n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if n != 0 and not 4096 <= n <= 2**32 - 1:
-        raise argparse.ArgumentTypeError("maximum PDU must be 0 (unlimited) or 4096 .. 4294967295")
+    if not max_pdu_allowed(n):
+        raise argparse.ArgumentTypeError(f"maximum PDU must be {MAX_PDU_RULE}")
     return n
 
 
@@ -305,8 +306,7 @@ class CancelOnInterrupt:
 
 
 def tls_failed(exc: Exception) -> int:
-    """One line for TLS options that cannot be used (a file missing or not usable);
-    the usage exit code."""
+    """One line for TLS options that cannot be used (a file missing, unusable): 2."""
     refuse(f"cannot set up TLS: {exc}")
     return EXIT_USAGE
 

@@ -335,7 +335,7 @@ async def _serve(
             if short is not None:  # (a unit mistyped refuses every store: review100 W3)
                 log.warning("%s: every store is refused A700 until space is freed", short)
             log.info("storing into %s (%s)", args.storage.resolve(), loops.kind(loop))
-            pool = workers.start(args, server.port) if args.workers > 1 else None
+            pool = workers.start(args, server.port, config.share) if args.workers > 1 else None
             if parent is not None:  # (a worker: it ends with the first process)
                 loop.add_reader(parent, stop.set)
             try:

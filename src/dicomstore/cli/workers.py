@@ -49,7 +49,6 @@ _FIRST_ONLY = {
     "worker_ends": None,
     "metrics_ends": None,
     "metrics_asks": None,
-    "share_dispatcher": None,
 }
 
 
@@ -70,8 +69,7 @@ def share(args: argparse.Namespace) -> Any:
         asks = handoff.channels(args.workers - 1)
         args.metrics_ends = [worker_end for _, worker_end in asks]
         args.metrics_asks = [handoff.Asker(end, n) for n, (end, _) in enumerate(asks, 1)]
-    args.share_dispatcher = handoff.Dispatcher([first_end for first_end, _ in pairs])
-    return args.share_dispatcher
+    return handoff.Dispatcher([first_end for first_end, _ in pairs])
 
 
 #: A worker that ends unasked is started again, unless it was itself started again
@@ -84,7 +82,7 @@ class Pool:
     ends unasked (killed, crashed) is said, reaped and started again in its place
     (review119 F2: the server ran on with one process fewer, a zombie beside it)."""
 
-    def __init__(self, args: argparse.Namespace, port: int) -> None:
+    def __init__(self, args: argparse.Namespace, port: int, dispatcher: Any = None) -> None:
         self.args, self.port = args, port
         self.values = {**vars(args), **_FIRST_ONLY, "port": port}
         self.workers: list[BaseProcess] = []
@@ -92,7 +90,8 @@ class Pool:
         self._again: list[bool] = []  # (each started in the place of one gone)
         #: a worker ended unasked (or could not be started again): the exit is a failure
         self.failed = False
-        self.dispatcher: Any = getattr(args, "share_dispatcher", None)
+        #: the first process's ``handoff.Dispatcher`` (:func:`share`)
+        self.dispatcher = dispatcher
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
@@ -178,9 +177,10 @@ class Pool:
         return stop(self.workers, grace) and not self.failed
 
 
-def start(args: argparse.Namespace, port: int) -> Pool:
-    """The workers of ``args`` started (:class:`Pool`)."""
-    pool = Pool(args, port)
+def start(args: argparse.Namespace, port: int, dispatcher: Any = None) -> Pool:
+    """The workers of ``args`` started (:class:`Pool`), passed connections by
+    ``dispatcher`` (:func:`share`'s)."""
+    pool = Pool(args, port, dispatcher)
     pool.start()
     return pool
 

@@ -237,19 +237,8 @@ def _chunks(
 
 def json_array(texts: Iterator[bytes]) -> Iterator[bytes]:
     """The JSON objects ``texts`` as one array (F.2.1), in chunks of about ``CHUNK``."""
-    pending, size = [b"["], 1
-    first = True
-    for text in texts:
-        if not first:
-            pending.append(b",")
-        pending.append(text)
-        size += len(text) + 1
-        first = False
-        if size >= CHUNK:
-            yield b"".join(pending)
-            pending, size = [], 0
-    pending.append(b"]")
-    yield b"".join(pending)
+    pieces = ([b",", text] if n else [text] for n, text in enumerate(texts))
+    return _chunked(b"[", pieces, lambda: b"]")
 
 
 def xml_parts(texts: Iterator[bytes], boundary: str | None) -> Iterator[bytes]:
@@ -257,19 +246,34 @@ def xml_parts(texts: Iterator[bytes], boundary: str | None) -> Iterator[bytes]:
     ``multipart/related; type="application/dicom+xml"`` body (PS3.18 8.7.3.2), in
     chunks of about ``CHUNK``; without a ``boundary``, the document alone (of one
     instance: the single part type, 10.4.4)."""
-    pending: list[bytes] = []
-    size = 0
-    first = True
-    for text in texts:
-        document = native_xml_of_json(text)
-        if boundary is not None:
-            pending.append(part_header(boundary, DICOM_XML, first=first))
-        pending.append(document)
-        first = False
-        size += len(document)
+    parts = 0
+
+    def pieces() -> Iterator[list[bytes]]:
+        nonlocal parts
+        for text in texts:
+            document = native_xml_of_json(text)
+            if boundary is None:
+                yield [document]
+            else:
+                yield [part_header(boundary, DICOM_XML, first=not parts), document]
+            parts += 1
+
+    end = (lambda: b"") if boundary is None else (lambda: closing(boundary, empty=not parts))
+    return _chunked(b"", pieces(), end)
+
+
+def _chunked(
+    head: bytes, pieces: Iterator[list[bytes]], tail: Callable[[], bytes]
+) -> Iterator[bytes]:
+    """``head``, ``pieces`` (each an instance's, kept whole in a chunk) and ``tail()``
+    (made once the pieces ended), in chunks of about ``CHUNK`` bytes: each chunk of a
+    sync body is a hop to a thread (see CHUNK)."""
+    pending, size = [head], len(head)
+    for piece in pieces:
+        pending += piece
+        size += sum(map(len, piece))
         if size >= CHUNK:
             yield b"".join(pending)
             pending, size = [], 0
-    if boundary is not None:
-        pending.append(closing(boundary, empty=first))
+    pending.append(tail())
     yield b"".join(pending)

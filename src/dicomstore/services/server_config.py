@@ -16,7 +16,12 @@ from dicomstore.aio.handoff import Dispatcher
 from dicomstore.services.commitment_info import MAX_PENDING, MAX_REFERENCES
 from dicomstore.services.destinations import Destination
 from dicomstore.services.forward_rules import ForwardRule
-from dicomstore.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy
+from dicomstore.ul.negotiation import (
+    DEFAULT_MAX_PDU,
+    MAX_PDU_RULE,
+    AcceptorPolicy,
+    max_pdu_allowed,
+)
 from dicomstore.vr import ae_title_problem
 
 #: The server's default DIMSE timeout (seconds; ``serve --dimse-timeout``): a peer
@@ -117,8 +122,8 @@ class ServerConfig:
             raise TypeError(f"ServerConfig.port: not an int: {self.port!r}")
         if not 0 <= self.port <= 65535:
             raise bad("port", "not 0 .. 65535")
-        if self.max_pdu != 0 and not 4096 <= self.max_pdu <= 2**32 - 1:
-            raise bad("max_pdu", "not 0 (unlimited) or 4096 .. 4294967295")
+        if not max_pdu_allowed(self.max_pdu):
+            raise bad("max_pdu", f"not {MAX_PDU_RULE}")
         for name in ("allowed_calling_aets", "store_aets"):
             titles = getattr(self, name)
             if isinstance(titles, str | bytes):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import logging
 import os
 import sqlite3
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from dicomstore.archive.nodes import Held, ServiceLock
 from dicomstore.handler import StoreHandler
+from dicomstore.hooks import call_hook
 from dicomstore.services.admission import AuditSink, Gatekeeper
 from dicomstore.services.arrivals import OtherArrivals
 from dicomstore.services.server import Server, ServerConfig, archive_commit_mode
@@ -390,9 +390,7 @@ async def serve(
         ) as server:
             listening = True
             if on_ready is not None:
-                ready = on_ready(server)  # (a plain function, or async: review120 F5)
-                if inspect.isawaitable(ready):
-                    await ready
+                await call_hook(on_ready, server)  # (plain, or async: review120 F5)
             await asyncio.get_running_loop().create_future()  # until cancelled
     except OSError as exc:
         if not listening and exc.filename is None:  # (else a file's: its message says)

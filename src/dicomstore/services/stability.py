@@ -31,7 +31,6 @@ failing hook, command or webhook is logged; the event stays in the log.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import os
@@ -49,6 +48,7 @@ from dicomstore.archive.index_health import is_damage
 from dicomstore.archive.reader import ArchiveReader
 from dicomstore.archive.rebuild import arrivals_only
 from dicomstore.archive.schema import FROM_JOIN
+from dicomstore.hooks import call_hook
 from dicomstore.services.stable_log import (
     StableLog,
     StableStudy,
@@ -358,9 +358,7 @@ class StudyStability:
     @staticmethod
     async def _call(hook: OnStable, event: StableStudy) -> None:
         try:
-            result = hook(event)
-            if inspect.isawaitable(result):
-                await result
+            await call_hook(hook, event)
         except Exception:  # noqa: BLE001 - a user hook must not stop the events
             log.exception("on_study_stable hook failed for %s", event.study_uid)
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 import math
 import threading
@@ -45,6 +44,7 @@ from dicomstore import status as st
 from dicomstore import uids
 from dicomstore.archive import layout
 from dicomstore.handler import StoreHandler, StoreSink
+from dicomstore.hooks import call_hook
 from dicomstore.inflation import DEFAULT_MAX_INFLATED, InflatedSize
 from dicomstore.services.admission import AdmissionRequest, AuditSink, Gatekeeper
 from dicomstore.services.store_log import log_store
@@ -486,8 +486,6 @@ class StoreService:
     async def _call_back(self, event: StoredEvent) -> None:
         assert self.on_stored is not None
         try:
-            result = self.on_stored(event)  # (async, or a plain function: review120 F4)
-            if inspect.isawaitable(result):
-                await result
+            await call_hook(self.on_stored, event)  # (plain, or async: review120 F4)
         except Exception:  # noqa: BLE001 - a user callback must not kill the server
             log.exception("on_stored callback failed for %s", event.sop_instance_uid)

@@ -17,6 +17,14 @@ from dicomstore.vr import ae_title_problem
 
 #: Our default maximum P-DATA-TF length (PS3.8 D.1); large PDUs cost less per byte.
 DEFAULT_MAX_PDU = 1024 * 1024
+#: What a maximum length we receive may be set to (PS3.8 D.1: 0 is unlimited; below
+#: 4096 is a peer's floor, not ours; a 32-bit number).
+MAX_PDU_RULE = "0 (unlimited) or 4096 .. 4294967295"
+
+
+def max_pdu_allowed(n: int) -> bool:
+    """Whether ``n`` may be our maximum length received (:data:`MAX_PDU_RULE`)."""
+    return n == 0 or 4096 <= n <= 2**32 - 1
 
 
 @dataclass(frozen=True)
